@@ -1,0 +1,93 @@
+// Command docker-mirror is a pull-through caching registry proxy.
+//
+//	docker-mirror serve [flags]   run the proxy (default: a Docker Hub mirror on :5000, data in ./data)
+//	docker-mirror version         print the version
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime"
+	"runtime/debug"
+	"syscall"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = ""
+
+const usage = `docker-mirror: a pull-through caching registry proxy.
+
+Usage:
+  docker-mirror serve [flags]   run the proxy (with no flags: a Docker Hub mirror on :5000, data in ./data)
+  docker-mirror version         print the version and the Go version
+  docker-mirror help            show this help
+
+Run 'docker-mirror serve --help' for every option of the server.
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// exitUsage is the exit status for a bad command line or configuration.
+const exitUsage = 2
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return exitUsage
+	}
+	switch args[0] {
+	case "serve":
+		return serveCommand(ctx, args[1:], stdout, stderr)
+	case "version", "--version", "-version":
+		fmt.Fprintf(stdout, "docker-mirror %s (%s)\n", versionString(), runtime.Version())
+		return 0
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "docker-mirror: unknown command %q (try 'docker-mirror help')\n", args[0])
+		return exitUsage
+	}
+}
+
+func versionString() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		return bi.Main.Version
+	}
+	return "(devel)"
+}
+
+// parseFlags parses a command's flags: --help prints the usage to stdout
+// (exit 0), a bad flag prints one line to stderr (exit 2).
+func parseFlags(fs *flag.FlagSet, args []string, synopsis string, stdout, stderr io.Writer) (code int, ok bool) {
+	fs.SetOutput(io.Discard)
+	err := fs.Parse(args)
+	if errors.Is(err, flag.ErrHelp) {
+		fs.SetOutput(stdout)
+		fmt.Fprintf(stdout, "Usage: %s\n\nFlags:\n", synopsis)
+		fs.PrintDefaults()
+		return 0, false
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "docker-mirror %s: %v\n", fs.Name(), err)
+		return exitUsage, false
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "docker-mirror %s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
+		return exitUsage, false
+	}
+	return 0, true
+}

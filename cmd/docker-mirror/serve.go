@@ -1,0 +1,138 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/docker-mirror/docker-mirror/config"
+	"github.com/docker-mirror/docker-mirror/proxy"
+	"github.com/docker-mirror/docker-mirror/proxy/upstream"
+	"github.com/docker-mirror/docker-mirror/storage"
+)
+
+func serveCommand(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	flags := config.Bind(fs)
+	if code, ok := parseFlags(fs, args, "docker-mirror serve [flags]", stdout, stderr); !ok {
+		return code
+	}
+	cfg, err := flags.Resolve(os.LookupEnv)
+	if err != nil {
+		fmt.Fprintf(stderr, "docker-mirror serve: %v\n", err)
+		return exitUsage
+	}
+	log := newLogger(cfg, stderr)
+	if err := serve(ctx, cfg, log); err != nil {
+		log.Error("docker-mirror stopped", "error", err)
+		return 1
+	}
+	return 0
+}
+
+func newLogger(cfg config.Config, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(cfg.LogLevel)) // validated by config
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// serve runs the proxy until ctx ends, then shuts down gracefully.
+func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
+	if err := os.MkdirAll(cfg.Data, 0o755); err != nil {
+		return fmt.Errorf("data directory: %w", err)
+	}
+	spool := filepath.Join(cfg.Data, "tmp")
+	// Spool files of downloads interrupted by a crash are never reused.
+	if err := os.RemoveAll(spool); err != nil {
+		return fmt.Errorf("cleaning %s: %w", spool, err)
+	}
+	if err := os.MkdirAll(spool, 0o755); err != nil {
+		return fmt.Errorf("spool directory: %w", err)
+	}
+	driver, params := cfg.StorageDriver()
+	store, err := storage.OpenDriverStore(ctx, driver, params)
+	if err != nil {
+		return err
+	}
+	index, err := storage.OpenIndex(filepath.Join(cfg.Data, "index.db"))
+	if err != nil {
+		return err
+	}
+	defer index.Close()
+
+	hub, err := upstream.New(proxy.DefaultHost, cfg.Upstream)
+	if err != nil {
+		return err
+	}
+	var platforms []proxy.Platform
+	for _, s := range cfg.Platforms {
+		pl, err := proxy.ParsePlatform(s)
+		if err != nil {
+			return err
+		}
+		platforms = append(platforms, pl)
+	}
+	p, err := proxy.New(store, index, []*upstream.Client{hub},
+		proxy.WithLogger(log),
+		proxy.WithTagTTL(time.Duration(cfg.TagTTL)),
+		proxy.WithPlatforms(platforms),
+		proxy.WithConcurrency(cfg.Concurrency),
+		proxy.WithSpoolDir(spool),
+	)
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	if err := p.ResumeMirrors(ctx); err != nil {
+		return err
+	}
+
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{
+		Handler:           p.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	log.Info("docker-mirror serving", "listen", ln.Addr().String(), "data", cfg.Data, "storage", driver,
+		"upstream", cfg.Upstream, "tag_ttl", cfg.TagTTL.String(), "platforms", cfg.Platforms, "version", versionString())
+
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	flush := time.NewTicker(30 * time.Second)
+	defer flush.Stop()
+	for {
+		select {
+		case err := <-errc:
+			return err
+		case <-flush.C:
+			if err := index.Flush(); err != nil {
+				log.Warn("writing access times", "error", err)
+			}
+		case <-ctx.Done():
+			log.Info("shutting down", "timeout", cfg.ShutdownTimeout.String())
+			sctx, cancel := context.WithTimeout(context.Background(), time.Duration(cfg.ShutdownTimeout))
+			defer cancel()
+			if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+				return err
+			}
+			return nil
+		}
+	}
+}

@@ -1,0 +1,139 @@
+package config
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// key is one setting that can come from a flag and an environment variable.
+type key struct {
+	name  string // file key; the flag is the same with '-' for '_'
+	usage string
+	list  bool // repeatable flag; comma-separated in the environment
+	set   func(c *Config, vals []string) error
+}
+
+func one(f func(c *Config, v string) error) func(*Config, []string) error {
+	return func(c *Config, vals []string) error { return f(c, vals[len(vals)-1]) }
+}
+
+func durationKey(field func(*Config) *Duration) func(*Config, []string) error {
+	return one(func(c *Config, v string) error {
+		d, err := parseDuration(v)
+		*field(c) = d
+		return err
+	})
+}
+
+func stringKey(field func(*Config) *string) func(*Config, []string) error {
+	return one(func(c *Config, v string) error { *field(c) = v; return nil })
+}
+
+var keys = []key{
+	{name: "listen", usage: "address to listen on", set: stringKey(func(c *Config) *string { return &c.Listen })},
+	{name: "data", usage: "directory of the embedded store and the index (DIR/index.db)", set: stringKey(func(c *Config) *string { return &c.Data })},
+	{name: "upstream", usage: "URL docker.io images are fetched from", set: stringKey(func(c *Config) *string { return &c.Upstream })},
+	{name: "tag_ttl", usage: "how long a tag's digest is trusted before revalidating upstream; 0 = every pull", set: durationKey(func(c *Config) *Duration { return &c.TagTTL })},
+	{name: "platform", usage: "platform pattern mirrored eagerly, e.g. linux/* or linux/arm64 (repeatable)", list: true,
+		set: func(c *Config, vals []string) error { c.Platforms = vals; return nil }},
+	{name: "concurrency", usage: "parallel upstream fetches of the background mirror", set: one(func(c *Config, v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return fmt.Errorf("invalid number %q", v)
+		}
+		c.Concurrency = n
+		return nil
+	})},
+	{name: "shutdown_timeout", usage: "how long in-flight requests may finish on SIGINT/SIGTERM", set: durationKey(func(c *Config) *Duration { return &c.ShutdownTimeout })},
+	{name: "log_format", usage: "log format: text or json", set: stringKey(func(c *Config) *string { return &c.LogFormat })},
+	{name: "log_level", usage: "log level: debug, info, warn or error", set: stringKey(func(c *Config) *string { return &c.LogLevel })},
+}
+
+// EnvPrefix prefixes the environment variable of every key, e.g.
+// DOCKER_MIRROR_TAG_TTL.
+const EnvPrefix = "DOCKER_MIRROR_"
+
+// Flags binds the configuration keys to a flag set and resolves them with
+// the config file and the environment.
+type Flags struct {
+	fs     *flag.FlagSet
+	file   string
+	values map[string][]string
+}
+
+// Bind registers --config and one flag per key on fs, with the defaults
+// shown in the help text.
+func Bind(fs *flag.FlagSet) *Flags {
+	f := &Flags{fs: fs, values: map[string][]string{}}
+	fs.StringVar(&f.file, "config", "", "YAML configuration file (flags win over it, DOCKER_MIRROR_<KEY> environment variables win over both)")
+	def := defaultStrings()
+	for _, k := range keys {
+		usage := fmt.Sprintf("%s (default %s; env %s%s)", k.usage, def[k.name], EnvPrefix, strings.ToUpper(k.name))
+		fs.Func(flagName(k.name), usage, func(v string) error {
+			if k.list {
+				f.values[k.name] = append(f.values[k.name], v)
+			} else {
+				f.values[k.name] = []string{v}
+			}
+			return nil
+		})
+	}
+	return f
+}
+
+func flagName(key string) string { return strings.ReplaceAll(key, "_", "-") }
+
+func defaultStrings() map[string]string {
+	d := Default()
+	return map[string]string{
+		"listen": d.Listen, "data": d.Data, "upstream": d.Upstream, "tag_ttl": d.TagTTL.String(),
+		"platform": strings.Join(d.Platforms, ","), "concurrency": strconv.Itoa(d.Concurrency),
+		"shutdown_timeout": d.ShutdownTimeout.String(), "log_format": d.LogFormat, "log_level": d.LogLevel,
+	}
+}
+
+// Resolve builds the configuration from the defaults, the --config file,
+// the flags that were set and the environment (lookup is os.LookupEnv in
+// production), then validates it. Errors name the key and the bad value.
+func (f *Flags) Resolve(lookup func(string) (string, bool)) (Config, error) {
+	c := Default()
+	if f.file != "" {
+		r, err := os.Open(f.file)
+		if err != nil {
+			return Config{}, fmt.Errorf("config: %w", err)
+		}
+		c, err = Parse(r)
+		r.Close()
+		if err != nil {
+			return Config{}, fmt.Errorf("config %s: %w", f.file, err)
+		}
+	}
+	for _, k := range keys {
+		if vals, ok := f.values[k.name]; ok {
+			if err := k.set(&c, vals); err != nil {
+				return Config{}, fmt.Errorf("--%s: %w", flagName(k.name), err)
+			}
+		}
+	}
+	for _, k := range keys {
+		env := EnvPrefix + strings.ToUpper(k.name)
+		v, ok := lookup(env)
+		if !ok {
+			continue
+		}
+		vals := []string{v}
+		if k.list {
+			vals = strings.Split(v, ",")
+		}
+		if err := k.set(&c, vals); err != nil {
+			return Config{}, fmt.Errorf("%s: %w", env, err)
+		}
+	}
+	if err := c.Validate(); err != nil {
+		return Config{}, fmt.Errorf("config: %w", err)
+	}
+	return c, nil
+}

@@ -1,0 +1,181 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/gorilla/mux"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/docker-mirror/docker-mirror/proxy/errcode"
+	"github.com/docker-mirror/docker-mirror/storage"
+)
+
+func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
+	vars := mux.Vars(r)
+	t, err := p.resolve(r, vars["name"])
+	if err != nil {
+		return err
+	}
+	dgst, err := digest.Parse(vars["digest"])
+	if err != nil {
+		return errcode.New(errcode.DigestInvalid, "invalid digest %q", vars["digest"])
+	}
+	ctx := r.Context()
+	if size, ok, err := p.storedBlob(ctx, t, dgst); err != nil {
+		return err
+	} else if ok {
+		w.Header().Set(cacheHeader, "hit")
+		p.index.Touch(dgst, p.now())
+		return serveBlob(w, r, dgst, size, func(off int64) (io.ReadCloser, error) { return p.store.Open(ctx, dgst, off) })
+	}
+	w.Header().Set(cacheHeader, "miss")
+	if r.Method == http.MethodHead {
+		size, err := t.up.HeadBlob(ctx, t.repo, dgst)
+		if err != nil {
+			return err
+		}
+		return serveBlob(w, r, dgst, size, nil)
+	}
+	dl, stored, err := p.startBlob(ctx, t, dgst)
+	if err != nil {
+		return err
+	}
+	if !stored {
+		size, err := dl.waitStarted(ctx)
+		if err != nil {
+			return err
+		}
+		err = serveBlob(w, r, dgst, size, func(off int64) (io.ReadCloser, error) { return dl.open(ctx, off) })
+		if !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		// The download finished between starting and opening it.
+		select {
+		case <-dl.finished:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	size, err := p.store.Stat(ctx, dgst)
+	if err != nil {
+		return fmt.Errorf("blob %s: %w", dgst, err)
+	}
+	return serveBlob(w, r, dgst, size, func(off int64) (io.ReadCloser, error) { return p.store.Open(ctx, dgst, off) })
+}
+
+// storedBlob reports whether dgst is stored and may be served for t: it
+// must be linked to t's repository, or the upstream must confirm that the
+// repository has it (content of one repository is never handed out for
+// another on the strength of its digest alone).
+func (p *Proxy) storedBlob(ctx context.Context, t target, dgst digest.Digest) (int64, bool, error) {
+	size, err := p.store.Stat(ctx, dgst)
+	if errors.Is(err, storage.ErrNotFound) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, err
+	}
+	linked, err := p.index.Linked(t.host(), t.repo, dgst)
+	if err != nil || linked {
+		return size, linked, err
+	}
+	if _, err := t.up.HeadBlob(ctx, t.repo, dgst); err != nil {
+		return 0, false, err
+	}
+	return size, true, p.index.Link(t.host(), t.repo, dgst)
+}
+
+// serveBlob answers a blob request: the headers clients check, a single
+// byte range (206/416) when asked for, and the body from open. A negative
+// size means unknown: the body is then sent whole, without a length.
+func serveBlob(w http.ResponseWriter, r *http.Request, dgst digest.Digest, size int64, open func(off int64) (io.ReadCloser, error)) error {
+	h := w.Header()
+	h.Set("Docker-Content-Digest", dgst.String())
+	h.Set("Content-Type", "application/octet-stream")
+	h.Set("ETag", `"`+dgst.String()+`"`)
+	h.Set("Cache-Control", "max-age=31536000")
+	status, start, length := http.StatusOK, int64(0), size
+	if size >= 0 {
+		h.Set("Accept-Ranges", "bytes")
+		if rng := r.Header.Get("Range"); rng != "" {
+			s, n, ok, err := parseRange(rng, size)
+			if err != nil {
+				return errcode.New(errcode.RangeInvalid, "range %q not satisfiable for a blob of %d bytes", rng, size).
+					WithHeader("Content-Range", fmt.Sprintf("bytes */%d", size))
+			}
+			if ok {
+				status, start, length = http.StatusPartialContent, s, n
+				h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", s, s+n-1, size))
+			}
+		}
+		h.Set("Content-Length", strconv.FormatInt(length, 10))
+	}
+	if r.Method == http.MethodHead || open == nil {
+		w.WriteHeader(status)
+		return nil
+	}
+	rc, err := open(start)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	w.WriteHeader(status)
+	var src io.Reader = rc
+	if length >= 0 {
+		src = io.LimitReader(rc, length)
+	}
+	n, err := io.Copy(w, src)
+	if err == nil && length >= 0 && n < length {
+		err = fmt.Errorf("blob %s: %w after %d of %d bytes", dgst, io.ErrUnexpectedEOF, n, length)
+	}
+	return err
+}
+
+// parseRange parses a single-range "bytes=" header against size. ok is
+// false for a header to ignore (malformed or several ranges: the whole
+// blob is sent); err is set for a range that cannot be satisfied.
+func parseRange(h string, size int64) (start, length int64, ok bool, err error) {
+	spec, found := strings.CutPrefix(h, "bytes=")
+	if !found || strings.Contains(spec, ",") {
+		return 0, 0, false, nil
+	}
+	a, b, found := strings.Cut(strings.TrimSpace(spec), "-")
+	if !found {
+		return 0, 0, false, nil
+	}
+	unsatisfiable := errors.New("unsatisfiable")
+	if a == "" { // suffix: the last b bytes
+		n, err := strconv.ParseInt(b, 10, 64)
+		if err != nil || n < 0 {
+			return 0, 0, false, nil
+		}
+		if n == 0 || size == 0 {
+			return 0, 0, false, unsatisfiable
+		}
+		n = min(n, size)
+		return size - n, n, true, nil
+	}
+	s, err := strconv.ParseInt(a, 10, 64)
+	if err != nil || s < 0 {
+		return 0, 0, false, nil
+	}
+	if s >= size {
+		return 0, 0, false, unsatisfiable
+	}
+	end := size - 1
+	if b != "" {
+		e, err := strconv.ParseInt(b, 10, 64)
+		if err != nil || e < s {
+			return 0, 0, false, nil
+		}
+		end = min(e, size-1)
+	}
+	return s, end - s + 1, true, nil
+}

@@ -1,0 +1,240 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"sync"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/docker-mirror/docker-mirror/proxy/errcode"
+	"github.com/docker-mirror/docker-mirror/proxy/upstream"
+	"github.com/docker-mirror/docker-mirror/storage"
+)
+
+// downloads holds the blob downloads in progress, one per digest. A
+// download spools to a local file; every client asking for the blob
+// meanwhile tails that file, so the upstream sends each byte once and
+// followers get bytes before the download ends. (singleflight cannot share
+// a stream that is still growing, hence this small registry.)
+type downloads struct {
+	dir string
+	mu  sync.Mutex
+	m   map[digest.Digest]*download
+	wg  sync.WaitGroup
+}
+
+func newDownloads() *downloads {
+	return &downloads{dir: os.TempDir(), m: map[digest.Digest]*download{}}
+}
+
+func (d *downloads) wait() { d.wg.Wait() }
+
+// download is one blob streaming from the upstream into a spool file.
+type download struct {
+	dgst digest.Digest
+	path string
+
+	mu      sync.Mutex
+	changed chan struct{} // closed and replaced whenever the state below changes
+	started bool          // the upstream answered; size is known
+	size    int64         // -1 if the upstream did not say
+	written int64
+	// verified: all bytes are in and match the digest. Until then the
+	// last byte is held back, so no reader can see a complete body that
+	// turns out to be corrupt.
+	verified bool
+	err      error
+	finished chan struct{} // closed once stored (or failed) and gone from the registry
+}
+
+// notify wakes readers; callers hold dl.mu.
+func (dl *download) notify() {
+	close(dl.changed)
+	dl.changed = make(chan struct{})
+}
+
+func (dl *download) update(f func()) {
+	dl.mu.Lock()
+	f()
+	dl.notify()
+	dl.mu.Unlock()
+}
+
+// waitStarted waits until the upstream answered and returns the size.
+func (dl *download) waitStarted(ctx context.Context) (int64, error) {
+	for {
+		dl.mu.Lock()
+		started, size, err, ch := dl.started, dl.size, dl.err, dl.changed
+		dl.mu.Unlock()
+		if err != nil {
+			return 0, err
+		}
+		if started {
+			return size, nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+}
+
+// blobReader tails a download from an offset.
+type blobReader struct {
+	ctx context.Context // the request's: a reader waits no longer than its client
+	dl  *download
+	f   *os.File
+	off int64
+}
+
+func (r *blobReader) Read(p []byte) (int, error) {
+	for {
+		r.dl.mu.Lock()
+		avail, verified, err, ch := r.dl.written, r.dl.verified, r.dl.err, r.dl.changed
+		r.dl.mu.Unlock()
+		if err != nil && !verified {
+			return 0, err
+		}
+		if !verified {
+			avail-- // hold back the last byte until the digest is verified
+		}
+		if r.off < avail {
+			n, err := r.f.ReadAt(p[:min(int64(len(p)), avail-r.off)], r.off)
+			r.off += int64(n)
+			if errors.Is(err, io.EOF) {
+				err = nil
+			}
+			return n, err
+		}
+		if verified {
+			return 0, io.EOF
+		}
+		select {
+		case <-ch:
+		case <-r.ctx.Done():
+			return 0, r.ctx.Err()
+		}
+	}
+}
+
+func (r *blobReader) Close() error { return r.f.Close() }
+
+// startBlob returns dgst's download, starting one if none is running. If
+// the blob is stored already (a download may just have finished), it
+// returns stored=true and no download.
+func (p *Proxy) startBlob(ctx context.Context, t target, dgst digest.Digest) (dl *download, stored bool, err error) {
+	d := p.blobs
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if dl, ok := d.m[dgst]; ok {
+		return dl, false, nil
+	}
+	if _, err := p.store.Stat(ctx, dgst); err == nil {
+		return nil, true, nil
+	}
+	f, err := os.CreateTemp(d.dir, "blob-*")
+	if err != nil {
+		return nil, false, fmt.Errorf("spooling blob: %w", err)
+	}
+	dl = &download{dgst: dgst, path: f.Name(), changed: make(chan struct{}), finished: make(chan struct{})}
+	d.m[dgst] = dl
+	d.wg.Add(1)
+	fctx, cancel := p.detach(ctx)
+	go func() {
+		defer d.wg.Done()
+		defer cancel()
+		p.runDownload(fctx, t, dl, f)
+	}()
+	return dl, false, nil
+}
+
+// open returns a reader of the download from offset; it waits for bytes
+// no longer than ctx. It fails with fs.ErrNotExist if the download has
+// finished meanwhile (its spool file is gone).
+func (dl *download) open(ctx context.Context, offset int64) (*blobReader, error) {
+	f, err := os.Open(dl.path)
+	if err != nil {
+		return nil, err
+	}
+	return &blobReader{ctx: ctx, dl: dl, f: f, off: offset}, nil
+}
+
+// runDownload streams a blob from the upstream into its spool file, hashing
+// it, then releases the held-back byte to readers if it verifies, stores
+// it, and records it. On any failure readers get the error and nothing is
+// stored.
+func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.File) {
+	var stored bool
+	defer func() {
+		p.blobs.mu.Lock()
+		delete(p.blobs.m, dl.dgst)
+		p.blobs.mu.Unlock()
+		f.Close()
+		os.Remove(dl.path)
+		if !stored && dl.err == nil {
+			dl.update(func() { dl.err = errors.New("download ended without storing the blob") })
+		}
+		close(dl.finished)
+	}()
+	fail := func(err error) {
+		dl.update(func() { dl.err = err })
+		p.log.Warn("blob download failed", "upstream", t.host(), "repo", t.repo, "digest", dl.dgst, "error", err)
+	}
+
+	body, size, err := t.up.Blob(ctx, t.repo, dl.dgst, 0)
+	if err != nil {
+		fail(err)
+		return
+	}
+	defer body.Close()
+	dl.update(func() { dl.started, dl.size = true, size })
+
+	v := dl.dgst.Verifier()
+	buf := make([]byte, 256<<10)
+	var n int64
+	for {
+		m, rerr := body.Read(buf)
+		if m > 0 {
+			if _, err := f.Write(buf[:m]); err != nil {
+				fail(fmt.Errorf("spooling blob: %w", err))
+				return
+			}
+			v.Write(buf[:m])
+			n += int64(m)
+			dl.update(func() { dl.written = n })
+		}
+		if errors.Is(rerr, io.EOF) {
+			break
+		}
+		if rerr != nil {
+			fail(errcode.Wrap(errcode.Unavailable, errors.Join(upstream.ErrUnavailable, rerr), "upstream %s: blob %s cut after %d bytes", t.host(), dl.dgst, n).WithStatus(http.StatusBadGateway))
+			return
+		}
+	}
+	if (size >= 0 && n != size) || !v.Verified() {
+		fail(errcode.Wrap(errcode.Unavailable, errors.Join(upstream.ErrInvalid, storage.ErrDigestMismatch),
+			"upstream %s sent %d bytes for blob %s that do not match its digest", t.host(), n, dl.dgst).WithStatus(http.StatusBadGateway))
+		return
+	}
+	dl.update(func() { dl.verified = true })
+
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		fail(err)
+		return
+	}
+	if err := p.store.Put(ctx, dl.dgst, n, f); err != nil {
+		p.log.Error("storing blob", "digest", dl.dgst, "error", err)
+		return
+	}
+	if err := p.index.RecordBlob(t.host(), t.repo, dl.dgst, n, p.now()); err != nil {
+		p.log.Error("indexing blob", "digest", dl.dgst, "error", err)
+		return
+	}
+	stored = true
+}

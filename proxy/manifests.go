@@ -1,0 +1,331 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/distribution/reference"
+	"github.com/gorilla/mux"
+	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/docker-mirror/docker-mirror/proxy/errcode"
+	"github.com/docker-mirror/docker-mirror/proxy/upstream"
+	"github.com/docker-mirror/docker-mirror/storage"
+)
+
+// Manifest media types.
+const (
+	mediaTypeOCIIndex       = v1.MediaTypeImageIndex
+	mediaTypeOCIManifest    = v1.MediaTypeImageManifest
+	mediaTypeDockerList     = "application/vnd.docker.distribution.manifest.list.v2+json"
+	mediaTypeDockerManifest = "application/vnd.docker.distribution.manifest.v2+json"
+)
+
+func isIndexType(mt string) bool { return mt == mediaTypeOCIIndex || mt == mediaTypeDockerList }
+
+// manifestDoc is the part of any manifest docker-mirror reads: the children
+// of an index, the blobs of an image.
+type manifestDoc struct {
+	SchemaVersion int             `json:"schemaVersion"`
+	MediaType     string          `json:"mediaType"`
+	Manifests     []v1.Descriptor `json:"manifests"`
+	Config        *v1.Descriptor  `json:"config"`
+	Layers        []v1.Descriptor `json:"layers"`
+}
+
+// parseManifest parses a manifest and settles its media type: the one the
+// upstream declared if it is specific, else the document's own, else what
+// its shape says (an OCI manifest may omit mediaType).
+func parseManifest(body []byte, declared string) (manifestDoc, string, error) {
+	var m manifestDoc
+	if err := json.Unmarshal(body, &m); err != nil {
+		return m, "", fmt.Errorf("unparsable manifest: %w", err)
+	}
+	mt := declared
+	if i := strings.IndexByte(mt, ';'); i >= 0 {
+		mt = strings.TrimSpace(mt[:i])
+	}
+	if mt == "" || mt == "application/json" || mt == "text/plain" || mt == "application/octet-stream" {
+		switch {
+		case m.MediaType != "":
+			mt = m.MediaType
+		case m.Manifests != nil:
+			mt = mediaTypeOCIIndex
+		case m.Config != nil:
+			mt = mediaTypeOCIManifest
+		case m.SchemaVersion == 1:
+			mt = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+		default:
+			return m, "", errors.New("manifest of unknown type")
+		}
+	}
+	return m, mt, nil
+}
+
+// storedManifest is a manifest served to clients.
+type storedManifest struct {
+	body      []byte
+	mediaType string
+	digest    digest.Digest
+}
+
+func (p *Proxy) manifest(w http.ResponseWriter, r *http.Request) error {
+	vars := mux.Vars(r)
+	t, err := p.resolve(r, vars["name"])
+	if err != nil {
+		return err
+	}
+	ref := vars["reference"]
+	var m *storedManifest
+	if strings.Contains(ref, ":") {
+		dgst, err := digest.Parse(ref)
+		if err != nil {
+			return errcode.New(errcode.DigestInvalid, "invalid digest %q", ref)
+		}
+		m, err = p.manifestByDigest(r.Context(), t, dgst, w.Header())
+		if err != nil {
+			return err
+		}
+	} else {
+		if !reference.TagRegexp.MatchString(ref) || len(ref) > 128 {
+			return errcode.New(errcode.TagInvalid, "invalid tag %q", ref)
+		}
+		if m, err = p.manifestByTag(r.Context(), t, ref, w.Header()); err != nil {
+			return err
+		}
+		if isIndexType(m.mediaType) && !accepts(r.Header, m.mediaType) {
+			// A client that cannot read an index gets the linux/amd64
+			// image, as distribution answers such clients.
+			if m, err = p.defaultPlatform(r.Context(), t, m, w.Header()); err != nil {
+				return err
+			}
+		}
+	}
+	h := w.Header()
+	h.Set("Content-Type", m.mediaType)
+	h.Set("Docker-Content-Digest", m.digest.String())
+	h.Set("Content-Length", strconv.Itoa(len(m.body)))
+	h.Set("ETag", `"`+m.digest.String()+`"`)
+	if r.Method == http.MethodHead {
+		return nil
+	}
+	_, err = w.Write(m.body)
+	return err
+}
+
+// accepts reports whether a request's Accept headers allow mediaType. No
+// Accept header, or a wildcard, accepts anything.
+func accepts(h http.Header, mediaType string) bool {
+	values := h.Values("Accept")
+	if len(values) == 0 {
+		return true
+	}
+	for _, v := range values {
+		for _, a := range strings.Split(v, ",") {
+			a, _, _ = strings.Cut(a, ";")
+			a = strings.TrimSpace(a)
+			if a == mediaType || a == "*/*" || a == "" {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func (p *Proxy) defaultPlatform(ctx context.Context, t target, m *storedManifest, h http.Header) (*storedManifest, error) {
+	doc, _, err := parseManifest(m.body, m.mediaType)
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range doc.Manifests {
+		if d.Platform != nil && d.Platform.OS == "linux" && d.Platform.Architecture == "amd64" {
+			return p.manifestByDigest(ctx, t, d.Digest, h)
+		}
+	}
+	return nil, errcode.New(errcode.ManifestUnknown, "%s is an index without linux/amd64 and the client does not accept %s", t.name, m.mediaType)
+}
+
+// manifestByTag answers a tag: from the index while its digest is fresh,
+// revalidated with a HEAD upstream after the tag TTL, and from the cache
+// whenever the upstream cannot be asked.
+func (p *Proxy) manifestByTag(ctx context.Context, t target, tag string, h http.Header) (*storedManifest, error) {
+	rec, ok, err := p.index.Tag(t.host(), t.repo, tag)
+	if err != nil {
+		return nil, err
+	}
+	if ok {
+		cached, err := p.loadManifest(ctx, rec.Digest)
+		switch {
+		case err != nil:
+			p.log.Warn("indexed tag's manifest is missing from the store; refetching", "upstream", t.host(), "repo", t.repo, "tag", tag, "digest", rec.Digest, "error", err)
+		case p.now().Sub(rec.CheckedAt) < p.tagTTL:
+			h.Set(cacheHeader, "hit")
+			p.resumeIfPartial(ctx, t, cached)
+			return cached, nil
+		default:
+			d, err := p.revalidate(ctx, t, tag)
+			switch {
+			case err == nil && d == rec.Digest:
+				if err := p.index.TouchTag(t.host(), t.repo, tag, p.now()); err != nil {
+					return nil, err
+				}
+				h.Set(cacheHeader, "revalidated")
+				p.resumeIfPartial(ctx, t, cached)
+				return cached, nil
+			case errors.Is(err, upstream.ErrNotFound):
+				// The upstream says the tag is gone: so is it here.
+				if derr := p.index.DeleteTag(t.host(), t.repo, tag); derr != nil {
+					return nil, derr
+				}
+				return nil, err
+			case err != nil:
+				p.log.Warn("serving cached tag: upstream revalidation failed", "upstream", t.host(), "repo", t.repo, "tag", tag, "digest", rec.Digest, "error", err)
+				h.Set(cacheHeader, "stale")
+				return cached, nil
+			}
+			// The tag moved: fetch what it points to now.
+		}
+	}
+	h.Set(cacheHeader, "miss")
+	return p.fetchManifest(ctx, t, tag, true)
+}
+
+// revalidate asks the upstream, once for all concurrent callers, which
+// digest a tag points to.
+func (p *Proxy) revalidate(ctx context.Context, t target, tag string) (digest.Digest, error) {
+	v, err, _ := p.tagFlights.Do("head "+t.host()+"/"+t.repo+":"+tag, func() (any, error) {
+		ctx, cancel := p.detach(ctx)
+		defer cancel()
+		d, err := t.up.HeadManifest(ctx, t.repo, tag)
+		if err != nil {
+			return digest.Digest(""), err
+		}
+		if d.Digest == "" {
+			// No Docker-Content-Digest: only a GET can tell.
+			m, err := t.up.Manifest(ctx, t.repo, tag)
+			if err != nil {
+				return digest.Digest(""), err
+			}
+			return m.Digest, nil
+		}
+		return d.Digest, nil
+	})
+	return v.(digest.Digest), err
+}
+
+// manifestByDigest answers a digest from the store, or fetches it.
+func (p *Proxy) manifestByDigest(ctx context.Context, t target, dgst digest.Digest, h http.Header) (*storedManifest, error) {
+	if err := dgst.Validate(); err != nil {
+		return nil, errcode.New(errcode.DigestInvalid, "invalid digest %q: %v", dgst, err)
+	}
+	linked, err := p.index.Linked(t.host(), t.repo, dgst)
+	if err != nil {
+		return nil, err
+	}
+	if linked {
+		m, err := p.loadManifest(ctx, dgst)
+		if err == nil {
+			h.Set(cacheHeader, "hit")
+			p.resumeIfPartial(ctx, t, m)
+			return m, nil
+		}
+		if !errors.Is(err, storage.ErrNotFound) {
+			return nil, err
+		}
+	}
+	h.Set(cacheHeader, "miss")
+	return p.fetchManifest(ctx, t, dgst.String(), true)
+}
+
+// loadManifest reads a stored manifest and its media type.
+func (p *Proxy) loadManifest(ctx context.Context, dgst digest.Digest) (*storedManifest, error) {
+	rec, ok, err := p.index.Manifest(dgst)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, fmt.Errorf("manifest %s: %w", dgst, storage.ErrNotFound)
+	}
+	rc, err := p.store.Open(ctx, dgst, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	body, err := io.ReadAll(io.LimitReader(rc, upstream.MaxManifestSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(body)) != rec.Size || dgst.Algorithm().FromBytes(body) != dgst {
+		return nil, fmt.Errorf("stored manifest %s is corrupt: %w", dgst, storage.ErrDigestMismatch)
+	}
+	return &storedManifest{body: body, mediaType: rec.MediaType, digest: dgst}, nil
+}
+
+// fetchManifest fetches a manifest by tag or digest from the upstream, once
+// for all concurrent callers, stores its exact bytes and records it; an
+// index or image starts mirroring in the background if mirror is set (the
+// background mirror itself fetches with mirror unset).
+func (p *Proxy) fetchManifest(ctx context.Context, t target, ref string, mirror bool) (*storedManifest, error) {
+	key := t.host() + "/" + t.repo + "@" + ref
+	if !strings.Contains(ref, ":") {
+		key = t.host() + "/" + t.repo + ":" + ref
+	}
+	v, err, _ := p.manifestFlights.Do(key, func() (any, error) {
+		ctx, cancel := p.detach(ctx)
+		defer cancel()
+		up, err := t.up.Manifest(ctx, t.repo, ref)
+		if err != nil {
+			return nil, err
+		}
+		doc, mt, err := parseManifest(up.Body, up.MediaType)
+		if err != nil {
+			return nil, errcode.Wrap(errcode.Unavailable, errors.Join(upstream.ErrInvalid, err), "upstream %s sent a bad manifest for %s:%s", t.host(), t.repo, ref).
+				WithStatus(http.StatusBadGateway)
+		}
+		if err := p.store.Put(ctx, up.Digest, int64(len(up.Body)), bytes.NewReader(up.Body)); err != nil {
+			return nil, fmt.Errorf("storing manifest %s: %w", up.Digest, err)
+		}
+		entry := storage.ManifestEntry{
+			Upstream: t.host(), Repo: t.repo, Digest: up.Digest,
+			Record: storage.ManifestRecord{MediaType: mt, Size: int64(len(up.Body)), FetchedAt: p.now()},
+		}
+		if !strings.Contains(ref, ":") {
+			entry.Tag = ref
+		}
+		mirrors := mirror && (isIndexType(mt) || doc.Config != nil)
+		if mirrors {
+			entry.Mirror = &storage.MirrorRecord{Upstream: t.host(), Repo: t.repo, State: storage.MirrorPartial, UpdatedAt: p.now()}
+		}
+		if err := p.index.RecordManifest(entry); err != nil {
+			return nil, err
+		}
+		if mirrors {
+			p.enqueueMirror(ctx, t, up.Digest)
+		}
+		return &storedManifest{body: up.Body, mediaType: mt, digest: up.Digest}, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*storedManifest), nil
+}
+
+// resumeIfPartial restarts the background mirroring of a served index or
+// image that is not complete and not being mirrored, e.g. after a failure.
+func (p *Proxy) resumeIfPartial(ctx context.Context, t target, m *storedManifest) {
+	if p.mirrors.running(m.digest) {
+		return
+	}
+	rec, ok, err := p.index.Mirror(m.digest)
+	if err == nil && ok && rec.State != storage.MirrorComplete {
+		p.enqueueMirror(ctx, t, m.digest)
+	}
+}

@@ -1,0 +1,248 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+
+	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/docker-mirror/docker-mirror/storage"
+)
+
+// Annotations buildx puts on the attestation entries of an index.
+const (
+	annotationReferenceType   = "vnd.docker.reference.type"
+	annotationReferenceDigest = "vnd.docker.reference.digest"
+	referenceTypeAttestation  = "attestation-manifest"
+)
+
+// mirrorQueue tracks the background mirror jobs, one per manifest digest.
+type mirrorQueue struct {
+	mu   sync.Mutex
+	jobs map[digest.Digest]bool
+	idle chan struct{} // closed while no job runs
+}
+
+func newMirrorQueue() *mirrorQueue {
+	idle := make(chan struct{})
+	close(idle)
+	return &mirrorQueue{jobs: map[digest.Digest]bool{}, idle: idle}
+}
+
+// add registers a job; false if one for dgst runs already.
+func (q *mirrorQueue) add(dgst digest.Digest) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.jobs[dgst] {
+		return false
+	}
+	if len(q.jobs) == 0 {
+		q.idle = make(chan struct{})
+	}
+	q.jobs[dgst] = true
+	return true
+}
+
+func (q *mirrorQueue) done(dgst digest.Digest) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	delete(q.jobs, dgst)
+	if len(q.jobs) == 0 {
+		close(q.idle)
+	}
+}
+
+func (q *mirrorQueue) running(dgst digest.Digest) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.jobs[dgst]
+}
+
+// Len is the number of jobs queued or running.
+func (q *mirrorQueue) Len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.jobs)
+}
+
+func (q *mirrorQueue) wait(ctx context.Context) error {
+	q.mu.Lock()
+	idle := q.idle
+	q.mu.Unlock()
+	select {
+	case <-idle:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// enqueueMirror mirrors a stored index or image manifest in the background:
+// for an index, every child whose platform matches the configured patterns
+// and the attestations of those; for each image, its config and layers.
+func (p *Proxy) enqueueMirror(ctx context.Context, t target, dgst digest.Digest) {
+	if !p.mirrors.add(dgst) {
+		return
+	}
+	ctx, cancel := p.detach(ctx)
+	go func() {
+		defer p.mirrors.done(dgst)
+		defer cancel()
+		if err := p.mirror(ctx, t, dgst); err != nil {
+			p.log.Warn("background mirror incomplete; it resumes on the next pull or restart",
+				"upstream", t.host(), "repo", t.repo, "digest", dgst, "error", err)
+		}
+	}()
+}
+
+func (p *Proxy) mirror(ctx context.Context, t target, dgst digest.Digest) error {
+	m, err := p.loadManifest(ctx, dgst)
+	if err != nil {
+		return err
+	}
+	doc, _, err := parseManifest(m.body, m.mediaType)
+	if err != nil {
+		return err
+	}
+	var platforms []string
+	if isIndexType(m.mediaType) {
+		children, names := p.selectChildren(doc.Manifests)
+		g, gctx := errgroup.WithContext(ctx)
+		for _, c := range children {
+			g.Go(func() error { return p.mirrorImage(gctx, t, c.Digest) })
+		}
+		if err := g.Wait(); err != nil {
+			return err
+		}
+		platforms = names
+	} else if err := p.mirrorBlobs(ctx, t, doc); err != nil {
+		return err
+	}
+	p.log.Debug("mirrored", "upstream", t.host(), "repo", t.repo, "digest", dgst, "platforms", platforms)
+	return p.index.PutMirror(dgst, storage.MirrorRecord{
+		Upstream: t.host(), Repo: t.repo, State: storage.MirrorComplete, Platforms: platforms, UpdatedAt: p.now(),
+	})
+}
+
+// selectChildren picks the entries of an index to mirror: those whose
+// platform matches, the attestation manifests that refer to them, and
+// entries without a platform (artifacts). It returns them and the matched
+// platforms' names.
+func (p *Proxy) selectChildren(entries []v1.Descriptor) ([]v1.Descriptor, []string) {
+	var out []v1.Descriptor
+	var names []string
+	picked := map[digest.Digest]bool{}
+	for _, d := range entries {
+		if d.Annotations[annotationReferenceType] == referenceTypeAttestation {
+			continue
+		}
+		if d.Platform == nil || p.wantPlatform(d.Platform) {
+			out = append(out, d)
+			picked[d.Digest] = true
+			if d.Platform != nil {
+				names = append(names, platformString(d.Platform))
+			}
+		}
+	}
+	for _, d := range entries {
+		if d.Annotations[annotationReferenceType] == referenceTypeAttestation && picked[digest.Digest(d.Annotations[annotationReferenceDigest])] {
+			out = append(out, d)
+		}
+	}
+	sort.Strings(names)
+	return out, names
+}
+
+func (p *Proxy) wantPlatform(q *v1.Platform) bool {
+	for _, pat := range p.platforms {
+		if pat.Matches(q) {
+			return true
+		}
+	}
+	return false
+}
+
+// mirrorImage stores a child manifest and all its blobs.
+func (p *Proxy) mirrorImage(ctx context.Context, t target, dgst digest.Digest) error {
+	m, err := p.ensureManifest(ctx, t, dgst)
+	if err != nil {
+		return err
+	}
+	doc, _, err := parseManifest(m.body, m.mediaType)
+	if err != nil {
+		return err
+	}
+	if isIndexType(m.mediaType) {
+		return fmt.Errorf("manifest %s: nested indexes are not mirrored eagerly", dgst)
+	}
+	return p.mirrorBlobs(ctx, t, doc)
+}
+
+func (p *Proxy) ensureManifest(ctx context.Context, t target, dgst digest.Digest) (*storedManifest, error) {
+	if linked, err := p.index.Linked(t.host(), t.repo, dgst); err == nil && linked {
+		if m, err := p.loadManifest(ctx, dgst); err == nil {
+			return m, nil
+		}
+	}
+	if err := p.fetches.Acquire(ctx, 1); err != nil {
+		return nil, err
+	}
+	defer p.fetches.Release(1)
+	return p.fetchManifest(ctx, t, dgst.String(), false)
+}
+
+// mirrorBlobs stores an image's config and layers. Foreign layers (with
+// URLs, e.g. Windows base layers) are left to their own hosts.
+func (p *Proxy) mirrorBlobs(ctx context.Context, t target, doc manifestDoc) error {
+	blobs := doc.Layers
+	if doc.Config != nil {
+		blobs = append([]v1.Descriptor{*doc.Config}, blobs...)
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	for _, b := range blobs {
+		if len(b.URLs) > 0 {
+			continue
+		}
+		g.Go(func() error { return p.ensureBlob(gctx, t, b.Digest) })
+	}
+	return g.Wait()
+}
+
+// ensureBlob stores a blob unless it is stored, sharing a download in
+// progress. The blob is linked to t's repository: the manifest that lists
+// it came from there.
+func (p *Proxy) ensureBlob(ctx context.Context, t target, dgst digest.Digest) error {
+	if err := dgst.Validate(); err != nil {
+		return fmt.Errorf("manifest lists an invalid blob digest %q: %w", dgst, err)
+	}
+	if _, err := p.store.Stat(ctx, dgst); err == nil {
+		return p.index.Link(t.host(), t.repo, dgst)
+	}
+	if err := p.fetches.Acquire(ctx, 1); err != nil {
+		return err
+	}
+	defer p.fetches.Release(1)
+	dl, stored, err := p.startBlob(ctx, t, dgst)
+	if err != nil {
+		return err
+	}
+	if !stored {
+		select {
+		case <-dl.finished:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if _, err := p.store.Stat(ctx, dgst); err != nil {
+			dl.mu.Lock()
+			derr := dl.err
+			dl.mu.Unlock()
+			return errors.Join(fmt.Errorf("blob %s not stored", dgst), derr)
+		}
+	}
+	return p.index.Link(t.host(), t.repo, dgst)
+}

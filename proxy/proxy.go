@@ -1,0 +1,169 @@
+// Package proxy is docker-mirror's HTTP frontend and fill engine: it serves
+// the registry v2 / OCI distribution pull API from the store, fetches what
+// is missing from the upstream (one fetch per tag and per digest, shared by
+// every client asking meanwhile), and mirrors every selected platform of an
+// index in the background.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/semaphore"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/docker-mirror/docker-mirror/proxy/upstream"
+	"github.com/docker-mirror/docker-mirror/storage"
+)
+
+// DefaultHost is the upstream a name without a host prefix belongs to.
+const DefaultHost = "docker.io"
+
+// Proxy is the pull-through cache. Create it with New, serve Handler(),
+// and Close it when done.
+type Proxy struct {
+	store     storage.Store
+	index     *storage.Index
+	upstreams map[string]*upstream.Client
+	log       *slog.Logger
+	now       func() time.Time
+	tagTTL    time.Duration
+	platforms []Platform
+	// fetches bounds the background mirror's parallel upstream fetches.
+	fetches     *semaphore.Weighted
+	fillTimeout time.Duration
+
+	tagFlights      singleflight.Group // per "host/repo:tag"
+	manifestFlights singleflight.Group // per "host/repo@digest"
+	blobs           *downloads
+	mirrors         *mirrorQueue
+
+	// stop is closed by Close; it cancels every background fill.
+	stop      chan struct{}
+	closeOnce sync.Once
+}
+
+// Option configures a Proxy.
+type Option func(*Proxy)
+
+// WithLogger sets the logger (default slog.Default()).
+func WithLogger(l *slog.Logger) Option { return func(p *Proxy) { p.log = l } }
+
+// WithClock sets the clock used for tag freshness (default time.Now).
+func WithClock(now func() time.Time) Option { return func(p *Proxy) { p.now = now } }
+
+// WithTagTTL sets how long a tag's digest is trusted before it is
+// revalidated upstream (default 1m; 0 revalidates on every pull).
+func WithTagTTL(d time.Duration) Option { return func(p *Proxy) { p.tagTTL = d } }
+
+// WithPlatforms sets the platforms mirrored eagerly (default linux/*).
+func WithPlatforms(ps []Platform) Option { return func(p *Proxy) { p.platforms = ps } }
+
+// WithConcurrency sets the background mirror's parallel upstream fetches
+// (default 4).
+func WithConcurrency(n int) Option {
+	return func(p *Proxy) { p.fetches = semaphore.NewWeighted(int64(max(n, 1))) }
+}
+
+// WithSpoolDir sets where blob downloads are spooled while they stream
+// (default os.TempDir()). Put it on local disk, e.g. under --data.
+func WithSpoolDir(dir string) Option { return func(p *Proxy) { p.blobs.dir = dir } }
+
+// WithFillTimeout bounds one upstream fill, which goes on after the client
+// that started it hangs up (default 1h).
+func WithFillTimeout(d time.Duration) Option { return func(p *Proxy) { p.fillTimeout = d } }
+
+// New returns a proxy serving from store and index, filling from the given
+// upstreams, keyed by the host clients name them with. docker.io must be
+// among them.
+func New(store storage.Store, index *storage.Index, upstreams []*upstream.Client, opts ...Option) (*Proxy, error) {
+	p := &Proxy{
+		store:       store,
+		index:       index,
+		upstreams:   map[string]*upstream.Client{},
+		log:         slog.Default(),
+		now:         time.Now,
+		tagTTL:      time.Minute,
+		platforms:   []Platform{{OS: "linux", Architecture: "*"}},
+		fetches:     semaphore.NewWeighted(4),
+		fillTimeout: time.Hour,
+		blobs:       newDownloads(),
+		mirrors:     newMirrorQueue(),
+		stop:        make(chan struct{}),
+	}
+	for _, u := range upstreams {
+		p.upstreams[u.Host()] = u
+	}
+	if _, ok := p.upstreams[DefaultHost]; !ok {
+		return nil, errors.New("proxy: no upstream for docker.io")
+	}
+	for _, o := range opts {
+		o(p)
+	}
+	return p, nil
+}
+
+// Close cancels background work and waits for it to stop. It does not
+// close the store or the index.
+func (p *Proxy) Close() {
+	p.closeOnce.Do(func() { close(p.stop) })
+	p.mirrors.wait(context.Background())
+	p.blobs.wait()
+}
+
+// detach returns a context for work that must outlive the request that
+// started it (a fill that other clients share, background mirroring): it
+// keeps ctx's values, is not cancelled with it, and ends on Close or after
+// the fill timeout.
+func (p *Proxy) detach(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.fillTimeout)
+	go func() {
+		select {
+		case <-p.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
+}
+
+// WaitIdle blocks until no background mirroring is queued or running, or
+// ctx ends. Tests and the one-shot commands use it.
+func (p *Proxy) WaitIdle(ctx context.Context) error { return p.mirrors.wait(ctx) }
+
+// ResumeMirrors restarts the background mirroring of every index whose
+// mirroring did not finish, e.g. because the process was stopped.
+func (p *Proxy) ResumeMirrors(ctx context.Context) error {
+	pending, err := p.index.IncompleteMirrors()
+	if err != nil {
+		return err
+	}
+	for dgst, rec := range pending {
+		up, ok := p.upstreams[rec.Upstream]
+		if !ok {
+			p.log.Warn("not resuming mirror of an unconfigured upstream", "upstream", rec.Upstream, "repo", rec.Repo, "digest", dgst)
+			continue
+		}
+		p.enqueueMirror(ctx, target{up: up, repo: rec.Repo, name: rec.Repo}, dgst)
+	}
+	if len(pending) > 0 {
+		p.log.Info("resuming interrupted mirrors", "count", len(pending))
+	}
+	return nil
+}
+
+// Ready reports whether the store and the index can be used.
+func (p *Proxy) Ready(ctx context.Context) error {
+	if err := p.index.Ping(); err != nil {
+		return err
+	}
+	if _, err := p.store.Stat(ctx, digest.FromString("readiness probe")); err != nil && !errors.Is(err, storage.ErrNotFound) {
+		return fmt.Errorf("store: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,146 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/gorilla/mux"
+
+	"github.com/docker-mirror/docker-mirror/proxy/errcode"
+)
+
+// handlerFunc is an HTTP handler that returns its error; serve turns it
+// into the OCI error body and the access log line.
+type handlerFunc func(w http.ResponseWriter, r *http.Request) error
+
+// cacheHeader tells clients (and the access log) how a request was served:
+// hit, miss, revalidated or stale.
+const cacheHeader = "X-Cache"
+
+// Handler returns the HTTP handler of the proxy: the route table.
+func (p *Proxy) Handler() http.Handler {
+	r := mux.NewRouter()
+	r.UseEncodedPath()
+	// Every write of the distribution API is refused: this is a read-only mirror.
+	r.PathPrefix("/v2/").Methods(http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete).
+		Handler(p.serve("write", p.unsupported))
+	r.Handle("/v2/", p.serve("base", p.base)).Methods(http.MethodGet, http.MethodHead)
+	r.Handle("/v2/{name:.+}/manifests/{reference}", p.serve("manifest", p.manifest)).Methods(http.MethodGet, http.MethodHead)
+	r.Handle("/v2/{name:.+}/blobs/{digest}", p.serve("blob", p.blob)).Methods(http.MethodGet, http.MethodHead)
+	r.Handle("/v2/{name:.+}/tags/list", p.serve("tags", p.tags)).Methods(http.MethodGet, http.MethodHead)
+	r.Handle("/healthz", p.serve("healthz", func(w http.ResponseWriter, _ *http.Request) error {
+		_, err := io.WriteString(w, "ok\n")
+		return err
+	}))
+	r.Handle("/readyz", p.serve("readyz", p.readyz))
+	r.NotFoundHandler = p.serve("notfound", func(w http.ResponseWriter, r *http.Request) error {
+		return errcode.New(errcode.NameUnknown, "no such endpoint: %s %s", r.Method, r.URL.Path).WithStatus(http.StatusNotFound)
+	})
+	r.MethodNotAllowedHandler = p.serve("method", p.unsupported)
+	return r
+}
+
+func (p *Proxy) unsupported(_ http.ResponseWriter, r *http.Request) error {
+	return errcode.New(errcode.Unsupported, "%s is not supported: docker-mirror is a read-only pull-through cache", r.Method)
+}
+
+func (p *Proxy) base(w http.ResponseWriter, _ *http.Request) error {
+	w.Header().Set("Content-Type", "application/json")
+	_, err := io.WriteString(w, "{}")
+	return err
+}
+
+func (p *Proxy) readyz(w http.ResponseWriter, r *http.Request) error {
+	if err := p.Ready(r.Context()); err != nil {
+		return errcode.Wrap(errcode.Unavailable, err, "not ready")
+	}
+	_, err := io.WriteString(w, "ok\n")
+	return err
+}
+
+// serve adapts a handlerFunc: it sets the API version header, maps a
+// returned error to the OCI error body, and writes one access-log line.
+func (p *Proxy) serve(route string, h handlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &recorder{ResponseWriter: w}
+		rec.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+		err := h(rec, r)
+		level := slog.LevelInfo
+		attrs := []any{"method", r.Method, "path", r.URL.Path, "route", route}
+		if err != nil {
+			switch {
+			case r.Context().Err() != nil && errors.Is(err, context.Canceled):
+				// The client went away: nothing to answer.
+				rec.status = 499
+				level = slog.LevelDebug
+			case rec.wrote:
+				// Headers are out: the only honest answer left is a
+				// broken connection, never a short body that looks whole.
+				level = slog.LevelWarn
+				attrs = append(attrs, "error", err.Error())
+				defer panic(http.ErrAbortHandler)
+			default:
+				e := errcode.As(err)
+				rec.status = errcode.Write(rec, e)
+				if e.Code == errcode.Unknown || rec.status >= 500 {
+					level = slog.LevelError
+				}
+				attrs = append(attrs, "error", err.Error())
+			}
+		}
+		if rec.status == 0 {
+			rec.status = http.StatusOK
+		}
+		attrs = append(attrs, "status", rec.status, "bytes", rec.bytes, "duration", time.Since(start))
+		if c := rec.Header().Get(cacheHeader); c != "" {
+			attrs = append(attrs, "cache", c)
+		}
+		p.log.Log(r.Context(), level, "request", attrs...)
+	})
+}
+
+// recorder notes the status and body size of a response. It passes
+// io.ReaderFrom through, so serving a stored file can still use sendfile.
+type recorder struct {
+	http.ResponseWriter
+	status int
+	bytes  int64
+	wrote  bool
+}
+
+func (r *recorder) WriteHeader(s int) {
+	if !r.wrote {
+		r.status, r.wrote = s, true
+	}
+	r.ResponseWriter.WriteHeader(s)
+}
+
+func (r *recorder) Write(b []byte) (int, error) {
+	r.wrote = true
+	n, err := r.ResponseWriter.Write(b)
+	r.bytes += int64(n)
+	return n, err
+}
+
+func (r *recorder) ReadFrom(src io.Reader) (int64, error) {
+	r.wrote = true
+	n, err := io.Copy(r.ResponseWriter, src)
+	r.bytes += n
+	return n, err
+}
+
+// Flush lets streamed responses reach slow clients promptly.
+func (r *recorder) Flush() {
+	if f, ok := r.ResponseWriter.(http.Flusher); ok {
+		r.wrote = true
+		f.Flush()
+	}
+}
+
+// Unwrap lets http.ResponseController reach the underlying writer.
+func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }

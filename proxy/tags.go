@@ -1,0 +1,81 @@
+package proxy
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"sort"
+	"strconv"
+
+	"github.com/gorilla/mux"
+
+	"github.com/docker-mirror/docker-mirror/proxy/errcode"
+	"github.com/docker-mirror/docker-mirror/proxy/upstream"
+)
+
+// tags lists a repository's tags from the upstream, or from the tags the
+// index knows when the upstream cannot answer. n and last page the list.
+func (p *Proxy) tags(w http.ResponseWriter, r *http.Request) error {
+	t, err := p.resolve(r, mux.Vars(r)["name"])
+	if err != nil {
+		return err
+	}
+	q := r.URL.Query()
+	n := 0
+	if s := q.Get("n"); s != "" {
+		if n, err = strconv.Atoi(s); err != nil || n < 0 {
+			return errcode.New(errcode.PaginationNumber, "invalid page size n=%q", s)
+		}
+	}
+	last := q.Get("last")
+	tags, more, err := t.up.Tags(r.Context(), t.repo, n, last)
+	if err != nil {
+		if errors.Is(err, upstream.ErrNotFound) {
+			return err
+		}
+		cached, cerr := p.index.Tags(t.host(), t.repo)
+		if cerr != nil || len(cached) == 0 {
+			return err
+		}
+		p.log.Warn("listing cached tags: upstream failed", "upstream", t.host(), "repo", t.repo, "error", err)
+		w.Header().Set(cacheHeader, "stale")
+		tags, more = page(cached, n, last)
+	}
+	if tags == nil {
+		tags = []string{}
+	}
+	if more && len(tags) > 0 {
+		next := url.Values{"last": {tags[len(tags)-1]}}
+		if n > 0 {
+			next.Set("n", strconv.Itoa(n))
+		}
+		if ns := q.Get("ns"); ns != "" {
+			next.Set("ns", ns)
+		}
+		w.Header().Set("Link", fmt.Sprintf(`</v2/%s/tags/list?%s>; rel="next"`, t.name, next.Encode()))
+	}
+	w.Header().Set("Content-Type", "application/json")
+	return json.NewEncoder(w).Encode(struct {
+		Name string   `json:"name"`
+		Tags []string `json:"tags"`
+	}{t.name, tags})
+}
+
+// page returns the tags after last, at most n of them (0: all), and
+// whether more follow. tags must be sorted.
+func page(tags []string, n int, last string) ([]string, bool) {
+	i := 0
+	if last != "" {
+		i = sort.SearchStrings(tags, last)
+		if i < len(tags) && tags[i] == last {
+			i++
+		}
+	}
+	tags = tags[i:]
+	if n > 0 && len(tags) > n {
+		return tags[:n], true
+	}
+	return tags, false
+}

@@ -1,0 +1,60 @@
+package proxy
+
+import (
+	"net/http"
+	"strings"
+
+	"github.com/distribution/reference"
+
+	"github.com/docker-mirror/docker-mirror/proxy/errcode"
+	"github.com/docker-mirror/docker-mirror/proxy/upstream"
+)
+
+// target is the upstream repository a request is for.
+type target struct {
+	up   *upstream.Client
+	repo string // the repository upstream, e.g. library/nginx
+	name string // the name in the request path, e.g. nginx
+}
+
+func (t target) host() string { return t.up.Host() }
+
+// dockerHubAliases are other names clients use for docker.io.
+var dockerHubAliases = map[string]bool{"index.docker.io": true, "registry-1.docker.io": true, "registry.hub.docker.com": true}
+
+// canonicalHost maps Docker Hub's aliases to docker.io.
+func canonicalHost(h string) string {
+	if dockerHubAliases[h] {
+		return DefaultHost
+	}
+	return h
+}
+
+// looksLikeHost reports whether a name's first component is a registry
+// host rather than a Docker Hub namespace (which never has a dot or port).
+func looksLikeHost(c string) bool {
+	return strings.ContainsAny(c, ".:") || c == "localhost"
+}
+
+// resolve finds the upstream and repository a request names: the ns query
+// parameter containerd sends, else a first path component that is a host,
+// else docker.io. Only configured upstreams are ever reached.
+func (p *Proxy) resolve(r *http.Request, name string) (target, error) {
+	if _, err := reference.WithName(name); err != nil {
+		return target{}, errcode.New(errcode.NameInvalid, "invalid repository name %q", name)
+	}
+	host, repo := DefaultHost, name
+	if ns := r.URL.Query().Get("ns"); ns != "" {
+		host = canonicalHost(ns)
+	} else if first, rest, ok := strings.Cut(name, "/"); ok && looksLikeHost(first) {
+		host, repo = canonicalHost(first), rest
+	}
+	up, ok := p.upstreams[host]
+	if !ok {
+		return target{}, errcode.New(errcode.NameUnknown, "upstream %q is not configured on this mirror", host)
+	}
+	if host == DefaultHost && !strings.Contains(repo, "/") {
+		repo = "library/" + repo
+	}
+	return target{up: up, repo: repo, name: name}, nil
+}

@@ -1,0 +1,398 @@
+// Package upstream is docker-mirror's client for the registries it mirrors:
+// manifests, blobs and tag lists over the distribution API, with the
+// registry's auth flow (anonymous Docker Hub style bearer tokens, cached per
+// repository until they expire) done by go-containerregistry's transport.
+//
+// Every failure is returned as an *errcode.Error that a handler can pass on
+// to its client, wrapping one of the sentinels below so callers can branch
+// with errors.Is.
+package upstream
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/docker-mirror/docker-mirror/proxy/errcode"
+)
+
+// Sentinels wrapped by the errors this package returns.
+var (
+	// ErrNotFound: the upstream answered that the content does not exist.
+	ErrNotFound = errors.New("not found upstream")
+	// ErrUnavailable: the upstream could not be reached, failed (5xx) or
+	// rate-limited us (429). Cached content may be served instead.
+	ErrUnavailable = errors.New("upstream unavailable")
+	// ErrAuth: the upstream refused our credentials (401/403).
+	ErrAuth = errors.New("upstream refused access")
+	// ErrInvalid: the upstream's answer is malformed (bad digest, too big).
+	ErrInvalid = errors.New("invalid upstream answer")
+)
+
+// MaxManifestSize is the largest manifest accepted from an upstream.
+const MaxManifestSize = 4 << 20
+
+// ManifestTypes are the manifest media types asked for, in the Accept header.
+var ManifestTypes = []string{
+	"application/vnd.oci.image.index.v1+json",
+	"application/vnd.docker.distribution.manifest.list.v2+json",
+	"application/vnd.oci.image.manifest.v1+json",
+	"application/vnd.docker.distribution.manifest.v2+json",
+}
+
+// Client talks to one upstream registry.
+type Client struct {
+	host     string // the name clients use, e.g. docker.io
+	scheme   string
+	registry name.Registry
+	auth     authn.Authenticator
+	base     http.RoundTripper
+
+	// transports caches one authenticated transport per repository: a
+	// bearer token is scoped to a repository, and go-containerregistry's
+	// transport reuses it until the upstream answers 401 (expired).
+	mu         sync.Mutex
+	transports map[string]http.RoundTripper
+	creating   singleflight.Group
+}
+
+// Option configures a Client.
+type Option func(*Client)
+
+// WithTransport sets the base HTTP transport (default: a clone of
+// http.DefaultTransport).
+func WithTransport(rt http.RoundTripper) Option { return func(c *Client) { c.base = rt } }
+
+// WithAuth sets the credentials (default anonymous).
+func WithAuth(a authn.Authenticator) Option { return func(c *Client) { c.auth = a } }
+
+// New returns a client for the upstream known to clients as host (e.g.
+// "docker.io") and reached at rawURL (e.g. "https://registry-1.docker.io";
+// http:// means plain HTTP).
+func New(host, rawURL string, opts ...Option) (*Client, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("upstream %s: invalid URL %q", host, rawURL)
+	}
+	var nopts []name.Option
+	if u.Scheme == "http" {
+		nopts = append(nopts, name.Insecure)
+	}
+	reg, err := name.NewRegistry(u.Host, nopts...)
+	if err != nil {
+		return nil, fmt.Errorf("upstream %s: invalid host %q: %w", host, u.Host, err)
+	}
+	c := &Client{
+		host:       host,
+		scheme:     u.Scheme,
+		registry:   reg,
+		auth:       authn.Anonymous,
+		transports: map[string]http.RoundTripper{},
+	}
+	for _, o := range opts {
+		o(c)
+	}
+	if c.base == nil {
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.MaxIdleConnsPerHost = 32
+		t.ResponseHeaderTimeout = time.Minute
+		c.base = t
+	}
+	return c, nil
+}
+
+// Host is the name clients use for this upstream, e.g. "docker.io".
+func (c *Client) Host() string { return c.host }
+
+// transport returns the authenticated transport for repo, creating it (a
+// ping, and a token for a bearer upstream) once for concurrent callers.
+func (c *Client) transport(ctx context.Context, repo string) (http.RoundTripper, error) {
+	c.mu.Lock()
+	t, ok := c.transports[repo]
+	c.mu.Unlock()
+	if ok {
+		return t, nil
+	}
+	v, err, _ := c.creating.Do(repo, func() (any, error) {
+		scope := "repository:" + repo + ":" + transport.PullScope
+		// The handshake must not die with the first client that asked.
+		hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		t, err := transport.NewWithContext(hctx, c.registry, c.auth, c.base, []string{scope})
+		if err != nil {
+			return nil, err
+		}
+		c.mu.Lock()
+		c.transports[repo] = t
+		c.mu.Unlock()
+		return t, nil
+	})
+	if err != nil {
+		return nil, c.transportError(err)
+	}
+	return v.(http.RoundTripper), nil
+}
+
+func (c *Client) transportError(err error) error {
+	var te *transport.Error
+	if errors.As(err, &te) {
+		switch te.StatusCode {
+		case http.StatusUnauthorized:
+			return errcode.Wrap(errcode.Unauthorized, errors.Join(ErrAuth, err), "upstream %s refused our credentials", c.host)
+		case http.StatusForbidden:
+			return errcode.Wrap(errcode.Denied, errors.Join(ErrAuth, err), "upstream %s denied access", c.host)
+		case http.StatusTooManyRequests:
+			return errcode.Wrap(errcode.TooManyRequests, errors.Join(ErrUnavailable, err), "upstream %s rate-limited the request", c.host)
+		}
+	}
+	if errors.Is(err, context.Canceled) {
+		return err
+	}
+	return errcode.Wrap(errcode.Unavailable, errors.Join(ErrUnavailable, err), "upstream %s unreachable", c.host)
+}
+
+func (c *Client) url(repo, kind, ref string) string {
+	return fmt.Sprintf("%s://%s/v2/%s/%s/%s", c.scheme, c.registry.RegistryStr(), repo, kind, ref)
+}
+
+// do sends a request for repo and returns the response if its status is
+// one of ok; otherwise it closes the body and returns the mapped error.
+func (c *Client) do(ctx context.Context, repo string, req *http.Request, what string, ok ...int) (*http.Response, error) {
+	t, err := c.transport(ctx, repo)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := (&http.Client{Transport: t}).Do(req.WithContext(ctx))
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, c.transportError(err)
+	}
+	for _, s := range ok {
+		if resp.StatusCode == s {
+			return resp, nil
+		}
+	}
+	defer resp.Body.Close()
+	return nil, c.statusError(resp, what)
+}
+
+// statusError maps an upstream's unexpected answer to the error passed on
+// to clients. 404s keep the upstream's own code when it sent one.
+func (c *Client) statusError(resp *http.Response, what string) error {
+	var body struct {
+		Errors []struct {
+			Code    errcode.Code `json:"code"`
+			Message string       `json:"message"`
+		} `json:"errors"`
+	}
+	_ = json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&body)
+	upMsg := ""
+	if len(body.Errors) > 0 {
+		upMsg = ": " + body.Errors[0].Message
+	}
+	st := resp.StatusCode
+	switch {
+	case st == http.StatusNotFound:
+		code := errcode.ManifestUnknown
+		if strings.HasPrefix(what, "blob") {
+			code = errcode.BlobUnknown
+		} else if strings.HasPrefix(what, "tags") {
+			code = errcode.NameUnknown
+		}
+		if len(body.Errors) > 0 && body.Errors[0].Code.Status() == http.StatusNotFound {
+			code = body.Errors[0].Code
+		}
+		return errcode.Wrap(code, ErrNotFound, "%s not found upstream %s%s", what, c.host, upMsg)
+	case st == http.StatusUnauthorized:
+		return errcode.Wrap(errcode.Unauthorized, ErrAuth, "upstream %s answered 401 for %s%s", c.host, what, upMsg)
+	case st == http.StatusForbidden:
+		return errcode.Wrap(errcode.Denied, ErrAuth, "upstream %s answered 403 for %s%s", c.host, what, upMsg)
+	case st == http.StatusTooManyRequests:
+		e := errcode.Wrap(errcode.TooManyRequests, ErrUnavailable, "upstream %s rate-limited %s%s", c.host, what, upMsg)
+		if ra := resp.Header.Get("Retry-After"); ra != "" {
+			e = e.WithHeader("Retry-After", ra)
+		}
+		return e
+	case st == http.StatusRequestedRangeNotSatisfiable:
+		return errcode.Wrap(errcode.RangeInvalid, ErrInvalid, "upstream %s: range not satisfiable for %s", c.host, what)
+	default:
+		return errcode.Wrap(errcode.Unavailable, ErrUnavailable, "upstream %s answered %d for %s%s", c.host, st, what, upMsg).
+			WithStatus(http.StatusBadGateway)
+	}
+}
+
+// Manifest is a manifest as the upstream sent it.
+type Manifest struct {
+	Body      []byte
+	MediaType string
+	Digest    digest.Digest
+}
+
+// Manifest fetches a manifest by tag or digest. The digest is computed from
+// the body and checked against the requested digest and against the
+// upstream's Docker-Content-Digest header.
+func (c *Client) Manifest(ctx context.Context, repo, ref string) (*Manifest, error) {
+	req, err := http.NewRequest(http.MethodGet, c.url(repo, "manifests", ref), nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Accept", strings.Join(ManifestTypes, ", "))
+	what := fmt.Sprintf("manifest %s:%s", repo, ref)
+	resp, err := c.do(ctx, repo, req, what, http.StatusOK)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.ContentLength > MaxManifestSize {
+		return nil, c.invalid("%s is %d bytes, over the %d byte limit", what, resp.ContentLength, MaxManifestSize)
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxManifestSize+1))
+	if err != nil {
+		return nil, c.transportError(err)
+	}
+	if len(body) > MaxManifestSize {
+		return nil, c.invalid("%s is over the %d byte limit", what, MaxManifestSize)
+	}
+	alg := digest.Canonical
+	want, byDigest := digest.Parse(ref)
+	if byDigest == nil {
+		alg = want.Algorithm()
+	}
+	got := alg.FromBytes(body)
+	if byDigest == nil && got != want {
+		return nil, c.invalid("%s: body digest is %s", what, got)
+	}
+	if h, err := digest.Parse(resp.Header.Get("Docker-Content-Digest")); err == nil && h.Algorithm() == alg && h != got {
+		return nil, c.invalid("%s: Docker-Content-Digest %s does not match body digest %s", what, h, got)
+	}
+	return &Manifest{Body: body, MediaType: resp.Header.Get("Content-Type"), Digest: got}, nil
+}
+
+// Descriptor is what a HEAD request tells of a manifest or blob.
+type Descriptor struct {
+	Digest    digest.Digest // empty if the upstream did not say
+	MediaType string
+	Size      int64 // -1 if unknown
+}
+
+// HeadManifest asks for a manifest's digest without fetching it (Docker Hub
+// does not count HEAD requests against its pull limit).
+func (c *Client) HeadManifest(ctx context.Context, repo, ref string) (Descriptor, error) {
+	req, err := http.NewRequest(http.MethodHead, c.url(repo, "manifests", ref), nil)
+	if err != nil {
+		return Descriptor{}, err
+	}
+	req.Header.Set("Accept", strings.Join(ManifestTypes, ", "))
+	resp, err := c.do(ctx, repo, req, fmt.Sprintf("manifest %s:%s", repo, ref), http.StatusOK)
+	if err != nil {
+		return Descriptor{}, err
+	}
+	resp.Body.Close()
+	d := Descriptor{MediaType: resp.Header.Get("Content-Type"), Size: resp.ContentLength}
+	if dg, err := digest.Parse(resp.Header.Get("Docker-Content-Digest")); err == nil {
+		d.Digest = dg
+	}
+	return d, nil
+}
+
+// Blob opens a blob from offset. It returns the body and the blob's whole
+// size (-1 if the upstream did not say). The body is not verified here: the
+// caller hashes it as it streams.
+func (c *Client) Blob(ctx context.Context, repo string, dgst digest.Digest, offset int64) (io.ReadCloser, int64, error) {
+	req, err := http.NewRequest(http.MethodGet, c.url(repo, "blobs", dgst.String()), nil)
+	if err != nil {
+		return nil, 0, err
+	}
+	if offset > 0 {
+		req.Header.Set("Range", fmt.Sprintf("bytes=%d-", offset))
+	}
+	what := fmt.Sprintf("blob %s@%s", repo, dgst)
+	resp, err := c.do(ctx, repo, req, what, http.StatusOK, http.StatusPartialContent)
+	if err != nil {
+		return nil, 0, err
+	}
+	size := resp.ContentLength
+	switch {
+	case offset > 0 && resp.StatusCode == http.StatusOK:
+		// The upstream ignored Range: skip to the offset ourselves.
+		if _, err := io.CopyN(io.Discard, resp.Body, offset); err != nil {
+			resp.Body.Close()
+			return nil, 0, c.transportError(err)
+		}
+	case resp.StatusCode == http.StatusPartialContent:
+		size = -1
+		if _, total, ok := strings.Cut(resp.Header.Get("Content-Range"), "/"); ok {
+			if n, err := strconv.ParseInt(total, 10, 64); err == nil {
+				size = n
+			}
+		}
+	}
+	return resp.Body, size, nil
+}
+
+// HeadBlob returns a blob's size (-1 if the upstream did not say).
+func (c *Client) HeadBlob(ctx context.Context, repo string, dgst digest.Digest) (int64, error) {
+	req, err := http.NewRequest(http.MethodHead, c.url(repo, "blobs", dgst.String()), nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := c.do(ctx, repo, req, fmt.Sprintf("blob %s@%s", repo, dgst), http.StatusOK)
+	if err != nil {
+		return 0, err
+	}
+	resp.Body.Close()
+	return resp.ContentLength, nil
+}
+
+// Tags returns one page of a repository's tags, at most n (0: the
+// upstream's default) after last, and whether the upstream has more.
+func (c *Client) Tags(ctx context.Context, repo string, n int, last string) ([]string, bool, error) {
+	q := url.Values{}
+	if n > 0 {
+		q.Set("n", strconv.Itoa(n))
+	}
+	if last != "" {
+		q.Set("last", last)
+	}
+	u := c.url(repo, "tags", "list")
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	req, err := http.NewRequest(http.MethodGet, u, nil)
+	if err != nil {
+		return nil, false, err
+	}
+	resp, err := c.do(ctx, repo, req, "tags of "+repo, http.StatusOK)
+	if err != nil {
+		return nil, false, err
+	}
+	defer resp.Body.Close()
+	var list struct {
+		Tags []string `json:"tags"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(&list); err != nil {
+		return nil, false, c.invalid("tags of %s: %v", repo, err)
+	}
+	return list.Tags, strings.Contains(resp.Header.Get("Link"), `rel="next"`), nil
+}
+
+func (c *Client) invalid(format string, args ...any) error {
+	return errcode.Wrap(errcode.Unavailable, ErrInvalid, "upstream %s: %s", c.host, fmt.Sprintf(format, args...)).
+		WithStatus(http.StatusBadGateway)
+}

@@ -1,0 +1,154 @@
+package storage
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"path"
+
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+	"github.com/distribution/distribution/v3/registry/storage/driver/factory"
+	"github.com/opencontainers/go-digest"
+
+	// The storage drivers selectable in the configuration.
+	_ "github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
+	_ "github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
+	_ "github.com/distribution/distribution/v3/registry/storage/driver/s3-aws"
+)
+
+// DriverStore is a Store on a distribution storage driver (filesystem,
+// inmemory, s3...).
+type DriverStore struct {
+	driver storagedriver.StorageDriver
+}
+
+var _ Store = (*DriverStore)(nil)
+
+const (
+	blobsRoot   = "/blobs"
+	uploadsRoot = "/_uploads"
+)
+
+// NewDriverStore returns a Store on driver.
+func NewDriverStore(driver storagedriver.StorageDriver) *DriverStore {
+	return &DriverStore{driver: driver}
+}
+
+// OpenDriverStore creates the named distribution storage driver with its
+// parameters and returns a Store on it, with leftovers of interrupted writes
+// removed.
+func OpenDriverStore(ctx context.Context, name string, params map[string]any) (*DriverStore, error) {
+	d, err := factory.Create(ctx, name, params)
+	if err != nil {
+		return nil, fmt.Errorf("storage %s: %w", name, err)
+	}
+	s := NewDriverStore(d)
+	if err := s.CleanUploads(ctx); err != nil {
+		return nil, fmt.Errorf("storage %s: removing interrupted uploads: %w", name, err)
+	}
+	return s, nil
+}
+
+// CleanUploads removes the temporary files of writes that never finished,
+// e.g. after a crash. Call it only when no Put is running.
+func (s *DriverStore) CleanUploads(ctx context.Context) error {
+	err := s.driver.Delete(ctx, uploadsRoot)
+	if errors.As(err, new(storagedriver.PathNotFoundError)) {
+		return nil
+	}
+	return err
+}
+
+// blobPath is where dgst is kept. The digest has been validated by
+// digest.Parse, so its parts are safe path components.
+func blobPath(dgst digest.Digest) string {
+	hex := dgst.Encoded()
+	return path.Join(blobsRoot, string(dgst.Algorithm()), hex[:2], hex, "data")
+}
+
+func notFound(err error, dgst digest.Digest) error {
+	if errors.As(err, new(storagedriver.PathNotFoundError)) {
+		return fmt.Errorf("%s: %w", dgst, ErrNotFound)
+	}
+	return err
+}
+
+// Stat implements Store.
+func (s *DriverStore) Stat(ctx context.Context, dgst digest.Digest) (int64, error) {
+	if err := dgst.Validate(); err != nil {
+		return 0, err
+	}
+	fi, err := s.driver.Stat(ctx, blobPath(dgst))
+	if err != nil {
+		return 0, notFound(err, dgst)
+	}
+	return fi.Size(), nil
+}
+
+// Open implements Store. With the filesystem driver the reader is an
+// *os.File, so serving it can use sendfile.
+func (s *DriverStore) Open(ctx context.Context, dgst digest.Digest, offset int64) (io.ReadCloser, error) {
+	if err := dgst.Validate(); err != nil {
+		return nil, err
+	}
+	rc, err := s.driver.Reader(ctx, blobPath(dgst), offset)
+	if err != nil {
+		return nil, notFound(err, dgst)
+	}
+	return rc, nil
+}
+
+// Put implements Store.
+func (s *DriverStore) Put(ctx context.Context, dgst digest.Digest, size int64, r io.Reader) (err error) {
+	if err := dgst.Validate(); err != nil {
+		return err
+	}
+	if _, err := s.Stat(ctx, dgst); err == nil {
+		_, err = io.Copy(io.Discard, r) // drain, as a caller teeing r expects
+		return err
+	}
+	tmp := path.Join(uploadsRoot, rand.Text())
+	w, err := s.driver.Writer(ctx, tmp, false)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			_ = w.Cancel(context.WithoutCancel(ctx))
+			_ = w.Close()
+			_ = s.driver.Delete(context.WithoutCancel(ctx), tmp)
+		}
+	}()
+	v := dgst.Verifier()
+	n, err := io.Copy(io.MultiWriter(w, v), r)
+	if err != nil {
+		return err
+	}
+	if size >= 0 && n != size {
+		return fmt.Errorf("%s: got %d bytes, want %d: %w", dgst, n, size, ErrDigestMismatch)
+	}
+	if !v.Verified() {
+		return fmt.Errorf("%s: %w", dgst, ErrDigestMismatch)
+	}
+	if err = w.Commit(ctx); err != nil {
+		return err
+	}
+	if err = w.Close(); err != nil {
+		return err
+	}
+	return s.driver.Move(ctx, tmp, blobPath(dgst))
+}
+
+// Delete implements Store.
+func (s *DriverStore) Delete(ctx context.Context, dgst digest.Digest) error {
+	if err := dgst.Validate(); err != nil {
+		return err
+	}
+	err := s.driver.Delete(ctx, path.Dir(blobPath(dgst)))
+	if errors.As(err, new(storagedriver.PathNotFoundError)) {
+		return nil
+	}
+	return err
+}

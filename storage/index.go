@@ -1,0 +1,326 @@
+package storage
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	bolt "go.etcd.io/bbolt"
+)
+
+// Index is the bbolt database of what the mirror holds: tags, manifests,
+// the mirror state of each index, blob sizes and last access, and which
+// repository of which upstream each digest was fetched for.
+//
+// Content is written to the Store before the Index names it, so a crash
+// between the two leaves only unreferenced content, never a dangling entry.
+type Index struct {
+	db *bolt.DB
+
+	// accessed batches last-access times in memory; Flush writes them, so
+	// a pull costs no disk write.
+	mu       sync.Mutex
+	accessed map[digest.Digest]time.Time
+}
+
+var (
+	bucketTags      = []byte("tags")      // "host/repo:tag" -> TagRecord
+	bucketManifests = []byte("manifests") // digest -> ManifestRecord
+	bucketBlobs     = []byte("blobs")     // digest -> BlobRecord
+	bucketLinks     = []byte("links")     // "host/repo@digest" -> ""
+	bucketMirrors   = []byte("mirrors")   // digest -> MirrorRecord
+	allBuckets      = [][]byte{bucketTags, bucketManifests, bucketBlobs, bucketLinks, bucketMirrors}
+)
+
+// TagRecord is what a tag pointed to upstream, and when.
+type TagRecord struct {
+	Digest    digest.Digest `json:"digest"`
+	FetchedAt time.Time     `json:"fetched_at"`
+	// CheckedAt is when the upstream last confirmed the digest.
+	CheckedAt time.Time `json:"checked_at"`
+}
+
+// ManifestRecord describes a stored manifest.
+type ManifestRecord struct {
+	MediaType string    `json:"media_type"`
+	Size      int64     `json:"size"`
+	FetchedAt time.Time `json:"fetched_at"`
+}
+
+// BlobRecord describes a stored blob.
+type BlobRecord struct {
+	Size       int64     `json:"size"`
+	FetchedAt  time.Time `json:"fetched_at"`
+	LastAccess time.Time `json:"last_access"`
+}
+
+// Mirror states of a manifest whose content is mirrored in the background.
+const (
+	MirrorPartial  = "partial"
+	MirrorComplete = "complete"
+)
+
+// MirrorRecord is the background-mirroring state of an index or image
+// manifest: which upstream repository it came from and, once complete, the
+// platforms whose manifests and blobs are all stored.
+type MirrorRecord struct {
+	Upstream  string    `json:"upstream"`
+	Repo      string    `json:"repo"`
+	State     string    `json:"state"`
+	Platforms []string  `json:"platforms,omitempty"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// OpenIndex opens (creating if needed) the bbolt index at path. It fails
+// fast if another process holds it.
+func OpenIndex(path string) (*Index, error) {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+	if err != nil {
+		if errors.Is(err, bolt.ErrTimeout) {
+			return nil, fmt.Errorf("index %s: locked by another process", path)
+		}
+		return nil, fmt.Errorf("index %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range allBuckets {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("index %s: %w", path, err)
+	}
+	return &Index{db: db, accessed: map[digest.Digest]time.Time{}}, nil
+}
+
+// Close flushes pending access times and closes the database.
+func (ix *Index) Close() error {
+	return errors.Join(ix.Flush(), ix.db.Close())
+}
+
+// Ping checks that the database answers a read.
+func (ix *Index) Ping() error {
+	return ix.db.View(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketTags) == nil {
+			return errors.New("index: tags bucket missing")
+		}
+		return nil
+	})
+}
+
+func tagKey(host, repo, tag string) []byte { return []byte(host + "/" + repo + ":" + tag) }
+
+func linkKey(host, repo string, dgst digest.Digest) []byte {
+	return []byte(host + "/" + repo + "@" + dgst.String())
+}
+
+func get[T any](tx *bolt.Tx, bucket, key []byte) (T, bool, error) {
+	var v T
+	raw := tx.Bucket(bucket).Get(key)
+	if raw == nil {
+		return v, false, nil
+	}
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return v, false, fmt.Errorf("index: corrupt %s entry %q: %w", bucket, key, err)
+	}
+	return v, true, nil
+}
+
+func put(tx *bolt.Tx, bucket, key []byte, v any) error {
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(bucket).Put(key, raw)
+}
+
+func view[T any](ix *Index, bucket, key []byte) (v T, ok bool, err error) {
+	err = ix.db.View(func(tx *bolt.Tx) error {
+		v, ok, err = get[T](tx, bucket, key)
+		return err
+	})
+	return v, ok, err
+}
+
+// Tag returns what a tag of an upstream repository points to.
+func (ix *Index) Tag(host, repo, tag string) (TagRecord, bool, error) {
+	return view[TagRecord](ix, bucketTags, tagKey(host, repo, tag))
+}
+
+// Tags lists the tags recorded for an upstream repository, sorted.
+func (ix *Index) Tags(host, repo string) ([]string, error) {
+	prefix := []byte(host + "/" + repo + ":")
+	var tags []string
+	err := ix.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketTags).Cursor()
+		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+			tags = append(tags, string(k[len(prefix):]))
+		}
+		return nil
+	})
+	sort.Strings(tags)
+	return tags, err
+}
+
+// TouchTag records that the upstream confirmed a tag's digest at t.
+func (ix *Index) TouchTag(host, repo, tag string, t time.Time) error {
+	return ix.db.Update(func(tx *bolt.Tx) error {
+		rec, ok, err := get[TagRecord](tx, bucketTags, tagKey(host, repo, tag))
+		if err != nil || !ok {
+			return err
+		}
+		rec.CheckedAt = t
+		return put(tx, bucketTags, tagKey(host, repo, tag), rec)
+	})
+}
+
+// DeleteTag forgets a tag (the upstream says it no longer exists).
+func (ix *Index) DeleteTag(host, repo, tag string) error {
+	return ix.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketTags).Delete(tagKey(host, repo, tag))
+	})
+}
+
+// Manifest returns the record of a stored manifest.
+func (ix *Index) Manifest(dgst digest.Digest) (ManifestRecord, bool, error) {
+	return view[ManifestRecord](ix, bucketManifests, []byte(dgst))
+}
+
+// ManifestEntry is what RecordManifest writes in one transaction.
+type ManifestEntry struct {
+	Upstream, Repo string
+	Digest         digest.Digest
+	Record         ManifestRecord
+	// Tag, if not empty, is pointed at Digest (fetched and checked now).
+	Tag string
+	// Mirror, if not nil, is recorded as the manifest's mirror state
+	// unless one is recorded already.
+	Mirror *MirrorRecord
+}
+
+// RecordManifest records a stored manifest, its link to the repository,
+// and optionally a tag pointing at it and its initial mirror state.
+func (ix *Index) RecordManifest(e ManifestEntry) error {
+	return ix.db.Update(func(tx *bolt.Tx) error {
+		key := []byte(e.Digest)
+		if err := put(tx, bucketManifests, key, e.Record); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketLinks).Put(linkKey(e.Upstream, e.Repo, e.Digest), nil); err != nil {
+			return err
+		}
+		if e.Tag != "" {
+			t := e.Record.FetchedAt
+			if err := put(tx, bucketTags, tagKey(e.Upstream, e.Repo, e.Tag), TagRecord{Digest: e.Digest, FetchedAt: t, CheckedAt: t}); err != nil {
+				return err
+			}
+		}
+		if e.Mirror != nil && tx.Bucket(bucketMirrors).Get(key) == nil {
+			return put(tx, bucketMirrors, key, e.Mirror)
+		}
+		return nil
+	})
+}
+
+// Blob returns the record of a stored blob.
+func (ix *Index) Blob(dgst digest.Digest) (BlobRecord, bool, error) {
+	return view[BlobRecord](ix, bucketBlobs, []byte(dgst))
+}
+
+// RecordBlob records a stored blob and its link to an upstream repository.
+// Concurrent calls are coalesced into one transaction.
+func (ix *Index) RecordBlob(host, repo string, dgst digest.Digest, size int64, t time.Time) error {
+	return ix.db.Batch(func(tx *bolt.Tx) error {
+		if err := put(tx, bucketBlobs, []byte(dgst), BlobRecord{Size: size, FetchedAt: t, LastAccess: t}); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketLinks).Put(linkKey(host, repo, dgst), nil)
+	})
+}
+
+// Link records that dgst belongs to an upstream repository.
+func (ix *Index) Link(host, repo string, dgst digest.Digest) error {
+	return ix.db.Batch(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketLinks).Put(linkKey(host, repo, dgst), nil)
+	})
+}
+
+// Linked reports whether dgst was fetched for, or confirmed to belong to,
+// an upstream repository; content is served only to repositories it is
+// linked to, so repositories and upstreams never see each other's content.
+func (ix *Index) Linked(host, repo string, dgst digest.Digest) (bool, error) {
+	var ok bool
+	err := ix.db.View(func(tx *bolt.Tx) error {
+		ok = tx.Bucket(bucketLinks).Get(linkKey(host, repo, dgst)) != nil
+		return nil
+	})
+	return ok, err
+}
+
+// Mirror returns the background-mirroring state of a manifest.
+func (ix *Index) Mirror(dgst digest.Digest) (MirrorRecord, bool, error) {
+	return view[MirrorRecord](ix, bucketMirrors, []byte(dgst))
+}
+
+// PutMirror records the background-mirroring state of a manifest.
+func (ix *Index) PutMirror(dgst digest.Digest, rec MirrorRecord) error {
+	return ix.db.Update(func(tx *bolt.Tx) error { return put(tx, bucketMirrors, []byte(dgst), rec) })
+}
+
+// IncompleteMirrors returns the manifests whose mirroring has not finished,
+// e.g. because the process stopped; they are resumed at start.
+func (ix *Index) IncompleteMirrors() (map[digest.Digest]MirrorRecord, error) {
+	out := map[digest.Digest]MirrorRecord{}
+	err := ix.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketMirrors).ForEach(func(k, v []byte) error {
+			var rec MirrorRecord
+			if err := json.Unmarshal(v, &rec); err != nil {
+				return fmt.Errorf("index: corrupt mirror entry %q: %w", k, err)
+			}
+			if rec.State != MirrorComplete {
+				out[digest.Digest(k)] = rec
+			}
+			return nil
+		})
+	})
+	return out, err
+}
+
+// Touch notes that dgst was served at t. It is written on the next Flush.
+func (ix *Index) Touch(dgst digest.Digest, t time.Time) {
+	ix.mu.Lock()
+	ix.accessed[dgst] = t
+	ix.mu.Unlock()
+}
+
+// Flush writes the access times noted by Touch.
+func (ix *Index) Flush() error {
+	ix.mu.Lock()
+	pending := ix.accessed
+	ix.accessed = map[digest.Digest]time.Time{}
+	ix.mu.Unlock()
+	if len(pending) == 0 {
+		return nil
+	}
+	return ix.db.Update(func(tx *bolt.Tx) error {
+		for d, t := range pending {
+			rec, ok, err := get[BlobRecord](tx, bucketBlobs, []byte(d))
+			if err != nil || !ok {
+				continue // a manifest, or an unreadable entry: nothing to update
+			}
+			rec.LastAccess = t
+			if err := put(tx, bucketBlobs, []byte(d), rec); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
