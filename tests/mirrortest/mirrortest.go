@@ -1,0 +1,140 @@
+// Package mirrortest runs docker-mirror in-process for tests and benchmarks:
+// a real proxy on 127.0.0.1 with the filesystem store and bbolt index in a
+// temporary directory, restartable on the same data.
+package mirrortest
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http/httptest"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/docker-mirror/docker-mirror/proxy"
+	"github.com/docker-mirror/docker-mirror/proxy/upstream"
+	"github.com/docker-mirror/docker-mirror/storage"
+)
+
+// Clock is a settable clock for tag-TTL tests.
+type Clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+// NewClock returns a clock set to a fixed instant.
+func NewClock() *Clock { return &Clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)} }
+
+// Now returns the clock's time.
+func (c *Clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+// Advance moves the clock forward.
+func (c *Clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// Mirror is a running docker-mirror.
+type Mirror struct {
+	tb          testing.TB
+	upstreamURL string
+	dir         string
+	opts        []proxy.Option
+	Clock       *Clock
+
+	Proxy  *proxy.Proxy
+	Index  *storage.Index
+	Store  *storage.DriverStore
+	server *httptest.Server
+}
+
+// Start runs a mirror of upstreamURL (as docker.io) with the given options
+// on top of the test defaults (fake clock, quiet logger, spool in the data
+// directory). It is shut down with t.Cleanup.
+func Start(t testing.TB, upstreamURL string, opts ...proxy.Option) *Mirror {
+	t.Helper()
+	m := &Mirror{tb: t, upstreamURL: upstreamURL, dir: t.TempDir(), opts: opts, Clock: NewClock()}
+	m.start()
+	t.Cleanup(m.Stop)
+	return m
+}
+
+// Logger is the logger test mirrors use: warnings and errors only.
+func Logger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+func (m *Mirror) start() {
+	t := m.tb
+	ctx := context.Background()
+	store, err := storage.OpenDriverStore(ctx, "filesystem", map[string]any{"rootdirectory": filepath.Join(m.dir, "store")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	index, err := storage.OpenIndex(filepath.Join(m.dir, "index.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	up, err := upstream.New(proxy.DefaultHost, m.upstreamURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := append([]proxy.Option{
+		proxy.WithClock(m.Clock.Now),
+		proxy.WithLogger(Logger()),
+		proxy.WithSpoolDir(m.dir),
+	}, m.opts...)
+	p, err := proxy.New(store, index, []*upstream.Client{up}, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.ResumeMirrors(ctx); err != nil {
+		t.Fatal(err)
+	}
+	m.Proxy, m.Index, m.Store = p, index, store
+	m.server = httptest.NewServer(p.Handler())
+}
+
+// Host is the mirror's "127.0.0.1:PORT".
+func (m *Mirror) Host() string { return m.server.Listener.Addr().String() }
+
+// URL is the mirror's "http://127.0.0.1:PORT".
+func (m *Mirror) URL() string { return m.server.URL }
+
+// WaitIdle waits for background mirroring to finish.
+func (m *Mirror) WaitIdle() {
+	m.tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := m.Proxy.WaitIdle(ctx); err != nil {
+		m.tb.Fatalf("background mirroring did not finish: %v", err)
+	}
+}
+
+// Stop shuts the mirror down; it may be called more than once.
+func (m *Mirror) Stop() {
+	if m.server == nil {
+		return
+	}
+	m.server.CloseClientConnections()
+	m.server.Close()
+	m.Proxy.Close()
+	if err := m.Index.Close(); err != nil {
+		m.tb.Error(err)
+	}
+	m.server = nil
+}
+
+// Restart stops the mirror and starts a new one on the same data
+// directory (on a new port).
+func (m *Mirror) Restart() {
+	m.Stop()
+	m.start()
+}
