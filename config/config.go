@@ -10,12 +10,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/url"
+	"reflect"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"gopkg.in/yaml.v3"
 )
@@ -71,15 +75,146 @@ func Default() Config {
 }
 
 // Parse reads a YAML configuration on top of Default(). Unknown keys are
-// errors, so a typo is reported instead of silently ignored.
+// errors, so a typo is reported instead of silently ignored; every error
+// names the key and the bad value. A key with an empty (null) value keeps
+// its default.
 func Parse(r io.Reader) (Config, error) {
 	c := Default()
 	dec := yaml.NewDecoder(r)
-	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+	var doc yaml.Node
+	if err := dec.Decode(&doc); err != nil {
+		if errors.Is(err, io.EOF) {
+			return c, nil // empty file
+		}
 		return Config{}, fmt.Errorf("config file: %w", err)
 	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		if err != nil {
+			return Config{}, fmt.Errorf("config file: %w", err)
+		}
+		return Config{}, fmt.Errorf("config file: line %d: only one YAML document is allowed", extra.Line)
+	}
+	root := &doc
+	if root.Kind == yaml.DocumentNode && len(root.Content) == 1 {
+		root = root.Content[0]
+	}
+	if root.Kind == yaml.AliasNode && root.Alias != nil {
+		root = root.Alias
+	}
+	if root.Kind == yaml.ScalarNode && root.ShortTag() == "!!null" {
+		return c, nil // only comments, or ~
+	}
+	if root.Kind != yaml.MappingNode {
+		return Config{}, fmt.Errorf("config file: line %d: want a mapping of keys to values, got %s", root.Line, nodeText(root))
+	}
+	fields := fileFields(&c)
+	seen := map[string]int{}
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		k, v := root.Content[i], root.Content[i+1]
+		if k.Kind == yaml.AliasNode && k.Alias != nil {
+			k = k.Alias
+		}
+		if k.Kind != yaml.ScalarNode {
+			return Config{}, fmt.Errorf("config file: line %d: invalid key %s", k.Line, nodeText(k))
+		}
+		name := k.Value
+		f, ok := fields[name]
+		if !ok {
+			return Config{}, fmt.Errorf("config file: line %d: unknown key %q (known keys: %s)", k.Line, name, strings.Join(fileKeys(), ", "))
+		}
+		if line, dup := seen[name]; dup {
+			return Config{}, fmt.Errorf("config file: line %d: key %q already defined at line %d", k.Line, name, line)
+		}
+		seen[name] = k.Line
+		if err := v.Decode(f.ptr); err != nil {
+			if te := (*yaml.TypeError)(nil); errors.As(err, &te) {
+				detail := ""
+				if v.Kind == yaml.MappingNode || v.Kind == yaml.SequenceNode {
+					detail = ": " + strings.Join(te.Errors, "; ")
+				}
+				return Config{}, fmt.Errorf("config file: %s: line %d: invalid value %s (want %s)%s", name, v.Line, nodeText(v), f.want, detail)
+			}
+			return Config{}, fmt.Errorf("config file: %s: %w", name, err)
+		}
+	}
 	return c, nil
+}
+
+// fileField is a key of the configuration file: a pointer to its field of
+// a Config and a description of the values it takes.
+type fileField struct {
+	ptr  any
+	want string
+}
+
+// fileFields maps the keys of the configuration file to the fields of c.
+func fileFields(c *Config) map[string]fileField {
+	v := reflect.ValueOf(c).Elem()
+	out := map[string]fileField{}
+	for i := range v.NumField() {
+		name, _, _ := strings.Cut(v.Type().Field(i).Tag.Get("yaml"), ",")
+		if name == "" || name == "-" {
+			continue
+		}
+		f := v.Field(i)
+		out[name] = fileField{ptr: f.Addr().Interface(), want: describeType(f.Type())}
+	}
+	return out
+}
+
+// fileKeys lists the keys of the configuration file, sorted.
+func fileKeys() []string {
+	var c Config
+	keys := slices.Collect(maps.Keys(fileFields(&c)))
+	slices.Sort(keys)
+	return keys
+}
+
+func describeType(t reflect.Type) string {
+	switch {
+	case t == reflect.TypeFor[Duration]():
+		return "a duration such as 90s"
+	case t.Kind() == reflect.String:
+		return "a string"
+	case t.Kind() == reflect.Int:
+		return "an integer"
+	case t.Kind() == reflect.Slice:
+		return "a list of " + strings.TrimPrefix(describeType(t.Elem()), "a ") + "s"
+	case t.Kind() == reflect.Map && t.Elem().Kind() == reflect.Map:
+		return "a mapping of a driver name to its parameters"
+	case t.Kind() == reflect.Map:
+		return "a mapping"
+	default:
+		return t.String()
+	}
+}
+
+// nodeText renders a node for an error message: a scalar quoted, anything
+// else as flow YAML, shortened.
+func nodeText(n *yaml.Node) string {
+	var s string
+	if n.Kind == yaml.ScalarNode {
+		s = strconv.Quote(n.Value)
+	} else {
+		c := *n
+		c.Style |= yaml.FlowStyle
+		c.HeadComment, c.LineComment, c.FootComment = "", "", ""
+		b, err := yaml.Marshal(&c)
+		if err != nil {
+			s = "(unprintable)"
+		} else {
+			s = strings.Join(strings.Fields(string(b)), " ")
+		}
+	}
+	if len(s) > 80 {
+		cut := 77
+		for cut > 0 && !utf8.RuneStart(s[cut]) {
+			cut--
+		}
+		s = s[:cut] + "..."
+	}
+	return s
 }
 
 // StorageDriver returns the name and parameters of the configured storage
@@ -102,11 +237,11 @@ var platformPattern = regexp.MustCompile(`^[a-z0-9_*]+(/[a-zA-Z0-9_*.-]+){0,2}$`
 // Validate checks every value and returns an error naming the first bad
 // key and value.
 func (c Config) Validate() error {
-	if _, port, err := net.SplitHostPort(c.Listen); err != nil || port == "" {
+	if _, port, err := net.SplitHostPort(c.Listen); err != nil || !validPort(port) {
 		return fmt.Errorf("listen: invalid address %q (want HOST:PORT or :PORT)", c.Listen)
 	}
 	if c.Data == "" {
-		return fmt.Errorf("data: must not be empty")
+		return fmt.Errorf("data: invalid directory %q (must not be empty)", c.Data)
 	}
 	if err := validateURL(c.Upstream); err != nil {
 		return fmt.Errorf("upstream: %w", err)
@@ -115,11 +250,11 @@ func (c Config) Validate() error {
 		return fmt.Errorf("tag_ttl: must not be negative, got %q", c.TagTTL)
 	}
 	if len(c.Platforms) == 0 {
-		return fmt.Errorf("platforms: at least one pattern is needed")
+		return fmt.Errorf("platforms: at least one pattern is needed, got %q", c.Platforms)
 	}
 	for _, p := range c.Platforms {
 		if !platformPattern.MatchString(p) {
-			return fmt.Errorf("platform: invalid pattern %q (want os/arch[/variant], * as wildcard)", p)
+			return fmt.Errorf("platforms: invalid pattern %q (want os/arch[/variant], * as wildcard)", p)
 		}
 	}
 	if c.Concurrency < 1 || c.Concurrency > 256 {
@@ -135,9 +270,32 @@ func (c Config) Validate() error {
 		return fmt.Errorf("log_level: %q is not debug, info, warn or error", c.LogLevel)
 	}
 	if len(c.Storage) > 1 {
-		return fmt.Errorf("storage: exactly one driver expected, got %d", len(c.Storage))
+		names := slices.Sorted(maps.Keys(c.Storage))
+		return fmt.Errorf("storage: exactly one driver expected, got %d (%s)", len(c.Storage), strings.Join(names, ", "))
+	}
+	for name := range c.Storage {
+		if strings.TrimSpace(name) == "" {
+			return fmt.Errorf("storage: invalid driver name %q", name)
+		}
 	}
 	return nil
+}
+
+// validPort reports whether port is a port number (0 picks a free port)
+// or a service name such as "http".
+func validPort(port string) bool {
+	if port == "" {
+		return false
+	}
+	if n, err := strconv.Atoi(port); err == nil {
+		return n >= 0 && n <= 65535
+	}
+	for _, r := range port {
+		if (r < 'a' || r > 'z') && (r < 'A' || r > 'Z') && (r < '0' || r > '9') && r != '-' {
+			return false
+		}
+	}
+	return true
 }
 
 func validateURL(s string) error {
@@ -151,7 +309,7 @@ func validateURL(s string) error {
 	if u.Host == "" {
 		return fmt.Errorf("invalid URL %q: no host", s)
 	}
-	if strings.Trim(u.Path, "/") != "" || u.RawQuery != "" || u.User != nil {
+	if strings.Trim(u.Path, "/") != "" || u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || u.User != nil {
 		return fmt.Errorf("invalid URL %q: only scheme://host[:port] is allowed", s)
 	}
 	return nil
@@ -162,6 +320,9 @@ type Duration time.Duration
 
 // UnmarshalYAML parses a Go duration string; a bare 0 is allowed.
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return fmt.Errorf("line %d: invalid duration %s (e.g. 90s, 1m, 1h)", n.Line, nodeText(n))
+	}
 	v, err := parseDuration(n.Value)
 	if err != nil {
 		return fmt.Errorf("line %d: %w", n.Line, err)
@@ -180,5 +341,9 @@ func parseDuration(s string) (Duration, error) {
 	}
 	return Duration(v), nil
 }
+
+// MarshalYAML writes d as a Go duration string, which UnmarshalYAML reads
+// back.
+func (d Duration) MarshalYAML() (any, error) { return d.String(), nil }
 
 func (d Duration) String() string { return time.Duration(d).String() }

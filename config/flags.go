@@ -4,6 +4,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -38,7 +39,7 @@ var keys = []key{
 	{name: "upstream", usage: "URL docker.io images are fetched from", set: stringKey(func(c *Config) *string { return &c.Upstream })},
 	{name: "tag_ttl", usage: "how long a tag's digest is trusted before revalidating upstream; 0 = every pull", set: durationKey(func(c *Config) *Duration { return &c.TagTTL })},
 	{name: "platform", usage: "platform pattern mirrored eagerly, e.g. linux/* or linux/arm64 (repeatable)", list: true,
-		set: func(c *Config, vals []string) error { c.Platforms = vals; return nil }},
+		set: func(c *Config, vals []string) error { c.Platforms = slices.Clone(vals); return nil }},
 	{name: "concurrency", usage: "parallel upstream fetches of the background mirror", set: one(func(c *Config, v string) error {
 		n, err := strconv.Atoi(v)
 		if err != nil {
@@ -127,6 +128,9 @@ func (f *Flags) Resolve(lookup func(string) (string, bool)) (Config, error) {
 		vals := []string{v}
 		if k.list {
 			vals = strings.Split(v, ",")
+			for i := range vals {
+				vals[i] = strings.TrimSpace(vals[i])
+			}
 		}
 		if err := k.set(&c, vals); err != nil {
 			return Config{}, fmt.Errorf("%s: %w", env, err)

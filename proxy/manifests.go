@@ -8,10 +8,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"regexp"
 	"strconv"
 	"strings"
 
-	"github.com/distribution/reference"
 	"github.com/gorilla/mux"
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
@@ -28,6 +28,9 @@ const (
 	mediaTypeDockerList     = "application/vnd.docker.distribution.manifest.list.v2+json"
 	mediaTypeDockerManifest = "application/vnd.docker.distribution.manifest.v2+json"
 )
+
+// tagPattern is the distribution-spec tag grammar.
+var tagPattern = regexp.MustCompile(`^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$`)
 
 func isIndexType(mt string) bool { return mt == mediaTypeOCIIndex || mt == mediaTypeDockerList }
 
@@ -95,7 +98,7 @@ func (p *Proxy) manifest(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 	} else {
-		if !reference.TagRegexp.MatchString(ref) || len(ref) > 128 {
+		if !tagPattern.MatchString(ref) {
 			return errcode.New(errcode.TagInvalid, "invalid tag %q", ref)
 		}
 		if m, err = p.manifestByTag(r.Context(), t, ref, w.Header()); err != nil {

@@ -128,11 +128,10 @@ func (c *Client) transport(ctx context.Context, repo string) (http.RoundTripper,
 		return t, nil
 	}
 	v, err, _ := c.creating.Do(repo, func() (any, error) {
-		scope := "repository:" + repo + ":" + transport.PullScope
 		// The handshake must not die with the first client that asked.
-		hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 		defer cancel()
-		t, err := transport.NewWithContext(hctx, c.registry, c.auth, c.base, []string{scope})
+		t, err := c.handshake(ctx, repo)
 		if err != nil {
 			return nil, err
 		}
@@ -142,9 +141,38 @@ func (c *Client) transport(ctx context.Context, repo string) (http.RoundTripper,
 		return t, nil
 	})
 	if err != nil {
-		return nil, c.transportError(err)
+		return nil, err
 	}
 	return v.(http.RoundTripper), nil
+}
+
+// handshake pings the upstream. An open registry is used as it is; one
+// that challenges gets go-containerregistry's auth transport for repo's
+// pull scope; any other answer is mapped like a failed request, so a 429
+// keeps its Retry-After.
+func (c *Client) handshake(ctx context.Context, repo string) (http.RoundTripper, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("%s://%s/v2/", c.scheme, c.registry.RegistryStr()), nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := (&http.Client{Transport: c.base}).Do(req)
+	if err != nil {
+		return nil, c.transportError(err)
+	}
+	defer resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusOK:
+		return c.base, nil
+	case http.StatusUnauthorized:
+		scope := "repository:" + repo + ":" + transport.PullScope
+		t, err := transport.NewWithContext(ctx, c.registry, c.auth, c.base, []string{scope})
+		if err != nil {
+			return nil, c.transportError(err)
+		}
+		return t, nil
+	default:
+		return nil, c.statusError(resp, "registry ping")
+	}
 }
 
 func (c *Client) transportError(err error) error {

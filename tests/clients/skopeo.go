@@ -21,7 +21,7 @@ type Skopeo struct {
 	env            []string
 }
 
-// NewSkopeo prepares skopeo; mirror (127.0.0.1:PORT) becomes the docker.io
+// NewSkopeo prepares skopeo (no daemon, no root needed); mirror (127.0.0.1:PORT) becomes the docker.io
 // mirror in its registries.conf, "" for none.
 func NewSkopeo(t testing.TB, mirror string) *Skopeo {
 	t.Helper()
@@ -42,10 +42,15 @@ func NewSkopeo(t testing.TB, mirror string) *Skopeo {
 	return s
 }
 
-// Skopeo runs skopeo with --policy.
+// Skopeo runs skopeo with --policy, --registries-conf and --tmpdir.
+//
+// skopeo 1.9 ignores CONTAINERS_REGISTRIES_CONF (podman 4.3 honours it) and
+// reads /etc/containers/registries.conf unless given the hidden global flag
+// --registries-conf.
 func (s *Skopeo) Skopeo(t testing.TB, args ...string) (string, error) {
 	t.Helper()
-	return Run(t, s.env, s.bin, append([]string{"--policy", s.Policy}, args...)...)
+	global := []string{"--policy", s.Policy, "--registries-conf", s.RegistriesConf, "--tmpdir", filepath.Join(s.Dir, "tmp")}
+	return Run(t, s.env, s.bin, append(global, args...)...)
 }
 
 // CopyAll runs `skopeo copy --all --src-tls-verify=false docker://REF DEST`

@@ -1,0 +1,142 @@
+package tests
+
+import (
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/docker-mirror/docker-mirror/proxy"
+	"github.com/docker-mirror/docker-mirror/tests/fixture"
+	"github.com/docker-mirror/docker-mirror/tests/mirrortest"
+)
+
+// Within the tag TTL a tag is served without asking the upstream; after
+// it, one HEAD revalidates; a moved tag is picked up; a failing upstream
+// during revalidation serves the cached digest.
+func TestTagTTL(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	first := up.SeedImage(t, "library/app", "stable", 1, 1<<10)
+	m := mirrortest.Start(t, up.URL(), proxy.WithTagTTL(time.Minute))
+	url := m.URL() + "/v2/app/manifests/stable"
+
+	wantManifest(t, get(t, url), first.Manifest, first.MediaType)
+	m.WaitIdle()
+	up.ResetCounts()
+
+	m.Clock.Advance(59 * time.Second)
+	for range 3 {
+		r := get(t, url)
+		wantManifest(t, r, first.Manifest, first.MediaType)
+		if r.header.Get("X-Cache") != "hit" {
+			t.Errorf("X-Cache %q within the TTL", r.header.Get("X-Cache"))
+		}
+	}
+	if n := up.Count("", fixture.KindManifest); n != 0 {
+		t.Fatalf("%d upstream manifest requests within the TTL, want 0", n)
+	}
+
+	m.Clock.Advance(2 * time.Second)
+	r := get(t, url)
+	wantManifest(t, r, first.Manifest, first.MediaType)
+	if h, g := up.Count(http.MethodHead, fixture.KindManifest), up.Count(http.MethodGet, fixture.KindManifest); h != 1 || g != 0 {
+		t.Fatalf("after the TTL: %d HEADs and %d GETs upstream, want 1 and 0", h, g)
+	}
+	if r.header.Get("X-Cache") != "revalidated" {
+		t.Errorf("X-Cache %q, want revalidated", r.header.Get("X-Cache"))
+	}
+	// Revalidated: fresh again for another TTL.
+	get(t, url)
+	if n := up.Count("", fixture.KindManifest); n != 1 {
+		t.Fatalf("%d upstream manifest requests after revalidating, want 1", n)
+	}
+
+	// The tag moves upstream.
+	second := up.SeedImage(t, "library/app", "stable", 1, 1<<10)
+	m.Clock.Advance(2 * time.Minute)
+	wantManifest(t, get(t, url), second.Manifest, second.MediaType)
+	m.WaitIdle()
+	wantImage(t, m, "app", second)
+
+	// Revalidation fails: the cached digest is served.
+	m.Clock.Advance(2 * time.Minute)
+	up.SetFault(fixture.Fault{Status: http.StatusServiceUnavailable})
+	r = get(t, url)
+	wantManifest(t, r, second.Manifest, second.MediaType)
+	if r.header.Get("X-Cache") != "stale" {
+		t.Errorf("X-Cache %q, want stale", r.header.Get("X-Cache"))
+	}
+	up.ClearFault()
+	up.Stop()
+	wantManifest(t, get(t, url), second.Manifest, second.MediaType)
+}
+
+// With a TTL of 0 every pull revalidates; a tag deleted upstream is gone.
+func TestTagTTLZeroAndDeletedTag(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/gone", "1", 1, 1<<10)
+	m := mirrortest.Start(t, up.URL(), proxy.WithTagTTL(0))
+	url := m.URL() + "/v2/gone/manifests/1"
+	wantManifest(t, get(t, url), img.Manifest, img.MediaType)
+	up.ResetCounts()
+	wantManifest(t, get(t, url), img.Manifest, img.MediaType)
+	if n := up.Count(http.MethodHead, fixture.KindManifest); n != 1 {
+		t.Fatalf("%d HEADs with TTL 0, want 1", n)
+	}
+	up.Delete(t, "library/gone", img.Digest)
+	wantError(t, get(t, url), http.StatusNotFound, "MANIFEST_UNKNOWN")
+}
+
+// Docker Hub's anonymous token flow: a token is fetched once per
+// repository and reused for every request.
+func TestTokenReused(t *testing.T) {
+	up := fixture.StartUpstream(t, fixture.WithTokenAuth())
+	ma := up.SeedMultiArch(t, "library/multi", "v1", fixture.OCI)
+	m := mirrortest.Start(t, up.URL())
+	cranePull(t, ref(t, m, "multi:v1"))
+	m.WaitIdle()
+	for _, p := range []string{"linux/arm64", "linux/arm/v7"} {
+		wantImage(t, m, "multi", ma.Platforms[p])
+	}
+	if n := up.Count("", fixture.KindToken); n != 1 {
+		t.Fatalf("%d token requests, want 1", n)
+	}
+	if n := up.Count("", fixture.KindBlob); n == 0 {
+		t.Fatal("no blob requests: the test pulled nothing")
+	}
+}
+
+// Tags are listed from the upstream with n/last paging, and from the
+// index when the upstream is down.
+func TestTagsList(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/tl", "a", 1, 1<<10)
+	for _, tag := range []string{"b", "c", "d"} {
+		up.Tag(t, "library/tl", img.Digest, tag)
+	}
+	m := mirrortest.Start(t, up.URL())
+
+	r := get(t, m.URL()+"/v2/tl/tags/list?n=2")
+	if r.status != 200 || string(r.body) != `{"name":"tl","tags":["a","b"]}`+"\n" {
+		t.Fatalf("page 1: %d %s", r.status, r.body)
+	}
+	if link := r.header.Get("Link"); link != `</v2/tl/tags/list?last=b&n=2>; rel="next"` {
+		t.Fatalf("Link %q", link)
+	}
+	r = get(t, m.URL()+"/v2/tl/tags/list?n=2&last=b")
+	if string(r.body) != `{"name":"tl","tags":["c","d"]}`+"\n" {
+		t.Fatalf("page 2: %s", r.body)
+	}
+
+	for _, tag := range []string{"a", "c"} {
+		get(t, m.URL()+"/v2/tl/manifests/"+tag)
+	}
+	up.Stop()
+	r = get(t, m.URL()+"/v2/tl/tags/list")
+	if r.status != 200 || string(r.body) != `{"name":"tl","tags":["a","c"]}`+"\n" || r.header.Get("X-Cache") != "stale" {
+		t.Fatalf("cached tags: %d %s %v", r.status, r.body, r.header)
+	}
+	r = get(t, m.URL()+"/v2/tl/tags/list?n=1")
+	if string(r.body) != `{"name":"tl","tags":["a"]}`+"\n" || r.header.Get("Link") == "" {
+		t.Fatalf("cached page: %s %v", r.body, r.header)
+	}
+}
