@@ -145,7 +145,7 @@ func (p *Proxy) startBlob(ctx context.Context, t target, dgst digest.Digest) (dl
 	dl = &download{dgst: dgst, path: f.Name(), changed: make(chan struct{}), finished: make(chan struct{})}
 	d.m[dgst] = dl
 	d.wg.Add(1)
-	fctx, cancel := p.detach(ctx)
+	fctx, cancel := p.detach(ctx, p.fillTimeout)
 	go func() {
 		defer d.wg.Done()
 		defer cancel()

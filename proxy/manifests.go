@@ -204,24 +204,23 @@ func (p *Proxy) manifestByTag(ctx context.Context, t target, tag string, h http.
 // revalidate asks the upstream, once for all concurrent callers, which
 // digest a tag points to.
 func (p *Proxy) revalidate(ctx context.Context, t target, tag string) (digest.Digest, error) {
-	v, err, _ := p.tagFlights.Do("head "+t.host()+"/"+t.repo+":"+tag, func() (any, error) {
-		ctx, cancel := p.detach(ctx)
+	return shared(ctx, &p.tagFlights, t.host()+"/"+t.repo+":"+tag, func() (digest.Digest, error) {
+		ctx, cancel := p.detach(ctx, p.manifestTimeout)
 		defer cancel()
 		d, err := t.up.HeadManifest(ctx, t.repo, tag)
 		if err != nil {
-			return digest.Digest(""), err
+			return "", err
 		}
 		if d.Digest == "" {
 			// No Docker-Content-Digest: only a GET can tell.
 			m, err := t.up.Manifest(ctx, t.repo, tag)
 			if err != nil {
-				return digest.Digest(""), err
+				return "", err
 			}
 			return m.Digest, nil
 		}
 		return d.Digest, nil
 	})
-	return v.(digest.Digest), err
 }
 
 // manifestByDigest answers a digest from the store, or fetches it.
@@ -281,8 +280,8 @@ func (p *Proxy) fetchManifest(ctx context.Context, t target, ref string, mirror 
 	if !strings.Contains(ref, ":") {
 		key = t.host() + "/" + t.repo + ":" + ref
 	}
-	v, err, _ := p.manifestFlights.Do(key, func() (any, error) {
-		ctx, cancel := p.detach(ctx)
+	return shared(ctx, &p.manifestFlights, key, func() (*storedManifest, error) {
+		ctx, cancel := p.detach(ctx, p.manifestTimeout)
 		defer cancel()
 		up, err := t.up.Manifest(ctx, t.repo, ref)
 		if err != nil {
@@ -315,10 +314,6 @@ func (p *Proxy) fetchManifest(ctx context.Context, t target, ref string, mirror 
 		}
 		return &storedManifest{body: up.Body, mediaType: mt, digest: up.Digest}, nil
 	})
-	if err != nil {
-		return nil, err
-	}
-	return v.(*storedManifest), nil
 }
 
 // resumeIfPartial restarts the background mirroring of a served index or

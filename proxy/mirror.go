@@ -89,7 +89,7 @@ func (p *Proxy) enqueueMirror(ctx context.Context, t target, dgst digest.Digest)
 	if !p.mirrors.add(dgst) {
 		return
 	}
-	ctx, cancel := p.detach(ctx)
+	ctx, cancel := p.detach(ctx, p.fillTimeout)
 	go func() {
 		defer p.mirrors.done(dgst)
 		defer cancel()

@@ -37,6 +37,8 @@ type Proxy struct {
 	// fetches bounds the background mirror's parallel upstream fetches.
 	fetches     *semaphore.Weighted
 	fillTimeout time.Duration
+	// manifestTimeout bounds one upstream manifest request.
+	manifestTimeout time.Duration
 
 	tagFlights      singleflight.Group // per "host/repo:tag"
 	manifestFlights singleflight.Group // per "host/repo@digest"
@@ -83,18 +85,19 @@ func WithFillTimeout(d time.Duration) Option { return func(p *Proxy) { p.fillTim
 // among them.
 func New(store storage.Store, index *storage.Index, upstreams []*upstream.Client, opts ...Option) (*Proxy, error) {
 	p := &Proxy{
-		store:       store,
-		index:       index,
-		upstreams:   map[string]*upstream.Client{},
-		log:         slog.Default(),
-		now:         time.Now,
-		tagTTL:      time.Minute,
-		platforms:   []Platform{{OS: "linux", Architecture: "*"}},
-		fetches:     semaphore.NewWeighted(4),
-		fillTimeout: time.Hour,
-		blobs:       newDownloads(),
-		mirrors:     newMirrorQueue(),
-		stop:        make(chan struct{}),
+		store:           store,
+		index:           index,
+		upstreams:       map[string]*upstream.Client{},
+		log:             slog.Default(),
+		now:             time.Now,
+		tagTTL:          time.Minute,
+		platforms:       []Platform{{OS: "linux", Architecture: "*"}},
+		fetches:         semaphore.NewWeighted(4),
+		fillTimeout:     time.Hour,
+		manifestTimeout: time.Minute,
+		blobs:           newDownloads(),
+		mirrors:         newMirrorQueue(),
+		stop:            make(chan struct{}),
 	}
 	for _, u := range upstreams {
 		p.upstreams[u.Host()] = u
@@ -119,9 +122,9 @@ func (p *Proxy) Close() {
 // detach returns a context for work that must outlive the request that
 // started it (a fill that other clients share, background mirroring): it
 // keeps ctx's values, is not cancelled with it, and ends on Close or after
-// the fill timeout.
-func (p *Proxy) detach(ctx context.Context) (context.Context, context.CancelFunc) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.fillTimeout)
+// timeout.
+func (p *Proxy) detach(ctx context.Context, timeout time.Duration) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 	go func() {
 		select {
 		case <-p.stop:
@@ -130,6 +133,21 @@ func (p *Proxy) detach(ctx context.Context) (context.Context, context.CancelFunc
 		}
 	}()
 	return ctx, cancel
+}
+
+// shared runs fn once for all concurrent callers with the same key, and
+// returns its result to each caller, or the caller's own ctx error if that
+// ends first: a client hanging up leaves the others (and the fill) alone.
+func shared[T any](ctx context.Context, g *singleflight.Group, key string, fn func() (T, error)) (T, error) {
+	ch := g.DoChan(key, func() (any, error) { return fn() })
+	select {
+	case r := <-ch:
+		v, _ := r.Val.(T)
+		return v, r.Err
+	case <-ctx.Done():
+		var zero T
+		return zero, ctx.Err()
+	}
 }
 
 // WaitIdle blocks until no background mirroring is queued or running, or
