@@ -52,7 +52,7 @@ type Config struct {
 	// distribution's own `storage:` block: one key, the driver name, whose
 	// value is the driver's parameters. Empty means the filesystem driver
 	// rooted at Data.
-	Storage map[string]map[string]any `yaml:"storage"`
+	Storage map[string]map[string]any `yaml:"storage,omitempty"`
 }
 
 // DockerHub is the default upstream of docker.io.
@@ -127,6 +127,10 @@ func Parse(r io.Reader) (Config, error) {
 			return Config{}, fmt.Errorf("config file: line %d: key %q already defined at line %d", k.Line, name, line)
 		}
 		seen[name] = k.Line
+		if f.integer && v.Kind == yaml.ScalarNode && v.ShortTag() != "!!int" && v.ShortTag() != "!!null" {
+			// yaml.v3 would truncate 1.5 to 1.
+			return Config{}, fmt.Errorf("config file: %s: line %d: invalid value %s (want %s)", name, v.Line, nodeText(v), f.want)
+		}
 		if err := v.Decode(f.ptr); err != nil {
 			if te := (*yaml.TypeError)(nil); errors.As(err, &te) {
 				detail := ""
@@ -144,8 +148,9 @@ func Parse(r io.Reader) (Config, error) {
 // fileField is a key of the configuration file: a pointer to its field of
 // a Config and a description of the values it takes.
 type fileField struct {
-	ptr  any
-	want string
+	ptr     any
+	want    string
+	integer bool
 }
 
 // fileFields maps the keys of the configuration file to the fields of c.
@@ -158,7 +163,7 @@ func fileFields(c *Config) map[string]fileField {
 			continue
 		}
 		f := v.Field(i)
-		out[name] = fileField{ptr: f.Addr().Interface(), want: describeType(f.Type())}
+		out[name] = fileField{ptr: f.Addr().Interface(), want: describeType(f.Type()), integer: f.Kind() == reflect.Int}
 	}
 	return out
 }

@@ -25,14 +25,11 @@ type downloads struct {
 	dir string
 	mu  sync.Mutex
 	m   map[digest.Digest]*download
-	wg  sync.WaitGroup
 }
 
 func newDownloads() *downloads {
 	return &downloads{dir: os.TempDir(), m: map[digest.Digest]*download{}}
 }
-
-func (d *downloads) wait() { d.wg.Wait() }
 
 // download is one blob streaming from the upstream into a spool file.
 type download struct {
@@ -63,6 +60,14 @@ func (dl *download) update(f func()) {
 	f()
 	dl.notify()
 	dl.mu.Unlock()
+}
+
+// failed reports whether the download has failed; a new request for the
+// blob then starts a new download instead of sharing the failure.
+func (dl *download) failed() bool {
+	dl.mu.Lock()
+	defer dl.mu.Unlock()
+	return dl.err != nil && !dl.verified
 }
 
 // waitStarted waits until the upstream answered and returns the size.
@@ -132,22 +137,25 @@ func (p *Proxy) startBlob(ctx context.Context, t target, dgst digest.Digest) (dl
 	d := p.blobs
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if dl, ok := d.m[dgst]; ok {
+	if dl, ok := d.m[dgst]; ok && !dl.failed() {
 		return dl, false, nil
 	}
 	if _, err := p.store.Stat(ctx, dgst); err == nil {
 		return nil, true, nil
 	}
+	if !p.work.start() {
+		return nil, false, errClosing
+	}
 	f, err := os.CreateTemp(d.dir, "blob-*")
 	if err != nil {
+		p.work.done()
 		return nil, false, fmt.Errorf("spooling blob: %w", err)
 	}
 	dl = &download{dgst: dgst, path: f.Name(), changed: make(chan struct{}), finished: make(chan struct{})}
 	d.m[dgst] = dl
-	d.wg.Add(1)
 	fctx, cancel := p.detach(ctx, p.fillTimeout)
 	go func() {
-		defer d.wg.Done()
+		defer p.work.done()
 		defer cancel()
 		p.runDownload(fctx, t, dl, f)
 	}()
@@ -173,7 +181,9 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 	var stored bool
 	defer func() {
 		p.blobs.mu.Lock()
-		delete(p.blobs.m, dl.dgst)
+		if p.blobs.m[dl.dgst] == dl {
+			delete(p.blobs.m, dl.dgst)
+		}
 		p.blobs.mu.Unlock()
 		f.Close()
 		os.Remove(dl.path)

@@ -204,7 +204,7 @@ func (p *Proxy) manifestByTag(ctx context.Context, t target, tag string, h http.
 // revalidate asks the upstream, once for all concurrent callers, which
 // digest a tag points to.
 func (p *Proxy) revalidate(ctx context.Context, t target, tag string) (digest.Digest, error) {
-	return shared(ctx, &p.tagFlights, t.host()+"/"+t.repo+":"+tag, func() (digest.Digest, error) {
+	return shared(ctx, p.work, &p.tagFlights, t.host()+"/"+t.repo+":"+tag, func() (digest.Digest, error) {
 		ctx, cancel := p.detach(ctx, p.manifestTimeout)
 		defer cancel()
 		d, err := t.up.HeadManifest(ctx, t.repo, tag)
@@ -280,7 +280,7 @@ func (p *Proxy) fetchManifest(ctx context.Context, t target, ref string, mirror 
 	if !strings.Contains(ref, ":") {
 		key = t.host() + "/" + t.repo + ":" + ref
 	}
-	return shared(ctx, &p.manifestFlights, key, func() (*storedManifest, error) {
+	return shared(ctx, p.work, &p.manifestFlights, key, func() (*storedManifest, error) {
 		ctx, cancel := p.detach(ctx, p.manifestTimeout)
 		defer cancel()
 		up, err := t.up.Manifest(ctx, t.repo, ref)

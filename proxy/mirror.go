@@ -25,14 +25,9 @@ const (
 type mirrorQueue struct {
 	mu   sync.Mutex
 	jobs map[digest.Digest]bool
-	idle chan struct{} // closed while no job runs
 }
 
-func newMirrorQueue() *mirrorQueue {
-	idle := make(chan struct{})
-	close(idle)
-	return &mirrorQueue{jobs: map[digest.Digest]bool{}, idle: idle}
-}
+func newMirrorQueue() *mirrorQueue { return &mirrorQueue{jobs: map[digest.Digest]bool{}} }
 
 // add registers a job; false if one for dgst runs already.
 func (q *mirrorQueue) add(dgst digest.Digest) bool {
@@ -40,9 +35,6 @@ func (q *mirrorQueue) add(dgst digest.Digest) bool {
 	defer q.mu.Unlock()
 	if q.jobs[dgst] {
 		return false
-	}
-	if len(q.jobs) == 0 {
-		q.idle = make(chan struct{})
 	}
 	q.jobs[dgst] = true
 	return true
@@ -52,9 +44,6 @@ func (q *mirrorQueue) done(dgst digest.Digest) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	delete(q.jobs, dgst)
-	if len(q.jobs) == 0 {
-		close(q.idle)
-	}
 }
 
 func (q *mirrorQueue) running(dgst digest.Digest) bool {
@@ -70,27 +59,20 @@ func (q *mirrorQueue) Len() int {
 	return len(q.jobs)
 }
 
-func (q *mirrorQueue) wait(ctx context.Context) error {
-	q.mu.Lock()
-	idle := q.idle
-	q.mu.Unlock()
-	select {
-	case <-idle:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
 // enqueueMirror mirrors a stored index or image manifest in the background:
 // for an index, every child whose platform matches the configured patterns
 // and the attestations of those; for each image, its config and layers.
 func (p *Proxy) enqueueMirror(ctx context.Context, t target, dgst digest.Digest) {
+	if !p.work.start() {
+		return
+	}
 	if !p.mirrors.add(dgst) {
+		p.work.done()
 		return
 	}
 	ctx, cancel := p.detach(ctx, p.fillTimeout)
 	go func() {
+		defer p.work.done()
 		defer p.mirrors.done(dgst)
 		defer cancel()
 		if err := p.mirror(ctx, t, dgst); err != nil {

@@ -44,6 +44,8 @@ type Proxy struct {
 	manifestFlights singleflight.Group // per "host/repo@digest"
 	blobs           *downloads
 	mirrors         *mirrorQueue
+	// work counts everything that runs beyond its request.
+	work *activity
 
 	// stop is closed by Close; it cancels every background fill.
 	stop      chan struct{}
@@ -97,6 +99,7 @@ func New(store storage.Store, index *storage.Index, upstreams []*upstream.Client
 		manifestTimeout: time.Minute,
 		blobs:           newDownloads(),
 		mirrors:         newMirrorQueue(),
+		work:            newActivity(),
 		stop:            make(chan struct{}),
 	}
 	for _, u := range upstreams {
@@ -114,9 +117,11 @@ func New(store storage.Store, index *storage.Index, upstreams []*upstream.Client
 // Close cancels background work and waits for it to stop. It does not
 // close the store or the index.
 func (p *Proxy) Close() {
-	p.closeOnce.Do(func() { close(p.stop) })
-	p.mirrors.wait(context.Background())
-	p.blobs.wait()
+	p.closeOnce.Do(func() {
+		close(p.stop)
+		p.work.close()
+	})
+	_ = p.work.wait(context.Background())
 }
 
 // detach returns a context for work that must outlive the request that
@@ -138,10 +143,21 @@ func (p *Proxy) detach(ctx context.Context, timeout time.Duration) (context.Cont
 // shared runs fn once for all concurrent callers with the same key, and
 // returns its result to each caller, or the caller's own ctx error if that
 // ends first: a client hanging up leaves the others (and the fill) alone.
-func shared[T any](ctx context.Context, g *singleflight.Group, key string, fn func() (T, error)) (T, error) {
+// The fetch is counted in work, so Close waits for it.
+func shared[T any](ctx context.Context, work *activity, g *singleflight.Group, key string, fn func() (T, error)) (T, error) {
+	if !work.start() {
+		var zero T
+		return zero, errClosing
+	}
 	ch := g.DoChan(key, func() (any, error) { return fn() })
+	res := make(chan singleflight.Result, 1)
+	go func() {
+		r := <-ch // the flight is over, whether or not the caller still waits
+		work.done()
+		res <- r
+	}()
 	select {
-	case r := <-ch:
+	case r := <-res:
 		v, _ := r.Val.(T)
 		return v, r.Err
 	case <-ctx.Done():
@@ -150,9 +166,9 @@ func shared[T any](ctx context.Context, g *singleflight.Group, key string, fn fu
 	}
 }
 
-// WaitIdle blocks until no background mirroring is queued or running, or
-// ctx ends. Tests and the one-shot commands use it.
-func (p *Proxy) WaitIdle(ctx context.Context) error { return p.mirrors.wait(ctx) }
+// WaitIdle blocks until no download, upstream fetch or background
+// mirroring is running, or ctx ends. Tests and the one-shot commands use it.
+func (p *Proxy) WaitIdle(ctx context.Context) error { return p.work.wait(ctx) }
 
 // ResumeMirrors restarts the background mirroring of every index whose
 // mirroring did not finish, e.g. because the process was stopped.

@@ -1,0 +1,363 @@
+package bench
+
+// The benchmarks of docs/performance.md. Run them with
+//
+//	go test -run='^$' -bench=. -benchtime=3x ./bench/
+//
+// Every server runs in this process on 127.0.0.1: the upstream is the test
+// fixture (a real distribution registry, in memory) and the mirror is the
+// real proxy on a filesystem store in a temporary directory. Besides the
+// standard ns/op, each benchmark reports its own figures with ReportMetric
+// (ms/pull, MB/s with MB = 10^6 bytes, ratios); setup and seeding are never
+// timed.
+
+import (
+	"context"
+	"fmt"
+	mrand "math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/docker-mirror/docker-mirror/tests/fixture"
+	"github.com/docker-mirror/docker-mirror/tests/mirrortest"
+)
+
+// The emulated WAN between the mirror (or a direct client) and the
+// upstream: every upstream response waits wanLatency before its headers (one
+// round trip per request), and every response body is paced at wanRate.
+// The fixture paces each response on its own, so parallel layer downloads
+// each get wanRate, as from a CDN that limits every connection.
+const (
+	wanLatency = 50 * time.Millisecond
+	wanRate    = 100 << 20 // bytes per second per response
+)
+
+// The image pulled by the pull benchmarks: one linux/amd64 manifest, a
+// config and imageLayers layers of imageLayerSize random (incompressible)
+// bytes each.
+const (
+	benchRepo      = "library/bench"
+	benchTag       = "v1"
+	imageLayers    = 4
+	imageLayerSize = 16 << 20
+)
+
+// A profile is how the upstream authenticates.
+type profile struct {
+	name string
+	// auth: Docker Hub's anonymous flow (401 on /v2/, then a bearer token
+	// per repository from /token), else an open registry.
+	auth bool
+}
+
+var profiles = []profile{{"hub", true}, {"open", false}}
+
+func startUpstream(b *testing.B, auth bool, th fixture.Throttle) *fixture.Upstream {
+	b.Helper()
+	opts := []fixture.Option{fixture.WithThrottle(th)}
+	if auth {
+		opts = append(opts, fixture.WithTokenAuth())
+	}
+	return fixture.StartUpstream(b, opts...)
+}
+
+var wan = fixture.Throttle{Latency: wanLatency, BytesPerSec: wanRate}
+
+// pull does what `docker pull` does on the wire against host, with a fresh
+// connection pool: handshake, manifest, then config and layers all in
+// parallel, every blob read to the end and verified.
+func pull(b *testing.B, host string, verify bool) (PullResult, time.Duration) {
+	b.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	tr := NewTransport(16)
+	defer tr.CloseIdleConnections()
+	start := time.Now()
+	c, err := Login(ctx, host, benchRepo, tr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	res, err := c.Pull(ctx, benchTag, 0, verify)
+	d := time.Since(start)
+	if err != nil {
+		b.Fatalf("pull from %s: %v", host, err)
+	}
+	return res, d
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// mbps is a throughput in MB/s (10^6 bytes per second).
+func mbps(bytes int64, d time.Duration) float64 { return float64(bytes) / 1e6 / d.Seconds() }
+
+// BenchmarkDirectPull pulls the image straight from the throttled
+// upstream: the baseline of BenchmarkColdPull.
+func BenchmarkDirectPull(b *testing.B) {
+	for _, p := range profiles {
+		b.Run(p.name, func(b *testing.B) {
+			up := startUpstream(b, p.auth, wan)
+			up.SeedImage(b, benchRepo, benchTag, imageLayers, imageLayerSize)
+			var total time.Duration
+			var bytes int64
+			n := 0
+			for b.Loop() {
+				res, d := pull(b, up.Host(), true)
+				total += d
+				bytes += res.Bytes
+				n++
+			}
+			b.ReportMetric(ms(total)/float64(n), "ms/pull")
+			b.ReportMetric(mbps(bytes, total), "MB/s")
+		})
+	}
+}
+
+// BenchmarkColdPull pulls the image through a fresh mirror (empty store)
+// of a fresh upstream, each iteration. In the same iteration, untimed, the
+// same client pulls the image straight from that upstream, in alternating
+// order, so x-direct is a paired ratio of the two. upstream-bytes/unique is
+// what the upstream sent for the mirror's pull (background mirroring
+// included) over the image's blob bytes.
+func BenchmarkColdPull(b *testing.B) {
+	for _, p := range profiles {
+		b.Run(p.name, func(b *testing.B) {
+			var cold, direct time.Duration
+			var upBytes, unique int64
+			var pings, tokens int
+			n := 0
+			for b.Loop() {
+				b.StopTimer()
+				up := startUpstream(b, p.auth, wan)
+				up.SeedImage(b, benchRepo, benchTag, imageLayers, imageLayerSize)
+				m := mirrortest.Start(b, up.URL())
+				directFirst := n%2 == 0
+				if directFirst {
+					_, d := pull(b, up.Host(), true)
+					direct += d
+					up.ResetCounts()
+				}
+
+				b.StartTimer()
+				res, d := pull(b, m.Host(), true)
+				b.StopTimer()
+				cold += d
+				if res.Misses == 0 {
+					b.Fatal("every blob was a cache hit on a cold mirror")
+				}
+				m.WaitIdle()
+				upBytes += up.BlobBytes()
+				unique += UniqueBytes(res.Blobs)
+				pings += up.Count(http.MethodGet, fixture.KindPing)
+				tokens += up.Count("", fixture.KindToken)
+
+				if !directFirst {
+					_, d := pull(b, up.Host(), true)
+					direct += d
+				}
+				m.Stop()
+				up.Stop()
+				n++
+				b.StartTimer()
+			}
+			b.ReportMetric(ms(cold)/float64(n), "ms/pull")
+			b.ReportMetric(ms(direct)/float64(n), "direct-ms/pull")
+			b.ReportMetric(float64(cold)/float64(direct), "x-direct")
+			b.ReportMetric(float64(upBytes)/float64(unique), "upstream-bytes/unique")
+			b.ReportMetric(float64(pings)/float64(n), "upstream-pings/pull")
+			b.ReportMetric(float64(tokens)/float64(n), "upstream-tokens/pull")
+		})
+	}
+}
+
+// BenchmarkWarmPull pulls the image through a mirror that has it all:
+// manifest, config and layers in parallel, with a client that reads every
+// byte but does not hash (so the proxy, not the client's SHA-256, is
+// measured). upstream-reqs/pull must be 0.
+func BenchmarkWarmPull(b *testing.B) {
+	up := startUpstream(b, true, wan)
+	up.SeedImage(b, benchRepo, benchTag, imageLayers, imageLayerSize)
+	m := mirrortest.Start(b, up.URL())
+	pull(b, m.Host(), true)
+	m.WaitIdle()
+	if res, _ := pull(b, m.Host(), true); res.Misses != 0 {
+		b.Fatalf("%d blobs were not cache hits on a warm mirror", res.Misses)
+	}
+	reqs := len(up.Requests())
+
+	var total time.Duration
+	var bytes int64
+	n := 0
+	for b.Loop() {
+		res, d := pull(b, m.Host(), false)
+		total += d
+		bytes += res.Bytes
+		n++
+	}
+	b.ReportMetric(mbps(bytes, total), "MB/s")
+	b.ReportMetric(ms(total)/float64(n), "ms/pull")
+	b.ReportMetric(float64(len(up.Requests())-reqs)/float64(n), "upstream-reqs/pull")
+}
+
+// The blob of the warm blob benchmarks and the number of parallel clients.
+const (
+	blobSize    = 64 << 20
+	blobClients = 8
+)
+
+// randomBytes returns n deterministic pseudo-random (incompressible) bytes.
+func randomBytes(n int) []byte {
+	buf := make([]byte, n)
+	_, _ = mrand.NewChaCha8([32]byte{'d', 'o', 'c', 'k', 'e', 'r', '-', 'm', 'i', 'r', 'r', 'o', 'r'}).Read(buf)
+	return buf
+}
+
+// blobFlood has clients GET url in parallel, each reading all size bytes,
+// each iteration, over kept-alive connections (opened, and the file
+// cached, by an untimed first round). It reports MB/s over all clients.
+func blobFlood(b *testing.B, url string, clients int, size int64) {
+	b.Helper()
+	tr := NewTransport(clients)
+	defer tr.CloseIdleConnections()
+	hc := &http.Client{Transport: tr}
+	ctx := context.Background()
+	round := func() {
+		var wg sync.WaitGroup
+		errs := make(chan error, clients)
+		for range clients {
+			wg.Go(func() {
+				n, _, err := Fetch(ctx, hc, url, "")
+				if err == nil && n != size {
+					err = fmt.Errorf("read %d bytes, want %d", n, size)
+				}
+				if err != nil {
+					errs <- err
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			b.Fatal(err)
+		}
+	}
+	round()
+	start := time.Now()
+	n := 0
+	for b.Loop() {
+		round()
+		n++
+	}
+	b.ReportMetric(mbps(int64(n)*int64(clients)*size, time.Since(start)), "MB/s")
+}
+
+// BenchmarkWarmBlob64MiB8Clients: 8 clients at once GET one stored 64 MiB
+// blob from the mirror.
+func BenchmarkWarmBlob64MiB8Clients(b *testing.B) {
+	up := fixture.StartUpstream(b)
+	dgst := up.PushBlob(b, benchRepo, randomBytes(blobSize))
+	m := mirrortest.Start(b, up.URL())
+	url := m.URL() + "/v2/" + benchRepo + "/blobs/" + dgst
+	hc := &http.Client{Transport: NewTransport(1)}
+	ctx := context.Background()
+	if _, _, err := Fetch(ctx, hc, url, dgst); err != nil {
+		b.Fatal(err)
+	}
+	// The download is stored once the response is complete: wait for it.
+	deadline := time.Now().Add(time.Minute)
+	for {
+		if _, err := m.Store.Stat(ctx, digest.Digest(dgst)); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			b.Fatal("the blob was not stored")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, cache, err := Fetch(ctx, hc, url, dgst); err != nil || cache != "hit" {
+		b.Fatalf("warm fetch: X-Cache %q, error %v", cache, err)
+	}
+	reqs := len(up.Requests())
+	blobFlood(b, url, blobClients, blobSize)
+	if d := len(up.Requests()) - reqs; d != 0 {
+		b.Errorf("the warm blob cost %d upstream requests", d)
+	}
+}
+
+// BenchmarkServeFile64MiB8Clients: the same flood against Go's
+// http.ServeFile of a 64 MiB file in a temporary directory: the static
+// file server the mirror's warm blob throughput is compared to.
+func BenchmarkServeFile64MiB8Clients(b *testing.B) {
+	path := filepath.Join(b.TempDir(), "blob")
+	if err := os.WriteFile(path, randomBytes(blobSize), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.ServeFile(w, r, path)
+	}))
+	defer srv.Close()
+	blobFlood(b, srv.URL+"/blob", blobClients, blobSize)
+}
+
+// herdClients pull the same uncached image at once in BenchmarkHerd16.
+const herdClients = 16
+
+// BenchmarkHerd16: 16 clients pull the same image through a fresh mirror
+// of a fresh Docker Hub-like upstream at the same moment. ms/herd is the
+// wall time until the last client has verified its last layer;
+// upstream-bytes/unique is what the upstream sent (background mirroring
+// included) over the image's blob bytes, 1.00 if every blob crossed the
+// WAN once.
+func BenchmarkHerd16(b *testing.B) {
+	var wall, slowest time.Duration
+	var upBytes, unique int64
+	var blobGets int
+	n := 0
+	for b.Loop() {
+		b.StopTimer()
+		up := startUpstream(b, true, wan)
+		up.SeedImage(b, benchRepo, benchTag, imageLayers, imageLayerSize)
+		m := mirrortest.Start(b, up.URL())
+		var (
+			wg    sync.WaitGroup
+			mu    sync.Mutex
+			blobs []Descriptor
+			worst time.Duration
+		)
+		gate := make(chan struct{})
+		for range herdClients {
+			wg.Go(func() {
+				<-gate
+				res, d := pull(b, m.Host(), true)
+				mu.Lock()
+				blobs, worst = res.Blobs, max(worst, d)
+				mu.Unlock()
+			})
+		}
+		b.StartTimer()
+		start := time.Now()
+		close(gate)
+		wg.Wait()
+		wall += time.Since(start)
+		b.StopTimer()
+		slowest += worst
+		m.WaitIdle()
+		upBytes += up.BlobBytes()
+		unique += UniqueBytes(blobs)
+		blobGets += up.Count(http.MethodGet, fixture.KindBlob)
+		m.Stop()
+		up.Stop()
+		n++
+		b.StartTimer()
+	}
+	b.ReportMetric(ms(wall)/float64(n), "ms/herd")
+	b.ReportMetric(ms(slowest)/float64(n), "slowest-client-ms")
+	b.ReportMetric(float64(upBytes)/float64(unique), "upstream-bytes/unique")
+	b.ReportMetric(float64(blobGets)/float64(n), "upstream-blob-GETs/herd")
+}

@@ -1,0 +1,617 @@
+package config_test
+
+import (
+	"flag"
+	"io"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/docker-mirror/docker-mirror/config"
+)
+
+func TestDefaultValidates(t *testing.T) {
+	c := config.Default()
+	if err := c.Validate(); err != nil {
+		t.Fatalf("Default().Validate() = %v", err)
+	}
+	name, params := c.StorageDriver()
+	if name != "filesystem" || !reflect.DeepEqual(params, map[string]any{"rootdirectory": c.Data}) {
+		t.Fatalf("default StorageDriver() = %s, %v; want filesystem rooted at %s", name, params, c.Data)
+	}
+	// Default returns a new value each time: changing one does not change
+	// the next.
+	c.Platforms[0] = "changed"
+	if config.Default().Platforms[0] == "changed" {
+		t.Fatal("Default() shares its Platforms slice")
+	}
+}
+
+func parse(t *testing.T, s string) config.Config {
+	t.Helper()
+	c, err := config.Parse(strings.NewReader(s))
+	if err != nil {
+		t.Fatalf("Parse(%q): %v", s, err)
+	}
+	return c
+}
+
+func TestParseEmpty(t *testing.T) {
+	for _, s := range []string{"", "\n", "# only a comment\n", "---\n", "~\n", "{}\n"} {
+		c := parse(t, s)
+		if !reflect.DeepEqual(c, config.Default()) {
+			t.Errorf("Parse(%q) = %+v, want Default()", s, c)
+		}
+	}
+}
+
+// A key without a value keeps its default (and a list without a value is
+// empty, which Validate reports).
+func TestParseNullValues(t *testing.T) {
+	c := parse(t, "listen:\ntag_ttl: ~\nconcurrency:\n")
+	d := config.Default()
+	if c.Listen != d.Listen || c.TagTTL != d.TagTTL || c.Concurrency != d.Concurrency {
+		t.Fatalf("null values changed defaults: %+v", c)
+	}
+}
+
+const fullYAML = `# docker-mirror configuration
+listen: "127.0.0.1:8080"
+data: /var/lib/docker-mirror
+upstream: http://registry.internal:5000/
+tag_ttl: 90s
+platforms:
+  - linux/amd64
+  - linux/arm64/v8
+  - windows/*
+concurrency: 16
+shutdown_timeout: 1m30s
+log_format: json
+log_level: debug
+storage:
+  inmemory: {}
+`
+
+func TestParseFull(t *testing.T) {
+	c := parse(t, fullYAML)
+	want := config.Config{
+		Listen:          "127.0.0.1:8080",
+		Data:            "/var/lib/docker-mirror",
+		Upstream:        "http://registry.internal:5000/",
+		TagTTL:          config.Duration(90 * time.Second),
+		Platforms:       []string{"linux/amd64", "linux/arm64/v8", "windows/*"},
+		Concurrency:     16,
+		ShutdownTimeout: config.Duration(90 * time.Second),
+		LogFormat:       "json",
+		LogLevel:        "debug",
+		Storage:         map[string]map[string]any{"inmemory": {}},
+	}
+	if !reflect.DeepEqual(c, want) {
+		t.Fatalf("Parse(full) =\n%+v\nwant\n%+v", c, want)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatalf("Validate: %v", err)
+	}
+	name, params := c.StorageDriver()
+	if name != "inmemory" || len(params) != 0 || params == nil {
+		t.Fatalf("StorageDriver() = %q, %#v; want inmemory with empty, non-nil parameters", name, params)
+	}
+}
+
+func TestParseStorage(t *testing.T) {
+	for _, tt := range []struct {
+		yaml   string
+		name   string
+		params map[string]any
+	}{
+		{"storage:\n  s3:\n    region: eu-west-1\n    bucket: mirror\n    secure: true\n    chunksize: 10485760\n",
+			"s3aws", map[string]any{"region": "eu-west-1", "bucket": "mirror", "secure": true, "chunksize": 10485760}},
+		{"storage: {s3aws: {bucket: b}}", "s3aws", map[string]any{"bucket": "b"}},
+		{"storage:\n  inmemory:\n", "inmemory", map[string]any{}},
+		{"storage: {filesystem: {rootdirectory: /srv/blobs}}", "filesystem", map[string]any{"rootdirectory": "/srv/blobs"}},
+		{"data: /d\nstorage: {}", "filesystem", map[string]any{"rootdirectory": "/d"}},
+		{"data: /d\nstorage:", "filesystem", map[string]any{"rootdirectory": "/d"}},
+	} {
+		c := parse(t, tt.yaml)
+		if err := c.Validate(); err != nil {
+			t.Errorf("Parse(%q).Validate() = %v", tt.yaml, err)
+		}
+		name, params := c.StorageDriver()
+		if name != tt.name || !reflect.DeepEqual(params, tt.params) {
+			t.Errorf("Parse(%q).StorageDriver() = %q, %#v; want %q, %#v", tt.yaml, name, params, tt.name, tt.params)
+		}
+	}
+}
+
+func TestParseUnknownKeys(t *testing.T) {
+	for _, tt := range []struct{ yaml, key string }{
+		{"listn: :5000\n", "listn"},
+		{"listen: :5000\ntagttl: 1m\n", "tagttl"},
+		{"platform: [linux/amd64]\n", "platform"}, // the flag's name, not the key's
+		{"tag-ttl: 1m\n", "tag-ttl"},
+		{"Listen: :5000\n", "Listen"},
+		{"storage: {inmemory: {}}\nstorag: {}\n", "storag"},
+	} {
+		_, err := config.Parse(strings.NewReader(tt.yaml))
+		if err == nil {
+			t.Errorf("Parse(%q) accepted unknown key %q", tt.yaml, tt.key)
+			continue
+		}
+		if !strings.Contains(err.Error(), `"`+tt.key+`"`) {
+			t.Errorf("Parse(%q) error = %q; want it to name %q", tt.yaml, err, tt.key)
+		}
+	}
+}
+
+func TestParseMalformed(t *testing.T) {
+	for _, tt := range []struct{ yaml, want string }{
+		{"listen: :1\nlisten: :2\n", `"listen" already defined`},
+		{"listen: ':1'\n---\nlisten: ':2'\n", "one YAML document"},
+		{"- listen\n", "want a mapping"},
+		{"just a string\n", "want a mapping"},
+		{"listen: [\n", "config file"},
+		{"\tlisten: :1\n", "config file"},
+		{"[a, b]: 1\n", "invalid key"},
+	} {
+		_, err := config.Parse(strings.NewReader(tt.yaml))
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("Parse(%q) error = %v; want one containing %q", tt.yaml, err, tt.want)
+		}
+	}
+}
+
+// failingReader fails after returning its content.
+type failingReader struct{ r io.Reader }
+
+func (f failingReader) Read(p []byte) (int, error) {
+	n, err := f.r.Read(p)
+	if err == io.EOF {
+		return n, io.ErrUnexpectedEOF
+	}
+	return n, err
+}
+
+func TestParseReadError(t *testing.T) {
+	if _, err := config.Parse(failingReader{strings.NewReader("listen: ':1'\n")}); err == nil {
+		t.Fatal("Parse of a failing reader succeeded")
+	}
+}
+
+// Every bad value is reported with its key and the value, whether Parse
+// or Validate finds it.
+func TestBadValues(t *testing.T) {
+	for _, tt := range []struct {
+		key, yaml, value string
+	}{
+		{"listen", `listen: "5000"`, `"5000"`},
+		{"listen", `listen: localhost`, `"localhost"`},
+		{"listen", `listen: ":"`, `":"`},
+		{"listen", `listen: "host:"`, `"host:"`},
+		{"listen", `listen: ":99999"`, `":99999"`},
+		{"listen", `listen: ":-1"`, `":-1"`},
+		{"listen", `listen: "::1:5000"`, `"::1:5000"`},
+		{"listen", `listen: ":a b"`, `":a b"`},
+		{"listen", `listen: ""`, `""`},
+		{"listen", `listen: [":5000"]`, `[":5000"]`},
+		{"listen", `listen: {a: b}`, `{a: b}`},
+		{"data", `data: ""`, `""`},
+		{"data", `data: [a, b]`, `[a, b]`},
+		{"upstream", `upstream: ftp://mirror.example`, `"ftp://mirror.example"`},
+		{"upstream", `upstream: registry-1.docker.io`, `"registry-1.docker.io"`},
+		{"upstream", `upstream: "https://"`, `"https://"`},
+		{"upstream", `upstream: https://mirror.example/v2`, `"https://mirror.example/v2"`},
+		{"upstream", `upstream: https://mirror.example?x=1`, `"https://mirror.example?x=1"`},
+		{"upstream", `upstream: https://mirror.example?`, `"https://mirror.example?"`},
+		{"upstream", `upstream: "https://mirror.example#frag"`, `"https://mirror.example#frag"`},
+		{"upstream", `upstream: https://user:pw@mirror.example`, `"https://user:pw@mirror.example"`},
+		{"upstream", `upstream: "http://%zz"`, `"http://%zz"`},
+		{"upstream", `upstream: ""`, `""`},
+		{"upstream", `upstream: 5`, `"5"`},
+		{"tag_ttl", `tag_ttl: 5x`, `"5x"`},
+		{"tag_ttl", `tag_ttl: 1`, `"1"`},
+		{"tag_ttl", `tag_ttl: -1s`, `"-1s"`},
+		{"tag_ttl", `tag_ttl: ""`, `""`},
+		{"tag_ttl", `tag_ttl: [1m]`, `[1m]`},
+		{"tag_ttl", `tag_ttl: {a: 1}`, `{a: 1}`},
+		{"platforms", `platforms: []`, `[]`},
+		{"platforms", `platforms: ~`, `[]`},
+		{"platforms", `platforms: linux/amd64`, `"linux/amd64"`},
+		{"platforms", `platforms: [Linux/amd64]`, `"Linux/amd64"`},
+		{"platforms", `platforms: [linux/amd64, ""]`, `""`},
+		{"platforms", `platforms: [linux/arm64/v8/extra]`, `"linux/arm64/v8/extra"`},
+		{"platforms", `platforms: ["linux/amd 64"]`, `"linux/amd 64"`},
+		{"platforms", `platforms: [/amd64]`, `"/amd64"`},
+		{"platforms", `platforms: [linux/]`, `"linux/"`},
+		{"platforms", `platforms: [[linux/amd64]]`, `[[linux/amd64]]`},
+		{"concurrency", `concurrency: 0`, `0`},
+		{"concurrency", `concurrency: -3`, `-3`},
+		{"concurrency", `concurrency: 257`, `257`},
+		{"concurrency", `concurrency: many`, `"many"`},
+		{"concurrency", `concurrency: 1.5`, `"1.5"`},
+		{"concurrency", `concurrency: 99999999999999999999`, `"99999999999999999999"`},
+		{"shutdown_timeout", `shutdown_timeout: -5s`, `"-5s"`},
+		{"shutdown_timeout", `shutdown_timeout: soon`, `"soon"`},
+		{"log_format", `log_format: xml`, `"xml"`},
+		{"log_format", `log_format: JSON`, `"JSON"`},
+		{"log_format", `log_format: ""`, `""`},
+		{"log_level", `log_level: trace`, `"trace"`},
+		{"log_level", `log_level: INFO`, `"INFO"`},
+		{"log_level", `log_level: warning`, `"warning"`},
+		{"storage", `storage: {inmemory: {}, filesystem: {}}`, `filesystem, inmemory`},
+		{"storage", `storage: {s3: 1}`, `{s3: 1}`},
+		{"storage", `storage: filesystem`, `"filesystem"`},
+		{"storage", `storage: [filesystem]`, `[filesystem]`},
+		{"storage", `storage: {"": {}}`, `""`},
+		{"storage", `storage: {" ": {}}`, `" "`},
+		{"storage", `storage: {s3: {bucket: a, bucket: b}}`, `bucket`},
+	} {
+		t.Run(tt.yaml, func(t *testing.T) {
+			c, err := config.Parse(strings.NewReader(tt.yaml + "\n"))
+			if err == nil {
+				err = c.Validate()
+			}
+			if err == nil {
+				t.Fatalf("%s accepted", tt.yaml)
+			}
+			msg := err.Error()
+			if !strings.Contains(msg, tt.key) {
+				t.Errorf("error %q does not name the key %s", msg, tt.key)
+			}
+			if !strings.Contains(msg, tt.value) {
+				t.Errorf("error %q does not name the bad value %s", msg, tt.value)
+			}
+		})
+	}
+}
+
+func TestGoodValues(t *testing.T) {
+	for _, s := range []string{
+		`listen: ":0"`,
+		`listen: ":65535"`,
+		`listen: "[::1]:5000"`,
+		`listen: "0.0.0.0:http"`,
+		`listen: "localhost:5000"`,
+		`upstream: "https://mirror.example"`,
+		`upstream: "https://mirror.example/"`,
+		`upstream: "http://10.0.0.1:5000"`,
+		`upstream: "https://[::1]:443"`,
+		`tag_ttl: 0`,
+		`tag_ttl: 0s`,
+		`tag_ttl: "0"`,
+		`tag_ttl: 24h`,
+		`tag_ttl: 1h30m`,
+		`shutdown_timeout: 0`,
+		`platforms: ["*"]`,
+		`platforms: ["*/*"]`,
+		`platforms: [linux]`,
+		`platforms: [linux/arm/v7, linux/386, linux/ppc64le, linux/s390x]`,
+		`platforms: [linux/arm64/*]`,
+		`concurrency: 1`,
+		`concurrency: 256`,
+		`log_format: text`,
+		`log_level: warn`,
+		`log_level: error`,
+	} {
+		c, err := config.Parse(strings.NewReader(s))
+		if err == nil {
+			err = c.Validate()
+		}
+		if err != nil {
+			t.Errorf("%s: %v", s, err)
+		}
+	}
+}
+
+// resolve parses args with a flag set bound to the configuration and
+// resolves it with env as the environment.
+func resolve(t *testing.T, args []string, env map[string]string) (config.Config, error) {
+	t.Helper()
+	fs := flag.NewFlagSet("test", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	f := config.Bind(fs)
+	if err := fs.Parse(args); err != nil {
+		t.Fatalf("parsing %q: %v", args, err)
+	}
+	return f.Resolve(func(k string) (string, bool) {
+		v, ok := env[k]
+		return v, ok
+	})
+}
+
+func mustResolve(t *testing.T, args []string, env map[string]string) config.Config {
+	t.Helper()
+	c, err := resolve(t, args, env)
+	if err != nil {
+		t.Fatalf("Resolve(%q, %v): %v", args, env, err)
+	}
+	return c
+}
+
+func writeFile(t *testing.T, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "docker-mirror.yaml")
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestResolveDefaults(t *testing.T) {
+	c := mustResolve(t, nil, nil)
+	if !reflect.DeepEqual(c, config.Default()) {
+		t.Fatalf("Resolve without anything = %+v, want Default()", c)
+	}
+}
+
+func TestPrecedence(t *testing.T) {
+	file := writeFile(t, `
+listen: ":6000"
+tag_ttl: 2m
+concurrency: 8
+log_level: warn
+log_format: json
+storage: {inmemory: {}}
+`)
+	args := []string{"--config", file, "--tag-ttl", "3m", "--concurrency", "12", "--log-level", "error"}
+	env := map[string]string{
+		"DOCKER_MIRROR_LOG_LEVEL":   "debug",
+		"DOCKER_MIRROR_CONCURRENCY": "20",
+		"UNRELATED":                 "x",
+	}
+	c := mustResolve(t, args, env)
+	d := config.Default()
+	for _, tt := range []struct {
+		key       string
+		got, want any
+	}{
+		{"data (default)", c.Data, d.Data},
+		{"upstream (default)", c.Upstream, d.Upstream},
+		{"shutdown_timeout (default)", c.ShutdownTimeout, d.ShutdownTimeout},
+		{"platforms (default)", c.Platforms, d.Platforms},
+		{"listen (file)", c.Listen, ":6000"},
+		{"log_format (file)", c.LogFormat, "json"},
+		{"storage (file)", c.Storage, map[string]map[string]any{"inmemory": {}}},
+		{"tag_ttl (flag over file)", c.TagTTL, config.Duration(3 * time.Minute)},
+		{"concurrency (env over flag over file)", c.Concurrency, 20},
+		{"log_level (env over flag over file)", c.LogLevel, "debug"},
+	} {
+		if !reflect.DeepEqual(tt.got, tt.want) {
+			t.Errorf("%s = %v, want %v", tt.key, tt.got, tt.want)
+		}
+	}
+
+	// Environment over defaults and file, without flags.
+	c = mustResolve(t, []string{"-config=" + file}, map[string]string{"DOCKER_MIRROR_LISTEN": ":7000", "DOCKER_MIRROR_DATA": "/env"})
+	if c.Listen != ":7000" || c.Data != "/env" || c.Concurrency != 8 {
+		t.Errorf("env over file: %+v", c)
+	}
+	// Flags over defaults, without a file.
+	c = mustResolve(t, []string{"--listen", ":7001", "--upstream", "http://localhost:5001", "--shutdown-timeout", "5s", "--log-format", "json", "--data", "/flag"}, nil)
+	if c.Listen != ":7001" || c.Upstream != "http://localhost:5001" || c.ShutdownTimeout != config.Duration(5*time.Second) || c.LogFormat != "json" || c.Data != "/flag" {
+		t.Errorf("flags over defaults: %+v", c)
+	}
+	// A repeated flag that is not a list: the last one wins.
+	c = mustResolve(t, []string{"--listen", ":1", "--listen", ":2"}, nil)
+	if c.Listen != ":2" {
+		t.Errorf("--listen :1 --listen :2 = %q", c.Listen)
+	}
+}
+
+func TestPlatformFlag(t *testing.T) {
+	c := mustResolve(t, []string{"--platform", "linux/amd64", "--platform", "linux/arm64/v8"}, nil)
+	if want := []string{"linux/amd64", "linux/arm64/v8"}; !slices.Equal(c.Platforms, want) {
+		t.Fatalf("--platform twice = %q, want %q (replacing the default)", c.Platforms, want)
+	}
+	c = mustResolve(t, []string{"--platform", "linux/riscv64"}, nil)
+	if want := []string{"linux/riscv64"}; !slices.Equal(c.Platforms, want) {
+		t.Fatalf("--platform once = %q, want %q", c.Platforms, want)
+	}
+	// Flags replace the file's list too.
+	file := writeFile(t, "platforms: [linux/amd64, windows/amd64]\n")
+	c = mustResolve(t, []string{"--config", file, "--platform", "linux/s390x"}, nil)
+	if want := []string{"linux/s390x"}; !slices.Equal(c.Platforms, want) {
+		t.Fatalf("--platform over file = %q, want %q", c.Platforms, want)
+	}
+	c = mustResolve(t, []string{"--config", file}, nil)
+	if want := []string{"linux/amd64", "windows/amd64"}; !slices.Equal(c.Platforms, want) {
+		t.Fatalf("file platforms = %q, want %q", c.Platforms, want)
+	}
+}
+
+func TestPlatformEnv(t *testing.T) {
+	for _, tt := range []struct {
+		env  string
+		want []string
+	}{
+		{"linux/amd64,linux/arm64", []string{"linux/amd64", "linux/arm64"}},
+		{"linux/amd64, linux/arm/v7 ,windows/*", []string{"linux/amd64", "linux/arm/v7", "windows/*"}},
+		{"*", []string{"*"}},
+	} {
+		c := mustResolve(t, []string{"--platform", "linux/ppc64le"}, map[string]string{"DOCKER_MIRROR_PLATFORM": tt.env})
+		if !slices.Equal(c.Platforms, tt.want) {
+			t.Errorf("DOCKER_MIRROR_PLATFORM=%q: %q, want %q", tt.env, c.Platforms, tt.want)
+		}
+	}
+	for _, bad := range []string{"", "linux/amd64,", "linux/amd64,,linux/arm64", "Linux"} {
+		_, err := resolve(t, nil, map[string]string{"DOCKER_MIRROR_PLATFORM": bad})
+		if err == nil || !strings.Contains(err.Error(), "platform") {
+			t.Errorf("DOCKER_MIRROR_PLATFORM=%q: error = %v; want one naming platforms", bad, err)
+		}
+	}
+}
+
+func TestTagTTLZero(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		env  map[string]string
+		file string
+	}{
+		{args: []string{"--tag-ttl", "0"}},
+		{args: []string{"--tag-ttl=0s"}},
+		{env: map[string]string{"DOCKER_MIRROR_TAG_TTL": "0"}},
+		{file: "tag_ttl: 0\n"},
+		{file: "tag_ttl: 0s\n"},
+		{file: "tag_ttl: 5m\n", args: []string{"--tag-ttl", "0"}},
+	} {
+		args := tt.args
+		if tt.file != "" {
+			args = append([]string{"--config", writeFile(t, tt.file)}, args...)
+		}
+		c := mustResolve(t, args, tt.env)
+		if c.TagTTL != 0 {
+			t.Errorf("%q %v: tag_ttl = %v, want 0", args, tt.env, c.TagTTL)
+		}
+	}
+}
+
+func TestResolveErrors(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		env  map[string]string
+		want []string // all in the error
+	}{
+		{args: []string{"--concurrency", "lots"}, want: []string{"--concurrency", `"lots"`}},
+		{args: []string{"--tag-ttl", "5x"}, want: []string{"--tag-ttl", `"5x"`}},
+		{args: []string{"--shutdown-timeout", "soon"}, want: []string{"--shutdown-timeout", `"soon"`}},
+		{env: map[string]string{"DOCKER_MIRROR_CONCURRENCY": "x"}, want: []string{"DOCKER_MIRROR_CONCURRENCY", `"x"`}},
+		{env: map[string]string{"DOCKER_MIRROR_TAG_TTL": "-"}, want: []string{"DOCKER_MIRROR_TAG_TTL", `"-"`}},
+		{env: map[string]string{"DOCKER_MIRROR_SHUTDOWN_TIMEOUT": "1"}, want: []string{"DOCKER_MIRROR_SHUTDOWN_TIMEOUT", `"1"`}},
+		// Values that parse but do not validate.
+		{args: []string{"--concurrency", "0"}, want: []string{"concurrency", "0"}},
+		{args: []string{"--tag-ttl", "-1m"}, want: []string{"tag_ttl", `"-1m0s"`}},
+		{args: []string{"--log-level", "trace"}, want: []string{"log_level", `"trace"`}},
+		{args: []string{"--log-format", "xml"}, want: []string{"log_format", `"xml"`}},
+		{args: []string{"--listen", "5000"}, want: []string{"listen", `"5000"`}},
+		{args: []string{"--upstream", "docker.io"}, want: []string{"upstream", `"docker.io"`}},
+		{args: []string{"--data", ""}, want: []string{"data", `""`}},
+		{args: []string{"--platform", "LINUX"}, want: []string{"platform", `"LINUX"`}},
+		{env: map[string]string{"DOCKER_MIRROR_LOG_LEVEL": "loud"}, want: []string{"log_level", `"loud"`}},
+		// An environment variable fixes a bad flag: only the result counts.
+		{args: []string{"--log-level", "trace"}, env: map[string]string{"DOCKER_MIRROR_LOG_LEVEL": "info"}},
+	} {
+		_, err := resolve(t, tt.args, tt.env)
+		if len(tt.want) == 0 {
+			if err != nil {
+				t.Errorf("%q %v: %v", tt.args, tt.env, err)
+			}
+			continue
+		}
+		if err == nil {
+			t.Errorf("%q %v: accepted", tt.args, tt.env)
+			continue
+		}
+		for _, w := range tt.want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%q %v: error %q does not contain %s", tt.args, tt.env, err, w)
+			}
+		}
+	}
+}
+
+func TestResolveFileErrors(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "missing.yaml")
+	if _, err := resolve(t, []string{"--config", missing}, nil); err == nil || !strings.Contains(err.Error(), missing) {
+		t.Errorf("missing config file: error = %v; want one naming %s", err, missing)
+	}
+	bad := writeFile(t, "concurrency: lots\n")
+	_, err := resolve(t, []string{"--config", bad}, nil)
+	if err == nil {
+		t.Fatal("bad config file accepted")
+	}
+	for _, w := range []string{bad, "concurrency", `"lots"`} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error %q does not contain %s", err, w)
+		}
+	}
+	// A flag does not rescue a file that does not parse.
+	if _, err := resolve(t, []string{"--config", bad, "--concurrency", "3"}, nil); err == nil {
+		t.Error("bad config file accepted with a good flag")
+	}
+	// But it does override a parsed value that would not validate.
+	invalid := writeFile(t, "concurrency: 0\n")
+	if c, err := resolve(t, []string{"--config", invalid, "--concurrency", "3"}, nil); err != nil || c.Concurrency != 3 {
+		t.Errorf("flag over invalid file value = %v, %v", c.Concurrency, err)
+	}
+}
+
+func TestBindFlags(t *testing.T) {
+	fs := flag.NewFlagSet("test", flag.ContinueOnError)
+	config.Bind(fs)
+	var names []string
+	fs.VisitAll(func(f *flag.Flag) { names = append(names, f.Name) })
+	want := []string{"concurrency", "config", "data", "listen", "log-format", "log-level", "platform", "shutdown-timeout", "tag-ttl", "upstream"}
+	if !slices.Equal(names, want) {
+		t.Fatalf("flags = %q, want %q", names, want)
+	}
+	for name, parts := range map[string][]string{
+		"tag-ttl":     {"default 1m0s", "DOCKER_MIRROR_TAG_TTL"},
+		"platform":    {"default linux/*", "DOCKER_MIRROR_PLATFORM", "repeatable"},
+		"listen":      {"default :5000", "DOCKER_MIRROR_LISTEN"},
+		"concurrency": {"default 4", "DOCKER_MIRROR_CONCURRENCY"},
+		"upstream":    {config.DockerHub},
+	} {
+		usage := fs.Lookup(name).Usage
+		for _, p := range parts {
+			if !strings.Contains(usage, p) {
+				t.Errorf("usage of --%s = %q, missing %q", name, usage, p)
+			}
+		}
+	}
+}
+
+// Every key of the file has a flag (platforms: the repeatable --platform)
+// except storage, whose parameters do not fit in one.
+func TestEveryKeyHasAFlag(t *testing.T) {
+	fs := flag.NewFlagSet("test", flag.ContinueOnError)
+	config.Bind(fs)
+	typ := reflect.TypeFor[config.Config]()
+	for i := range typ.NumField() {
+		key, _, _ := strings.Cut(typ.Field(i).Tag.Get("yaml"), ",")
+		flagName := strings.ReplaceAll(key, "_", "-")
+		switch key {
+		case "storage":
+			continue
+		case "platforms":
+			flagName = "platform"
+		}
+		if fs.Lookup(flagName) == nil {
+			t.Errorf("key %s has no flag --%s", key, flagName)
+		}
+	}
+}
+
+func TestDurationYAML(t *testing.T) {
+	for _, d := range []time.Duration{0, time.Second, 90 * time.Second, time.Hour + time.Nanosecond} {
+		b, err := yaml.Marshal(map[string]config.Duration{"d": config.Duration(d)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var back map[string]config.Duration
+		if err := yaml.Unmarshal(b, &back); err != nil {
+			t.Fatalf("unmarshalling %q: %v", b, err)
+		}
+		if time.Duration(back["d"]) != d {
+			t.Errorf("%v round-trips to %v via %q", d, time.Duration(back["d"]), b)
+		}
+	}
+}
+
+// A marshalled configuration parses back to the same configuration.
+func TestMarshalRoundTrip(t *testing.T) {
+	for _, c := range []config.Config{config.Default(), parse(t, fullYAML), parse(t, "storage: {s3: {bucket: b, region: r}}")} {
+		b, err := yaml.Marshal(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		back := parse(t, string(b))
+		if !reflect.DeepEqual(back, c) {
+			t.Errorf("round trip via\n%s\ngave %+v, want %+v", b, back, c)
+		}
+	}
+}

@@ -1,0 +1,182 @@
+package storage_test
+
+import (
+	"bytes"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/docker-mirror/docker-mirror/storage"
+	"github.com/docker-mirror/docker-mirror/storage/storetest"
+)
+
+// uploadFiles lists the files left under root/_uploads.
+func uploadFiles(t *testing.T, root string) []string {
+	t.Helper()
+	var files []string
+	err := filepath.WalkDir(filepath.Join(root, "_uploads"), func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.IsDir() {
+			files = append(files, p)
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		t.Fatal(err)
+	}
+	return files
+}
+
+func openFilesystem(t *testing.T, root string) *storage.DriverStore {
+	t.Helper()
+	s, err := storage.OpenDriverStore(t.Context(), "filesystem", map[string]any{"rootdirectory": root})
+	if err != nil {
+		t.Fatalf("OpenDriverStore(filesystem): %v", err)
+	}
+	return s
+}
+
+func TestDriverStoreFilesystem(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) storage.Store {
+		root := t.TempDir()
+		// Whatever a subtest did, successful or failed Puts leave no
+		// temporary files behind.
+		t.Cleanup(func() {
+			if files := uploadFiles(t, root); len(files) > 0 {
+				t.Errorf("temporary files left behind: %v", files)
+			}
+		})
+		return openFilesystem(t, root)
+	})
+}
+
+func TestDriverStoreInmemory(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) storage.Store {
+		s, err := storage.OpenDriverStore(t.Context(), "inmemory", nil)
+		if err != nil {
+			t.Fatalf("OpenDriverStore(inmemory): %v", err)
+		}
+		return s
+	})
+}
+
+func TestOpenDriverStoreUnknownDriver(t *testing.T) {
+	_, err := storage.OpenDriverStore(t.Context(), "no-such-driver", nil)
+	if err == nil || !strings.Contains(err.Error(), "no-such-driver") {
+		t.Fatalf("OpenDriverStore(no-such-driver) error = %v; want one naming the driver", err)
+	}
+}
+
+func TestOpenDriverStoreRemovesInterruptedUploads(t *testing.T) {
+	root := t.TempDir()
+	s := openFilesystem(t, root)
+	blob := []byte("a blob that was stored before the crash")
+	d := digest.FromBytes(blob)
+	if err := s.Put(t.Context(), d, int64(len(blob)), bytes.NewReader(blob)); err != nil {
+		t.Fatal(err)
+	}
+
+	// Leftovers of writes interrupted by a crash.
+	uploads := filepath.Join(root, "_uploads")
+	for _, p := range []string{"leftover", filepath.Join("nested", "leftover")} {
+		p = filepath.Join(uploads, p)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte("half a blob"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	s = openFilesystem(t, root)
+	if files := uploadFiles(t, root); len(files) > 0 {
+		t.Fatalf("OpenDriverStore left interrupted uploads: %v", files)
+	}
+	rc, err := s.Open(t.Context(), d, 0)
+	if err != nil {
+		t.Fatalf("stored blob lost: %v", err)
+	}
+	defer rc.Close()
+	buf := new(bytes.Buffer)
+	if _, err := buf.ReadFrom(rc); err != nil || !bytes.Equal(buf.Bytes(), blob) {
+		t.Fatalf("stored blob reads %q, %v; want %q", buf.Bytes(), err, blob)
+	}
+
+	// Opening a store without leftovers (or a fresh one) is fine too.
+	openFilesystem(t, root)
+	openFilesystem(t, t.TempDir())
+}
+
+func TestCleanUploadsInmemory(t *testing.T) {
+	ctx := t.Context()
+	d := inmemory.New()
+	if err := d.PutContent(ctx, "/_uploads/leftover", []byte("half a blob")); err != nil {
+		t.Fatal(err)
+	}
+	s := storage.NewDriverStore(d)
+	blob := []byte("kept")
+	dgst := digest.FromBytes(blob)
+	if err := s.Put(ctx, dgst, int64(len(blob)), bytes.NewReader(blob)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CleanUploads(ctx); err != nil {
+		t.Fatalf("CleanUploads: %v", err)
+	}
+	if _, err := d.Stat(ctx, "/_uploads/leftover"); err == nil {
+		t.Fatal("CleanUploads kept /_uploads/leftover")
+	}
+	if n, err := s.Stat(ctx, dgst); err != nil || n != int64(len(blob)) {
+		t.Fatalf("Stat of stored blob after CleanUploads = %d, %v", n, err)
+	}
+	if err := s.CleanUploads(ctx); err != nil {
+		t.Fatalf("CleanUploads without uploads: %v", err)
+	}
+}
+
+// The filesystem driver's reader is an *os.File, so serving it can use
+// sendfile.
+func TestFilesystemOpenIsFile(t *testing.T) {
+	s := openFilesystem(t, t.TempDir())
+	blob := []byte("sendfile me")
+	d := digest.FromBytes(blob)
+	if err := s.Put(t.Context(), d, int64(len(blob)), bytes.NewReader(blob)); err != nil {
+		t.Fatal(err)
+	}
+	rc, err := s.Open(t.Context(), d, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	if _, ok := rc.(*os.File); !ok {
+		t.Fatalf("Open returned %T, want *os.File", rc)
+	}
+}
+
+// Putting stored content still reads the whole reader, as a caller teeing
+// it (e.g. to a client) expects.
+func TestPutExistingDrainsReader(t *testing.T) {
+	s, err := storage.OpenDriverStore(t.Context(), "inmemory", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob := bytes.Repeat([]byte("layer "), 1000)
+	d := digest.FromBytes(blob)
+	if err := s.Put(t.Context(), d, int64(len(blob)), bytes.NewReader(blob)); err != nil {
+		t.Fatal(err)
+	}
+	r := bytes.NewReader(blob)
+	if err := s.Put(t.Context(), d, int64(len(blob)), r); err != nil {
+		t.Fatal(err)
+	}
+	if r.Len() != 0 {
+		t.Fatalf("Put of stored content left %d bytes unread", r.Len())
+	}
+}
