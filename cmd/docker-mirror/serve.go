@@ -31,7 +31,12 @@ func serveCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return exitUsage
 	}
 	log := newLogger(cfg, stderr)
-	if err := serve(ctx, cfg, log); err != nil {
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		log.Error("cannot listen", "listen", cfg.Listen, "error", err)
+		return 1
+	}
+	if err := serve(ctx, cfg, log, ln); err != nil {
 		log.Error("docker-mirror stopped", "error", err)
 		return 1
 	}
@@ -48,8 +53,9 @@ func newLogger(cfg config.Config, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-// serve runs the proxy until ctx ends, then shuts down gracefully.
-func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
+// serve runs the proxy on ln until ctx ends, then shuts down gracefully.
+func serve(ctx context.Context, cfg config.Config, log *slog.Logger, ln net.Listener) error {
+	defer ln.Close()
 	if err := os.MkdirAll(cfg.Data, 0o755); err != nil {
 		return fmt.Errorf("data directory: %w", err)
 	}
@@ -99,10 +105,6 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		return err
 	}
 
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return err
-	}
 	srv := &http.Server{
 		Handler:           p.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,

@@ -1,0 +1,114 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/docker-mirror/docker-mirror/config"
+	"github.com/docker-mirror/docker-mirror/storage"
+)
+
+func runCmd(t *testing.T, ctx context.Context, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := run(ctx, args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+// A bad flag, file or value exits 2 with one line naming the key and value.
+func TestBadInputExitsTwoWithOneLine(t *testing.T) {
+	dir := t.TempDir()
+	badFile := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(badFile, []byte("tag_ttl: soon\n"), 0o644)
+	cases := []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"serve", "--tag-ttl", "abc"}, []string{"tag-ttl", `"abc"`}},
+		{[]string{"serve", "--concurrency", "0"}, []string{"concurrency", "0"}},
+		{[]string{"serve", "--upstream", "ftp://x"}, []string{"upstream", "ftp://x"}},
+		{[]string{"serve", "--platform", "linux/"}, []string{"platform", "linux/"}},
+		{[]string{"serve", "--listen", "nope"}, []string{"listen", "nope"}},
+		{[]string{"serve", "--no-such-flag"}, []string{"no-such-flag"}},
+		{[]string{"serve", "--config", badFile}, []string{"tag_ttl", "soon"}},
+		{[]string{"serve", "--config", filepath.Join(dir, "missing.yaml")}, []string{"missing.yaml"}},
+		{[]string{"serve", "extra"}, []string{"extra"}},
+		{[]string{"frobnicate"}, []string{"frobnicate"}},
+	}
+	for _, c := range cases {
+		code, _, stderr := runCmd(t, context.Background(), c.args...)
+		if code != 2 {
+			t.Errorf("%v: exit %d, want 2", c.args, code)
+		}
+		if strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
+			t.Errorf("%v: want one line, got %q", c.args, stderr)
+		}
+		for _, w := range c.want {
+			if !strings.Contains(stderr, w) {
+				t.Errorf("%v: %q does not name %q", c.args, stderr, w)
+			}
+		}
+	}
+	t.Setenv("DOCKER_MIRROR_TAG_TTL", "later")
+	if code, _, stderr := runCmd(t, context.Background(), "serve"); code != 2 || !strings.Contains(stderr, "DOCKER_MIRROR_TAG_TTL") {
+		t.Errorf("bad env: exit %d, %q", code, stderr)
+	}
+}
+
+func TestHelpAndVersion(t *testing.T) {
+	code, out, _ := runCmd(t, context.Background(), "serve", "--help")
+	if code != 0 {
+		t.Fatalf("serve --help: exit %d", code)
+	}
+	for _, flag := range []string{"-listen", "-data", "-upstream", "-tag-ttl", "-platform", "-concurrency", "-config", "-log-format", "-log-level", "-shutdown-timeout"} {
+		if !strings.Contains(out, flag) {
+			t.Errorf("serve --help does not describe %s", flag)
+		}
+	}
+	if code, out, _ := runCmd(t, context.Background(), "--help"); code != 0 || !strings.Contains(out, "serve") {
+		t.Errorf("--help: %d %q", code, out)
+	}
+	if code, out, _ := runCmd(t, context.Background(), "version"); code != 0 || !strings.Contains(out, "go1.") {
+		t.Errorf("version: %d %q", code, out)
+	}
+}
+
+// serve answers the API and shuts down cleanly when its context ends (as
+// on SIGINT/SIGTERM), leaving an index that opens again.
+func TestServeAndGracefulShutdown(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := config.Default()
+	cfg.Data = filepath.Join(t.TempDir(), "data")
+	cfg.Upstream = "http://127.0.0.1:1"
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- serve(ctx, cfg, slog.New(slog.DiscardHandler), ln) }()
+
+	resp, err := http.Get("http://" + ln.Addr().String() + "/v2/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("Docker-Distribution-API-Version") != "registry/2.0" {
+		t.Fatalf("/v2/: %d %v", resp.StatusCode, resp.Header)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("serve: %v", err)
+	}
+	index, err := storage.OpenIndex(filepath.Join(cfg.Data, "index.db"))
+	if err != nil {
+		t.Fatalf("index after shutdown: %v", err)
+	}
+	index.Close()
+}

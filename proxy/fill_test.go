@@ -1,0 +1,101 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// newTestDownload returns a download whose spool file the test writes.
+func newTestDownload(t *testing.T) (*download, *os.File) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "spool")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	dl := &download{dgst: digest.FromString("x"), path: path, changed: make(chan struct{}), finished: make(chan struct{})}
+	dl.update(func() { dl.started, dl.size = true, 6 })
+	return dl, f
+}
+
+func (dl *download) appendBytes(t *testing.T, f *os.File, b string) {
+	t.Helper()
+	if _, err := f.WriteString(b); err != nil {
+		t.Fatal(err)
+	}
+	dl.update(func() { dl.written += int64(len(b)) })
+}
+
+// A follower reads the bytes written so far, before the download ends,
+// except the last byte, which waits for verification.
+func TestBlobReaderFollowsAndHoldsBackLastByte(t *testing.T) {
+	dl, f := newTestDownload(t)
+	r, err := dl.open(context.Background(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	dl.appendBytes(t, f, "abc")
+	buf := make([]byte, 10)
+	n, err := r.Read(buf)
+	if err != nil || string(buf[:n]) != "ab" {
+		t.Fatalf("read %q, %v; want the first 2 of 3 bytes", buf[:n], err)
+	}
+	dl.appendBytes(t, f, "def")
+	n, err = r.Read(buf)
+	if err != nil || string(buf[:n]) != "cde" {
+		t.Fatalf("read %q, %v; want cde", buf[:n], err)
+	}
+	dl.update(func() { dl.verified = true })
+	rest, err := io.ReadAll(r)
+	if err != nil || string(rest) != "f" {
+		t.Fatalf("after verification read %q, %v", rest, err)
+	}
+}
+
+// A failed download hands its error to readers instead of the held-back
+// byte; a reader from an offset starts there.
+func TestBlobReaderFailureAndOffset(t *testing.T) {
+	dl, f := newTestDownload(t)
+	r, err := dl.open(context.Background(), 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	dl.appendBytes(t, f, "abcdef")
+	got := make([]byte, 10)
+	n, _ := r.Read(got)
+	if string(got[:n]) != "cde" {
+		t.Fatalf("read %q from offset 2", got[:n])
+	}
+	boom := errors.New("digest mismatch")
+	dl.update(func() { dl.err = boom })
+	if _, err := r.Read(got); !errors.Is(err, boom) {
+		t.Fatalf("read after failure: %v, want %v", err, boom)
+	}
+	if !dl.failed() {
+		t.Fatal("failed() = false")
+	}
+}
+
+// A reader waiting for bytes gives up when its client's context ends.
+func TestBlobReaderStopsWithItsContext(t *testing.T) {
+	dl, _ := newTestDownload(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	r, err := dl.open(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	cancel()
+	if _, err := r.Read(make([]byte, 1)); !errors.Is(err, context.Canceled) {
+		t.Fatalf("read: %v, want context.Canceled", err)
+	}
+}

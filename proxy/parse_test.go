@@ -1,0 +1,200 @@
+package proxy
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"testing"
+
+	"github.com/distribution/reference"
+	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/docker-mirror/docker-mirror/proxy/errcode"
+	"github.com/docker-mirror/docker-mirror/proxy/upstream"
+)
+
+func TestParseRange(t *testing.T) {
+	cases := []struct {
+		h             string
+		start, length int64
+		ok, bad       bool
+	}{
+		{"bytes=0-9", 0, 10, true, false},
+		{"bytes=5-", 5, 95, true, false},
+		{"bytes=-10", 90, 10, true, false},
+		{"bytes=-1000", 0, 100, true, false},
+		{"bytes=90-1000", 90, 10, true, false},
+		{"bytes=99-99", 99, 1, true, false},
+		{"bytes=100-", 0, 0, false, true},
+		{"bytes=-0", 0, 0, false, true},
+		{"bytes=5-4", 0, 0, false, false},
+		{"bytes=0-1,3-4", 0, 0, false, false},
+		{"bytes=a-b", 0, 0, false, false},
+		{"bytes=", 0, 0, false, false},
+		{"items=0-1", 0, 0, false, false},
+		{"bytes=-", 0, 0, false, false},
+	}
+	for _, c := range cases {
+		s, n, ok, err := parseRange(c.h, 100)
+		if ok != c.ok || (err != nil) != c.bad || (ok && (s != c.start || n != c.length)) {
+			t.Errorf("parseRange(%q) = %d, %d, %v, %v; want %d, %d, %v, bad=%v", c.h, s, n, ok, err, c.start, c.length, c.ok, c.bad)
+		}
+	}
+}
+
+func FuzzParseRange(f *testing.F) {
+	for _, s := range []string{"bytes=0-9", "bytes=-5", "bytes=7-", "bytes=1-0", "bytes=9999999999999999999-"} {
+		f.Add(s, int64(100))
+	}
+	f.Fuzz(func(t *testing.T, h string, size int64) {
+		if size < 0 {
+			return
+		}
+		s, n, ok, err := parseRange(h, size)
+		if ok && (err != nil || s < 0 || n <= 0 || s+n > size) {
+			t.Fatalf("parseRange(%q, %d) = %d, %d: outside the blob", h, size, s, n)
+		}
+	})
+}
+
+func testProxy(t testing.TB) *Proxy {
+	hub, err := upstream.New(DefaultHost, "http://127.0.0.1:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := New(nil, nil, []*upstream.Client{hub})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestResolve(t *testing.T) {
+	p := testProxy(t)
+	cases := []struct {
+		url, name, repo string
+		code            errcode.Code
+	}{
+		{"/", "nginx", "library/nginx", ""},
+		{"/", "library/nginx", "library/nginx", ""},
+		{"/", "bitnami/redis", "bitnami/redis", ""},
+		{"/", "a/b/c", "a/b/c", ""},
+		{"/", "docker.io/nginx", "library/nginx", ""},
+		{"/", "index.docker.io/library/nginx", "library/nginx", ""},
+		{"/?ns=docker.io", "nginx", "library/nginx", ""},
+		{"/?ns=registry-1.docker.io", "area51/jenkins", "area51/jenkins", ""},
+		{"/?ns=ghcr.io", "owner/app", "", errcode.NameUnknown},
+		{"/", "ghcr.io/owner/app", "", errcode.NameUnknown},
+		{"/", "localhost:5000/x", "", errcode.NameUnknown},
+		{"/", "169.254.169.254/latest", "", errcode.NameUnknown},
+		{"/", "Nginx", "", errcode.NameInvalid},
+		{"/", "../etc/passwd", "", errcode.NameInvalid},
+		{"/", "a//b", "", errcode.NameInvalid},
+		{"/", "", "", errcode.NameInvalid},
+	}
+	for _, c := range cases {
+		r := httptest.NewRequest(http.MethodGet, c.url, nil)
+		tg, err := p.resolve(r, c.name)
+		if c.code != "" {
+			if err == nil || errcode.As(err).Code != c.code {
+				t.Errorf("resolve(%q%s) = %v, want %s", c.name, c.url, err, c.code)
+			}
+			continue
+		}
+		if err != nil || tg.repo != c.repo || tg.host() != DefaultHost {
+			t.Errorf("resolve(%q%s) = %+v, %v; want docker.io %s", c.name, c.url, tg, err, c.repo)
+		}
+	}
+}
+
+// No request name can make the proxy pick an upstream that is not
+// configured, nor a repository that is not a valid name.
+func FuzzResolve(f *testing.F) {
+	for _, s := range []string{"nginx", "library/nginx", "ghcr.io/a/b", "localhost:5000/x", "a/../b", "docker.io/x"} {
+		f.Add(s, "")
+		f.Add(s, "ghcr.io")
+	}
+	p := testProxy(f)
+	f.Fuzz(func(t *testing.T, name, ns string) {
+		r := httptest.NewRequest(http.MethodGet, "/", nil)
+		q := r.URL.Query()
+		q.Set("ns", ns)
+		r.URL.RawQuery = q.Encode()
+		tg, err := p.resolve(r, name)
+		if err != nil {
+			if c := errcode.As(err).Code; c != errcode.NameInvalid && c != errcode.NameUnknown {
+				t.Fatalf("resolve(%q, ns=%q): unexpected code %s", name, ns, c)
+			}
+			return
+		}
+		if tg.up != p.upstreams[DefaultHost] {
+			t.Fatalf("resolve(%q, ns=%q) reached an unconfigured upstream", name, ns)
+		}
+		if _, err := reference.WithName(tg.repo); err != nil {
+			t.Fatalf("resolve(%q, ns=%q) = repository %q, not a valid name", name, ns, tg.repo)
+		}
+	})
+}
+
+func TestPlatformPatterns(t *testing.T) {
+	cases := []struct {
+		pattern string
+		p       v1.Platform
+		want    bool
+	}{
+		{"linux/*", v1.Platform{OS: "linux", Architecture: "arm", Variant: "v7"}, true},
+		{"linux/*", v1.Platform{OS: "windows", Architecture: "amd64"}, false},
+		{"linux/arm", v1.Platform{OS: "linux", Architecture: "arm", Variant: "v6"}, true},
+		{"linux/arm/v7", v1.Platform{OS: "linux", Architecture: "arm", Variant: "v6"}, false},
+		{"*/amd64", v1.Platform{OS: "windows", Architecture: "amd64"}, true},
+		{"linux", v1.Platform{OS: "linux", Architecture: "s390x"}, true},
+	}
+	for _, c := range cases {
+		pat, err := ParsePlatform(c.pattern)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := pat.Matches(&c.p); got != c.want {
+			t.Errorf("%s matches %s = %v", c.pattern, platformString(&c.p), got)
+		}
+	}
+	for _, bad := range []string{"", "/amd64", "linux/", "a/b/c/d"} {
+		if _, err := ParsePlatform(bad); err == nil {
+			t.Errorf("ParsePlatform(%q) accepted", bad)
+		}
+	}
+}
+
+func TestSelectChildren(t *testing.T) {
+	p := testProxy(t)
+	amd := v1.Descriptor{Digest: "sha256:a", Platform: &v1.Platform{OS: "linux", Architecture: "amd64"}}
+	arm := v1.Descriptor{Digest: "sha256:b", Platform: &v1.Platform{OS: "linux", Architecture: "arm64"}}
+	win := v1.Descriptor{Digest: "sha256:c", Platform: &v1.Platform{OS: "windows", Architecture: "amd64"}}
+	att := func(d, ref string) v1.Descriptor {
+		return v1.Descriptor{Digest: digest.Digest("sha256:" + d), Platform: &v1.Platform{OS: "unknown", Architecture: "unknown"},
+			Annotations: map[string]string{annotationReferenceType: referenceTypeAttestation, annotationReferenceDigest: ref}}
+	}
+	entries := []v1.Descriptor{amd, arm, win, att("1", "sha256:a"), att("2", "sha256:c")}
+	got, names := p.selectChildren(entries)
+	if len(got) != 3 || got[0].Digest != amd.Digest || got[1].Digest != arm.Digest || got[2].Annotations[annotationReferenceDigest] != "sha256:a" {
+		t.Fatalf("selected %v", got)
+	}
+	if len(names) != 2 || names[0] != "linux/amd64" || names[1] != "linux/arm64" {
+		t.Fatalf("platform names %v", names)
+	}
+}
+
+func TestAccepts(t *testing.T) {
+	h := http.Header{}
+	if !accepts(h, mediaTypeOCIIndex) {
+		t.Error("no Accept must accept anything")
+	}
+	h.Add("Accept", "application/vnd.docker.distribution.manifest.v2+json; q=0.9, application/vnd.oci.image.manifest.v1+json")
+	if accepts(h, mediaTypeOCIIndex) {
+		t.Error("index accepted by a client that lists only image manifests")
+	}
+	h.Add("Accept", mediaTypeOCIIndex)
+	if !accepts(h, mediaTypeOCIIndex) {
+		t.Error("second Accept header ignored")
+	}
+}
