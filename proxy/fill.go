@@ -179,6 +179,7 @@ func (dl *download) open(ctx context.Context, offset int64) (*blobReader, error)
 // stored.
 func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.File) {
 	var stored bool
+	done := p.fill("blob")
 	defer func() {
 		p.blobs.mu.Lock()
 		if p.blobs.m[dl.dgst] == dl {
@@ -187,9 +188,14 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 		p.blobs.mu.Unlock()
 		f.Close()
 		os.Remove(dl.path)
-		if !stored && dl.err == nil {
-			dl.update(func() { dl.err = errors.New("download ended without storing the blob") })
-		}
+		var err error
+		dl.update(func() {
+			if !stored && dl.err == nil {
+				dl.err = errors.New("download ended without storing the blob")
+			}
+			err = dl.err
+		})
+		done(err)
 		close(dl.finished)
 	}()
 	fail := func(err error) {
@@ -228,6 +234,7 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 		}
 	}
 	if (size >= 0 && n != size) || !v.Verified() {
+		p.metrics.UpstreamErrors.WithLabelValues(t.host(), "digest").Inc()
 		fail(errcode.Wrap(errcode.Unavailable, errors.Join(upstream.ErrInvalid, storage.ErrDigestMismatch),
 			"upstream %s sent %d bytes for blob %s that do not match its digest", t.host(), n, dl.dgst).WithStatus(http.StatusBadGateway))
 		return

@@ -280,10 +280,15 @@ func (p *Proxy) fetchManifest(ctx context.Context, t target, ref string, mirror 
 	if !strings.Contains(ref, ":") {
 		key = t.host() + "/" + t.repo + ":" + ref
 	}
-	return shared(ctx, p.work, &p.manifestFlights, key, func() (*storedManifest, error) {
+	return shared(ctx, p.work, &p.manifestFlights, key, func() (_ *storedManifest, err error) {
 		ctx, cancel := p.detach(ctx, p.manifestTimeout)
 		defer cancel()
+		done := p.fill("manifest")
+		defer func() { done(err) }()
 		up, err := t.up.Manifest(ctx, t.repo, ref)
+		if errors.Is(err, upstream.ErrInvalid) {
+			p.metrics.UpstreamErrors.WithLabelValues(t.host(), "digest").Inc()
+		}
 		if err != nil {
 			return nil, err
 		}

@@ -14,9 +14,11 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/semaphore"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/docker-mirror/docker-mirror/metrics"
 	"github.com/docker-mirror/docker-mirror/proxy/upstream"
 	"github.com/docker-mirror/docker-mirror/storage"
 )
@@ -31,6 +33,7 @@ type Proxy struct {
 	index     *storage.Index
 	upstreams map[string]*upstream.Client
 	log       *slog.Logger
+	metrics   *metrics.Metrics
 	now       func() time.Time
 	tagTTL    time.Duration
 	platforms []Platform
@@ -57,6 +60,10 @@ type Option func(*Proxy)
 
 // WithLogger sets the logger (default slog.Default()).
 func WithLogger(l *slog.Logger) Option { return func(p *Proxy) { p.log = l } }
+
+// WithMetrics sets the metrics the proxy records and serves on /metrics
+// (default: a fresh set).
+func WithMetrics(m *metrics.Metrics) Option { return func(p *Proxy) { p.metrics = m } }
 
 // WithClock sets the clock used for tag freshness (default time.Now).
 func WithClock(now func() time.Time) Option { return func(p *Proxy) { p.now = now } }
@@ -111,6 +118,17 @@ func New(store storage.Store, index *storage.Index, upstreams []*upstream.Client
 	for _, o := range opts {
 		o(p)
 	}
+	if p.metrics == nil {
+		p.metrics = metrics.New()
+	}
+	p.metrics.Register(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "docker_mirror_mirror_queue_length", Help: "Background mirror jobs queued or running.",
+		}, func() float64 { return float64(p.mirrors.Len()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "docker_mirror_store_size_bytes", Help: "Total size of the stored blobs and manifests.",
+		}, func() float64 { return float64(p.index.StoredBytes()) }),
+	)
 	return p, nil
 }
 
@@ -163,6 +181,21 @@ func shared[T any](ctx context.Context, work *activity, g *singleflight.Group, k
 	case <-ctx.Done():
 		var zero T
 		return zero, ctx.Err()
+	}
+}
+
+// fill counts an upstream fill of kind ("manifest", "blob") in the
+// metrics; call the returned func with the fill's error when it ends.
+func (p *Proxy) fill(kind string) func(error) {
+	start := time.Now()
+	p.metrics.FillsInProgress.WithLabelValues(kind).Inc()
+	return func(err error) {
+		p.metrics.FillsInProgress.WithLabelValues(kind).Dec()
+		result := "ok"
+		if err != nil {
+			result = "error"
+		}
+		p.metrics.FillDuration.WithLabelValues(kind, result).Observe(time.Since(start).Seconds())
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/gorilla/mux"
@@ -37,6 +38,7 @@ func (p *Proxy) Handler() http.Handler {
 		return err
 	}))
 	r.Handle("/readyz", p.serve("readyz", p.readyz))
+	r.Handle("/metrics", p.metrics.Handler()).Methods(http.MethodGet)
 	r.NotFoundHandler = p.serve("notfound", func(w http.ResponseWriter, r *http.Request) error {
 		return errcode.New(errcode.NameUnknown, "no such endpoint: %s %s", r.Method, r.URL.Path).WithStatus(http.StatusNotFound)
 	})
@@ -96,10 +98,15 @@ func (p *Proxy) serve(route string, h handlerFunc) http.Handler {
 		if rec.status == 0 {
 			rec.status = http.StatusOK
 		}
-		attrs = append(attrs, "status", rec.status, "bytes", rec.bytes, "duration", time.Since(start))
+		elapsed := time.Since(start)
+		attrs = append(attrs, "status", rec.status, "bytes", rec.bytes, "duration", elapsed)
 		if c := rec.Header().Get(cacheHeader); c != "" {
 			attrs = append(attrs, "cache", c)
+			p.metrics.Cache.WithLabelValues(route, c).Inc()
 		}
+		p.metrics.Requests.WithLabelValues(route, r.Method, strconv.Itoa(rec.status)).Inc()
+		p.metrics.RequestDuration.WithLabelValues(route).Observe(elapsed.Seconds())
+		p.metrics.ServedBytes.WithLabelValues(route).Add(float64(rec.bytes))
 		p.log.Log(r.Context(), level, "request", attrs...)
 	})
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -26,6 +27,9 @@ type Index struct {
 	// a pull costs no disk write.
 	mu       sync.Mutex
 	accessed map[digest.Digest]time.Time
+
+	// stored is the total size of the indexed blobs and manifests.
+	stored atomic.Int64
 }
 
 var (
@@ -98,8 +102,40 @@ func OpenIndex(path string) (*Index, error) {
 		db.Close()
 		return nil, fmt.Errorf("index %s: %w", path, err)
 	}
-	return &Index{db: db, accessed: map[digest.Digest]time.Time{}}, nil
+	ix := &Index{db: db, accessed: map[digest.Digest]time.Time{}}
+	if err := ix.countStored(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("index %s: %w", path, err)
+	}
+	return ix, nil
 }
+
+// countStored sums the sizes of the indexed blobs and manifests.
+func (ix *Index) countStored() error {
+	return ix.db.View(func(tx *bolt.Tx) error {
+		var total int64
+		for _, b := range [][]byte{bucketBlobs, bucketManifests} {
+			err := tx.Bucket(b).ForEach(func(k, v []byte) error {
+				var rec struct {
+					Size int64 `json:"size"`
+				}
+				if err := json.Unmarshal(v, &rec); err != nil {
+					return fmt.Errorf("corrupt %s entry %q: %w", b, k, err)
+				}
+				total += rec.Size
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+		}
+		ix.stored.Store(total)
+		return nil
+	})
+}
+
+// StoredBytes is the total size of the indexed blobs and manifests.
+func (ix *Index) StoredBytes() int64 { return ix.stored.Load() }
 
 // Close flushes pending access times and closes the database.
 func (ix *Index) Close() error {
@@ -209,8 +245,13 @@ type ManifestEntry struct {
 // RecordManifest records a stored manifest, its link to the repository,
 // and optionally a tag pointing at it and its initial mirror state.
 func (ix *Index) RecordManifest(e ManifestEntry) error {
-	return ix.db.Update(func(tx *bolt.Tx) error {
+	var added int64
+	err := ix.db.Update(func(tx *bolt.Tx) error {
 		key := []byte(e.Digest)
+		added = 0
+		if tx.Bucket(bucketManifests).Get(key) == nil {
+			added = e.Record.Size
+		}
 		if err := put(tx, bucketManifests, key, e.Record); err != nil {
 			return err
 		}
@@ -228,6 +269,10 @@ func (ix *Index) RecordManifest(e ManifestEntry) error {
 		}
 		return nil
 	})
+	if err == nil {
+		ix.stored.Add(added)
+	}
+	return err
 }
 
 // Blob returns the record of a stored blob.
@@ -238,12 +283,21 @@ func (ix *Index) Blob(dgst digest.Digest) (BlobRecord, bool, error) {
 // RecordBlob records a stored blob and its link to an upstream repository.
 // Concurrent calls are coalesced into one transaction.
 func (ix *Index) RecordBlob(host, repo string, dgst digest.Digest, size int64, t time.Time) error {
-	return ix.db.Batch(func(tx *bolt.Tx) error {
+	var added int64
+	err := ix.db.Batch(func(tx *bolt.Tx) error {
+		added = 0 // Batch may run this again; the last run counts
+		if tx.Bucket(bucketBlobs).Get([]byte(dgst)) == nil {
+			added = size
+		}
 		if err := put(tx, bucketBlobs, []byte(dgst), BlobRecord{Size: size, FetchedAt: t, LastAccess: t}); err != nil {
 			return err
 		}
 		return tx.Bucket(bucketLinks).Put(linkKey(host, repo, dgst), nil)
 	})
+	if err == nil {
+		ix.stored.Add(added)
+	}
+	return err
 }
 
 // Link records that dgst belongs to an upstream repository.

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/docker-mirror/docker-mirror/config"
+	"github.com/docker-mirror/docker-mirror/metrics"
 	"github.com/docker-mirror/docker-mirror/proxy"
 	"github.com/docker-mirror/docker-mirror/proxy/upstream"
 	"github.com/docker-mirror/docker-mirror/storage"
@@ -78,7 +79,9 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, ln net.List
 	}
 	defer index.Close()
 
-	hub, err := upstream.New(proxy.DefaultHost, cfg.Upstream)
+	m := metrics.New()
+	hub, err := upstream.New(proxy.DefaultHost, cfg.Upstream,
+		upstream.WithTransport(m.Transport(proxy.DefaultHost, upstream.DefaultTransport())))
 	if err != nil {
 		return err
 	}
@@ -92,6 +95,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, ln net.List
 	}
 	p, err := proxy.New(store, index, []*upstream.Client{hub},
 		proxy.WithLogger(log),
+		proxy.WithMetrics(m),
 		proxy.WithTagTTL(time.Duration(cfg.TagTTL)),
 		proxy.WithPlatforms(platforms),
 		proxy.WithConcurrency(cfg.Concurrency),

@@ -107,12 +107,19 @@ func New(host, rawURL string, opts ...Option) (*Client, error) {
 		o(c)
 	}
 	if c.base == nil {
-		t := http.DefaultTransport.(*http.Transport).Clone()
-		t.MaxIdleConnsPerHost = 32
-		t.ResponseHeaderTimeout = time.Minute
-		c.base = t
+		c.base = DefaultTransport()
 	}
 	return c, nil
+}
+
+// DefaultTransport returns the HTTP transport upstream clients use unless
+// given another: http.DefaultTransport's settings, more idle connections
+// per host, and a bound on waiting for response headers.
+func DefaultTransport() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConnsPerHost = 32
+	t.ResponseHeaderTimeout = time.Minute
+	return t
 }
 
 // Host is the name clients use for this upstream, e.g. "docker.io".

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/docker-mirror/docker-mirror/metrics"
 	"github.com/docker-mirror/docker-mirror/proxy"
 	"github.com/docker-mirror/docker-mirror/proxy/upstream"
 	"github.com/docker-mirror/docker-mirror/storage"
@@ -49,10 +50,11 @@ type Mirror struct {
 	opts        []proxy.Option
 	Clock       *Clock
 
-	Proxy  *proxy.Proxy
-	Index  *storage.Index
-	Store  *storage.DriverStore
-	server *httptest.Server
+	Proxy   *proxy.Proxy
+	Metrics *metrics.Metrics
+	Index   *storage.Index
+	Store   *storage.DriverStore
+	server  *httptest.Server
 }
 
 // Start runs a mirror of upstreamURL (as docker.io) with the given options
@@ -82,11 +84,14 @@ func (m *Mirror) start() {
 	if err != nil {
 		t.Fatal(err)
 	}
-	up, err := upstream.New(proxy.DefaultHost, m.upstreamURL)
+	m.Metrics = metrics.New()
+	up, err := upstream.New(proxy.DefaultHost, m.upstreamURL,
+		upstream.WithTransport(m.Metrics.Transport(proxy.DefaultHost, upstream.DefaultTransport())))
 	if err != nil {
 		t.Fatal(err)
 	}
 	opts := append([]proxy.Option{
+		proxy.WithMetrics(m.Metrics),
 		proxy.WithClock(m.Clock.Now),
 		proxy.WithLogger(Logger()),
 		proxy.WithSpoolDir(m.dir),

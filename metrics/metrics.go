@@ -1,0 +1,156 @@
+// Package metrics defines docker-mirror's Prometheus metrics, registered on
+// a registry of their own (no global state), and instruments the HTTP
+// transport to the upstreams.
+package metrics
+
+import (
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Metrics are the proxy's metrics.
+type Metrics struct {
+	registry *prometheus.Registry
+
+	// Requests counts client requests by route, method and status.
+	Requests *prometheus.CounterVec
+	// RequestDuration observes client request durations by route.
+	RequestDuration *prometheus.HistogramVec
+	// Cache counts manifest and blob answers by kind and result (hit,
+	// miss, revalidated, stale).
+	Cache *prometheus.CounterVec
+	// ServedBytes counts body bytes sent to clients by route.
+	ServedBytes *prometheus.CounterVec
+	// UpstreamRequests counts upstream requests by upstream and status
+	// ("error" when no answer came).
+	UpstreamRequests *prometheus.CounterVec
+	// UpstreamBytes counts body bytes received from each upstream.
+	UpstreamBytes *prometheus.CounterVec
+	// UpstreamErrors counts failed upstream requests by upstream and
+	// reason (network, status, digest).
+	UpstreamErrors *prometheus.CounterVec
+	// RateLimitRemaining and RateLimitLimit are the upstream's last
+	// ratelimit-remaining and ratelimit-limit headers (Docker Hub).
+	RateLimitRemaining *prometheus.GaugeVec
+	RateLimitLimit     *prometheus.GaugeVec
+	// FillsInProgress counts upstream fills running, by kind.
+	FillsInProgress *prometheus.GaugeVec
+	// FillDuration observes fill durations by kind and result.
+	FillDuration *prometheus.HistogramVec
+}
+
+// New returns the metrics, registered with Go and process collectors on a
+// new registry.
+func New() *Metrics {
+	r := prometheus.NewRegistry()
+	m := &Metrics{
+		registry: r,
+		Requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "docker_mirror_http_requests_total", Help: "Client requests by route, method and status.",
+		}, []string{"route", "method", "status"}),
+		RequestDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "docker_mirror_http_request_duration_seconds", Help: "Client request durations by route.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),
+		}, []string{"route"}),
+		Cache: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "docker_mirror_cache_requests_total", Help: "Manifest and blob answers by kind and cache result (hit, miss, revalidated, stale).",
+		}, []string{"kind", "result"}),
+		ServedBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "docker_mirror_served_bytes_total", Help: "Body bytes sent to clients by route.",
+		}, []string{"route"}),
+		UpstreamRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "docker_mirror_upstream_requests_total", Help: "Upstream requests by upstream and HTTP status (error: no answer).",
+		}, []string{"upstream", "status"}),
+		UpstreamBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "docker_mirror_upstream_bytes_total", Help: "Body bytes received from each upstream.",
+		}, []string{"upstream"}),
+		UpstreamErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "docker_mirror_upstream_errors_total", Help: "Failed upstream requests by upstream and reason (network, status, digest).",
+		}, []string{"upstream", "reason"}),
+		RateLimitRemaining: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "docker_mirror_upstream_ratelimit_remaining", Help: "The upstream's last ratelimit-remaining header.",
+		}, []string{"upstream"}),
+		RateLimitLimit: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "docker_mirror_upstream_ratelimit_limit", Help: "The upstream's last ratelimit-limit header.",
+		}, []string{"upstream"}),
+		FillsInProgress: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "docker_mirror_fills_in_progress", Help: "Upstream fills running, by kind (manifest, blob).",
+		}, []string{"kind"}),
+		FillDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "docker_mirror_fill_duration_seconds", Help: "Upstream fill durations by kind and result.",
+			Buckets: prometheus.ExponentialBuckets(0.01, 4, 9),
+		}, []string{"kind", "result"}),
+	}
+	r.MustRegister(m.Requests, m.RequestDuration, m.Cache, m.ServedBytes, m.UpstreamRequests, m.UpstreamBytes,
+		m.UpstreamErrors, m.RateLimitRemaining, m.RateLimitLimit, m.FillsInProgress, m.FillDuration,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Register adds collectors to the metrics' registry, e.g. gauges read
+// from the proxy's state at scrape time.
+func (m *Metrics) Register(cs ...prometheus.Collector) { m.registry.MustRegister(cs...) }
+
+// Handler serves the metrics in the Prometheus format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{Registry: m.registry})
+}
+
+// Transport instruments an upstream's HTTP transport: requests by status,
+// body bytes received, network errors, and the rate-limit headers.
+func (m *Metrics) Transport(upstream string, base http.RoundTripper) http.RoundTripper {
+	return &transport{m: m, upstream: upstream, base: base}
+}
+
+type transport struct {
+	m        *Metrics
+	upstream string
+	base     http.RoundTripper
+}
+
+func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := t.base.RoundTrip(req)
+	if err != nil {
+		t.m.UpstreamRequests.WithLabelValues(t.upstream, "error").Inc()
+		t.m.UpstreamErrors.WithLabelValues(t.upstream, "network").Inc()
+		return nil, err
+	}
+	t.m.UpstreamRequests.WithLabelValues(t.upstream, strconv.Itoa(resp.StatusCode)).Inc()
+	if resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests {
+		t.m.UpstreamErrors.WithLabelValues(t.upstream, "status").Inc()
+	}
+	if v, ok := rateLimit(resp.Header.Get("Ratelimit-Remaining")); ok {
+		t.m.RateLimitRemaining.WithLabelValues(t.upstream).Set(v)
+	}
+	if v, ok := rateLimit(resp.Header.Get("Ratelimit-Limit")); ok {
+		t.m.RateLimitLimit.WithLabelValues(t.upstream).Set(v)
+	}
+	resp.Body = &countingBody{ReadCloser: resp.Body, c: t.m.UpstreamBytes.WithLabelValues(t.upstream)}
+	return resp, nil
+}
+
+// rateLimit parses Docker Hub's "100;w=21600" rate-limit header value.
+func rateLimit(h string) (float64, bool) {
+	if h == "" {
+		return 0, false
+	}
+	n, err := strconv.ParseFloat(strings.TrimSpace(strings.SplitN(h, ";", 2)[0]), 64)
+	return n, err == nil
+}
+
+type countingBody struct {
+	io.ReadCloser
+	c prometheus.Counter
+}
+
+func (b *countingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.c.Add(float64(n))
+	return n, err
+}
