@@ -33,7 +33,7 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 	} else if ok {
 		w.Header().Set(cacheHeader, "hit")
 		p.index.Touch(dgst, p.now())
-		return serveBlob(w, r, dgst, size, func(off int64) (io.ReadCloser, error) { return p.store.Open(ctx, dgst, off) })
+		return serveBlob(w, r, dgst, size, func(off int64) (io.ReadCloser, error) { return p.store.Open(ctx, t.storeRepo(), dgst, off) })
 	}
 	w.Header().Set(cacheHeader, "miss")
 	if r.Method == http.MethodHead {
@@ -63,11 +63,11 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 			return ctx.Err()
 		}
 	}
-	size, err := p.store.Stat(ctx, dgst)
+	size, err := p.store.Stat(ctx, t.storeRepo(), dgst)
 	if err != nil {
 		return fmt.Errorf("blob %s: %w", dgst, err)
 	}
-	return serveBlob(w, r, dgst, size, func(off int64) (io.ReadCloser, error) { return p.store.Open(ctx, dgst, off) })
+	return serveBlob(w, r, dgst, size, func(off int64) (io.ReadCloser, error) { return p.store.Open(ctx, t.storeRepo(), dgst, off) })
 }
 
 // storedBlob reports whether dgst is stored and may be served for t: it
@@ -75,7 +75,7 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 // repository has it (content of one repository is never handed out for
 // another on the strength of its digest alone).
 func (p *Proxy) storedBlob(ctx context.Context, t target, dgst digest.Digest) (int64, bool, error) {
-	size, err := p.store.Stat(ctx, dgst)
+	size, err := p.store.Stat(ctx, t.storeRepo(), dgst)
 	if errors.Is(err, storage.ErrNotFound) {
 		return 0, false, nil
 	}

@@ -140,7 +140,7 @@ func (p *Proxy) startBlob(ctx context.Context, t target, dgst digest.Digest) (dl
 	if dl, ok := d.m[dgst]; ok && !dl.failed() {
 		return dl, false, nil
 	}
-	if _, err := p.store.Stat(ctx, dgst); err == nil {
+	if _, err := p.store.Stat(ctx, t.storeRepo(), dgst); err == nil {
 		return nil, true, nil
 	}
 	if !p.work.start() {
@@ -245,7 +245,7 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 		fail(err)
 		return
 	}
-	if err := p.store.Put(ctx, dl.dgst, n, f); err != nil {
+	if err := p.store.Put(ctx, t.storeRepo(), dl.dgst, n, f); err != nil {
 		p.log.Error("storing blob", "digest", dl.dgst, "error", err)
 		return
 	}

@@ -165,7 +165,7 @@ func (p *Proxy) manifestByTag(ctx context.Context, t target, tag string, h http.
 		return nil, err
 	}
 	if ok {
-		cached, err := p.loadManifest(ctx, rec.Digest)
+		cached, err := p.loadManifest(ctx, t, rec.Digest)
 		switch {
 		case err != nil:
 			p.log.Warn("indexed tag's manifest is missing from the store; refetching", "upstream", t.host(), "repo", t.repo, "tag", tag, "digest", rec.Digest, "error", err)
@@ -233,7 +233,7 @@ func (p *Proxy) manifestByDigest(ctx context.Context, t target, dgst digest.Dige
 		return nil, err
 	}
 	if linked {
-		m, err := p.loadManifest(ctx, dgst)
+		m, err := p.loadManifest(ctx, t, dgst)
 		if err == nil {
 			h.Set(cacheHeader, "hit")
 			p.resumeIfPartial(ctx, t, m)
@@ -248,7 +248,7 @@ func (p *Proxy) manifestByDigest(ctx context.Context, t target, dgst digest.Dige
 }
 
 // loadManifest reads a stored manifest and its media type.
-func (p *Proxy) loadManifest(ctx context.Context, dgst digest.Digest) (*storedManifest, error) {
+func (p *Proxy) loadManifest(ctx context.Context, t target, dgst digest.Digest) (*storedManifest, error) {
 	rec, ok, err := p.index.Manifest(dgst)
 	if err != nil {
 		return nil, err
@@ -256,12 +256,7 @@ func (p *Proxy) loadManifest(ctx context.Context, dgst digest.Digest) (*storedMa
 	if !ok {
 		return nil, fmt.Errorf("manifest %s: %w", dgst, storage.ErrNotFound)
 	}
-	rc, err := p.store.Open(ctx, dgst, 0)
-	if err != nil {
-		return nil, err
-	}
-	defer rc.Close()
-	body, err := io.ReadAll(io.LimitReader(rc, upstream.MaxManifestSize+1))
+	body, err := p.readManifest(ctx, t, dgst)
 	if err != nil {
 		return nil, err
 	}
@@ -269,6 +264,27 @@ func (p *Proxy) loadManifest(ctx context.Context, dgst digest.Digest) (*storedMa
 		return nil, fmt.Errorf("stored manifest %s is corrupt: %w", dgst, storage.ErrDigestMismatch)
 	}
 	return &storedManifest{body: body, mediaType: rec.MediaType, digest: dgst}, nil
+}
+
+// readManifest reads a manifest's bytes from the store.
+func (p *Proxy) readManifest(ctx context.Context, t target, dgst digest.Digest) ([]byte, error) {
+	if ms, ok := p.store.(storage.ManifestStore); ok {
+		return ms.Manifest(ctx, t.storeRepo(), dgst)
+	}
+	rc, err := p.store.Open(ctx, t.storeRepo(), dgst, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	return io.ReadAll(io.LimitReader(rc, upstream.MaxManifestSize+1))
+}
+
+// writeManifest stores a manifest's exact bytes by digest.
+func (p *Proxy) writeManifest(ctx context.Context, t target, m *upstream.Manifest, mediaType string) error {
+	if ms, ok := p.store.(storage.ManifestStore); ok {
+		return ms.PutManifest(ctx, t.storeRepo(), m.Digest.String(), mediaType, m.Body)
+	}
+	return p.store.Put(ctx, t.storeRepo(), m.Digest, int64(len(m.Body)), bytes.NewReader(m.Body))
 }
 
 // fetchManifest fetches a manifest by tag or digest from the upstream, once
@@ -297,7 +313,7 @@ func (p *Proxy) fetchManifest(ctx context.Context, t target, ref string, mirror 
 			return nil, errcode.Wrap(errcode.Unavailable, errors.Join(upstream.ErrInvalid, err), "upstream %s sent a bad manifest for %s:%s", t.host(), t.repo, ref).
 				WithStatus(http.StatusBadGateway)
 		}
-		if err := p.store.Put(ctx, up.Digest, int64(len(up.Body)), bytes.NewReader(up.Body)); err != nil {
+		if err := p.writeManifest(ctx, t, up, mt); err != nil {
 			return nil, fmt.Errorf("storing manifest %s: %w", up.Digest, err)
 		}
 		entry := storage.ManifestEntry{

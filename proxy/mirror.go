@@ -83,7 +83,7 @@ func (p *Proxy) enqueueMirror(ctx context.Context, t target, dgst digest.Digest)
 }
 
 func (p *Proxy) mirror(ctx context.Context, t target, dgst digest.Digest) error {
-	m, err := p.loadManifest(ctx, dgst)
+	m, err := p.loadManifest(ctx, t, dgst)
 	if err != nil {
 		return err
 	}
@@ -167,7 +167,7 @@ func (p *Proxy) mirrorImage(ctx context.Context, t target, dgst digest.Digest) e
 
 func (p *Proxy) ensureManifest(ctx context.Context, t target, dgst digest.Digest) (*storedManifest, error) {
 	if linked, err := p.index.Linked(t.host(), t.repo, dgst); err == nil && linked {
-		if m, err := p.loadManifest(ctx, dgst); err == nil {
+		if m, err := p.loadManifest(ctx, t, dgst); err == nil {
 			return m, nil
 		}
 	}
@@ -202,7 +202,7 @@ func (p *Proxy) ensureBlob(ctx context.Context, t target, dgst digest.Digest) er
 	if err := dgst.Validate(); err != nil {
 		return fmt.Errorf("manifest lists an invalid blob digest %q: %w", dgst, err)
 	}
-	if _, err := p.store.Stat(ctx, dgst); err == nil {
+	if _, err := p.store.Stat(ctx, t.storeRepo(), dgst); err == nil {
 		return p.index.Link(t.host(), t.repo, dgst)
 	}
 	if err := p.fetches.Acquire(ctx, 1); err != nil {
@@ -219,7 +219,7 @@ func (p *Proxy) ensureBlob(ctx context.Context, t target, dgst digest.Digest) er
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		if _, err := p.store.Stat(ctx, dgst); err != nil {
+		if _, err := p.store.Stat(ctx, t.storeRepo(), dgst); err != nil {
 			dl.mu.Lock()
 			derr := dl.err
 			dl.mu.Unlock()

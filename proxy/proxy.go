@@ -229,7 +229,7 @@ func (p *Proxy) Ready(ctx context.Context) error {
 	if err := p.index.Ping(); err != nil {
 		return err
 	}
-	if _, err := p.store.Stat(ctx, digest.FromString("readiness probe")); err != nil && !errors.Is(err, storage.ErrNotFound) {
+	if _, err := p.store.Stat(ctx, "docker-mirror/readiness", digest.FromString("readiness probe")); err != nil && !errors.Is(err, storage.ErrNotFound) {
 		return fmt.Errorf("store: %w", err)
 	}
 	return nil

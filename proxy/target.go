@@ -19,6 +19,16 @@ type target struct {
 
 func (t target) host() string { return t.up.Host() }
 
+// storeRepo names the repository in the store: a docker.io repository
+// keeps its path (library/nginx), another upstream's gets its host as the
+// first component (ghcr.io/owner/app), so names never collide.
+func (t target) storeRepo() string {
+	if t.host() == DefaultHost {
+		return t.repo
+	}
+	return t.host() + "/" + t.repo
+}
+
 // dockerHubAliases are other names clients use for docker.io.
 var dockerHubAliases = map[string]bool{"index.docker.io": true, "registry-1.docker.io": true, "registry.hub.docker.com": true}
 

@@ -18,8 +18,9 @@ import (
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/s3-aws"
 )
 
-// DriverStore is a Store on a distribution storage driver (filesystem,
-// inmemory, s3...).
+// DriverStore is the embedded Store on a distribution storage driver
+// (filesystem, inmemory, s3...). Content is shared between repositories:
+// the repo arguments are not used.
 type DriverStore struct {
 	driver storagedriver.StorageDriver
 }
@@ -76,7 +77,7 @@ func notFound(err error, dgst digest.Digest) error {
 }
 
 // Stat implements Store.
-func (s *DriverStore) Stat(ctx context.Context, dgst digest.Digest) (int64, error) {
+func (s *DriverStore) Stat(ctx context.Context, _ string, dgst digest.Digest) (int64, error) {
 	if err := dgst.Validate(); err != nil {
 		return 0, err
 	}
@@ -89,7 +90,7 @@ func (s *DriverStore) Stat(ctx context.Context, dgst digest.Digest) (int64, erro
 
 // Open implements Store. With the filesystem driver the reader is an
 // *os.File, so serving it can use sendfile.
-func (s *DriverStore) Open(ctx context.Context, dgst digest.Digest, offset int64) (io.ReadCloser, error) {
+func (s *DriverStore) Open(ctx context.Context, _ string, dgst digest.Digest, offset int64) (io.ReadCloser, error) {
 	if err := dgst.Validate(); err != nil {
 		return nil, err
 	}
@@ -101,11 +102,11 @@ func (s *DriverStore) Open(ctx context.Context, dgst digest.Digest, offset int64
 }
 
 // Put implements Store.
-func (s *DriverStore) Put(ctx context.Context, dgst digest.Digest, size int64, r io.Reader) (err error) {
+func (s *DriverStore) Put(ctx context.Context, repo string, dgst digest.Digest, size int64, r io.Reader) (err error) {
 	if err := dgst.Validate(); err != nil {
 		return err
 	}
-	if _, err := s.Stat(ctx, dgst); err == nil {
+	if _, err := s.Stat(ctx, repo, dgst); err == nil {
 		_, err = io.Copy(io.Discard, r) // drain, as a caller teeing r expects
 		return err
 	}
@@ -142,7 +143,7 @@ func (s *DriverStore) Put(ctx context.Context, dgst digest.Digest, size int64, r
 }
 
 // Delete implements Store.
-func (s *DriverStore) Delete(ctx context.Context, dgst digest.Digest) error {
+func (s *DriverStore) Delete(ctx context.Context, _ string, dgst digest.Digest) error {
 	if err := dgst.Validate(); err != nil {
 		return err
 	}

@@ -80,7 +80,7 @@ func TestOpenDriverStoreRemovesInterruptedUploads(t *testing.T) {
 	s := openFilesystem(t, root)
 	blob := []byte("a blob that was stored before the crash")
 	d := digest.FromBytes(blob)
-	if err := s.Put(t.Context(), d, int64(len(blob)), bytes.NewReader(blob)); err != nil {
+	if err := s.Put(t.Context(), "test/repo", d, int64(len(blob)), bytes.NewReader(blob)); err != nil {
 		t.Fatal(err)
 	}
 
@@ -100,7 +100,7 @@ func TestOpenDriverStoreRemovesInterruptedUploads(t *testing.T) {
 	if files := uploadFiles(t, root); len(files) > 0 {
 		t.Fatalf("OpenDriverStore left interrupted uploads: %v", files)
 	}
-	rc, err := s.Open(t.Context(), d, 0)
+	rc, err := s.Open(t.Context(), "test/repo", d, 0)
 	if err != nil {
 		t.Fatalf("stored blob lost: %v", err)
 	}
@@ -124,7 +124,7 @@ func TestCleanUploadsInmemory(t *testing.T) {
 	s := storage.NewDriverStore(d)
 	blob := []byte("kept")
 	dgst := digest.FromBytes(blob)
-	if err := s.Put(ctx, dgst, int64(len(blob)), bytes.NewReader(blob)); err != nil {
+	if err := s.Put(ctx, "test/repo", dgst, int64(len(blob)), bytes.NewReader(blob)); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.CleanUploads(ctx); err != nil {
@@ -133,7 +133,7 @@ func TestCleanUploadsInmemory(t *testing.T) {
 	if _, err := d.Stat(ctx, "/_uploads/leftover"); err == nil {
 		t.Fatal("CleanUploads kept /_uploads/leftover")
 	}
-	if n, err := s.Stat(ctx, dgst); err != nil || n != int64(len(blob)) {
+	if n, err := s.Stat(ctx, "test/repo", dgst); err != nil || n != int64(len(blob)) {
 		t.Fatalf("Stat of stored blob after CleanUploads = %d, %v", n, err)
 	}
 	if err := s.CleanUploads(ctx); err != nil {
@@ -147,10 +147,10 @@ func TestFilesystemOpenIsFile(t *testing.T) {
 	s := openFilesystem(t, t.TempDir())
 	blob := []byte("sendfile me")
 	d := digest.FromBytes(blob)
-	if err := s.Put(t.Context(), d, int64(len(blob)), bytes.NewReader(blob)); err != nil {
+	if err := s.Put(t.Context(), "test/repo", d, int64(len(blob)), bytes.NewReader(blob)); err != nil {
 		t.Fatal(err)
 	}
-	rc, err := s.Open(t.Context(), d, 3)
+	rc, err := s.Open(t.Context(), "test/repo", d, 3)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,11 +169,11 @@ func TestPutExistingDrainsReader(t *testing.T) {
 	}
 	blob := bytes.Repeat([]byte("layer "), 1000)
 	d := digest.FromBytes(blob)
-	if err := s.Put(t.Context(), d, int64(len(blob)), bytes.NewReader(blob)); err != nil {
+	if err := s.Put(t.Context(), "test/repo", d, int64(len(blob)), bytes.NewReader(blob)); err != nil {
 		t.Fatal(err)
 	}
 	r := bytes.NewReader(blob)
-	if err := s.Put(t.Context(), d, int64(len(blob)), r); err != nil {
+	if err := s.Put(t.Context(), "test/repo", d, int64(len(blob)), r); err != nil {
 		t.Fatal(err)
 	}
 	if r.Len() != 0 {

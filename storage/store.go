@@ -20,20 +20,34 @@ var (
 	ErrDigestMismatch = errors.New("content does not match its digest")
 )
 
-// Store is a content-addressed store of blobs; manifests are kept in it too,
-// by their digest. Content becomes visible only once it is complete and
-// verified.
+// Store keeps mirrored content by digest: blobs, and manifests too unless
+// the store is also a ManifestStore. Content is addressed within a
+// repository (its name at the destination, e.g. "library/nginx" or
+// "ghcr.io/owner/app"): the embedded store shares content between
+// repositories (the Index's links keep them apart), a registry keeps it per
+// repository. Content becomes visible only once complete and verified.
 type Store interface {
 	// Stat returns the size of stored content, or ErrNotFound.
-	Stat(ctx context.Context, dgst digest.Digest) (int64, error)
+	Stat(ctx context.Context, repo string, dgst digest.Digest) (int64, error)
 	// Open reads stored content from offset, or returns ErrNotFound.
-	Open(ctx context.Context, dgst digest.Digest, offset int64) (io.ReadCloser, error)
+	Open(ctx context.Context, repo string, dgst digest.Digest, offset int64) (io.ReadCloser, error)
 	// Put stores r's bytes under dgst. It verifies the digest (and size,
 	// if size >= 0) while writing to a temporary name, and moves the
 	// content into place only if it matches; otherwise it returns an error
 	// wrapping ErrDigestMismatch and keeps nothing. Putting content that
 	// is already stored is not an error.
-	Put(ctx context.Context, dgst digest.Digest, size int64, r io.Reader) error
+	Put(ctx context.Context, repo string, dgst digest.Digest, size int64, r io.Reader) error
 	// Delete removes content; deleting missing content is not an error.
-	Delete(ctx context.Context, dgst digest.Digest) error
+	Delete(ctx context.Context, repo string, dgst digest.Digest) error
+}
+
+// ManifestStore is implemented by stores that keep manifests apart from
+// blobs, as registries do. The proxy then stores and reads manifests
+// through it instead of Put and Open.
+type ManifestStore interface {
+	// PutManifest stores a manifest's exact bytes under ref, a digest or
+	// a tag.
+	PutManifest(ctx context.Context, repo, ref, mediaType string, body []byte) error
+	// Manifest reads a manifest by digest, or returns ErrNotFound.
+	Manifest(ctx context.Context, repo string, dgst digest.Digest) ([]byte, error)
 }

@@ -191,7 +191,7 @@ func TestCorruptBlobNeverServedNorStored(t *testing.T) {
 		t.Fatalf("corrupt blob answered %d", r.status)
 	}
 	m.WaitIdle()
-	if _, err := m.Store.Stat(t.Context(), digestOf(t, layer)); err == nil {
+	if _, err := m.Store.Stat(t.Context(), "library/bad", digestOf(t, layer)); err == nil {
 		t.Fatal("corrupt blob was stored")
 	}
 

@@ -79,7 +79,7 @@ func TestMetricsAndHealth(t *testing.T) {
 	}
 	var blobTotal int64
 	for _, b := range img.Blobs() {
-		n, err := m.Store.Stat(t.Context(), digestOf(t, b))
+		n, err := m.Store.Stat(t.Context(), "library/obs", digestOf(t, b))
 		if err != nil {
 			t.Fatal(err)
 		}

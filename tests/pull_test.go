@@ -164,7 +164,7 @@ func TestHerdFetchesEachBlobOnce(t *testing.T) {
 			t.Errorf("blob %s fetched %d times", b, n)
 		}
 		n := up.BlobBytesFor(b)
-		size, err := m.Store.Stat(context.Background(), digestOf(t, b))
+		size, err := m.Store.Stat(context.Background(), "library/herd", digestOf(t, b))
 		if err != nil {
 			t.Fatal(err)
 		}

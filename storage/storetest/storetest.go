@@ -18,6 +18,9 @@ import (
 	"github.com/docker-mirror/docker-mirror/storage"
 )
 
+// testRepo is the repository the suite stores content in.
+const testRepo = "test/repo"
+
 // Run runs the conformance suite. newStore must return a new, empty store
 // for each call; it is called once per subtest and may register cleanups
 // on t.
@@ -60,7 +63,7 @@ func content(n int, seed uint64) []byte {
 func mustPut(t *testing.T, s storage.Store, b []byte) digest.Digest {
 	t.Helper()
 	d := digest.FromBytes(b)
-	if err := s.Put(t.Context(), d, int64(len(b)), bytes.NewReader(b)); err != nil {
+	if err := s.Put(t.Context(), testRepo, d, int64(len(b)), bytes.NewReader(b)); err != nil {
 		t.Fatalf("Put(%s, %d bytes): %v", d, len(b), err)
 	}
 	return d
@@ -69,7 +72,7 @@ func mustPut(t *testing.T, s storage.Store, b []byte) digest.Digest {
 // readAt reads all of d from offset.
 func readAt(t *testing.T, s storage.Store, d digest.Digest, offset int64) []byte {
 	t.Helper()
-	rc, err := s.Open(t.Context(), d, offset)
+	rc, err := s.Open(t.Context(), testRepo, d, offset)
 	if err != nil {
 		t.Fatalf("Open(%s, %d): %v", d, offset, err)
 	}
@@ -84,7 +87,7 @@ func readAt(t *testing.T, s storage.Store, d digest.Digest, offset int64) []byte
 // checkContent checks that the store holds exactly want under d.
 func checkContent(t *testing.T, s storage.Store, d digest.Digest, want []byte) {
 	t.Helper()
-	size, err := s.Stat(t.Context(), d)
+	size, err := s.Stat(t.Context(), testRepo, d)
 	if err != nil {
 		t.Fatalf("Stat(%s): %v", d, err)
 	}
@@ -99,10 +102,10 @@ func checkContent(t *testing.T, s storage.Store, d digest.Digest, want []byte) {
 // checkAbsent checks that d is not visible in the store.
 func checkAbsent(t *testing.T, s storage.Store, d digest.Digest) {
 	t.Helper()
-	if size, err := s.Stat(t.Context(), d); !errors.Is(err, storage.ErrNotFound) {
+	if size, err := s.Stat(t.Context(), testRepo, d); !errors.Is(err, storage.ErrNotFound) {
 		t.Fatalf("Stat(%s) = %d, %v; want ErrNotFound", d, size, err)
 	}
-	rc, err := s.Open(t.Context(), d, 0)
+	rc, err := s.Open(t.Context(), testRepo, d, 0)
 	if err == nil {
 		rc.Close()
 	}
@@ -136,7 +139,7 @@ func testPutEmpty(t *testing.T, s storage.Store) {
 func testPutUnknownSize(t *testing.T, s storage.Store) {
 	want := content(1000, 1)
 	d := digest.FromBytes(want)
-	if err := s.Put(t.Context(), d, -1, bytes.NewReader(want)); err != nil {
+	if err := s.Put(t.Context(), testRepo, d, -1, bytes.NewReader(want)); err != nil {
 		t.Fatalf("Put with size -1: %v", err)
 	}
 	checkContent(t, s, d, want)
@@ -145,7 +148,7 @@ func testPutUnknownSize(t *testing.T, s storage.Store) {
 func testPutSHA512(t *testing.T, s storage.Store) {
 	want := content(300, 2)
 	d := digest.SHA512.FromBytes(want)
-	if err := s.Put(t.Context(), d, int64(len(want)), bytes.NewReader(want)); err != nil {
+	if err := s.Put(t.Context(), testRepo, d, int64(len(want)), bytes.NewReader(want)); err != nil {
 		t.Fatalf("Put(%s): %v", d, err)
 	}
 	checkContent(t, s, d, want)
@@ -163,7 +166,7 @@ func testDigestMismatch(t *testing.T, s storage.Store) {
 		append(bytes.Clone(want), '!'),
 	} {
 		for _, size := range []int64{int64(len(wrong)), -1} {
-			err := s.Put(t.Context(), d, size, bytes.NewReader(wrong))
+			err := s.Put(t.Context(), testRepo, d, size, bytes.NewReader(wrong))
 			if !errors.Is(err, storage.ErrDigestMismatch) {
 				t.Fatalf("Put(%s, %d, %q) error = %v; want ErrDigestMismatch", d, size, wrong, err)
 			}
@@ -180,7 +183,7 @@ func testSizeMismatch(t *testing.T, s storage.Store) {
 	want := content(4096, 3)
 	d := digest.FromBytes(want)
 	for _, size := range []int64{0, 1, int64(len(want)) - 1, int64(len(want)) + 1, 1 << 40} {
-		err := s.Put(t.Context(), d, size, bytes.NewReader(want))
+		err := s.Put(t.Context(), testRepo, d, size, bytes.NewReader(want))
 		if !errors.Is(err, storage.ErrDigestMismatch) {
 			t.Fatalf("Put(%s) of %d bytes announced as %d: error = %v; want ErrDigestMismatch", d, len(want), size, err)
 		}
@@ -194,7 +197,7 @@ func testPutExisting(t *testing.T, s storage.Store) {
 	want := content(2000, 4)
 	d := mustPut(t, s, want)
 	for i := range 3 {
-		if err := s.Put(t.Context(), d, int64(len(want)), bytes.NewReader(want)); err != nil {
+		if err := s.Put(t.Context(), testRepo, d, int64(len(want)), bytes.NewReader(want)); err != nil {
 			t.Fatalf("Put #%d of stored content: %v", i+2, err)
 		}
 	}
@@ -223,7 +226,7 @@ func testFailingReader(t *testing.T, s storage.Store) {
 	errBoom := errors.New("upstream connection reset")
 	for _, n := range []int{0, 1, 1000, len(want) - 1} {
 		r := &failingReader{b: want, n: n, err: errBoom}
-		err := s.Put(t.Context(), d, int64(len(want)), r)
+		err := s.Put(t.Context(), testRepo, d, int64(len(want)), r)
 		if err == nil {
 			t.Fatalf("Put with a reader failing after %d bytes succeeded", n)
 		}
@@ -234,7 +237,7 @@ func testFailingReader(t *testing.T, s storage.Store) {
 	}
 	// Even a failure after all the bytes keeps nothing.
 	r := io.MultiReader(bytes.NewReader(want), &failingReader{err: errBoom})
-	if err := s.Put(t.Context(), d, int64(len(want)), r); !errors.Is(err, errBoom) {
+	if err := s.Put(t.Context(), testRepo, d, int64(len(want)), r); !errors.Is(err, errBoom) {
 		t.Fatalf("Put with a reader failing after the whole content: error = %v; want the reader's error", err)
 	}
 	checkAbsent(t, s, d)
@@ -251,7 +254,7 @@ func testConcurrentPutSame(t *testing.T, s storage.Store) {
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Go(func() {
-			errs[i] = s.Put(t.Context(), d, int64(len(want)), bytes.NewReader(want))
+			errs[i] = s.Put(t.Context(), testRepo, d, int64(len(want)), bytes.NewReader(want))
 		})
 	}
 	wg.Wait()
@@ -273,7 +276,7 @@ func testConcurrentPutDifferent(t *testing.T, s storage.Store) {
 	var wg sync.WaitGroup
 	for i, b := range blobs {
 		wg.Go(func() {
-			errs[i] = s.Put(t.Context(), digest.FromBytes(b), int64(len(b)), bytes.NewReader(b))
+			errs[i] = s.Put(t.Context(), testRepo, digest.FromBytes(b), int64(len(b)), bytes.NewReader(b))
 		})
 	}
 	wg.Wait()
@@ -299,15 +302,15 @@ func testDelete(t *testing.T, s storage.Store) {
 	keep := mustPut(t, s, []byte("keep me"))
 	want := []byte("delete me")
 	d := mustPut(t, s, want)
-	if err := s.Delete(ctx, d); err != nil {
+	if err := s.Delete(ctx, testRepo, d); err != nil {
 		t.Fatalf("Delete(%s): %v", d, err)
 	}
 	checkAbsent(t, s, d)
 	checkContent(t, s, keep, []byte("keep me"))
-	if err := s.Delete(ctx, d); err != nil {
+	if err := s.Delete(ctx, testRepo, d); err != nil {
 		t.Fatalf("second Delete(%s): %v", d, err)
 	}
-	if err := s.Delete(ctx, digest.FromString("never stored")); err != nil {
+	if err := s.Delete(ctx, testRepo, digest.FromString("never stored")); err != nil {
 		t.Fatalf("Delete of missing content: %v", err)
 	}
 	// Deleted content can be stored again.
@@ -335,17 +338,17 @@ func testInvalidDigest(t *testing.T, s storage.Store) {
 		"../" + digest.FromString("x"),
 	} {
 		t.Run(fmt.Sprintf("%q", d), func(t *testing.T) {
-			if _, err := s.Stat(ctx, d); err == nil {
+			if _, err := s.Stat(ctx, testRepo, d); err == nil {
 				t.Errorf("Stat(%q) succeeded", d)
 			}
-			if rc, err := s.Open(ctx, d, 0); err == nil {
+			if rc, err := s.Open(ctx, testRepo, d, 0); err == nil {
 				rc.Close()
 				t.Errorf("Open(%q) succeeded", d)
 			}
-			if err := s.Put(ctx, d, 1, bytes.NewReader([]byte("x"))); err == nil {
+			if err := s.Put(ctx, testRepo, d, 1, bytes.NewReader([]byte("x"))); err == nil {
 				t.Errorf("Put(%q) succeeded", d)
 			}
-			if err := s.Delete(ctx, d); err == nil {
+			if err := s.Delete(ctx, testRepo, d); err == nil {
 				t.Errorf("Delete(%q) succeeded", d)
 			}
 		})
@@ -368,15 +371,15 @@ func testLarge(t *testing.T, s storage.Store) {
 	const size = 8 << 20
 	want := content(size, 7)
 	d := digest.FromBytes(want)
-	if err := s.Put(t.Context(), d, size, chunkReader{bytes.NewReader(want), 128<<10 - 1}); err != nil {
+	if err := s.Put(t.Context(), testRepo, d, size, chunkReader{bytes.NewReader(want), 128<<10 - 1}); err != nil {
 		t.Fatalf("Put of %d bytes: %v", size, err)
 	}
-	got, err := s.Stat(t.Context(), d)
+	got, err := s.Stat(t.Context(), testRepo, d)
 	if err != nil || got != size {
 		t.Fatalf("Stat = %d, %v; want %d", got, err, size)
 	}
 	for _, off := range []int64{0, 5 << 20, size - 1, size} {
-		rc, err := s.Open(t.Context(), d, off)
+		rc, err := s.Open(t.Context(), testRepo, d, off)
 		if err != nil {
 			t.Fatalf("Open(%d): %v", off, err)
 		}
@@ -397,7 +400,7 @@ func testLarge(t *testing.T, s storage.Store) {
 	other := bytes.Clone(want)
 	other[size-1] ^= 0xff
 	od := digest.FromBytes(other)
-	if err := s.Put(t.Context(), od, size, bytes.NewReader(want)); !errors.Is(err, storage.ErrDigestMismatch) {
+	if err := s.Put(t.Context(), testRepo, od, size, bytes.NewReader(want)); !errors.Is(err, storage.ErrDigestMismatch) {
 		t.Fatalf("Put of a corrupted large blob: error = %v; want ErrDigestMismatch", err)
 	}
 	checkAbsent(t, s, od)
