@@ -87,22 +87,8 @@ func (p *Proxy) mirror(ctx context.Context, t target, dgst digest.Digest) error 
 	if err != nil {
 		return err
 	}
-	doc, _, err := parseManifest(m.body, m.mediaType)
+	platforms, err := p.copyImage(ctx, t, m, p.platforms, nil)
 	if err != nil {
-		return err
-	}
-	var platforms []string
-	if isIndexType(m.mediaType) {
-		children, names := p.selectChildren(doc.Manifests)
-		g, gctx := errgroup.WithContext(ctx)
-		for _, c := range children {
-			g.Go(func() error { return p.mirrorImage(gctx, t, c.Digest) })
-		}
-		if err := g.Wait(); err != nil {
-			return err
-		}
-		platforms = names
-	} else if err := p.mirrorBlobs(ctx, t, doc); err != nil {
 		return err
 	}
 	p.log.Debug("mirrored", "upstream", t.host(), "repo", t.repo, "digest", dgst, "platforms", platforms)
@@ -111,19 +97,57 @@ func (p *Proxy) mirror(ctx context.Context, t target, dgst digest.Digest) error 
 	})
 }
 
+// copyImage stores everything a stored manifest needs: for an index, each
+// child whose platform matches pats (and their attestations) with all
+// their blobs; for an image, its blobs. It returns the platforms copied.
+// Every fetch shares the flights of live pulls.
+func (p *Proxy) copyImage(ctx context.Context, t target, m *storedManifest, pats []Platform, prog *progress) ([]string, error) {
+	doc, _, err := parseManifest(m.body, m.mediaType)
+	if err != nil {
+		return nil, err
+	}
+	if !isIndexType(m.mediaType) {
+		prog.platforms(1)
+		if err := p.mirrorBlobs(ctx, t, doc, prog); err != nil {
+			return nil, err
+		}
+		prog.platformDone("")
+		return nil, nil
+	}
+	children, names := selectChildren(doc.Manifests, pats)
+	prog.platforms(len(names))
+	g, gctx := errgroup.WithContext(ctx)
+	for _, c := range children {
+		g.Go(func() error {
+			if err := p.mirrorImage(gctx, t, c.Digest, prog); err != nil {
+				return err
+			}
+			if !isAttestation(c) && c.Platform != nil {
+				prog.platformDone(platformString(c.Platform))
+			}
+			return nil
+		})
+	}
+	return names, g.Wait()
+}
+
+func isAttestation(d v1.Descriptor) bool {
+	return d.Annotations[annotationReferenceType] == referenceTypeAttestation
+}
+
 // selectChildren picks the entries of an index to mirror: those whose
 // platform matches, the attestation manifests that refer to them, and
 // entries without a platform (artifacts). It returns them and the matched
 // platforms' names.
-func (p *Proxy) selectChildren(entries []v1.Descriptor) ([]v1.Descriptor, []string) {
+func selectChildren(entries []v1.Descriptor, pats []Platform) ([]v1.Descriptor, []string) {
 	var out []v1.Descriptor
 	var names []string
 	picked := map[digest.Digest]bool{}
 	for _, d := range entries {
-		if d.Annotations[annotationReferenceType] == referenceTypeAttestation {
+		if isAttestation(d) {
 			continue
 		}
-		if d.Platform == nil || p.wantPlatform(d.Platform) {
+		if d.Platform == nil || matchAny(pats, d.Platform) {
 			out = append(out, d)
 			picked[d.Digest] = true
 			if d.Platform != nil {
@@ -132,7 +156,7 @@ func (p *Proxy) selectChildren(entries []v1.Descriptor) ([]v1.Descriptor, []stri
 		}
 	}
 	for _, d := range entries {
-		if d.Annotations[annotationReferenceType] == referenceTypeAttestation && picked[digest.Digest(d.Annotations[annotationReferenceDigest])] {
+		if isAttestation(d) && picked[digest.Digest(d.Annotations[annotationReferenceDigest])] {
 			out = append(out, d)
 		}
 	}
@@ -140,8 +164,8 @@ func (p *Proxy) selectChildren(entries []v1.Descriptor) ([]v1.Descriptor, []stri
 	return out, names
 }
 
-func (p *Proxy) wantPlatform(q *v1.Platform) bool {
-	for _, pat := range p.platforms {
+func matchAny(pats []Platform, q *v1.Platform) bool {
+	for _, pat := range pats {
 		if pat.Matches(q) {
 			return true
 		}
@@ -150,7 +174,7 @@ func (p *Proxy) wantPlatform(q *v1.Platform) bool {
 }
 
 // mirrorImage stores a child manifest and all its blobs.
-func (p *Proxy) mirrorImage(ctx context.Context, t target, dgst digest.Digest) error {
+func (p *Proxy) mirrorImage(ctx context.Context, t target, dgst digest.Digest, prog *progress) error {
 	m, err := p.ensureManifest(ctx, t, dgst)
 	if err != nil {
 		return err
@@ -162,7 +186,7 @@ func (p *Proxy) mirrorImage(ctx context.Context, t target, dgst digest.Digest) e
 	if isIndexType(m.mediaType) {
 		return fmt.Errorf("manifest %s: nested indexes are not mirrored eagerly", dgst)
 	}
-	return p.mirrorBlobs(ctx, t, doc)
+	return p.mirrorBlobs(ctx, t, doc, prog)
 }
 
 func (p *Proxy) ensureManifest(ctx context.Context, t target, dgst digest.Digest) (*storedManifest, error) {
@@ -180,7 +204,7 @@ func (p *Proxy) ensureManifest(ctx context.Context, t target, dgst digest.Digest
 
 // mirrorBlobs stores an image's config and layers. Foreign layers (with
 // URLs, e.g. Windows base layers) are left to their own hosts.
-func (p *Proxy) mirrorBlobs(ctx context.Context, t target, doc manifestDoc) error {
+func (p *Proxy) mirrorBlobs(ctx context.Context, t target, doc manifestDoc, prog *progress) error {
 	blobs := doc.Layers
 	if doc.Config != nil {
 		blobs = append([]v1.Descriptor{*doc.Config}, blobs...)
@@ -190,7 +214,16 @@ func (p *Proxy) mirrorBlobs(ctx context.Context, t target, doc manifestDoc) erro
 		if len(b.URLs) > 0 {
 			continue
 		}
-		g.Go(func() error { return p.ensureBlob(gctx, t, b.Digest) })
+		if !prog.blob(b.Digest, b.Size) {
+			continue // listed by another platform of this copy
+		}
+		g.Go(func() error {
+			if err := p.ensureBlob(gctx, t, b.Digest); err != nil {
+				return err
+			}
+			prog.blobDone(b.Size)
+			return nil
+		})
 	}
 	return g.Wait()
 }

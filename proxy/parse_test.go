@@ -175,7 +175,7 @@ func TestSelectChildren(t *testing.T) {
 			Annotations: map[string]string{annotationReferenceType: referenceTypeAttestation, annotationReferenceDigest: ref}}
 	}
 	entries := []v1.Descriptor{amd, arm, win, att("1", "sha256:a"), att("2", "sha256:c")}
-	got, names := p.selectChildren(entries)
+	got, names := selectChildren(entries, p.platforms)
 	if len(got) != 3 || got[0].Digest != amd.Digest || got[1].Digest != arm.Digest || got[2].Annotations[annotationReferenceDigest] != "sha256:a" {
 		t.Fatalf("selected %v", got)
 	}

@@ -49,6 +49,7 @@ type Proxy struct {
 	mirrors         *mirrorQueue
 	// work counts everything that runs beyond its request.
 	work *activity
+	jobs jobs
 
 	// stop is closed by Close; it cancels every background fill.
 	stop      chan struct{}
@@ -108,6 +109,7 @@ func New(store storage.Store, index *storage.Index, upstreams []*upstream.Client
 		mirrors:         newMirrorQueue(),
 		work:            newActivity(),
 		stop:            make(chan struct{}),
+		jobs:            jobs{live: map[string]*storage.Job{}},
 	}
 	for _, u := range upstreams {
 		p.upstreams[u.Host()] = u

@@ -33,6 +33,9 @@ func (p *Proxy) Handler() http.Handler {
 	r.Handle("/v2/{name:.+}/manifests/{reference}", p.serve("manifest", p.manifest)).Methods(http.MethodGet, http.MethodHead)
 	r.Handle("/v2/{name:.+}/blobs/{digest}", p.serve("blob", p.blob)).Methods(http.MethodGet, http.MethodHead)
 	r.Handle("/v2/{name:.+}/tags/list", p.serve("tags", p.tags)).Methods(http.MethodGet, http.MethodHead)
+	r.Handle("/prefetch", p.serve("prefetch", p.postPrefetch)).Methods(http.MethodPost)
+	r.Handle("/prefetch", p.serve("prefetch", p.listPrefetch)).Methods(http.MethodGet)
+	r.Handle("/prefetch/{id}", p.serve("prefetch", p.getPrefetch)).Methods(http.MethodGet)
 	r.Handle("/healthz", p.serve("healthz", func(w http.ResponseWriter, _ *http.Request) error {
 		_, err := io.WriteString(w, "ok\n")
 		return err

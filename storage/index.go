@@ -38,7 +38,7 @@ var (
 	bucketBlobs     = []byte("blobs")     // digest -> BlobRecord
 	bucketLinks     = []byte("links")     // "host/repo@digest" -> ""
 	bucketMirrors   = []byte("mirrors")   // digest -> MirrorRecord
-	allBuckets      = [][]byte{bucketTags, bucketManifests, bucketBlobs, bucketLinks, bucketMirrors}
+	allBuckets      = [][]byte{bucketTags, bucketManifests, bucketBlobs, bucketLinks, bucketMirrors, bucketJobs}
 )
 
 // TagRecord is what a tag pointed to upstream, and when.

@@ -108,6 +108,9 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, ln net.List
 	if err := p.ResumeMirrors(ctx); err != nil {
 		return err
 	}
+	if err := p.ResumeJobs(ctx); err != nil {
+		return err
+	}
 
 	srv := &http.Server{
 		Handler:           p.Handler(),

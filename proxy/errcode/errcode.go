@@ -32,6 +32,10 @@ const (
 	// here it means the upstream could not be reached or answered badly.
 	Unavailable Code = "UNAVAILABLE"
 	Unknown     Code = "UNKNOWN"
+	// InvalidRequest and JobUnknown answer docker-mirror's own endpoints
+	// (POST /prefetch), which are not part of the distribution API.
+	InvalidRequest Code = "INVALID_REQUEST"
+	JobUnknown     Code = "JOB_UNKNOWN"
 )
 
 // status binds every code to the HTTP status it is answered with.
@@ -51,6 +55,8 @@ var status = map[Code]int{
 	TooManyRequests:  http.StatusTooManyRequests,
 	Unavailable:      http.StatusServiceUnavailable,
 	Unknown:          http.StatusInternalServerError,
+	InvalidRequest:   http.StatusBadRequest,
+	JobUnknown:       http.StatusNotFound,
 }
 
 // Status returns the HTTP status a code is answered with.

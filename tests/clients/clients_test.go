@@ -166,6 +166,8 @@ func TestDocker(t *testing.T) {
 
 // TestPullDocker exercises the one-call helper with a fresh daemon.
 func TestPullDocker(t *testing.T) {
+	RequireRoot(t)
+	RequireBinary(t, "dockerd")
 	s := StartStandIn(t)
 	img := s.Seed(t, "library/hello-world", "latest", OCI)
 	reqs := step(t, s, "PullDocker hello-world", func() {
@@ -175,6 +177,8 @@ func TestPullDocker(t *testing.T) {
 }
 
 func TestContainerd(t *testing.T) {
+	RequireRoot(t)
+	RequireBinary(t, "containerd")
 	s := StartStandIn(t)
 	im := seedAll(t, s)
 	c := StartContainerd(t, s.Addr)
@@ -233,12 +237,16 @@ func TestContainerd(t *testing.T) {
 
 // TestPullContainerd exercises the one-call helper.
 func TestPullContainerd(t *testing.T) {
+	RequireRoot(t)
+	RequireBinary(t, "containerd")
 	s := StartStandIn(t)
 	img := s.Seed(t, "library/hello-world", "latest", OCI)
 	expectEqual(t, "digest", PullContainerd(t, s.Addr, "docker.io/library/hello-world:latest", "linux/arm64"), img.Index)
 }
 
 func TestPodman(t *testing.T) {
+	RequireRoot(t)
+	RequireBinary(t, "podman")
 	s := StartStandIn(t)
 	im := seedAll(t, s)
 	p := NewPodman(t, s.Addr)
@@ -284,12 +292,15 @@ func TestPodman(t *testing.T) {
 
 // TestPullPodman exercises the one-call helper.
 func TestPullPodman(t *testing.T) {
+	RequireRoot(t)
+	RequireBinary(t, "podman")
 	s := StartStandIn(t)
 	img := s.Seed(t, "library/hello-world", "latest", OCI)
 	expectEqual(t, "digest", PullPodman(t, s.Addr, "docker.io/library/hello-world:latest", "arm64"), img.Index)
 }
 
 func TestSkopeo(t *testing.T) {
+	RequireBinary(t, "skopeo")
 	s := StartStandIn(t)
 	im := seedAll(t, s)
 	sk := NewSkopeo(t, "")

@@ -32,13 +32,17 @@ import (
 // Request is one HTTP request as the stand-in registry (or any handler wrapped
 // by RequestLog.Wrap) received it.
 type Request struct {
-	Method    string
-	Path      string
-	RawQuery  string
-	Accept    string // all Accept header values joined with ", "
-	UserAgent string
-	Range     string
-	Status    int
+	Method   string
+	Path     string
+	RawQuery string
+	Accept   string // all Accept header values joined with ", "
+	// AcceptLines is how many Accept header lines were sent (dockerd 20.10
+	// and containers/image (podman, skopeo) send one line per media type;
+	// containerd and crane one comma-separated line).
+	AcceptLines int
+	UserAgent   string
+	Range       string
+	Status      int
 }
 
 func (r Request) String() string {
@@ -49,6 +53,9 @@ func (r Request) String() string {
 	s := fmt.Sprintf("%s %s -> %d", r.Method, p, r.Status)
 	if r.Accept != "" {
 		s += " | Accept: " + r.Accept
+		if r.AcceptLines > 1 {
+			s += fmt.Sprintf(" (%d lines)", r.AcceptLines)
+		}
 	}
 	if r.Range != "" {
 		s += " | Range: " + r.Range
@@ -100,13 +107,14 @@ func (l *RequestLog) Wrap(next http.Handler) http.Handler {
 		}
 		l.mu.Lock()
 		l.reqs = append(l.reqs, Request{
-			Method:    r.Method,
-			Path:      r.URL.Path,
-			RawQuery:  r.URL.RawQuery,
-			Accept:    strings.Join(r.Header.Values("Accept"), ", "),
-			UserAgent: r.UserAgent(),
-			Range:     r.Header.Get("Range"),
-			Status:    rec.status,
+			Method:      r.Method,
+			Path:        r.URL.Path,
+			RawQuery:    r.URL.RawQuery,
+			Accept:      strings.Join(r.Header.Values("Accept"), ", "),
+			AcceptLines: len(r.Header.Values("Accept")),
+			UserAgent:   r.UserAgent(),
+			Range:       r.Header.Get("Range"),
+			Status:      rec.status,
 		})
 		if l.sink != nil {
 			fmt.Fprintf(l.sink, "%s | UA: %s\n", l.reqs[len(l.reqs)-1], r.UserAgent())
@@ -163,7 +171,11 @@ type StandIn struct {
 var quietRegistryLogs sync.Once
 
 // StartStandIn starts a stand-in registry; it is closed with t.Cleanup.
-func StartStandIn(t testing.TB) *StandIn {
+//
+// Each wrap (applied in order, the last one outermost but inside the request
+// log) may change requests or responses, e.g. to drop a header or inject a
+// failure and see how a client reacts.
+func StartStandIn(t testing.TB, wrap ...func(http.Handler) http.Handler) *StandIn {
 	t.Helper()
 	quietRegistryLogs.Do(func() {
 		// handlers.App logs every request at info level through logrus'
@@ -180,7 +192,11 @@ func StartStandIn(t testing.TB) *StandIn {
 	ctx, cancel := context.WithCancel(context.Background())
 	app := handlers.NewApp(ctx, cfg)
 	log := &RequestLog{}
-	srv := httptest.NewServer(log.Wrap(app))
+	var h http.Handler = app
+	for _, w := range wrap {
+		h = w(h)
+	}
+	srv := httptest.NewServer(log.Wrap(h))
 	t.Cleanup(func() {
 		srv.Close()
 		cancel()

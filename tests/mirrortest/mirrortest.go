@@ -103,6 +103,9 @@ func (m *Mirror) start() {
 	if err := p.ResumeMirrors(ctx); err != nil {
 		t.Fatal(err)
 	}
+	if err := p.ResumeJobs(ctx); err != nil {
+		t.Fatal(err)
+	}
 	m.Proxy, m.Index, m.Store = p, index, store
 	m.server = httptest.NewServer(p.Handler())
 }

@@ -1,0 +1,169 @@
+package tests
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/docker-mirror/docker-mirror/storage"
+	"github.com/docker-mirror/docker-mirror/tests/fixture"
+	"github.com/docker-mirror/docker-mirror/tests/mirrortest"
+)
+
+// postPrefetch sends a prefetch request and returns the answer.
+func postPrefetch(t *testing.T, m *mirrortest.Mirror, body string) response {
+	t.Helper()
+	resp, err := http.Post(m.URL()+"/prefetch", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var buf bytes.Buffer
+	buf.ReadFrom(resp.Body)
+	return response{status: resp.StatusCode, header: resp.Header, body: buf.Bytes()}
+}
+
+func job(t *testing.T, m *mirrortest.Mirror, location string) storage.Job {
+	t.Helper()
+	r := get(t, m.URL()+location)
+	if r.status != http.StatusOK {
+		t.Fatalf("GET %s: %d %s", location, r.status, r.body)
+	}
+	var j storage.Job
+	if err := json.Unmarshal(r.body, &j); err != nil {
+		t.Fatal(err)
+	}
+	return j
+}
+
+// A prefetch validates every reference first, then mirrors every linux
+// platform; the job reports its progress; the images then pull with the
+// upstream down.
+func TestPrefetch(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	ma := up.SeedMultiArch(t, "library/multi", "v1", fixture.OCI)
+	img := up.SeedImage(t, "area51/jenkins", "2.4", 2, 16<<10)
+	m := mirrortest.Start(t, up.URL())
+
+	for _, bad := range []struct{ body, names string }{
+		{`{"images": ["multi:v1", "Bad:Ref"]}`, "Bad:Ref"},
+		{`{"images": ["evil.example.com/x:1"]}`, "evil.example.com"},
+		{`{"images": []}`, "no images"},
+		{`{"images": ["multi"], "platforms": ["linux/"]}`, "linux/"},
+		{`{"imagez": ["multi"]}`, "imagez"},
+		{`not json`, "invalid"},
+	} {
+		r := postPrefetch(t, m, bad.body)
+		if r.status != http.StatusBadRequest || !strings.Contains(string(r.body), bad.names) {
+			t.Errorf("POST %s: %d %s; want 400 naming %q", bad.body, r.status, r.body, bad.names)
+		}
+	}
+	if n := up.Count("", ""); n != 0 {
+		t.Fatalf("invalid prefetches reached the upstream %d times", n)
+	}
+
+	r := postPrefetch(t, m, `{"images": ["multi:v1", "area51/jenkins:2.4", "library/multi@`+ma.Platforms["linux/arm64"].Digest+`"]}`)
+	if r.status != http.StatusAccepted || !strings.HasPrefix(r.header.Get("Location"), "/prefetch/") {
+		t.Fatalf("POST: %d %v %s", r.status, r.header, r.body)
+	}
+	m.WaitIdle()
+	j := job(t, m, r.header.Get("Location"))
+	if j.State != storage.JobDone || len(j.Images) != 3 {
+		t.Fatalf("job %+v", j)
+	}
+	for _, im := range j.Images {
+		if im.State != storage.JobDone || im.BytesDone != im.BytesTotal || im.BytesTotal == 0 {
+			t.Errorf("image %+v", im)
+		}
+	}
+	if j.Images[0].Digest != ma.Digest || j.Images[0].PlatformsTotal != 3 || len(j.Images[0].PlatformsDone) != 3 {
+		t.Errorf("index image %+v", j.Images[0])
+	}
+	if j.Images[1].Digest != img.Digest {
+		t.Errorf("jenkins digest %s, want %s", j.Images[1].Digest, img.Digest)
+	}
+	list := get(t, m.URL()+"/prefetch")
+	if !strings.Contains(string(list.body), j.ID) {
+		t.Errorf("GET /prefetch does not list %s", j.ID)
+	}
+
+	up.Stop()
+	for _, p := range []string{"linux/amd64", "linux/arm64", "linux/arm/v7"} {
+		wantImage(t, m, "multi", ma.Platforms[p])
+	}
+	wantManifest(t, get(t, m.URL()+"/v2/multi/manifests/v1"), ma.Index, ma.MediaType)
+	wantImage(t, m, "area51/jenkins", img)
+	wantManifest(t, get(t, m.URL()+"/v2/area51/jenkins/manifests/2.4"), img.Manifest, img.MediaType)
+	if r := get(t, m.URL()+"/prefetch/nope"); r.status != 404 {
+		t.Errorf("unknown job: %d", r.status)
+	}
+}
+
+// Platforms narrow a prefetch.
+func TestPrefetchPlatforms(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	ma := up.SeedMultiArch(t, "library/multi", "v1", fixture.Docker)
+	m := mirrortest.Start(t, up.URL())
+	r := postPrefetch(t, m, `{"images": ["multi:v1"], "platforms": ["linux/arm64"]}`)
+	m.WaitIdle()
+	j := job(t, m, r.header.Get("Location"))
+	if im := j.Images[0]; im.State != storage.JobDone || im.PlatformsTotal != 1 || im.PlatformsDone[0] != "linux/arm64" {
+		t.Fatalf("job image %+v", im)
+	}
+	for _, b := range ma.BlobsFor("linux/arm/v7") {
+		if b != ma.SharedLayer && up.BlobBytesFor(b) != 0 {
+			t.Errorf("linux/arm/v7 blob %s fetched by an arm64-only prefetch", b)
+		}
+	}
+}
+
+// A prefetch and live pulls of the same image at the same time fetch each
+// blob once.
+func TestPrefetchSharesFetchesWithPulls(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	ma := up.SeedMultiArch(t, "library/multi", "v1", fixture.OCI, fixture.WithLayerSize(1<<20))
+	up.SetThrottle(fixture.Throttle{BytesPerSec: 8 << 20})
+	m := mirrortest.Start(t, up.URL())
+
+	var wg sync.WaitGroup
+	wg.Go(func() { postPrefetch(t, m, `{"images": ["multi:v1"]}`) })
+	for _, p := range []string{"linux/amd64", "linux/arm64"} {
+		wg.Go(func() { wantImage(t, m, "multi", ma.Platforms[p]) })
+	}
+	wg.Wait()
+	m.WaitIdle()
+	for _, p := range []string{"linux/amd64", "linux/arm64", "linux/arm/v7"} {
+		for _, b := range ma.BlobsFor(p) {
+			if n := blobGets(up, b); n != 1 {
+				t.Errorf("%s blob %s fetched %d times", p, b, n)
+			}
+		}
+	}
+}
+
+// A job interrupted by a restart resumes and finishes.
+func TestPrefetchResumesAfterRestart(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	ma := up.SeedMultiArch(t, "library/multi", "v1", fixture.OCI)
+	m := mirrortest.Start(t, up.URL())
+	// Blob downloads hang until the mirror is stopped.
+	up.SetFault(fixture.Fault{Kind: fixture.KindBlob, Latency: 10 * time.Minute})
+	r := postPrefetch(t, m, `{"images": ["multi:v1"]}`)
+	if r.status != http.StatusAccepted {
+		t.Fatalf("POST: %d %s", r.status, r.body)
+	}
+	m.Stop()
+	up.ClearFault()
+	m.Restart()
+	m.WaitIdle()
+	j := job(t, m, r.header.Get("Location"))
+	if j.State != storage.JobDone || j.Images[0].State != storage.JobDone || j.Images[0].Digest != ma.Digest {
+		t.Fatalf("resumed job %+v", j)
+	}
+	up.Stop()
+	wantImage(t, m, "multi", ma.Platforms["linux/arm/v7"])
+}
