@@ -7,6 +7,7 @@
 package config
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -53,6 +54,32 @@ type Config struct {
 	// value is the driver's parameters. Empty means the filesystem driver
 	// rooted at Data.
 	Storage map[string]map[string]any `yaml:"storage,omitempty"`
+	// Destination, if its URL is set, is the registry mirrored content is
+	// pushed to and served from, instead of the embedded store.
+	Destination Destination `yaml:"destination,omitempty"`
+	// Sync keeps images mirrored and fresh ahead of time.
+	Sync Sync `yaml:"sync,omitempty"`
+}
+
+// Destination is a registry that receives the mirrored content under a
+// path prefix, e.g. https://nexus.example.com/mirror.
+type Destination struct {
+	// URL is the registry and prefix; http:// means plain HTTP.
+	URL      string `yaml:"url"`
+	Username string `yaml:"username,omitempty"`
+	// Password may also come from DOCKER_MIRROR_DESTINATION_PASSWORD.
+	Password string `yaml:"password,omitempty"`
+}
+
+// Sync lists images the proxy mirrors ahead of time, every Interval.
+type Sync struct {
+	// Interval between two runs; 0 disables the sync.
+	Interval Duration `yaml:"interval"`
+	// Images are references such as "nginx:1.27", or with a tag pattern
+	// (path.Match syntax) such as "library/redis:7.*".
+	Images []string `yaml:"images"`
+	// Platforms narrow the platforms mirrored; empty means Platforms.
+	Platforms []string `yaml:"platforms,omitempty"`
 }
 
 // DockerHub is the default upstream of docker.io.
@@ -131,7 +158,7 @@ func Parse(r io.Reader) (Config, error) {
 			// yaml.v3 would truncate 1.5 to 1.
 			return Config{}, fmt.Errorf("config file: %s: line %d: invalid value %s (want %s)", name, v.Line, nodeText(v), f.want)
 		}
-		if err := v.Decode(f.ptr); err != nil {
+		if err := decodeStrict(v, f.ptr); err != nil {
 			if te := (*yaml.TypeError)(nil); errors.As(err, &te) {
 				detail := ""
 				if v.Kind == yaml.MappingNode || v.Kind == yaml.SequenceNode {
@@ -143,6 +170,24 @@ func Parse(r io.Reader) (Config, error) {
 		}
 	}
 	return c, nil
+}
+
+// decodeStrict decodes a node into ptr, rejecting unknown keys of nested
+// mappings too (yaml.Node.Decode alone ignores them).
+func decodeStrict(n *yaml.Node, ptr any) error {
+	if reflect.TypeOf(ptr).Elem().Kind() != reflect.Struct {
+		return n.Decode(ptr)
+	}
+	raw, err := yaml.Marshal(n)
+	if err != nil {
+		return err
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(raw))
+	dec.KnownFields(true)
+	if err := dec.Decode(ptr); err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	return nil
 }
 
 // fileField is a key of the configuration file: a pointer to its field of
@@ -282,6 +327,34 @@ func (c Config) Validate() error {
 		if strings.TrimSpace(name) == "" {
 			return fmt.Errorf("storage: invalid driver name %q", name)
 		}
+	}
+	if c.Destination.URL != "" {
+		if err := validateDestination(c.Destination.URL); err != nil {
+			return fmt.Errorf("destination: %w", err)
+		}
+	}
+	if c.Sync.Interval < 0 {
+		return fmt.Errorf("sync.interval: must not be negative, got %q", c.Sync.Interval)
+	}
+	if c.Sync.Interval > 0 && len(c.Sync.Images) == 0 {
+		return fmt.Errorf("sync.images: a sync interval of %s needs images", c.Sync.Interval)
+	}
+	for _, p := range c.Sync.Platforms {
+		if !platformPattern.MatchString(p) {
+			return fmt.Errorf("sync.platforms: invalid pattern %q (want os/arch[/variant], * as wildcard)", p)
+		}
+	}
+	return nil
+}
+
+// validateDestination checks a registry URL with a path prefix.
+func validateDestination(s string) error {
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("invalid URL %q (want http[s]://HOST[:PORT][/PREFIX])", s)
+	}
+	if u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		return fmt.Errorf("invalid URL %q: only scheme://host[:port][/prefix] is allowed", s)
 	}
 	return nil
 }

@@ -545,7 +545,7 @@ func TestBindFlags(t *testing.T) {
 	config.Bind(fs)
 	var names []string
 	fs.VisitAll(func(f *flag.Flag) { names = append(names, f.Name) })
-	want := []string{"concurrency", "config", "data", "listen", "log-format", "log-level", "platform", "shutdown-timeout", "tag-ttl", "upstream"}
+	want := []string{"concurrency", "config", "data", "destination", "listen", "log-format", "log-level", "platform", "shutdown-timeout", "tag-ttl", "upstream"}
 	if !slices.Equal(names, want) {
 		t.Fatalf("flags = %q, want %q", names, want)
 	}
@@ -565,8 +565,9 @@ func TestBindFlags(t *testing.T) {
 	}
 }
 
-// Every key of the file has a flag (platforms: the repeatable --platform)
-// except storage, whose parameters do not fit in one.
+// Every key of the file has a flag (platforms: the repeatable --platform;
+// destination: --destination for its URL) except storage and sync, whose
+// parameters do not fit in one.
 func TestEveryKeyHasAFlag(t *testing.T) {
 	fs := flag.NewFlagSet("test", flag.ContinueOnError)
 	config.Bind(fs)
@@ -575,7 +576,7 @@ func TestEveryKeyHasAFlag(t *testing.T) {
 		key, _, _ := strings.Cut(typ.Field(i).Tag.Get("yaml"), ",")
 		flagName := strings.ReplaceAll(key, "_", "-")
 		switch key {
-		case "storage":
+		case "storage", "sync":
 			continue
 		case "platforms":
 			flagName = "platform"
@@ -613,5 +614,62 @@ func TestMarshalRoundTrip(t *testing.T) {
 		if !reflect.DeepEqual(back, c) {
 			t.Errorf("round trip via\n%s\ngave %+v, want %+v", b, back, c)
 		}
+	}
+}
+
+func TestDestinationAndSync(t *testing.T) {
+	c, err := config.Parse(strings.NewReader(`
+destination:
+  url: https://nexus.example.com/mirror
+  username: bot
+sync:
+  interval: 1h
+  images: ["nginx:1.27", "library/redis:7.*"]
+  platforms: ["linux/amd64"]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Destination.URL != "https://nexus.example.com/mirror" || c.Destination.Username != "bot" ||
+		time.Duration(c.Sync.Interval) != time.Hour || len(c.Sync.Images) != 2 {
+		t.Fatalf("parsed %+v", c)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []struct{ yaml, names string }{
+		{"destination:\n  url: https://x\n  pasword: y\n", "pasword"},
+		{"sync:\n  interval: 1h\n  imagez: [a]\n", "imagez"},
+	} {
+		if _, err := config.Parse(strings.NewReader(bad.yaml)); err == nil || !strings.Contains(err.Error(), bad.names) {
+			t.Errorf("%q: %v, want an error naming %q", bad.yaml, err, bad.names)
+		}
+	}
+	for _, bad := range []struct {
+		mod   func(*config.Config)
+		names string
+	}{
+		{func(c *config.Config) { c.Destination.URL = "ftp://x/y" }, "ftp://x/y"},
+		{func(c *config.Config) { c.Sync.Interval = config.Duration(time.Hour); c.Sync.Images = nil }, "sync.images"},
+		{func(c *config.Config) { c.Sync.Platforms = []string{"linux/"} }, "linux/"},
+	} {
+		c := config.Default()
+		bad.mod(&c)
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), bad.names) {
+			t.Errorf("Validate: %v, want an error naming %q", err, bad.names)
+		}
+	}
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	f := config.Bind(fs)
+	if err := fs.Parse([]string{"--destination", "http://127.0.0.1:5001/mirror"}); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"DOCKER_MIRROR_DESTINATION_PASSWORD": "s3cret"}
+	c, err = f.Resolve(func(k string) (string, bool) { v, ok := env[k]; return v, ok })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Destination.URL != "http://127.0.0.1:5001/mirror" || c.Destination.Password != "s3cret" {
+		t.Fatalf("destination %+v", c.Destination)
 	}
 }

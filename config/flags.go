@@ -51,7 +51,13 @@ var keys = []key{
 	{name: "shutdown_timeout", usage: "how long in-flight requests may finish on SIGINT/SIGTERM", set: durationKey(func(c *Config) *Duration { return &c.ShutdownTimeout })},
 	{name: "log_format", usage: "log format: text or json", set: stringKey(func(c *Config) *string { return &c.LogFormat })},
 	{name: "log_level", usage: "log level: debug, info, warn or error", set: stringKey(func(c *Config) *string { return &c.LogLevel })},
+	{name: "destination", usage: "registry URL and prefix to mirror into and serve from, e.g. https://nexus.example.com/mirror (http:// = plain HTTP; default: the embedded store)",
+		set: stringKey(func(c *Config) *string { return &c.Destination.URL })},
 }
+
+// passwordEnv holds the destination's password: an environment variable,
+// not a flag, so that it does not show in the process list.
+const passwordEnv = EnvPrefix + "DESTINATION_PASSWORD"
 
 // EnvPrefix prefixes the environment variable of every key, e.g.
 // DOCKER_MIRROR_TAG_TTL.
@@ -92,7 +98,7 @@ func defaultStrings() map[string]string {
 	return map[string]string{
 		"listen": d.Listen, "data": d.Data, "upstream": d.Upstream, "tag_ttl": d.TagTTL.String(),
 		"platform": strings.Join(d.Platforms, ","), "concurrency": strconv.Itoa(d.Concurrency),
-		"shutdown_timeout": d.ShutdownTimeout.String(), "log_format": d.LogFormat, "log_level": d.LogLevel,
+		"shutdown_timeout": d.ShutdownTimeout.String(), "log_format": d.LogFormat, "log_level": d.LogLevel, "destination": "none",
 	}
 }
 
@@ -135,6 +141,9 @@ func (f *Flags) Resolve(lookup func(string) (string, bool)) (Config, error) {
 		if err := k.set(&c, vals); err != nil {
 			return Config{}, fmt.Errorf("%s: %w", env, err)
 		}
+	}
+	if v, ok := lookup(passwordEnv); ok {
+		c.Destination.Password = v
 	}
 	if err := c.Validate(); err != nil {
 		return Config{}, fmt.Errorf("config: %w", err)

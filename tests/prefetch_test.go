@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/docker-mirror/docker-mirror/proxy"
 	"github.com/docker-mirror/docker-mirror/storage"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
 	"github.com/docker-mirror/docker-mirror/tests/mirrortest"
@@ -166,4 +167,39 @@ func TestPrefetchResumesAfterRestart(t *testing.T) {
 	}
 	up.Stop()
 	wantImage(t, m, "multi", ma.Platforms["linux/arm/v7"])
+}
+
+// The scheduled sync expands tag patterns against the upstream and
+// prefetches what matches, as a job like any other.
+func TestSyncExpandsTagPatterns(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	a := up.SeedImage(t, "library/redis", "7.0", 1, 4<<10)
+	b := up.SeedImage(t, "library/redis", "7.2", 1, 4<<10)
+	other := up.SeedImage(t, "library/redis", "6.2", 1, 4<<10)
+	single := up.SeedImage(t, "library/nginx", "1.27", 1, 4<<10)
+	m := mirrortest.Start(t, up.URL())
+
+	j, err := m.Proxy.SyncOnce(t.Context(), proxy.Sync{Images: []string{"redis:7.*", "nginx:1.27"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.WaitIdle()
+	done := job(t, m, "/prefetch/"+j.ID)
+	if done.Trigger != "sync" || done.State != storage.JobDone || len(done.Images) != 3 {
+		t.Fatalf("sync job %+v", done)
+	}
+	up.Stop()
+	for _, c := range []struct {
+		repo, tag string
+		img       *fixture.Image
+	}{{"redis", "7.0", a}, {"redis", "7.2", b}, {"nginx", "1.27", single}} {
+		wantManifest(t, get(t, m.URL()+"/v2/"+c.repo+"/manifests/"+c.tag), c.img.Manifest, c.img.MediaType)
+		wantImage(t, m, c.repo, c.img)
+	}
+	if r := get(t, m.URL()+"/v2/redis/manifests/"+other.Digest); r.status == 200 {
+		t.Error("redis:6.2 was synced but does not match 7.*")
+	}
+	if _, err := m.Proxy.SyncOnce(t.Context(), proxy.Sync{Images: []string{"redis:[bad"}}); err == nil {
+		t.Error("a bad pattern was accepted")
+	}
 }

@@ -111,6 +111,9 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, ln net.List
 	if err := p.ResumeJobs(ctx); err != nil {
 		return err
 	}
+	if cfg.Sync.Interval > 0 {
+		go p.RunSync(ctx, proxy.Sync{Images: cfg.Sync.Images, Platforms: cfg.Sync.Platforms}, time.Duration(cfg.Sync.Interval))
+	}
 
 	srv := &http.Server{
 		Handler:           p.Handler(),
