@@ -330,10 +330,19 @@ func (p *Proxy) fetchManifest(ctx context.Context, t target, ref string, mirror 
 		if err := p.index.RecordManifest(entry); err != nil {
 			return nil, err
 		}
+		sm := &storedManifest{body: up.Body, mediaType: mt, digest: up.Digest}
+		if entry.Tag != "" {
+			// A tag moved to content mirrored already: point it there now.
+			if rec, ok, err := p.index.Mirror(up.Digest); err == nil && ok && rec.State == storage.MirrorComplete {
+				if err := p.publishTag(ctx, t, entry.Tag, sm); err != nil {
+					return nil, err
+				}
+			}
+		}
 		if mirrors {
 			p.enqueueMirror(ctx, t, up.Digest)
 		}
-		return &storedManifest{body: up.Body, mediaType: mt, digest: up.Digest}, nil
+		return sm, nil
 	})
 }
 

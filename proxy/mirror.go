@@ -92,9 +92,43 @@ func (p *Proxy) mirror(ctx context.Context, t target, dgst digest.Digest) error 
 		return err
 	}
 	p.log.Debug("mirrored", "upstream", t.host(), "repo", t.repo, "digest", dgst, "platforms", platforms)
-	return p.index.PutMirror(dgst, storage.MirrorRecord{
+	return p.completeMirror(ctx, t, m, platforms)
+}
+
+// completeMirror records that a manifest and everything it needs are
+// stored, and then points the tags that name it at it in a registry
+// destination: a tag is pushed last, so it never names missing content.
+func (p *Proxy) completeMirror(ctx context.Context, t target, m *storedManifest, platforms []string) error {
+	if err := p.index.PutMirror(m.digest, storage.MirrorRecord{
 		Upstream: t.host(), Repo: t.repo, State: storage.MirrorComplete, Platforms: platforms, UpdatedAt: p.now(),
-	})
+	}); err != nil {
+		return err
+	}
+	if _, ok := p.store.(storage.ManifestStore); !ok {
+		return nil
+	}
+	tags, err := p.index.TagsOf(t.host(), t.repo, m.digest)
+	if err != nil {
+		return err
+	}
+	for _, tag := range tags {
+		if err := p.publishTag(ctx, t, tag, m); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// publishTag points a tag at a manifest in a registry destination.
+func (p *Proxy) publishTag(ctx context.Context, t target, tag string, m *storedManifest) error {
+	ms, ok := p.store.(storage.ManifestStore)
+	if !ok {
+		return nil
+	}
+	if err := ms.PutManifest(ctx, t.storeRepo(), tag, m.mediaType, m.body); err != nil {
+		return fmt.Errorf("pushing tag %s:%s: %w", t.storeRepo(), tag, err)
+	}
+	return nil
 }
 
 // copyImage stores everything a stored manifest needs: for an index, each

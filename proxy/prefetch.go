@@ -190,42 +190,63 @@ func (p *Proxy) setJob(job *storage.Job, f func()) {
 	}
 }
 
-// prefetchImage mirrors one image of a job, sharing every fetch with live
-// pulls, and keeps its progress in the job.
+// prefetchImage mirrors one image of a job and keeps its progress in the
+// job.
 func (p *Proxy) prefetchImage(ctx context.Context, job *storage.Job, i int, pats []Platform) error {
-	im, err := p.parseImage(job.Images[i].Image)
-	if err != nil {
-		return err
-	}
 	p.setJob(job, func() { job.Images[i].State, job.Images[i].Error = storage.JobRunning, "" })
-	m, err := p.fetchManifest(ctx, im.t, im.ref, false)
-	if err != nil {
-		return err
-	}
-	prog := &progress{}
-	prog.changed = func() {
-		s := prog.snapshot()
+	got, err := p.Mirror(ctx, job.Images[i].Image, pats, func(s Progress) {
 		p.jobs.mu.Lock()
 		img := &job.Images[i]
-		img.Digest, img.PlatformsTotal, img.PlatformsDone = m.digest.String(), s.PlatformsTotal, s.PlatformsDone
+		img.Digest, img.PlatformsTotal, img.PlatformsDone = s.Digest, s.PlatformsTotal, s.PlatformsDone
 		img.BytesTotal, img.BytesDone = s.BytesTotal, s.BytesDone
 		p.jobs.mu.Unlock()
+	})
+	if err != nil {
+		return err
+	}
+	p.setJob(job, func() { job.Images[i].State, job.Images[i].Digest = storage.JobDone, got.Digest })
+	return nil
+}
+
+// Mirror copies one image, given as docker pull takes it, into the store:
+// the index or manifest and, for the platforms matching pats (nil: the
+// configured platforms), every child manifest, attestation and blob. Every
+// fetch is shared with live pulls and background mirroring. In a registry
+// destination the tag is pushed last, once everything it needs is there.
+// onProgress, if not nil, is called after every change.
+func (p *Proxy) Mirror(ctx context.Context, ref string, pats []Platform, onProgress func(Progress)) (Progress, error) {
+	im, err := p.parseImage(ref)
+	if err != nil {
+		return Progress{}, err
+	}
+	m, err := p.fetchManifest(ctx, im.t, im.ref, false)
+	if err != nil {
+		return Progress{}, err
+	}
+	prog := &progress{digest: m.digest.String()}
+	if onProgress != nil {
+		prog.changed = func() { onProgress(prog.snapshot()) }
+	}
+	configured := pats == nil
+	if configured {
+		pats = p.platforms
 	}
 	platforms, err := p.copyImage(ctx, im.t, m, pats, prog)
 	if err != nil {
-		return err
+		return prog.snapshot(), err
 	}
-	if len(job.Platforms) == 0 {
-		// The configured platforms are all here: as complete as a
-		// background mirror would leave it.
-		if err := p.index.PutMirror(m.digest, storage.MirrorRecord{Upstream: im.t.host(), Repo: im.t.repo,
-			State: storage.MirrorComplete, Platforms: platforms, UpdatedAt: p.now()}); err != nil {
-			return err
+	if configured {
+		// As complete as a background mirror would leave it.
+		if err := p.completeMirror(ctx, im.t, m, platforms); err != nil {
+			return prog.snapshot(), err
+		}
+	} else if !strings.Contains(im.ref, ":") {
+		if err := p.publishTag(ctx, im.t, im.ref, m); err != nil {
+			return prog.snapshot(), err
 		}
 	}
-	prog.changed()
-	p.setJob(job, func() { job.Images[i].State, job.Images[i].Digest = storage.JobDone, m.digest.String() })
-	return nil
+	prog.update(func() {})
+	return prog.snapshot(), nil
 }
 
 // maxPrefetchBody bounds the JSON body of POST /prefetch.

@@ -15,16 +15,22 @@ type progress struct {
 	bytesTotal     int64
 	bytesDone      int64
 	seen           map[digest.Digest]bool
+	digest         string
 	// changed, if set, is called after every change (without the lock).
 	changed func()
 }
 
-// snapshot is a consistent copy of the counters.
-type snapshot struct {
+// Progress is where a copy of an image stands.
+type Progress struct {
+	// Digest is the image's index or manifest digest, once resolved.
+	Digest string
+	// PlatformsTotal and PlatformsDone count the platforms of an index
+	// to copy and those copied (1 and none for a single image).
 	PlatformsTotal int
 	PlatformsDone  []string
-	BytesTotal     int64
-	BytesDone      int64
+	// BytesTotal and BytesDone count the blobs' bytes, each blob once.
+	BytesTotal int64
+	BytesDone  int64
 }
 
 func (g *progress) update(f func()) {
@@ -71,13 +77,14 @@ func (g *progress) blob(d digest.Digest, size int64) bool {
 
 func (g *progress) blobDone(size int64) { g.update(func() { g.bytesDone += size }) }
 
-func (g *progress) snapshot() snapshot {
+func (g *progress) snapshot() Progress {
 	if g == nil {
-		return snapshot{}
+		return Progress{}
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return snapshot{
+	return Progress{
+		Digest:         g.digest,
 		PlatformsTotal: g.platformsTotal,
 		PlatformsDone:  append([]string(nil), g.platformsDone...),
 		BytesTotal:     g.bytesTotal,

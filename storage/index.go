@@ -206,6 +206,26 @@ func (ix *Index) Tags(host, repo string) ([]string, error) {
 	return tags, err
 }
 
+// TagsOf lists the tags of an upstream repository that point to dgst.
+func (ix *Index) TagsOf(host, repo string, dgst digest.Digest) ([]string, error) {
+	prefix := []byte(host + "/" + repo + ":")
+	var tags []string
+	err := ix.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketTags).Cursor()
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			var rec TagRecord
+			if err := json.Unmarshal(v, &rec); err != nil {
+				return fmt.Errorf("index: corrupt tag entry %q: %w", k, err)
+			}
+			if rec.Digest == dgst {
+				tags = append(tags, string(k[len(prefix):]))
+			}
+		}
+		return nil
+	})
+	return tags, err
+}
+
 // TouchTag records that the upstream confirmed a tag's digest at t.
 func (ix *Index) TouchTag(host, repo, tag string, t time.Time) error {
 	return ix.db.Update(func(tx *bolt.Tx) error {
