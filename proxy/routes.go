@@ -12,6 +12,7 @@ import (
 	"github.com/gorilla/mux"
 
 	"github.com/docker-mirror/docker-mirror/proxy/errcode"
+	"github.com/docker-mirror/docker-mirror/storage"
 )
 
 // handlerFunc is an HTTP handler that returns its error; serve turns it
@@ -90,7 +91,7 @@ func (p *Proxy) serve(route string, h handlerFunc) http.Handler {
 				attrs = append(attrs, "error", err.Error())
 				defer panic(http.ErrAbortHandler)
 			default:
-				e := errcode.As(err)
+				e := registryError(err)
 				rec.status = errcode.Write(rec, e)
 				if e.Code == errcode.Unknown || rec.status >= 500 {
 					level = slog.LevelError
@@ -112,6 +113,20 @@ func (p *Proxy) serve(route string, h handlerFunc) http.Handler {
 		p.metrics.ServedBytes.WithLabelValues(route).Add(float64(rec.bytes))
 		p.log.Log(r.Context(), level, "request", attrs...)
 	})
+}
+
+// registryError maps any error to the registry error answered to the
+// client: its own code if it has one, 503 for a store that cannot be
+// reached, else 500.
+func registryError(err error) *errcode.Error {
+	var e *errcode.Error
+	if errors.As(err, &e) {
+		return e
+	}
+	if errors.Is(err, storage.ErrUnavailable) {
+		return errcode.Wrap(errcode.Unavailable, err, "%v", err)
+	}
+	return errcode.As(err)
 }
 
 // recorder notes the status and body size of a response. It passes

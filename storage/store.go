@@ -18,6 +18,9 @@ var (
 	// ErrDigestMismatch: written content did not hash to its digest, or
 	// did not have the announced size. Nothing was kept.
 	ErrDigestMismatch = errors.New("content does not match its digest")
+	// ErrUnavailable: the store could not be reached or refused our
+	// credentials (a registry destination). Wrapping errors say which.
+	ErrUnavailable = errors.New("store unavailable")
 )
 
 // Store keeps mirrored content by digest: blobs, and manifests too unless
