@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 
 	"github.com/opencontainers/go-digest"
@@ -31,10 +32,15 @@ func newDownloads() *downloads {
 	return &downloads{dir: os.TempDir(), m: map[digest.Digest]*download{}}
 }
 
+// maxResumes bounds how often a blob download cut mid-stream is resumed
+// with a Range request.
+const maxResumes = 3
+
 // download is one blob streaming from the upstream into a spool file.
 type download struct {
-	dgst digest.Digest
-	path string
+	dgst    digest.Digest
+	path    string
+	attempt int // 1 for the one retry of a download that was corrupt
 
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced whenever the state below changes
@@ -134,6 +140,11 @@ func (r *blobReader) Close() error { return r.f.Close() }
 // the blob is stored already (a download may just have finished), it
 // returns stored=true and no download.
 func (p *Proxy) startBlob(ctx context.Context, t target, dgst digest.Digest) (dl *download, stored bool, err error) {
+	return p.startDownload(ctx, t, dgst, 0)
+}
+
+// startDownload is startBlob for the given attempt of a download.
+func (p *Proxy) startDownload(ctx context.Context, t target, dgst digest.Digest, attempt int) (dl *download, stored bool, err error) {
 	d := p.blobs
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -151,7 +162,7 @@ func (p *Proxy) startBlob(ctx context.Context, t target, dgst digest.Digest) (dl
 		p.work.done()
 		return nil, false, fmt.Errorf("spooling blob: %w", err)
 	}
-	dl = &download{dgst: dgst, path: f.Name(), changed: make(chan struct{}), finished: make(chan struct{})}
+	dl = &download{dgst: dgst, path: f.Name(), attempt: attempt, changed: make(chan struct{}), finished: make(chan struct{})}
 	d.m[dgst] = dl
 	fctx, cancel := p.detach(ctx, p.fillTimeout)
 	go func() {
@@ -208,13 +219,13 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 		fail(err)
 		return
 	}
-	defer body.Close()
+	defer func() { body.Close() }()
 	dl.update(func() { dl.started, dl.size = true, size })
 
 	v := dl.dgst.Verifier()
 	buf := make([]byte, 256<<10)
 	var n int64
-	for {
+	for resumes := 0; ; {
 		m, rerr := body.Read(buf)
 		if m > 0 {
 			if _, err := f.Write(buf[:m]); err != nil {
@@ -228,8 +239,26 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 		if errors.Is(rerr, io.EOF) {
 			break
 		}
-		if rerr != nil {
+		if rerr == nil {
+			continue
+		}
+		if ctx.Err() != nil || resumes == maxResumes {
 			fail(errcode.Wrap(errcode.Unavailable, errors.Join(upstream.ErrUnavailable, rerr), "upstream %s: blob %s cut after %d bytes", t.host(), dl.dgst, n).WithStatus(http.StatusBadGateway))
+			return
+		}
+		// The connection broke: go on from where it stopped.
+		resumes++
+		p.log.Warn("blob download cut; resuming", "upstream", t.host(), "digest", dl.dgst, "offset", n, "attempt", resumes, "error", rerr)
+		body.Close()
+		var total int64
+		body, total, err = t.up.Blob(ctx, t.repo, dl.dgst, n)
+		if err != nil {
+			body = io.NopCloser(strings.NewReader(""))
+			fail(err)
+			return
+		}
+		if size >= 0 && total >= 0 && total != size {
+			fail(errcode.New(errcode.Unavailable, "upstream %s: blob %s changed size from %d to %d while resuming", t.host(), dl.dgst, size, total).WithStatus(http.StatusBadGateway))
 			return
 		}
 	}
@@ -237,6 +266,15 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 		p.metrics.UpstreamErrors.WithLabelValues(t.host(), "digest").Inc()
 		fail(errcode.Wrap(errcode.Unavailable, errors.Join(upstream.ErrInvalid, storage.ErrDigestMismatch),
 			"upstream %s sent %d bytes for blob %s that do not match its digest", t.host(), n, dl.dgst).WithStatus(http.StatusBadGateway))
+		if dl.attempt == 0 {
+			// Fetch it once more for the cache: a corrupt answer is often
+			// a passing fault. Readers of this download have failed.
+			defer func() {
+				if _, _, err := p.startDownload(context.WithoutCancel(ctx), t, dl.dgst, 1); err != nil {
+					p.log.Warn("retrying blob download", "digest", dl.dgst, "error", err)
+				}
+			}()
+		}
 		return
 	}
 	dl.update(func() { dl.verified = true })

@@ -147,30 +147,50 @@ func TestErrors(t *testing.T) {
 // Upstream failures with nothing cached: 429 passes on with Retry-After,
 // 5xx is a 502, an unreachable upstream a 503; never a 404 or a 500.
 func TestUpstreamFailuresWithoutCache(t *testing.T) {
-	up := fixture.StartUpstream(t)
-	img := up.SeedImage(t, "library/fail", "1", 1, 1<<10)
-	m := mirrortest.Start(t, up.URL())
-	manifest := m.URL() + "/v2/fail/manifests/1"
-	blob := m.URL() + "/v2/fail/blobs/" + img.Layers[0]
-
-	up.SetFault(fixture.Fault{Status: http.StatusTooManyRequests, Header: http.Header{"Retry-After": {"42"}}})
-	for _, u := range []string{manifest, blob} {
-		r := get(t, u)
+	start := func(t *testing.T) (*fixture.Upstream, *mirrortest.Mirror, []string) {
+		up := fixture.StartUpstream(t)
+		img := up.SeedImage(t, "library/fail", "1", 1, 1<<10)
+		m := mirrortest.Start(t, up.URL())
+		return up, m, []string{m.URL() + "/v2/fail/manifests/1", m.URL() + "/v2/fail/blobs/" + img.Layers[0]}
+	}
+	t.Run("429", func(t *testing.T) {
+		up, m, urls := start(t)
+		up.SetFault(fixture.Fault{Status: http.StatusTooManyRequests, Header: http.Header{"Retry-After": {"42"}}})
+		r := get(t, urls[0])
 		wantError(t, r, 429, "TOOMANYREQUESTS")
 		if r.header.Get("Retry-After") != "42" {
-			t.Errorf("%s: Retry-After %q, want 42", u, r.header.Get("Retry-After"))
+			t.Errorf("Retry-After %q, want 42", r.header.Get("Retry-After"))
 		}
-	}
-	up.SetFault(fixture.Fault{Status: http.StatusInternalServerError})
-	for _, u := range []string{manifest, blob} {
-		wantError(t, get(t, u), http.StatusBadGateway, "UNAVAILABLE")
-	}
-	up.ClearFault()
-	up.Stop()
-	for _, u := range []string{manifest, blob} {
-		wantError(t, get(t, u), http.StatusServiceUnavailable, "UNAVAILABLE")
-	}
-	wantError(t, get(t, m.URL()+"/v2/fail/tags/list"), http.StatusServiceUnavailable, "UNAVAILABLE")
+		// Backing off: the upstream is not asked again before Retry-After.
+		asked := up.Count("", "")
+		up.ClearFault()
+		for _, u := range urls {
+			r := get(t, u)
+			wantError(t, r, 429, "TOOMANYREQUESTS")
+			if ra, _ := strconv.Atoi(r.header.Get("Retry-After")); ra < 1 || ra > 42 {
+				t.Errorf("%s: Retry-After %q while backing off", u, r.header.Get("Retry-After"))
+			}
+		}
+		if n := up.Count("", ""); n != asked {
+			t.Errorf("the upstream was asked %d more times while backing off", n-asked)
+		}
+		_ = m
+	})
+	t.Run("5xx", func(t *testing.T) {
+		up, _, urls := start(t)
+		up.SetFault(fixture.Fault{Status: http.StatusInternalServerError})
+		for _, u := range urls {
+			wantError(t, get(t, u), http.StatusBadGateway, "UNAVAILABLE")
+		}
+	})
+	t.Run("down", func(t *testing.T) {
+		up, m, urls := start(t)
+		up.Stop()
+		for _, u := range urls {
+			wantError(t, get(t, u), http.StatusServiceUnavailable, "UNAVAILABLE")
+		}
+		wantError(t, get(t, m.URL()+"/v2/fail/tags/list"), http.StatusServiceUnavailable, "UNAVAILABLE")
+	})
 }
 
 // A blob whose upstream bytes do not match its digest is neither stored nor

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -68,7 +69,20 @@ type Client struct {
 	mu         sync.Mutex
 	transports map[string]http.RoundTripper
 	creating   singleflight.Group
+
+	// retryAt is when a rate-limiting upstream may be asked again: until
+	// then requests fail at once instead of adding to the limit.
+	retryMu sync.Mutex
+	retryAt time.Time
+	now     func() time.Time
 }
+
+// DefaultBackoff is how long an upstream that answered 429 without a
+// Retry-After header is left alone.
+const DefaultBackoff = 10 * time.Second
+
+// maxBackoff caps the Retry-After an upstream can impose.
+const maxBackoff = time.Hour
 
 // Option configures a Client.
 type Option func(*Client)
@@ -102,6 +116,7 @@ func New(host, rawURL string, opts ...Option) (*Client, error) {
 		registry:   reg,
 		auth:       authn.Anonymous,
 		transports: map[string]http.RoundTripper{},
+		now:        time.Now,
 	}
 	for _, o := range opts {
 		o(c)
@@ -117,8 +132,12 @@ func New(host, rawURL string, opts ...Option) (*Client, error) {
 // per host, and a bound on waiting for response headers.
 func DefaultTransport() *http.Transport {
 	t := http.DefaultTransport.(*http.Transport).Clone()
+	// An unreachable upstream must fail in seconds, not minutes: clients
+	// are waiting, and cached content can answer them instead.
+	t.DialContext = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	t.TLSHandshakeTimeout = 10 * time.Second
+	t.ResponseHeaderTimeout = 30 * time.Second
 	t.MaxIdleConnsPerHost = 32
-	t.ResponseHeaderTimeout = time.Minute
 	return t
 }
 
@@ -158,6 +177,9 @@ func (c *Client) transport(ctx context.Context, repo string) (http.RoundTripper,
 // pull scope; any other answer is mapped like a failed request, so a 429
 // keeps its Retry-After.
 func (c *Client) handshake(ctx context.Context, repo string) (http.RoundTripper, error) {
+	if err := c.backingOff("a registry ping"); err != nil {
+		return nil, err
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("%s://%s/v2/", c.scheme, c.registry.RegistryStr()), nil)
 	if err != nil {
 		return nil, err
@@ -207,6 +229,9 @@ func (c *Client) url(repo, kind, ref string) string {
 // do sends a request for repo and returns the response if its status is
 // one of ok; otherwise it closes the body and returns the mapped error.
 func (c *Client) do(ctx context.Context, repo string, req *http.Request, what string, ok ...int) (*http.Response, error) {
+	if err := c.backingOff(what); err != nil {
+		return nil, err
+	}
 	t, err := c.transport(ctx, repo)
 	if err != nil {
 		return nil, err
@@ -225,6 +250,35 @@ func (c *Client) do(ctx context.Context, repo string, req *http.Request, what st
 	}
 	defer resp.Body.Close()
 	return nil, c.statusError(resp, what)
+}
+
+// backingOff fails while a rate limit's Retry-After has not passed.
+func (c *Client) backingOff(what string) error {
+	c.retryMu.Lock()
+	wait := c.retryAt.Sub(c.now())
+	c.retryMu.Unlock()
+	if wait <= 0 {
+		return nil
+	}
+	secs := int((wait + time.Second - 1) / time.Second)
+	return errcode.Wrap(errcode.TooManyRequests, ErrUnavailable, "upstream %s is rate-limiting us; not asking for %s for %ds", c.host, what, secs).
+		WithHeader("Retry-After", strconv.Itoa(secs))
+}
+
+// backOff leaves the upstream alone for the Retry-After of a 429 answer.
+func (c *Client) backOff(retryAfter string) {
+	d := DefaultBackoff
+	if n, err := strconv.Atoi(strings.TrimSpace(retryAfter)); err == nil && n >= 0 {
+		d = time.Duration(n) * time.Second
+	} else if t, err := http.ParseTime(retryAfter); err == nil {
+		d = t.Sub(c.now())
+	}
+	d = min(max(d, 0), maxBackoff)
+	c.retryMu.Lock()
+	if until := c.now().Add(d); until.After(c.retryAt) {
+		c.retryAt = until
+	}
+	c.retryMu.Unlock()
 }
 
 // statusError maps an upstream's unexpected answer to the error passed on
@@ -259,8 +313,10 @@ func (c *Client) statusError(resp *http.Response, what string) error {
 	case st == http.StatusForbidden:
 		return errcode.Wrap(errcode.Denied, ErrAuth, "upstream %s answered 403 for %s%s", c.host, what, upMsg)
 	case st == http.StatusTooManyRequests:
+		ra := resp.Header.Get("Retry-After")
+		c.backOff(ra)
 		e := errcode.Wrap(errcode.TooManyRequests, ErrUnavailable, "upstream %s rate-limited %s%s", c.host, what, upMsg)
-		if ra := resp.Header.Get("Retry-After"); ra != "" {
+		if ra != "" {
 			e = e.WithHeader("Retry-After", ra)
 		}
 		return e
