@@ -172,8 +172,11 @@ func parseRange(h string, size int64) (start, length int64, ok bool, err error) 
 	end := size - 1
 	if b != "" {
 		e, err := strconv.ParseInt(b, 10, 64)
-		if err != nil || e < s {
+		if err != nil {
 			return 0, 0, false, nil
+		}
+		if e < s {
+			return 0, 0, false, unsatisfiable // as net/http and the OCI conformance suite answer
 		}
 		end = min(e, size-1)
 	}

@@ -28,8 +28,9 @@ func (p *Proxy) Handler() http.Handler {
 	r := mux.NewRouter()
 	r.UseEncodedPath()
 	// Every write of the distribution API is refused: this is a read-only mirror.
-	r.PathPrefix("/v2/").Methods(http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete).
-		Handler(p.serve("write", p.unsupported))
+	// (A matcher, not Methods: a GET of an unknown /v2/ path must stay a
+	// 404, which clients such as the referrers fallback rely on.)
+	r.PathPrefix("/v2/").MatcherFunc(isWrite).Handler(p.serve("write", p.unsupported))
 	r.Handle("/v2/", p.serve("base", p.base)).Methods(http.MethodGet, http.MethodHead)
 	r.Handle("/v2/{name:.+}/manifests/{reference}", p.serve("manifest", p.manifest)).Methods(http.MethodGet, http.MethodHead)
 	r.Handle("/v2/{name:.+}/blobs/{digest}", p.serve("blob", p.blob)).Methods(http.MethodGet, http.MethodHead)
@@ -48,6 +49,14 @@ func (p *Proxy) Handler() http.Handler {
 	})
 	r.MethodNotAllowedHandler = p.serve("method", p.unsupported)
 	return r
+}
+
+func isWrite(r *http.Request, _ *mux.RouteMatch) bool {
+	switch r.Method {
+	case http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete:
+		return true
+	}
+	return false
 }
 
 func (p *Proxy) unsupported(_ http.ResponseWriter, r *http.Request) error {

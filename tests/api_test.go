@@ -64,6 +64,7 @@ func TestBlobRangeAndHead(t *testing.T) {
 		{"bytes=-50", 206, size - 50, size - 1, fmt.Sprintf("bytes %d-%d/%d", size-50, size-1, size)},
 		{fmt.Sprintf("bytes=%d-%d", size-10, size+100), 206, size - 10, size - 1, fmt.Sprintf("bytes %d-%d/%d", size-10, size-1, size)},
 		{fmt.Sprintf("bytes=%d-", size), 416, 0, 0, fmt.Sprintf("bytes */%d", size)},
+		{"bytes=500-0", 416, 0, 0, fmt.Sprintf("bytes */%d", size)},
 		{"bytes=0-1,5-6", 200, 0, size - 1, ""}, // several ranges: the whole blob
 		{"pages=1-2", 200, 0, size - 1, ""},     // not bytes: ignored
 	}
@@ -128,6 +129,8 @@ func TestErrors(t *testing.T) {
 		{"manifest delete", "DELETE", "/v2/err/manifests/" + img.Digest, 405, "UNSUPPORTED"},
 		{"blob delete", "DELETE", "/v2/err/blobs/" + img.Layers[0], 405, "UNSUPPORTED"},
 		{"patch", "PATCH", "/v2/err/blobs/uploads/x", 405, "UNSUPPORTED"},
+		{"referrers (not served)", "GET", "/v2/err/referrers/" + img.Digest, 404, "NAME_UNKNOWN"},
+		{"catalog (not served)", "GET", "/v2/_catalog", 404, "NAME_UNKNOWN"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
