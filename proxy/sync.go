@@ -44,7 +44,7 @@ func (p *Proxy) RunSync(ctx context.Context, s Sync, interval time.Duration) {
 func (p *Proxy) SyncOnce(ctx context.Context, s Sync) (*storage.Job, error) {
 	var images []string
 	for _, entry := range s.Images {
-		expanded, err := p.expandTags(ctx, entry)
+		expanded, err := p.ExpandTags(ctx, entry)
 		if err != nil {
 			return nil, fmt.Errorf("sync %q: %w", entry, err)
 		}
@@ -56,9 +56,10 @@ func (p *Proxy) SyncOnce(ctx context.Context, s Sync) (*storage.Job, error) {
 	return p.StartPrefetch(ctx, PrefetchRequest{Images: images, Platforms: s.Platforms}, "sync")
 }
 
-// expandTags turns "name:pattern" into one reference per matching tag
-// upstream; a reference without a pattern is returned as it is.
-func (p *Proxy) expandTags(ctx context.Context, entry string) ([]string, error) {
+// ExpandTags turns "name:pattern" into one reference per matching tag
+// upstream ("name:*" for all of them); a reference without a pattern is
+// returned as it is.
+func (p *Proxy) ExpandTags(ctx context.Context, entry string) ([]string, error) {
 	slash := strings.LastIndexByte(entry, '/')
 	colon := strings.LastIndexByte(entry, ':')
 	if colon <= slash || !strings.ContainsAny(entry[colon+1:], "*?[") {

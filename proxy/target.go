@@ -22,11 +22,16 @@ func (t target) host() string { return t.up.Host() }
 // storeRepo names the repository in the store: a docker.io repository
 // keeps its path (library/nginx), another upstream's gets its host as the
 // first component (ghcr.io/owner/app), so names never collide.
-func (t target) storeRepo() string {
-	if t.host() == DefaultHost {
-		return t.repo
+func (t target) storeRepo() string { return StoreRepo(t.host(), t.repo) }
+
+// StoreRepo names an upstream repository in the store, as the mirror and
+// the destination registry know it: docker.io's keep their path, others
+// get their host in front.
+func StoreRepo(host, repo string) string {
+	if host == DefaultHost {
+		return repo
 	}
-	return t.host() + "/" + t.repo
+	return host + "/" + repo
 }
 
 // dockerHubAliases are other names clients use for docker.io.

@@ -38,7 +38,8 @@ var (
 	bucketBlobs     = []byte("blobs")     // digest -> BlobRecord
 	bucketLinks     = []byte("links")     // "host/repo@digest" -> ""
 	bucketMirrors   = []byte("mirrors")   // digest -> MirrorRecord
-	allBuckets      = [][]byte{bucketTags, bucketManifests, bucketBlobs, bucketLinks, bucketMirrors, bucketJobs}
+	bucketHolders   = []byte("holders")   // "digest\x00host/repo" -> "": links by digest
+	allBuckets      = [][]byte{bucketTags, bucketManifests, bucketBlobs, bucketLinks, bucketMirrors, bucketJobs, bucketHolders}
 )
 
 // TagRecord is what a tag pointed to upstream, and when.
@@ -158,6 +159,29 @@ func linkKey(host, repo string, dgst digest.Digest) []byte {
 	return []byte(host + "/" + repo + "@" + dgst.String())
 }
 
+// link records that dgst belongs to an upstream repository, both ways.
+func link(tx *bolt.Tx, host, repo string, dgst digest.Digest) error {
+	if err := tx.Bucket(bucketLinks).Put(linkKey(host, repo, dgst), nil); err != nil {
+		return err
+	}
+	return tx.Bucket(bucketHolders).Put([]byte(dgst.String()+"\x00"+host+"/"+repo), nil)
+}
+
+// Holders lists the upstream repositories ("host/repo") dgst is linked to,
+// e.g. to mount a blob from one of them in a registry destination.
+func (ix *Index) Holders(dgst digest.Digest) ([]string, error) {
+	prefix := []byte(dgst.String() + "\x00")
+	var out []string
+	err := ix.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketHolders).Cursor()
+		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+			out = append(out, string(k[len(prefix):]))
+		}
+		return nil
+	})
+	return out, err
+}
+
 func get[T any](tx *bolt.Tx, bucket, key []byte) (T, bool, error) {
 	var v T
 	raw := tx.Bucket(bucket).Get(key)
@@ -275,7 +299,7 @@ func (ix *Index) RecordManifest(e ManifestEntry) error {
 		if err := put(tx, bucketManifests, key, e.Record); err != nil {
 			return err
 		}
-		if err := tx.Bucket(bucketLinks).Put(linkKey(e.Upstream, e.Repo, e.Digest), nil); err != nil {
+		if err := link(tx, e.Upstream, e.Repo, e.Digest); err != nil {
 			return err
 		}
 		if e.Tag != "" {
@@ -312,7 +336,7 @@ func (ix *Index) RecordBlob(host, repo string, dgst digest.Digest, size int64, t
 		if err := put(tx, bucketBlobs, []byte(dgst), BlobRecord{Size: size, FetchedAt: t, LastAccess: t}); err != nil {
 			return err
 		}
-		return tx.Bucket(bucketLinks).Put(linkKey(host, repo, dgst), nil)
+		return link(tx, host, repo, dgst)
 	})
 	if err == nil {
 		ix.stored.Add(added)
@@ -322,9 +346,7 @@ func (ix *Index) RecordBlob(host, repo string, dgst digest.Digest, size int64, t
 
 // Link records that dgst belongs to an upstream repository.
 func (ix *Index) Link(host, repo string, dgst digest.Digest) error {
-	return ix.db.Batch(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketLinks).Put(linkKey(host, repo, dgst), nil)
-	})
+	return ix.db.Batch(func(tx *bolt.Tx) error { return link(tx, host, repo, dgst) })
 }
 
 // Linked reports whether dgst was fetched for, or confirmed to belong to,

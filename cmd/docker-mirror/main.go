@@ -1,6 +1,8 @@
 // Command docker-mirror is a pull-through caching registry proxy.
 //
 //	docker-mirror serve [flags]   run the proxy (default: a Docker Hub mirror on :5000, data in ./data)
+//	docker-mirror mirror -d DEST[/PREFIX] IMAGE...   copy images into a registry
+//	docker-mirror prefetch --server URL IMAGE...     ask a running proxy to prefetch
 //	docker-mirror version         print the version
 package main
 
@@ -24,10 +26,14 @@ const usage = `docker-mirror: a pull-through caching registry proxy.
 
 Usage:
   docker-mirror serve [flags]   run the proxy (with no flags: a Docker Hub mirror on :5000, data in ./data)
+  docker-mirror mirror -d DEST[/PREFIX] [flags] IMAGE...
+                                copy images (every linux platform) into a registry, no server needed
+  docker-mirror prefetch --server URL IMAGE...
+                                ask a running proxy to mirror images ahead of time, and follow the job
   docker-mirror version         print the version and the Go version
   docker-mirror help            show this help
 
-Run 'docker-mirror serve --help' for every option of the server.
+Run 'docker-mirror COMMAND --help' for every option of a command.
 `
 
 func main() {
@@ -48,12 +54,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "serve":
 		return serveCommand(ctx, args[1:], stdout, stderr)
+	case "mirror":
+		return mirrorCommand(ctx, args[1:], stdout, stderr)
+	case "prefetch":
+		return prefetchCommand(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "docker-mirror %s (%s)\n", versionString(), runtime.Version())
 		return 0
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
+	case "-d", "--d", "-destination", "--destination":
+		// The original tool's form: docker-mirror -d DEST IMAGE...
+		return mirrorCommand(ctx, args, stdout, stderr)
 	default:
 		fmt.Fprintf(stderr, "docker-mirror: unknown command %q (try 'docker-mirror help')\n", args[0])
 		return exitUsage

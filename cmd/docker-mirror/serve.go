@@ -16,7 +16,6 @@ import (
 	"github.com/docker-mirror/docker-mirror/config"
 	"github.com/docker-mirror/docker-mirror/metrics"
 	"github.com/docker-mirror/docker-mirror/proxy"
-	"github.com/docker-mirror/docker-mirror/proxy/upstream"
 	"github.com/docker-mirror/docker-mirror/storage"
 )
 
@@ -68,39 +67,17 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, ln net.List
 	if err := os.MkdirAll(spool, 0o755); err != nil {
 		return fmt.Errorf("spool directory: %w", err)
 	}
-	driver, params := cfg.StorageDriver()
-	store, err := storage.OpenDriverStore(ctx, driver, params)
-	if err != nil {
-		return err
-	}
 	index, err := storage.OpenIndex(filepath.Join(cfg.Data, "index.db"))
 	if err != nil {
 		return err
 	}
 	defer index.Close()
-
-	m := metrics.New()
-	hub, err := upstream.New(proxy.DefaultHost, cfg.Upstream,
-		upstream.WithTransport(m.Transport(proxy.DefaultHost, upstream.DefaultTransport())))
+	store, storeName, err := openStore(ctx, cfg, index)
 	if err != nil {
 		return err
 	}
-	var platforms []proxy.Platform
-	for _, s := range cfg.Platforms {
-		pl, err := proxy.ParsePlatform(s)
-		if err != nil {
-			return err
-		}
-		platforms = append(platforms, pl)
-	}
-	p, err := proxy.New(store, index, []*upstream.Client{hub},
-		proxy.WithLogger(log),
-		proxy.WithMetrics(m),
-		proxy.WithTagTTL(time.Duration(cfg.TagTTL)),
-		proxy.WithPlatforms(platforms),
-		proxy.WithConcurrency(cfg.Concurrency),
-		proxy.WithSpoolDir(spool),
-	)
+	m := metrics.New()
+	p, err := newProxy(cfg, store, index, log, m, spool)
 	if err != nil {
 		return err
 	}
@@ -122,7 +99,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, ln net.List
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	log.Info("docker-mirror serving", "listen", ln.Addr().String(), "data", cfg.Data, "storage", driver,
+	log.Info("docker-mirror serving", "listen", ln.Addr().String(), "data", cfg.Data, "store", storeName,
 		"upstream", cfg.Upstream, "tag_ttl", cfg.TagTTL.String(), "platforms", cfg.Platforms, "version", versionString())
 
 	errc := make(chan error, 1)

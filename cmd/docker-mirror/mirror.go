@@ -1,0 +1,160 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/docker-mirror/docker-mirror/config"
+	"github.com/docker-mirror/docker-mirror/metrics"
+	"github.com/docker-mirror/docker-mirror/proxy"
+	"github.com/docker-mirror/docker-mirror/storage"
+)
+
+// mirrorCommand copies images with every linux platform (or --platform)
+// straight from their upstream into a destination registry, with no
+// server: docker-mirror mirror -d DEST[/PREFIX] IMAGE...
+func mirrorCommand(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("mirror", flag.ContinueOnError)
+	flags := config.Bind(fs)
+	fs.Func("d", "shorthand for --destination", func(v string) error { return fs.Set("destination", v) })
+	allTags := fs.Bool("all-tags", false, "copy every tag of each image's repository")
+	dryRun := fs.Bool("dry-run", false, "print what would be copied, and copy nothing")
+	fs.SetOutput(io.Discard)
+	err := fs.Parse(args)
+	if errors.Is(err, flag.ErrHelp) {
+		fs.SetOutput(stdout)
+		fmt.Fprint(stdout, "Usage: docker-mirror mirror -d DEST[/PREFIX] [flags] IMAGE...\n\n"+
+			"Copies each image (every linux platform by default) from its upstream into DEST:\n"+
+			"hello-world -> DEST/PREFIX/library/hello-world, ghcr.io/o/app -> DEST/PREFIX/ghcr.io/o/app.\n"+
+			"http://HOST:PORT/PREFIX means a plain-HTTP destination. The password comes from\n"+
+			"DOCKER_MIRROR_DESTINATION_PASSWORD or the config file.\n\nFlags:\n")
+		fs.PrintDefaults()
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "docker-mirror mirror: %v\n", err)
+		return exitUsage
+	}
+	images := fs.Args()
+	cfg, err := flags.Resolve(os.LookupEnv)
+	switch {
+	case err != nil:
+		fmt.Fprintf(stderr, "docker-mirror mirror: %v\n", err)
+		return exitUsage
+	case cfg.Destination.URL == "":
+		fmt.Fprintln(stderr, "docker-mirror mirror: no destination: give -d DEST[/PREFIX]")
+		return exitUsage
+	case len(images) == 0:
+		fmt.Fprintln(stderr, "docker-mirror mirror: no images to copy")
+		return exitUsage
+	}
+	log := newLogger(cfg, stderr)
+	if cfg.LogLevel == "info" {
+		log = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	failed, err := mirrorImages(ctx, cfg, log, images, *allTags, *dryRun, stdout)
+	if err != nil {
+		fmt.Fprintf(stderr, "docker-mirror mirror: %v\n", err)
+		return 1
+	}
+	if len(failed) > 0 {
+		fmt.Fprintf(stderr, "docker-mirror mirror: failed: %s\n", strings.Join(failed, ", "))
+		return 1
+	}
+	return 0
+}
+
+// mirrorImages runs the proxy's copy engine without a server, on a
+// throwaway index, and returns the images that failed.
+func mirrorImages(ctx context.Context, cfg config.Config, log *slog.Logger, images []string, allTags, dryRun bool, out io.Writer) ([]string, error) {
+	tmp, err := os.MkdirTemp("", "docker-mirror-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp)
+	index, err := storage.OpenIndex(filepath.Join(tmp, "index.db"))
+	if err != nil {
+		return nil, err
+	}
+	defer index.Close()
+	store, _, err := openStore(ctx, cfg, index)
+	if err != nil {
+		return nil, err
+	}
+	p, err := newProxy(cfg, store, index, log, metrics.New(), tmp)
+	if err != nil {
+		return nil, err
+	}
+	defer p.Close()
+
+	var failed []string
+	var refs []string
+	for _, im := range images {
+		if !allTags {
+			refs = append(refs, im)
+			continue
+		}
+		name := im
+		if i := strings.LastIndexAny(im, ":@"); i > strings.LastIndexByte(im, '/') {
+			name = im[:i]
+		}
+		tags, err := p.ExpandTags(ctx, name+":*")
+		if err != nil {
+			fmt.Fprintf(out, "%s: listing tags: %v\n", im, err)
+			failed = append(failed, im)
+			continue
+		}
+		refs = append(refs, tags...)
+	}
+	if dryRun {
+		for _, ref := range refs {
+			if err := printPlan(ctx, p, ref, out); err != nil {
+				fmt.Fprintf(out, "%s: %v\n", ref, err)
+				failed = append(failed, ref)
+			}
+		}
+		return failed, nil
+	}
+	d := newDisplay(out)
+	for _, ref := range refs {
+		got, err := p.Mirror(ctx, ref, nil, func(pr proxy.Progress) { d.update(ref, pr) })
+		d.done(ref, got, err)
+		if err != nil {
+			failed = append(failed, ref)
+		}
+	}
+	d.wait()
+	return failed, nil
+}
+
+func printPlan(ctx context.Context, p *proxy.Proxy, ref string, out io.Writer) error {
+	plan, err := p.Plan(ctx, ref, nil)
+	if err != nil {
+		return err
+	}
+	var copyBytes, haveBytes int64
+	var copyN, haveN int
+	for _, b := range plan.Blobs {
+		if b.Stored {
+			haveBytes += b.Size
+			haveN++
+		} else {
+			copyBytes += b.Size
+			copyN++
+		}
+	}
+	platforms := strings.Join(plan.Platforms, ", ")
+	if platforms == "" {
+		platforms = "single image"
+	}
+	fmt.Fprintf(out, "%s: %s (%s): %d manifests; would copy %d blobs (%s); %d blobs (%s) already there\n",
+		ref, plan.Digest, platforms, plan.Manifests, copyN, size(copyBytes), haveN, size(haveBytes))
+	return nil
+}

@@ -1,0 +1,150 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/docker-mirror/docker-mirror/proxy"
+	"github.com/docker-mirror/docker-mirror/storage"
+)
+
+// pollInterval is how often the prefetch command asks for its job's state.
+const pollInterval = 500 * time.Millisecond
+
+// prefetchCommand asks a running docker-mirror to prefetch images and
+// follows the job: docker-mirror prefetch --server URL IMAGE...
+func prefetchCommand(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("prefetch", flag.ContinueOnError)
+	server := fs.String("server", "http://127.0.0.1:5000", "URL of the running docker-mirror")
+	var platforms []string
+	fs.Func("platform", "platform pattern to prefetch (repeatable; default: the server's)", func(v string) error {
+		platforms = append(platforms, v)
+		return nil
+	})
+	fs.SetOutput(io.Discard)
+	if err := fs.Parse(args); err != nil {
+		if err == flag.ErrHelp {
+			fs.SetOutput(stdout)
+			fmt.Fprintln(stdout, "Usage: docker-mirror prefetch --server URL [--platform P]... IMAGE...\n\nFlags:")
+			fs.PrintDefaults()
+			return 0
+		}
+		fmt.Fprintf(stderr, "docker-mirror prefetch: %v\n", err)
+		return exitUsage
+	}
+	if u, err := url.Parse(*server); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		fmt.Fprintf(stderr, "docker-mirror prefetch: --server: invalid URL %q\n", *server)
+		return exitUsage
+	}
+	if fs.NArg() == 0 {
+		fmt.Fprintln(stderr, "docker-mirror prefetch: no images to prefetch")
+		return exitUsage
+	}
+	base := strings.TrimRight(*server, "/")
+	job, err := postJob(ctx, base, proxy.PrefetchRequest{Images: fs.Args(), Platforms: platforms})
+	if err != nil {
+		fmt.Fprintf(stderr, "docker-mirror prefetch: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "prefetch job %s\n", job.ID)
+	d := newDisplay(stdout)
+	reported := map[string]bool{}
+	for {
+		for _, im := range job.Images {
+			pr := proxy.Progress{Digest: im.Digest, PlatformsTotal: im.PlatformsTotal, PlatformsDone: im.PlatformsDone, BytesTotal: im.BytesTotal, BytesDone: im.BytesDone}
+			switch {
+			case reported[im.Image]:
+			case im.State == storage.JobDone:
+				d.done(im.Image, pr, nil)
+				reported[im.Image] = true
+			case im.State == storage.JobFailed:
+				d.done(im.Image, pr, fmt.Errorf("%s", im.Error))
+				reported[im.Image] = true
+			default:
+				d.update(im.Image, pr)
+			}
+		}
+		if job.Finished() {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			fmt.Fprintf(stderr, "docker-mirror prefetch: stopped following job %s; it goes on in the server\n", job.ID)
+			return 1
+		case <-time.After(pollInterval):
+		}
+		if job, err = getJob(ctx, base, job.ID); err != nil {
+			fmt.Fprintf(stderr, "docker-mirror prefetch: %v\n", err)
+			return 1
+		}
+	}
+	d.wait()
+	var failed []string
+	for _, im := range job.Images {
+		if im.State != storage.JobDone {
+			failed = append(failed, im.Image)
+		}
+	}
+	if len(failed) > 0 {
+		fmt.Fprintf(stderr, "docker-mirror prefetch: failed: %s\n", strings.Join(failed, ", "))
+		return 1
+	}
+	return 0
+}
+
+func postJob(ctx context.Context, base string, req proxy.PrefetchRequest) (*storage.Job, error) {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	r, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/prefetch", bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	r.Header.Set("Content-Type", "application/json")
+	return doJob(r, http.StatusAccepted)
+}
+
+func getJob(ctx context.Context, base, id string) (*storage.Job, error) {
+	r, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/prefetch/"+url.PathEscape(id), nil)
+	if err != nil {
+		return nil, err
+	}
+	return doJob(r, http.StatusOK)
+}
+
+// doJob sends a request and decodes the job it answers, or the server's
+// error message.
+func doJob(r *http.Request, want int) (*storage.Job, error) {
+	resp, err := http.DefaultClient.Do(r)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != want {
+		var e struct {
+			Errors []struct{ Code, Message string } `json:"errors"`
+		}
+		if json.Unmarshal(raw, &e) == nil && len(e.Errors) > 0 {
+			return nil, fmt.Errorf("%s: %s", e.Errors[0].Code, e.Errors[0].Message)
+		}
+		return nil, fmt.Errorf("%s %s: %s", r.Method, r.URL, resp.Status)
+	}
+	var job storage.Job
+	if err := json.Unmarshal(raw, &job); err != nil {
+		return nil, fmt.Errorf("%s %s: %w", r.Method, r.URL, err)
+	}
+	return &job, nil
+}
