@@ -1,0 +1,489 @@
+package registry
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/docker-mirror/docker-mirror/storage"
+)
+
+// blobTarget validates a blob's digest and repository.
+func (s *Store) blobTarget(repo string, dgst digest.Digest) (name.Repository, error) {
+	if err := dgst.Validate(); err != nil {
+		return name.Repository{}, fmt.Errorf("destination %s: digest %q: %w", s, dgst, err)
+	}
+	return s.repository(repo)
+}
+
+// notFound is the error of a 404 for what.
+func (s *Store) notFound(what string) error {
+	return fmt.Errorf("destination %s: %s: %w", s, what, storage.ErrNotFound)
+}
+
+// Stat implements storage.Store: it asks for the blob with a HEAD request.
+func (s *Store) Stat(ctx context.Context, repo string, dgst digest.Digest) (int64, error) {
+	r, err := s.blobTarget(repo, dgst)
+	if err != nil {
+		return 0, err
+	}
+	what := fmt.Sprintf("blob %s@%s", r.RepositoryStr(), dgst)
+	req, err := http.NewRequest(http.MethodHead, s.url(r, "blobs", dgst.String()), nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := s.do(ctx, req, what, r.Scope(transport.PushScope))
+	if err != nil {
+		return 0, err
+	}
+	if resp.StatusCode == http.StatusNotFound {
+		drainClose(resp.Body)
+		return 0, s.notFound(what)
+	}
+	if err := s.checkStatus(resp, what, http.StatusOK); err != nil {
+		return 0, err
+	}
+	drainClose(resp.Body)
+	if resp.ContentLength < 0 {
+		return 0, fmt.Errorf("destination %s: %s: no Content-Length in the answer to HEAD", s, what)
+	}
+	s.remember(repo, dgst)
+	return resp.ContentLength, nil
+}
+
+// Open implements storage.Store: it streams the blob with a GET request,
+// asking for the bytes from offset on with a Range header.
+func (s *Store) Open(ctx context.Context, repo string, dgst digest.Digest, offset int64) (io.ReadCloser, error) {
+	r, err := s.blobTarget(repo, dgst)
+	if err != nil {
+		return nil, err
+	}
+	if offset < 0 {
+		return nil, fmt.Errorf("destination %s: negative offset %d", s, offset)
+	}
+	what := fmt.Sprintf("blob %s@%s", r.RepositoryStr(), dgst)
+	req, err := http.NewRequest(http.MethodGet, s.url(r, "blobs", dgst.String()), nil)
+	if err != nil {
+		return nil, err
+	}
+	if offset > 0 {
+		req.Header.Set("Range", fmt.Sprintf("bytes=%d-", offset))
+	}
+	resp, err := s.do(ctx, req, what, r.Scope(transport.PushScope))
+	if err != nil {
+		return nil, err
+	}
+	switch resp.StatusCode {
+	case http.StatusNotFound:
+		drainClose(resp.Body)
+		return nil, s.notFound(what)
+	case http.StatusOK:
+		if offset > 0 {
+			// The destination ignored Range: skip to the offset.
+			n, err := io.CopyN(io.Discard, resp.Body, offset)
+			if err != nil {
+				resp.Body.Close()
+				if err == io.EOF {
+					return nil, fmt.Errorf("destination %s: %s: offset %d is beyond its %d bytes", s, what, offset, n)
+				}
+				return nil, s.fail(err, what)
+			}
+		}
+		return resp.Body, nil
+	case http.StatusPartialContent:
+		if start, _, ok := contentRange(resp.Header.Get("Content-Range")); !ok || start != offset {
+			resp.Body.Close()
+			return nil, fmt.Errorf("destination %s: %s: asked for bytes from %d, got Content-Range %q",
+				s, what, offset, resp.Header.Get("Content-Range"))
+		}
+		return resp.Body, nil
+	case http.StatusRequestedRangeNotSatisfiable:
+		drainClose(resp.Body)
+		// An offset at the very end is valid and reads nothing.
+		size := int64(-1)
+		if _, total, ok := contentRange(resp.Header.Get("Content-Range")); ok {
+			size = total
+		} else if size, err = s.Stat(ctx, repo, dgst); err != nil {
+			return nil, err
+		}
+		if offset == size {
+			return http.NoBody, nil
+		}
+		return nil, fmt.Errorf("destination %s: %s: offset %d is beyond its %d bytes", s, what, offset, size)
+	}
+	return nil, s.checkStatus(resp, what)
+}
+
+// contentRange parses "bytes a-b/n" or "bytes */n" and returns a (-1 for
+// "*") and n.
+func contentRange(h string) (start, total int64, ok bool) {
+	rest, ok := strings.CutPrefix(h, "bytes ")
+	if !ok {
+		return 0, 0, false
+	}
+	rng, tot, ok := strings.Cut(rest, "/")
+	if !ok {
+		return 0, 0, false
+	}
+	total, err := strconv.ParseInt(tot, 10, 64)
+	if err != nil {
+		return 0, 0, false
+	}
+	if rng == "*" {
+		return -1, total, true
+	}
+	a, _, ok := strings.Cut(rng, "-")
+	if !ok {
+		return 0, 0, false
+	}
+	start, err = strconv.ParseInt(a, 10, 64)
+	return start, total, err == nil
+}
+
+// Put implements storage.Store. It uses go-containerregistry's
+// remote.WriteLayer: a HEAD request first, and nothing more (r is drained)
+// if the repository already has the blob; else a cross-repository mount if
+// the Store knows, or its MountSources hint, another repository of the
+// destination that may have it; else an upload that streams r (POST, PATCH
+// with the size as Content-Length when known, PUT ?digest=). The content
+// is verified as it streams, and its last byte is held back until r has
+// ended and matched the digest and size, so wrong content never reaches
+// the destination whole: the PUT that would commit it is never sent, the
+// upload session is cancelled and the error wraps
+// storage.ErrDigestMismatch.
+func (s *Store) Put(ctx context.Context, repo string, dgst digest.Digest, size int64, r io.Reader) error {
+	dst, err := s.blobTarget(repo, dgst)
+	if err != nil {
+		return err
+	}
+	if size < 0 {
+		size = -1
+	}
+	layer := &blobLayer{dgst: dgst, size: size, body: newVerifier(r, dgst, size)}
+	var l v1.Layer = layer
+	scopes := []string{dst.Scope(transport.PushScope)}
+	if from := s.mountSource(ctx, repo, dgst); from != "" {
+		src := s.registry.Repo(s.path(from))
+		l = &remote.MountableLayer{Layer: layer, Reference: src.Digest(dgst.String())}
+		scopes = append(scopes, src.Scope(transport.PullScope))
+	}
+	t, err := s.transport(ctx, scopes...)
+	if err != nil {
+		return err
+	}
+	sess := &uploadSession{}
+	err = remote.WriteLayer(dst, l,
+		remote.WithContext(context.WithValue(ctx, sessionKey{}, sess)),
+		remote.WithTransport(t),
+		// The body streams once: a retry could only fail, and hide why.
+		remote.WithRetryPredicate(func(error) bool { return false }))
+	if err != nil {
+		// The HTTP client may still be reading the body: let it read no
+		// more of r, which is the caller's again.
+		rerr := layer.body.stop()
+		s.abort(ctx, t, sess)
+		what := fmt.Sprintf("upload of blob %s to %s", dgst, dst.RepositoryStr())
+		if rerr != nil {
+			// The content was wrong or could not be read.
+			return fmt.Errorf("destination %s: %s: %w", s, what, rerr)
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("destination %s: %s: %w", s, what, ctx.Err())
+		}
+		return s.fail(err, what)
+	}
+	s.remember(repo, dgst)
+	if !layer.opened() {
+		// The blob was there already, or was mounted: the caller may be
+		// teeing r and expects it read.
+		if _, err := io.Copy(io.Discard, r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Delete implements storage.Store. Deleting a blob the repository does not
+// have is not an error; a destination that does not allow deleting blobs
+// gives an error wrapping errors.ErrUnsupported.
+func (s *Store) Delete(ctx context.Context, repo string, dgst digest.Digest) error {
+	r, err := s.blobTarget(repo, dgst)
+	if err != nil {
+		return err
+	}
+	what := fmt.Sprintf("deleting blob %s@%s", r.RepositoryStr(), dgst)
+	req, err := http.NewRequest(http.MethodDelete, s.url(r, "blobs", dgst.String()), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := s.do(ctx, req, what, r.Scope(transport.DeleteScope))
+	if err != nil {
+		return err
+	}
+	s.forget(repo, dgst)
+	switch resp.StatusCode {
+	case http.StatusAccepted, http.StatusOK, http.StatusNoContent, http.StatusNotFound:
+		drainClose(resp.Body)
+		return nil
+	case http.StatusMethodNotAllowed:
+		drainClose(resp.Body)
+		return fmt.Errorf("destination %s does not allow deleting blobs (%s answered 405 Method Not Allowed): %w",
+			s.host, what, errors.ErrUnsupported)
+	}
+	return s.checkStatus(resp, what)
+}
+
+// mountSource returns a repository other than repo that may hold dgst:
+// the last one the Store saw it in, else the first the hint names.
+func (s *Store) mountSource(ctx context.Context, repo string, dgst digest.Digest) string {
+	s.knownMu.Lock()
+	from := s.known[dgst]
+	s.knownMu.Unlock()
+	if from != "" && from != repo {
+		return from
+	}
+	if s.sources == nil {
+		return ""
+	}
+	for _, from := range s.sources(ctx, dgst) {
+		if from != repo {
+			if _, err := s.repository(from); err == nil {
+				return from
+			}
+		}
+	}
+	return ""
+}
+
+// remember notes that repo holds dgst.
+func (s *Store) remember(repo string, dgst digest.Digest) {
+	s.knownMu.Lock()
+	defer s.knownMu.Unlock()
+	if _, ok := s.known[dgst]; !ok && len(s.known) >= maxKnown {
+		for d := range s.known { // evict an arbitrary entry
+			delete(s.known, d)
+			break
+		}
+	}
+	s.known[dgst] = repo
+}
+
+// forget notes that repo no longer holds dgst.
+func (s *Store) forget(repo string, dgst digest.Digest) {
+	s.knownMu.Lock()
+	defer s.knownMu.Unlock()
+	if s.known[dgst] == repo {
+		delete(s.known, dgst)
+	}
+}
+
+// sessionKey is the context key of a Put's *uploadSession.
+type sessionKey struct{}
+
+// uploadSession is the upload session a Put started, noted by the
+// hookTransport from the answer to the POST.
+type uploadSession struct {
+	mu       sync.Mutex
+	location string
+}
+
+func (u *uploadSession) set(loc string) {
+	u.mu.Lock()
+	u.location = loc
+	u.mu.Unlock()
+}
+
+func (u *uploadSession) get() string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.location
+}
+
+// abort cancels a failed Put's upload session, if one was started, so the
+// destination drops what it received. It is best effort.
+func (s *Store) abort(ctx context.Context, t http.RoundTripper, sess *uploadSession) {
+	loc := sess.get()
+	if loc == "" {
+		return
+	}
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(actx, http.MethodDelete, loc, nil)
+	if err != nil {
+		return
+	}
+	resp, err := (&http.Client{Transport: t}).Do(req)
+	if err != nil {
+		return
+	}
+	drainClose(resp.Body)
+}
+
+// blobLayer is the v1.Layer a Put writes: its digest and size are the
+// announced ones, and its content is read once, verified as it streams.
+type blobLayer struct {
+	dgst digest.Digest
+	size int64 // -1 if unknown
+	body *verifier
+
+	mu   sync.Mutex
+	used bool
+}
+
+// Digest implements v1.Layer.
+func (l *blobLayer) Digest() (v1.Hash, error) {
+	return v1.Hash{Algorithm: string(l.dgst.Algorithm()), Hex: l.dgst.Encoded()}, nil
+}
+
+// DiffID implements v1.Layer; a blob has no uncompressed form here.
+func (l *blobLayer) DiffID() (v1.Hash, error) {
+	return v1.Hash{}, errors.New("blob has no diff ID")
+}
+
+// Size implements v1.Layer. An unknown size is -1, which
+// go-containerregistry passes on as the request's unknown ContentLength.
+func (l *blobLayer) Size() (int64, error) { return l.size, nil }
+
+// MediaType implements v1.Layer.
+func (l *blobLayer) MediaType() (types.MediaType, error) { return "application/octet-stream", nil }
+
+// Compressed implements v1.Layer: the verified content, once.
+func (l *blobLayer) Compressed() (io.ReadCloser, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.used {
+		return nil, errors.New("blob content can be read only once")
+	}
+	l.used = true
+	return io.NopCloser(l.body), nil
+}
+
+// Uncompressed implements v1.Layer; it is not supported.
+func (l *blobLayer) Uncompressed() (io.ReadCloser, error) {
+	return nil, errors.New("blob has no uncompressed form")
+}
+
+func (l *blobLayer) opened() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.used
+}
+
+// verifier streams content while hashing and counting it. It holds back
+// the last byte it has read until its source has ended and the content
+// matched the digest and size; on a mismatch or a read error it fails
+// instead, so a reader of a verifier never gets the whole of wrong
+// content. It is not safe for concurrent use, except for failure.
+type verifier struct {
+	src  *countingHasher
+	br   *bufio.Reader
+	dgst digest.Digest
+	size int64 // -1 if unknown
+	eof  bool  // src ended and the content matched
+
+	mu  sync.Mutex
+	err error // sticky: the content was wrong or could not be read
+}
+
+// countingHasher hashes and counts what is read through it.
+type countingHasher struct {
+	r io.Reader
+	v digest.Verifier
+	n int64
+}
+
+func (c *countingHasher) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	if n > 0 {
+		c.n += int64(n)
+		_, _ = c.v.Write(p[:n]) // hash writes do not fail
+	}
+	return n, err
+}
+
+func newVerifier(r io.Reader, dgst digest.Digest, size int64) *verifier {
+	src := &countingHasher{r: r, v: dgst.Verifier()}
+	return &verifier{src: src, br: bufio.NewReaderSize(src, 64<<10), dgst: dgst, size: size}
+}
+
+// Read implements io.Reader.
+func (v *verifier) Read(p []byte) (int, error) {
+	if err := v.failure(); err != nil {
+		return 0, err
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if v.eof {
+		if v.br.Buffered() > 0 {
+			return v.br.Read(p) // from the buffer, without reading src
+		}
+		return 0, io.EOF
+	}
+	// Read ahead until at least one byte more than is handed out is
+	// buffered, or src ends.
+	_, err := v.br.Peek(2)
+	if v.size >= 0 && v.src.n > v.size {
+		return 0, v.fail(fmt.Errorf("%s: more than the announced %d bytes: %w", v.dgst, v.size, storage.ErrDigestMismatch))
+	}
+	switch {
+	case err == nil:
+		return v.br.Read(p[:min(len(p), v.br.Buffered()-1)])
+	case err != io.EOF:
+		return 0, v.fail(err)
+	}
+	if v.size >= 0 && v.src.n != v.size {
+		return 0, v.fail(fmt.Errorf("%s: got %d bytes, want %d: %w", v.dgst, v.src.n, v.size, storage.ErrDigestMismatch))
+	}
+	if !v.src.v.Verified() {
+		return 0, v.fail(fmt.Errorf("%s: %w", v.dgst, storage.ErrDigestMismatch))
+	}
+	v.eof = true
+	if v.br.Buffered() > 0 {
+		return v.br.Read(p)
+	}
+	return 0, io.EOF
+}
+
+func (v *verifier) fail(err error) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.err = err
+	return err
+}
+
+// errStopped is the error of a verifier's reads after its Put returned.
+var errStopped = errors.New("upload abandoned")
+
+// stop makes later reads fail and returns the failure before it, if any.
+func (v *verifier) stop() error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	err := v.err
+	if err == nil {
+		v.err = errStopped
+	}
+	return err
+}
+
+// failure returns why the content was refused or could not be read, if it
+// was.
+func (v *verifier) failure() error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.err
+}

@@ -1,0 +1,438 @@
+// Package registry is the Store of the "mirror into another registry"
+// feature: mirrored content is pushed to a destination registry (Nexus,
+// Harbor, Artifactory, distribution...) under a path prefix and read back
+// from it, instead of being kept by the embedded store.
+//
+// A destination is a URL such as https://nexus.example.com/mirror: its path
+// is the prefix, so repository "library/nginx" lives at
+// nexus.example.com/mirror/library/nginx. http:// means plain HTTP.
+//
+// Authentication (anonymous, Basic, or Bearer tokens per repository and
+// scope) is go-containerregistry's transport; blob uploads are its
+// remote.WriteLayer with a layer that streams and verifies the content, so
+// content that does not match its digest is never committed. Manifests are
+// written with their exact bytes.
+//
+// Errors wrap ErrAuth when the destination refuses the credentials,
+// ErrUnavailable when it cannot be reached or fails, and the storage
+// package's sentinels (ErrNotFound, ErrDigestMismatch) as the Store
+// interface documents. No error or log ever contains the password.
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/distribution/reference"
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/docker-mirror/docker-mirror/storage"
+)
+
+// Sentinel errors of the package, wrapped by the errors it returns.
+var (
+	// ErrAuth: the destination refused the credentials (401) or denied
+	// the operation (403).
+	ErrAuth = errors.New("destination refused access")
+	// ErrUnavailable: the destination could not be reached, failed (5xx)
+	// or rate-limited the request (429).
+	ErrUnavailable = errors.New("destination unavailable")
+)
+
+var (
+	_ storage.Store         = (*Store)(nil)
+	_ storage.ManifestStore = (*Store)(nil)
+)
+
+// MountSources tells a Store which repositories of the destination (names
+// without the prefix, as passed to Put) may already hold a blob, so Put
+// can mount it from there instead of uploading it. It may return
+// repositories that turn out not to hold the blob; Put then uploads.
+type MountSources func(ctx context.Context, dgst digest.Digest) []string
+
+// Option configures New.
+type Option func(*Store)
+
+// WithCredentials sets the username and password used with the
+// destination, for Basic auth or to obtain Bearer tokens. The default is
+// anonymous access.
+func WithCredentials(username, password string) Option {
+	return func(s *Store) {
+		s.username = username
+		s.auth = authn.FromConfig(authn.AuthConfig{Username: username, Password: password})
+	}
+}
+
+// WithTransport sets the HTTP transport beneath authentication (default:
+// a clone of http.DefaultTransport with more idle connections per host and
+// a bound on waiting for response headers).
+func WithTransport(rt http.RoundTripper) Option {
+	return func(s *Store) { s.base = rt }
+}
+
+// WithMountSources sets a hint consulted by Put, after the repositories
+// the Store itself has seen a blob in, to find a repository to mount the
+// blob from.
+func WithMountSources(f MountSources) Option {
+	return func(s *Store) { s.sources = f }
+}
+
+// Store is a storage.Store and storage.ManifestStore in a destination
+// registry. It is safe for concurrent use.
+type Store struct {
+	host     string // host[:port] as in the URL
+	scheme   string // "http" or "https"
+	prefix   string // path prefix without slashes, may be empty
+	registry name.Registry
+	username string
+	auth     authn.Authenticator
+	base     http.RoundTripper
+	sources  MountSources
+
+	// transports caches one authenticated transport per set of scopes: a
+	// bearer token is scoped to repositories and actions, and
+	// go-containerregistry's transport reuses it until it expires.
+	mu         sync.Mutex
+	transports map[string]http.RoundTripper
+	creating   singleflight.Group
+
+	// known remembers, for blobs this Store stored or found, the last
+	// repository it saw them in: a source for cross-repository mounts.
+	knownMu sync.Mutex
+	known   map[digest.Digest]string
+}
+
+// Bounds of the Store's caches.
+const (
+	maxTransports = 1024
+	maxKnown      = 1 << 16
+)
+
+// pathComponent is a repository name component of the distribution
+// reference grammar (github.com/distribution/reference's unexported
+// pathComponent).
+var pathComponent = regexp.MustCompile(`^[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*$`)
+
+// anchoredTag matches a valid tag.
+var anchoredTag = regexp.MustCompile(`^` + reference.TagRegexp.String() + `$`)
+
+// New returns the Store for the destination rawURL, e.g.
+// "https://nexus.example.com/mirror" (http:// means plain HTTP). The URL's
+// path, if any, is the prefix under which repositories are stored. New
+// does not contact the destination.
+func New(rawURL string, opts ...Option) (*Store, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		// url.Error repeats the URL, credentials included: name a
+		// redacted form instead.
+		return nil, fmt.Errorf("destination %q: invalid URL", redactURL(rawURL))
+	}
+	shown := u.Redacted()
+	switch {
+	case u.Scheme != "http" && u.Scheme != "https":
+		return nil, fmt.Errorf("destination %q: scheme %q is not http or https", shown, u.Scheme)
+	case u.Host == "":
+		return nil, fmt.Errorf("destination %q: no host", shown)
+	case u.User != nil:
+		return nil, fmt.Errorf("destination %q: credentials do not belong in the URL; give a username and password instead", shown)
+	case u.RawQuery != "" || u.ForceQuery:
+		return nil, fmt.Errorf("destination %q: a query (%q) is not allowed", shown, u.RawQuery)
+	case u.Fragment != "":
+		return nil, fmt.Errorf("destination %q: a fragment (%q) is not allowed", shown, u.Fragment)
+	case u.RawPath != "":
+		return nil, fmt.Errorf("destination %q: path %q must not be percent-encoded", shown, u.RawPath)
+	}
+	prefix := strings.TrimSuffix(strings.TrimPrefix(u.Path, "/"), "/")
+	if prefix != "" {
+		for c := range strings.SplitSeq(prefix, "/") {
+			if !pathComponent.MatchString(c) {
+				return nil, fmt.Errorf("destination %q: path component %q is not a valid repository name component "+
+					"(lowercase letters and digits, separated by '.', '_', '__' or dashes)", shown, c)
+			}
+		}
+		if len(prefix) >= reference.RepositoryNameTotalLengthMax {
+			return nil, fmt.Errorf("destination %q: prefix %q leaves no room for repository names (at most %d characters in all)",
+				shown, prefix, reference.RepositoryNameTotalLengthMax)
+		}
+	}
+	var nopts []name.Option
+	if u.Scheme == "http" {
+		nopts = append(nopts, name.Insecure)
+	}
+	reg, err := name.NewRegistry(u.Host, nopts...)
+	if err != nil {
+		return nil, fmt.Errorf("destination %q: invalid host %q: %w", shown, u.Host, err)
+	}
+	s := &Store{
+		host:       u.Host,
+		scheme:     u.Scheme,
+		prefix:     prefix,
+		registry:   reg,
+		auth:       authn.Anonymous,
+		transports: map[string]http.RoundTripper{},
+		known:      map[digest.Digest]string{},
+	}
+	for _, o := range opts {
+		o(s)
+	}
+	if s.base == nil {
+		s.base = DefaultTransport()
+	}
+	return s, nil
+}
+
+// redactURL hides a password in a URL that does not parse.
+func redactURL(raw string) string {
+	at := strings.LastIndex(raw, "@")
+	if at < 0 {
+		return raw
+	}
+	start := 0
+	if i := strings.Index(raw[:at], "://"); i >= 0 {
+		start = i + 3
+	}
+	if colon := strings.Index(raw[start:at], ":"); colon >= 0 {
+		return raw[:start+colon+1] + "xxxxx" + raw[at:]
+	}
+	return raw
+}
+
+// DefaultTransport returns the HTTP transport a Store uses unless given
+// another: http.DefaultTransport's settings, more idle connections per
+// host, and a bound on waiting for response headers.
+func DefaultTransport() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConnsPerHost = 32
+	t.ResponseHeaderTimeout = time.Minute
+	return t
+}
+
+// String returns the destination as host/prefix, without credentials.
+func (s *Store) String() string {
+	if s.prefix == "" {
+		return s.host
+	}
+	return s.host + "/" + s.prefix
+}
+
+// GoString is String, so that %#v does not print the credentials either.
+func (s *Store) GoString() string { return "registry.Store(" + s.String() + ")" }
+
+// Host returns the destination's host[:port].
+func (s *Store) Host() string { return s.host }
+
+// Prefix returns the path prefix repositories are stored under, without
+// leading or trailing slashes; it is empty for none.
+func (s *Store) Prefix() string { return s.prefix }
+
+// Repository returns where repo is stored at the destination, e.g.
+// "nexus.example.com/mirror/library/nginx", or an error if repo is not a
+// valid repository name.
+func (s *Store) Repository(repo string) (string, error) {
+	r, err := s.repository(repo)
+	if err != nil {
+		return "", err
+	}
+	return r.Name(), nil
+}
+
+// CloseIdleConnections closes the idle connections of the transport
+// beneath authentication, if it has that method.
+func (s *Store) CloseIdleConnections() {
+	if c, ok := s.base.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
+}
+
+// path returns the repository path of repo at the destination.
+func (s *Store) path(repo string) string {
+	if s.prefix == "" {
+		return repo
+	}
+	return s.prefix + "/" + repo
+}
+
+// repository validates repo and returns its repository at the destination.
+func (s *Store) repository(repo string) (name.Repository, error) {
+	if repo == "" {
+		return name.Repository{}, fmt.Errorf("destination %s: empty repository name", s)
+	}
+	for c := range strings.SplitSeq(repo, "/") {
+		if !pathComponent.MatchString(c) {
+			return name.Repository{}, fmt.Errorf("destination %s: repository %q: component %q is not a valid repository name component", s, repo, c)
+		}
+	}
+	p := s.path(repo)
+	if len(p) > reference.RepositoryNameTotalLengthMax {
+		return name.Repository{}, fmt.Errorf("destination %s: repository %q: %q is longer than %d characters", s, repo, p, reference.RepositoryNameTotalLengthMax)
+	}
+	return s.registry.Repo(p), nil
+}
+
+// url returns the URL of an API endpoint of repo's, e.g. kind "blobs" and
+// ref a digest.
+func (s *Store) url(r name.Repository, kind, ref string) string {
+	return fmt.Sprintf("%s://%s/v2/%s/%s/%s", s.scheme, s.host, r.RepositoryStr(), kind, ref)
+}
+
+// transport returns the authenticated transport for scopes, creating it (a
+// ping, and a token for a Bearer destination) once for concurrent callers.
+func (s *Store) transport(ctx context.Context, scopes ...string) (http.RoundTripper, error) {
+	key := strings.Join(scopes, " ")
+	s.mu.Lock()
+	t, ok := s.transports[key]
+	s.mu.Unlock()
+	if ok {
+		return t, nil
+	}
+	v, err, _ := s.creating.Do(key, func() (any, error) {
+		// The handshake must not die with the first caller that asked.
+		hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		t, err := transport.NewWithContext(hctx, s.registry, s.auth, &hookTransport{inner: s.base, store: s}, scopes)
+		if err != nil {
+			return nil, s.fail(err, "authentication handshake")
+		}
+		s.mu.Lock()
+		if len(s.transports) >= maxTransports {
+			clear(s.transports)
+		}
+		s.transports[key] = t
+		s.mu.Unlock()
+		return t, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(http.RoundTripper), nil
+}
+
+// do sends a request with the transport for scopes.
+func (s *Store) do(ctx context.Context, req *http.Request, what string, scopes ...string) (*http.Response, error) {
+	t, err := s.transport(ctx, scopes...)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := (&http.Client{Transport: t}).Do(req.WithContext(ctx))
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("destination %s: %s: %w", s, what, ctx.Err())
+		}
+		return nil, s.fail(err, what)
+	}
+	return resp, nil
+}
+
+// hookTransport is the transport beneath authentication. It refuses plain
+// HTTP to an https:// destination (go-containerregistry would fall back to
+// it for private and loopback addresses, sending the credentials in clear),
+// and notes upload sessions so a failed Put can abort them.
+type hookTransport struct {
+	inner http.RoundTripper
+	store *Store
+}
+
+// RoundTrip implements http.RoundTripper.
+func (h *hookTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if h.store.scheme == "https" && req.URL.Scheme == "http" && req.URL.Host == h.store.host {
+		if req.Body != nil {
+			_ = req.Body.Close()
+		}
+		return nil, fmt.Errorf("refusing plain HTTP to %s: the destination is https://", h.store.host)
+	}
+	resp, err := h.inner.RoundTrip(req)
+	if err != nil {
+		return nil, err
+	}
+	if sess, ok := req.Context().Value(sessionKey{}).(*uploadSession); ok &&
+		req.Method == http.MethodPost && resp.StatusCode == http.StatusAccepted {
+		if loc, err := req.URL.Parse(resp.Header.Get("Location")); err == nil && resp.Header.Get("Location") != "" {
+			sess.set(loc.String())
+		}
+	}
+	return resp, nil
+}
+
+// destError is an error of the destination, wrapping a sentinel (kind)
+// and the cause.
+type destError struct {
+	msg  string
+	kind error
+	err  error
+}
+
+func (e *destError) Error() string {
+	if e.err == nil {
+		return e.msg
+	}
+	return e.msg + ": " + e.err.Error()
+}
+
+func (e *destError) Unwrap() []error {
+	if e.err == nil {
+		return []error{e.kind}
+	}
+	return []error{e.kind, e.err}
+}
+
+// fail maps an error of go-containerregistry or of the HTTP client.
+func (s *Store) fail(err error, what string) error {
+	var te *transport.Error
+	if errors.As(err, &te) {
+		return s.statusError(te.StatusCode, what, err)
+	}
+	return &destError{msg: fmt.Sprintf("destination %s unreachable (%s)", s.host, what), kind: ErrUnavailable, err: err}
+}
+
+// statusError maps an unexpected status of the destination; cause, if
+// not nil, has the details (a *transport.Error).
+func (s *Store) statusError(status int, what string, cause error) error {
+	switch {
+	case status == http.StatusUnauthorized:
+		who := "anonymous access"
+		if s.username != "" {
+			who = fmt.Sprintf("the credentials of user %q", s.username)
+		}
+		return &destError{msg: fmt.Sprintf("destination %s refused %s (%s)", s.host, who, what), kind: ErrAuth, err: cause}
+	case status == http.StatusForbidden:
+		return &destError{msg: fmt.Sprintf("destination %s denied access (%s)", s.host, what), kind: ErrAuth, err: cause}
+	case status == http.StatusTooManyRequests || status >= 500:
+		return &destError{msg: fmt.Sprintf("destination %s answered %d %s (%s)", s.host, status, http.StatusText(status), what), kind: ErrUnavailable, err: cause}
+	}
+	if cause != nil {
+		return fmt.Errorf("destination %s (%s): %w", s.host, what, cause)
+	}
+	return fmt.Errorf("destination %s answered %d %s (%s)", s.host, status, http.StatusText(status), what)
+}
+
+// checkStatus returns nil if resp's status is one of ok; otherwise it
+// reads the error body, closes it and returns the mapped error.
+func (s *Store) checkStatus(resp *http.Response, what string, ok ...int) error {
+	for _, code := range ok {
+		if resp.StatusCode == code {
+			return nil
+		}
+	}
+	defer resp.Body.Close()
+	err := transport.CheckError(resp, ok...)
+	return s.statusError(resp.StatusCode, what, err)
+}
+
+// drainClose reads what is left of a small response body (so the
+// connection can be reused) and closes it.
+func drainClose(rc io.ReadCloser) {
+	_, _ = io.Copy(io.Discard, io.LimitReader(rc, 64<<10))
+	_ = rc.Close()
+}

@@ -1,0 +1,856 @@
+package registry_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/distribution/distribution/v3/configuration"
+	"github.com/distribution/distribution/v3/registry/handlers"
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/opencontainers/go-digest"
+	"github.com/sirupsen/logrus"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/docker-mirror/docker-mirror/storage"
+	"github.com/docker-mirror/docker-mirror/storage/registry"
+	"github.com/docker-mirror/docker-mirror/storage/storetest"
+	"github.com/docker-mirror/docker-mirror/tests/fixture"
+
+	_ "github.com/distribution/distribution/v3/registry/auth/htpasswd"             // the htpasswd access controller
+	_ "github.com/distribution/distribution/v3/registry/storage/driver/filesystem" // the filesystem driver
+)
+
+const (
+	testUser     = "mirror-bot"
+	testPassword = "pa55-w0rd-never-shown"
+)
+
+// request is one request a destination received.
+type request struct {
+	Method, Path, Query string
+	Status              int // 0 until the response header is written
+}
+
+// destination is an in-process distribution registry (filesystem storage,
+// deletes enabled, optionally htpasswd auth) that records its requests.
+type destination struct {
+	srv        *httptest.Server
+	stripRange atomic.Bool // serve GETs as if Range were not supported
+
+	mu   sync.Mutex
+	reqs []*request
+}
+
+var silenceLogs sync.Once
+
+// destConfig tunes newDestination.
+type destConfig struct {
+	users    map[string]string // if set, Basic auth with these passwords
+	noDelete bool              // deleting blobs is disabled
+}
+
+// newDestination starts a registry; with users, it requires Basic auth
+// with one of their passwords.
+func newDestination(t *testing.T, users map[string]string) *destination {
+	t.Helper()
+	return newDestinationConfig(t, destConfig{users: users})
+}
+
+func newDestinationConfig(t *testing.T, c destConfig) *destination {
+	t.Helper()
+	users := c.users
+	silenceLogs.Do(func() {
+		logrus.SetLevel(logrus.PanicLevel)
+		logrus.SetOutput(io.Discard)
+	})
+	cfg := &configuration.Configuration{
+		Storage: configuration.Storage{
+			"filesystem":  configuration.Parameters{"rootdirectory": t.TempDir()},
+			"delete":      configuration.Parameters{"enabled": !c.noDelete},
+			"maintenance": configuration.Parameters{"uploadpurging": map[any]any{"enabled": false}},
+		},
+	}
+	cfg.HTTP.Secret = "docker-mirror-registry-test"
+	if users != nil {
+		var b strings.Builder
+		for u, p := range users {
+			h, err := bcrypt.GenerateFromPassword([]byte(p), bcrypt.MinCost)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fmt.Fprintf(&b, "%s:%s\n", u, h)
+		}
+		file := filepath.Join(t.TempDir(), "htpasswd")
+		if err := os.WriteFile(file, []byte(b.String()), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cfg.Auth = configuration.Auth{"htpasswd": configuration.Parameters{"realm": "docker-mirror-test", "path": file}}
+	}
+	app := handlers.NewApp(context.Background(), cfg)
+	d := &destination{}
+	d.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rec := &request{Method: r.Method, Path: r.URL.Path, Query: r.URL.RawQuery}
+		d.mu.Lock()
+		d.reqs = append(d.reqs, rec)
+		d.mu.Unlock()
+		if d.stripRange.Load() {
+			r.Header.Del("Range")
+		}
+		app.ServeHTTP(&statusWriter{ResponseWriter: w, d: d, rec: rec}, r)
+	}))
+	t.Cleanup(func() {
+		d.srv.Close()
+		_ = app.Shutdown()
+	})
+	return d
+}
+
+// statusWriter records the status before it reaches the client, so a
+// client that has its answer finds it recorded.
+type statusWriter struct {
+	http.ResponseWriter
+	d    *destination
+	rec  *request
+	done bool
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.done {
+		return // distribution sometimes writes the header twice
+	}
+	w.done = true
+	w.d.mu.Lock()
+	w.rec.Status = code
+	w.d.mu.Unlock()
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(p []byte) (int, error) {
+	if !w.done {
+		w.WriteHeader(http.StatusOK)
+	}
+	return w.ResponseWriter.Write(p)
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// Host returns the registry's 127.0.0.1:PORT.
+func (d *destination) Host() string { return strings.TrimPrefix(d.srv.URL, "http://") }
+
+// requests returns the requests received since the last call.
+func (d *destination) requests() []request {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]request, len(d.reqs))
+	for i, r := range d.reqs {
+		out[i] = *r
+	}
+	d.reqs = nil
+	return out
+}
+
+// uploads returns the requests of blob upload sessions in reqs.
+func uploads(reqs []request) []request {
+	var out []request
+	for _, r := range reqs {
+		if strings.Contains(r.Path, "/blobs/uploads/") {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+func newStore(t *testing.T, rawURL string, opts ...registry.Option) *registry.Store {
+	t.Helper()
+	s, err := registry.New(rawURL, opts...)
+	if err != nil {
+		t.Fatalf("New(%q): %v", rawURL, err)
+	}
+	t.Cleanup(s.CloseIdleConnections)
+	return s
+}
+
+// remoteOpts are the options to read a destination directly.
+func remoteOpts(t *testing.T, auth bool) []remote.Option {
+	opts := []remote.Option{remote.WithContext(t.Context())}
+	if auth {
+		opts = append(opts, remote.WithAuth(&authn.Basic{Username: testUser, Password: testPassword}))
+	}
+	return opts
+}
+
+// directBlob reads a blob straight from the registry with ggcr, or
+// returns the error.
+func directBlob(t *testing.T, ref string, auth bool) ([]byte, error) {
+	t.Helper()
+	d, err := name.NewDigest(ref, name.Insecure)
+	if err != nil {
+		t.Fatalf("digest reference %q: %v", ref, err)
+	}
+	l, err := remote.Layer(d, remoteOpts(t, auth)...)
+	if err != nil {
+		return nil, err
+	}
+	rc, err := l.Compressed()
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	return io.ReadAll(rc)
+}
+
+// directMissing checks with ggcr that the registry does not have a blob.
+func directMissing(t *testing.T, ref string, auth bool) {
+	t.Helper()
+	b, err := directBlob(t, ref, auth)
+	var te *transport.Error
+	if !errors.As(err, &te) || te.StatusCode != http.StatusNotFound {
+		t.Fatalf("reading %s directly: %d bytes, error %v; want a 404", ref, len(b), err)
+	}
+}
+
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func content(n int, seed byte) []byte {
+	b := make([]byte, n)
+	x := uint32(seed) + 1
+	for i := range b {
+		x = x*1664525 + 1013904223
+		b[i] = byte(x >> 24)
+	}
+	return b
+}
+
+func TestConformance(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) storage.Store {
+		up := fixture.StartUpstream(t)
+		return newStore(t, up.URL()+"/mirror/conformance")
+	})
+}
+
+func TestConformanceBasicAuth(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) storage.Store {
+		d := newDestination(t, map[string]string{testUser: testPassword})
+		return newStore(t, d.srv.URL+"/mirror", registry.WithCredentials(testUser, testPassword))
+	})
+}
+
+func TestConformanceTokenAuth(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) storage.Store {
+		up := fixture.StartUpstream(t, fixture.WithTokenAuth())
+		return newStore(t, up.URL()+"/mirror", registry.WithCredentials(testUser, testPassword))
+	})
+}
+
+func TestNew(t *testing.T) {
+	for _, tt := range []struct{ url, host, prefix string }{
+		{"https://nexus.example.com/mirror", "nexus.example.com", "mirror"},
+		{"https://nexus.example.com/mirror/", "nexus.example.com", "mirror"},
+		{"http://127.0.0.1:5000", "127.0.0.1:5000", ""},
+		{"http://127.0.0.1:5000/", "127.0.0.1:5000", ""},
+		{"https://registry.local:8443/a/b-c/d_e/f.g", "registry.local:8443", "a/b-c/d_e/f.g"},
+	} {
+		s, err := registry.New(tt.url)
+		if err != nil {
+			t.Errorf("New(%q): %v", tt.url, err)
+			continue
+		}
+		if s.Host() != tt.host || s.Prefix() != tt.prefix {
+			t.Errorf("New(%q): host %q prefix %q; want %q %q", tt.url, s.Host(), s.Prefix(), tt.host, tt.prefix)
+		}
+	}
+	for _, tt := range []struct{ url, mention string }{
+		{"ftp://nexus.example.com/mirror", `"ftp"`},
+		{"nexus.example.com/mirror", `"nexus.example.com/mirror"`},
+		{"https:///mirror", "no host"},
+		{"https://nexus.example.com/Mirror", `"Mirror"`},
+		{"https://nexus.example.com/mirror//x", `""`},
+		{"https://nexus.example.com/-mirror", `"-mirror"`},
+		{"https://nexus.example.com/mirror:1", `"mirror:1"`},
+		{"https://nexus.example.com/mir%2Fror", `"/mir%2Fror"`},
+		{"https://nexus.example.com/mirror?x=1", `"x=1"`},
+		{"https://nexus.example.com/mirror#frag", `"frag"`},
+		{"https://nexus.example.com/" + strings.Repeat("a", 300), strings.Repeat("a", 300)},
+		{"https://bot:" + testPassword + "@nexus.example.com/mirror", "credentials"},
+		{"https://bot:" + testPassword + "%zz@nexus.example.com/mirror", "invalid URL"},
+	} {
+		_, err := registry.New(tt.url)
+		if err == nil {
+			t.Errorf("New(%q) succeeded", tt.url)
+			continue
+		}
+		if !strings.Contains(err.Error(), tt.mention) {
+			t.Errorf("New(%q) error %q does not mention %s", tt.url, err, tt.mention)
+		}
+		if strings.Contains(err.Error(), testPassword) {
+			t.Errorf("New(%q) error %q shows the password", tt.url, err)
+		}
+	}
+}
+
+func TestInvalidRepository(t *testing.T) {
+	d := newDestination(t, nil)
+	s := newStore(t, d.srv.URL+"/mirror")
+	dg := digest.FromString("x")
+	for _, repo := range []string{"", "Library/nginx", "library//nginx", "../etc", "library/nginx/", "a:b", strings.Repeat("a/", 130) + "a"} {
+		if err := s.Put(t.Context(), repo, dg, 1, strings.NewReader("x")); err == nil {
+			t.Errorf("Put to repository %q succeeded", repo)
+		}
+		if _, err := s.Stat(t.Context(), repo, dg); err == nil || errors.Is(err, storage.ErrNotFound) {
+			t.Errorf("Stat in repository %q: %v; want an invalid name error", repo, err)
+		}
+		if err := s.PutManifest(t.Context(), repo, "v1", "application/vnd.oci.image.index.v1+json", []byte("{}")); err == nil {
+			t.Errorf("PutManifest to repository %q succeeded", repo)
+		}
+	}
+	if got := d.requests(); len(got) != 0 {
+		t.Errorf("invalid names reached the destination: %+v", got)
+	}
+}
+
+// TestPrefix checks that content lands at <host>/<prefix>/<repo>, reading
+// it back from the registry directly.
+func TestPrefix(t *testing.T) {
+	d := newDestination(t, map[string]string{testUser: testPassword})
+	s := newStore(t, d.srv.URL+"/mirror/dm", registry.WithCredentials(testUser, testPassword))
+	blob := content(10<<10, 1)
+	dg := digest.FromBytes(blob)
+	for _, repo := range []string{"library/nginx", "ghcr.io/owner/app"} {
+		if err := s.Put(t.Context(), repo, dg, int64(len(blob)), bytes.NewReader(blob)); err != nil {
+			t.Fatalf("Put to %s: %v", repo, err)
+		}
+		want := d.Host() + "/mirror/dm/" + repo
+		if got, err := s.Repository(repo); err != nil || got != want {
+			t.Errorf("Repository(%q) = %q, %v; want %q", repo, got, err, want)
+		}
+		got, err := directBlob(t, want+"@"+dg.String(), true)
+		if err != nil || !bytes.Equal(got, blob) {
+			t.Fatalf("reading %s@%s directly: %d bytes, %v", want, dg, len(got), err)
+		}
+		directMissing(t, d.Host()+"/"+repo+"@"+dg.String(), true)
+		directMissing(t, d.Host()+"/mirror/"+repo+"@"+dg.String(), true)
+	}
+	if got, want := s.String(), d.Host()+"/mirror/dm"; got != want {
+		t.Errorf("String() = %q, want %q", got, want)
+	}
+}
+
+// copyImage copies an image from a fixture upstream into s with Put and
+// PutManifest, streaming each blob.
+func copyImage(t *testing.T, src *fixture.Upstream, s *registry.Store, repo string, im *fixture.Image) {
+	t.Helper()
+	for _, b := range im.Blobs() {
+		ref, err := name.NewDigest(src.Host()+"/"+repo+"@"+b, name.Insecure)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, err := remote.Layer(ref, remote.WithContext(t.Context()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		size, err := l.Size()
+		if err != nil {
+			t.Fatalf("size of %s: %v", ref, err)
+		}
+		rc, err := l.Compressed()
+		if err != nil {
+			t.Fatalf("reading %s: %v", ref, err)
+		}
+		err = s.Put(t.Context(), repo, digest.Digest(b), size, rc)
+		rc.Close()
+		if err != nil {
+			t.Fatalf("Put(%s): %v", b, err)
+		}
+	}
+	if err := s.PutManifest(t.Context(), repo, im.Digest, im.MediaType, im.Manifest); err != nil {
+		t.Fatalf("PutManifest(%s, %s): %v", im.Digest, im.MediaType, err)
+	}
+}
+
+// checkManifest checks with ggcr and with Manifest that ref at the
+// destination is exactly raw, of mediaType.
+func checkManifest(t *testing.T, s *registry.Store, repo, ref string, raw []byte, mediaType string) {
+	t.Helper()
+	full, err := s.Repository(repo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sep := ":"
+	if strings.Contains(ref, ":") {
+		sep = "@"
+	}
+	r, err := name.ParseReference(full+sep+ref, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	desc, err := remote.Get(r, remoteOpts(t, true)...)
+	if err != nil {
+		t.Fatalf("remote.Get(%s): %v", r, err)
+	}
+	want := digest.FromBytes(raw)
+	if !bytes.Equal(desc.Manifest, raw) || desc.Digest.String() != want.String() || string(desc.MediaType) != mediaType {
+		t.Fatalf("%s at the destination: %d bytes, digest %s, type %s; want %d bytes, %s, %s",
+			r, len(desc.Manifest), desc.Digest, desc.MediaType, len(raw), want, mediaType)
+	}
+	got, err := s.Manifest(t.Context(), repo, want)
+	if err != nil || !bytes.Equal(got, raw) {
+		t.Fatalf("Manifest(%s): %d bytes, %v; want the %d bytes put", want, len(got), err, len(raw))
+	}
+}
+
+// TestManifests mirrors multi-platform images (children first, then the
+// index) and checks the exact bytes, digests and media types.
+func TestManifests(t *testing.T) {
+	for _, mt := range []struct {
+		name string
+		mt   fixture.MediaTypes
+	}{{"OCI", fixture.OCI}, {"Docker", fixture.Docker}} {
+		t.Run(mt.name, func(t *testing.T) {
+			src := fixture.StartUpstream(t)
+			ma := src.SeedMultiArch(t, "library/app", "v1", mt.mt)
+			d := newDestination(t, map[string]string{testUser: testPassword})
+			s := newStore(t, d.srv.URL+"/mirror", registry.WithCredentials(testUser, testPassword))
+			repo := "library/app"
+
+			var children []*fixture.Image
+			for _, im := range ma.Platforms {
+				children = append(children, im)
+			}
+			for i := range ma.Attestations {
+				children = append(children, &ma.Attestations[i].Image)
+			}
+			for _, im := range children {
+				copyImage(t, src, s, repo, im)
+			}
+			if err := s.PutManifest(t.Context(), repo, ma.Tag, ma.MediaType, ma.Index); err != nil {
+				t.Fatalf("PutManifest(index): %v", err)
+			}
+			checkManifest(t, s, repo, ma.Tag, ma.Index, ma.MediaType)
+			checkManifest(t, s, repo, ma.Digest, ma.Index, ma.MediaType)
+			for _, im := range children {
+				checkManifest(t, s, repo, im.Digest, im.Manifest, im.MediaType)
+			}
+
+			// Bytes no encoder would produce keep their digest: an
+			// indented index of the same children, with a trailing newline.
+			var b bytes.Buffer
+			fmt.Fprintf(&b, "{\n   \"schemaVersion\" : 2,\n   \"mediaType\" : %q,\n   \"manifests\" : [", ma.MediaType)
+			for i, im := range children {
+				if i > 0 {
+					b.WriteString(",")
+				}
+				fmt.Fprintf(&b, "\n      { \"mediaType\": %q, \"size\": %d, \"digest\": %q }", im.MediaType, len(im.Manifest), im.Digest)
+			}
+			b.WriteString("\n   ]\n}\n")
+			raw := b.Bytes()
+			if err := s.PutManifest(t.Context(), repo, digest.FromBytes(raw).String(), ma.MediaType, raw); err != nil {
+				t.Fatalf("PutManifest(indented index): %v", err)
+			}
+			if err := s.PutManifest(t.Context(), repo, "indented", ma.MediaType, raw); err != nil {
+				t.Fatalf("PutManifest(indented index by tag): %v", err)
+			}
+			checkManifest(t, s, repo, "indented", raw, ma.MediaType)
+
+			// A body that does not match the digest it is put under is
+			// refused before it reaches the destination.
+			d.requests()
+			wrong := digest.FromString("something else")
+			if err := s.PutManifest(t.Context(), repo, wrong.String(), ma.MediaType, raw); !errors.Is(err, storage.ErrDigestMismatch) {
+				t.Fatalf("PutManifest under a wrong digest: %v; want ErrDigestMismatch", err)
+			}
+			if got := d.requests(); len(got) != 0 {
+				t.Fatalf("a mismatched manifest reached the destination: %+v", got)
+			}
+			if _, err := s.Manifest(t.Context(), repo, wrong); !errors.Is(err, storage.ErrNotFound) {
+				t.Fatalf("Manifest(missing): %v; want ErrNotFound", err)
+			}
+			if _, err := s.Manifest(t.Context(), "library/none", digest.Digest(ma.Platforms["linux/amd64"].Digest)); !errors.Is(err, storage.ErrNotFound) {
+				t.Fatalf("Manifest in a missing repository: %v; want ErrNotFound", err)
+			}
+		})
+	}
+}
+
+// mountQuery returns the mount and from parameters of a request's query.
+func mountQuery(t *testing.T, r request) (mount, from string) {
+	t.Helper()
+	q, err := url.ParseQuery(r.Query)
+	if err != nil {
+		t.Fatalf("query %q: %v", r.Query, err)
+	}
+	return q.Get("mount"), q.Get("from")
+}
+
+// checkMounted checks that reqs hold exactly one upload request: a mount of
+// dgst from the repository from that the registry answered 201.
+func checkMounted(t *testing.T, reqs []request, dgst digest.Digest, from string) {
+	t.Helper()
+	ups := uploads(reqs)
+	if len(ups) != 1 {
+		t.Fatalf("upload requests %+v; want a single mount", ups)
+	}
+	m, f := mountQuery(t, ups[0])
+	if ups[0].Method != http.MethodPost || ups[0].Status != http.StatusCreated || m != dgst.String() || f != from {
+		t.Fatalf("upload request %+v; want POST ?mount=%s&from=%s answered 201", ups[0], dgst, from)
+	}
+}
+
+// TestCrossRepositoryMount: a blob the store put in one repository is
+// mounted, not uploaded, into another.
+func TestCrossRepositoryMount(t *testing.T) {
+	d := newDestination(t, map[string]string{testUser: testPassword})
+	s := newStore(t, d.srv.URL+"/mirror", registry.WithCredentials(testUser, testPassword))
+	blob := content(200<<10, 2)
+	dg := digest.FromBytes(blob)
+	if err := s.Put(t.Context(), "team-a/app", dg, int64(len(blob)), bytes.NewReader(blob)); err != nil {
+		t.Fatal(err)
+	}
+	d.requests()
+	r := &countingReader{r: bytes.NewReader(blob)}
+	if err := s.Put(t.Context(), "team-b/app", dg, int64(len(blob)), r); err != nil {
+		t.Fatalf("Put to a second repository: %v", err)
+	}
+	checkMounted(t, d.requests(), dg, "mirror/team-a/app")
+	if r.n != int64(len(blob)) {
+		t.Errorf("Put read %d of the %d bytes; want r drained", r.n, len(blob))
+	}
+	got, err := directBlob(t, d.Host()+"/mirror/team-b/app@"+dg.String(), true)
+	if err != nil || !bytes.Equal(got, blob) {
+		t.Fatalf("mounted blob read directly: %d bytes, %v", len(got), err)
+	}
+
+	// A store that never saw the blob mounts it from where the hint says.
+	var asked atomic.Int32
+	hinted := newStore(t, d.srv.URL+"/mirror", registry.WithCredentials(testUser, testPassword),
+		registry.WithMountSources(func(_ context.Context, got digest.Digest) []string {
+			asked.Add(1)
+			if got != dg {
+				return []string{"team-a/app"} // wrong: it does not have got
+			}
+			return []string{"team-c/app", "Invalid Name", "team-b/app"}
+		}))
+	if err := hinted.Put(t.Context(), "team-c/app", dg, int64(len(blob)), bytes.NewReader(blob)); err != nil {
+		t.Fatalf("Put with a hint: %v", err)
+	}
+	checkMounted(t, d.requests(), dg, "mirror/team-b/app")
+	if asked.Load() != 1 {
+		t.Errorf("hint consulted %d times, want 1", asked.Load())
+	}
+
+	// A wrong hint costs a mount attempt, and the blob is uploaded.
+	asked.Store(0)
+	other := content(1000, 3)
+	od := digest.FromBytes(other)
+	if err := hinted.Put(t.Context(), "team-d/app", od, int64(len(other)), bytes.NewReader(other)); err != nil {
+		t.Fatalf("Put with a wrong hint: %v", err)
+	}
+	var methods []string
+	for _, r := range uploads(d.requests()) {
+		methods = append(methods, r.Method)
+	}
+	if want := []string{http.MethodPost, http.MethodPatch, http.MethodPut}; !slices.Equal(methods, want) {
+		t.Errorf("upload requests after a wrong hint: %v, want %v", methods, want)
+	}
+	if asked.Load() != 1 {
+		t.Errorf("hint consulted %d times, want 1", asked.Load())
+	}
+	if got, err := directBlob(t, d.Host()+"/mirror/team-d/app@"+od.String(), true); err != nil || !bytes.Equal(got, other) {
+		t.Fatalf("blob uploaded after a wrong hint: %d bytes, %v", len(got), err)
+	}
+}
+
+// TestMountTokenAuth: with Bearer tokens, the mount's token covers pulling
+// from the source repository too.
+func TestMountTokenAuth(t *testing.T) {
+	up := fixture.StartUpstream(t, fixture.WithTokenAuth())
+	s := newStore(t, up.URL()+"/mirror")
+	blob := content(50<<10, 4)
+	dg := digest.FromBytes(blob)
+	if err := s.Put(t.Context(), "one/app", dg, int64(len(blob)), bytes.NewReader(blob)); err != nil {
+		t.Fatal(err)
+	}
+	up.ResetCounts()
+	if err := s.Put(t.Context(), "two/app", dg, int64(len(blob)), bytes.NewReader(blob)); err != nil {
+		t.Fatal(err)
+	}
+	var ups []fixture.RequestRecord
+	for _, r := range up.Requests() {
+		if strings.Contains(r.Path, "/blobs/uploads/") {
+			ups = append(ups, r)
+		}
+	}
+	if len(ups) != 1 || ups[0].Method != http.MethodPost || ups[0].Status != http.StatusCreated ||
+		ups[0].Path != "/v2/mirror/two/app/blobs/uploads/" {
+		t.Fatalf("upload requests %+v; want one POST to mirror/two/app answered 201 (a mount)", ups)
+	}
+}
+
+// TestExistingBlob: a blob the repository has is not uploaded again, and r
+// is drained.
+func TestExistingBlob(t *testing.T) {
+	d := newDestination(t, nil)
+	s := newStore(t, d.srv.URL+"/mirror")
+	blob := content(64<<10, 5)
+	dg := digest.FromBytes(blob)
+	if err := s.Put(t.Context(), "library/x", dg, int64(len(blob)), bytes.NewReader(blob)); err != nil {
+		t.Fatal(err)
+	}
+	// Another store, so that nothing is known in memory.
+	for _, st := range []*registry.Store{s, newStore(t, d.srv.URL+"/mirror")} {
+		d.requests()
+		for _, size := range []int64{int64(len(blob)), -1} {
+			r := &countingReader{r: bytes.NewReader(blob)}
+			if err := st.Put(t.Context(), "library/x", dg, size, r); err != nil {
+				t.Fatalf("Put of an existing blob: %v", err)
+			}
+			if r.n != int64(len(blob)) {
+				t.Errorf("Put read %d of the %d bytes; want r drained", r.n, len(blob))
+			}
+		}
+		reqs := d.requests()
+		if ups := uploads(reqs); len(ups) != 0 {
+			t.Fatalf("existing blob uploaded again: %+v", ups)
+		}
+		for _, r := range reqs {
+			if r.Method != http.MethodHead && r.Path != "/v2/" {
+				t.Errorf("unexpected request %+v for an existing blob", r)
+			}
+		}
+	}
+}
+
+// TestDigestMismatch: content that does not match its digest or size never
+// completes an upload: no PUT ends the session, which is cancelled.
+func TestDigestMismatch(t *testing.T) {
+	d := newDestination(t, map[string]string{testUser: testPassword})
+	s := newStore(t, d.srv.URL+"/mirror", registry.WithCredentials(testUser, testPassword))
+	want := content(1<<20, 6)
+	dg := digest.FromBytes(want)
+	lastByte := bytes.Clone(want)
+	lastByte[len(lastByte)-1] ^= 0xff
+	for _, tt := range []struct {
+		name string
+		body []byte
+		size int64
+	}{
+		{"last byte differs", lastByte, int64(len(want))},
+		{"last byte differs, size unknown", lastByte, -1},
+		{"other content", content(1<<20, 7), int64(len(want))},
+		{"one byte more", append(bytes.Clone(want), 0), int64(len(want))},
+		{"one byte less", want[:len(want)-1], int64(len(want))},
+		{"right content, wrong size", want, int64(len(want)) + 1},
+		{"empty", nil, 0},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			d.requests()
+			err := s.Put(t.Context(), "library/x", dg, tt.size, bytes.NewReader(tt.body))
+			if !errors.Is(err, storage.ErrDigestMismatch) {
+				t.Fatalf("Put: %v; want ErrDigestMismatch", err)
+			}
+			ups := uploads(d.requests())
+			started, cancelled := false, false
+			for _, r := range ups {
+				switch r.Method {
+				case http.MethodPut:
+					t.Errorf("upload completed with %+v", r)
+				case http.MethodDelete:
+					cancelled = true
+				case http.MethodPost:
+					started = r.Status == http.StatusAccepted
+				}
+			}
+			if started && !cancelled {
+				t.Errorf("upload session left open: %+v", ups)
+			}
+			directMissing(t, d.Host()+"/mirror/library/x@"+dg.String(), true)
+			if _, err := s.Stat(t.Context(), "library/x", dg); !errors.Is(err, storage.ErrNotFound) {
+				t.Errorf("Stat after a refused Put: %v; want ErrNotFound", err)
+			}
+		})
+	}
+	// The right content still goes in.
+	if err := s.Put(t.Context(), "library/x", dg, int64(len(want)), bytes.NewReader(want)); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := directBlob(t, d.Host()+"/mirror/library/x@"+dg.String(), true); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("blob read directly: %d bytes, %v", len(got), err)
+	}
+}
+
+// checkNoPassword fails if err shows the password.
+func checkNoPassword(t *testing.T, what string, err error) {
+	t.Helper()
+	if err != nil && strings.Contains(err.Error(), testPassword) {
+		t.Errorf("%s: error %q shows the password", what, err)
+	}
+}
+
+// TestWrongPassword: a destination refusing the credentials gives ErrAuth
+// and an error that says so, never the password.
+func TestWrongPassword(t *testing.T) {
+	d := newDestination(t, map[string]string{testUser: "the-right-one"})
+	s := newStore(t, d.srv.URL+"/mirror", registry.WithCredentials(testUser, testPassword))
+	ctx := t.Context()
+	blob := []byte("blob")
+	dg := digest.FromBytes(blob)
+	_, statErr := s.Stat(ctx, "library/x", dg)
+	_, openErr := s.Open(ctx, "library/x", dg, 0)
+	_, manErr := s.Manifest(ctx, "library/x", dg)
+	for what, err := range map[string]error{
+		"Stat":        statErr,
+		"Open":        openErr,
+		"Put":         s.Put(ctx, "library/x", dg, int64(len(blob)), bytes.NewReader(blob)),
+		"Delete":      s.Delete(ctx, "library/x", dg),
+		"PutManifest": s.PutManifest(ctx, "library/x", "v1", "application/vnd.oci.image.index.v1+json", []byte(`{"schemaVersion":2}`)),
+		"Manifest":    manErr,
+	} {
+		if !errors.Is(err, registry.ErrAuth) {
+			t.Errorf("%s: %v; want ErrAuth", what, err)
+			continue
+		}
+		if msg := err.Error(); !strings.Contains(msg, "refused the credentials") || !strings.Contains(msg, d.Host()) {
+			t.Errorf("%s: error %q does not say that destination %s refused the credentials", what, msg, d.Host())
+		}
+		checkNoPassword(t, what, err)
+	}
+	for _, f := range []string{"%v", "%+v", "%#v", "%s"} {
+		if got := fmt.Sprintf(f, s); strings.Contains(got, testPassword) {
+			t.Errorf("Printf(%q) of the store shows the password: %s", f, got)
+		}
+	}
+
+	anon := newStore(t, d.srv.URL+"/mirror")
+	if _, err := anon.Stat(ctx, "library/x", dg); !errors.Is(err, registry.ErrAuth) || !strings.Contains(err.Error(), "refused anonymous access") {
+		t.Errorf("anonymous Stat: %v; want ErrAuth, refused anonymous access", err)
+	}
+}
+
+// TestWrongPasswordBearer: a token service refusing the credentials gives
+// ErrAuth too.
+func TestWrongPasswordBearer(t *testing.T) {
+	var srv *httptest.Server
+	srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/token" {
+			w.Header().Set("WWW-Authenticate", `Basic realm="tokens"`)
+			http.Error(w, `{"errors":[{"code":"UNAUTHORIZED","message":"bad credentials"}]}`, http.StatusUnauthorized)
+			return
+		}
+		w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="%s/token",service="test"`, srv.URL))
+		http.Error(w, `{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}`, http.StatusUnauthorized)
+	}))
+	t.Cleanup(srv.Close)
+	s := newStore(t, srv.URL+"/mirror", registry.WithCredentials(testUser, testPassword))
+	_, err := s.Stat(t.Context(), "library/x", digest.FromString("x"))
+	if !errors.Is(err, registry.ErrAuth) || !strings.Contains(err.Error(), "refused the credentials") {
+		t.Fatalf("Stat: %v; want ErrAuth, refused the credentials", err)
+	}
+	checkNoPassword(t, "Stat", err)
+}
+
+// TestDestinationDown: a destination that cannot be reached gives a clear
+// error wrapping ErrUnavailable, whether or not it was reached before.
+func TestDestinationDown(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	s := newStore(t, up.URL()+"/mirror", registry.WithCredentials(testUser, testPassword))
+	blob := []byte("blob")
+	dg := digest.FromBytes(blob)
+	if err := s.Put(t.Context(), "library/used", dg, int64(len(blob)), bytes.NewReader(blob)); err != nil {
+		t.Fatal(err)
+	}
+	up.Stop()
+	ctx := t.Context()
+	for _, repo := range []string{"library/used", "library/new"} {
+		_, statErr := s.Stat(ctx, repo, dg)
+		_, openErr := s.Open(ctx, repo, dg, 0)
+		_, manErr := s.Manifest(ctx, repo, dg)
+		for what, err := range map[string]error{
+			"Stat":        statErr,
+			"Open":        openErr,
+			"Put":         s.Put(ctx, repo, dg, int64(len(blob)), bytes.NewReader(blob)),
+			"Delete":      s.Delete(ctx, repo, dg),
+			"PutManifest": s.PutManifest(ctx, repo, "v1", "application/vnd.oci.image.index.v1+json", []byte(`{"schemaVersion":2}`)),
+			"Manifest":    manErr,
+		} {
+			if !errors.Is(err, registry.ErrUnavailable) || errors.Is(err, storage.ErrNotFound) {
+				t.Errorf("%s in %s: %v; want ErrUnavailable", what, repo, err)
+				continue
+			}
+			if want := "destination " + up.Host() + " unreachable"; !strings.Contains(err.Error(), want) {
+				t.Errorf("%s in %s: error %q does not say %q", what, repo, err, want)
+			}
+			checkNoPassword(t, what, err)
+		}
+	}
+}
+
+// TestOpen reads from offsets, from a registry that honours Range and from
+// one that ignores it.
+func TestOpen(t *testing.T) {
+	d := newDestination(t, nil)
+	s := newStore(t, d.srv.URL+"/mirror")
+	blob := content(100<<10, 8)
+	dg := digest.FromBytes(blob)
+	if err := s.Put(t.Context(), "library/x", dg, int64(len(blob)), bytes.NewReader(blob)); err != nil {
+		t.Fatal(err)
+	}
+	for _, strip := range []bool{false, true} {
+		d.stripRange.Store(strip)
+		for _, off := range []int64{0, 1, 4095, int64(len(blob)) - 1, int64(len(blob))} {
+			rc, err := s.Open(t.Context(), "library/x", dg, off)
+			if err != nil {
+				t.Fatalf("Open(%d), Range ignored %v: %v", off, strip, err)
+			}
+			got, err := io.ReadAll(rc)
+			rc.Close()
+			if err != nil || !bytes.Equal(got, blob[off:]) {
+				t.Fatalf("Open(%d), Range ignored %v: read %d bytes, %v; want %d", off, strip, len(got), err, len(blob)-int(off))
+			}
+		}
+		if rc, err := s.Open(t.Context(), "library/x", dg, int64(len(blob))+1); err == nil {
+			rc.Close()
+			t.Errorf("Open beyond the end, Range ignored %v, succeeded", strip)
+		}
+	}
+}
+
+// TestDeleteUnsupported: a destination that does not allow deletes gives a
+// clear error.
+func TestDeleteUnsupported(t *testing.T) {
+	d := newDestinationConfig(t, destConfig{noDelete: true})
+	s := newStore(t, d.srv.URL+"/mirror")
+	blob := []byte("blob")
+	dg := digest.FromBytes(blob)
+	if err := s.Put(t.Context(), "library/x", dg, int64(len(blob)), bytes.NewReader(blob)); err != nil {
+		t.Fatal(err)
+	}
+	err := s.Delete(t.Context(), "library/x", dg)
+	if !errors.Is(err, errors.ErrUnsupported) || !strings.Contains(err.Error(), "does not allow deleting") {
+		t.Fatalf("Delete: %v; want an ErrUnsupported error saying deletes are not allowed", err)
+	}
+}
