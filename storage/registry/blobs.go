@@ -162,9 +162,10 @@ func contentRange(h string) (start, total int64, ok bool) {
 // with the size as Content-Length when known, PUT ?digest=). The content
 // is verified as it streams, and its last byte is held back until r has
 // ended and matched the digest and size, so wrong content never reaches
-// the destination whole: the PUT that would commit it is never sent, the
-// upload session is cancelled and the error wraps
-// storage.ErrDigestMismatch.
+// the destination whole: the PUT that would commit it is never sent, and
+// the error wraps storage.ErrDigestMismatch. A failed upload's session is
+// then cancelled with a DELETE, best effort: distribution refuses to cancel
+// one that received part of the content, and purges it later.
 func (s *Store) Put(ctx context.Context, repo string, dgst digest.Digest, size int64, r io.Reader) error {
 	dst, err := s.blobTarget(repo, dgst)
 	if err != nil {

@@ -13,9 +13,9 @@
 // content that does not match its digest is never committed. Manifests are
 // written with their exact bytes.
 //
-// Errors wrap ErrAuth when the destination refuses the credentials,
-// ErrUnavailable when it cannot be reached or fails, and the storage
-// package's sentinels (ErrNotFound, ErrDigestMismatch) as the Store
+// Errors wrap storage.ErrUnavailable when the destination cannot be
+// reached, fails (5xx) or refuses access, the latter also wrapping ErrAuth;
+// and storage.ErrNotFound and storage.ErrDigestMismatch as the Store
 // interface documents. No error or log ever contains the password.
 package registry
 
@@ -41,15 +41,10 @@ import (
 	"github.com/docker-mirror/docker-mirror/storage"
 )
 
-// Sentinel errors of the package, wrapped by the errors it returns.
-var (
-	// ErrAuth: the destination refused the credentials (401) or denied
-	// the operation (403).
-	ErrAuth = errors.New("destination refused access")
-	// ErrUnavailable: the destination could not be reached, failed (5xx)
-	// or rate-limited the request (429).
-	ErrUnavailable = errors.New("destination unavailable")
-)
+// ErrAuth is wrapped, with storage.ErrUnavailable, by the errors of a
+// destination that refused the credentials (401) or denied the operation
+// (403).
+var ErrAuth = errors.New("destination refused access")
 
 var (
 	_ storage.Store         = (*Store)(nil)
@@ -365,11 +360,11 @@ func (h *hookTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	return resp, nil
 }
 
-// destError is an error of the destination, wrapping a sentinel (kind)
-// and the cause.
+// destError is an error of a destination that is unavailable: it wraps
+// storage.ErrUnavailable, ErrAuth if auth is set, and the cause.
 type destError struct {
 	msg  string
-	kind error
+	auth bool
 	err  error
 }
 
@@ -381,10 +376,14 @@ func (e *destError) Error() string {
 }
 
 func (e *destError) Unwrap() []error {
-	if e.err == nil {
-		return []error{e.kind}
+	errs := []error{storage.ErrUnavailable}
+	if e.auth {
+		errs = append(errs, ErrAuth)
 	}
-	return []error{e.kind, e.err}
+	if e.err != nil {
+		errs = append(errs, e.err)
+	}
+	return errs
 }
 
 // fail maps an error of go-containerregistry or of the HTTP client.
@@ -393,7 +392,7 @@ func (s *Store) fail(err error, what string) error {
 	if errors.As(err, &te) {
 		return s.statusError(te.StatusCode, what, err)
 	}
-	return &destError{msg: fmt.Sprintf("destination %s unreachable (%s)", s.host, what), kind: ErrUnavailable, err: err}
+	return &destError{msg: fmt.Sprintf("destination %s unreachable (%s)", s.host, what), err: err}
 }
 
 // statusError maps an unexpected status of the destination; cause, if
@@ -405,11 +404,11 @@ func (s *Store) statusError(status int, what string, cause error) error {
 		if s.username != "" {
 			who = fmt.Sprintf("the credentials of user %q", s.username)
 		}
-		return &destError{msg: fmt.Sprintf("destination %s refused %s (%s)", s.host, who, what), kind: ErrAuth, err: cause}
+		return &destError{msg: fmt.Sprintf("destination %s refused %s (%s)", s.host, who, what), auth: true, err: cause}
 	case status == http.StatusForbidden:
-		return &destError{msg: fmt.Sprintf("destination %s denied access (%s)", s.host, what), kind: ErrAuth, err: cause}
+		return &destError{msg: fmt.Sprintf("destination %s denied access (%s)", s.host, what), auth: true, err: cause}
 	case status == http.StatusTooManyRequests || status >= 500:
-		return &destError{msg: fmt.Sprintf("destination %s answered %d %s (%s)", s.host, status, http.StatusText(status), what), kind: ErrUnavailable, err: cause}
+		return &destError{msg: fmt.Sprintf("destination %s answered %d %s (%s)", s.host, status, http.StatusText(status), what), err: cause}
 	}
 	if cause != nil {
 		return fmt.Errorf("destination %s (%s): %w", s.host, what, cause)

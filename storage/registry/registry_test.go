@@ -63,6 +63,7 @@ var silenceLogs sync.Once
 type destConfig struct {
 	users    map[string]string // if set, Basic auth with these passwords
 	noDelete bool              // deleting blobs is disabled
+	tls      bool              // serve HTTPS
 }
 
 // newDestination starts a registry; with users, it requires Basic auth
@@ -104,7 +105,7 @@ func newDestinationConfig(t *testing.T, c destConfig) *destination {
 	}
 	app := handlers.NewApp(context.Background(), cfg)
 	d := &destination{}
-	d.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	d.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		rec := &request{Method: r.Method, Path: r.URL.Path, Query: r.URL.RawQuery}
 		d.mu.Lock()
 		d.reqs = append(d.reqs, rec)
@@ -114,6 +115,11 @@ func newDestinationConfig(t *testing.T, c destConfig) *destination {
 		}
 		app.ServeHTTP(&statusWriter{ResponseWriter: w, d: d, rec: rec}, r)
 	}))
+	if c.tls {
+		d.srv.StartTLS()
+	} else {
+		d.srv.Start()
+	}
 	t.Cleanup(func() {
 		d.srv.Close()
 		_ = app.Shutdown()
@@ -151,7 +157,7 @@ func (w *statusWriter) Write(p []byte) (int, error) {
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // Host returns the registry's 127.0.0.1:PORT.
-func (d *destination) Host() string { return strings.TrimPrefix(d.srv.URL, "http://") }
+func (d *destination) Host() string { return d.srv.Listener.Addr().String() }
 
 // requests returns the requests received since the last call.
 func (d *destination) requests() []request {
@@ -248,6 +254,7 @@ func content(n int, seed byte) []byte {
 }
 
 func TestConformance(t *testing.T) {
+	t.Parallel()
 	storetest.Run(t, func(t *testing.T) storage.Store {
 		up := fixture.StartUpstream(t)
 		return newStore(t, up.URL()+"/mirror/conformance")
@@ -255,6 +262,7 @@ func TestConformance(t *testing.T) {
 }
 
 func TestConformanceBasicAuth(t *testing.T) {
+	t.Parallel()
 	storetest.Run(t, func(t *testing.T) storage.Store {
 		d := newDestination(t, map[string]string{testUser: testPassword})
 		return newStore(t, d.srv.URL+"/mirror", registry.WithCredentials(testUser, testPassword))
@@ -262,6 +270,7 @@ func TestConformanceBasicAuth(t *testing.T) {
 }
 
 func TestConformanceTokenAuth(t *testing.T) {
+	t.Parallel()
 	storetest.Run(t, func(t *testing.T) storage.Store {
 		up := fixture.StartUpstream(t, fixture.WithTokenAuth())
 		return newStore(t, up.URL()+"/mirror", registry.WithCredentials(testUser, testPassword))
@@ -269,6 +278,7 @@ func TestConformanceTokenAuth(t *testing.T) {
 }
 
 func TestNew(t *testing.T) {
+	t.Parallel()
 	for _, tt := range []struct{ url, host, prefix string }{
 		{"https://nexus.example.com/mirror", "nexus.example.com", "mirror"},
 		{"https://nexus.example.com/mirror/", "nexus.example.com", "mirror"},
@@ -315,6 +325,7 @@ func TestNew(t *testing.T) {
 }
 
 func TestInvalidRepository(t *testing.T) {
+	t.Parallel()
 	d := newDestination(t, nil)
 	s := newStore(t, d.srv.URL+"/mirror")
 	dg := digest.FromString("x")
@@ -337,6 +348,7 @@ func TestInvalidRepository(t *testing.T) {
 // TestPrefix checks that content lands at <host>/<prefix>/<repo>, reading
 // it back from the registry directly.
 func TestPrefix(t *testing.T) {
+	t.Parallel()
 	d := newDestination(t, map[string]string{testUser: testPassword})
 	s := newStore(t, d.srv.URL+"/mirror/dm", registry.WithCredentials(testUser, testPassword))
 	blob := content(10<<10, 1)
@@ -427,6 +439,7 @@ func checkManifest(t *testing.T, s *registry.Store, repo, ref string, raw []byte
 // TestManifests mirrors multi-platform images (children first, then the
 // index) and checks the exact bytes, digests and media types.
 func TestManifests(t *testing.T) {
+	t.Parallel()
 	for _, mt := range []struct {
 		name string
 		mt   fixture.MediaTypes
@@ -524,6 +537,7 @@ func checkMounted(t *testing.T, reqs []request, dgst digest.Digest, from string)
 // TestCrossRepositoryMount: a blob the store put in one repository is
 // mounted, not uploaded, into another.
 func TestCrossRepositoryMount(t *testing.T) {
+	t.Parallel()
 	d := newDestination(t, map[string]string{testUser: testPassword})
 	s := newStore(t, d.srv.URL+"/mirror", registry.WithCredentials(testUser, testPassword))
 	blob := content(200<<10, 2)
@@ -588,6 +602,7 @@ func TestCrossRepositoryMount(t *testing.T) {
 // TestMountTokenAuth: with Bearer tokens, the mount's token covers pulling
 // from the source repository too.
 func TestMountTokenAuth(t *testing.T) {
+	t.Parallel()
 	up := fixture.StartUpstream(t, fixture.WithTokenAuth())
 	s := newStore(t, up.URL()+"/mirror")
 	blob := content(50<<10, 4)
@@ -614,6 +629,7 @@ func TestMountTokenAuth(t *testing.T) {
 // TestExistingBlob: a blob the repository has is not uploaded again, and r
 // is drained.
 func TestExistingBlob(t *testing.T) {
+	t.Parallel()
 	d := newDestination(t, nil)
 	s := newStore(t, d.srv.URL+"/mirror")
 	blob := content(64<<10, 5)
@@ -648,6 +664,7 @@ func TestExistingBlob(t *testing.T) {
 // TestDigestMismatch: content that does not match its digest or size never
 // completes an upload: no PUT ends the session, which is cancelled.
 func TestDigestMismatch(t *testing.T) {
+	t.Parallel()
 	d := newDestination(t, map[string]string{testUser: testPassword})
 	s := newStore(t, d.srv.URL+"/mirror", registry.WithCredentials(testUser, testPassword))
 	want := content(1<<20, 6)
@@ -714,6 +731,7 @@ func checkNoPassword(t *testing.T, what string, err error) {
 // TestWrongPassword: a destination refusing the credentials gives ErrAuth
 // and an error that says so, never the password.
 func TestWrongPassword(t *testing.T) {
+	t.Parallel()
 	d := newDestination(t, map[string]string{testUser: "the-right-one"})
 	s := newStore(t, d.srv.URL+"/mirror", registry.WithCredentials(testUser, testPassword))
 	ctx := t.Context()
@@ -730,8 +748,8 @@ func TestWrongPassword(t *testing.T) {
 		"PutManifest": s.PutManifest(ctx, "library/x", "v1", "application/vnd.oci.image.index.v1+json", []byte(`{"schemaVersion":2}`)),
 		"Manifest":    manErr,
 	} {
-		if !errors.Is(err, registry.ErrAuth) {
-			t.Errorf("%s: %v; want ErrAuth", what, err)
+		if !errors.Is(err, registry.ErrAuth) || !errors.Is(err, storage.ErrUnavailable) {
+			t.Errorf("%s: %v; want ErrAuth and storage.ErrUnavailable", what, err)
 			continue
 		}
 		if msg := err.Error(); !strings.Contains(msg, "refused the credentials") || !strings.Contains(msg, d.Host()) {
@@ -754,6 +772,7 @@ func TestWrongPassword(t *testing.T) {
 // TestWrongPasswordBearer: a token service refusing the credentials gives
 // ErrAuth too.
 func TestWrongPasswordBearer(t *testing.T) {
+	t.Parallel()
 	var srv *httptest.Server
 	srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/token" {
@@ -774,8 +793,10 @@ func TestWrongPasswordBearer(t *testing.T) {
 }
 
 // TestDestinationDown: a destination that cannot be reached gives a clear
-// error wrapping ErrUnavailable, whether or not it was reached before.
+// error wrapping storage.ErrUnavailable, whether or not it was reached
+// before.
 func TestDestinationDown(t *testing.T) {
+	t.Parallel()
 	up := fixture.StartUpstream(t)
 	s := newStore(t, up.URL()+"/mirror", registry.WithCredentials(testUser, testPassword))
 	blob := []byte("blob")
@@ -797,8 +818,8 @@ func TestDestinationDown(t *testing.T) {
 			"PutManifest": s.PutManifest(ctx, repo, "v1", "application/vnd.oci.image.index.v1+json", []byte(`{"schemaVersion":2}`)),
 			"Manifest":    manErr,
 		} {
-			if !errors.Is(err, registry.ErrUnavailable) || errors.Is(err, storage.ErrNotFound) {
-				t.Errorf("%s in %s: %v; want ErrUnavailable", what, repo, err)
+			if !errors.Is(err, storage.ErrUnavailable) || errors.Is(err, storage.ErrNotFound) || errors.Is(err, registry.ErrAuth) {
+				t.Errorf("%s in %s: %v; want storage.ErrUnavailable", what, repo, err)
 				continue
 			}
 			if want := "destination " + up.Host() + " unreachable"; !strings.Contains(err.Error(), want) {
@@ -812,6 +833,7 @@ func TestDestinationDown(t *testing.T) {
 // TestOpen reads from offsets, from a registry that honours Range and from
 // one that ignores it.
 func TestOpen(t *testing.T) {
+	t.Parallel()
 	d := newDestination(t, nil)
 	s := newStore(t, d.srv.URL+"/mirror")
 	blob := content(100<<10, 8)
@@ -842,6 +864,7 @@ func TestOpen(t *testing.T) {
 // TestDeleteUnsupported: a destination that does not allow deletes gives a
 // clear error.
 func TestDeleteUnsupported(t *testing.T) {
+	t.Parallel()
 	d := newDestinationConfig(t, destConfig{noDelete: true})
 	s := newStore(t, d.srv.URL+"/mirror")
 	blob := []byte("blob")
@@ -852,5 +875,34 @@ func TestDeleteUnsupported(t *testing.T) {
 	err := s.Delete(t.Context(), "library/x", dg)
 	if !errors.Is(err, errors.ErrUnsupported) || !strings.Contains(err.Error(), "does not allow deleting") {
 		t.Fatalf("Delete: %v; want an ErrUnsupported error saying deletes are not allowed", err)
+	}
+}
+
+// TestHTTPS: an https:// destination is used over TLS, and never over
+// plain HTTP, which would show the credentials.
+func TestHTTPS(t *testing.T) {
+	t.Parallel()
+	users := map[string]string{testUser: testPassword}
+	d := newDestinationConfig(t, destConfig{users: users, tls: true})
+	s := newStore(t, d.srv.URL+"/mirror", registry.WithCredentials(testUser, testPassword),
+		registry.WithTransport(d.srv.Client().Transport))
+	blob := content(10<<10, 9)
+	dg := digest.FromBytes(blob)
+	if err := s.Put(t.Context(), "library/x", dg, int64(len(blob)), bytes.NewReader(blob)); err != nil {
+		t.Fatalf("Put over TLS: %v", err)
+	}
+	if size, err := s.Stat(t.Context(), "library/x", dg); err != nil || size != int64(len(blob)) {
+		t.Fatalf("Stat over TLS: %d, %v", size, err)
+	}
+
+	plain := newDestination(t, users)
+	s = newStore(t, "https://"+plain.Host()+"/mirror", registry.WithCredentials(testUser, testPassword))
+	_, err := s.Stat(t.Context(), "library/x", dg)
+	if !errors.Is(err, storage.ErrUnavailable) || !strings.Contains(err.Error(), "unreachable") {
+		t.Fatalf("Stat at an https:// URL served in plain HTTP: %v; want unreachable", err)
+	}
+	checkNoPassword(t, "Stat", err)
+	if reqs := plain.requests(); len(reqs) != 0 {
+		t.Fatalf("requests in plain HTTP to an https:// destination: %+v", reqs)
 	}
 }

@@ -48,12 +48,13 @@ type Mirror struct {
 	upstreamURL string
 	dir         string
 	opts        []proxy.Option
+	newStore    func(*storage.Index) (storage.Store, error)
 	Clock       *Clock
 
 	Proxy   *proxy.Proxy
 	Metrics *metrics.Metrics
 	Index   *storage.Index
-	Store   *storage.DriverStore
+	Store   storage.Store
 	server  *httptest.Server
 }
 
@@ -61,8 +62,15 @@ type Mirror struct {
 // on top of the test defaults (fake clock, quiet logger, spool in the data
 // directory). It is shut down with t.Cleanup.
 func Start(t testing.TB, upstreamURL string, opts ...proxy.Option) *Mirror {
+	return StartWithStore(t, upstreamURL, nil, opts...)
+}
+
+// StartWithStore is Start with the store newStore returns (e.g. a
+// destination registry) instead of the embedded filesystem store; it is
+// called again on Restart.
+func StartWithStore(t testing.TB, upstreamURL string, newStore func(*storage.Index) (storage.Store, error), opts ...proxy.Option) *Mirror {
 	t.Helper()
-	m := &Mirror{tb: t, upstreamURL: upstreamURL, dir: t.TempDir(), opts: opts, Clock: NewClock()}
+	m := &Mirror{tb: t, upstreamURL: upstreamURL, dir: t.TempDir(), opts: opts, newStore: newStore, Clock: NewClock()}
 	m.start()
 	t.Cleanup(m.Stop)
 	return m
@@ -76,11 +84,16 @@ func Logger() *slog.Logger {
 func (m *Mirror) start() {
 	t := m.tb
 	ctx := context.Background()
-	store, err := storage.OpenDriverStore(ctx, "filesystem", map[string]any{"rootdirectory": filepath.Join(m.dir, "store")})
+	index, err := storage.OpenIndex(filepath.Join(m.dir, "index.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	index, err := storage.OpenIndex(filepath.Join(m.dir, "index.db"))
+	var store storage.Store
+	if m.newStore != nil {
+		store, err = m.newStore(index)
+	} else {
+		store, err = storage.OpenDriverStore(ctx, "filesystem", map[string]any{"rootdirectory": filepath.Join(m.dir, "store")})
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
