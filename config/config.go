@@ -14,6 +14,7 @@ import (
 	"maps"
 	"net"
 	"net/url"
+	"os"
 	"reflect"
 	"regexp"
 	"slices"
@@ -33,6 +34,11 @@ type Config struct {
 	Data string `yaml:"data"`
 	// Upstream is the URL docker.io images are fetched from.
 	Upstream string `yaml:"upstream"`
+	// Upstreams are the registries mirrored, by the host clients name
+	// them with (docker.io, ghcr.io, quay.io, ...), each with its URL and
+	// optionally credentials, tag TTL and platforms. docker.io is always
+	// mirrored; its URL defaults to Upstream.
+	Upstreams map[string]Upstream `yaml:"upstreams,omitempty"`
 	// TagTTL is how long a tag's digest is trusted before it is
 	// revalidated upstream; 0 revalidates on every pull.
 	TagTTL Duration `yaml:"tag_ttl"`
@@ -59,7 +65,57 @@ type Config struct {
 	Destination Destination `yaml:"destination,omitempty"`
 	// Sync keeps images mirrored and fresh ahead of time.
 	Sync Sync `yaml:"sync,omitempty"`
+
+	// upstreamFlag: a flag or the environment set docker.io's URL, which
+	// then wins over the file's upstreams.docker.io.url.
+	upstreamFlag bool
 }
+
+// Upstream is one mirrored registry. In the file it is either a URL or a
+// mapping of these keys.
+type Upstream struct {
+	URL      string `yaml:"url"`
+	Username string `yaml:"username,omitempty"`
+	// The password, given directly, or read from the environment variable
+	// PasswordEnv names, or from the file PasswordFile names.
+	Password     string `yaml:"password,omitempty"`
+	PasswordEnv  string `yaml:"password_env,omitempty"`
+	PasswordFile string `yaml:"password_file,omitempty"`
+	// DockerConfig takes the credentials from the Docker credential store
+	// (~/.docker/config.json and its credential helpers).
+	DockerConfig bool `yaml:"docker_config,omitempty"`
+	// TagTTL and Platforms override the global settings for this upstream.
+	TagTTL    *Duration `yaml:"tag_ttl,omitempty"`
+	Platforms []string  `yaml:"platforms,omitempty"`
+}
+
+// UnmarshalYAML takes a bare URL or the mapping.
+func (u *Upstream) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		u.URL = n.Value
+		return nil
+	}
+	type plain Upstream
+	return decodeStrict(n, (*plain)(u))
+}
+
+// AllUpstreams returns every mirrored upstream by host, docker.io
+// included with its URL from Upstream unless the upstreams map sets one.
+func (c Config) AllUpstreams() map[string]Upstream {
+	out := map[string]Upstream{}
+	for h, u := range c.Upstreams {
+		out[h] = u
+	}
+	hub := out[DockerHubHost]
+	if hub.URL == "" || c.upstreamFlag {
+		hub.URL = c.Upstream
+	}
+	out[DockerHubHost] = hub
+	return out
+}
+
+// DockerHubHost is the host Docker Hub images are named with.
+const DockerHubHost = "docker.io"
 
 // Destination is a registry that receives the mirrored content under a
 // path prefix, e.g. https://nexus.example.com/mirror.
@@ -296,6 +352,11 @@ func (c Config) Validate() error {
 	if err := validateURL(c.Upstream); err != nil {
 		return fmt.Errorf("upstream: %w", err)
 	}
+	for _, host := range slices.Sorted(maps.Keys(c.Upstreams)) {
+		if err := c.Upstreams[host].validate(host); err != nil {
+			return err
+		}
+	}
 	if c.TagTTL < 0 {
 		return fmt.Errorf("tag_ttl: must not be negative, got %q", c.TagTTL)
 	}
@@ -345,6 +406,62 @@ func (c Config) Validate() error {
 		}
 	}
 	return nil
+}
+
+var upstreamHost = regexp.MustCompile(`^([a-z0-9]([a-z0-9-]*[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]*[a-z0-9])?(:[0-9]{1,5})?$`)
+
+func (u Upstream) validate(host string) error {
+	key := "upstreams." + host
+	if !upstreamHost.MatchString(host) {
+		return fmt.Errorf("upstreams: invalid host %q (want e.g. ghcr.io or registry.local:5000)", host)
+	}
+	if u.URL == "" && host != DockerHubHost {
+		return fmt.Errorf("%s.url: missing", key)
+	}
+	if u.URL != "" {
+		if err := validateURL(u.URL); err != nil {
+			return fmt.Errorf("%s.url: %w", key, err)
+		}
+	}
+	sources := 0
+	for _, set := range []bool{u.Password != "", u.PasswordEnv != "", u.PasswordFile != "", u.DockerConfig} {
+		if set {
+			sources++
+		}
+	}
+	if sources > 1 {
+		return fmt.Errorf("%s: give one of password, password_env, password_file, docker_config", key)
+	}
+	if u.TagTTL != nil && *u.TagTTL < 0 {
+		return fmt.Errorf("%s.tag_ttl: must not be negative, got %q", key, *u.TagTTL)
+	}
+	for _, p := range u.Platforms {
+		if !platformPattern.MatchString(p) {
+			return fmt.Errorf("%s.platforms: invalid pattern %q (want os/arch[/variant], * as wildcard)", key, p)
+		}
+	}
+	return nil
+}
+
+// ResolvePassword returns the upstream's password from wherever it is
+// given.
+// Errors name the source, never the password.
+func (u Upstream) ResolvePassword(host string, lookup func(string) (string, bool)) (string, error) {
+	switch {
+	case u.PasswordEnv != "":
+		v, ok := lookup(u.PasswordEnv)
+		if !ok {
+			return "", fmt.Errorf("upstreams.%s.password_env: %s is not set", host, u.PasswordEnv)
+		}
+		return v, nil
+	case u.PasswordFile != "":
+		b, err := os.ReadFile(u.PasswordFile)
+		if err != nil {
+			return "", fmt.Errorf("upstreams.%s.password_file: %w", host, err)
+		}
+		return strings.TrimRight(string(b), "\r\n"), nil
+	}
+	return u.Password, nil
 }
 
 // validateDestination checks a registry URL with a path prefix.

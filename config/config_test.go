@@ -573,11 +573,16 @@ func TestEveryKeyHasAFlag(t *testing.T) {
 	config.Bind(fs)
 	typ := reflect.TypeFor[config.Config]()
 	for i := range typ.NumField() {
+		if !typ.Field(i).IsExported() {
+			continue
+		}
 		key, _, _ := strings.Cut(typ.Field(i).Tag.Get("yaml"), ",")
 		flagName := strings.ReplaceAll(key, "_", "-")
 		switch key {
 		case "storage", "sync":
 			continue
+		case "upstreams":
+			flagName = "upstream" // --upstream HOST=URL
 		case "platforms":
 			flagName = "platform"
 		}

@@ -36,7 +36,27 @@ func stringKey(field func(*Config) *string) func(*Config, []string) error {
 var keys = []key{
 	{name: "listen", usage: "address to listen on", set: stringKey(func(c *Config) *string { return &c.Listen })},
 	{name: "data", usage: "directory of the embedded store and the index (DIR/index.db)", set: stringKey(func(c *Config) *string { return &c.Data })},
-	{name: "upstream", usage: "URL docker.io images are fetched from", set: stringKey(func(c *Config) *string { return &c.Upstream })},
+	{name: "upstream", usage: "upstream to mirror: HOST=URL (e.g. ghcr.io=https://ghcr.io), or a bare URL for docker.io (repeatable)", list: true,
+		set: func(c *Config, vals []string) error {
+			for _, v := range vals {
+				host, u, ok := strings.Cut(v, "=")
+				if !ok {
+					c.Upstream, c.upstreamFlag = v, true
+					continue
+				}
+				if host == DockerHubHost {
+					c.Upstream, c.upstreamFlag = u, true
+					continue
+				}
+				if c.Upstreams == nil {
+					c.Upstreams = map[string]Upstream{}
+				}
+				up := c.Upstreams[host]
+				up.URL = u
+				c.Upstreams[host] = up
+			}
+			return nil
+		}},
 	{name: "tag_ttl", usage: "how long a tag's digest is trusted before revalidating upstream; 0 = every pull", set: durationKey(func(c *Config) *Duration { return &c.TagTTL })},
 	{name: "platform", usage: "platform pattern mirrored eagerly, e.g. linux/* or linux/arm64 (repeatable)", list: true,
 		set: func(c *Config, vals []string) error { c.Platforms = slices.Clone(vals); return nil }},

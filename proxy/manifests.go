@@ -169,7 +169,7 @@ func (p *Proxy) manifestByTag(ctx context.Context, t target, tag string, h http.
 		switch {
 		case err != nil:
 			p.log.Warn("indexed tag's manifest is missing from the store; refetching", "upstream", t.host(), "repo", t.repo, "tag", tag, "digest", rec.Digest, "error", err)
-		case p.now().Sub(rec.CheckedAt) < p.tagTTL:
+		case p.now().Sub(rec.CheckedAt) < p.ttlFor(t):
 			h.Set(cacheHeader, "hit")
 			p.resumeIfPartial(ctx, t, cached)
 			return cached, nil

@@ -87,7 +87,7 @@ func (p *Proxy) mirror(ctx context.Context, t target, dgst digest.Digest) error 
 	if err != nil {
 		return err
 	}
-	platforms, err := p.copyImage(ctx, t, m, p.platforms, nil)
+	platforms, err := p.copyImage(ctx, t, m, p.platformsFor(t), nil)
 	if err != nil {
 		return err
 	}

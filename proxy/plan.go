@@ -35,7 +35,7 @@ func (p *Proxy) Plan(ctx context.Context, ref string, pats []Platform) (Plan, er
 		return Plan{}, err
 	}
 	if pats == nil {
-		pats = p.platforms
+		pats = p.platformsFor(im.t)
 	}
 	m, err := im.t.up.Manifest(ctx, im.t.repo, im.ref)
 	if err != nil {

@@ -149,10 +149,7 @@ func (p *Proxy) runJob(ctx context.Context, job *storage.Job) {
 			delete(p.jobs.live, job.ID)
 			p.jobs.mu.Unlock()
 		}()
-		pats, _ := parsePlatforms(job.Platforms) // validated when queued
-		if len(pats) == 0 {
-			pats = p.platforms
-		}
+		pats, _ := parsePlatforms(job.Platforms) // validated when queued; nil: each upstream's own
 		p.setJob(job, func() { job.State = storage.JobRunning })
 		failed := false
 		for i := range job.Images {
@@ -229,7 +226,7 @@ func (p *Proxy) Mirror(ctx context.Context, ref string, pats []Platform, onProgr
 	}
 	configured := pats == nil
 	if configured {
-		pats = p.platforms
+		pats = p.platformsFor(im.t)
 	}
 	platforms, err := p.copyImage(ctx, im.t, m, pats, prog)
 	if err != nil {

@@ -37,6 +37,8 @@ type Proxy struct {
 	now       func() time.Time
 	tagTTL    time.Duration
 	platforms []Platform
+	// perUpstream overrides tagTTL and platforms for some upstreams.
+	perUpstream map[string]UpstreamSettings
 	// fetches bounds the background mirror's parallel upstream fetches.
 	fetches     *semaphore.Weighted
 	fillTimeout time.Duration
@@ -75,6 +77,40 @@ func WithTagTTL(d time.Duration) Option { return func(p *Proxy) { p.tagTTL = d }
 
 // WithPlatforms sets the platforms mirrored eagerly (default linux/*).
 func WithPlatforms(ps []Platform) Option { return func(p *Proxy) { p.platforms = ps } }
+
+// UpstreamSettings override the proxy's settings for one upstream; nil
+// fields keep them.
+type UpstreamSettings struct {
+	TagTTL    *time.Duration
+	Platforms []Platform
+}
+
+// WithUpstreamSettings overrides the tag TTL and platforms of the upstream
+// clients name host.
+func WithUpstreamSettings(host string, s UpstreamSettings) Option {
+	return func(p *Proxy) {
+		if p.perUpstream == nil {
+			p.perUpstream = map[string]UpstreamSettings{}
+		}
+		p.perUpstream[host] = s
+	}
+}
+
+// ttlFor is the tag TTL of t's upstream.
+func (p *Proxy) ttlFor(t target) time.Duration {
+	if s, ok := p.perUpstream[t.host()]; ok && s.TagTTL != nil {
+		return *s.TagTTL
+	}
+	return p.tagTTL
+}
+
+// platformsFor are the platforms mirrored eagerly from t's upstream.
+func (p *Proxy) platformsFor(t target) []Platform {
+	if s, ok := p.perUpstream[t.host()]; ok && s.Platforms != nil {
+		return s.Platforms
+	}
+	return p.platforms
+}
 
 // WithConcurrency sets the background mirror's parallel upstream fetches
 // (default 4).

@@ -1,4 +1,4 @@
-//go:build clients
+//go:build e2e
 
 package clients
 
@@ -14,6 +14,8 @@ import (
 // images seeded into one stand-in registry for a test.
 type images struct {
 	oci, docker, arm, direct Seeded
+	// pulled by digest only: via the mirror path and directly
+	digest, directDigest Seeded
 }
 
 func seedAll(t *testing.T, s *StandIn) images {
@@ -23,6 +25,9 @@ func seedAll(t *testing.T, s *StandIn) images {
 		docker: s.Seed(t, "library/hello-docker", "v1", Docker),
 		arm:    s.Seed(t, "library/hello-arm", "latest", OCI),
 		direct: s.Seed(t, "library/hello-direct", "latest", Docker),
+
+		digest:       s.Seed(t, "library/hello-digest", "latest", OCI),
+		directDigest: s.Seed(t, "library/hello-ddigest", "latest", Docker),
 	}
 }
 
@@ -86,6 +91,12 @@ func manifestPath(img Seeded, digest string) string {
 	return "/v2/" + img.Repo + "/manifests/" + digest
 }
 
+// expectNoTag checks that a pull by digest never asked for the tag.
+func expectNoTag(t *testing.T, reqs []Request, img Seeded) {
+	t.Helper()
+	expectNotFetched(t, reqs, manifestPath(img, img.Tag))
+}
+
 // dockerClients lists the distinct docker CLI binaries on this machine: the
 // one first in PATH plus Debian's /usr/bin/docker and /usr/local/bin/docker.
 func dockerClients(t *testing.T) []string {
@@ -120,11 +131,7 @@ func TestDocker(t *testing.T) {
 	im := seedAll(t, s)
 	for _, cli := range dockerClients(t) {
 		t.Run(strings.ReplaceAll(cli, "/", "_"), func(t *testing.T) {
-			d := StartDockerdWith(t, DockerdOptions{
-				Mirrors:  []string{"http://" + s.Addr},
-				Insecure: []string{s.Addr},
-				Client:   cli,
-			})
+			d := StartDockerdWith(t, DockerdOptions{Mirror: s.Addr, Client: cli})
 			t.Logf("docker version: %s", d.Version(t))
 
 			reqs := step(t, s, "docker pull hello-oci (mirror, OCI index)", func() {
@@ -160,6 +167,24 @@ func TestDocker(t *testing.T) {
 			if rds := d.RepoDigests(t, ref); !hasDigest(rds, im.direct.Index) {
 				t.Errorf("RepoDigests of %s = %v, want one @%s", ref, rds, im.direct.Index)
 			}
+
+			ref = "hello-digest@" + im.digest.Index
+			reqs = step(t, s, "docker pull "+ref+" (mirror, by digest)", func() {
+				expectEqual(t, "digest", d.Pull(t, ref, ""), im.digest.Index)
+			})
+			expectOnly(t, reqs, im.digest.Repo)
+			expectNoTag(t, reqs, im.digest)
+			expectFetched(t, reqs, "GET", manifestPath(im.digest, im.digest.Index))
+			expectEqual(t, "image ID", d.ImageID(t, ref), im.digest.Configs[hostPlatform()])
+
+			ref = s.Addr + "/" + im.directDigest.Repo + "@" + im.directDigest.Index
+			reqs = step(t, s, "docker pull --platform linux/arm64 "+ref+" (direct, by digest)", func() {
+				expectEqual(t, "digest", d.Pull(t, ref, "linux/arm64"), im.directDigest.Index)
+			})
+			expectOnly(t, reqs, im.directDigest.Repo)
+			expectNoTag(t, reqs, im.directDigest)
+			expectFetched(t, reqs, "GET", manifestPath(im.directDigest, im.directDigest.Platforms["linux/arm64"]))
+			expectEqual(t, "image ID", d.ImageID(t, ref), im.directDigest.Configs["linux/arm64"])
 		})
 	}
 }
@@ -223,16 +248,39 @@ func TestContainerd(t *testing.T) {
 		expectFetched(t, reqs, "GET", "/v2/"+im.docker.Repo+"/blobs/"+im.docker.Configs[p])
 	}
 
+	ref = "docker.io/" + im.digest.Repo + "@" + im.digest.Index
+	reqs = step(t, s, "ctr images pull --platform linux/arm64 "+ref+" (mirror, by digest)", func() {
+		expectEqual(t, "digest", c.Pull(t, ref, "linux/arm64"), im.digest.Index)
+	})
+	expectOnly(t, reqs, im.digest.Repo)
+	nsDockerIO(reqs)
+	expectNoTag(t, reqs, im.digest)
+	expectFetched(t, reqs, "GET", manifestPath(im.digest, im.digest.Platforms["linux/arm64"]))
+
+	// Direct pulls: _default/hosts.toml names 127.0.0.1:PORT as a mirror of
+	// itself; containerd sends no ?ns to a registry's own host.
+	noQuery := func(reqs []Request) {
+		t.Helper()
+		for _, r := range reqs {
+			if r.RawQuery != "" {
+				t.Errorf("direct request with a query: %s", r)
+			}
+		}
+	}
 	ref = im.direct.Ref(s.Addr)
 	reqs = step(t, s, "ctr images pull --plain-http "+ref+" (direct)", func() {
 		expectEqual(t, "digest", c.Pull(t, ref, "", "--plain-http"), im.direct.Index)
 	})
 	expectOnly(t, reqs, im.direct.Repo)
-	for _, r := range reqs {
-		if r.RawQuery != "" {
-			t.Errorf("direct request with a query: %s", r)
-		}
-	}
+	noQuery(reqs)
+
+	ref = s.Addr + "/" + im.directDigest.Repo + "@" + im.directDigest.Index
+	reqs = step(t, s, "ctr images pull --plain-http "+ref+" (direct, by digest)", func() {
+		expectEqual(t, "digest", c.Pull(t, ref, "", "--plain-http"), im.directDigest.Index)
+	})
+	expectOnly(t, reqs, im.directDigest.Repo)
+	noQuery(reqs)
+	expectNoTag(t, reqs, im.directDigest)
 }
 
 // TestPullContainerd exercises the one-call helper.
@@ -288,6 +336,22 @@ func TestPodman(t *testing.T) {
 		expectEqual(t, "digest", p.Pull(t, ref, "", "--tls-verify=false"), im.direct.Index)
 	})
 	expectOnly(t, reqs, im.direct.Repo)
+
+	ref = "docker.io/" + im.digest.Repo + "@" + im.digest.Index
+	reqs = step(t, s, "podman pull "+ref+" (mirror, by digest)", func() {
+		expectEqual(t, "digest", p.Pull(t, ref, ""), im.digest.Index)
+	})
+	expectOnly(t, reqs, im.digest.Repo)
+	expectNoTag(t, reqs, im.digest)
+	expectEqual(t, "image ID", "sha256:"+p.Inspect(t, ref).ID, im.digest.Configs[hostPlatform()])
+
+	ref = s.Addr + "/" + im.directDigest.Repo + "@" + im.directDigest.Index
+	reqs = step(t, s, "podman pull --arch arm64 --tls-verify=false "+ref+" (direct, by digest)", func() {
+		expectEqual(t, "digest", p.Pull(t, ref, "arm64", "--tls-verify=false"), im.directDigest.Index)
+	})
+	expectOnly(t, reqs, im.directDigest.Repo)
+	expectNoTag(t, reqs, im.directDigest)
+	expectEqual(t, "image ID", "sha256:"+p.Inspect(t, ref).ID, im.directDigest.Configs["linux/arm64"])
 }
 
 // TestPullPodman exercises the one-call helper.
@@ -340,6 +404,26 @@ func TestSkopeo(t *testing.T) {
 		expectEqual(t, "digest", d, im.arm.Index)
 	})
 	expectOnly(t, reqs, im.arm.Repo)
+
+	ref = "docker.io/" + im.digest.Repo + "@" + im.digest.Index
+	reqs = step(t, s, "skopeo copy --all docker://"+ref+" dir: (mirror, by digest)", func() {
+		d, _ := mirrored.CopyAll(t, ref, "dir")
+		expectEqual(t, "digest", d, im.digest.Index)
+	})
+	expectOnly(t, reqs, im.digest.Repo)
+	expectNoTag(t, reqs, im.digest)
+
+	ref = s.Addr + "/" + im.directDigest.Repo + "@" + im.directDigest.Index
+	reqs = step(t, s, "skopeo inspect --raw "+ref+" (direct, by digest)", func() {
+		expectEqual(t, "digest", SkopeoInspectRaw(t, ref), im.directDigest.Index)
+	})
+	expectOnly(t, reqs, im.directDigest.Repo)
+	expectNoTag(t, reqs, im.directDigest)
+	reqs = step(t, s, "skopeo --override-arch arm64 copy "+ref+" dir: (direct, by digest)", func() {
+		expectEqual(t, "digest", sk.CopyPlatform(t, ref, "linux/arm64"), im.directDigest.Platforms["linux/arm64"])
+	})
+	expectOnly(t, reqs, im.directDigest.Repo)
+	expectFetched(t, reqs, "GET", "/v2/"+im.directDigest.Repo+"/blobs/"+im.directDigest.Configs["linux/arm64"])
 }
 
 func TestCrane(t *testing.T) {
@@ -377,4 +461,15 @@ func TestCrane(t *testing.T) {
 	})
 	expectOnly(t, reqs, im.arm.Repo)
 	expectNotFetched(t, reqs, manifestPath(im.arm, im.arm.Platforms["linux/amd64"]))
+
+	ref = s.Addr + "/" + im.directDigest.Repo + "@" + im.directDigest.Index
+	reqs = step(t, s, "crane digest/manifest/pull "+ref+" (by digest)", func() {
+		expectEqual(t, "digest", CraneDigest(t, ref, ""), im.directDigest.Index)
+		d, _ := CraneManifest(t, ref, "")
+		expectEqual(t, "manifest digest", d, im.directDigest.Index)
+		expectEqual(t, "arm64 digest", CraneDigest(t, ref, "linux/arm64"), im.directDigest.Platforms["linux/arm64"])
+		expectEqual(t, "pull digest", CranePull(t, ref, ""), im.directDigest.Index)
+	})
+	expectOnly(t, reqs, im.directDigest.Repo)
+	expectNoTag(t, reqs, im.directDigest)
 }

@@ -1,14 +1,5 @@
-//go:build clients
+//go:build e2e
 
-// Package clients runs real registry clients (Docker Engine, containerd/ctr,
-// podman, skopeo, crane) against a registry on 127.0.0.1 and reports what
-// each client says it pulled. Every daemon gets its own temporary
-// directories and sockets and is stopped by t.Cleanup. Helpers skip the test
-// (t.Skip) when a client binary is missing or the test does not run as root.
-//
-// Build with -tags clients; .ci/install-clients installs the clients. See
-// docs/clients-notes.md for the command lines, config files and what each
-// client sends.
 package clients
 
 import (

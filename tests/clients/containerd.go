@@ -1,9 +1,10 @@
-//go:build clients
+//go:build e2e
 
 package clients
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -14,7 +15,7 @@ type Containerd struct {
 	Dir       string // temp dir holding everything below
 	Addr      string // grpc socket, for ctr --address
 	Config    string // containerd config.toml
-	HostsDir  string // ctr --hosts-dir; HostsDir/docker.io/hosts.toml names the mirror
+	HostsDir  string // ctr --hosts-dir: the example certs.d for the mirror
 	Namespace string // ctr -n
 	Daemon    *Daemon
 	ctr       string
@@ -37,16 +38,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
   path = "%[1]s/opt"
 `
 
-// ContainerdHostsTOML is DIR/docker.io/hosts.toml for a mirror (%[1]s is 127.0.0.1:PORT).
-const ContainerdHostsTOML = `server = "https://registry-1.docker.io"
-
-[host."http://%[1]s"]
-  capabilities = ["pull", "resolve"]
-`
-
 // StartContainerd starts containerd (cri plugin disabled) with root, state
 // and sockets under a temp dir. If mirror (127.0.0.1:PORT) is not empty,
-// HostsDir/docker.io/hosts.toml sends docker.io pulls to http://MIRROR.
+// HostsDir is docs/examples/containerd/certs.d for that mirror: docker.io
+// pulls go to http://MIRROR (docker.io/hosts.toml), and so do pulls from any
+// other registry (_default/hosts.toml).
 func StartContainerd(t testing.TB, mirror string) *Containerd {
 	t.Helper()
 	RequireRoot(t)
@@ -58,7 +54,7 @@ func StartContainerd(t testing.TB, mirror string) *Containerd {
 	c.HostsDir = filepath.Join(c.Dir, "hosts")
 	writeFile(t, c.Config, fmt.Sprintf(ContainerdConfig, c.Dir))
 	if mirror != "" {
-		writeFile(t, filepath.Join(c.HostsDir, "docker.io", "hosts.toml"), fmt.Sprintf(ContainerdHostsTOML, mirror))
+		c.HostsDir = c.NewHostsDir(t, mirror, ExampleHostsDockerIO, ExampleHostsDefault)
 	}
 	c.env = cleanEnv()
 	c.Daemon = startDaemon(t, filepath.Join(c.Dir, "containerd.log"), c.env, bin, "--config", c.Config)
@@ -72,6 +68,25 @@ func StartContainerd(t testing.TB, mirror string) *Containerd {
 	return c
 }
 
+// NewHostsDir makes a new hosts directory (the layout of
+// /etc/containerd/certs.d) holding the given example hosts.toml files
+// (ExampleHostsDockerIO, ExampleHostsDefault) for mirror, and returns it.
+func (c *Containerd) NewHostsDir(t testing.TB, mirror string, examples ...string) string {
+	t.Helper()
+	dir, err := os.MkdirTemp(c.Dir, "certs.d-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ex := range examples {
+		rel, ok := strings.CutPrefix(ex, "containerd/certs.d/")
+		if !ok {
+			t.Fatalf("%s is not a containerd hosts.toml example", ex)
+		}
+		writeFile(t, filepath.Join(dir, filepath.FromSlash(rel)), Example(t, ex, mirror))
+	}
+	return dir
+}
+
 // Ctr runs ctr against this containerd in its namespace.
 func (c *Containerd) Ctr(t testing.TB, args ...string) (string, error) {
 	t.Helper()
@@ -80,13 +95,33 @@ func (c *Containerd) Ctr(t testing.TB, args ...string) (string, error) {
 
 // Pull runs `ctr images pull --snapshotter native --hosts-dir HOSTS REF` and
 // returns the digest `ctr images ls` shows for REF (the digest the tag
-// resolved to). REF must be fully qualified (docker.io/library/x:tag): ctr
-// does not normalize names. platform is "" (the host's), "all"
-// (--all-platforms) or e.g. "linux/arm64". extra flags go before REF (e.g.
-// "--plain-http" for a direct pull from 127.0.0.1:PORT/...).
+// resolved to). REF must be fully qualified (docker.io/library/x:tag or
+// docker.io/library/x@sha256:...): ctr does not normalize names. platform is
+// "" (the host's), "all" (--all-platforms) or e.g. "linux/arm64". extra
+// flags go before REF (e.g. "--plain-http" for a direct pull from
+// 127.0.0.1:PORT/...).
 func (c *Containerd) Pull(t testing.TB, ref, platform string, extra ...string) string {
 	t.Helper()
-	args := []string{"images", "pull", "--snapshotter", "native", "--hosts-dir", c.HostsDir}
+	return c.PullWithHosts(t, c.HostsDir, ref, platform, extra...)
+}
+
+// PullWithHosts is Pull with another hosts directory (see NewHostsDir).
+func (c *Containerd) PullWithHosts(t testing.TB, hostsDir, ref, platform string, extra ...string) string {
+	t.Helper()
+	if err := c.TryPull(t, hostsDir, ref, platform, extra...); err != nil {
+		t.Fatalf("%v\ncontainerd log tail:\n%s", err, c.Daemon.LogTail(15))
+	}
+	d, ok := c.ImageDigests(t)[ref]
+	if !ok {
+		t.Fatalf("ctr images ls has no %s after pulling it", ref)
+	}
+	return d
+}
+
+// TryPull runs the pull of PullWithHosts and returns its error.
+func (c *Containerd) TryPull(t testing.TB, hostsDir, ref, platform string, extra ...string) error {
+	t.Helper()
+	args := []string{"images", "pull", "--snapshotter", "native", "--hosts-dir", hostsDir}
 	switch platform {
 	case "":
 	case "all":
@@ -95,12 +130,22 @@ func (c *Containerd) Pull(t testing.TB, ref, platform string, extra ...string) s
 		args = append(args, "--platform", platform)
 	}
 	args = append(append(args, extra...), ref)
-	if _, err := c.Ctr(t, args...); err != nil {
+	_, err := c.Ctr(t, args...)
+	return err
+}
+
+// FetchAll runs `ctr content fetch --all-platforms --hosts-dir HOSTS REF`
+// (every platform's content, nothing unpacked) and returns the digest
+// `ctr images ls` shows for REF.
+func (c *Containerd) FetchAll(t testing.TB, hostsDir, ref string, extra ...string) string {
+	t.Helper()
+	args := append([]string{"content", "fetch", "--all-platforms", "--hosts-dir", hostsDir}, extra...)
+	if _, err := c.Ctr(t, append(args, ref)...); err != nil {
 		t.Fatalf("%v\ncontainerd log tail:\n%s", err, c.Daemon.LogTail(15))
 	}
 	d, ok := c.ImageDigests(t)[ref]
 	if !ok {
-		t.Fatalf("ctr images ls has no %s after pulling it", ref)
+		t.Fatalf("ctr images ls has no %s after fetching it", ref)
 	}
 	return d
 }

@@ -1,4 +1,4 @@
-//go:build clients
+//go:build e2e
 
 package clients
 

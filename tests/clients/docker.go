@@ -1,4 +1,4 @@
-//go:build clients
+//go:build e2e
 
 package clients
 
@@ -30,26 +30,22 @@ type Dockerd struct {
 
 // DockerdOptions configure StartDockerd.
 type DockerdOptions struct {
-	// Mirrors are registry-mirrors entries, e.g. "http://127.0.0.1:5000".
-	Mirrors []string
-	// Insecure are insecure-registries entries, e.g. "127.0.0.1:5000".
-	Insecure []string
+	// Mirror is the mirror's 127.0.0.1:PORT: daemon.json is then
+	// docs/examples/daemon.json (registry-mirrors and insecure-registries)
+	// with the placeholder replaced. Empty: an empty daemon.json.
+	Mirror string
 	// Client is the docker CLI binary; default: "docker" from PATH, or
 	// $DOCKER_CLIENT_BIN if set.
 	Client string
 }
 
-// StartDockerd starts a Docker Engine whose only registry mirror is
-// http://MIRROR (MIRROR is 127.0.0.1:PORT) and which may pull from MIRROR
-// directly over plain HTTP. An empty mirror configures no mirror.
+// StartDockerd starts a Docker Engine configured with the example
+// daemon.json for mirror (127.0.0.1:PORT): http://MIRROR is its only
+// registry mirror and MIRROR an insecure registry. An empty mirror
+// configures no mirror.
 func StartDockerd(t testing.TB, mirror string) *Dockerd {
 	t.Helper()
-	var o DockerdOptions
-	if mirror != "" {
-		o.Mirrors = []string{"http://" + mirror}
-		o.Insecure = []string{mirror}
-	}
-	return StartDockerdWith(t, o)
+	return StartDockerdWith(t, DockerdOptions{Mirror: mirror})
 }
 
 // StartDockerdWith starts a Docker Engine: vfs storage, no iptables, no
@@ -74,18 +70,11 @@ func StartDockerdWith(t testing.TB, o DockerdOptions) *Dockerd {
 		Client:     client,
 	}
 	d.Host = "unix://" + d.Sock
-	cfg := map[string]any{}
-	if len(o.Mirrors) > 0 {
-		cfg["registry-mirrors"] = o.Mirrors
+	daemonJSON := "{}\n"
+	if o.Mirror != "" {
+		daemonJSON = Example(t, ExampleDaemonJSON, o.Mirror)
 	}
-	if len(o.Insecure) > 0 {
-		cfg["insecure-registries"] = o.Insecure
-	}
-	b, err := json.MarshalIndent(cfg, "", "  ")
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeFile(t, d.DaemonJSON, string(b)+"\n")
+	writeFile(t, d.DaemonJSON, daemonJSON)
 	// The CLI gets its own config dir and no DOCKER_* from the test's env.
 	d.env = cleanEnv("DOCKER_CONFIG=" + filepath.Join(dir, "cli"))
 	d.Daemon = startDaemon(t, filepath.Join(dir, "dockerd.log"), cleanEnv(), dockerd,

@@ -1,32 +1,14 @@
-//go:build clients
+//go:build e2e
 
 package clients
 
 import (
 	"encoding/json"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 )
-
-// RegistriesConfMirror is a registries.conf (v2) that sends docker.io pulls
-// to the mirror at %[1]s (127.0.0.1:PORT, plain HTTP) first; with
-// CONTAINERS_REGISTRIES_CONF pointing at it, podman and skopeo use it
-// instead of /etc/containers/registries.conf (drop-ins in
-// /etc/containers/registries.conf.d still apply; they only hold short-name
-// aliases on Debian).
-const RegistriesConfMirror = `unqualified-search-registries = ["docker.io"]
-
-[[registry]]
-prefix = "docker.io"
-location = "registry-1.docker.io"
-
-[[registry.mirror]]
-location = "%[1]s"
-insecure = true
-`
 
 // PolicyJSON accepts any image (no signature checks).
 const PolicyJSON = `{"default":[{"type":"insecureAcceptAnything"}]}
@@ -42,7 +24,11 @@ type Podman struct {
 }
 
 // NewPodman prepares podman with mirror (127.0.0.1:PORT) as the docker.io
-// mirror; "" for no mirror (empty registries.conf).
+// mirror: its registries.conf (given with CONTAINERS_REGISTRIES_CONF, which
+// podman uses instead of /etc/containers/registries.conf; drop-ins in
+// /etc/containers/registries.conf.d still apply, on Debian they only hold
+// short-name aliases) is docs/examples/registries.conf with the placeholder
+// replaced. "" for no mirror (empty registries.conf).
 func NewPodman(t testing.TB, mirror string) *Podman {
 	t.Helper()
 	RequireRoot(t)
@@ -51,7 +37,7 @@ func NewPodman(t testing.TB, mirror string) *Podman {
 	p.RegistriesConf = filepath.Join(p.Dir, "registries.conf")
 	conf := ""
 	if mirror != "" {
-		conf = fmt.Sprintf(RegistriesConfMirror, mirror)
+		conf = Example(t, ExampleRegistriesConf, mirror)
 	}
 	writeFile(t, p.RegistriesConf, conf)
 	writeFile(t, filepath.Join(p.Dir, "policy.json"), PolicyJSON)

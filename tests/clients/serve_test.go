@@ -1,4 +1,4 @@
-//go:build clients
+//go:build e2e
 
 package clients
 
@@ -15,7 +15,7 @@ import (
 // every request it receives to stderr.
 //
 //	CLIENTS_SERVE_SECONDS=600 CLIENTS_SERVE_ADDR_FILE=/tmp/addr \
-//	  go test -tags clients -run TestServeStandIn ./tests/clients/ -v
+//	  go test -tags e2e -run TestServeStandIn ./tests/clients/ -v
 func TestServeStandIn(t *testing.T) {
 	secs, _ := strconv.Atoi(os.Getenv("CLIENTS_SERVE_SECONDS"))
 	if secs <= 0 {

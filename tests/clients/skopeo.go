@@ -1,4 +1,4 @@
-//go:build clients
+//go:build e2e
 
 package clients
 
@@ -6,9 +6,9 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -21,8 +21,9 @@ type Skopeo struct {
 	env            []string
 }
 
-// NewSkopeo prepares skopeo (no daemon, no root needed); mirror (127.0.0.1:PORT) becomes the docker.io
-// mirror in its registries.conf, "" for none.
+// NewSkopeo prepares skopeo (no daemon, no root needed); its
+// registries.conf is docs/examples/registries.conf for mirror
+// (127.0.0.1:PORT), which makes it the docker.io mirror; "" for none.
 func NewSkopeo(t testing.TB, mirror string) *Skopeo {
 	t.Helper()
 	s := &Skopeo{bin: RequireBinary(t, "skopeo")}
@@ -31,7 +32,7 @@ func NewSkopeo(t testing.TB, mirror string) *Skopeo {
 	s.Policy = filepath.Join(s.Dir, "policy.json")
 	conf := ""
 	if mirror != "" {
-		conf = fmt.Sprintf(RegistriesConfMirror, mirror)
+		conf = Example(t, ExampleRegistriesConf, mirror)
 	}
 	writeFile(t, s.RegistriesConf, conf)
 	writeFile(t, s.Policy, PolicyJSON)
@@ -99,6 +100,36 @@ func (s *Skopeo) CopyAll(t testing.TB, ref, layout string) (digest, dir string) 
 		}
 		return "sha256:" + sha256Hex(b), dir
 	}
+}
+
+// CopyPlatform runs `skopeo --override-os OS --override-arch ARCH
+// [--override-variant V] copy --src-tls-verify=false docker://REF dir:DIR`
+// for platform "os/arch[/variant]" and returns the digest of the manifest
+// skopeo wrote (dir: keeps the bytes): the platform's manifest for a
+// multi-arch REF.
+func (s *Skopeo) CopyPlatform(t testing.TB, ref, platform string) string {
+	t.Helper()
+	parts := strings.Split(platform, "/")
+	if len(parts) < 2 {
+		t.Fatalf("CopyPlatform: bad platform %q", platform)
+	}
+	args := []string{"--override-os", parts[0], "--override-arch", parts[1]}
+	if len(parts) > 2 {
+		args = append(args, "--override-variant", parts[2])
+	}
+	dir, err := os.MkdirTemp(s.Dir, "dir-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	args = append(args, "copy", "--src-tls-verify=false", "docker://"+ref, "dir:"+dir)
+	if _, err := s.Skopeo(t, args...); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "manifest.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return "sha256:" + sha256Hex(b)
 }
 
 // InspectRaw runs `skopeo inspect --raw --tls-verify=false docker://REF`

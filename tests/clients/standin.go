@@ -1,4 +1,4 @@
-//go:build clients
+//go:build e2e
 
 package clients
 
@@ -43,6 +43,9 @@ type Request struct {
 	UserAgent   string
 	Range       string
 	Status      int
+	// ErrorBody is the start of the response body of an error (status 400
+	// or more), also for HEAD, whose body never reaches the client.
+	ErrorBody string
 }
 
 func (r Request) String() string {
@@ -59,6 +62,9 @@ func (r Request) String() string {
 	}
 	if r.Range != "" {
 		s += " | Range: " + r.Range
+	}
+	if r.ErrorBody != "" {
+		s += " | body: " + strings.TrimSpace(r.ErrorBody)
 	}
 	return s
 }
@@ -78,9 +84,16 @@ func (l *RequestLog) SetSink(w io.Writer) {
 	l.mu.Unlock()
 }
 
+// maxErrorBody bounds Request.ErrorBody.
+const maxErrorBody = 512
+
+// statusRecorder notes the status and the start of an error body. It passes
+// Flush and ReadFrom (sendfile) through, so the wrapped handler behaves as
+// it would unwrapped.
 type statusRecorder struct {
 	http.ResponseWriter
-	status int
+	status  int
+	errBody []byte
 }
 
 func (s *statusRecorder) WriteHeader(code int) {
@@ -94,32 +107,62 @@ func (s *statusRecorder) Write(b []byte) (int, error) {
 	if s.status == 0 {
 		s.status = http.StatusOK
 	}
+	if s.status >= 400 && len(s.errBody) < maxErrorBody {
+		s.errBody = append(s.errBody, b[:min(len(b), maxErrorBody-len(s.errBody))]...)
+	}
 	return s.ResponseWriter.Write(b)
 }
 
-// Wrap returns next with request recording in front of it.
+func (s *statusRecorder) ReadFrom(src io.Reader) (int64, error) {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	if rf, ok := s.ResponseWriter.(io.ReaderFrom); ok && s.status < 400 {
+		return rf.ReadFrom(src)
+	}
+	return io.Copy(struct{ io.Writer }{s}, src)
+}
+
+func (s *statusRecorder) Flush() {
+	if f, ok := s.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+// Wrap returns next with request recording in front of it. A request whose
+// handler panics (e.g. http.ErrAbortHandler to cut a broken response) is
+// recorded with the status written so far (0 if none) and the panic goes on.
 func (l *RequestLog) Wrap(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		rec := &statusRecorder{ResponseWriter: w}
+		defer func() {
+			p := recover()
+			if rec.status == 0 && p == nil {
+				rec.status = http.StatusOK
+			}
+			l.mu.Lock()
+			l.reqs = append(l.reqs, Request{
+				Method:      r.Method,
+				Path:        r.URL.Path,
+				RawQuery:    r.URL.RawQuery,
+				Accept:      strings.Join(r.Header.Values("Accept"), ", "),
+				AcceptLines: len(r.Header.Values("Accept")),
+				UserAgent:   r.UserAgent(),
+				Range:       r.Header.Get("Range"),
+				Status:      rec.status,
+				ErrorBody:   string(rec.errBody),
+			})
+			if l.sink != nil {
+				fmt.Fprintf(l.sink, "%s | UA: %s\n", l.reqs[len(l.reqs)-1], r.UserAgent())
+			}
+			l.mu.Unlock()
+			if p != nil {
+				panic(p)
+			}
+		}()
 		next.ServeHTTP(rec, r)
-		if rec.status == 0 {
-			rec.status = http.StatusOK
-		}
-		l.mu.Lock()
-		l.reqs = append(l.reqs, Request{
-			Method:      r.Method,
-			Path:        r.URL.Path,
-			RawQuery:    r.URL.RawQuery,
-			Accept:      strings.Join(r.Header.Values("Accept"), ", "),
-			AcceptLines: len(r.Header.Values("Accept")),
-			UserAgent:   r.UserAgent(),
-			Range:       r.Header.Get("Range"),
-			Status:      rec.status,
-		})
-		if l.sink != nil {
-			fmt.Fprintf(l.sink, "%s | UA: %s\n", l.reqs[len(l.reqs)-1], r.UserAgent())
-		}
-		l.mu.Unlock()
 	})
 }
 
