@@ -266,9 +266,14 @@ func (p *Proxy) loadManifest(ctx context.Context, t target, dgst digest.Digest) 
 	return &storedManifest{body: body, mediaType: rec.MediaType, digest: dgst}, nil
 }
 
-// readManifest reads a manifest's bytes from the store.
+// readManifest reads a manifest's bytes: from the store, or for a
+// registry destination from the index until it has been pushed there.
 func (p *Proxy) readManifest(ctx context.Context, t target, dgst digest.Digest) ([]byte, error) {
 	if ms, ok := p.store.(storage.ManifestStore); ok {
+		body, found, err := p.index.ManifestBody(dgst)
+		if err != nil || found {
+			return body, err
+		}
 		return ms.Manifest(ctx, t.storeRepo(), dgst)
 	}
 	rc, err := p.store.Open(ctx, t.storeRepo(), dgst, 0)
@@ -279,12 +284,34 @@ func (p *Proxy) readManifest(ctx context.Context, t target, dgst digest.Digest) 
 	return io.ReadAll(io.LimitReader(rc, upstream.MaxManifestSize+1))
 }
 
-// writeManifest stores a manifest's exact bytes by digest.
+// writeManifest stores a manifest's exact bytes by digest. A registry
+// destination is asked to take it at once: it does if it holds everything
+// the manifest references already; if it lacks some, the bytes wait in the
+// index until pushManifest sends them; if it is down or refuses us, the
+// error goes to the client.
 func (p *Proxy) writeManifest(ctx context.Context, t target, m *upstream.Manifest, mediaType string) error {
 	if ms, ok := p.store.(storage.ManifestStore); ok {
-		return ms.PutManifest(ctx, t.storeRepo(), m.Digest.String(), mediaType, m.Body)
+		err := ms.PutManifest(ctx, t.storeRepo(), m.Digest.String(), mediaType, m.Body)
+		if errors.Is(err, storage.ErrMissingReferences) {
+			return p.index.PutManifestBody(m.Digest, m.Body)
+		}
+		return err
 	}
 	return p.store.Put(ctx, t.storeRepo(), m.Digest, int64(len(m.Body)), bytes.NewReader(m.Body))
+}
+
+// pushManifest sends a manifest to a registry destination by digest, once
+// everything it references is stored there.
+func (p *Proxy) pushManifest(ctx context.Context, t target, m *storedManifest) error {
+	ms, ok := p.store.(storage.ManifestStore)
+	if !ok {
+		return nil
+	}
+	if err := ms.PutManifest(ctx, t.storeRepo(), m.digest.String(), m.mediaType, m.body); err != nil {
+		return err
+	}
+	// From now on it is served from the destination.
+	return p.index.DeleteManifestBody(m.digest)
 }
 
 // fetchManifest fetches a manifest by tag or digest from the upstream, once

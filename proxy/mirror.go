@@ -146,10 +146,29 @@ func (p *Proxy) copyImage(ctx context.Context, t target, m *storedManifest, pats
 			return nil, err
 		}
 		prog.platformDone("")
-		return nil, nil
+		return nil, p.pushManifest(ctx, t, m)
 	}
 	children, names := selectChildren(doc.Manifests, pats)
 	prog.platforms(len(names))
+	if err := p.mirrorChildren(ctx, t, children, prog); err != nil {
+		return nil, err
+	}
+	err = p.pushManifest(ctx, t, m)
+	if errors.Is(err, storage.ErrMissingReferences) {
+		// The destination stores an index only with all its children: copy
+		// the platforms not selected too, so the digest stays the same.
+		p.log.Warn("destination requires every platform of an index; copying the others too",
+			"upstream", t.host(), "repo", t.repo, "digest", m.digest)
+		if err := p.mirrorChildren(ctx, t, doc.Manifests, nil); err != nil {
+			return nil, err
+		}
+		err = p.pushManifest(ctx, t, m)
+	}
+	return names, err
+}
+
+// mirrorChildren copies child manifests of an index with their blobs.
+func (p *Proxy) mirrorChildren(ctx context.Context, t target, children []v1.Descriptor, prog *progress) error {
 	g, gctx := errgroup.WithContext(ctx)
 	for _, c := range children {
 		g.Go(func() error {
@@ -162,7 +181,7 @@ func (p *Proxy) copyImage(ctx context.Context, t target, m *storedManifest, pats
 			return nil
 		})
 	}
-	return names, g.Wait()
+	return g.Wait()
 }
 
 func isAttestation(d v1.Descriptor) bool {
@@ -220,7 +239,10 @@ func (p *Proxy) mirrorImage(ctx context.Context, t target, dgst digest.Digest, p
 	if isIndexType(m.mediaType) {
 		return fmt.Errorf("manifest %s: nested indexes are not mirrored eagerly", dgst)
 	}
-	return p.mirrorBlobs(ctx, t, doc, prog)
+	if err := p.mirrorBlobs(ctx, t, doc, prog); err != nil {
+		return err
+	}
+	return p.pushManifest(ctx, t, m)
 }
 
 func (p *Proxy) ensureManifest(ctx context.Context, t target, dgst digest.Digest) (*storedManifest, error) {

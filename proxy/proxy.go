@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/docker-mirror/docker-mirror/metrics"
+	"github.com/docker-mirror/docker-mirror/proxy/access"
 	"github.com/docker-mirror/docker-mirror/proxy/upstream"
 	"github.com/docker-mirror/docker-mirror/storage"
 )
@@ -34,9 +35,12 @@ type Proxy struct {
 	upstreams map[string]*upstream.Client
 	log       *slog.Logger
 	metrics   *metrics.Metrics
-	now       func() time.Time
-	tagTTL    time.Duration
-	platforms []Platform
+	// access decides who may use which route; nil lets everyone in.
+	access       *access.Policy
+	metricsLevel access.Level
+	now          func() time.Time
+	tagTTL       time.Duration
+	platforms    []Platform
 	// perUpstream overrides tagTTL and platforms for some upstreams.
 	perUpstream map[string]UpstreamSettings
 	// fetches bounds the background mirror's parallel upstream fetches.
@@ -67,6 +71,12 @@ func WithLogger(l *slog.Logger) Option { return func(p *Proxy) { p.log = l } }
 // WithMetrics sets the metrics the proxy records and serves on /metrics
 // (default: a fresh set).
 func WithMetrics(m *metrics.Metrics) Option { return func(p *Proxy) { p.metrics = m } }
+
+// WithAccess requires clients to authenticate as the policy says, and
+// /metrics to be used at metricsLevel (default: no authentication).
+func WithAccess(a *access.Policy, metricsLevel access.Level) Option {
+	return func(p *Proxy) { p.access, p.metricsLevel = a, metricsLevel }
+}
 
 // WithClock sets the clock used for tag freshness (default time.Now).
 func WithClock(now func() time.Time) Option { return func(p *Proxy) { p.now = now } }

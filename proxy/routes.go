@@ -11,6 +11,7 @@ import (
 
 	"github.com/gorilla/mux"
 
+	"github.com/docker-mirror/docker-mirror/proxy/access"
 	"github.com/docker-mirror/docker-mirror/proxy/errcode"
 	"github.com/docker-mirror/docker-mirror/storage"
 )
@@ -23,31 +24,37 @@ type handlerFunc func(w http.ResponseWriter, r *http.Request) error
 // hit, miss, revalidated or stale.
 const cacheHeader = "X-Cache"
 
-// Handler returns the HTTP handler of the proxy: the route table.
+// Handler returns the HTTP handler of the proxy: the route table, with the
+// access level of each route.
 func (p *Proxy) Handler() http.Handler {
 	r := mux.NewRouter()
 	r.UseEncodedPath()
+	pull, admin := access.Puller, access.Admin
 	// Every write of the distribution API is refused: this is a read-only mirror.
 	// (A matcher, not Methods: a GET of an unknown /v2/ path must stay a
 	// 404, which clients such as the referrers fallback rely on.)
-	r.PathPrefix("/v2/").MatcherFunc(isWrite).Handler(p.serve("write", p.unsupported))
-	r.Handle("/v2/", p.serve("base", p.base)).Methods(http.MethodGet, http.MethodHead)
-	r.Handle("/v2/{name:.+}/manifests/{reference}", p.serve("manifest", p.manifest)).Methods(http.MethodGet, http.MethodHead)
-	r.Handle("/v2/{name:.+}/blobs/{digest}", p.serve("blob", p.blob)).Methods(http.MethodGet, http.MethodHead)
-	r.Handle("/v2/{name:.+}/tags/list", p.serve("tags", p.tags)).Methods(http.MethodGet, http.MethodHead)
-	r.Handle("/prefetch", p.serve("prefetch", p.postPrefetch)).Methods(http.MethodPost)
-	r.Handle("/prefetch", p.serve("prefetch", p.listPrefetch)).Methods(http.MethodGet)
-	r.Handle("/prefetch/{id}", p.serve("prefetch", p.getPrefetch)).Methods(http.MethodGet)
-	r.Handle("/healthz", p.serve("healthz", func(w http.ResponseWriter, _ *http.Request) error {
+	r.PathPrefix("/v2/").MatcherFunc(isWrite).Handler(p.serve("write", pull, p.unsupported))
+	r.Handle("/v2/", p.serve("base", pull, p.base)).Methods(http.MethodGet, http.MethodHead)
+	r.Handle("/v2/{name:.+}/manifests/{reference}", p.serve("manifest", pull, p.manifest)).Methods(http.MethodGet, http.MethodHead)
+	r.Handle("/v2/{name:.+}/blobs/{digest}", p.serve("blob", pull, p.blob)).Methods(http.MethodGet, http.MethodHead)
+	r.Handle("/v2/{name:.+}/tags/list", p.serve("tags", pull, p.tags)).Methods(http.MethodGet, http.MethodHead)
+	r.Handle("/prefetch", p.serve("prefetch", admin, p.postPrefetch)).Methods(http.MethodPost)
+	r.Handle("/prefetch", p.serve("prefetch", admin, p.listPrefetch)).Methods(http.MethodGet)
+	r.Handle("/prefetch/{id}", p.serve("prefetch", admin, p.getPrefetch)).Methods(http.MethodGet)
+	r.Handle("/healthz", p.serve("healthz", access.Anyone, func(w http.ResponseWriter, _ *http.Request) error {
 		_, err := io.WriteString(w, "ok\n")
 		return err
 	}))
-	r.Handle("/readyz", p.serve("readyz", p.readyz))
-	r.Handle("/metrics", p.metrics.Handler()).Methods(http.MethodGet)
-	r.NotFoundHandler = p.serve("notfound", func(w http.ResponseWriter, r *http.Request) error {
+	r.Handle("/readyz", p.serve("readyz", access.Anyone, p.readyz))
+	metrics := p.metrics.Handler()
+	r.Handle("/metrics", p.serve("metrics", p.metricsLevel, func(w http.ResponseWriter, r *http.Request) error {
+		metrics.ServeHTTP(w, r)
+		return nil
+	})).Methods(http.MethodGet)
+	r.NotFoundHandler = p.serve("notfound", pull, func(w http.ResponseWriter, r *http.Request) error {
 		return errcode.New(errcode.NameUnknown, "no such endpoint: %s %s", r.Method, r.URL.Path).WithStatus(http.StatusNotFound)
 	})
-	r.MethodNotAllowedHandler = p.serve("method", p.unsupported)
+	r.MethodNotAllowedHandler = p.serve("method", pull, p.unsupported)
 	return r
 }
 
@@ -77,14 +84,18 @@ func (p *Proxy) readyz(w http.ResponseWriter, r *http.Request) error {
 	return err
 }
 
-// serve adapts a handlerFunc: it sets the API version header, maps a
-// returned error to the OCI error body, and writes one access-log line.
-func (p *Proxy) serve(route string, h handlerFunc) http.Handler {
+// serve adapts a handlerFunc: it checks the caller may use the route, sets
+// the API version header, maps a returned error to the OCI error body, and
+// writes one access-log line.
+func (p *Proxy) serve(route string, level access.Level, h handlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rec := &recorder{ResponseWriter: w}
 		rec.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
-		err := h(rec, r)
+		err := p.access.Check(r, level)
+		if err == nil {
+			err = h(rec, r)
+		}
 		level := slog.LevelInfo
 		attrs := []any{"method", r.Method, "path", r.URL.Path, "route", route}
 		if err != nil {

@@ -39,7 +39,8 @@ var (
 	bucketLinks     = []byte("links")     // "host/repo@digest" -> ""
 	bucketMirrors   = []byte("mirrors")   // digest -> MirrorRecord
 	bucketHolders   = []byte("holders")   // "digest\x00host/repo" -> "": links by digest
-	allBuckets      = [][]byte{bucketTags, bucketManifests, bucketBlobs, bucketLinks, bucketMirrors, bucketJobs, bucketHolders}
+	bucketBodies    = []byte("bodies")    // digest -> manifest bytes, for registry destinations
+	allBuckets      = [][]byte{bucketTags, bucketManifests, bucketBlobs, bucketLinks, bucketMirrors, bucketJobs, bucketHolders, bucketBodies}
 )
 
 // TagRecord is what a tag pointed to upstream, and when.
@@ -317,6 +318,31 @@ func (ix *Index) RecordManifest(e ManifestEntry) error {
 		ix.stored.Add(added)
 	}
 	return err
+}
+
+// PutManifestBody keeps a manifest's bytes in the index: with a registry
+// destination, a manifest is served from here while its content is being
+// mirrored, until it is pushed there.
+func (ix *Index) PutManifestBody(dgst digest.Digest, body []byte) error {
+	return ix.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketBodies).Put([]byte(dgst), body) })
+}
+
+// DeleteManifestBody drops bytes kept by PutManifestBody, once the
+// destination holds the manifest.
+func (ix *Index) DeleteManifestBody(dgst digest.Digest) error {
+	return ix.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketBodies).Delete([]byte(dgst)) })
+}
+
+// ManifestBody returns bytes kept by PutManifestBody.
+func (ix *Index) ManifestBody(dgst digest.Digest) ([]byte, bool, error) {
+	var body []byte
+	err := ix.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bucketBodies).Get([]byte(dgst)); v != nil {
+			body = bytes.Clone(v)
+		}
+		return nil
+	})
+	return body, body != nil, err
 }
 
 // Blob returns the record of a stored blob.

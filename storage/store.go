@@ -21,6 +21,9 @@ var (
 	// ErrUnavailable: the store could not be reached or refused our
 	// credentials (a registry destination). Wrapping errors say which.
 	ErrUnavailable = errors.New("store unavailable")
+	// ErrMissingReferences: a registry refused a manifest because content
+	// it references (blobs, child manifests) is not there.
+	ErrMissingReferences = errors.New("manifest references content the store does not hold")
 )
 
 // Store keeps mirrored content by digest: blobs, and manifests too unless
@@ -45,11 +48,13 @@ type Store interface {
 }
 
 // ManifestStore is implemented by stores that keep manifests apart from
-// blobs, as registries do. The proxy then stores and reads manifests
-// through it instead of Put and Open.
+// blobs, as registries do. The proxy keeps the manifests it fetched in the
+// Index and pushes each one with PutManifest once everything it references
+// is stored (a registry refuses it before); tags are pushed last.
 type ManifestStore interface {
 	// PutManifest stores a manifest's exact bytes under ref, a digest or
-	// a tag.
+	// a tag. It fails with ErrMissingReferences if the store lacks content
+	// the manifest references.
 	PutManifest(ctx context.Context, repo, ref, mediaType string, body []byte) error
 	// Manifest reads a manifest by digest, or returns ErrNotFound.
 	Manifest(ctx context.Context, repo string, dgst digest.Digest) ([]byte, error)

@@ -4,8 +4,14 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
+	"net/url"
+	"os"
+	"slices"
 	"strings"
 	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
 
 	"github.com/opencontainers/go-digest"
 
@@ -47,25 +53,85 @@ func openStore(ctx context.Context, cfg config.Config, index *storage.Index) (st
 // newProxy wires the upstreams, metrics and settings of cfg around a store
 // and an index.
 func newProxy(cfg config.Config, store storage.Store, index *storage.Index, log *slog.Logger, m *metrics.Metrics, spool string) (*proxy.Proxy, error) {
-	hub, err := upstream.New(proxy.DefaultHost, cfg.Upstream,
-		upstream.WithTransport(m.Transport(proxy.DefaultHost, upstream.DefaultTransport())))
+	platforms, err := parsePlatforms(cfg.Platforms)
 	if err != nil {
 		return nil, err
 	}
-	var platforms []proxy.Platform
-	for _, s := range cfg.Platforms {
-		pl, err := proxy.ParsePlatform(s)
-		if err != nil {
-			return nil, err
-		}
-		platforms = append(platforms, pl)
-	}
-	return proxy.New(store, index, []*upstream.Client{hub},
+	opts := []proxy.Option{
 		proxy.WithLogger(log),
 		proxy.WithMetrics(m),
 		proxy.WithTagTTL(time.Duration(cfg.TagTTL)),
 		proxy.WithPlatforms(platforms),
 		proxy.WithConcurrency(cfg.Concurrency),
 		proxy.WithSpoolDir(spool),
-	)
+	}
+	ups, settings, err := upstreams(cfg, m, os.LookupEnv)
+	if err != nil {
+		return nil, err
+	}
+	for host, s := range settings {
+		opts = append(opts, proxy.WithUpstreamSettings(host, s))
+	}
+	return proxy.New(store, index, ups, opts...)
+}
+
+// upstreams builds a client for every configured upstream, with its
+// credentials, and the settings that override the global ones.
+func upstreams(cfg config.Config, m *metrics.Metrics, lookup func(string) (string, bool)) ([]*upstream.Client, map[string]proxy.UpstreamSettings, error) {
+	all := cfg.AllUpstreams()
+	allowed := make([]string, 0, len(all))
+	for _, u := range all {
+		if parsed, err := url.Parse(u.URL); err == nil {
+			allowed = append(allowed, parsed.Host)
+		}
+	}
+	var clients []*upstream.Client
+	settings := map[string]proxy.UpstreamSettings{}
+	for _, host := range slices.Sorted(maps.Keys(all)) {
+		u := all[host]
+		base := upstream.DefaultTransport()
+		base.DialContext = upstream.GuardedDialer(allowed)
+		opts := []upstream.Option{upstream.WithTransport(m.Transport(host, base))}
+		switch {
+		case u.DockerConfig:
+			opts = append(opts, upstream.WithKeychain(authn.DefaultKeychain))
+		case u.Username != "":
+			password, err := u.ResolvePassword(host, lookup)
+			if err != nil {
+				return nil, nil, err
+			}
+			opts = append(opts, upstream.WithAuth(authn.FromConfig(authn.AuthConfig{Username: u.Username, Password: password})))
+		}
+		c, err := upstream.New(host, u.URL, opts...)
+		if err != nil {
+			return nil, nil, err
+		}
+		clients = append(clients, c)
+		var s proxy.UpstreamSettings
+		if u.TagTTL != nil {
+			d := time.Duration(*u.TagTTL)
+			s.TagTTL = &d
+		}
+		if u.Platforms != nil {
+			if s.Platforms, err = parsePlatforms(u.Platforms); err != nil {
+				return nil, nil, err
+			}
+		}
+		if s.TagTTL != nil || s.Platforms != nil {
+			settings[host] = s
+		}
+	}
+	return clients, settings, nil
+}
+
+func parsePlatforms(ss []string) ([]proxy.Platform, error) {
+	var out []proxy.Platform
+	for _, s := range ss {
+		pl, err := proxy.ParsePlatform(s)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, pl)
+	}
+	return out, nil
 }

@@ -61,6 +61,7 @@ type Client struct {
 	scheme   string
 	registry name.Registry
 	auth     authn.Authenticator
+	keychain authn.Keychain
 	base     http.RoundTripper
 
 	// transports caches one authenticated transport per repository: a
@@ -94,6 +95,10 @@ func WithTransport(rt http.RoundTripper) Option { return func(c *Client) { c.bas
 // WithAuth sets the credentials (default anonymous).
 func WithAuth(a authn.Authenticator) Option { return func(c *Client) { c.auth = a } }
 
+// WithKeychain takes the credentials from a keychain, e.g. the Docker
+// credential store (authn.DefaultKeychain), for the host clients use.
+func WithKeychain(kc authn.Keychain) Option { return func(c *Client) { c.keychain = kc } }
+
 // New returns a client for the upstream known to clients as host (e.g.
 // "docker.io") and reached at rawURL (e.g. "https://registry-1.docker.io";
 // http:// means plain HTTP).
@@ -123,6 +128,15 @@ func New(host, rawURL string, opts ...Option) (*Client, error) {
 	}
 	if c.base == nil {
 		c.base = DefaultTransport()
+	}
+	if c.keychain != nil {
+		reg, err := name.NewRegistry(host)
+		if err != nil {
+			return nil, fmt.Errorf("upstream %s: %w", host, err)
+		}
+		if c.auth, err = c.keychain.Resolve(reg); err != nil {
+			return nil, fmt.Errorf("upstream %s: reading credentials: %w", host, err)
+		}
 	}
 	return c, nil
 }

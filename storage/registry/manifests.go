@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"errors"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -71,6 +72,14 @@ func (s *Store) PutManifest(ctx context.Context, repo, ref, mediaType string, bo
 		return err
 	}
 	if err := s.checkStatus(resp, what, http.StatusCreated, http.StatusOK, http.StatusAccepted); err != nil {
+		var te *transport.Error
+		if errors.As(err, &te) {
+			for _, d := range te.Errors {
+				if d.Code == transport.ManifestBlobUnknownErrorCode {
+					return errors.Join(storage.ErrMissingReferences, err)
+				}
+			}
+		}
 		return err
 	}
 	drainClose(resp.Body)

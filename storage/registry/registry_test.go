@@ -9,31 +9,21 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 
-	"github.com/distribution/distribution/v3/configuration"
-	"github.com/distribution/distribution/v3/registry/handlers"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/opencontainers/go-digest"
-	"github.com/sirupsen/logrus"
-	"golang.org/x/crypto/bcrypt"
 
 	"github.com/docker-mirror/docker-mirror/storage"
 	"github.com/docker-mirror/docker-mirror/storage/registry"
 	"github.com/docker-mirror/docker-mirror/storage/storetest"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
-
-	_ "github.com/distribution/distribution/v3/registry/auth/htpasswd"             // the htpasswd access controller
-	_ "github.com/distribution/distribution/v3/registry/storage/driver/filesystem" // the filesystem driver
 )
 
 const (
@@ -42,24 +32,14 @@ const (
 )
 
 // request is one request a destination received.
-type request struct {
-	Method, Path, Query string
-	Status              int // 0 until the response header is written
-}
+type request = fixture.DestRequest
 
-// destination is an in-process distribution registry (filesystem storage,
-// deletes enabled, optionally htpasswd auth) that records its requests.
-type destination struct {
-	srv        *httptest.Server
-	stripRange atomic.Bool // serve GETs as if Range were not supported
+// destination is fixture's in-process destination registry (filesystem
+// storage, deletes enabled, optionally htpasswd auth) that records its
+// requests.
+type destination struct{ *fixture.Destination }
 
-	mu   sync.Mutex
-	reqs []*request
-}
-
-var silenceLogs sync.Once
-
-// destConfig tunes newDestination.
+// destConfig tunes newDestinationConfig.
 type destConfig struct {
 	users    map[string]string // if set, Basic auth with these passwords
 	noDelete bool              // deleting blobs is disabled
@@ -75,101 +55,18 @@ func newDestination(t *testing.T, users map[string]string) *destination {
 
 func newDestinationConfig(t *testing.T, c destConfig) *destination {
 	t.Helper()
-	users := c.users
-	silenceLogs.Do(func() {
-		logrus.SetLevel(logrus.PanicLevel)
-		logrus.SetOutput(io.Discard)
-	})
-	cfg := &configuration.Configuration{
-		Storage: configuration.Storage{
-			"filesystem":  configuration.Parameters{"rootdirectory": t.TempDir()},
-			"delete":      configuration.Parameters{"enabled": !c.noDelete},
-			"maintenance": configuration.Parameters{"uploadpurging": map[any]any{"enabled": false}},
-		},
+	var opts []fixture.DestinationOption
+	if c.noDelete {
+		opts = append(opts, fixture.WithoutDeletes())
 	}
-	cfg.HTTP.Secret = "docker-mirror-registry-test"
-	if users != nil {
-		var b strings.Builder
-		for u, p := range users {
-			h, err := bcrypt.GenerateFromPassword([]byte(p), bcrypt.MinCost)
-			if err != nil {
-				t.Fatal(err)
-			}
-			fmt.Fprintf(&b, "%s:%s\n", u, h)
-		}
-		file := filepath.Join(t.TempDir(), "htpasswd")
-		if err := os.WriteFile(file, []byte(b.String()), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		cfg.Auth = configuration.Auth{"htpasswd": configuration.Parameters{"realm": "docker-mirror-test", "path": file}}
-	}
-	app := handlers.NewApp(context.Background(), cfg)
-	d := &destination{}
-	d.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		rec := &request{Method: r.Method, Path: r.URL.Path, Query: r.URL.RawQuery}
-		d.mu.Lock()
-		d.reqs = append(d.reqs, rec)
-		d.mu.Unlock()
-		if d.stripRange.Load() {
-			r.Header.Del("Range")
-		}
-		app.ServeHTTP(&statusWriter{ResponseWriter: w, d: d, rec: rec}, r)
-	}))
 	if c.tls {
-		d.srv.StartTLS()
-	} else {
-		d.srv.Start()
+		opts = append(opts, fixture.WithTLS())
 	}
-	t.Cleanup(func() {
-		d.srv.Close()
-		_ = app.Shutdown()
-	})
-	return d
+	return &destination{fixture.StartDestination(t, c.users, opts...)}
 }
-
-// statusWriter records the status before it reaches the client, so a
-// client that has its answer finds it recorded.
-type statusWriter struct {
-	http.ResponseWriter
-	d    *destination
-	rec  *request
-	done bool
-}
-
-func (w *statusWriter) WriteHeader(code int) {
-	if w.done {
-		return // distribution sometimes writes the header twice
-	}
-	w.done = true
-	w.d.mu.Lock()
-	w.rec.Status = code
-	w.d.mu.Unlock()
-	w.ResponseWriter.WriteHeader(code)
-}
-
-func (w *statusWriter) Write(p []byte) (int, error) {
-	if !w.done {
-		w.WriteHeader(http.StatusOK)
-	}
-	return w.ResponseWriter.Write(p)
-}
-
-func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
-
-// Host returns the registry's 127.0.0.1:PORT.
-func (d *destination) Host() string { return d.srv.Listener.Addr().String() }
 
 // requests returns the requests received since the last call.
-func (d *destination) requests() []request {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	out := make([]request, len(d.reqs))
-	for i, r := range d.reqs {
-		out[i] = *r
-	}
-	d.reqs = nil
-	return out
-}
+func (d *destination) requests() []request { return d.TakeRequests() }
 
 // uploads returns the requests of blob upload sessions in reqs.
 func uploads(reqs []request) []request {
@@ -265,7 +162,7 @@ func TestConformanceBasicAuth(t *testing.T) {
 	t.Parallel()
 	storetest.Run(t, func(t *testing.T) storage.Store {
 		d := newDestination(t, map[string]string{testUser: testPassword})
-		return newStore(t, d.srv.URL+"/mirror", registry.WithCredentials(testUser, testPassword))
+		return newStore(t, d.URL()+"/mirror", registry.WithCredentials(testUser, testPassword))
 	})
 }
 
@@ -327,7 +224,7 @@ func TestNew(t *testing.T) {
 func TestInvalidRepository(t *testing.T) {
 	t.Parallel()
 	d := newDestination(t, nil)
-	s := newStore(t, d.srv.URL+"/mirror")
+	s := newStore(t, d.URL()+"/mirror")
 	dg := digest.FromString("x")
 	for _, repo := range []string{"", "Library/nginx", "library//nginx", "../etc", "library/nginx/", "a:b", strings.Repeat("a/", 130) + "a"} {
 		if err := s.Put(t.Context(), repo, dg, 1, strings.NewReader("x")); err == nil {
@@ -350,7 +247,7 @@ func TestInvalidRepository(t *testing.T) {
 func TestPrefix(t *testing.T) {
 	t.Parallel()
 	d := newDestination(t, map[string]string{testUser: testPassword})
-	s := newStore(t, d.srv.URL+"/mirror/dm", registry.WithCredentials(testUser, testPassword))
+	s := newStore(t, d.URL()+"/mirror/dm", registry.WithCredentials(testUser, testPassword))
 	blob := content(10<<10, 1)
 	dg := digest.FromBytes(blob)
 	for _, repo := range []string{"library/nginx", "ghcr.io/owner/app"} {
@@ -448,7 +345,7 @@ func TestManifests(t *testing.T) {
 			src := fixture.StartUpstream(t)
 			ma := src.SeedMultiArch(t, "library/app", "v1", mt.mt)
 			d := newDestination(t, map[string]string{testUser: testPassword})
-			s := newStore(t, d.srv.URL+"/mirror", registry.WithCredentials(testUser, testPassword))
+			s := newStore(t, d.URL()+"/mirror", registry.WithCredentials(testUser, testPassword))
 			repo := "library/app"
 
 			var children []*fixture.Image
@@ -539,7 +436,7 @@ func checkMounted(t *testing.T, reqs []request, dgst digest.Digest, from string)
 func TestCrossRepositoryMount(t *testing.T) {
 	t.Parallel()
 	d := newDestination(t, map[string]string{testUser: testPassword})
-	s := newStore(t, d.srv.URL+"/mirror", registry.WithCredentials(testUser, testPassword))
+	s := newStore(t, d.URL()+"/mirror", registry.WithCredentials(testUser, testPassword))
 	blob := content(200<<10, 2)
 	dg := digest.FromBytes(blob)
 	if err := s.Put(t.Context(), "team-a/app", dg, int64(len(blob)), bytes.NewReader(blob)); err != nil {
@@ -561,7 +458,7 @@ func TestCrossRepositoryMount(t *testing.T) {
 
 	// A store that never saw the blob mounts it from where the hint says.
 	var asked atomic.Int32
-	hinted := newStore(t, d.srv.URL+"/mirror", registry.WithCredentials(testUser, testPassword),
+	hinted := newStore(t, d.URL()+"/mirror", registry.WithCredentials(testUser, testPassword),
 		registry.WithMountSources(func(_ context.Context, got digest.Digest) []string {
 			asked.Add(1)
 			if got != dg {
@@ -631,14 +528,14 @@ func TestMountTokenAuth(t *testing.T) {
 func TestExistingBlob(t *testing.T) {
 	t.Parallel()
 	d := newDestination(t, nil)
-	s := newStore(t, d.srv.URL+"/mirror")
+	s := newStore(t, d.URL()+"/mirror")
 	blob := content(64<<10, 5)
 	dg := digest.FromBytes(blob)
 	if err := s.Put(t.Context(), "library/x", dg, int64(len(blob)), bytes.NewReader(blob)); err != nil {
 		t.Fatal(err)
 	}
 	// Another store, so that nothing is known in memory.
-	for _, st := range []*registry.Store{s, newStore(t, d.srv.URL+"/mirror")} {
+	for _, st := range []*registry.Store{s, newStore(t, d.URL()+"/mirror")} {
 		d.requests()
 		for _, size := range []int64{int64(len(blob)), -1} {
 			r := &countingReader{r: bytes.NewReader(blob)}
@@ -666,7 +563,7 @@ func TestExistingBlob(t *testing.T) {
 func TestDigestMismatch(t *testing.T) {
 	t.Parallel()
 	d := newDestination(t, map[string]string{testUser: testPassword})
-	s := newStore(t, d.srv.URL+"/mirror", registry.WithCredentials(testUser, testPassword))
+	s := newStore(t, d.URL()+"/mirror", registry.WithCredentials(testUser, testPassword))
 	want := content(1<<20, 6)
 	dg := digest.FromBytes(want)
 	lastByte := bytes.Clone(want)
@@ -733,7 +630,7 @@ func checkNoPassword(t *testing.T, what string, err error) {
 func TestWrongPassword(t *testing.T) {
 	t.Parallel()
 	d := newDestination(t, map[string]string{testUser: "the-right-one"})
-	s := newStore(t, d.srv.URL+"/mirror", registry.WithCredentials(testUser, testPassword))
+	s := newStore(t, d.URL()+"/mirror", registry.WithCredentials(testUser, testPassword))
 	ctx := t.Context()
 	blob := []byte("blob")
 	dg := digest.FromBytes(blob)
@@ -763,7 +660,7 @@ func TestWrongPassword(t *testing.T) {
 		}
 	}
 
-	anon := newStore(t, d.srv.URL+"/mirror")
+	anon := newStore(t, d.URL()+"/mirror")
 	if _, err := anon.Stat(ctx, "library/x", dg); !errors.Is(err, registry.ErrAuth) || !strings.Contains(err.Error(), "refused anonymous access") {
 		t.Errorf("anonymous Stat: %v; want ErrAuth, refused anonymous access", err)
 	}
@@ -835,14 +732,14 @@ func TestDestinationDown(t *testing.T) {
 func TestOpen(t *testing.T) {
 	t.Parallel()
 	d := newDestination(t, nil)
-	s := newStore(t, d.srv.URL+"/mirror")
+	s := newStore(t, d.URL()+"/mirror")
 	blob := content(100<<10, 8)
 	dg := digest.FromBytes(blob)
 	if err := s.Put(t.Context(), "library/x", dg, int64(len(blob)), bytes.NewReader(blob)); err != nil {
 		t.Fatal(err)
 	}
 	for _, strip := range []bool{false, true} {
-		d.stripRange.Store(strip)
+		d.SetIgnoreRange(strip)
 		for _, off := range []int64{0, 1, 4095, int64(len(blob)) - 1, int64(len(blob))} {
 			rc, err := s.Open(t.Context(), "library/x", dg, off)
 			if err != nil {
@@ -866,7 +763,7 @@ func TestOpen(t *testing.T) {
 func TestDeleteUnsupported(t *testing.T) {
 	t.Parallel()
 	d := newDestinationConfig(t, destConfig{noDelete: true})
-	s := newStore(t, d.srv.URL+"/mirror")
+	s := newStore(t, d.URL()+"/mirror")
 	blob := []byte("blob")
 	dg := digest.FromBytes(blob)
 	if err := s.Put(t.Context(), "library/x", dg, int64(len(blob)), bytes.NewReader(blob)); err != nil {
@@ -884,8 +781,8 @@ func TestHTTPS(t *testing.T) {
 	t.Parallel()
 	users := map[string]string{testUser: testPassword}
 	d := newDestinationConfig(t, destConfig{users: users, tls: true})
-	s := newStore(t, d.srv.URL+"/mirror", registry.WithCredentials(testUser, testPassword),
-		registry.WithTransport(d.srv.Client().Transport))
+	s := newStore(t, d.URL()+"/mirror", registry.WithCredentials(testUser, testPassword),
+		registry.WithTransport(d.Client().Transport))
 	blob := content(10<<10, 9)
 	dg := digest.FromBytes(blob)
 	if err := s.Put(t.Context(), "library/x", dg, int64(len(blob)), bytes.NewReader(blob)); err != nil {

@@ -9,9 +9,12 @@ import (
 	"log/slog"
 	"net/http/httptest"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
 
 	"github.com/docker-mirror/docker-mirror/metrics"
 	"github.com/docker-mirror/docker-mirror/proxy"
@@ -42,14 +45,21 @@ func (c *Clock) Advance(d time.Duration) {
 	c.mu.Unlock()
 }
 
+// Upstream is an upstream of a test mirror.
+type Upstream struct {
+	Host string // as clients name it, e.g. docker.io or ghcr.io
+	URL  string
+	Auth authn.Authenticator // nil: anonymous
+}
+
 // Mirror is a running docker-mirror.
 type Mirror struct {
-	tb          testing.TB
-	upstreamURL string
-	dir         string
-	opts        []proxy.Option
-	newStore    func(*storage.Index) (storage.Store, error)
-	Clock       *Clock
+	tb        testing.TB
+	upstreams []Upstream
+	dir       string
+	opts      []proxy.Option
+	newStore  func(*storage.Index) (storage.Store, error)
+	Clock     *Clock
 
 	Proxy   *proxy.Proxy
 	Metrics *metrics.Metrics
@@ -69,8 +79,14 @@ func Start(t testing.TB, upstreamURL string, opts ...proxy.Option) *Mirror {
 // destination registry) instead of the embedded filesystem store; it is
 // called again on Restart.
 func StartWithStore(t testing.TB, upstreamURL string, newStore func(*storage.Index) (storage.Store, error), opts ...proxy.Option) *Mirror {
+	return StartUpstreams(t, []Upstream{{Host: proxy.DefaultHost, URL: upstreamURL}}, newStore, opts...)
+}
+
+// StartUpstreams runs a mirror of several upstreams (docker.io among
+// them), on the store newStore returns (nil: the embedded store).
+func StartUpstreams(t testing.TB, ups []Upstream, newStore func(*storage.Index) (storage.Store, error), opts ...proxy.Option) *Mirror {
 	t.Helper()
-	m := &Mirror{tb: t, upstreamURL: upstreamURL, dir: t.TempDir(), opts: opts, newStore: newStore, Clock: NewClock()}
+	m := &Mirror{tb: t, upstreams: ups, dir: t.TempDir(), opts: opts, newStore: newStore, Clock: NewClock()}
 	m.start()
 	t.Cleanup(m.Stop)
 	return m
@@ -98,10 +114,23 @@ func (m *Mirror) start() {
 		t.Fatal(err)
 	}
 	m.Metrics = metrics.New()
-	up, err := upstream.New(proxy.DefaultHost, m.upstreamURL,
-		upstream.WithTransport(m.Metrics.Transport(proxy.DefaultHost, upstream.DefaultTransport())))
-	if err != nil {
-		t.Fatal(err)
+	var allowed []string
+	for _, u := range m.upstreams {
+		allowed = append(allowed, strings.TrimPrefix(strings.TrimPrefix(u.URL, "http://"), "https://"))
+	}
+	var clients []*upstream.Client
+	for _, u := range m.upstreams {
+		base := upstream.DefaultTransport()
+		base.DialContext = upstream.GuardedDialer(allowed)
+		uopts := []upstream.Option{upstream.WithTransport(m.Metrics.Transport(u.Host, base))}
+		if u.Auth != nil {
+			uopts = append(uopts, upstream.WithAuth(u.Auth))
+		}
+		c, err := upstream.New(u.Host, u.URL, uopts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		clients = append(clients, c)
 	}
 	opts := append([]proxy.Option{
 		proxy.WithMetrics(m.Metrics),
@@ -109,7 +138,7 @@ func (m *Mirror) start() {
 		proxy.WithLogger(Logger()),
 		proxy.WithSpoolDir(m.dir),
 	}, m.opts...)
-	p, err := proxy.New(store, index, []*upstream.Client{up}, opts...)
+	p, err := proxy.New(store, index, clients, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
