@@ -65,6 +65,11 @@ type Config struct {
 	Destination Destination `yaml:"destination,omitempty"`
 	// Sync keeps images mirrored and fresh ahead of time.
 	Sync Sync `yaml:"sync,omitempty"`
+	// Auth, if its htpasswd file is set, makes clients authenticate.
+	Auth Auth `yaml:"auth,omitempty"`
+	// TLSCert and TLSKey, if set, serve HTTPS; SIGHUP reloads them.
+	TLSCert string `yaml:"tls_cert,omitempty"`
+	TLSKey  string `yaml:"tls_key,omitempty"`
 
 	// upstreamFlag: a flag or the environment set docker.io's URL, which
 	// then wins over the file's upstreams.docker.io.url.
@@ -125,6 +130,21 @@ type Destination struct {
 	Username string `yaml:"username,omitempty"`
 	// Password may also come from DOCKER_MIRROR_DESTINATION_PASSWORD.
 	Password string `yaml:"password,omitempty"`
+}
+
+// Auth configures client authentication.
+type Auth struct {
+	// Htpasswd is a file of bcrypt entries (htpasswd -B).
+	Htpasswd string `yaml:"htpasswd"`
+	// AnonymousPull lets clients without credentials pull (the Docker
+	// daemon never sends credentials to a registry-mirrors entry).
+	AnonymousPull bool `yaml:"anonymous_pull,omitempty"`
+	// Admins may use the endpoints that make the proxy fetch on request
+	// (POST /prefetch).
+	Admins []string `yaml:"admins,omitempty"`
+	// Metrics is who may read /metrics: anonymous (default), users or
+	// admins.
+	Metrics string `yaml:"metrics,omitempty"`
 }
 
 // Sync lists images the proxy mirrors ahead of time, every Interval.
@@ -393,6 +413,15 @@ func (c Config) Validate() error {
 		if err := validateDestination(c.Destination.URL); err != nil {
 			return fmt.Errorf("destination: %w", err)
 		}
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return fmt.Errorf("tls_cert, tls_key: give both or neither (got %q and %q)", c.TLSCert, c.TLSKey)
+	}
+	if !slices.Contains([]string{"", "anonymous", "users", "admins"}, c.Auth.Metrics) {
+		return fmt.Errorf("auth.metrics: %q is not anonymous, users or admins", c.Auth.Metrics)
+	}
+	if c.Auth.Htpasswd == "" && (len(c.Auth.Admins) > 0 || c.Auth.Metrics != "") {
+		return fmt.Errorf("auth.htpasswd: needed for auth.admins and auth.metrics")
 	}
 	if c.Sync.Interval < 0 {
 		return fmt.Errorf("sync.interval: must not be negative, got %q", c.Sync.Interval)

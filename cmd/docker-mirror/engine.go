@@ -18,6 +18,7 @@ import (
 	"github.com/docker-mirror/docker-mirror/config"
 	"github.com/docker-mirror/docker-mirror/metrics"
 	"github.com/docker-mirror/docker-mirror/proxy"
+	"github.com/docker-mirror/docker-mirror/proxy/access"
 	"github.com/docker-mirror/docker-mirror/proxy/upstream"
 	"github.com/docker-mirror/docker-mirror/storage"
 	"github.com/docker-mirror/docker-mirror/storage/registry"
@@ -64,6 +65,17 @@ func newProxy(cfg config.Config, store storage.Store, index *storage.Index, log 
 		proxy.WithPlatforms(platforms),
 		proxy.WithConcurrency(cfg.Concurrency),
 		proxy.WithSpoolDir(spool),
+	}
+	if cfg.Auth.Htpasswd != "" {
+		policy, err := access.Load(cfg.Auth.Htpasswd, cfg.Auth.Admins, cfg.Auth.AnonymousPull)
+		if err != nil {
+			return nil, err
+		}
+		level, err := access.ParseLevel(cfg.Auth.Metrics)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, proxy.WithAccess(policy, level))
 	}
 	ups, settings, err := upstreams(cfg, m, os.LookupEnv)
 	if err != nil {

@@ -92,7 +92,7 @@ func TestServeAndGracefulShutdown(t *testing.T) {
 	cfg.Upstream = "http://127.0.0.1:1"
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
-	go func() { done <- serve(ctx, cfg, slog.New(slog.DiscardHandler), ln) }()
+	go func() { done <- serve(ctx, cfg, slog.New(slog.DiscardHandler), ln, nil) }()
 
 	resp, err := http.Get("http://" + ln.Addr().String() + "/v2/")
 	if err != nil {

@@ -2,15 +2,20 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"path/filepath"
+	"slices"
+	"syscall"
 	"time"
 
 	"github.com/docker-mirror/docker-mirror/config"
@@ -36,7 +41,10 @@ func serveCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		log.Error("cannot listen", "listen", cfg.Listen, "error", err)
 		return 1
 	}
-	if err := serve(ctx, cfg, log, ln); err != nil {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	if err := serve(ctx, cfg, log, ln, hup); err != nil {
 		log.Error("docker-mirror stopped", "error", err)
 		return 1
 	}
@@ -54,7 +62,8 @@ func newLogger(cfg config.Config, w io.Writer) *slog.Logger {
 }
 
 // serve runs the proxy on ln until ctx ends, then shuts down gracefully.
-func serve(ctx context.Context, cfg config.Config, log *slog.Logger, ln net.Listener) error {
+// A signal on hup (SIGHUP) reloads the TLS certificate.
+func serve(ctx context.Context, cfg config.Config, log *slog.Logger, ln net.Listener, hup <-chan os.Signal) error {
 	defer ln.Close()
 	if err := os.MkdirAll(cfg.Data, 0o755); err != nil {
 		return fmt.Errorf("data directory: %w", err)
@@ -93,23 +102,49 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, ln net.List
 	}
 
 	srv := &http.Server{
-		Handler:           p.Handler(),
+		Handler: p.Handler(),
+		// Slow or oversized clients cannot hold the server: headers within
+		// 10s and 64 KiB, request bodies (only POST /prefetch has one)
+		// within a minute. No write timeout: a large blob may take long.
 		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       time.Minute,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	log.Info("docker-mirror serving", "listen", ln.Addr().String(), "data", cfg.Data, "store", storeName,
-		"upstream", cfg.Upstream, "tag_ttl", cfg.TagTTL.String(), "platforms", cfg.Platforms, "version", versionString())
+	var certs *certReloader
+	if cfg.TLSCert != "" {
+		if certs, err = newCertReloader(cfg.TLSCert, cfg.TLSKey); err != nil {
+			return err
+		}
+		srv.TLSConfig = &tls.Config{GetCertificate: certs.getCertificate, MinVersion: tls.VersionTLS12}
+	}
+	upstreams := slices.Sorted(maps.Keys(cfg.AllUpstreams()))
+	log.Info("docker-mirror serving", "listen", ln.Addr().String(), "tls", certs != nil, "data", cfg.Data, "store", storeName,
+		"upstreams", upstreams, "tag_ttl", cfg.TagTTL.String(), "platforms", cfg.Platforms, "auth", cfg.Auth.Htpasswd != "", "version", versionString())
 
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	go func() {
+		if certs != nil {
+			errc <- srv.ServeTLS(ln, "", "")
+			return
+		}
+		errc <- srv.Serve(ln)
+	}()
 	flush := time.NewTicker(30 * time.Second)
 	defer flush.Stop()
 	for {
 		select {
 		case err := <-errc:
 			return err
+		case <-hup:
+			if certs != nil {
+				if err := certs.reload(); err != nil {
+					log.Error("reloading the TLS certificate; keeping the current one", "error", err)
+				} else {
+					log.Info("reloaded the TLS certificate", "cert", cfg.TLSCert)
+				}
+			}
 		case <-flush.C:
 			if err := index.Flush(); err != nil {
 				log.Warn("writing access times", "error", err)

@@ -1,0 +1,499 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/docker-mirror/docker-mirror/storage"
+	"github.com/docker-mirror/docker-mirror/tests/fixture"
+	"github.com/docker-mirror/docker-mirror/tests/mirrortest"
+)
+
+// The destination's user, and passwords that must never be shown.
+const (
+	destUser      = "mirror-bot"
+	destPassword  = "pa55-w0rd-never-shown"
+	wrongPassword = "wr0ng-pa55-never-shown-either"
+)
+
+var linuxPlatforms = []string{"linux/amd64", "linux/arm/v7", "linux/arm64"}
+
+// mirrorEnv is an upstream with images and a destination registry with
+// htpasswd auth, and the config file naming the destination's user; the
+// password is in the environment.
+type mirrorEnv struct {
+	up     *fixture.Upstream
+	dest   *fixture.Destination
+	config string
+	hello  *fixture.MultiArch // library/hello-world:latest
+	single *fixture.Image     // area51/jenkins:2.4
+}
+
+func newMirrorEnv(t *testing.T) *mirrorEnv {
+	t.Helper()
+	e := &mirrorEnv{up: fixture.StartUpstream(t), dest: fixture.StartDestination(t, map[string]string{destUser: destPassword})}
+	e.hello = e.up.SeedMultiArch(t, "library/hello-world", "latest", fixture.OCI)
+	e.single = e.up.SeedImage(t, "area51/jenkins", "2.4", 2, 8<<10)
+	e.config = filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(e.config, []byte("destination:\n  username: "+destUser+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("DOCKER_MIRROR_DESTINATION_PASSWORD", destPassword)
+	return e
+}
+
+// mirror runs "docker-mirror mirror --config C -d DEST/mirror --upstream
+// UP args...".
+func (e *mirrorEnv) mirror(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	return runCmd(t, context.Background(), append([]string{"mirror", "--config", e.config, "-d", e.dest.URL() + "/mirror", "--upstream", e.up.URL()}, args...)...)
+}
+
+func destOpts() []remote.Option {
+	return []remote.Option{remote.WithAuth(&authn.Basic{Username: destUser, Password: destPassword})}
+}
+
+// wantAt checks that the destination holds raw (of mediaType) at
+// mirror/repo under reference (a tag or a digest).
+func wantAt(t *testing.T, d *fixture.Destination, repo, reference string, raw []byte, mediaType string) {
+	t.Helper()
+	sep := ":"
+	if strings.Contains(reference, ":") {
+		sep = "@"
+	}
+	r, err := name.ParseReference(d.Host()+"/mirror/"+repo+sep+reference, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	desc, err := remote.Get(r, destOpts()...)
+	if err != nil {
+		t.Fatalf("destination %s: %v", r, err)
+	}
+	if !bytes.Equal(desc.Manifest, raw) || desc.Digest.String() != digest.FromBytes(raw).String() || string(desc.MediaType) != mediaType {
+		t.Fatalf("destination %s: %d bytes, digest %s, type %s; want %d bytes, %s, %s",
+			r, len(desc.Manifest), desc.Digest, desc.MediaType, len(raw), digest.FromBytes(raw), mediaType)
+	}
+}
+
+// has reports whether the destination holds a blob or manifest (kind
+// "blobs" or "manifests") at mirror/repo.
+func has(t *testing.T, d *fixture.Destination, repo, kind, dgst string) bool {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodHead, d.URL()+"/v2/mirror/"+repo+"/"+kind+"/"+dgst, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.SetBasicAuth(destUser, destPassword)
+	req.Header.Set("Accept", "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("HEAD %s: %s", req.URL, resp.Status)
+	}
+	return resp.StatusCode == http.StatusOK
+}
+
+// wantImageAt checks an image manifest and its blobs (read and verified
+// by go-containerregistry) at the destination.
+func wantImageAt(t *testing.T, d *fixture.Destination, repo string, img *fixture.Image) {
+	t.Helper()
+	wantAt(t, d, repo, img.Digest, img.Manifest, img.MediaType)
+	for _, b := range img.Blobs() {
+		ref, err := name.NewDigest(d.Host()+"/mirror/"+repo+"@"+b, name.Insecure)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, err := remote.Layer(ref, destOpts()...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rc, err := l.Compressed()
+		if err != nil {
+			t.Fatalf("blob %s: %v", ref, err)
+		}
+		var buf bytes.Buffer
+		_, err = buf.ReadFrom(rc)
+		rc.Close()
+		if err != nil || digest.FromBytes(buf.Bytes()).String() != b {
+			t.Fatalf("blob %s: %d bytes, %v", ref, buf.Len(), err)
+		}
+	}
+}
+
+// wantMultiArchAt checks the index and tag, and the given platforms with
+// their attestations, at the destination; every other platform's manifest
+// and own blobs must be absent.
+func wantMultiArchAt(t *testing.T, d *fixture.Destination, repo string, ma *fixture.MultiArch, platforms ...string) {
+	t.Helper()
+	wantAt(t, d, repo, ma.Digest, ma.Index, ma.MediaType)
+	wantAt(t, d, repo, ma.Tag, ma.Index, ma.MediaType)
+	want := map[string]bool{}
+	for _, p := range platforms {
+		want[p] = true
+		wantImageAt(t, d, repo, ma.Platforms[p])
+	}
+	for _, a := range ma.Attestations {
+		if want[a.For] {
+			img := a.Image
+			wantImageAt(t, d, repo, &img)
+		} else if has(t, d, repo, "manifests", a.Digest) {
+			t.Errorf("attestation of %s copied", a.For)
+		}
+	}
+	for p, img := range ma.Platforms {
+		if want[p] {
+			continue
+		}
+		if has(t, d, repo, "manifests", img.Digest) {
+			t.Errorf("%s manifest copied", p)
+		}
+		for _, b := range img.Blobs() {
+			if b != ma.SharedLayer && has(t, d, repo, "blobs", b) {
+				t.Errorf("%s blob %s copied", p, b)
+			}
+		}
+	}
+}
+
+// writes returns the requests that would change the destination.
+func writes(reqs []fixture.DestRequest) []fixture.DestRequest {
+	var out []fixture.DestRequest
+	for _, r := range reqs {
+		switch r.Method {
+		case http.MethodPut, http.MethodPost, http.MethodPatch, http.MethodDelete:
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// wantPlain checks that output is plain lines, no terminal control.
+func wantPlain(t *testing.T, out string) {
+	t.Helper()
+	if strings.ContainsAny(out, "\r\x1b") {
+		t.Errorf("output on a non-terminal has terminal control characters: %q", out)
+	}
+}
+
+// wantNoPassword checks that no password shows in the outputs.
+func wantNoPassword(t *testing.T, outs ...string) {
+	t.Helper()
+	for _, o := range outs {
+		for _, p := range []string{destPassword, wrongPassword} {
+			if strings.Contains(o, p) {
+				t.Errorf("output shows a password: %q", o)
+			}
+		}
+	}
+}
+
+// uniqueBlobs counts the blobs of the given images, each once.
+func uniqueBlobs(imgs ...*fixture.Image) int {
+	seen := map[string]bool{}
+	for _, img := range imgs {
+		for _, b := range img.Blobs() {
+			seen[b] = true
+		}
+	}
+	return len(seen)
+}
+
+// mirror copies every linux platform with identical digests under the
+// prefix and the Hub path, pushes the tag last, prints plain progress
+// lines; a second run uploads nothing.
+func TestMirrorCommand(t *testing.T) {
+	e := newMirrorEnv(t)
+	code, stdout, stderr := e.mirror(t, "hello-world", "area51/jenkins:2.4")
+	if code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+	wantMultiArchAt(t, e.dest, "library/hello-world", e.hello, linuxPlatforms...)
+	wantImageAt(t, e.dest, "area51/jenkins", e.single)
+	wantAt(t, e.dest, "area51/jenkins", "2.4", e.single.Manifest, e.single.MediaType)
+	for _, repo := range []string{"library/hello-world", "area51/jenkins"} {
+		tag := map[string]string{"library/hello-world": "latest", "area51/jenkins": "2.4"}[repo]
+		tagAt, last := -1, -1
+		for i, r := range e.dest.Requests() {
+			if !strings.HasPrefix(r.Path, "/v2/mirror/"+repo+"/") || r.Method == http.MethodGet || r.Method == http.MethodHead {
+				continue
+			}
+			if r.Method == http.MethodPut && r.Path == "/v2/mirror/"+repo+"/manifests/"+tag {
+				tagAt = i
+			} else {
+				last = i
+			}
+		}
+		if tagAt < 0 || tagAt < last {
+			t.Errorf("%s: tag pushed at request %d, last other write at %d; want the tag last", repo, tagAt, last)
+		}
+	}
+	for _, want := range []string{
+		"hello-world: done " + e.hello.Digest + " (3 platforms",
+		"area51/jenkins:2.4: done " + e.single.Digest,
+	} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("stdout does not say %q:\n%s", want, stdout)
+		}
+	}
+	if !regexp.MustCompile(`(?m)^hello-world: [123]/3 platforms, `).MatchString(stdout) {
+		t.Errorf("no progress lines for hello-world's platforms:\n%s", stdout)
+	}
+	wantPlain(t, stdout+stderr)
+	wantNoPassword(t, stdout, stderr)
+
+	// Again: the destination has it all; nothing is uploaded.
+	e.dest.ResetRequests()
+	code, stdout, stderr = e.mirror(t, "hello-world", "area51/jenkins:2.4")
+	if code != 0 {
+		t.Fatalf("second run: exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+	for _, r := range e.dest.Requests() {
+		if r.IsUpload() {
+			t.Errorf("second run uploaded: %+v", r)
+		}
+	}
+	wantMultiArchAt(t, e.dest, "library/hello-world", e.hello, linuxPlatforms...)
+
+	// A dry run now has nothing to copy.
+	e.dest.ResetRequests()
+	code, stdout, stderr = e.mirror(t, "--dry-run", "hello-world")
+	if code != 0 || !strings.Contains(stdout, "would copy 0 blobs") {
+		t.Errorf("dry run after a copy: exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+	if w := writes(e.dest.Requests()); len(w) != 0 {
+		t.Errorf("a dry run wrote to the destination: %+v", w)
+	}
+}
+
+// The original tool's form: docker-mirror -d DEST IMAGE...
+func TestMirrorCommandLegacyForm(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	ma := up.SeedMultiArch(t, "library/hello-world", "latest", fixture.Docker)
+	dest := fixture.StartDestination(t, nil)
+	t.Setenv("DOCKER_MIRROR_UPSTREAM", up.URL())
+	code, stdout, stderr := runCmd(t, context.Background(), "-d", dest.URL()+"/mirror", "hello-world")
+	if code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+	wantMultiArchAt(t, dest, "library/hello-world", ma, linuxPlatforms...)
+	if !strings.Contains(stdout, "hello-world: done "+ma.Digest) {
+		t.Errorf("stdout:\n%s", stdout)
+	}
+	wantPlain(t, stdout+stderr)
+}
+
+// --platform narrows the copy to one platform (and its attestation).
+func TestMirrorCommandPlatform(t *testing.T) {
+	e := newMirrorEnv(t)
+	code, stdout, stderr := e.mirror(t, "--platform", "linux/arm64", "hello-world")
+	if code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+	wantMultiArchAt(t, e.dest, "library/hello-world", e.hello, "linux/arm64")
+	if !strings.Contains(stdout, "hello-world: done "+e.hello.Digest+" (1 platforms") {
+		t.Errorf("stdout:\n%s", stdout)
+	}
+}
+
+// --all-tags copies every tag of the repository.
+func TestMirrorCommandAllTags(t *testing.T) {
+	e := newMirrorEnv(t)
+	v2 := e.up.SeedImage(t, "library/hello-world", "v2", 1, 4<<10)
+	older := e.up.SeedMultiArch(t, "library/hello-world", "1.0", fixture.Docker)
+	code, stdout, stderr := e.mirror(t, "--all-tags", "hello-world")
+	if code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+	wantMultiArchAt(t, e.dest, "library/hello-world", e.hello, linuxPlatforms...)
+	wantMultiArchAt(t, e.dest, "library/hello-world", older, linuxPlatforms...)
+	wantImageAt(t, e.dest, "library/hello-world", v2)
+	wantAt(t, e.dest, "library/hello-world", "v2", v2.Manifest, v2.MediaType)
+	for _, tag := range []string{"latest", "v2", "1.0"} {
+		if !strings.Contains(stdout, "hello-world:"+tag+": done ") {
+			t.Errorf("stdout does not report tag %s:\n%s", tag, stdout)
+		}
+	}
+	if has(t, e.dest, "area51/jenkins", "manifests", e.single.Digest) {
+		t.Error("--all-tags copied another repository")
+	}
+}
+
+// --dry-run copies nothing and says what it would copy.
+func TestMirrorCommandDryRun(t *testing.T) {
+	e := newMirrorEnv(t)
+	code, stdout, stderr := e.mirror(t, "--dry-run", "hello-world", "area51/jenkins:2.4")
+	if code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+	if w := writes(e.dest.Requests()); len(w) != 0 {
+		t.Errorf("a dry run wrote to the destination: %+v", w)
+	}
+	var imgs []*fixture.Image
+	for _, p := range linuxPlatforms {
+		imgs = append(imgs, e.hello.Platforms[p])
+	}
+	for i := range e.hello.Attestations {
+		imgs = append(imgs, &e.hello.Attestations[i].Image)
+	}
+	for _, want := range []string{
+		fmt.Sprintf("hello-world: %s (linux/amd64, linux/arm/v7, linux/arm64): 7 manifests; would copy %d blobs", e.hello.Digest, uniqueBlobs(imgs...)),
+		fmt.Sprintf("area51/jenkins:2.4: %s (single image): 1 manifests; would copy %d blobs", e.single.Digest, uniqueBlobs(e.single)),
+	} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("dry run output does not say %q:\n%s", want, stdout)
+		}
+	}
+	r, _ := name.ParseReference(e.dest.Host()+"/mirror/library/hello-world:latest", name.Insecure)
+	var te *transport.Error
+	if _, err := remote.Get(r, destOpts()...); !errors.As(err, &te) || te.StatusCode != http.StatusNotFound {
+		t.Errorf("after a dry run the destination has %s: %v", r, err)
+	}
+	wantPlain(t, stdout+stderr)
+}
+
+// failedLine returns the images the last "failed:" line of stderr names.
+func failedLine(t *testing.T, stderr string) []string {
+	t.Helper()
+	m := regexp.MustCompile(`(?m)failed: (.*)$`).FindAllStringSubmatch(stderr, -1)
+	if m == nil {
+		t.Fatalf("stderr names no failed images: %q", stderr)
+	}
+	return strings.Split(m[len(m)-1][1], ", ")
+}
+
+// Bad images fail, each named, and the good ones are still copied; an
+// unreachable destination fails every image, naming it.
+func TestMirrorCommandFailures(t *testing.T) {
+	e := newMirrorEnv(t)
+	code, stdout, stderr := e.mirror(t, "Bad:Ref", "hello-world", "ghcr.io/owner/app:1", "library/missing:1", "area51/jenkins:2.4")
+	if code == 0 {
+		t.Fatalf("exit 0 with bad images\nstdout:\n%s\nstderr:\n%s", stdout, stderr)
+	}
+	failed := failedLine(t, stderr)
+	for _, want := range []string{"Bad:Ref", "ghcr.io/owner/app:1", "library/missing:1"} {
+		if !strings.Contains(strings.Join(failed, "\n"), want) {
+			t.Errorf("failed images %q do not name %s", failed, want)
+		}
+	}
+	for _, f := range failed {
+		if f == "hello-world" || f == "area51/jenkins:2.4" {
+			t.Errorf("good image %s reported failed: %q", f, stderr)
+		}
+	}
+	for _, want := range []string{"Bad:Ref: failed: ", "ghcr.io/owner/app:1: failed: ", "library/missing:1: failed: "} {
+		if !strings.Contains(stdout+stderr, want) {
+			t.Errorf("output has no line %q explaining the failure:\nstdout:\n%s\nstderr:\n%s", want, stdout, stderr)
+		}
+	}
+	if !strings.Contains(stdout+stderr, "ghcr.io") {
+		t.Errorf("the unknown upstream is not named:\n%s%s", stdout, stderr)
+	}
+	wantMultiArchAt(t, e.dest, "library/hello-world", e.hello, linuxPlatforms...)
+	wantImageAt(t, e.dest, "area51/jenkins", e.single)
+
+	down := fixture.StartDestination(t, map[string]string{destUser: destPassword})
+	down.Stop()
+	code, stdout, stderr = runCmd(t, context.Background(), "mirror", "--config", e.config, "-d", down.URL()+"/mirror",
+		"--upstream", e.up.URL(), "hello-world", "area51/jenkins:2.4")
+	if code == 0 {
+		t.Fatalf("exit 0 with the destination down\nstdout:\n%s\nstderr:\n%s", stdout, stderr)
+	}
+	if failed := failedLine(t, stderr); len(failed) != 2 || failed[0] != "hello-world" || failed[1] != "area51/jenkins:2.4" {
+		t.Errorf("failed images %q; want both", failed)
+	}
+	if !strings.Contains(stdout+stderr, "destination "+down.Host()+" unreachable") {
+		t.Errorf("the output does not say the destination %s is unreachable:\nstdout:\n%s\nstderr:\n%s", down.Host(), stdout, stderr)
+	}
+	wantPlain(t, stdout+stderr)
+}
+
+// A wrong password fails with a message about the credentials, never
+// showing it; the destination gets nothing.
+func TestMirrorCommandWrongPassword(t *testing.T) {
+	e := newMirrorEnv(t)
+	t.Setenv("DOCKER_MIRROR_DESTINATION_PASSWORD", wrongPassword)
+	code, stdout, stderr := e.mirror(t, "hello-world", "area51/jenkins:2.4")
+	if code == 0 {
+		t.Fatalf("exit 0 with a wrong password\nstdout:\n%s\nstderr:\n%s", stdout, stderr)
+	}
+	if failed := failedLine(t, stderr); len(failed) != 2 {
+		t.Errorf("failed images %q; want both", failed)
+	}
+	if !strings.Contains(stdout+stderr, "refused the credentials of user \""+destUser+"\"") {
+		t.Errorf("the output does not say the destination refused the credentials:\nstdout:\n%s\nstderr:\n%s", stdout, stderr)
+	}
+	wantNoPassword(t, stdout, stderr)
+	for _, r := range e.dest.Requests() {
+		if r.Status/100 == 2 && r.Path != "/v2/" {
+			t.Errorf("the destination accepted %+v", r)
+		}
+	}
+}
+
+// prefetch asks a running mirror for a job, follows it to the end and
+// exits 0 when every image is done; non-zero naming a bad image.
+func TestPrefetchCommand(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	ma := up.SeedMultiArch(t, "library/hello-world", "latest", fixture.OCI)
+	m := mirrortest.Start(t, up.URL())
+
+	code, stdout, stderr := runCmd(t, context.Background(), "prefetch", "--server", m.URL(), "hello-world")
+	if code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+	id := regexp.MustCompile(`(?m)^prefetch job (\S+)$`).FindStringSubmatch(stdout)
+	if id == nil {
+		t.Fatalf("stdout does not name the job:\n%s", stdout)
+	}
+	if !strings.Contains(stdout, "hello-world: done "+ma.Digest+" (3 platforms") {
+		t.Errorf("stdout:\n%s", stdout)
+	}
+	wantPlain(t, stdout+stderr)
+	m.WaitIdle()
+	resp, err := http.Get(m.URL() + "/prefetch/" + id[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var j storage.Job
+	err = json.NewDecoder(resp.Body).Decode(&j)
+	resp.Body.Close()
+	if err != nil || j.State != storage.JobDone || j.Images[0].Digest != ma.Digest {
+		t.Fatalf("job %s: %+v %v", id[1], j, err)
+	}
+
+	// A bad reference: refused, nothing queued.
+	code, stdout, stderr = runCmd(t, context.Background(), "prefetch", "--server", m.URL(), "hello-world", "Bad:Ref")
+	if code == 0 || !strings.Contains(stderr, "Bad:Ref") {
+		t.Errorf("bad reference: exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+	// An image the upstream does not have: the job fails, naming it.
+	code, stdout, stderr = runCmd(t, context.Background(), "prefetch", "--server", m.URL(), "hello-world", "library/missing:1")
+	if code == 0 {
+		t.Fatalf("missing image: exit 0\nstdout:\n%s\nstderr:\n%s", stdout, stderr)
+	}
+	if failed := failedLine(t, stderr); len(failed) != 1 || failed[0] != "library/missing:1" {
+		t.Errorf("failed images %q; want library/missing:1", failed)
+	}
+	if !strings.Contains(stdout, "hello-world: done ") || !strings.Contains(stdout, "library/missing:1: failed: ") {
+		t.Errorf("stdout:\n%s", stdout)
+	}
+	m.WaitIdle()
+}

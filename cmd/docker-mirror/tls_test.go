@@ -1,0 +1,121 @@
+package main
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"log/slog"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/docker-mirror/docker-mirror/config"
+)
+
+// writeCert writes a self-signed certificate for 127.0.0.1 with the given
+// common name, and returns its pool.
+func writeCert(t *testing.T, certFile, keyFile, cn string) *x509.CertPool {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
+	cert, _ := x509.ParseCertificate(der)
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return pool
+}
+
+// serve answers HTTPS with --tls-cert/--tls-key, and SIGHUP makes it pick
+// up a renewed certificate.
+func TestServeTLSAndReload(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	pool := writeCert(t, certFile, keyFile, "first")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := config.Default()
+	cfg.Data = filepath.Join(dir, "data")
+	cfg.Upstream = "http://127.0.0.1:1"
+	cfg.TLSCert, cfg.TLSKey = certFile, keyFile
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	hup := make(chan os.Signal) // unbuffered: a send returns once serve takes it
+	go func() { done <- serve(ctx, cfg, slog.New(slog.DiscardHandler), ln, hup) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+
+	peer := func(pool *x509.CertPool) (string, error) {
+		c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, DisableKeepAlives: true}}
+		resp, err := c.Get("https://" + ln.Addr().String() + "/v2/")
+		if err != nil {
+			return "", err
+		}
+		resp.Body.Close()
+		return resp.TLS.PeerCertificates[0].Subject.CommonName, nil
+	}
+	if cn, err := peer(pool); err != nil || cn != "first" {
+		t.Fatalf("HTTPS: %q, %v", cn, err)
+	}
+	pool2 := writeCert(t, certFile, keyFile, "second")
+	// serve's loop handles one signal at a time: once it has taken the
+	// second, it has finished reloading for the first.
+	hup <- syscall.SIGHUP
+	hup <- syscall.SIGHUP
+	if cn, err := peer(pool2); err != nil || cn != "second" {
+		t.Fatalf("after SIGHUP: %q, %v; want the renewed certificate", cn, err)
+	}
+}
+
+func TestCertReloaderKeepsCertOnBadFiles(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "c.pem"), filepath.Join(dir, "k.pem")
+	writeCert(t, certFile, keyFile, "ok")
+	r, err := newCertReloader(certFile, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(certFile, []byte("garbage"), 0o600)
+	if err := r.reload(); err == nil {
+		t.Fatal("garbage accepted")
+	}
+	c, _ := r.getCertificate(nil)
+	if leaf, _ := x509.ParseCertificate(c.Certificate[0]); leaf.Subject.CommonName != "ok" {
+		t.Fatal("the good certificate was dropped")
+	}
+	if _, err := newCertReloader(filepath.Join(dir, "none"), keyFile); err == nil {
+		t.Fatal("a missing certificate was accepted")
+	}
+}
