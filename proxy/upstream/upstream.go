@@ -44,6 +44,9 @@ var (
 	ErrInvalid = errors.New("invalid upstream answer")
 )
 
+// MaxConnsPerHost caps the connections to one upstream host.
+const MaxConnsPerHost = 64
+
 // MaxManifestSize is the largest manifest accepted from an upstream.
 const MaxManifestSize = 4 << 20
 
@@ -152,6 +155,9 @@ func DefaultTransport() *http.Transport {
 	t.TLSHandshakeTimeout = 10 * time.Second
 	t.ResponseHeaderTimeout = 30 * time.Second
 	t.MaxIdleConnsPerHost = 32
+	// However many clients miss at once, an upstream sees at most this
+	// many connections from us; further requests wait for one.
+	t.MaxConnsPerHost = MaxConnsPerHost
 	return t
 }
 
