@@ -360,7 +360,7 @@ func (p *Proxy) fetchManifest(ctx context.Context, t target, ref string, mirror 
 		sm := &storedManifest{body: up.Body, mediaType: mt, digest: up.Digest}
 		if entry.Tag != "" {
 			// A tag moved to content mirrored already: point it there now.
-			if rec, ok, err := p.index.Mirror(up.Digest); err == nil && ok && rec.State == storage.MirrorComplete {
+			if rec, ok, err := p.index.Mirror(t.host(), t.repo, up.Digest); err == nil && ok && rec.State == storage.MirrorComplete {
 				if err := p.publishTag(ctx, t, entry.Tag, sm); err != nil {
 					return nil, err
 				}
@@ -376,10 +376,10 @@ func (p *Proxy) fetchManifest(ctx context.Context, t target, ref string, mirror 
 // resumeIfPartial restarts the background mirroring of a served index or
 // image that is not complete and not being mirrored, e.g. after a failure.
 func (p *Proxy) resumeIfPartial(ctx context.Context, t target, m *storedManifest) {
-	if p.mirrors.running(m.digest) {
+	if p.mirrors.running(mirrorKey(t, m.digest)) {
 		return
 	}
-	rec, ok, err := p.index.Mirror(m.digest)
+	rec, ok, err := p.index.Mirror(t.host(), t.repo, m.digest)
 	if err == nil && ok && rec.State != storage.MirrorComplete {
 		p.enqueueMirror(ctx, t, m.digest)
 	}

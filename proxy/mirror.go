@@ -21,35 +21,38 @@ const (
 	referenceTypeAttestation  = "attestation-manifest"
 )
 
-// mirrorQueue tracks the background mirror jobs, one per manifest digest.
+// mirrorQueue tracks the background mirror jobs, one per manifest in a
+// repository ("repo@digest").
 type mirrorQueue struct {
 	mu   sync.Mutex
-	jobs map[digest.Digest]bool
+	jobs map[string]bool
 }
 
-func newMirrorQueue() *mirrorQueue { return &mirrorQueue{jobs: map[digest.Digest]bool{}} }
+func newMirrorQueue() *mirrorQueue { return &mirrorQueue{jobs: map[string]bool{}} }
 
-// add registers a job; false if one for dgst runs already.
-func (q *mirrorQueue) add(dgst digest.Digest) bool {
+func mirrorKey(t target, dgst digest.Digest) string { return t.storeRepo() + "@" + dgst.String() }
+
+// add registers a job; false if one for key runs already.
+func (q *mirrorQueue) add(key string) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.jobs[dgst] {
+	if q.jobs[key] {
 		return false
 	}
-	q.jobs[dgst] = true
+	q.jobs[key] = true
 	return true
 }
 
-func (q *mirrorQueue) done(dgst digest.Digest) {
+func (q *mirrorQueue) done(key string) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	delete(q.jobs, dgst)
+	delete(q.jobs, key)
 }
 
-func (q *mirrorQueue) running(dgst digest.Digest) bool {
+func (q *mirrorQueue) running(key string) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return q.jobs[dgst]
+	return q.jobs[key]
 }
 
 // Len is the number of jobs queued or running.
@@ -66,14 +69,14 @@ func (p *Proxy) enqueueMirror(ctx context.Context, t target, dgst digest.Digest)
 	if !p.work.start() {
 		return
 	}
-	if !p.mirrors.add(dgst) {
+	if !p.mirrors.add(mirrorKey(t, dgst)) {
 		p.work.done()
 		return
 	}
 	ctx, cancel := p.detach(ctx, p.fillTimeout)
 	go func() {
 		defer p.work.done()
-		defer p.mirrors.done(dgst)
+		defer p.mirrors.done(mirrorKey(t, dgst))
 		defer cancel()
 		if err := p.mirror(ctx, t, dgst); err != nil {
 			p.log.Warn("background mirror incomplete; it resumes on the next pull or restart",

@@ -258,13 +258,13 @@ func (p *Proxy) ResumeMirrors(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	for dgst, rec := range pending {
-		up, ok := p.upstreams[rec.Upstream]
+	for _, e := range pending {
+		up, ok := p.upstreams[e.Upstream]
 		if !ok {
-			p.log.Warn("not resuming mirror of an unconfigured upstream", "upstream", rec.Upstream, "repo", rec.Repo, "digest", dgst)
+			p.log.Warn("not resuming mirror of an unconfigured upstream", "upstream", e.Upstream, "repo", e.Repo, "digest", e.Digest)
 			continue
 		}
-		p.enqueueMirror(ctx, target{up: up, repo: rec.Repo, name: rec.Repo}, dgst)
+		p.enqueueMirror(ctx, target{up: up, repo: e.Repo, name: e.Repo}, e.Digest)
 	}
 	if len(pending) > 0 {
 		p.log.Info("resuming interrupted mirrors", "count", len(pending))

@@ -37,7 +37,7 @@ var (
 	bucketManifests = []byte("manifests") // digest -> ManifestRecord
 	bucketBlobs     = []byte("blobs")     // digest -> BlobRecord
 	bucketLinks     = []byte("links")     // "host/repo@digest" -> ""
-	bucketMirrors   = []byte("mirrors")   // digest -> MirrorRecord
+	bucketMirrors   = []byte("mirrors")   // "host/repo@digest" -> MirrorRecord
 	bucketHolders   = []byte("holders")   // "digest\x00host/repo" -> "": links by digest
 	bucketBodies    = []byte("bodies")    // digest -> manifest bytes, for registry destinations
 	allBuckets      = [][]byte{bucketTags, bucketManifests, bucketBlobs, bucketLinks, bucketMirrors, bucketJobs, bucketHolders, bucketBodies}
@@ -309,8 +309,8 @@ func (ix *Index) RecordManifest(e ManifestEntry) error {
 				return err
 			}
 		}
-		if e.Mirror != nil && tx.Bucket(bucketMirrors).Get(key) == nil {
-			return put(tx, bucketMirrors, key, e.Mirror)
+		if mkey := linkKey(e.Upstream, e.Repo, e.Digest); e.Mirror != nil && tx.Bucket(bucketMirrors).Get(mkey) == nil {
+			return put(tx, bucketMirrors, mkey, e.Mirror)
 		}
 		return nil
 	})
@@ -387,28 +387,40 @@ func (ix *Index) Linked(host, repo string, dgst digest.Digest) (bool, error) {
 	return ok, err
 }
 
-// Mirror returns the background-mirroring state of a manifest.
-func (ix *Index) Mirror(dgst digest.Digest) (MirrorRecord, bool, error) {
-	return view[MirrorRecord](ix, bucketMirrors, []byte(dgst))
+// Mirror returns the background-mirroring state of a manifest in an
+// upstream repository. The state is per repository: the same digest may be
+// complete in one and not yet in another (links, registry destinations).
+func (ix *Index) Mirror(host, repo string, dgst digest.Digest) (MirrorRecord, bool, error) {
+	return view[MirrorRecord](ix, bucketMirrors, linkKey(host, repo, dgst))
 }
 
-// PutMirror records the background-mirroring state of a manifest.
+// PutMirror records the background-mirroring state of a manifest in the
+// upstream repository rec names.
 func (ix *Index) PutMirror(dgst digest.Digest, rec MirrorRecord) error {
-	return ix.db.Update(func(tx *bolt.Tx) error { return put(tx, bucketMirrors, []byte(dgst), rec) })
+	return ix.db.Update(func(tx *bolt.Tx) error {
+		return put(tx, bucketMirrors, linkKey(rec.Upstream, rec.Repo, dgst), rec)
+	})
+}
+
+// MirrorEntry is a manifest's mirror state in a repository.
+type MirrorEntry struct {
+	Digest digest.Digest
+	MirrorRecord
 }
 
 // IncompleteMirrors returns the manifests whose mirroring has not finished,
 // e.g. because the process stopped; they are resumed at start.
-func (ix *Index) IncompleteMirrors() (map[digest.Digest]MirrorRecord, error) {
-	out := map[digest.Digest]MirrorRecord{}
+func (ix *Index) IncompleteMirrors() ([]MirrorEntry, error) {
+	var out []MirrorEntry
 	err := ix.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketMirrors).ForEach(func(k, v []byte) error {
 			var rec MirrorRecord
 			if err := json.Unmarshal(v, &rec); err != nil {
 				return fmt.Errorf("index: corrupt mirror entry %q: %w", k, err)
 			}
-			if rec.State != MirrorComplete {
-				out[digest.Digest(k)] = rec
+			at := bytes.LastIndexByte(k, '@')
+			if rec.State != MirrorComplete && at >= 0 {
+				out = append(out, MirrorEntry{Digest: digest.Digest(k[at+1:]), MirrorRecord: rec})
 			}
 			return nil
 		})

@@ -168,7 +168,7 @@ func TestIndexManifests(t *testing.T) {
 	}
 	// Without a tag, no tag is recorded; without a mirror state, none.
 	checkTags(t, ix, hub, "library/alpine")
-	if _, ok, err := ix.Mirror(d); err != nil || ok {
+	if _, ok, err := ix.Mirror(hub, "library/alpine", d); err != nil || ok {
 		t.Fatalf("Mirror of a manifest recorded without one = %v, %v", ok, err)
 	}
 	// The manifest is linked to its repository, and only to it.
@@ -290,11 +290,11 @@ func TestIndexMirrors(t *testing.T) {
 	must(t, ix.RecordManifest(entry(complete, storage.MirrorPartial)))
 	must(t, ix.RecordManifest(storage.ManifestEntry{Upstream: hub, Repo: "library/alpine", Digest: plain}))
 
-	rec, ok, err := ix.Mirror(partial)
+	rec, ok, err := ix.Mirror(hub, "library/alpine", partial)
 	if err != nil || !ok || rec.State != storage.MirrorPartial || rec.Upstream != hub || rec.Repo != "library/alpine" || !rec.UpdatedAt.Equal(t0) {
 		t.Fatalf("Mirror(partial) = %+v, %v, %v", rec, ok, err)
 	}
-	if _, ok, err := ix.Mirror(plain); err != nil || ok {
+	if _, ok, err := ix.Mirror(hub, "library/alpine", plain); err != nil || ok {
 		t.Fatalf("Mirror of a manifest recorded without one = %v, %v", ok, err)
 	}
 
@@ -302,7 +302,7 @@ func TestIndexMirrors(t *testing.T) {
 	done := storage.MirrorRecord{Upstream: hub, Repo: "library/alpine", State: storage.MirrorComplete,
 		Platforms: []string{"linux/amd64", "linux/arm64/v8"}, UpdatedAt: t1}
 	must(t, ix.PutMirror(complete, done))
-	rec, ok, err = ix.Mirror(complete)
+	rec, ok, err = ix.Mirror(hub, "library/alpine", complete)
 	if err != nil || !ok || rec.State != storage.MirrorComplete || !slices.Equal(rec.Platforms, done.Platforms) || !rec.UpdatedAt.Equal(t1) {
 		t.Fatalf("Mirror(complete) = %+v, %v, %v; want %+v", rec, ok, err, done)
 	}
@@ -310,22 +310,26 @@ func TestIndexMirrors(t *testing.T) {
 	// Recording the manifest again (e.g. pulled by another tag) must not
 	// reset a mirror state that is already recorded.
 	must(t, ix.RecordManifest(entry(complete, storage.MirrorPartial)))
-	if rec, _, _ := ix.Mirror(complete); rec.State != storage.MirrorComplete || !slices.Equal(rec.Platforms, done.Platforms) {
+	if rec, _, _ := ix.Mirror(hub, "library/alpine", complete); rec.State != storage.MirrorComplete || !slices.Equal(rec.Platforms, done.Platforms) {
 		t.Fatalf("RecordManifest overwrote a complete mirror state: %+v", rec)
 	}
 	// Not even with another partial state.
 	e := entry(partial, storage.MirrorPartial)
-	e.Mirror.Repo = "someone/else"
+	e.Mirror.Platforms = []string{"changed"}
 	must(t, ix.RecordManifest(e))
-	if rec, _, _ := ix.Mirror(partial); rec.Repo != "library/alpine" {
+	if rec, _, _ := ix.Mirror(hub, "library/alpine", partial); rec.Platforms != nil {
 		t.Fatalf("RecordManifest overwrote a partial mirror state: %+v", rec)
+	}
+	// The state is per repository: the same digest elsewhere is separate.
+	if _, ok, _ := ix.Mirror(ghcr, "library/alpine", partial); ok {
+		t.Fatal("a mirror state leaked into another upstream")
 	}
 
 	incomplete, err := ix.IncompleteMirrors()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(incomplete) != 1 || incomplete[partial].State != storage.MirrorPartial || incomplete[partial].Repo != "library/alpine" {
+	if len(incomplete) != 1 || incomplete[0].Digest != partial || incomplete[0].State != storage.MirrorPartial || incomplete[0].Repo != "library/alpine" {
 		t.Fatalf("IncompleteMirrors = %+v, want only %s", incomplete, partial)
 	}
 
@@ -336,7 +340,7 @@ func TestIndexMirrors(t *testing.T) {
 	}
 	// And back: a restarted mirror is listed again.
 	must(t, ix.PutMirror(complete, storage.MirrorRecord{Upstream: ghcr, Repo: "x", State: storage.MirrorPartial, UpdatedAt: t1}))
-	if m, err := ix.IncompleteMirrors(); err != nil || len(m) != 1 || m[complete].Upstream != ghcr {
+	if m, err := ix.IncompleteMirrors(); err != nil || len(m) != 1 || m[0].Digest != complete || m[0].Upstream != ghcr {
 		t.Fatalf("IncompleteMirrors = %+v, %v; want %s from %s", m, err, complete, ghcr)
 	}
 }
@@ -446,7 +450,7 @@ func TestIndexPersists(t *testing.T) {
 	checkLinked(t, ix, hub, "library/alpine", m, true)
 	checkLinked(t, ix, hub, "library/alpine", b, true)
 	checkLinked(t, ix, ghcr, "x/y", b, true)
-	if inc, err := ix.IncompleteMirrors(); err != nil || len(inc) != 1 || inc[m].State != storage.MirrorPartial {
+	if inc, err := ix.IncompleteMirrors(); err != nil || len(inc) != 1 || inc[0].Digest != m || inc[0].State != storage.MirrorPartial {
 		t.Fatalf("IncompleteMirrors after reopen = %+v, %v", inc, err)
 	}
 }

@@ -78,7 +78,7 @@ func TestBackgroundMirrorServesOtherPlatformsOffline(t *testing.T) {
 			amd := v1.Platform{OS: "linux", Architecture: "amd64"}
 			cranePull(t, ref(t, m, "multi:v1"), remote.WithPlatform(amd))
 			m.WaitIdle()
-			rec, ok, err := m.Index.Mirror(digestOf(t, ma.Digest))
+			rec, ok, err := m.Index.Mirror("docker.io", "library/multi", digestOf(t, ma.Digest))
 			if err != nil || !ok || rec.State != storage.MirrorComplete {
 				t.Fatalf("index mirror state = %+v %v %v, want complete", rec, ok, err)
 			}

@@ -79,6 +79,7 @@ type Client struct {
 	retryMu sync.Mutex
 	retryAt time.Time
 	now     func() time.Time
+	timeout time.Duration
 }
 
 // DefaultBackoff is how long an upstream that answered 429 without a
@@ -97,6 +98,13 @@ func WithTransport(rt http.RoundTripper) Option { return func(c *Client) { c.bas
 
 // WithAuth sets the credentials (default anonymous).
 func WithAuth(a authn.Authenticator) Option { return func(c *Client) { c.auth = a } }
+
+// WithTimeout bounds the wait for an upstream's response headers
+// (default DefaultTimeout).
+func WithTimeout(d time.Duration) Option { return func(c *Client) { c.timeout = d } }
+
+// DefaultTimeout is how long an upstream may take to start answering.
+const DefaultTimeout = 30 * time.Second
 
 // WithKeychain takes the credentials from a keychain, e.g. the Docker
 // credential store (authn.DefaultKeychain), for the host clients use.
@@ -125,6 +133,7 @@ func New(host, rawURL string, opts ...Option) (*Client, error) {
 		auth:       authn.Anonymous,
 		transports: map[string]http.RoundTripper{},
 		now:        time.Now,
+		timeout:    DefaultTimeout,
 	}
 	for _, o := range opts {
 		o(c)
@@ -153,7 +162,7 @@ func DefaultTransport() *http.Transport {
 	// are waiting, and cached content can answer them instead.
 	t.DialContext = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
 	t.TLSHandshakeTimeout = 10 * time.Second
-	t.ResponseHeaderTimeout = 30 * time.Second
+	t.ResponseHeaderTimeout = 2 * DefaultTimeout // a backstop; Client's own timeout applies first
 	t.MaxIdleConnsPerHost = 32
 	// However many clients miss at once, an upstream sees at most this
 	// many connections from us; further requests wait for one.
@@ -204,9 +213,9 @@ func (c *Client) handshake(ctx context.Context, repo string) (http.RoundTripper,
 	if err != nil {
 		return nil, err
 	}
-	resp, err := (&http.Client{Transport: c.base}).Do(req)
+	resp, err := c.send(ctx, c.base, req)
 	if err != nil {
-		return nil, c.transportError(err)
+		return nil, err
 	}
 	defer resp.Body.Close()
 	switch resp.StatusCode {
@@ -256,12 +265,9 @@ func (c *Client) do(ctx context.Context, repo string, req *http.Request, what st
 	if err != nil {
 		return nil, err
 	}
-	resp, err := (&http.Client{Transport: t}).Do(req.WithContext(ctx))
+	resp, err := c.send(ctx, t, req)
 	if err != nil {
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		return nil, c.transportError(err)
+		return nil, err
 	}
 	for _, s := range ok {
 		if resp.StatusCode == s {
@@ -270,6 +276,45 @@ func (c *Client) do(ctx context.Context, repo string, req *http.Request, what st
 	}
 	defer resp.Body.Close()
 	return nil, c.statusError(resp, what)
+}
+
+// errTimeout ends a request whose answer took longer than the timeout.
+var errTimeout = errors.New("no answer in time")
+
+// send sends req, failing if no response headers arrive within the
+// client's timeout: an upstream that hangs must not hang the clients
+// waiting for it. The body may then take as long as it takes.
+func (c *Client) send(ctx context.Context, t http.RoundTripper, req *http.Request) (*http.Response, error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	timer := time.AfterFunc(c.timeout, func() { cancel(errTimeout) })
+	resp, err := (&http.Client{Transport: t}).Do(req.WithContext(ctx))
+	timer.Stop()
+	if err != nil {
+		cause := context.Cause(ctx)
+		cancel(nil)
+		switch {
+		case errors.Is(cause, errTimeout):
+			return nil, errcode.Wrap(errcode.Unavailable, errors.Join(ErrUnavailable, err), "upstream %s did not answer within %s", c.host, c.timeout).
+				WithStatus(http.StatusGatewayTimeout)
+		case cause != nil:
+			return nil, cause
+		}
+		return nil, c.transportError(err)
+	}
+	resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
+	return resp, nil
+}
+
+// cancelOnClose releases a request's context with its body.
+type cancelOnClose struct {
+	io.ReadCloser
+	cancel context.CancelCauseFunc
+}
+
+func (b *cancelOnClose) Close() error {
+	err := b.ReadCloser.Close()
+	b.cancel(nil)
+	return err
 }
 
 // backingOff fails while a rate limit's Retry-After has not passed.

@@ -1,0 +1,898 @@
+package tests
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/docker-mirror/docker-mirror/proxy"
+	"github.com/docker-mirror/docker-mirror/storage"
+	"github.com/docker-mirror/docker-mirror/storage/registry"
+	"github.com/docker-mirror/docker-mirror/tests/fixture"
+	"github.com/docker-mirror/docker-mirror/tests/mirrortest"
+)
+
+// The destination registry's users and the prefix mirrors push under.
+const (
+	destUser      = "mirror-bot"
+	destPassword  = "pa55-w0rd-never-shown"
+	wrongPassword = "wr0ng-pa55-never-shown-either"
+	destPrefix    = "mirror"
+)
+
+var linuxPlatforms = []string{"linux/amd64", "linux/arm/v7", "linux/arm64"}
+
+// destMirror is a mirror whose store is a destination registry.
+type destMirror struct {
+	*mirrortest.Mirror
+	dest *fixture.Destination
+}
+
+// destSetup says how a destMirror builds its store; it is read again on
+// every Restart, so a test can change the password in between.
+type destSetup struct {
+	password string
+	// wrap, if set, wraps the registry store (e.g. to hold a Put).
+	wrap func(*registry.Store) storage.Store
+}
+
+// startDestMirror starts a mirror of up whose store is the registry store
+// on dest under destPrefix, with mount sources from the index as the
+// server wires them (cmd/docker-mirror/engine.go).
+func startDestMirror(t *testing.T, up *fixture.Upstream, dest *fixture.Destination, setup *destSetup, opts ...proxy.Option) *destMirror {
+	t.Helper()
+	if setup == nil {
+		setup = &destSetup{password: destPassword}
+	}
+	newStore := func(index *storage.Index) (storage.Store, error) {
+		s, err := registry.New(dest.URL()+"/"+destPrefix,
+			registry.WithCredentials(destUser, setup.password),
+			registry.WithMountSources(func(_ context.Context, dgst digest.Digest) []string {
+				holders, _ := index.Holders(dgst)
+				var repos []string
+				for _, h := range holders {
+					host, repo, _ := strings.Cut(h, "/")
+					repos = append(repos, proxy.StoreRepo(host, repo))
+				}
+				return repos
+			}))
+		if err != nil {
+			return nil, err
+		}
+		t.Cleanup(s.CloseIdleConnections)
+		if setup.wrap != nil {
+			return setup.wrap(s), nil
+		}
+		return s, nil
+	}
+	return &destMirror{Mirror: mirrortest.StartWithStore(t, up.URL(), newStore, opts...), dest: dest}
+}
+
+func startDest(t *testing.T) *fixture.Destination {
+	return fixture.StartDestination(t, map[string]string{destUser: destPassword})
+}
+
+// destRef parses a reference at the destination, under the prefix:
+// destRef(t, d, "library/multi", ":v1") or (..., "@sha256:...").
+func destRef(t testing.TB, d *fixture.Destination, repo, suffix string) name.Reference {
+	t.Helper()
+	r, err := name.ParseReference(d.Host()+"/"+destPrefix+"/"+repo+suffix, name.Insecure, name.StrictValidation)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// destOpts are the options to read the destination directly.
+func destOpts(t testing.TB) []remote.Option {
+	return []remote.Option{
+		remote.WithAuth(&authn.Basic{Username: destUser, Password: destPassword}),
+		remote.WithContext(context.Background()),
+	}
+}
+
+// isNotFound reports whether err is the registry's 404.
+func isNotFound(err error) bool {
+	var te *transport.Error
+	return errors.As(err, &te) && te.StatusCode == http.StatusNotFound
+}
+
+// wantDestManifest reads a manifest straight from the destination and
+// checks it is exactly raw, of mediaType.
+func wantDestManifest(t testing.TB, d *fixture.Destination, repo, reference string, raw []byte, mediaType string) {
+	t.Helper()
+	suffix := ":" + reference
+	if strings.Contains(reference, ":") {
+		suffix = "@" + reference
+	}
+	r := destRef(t, d, repo, suffix)
+	desc, err := remote.Get(r, destOpts(t)...)
+	if err != nil {
+		t.Fatalf("destination %s: %v", r, err)
+	}
+	if !bytes.Equal(desc.Manifest, raw) || desc.Digest.String() != sha(raw) || string(desc.MediaType) != mediaType {
+		t.Fatalf("destination %s: %d bytes, digest %s, type %s; want %d bytes, %s, %s",
+			r, len(desc.Manifest), desc.Digest, desc.MediaType, len(raw), sha(raw), mediaType)
+	}
+}
+
+// wantDestBlob reads a blob straight from the destination and checks its
+// bytes hash to its digest.
+func wantDestBlob(t testing.TB, d *fixture.Destination, repo, dgst string) {
+	t.Helper()
+	b, err := readDestBlob(t, d, repo, dgst)
+	if err != nil {
+		t.Fatalf("destination blob %s@%s: %v", repo, dgst, err)
+	}
+	if got := sha(b); got != dgst {
+		t.Fatalf("destination blob %s@%s hashes to %s", repo, dgst, got)
+	}
+}
+
+func readDestBlob(t testing.TB, d *fixture.Destination, repo, dgst string) ([]byte, error) {
+	t.Helper()
+	r, err := name.NewDigest(d.Host()+"/"+destPrefix+"/"+repo+"@"+dgst, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := remote.Layer(r, destOpts(t)...)
+	if err != nil {
+		return nil, err
+	}
+	rc, err := l.Compressed()
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	return io.ReadAll(rc)
+}
+
+// destHas reports whether the destination holds a blob or manifest
+// (kind "blobs" or "manifests") in repo, failing on anything but 200/404.
+func destHas(t testing.TB, d *fixture.Destination, repo, kind, dgst string) bool {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodHead, d.URL()+"/v2/"+destPrefix+"/"+repo+"/"+kind+"/"+dgst, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.SetBasicAuth(destUser, destPassword)
+	req.Header.Set("Accept", manifestAccept)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("HEAD %s: %v", req.URL, err)
+	}
+	resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusOK:
+		return true
+	case http.StatusNotFound:
+		return false
+	}
+	t.Fatalf("HEAD %s: %s", req.URL, resp.Status)
+	return false
+}
+
+// wantDestImage checks an image manifest and all its blobs at the
+// destination.
+func wantDestImage(t testing.TB, d *fixture.Destination, repo string, img *fixture.Image) {
+	t.Helper()
+	wantDestManifest(t, d, repo, img.Digest, img.Manifest, img.MediaType)
+	for _, b := range img.Blobs() {
+		wantDestBlob(t, d, repo, b)
+	}
+}
+
+// wantDestMultiArch checks that the destination holds, under repo, the
+// index with its exact bytes, the tag pointing at it, every linux
+// platform's manifest and blobs and their attestations, and nothing of
+// windows; and nothing outside the prefix.
+func wantDestMultiArch(t testing.TB, d *fixture.Destination, repo string, ma *fixture.MultiArch) {
+	t.Helper()
+	wantDestManifest(t, d, repo, ma.Digest, ma.Index, ma.MediaType)
+	wantDestManifest(t, d, repo, ma.Tag, ma.Index, ma.MediaType)
+	for _, p := range linuxPlatforms {
+		wantDestImage(t, d, repo, ma.Platforms[p])
+	}
+	for _, a := range ma.Attestations {
+		img := a.Image
+		wantDestImage(t, d, repo, &img)
+	}
+	win := ma.Platforms["windows/amd64"]
+	if destHas(t, d, repo, "manifests", win.Digest) {
+		t.Errorf("the windows manifest %s is at the destination", win.Digest)
+	}
+	for _, b := range win.Blobs() {
+		if destHas(t, d, repo, "blobs", b) {
+			t.Errorf("windows blob %s is at the destination", b)
+		}
+	}
+	// Nothing outside the prefix.
+	r, err := name.ParseReference(d.Host()+"/"+repo+":"+ma.Tag, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := remote.Get(r, destOpts(t)...); !isNotFound(err) {
+		t.Errorf("%s outside the prefix: %v; want a 404", r, err)
+	}
+}
+
+// mirrored returns the unique blobs mirroring ma's linux platforms
+// copies, with their sizes (from the manifests).
+func mirrored(t testing.TB, ma *fixture.MultiArch) map[string]int64 {
+	t.Helper()
+	out := map[string]int64{}
+	imgs := []*fixture.Image{}
+	for _, p := range linuxPlatforms {
+		imgs = append(imgs, ma.Platforms[p])
+	}
+	for i := range ma.Attestations {
+		imgs = append(imgs, &ma.Attestations[i].Image)
+	}
+	for _, img := range imgs {
+		for d, n := range blobSizes(t, img) {
+			out[d] = n
+		}
+	}
+	return out
+}
+
+// blobSizes returns an image's config and layer digests with their sizes.
+func blobSizes(t testing.TB, img *fixture.Image) map[string]int64 {
+	t.Helper()
+	var m struct {
+		Config struct {
+			Digest string
+			Size   int64
+		}
+		Layers []struct {
+			Digest string
+			Size   int64
+		}
+	}
+	if err := json.Unmarshal(img.Manifest, &m); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]int64{m.Config.Digest: m.Config.Size}
+	for _, l := range m.Layers {
+		out[l.Digest] = l.Size
+	}
+	return out
+}
+
+// wantIndexTruthful checks that the mirror's index claims nothing the
+// destination lacks: every blob it records is at the destination, every
+// manifest it records is served (from the destination, or from bytes the
+// mirror keeps until it can push them) with the upstream down, and an
+// index it says is mirrored completely has every linux platform at the
+// destination. The upstream must be stopped.
+func wantIndexTruthful(t testing.TB, m *destMirror, repo string, ma *fixture.MultiArch) {
+	t.Helper()
+	manifests := map[string]*fixture.Image{ma.Digest: {Digest: ma.Digest, Manifest: ma.Index, MediaType: ma.MediaType}}
+	for _, img := range ma.Platforms {
+		manifests[img.Digest] = img
+	}
+	for i, a := range ma.Attestations {
+		manifests[a.Digest] = &ma.Attestations[i].Image
+	}
+	for dg, img := range manifests {
+		if _, ok, err := m.Index.Manifest(digestOf(t, dg)); err != nil {
+			t.Fatal(err)
+		} else if ok {
+			r := get(t, m.URL()+"/v2/"+repo+"/manifests/"+dg)
+			if r.status != http.StatusOK || !bytes.Equal(r.body, img.Manifest) {
+				t.Errorf("the index records manifest %s, but the mirror cannot serve it without the upstream: %d %.300s", dg, r.status, r.body)
+			}
+		}
+	}
+	for _, img := range ma.Platforms {
+		for _, b := range img.Blobs() {
+			if _, ok, err := m.Index.Blob(digestOf(t, b)); err != nil {
+				t.Fatal(err)
+			} else if ok && !destHas(t, m.dest, repo, "blobs", b) {
+				t.Errorf("the index records blob %s, which the destination does not hold", b)
+			}
+		}
+	}
+	if rec, ok, err := m.Index.Mirror(proxy.DefaultHost, repo, digestOf(t, ma.Digest)); err != nil {
+		t.Fatal(err)
+	} else if ok && rec.State == storage.MirrorComplete {
+		for _, p := range linuxPlatforms {
+			if !destHas(t, m.dest, repo, "manifests", ma.Platforms[p].Digest) {
+				t.Errorf("the index says %s is mirrored completely, but the destination lacks %s", ma.Digest, p)
+			}
+		}
+	}
+}
+
+// wantMessage checks a 5xx OCI error answer whose message says all of
+// words and none of the secrets.
+func wantMessage(t testing.TB, r response, words ...string) {
+	t.Helper()
+	if r.err != nil {
+		t.Fatalf("request failed: %v", r.err)
+	}
+	if r.status < 500 {
+		t.Fatalf("status %d, want a 5xx (body %s)", r.status, r.body)
+	}
+	errorCode(t, r.body) // an OCI error body
+	for _, w := range words {
+		if !strings.Contains(string(r.body), w) {
+			t.Errorf("error body %s does not say %q", r.body, w)
+		}
+	}
+	for _, secret := range []string{destPassword, wrongPassword} {
+		if strings.Contains(string(r.body), secret) {
+			t.Errorf("error body %s shows a password", r.body)
+		}
+	}
+}
+
+var amd64 = v1.Platform{OS: "linux", Architecture: "amd64"}
+
+// After a proxy miss (one linux/amd64 pull), the destination holds, under
+// the prefix and the Hub path, the index with its exact bytes, the tag,
+// every linux platform and attestation, and no windows; the tag is pushed
+// last. With the upstream down, pulls read from the destination.
+func TestDestinationProxyMiss(t *testing.T) {
+	for _, f := range flavours {
+		t.Run(f.name, func(t *testing.T) {
+			up := fixture.StartUpstream(t)
+			ma := up.SeedMultiArch(t, "library/hello-world", "latest", f.mt)
+			dest := startDest(t)
+			m := startDestMirror(t, up, dest, nil)
+
+			if got := cranePull(t, ref(t, m.Mirror, "hello-world:latest"), remote.WithPlatform(amd64)); got != ma.Platforms["linux/amd64"].Digest {
+				t.Fatalf("pulled %s, want %s", got, ma.Platforms["linux/amd64"].Digest)
+			}
+			m.WaitIdle()
+			rec, ok, err := m.Index.Mirror(proxy.DefaultHost, "library/hello-world", digestOf(t, ma.Digest))
+			if err != nil || !ok || rec.State != storage.MirrorComplete {
+				t.Fatalf("index mirror state = %+v %v %v, want complete", rec, ok, err)
+			}
+			wantDestMultiArch(t, dest, "library/hello-world", ma)
+			wantTagLast(t, dest.Requests(), destPrefix+"/library/hello-world", ma.Tag)
+
+			// The upstream is gone: everything comes from the destination.
+			up.Stop()
+			dest.ResetRequests()
+			for _, p := range linuxPlatforms {
+				plat, _ := v1.ParsePlatform(p)
+				if got := cranePull(t, ref(t, m.Mirror, "hello-world:latest"), remote.WithPlatform(*plat)); got != ma.Platforms[p].Digest {
+					t.Errorf("%s: pulled %s, want %s", p, got, ma.Platforms[p].Digest)
+				}
+				wantImage(t, m.Mirror, "hello-world", ma.Platforms[p])
+			}
+			wantManifest(t, get(t, m.URL()+"/v2/library/hello-world/manifests/latest"), ma.Index, ma.MediaType)
+			blobGETs, manifestGETs := dest.Count(http.MethodGet, fixture.KindBlob), dest.Count(http.MethodGet, fixture.KindManifest)
+			if blobGETs == 0 || manifestGETs == 0 {
+				t.Errorf("pulls with the upstream down made %d blob and %d manifest GETs at the destination; want reads from it", blobGETs, manifestGETs)
+			}
+			for _, r := range dest.Requests() {
+				if r.Method != http.MethodGet && r.Method != http.MethodHead {
+					t.Errorf("a pull wrote to the destination: %+v", r)
+				}
+			}
+
+			// A restarted mirror, every tag stale, the upstream down:
+			// still served from the destination.
+			m.Restart()
+			m.Clock.Advance(24 * time.Hour)
+			dest.ResetRequests()
+			r := get(t, m.URL()+"/v2/hello-world/manifests/latest")
+			wantManifest(t, r, ma.Index, ma.MediaType)
+			if c := r.header.Get("X-Cache"); c != "stale" {
+				t.Errorf("X-Cache %q, want stale", c)
+			}
+			wantImage(t, m.Mirror, "hello-world", ma.Platforms["linux/arm/v7"])
+			if dest.Count(http.MethodGet, fixture.KindBlob) == 0 {
+				t.Error("no blob read from the destination after a restart")
+			}
+		})
+	}
+}
+
+// wantTagLast checks that the tag was pushed to repo (at the destination)
+// once, after every other write of the repository.
+func wantTagLast(t testing.TB, reqs []fixture.DestRequest, repo, tag string) {
+	t.Helper()
+	tagPath := "/v2/" + repo + "/manifests/" + tag
+	last, tagAt := -1, -1
+	for i, r := range reqs {
+		if !strings.HasPrefix(r.Path, "/v2/"+repo+"/") || r.Method == http.MethodGet || r.Method == http.MethodHead {
+			continue
+		}
+		if r.Method == http.MethodPut && r.Path == tagPath {
+			if tagAt >= 0 {
+				t.Errorf("tag %s pushed more than once", tag)
+			}
+			tagAt = i
+			if r.Status != http.StatusCreated {
+				t.Errorf("tag push answered %d", r.Status)
+			}
+			continue
+		}
+		last = i
+	}
+	if tagAt < 0 {
+		t.Fatalf("tag %s:%s was never pushed", repo, tag)
+	}
+	if tagAt < last {
+		t.Errorf("tag %s:%s pushed (request %d) before the content it names (last write: request %d, %+v)", repo, tag, tagAt, last, reqs[last])
+	}
+}
+
+// A prefetch fills the destination: the job reports its states and
+// progress; the destination holds every linux platform; a second prefetch
+// uploads nothing. Bad references are refused before anything is queued.
+func TestDestinationPrefetch(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	ma := up.SeedMultiArch(t, "library/hello-world", "latest", fixture.OCI)
+	img := up.SeedImage(t, "area51/jenkins", "2.4", 2, 16<<10)
+	dest := startDest(t)
+	m := startDestMirror(t, up, dest, nil)
+
+	for _, bad := range []struct{ body, names string }{
+		{`{"images": ["hello-world", "Bad:Ref"]}`, "Bad:Ref"},
+		{`{"images": ["evil.example.com/x:1"]}`, "evil.example.com"},
+	} {
+		r := postPrefetch(t, m.Mirror, bad.body)
+		if r.status != http.StatusBadRequest || !strings.Contains(string(r.body), bad.names) {
+			t.Errorf("POST %s: %d %s; want 400 naming %q", bad.body, r.status, r.body, bad.names)
+		}
+	}
+	if n := len(dest.Requests()); n != 0 {
+		t.Errorf("invalid prefetches reached the destination %d times", n)
+	}
+
+	r := postPrefetch(t, m.Mirror, `{"images": ["hello-world", "area51/jenkins:2.4", "library/missing:1"]}`)
+	if r.status != http.StatusAccepted {
+		t.Fatalf("POST: %d %s", r.status, r.body)
+	}
+	var queued storage.Job
+	if err := json.Unmarshal(r.body, &queued); err != nil {
+		t.Fatal(err)
+	}
+	if queued.State != storage.JobQueued && queued.State != storage.JobRunning && queued.State != storage.JobDone && queued.State != storage.JobFailed {
+		t.Errorf("new job state %q", queued.State)
+	}
+	m.WaitIdle()
+	j := job(t, m.Mirror, r.header.Get("Location"))
+	if j.State != storage.JobFailed || len(j.Images) != 3 {
+		t.Fatalf("job %+v; want failed (one image is missing) with 3 images", j)
+	}
+	hw, jenkins, missing := j.Images[0], j.Images[1], j.Images[2]
+	want := mirrored(t, ma)
+	var total int64
+	for _, n := range want {
+		total += n
+	}
+	slices.Sort(hw.PlatformsDone)
+	if hw.State != storage.JobDone || hw.Digest != ma.Digest || hw.PlatformsTotal != 3 ||
+		!slices.Equal(hw.PlatformsDone, linuxPlatforms) || hw.BytesTotal != total || hw.BytesDone != total {
+		t.Errorf("hello-world %+v; want done, %s, 3 platforms, %d of %d bytes", hw, ma.Digest, total, total)
+	}
+	var jtotal int64
+	for _, n := range blobSizes(t, img) {
+		jtotal += n
+	}
+	if jenkins.State != storage.JobDone || jenkins.Digest != img.Digest || jenkins.BytesDone != jtotal || jenkins.BytesTotal != jtotal {
+		t.Errorf("jenkins %+v; want done, %s, %d bytes", jenkins, img.Digest, jtotal)
+	}
+	if missing.State != storage.JobFailed || !strings.Contains(missing.Error, "missing") {
+		t.Errorf("missing image %+v; want failed with an error naming it", missing)
+	}
+
+	wantDestMultiArch(t, dest, "library/hello-world", ma)
+	wantDestImage(t, dest, "area51/jenkins", img)
+	wantDestManifest(t, dest, "area51/jenkins", "2.4", img.Manifest, img.MediaType)
+	reqs := dest.Requests()
+	wantTagLast(t, reqs, destPrefix+"/library/hello-world", "latest")
+	wantTagLast(t, reqs, destPrefix+"/area51/jenkins", "2.4")
+
+	// Prefetching again uploads nothing.
+	dest.ResetRequests()
+	r = postPrefetch(t, m.Mirror, `{"images": ["hello-world", "area51/jenkins:2.4"]}`)
+	m.WaitIdle()
+	if j := job(t, m.Mirror, r.header.Get("Location")); j.State != storage.JobDone {
+		t.Fatalf("second job %+v", j)
+	}
+	for _, r := range dest.Requests() {
+		if r.IsUpload() {
+			t.Errorf("second prefetch uploaded: %+v", r)
+		}
+	}
+
+	up.Stop()
+	for _, p := range linuxPlatforms {
+		wantImage(t, m.Mirror, "hello-world", ma.Platforms[p])
+	}
+	wantImage(t, m.Mirror, "area51/jenkins", img)
+}
+
+// A prefetch interrupted by a restart resumes and fills the destination.
+func TestDestinationPrefetchResumesAfterRestart(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	ma := up.SeedMultiArch(t, "library/hello-world", "latest", fixture.OCI)
+	dest := startDest(t)
+	m := startDestMirror(t, up, dest, nil)
+	// Blob downloads hang until the mirror is stopped.
+	up.SetFault(fixture.Fault{Kind: fixture.KindBlob, Latency: 10 * time.Minute})
+	r := postPrefetch(t, m.Mirror, `{"images": ["hello-world:latest"]}`)
+	if r.status != http.StatusAccepted {
+		t.Fatalf("POST: %d %s", r.status, r.body)
+	}
+	m.Stop()
+	up.ClearFault()
+	if _, err := remote.Get(destRef(t, dest, "library/hello-world", ":latest"), destOpts(t)...); !isNotFound(err) {
+		t.Errorf("tag at the destination before the job finished: %v; want a 404", err)
+	}
+	m.Restart()
+	m.WaitIdle()
+	j := job(t, m.Mirror, r.header.Get("Location"))
+	if j.State != storage.JobDone || j.Images[0].State != storage.JobDone || j.Images[0].Digest != ma.Digest {
+		t.Fatalf("resumed job %+v", j)
+	}
+	wantDestMultiArch(t, dest, "library/hello-world", ma)
+}
+
+// seedDerived pushes to the upstream an image made of base's layers plus
+// one of its own, as a FROM base build does.
+func seedDerived(t *testing.T, up *fixture.Upstream, baseRepo string, base *fixture.Image, repo, tag string) *fixture.Image {
+	t.Helper()
+	br, err := name.NewDigest(up.Host()+"/"+baseRepo+"@"+base.Digest, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bimg, err := remote.Image(br)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := make([]byte, 8<<10)
+	rand.Read(data)
+	mt := types.OCILayer
+	if types.MediaType(base.MediaType) == types.DockerManifestSchema2 {
+		mt = types.DockerLayer
+	}
+	img, err := mutate.AppendLayers(bimg, static.NewLayer(data, mt))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := name.NewTag(up.Host()+"/"+repo+":"+tag, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(r, img); err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := img.RawManifest()
+	man, _ := img.Manifest()
+	out := &fixture.Image{Platform: "linux/amd64", Digest: sha(raw), Manifest: raw, MediaType: string(man.MediaType), Config: man.Config.Digest.String()}
+	for _, l := range man.Layers {
+		out.Layers = append(out.Layers, l.Digest.String())
+	}
+	up.ResetCounts()
+	return out
+}
+
+// An image in another repository built on a mirrored one: its shared
+// layers are mounted at the destination from the repository holding
+// them, never uploaded again.
+func TestDestinationMountsSharedLayers(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	ma := up.SeedMultiArch(t, "library/hello-world", "latest", fixture.OCI, fixture.WithLayerSize(256<<10))
+	base := ma.Platforms["linux/amd64"]
+	derived := seedDerived(t, up, "library/hello-world", base, "area51/jenkins", "2.4")
+	dest := startDest(t)
+	m := startDestMirror(t, up, dest, nil)
+
+	cranePull(t, ref(t, m.Mirror, "hello-world:latest"), remote.WithPlatform(amd64))
+	m.WaitIdle()
+	dest.ResetRequests()
+
+	// Through a pull; then the same image under two other names, through
+	// a pull and through a prefetch.
+	for _, c := range []struct {
+		name, repo string
+		shared     []string // blobs the destination has in another repository
+		copy       func(t *testing.T)
+	}{
+		{"pull", "area51/jenkins", base.Layers, func(t *testing.T) {
+			if got := cranePull(t, ref(t, m.Mirror, "area51/jenkins:2.4")); got != derived.Digest {
+				t.Fatalf("pulled %s, want %s", got, derived.Digest)
+			}
+		}},
+		{"pull the same image", "area51/runner", derived.Blobs(), func(t *testing.T) {
+			seedDerivedCopy(t, up, derived, "area51/jenkins", "area51/runner", "1")
+			wantManifest(t, get(t, m.URL()+"/v2/area51/runner/manifests/1"), derived.Manifest, derived.MediaType)
+			if got := cranePull(t, ref(t, m.Mirror, "area51/runner:1")); got != derived.Digest {
+				t.Fatalf("pulled %s, want %s", got, derived.Digest)
+			}
+			m.WaitIdle()
+			wantDestManifest(t, dest, "area51/runner", "1", derived.Manifest, derived.MediaType)
+		}},
+		{"prefetch the same image", "area51/agent", derived.Blobs(), func(t *testing.T) {
+			seedDerivedCopy(t, up, derived, "area51/jenkins", "area51/agent", "1")
+			r := postPrefetch(t, m.Mirror, `{"images": ["area51/agent:1"]}`)
+			if r.status != http.StatusAccepted {
+				t.Fatalf("POST: %d %s", r.status, r.body)
+			}
+			m.WaitIdle()
+			if j := job(t, m.Mirror, r.header.Get("Location")); j.State != storage.JobDone {
+				t.Errorf("job %+v", j)
+			}
+			wantDestManifest(t, dest, "area51/agent", "1", derived.Manifest, derived.MediaType)
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dest.ResetRequests()
+			c.copy(t)
+			m.WaitIdle()
+			wantDestImage(t, dest, c.repo, derived)
+			reqs := dest.Requests()
+			mounted := map[string]bool{}
+			for _, r := range reqs {
+				if !r.IsUpload() {
+					continue
+				}
+				q, _ := url.ParseQuery(r.Query)
+				if !strings.HasPrefix(r.Path, "/v2/"+destPrefix+"/"+c.repo+"/") {
+					t.Errorf("upload to another repository: %+v", r)
+				}
+				if r.Method == http.MethodPut && slices.Contains(c.shared, q.Get("digest")) {
+					t.Errorf("blob %s uploaded again: %+v", q.Get("digest"), r)
+				}
+				if r.Method == http.MethodPost && r.Status == http.StatusCreated {
+					mounted[q.Get("mount")] = true
+				}
+			}
+			for _, b := range c.shared {
+				if !mounted[b] {
+					t.Errorf("blob %s was not mounted (upload requests: %+v)", b, uploadsOf(reqs))
+				}
+			}
+		})
+	}
+}
+
+// seedDerivedCopy pushes img (in fromRepo upstream) to repo:tag too.
+func seedDerivedCopy(t *testing.T, up *fixture.Upstream, img *fixture.Image, fromRepo, repo, tag string) {
+	t.Helper()
+	src, err := name.NewDigest(up.Host()+"/"+fromRepo+"@"+img.Digest, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i, err := remote.Image(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst, err := name.NewTag(up.Host()+"/"+repo+":"+tag, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(dst, i); err != nil {
+		t.Fatal(err)
+	}
+	up.ResetCounts()
+}
+
+func uploadsOf(reqs []fixture.DestRequest) []fixture.DestRequest {
+	var out []fixture.DestRequest
+	for _, r := range reqs {
+		if r.IsUpload() {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// gatedStore holds the Put of one blob until released.
+type gatedStore struct {
+	*registry.Store
+	blob    digest.Digest
+	once    sync.Once
+	reached chan struct{} // closed when the Put of blob starts
+	release chan struct{}
+}
+
+func (g *gatedStore) Put(ctx context.Context, repo string, dgst digest.Digest, size int64, r io.Reader) error {
+	if dgst == g.blob {
+		g.once.Do(func() { close(g.reached) })
+		select {
+		case <-g.release:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return g.Store.Put(ctx, repo, dgst, size, r)
+}
+
+// A destination that goes down mid-mirror: clients get a 5xx naming it;
+// the index claims nothing the destination lacks and no tag names
+// incomplete content; once it is back, what was mirrored is intact and a
+// later pull completes the mirror.
+func TestDestinationDown(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	ma := up.SeedMultiArch(t, "library/hello-world", "latest", fixture.OCI)
+	other := up.SeedImage(t, "library/busybox", "1", 1, 8<<10)
+	done := up.SeedImage(t, "area51/jenkins", "2.4", 1, 8<<10)
+	dest := startDest(t)
+	armLayer := ma.Platforms["linux/arm64"].Layers[1]
+	var gate *gatedStore
+	setup := &destSetup{password: destPassword, wrap: func(s *registry.Store) storage.Store {
+		if gate == nil { // the first start only
+			gate = &gatedStore{Store: s, blob: digest.Digest(armLayer), reached: make(chan struct{}), release: make(chan struct{})}
+			return gate
+		}
+		return s
+	}}
+	m := startDestMirror(t, up, dest, setup)
+
+	// One image mirrored completely before the destination goes down.
+	cranePull(t, ref(t, m.Mirror, "area51/jenkins:2.4"))
+
+	// The background mirror of hello-world holds at arm64's own layer
+	// while the destination goes down.
+	cranePull(t, ref(t, m.Mirror, "hello-world:latest"), remote.WithPlatform(amd64))
+	<-gate.reached
+	dest.Stop()
+	close(gate.release)
+	m.WaitIdle()
+
+	for _, path := range []string{
+		"/v2/busybox/manifests/1",                 // a miss: the manifest cannot be stored
+		"/v2/hello-world/manifests/latest",        // indexed, but unreadable
+		"/v2/hello-world/blobs/" + ma.SharedLayer, // idem
+		"/v2/area51/jenkins/manifests/" + done.Digest,
+	} {
+		wantMessage(t, get(t, m.URL()+path), "destination "+dest.Host(), "unreachable")
+	}
+	r := postPrefetch(t, m.Mirror, `{"images": ["busybox:1"]}`)
+	m.WaitIdle()
+	j := job(t, m.Mirror, r.header.Get("Location"))
+	if j.State != storage.JobFailed || !strings.Contains(j.Images[0].Error, dest.Host()) {
+		t.Errorf("prefetch with the destination down: %+v; want failed naming the destination", j)
+	}
+	if _, ok, _ := m.Index.Manifest(digestOf(t, other.Digest)); ok {
+		t.Error("the index records busybox's manifest, which was never stored")
+	}
+	if rec, ok, _ := m.Index.Mirror(proxy.DefaultHost, "library/hello-world", digestOf(t, ma.Digest)); ok && rec.State == storage.MirrorComplete {
+		t.Fatal("the index says hello-world is mirrored completely")
+	}
+
+	dest.Restart()
+	// The tag was not pushed: it would name incomplete content.
+	if _, err := remote.Get(destRef(t, dest, "library/hello-world", ":latest"), destOpts(t)...); !isNotFound(err) {
+		t.Errorf("tag of an incomplete mirror at the destination: %v; want a 404", err)
+	}
+	up.Stop()
+	wantIndexTruthful(t, m, "library/hello-world", ma)
+	up.Restart()
+	// What was mirrored before is intact.
+	wantDestImage(t, dest, "area51/jenkins", done)
+	wantDestManifest(t, dest, "area51/jenkins", "2.4", done.Manifest, done.MediaType)
+
+	// A later pull completes everything.
+	if got := cranePull(t, ref(t, m.Mirror, "hello-world:latest"), remote.WithPlatform(amd64)); got != ma.Platforms["linux/amd64"].Digest {
+		t.Fatalf("pulled %s", got)
+	}
+	m.WaitIdle()
+	wantDestMultiArch(t, dest, "library/hello-world", ma)
+	if got := cranePull(t, ref(t, m.Mirror, "busybox:1")); got != other.Digest {
+		t.Fatalf("pulled %s, want %s", got, other.Digest)
+	}
+	m.WaitIdle()
+	wantDestImage(t, dest, "library/busybox", other)
+	wantDestManifest(t, dest, "library/busybox", "1", other.Manifest, other.MediaType)
+	up.Stop()
+	wantIndexTruthful(t, m, "library/hello-world", ma)
+	for _, p := range linuxPlatforms {
+		wantImage(t, m.Mirror, "hello-world", ma.Platforms[p])
+	}
+}
+
+// A destination refusing the credentials: clients get a 5xx about the
+// credentials that does not show the password, the index records
+// nothing, and with the right password the same mirror fills it.
+func TestDestinationWrongPassword(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	ma := up.SeedMultiArch(t, "library/hello-world", "latest", fixture.OCI)
+	dest := startDest(t)
+	setup := &destSetup{password: wrongPassword}
+	m := startDestMirror(t, up, dest, setup)
+
+	for _, path := range []string{
+		"/v2/hello-world/manifests/latest",
+		"/v2/hello-world/manifests/" + ma.Platforms["linux/arm64"].Digest,
+		"/v2/hello-world/blobs/" + ma.SharedLayer,
+	} {
+		wantMessage(t, get(t, m.URL()+path), "destination "+dest.Host(), "credentials", destUser)
+	}
+	r := postPrefetch(t, m.Mirror, `{"images": ["hello-world"]}`)
+	m.WaitIdle()
+	j := job(t, m.Mirror, r.header.Get("Location"))
+	if j.State != storage.JobFailed || !strings.Contains(j.Images[0].Error, "credentials") {
+		t.Errorf("prefetch with a wrong password: %+v; want failed, about the credentials", j)
+	}
+	list := get(t, m.URL()+"/prefetch")
+	if strings.Contains(string(list.body), wrongPassword) {
+		t.Error("the job list shows the password")
+	}
+	if _, ok, _ := m.Index.Manifest(digestOf(t, ma.Digest)); ok {
+		t.Error("the index records a manifest the destination refused")
+	}
+	if _, ok, _ := m.Index.Tag(proxy.DefaultHost, "library/hello-world", "latest"); ok {
+		t.Error("the index records a tag the destination refused")
+	}
+	for _, r := range dest.Requests() {
+		if r.Status/100 == 2 && r.Path != "/v2/" {
+			t.Errorf("the destination accepted %+v with a wrong password", r)
+		}
+	}
+
+	setup.password = destPassword
+	m.Restart()
+	cranePull(t, ref(t, m.Mirror, "hello-world:latest"), remote.WithPlatform(amd64))
+	m.WaitIdle()
+	wantDestMultiArch(t, dest, "library/hello-world", ma)
+	up.Stop()
+	wantIndexTruthful(t, m, "library/hello-world", ma)
+}
+
+// A destination that takes an index only with every manifest it lists
+// (distribution's default) still ends up with the index under its own
+// digest and the tag, every linux platform included.
+func TestDestinationRequiringCompleteIndexes(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	ma := up.SeedMultiArch(t, "library/hello-world", "latest", fixture.OCI)
+	dest := fixture.StartDestination(t, map[string]string{destUser: destPassword}, fixture.WithCompleteIndexes())
+	m := startDestMirror(t, up, dest, nil)
+
+	cranePull(t, ref(t, m.Mirror, "hello-world:latest"), remote.WithPlatform(amd64))
+	m.WaitIdle()
+	wantDestManifest(t, dest, "library/hello-world", ma.Digest, ma.Index, ma.MediaType)
+	wantDestManifest(t, dest, "library/hello-world", "latest", ma.Index, ma.MediaType)
+	for _, p := range linuxPlatforms {
+		wantDestImage(t, dest, "library/hello-world", ma.Platforms[p])
+	}
+	for _, a := range ma.Attestations {
+		img := a.Image
+		wantDestImage(t, dest, "library/hello-world", &img)
+	}
+	wantTagLast(t, dest.Requests(), destPrefix+"/library/hello-world", "latest")
+}
+
+// The layer every platform shares is slow to come: a prefetch pushes no
+// platform's manifest before it is at the destination.
+func TestDestinationPrefetchSlowSharedLayer(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	ma := up.SeedMultiArch(t, "library/hello-world", "latest", fixture.OCI)
+	dest := startDest(t)
+	m := startDestMirror(t, up, dest, nil)
+	up.SetFault(fixture.Fault{Method: http.MethodGet, Kind: fixture.KindBlob, PathContains: ma.SharedLayer, Latency: time.Second})
+	r := postPrefetch(t, m.Mirror, `{"images": ["hello-world"]}`)
+	m.WaitIdle()
+	if j := job(t, m.Mirror, r.header.Get("Location")); j.State != storage.JobDone {
+		t.Fatalf("job %+v", j)
+	}
+	wantDestMultiArch(t, dest, "library/hello-world", ma)
+}
