@@ -34,6 +34,9 @@ type Config struct {
 	Data string `yaml:"data"`
 	// Upstream is the URL docker.io images are fetched from.
 	Upstream string `yaml:"upstream"`
+	// UpstreamTimeout bounds the wait for an upstream to start answering;
+	// past it, clients get 504 (or cached content) instead of hanging.
+	UpstreamTimeout Duration `yaml:"upstream_timeout"`
 	// Upstreams are the registries mirrored, by the host clients name
 	// them with (docker.io, ghcr.io, quay.io, ...), each with its URL and
 	// optionally credentials, tag TTL and platforms. docker.io is always
@@ -168,6 +171,7 @@ func Default() Config {
 		Listen:          ":5000",
 		Data:            "./data",
 		Upstream:        DockerHub,
+		UpstreamTimeout: Duration(30 * time.Second),
 		TagTTL:          Duration(time.Minute),
 		Platforms:       []string{"linux/*"},
 		Concurrency:     4,
@@ -376,6 +380,9 @@ func (c Config) Validate() error {
 		if err := c.Upstreams[host].validate(host); err != nil {
 			return err
 		}
+	}
+	if c.UpstreamTimeout <= 0 {
+		return fmt.Errorf("upstream_timeout: must be positive, got %q", c.UpstreamTimeout)
 	}
 	if c.TagTTL < 0 {
 		return fmt.Errorf("tag_ttl: must not be negative, got %q", c.TagTTL)

@@ -84,6 +84,7 @@ func TestParseFull(t *testing.T) {
 		Listen:          "127.0.0.1:8080",
 		Data:            "/var/lib/docker-mirror",
 		Upstream:        "http://registry.internal:5000/",
+		UpstreamTimeout: config.Duration(30 * time.Second),
 		TagTTL:          config.Duration(90 * time.Second),
 		Platforms:       []string{"linux/amd64", "linux/arm64/v8", "windows/*"},
 		Concurrency:     16,
@@ -545,7 +546,7 @@ func TestBindFlags(t *testing.T) {
 	config.Bind(fs)
 	var names []string
 	fs.VisitAll(func(f *flag.Flag) { names = append(names, f.Name) })
-	want := []string{"concurrency", "config", "data", "destination", "listen", "log-format", "log-level", "platform", "shutdown-timeout", "tag-ttl", "tls-cert", "tls-key", "upstream"}
+	want := []string{"concurrency", "config", "data", "destination", "listen", "log-format", "log-level", "platform", "shutdown-timeout", "tag-ttl", "tls-cert", "tls-key", "upstream", "upstream-timeout"}
 	if !slices.Equal(names, want) {
 		t.Fatalf("flags = %q, want %q", names, want)
 	}

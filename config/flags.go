@@ -57,6 +57,7 @@ var keys = []key{
 			}
 			return nil
 		}},
+	{name: "upstream_timeout", usage: "how long an upstream may take to start answering before clients get 504", set: durationKey(func(c *Config) *Duration { return &c.UpstreamTimeout })},
 	{name: "tag_ttl", usage: "how long a tag's digest is trusted before revalidating upstream; 0 = every pull", set: durationKey(func(c *Config) *Duration { return &c.TagTTL })},
 	{name: "platform", usage: "platform pattern mirrored eagerly, e.g. linux/* or linux/arm64 (repeatable)", list: true,
 		set: func(c *Config, vals []string) error { c.Platforms = slices.Clone(vals); return nil }},
@@ -118,7 +119,7 @@ func flagName(key string) string { return strings.ReplaceAll(key, "_", "-") }
 func defaultStrings() map[string]string {
 	d := Default()
 	return map[string]string{
-		"listen": d.Listen, "data": d.Data, "upstream": d.Upstream, "tag_ttl": d.TagTTL.String(),
+		"listen": d.Listen, "data": d.Data, "upstream": d.Upstream, "upstream_timeout": d.UpstreamTimeout.String(), "tag_ttl": d.TagTTL.String(),
 		"platform": strings.Join(d.Platforms, ","), "concurrency": strconv.Itoa(d.Concurrency),
 		"shutdown_timeout": d.ShutdownTimeout.String(), "log_format": d.LogFormat, "log_level": d.LogLevel, "destination": "none", "tls_cert": "none", "tls_key": "none",
 	}

@@ -273,14 +273,16 @@ func (p *Proxy) mirrorBlobs(ctx context.Context, t target, doc manifestDoc, prog
 		if len(b.URLs) > 0 {
 			continue
 		}
-		if !prog.blob(b.Digest, b.Size) {
-			continue // listed by another platform of this copy
-		}
+		// A layer shared by several platforms counts once in the progress,
+		// but each platform waits for it: its manifest needs it stored.
+		counted := prog.blob(b.Digest, b.Size)
 		g.Go(func() error {
 			if err := p.ensureBlob(gctx, t, b.Digest); err != nil {
 				return err
 			}
-			prog.blobDone(b.Size)
+			if counted {
+				prog.blobDone(b.Size)
+			}
 			return nil
 		})
 	}

@@ -80,3 +80,30 @@ func TestRateLimitedUpstreamServesCache(t *testing.T) {
 		t.Errorf("429 body does not say why: %s", r.body)
 	}
 }
+
+// An upstream that hangs does not hang the clients: past the upstream
+// timeout, what is cached is served and the rest answers 504.
+func TestHangingUpstream(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/hang", "1", 1, 4<<10)
+	other := up.SeedImage(t, "library/hang", "2", 1, 4<<10)
+	m := mirrortest.StartUpstreams(t, []mirrortest.Upstream{{Host: "docker.io", URL: up.URL(), Timeout: 300 * time.Millisecond}}, nil, proxy.WithTagTTL(time.Minute))
+	cranePull(t, ref(t, m, "hang:1"))
+	m.WaitIdle()
+
+	up.SetFault(fixture.Fault{Latency: 10 * time.Minute})
+	m.Clock.Advance(time.Hour)
+	r := get(t, m.URL()+"/v2/hang/manifests/1")
+	wantManifest(t, r, img.Manifest, img.MediaType)
+	if r.header.Get("X-Cache") != "stale" {
+		t.Errorf("X-Cache %q, want stale", r.header.Get("X-Cache"))
+	}
+	wantImage(t, m, "hang", img)
+	r = get(t, m.URL()+"/v2/hang/manifests/2")
+	wantError(t, r, http.StatusGatewayTimeout, "UNAVAILABLE")
+	if !strings.Contains(string(r.body), "did not answer") {
+		t.Errorf("504 body does not say why: %s", r.body)
+	}
+	wantError(t, get(t, m.URL()+"/v2/hang/blobs/"+other.Layers[0]), http.StatusGatewayTimeout, "UNAVAILABLE")
+	up.Stop() // ends the hanging requests
+}

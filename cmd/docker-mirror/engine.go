@@ -103,7 +103,7 @@ func upstreams(cfg config.Config, m *metrics.Metrics, lookup func(string) (strin
 		u := all[host]
 		base := upstream.DefaultTransport()
 		base.DialContext = upstream.GuardedDialer(allowed)
-		opts := []upstream.Option{upstream.WithTransport(m.Transport(host, base))}
+		opts := []upstream.Option{upstream.WithTransport(m.Transport(host, base)), upstream.WithTimeout(time.Duration(cfg.UpstreamTimeout))}
 		switch {
 		case u.DockerConfig:
 			opts = append(opts, upstream.WithKeychain(authn.DefaultKeychain))

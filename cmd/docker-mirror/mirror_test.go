@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -395,7 +396,7 @@ func TestMirrorCommandFailures(t *testing.T) {
 	}
 	for _, f := range failed {
 		if f == "hello-world" || f == "area51/jenkins:2.4" {
-			t.Errorf("good image %s reported failed: %q", f, stderr)
+			t.Errorf("good image %s reported failed:\nstdout:\n%s\nstderr:\n%s", f, stdout, stderr)
 		}
 	}
 	for _, want := range []string{"Bad:Ref: failed: ", "ghcr.io/owner/app:1: failed: ", "library/missing:1: failed: "} {
@@ -496,4 +497,16 @@ func TestPrefetchCommand(t *testing.T) {
 		t.Errorf("stdout:\n%s", stdout)
 	}
 	m.WaitIdle()
+}
+
+// The layer every platform shares is slow to come: no platform's
+// manifest may be pushed before it is at the destination.
+func TestMirrorCommandSlowSharedLayer(t *testing.T) {
+	e := newMirrorEnv(t)
+	e.up.SetFault(fixture.Fault{Method: http.MethodGet, Kind: fixture.KindBlob, PathContains: e.hello.SharedLayer, Latency: time.Second})
+	code, stdout, stderr := e.mirror(t, "hello-world")
+	if code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+	wantMultiArchAt(t, e.dest, "library/hello-world", e.hello, linuxPlatforms...)
 }

@@ -50,6 +50,8 @@ type Upstream struct {
 	Host string // as clients name it, e.g. docker.io or ghcr.io
 	URL  string
 	Auth authn.Authenticator // nil: anonymous
+	// Timeout bounds the wait for the upstream's answers (0: the default).
+	Timeout time.Duration
 }
 
 // Mirror is a running docker-mirror.
@@ -125,6 +127,9 @@ func (m *Mirror) start() {
 		uopts := []upstream.Option{upstream.WithTransport(m.Metrics.Transport(u.Host, base))}
 		if u.Auth != nil {
 			uopts = append(uopts, upstream.WithAuth(u.Auth))
+		}
+		if u.Timeout > 0 {
+			uopts = append(uopts, upstream.WithTimeout(u.Timeout))
 		}
 		c, err := upstream.New(u.Host, u.URL, uopts...)
 		if err != nil {
