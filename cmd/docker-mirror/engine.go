@@ -91,10 +91,18 @@ func newProxy(cfg config.Config, store storage.Store, index *storage.Index, log 
 // credentials, and the settings that override the global ones.
 func upstreams(cfg config.Config, m *metrics.Metrics, lookup func(string) (string, bool)) ([]*upstream.Client, map[string]proxy.UpstreamSettings, error) {
 	all := cfg.AllUpstreams()
-	allowed := make([]string, 0, len(all))
+	var allowed []string
 	for _, u := range all {
 		if parsed, err := url.Parse(u.URL); err == nil {
 			allowed = append(allowed, parsed.Host)
+		}
+	}
+	// An HTTP proxy from the environment is where connections go.
+	for _, env := range []string{"HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"} {
+		if v, ok := lookup(env); ok && v != "" {
+			if parsed, err := url.Parse(v); err == nil && parsed.Host != "" {
+				allowed = append(allowed, parsed.Host)
+			}
 		}
 	}
 	var clients []*upstream.Client
