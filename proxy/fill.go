@@ -184,6 +184,21 @@ func (dl *download) open(ctx context.Context, offset int64) (*blobReader, error)
 	return &blobReader{ctx: ctx, dl: dl, f: f, off: offset}, nil
 }
 
+// storeSpooled moves a verified spool file into the store, or copies it
+// there when the store cannot take the file as it is.
+func (p *Proxy) storeSpooled(ctx context.Context, t target, dl *download, f *os.File, size int64) error {
+	if in, ok := p.store.(storage.FileIngester); ok {
+		err := in.Ingest(ctx, t.storeRepo(), dl.dgst, size, dl.path)
+		if !errors.Is(err, storage.ErrNotIngestible) {
+			return err
+		}
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	return p.store.Put(ctx, t.storeRepo(), dl.dgst, size, f)
+}
+
 // runDownload streams a blob from the upstream into its spool file, hashing
 // it, then releases the held-back byte to readers if it verifies, stores
 // it, and records it. On any failure readers get the error and nothing is
@@ -279,11 +294,7 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 	}
 	dl.update(func() { dl.verified = true })
 
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		fail(err)
-		return
-	}
-	if err := p.store.Put(ctx, t.storeRepo(), dl.dgst, n, f); err != nil {
+	if err := p.storeSpooled(ctx, t, dl, f, n); err != nil {
 		p.log.Error("storing blob", "digest", dl.dgst, "error", err)
 		return
 	}

@@ -6,7 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"path"
+	"path/filepath"
+	"syscall"
 
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/distribution/distribution/v3/registry/storage/driver/factory"
@@ -23,9 +26,15 @@ import (
 // the repo arguments are not used.
 type DriverStore struct {
 	driver storagedriver.StorageDriver
+	// root is the filesystem driver's root directory, if that is the
+	// driver: files can then be moved into place (Ingest).
+	root string
 }
 
-var _ Store = (*DriverStore)(nil)
+var (
+	_ Store        = (*DriverStore)(nil)
+	_ FileIngester = (*DriverStore)(nil)
+)
 
 const (
 	blobsRoot   = "/blobs"
@@ -46,6 +55,9 @@ func OpenDriverStore(ctx context.Context, name string, params map[string]any) (*
 		return nil, fmt.Errorf("storage %s: %w", name, err)
 	}
 	s := NewDriverStore(d)
+	if root, ok := params["rootdirectory"].(string); ok && name == "filesystem" {
+		s.root = root
+	}
 	if err := s.CleanUploads(ctx); err != nil {
 		return nil, fmt.Errorf("storage %s: removing interrupted uploads: %w", name, err)
 	}
@@ -140,6 +152,44 @@ func (s *DriverStore) Put(ctx context.Context, repo string, dgst digest.Digest, 
 		return err
 	}
 	return s.driver.Move(ctx, tmp, blobPath(dgst))
+}
+
+// Ingest implements FileIngester for the filesystem driver: the file,
+// whose content the caller has verified against dgst, is synced and
+// renamed into place, which is atomic on one filesystem.
+func (s *DriverStore) Ingest(ctx context.Context, _ string, dgst digest.Digest, size int64, path string) error {
+	if s.root == "" {
+		return ErrNotIngestible
+	}
+	if err := dgst.Validate(); err != nil {
+		return err
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	fi, err := f.Stat()
+	if err == nil && fi.Size() != size {
+		err = fmt.Errorf("%s: file has %d bytes, want %d: %w", dgst, fi.Size(), size, ErrDigestMismatch)
+	}
+	if err == nil {
+		err = f.Sync() // the data must be on disk before the name is
+	}
+	f.Close()
+	if err != nil {
+		return err
+	}
+	final := filepath.Join(s.root, filepath.FromSlash(blobPath(dgst)))
+	if err := os.MkdirAll(filepath.Dir(final), 0o777); err != nil {
+		return err
+	}
+	if err := os.Rename(path, final); err != nil {
+		if errors.Is(err, syscall.EXDEV) {
+			return ErrNotIngestible
+		}
+		return err
+	}
+	return nil
 }
 
 // Delete implements Store.

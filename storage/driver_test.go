@@ -2,7 +2,9 @@ package storage_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -178,5 +180,47 @@ func TestPutExistingDrainsReader(t *testing.T) {
 	}
 	if r.Len() != 0 {
 		t.Fatalf("Put of stored content left %d bytes unread", r.Len())
+	}
+}
+
+// The filesystem store takes a verified file by renaming it into place;
+// other drivers say they cannot, and the caller copies.
+func TestIngest(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	s, err := storage.OpenDriverStore(ctx, "filesystem", map[string]any{"rootdirectory": root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	content := []byte("spooled blob")
+	d := digest.FromBytes(content)
+	spool := filepath.Join(root, "spool")
+	if err := os.WriteFile(spool, content, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Ingest(ctx, "test/repo", d, int64(len(content)+1), spool); !errors.Is(err, storage.ErrDigestMismatch) {
+		t.Fatalf("Ingest with the wrong size: %v", err)
+	}
+	if err := s.Ingest(ctx, "test/repo", d, int64(len(content)), spool); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(spool); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the spool file is still there: %v", err)
+	}
+	rc, err := s.Open(ctx, "test/repo", d, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(rc)
+	rc.Close()
+	if string(got) != string(content) {
+		t.Fatalf("ingested %q", got)
+	}
+	mem, err := storage.OpenDriverStore(ctx, "inmemory", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := mem.Ingest(ctx, "test/repo", d, int64(len(content)), spool); !errors.Is(err, storage.ErrNotIngestible) {
+		t.Fatalf("inmemory Ingest: %v", err)
 	}
 }

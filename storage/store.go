@@ -47,6 +47,17 @@ type Store interface {
 	Delete(ctx context.Context, repo string, dgst digest.Digest) error
 }
 
+// FileIngester is implemented by stores that can take a complete,
+// verified local file by moving it into place: no second copy, no second
+// hash. Ingest returns ErrNotIngestible when it cannot (e.g. another
+// filesystem); the caller then uses Put.
+type FileIngester interface {
+	Ingest(ctx context.Context, repo string, dgst digest.Digest, size int64, path string) error
+}
+
+// ErrNotIngestible: the store cannot move that file into place.
+var ErrNotIngestible = errors.New("file cannot be moved into the store")
+
 // ManifestStore is implemented by stores that keep manifests apart from
 // blobs, as registries do. The proxy keeps the manifests it fetched in the
 // Index and pushes each one with PutManifest once everything it references
