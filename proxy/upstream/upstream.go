@@ -222,8 +222,23 @@ func (c *Client) handshake(ctx context.Context, repo string) (http.RoundTripper,
 	case http.StatusOK:
 		return c.base, nil
 	case http.StatusUnauthorized:
+		// Build the auth transport from this answer's challenge: asking
+		// go-containerregistry to ping again would cost a round trip.
+		pr := parseChallenge(resp.Header.Get("WWW-Authenticate"))
+		pr.Insecure = c.scheme == "http"
+		if !strings.EqualFold(pr.Scheme, "bearer") {
+			t, err := transport.FromToken(c.registry, c.auth, c.base, &pr, nil)
+			if err != nil {
+				return nil, c.transportError(err)
+			}
+			return t, nil
+		}
 		scope := "repository:" + repo + ":" + transport.PullScope
-		t, err := transport.NewWithContext(ctx, c.registry, c.auth, c.base, []string{scope})
+		tok, err := transport.Exchange(ctx, c.registry, c.auth, c.base, []string{scope}, &pr)
+		if err != nil {
+			return nil, c.transportError(err)
+		}
+		t, err := transport.FromToken(c.registry, c.auth, c.base, &pr, tok)
 		if err != nil {
 			return nil, c.transportError(err)
 		}
@@ -231,6 +246,32 @@ func (c *Client) handshake(ctx context.Context, repo string) (http.RoundTripper,
 	default:
 		return nil, c.statusError(resp, "registry ping")
 	}
+}
+
+// parseChallenge reads a WWW-Authenticate header such as
+// `Bearer realm="https://auth.docker.io/token",service="registry.docker.io"`.
+func parseChallenge(h string) transport.Challenge {
+	scheme, rest, _ := strings.Cut(strings.TrimSpace(h), " ")
+	pr := transport.Challenge{Scheme: scheme, Parameters: map[string]string{}}
+	for rest != "" {
+		var kv string
+		// Split at the next comma outside quotes.
+		inQuote := false
+		i := 0
+		for ; i < len(rest); i++ {
+			if rest[i] == '"' {
+				inQuote = !inQuote
+			} else if rest[i] == ',' && !inQuote {
+				break
+			}
+		}
+		kv, rest = rest[:i], strings.TrimPrefix(rest[i:], ",")
+		k, v, ok := strings.Cut(strings.TrimSpace(kv), "=")
+		if ok {
+			pr.Parameters[strings.ToLower(k)] = strings.Trim(v, `"`)
+		}
+	}
+	return pr
 }
 
 func (c *Client) transportError(err error) error {
