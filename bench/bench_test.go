@@ -19,6 +19,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -34,10 +35,34 @@ import (
 // round trip per request), and every response body is paced at wanRate.
 // The fixture paces each response on its own, so parallel layer downloads
 // each get wanRate, as from a CDN that limits every connection.
-const (
-	wanLatency = 50 * time.Millisecond
-	wanRate    = 100 << 20 // bytes per second per response
+// BENCH_WAN_LATENCY (a Go duration) and BENCH_WAN_MIBPS (MiB/s per
+// response) override them.
+var (
+	wanLatency = envDuration("BENCH_WAN_LATENCY", 50*time.Millisecond)
+	wanRate    = envInt("BENCH_WAN_MIBPS", 100) << 20 // bytes per second per response
 )
+
+func envDuration(name string, def time.Duration) time.Duration {
+	if v, ok := os.LookupEnv(name); ok {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			panic(fmt.Sprintf("%s: %v", name, err))
+		}
+		return d
+	}
+	return def
+}
+
+func envInt(name string, def int64) int64 {
+	if v, ok := os.LookupEnv(name); ok {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n <= 0 {
+			panic(fmt.Sprintf("%s: invalid number %q", name, v))
+		}
+		return n
+	}
+	return def
+}
 
 // The image pulled by the pull benchmarks: one linux/amd64 manifest, a
 // config and imageLayers layers of imageLayerSize random (incompressible)
@@ -218,50 +243,86 @@ func randomBytes(n int) []byte {
 	return buf
 }
 
-// blobFlood has clients GET url in parallel, each reading all size bytes,
-// each iteration, over kept-alive connections (opened, and the file
-// cached, by an untimed first round). It reports MB/s over all clients.
-func blobFlood(b *testing.B, url string, clients int, size int64) {
-	b.Helper()
+// flood has clients GET url in parallel, each reading all size bytes, over
+// kept-alive connections.
+type flood struct {
+	tr      *http.Transport
+	hc      *http.Client
+	url     string
+	clients int
+	size    int64
+}
+
+func newFlood(b *testing.B, url string, clients int, size int64) *flood {
 	tr := NewTransport(clients)
-	defer tr.CloseIdleConnections()
-	hc := &http.Client{Transport: tr}
+	b.Cleanup(tr.CloseIdleConnections)
+	return &flood{tr: tr, hc: &http.Client{Transport: tr}, url: url, clients: clients, size: size}
+}
+
+// round runs the clients once and returns the wall time.
+func (f *flood) round(b *testing.B) time.Duration {
+	d, _ := f.roundCPU(b)
+	return d
+}
+
+// roundCPU runs the clients once and returns the wall time and the CPU
+// time the process (clients and server) used meanwhile.
+func (f *flood) roundCPU(b *testing.B) (time.Duration, time.Duration) {
+	b.Helper()
 	ctx := context.Background()
-	round := func() {
-		var wg sync.WaitGroup
-		errs := make(chan error, clients)
-		for range clients {
-			wg.Go(func() {
-				n, _, err := Fetch(ctx, hc, url, "")
-				if err == nil && n != size {
-					err = fmt.Errorf("read %d bytes, want %d", n, size)
-				}
-				if err != nil {
-					errs <- err
-				}
-			})
-		}
-		wg.Wait()
-		close(errs)
-		for err := range errs {
-			b.Fatal(err)
-		}
-	}
-	round()
+	var wg sync.WaitGroup
+	errs := make(chan error, f.clients)
+	cpu := cpuTime()
 	start := time.Now()
-	n := 0
-	for b.Loop() {
-		round()
-		n++
+	for range f.clients {
+		wg.Go(func() {
+			n, _, err := Fetch(ctx, f.hc, f.url, "")
+			if err == nil && n != f.size {
+				err = fmt.Errorf("read %d bytes, want %d", n, f.size)
+			}
+			if err != nil {
+				errs <- err
+			}
+		})
 	}
-	b.ReportMetric(mbps(int64(n)*int64(clients)*size, time.Since(start)), "MB/s")
+	wg.Wait()
+	d := time.Since(start)
+	cpu = cpuTime() - cpu
+	close(errs)
+	for err := range errs {
+		b.Fatal(err)
+	}
+	return d, cpu
+}
+
+func (f *flood) bytes(rounds int) int64 { return int64(rounds) * int64(f.clients) * f.size }
+
+// serveFile starts Go's http.ServeFile of data (written to a file in a
+// temporary directory) on 127.0.0.1 and returns the file's URL.
+func serveFile(b *testing.B, data []byte) string {
+	b.Helper()
+	path := filepath.Join(b.TempDir(), "blob")
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		b.Fatal(err)
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.ServeFile(w, r, path)
+	}))
+	b.Cleanup(srv.Close)
+	return srv.URL + "/blob"
 }
 
 // BenchmarkWarmBlob64MiB8Clients: 8 clients at once GET one stored 64 MiB
-// blob from the mirror.
+// blob from the mirror, each iteration. Each iteration also runs, untimed
+// and in alternating order, the same round against http.ServeFile of the
+// same bytes, so x-servefile is a paired ratio of throughputs (1.00: as
+// fast as the static file server). cpu-ms/GB is the CPU time the whole
+// process (clients and server) spent per GB served, for either server: on
+// a machine shared with other work it moves much less than wall time.
 func BenchmarkWarmBlob64MiB8Clients(b *testing.B) {
+	data := randomBytes(blobSize)
 	up := fixture.StartUpstream(b)
-	dgst := up.PushBlob(b, benchRepo, randomBytes(blobSize))
+	dgst := up.PushBlob(b, benchRepo, data)
 	m := mirrortest.Start(b, up.URL())
 	url := m.URL() + "/v2/" + benchRepo + "/blobs/" + dgst
 	hc := &http.Client{Transport: NewTransport(1)}
@@ -272,7 +333,7 @@ func BenchmarkWarmBlob64MiB8Clients(b *testing.B) {
 	// The download is stored once the response is complete: wait for it.
 	deadline := time.Now().Add(time.Minute)
 	for {
-		if _, err := m.Store.Stat(ctx, digest.Digest(dgst)); err == nil {
+		if _, err := m.Store.Stat(ctx, benchRepo, digest.Digest(dgst)); err == nil {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -284,7 +345,36 @@ func BenchmarkWarmBlob64MiB8Clients(b *testing.B) {
 		b.Fatalf("warm fetch: X-Cache %q, error %v", cache, err)
 	}
 	reqs := len(up.Requests())
-	blobFlood(b, url, blobClients, blobSize)
+
+	mirror := newFlood(b, url, blobClients, blobSize)
+	static := newFlood(b, serveFile(b, data), blobClients, blobSize)
+	mirror.round(b) // open the connections
+	static.round(b)
+	var mt, st, mcpu, scpu time.Duration
+	runStatic := func() {
+		b.StopTimer()
+		d, c := static.roundCPU(b)
+		st, scpu = st+d, scpu+c
+		b.StartTimer()
+	}
+	n := 0
+	for b.Loop() {
+		if n%2 == 1 {
+			runStatic()
+		}
+		d, c := mirror.roundCPU(b)
+		mt, mcpu = mt+d, mcpu+c
+		if n%2 == 0 {
+			runStatic()
+		}
+		n++
+	}
+	gb := float64(mirror.bytes(n)) / 1e9
+	b.ReportMetric(mbps(mirror.bytes(n), mt), "MB/s")
+	b.ReportMetric(mbps(static.bytes(n), st), "servefile-MB/s")
+	b.ReportMetric(float64(st)/float64(mt), "x-servefile")
+	b.ReportMetric(ms(mcpu)/gb, "cpu-ms/GB")
+	b.ReportMetric(ms(scpu)/gb, "servefile-cpu-ms/GB")
 	if d := len(up.Requests()) - reqs; d != 0 {
 		b.Errorf("the warm blob cost %d upstream requests", d)
 	}
@@ -294,15 +384,15 @@ func BenchmarkWarmBlob64MiB8Clients(b *testing.B) {
 // http.ServeFile of a 64 MiB file in a temporary directory: the static
 // file server the mirror's warm blob throughput is compared to.
 func BenchmarkServeFile64MiB8Clients(b *testing.B) {
-	path := filepath.Join(b.TempDir(), "blob")
-	if err := os.WriteFile(path, randomBytes(blobSize), 0o644); err != nil {
-		b.Fatal(err)
+	static := newFlood(b, serveFile(b, randomBytes(blobSize)), blobClients, blobSize)
+	static.round(b) // open the connections
+	var total time.Duration
+	n := 0
+	for b.Loop() {
+		total += static.round(b)
+		n++
 	}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		http.ServeFile(w, r, path)
-	}))
-	defer srv.Close()
-	blobFlood(b, srv.URL+"/blob", blobClients, blobSize)
+	b.ReportMetric(mbps(static.bytes(n), total), "MB/s")
 }
 
 // herdClients pull the same uncached image at once in BenchmarkHerd16.

@@ -41,7 +41,8 @@ var errNotLoopback = errors.New("bench: refusing to dial a non-loopback address"
 
 // NewTransport returns an HTTP/1.1 transport for the benchmarks: no proxy
 // from the environment, no compression, keep-alive with room for idle
-// idle connections per host, and a dialer that only reaches 127.0.0.1.
+// connections per host (at least 2), and a dialer that only reaches
+// 127.0.0.1.
 func NewTransport(idle int) *http.Transport {
 	d := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
 	return &http.Transport{
