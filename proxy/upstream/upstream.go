@@ -73,6 +73,10 @@ type Client struct {
 	mu         sync.Mutex
 	transports map[string]http.RoundTripper
 	creating   singleflight.Group
+	// refused remembers, per repository, a handshake the upstream refused
+	// our credentials for, until when: retrying wrong credentials on every
+	// request could lock the account.
+	refused map[string]refusal
 
 	// retryAt is when a rate-limiting upstream may be asked again: until
 	// then requests fail at once instead of adding to the limit.
@@ -81,6 +85,14 @@ type Client struct {
 	now     func() time.Time
 	timeout time.Duration
 }
+
+type refusal struct {
+	err   error
+	until time.Time
+}
+
+// authRetryAfter is how long refused credentials are not tried again.
+const authRetryAfter = 10 * time.Second
 
 // DefaultBackoff is how long an upstream that answered 429 without a
 // Retry-After header is left alone.
@@ -132,6 +144,7 @@ func New(host, rawURL string, opts ...Option) (*Client, error) {
 		registry:   reg,
 		auth:       authn.Anonymous,
 		transports: map[string]http.RoundTripper{},
+		refused:    map[string]refusal{},
 		now:        time.Now,
 		timeout:    DefaultTimeout,
 	}
@@ -178,15 +191,24 @@ func (c *Client) Host() string { return c.host }
 func (c *Client) transport(ctx context.Context, repo string) (http.RoundTripper, error) {
 	c.mu.Lock()
 	t, ok := c.transports[repo]
+	ref, refused := c.refused[repo]
 	c.mu.Unlock()
 	if ok {
 		return t, nil
+	}
+	if refused && c.now().Before(ref.until) {
+		return nil, ref.err
 	}
 	v, err, _ := c.creating.Do(repo, func() (any, error) {
 		// The handshake must not die with the first client that asked.
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 		defer cancel()
 		t, err := c.handshake(ctx, repo)
+		if errors.Is(err, ErrAuth) {
+			c.mu.Lock()
+			c.refused[repo] = refusal{err: err, until: c.now().Add(authRetryAfter)}
+			c.mu.Unlock()
+		}
 		if err != nil {
 			return nil, err
 		}
