@@ -34,6 +34,7 @@ const AccessGranularity = time.Minute
 
 // StoredContent is one piece of content found in a DriverStore.
 type StoredContent struct {
+	// Digest and Size: what the content is stored as, and its length.
 	Digest digest.Digest
 	Size   int64
 	// ModTime is when the content was written (as the driver reports it).
@@ -78,7 +79,7 @@ func contentDigest(p string) (digest.Digest, bool) {
 	return d, true
 }
 
-// Path returns the file of the index database.
+// Path returns the file of the index database ("" once it is closed).
 func (ix *Index) Path() string { return ix.db.Path() }
 
 // TagKey names a tag as the index and pins do: "host/repo:tag".
@@ -100,7 +101,8 @@ func ParseTagKey(key string) (host, repo, tag string, ok bool) {
 // Snapshot is a copy of the index's records, read in one transaction.
 type Snapshot struct {
 	// Tags by TagKey.
-	Tags      map[string]TagRecord
+	Tags map[string]TagRecord
+	// Manifests and Blobs: the records of stored content, by digest.
 	Manifests map[digest.Digest]ManifestRecord
 	Blobs     map[digest.Digest]BlobRecord
 	// Mirrors are the mirror states, one per repository and digest.
@@ -224,6 +226,7 @@ func mirrorDigest(k []byte) digest.Digest {
 
 // PinRecord is why and since when a digest or tag is pinned.
 type PinRecord struct {
+	// PinnedAt is when the pin was set.
 	PinnedAt time.Time `json:"pinned_at"`
 	// Reason says who pinned it, e.g. "sync", "prefetch", "admin".
 	Reason string `json:"reason,omitempty"`
@@ -369,6 +372,7 @@ func (ix *Index) DeleteMirror(host, repo string, dgst digest.Digest) error {
 // ContentEntry is what the index holds about one digest, as Forget's keep
 // function sees it.
 type ContentEntry struct {
+	// Blob and Manifest are the digest's records (nil: none).
 	Blob     *BlobRecord
 	Manifest *ManifestRecord
 	// Rooted: a tag, mirror record or pin names the digest.
@@ -377,6 +381,7 @@ type ContentEntry struct {
 
 // Forgotten is what Forget removed for one digest.
 type Forgotten struct {
+	// Digest is the content forgotten.
 	Digest digest.Digest
 	// Blob and Manifest: which records were removed.
 	Blob, Manifest bool

@@ -40,7 +40,7 @@ const (
 	destPrefix    = "mirror"
 )
 
-var linuxPlatforms = []string{"linux/amd64", "linux/arm/v7", "linux/arm64"}
+var destLinuxPlatforms = []string{"linux/amd64", "linux/arm/v7", "linux/arm64"}
 
 // destMirror is a mirror whose store is a destination registry.
 type destMirror struct {
@@ -210,7 +210,7 @@ func wantDestMultiArch(t testing.TB, d *fixture.Destination, repo string, ma *fi
 	t.Helper()
 	wantDestManifest(t, d, repo, ma.Digest, ma.Index, ma.MediaType)
 	wantDestManifest(t, d, repo, ma.Tag, ma.Index, ma.MediaType)
-	for _, p := range linuxPlatforms {
+	for _, p := range destLinuxPlatforms {
 		wantDestImage(t, d, repo, ma.Platforms[p])
 	}
 	for _, a := range ma.Attestations {
@@ -242,7 +242,7 @@ func mirrored(t testing.TB, ma *fixture.MultiArch) map[string]int64 {
 	t.Helper()
 	out := map[string]int64{}
 	imgs := []*fixture.Image{}
-	for _, p := range linuxPlatforms {
+	for _, p := range destLinuxPlatforms {
 		imgs = append(imgs, ma.Platforms[p])
 	}
 	for i := range ma.Attestations {
@@ -316,7 +316,7 @@ func wantIndexTruthful(t testing.TB, m *destMirror, repo string, ma *fixture.Mul
 	if rec, ok, err := m.Index.Mirror(proxy.DefaultHost, repo, digestOf(t, ma.Digest)); err != nil {
 		t.Fatal(err)
 	} else if ok && rec.State == storage.MirrorComplete {
-		for _, p := range linuxPlatforms {
+		for _, p := range destLinuxPlatforms {
 			if !destHas(t, m.dest, repo, "manifests", ma.Platforms[p].Digest) {
 				t.Errorf("the index says %s is mirrored completely, but the destination lacks %s", ma.Digest, p)
 			}
@@ -347,7 +347,7 @@ func wantMessage(t testing.TB, r response, words ...string) {
 	}
 }
 
-var amd64 = v1.Platform{OS: "linux", Architecture: "amd64"}
+var linuxAMD64 = v1.Platform{OS: "linux", Architecture: "amd64"}
 
 // After a proxy miss (one linux/amd64 pull), the destination holds, under
 // the prefix and the Hub path, the index with its exact bytes, the tag,
@@ -361,7 +361,7 @@ func TestDestinationProxyMiss(t *testing.T) {
 			dest := startDest(t)
 			m := startDestMirror(t, up, dest, nil)
 
-			if got := cranePull(t, ref(t, m.Mirror, "hello-world:latest"), remote.WithPlatform(amd64)); got != ma.Platforms["linux/amd64"].Digest {
+			if got := cranePull(t, ref(t, m.Mirror, "hello-world:latest"), remote.WithPlatform(linuxAMD64)); got != ma.Platforms["linux/amd64"].Digest {
 				t.Fatalf("pulled %s, want %s", got, ma.Platforms["linux/amd64"].Digest)
 			}
 			m.WaitIdle()
@@ -375,7 +375,7 @@ func TestDestinationProxyMiss(t *testing.T) {
 			// The upstream is gone: everything comes from the destination.
 			up.Stop()
 			dest.ResetRequests()
-			for _, p := range linuxPlatforms {
+			for _, p := range destLinuxPlatforms {
 				plat, _ := v1.ParsePlatform(p)
 				if got := cranePull(t, ref(t, m.Mirror, "hello-world:latest"), remote.WithPlatform(*plat)); got != ma.Platforms[p].Digest {
 					t.Errorf("%s: pulled %s, want %s", p, got, ma.Platforms[p].Digest)
@@ -412,32 +412,48 @@ func TestDestinationProxyMiss(t *testing.T) {
 }
 
 // wantTagLast checks that the tag was pushed to repo (at the destination)
-// once, after every other write of the repository.
+// after everything it names: every manifest and blob the repository got
+// was first written there successfully before the tag.
 func wantTagLast(t testing.TB, reqs []fixture.DestRequest, repo, tag string) {
 	t.Helper()
 	tagPath := "/v2/" + repo + "/manifests/" + tag
-	last, tagAt := -1, -1
+	tagAt := -1
+	first := map[string]int{} // manifest path or blob digest -> its first successful write
 	for i, r := range reqs {
-		if !strings.HasPrefix(r.Path, "/v2/"+repo+"/") || r.Method == http.MethodGet || r.Method == http.MethodHead {
+		if !strings.HasPrefix(r.Path, "/v2/"+repo+"/") || r.Status/100 != 2 {
 			continue
 		}
-		if r.Method == http.MethodPut && r.Path == tagPath {
-			if tagAt >= 0 {
-				t.Errorf("tag %s pushed more than once", tag)
-			}
-			tagAt = i
-			if r.Status != http.StatusCreated {
-				t.Errorf("tag push answered %d", r.Status)
+		var key string
+		q, _ := url.ParseQuery(r.Query)
+		switch {
+		case r.Method == http.MethodPut && r.Path == tagPath:
+			if tagAt < 0 {
+				tagAt = i
 			}
 			continue
+		case r.Method == http.MethodPut && r.Kind == fixture.KindManifest:
+			key = r.Path
+		case r.IsUpload() && r.Method == http.MethodPut:
+			key = q.Get("digest")
+		case r.IsUpload() && r.Method == http.MethodPost && r.Status == http.StatusCreated:
+			key = q.Get("mount")
+		default:
+			continue
 		}
-		last = i
+		if _, ok := first[key]; !ok {
+			first[key] = i
+		}
 	}
 	if tagAt < 0 {
 		t.Fatalf("tag %s:%s was never pushed", repo, tag)
 	}
-	if tagAt < last {
-		t.Errorf("tag %s:%s pushed (request %d) before the content it names (last write: request %d, %+v)", repo, tag, tagAt, last, reqs[last])
+	if len(first) == 0 {
+		t.Errorf("tag %s:%s pushed, but nothing else was written to %s", repo, tag, repo)
+	}
+	for key, i := range first {
+		if i > tagAt {
+			t.Errorf("tag %s:%s pushed (request %d) before %s was (request %d)", repo, tag, tagAt, key, i)
+		}
 	}
 }
 
@@ -488,7 +504,7 @@ func TestDestinationPrefetch(t *testing.T) {
 	}
 	slices.Sort(hw.PlatformsDone)
 	if hw.State != storage.JobDone || hw.Digest != ma.Digest || hw.PlatformsTotal != 3 ||
-		!slices.Equal(hw.PlatformsDone, linuxPlatforms) || hw.BytesTotal != total || hw.BytesDone != total {
+		!slices.Equal(hw.PlatformsDone, destLinuxPlatforms) || hw.BytesTotal != total || hw.BytesDone != total {
 		t.Errorf("hello-world %+v; want done, %s, 3 platforms, %d of %d bytes", hw, ma.Digest, total, total)
 	}
 	var jtotal int64
@@ -523,7 +539,7 @@ func TestDestinationPrefetch(t *testing.T) {
 	}
 
 	up.Stop()
-	for _, p := range linuxPlatforms {
+	for _, p := range destLinuxPlatforms {
 		wantImage(t, m.Mirror, "hello-world", ma.Platforms[p])
 	}
 	wantImage(t, m.Mirror, "area51/jenkins", img)
@@ -605,7 +621,7 @@ func TestDestinationMountsSharedLayers(t *testing.T) {
 	dest := startDest(t)
 	m := startDestMirror(t, up, dest, nil)
 
-	cranePull(t, ref(t, m.Mirror, "hello-world:latest"), remote.WithPlatform(amd64))
+	cranePull(t, ref(t, m.Mirror, "hello-world:latest"), remote.WithPlatform(linuxAMD64))
 	m.WaitIdle()
 	dest.ResetRequests()
 
@@ -752,7 +768,7 @@ func TestDestinationDown(t *testing.T) {
 
 	// The background mirror of hello-world holds at arm64's own layer
 	// while the destination goes down.
-	cranePull(t, ref(t, m.Mirror, "hello-world:latest"), remote.WithPlatform(amd64))
+	cranePull(t, ref(t, m.Mirror, "hello-world:latest"), remote.WithPlatform(linuxAMD64))
 	<-gate.reached
 	dest.Stop()
 	close(gate.release)
@@ -792,7 +808,7 @@ func TestDestinationDown(t *testing.T) {
 	wantDestManifest(t, dest, "area51/jenkins", "2.4", done.Manifest, done.MediaType)
 
 	// A later pull completes everything.
-	if got := cranePull(t, ref(t, m.Mirror, "hello-world:latest"), remote.WithPlatform(amd64)); got != ma.Platforms["linux/amd64"].Digest {
+	if got := cranePull(t, ref(t, m.Mirror, "hello-world:latest"), remote.WithPlatform(linuxAMD64)); got != ma.Platforms["linux/amd64"].Digest {
 		t.Fatalf("pulled %s", got)
 	}
 	m.WaitIdle()
@@ -805,7 +821,7 @@ func TestDestinationDown(t *testing.T) {
 	wantDestManifest(t, dest, "library/busybox", "1", other.Manifest, other.MediaType)
 	up.Stop()
 	wantIndexTruthful(t, m, "library/hello-world", ma)
-	for _, p := range linuxPlatforms {
+	for _, p := range destLinuxPlatforms {
 		wantImage(t, m.Mirror, "hello-world", ma.Platforms[p])
 	}
 }
@@ -817,13 +833,22 @@ func TestDestinationWrongPassword(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	ma := up.SeedMultiArch(t, "library/hello-world", "latest", fixture.OCI)
 	dest := startDest(t)
-	setup := &destSetup{password: wrongPassword}
+	done := up.SeedImage(t, "area51/jenkins", "2.4", 1, 8<<10)
+	setup := &destSetup{password: destPassword}
 	m := startDestMirror(t, up, dest, setup)
+	// Mirrored before the password goes wrong.
+	cranePull(t, ref(t, m.Mirror, "area51/jenkins:2.4"))
+	m.WaitIdle()
 
+	setup.password = wrongPassword
+	m.Restart()
+	dest.ResetRequests()
 	for _, path := range []string{
 		"/v2/hello-world/manifests/latest",
 		"/v2/hello-world/manifests/" + ma.Platforms["linux/arm64"].Digest,
 		"/v2/hello-world/blobs/" + ma.SharedLayer,
+		"/v2/area51/jenkins/manifests/" + done.Digest,
+		"/v2/area51/jenkins/blobs/" + done.Layers[0],
 	} {
 		wantMessage(t, get(t, m.URL()+path), "destination "+dest.Host(), "credentials", destUser)
 	}
@@ -849,11 +874,18 @@ func TestDestinationWrongPassword(t *testing.T) {
 		}
 	}
 
+	// Nothing mirrored before was lost.
+	wantDestImage(t, dest, "area51/jenkins", done)
+	wantDestManifest(t, dest, "area51/jenkins", "2.4", done.Manifest, done.MediaType)
+
 	setup.password = destPassword
 	m.Restart()
-	cranePull(t, ref(t, m.Mirror, "hello-world:latest"), remote.WithPlatform(amd64))
+	cranePull(t, ref(t, m.Mirror, "hello-world:latest"), remote.WithPlatform(linuxAMD64))
 	m.WaitIdle()
 	wantDestMultiArch(t, dest, "library/hello-world", ma)
+	if got := cranePull(t, ref(t, m.Mirror, "area51/jenkins:2.4")); got != done.Digest {
+		t.Errorf("pulled %s, want %s", got, done.Digest)
+	}
 	up.Stop()
 	wantIndexTruthful(t, m, "library/hello-world", ma)
 }
@@ -867,11 +899,11 @@ func TestDestinationRequiringCompleteIndexes(t *testing.T) {
 	dest := fixture.StartDestination(t, map[string]string{destUser: destPassword}, fixture.WithCompleteIndexes())
 	m := startDestMirror(t, up, dest, nil)
 
-	cranePull(t, ref(t, m.Mirror, "hello-world:latest"), remote.WithPlatform(amd64))
+	cranePull(t, ref(t, m.Mirror, "hello-world:latest"), remote.WithPlatform(linuxAMD64))
 	m.WaitIdle()
 	wantDestManifest(t, dest, "library/hello-world", ma.Digest, ma.Index, ma.MediaType)
 	wantDestManifest(t, dest, "library/hello-world", "latest", ma.Index, ma.MediaType)
-	for _, p := range linuxPlatforms {
+	for _, p := range destLinuxPlatforms {
 		wantDestImage(t, dest, "library/hello-world", ma.Platforms[p])
 	}
 	for _, a := range ma.Attestations {
@@ -895,4 +927,29 @@ func TestDestinationPrefetchSlowSharedLayer(t *testing.T) {
 		t.Fatalf("job %+v", j)
 	}
 	wantDestMultiArch(t, dest, "library/hello-world", ma)
+}
+
+// A destination that refuses writes (read-only, here) is not a client's
+// fault: the pull gets a 5xx that names the destination, not an anonymous
+// "internal error", and the index records nothing.
+func TestDestinationRefusesWrites(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	ma := up.SeedMultiArch(t, "library/hello-world", "latest", fixture.OCI)
+	img := up.SeedImage(t, "area51/jenkins", "2.4", 1, 8<<10)
+	dest := fixture.StartDestination(t, map[string]string{destUser: destPassword}, fixture.WithReadOnly())
+	m := startDestMirror(t, up, dest, nil)
+
+	for _, path := range []string{
+		"/v2/hello-world/manifests/latest",
+		"/v2/area51/jenkins/manifests/2.4",
+		"/v2/area51/jenkins/manifests/" + img.Digest,
+	} {
+		wantMessage(t, get(t, m.URL()+path), "destination "+dest.Host())
+	}
+	m.WaitIdle()
+	for _, dg := range []string{ma.Digest, img.Digest} {
+		if _, ok, _ := m.Index.Manifest(digestOf(t, dg)); ok {
+			t.Errorf("the index records manifest %s, which the destination refused", dg)
+		}
+	}
 }

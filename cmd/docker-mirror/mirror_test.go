@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -186,6 +187,49 @@ func writes(reqs []fixture.DestRequest) []fixture.DestRequest {
 	return out
 }
 
+// wantTagLast checks that the tag was pushed to repo (at the destination)
+// after everything it names: every manifest and blob the repository got
+// was first written there successfully before the tag.
+func wantTagLast(t *testing.T, reqs []fixture.DestRequest, repo, tag string) {
+	t.Helper()
+	tagPath := "/v2/" + repo + "/manifests/" + tag
+	tagAt := -1
+	first := map[string]int{} // manifest path or blob digest -> its first successful write
+	for i, r := range reqs {
+		if !strings.HasPrefix(r.Path, "/v2/"+repo+"/") || r.Status/100 != 2 {
+			continue
+		}
+		var key string
+		q, _ := url.ParseQuery(r.Query)
+		switch {
+		case r.Method == http.MethodPut && r.Path == tagPath:
+			if tagAt < 0 {
+				tagAt = i
+			}
+			continue
+		case r.Method == http.MethodPut && r.Kind == fixture.KindManifest:
+			key = r.Path
+		case r.IsUpload() && r.Method == http.MethodPut:
+			key = q.Get("digest")
+		case r.IsUpload() && r.Method == http.MethodPost && r.Status == http.StatusCreated:
+			key = q.Get("mount")
+		default:
+			continue
+		}
+		if _, ok := first[key]; !ok {
+			first[key] = i
+		}
+	}
+	if tagAt < 0 {
+		t.Fatalf("tag %s:%s was never pushed", repo, tag)
+	}
+	for key, i := range first {
+		if i > tagAt {
+			t.Errorf("tag %s:%s pushed (request %d) before %s was (request %d)", repo, tag, tagAt, key, i)
+		}
+	}
+}
+
 // wantPlain checks that output is plain lines, no terminal control.
 func wantPlain(t *testing.T, out string) {
 	t.Helper()
@@ -229,23 +273,9 @@ func TestMirrorCommand(t *testing.T) {
 	wantMultiArchAt(t, e.dest, "library/hello-world", e.hello, linuxPlatforms...)
 	wantImageAt(t, e.dest, "area51/jenkins", e.single)
 	wantAt(t, e.dest, "area51/jenkins", "2.4", e.single.Manifest, e.single.MediaType)
-	for _, repo := range []string{"library/hello-world", "area51/jenkins"} {
-		tag := map[string]string{"library/hello-world": "latest", "area51/jenkins": "2.4"}[repo]
-		tagAt, last := -1, -1
-		for i, r := range e.dest.Requests() {
-			if !strings.HasPrefix(r.Path, "/v2/mirror/"+repo+"/") || r.Method == http.MethodGet || r.Method == http.MethodHead {
-				continue
-			}
-			if r.Method == http.MethodPut && r.Path == "/v2/mirror/"+repo+"/manifests/"+tag {
-				tagAt = i
-			} else {
-				last = i
-			}
-		}
-		if tagAt < 0 || tagAt < last {
-			t.Errorf("%s: tag pushed at request %d, last other write at %d; want the tag last", repo, tagAt, last)
-		}
-	}
+	reqs := e.dest.Requests()
+	wantTagLast(t, reqs, "mirror/library/hello-world", "latest")
+	wantTagLast(t, reqs, "mirror/area51/jenkins", "2.4")
 	for _, want := range []string{
 		"hello-world: done " + e.hello.Digest + " (3 platforms",
 		"area51/jenkins:2.4: done " + e.single.Digest,
@@ -430,6 +460,10 @@ func TestMirrorCommandFailures(t *testing.T) {
 // showing it; the destination gets nothing.
 func TestMirrorCommandWrongPassword(t *testing.T) {
 	e := newMirrorEnv(t)
+	if code, stdout, stderr := e.mirror(t, "area51/jenkins:2.4"); code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+	e.dest.ResetRequests()
 	t.Setenv("DOCKER_MIRROR_DESTINATION_PASSWORD", wrongPassword)
 	code, stdout, stderr := e.mirror(t, "hello-world", "area51/jenkins:2.4")
 	if code == 0 {
@@ -446,6 +480,12 @@ func TestMirrorCommandWrongPassword(t *testing.T) {
 		if r.Status/100 == 2 && r.Path != "/v2/" {
 			t.Errorf("the destination accepted %+v", r)
 		}
+	}
+	// What was copied before is intact; nothing else arrived.
+	wantImageAt(t, e.dest, "area51/jenkins", e.single)
+	wantAt(t, e.dest, "area51/jenkins", "2.4", e.single.Manifest, e.single.MediaType)
+	if has(t, e.dest, "library/hello-world", "manifests", e.hello.Digest) {
+		t.Error("hello-world's index is at the destination")
 	}
 }
 

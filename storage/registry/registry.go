@@ -410,10 +410,12 @@ func (s *Store) statusError(status int, what string, cause error) error {
 	case status == http.StatusTooManyRequests || status >= 500:
 		return &destError{msg: fmt.Sprintf("destination %s answered %d %s (%s)", s.host, status, http.StatusText(status), what), err: cause}
 	}
+	// Any other refusal (e.g. 405: the registry takes no writes) also
+	// means the destination cannot do its job: unavailable, with the reason.
 	if cause != nil {
-		return fmt.Errorf("destination %s (%s): %w", s.host, what, cause)
+		return fmt.Errorf("destination %s (%s): %w", s.host, what, errors.Join(storage.ErrUnavailable, cause))
 	}
-	return fmt.Errorf("destination %s answered %d %s (%s)", s.host, status, http.StatusText(status), what)
+	return fmt.Errorf("destination %s answered %d %s (%s): %w", s.host, status, http.StatusText(status), what, storage.ErrUnavailable)
 }
 
 // checkStatus returns nil if resp's status is one of ok; otherwise it

@@ -1,0 +1,224 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/docker-mirror/docker-mirror/lifecycle"
+	"github.com/docker-mirror/docker-mirror/storage"
+	"github.com/docker-mirror/docker-mirror/tests/fixture"
+	"github.com/docker-mirror/docker-mirror/tests/mirrortest"
+)
+
+// runAdmin runs an offline command as run would once it dispatches them.
+func runAdmin(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	commands := map[string]func(context.Context, []string, io.Writer, io.Writer) int{
+		"gc": gcCommand, "verify": verifyCommand, "ls": lsCommand,
+	}
+	var out, errb bytes.Buffer
+	code := commands[args[0]](context.Background(), args[1:], &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+// dataDir pulls a multi-platform image and a single one through a mirror
+// whose data directory is laid out as serve's --data, stops it, and
+// returns the directory and the single image.
+func dataDir(t *testing.T) (string, *fixture.Image) {
+	t.Helper()
+	up := fixture.StartUpstream(t)
+	ma := up.SeedMultiArch(t, "library/multi", "v1", fixture.OCI)
+	img := up.SeedImage(t, "library/single", "v1", 2, 4<<10)
+	m := mirrortest.StartWithStore(t, up.URL(), func(ix *storage.Index) (storage.Store, error) {
+		return storage.OpenDriverStore(context.Background(), "filesystem", map[string]any{"rootdirectory": filepath.Dir(ix.Path())})
+	})
+	for _, ref := range []string{"multi/manifests/v1", "single/manifests/v1"} {
+		req, _ := http.NewRequest(http.MethodGet, m.URL()+"/v2/"+ref, nil)
+		req.Header.Set("Accept", "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("pull %s: %s", ref, resp.Status)
+		}
+	}
+	m.WaitIdle()
+	if err := m.Index.Pin(ma.Digest, storage.PinRecord{Reason: "sync"}); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Dir(m.Index.Path())
+	m.Stop()
+	return dir, img
+}
+
+func blobFile(dir, d string) string {
+	dg := digest.Digest(d)
+	return filepath.Join(dir, "blobs", string(dg.Algorithm()), dg.Encoded()[:2], dg.Encoded(), "data")
+}
+
+func TestAdminLs(t *testing.T) {
+	dir, img := dataDir(t)
+	code, out, stderr := runAdmin(t, "ls", "--data", dir)
+	if code != 0 {
+		t.Fatalf("ls: exit %d, %s", code, stderr)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 4 {
+		t.Fatalf("ls printed %q", out)
+	}
+	for _, want := range []string{"IMAGE", "DIGEST", "PLATFORMS", "SIZE", "LAST PULL", "STATE", "PINNED"} {
+		if !strings.Contains(lines[0], want) {
+			t.Errorf("header %q lacks %s", lines[0], want)
+		}
+	}
+	multi, single := strings.Fields(lines[1]), strings.Fields(lines[2])
+	if multi[0] != "docker.io/library/multi:v1" || multi[2] != "linux/amd64,linux/arm/v7,linux/arm64" || multi[len(multi)-2] != "complete" || multi[len(multi)-1] != "yes" {
+		t.Errorf("multi: %q", lines[1])
+	}
+	if single[0] != "docker.io/library/single:v1" || single[1] != img.Digest[:len("sha256:")+12] || single[2] != "linux/amd64" ||
+		single[len(single)-1] != "-" || !strings.Contains(lines[2], "2026-01-01T00:00:00Z") {
+		t.Errorf("single: %q", lines[2])
+	}
+	if !strings.HasPrefix(lines[3], "2 images, ") || !strings.HasSuffix(lines[3], " stored") {
+		t.Errorf("summary %q", lines[3])
+	}
+
+	code, out, stderr = runAdmin(t, "ls", "--data", dir, "--json")
+	if code != 0 {
+		t.Fatalf("ls --json: exit %d, %s", code, stderr)
+	}
+	var got struct {
+		Images      []lifecycle.Image `json:"images"`
+		StoredBytes int64             `json:"stored_bytes"`
+	}
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("ls --json: %v: %s", err, out)
+	}
+	if len(got.Images) != 2 || got.Images[1].Digest.String() != img.Digest || got.Images[1].Size <= 0 || !got.Images[0].Pinned ||
+		got.StoredBytes != got.Images[0].Size+got.Images[1].Size {
+		t.Errorf("ls --json = %+v", got)
+	}
+}
+
+func TestAdminGc(t *testing.T) {
+	dir, img := dataDir(t)
+	junk := make([]byte, 2048)
+	rand.Read(junk)
+	jd := digest.FromBytes(junk)
+	if err := os.MkdirAll(filepath.Dir(blobFile(dir, jd.String())), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(blobFile(dir, jd.String()), junk, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	code, out, stderr := runAdmin(t, "gc", "--data", dir, "--dry-run")
+	if code != 0 || !strings.HasPrefix(out, "gc: would remove 1 blob and 0 manifests (2.0 KiB); 2 images kept") || strings.Count(out, "\n") != 1 {
+		t.Fatalf("gc --dry-run: exit %d, %q %q", code, out, stderr)
+	}
+	if _, err := os.Stat(blobFile(dir, jd.String())); err != nil {
+		t.Fatalf("gc --dry-run removed the junk: %v", err)
+	}
+	code, out, stderr = runAdmin(t, "gc", "--data", dir)
+	if code != 0 || !strings.HasPrefix(out, "gc: removed 1 blob and 0 manifests (2.0 KiB); 2 images kept") {
+		t.Fatalf("gc: exit %d, %q %q", code, out, stderr)
+	}
+	if _, err := os.Stat(blobFile(dir, jd.String())); !os.IsNotExist(err) {
+		t.Fatalf("gc left the junk: %v", err)
+	}
+	for _, d := range append(img.Blobs(), img.Digest) {
+		if _, err := os.Stat(blobFile(dir, d)); err != nil {
+			t.Errorf("gc removed %s: %v", d, err)
+		}
+	}
+	if code, out, _ := runAdmin(t, "gc", "--data", dir); code != 0 || !strings.HasPrefix(out, "gc: removed 0 blobs and 0 manifests (0 B)") {
+		t.Fatalf("second gc: exit %d, %q", code, out)
+	}
+}
+
+func TestAdminVerify(t *testing.T) {
+	dir, img := dataDir(t)
+	if code, out, stderr := runAdmin(t, "verify", "--data", dir); code != 0 || !strings.Contains(out, ": 0 corrupt") || strings.Count(out, "\n") != 1 {
+		t.Fatalf("verify of a sound store: exit %d, %q %q", code, out, stderr)
+	}
+	path := blobFile(dir, img.Layers[0])
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 1
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, _ := runAdmin(t, "verify", "--data", dir, "--dry-run")
+	if code != 1 || !strings.Contains(out, "corrupt: "+img.Layers[0]) || !strings.Contains(out, "1 corrupt (dry run") {
+		t.Fatalf("verify --dry-run: exit %d, %q", code, out)
+	}
+	code, out, _ = runAdmin(t, "verify", "--data", dir)
+	if code != 1 || !strings.Contains(out, "corrupt: "+img.Layers[0]) || !strings.Contains(out, "1 corrupt; removed") {
+		t.Fatalf("verify: exit %d, %q", code, out)
+	}
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Fatalf("verify left the corrupt blob: %v", err)
+	}
+	if code, out, _ := runAdmin(t, "verify", "--data", dir); code != 0 || !strings.Contains(out, ": 0 corrupt") {
+		t.Fatalf("verify after the removal: exit %d, %q", code, out)
+	}
+	// The image is partial now: its next pull mirrors it again.
+	if _, out, _ := runAdmin(t, "ls", "--data", dir); !strings.Contains(out, "partial") {
+		t.Errorf("ls after verify: %q", out)
+	}
+}
+
+func TestAdminLockedIndex(t *testing.T) {
+	dir, _ := dataDir(t)
+	ix, err := storage.OpenIndex(filepath.Join(dir, "index.db")) // as a running server holds it
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ix.Close()
+	code, _, stderr := runAdmin(t, "gc", "--data", dir)
+	if code != 1 || !strings.Contains(stderr, "locked by another process") || !strings.Contains(stderr, "stop the server") || strings.Count(stderr, "\n") != 1 {
+		t.Fatalf("gc on a locked index: exit %d, %q", code, stderr)
+	}
+}
+
+func TestAdminBadUsage(t *testing.T) {
+	empty := t.TempDir()
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"gc", "extra"}, "extra"},
+		{[]string{"verify", "--no-such-flag"}, "no-such-flag"},
+		{[]string{"ls", "--data", empty}, "no index at"},
+		{[]string{"gc", "--data", empty, "--destination", "http://127.0.0.1:1/mirror"}, "embedded store only"},
+		{[]string{"gc", "--grace", "soon"}, "grace"},
+	} {
+		code, out, stderr := runAdmin(t, c.args...)
+		if code != 2 || out != "" || !strings.Contains(stderr, c.want) || strings.Count(stderr, "\n") != 1 {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q", c.args, code, out, stderr)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(empty, "index.db")); !os.IsNotExist(err) {
+		t.Error("ls created an index")
+	}
+	for _, cmd := range []string{"gc", "verify", "ls"} {
+		if code, out, _ := runAdmin(t, cmd, "--help"); code != 0 || !strings.Contains(out, "Usage: docker-mirror "+cmd) || !strings.Contains(out, "-data") {
+			t.Errorf("%s --help: exit %d, %q", cmd, code, out)
+		}
+	}
+}

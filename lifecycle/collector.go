@@ -1,0 +1,244 @@
+// Package lifecycle manages what the embedded store keeps: it lists the
+// cached images, evicts the least recently pulled ones when the store
+// outgrows its limit (or those not pulled for a while), collects the blobs
+// and manifests no kept image references, and verifies stored content
+// against its digests.
+//
+// It works on the embedded store (a storage.DriverStore and its Index). A
+// registry destination keeps content the lifecycle cannot see; use that
+// registry's own garbage collection.
+//
+// # Images
+//
+// An image is a root of the cache: a manifest (index or image) that a tag
+// names, or that has a mirror record (pulled by digest, or mirrored), or
+// that is pinned. What an image keeps is its manifest, the child manifests
+// of an index, and their configs and layers. A mirror record of a child
+// manifest (a client pulled it by digest) is folded into the index that
+// lists it. The same digest cached under two repositories is two images;
+// the content is kept while either is.
+//
+// # Running next to the proxy
+//
+// Eviction only removes index entries (tags, mirror records); the
+// collection that follows removes content. Before removing a digest the
+// collector claims it from a Guard, and skips it if the proxy is using it;
+// with InUse the proxy also waits for a removal in progress and then finds
+// the content gone, so it fetches it again. Content recorded, written or
+// accessed within the grace period is never collected, so a fill in
+// progress is safe even without a guard. Roots recorded while a
+// collection runs are read again before each batch is removed.
+//
+// With the filesystem driver a removed blob stays readable by a client
+// that opened it before (an open file survives its unlink): serving does
+// not need to hold the digest once the file is open. On drivers without
+// that property (s3) a client in the middle of a download of removed
+// content gets an error; run eviction with a grace period and a guard.
+package lifecycle
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/docker-mirror/docker-mirror/storage"
+)
+
+// DefaultGrace is the grace period the server should collect with: content
+// written in the last ten minutes is never collected.
+const DefaultGrace = 10 * time.Minute
+
+// batchSize is how many digests are claimed and removed at a time.
+const batchSize = 256
+
+// Options configure a Collector.
+type Options struct {
+	// Grace: content recorded, written or accessed less than Grace ago is
+	// never collected. 0 collects everything unreferenced (offline).
+	Grace time.Duration
+	// Guard, if set, is asked before anything is evicted or removed.
+	Guard Guard
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+	// Log receives what was evicted and removed (default: discarded).
+	Log *slog.Logger
+	// Metrics, if set, count evictions, removals and corrupt content.
+	Metrics *Metrics
+	// DryRun computes and reports, and changes nothing.
+	DryRun bool
+}
+
+// Collector runs the cache lifecycle on an embedded store and its index.
+// Its operations run one at a time.
+type Collector struct {
+	store *storage.DriverStore
+	index *storage.Index
+	opts  Options
+	mu    sync.Mutex
+}
+
+// New returns a Collector of store and index.
+func New(store *storage.DriverStore, index *storage.Index, opts Options) *Collector {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	if opts.Guard == nil {
+		opts.Guard = BusyFunc(nil)
+	}
+	return &Collector{store: store, index: index, opts: opts}
+}
+
+// ErrRegistryDestination is returned by NewForStore for a store that is
+// not the embedded one.
+var ErrRegistryDestination = errors.New("the cache lifecycle (eviction, gc, verify, ls) works on the embedded store only; a registry destination manages its own storage (use its garbage collection)")
+
+// NewForStore is New for any Store: it fails with ErrRegistryDestination
+// unless store is the embedded *storage.DriverStore.
+func NewForStore(store storage.Store, index *storage.Index, opts Options) (*Collector, error) {
+	ds, ok := store.(*storage.DriverStore)
+	if !ok {
+		return nil, ErrRegistryDestination
+	}
+	return New(ds, index, opts), nil
+}
+
+// Report says what an operation did (or, in a dry run, would do).
+type Report struct {
+	// DryRun: nothing was changed; the counts say what would have been.
+	DryRun bool `json:"dry_run,omitempty"`
+
+	// ImagesEvicted counts the images evicted; Evicted lists them.
+	ImagesEvicted int     `json:"images_evicted"`
+	Evicted       []Image `json:"evicted,omitempty"`
+
+	// BlobsRemoved and ManifestsRemoved count the content removed from
+	// the store and the index; BytesFreed is its size in the store.
+	BlobsRemoved     int   `json:"blobs_removed"`
+	ManifestsRemoved int   `json:"manifests_removed"`
+	BytesFreed       int64 `json:"bytes_freed"`
+	// TagsRemoved counts tags removed because the manifest they named
+	// was corrupt or missing.
+	TagsRemoved int `json:"tags_removed,omitempty"`
+	// Kept counts unreferenced, corrupt or evictable content left alone
+	// because it was in use or within the grace period.
+	Kept int `json:"kept,omitempty"`
+
+	// BlobsChecked, ManifestsChecked and BytesChecked are what Verify
+	// rehashed.
+	BlobsChecked     int   `json:"blobs_checked,omitempty"`
+	ManifestsChecked int   `json:"manifests_checked,omitempty"`
+	BytesChecked     int64 `json:"bytes_checked,omitempty"`
+	// CorruptBlobs and CorruptManifests count the content Verify found
+	// not matching its digest; Corrupt lists it.
+	CorruptBlobs     int             `json:"corrupt_blobs,omitempty"`
+	CorruptManifests int             `json:"corrupt_manifests,omitempty"`
+	Corrupt          []digest.Digest `json:"corrupt,omitempty"`
+	// Missing counts index entries naming content the store lacks.
+	Missing int `json:"missing,omitempty"`
+	// MirrorsReset counts images whose mirror state went back to partial
+	// because Verify removed some of their content: the next pull
+	// mirrors them again.
+	MirrorsReset int `json:"mirrors_reset,omitempty"`
+
+	// StoredBefore and StoredAfter are the indexed size of the store.
+	StoredBefore int64 `json:"stored_before"`
+	StoredAfter  int64 `json:"stored_after"`
+}
+
+// CorruptFound is the number of corrupt blobs and manifests found.
+func (r Report) CorruptFound() int { return r.CorruptBlobs + r.CorruptManifests }
+
+// add merges another report's removals into r.
+func (r *Report) add(o Report) {
+	r.BlobsRemoved += o.BlobsRemoved
+	r.ManifestsRemoved += o.ManifestsRemoved
+	r.BytesFreed += o.BytesFreed
+	r.TagsRemoved += o.TagsRemoved
+	r.Kept += o.Kept
+}
+
+// Pin keeps an image out of eviction. ref is its root digest, or a
+// storage.TagKey ("host/repo:tag"), which pins whatever the tag points to.
+func (c *Collector) Pin(ref, reason string) error {
+	return c.index.Pin(ref, storage.PinRecord{PinnedAt: c.opts.Now(), Reason: reason})
+}
+
+// Unpin lets an image be evicted again.
+func (c *Collector) Unpin(ref string) error { return c.index.Unpin(ref) }
+
+// Policy is what the server's periodic lifecycle enforces.
+type Policy struct {
+	// MaxSize, if > 0, is the size the store is kept under.
+	MaxSize int64
+	// EvictAfter, if > 0, evicts images not pulled for that long.
+	EvictAfter time.Duration
+}
+
+// Run evicts by p and collects on every tick until ctx ends, e.g. with
+// time.Tick(10*time.Minute); the server may also send a tick when the
+// store grows past p.MaxSize (Index.StoredBytes), so the limit is enforced
+// before the next period. Each run walks the whole store. Evictions are
+// logged; failures are logged and do not stop it.
+func (c *Collector) Run(ctx context.Context, ticks <-chan time.Time, p Policy) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticks:
+		}
+		r, err := c.Evict(ctx, p.MaxSize, p.EvictAfter, c.opts.Now())
+		if err != nil {
+			if ctx.Err() == nil {
+				c.opts.Log.Warn("cache eviction and collection failed", "error", err)
+			}
+			continue
+		}
+		if r.ImagesEvicted > 0 || r.BlobsRemoved > 0 || r.ManifestsRemoved > 0 {
+			c.opts.Log.Info("cache collected", "images_evicted", r.ImagesEvicted, "blobs_removed", r.BlobsRemoved,
+				"manifests_removed", r.ManifestsRemoved, "bytes_freed", r.BytesFreed, "stored_bytes", r.StoredAfter)
+		}
+		if p.MaxSize > 0 && r.StoredAfter > p.MaxSize {
+			c.opts.Log.Warn("cache still over its size limit: the rest is pinned, in use or within the grace period",
+				"stored_bytes", r.StoredAfter, "max_size", p.MaxSize)
+		}
+	}
+}
+
+// recent reports whether any of the times is within the grace period.
+func (c *Collector) recent(now time.Time, ts ...time.Time) bool {
+	if c.opts.Grace <= 0 {
+		return false
+	}
+	cutoff := now.Add(-c.opts.Grace)
+	for _, t := range ts {
+		if t.After(cutoff) {
+			return true
+		}
+	}
+	return false
+}
+
+// claim claims ds from the guard; it returns those claimed, and a release
+// of them all.
+func (c *Collector) claim(ds []digest.Digest) ([]digest.Digest, func()) {
+	var got []digest.Digest
+	var releases []func()
+	for _, d := range ds {
+		if rel, ok := c.opts.Guard.Claim(d); ok {
+			got = append(got, d)
+			releases = append(releases, rel)
+		}
+	}
+	return got, func() {
+		for _, rel := range releases {
+			rel()
+		}
+	}
+}

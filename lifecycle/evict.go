@@ -1,0 +1,138 @@
+package lifecycle
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// Evict evicts images, then collects. Every unpinned image not pulled
+// since now-evictAfter (if evictAfter > 0) is evicted; then, while what
+// the remaining images keep is larger than maxSize (if maxSize > 0), the
+// least recently pulled unpinned image is. Pinned images and images the
+// guard reports in use are never evicted. An image is evicted whole: its
+// tags and mirror records leave the index, and the collection removes its
+// manifests and the blobs no kept image references.
+func (c *Collector) Evict(ctx context.Context, maxSize int64, evictAfter time.Duration, now time.Time) (Report, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r, err := c.evict(ctx, maxSize, evictAfter, now)
+	c.opts.Metrics.observe("evict", "evict", r, err)
+	return r, err
+}
+
+func (c *Collector) evict(ctx context.Context, maxSize int64, evictAfter time.Duration, now time.Time) (Report, error) {
+	r := Report{DryRun: c.opts.DryRun, StoredBefore: c.index.StoredBytes()}
+	if err := c.index.Flush(); err != nil {
+		return r, err
+	}
+	m, err := c.model(ctx, false)
+	if err != nil {
+		return r, err
+	}
+	var candidates []*entry
+	for _, e := range m.images {
+		if !e.Pinned {
+			candidates = append(candidates, e)
+		}
+	}
+	slices.SortFunc(candidates, func(a, b *entry) int {
+		return cmp.Or(a.LastPull.Compare(b.LastPull), cmp.Compare(a.Name(), b.Name()), cmp.Compare(a.Digest, b.Digest))
+	})
+
+	kept := m.keptSize()
+	var victims []*entry
+	var releases []func()
+	defer func() {
+		for _, rel := range releases {
+			rel()
+		}
+	}()
+	tried := map[*entry]bool{}
+	claimed := map[digest.Digest]bool{} // the same digest may be an image in several repositories
+	evict := func(e *entry) {
+		if tried[e] {
+			return
+		}
+		tried[e] = true
+		if !claimed[e.Digest] {
+			rel, ok := c.opts.Guard.Claim(e.Digest)
+			if !ok {
+				r.Kept++
+				return
+			}
+			releases = append(releases, rel)
+			claimed[e.Digest] = true
+		}
+		victims = append(victims, e)
+		for _, d := range e.reach.all() {
+			if m.refs[d]--; m.refs[d] == 0 {
+				kept -= m.size(d)
+			}
+		}
+	}
+	if evictAfter > 0 {
+		cutoff := now.Add(-evictAfter)
+		for _, e := range candidates {
+			if e.LastPull.Before(cutoff) {
+				evict(e)
+			}
+		}
+	}
+	if maxSize > 0 {
+		for _, e := range candidates {
+			if kept <= maxSize {
+				break
+			}
+			evict(e)
+		}
+	}
+
+	// Roots no kept image holds any more leave the index.
+	dropped := map[digest.Digest]bool{}
+	for _, e := range victims {
+		r.Evicted = append(r.Evicted, e.Image)
+		c.opts.Log.Info("evicting cached image", "image", e.Name(), "tags", e.Tags, "digest", e.Digest,
+			"size", e.Size, "last_pull", e.LastPull, "dry_run", c.opts.DryRun)
+		for _, k := range e.roots {
+			if m.refs[k.digest] == 0 {
+				dropped[k.digest] = true
+			}
+		}
+		if c.opts.DryRun {
+			continue
+		}
+		for _, tag := range e.Tags {
+			if _, err := c.index.DeleteTagIf(e.Upstream, e.Repo, tag, e.Digest); err != nil {
+				return r, fmt.Errorf("evicting %s:%s: %w", e.Name(), tag, err)
+			}
+		}
+		for i, k := range e.roots {
+			// The image's own state goes; a folded child's only if no
+			// kept image lists the child.
+			if _, ok := m.mirrors[k]; ok && (i == 0 || m.refs[k.digest] == 0) {
+				if err := c.index.DeleteMirror(k.upstream, k.repo, k.digest); err != nil {
+					return r, fmt.Errorf("evicting %s@%s: %w", e.Name(), k.digest, err)
+				}
+			}
+		}
+	}
+	r.ImagesEvicted = len(victims)
+	for _, rel := range releases {
+		rel()
+	}
+	releases = nil
+
+	var drop map[digest.Digest]bool
+	if c.opts.DryRun {
+		drop = dropped // still in the index: collect as if they were not
+	}
+	cr, err := c.collect(ctx, drop)
+	r.add(cr)
+	r.StoredAfter = c.index.StoredBytes()
+	return r, err
+}

@@ -1,0 +1,194 @@
+package lifecycle
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+
+	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/docker-mirror/docker-mirror/storage"
+)
+
+// maxManifestSize bounds the manifests read from the store; the proxy
+// stores none larger than 4 MiB.
+const maxManifestSize = 16 << 20
+
+// Annotations buildx puts on the attestation entries of an index.
+const (
+	annotationReferenceType  = "vnd.docker.reference.type"
+	referenceTypeAttestation = "attestation-manifest"
+)
+
+// manifestDoc is what the lifecycle reads of any manifest: what it
+// references.
+type manifestDoc struct {
+	MediaType string          `json:"mediaType"`
+	Manifests []v1.Descriptor `json:"manifests"`
+	Config    *v1.Descriptor  `json:"config"`
+	Layers    []v1.Descriptor `json:"layers"`
+	// Blobs: the OCI artifact manifest's.
+	Blobs []v1.Descriptor `json:"blobs"`
+	// FSLayers: the Docker schema 1 manifest's.
+	FSLayers []struct {
+		BlobSum digest.Digest `json:"blobSum"`
+	} `json:"fsLayers"`
+}
+
+// node is a manifest read from the store.
+type node struct {
+	// missing: not in the store; corrupt: its bytes do not match its
+	// digest. Neither has references.
+	missing, corrupt bool
+	manifests        []digest.Digest // children of an index
+	blobs            []digest.Digest // config and layers
+	// platforms of an index's children, by digest (attestations and
+	// entries without a platform left out).
+	platforms map[digest.Digest]string
+	config    digest.Digest
+}
+
+// graph reads manifests from the store, each once, and walks what they
+// reference.
+type graph struct {
+	store *storage.DriverStore
+	nodes map[digest.Digest]*node
+}
+
+func newGraph(store *storage.DriverStore) *graph {
+	return &graph{store: store, nodes: map[digest.Digest]*node{}}
+}
+
+// load reads and parses a manifest. Missing, corrupt or unparsable
+// manifests are nodes without references; only a store failure is an
+// error (nothing must be collected on partial knowledge).
+func (g *graph) load(ctx context.Context, d digest.Digest) (*node, error) {
+	if n, ok := g.nodes[d]; ok {
+		return n, nil
+	}
+	n := &node{}
+	body, err := g.read(ctx, d)
+	switch {
+	case errors.Is(err, storage.ErrNotFound):
+		n.missing = true
+	case err != nil:
+		return nil, fmt.Errorf("reading manifest %s: %w", d, err)
+	case !d.Algorithm().Available() || d.Algorithm().FromBytes(body) != d:
+		n.corrupt = true
+	default:
+		var doc manifestDoc
+		if json.Unmarshal(body, &doc) == nil {
+			n.fill(doc)
+		}
+	}
+	g.nodes[d] = n
+	return n, nil
+}
+
+func (g *graph) read(ctx context.Context, d digest.Digest) ([]byte, error) {
+	rc, err := g.store.Open(ctx, "", d, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	return io.ReadAll(io.LimitReader(rc, maxManifestSize))
+}
+
+func (n *node) fill(doc manifestDoc) {
+	for _, m := range doc.Manifests {
+		if m.Digest.Validate() != nil {
+			continue
+		}
+		n.manifests = append(n.manifests, m.Digest)
+		if m.Platform != nil && m.Annotations[annotationReferenceType] != referenceTypeAttestation {
+			if n.platforms == nil {
+				n.platforms = map[digest.Digest]string{}
+			}
+			n.platforms[m.Digest] = platformString(m.Platform.OS, m.Platform.Architecture, m.Platform.Variant)
+		}
+	}
+	add := func(d digest.Digest) {
+		if d.Validate() == nil {
+			n.blobs = append(n.blobs, d)
+		}
+	}
+	if doc.Config != nil {
+		add(doc.Config.Digest)
+		n.config = doc.Config.Digest
+	}
+	for _, l := range doc.Layers {
+		add(l.Digest)
+	}
+	for _, b := range doc.Blobs {
+		add(b.Digest)
+	}
+	for _, l := range doc.FSLayers {
+		add(l.BlobSum)
+	}
+}
+
+func platformString(os, arch, variant string) string {
+	s := os + "/" + arch
+	if variant != "" {
+		s += "/" + variant
+	}
+	return s
+}
+
+// reach is what a root keeps: the root, the manifests under it and their
+// blobs.
+type reach struct {
+	manifests map[digest.Digest]bool
+	blobs     map[digest.Digest]bool
+}
+
+func (r reach) all() []digest.Digest {
+	out := make([]digest.Digest, 0, len(r.manifests)+len(r.blobs))
+	for d := range r.manifests {
+		out = append(out, d)
+	}
+	for d := range r.blobs {
+		if !r.manifests[d] {
+			out = append(out, d)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out
+}
+
+func (r reach) has(d digest.Digest) bool { return r.manifests[d] || r.blobs[d] }
+
+// reach walks everything root references.
+func (g *graph) reach(ctx context.Context, root digest.Digest) (reach, error) {
+	r := reach{manifests: map[digest.Digest]bool{}, blobs: map[digest.Digest]bool{}}
+	return r, g.walk(ctx, root, r)
+}
+
+// walk adds root and what it references to r.
+func (g *graph) walk(ctx context.Context, root digest.Digest, r reach) error {
+	stack := []digest.Digest{root}
+	for len(stack) > 0 {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		d := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		if r.manifests[d] {
+			continue
+		}
+		r.manifests[d] = true
+		n, err := g.load(ctx, d)
+		if err != nil {
+			return err
+		}
+		for _, b := range n.blobs {
+			r.blobs[b] = true
+		}
+		stack = append(stack, n.manifests...)
+	}
+	return nil
+}

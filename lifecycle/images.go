@@ -1,0 +1,333 @@
+package lifecycle
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"io"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/docker-mirror/docker-mirror/storage"
+)
+
+// States of an image besides the mirror states (storage.MirrorPartial,
+// storage.MirrorComplete).
+const (
+	// StateMissing: the image's manifest is not in the store.
+	StateMissing = "missing"
+	// StateCorrupt: the image's stored manifest does not match its digest.
+	StateCorrupt = "corrupt"
+)
+
+// Image is a cached image.
+type Image struct {
+	// Upstream and Repo: where it came from, e.g. docker.io and
+	// library/nginx.
+	Upstream string `json:"upstream"`
+	Repo     string `json:"repo"`
+	// Tags of Repo that point to it, sorted.
+	Tags []string `json:"tags,omitempty"`
+	// Digest and MediaType are the root manifest's (index or image).
+	Digest    digest.Digest `json:"digest"`
+	MediaType string        `json:"media_type,omitempty"`
+	// Platforms stored: those its mirror record lists, else those of the
+	// stored children of an index, or the config's of an image.
+	Platforms []string `json:"platforms,omitempty"`
+	// Size is the indexed size of its manifests and blobs; content shared
+	// with other images counts in each.
+	Size int64 `json:"size"`
+	// Manifests and Blobs count the indexed content it keeps.
+	Manifests int `json:"manifests"`
+	Blobs     int `json:"blobs"`
+	// LastPull is the latest of: its tags' fetch and revalidation, and,
+	// for the manifests and blobs no other image keeps, their fetch,
+	// recorded pulls (Index.TouchManifest) and last access (a shared base
+	// layer says nothing about which image was pulled). If that leaves
+	// nothing, the shared content's times count.
+	LastPull time.Time `json:"last_pull"`
+	// State is its mirror state (partial, complete), StateMissing,
+	// StateCorrupt, or empty if none is recorded.
+	State string `json:"state,omitempty"`
+	// Pinned: its digest or one of its tags is pinned; it is never
+	// evicted.
+	Pinned bool `json:"pinned"`
+}
+
+// Name is the image's upstream and repository, e.g.
+// docker.io/library/nginx.
+func (im Image) Name() string {
+	if im.Upstream == "" {
+		return im.Repo
+	}
+	return im.Upstream + "/" + im.Repo
+}
+
+// entry is an image with what it keeps.
+type entry struct {
+	Image
+	reach reach
+	// roots: the image itself and the mirror-only roots folded into it.
+	roots []imageKey
+}
+
+// model is the cache seen as images.
+type model struct {
+	snap   *storage.Snapshot
+	images []*entry
+	// refs counts the images keeping each digest.
+	refs map[digest.Digest]int
+	// mirrors are the mirror states by repository and digest.
+	mirrors map[imageKey]storage.MirrorRecord
+}
+
+func (e *entry) key() imageKey { return imageKey{e.Upstream, e.Repo, e.Digest} }
+
+// size is the indexed size of one digest, as Index.StoredBytes counts it.
+func (m *model) size(d digest.Digest) int64 {
+	return m.snap.Manifests[d].Size + m.snap.Blobs[d].Size
+}
+
+// keptSize is the indexed size of what the images keep.
+func (m *model) keptSize() int64 {
+	var n int64
+	for d, c := range m.refs {
+		if c > 0 {
+			n += m.size(d)
+		}
+	}
+	return n
+}
+
+// Images lists the cached images, sorted by name, tags and digest.
+func (c *Collector) Images(ctx context.Context) ([]Image, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.index.Flush(); err != nil {
+		return nil, err
+	}
+	m, err := c.model(ctx, true)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Image, len(m.images))
+	for i, e := range m.images {
+		out[i] = e.Image
+	}
+	return out, nil
+}
+
+type imageKey struct {
+	upstream, repo string
+	digest         digest.Digest
+}
+
+// model reads the index and the manifests into images; with platforms,
+// it also reads the configs of images whose platform is not recorded.
+func (c *Collector) model(ctx context.Context, platforms bool) (*model, error) {
+	snap, err := c.index.Snapshot()
+	if err != nil {
+		return nil, err
+	}
+	g := newGraph(c.store)
+	entries := map[imageKey]*entry{}
+	byDigest := map[digest.Digest][]*entry{}
+	get := func(k imageKey) *entry {
+		e, ok := entries[k]
+		if !ok {
+			e = &entry{Image: Image{Upstream: k.upstream, Repo: k.repo, Digest: k.digest}, roots: []imageKey{k}}
+			entries[k] = e
+			byDigest[k.digest] = append(byDigest[k.digest], e)
+		}
+		return e
+	}
+	for key, rec := range snap.Tags {
+		host, repo, tag, ok := storage.ParseTagKey(key)
+		if !ok || rec.Digest.Validate() != nil {
+			continue
+		}
+		e := get(imageKey{host, repo, rec.Digest})
+		e.Tags = append(e.Tags, tag)
+		e.LastPull = latest(e.LastPull, rec.FetchedAt, rec.CheckedAt)
+		if _, pinned := snap.Pins[key]; pinned {
+			e.Pinned = true
+		}
+	}
+	mirrors := map[imageKey]storage.MirrorRecord{}
+	for _, me := range snap.Mirrors {
+		if me.Digest.Validate() == nil {
+			k := imageKey{me.Upstream, me.Repo, me.Digest}
+			mirrors[k] = me.MirrorRecord
+			get(k)
+		}
+	}
+	for key := range snap.Pins {
+		d, err := digest.Parse(key)
+		if err != nil {
+			continue
+		}
+		if len(byDigest[d]) == 0 {
+			k := imageKey{digest: d}
+			if links := snap.Links[d]; len(links) > 0 {
+				if host, repo, ok := strings.Cut(links[0], "/"); ok {
+					k.upstream, k.repo = host, repo
+				}
+			}
+			get(k)
+		}
+		for _, e := range byDigest[d] {
+			e.Pinned = true
+		}
+	}
+
+	// What each keeps.
+	reaches := map[digest.Digest]reach{}
+	children := map[digest.Digest]bool{}
+	for _, e := range entries {
+		r, ok := reaches[e.Digest]
+		if !ok {
+			if r, err = g.reach(ctx, e.Digest); err != nil {
+				return nil, err
+			}
+			reaches[e.Digest] = r
+		}
+		e.reach = r
+		for d := range r.manifests {
+			if d != e.Digest {
+				children[d] = true
+			}
+		}
+	}
+	// A mirror record alone on a child of an index (a client pulled the
+	// child by digest) is part of the index's image.
+	var listed, folded []*entry
+	for _, e := range entries {
+		if len(e.Tags) == 0 && !e.Pinned && children[e.Digest] {
+			folded = append(folded, e)
+		} else {
+			listed = append(listed, e)
+		}
+	}
+	for _, e := range listed {
+		for _, f := range folded {
+			if e.reach.manifests[f.Digest] {
+				e.roots = append(e.roots, f.key())
+			}
+		}
+	}
+
+	m := &model{snap: snap, refs: map[digest.Digest]int{}, mirrors: mirrors}
+	for _, e := range listed {
+		for _, d := range e.reach.all() {
+			m.refs[d]++
+		}
+	}
+	for _, e := range listed {
+		c.describe(ctx, g, m, e, platforms)
+		m.images = append(m.images, e)
+	}
+	sort.Slice(m.images, func(i, j int) bool {
+		a, b := m.images[i], m.images[j]
+		return cmp.Or(cmp.Compare(a.Name(), b.Name()), slices.Compare(a.Tags, b.Tags), cmp.Compare(a.Digest, b.Digest)) < 0
+	})
+	return m, nil
+}
+
+// describe fills in an image's size, last pull, state and platforms.
+func (c *Collector) describe(ctx context.Context, g *graph, m *model, e *entry, platforms bool) {
+	snap := m.snap
+	sort.Strings(e.Tags)
+	// Times recorded per digest tell this image's pulls only for digests
+	// no other image keeps; the others are a fallback.
+	var shared time.Time
+	note := func(d digest.Digest, t time.Time) {
+		if m.refs[d] == 1 {
+			e.LastPull = latest(e.LastPull, t)
+		} else {
+			shared = latest(shared, t)
+		}
+	}
+	for _, k := range e.roots {
+		if rec, ok := snap.Manifests[k.digest]; ok {
+			note(k.digest, rec.FetchedAt)
+		}
+	}
+	for _, d := range e.reach.all() {
+		e.Size += m.size(d)
+		if _, ok := snap.Manifests[d]; ok {
+			e.Manifests++
+		}
+		if rec, ok := snap.Blobs[d]; ok {
+			e.Blobs++
+			note(d, rec.LastAccess)
+		}
+		if e.reach.manifests[d] {
+			note(d, snap.Access[d])
+		}
+	}
+	if e.LastPull.IsZero() {
+		e.LastPull = shared
+	}
+	e.MediaType = snap.Manifests[e.Digest].MediaType
+	rec, mirrored := m.mirrors[e.key()]
+	root := g.nodes[e.Digest]
+	switch {
+	case root == nil || root.missing:
+		e.State = StateMissing
+	case root.corrupt:
+		e.State = StateCorrupt
+	case mirrored:
+		e.State = rec.State
+	}
+	if len(rec.Platforms) > 0 {
+		e.Platforms = slices.Clone(rec.Platforms)
+		return
+	}
+	if root == nil {
+		return
+	}
+	seen := map[string]bool{}
+	for d, p := range root.platforms {
+		if _, stored := snap.Manifests[d]; stored && !seen[p] {
+			seen[p] = true
+			e.Platforms = append(e.Platforms, p)
+		}
+	}
+	sort.Strings(e.Platforms)
+	if platforms && root.config != "" && len(root.manifests) == 0 {
+		if p := c.configPlatform(ctx, root.config); p != "" {
+			e.Platforms = []string{p}
+		}
+	}
+}
+
+// configPlatform reads an image config's platform, or returns "".
+func (c *Collector) configPlatform(ctx context.Context, d digest.Digest) string {
+	rc, err := c.store.Open(ctx, "", d, 0)
+	if err != nil {
+		return ""
+	}
+	defer rc.Close()
+	var cfg struct {
+		OS           string `json:"os"`
+		Architecture string `json:"architecture"`
+		Variant      string `json:"variant"`
+	}
+	if err := json.NewDecoder(io.LimitReader(rc, maxManifestSize)).Decode(&cfg); err != nil || cfg.OS == "" {
+		return ""
+	}
+	return platformString(cfg.OS, cfg.Architecture, cfg.Variant)
+}
+
+func latest(t time.Time, ts ...time.Time) time.Time {
+	for _, u := range ts {
+		if u.After(t) {
+			t = u
+		}
+	}
+	return t
+}

@@ -1,0 +1,201 @@
+package lifecycle
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/docker-mirror/docker-mirror/storage"
+)
+
+// Verify rehashes every stored blob and manifest, streaming it, and
+// removes the corrupt ones from the store and the index, with the tags
+// that named a corrupt manifest. Index entries of content missing from the
+// store are removed too. Images whose content was removed go back to the
+// partial mirror state, so the next pull mirrors them again. In a dry run
+// it only reports.
+func (c *Collector) Verify(ctx context.Context) (Report, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r, err := c.verify(ctx)
+	c.opts.Metrics.observe("verify", "verify", r, err)
+	return r, err
+}
+
+func (c *Collector) verify(ctx context.Context) (Report, error) {
+	r := Report{DryRun: c.opts.DryRun, StoredBefore: c.index.StoredBytes()}
+	snap, err := c.index.Snapshot()
+	if err != nil {
+		return r, err
+	}
+	var contents []storage.StoredContent
+	if err := c.store.Walk(ctx, func(sc storage.StoredContent) error {
+		contents = append(contents, sc)
+		return nil
+	}); err != nil {
+		return r, fmt.Errorf("listing the store: %w", err)
+	}
+	slices.SortFunc(contents, func(a, b storage.StoredContent) int { return cmp.Compare(a.Digest, b.Digest) })
+
+	found := map[digest.Digest]bool{}
+	size := map[digest.Digest]int64{}
+	var corrupt []digest.Digest
+	buf := make([]byte, 1<<20)
+	for _, sc := range contents {
+		_, manifest := snap.Manifests[sc.Digest]
+		ok, err := c.rehash(ctx, sc.Digest, buf)
+		if errors.Is(err, storage.ErrNotFound) {
+			continue // removed meanwhile
+		}
+		if err != nil {
+			return r, fmt.Errorf("verifying %s: %w", sc.Digest, err)
+		}
+		found[sc.Digest] = true
+		size[sc.Digest] = sc.Size
+		r.BytesChecked += sc.Size
+		if manifest {
+			r.ManifestsChecked++
+		} else {
+			r.BlobsChecked++
+		}
+		if ok {
+			continue
+		}
+		c.opts.Log.Warn("stored content does not match its digest", "digest", sc.Digest, "manifest", manifest, "size", sc.Size, "dry_run", c.opts.DryRun)
+		corrupt = append(corrupt, sc.Digest)
+		r.Corrupt = append(r.Corrupt, sc.Digest)
+		if manifest {
+			r.CorruptManifests++
+		} else {
+			r.CorruptBlobs++
+		}
+	}
+
+	// Index entries naming content the store does not hold.
+	var missing []digest.Digest
+	checked := map[digest.Digest]bool{}
+	for _, ds := range [][]digest.Digest{keys(snap.Blobs), keys(snap.Manifests)} {
+		for _, d := range ds {
+			if found[d] || checked[d] {
+				continue
+			}
+			checked[d] = true
+			if _, err := c.store.Stat(ctx, "", d); !errors.Is(err, storage.ErrNotFound) {
+				if err != nil {
+					return r, err
+				}
+				continue // stored meanwhile
+			}
+			c.opts.Log.Warn("indexed content is missing from the store", "digest", d, "dry_run", c.opts.DryRun)
+			missing = append(missing, d)
+		}
+	}
+	r.Missing = len(missing)
+	if c.opts.DryRun {
+		r.StoredAfter = r.StoredBefore
+		return r, nil
+	}
+
+	removed := map[digest.Digest]bool{}
+	for batch := range slices.Chunk(append(corrupt, missing...), batchSize) {
+		claimed, release := c.claim(batch)
+		r.Kept += len(batch) - len(claimed)
+		gone, err := c.index.Forget(claimed, nil)
+		if err == nil {
+			for _, f := range gone {
+				if size[f.Digest] > 0 || found[f.Digest] {
+					if err = c.store.Delete(ctx, "", f.Digest); err != nil {
+						break
+					}
+				}
+				removed[f.Digest] = true
+				r.TagsRemoved += len(f.Tags)
+				count(&r, f.Manifest, size[f.Digest])
+			}
+		}
+		release()
+		if err != nil {
+			r.StoredAfter = c.index.StoredBytes()
+			return r, err
+		}
+	}
+	err = c.resetMirrors(ctx, snap, removed, &r)
+	r.StoredAfter = c.index.StoredBytes()
+	return r, err
+}
+
+// rehash reports whether stored content matches its digest.
+func (c *Collector) rehash(ctx context.Context, d digest.Digest, buf []byte) (bool, error) {
+	rc, err := c.store.Open(ctx, "", d, 0)
+	if err != nil {
+		return false, err
+	}
+	defer rc.Close()
+	v := d.Verifier()
+	if _, err := io.CopyBuffer(v, readerOnly{ctx, rc}, buf); err != nil {
+		return false, err
+	}
+	return v.Verified(), nil
+}
+
+// readerOnly hides a reader's WriterTo, so CopyBuffer uses the buffer, and
+// stops at ctx's end.
+type readerOnly struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+// Read reads from the reader unless ctx has ended.
+func (r readerOnly) Read(p []byte) (int, error) {
+	if err := r.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return r.r.Read(p)
+}
+
+// resetMirrors sets the complete mirror records whose images lost content
+// back to partial.
+func (c *Collector) resetMirrors(ctx context.Context, snap *storage.Snapshot, removed map[digest.Digest]bool, r *Report) error {
+	if len(removed) == 0 {
+		return nil
+	}
+	g := newGraph(c.store)
+	for _, me := range snap.Mirrors {
+		d := me.Digest
+		if me.State != storage.MirrorComplete || removed[d] {
+			continue
+		}
+		reached, err := g.reach(ctx, d)
+		if err != nil {
+			return err
+		}
+		lost := false
+		for _, x := range reached.all() {
+			if removed[x] {
+				lost = true
+				break
+			}
+		}
+		if !lost {
+			continue
+		}
+		cur, ok, err := c.index.Mirror(me.Upstream, me.Repo, d)
+		if err != nil {
+			return err
+		}
+		if !ok || cur.State != storage.MirrorComplete {
+			continue
+		}
+		cur.State, cur.UpdatedAt = storage.MirrorPartial, c.opts.Now()
+		if err := c.index.PutMirror(d, cur); err != nil {
+			return err
+		}
+		r.MirrorsReset++
+	}
+	return nil
+}
