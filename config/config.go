@@ -63,6 +63,11 @@ type Config struct {
 	// value is the driver's parameters. Empty means the filesystem driver
 	// rooted at Data.
 	Storage map[string]map[string]any `yaml:"storage,omitempty"`
+	// MaxSize, if > 0, is the size the embedded store is kept under by
+	// evicting the least recently pulled images.
+	MaxSize Size `yaml:"max_size,omitempty"`
+	// EvictAfter, if > 0, evicts images not pulled for that long.
+	EvictAfter Duration `yaml:"evict_after,omitempty"`
 	// Destination, if its URL is set, is the registry mirrored content is
 	// pushed to and served from, instead of the embedded store.
 	Destination Destination `yaml:"destination,omitempty"`
@@ -159,6 +164,8 @@ type Sync struct {
 	Images []string `yaml:"images"`
 	// Platforms narrow the platforms mirrored; empty means Platforms.
 	Platforms []string `yaml:"platforms,omitempty"`
+	// Pin keeps the synced images out of eviction.
+	Pin bool `yaml:"pin,omitempty"`
 }
 
 // DockerHub is the default upstream of docker.io.
@@ -421,6 +428,12 @@ func (c Config) Validate() error {
 			return fmt.Errorf("destination: %w", err)
 		}
 	}
+	if c.EvictAfter < 0 {
+		return fmt.Errorf("evict_after: must not be negative, got %q", c.EvictAfter)
+	}
+	if (c.MaxSize > 0 || c.EvictAfter > 0) && c.Destination.URL != "" {
+		return fmt.Errorf("max_size, evict_after: only for the embedded store; a destination registry collects its own garbage")
+	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return fmt.Errorf("tls_cert, tls_key: give both or neither (got %q and %q)", c.TLSCert, c.TLSKey)
 	}
@@ -545,6 +558,43 @@ func validateURL(s string) error {
 	}
 	return nil
 }
+
+// Size is a number of bytes written as "50GiB", "512MB" or "1000000".
+type Size int64
+
+var sizeUnits = map[string]int64{
+	"": 1, "b": 1,
+	"kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
+	"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
+}
+
+// ParseSize parses a size such as "50GiB".
+func ParseSize(s string) (Size, error) {
+	t := strings.TrimSpace(s)
+	i := strings.IndexFunc(t, func(r rune) bool { return (r < '0' || r > '9') && r != '.' })
+	if i < 0 {
+		i = len(t)
+	}
+	n, err := strconv.ParseFloat(t[:i], 64)
+	unit, ok := sizeUnits[strings.ToLower(strings.TrimSpace(t[i:]))]
+	if err != nil || !ok || n < 0 {
+		return 0, fmt.Errorf("invalid size %q (e.g. 50GiB, 512MB)", s)
+	}
+	return Size(n * float64(unit)), nil
+}
+
+// UnmarshalYAML parses a size.
+func (z *Size) UnmarshalYAML(n *yaml.Node) error {
+	v, err := ParseSize(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %w", n.Line, err)
+	}
+	*z = v
+	return nil
+}
+
+// MarshalYAML writes the size in bytes.
+func (z Size) MarshalYAML() (any, error) { return int64(z), nil }
 
 // Duration is a time.Duration written as "90s" or "1m" in YAML.
 type Duration time.Duration

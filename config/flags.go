@@ -72,6 +72,12 @@ var keys = []key{
 	{name: "shutdown_timeout", usage: "how long in-flight requests may finish on SIGINT/SIGTERM", set: durationKey(func(c *Config) *Duration { return &c.ShutdownTimeout })},
 	{name: "log_format", usage: "log format: text or json", set: stringKey(func(c *Config) *string { return &c.LogFormat })},
 	{name: "log_level", usage: "log level: debug, info, warn or error", set: stringKey(func(c *Config) *string { return &c.LogLevel })},
+	{name: "max_size", usage: "keep the embedded store under this size by evicting the least recently pulled images, e.g. 50GiB (0: no limit)", set: one(func(c *Config, v string) error {
+		z, err := ParseSize(v)
+		c.MaxSize = z
+		return err
+	})},
+	{name: "evict_after", usage: "evict images not pulled for this long, e.g. 720h (0: never)", set: durationKey(func(c *Config) *Duration { return &c.EvictAfter })},
 	{name: "tls_cert", usage: "TLS certificate file (PEM) to serve HTTPS; SIGHUP reloads it", set: stringKey(func(c *Config) *string { return &c.TLSCert })},
 	{name: "tls_key", usage: "TLS private key file (PEM)", set: stringKey(func(c *Config) *string { return &c.TLSKey })},
 	{name: "destination", usage: "registry URL and prefix to mirror into and serve from, e.g. https://nexus.example.com/mirror (http:// = plain HTTP; default: the embedded store)",
@@ -121,7 +127,7 @@ func defaultStrings() map[string]string {
 	return map[string]string{
 		"listen": d.Listen, "data": d.Data, "upstream": d.Upstream, "upstream_timeout": d.UpstreamTimeout.String(), "tag_ttl": d.TagTTL.String(),
 		"platform": strings.Join(d.Platforms, ","), "concurrency": strconv.Itoa(d.Concurrency),
-		"shutdown_timeout": d.ShutdownTimeout.String(), "log_format": d.LogFormat, "log_level": d.LogLevel, "destination": "none", "tls_cert": "none", "tls_key": "none",
+		"shutdown_timeout": d.ShutdownTimeout.String(), "log_format": d.LogFormat, "log_level": d.LogLevel, "destination": "none", "tls_cert": "none", "tls_key": "none", "max_size": "0", "evict_after": "0",
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/gorilla/mux"
 	"github.com/opencontainers/go-digest"
@@ -28,13 +29,26 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 		return errcode.New(errcode.DigestInvalid, "invalid digest %q", vars["digest"])
 	}
 	ctx := r.Context()
-	if size, ok, err := p.storedBlob(ctx, t, dgst); err != nil {
+	held, err := p.hold(ctx, dgst)
+	if err != nil {
 		return err
-	} else if ok {
+	}
+	release := sync.OnceFunc(held)
+	defer release()
+	size, ok, err := p.storedBlob(ctx, t, dgst)
+	if err != nil {
+		return err
+	}
+	if ok {
 		w.Header().Set(cacheHeader, "hit")
 		p.index.Touch(dgst, p.now())
-		return serveBlob(w, r, dgst, size, func(off int64) (io.ReadCloser, error) { return p.store.Open(ctx, t.storeRepo(), dgst, off) })
+		return serveBlob(w, r, dgst, size, func(off int64) (io.ReadCloser, error) {
+			// Once open, the file survives its removal: let go of it then.
+			defer release()
+			return p.store.Open(ctx, t.storeRepo(), dgst, off)
+		})
 	}
+	release()
 	w.Header().Set(cacheHeader, "miss")
 	if r.Method == http.MethodHead {
 		size, err := t.up.HeadBlob(ctx, t.repo, dgst)
@@ -63,7 +77,7 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 			return ctx.Err()
 		}
 	}
-	size, err := p.store.Stat(ctx, t.storeRepo(), dgst)
+	size, err = p.store.Stat(ctx, t.storeRepo(), dgst)
 	if err != nil {
 		return fmt.Errorf("blob %s: %w", dgst, err)
 	}

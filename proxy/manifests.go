@@ -112,6 +112,11 @@ func (p *Proxy) manifest(w http.ResponseWriter, r *http.Request) error {
 			}
 		}
 	}
+	// The last pull of an image, for eviction (written at most once a
+	// minute per manifest).
+	if err := p.index.TouchManifest(m.digest, p.now()); err != nil {
+		p.log.Debug("recording a manifest's last pull", "digest", m.digest, "error", err)
+	}
 	h := w.Header()
 	h.Set("Content-Type", m.mediaType)
 	h.Set("Docker-Content-Digest", m.digest.String())
@@ -256,7 +261,12 @@ func (p *Proxy) loadManifest(ctx context.Context, t target, dgst digest.Digest) 
 	if !ok {
 		return nil, fmt.Errorf("manifest %s: %w", dgst, storage.ErrNotFound)
 	}
+	release, err := p.hold(ctx, dgst)
+	if err != nil {
+		return nil, err
+	}
 	body, err := p.readManifest(ctx, t, dgst)
+	release()
 	if err != nil {
 		return nil, err
 	}

@@ -26,6 +26,8 @@ type PrefetchRequest struct {
 	// Platforms are patterns such as "linux/*"; empty means the
 	// configured platforms.
 	Platforms []string `json:"platforms,omitempty"`
+	// Pin keeps the images out of eviction.
+	Pin bool `json:"pin,omitempty"`
 }
 
 // image is a parsed prefetch reference.
@@ -69,7 +71,7 @@ func (p *Proxy) StartPrefetch(ctx context.Context, req PrefetchRequest, trigger 
 	if _, err := parsePlatforms(req.Platforms); err != nil {
 		return nil, errcode.New(errcode.InvalidRequest, "%v", err)
 	}
-	job := &storage.Job{ID: newJobID(p.now()), Trigger: trigger, State: storage.JobQueued, Platforms: req.Platforms, CreatedAt: p.now(), UpdatedAt: p.now()}
+	job := &storage.Job{ID: newJobID(p.now()), Trigger: trigger, State: storage.JobQueued, Platforms: req.Platforms, Pin: req.Pin, CreatedAt: p.now(), UpdatedAt: p.now()}
 	for _, s := range req.Images {
 		if _, err := p.parseImage(s); err != nil {
 			return nil, err
@@ -201,6 +203,11 @@ func (p *Proxy) prefetchImage(ctx context.Context, job *storage.Job, i int, pats
 	if err != nil {
 		return err
 	}
+	if job.Pin {
+		if err := p.pin(job.Images[i].Image, job.Trigger); err != nil {
+			return err
+		}
+	}
 	p.setJob(job, func() { job.Images[i].State, job.Images[i].Digest = storage.JobDone, got.Digest })
 	return nil
 }
@@ -241,9 +248,29 @@ func (p *Proxy) Mirror(ctx context.Context, ref string, pats []Platform, onProgr
 		if err := p.publishTag(ctx, im.t, im.ref, m); err != nil {
 			return prog.snapshot(), err
 		}
+	} else if _, ok, err := p.index.Mirror(im.t.host(), im.t.repo, m.digest); err == nil && !ok {
+		// Recorded like a pull by digest, so the cache keeps it.
+		if err := p.index.PutMirror(m.digest, storage.MirrorRecord{Upstream: im.t.host(), Repo: im.t.repo,
+			State: storage.MirrorPartial, Platforms: platforms, UpdatedAt: p.now()}); err != nil {
+			return prog.snapshot(), err
+		}
 	}
 	prog.update(func() {})
 	return prog.snapshot(), nil
+}
+
+// pin keeps an image out of eviction: by its tag (whatever the tag points
+// to later) or by digest.
+func (p *Proxy) pin(ref, reason string) error {
+	im, err := p.parseImage(ref)
+	if err != nil {
+		return err
+	}
+	key := im.ref
+	if !strings.Contains(im.ref, ":") {
+		key = storage.TagKey(im.t.host(), im.t.repo, im.ref)
+	}
+	return p.index.Pin(key, storage.PinRecord{PinnedAt: p.now(), Reason: reason})
 }
 
 // maxPrefetchBody bounds the JSON body of POST /prefetch.

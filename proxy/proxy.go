@@ -35,6 +35,7 @@ type Proxy struct {
 	upstreams map[string]*upstream.Client
 	log       *slog.Logger
 	metrics   *metrics.Metrics
+	guard     ContentGuard
 	// access decides who may use which route; nil lets everyone in.
 	access       *access.Policy
 	metricsLevel access.Level
@@ -76,6 +77,24 @@ func WithMetrics(m *metrics.Metrics) Option { return func(p *Proxy) { p.metrics 
 // /metrics to be used at metricsLevel (default: no authentication).
 func WithAccess(a *access.Policy, metricsLevel access.Level) Option {
 	return func(p *Proxy) { p.access, p.metricsLevel = a, metricsLevel }
+}
+
+// ContentGuard lets the cache lifecycle and the proxy agree on content in
+// use: the proxy holds a digest while it checks and opens it, and the
+// collector does not remove it meanwhile (lifecycle.InUse).
+type ContentGuard interface {
+	Acquire(ctx context.Context, dgst digest.Digest) (release func(), err error)
+}
+
+// WithContentGuard sets the guard (default: none, nothing is collected).
+func WithContentGuard(g ContentGuard) Option { return func(p *Proxy) { p.guard = g } }
+
+// hold acquires dgst from the guard, if there is one.
+func (p *Proxy) hold(ctx context.Context, dgst digest.Digest) (func(), error) {
+	if p.guard == nil {
+		return func() {}, nil
+	}
+	return p.guard.Acquire(ctx, dgst)
 }
 
 // WithClock sets the clock used for tag freshness (default time.Now).

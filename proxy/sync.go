@@ -21,6 +21,8 @@ type Sync struct {
 	Images []string
 	// Platforms narrow the platforms mirrored; empty: the configured ones.
 	Platforms []string
+	// Pin keeps the synced images out of eviction.
+	Pin bool
 }
 
 // RunSync runs s now and then every interval until ctx ends.
@@ -53,7 +55,7 @@ func (p *Proxy) SyncOnce(ctx context.Context, s Sync) (*storage.Job, error) {
 	if len(images) == 0 {
 		return nil, fmt.Errorf("sync: no tag matches %q", s.Images)
 	}
-	return p.StartPrefetch(ctx, PrefetchRequest{Images: images, Platforms: s.Platforms}, "sync")
+	return p.StartPrefetch(ctx, PrefetchRequest{Images: images, Platforms: s.Platforms, Pin: s.Pin}, "sync")
 }
 
 // ExpandTags turns "name:pattern" into one reference per matching tag

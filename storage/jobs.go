@@ -25,6 +25,7 @@ type Job struct {
 	Trigger   string     `json:"trigger"` // "prefetch" or "sync"
 	State     string     `json:"state"`
 	Platforms []string   `json:"platforms,omitempty"`
+	Pin       bool       `json:"pin,omitempty"` // keep the images out of eviction
 	Images    []JobImage `json:"images"`
 	CreatedAt time.Time  `json:"created_at"`
 	UpdatedAt time.Time  `json:"updated_at"`

@@ -159,7 +159,8 @@ func TestAccessLog(t *testing.T) {
 			}
 		}
 	}
-	if requests[0]["cache"] != "miss" || requests[1]["cache"] != "miss" {
+	// The blob may already have been stored by the background mirror.
+	if requests[0]["cache"] != "miss" || (requests[1]["cache"] != "miss" && requests[1]["cache"] != "hit") {
 		t.Errorf("cache fields: %v, %v", requests[0]["cache"], requests[1]["cache"])
 	}
 	if requests[2]["status"] != float64(404) || requests[2]["error"] == nil {

@@ -53,7 +53,7 @@ func openStore(ctx context.Context, cfg config.Config, index *storage.Index) (st
 
 // newProxy wires the upstreams, metrics and settings of cfg around a store
 // and an index.
-func newProxy(cfg config.Config, store storage.Store, index *storage.Index, log *slog.Logger, m *metrics.Metrics, spool string) (*proxy.Proxy, error) {
+func newProxy(cfg config.Config, store storage.Store, index *storage.Index, log *slog.Logger, m *metrics.Metrics, spool string, extra ...proxy.Option) (*proxy.Proxy, error) {
 	platforms, err := parsePlatforms(cfg.Platforms)
 	if err != nil {
 		return nil, err
@@ -84,7 +84,7 @@ func newProxy(cfg config.Config, store storage.Store, index *storage.Index, log 
 	for host, s := range settings {
 		opts = append(opts, proxy.WithUpstreamSettings(host, s))
 	}
-	return proxy.New(store, index, ups, opts...)
+	return proxy.New(store, index, ups, append(opts, extra...)...)
 }
 
 // upstreams builds a client for every configured upstream, with its

@@ -30,7 +30,7 @@ Usage:
                                 copy images (every linux platform) into a registry, no server needed
   docker-mirror prefetch --server URL IMAGE...
                                 ask a running proxy to mirror images ahead of time, and follow the job
-  docker-mirror version         print the version and the Go version
+` + adminUsage + `  docker-mirror version         print the version and the Go version
   docker-mirror help            show this help
 
 Run 'docker-mirror COMMAND --help' for every option of a command.
@@ -58,6 +58,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return mirrorCommand(ctx, args[1:], stdout, stderr)
 	case "prefetch":
 		return prefetchCommand(ctx, args[1:], stdout, stderr)
+	case "gc":
+		return gcCommand(ctx, args[1:], stdout, stderr)
+	case "verify":
+		return verifyCommand(ctx, args[1:], stdout, stderr)
+	case "ls":
+		return lsCommand(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "docker-mirror %s (%s)\n", versionString(), runtime.Version())
 		return 0

@@ -15,10 +15,12 @@ import (
 	"os/signal"
 	"path/filepath"
 	"slices"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/docker-mirror/docker-mirror/config"
+	"github.com/docker-mirror/docker-mirror/lifecycle"
 	"github.com/docker-mirror/docker-mirror/metrics"
 	"github.com/docker-mirror/docker-mirror/proxy"
 	"github.com/docker-mirror/docker-mirror/storage"
@@ -49,6 +51,32 @@ func serveCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return 1
 	}
 	return 0
+}
+
+// lifecycleTicks drives the cache lifecycle: a collection every ten
+// minutes, and at once when the store has outgrown maxSize.
+func lifecycleTicks(ctx context.Context, index *storage.Index, maxSize int64) <-chan time.Time {
+	ticks := make(chan time.Time)
+	go func() {
+		t := time.NewTicker(time.Minute)
+		defer t.Stop()
+		for n := 1; ; n++ {
+			select {
+			case <-ctx.Done():
+				return
+			case now := <-t.C:
+				if n%10 != 0 && (maxSize <= 0 || index.StoredBytes() <= maxSize) {
+					continue
+				}
+				select {
+				case ticks <- now:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+	}()
+	return ticks
 }
 
 func newLogger(cfg config.Config, w io.Writer) *slog.Logger {
@@ -86,11 +114,27 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, ln net.List
 		return err
 	}
 	m := metrics.New()
-	p, err := newProxy(cfg, store, index, log, m, spool)
+	lm := lifecycle.NewMetrics()
+	m.Register(lm.Collectors()...)
+	inUse := lifecycle.NewInUse()
+	p, err := newProxy(cfg, store, index, log, m, spool, proxy.WithContentGuard(inUse))
 	if err != nil {
 		return err
 	}
 	defer p.Close()
+	col, err := lifecycle.NewForStore(store, index, lifecycle.Options{Grace: lifecycle.DefaultGrace, Guard: inUse, Log: log, Metrics: lm})
+	switch {
+	case errors.Is(err, lifecycle.ErrRegistryDestination):
+		// The destination registry collects its own garbage.
+	case err != nil:
+		return err
+	default:
+		var running sync.WaitGroup
+		defer running.Wait() // before the index closes
+		running.Go(func() {
+			col.Run(ctx, lifecycleTicks(ctx, index, int64(cfg.MaxSize)), lifecycle.Policy{MaxSize: int64(cfg.MaxSize), EvictAfter: time.Duration(cfg.EvictAfter)})
+		})
+	}
 	if err := p.ResumeMirrors(ctx); err != nil {
 		return err
 	}
@@ -98,7 +142,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, ln net.List
 		return err
 	}
 	if cfg.Sync.Interval > 0 {
-		go p.RunSync(ctx, proxy.Sync{Images: cfg.Sync.Images, Platforms: cfg.Sync.Platforms}, time.Duration(cfg.Sync.Interval))
+		go p.RunSync(ctx, proxy.Sync{Images: cfg.Sync.Images, Platforms: cfg.Sync.Platforms, Pin: cfg.Sync.Pin}, time.Duration(cfg.Sync.Interval))
 	}
 
 	srv := &http.Server{
