@@ -1,0 +1,94 @@
+package tests
+
+import (
+	"sync"
+	"testing"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/docker-mirror/docker-mirror/lifecycle"
+	"github.com/docker-mirror/docker-mirror/proxy"
+	"github.com/docker-mirror/docker-mirror/tests/fixture"
+	"github.com/docker-mirror/docker-mirror/tests/mirrortest"
+)
+
+// Eviction under a size limit while pulls go on: every pull still gets
+// correct content (what was evicted is fetched again), and the store ends
+// under the limit.
+func TestEvictionWhilePulling(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	var images []*fixture.MultiArch
+	for _, name := range []string{"alpha", "beta", "gamma", "delta"} {
+		images = append(images, up.SeedMultiArch(t, "library/"+name, "1", fixture.OCI, fixture.WithLayerSize(64<<10)))
+	}
+	inUse := lifecycle.NewInUse()
+	m := mirrortest.Start(t, up.URL(), proxy.WithContentGuard(inUse))
+	col, err := lifecycle.NewForStore(m.Store, m.Index, lifecycle.Options{Guard: inUse, Now: m.Clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Fill the cache once to learn the size of one image.
+	cranePull(t, ref(t, m, "alpha:1"), remote.WithPlatform(v1.Platform{OS: "linux", Architecture: "amd64"}))
+	m.WaitIdle()
+	limit := m.Index.StoredBytes() * 2 // room for about two of the four images
+
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			m.Clock.Advance(time.Minute)
+			if _, err := col.Evict(t.Context(), limit, 0, m.Clock.Now()); err != nil {
+				t.Errorf("evict: %v", err)
+				return
+			}
+		}
+	})
+	var pulls sync.WaitGroup
+	for round := range 3 {
+		for i, ma := range images {
+			pulls.Go(func() {
+				p := []string{"linux/amd64", "linux/arm64", "linux/arm/v7"}[(round+i)%3]
+				plat, _ := v1.ParsePlatform(p)
+				name := ma.Repo[len("library/"):]
+				if got := cranePull(t, ref(t, m, name+":1"), remote.WithPlatform(*plat)); got != ma.Platforms[p].Digest {
+					t.Errorf("%s %s: pulled %s, want %s", name, p, got, ma.Platforms[p].Digest)
+				}
+			})
+		}
+		pulls.Wait()
+	}
+	close(stop)
+	wg.Wait()
+	m.WaitIdle()
+	m.Clock.Advance(time.Minute)
+	if _, err := col.Evict(t.Context(), limit, 0, m.Clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if size := m.Index.StoredBytes(); size > limit {
+		t.Errorf("store holds %d bytes after eviction, limit %d", size, limit)
+	}
+	// What is kept is whole: pull it with the upstream down.
+	up.Stop()
+	kept := 0
+	for _, ma := range images {
+		name := ma.Repo[len("library/"):]
+		r := get(t, m.URL()+"/v2/"+name+"/manifests/1")
+		if r.status != 200 {
+			continue
+		}
+		kept++
+		for _, p := range []string{"linux/amd64", "linux/arm64", "linux/arm/v7"} {
+			wantImage(t, m, name, ma.Platforms[p])
+		}
+	}
+	if kept == 0 || kept == len(images) {
+		t.Errorf("%d of %d images kept; want some evicted and some kept", kept, len(images))
+	}
+}
