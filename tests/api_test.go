@@ -217,6 +217,10 @@ func TestCorruptBlobNeverServedNorStored(t *testing.T) {
 	if _, err := m.Store.Stat(t.Context(), "library/bad", digestOf(t, layer)); err == nil {
 		t.Fatal("corrupt blob was stored")
 	}
+	// The fetch was retried once (for the cache), no more.
+	if n := blobGets(up, layer); n != 2 {
+		t.Errorf("%d upstream GETs of the corrupt blob, want 2", n)
+	}
 
 	up.ClearFault()
 	wantBlob(t, m, "bad", layer)

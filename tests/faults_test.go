@@ -107,3 +107,20 @@ func TestHangingUpstream(t *testing.T) {
 	wantError(t, get(t, m.URL()+"/v2/hang/blobs/"+other.Layers[0]), http.StatusGatewayTimeout, "UNAVAILABLE")
 	up.Stop() // ends the hanging requests
 }
+
+// A manifest over 4 MiB is refused, not stored, and not served.
+func TestOversizedManifestRefused(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	m := mirrortest.Start(t, up.URL())
+	big := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","annotations":{"x":"` + strings.Repeat("a", 5<<20) + `"}}`)
+	up.SetFault(fixture.Fault{Kind: fixture.KindManifest, Status: http.StatusOK, Body: big,
+		Header: http.Header{"Content-Type": {"application/vnd.oci.image.manifest.v1+json"}}})
+	r := get(t, m.URL()+"/v2/huge/manifests/1")
+	wantError(t, r, http.StatusBadGateway, "UNAVAILABLE")
+	if !strings.Contains(string(r.body), "limit") {
+		t.Errorf("the error does not say why: %s", r.body)
+	}
+	if m.Index.StoredBytes() != 0 {
+		t.Errorf("%d bytes stored", m.Index.StoredBytes())
+	}
+}

@@ -112,3 +112,31 @@ func TestServeAndGracefulShutdown(t *testing.T) {
 	}
 	index.Close()
 }
+
+// Oversized request headers are refused before any handler runs.
+func TestServeRefusesOversizedHeaders(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := config.Default()
+	cfg.Data = filepath.Join(t.TempDir(), "data")
+	cfg.Upstream = "http://127.0.0.1:1"
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- serve(ctx, cfg, slog.New(slog.DiscardHandler), ln, nil) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	req, _ := http.NewRequest(http.MethodGet, "http://"+ln.Addr().String()+"/v2/", nil)
+	req.Header.Set("X-Padding", strings.Repeat("a", 256<<10))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Fatalf("status %d, want 431", resp.StatusCode)
+	}
+}
