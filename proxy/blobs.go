@@ -103,7 +103,19 @@ func (p *Proxy) storedBlob(ctx context.Context, t target, dgst digest.Digest) (i
 	if _, err := t.up.HeadBlob(ctx, t.repo, dgst); err != nil {
 		return 0, false, err
 	}
-	return size, true, p.index.Link(t.host(), t.repo, dgst)
+	return size, true, p.adoptBlob(t, dgst, size)
+}
+
+// adoptBlob links a stored blob to t's repository, and records it if the
+// index lacks it (a crash between storing and recording it).
+func (p *Proxy) adoptBlob(t target, dgst digest.Digest, size int64) error {
+	if _, ok, err := p.index.Blob(dgst); err != nil || ok {
+		if err != nil {
+			return err
+		}
+		return p.index.Link(t.host(), t.repo, dgst)
+	}
+	return p.index.RecordBlob(t.host(), t.repo, dgst, size, p.now())
 }
 
 // serveBlob answers a blob request: the headers clients check, a single

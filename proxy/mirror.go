@@ -296,8 +296,8 @@ func (p *Proxy) ensureBlob(ctx context.Context, t target, dgst digest.Digest) er
 	if err := dgst.Validate(); err != nil {
 		return fmt.Errorf("manifest lists an invalid blob digest %q: %w", dgst, err)
 	}
-	if _, err := p.store.Stat(ctx, t.storeRepo(), dgst); err == nil {
-		return p.index.Link(t.host(), t.repo, dgst)
+	if size, err := p.store.Stat(ctx, t.storeRepo(), dgst); err == nil {
+		return p.adoptBlob(t, dgst, size)
 	}
 	if err := p.fetches.Acquire(ctx, 1); err != nil {
 		return err
@@ -319,6 +319,11 @@ func (p *Proxy) ensureBlob(ctx context.Context, t target, dgst digest.Digest) er
 			dl.mu.Unlock()
 			return errors.Join(fmt.Errorf("blob %s not stored", dgst), derr)
 		}
+		return p.index.Link(t.host(), t.repo, dgst)
 	}
-	return p.index.Link(t.host(), t.repo, dgst)
+	size, err := p.store.Stat(ctx, t.storeRepo(), dgst)
+	if err != nil {
+		return err
+	}
+	return p.adoptBlob(t, dgst, size)
 }
