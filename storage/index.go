@@ -12,6 +12,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // Index is the bbolt database of what the mirror holds: tags, manifests,
@@ -87,7 +88,7 @@ type MirrorRecord struct {
 func OpenIndex(path string) (*Index, error) {
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
 	if err != nil {
-		if errors.Is(err, bolt.ErrTimeout) {
+		if errors.Is(err, berrors.ErrTimeout) {
 			return nil, fmt.Errorf("index %s: locked by another process", path)
 		}
 		return nil, fmt.Errorf("index %s: %w", path, err)

@@ -179,8 +179,6 @@ func cranePull(t testing.TB, r name.Reference, opts ...remote.Option) string {
 	return d.String()
 }
 
-func isAttestation(platform string) bool { return strings.HasPrefix(platform, "unknown") }
-
 // blobGets counts the upstream's GETs of one blob.
 func blobGets(up *fixture.Upstream, dgst string) int {
 	n := 0

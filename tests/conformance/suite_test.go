@@ -25,18 +25,8 @@ const (
 	repo2 = "conformance/repo2"
 )
 
-// goTool returns the go command that runs this test.
-func goTool() string {
-	if p := filepath.Join(runtime.GOROOT(), "bin", "go"); fileExists(p) {
-		return p
-	}
-	return "go"
-}
-
-func fileExists(p string) bool {
-	_, err := os.Stat(p)
-	return err == nil
-}
+// goTool returns the go command: the one on PATH, as .ci/run uses.
+func goTool() string { return "go" }
 
 // buildSuite compiles the conformance suite at the go.mod version.
 func buildSuite(t testing.TB, dir string) string {
@@ -172,12 +162,3 @@ func (c junitCase) failed() bool { return c.Status == statusFailure || c.Status 
 
 // shortName drops the suite's common prefix.
 func shortName(n string) string { return strings.TrimPrefix(n, "OCI Conformance Test/") }
-
-// countStatuses counts test cases by status.
-func countStatuses(cases []junitCase) map[string]int {
-	m := map[string]int{}
-	for _, c := range cases {
-		m[c.Status]++
-	}
-	return m
-}

@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -39,18 +38,8 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// goTool returns the go command that runs this test.
-func goTool() string {
-	if p := filepath.Join(runtime.GOROOT(), "bin", "go"); fileExists(p) {
-		return p
-	}
-	return "go"
-}
-
-func fileExists(p string) bool {
-	_, err := os.Stat(p)
-	return err == nil
-}
+// goTool returns the go command: the one on PATH, as .ci/run uses.
+func goTool() string { return "go" }
 
 // binary builds cmd/docker-mirror (without -race: the child is the system
 // under test, not this test's memory model) and returns its path.
@@ -213,16 +202,6 @@ func describe(resp *http.Response, err error) string {
 		return err.Error()
 	}
 	return resp.Status
-}
-
-// running reports whether the process has not exited yet.
-func (p *mirrorProc) running() bool {
-	select {
-	case <-p.exited:
-		return false
-	default:
-		return true
-	}
 }
 
 // kill sends SIGKILL and waits for the process. It fails the test if the
