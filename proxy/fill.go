@@ -258,7 +258,7 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 			continue
 		}
 		if ctx.Err() != nil || resumes == maxResumes {
-			fail(errcode.Wrap(errcode.Unavailable, errors.Join(upstream.ErrUnavailable, rerr), "upstream %s: blob %s cut after %d bytes", t.host(), dl.dgst, n).WithStatus(http.StatusBadGateway))
+			fail(errcode.Wrap(errcode.Unavailable, fmt.Errorf("%w: %w", upstream.ErrUnavailable, rerr), "upstream %s: blob %s cut after %d bytes", t.host(), dl.dgst, n).WithStatus(http.StatusBadGateway))
 			return
 		}
 		// The connection broke: go on from where it stopped.
@@ -279,7 +279,7 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 	}
 	if (size >= 0 && n != size) || !v.Verified() {
 		p.metrics.UpstreamErrors.WithLabelValues(t.host(), "digest").Inc()
-		fail(errcode.Wrap(errcode.Unavailable, errors.Join(upstream.ErrInvalid, storage.ErrDigestMismatch),
+		fail(errcode.Wrap(errcode.Unavailable, fmt.Errorf("%w: %w", upstream.ErrInvalid, storage.ErrDigestMismatch),
 			"upstream %s sent %d bytes for blob %s that do not match its digest", t.host(), n, dl.dgst).WithStatus(http.StatusBadGateway))
 		if dl.attempt == 0 {
 			// Fetch it once more for the cache: a corrupt answer is often

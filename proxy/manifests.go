@@ -347,7 +347,7 @@ func (p *Proxy) fetchManifest(ctx context.Context, t target, ref string, mirror 
 		}
 		doc, mt, err := parseManifest(up.Body, up.MediaType)
 		if err != nil {
-			return nil, errcode.Wrap(errcode.Unavailable, errors.Join(upstream.ErrInvalid, err), "upstream %s sent a bad manifest for %s:%s", t.host(), t.repo, ref).
+			return nil, errcode.Wrap(errcode.Unavailable, fmt.Errorf("%w: %w", upstream.ErrInvalid, err), "upstream %s sent a bad manifest for %s:%s", t.host(), t.repo, ref).
 				WithStatus(http.StatusBadGateway)
 		}
 		if err := p.writeManifest(ctx, t, up, mt); err != nil {

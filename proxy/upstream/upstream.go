@@ -301,17 +301,17 @@ func (c *Client) transportError(err error) error {
 	if errors.As(err, &te) {
 		switch te.StatusCode {
 		case http.StatusUnauthorized:
-			return errcode.Wrap(errcode.Unauthorized, errors.Join(ErrAuth, err), "upstream %s refused our credentials", c.host)
+			return errcode.Wrap(errcode.Unauthorized, fmt.Errorf("%w: %w", ErrAuth, err), "upstream %s refused our credentials", c.host)
 		case http.StatusForbidden:
-			return errcode.Wrap(errcode.Denied, errors.Join(ErrAuth, err), "upstream %s denied access", c.host)
+			return errcode.Wrap(errcode.Denied, fmt.Errorf("%w: %w", ErrAuth, err), "upstream %s denied access", c.host)
 		case http.StatusTooManyRequests:
-			return errcode.Wrap(errcode.TooManyRequests, errors.Join(ErrUnavailable, err), "upstream %s rate-limited the request", c.host)
+			return errcode.Wrap(errcode.TooManyRequests, fmt.Errorf("%w: %w", ErrUnavailable, err), "upstream %s rate-limited the request", c.host)
 		}
 	}
 	if errors.Is(err, context.Canceled) {
 		return err
 	}
-	return errcode.Wrap(errcode.Unavailable, errors.Join(ErrUnavailable, err), "upstream %s unreachable", c.host)
+	return errcode.Wrap(errcode.Unavailable, fmt.Errorf("%w: %w", ErrUnavailable, err), "upstream %s unreachable", c.host)
 }
 
 func (c *Client) url(repo, kind, ref string) string {
@@ -357,7 +357,7 @@ func (c *Client) send(ctx context.Context, t http.RoundTripper, req *http.Reques
 		cancel(nil)
 		switch {
 		case errors.Is(cause, errTimeout):
-			return nil, errcode.Wrap(errcode.Unavailable, errors.Join(ErrUnavailable, err), "upstream %s did not answer within %s", c.host, c.timeout).
+			return nil, errcode.Wrap(errcode.Unavailable, fmt.Errorf("%w: %w", ErrUnavailable, err), "upstream %s did not answer within %s", c.host, c.timeout).
 				WithStatus(http.StatusGatewayTimeout)
 		case cause != nil:
 			return nil, cause

@@ -76,7 +76,7 @@ func (s *Store) PutManifest(ctx context.Context, repo, ref, mediaType string, bo
 		if errors.As(err, &te) {
 			for _, d := range te.Errors {
 				if d.Code == transport.ManifestBlobUnknownErrorCode {
-					return errors.Join(storage.ErrMissingReferences, err)
+					return fmt.Errorf("%w: %w", storage.ErrMissingReferences, err)
 				}
 			}
 		}

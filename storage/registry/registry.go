@@ -413,7 +413,7 @@ func (s *Store) statusError(status int, what string, cause error) error {
 	// Any other refusal (e.g. 405: the registry takes no writes) also
 	// means the destination cannot do its job: unavailable, with the reason.
 	if cause != nil {
-		return fmt.Errorf("destination %s (%s): %w", s.host, what, errors.Join(storage.ErrUnavailable, cause))
+		return fmt.Errorf("destination %s (%s): %w", s.host, what, fmt.Errorf("%w: %w", storage.ErrUnavailable, cause))
 	}
 	return fmt.Errorf("destination %s answered %d %s (%s): %w", s.host, status, http.StatusText(status), what, storage.ErrUnavailable)
 }

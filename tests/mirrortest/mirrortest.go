@@ -28,8 +28,9 @@ type Clock struct {
 	t  time.Time
 }
 
-// NewClock returns a clock set to a fixed instant.
-func NewClock() *Clock { return &Clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)} }
+// NewClock returns a clock set to the current time (so that it agrees
+// with file modification times), which then moves only when advanced.
+func NewClock() *Clock { return &Clock{t: time.Now()} }
 
 // Now returns the clock's time.
 func (c *Clock) Now() time.Time {
