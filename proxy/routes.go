@@ -38,6 +38,7 @@ func (p *Proxy) Handler() http.Handler {
 	r.Handle("/v2/{name:.+}/manifests/{reference}", p.serve("manifest", pull, p.manifest)).Methods(http.MethodGet, http.MethodHead)
 	r.Handle("/v2/{name:.+}/blobs/{digest}", p.serve("blob", pull, p.blob)).Methods(http.MethodGet, http.MethodHead)
 	r.Handle("/v2/{name:.+}/tags/list", p.serve("tags", pull, p.tags)).Methods(http.MethodGet, http.MethodHead)
+	r.Handle("/v2/{name:.+}/referrers/{digest}", p.serve("referrers", pull, p.referrers)).Methods(http.MethodGet)
 	r.Handle("/prefetch", p.serve("prefetch", admin, p.postPrefetch)).Methods(http.MethodPost)
 	r.Handle("/prefetch", p.serve("prefetch", admin, p.listPrefetch)).Methods(http.MethodGet)
 	r.Handle("/prefetch/{id}", p.serve("prefetch", admin, p.getPrefetch)).Methods(http.MethodGet)

@@ -10,6 +10,7 @@ import (
 	"strconv"
 
 	"github.com/gorilla/mux"
+	"github.com/opencontainers/go-digest"
 
 	"github.com/docker-mirror/docker-mirror/proxy/errcode"
 	"github.com/docker-mirror/docker-mirror/proxy/upstream"
@@ -61,6 +62,34 @@ func (p *Proxy) tags(w http.ResponseWriter, r *http.Request) error {
 		Name string   `json:"name"`
 		Tags []string `json:"tags"`
 	}{t.name, tags})
+}
+
+// referrers passes the OCI referrers API through to the upstream (signatures
+// and attestations of a manifest are found this way); the referenced
+// manifests are then pulled, and cached, like any other. An upstream
+// without the API answers 404, which tells clients to fall back to the
+// tag schema.
+func (p *Proxy) referrers(w http.ResponseWriter, r *http.Request) error {
+	vars := mux.Vars(r)
+	t, err := p.resolve(r, vars["name"])
+	if err != nil {
+		return err
+	}
+	dgst, err := digest.Parse(vars["digest"])
+	if err != nil {
+		return errcode.New(errcode.DigestInvalid, "invalid digest %q", vars["digest"])
+	}
+	body, filters, err := t.up.Referrers(r.Context(), t.repo, dgst, r.URL.Query().Get("artifactType"))
+	if err != nil {
+		return err
+	}
+	if filters != "" {
+		w.Header().Set("OCI-Filters-Applied", filters)
+	}
+	w.Header().Set("Content-Type", "application/vnd.oci.image.index.v1+json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	_, err = w.Write(body)
+	return err
 }
 
 // page returns the tags after last, at most n of them (0: all), and

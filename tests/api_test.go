@@ -129,7 +129,7 @@ func TestErrors(t *testing.T) {
 		{"manifest delete", "DELETE", "/v2/err/manifests/" + img.Digest, 405, "UNSUPPORTED"},
 		{"blob delete", "DELETE", "/v2/err/blobs/" + img.Layers[0], 405, "UNSUPPORTED"},
 		{"patch", "PATCH", "/v2/err/blobs/uploads/x", 405, "UNSUPPORTED"},
-		{"referrers (not served)", "GET", "/v2/err/referrers/" + img.Digest, 404, "NAME_UNKNOWN"},
+		{"referrers (upstream without the API)", "GET", "/v2/err/referrers/" + img.Digest, 404, "MANIFEST_UNKNOWN"},
 		{"catalog (not served)", "GET", "/v2/_catalog", 404, "NAME_UNKNOWN"},
 	}
 	for _, c := range cases {

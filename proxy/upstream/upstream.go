@@ -579,6 +579,40 @@ func (c *Client) HeadBlob(ctx context.Context, repo string, dgst digest.Digest) 
 	return resp.ContentLength, nil
 }
 
+// Referrers returns the OCI referrers index of a manifest (optionally
+// filtered by artifactType) and the upstream's OCI-Filters-Applied header.
+// An upstream without the referrers API answers 404: ErrNotFound.
+func (c *Client) Referrers(ctx context.Context, repo string, dgst digest.Digest, artifactType string) ([]byte, string, error) {
+	u := c.url(repo, "referrers", dgst.String())
+	if artifactType != "" {
+		u += "?" + url.Values{"artifactType": {artifactType}}.Encode()
+	}
+	req, err := http.NewRequest(http.MethodGet, u, nil)
+	if err != nil {
+		return nil, "", err
+	}
+	req.Header.Set("Accept", "application/vnd.oci.image.index.v1+json")
+	resp, err := c.do(ctx, repo, req, fmt.Sprintf("referrers of %s@%s", repo, dgst), http.StatusOK)
+	if err != nil {
+		return nil, "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxManifestSize+1))
+	if err != nil {
+		return nil, "", c.transportError(err)
+	}
+	if len(body) > MaxManifestSize {
+		return nil, "", c.invalid("referrers of %s@%s are over the %d byte limit", repo, dgst, MaxManifestSize)
+	}
+	var idx struct {
+		Manifests []json.RawMessage `json:"manifests"`
+	}
+	if err := json.Unmarshal(body, &idx); err != nil {
+		return nil, "", c.invalid("referrers of %s@%s: %v", repo, dgst, err)
+	}
+	return body, resp.Header.Get("OCI-Filters-Applied"), nil
+}
+
 // Tags returns one page of a repository's tags, at most n (0: the
 // upstream's default) after last, and whether the upstream has more.
 func (c *Client) Tags(ctx context.Context, repo string, n int, last string) ([]string, bool, error) {
