@@ -51,6 +51,9 @@ type Config struct {
 	// Concurrency is the number of parallel upstream fetches of the
 	// background mirror.
 	Concurrency int `yaml:"concurrency"`
+	// HeaderTimeout bounds how long a client may take to send its request
+	// headers, so slow clients cannot hold connections (slow-loris).
+	HeaderTimeout Duration `yaml:"header_timeout"`
 	// ShutdownTimeout bounds how long in-flight requests may finish after
 	// SIGINT/SIGTERM.
 	ShutdownTimeout Duration `yaml:"shutdown_timeout"`
@@ -183,6 +186,7 @@ func Default() Config {
 		Platforms:       []string{"linux/*"},
 		Concurrency:     4,
 		ShutdownTimeout: Duration(30 * time.Second),
+		HeaderTimeout:   Duration(10 * time.Second),
 		LogFormat:       "text",
 		LogLevel:        "info",
 	}
@@ -404,6 +408,9 @@ func (c Config) Validate() error {
 	}
 	if c.Concurrency < 1 || c.Concurrency > 256 {
 		return fmt.Errorf("concurrency: %d out of range 1..256", c.Concurrency)
+	}
+	if c.HeaderTimeout <= 0 {
+		return fmt.Errorf("header_timeout: must be positive, got %q", c.HeaderTimeout)
 	}
 	if c.ShutdownTimeout < 0 {
 		return fmt.Errorf("shutdown_timeout: must not be negative, got %q", c.ShutdownTimeout)

@@ -85,6 +85,7 @@ func TestParseFull(t *testing.T) {
 		Data:            "/var/lib/docker-mirror",
 		Upstream:        "http://registry.internal:5000/",
 		UpstreamTimeout: config.Duration(30 * time.Second),
+		HeaderTimeout:   config.Duration(10 * time.Second),
 		TagTTL:          config.Duration(90 * time.Second),
 		Platforms:       []string{"linux/amd64", "linux/arm64/v8", "windows/*"},
 		Concurrency:     16,
@@ -546,7 +547,7 @@ func TestBindFlags(t *testing.T) {
 	config.Bind(fs)
 	var names []string
 	fs.VisitAll(func(f *flag.Flag) { names = append(names, f.Name) })
-	want := []string{"concurrency", "config", "data", "destination", "evict-after", "listen", "log-format", "log-level", "max-size", "platform", "shutdown-timeout", "tag-ttl", "tls-cert", "tls-key", "upstream", "upstream-timeout"}
+	want := []string{"concurrency", "config", "data", "destination", "evict-after", "header-timeout", "listen", "log-format", "log-level", "max-size", "platform", "shutdown-timeout", "tag-ttl", "tls-cert", "tls-key", "upstream", "upstream-timeout"}
 	if !slices.Equal(names, want) {
 		t.Fatalf("flags = %q, want %q", names, want)
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -10,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/docker-mirror/docker-mirror/config"
 	"github.com/docker-mirror/docker-mirror/storage"
@@ -138,5 +140,42 @@ func TestServeRefusesOversizedHeaders(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
 		t.Fatalf("status %d, want 431", resp.StatusCode)
+	}
+}
+
+// A client that sends its headers too slowly (slow-loris) is disconnected
+// after --header-timeout, while a normal client is served meanwhile.
+func TestServeCutsSlowClients(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := config.Default()
+	cfg.Data = filepath.Join(t.TempDir(), "data")
+	cfg.Upstream = "http://127.0.0.1:1"
+	cfg.HeaderTimeout = config.Duration(200 * time.Millisecond)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- serve(ctx, cfg, slog.New(slog.DiscardHandler), ln, nil) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	slow, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	if _, err := io.WriteString(slow, "GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Slow: "); err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := http.Get("http://" + ln.Addr().String() + "/v2/"); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("a normal client meanwhile: %v %v", resp, err)
+	}
+	// The server closes the slow connection: the read ends (a generous
+	// deadline only guards against a hang).
+	slow.SetReadDeadline(time.Now().Add(time.Minute))
+	if _, err := io.ReadAll(slow); err != nil {
+		t.Fatalf("the slow connection was not closed by the server: %v", err)
 	}
 }

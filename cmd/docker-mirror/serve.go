@@ -148,9 +148,9 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, ln net.List
 	srv := &http.Server{
 		Handler: p.Handler(),
 		// Slow or oversized clients cannot hold the server: headers within
-		// 10s and 64 KiB, request bodies (only POST /prefetch has one)
-		// within a minute. No write timeout: a large blob may take long.
-		ReadHeaderTimeout: 10 * time.Second,
+		// --header-timeout and 64 KiB, request bodies (only POST /prefetch
+		// has one) within a minute. No write timeout: a blob may take long.
+		ReadHeaderTimeout: time.Duration(cfg.HeaderTimeout),
 		ReadTimeout:       time.Minute,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
