@@ -18,15 +18,25 @@ import (
 	"github.com/docker-mirror/docker-mirror/storage"
 )
 
-func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
+// digestRoute resolves the target and parses the digest of a
+// /v2/<name>/<kind>/<digest> route.
+func (p *Proxy) digestRoute(r *http.Request) (target, digest.Digest, error) {
 	vars := mux.Vars(r)
 	t, err := p.resolve(r, vars["name"])
 	if err != nil {
-		return err
+		return target{}, "", err
 	}
 	dgst, err := digest.Parse(vars["digest"])
 	if err != nil {
-		return errcode.New(errcode.DigestInvalid, "invalid digest %q", vars["digest"])
+		return target{}, "", errcode.New(errcode.DigestInvalid, "invalid digest %q", vars["digest"])
+	}
+	return t, dgst, nil
+}
+
+func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
+	t, dgst, err := p.digestRoute(r)
+	if err != nil {
+		return err
 	}
 	ctx := r.Context()
 	held, err := p.hold(ctx, dgst)

@@ -10,7 +10,6 @@ import (
 	"strconv"
 
 	"github.com/gorilla/mux"
-	"github.com/opencontainers/go-digest"
 
 	"github.com/docker-mirror/docker-mirror/proxy/errcode"
 	"github.com/docker-mirror/docker-mirror/proxy/upstream"
@@ -70,14 +69,9 @@ func (p *Proxy) tags(w http.ResponseWriter, r *http.Request) error {
 // without the API answers 404, which tells clients to fall back to the
 // tag schema.
 func (p *Proxy) referrers(w http.ResponseWriter, r *http.Request) error {
-	vars := mux.Vars(r)
-	t, err := p.resolve(r, vars["name"])
+	t, dgst, err := p.digestRoute(r)
 	if err != nil {
 		return err
-	}
-	dgst, err := digest.Parse(vars["digest"])
-	if err != nil {
-		return errcode.New(errcode.DigestInvalid, "invalid digest %q", vars["digest"])
 	}
 	body, filters, err := t.up.Referrers(r.Context(), t.repo, dgst, r.URL.Query().Get("artifactType"))
 	if err != nil {

@@ -82,21 +82,46 @@ func TestHelpAndVersion(t *testing.T) {
 	}
 }
 
-// serve answers the API and shuts down cleanly when its context ends (as
-// on SIGINT/SIGTERM), leaving an index that opens again.
-func TestServeAndGracefulShutdown(t *testing.T) {
+// testConfig is a configuration for a server in a test: data in a
+// temporary directory, an upstream that is never reached.
+func testConfig(t *testing.T) config.Config {
+	cfg := config.Default()
+	cfg.Data = filepath.Join(t.TempDir(), "data")
+	cfg.Upstream = "http://127.0.0.1:1"
+	return cfg
+}
+
+// startServe runs serve on a local port and returns its address and a
+// function that stops it (as SIGTERM would) and returns serve's error.
+func startServe(t *testing.T, cfg config.Config, hup <-chan os.Signal) (addr string, stop func() error) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := config.Default()
-	cfg.Data = filepath.Join(t.TempDir(), "data")
-	cfg.Upstream = "http://127.0.0.1:1"
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
-	go func() { done <- serve(ctx, cfg, slog.New(slog.DiscardHandler), ln, nil) }()
+	go func() { done <- serve(ctx, cfg, slog.New(slog.DiscardHandler), ln, hup) }()
+	stopped := false
+	var result error
+	stop = func() error {
+		if !stopped {
+			stopped = true
+			cancel()
+			result = <-done
+		}
+		return result
+	}
+	t.Cleanup(func() { stop() })
+	return ln.Addr().String(), stop
+}
 
-	resp, err := http.Get("http://" + ln.Addr().String() + "/v2/")
+// serve answers the API and shuts down cleanly when its context ends (as
+// on SIGINT/SIGTERM), leaving an index that opens again.
+func TestServeAndGracefulShutdown(t *testing.T) {
+	cfg := testConfig(t)
+	addr, stop := startServe(t, cfg, nil)
+	resp, err := http.Get("http://" + addr + "/v2/")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,8 +129,7 @@ func TestServeAndGracefulShutdown(t *testing.T) {
 	if resp.StatusCode != 200 || resp.Header.Get("Docker-Distribution-API-Version") != "registry/2.0" {
 		t.Fatalf("/v2/: %d %v", resp.StatusCode, resp.Header)
 	}
-	cancel()
-	if err := <-done; err != nil {
+	if err := stop(); err != nil {
 		t.Fatalf("serve: %v", err)
 	}
 	index, err := storage.OpenIndex(filepath.Join(cfg.Data, "index.db"))
@@ -117,21 +141,8 @@ func TestServeAndGracefulShutdown(t *testing.T) {
 
 // Oversized request headers are refused before any handler runs.
 func TestServeRefusesOversizedHeaders(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := config.Default()
-	cfg.Data = filepath.Join(t.TempDir(), "data")
-	cfg.Upstream = "http://127.0.0.1:1"
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- serve(ctx, cfg, slog.New(slog.DiscardHandler), ln, nil) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
-	req, _ := http.NewRequest(http.MethodGet, "http://"+ln.Addr().String()+"/v2/", nil)
+	addr, _ := startServe(t, testConfig(t), nil)
+	req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/v2/", nil)
 	req.Header.Set("X-Padding", strings.Repeat("a", 256<<10))
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -146,22 +157,10 @@ func TestServeRefusesOversizedHeaders(t *testing.T) {
 // A client that sends its headers too slowly (slow-loris) is disconnected
 // after --header-timeout, while a normal client is served meanwhile.
 func TestServeCutsSlowClients(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := config.Default()
-	cfg.Data = filepath.Join(t.TempDir(), "data")
-	cfg.Upstream = "http://127.0.0.1:1"
+	cfg := testConfig(t)
 	cfg.HeaderTimeout = config.Duration(200 * time.Millisecond)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- serve(ctx, cfg, slog.New(slog.DiscardHandler), ln, nil) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
-	slow, err := net.Dial("tcp", ln.Addr().String())
+	addr, _ := startServe(t, cfg, nil)
+	slow, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,7 +168,7 @@ func TestServeCutsSlowClients(t *testing.T) {
 	if _, err := io.WriteString(slow, "GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Slow: "); err != nil {
 		t.Fatal(err)
 	}
-	if resp, err := http.Get("http://" + ln.Addr().String() + "/v2/"); err != nil || resp.StatusCode != 200 {
+	if resp, err := http.Get("http://" + addr + "/v2/"); err != nil || resp.StatusCode != 200 {
 		t.Fatalf("a normal client meanwhile: %v %v", resp, err)
 	}
 	// The server closes the slow connection: the read ends (a generous

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -9,7 +8,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"log/slog"
 	"math/big"
 	"net"
 	"net/http"
@@ -18,8 +16,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/docker-mirror/docker-mirror/config"
 )
 
 // writeCert writes a self-signed certificate for 127.0.0.1 with the given
@@ -58,28 +54,19 @@ func TestServeTLSAndReload(t *testing.T) {
 	dir := t.TempDir()
 	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
 	pool := writeCert(t, certFile, keyFile, "first")
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := config.Default()
-	cfg.Data = filepath.Join(dir, "data")
-	cfg.Upstream = "http://127.0.0.1:1"
+	cfg := testConfig(t)
 	cfg.TLSCert, cfg.TLSKey = certFile, keyFile
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
 	hup := make(chan os.Signal) // unbuffered: a send returns once serve takes it
-	go func() { done <- serve(ctx, cfg, slog.New(slog.DiscardHandler), ln, hup) }()
+	addr, stop := startServe(t, cfg, hup)
 	defer func() {
-		cancel()
-		if err := <-done; err != nil {
+		if err := stop(); err != nil {
 			t.Error(err)
 		}
 	}()
 
 	peer := func(pool *x509.CertPool) (string, error) {
 		c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, DisableKeepAlives: true}}
-		resp, err := c.Get("https://" + ln.Addr().String() + "/v2/")
+		resp, err := c.Get("https://" + addr + "/v2/")
 		if err != nil {
 			return "", err
 		}
