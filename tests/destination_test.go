@@ -370,7 +370,7 @@ func TestDestinationProxyMiss(t *testing.T) {
 				t.Fatalf("index mirror state = %+v %v %v, want complete", rec, ok, err)
 			}
 			wantDestMultiArch(t, dest, "library/hello-world", ma)
-			wantTagLast(t, dest.Requests(), destPrefix+"/library/hello-world", ma.Tag)
+			fixture.WantTagLast(t, dest.Requests(), destPrefix+"/library/hello-world", ma.Tag)
 
 			// The upstream is gone: everything comes from the destination.
 			up.Stop()
@@ -408,52 +408,6 @@ func TestDestinationProxyMiss(t *testing.T) {
 				t.Error("no blob read from the destination after a restart")
 			}
 		})
-	}
-}
-
-// wantTagLast checks that the tag was pushed to repo (at the destination)
-// after everything it names: every manifest and blob the repository got
-// was first written there successfully before the tag.
-func wantTagLast(t testing.TB, reqs []fixture.DestRequest, repo, tag string) {
-	t.Helper()
-	tagPath := "/v2/" + repo + "/manifests/" + tag
-	tagAt := -1
-	first := map[string]int{} // manifest path or blob digest -> its first successful write
-	for i, r := range reqs {
-		if !strings.HasPrefix(r.Path, "/v2/"+repo+"/") || r.Status/100 != 2 {
-			continue
-		}
-		var key string
-		q, _ := url.ParseQuery(r.Query)
-		switch {
-		case r.Method == http.MethodPut && r.Path == tagPath:
-			if tagAt < 0 {
-				tagAt = i
-			}
-			continue
-		case r.Method == http.MethodPut && r.Kind == fixture.KindManifest:
-			key = r.Path
-		case r.IsUpload() && r.Method == http.MethodPut:
-			key = q.Get("digest")
-		case r.IsUpload() && r.Method == http.MethodPost && r.Status == http.StatusCreated:
-			key = q.Get("mount")
-		default:
-			continue
-		}
-		if _, ok := first[key]; !ok {
-			first[key] = i
-		}
-	}
-	if tagAt < 0 {
-		t.Fatalf("tag %s:%s was never pushed", repo, tag)
-	}
-	if len(first) == 0 {
-		t.Errorf("tag %s:%s pushed, but nothing else was written to %s", repo, tag, repo)
-	}
-	for key, i := range first {
-		if i > tagAt {
-			t.Errorf("tag %s:%s pushed (request %d) before %s was (request %d)", repo, tag, tagAt, key, i)
-		}
 	}
 }
 
@@ -522,8 +476,8 @@ func TestDestinationPrefetch(t *testing.T) {
 	wantDestImage(t, dest, "area51/jenkins", img)
 	wantDestManifest(t, dest, "area51/jenkins", "2.4", img.Manifest, img.MediaType)
 	reqs := dest.Requests()
-	wantTagLast(t, reqs, destPrefix+"/library/hello-world", "latest")
-	wantTagLast(t, reqs, destPrefix+"/area51/jenkins", "2.4")
+	fixture.WantTagLast(t, reqs, destPrefix+"/library/hello-world", "latest")
+	fixture.WantTagLast(t, reqs, destPrefix+"/area51/jenkins", "2.4")
 
 	// Prefetching again uploads nothing.
 	dest.ResetRequests()
@@ -910,7 +864,7 @@ func TestDestinationRequiringCompleteIndexes(t *testing.T) {
 		img := a.Image
 		wantDestImage(t, dest, "library/hello-world", &img)
 	}
-	wantTagLast(t, dest.Requests(), destPrefix+"/library/hello-world", "latest")
+	fixture.WantTagLast(t, dest.Requests(), destPrefix+"/library/hello-world", "latest")
 }
 
 // The layer every platform shares is slow to come: a prefetch pushes no

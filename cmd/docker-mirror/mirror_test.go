@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -187,49 +186,6 @@ func writes(reqs []fixture.DestRequest) []fixture.DestRequest {
 	return out
 }
 
-// wantTagLast checks that the tag was pushed to repo (at the destination)
-// after everything it names: every manifest and blob the repository got
-// was first written there successfully before the tag.
-func wantTagLast(t *testing.T, reqs []fixture.DestRequest, repo, tag string) {
-	t.Helper()
-	tagPath := "/v2/" + repo + "/manifests/" + tag
-	tagAt := -1
-	first := map[string]int{} // manifest path or blob digest -> its first successful write
-	for i, r := range reqs {
-		if !strings.HasPrefix(r.Path, "/v2/"+repo+"/") || r.Status/100 != 2 {
-			continue
-		}
-		var key string
-		q, _ := url.ParseQuery(r.Query)
-		switch {
-		case r.Method == http.MethodPut && r.Path == tagPath:
-			if tagAt < 0 {
-				tagAt = i
-			}
-			continue
-		case r.Method == http.MethodPut && r.Kind == fixture.KindManifest:
-			key = r.Path
-		case r.IsUpload() && r.Method == http.MethodPut:
-			key = q.Get("digest")
-		case r.IsUpload() && r.Method == http.MethodPost && r.Status == http.StatusCreated:
-			key = q.Get("mount")
-		default:
-			continue
-		}
-		if _, ok := first[key]; !ok {
-			first[key] = i
-		}
-	}
-	if tagAt < 0 {
-		t.Fatalf("tag %s:%s was never pushed", repo, tag)
-	}
-	for key, i := range first {
-		if i > tagAt {
-			t.Errorf("tag %s:%s pushed (request %d) before %s was (request %d)", repo, tag, tagAt, key, i)
-		}
-	}
-}
-
 // wantPlain checks that output is plain lines, no terminal control.
 func wantPlain(t *testing.T, out string) {
 	t.Helper()
@@ -274,8 +230,8 @@ func TestMirrorCommand(t *testing.T) {
 	wantImageAt(t, e.dest, "area51/jenkins", e.single)
 	wantAt(t, e.dest, "area51/jenkins", "2.4", e.single.Manifest, e.single.MediaType)
 	reqs := e.dest.Requests()
-	wantTagLast(t, reqs, "mirror/library/hello-world", "latest")
-	wantTagLast(t, reqs, "mirror/area51/jenkins", "2.4")
+	fixture.WantTagLast(t, reqs, "mirror/library/hello-world", "latest")
+	fixture.WantTagLast(t, reqs, "mirror/area51/jenkins", "2.4")
 	for _, want := range []string{
 		"hello-world: done " + e.hello.Digest + " (3 platforms",
 		"area51/jenkins:2.4: done " + e.single.Digest,
