@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
 	"github.com/docker-mirror/docker-mirror/tests/mirrortest"
@@ -417,7 +418,7 @@ func BenchmarkHerd16(b *testing.B) {
 		var (
 			wg    sync.WaitGroup
 			mu    sync.Mutex
-			blobs []Descriptor
+			blobs []v1.Descriptor
 			worst time.Duration
 		)
 		gate := make(chan struct{})

@@ -27,11 +27,11 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
-)
+	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
-// ManifestAccept is the Accept header of a client that reads every
-// manifest type (what docker and containerd send).
-const ManifestAccept = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
+	"github.com/docker-mirror/docker-mirror/oci"
+)
 
 // readBuf is the size of the buffer blob bodies are read with.
 const readBuf = 256 << 10
@@ -87,31 +87,13 @@ func Login(ctx context.Context, host, repo string, base http.RoundTripper) (*Cli
 	return &Client{base: "http://" + host, repo: repo, hc: &http.Client{Transport: rt}}, nil
 }
 
-// Descriptor is a blob a manifest lists.
-type Descriptor struct {
-	MediaType string `json:"mediaType"`
-	Digest    string `json:"digest"`
-	Size      int64  `json:"size"`
-	Platform  *struct {
-		OS           string `json:"os"`
-		Architecture string `json:"architecture"`
-	} `json:"platform,omitempty"`
-}
-
-type manifest struct {
-	MediaType string       `json:"mediaType"`
-	Manifests []Descriptor `json:"manifests"`
-	Config    *Descriptor  `json:"config"`
-	Layers    []Descriptor `json:"layers"`
-}
-
 // Manifest fetches a manifest by tag or digest.
 func (c *Client) Manifest(ctx context.Context, ref string) ([]byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/v2/"+c.repo+"/manifests/"+ref, nil)
 	if err != nil {
 		return nil, err
 	}
-	req.Header.Set("Accept", ManifestAccept)
+	req.Header.Set("Accept", oci.Accept)
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		return nil, err
@@ -205,10 +187,10 @@ func copyBody(w io.Writer, r io.Reader) (int64, error) {
 
 // PullResult is what one image pull read.
 type PullResult struct {
-	Manifest string       // digest of the image manifest pulled
-	Blobs    []Descriptor // config and layers
-	Bytes    int64        // blob bytes read (manifests excluded)
-	Misses   int          // blob responses whose X-Cache was not "hit"
+	Manifest string          // digest of the image manifest pulled
+	Blobs    []v1.Descriptor // config and layers
+	Bytes    int64           // blob bytes read (manifests excluded)
+	Misses   int             // blob responses whose X-Cache was not "hit"
 }
 
 // Pull pulls ref (a tag or digest): the manifest (resolving an index to
@@ -220,7 +202,7 @@ func (c *Client) Pull(ctx context.Context, ref string, parallel int, verify bool
 	if err != nil {
 		return res, err
 	}
-	var m manifest
+	var m oci.Manifest
 	if err := json.Unmarshal(body, &m); err != nil {
 		return res, fmt.Errorf("manifest %s: %w", ref, err)
 	}
@@ -228,7 +210,7 @@ func (c *Client) Pull(ctx context.Context, ref string, parallel int, verify bool
 		child := ""
 		for _, d := range m.Manifests {
 			if d.Platform != nil && d.Platform.OS == "linux" && d.Platform.Architecture == "amd64" {
-				child = d.Digest
+				child = d.Digest.String()
 				break
 			}
 		}
@@ -238,7 +220,7 @@ func (c *Client) Pull(ctx context.Context, ref string, parallel int, verify bool
 		if body, err = c.Manifest(ctx, child); err != nil {
 			return res, err
 		}
-		m = manifest{}
+		m = oci.Manifest{}
 		if err := json.Unmarshal(body, &m); err != nil {
 			return res, fmt.Errorf("manifest %s: %w", child, err)
 		}
@@ -248,7 +230,7 @@ func (c *Client) Pull(ctx context.Context, ref string, parallel int, verify bool
 	}
 	sum := sha256.Sum256(body)
 	res.Manifest = "sha256:" + hex.EncodeToString(sum[:])
-	res.Blobs = append([]Descriptor{*m.Config}, m.Layers...)
+	res.Blobs = append([]v1.Descriptor{*m.Config}, m.Layers...)
 
 	if parallel <= 0 {
 		parallel = len(res.Blobs)
@@ -263,7 +245,7 @@ func (c *Client) Pull(ctx context.Context, ref string, parallel int, verify bool
 		wg.Go(func() {
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			n, cache, err := c.Blob(ctx, d.Digest, verify)
+			n, cache, err := c.Blob(ctx, d.Digest.String(), verify)
 			mu.Lock()
 			defer mu.Unlock()
 			res.Bytes += n
@@ -283,8 +265,8 @@ func (c *Client) Pull(ctx context.Context, ref string, parallel int, verify bool
 }
 
 // UniqueBytes is the sum of the sizes of the distinct blobs of ds.
-func UniqueBytes(ds []Descriptor) int64 {
-	seen := map[string]bool{}
+func UniqueBytes(ds []v1.Descriptor) int64 {
+	seen := map[digest.Digest]bool{}
 	var n int64
 	for _, d := range ds {
 		if !seen[d.Digest] {

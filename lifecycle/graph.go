@@ -9,35 +9,10 @@ import (
 	"sort"
 
 	"github.com/opencontainers/go-digest"
-	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/storage"
 )
-
-// maxManifestSize bounds the manifests read from the store; the proxy
-// stores none larger than 4 MiB.
-const maxManifestSize = 16 << 20
-
-// Annotations buildx puts on the attestation entries of an index.
-const (
-	annotationReferenceType  = "vnd.docker.reference.type"
-	referenceTypeAttestation = "attestation-manifest"
-)
-
-// manifestDoc is what the lifecycle reads of any manifest: what it
-// references.
-type manifestDoc struct {
-	MediaType string          `json:"mediaType"`
-	Manifests []v1.Descriptor `json:"manifests"`
-	Config    *v1.Descriptor  `json:"config"`
-	Layers    []v1.Descriptor `json:"layers"`
-	// Blobs: the OCI artifact manifest's.
-	Blobs []v1.Descriptor `json:"blobs"`
-	// FSLayers: the Docker schema 1 manifest's.
-	FSLayers []struct {
-		BlobSum digest.Digest `json:"blobSum"`
-	} `json:"fsLayers"`
-}
 
 // node is a manifest read from the store.
 type node struct {
@@ -80,7 +55,7 @@ func (g *graph) load(ctx context.Context, d digest.Digest) (*node, error) {
 	case !d.Algorithm().Available() || d.Algorithm().FromBytes(body) != d:
 		n.corrupt = true
 	default:
-		var doc manifestDoc
+		var doc oci.Manifest
 		if json.Unmarshal(body, &doc) == nil {
 			n.fill(doc)
 		}
@@ -95,20 +70,20 @@ func (g *graph) read(ctx context.Context, d digest.Digest) ([]byte, error) {
 		return nil, err
 	}
 	defer rc.Close()
-	return io.ReadAll(io.LimitReader(rc, maxManifestSize))
+	return io.ReadAll(io.LimitReader(rc, oci.MaxManifestSize+1))
 }
 
-func (n *node) fill(doc manifestDoc) {
+func (n *node) fill(doc oci.Manifest) {
 	for _, m := range doc.Manifests {
 		if m.Digest.Validate() != nil {
 			continue
 		}
 		n.manifests = append(n.manifests, m.Digest)
-		if m.Platform != nil && m.Annotations[annotationReferenceType] != referenceTypeAttestation {
+		if m.Platform != nil && !oci.IsAttestation(m) {
 			if n.platforms == nil {
 				n.platforms = map[digest.Digest]string{}
 			}
-			n.platforms[m.Digest] = platformString(m.Platform.OS, m.Platform.Architecture, m.Platform.Variant)
+			n.platforms[m.Digest] = oci.PlatformString(m.Platform)
 		}
 	}
 	add := func(d digest.Digest) {
@@ -129,14 +104,6 @@ func (n *node) fill(doc manifestDoc) {
 	for _, l := range doc.FSLayers {
 		add(l.BlobSum)
 	}
-}
-
-func platformString(os, arch, variant string) string {
-	s := os + "/" + arch
-	if variant != "" {
-		s += "/" + variant
-	}
-	return s
 }
 
 // reach is what a root keeps: the root, the manifests under it and their

@@ -11,7 +11,9 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/storage"
 )
 
@@ -305,6 +307,9 @@ func (c *Collector) describe(ctx context.Context, g *graph, m *model, e *entry, 
 	}
 }
 
+// maxConfigSize bounds what is read of an image config for its platform.
+const maxConfigSize = 16 << 20
+
 // configPlatform reads an image config's platform, or returns "".
 func (c *Collector) configPlatform(ctx context.Context, d digest.Digest) string {
 	rc, err := c.store.Open(ctx, "", d, 0)
@@ -312,15 +317,11 @@ func (c *Collector) configPlatform(ctx context.Context, d digest.Digest) string 
 		return ""
 	}
 	defer rc.Close()
-	var cfg struct {
-		OS           string `json:"os"`
-		Architecture string `json:"architecture"`
-		Variant      string `json:"variant"`
-	}
-	if err := json.NewDecoder(io.LimitReader(rc, maxManifestSize)).Decode(&cfg); err != nil || cfg.OS == "" {
+	var cfg v1.Platform
+	if err := json.NewDecoder(io.LimitReader(rc, maxConfigSize)).Decode(&cfg); err != nil || cfg.OS == "" {
 		return ""
 	}
-	return platformString(cfg.OS, cfg.Architecture, cfg.Variant)
+	return oci.PlatformString(&cfg)
 }
 
 func latest(t time.Time, ts ...time.Time) time.Time {

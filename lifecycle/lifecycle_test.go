@@ -606,12 +606,12 @@ func TestVerifyMissing(t *testing.T) {
 func TestMetrics(t *testing.T) {
 	e := newEnv(t)
 	seedThree(t, e)
-	m := lifecycle.NewMetrics()
-	col := e.collector(lifecycle.Options{Metrics: m})
-	if _, err := col.Evict(t.Context(), 1, 0, e.m.Clock.Now()); err != nil {
+	// The server's own collector, whose metrics /metrics serves, past its
+	// grace period.
+	e.m.Clock.Advance(lifecycle.DefaultGrace + time.Minute)
+	if _, err := e.m.Server.Collector.Evict(t.Context(), 1, 0, e.m.Clock.Now()); err != nil {
 		t.Fatal(err)
 	}
-	e.m.Metrics.Register(m.Collectors()...)
 	_, body, _ := get(t, e.m.URL()+"/metrics")
 	for _, want := range []string{
 		"docker_mirror_evictions_total 3",

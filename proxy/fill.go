@@ -32,6 +32,16 @@ func newDownloads() *downloads {
 	return &downloads{dir: os.TempDir(), m: map[digest.Digest]*download{}}
 }
 
+// running returns dgst's download in progress, or nil.
+func (d *downloads) running(dgst digest.Digest) *download {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if dl, ok := d.m[dgst]; ok && !dl.failed() {
+		return dl
+	}
+	return nil
+}
+
 // maxResumes bounds how often a blob download cut mid-stream is resumed
 // with a Range request.
 const maxResumes = 3
@@ -146,13 +156,19 @@ func (p *Proxy) startBlob(ctx context.Context, t target, dgst digest.Digest) (dl
 // startDownload is startBlob for the given attempt of a download.
 func (p *Proxy) startDownload(ctx context.Context, t target, dgst digest.Digest, attempt int) (dl *download, stored bool, err error) {
 	d := p.blobs
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if dl, ok := d.m[dgst]; ok && !dl.failed() {
+	if dl := d.running(dgst); dl != nil {
 		return dl, false, nil
 	}
+	// Stat outside the lock: with a registry destination or S3 it is a
+	// network round trip, and one slow store must not stall every miss.
 	if _, err := p.store.Stat(ctx, t.storeRepo(), dgst); err == nil {
 		return nil, true, nil
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	// Someone may have started it meanwhile.
+	if dl, ok := d.m[dgst]; ok && !dl.failed() {
+		return dl, false, nil
 	}
 	if !p.work.start() {
 		return nil, false, errClosing

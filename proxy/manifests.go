@@ -3,75 +3,21 @@ package proxy
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
-	"regexp"
 	"strconv"
 	"strings"
 
 	"github.com/gorilla/mux"
 	"github.com/opencontainers/go-digest"
-	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/proxy/errcode"
 	"github.com/docker-mirror/docker-mirror/proxy/upstream"
 	"github.com/docker-mirror/docker-mirror/storage"
 )
-
-// Manifest media types.
-const (
-	mediaTypeOCIIndex       = v1.MediaTypeImageIndex
-	mediaTypeOCIManifest    = v1.MediaTypeImageManifest
-	mediaTypeDockerList     = "application/vnd.docker.distribution.manifest.list.v2+json"
-	mediaTypeDockerManifest = "application/vnd.docker.distribution.manifest.v2+json"
-)
-
-// tagPattern is the distribution-spec tag grammar.
-var tagPattern = regexp.MustCompile(`^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$`)
-
-func isIndexType(mt string) bool { return mt == mediaTypeOCIIndex || mt == mediaTypeDockerList }
-
-// manifestDoc is the part of any manifest docker-mirror reads: the children
-// of an index, the blobs of an image.
-type manifestDoc struct {
-	SchemaVersion int             `json:"schemaVersion"`
-	MediaType     string          `json:"mediaType"`
-	Manifests     []v1.Descriptor `json:"manifests"`
-	Config        *v1.Descriptor  `json:"config"`
-	Layers        []v1.Descriptor `json:"layers"`
-}
-
-// parseManifest parses a manifest and settles its media type: the one the
-// upstream declared if it is specific, else the document's own, else what
-// its shape says (an OCI manifest may omit mediaType).
-func parseManifest(body []byte, declared string) (manifestDoc, string, error) {
-	var m manifestDoc
-	if err := json.Unmarshal(body, &m); err != nil {
-		return m, "", fmt.Errorf("unparsable manifest: %w", err)
-	}
-	mt := declared
-	if i := strings.IndexByte(mt, ';'); i >= 0 {
-		mt = strings.TrimSpace(mt[:i])
-	}
-	if mt == "" || mt == "application/json" || mt == "text/plain" || mt == "application/octet-stream" {
-		switch {
-		case m.MediaType != "":
-			mt = m.MediaType
-		case m.Manifests != nil:
-			mt = mediaTypeOCIIndex
-		case m.Config != nil:
-			mt = mediaTypeOCIManifest
-		case m.SchemaVersion == 1:
-			mt = "application/vnd.docker.distribution.manifest.v1+prettyjws"
-		default:
-			return m, "", errors.New("manifest of unknown type")
-		}
-	}
-	return m, mt, nil
-}
 
 // storedManifest is a manifest served to clients.
 type storedManifest struct {
@@ -86,25 +32,23 @@ func (p *Proxy) manifest(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	ref := vars["reference"]
+	ref, err := oci.ParseRef(vars["reference"])
+	switch {
+	case errors.Is(err, oci.ErrDigestInvalid):
+		return errcode.New(errcode.DigestInvalid, "invalid digest %q", vars["reference"])
+	case err != nil:
+		return errcode.New(errcode.TagInvalid, "invalid tag %q", vars["reference"])
+	}
 	var m *storedManifest
-	if strings.Contains(ref, ":") {
-		dgst, err := digest.Parse(ref)
-		if err != nil {
-			return errcode.New(errcode.DigestInvalid, "invalid digest %q", ref)
-		}
-		m, err = p.manifestByDigest(r.Context(), t, dgst, w.Header())
-		if err != nil {
+	if ref.IsDigest() {
+		if m, err = p.manifestByDigest(r.Context(), t, ref.Digest, w.Header()); err != nil {
 			return err
 		}
 	} else {
-		if !tagPattern.MatchString(ref) {
-			return errcode.New(errcode.TagInvalid, "invalid tag %q", ref)
-		}
-		if m, err = p.manifestByTag(r.Context(), t, ref, w.Header()); err != nil {
+		if m, err = p.manifestByTag(r.Context(), t, ref.Tag, w.Header()); err != nil {
 			return err
 		}
-		if isIndexType(m.mediaType) && !accepts(r.Header, m.mediaType) {
+		if oci.IsIndex(m.mediaType) && !accepts(r.Header, m.mediaType) {
 			// A client that cannot read an index gets the linux/amd64
 			// image, as distribution answers such clients.
 			if m, err = p.defaultPlatform(r.Context(), t, m, w.Header()); err != nil {
@@ -149,7 +93,7 @@ func accepts(h http.Header, mediaType string) bool {
 }
 
 func (p *Proxy) defaultPlatform(ctx context.Context, t target, m *storedManifest, h http.Header) (*storedManifest, error) {
-	doc, _, err := parseManifest(m.body, m.mediaType)
+	doc, _, err := oci.ParseManifest(m.body, m.mediaType)
 	if err != nil {
 		return nil, err
 	}
@@ -203,7 +147,7 @@ func (p *Proxy) manifestByTag(ctx context.Context, t target, tag string, h http.
 		}
 	}
 	h.Set(cacheHeader, "miss")
-	return p.fetchManifest(ctx, t, tag, true)
+	return p.fetchManifest(ctx, t, oci.Ref{Tag: tag}, true)
 }
 
 // revalidate asks the upstream, once for all concurrent callers, which
@@ -212,13 +156,13 @@ func (p *Proxy) revalidate(ctx context.Context, t target, tag string) (digest.Di
 	return shared(ctx, p.work, &p.tagFlights, t.host()+"/"+t.repo+":"+tag, func() (digest.Digest, error) {
 		ctx, cancel := p.detach(ctx, p.manifestTimeout)
 		defer cancel()
-		d, err := t.up.HeadManifest(ctx, t.repo, tag)
+		d, err := t.up.HeadManifest(ctx, t.repo, oci.Ref{Tag: tag})
 		if err != nil {
 			return "", err
 		}
 		if d.Digest == "" {
 			// No Docker-Content-Digest: only a GET can tell.
-			m, err := t.up.Manifest(ctx, t.repo, tag)
+			m, err := t.up.Manifest(ctx, t.repo, oci.Ref{Tag: tag})
 			if err != nil {
 				return "", err
 			}
@@ -249,7 +193,7 @@ func (p *Proxy) manifestByDigest(ctx context.Context, t target, dgst digest.Dige
 		}
 	}
 	h.Set(cacheHeader, "miss")
-	return p.fetchManifest(ctx, t, dgst.String(), true)
+	return p.fetchManifest(ctx, t, oci.Ref{Digest: dgst}, true)
 }
 
 // loadManifest reads a stored manifest and its media type.
@@ -291,7 +235,7 @@ func (p *Proxy) readManifest(ctx context.Context, t target, dgst digest.Digest) 
 		return nil, err
 	}
 	defer rc.Close()
-	return io.ReadAll(io.LimitReader(rc, upstream.MaxManifestSize+1))
+	return io.ReadAll(io.LimitReader(rc, oci.MaxManifestSize+1))
 }
 
 // writeManifest stores a manifest's exact bytes by digest. A registry
@@ -328,10 +272,10 @@ func (p *Proxy) pushManifest(ctx context.Context, t target, m *storedManifest) e
 // for all concurrent callers, stores its exact bytes and records it; an
 // index or image starts mirroring in the background if mirror is set (the
 // background mirror itself fetches with mirror unset).
-func (p *Proxy) fetchManifest(ctx context.Context, t target, ref string, mirror bool) (*storedManifest, error) {
-	key := t.host() + "/" + t.repo + "@" + ref
-	if !strings.Contains(ref, ":") {
-		key = t.host() + "/" + t.repo + ":" + ref
+func (p *Proxy) fetchManifest(ctx context.Context, t target, ref oci.Ref, mirror bool) (*storedManifest, error) {
+	key := t.host() + "/" + t.repo + "@" + ref.String()
+	if !ref.IsDigest() {
+		key = t.host() + "/" + t.repo + ":" + ref.Tag
 	}
 	return shared(ctx, p.work, &p.manifestFlights, key, func() (_ *storedManifest, err error) {
 		ctx, cancel := p.detach(ctx, p.manifestTimeout)
@@ -345,9 +289,9 @@ func (p *Proxy) fetchManifest(ctx context.Context, t target, ref string, mirror 
 		if err != nil {
 			return nil, err
 		}
-		doc, mt, err := parseManifest(up.Body, up.MediaType)
+		doc, mt, err := oci.ParseManifest(up.Body, up.MediaType)
 		if err != nil {
-			return nil, errcode.Wrap(errcode.Unavailable, fmt.Errorf("%w: %w", upstream.ErrInvalid, err), "upstream %s sent a bad manifest for %s:%s", t.host(), t.repo, ref).
+			return nil, errcode.Wrap(errcode.Unavailable, fmt.Errorf("%w: %w", upstream.ErrInvalid, err), "upstream %s sent a bad manifest for %s:%s", t.host(), t.repo, ref.String()).
 				WithStatus(http.StatusBadGateway)
 		}
 		if err := p.writeManifest(ctx, t, up, mt); err != nil {
@@ -357,10 +301,8 @@ func (p *Proxy) fetchManifest(ctx context.Context, t target, ref string, mirror 
 			Upstream: t.host(), Repo: t.repo, Digest: up.Digest,
 			Record: storage.ManifestRecord{MediaType: mt, Size: int64(len(up.Body)), FetchedAt: p.now()},
 		}
-		if !strings.Contains(ref, ":") {
-			entry.Tag = ref
-		}
-		mirrors := mirror && (isIndexType(mt) || doc.Config != nil)
+		entry.Tag = ref.Tag
+		mirrors := mirror && (oci.IsIndex(mt) || doc.Config != nil)
 		if mirrors {
 			entry.Mirror = &storage.MirrorRecord{Upstream: t.host(), Repo: t.repo, State: storage.MirrorPartial, UpdatedAt: p.now()}
 		}

@@ -11,16 +11,11 @@ import (
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/storage"
 )
 
 // Annotations buildx puts on the attestation entries of an index.
-const (
-	annotationReferenceType   = "vnd.docker.reference.type"
-	annotationReferenceDigest = "vnd.docker.reference.digest"
-	referenceTypeAttestation  = "attestation-manifest"
-)
-
 // mirrorQueue tracks the background mirror jobs, one per manifest in a
 // repository ("repo@digest").
 type mirrorQueue struct {
@@ -138,12 +133,12 @@ func (p *Proxy) publishTag(ctx context.Context, t target, tag string, m *storedM
 // child whose platform matches pats (and their attestations) with all
 // their blobs; for an image, its blobs. It returns the platforms copied.
 // Every fetch shares the flights of live pulls.
-func (p *Proxy) copyImage(ctx context.Context, t target, m *storedManifest, pats []Platform, prog *progress) ([]string, error) {
-	doc, _, err := parseManifest(m.body, m.mediaType)
+func (p *Proxy) copyImage(ctx context.Context, t target, m *storedManifest, pats []oci.Platform, prog *progress) ([]string, error) {
+	doc, _, err := oci.ParseManifest(m.body, m.mediaType)
 	if err != nil {
 		return nil, err
 	}
-	if !isIndexType(m.mediaType) {
+	if !oci.IsIndex(m.mediaType) {
 		prog.platforms(1)
 		if err := p.mirrorBlobs(ctx, t, doc, prog); err != nil {
 			return nil, err
@@ -178,8 +173,8 @@ func (p *Proxy) mirrorChildren(ctx context.Context, t target, children []v1.Desc
 			if err := p.mirrorImage(gctx, t, c.Digest, prog); err != nil {
 				return err
 			}
-			if !isAttestation(c) && c.Platform != nil {
-				prog.platformDone(platformString(c.Platform))
+			if !oci.IsAttestation(c) && c.Platform != nil {
+				prog.platformDone(oci.PlatformString(c.Platform))
 			}
 			return nil
 		})
@@ -187,32 +182,28 @@ func (p *Proxy) mirrorChildren(ctx context.Context, t target, children []v1.Desc
 	return g.Wait()
 }
 
-func isAttestation(d v1.Descriptor) bool {
-	return d.Annotations[annotationReferenceType] == referenceTypeAttestation
-}
-
 // selectChildren picks the entries of an index to mirror: those whose
 // platform matches, the attestation manifests that refer to them, and
 // entries without a platform (artifacts). It returns them and the matched
 // platforms' names.
-func selectChildren(entries []v1.Descriptor, pats []Platform) ([]v1.Descriptor, []string) {
+func selectChildren(entries []v1.Descriptor, pats []oci.Platform) ([]v1.Descriptor, []string) {
 	var out []v1.Descriptor
 	var names []string
 	picked := map[digest.Digest]bool{}
 	for _, d := range entries {
-		if isAttestation(d) {
+		if oci.IsAttestation(d) {
 			continue
 		}
 		if d.Platform == nil || matchAny(pats, d.Platform) {
 			out = append(out, d)
 			picked[d.Digest] = true
 			if d.Platform != nil {
-				names = append(names, platformString(d.Platform))
+				names = append(names, oci.PlatformString(d.Platform))
 			}
 		}
 	}
 	for _, d := range entries {
-		if isAttestation(d) && picked[digest.Digest(d.Annotations[annotationReferenceDigest])] {
+		if oci.IsAttestation(d) && picked[digest.Digest(d.Annotations[oci.AnnotationReferenceDigest])] {
 			out = append(out, d)
 		}
 	}
@@ -220,7 +211,7 @@ func selectChildren(entries []v1.Descriptor, pats []Platform) ([]v1.Descriptor, 
 	return out, names
 }
 
-func matchAny(pats []Platform, q *v1.Platform) bool {
+func matchAny(pats []oci.Platform, q *v1.Platform) bool {
 	for _, pat := range pats {
 		if pat.Matches(q) {
 			return true
@@ -235,11 +226,11 @@ func (p *Proxy) mirrorImage(ctx context.Context, t target, dgst digest.Digest, p
 	if err != nil {
 		return err
 	}
-	doc, _, err := parseManifest(m.body, m.mediaType)
+	doc, _, err := oci.ParseManifest(m.body, m.mediaType)
 	if err != nil {
 		return err
 	}
-	if isIndexType(m.mediaType) {
+	if oci.IsIndex(m.mediaType) {
 		return fmt.Errorf("manifest %s: nested indexes are not mirrored eagerly", dgst)
 	}
 	if err := p.mirrorBlobs(ctx, t, doc, prog); err != nil {
@@ -258,12 +249,12 @@ func (p *Proxy) ensureManifest(ctx context.Context, t target, dgst digest.Digest
 		return nil, err
 	}
 	defer p.fetches.Release(1)
-	return p.fetchManifest(ctx, t, dgst.String(), false)
+	return p.fetchManifest(ctx, t, oci.Ref{Digest: dgst}, false)
 }
 
 // mirrorBlobs stores an image's config and layers. Foreign layers (with
 // URLs, e.g. Windows base layers) are left to their own hosts.
-func (p *Proxy) mirrorBlobs(ctx context.Context, t target, doc manifestDoc, prog *progress) error {
+func (p *Proxy) mirrorBlobs(ctx context.Context, t target, doc oci.Manifest, prog *progress) error {
 	blobs := doc.Layers
 	if doc.Config != nil {
 		blobs = append([]v1.Descriptor{*doc.Config}, blobs...)

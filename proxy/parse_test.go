@@ -9,6 +9,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/proxy/errcode"
 	"github.com/docker-mirror/docker-mirror/proxy/upstream"
 )
@@ -136,35 +137,6 @@ func FuzzResolve(f *testing.F) {
 	})
 }
 
-func TestPlatformPatterns(t *testing.T) {
-	cases := []struct {
-		pattern string
-		p       v1.Platform
-		want    bool
-	}{
-		{"linux/*", v1.Platform{OS: "linux", Architecture: "arm", Variant: "v7"}, true},
-		{"linux/*", v1.Platform{OS: "windows", Architecture: "amd64"}, false},
-		{"linux/arm", v1.Platform{OS: "linux", Architecture: "arm", Variant: "v6"}, true},
-		{"linux/arm/v7", v1.Platform{OS: "linux", Architecture: "arm", Variant: "v6"}, false},
-		{"*/amd64", v1.Platform{OS: "windows", Architecture: "amd64"}, true},
-		{"linux", v1.Platform{OS: "linux", Architecture: "s390x"}, true},
-	}
-	for _, c := range cases {
-		pat, err := ParsePlatform(c.pattern)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := pat.Matches(&c.p); got != c.want {
-			t.Errorf("%s matches %s = %v", c.pattern, platformString(&c.p), got)
-		}
-	}
-	for _, bad := range []string{"", "/amd64", "linux/", "a/b/c/d"} {
-		if _, err := ParsePlatform(bad); err == nil {
-			t.Errorf("ParsePlatform(%q) accepted", bad)
-		}
-	}
-}
-
 func TestSelectChildren(t *testing.T) {
 	p := testProxy(t)
 	amd := v1.Descriptor{Digest: "sha256:a", Platform: &v1.Platform{OS: "linux", Architecture: "amd64"}}
@@ -172,11 +144,11 @@ func TestSelectChildren(t *testing.T) {
 	win := v1.Descriptor{Digest: "sha256:c", Platform: &v1.Platform{OS: "windows", Architecture: "amd64"}}
 	att := func(d, ref string) v1.Descriptor {
 		return v1.Descriptor{Digest: digest.Digest("sha256:" + d), Platform: &v1.Platform{OS: "unknown", Architecture: "unknown"},
-			Annotations: map[string]string{annotationReferenceType: referenceTypeAttestation, annotationReferenceDigest: ref}}
+			Annotations: map[string]string{oci.AnnotationReferenceType: oci.ReferenceTypeAttestation, oci.AnnotationReferenceDigest: ref}}
 	}
 	entries := []v1.Descriptor{amd, arm, win, att("1", "sha256:a"), att("2", "sha256:c")}
 	got, names := selectChildren(entries, p.platforms)
-	if len(got) != 3 || got[0].Digest != amd.Digest || got[1].Digest != arm.Digest || got[2].Annotations[annotationReferenceDigest] != "sha256:a" {
+	if len(got) != 3 || got[0].Digest != amd.Digest || got[1].Digest != arm.Digest || got[2].Annotations[oci.AnnotationReferenceDigest] != "sha256:a" {
 		t.Fatalf("selected %v", got)
 	}
 	if len(names) != 2 || names[0] != "linux/amd64" || names[1] != "linux/arm64" {
@@ -186,15 +158,15 @@ func TestSelectChildren(t *testing.T) {
 
 func TestAccepts(t *testing.T) {
 	h := http.Header{}
-	if !accepts(h, mediaTypeOCIIndex) {
+	if !accepts(h, oci.MediaTypeOCIIndex) {
 		t.Error("no Accept must accept anything")
 	}
 	h.Add("Accept", "application/vnd.docker.distribution.manifest.v2+json; q=0.9, application/vnd.oci.image.manifest.v1+json")
-	if accepts(h, mediaTypeOCIIndex) {
+	if accepts(h, oci.MediaTypeOCIIndex) {
 		t.Error("index accepted by a client that lists only image manifests")
 	}
-	h.Add("Accept", mediaTypeOCIIndex)
-	if !accepts(h, mediaTypeOCIIndex) {
+	h.Add("Accept", oci.MediaTypeOCIIndex)
+	if !accepts(h, oci.MediaTypeOCIIndex) {
 		t.Error("second Accept header ignored")
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/storage"
 )
 
@@ -29,7 +30,7 @@ type PlannedBlob struct {
 // Plan reads an image's manifests from the upstream, without storing
 // anything, and lists the blobs mirroring it with pats (nil: the configured
 // platforms) would copy, each marked if the store has it already.
-func (p *Proxy) Plan(ctx context.Context, ref string, pats []Platform) (Plan, error) {
+func (p *Proxy) Plan(ctx context.Context, ref string, pats []oci.Platform) (Plan, error) {
 	im, err := p.parseImage(ref)
 	if err != nil {
 		return Plan{}, err
@@ -42,21 +43,21 @@ func (p *Proxy) Plan(ctx context.Context, ref string, pats []Platform) (Plan, er
 		return Plan{}, err
 	}
 	plan := Plan{Digest: m.Digest.String(), Manifests: 1}
-	doc, mt, err := parseManifest(m.Body, m.MediaType)
+	doc, mt, err := oci.ParseManifest(m.Body, m.MediaType)
 	if err != nil {
 		return Plan{}, err
 	}
-	images := []manifestDoc{doc}
-	if isIndexType(mt) {
+	images := []oci.Manifest{doc}
+	if oci.IsIndex(mt) {
 		images = nil
 		var children []v1.Descriptor
 		children, plan.Platforms = selectChildren(doc.Manifests, pats)
 		for _, c := range children {
-			cm, err := im.t.up.Manifest(ctx, im.t.repo, c.Digest.String())
+			cm, err := im.t.up.Manifest(ctx, im.t.repo, oci.Ref{Digest: c.Digest})
 			if err != nil {
 				return Plan{}, err
 			}
-			cdoc, _, err := parseManifest(cm.Body, cm.MediaType)
+			cdoc, _, err := oci.ParseManifest(cm.Body, cm.MediaType)
 			if err != nil {
 				return Plan{}, err
 			}

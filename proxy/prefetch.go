@@ -14,6 +14,7 @@ import (
 	"github.com/distribution/reference"
 	"github.com/gorilla/mux"
 
+	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/proxy/errcode"
 	"github.com/docker-mirror/docker-mirror/storage"
 )
@@ -33,7 +34,7 @@ type PrefetchRequest struct {
 // image is a parsed prefetch reference.
 type image struct {
 	t   target
-	ref string // tag or digest
+	ref oci.Ref
 }
 
 // parseImage resolves a docker-style reference to a configured upstream.
@@ -47,11 +48,11 @@ func (p *Proxy) parseImage(s string) (image, error) {
 	if !ok {
 		return image{}, errcode.New(errcode.NameUnknown, "image %q: upstream %q is not configured on this mirror", s, host).WithStatus(http.StatusBadRequest)
 	}
-	im := image{t: target{up: up, repo: reference.Path(named), name: reference.Path(named)}, ref: "latest"}
+	im := image{t: target{up: up, repo: reference.Path(named), name: reference.Path(named)}, ref: oci.Ref{Tag: "latest"}}
 	if c, ok := named.(reference.Canonical); ok {
-		im.ref = c.Digest().String()
+		im.ref = oci.Ref{Digest: c.Digest()}
 	} else if tg, ok := named.(reference.Tagged); ok {
-		im.ref = tg.Tag()
+		im.ref = oci.Ref{Tag: tg.Tag()}
 	}
 	return im, nil
 }
@@ -68,7 +69,7 @@ func (p *Proxy) StartPrefetch(ctx context.Context, req PrefetchRequest, trigger 
 	if len(req.Images) == 0 {
 		return nil, errcode.New(errcode.InvalidRequest, "no images to prefetch")
 	}
-	if _, err := parsePlatforms(req.Platforms); err != nil {
+	if _, err := oci.ParsePlatforms(req.Platforms); err != nil {
 		return nil, errcode.New(errcode.InvalidRequest, "%v", err)
 	}
 	job := &storage.Job{ID: newJobID(p.now()), Trigger: trigger, State: storage.JobQueued, Platforms: req.Platforms, Pin: req.Pin, CreatedAt: p.now(), UpdatedAt: p.now()}
@@ -83,18 +84,6 @@ func (p *Proxy) StartPrefetch(ctx context.Context, req PrefetchRequest, trigger 
 	}
 	p.runJob(ctx, job)
 	return p.Job(job.ID)
-}
-
-func parsePlatforms(ss []string) ([]Platform, error) {
-	var out []Platform
-	for _, s := range ss {
-		pl, err := ParsePlatform(s)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, pl)
-	}
-	return out, nil
 }
 
 func newJobID(t time.Time) string {
@@ -151,7 +140,7 @@ func (p *Proxy) runJob(ctx context.Context, job *storage.Job) {
 			delete(p.jobs.live, job.ID)
 			p.jobs.mu.Unlock()
 		}()
-		pats, _ := parsePlatforms(job.Platforms) // validated when queued; nil: each upstream's own
+		pats, _ := oci.ParsePlatforms(job.Platforms) // validated when queued; nil: each upstream's own
 		p.setJob(job, func() { job.State = storage.JobRunning })
 		failed := false
 		for i := range job.Images {
@@ -191,7 +180,7 @@ func (p *Proxy) setJob(job *storage.Job, f func()) {
 
 // prefetchImage mirrors one image of a job and keeps its progress in the
 // job.
-func (p *Proxy) prefetchImage(ctx context.Context, job *storage.Job, i int, pats []Platform) error {
+func (p *Proxy) prefetchImage(ctx context.Context, job *storage.Job, i int, pats []oci.Platform) error {
 	p.setJob(job, func() { job.Images[i].State, job.Images[i].Error = storage.JobRunning, "" })
 	got, err := p.Mirror(ctx, job.Images[i].Image, pats, func(s Progress) {
 		p.jobs.mu.Lock()
@@ -218,7 +207,7 @@ func (p *Proxy) prefetchImage(ctx context.Context, job *storage.Job, i int, pats
 // fetch is shared with live pulls and background mirroring. In a registry
 // destination the tag is pushed last, once everything it needs is there.
 // onProgress, if not nil, is called after every change.
-func (p *Proxy) Mirror(ctx context.Context, ref string, pats []Platform, onProgress func(Progress)) (Progress, error) {
+func (p *Proxy) Mirror(ctx context.Context, ref string, pats []oci.Platform, onProgress func(Progress)) (Progress, error) {
 	im, err := p.parseImage(ref)
 	if err != nil {
 		return Progress{}, err
@@ -244,8 +233,8 @@ func (p *Proxy) Mirror(ctx context.Context, ref string, pats []Platform, onProgr
 		if err := p.completeMirror(ctx, im.t, m, platforms); err != nil {
 			return prog.snapshot(), err
 		}
-	} else if !strings.Contains(im.ref, ":") {
-		if err := p.publishTag(ctx, im.t, im.ref, m); err != nil {
+	} else if !im.ref.IsDigest() {
+		if err := p.publishTag(ctx, im.t, im.ref.Tag, m); err != nil {
 			return prog.snapshot(), err
 		}
 	} else if _, ok, err := p.index.Mirror(im.t.host(), im.t.repo, m.digest); err == nil && !ok {
@@ -266,9 +255,9 @@ func (p *Proxy) pin(ref, reason string) error {
 	if err != nil {
 		return err
 	}
-	key := im.ref
-	if !strings.Contains(im.ref, ":") {
-		key = storage.TagKey(im.t.host(), im.t.repo, im.ref)
+	key := im.ref.String()
+	if !im.ref.IsDigest() {
+		key = storage.TagKey(im.t.host(), im.t.repo, im.ref.Tag)
 	}
 	return p.index.Pin(key, storage.PinRecord{PinnedAt: p.now(), Reason: reason})
 }

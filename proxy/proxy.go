@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/docker-mirror/docker-mirror/metrics"
+	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/proxy/access"
 	"github.com/docker-mirror/docker-mirror/proxy/upstream"
 	"github.com/docker-mirror/docker-mirror/storage"
@@ -41,7 +42,7 @@ type Proxy struct {
 	metricsLevel access.Level
 	now          func() time.Time
 	tagTTL       time.Duration
-	platforms    []Platform
+	platforms    []oci.Platform
 	// perUpstream overrides tagTTL and platforms for some upstreams.
 	perUpstream map[string]UpstreamSettings
 	// fetches bounds the background mirror's parallel upstream fetches.
@@ -105,13 +106,13 @@ func WithClock(now func() time.Time) Option { return func(p *Proxy) { p.now = no
 func WithTagTTL(d time.Duration) Option { return func(p *Proxy) { p.tagTTL = d } }
 
 // WithPlatforms sets the platforms mirrored eagerly (default linux/*).
-func WithPlatforms(ps []Platform) Option { return func(p *Proxy) { p.platforms = ps } }
+func WithPlatforms(ps []oci.Platform) Option { return func(p *Proxy) { p.platforms = ps } }
 
 // UpstreamSettings override the proxy's settings for one upstream; nil
 // fields keep them.
 type UpstreamSettings struct {
 	TagTTL    *time.Duration
-	Platforms []Platform
+	Platforms []oci.Platform
 }
 
 // WithUpstreamSettings overrides the tag TTL and platforms of the upstream
@@ -134,7 +135,7 @@ func (p *Proxy) ttlFor(t target) time.Duration {
 }
 
 // platformsFor are the platforms mirrored eagerly from t's upstream.
-func (p *Proxy) platformsFor(t target) []Platform {
+func (p *Proxy) platformsFor(t target) []oci.Platform {
 	if s, ok := p.perUpstream[t.host()]; ok && s.Platforms != nil {
 		return s.Platforms
 	}
@@ -166,7 +167,7 @@ func New(store storage.Store, index *storage.Index, upstreams []*upstream.Client
 		log:             slog.Default(),
 		now:             time.Now,
 		tagTTL:          time.Minute,
-		platforms:       []Platform{{OS: "linux", Architecture: "*"}},
+		platforms:       []oci.Platform{{OS: "linux", Architecture: "*"}},
 		fetches:         semaphore.NewWeighted(4),
 		fillTimeout:     time.Hour,
 		manifestTimeout: time.Minute,

@@ -8,13 +8,11 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/docker-mirror/docker-mirror/config"
-	"github.com/docker-mirror/docker-mirror/metrics"
 	"github.com/docker-mirror/docker-mirror/proxy"
-	"github.com/docker-mirror/docker-mirror/storage"
+	"github.com/docker-mirror/docker-mirror/server"
 )
 
 // mirrorCommand copies images with every linux platform (or --platform)
@@ -79,20 +77,13 @@ func mirrorImages(ctx context.Context, cfg config.Config, log *slog.Logger, imag
 		return nil, err
 	}
 	defer os.RemoveAll(tmp)
-	index, err := storage.OpenIndex(filepath.Join(tmp, "index.db"))
+	cfg.Data = tmp
+	srv, err := server.New(ctx, cfg, server.WithLogger(log))
 	if err != nil {
 		return nil, err
 	}
-	defer index.Close()
-	store, _, err := openStore(ctx, cfg, index)
-	if err != nil {
-		return nil, err
-	}
-	p, err := newProxy(cfg, store, index, log, metrics.New(), tmp)
-	if err != nil {
-		return nil, err
-	}
-	defer p.Close()
+	defer srv.Close()
+	p := srv.Proxy
 
 	var failed []string
 	var refs []string

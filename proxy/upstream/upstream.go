@@ -28,6 +28,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/proxy/errcode"
 )
 
@@ -46,17 +47,6 @@ var (
 
 // MaxConnsPerHost caps the connections to one upstream host.
 const MaxConnsPerHost = 64
-
-// MaxManifestSize is the largest manifest accepted from an upstream.
-const MaxManifestSize = 4 << 20
-
-// ManifestTypes are the manifest media types asked for, in the Accept header.
-var ManifestTypes = []string{
-	"application/vnd.oci.image.index.v1+json",
-	"application/vnd.docker.distribution.manifest.list.v2+json",
-	"application/vnd.oci.image.manifest.v1+json",
-	"application/vnd.docker.distribution.manifest.v2+json",
-}
 
 // Client talks to one upstream registry.
 type Client struct {
@@ -466,35 +456,34 @@ type Manifest struct {
 // Manifest fetches a manifest by tag or digest. The digest is computed from
 // the body and checked against the requested digest and against the
 // upstream's Docker-Content-Digest header.
-func (c *Client) Manifest(ctx context.Context, repo, ref string) (*Manifest, error) {
-	req, err := http.NewRequest(http.MethodGet, c.url(repo, "manifests", ref), nil)
+func (c *Client) Manifest(ctx context.Context, repo string, ref oci.Ref) (*Manifest, error) {
+	req, err := http.NewRequest(http.MethodGet, c.url(repo, "manifests", ref.String()), nil)
 	if err != nil {
 		return nil, err
 	}
-	req.Header.Set("Accept", strings.Join(ManifestTypes, ", "))
-	what := fmt.Sprintf("manifest %s:%s", repo, ref)
+	req.Header.Set("Accept", oci.Accept)
+	what := fmt.Sprintf("manifest %s:%s", repo, ref.String())
 	resp, err := c.do(ctx, repo, req, what, http.StatusOK)
 	if err != nil {
 		return nil, err
 	}
 	defer resp.Body.Close()
-	if resp.ContentLength > MaxManifestSize {
-		return nil, c.invalid("%s is %d bytes, over the %d byte limit", what, resp.ContentLength, MaxManifestSize)
+	if resp.ContentLength > oci.MaxManifestSize {
+		return nil, c.invalid("%s is %d bytes, over the %d byte limit", what, resp.ContentLength, oci.MaxManifestSize)
 	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxManifestSize+1))
+	body, err := io.ReadAll(io.LimitReader(resp.Body, oci.MaxManifestSize+1))
 	if err != nil {
 		return nil, c.transportError(err)
 	}
-	if len(body) > MaxManifestSize {
-		return nil, c.invalid("%s is over the %d byte limit", what, MaxManifestSize)
+	if len(body) > oci.MaxManifestSize {
+		return nil, c.invalid("%s is over the %d byte limit", what, oci.MaxManifestSize)
 	}
 	alg := digest.Canonical
-	want, byDigest := digest.Parse(ref)
-	if byDigest == nil {
-		alg = want.Algorithm()
+	if ref.IsDigest() {
+		alg = ref.Digest.Algorithm()
 	}
 	got := alg.FromBytes(body)
-	if byDigest == nil && got != want {
+	if ref.IsDigest() && got != ref.Digest {
 		return nil, c.invalid("%s: body digest is %s", what, got)
 	}
 	if h, err := digest.Parse(resp.Header.Get("Docker-Content-Digest")); err == nil && h.Algorithm() == alg && h != got {
@@ -512,13 +501,13 @@ type Descriptor struct {
 
 // HeadManifest asks for a manifest's digest without fetching it (Docker Hub
 // does not count HEAD requests against its pull limit).
-func (c *Client) HeadManifest(ctx context.Context, repo, ref string) (Descriptor, error) {
-	req, err := http.NewRequest(http.MethodHead, c.url(repo, "manifests", ref), nil)
+func (c *Client) HeadManifest(ctx context.Context, repo string, ref oci.Ref) (Descriptor, error) {
+	req, err := http.NewRequest(http.MethodHead, c.url(repo, "manifests", ref.String()), nil)
 	if err != nil {
 		return Descriptor{}, err
 	}
-	req.Header.Set("Accept", strings.Join(ManifestTypes, ", "))
-	resp, err := c.do(ctx, repo, req, fmt.Sprintf("manifest %s:%s", repo, ref), http.StatusOK)
+	req.Header.Set("Accept", oci.Accept)
+	resp, err := c.do(ctx, repo, req, fmt.Sprintf("manifest %s:%s", repo, ref.String()), http.StatusOK)
 	if err != nil {
 		return Descriptor{}, err
 	}
@@ -597,12 +586,12 @@ func (c *Client) Referrers(ctx context.Context, repo string, dgst digest.Digest,
 		return nil, "", err
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxManifestSize+1))
+	body, err := io.ReadAll(io.LimitReader(resp.Body, oci.MaxManifestSize+1))
 	if err != nil {
 		return nil, "", c.transportError(err)
 	}
-	if len(body) > MaxManifestSize {
-		return nil, "", c.invalid("referrers of %s@%s are over the %d byte limit", repo, dgst, MaxManifestSize)
+	if len(body) > oci.MaxManifestSize {
+		return nil, "", c.invalid("referrers of %s@%s are over the %d byte limit", repo, dgst, oci.MaxManifestSize)
 	}
 	var idx struct {
 		Manifests []json.RawMessage `json:"manifests"`

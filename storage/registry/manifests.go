@@ -8,29 +8,13 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strings"
 
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/storage"
 )
-
-// MaxManifestSize is the largest manifest Manifest reads (distribution's
-// own limit).
-const MaxManifestSize = 4 << 20
-
-// ManifestTypes are the media types Manifest accepts, in its Accept header.
-var ManifestTypes = []string{
-	"application/vnd.oci.image.index.v1+json",
-	"application/vnd.docker.distribution.manifest.list.v2+json",
-	"application/vnd.oci.image.manifest.v1+json",
-	"application/vnd.docker.distribution.manifest.v2+json",
-	"application/vnd.oci.artifact.manifest.v1+json",
-	"application/vnd.docker.distribution.manifest.v1+prettyjws",
-	"application/vnd.docker.distribution.manifest.v1+json",
-	"*/*",
-}
 
 // PutManifest implements storage.ManifestStore: it PUTs body, unchanged, as
 // a manifest of mediaType under ref (a digest, which body must match, or a
@@ -104,7 +88,7 @@ func (s *Store) Manifest(ctx context.Context, repo string, dgst digest.Digest) (
 	if err != nil {
 		return nil, err
 	}
-	req.Header.Set("Accept", strings.Join(ManifestTypes, ", "))
+	req.Header.Set("Accept", oci.AcceptAny)
 	resp, err := s.do(ctx, req, what, r.Scope(transport.PushScope))
 	if err != nil {
 		return nil, err
@@ -117,18 +101,18 @@ func (s *Store) Manifest(ctx context.Context, repo string, dgst digest.Digest) (
 		return nil, err
 	}
 	defer resp.Body.Close()
-	if resp.ContentLength > MaxManifestSize {
-		return nil, fmt.Errorf("destination %s: %s is %d bytes, over the %d byte limit", s, what, resp.ContentLength, MaxManifestSize)
+	if resp.ContentLength > oci.MaxManifestSize {
+		return nil, fmt.Errorf("destination %s: %s is %d bytes, over the %d byte limit", s, what, resp.ContentLength, oci.MaxManifestSize)
 	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxManifestSize+1))
+	body, err := io.ReadAll(io.LimitReader(resp.Body, oci.MaxManifestSize+1))
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("destination %s: %s: %w", s, what, ctx.Err())
 		}
 		return nil, s.fail(err, what)
 	}
-	if len(body) > MaxManifestSize {
-		return nil, fmt.Errorf("destination %s: %s is over the %d byte limit", s, what, MaxManifestSize)
+	if len(body) > oci.MaxManifestSize {
+		return nil, fmt.Errorf("destination %s: %s is over the %d byte limit", s, what, oci.MaxManifestSize)
 	}
 	if got := dgst.Algorithm().FromBytes(body); got != dgst {
 		return nil, fmt.Errorf("destination %s: %s: body digest is %s: %w", s, what, got, storage.ErrDigestMismatch)

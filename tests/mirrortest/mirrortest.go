@@ -1,6 +1,7 @@
 // Package mirrortest runs docker-mirror in-process for tests and benchmarks:
-// a real proxy on 127.0.0.1 with the filesystem store and bbolt index in a
-// temporary directory, restartable on the same data.
+// the production wiring (package server) on 127.0.0.1 with the filesystem
+// store and bbolt index in a temporary directory, restartable on the same
+// data.
 package mirrortest
 
 import (
@@ -8,17 +9,16 @@ import (
 	"io"
 	"log/slog"
 	"net/http/httptest"
-	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 
+	"github.com/docker-mirror/docker-mirror/config"
 	"github.com/docker-mirror/docker-mirror/metrics"
 	"github.com/docker-mirror/docker-mirror/proxy"
-	"github.com/docker-mirror/docker-mirror/proxy/upstream"
+	"github.com/docker-mirror/docker-mirror/server"
 	"github.com/docker-mirror/docker-mirror/storage"
 )
 
@@ -64,11 +64,14 @@ type Mirror struct {
 	newStore  func(*storage.Index) (storage.Store, error)
 	Clock     *Clock
 
+	// Server is the whole server; Proxy, Metrics, Index and Store its parts.
+	Server  *server.Server
 	Proxy   *proxy.Proxy
 	Metrics *metrics.Metrics
 	Index   *storage.Index
 	Store   storage.Store
-	server  *httptest.Server
+	http    *httptest.Server
+	cancel  context.CancelFunc
 }
 
 // Start runs a mirror of upstreamURL (as docker.io) with the given options
@@ -100,69 +103,62 @@ func Logger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 
-func (m *Mirror) start() {
-	t := m.tb
-	ctx := context.Background()
-	index, err := storage.OpenIndex(filepath.Join(m.dir, "index.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var store storage.Store
-	if m.newStore != nil {
-		store, err = m.newStore(index)
-	} else {
-		store, err = storage.OpenDriverStore(ctx, "filesystem", map[string]any{"rootdirectory": filepath.Join(m.dir, "store")})
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	m.Metrics = metrics.New()
-	var allowed []string
-	for _, u := range m.upstreams {
-		allowed = append(allowed, strings.TrimPrefix(strings.TrimPrefix(u.URL, "http://"), "https://"))
-	}
-	var clients []*upstream.Client
-	for _, u := range m.upstreams {
-		base := upstream.DefaultTransport()
-		base.DialContext = upstream.GuardedDialer(allowed)
-		uopts := []upstream.Option{upstream.WithTransport(m.Metrics.Transport(u.Host, base))}
+// Config is the configuration a test mirror of ups runs with: the
+// defaults, data in dir, and each upstream with its credentials.
+func Config(tb testing.TB, dir string, ups []Upstream) config.Config {
+	cfg := config.Default()
+	cfg.Data = dir
+	cfg.Upstreams = map[string]config.Upstream{}
+	for _, u := range ups {
+		cu := config.Upstream{URL: u.URL}
 		if u.Auth != nil {
-			uopts = append(uopts, upstream.WithAuth(u.Auth))
+			a, err := u.Auth.Authorization()
+			if err != nil {
+				tb.Fatal(err)
+			}
+			cu.Username, cu.Password = a.Username, a.Password
+		}
+		if u.Host == proxy.DefaultHost {
+			cfg.Upstream = u.URL
 		}
 		if u.Timeout > 0 {
-			uopts = append(uopts, upstream.WithTimeout(u.Timeout))
+			cfg.UpstreamTimeout = config.Duration(u.Timeout)
 		}
-		c, err := upstream.New(u.Host, u.URL, uopts...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		clients = append(clients, c)
+		cfg.Upstreams[u.Host] = cu
 	}
-	opts := append([]proxy.Option{
-		proxy.WithMetrics(m.Metrics),
-		proxy.WithClock(m.Clock.Now),
-		proxy.WithLogger(Logger()),
-		proxy.WithSpoolDir(m.dir),
-	}, m.opts...)
-	p, err := proxy.New(store, index, clients, opts...)
+	return cfg
+}
+
+func (m *Mirror) start() {
+	t := m.tb
+	ctx, cancel := context.WithCancel(context.Background())
+	opts := []server.Option{server.WithClock(m.Clock.Now), server.WithLogger(Logger()), server.WithProxyOptions(m.opts...)}
+	if m.newStore != nil {
+		opts = append(opts, server.WithStore(func(_ context.Context, _ config.Config, ix *storage.Index) (storage.Store, string, error) {
+			s, err := m.newStore(ix)
+			return s, "test store", err
+		}))
+	}
+	srv, err := server.New(ctx, Config(t, m.dir, m.upstreams), opts...)
 	if err != nil {
+		cancel()
 		t.Fatal(err)
 	}
-	if err := p.ResumeMirrors(ctx); err != nil {
+	if err := srv.Start(ctx); err != nil {
+		cancel()
+		srv.Close()
 		t.Fatal(err)
 	}
-	if err := p.ResumeJobs(ctx); err != nil {
-		t.Fatal(err)
-	}
-	m.Proxy, m.Index, m.Store = p, index, store
-	m.server = httptest.NewServer(p.Handler())
+	m.Server, m.cancel = srv, cancel
+	m.Proxy, m.Metrics, m.Index, m.Store = srv.Proxy, srv.Metrics, srv.Index, srv.Store
+	m.http = httptest.NewServer(srv.Handler())
 }
 
 // Host is the mirror's "127.0.0.1:PORT".
-func (m *Mirror) Host() string { return m.server.Listener.Addr().String() }
+func (m *Mirror) Host() string { return m.http.Listener.Addr().String() }
 
 // URL is the mirror's "http://127.0.0.1:PORT".
-func (m *Mirror) URL() string { return m.server.URL }
+func (m *Mirror) URL() string { return m.http.URL }
 
 // WaitIdle waits for background mirroring to finish.
 func (m *Mirror) WaitIdle() {
@@ -176,16 +172,16 @@ func (m *Mirror) WaitIdle() {
 
 // Stop shuts the mirror down; it may be called more than once.
 func (m *Mirror) Stop() {
-	if m.server == nil {
+	if m.http == nil {
 		return
 	}
-	m.server.CloseClientConnections()
-	m.server.Close()
-	m.Proxy.Close()
-	if err := m.Index.Close(); err != nil {
+	m.http.CloseClientConnections()
+	m.http.Close()
+	m.cancel()
+	if err := m.Server.Close(); err != nil {
 		m.tb.Error(err)
 	}
-	m.server = nil
+	m.http = nil
 }
 
 // Restart stops the mirror and starts a new one on the same data

@@ -1,22 +1,20 @@
-package main
+package server
 
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"maps"
 	"net/url"
-	"os"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
-
 	"github.com/opencontainers/go-digest"
 
 	"github.com/docker-mirror/docker-mirror/config"
 	"github.com/docker-mirror/docker-mirror/metrics"
+	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/proxy"
 	"github.com/docker-mirror/docker-mirror/proxy/access"
 	"github.com/docker-mirror/docker-mirror/proxy/upstream"
@@ -24,9 +22,10 @@ import (
 	"github.com/docker-mirror/docker-mirror/storage/registry"
 )
 
-// openStore returns the store cfg names: the destination registry if it
-// has one, else the embedded store. It also says which, for the log.
-func openStore(ctx context.Context, cfg config.Config, index *storage.Index) (storage.Store, string, error) {
+// OpenStore opens the store cfg names: the destination registry if it has
+// one (mounting shared blobs from the repositories the index says hold
+// them), else the embedded store on its storage driver.
+func OpenStore(ctx context.Context, cfg config.Config, index *storage.Index) (storage.Store, string, error) {
 	if cfg.Destination.URL == "" {
 		driver, params := cfg.StorageDriver()
 		s, err := storage.OpenDriverStore(ctx, driver, params)
@@ -51,20 +50,18 @@ func openStore(ctx context.Context, cfg config.Config, index *storage.Index) (st
 	return s, "registry " + s.String(), nil
 }
 
-// newProxy wires the upstreams, metrics and settings of cfg around a store
-// and an index.
-func newProxy(cfg config.Config, store storage.Store, index *storage.Index, log *slog.Logger, m *metrics.Metrics, spool string, extra ...proxy.Option) (*proxy.Proxy, error) {
-	platforms, err := parsePlatforms(cfg.Platforms)
+// proxyOptions are the proxy settings cfg makes: tag TTL, platforms,
+// concurrency, client access and the per-upstream overrides.
+func proxyOptions(cfg config.Config, m *metrics.Metrics) ([]proxy.Option, error) {
+	platforms, err := oci.ParsePlatforms(cfg.Platforms)
 	if err != nil {
 		return nil, err
 	}
 	opts := []proxy.Option{
-		proxy.WithLogger(log),
 		proxy.WithMetrics(m),
 		proxy.WithTagTTL(time.Duration(cfg.TagTTL)),
 		proxy.WithPlatforms(platforms),
 		proxy.WithConcurrency(cfg.Concurrency),
-		proxy.WithSpoolDir(spool),
 	}
 	if cfg.Auth.Htpasswd != "" {
 		policy, err := access.Load(cfg.Auth.Htpasswd, cfg.Auth.Admins, cfg.Auth.AnonymousPull)
@@ -77,19 +74,29 @@ func newProxy(cfg config.Config, store storage.Store, index *storage.Index, log 
 		}
 		opts = append(opts, proxy.WithAccess(policy, level))
 	}
-	ups, settings, err := upstreams(cfg, m, os.LookupEnv)
-	if err != nil {
-		return nil, err
+	for host, u := range cfg.AllUpstreams() {
+		var s proxy.UpstreamSettings
+		if u.TagTTL != nil {
+			d := time.Duration(*u.TagTTL)
+			s.TagTTL = &d
+		}
+		if u.Platforms != nil {
+			if s.Platforms, err = oci.ParsePlatforms(u.Platforms); err != nil {
+				return nil, err
+			}
+		}
+		if s.TagTTL != nil || s.Platforms != nil {
+			opts = append(opts, proxy.WithUpstreamSettings(host, s))
+		}
 	}
-	for host, s := range settings {
-		opts = append(opts, proxy.WithUpstreamSettings(host, s))
-	}
-	return proxy.New(store, index, ups, append(opts, extra...)...)
+	return opts, nil
 }
 
-// upstreams builds a client for every configured upstream, with its
-// credentials, and the settings that override the global ones.
-func upstreams(cfg config.Config, m *metrics.Metrics, lookup func(string) (string, bool)) ([]*upstream.Client, map[string]proxy.UpstreamSettings, error) {
+// Upstreams builds a client for every configured upstream, with its
+// credentials, its timeout, its metrics and the dial guard: connections go
+// only to the configured upstreams, the environment's HTTP proxy, or
+// public addresses.
+func Upstreams(cfg config.Config, m *metrics.Metrics, lookup func(string) (string, bool)) ([]*upstream.Client, error) {
 	all := cfg.AllUpstreams()
 	var allowed []string
 	for _, u := range all {
@@ -106,7 +113,6 @@ func upstreams(cfg config.Config, m *metrics.Metrics, lookup func(string) (strin
 		}
 	}
 	var clients []*upstream.Client
-	settings := map[string]proxy.UpstreamSettings{}
 	for _, host := range slices.Sorted(maps.Keys(all)) {
 		u := all[host]
 		base := upstream.DefaultTransport()
@@ -118,40 +124,15 @@ func upstreams(cfg config.Config, m *metrics.Metrics, lookup func(string) (strin
 		case u.Username != "":
 			password, err := u.ResolvePassword(host, lookup)
 			if err != nil {
-				return nil, nil, err
+				return nil, err
 			}
 			opts = append(opts, upstream.WithAuth(authn.FromConfig(authn.AuthConfig{Username: u.Username, Password: password})))
 		}
 		c, err := upstream.New(host, u.URL, opts...)
 		if err != nil {
-			return nil, nil, err
-		}
-		clients = append(clients, c)
-		var s proxy.UpstreamSettings
-		if u.TagTTL != nil {
-			d := time.Duration(*u.TagTTL)
-			s.TagTTL = &d
-		}
-		if u.Platforms != nil {
-			if s.Platforms, err = parsePlatforms(u.Platforms); err != nil {
-				return nil, nil, err
-			}
-		}
-		if s.TagTTL != nil || s.Platforms != nil {
-			settings[host] = s
-		}
-	}
-	return clients, settings, nil
-}
-
-func parsePlatforms(ss []string) ([]proxy.Platform, error) {
-	var out []proxy.Platform
-	for _, s := range ss {
-		pl, err := proxy.ParsePlatform(s)
-		if err != nil {
 			return nil, err
 		}
-		out = append(out, pl)
+		clients = append(clients, c)
 	}
-	return out, nil
+	return clients, nil
 }

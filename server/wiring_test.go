@@ -1,4 +1,4 @@
-package main
+package server
 
 import (
 	"context"
@@ -10,6 +10,7 @@ import (
 
 	"github.com/docker-mirror/docker-mirror/config"
 	"github.com/docker-mirror/docker-mirror/metrics"
+	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/proxy/upstream"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
 )
@@ -49,11 +50,11 @@ func TestUpstreamCredentialSources(t *testing.T) {
 			cfg.Upstream = up.URL()
 			c.up.URL = up.URL()
 			cfg.Upstreams = map[string]config.Upstream{"docker.io": c.up}
-			clients, _, err := upstreams(cfg, metrics.New(), lookup)
+			clients, err := Upstreams(cfg, metrics.New(), lookup)
 			if err != nil {
 				t.Fatal(err)
 			}
-			m, err := clients[0].Manifest(context.Background(), "library/private", "1")
+			m, err := clients[0].Manifest(context.Background(), "library/private", oci.Ref{Tag: "1"})
 			if c.wantErr != nil {
 				if !errors.Is(err, c.wantErr) {
 					t.Fatalf("got %v, want %v", err, c.wantErr)
@@ -65,7 +66,7 @@ func TestUpstreamCredentialSources(t *testing.T) {
 			}
 		})
 	}
-	if _, _, err := upstreams(func() config.Config {
+	if _, err := Upstreams(func() config.Config {
 		cfg := config.Default()
 		cfg.Upstreams = map[string]config.Upstream{"docker.io": {URL: up.URL(), Username: "bot", PasswordEnv: "UNSET"}}
 		return cfg

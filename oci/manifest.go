@@ -1,0 +1,111 @@
+package oci
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// Annotations buildx puts on the attestation entries of an index.
+const (
+	AnnotationReferenceType   = "vnd.docker.reference.type"
+	AnnotationReferenceDigest = "vnd.docker.reference.digest"
+	ReferenceTypeAttestation  = "attestation-manifest"
+)
+
+// Manifest is what docker-mirror reads of any manifest: an index's
+// children, an image's config and layers, an artifact's blobs, the
+// subject it refers to, and the blobs of a Docker schema 1 manifest.
+type Manifest struct {
+	SchemaVersion int             `json:"schemaVersion"`
+	MediaType     string          `json:"mediaType,omitempty"`
+	ArtifactType  string          `json:"artifactType,omitempty"`
+	Manifests     []v1.Descriptor `json:"manifests,omitempty"`
+	Config        *v1.Descriptor  `json:"config,omitempty"`
+	Layers        []v1.Descriptor `json:"layers,omitempty"`
+	// Blobs: the OCI artifact manifest's (image-spec 1.1-rc).
+	Blobs   []v1.Descriptor `json:"blobs,omitempty"`
+	Subject *v1.Descriptor  `json:"subject,omitempty"`
+	// FSLayers: the Docker schema 1 manifest's.
+	FSLayers []struct {
+		BlobSum digest.Digest `json:"blobSum"`
+	} `json:"fsLayers,omitempty"`
+}
+
+// ParseManifest parses a manifest and settles its media type: the one
+// declared (a Content-Type) if it is specific, else the document's own,
+// else what its shape says (an OCI manifest may omit mediaType).
+func ParseManifest(body []byte, declared string) (Manifest, string, error) {
+	var m Manifest
+	if err := json.Unmarshal(body, &m); err != nil {
+		return m, "", fmt.Errorf("unparsable manifest: %w", err)
+	}
+	mt, _, _ := strings.Cut(declared, ";")
+	mt = strings.TrimSpace(mt)
+	if mt == "" || mt == "application/json" || mt == "text/plain" || mt == "application/octet-stream" {
+		switch {
+		case m.MediaType != "":
+			mt = m.MediaType
+		case m.Manifests != nil:
+			mt = MediaTypeOCIIndex
+		case m.Config != nil:
+			mt = MediaTypeOCIManifest
+		case m.SchemaVersion == 1:
+			mt = MediaTypeDockerSchema1Signed
+		default:
+			return m, "", errors.New("manifest of unknown type")
+		}
+	}
+	return m, mt, nil
+}
+
+// IsIndex reports whether the manifest lists other manifests.
+func (m Manifest) IsIndex() bool { return len(m.Manifests) > 0 || IsIndex(m.MediaType) }
+
+// BlobDigests returns the well-formed digests of every blob the manifest
+// references: config, layers, artifact blobs and schema 1 layers, in that
+// order, each once.
+func (m Manifest) BlobDigests() []digest.Digest {
+	var out []digest.Digest
+	seen := map[digest.Digest]bool{}
+	add := func(d digest.Digest) {
+		if d.Validate() == nil && !seen[d] {
+			seen[d] = true
+			out = append(out, d)
+		}
+	}
+	if m.Config != nil {
+		add(m.Config.Digest)
+	}
+	for _, l := range m.Layers {
+		add(l.Digest)
+	}
+	for _, b := range m.Blobs {
+		add(b.Digest)
+	}
+	for _, l := range m.FSLayers {
+		add(l.BlobSum)
+	}
+	return out
+}
+
+// BlobDescriptors returns the config, layers and artifact blobs with
+// their sizes (schema 1 layers have none and are left out).
+func (m Manifest) BlobDescriptors() []v1.Descriptor {
+	var out []v1.Descriptor
+	if m.Config != nil {
+		out = append(out, *m.Config)
+	}
+	out = append(out, m.Layers...)
+	return append(out, m.Blobs...)
+}
+
+// IsAttestation reports whether an index entry is a buildx attestation
+// manifest (it has the platform "unknown/unknown" and refers to its image).
+func IsAttestation(d v1.Descriptor) bool {
+	return d.Annotations[AnnotationReferenceType] == ReferenceTypeAttestation
+}

@@ -1,0 +1,91 @@
+// Package oci is docker-mirror's model of what it serves: the manifest
+// media types and the Accept list, the manifest size limit, one manifest
+// type with what it references, platform patterns, and a reference parsed
+// once into a tag or a digest. It knows nothing of HTTP or storage.
+package oci
+
+import (
+	"errors"
+	"regexp"
+
+	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// Manifest media types.
+const (
+	MediaTypeOCIIndex       = v1.MediaTypeImageIndex
+	MediaTypeOCIManifest    = v1.MediaTypeImageManifest
+	MediaTypeDockerList     = "application/vnd.docker.distribution.manifest.list.v2+json"
+	MediaTypeDockerManifest = "application/vnd.docker.distribution.manifest.v2+json"
+	// MediaTypeDockerSchema1Signed is Docker's legacy schema 1, served as
+	// stored but never asked for.
+	MediaTypeDockerSchema1Signed = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+)
+
+// Accept is the Accept header asked of registries: every manifest type
+// docker-mirror understands, indexes first.
+const Accept = MediaTypeOCIIndex + ", " + MediaTypeDockerList + ", " + MediaTypeOCIManifest + ", " + MediaTypeDockerManifest
+
+// AcceptAny is the Accept header for reading back a manifest stored in a
+// registry, whatever its type: artifacts and schema 1 included.
+const AcceptAny = Accept + ", application/vnd.oci.artifact.manifest.v1+json, " + MediaTypeDockerSchema1Signed +
+	", application/vnd.docker.distribution.manifest.v1+json, */*"
+
+// MaxManifestSize is the largest manifest read from an upstream, a
+// destination or the store (distribution's limit).
+const MaxManifestSize = 4 << 20
+
+// IsIndex reports whether a media type is a multi-platform index.
+func IsIndex(mediaType string) bool {
+	return mediaType == MediaTypeOCIIndex || mediaType == MediaTypeDockerList
+}
+
+// Errors of ParseRef, for the caller to map to its answer.
+var (
+	ErrTagInvalid    = errors.New("invalid tag")
+	ErrDigestInvalid = errors.New("invalid digest")
+)
+
+// tagPattern is the distribution-spec tag grammar.
+var tagPattern = regexp.MustCompile(`^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$`)
+
+// Ref is the reference part of a manifest request: a tag or a digest,
+// never both.
+type Ref struct {
+	Tag    string
+	Digest digest.Digest
+}
+
+// ParseRef parses a manifest reference. A reference with a colon is a
+// digest (a tag cannot hold one), anything else a tag; either must be
+// well-formed (ErrDigestInvalid, ErrTagInvalid).
+func ParseRef(s string) (Ref, error) {
+	for i := range len(s) {
+		if s[i] == ':' {
+			d, err := digest.Parse(s)
+			if err != nil {
+				return Ref{}, ErrDigestInvalid
+			}
+			return Ref{Digest: d}, nil
+		}
+	}
+	if !tagPattern.MatchString(s) {
+		return Ref{}, ErrTagInvalid
+	}
+	return Ref{Tag: s}, nil
+}
+
+// ValidTag reports whether s is a well-formed tag.
+func ValidTag(s string) bool { return tagPattern.MatchString(s) }
+
+// IsDigest reports whether the reference is a digest.
+func (r Ref) IsDigest() bool { return r.Digest != "" }
+
+// String is the reference as written in a URL: the tag or the digest.
+func (r Ref) String() string {
+	if r.IsDigest() {
+		return r.Digest.String()
+	}
+	return r.Tag
+}

@@ -1,0 +1,79 @@
+package oci
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// Platform is a pattern of platforms: os/architecture[/variant], where "*"
+// matches anything and a missing variant matches every variant.
+type Platform struct {
+	OS, Architecture, Variant string
+}
+
+// The grammar of a platform pattern's components: a lower-case OS, an
+// architecture and a variant, each of which may be "*".
+var (
+	osPart       = regexp.MustCompile(`^(\*|[a-z0-9_]+)$`)
+	platformPart = regexp.MustCompile(`^(\*|[a-zA-Z0-9_.-]+)$`)
+)
+
+// ParsePlatform parses "linux/*", "linux/arm64", "linux/arm/v7" or
+// "linux" (every architecture).
+func ParsePlatform(s string) (Platform, error) {
+	parts := strings.Split(s, "/")
+	if len(parts) > 3 {
+		return Platform{}, fmt.Errorf("invalid platform %q (want os/arch[/variant], * as wildcard)", s)
+	}
+	for i, p := range parts {
+		if (i == 0 && !osPart.MatchString(p)) || !platformPart.MatchString(p) {
+			return Platform{}, fmt.Errorf("invalid platform %q (want os/arch[/variant], * as wildcard)", s)
+		}
+	}
+	parts = append(parts, "*", "")
+	return Platform{OS: parts[0], Architecture: parts[1], Variant: parts[2]}, nil
+}
+
+// ParsePlatforms parses a list of patterns, failing on the first bad one.
+func ParsePlatforms(ss []string) ([]Platform, error) {
+	var out []Platform
+	for _, s := range ss {
+		p, err := ParsePlatform(s)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+func (p Platform) String() string {
+	s := p.OS + "/" + p.Architecture
+	if p.Variant != "" {
+		s += "/" + p.Variant
+	}
+	return s
+}
+
+func matchPart(pattern, v string) bool { return pattern == "*" || pattern == v }
+
+// Matches reports whether the pattern matches an image's platform.
+func (p Platform) Matches(q *v1.Platform) bool {
+	if q == nil {
+		return false
+	}
+	return matchPart(p.OS, q.OS) && matchPart(p.Architecture, q.Architecture) &&
+		(p.Variant == "" || matchPart(p.Variant, q.Variant))
+}
+
+// PlatformString formats an image's platform as os/arch[/variant]
+// ("unknown" when there is none).
+func PlatformString(q *v1.Platform) string {
+	if q == nil {
+		return "unknown"
+	}
+	return Platform{OS: q.OS, Architecture: q.Architecture, Variant: q.Variant}.String()
+}

@@ -1,0 +1,291 @@
+// Package server turns a config.Config into a running docker-mirror: the
+// index, the store (embedded or a destination registry), the upstream
+// clients behind the dial guard, the proxy, the cache lifecycle and the
+// HTTP server. It is the one place the parts are wired, used by every
+// command, the test harness and the benchmarks alike.
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/docker-mirror/docker-mirror/config"
+	"github.com/docker-mirror/docker-mirror/lifecycle"
+	"github.com/docker-mirror/docker-mirror/metrics"
+	"github.com/docker-mirror/docker-mirror/proxy"
+	"github.com/docker-mirror/docker-mirror/storage"
+)
+
+// Server is docker-mirror assembled from a configuration. Create it with
+// New, Start its background work, serve Handler (or run Serve), and Close
+// it.
+type Server struct {
+	cfg  config.Config
+	opts options
+
+	// Index, Store, Proxy and Metrics are the parts, for the commands and
+	// tests that use them directly.
+	Index   *storage.Index
+	Store   storage.Store
+	Proxy   *proxy.Proxy
+	Metrics *metrics.Metrics
+	// Collector runs the cache lifecycle; nil with a destination registry,
+	// which collects its own garbage.
+	Collector *lifecycle.Collector
+	// storeName says which store, for the start-up line.
+	storeName string
+	// background counts the goroutines Start and Serve began.
+	background sync.WaitGroup
+}
+
+// StoreOpener opens the store of a server on its index; the name says
+// which store it is, for the log.
+type StoreOpener func(ctx context.Context, cfg config.Config, index *storage.Index) (store storage.Store, name string, err error)
+
+type options struct {
+	log          *slog.Logger
+	now          func() time.Time
+	lookupEnv    func(string) (string, bool)
+	openStore    StoreOpener
+	proxyOptions []proxy.Option
+	version      string
+}
+
+// Option configures New.
+type Option func(*options)
+
+// WithLogger sets the logger (default: slog.Default()).
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
+
+// WithClock sets the clock of tag freshness and the lifecycle (default
+// time.Now).
+func WithClock(now func() time.Time) Option { return func(o *options) { o.now = now } }
+
+// WithEnv sets how environment variables are read: the upstreams'
+// password_env and the HTTP proxy (default os.LookupEnv).
+func WithEnv(lookup func(string) (string, bool)) Option {
+	return func(o *options) { o.lookupEnv = lookup }
+}
+
+// WithStore replaces the store the configuration names (default
+// OpenStore).
+func WithStore(open StoreOpener) Option { return func(o *options) { o.openStore = open } }
+
+// WithProxyOptions adds proxy options after the configuration's, so they
+// win (tests use it for what the configuration cannot say).
+func WithProxyOptions(opts ...proxy.Option) Option {
+	return func(o *options) { o.proxyOptions = append(o.proxyOptions, opts...) }
+}
+
+// WithVersion sets the version the start-up line names.
+func WithVersion(v string) Option { return func(o *options) { o.version = v } }
+
+// IndexPath is where the index of a data directory lives.
+func IndexPath(cfg config.Config) string { return filepath.Join(cfg.Data, "index.db") }
+
+// New opens the index and the store of cfg and wires the upstreams, the
+// proxy and the lifecycle around them. Nothing runs until Start.
+func New(ctx context.Context, cfg config.Config, opts ...Option) (_ *Server, err error) {
+	o := options{log: slog.Default(), now: time.Now, lookupEnv: os.LookupEnv, openStore: OpenStore}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	s := &Server{cfg: cfg, opts: o}
+	if err := os.MkdirAll(cfg.Data, 0o755); err != nil {
+		return nil, fmt.Errorf("data directory: %w", err)
+	}
+	spool := filepath.Join(cfg.Data, "tmp")
+	// Spool files of downloads interrupted by a crash are never reused.
+	if err := os.RemoveAll(spool); err != nil {
+		return nil, fmt.Errorf("cleaning %s: %w", spool, err)
+	}
+	if err := os.MkdirAll(spool, 0o755); err != nil {
+		return nil, fmt.Errorf("spool directory: %w", err)
+	}
+	if s.Index, err = storage.OpenIndex(IndexPath(cfg)); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	if s.Store, s.storeName, err = o.openStore(ctx, cfg, s.Index); err != nil {
+		return nil, err
+	}
+	s.Metrics = metrics.New()
+	lm := lifecycle.NewMetrics()
+	s.Metrics.Register(lm.Collectors()...)
+	inUse := lifecycle.NewInUse()
+	popts, err := proxyOptions(cfg, s.Metrics)
+	if err != nil {
+		return nil, err
+	}
+	ups, err := Upstreams(cfg, s.Metrics, o.lookupEnv)
+	if err != nil {
+		return nil, err
+	}
+	popts = append(popts,
+		proxy.WithLogger(o.log),
+		proxy.WithClock(o.now),
+		proxy.WithSpoolDir(spool),
+		proxy.WithContentGuard(inUse))
+	if s.Proxy, err = proxy.New(s.Store, s.Index, ups, append(popts, o.proxyOptions...)...); err != nil {
+		return nil, err
+	}
+	s.Collector, err = lifecycle.NewForStore(s.Store, s.Index, lifecycle.Options{Grace: lifecycle.DefaultGrace, Guard: inUse, Log: o.log, Metrics: lm, Now: o.now})
+	if errors.Is(err, lifecycle.ErrRegistryDestination) {
+		err = nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Handler is the HTTP handler of the registry API, prefetch, health and
+// metrics.
+func (s *Server) Handler() http.Handler { return s.Proxy.Handler() }
+
+// Start resumes the fills and prefetch jobs an earlier run left unfinished
+// and starts the configured sync; all stop when ctx ends.
+func (s *Server) Start(ctx context.Context) error {
+	if err := s.Proxy.ResumeMirrors(ctx); err != nil {
+		return err
+	}
+	if err := s.Proxy.ResumeJobs(ctx); err != nil {
+		return err
+	}
+	if s.cfg.Sync.Interval > 0 {
+		sync := proxy.Sync{Images: s.cfg.Sync.Images, Platforms: s.cfg.Sync.Platforms, Pin: s.cfg.Sync.Pin}
+		s.background.Go(func() { s.Proxy.RunSync(ctx, sync, time.Duration(s.cfg.Sync.Interval)) })
+	}
+	return nil
+}
+
+// Serve starts the server's background work and the cache lifecycle, and
+// answers on ln until ctx ends, then shuts down gracefully within the
+// configured timeout. A value on hup (SIGHUP) reloads the TLS certificate.
+func (s *Server) Serve(ctx context.Context, ln net.Listener, hup <-chan os.Signal) error {
+	defer ln.Close()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if err := s.Start(ctx); err != nil {
+		return err
+	}
+	if s.Collector != nil {
+		policy := lifecycle.Policy{MaxSize: int64(s.cfg.MaxSize), EvictAfter: time.Duration(s.cfg.EvictAfter)}
+		ticks := lifecycleTicks(ctx, s.Index, policy.MaxSize)
+		s.background.Go(func() { s.Collector.Run(ctx, ticks, policy) })
+	}
+	cfg, log := s.cfg, s.opts.log
+	srv := &http.Server{
+		Handler: s.Handler(),
+		// Slow or oversized clients cannot hold the server: headers within
+		// --header-timeout and 64 KiB, request bodies (only POST /prefetch
+		// has one) within a minute. No write timeout: a blob may take long.
+		ReadHeaderTimeout: time.Duration(cfg.HeaderTimeout),
+		ReadTimeout:       time.Minute,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	var certs *certReloader
+	if cfg.TLSCert != "" {
+		var err error
+		if certs, err = newCertReloader(cfg.TLSCert, cfg.TLSKey); err != nil {
+			return err
+		}
+		srv.TLSConfig = &tls.Config{GetCertificate: certs.getCertificate, MinVersion: tls.VersionTLS12}
+	}
+	log.Info("docker-mirror serving", "listen", ln.Addr().String(), "tls", certs != nil, "data", cfg.Data, "store", s.storeName,
+		"upstreams", slices.Sorted(maps.Keys(cfg.AllUpstreams())), "tag_ttl", cfg.TagTTL.String(), "platforms", cfg.Platforms,
+		"auth", cfg.Auth.Htpasswd != "", "version", s.opts.version)
+
+	errc := make(chan error, 1)
+	go func() {
+		if certs != nil {
+			errc <- srv.ServeTLS(ln, "", "")
+			return
+		}
+		errc <- srv.Serve(ln)
+	}()
+	flush := time.NewTicker(30 * time.Second)
+	defer flush.Stop()
+	for {
+		select {
+		case err := <-errc:
+			return err
+		case <-hup:
+			if certs != nil {
+				if err := certs.reload(); err != nil {
+					log.Error("reloading the TLS certificate; keeping the current one", "error", err)
+				} else {
+					log.Info("reloaded the TLS certificate", "cert", cfg.TLSCert)
+				}
+			}
+		case <-flush.C:
+			if err := s.Index.Flush(); err != nil {
+				log.Warn("writing access times", "error", err)
+			}
+		case <-ctx.Done():
+			log.Info("shutting down", "timeout", cfg.ShutdownTimeout.String())
+			sctx, cancel := context.WithTimeout(context.Background(), time.Duration(cfg.ShutdownTimeout))
+			defer cancel()
+			if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+				return err
+			}
+			return nil
+		}
+	}
+}
+
+// Close stops the proxy's background work, waits for what Start and
+// Serve began (their context must have ended), and closes the index.
+func (s *Server) Close() error {
+	if s.Proxy != nil {
+		s.Proxy.Close()
+	}
+	s.background.Wait()
+	if s.Index == nil {
+		return nil
+	}
+	return s.Index.Close()
+}
+
+// lifecycleTicks drives the cache lifecycle: a collection every ten
+// minutes, and at once when the store has outgrown maxSize.
+func lifecycleTicks(ctx context.Context, index *storage.Index, maxSize int64) <-chan time.Time {
+	ticks := make(chan time.Time)
+	go func() {
+		t := time.NewTicker(time.Minute)
+		defer t.Stop()
+		for n := 1; ; n++ {
+			select {
+			case <-ctx.Done():
+				return
+			case now := <-t.C:
+				if n%10 != 0 && (maxSize <= 0 || index.StoredBytes() <= maxSize) {
+					continue
+				}
+				select {
+				case ticks <- now:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+	}()
+	return ticks
+}

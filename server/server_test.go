@@ -1,0 +1,97 @@
+package server
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/docker-mirror/docker-mirror/config"
+	"github.com/docker-mirror/docker-mirror/storage"
+)
+
+// testConfig is a configuration for a server in a test: data in a
+// temporary directory, an upstream that is never reached.
+func testConfig(t *testing.T) config.Config {
+	cfg := config.Default()
+	cfg.Data = filepath.Join(t.TempDir(), "data")
+	cfg.Upstream = "http://127.0.0.1:1"
+	return cfg
+}
+
+// startServe runs a server of cfg on a local port and returns its address
+// and a function that stops it (as SIGTERM would) and returns the error
+// of Serve and Close.
+func startServe(t *testing.T, cfg config.Config, hup <-chan os.Signal) (addr string, stop func() error) {
+	t.Helper()
+	srv, err := New(t.Context(), cfg, WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() {
+		err := srv.Serve(ctx, ln, hup)
+		if cerr := srv.Close(); err == nil {
+			err = cerr
+		}
+		done <- err
+	}()
+	stopped := false
+	var result error
+	stop = func() error {
+		if !stopped {
+			stopped = true
+			cancel()
+			result = <-done
+		}
+		return result
+	}
+	t.Cleanup(func() { stop() })
+	return ln.Addr().String(), stop
+}
+
+// A server answers the API, shuts down cleanly when its context ends, and
+// leaves an index that opens again.
+func TestServeAndClose(t *testing.T) {
+	cfg := testConfig(t)
+	addr, stop := startServe(t, cfg, nil)
+	resp, err := http.Get("http://" + addr + "/v2/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Docker-Distribution-API-Version") != "registry/2.0" {
+		t.Fatalf("GET /v2/: %d %v", resp.StatusCode, resp.Header)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	ix, err := storage.OpenIndex(IndexPath(cfg))
+	if err != nil {
+		t.Fatalf("index after shutdown: %v", err)
+	}
+	ix.Close()
+}
+
+// New fails, naming the problem, on what cannot work, and leaves nothing
+// open behind (the index opens again).
+func TestNewFailsCleanly(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Platforms = []string{"Linux/amd64"}
+	if _, err := New(t.Context(), cfg); err == nil {
+		t.Fatal("a bad platform was accepted")
+	}
+	ix, err := storage.OpenIndex(IndexPath(cfg))
+	if err != nil {
+		t.Fatalf("index left locked after a failed New: %v", err)
+	}
+	ix.Close()
+}
