@@ -24,6 +24,9 @@ import (
 	"unicode/utf8"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/docker-mirror/docker-mirror/oci"
+	"github.com/docker-mirror/docker-mirror/proxy/access"
 )
 
 // Config is the whole configuration of a docker-mirror server.
@@ -373,8 +376,6 @@ func (c Config) StorageDriver() (string, map[string]any) {
 	return "filesystem", map[string]any{"rootdirectory": c.Data}
 }
 
-var platformPattern = regexp.MustCompile(`^[a-z0-9_*]+(/[a-zA-Z0-9_*.-]+){0,2}$`)
-
 // Validate checks every value and returns an error naming the first bad
 // key and value.
 func (c Config) Validate() error {
@@ -401,10 +402,8 @@ func (c Config) Validate() error {
 	if len(c.Platforms) == 0 {
 		return fmt.Errorf("platforms: at least one pattern is needed, got %q", c.Platforms)
 	}
-	for _, p := range c.Platforms {
-		if !platformPattern.MatchString(p) {
-			return fmt.Errorf("platforms: invalid pattern %q (want os/arch[/variant], * as wildcard)", p)
-		}
+	if _, err := oci.ParsePlatforms(c.Platforms); err != nil {
+		return fmt.Errorf("platforms: %w", err)
 	}
 	if c.Concurrency < 1 || c.Concurrency > 256 {
 		return fmt.Errorf("concurrency: %d out of range 1..256", c.Concurrency)
@@ -444,8 +443,8 @@ func (c Config) Validate() error {
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return fmt.Errorf("tls_cert, tls_key: give both or neither (got %q and %q)", c.TLSCert, c.TLSKey)
 	}
-	if !slices.Contains([]string{"", "anonymous", "users", "admins"}, c.Auth.Metrics) {
-		return fmt.Errorf("auth.metrics: %q is not anonymous, users or admins", c.Auth.Metrics)
+	if _, err := access.ParseLevel(c.Auth.Metrics); err != nil {
+		return fmt.Errorf("auth.metrics: %w", err)
 	}
 	if c.Auth.Htpasswd == "" && (len(c.Auth.Admins) > 0 || c.Auth.Metrics != "") {
 		return fmt.Errorf("auth.htpasswd: needed for auth.admins and auth.metrics")
@@ -456,10 +455,8 @@ func (c Config) Validate() error {
 	if c.Sync.Interval > 0 && len(c.Sync.Images) == 0 {
 		return fmt.Errorf("sync.images: a sync interval of %s needs images", c.Sync.Interval)
 	}
-	for _, p := range c.Sync.Platforms {
-		if !platformPattern.MatchString(p) {
-			return fmt.Errorf("sync.platforms: invalid pattern %q (want os/arch[/variant], * as wildcard)", p)
-		}
+	if _, err := oci.ParsePlatforms(c.Sync.Platforms); err != nil {
+		return fmt.Errorf("sync.platforms: %w", err)
 	}
 	return nil
 }
@@ -491,10 +488,8 @@ func (u Upstream) validate(host string) error {
 	if u.TagTTL != nil && *u.TagTTL < 0 {
 		return fmt.Errorf("%s.tag_ttl: must not be negative, got %q", key, *u.TagTTL)
 	}
-	for _, p := range u.Platforms {
-		if !platformPattern.MatchString(p) {
-			return fmt.Errorf("%s.platforms: invalid pattern %q (want os/arch[/variant], * as wildcard)", key, p)
-		}
+	if _, err := oci.ParsePlatforms(u.Platforms); err != nil {
+		return fmt.Errorf("%s.platforms: %w", key, err)
 	}
 	return nil
 }

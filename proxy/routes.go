@@ -13,7 +13,6 @@ import (
 
 	"github.com/docker-mirror/docker-mirror/proxy/access"
 	"github.com/docker-mirror/docker-mirror/proxy/errcode"
-	"github.com/docker-mirror/docker-mirror/storage"
 )
 
 // handlerFunc is an HTTP handler that returns its error; serve turns it
@@ -134,20 +133,6 @@ func (p *Proxy) serve(route string, level access.Level, h handlerFunc) http.Hand
 		p.metrics.ServedBytes.WithLabelValues(route).Add(float64(rec.bytes))
 		p.log.Log(r.Context(), level, "request", attrs...)
 	})
-}
-
-// registryError maps any error to the registry error answered to the
-// client: its own code if it has one, 503 for a store that cannot be
-// reached, else 500.
-func registryError(err error) *errcode.Error {
-	var e *errcode.Error
-	if errors.As(err, &e) {
-		return e
-	}
-	if errors.Is(err, storage.ErrUnavailable) {
-		return errcode.Wrap(errcode.Unavailable, err, "%v", err)
-	}
-	return errcode.As(err)
 }
 
 // recorder notes the status and body size of a response. It passes

@@ -3,9 +3,9 @@
 // registry's auth flow (anonymous Docker Hub style bearer tokens, cached per
 // repository until they expire) done by go-containerregistry's transport.
 //
-// Every failure is returned as an *errcode.Error that a handler can pass on
-// to its client, wrapping one of the sentinels below so callers can branch
-// with errors.Is.
+// Every failure is returned as an *Error that says what the upstream
+// answered and wraps one of the sentinels, so callers can branch with
+// errors.Is; what the mirror answers its own clients is the proxy's call.
 package upstream
 
 import (
@@ -25,24 +25,11 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/docker-mirror/docker-mirror/oci"
-	"github.com/docker-mirror/docker-mirror/proxy/errcode"
-)
-
-// Sentinels wrapped by the errors this package returns.
-var (
-	// ErrNotFound: the upstream answered that the content does not exist.
-	ErrNotFound = errors.New("not found upstream")
-	// ErrUnavailable: the upstream could not be reached, failed (5xx) or
-	// rate-limited us (429). Cached content may be served instead.
-	ErrUnavailable = errors.New("upstream unavailable")
-	// ErrAuth: the upstream refused our credentials (401/403).
-	ErrAuth = errors.New("upstream refused access")
-	// ErrInvalid: the upstream's answer is malformed (bad digest, too big).
-	ErrInvalid = errors.New("invalid upstream answer")
 )
 
 // MaxConnsPerHost caps the connections to one upstream host.
@@ -60,13 +47,12 @@ type Client struct {
 	// transports caches one authenticated transport per repository: a
 	// bearer token is scoped to a repository, and go-containerregistry's
 	// transport reuses it until the upstream answers 401 (expired).
-	mu         sync.Mutex
-	transports map[string]http.RoundTripper
+	transports *lru.Cache[string, http.RoundTripper]
 	creating   singleflight.Group
 	// refused remembers, per repository, a handshake the upstream refused
 	// our credentials for, until when: retrying wrong credentials on every
 	// request could lock the account.
-	refused map[string]refusal
+	refused *lru.Cache[string, refusal]
 
 	// retryAt is when a rate-limiting upstream may be asked again: until
 	// then requests fail at once instead of adding to the limit.
@@ -80,6 +66,10 @@ type refusal struct {
 	err   error
 	until time.Time
 }
+
+// maxTransports bounds the transports (and refusals) kept: one per
+// repository pulled, the least recently used dropped first.
+const maxTransports = 1024
 
 // authRetryAfter is how long refused credentials are not tried again.
 const authRetryAfter = 10 * time.Second
@@ -133,8 +123,8 @@ func New(host, rawURL string, opts ...Option) (*Client, error) {
 		scheme:     u.Scheme,
 		registry:   reg,
 		auth:       authn.Anonymous,
-		transports: map[string]http.RoundTripper{},
-		refused:    map[string]refusal{},
+		transports: mustLRU[http.RoundTripper](),
+		refused:    mustLRU[refusal](),
 		now:        time.Now,
 		timeout:    DefaultTimeout,
 	}
@@ -179,13 +169,10 @@ func (c *Client) Host() string { return c.host }
 // transport returns the authenticated transport for repo, creating it (a
 // ping, and a token for a bearer upstream) once for concurrent callers.
 func (c *Client) transport(ctx context.Context, repo string) (http.RoundTripper, error) {
-	c.mu.Lock()
-	t, ok := c.transports[repo]
-	ref, refused := c.refused[repo]
-	c.mu.Unlock()
-	if ok {
+	if t, ok := c.transports.Get(repo); ok {
 		return t, nil
 	}
+	ref, refused := c.refused.Get(repo)
 	if refused && c.now().Before(ref.until) {
 		return nil, ref.err
 	}
@@ -195,16 +182,12 @@ func (c *Client) transport(ctx context.Context, repo string) (http.RoundTripper,
 		defer cancel()
 		t, err := c.handshake(ctx, repo)
 		if errors.Is(err, ErrAuth) {
-			c.mu.Lock()
-			c.refused[repo] = refusal{err: err, until: c.now().Add(authRetryAfter)}
-			c.mu.Unlock()
+			c.refused.Add(repo, refusal{err: err, until: c.now().Add(authRetryAfter)})
 		}
 		if err != nil {
 			return nil, err
 		}
-		c.mu.Lock()
-		c.transports[repo] = t
-		c.mu.Unlock()
+		c.transports.Add(repo, t)
 		return t, nil
 	})
 	if err != nil {
@@ -218,14 +201,15 @@ func (c *Client) transport(ctx context.Context, repo string) (http.RoundTripper,
 // pull scope; any other answer is mapped like a failed request, so a 429
 // keeps its Retry-After.
 func (c *Client) handshake(ctx context.Context, repo string) (http.RoundTripper, error) {
-	if err := c.backingOff("a registry ping"); err != nil {
+	ping := call{KindPing, "registry ping"}
+	if err := c.backingOff(ping); err != nil {
 		return nil, err
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("%s://%s/v2/", c.scheme, c.registry.RegistryStr()), nil)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := c.send(ctx, c.base, req)
+	resp, err := c.send(ctx, c.base, req, ping)
 	if err != nil {
 		return nil, err
 	}
@@ -241,22 +225,22 @@ func (c *Client) handshake(ctx context.Context, repo string) (http.RoundTripper,
 		if !strings.EqualFold(pr.Scheme, "bearer") {
 			t, err := transport.FromToken(c.registry, c.auth, c.base, &pr, nil)
 			if err != nil {
-				return nil, c.transportError(err)
+				return nil, c.transportError(ping, err)
 			}
 			return t, nil
 		}
 		scope := "repository:" + repo + ":" + transport.PullScope
 		tok, err := transport.Exchange(ctx, c.registry, c.auth, c.base, []string{scope}, &pr)
 		if err != nil {
-			return nil, c.transportError(err)
+			return nil, c.transportError(ping, err)
 		}
 		t, err := transport.FromToken(c.registry, c.auth, c.base, &pr, tok)
 		if err != nil {
-			return nil, c.transportError(err)
+			return nil, c.transportError(ping, err)
 		}
 		return t, nil
 	default:
-		return nil, c.statusError(resp, "registry ping")
+		return nil, c.statusError(resp, ping)
 	}
 }
 
@@ -286,22 +270,30 @@ func parseChallenge(h string) transport.Challenge {
 	return pr
 }
 
-func (c *Client) transportError(err error) error {
+// call is what a request asks for, for its errors.
+type call struct {
+	kind Kind
+	what string
+}
+
+// transportError maps a failure to talk to the upstream: refused
+// credentials or a rate limit in the token exchange, else unreachable.
+func (c *Client) transportError(r call, err error) error {
+	if errors.Is(err, context.Canceled) {
+		return err
+	}
 	var te *transport.Error
 	if errors.As(err, &te) {
 		switch te.StatusCode {
 		case http.StatusUnauthorized:
-			return errcode.Wrap(errcode.Unauthorized, fmt.Errorf("%w: %w", ErrAuth, err), "upstream %s refused our credentials", c.host)
+			return c.newError(r.kind, r.what, te.StatusCode, ErrAuth, err, "upstream %s refused our credentials", c.host)
 		case http.StatusForbidden:
-			return errcode.Wrap(errcode.Denied, fmt.Errorf("%w: %w", ErrAuth, err), "upstream %s denied access", c.host)
+			return c.newError(r.kind, r.what, te.StatusCode, ErrAuth, err, "upstream %s denied access", c.host)
 		case http.StatusTooManyRequests:
-			return errcode.Wrap(errcode.TooManyRequests, fmt.Errorf("%w: %w", ErrUnavailable, err), "upstream %s rate-limited the request", c.host)
+			return c.newError(r.kind, r.what, te.StatusCode, ErrUnavailable, err, "upstream %s rate-limited the request", c.host)
 		}
 	}
-	if errors.Is(err, context.Canceled) {
-		return err
-	}
-	return errcode.Wrap(errcode.Unavailable, fmt.Errorf("%w: %w", ErrUnavailable, err), "upstream %s unreachable", c.host)
+	return c.newError(r.kind, r.what, 0, ErrUnavailable, err, "upstream %s unreachable", c.host)
 }
 
 func (c *Client) url(repo, kind, ref string) string {
@@ -310,15 +302,15 @@ func (c *Client) url(repo, kind, ref string) string {
 
 // do sends a request for repo and returns the response if its status is
 // one of ok; otherwise it closes the body and returns the mapped error.
-func (c *Client) do(ctx context.Context, repo string, req *http.Request, what string, ok ...int) (*http.Response, error) {
-	if err := c.backingOff(what); err != nil {
+func (c *Client) do(ctx context.Context, repo string, req *http.Request, r call, ok ...int) (*http.Response, error) {
+	if err := c.backingOff(r); err != nil {
 		return nil, err
 	}
 	t, err := c.transport(ctx, repo)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := c.send(ctx, t, req)
+	resp, err := c.send(ctx, t, req, r)
 	if err != nil {
 		return nil, err
 	}
@@ -328,7 +320,7 @@ func (c *Client) do(ctx context.Context, repo string, req *http.Request, what st
 		}
 	}
 	defer resp.Body.Close()
-	return nil, c.statusError(resp, what)
+	return nil, c.statusError(resp, r)
 }
 
 // errTimeout ends a request whose answer took longer than the timeout.
@@ -337,7 +329,7 @@ var errTimeout = errors.New("no answer in time")
 // send sends req, failing if no response headers arrive within the
 // client's timeout: an upstream that hangs must not hang the clients
 // waiting for it. The body may then take as long as it takes.
-func (c *Client) send(ctx context.Context, t http.RoundTripper, req *http.Request) (*http.Response, error) {
+func (c *Client) send(ctx context.Context, t http.RoundTripper, req *http.Request, r call) (*http.Response, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	timer := time.AfterFunc(c.timeout, func() { cancel(errTimeout) })
 	resp, err := (&http.Client{Transport: t}).Do(req.WithContext(ctx))
@@ -347,12 +339,13 @@ func (c *Client) send(ctx context.Context, t http.RoundTripper, req *http.Reques
 		cancel(nil)
 		switch {
 		case errors.Is(cause, errTimeout):
-			return nil, errcode.Wrap(errcode.Unavailable, fmt.Errorf("%w: %w", ErrUnavailable, err), "upstream %s did not answer within %s", c.host, c.timeout).
-				WithStatus(http.StatusGatewayTimeout)
+			e := c.newError(r.kind, r.what, 0, ErrUnavailable, err, "upstream %s did not answer within %s", c.host, c.timeout)
+			e.Timeout = true
+			return nil, e
 		case cause != nil:
 			return nil, cause
 		}
-		return nil, c.transportError(err)
+		return nil, c.transportError(r, err)
 	}
 	resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
 	return resp, nil
@@ -371,7 +364,7 @@ func (b *cancelOnClose) Close() error {
 }
 
 // backingOff fails while a rate limit's Retry-After has not passed.
-func (c *Client) backingOff(what string) error {
+func (c *Client) backingOff(r call) error {
 	c.retryMu.Lock()
 	wait := c.retryAt.Sub(c.now())
 	c.retryMu.Unlock()
@@ -379,8 +372,9 @@ func (c *Client) backingOff(what string) error {
 		return nil
 	}
 	secs := int((wait + time.Second - 1) / time.Second)
-	return errcode.Wrap(errcode.TooManyRequests, ErrUnavailable, "upstream %s is rate-limiting us; not asking for %s for %ds", c.host, what, secs).
-		WithHeader("Retry-After", strconv.Itoa(secs))
+	e := c.newError(r.kind, r.what, http.StatusTooManyRequests, ErrUnavailable, nil, "upstream %s is rate-limiting us; not asking for %s for %ds", c.host, r.what, secs)
+	e.RetryAfter = strconv.Itoa(secs)
+	return e
 }
 
 // backOff leaves the upstream alone for the Retry-After of a 429 answer.
@@ -399,51 +393,40 @@ func (c *Client) backOff(retryAfter string) {
 	c.retryMu.Unlock()
 }
 
-// statusError maps an upstream's unexpected answer to the error passed on
-// to clients. 404s keep the upstream's own code when it sent one.
-func (c *Client) statusError(resp *http.Response, what string) error {
+// statusError describes an upstream's unexpected answer, with the OCI
+// error it sent, if any.
+func (c *Client) statusError(resp *http.Response, r call) error {
 	var body struct {
 		Errors []struct {
-			Code    errcode.Code `json:"code"`
-			Message string       `json:"message"`
+			Code    string `json:"code"`
+			Message string `json:"message"`
 		} `json:"errors"`
 	}
 	_ = json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&body)
-	upMsg := ""
+	var code, msg, upMsg string
 	if len(body.Errors) > 0 {
-		upMsg = ": " + body.Errors[0].Message
+		code, msg = body.Errors[0].Code, body.Errors[0].Message
+		upMsg = ": " + msg
 	}
 	st := resp.StatusCode
+	var e *Error
 	switch {
 	case st == http.StatusNotFound:
-		code := errcode.ManifestUnknown
-		if strings.HasPrefix(what, "blob") {
-			code = errcode.BlobUnknown
-		} else if strings.HasPrefix(what, "tags") {
-			code = errcode.NameUnknown
-		}
-		if len(body.Errors) > 0 && body.Errors[0].Code.Status() == http.StatusNotFound {
-			code = body.Errors[0].Code
-		}
-		return errcode.Wrap(code, ErrNotFound, "%s not found upstream %s%s", what, c.host, upMsg)
-	case st == http.StatusUnauthorized:
-		return errcode.Wrap(errcode.Unauthorized, ErrAuth, "upstream %s answered 401 for %s%s", c.host, what, upMsg)
-	case st == http.StatusForbidden:
-		return errcode.Wrap(errcode.Denied, ErrAuth, "upstream %s answered 403 for %s%s", c.host, what, upMsg)
+		e = c.newError(r.kind, r.what, st, ErrNotFound, nil, "%s not found upstream %s%s", r.what, c.host, upMsg)
+	case st == http.StatusUnauthorized || st == http.StatusForbidden:
+		e = c.newError(r.kind, r.what, st, ErrAuth, nil, "upstream %s answered %d for %s%s", c.host, st, r.what, upMsg)
 	case st == http.StatusTooManyRequests:
 		ra := resp.Header.Get("Retry-After")
 		c.backOff(ra)
-		e := errcode.Wrap(errcode.TooManyRequests, ErrUnavailable, "upstream %s rate-limited %s%s", c.host, what, upMsg)
-		if ra != "" {
-			e = e.WithHeader("Retry-After", ra)
-		}
-		return e
+		e = c.newError(r.kind, r.what, st, ErrUnavailable, nil, "upstream %s rate-limited %s%s", c.host, r.what, upMsg)
+		e.RetryAfter = ra
 	case st == http.StatusRequestedRangeNotSatisfiable:
-		return errcode.Wrap(errcode.RangeInvalid, ErrInvalid, "upstream %s: range not satisfiable for %s", c.host, what)
+		e = c.newError(r.kind, r.what, st, ErrInvalid, nil, "upstream %s: range not satisfiable for %s", c.host, r.what)
 	default:
-		return errcode.Wrap(errcode.Unavailable, ErrUnavailable, "upstream %s answered %d for %s%s", c.host, st, what, upMsg).
-			WithStatus(http.StatusBadGateway)
+		e = c.newError(r.kind, r.what, st, ErrUnavailable, nil, "upstream %s answered %d for %s%s", c.host, st, r.what, upMsg)
 	}
+	e.Code, e.Message = code, msg
+	return e
 }
 
 // Manifest is a manifest as the upstream sent it.
@@ -462,21 +445,21 @@ func (c *Client) Manifest(ctx context.Context, repo string, ref oci.Ref) (*Manif
 		return nil, err
 	}
 	req.Header.Set("Accept", oci.Accept)
-	what := fmt.Sprintf("manifest %s:%s", repo, ref.String())
-	resp, err := c.do(ctx, repo, req, what, http.StatusOK)
+	r := call{KindManifest, fmt.Sprintf("manifest %s:%s", repo, ref)}
+	resp, err := c.do(ctx, repo, req, r, http.StatusOK)
 	if err != nil {
 		return nil, err
 	}
 	defer resp.Body.Close()
 	if resp.ContentLength > oci.MaxManifestSize {
-		return nil, c.invalid("%s is %d bytes, over the %d byte limit", what, resp.ContentLength, oci.MaxManifestSize)
+		return nil, c.invalid(r, "%s is %d bytes, over the %d byte limit", r.what, resp.ContentLength, oci.MaxManifestSize)
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, oci.MaxManifestSize+1))
 	if err != nil {
-		return nil, c.transportError(err)
+		return nil, c.transportError(r, err)
 	}
 	if len(body) > oci.MaxManifestSize {
-		return nil, c.invalid("%s is over the %d byte limit", what, oci.MaxManifestSize)
+		return nil, c.invalid(r, "%s is over the %d byte limit", r.what, oci.MaxManifestSize)
 	}
 	alg := digest.Canonical
 	if ref.IsDigest() {
@@ -484,10 +467,10 @@ func (c *Client) Manifest(ctx context.Context, repo string, ref oci.Ref) (*Manif
 	}
 	got := alg.FromBytes(body)
 	if ref.IsDigest() && got != ref.Digest {
-		return nil, c.invalid("%s: body digest is %s", what, got)
+		return nil, c.invalid(r, "%s: body digest is %s", r.what, got)
 	}
 	if h, err := digest.Parse(resp.Header.Get("Docker-Content-Digest")); err == nil && h.Algorithm() == alg && h != got {
-		return nil, c.invalid("%s: Docker-Content-Digest %s does not match body digest %s", what, h, got)
+		return nil, c.invalid(r, "%s: Docker-Content-Digest %s does not match body digest %s", r.what, h, got)
 	}
 	return &Manifest{Body: body, MediaType: resp.Header.Get("Content-Type"), Digest: got}, nil
 }
@@ -507,7 +490,7 @@ func (c *Client) HeadManifest(ctx context.Context, repo string, ref oci.Ref) (De
 		return Descriptor{}, err
 	}
 	req.Header.Set("Accept", oci.Accept)
-	resp, err := c.do(ctx, repo, req, fmt.Sprintf("manifest %s:%s", repo, ref.String()), http.StatusOK)
+	resp, err := c.do(ctx, repo, req, call{KindManifest, fmt.Sprintf("manifest %s:%s", repo, ref)}, http.StatusOK)
 	if err != nil {
 		return Descriptor{}, err
 	}
@@ -530,8 +513,8 @@ func (c *Client) Blob(ctx context.Context, repo string, dgst digest.Digest, offs
 	if offset > 0 {
 		req.Header.Set("Range", fmt.Sprintf("bytes=%d-", offset))
 	}
-	what := fmt.Sprintf("blob %s@%s", repo, dgst)
-	resp, err := c.do(ctx, repo, req, what, http.StatusOK, http.StatusPartialContent)
+	r := call{KindBlob, fmt.Sprintf("blob %s@%s", repo, dgst)}
+	resp, err := c.do(ctx, repo, req, r, http.StatusOK, http.StatusPartialContent)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -541,7 +524,7 @@ func (c *Client) Blob(ctx context.Context, repo string, dgst digest.Digest, offs
 		// The upstream ignored Range: skip to the offset ourselves.
 		if _, err := io.CopyN(io.Discard, resp.Body, offset); err != nil {
 			resp.Body.Close()
-			return nil, 0, c.transportError(err)
+			return nil, 0, c.transportError(r, err)
 		}
 	case resp.StatusCode == http.StatusPartialContent:
 		size = -1
@@ -560,7 +543,7 @@ func (c *Client) HeadBlob(ctx context.Context, repo string, dgst digest.Digest) 
 	if err != nil {
 		return 0, err
 	}
-	resp, err := c.do(ctx, repo, req, fmt.Sprintf("blob %s@%s", repo, dgst), http.StatusOK)
+	resp, err := c.do(ctx, repo, req, call{KindBlob, fmt.Sprintf("blob %s@%s", repo, dgst)}, http.StatusOK)
 	if err != nil {
 		return 0, err
 	}
@@ -581,23 +564,24 @@ func (c *Client) Referrers(ctx context.Context, repo string, dgst digest.Digest,
 		return nil, "", err
 	}
 	req.Header.Set("Accept", "application/vnd.oci.image.index.v1+json")
-	resp, err := c.do(ctx, repo, req, fmt.Sprintf("referrers of %s@%s", repo, dgst), http.StatusOK)
+	r := call{KindReferrers, fmt.Sprintf("referrers of %s@%s", repo, dgst)}
+	resp, err := c.do(ctx, repo, req, r, http.StatusOK)
 	if err != nil {
 		return nil, "", err
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, oci.MaxManifestSize+1))
 	if err != nil {
-		return nil, "", c.transportError(err)
+		return nil, "", c.transportError(r, err)
 	}
 	if len(body) > oci.MaxManifestSize {
-		return nil, "", c.invalid("referrers of %s@%s are over the %d byte limit", repo, dgst, oci.MaxManifestSize)
+		return nil, "", c.invalid(r, "%s are over the %d byte limit", r.what, oci.MaxManifestSize)
 	}
 	var idx struct {
 		Manifests []json.RawMessage `json:"manifests"`
 	}
 	if err := json.Unmarshal(body, &idx); err != nil {
-		return nil, "", c.invalid("referrers of %s@%s: %v", repo, dgst, err)
+		return nil, "", c.invalid(r, "%s: %v", r.what, err)
 	}
 	return body, resp.Header.Get("OCI-Filters-Applied"), nil
 }
@@ -620,7 +604,8 @@ func (c *Client) Tags(ctx context.Context, repo string, n int, last string) ([]s
 	if err != nil {
 		return nil, false, err
 	}
-	resp, err := c.do(ctx, repo, req, "tags of "+repo, http.StatusOK)
+	r := call{KindTags, "tags of " + repo}
+	resp, err := c.do(ctx, repo, req, r, http.StatusOK)
 	if err != nil {
 		return nil, false, err
 	}
@@ -629,12 +614,22 @@ func (c *Client) Tags(ctx context.Context, repo string, n int, last string) ([]s
 		Tags []string `json:"tags"`
 	}
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(&list); err != nil {
-		return nil, false, c.invalid("tags of %s: %v", repo, err)
+		return nil, false, c.invalid(r, "%s: %v", r.what, err)
 	}
 	return list.Tags, strings.Contains(resp.Header.Get("Link"), `rel="next"`), nil
 }
 
-func (c *Client) invalid(format string, args ...any) error {
-	return errcode.Wrap(errcode.Unavailable, ErrInvalid, "upstream %s: %s", c.host, fmt.Sprintf(format, args...)).
-		WithStatus(http.StatusBadGateway)
+// invalid describes a malformed answer.
+func (c *Client) invalid(r call, format string, args ...any) error {
+	return c.newError(r.kind, r.what, 0, ErrInvalid, nil, "upstream %s: %s", c.host, fmt.Sprintf(format, args...))
+}
+
+// mustLRU returns a cache of maxTransports entries (New fails only on a
+// size below 1).
+func mustLRU[V any]() *lru.Cache[string, V] {
+	c, err := lru.New[string, V](maxTransports)
+	if err != nil {
+		panic(err)
+	}
+	return c
 }

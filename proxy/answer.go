@@ -1,0 +1,72 @@
+package proxy
+
+import (
+	"errors"
+	"net/http"
+
+	"github.com/docker-mirror/docker-mirror/proxy/errcode"
+	"github.com/docker-mirror/docker-mirror/proxy/upstream"
+	"github.com/docker-mirror/docker-mirror/storage"
+)
+
+// registryError maps any error to the registry error answered to the
+// client, in one place: the proxy's own answer if it chose one, the
+// answer an upstream failure deserves, 503 for a store that cannot be
+// reached, else 500.
+func registryError(err error) *errcode.Error {
+	var e *errcode.Error
+	if errors.As(err, &e) {
+		return e
+	}
+	var ue *upstream.Error
+	if errors.As(err, &ue) {
+		return upstreamAnswer(ue, err)
+	}
+	if errors.Is(err, storage.ErrUnavailable) {
+		return errcode.Wrap(errcode.Unavailable, err, "%v", err)
+	}
+	return errcode.As(err)
+}
+
+// unknownCode is what a 404 upstream means for each kind of request.
+var unknownCode = map[upstream.Kind]errcode.Code{
+	upstream.KindManifest:  errcode.ManifestUnknown,
+	upstream.KindBlob:      errcode.BlobUnknown,
+	upstream.KindTags:      errcode.NameUnknown,
+	upstream.KindReferrers: errcode.ManifestUnknown,
+	upstream.KindPing:      errcode.NameUnknown,
+}
+
+// upstreamAnswer is what a client of the mirror is answered when the
+// upstream failed (err wraps ue): a 404 keeps the upstream's own code when
+// it sent one; refused credentials and rate limits are passed on as such
+// (with Retry-After); an upstream that is down, slow or answers badly is
+// the mirror's gateway failing: 503, 504 or 502.
+func upstreamAnswer(ue *upstream.Error, err error) *errcode.Error {
+	switch {
+	case errors.Is(ue, upstream.ErrNotFound):
+		code := unknownCode[ue.Kind]
+		if c := errcode.Code(ue.Code); c != "" && c.Status() == http.StatusNotFound {
+			code = c
+		}
+		return errcode.Wrap(code, err, "%s", ue.Reason)
+	case ue.Status == http.StatusUnauthorized:
+		return errcode.Wrap(errcode.Unauthorized, err, "%s", ue.Reason)
+	case ue.Status == http.StatusForbidden:
+		return errcode.Wrap(errcode.Denied, err, "%s", ue.Reason)
+	case ue.Status == http.StatusTooManyRequests:
+		e := errcode.Wrap(errcode.TooManyRequests, err, "%s", ue.Reason)
+		if ue.RetryAfter != "" {
+			e = e.WithHeader("Retry-After", ue.RetryAfter)
+		}
+		return e
+	case ue.Status == http.StatusRequestedRangeNotSatisfiable:
+		return errcode.Wrap(errcode.RangeInvalid, err, "%s", ue.Reason)
+	case ue.Timeout:
+		return errcode.Wrap(errcode.Unavailable, err, "%s", ue.Reason).WithStatus(http.StatusGatewayTimeout)
+	case ue.Status != 0 || errors.Is(ue, upstream.ErrInvalid):
+		return errcode.Wrap(errcode.Unavailable, err, "%s", ue.Reason).WithStatus(http.StatusBadGateway)
+	default:
+		return errcode.Wrap(errcode.Unavailable, err, "%s", ue.Reason)
+	}
+}
