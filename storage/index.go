@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,7 +42,9 @@ var (
 	bucketMirrors   = []byte("mirrors")   // "host/repo@digest" -> MirrorRecord
 	bucketHolders   = []byte("holders")   // "digest\x00host/repo" -> "": links by digest
 	bucketBodies    = []byte("bodies")    // digest -> manifest bytes, for registry destinations
-	allBuckets      = [][]byte{bucketTags, bucketManifests, bucketBlobs, bucketLinks, bucketMirrors, bucketJobs, bucketHolders, bucketBodies}
+	bucketPins      = []byte("pins")      // digest or "host/repo:tag" -> PinRecord
+	bucketAccess    = []byte("access")    // manifest digest -> time of its last pull
+	allBuckets      = [][]byte{bucketTags, bucketManifests, bucketBlobs, bucketLinks, bucketMirrors, bucketJobs, bucketHolders, bucketBodies, bucketPins, bucketAccess}
 )
 
 // TagRecord is what a tag pointed to upstream, and when.
@@ -458,4 +461,23 @@ func (ix *Index) Flush() error {
 		}
 		return nil
 	})
+}
+
+// Path returns the file of the index database ("" once it is closed).
+func (ix *Index) Path() string { return ix.db.Path() }
+
+// TagKey names a tag as the index and pins do: "host/repo:tag".
+func TagKey(host, repo, tag string) string { return string(tagKey(host, repo, tag)) }
+
+// ParseTagKey splits a TagKey into its parts.
+func ParseTagKey(key string) (host, repo, tag string, ok bool) {
+	host, rest, ok := strings.Cut(key, "/")
+	if !ok || host == "" {
+		return "", "", "", false
+	}
+	i := strings.LastIndexByte(rest, ':')
+	if i <= 0 || i == len(rest)-1 {
+		return "", "", "", false
+	}
+	return host, rest[:i], rest[i+1:], true
 }

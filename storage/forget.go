@@ -1,0 +1,185 @@
+package storage
+
+import (
+	"bytes"
+	"encoding/json"
+
+	"github.com/opencontainers/go-digest"
+	bolt "go.etcd.io/bbolt"
+)
+
+// DeleteTagIf forgets a tag if it still points to dgst (a pull may have
+// moved it meanwhile). It reports whether the tag was deleted.
+func (ix *Index) DeleteTagIf(host, repo, tag string, dgst digest.Digest) (bool, error) {
+	var deleted bool
+	err := ix.db.Update(func(tx *bolt.Tx) error {
+		rec, ok, err := get[TagRecord](tx, bucketTags, tagKey(host, repo, tag))
+		if err != nil || !ok || rec.Digest != dgst {
+			return err
+		}
+		deleted = true
+		return tx.Bucket(bucketTags).Delete(tagKey(host, repo, tag))
+	})
+	return deleted, err
+}
+
+// DeleteMirror forgets the mirror state of a manifest in an upstream
+// repository.
+func (ix *Index) DeleteMirror(host, repo string, dgst digest.Digest) error {
+	return ix.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketMirrors)
+		if err := b.Delete(linkKey(host, repo, dgst)); err != nil {
+			return err
+		}
+		// A state recorded before they were kept per repository.
+		if rec, ok, err := get[MirrorRecord](tx, bucketMirrors, []byte(dgst)); err == nil && ok && rec.Upstream == host && rec.Repo == repo {
+			return b.Delete([]byte(dgst))
+		}
+		return nil
+	})
+}
+
+// ContentEntry is what the index holds about one digest, as Forget's keep
+// function sees it.
+type ContentEntry struct {
+	// Blob and Manifest are the digest's records (nil: none).
+	Blob     *BlobRecord
+	Manifest *ManifestRecord
+	// Rooted: a tag, mirror record or pin names the digest.
+	Rooted bool
+}
+
+// Forgotten is what Forget removed for one digest.
+type Forgotten struct {
+	// Digest is the content forgotten.
+	Digest digest.Digest
+	// Blob and Manifest: which records were removed.
+	Blob, Manifest bool
+	// Size is the size of the records removed.
+	Size int64
+	// Tags are the TagKeys that pointed to the digest and were removed.
+	Tags []string
+}
+
+// Forget removes, in one transaction, every index entry of each digest:
+// its blob and manifest records, links, mirror states, access time and
+// manifest body, and the tags pointing to it (pins stay: content pulled
+// again is pinned again). keep, if not nil, is asked first with what the
+// index holds now; digests it keeps are left alone. The stored size drops
+// by the sizes of the records removed. Remove the content from the store
+// after forgetting it: a crash in between leaves unreferenced content, for
+// the next collection, never an entry naming missing content.
+func (ix *Index) Forget(dgsts []digest.Digest, keep func(digest.Digest, ContentEntry) bool) ([]Forgotten, error) {
+	var out []Forgotten
+	var freed int64
+	err := ix.db.Update(func(tx *bolt.Tx) error {
+		out, freed = nil, 0
+		roots, err := rootDigests(tx)
+		if err != nil {
+			return err
+		}
+		gone := map[digest.Digest]int{}
+		for _, d := range dgsts {
+			if _, dup := gone[d]; dup {
+				continue
+			}
+			var e ContentEntry
+			if rec, ok, err := get[BlobRecord](tx, bucketBlobs, []byte(d)); err != nil {
+				return err
+			} else if ok {
+				e.Blob = &rec
+			}
+			if rec, ok, err := get[ManifestRecord](tx, bucketManifests, []byte(d)); err != nil {
+				return err
+			} else if ok {
+				e.Manifest = &rec
+			}
+			e.Rooted = roots[d]
+			if keep != nil && keep(d, e) {
+				continue
+			}
+			f := Forgotten{Digest: d, Blob: e.Blob != nil, Manifest: e.Manifest != nil}
+			if e.Blob != nil {
+				f.Size += e.Blob.Size
+			}
+			if e.Manifest != nil {
+				f.Size += e.Manifest.Size
+			}
+			if err := forget(tx, d); err != nil {
+				return err
+			}
+			gone[d] = len(out)
+			out = append(out, f)
+			freed += f.Size
+		}
+		if len(gone) == 0 {
+			return nil
+		}
+		var stale [][]byte
+		c := tx.Bucket(bucketTags).Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			var rec TagRecord
+			if err := json.Unmarshal(v, &rec); err != nil {
+				continue
+			}
+			if i, ok := gone[rec.Digest]; ok {
+				stale = append(stale, bytes.Clone(k))
+				out[i].Tags = append(out[i].Tags, string(k))
+			}
+		}
+		for _, k := range stale {
+			if err := tx.Bucket(bucketTags).Delete(k); err != nil {
+				return err
+			}
+		}
+		var mirrors [][]byte
+		c = tx.Bucket(bucketMirrors).Cursor()
+		for k, _ := c.First(); k != nil; k, _ = c.Next() {
+			if _, ok := gone[mirrorDigest(k)]; ok {
+				mirrors = append(mirrors, bytes.Clone(k))
+			}
+		}
+		for _, k := range mirrors {
+			if err := tx.Bucket(bucketMirrors).Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	ix.stored.Add(-freed)
+	return out, nil
+}
+
+// forget deletes the entries of one digest, but not the tags and mirror
+// states naming it.
+func forget(tx *bolt.Tx, d digest.Digest) error {
+	key := []byte(d)
+	for _, b := range [][]byte{bucketBlobs, bucketManifests, bucketBodies} {
+		if err := tx.Bucket(b).Delete(key); err != nil {
+			return err
+		}
+	}
+	if b := tx.Bucket(bucketAccess); b != nil {
+		if err := b.Delete(key); err != nil {
+			return err
+		}
+	}
+	prefix := []byte(d.String() + "\x00")
+	var holders [][]byte
+	c := tx.Bucket(bucketHolders).Cursor()
+	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+		holders = append(holders, bytes.Clone(k))
+	}
+	for _, k := range holders {
+		if err := tx.Bucket(bucketHolders).Delete(k); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketLinks).Delete([]byte(string(k[len(prefix):]) + "@" + d.String())); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,74 @@
+package storage
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	bolt "go.etcd.io/bbolt"
+)
+
+// PinRecord is why and since when a digest or tag is pinned.
+type PinRecord struct {
+	// PinnedAt is when the pin was set.
+	PinnedAt time.Time `json:"pinned_at"`
+	// Reason says who pinned it, e.g. "sync", "prefetch", "admin".
+	Reason string `json:"reason,omitempty"`
+}
+
+// pinKey validates a pin reference: a digest, or a TagKey.
+func pinKey(ref string) ([]byte, error) {
+	if _, err := digest.Parse(ref); err == nil {
+		return []byte(ref), nil
+	}
+	if _, _, _, ok := ParseTagKey(ref); ok {
+		return []byte(ref), nil
+	}
+	return nil, fmt.Errorf("pin %q: not a digest or host/repo:tag", ref)
+}
+
+// Pin keeps an image out of eviction: ref is its root digest (an index or
+// image manifest), or a TagKey, which pins whatever the tag points to.
+// Pinning again updates the record.
+func (ix *Index) Pin(ref string, rec PinRecord) error {
+	key, err := pinKey(ref)
+	if err != nil {
+		return err
+	}
+	return ix.db.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists(bucketPins)
+		if err != nil {
+			return err
+		}
+		raw, err := json.Marshal(rec)
+		if err != nil {
+			return err
+		}
+		return b.Put(key, raw)
+	})
+}
+
+// Unpin removes a pin; removing a missing pin is not an error.
+func (ix *Index) Unpin(ref string) error {
+	key, err := pinKey(ref)
+	if err != nil {
+		return err
+	}
+	return ix.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketPins)
+		if b == nil {
+			return nil
+		}
+		return b.Delete(key)
+	})
+}
+
+// Pins returns the pins by digest or TagKey.
+func (ix *Index) Pins() (map[string]PinRecord, error) {
+	out := map[string]PinRecord{}
+	err := ix.db.View(func(tx *bolt.Tx) error {
+		return readAll(tx, bucketPins, func(k string, v PinRecord) { out[k] = v })
+	})
+	return out, err
+}

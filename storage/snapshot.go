@@ -1,0 +1,141 @@
+package storage
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	bolt "go.etcd.io/bbolt"
+)
+
+// A consistent copy of the index's records for the cache lifecycle
+// (eviction, collection, verification, listing), and the digests that
+// keep content alive.
+
+// Snapshot is a copy of the index's records, read in one transaction.
+type Snapshot struct {
+	// Tags by TagKey.
+	Tags map[string]TagRecord
+	// Manifests and Blobs: the records of stored content, by digest.
+	Manifests map[digest.Digest]ManifestRecord
+	Blobs     map[digest.Digest]BlobRecord
+	// Mirrors are the mirror states, one per repository and digest.
+	Mirrors []MirrorEntry
+	// Pins by digest or TagKey.
+	Pins map[string]PinRecord
+	// Access holds the manifests' last pulls recorded by TouchManifest.
+	Access map[digest.Digest]time.Time
+	// Links lists the upstream repositories ("host/repo") each digest is
+	// linked to.
+	Links map[digest.Digest][]string
+}
+
+// Snapshot reads every tag, manifest, blob, mirror, pin, access and link
+// record. Access times noted by Touch and not yet flushed are not included:
+// call Flush first.
+func (ix *Index) Snapshot() (*Snapshot, error) {
+	s := &Snapshot{
+		Tags:      map[string]TagRecord{},
+		Manifests: map[digest.Digest]ManifestRecord{},
+		Blobs:     map[digest.Digest]BlobRecord{},
+		Pins:      map[string]PinRecord{},
+		Access:    map[digest.Digest]time.Time{},
+		Links:     map[digest.Digest][]string{},
+	}
+	err := ix.db.View(func(tx *bolt.Tx) error {
+		if err := readAll(tx, bucketTags, func(k string, v TagRecord) { s.Tags[k] = v }); err != nil {
+			return err
+		}
+		if err := readAll(tx, bucketManifests, func(k string, v ManifestRecord) { s.Manifests[digest.Digest(k)] = v }); err != nil {
+			return err
+		}
+		if err := readAll(tx, bucketBlobs, func(k string, v BlobRecord) { s.Blobs[digest.Digest(k)] = v }); err != nil {
+			return err
+		}
+		if err := readAll(tx, bucketMirrors, func(k string, v MirrorRecord) {
+			s.Mirrors = append(s.Mirrors, MirrorEntry{Digest: mirrorDigest([]byte(k)), MirrorRecord: v})
+		}); err != nil {
+			return err
+		}
+		if err := readAll(tx, bucketPins, func(k string, v PinRecord) { s.Pins[k] = v }); err != nil {
+			return err
+		}
+		if err := readAll(tx, bucketAccess, func(k string, v time.Time) { s.Access[digest.Digest(k)] = v }); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketHolders).ForEach(func(k, _ []byte) error {
+			d, holder, ok := bytes.Cut(k, []byte{0})
+			if ok {
+				s.Links[digest.Digest(d)] = append(s.Links[digest.Digest(d)], string(holder))
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// readAll decodes every entry of a bucket; a missing bucket is empty.
+func readAll[T any](tx *bolt.Tx, bucket []byte, fn func(key string, v T)) error {
+	b := tx.Bucket(bucket)
+	if b == nil {
+		return nil
+	}
+	return b.ForEach(func(k, raw []byte) error {
+		var v T
+		if err := json.Unmarshal(raw, &v); err != nil {
+			return fmt.Errorf("index: corrupt %s entry %q: %w", bucket, k, err)
+		}
+		fn(string(k), v)
+		return nil
+	})
+}
+
+// RootDigests returns the digests that tags, mirror records and pins
+// name: what keeps content in the cache. It is the cheap part of Snapshot,
+// read in one transaction.
+func (ix *Index) RootDigests() (map[digest.Digest]bool, error) {
+	roots := map[digest.Digest]bool{}
+	err := ix.db.View(func(tx *bolt.Tx) error {
+		r, err := rootDigests(tx)
+		roots = r
+		return err
+	})
+	return roots, err
+}
+
+func rootDigests(tx *bolt.Tx) (map[digest.Digest]bool, error) {
+	roots := map[digest.Digest]bool{}
+	pinnedTags := map[string]bool{}
+	if err := readAll(tx, bucketPins, func(k string, _ PinRecord) {
+		if d, err := digest.Parse(k); err == nil {
+			roots[d] = true
+		} else {
+			pinnedTags[k] = true
+		}
+	}); err != nil {
+		return nil, err
+	}
+	if err := readAll(tx, bucketTags, func(_ string, v TagRecord) { roots[v.Digest] = true }); err != nil {
+		return nil, err
+	}
+	err := tx.Bucket(bucketMirrors).ForEach(func(k, _ []byte) error {
+		roots[mirrorDigest(k)] = true
+		return nil
+	})
+	return roots, err
+}
+
+// mirrorDigest is the digest of a mirrors key: "host/repo@digest" (or a
+// bare digest, as indexes written before mirror states were kept per
+// repository have it).
+func mirrorDigest(k []byte) digest.Digest {
+	if at := bytes.LastIndexByte(k, '@'); at >= 0 {
+		return digest.Digest(k[at+1:])
+	}
+	return digest.Digest(k)
+}
