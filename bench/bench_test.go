@@ -28,7 +28,7 @@ import (
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
-	"github.com/docker-mirror/docker-mirror/tests/mirrortest"
+	"github.com/docker-mirror/docker-mirror/tests/servertest"
 )
 
 // The emulated WAN between the mirror (or a direct client) and the
@@ -162,7 +162,7 @@ func BenchmarkColdPull(b *testing.B) {
 				b.StopTimer()
 				up := startUpstream(b, p.auth, wan)
 				up.SeedImage(b, benchRepo, benchTag, imageLayers, imageLayerSize)
-				m := mirrortest.Start(b, up.URL())
+				m := servertest.Start(b, up.URL())
 				directFirst := n%2 == 0
 				if directFirst {
 					_, d := pull(b, up.Host(), true)
@@ -209,7 +209,7 @@ func BenchmarkColdPull(b *testing.B) {
 func BenchmarkWarmPull(b *testing.B) {
 	up := startUpstream(b, true, wan)
 	up.SeedImage(b, benchRepo, benchTag, imageLayers, imageLayerSize)
-	m := mirrortest.Start(b, up.URL())
+	m := servertest.Start(b, up.URL())
 	pull(b, m.Host(), true)
 	m.WaitIdle()
 	if res, _ := pull(b, m.Host(), true); res.Misses != 0 {
@@ -324,7 +324,7 @@ func BenchmarkWarmBlob64MiB8Clients(b *testing.B) {
 	data := randomBytes(blobSize)
 	up := fixture.StartUpstream(b)
 	dgst := up.PushBlob(b, benchRepo, data)
-	m := mirrortest.Start(b, up.URL())
+	m := servertest.Start(b, up.URL())
 	url := m.URL() + "/v2/" + benchRepo + "/blobs/" + dgst
 	hc := &http.Client{Transport: NewTransport(1)}
 	ctx := context.Background()
@@ -414,7 +414,7 @@ func BenchmarkHerd16(b *testing.B) {
 		b.StopTimer()
 		up := startUpstream(b, true, wan)
 		up.SeedImage(b, benchRepo, benchTag, imageLayers, imageLayerSize)
-		m := mirrortest.Start(b, up.URL())
+		m := servertest.Start(b, up.URL())
 		var (
 			wg    sync.WaitGroup
 			mu    sync.Mutex

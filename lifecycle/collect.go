@@ -178,7 +178,7 @@ func snapshotRoots(snap *storage.Snapshot) map[digest.Digest]bool {
 	for _, rec := range snap.Tags {
 		roots[rec.Digest] = true
 	}
-	for _, me := range snap.Mirrors {
+	for _, me := range snap.Fills {
 		roots[me.Digest] = true
 	}
 	for key := range snap.Pins {

@@ -142,10 +142,10 @@ type Report struct {
 	Corrupt          []digest.Digest `json:"corrupt,omitempty"`
 	// Missing counts index entries naming content the store lacks.
 	Missing int `json:"missing,omitempty"`
-	// MirrorsReset counts images whose mirror state went back to partial
+	// FillsReset counts images whose mirror state went back to partial
 	// because Verify removed some of their content: the next pull
 	// mirrors them again.
-	MirrorsReset int `json:"mirrors_reset,omitempty"`
+	FillsReset int `json:"mirrors_reset,omitempty"`
 
 	// StoredBefore and StoredAfter are the indexed size of the store.
 	StoredBefore int64 `json:"stored_before"`

@@ -115,7 +115,7 @@ func (c *Collector) evict(ctx context.Context, maxSize int64, evictAfter time.Du
 			// The image's own state goes; a folded child's only if no
 			// kept image lists the child.
 			if _, ok := m.mirrors[k]; ok && (i == 0 || m.refs[k.digest] == 0) {
-				if err := c.index.DeleteMirror(k.upstream, k.repo, k.digest); err != nil {
+				if err := c.index.DeleteFill(k.upstream, k.repo, k.digest); err != nil {
 					return r, fmt.Errorf("evicting %s@%s: %w", e.Name(), k.digest, err)
 				}
 			}

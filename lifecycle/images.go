@@ -17,8 +17,8 @@ import (
 	"github.com/docker-mirror/docker-mirror/storage"
 )
 
-// States of an image besides the mirror states (storage.MirrorPartial,
-// storage.MirrorComplete).
+// States of an image besides the mirror states (storage.FillPartial,
+// storage.FillComplete).
 const (
 	// StateMissing: the image's manifest is not in the store.
 	StateMissing = "missing"
@@ -84,7 +84,7 @@ type model struct {
 	// refs counts the images keeping each digest.
 	refs map[digest.Digest]int
 	// mirrors are the mirror states by repository and digest.
-	mirrors map[imageKey]storage.MirrorRecord
+	mirrors map[imageKey]storage.FillRecord
 }
 
 func (e *entry) key() imageKey { return imageKey{e.Upstream, e.Repo, e.Digest} }
@@ -159,11 +159,11 @@ func (c *Collector) model(ctx context.Context, platforms bool) (*model, error) {
 			e.Pinned = true
 		}
 	}
-	mirrors := map[imageKey]storage.MirrorRecord{}
-	for _, me := range snap.Mirrors {
+	mirrors := map[imageKey]storage.FillRecord{}
+	for _, me := range snap.Fills {
 		if me.Digest.Validate() == nil {
 			k := imageKey{me.Upstream, me.Repo, me.Digest}
-			mirrors[k] = me.MirrorRecord
+			mirrors[k] = me.FillRecord
 			get(k)
 		}
 	}

@@ -22,7 +22,7 @@ import (
 	"github.com/docker-mirror/docker-mirror/lifecycle"
 	"github.com/docker-mirror/docker-mirror/storage"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
-	"github.com/docker-mirror/docker-mirror/tests/mirrortest"
+	"github.com/docker-mirror/docker-mirror/tests/servertest"
 )
 
 func TestMain(m *testing.M) {
@@ -37,14 +37,14 @@ const accept = "application/vnd.oci.image.index.v1+json, application/vnd.docker.
 // directory, as serve lays out --data.
 type env struct {
 	up    *fixture.Upstream
-	m     *mirrortest.Mirror
+	m     *servertest.Server
 	store *storage.DriverStore
 }
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
 	up := fixture.StartUpstream(t)
-	m := mirrortest.StartWithStore(t, up.URL(), func(ix *storage.Index) (storage.Store, error) {
+	m := servertest.StartWithStore(t, up.URL(), func(ix *storage.Index) (storage.Store, error) {
 		return storage.OpenDriverStore(context.Background(), "filesystem", map[string]any{"rootdirectory": filepath.Dir(ix.Path())})
 	})
 	return &env{up: up, m: m, store: m.Store.(*storage.DriverStore)}
@@ -123,7 +123,7 @@ func sha(b []byte) string {
 }
 
 // pull pulls an image's tag through the mirror and waits for the
-// background mirroring to store everything.
+// background fill to store everything.
 func (e *env) pull(t *testing.T, im image) {
 	t.Helper()
 	status, body, _ := get(t, e.m.URL()+"/v2/"+im.repo+"/manifests/"+im.tag)
@@ -219,7 +219,7 @@ func TestImages(t *testing.T) {
 		t.Fatalf("Images = %+v, want 3", list)
 	}
 	ia := findImage(t, list, a.digest)
-	if ia.Name() != "docker.io/library/a" || !slices.Equal(ia.Tags, []string{"v1"}) || ia.State != storage.MirrorComplete ||
+	if ia.Name() != "docker.io/library/a" || !slices.Equal(ia.Tags, []string{"v1"}) || ia.State != storage.FillComplete ||
 		!slices.Equal(ia.Platforms, []string{"linux/amd64", "linux/arm/v7", "linux/arm64"}) || ia.Pinned ||
 		ia.MediaType != "application/vnd.oci.image.index.v1+json" || !ia.LastPull.Equal(t0) {
 		t.Errorf("image a = %+v", ia)
@@ -239,7 +239,7 @@ func TestImages(t *testing.T) {
 		t.Errorf("image a: size %d, want %d", ia.Size, want)
 	}
 	ib := findImage(t, list, b.digest)
-	if !slices.Equal(ib.Platforms, []string{"linux/amd64"}) || !ib.LastPull.Equal(t0.Add(time.Hour)) || ib.State != storage.MirrorComplete {
+	if !slices.Equal(ib.Platforms, []string{"linux/amd64"}) || !ib.LastPull.Equal(t0.Add(time.Hour)) || ib.State != storage.FillComplete {
 		t.Errorf("image b = %+v", ib)
 	}
 	var total int64
@@ -484,7 +484,7 @@ func TestCollectUnreferencedImage(t *testing.T) {
 	if err := e.m.Index.DeleteTag("docker.io", "library/b", "v1"); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.m.Index.DeleteMirror("docker.io", "library/b", digest.Digest(b.digest)); err != nil {
+	if err := e.m.Index.DeleteFill("docker.io", "library/b", digest.Digest(b.digest)); err != nil {
 		t.Fatal(err)
 	}
 	r, err := e.collector(lifecycle.Options{}).Collect(t.Context())
@@ -547,7 +547,7 @@ func TestVerify(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.CorruptBlobs != 1 || r.CorruptManifests != 2 || r.BlobsRemoved != 1 || r.ManifestsRemoved != 2 || r.TagsRemoved != 1 || r.MirrorsReset != 2 {
+	if r.CorruptBlobs != 1 || r.CorruptManifests != 2 || r.BlobsRemoved != 1 || r.ManifestsRemoved != 2 || r.TagsRemoved != 1 || r.FillsReset != 2 {
 		t.Fatalf("Verify = %+v", r)
 	}
 	if !slices.Contains(r.Corrupt, digest.Digest(layer)) || !slices.Contains(r.Corrupt, digest.Digest(child)) {
@@ -567,7 +567,7 @@ func TestVerify(t *testing.T) {
 		t.Error("the tag of a corrupt manifest survived")
 	}
 	for _, im := range []image{a, b} {
-		if rec, _, _ := e.m.Index.Mirror("docker.io", "library/"+im.repo, digest.Digest(im.digest)); rec.State != storage.MirrorPartial {
+		if rec, _, _ := e.m.Index.Fill("docker.io", "library/"+im.repo, digest.Digest(im.digest)); rec.State != storage.FillPartial {
 			t.Errorf("%s's mirror state is %q, want partial", im.repo, rec.State)
 		}
 	}
@@ -581,7 +581,7 @@ func TestVerify(t *testing.T) {
 	if r, err := col.Verify(ctx); err != nil || r.CorruptFound() != 0 || r.Missing != 0 {
 		t.Fatalf("Verify after the refetch = %+v, %v", r, err)
 	}
-	if rec, _, _ := e.m.Index.Mirror("docker.io", "library/a", digest.Digest(a.digest)); rec.State != storage.MirrorComplete {
+	if rec, _, _ := e.m.Index.Fill("docker.io", "library/a", digest.Digest(a.digest)); rec.State != storage.FillComplete {
 		t.Errorf("a's mirror state is %q after the pull, want complete", rec.State)
 	}
 }
@@ -708,7 +708,7 @@ func TestChildPulledByDigestFoldsIntoIndex(t *testing.T) {
 		t.Fatalf("child: status %d", status)
 	}
 	e.m.WaitIdle()
-	if _, ok, _ := e.m.Index.Mirror("docker.io", "library/a", digest.Digest(child)); !ok {
+	if _, ok, _ := e.m.Index.Fill("docker.io", "library/a", digest.Digest(child)); !ok {
 		t.Fatal("the child pulled by digest has no mirror record")
 	}
 	e.pull(t, a)
@@ -724,7 +724,7 @@ func TestChildPulledByDigestFoldsIntoIndex(t *testing.T) {
 	if r.ImagesEvicted != 1 || r.ManifestsRemoved != len(a.manifests) || r.BlobsRemoved != len(a.blobs) || e.m.Index.StoredBytes() != 0 {
 		t.Fatalf("Evict = %+v, stored %d", r, e.m.Index.StoredBytes())
 	}
-	if _, ok, _ := e.m.Index.Mirror("docker.io", "library/a", digest.Digest(child)); ok {
+	if _, ok, _ := e.m.Index.Fill("docker.io", "library/a", digest.Digest(child)); ok {
 		t.Error("the child's mirror record survived its index")
 	}
 }
@@ -840,10 +840,10 @@ func TestEvictSameDigestInTwoRepositories(t *testing.T) {
 		t.Fatalf("Evict = %+v", r)
 	}
 	d := digest.Digest(im.Digest)
-	if _, ok, _ := e.m.Index.Mirror("docker.io", "library/x", d); ok {
+	if _, ok, _ := e.m.Index.Fill("docker.io", "library/x", d); ok {
 		t.Error("x's mirror state survived")
 	}
-	if rec, ok, _ := e.m.Index.Mirror("docker.io", "library/y", d); !ok || rec.State != storage.MirrorComplete {
+	if rec, ok, _ := e.m.Index.Fill("docker.io", "library/y", d); !ok || rec.State != storage.FillComplete {
 		t.Errorf("y's mirror state = %+v, %v", rec, ok)
 	}
 	e.up.Stop()

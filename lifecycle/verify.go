@@ -165,9 +165,9 @@ func (c *Collector) resetMirrors(ctx context.Context, snap *storage.Snapshot, re
 		return nil
 	}
 	g := newGraph(c.store)
-	for _, me := range snap.Mirrors {
+	for _, me := range snap.Fills {
 		d := me.Digest
-		if me.State != storage.MirrorComplete || removed[d] {
+		if me.State != storage.FillComplete || removed[d] {
 			continue
 		}
 		reached, err := g.reach(ctx, d)
@@ -184,18 +184,18 @@ func (c *Collector) resetMirrors(ctx context.Context, snap *storage.Snapshot, re
 		if !lost {
 			continue
 		}
-		cur, ok, err := c.index.Mirror(me.Upstream, me.Repo, d)
+		cur, ok, err := c.index.Fill(me.Upstream, me.Repo, d)
 		if err != nil {
 			return err
 		}
-		if !ok || cur.State != storage.MirrorComplete {
+		if !ok || cur.State != storage.FillComplete {
 			continue
 		}
-		cur.State, cur.UpdatedAt = storage.MirrorPartial, c.opts.Now()
-		if err := c.index.PutMirror(d, cur); err != nil {
+		cur.State, cur.UpdatedAt = storage.FillPartial, c.opts.Now()
+		if err := c.index.PutFill(d, cur); err != nil {
 			return err
 		}
-		r.MirrorsReset++
+		r.FillsReset++
 	}
 	return nil
 }

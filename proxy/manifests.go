@@ -270,9 +270,9 @@ func (p *Proxy) pushManifest(ctx context.Context, t target, m *storedManifest) e
 
 // fetchManifest fetches a manifest by tag or digest from the upstream, once
 // for all concurrent callers, stores its exact bytes and records it; an
-// index or image starts mirroring in the background if mirror is set (the
-// background mirror itself fetches with mirror unset).
-func (p *Proxy) fetchManifest(ctx context.Context, t target, ref oci.Ref, mirror bool) (*storedManifest, error) {
+// index or image starts filling in the background if fill is set (the
+// background fill itself fetches with fill unset).
+func (p *Proxy) fetchManifest(ctx context.Context, t target, ref oci.Ref, fill bool) (*storedManifest, error) {
 	key := t.host() + "/" + t.repo + "@" + ref.String()
 	if !ref.IsDigest() {
 		key = t.host() + "/" + t.repo + ":" + ref.Tag
@@ -280,7 +280,7 @@ func (p *Proxy) fetchManifest(ctx context.Context, t target, ref oci.Ref, mirror
 	return shared(ctx, p.work, &p.manifestFlights, key, func() (_ *storedManifest, err error) {
 		ctx, cancel := p.detach(ctx, p.manifestTimeout)
 		defer cancel()
-		done := p.fill("manifest")
+		done := p.countFill("manifest")
 		defer func() { done(err) }()
 		up, err := t.up.Manifest(ctx, t.repo, ref)
 		if errors.Is(err, upstream.ErrInvalid) {
@@ -302,9 +302,9 @@ func (p *Proxy) fetchManifest(ctx context.Context, t target, ref oci.Ref, mirror
 			Record: storage.ManifestRecord{MediaType: mt, Size: int64(len(up.Body)), FetchedAt: p.now()},
 		}
 		entry.Tag = ref.Tag
-		mirrors := mirror && (oci.IsIndex(mt) || doc.Config != nil)
-		if mirrors {
-			entry.Mirror = &storage.MirrorRecord{Upstream: t.host(), Repo: t.repo, State: storage.MirrorPartial, UpdatedAt: p.now()}
+		fills := fill && (oci.IsIndex(mt) || doc.Config != nil)
+		if fills {
+			entry.Fill = &storage.FillRecord{Upstream: t.host(), Repo: t.repo, State: storage.FillPartial, UpdatedAt: p.now()}
 		}
 		if err := p.index.RecordManifest(entry); err != nil {
 			return nil, err
@@ -312,27 +312,27 @@ func (p *Proxy) fetchManifest(ctx context.Context, t target, ref oci.Ref, mirror
 		sm := &storedManifest{body: up.Body, mediaType: mt, digest: up.Digest}
 		if entry.Tag != "" {
 			// A tag moved to content mirrored already: point it there now.
-			if rec, ok, err := p.index.Mirror(t.host(), t.repo, up.Digest); err == nil && ok && rec.State == storage.MirrorComplete {
+			if rec, ok, err := p.index.Fill(t.host(), t.repo, up.Digest); err == nil && ok && rec.State == storage.FillComplete {
 				if err := p.publishTag(ctx, t, entry.Tag, sm); err != nil {
 					return nil, err
 				}
 			}
 		}
-		if mirrors {
-			p.enqueueMirror(ctx, t, up.Digest)
+		if fills {
+			p.enqueueFill(ctx, t, up.Digest)
 		}
 		return sm, nil
 	})
 }
 
-// resumeIfPartial restarts the background mirroring of a served index or
+// resumeIfPartial restarts the background fill of a served index or
 // image that is not complete and not being mirrored, e.g. after a failure.
 func (p *Proxy) resumeIfPartial(ctx context.Context, t target, m *storedManifest) {
-	if p.mirrors.running(mirrorKey(t, m.digest)) {
+	if p.fills.running(fillKey(t, m.digest)) {
 		return
 	}
-	rec, ok, err := p.index.Mirror(t.host(), t.repo, m.digest)
-	if err == nil && ok && rec.State != storage.MirrorComplete {
-		p.enqueueMirror(ctx, t, m.digest)
+	rec, ok, err := p.index.Fill(t.host(), t.repo, m.digest)
+	if err == nil && ok && rec.State != storage.FillComplete {
+		p.enqueueFill(ctx, t, m.digest)
 	}
 }

@@ -45,7 +45,7 @@ type Proxy struct {
 	platforms    []oci.Platform
 	// perUpstream overrides tagTTL and platforms for some upstreams.
 	perUpstream map[string]UpstreamSettings
-	// fetches bounds the background mirror's parallel upstream fetches.
+	// fetches bounds the background fill's parallel upstream fetches.
 	fetches     *semaphore.Weighted
 	fillTimeout time.Duration
 	// manifestTimeout bounds one upstream manifest request.
@@ -54,7 +54,7 @@ type Proxy struct {
 	tagFlights      singleflight.Group // per "host/repo:tag"
 	manifestFlights singleflight.Group // per "host/repo@digest"
 	blobs           *downloads
-	mirrors         *mirrorQueue
+	fills           *fillQueue
 	// work counts everything that runs beyond its request.
 	work *activity
 	jobs jobs
@@ -142,7 +142,7 @@ func (p *Proxy) platformsFor(t target) []oci.Platform {
 	return p.platforms
 }
 
-// WithConcurrency sets the background mirror's parallel upstream fetches
+// WithConcurrency sets the background fill's parallel upstream fetches
 // (default 4).
 func WithConcurrency(n int) Option {
 	return func(p *Proxy) { p.fetches = semaphore.NewWeighted(int64(max(n, 1))) }
@@ -172,7 +172,7 @@ func New(store storage.Store, index *storage.Index, upstreams []*upstream.Client
 		fillTimeout:     time.Hour,
 		manifestTimeout: time.Minute,
 		blobs:           newDownloads(),
-		mirrors:         newMirrorQueue(),
+		fills:           newFillQueue(),
 		work:            newActivity(),
 		stop:            make(chan struct{}),
 		jobs:            jobs{live: map[string]*storage.Job{}},
@@ -192,7 +192,7 @@ func New(store storage.Store, index *storage.Index, upstreams []*upstream.Client
 	p.metrics.Register(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "docker_mirror_mirror_queue_length", Help: "Background mirror jobs queued or running.",
-		}, func() float64 { return float64(p.mirrors.Len()) }),
+		}, func() float64 { return float64(p.fills.Len()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "docker_mirror_store_size_bytes", Help: "Total size of the stored blobs and manifests.",
 		}, func() float64 { return float64(p.index.StoredBytes()) }),
@@ -211,7 +211,7 @@ func (p *Proxy) Close() {
 }
 
 // detach returns a context for work that must outlive the request that
-// started it (a fill that other clients share, background mirroring): it
+// started it (a fill that other clients share, background fill): it
 // keeps ctx's values, is not cancelled with it, and ends on Close or after
 // timeout.
 func (p *Proxy) detach(ctx context.Context, timeout time.Duration) (context.Context, context.CancelFunc) {
@@ -252,9 +252,9 @@ func shared[T any](ctx context.Context, work *activity, g *singleflight.Group, k
 	}
 }
 
-// fill counts an upstream fill of kind ("manifest", "blob") in the
+// countFill counts an upstream fill of kind ("manifest", "blob") in the
 // metrics; call the returned func with the fill's error when it ends.
-func (p *Proxy) fill(kind string) func(error) {
+func (p *Proxy) countFill(kind string) func(error) {
 	start := time.Now()
 	p.metrics.FillsInProgress.WithLabelValues(kind).Inc()
 	return func(err error) {
@@ -271,23 +271,23 @@ func (p *Proxy) fill(kind string) func(error) {
 // mirroring is running, or ctx ends. Tests and the one-shot commands use it.
 func (p *Proxy) WaitIdle(ctx context.Context) error { return p.work.wait(ctx) }
 
-// ResumeMirrors restarts the background mirroring of every index whose
+// ResumeFills restarts the background fill of every index whose
 // mirroring did not finish, e.g. because the process was stopped.
-func (p *Proxy) ResumeMirrors(ctx context.Context) error {
-	pending, err := p.index.IncompleteMirrors()
+func (p *Proxy) ResumeFills(ctx context.Context) error {
+	pending, err := p.index.IncompleteFills()
 	if err != nil {
 		return err
 	}
 	for _, e := range pending {
 		up, ok := p.upstreams[e.Upstream]
 		if !ok {
-			p.log.Warn("not resuming mirror of an unconfigured upstream", "upstream", e.Upstream, "repo", e.Repo, "digest", e.Digest)
+			p.log.Warn("not resuming the fill of an unconfigured upstream", "upstream", e.Upstream, "repo", e.Repo, "digest", e.Digest)
 			continue
 		}
-		p.enqueueMirror(ctx, target{up: up, repo: e.Repo, name: e.Repo}, e.Digest)
+		p.enqueueFill(ctx, target{up: up, repo: e.Repo, name: e.Repo}, e.Digest)
 	}
 	if len(pending) > 0 {
-		p.log.Info("resuming interrupted mirrors", "count", len(pending))
+		p.log.Info("resuming interrupted fills", "count", len(pending))
 	}
 	return nil
 }

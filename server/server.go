@@ -161,7 +161,7 @@ func (s *Server) Handler() http.Handler { return s.Proxy.Handler() }
 // Start resumes the fills and prefetch jobs an earlier run left unfinished
 // and starts the configured sync; all stop when ctx ends.
 func (s *Server) Start(ctx context.Context) error {
-	if err := s.Proxy.ResumeMirrors(ctx); err != nil {
+	if err := s.Proxy.ResumeFills(ctx); err != nil {
 		return err
 	}
 	if err := s.Proxy.ResumeJobs(ctx); err != nil {

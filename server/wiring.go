@@ -19,7 +19,7 @@ import (
 	"github.com/docker-mirror/docker-mirror/proxy/access"
 	"github.com/docker-mirror/docker-mirror/proxy/upstream"
 	"github.com/docker-mirror/docker-mirror/storage"
-	"github.com/docker-mirror/docker-mirror/storage/registry"
+	"github.com/docker-mirror/docker-mirror/storage/destination"
 )
 
 // OpenStore opens the store cfg names: the destination registry if it has
@@ -31,7 +31,7 @@ func OpenStore(ctx context.Context, cfg config.Config, index *storage.Index) (st
 		s, err := storage.OpenDriverStore(ctx, driver, params)
 		return s, driver, err
 	}
-	opts := []registry.Option{registry.WithMountSources(func(_ context.Context, dgst digest.Digest) []string {
+	opts := []destination.Option{destination.WithMountSources(func(_ context.Context, dgst digest.Digest) []string {
 		holders, _ := index.Holders(dgst)
 		repos := make([]string, 0, len(holders))
 		for _, h := range holders {
@@ -41,9 +41,9 @@ func OpenStore(ctx context.Context, cfg config.Config, index *storage.Index) (st
 		return repos
 	})}
 	if cfg.Destination.Username != "" || cfg.Destination.Password != "" {
-		opts = append(opts, registry.WithCredentials(cfg.Destination.Username, cfg.Destination.Password))
+		opts = append(opts, destination.WithCredentials(cfg.Destination.Username, cfg.Destination.Password))
 	}
-	s, err := registry.New(cfg.Destination.URL, opts...)
+	s, err := destination.New(cfg.Destination.URL, opts...)
 	if err != nil {
 		return nil, "", fmt.Errorf("destination: %w", err)
 	}

@@ -23,16 +23,16 @@ func (ix *Index) DeleteTagIf(host, repo, tag string, dgst digest.Digest) (bool, 
 	return deleted, err
 }
 
-// DeleteMirror forgets the mirror state of a manifest in an upstream
+// DeleteFill forgets the mirror state of a manifest in an upstream
 // repository.
-func (ix *Index) DeleteMirror(host, repo string, dgst digest.Digest) error {
+func (ix *Index) DeleteFill(host, repo string, dgst digest.Digest) error {
 	return ix.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketMirrors)
 		if err := b.Delete(linkKey(host, repo, dgst)); err != nil {
 			return err
 		}
 		// A state recorded before they were kept per repository.
-		if rec, ok, err := get[MirrorRecord](tx, bucketMirrors, []byte(dgst)); err == nil && ok && rec.Upstream == host && rec.Repo == repo {
+		if rec, ok, err := get[FillRecord](tx, bucketMirrors, []byte(dgst)); err == nil && ok && rec.Upstream == host && rec.Repo == repo {
 			return b.Delete([]byte(dgst))
 		}
 		return nil

@@ -39,7 +39,7 @@ var (
 	bucketManifests = []byte("manifests") // digest -> ManifestRecord
 	bucketBlobs     = []byte("blobs")     // digest -> BlobRecord
 	bucketLinks     = []byte("links")     // "host/repo@digest" -> ""
-	bucketMirrors   = []byte("mirrors")   // "host/repo@digest" -> MirrorRecord
+	bucketMirrors   = []byte("mirrors")   // "host/repo@digest" -> FillRecord
 	bucketHolders   = []byte("holders")   // "digest\x00host/repo" -> "": links by digest
 	bucketBodies    = []byte("bodies")    // digest -> manifest bytes, for registry destinations
 	bucketPins      = []byte("pins")      // digest or "host/repo:tag" -> PinRecord
@@ -71,14 +71,14 @@ type BlobRecord struct {
 
 // Mirror states of a manifest whose content is mirrored in the background.
 const (
-	MirrorPartial  = "partial"
-	MirrorComplete = "complete"
+	FillPartial  = "partial"
+	FillComplete = "complete"
 )
 
-// MirrorRecord is the background-mirroring state of an index or image
+// FillRecord is the background-mirroring state of an index or image
 // manifest: which upstream repository it came from and, once complete, the
 // platforms whose manifests and blobs are all stored.
-type MirrorRecord struct {
+type FillRecord struct {
 	Upstream  string    `json:"upstream"`
 	Repo      string    `json:"repo"`
 	State     string    `json:"state"`
@@ -288,7 +288,7 @@ type ManifestEntry struct {
 	Tag string
 	// Mirror, if not nil, is recorded as the manifest's mirror state
 	// unless one is recorded already.
-	Mirror *MirrorRecord
+	Fill *FillRecord
 }
 
 // RecordManifest records a stored manifest, its link to the repository,
@@ -313,8 +313,8 @@ func (ix *Index) RecordManifest(e ManifestEntry) error {
 				return err
 			}
 		}
-		if mkey := linkKey(e.Upstream, e.Repo, e.Digest); e.Mirror != nil && tx.Bucket(bucketMirrors).Get(mkey) == nil {
-			return put(tx, bucketMirrors, mkey, e.Mirror)
+		if mkey := linkKey(e.Upstream, e.Repo, e.Digest); e.Fill != nil && tx.Bucket(bucketMirrors).Get(mkey) == nil {
+			return put(tx, bucketMirrors, mkey, e.Fill)
 		}
 		return nil
 	})
@@ -394,37 +394,37 @@ func (ix *Index) Linked(host, repo string, dgst digest.Digest) (bool, error) {
 // Mirror returns the background-mirroring state of a manifest in an
 // upstream repository. The state is per repository: the same digest may be
 // complete in one and not yet in another (links, registry destinations).
-func (ix *Index) Mirror(host, repo string, dgst digest.Digest) (MirrorRecord, bool, error) {
-	return view[MirrorRecord](ix, bucketMirrors, linkKey(host, repo, dgst))
+func (ix *Index) Fill(host, repo string, dgst digest.Digest) (FillRecord, bool, error) {
+	return view[FillRecord](ix, bucketMirrors, linkKey(host, repo, dgst))
 }
 
-// PutMirror records the background-mirroring state of a manifest in the
+// PutFill records the background-mirroring state of a manifest in the
 // upstream repository rec names.
-func (ix *Index) PutMirror(dgst digest.Digest, rec MirrorRecord) error {
+func (ix *Index) PutFill(dgst digest.Digest, rec FillRecord) error {
 	return ix.db.Update(func(tx *bolt.Tx) error {
 		return put(tx, bucketMirrors, linkKey(rec.Upstream, rec.Repo, dgst), rec)
 	})
 }
 
-// MirrorEntry is a manifest's mirror state in a repository.
-type MirrorEntry struct {
+// FillEntry is a manifest's mirror state in a repository.
+type FillEntry struct {
 	Digest digest.Digest
-	MirrorRecord
+	FillRecord
 }
 
-// IncompleteMirrors returns the manifests whose mirroring has not finished,
+// IncompleteFills returns the manifests whose mirroring has not finished,
 // e.g. because the process stopped; they are resumed at start.
-func (ix *Index) IncompleteMirrors() ([]MirrorEntry, error) {
-	var out []MirrorEntry
+func (ix *Index) IncompleteFills() ([]FillEntry, error) {
+	var out []FillEntry
 	err := ix.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketMirrors).ForEach(func(k, v []byte) error {
-			var rec MirrorRecord
+			var rec FillRecord
 			if err := json.Unmarshal(v, &rec); err != nil {
 				return fmt.Errorf("index: corrupt mirror entry %q: %w", k, err)
 			}
 			at := bytes.LastIndexByte(k, '@')
-			if rec.State != MirrorComplete && at >= 0 {
-				out = append(out, MirrorEntry{Digest: digest.Digest(k[at+1:]), MirrorRecord: rec})
+			if rec.State != FillComplete && at >= 0 {
+				out = append(out, FillEntry{Digest: digest.Digest(k[at+1:]), FillRecord: rec})
 			}
 			return nil
 		})

@@ -168,7 +168,7 @@ func TestIndexManifests(t *testing.T) {
 	}
 	// Without a tag, no tag is recorded; without a mirror state, none.
 	checkTags(t, ix, hub, "library/alpine")
-	if _, ok, err := ix.Mirror(hub, "library/alpine", d); err != nil || ok {
+	if _, ok, err := ix.Fill(hub, "library/alpine", d); err != nil || ok {
 		t.Fatalf("Mirror of a manifest recorded without one = %v, %v", ok, err)
 	}
 	// The manifest is linked to its repository, and only to it.
@@ -276,72 +276,72 @@ func TestIndexMirrors(t *testing.T) {
 	ix := newIndex(t)
 	partial, complete, plain := digest.FromString("partial"), digest.FromString("complete"), digest.FromString("plain")
 
-	if m, err := ix.IncompleteMirrors(); err != nil || len(m) != 0 {
-		t.Fatalf("IncompleteMirrors of an empty index = %v, %v", m, err)
+	if m, err := ix.IncompleteFills(); err != nil || len(m) != 0 {
+		t.Fatalf("IncompleteFills of an empty index = %v, %v", m, err)
 	}
 	entry := func(d digest.Digest, state string) storage.ManifestEntry {
 		return storage.ManifestEntry{
 			Upstream: hub, Repo: "library/alpine", Digest: d, Tag: "t-" + d.Encoded()[:6],
 			Record: storage.ManifestRecord{MediaType: "application/vnd.oci.image.index.v1+json", Size: 1, FetchedAt: t0},
-			Mirror: &storage.MirrorRecord{Upstream: hub, Repo: "library/alpine", State: state, UpdatedAt: t0},
+			Fill:   &storage.FillRecord{Upstream: hub, Repo: "library/alpine", State: state, UpdatedAt: t0},
 		}
 	}
-	must(t, ix.RecordManifest(entry(partial, storage.MirrorPartial)))
-	must(t, ix.RecordManifest(entry(complete, storage.MirrorPartial)))
+	must(t, ix.RecordManifest(entry(partial, storage.FillPartial)))
+	must(t, ix.RecordManifest(entry(complete, storage.FillPartial)))
 	must(t, ix.RecordManifest(storage.ManifestEntry{Upstream: hub, Repo: "library/alpine", Digest: plain}))
 
-	rec, ok, err := ix.Mirror(hub, "library/alpine", partial)
-	if err != nil || !ok || rec.State != storage.MirrorPartial || rec.Upstream != hub || rec.Repo != "library/alpine" || !rec.UpdatedAt.Equal(t0) {
+	rec, ok, err := ix.Fill(hub, "library/alpine", partial)
+	if err != nil || !ok || rec.State != storage.FillPartial || rec.Upstream != hub || rec.Repo != "library/alpine" || !rec.UpdatedAt.Equal(t0) {
 		t.Fatalf("Mirror(partial) = %+v, %v, %v", rec, ok, err)
 	}
-	if _, ok, err := ix.Mirror(hub, "library/alpine", plain); err != nil || ok {
+	if _, ok, err := ix.Fill(hub, "library/alpine", plain); err != nil || ok {
 		t.Fatalf("Mirror of a manifest recorded without one = %v, %v", ok, err)
 	}
 
 	t1 := t0.Add(time.Minute)
-	done := storage.MirrorRecord{Upstream: hub, Repo: "library/alpine", State: storage.MirrorComplete,
+	done := storage.FillRecord{Upstream: hub, Repo: "library/alpine", State: storage.FillComplete,
 		Platforms: []string{"linux/amd64", "linux/arm64/v8"}, UpdatedAt: t1}
-	must(t, ix.PutMirror(complete, done))
-	rec, ok, err = ix.Mirror(hub, "library/alpine", complete)
-	if err != nil || !ok || rec.State != storage.MirrorComplete || !slices.Equal(rec.Platforms, done.Platforms) || !rec.UpdatedAt.Equal(t1) {
+	must(t, ix.PutFill(complete, done))
+	rec, ok, err = ix.Fill(hub, "library/alpine", complete)
+	if err != nil || !ok || rec.State != storage.FillComplete || !slices.Equal(rec.Platforms, done.Platforms) || !rec.UpdatedAt.Equal(t1) {
 		t.Fatalf("Mirror(complete) = %+v, %v, %v; want %+v", rec, ok, err, done)
 	}
 
 	// Recording the manifest again (e.g. pulled by another tag) must not
 	// reset a mirror state that is already recorded.
-	must(t, ix.RecordManifest(entry(complete, storage.MirrorPartial)))
-	if rec, _, _ := ix.Mirror(hub, "library/alpine", complete); rec.State != storage.MirrorComplete || !slices.Equal(rec.Platforms, done.Platforms) {
+	must(t, ix.RecordManifest(entry(complete, storage.FillPartial)))
+	if rec, _, _ := ix.Fill(hub, "library/alpine", complete); rec.State != storage.FillComplete || !slices.Equal(rec.Platforms, done.Platforms) {
 		t.Fatalf("RecordManifest overwrote a complete mirror state: %+v", rec)
 	}
 	// Not even with another partial state.
-	e := entry(partial, storage.MirrorPartial)
-	e.Mirror.Platforms = []string{"changed"}
+	e := entry(partial, storage.FillPartial)
+	e.Fill.Platforms = []string{"changed"}
 	must(t, ix.RecordManifest(e))
-	if rec, _, _ := ix.Mirror(hub, "library/alpine", partial); rec.Platforms != nil {
+	if rec, _, _ := ix.Fill(hub, "library/alpine", partial); rec.Platforms != nil {
 		t.Fatalf("RecordManifest overwrote a partial mirror state: %+v", rec)
 	}
 	// The state is per repository: the same digest elsewhere is separate.
-	if _, ok, _ := ix.Mirror(ghcr, "library/alpine", partial); ok {
+	if _, ok, _ := ix.Fill(ghcr, "library/alpine", partial); ok {
 		t.Fatal("a mirror state leaked into another upstream")
 	}
 
-	incomplete, err := ix.IncompleteMirrors()
+	incomplete, err := ix.IncompleteFills()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(incomplete) != 1 || incomplete[0].Digest != partial || incomplete[0].State != storage.MirrorPartial || incomplete[0].Repo != "library/alpine" {
-		t.Fatalf("IncompleteMirrors = %+v, want only %s", incomplete, partial)
+	if len(incomplete) != 1 || incomplete[0].Digest != partial || incomplete[0].State != storage.FillPartial || incomplete[0].Repo != "library/alpine" {
+		t.Fatalf("IncompleteFills = %+v, want only %s", incomplete, partial)
 	}
 
-	// PutMirror overwrites: a finished partial mirror leaves the list.
-	must(t, ix.PutMirror(partial, storage.MirrorRecord{Upstream: hub, Repo: "library/alpine", State: storage.MirrorComplete, UpdatedAt: t1}))
-	if m, err := ix.IncompleteMirrors(); err != nil || len(m) != 0 {
-		t.Fatalf("IncompleteMirrors after completing all = %+v, %v", m, err)
+	// PutFill overwrites: a finished partial mirror leaves the list.
+	must(t, ix.PutFill(partial, storage.FillRecord{Upstream: hub, Repo: "library/alpine", State: storage.FillComplete, UpdatedAt: t1}))
+	if m, err := ix.IncompleteFills(); err != nil || len(m) != 0 {
+		t.Fatalf("IncompleteFills after completing all = %+v, %v", m, err)
 	}
 	// And back: a restarted mirror is listed again.
-	must(t, ix.PutMirror(complete, storage.MirrorRecord{Upstream: ghcr, Repo: "x", State: storage.MirrorPartial, UpdatedAt: t1}))
-	if m, err := ix.IncompleteMirrors(); err != nil || len(m) != 1 || m[0].Digest != complete || m[0].Upstream != ghcr {
-		t.Fatalf("IncompleteMirrors = %+v, %v; want %s from %s", m, err, complete, ghcr)
+	must(t, ix.PutFill(complete, storage.FillRecord{Upstream: ghcr, Repo: "x", State: storage.FillPartial, UpdatedAt: t1}))
+	if m, err := ix.IncompleteFills(); err != nil || len(m) != 1 || m[0].Digest != complete || m[0].Upstream != ghcr {
+		t.Fatalf("IncompleteFills = %+v, %v; want %s from %s", m, err, complete, ghcr)
 	}
 }
 
@@ -428,7 +428,7 @@ func TestIndexPersists(t *testing.T) {
 	must(t, ix.RecordManifest(storage.ManifestEntry{
 		Upstream: hub, Repo: "library/alpine", Digest: m, Tag: "3.20",
 		Record: storage.ManifestRecord{MediaType: "application/vnd.oci.image.index.v1+json", Size: 42, FetchedAt: t0},
-		Mirror: &storage.MirrorRecord{Upstream: hub, Repo: "library/alpine", State: storage.MirrorPartial, UpdatedAt: t0},
+		Fill:   &storage.FillRecord{Upstream: hub, Repo: "library/alpine", State: storage.FillPartial, UpdatedAt: t0},
 	}))
 	must(t, ix.RecordBlob(hub, "library/alpine", b, 7, t0))
 	must(t, ix.Link(ghcr, "x/y", b))
@@ -450,8 +450,8 @@ func TestIndexPersists(t *testing.T) {
 	checkLinked(t, ix, hub, "library/alpine", m, true)
 	checkLinked(t, ix, hub, "library/alpine", b, true)
 	checkLinked(t, ix, ghcr, "x/y", b, true)
-	if inc, err := ix.IncompleteMirrors(); err != nil || len(inc) != 1 || inc[0].Digest != m || inc[0].State != storage.MirrorPartial {
-		t.Fatalf("IncompleteMirrors after reopen = %+v, %v", inc, err)
+	if inc, err := ix.IncompleteFills(); err != nil || len(inc) != 1 || inc[0].Digest != m || inc[0].State != storage.FillPartial {
+		t.Fatalf("IncompleteFills after reopen = %+v, %v", inc, err)
 	}
 }
 

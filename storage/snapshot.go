@@ -21,8 +21,8 @@ type Snapshot struct {
 	// Manifests and Blobs: the records of stored content, by digest.
 	Manifests map[digest.Digest]ManifestRecord
 	Blobs     map[digest.Digest]BlobRecord
-	// Mirrors are the mirror states, one per repository and digest.
-	Mirrors []MirrorEntry
+	// Fills are the fill states, one per repository and digest.
+	Fills []FillEntry
 	// Pins by digest or TagKey.
 	Pins map[string]PinRecord
 	// Access holds the manifests' last pulls recorded by TouchManifest.
@@ -54,8 +54,8 @@ func (ix *Index) Snapshot() (*Snapshot, error) {
 		if err := readAll(tx, bucketBlobs, func(k string, v BlobRecord) { s.Blobs[digest.Digest(k)] = v }); err != nil {
 			return err
 		}
-		if err := readAll(tx, bucketMirrors, func(k string, v MirrorRecord) {
-			s.Mirrors = append(s.Mirrors, MirrorEntry{Digest: mirrorDigest([]byte(k)), MirrorRecord: v})
+		if err := readAll(tx, bucketMirrors, func(k string, v FillRecord) {
+			s.Fills = append(s.Fills, FillEntry{Digest: mirrorDigest([]byte(k)), FillRecord: v})
 		}); err != nil {
 			return err
 		}

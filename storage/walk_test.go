@@ -130,7 +130,7 @@ func TestIndexForget(t *testing.T) {
 	must(t, ix.RecordManifest(storage.ManifestEntry{
 		Upstream: hub, Repo: repo, Digest: manifest, Tag: "3",
 		Record: storage.ManifestRecord{MediaType: "application/vnd.oci.image.manifest.v1+json", Size: 100, FetchedAt: t0},
-		Mirror: &storage.MirrorRecord{Upstream: hub, Repo: repo, State: storage.MirrorComplete},
+		Fill:   &storage.FillRecord{Upstream: hub, Repo: repo, State: storage.FillComplete},
 	}))
 	must(t, ix.Link(ghcr, "o/alpine", manifest))
 	must(t, ix.RecordBlob(hub, repo, blob, 1000, t0))
@@ -159,7 +159,7 @@ func TestIndexForget(t *testing.T) {
 	if _, ok, _ := ix.Tag(hub, repo, "3"); ok {
 		t.Error("the tag of a forgotten manifest survived")
 	}
-	if _, ok, _ := ix.Mirror(hub, repo, manifest); ok {
+	if _, ok, _ := ix.Fill(hub, repo, manifest); ok {
 		t.Error("the mirror state of a forgotten manifest survived")
 	}
 	for _, h := range []struct{ host, repo string }{{hub, repo}, {ghcr, "o/alpine"}} {
@@ -189,18 +189,18 @@ func TestIndexDeleteTagIfAndMirror(t *testing.T) {
 	if ok, err := ix.DeleteTagIf(hub, repo, "3", a); err != nil || !ok {
 		t.Fatalf("DeleteTagIf = %v, %v", ok, err)
 	}
-	must(t, ix.PutMirror(a, storage.MirrorRecord{Upstream: hub, Repo: repo, State: storage.MirrorComplete}))
-	must(t, ix.PutMirror(a, storage.MirrorRecord{Upstream: ghcr, Repo: "o/a", State: storage.MirrorComplete}))
-	must(t, ix.DeleteMirror(hub, repo, a))
-	if _, ok, _ := ix.Mirror(hub, repo, a); ok {
-		t.Error("DeleteMirror left the state")
+	must(t, ix.PutFill(a, storage.FillRecord{Upstream: hub, Repo: repo, State: storage.FillComplete}))
+	must(t, ix.PutFill(a, storage.FillRecord{Upstream: ghcr, Repo: "o/a", State: storage.FillComplete}))
+	must(t, ix.DeleteFill(hub, repo, a))
+	if _, ok, _ := ix.Fill(hub, repo, a); ok {
+		t.Error("DeleteFill left the state")
 	}
-	if _, ok, _ := ix.Mirror(ghcr, "o/a", a); !ok {
-		t.Error("DeleteMirror removed another repository's state")
+	if _, ok, _ := ix.Fill(ghcr, "o/a", a); !ok {
+		t.Error("DeleteFill removed another repository's state")
 	}
 	snap, err := ix.Snapshot()
 	must(t, err)
-	if len(snap.Mirrors) != 1 || snap.Mirrors[0].Digest != a || snap.Mirrors[0].Upstream != ghcr {
-		t.Fatalf("Snapshot.Mirrors = %+v", snap.Mirrors)
+	if len(snap.Fills) != 1 || snap.Fills[0].Digest != a || snap.Fills[0].Upstream != ghcr {
+		t.Fatalf("Snapshot.Fills = %+v", snap.Fills)
 	}
 }

@@ -13,7 +13,7 @@ import (
 	"github.com/docker-mirror/docker-mirror/proxy"
 	"github.com/docker-mirror/docker-mirror/proxy/access"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
-	"github.com/docker-mirror/docker-mirror/tests/mirrortest"
+	"github.com/docker-mirror/docker-mirror/tests/servertest"
 )
 
 // htpasswd writes a bcrypt htpasswd file of users.
@@ -53,7 +53,7 @@ func TestClientAccess(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		m := mirrortest.Start(t, up.URL(), proxy.WithAccess(pol, access.Admin))
+		m := servertest.Start(t, up.URL(), proxy.WithAccess(pol, access.Admin))
 		r := do(t, http.MethodGet, m.URL()+"/v2/", nil)
 		wantError(t, r, http.StatusUnauthorized, "UNAUTHORIZED")
 		if r.header.Get("WWW-Authenticate") != `Basic realm="docker-mirror"` {
@@ -114,7 +114,7 @@ func TestClientAccess(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		m := mirrortest.Start(t, up.URL(), proxy.WithAccess(pol, access.Anyone))
+		m := servertest.Start(t, up.URL(), proxy.WithAccess(pol, access.Anyone))
 		wantManifest(t, get(t, m.URL()+"/v2/acl/manifests/1"), img.Manifest, img.MediaType)
 		wantError(t, do(t, http.MethodGet, m.URL()+"/v2/acl/manifests/1", authed("bob", "wrong")), http.StatusUnauthorized, "UNAUTHORIZED")
 		if r := get(t, m.URL()+"/metrics"); r.status != http.StatusOK {

@@ -7,12 +7,12 @@ import (
 	"testing"
 
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
-	"github.com/docker-mirror/docker-mirror/tests/mirrortest"
+	"github.com/docker-mirror/docker-mirror/tests/servertest"
 )
 
 func TestBaseEndpoint(t *testing.T) {
 	up := fixture.StartUpstream(t)
-	m := mirrortest.Start(t, up.URL())
+	m := servertest.Start(t, up.URL())
 	for _, method := range []string{http.MethodGet, http.MethodHead} {
 		r := do(t, method, m.URL()+"/v2/", nil)
 		if r.status != http.StatusOK || r.header.Get("Docker-Distribution-API-Version") != "registry/2.0" {
@@ -25,7 +25,7 @@ func TestBaseEndpoint(t *testing.T) {
 func TestBlobRangeAndHead(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	img := up.SeedImage(t, "library/rng", "1", 1, 64<<10)
-	m := mirrortest.Start(t, up.URL())
+	m := servertest.Start(t, up.URL())
 	layer := img.Layers[0]
 	url := m.URL() + "/v2/rng/blobs/" + layer
 
@@ -106,7 +106,7 @@ func TestBlobRangeAndHead(t *testing.T) {
 func TestErrors(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	img := up.SeedImage(t, "library/err", "1", 1, 1<<10)
-	m := mirrortest.Start(t, up.URL())
+	m := servertest.Start(t, up.URL())
 	missing := "sha256:" + fmt.Sprintf("%064d", 0)
 	cases := []struct {
 		name, method, path string
@@ -150,10 +150,10 @@ func TestErrors(t *testing.T) {
 // Upstream failures with nothing cached: 429 passes on with Retry-After,
 // 5xx is a 502, an unreachable upstream a 503; never a 404 or a 500.
 func TestUpstreamFailuresWithoutCache(t *testing.T) {
-	start := func(t *testing.T) (*fixture.Upstream, *mirrortest.Mirror, []string) {
+	start := func(t *testing.T) (*fixture.Upstream, *servertest.Server, []string) {
 		up := fixture.StartUpstream(t)
 		img := up.SeedImage(t, "library/fail", "1", 1, 1<<10)
-		m := mirrortest.Start(t, up.URL())
+		m := servertest.Start(t, up.URL())
 		return up, m, []string{m.URL() + "/v2/fail/manifests/1", m.URL() + "/v2/fail/blobs/" + img.Layers[0]}
 	}
 	t.Run("429", func(t *testing.T) {
@@ -201,7 +201,7 @@ func TestUpstreamFailuresWithoutCache(t *testing.T) {
 func TestCorruptBlobNeverServedNorStored(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	img := up.SeedImage(t, "library/bad", "1", 1, 256<<10)
-	m := mirrortest.Start(t, up.URL())
+	m := servertest.Start(t, up.URL())
 	layer := img.Layers[0]
 	url := m.URL() + "/v2/bad/blobs/" + layer
 
@@ -231,7 +231,7 @@ func TestCorruptBlobNeverServedNorStored(t *testing.T) {
 func TestBadManifestsRefused(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	img := up.SeedImage(t, "library/badm", "1", 1, 1<<10)
-	m := mirrortest.Start(t, up.URL())
+	m := servertest.Start(t, up.URL())
 
 	up.SetFault(fixture.Fault{Kind: fixture.KindManifest, Corrupt: true})
 	wantError(t, get(t, m.URL()+"/v2/badm/manifests/"+img.Digest), http.StatusBadGateway, "UNAVAILABLE")
@@ -246,7 +246,7 @@ func TestBadManifestsRefused(t *testing.T) {
 func TestAcceptNegotiation(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	ma := up.SeedMultiArch(t, "library/multi", "v1", fixture.Docker)
-	m := mirrortest.Start(t, up.URL())
+	m := servertest.Start(t, up.URL())
 	amd := ma.Platforms["linux/amd64"]
 	r := do(t, http.MethodGet, m.URL()+"/v2/multi/manifests/v1", map[string]string{"Accept": amd.MediaType})
 	wantManifest(t, r, amd.Manifest, amd.MediaType)

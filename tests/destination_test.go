@@ -27,9 +27,9 @@ import (
 
 	"github.com/docker-mirror/docker-mirror/proxy"
 	"github.com/docker-mirror/docker-mirror/storage"
-	"github.com/docker-mirror/docker-mirror/storage/registry"
+	"github.com/docker-mirror/docker-mirror/storage/destination"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
-	"github.com/docker-mirror/docker-mirror/tests/mirrortest"
+	"github.com/docker-mirror/docker-mirror/tests/servertest"
 )
 
 // The destination registry's users and the prefix mirrors push under.
@@ -44,7 +44,7 @@ var destLinuxPlatforms = []string{"linux/amd64", "linux/arm/v7", "linux/arm64"}
 
 // destMirror is a mirror whose store is a destination registry.
 type destMirror struct {
-	*mirrortest.Mirror
+	*servertest.Server
 	dest *fixture.Destination
 }
 
@@ -53,7 +53,7 @@ type destMirror struct {
 type destSetup struct {
 	password string
 	// wrap, if set, wraps the registry store (e.g. to hold a Put).
-	wrap func(*registry.Store) storage.Store
+	wrap func(*destination.Store) storage.Store
 }
 
 // startDestMirror starts a mirror of up whose store is the registry store
@@ -65,9 +65,9 @@ func startDestMirror(t *testing.T, up *fixture.Upstream, dest *fixture.Destinati
 		setup = &destSetup{password: destPassword}
 	}
 	newStore := func(index *storage.Index) (storage.Store, error) {
-		s, err := registry.New(dest.URL()+"/"+destPrefix,
-			registry.WithCredentials(destUser, setup.password),
-			registry.WithMountSources(func(_ context.Context, dgst digest.Digest) []string {
+		s, err := destination.New(dest.URL()+"/"+destPrefix,
+			destination.WithCredentials(destUser, setup.password),
+			destination.WithMountSources(func(_ context.Context, dgst digest.Digest) []string {
 				holders, _ := index.Holders(dgst)
 				var repos []string
 				for _, h := range holders {
@@ -85,7 +85,7 @@ func startDestMirror(t *testing.T, up *fixture.Upstream, dest *fixture.Destinati
 		}
 		return s, nil
 	}
-	return &destMirror{Mirror: mirrortest.StartWithStore(t, up.URL(), newStore, opts...), dest: dest}
+	return &destMirror{Server: servertest.StartWithStore(t, up.URL(), newStore, opts...), dest: dest}
 }
 
 func startDest(t *testing.T) *fixture.Destination {
@@ -313,9 +313,9 @@ func wantIndexTruthful(t testing.TB, m *destMirror, repo string, ma *fixture.Mul
 			}
 		}
 	}
-	if rec, ok, err := m.Index.Mirror(proxy.DefaultHost, repo, digestOf(t, ma.Digest)); err != nil {
+	if rec, ok, err := m.Index.Fill(proxy.DefaultHost, repo, digestOf(t, ma.Digest)); err != nil {
 		t.Fatal(err)
-	} else if ok && rec.State == storage.MirrorComplete {
+	} else if ok && rec.State == storage.FillComplete {
 		for _, p := range destLinuxPlatforms {
 			if !destHas(t, m.dest, repo, "manifests", ma.Platforms[p].Digest) {
 				t.Errorf("the index says %s is mirrored completely, but the destination lacks %s", ma.Digest, p)
@@ -361,12 +361,12 @@ func TestDestinationProxyMiss(t *testing.T) {
 			dest := startDest(t)
 			m := startDestMirror(t, up, dest, nil)
 
-			if got := cranePull(t, ref(t, m.Mirror, "hello-world:latest"), remote.WithPlatform(linuxAMD64)); got != ma.Platforms["linux/amd64"].Digest {
+			if got := cranePull(t, ref(t, m.Server, "hello-world:latest"), remote.WithPlatform(linuxAMD64)); got != ma.Platforms["linux/amd64"].Digest {
 				t.Fatalf("pulled %s, want %s", got, ma.Platforms["linux/amd64"].Digest)
 			}
 			m.WaitIdle()
-			rec, ok, err := m.Index.Mirror(proxy.DefaultHost, "library/hello-world", digestOf(t, ma.Digest))
-			if err != nil || !ok || rec.State != storage.MirrorComplete {
+			rec, ok, err := m.Index.Fill(proxy.DefaultHost, "library/hello-world", digestOf(t, ma.Digest))
+			if err != nil || !ok || rec.State != storage.FillComplete {
 				t.Fatalf("index mirror state = %+v %v %v, want complete", rec, ok, err)
 			}
 			wantDestMultiArch(t, dest, "library/hello-world", ma)
@@ -377,10 +377,10 @@ func TestDestinationProxyMiss(t *testing.T) {
 			dest.ResetRequests()
 			for _, p := range destLinuxPlatforms {
 				plat, _ := v1.ParsePlatform(p)
-				if got := cranePull(t, ref(t, m.Mirror, "hello-world:latest"), remote.WithPlatform(*plat)); got != ma.Platforms[p].Digest {
+				if got := cranePull(t, ref(t, m.Server, "hello-world:latest"), remote.WithPlatform(*plat)); got != ma.Platforms[p].Digest {
 					t.Errorf("%s: pulled %s, want %s", p, got, ma.Platforms[p].Digest)
 				}
-				wantImage(t, m.Mirror, "hello-world", ma.Platforms[p])
+				wantImage(t, m.Server, "hello-world", ma.Platforms[p])
 			}
 			wantManifest(t, get(t, m.URL()+"/v2/library/hello-world/manifests/latest"), ma.Index, ma.MediaType)
 			blobGETs, manifestGETs := dest.Count(http.MethodGet, fixture.KindBlob), dest.Count(http.MethodGet, fixture.KindManifest)
@@ -403,7 +403,7 @@ func TestDestinationProxyMiss(t *testing.T) {
 			if c := r.header.Get("X-Cache"); c != "stale" {
 				t.Errorf("X-Cache %q, want stale", c)
 			}
-			wantImage(t, m.Mirror, "hello-world", ma.Platforms["linux/arm/v7"])
+			wantImage(t, m.Server, "hello-world", ma.Platforms["linux/arm/v7"])
 			if dest.Count(http.MethodGet, fixture.KindBlob) == 0 {
 				t.Error("no blob read from the destination after a restart")
 			}
@@ -425,7 +425,7 @@ func TestDestinationPrefetch(t *testing.T) {
 		{`{"images": ["hello-world", "Bad:Ref"]}`, "Bad:Ref"},
 		{`{"images": ["evil.example.com/x:1"]}`, "evil.example.com"},
 	} {
-		r := postPrefetch(t, m.Mirror, bad.body)
+		r := postPrefetch(t, m.Server, bad.body)
 		if r.status != http.StatusBadRequest || !strings.Contains(string(r.body), bad.names) {
 			t.Errorf("POST %s: %d %s; want 400 naming %q", bad.body, r.status, r.body, bad.names)
 		}
@@ -434,7 +434,7 @@ func TestDestinationPrefetch(t *testing.T) {
 		t.Errorf("invalid prefetches reached the destination %d times", n)
 	}
 
-	r := postPrefetch(t, m.Mirror, `{"images": ["hello-world", "area51/jenkins:2.4", "library/missing:1"]}`)
+	r := postPrefetch(t, m.Server, `{"images": ["hello-world", "area51/jenkins:2.4", "library/missing:1"]}`)
 	if r.status != http.StatusAccepted {
 		t.Fatalf("POST: %d %s", r.status, r.body)
 	}
@@ -446,7 +446,7 @@ func TestDestinationPrefetch(t *testing.T) {
 		t.Errorf("new job state %q", queued.State)
 	}
 	m.WaitIdle()
-	j := job(t, m.Mirror, r.header.Get("Location"))
+	j := job(t, m.Server, r.header.Get("Location"))
 	if j.State != storage.JobFailed || len(j.Images) != 3 {
 		t.Fatalf("job %+v; want failed (one image is missing) with 3 images", j)
 	}
@@ -481,9 +481,9 @@ func TestDestinationPrefetch(t *testing.T) {
 
 	// Prefetching again uploads nothing.
 	dest.ResetRequests()
-	r = postPrefetch(t, m.Mirror, `{"images": ["hello-world", "area51/jenkins:2.4"]}`)
+	r = postPrefetch(t, m.Server, `{"images": ["hello-world", "area51/jenkins:2.4"]}`)
 	m.WaitIdle()
-	if j := job(t, m.Mirror, r.header.Get("Location")); j.State != storage.JobDone {
+	if j := job(t, m.Server, r.header.Get("Location")); j.State != storage.JobDone {
 		t.Fatalf("second job %+v", j)
 	}
 	for _, r := range dest.Requests() {
@@ -494,9 +494,9 @@ func TestDestinationPrefetch(t *testing.T) {
 
 	up.Stop()
 	for _, p := range destLinuxPlatforms {
-		wantImage(t, m.Mirror, "hello-world", ma.Platforms[p])
+		wantImage(t, m.Server, "hello-world", ma.Platforms[p])
 	}
-	wantImage(t, m.Mirror, "area51/jenkins", img)
+	wantImage(t, m.Server, "area51/jenkins", img)
 }
 
 // A prefetch interrupted by a restart resumes and fills the destination.
@@ -507,7 +507,7 @@ func TestDestinationPrefetchResumesAfterRestart(t *testing.T) {
 	m := startDestMirror(t, up, dest, nil)
 	// Blob downloads hang until the mirror is stopped.
 	up.SetFault(fixture.Fault{Kind: fixture.KindBlob, Latency: 10 * time.Minute})
-	r := postPrefetch(t, m.Mirror, `{"images": ["hello-world:latest"]}`)
+	r := postPrefetch(t, m.Server, `{"images": ["hello-world:latest"]}`)
 	if r.status != http.StatusAccepted {
 		t.Fatalf("POST: %d %s", r.status, r.body)
 	}
@@ -518,7 +518,7 @@ func TestDestinationPrefetchResumesAfterRestart(t *testing.T) {
 	}
 	m.Restart()
 	m.WaitIdle()
-	j := job(t, m.Mirror, r.header.Get("Location"))
+	j := job(t, m.Server, r.header.Get("Location"))
 	if j.State != storage.JobDone || j.Images[0].State != storage.JobDone || j.Images[0].Digest != ma.Digest {
 		t.Fatalf("resumed job %+v", j)
 	}
@@ -575,7 +575,7 @@ func TestDestinationMountsSharedLayers(t *testing.T) {
 	dest := startDest(t)
 	m := startDestMirror(t, up, dest, nil)
 
-	cranePull(t, ref(t, m.Mirror, "hello-world:latest"), remote.WithPlatform(linuxAMD64))
+	cranePull(t, ref(t, m.Server, "hello-world:latest"), remote.WithPlatform(linuxAMD64))
 	m.WaitIdle()
 	dest.ResetRequests()
 
@@ -587,14 +587,14 @@ func TestDestinationMountsSharedLayers(t *testing.T) {
 		copy       func(t *testing.T)
 	}{
 		{"pull", "area51/jenkins", base.Layers, func(t *testing.T) {
-			if got := cranePull(t, ref(t, m.Mirror, "area51/jenkins:2.4")); got != derived.Digest {
+			if got := cranePull(t, ref(t, m.Server, "area51/jenkins:2.4")); got != derived.Digest {
 				t.Fatalf("pulled %s, want %s", got, derived.Digest)
 			}
 		}},
 		{"pull the same image", "area51/runner", derived.Blobs(), func(t *testing.T) {
 			seedDerivedCopy(t, up, derived, "area51/jenkins", "area51/runner", "1")
 			wantManifest(t, get(t, m.URL()+"/v2/area51/runner/manifests/1"), derived.Manifest, derived.MediaType)
-			if got := cranePull(t, ref(t, m.Mirror, "area51/runner:1")); got != derived.Digest {
+			if got := cranePull(t, ref(t, m.Server, "area51/runner:1")); got != derived.Digest {
 				t.Fatalf("pulled %s, want %s", got, derived.Digest)
 			}
 			m.WaitIdle()
@@ -602,12 +602,12 @@ func TestDestinationMountsSharedLayers(t *testing.T) {
 		}},
 		{"prefetch the same image", "area51/agent", derived.Blobs(), func(t *testing.T) {
 			seedDerivedCopy(t, up, derived, "area51/jenkins", "area51/agent", "1")
-			r := postPrefetch(t, m.Mirror, `{"images": ["area51/agent:1"]}`)
+			r := postPrefetch(t, m.Server, `{"images": ["area51/agent:1"]}`)
 			if r.status != http.StatusAccepted {
 				t.Fatalf("POST: %d %s", r.status, r.body)
 			}
 			m.WaitIdle()
-			if j := job(t, m.Mirror, r.header.Get("Location")); j.State != storage.JobDone {
+			if j := job(t, m.Server, r.header.Get("Location")); j.State != storage.JobDone {
 				t.Errorf("job %+v", j)
 			}
 			wantDestManifest(t, dest, "area51/agent", "1", derived.Manifest, derived.MediaType)
@@ -677,7 +677,7 @@ func uploadsOf(reqs []fixture.DestRequest) []fixture.DestRequest {
 
 // gatedStore holds the Put of one blob until released.
 type gatedStore struct {
-	*registry.Store
+	*destination.Store
 	blob    digest.Digest
 	once    sync.Once
 	reached chan struct{} // closed when the Put of blob starts
@@ -708,7 +708,7 @@ func TestDestinationDown(t *testing.T) {
 	dest := startDest(t)
 	armLayer := ma.Platforms["linux/arm64"].Layers[1]
 	var gate *gatedStore
-	setup := &destSetup{password: destPassword, wrap: func(s *registry.Store) storage.Store {
+	setup := &destSetup{password: destPassword, wrap: func(s *destination.Store) storage.Store {
 		if gate == nil { // the first start only
 			gate = &gatedStore{Store: s, blob: digest.Digest(armLayer), reached: make(chan struct{}), release: make(chan struct{})}
 			return gate
@@ -718,11 +718,11 @@ func TestDestinationDown(t *testing.T) {
 	m := startDestMirror(t, up, dest, setup)
 
 	// One image mirrored completely before the destination goes down.
-	cranePull(t, ref(t, m.Mirror, "area51/jenkins:2.4"))
+	cranePull(t, ref(t, m.Server, "area51/jenkins:2.4"))
 
 	// The background mirror of hello-world holds at arm64's own layer
 	// while the destination goes down.
-	cranePull(t, ref(t, m.Mirror, "hello-world:latest"), remote.WithPlatform(linuxAMD64))
+	cranePull(t, ref(t, m.Server, "hello-world:latest"), remote.WithPlatform(linuxAMD64))
 	<-gate.reached
 	dest.Stop()
 	close(gate.release)
@@ -736,16 +736,16 @@ func TestDestinationDown(t *testing.T) {
 	} {
 		wantMessage(t, get(t, m.URL()+path), "destination "+dest.Host(), "unreachable")
 	}
-	r := postPrefetch(t, m.Mirror, `{"images": ["busybox:1"]}`)
+	r := postPrefetch(t, m.Server, `{"images": ["busybox:1"]}`)
 	m.WaitIdle()
-	j := job(t, m.Mirror, r.header.Get("Location"))
+	j := job(t, m.Server, r.header.Get("Location"))
 	if j.State != storage.JobFailed || !strings.Contains(j.Images[0].Error, dest.Host()) {
 		t.Errorf("prefetch with the destination down: %+v; want failed naming the destination", j)
 	}
 	if _, ok, _ := m.Index.Manifest(digestOf(t, other.Digest)); ok {
 		t.Error("the index records busybox's manifest, which was never stored")
 	}
-	if rec, ok, _ := m.Index.Mirror(proxy.DefaultHost, "library/hello-world", digestOf(t, ma.Digest)); ok && rec.State == storage.MirrorComplete {
+	if rec, ok, _ := m.Index.Fill(proxy.DefaultHost, "library/hello-world", digestOf(t, ma.Digest)); ok && rec.State == storage.FillComplete {
 		t.Fatal("the index says hello-world is mirrored completely")
 	}
 
@@ -762,12 +762,12 @@ func TestDestinationDown(t *testing.T) {
 	wantDestManifest(t, dest, "area51/jenkins", "2.4", done.Manifest, done.MediaType)
 
 	// A later pull completes everything.
-	if got := cranePull(t, ref(t, m.Mirror, "hello-world:latest"), remote.WithPlatform(linuxAMD64)); got != ma.Platforms["linux/amd64"].Digest {
+	if got := cranePull(t, ref(t, m.Server, "hello-world:latest"), remote.WithPlatform(linuxAMD64)); got != ma.Platforms["linux/amd64"].Digest {
 		t.Fatalf("pulled %s", got)
 	}
 	m.WaitIdle()
 	wantDestMultiArch(t, dest, "library/hello-world", ma)
-	if got := cranePull(t, ref(t, m.Mirror, "busybox:1")); got != other.Digest {
+	if got := cranePull(t, ref(t, m.Server, "busybox:1")); got != other.Digest {
 		t.Fatalf("pulled %s, want %s", got, other.Digest)
 	}
 	m.WaitIdle()
@@ -776,7 +776,7 @@ func TestDestinationDown(t *testing.T) {
 	up.Stop()
 	wantIndexTruthful(t, m, "library/hello-world", ma)
 	for _, p := range destLinuxPlatforms {
-		wantImage(t, m.Mirror, "hello-world", ma.Platforms[p])
+		wantImage(t, m.Server, "hello-world", ma.Platforms[p])
 	}
 }
 
@@ -791,7 +791,7 @@ func TestDestinationWrongPassword(t *testing.T) {
 	setup := &destSetup{password: destPassword}
 	m := startDestMirror(t, up, dest, setup)
 	// Mirrored before the password goes wrong.
-	cranePull(t, ref(t, m.Mirror, "area51/jenkins:2.4"))
+	cranePull(t, ref(t, m.Server, "area51/jenkins:2.4"))
 	m.WaitIdle()
 
 	setup.password = wrongPassword
@@ -806,9 +806,9 @@ func TestDestinationWrongPassword(t *testing.T) {
 	} {
 		wantMessage(t, get(t, m.URL()+path), "destination "+dest.Host(), "credentials", destUser)
 	}
-	r := postPrefetch(t, m.Mirror, `{"images": ["hello-world"]}`)
+	r := postPrefetch(t, m.Server, `{"images": ["hello-world"]}`)
 	m.WaitIdle()
-	j := job(t, m.Mirror, r.header.Get("Location"))
+	j := job(t, m.Server, r.header.Get("Location"))
 	if j.State != storage.JobFailed || !strings.Contains(j.Images[0].Error, "credentials") {
 		t.Errorf("prefetch with a wrong password: %+v; want failed, about the credentials", j)
 	}
@@ -834,10 +834,10 @@ func TestDestinationWrongPassword(t *testing.T) {
 
 	setup.password = destPassword
 	m.Restart()
-	cranePull(t, ref(t, m.Mirror, "hello-world:latest"), remote.WithPlatform(linuxAMD64))
+	cranePull(t, ref(t, m.Server, "hello-world:latest"), remote.WithPlatform(linuxAMD64))
 	m.WaitIdle()
 	wantDestMultiArch(t, dest, "library/hello-world", ma)
-	if got := cranePull(t, ref(t, m.Mirror, "area51/jenkins:2.4")); got != done.Digest {
+	if got := cranePull(t, ref(t, m.Server, "area51/jenkins:2.4")); got != done.Digest {
 		t.Errorf("pulled %s, want %s", got, done.Digest)
 	}
 	up.Stop()
@@ -853,7 +853,7 @@ func TestDestinationRequiringCompleteIndexes(t *testing.T) {
 	dest := fixture.StartDestination(t, map[string]string{destUser: destPassword}, fixture.WithCompleteIndexes())
 	m := startDestMirror(t, up, dest, nil)
 
-	cranePull(t, ref(t, m.Mirror, "hello-world:latest"), remote.WithPlatform(linuxAMD64))
+	cranePull(t, ref(t, m.Server, "hello-world:latest"), remote.WithPlatform(linuxAMD64))
 	m.WaitIdle()
 	wantDestManifest(t, dest, "library/hello-world", ma.Digest, ma.Index, ma.MediaType)
 	wantDestManifest(t, dest, "library/hello-world", "latest", ma.Index, ma.MediaType)
@@ -875,9 +875,9 @@ func TestDestinationPrefetchSlowSharedLayer(t *testing.T) {
 	dest := startDest(t)
 	m := startDestMirror(t, up, dest, nil)
 	up.SetFault(fixture.Fault{Method: http.MethodGet, Kind: fixture.KindBlob, PathContains: ma.SharedLayer, Latency: time.Second})
-	r := postPrefetch(t, m.Mirror, `{"images": ["hello-world"]}`)
+	r := postPrefetch(t, m.Server, `{"images": ["hello-world"]}`)
 	m.WaitIdle()
-	if j := job(t, m.Mirror, r.header.Get("Location")); j.State != storage.JobDone {
+	if j := job(t, m.Server, r.header.Get("Location")); j.State != storage.JobDone {
 		t.Fatalf("job %+v", j)
 	}
 	wantDestMultiArch(t, dest, "library/hello-world", ma)

@@ -11,7 +11,7 @@ import (
 	"github.com/docker-mirror/docker-mirror/lifecycle"
 	"github.com/docker-mirror/docker-mirror/proxy"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
-	"github.com/docker-mirror/docker-mirror/tests/mirrortest"
+	"github.com/docker-mirror/docker-mirror/tests/servertest"
 )
 
 // Eviction under a size limit while pulls go on: every pull still gets
@@ -24,7 +24,7 @@ func TestEvictionWhilePulling(t *testing.T) {
 		images = append(images, up.SeedMultiArch(t, "library/"+name, "1", fixture.OCI, fixture.WithLayerSize(64<<10)))
 	}
 	inUse := lifecycle.NewInUse()
-	m := mirrortest.Start(t, up.URL(), proxy.WithContentGuard(inUse))
+	m := servertest.Start(t, up.URL(), proxy.WithContentGuard(inUse))
 	// As in the server: content recorded within the grace period is never
 	// collected, so a fill in progress (stored, not yet referenced by a
 	// manifest the collector can read) survives.

@@ -8,7 +8,7 @@ import (
 
 	"github.com/docker-mirror/docker-mirror/proxy"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
-	"github.com/docker-mirror/docker-mirror/tests/mirrortest"
+	"github.com/docker-mirror/docker-mirror/tests/servertest"
 )
 
 // A blob download cut mid-stream resumes from where it stopped, so the
@@ -16,7 +16,7 @@ import (
 func TestBlobCutMidStreamResumes(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	img := up.SeedImage(t, "library/cut", "1", 1, 512<<10)
-	m := mirrortest.Start(t, up.URL())
+	m := servertest.Start(t, up.URL())
 	layer := img.Layers[0]
 
 	up.SetFault(fixture.Fault{Kind: fixture.KindBlob, Method: http.MethodGet, Cut: true, CutAfter: 100 << 10, Times: 2})
@@ -37,7 +37,7 @@ func TestBlobCutMidStreamResumes(t *testing.T) {
 func TestBlobCutBeyondRetriesAbortsClient(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	img := up.SeedImage(t, "library/cut", "1", 1, 512<<10)
-	m := mirrortest.Start(t, up.URL())
+	m := servertest.Start(t, up.URL())
 	layer := img.Layers[0]
 
 	up.SetFault(fixture.Fault{Kind: fixture.KindBlob, Method: http.MethodGet, Cut: true, CutAfter: 100 << 10})
@@ -57,7 +57,7 @@ func TestBlobCutBeyondRetriesAbortsClient(t *testing.T) {
 func TestRateLimitedUpstreamServesCache(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	img := up.SeedImage(t, "library/rl", "1", 1, 8<<10)
-	m := mirrortest.Start(t, up.URL(), proxy.WithTagTTL(time.Minute))
+	m := servertest.Start(t, up.URL(), proxy.WithTagTTL(time.Minute))
 	cranePull(t, ref(t, m, "rl:1"))
 	m.WaitIdle()
 	up.SetFault(fixture.Fault{Status: http.StatusTooManyRequests, Header: http.Header{"Retry-After": {"120"}}})
@@ -87,7 +87,7 @@ func TestHangingUpstream(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	img := up.SeedImage(t, "library/hang", "1", 1, 4<<10)
 	other := up.SeedImage(t, "library/hang", "2", 1, 4<<10)
-	m := mirrortest.StartUpstreams(t, []mirrortest.Upstream{{Host: "docker.io", URL: up.URL(), Timeout: 300 * time.Millisecond}}, nil, proxy.WithTagTTL(time.Minute))
+	m := servertest.StartUpstreams(t, []servertest.Upstream{{Host: "docker.io", URL: up.URL(), Timeout: 300 * time.Millisecond}}, nil, proxy.WithTagTTL(time.Minute))
 	cranePull(t, ref(t, m, "hang:1"))
 	m.WaitIdle()
 
@@ -111,7 +111,7 @@ func TestHangingUpstream(t *testing.T) {
 // A manifest over 4 MiB is refused, not stored, and not served.
 func TestOversizedManifestRefused(t *testing.T) {
 	up := fixture.StartUpstream(t)
-	m := mirrortest.Start(t, up.URL())
+	m := servertest.Start(t, up.URL())
 	big := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","annotations":{"x":"` + strings.Repeat("a", 5<<20) + `"}}`)
 	up.SetFault(fixture.Fault{Kind: fixture.KindManifest, Status: http.StatusOK, Body: big,
 		Header: http.Header{"Content-Type": {"application/vnd.oci.image.manifest.v1+json"}}})

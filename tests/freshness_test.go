@@ -7,7 +7,7 @@ import (
 
 	"github.com/docker-mirror/docker-mirror/proxy"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
-	"github.com/docker-mirror/docker-mirror/tests/mirrortest"
+	"github.com/docker-mirror/docker-mirror/tests/servertest"
 )
 
 // Within the tag TTL a tag is served without asking the upstream; after
@@ -16,7 +16,7 @@ import (
 func TestTagTTL(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	first := up.SeedImage(t, "library/app", "stable", 1, 1<<10)
-	m := mirrortest.Start(t, up.URL(), proxy.WithTagTTL(time.Minute))
+	m := servertest.Start(t, up.URL(), proxy.WithTagTTL(time.Minute))
 	url := m.URL() + "/v2/app/manifests/stable"
 
 	wantManifest(t, get(t, url), first.Manifest, first.MediaType)
@@ -74,7 +74,7 @@ func TestTagTTL(t *testing.T) {
 func TestTagTTLZeroAndDeletedTag(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	img := up.SeedImage(t, "library/gone", "1", 1, 1<<10)
-	m := mirrortest.Start(t, up.URL(), proxy.WithTagTTL(0))
+	m := servertest.Start(t, up.URL(), proxy.WithTagTTL(0))
 	url := m.URL() + "/v2/gone/manifests/1"
 	wantManifest(t, get(t, url), img.Manifest, img.MediaType)
 	up.ResetCounts()
@@ -91,7 +91,7 @@ func TestTagTTLZeroAndDeletedTag(t *testing.T) {
 func TestTokenReused(t *testing.T) {
 	up := fixture.StartUpstream(t, fixture.WithTokenAuth())
 	ma := up.SeedMultiArch(t, "library/multi", "v1", fixture.OCI)
-	m := mirrortest.Start(t, up.URL())
+	m := servertest.Start(t, up.URL())
 	cranePull(t, ref(t, m, "multi:v1"))
 	m.WaitIdle()
 	for _, p := range []string{"linux/arm64", "linux/arm/v7"} {
@@ -113,7 +113,7 @@ func TestTagsList(t *testing.T) {
 	for _, tag := range []string{"b", "c", "d"} {
 		up.Tag(t, "library/tl", img.Digest, tag)
 	}
-	m := mirrortest.Start(t, up.URL())
+	m := servertest.Start(t, up.URL())
 
 	r := get(t, m.URL()+"/v2/tl/tags/list?n=2")
 	if r.status != 200 || string(r.body) != `{"name":"tl","tags":["a","b"]}`+"\n" {

@@ -17,7 +17,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
-	"github.com/docker-mirror/docker-mirror/tests/mirrortest"
+	"github.com/docker-mirror/docker-mirror/tests/servertest"
 )
 
 // manifestAccept is what a client that understands every type sends.
@@ -111,7 +111,7 @@ func wantManifest(t testing.TB, r response, raw []byte, mediaType string) {
 }
 
 // wantBlob fetches a blob and checks it is complete and hashes to its digest.
-func wantBlob(t testing.TB, m *mirrortest.Mirror, repo, dgst string) {
+func wantBlob(t testing.TB, m *servertest.Server, repo, dgst string) {
 	t.Helper()
 	r := get(t, m.URL()+"/v2/"+repo+"/blobs/"+dgst)
 	if r.err != nil || r.status != http.StatusOK {
@@ -127,7 +127,7 @@ func wantBlob(t testing.TB, m *mirrortest.Mirror, repo, dgst string) {
 
 // wantImage pulls a platform image by digest through the mirror: its
 // manifest and every blob, checked byte for byte.
-func wantImage(t testing.TB, m *mirrortest.Mirror, repo string, img *fixture.Image) {
+func wantImage(t testing.TB, m *servertest.Server, repo string, img *fixture.Image) {
 	t.Helper()
 	wantManifest(t, get(t, m.URL()+"/v2/"+repo+"/manifests/"+img.Digest), img.Manifest, img.MediaType)
 	for _, b := range img.Blobs() {
@@ -136,7 +136,7 @@ func wantImage(t testing.TB, m *mirrortest.Mirror, repo string, img *fixture.Ima
 }
 
 // ref parses a reference to the mirror, e.g. ref(t, m, "multi:v1").
-func ref(t testing.TB, m *mirrortest.Mirror, s string) name.Reference {
+func ref(t testing.TB, m *servertest.Server, s string) name.Reference {
 	t.Helper()
 	r, err := name.ParseReference(m.Host()+"/"+s, name.Insecure)
 	if err != nil {

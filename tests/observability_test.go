@@ -12,13 +12,12 @@ import (
 	"testing"
 
 	"github.com/docker-mirror/docker-mirror/proxy"
-
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
-	"github.com/docker-mirror/docker-mirror/tests/mirrortest"
+	"github.com/docker-mirror/docker-mirror/tests/servertest"
 )
 
 // scrape reads /metrics into "name{labels}" -> value.
-func scrape(t *testing.T, m *mirrortest.Mirror) map[string]float64 {
+func scrape(t *testing.T, m *servertest.Server) map[string]float64 {
 	t.Helper()
 	r := get(t, m.URL()+"/metrics")
 	if r.status != http.StatusOK {
@@ -47,7 +46,7 @@ func scrape(t *testing.T, m *mirrortest.Mirror) map[string]float64 {
 func TestMetricsAndHealth(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	img := up.SeedImage(t, "library/obs", "1", 2, 32<<10)
-	m := mirrortest.Start(t, up.URL())
+	m := servertest.Start(t, up.URL())
 
 	cranePull(t, ref(t, m, "obs:1"))
 	m.WaitIdle()
@@ -133,7 +132,7 @@ func TestAccessLog(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	img := up.SeedImage(t, "library/logged", "1", 1, 1<<10)
 	var buf syncBuffer
-	m := mirrortest.Start(t, up.URL(), proxy.WithLogger(slog.New(slog.NewJSONHandler(&buf, nil))))
+	m := servertest.Start(t, up.URL(), proxy.WithLogger(slog.New(slog.NewJSONHandler(&buf, nil))))
 	get(t, m.URL()+"/v2/logged/manifests/1")
 	get(t, m.URL()+"/v2/logged/blobs/"+img.Layers[0])
 	get(t, m.URL()+"/v2/logged/manifests/nope")

@@ -12,11 +12,11 @@ import (
 	"github.com/docker-mirror/docker-mirror/proxy"
 	"github.com/docker-mirror/docker-mirror/storage"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
-	"github.com/docker-mirror/docker-mirror/tests/mirrortest"
+	"github.com/docker-mirror/docker-mirror/tests/servertest"
 )
 
 // postPrefetch sends a prefetch request and returns the answer.
-func postPrefetch(t *testing.T, m *mirrortest.Mirror, body string) response {
+func postPrefetch(t *testing.T, m *servertest.Server, body string) response {
 	t.Helper()
 	resp, err := http.Post(m.URL()+"/prefetch", "application/json", strings.NewReader(body))
 	if err != nil {
@@ -28,7 +28,7 @@ func postPrefetch(t *testing.T, m *mirrortest.Mirror, body string) response {
 	return response{status: resp.StatusCode, header: resp.Header, body: buf.Bytes()}
 }
 
-func job(t *testing.T, m *mirrortest.Mirror, location string) storage.Job {
+func job(t *testing.T, m *servertest.Server, location string) storage.Job {
 	t.Helper()
 	r := get(t, m.URL()+location)
 	if r.status != http.StatusOK {
@@ -48,7 +48,7 @@ func TestPrefetch(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	ma := up.SeedMultiArch(t, "library/multi", "v1", fixture.OCI)
 	img := up.SeedImage(t, "area51/jenkins", "2.4", 2, 16<<10)
-	m := mirrortest.Start(t, up.URL())
+	m := servertest.Start(t, up.URL())
 
 	for _, bad := range []struct{ body, names string }{
 		{`{"images": ["multi:v1", "Bad:Ref"]}`, "Bad:Ref"},
@@ -108,7 +108,7 @@ func TestPrefetch(t *testing.T) {
 func TestPrefetchPlatforms(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	ma := up.SeedMultiArch(t, "library/multi", "v1", fixture.Docker)
-	m := mirrortest.Start(t, up.URL())
+	m := servertest.Start(t, up.URL())
 	r := postPrefetch(t, m, `{"images": ["multi:v1"], "platforms": ["linux/arm64"]}`)
 	m.WaitIdle()
 	j := job(t, m, r.header.Get("Location"))
@@ -128,7 +128,7 @@ func TestPrefetchSharesFetchesWithPulls(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	ma := up.SeedMultiArch(t, "library/multi", "v1", fixture.OCI, fixture.WithLayerSize(1<<20))
 	up.SetThrottle(fixture.Throttle{BytesPerSec: 8 << 20})
-	m := mirrortest.Start(t, up.URL())
+	m := servertest.Start(t, up.URL())
 
 	var wg sync.WaitGroup
 	wg.Go(func() { postPrefetch(t, m, `{"images": ["multi:v1"]}`) })
@@ -150,7 +150,7 @@ func TestPrefetchSharesFetchesWithPulls(t *testing.T) {
 func TestPrefetchResumesAfterRestart(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	ma := up.SeedMultiArch(t, "library/multi", "v1", fixture.OCI)
-	m := mirrortest.Start(t, up.URL())
+	m := servertest.Start(t, up.URL())
 	// Blob downloads hang until the mirror is stopped.
 	up.SetFault(fixture.Fault{Kind: fixture.KindBlob, Latency: 10 * time.Minute})
 	r := postPrefetch(t, m, `{"images": ["multi:v1"]}`)
@@ -177,7 +177,7 @@ func TestSyncExpandsTagPatterns(t *testing.T) {
 	b := up.SeedImage(t, "library/redis", "7.2", 1, 4<<10)
 	other := up.SeedImage(t, "library/redis", "6.2", 1, 4<<10)
 	single := up.SeedImage(t, "library/nginx", "1.27", 1, 4<<10)
-	m := mirrortest.Start(t, up.URL())
+	m := servertest.Start(t, up.URL())
 
 	j, err := m.Proxy.SyncOnce(t.Context(), proxy.Sync{Images: []string{"redis:7.*", "nginx:1.27"}})
 	if err != nil {

@@ -11,7 +11,7 @@ import (
 
 	"github.com/docker-mirror/docker-mirror/storage"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
-	"github.com/docker-mirror/docker-mirror/tests/mirrortest"
+	"github.com/docker-mirror/docker-mirror/tests/servertest"
 )
 
 var flavours = []struct {
@@ -26,7 +26,7 @@ func TestPullByTagAndDigest(t *testing.T) {
 		t.Run(f.name, func(t *testing.T) {
 			up := fixture.StartUpstream(t)
 			ma := up.SeedMultiArch(t, "library/multi", "v1", f.mt)
-			m := mirrortest.Start(t, up.URL())
+			m := servertest.Start(t, up.URL())
 
 			for _, name := range []string{"multi", "library/multi"} {
 				wantManifest(t, get(t, m.URL()+"/v2/"+name+"/manifests/v1"), ma.Index, ma.MediaType)
@@ -52,7 +52,7 @@ func TestTwoTagsAndSinglePlatform(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	img := up.SeedImage(t, "library/single", "1.0", 2, 8<<10)
 	up.Tag(t, "library/single", img.Digest, "latest")
-	m := mirrortest.Start(t, up.URL())
+	m := servertest.Start(t, up.URL())
 
 	for _, tag := range []string{"1.0", "latest"} {
 		wantManifest(t, get(t, m.URL()+"/v2/single/manifests/"+tag), img.Manifest, img.MediaType)
@@ -73,13 +73,13 @@ func TestBackgroundMirrorServesOtherPlatformsOffline(t *testing.T) {
 		t.Run(f.name, func(t *testing.T) {
 			up := fixture.StartUpstream(t)
 			ma := up.SeedMultiArch(t, "library/multi", "v1", f.mt)
-			m := mirrortest.Start(t, up.URL())
+			m := servertest.Start(t, up.URL())
 
 			amd := v1.Platform{OS: "linux", Architecture: "amd64"}
 			cranePull(t, ref(t, m, "multi:v1"), remote.WithPlatform(amd))
 			m.WaitIdle()
-			rec, ok, err := m.Index.Mirror("docker.io", "library/multi", digestOf(t, ma.Digest))
-			if err != nil || !ok || rec.State != storage.MirrorComplete {
+			rec, ok, err := m.Index.Fill("docker.io", "library/multi", digestOf(t, ma.Digest))
+			if err != nil || !ok || rec.State != storage.FillComplete {
 				t.Fatalf("index mirror state = %+v %v %v, want complete", rec, ok, err)
 			}
 			if len(rec.Platforms) != 3 {
@@ -112,7 +112,7 @@ func TestRestartServesCachedWithUpstreamDown(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	ma := up.SeedMultiArch(t, "library/multi", "v1", fixture.OCI)
 	img := up.SeedImage(t, "library/single", "1.0", 1, 4<<10)
-	m := mirrortest.Start(t, up.URL())
+	m := servertest.Start(t, up.URL())
 	wantManifest(t, get(t, m.URL()+"/v2/multi/manifests/v1"), ma.Index, ma.MediaType)
 	cranePull(t, ref(t, m, "single:1.0"))
 	m.WaitIdle()
@@ -141,7 +141,7 @@ func TestHerdFetchesEachBlobOnce(t *testing.T) {
 	img := up.SeedImage(t, "library/herd", "1", 3, 2<<20)
 	// A slow link, so every client arrives while the downloads run.
 	up.SetThrottle(fixture.Throttle{BytesPerSec: 16 << 20})
-	m := mirrortest.Start(t, up.URL())
+	m := servertest.Start(t, up.URL())
 
 	var wg sync.WaitGroup
 	errs := make(chan string, 16)

@@ -18,7 +18,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
-	"github.com/docker-mirror/docker-mirror/tests/mirrortest"
+	"github.com/docker-mirror/docker-mirror/tests/servertest"
 )
 
 // The referrers API is passed through: a signature or SBOM attached to an
@@ -52,7 +52,7 @@ func TestReferrers(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	m := mirrortest.Start(t, up.URL)
+	m := servertest.Start(t, up.URL)
 	r := get(t, m.URL()+"/v2/signed/referrers/"+imgDigest.String())
 	if r.status != http.StatusOK || r.header.Get("Content-Type") != "application/vnd.oci.image.index.v1+json" {
 		t.Fatalf("referrers: %d %v %s", r.status, r.header, r.body)
@@ -67,7 +67,7 @@ func TestReferrers(t *testing.T) {
 	// An upstream without the API: 404.
 	plain := fixture.StartUpstream(t)
 	p := plain.SeedImage(t, "library/plain", "1", 1, 1<<10)
-	m2 := mirrortest.Start(t, plain.URL())
+	m2 := servertest.Start(t, plain.URL())
 	if r := get(t, m2.URL()+"/v2/plain/referrers/"+p.Digest); r.status != http.StatusNotFound {
 		t.Fatalf("referrers without the API upstream: %d %s", r.status, r.body)
 	}

@@ -17,12 +17,12 @@ import (
 
 	"github.com/docker-mirror/docker-mirror/proxy"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
-	"github.com/docker-mirror/docker-mirror/tests/mirrortest"
+	"github.com/docker-mirror/docker-mirror/tests/servertest"
 )
 
 // wantImageAt pulls an image by digest, its manifest and every blob,
 // through the mirror under name with query (e.g. "?ns=ghcr.io").
-func wantImageAt(t testing.TB, m *mirrortest.Mirror, name, query string, img *fixture.Image) {
+func wantImageAt(t testing.TB, m *servertest.Server, name, query string, img *fixture.Image) {
 	t.Helper()
 	base := m.URL() + "/v2/" + name
 	wantManifest(t, get(t, base+"/manifests/"+img.Digest+query), img.Manifest, img.MediaType)
@@ -62,7 +62,7 @@ func TestUpstreamRouting(t *testing.T) {
 	ghcrImg := ghcr.SeedImage(t, "library/app", "v1", 2, 4<<10)
 	localImg := local.SeedImage(t, "library/app", "v1", 1, 4<<10)
 	ghcrSolo := ghcr.SeedImage(t, "app", "v1", 1, 4<<10) // a one-component name on a non-Hub registry
-	m := mirrortest.StartUpstreams(t, []mirrortest.Upstream{
+	m := servertest.StartUpstreams(t, []servertest.Upstream{
 		{Host: "docker.io", URL: hub.URL()},
 		{Host: "ghcr.io", URL: ghcr.URL()},
 		{Host: "registry.example:5000", URL: local.URL()},
@@ -125,7 +125,7 @@ func TestUpstreamIsolation(t *testing.T) {
 	ghcr := fixture.StartUpstream(t)
 	hubImg := hub.SeedImage(t, "library/app", "v1", 1, 4<<10)
 	ghcrImg := ghcr.SeedImage(t, "library/app", "v1", 2, 4<<10)
-	m := mirrortest.StartUpstreams(t, []mirrortest.Upstream{
+	m := servertest.StartUpstreams(t, []servertest.Upstream{
 		{Host: "docker.io", URL: hub.URL()},
 		{Host: "ghcr.io", URL: ghcr.URL()},
 	}, nil)
@@ -270,7 +270,7 @@ func TestUnconfiguredHostsAreNeverReached(t *testing.T) {
 	t.Run("ns and path", func(t *testing.T) {
 		hub := fixture.StartUpstream(t)
 		img := hub.SeedImage(t, "library/app", "v1", 1, 4<<10)
-		m := mirrortest.Start(t, hub.URL())
+		m := servertest.Start(t, hub.URL())
 		for _, host := range []string{far.host(), "localhost:" + far.port(), "ghcr.io"} {
 			for _, route := range []string{"manifests/v1", "manifests/" + img.Digest, "blobs/" + img.Layers[0], "tags/list"} {
 				wantError(t, get(t, m.URL()+"/v2/library/app/"+route+"?ns="+host), http.StatusNotFound, "NAME_UNKNOWN")
@@ -290,7 +290,7 @@ func TestUnconfiguredHostsAreNeverReached(t *testing.T) {
 	t.Run("redirect", func(t *testing.T) {
 		hub := fixture.StartUpstream(t)
 		img := hub.SeedImage(t, "library/app", "v1", 2, 4<<10)
-		m := mirrortest.Start(t, hub.URL())
+		m := servertest.Start(t, hub.URL())
 
 		// A redirect to the upstream itself is followed (registries send
 		// blobs from elsewhere), so the refusals below are the guard's.
@@ -327,7 +327,7 @@ func TestUnconfiguredHostsAreNeverReached(t *testing.T) {
 			up.SeedImage(t, "library/app", "v1", 1, 4<<10)
 			up.SetFault(fixture.Fault{Kind: fixture.KindPing, Status: http.StatusUnauthorized, Header: http.Header{
 				"Www-Authenticate": {fmt.Sprintf(`Bearer realm=%q,service="fixture"`, realm)}}})
-			m := mirrortest.StartUpstreams(t, []mirrortest.Upstream{{Host: "docker.io", URL: up.URL(), Auth: creds}}, nil)
+			m := servertest.StartUpstreams(t, []servertest.Upstream{{Host: "docker.io", URL: up.URL(), Auth: creds}}, nil)
 			for range 2 {
 				wantRefused(t, get(t, m.URL()+"/v2/app/manifests/v1"))
 			}
@@ -337,7 +337,7 @@ func TestUnconfiguredHostsAreNeverReached(t *testing.T) {
 			up := fixture.StartUpstream(t, fixture.WithTokenAuth())
 			up.SeedImage(t, "library/app", "v1", 1, 4<<10)
 			up.SetFault(fixture.Fault{Kind: fixture.KindToken, Status: http.StatusTemporaryRedirect, Header: http.Header{"Location": {realm}}})
-			m := mirrortest.StartUpstreams(t, []mirrortest.Upstream{{Host: "docker.io", URL: up.URL(), Auth: creds}}, nil)
+			m := servertest.StartUpstreams(t, []servertest.Upstream{{Host: "docker.io", URL: up.URL(), Auth: creds}}, nil)
 			for range 2 {
 				wantRefused(t, get(t, m.URL()+"/v2/app/manifests/v1"))
 			}
@@ -375,12 +375,12 @@ func (b *lockedBuffer) Bytes() []byte {
 
 // authMirror runs a mirror of up as private.example with the given
 // credentials (nil: anonymous) and a JSON debug log into a buffer.
-func authMirror(t *testing.T, up *fixture.AuthUpstream, auth authn.Authenticator) (*mirrortest.Mirror, *lockedBuffer) {
+func authMirror(t *testing.T, up *fixture.AuthUpstream, auth authn.Authenticator) (*servertest.Server, *lockedBuffer) {
 	t.Helper()
 	hub := fixture.StartUpstream(t)
 	logs := &lockedBuffer{}
 	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	m := mirrortest.StartUpstreams(t, []mirrortest.Upstream{
+	m := servertest.StartUpstreams(t, []servertest.Upstream{
 		{Host: "docker.io", URL: hub.URL()},
 		{Host: "private.example", URL: up.URL(), Auth: auth},
 	}, nil, proxy.WithLogger(logger))
@@ -586,7 +586,7 @@ func TestUpstreamCredentials(t *testing.T) {
 
 // wantNoSecrets checks that no secret appears in the mirror's log, in its
 // answers or in its metrics.
-func wantNoSecrets(t *testing.T, m *mirrortest.Mirror, logs *lockedBuffer, secrets []string, answers [][]byte) {
+func wantNoSecrets(t *testing.T, m *servertest.Server, logs *lockedBuffer, secrets []string, answers [][]byte) {
 	t.Helper()
 	metrics := get(t, m.URL()+"/metrics")
 	if metrics.status != http.StatusOK {
@@ -667,7 +667,7 @@ func TestUpstreamCredentialsStayWithTheirHost(t *testing.T) {
 			up := startAuthUpstream(t, kind, map[string]string{"puller": basicPassword}, fixture.WithBlobRedirect(cdn.URL))
 			img := up.SeedImage(t, "team/app", "v1", 2, 4<<10)
 			hub := fixture.StartUpstream(t)
-			m := mirrortest.StartUpstreams(t, []mirrortest.Upstream{
+			m := servertest.StartUpstreams(t, []servertest.Upstream{
 				{Host: "docker.io", URL: hub.URL()},
 				{Host: "private.example", URL: up.URL(), Auth: authn.FromConfig(authn.AuthConfig{Username: "puller", Password: basicPassword})},
 				{Host: "cdn.example", URL: cdn.URL}, // so the mirror may reach it

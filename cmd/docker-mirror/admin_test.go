@@ -18,7 +18,7 @@ import (
 	"github.com/docker-mirror/docker-mirror/lifecycle"
 	"github.com/docker-mirror/docker-mirror/storage"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
-	"github.com/docker-mirror/docker-mirror/tests/mirrortest"
+	"github.com/docker-mirror/docker-mirror/tests/servertest"
 )
 
 // runAdmin runs an offline command as run would once it dispatches them.
@@ -40,7 +40,7 @@ func dataDir(t *testing.T) (string, *fixture.Image) {
 	up := fixture.StartUpstream(t)
 	ma := up.SeedMultiArch(t, "library/multi", "v1", fixture.OCI)
 	img := up.SeedImage(t, "library/single", "v1", 2, 4<<10)
-	m := mirrortest.StartWithStore(t, up.URL(), func(ix *storage.Index) (storage.Store, error) {
+	m := servertest.StartWithStore(t, up.URL(), func(ix *storage.Index) (storage.Store, error) {
 		return storage.OpenDriverStore(context.Background(), "filesystem", map[string]any{"rootdirectory": filepath.Dir(ix.Path())})
 	})
 	for _, ref := range []string{"multi/manifests/v1", "single/manifests/v1"} {

@@ -115,7 +115,7 @@ func mirrorImages(ctx context.Context, cfg config.Config, log *slog.Logger, imag
 	}
 	d := newDisplay(out)
 	for _, ref := range refs {
-		got, err := p.Mirror(ctx, ref, nil, func(pr proxy.Progress) { d.update(ref, pr) })
+		got, err := p.Copy(ctx, ref, nil, func(pr proxy.Progress) { d.update(ref, pr) })
 		d.done(ref, got, err)
 		if err != nil {
 			failed = append(failed, ref)

@@ -22,7 +22,7 @@ import (
 
 	"github.com/docker-mirror/docker-mirror/storage"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
-	"github.com/docker-mirror/docker-mirror/tests/mirrortest"
+	"github.com/docker-mirror/docker-mirror/tests/servertest"
 )
 
 // The destination's user, and passwords that must never be shown.
@@ -450,7 +450,7 @@ func TestMirrorCommandWrongPassword(t *testing.T) {
 func TestPrefetchCommand(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	ma := up.SeedMultiArch(t, "library/hello-world", "latest", fixture.OCI)
-	m := mirrortest.Start(t, up.URL())
+	m := servertest.Start(t, up.URL())
 
 	code, stdout, stderr := runCmd(t, context.Background(), "prefetch", "--server", m.URL(), "hello-world")
 	if code != 0 {

@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
-	"github.com/docker-mirror/docker-mirror/tests/mirrortest"
+	"github.com/docker-mirror/docker-mirror/tests/servertest"
 )
 
 // throughMirror is a docker-mirror (tests/mirrortest) whose docker.io
@@ -25,7 +25,7 @@ import (
 // serves the mirror's own handler and records what clients send it.
 type throughMirror struct {
 	up   *fixture.Upstream
-	m    *mirrortest.Mirror
+	m    *servertest.Server
 	log  *RequestLog // client -> mirror
 	Host string      // 127.0.0.1:PORT of the recorded mirror
 
@@ -48,7 +48,7 @@ func startThroughMirror(t *testing.T) *throughMirror {
 		fetched: map[string]string{},
 		pulled:  map[string]string{},
 	}
-	tm.m = mirrortest.Start(t, tm.up.URL())
+	tm.m = servertest.Start(t, tm.up.URL())
 	front := httptest.NewServer(tm.log.Wrap(tm.m.Proxy.Handler()))
 	t.Cleanup(front.Close)
 	tm.Host = strings.TrimPrefix(front.URL, "http://")

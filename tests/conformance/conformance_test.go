@@ -11,7 +11,7 @@ import (
 
 	"github.com/docker-mirror/docker-mirror/proxy"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
-	"github.com/docker-mirror/docker-mirror/tests/mirrortest"
+	"github.com/docker-mirror/docker-mirror/tests/servertest"
 )
 
 // Environment variables of this test.
@@ -60,7 +60,7 @@ func TestConformance(t *testing.T) {
 
 	// The run under test: writes to the upstream, reads through the mirror.
 	up := fixture.StartUpstream(t)
-	m := mirrortest.Start(t, up.URL(), proxy.WithTagTTL(0))
+	m := servertest.Start(t, up.URL(), proxy.WithTagTTL(0))
 	f := startFront(t, up.URL(), m.URL())
 	run := runSuite(t, bin, f.Host(), mkdir(t, reports, "mirror"))
 	m.WaitIdle()

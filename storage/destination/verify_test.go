@@ -1,4 +1,4 @@
-package registry
+package destination
 
 import (
 	"bytes"

@@ -17,7 +17,7 @@
 // reached, fails (5xx) or refuses access, the latter also wrapping ErrAuth;
 // and storage.ErrNotFound and storage.ErrDigestMismatch as the Store
 // interface documents. No error or log ever contains the password.
-package registry
+package destination
 
 import (
 	"context"

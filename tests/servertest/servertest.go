@@ -1,8 +1,8 @@
-// Package mirrortest runs docker-mirror in-process for tests and benchmarks:
+// Package servertest runs docker-mirror in-process for tests and benchmarks:
 // the production wiring (package server) on 127.0.0.1 with the filesystem
 // store and bbolt index in a temporary directory, restartable on the same
 // data.
-package mirrortest
+package servertest
 
 import (
 	"context"
@@ -55,8 +55,8 @@ type Upstream struct {
 	Timeout time.Duration
 }
 
-// Mirror is a running docker-mirror.
-type Mirror struct {
+// Server is a running docker-mirror.
+type Server struct {
 	tb        testing.TB
 	upstreams []Upstream
 	dir       string
@@ -77,22 +77,22 @@ type Mirror struct {
 // Start runs a mirror of upstreamURL (as docker.io) with the given options
 // on top of the test defaults (fake clock, quiet logger, spool in the data
 // directory). It is shut down with t.Cleanup.
-func Start(t testing.TB, upstreamURL string, opts ...proxy.Option) *Mirror {
+func Start(t testing.TB, upstreamURL string, opts ...proxy.Option) *Server {
 	return StartWithStore(t, upstreamURL, nil, opts...)
 }
 
 // StartWithStore is Start with the store newStore returns (e.g. a
 // destination registry) instead of the embedded filesystem store; it is
 // called again on Restart.
-func StartWithStore(t testing.TB, upstreamURL string, newStore func(*storage.Index) (storage.Store, error), opts ...proxy.Option) *Mirror {
+func StartWithStore(t testing.TB, upstreamURL string, newStore func(*storage.Index) (storage.Store, error), opts ...proxy.Option) *Server {
 	return StartUpstreams(t, []Upstream{{Host: proxy.DefaultHost, URL: upstreamURL}}, newStore, opts...)
 }
 
 // StartUpstreams runs a mirror of several upstreams (docker.io among
 // them), on the store newStore returns (nil: the embedded store).
-func StartUpstreams(t testing.TB, ups []Upstream, newStore func(*storage.Index) (storage.Store, error), opts ...proxy.Option) *Mirror {
+func StartUpstreams(t testing.TB, ups []Upstream, newStore func(*storage.Index) (storage.Store, error), opts ...proxy.Option) *Server {
 	t.Helper()
-	m := &Mirror{tb: t, upstreams: ups, dir: t.TempDir(), opts: opts, newStore: newStore, Clock: NewClock()}
+	m := &Server{tb: t, upstreams: ups, dir: t.TempDir(), opts: opts, newStore: newStore, Clock: NewClock()}
 	m.start()
 	t.Cleanup(m.Stop)
 	return m
@@ -129,7 +129,7 @@ func Config(tb testing.TB, dir string, ups []Upstream) config.Config {
 	return cfg
 }
 
-func (m *Mirror) start() {
+func (m *Server) start() {
 	t := m.tb
 	ctx, cancel := context.WithCancel(context.Background())
 	opts := []server.Option{server.WithClock(m.Clock.Now), server.WithLogger(Logger()), server.WithProxyOptions(m.opts...)}
@@ -155,23 +155,23 @@ func (m *Mirror) start() {
 }
 
 // Host is the mirror's "127.0.0.1:PORT".
-func (m *Mirror) Host() string { return m.http.Listener.Addr().String() }
+func (m *Server) Host() string { return m.http.Listener.Addr().String() }
 
 // URL is the mirror's "http://127.0.0.1:PORT".
-func (m *Mirror) URL() string { return m.http.URL }
+func (m *Server) URL() string { return m.http.URL }
 
-// WaitIdle waits for background mirroring to finish.
-func (m *Mirror) WaitIdle() {
+// WaitIdle waits for background fill to finish.
+func (m *Server) WaitIdle() {
 	m.tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	if err := m.Proxy.WaitIdle(ctx); err != nil {
-		m.tb.Fatalf("background mirroring did not finish: %v", err)
+		m.tb.Fatalf("background fill did not finish: %v", err)
 	}
 }
 
 // Stop shuts the mirror down; it may be called more than once.
-func (m *Mirror) Stop() {
+func (m *Server) Stop() {
 	if m.http == nil {
 		return
 	}
@@ -186,7 +186,7 @@ func (m *Mirror) Stop() {
 
 // Restart stops the mirror and starts a new one on the same data
 // directory (on a new port).
-func (m *Mirror) Restart() {
+func (m *Server) Restart() {
 	m.Stop()
 	m.start()
 }

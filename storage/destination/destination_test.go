@@ -1,4 +1,4 @@
-package registry_test
+package destination_test
 
 import (
 	"bytes"
@@ -21,7 +21,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/docker-mirror/docker-mirror/storage"
-	"github.com/docker-mirror/docker-mirror/storage/registry"
+	"github.com/docker-mirror/docker-mirror/storage/destination"
 	"github.com/docker-mirror/docker-mirror/storage/storetest"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
 )
@@ -37,7 +37,7 @@ type request = fixture.DestRequest
 // destination is fixture's in-process destination registry (filesystem
 // storage, deletes enabled, optionally htpasswd auth) that records its
 // requests.
-type destination struct{ *fixture.Destination }
+type destRegistry struct{ *fixture.Destination }
 
 // destConfig tunes newDestinationConfig.
 type destConfig struct {
@@ -48,12 +48,12 @@ type destConfig struct {
 
 // newDestination starts a registry; with users, it requires Basic auth
 // with one of their passwords.
-func newDestination(t *testing.T, users map[string]string) *destination {
+func newDestination(t *testing.T, users map[string]string) *destRegistry {
 	t.Helper()
 	return newDestinationConfig(t, destConfig{users: users})
 }
 
-func newDestinationConfig(t *testing.T, c destConfig) *destination {
+func newDestinationConfig(t *testing.T, c destConfig) *destRegistry {
 	t.Helper()
 	var opts []fixture.DestinationOption
 	if c.noDelete {
@@ -62,11 +62,11 @@ func newDestinationConfig(t *testing.T, c destConfig) *destination {
 	if c.tls {
 		opts = append(opts, fixture.WithTLS())
 	}
-	return &destination{fixture.StartDestination(t, c.users, opts...)}
+	return &destRegistry{fixture.StartDestination(t, c.users, opts...)}
 }
 
 // requests returns the requests received since the last call.
-func (d *destination) requests() []request { return d.TakeRequests() }
+func (d *destRegistry) requests() []request { return d.TakeRequests() }
 
 // uploads returns the requests of blob upload sessions in reqs.
 func uploads(reqs []request) []request {
@@ -79,9 +79,9 @@ func uploads(reqs []request) []request {
 	return out
 }
 
-func newStore(t *testing.T, rawURL string, opts ...registry.Option) *registry.Store {
+func newStore(t *testing.T, rawURL string, opts ...destination.Option) *destination.Store {
 	t.Helper()
-	s, err := registry.New(rawURL, opts...)
+	s, err := destination.New(rawURL, opts...)
 	if err != nil {
 		t.Fatalf("New(%q): %v", rawURL, err)
 	}
@@ -162,7 +162,7 @@ func TestConformanceBasicAuth(t *testing.T) {
 	t.Parallel()
 	storetest.Run(t, func(t *testing.T) storage.Store {
 		d := newDestination(t, map[string]string{testUser: testPassword})
-		return newStore(t, d.URL()+"/mirror", registry.WithCredentials(testUser, testPassword))
+		return newStore(t, d.URL()+"/mirror", destination.WithCredentials(testUser, testPassword))
 	})
 }
 
@@ -170,7 +170,7 @@ func TestConformanceTokenAuth(t *testing.T) {
 	t.Parallel()
 	storetest.Run(t, func(t *testing.T) storage.Store {
 		up := fixture.StartUpstream(t, fixture.WithTokenAuth())
-		return newStore(t, up.URL()+"/mirror", registry.WithCredentials(testUser, testPassword))
+		return newStore(t, up.URL()+"/mirror", destination.WithCredentials(testUser, testPassword))
 	})
 }
 
@@ -183,7 +183,7 @@ func TestNew(t *testing.T) {
 		{"http://127.0.0.1:5000/", "127.0.0.1:5000", ""},
 		{"https://registry.local:8443/a/b-c/d_e/f.g", "registry.local:8443", "a/b-c/d_e/f.g"},
 	} {
-		s, err := registry.New(tt.url)
+		s, err := destination.New(tt.url)
 		if err != nil {
 			t.Errorf("New(%q): %v", tt.url, err)
 			continue
@@ -207,7 +207,7 @@ func TestNew(t *testing.T) {
 		{"https://bot:" + testPassword + "@nexus.example.com/mirror", "credentials"},
 		{"https://bot:" + testPassword + "%zz@nexus.example.com/mirror", "invalid URL"},
 	} {
-		_, err := registry.New(tt.url)
+		_, err := destination.New(tt.url)
 		if err == nil {
 			t.Errorf("New(%q) succeeded", tt.url)
 			continue
@@ -247,7 +247,7 @@ func TestInvalidRepository(t *testing.T) {
 func TestPrefix(t *testing.T) {
 	t.Parallel()
 	d := newDestination(t, map[string]string{testUser: testPassword})
-	s := newStore(t, d.URL()+"/mirror/dm", registry.WithCredentials(testUser, testPassword))
+	s := newStore(t, d.URL()+"/mirror/dm", destination.WithCredentials(testUser, testPassword))
 	blob := content(10<<10, 1)
 	dg := digest.FromBytes(blob)
 	for _, repo := range []string{"library/nginx", "ghcr.io/owner/app"} {
@@ -272,7 +272,7 @@ func TestPrefix(t *testing.T) {
 
 // copyImage copies an image from a fixture upstream into s with Put and
 // PutManifest, streaming each blob.
-func copyImage(t *testing.T, src *fixture.Upstream, s *registry.Store, repo string, im *fixture.Image) {
+func copyImage(t *testing.T, src *fixture.Upstream, s *destination.Store, repo string, im *fixture.Image) {
 	t.Helper()
 	for _, b := range im.Blobs() {
 		ref, err := name.NewDigest(src.Host()+"/"+repo+"@"+b, name.Insecure)
@@ -304,7 +304,7 @@ func copyImage(t *testing.T, src *fixture.Upstream, s *registry.Store, repo stri
 
 // checkManifest checks with ggcr and with Manifest that ref at the
 // destination is exactly raw, of mediaType.
-func checkManifest(t *testing.T, s *registry.Store, repo, ref string, raw []byte, mediaType string) {
+func checkManifest(t *testing.T, s *destination.Store, repo, ref string, raw []byte, mediaType string) {
 	t.Helper()
 	full, err := s.Repository(repo)
 	if err != nil {
@@ -345,7 +345,7 @@ func TestManifests(t *testing.T) {
 			src := fixture.StartUpstream(t)
 			ma := src.SeedMultiArch(t, "library/app", "v1", mt.mt)
 			d := newDestination(t, map[string]string{testUser: testPassword})
-			s := newStore(t, d.URL()+"/mirror", registry.WithCredentials(testUser, testPassword))
+			s := newStore(t, d.URL()+"/mirror", destination.WithCredentials(testUser, testPassword))
 			repo := "library/app"
 
 			var children []*fixture.Image
@@ -436,7 +436,7 @@ func checkMounted(t *testing.T, reqs []request, dgst digest.Digest, from string)
 func TestCrossRepositoryMount(t *testing.T) {
 	t.Parallel()
 	d := newDestination(t, map[string]string{testUser: testPassword})
-	s := newStore(t, d.URL()+"/mirror", registry.WithCredentials(testUser, testPassword))
+	s := newStore(t, d.URL()+"/mirror", destination.WithCredentials(testUser, testPassword))
 	blob := content(200<<10, 2)
 	dg := digest.FromBytes(blob)
 	if err := s.Put(t.Context(), "team-a/app", dg, int64(len(blob)), bytes.NewReader(blob)); err != nil {
@@ -458,8 +458,8 @@ func TestCrossRepositoryMount(t *testing.T) {
 
 	// A store that never saw the blob mounts it from where the hint says.
 	var asked atomic.Int32
-	hinted := newStore(t, d.URL()+"/mirror", registry.WithCredentials(testUser, testPassword),
-		registry.WithMountSources(func(_ context.Context, got digest.Digest) []string {
+	hinted := newStore(t, d.URL()+"/mirror", destination.WithCredentials(testUser, testPassword),
+		destination.WithMountSources(func(_ context.Context, got digest.Digest) []string {
 			asked.Add(1)
 			if got != dg {
 				return []string{"team-a/app"} // wrong: it does not have got
@@ -535,7 +535,7 @@ func TestExistingBlob(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Another store, so that nothing is known in memory.
-	for _, st := range []*registry.Store{s, newStore(t, d.URL()+"/mirror")} {
+	for _, st := range []*destination.Store{s, newStore(t, d.URL()+"/mirror")} {
 		d.requests()
 		for _, size := range []int64{int64(len(blob)), -1} {
 			r := &countingReader{r: bytes.NewReader(blob)}
@@ -563,7 +563,7 @@ func TestExistingBlob(t *testing.T) {
 func TestDigestMismatch(t *testing.T) {
 	t.Parallel()
 	d := newDestination(t, map[string]string{testUser: testPassword})
-	s := newStore(t, d.URL()+"/mirror", registry.WithCredentials(testUser, testPassword))
+	s := newStore(t, d.URL()+"/mirror", destination.WithCredentials(testUser, testPassword))
 	want := content(1<<20, 6)
 	dg := digest.FromBytes(want)
 	lastByte := bytes.Clone(want)
@@ -630,7 +630,7 @@ func checkNoPassword(t *testing.T, what string, err error) {
 func TestWrongPassword(t *testing.T) {
 	t.Parallel()
 	d := newDestination(t, map[string]string{testUser: "the-right-one"})
-	s := newStore(t, d.URL()+"/mirror", registry.WithCredentials(testUser, testPassword))
+	s := newStore(t, d.URL()+"/mirror", destination.WithCredentials(testUser, testPassword))
 	ctx := t.Context()
 	blob := []byte("blob")
 	dg := digest.FromBytes(blob)
@@ -645,7 +645,7 @@ func TestWrongPassword(t *testing.T) {
 		"PutManifest": s.PutManifest(ctx, "library/x", "v1", "application/vnd.oci.image.index.v1+json", []byte(`{"schemaVersion":2}`)),
 		"Manifest":    manErr,
 	} {
-		if !errors.Is(err, registry.ErrAuth) || !errors.Is(err, storage.ErrUnavailable) {
+		if !errors.Is(err, destination.ErrAuth) || !errors.Is(err, storage.ErrUnavailable) {
 			t.Errorf("%s: %v; want ErrAuth and storage.ErrUnavailable", what, err)
 			continue
 		}
@@ -661,7 +661,7 @@ func TestWrongPassword(t *testing.T) {
 	}
 
 	anon := newStore(t, d.URL()+"/mirror")
-	if _, err := anon.Stat(ctx, "library/x", dg); !errors.Is(err, registry.ErrAuth) || !strings.Contains(err.Error(), "refused anonymous access") {
+	if _, err := anon.Stat(ctx, "library/x", dg); !errors.Is(err, destination.ErrAuth) || !strings.Contains(err.Error(), "refused anonymous access") {
 		t.Errorf("anonymous Stat: %v; want ErrAuth, refused anonymous access", err)
 	}
 }
@@ -681,9 +681,9 @@ func TestWrongPasswordBearer(t *testing.T) {
 		http.Error(w, `{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}`, http.StatusUnauthorized)
 	}))
 	t.Cleanup(srv.Close)
-	s := newStore(t, srv.URL+"/mirror", registry.WithCredentials(testUser, testPassword))
+	s := newStore(t, srv.URL+"/mirror", destination.WithCredentials(testUser, testPassword))
 	_, err := s.Stat(t.Context(), "library/x", digest.FromString("x"))
-	if !errors.Is(err, registry.ErrAuth) || !strings.Contains(err.Error(), "refused the credentials") {
+	if !errors.Is(err, destination.ErrAuth) || !strings.Contains(err.Error(), "refused the credentials") {
 		t.Fatalf("Stat: %v; want ErrAuth, refused the credentials", err)
 	}
 	checkNoPassword(t, "Stat", err)
@@ -695,7 +695,7 @@ func TestWrongPasswordBearer(t *testing.T) {
 func TestDestinationDown(t *testing.T) {
 	t.Parallel()
 	up := fixture.StartUpstream(t)
-	s := newStore(t, up.URL()+"/mirror", registry.WithCredentials(testUser, testPassword))
+	s := newStore(t, up.URL()+"/mirror", destination.WithCredentials(testUser, testPassword))
 	blob := []byte("blob")
 	dg := digest.FromBytes(blob)
 	if err := s.Put(t.Context(), "library/used", dg, int64(len(blob)), bytes.NewReader(blob)); err != nil {
@@ -715,7 +715,7 @@ func TestDestinationDown(t *testing.T) {
 			"PutManifest": s.PutManifest(ctx, repo, "v1", "application/vnd.oci.image.index.v1+json", []byte(`{"schemaVersion":2}`)),
 			"Manifest":    manErr,
 		} {
-			if !errors.Is(err, storage.ErrUnavailable) || errors.Is(err, storage.ErrNotFound) || errors.Is(err, registry.ErrAuth) {
+			if !errors.Is(err, storage.ErrUnavailable) || errors.Is(err, storage.ErrNotFound) || errors.Is(err, destination.ErrAuth) {
 				t.Errorf("%s in %s: %v; want storage.ErrUnavailable", what, repo, err)
 				continue
 			}
@@ -781,8 +781,8 @@ func TestHTTPS(t *testing.T) {
 	t.Parallel()
 	users := map[string]string{testUser: testPassword}
 	d := newDestinationConfig(t, destConfig{users: users, tls: true})
-	s := newStore(t, d.URL()+"/mirror", registry.WithCredentials(testUser, testPassword),
-		registry.WithTransport(d.Client().Transport))
+	s := newStore(t, d.URL()+"/mirror", destination.WithCredentials(testUser, testPassword),
+		destination.WithTransport(d.Client().Transport))
 	blob := content(10<<10, 9)
 	dg := digest.FromBytes(blob)
 	if err := s.Put(t.Context(), "library/x", dg, int64(len(blob)), bytes.NewReader(blob)); err != nil {
@@ -793,7 +793,7 @@ func TestHTTPS(t *testing.T) {
 	}
 
 	plain := newDestination(t, users)
-	s = newStore(t, "https://"+plain.Host()+"/mirror", registry.WithCredentials(testUser, testPassword))
+	s = newStore(t, "https://"+plain.Host()+"/mirror", destination.WithCredentials(testUser, testPassword))
 	_, err := s.Stat(t.Context(), "library/x", dg)
 	if !errors.Is(err, storage.ErrUnavailable) || !strings.Contains(err.Error(), "unreachable") {
 		t.Fatalf("Stat at an https:// URL served in plain HTTP: %v; want unreachable", err)

@@ -1,0 +1,99 @@
+package proxy
+
+import (
+	"context"
+	"net/http"
+
+	"github.com/distribution/reference"
+
+	"github.com/docker-mirror/docker-mirror/oci"
+	"github.com/docker-mirror/docker-mirror/proxy/errcode"
+	"github.com/docker-mirror/docker-mirror/storage"
+)
+
+// image is a parsed prefetch reference.
+type image struct {
+	t   target
+	ref oci.Ref
+}
+
+// parseImage resolves a docker-style reference to a configured upstream.
+func (p *Proxy) parseImage(s string) (image, error) {
+	named, err := reference.ParseNormalizedNamed(s)
+	if err != nil {
+		return image{}, errcode.New(errcode.NameInvalid, "invalid image reference %q: %v", s, err)
+	}
+	host := canonicalHost(reference.Domain(named))
+	up, ok := p.upstreams[host]
+	if !ok {
+		return image{}, errcode.New(errcode.NameUnknown, "image %q: upstream %q is not configured on this mirror", s, host).WithStatus(http.StatusBadRequest)
+	}
+	im := image{t: target{up: up, repo: reference.Path(named), name: reference.Path(named)}, ref: oci.Ref{Tag: "latest"}}
+	if c, ok := named.(reference.Canonical); ok {
+		im.ref = oci.Ref{Digest: c.Digest()}
+	} else if tg, ok := named.(reference.Tagged); ok {
+		im.ref = oci.Ref{Tag: tg.Tag()}
+	}
+	return im, nil
+}
+
+// Copy copies one image, given as docker pull takes it, into the store:
+// the index or manifest and, for the platforms matching pats (nil: the
+// configured platforms), every child manifest, attestation and blob. Every
+// fetch is shared with live pulls and background mirroring. In a registry
+// destination the tag is pushed last, once everything it needs is there.
+// onProgress, if not nil, is called after every change.
+func (p *Proxy) Copy(ctx context.Context, ref string, pats []oci.Platform, onProgress func(Progress)) (Progress, error) {
+	im, err := p.parseImage(ref)
+	if err != nil {
+		return Progress{}, err
+	}
+	m, err := p.fetchManifest(ctx, im.t, im.ref, false)
+	if err != nil {
+		return Progress{}, err
+	}
+	prog := &progress{digest: m.digest.String()}
+	if onProgress != nil {
+		prog.changed = func() { onProgress(prog.snapshot()) }
+	}
+	configured := pats == nil
+	if configured {
+		pats = p.platformsFor(im.t)
+	}
+	platforms, err := p.copyImage(ctx, im.t, m, pats, prog)
+	if err != nil {
+		return prog.snapshot(), err
+	}
+	if configured {
+		// As complete as a background mirror would leave it.
+		if err := p.completeFill(ctx, im.t, m, platforms); err != nil {
+			return prog.snapshot(), err
+		}
+	} else if !im.ref.IsDigest() {
+		if err := p.publishTag(ctx, im.t, im.ref.Tag, m); err != nil {
+			return prog.snapshot(), err
+		}
+	} else if _, ok, err := p.index.Fill(im.t.host(), im.t.repo, m.digest); err == nil && !ok {
+		// Recorded like a pull by digest, so the cache keeps it.
+		if err := p.index.PutFill(m.digest, storage.FillRecord{Upstream: im.t.host(), Repo: im.t.repo,
+			State: storage.FillPartial, Platforms: platforms, UpdatedAt: p.now()}); err != nil {
+			return prog.snapshot(), err
+		}
+	}
+	prog.update(func() {})
+	return prog.snapshot(), nil
+}
+
+// pin keeps an image out of eviction: by its tag (whatever the tag points
+// to later) or by digest.
+func (p *Proxy) pin(ref, reason string) error {
+	im, err := p.parseImage(ref)
+	if err != nil {
+		return err
+	}
+	key := im.ref.String()
+	if !im.ref.IsDigest() {
+		key = storage.TagKey(im.t.host(), im.t.repo, im.ref.Tag)
+	}
+	return p.index.Pin(key, storage.PinRecord{PinnedAt: p.now(), Reason: reason})
+}

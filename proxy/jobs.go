@@ -1,0 +1,157 @@
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/docker-mirror/docker-mirror/oci"
+	"github.com/docker-mirror/docker-mirror/proxy/errcode"
+	"github.com/docker-mirror/docker-mirror/storage"
+)
+
+// jobs holds the running prefetch jobs, whose live progress GET serves.
+type jobs struct {
+	mu   sync.Mutex
+	live map[string]*storage.Job
+}
+
+// StartPrefetch validates a request, records it as a job, and runs it in
+// the background. Every reference is checked before anything is queued.
+func (p *Proxy) StartPrefetch(ctx context.Context, req PrefetchRequest, trigger string) (*storage.Job, error) {
+	if len(req.Images) == 0 {
+		return nil, errcode.New(errcode.InvalidRequest, "no images to prefetch")
+	}
+	if _, err := oci.ParsePlatforms(req.Platforms); err != nil {
+		return nil, errcode.New(errcode.InvalidRequest, "%v", err)
+	}
+	job := &storage.Job{ID: newJobID(p.now()), Trigger: trigger, State: storage.JobQueued, Platforms: req.Platforms, Pin: req.Pin, CreatedAt: p.now(), UpdatedAt: p.now()}
+	for _, s := range req.Images {
+		if _, err := p.parseImage(s); err != nil {
+			return nil, err
+		}
+		job.Images = append(job.Images, storage.JobImage{Image: s, State: storage.JobQueued})
+	}
+	if err := p.index.PutJob(job); err != nil {
+		return nil, err
+	}
+	p.runJob(ctx, job)
+	return p.Job(job.ID)
+}
+
+func newJobID(t time.Time) string {
+	return t.UTC().Format("20060102T150405") + "-" + strings.ToLower(rand.Text()[:10])
+}
+
+// Job returns a job with its live progress.
+func (p *Proxy) Job(id string) (*storage.Job, error) {
+	p.jobs.mu.Lock()
+	if j, ok := p.jobs.live[id]; ok {
+		c := *j
+		c.Images = append([]storage.JobImage(nil), j.Images...)
+		p.jobs.mu.Unlock()
+		return &c, nil
+	}
+	p.jobs.mu.Unlock()
+	j, ok, err := p.index.Job(id)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, errcode.New(errcode.JobUnknown, "no prefetch job %q", id)
+	}
+	return j, nil
+}
+
+// ResumeJobs restarts the prefetch jobs a stopped process left unfinished.
+func (p *Proxy) ResumeJobs(ctx context.Context) error {
+	unfinished, err := p.index.UnfinishedJobs()
+	if err != nil {
+		return err
+	}
+	for _, j := range unfinished {
+		p.log.Info("resuming prefetch job", "job", j.ID)
+		p.runJob(ctx, j)
+	}
+	return nil
+}
+
+// runJob runs a job in the background, one image after another.
+func (p *Proxy) runJob(ctx context.Context, job *storage.Job) {
+	if !p.work.start() {
+		return
+	}
+	p.jobs.mu.Lock()
+	p.jobs.live[job.ID] = job
+	p.jobs.mu.Unlock()
+	ctx, cancel := p.detach(ctx, p.fillTimeout)
+	go func() {
+		defer p.work.done()
+		defer cancel()
+		defer func() {
+			p.jobs.mu.Lock()
+			delete(p.jobs.live, job.ID)
+			p.jobs.mu.Unlock()
+		}()
+		pats, _ := oci.ParsePlatforms(job.Platforms) // validated when queued; nil: each upstream's own
+		p.setJob(job, func() { job.State = storage.JobRunning })
+		failed := false
+		for i := range job.Images {
+			if job.Images[i].State == storage.JobDone {
+				continue // resumed job: done before the restart
+			}
+			if err := p.prefetchImage(ctx, job, i, pats); err != nil {
+				if ctx.Err() != nil {
+					return // shutting down: the job stays unfinished and resumes at start
+				}
+				failed = true
+				p.log.Warn("prefetch failed", "job", job.ID, "image", job.Images[i].Image, "error", err)
+				p.setJob(job, func() { job.Images[i].State, job.Images[i].Error = storage.JobFailed, err.Error() })
+			}
+		}
+		p.setJob(job, func() {
+			job.State = storage.JobDone
+			if failed {
+				job.State = storage.JobFailed
+			}
+		})
+	}()
+}
+
+// setJob changes a job under the lock and records it.
+func (p *Proxy) setJob(job *storage.Job, f func()) {
+	p.jobs.mu.Lock()
+	f()
+	job.UpdatedAt = p.now()
+	c := *job
+	c.Images = append([]storage.JobImage(nil), job.Images...)
+	p.jobs.mu.Unlock()
+	if err := p.index.PutJob(&c); err != nil {
+		p.log.Error("recording prefetch job", "job", job.ID, "error", err)
+	}
+}
+
+// prefetchImage mirrors one image of a job and keeps its progress in the
+// job.
+func (p *Proxy) prefetchImage(ctx context.Context, job *storage.Job, i int, pats []oci.Platform) error {
+	p.setJob(job, func() { job.Images[i].State, job.Images[i].Error = storage.JobRunning, "" })
+	got, err := p.Copy(ctx, job.Images[i].Image, pats, func(s Progress) {
+		p.jobs.mu.Lock()
+		img := &job.Images[i]
+		img.Digest, img.PlatformsTotal, img.PlatformsDone = s.Digest, s.PlatformsTotal, s.PlatformsDone
+		img.BytesTotal, img.BytesDone = s.BytesTotal, s.BytesDone
+		p.jobs.mu.Unlock()
+	})
+	if err != nil {
+		return err
+	}
+	if job.Pin {
+		if err := p.pin(job.Images[i].Image, job.Trigger); err != nil {
+			return err
+		}
+	}
+	p.setJob(job, func() { job.Images[i].State, job.Images[i].Digest = storage.JobDone, got.Digest })
+	return nil
+}
