@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"testing/synctest"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -25,6 +27,15 @@ func newTestDownload(t *testing.T) (*download, *os.File) {
 	return dl, f
 }
 
+// readCtx is a reader's context for a test: it ends after a few seconds, so
+// a Read that waits for bytes it should already have fails the test at once
+// instead of hanging it until the test binary's timeout.
+func readCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
 func (dl *download) appendBytes(t *testing.T, f *os.File, b string) {
 	t.Helper()
 	if _, err := f.WriteString(b); err != nil {
@@ -37,7 +48,7 @@ func (dl *download) appendBytes(t *testing.T, f *os.File, b string) {
 // except the last byte, which waits for verification.
 func TestBlobReaderFollowsAndHoldsBackLastByte(t *testing.T) {
 	dl, f := newTestDownload(t)
-	r, err := dl.open(context.Background(), 0)
+	r, err := dl.open(readCtx(t), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +75,7 @@ func TestBlobReaderFollowsAndHoldsBackLastByte(t *testing.T) {
 // byte; a reader from an offset starts there.
 func TestBlobReaderFailureAndOffset(t *testing.T) {
 	dl, f := newTestDownload(t)
-	r, err := dl.open(context.Background(), 2)
+	r, err := dl.open(readCtx(t), 2)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,17 +96,28 @@ func TestBlobReaderFailureAndOffset(t *testing.T) {
 	}
 }
 
-// A reader waiting for bytes gives up when its client's context ends.
+// A reader waiting for bytes gives up when its client's context ends. It
+// runs in a synctest bubble: a Read that ignored its context would block
+// with nothing left to wake it, which the bubble reports as a deadlock at
+// once instead of hanging.
 func TestBlobReaderStopsWithItsContext(t *testing.T) {
-	dl, _ := newTestDownload(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	r, err := dl.open(ctx, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	cancel()
-	if _, err := r.Read(make([]byte, 1)); !errors.Is(err, context.Canceled) {
-		t.Fatalf("read: %v, want context.Canceled", err)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		dl, _ := newTestDownload(t)
+		ctx, cancel := context.WithCancel(t.Context())
+		r, err := dl.open(ctx, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		read := make(chan error, 1)
+		go func() {
+			_, err := r.Read(make([]byte, 1))
+			read <- err
+		}()
+		synctest.Wait() // the reader waits for bytes
+		cancel()
+		if err := <-read; !errors.Is(err, context.Canceled) {
+			t.Fatalf("read: %v, want context.Canceled", err)
+		}
+	})
 }

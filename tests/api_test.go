@@ -1,11 +1,19 @@
 package tests
 
 import (
+	"bytes"
+	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"testing"
 
+	"github.com/docker-mirror/docker-mirror/storage"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
 	"github.com/docker-mirror/docker-mirror/tests/servertest"
 )
@@ -112,33 +120,42 @@ func TestErrors(t *testing.T) {
 		name, method, path string
 		status             int
 		code               string
+		asks               bool // the upstream must be asked
 	}{
-		{"unknown tag", "GET", "/v2/err/manifests/nope", 404, "MANIFEST_UNKNOWN"},
-		{"unknown manifest digest", "GET", "/v2/err/manifests/" + missing, 404, "MANIFEST_UNKNOWN"},
-		{"unknown blob", "GET", "/v2/err/blobs/" + missing, 404, "BLOB_UNKNOWN"},
-		{"unknown repository tags", "GET", "/v2/nosuchrepo/tags/list", 404, "NAME_UNKNOWN"},
-		{"invalid name", "GET", "/v2/Bad_Name!/manifests/1", 400, "NAME_INVALID"},
-		{"invalid tag", "GET", "/v2/err/manifests/-bad", 400, "TAG_INVALID"},
-		{"invalid manifest digest", "GET", "/v2/err/manifests/sha256:xyz", 400, "DIGEST_INVALID"},
-		{"invalid blob digest", "GET", "/v2/err/blobs/sha256:1234", 400, "DIGEST_INVALID"},
-		{"bad page size", "GET", "/v2/err/tags/list?n=-1", 400, "PAGINATION_NUMBER_INVALID"},
-		{"unconfigured upstream host", "GET", "/v2/evil.example.com/x/manifests/1", 404, "NAME_UNKNOWN"},
-		{"unconfigured ns", "GET", "/v2/x/manifests/1?ns=evil.example.com", 404, "NAME_UNKNOWN"},
-		{"blob upload", "POST", "/v2/err/blobs/uploads/", 405, "UNSUPPORTED"},
-		{"manifest push", "PUT", "/v2/err/manifests/1", 405, "UNSUPPORTED"},
-		{"manifest delete", "DELETE", "/v2/err/manifests/" + img.Digest, 405, "UNSUPPORTED"},
-		{"blob delete", "DELETE", "/v2/err/blobs/" + img.Layers[0], 405, "UNSUPPORTED"},
-		{"patch", "PATCH", "/v2/err/blobs/uploads/x", 405, "UNSUPPORTED"},
-		{"referrers (upstream without the API)", "GET", "/v2/err/referrers/" + img.Digest, 404, "MANIFEST_UNKNOWN"},
-		{"catalog (not served)", "GET", "/v2/_catalog", 404, "NAME_UNKNOWN"},
+		{"unknown tag", "GET", "/v2/err/manifests/nope", 404, "MANIFEST_UNKNOWN", true},
+		{"unknown manifest digest", "GET", "/v2/err/manifests/" + missing, 404, "MANIFEST_UNKNOWN", true},
+		{"unknown blob", "GET", "/v2/err/blobs/" + missing, 404, "BLOB_UNKNOWN", true},
+		{"unknown repository tags", "GET", "/v2/nosuchrepo/tags/list", 404, "NAME_UNKNOWN", true},
+		{"invalid name", "GET", "/v2/Bad_Name!/manifests/1", 400, "NAME_INVALID", false},
+		{"invalid tag", "GET", "/v2/err/manifests/-bad", 400, "TAG_INVALID", false},
+		{"invalid manifest digest", "GET", "/v2/err/manifests/sha256:xyz", 400, "DIGEST_INVALID", false},
+		{"invalid blob digest", "GET", "/v2/err/blobs/sha256:1234", 400, "DIGEST_INVALID", false},
+		{"bad page size", "GET", "/v2/err/tags/list?n=-1", 400, "PAGINATION_NUMBER_INVALID", false},
+		{"unconfigured upstream host", "GET", "/v2/evil.example.com/x/manifests/1", 404, "NAME_UNKNOWN", false},
+		{"unconfigured ns", "GET", "/v2/x/manifests/1?ns=evil.example.com", 404, "NAME_UNKNOWN", false},
+		{"blob upload", "POST", "/v2/err/blobs/uploads/", 405, "UNSUPPORTED", false},
+		{"manifest push", "PUT", "/v2/err/manifests/1", 405, "UNSUPPORTED", false},
+		{"manifest delete", "DELETE", "/v2/err/manifests/" + img.Digest, 405, "UNSUPPORTED", false},
+		{"blob delete", "DELETE", "/v2/err/blobs/" + img.Layers[0], 405, "UNSUPPORTED", false},
+		{"patch", "PATCH", "/v2/err/blobs/uploads/x", 405, "UNSUPPORTED", false},
+		{"referrers (upstream without the API)", "GET", "/v2/err/referrers/" + img.Digest, 404, "MANIFEST_UNKNOWN", true},
+		{"catalog (not served)", "GET", "/v2/_catalog", 404, "NAME_UNKNOWN", false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
+			before := len(up.Requests())
 			wantError(t, do(t, c.method, m.URL()+c.path, nil), c.status, c.code)
+			asked := up.Requests()[before:]
+			// What is unknown here only the upstream can say; the rest is
+			// answered without it.
+			want := "/v2/library/" + strings.TrimPrefix(c.path, "/v2/")
+			switch {
+			case c.asks && !slices.ContainsFunc(asked, func(r fixture.RequestRecord) bool { return r.Path == want }):
+				t.Errorf("the upstream was not asked for %s (asked: %v)", want, asked)
+			case !c.asks && len(asked) > 0:
+				t.Errorf("the upstream was asked %v", asked)
+			}
 		})
-	}
-	if n := up.Count("", ""); n == 0 {
-		t.Log("no upstream requests") // the unknown cases must have asked
 	}
 	for _, r := range up.Requests() {
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
@@ -197,22 +214,38 @@ func TestUpstreamFailuresWithoutCache(t *testing.T) {
 }
 
 // A blob whose upstream bytes do not match its digest is neither stored nor
-// served as a complete, successful response; a later good fetch works.
+// served as a complete, successful response; a later good fetch works. The
+// upstream holds the corrupt body just before its last byte, so the client
+// that started the download and one that joined it are reading (they have
+// bytes) when the end arrives: each then sees its connection broken. (That
+// the last byte is held back until verification is pinned down by
+// TestLastByteHeldBackUntilVerified.)
 func TestCorruptBlobNeverServedNorStored(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	img := up.SeedImage(t, "library/bad", "1", 1, 256<<10)
 	m := servertest.Start(t, up.URL())
 	layer := img.Layers[0]
 	url := m.URL() + "/v2/bad/blobs/" + layer
+	size := int(blobSizes(t, img)[layer])
 
 	up.SetFault(fixture.Fault{Kind: fixture.KindBlob, Corrupt: true})
-	r := get(t, url)
-	if r.err == nil && r.status == http.StatusOK {
-		t.Fatalf("corrupt blob served as a complete 200 (%d bytes, digest %s)", len(r.body), sha(r.body))
+	gate := up.GateBlob(layer, int64(size-1))
+	ctx, cancel := context.WithTimeout(t.Context(), watchdog)
+	defer cancel()
+	first := openStream(t, ctx, "first client", url)
+	wait(t, ctx, gate.Reached(), "the upstream never reached the gate")
+	follower := openStream(t, ctx, "follower", url)
+	for _, c := range []*stream{first, follower} {
+		c.readAtLeast(size / 2)
 	}
-	if r.err == nil && r.status < 500 {
-		t.Fatalf("corrupt blob answered %d", r.status)
+	gate.Open() // the last byte: the download is complete, and corrupt
+	for _, c := range []*stream{first, follower} {
+		err := c.readRest()
+		if err == nil || len(c.got) >= size {
+			t.Errorf("%s: the corrupt blob was served as a complete 200 (%d of %d bytes, read error %v)", c.name, len(c.got), size, err)
+		}
 	}
+
 	m.WaitIdle()
 	if _, err := m.Store.Stat(t.Context(), "library/bad", digestOf(t, layer)); err == nil {
 		t.Fatal("corrupt blob was stored")
@@ -221,9 +254,12 @@ func TestCorruptBlobNeverServedNorStored(t *testing.T) {
 	if n := blobGets(up, layer); n != 2 {
 		t.Errorf("%d upstream GETs of the corrupt blob, want 2", n)
 	}
-
+	// Nothing of the failure is kept: the next request fetches again.
 	up.ClearFault()
 	wantBlob(t, m, "bad", layer)
+	if n := blobGets(up, layer); n != 3 {
+		t.Errorf("%d upstream GETs of the blob, want 3 (fetched again once the upstream is sound)", n)
+	}
 }
 
 // A manifest whose bytes do not match the requested digest is refused and
@@ -239,6 +275,81 @@ func TestBadManifestsRefused(t *testing.T) {
 	up.ClearFault()
 	wantManifest(t, get(t, m.URL()+"/v2/badm/manifests/"+img.Digest), img.Manifest, img.MediaType)
 	wantManifest(t, get(t, m.URL()+"/v2/badm/manifests/1"), img.Manifest, img.MediaType)
+}
+
+// A stored manifest is verified again whenever it is read: bytes on disk
+// that no longer hash to their digest (same length, still valid JSON) are
+// never served, by tag or by digest, on GET or HEAD. With the upstream down
+// that is an error; with it up, what is served hashes to the digest.
+func TestCorruptStoredManifestNeverServed(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/rot", "1", 1, 1<<10)
+	root := t.TempDir()
+	m := servertest.StartWithStore(t, up.URL(), func(*storage.Index) (storage.Store, error) {
+		return storage.OpenDriverStore(context.Background(), "filesystem", map[string]any{"rootdirectory": root})
+	})
+	byTag, byDigest := m.URL()+"/v2/rot/manifests/1", m.URL()+"/v2/rot/manifests/"+img.Digest
+	wantManifest(t, get(t, byTag), img.Manifest, img.MediaType)
+	m.WaitIdle()
+	r := get(t, byDigest)
+	wantManifest(t, r, img.Manifest, img.MediaType)
+	if r.header.Get("X-Cache") != "hit" {
+		t.Fatalf("manifest by digest not served from the store: X-Cache %q", r.header.Get("X-Cache"))
+	}
+
+	// Rot one byte of the stored manifest: its first 'a' (inside a JSON
+	// string, a key or a media type) becomes 'A', so the length and the
+	// syntax stay the same.
+	hex := strings.TrimPrefix(img.Digest, "sha256:")
+	file := filepath.Join(root, "blobs", "sha256", hex[:2], hex, "data")
+	b, err := os.ReadFile(file)
+	if err != nil || !bytes.Equal(b, img.Manifest) {
+		t.Fatalf("stored manifest at %s: %v (%d bytes, want the upstream's %d)", file, err, len(b), len(img.Manifest))
+	}
+	i := bytes.IndexByte(b, 'a')
+	b[i] = 'A'
+	if !json.Valid(b) || len(b) != len(img.Manifest) {
+		t.Fatal("the rotten manifest should still be valid JSON of the same length")
+	}
+	if err := os.WriteFile(file, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// notRotten fails the test if r carries the rotten bytes or claims
+	// success for bytes that do not hash to the digest.
+	notRotten := func(what string, r response) {
+		t.Helper()
+		switch {
+		case r.err != nil:
+			t.Errorf("%s: %v", what, r.err)
+		case bytes.Equal(r.body, b):
+			t.Errorf("%s: the rotten stored manifest was served (%d)", what, r.status)
+		case r.status == http.StatusOK && len(r.body) > 0 && sha(r.body) != img.Digest:
+			t.Errorf("%s: 200 with bytes hashing to %s", what, sha(r.body))
+		}
+	}
+
+	up.Stop()
+	for _, url := range []string{byTag, byDigest} {
+		for _, method := range []string{http.MethodGet, http.MethodHead} {
+			r := do(t, method, url, map[string]string{"Accept": manifestAccept})
+			notRotten(method+" "+url+" (upstream down)", r)
+			if r.status < 500 {
+				t.Errorf("%s %s with the upstream down: %d, want an error", method, url, r.status)
+			}
+		}
+	}
+
+	up.Restart()
+	r = get(t, byTag)
+	notRotten("by tag (upstream up)", r)
+	wantManifest(t, r, img.Manifest, img.MediaType) // fetched again
+	for _, method := range []string{http.MethodGet, http.MethodHead} {
+		r := do(t, method, byDigest, map[string]string{"Accept": manifestAccept})
+		notRotten(method+" by digest (upstream up)", r)
+		if r.status == http.StatusOK && r.header.Get("Docker-Content-Digest") != img.Digest {
+			t.Errorf("%s by digest: Docker-Content-Digest %q", method, r.header.Get("Docker-Content-Digest"))
+		}
+	}
 }
 
 // A client that does not accept indexes gets the linux/amd64 image for a

@@ -2,6 +2,7 @@ package tests
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/json"
@@ -9,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"path"
 	"slices"
 	"strings"
 	"sync"
@@ -505,14 +507,15 @@ func TestDestinationPrefetchResumesAfterRestart(t *testing.T) {
 	ma := up.SeedMultiArch(t, "library/hello-world", "latest", fixture.OCI)
 	dest := startDest(t)
 	m := startDestMirror(t, up, dest, nil)
-	// Blob downloads hang until the mirror is stopped.
-	up.SetFault(fixture.Fault{Kind: fixture.KindBlob, Latency: 10 * time.Minute})
+	// The job is stopped half-way: the layer every platform needs is held
+	// after its first byte until the mirror is stopped.
+	gate := up.GateBlob(ma.SharedLayer, 1)
 	r := postPrefetch(t, m.Server, `{"images": ["hello-world:latest"]}`)
 	if r.status != http.StatusAccepted {
 		t.Fatalf("POST: %d %s", r.status, r.body)
 	}
+	awaitReached(t, gate, ma.SharedLayer)
 	m.Stop()
-	up.ClearFault()
 	if _, err := remote.Get(destRef(t, dest, "library/hello-world", ":latest"), destOpts(t)...); !isNotFound(err) {
 		t.Errorf("tag at the destination before the job finished: %v; want a 404", err)
 	}
@@ -867,20 +870,89 @@ func TestDestinationRequiringCompleteIndexes(t *testing.T) {
 	fixture.WantTagLast(t, dest.Requests(), destPrefix+"/library/hello-world", "latest")
 }
 
-// The layer every platform shares is slow to come: a prefetch pushes no
-// platform's manifest before it is at the destination.
+// The layer every platform shares is the last blob to come: the upstream
+// holds it (after its headers) until every other blob is at the
+// destination, so a platform's manifest ready but for it is there to be
+// pushed too early. A prefetch pushes none before the shared layer is
+// stored.
 func TestDestinationPrefetchSlowSharedLayer(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	ma := up.SeedMultiArch(t, "library/hello-world", "latest", fixture.OCI)
 	dest := startDest(t)
-	m := startDestMirror(t, up, dest, nil)
-	up.SetFault(fixture.Fault{Method: http.MethodGet, Kind: fixture.KindBlob, PathContains: ma.SharedLayer, Latency: time.Second})
+	others := mirrored(t, ma)
+	delete(others, ma.SharedLayer)
+	var (
+		mu   sync.Mutex
+		gate *fixture.Gate
+	)
+	setup := &destSetup{password: destPassword, wrap: func(s *destination.Store) storage.Store {
+		return &watchedStore{Store: s, stored: func(dgst digest.Digest) {
+			mu.Lock()
+			defer mu.Unlock()
+			delete(others, dgst.String())
+			if len(others) == 0 {
+				gate.Open()
+			}
+		}}
+	}}
+	m := startDestMirror(t, up, dest, setup)
+	mu.Lock()
+	gate = up.GateBlob(ma.SharedLayer, 0) // after the mirror: it opens before the mirror stops
+	mu.Unlock()
 	r := postPrefetch(t, m.Server, `{"images": ["hello-world"]}`)
 	m.WaitIdle()
 	if j := job(t, m.Server, r.header.Get("Location")); j.State != storage.JobDone {
 		t.Fatalf("job %+v", j)
 	}
+	select {
+	case <-gate.Reached():
+	default:
+		t.Error("the shared layer was not held: its GET never reached the gate")
+	}
 	wantDestMultiArch(t, dest, "library/hello-world", ma)
+	var platforms []string
+	for _, p := range destLinuxPlatforms {
+		platforms = append(platforms, ma.Platforms[p].Digest)
+	}
+	wantManifestsAfter(t, dest.Requests(), destPrefix+"/library/hello-world", ma.SharedLayer, platforms...)
+}
+
+// watchedStore calls stored (serially) with each blob it has stored.
+type watchedStore struct {
+	*destination.Store
+	stored func(digest.Digest)
+}
+
+func (w *watchedStore) Put(ctx context.Context, repo string, dgst digest.Digest, size int64, r io.Reader) error {
+	err := w.Store.Put(ctx, repo, dgst, size, r)
+	if err == nil {
+		w.stored(dgst)
+	}
+	return err
+}
+
+// wantManifestsAfter checks that the destination accepted none of the
+// manifests in repo before the upload of blob there was complete. (Pushes
+// it refused, for blobs still missing, do not count: it kept nothing.)
+func wantManifestsAfter(t *testing.T, reqs []fixture.DestRequest, repo, blob string, manifests ...string) {
+	t.Helper()
+	stored := false
+	for i, r := range reqs {
+		if !strings.HasPrefix(r.Path, "/v2/"+repo+"/") {
+			continue
+		}
+		q, _ := url.ParseQuery(r.Query)
+		if r.IsUpload() && r.Status == http.StatusCreated && cmp.Or(q.Get("digest"), q.Get("mount")) == blob {
+			stored = true
+		}
+		if r.Method == http.MethodPut && r.Kind == fixture.KindManifest && r.Status/100 == 2 && !stored &&
+			slices.Contains(manifests, path.Base(r.Path)) {
+			t.Errorf("manifest %s pushed (request %d) before blob %s was stored", r.Path, i, blob)
+		}
+	}
+	if !stored {
+		t.Errorf("blob %s was never stored in %s", blob, repo)
+	}
 }
 
 // A destination that refuses writes (read-only, here) is not a client's

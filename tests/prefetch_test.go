@@ -7,7 +7,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/docker-mirror/docker-mirror/proxy"
 	"github.com/docker-mirror/docker-mirror/storage"
@@ -123,20 +122,56 @@ func TestPrefetchPlatforms(t *testing.T) {
 }
 
 // A prefetch and live pulls of the same image at the same time fetch each
-// blob once.
+// blob once. The upstream holds every blob (after its first byte) until
+// the prefetch has asked for them all; only then do the pulls start, and
+// each blob is held until the mirror has begun its answer to every pull
+// that wants it: the pulls certainly join the prefetch's downloads.
 func TestPrefetchSharesFetchesWithPulls(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	ma := up.SeedMultiArch(t, "library/multi", "v1", fixture.OCI, fixture.WithLayerSize(1<<20))
-	up.SetThrottle(fixture.Throttle{BytesPerSec: 8 << 20})
-	m := servertest.Start(t, up.URL())
+	// Enough fetch slots for the prefetch to ask for every blob at once.
+	m := servertest.Start(t, up.URL(), proxy.WithConcurrency(64))
+	pulled := []string{"linux/amd64", "linux/arm64"}
+	wanted := map[string]int{} // blob -> the pulls that want it
+	for _, p := range pulled {
+		for _, b := range ma.BlobsFor(p) {
+			wanted[b]++
+		}
+	}
+	gates := map[string]*fixture.Gate{}
+	for b := range mirrored(t, ma) {
+		gates[b] = up.GateBlob(b, 1) // after the mirror: they open before it stops
+	}
+	front := startBlobFront(t, m, func(dgst string, n int) {
+		if n == wanted[dgst] {
+			gates[dgst].Open()
+		}
+	})
 
+	r := postPrefetch(t, m, `{"images": ["multi:v1"]}`)
+	if r.status != http.StatusAccepted {
+		t.Fatalf("POST: %d %s", r.status, r.body)
+	}
+	for b, g := range gates {
+		awaitReached(t, g, b)
+		if wanted[b] == 0 {
+			g.Open()
+		}
+	}
 	var wg sync.WaitGroup
-	wg.Go(func() { postPrefetch(t, m, `{"images": ["multi:v1"]}`) })
-	for _, p := range []string{"linux/amd64", "linux/arm64"} {
-		wg.Go(func() { wantImage(t, m, "multi", ma.Platforms[p]) })
+	for _, p := range pulled {
+		wg.Go(func() { wantImageFrom(t, front.url, "multi", ma.Platforms[p]) })
 	}
 	wg.Wait()
 	m.WaitIdle()
+	if j := job(t, m, r.header.Get("Location")); j.State != storage.JobDone {
+		t.Errorf("job %+v", j)
+	}
+	for b, n := range wanted {
+		if got := front.count(b); got != n {
+			t.Errorf("blob %s: the mirror answered %d GETs, want %d, all while the download was held", b, got, n)
+		}
+	}
 	for _, p := range []string{"linux/amd64", "linux/arm64", "linux/arm/v7"} {
 		for _, b := range ma.BlobsFor(p) {
 			if n := blobGets(up, b); n != 1 {
@@ -146,19 +181,39 @@ func TestPrefetchSharesFetchesWithPulls(t *testing.T) {
 	}
 }
 
+// wantImageFrom is wantImage through another address of the mirror, its
+// base URL.
+func wantImageFrom(t testing.TB, base, repo string, img *fixture.Image) {
+	t.Helper()
+	wantManifest(t, get(t, base+"/v2/"+repo+"/manifests/"+img.Digest), img.Manifest, img.MediaType)
+	for _, b := range img.Blobs() {
+		r := get(t, base+"/v2/"+repo+"/blobs/"+b)
+		if r.err != nil || r.status != http.StatusOK {
+			t.Fatalf("blob %s: status %d err %v body %.200s", b, r.status, r.err, r.body)
+		}
+		if got := sha(r.body); got != b {
+			t.Fatalf("blob %s: body hashes to %s", b, got)
+		}
+		if got := r.header.Get("Docker-Content-Digest"); got != b {
+			t.Errorf("blob Docker-Content-Digest %s, want %s", got, b)
+		}
+	}
+}
+
 // A job interrupted by a restart resumes and finishes.
 func TestPrefetchResumesAfterRestart(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	ma := up.SeedMultiArch(t, "library/multi", "v1", fixture.OCI)
 	m := servertest.Start(t, up.URL())
-	// Blob downloads hang until the mirror is stopped.
-	up.SetFault(fixture.Fault{Kind: fixture.KindBlob, Latency: 10 * time.Minute})
+	// The job is stopped half-way: the layer every platform needs is held
+	// after its first byte until the mirror is stopped.
+	gate := up.GateBlob(ma.SharedLayer, 1)
 	r := postPrefetch(t, m, `{"images": ["multi:v1"]}`)
 	if r.status != http.StatusAccepted {
 		t.Fatalf("POST: %d %s", r.status, r.body)
 	}
+	awaitReached(t, gate, ma.SharedLayer)
 	m.Stop()
-	up.ClearFault()
 	m.Restart()
 	m.WaitIdle()
 	j := job(t, m, r.header.Get("Location"))

@@ -3,9 +3,13 @@ package tests
 import (
 	"context"
 	"net/http"
+	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
@@ -135,19 +139,30 @@ func TestRestartServesCachedWithUpstreamDown(t *testing.T) {
 }
 
 // 16 clients pulling one uncached image at once: the upstream sends each
-// blob exactly once, and every client gets correct bytes.
+// blob exactly once, and every client gets correct bytes. The upstream
+// holds each blob's response (after its first byte) until the mirror has
+// begun its answer to every client, so all 16 are certainly served while
+// the one download runs.
 func TestHerdFetchesEachBlobOnce(t *testing.T) {
+	const clients = 16
 	up := fixture.StartUpstream(t)
 	img := up.SeedImage(t, "library/herd", "1", 3, 2<<20)
-	// A slow link, so every client arrives while the downloads run.
-	up.SetThrottle(fixture.Throttle{BytesPerSec: 16 << 20})
 	m := servertest.Start(t, up.URL())
+	gates := map[string]*fixture.Gate{}
+	for _, b := range img.Blobs() {
+		gates[b] = up.GateBlob(b, 1) // after the mirror: they open before it stops
+	}
+	front := startBlobFront(t, m, func(dgst string, n int) {
+		if n == clients {
+			gates[dgst].Open()
+		}
+	})
 
 	var wg sync.WaitGroup
-	errs := make(chan string, 16)
-	for range 16 {
+	errs := make(chan string, clients)
+	for range clients {
 		wg.Go(func() {
-			if got := cranePull(t, ref(t, m, "herd:1")); got != img.Digest {
+			if got := cranePull(t, front.ref(t, "herd:1")); got != img.Digest {
 				errs <- got
 			}
 		})
@@ -158,6 +173,16 @@ func TestHerdFetchesEachBlobOnce(t *testing.T) {
 		t.Errorf("a client pulled %s, want %s", e, img.Digest)
 	}
 	m.WaitIdle()
+	for _, b := range img.Blobs() {
+		select {
+		case <-gates[b].Reached():
+		default:
+			t.Errorf("blob %s: the upstream's response was never held", b)
+		}
+		if n := front.count(b); n != clients {
+			t.Errorf("blob %s: the mirror answered %d GETs, want %d, all while the download was held", b, n, clients)
+		}
+	}
 	var unique int64
 	for _, b := range img.Blobs() {
 		if n := blobGets(up, b); n > 1 {
@@ -178,5 +203,95 @@ func TestHerdFetchesEachBlobOnce(t *testing.T) {
 	}
 	if n := up.Count(http.MethodGet, fixture.KindManifest); n != 1 {
 		t.Errorf("upstream manifest GETs = %d, want 1", n)
+	}
+}
+
+// blobFront serves a mirror's handler on a server of its own that counts,
+// per blob, the GETs the mirror has begun to answer 200 (its headers
+// written, whether or not they have left yet), and tells started,
+// serially, each time.
+type blobFront struct {
+	url     string
+	started func(dgst string, n int)
+	mu      sync.Mutex
+	n       map[string]int
+}
+
+func startBlobFront(t *testing.T, m *servertest.Server, started func(dgst string, n int)) *blobFront {
+	f := &blobFront{started: started, n: map[string]int{}}
+	h := m.Proxy.Handler()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, dgst, blob := strings.Cut(r.URL.Path, "/blobs/")
+		if !blob || r.Method != http.MethodGet {
+			h.ServeHTTP(w, r)
+			return
+		}
+		h.ServeHTTP(&headerHook{ResponseWriter: w, wrote: func(code int) {
+			if code == http.StatusOK {
+				f.mu.Lock()
+				f.n[dgst]++
+				f.started(dgst, f.n[dgst])
+				f.mu.Unlock()
+			}
+		}}, r)
+	}))
+	t.Cleanup(srv.Close)
+	f.url = srv.URL
+	return f
+}
+
+// ref parses a reference to the front, e.g. f.ref(t, "multi:v1").
+func (f *blobFront) ref(t testing.TB, s string) name.Reference {
+	t.Helper()
+	r, err := name.ParseReference(strings.TrimPrefix(f.url, "http://")+"/"+s, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// count is how many GETs of dgst the mirror has begun to answer 200.
+func (f *blobFront) count(dgst string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.n[dgst]
+}
+
+// headerHook calls wrote with the status, once, as it is written.
+type headerHook struct {
+	http.ResponseWriter
+	wrote func(code int)
+	done  bool
+}
+
+func (h *headerHook) WriteHeader(code int) {
+	if !h.done {
+		h.done = true
+		h.wrote(code)
+	}
+	h.ResponseWriter.WriteHeader(code)
+}
+
+func (h *headerHook) Write(p []byte) (int, error) {
+	if !h.done {
+		h.WriteHeader(http.StatusOK)
+	}
+	return h.ResponseWriter.Write(p)
+}
+
+func (h *headerHook) Flush() { http.NewResponseController(h.ResponseWriter).Flush() }
+
+func (h *headerHook) Unwrap() http.ResponseWriter { return h.ResponseWriter }
+
+// awaitReached waits until the upstream holds the gated response of blob;
+// should it never come, the deadline turns the hang into a failure.
+func awaitReached(t *testing.T, g *fixture.Gate, blob string) {
+	t.Helper()
+	deadline := time.NewTimer(2 * time.Minute)
+	defer deadline.Stop()
+	select {
+	case <-g.Reached():
+	case <-deadline.C:
+		t.Fatalf("the upstream was never asked for blob %s", blob)
 	}
 }

@@ -34,8 +34,9 @@ func runAdmin(t *testing.T, args ...string) (int, string, string) {
 
 // dataDir pulls a multi-platform image and a single one through a mirror
 // whose data directory is laid out as serve's --data, stops it, and
-// returns the directory and the single image.
-func dataDir(t *testing.T) (string, *fixture.Image) {
+// returns the directory, the single image and the time of the pulls on
+// the mirror's clock (a fake one: it does not move while the test runs).
+func dataDir(t *testing.T) (string, *fixture.Image, time.Time) {
 	t.Helper()
 	up := fixture.StartUpstream(t)
 	ma := up.SeedMultiArch(t, "library/multi", "v1", fixture.OCI)
@@ -61,8 +62,9 @@ func dataDir(t *testing.T) (string, *fixture.Image) {
 		t.Fatal(err)
 	}
 	dir := filepath.Dir(m.Index.Path())
+	pulled := m.Clock.Now()
 	m.Stop()
-	return dir, img
+	return dir, img, pulled
 }
 
 func blobFile(dir, d string) string {
@@ -71,7 +73,7 @@ func blobFile(dir, d string) string {
 }
 
 func TestAdminLs(t *testing.T) {
-	dir, img := dataDir(t)
+	dir, img, pulled := dataDir(t)
 	code, out, stderr := runAdmin(t, "ls", "--data", dir)
 	if code != 0 {
 		t.Fatalf("ls: exit %d, %s", code, stderr)
@@ -90,7 +92,7 @@ func TestAdminLs(t *testing.T) {
 		t.Errorf("multi: %q", lines[1])
 	}
 	if single[0] != "docker.io/library/single:v1" || single[1] != img.Digest[:len("sha256:")+12] || single[2] != "linux/amd64" ||
-		single[len(single)-1] != "-" || !strings.Contains(lines[2], time.Now().UTC().Format("2006-01-02T")) {
+		single[len(single)-1] != "-" || !strings.Contains(lines[2], pulled.UTC().Format(time.RFC3339)) {
 		t.Errorf("single: %q", lines[2])
 	}
 	if !strings.HasPrefix(lines[3], "2 images, ") || !strings.HasSuffix(lines[3], " stored") {
@@ -112,10 +114,15 @@ func TestAdminLs(t *testing.T) {
 		got.StoredBytes != got.Images[0].Size+got.Images[1].Size {
 		t.Errorf("ls --json = %+v", got)
 	}
+	for _, im := range got.Images {
+		if !im.LastPull.Equal(pulled) {
+			t.Errorf("%s: last pull %v, pulled at %v", im.Repo, im.LastPull, pulled)
+		}
+	}
 }
 
 func TestAdminGc(t *testing.T) {
-	dir, img := dataDir(t)
+	dir, img, _ := dataDir(t)
 	junk := make([]byte, 2048)
 	rand.Read(junk)
 	jd := digest.FromBytes(junk)
@@ -151,7 +158,7 @@ func TestAdminGc(t *testing.T) {
 }
 
 func TestAdminVerify(t *testing.T) {
-	dir, img := dataDir(t)
+	dir, img, _ := dataDir(t)
 	if code, out, stderr := runAdmin(t, "verify", "--data", dir); code != 0 || !strings.Contains(out, ": 0 corrupt") || strings.Count(out, "\n") != 1 {
 		t.Fatalf("verify of a sound store: exit %d, %q %q", code, out, stderr)
 	}
@@ -185,7 +192,7 @@ func TestAdminVerify(t *testing.T) {
 }
 
 func TestAdminLockedIndex(t *testing.T) {
-	dir, _ := dataDir(t)
+	dir, _, _ := dataDir(t)
 	ix, err := storage.OpenIndex(filepath.Join(dir, "index.db")) // as a running server holds it
 	if err != nil {
 		t.Fatal(err)

@@ -2,15 +2,22 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
+	"path"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -495,14 +502,119 @@ func TestPrefetchCommand(t *testing.T) {
 	m.WaitIdle()
 }
 
-// The layer every platform shares is slow to come: no platform's
-// manifest may be pushed before it is at the destination.
+// The layer every platform shares is the last blob to come: the upstream
+// holds it (after its headers) until every other blob is at the
+// destination, so a platform's manifest ready but for it is there to be
+// pushed too early. None may be pushed before the shared layer is stored.
 func TestMirrorCommandSlowSharedLayer(t *testing.T) {
 	e := newMirrorEnv(t)
-	e.up.SetFault(fixture.Fault{Method: http.MethodGet, Kind: fixture.KindBlob, PathContains: e.hello.SharedLayer, Latency: time.Second})
-	code, stdout, stderr := e.mirror(t, "hello-world")
+	others := map[string]bool{}
+	for _, p := range linuxPlatforms {
+		for _, b := range e.hello.BlobsFor(p) {
+			others[b] = true
+		}
+	}
+	for _, a := range e.hello.Attestations {
+		for _, b := range a.Blobs() {
+			others[b] = true
+		}
+	}
+	delete(others, e.hello.SharedLayer)
+	gate := e.up.GateBlob(e.hello.SharedLayer, 0)
+	front := watchUploads(t, e.dest, func(dgst string) {
+		delete(others, dgst)
+		if len(others) == 0 {
+			gate.Open()
+		}
+	})
+
+	// Should the gate never open, the deadline turns a hang into a failure.
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	code, stdout, stderr := runCmd(t, ctx, "mirror", "--config", e.config, "-d", front+"/mirror", "--upstream", e.up.URL(), "hello-world")
 	if code != 0 {
 		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
 	}
+	select {
+	case <-gate.Reached():
+	default:
+		t.Error("the shared layer was not held: its GET never reached the gate")
+	}
 	wantMultiArchAt(t, e.dest, "library/hello-world", e.hello, linuxPlatforms...)
+	var platforms []string
+	for _, p := range linuxPlatforms {
+		platforms = append(platforms, e.hello.Platforms[p].Digest)
+	}
+	wantManifestsAfter(t, e.dest.Requests(), "mirror/library/hello-world", e.hello.SharedLayer, platforms...)
+}
+
+// watchUploads puts a front before the destination that calls stored
+// (serially) with the digest of each blob upload the destination
+// completes, and returns the front's URL, to be used as the destination.
+func watchUploads(t *testing.T, d *fixture.Destination, stored func(dgst string)) string {
+	t.Helper()
+	target, err := url.Parse(d.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp := httputil.NewSingleHostReverseProxy(target) // keeps the Host: upload locations name the front
+	var mu sync.Mutex
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sw := &statusWriter{ResponseWriter: w}
+		rp.ServeHTTP(sw, r)
+		q := r.URL.Query()
+		if sw.status == http.StatusCreated && strings.Contains(r.URL.Path, "/blobs/uploads/") {
+			if dgst := cmp.Or(q.Get("digest"), q.Get("mount")); dgst != "" {
+				mu.Lock()
+				stored(dgst)
+				mu.Unlock()
+			}
+		}
+	}))
+	t.Cleanup(front.Close)
+	return front.URL
+}
+
+// statusWriter remembers the status written.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(p []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(p)
+}
+
+// wantManifestsAfter checks that the destination accepted none of the
+// manifests in repo before the upload of blob there was complete. (Pushes
+// it refused, for blobs still missing, do not count: it kept nothing.)
+func wantManifestsAfter(t *testing.T, reqs []fixture.DestRequest, repo, blob string, manifests ...string) {
+	t.Helper()
+	stored := false
+	for i, r := range reqs {
+		if !strings.HasPrefix(r.Path, "/v2/"+repo+"/") {
+			continue
+		}
+		q, _ := url.ParseQuery(r.Query)
+		if r.IsUpload() && r.Status == http.StatusCreated && cmp.Or(q.Get("digest"), q.Get("mount")) == blob {
+			stored = true
+		}
+		if r.Method == http.MethodPut && r.Kind == fixture.KindManifest && r.Status/100 == 2 && !stored &&
+			slices.Contains(manifests, path.Base(r.Path)) {
+			t.Errorf("manifest %s pushed (request %d) before blob %s was stored", r.Path, i, blob)
+		}
+	}
+	if !stored {
+		t.Errorf("blob %s was never stored in %s", blob, repo)
+	}
 }

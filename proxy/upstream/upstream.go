@@ -95,6 +95,10 @@ func WithAuth(a authn.Authenticator) Option { return func(c *Client) { c.auth = 
 // (default DefaultTimeout).
 func WithTimeout(d time.Duration) Option { return func(c *Client) { c.timeout = d } }
 
+// WithClock sets the clock that times rate-limit back-offs and refused
+// credentials (default time.Now).
+func WithClock(now func() time.Time) Option { return func(c *Client) { c.now = now } }
+
 // DefaultTimeout is how long an upstream may take to start answering.
 const DefaultTimeout = 30 * time.Second
 

@@ -4,7 +4,9 @@ package clients
 
 import (
 	"os"
+	"os/signal"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -33,5 +35,15 @@ func TestServeStandIn(t *testing.T) {
 	}
 	s.Log.Reset()
 	s.Log.SetSink(os.Stderr)
-	time.Sleep(time.Duration(secs) * time.Second)
+	// Serve for the time asked (the point of this tool, not a wait for
+	// something to happen), or until interrupted: Ctrl-C ends it early
+	// with the cleanups run.
+	ctx, stop := signal.NotifyContext(t.Context(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	timer := time.NewTimer(time.Duration(secs) * time.Second)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+	case <-ctx.Done():
+	}
 }

@@ -1,0 +1,151 @@
+package upstream
+
+import (
+	"net/http"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/docker-mirror/docker-mirror/proxy/errcode"
+)
+
+// wantRetryAfter checks that err is a 429 wrapping ErrUnavailable whose
+// Retry-After header is want ("" for none).
+func wantRetryAfter(t *testing.T, err error, want string) {
+	t.Helper()
+	e := wantErrcode(t, err, errcode.TooManyRequests, http.StatusTooManyRequests, ErrUnavailable)
+	if got, ok := e.Header["Retry-After"]; want == "" && ok || want != "" && (len(got) != 1 || got[0] != want) {
+		t.Fatalf("Retry-After %q, want %q", got, want)
+	}
+}
+
+// TestRetryAfterBackOff: a 429 passes the upstream's Retry-After on as it
+// is; until then the upstream is not asked again and every request fails
+// with the exact seconds left (rounded up), capped at an hour; a 429
+// without a usable Retry-After backs off DefaultBackoff. On a fake clock.
+func TestRetryAfterBackOff(t *testing.T) {
+	t0 := newFakeClock().Now() // every subtest's clock starts there
+	date := func(d time.Duration) string { return t0.Add(d).Format(http.TimeFormat) }
+	cases := []struct {
+		name       string
+		retryAfter string
+		backoff    time.Duration
+	}{
+		{"seconds", "120", 120 * time.Second},
+		{"HTTP date", date(300 * time.Second), 300 * time.Second},
+		{"seconds over the cap", "86400", time.Hour},
+		{"HTTP date over the cap", date(48 * time.Hour), time.Hour},
+		{"none", "", DefaultBackoff},
+		{"unparsable", "soon", DefaultBackoff},
+		{"negative", "-5", DefaultBackoff},
+		{"zero", "0", 0},
+		{"HTTP date past", date(-time.Hour), 0},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			clock := newFakeClock()
+			var n atomic.Int64
+			r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+				if n.Add(1) == 1 { // rate-limited once, then served
+					if tc.retryAfter != "" {
+						w.Header().Set("Retry-After", tc.retryAfter)
+					}
+					w.WriteHeader(http.StatusTooManyRequests)
+					return
+				}
+				w.Header().Set("Content-Type", ociManifest)
+				_, _ = w.Write(manifestA)
+			})
+			c := r.client(t, WithClock(clock.Now))
+			ctx := t.Context()
+
+			_, err := c.Manifest(ctx, "library/x", "v1")
+			wantRetryAfter(t, err, tc.retryAfter) // as the upstream sent it
+			secs := int(tc.backoff / time.Second)
+			if secs > 0 {
+				// Backing off: every kind of request fails at once with the
+				// seconds left, rounded up.
+				_, err = c.Manifest(ctx, "library/x", "v1")
+				wantRetryAfter(t, err, strconv.Itoa(secs))
+				_, _, err = c.Blob(ctx, "library/x", digest.FromBytes(manifestB), 0)
+				wantRetryAfter(t, err, strconv.Itoa(secs))
+				clock.Advance(500 * time.Millisecond)
+				_, err = c.HeadManifest(ctx, "library/x", "v1")
+				wantRetryAfter(t, err, strconv.Itoa(secs))
+				clock.Advance(tc.backoff - 500*time.Millisecond - time.Nanosecond)
+				_, _, err = c.Tags(ctx, "library/x", 0, "")
+				wantRetryAfter(t, err, "1")
+				if n := r.asked.Load(); n != 1 {
+					t.Fatalf("the upstream was asked %d times while backing off, want once", n)
+				}
+				clock.Advance(time.Nanosecond) // the back-off is over
+			}
+			m, err := c.Manifest(ctx, "library/x", "v1")
+			if err != nil {
+				t.Fatalf("after the back-off: %v", err)
+			}
+			if m.Digest != digest.FromBytes(manifestA) {
+				t.Fatalf("digest %s", m.Digest)
+			}
+			if n := r.asked.Load(); n != 2 {
+				t.Fatalf("the upstream was asked %d times, want 2", n)
+			}
+		})
+	}
+}
+
+// TestRetryAfterKeepsLongest: of overlapping 429s (concurrent requests),
+// the longest back-off wins; a shorter one does not cut it short.
+func TestRetryAfterKeepsLongest(t *testing.T) {
+	clock := newFakeClock()
+	c, err := New("test.io", "http://127.0.0.1:1", WithClock(clock.Now))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.backOff("600")
+	c.backOff("5")
+	wantRetryAfter(t, c.backingOff("x"), "600")
+	c.backOff(clock.Now().Add(2 * time.Hour).Format(http.TimeFormat))
+	wantRetryAfter(t, c.backingOff("x"), "3600")
+	c.backOff("")
+	wantRetryAfter(t, c.backingOff("x"), "3600")
+	clock.Advance(time.Hour)
+	if err := c.backingOff("x"); err != nil {
+		t.Fatalf("still backing off after the longest Retry-After: %v", err)
+	}
+}
+
+// TestRetryAfterOnPing: a 429 answering the registry ping backs off the
+// same way: its Retry-After is passed on, and the ping is not repeated
+// before it.
+func TestRetryAfterOnPing(t *testing.T) {
+	clock := newFakeClock()
+	var pings atomic.Int64
+	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		w.Header().Set("Content-Type", ociManifest)
+		_, _ = w.Write(manifestA)
+	}, func(w http.ResponseWriter, req *http.Request) {
+		if pings.Add(1) == 1 {
+			w.Header().Set("Retry-After", "30")
+			w.WriteHeader(http.StatusTooManyRequests)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	})
+	c := r.client(t, WithClock(clock.Now))
+	_, err := c.Manifest(t.Context(), "library/x", "v1")
+	wantRetryAfter(t, err, "30")
+	clock.Advance(10 * time.Second)
+	_, err = c.Manifest(t.Context(), "library/x", "v1")
+	wantRetryAfter(t, err, "20")
+	if p, n := r.pings.Load(), r.asked.Load(); p != 1 || n != 0 {
+		t.Fatalf("%d pings and %d requests while backing off, want 1 and 0", p, n)
+	}
+	clock.Advance(20 * time.Second)
+	if _, err := c.Manifest(t.Context(), "library/x", "v1"); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,186 @@
+package upstream
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/docker-mirror/docker-mirror/proxy/errcode"
+)
+
+// TestStatusErrors: each upstream answer is mapped to the code, status and
+// sentinel a handler passes on; 404s keep the upstream's own 404 code, and
+// the upstream's message is kept.
+func TestStatusErrors(t *testing.T) {
+	blob := digest.FromBytes([]byte("blob"))
+	manifest := func(c *Client) error { _, err := c.Manifest(t.Context(), "library/x", "v1"); return err }
+	headManifest := func(c *Client) error { _, err := c.HeadManifest(t.Context(), "library/x", "v1"); return err }
+	getBlob := func(c *Client) error { _, _, err := c.Blob(t.Context(), "library/x", blob, 0); return err }
+	headBlob := func(c *Client) error { _, err := c.HeadBlob(t.Context(), "library/x", blob); return err }
+	blobFrom := func(c *Client) error { _, _, err := c.Blob(t.Context(), "library/x", blob, 5); return err }
+	tags := func(c *Client) error { _, _, err := c.Tags(t.Context(), "library/x", 0, ""); return err }
+	cases := []struct {
+		name     string
+		call     func(*Client) error
+		status   int
+		upCode   string // the upstream's OCI error code ("" no body)
+		code     errcode.Code
+		want     int
+		sentinel error
+	}{
+		{"manifest 404", manifest, 404, "", errcode.ManifestUnknown, 404, ErrNotFound},
+		{"manifest HEAD 404", headManifest, 404, "", errcode.ManifestUnknown, 404, ErrNotFound},
+		{"manifest 404 NAME_UNKNOWN", manifest, 404, "NAME_UNKNOWN", errcode.NameUnknown, 404, ErrNotFound},
+		{"manifest 404 with a code that is not a 404's", manifest, 404, "DENIED", errcode.ManifestUnknown, 404, ErrNotFound},
+		{"blob 404", getBlob, 404, "", errcode.BlobUnknown, 404, ErrNotFound},
+		{"blob HEAD 404", headBlob, 404, "", errcode.BlobUnknown, 404, ErrNotFound},
+		{"tags 404", tags, 404, "", errcode.NameUnknown, 404, ErrNotFound},
+		{"401", manifest, 401, "UNAUTHORIZED", errcode.Unauthorized, 401, ErrAuth},
+		{"403", getBlob, 403, "DENIED", errcode.Denied, 403, ErrAuth},
+		{"416", blobFrom, 416, "", errcode.RangeInvalid, 416, ErrInvalid},
+		{"500", manifest, 500, "UNKNOWN", errcode.Unavailable, 502, ErrUnavailable},
+		{"503", tags, 503, "", errcode.Unavailable, 502, ErrUnavailable},
+		{"unexpected 204", getBlob, 204, "", errcode.Unavailable, 502, ErrUnavailable},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+				if tc.upCode != "" {
+					w.Header().Set("Content-Type", "application/json")
+					w.WriteHeader(tc.status)
+					fmt.Fprintf(w, `{"errors":[{"code":%q,"message":"upstream says %s"}]}`, tc.upCode, tc.upCode)
+					return
+				}
+				w.WriteHeader(tc.status)
+			})
+			err := tc.call(r.client(t))
+			wantErrcode(t, err, tc.code, tc.want, tc.sentinel)
+			if tc.upCode != "" && tc.status != 416 && !strings.Contains(err.Error(), "upstream says "+tc.upCode) {
+				t.Errorf("the upstream's message is lost: %v", err)
+			}
+		})
+	}
+}
+
+// TestBlobRange: a blob read from an offset asks with Range; the size
+// returned is the whole blob's, whether the upstream answers 206 or ignores
+// Range and sends it all (then the client skips to the offset).
+func TestBlobRange(t *testing.T) {
+	const content = "0123456789"
+	cases := []struct {
+		name    string
+		offset  int64
+		answer  func(w http.ResponseWriter, req *http.Request)
+		size    int64
+		rest    string
+		rangeOK bool // the request carries Range: bytes=offset-
+	}{
+		{"whole", 0, func(w http.ResponseWriter, req *http.Request) {
+			_, _ = io.WriteString(w, content)
+		}, 10, content, false},
+		{"206", 5, func(w http.ResponseWriter, req *http.Request) {
+			w.Header().Set("Content-Range", "bytes 5-9/10")
+			w.WriteHeader(http.StatusPartialContent)
+			_, _ = io.WriteString(w, content[5:])
+		}, 10, content[5:], true},
+		{"206 of unknown size", 5, func(w http.ResponseWriter, req *http.Request) {
+			w.Header().Set("Content-Range", "bytes 5-9/*")
+			w.WriteHeader(http.StatusPartialContent)
+			_, _ = io.WriteString(w, content[5:])
+		}, -1, content[5:], true},
+		{"Range ignored", 5, func(w http.ResponseWriter, req *http.Request) {
+			_, _ = io.WriteString(w, content)
+		}, 10, content[5:], true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var gotRange atomic.Value
+			r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+				gotRange.Store(req.Header.Get("Range"))
+				tc.answer(w, req)
+			})
+			rc, size, err := r.client(t).Blob(t.Context(), "library/x", digest.FromString(content), tc.offset)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rc.Close()
+			rest, err := io.ReadAll(rc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if size != tc.size || string(rest) != tc.rest {
+				t.Fatalf("size %d body %q, want %d %q", size, rest, tc.size, tc.rest)
+			}
+			wantRange := ""
+			if tc.rangeOK {
+				wantRange = fmt.Sprintf("bytes=%d-", tc.offset)
+			}
+			if got := gotRange.Load(); got != wantRange {
+				t.Fatalf("Range %q, want %q", got, wantRange)
+			}
+		})
+	}
+}
+
+// TestNoAnswerInTime: an upstream that sends no headers within the timeout
+// fails the request with a 504; the handler is held by a gate, released at
+// the end, so nothing but the client's timeout can end the wait.
+func TestNoAnswerInTime(t *testing.T) {
+	gate := make(chan struct{})
+	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		<-gate
+	})
+	t.Cleanup(func() { close(gate) }) // runs before the server's Close
+	_, err := r.client(t, WithTimeout(time.Millisecond)).Manifest(t.Context(), "library/x", "v1")
+	wantErrcode(t, err, errcode.Unavailable, http.StatusGatewayTimeout, ErrUnavailable)
+	if !strings.Contains(err.Error(), "did not answer within 1ms") {
+		t.Fatalf("the error does not say why: %v", err)
+	}
+}
+
+// TestRefusedCredentialsNotRetried: when the token server refuses our
+// credentials, they are not tried again for authRetryAfter (retrying on
+// every request could lock the account); then they are. On a fake clock.
+func TestRefusedCredentialsNotRetried(t *testing.T) {
+	clock := newFakeClock()
+	var tokens atomic.Int64
+	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		if req.URL.Path == "/token" {
+			tokens.Add(1)
+		}
+		w.WriteHeader(http.StatusUnauthorized)
+	}, func(w http.ResponseWriter, req *http.Request) {
+		w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="http://%s/token",service="test"`, req.Host))
+		w.WriteHeader(http.StatusUnauthorized)
+	})
+	c := r.client(t, WithClock(clock.Now))
+	try := func(pings, toks int64) {
+		t.Helper()
+		_, err := c.Manifest(t.Context(), "library/x", "v1")
+		wantErrcode(t, err, errcode.Unauthorized, http.StatusUnauthorized, ErrAuth)
+		if p, n := r.pings.Load(), tokens.Load(); p != pings || n != toks {
+			t.Fatalf("%d pings and %d token requests, want %d and %d", p, n, pings, toks)
+		}
+	}
+	try(1, 1)
+	clock.Advance(authRetryAfter - time.Nanosecond)
+	try(1, 1)
+	// Another repository is another scope: asked for at once.
+	if _, err := c.Manifest(t.Context(), "library/y", "v1"); err == nil {
+		t.Fatal("library/y: no error")
+	}
+	if p, n := r.pings.Load(), tokens.Load(); p != 2 || n != 2 {
+		t.Fatalf("library/y: %d pings and %d token requests in all, want 2 and 2", p, n)
+	}
+	clock.Advance(time.Nanosecond)
+	try(3, 3)
+	if n := r.asked.Load() - tokens.Load(); n != 0 {
+		t.Fatalf("%d manifest requests went out without a token", n)
+	}
+}

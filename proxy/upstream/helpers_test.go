@@ -1,0 +1,103 @@
+package upstream
+
+import (
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/docker-mirror/docker-mirror/proxy/errcode"
+)
+
+// fakeClock is a clock that moves only when advanced.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+// newFakeClock starts at a whole second, so that HTTP dates (which have
+// no fractions) relative to it are exact.
+func newFakeClock() *fakeClock {
+	return &fakeClock{t: time.Date(2030, time.January, 2, 3, 4, 5, 0, time.UTC)}
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// registry is a minimal upstream: it answers the ping (GET /v2/) with 200
+// unless ping is set, and every other request with answer. It counts both.
+type registry struct {
+	srv    *httptest.Server
+	pings  atomic.Int64
+	asked  atomic.Int64 // requests other than the ping
+	ping   http.HandlerFunc
+	answer http.HandlerFunc
+}
+
+// startRegistry starts a registry answering with answer, and the ping with
+// ping if given.
+func startRegistry(t *testing.T, answer http.HandlerFunc, ping ...http.HandlerFunc) *registry {
+	t.Helper()
+	r := &registry{answer: answer}
+	if len(ping) > 0 {
+		r.ping = ping[0]
+	}
+	r.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if req.URL.Path == "/v2/" {
+			r.pings.Add(1)
+			if r.ping != nil {
+				r.ping(w, req)
+				return
+			}
+			w.WriteHeader(http.StatusOK)
+			return
+		}
+		r.asked.Add(1)
+		r.answer(w, req)
+	}))
+	t.Cleanup(r.srv.Close)
+	return r
+}
+
+// client returns a Client of r, on the server's own transport (closed with
+// the server).
+func (r *registry) client(t *testing.T, opts ...Option) *Client {
+	t.Helper()
+	c, err := New("test.io", r.srv.URL, append([]Option{WithTransport(r.srv.Client().Transport)}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// wantErrcode checks that err is an *errcode.Error with the given code and
+// HTTP status, wrapping sentinel, and returns it.
+func wantErrcode(t *testing.T, err error, code errcode.Code, status int, sentinel error) *errcode.Error {
+	t.Helper()
+	if err == nil {
+		t.Fatalf("no error, want %s %d", code, status)
+	}
+	var e *errcode.Error
+	if !errors.As(err, &e) {
+		t.Fatalf("error %v (%T) is not an *errcode.Error", err, err)
+	}
+	if e.Code != code || e.Status() != status {
+		t.Fatalf("error %s %d, want %s %d: %v", e.Code, e.Status(), code, status, err)
+	}
+	if !errors.Is(err, sentinel) {
+		t.Fatalf("error does not wrap %v: %v", sentinel, err)
+	}
+	return e
+}
