@@ -9,18 +9,29 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/docker-mirror/docker-mirror/proxy/errcode"
+	"github.com/docker-mirror/docker-mirror/oci"
 )
 
-// wantRetryAfter checks that err is a 429 wrapping ErrUnavailable whose
-// Retry-After header is want ("" for none).
-func wantRetryAfter(t *testing.T, err error, want string) {
+// wantRetryAfter checks that err is an *Error of a 429 (the upstream's, or
+// ours while backing off), temporary, wrapping ErrUnavailable (only), whose
+// RetryAfter (the Retry-After passed on to clients) is want ("" for none).
+func wantRetryAfter(t *testing.T, err error, want string) *Error {
 	t.Helper()
-	e := wantErrcode(t, err, errcode.TooManyRequests, http.StatusTooManyRequests, ErrUnavailable)
-	if got, ok := e.Header["Retry-After"]; want == "" && ok || want != "" && (len(got) != 1 || got[0] != want) {
-		t.Fatalf("Retry-After %q, want %q", got, want)
+	if err == nil {
+		t.Fatalf("no error, want a 429 with Retry-After %q", want)
 	}
+	ue := asError(t, err, "ErrUnavailable")
+	if ue.Status != http.StatusTooManyRequests || !ue.Temporary() || ue.Timeout {
+		t.Fatalf("Status %d Temporary %v Timeout %v, want 429 true false: %v", ue.Status, ue.Temporary(), ue.Timeout, err)
+	}
+	if ue.RetryAfter != want {
+		t.Fatalf("RetryAfter %q, want %q: %v", ue.RetryAfter, want, err)
+	}
+	return ue
 }
+
+// v1 is the tag the back-off tests ask for.
+var v1 = oci.Ref{Tag: "v1"}
 
 // TestRetryAfterBackOff: a 429 passes the upstream's Retry-After on as it
 // is; until then the upstream is not asked again and every request fails
@@ -62,18 +73,18 @@ func TestRetryAfterBackOff(t *testing.T) {
 			c := r.client(t, WithClock(clock.Now))
 			ctx := t.Context()
 
-			_, err := c.Manifest(ctx, "library/x", "v1")
+			_, err := c.Manifest(ctx, "library/x", v1)
 			wantRetryAfter(t, err, tc.retryAfter) // as the upstream sent it
 			secs := int(tc.backoff / time.Second)
 			if secs > 0 {
 				// Backing off: every kind of request fails at once with the
 				// seconds left, rounded up.
-				_, err = c.Manifest(ctx, "library/x", "v1")
+				_, err = c.Manifest(ctx, "library/x", v1)
 				wantRetryAfter(t, err, strconv.Itoa(secs))
 				_, _, err = c.Blob(ctx, "library/x", digest.FromBytes(manifestB), 0)
 				wantRetryAfter(t, err, strconv.Itoa(secs))
 				clock.Advance(500 * time.Millisecond)
-				_, err = c.HeadManifest(ctx, "library/x", "v1")
+				_, err = c.HeadManifest(ctx, "library/x", v1)
 				wantRetryAfter(t, err, strconv.Itoa(secs))
 				clock.Advance(tc.backoff - 500*time.Millisecond - time.Nanosecond)
 				_, _, err = c.Tags(ctx, "library/x", 0, "")
@@ -83,7 +94,7 @@ func TestRetryAfterBackOff(t *testing.T) {
 				}
 				clock.Advance(time.Nanosecond) // the back-off is over
 			}
-			m, err := c.Manifest(ctx, "library/x", "v1")
+			m, err := c.Manifest(ctx, "library/x", v1)
 			if err != nil {
 				t.Fatalf("after the back-off: %v", err)
 			}
@@ -101,19 +112,21 @@ func TestRetryAfterBackOff(t *testing.T) {
 // the longest back-off wins; a shorter one does not cut it short.
 func TestRetryAfterKeepsLongest(t *testing.T) {
 	clock := newFakeClock()
-	c, err := New("test.io", "http://127.0.0.1:1", WithClock(clock.Now))
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := errClient(t, "http://127.0.0.1:1", WithClock(clock.Now))
+	x := call{KindManifest, "x"}
 	c.backOff("600")
 	c.backOff("5")
-	wantRetryAfter(t, c.backingOff("x"), "600")
+	ue := wantRetryAfter(t, c.backingOff(x), "600")
+	if ue.Kind != KindManifest || ue.What != "x" ||
+		ue.Reason != "upstream docker.io is rate-limiting us; not asking for x for 600s" {
+		t.Fatalf("Kind %d What %q Reason %q: not of the call backing off", ue.Kind, ue.What, ue.Reason)
+	}
 	c.backOff(clock.Now().Add(2 * time.Hour).Format(http.TimeFormat))
-	wantRetryAfter(t, c.backingOff("x"), "3600")
+	wantRetryAfter(t, c.backingOff(x), "3600")
 	c.backOff("")
-	wantRetryAfter(t, c.backingOff("x"), "3600")
+	wantRetryAfter(t, c.backingOff(x), "3600")
 	clock.Advance(time.Hour)
-	if err := c.backingOff("x"); err != nil {
+	if err := c.backingOff(x); err != nil {
 		t.Fatalf("still backing off after the longest Retry-After: %v", err)
 	}
 }
@@ -136,16 +149,16 @@ func TestRetryAfterOnPing(t *testing.T) {
 		w.WriteHeader(http.StatusOK)
 	})
 	c := r.client(t, WithClock(clock.Now))
-	_, err := c.Manifest(t.Context(), "library/x", "v1")
+	_, err := c.Manifest(t.Context(), "library/x", v1)
 	wantRetryAfter(t, err, "30")
 	clock.Advance(10 * time.Second)
-	_, err = c.Manifest(t.Context(), "library/x", "v1")
+	_, err = c.Manifest(t.Context(), "library/x", v1)
 	wantRetryAfter(t, err, "20")
 	if p, n := r.pings.Load(), r.asked.Load(); p != 1 || n != 0 {
 		t.Fatalf("%d pings and %d requests while backing off, want 1 and 0", p, n)
 	}
 	clock.Advance(20 * time.Second)
-	if _, err := c.Manifest(t.Context(), "library/x", "v1"); err != nil {
+	if _, err := c.Manifest(t.Context(), "library/x", v1); err != nil {
 		t.Fatal(err)
 	}
 }

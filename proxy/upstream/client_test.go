@@ -10,17 +10,17 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
-
-	"github.com/docker-mirror/docker-mirror/proxy/errcode"
 )
 
-// TestStatusErrors: each upstream answer is mapped to the code, status and
-// sentinel a handler passes on; 404s keep the upstream's own 404 code, and
-// the upstream's message is kept.
+// TestStatusErrors: each upstream answer is returned as an *Error with the
+// upstream's status, the kind of request (which picks the unknown code of a
+// 404: proxy.upstreamAnswer), the upstream's own OCI code and message, and
+// the sentinel; the upstream's message is kept in the error's text. What
+// the mirror answers for each is asserted in proxy/answer_test.go.
 func TestStatusErrors(t *testing.T) {
 	blob := digest.FromBytes([]byte("blob"))
-	manifest := func(c *Client) error { _, err := c.Manifest(t.Context(), "library/x", "v1"); return err }
-	headManifest := func(c *Client) error { _, err := c.HeadManifest(t.Context(), "library/x", "v1"); return err }
+	manifest := func(c *Client) error { _, err := c.Manifest(t.Context(), "library/x", v1); return err }
+	headManifest := func(c *Client) error { _, err := c.HeadManifest(t.Context(), "library/x", v1); return err }
 	getBlob := func(c *Client) error { _, _, err := c.Blob(t.Context(), "library/x", blob, 0); return err }
 	headBlob := func(c *Client) error { _, err := c.HeadBlob(t.Context(), "library/x", blob); return err }
 	blobFrom := func(c *Client) error { _, _, err := c.Blob(t.Context(), "library/x", blob, 5); return err }
@@ -30,23 +30,22 @@ func TestStatusErrors(t *testing.T) {
 		call     func(*Client) error
 		status   int
 		upCode   string // the upstream's OCI error code ("" no body)
-		code     errcode.Code
-		want     int
-		sentinel error
+		kind     Kind
+		sentinel string // the one sentinel wrapped
 	}{
-		{"manifest 404", manifest, 404, "", errcode.ManifestUnknown, 404, ErrNotFound},
-		{"manifest HEAD 404", headManifest, 404, "", errcode.ManifestUnknown, 404, ErrNotFound},
-		{"manifest 404 NAME_UNKNOWN", manifest, 404, "NAME_UNKNOWN", errcode.NameUnknown, 404, ErrNotFound},
-		{"manifest 404 with a code that is not a 404's", manifest, 404, "DENIED", errcode.ManifestUnknown, 404, ErrNotFound},
-		{"blob 404", getBlob, 404, "", errcode.BlobUnknown, 404, ErrNotFound},
-		{"blob HEAD 404", headBlob, 404, "", errcode.BlobUnknown, 404, ErrNotFound},
-		{"tags 404", tags, 404, "", errcode.NameUnknown, 404, ErrNotFound},
-		{"401", manifest, 401, "UNAUTHORIZED", errcode.Unauthorized, 401, ErrAuth},
-		{"403", getBlob, 403, "DENIED", errcode.Denied, 403, ErrAuth},
-		{"416", blobFrom, 416, "", errcode.RangeInvalid, 416, ErrInvalid},
-		{"500", manifest, 500, "UNKNOWN", errcode.Unavailable, 502, ErrUnavailable},
-		{"503", tags, 503, "", errcode.Unavailable, 502, ErrUnavailable},
-		{"unexpected 204", getBlob, 204, "", errcode.Unavailable, 502, ErrUnavailable},
+		{"manifest 404", manifest, 404, "", KindManifest, "ErrNotFound"},
+		{"manifest HEAD 404", headManifest, 404, "", KindManifest, "ErrNotFound"},
+		{"manifest 404 NAME_UNKNOWN", manifest, 404, "NAME_UNKNOWN", KindManifest, "ErrNotFound"},
+		{"manifest 404 with a code that is not a 404's", manifest, 404, "DENIED", KindManifest, "ErrNotFound"},
+		{"blob 404", getBlob, 404, "", KindBlob, "ErrNotFound"},
+		{"blob HEAD 404", headBlob, 404, "", KindBlob, "ErrNotFound"},
+		{"tags 404", tags, 404, "", KindTags, "ErrNotFound"},
+		{"401", manifest, 401, "UNAUTHORIZED", KindManifest, "ErrAuth"},
+		{"403", getBlob, 403, "DENIED", KindBlob, "ErrAuth"},
+		{"416", blobFrom, 416, "", KindBlob, "ErrInvalid"},
+		{"500", manifest, 500, "UNKNOWN", KindManifest, "ErrUnavailable"},
+		{"503", tags, 503, "", KindTags, "ErrUnavailable"},
+		{"unexpected 204", getBlob, 204, "", KindBlob, "ErrUnavailable"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -60,7 +59,18 @@ func TestStatusErrors(t *testing.T) {
 				w.WriteHeader(tc.status)
 			})
 			err := tc.call(r.client(t))
-			wantErrcode(t, err, tc.code, tc.want, tc.sentinel)
+			ue := asError(t, err, tc.sentinel)
+			wantMsg := ""
+			if tc.upCode != "" {
+				wantMsg = "upstream says " + tc.upCode
+			}
+			if ue.Status != tc.status || ue.Kind != tc.kind || ue.Code != tc.upCode || ue.Message != wantMsg ||
+				ue.Timeout || ue.RetryAfter != "" || ue.Temporary() != (tc.sentinel == "ErrUnavailable") {
+				t.Errorf("Status %d Kind %d Code %q Message %q Timeout %v RetryAfter %q Temporary %v;\n"+
+					"want %d %d %q %q false \"\" %v: %v",
+					ue.Status, ue.Kind, ue.Code, ue.Message, ue.Timeout, ue.RetryAfter, ue.Temporary(),
+					tc.status, tc.kind, tc.upCode, wantMsg, tc.sentinel == "ErrUnavailable", err)
+			}
 			if tc.upCode != "" && tc.status != 416 && !strings.Contains(err.Error(), "upstream says "+tc.upCode) {
 				t.Errorf("the upstream's message is lost: %v", err)
 			}
@@ -129,7 +139,8 @@ func TestBlobRange(t *testing.T) {
 }
 
 // TestNoAnswerInTime: an upstream that sends no headers within the timeout
-// fails the request with a 504; the handler is held by a gate, released at
+// fails the request with a Timeout error, without a status (the mirror
+// answers 504 for it: proxy/answer_test.go); the handler is held by a gate, released at
 // the end, so nothing but the client's timeout can end the wait.
 func TestNoAnswerInTime(t *testing.T) {
 	gate := make(chan struct{})
@@ -137,8 +148,11 @@ func TestNoAnswerInTime(t *testing.T) {
 		<-gate
 	})
 	t.Cleanup(func() { close(gate) }) // runs before the server's Close
-	_, err := r.client(t, WithTimeout(time.Millisecond)).Manifest(t.Context(), "library/x", "v1")
-	wantErrcode(t, err, errcode.Unavailable, http.StatusGatewayTimeout, ErrUnavailable)
+	_, err := r.client(t, WithTimeout(time.Millisecond)).Manifest(t.Context(), "library/x", v1)
+	ue := asError(t, err, "ErrUnavailable")
+	if !ue.Timeout || ue.Status != 0 || !ue.Temporary() {
+		t.Fatalf("Timeout %v Status %d Temporary %v, want true 0 true: %v", ue.Timeout, ue.Status, ue.Temporary(), err)
+	}
 	if !strings.Contains(err.Error(), "did not answer within 1ms") {
 		t.Fatalf("the error does not say why: %v", err)
 	}
@@ -162,8 +176,12 @@ func TestRefusedCredentialsNotRetried(t *testing.T) {
 	c := r.client(t, WithClock(clock.Now))
 	try := func(pings, toks int64) {
 		t.Helper()
-		_, err := c.Manifest(t.Context(), "library/x", "v1")
-		wantErrcode(t, err, errcode.Unauthorized, http.StatusUnauthorized, ErrAuth)
+		_, err := c.Manifest(t.Context(), "library/x", v1)
+		// The token server's 401, as the handshake's (the ping's) error.
+		ue := asError(t, err, "ErrAuth")
+		if ue.Status != http.StatusUnauthorized || ue.Kind != KindPing || ue.Temporary() {
+			t.Fatalf("Status %d Kind %d Temporary %v, want 401 %d false: %v", ue.Status, ue.Kind, ue.Temporary(), KindPing, err)
+		}
 		if p, n := r.pings.Load(), tokens.Load(); p != pings || n != toks {
 			t.Fatalf("%d pings and %d token requests, want %d and %d", p, n, pings, toks)
 		}
@@ -172,7 +190,7 @@ func TestRefusedCredentialsNotRetried(t *testing.T) {
 	clock.Advance(authRetryAfter - time.Nanosecond)
 	try(1, 1)
 	// Another repository is another scope: asked for at once.
-	if _, err := c.Manifest(t.Context(), "library/y", "v1"); err == nil {
+	if _, err := c.Manifest(t.Context(), "library/y", v1); err == nil {
 		t.Fatal("library/y: no error")
 	}
 	if p, n := r.pings.Load(), tokens.Load(); p != 2 || n != 2 {

@@ -1,15 +1,12 @@
 package upstream
 
 import (
-	"errors"
 	"net/http"
 	"net/http/httptest"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/docker-mirror/docker-mirror/proxy/errcode"
 )
 
 // fakeClock is a clock that moves only when advanced.
@@ -72,32 +69,8 @@ func startRegistry(t *testing.T, answer http.HandlerFunc, ping ...http.HandlerFu
 }
 
 // client returns a Client of r, on the server's own transport (closed with
-// the server).
+// the server). Its host is docker.io, the host asError expects.
 func (r *registry) client(t *testing.T, opts ...Option) *Client {
 	t.Helper()
-	c, err := New("test.io", r.srv.URL, append([]Option{WithTransport(r.srv.Client().Transport)}, opts...)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
-
-// wantErrcode checks that err is an *errcode.Error with the given code and
-// HTTP status, wrapping sentinel, and returns it.
-func wantErrcode(t *testing.T, err error, code errcode.Code, status int, sentinel error) *errcode.Error {
-	t.Helper()
-	if err == nil {
-		t.Fatalf("no error, want %s %d", code, status)
-	}
-	var e *errcode.Error
-	if !errors.As(err, &e) {
-		t.Fatalf("error %v (%T) is not an *errcode.Error", err, err)
-	}
-	if e.Code != code || e.Status() != status {
-		t.Fatalf("error %s %d, want %s %d: %v", e.Code, e.Status(), code, status, err)
-	}
-	if !errors.Is(err, sentinel) {
-		t.Fatalf("error does not wrap %v: %v", sentinel, err)
-	}
-	return e
+	return errClient(t, r.srv.URL, append([]Option{WithTransport(r.srv.Client().Transport)}, opts...)...)
 }

@@ -7,7 +7,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/docker-mirror/docker-mirror/proxy/errcode"
+	"github.com/docker-mirror/docker-mirror/oci"
 )
 
 const ociManifest = "application/vnd.oci.image.manifest.v1+json"
@@ -59,9 +59,22 @@ func TestManifestDigestChecks(t *testing.T) {
 				}
 				_, _ = w.Write(tc.body)
 			})
-			m, err := r.client(t).Manifest(t.Context(), "library/x", tc.ref)
+			ref, err := oci.ParseRef(tc.ref)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m, err := r.client(t).Manifest(t.Context(), "library/x", ref)
 			if !tc.ok {
-				wantErrcode(t, err, errcode.Unavailable, http.StatusBadGateway, ErrInvalid)
+				// Malformed, not missing nor unavailable: the mirror
+				// answers 502 (proxy/answer_test.go).
+				if err == nil {
+					t.Fatal("no error, want ErrInvalid")
+				}
+				ue := asError(t, err, "ErrInvalid")
+				if ue.Status != 0 || ue.Kind != KindManifest || ue.Temporary() || ue.Timeout {
+					t.Fatalf("Status %d Kind %d Temporary %v Timeout %v, want 0 %d false false: %v",
+						ue.Status, ue.Kind, ue.Temporary(), ue.Timeout, KindManifest, err)
+				}
 				if m != nil {
 					t.Fatalf("a refused manifest was returned too (%d bytes)", len(m.Body))
 				}
