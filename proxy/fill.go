@@ -80,7 +80,15 @@ func (p *Proxy) enqueueFill(ctx context.Context, t target, dgst digest.Digest) {
 	}()
 }
 
+// fillImage fills an image in the background: every selected platform's
+// manifest and blobs, then its fill record is complete. The image's root
+// is held in use meanwhile, so the lifecycle never evicts it half-filled.
 func (p *Proxy) fillImage(ctx context.Context, t target, dgst digest.Digest) error {
+	release, err := p.hold(ctx, dgst)
+	if err != nil {
+		return err
+	}
+	defer release()
 	m, err := p.loadManifest(ctx, t, dgst)
 	if err != nil {
 		return err

@@ -215,7 +215,13 @@ func (p *Proxy) loadManifest(ctx context.Context, t target, dgst digest.Digest) 
 		return nil, err
 	}
 	if int64(len(body)) != rec.Size || dgst.Algorithm().FromBytes(body) != dgst {
-		return nil, fmt.Errorf("stored manifest %s is corrupt: %w", dgst, storage.ErrDigestMismatch)
+		// Never served, and removed so that the next fetch stores the
+		// upstream's bytes again: a corrupt copy reads as a missing one.
+		p.log.Error("stored manifest is corrupt; removing it", "digest", dgst, "repo", t.storeRepo())
+		if err := p.store.Delete(ctx, t.storeRepo(), dgst); err != nil {
+			return nil, fmt.Errorf("removing corrupt manifest %s: %w", dgst, err)
+		}
+		return nil, fmt.Errorf("stored manifest %s is corrupt (%w): %w", dgst, storage.ErrDigestMismatch, storage.ErrNotFound)
 	}
 	return &storedManifest{body: body, mediaType: rec.MediaType, digest: dgst}, nil
 }
