@@ -8,15 +8,18 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/docker-mirror/docker-mirror/storage"
 )
 
 // Evict evicts images, then collects. Every unpinned image not pulled
 // since now-evictAfter (if evictAfter > 0) is evicted; then, while what
 // the remaining images keep is larger than maxSize (if maxSize > 0), the
-// least recently pulled unpinned image is. Pinned images and images the
-// guard reports in use are never evicted. An image is evicted whole: its
-// tags and mirror records leave the index, and the collection removes its
-// manifests and the blobs no kept image references.
+// least recently pulled unpinned image is. Pinned images, images the
+// guard reports in use and images being mirrored (a mirror record not
+// complete, updated within the grace period) are never evicted. An image
+// is evicted whole: its tags and mirror records leave the index, and the
+// collection removes its manifests and the blobs no kept image references.
 func (c *Collector) Evict(ctx context.Context, maxSize int64, evictAfter time.Duration, now time.Time) (Report, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -59,6 +62,10 @@ func (c *Collector) evict(ctx context.Context, maxSize int64, evictAfter time.Du
 			return
 		}
 		tried[e] = true
+		if c.mirroring(m, e, now) {
+			r.Kept++
+			return
+		}
 		if !claimed[e.Digest] {
 			rel, ok := c.opts.Guard.Claim(e.Digest)
 			if !ok {
@@ -135,4 +142,18 @@ func (c *Collector) evict(ctx context.Context, maxSize int64, evictAfter time.Du
 	r.add(cr)
 	r.StoredAfter = c.index.StoredBytes()
 	return r, err
+}
+
+// mirroring reports whether an image is being mirrored: one of its roots
+// has a mirror record that is not complete and was updated within the
+// grace period. Evicting it would race the mirror, which records the image
+// complete when it is done, whatever the eviction removed meanwhile: the
+// image would come back without its tags.
+func (c *Collector) mirroring(m *model, e *entry, now time.Time) bool {
+	for _, k := range e.roots {
+		if rec, ok := m.mirrors[k]; ok && rec.State != storage.MirrorComplete && c.recent(now, rec.UpdatedAt) {
+			return true
+		}
+	}
+	return false
 }

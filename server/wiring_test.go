@@ -4,14 +4,21 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 
 	"github.com/docker-mirror/docker-mirror/config"
 	"github.com/docker-mirror/docker-mirror/metrics"
 	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/proxy/upstream"
+	"github.com/docker-mirror/docker-mirror/storage"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
 )
 
@@ -73,4 +80,101 @@ func TestUpstreamCredentialSources(t *testing.T) {
 	}(), metrics.New(), lookup); err == nil {
 		t.Error("an unset password_env was accepted")
 	}
+}
+
+// The server's own wiring installs the dial guard: an upstream that sends
+// the proxy elsewhere on the loopback (a token realm, a redirect) does
+// not get it there, and the client gets an error. The proxy is built by
+// the functions serve builds it with, from a config.Config, so the guard
+// the test harness installs for itself (tests/mirrortest) plays no part.
+func TestWiringGuardsUpstreamDials(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		// upstream answers as the configured upstream, sending the proxy
+		// to port on the loopback.
+		upstream func(port string) http.HandlerFunc
+	}{
+		// go-containerregistry refuses a realm that is a private IP
+		// literal by itself; a name that resolves to one only the dial
+		// guard stops.
+		{"token realm", func(port string) http.HandlerFunc {
+			return func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="http://localhost:`+port+`/token",service="registry"`)
+				w.WriteHeader(http.StatusUnauthorized)
+			}
+		}},
+		{"redirect", func(port string) http.HandlerFunc {
+			return func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == "/v2/" {
+					return
+				}
+				http.Redirect(w, r, "http://127.0.0.1:"+port+r.URL.Path, http.StatusTemporaryRedirect)
+			}
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			// elsewhere: a loopback service the configuration does not
+			// name. It must see no connection at all.
+			var dialled atomic.Int32
+			elsewhere := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				io.WriteString(w, `{"token":"t"}`)
+			}))
+			elsewhere.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+				if s == http.StateNew {
+					dialled.Add(1)
+				}
+			}
+			elsewhere.Start()
+			defer elsewhere.Close()
+			_, port, err := net.SplitHostPort(elsewhere.Listener.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			up := httptest.NewServer(c.upstream(port))
+			defer up.Close()
+
+			cfg := config.Default()
+			cfg.Data = filepath.Join(t.TempDir(), "data")
+			cfg.Upstream = up.URL
+			mirror := wiredProxy(t, cfg)
+			resp, err := http.Get(mirror + "/v2/library/app/manifests/1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode < 400 {
+				t.Errorf("pull answered %d %q, want an error", resp.StatusCode, body)
+			}
+			if n := dialled.Load(); n != 0 {
+				t.Errorf("the proxy connected %d times to port %s on the loopback, which no upstream names", n, port)
+			}
+		})
+	}
+}
+
+// wiredProxy serves the proxy serve builds for cfg (its store and
+// upstreams) on a local port, and returns its URL.
+func wiredProxy(t *testing.T, cfg config.Config) string {
+	t.Helper()
+	if err := os.MkdirAll(cfg.Data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	index, err := storage.OpenIndex(filepath.Join(cfg.Data, "index.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { index.Close() })
+	store, _, err := openStore(t.Context(), cfg, index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := newProxy(cfg, store, index, slog.New(slog.DiscardHandler), metrics.New(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	srv := httptest.NewServer(p.Handler())
+	t.Cleanup(srv.Close)
+	return srv.URL
 }

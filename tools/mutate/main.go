@@ -30,6 +30,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -326,10 +327,13 @@ func (r *runner) baseline(ctx context.Context, ms []*Mutation) error {
 	return nil
 }
 
-// run applies m and runs its tests until one package fails.
-func (r *runner) run(ctx context.Context, m *Mutation) Result {
+// run applies m and runs its tests until one package fails. A failure
+// counts only if it happens again: the failed tests run once more with the
+// mutation, and if they pass then (a flaky test), the package runs again
+// without them and the result says so.
+func (r *runner) run(ctx context.Context, m *Mutation) (res Result) {
 	start := time.Now()
-	res := Result{Mutation: m}
+	res.Mutation = m
 	defer func() { res.Duration = time.Since(start) }()
 	ov, err := r.overlay(m)
 	if err != nil {
@@ -346,32 +350,81 @@ func (r *runner) run(ctx context.Context, m *Mutation) Result {
 	}
 	defer logf.Close()
 	fmt.Fprintf(logf, "mutation %s: %s\n--- old\n%s\n--- new\n%s\n\n", m.ID, m.File, m.Old, m.New)
-	for _, t := range runs(m) {
+	test := func(t testRun) (out []byte, passed, timedOut bool, err error) {
 		tstart := time.Now()
-		out, passed, timedOut, err := r.goTest(ctx, ov, t)
+		out, passed, timedOut, err = r.goTest(ctx, ov, t)
 		fmt.Fprintf(logf, "=== go test %s (%.0fs)\n%s\n", t, time.Since(tstart).Seconds(), out)
-		switch {
-		case err != nil:
-			res.Status, res.Detail = skipped, err.Error()
-			return res
-		case passed:
-			continue
-		case timedOut:
-			res.Status, res.Detail = killed, fmt.Sprintf("timeout in %s: %s", t, failures(out))
-			return res
-		case isBuildFailure(out):
-			res.Status, res.Detail = broken, fmt.Sprintf("%s: %s", t, firstLines(out, 3))
-			return res
-		default:
-			res.Status, res.Detail = killed, fmt.Sprintf("%s: %s", t, failures(out))
-			return res
+		return out, passed, timedOut, err
+	}
+	var flaky []string // tests whose failure did not happen again
+	for _, t := range runs(m) {
+		var skip []string
+	attempts:
+		for {
+			run := t
+			if len(skip) > 0 {
+				run.flags = append(slices.Clone(t.flags), "-skip=^("+strings.Join(skip, "|")+")$")
+			}
+			out, passed, timedOut, err := test(run)
+			switch {
+			case err != nil:
+				res.Status, res.Detail = skipped, err.Error()
+				return res
+			case passed:
+			case timedOut:
+				res.Status, res.Detail = killed, fmt.Sprintf("%s: timeout (%s)", t, failures(out))
+				return res
+			case isBuildFailure(out):
+				res.Status, res.Detail = broken, fmt.Sprintf("%s: %s", t, firstLines(out, 3))
+				return res
+			default:
+				failed := topLevel(out)
+				again := t
+				if len(failed) > 0 {
+					again.flags = append(slices.Clone(t.flags), "-run=^("+strings.Join(failed, "|")+")$")
+				}
+				_, passedAgain, _, err := test(again)
+				if err != nil {
+					res.Status, res.Detail = skipped, err.Error()
+					return res
+				}
+				if !passedAgain || len(skip) >= 3 {
+					res.Status, res.Detail = killed, fmt.Sprintf("%s: %s", t, failures(out))
+					return res
+				}
+				if len(failed) == 0 { // e.g. TestMain's leak check: the package passed again
+					flaky = append(flaky, t.String())
+					break attempts
+				}
+				flaky = append(flaky, failed...)
+				skip = append(skip, failed...)
+				continue attempts
+			}
+			break attempts
 		}
 	}
 	res.Status = survived
 	if m.Harmless != "" {
 		res.Status = harmless
 	}
+	if len(flaky) > 0 {
+		res.Detail = "failed once, not again: " + strings.Join(flaky, ", ")
+	}
 	return res
+}
+
+// topLevel names the failed top-level tests of a go test output.
+func topLevel(out []byte) []string {
+	var names []string
+	seen := map[string]bool{}
+	for _, m := range failLine.FindAllSubmatch(out, -1) {
+		name, _, _ := strings.Cut(string(m[1]), "/")
+		if !seen[name] {
+			seen[name] = true
+			names = append(names, name)
+		}
+	}
+	return names
 }
 
 func isBuildFailure(out []byte) bool {
@@ -427,7 +480,7 @@ func summary(results []Result, elapsed time.Duration) string {
 		count[res.Status]++
 		note := res.Detail
 		if res.Status == harmless {
-			note = res.Mutation.Harmless
+			note = strings.TrimSpace(res.Mutation.Harmless + " " + note)
 		}
 		note = strings.ReplaceAll(note, "|", `\|`)
 		fmt.Fprintf(&b, "| %s | %s | %s | %.0fs |\n", res.Mutation.ID, res.Status, note, res.Duration.Seconds())

@@ -1,0 +1,229 @@
+package lifecycle_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/docker-mirror/docker-mirror/lifecycle"
+	"github.com/docker-mirror/docker-mirror/proxy"
+	"github.com/docker-mirror/docker-mirror/storage"
+	"github.com/docker-mirror/docker-mirror/tests/fixture"
+	"github.com/docker-mirror/docker-mirror/tests/mirrortest"
+)
+
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	rand.Read(b)
+	return b
+}
+
+// seedOnLayer pushes to repo:tag an OCI image of its own config and
+// layer on top of the layer base (a digest pushed to repo already).
+func seedOnLayer(t *testing.T, up *fixture.Upstream, repo, tag, base string, baseSize int) image {
+	t.Helper()
+	config := []byte(`{"architecture":"amd64","os":"linux","config":{"Labels":{"tag":"` + tag + `"}},"rootfs":{"type":"layers","diff_ids":[]}}`)
+	own := randomBytes(4 << 10)
+	configD, ownD := up.PushBlob(t, repo, config), up.PushBlob(t, repo, own)
+	type desc struct {
+		MediaType string `json:"mediaType"`
+		Digest    string `json:"digest"`
+		Size      int    `json:"size"`
+	}
+	raw, err := json.Marshal(struct {
+		SchemaVersion int    `json:"schemaVersion"`
+		MediaType     string `json:"mediaType"`
+		Config        desc   `json:"config"`
+		Layers        []desc `json:"layers"`
+	}{2, "application/vnd.oci.image.manifest.v1+json",
+		desc{"application/vnd.oci.image.config.v1+json", configD, len(config)},
+		[]desc{{"application/vnd.oci.image.layer.v1.tar+gzip", base, baseSize}, {"application/vnd.oci.image.layer.v1.tar+gzip", ownD, len(own)}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := up.PutManifest(t, repo, tag, "application/vnd.oci.image.manifest.v1+json", raw)
+	return image{repo: strings.TrimPrefix(repo, "library/"), tag: tag, digest: d, manifests: map[string][]byte{d: raw}, blobs: []string{configD, base, ownD}}
+}
+
+// A layer several images share is freed only with the last of them:
+// evicting the least recently pulled image frees its own content alone,
+// so the size limit takes a second eviction, and the shared layer stays
+// with the image still using it.
+func TestEvictCountsSharedLayerFreedWithItsLastImage(t *testing.T) {
+	e := newEnv(t)
+	base := randomBytes(256 << 10) // most of each image
+	baseD := e.up.PushBlob(t, "library/app", base)
+	var v [3]image // pulled in this order, an hour apart
+	for i, tag := range []string{"v1", "v2", "v3"} {
+		v[i] = seedOnLayer(t, e.up, "library/app", tag, baseD, len(base))
+		e.pull(t, v[i])
+		e.m.Clock.Advance(time.Hour)
+	}
+	col := e.collector(lifecycle.Options{})
+	list := images(t, col)
+	var size [3]int64
+	for i := range v {
+		size[i] = findImage(t, list, v[i].digest).Size
+	}
+	// Room for v3 alone: v1's own content is not enough to free; counting
+	// the shared layer as freed with it would stop there, over the limit.
+	limit := size[2]
+	own := func(i int) int64 { return size[i] - int64(len(base)) }
+	if stored := e.m.Index.StoredBytes(); stored != limit+own(0)+own(1) {
+		t.Fatalf("stored %d, want %d: the images' own content and one copy of the shared layer", stored, limit+own(0)+own(1))
+	}
+
+	r, err := col.Evict(t.Context(), limit, 0, e.m.Clock.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.ImagesEvicted != 2 || r.Evicted[0].Digest.String() != v[0].digest || r.Evicted[1].Digest.String() != v[1].digest {
+		t.Fatalf("evicted %+v, want v1 then v2", r.Evicted)
+	}
+	if r.StoredAfter > limit || e.m.Index.StoredBytes() > limit {
+		t.Errorf("stored %d (report %d) after eviction, over the limit %d", e.m.Index.StoredBytes(), r.StoredAfter, limit)
+	}
+	if r.BytesFreed != own(0)+own(1) || r.BlobsRemoved != 4 || r.ManifestsRemoved != 2 {
+		t.Errorf("report %+v, want v1's and v2's own content freed (%d bytes, 4 blobs, 2 manifests)", r, own(0)+own(1))
+	}
+	for _, im := range v[:2] {
+		for _, d := range im.content() {
+			if d != baseD {
+				e.wantStored(t, false, d)
+			}
+		}
+	}
+	e.wantStored(t, true, v[2].content()...) // the shared layer among them
+	if list := images(t, col); len(list) != 1 || list[0].Digest.String() != v[2].digest {
+		t.Errorf("images after eviction: %+v, want v3 alone", list)
+	}
+	e.up.Stop()
+	e.wantPull(t, v[2])
+}
+
+// gate holds the upstream's answers to GETs whose path contains block
+// until it is opened.
+type gate struct {
+	block   string
+	reached chan struct{} // closed when a request is first held
+	open    chan struct{}
+	once    sync.Once
+	opening sync.Once
+}
+
+func (g *gate) Open() { g.opening.Do(func() { close(g.open) }) }
+
+// startGated serves up through a gate on GETs of block.
+func startGated(t *testing.T, up *fixture.Upstream, block string) (*httptest.Server, *gate) {
+	t.Helper()
+	target, err := url.Parse(up.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &gate{block: block, reached: make(chan struct{}), open: make(chan struct{})}
+	rp := httputil.NewSingleHostReverseProxy(target)
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	rp.Transport = tr
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, g.block) {
+			g.once.Do(func() { close(g.reached) })
+			select {
+			case <-g.open:
+			case <-r.Context().Done():
+				return
+			}
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(func() {
+		srv.Close()
+		tr.CloseIdleConnections()
+	})
+	return srv, g
+}
+
+// An image whose background mirroring is under way is not evicted: the
+// mirror records it complete when it is done, so evicting it meanwhile
+// would leave its content held by a mirror record with its tags gone (an
+// image no one can pull by tag, kept in place of those that can). Once
+// mirrored, and past the grace period, it is evicted whole.
+func TestEvictSparesImageBeingMirrored(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	seeded := up.SeedImage(t, "library/app", "v1", 2, 8<<10)
+	im := single("app", "v1", seeded)
+	gated, g := startGated(t, up, seeded.Layers[1])
+	inUse := lifecycle.NewInUse()
+	m := mirrortest.StartWithStore(t, gated.URL, func(ix *storage.Index) (storage.Store, error) {
+		return storage.OpenDriverStore(context.Background(), "filesystem", map[string]any{"rootdirectory": filepath.Dir(ix.Path())})
+	}, proxy.WithContentGuard(inUse))
+	t.Cleanup(g.Open) // before the mirror stops: it waits for the mirroring
+	e := &env{up: up, m: m, store: m.Store.(*storage.DriverStore)}
+	// As the server runs it: a grace period, and the guard the proxy holds.
+	col := e.collector(lifecycle.Options{Grace: lifecycle.DefaultGrace, Guard: inUse})
+
+	if status, _, _ := get(t, m.URL()+"/v2/app/manifests/v1"); status != http.StatusOK {
+		t.Fatalf("pull: status %d", status)
+	}
+	<-g.reached // the background mirror waits for a layer
+	r, err := col.Evict(t.Context(), 1, 0, m.Clock.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.ImagesEvicted != 0 {
+		t.Errorf("evicted %+v while it was being mirrored", r.Evicted)
+	}
+	g.Open()
+	m.WaitIdle()
+	list := images(t, col)
+	if len(list) != 1 || list[0].Digest.String() != im.digest || strings.Join(list[0].Tags, ",") != "v1" || list[0].State != storage.MirrorComplete {
+		t.Fatalf("images after the mirror: %+v, want app:v1 complete", list)
+	}
+
+	m.Clock.Advance(lifecycle.DefaultGrace + time.Minute)
+	r, err = col.Evict(t.Context(), 1, 0, m.Clock.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.ImagesEvicted != 1 || m.Index.StoredBytes() != 0 {
+		t.Fatalf("evict after the mirror: %+v, stored %d", r, m.Index.StoredBytes())
+	}
+	if list := images(t, col); len(list) != 0 {
+		t.Errorf("images after eviction: %+v", list)
+	}
+	if _, ok, _ := m.Index.Mirror("docker.io", "library/app", digest.Digest(im.digest)); ok {
+		t.Error("the evicted image's mirror record survived")
+	}
+}
+
+// An image whose mirroring failed stays partial; it is spared for the
+// grace period only, then evicted like any other.
+func TestEvictPartialImageAfterGrace(t *testing.T) {
+	e := newEnv(t)
+	seeded := e.up.SeedImage(t, "library/app", "v1", 2, 8<<10)
+	e.up.SetFault(fixture.Fault{Kind: fixture.KindBlob, PathContains: seeded.Layers[1], Status: http.StatusNotFound})
+	e.pull(t, single("app", "v1", seeded))
+	col := e.collector(lifecycle.Options{Grace: lifecycle.DefaultGrace})
+	if list := images(t, col); len(list) != 1 || list[0].State != storage.MirrorPartial {
+		t.Fatalf("images = %+v, want app:v1 partial", list)
+	}
+	if r, err := col.Evict(t.Context(), 1, 0, e.m.Clock.Now()); err != nil || r.ImagesEvicted != 0 {
+		t.Fatalf("Evict within the grace period = %+v, %v", r, err)
+	}
+	e.m.Clock.Advance(lifecycle.DefaultGrace + time.Minute)
+	r, err := col.Evict(t.Context(), 1, 0, e.m.Clock.Now())
+	if err != nil || r.ImagesEvicted != 1 || e.m.Index.StoredBytes() != 0 {
+		t.Fatalf("Evict after the grace period = %+v, %v; stored %d", r, err, e.m.Index.StoredBytes())
+	}
+}
