@@ -151,7 +151,7 @@ func (c *Collector) evict(ctx context.Context, maxSize int64, evictAfter time.Du
 // image would come back without its tags.
 func (c *Collector) mirroring(m *model, e *entry, now time.Time) bool {
 	for _, k := range e.roots {
-		if rec, ok := m.mirrors[k]; ok && rec.State != storage.MirrorComplete && c.recent(now, rec.UpdatedAt) {
+		if rec, ok := m.mirrors[k]; ok && rec.State != storage.FillComplete && c.recent(now, rec.UpdatedAt) {
 			return true
 		}
 	}

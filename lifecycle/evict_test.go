@@ -20,7 +20,7 @@ import (
 	"github.com/docker-mirror/docker-mirror/proxy"
 	"github.com/docker-mirror/docker-mirror/storage"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
-	"github.com/docker-mirror/docker-mirror/tests/mirrortest"
+	"github.com/docker-mirror/docker-mirror/tests/servertest"
 )
 
 func randomBytes(n int) []byte {
@@ -165,7 +165,7 @@ func TestEvictSparesImageBeingMirrored(t *testing.T) {
 	im := single("app", "v1", seeded)
 	gated, g := startGated(t, up, seeded.Layers[1])
 	inUse := lifecycle.NewInUse()
-	m := mirrortest.StartWithStore(t, gated.URL, func(ix *storage.Index) (storage.Store, error) {
+	m := servertest.StartWithStore(t, gated.URL, func(ix *storage.Index) (storage.Store, error) {
 		return storage.OpenDriverStore(context.Background(), "filesystem", map[string]any{"rootdirectory": filepath.Dir(ix.Path())})
 	}, proxy.WithContentGuard(inUse))
 	t.Cleanup(g.Open) // before the mirror stops: it waits for the mirroring
@@ -187,7 +187,7 @@ func TestEvictSparesImageBeingMirrored(t *testing.T) {
 	g.Open()
 	m.WaitIdle()
 	list := images(t, col)
-	if len(list) != 1 || list[0].Digest.String() != im.digest || strings.Join(list[0].Tags, ",") != "v1" || list[0].State != storage.MirrorComplete {
+	if len(list) != 1 || list[0].Digest.String() != im.digest || strings.Join(list[0].Tags, ",") != "v1" || list[0].State != storage.FillComplete {
 		t.Fatalf("images after the mirror: %+v, want app:v1 complete", list)
 	}
 
@@ -202,7 +202,7 @@ func TestEvictSparesImageBeingMirrored(t *testing.T) {
 	if list := images(t, col); len(list) != 0 {
 		t.Errorf("images after eviction: %+v", list)
 	}
-	if _, ok, _ := m.Index.Mirror("docker.io", "library/app", digest.Digest(im.digest)); ok {
+	if _, ok, _ := m.Index.Fill("docker.io", "library/app", digest.Digest(im.digest)); ok {
 		t.Error("the evicted image's mirror record survived")
 	}
 }
@@ -215,7 +215,7 @@ func TestEvictPartialImageAfterGrace(t *testing.T) {
 	e.up.SetFault(fixture.Fault{Kind: fixture.KindBlob, PathContains: seeded.Layers[1], Status: http.StatusNotFound})
 	e.pull(t, single("app", "v1", seeded))
 	col := e.collector(lifecycle.Options{Grace: lifecycle.DefaultGrace})
-	if list := images(t, col); len(list) != 1 || list[0].State != storage.MirrorPartial {
+	if list := images(t, col); len(list) != 1 || list[0].State != storage.FillPartial {
 		t.Fatalf("images = %+v, want app:v1 partial", list)
 	}
 	if r, err := col.Evict(t.Context(), 1, 0, e.m.Clock.Now()); err != nil || r.ImagesEvicted != 0 {

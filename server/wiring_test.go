@@ -18,7 +18,6 @@ import (
 	"github.com/docker-mirror/docker-mirror/metrics"
 	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/proxy/upstream"
-	"github.com/docker-mirror/docker-mirror/storage"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
 )
 
@@ -153,28 +152,16 @@ func TestWiringGuardsUpstreamDials(t *testing.T) {
 	}
 }
 
-// wiredProxy serves the proxy serve builds for cfg (its store and
-// upstreams) on a local port, and returns its URL.
+// wiredProxy serves the server New builds for cfg, as serve runs it, on
+// a local port, and returns its URL.
 func wiredProxy(t *testing.T, cfg config.Config) string {
 	t.Helper()
-	if err := os.MkdirAll(cfg.Data, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	index, err := storage.OpenIndex(filepath.Join(cfg.Data, "index.db"))
+	srv, err := New(t.Context(), cfg, WithLogger(slog.New(slog.DiscardHandler)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { index.Close() })
-	store, _, err := openStore(t.Context(), cfg, index)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := newProxy(cfg, store, index, slog.New(slog.DiscardHandler), metrics.New(), t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(p.Close)
-	srv := httptest.NewServer(p.Handler())
-	t.Cleanup(srv.Close)
-	return srv.URL
+	t.Cleanup(func() { srv.Close() })
+	hs := httptest.NewServer(srv.Handler())
+	t.Cleanup(hs.Close)
+	return hs.URL
 }
