@@ -86,23 +86,9 @@ func (n *node) fill(doc oci.Manifest) {
 			n.platforms[m.Digest] = oci.PlatformString(m.Platform)
 		}
 	}
-	add := func(d digest.Digest) {
-		if d.Validate() == nil {
-			n.blobs = append(n.blobs, d)
-		}
-	}
-	if doc.Config != nil {
-		add(doc.Config.Digest)
+	n.blobs = doc.BlobDigests()
+	if doc.Config != nil && doc.Config.Digest.Validate() == nil {
 		n.config = doc.Config.Digest
-	}
-	for _, l := range doc.Layers {
-		add(l.Digest)
-	}
-	for _, b := range doc.Blobs {
-		add(b.Digest)
-	}
-	for _, l := range doc.FSLayers {
-		add(l.BlobSum)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/distribution/distribution/v3/registry/storage/driver/factory"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/opencontainers/go-digest"
 
@@ -27,9 +28,12 @@ import (
 // them), else the embedded store on its storage driver.
 func OpenStore(ctx context.Context, cfg config.Config, index *storage.Index) (storage.Store, string, error) {
 	if cfg.Destination.URL == "" {
-		driver, params := cfg.StorageDriver()
-		s, err := storage.OpenDriverStore(ctx, driver, params)
-		return s, driver, err
+		driver, _ := cfg.StorageDriver()
+		s, err := OpenEmbeddedStore(ctx, cfg, true)
+		if err != nil {
+			return nil, "", err
+		}
+		return s, driver, nil
 	}
 	opts := []destination.Option{destination.WithMountSources(func(_ context.Context, dgst digest.Digest) []string {
 		holders, _ := index.Holders(dgst)
@@ -48,6 +52,21 @@ func OpenStore(ctx context.Context, cfg config.Config, index *storage.Index) (st
 		return nil, "", fmt.Errorf("destination: %w", err)
 	}
 	return s, "registry " + s.String(), nil
+}
+
+// OpenEmbeddedStore opens the embedded store cfg names, for the offline
+// commands: clean removes the leftovers of interrupted writes (as a
+// server does at start); without it nothing in the store changes.
+func OpenEmbeddedStore(ctx context.Context, cfg config.Config, clean bool) (*storage.DriverStore, error) {
+	driver, params := cfg.StorageDriver()
+	if clean {
+		return storage.OpenDriverStore(ctx, driver, params)
+	}
+	d, err := factory.Create(ctx, driver, params)
+	if err != nil {
+		return nil, fmt.Errorf("storage %s: %w", driver, err)
+	}
+	return storage.NewDriverStore(d), nil
 }
 
 // proxyOptions are the proxy settings cfg makes: tag TTL, platforms,

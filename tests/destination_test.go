@@ -2,7 +2,6 @@ package tests
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/json"
@@ -10,7 +9,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"path"
 	"slices"
 	"strings"
 	"sync"
@@ -914,7 +912,7 @@ func TestDestinationPrefetchSlowSharedLayer(t *testing.T) {
 	for _, p := range destLinuxPlatforms {
 		platforms = append(platforms, ma.Platforms[p].Digest)
 	}
-	wantManifestsAfter(t, dest.Requests(), destPrefix+"/library/hello-world", ma.SharedLayer, platforms...)
+	fixture.WantManifestsAfter(t, dest.Requests(), destPrefix+"/library/hello-world", ma.SharedLayer, platforms...)
 }
 
 // watchedStore calls stored (serially) with each blob it has stored.
@@ -929,30 +927,6 @@ func (w *watchedStore) Put(ctx context.Context, repo string, dgst digest.Digest,
 		w.stored(dgst)
 	}
 	return err
-}
-
-// wantManifestsAfter checks that the destination accepted none of the
-// manifests in repo before the upload of blob there was complete. (Pushes
-// it refused, for blobs still missing, do not count: it kept nothing.)
-func wantManifestsAfter(t *testing.T, reqs []fixture.DestRequest, repo, blob string, manifests ...string) {
-	t.Helper()
-	stored := false
-	for i, r := range reqs {
-		if !strings.HasPrefix(r.Path, "/v2/"+repo+"/") {
-			continue
-		}
-		q, _ := url.ParseQuery(r.Query)
-		if r.IsUpload() && r.Status == http.StatusCreated && cmp.Or(q.Get("digest"), q.Get("mount")) == blob {
-			stored = true
-		}
-		if r.Method == http.MethodPut && r.Kind == fixture.KindManifest && r.Status/100 == 2 && !stored &&
-			slices.Contains(manifests, path.Base(r.Path)) {
-			t.Errorf("manifest %s pushed (request %d) before blob %s was stored", r.Path, i, blob)
-		}
-	}
-	if !stored {
-		t.Errorf("blob %s was never stored in %s", blob, repo)
-	}
 }
 
 // A destination that refuses writes (read-only, here) is not a client's

@@ -8,8 +8,6 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
-	"github.com/docker-mirror/docker-mirror/lifecycle"
-	"github.com/docker-mirror/docker-mirror/proxy"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
 	"github.com/docker-mirror/docker-mirror/tests/servertest"
 )
@@ -23,15 +21,12 @@ func TestEvictionWhilePulling(t *testing.T) {
 	for _, name := range []string{"alpha", "beta", "gamma", "delta"} {
 		images = append(images, up.SeedMultiArch(t, "library/"+name, "1", fixture.OCI, fixture.WithLayerSize(64<<10)))
 	}
-	inUse := lifecycle.NewInUse()
-	m := servertest.Start(t, up.URL(), proxy.WithContentGuard(inUse))
-	// As in the server: content recorded within the grace period is never
-	// collected, so a fill in progress (stored, not yet referenced by a
-	// manifest the collector can read) survives.
-	col, err := lifecycle.NewForStore(m.Store, m.Index, lifecycle.Options{Grace: 10 * time.Minute, Guard: inUse, Now: m.Clock.Now})
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := servertest.Start(t, up.URL())
+	// The server's own collector: it shares the proxy's content guard, and
+	// content recorded within its grace period is never collected, so a
+	// fill in progress (stored, not yet referenced by a manifest the
+	// collector can read) survives.
+	col := m.Server.Collector
 	// Fill the cache once to learn the size of one image.
 	cranePull(t, ref(t, m, "alpha:1"), remote.WithPlatform(v1.Platform{OS: "linux", Architecture: "amd64"}))
 	m.WaitIdle()

@@ -9,15 +9,13 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
 
-	"github.com/distribution/distribution/v3/registry/storage/driver/factory"
-
 	"github.com/docker-mirror/docker-mirror/config"
 	"github.com/docker-mirror/docker-mirror/lifecycle"
+	"github.com/docker-mirror/docker-mirror/server"
 	"github.com/docker-mirror/docker-mirror/storage"
 )
 
@@ -64,7 +62,7 @@ func openData(ctx context.Context, cfg config.Config, clean bool) (*storage.Driv
 	if cfg.Destination.URL != "" {
 		return nil, nil, fmt.Errorf("%w: %w", errUsage, lifecycle.ErrRegistryDestination)
 	}
-	path := filepath.Join(cfg.Data, "index.db")
+	path := server.IndexPath(cfg)
 	if _, err := os.Stat(path); err != nil {
 		return nil, nil, fmt.Errorf("%w: no index at %s: is --data the server's data directory? (%w)", errUsage, path, err)
 	}
@@ -75,18 +73,7 @@ func openData(ctx context.Context, cfg config.Config, clean bool) (*storage.Driv
 		}
 		return nil, nil, err
 	}
-	name, params := cfg.StorageDriver()
-	var store *storage.DriverStore
-	if clean {
-		store, err = storage.OpenDriverStore(ctx, name, params)
-	} else {
-		d, derr := factory.Create(ctx, name, params)
-		if derr != nil {
-			err = fmt.Errorf("storage %s: %w", name, derr)
-		} else {
-			store = storage.NewDriverStore(d)
-		}
-	}
+	store, err := server.OpenEmbeddedStore(ctx, cfg, clean)
 	if err != nil {
 		index.Close()
 		return nil, nil, err

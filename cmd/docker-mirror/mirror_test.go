@@ -12,10 +12,8 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"os"
-	"path"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -545,7 +543,7 @@ func TestMirrorCommandSlowSharedLayer(t *testing.T) {
 	for _, p := range linuxPlatforms {
 		platforms = append(platforms, e.hello.Platforms[p].Digest)
 	}
-	wantManifestsAfter(t, e.dest.Requests(), "mirror/library/hello-world", e.hello.SharedLayer, platforms...)
+	fixture.WantManifestsAfter(t, e.dest.Requests(), "mirror/library/hello-world", e.hello.SharedLayer, platforms...)
 }
 
 // watchUploads puts a front before the destination that calls stored
@@ -593,28 +591,4 @@ func (w *statusWriter) Write(p []byte) (int, error) {
 		w.status = http.StatusOK
 	}
 	return w.ResponseWriter.Write(p)
-}
-
-// wantManifestsAfter checks that the destination accepted none of the
-// manifests in repo before the upload of blob there was complete. (Pushes
-// it refused, for blobs still missing, do not count: it kept nothing.)
-func wantManifestsAfter(t *testing.T, reqs []fixture.DestRequest, repo, blob string, manifests ...string) {
-	t.Helper()
-	stored := false
-	for i, r := range reqs {
-		if !strings.HasPrefix(r.Path, "/v2/"+repo+"/") {
-			continue
-		}
-		q, _ := url.ParseQuery(r.Query)
-		if r.IsUpload() && r.Status == http.StatusCreated && cmp.Or(q.Get("digest"), q.Get("mount")) == blob {
-			stored = true
-		}
-		if r.Method == http.MethodPut && r.Kind == fixture.KindManifest && r.Status/100 == 2 && !stored &&
-			slices.Contains(manifests, path.Base(r.Path)) {
-			t.Errorf("manifest %s pushed (request %d) before blob %s was stored", r.Path, i, blob)
-		}
-	}
-	if !stored {
-		t.Errorf("blob %s was never stored in %s", blob, repo)
-	}
 }
