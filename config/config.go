@@ -468,6 +468,13 @@ func (u Upstream) validate(host string) error {
 	if !upstreamHost.MatchString(host) {
 		return fmt.Errorf("upstreams: invalid host %q (want e.g. ghcr.io or registry.local:5000)", host)
 	}
+	// Clients name an upstream by putting its host in front of a
+	// repository; a key without a dot or a port (other than localhost) is
+	// what a Docker Hub namespace looks like, so myreg/app would be
+	// ambiguous: the proxy reads it as docker.io's.
+	if !strings.ContainsAny(host, ".:") && host != "localhost" {
+		return fmt.Errorf("upstreams: invalid host %q: not a host name (want a dot or a port, e.g. %s.local or %s:5000, or localhost): %s/app would be the Docker Hub namespace %s", host, host, host, host, host)
+	}
 	if u.URL == "" && host != DockerHubHost {
 		return fmt.Errorf("%s.url: missing", key)
 	}

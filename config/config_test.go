@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -678,5 +679,52 @@ sync:
 	}
 	if c.Destination.URL != "http://127.0.0.1:5001/mirror" || c.Destination.Password != "s3cret" {
 		t.Fatalf("destination %+v", c.Destination)
+	}
+}
+
+// An upstream's key is the host clients put in front of a name, so it must
+// be one: "myreg" would be read as the Docker Hub namespace of
+// myreg/app. Keys that look like hosts (a dot, a port or localhost) are
+// taken, from the file and from --upstream HOST=URL alike; anything else
+// is an error naming the key and why.
+func TestUpstreamHostKeys(t *testing.T) {
+	for _, host := range []string{"myreg", "registry", "library", "my-registry", "Ghcr.io", "ghcr.io/", "-x.io", "a..b", "http://ghcr.io", ""} {
+		fromFile := func() error {
+			c, err := config.Parse(strings.NewReader("upstreams:\n  " + strconv.Quote(host) + ": https://registry.example\n"))
+			if err != nil {
+				return err
+			}
+			return c.Validate()
+		}()
+		_, fromFlag := resolve(t, []string{"--upstream", host + "=https://registry.example"}, nil)
+		for via, err := range map[string]error{"file": fromFile, "flag": fromFlag} {
+			if err == nil {
+				t.Errorf("%s: upstream key %q accepted", via, host)
+				continue
+			}
+			msg := err.Error()
+			if !strings.Contains(msg, "upstreams") || !strings.Contains(msg, strconv.Quote(host)) || strings.Contains(msg, "\n") {
+				t.Errorf("%s: error %q does not name upstreams and %q on one line", via, msg, host)
+			}
+		}
+	}
+	for _, host := range []string{"myreg", "registry"} {
+		_, err := resolve(t, []string{"--upstream", host + "=https://registry.example"}, nil)
+		if err == nil || !strings.Contains(err.Error(), "Docker Hub") {
+			t.Errorf("%q: error %v does not say why (a Docker Hub namespace)", host, err)
+		}
+	}
+	for _, host := range []string{"docker.io", "ghcr.io", "myreg.local", "myreg:5000", "localhost", "localhost:5000", "10.0.0.1", "10.0.0.1:5000", "a-b.example.com:443"} {
+		c := mustResolve(t, []string{"--upstream", host + "=https://registry.example"}, nil)
+		if got := c.AllUpstreams()[host].URL; got != "https://registry.example" {
+			t.Errorf("--upstream %s=...: upstream URL %q", host, got)
+		}
+		f, err := config.Parse(strings.NewReader("upstreams:\n  " + strconv.Quote(host) + ": https://registry.example\n"))
+		if err == nil {
+			err = f.Validate()
+		}
+		if err != nil {
+			t.Errorf("upstreams: %s: %v", host, err)
+		}
 	}
 }
