@@ -106,6 +106,12 @@ type Upstream struct {
 	// TagTTL and Platforms override the global settings for this upstream.
 	TagTTL    *Duration `yaml:"tag_ttl,omitempty"`
 	Platforms []string  `yaml:"platforms,omitempty"`
+	// AllowHosts are addresses (host or host:port; without a port, 80
+	// and 443) this upstream's connections may reach even though they are
+	// private: its blob storage it redirects to, its token server on
+	// another host. Every upstream reaches its own address and public
+	// ones; never another upstream's private address unless named here.
+	AllowHosts []string `yaml:"allow_hosts,omitempty"`
 }
 
 // UnmarshalYAML takes a bare URL or the mapping.
@@ -498,7 +504,29 @@ func (u Upstream) validate(host string) error {
 	if _, err := oci.ParsePlatforms(u.Platforms); err != nil {
 		return fmt.Errorf("%s.platforms: %w", key, err)
 	}
+	for _, a := range u.AllowHosts {
+		if !validAddress(a) {
+			return fmt.Errorf("%s.allow_hosts: invalid address %q (want HOST or HOST:PORT, e.g. minio.internal:9000)", key, a)
+		}
+	}
 	return nil
+}
+
+// validAddress reports whether a is a host or host:port, as a URL's host
+// is written.
+func validAddress(a string) bool {
+	u, err := url.Parse("http://" + a)
+	if err != nil || u.Host != a || u.Hostname() == "" || u.User != nil || u.Path != "" || u.RawQuery != "" || u.Fragment != "" {
+		return false
+	}
+	if strings.HasSuffix(a, ":") {
+		return false
+	}
+	if p := u.Port(); p != "" {
+		n, err := strconv.Atoi(p)
+		return err == nil && n > 0 && n <= 65535
+	}
+	return true
 }
 
 // ResolvePassword returns the upstream's password from wherever it is

@@ -728,3 +728,37 @@ func TestUpstreamHostKeys(t *testing.T) {
 		}
 	}
 }
+
+// An upstream's allow_hosts are addresses (host or host:port) its
+// connections may reach even if private, such as the blob storage it
+// redirects to; anything that is not an address is an error naming it.
+func TestUpstreamAllowHosts(t *testing.T) {
+	c, err := config.Parse(strings.NewReader(`
+upstreams:
+  registry.internal:
+    url: https://registry.internal
+    allow_hosts: [minio.internal:9000, auth.internal, "10.0.0.7:443", "[fd00::7]:9000"]
+`))
+	if err == nil {
+		err = c.Validate()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.AllUpstreams()["registry.internal"].AllowHosts; len(got) != 4 || got[0] != "minio.internal:9000" {
+		t.Fatalf("allow_hosts = %q", got)
+	}
+	for _, bad := range []string{"https://minio.internal", "minio.internal/path", "user@minio.internal", "", "minio.internal:", "minio.internal:x", "a b"} {
+		c, err := config.Parse(strings.NewReader("upstreams:\n  registry.internal:\n    url: https://registry.internal\n    allow_hosts: [" + strconv.Quote(bad) + "]\n"))
+		if err == nil {
+			err = c.Validate()
+		}
+		if err == nil {
+			t.Errorf("allow_hosts %q accepted", bad)
+			continue
+		}
+		if msg := err.Error(); !strings.Contains(msg, "upstreams.registry.internal.allow_hosts") || !strings.Contains(msg, strconv.Quote(bad)) {
+			t.Errorf("allow_hosts %q: error %q does not name the key and the value", bad, msg)
+		}
+	}
+}
