@@ -207,6 +207,13 @@ func TestParseImageHubNamesAreNotHosts(t *testing.T) {
 			t.Errorf("parseImage(%q) = %+v, %v; want %s stored as %s", c.ref, im.t, err, c.host, c.storeRepo)
 		}
 	}
+	// Sync refuses such a reference before asking docker.io for its tags
+	// or recording a job.
+	for _, entry := range []string{"docker.io/myreg.local/app:1.*", "docker.io/myreg.local/app:1"} {
+		if _, err := p.SyncOnce(t.Context(), Sync{Images: []string{entry}}); err == nil || errcode.As(err).Code != errcode.NameInvalid {
+			t.Errorf("sync %q: %v, want %s", entry, err, errcode.NameInvalid)
+		}
+	}
 }
 
 // No request name can make the proxy pick an upstream that is not
