@@ -106,6 +106,12 @@ type Upstream struct {
 	// TagTTL and Platforms override the global settings for this upstream.
 	TagTTL    *Duration `yaml:"tag_ttl,omitempty"`
 	Platforms []string  `yaml:"platforms,omitempty"`
+	// AllowHosts are addresses (host or host:port; without a port, 80
+	// and 443) this upstream's connections may reach even though they are
+	// private: its blob storage it redirects to, its token server on
+	// another host. Every upstream reaches its own address and public
+	// ones; never another upstream's private address unless named here.
+	AllowHosts []string `yaml:"allow_hosts,omitempty"`
 }
 
 // UnmarshalYAML takes a bare URL or the mapping.
@@ -468,6 +474,13 @@ func (u Upstream) validate(host string) error {
 	if !upstreamHost.MatchString(host) {
 		return fmt.Errorf("upstreams: invalid host %q (want e.g. ghcr.io or registry.local:5000)", host)
 	}
+	// Clients name an upstream by putting its host in front of a
+	// repository; a key without a dot or a port (other than localhost) is
+	// what a Docker Hub namespace looks like, so myreg/app would be
+	// ambiguous: the proxy reads it as docker.io's.
+	if !strings.ContainsAny(host, ".:") && host != "localhost" {
+		return fmt.Errorf("upstreams: invalid host %q: not a host name (want a dot or a port, e.g. %s.local or %s:5000, or localhost): %s/app would be the Docker Hub namespace %s", host, host, host, host, host)
+	}
 	if u.URL == "" && host != DockerHubHost {
 		return fmt.Errorf("%s.url: missing", key)
 	}
@@ -491,7 +504,29 @@ func (u Upstream) validate(host string) error {
 	if _, err := oci.ParsePlatforms(u.Platforms); err != nil {
 		return fmt.Errorf("%s.platforms: %w", key, err)
 	}
+	for _, a := range u.AllowHosts {
+		if !validAddress(a) {
+			return fmt.Errorf("%s.allow_hosts: invalid address %q (want HOST or HOST:PORT, e.g. minio.internal:9000)", key, a)
+		}
+	}
 	return nil
+}
+
+// validAddress reports whether a is a host or host:port, as a URL's host
+// is written.
+func validAddress(a string) bool {
+	u, err := url.Parse("http://" + a)
+	if err != nil || u.Host != a || u.Hostname() == "" || u.User != nil || u.Path != "" || u.RawQuery != "" || u.Fragment != "" {
+		return false
+	}
+	if strings.HasSuffix(a, ":") {
+		return false
+	}
+	if p := u.Port(); p != "" {
+		n, err := strconv.Atoi(p)
+		return err == nil && n > 0 && n <= 65535
+	}
+	return true
 }
 
 // ResolvePassword returns the upstream's password from wherever it is

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -678,5 +679,86 @@ sync:
 	}
 	if c.Destination.URL != "http://127.0.0.1:5001/mirror" || c.Destination.Password != "s3cret" {
 		t.Fatalf("destination %+v", c.Destination)
+	}
+}
+
+// An upstream's key is the host clients put in front of a name, so it must
+// be one: "myreg" would be read as the Docker Hub namespace of
+// myreg/app. Keys that look like hosts (a dot, a port or localhost) are
+// taken, from the file and from --upstream HOST=URL alike; anything else
+// is an error naming the key and why.
+func TestUpstreamHostKeys(t *testing.T) {
+	for _, host := range []string{"myreg", "registry", "library", "my-registry", "Ghcr.io", "ghcr.io/", "-x.io", "a..b", "http://ghcr.io", ""} {
+		fromFile := func() error {
+			c, err := config.Parse(strings.NewReader("upstreams:\n  " + strconv.Quote(host) + ": https://registry.example\n"))
+			if err != nil {
+				return err
+			}
+			return c.Validate()
+		}()
+		_, fromFlag := resolve(t, []string{"--upstream", host + "=https://registry.example"}, nil)
+		for via, err := range map[string]error{"file": fromFile, "flag": fromFlag} {
+			if err == nil {
+				t.Errorf("%s: upstream key %q accepted", via, host)
+				continue
+			}
+			msg := err.Error()
+			if !strings.Contains(msg, "upstreams") || !strings.Contains(msg, strconv.Quote(host)) || strings.Contains(msg, "\n") {
+				t.Errorf("%s: error %q does not name upstreams and %q on one line", via, msg, host)
+			}
+		}
+	}
+	for _, host := range []string{"myreg", "registry"} {
+		_, err := resolve(t, []string{"--upstream", host + "=https://registry.example"}, nil)
+		if err == nil || !strings.Contains(err.Error(), "Docker Hub") {
+			t.Errorf("%q: error %v does not say why (a Docker Hub namespace)", host, err)
+		}
+	}
+	for _, host := range []string{"docker.io", "ghcr.io", "myreg.local", "myreg:5000", "localhost", "localhost:5000", "10.0.0.1", "10.0.0.1:5000", "a-b.example.com:443"} {
+		c := mustResolve(t, []string{"--upstream", host + "=https://registry.example"}, nil)
+		if got := c.AllUpstreams()[host].URL; got != "https://registry.example" {
+			t.Errorf("--upstream %s=...: upstream URL %q", host, got)
+		}
+		f, err := config.Parse(strings.NewReader("upstreams:\n  " + strconv.Quote(host) + ": https://registry.example\n"))
+		if err == nil {
+			err = f.Validate()
+		}
+		if err != nil {
+			t.Errorf("upstreams: %s: %v", host, err)
+		}
+	}
+}
+
+// An upstream's allow_hosts are addresses (host or host:port) its
+// connections may reach even if private, such as the blob storage it
+// redirects to; anything that is not an address is an error naming it.
+func TestUpstreamAllowHosts(t *testing.T) {
+	c, err := config.Parse(strings.NewReader(`
+upstreams:
+  registry.internal:
+    url: https://registry.internal
+    allow_hosts: [minio.internal:9000, auth.internal, "10.0.0.7:443", "[fd00::7]:9000"]
+`))
+	if err == nil {
+		err = c.Validate()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.AllUpstreams()["registry.internal"].AllowHosts; len(got) != 4 || got[0] != "minio.internal:9000" {
+		t.Fatalf("allow_hosts = %q", got)
+	}
+	for _, bad := range []string{"https://minio.internal", "minio.internal/path", "user@minio.internal", "", "minio.internal:", "minio.internal:x", "a b"} {
+		c, err := config.Parse(strings.NewReader("upstreams:\n  registry.internal:\n    url: https://registry.internal\n    allow_hosts: [" + strconv.Quote(bad) + "]\n"))
+		if err == nil {
+			err = c.Validate()
+		}
+		if err == nil {
+			t.Errorf("allow_hosts %q accepted", bad)
+			continue
+		}
+		if msg := err.Error(); !strings.Contains(msg, "upstreams.registry.internal.allow_hosts") || !strings.Contains(msg, strconv.Quote(bad)) {
+			t.Errorf("allow_hosts %q: error %q does not name the key and the value", bad, msg)
+		}
 	}
 }

@@ -28,6 +28,9 @@ func (p *Proxy) parseImage(s string) (image, error) {
 	if !ok {
 		return image{}, errcode.New(errcode.NameUnknown, "image %q: upstream %q is not configured on this mirror", s, host).WithStatus(http.StatusBadRequest)
 	}
+	if err := checkHubName(host, reference.Path(named)); err != nil {
+		return image{}, err
+	}
 	im := image{t: target{up: up, repo: reference.Path(named), name: reference.Path(named)}, ref: oci.Ref{Tag: "latest"}}
 	if c, ok := named.(reference.Canonical); ok {
 		im.ref = oci.Ref{Digest: c.Digest()}

@@ -3,6 +3,7 @@ package proxy
 import (
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"github.com/distribution/reference"
@@ -108,6 +109,113 @@ func TestResolve(t *testing.T) {
 	}
 }
 
+// multiProxy is a proxy of docker.io and two upstreams whose hosts a
+// Docker Hub name could be mistaken for.
+func multiProxy(t testing.TB) *Proxy {
+	var ups []*upstream.Client
+	for _, h := range []string{DefaultHost, "myreg.local", "localhost:5000"} {
+		c, err := upstream.New(h, "http://127.0.0.1:1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ups = append(ups, c)
+	}
+	p, err := New(nil, nil, ups)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// A docker.io repository whose first component looks like a host is not a
+// Docker Hub name (Hub namespaces have no dot, colon or "localhost"): it
+// would be stored, and pushed to a destination, under the same path as
+// that host's repository (docker.io's myreg.local/app and myreg.local's
+// app are both PREFIX/myreg.local/app). It is refused however docker.io is
+// named, so every accepted name has a store path of its own.
+func TestResolveHubNamesAreNotHosts(t *testing.T) {
+	p := multiProxy(t)
+	cases := []struct {
+		url, name       string
+		host, storeRepo string // "" with code
+		code            errcode.Code
+	}{
+		{"/", "myreg.local/app", "myreg.local", "myreg.local/app", ""},
+		{"/?ns=myreg.local", "app", "myreg.local", "myreg.local/app", ""},
+		{"/", "localhost:5000/app", "localhost:5000", "localhost:5000/app", ""},
+		{"/?ns=docker.io", "app", DefaultHost, "library/app", ""},
+		{"/?ns=docker.io", "owner/app", DefaultHost, "owner/app", ""},
+		{"/", "docker.io/owner/app", DefaultHost, "owner/app", ""},
+		// One component is a repository of library/, not a host.
+		{"/?ns=docker.io", "localhost", DefaultHost, "library/localhost", ""},
+		{"/", "my.app", DefaultHost, "library/my.app", ""},
+		// docker.io named by ns, by a path prefix or an alias, with a
+		// first component that is a host.
+		{"/?ns=docker.io", "myreg.local/app", "", "", errcode.NameInvalid},
+		{"/?ns=index.docker.io", "myreg.local/app", "", "", errcode.NameInvalid},
+		{"/?ns=docker.io", "localhost/app", "", "", errcode.NameInvalid},
+		{"/?ns=docker.io", "localhost:5000/app", "", "", errcode.NameInvalid},
+		{"/?ns=docker.io", "docker.io/library/app", "", "", errcode.NameInvalid},
+		{"/", "docker.io/myreg.local/app", "", "", errcode.NameInvalid},
+		{"/", "docker.io/localhost/app", "", "", errcode.NameInvalid},
+		{"/", "index.docker.io/myreg.local/app", "", "", errcode.NameInvalid},
+		{"/", "registry-1.docker.io/docker.io/app", "", "", errcode.NameInvalid},
+	}
+	for _, c := range cases {
+		r := httptest.NewRequest(http.MethodGet, c.url, nil)
+		tg, err := p.resolve(r, c.name)
+		if c.code != "" {
+			if err == nil || errcode.As(err).Code != c.code || errcode.As(err).Status() != http.StatusBadRequest {
+				t.Errorf("resolve(%q%s) = %+v, %v; want %s, 400", c.name, c.url, tg, err, c.code)
+			}
+			continue
+		}
+		if err != nil || tg.host() != c.host || tg.storeRepo() != c.storeRepo {
+			t.Errorf("resolve(%q%s) = %+v, %v; want %s stored as %s", c.name, c.url, tg, err, c.host, c.storeRepo)
+		}
+	}
+}
+
+// The same for the references prefetch, sync and the mirror command take:
+// reference.ParseNormalizedNamed reads docker.io/myreg.local/app as
+// docker.io's repository myreg.local/app.
+func TestParseImageHubNamesAreNotHosts(t *testing.T) {
+	p := multiProxy(t)
+	cases := []struct {
+		ref, host, storeRepo string
+		code                 errcode.Code
+	}{
+		{"nginx:1", DefaultHost, "library/nginx", ""},
+		{"owner/app:1", DefaultHost, "owner/app", ""},
+		{"docker.io/owner/app", DefaultHost, "owner/app", ""},
+		{"myreg.local/app:1", "myreg.local", "myreg.local/app", ""},
+		{"localhost:5000/app", "localhost:5000", "localhost:5000/app", ""},
+		{"docker.io/myreg.local/app:1", "", "", errcode.NameInvalid},
+		{"docker.io/localhost/app", "", "", errcode.NameInvalid},
+		{"index.docker.io/myreg.local/app", "", "", errcode.NameInvalid},
+		{"registry-1.docker.io/docker.io/library/app", "", "", errcode.NameInvalid},
+	}
+	for _, c := range cases {
+		im, err := p.parseImage(c.ref)
+		if c.code != "" {
+			if err == nil || errcode.As(err).Code != c.code || errcode.As(err).Status() != http.StatusBadRequest {
+				t.Errorf("parseImage(%q) = %+v, %v; want %s, 400", c.ref, im.t, err, c.code)
+			}
+			continue
+		}
+		if err != nil || im.t.host() != c.host || im.t.storeRepo() != c.storeRepo {
+			t.Errorf("parseImage(%q) = %+v, %v; want %s stored as %s", c.ref, im.t, err, c.host, c.storeRepo)
+		}
+	}
+	// Sync refuses such a reference before asking docker.io for its tags
+	// or recording a job.
+	for _, entry := range []string{"docker.io/myreg.local/app:1.*", "docker.io/myreg.local/app:1"} {
+		if _, err := p.SyncOnce(t.Context(), Sync{Images: []string{entry}}); err == nil || errcode.As(err).Code != errcode.NameInvalid {
+			t.Errorf("sync %q: %v, want %s", entry, err, errcode.NameInvalid)
+		}
+	}
+}
+
 // No request name can make the proxy pick an upstream that is not
 // configured, nor a repository that is not a valid name.
 func FuzzResolve(f *testing.F) {
@@ -115,6 +223,8 @@ func FuzzResolve(f *testing.F) {
 		f.Add(s, "")
 		f.Add(s, "ghcr.io")
 	}
+	f.Add("myreg.local/app", "docker.io")
+	f.Add("docker.io/localhost/app", "")
 	p := testProxy(f)
 	f.Fuzz(func(t *testing.T, name, ns string) {
 		r := httptest.NewRequest(http.MethodGet, "/", nil)
@@ -133,6 +243,9 @@ func FuzzResolve(f *testing.F) {
 		}
 		if _, err := reference.WithName(tg.repo); err != nil {
 			t.Fatalf("resolve(%q, ns=%q) = repository %q, not a valid name", name, ns, tg.repo)
+		}
+		if first, _, ok := strings.Cut(tg.repo, "/"); ok && looksLikeHost(first) {
+			t.Fatalf("resolve(%q, ns=%q) = docker.io repository %q, whose store path is another host's", name, ns, tg.repo)
 		}
 	})
 }

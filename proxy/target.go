@@ -51,6 +51,22 @@ func looksLikeHost(c string) bool {
 	return strings.ContainsAny(c, ".:") || c == "localhost"
 }
 
+// checkHubName refuses a docker.io repository whose first component is a
+// host: Docker Hub namespaces never look like one, and its store path
+// (docker.io's keep theirs as they are) would be that host's repository's:
+// docker.io's myreg.local/app and upstream myreg.local's app would
+// overwrite each other's tags at a destination. Every way of naming
+// docker.io (ns, a path prefix, a prefetch reference) passes here.
+func checkHubName(host, repo string) error {
+	if host != DefaultHost {
+		return nil
+	}
+	if first, _, ok := strings.Cut(repo, "/"); ok && looksLikeHost(first) {
+		return errcode.New(errcode.NameInvalid, "invalid Docker Hub repository %q: its first component %q is a registry host, not a Docker Hub namespace", repo, first)
+	}
+	return nil
+}
+
 // resolve finds the upstream and repository a request names: the ns query
 // parameter containerd sends, else a first path component that is a host,
 // else docker.io. Only configured upstreams are ever reached.
@@ -67,6 +83,9 @@ func (p *Proxy) resolve(r *http.Request, name string) (target, error) {
 	up, ok := p.upstreams[host]
 	if !ok {
 		return target{}, errcode.New(errcode.NameUnknown, "upstream %q is not configured on this mirror", host)
+	}
+	if err := checkHubName(host, repo); err != nil {
+		return target{}, err
 	}
 	if host == DefaultHost && !strings.Contains(repo, "/") {
 		repo = "library/" + repo

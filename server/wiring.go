@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"net"
+	"net/http"
 	"net/url"
 	"slices"
 	"strings"
@@ -12,6 +14,7 @@ import (
 	"github.com/distribution/distribution/v3/registry/storage/driver/factory"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/net/http/httpproxy"
 
 	"github.com/docker-mirror/docker-mirror/config"
 	"github.com/docker-mirror/docker-mirror/metrics"
@@ -112,31 +115,40 @@ func proxyOptions(cfg config.Config, m *metrics.Metrics) ([]proxy.Option, error)
 }
 
 // Upstreams builds a client for every configured upstream, with its
-// credentials, its timeout, its metrics and the dial guard: connections go
-// only to the configured upstreams, the environment's HTTP proxy, or
-// public addresses.
+// credentials, its timeout, its metrics and a dial guard of its own:
+// connections go to that upstream's own address (and its token server
+// beside it, learned from its challenge), its allow_hosts, the
+// environment's HTTP proxy, or public addresses; never to another
+// upstream's private address. The HTTP
+// proxy comes from lookup's HTTPS_PROXY, HTTP_PROXY and NO_PROXY (either
+// case), and carries only requests the guard would let through.
 func Upstreams(cfg config.Config, m *metrics.Metrics, lookup func(string) (string, bool)) ([]*upstream.Client, error) {
 	all := cfg.AllUpstreams()
-	var allowed []string
-	for _, u := range all {
+	addrs := map[string]string{} // host -> its URL's host[:port]
+	for h, u := range all {
 		if parsed, err := url.Parse(u.URL); err == nil {
-			allowed = append(allowed, parsed.Host)
+			addrs[h] = parsed.Host
 		}
 	}
-	// An HTTP proxy from the environment is where connections go.
-	for _, env := range []string{"HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"} {
-		if v, ok := lookup(env); ok && v != "" {
-			if parsed, err := url.Parse(v); err == nil && parsed.Host != "" {
-				allowed = append(allowed, parsed.Host)
-			}
-		}
-	}
+	proxyFor, proxies := envProxy(lookup)
 	var clients []*upstream.Client
 	for _, host := range slices.Sorted(maps.Keys(all)) {
 		u := all[host]
+		var others []string
+		for h, a := range addrs {
+			if h != host {
+				others = append(others, a)
+			}
+		}
+		allowed := append(append([]string{addrs[host]}, u.AllowHosts...), proxies...)
+		guard := upstream.NewGuard(allowed, others)
 		base := upstream.DefaultTransport()
-		base.DialContext = upstream.GuardedDialer(allowed)
-		opts := []upstream.Option{upstream.WithTransport(m.Transport(host, base)), upstream.WithTimeout(time.Duration(cfg.UpstreamTimeout))}
+		base.DialContext = guard.DialContext
+		base.Proxy = nil
+		if proxyFor != nil {
+			base.Proxy = guard.Proxy(proxyFor)
+		}
+		opts := []upstream.Option{upstream.WithTransport(m.Transport(host, base)), upstream.WithGuard(guard), upstream.WithTimeout(time.Duration(cfg.UpstreamTimeout))}
 		switch {
 		case u.DockerConfig:
 			opts = append(opts, upstream.WithKeychain(authn.DefaultKeychain))
@@ -154,4 +166,61 @@ func Upstreams(cfg config.Config, m *metrics.Metrics, lookup func(string) (strin
 		clients = append(clients, c)
 	}
 	return clients, nil
+}
+
+// envProxy reads the HTTP proxy settings from lookup as net/http does from
+// the environment (httpproxy: HTTPS_PROXY, HTTP_PROXY, NO_PROXY, upper
+// case first; loopback never proxied), and returns the transport's Proxy
+// function and the proxies' addresses, which the dial guard must allow.
+func envProxy(lookup func(string) (string, bool)) (func(*http.Request) (*url.URL, error), []string) {
+	get := func(names ...string) string {
+		for _, n := range names {
+			if v, ok := lookup(n); ok && v != "" {
+				return v
+			}
+		}
+		return ""
+	}
+	pc := &httpproxy.Config{
+		HTTPProxy:  get("HTTP_PROXY", "http_proxy"),
+		HTTPSProxy: get("HTTPS_PROXY", "https_proxy"),
+		NoProxy:    get("NO_PROXY", "no_proxy"),
+		CGI:        get("REQUEST_METHOD") != "",
+	}
+	if pc.HTTPProxy == "" && pc.HTTPSProxy == "" {
+		return nil, nil
+	}
+	var addrs []string
+	for _, p := range []string{pc.HTTPProxy, pc.HTTPSProxy} {
+		if a := proxyAddr(p); a != "" {
+			addrs = append(addrs, a)
+		}
+	}
+	proxyFor := pc.ProxyFunc()
+	return func(r *http.Request) (*url.URL, error) { return proxyFor(r.URL) }, addrs
+}
+
+// proxyAddr is the host:port of a proxy setting, read as httpproxy reads
+// it (a bare host:port is an http:// proxy); "" if it names none.
+func proxyAddr(p string) string {
+	if p == "" {
+		return ""
+	}
+	u, err := url.Parse(p)
+	if err != nil || u.Scheme == "" || u.Host == "" {
+		if u, err = url.Parse("http://" + p); err != nil {
+			return ""
+		}
+	}
+	if u.Host == "" {
+		return ""
+	}
+	if u.Port() != "" {
+		return u.Host
+	}
+	port := map[string]string{"http": "80", "https": "443", "socks5": "1080", "socks5h": "1080"}[u.Scheme]
+	if port == "" {
+		return ""
+	}
+	return net.JoinHostPort(u.Hostname(), port)
 }

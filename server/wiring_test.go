@@ -154,9 +154,9 @@ func TestWiringGuardsUpstreamDials(t *testing.T) {
 
 // wiredProxy serves the server New builds for cfg, as serve runs it, on
 // a local port, and returns its URL.
-func wiredProxy(t *testing.T, cfg config.Config) string {
+func wiredProxy(t *testing.T, cfg config.Config, opts ...Option) string {
 	t.Helper()
-	srv, err := New(t.Context(), cfg, WithLogger(slog.New(slog.DiscardHandler)))
+	srv, err := New(t.Context(), cfg, append([]Option{WithLogger(slog.New(slog.DiscardHandler))}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}

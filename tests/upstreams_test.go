@@ -651,7 +651,7 @@ func TestTokenAuthUpstreamVerifiesTokens(t *testing.T) {
 
 // An upstream that sends blobs from another host (a CDN, S3) gets its
 // credentials; that host does not, even when it is one the mirror may
-// reach.
+// reach (named in the upstream's allow_hosts).
 func TestUpstreamCredentialsStayWithTheirHost(t *testing.T) {
 	for _, kind := range []fixture.AuthKind{fixture.BasicAuth, fixture.TokenAuth} {
 		t.Run(kind.String(), func(t *testing.T) {
@@ -669,8 +669,8 @@ func TestUpstreamCredentialsStayWithTheirHost(t *testing.T) {
 			hub := fixture.StartUpstream(t)
 			m := servertest.StartUpstreams(t, []servertest.Upstream{
 				{Host: "docker.io", URL: hub.URL()},
-				{Host: "private.example", URL: up.URL(), Auth: authn.FromConfig(authn.AuthConfig{Username: "puller", Password: basicPassword})},
-				{Host: "cdn.example", URL: cdn.URL}, // so the mirror may reach it
+				{Host: "private.example", URL: up.URL(), Auth: authn.FromConfig(authn.AuthConfig{Username: "puller", Password: basicPassword}),
+					AllowHosts: []string{cdn.Listener.Addr().String()}}, // so the mirror may reach it
 			}, nil)
 
 			wantManifest(t, get(t, m.URL()+"/v2/private.example/team/app/manifests/v1"), img.Manifest, img.MediaType)

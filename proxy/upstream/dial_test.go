@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
+	"net/url"
 	"strings"
 	"testing"
 )
@@ -167,4 +170,144 @@ func wantNoConnection(t *testing.T, l net.Listener) {
 	if c.RemoteAddr().String() != sentinel.LocalAddr().String() {
 		t.Fatalf("%s received a connection from %s that the guard should have refused", l.Addr(), c.RemoteAddr())
 	}
+}
+
+// TestGuardedDialerIPv6Literal: an allowed IPv6 literal without a port, as
+// a URL's host gives it ("[::1]"), allows its ports 80 and 443 (not
+// "[[::1]]:80"), and no other. The context is cancelled, so nothing is
+// dialled: passing the guard shows as the cancellation.
+func TestGuardedDialerIPv6Literal(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	for _, allowed := range []string{"[::1]", "[fd00::1]"} {
+		dial := GuardedDialer([]string{allowed})
+		host := strings.Trim(allowed, "[]")
+		for port, pass := range map[string]bool{"80": true, "443": true, "5000": false} {
+			conn, err := dial(ctx, "tcp", net.JoinHostPort(host, port))
+			if err == nil {
+				conn.Close()
+				t.Fatalf("%s: dialled on a cancelled context", allowed)
+			}
+			if got := errors.Is(err, context.Canceled); got != pass {
+				t.Errorf("allowed %s, dialling port %s: %v; want past the guard: %v", allowed, port, err, pass)
+			}
+		}
+	}
+}
+
+// TestGuardProxy: a request the HTTP proxy would carry is refused before
+// the proxy is asked unless the guard would dial its host (allowed, or
+// public); one not proxied is left to the dial guard. No DNS is needed:
+// allowed names are taken as they are, literals are not resolved.
+func TestGuardProxy(t *testing.T) {
+	proxyURL, _ := url.Parse("http://127.0.0.1:3128")
+	g := NewGuard([]string{"registry.internal:5000", "minio.internal", "10.0.0.5:5000"}, nil)
+	proxied := g.Proxy(func(*http.Request) (*url.URL, error) { return proxyURL, nil })
+	for target, pass := range map[string]bool{
+		"http://registry.internal:5000/v2/":   true,
+		"https://minio.internal/bucket/blob":  true,
+		"http://minio.internal/bucket/blob":   true,
+		"http://8.8.8.8/x":                    true,
+		"https://[2001:4860:4860::8888]/x":    true,
+		"http://10.0.0.5:5000/v2/":            true,
+		"http://10.0.0.5:5001/v2/":            false,
+		"http://10.0.0.1/x":                   false,
+		"http://169.254.169.254/latest":       false,
+		"https://[fd00::1]:5000/x":            false,
+		"http://100.64.0.1/x":                 false,
+		"http://[::ffff:192.168.1.1]:80/x":    false,
+		"http://0.0.0.0:5000/x":               false,
+		"http://REGISTRY.internal:5000/v2/x":  true,
+		"https://registry.internal:5000/path": true,
+	} {
+		req := httptest.NewRequest(http.MethodGet, target, nil)
+		got, err := proxied(req)
+		if pass && (err != nil || got != proxyURL) {
+			t.Errorf("%s: %v, %v; want the proxy", target, got, err)
+		}
+		if !pass && (err == nil || got != nil || !strings.Contains(err.Error(), "refusing to connect")) {
+			t.Errorf("%s: %v, %v; want the guard's refusal", target, got, err)
+		}
+	}
+	// Not proxied (NO_PROXY, loopback): no check here, the dial guard's turn.
+	direct := g.Proxy(func(*http.Request) (*url.URL, error) { return nil, nil })
+	if got, err := direct(httptest.NewRequest(http.MethodGet, "http://10.0.0.1/x", nil)); got != nil || err != nil {
+		t.Errorf("not proxied: %v, %v; want nil, nil", got, err)
+	}
+	// The proxy function's own error is kept.
+	bad := errors.New("invalid proxy")
+	failing := g.Proxy(func(*http.Request) (*url.URL, error) { return nil, bad })
+	if _, err := failing(httptest.NewRequest(http.MethodGet, "http://10.0.0.1/x", nil)); !errors.Is(err, bad) {
+		t.Errorf("proxy function error: %v, want %v", err, bad)
+	}
+}
+
+// TestGuardLearn: a learned address is allowed from then on, unless it is
+// another upstream's.
+func TestGuardLearn(t *testing.T) {
+	g := NewGuard([]string{"a.internal:5000"}, []string{"a.internal:5001", "[fd00::1]"})
+	for addr, want := range map[string]bool{"a.internal:5002": true, "A.internal:5003": true, "a.internal:5001": false, "[fd00::1]:443": false, "[fd00::1]:5000": true} {
+		if got := g.learn(addr); got != want {
+			t.Errorf("learn(%s) = %v, want %v", addr, got, want)
+		}
+		if got := g.allows(addr); got != want {
+			t.Errorf("after learn(%s), allows = %v, want %v", addr, got, want)
+		}
+	}
+}
+
+// TestClientLearnsOwnRealm: the token realm of the upstream's own /v2/
+// challenge is added to its guard if it is on the upstream's host name;
+// a realm on another host, a ping answered after a redirect elsewhere,
+// or a client without a guard, teach it nothing.
+func TestClientLearnsOwnRealm(t *testing.T) {
+	challenge := func(realm string) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="`+realm+`",service="s"`)
+			w.WriteHeader(http.StatusUnauthorized)
+		}
+	}
+	// The token server is never there: the handshake fails after the
+	// challenge, which is all that is looked at.
+	for _, c := range []struct {
+		name, realm string
+		learned     string // "" for none
+	}{
+		{"another port", "http://127.0.0.1:9/token", "127.0.0.1:9"},
+		{"no port", "https://127.0.0.1/token", "127.0.0.1:443"},
+		{"another host", "http://localhost:9/token", ""},
+		{"not a URL", "127.0.0.1:9", ""},
+		{"another scheme", "ftp://127.0.0.1:9/token", ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			srv := httptest.NewServer(challenge(c.realm))
+			defer srv.Close()
+			g := NewGuard(nil, nil)
+			cl, err := New("registry.example", srv.URL, WithGuard(g))
+			if err != nil {
+				t.Fatal(err)
+			}
+			cl.handshake(t.Context(), "library/app")
+			for _, a := range []string{"127.0.0.1:9", "127.0.0.1:443", "localhost:9"} {
+				if got := g.allows(a); got != (a == c.learned) {
+					t.Errorf("realm %s: allows %s = %v", c.realm, a, got)
+				}
+			}
+		})
+	}
+	t.Run("after a redirect", func(t *testing.T) {
+		elsewhere := httptest.NewServer(challenge("http://127.0.0.1:9/token"))
+		defer elsewhere.Close()
+		srv := httptest.NewServer(http.RedirectHandler(elsewhere.URL+"/v2/", http.StatusTemporaryRedirect))
+		defer srv.Close()
+		g := NewGuard(nil, nil)
+		cl, err := New("registry.example", srv.URL, WithGuard(g))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cl.handshake(t.Context(), "library/app")
+		if g.allows("127.0.0.1:9") {
+			t.Error("a realm named after a redirect was learned")
+		}
+	})
 }

@@ -60,6 +60,9 @@ type Client struct {
 	retryAt time.Time
 	now     func() time.Time
 	timeout time.Duration
+	// guard, if set, is the dial guard of base, to which the token realm
+	// of the upstream's own challenge on its own host is added.
+	guard *Guard
 }
 
 type refusal struct {
@@ -98,6 +101,12 @@ func WithTimeout(d time.Duration) Option { return func(c *Client) { c.timeout = 
 // WithClock sets the clock that times rate-limit back-offs and refused
 // credentials (default time.Now).
 func WithClock(now func() time.Time) Option { return func(c *Client) { c.now = now } }
+
+// WithGuard names the dial guard of the client's transport (the base
+// transport must dial through it), so that a token server the upstream's
+// own /v2/ challenge names on the upstream's own host name, on another
+// port, can be reached; see Guard.
+func WithGuard(g *Guard) Option { return func(c *Client) { c.guard = g } }
 
 // DefaultTimeout is how long an upstream may take to start answering.
 const DefaultTimeout = 30 * time.Second
@@ -226,6 +235,9 @@ func (c *Client) handshake(ctx context.Context, repo string) (http.RoundTripper,
 		// go-containerregistry to ping again would cost a round trip.
 		pr := parseChallenge(resp.Header.Get("WWW-Authenticate"))
 		pr.Insecure = c.scheme == "http"
+		if strings.EqualFold(pr.Scheme, "bearer") && resp.Request.URL.Host == c.registry.RegistryStr() {
+			c.trustRealm(pr.Parameters["realm"])
+		}
 		if !strings.EqualFold(pr.Scheme, "bearer") {
 			t, err := transport.FromToken(c.registry, c.auth, c.base, &pr, nil)
 			if err != nil {
@@ -246,6 +258,28 @@ func (c *Client) handshake(ctx context.Context, repo string) (http.RoundTripper,
 	default:
 		return nil, c.statusError(resp, ping)
 	}
+}
+
+// trustRealm lets the guard reach the token realm of the upstream's own
+// /v2/ challenge (answered by the upstream itself, not after a redirect)
+// if it is on the upstream's own host name: a token server beside the
+// registry, on another port. A realm anywhere else is reached only if it
+// is public, like any host: the upstream could otherwise name another
+// upstream's or any private address as its realm and get the mirror to
+// send it our credentials. A later redirect teaches the guard nothing.
+func (c *Client) trustRealm(realm string) {
+	if c.guard == nil {
+		return
+	}
+	u, err := url.Parse(realm)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "" {
+		return
+	}
+	own, err := url.Parse(c.scheme + "://" + c.registry.RegistryStr())
+	if err != nil || !strings.EqualFold(u.Hostname(), own.Hostname()) {
+		return
+	}
+	c.guard.learn(hostPort(u))
 }
 
 // parseChallenge reads a WWW-Authenticate header such as

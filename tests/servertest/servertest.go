@@ -53,6 +53,9 @@ type Upstream struct {
 	Auth authn.Authenticator // nil: anonymous
 	// Timeout bounds the wait for the upstream's answers (0: the default).
 	Timeout time.Duration
+	// AllowHosts are the private addresses besides its own the upstream's
+	// connections may reach (config's allow_hosts), e.g. a blob CDN.
+	AllowHosts []string
 }
 
 // Server is a running docker-mirror.
@@ -110,7 +113,7 @@ func Config(tb testing.TB, dir string, ups []Upstream) config.Config {
 	cfg.Data = dir
 	cfg.Upstreams = map[string]config.Upstream{}
 	for _, u := range ups {
-		cu := config.Upstream{URL: u.URL}
+		cu := config.Upstream{URL: u.URL, AllowHosts: u.AllowHosts}
 		if u.Auth != nil {
 			a, err := u.Auth.Authorization()
 			if err != nil {
