@@ -192,8 +192,8 @@ func (e *tooManyFailures) Error() string { return "too many failed logins" }
 // an unknown user costs the same check as a wrong password (against a
 // dummy hash), so that timing does not tell which users exist; wrong
 // credentials are remembered for negativeTTL; and each client address
-// may fail FailedLoginsPerMinute times a minute, after which its attempts are
-// refused without a check.
+// may fail FailedLoginsPerMinute times a minute, after which its attempts
+// are refused without a check.
 func (p *Policy) user(r *http.Request) (string, error) {
 	name, pass, ok := r.BasicAuth()
 	if !ok {
@@ -291,7 +291,8 @@ func clientKey(remoteAddr string) string {
 
 // Check returns nil if the request may use an endpoint of the given level,
 // else the registry error to answer: 401 with a Basic challenge for
-// missing or bad credentials, 403 for a user who is not allowed.
+// missing or bad credentials, 403 for a user who is not allowed, 429 with
+// Retry-After for a client address over its failed-login allowance.
 func (p *Policy) Check(r *http.Request, level Level) error {
 	if p == nil || level == Anyone {
 		return nil
