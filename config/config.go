@@ -54,6 +54,10 @@ type Config struct {
 	// Concurrency is the number of parallel upstream fetches of the
 	// background mirror.
 	Concurrency int `yaml:"concurrency"`
+	// MaxJobImages (prefetch_max_images) bounds the images of one
+	// prefetch job (a POST /prefetch or a sync run); a request for more
+	// is refused.
+	MaxJobImages int `yaml:"prefetch_max_images"`
 	// HeaderTimeout bounds how long a client may take to send its request
 	// headers, so slow clients cannot hold connections (slow-loris).
 	HeaderTimeout Duration `yaml:"header_timeout"`
@@ -194,6 +198,7 @@ func Default() Config {
 		TagTTL:          Duration(time.Minute),
 		Platforms:       []string{"linux/*"},
 		Concurrency:     4,
+		MaxJobImages:    1000,
 		ShutdownTimeout: Duration(30 * time.Second),
 		HeaderTimeout:   Duration(10 * time.Second),
 		LogFormat:       "text",
@@ -413,6 +418,9 @@ func (c Config) Validate() error {
 	}
 	if c.Concurrency < 1 || c.Concurrency > 256 {
 		return fmt.Errorf("concurrency: %d out of range 1..256", c.Concurrency)
+	}
+	if c.MaxJobImages < 1 {
+		return fmt.Errorf("prefetch_max_images: must be at least 1, got %d", c.MaxJobImages)
 	}
 	if c.HeaderTimeout <= 0 {
 		return fmt.Errorf("header_timeout: must be positive, got %q", c.HeaderTimeout)

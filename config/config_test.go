@@ -90,6 +90,7 @@ func TestParseFull(t *testing.T) {
 		TagTTL:          config.Duration(90 * time.Second),
 		Platforms:       []string{"linux/amd64", "linux/arm64/v8", "windows/*"},
 		Concurrency:     16,
+		MaxJobImages:    1000,
 		ShutdownTimeout: config.Duration(90 * time.Second),
 		LogFormat:       "json",
 		LogLevel:        "debug",
@@ -548,7 +549,7 @@ func TestBindFlags(t *testing.T) {
 	config.Bind(fs)
 	var names []string
 	fs.VisitAll(func(f *flag.Flag) { names = append(names, f.Name) })
-	want := []string{"concurrency", "config", "data", "destination", "evict-after", "header-timeout", "listen", "log-format", "log-level", "max-size", "platform", "shutdown-timeout", "tag-ttl", "tls-cert", "tls-key", "upstream", "upstream-timeout"}
+	want := []string{"concurrency", "config", "data", "destination", "evict-after", "header-timeout", "listen", "log-format", "log-level", "max-size", "platform", "prefetch-max-images", "shutdown-timeout", "tag-ttl", "tls-cert", "tls-key", "upstream", "upstream-timeout"}
 	if !slices.Equal(names, want) {
 		t.Fatalf("flags = %q, want %q", names, want)
 	}
@@ -759,6 +760,47 @@ upstreams:
 		}
 		if msg := err.Error(); !strings.Contains(msg, "upstreams.registry.internal.allow_hosts") || !strings.Contains(msg, strconv.Quote(bad)) {
 			t.Errorf("allow_hosts %q: error %q does not name the key and the value", bad, msg)
+		}
+	}
+}
+
+// prefetch_max_images bounds a prefetch job's images: 1000 by default, from
+// the file, --prefetch-max-images or DOCKER_MIRROR_PREFETCH_MAX_IMAGES, at
+// least 1.
+func TestPrefetchMaxImages(t *testing.T) {
+	if c := mustResolve(t, nil, nil); c.MaxJobImages != 1000 {
+		t.Errorf("default %d, want 1000", c.MaxJobImages)
+	}
+	file := writeFile(t, "prefetch_max_images: 50\n")
+	if c := mustResolve(t, []string{"--config", file}, nil); c.MaxJobImages != 50 {
+		t.Errorf("file: %d, want 50", c.MaxJobImages)
+	}
+	if c := mustResolve(t, []string{"--config", file, "--prefetch-max-images", "60"}, nil); c.MaxJobImages != 60 {
+		t.Errorf("flag: %d, want 60", c.MaxJobImages)
+	}
+	if c := mustResolve(t, []string{"--prefetch-max-images", "60"}, map[string]string{"DOCKER_MIRROR_PREFETCH_MAX_IMAGES": "70"}); c.MaxJobImages != 70 {
+		t.Errorf("env: %d, want 70", c.MaxJobImages)
+	}
+	for _, tc := range []struct {
+		args []string
+		env  map[string]string
+		want []string
+	}{
+		{args: []string{"--prefetch-max-images", "0"}, want: []string{"prefetch_max_images", "0"}},
+		{args: []string{"--prefetch-max-images", "-1"}, want: []string{"prefetch_max_images", "-1"}},
+		{args: []string{"--prefetch-max-images", "lots"}, want: []string{"--prefetch-max-images", `"lots"`}},
+		{env: map[string]string{"DOCKER_MIRROR_PREFETCH_MAX_IMAGES": "1.5"}, want: []string{"DOCKER_MIRROR_PREFETCH_MAX_IMAGES", `"1.5"`}},
+		{args: []string{"--config", writeFile(t, "prefetch_max_images: many\n")}, want: []string{"prefetch_max_images", `"many"`}},
+	} {
+		_, err := resolve(t, tc.args, tc.env)
+		if err == nil {
+			t.Errorf("%v %v accepted", tc.args, tc.env)
+			continue
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%v %v: error %q does not name %s", tc.args, tc.env, err, w)
+			}
 		}
 	}
 }

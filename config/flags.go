@@ -69,6 +69,14 @@ var keys = []key{
 		c.Concurrency = n
 		return nil
 	})},
+	{name: "prefetch_max_images", usage: "most images one prefetch job (POST /prefetch or a sync run) may hold; more are refused", set: one(func(c *Config, v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return fmt.Errorf("invalid number %q", v)
+		}
+		c.MaxJobImages = n
+		return nil
+	})},
 	{name: "header_timeout", usage: "how long a client may take to send its request headers (slow clients are cut off)", set: durationKey(func(c *Config) *Duration { return &c.HeaderTimeout })},
 	{name: "shutdown_timeout", usage: "how long in-flight requests may finish on SIGINT/SIGTERM", set: durationKey(func(c *Config) *Duration { return &c.ShutdownTimeout })},
 	{name: "log_format", usage: "log format: text or json", set: stringKey(func(c *Config) *string { return &c.LogFormat })},
@@ -127,7 +135,7 @@ func defaultStrings() map[string]string {
 	d := Default()
 	return map[string]string{
 		"listen": d.Listen, "data": d.Data, "upstream": d.Upstream, "upstream_timeout": d.UpstreamTimeout.String(), "tag_ttl": d.TagTTL.String(),
-		"platform": strings.Join(d.Platforms, ","), "concurrency": strconv.Itoa(d.Concurrency),
+		"platform": strings.Join(d.Platforms, ","), "concurrency": strconv.Itoa(d.Concurrency), "prefetch_max_images": strconv.Itoa(d.MaxJobImages),
 		"shutdown_timeout": d.ShutdownTimeout.String(), "header_timeout": d.HeaderTimeout.String(), "log_format": d.LogFormat, "log_level": d.LogLevel, "destination": "none", "tls_cert": "none", "tls_key": "none", "max_size": "0", "evict_after": "0",
 	}
 }

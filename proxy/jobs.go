@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"crypto/rand"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -23,6 +24,9 @@ type jobs struct {
 func (p *Proxy) StartPrefetch(ctx context.Context, req PrefetchRequest, trigger string) (*storage.Job, error) {
 	if len(req.Images) == 0 {
 		return nil, errcode.New(errcode.InvalidRequest, "no images to prefetch")
+	}
+	if len(req.Images) > p.maxJobImages {
+		return nil, errcode.New(errcode.InvalidRequest, "too many images: %d, over the limit of %d per prefetch job (prefetch_max_images)", len(req.Images), p.maxJobImages)
 	}
 	if _, err := oci.ParsePlatforms(req.Platforms); err != nil {
 		return nil, errcode.New(errcode.InvalidRequest, "%v", err)
@@ -108,7 +112,7 @@ func (p *Proxy) runJob(ctx context.Context, job *storage.Job) {
 				}
 				failed = true
 				p.log.Warn("prefetch failed", "job", job.ID, "image", job.Images[i].Image, "error", err)
-				p.setJob(job, func() { job.Images[i].State, job.Images[i].Error = storage.JobFailed, err.Error() })
+				p.setImage(job, i, func(img *storage.JobImage) { img.State, img.Error = storage.JobFailed, err.Error() })
 			}
 		}
 		p.setJob(job, func() {
@@ -120,15 +124,30 @@ func (p *Proxy) runJob(ctx context.Context, job *storage.Job) {
 	}()
 }
 
-// setJob changes a job under the lock and records it.
+// setJob changes a job's header under the lock and records it.
 func (p *Proxy) setJob(job *storage.Job, f func()) {
+	p.setImage(job, -1, func(*storage.JobImage) { f() })
+}
+
+// setImage changes image i of a job (none if i < 0) under the lock and
+// records it with the job's header: the other images are neither copied
+// nor written, so a change costs the same however many images the job has.
+func (p *Proxy) setImage(job *storage.Job, i int, f func(img *storage.JobImage)) {
 	p.jobs.mu.Lock()
-	f()
+	var changed map[int]storage.JobImage
+	if i >= 0 {
+		f(&job.Images[i])
+		img := job.Images[i]
+		img.PlatformsDone = slices.Clone(img.PlatformsDone)
+		changed = map[int]storage.JobImage{i: img}
+	} else {
+		f(nil)
+	}
 	job.UpdatedAt = p.now()
-	c := *job
-	c.Images = append([]storage.JobImage(nil), job.Images...)
+	h := *job
+	h.Images = nil
 	p.jobs.mu.Unlock()
-	if err := p.index.PutJob(&c); err != nil {
+	if err := p.index.UpdateJob(&h, changed); err != nil {
 		p.log.Error("recording prefetch job", "job", job.ID, "error", err)
 	}
 }
@@ -136,7 +155,7 @@ func (p *Proxy) setJob(job *storage.Job, f func()) {
 // prefetchImage mirrors one image of a job and keeps its progress in the
 // job.
 func (p *Proxy) prefetchImage(ctx context.Context, job *storage.Job, i int, pats []oci.Platform) error {
-	p.setJob(job, func() { job.Images[i].State, job.Images[i].Error = storage.JobRunning, "" })
+	p.setImage(job, i, func(img *storage.JobImage) { img.State, img.Error = storage.JobRunning, "" })
 	got, err := p.Copy(ctx, job.Images[i].Image, pats, func(s Progress) {
 		p.jobs.mu.Lock()
 		img := &job.Images[i]
@@ -152,6 +171,6 @@ func (p *Proxy) prefetchImage(ctx context.Context, job *storage.Job, i int, pats
 			return err
 		}
 	}
-	p.setJob(job, func() { job.Images[i].State, job.Images[i].Digest = storage.JobDone, got.Digest })
+	p.setImage(job, i, func(img *storage.JobImage) { img.State, img.Digest = storage.JobDone, got.Digest })
 	return nil
 }

@@ -58,6 +58,8 @@ type Proxy struct {
 	// work counts everything that runs beyond its request.
 	work *activity
 	jobs jobs
+	// maxJobImages bounds the images of one prefetch job.
+	maxJobImages int
 
 	// stop is closed by Close; it cancels every background fill.
 	stop      chan struct{}
@@ -156,6 +158,14 @@ func WithSpoolDir(dir string) Option { return func(p *Proxy) { p.blobs.dir = dir
 // that started it hangs up (default 1h).
 func WithFillTimeout(d time.Duration) Option { return func(p *Proxy) { p.fillTimeout = d } }
 
+// DefaultPrefetchMaxImages is how many images a prefetch job may hold
+// unless WithPrefetchMaxImages says otherwise.
+const DefaultPrefetchMaxImages = 1000
+
+// WithPrefetchMaxImages bounds the images of one prefetch job (default
+// DefaultPrefetchMaxImages); a request for more is refused.
+func WithPrefetchMaxImages(n int) Option { return func(p *Proxy) { p.maxJobImages = max(n, 1) } }
+
 // New returns a proxy serving from store and index, filling from the given
 // upstreams, keyed by the host clients name them with. docker.io must be
 // among them.
@@ -176,6 +186,7 @@ func New(store storage.Store, index *storage.Index, upstreams []*upstream.Client
 		work:            newActivity(),
 		stop:            make(chan struct{}),
 		jobs:            jobs{live: map[string]*storage.Job{}},
+		maxJobImages:    DefaultPrefetchMaxImages,
 	}
 	for _, u := range upstreams {
 		p.upstreams[u.Host()] = u

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gorilla/mux"
 
@@ -97,7 +98,7 @@ func (p *Proxy) serve(route string, level access.Level, h handlerFunc) http.Hand
 			err = h(rec, r)
 		}
 		level := slog.LevelInfo
-		attrs := []any{"method", r.Method, "path", r.URL.Path, "route", route}
+		attrs := []any{"method", clip(r.Method, maxLoggedMethod), "path", clip(r.URL.Path, maxLoggedPath), "route", route}
 		if err != nil {
 			switch {
 			case r.Context().Err() != nil && errors.Is(err, context.Canceled):
@@ -108,7 +109,7 @@ func (p *Proxy) serve(route string, level access.Level, h handlerFunc) http.Hand
 				// Headers are out: the only honest answer left is a
 				// broken connection, never a short body that looks whole.
 				level = slog.LevelWarn
-				attrs = append(attrs, "error", err.Error())
+				attrs = append(attrs, "error", clip(err.Error(), maxLoggedError))
 				defer panic(http.ErrAbortHandler)
 			default:
 				e := registryError(err)
@@ -116,7 +117,7 @@ func (p *Proxy) serve(route string, level access.Level, h handlerFunc) http.Hand
 				if e.Code == errcode.Unknown || rec.status >= 500 {
 					level = slog.LevelError
 				}
-				attrs = append(attrs, "error", err.Error())
+				attrs = append(attrs, "error", clip(err.Error(), maxLoggedError))
 			}
 		}
 		if rec.status == 0 {
@@ -128,11 +129,55 @@ func (p *Proxy) serve(route string, level access.Level, h handlerFunc) http.Hand
 			attrs = append(attrs, "cache", c)
 			p.metrics.Cache.WithLabelValues(route, c).Inc()
 		}
-		p.metrics.Requests.WithLabelValues(route, r.Method, strconv.Itoa(rec.status)).Inc()
+		p.metrics.Requests.WithLabelValues(route, methodLabel(r.Method), statusLabel(rec.status)).Inc()
 		p.metrics.RequestDuration.WithLabelValues(route).Observe(elapsed.Seconds())
 		p.metrics.ServedBytes.WithLabelValues(route).Add(float64(rec.bytes))
 		p.log.Log(r.Context(), level, "request", attrs...)
 	})
+}
+
+// What an access-log line copies from a request is bounded: a client
+// chooses the method and the path (up to the server's header limit), and
+// an error message may quote them.
+const (
+	maxLoggedMethod = 64
+	maxLoggedPath   = 1 << 10
+	maxLoggedError  = 2 << 10
+)
+
+// clip returns s cut to at most n bytes (on a UTF-8 boundary), with a
+// marker saying how much was cut.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "...[truncated " + strconv.Itoa(len(s)-cut) + " bytes]"
+}
+
+// methodLabel is the method as a metric label: the methods of RFC 9110
+// and PATCH as they are, anything else a client makes up "other", so
+// that clients cannot add series (each one kept for the process's life).
+func methodLabel(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+		http.MethodDelete, http.MethodOptions, http.MethodConnect, http.MethodTrace:
+		return m
+	}
+	return "other"
+}
+
+// statusLabel is the status as a metric label. The statuses come from the
+// proxy's own answers (net/http refuses codes outside 100..999); anything
+// outside the defined classes is "other" all the same.
+func statusLabel(s int) string {
+	if s < 100 || s > 599 {
+		return "other"
+	}
+	return strconv.Itoa(s)
 }
 
 // recorder notes the status and body size of a response. It passes

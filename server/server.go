@@ -128,7 +128,7 @@ func New(ctx context.Context, cfg config.Config, opts ...Option) (_ *Server, err
 	lm := lifecycle.NewMetrics()
 	s.Metrics.Register(lm.Collectors()...)
 	inUse := lifecycle.NewInUse()
-	popts, err := proxyOptions(cfg, s.Metrics)
+	popts, err := proxyOptions(cfg, s.Metrics, o.log)
 	if err != nil {
 		return nil, err
 	}

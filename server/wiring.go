@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"maps"
 	"net"
 	"net/http"
@@ -74,7 +75,7 @@ func OpenEmbeddedStore(ctx context.Context, cfg config.Config, clean bool) (*sto
 
 // proxyOptions are the proxy settings cfg makes: tag TTL, platforms,
 // concurrency, client access and the per-upstream overrides.
-func proxyOptions(cfg config.Config, m *metrics.Metrics) ([]proxy.Option, error) {
+func proxyOptions(cfg config.Config, m *metrics.Metrics, log *slog.Logger) ([]proxy.Option, error) {
 	platforms, err := oci.ParsePlatforms(cfg.Platforms)
 	if err != nil {
 		return nil, err
@@ -84,9 +85,10 @@ func proxyOptions(cfg config.Config, m *metrics.Metrics) ([]proxy.Option, error)
 		proxy.WithTagTTL(time.Duration(cfg.TagTTL)),
 		proxy.WithPlatforms(platforms),
 		proxy.WithConcurrency(cfg.Concurrency),
+		proxy.WithPrefetchMaxImages(cfg.MaxJobImages),
 	}
 	if cfg.Auth.Htpasswd != "" {
-		policy, err := access.Load(cfg.Auth.Htpasswd, cfg.Auth.Admins, cfg.Auth.AnonymousPull)
+		policy, err := access.Load(cfg.Auth.Htpasswd, cfg.Auth.Admins, cfg.Auth.AnonymousPull, access.WithLogger(log))
 		if err != nil {
 			return nil, err
 		}

@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -8,7 +9,13 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-var bucketJobs = []byte("jobs") // job ID (time-ordered) -> Job
+// A job is recorded as a header (the Job without its images) and one
+// record per image, so that a change of one image rewrites that image
+// only, not the whole job.
+var (
+	bucketJobs      = []byte("jobs")       // job ID (time-ordered) -> Job without Images
+	bucketJobImages = []byte("job_images") // job ID -> bucket of position (uint64, big-endian) -> JobImage
+)
 
 // Job and image states of prefetch jobs.
 const (
@@ -46,15 +53,121 @@ type JobImage struct {
 // Finished reports whether the job has ended.
 func (j *Job) Finished() bool { return j.State == JobDone || j.State == JobFailed }
 
-// PutJob records a job's state.
+// PutJob records a whole job: its header and every image. It is for a
+// new job; UpdateJob records its changes.
 func (ix *Index) PutJob(j *Job) error {
-	return ix.db.Update(func(tx *bolt.Tx) error { return put(tx, bucketJobs, []byte(j.ID), j) })
+	return ix.db.Update(func(tx *bolt.Tx) error {
+		if err := putJobHeader(tx, j); err != nil {
+			return err
+		}
+		imgs := tx.Bucket(bucketJobImages)
+		if imgs.Bucket([]byte(j.ID)) != nil {
+			if err := imgs.DeleteBucket([]byte(j.ID)); err != nil {
+				return err
+			}
+		}
+		b, err := imgs.CreateBucket([]byte(j.ID))
+		if err != nil {
+			return err
+		}
+		for i, img := range j.Images {
+			if err := putJobImage(b, i, img); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// UpdateJob records a job's header (j.Images is ignored) and the images
+// of changed, by position. The other images' records are not touched, so
+// a change costs the same whatever the number of images.
+func (ix *Index) UpdateJob(j *Job, changed map[int]JobImage) error {
+	return ix.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketJobImages).Bucket([]byte(j.ID))
+		if b == nil {
+			// Recorded before images had records of their own: move
+			// them out of the header once.
+			old, _, err := get[Job](tx, bucketJobs, []byte(j.ID))
+			if err != nil {
+				return err
+			}
+			if b, err = tx.Bucket(bucketJobImages).CreateBucket([]byte(j.ID)); err != nil {
+				return err
+			}
+			for i, img := range old.Images {
+				if err := putJobImage(b, i, img); err != nil {
+					return err
+				}
+			}
+		}
+		if err := putJobHeader(tx, j); err != nil {
+			return err
+		}
+		for i, img := range changed {
+			if err := putJobImage(b, i, img); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// putJobHeader records a job without its images.
+func putJobHeader(tx *bolt.Tx, j *Job) error {
+	h := *j
+	h.Images = nil
+	return put(tx, bucketJobs, []byte(j.ID), &h)
+}
+
+// putJobImage records image i of a job; keys are big-endian positions, so
+// the records read back in order.
+func putJobImage(b *bolt.Bucket, i int, img JobImage) error {
+	raw, err := json.Marshal(img)
+	if err != nil {
+		return err
+	}
+	return b.Put(binary.BigEndian.AppendUint64(nil, uint64(i)), raw)
+}
+
+// readJob decodes a job header and reads its images.
+func readJob(tx *bolt.Tx, k, v []byte) (*Job, error) {
+	var j Job
+	if err := json.Unmarshal(v, &j); err != nil {
+		return nil, fmt.Errorf("index: corrupt job %q: %w", k, err)
+	}
+	b := tx.Bucket(bucketJobImages).Bucket(k)
+	if b == nil {
+		return &j, nil // recorded with its images in the header
+	}
+	j.Images = nil
+	err := b.ForEach(func(ik, iv []byte) error {
+		var img JobImage
+		if err := json.Unmarshal(iv, &img); err != nil {
+			return fmt.Errorf("index: corrupt image %x of job %q: %w", ik, k, err)
+		}
+		j.Images = append(j.Images, img)
+		return nil
+	})
+	return &j, err
 }
 
 // Job returns a job by ID.
 func (ix *Index) Job(id string) (*Job, bool, error) {
-	j, ok, err := view[Job](ix, bucketJobs, []byte(id))
-	return &j, ok, err
+	var j *Job
+	err := ix.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketJobs).Get([]byte(id))
+		if v == nil {
+			return nil
+		}
+		var err error
+		j, err = readJob(tx, []byte(id), v)
+		return err
+	})
+	if j == nil {
+		return &Job{}, false, err
+	}
+	return j, err == nil, err
 }
 
 // Jobs returns up to limit jobs, newest first.
@@ -63,11 +176,11 @@ func (ix *Index) Jobs(limit int) ([]*Job, error) {
 	err := ix.db.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketJobs).Cursor()
 		for k, v := c.Last(); k != nil && len(out) < limit; k, v = c.Prev() {
-			var j Job
-			if err := json.Unmarshal(v, &j); err != nil {
-				return fmt.Errorf("index: corrupt job %q: %w", k, err)
+			j, err := readJob(tx, k, v)
+			if err != nil {
+				return err
 			}
-			out = append(out, &j)
+			out = append(out, j)
 		}
 		return nil
 	})
@@ -80,13 +193,20 @@ func (ix *Index) UnfinishedJobs() ([]*Job, error) {
 	var out []*Job
 	err := ix.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketJobs).ForEach(func(k, v []byte) error {
-			var j Job
-			if err := json.Unmarshal(v, &j); err != nil {
+			var h struct {
+				State string `json:"state"`
+			}
+			if err := json.Unmarshal(v, &h); err != nil {
 				return fmt.Errorf("index: corrupt job %q: %w", k, err)
 			}
-			if !j.Finished() {
-				out = append(out, &j)
+			if h.State == JobDone || h.State == JobFailed {
+				return nil // finished: its images are not read
 			}
+			j, err := readJob(tx, k, v)
+			if err != nil {
+				return err
+			}
+			out = append(out, j)
 			return nil
 		})
 	})
