@@ -102,16 +102,9 @@ func New(ctx context.Context, cfg config.Config, opts ...Option) (_ *Server, err
 		opt(&o)
 	}
 	s := &Server{cfg: cfg, opts: o}
-	if err := os.MkdirAll(cfg.Data, 0o755); err != nil {
-		return nil, fmt.Errorf("data directory: %w", err)
-	}
-	spool := filepath.Join(cfg.Data, "tmp")
-	// Spool files of downloads interrupted by a crash are never reused.
-	if err := os.RemoveAll(spool); err != nil {
-		return nil, fmt.Errorf("cleaning %s: %w", spool, err)
-	}
-	if err := os.MkdirAll(spool, 0o755); err != nil {
-		return nil, fmt.Errorf("spool directory: %w", err)
+	legacy, err := claimData(cfg)
+	if err != nil {
+		return nil, err
 	}
 	if s.Index, err = storage.OpenIndex(IndexPath(cfg)); err != nil {
 		return nil, err
@@ -121,8 +114,27 @@ func New(ctx context.Context, cfg config.Config, opts ...Option) (_ *Server, err
 			s.Close()
 		}
 	}()
+	if legacy {
+		if err := migrateSpool(cfg); err != nil {
+			return nil, err
+		}
+	}
+	if err := cleanSpool(cfg); err != nil {
+		return nil, err
+	}
 	if s.Store, s.storeName, err = o.openStore(ctx, cfg, s.Index); err != nil {
 		return nil, err
+	}
+	if legacy {
+		if ds, ok := s.Store.(*storage.DriverStore); ok {
+			if err := ds.CleanLegacyUploads(ctx); err != nil {
+				return nil, fmt.Errorf("storage: removing interrupted uploads of an older version: %w", err)
+			}
+		}
+		// Migrated: from now on the marker says the directory is ours.
+		if err := writeMarker(cfg); err != nil {
+			return nil, err
+		}
 	}
 	s.Metrics = metrics.New()
 	lm := lifecycle.NewMetrics()
@@ -139,7 +151,7 @@ func New(ctx context.Context, cfg config.Config, opts ...Option) (_ *Server, err
 	popts = append(popts,
 		proxy.WithLogger(o.log),
 		proxy.WithClock(o.now),
-		proxy.WithSpoolDir(spool),
+		proxy.WithSpoolDir(SpoolPath(cfg)),
 		proxy.WithContentGuard(inUse))
 	if s.Proxy, err = proxy.New(s.Store, s.Index, ups, append(popts, o.proxyOptions...)...); err != nil {
 		return nil, err
