@@ -45,6 +45,9 @@ type Server struct {
 	Collector *lifecycle.Collector
 	// storeName says which store, for the start-up line.
 	storeName string
+	// certs serves the TLS certificate, if there is one: loaded by New,
+	// so that a pair that cannot serve fails the start before listening.
+	certs *certReloader
 	// background counts the goroutines Start and Serve began.
 	background sync.WaitGroup
 }
@@ -94,14 +97,21 @@ func WithVersion(v string) Option { return func(o *options) { o.version = v } }
 // IndexPath is where the index of a data directory lives.
 func IndexPath(cfg config.Config) string { return filepath.Join(cfg.Data, "index.db") }
 
-// New opens the index and the store of cfg and wires the upstreams, the
-// proxy and the lifecycle around them. Nothing runs until Start.
+// New loads the TLS pair, opens the index and the store of cfg and wires
+// the upstreams, the proxy and the lifecycle around them: everything that
+// can make a start fail fails here, before anything listens. Nothing runs
+// until Start.
 func New(ctx context.Context, cfg config.Config, opts ...Option) (_ *Server, err error) {
 	o := options{log: slog.Default(), now: time.Now, lookupEnv: os.LookupEnv, openStore: OpenStore}
 	for _, opt := range opts {
 		opt(&o)
 	}
 	s := &Server{cfg: cfg, opts: o}
+	if cfg.TLSCert != "" {
+		if s.certs, err = newCertReloader(cfg.TLSCert, cfg.TLSKey); err != nil {
+			return nil, err
+		}
+	}
 	legacy, err := claimData(cfg)
 	if err != nil {
 		return nil, err
@@ -213,12 +223,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, hup <-chan os.Signa
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	var certs *certReloader
-	if cfg.TLSCert != "" {
-		var err error
-		if certs, err = newCertReloader(cfg.TLSCert, cfg.TLSKey); err != nil {
-			return err
-		}
+	certs := s.certs
+	if certs != nil {
 		srv.TLSConfig = &tls.Config{GetCertificate: certs.getCertificate, MinVersion: tls.VersionTLS12}
 	}
 	log.Info("docker-mirror serving", "listen", ln.Addr().String(), "tls", certs != nil, "data", cfg.Data, "store", s.storeName,
