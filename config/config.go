@@ -88,6 +88,53 @@ type Config struct {
 	// upstreamFlag: a flag or the environment set docker.io's URL, which
 	// then wins over the file's upstreams.docker.io.url.
 	upstreamFlag bool
+	// file is the --config file, and fileSecret says it holds a password
+	// itself (SecretFiles).
+	file       string
+	fileSecret bool
+}
+
+// SecretFiles lists the files of this configuration that hold secrets,
+// by the key that names them: auth.htpasswd, upstreams.HOST.password_file,
+// and "config", the --config file, when it holds a password itself. A
+// server warns at start about those every user of the machine may read.
+func (c Config) SecretFiles() map[string]string {
+	out := map[string]string{}
+	if c.Auth.Htpasswd != "" {
+		out["auth.htpasswd"] = c.Auth.Htpasswd
+	}
+	for host, u := range c.Upstreams {
+		if u.PasswordFile != "" {
+			out["upstreams."+host+".password_file"] = u.PasswordFile
+		}
+	}
+	if c.file != "" && c.fileSecret {
+		out["config"] = c.file
+	}
+	return out
+}
+
+// holdsSecrets reports whether c, as read from a file, holds a password:
+// an upstream's or the destination's, or a storage driver parameter such
+// as s3's secretkey.
+func (c Config) holdsSecrets() bool {
+	if c.Destination.Password != "" {
+		return true
+	}
+	for _, u := range c.Upstreams {
+		if u.Password != "" {
+			return true
+		}
+	}
+	for _, params := range c.Storage {
+		for k := range params {
+			k = strings.ToLower(k)
+			if strings.Contains(k, "secret") || strings.Contains(k, "password") || strings.Contains(k, "token") || strings.Contains(k, "accountkey") {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // Upstream is one mirrored registry. In the file it is either a URL or a
@@ -156,8 +203,8 @@ type Auth struct {
 	// Admins may use the endpoints that make the proxy fetch on request
 	// (POST /prefetch).
 	Admins []string `yaml:"admins,omitempty"`
-	// Metrics is who may read /metrics: anonymous (default), users or
-	// admins.
+	// Metrics is who may read /metrics: users (the default), admins or
+	// anonymous.
 	Metrics string `yaml:"metrics,omitempty"`
 }
 

@@ -24,6 +24,7 @@ import (
 	"github.com/docker-mirror/docker-mirror/lifecycle"
 	"github.com/docker-mirror/docker-mirror/metrics"
 	"github.com/docker-mirror/docker-mirror/proxy"
+	"github.com/docker-mirror/docker-mirror/proxy/access"
 	"github.com/docker-mirror/docker-mirror/storage"
 )
 
@@ -48,6 +49,9 @@ type Server struct {
 	// certs serves the TLS certificate, if there is one: loaded by New,
 	// so that a pair that cannot serve fails the start before listening.
 	certs *certReloader
+	// auth is the htpasswd file's policy, reloaded on SIGHUP and when the
+	// file changes; nil without auth.
+	auth *access.File
 	// background counts the goroutines Start and Serve began.
 	background sync.WaitGroup
 }
@@ -112,6 +116,12 @@ func New(ctx context.Context, cfg config.Config, opts ...Option) (_ *Server, err
 			return nil, err
 		}
 	}
+	warnReadableSecrets(cfg, o.log)
+	if cfg.Auth.Htpasswd != "" {
+		if s.auth, err = access.LoadFile(cfg.Auth.Htpasswd, cfg.Auth.Admins, cfg.Auth.AnonymousPull); err != nil {
+			return nil, err
+		}
+	}
 	legacy, err := claimData(cfg)
 	if err != nil {
 		return nil, err
@@ -150,7 +160,7 @@ func New(ctx context.Context, cfg config.Config, opts ...Option) (_ *Server, err
 	lm := lifecycle.NewMetrics()
 	s.Metrics.Register(lm.Collectors()...)
 	inUse := lifecycle.NewInUse()
-	popts, err := proxyOptions(cfg, s.Metrics)
+	popts, err := proxyOptions(cfg, s.Metrics, s.auth)
 	if err != nil {
 		return nil, err
 	}
@@ -198,7 +208,9 @@ func (s *Server) Start(ctx context.Context) error {
 
 // Serve starts the server's background work and the cache lifecycle, and
 // answers on ln until ctx ends, then shuts down gracefully within the
-// configured timeout. A value on hup (SIGHUP) reloads the TLS certificate.
+// configured timeout. A value on hup (SIGHUP) reloads the TLS certificate
+// and the htpasswd file; the htpasswd file is also reloaded when it
+// changes.
 func (s *Server) Serve(ctx context.Context, ln net.Listener, hup <-chan os.Signal) error {
 	defer ln.Close()
 	ctx, cancel := context.WithCancel(ctx)
@@ -241,6 +253,12 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, hup <-chan os.Signa
 	}()
 	flush := time.NewTicker(30 * time.Second)
 	defer flush.Stop()
+	var authTicks <-chan time.Time // nil without auth: never
+	if s.auth != nil {
+		t := time.NewTicker(authCheckEvery)
+		defer t.Stop()
+		authTicks = t.C
+	}
 	for {
 		select {
 		case err := <-errc:
@@ -253,6 +271,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, hup <-chan os.Signa
 					log.Info("reloaded the TLS certificate", "cert", cfg.TLSCert)
 				}
 			}
+			s.reloadAuth()
+		case <-authTicks:
+			s.checkAuthFile()
 		case <-flush.C:
 			if err := s.Index.Flush(); err != nil {
 				log.Warn("writing access times", "error", err)

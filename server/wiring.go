@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"maps"
@@ -70,8 +71,9 @@ func OpenEmbeddedStore(ctx context.Context, cfg config.Config, clean bool) (*sto
 }
 
 // proxyOptions are the proxy settings cfg makes: tag TTL, platforms,
-// concurrency, client access and the per-upstream overrides.
-func proxyOptions(cfg config.Config, m *metrics.Metrics) ([]proxy.Option, error) {
+// concurrency, client access (auth, if not nil) and the per-upstream
+// overrides.
+func proxyOptions(cfg config.Config, m *metrics.Metrics, auth *access.File) ([]proxy.Option, error) {
 	platforms, err := oci.ParsePlatforms(cfg.Platforms)
 	if err != nil {
 		return nil, err
@@ -82,16 +84,14 @@ func proxyOptions(cfg config.Config, m *metrics.Metrics) ([]proxy.Option, error)
 		proxy.WithPlatforms(platforms),
 		proxy.WithConcurrency(cfg.Concurrency),
 	}
-	if cfg.Auth.Htpasswd != "" {
-		policy, err := access.Load(cfg.Auth.Htpasswd, cfg.Auth.Admins, cfg.Auth.AnonymousPull)
+	if auth != nil {
+		// With users, the metrics (upstreams, repositories, traffic) are
+		// theirs unless auth.metrics opens them.
+		level, err := access.ParseLevel(cmp.Or(cfg.Auth.Metrics, "users"))
 		if err != nil {
 			return nil, err
 		}
-		level, err := access.ParseLevel(cfg.Auth.Metrics)
-		if err != nil {
-			return nil, err
-		}
-		opts = append(opts, proxy.WithAccess(policy, level))
+		opts = append(opts, proxy.WithAccess(auth, level))
 	}
 	for host, u := range cfg.AllUpstreams() {
 		var s proxy.UpstreamSettings
