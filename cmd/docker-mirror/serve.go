@@ -63,7 +63,8 @@ func newLogger(cfg config.Config, w io.Writer) *slog.Logger {
 }
 
 // serve runs srv on ln until ctx ends, then shuts down gracefully and
-// closes srv. A signal on hup (SIGHUP) reloads the TLS certificate.
+// closes srv. A signal on hup (SIGHUP) reloads the TLS certificate and
+// the htpasswd file.
 func serve(ctx context.Context, srv *server.Server, ln net.Listener, hup <-chan os.Signal) error {
 	return errors.Join(srv.Serve(ctx, ln, hup), srv.Close())
 }
