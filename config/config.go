@@ -92,6 +92,53 @@ type Config struct {
 	// upstreamFlag: a flag or the environment set docker.io's URL, which
 	// then wins over the file's upstreams.docker.io.url.
 	upstreamFlag bool
+	// file is the --config file, and fileSecret says it holds a password
+	// itself (SecretFiles).
+	file       string
+	fileSecret bool
+}
+
+// SecretFiles lists the files of this configuration that hold secrets,
+// by the key that names them: auth.htpasswd, upstreams.HOST.password_file,
+// and "config", the --config file, when it holds a password itself. A
+// server warns at start about those every user of the machine may read.
+func (c Config) SecretFiles() map[string]string {
+	out := map[string]string{}
+	if c.Auth.Htpasswd != "" {
+		out["auth.htpasswd"] = c.Auth.Htpasswd
+	}
+	for host, u := range c.Upstreams {
+		if u.PasswordFile != "" {
+			out["upstreams."+host+".password_file"] = u.PasswordFile
+		}
+	}
+	if c.file != "" && c.fileSecret {
+		out["config"] = c.file
+	}
+	return out
+}
+
+// holdsSecrets reports whether c, as read from a file, holds a password:
+// an upstream's or the destination's, or a storage driver parameter such
+// as s3's secretkey.
+func (c Config) holdsSecrets() bool {
+	if c.Destination.Password != "" {
+		return true
+	}
+	for _, u := range c.Upstreams {
+		if u.Password != "" {
+			return true
+		}
+	}
+	for _, params := range c.Storage {
+		for k := range params {
+			k = strings.ToLower(k)
+			if strings.Contains(k, "secret") || strings.Contains(k, "password") || strings.Contains(k, "token") || strings.Contains(k, "accountkey") {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // Upstream is one mirrored registry. In the file it is either a URL or a
@@ -166,8 +213,8 @@ type Auth struct {
 	// Admins may use the endpoints that make the proxy fetch on request
 	// (POST /prefetch).
 	Admins []string `yaml:"admins,omitempty"`
-	// Metrics is who may read /metrics: anonymous (default), users or
-	// admins.
+	// Metrics is who may read /metrics: users (the default), admins or
+	// anonymous.
 	Metrics string `yaml:"metrics,omitempty"`
 }
 
@@ -263,6 +310,17 @@ func Parse(r io.Reader) (Config, error) {
 			// yaml.v3 would truncate 1.5 to 1.
 			return Config{}, fmt.Errorf("config file: %s: line %d: invalid value %s (want %s)", name, v.Line, nodeText(v), f.want)
 		}
+		if f.block {
+			// A block may hold passwords: its errors name the key path
+			// and the line, and never echo it.
+			if err := checkBlock(v, reflect.TypeOf(f.ptr).Elem(), name); err != nil {
+				return Config{}, fmt.Errorf("config file: %w", err)
+			}
+			if err := decodeStrict(v, f.ptr); err != nil {
+				return Config{}, fmt.Errorf("config file: %s: line %d: invalid value (want %s)", name, v.Line, f.want)
+			}
+			continue
+		}
 		if err := decodeStrict(v, f.ptr); err != nil {
 			if te := (*yaml.TypeError)(nil); errors.As(err, &te) {
 				detail := ""
@@ -301,6 +359,110 @@ type fileField struct {
 	ptr     any
 	want    string
 	integer bool
+	// block: a mapping of keys of its own (upstreams, destination,
+	// storage, auth, sync), checked by checkBlock.
+	block bool
+}
+
+// checkBlock checks the node n of a block against t, the type it decodes
+// into, before it is decoded: unknown and repeated keys, and values of the
+// wrong kind. Errors name the key path (upstreams.ghcr.io.pasword) and the
+// line, and echo no value: a block may hold passwords, and a misspelt key
+// is often next to one. Only the errors of Duration and Size values, which
+// hold no secrets, show the value.
+func checkBlock(n *yaml.Node, t reflect.Type, path string) error {
+	for n.Kind == yaml.AliasNode && n.Alias != nil {
+		n = n.Alias
+	}
+	if n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null" {
+		return nil
+	}
+	if t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch {
+	case t.Kind() == reflect.Interface:
+		return nil // free-form: a storage driver's parameters
+	case t == reflect.TypeFor[Upstream]() && n.Kind == yaml.ScalarNode:
+		return nil // a bare URL, checked by Validate
+	case t == reflect.TypeFor[Duration]() || t == reflect.TypeFor[Size]():
+		if n.Kind != yaml.ScalarNode {
+			return fmt.Errorf("%s: line %d: invalid value (want %s)", path, n.Line, describeType(t))
+		}
+		if err := n.Decode(reflect.New(t).Interface()); err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		return nil
+	case t.Kind() == reflect.Struct:
+		fields := map[string]reflect.Type{}
+		var names []string
+		for i := range t.NumField() {
+			name, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ",")
+			if name != "" && name != "-" && t.Field(i).IsExported() {
+				fields[name] = t.Field(i).Type
+				names = append(names, name)
+			}
+		}
+		if n.Kind != yaml.MappingNode {
+			return fmt.Errorf("%s: line %d: want a mapping of %s", path, n.Line, strings.Join(names, ", "))
+		}
+		return checkMapping(n, path, func(key string) (reflect.Type, error) {
+			ft, ok := fields[key]
+			if !ok {
+				return nil, fmt.Errorf("unknown key (known keys: %s)", strings.Join(names, ", "))
+			}
+			return ft, nil
+		})
+	case t.Kind() == reflect.Map:
+		if n.Kind != yaml.MappingNode {
+			return fmt.Errorf("%s: line %d: want %s", path, n.Line, describeType(t))
+		}
+		return checkMapping(n, path, func(string) (reflect.Type, error) { return t.Elem(), nil })
+	case t.Kind() == reflect.Slice:
+		if n.Kind != yaml.SequenceNode {
+			return fmt.Errorf("%s: line %d: want %s", path, n.Line, describeType(t))
+		}
+		for i, e := range n.Content {
+			if err := checkBlock(e, t.Elem(), fmt.Sprintf("%s[%d]", path, i)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if n.Kind != yaml.ScalarNode || n.Decode(reflect.New(t).Interface()) != nil {
+		return fmt.Errorf("%s: line %d: invalid value (want %s)", path, n.Line, describeType(t))
+	}
+	return nil
+}
+
+// checkMapping checks the entries of a mapping node: each key once, known
+// to elem, which returns the type of its value.
+func checkMapping(n *yaml.Node, path string, elem func(key string) (reflect.Type, error)) error {
+	seen := map[string]int{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		for k.Kind == yaml.AliasNode && k.Alias != nil {
+			k = k.Alias
+		}
+		if k.Kind != yaml.ScalarNode {
+			return fmt.Errorf("%s: line %d: invalid key (want a name)", path, k.Line)
+		}
+		// A key is shown, but a host key such as user:password@host is
+		// redacted.
+		key := path + "." + redactURL(k.Value)
+		if line, dup := seen[k.Value]; dup {
+			return fmt.Errorf("%s: line %d: already defined at line %d", key, k.Line, line)
+		}
+		seen[k.Value] = k.Line
+		t, err := elem(k.Value)
+		if err != nil {
+			return fmt.Errorf("%s: line %d: %w", key, k.Line, err)
+		}
+		if err := checkBlock(v, t, key); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // fileFields maps the keys of the configuration file to the fields of c.
@@ -313,7 +475,8 @@ func fileFields(c *Config) map[string]fileField {
 			continue
 		}
 		f := v.Field(i)
-		out[name] = fileField{ptr: f.Addr().Interface(), want: describeType(f.Type()), integer: f.Kind() == reflect.Int}
+		out[name] = fileField{ptr: f.Addr().Interface(), want: describeType(f.Type()), integer: f.Kind() == reflect.Int,
+			block: f.Kind() == reflect.Struct || f.Kind() == reflect.Map}
 	}
 	return out
 }
@@ -332,8 +495,12 @@ func describeType(t reflect.Type) string {
 		return "a duration such as 90s"
 	case t.Kind() == reflect.String:
 		return "a string"
+	case t == reflect.TypeFor[Size]():
+		return "a size such as 50GiB"
 	case t.Kind() == reflect.Int:
 		return "an integer"
+	case t.Kind() == reflect.Bool:
+		return "true or false"
 	case t.Kind() == reflect.Slice:
 		return "a list of " + strings.TrimPrefix(describeType(t.Elem()), "a ") + "s"
 	case t.Kind() == reflect.Map && t.Elem().Kind() == reflect.Map:
@@ -350,7 +517,7 @@ func describeType(t reflect.Type) string {
 func nodeText(n *yaml.Node) string {
 	var s string
 	if n.Kind == yaml.ScalarNode {
-		s = strconv.Quote(n.Value)
+		s = strconv.Quote(redactURL(n.Value))
 	} else {
 		c := *n
 		c.Style |= yaml.FlowStyle
@@ -359,7 +526,7 @@ func nodeText(n *yaml.Node) string {
 		if err != nil {
 			s = "(unprintable)"
 		} else {
-			s = strings.Join(strings.Fields(string(b)), " ")
+			s = userinfoInText.ReplaceAllString(strings.Join(strings.Fields(string(b)), " "), "://xxxxx@")
 		}
 	}
 	if len(s) > 80 {
@@ -478,9 +645,8 @@ func (c Config) Validate() error {
 var upstreamHost = regexp.MustCompile(`^([a-z0-9]([a-z0-9-]*[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]*[a-z0-9])?(:[0-9]{1,5})?$`)
 
 func (u Upstream) validate(host string) error {
-	key := "upstreams." + host
 	if !upstreamHost.MatchString(host) {
-		return fmt.Errorf("upstreams: invalid host %q (want e.g. ghcr.io or registry.local:5000)", host)
+		return fmt.Errorf("upstreams: invalid host %q (want e.g. ghcr.io or registry.local:5000)", redactURL(host))
 	}
 	// Clients name an upstream by putting its host in front of a
 	// repository; a key without a dot or a port (other than localhost) is
@@ -489,6 +655,7 @@ func (u Upstream) validate(host string) error {
 	if !strings.ContainsAny(host, ".:") && host != "localhost" {
 		return fmt.Errorf("upstreams: invalid host %q: not a host name (want a dot or a port, e.g. %s.local or %s:5000, or localhost): %s/app would be the Docker Hub namespace %s", host, host, host, host, host)
 	}
+	key := "upstreams." + host
 	if u.URL == "" && host != DockerHubHost {
 		return fmt.Errorf("%s.url: missing", key)
 	}
@@ -558,17 +725,42 @@ func (u Upstream) ResolvePassword(host string, lookup func(string) (string, bool
 	return u.Password, nil
 }
 
-// validateDestination checks a registry URL with a path prefix.
+// validateDestination checks a registry URL with a path prefix. Errors
+// show the URL without its userinfo.
 func validateDestination(s string) error {
+	shown := redactURL(s)
 	u, err := url.Parse(s)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return fmt.Errorf("invalid URL %q (want http[s]://HOST[:PORT][/PREFIX])", s)
+		return fmt.Errorf("invalid URL %q (want http[s]://HOST[:PORT][/PREFIX])", shown)
 	}
-	if u.RawQuery != "" || u.Fragment != "" || u.User != nil {
-		return fmt.Errorf("invalid URL %q: only scheme://host[:port][/prefix] is allowed", s)
+	if u.User != nil {
+		return fmt.Errorf("invalid URL %q: credentials do not belong in the URL; give destination.username and destination.password (or %s)", shown, passwordEnv)
+	}
+	if u.RawQuery != "" || u.Fragment != "" {
+		return fmt.Errorf("invalid URL %q: only scheme://host[:port][/prefix] is allowed", shown)
 	}
 	return nil
 }
+
+// redactURL returns s, a URL or something meant to be one (it need not
+// parse), with its userinfo replaced by "xxxxx", for errors and logs: the
+// user name too, which may be a token (https://TOKEN@host). Everything up
+// to the last "@" after the scheme counts as userinfo, so that a password
+// holding "/", "?" or "#" does not leak either.
+func redactURL(s string) string {
+	start := 0
+	if i := strings.Index(s, "://"); i >= 0 {
+		start = i + len("://")
+	}
+	at := strings.LastIndex(s[start:], "@")
+	if at < 0 {
+		return s
+	}
+	return s[:start] + "xxxxx" + s[start+at:]
+}
+
+// userinfoInText finds the userinfo of URLs in a longer text.
+var userinfoInText = regexp.MustCompile(`://[^\s'"]*@`)
 
 // validPort reports whether port is a port number (0 picks a free port)
 // or a service name such as "http".
@@ -587,19 +779,25 @@ func validPort(port string) bool {
 	return true
 }
 
+// validateURL checks an upstream URL. Errors show it without its
+// userinfo.
 func validateURL(s string) error {
+	shown := redactURL(s)
 	u, err := url.Parse(s)
 	if err != nil {
-		return fmt.Errorf("invalid URL %q", s)
+		return fmt.Errorf("invalid URL %q", shown)
 	}
 	if u.Scheme != "http" && u.Scheme != "https" {
-		return fmt.Errorf("invalid URL %q: scheme must be http or https", s)
+		return fmt.Errorf("invalid URL %q: scheme must be http or https", shown)
 	}
 	if u.Host == "" {
-		return fmt.Errorf("invalid URL %q: no host", s)
+		return fmt.Errorf("invalid URL %q: no host", shown)
 	}
-	if strings.Trim(u.Path, "/") != "" || u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || u.User != nil {
-		return fmt.Errorf("invalid URL %q: only scheme://host[:port] is allowed", s)
+	if u.User != nil {
+		return fmt.Errorf("invalid URL %q: credentials do not belong in the URL; give them as upstreams.HOST.username and password (or password_env, password_file)", shown)
+	}
+	if strings.Trim(u.Path, "/") != "" || u.RawQuery != "" || u.ForceQuery || u.Fragment != "" {
+		return fmt.Errorf("invalid URL %q: only scheme://host[:port] is allowed", shown)
 	}
 	return nil
 }

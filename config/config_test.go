@@ -213,7 +213,7 @@ func TestBadValues(t *testing.T) {
 		{"upstream", `upstream: https://mirror.example?x=1`, `"https://mirror.example?x=1"`},
 		{"upstream", `upstream: https://mirror.example?`, `"https://mirror.example?"`},
 		{"upstream", `upstream: "https://mirror.example#frag"`, `"https://mirror.example#frag"`},
-		{"upstream", `upstream: https://user:pw@mirror.example`, `"https://user:pw@mirror.example"`},
+		{"upstream", `upstream: https://user:pw@mirror.example`, `"https://xxxxx@mirror.example"`}, // never the credentials
 		{"upstream", `upstream: "http://%zz"`, `"http://%zz"`},
 		{"upstream", `upstream: ""`, `""`},
 		{"upstream", `upstream: 5`, `"5"`},
@@ -248,9 +248,9 @@ func TestBadValues(t *testing.T) {
 		{"log_level", `log_level: INFO`, `"INFO"`},
 		{"log_level", `log_level: warning`, `"warning"`},
 		{"storage", `storage: {inmemory: {}, filesystem: {}}`, `filesystem, inmemory`},
-		{"storage", `storage: {s3: 1}`, `{s3: 1}`},
-		{"storage", `storage: filesystem`, `"filesystem"`},
-		{"storage", `storage: [filesystem]`, `[filesystem]`},
+		{"storage", `storage: {s3: 1}`, `storage.s3: line 1`}, // a block is never echoed: it may hold secrets
+		{"storage", `storage: filesystem`, `line 1`},
+		{"storage", `storage: [filesystem]`, `line 1`},
 		{"storage", `storage: {"": {}}`, `""`},
 		{"storage", `storage: {" ": {}}`, `" "`},
 		{"storage", `storage: {s3: {bucket: a, bucket: b}}`, `bucket`},

@@ -37,8 +37,9 @@ type Proxy struct {
 	log       *slog.Logger
 	metrics   *metrics.Metrics
 	guard     ContentGuard
-	// access decides who may use which route; nil lets everyone in.
-	access       *access.Policy
+	// access decides who may use which route; a nil *access.Policy lets
+	// everyone in.
+	access       access.Checker
 	metricsLevel access.Level
 	now          func() time.Time
 	tagTTL       time.Duration
@@ -76,10 +77,15 @@ func WithLogger(l *slog.Logger) Option { return func(p *Proxy) { p.log = l } }
 // (default: a fresh set).
 func WithMetrics(m *metrics.Metrics) Option { return func(p *Proxy) { p.metrics = m } }
 
-// WithAccess requires clients to authenticate as the policy says, and
-// /metrics to be used at metricsLevel (default: no authentication).
-func WithAccess(a *access.Policy, metricsLevel access.Level) Option {
-	return func(p *Proxy) { p.access, p.metricsLevel = a, metricsLevel }
+// WithAccess requires clients to authenticate as the policy says (an
+// *access.Policy, or an *access.File that reloads one), and /metrics to be
+// used at metricsLevel (default: no authentication).
+func WithAccess(a access.Checker, metricsLevel access.Level) Option {
+	return func(p *Proxy) {
+		if a != nil {
+			p.access, p.metricsLevel = a, metricsLevel
+		}
+	}
 }
 
 // ContentGuard lets the cache lifecycle and the proxy agree on content in
@@ -173,6 +179,7 @@ func New(store storage.Store, index *storage.Index, upstreams []*upstream.Client
 	p := &Proxy{
 		store:           store,
 		index:           index,
+		access:          (*access.Policy)(nil), // everyone in, until WithAccess
 		upstreams:       map[string]*upstream.Client{},
 		log:             slog.Default(),
 		now:             time.Now,

@@ -24,6 +24,7 @@ import (
 	"github.com/docker-mirror/docker-mirror/lifecycle"
 	"github.com/docker-mirror/docker-mirror/metrics"
 	"github.com/docker-mirror/docker-mirror/proxy"
+	"github.com/docker-mirror/docker-mirror/proxy/access"
 	"github.com/docker-mirror/docker-mirror/storage"
 )
 
@@ -45,6 +46,12 @@ type Server struct {
 	Collector *lifecycle.Collector
 	// storeName says which store, for the start-up line.
 	storeName string
+	// certs serves the TLS certificate, if there is one: loaded by New,
+	// so that a pair that cannot serve fails the start before listening.
+	certs *certReloader
+	// auth is the htpasswd file's policy, reloaded on SIGHUP and when the
+	// file changes; nil without auth.
+	auth *access.File
 	// background counts the goroutines Start and Serve began.
 	background sync.WaitGroup
 }
@@ -94,24 +101,30 @@ func WithVersion(v string) Option { return func(o *options) { o.version = v } }
 // IndexPath is where the index of a data directory lives.
 func IndexPath(cfg config.Config) string { return filepath.Join(cfg.Data, "index.db") }
 
-// New opens the index and the store of cfg and wires the upstreams, the
-// proxy and the lifecycle around them. Nothing runs until Start.
+// New loads the TLS pair, opens the index and the store of cfg and wires
+// the upstreams, the proxy and the lifecycle around them: everything that
+// can make a start fail fails here, before anything listens. Nothing runs
+// until Start.
 func New(ctx context.Context, cfg config.Config, opts ...Option) (_ *Server, err error) {
 	o := options{log: slog.Default(), now: time.Now, lookupEnv: os.LookupEnv, openStore: OpenStore}
 	for _, opt := range opts {
 		opt(&o)
 	}
 	s := &Server{cfg: cfg, opts: o}
-	if err := os.MkdirAll(cfg.Data, 0o755); err != nil {
-		return nil, fmt.Errorf("data directory: %w", err)
+	if cfg.TLSCert != "" {
+		if s.certs, err = newCertReloader(cfg.TLSCert, cfg.TLSKey); err != nil {
+			return nil, err
+		}
 	}
-	spool := filepath.Join(cfg.Data, "tmp")
-	// Spool files of downloads interrupted by a crash are never reused.
-	if err := os.RemoveAll(spool); err != nil {
-		return nil, fmt.Errorf("cleaning %s: %w", spool, err)
+	warnReadableSecrets(cfg, o.log)
+	if cfg.Auth.Htpasswd != "" {
+		if s.auth, err = access.LoadFile(cfg.Auth.Htpasswd, cfg.Auth.Admins, cfg.Auth.AnonymousPull, access.WithLogger(o.log)); err != nil {
+			return nil, err
+		}
 	}
-	if err := os.MkdirAll(spool, 0o755); err != nil {
-		return nil, fmt.Errorf("spool directory: %w", err)
+	legacy, err := claimData(cfg)
+	if err != nil {
+		return nil, err
 	}
 	if s.Index, err = storage.OpenIndex(IndexPath(cfg)); err != nil {
 		return nil, err
@@ -121,14 +134,33 @@ func New(ctx context.Context, cfg config.Config, opts ...Option) (_ *Server, err
 			s.Close()
 		}
 	}()
+	if legacy {
+		if err := migrateSpool(cfg); err != nil {
+			return nil, err
+		}
+	}
+	if err := cleanSpool(cfg); err != nil {
+		return nil, err
+	}
 	if s.Store, s.storeName, err = o.openStore(ctx, cfg, s.Index); err != nil {
 		return nil, err
+	}
+	if legacy {
+		if ds, ok := s.Store.(*storage.DriverStore); ok {
+			if err := ds.CleanLegacyUploads(ctx); err != nil {
+				return nil, fmt.Errorf("storage: removing interrupted uploads of an older version: %w", err)
+			}
+		}
+		// Migrated: from now on the marker says the directory is ours.
+		if err := writeMarker(cfg); err != nil {
+			return nil, err
+		}
 	}
 	s.Metrics = metrics.New()
 	lm := lifecycle.NewMetrics()
 	s.Metrics.Register(lm.Collectors()...)
 	inUse := lifecycle.NewInUse()
-	popts, err := proxyOptions(cfg, s.Metrics, o.log)
+	popts, err := proxyOptions(cfg, s.Metrics, s.auth)
 	if err != nil {
 		return nil, err
 	}
@@ -139,7 +171,7 @@ func New(ctx context.Context, cfg config.Config, opts ...Option) (_ *Server, err
 	popts = append(popts,
 		proxy.WithLogger(o.log),
 		proxy.WithClock(o.now),
-		proxy.WithSpoolDir(spool),
+		proxy.WithSpoolDir(SpoolPath(cfg)),
 		proxy.WithContentGuard(inUse))
 	if s.Proxy, err = proxy.New(s.Store, s.Index, ups, append(popts, o.proxyOptions...)...); err != nil {
 		return nil, err
@@ -176,7 +208,9 @@ func (s *Server) Start(ctx context.Context) error {
 
 // Serve starts the server's background work and the cache lifecycle, and
 // answers on ln until ctx ends, then shuts down gracefully within the
-// configured timeout. A value on hup (SIGHUP) reloads the TLS certificate.
+// configured timeout. A value on hup (SIGHUP) reloads the TLS certificate
+// and the htpasswd file; the htpasswd file is also reloaded when it
+// changes.
 func (s *Server) Serve(ctx context.Context, ln net.Listener, hup <-chan os.Signal) error {
 	defer ln.Close()
 	ctx, cancel := context.WithCancel(ctx)
@@ -201,12 +235,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, hup <-chan os.Signa
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	var certs *certReloader
-	if cfg.TLSCert != "" {
-		var err error
-		if certs, err = newCertReloader(cfg.TLSCert, cfg.TLSKey); err != nil {
-			return err
-		}
+	certs := s.certs
+	if certs != nil {
 		srv.TLSConfig = &tls.Config{GetCertificate: certs.getCertificate, MinVersion: tls.VersionTLS12}
 	}
 	log.Info("docker-mirror serving", "listen", ln.Addr().String(), "tls", certs != nil, "data", cfg.Data, "store", s.storeName,
@@ -223,6 +253,12 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, hup <-chan os.Signa
 	}()
 	flush := time.NewTicker(30 * time.Second)
 	defer flush.Stop()
+	var authTicks <-chan time.Time // nil without auth: never
+	if s.auth != nil {
+		t := time.NewTicker(authCheckEvery)
+		defer t.Stop()
+		authTicks = t.C
+	}
 	for {
 		select {
 		case err := <-errc:
@@ -235,6 +271,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, hup <-chan os.Signa
 					log.Info("reloaded the TLS certificate", "cert", cfg.TLSCert)
 				}
 			}
+			s.reloadAuth()
+		case <-authTicks:
+			s.checkAuthFile()
 		case <-flush.C:
 			if err := s.Index.Flush(); err != nil {
 				log.Warn("writing access times", "error", err)

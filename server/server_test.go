@@ -1,12 +1,15 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 
 	"github.com/docker-mirror/docker-mirror/config"
@@ -94,4 +97,57 @@ func TestNewFailsCleanly(t *testing.T) {
 		t.Fatalf("index left locked after a failed New: %v", err)
 	}
 	ix.Close()
+}
+
+// The start-up line and whatever else a server logs while it starts,
+// serves and stops show no password of the configuration.
+func TestLogsShowNoSecrets(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Upstreams = map[string]config.Upstream{"ghcr.io": {URL: "http://127.0.0.1:1", Username: "bot", Password: "hunter2"}}
+	cfg.Destination = config.Destination{URL: "http://127.0.0.1:1/mirror", Username: "bot", Password: "hunter2"}
+	var logs syncBuffer
+	srv, err := New(t.Context(), cfg, WithLogger(slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, ln, nil) }()
+	if resp, err := http.Get("http://" + ln.Addr().String() + "/v2/ghcr.io/x/manifests/1"); err == nil {
+		resp.Body.Close()
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	srv.Close()
+	out := logs.String()
+	if !strings.Contains(out, "docker-mirror serving") {
+		t.Fatalf("no start-up line in %q", out)
+	}
+	if strings.Contains(out, "hunter2") {
+		t.Errorf("the logs show a password:\n%s", out)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger's concurrent writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

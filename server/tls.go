@@ -3,6 +3,7 @@ package server
 import (
 	"crypto/tls"
 	"fmt"
+	"os"
 	"sync"
 )
 
@@ -20,10 +21,19 @@ func newCertReloader(certFile, keyFile string) (*certReloader, error) {
 }
 
 // reload reads the files again; on error the current certificate stays.
+// Errors name the key and the file at fault.
 func (c *certReloader) reload() error {
-	cert, err := tls.LoadX509KeyPair(c.certFile, c.keyFile)
+	certPEM, err := os.ReadFile(c.certFile)
 	if err != nil {
-		return fmt.Errorf("tls_cert/tls_key: %w", err)
+		return fmt.Errorf("tls_cert: %w", err)
+	}
+	keyPEM, err := os.ReadFile(c.keyFile)
+	if err != nil {
+		return fmt.Errorf("tls_key: %w", err)
+	}
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return fmt.Errorf("tls_cert %s, tls_key %s: %w", c.certFile, c.keyFile, err)
 	}
 	c.mu.Lock()
 	c.cert = &cert

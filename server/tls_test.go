@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -104,5 +105,39 @@ func TestCertReloaderKeepsCertOnBadFiles(t *testing.T) {
 	}
 	if _, err := newCertReloader(filepath.Join(dir, "none"), keyFile); err == nil {
 		t.Fatal("a missing certificate was accepted")
+	}
+}
+
+// New loads the TLS pair, so that a server that cannot serve HTTPS fails
+// before it listens: a key that does not match its certificate, or a
+// missing file, is named in the error.
+func TestNewFailsOnBadTLSPair(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	otherCert, otherKey := filepath.Join(dir, "other-cert.pem"), filepath.Join(dir, "other-key.pem")
+	writeCert(t, certFile, keyFile, "one")
+	writeCert(t, otherCert, otherKey, "two")
+	for _, c := range []struct {
+		name, cert, key string
+		want            []string
+	}{
+		{"mismatched key", certFile, otherKey, []string{"tls_cert", certFile, otherKey, "does not match"}},
+		{"missing certificate", filepath.Join(dir, "none.pem"), keyFile, []string{"tls_cert", "none.pem"}},
+		{"missing key", certFile, filepath.Join(dir, "nokey.pem"), []string{"tls_key", "nokey.pem"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := testConfig(t)
+			cfg.TLSCert, cfg.TLSKey = c.cert, c.key
+			s, err := New(t.Context(), cfg)
+			if err == nil {
+				s.Close()
+				t.Fatal("New accepted a TLS pair that cannot serve")
+			}
+			for _, w := range c.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not name %q", err, w)
+				}
+			}
+		})
 	}
 }

@@ -1,9 +1,9 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"fmt"
-	"log/slog"
 	"maps"
 	"net"
 	"net/http"
@@ -74,8 +74,9 @@ func OpenEmbeddedStore(ctx context.Context, cfg config.Config, clean bool) (*sto
 }
 
 // proxyOptions are the proxy settings cfg makes: tag TTL, platforms,
-// concurrency, client access and the per-upstream overrides.
-func proxyOptions(cfg config.Config, m *metrics.Metrics, log *slog.Logger) ([]proxy.Option, error) {
+// concurrency, client access (auth, if not nil) and the per-upstream
+// overrides.
+func proxyOptions(cfg config.Config, m *metrics.Metrics, auth *access.File) ([]proxy.Option, error) {
 	platforms, err := oci.ParsePlatforms(cfg.Platforms)
 	if err != nil {
 		return nil, err
@@ -87,16 +88,14 @@ func proxyOptions(cfg config.Config, m *metrics.Metrics, log *slog.Logger) ([]pr
 		proxy.WithConcurrency(cfg.Concurrency),
 		proxy.WithPrefetchMaxImages(cfg.MaxJobImages),
 	}
-	if cfg.Auth.Htpasswd != "" {
-		policy, err := access.Load(cfg.Auth.Htpasswd, cfg.Auth.Admins, cfg.Auth.AnonymousPull, access.WithLogger(log))
+	if auth != nil {
+		// With users, the metrics (upstreams, repositories, traffic) are
+		// theirs unless auth.metrics opens them.
+		level, err := access.ParseLevel(cmp.Or(cfg.Auth.Metrics, "users"))
 		if err != nil {
 			return nil, err
 		}
-		level, err := access.ParseLevel(cfg.Auth.Metrics)
-		if err != nil {
-			return nil, err
-		}
-		opts = append(opts, proxy.WithAccess(policy, level))
+		opts = append(opts, proxy.WithAccess(auth, level))
 	}
 	for host, u := range cfg.AllUpstreams() {
 		var s proxy.UpstreamSettings

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"regexp"
 	"syscall"
 
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
@@ -37,9 +38,24 @@ var (
 )
 
 const (
-	blobsRoot   = "/blobs"
-	uploadsRoot = "/_uploads"
+	blobsRoot = "/blobs"
+	// uploadsRoot holds the writes in progress, under a directory only
+	// the mirror writes to (the filesystem driver's root is usually the
+	// data directory), so that removing it at start removes nothing else.
+	uploadsRoot = "/" + OwnDir + "/uploads"
+	// legacyUploadsRoot is where versions before the mirror's own
+	// directory wrote them.
+	legacyUploadsRoot = "/_uploads"
 )
+
+// OwnDir is the directory, at the root of the data directory and of a
+// store, that only the mirror writes to: its scratch space (spool,
+// uploads in progress), which it empties at start, and its marker.
+const OwnDir = ".docker-mirror"
+
+// legacyUploadName is the name older versions gave an upload in
+// legacyUploadsRoot (crypto/rand.Text: 26 base32 characters).
+var legacyUploadName = regexp.MustCompile(`^[A-Z2-7]{26}$`)
 
 // NewDriverStore returns a Store on driver.
 func NewDriverStore(driver storagedriver.StorageDriver) *DriverStore {
@@ -72,6 +88,36 @@ func (s *DriverStore) CleanUploads(ctx context.Context) error {
 		return nil
 	}
 	return err
+}
+
+// CleanLegacyUploads removes the interrupted uploads older versions left
+// in /_uploads: only the files named as they named them, and the
+// directory if that empties it. Call it only on a store the index proves
+// to be the mirror's, and when no Put is running.
+func (s *DriverStore) CleanLegacyUploads(ctx context.Context) error {
+	names, err := s.driver.List(ctx, legacyUploadsRoot)
+	if errors.As(err, new(storagedriver.PathNotFoundError)) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	kept := 0
+	for _, name := range names {
+		if !legacyUploadName.MatchString(path.Base(name)) {
+			kept++
+			continue
+		}
+		if err := s.driver.Delete(ctx, name); err != nil && !errors.As(err, new(storagedriver.PathNotFoundError)) {
+			return err
+		}
+	}
+	if kept == 0 {
+		if err := s.driver.Delete(ctx, legacyUploadsRoot); err != nil && !errors.As(err, new(storagedriver.PathNotFoundError)) {
+			return err
+		}
+	}
+	return nil
 }
 
 // blobPath is where dgst is kept. The digest has been validated by

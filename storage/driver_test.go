@@ -18,11 +18,11 @@ import (
 	"github.com/docker-mirror/docker-mirror/storage/storetest"
 )
 
-// uploadFiles lists the files left under root/_uploads.
+// uploadFiles lists the files left under the store's uploads directory.
 func uploadFiles(t *testing.T, root string) []string {
 	t.Helper()
 	var files []string
-	err := filepath.WalkDir(filepath.Join(root, "_uploads"), func(p string, d fs.DirEntry, err error) error {
+	err := filepath.WalkDir(filepath.Join(root, storage.OwnDir, "uploads"), func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
@@ -87,7 +87,7 @@ func TestOpenDriverStoreRemovesInterruptedUploads(t *testing.T) {
 	}
 
 	// Leftovers of writes interrupted by a crash.
-	uploads := filepath.Join(root, "_uploads")
+	uploads := filepath.Join(root, storage.OwnDir, "uploads")
 	for _, p := range []string{"leftover", filepath.Join("nested", "leftover")} {
 		p = filepath.Join(uploads, p)
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
@@ -117,10 +117,49 @@ func TestOpenDriverStoreRemovesInterruptedUploads(t *testing.T) {
 	openFilesystem(t, t.TempDir())
 }
 
+// Opening a store removes only the mirror's own uploads directory: a
+// _uploads directory at the root (where older versions wrote, and whose
+// name others may use) stays until CleanLegacyUploads, which removes only
+// the files named as older versions named them.
+func TestCleanLegacyUploads(t *testing.T) {
+	root := t.TempDir()
+	legacy := filepath.Join(root, "_uploads")
+	ours, theirs := filepath.Join(legacy, "ABCDEFGHIJKLMNOPQRSTUVWXYZ"), filepath.Join(legacy, "notes.txt")
+	os.MkdirAll(legacy, 0o755)
+	for _, p := range []string{ours, theirs} {
+		if err := os.WriteFile(p, []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := openFilesystem(t, root)
+	if _, err := os.Stat(ours); err != nil {
+		t.Fatalf("OpenDriverStore removed %s: %v", ours, err)
+	}
+	if err := s.CleanLegacyUploads(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(ours); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("an old upload is still there: %v", err)
+	}
+	if _, err := os.Stat(theirs); err != nil {
+		t.Errorf("a file not named as an upload was removed: %v", err)
+	}
+	os.Remove(theirs)
+	if err := s.CleanLegacyUploads(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(legacy); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the empty old uploads directory is still there: %v", err)
+	}
+	if err := s.CleanLegacyUploads(t.Context()); err != nil {
+		t.Errorf("without an old uploads directory: %v", err)
+	}
+}
+
 func TestCleanUploadsInmemory(t *testing.T) {
 	ctx := t.Context()
 	d := inmemory.New()
-	if err := d.PutContent(ctx, "/_uploads/leftover", []byte("half a blob")); err != nil {
+	if err := d.PutContent(ctx, "/"+storage.OwnDir+"/uploads/leftover", []byte("half a blob")); err != nil {
 		t.Fatal(err)
 	}
 	s := storage.NewDriverStore(d)
@@ -132,8 +171,8 @@ func TestCleanUploadsInmemory(t *testing.T) {
 	if err := s.CleanUploads(ctx); err != nil {
 		t.Fatalf("CleanUploads: %v", err)
 	}
-	if _, err := d.Stat(ctx, "/_uploads/leftover"); err == nil {
-		t.Fatal("CleanUploads kept /_uploads/leftover")
+	if _, err := d.Stat(ctx, "/"+storage.OwnDir+"/uploads/leftover"); err == nil {
+		t.Fatal("CleanUploads kept the leftover")
 	}
 	if n, err := s.Stat(ctx, "test/repo", dgst); err != nil || n != int64(len(blob)) {
 		t.Fatalf("Stat of stored blob after CleanUploads = %d, %v", n, err)

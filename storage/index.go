@@ -89,7 +89,8 @@ type FillRecord struct {
 // OpenIndex opens (creating if needed) the bbolt index at path. It fails
 // fast if another process holds it.
 func OpenIndex(path string) (*Index, error) {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+	// Short: a start on an index another process holds must fail at once.
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 500 * time.Millisecond})
 	if err != nil {
 		if errors.Is(err, berrors.ErrTimeout) {
 			return nil, fmt.Errorf("index %s: locked by another process", path)

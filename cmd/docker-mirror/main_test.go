@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/docker-mirror/docker-mirror/config"
+	"github.com/docker-mirror/docker-mirror/server"
 	"github.com/docker-mirror/docker-mirror/storage"
 )
 
@@ -100,8 +101,14 @@ func startServe(t *testing.T, cfg config.Config, hup <-chan os.Signal) (addr str
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	srv, err := server.New(ctx, cfg, server.WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		cancel()
+		ln.Close()
+		t.Fatal(err)
+	}
 	done := make(chan error)
-	go func() { done <- serve(ctx, cfg, slog.New(slog.DiscardHandler), ln, hup) }()
+	go func() { done <- serve(ctx, srv, ln, hup) }()
 	stopped := false
 	var result error
 	stop = func() error {

@@ -78,6 +78,7 @@ func mirrorImages(ctx context.Context, cfg config.Config, log *slog.Logger, imag
 	}
 	defer os.RemoveAll(tmp)
 	cfg.Data = tmp
+	cfg.TLSCert, cfg.TLSKey = "", "" // no server: a serve config's certificate is not needed
 	srv, err := server.New(ctx, cfg, server.WithLogger(log))
 	if err != nil {
 		return nil, err

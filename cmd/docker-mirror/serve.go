@@ -28,15 +28,24 @@ func serveCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return exitUsage
 	}
 	log := newLogger(cfg, stderr)
+	// Whatever can fail the start (the TLS pair, the data directory, the
+	// index, the htpasswd file, the port) fails before the server
+	// answers, each with one line and exit 1: nothing listens silently.
+	srv, err := server.New(ctx, cfg, server.WithLogger(log), server.WithVersion(versionString()))
+	if err != nil {
+		fmt.Fprintf(stderr, "docker-mirror serve: %v\n", err)
+		return 1
+	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
-		log.Error("cannot listen", "listen", cfg.Listen, "error", err)
+		srv.Close()
+		fmt.Fprintf(stderr, "docker-mirror serve: %v\n", err) // net.Listen names the address
 		return 1
 	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	if err := serve(ctx, cfg, log, ln, hup); err != nil {
+	if err := serve(ctx, srv, ln, hup); err != nil {
 		log.Error("docker-mirror stopped", "error", err)
 		return 1
 	}
@@ -53,14 +62,9 @@ func newLogger(cfg config.Config, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-// serve runs docker-mirror as cfg describes on ln until ctx ends, then
-// shuts down gracefully. A signal on hup (SIGHUP) reloads the TLS
-// certificate.
-func serve(ctx context.Context, cfg config.Config, log *slog.Logger, ln net.Listener, hup <-chan os.Signal) error {
-	srv, err := server.New(ctx, cfg, server.WithLogger(log), server.WithVersion(versionString()))
-	if err != nil {
-		ln.Close()
-		return err
-	}
+// serve runs srv on ln until ctx ends, then shuts down gracefully and
+// closes srv. A signal on hup (SIGHUP) reloads the TLS certificate and
+// the htpasswd file.
+func serve(ctx context.Context, srv *server.Server, ln net.Listener, hup <-chan os.Signal) error {
 	return errors.Join(srv.Serve(ctx, ln, hup), srv.Close())
 }

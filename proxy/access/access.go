@@ -128,6 +128,11 @@ func Load(htpasswd string, admins []string, anonymousPull bool, opts ...Option) 
 		if !ok || user == "" || !strings.HasPrefix(hash, "$2") {
 			return nil, fmt.Errorf("auth.htpasswd: %s line %d: want user:bcrypt-hash (htpasswd -B)", htpasswd, n)
 		}
+		// A malformed hash (truncated, a bad cost) is refused here rather
+		// than failing every login of its user.
+		if _, err := bcrypt.Cost([]byte(hash)); err != nil {
+			return nil, fmt.Errorf("auth.htpasswd: %s line %d: user %q: malformed bcrypt hash (%v)", htpasswd, n, user, err)
+		}
 		p.users[user] = []byte(hash)
 	}
 	if err := sc.Err(); err != nil {

@@ -3,6 +3,7 @@ package upstream
 import (
 	"errors"
 	"fmt"
+	"regexp"
 )
 
 // Sentinels wrapped by every *Error, so callers can branch with errors.Is.
@@ -74,7 +75,25 @@ func (e *Error) Temporary() bool { return errors.Is(e.err, ErrUnavailable) }
 func (c *Client) newError(kind Kind, what string, status int, sentinel, cause error, format string, args ...any) *Error {
 	err := sentinel
 	if cause != nil {
-		err = fmt.Errorf("%w: %w", sentinel, cause)
+		err = fmt.Errorf("%w: %w", sentinel, redacted{cause})
 	}
 	return &Error{Host: c.host, Kind: kind, What: what, Status: status, Reason: fmt.Sprintf(format, args...), err: err}
 }
+
+// redacted is a cause whose message shows no URL's userinfo or query: a
+// blob redirected to a signed URL (S3, a CDN) carries a token in its query,
+// and these messages end up in logs and in answers to clients. The cause
+// itself stays reachable with errors.As.
+type redacted struct{ err error }
+
+func (r redacted) Error() string {
+	s := urlUserinfo.ReplaceAllString(r.err.Error(), "${1}xxxxx@")
+	return urlQuery.ReplaceAllString(s, "${1}?xxxxx")
+}
+
+func (r redacted) Unwrap() error { return r.err }
+
+var (
+	urlUserinfo = regexp.MustCompile(`(://)[^/\s"'@]*@`)
+	urlQuery    = regexp.MustCompile(`(://[^\s"'?#]*)\?[^\s"'#]*`)
+)

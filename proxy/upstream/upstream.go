@@ -121,7 +121,9 @@ func WithKeychain(kc authn.Keychain) Option { return func(c *Client) { c.keychai
 func New(host, rawURL string, opts ...Option) (*Client, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("upstream %s: invalid URL %q", host, rawURL)
+		// Not echoed: it may hold credentials (the configuration names
+		// what is wrong with it).
+		return nil, fmt.Errorf("upstream %s: invalid URL (want http[s]://HOST[:PORT])", host)
 	}
 	var nopts []name.Option
 	if u.Scheme == "http" {

@@ -23,6 +23,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/docker-mirror/docker-mirror/storage"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
 )
 
@@ -318,6 +319,10 @@ func (c *checker) counts() (verified, cut int) {
 	return c.verified, c.cut
 }
 
+// ownDir is the mirror's scratch space in its data directory: the spool
+// and the store's uploads in progress.
+const ownDir = storage.OwnDir
+
 // snapshot is what a stopped proxy left in its data directory.
 type snapshot struct {
 	stored    map[string]int64  // store files: digest -> size (each verified)
@@ -326,7 +331,7 @@ type snapshot struct {
 	tags      map[string]string // index: "host/repo:tag" -> digest
 	complete  []string          // index: manifests mirrored completely
 	partial   []string          // index: manifests whose mirror is unfinished
-	leftovers []string          // files in DIR/tmp and DIR/_uploads
+	leftovers []string          // files in the spool and the store's uploads (DIR/.docker-mirror)
 }
 
 // inspect examines the data directory of a proxy that is not running:
@@ -367,7 +372,7 @@ func inspect(t testing.TB, data string, cat *catalog) *snapshot {
 		t.Fatalf("walking the store: %v", err)
 	}
 
-	for _, dir := range []string{"tmp", "_uploads"} {
+	for _, dir := range []string{ownDir + "/spool", ownDir + "/uploads"} {
 		_ = filepath.WalkDir(filepath.Join(data, dir), func(path string, d fs.DirEntry, err error) error {
 			if err == nil && !d.IsDir() {
 				s.leftovers = append(s.leftovers, path)

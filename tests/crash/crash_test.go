@@ -44,7 +44,7 @@ var crashThrottle = fixture.Throttle{BytesPerSec: 1 << 20, Latency: 2 * time.Mil
 // upstream's progress, and restarts it on the same data directory.
 //
 // Each round checks: the leftovers of the previous kill (spool files in
-// DIR/tmp, store uploads in DIR/_uploads) are gone once the proxy is
+// DIR/.docker-mirror/spool, store uploads in DIR/.docker-mirror/uploads) are gone once the proxy is
 // ready; everything the index named at the kill is served from the store,
 // whole and correct; every answer of the round is the requested content's
 // exact bytes (digest, or the upstream's digest for a tag), a cut body
@@ -210,7 +210,7 @@ func seedRound(t *testing.T, up *fixture.Upstream, cat *catalog, round int) []*i
 // proxy was downloading (it holds that byte back until it has verified the
 // download, then stores it); with stores, as soon as the proxy begins to
 // copy its stores-th manifest or blob into its store (inotify on
-// DIR/_uploads), so that the kill lands in the middle of the copy.
+// DIR/.docker-mirror/uploads), so that the kill lands in the middle of the copy.
 type trigger struct {
 	bytes  int64
 	gets   int
@@ -356,7 +356,7 @@ func crashRound(t *testing.T, round int, rng *rand.Rand, up *fixture.Upstream, c
 	verified, cut := c.counts()
 	uploads := 0
 	for _, l := range s.leftovers {
-		if strings.Contains(filepath.ToSlash(l), "/_uploads/") {
+		if strings.Contains(filepath.ToSlash(l), "/"+ownDir+"/uploads/") {
 			uploads++
 		}
 	}

@@ -148,7 +148,7 @@ func tryStart(t testing.TB, bin, logDir, data, upstream string, extra []string) 
 		tr.CloseIdleConnections()
 	})
 	if err := p.waitReady(30 * time.Second); err != nil {
-		if strings.Contains(p.log(), "cannot listen") {
+		if strings.Contains(p.log(), "address already in use") {
 			return nil, fmt.Errorf("%w: %v", errListen, err)
 		}
 		return nil, fmt.Errorf("%v\nlog:\n%s", err, p.log())

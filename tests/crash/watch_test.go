@@ -23,17 +23,17 @@ func dieWithParent(cmd *exec.Cmd) {
 
 // storeWatch tells, through inotify, when the proxy is in the middle of
 // writing content into its store: writes go to a temporary file in
-// DIR/_uploads (created by the first write after a start) before it is
+// DIR/.docker-mirror/uploads (created by the first write after a start) before it is
 // verified and moved into place. A SIGKILL at that moment checks that a
 // half-written file is never taken for content.
 type storeWatch struct {
 	f       *os.File
 	data    string
-	files   int // files to be created in DIR/_uploads before fire
+	files   int // files to be created in the uploads directory before fire
 	fire    chan struct{}
 	done    chan struct{}
 	mu      sync.Mutex
-	uploads int32 // watch descriptor of DIR/_uploads, -1 until watched
+	uploads int32 // watch descriptor of the uploads directory, -1 until watched
 	created int
 }
 
@@ -47,7 +47,8 @@ func watchStore(data string, files int) (*storeWatch, error) {
 	}
 	w := &storeWatch{f: os.NewFile(uintptr(fd), "inotify"), data: data, files: files,
 		fire: make(chan struct{}, 1), done: make(chan struct{}), uploads: -1}
-	if _, err := syscall.InotifyAddWatch(fd, data, syscall.IN_CREATE|syscall.IN_ONLYDIR); err != nil {
+	// The mirror's own directory exists once it has started.
+	if _, err := syscall.InotifyAddWatch(fd, filepath.Join(data, ownDir), syscall.IN_CREATE|syscall.IN_ONLYDIR); err != nil {
 		w.f.Close()
 		return nil, err
 	}
@@ -60,7 +61,7 @@ func watchStore(data string, files int) (*storeWatch, error) {
 }
 
 func (w *storeWatch) watchUploads() error {
-	wd, err := syscall.InotifyAddWatch(int(w.f.Fd()), filepath.Join(w.data, "_uploads"), syscall.IN_CREATE|syscall.IN_ONLYDIR)
+	wd, err := syscall.InotifyAddWatch(int(w.f.Fd()), filepath.Join(w.data, ownDir, "uploads"), syscall.IN_CREATE|syscall.IN_ONLYDIR)
 	if err != nil {
 		return err
 	}
@@ -87,7 +88,7 @@ func (w *storeWatch) run() {
 			uploads := w.uploads
 			w.mu.Unlock()
 			switch {
-			case ev.Mask&syscall.IN_CREATE != 0 && name == "_uploads" && uploads < 0:
+			case ev.Mask&syscall.IN_CREATE != 0 && name == "uploads" && uploads < 0:
 				_ = w.watchUploads()
 			case ev.Wd == uploads && ev.Mask&syscall.IN_CREATE != 0:
 				w.created++

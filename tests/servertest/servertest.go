@@ -160,6 +160,9 @@ func (m *Server) start() {
 // Host is the mirror's "127.0.0.1:PORT".
 func (m *Server) Host() string { return m.http.Listener.Addr().String() }
 
+// Dir is the mirror's data directory.
+func (m *Server) Dir() string { return m.dir }
+
 // URL is the mirror's "http://127.0.0.1:PORT".
 func (m *Server) URL() string { return m.http.URL }
 

@@ -1,0 +1,132 @@
+package main
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/docker-mirror/docker-mirror/storage"
+)
+
+// writePair writes a self-signed certificate and its key.
+func writePair(t *testing.T, certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "mirror"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Every start-up error ends serve at once: exit 1 and one line on stderr
+// naming the problem (no log line first, no serving, no hang): a TLS key
+// that does not match its certificate, a missing certificate, a busy
+// port, a data directory that cannot be used, an index held by another
+// process, a missing htpasswd file.
+func TestStartErrorsExitOneWithOneLine(t *testing.T) {
+	dir := t.TempDir()
+	cert, key := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	otherCert, otherKey := filepath.Join(dir, "other-cert.pem"), filepath.Join(dir, "other-key.pem")
+	writePair(t, cert, key)
+	writePair(t, otherCert, otherKey)
+
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+
+	notADir := filepath.Join(dir, "file")
+	os.WriteFile(notADir, []byte("not a directory"), 0o644)
+	foreign := filepath.Join(dir, "foreign")
+	os.MkdirAll(foreign, 0o755)
+	os.WriteFile(filepath.Join(foreign, "notes.txt"), []byte("someone else's"), 0o644)
+	locked := filepath.Join(dir, "locked")
+	os.MkdirAll(locked, 0o755)
+	ix, err := storage.OpenIndex(filepath.Join(locked, "index.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ix.Close()
+
+	data := func() string { return filepath.Join(t.TempDir(), "data") }
+	cases := []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"mismatched key", []string{"--tls-cert", cert, "--tls-key", otherKey}, []string{"tls_cert", cert, otherKey, "does not match"}},
+		{"missing certificate", []string{"--tls-cert", filepath.Join(dir, "none.pem"), "--tls-key", key}, []string{"tls_cert", "none.pem"}},
+		{"busy port", []string{"--listen", busy.Addr().String()}, []string{"listen", busy.Addr().String(), "in use"}},
+		{"data is a file", []string{"--data", notADir}, []string{"data directory", notADir}},
+		{"foreign data", []string{"--data", foreign}, []string{"data directory", foreign, "empty"}},
+		{"index locked", []string{"--data", locked}, []string{"index", "another process"}},
+		{"missing htpasswd", []string{"--config", writeConfig(t, "auth:\n  htpasswd: "+filepath.Join(dir, "nohtpasswd")+"\n")}, []string{"auth.htpasswd", "nohtpasswd"}},
+	}
+	if os.Geteuid() != 0 { // root reads any directory
+		unreadable := filepath.Join(dir, "unreadable")
+		os.MkdirAll(unreadable, 0o755)
+		os.WriteFile(filepath.Join(unreadable, "index.db"), nil, 0o600)
+		os.Chmod(unreadable, 0)
+		t.Cleanup(func() { os.Chmod(unreadable, 0o755) })
+		cases = append(cases, struct {
+			name string
+			args []string
+			want []string
+		}{"unreadable data", []string{"--data", unreadable}, []string{unreadable, "permission denied"}})
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			args := append([]string{"serve", "--listen", "127.0.0.1:0", "--data", data(), "--upstream", "http://127.0.0.1:1"}, c.args...)
+			code, _, stderr := runCmd(t, context.Background(), args...)
+			if code != 1 {
+				t.Errorf("exit %d, want 1 (stderr %q)", code, stderr)
+			}
+			line := strings.TrimSpace(stderr)
+			if strings.Contains(line, "\n") || !strings.HasPrefix(line, "docker-mirror serve: ") {
+				t.Errorf("want one line \"docker-mirror serve: ...\", got %q", stderr)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(line, w) {
+					t.Errorf("%q does not name %q", line, w)
+				}
+			}
+		})
+	}
+}
+
+// writeConfig writes a configuration file and returns its path.
+func writeConfig(t *testing.T, text string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
