@@ -48,6 +48,9 @@ type Proxy struct {
 	// fetches bounds the background fill's parallel upstream fetches.
 	fetches     *semaphore.Weighted
 	fillTimeout time.Duration
+	// maxBlobSize bounds one blob download (and its spool file) when no
+	// manifest declares the blob's size.
+	maxBlobSize int64
 	// manifestTimeout bounds one upstream manifest request.
 	manifestTimeout time.Duration
 
@@ -156,6 +159,12 @@ func WithSpoolDir(dir string) Option { return func(p *Proxy) { p.blobs.dir = dir
 // that started it hangs up (default 1h).
 func WithFillTimeout(d time.Duration) Option { return func(p *Proxy) { p.fillTimeout = d } }
 
+// WithMaxBlobSize sets the largest blob downloaded (default
+// DefaultMaxBlobSize): an upstream that says or sends more is cut off and
+// nothing is kept. A layer a manifest lists is also held to the size the
+// manifest declares.
+func WithMaxBlobSize(n int64) Option { return func(p *Proxy) { p.maxBlobSize = n } }
+
 // New returns a proxy serving from store and index, filling from the given
 // upstreams, keyed by the host clients name them with. docker.io must be
 // among them.
@@ -170,6 +179,7 @@ func New(store storage.Store, index *storage.Index, upstreams []*upstream.Client
 		platforms:       []oci.Platform{{OS: "linux", Architecture: "*"}},
 		fetches:         semaphore.NewWeighted(4),
 		fillTimeout:     time.Hour,
+		maxBlobSize:     DefaultMaxBlobSize,
 		manifestTimeout: time.Minute,
 		blobs:           newDownloads(),
 		fills:           newFillQueue(),
