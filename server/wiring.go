@@ -70,7 +70,7 @@ func OpenEmbeddedStore(ctx context.Context, cfg config.Config, clean bool) (*sto
 }
 
 // proxyOptions are the proxy settings cfg makes: tag TTL, platforms,
-// concurrency, client access and the per-upstream overrides.
+// concurrency, the blob size limit, client access and the per-upstream overrides.
 func proxyOptions(cfg config.Config, m *metrics.Metrics) ([]proxy.Option, error) {
 	platforms, err := oci.ParsePlatforms(cfg.Platforms)
 	if err != nil {
@@ -81,6 +81,7 @@ func proxyOptions(cfg config.Config, m *metrics.Metrics) ([]proxy.Option, error)
 		proxy.WithTagTTL(time.Duration(cfg.TagTTL)),
 		proxy.WithPlatforms(platforms),
 		proxy.WithConcurrency(cfg.Concurrency),
+		proxy.WithMaxBlobSize(int64(cfg.MaxBlobSize)),
 	}
 	if cfg.Auth.Htpasswd != "" {
 		policy, err := access.Load(cfg.Auth.Htpasswd, cfg.Auth.Admins, cfg.Auth.AnonymousPull)
