@@ -66,7 +66,7 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 		if size > p.maxBlobSize {
-			return p.tooLarge(t, &download{dgst: dgst, limit: p.maxBlobSize}, size)
+			return tooLarge(t.host(), dgst, p.maxBlobSize, false, size)
 		}
 		return serveBlob(w, r, dgst, size, nil)
 	}

@@ -115,17 +115,16 @@ func (dl *download) error() error {
 }
 
 // wait waits until the download has finished (stored or failed). A waiter
-// that knows the blob's size from a manifest (max >= 0) stops waiting, with
+// that knows the blob's size from a manifest (declared >= 0) stops waiting, with
 // an error, as soon as the upstream says or sends more: that is not the
 // blob the manifest lists.
-func (dl *download) wait(ctx context.Context, max int64) error {
+func (dl *download) wait(ctx context.Context, declared int64) error {
 	for {
 		dl.mu.Lock()
 		size, written, ch := dl.size, dl.written, dl.changed
 		dl.mu.Unlock()
-		if max >= 0 && (size > max || written > max) {
-			return errcode.Wrap(errcode.Unavailable, upstream.ErrInvalid,
-				"upstream %s: blob %s is larger than the %d bytes its manifest declares", dl.t.host(), dl.dgst, max).WithStatus(http.StatusBadGateway)
+		if declared >= 0 && (size > declared || written > declared) {
+			return tooLarge(dl.t.host(), dl.dgst, declared, true, max(size, written))
 		}
 		select {
 		case <-dl.finished:
@@ -359,15 +358,24 @@ func (p *Proxy) storeSpooled(ctx context.Context, t target, dl *download, f *os.
 	return p.store.Put(ctx, t.storeRepo(), dl.dgst, size, f)
 }
 
-// tooLarge is the error of a download whose upstream says or sends more
-// than the download's limit (at least n bytes).
-func (p *Proxy) tooLarge(t target, dl *download, n int64) error {
+// tooLarge is the error of a blob dgst from host that is said or sent to
+// be at least n bytes, over limit: the size a manifest declared for it
+// (declared), which means the upstream does not serve what it lists, or
+// else the mirror's max_blob_size, which the mirror refuses to spool.
+func tooLarge(host string, dgst digest.Digest, limit int64, declared bool, n int64) error {
+	if declared {
+		return errcode.Wrap(errcode.Unavailable, upstream.ErrInvalid,
+			"upstream %s: blob %s is larger than the %d bytes its manifest declares (at least %d)", host, dgst, limit, n).WithStatus(http.StatusBadGateway)
+	}
+	return errcode.New(errcode.Denied, "blob %s is larger than this mirror's max_blob_size of %d bytes (at least %d)", dgst, limit, n)
+}
+
+// countOversized counts a blob larger than its manifest declares as an
+// upstream error; one over max_blob_size is the mirror's own refusal.
+func (p *Proxy) countOversized(t target, dl *download) {
 	if dl.declared {
 		p.metrics.UpstreamErrors.WithLabelValues(t.host(), "size").Inc()
-		return errcode.Wrap(errcode.Unavailable, upstream.ErrInvalid,
-			"upstream %s: blob %s is larger than the %d bytes its manifest declares (at least %d)", t.host(), dl.dgst, dl.limit, n).WithStatus(http.StatusBadGateway)
 	}
-	return errcode.New(errcode.Denied, "blob %s is larger than this mirror's max_blob_size of %d bytes (at least %d)", dl.dgst, dl.limit, n)
 }
 
 // runDownload streams a blob from the upstream into its spool file, hashing
@@ -411,7 +419,8 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 	}
 	defer func() { body.Close() }()
 	if size > dl.limit {
-		fail(p.tooLarge(t, dl, size))
+		p.countOversized(t, dl)
+		fail(tooLarge(t.host(), dl.dgst, dl.limit, dl.declared, size))
 		return
 	}
 	dl.update(func() { dl.started, dl.size = true, size })
@@ -423,7 +432,8 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 		m, rerr := body.Read(buf)
 		if n+int64(m) > dl.limit {
 			// Never spooled: an endless or oversized body stops here.
-			fail(p.tooLarge(t, dl, n+int64(m)))
+			p.countOversized(t, dl)
+			fail(tooLarge(t.host(), dl.dgst, dl.limit, dl.declared, n+int64(m)))
 			return
 		}
 		if m > 0 {

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -95,4 +96,32 @@ func TestDownloadCancelledWhenTheLastTakerLeaves(t *testing.T) {
 	recv(started, "the new download never reached the upstream")
 	leave()
 	recv(ended, "the second download was not cancelled either")
+}
+
+// A fill that knows a blob's size from its manifest stops waiting for a
+// shared download as soon as the upstream says or sends more: the error
+// says so, and the download itself is left to whoever else wants it.
+func TestWaitRefusesMoreThanDeclared(t *testing.T) {
+	up, err := upstream.New(DefaultHost, "http://127.0.0.1:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name          string
+		size, written int64
+	}{
+		{"said", 6, 0},
+		{"sent", -1, 5},
+	} {
+		dl, _ := newTestDownload(t)
+		dl.t = target{up: up, repo: "library/x"}
+		dl.update(func() { dl.size, dl.written = tc.size, tc.written })
+		err := dl.wait(readCtx(t), 4)
+		if !errors.Is(err, upstream.ErrInvalid) || !strings.Contains(err.Error(), "4 bytes its manifest declares") {
+			t.Errorf("%s: wait = %v; want the declared size refused", tc.name, err)
+		}
+		if err := dl.error(); err != nil {
+			t.Errorf("%s: the download itself failed: %v", tc.name, err)
+		}
+	}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"sort"
 	"strings"
 	"sync"
@@ -14,7 +13,6 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/docker-mirror/docker-mirror/oci"
-	"github.com/docker-mirror/docker-mirror/proxy/errcode"
 	"github.com/docker-mirror/docker-mirror/storage"
 )
 
@@ -347,8 +345,7 @@ func (p *Proxy) ensureBlob(ctx context.Context, t target, dgst digest.Digest, si
 // upstreams gave us, t's upstream is asked (a HEAD) first.
 func (p *Proxy) adoptListed(ctx context.Context, t target, dgst digest.Digest, stored, declared int64) error {
 	if declared >= 0 && stored > declared {
-		return errcode.New(errcode.Unavailable, "upstream %s: blob %s is %d bytes, larger than the %d bytes its manifest declares", t.host(), dgst, stored, declared).
-			WithStatus(http.StatusBadGateway)
+		return tooLarge(t.host(), dgst, declared, true, stored)
 	}
 	ok, err := p.linkedIn(t.host(), dgst)
 	if err != nil {

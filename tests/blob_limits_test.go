@@ -112,6 +112,9 @@ func TestOversizedBlobCutAtTheLimit(t *testing.T) {
 			}
 			if tc.length >= 0 {
 				wantError(t, r, http.StatusForbidden, "DENIED")
+				if h := do(t, http.MethodHead, m.URL()+"/v2/library/endless/blobs/"+dgst, nil); h.status != http.StatusForbidden {
+					t.Errorf("HEAD of a blob over the limit: status %d, want 403", h.status)
+				}
 			}
 			m.WaitIdle()
 			read := upstreamBytes(t, m)
