@@ -220,6 +220,16 @@ func (p *Proxy) Close() {
 	_ = p.work.wait(context.Background())
 }
 
+// closing reports whether Close has been called.
+func (p *Proxy) closing() bool {
+	select {
+	case <-p.stop:
+		return true
+	default:
+		return false
+	}
+}
+
 // detach returns a context for work that must outlive the request that
 // started it (a fill that other clients share, background fill): it
 // keeps ctx's values, is not cancelled with it, and ends on Close or after
