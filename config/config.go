@@ -76,6 +76,10 @@ type Config struct {
 	// MaxSize, if > 0, is the size the embedded store is kept under by
 	// evicting the least recently pulled images.
 	MaxSize Size `yaml:"max_size,omitempty"`
+	// MaxBlobSize bounds one blob download (and its spool file) whose size
+	// no manifest declares: an upstream that says or sends more is cut off
+	// and nothing is kept.
+	MaxBlobSize Size `yaml:"max_blob_size"`
 	// EvictAfter, if > 0, evicts images not pulled for that long.
 	EvictAfter Duration `yaml:"evict_after,omitempty"`
 	// Destination, if its URL is set, is the registry mirrored content is
@@ -250,8 +254,14 @@ func Default() Config {
 		HeaderTimeout:   Duration(10 * time.Second),
 		LogFormat:       "text",
 		LogLevel:        "info",
+		MaxBlobSize:     DefaultMaxBlobSize,
 	}
 }
+
+// DefaultMaxBlobSize is the default of max_blob_size: larger than any
+// layer a registry commonly serves, small enough that one endless upstream
+// body cannot fill the disk.
+const DefaultMaxBlobSize Size = 20 << 30
 
 // Parse reads a YAML configuration on top of Default(). Unknown keys are
 // errors, so a typo is reported instead of silently ignored; every error
@@ -614,6 +624,9 @@ func (c Config) Validate() error {
 		if err := validateDestination(c.Destination.URL); err != nil {
 			return fmt.Errorf("destination: %w", err)
 		}
+	}
+	if c.MaxBlobSize <= 0 {
+		return fmt.Errorf("max_blob_size: must be positive, got %d", c.MaxBlobSize)
 	}
 	if c.EvictAfter < 0 {
 		return fmt.Errorf("evict_after: must not be negative, got %q", c.EvictAfter)

@@ -95,6 +95,7 @@ func TestParseFull(t *testing.T) {
 		LogFormat:       "json",
 		LogLevel:        "debug",
 		Storage:         map[string]map[string]any{"inmemory": {}},
+		MaxBlobSize:     config.DefaultMaxBlobSize,
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Fatalf("Parse(full) =\n%+v\nwant\n%+v", c, want)
@@ -233,6 +234,9 @@ func TestBadValues(t *testing.T) {
 		{"platforms", `platforms: [/amd64]`, `"/amd64"`},
 		{"platforms", `platforms: [linux/]`, `"linux/"`},
 		{"platforms", `platforms: [[linux/amd64]]`, `[[linux/amd64]]`},
+		{"max_blob_size", `max_blob_size: 0`, `0`},
+		{"max_blob_size", `max_blob_size: lots`, `"lots"`},
+		{"max_blob_size", `max_blob_size: -1GiB`, `"-1GiB"`},
 		{"concurrency", `concurrency: 0`, `0`},
 		{"concurrency", `concurrency: -3`, `-3`},
 		{"concurrency", `concurrency: 257`, `257`},
@@ -496,6 +500,8 @@ func TestResolveErrors(t *testing.T) {
 		{args: []string{"--data", ""}, want: []string{"data", `""`}},
 		{args: []string{"--platform", "LINUX"}, want: []string{"platform", `"LINUX"`}},
 		{env: map[string]string{"DOCKER_MIRROR_LOG_LEVEL": "loud"}, want: []string{"log_level", `"loud"`}},
+		{args: []string{"--max-blob-size", "big"}, want: []string{"--max-blob-size", `"big"`}},
+		{env: map[string]string{"DOCKER_MIRROR_MAX_BLOB_SIZE": "0"}, want: []string{"max_blob_size", "0"}},
 		// An environment variable fixes a bad flag: only the result counts.
 		{args: []string{"--log-level", "trace"}, env: map[string]string{"DOCKER_MIRROR_LOG_LEVEL": "info"}},
 	} {
@@ -549,7 +555,7 @@ func TestBindFlags(t *testing.T) {
 	config.Bind(fs)
 	var names []string
 	fs.VisitAll(func(f *flag.Flag) { names = append(names, f.Name) })
-	want := []string{"concurrency", "config", "data", "destination", "evict-after", "header-timeout", "listen", "log-format", "log-level", "max-size", "platform", "prefetch-max-images", "shutdown-timeout", "tag-ttl", "tls-cert", "tls-key", "upstream", "upstream-timeout"}
+	want := []string{"concurrency", "config", "data", "destination", "evict-after", "header-timeout", "listen", "log-format", "log-level", "max-blob-size", "max-size", "platform", "prefetch-max-images", "shutdown-timeout", "tag-ttl", "tls-cert", "tls-key", "upstream", "upstream-timeout"}
 	if !slices.Equal(names, want) {
 		t.Fatalf("flags = %q, want %q", names, want)
 	}
@@ -801,6 +807,27 @@ func TestPrefetchMaxImages(t *testing.T) {
 			if !strings.Contains(err.Error(), w) {
 				t.Errorf("%v %v: error %q does not name %s", tc.args, tc.env, err, w)
 			}
+		}
+	}
+}
+
+// max_blob_size comes from the file, the flag or the environment, as a
+// size; its default is 20GiB.
+func TestMaxBlobSize(t *testing.T) {
+	if c := mustResolve(t, nil, nil); c.MaxBlobSize != 20<<30 {
+		t.Errorf("default max_blob_size = %d, want 20GiB", c.MaxBlobSize)
+	}
+	for _, tt := range []struct {
+		args []string
+		env  map[string]string
+		want config.Size
+	}{
+		{args: []string{"--config", writeFile(t, "max_blob_size: 2GiB\n")}, want: 2 << 30},
+		{args: []string{"--max-blob-size", "1GiB"}, want: 1 << 30},
+		{args: []string{"--max-blob-size", "1GiB"}, env: map[string]string{"DOCKER_MIRROR_MAX_BLOB_SIZE": "512MB"}, want: 512e6},
+	} {
+		if c := mustResolve(t, tt.args, tt.env); c.MaxBlobSize != tt.want {
+			t.Errorf("%q %v: max_blob_size = %d, want %d", tt.args, tt.env, c.MaxBlobSize, tt.want)
 		}
 	}
 }

@@ -86,6 +86,11 @@ var keys = []key{
 		c.MaxSize = z
 		return err
 	})},
+	{name: "max_blob_size", usage: "largest blob downloaded when no manifest declares its size, e.g. 20GiB; an upstream that sends more is cut off", set: one(func(c *Config, v string) error {
+		z, err := ParseSize(v)
+		c.MaxBlobSize = z
+		return err
+	})},
 	{name: "evict_after", usage: "evict images not pulled for this long, e.g. 720h (0: never)", set: durationKey(func(c *Config) *Duration { return &c.EvictAfter })},
 	{name: "tls_cert", usage: "TLS certificate file (PEM) to serve HTTPS; SIGHUP reloads it", set: stringKey(func(c *Config) *string { return &c.TLSCert })},
 	{name: "tls_key", usage: "TLS private key file (PEM)", set: stringKey(func(c *Config) *string { return &c.TLSKey })},
@@ -136,7 +141,7 @@ func defaultStrings() map[string]string {
 	return map[string]string{
 		"listen": d.Listen, "data": d.Data, "upstream": d.Upstream, "upstream_timeout": d.UpstreamTimeout.String(), "tag_ttl": d.TagTTL.String(),
 		"platform": strings.Join(d.Platforms, ","), "concurrency": strconv.Itoa(d.Concurrency), "prefetch_max_images": strconv.Itoa(d.MaxJobImages),
-		"shutdown_timeout": d.ShutdownTimeout.String(), "header_timeout": d.HeaderTimeout.String(), "log_format": d.LogFormat, "log_level": d.LogLevel, "destination": "none", "tls_cert": "none", "tls_key": "none", "max_size": "0", "evict_after": "0",
+		"shutdown_timeout": d.ShutdownTimeout.String(), "header_timeout": d.HeaderTimeout.String(), "log_format": d.LogFormat, "log_level": d.LogLevel, "destination": "none", "tls_cert": "none", "tls_key": "none", "max_size": "0", "evict_after": "0", "max_blob_size": "20GiB",
 	}
 }
 

@@ -33,7 +33,7 @@ type Metrics struct {
 	// UpstreamBytes counts body bytes received from each upstream.
 	UpstreamBytes *prometheus.CounterVec
 	// UpstreamErrors counts failed upstream requests by upstream and
-	// reason (network, status, digest).
+	// reason (network, status, digest, size).
 	UpstreamErrors *prometheus.CounterVec
 	// RateLimitRemaining and RateLimitLimit are the upstream's last
 	// ratelimit-remaining and ratelimit-limit headers (Docker Hub).
@@ -71,7 +71,7 @@ func New() *Metrics {
 			Name: "docker_mirror_upstream_bytes_total", Help: "Body bytes received from each upstream.",
 		}, []string{"upstream"}),
 		UpstreamErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "docker_mirror_upstream_errors_total", Help: "Failed upstream requests by upstream and reason (network, status, digest).",
+			Name: "docker_mirror_upstream_errors_total", Help: "Failed upstream requests by upstream and reason (network, status, digest, size).",
 		}, []string{"upstream", "reason"}),
 		RateLimitRemaining: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "docker_mirror_upstream_ratelimit_remaining", Help: "The upstream's last ratelimit-remaining header.",

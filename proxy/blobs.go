@@ -65,30 +65,50 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return err
 		}
+		if size > p.maxBlobSize {
+			return tooLarge(t.host(), dgst, p.maxBlobSize, false, size)
+		}
 		return serveBlob(w, r, dgst, size, nil)
 	}
-	dl, stored, err := p.startBlob(ctx, t, dgst)
+	dl, leave, stored, err := p.startBlob(ctx, t, dgst, blobWant{size: -1})
 	if err != nil {
 		return err
 	}
-	if !stored {
-		size, err := dl.waitStarted(ctx)
+	if stored {
+		// Stored meanwhile, maybe for another repository: served only as
+		// any stored blob is.
+		size, ok, err := p.storedBlob(ctx, t, dgst)
 		if err != nil {
 			return err
 		}
-		err = serveBlob(w, r, dgst, size, func(off int64) (io.ReadCloser, error) { return dl.open(ctx, off) })
-		if !errors.Is(err, fs.ErrNotExist) {
-			return err
+		if !ok {
+			return fmt.Errorf("blob %s: %w", dgst, storage.ErrNotFound)
 		}
-		// The download finished between starting and opening it.
-		select {
-		case <-dl.finished:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+		return serveBlob(w, r, dgst, size, func(off int64) (io.ReadCloser, error) { return p.store.Open(ctx, t.storeRepo(), dgst, off) })
+	}
+	// This client reads the download: once it stops (done or gone) and
+	// nobody else does, the download is cancelled.
+	defer leave()
+	size, err = dl.waitStarted(ctx)
+	if err != nil {
+		return err
+	}
+	err = serveBlob(w, r, dgst, size, func(off int64) (io.ReadCloser, error) { return dl.open(ctx, off) })
+	if !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	// The download finished between starting and opening it (t shares it,
+	// so t may have what it stored).
+	select {
+	case <-dl.finished:
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 	size, err = p.store.Stat(ctx, t.storeRepo(), dgst)
 	if err != nil {
+		if derr := dl.error(); derr != nil {
+			return derr
+		}
 		return fmt.Errorf("blob %s: %w", dgst, err)
 	}
 	return serveBlob(w, r, dgst, size, func(off int64) (io.ReadCloser, error) { return p.store.Open(ctx, t.storeRepo(), dgst, off) })

@@ -46,11 +46,32 @@ func (d *downloads) running(dgst digest.Digest) *download {
 // with a Range request.
 const maxResumes = 3
 
+// DefaultMaxBlobSize is the largest blob the mirror downloads unless
+// configured otherwise (WithMaxBlobSize).
+const DefaultMaxBlobSize = 20 << 30
+
 // download is one blob streaming from the upstream into a spool file.
 type download struct {
-	dgst    digest.Digest
-	path    string
-	attempt int // 1 for the one retry of a download that was corrupt
+	dgst digest.Digest
+	path string
+	// t is the upstream repository the blob is fetched from: others share
+	// the download only once their own upstream vouches for the blob
+	// (mayJoin).
+	t target
+	// limit is the most bytes accepted: the size a manifest declared for
+	// the blob (declared) or else the mirror's max_blob_size. An upstream
+	// that says or sends more is cut off: the bytes cannot be the blob.
+	limit    int64
+	declared bool
+	// cancel stops the download; it is called once nobody wants it.
+	cancel context.CancelFunc
+
+	// wants counts the clients reading the download and the fills waiting
+	// for it; guarded by downloads.mu. When it drops to zero before the
+	// blob is verified, the download is abandoned: taken out of the table
+	// and cancelled, so an upstream body nobody reads is not spooled.
+	wants     int
+	abandoned bool
 
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced whenever the state below changes
@@ -84,6 +105,35 @@ func (dl *download) failed() bool {
 	dl.mu.Lock()
 	defer dl.mu.Unlock()
 	return dl.err != nil && !dl.verified
+}
+
+// error is the download's failure, if any.
+func (dl *download) error() error {
+	dl.mu.Lock()
+	defer dl.mu.Unlock()
+	return dl.err
+}
+
+// wait waits until the download has finished (stored or failed). A waiter
+// that knows the blob's size from a manifest (declared >= 0) stops waiting, with
+// an error, as soon as the upstream says or sends more: that is not the
+// blob the manifest lists.
+func (dl *download) wait(ctx context.Context, declared int64) error {
+	for {
+		dl.mu.Lock()
+		size, written, ch := dl.size, dl.written, dl.changed
+		dl.mu.Unlock()
+		if declared >= 0 && (size > declared || written > declared) {
+			return tooLarge(dl.t.host(), dl.dgst, declared, true, max(size, written))
+		}
+		select {
+		case <-dl.finished:
+			return nil
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 // waitStarted waits until the upstream answered and returns the size.
@@ -146,47 +196,140 @@ func (r *blobReader) Read(p []byte) (int, error) {
 
 func (r *blobReader) Close() error { return r.f.Close() }
 
-// startBlob returns dgst's download, starting one if none is running. If
-// the blob is stored already (a download may just have finished), it
-// returns stored=true and no download.
-func (p *Proxy) startBlob(ctx context.Context, t target, dgst digest.Digest) (dl *download, stored bool, err error) {
-	return p.startDownload(ctx, t, dgst, 0)
+// blobWant is who asks for a blob, and what they know of it.
+type blobWant struct {
+	// listed: a manifest of t's upstream lists the blob (a fill or
+	// prefetch); else a client asked for it by digest alone.
+	listed bool
+	// size is the size the manifest declares; -1 if not known.
+	size int64
 }
 
-// startDownload is startBlob for the given attempt of a download.
-func (p *Proxy) startDownload(ctx context.Context, t target, dgst digest.Digest, attempt int) (dl *download, stored bool, err error) {
+// startBlob returns dgst's download, starting one if none is running, and
+// the func to call once the caller no longer wants it (a download nobody
+// wants is cancelled). A download running for another upstream repository
+// is joined only if t's upstream vouches for the blob (mayJoin); if it does
+// not, its answer (a 404: BLOB_UNKNOWN) is the error. If the blob is stored
+// already (a download may just have finished), startBlob returns
+// stored=true and no download: whether t may have it is the caller's to
+// check.
+func (p *Proxy) startBlob(ctx context.Context, t target, dgst digest.Digest, w blobWant) (dl *download, leave func(), stored bool, err error) {
 	d := p.blobs
-	if dl := d.running(dgst); dl != nil {
-		return dl, false, nil
+	for {
+		if dl := d.running(dgst); dl != nil {
+			if err := p.mayJoin(ctx, t, dl, w); err != nil {
+				return nil, nil, false, err
+			}
+			if leave, ok := d.join(dl); ok {
+				return dl, leave, false, nil
+			}
+			continue // abandoned or ended meanwhile
+		}
+		// Stat outside the lock: with a registry destination or S3 it is a
+		// network round trip, and one slow store must not stall every miss.
+		if _, err := p.store.Stat(ctx, t.storeRepo(), dgst); err == nil {
+			return nil, nil, true, nil
+		}
+		dl, leave, err := p.newDownload(ctx, t, dgst, w)
+		if err != nil || dl != nil {
+			return dl, leave, false, err
+		}
+		// Someone started it meanwhile: check it as above.
 	}
-	// Stat outside the lock: with a registry destination or S3 it is a
-	// network round trip, and one slow store must not stall every miss.
-	if _, err := p.store.Stat(ctx, t.storeRepo(), dgst); err == nil {
-		return nil, true, nil
-	}
+}
+
+// join registers one more taker of a running download; false if it has
+// been abandoned or has ended meanwhile.
+func (d *downloads) join(dl *download) (leave func(), ok bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	// Someone may have started it meanwhile.
+	if d.m[dl.dgst] != dl || dl.abandoned {
+		return nil, false
+	}
+	dl.wants++
+	return d.leaver(dl), true
+}
+
+// leaver returns the func a taker of dl calls once, when it no longer
+// wants it; the last one to leave before the blob is verified cancels it.
+func (d *downloads) leaver(dl *download) func() {
+	return sync.OnceFunc(func() {
+		d.mu.Lock()
+		dl.wants--
+		abandon := dl.wants == 0 && !dl.isVerified()
+		if abandon {
+			dl.abandoned = true
+			if d.m[dl.dgst] == dl {
+				delete(d.m, dl.dgst)
+			}
+		}
+		d.mu.Unlock()
+		if abandon {
+			dl.cancel()
+		}
+	})
+}
+
+func (d *downloads) wasAbandoned(dl *download) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return dl.abandoned
+}
+
+func (dl *download) isVerified() bool {
+	dl.mu.Lock()
+	defer dl.mu.Unlock()
+	return dl.verified
+}
+
+// mayJoin decides whether t may share a download running for dl.t: the
+// same repository may; a repository linked to the blob may; a manifest of
+// the same upstream listing the blob vouches for it, as it does for a
+// stored blob (ensureBlob). Anything else, another repository or another
+// upstream asking by digest, is asked of t's own upstream first: content
+// of one upstream is never handed out for another on the strength of its
+// digest alone, not even while it is still downloading.
+func (p *Proxy) mayJoin(ctx context.Context, t target, dl *download, w blobWant) error {
+	if dl.t.host() == t.host() && (dl.t.repo == t.repo || w.listed) {
+		return nil
+	}
+	if linked, err := p.index.Linked(t.host(), t.repo, dl.dgst); err != nil || linked {
+		return err
+	}
+	_, err := t.up.HeadBlob(ctx, t.repo, dl.dgst)
+	return err
+}
+
+// newDownload starts dgst's download for t, with its first taker; it
+// returns no download (and no error) if one is running already.
+func (p *Proxy) newDownload(ctx context.Context, t target, dgst digest.Digest, w blobWant) (*download, func(), error) {
+	d := p.blobs
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	if dl, ok := d.m[dgst]; ok && !dl.failed() {
-		return dl, false, nil
+		return nil, nil, nil
 	}
 	if !p.work.start() {
-		return nil, false, errClosing
+		return nil, nil, errClosing
 	}
 	f, err := os.CreateTemp(d.dir, "blob-*")
 	if err != nil {
 		p.work.done()
-		return nil, false, fmt.Errorf("spooling blob: %w", err)
+		return nil, nil, fmt.Errorf("spooling blob: %w", err)
 	}
-	dl = &download{dgst: dgst, path: f.Name(), attempt: attempt, changed: make(chan struct{}), finished: make(chan struct{})}
-	d.m[dgst] = dl
 	fctx, cancel := p.detach(ctx, p.fillTimeout)
+	dl := &download{dgst: dgst, path: f.Name(), t: t, limit: p.maxBlobSize, cancel: cancel, wants: 1,
+		changed: make(chan struct{}), finished: make(chan struct{})}
+	if w.size >= 0 && w.size <= dl.limit {
+		dl.limit, dl.declared = w.size, true
+	}
+	d.m[dgst] = dl
 	go func() {
 		defer p.work.done()
 		defer cancel()
 		p.runDownload(fctx, t, dl, f)
 	}()
-	return dl, false, nil
+	return dl, d.leaver(dl), nil
 }
 
 // open returns a reader of the download from offset; it waits for bytes
@@ -213,6 +356,26 @@ func (p *Proxy) storeSpooled(ctx context.Context, t target, dl *download, f *os.
 		return err
 	}
 	return p.store.Put(ctx, t.storeRepo(), dl.dgst, size, f)
+}
+
+// tooLarge is the error of a blob dgst from host that is said or sent to
+// be at least n bytes, over limit: the size a manifest declared for it
+// (declared), which means the upstream does not serve what it lists, or
+// else the mirror's max_blob_size, which the mirror refuses to spool.
+func tooLarge(host string, dgst digest.Digest, limit int64, declared bool, n int64) error {
+	if declared {
+		return errcode.Wrap(errcode.Unavailable, upstream.ErrInvalid,
+			"upstream %s: blob %s is larger than the %d bytes its manifest declares (at least %d)", host, dgst, limit, n).WithStatus(http.StatusBadGateway)
+	}
+	return errcode.New(errcode.Denied, "blob %s is larger than this mirror's max_blob_size of %d bytes (at least %d)", dgst, limit, n)
+}
+
+// countOversized counts a blob larger than its manifest declares as an
+// upstream error; one over max_blob_size is the mirror's own refusal.
+func (p *Proxy) countOversized(t target, dl *download) {
+	if dl.declared {
+		p.metrics.UpstreamErrors.WithLabelValues(t.host(), "size").Inc()
+	}
 }
 
 // runDownload streams a blob from the upstream into its spool file, hashing
@@ -242,6 +405,10 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 	}()
 	fail := func(err error) {
 		dl.update(func() { dl.err = err })
+		if ctx.Err() != nil && p.blobs.wasAbandoned(dl) {
+			p.log.Debug("blob download cancelled: nobody wants it any more", "upstream", t.host(), "repo", t.repo, "digest", dl.dgst)
+			return
+		}
 		p.log.Warn("blob download failed", "upstream", t.host(), "repo", t.repo, "digest", dl.dgst, "error", err)
 	}
 
@@ -251,6 +418,11 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 		return
 	}
 	defer func() { body.Close() }()
+	if size > dl.limit {
+		p.countOversized(t, dl)
+		fail(tooLarge(t.host(), dl.dgst, dl.limit, dl.declared, size))
+		return
+	}
 	dl.update(func() { dl.started, dl.size = true, size })
 
 	v := dl.dgst.Verifier()
@@ -258,6 +430,12 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 	var n int64
 	for resumes := 0; ; {
 		m, rerr := body.Read(buf)
+		if n+int64(m) > dl.limit {
+			// Never spooled: an endless or oversized body stops here.
+			p.countOversized(t, dl)
+			fail(tooLarge(t.host(), dl.dgst, dl.limit, dl.declared, n+int64(m)))
+			return
+		}
 		if m > 0 {
 			if _, err := f.Write(buf[:m]); err != nil {
 				fail(fmt.Errorf("spooling blob: %w", err))
@@ -297,15 +475,6 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 		p.metrics.UpstreamErrors.WithLabelValues(t.host(), "digest").Inc()
 		fail(errcode.Wrap(errcode.Unavailable, fmt.Errorf("%w: %w", upstream.ErrInvalid, storage.ErrDigestMismatch),
 			"upstream %s sent %d bytes for blob %s that do not match its digest", t.host(), n, dl.dgst).WithStatus(http.StatusBadGateway))
-		if dl.attempt == 0 {
-			// Fetch it once more for the cache: a corrupt answer is often
-			// a passing fault. Readers of this download have failed.
-			defer func() {
-				if _, _, err := p.startDownload(context.WithoutCancel(ctx), t, dl.dgst, 1); err != nil {
-					p.log.Warn("retrying blob download", "digest", dl.dgst, "error", err)
-				}
-			}()
-		}
 		return
 	}
 	dl.update(func() { dl.verified = true })

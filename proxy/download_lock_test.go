@@ -62,7 +62,10 @@ func TestSlowStoreStatDoesNotStallOtherMisses(t *testing.T) {
 
 	slowDone := make(chan error, 1)
 	go func() {
-		_, _, err := p.startBlob(ctx, tg, slow)
+		_, leave, _, err := p.startBlob(ctx, tg, slow, blobWant{size: -1})
+		if leave != nil {
+			defer leave()
+		}
 		slowDone <- err
 	}()
 	select {
@@ -72,7 +75,10 @@ func TestSlowStoreStatDoesNotStallOtherMisses(t *testing.T) {
 	}
 	otherDone := make(chan error, 1)
 	go func() {
-		_, _, err := p.startBlob(ctx, tg, other)
+		_, leave, _, err := p.startBlob(ctx, tg, other, blobWant{size: -1})
+		if leave != nil {
+			defer leave()
+		}
 		otherDone <- err
 	}()
 	select {

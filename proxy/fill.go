@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 
 	"github.com/opencontainers/go-digest"
@@ -276,7 +277,7 @@ func (p *Proxy) fillBlobs(ctx context.Context, t target, doc oci.Manifest, prog 
 		// but each platform waits for it: its manifest needs it stored.
 		counted := prog.blob(b.Digest, b.Size)
 		g.Go(func() error {
-			if err := p.ensureBlob(gctx, t, b.Digest); err != nil {
+			if err := p.ensureBlob(gctx, t, b.Digest, b.Size); err != nil {
 				return err
 			}
 			if counted {
@@ -288,41 +289,86 @@ func (p *Proxy) fillBlobs(ctx context.Context, t target, doc oci.Manifest, prog 
 	return g.Wait()
 }
 
-// ensureBlob stores a blob unless it is stored, sharing a download in
-// progress. The blob is linked to t's repository: the manifest that lists
-// it came from there.
-func (p *Proxy) ensureBlob(ctx context.Context, t target, dgst digest.Digest) error {
+// ensureBlob stores a blob a manifest of t lists, declaring its size,
+// unless it is stored, sharing a download in progress, and links it to t's
+// repository. A blob stored or downloading for another upstream is linked
+// only once t's upstream confirms it has the blob: a manifest is not proof
+// that its registry holds (or would serve us) what it lists.
+func (p *Proxy) ensureBlob(ctx context.Context, t target, dgst digest.Digest, size int64) error {
 	if err := dgst.Validate(); err != nil {
 		return fmt.Errorf("manifest lists an invalid blob digest %q: %w", dgst, err)
 	}
-	if size, err := p.store.Stat(ctx, t.storeRepo(), dgst); err == nil {
-		return p.adoptBlob(t, dgst, size)
+	if size <= 0 {
+		size = -1 // not declared
+	}
+	if got, err := p.store.Stat(ctx, t.storeRepo(), dgst); err == nil {
+		return p.adoptListed(ctx, t, dgst, got, size)
 	}
 	if err := p.fetches.Acquire(ctx, 1); err != nil {
 		return err
 	}
 	defer p.fetches.Release(1)
-	dl, stored, err := p.startBlob(ctx, t, dgst)
+	for try := 0; ; try++ {
+		dl, leave, stored, err := p.startBlob(ctx, t, dgst, blobWant{listed: true, size: size})
+		if err != nil {
+			return err
+		}
+		if stored {
+			got, err := p.store.Stat(ctx, t.storeRepo(), dgst)
+			if err != nil {
+				return err
+			}
+			return p.adoptListed(ctx, t, dgst, got, size)
+		}
+		// The fill wants the download: it goes on while the fill waits,
+		// whether or not a client reads it.
+		err = dl.wait(ctx, size)
+		leave()
+		if err != nil {
+			return err
+		}
+		if _, err := p.store.Stat(ctx, t.storeRepo(), dgst); err == nil {
+			return p.index.Link(t.host(), t.repo, dgst)
+		}
+		derr := dl.error()
+		if try == 0 && errors.Is(derr, storage.ErrDigestMismatch) {
+			// Fetch it once more: a corrupt answer is often a passing fault.
+			continue
+		}
+		return errors.Join(fmt.Errorf("blob %s not stored", dgst), derr)
+	}
+}
+
+// adoptListed links a stored blob, of stored bytes, that a manifest of t
+// lists with a declared size (-1: none). A manifest of the same upstream
+// vouches for a blob that upstream gave us already; for a blob only other
+// upstreams gave us, t's upstream is asked (a HEAD) first.
+func (p *Proxy) adoptListed(ctx context.Context, t target, dgst digest.Digest, stored, declared int64) error {
+	if declared >= 0 && stored > declared {
+		return tooLarge(t.host(), dgst, declared, true, stored)
+	}
+	ok, err := p.linkedIn(t.host(), dgst)
 	if err != nil {
 		return err
 	}
-	if !stored {
-		select {
-		case <-dl.finished:
-		case <-ctx.Done():
-			return ctx.Err()
+	if !ok {
+		if _, err := t.up.HeadBlob(ctx, t.repo, dgst); err != nil {
+			return err
 		}
-		if _, err := p.store.Stat(ctx, t.storeRepo(), dgst); err != nil {
-			dl.mu.Lock()
-			derr := dl.err
-			dl.mu.Unlock()
-			return errors.Join(fmt.Errorf("blob %s not stored", dgst), derr)
-		}
-		return p.index.Link(t.host(), t.repo, dgst)
 	}
-	size, err := p.store.Stat(ctx, t.storeRepo(), dgst)
+	return p.adoptBlob(t, dgst, stored)
+}
+
+// linkedIn reports whether dgst is linked to some repository of host.
+func (p *Proxy) linkedIn(host string, dgst digest.Digest) (bool, error) {
+	holders, err := p.index.Holders(dgst)
 	if err != nil {
-		return err
+		return false, err
 	}
-	return p.adoptBlob(t, dgst, size)
+	for _, h := range holders {
+		if strings.HasPrefix(h, host+"/") {
+			return true, nil
+		}
+	}
+	return false, nil
 }

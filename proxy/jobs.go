@@ -107,8 +107,11 @@ func (p *Proxy) runJob(ctx context.Context, job *storage.Job) {
 				continue // resumed job: done before the restart
 			}
 			if err := p.prefetchImage(ctx, job, i, pats); err != nil {
-				if ctx.Err() != nil {
-					return // shutting down: the job stays unfinished and resumes at start
+				if ctx.Err() != nil || p.closing() {
+					// Shutting down: the job stays unfinished and resumes at
+					// start. (Close is seen by the downloads, which then fail,
+					// possibly before this job's own context is cancelled.)
+					return
 				}
 				failed = true
 				p.log.Warn("prefetch failed", "job", job.ID, "image", job.Images[i].Image, "error", err)

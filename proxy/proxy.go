@@ -49,6 +49,9 @@ type Proxy struct {
 	// fetches bounds the background fill's parallel upstream fetches.
 	fetches     *semaphore.Weighted
 	fillTimeout time.Duration
+	// maxBlobSize bounds one blob download (and its spool file) when no
+	// manifest declares the blob's size.
+	maxBlobSize int64
 	// manifestTimeout bounds one upstream manifest request.
 	manifestTimeout time.Duration
 
@@ -172,6 +175,12 @@ const DefaultPrefetchMaxImages = 1000
 // DefaultPrefetchMaxImages); a request for more is refused.
 func WithPrefetchMaxImages(n int) Option { return func(p *Proxy) { p.maxJobImages = max(n, 1) } }
 
+// WithMaxBlobSize sets the largest blob downloaded (default
+// DefaultMaxBlobSize): an upstream that says or sends more is cut off and
+// nothing is kept. A layer a manifest lists is also held to the size the
+// manifest declares.
+func WithMaxBlobSize(n int64) Option { return func(p *Proxy) { p.maxBlobSize = n } }
+
 // New returns a proxy serving from store and index, filling from the given
 // upstreams, keyed by the host clients name them with. docker.io must be
 // among them.
@@ -187,6 +196,7 @@ func New(store storage.Store, index *storage.Index, upstreams []*upstream.Client
 		platforms:       []oci.Platform{{OS: "linux", Architecture: "*"}},
 		fetches:         semaphore.NewWeighted(4),
 		fillTimeout:     time.Hour,
+		maxBlobSize:     DefaultMaxBlobSize,
 		manifestTimeout: time.Minute,
 		blobs:           newDownloads(),
 		fills:           newFillQueue(),
@@ -226,6 +236,16 @@ func (p *Proxy) Close() {
 		p.work.close()
 	})
 	_ = p.work.wait(context.Background())
+}
+
+// closing reports whether Close has been called.
+func (p *Proxy) closing() bool {
+	select {
+	case <-p.stop:
+		return true
+	default:
+		return false
+	}
 }
 
 // detach returns a context for work that must outlive the request that

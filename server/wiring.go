@@ -74,8 +74,8 @@ func OpenEmbeddedStore(ctx context.Context, cfg config.Config, clean bool) (*sto
 }
 
 // proxyOptions are the proxy settings cfg makes: tag TTL, platforms,
-// concurrency, client access (auth, if not nil) and the per-upstream
-// overrides.
+// concurrency, the blob size limit, client access (auth, if not nil) and
+// the per-upstream overrides.
 func proxyOptions(cfg config.Config, m *metrics.Metrics, auth *access.File) ([]proxy.Option, error) {
 	platforms, err := oci.ParsePlatforms(cfg.Platforms)
 	if err != nil {
@@ -87,6 +87,7 @@ func proxyOptions(cfg config.Config, m *metrics.Metrics, auth *access.File) ([]p
 		proxy.WithPlatforms(platforms),
 		proxy.WithConcurrency(cfg.Concurrency),
 		proxy.WithPrefetchMaxImages(cfg.MaxJobImages),
+		proxy.WithMaxBlobSize(int64(cfg.MaxBlobSize)),
 	}
 	if auth != nil {
 		// With users, the metrics (upstreams, repositories, traffic) are

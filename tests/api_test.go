@@ -250,16 +250,36 @@ func TestCorruptBlobNeverServedNorStored(t *testing.T) {
 	if _, err := m.Store.Stat(t.Context(), "library/bad", digestOf(t, layer)); err == nil {
 		t.Fatal("corrupt blob was stored")
 	}
-	// The fetch was retried once (for the cache), no more.
-	if n := blobGets(up, layer); n != 2 {
-		t.Errorf("%d upstream GETs of the corrupt blob, want 2", n)
+	// Not fetched again for the cache: no fill wants the blob, and its
+	// clients have gone (a fill retries once: TestFillRetriesCorruptBlobOnce).
+	if n := blobGets(up, layer); n != 1 {
+		t.Errorf("%d upstream GETs of the corrupt blob, want 1", n)
 	}
 	// Nothing of the failure is kept: the next request fetches again.
 	up.ClearFault()
 	wantBlob(t, m, "bad", layer)
-	if n := blobGets(up, layer); n != 3 {
-		t.Errorf("%d upstream GETs of the blob, want 3 (fetched again once the upstream is sound)", n)
+	if n := blobGets(up, layer); n != 2 {
+		t.Errorf("%d upstream GETs of the blob, want 2 (fetched again once the upstream is sound)", n)
 	}
+}
+
+// A background fill whose download of a layer is corrupt fetches it once
+// more, and stores it if that answer is sound.
+func TestFillRetriesCorruptBlobOnce(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/bad", "1", 1, 64<<10)
+	m := servertest.Start(t, up.URL())
+	layer := img.Layers[0]
+	up.SetFault(fixture.Fault{Kind: fixture.KindBlob, PathContains: layer, Corrupt: true, Times: 1})
+	wantManifest(t, get(t, m.URL()+"/v2/bad/manifests/1"), img.Manifest, img.MediaType)
+	m.WaitIdle()
+	if n := blobGets(up, layer); n != 2 {
+		t.Errorf("%d upstream GETs of the layer, want 2 (the corrupt one and its one retry)", n)
+	}
+	if _, err := m.Store.Stat(t.Context(), "library/bad", digestOf(t, layer)); err != nil {
+		t.Fatalf("the layer was not stored after the retry: %v", err)
+	}
+	wantBlob(t, m, "bad", layer)
 }
 
 // A manifest whose bytes do not match the requested digest is refused and
