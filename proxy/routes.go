@@ -85,13 +85,17 @@ func (p *Proxy) readyz(w http.ResponseWriter, r *http.Request) error {
 }
 
 // serve adapts a handlerFunc: it checks the caller may use the route, sets
-// the API version header, maps a returned error to the OCI error body, and
+// the API version and nosniff headers, maps a returned error to the OCI error body, and
 // writes one access-log line.
 func (p *Proxy) serve(route string, level access.Level, h handlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rec := &recorder{ResponseWriter: w}
 		rec.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+		// Browsers must take every answer for the type it declares: a
+		// manifest, blob or error body sniffed as HTML or script would run
+		// on the mirror's origin.
+		rec.Header().Set("X-Content-Type-Options", "nosniff")
 		err := p.access.Check(r, level)
 		if err == nil {
 			err = h(rec, r)
