@@ -72,7 +72,7 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	if !stored {
-		size, err := dl.waitStarted(ctx)
+		size, err := dl.waitSpooled(ctx)
 		if err != nil {
 			return err
 		}
@@ -85,6 +85,9 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 		case <-dl.finished:
 		case <-ctx.Done():
 			return ctx.Err()
+		}
+		if err := dl.failure(); err != nil {
+			return err // not stored (a full store, a bad upstream): say why
 		}
 	}
 	size, err = p.store.Stat(ctx, t.storeRepo(), dgst)

@@ -24,12 +24,16 @@ import (
 // a stream that is still growing, hence this small registry.)
 type downloads struct {
 	dir string
-	mu  sync.Mutex
-	m   map[digest.Digest]*download
+	// create makes a spool file in dir (os.CreateTemp; tests replace it
+	// to fail as a full disk does).
+	create func(dir string) (*os.File, error)
+	mu     sync.Mutex
+	m      map[digest.Digest]*download
 }
 
 func newDownloads() *downloads {
-	return &downloads{dir: os.TempDir(), m: map[digest.Digest]*download{}}
+	return &downloads{dir: os.TempDir(), m: map[digest.Digest]*download{},
+		create: func(dir string) (*os.File, error) { return os.CreateTemp(dir, "blob-*") }}
 }
 
 // running returns dgst's download in progress, or nil.
@@ -86,16 +90,29 @@ func (dl *download) failed() bool {
 	return dl.err != nil && !dl.verified
 }
 
-// waitStarted waits until the upstream answered and returns the size.
-func (dl *download) waitStarted(ctx context.Context) (int64, error) {
+// failure returns, once the download has finished, why it did not store
+// the blob (nil: it did).
+func (dl *download) failure() error {
+	dl.mu.Lock()
+	defer dl.mu.Unlock()
+	return dl.err
+}
+
+// waitSpooled waits until the upstream answered and the first bytes are
+// in the spool file (or all of them, for an empty blob), and returns the
+// size. A download that fails before (the upstream refused, the spool
+// found no space) is then answered with its error, not with headers
+// followed by a broken body.
+func (dl *download) waitSpooled(ctx context.Context) (int64, error) {
 	for {
 		dl.mu.Lock()
 		started, size, err, ch := dl.started, dl.size, dl.err, dl.changed
+		spooled := dl.written > 0 || dl.verified
 		dl.mu.Unlock()
-		if err != nil {
+		if err != nil && !spooled {
 			return 0, err
 		}
-		if started {
+		if started && spooled {
 			return size, nil
 		}
 		select {
@@ -173,10 +190,10 @@ func (p *Proxy) startDownload(ctx context.Context, t target, dgst digest.Digest,
 	if !p.work.start() {
 		return nil, false, errClosing
 	}
-	f, err := os.CreateTemp(d.dir, "blob-*")
+	f, err := d.create(d.dir)
 	if err != nil {
 		p.work.done()
-		return nil, false, fmt.Errorf("spooling blob: %w", err)
+		return nil, false, p.noteWrite(fmt.Errorf("spooling blob: %w", err))
 	}
 	dl = &download{dgst: dgst, path: f.Name(), attempt: attempt, changed: make(chan struct{}), finished: make(chan struct{})}
 	d.m[dgst] = dl
@@ -260,7 +277,7 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 		m, rerr := body.Read(buf)
 		if m > 0 {
 			if _, err := f.Write(buf[:m]); err != nil {
-				fail(fmt.Errorf("spooling blob: %w", err))
+				fail(p.noteWrite(fmt.Errorf("spooling blob: %w", err)))
 				return
 			}
 			v.Write(buf[:m])
@@ -310,7 +327,10 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 	}
 	dl.update(func() { dl.verified = true })
 
-	if err := p.storeSpooled(ctx, t, dl, f, n); err != nil {
+	if err := p.noteWrite(p.storeSpooled(ctx, t, dl, f, n)); err != nil {
+		// Readers have the whole blob already; a client that comes for
+		// the spool file once it is gone gets this error.
+		dl.update(func() { dl.err = fmt.Errorf("storing blob %s: %w", dl.dgst, err) })
 		p.log.Error("storing blob", "digest", dl.dgst, "error", err)
 		return
 	}

@@ -81,6 +81,7 @@ func proxyOptions(cfg config.Config, m *metrics.Metrics) ([]proxy.Option, error)
 		proxy.WithTagTTL(time.Duration(cfg.TagTTL)),
 		proxy.WithPlatforms(platforms),
 		proxy.WithConcurrency(cfg.Concurrency),
+		proxy.WithReadyzFailWhenFull(cfg.ReadyzFailWhenFull),
 	}
 	if cfg.Auth.Htpasswd != "" {
 		policy, err := access.Load(cfg.Auth.Htpasswd, cfg.Auth.Admins, cfg.Auth.AnonymousPull)
