@@ -109,7 +109,7 @@ func TestSpoolFull(t *testing.T) {
 	for name, create := range cases {
 		t.Run(name, func(t *testing.T) {
 			setCreate(create)
-			status, msg := get(t, "/v2/library/x/blobs/" + d.String())
+			status, msg := get(t, "/v2/library/x/blobs/"+d.String())
 			if status != http.StatusInsufficientStorage || !strings.Contains(msg, `"UNAVAILABLE"`) || !strings.Contains(msg, "store is full") {
 				t.Fatalf("blob miss on a full spool: %d %s; want 507 saying the store is full", status, msg)
 			}
@@ -122,7 +122,7 @@ func TestSpoolFull(t *testing.T) {
 		})
 	}
 	setCreate(newDownloads().create)
-	if status, msg := get(t, "/v2/library/x/blobs/" + d.String()); status != http.StatusOK || msg != string(body) {
+	if status, msg := get(t, "/v2/library/x/blobs/"+d.String()); status != http.StatusOK || msg != string(body) {
 		t.Fatalf("blob miss with room: %d %.100s", status, msg)
 	}
 	if err := p.WaitIdle(t.Context()); err != nil {
