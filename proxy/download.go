@@ -193,7 +193,7 @@ func (p *Proxy) startDownload(ctx context.Context, t target, dgst digest.Digest,
 	f, err := d.create(d.dir)
 	if err != nil {
 		p.work.done()
-		return nil, false, p.noteWrite(fmt.Errorf("spooling blob: %w", err))
+		return nil, false, p.noteFull(fmt.Errorf("spooling blob: %w", err))
 	}
 	dl = &download{dgst: dgst, path: f.Name(), attempt: attempt, changed: make(chan struct{}), finished: make(chan struct{})}
 	d.m[dgst] = dl
@@ -277,7 +277,7 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 		m, rerr := body.Read(buf)
 		if m > 0 {
 			if _, err := f.Write(buf[:m]); err != nil {
-				fail(p.noteWrite(fmt.Errorf("spooling blob: %w", err)))
+				fail(p.noteFull(fmt.Errorf("spooling blob: %w", err)))
 				return
 			}
 			v.Write(buf[:m])
@@ -335,6 +335,7 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 		return
 	}
 	if err := p.index.RecordBlob(t.host(), t.repo, dl.dgst, n, p.now()); err != nil {
+		err = p.noteFull(err) // index.db may share the full disk
 		p.log.Error("indexing blob", "digest", dl.dgst, "error", err)
 		return
 	}

@@ -34,6 +34,15 @@ func (p *Proxy) noteWrite(err error) error {
 	return err
 }
 
+// noteFull is noteWrite for a write that failed, or one whose success
+// says nothing of the store's space (the index's).
+func (p *Proxy) noteFull(err error) error {
+	if err == nil {
+		return nil
+	}
+	return p.noteWrite(err)
+}
+
 // StoreFull reports whether the last write to the store found no space,
 // and none has been freed since.
 func (p *Proxy) StoreFull() bool {

@@ -329,7 +329,7 @@ func (p *Proxy) fetchManifest(ctx context.Context, t target, ref oci.Ref, fill b
 			entry.Fill = &storage.FillRecord{Upstream: t.host(), Repo: t.repo, State: storage.FillPartial, UpdatedAt: p.now()}
 		}
 		if err := p.index.RecordManifest(entry); err != nil {
-			return nil, err
+			return nil, p.noteFull(err) // index.db may share the full disk
 		}
 		sm := &storedManifest{body: up.Body, mediaType: mt, digest: up.Digest}
 		if entry.Tag != "" {

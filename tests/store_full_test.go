@@ -99,8 +99,13 @@ func TestStoreFull(t *testing.T) {
 	for _, quota := range []bool{false, true} {
 		store.full.Store(true)
 		store.quota.Store(quota)
-		// A manifest miss: 507, nothing recorded.
+		// A manifest miss: 507, nothing recorded, and it cost the
+		// upstream one GET (a full store is not a reason to ask more).
+		gets := up.Count(http.MethodGet, fixture.KindManifest)
 		wantStoreFull(t, get(t, m.URL()+"/v2/team/fresh/manifests/v1"))
+		if n := up.Count(http.MethodGet, fixture.KindManifest) - gets; n != 1 {
+			t.Errorf("a manifest miss on a full store made %d upstream GETs, want 1", n)
+		}
 		if _, ok, err := m.Index.Tag("docker.io", "team/fresh", "v1"); err != nil || ok {
 			t.Fatalf("tag recorded on a full store: %v %v", ok, err)
 		}
@@ -126,6 +131,7 @@ func TestStoreFull(t *testing.T) {
 	// file, the answer is that the store is full. Never a 500, never a
 	// body that is not the blob.
 	layer := fresh.Layers[0]
+	blobGetsBefore := blobGets(up, layer)
 	if r := get(t, m.URL()+"/v2/team/fresh/blobs/"+layer); r.status == http.StatusOK {
 		if r.err != nil || sha(r.body) != layer {
 			t.Fatalf("blob miss on a full store: %v, body hashes to %s", r.err, sha(r.body))
@@ -134,6 +140,9 @@ func TestStoreFull(t *testing.T) {
 		wantStoreFull(t, r)
 	}
 	m.WaitIdle()
+	if n := blobGets(up, layer) - blobGetsBefore; n != 1 {
+		t.Errorf("a blob miss on a full store made %d upstream GETs, want 1", n)
+	}
 	if _, err := m.Store.Stat(t.Context(), "docker.io/team/fresh", digestOf(t, layer)); err == nil {
 		t.Fatal("blob stored on a full store")
 	}
