@@ -100,19 +100,20 @@ func (dl *download) failure() error {
 
 // waitSpooled waits until the upstream answered and the first bytes are
 // in the spool file (or all of them, for an empty blob), and returns the
-// size. A download that fails before (the upstream refused, the spool
-// found no space) is then answered with its error, not with headers
-// followed by a broken body.
+// size. A download that has failed by then (the upstream refused, the
+// spool found no space) is answered with its error, not with headers
+// followed by a broken body; one that failed only to be stored has the
+// whole blob to serve.
 func (dl *download) waitSpooled(ctx context.Context) (int64, error) {
 	for {
 		dl.mu.Lock()
 		started, size, err, ch := dl.started, dl.size, dl.err, dl.changed
-		spooled := dl.written > 0 || dl.verified
+		written, verified := dl.written, dl.verified
 		dl.mu.Unlock()
-		if err != nil && !spooled {
+		if err != nil && !verified {
 			return 0, err
 		}
-		if started && spooled {
+		if started && (written > 0 || verified) {
 			return size, nil
 		}
 		select {
