@@ -89,6 +89,11 @@ type Config struct {
 	Sync Sync `yaml:"sync,omitempty"`
 	// Auth, if its htpasswd file is set, makes clients authenticate.
 	Auth Auth `yaml:"auth,omitempty"`
+	// ReadyzFailWhenFull makes /readyz fail while the store is full (the
+	// last write found no space), so that a load balancer sends pulls to
+	// another mirror; by default the mirror stays ready and serves what
+	// it holds.
+	ReadyzFailWhenFull bool `yaml:"readyz_fail_when_full,omitempty"`
 	// TLSCert and TLSKey, if set, serve HTTPS; SIGHUP reloads them.
 	TLSCert string `yaml:"tls_cert,omitempty"`
 	TLSKey  string `yaml:"tls_key,omitempty"`

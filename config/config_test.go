@@ -555,7 +555,7 @@ func TestBindFlags(t *testing.T) {
 	config.Bind(fs)
 	var names []string
 	fs.VisitAll(func(f *flag.Flag) { names = append(names, f.Name) })
-	want := []string{"concurrency", "config", "data", "destination", "evict-after", "header-timeout", "listen", "log-format", "log-level", "max-blob-size", "max-size", "platform", "prefetch-max-images", "shutdown-timeout", "tag-ttl", "tls-cert", "tls-key", "upstream", "upstream-timeout"}
+	want := []string{"concurrency", "config", "data", "destination", "evict-after", "header-timeout", "listen", "log-format", "log-level", "max-blob-size", "max-size", "platform", "prefetch-max-images", "readyz-fail-when-full", "shutdown-timeout", "tag-ttl", "tls-cert", "tls-key", "upstream", "upstream-timeout"}
 	if !slices.Equal(names, want) {
 		t.Fatalf("flags = %q, want %q", names, want)
 	}
@@ -829,5 +829,39 @@ func TestMaxBlobSize(t *testing.T) {
 		if c := mustResolve(t, tt.args, tt.env); c.MaxBlobSize != tt.want {
 			t.Errorf("%q %v: max_blob_size = %d, want %d", tt.args, tt.env, c.MaxBlobSize, tt.want)
 		}
+	}
+}
+
+// readyz_fail_when_full is a boolean key, flag (given alone means true)
+// and environment variable; a bad value is named with its setting.
+func TestReadyzFailWhenFull(t *testing.T) {
+	if config.Default().ReadyzFailWhenFull {
+		t.Fatal("default: true, want false (a full store keeps serving hits)")
+	}
+	file := writeFile(t, "readyz_fail_when_full: true\n")
+	for _, tt := range []struct {
+		args []string
+		env  map[string]string
+		want bool
+	}{
+		{args: nil, want: false},
+		{args: []string{"--readyz-fail-when-full"}, want: true},
+		{args: []string{"--readyz-fail-when-full=false"}, want: false},
+		{args: []string{"--config", file}, want: true},
+		{args: []string{"--config", file, "--readyz-fail-when-full=false"}, want: false},
+		{env: map[string]string{"DOCKER_MIRROR_READYZ_FAIL_WHEN_FULL": "true"}, want: true},
+		{args: []string{"--readyz-fail-when-full"}, env: map[string]string{"DOCKER_MIRROR_READYZ_FAIL_WHEN_FULL": "false"}, want: false},
+	} {
+		if c := mustResolve(t, tt.args, tt.env); c.ReadyzFailWhenFull != tt.want {
+			t.Errorf("%q %v: readyz_fail_when_full = %v, want %v", tt.args, tt.env, c.ReadyzFailWhenFull, tt.want)
+		}
+	}
+	_, err := resolve(t, nil, map[string]string{"DOCKER_MIRROR_READYZ_FAIL_WHEN_FULL": "yes please"})
+	if err == nil || !strings.Contains(err.Error(), "DOCKER_MIRROR_READYZ_FAIL_WHEN_FULL") || !strings.Contains(err.Error(), `"yes please"`) {
+		t.Errorf("bad environment value: %v", err)
+	}
+	_, err = config.Parse(strings.NewReader("readyz_fail_when_full: sometimes\n"))
+	if err == nil || !strings.Contains(err.Error(), "readyz_fail_when_full") || !strings.Contains(err.Error(), `"sometimes"`) || !strings.Contains(err.Error(), "true or false") {
+		t.Errorf("bad file value: %v", err)
 	}
 }

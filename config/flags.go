@@ -14,7 +14,9 @@ type key struct {
 	name  string // file key; the flag is the same with '-' for '_'
 	usage string
 	list  bool // repeatable flag; comma-separated in the environment
-	set   func(c *Config, vals []string) error
+	// boolean: the flag may be given alone (--name means --name=true).
+	boolean bool
+	set     func(c *Config, vals []string) error
 }
 
 func one(f func(c *Config, v string) error) func(*Config, []string) error {
@@ -31,6 +33,17 @@ func durationKey(field func(*Config) *Duration) func(*Config, []string) error {
 
 func stringKey(field func(*Config) *string) func(*Config, []string) error {
 	return one(func(c *Config, v string) error { *field(c) = v; return nil })
+}
+
+func boolKey(field func(*Config) *bool) func(*Config, []string) error {
+	return one(func(c *Config, v string) error {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return fmt.Errorf("invalid boolean %q (want true or false)", v)
+		}
+		*field(c) = b
+		return nil
+	})
 }
 
 var keys = []key{
@@ -92,6 +105,8 @@ var keys = []key{
 		return err
 	})},
 	{name: "evict_after", usage: "evict images not pulled for this long, e.g. 720h (0: never)", set: durationKey(func(c *Config) *Duration { return &c.EvictAfter })},
+	{name: "readyz_fail_when_full", usage: "make /readyz fail while the store is full (by default the mirror stays ready and serves what it holds)", boolean: true,
+		set: boolKey(func(c *Config) *bool { return &c.ReadyzFailWhenFull })},
 	{name: "tls_cert", usage: "TLS certificate file (PEM) to serve HTTPS; SIGHUP reloads it", set: stringKey(func(c *Config) *string { return &c.TLSCert })},
 	{name: "tls_key", usage: "TLS private key file (PEM)", set: stringKey(func(c *Config) *string { return &c.TLSKey })},
 	{name: "destination", usage: "registry URL and prefix to mirror into and serve from, e.g. https://nexus.example.com/mirror (http:// = plain HTTP; default: the embedded store)",
@@ -122,14 +137,19 @@ func Bind(fs *flag.FlagSet) *Flags {
 	def := defaultStrings()
 	for _, k := range keys {
 		usage := fmt.Sprintf("%s (default %s; env %s%s)", k.usage, def[k.name], EnvPrefix, strings.ToUpper(k.name))
-		fs.Func(flagName(k.name), usage, func(v string) error {
+		record := func(v string) error {
 			if k.list {
 				f.values[k.name] = append(f.values[k.name], v)
 			} else {
 				f.values[k.name] = []string{v}
 			}
 			return nil
-		})
+		}
+		if k.boolean {
+			fs.BoolFunc(flagName(k.name), usage, record)
+		} else {
+			fs.Func(flagName(k.name), usage, record)
+		}
 	}
 	return f
 }
@@ -142,6 +162,7 @@ func defaultStrings() map[string]string {
 		"listen": d.Listen, "data": d.Data, "upstream": d.Upstream, "upstream_timeout": d.UpstreamTimeout.String(), "tag_ttl": d.TagTTL.String(),
 		"platform": strings.Join(d.Platforms, ","), "concurrency": strconv.Itoa(d.Concurrency), "prefetch_max_images": strconv.Itoa(d.MaxJobImages),
 		"shutdown_timeout": d.ShutdownTimeout.String(), "header_timeout": d.HeaderTimeout.String(), "log_format": d.LogFormat, "log_level": d.LogLevel, "destination": "none", "tls_cert": "none", "tls_key": "none", "max_size": "0", "evict_after": "0", "max_blob_size": "20GiB",
+		"readyz_fail_when_full": strconv.FormatBool(d.ReadyzFailWhenFull),
 	}
 }
 

@@ -36,9 +36,16 @@ type Manifest struct {
 	} `json:"fsLayers,omitempty"`
 }
 
-// ParseManifest parses a manifest and settles its media type: the one
-// declared (a Content-Type) if it is specific, else the document's own,
-// else what its shape says (an OCI manifest may omit mediaType).
+// ParseManifest parses a manifest and settles the media type it is served
+// with, which is always a manifest media type (IsManifestMediaType): the
+// one declared (a Content-Type) if it is one; else the document's own
+// mediaType if that is one; else, only when the declared type is one of
+// the generic types registries really send for manifests (none,
+// application/json, text/plain, application/octet-stream), what the
+// document's shape says (an OCI manifest may omit mediaType). Anything
+// else (text/html, image/svg+xml, a config's type...) is an error: such a
+// manifest would be handed to clients, and browsers, as something it is
+// not.
 func ParseManifest(body []byte, declared string) (Manifest, string, error) {
 	var m Manifest
 	if err := json.Unmarshal(body, &m); err != nil {
@@ -46,21 +53,30 @@ func ParseManifest(body []byte, declared string) (Manifest, string, error) {
 	}
 	mt, _, _ := strings.Cut(declared, ";")
 	mt = strings.TrimSpace(mt)
-	if mt == "" || mt == "application/json" || mt == "text/plain" || mt == "application/octet-stream" {
-		switch {
-		case m.MediaType != "":
-			mt = m.MediaType
-		case m.Manifests != nil:
-			mt = MediaTypeOCIIndex
-		case m.Config != nil:
-			mt = MediaTypeOCIManifest
-		case m.SchemaVersion == 1:
-			mt = MediaTypeDockerSchema1Signed
-		default:
-			return m, "", errors.New("manifest of unknown type")
-		}
+	if IsManifestMediaType(mt) {
+		return m, mt, nil
 	}
-	return m, mt, nil
+	if m.MediaType != "" {
+		if !IsManifestMediaType(m.MediaType) {
+			return m, "", fmt.Errorf("manifest declares media type %q, which is not a manifest's", m.MediaType)
+		}
+		return m, m.MediaType, nil
+	}
+	switch strings.ToLower(mt) {
+	case "", "application/json", "text/plain", "application/octet-stream":
+	default:
+		return m, "", fmt.Errorf("manifest served as %q, which is not a manifest media type, and its body names none", mt)
+	}
+	switch {
+	case m.Manifests != nil:
+		return m, MediaTypeOCIIndex, nil
+	case m.Config != nil:
+		return m, MediaTypeOCIManifest, nil
+	case m.SchemaVersion == 1:
+		return m, MediaTypeDockerSchema1Signed, nil
+	default:
+		return m, "", errors.New("manifest of unknown type")
+	}
 }
 
 // IsIndex reports whether the manifest lists other manifests.

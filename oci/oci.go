@@ -7,6 +7,7 @@ package oci
 import (
 	"errors"
 	"regexp"
+	"strings"
 
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
@@ -18,10 +19,49 @@ const (
 	MediaTypeOCIManifest    = v1.MediaTypeImageManifest
 	MediaTypeDockerList     = "application/vnd.docker.distribution.manifest.list.v2+json"
 	MediaTypeDockerManifest = "application/vnd.docker.distribution.manifest.v2+json"
-	// MediaTypeDockerSchema1Signed is Docker's legacy schema 1, served as
-	// stored but never asked for.
+	// MediaTypeDockerSchema1Signed and MediaTypeDockerSchema1 are Docker's
+	// legacy schema 1, signed and unsigned, served as stored but never
+	// asked for.
 	MediaTypeDockerSchema1Signed = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+	MediaTypeDockerSchema1       = "application/vnd.docker.distribution.manifest.v1+json"
+	// MediaTypeOCIArtifactManifest is the artifact manifest of the image-spec
+	// 1.1 release candidates, which some registries still serve.
+	MediaTypeOCIArtifactManifest = "application/vnd.oci.artifact.manifest.v1+json"
 )
+
+// IsManifestMediaType reports whether mt, a Content-Type (its parameters
+// ignored, compared without regard to case), is a manifest media type,
+// the only kind a manifest is served with. They are the types above, and
+// any other vendor type of the form application/vnd.<...>.manifest.<...>+json
+// or application/vnd.<...>.index.<...>+json: registries serve manifests
+// of such types (e.g. ORAS's application/vnd.cncf.oras.artifact.manifest.v1+json),
+// a +json type is never rendered as a document by a browser, and the
+// rule leaves out the vendor types that are not a manifest's (configs,
+// layers, in-toto statements). Generic types (application/json,
+// text/plain, application/octet-stream) are not manifest types: they say
+// nothing of what the manifest is (ParseManifest settles those by shape).
+func IsManifestMediaType(mt string) bool {
+	mt, _, _ = strings.Cut(mt, ";")
+	mt = strings.ToLower(strings.TrimSpace(mt))
+	switch mt {
+	case MediaTypeOCIIndex, MediaTypeOCIManifest, MediaTypeDockerList, MediaTypeDockerManifest,
+		MediaTypeDockerSchema1Signed, MediaTypeDockerSchema1, MediaTypeOCIArtifactManifest:
+		return true
+	}
+	sub, ok := strings.CutPrefix(mt, "application/vnd.")
+	if !ok {
+		return false
+	}
+	if sub, ok = strings.CutSuffix(sub, "+json"); !ok {
+		return false
+	}
+	for part := range strings.SplitSeq(sub, ".") {
+		if part == "manifest" || part == "index" {
+			return true
+		}
+	}
+	return false
+}
 
 // Accept is the Accept header asked of registries: every manifest type
 // docker-mirror understands, indexes first.
@@ -29,8 +69,8 @@ const Accept = MediaTypeOCIIndex + ", " + MediaTypeDockerList + ", " + MediaType
 
 // AcceptAny is the Accept header for reading back a manifest stored in a
 // registry, whatever its type: artifacts and schema 1 included.
-const AcceptAny = Accept + ", application/vnd.oci.artifact.manifest.v1+json, " + MediaTypeDockerSchema1Signed +
-	", application/vnd.docker.distribution.manifest.v1+json, */*"
+const AcceptAny = Accept + ", " + MediaTypeOCIArtifactManifest + ", " + MediaTypeDockerSchema1Signed +
+	", " + MediaTypeDockerSchema1 + ", */*"
 
 // MaxManifestSize is the largest manifest read from an upstream, a
 // destination or the store (distribution's limit).

@@ -60,6 +60,80 @@ func TestParseManifestMediaType(t *testing.T) {
 	}
 }
 
+// TestParseManifestRefusesNonManifestTypes: a manifest is only ever served
+// with a manifest media type. A Content-Type that is not one (text/html
+// from a captive portal or a hostile upstream) is never taken: the body's
+// own mediaType is, if it is a manifest type; the shape decides only for
+// the generic types registries really send.
+func TestParseManifestRefusesNonManifestTypes(t *testing.T) {
+	t.Parallel()
+	image := `{"schemaVersion":2,"config":{},"layers":[],"annotations":{"x":"<script>alert(1)</script>"}}`
+	withType := func(mt string) string {
+		return `{"schemaVersion":2,"mediaType":"` + mt + `","config":{},"layers":[]}`
+	}
+	ok := []struct{ body, declared, want string }{
+		// A non-manifest Content-Type yields to the body's mediaType.
+		{withType(MediaTypeOCIManifest), "text/html", MediaTypeOCIManifest},
+		{withType(MediaTypeDockerManifest), "image/svg+xml", MediaTypeDockerManifest},
+		{withType(MediaTypeOCIManifest), "text/html; charset=utf-8", MediaTypeOCIManifest},
+		// Every manifest type is taken as declared, parameters dropped.
+		{image, MediaTypeOCIArtifactManifest, MediaTypeOCIArtifactManifest},
+		{`{"schemaVersion":1}`, MediaTypeDockerSchema1, MediaTypeDockerSchema1},
+		{`{"schemaVersion":1}`, MediaTypeDockerSchema1Signed, MediaTypeDockerSchema1Signed},
+		{image, "application/vnd.cncf.oras.artifact.manifest.v1+json", "application/vnd.cncf.oras.artifact.manifest.v1+json"},
+		{image, "Application/VND.OCI.Image.Manifest.v1+JSON", "Application/VND.OCI.Image.Manifest.v1+JSON"},
+		// The generic types registries send: the shape decides.
+		{image, "application/octet-stream", MediaTypeOCIManifest},
+	}
+	for _, c := range ok {
+		_, mt, err := ParseManifest([]byte(c.body), c.declared)
+		if err != nil || mt != c.want {
+			t.Errorf("ParseManifest(%s, %q) = %q, %v; want %q", c.body, c.declared, mt, err, c.want)
+		}
+	}
+	bad := []struct{ body, declared string }{
+		{image, "text/html"},
+		{image, "image/svg+xml"},
+		{image, "application/xml"},
+		{image, "text/javascript"},
+		// A vendor type that is not a manifest's (a config's, a layer's).
+		{image, "application/vnd.oci.image.config.v1+json"},
+		{image, "application/vnd.oci.image.layer.v1.tar+gzip"},
+		// The body's mediaType must be a manifest type too.
+		{withType("text/html"), "application/json"},
+		{withType("text/html"), "text/html"},
+		{withType("application/vnd.oci.image.config.v1+json"), ""},
+	}
+	for _, c := range bad {
+		if _, mt, err := ParseManifest([]byte(c.body), c.declared); err == nil {
+			t.Errorf("ParseManifest(%s, %q) = %q; want an error", c.body, c.declared, mt)
+		}
+	}
+}
+
+func TestIsManifestMediaType(t *testing.T) {
+	t.Parallel()
+	for _, mt := range []string{
+		MediaTypeOCIIndex, MediaTypeOCIManifest, MediaTypeDockerList, MediaTypeDockerManifest,
+		MediaTypeDockerSchema1, MediaTypeDockerSchema1Signed, MediaTypeOCIArtifactManifest,
+		"application/vnd.cncf.oras.artifact.manifest.v1+json",
+		MediaTypeOCIManifest + "; charset=utf-8",
+	} {
+		if !IsManifestMediaType(mt) {
+			t.Errorf("IsManifestMediaType(%q) = false", mt)
+		}
+	}
+	for _, mt := range []string{
+		"", "text/html", "application/json", "text/plain", "application/octet-stream", "image/svg+xml",
+		"application/vnd.oci.image.config.v1+json", "application/vnd.docker.container.image.v1+json",
+		"application/vnd.in-toto+json", "application/vnd.manifest+xml", "text/vnd.oci.image.manifest.v1+json",
+	} {
+		if IsManifestMediaType(mt) {
+			t.Errorf("IsManifestMediaType(%q) = true", mt)
+		}
+	}
+}
+
 func TestBlobDigests(t *testing.T) {
 	t.Parallel()
 	a, b, c := digest.FromString("a"), digest.FromString("b"), digest.FromString("c")

@@ -11,12 +11,22 @@ import (
 
 // registryError maps any error to the registry error answered to the
 // client, in one place: the proxy's own answer if it chose one, the
-// answer an upstream failure deserves, 503 for a store that cannot be
-// reached, else 500.
+// answer an upstream failure deserves, 507 for a store (or spool) with no
+// space left, 503 for a store that cannot be reached, else 500.
 func registryError(err error) *errcode.Error {
 	var e *errcode.Error
 	if errors.As(err, &e) {
 		return e
+	}
+	if storage.IsFull(err) {
+		// 507 Insufficient Storage says what happened. The OCI spec's list
+		// of codes has none for a registry that cannot store; a code of our
+		// own would mean nothing to clients, so it is UNAVAILABLE,
+		// distribution's code for a registry that cannot serve now (as for
+		// 502, 503 and 504 here). The cause (a path) is for the log, not
+		// for anonymous clients.
+		return errcode.Wrap(errcode.Unavailable, err, "the mirror's store is full: new content cannot be cached until space is freed (cached content is still served)").
+			WithStatus(http.StatusInsufficientStorage)
 	}
 	var ue *upstream.Error
 	if errors.As(err, &ue) {

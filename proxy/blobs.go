@@ -89,7 +89,7 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 	// This client reads the download: once it stops (done or gone) and
 	// nobody else does, the download is cancelled.
 	defer leave()
-	size, err = dl.waitStarted(ctx)
+	size, err = dl.waitSpooled(ctx)
 	if err != nil {
 		return err
 	}
@@ -104,11 +104,11 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+	if err := dl.failure(); err != nil {
+		return err // not stored (a full store, a bad upstream): say why
+	}
 	size, err = p.store.Stat(ctx, t.storeRepo(), dgst)
 	if err != nil {
-		if derr := dl.error(); derr != nil {
-			return derr
-		}
 		return fmt.Errorf("blob %s: %w", dgst, err)
 	}
 	return serveBlob(w, r, dgst, size, func(off int64) (io.ReadCloser, error) { return p.store.Open(ctx, t.storeRepo(), dgst, off) })

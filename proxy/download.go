@@ -24,12 +24,16 @@ import (
 // a stream that is still growing, hence this small registry.)
 type downloads struct {
 	dir string
-	mu  sync.Mutex
-	m   map[digest.Digest]*download
+	// create makes a spool file in dir (os.CreateTemp; tests replace it
+	// to fail as a full disk does).
+	create func(dir string) (*os.File, error)
+	mu     sync.Mutex
+	m      map[digest.Digest]*download
 }
 
 func newDownloads() *downloads {
-	return &downloads{dir: os.TempDir(), m: map[digest.Digest]*download{}}
+	return &downloads{dir: os.TempDir(), m: map[digest.Digest]*download{},
+		create: func(dir string) (*os.File, error) { return os.CreateTemp(dir, "blob-*") }}
 }
 
 // running returns dgst's download in progress, or nil.
@@ -107,8 +111,9 @@ func (dl *download) failed() bool {
 	return dl.err != nil && !dl.verified
 }
 
-// error is the download's failure, if any.
-func (dl *download) error() error {
+// failure returns, once the download has finished, why it did not store
+// the blob (nil: it did).
+func (dl *download) failure() error {
 	dl.mu.Lock()
 	defer dl.mu.Unlock()
 	return dl.err
@@ -136,16 +141,22 @@ func (dl *download) wait(ctx context.Context, declared int64) error {
 	}
 }
 
-// waitStarted waits until the upstream answered and returns the size.
-func (dl *download) waitStarted(ctx context.Context) (int64, error) {
+// waitSpooled waits until the upstream answered and the first bytes are
+// in the spool file (or all of them, for an empty blob), and returns the
+// size. A download that has failed by then (the upstream refused, the
+// spool found no space) is answered with its error, not with headers
+// followed by a broken body; one that failed only to be stored has the
+// whole blob to serve.
+func (dl *download) waitSpooled(ctx context.Context) (int64, error) {
 	for {
 		dl.mu.Lock()
 		started, size, err, ch := dl.started, dl.size, dl.err, dl.changed
+		written, verified := dl.written, dl.verified
 		dl.mu.Unlock()
-		if err != nil {
+		if err != nil && !verified {
 			return 0, err
 		}
-		if started {
+		if started && (written > 0 || verified) {
 			return size, nil
 		}
 		select {
@@ -312,10 +323,10 @@ func (p *Proxy) newDownload(ctx context.Context, t target, dgst digest.Digest, w
 	if !p.work.start() {
 		return nil, nil, errClosing
 	}
-	f, err := os.CreateTemp(d.dir, "blob-*")
+	f, err := d.create(d.dir)
 	if err != nil {
 		p.work.done()
-		return nil, nil, fmt.Errorf("spooling blob: %w", err)
+		return nil, nil, p.noteFull(fmt.Errorf("spooling blob: %w", err))
 	}
 	fctx, cancel := p.detach(ctx, p.fillTimeout)
 	dl := &download{dgst: dgst, path: f.Name(), t: t, limit: p.maxBlobSize, cancel: cancel, wants: 1,
@@ -438,7 +449,7 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 		}
 		if m > 0 {
 			if _, err := f.Write(buf[:m]); err != nil {
-				fail(fmt.Errorf("spooling blob: %w", err))
+				fail(p.noteFull(fmt.Errorf("spooling blob: %w", err)))
 				return
 			}
 			v.Write(buf[:m])
@@ -479,11 +490,15 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 	}
 	dl.update(func() { dl.verified = true })
 
-	if err := p.storeSpooled(ctx, t, dl, f, n); err != nil {
+	if err := p.noteWrite(p.storeSpooled(ctx, t, dl, f, n)); err != nil {
+		// Readers have the whole blob already; a client that comes for
+		// the spool file once it is gone gets this error.
+		dl.update(func() { dl.err = fmt.Errorf("storing blob %s: %w", dl.dgst, err) })
 		p.log.Error("storing blob", "digest", dl.dgst, "error", err)
 		return
 	}
 	if err := p.index.RecordBlob(t.host(), t.repo, dl.dgst, n, p.now()); err != nil {
+		err = p.noteFull(err) // index.db may share the full disk
 		p.log.Error("indexing blob", "digest", dl.dgst, "error", err)
 		return
 	}

@@ -85,7 +85,7 @@ func TestDownloadCancelledWhenTheLastTakerLeaves(t *testing.T) {
 	}
 	recv(ended, "the upstream request of the abandoned download did not end")
 	recv(dl.finished, "the abandoned download did not finish")
-	if dl.error() == nil {
+	if dl.failure() == nil {
 		t.Error("the abandoned download ended without an error")
 	}
 
@@ -120,7 +120,7 @@ func TestWaitRefusesMoreThanDeclared(t *testing.T) {
 		if !errors.Is(err, upstream.ErrInvalid) || !strings.Contains(err.Error(), "4 bytes its manifest declares") {
 			t.Errorf("%s: wait = %v; want the declared size refused", tc.name, err)
 		}
-		if err := dl.error(); err != nil {
+		if err := dl.failure(); err != nil {
 			t.Errorf("%s: the download itself failed: %v", tc.name, err)
 		}
 	}

@@ -330,7 +330,7 @@ func (p *Proxy) ensureBlob(ctx context.Context, t target, dgst digest.Digest, si
 		if _, err := p.store.Stat(ctx, t.storeRepo(), dgst); err == nil {
 			return p.index.Link(t.host(), t.repo, dgst)
 		}
-		derr := dl.error()
+		derr := dl.failure()
 		if try == 0 && errors.Is(derr, storage.ErrDigestMismatch) {
 			// Fetch it once more: a corrupt answer is often a passing fault.
 			continue

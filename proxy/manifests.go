@@ -218,12 +218,28 @@ func (p *Proxy) loadManifest(ctx context.Context, t target, dgst digest.Digest) 
 		// Never served, and removed so that the next fetch stores the
 		// upstream's bytes again: a corrupt copy reads as a missing one.
 		p.log.Error("stored manifest is corrupt; removing it", "digest", dgst, "repo", t.storeRepo())
-		if err := p.store.Delete(ctx, t.storeRepo(), dgst); err != nil {
-			return nil, fmt.Errorf("removing corrupt manifest %s: %w", dgst, err)
-		}
-		return nil, fmt.Errorf("stored manifest %s is corrupt (%w): %w", dgst, storage.ErrDigestMismatch, storage.ErrNotFound)
+		return nil, p.dropManifest(ctx, t, dgst, fmt.Errorf("stored manifest %s is corrupt (%w)", dgst, storage.ErrDigestMismatch))
 	}
-	return &storedManifest{body: body, mediaType: rec.MediaType, digest: dgst}, nil
+	mt := rec.MediaType
+	if !oci.IsManifestMediaType(mt) {
+		// Recorded by a version that took any Content-Type (text/html...):
+		// the type is settled from the body, or the manifest fetched again.
+		if _, mt, err = oci.ParseManifest(body, mt); err != nil {
+			p.log.Warn("stored manifest has no manifest media type; removing it", "digest", dgst, "media_type", rec.MediaType)
+			return nil, p.dropManifest(ctx, t, dgst, fmt.Errorf("stored manifest %s: %w", dgst, err))
+		}
+	}
+	return &storedManifest{body: body, mediaType: mt, digest: dgst}, nil
+}
+
+// dropManifest removes a stored manifest that must not be served, and
+// returns why wrapped in storage.ErrNotFound: it reads as missing, so the
+// caller fetches it again.
+func (p *Proxy) dropManifest(ctx context.Context, t target, dgst digest.Digest, why error) error {
+	if err := p.store.Delete(ctx, t.storeRepo(), dgst); err != nil {
+		return fmt.Errorf("removing manifest %s: %w", dgst, err)
+	}
+	return fmt.Errorf("%w: %w", why, storage.ErrNotFound)
 }
 
 // readManifest reads a manifest's bytes: from the store, or for a
@@ -300,7 +316,7 @@ func (p *Proxy) fetchManifest(ctx context.Context, t target, ref oci.Ref, fill b
 			return nil, errcode.Wrap(errcode.Unavailable, fmt.Errorf("%w: %w", upstream.ErrInvalid, err), "upstream %s sent a bad manifest for %s:%s", t.host(), t.repo, ref.String()).
 				WithStatus(http.StatusBadGateway)
 		}
-		if err := p.writeManifest(ctx, t, up, mt); err != nil {
+		if err := p.noteWrite(p.writeManifest(ctx, t, up, mt)); err != nil {
 			return nil, fmt.Errorf("storing manifest %s: %w", up.Digest, err)
 		}
 		entry := storage.ManifestEntry{
@@ -313,7 +329,7 @@ func (p *Proxy) fetchManifest(ctx context.Context, t target, ref oci.Ref, fill b
 			entry.Fill = &storage.FillRecord{Upstream: t.host(), Repo: t.repo, State: storage.FillPartial, UpdatedAt: p.now()}
 		}
 		if err := p.index.RecordManifest(entry); err != nil {
-			return nil, err
+			return nil, p.noteFull(err) // index.db may share the full disk
 		}
 		sm := &storedManifest{body: up.Body, mediaType: mt, digest: up.Digest}
 		if entry.Tag != "" {

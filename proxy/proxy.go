@@ -54,6 +54,10 @@ type Proxy struct {
 	maxBlobSize int64
 	// manifestTimeout bounds one upstream manifest request.
 	manifestTimeout time.Duration
+	// full says whether the store is full; readyFailWhenFull makes
+	// /readyz fail meanwhile.
+	full              fullness
+	readyFailWhenFull bool
 
 	tagFlights      singleflight.Group // per "host/repo:tag"
 	manifestFlights singleflight.Group // per "host/repo@digest"
@@ -163,6 +167,11 @@ func WithConcurrency(n int) Option {
 // (default os.TempDir()). Put it on local disk, e.g. under --data.
 func WithSpoolDir(dir string) Option { return func(p *Proxy) { p.blobs.dir = dir } }
 
+// WithReadyzFailWhenFull makes /readyz fail while the store is full
+// (default false: the mirror stays ready and serves what it holds; /readyz
+// says the store is full either way).
+func WithReadyzFailWhenFull(fail bool) Option { return func(p *Proxy) { p.readyFailWhenFull = fail } }
+
 // WithFillTimeout bounds one upstream fill, which goes on after the client
 // that started it hangs up (default 1h).
 func WithFillTimeout(d time.Duration) Option { return func(p *Proxy) { p.fillTimeout = d } }
@@ -224,6 +233,14 @@ func New(store storage.Store, index *storage.Index, upstreams []*upstream.Client
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "docker_mirror_store_size_bytes", Help: "Total size of the stored blobs and manifests.",
 		}, func() float64 { return float64(p.index.StoredBytes()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "docker_mirror_store_full", Help: "1 while the store is full: the last write found no space (ENOSPC, EDQUOT) and none has succeeded or been freed since.",
+		}, func() float64 {
+			if p.StoreFull() {
+				return 1
+			}
+			return 0
+		}),
 	)
 	return p, nil
 }

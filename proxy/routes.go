@@ -81,18 +81,31 @@ func (p *Proxy) readyz(w http.ResponseWriter, r *http.Request) error {
 	if err := p.Ready(r.Context()); err != nil {
 		return errcode.Wrap(errcode.Unavailable, err, "not ready")
 	}
+	if p.StoreFull() {
+		// By default still ready: hits are served, and a mirror taken
+		// out of rotation would not serve them either.
+		if p.readyFailWhenFull {
+			return errcode.New(errcode.Unavailable, "not ready: store full")
+		}
+		_, err := io.WriteString(w, "ok, store full: cached content is served, new content is not cached\n")
+		return err
+	}
 	_, err := io.WriteString(w, "ok\n")
 	return err
 }
 
 // serve adapts a handlerFunc: it checks the caller may use the route, sets
-// the API version header, maps a returned error to the OCI error body, and
+// the API version and nosniff headers, maps a returned error to the OCI error body, and
 // writes one access-log line.
 func (p *Proxy) serve(route string, level access.Level, h handlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rec := &recorder{ResponseWriter: w}
 		rec.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+		// Browsers must take every answer for the type it declares: a
+		// manifest, blob or error body sniffed as HTML or script would run
+		// on the mirror's origin.
+		rec.Header().Set("X-Content-Type-Options", "nosniff")
 		err := p.access.Check(r, level)
 		if err == nil {
 			err = h(rec, r)

@@ -88,6 +88,7 @@ func proxyOptions(cfg config.Config, m *metrics.Metrics, auth *access.File) ([]p
 		proxy.WithConcurrency(cfg.Concurrency),
 		proxy.WithPrefetchMaxImages(cfg.MaxJobImages),
 		proxy.WithMaxBlobSize(int64(cfg.MaxBlobSize)),
+		proxy.WithReadyzFailWhenFull(cfg.ReadyzFailWhenFull),
 	}
 	if auth != nil {
 		// With users, the metrics (upstreams, repositories, traffic) are

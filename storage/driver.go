@@ -159,11 +159,12 @@ func (s *DriverStore) Open(ctx context.Context, _ string, dgst digest.Digest, of
 	return rc, nil
 }
 
-// Put implements Store.
+// Put implements Store. A write that finds no space fails with ErrFull.
 func (s *DriverStore) Put(ctx context.Context, repo string, dgst digest.Digest, size int64, r io.Reader) (err error) {
 	if err := dgst.Validate(); err != nil {
 		return err
 	}
+	defer func() { err = MarkFull(err) }()
 	if _, err := s.Stat(ctx, repo, dgst); err == nil {
 		_, err = io.Copy(io.Discard, r) // drain, as a caller teeing r expects
 		return err
@@ -202,11 +203,13 @@ func (s *DriverStore) Put(ctx context.Context, repo string, dgst digest.Digest, 
 
 // Ingest implements FileIngester for the filesystem driver: the file,
 // whose content the caller has verified against dgst, is synced and
-// renamed into place, which is atomic on one filesystem.
-func (s *DriverStore) Ingest(ctx context.Context, _ string, dgst digest.Digest, size int64, path string) error {
+// renamed into place, which is atomic on one filesystem. A sync or a
+// directory that finds no space fails with ErrFull.
+func (s *DriverStore) Ingest(ctx context.Context, _ string, dgst digest.Digest, size int64, path string) (err error) {
 	if s.root == "" {
 		return ErrNotIngestible
 	}
+	defer func() { err = MarkFull(err) }()
 	if err := dgst.Validate(); err != nil {
 		return err
 	}

@@ -1,0 +1,41 @@
+package storage
+
+import (
+	"errors"
+	"fmt"
+	"syscall"
+
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+)
+
+// ErrFull: a write found no space left on the device (ENOSPC) or the
+// disk quota used up (EDQUOT), in the store or in the spool beside it.
+// Nothing was kept. Wrapping errors say which write failed.
+var ErrFull = errors.New("store full")
+
+// MarkFull returns err wrapped in ErrFull if it is a full disk or quota
+// (IsFull), else err unchanged.
+func MarkFull(err error) error {
+	if err == nil || errors.Is(err, ErrFull) || !noSpace(err) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ErrFull, err)
+}
+
+// IsFull reports whether err says there is no space to write: ErrFull,
+// ENOSPC or EDQUOT anywhere in its chain, including inside the errors of
+// distribution's storage drivers, which do not unwrap.
+func IsFull(err error) bool { return errors.Is(err, ErrFull) || noSpace(err) }
+
+func noSpace(err error) bool {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return true
+	}
+	// The drivers' base wraps what the filesystem said (Writer, Move)
+	// in a storagedriver.Error that hides it from errors.Is.
+	var de storagedriver.Error
+	if errors.As(err, &de) && de.Detail != nil {
+		return noSpace(de.Detail)
+	}
+	return false
+}

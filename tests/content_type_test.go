@@ -1,0 +1,164 @@
+package tests
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/docker-mirror/docker-mirror/storage"
+	"github.com/docker-mirror/docker-mirror/tests/fixture"
+	"github.com/docker-mirror/docker-mirror/tests/servertest"
+)
+
+// A manifest the upstream serves as text/html, whose body names no media
+// type, is refused as a bad upstream answer (502) and nothing of it is
+// kept: served from the mirror's origin as text/html, its JSON (which may
+// carry markup in any string) would be a page browsers render.
+func TestManifestServedAsHTMLIsRefused(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	m := servertest.Start(t, up.URL())
+	// A valid OCI image manifest without mediaType (the field is optional).
+	body := []byte(`{"schemaVersion":2,"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"` +
+		digest.FromString("config").String() + `","size":6},"layers":[],"annotations":{"x":"<script>alert(document.domain)</script>"}}`)
+	for _, ct := range []string{"text/html", "image/svg+xml", "text/html; charset=utf-8"} {
+		t.Run(ct, func(t *testing.T) {
+			up.SetFault(fixture.Fault{Method: http.MethodGet, Kind: fixture.KindManifest, PathContains: "/manifests/html",
+				Status: http.StatusOK, Header: http.Header{"Content-Type": {ct}}, Body: body})
+			defer up.ClearFault()
+			r := get(t, m.URL()+"/v2/team/page/manifests/html")
+			wantError(t, r, http.StatusBadGateway, "UNAVAILABLE")
+			if r.header.Get("Content-Type") == ct {
+				t.Fatalf("error answered as %s", ct)
+			}
+			m.WaitIdle()
+			d := digest.FromBytes(body)
+			if _, ok, err := m.Index.Tag("docker.io", "team/page", "html"); err != nil || ok {
+				t.Errorf("tag recorded: %v %v", ok, err)
+			}
+			if _, ok, err := m.Index.Manifest(d); err != nil || ok {
+				t.Errorf("manifest recorded: %v %v", ok, err)
+			}
+			if _, err := m.Store.Stat(context.Background(), "docker.io/team/page", d); !errors.Is(err, storage.ErrNotFound) {
+				t.Errorf("manifest stored: %v", err)
+			}
+		})
+	}
+}
+
+// A manifest served as text/html whose body names its media type is
+// served with the body's type, never text/html.
+func TestManifestServedAsHTMLTakesBodyMediaType(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "team/app", "v1", 1, 1<<10)
+	if !strings.Contains(string(img.Manifest), `"mediaType":"`+img.MediaType+`"`) {
+		t.Fatalf("seeded manifest names no mediaType: %s", img.Manifest)
+	}
+	m := servertest.Start(t, up.URL())
+	up.SetFault(fixture.Fault{Method: http.MethodGet, Kind: fixture.KindManifest, PathContains: "/manifests/v1",
+		Status: http.StatusOK, Header: http.Header{"Content-Type": {"text/html"}}, Body: img.Manifest})
+	wantManifest(t, get(t, m.URL()+"/v2/team/app/manifests/v1"), img.Manifest, img.MediaType)
+	up.ClearFault()
+	m.WaitIdle()
+	// And so it is recorded: the hit is served with it too.
+	hit := get(t, m.URL()+"/v2/team/app/manifests/"+img.Digest)
+	wantManifest(t, hit, img.Manifest, img.MediaType)
+	if hit.header.Get("X-Cache") != "hit" {
+		t.Errorf("X-Cache %q, want hit", hit.header.Get("X-Cache"))
+	}
+}
+
+// A manifest recorded with a non-manifest type (by a version that took
+// any Content-Type) is never served with it: the type is settled again
+// from the body, and a body that names none is fetched again.
+func TestStoredNonManifestTypeIsNotServed(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "team/old", "v1", 1, 1<<10)
+	m := servertest.Start(t, up.URL())
+	wantManifest(t, get(t, m.URL()+"/v2/team/old/manifests/"+img.Digest), img.Manifest, img.MediaType)
+	m.WaitIdle()
+	d := digestOf(t, img.Digest)
+	rec, ok, err := m.Index.Manifest(d)
+	if err != nil || !ok {
+		t.Fatalf("manifest not recorded: %v", err)
+	}
+	rec.MediaType = "text/html"
+	if err := m.Index.RecordManifest(storage.ManifestEntry{Upstream: "docker.io", Repo: "team/old", Digest: d, Record: rec}); err != nil {
+		t.Fatal(err)
+	}
+	before := up.Count(http.MethodGet, fixture.KindManifest)
+	hit := get(t, m.URL()+"/v2/team/old/manifests/"+img.Digest)
+	wantManifest(t, hit, img.Manifest, img.MediaType)
+	if hit.header.Get("X-Cache") != "hit" || up.Count(http.MethodGet, fixture.KindManifest) != before {
+		t.Errorf("X-Cache %q, upstream GETs %d -> %d: the body names its type, no fetch needed",
+			hit.header.Get("X-Cache"), before, up.Count(http.MethodGet, fixture.KindManifest))
+	}
+
+	// A body that names no type: dropped and fetched again.
+	body := []byte(`{"schemaVersion":2,"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"` +
+		digest.FromString("config").String() + `","size":6},"layers":[]}`)
+	bare := digest.FromBytes(body)
+	up.SetFault(fixture.Fault{Method: http.MethodGet, Kind: fixture.KindManifest, PathContains: bare.String(),
+		Status: http.StatusOK, Header: http.Header{"Content-Type": {"application/vnd.oci.image.manifest.v1+json"}}, Body: body})
+	defer up.ClearFault()
+	wantManifest(t, get(t, m.URL()+"/v2/team/old/manifests/"+bare.String()), body, "application/vnd.oci.image.manifest.v1+json")
+	m.WaitIdle()
+	if rec, ok, err = m.Index.Manifest(bare); err != nil || !ok {
+		t.Fatalf("manifest not recorded: %v", err)
+	}
+	rec.MediaType = "text/html"
+	if err := m.Index.RecordManifest(storage.ManifestEntry{Upstream: "docker.io", Repo: "team/old", Digest: bare, Record: rec}); err != nil {
+		t.Fatal(err)
+	}
+	again := get(t, m.URL()+"/v2/team/old/manifests/"+bare.String())
+	wantManifest(t, again, body, "application/vnd.oci.image.manifest.v1+json")
+	if again.header.Get("X-Cache") != "miss" {
+		t.Errorf("X-Cache %q, want miss (fetched again)", again.header.Get("X-Cache"))
+	}
+}
+
+// Every answer, of every route, success or error, tells browsers not to
+// sniff a type other than the one declared (X-Content-Type-Options).
+func TestNosniffOnEveryRoute(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/sniff", "1", 1, 1<<10)
+	m := servertest.Start(t, up.URL())
+	missing := "sha256:" + strings.Repeat("0", 64)
+	cases := []struct {
+		name, method, path string
+		status             int
+	}{
+		{"base", http.MethodGet, "/v2/", 200},
+		{"manifest", http.MethodGet, "/v2/sniff/manifests/1", 200},
+		{"manifest head", http.MethodHead, "/v2/sniff/manifests/1", 200},
+		{"manifest unknown", http.MethodGet, "/v2/sniff/manifests/nope", 404},
+		{"manifest bad tag", http.MethodGet, "/v2/sniff/manifests/-bad", 400},
+		{"blob", http.MethodGet, "/v2/sniff/blobs/" + img.Layers[0], 200},
+		{"blob unknown", http.MethodGet, "/v2/sniff/blobs/" + missing, 404},
+		{"tags", http.MethodGet, "/v2/sniff/tags/list", 200},
+		{"referrers", http.MethodGet, "/v2/sniff/referrers/" + img.Digest, 404}, // the fixture has no referrers API
+		{"prefetch list", http.MethodGet, "/prefetch", 200},
+		{"prefetch unknown", http.MethodGet, "/prefetch/nope", 404},
+		{"prefetch bad body", http.MethodPost, "/prefetch", 400},
+		{"write", http.MethodPut, "/v2/sniff/manifests/1", 405},
+		{"method", http.MethodDelete, "/metrics", 405},
+		{"not found", http.MethodGet, "/nowhere", 404},
+		{"healthz", http.MethodGet, "/healthz", 200},
+		{"readyz", http.MethodGet, "/readyz", 200},
+		{"metrics", http.MethodGet, "/metrics", 200},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			r := do(t, c.method, m.URL()+c.path, map[string]string{"Accept": manifestAccept})
+			if r.err != nil || r.status != c.status {
+				t.Fatalf("%s %s: status %d, want %d (err %v, body %.200s)", c.method, c.path, r.status, c.status, r.err, r.body)
+			}
+			if got := r.header.Get("X-Content-Type-Options"); got != "nosniff" {
+				t.Errorf("%s %s: X-Content-Type-Options %q, want nosniff", c.method, c.path, got)
+			}
+		})
+	}
+}

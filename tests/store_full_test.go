@@ -1,0 +1,214 @@
+package tests
+
+import (
+	"context"
+	"io"
+	"io/fs"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/docker-mirror/docker-mirror/config"
+	"github.com/docker-mirror/docker-mirror/lifecycle"
+	"github.com/docker-mirror/docker-mirror/server"
+	"github.com/docker-mirror/docker-mirror/storage"
+	"github.com/docker-mirror/docker-mirror/tests/fixture"
+	"github.com/docker-mirror/docker-mirror/tests/servertest"
+)
+
+// fullStore is the embedded store on a disk that can be made full: while
+// full is set, every write fails as the kernel fails it, with ENOSPC
+// (EDQUOT with quota set), deep in the error chain.
+type fullStore struct {
+	*storage.DriverStore
+	full  atomic.Bool
+	quota atomic.Bool
+}
+
+func (s *fullStore) noSpace(op string) error {
+	errno := syscall.ENOSPC
+	if s.quota.Load() {
+		errno = syscall.EDQUOT
+	}
+	return &fs.PathError{Op: op, Path: "/data/blobs/sha256/xx/data", Err: errno}
+}
+
+func (s *fullStore) Put(ctx context.Context, repo string, dgst digest.Digest, size int64, r io.Reader) error {
+	if s.full.Load() {
+		return s.noSpace("write")
+	}
+	return s.DriverStore.Put(ctx, repo, dgst, size, r)
+}
+
+func (s *fullStore) Ingest(ctx context.Context, repo string, dgst digest.Digest, size int64, path string) error {
+	if s.full.Load() {
+		return s.noSpace("sync")
+	}
+	return s.DriverStore.Ingest(ctx, repo, dgst, size, path)
+}
+
+// newFullStore returns a fullStore on a filesystem store in a temporary
+// directory, and the opener a test mirror takes.
+func newFullStore(t *testing.T) (*fullStore, func(*storage.Index) (storage.Store, error)) {
+	ds, err := storage.OpenDriverStore(t.Context(), "filesystem", map[string]any{"rootdirectory": t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &fullStore{DriverStore: ds}
+	return s, func(*storage.Index) (storage.Store, error) { return s, nil }
+}
+
+func wantStoreFullGauge(t *testing.T, m *servertest.Server, want float64) {
+	t.Helper()
+	if got, ok := scrape(t, m)["docker_mirror_store_full"]; !ok || got != want {
+		t.Fatalf("docker_mirror_store_full = %v (present %v), want %v", got, ok, want)
+	}
+}
+
+// wantStoreFull checks the answer to a miss the store had no room for:
+// 507 with an error that says so.
+func wantStoreFull(t *testing.T, r response) {
+	t.Helper()
+	wantError(t, r, http.StatusInsufficientStorage, "UNAVAILABLE")
+	if !strings.Contains(string(r.body), "store is full") {
+		t.Errorf("error does not say the store is full: %s", r.body)
+	}
+}
+
+// On a full disk, a miss is answered 507 with an error that says the
+// store is full (not 500 "internal error"), what is cached is still
+// served, the docker_mirror_store_full gauge is 1 until a write succeeds
+// or space is freed, and /readyz says so but stays ready (by default).
+func TestStoreFull(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	cached := up.SeedImage(t, "team/cached", "v1", 2, 4<<10)
+	fresh := up.SeedImage(t, "team/fresh", "v1", 2, 4<<10)
+	store, open := newFullStore(t)
+	m := servertest.StartWithStore(t, up.URL(), open)
+	wantImage(t, m, "team/cached", cached)
+	wantManifest(t, get(t, m.URL()+"/v2/team/cached/manifests/v1"), cached.Manifest, cached.MediaType)
+	m.WaitIdle()
+	wantStoreFullGauge(t, m, 0)
+
+	for _, quota := range []bool{false, true} {
+		store.full.Store(true)
+		store.quota.Store(quota)
+		// A manifest miss: 507, nothing recorded, and it cost the
+		// upstream one GET (a full store is not a reason to ask more).
+		gets := up.Count(http.MethodGet, fixture.KindManifest)
+		wantStoreFull(t, get(t, m.URL()+"/v2/team/fresh/manifests/v1"))
+		if n := up.Count(http.MethodGet, fixture.KindManifest) - gets; n != 1 {
+			t.Errorf("a manifest miss on a full store made %d upstream GETs, want 1", n)
+		}
+		if _, ok, err := m.Index.Tag("docker.io", "team/fresh", "v1"); err != nil || ok {
+			t.Fatalf("tag recorded on a full store: %v %v", ok, err)
+		}
+		wantStoreFullGauge(t, m, 1)
+	}
+
+	// Ready, and says the store is full.
+	r := get(t, m.URL()+"/readyz")
+	if r.status != http.StatusOK || !strings.Contains(string(r.body), "store full") {
+		t.Fatalf("/readyz: %d %q; want 200 saying store full", r.status, r.body)
+	}
+	// Hits are served.
+	hit := get(t, m.URL()+"/v2/team/cached/manifests/v1")
+	wantManifest(t, hit, cached.Manifest, cached.MediaType)
+	if hit.header.Get("X-Cache") != "hit" {
+		t.Errorf("X-Cache %q, want hit", hit.header.Get("X-Cache"))
+	}
+	for _, b := range cached.Blobs() {
+		wantBlob(t, m, "team/cached", b)
+	}
+	// A blob miss the spool had room for is streamed through but not
+	// kept; if the download ended before the client could read its spool
+	// file, the answer is that the store is full. Never a 500, never a
+	// body that is not the blob.
+	layer := fresh.Layers[0]
+	blobGetsBefore := blobGets(up, layer)
+	if r := get(t, m.URL()+"/v2/team/fresh/blobs/"+layer); r.status == http.StatusOK {
+		if r.err != nil || sha(r.body) != layer {
+			t.Fatalf("blob miss on a full store: %v, body hashes to %s", r.err, sha(r.body))
+		}
+	} else {
+		wantStoreFull(t, r)
+	}
+	m.WaitIdle()
+	if n := blobGets(up, layer) - blobGetsBefore; n != 1 {
+		t.Errorf("a blob miss on a full store made %d upstream GETs, want 1", n)
+	}
+	if _, err := m.Store.Stat(t.Context(), "docker.io/team/fresh", digestOf(t, layer)); err == nil {
+		t.Fatal("blob stored on a full store")
+	}
+	wantStoreFullGauge(t, m, 1)
+
+	// A write that succeeds again clears it.
+	store.full.Store(false)
+	wantManifest(t, get(t, m.URL()+"/v2/team/fresh/manifests/v1"), fresh.Manifest, fresh.MediaType)
+	m.WaitIdle()
+	wantStoreFullGauge(t, m, 0)
+	if r := get(t, m.URL()+"/readyz"); r.status != http.StatusOK || strings.Contains(string(r.body), "full") {
+		t.Fatalf("/readyz after space came back: %d %q", r.status, r.body)
+	}
+
+	// So does space freed by eviction.
+	store.full.Store(true)
+	other := up.SeedImage(t, "team/other", "v1", 1, 1<<10)
+	wantStoreFull(t, get(t, m.URL()+"/v2/team/other/manifests/"+other.Digest))
+	wantStoreFullGauge(t, m, 1)
+	c := lifecycle.New(store.DriverStore, m.Index, lifecycle.Options{Now: m.Clock.Now})
+	rep, err := c.Evict(t.Context(), 1, 0, m.Clock.Now())
+	if err != nil || rep.BytesFreed == 0 {
+		t.Fatalf("eviction freed %d bytes: %v", rep.BytesFreed, err)
+	}
+	wantStoreFullGauge(t, m, 0)
+}
+
+// With readyz_fail_when_full, a full store takes the mirror out of
+// readiness (so a load balancer sends pulls elsewhere) until a write
+// succeeds again.
+func TestStoreFullFailsReadiness(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "team/app", "v1", 1, 1<<10)
+	store, open := newFullStore(t)
+	cfg := servertest.Config(t, t.TempDir(), []servertest.Upstream{{Host: "docker.io", URL: up.URL()}})
+	cfg.ReadyzFailWhenFull = true
+	srv, err := server.New(t.Context(), cfg, server.WithLogger(servertest.Logger()),
+		server.WithStore(func(context.Context, config.Config, *storage.Index) (storage.Store, string, error) {
+			s, err := open(nil)
+			return s, "full store", err
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv.Handler())
+	t.Cleanup(func() {
+		hs.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		_ = srv.Proxy.WaitIdle(ctx)
+		srv.Close()
+	})
+
+	if r := get(t, hs.URL+"/readyz"); r.status != http.StatusOK {
+		t.Fatalf("/readyz: %d %s", r.status, r.body)
+	}
+	store.full.Store(true)
+	wantStoreFull(t, get(t, hs.URL+"/v2/team/app/manifests/v1"))
+	r := get(t, hs.URL+"/readyz")
+	wantError(t, r, http.StatusServiceUnavailable, "UNAVAILABLE")
+	if !strings.Contains(string(r.body), "store full") {
+		t.Errorf("/readyz body does not say store full: %s", r.body)
+	}
+	store.full.Store(false)
+	wantManifest(t, get(t, hs.URL+"/v2/team/app/manifests/v1"), img.Manifest, img.MediaType)
+	if r := get(t, hs.URL+"/readyz"); r.status != http.StatusOK {
+		t.Fatalf("/readyz after a write succeeded: %d %s", r.status, r.body)
+	}
+}
