@@ -101,10 +101,9 @@ type Config struct {
 	// upstreamFlag: a flag or the environment set docker.io's URL, which
 	// then wins over the file's upstreams.docker.io.url.
 	upstreamFlag bool
-	// file is the --config file, and fileSecret says it holds a password
-	// itself (SecretFiles).
-	file       string
-	fileSecret bool
+	// secretFile is the --config file if it holds a password itself
+	// (SecretFiles).
+	secretFile string
 }
 
 // SecretFiles lists the files of this configuration that hold secrets,
@@ -121,8 +120,8 @@ func (c Config) SecretFiles() map[string]string {
 			out["upstreams."+host+".password_file"] = u.PasswordFile
 		}
 	}
-	if c.file != "" && c.fileSecret {
-		out["config"] = c.file
+	if c.secretFile != "" {
+		out["config"] = c.secretFile
 	}
 	return out
 }

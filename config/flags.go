@@ -181,7 +181,9 @@ func (f *Flags) Resolve(lookup func(string) (string, bool)) (Config, error) {
 		if err != nil {
 			return Config{}, fmt.Errorf("config %s: %w", f.file, err)
 		}
-		c.file, c.fileSecret = f.file, c.holdsSecrets()
+		if c.holdsSecrets() {
+			c.secretFile = f.file
+		}
 	}
 	for _, k := range keys {
 		if vals, ok := f.values[k.name]; ok {
