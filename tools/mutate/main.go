@@ -61,6 +61,7 @@ type runner struct {
 	dir     string // overlays and mutated copies
 	logs    string // go test output per mutation
 	verbose bool
+	tests   *regexp.Regexp // if set, only the test runs it matches
 }
 
 func main() {
@@ -75,6 +76,7 @@ func main() {
 	logs := flag.String("logs", "", "keep each mutation's go test output in this directory (default: a temporary one, printed)")
 	out := flag.String("out", "", "also write the result table, in Markdown, to this file")
 	verbose := flag.Bool("v", false, "print each go test command")
+	tests := flag.String("tests", "", "run only the test runs (flags and package, e.g. \"-tags=e2e ./tests/crash/\") matching this regexp")
 	flag.Parse()
 
 	if _, err := os.Stat("go.mod"); err != nil {
@@ -106,6 +108,11 @@ func main() {
 	}
 	defer os.RemoveAll(dir)
 	r := &runner{goflags: strings.TrimSpace(string(goflags)), timeout: *timeout, procs: *procs, dir: dir, logs: *logs, verbose: *verbose}
+	if *tests != "" {
+		if r.tests, err = regexp.Compile(*tests); err != nil {
+			fatalf("-tests: %v", err)
+		}
+	}
 	if r.logs == "" {
 		r.logs = filepath.Join(os.TempDir(), "mutate-logs-"+time.Now().Format("20060102-150405"))
 	}
@@ -265,8 +272,9 @@ type testRun struct {
 
 func (t testRun) String() string { return strings.TrimSpace(strings.Join(t.flags, " ") + " " + t.pkg) }
 
-// runs splits m's test lines into one run per package, in order.
-func runs(m *Mutation) []testRun {
+// runs splits m's test lines into one run per package, in order, keeping
+// those r.tests matches.
+func (r *runner) runs(m *Mutation) []testRun {
 	var out []testRun
 	for _, line := range m.Tests {
 		var flags, pkgs []string
@@ -278,7 +286,9 @@ func runs(m *Mutation) []testRun {
 			}
 		}
 		for _, p := range pkgs {
-			out = append(out, testRun{flags, p})
+			if t := (testRun{flags, p}); r.tests == nil || r.tests.MatchString(t.String()) {
+				out = append(out, t)
+			}
 		}
 	}
 	return out
@@ -308,7 +318,7 @@ func (r *runner) goTest(ctx context.Context, overlay string, t testRun) (out []b
 func (r *runner) baseline(ctx context.Context, ms []*Mutation) error {
 	seen := map[string]bool{}
 	for _, m := range ms {
-		for _, t := range runs(m) {
+		for _, t := range r.runs(m) {
 			if seen[t.String()] {
 				continue
 			}
@@ -335,6 +345,10 @@ func (r *runner) run(ctx context.Context, m *Mutation) (res Result) {
 	start := time.Now()
 	res.Mutation = m
 	defer func() { res.Duration = time.Since(start) }()
+	if len(r.runs(m)) == 0 {
+		res.Status, res.Detail = skipped, "no test run selected (-tests)"
+		return res
+	}
 	ov, err := r.overlay(m)
 	if err != nil {
 		res.Status, res.Detail = stale, err.Error()
@@ -357,7 +371,7 @@ func (r *runner) run(ctx context.Context, m *Mutation) (res Result) {
 		return out, passed, timedOut, err
 	}
 	var flaky []string // tests whose failure did not happen again
-	for _, t := range runs(m) {
+	for _, t := range r.runs(m) {
 		var skip []string
 	attempts:
 		for {
