@@ -1,0 +1,60 @@
+package storage
+
+import (
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	bolt "go.etcd.io/bbolt"
+)
+
+// bucketReferrers keeps the referrers answers the proxy served:
+// "host/repo@subject\x00artifactType" -> ReferrersRecord (artifactType is
+// empty for the unfiltered list).
+var bucketReferrers = []byte("referrers")
+
+// ReferrersRecord is a referrers answer (an OCI image index listing the
+// manifests whose subject is a digest) as it was served, and when the
+// upstream last confirmed it.
+type ReferrersRecord struct {
+	// Body is the image index served, byte for byte.
+	Body []byte `json:"body"`
+	// Filtered says the artifactType filter was applied to Body (by the
+	// upstream or by the mirror), so the answer says OCI-Filters-Applied.
+	Filtered bool `json:"filtered,omitempty"`
+	// FromTag says Body was built from the referrers tag schema's
+	// "<alg>-<hex>" index, the upstream having no referrers API.
+	FromTag   bool      `json:"from_tag,omitempty"`
+	FetchedAt time.Time `json:"fetched_at"`
+	// CheckedAt is when the upstream last confirmed the list.
+	CheckedAt time.Time `json:"checked_at"`
+}
+
+func referrersKey(host, repo string, subject digest.Digest, artifactType string) []byte {
+	return []byte(host + "/" + repo + "@" + subject.String() + "\x00" + artifactType)
+}
+
+// Referrers returns the referrers answer recorded for subject in an
+// upstream repository, with the artifactType filter ("" for none).
+func (ix *Index) Referrers(host, repo string, subject digest.Digest, artifactType string) (ReferrersRecord, bool, error) {
+	return view[ReferrersRecord](ix, bucketReferrers, referrersKey(host, repo, subject, artifactType))
+}
+
+// PutReferrers records a referrers answer.
+func (ix *Index) PutReferrers(host, repo string, subject digest.Digest, artifactType string, rec ReferrersRecord) error {
+	return ix.db.Update(func(tx *bolt.Tx) error {
+		return put(tx, bucketReferrers, referrersKey(host, repo, subject, artifactType), rec)
+	})
+}
+
+// TouchReferrers records that the upstream confirmed a referrers answer at t.
+func (ix *Index) TouchReferrers(host, repo string, subject digest.Digest, artifactType string, t time.Time) error {
+	key := referrersKey(host, repo, subject, artifactType)
+	return ix.db.Update(func(tx *bolt.Tx) error {
+		rec, ok, err := get[ReferrersRecord](tx, bucketReferrers, key)
+		if err != nil || !ok {
+			return err
+		}
+		rec.CheckedAt = t
+		return put(tx, bucketReferrers, key, rec)
+	})
+}
