@@ -105,7 +105,11 @@ func (p *Proxy) referrersOf(ctx context.Context, t target, subject digest.Digest
 		return fresh, nil
 	case errors.Is(err, upstream.ErrNotFound):
 		// No referrers API and no fallback tag: the upstream's 404 tells
-		// clients to try the tag schema themselves.
+		// clients to try the tag schema themselves. What was listed before
+		// is gone: so is it here, also once the upstream is down.
+		if derr := p.index.DeleteReferrers(t.host(), t.repo, subject); derr != nil {
+			return nil, derr
+		}
 		return nil, err
 	}
 	// The upstream failed: whatever the cache knows is better than nothing.

@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"bytes"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -56,5 +57,32 @@ func (ix *Index) TouchReferrers(host, repo string, subject digest.Digest, artifa
 		}
 		rec.CheckedAt = t
 		return put(tx, bucketReferrers, key, rec)
+	})
+}
+
+// DeleteReferrers forgets every referrers answer of subject in an
+// upstream repository, whatever its filter (the upstream says there are
+// none any more).
+func (ix *Index) DeleteReferrers(host, repo string, subject digest.Digest) error {
+	prefix := referrersKey(host, repo, subject, "")
+	var keys [][]byte
+	err := ix.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketReferrers).Cursor()
+		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+			keys = append(keys, bytes.Clone(k))
+		}
+		return nil
+	})
+	if err != nil || len(keys) == 0 {
+		// Nothing to forget, as for most subjects: no write, no sync.
+		return err
+	}
+	return ix.db.Update(func(tx *bolt.Tx) error {
+		for _, k := range keys {
+			if err := tx.Bucket(bucketReferrers).Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 }

@@ -227,6 +227,19 @@ func TestReferrersFromFallbackTag(t *testing.T) {
 	if r := get(t, m.URL()+"/v2/plain/manifests/"+tag); r.status != http.StatusOK || string(r.body) != string(fallback) {
 		t.Fatalf("fallback tag offline: %d %s", r.status, r.body)
 	}
+
+	// The fallback tag removed upstream: the list is gone here too, and
+	// stays gone with the upstream down again.
+	up.Restart()
+	up.Delete(t, "library/plain", sha(fallback))
+	m.Clock.Advance(2 * time.Minute)
+	wantError(t, get(t, u), http.StatusNotFound, "MANIFEST_UNKNOWN")
+	up.Stop()
+	for _, q := range []string{"", "?artifactType=" + url.QueryEscape(sbomType)} {
+		if r := get(t, u+q); r.status != http.StatusNotFound || len(referrerDigests(t, r)) != 0 {
+			t.Fatalf("referrers%s of a removed fallback tag offline: %d %s", q, r.status, r.body)
+		}
+	}
 }
 
 // The fallback tag alone, fetched by a client that fell back to the tag
