@@ -112,6 +112,9 @@ func (p *Proxy) referrersOf(ctx context.Context, t target, subject digest.Digest
 		}
 		return nil, err
 	}
+	if ctx.Err() != nil {
+		return nil, err // the client went away: nothing to answer
+	}
 	// The upstream failed: whatever the cache knows is better than nothing.
 	if ans := p.cachedReferrers(ctx, t, subject, artifactType, rec, ok); ans != nil {
 		p.log.Warn("serving cached referrers: upstream failed", "upstream", t.host(), "repo", t.repo, "subject", subject, "error", err)

@@ -65,24 +65,32 @@ func (ix *Index) TouchReferrers(host, repo string, subject digest.Digest, artifa
 // none any more).
 func (ix *Index) DeleteReferrers(host, repo string, subject digest.Digest) error {
 	prefix := referrersKey(host, repo, subject, "")
-	var keys [][]byte
+	var found bool
 	err := ix.db.View(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bucketReferrers).Cursor()
-		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-			keys = append(keys, bytes.Clone(k))
-		}
+		k, _ := tx.Bucket(bucketReferrers).Cursor().Seek(prefix)
+		found = k != nil && bytes.HasPrefix(k, prefix)
 		return nil
 	})
-	if err != nil || len(keys) == 0 {
+	if err != nil || !found {
 		// Nothing to forget, as for most subjects: no write, no sync.
 		return err
 	}
-	return ix.db.Update(func(tx *bolt.Tx) error {
-		for _, k := range keys {
-			if err := tx.Bucket(bucketReferrers).Delete(k); err != nil {
-				return err
-			}
+	return ix.db.Update(func(tx *bolt.Tx) error { return deleteReferrers(tx, prefix) })
+}
+
+// deleteReferrers deletes the referrers answers whose keys start with
+// prefix ("host/repo@subject\x00": every filter of one subject).
+func deleteReferrers(tx *bolt.Tx, prefix []byte) error {
+	b := tx.Bucket(bucketReferrers)
+	var keys [][]byte
+	c := b.Cursor()
+	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+		keys = append(keys, bytes.Clone(k))
+	}
+	for _, k := range keys {
+		if err := b.Delete(k); err != nil {
+			return err
 		}
-		return nil
-	})
+	}
+	return nil
 }

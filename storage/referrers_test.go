@@ -70,3 +70,29 @@ func TestRepositories(t *testing.T) {
 		t.Fatalf("Repositories %v, want %v", got, want)
 	}
 }
+
+// Forgetting a digest forgets its referrers lists in the repositories it
+// was linked to.
+func TestForgetDropsReferrers(t *testing.T) {
+	ix := newIndex(t)
+	now := time.Now()
+	sub, kept := digest.FromString("subject"), digest.FromString("kept")
+	for _, d := range []digest.Digest{sub, kept} {
+		must(t, ix.RecordManifest(storage.ManifestEntry{Upstream: "docker.io", Repo: "library/a", Digest: d,
+			Record: storage.ManifestRecord{MediaType: "application/vnd.oci.image.manifest.v1+json", Size: 10, FetchedAt: now}}))
+		for _, f := range []string{"", "x/y"} {
+			must(t, ix.PutReferrers("docker.io", "library/a", d, f, storage.ReferrersRecord{Body: []byte("{}"), FetchedAt: now, CheckedAt: now}))
+		}
+	}
+	if _, err := ix.Forget([]digest.Digest{sub}, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"", "x/y"} {
+		if _, ok, _ := ix.Referrers("docker.io", "library/a", sub, f); ok {
+			t.Errorf("referrers (filter %q) of a forgotten digest kept", f)
+		}
+		if _, ok, _ := ix.Referrers("docker.io", "library/a", kept, f); !ok {
+			t.Errorf("referrers (filter %q) of a kept digest forgotten", f)
+		}
+	}
+}
