@@ -61,6 +61,7 @@ type Proxy struct {
 
 	tagFlights      singleflight.Group // per "host/repo:tag"
 	manifestFlights singleflight.Group // per "host/repo@digest"
+	referrerFlights singleflight.Group // per "host/repo@subject\x00artifactType"
 	blobs           *downloads
 	fills           *fillQueue
 	// work counts everything that runs beyond its request.

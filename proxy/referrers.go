@@ -1,29 +1,303 @@
 package proxy
 
 import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
 	"net/http"
+	"slices"
 	"strconv"
+	"strings"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/docker-mirror/docker-mirror/oci"
+	"github.com/docker-mirror/docker-mirror/proxy/upstream"
+	"github.com/docker-mirror/docker-mirror/storage"
 )
 
-// referrers passes the OCI referrers API through to the upstream (signatures
-// and attestations of a manifest are found this way); the referenced
-// manifests are then pulled, and cached, like any other. An upstream
-// without the API answers 404, which tells clients to fall back to the
-// tag schema.
+// filterArtifactType is the referrers filter the mirror knows, as named
+// in the OCI-Filters-Applied header.
+const filterArtifactType = "artifactType"
+
+// emptyReferrers is the referrers answer that lists nothing.
+var emptyReferrers = []byte(`{"schemaVersion":2,"mediaType":"` + oci.MediaTypeOCIIndex + `","manifests":[]}`)
+
+// errReferrersUnknown: the referrers of a subject were never seen and the
+// upstream cannot be asked. It is answered 404 with an empty index, which
+// sends clients (oras, cosign, crane, regclient) to the referrers tag
+// schema, which the mirror may hold; a 503 would stop them there.
+var errReferrersUnknown = errors.New("referrers never seen and the upstream is unreachable")
+
+// referrersAnswer is a referrers list as served.
+type referrersAnswer struct {
+	body     []byte
+	filtered bool // the artifactType filter was applied
+	fromTag  bool // built from the referrers tag schema
+	stale    bool // built from a fallback tag the upstream did not confirm
+}
+
+// referrers answers the OCI referrers API (signatures, attestations and
+// SBOMs of a manifest) from the index: cached per subject and filter,
+// revalidated after the upstream's tag TTL, served stale when the upstream
+// fails. An upstream without the API (404) is read through its referrers
+// tag schema instead: the "<alg>-<hex>" index, fetched, cached and filled
+// like any tag.
 func (p *Proxy) referrers(w http.ResponseWriter, r *http.Request) error {
 	t, dgst, err := p.digestRoute(r)
 	if err != nil {
 		return err
 	}
-	body, filters, err := t.up.Referrers(r.Context(), t.repo, dgst, r.URL.Query().Get("artifactType"))
-	if err != nil {
+	h := w.Header()
+	ans, err := p.referrersOf(r.Context(), t, dgst, r.URL.Query().Get(filterArtifactType), h)
+	status := http.StatusOK
+	switch {
+	case errors.Is(err, errReferrersUnknown):
+		ans, status = &referrersAnswer{body: emptyReferrers}, http.StatusNotFound
+	case err != nil:
 		return err
 	}
-	if filters != "" {
-		w.Header().Set("OCI-Filters-Applied", filters)
+	if ans.filtered {
+		h.Set("OCI-Filters-Applied", filterArtifactType)
 	}
-	w.Header().Set("Content-Type", "application/vnd.oci.image.index.v1+json")
-	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
-	_, err = w.Write(body)
+	h.Set("Content-Type", oci.MediaTypeOCIIndex)
+	h.Set("Content-Length", strconv.Itoa(len(ans.body)))
+	w.WriteHeader(status)
+	if r.Method == http.MethodHead {
+		return nil
+	}
+	_, err = w.Write(ans.body)
 	return err
+}
+
+// referrersOf returns the referrers of subject in t, filtered by
+// artifactType if not empty, and sets X-Cache.
+func (p *Proxy) referrersOf(ctx context.Context, t target, subject digest.Digest, artifactType string, h http.Header) (*referrersAnswer, error) {
+	rec, ok, err := p.index.Referrers(t.host(), t.repo, subject, artifactType)
+	if err != nil {
+		return nil, err
+	}
+	if ok && p.now().Sub(rec.CheckedAt) < p.ttlFor(t) {
+		h.Set(cacheHeader, "hit")
+		return recordAnswer(rec), nil
+	}
+	fresh, err := p.fetchReferrers(ctx, t, subject, artifactType)
+	switch {
+	case err == nil && fresh.stale:
+		// The fallback tag was served from the cache: so is this.
+		h.Set(cacheHeader, "stale")
+		return fresh, nil
+	case err == nil:
+		now := p.now()
+		if ok && rec.Filtered == fresh.filtered && sameReferrers(rec.Body, fresh.body) {
+			if err := p.index.TouchReferrers(t.host(), t.repo, subject, artifactType, now); err != nil {
+				return nil, err
+			}
+			h.Set(cacheHeader, "revalidated")
+			return recordAnswer(rec), nil
+		}
+		nrec := storage.ReferrersRecord{Body: fresh.body, Filtered: fresh.filtered, FromTag: fresh.fromTag, FetchedAt: now, CheckedAt: now}
+		if err := p.index.PutReferrers(t.host(), t.repo, subject, artifactType, nrec); err != nil {
+			return nil, p.noteFull(err)
+		}
+		h.Set(cacheHeader, "miss")
+		return fresh, nil
+	case errors.Is(err, upstream.ErrNotFound):
+		// No referrers API and no fallback tag: the upstream's 404 tells
+		// clients to try the tag schema themselves. What was listed before
+		// is gone: so is it here, also once the upstream is down.
+		if derr := p.index.DeleteReferrers(t.host(), t.repo, subject); derr != nil {
+			return nil, derr
+		}
+		return nil, err
+	}
+	if ctx.Err() != nil {
+		return nil, err // the client went away: nothing to answer
+	}
+	// The upstream failed: whatever the cache knows is better than nothing.
+	if ans := p.cachedReferrers(ctx, t, subject, artifactType, rec, ok); ans != nil {
+		p.log.Warn("serving cached referrers: upstream failed", "upstream", t.host(), "repo", t.repo, "subject", subject, "error", err)
+		h.Set(cacheHeader, "stale")
+		return ans, nil
+	}
+	var ue *upstream.Error
+	if errors.As(err, &ue) && ue.Temporary() && ue.Status != http.StatusTooManyRequests {
+		p.log.Warn("referrers never seen and the upstream failed; answering 404", "upstream", t.host(), "repo", t.repo, "subject", subject, "error", err)
+		h.Set(cacheHeader, "miss")
+		return nil, errReferrersUnknown
+	}
+	return nil, err
+}
+
+// cachedReferrers is what the cache can answer for subject while the
+// upstream cannot: the recorded answer, else the unfiltered one filtered
+// here, else one built from a cached fallback tag; nil if none.
+func (p *Proxy) cachedReferrers(ctx context.Context, t target, subject digest.Digest, artifactType string, rec storage.ReferrersRecord, ok bool) *referrersAnswer {
+	if ok {
+		return recordAnswer(rec)
+	}
+	if artifactType != "" {
+		if all, ok, err := p.index.Referrers(t.host(), t.repo, subject, ""); err == nil && ok {
+			if body, err := filterReferrers(all.Body, artifactType); err == nil {
+				return &referrersAnswer{body: body, filtered: true, fromTag: all.FromTag}
+			}
+		}
+	}
+	tag := referrersTag(subject)
+	if _, ok, err := p.index.Tag(t.host(), t.repo, tag); err != nil || !ok {
+		return nil
+	}
+	m, err := p.manifestByTag(ctx, t, tag, http.Header{})
+	if err != nil {
+		return nil
+	}
+	ans, err := referrersFromIndex(m, artifactType)
+	if err != nil {
+		return nil
+	}
+	return ans
+}
+
+func recordAnswer(rec storage.ReferrersRecord) *referrersAnswer {
+	return &referrersAnswer{body: rec.Body, filtered: rec.Filtered, fromTag: rec.FromTag}
+}
+
+// fetchReferrers asks the upstream, once for all concurrent callers, for
+// the referrers of subject: through the referrers API, or from the
+// referrers tag schema when the upstream has no API.
+func (p *Proxy) fetchReferrers(ctx context.Context, t target, subject digest.Digest, artifactType string) (*referrersAnswer, error) {
+	key := t.host() + "/" + t.repo + "@" + subject.String() + "\x00" + artifactType
+	return shared(ctx, p.work, &p.referrerFlights, key, func() (*referrersAnswer, error) {
+		ctx, cancel := p.detach(ctx, p.manifestTimeout)
+		defer cancel()
+		body, filters, err := t.up.Referrers(ctx, t.repo, subject, artifactType)
+		if errors.Is(err, upstream.ErrNotFound) {
+			ans, terr := p.referrersFromTag(ctx, t, subject, artifactType)
+			if errors.Is(terr, upstream.ErrNotFound) {
+				return nil, err // the API's 404, not the tag's
+			}
+			return ans, terr
+		}
+		if err != nil {
+			return nil, err
+		}
+		ans := &referrersAnswer{body: body}
+		if artifactType != "" {
+			// An upstream that did not filter leaves it to the client;
+			// the mirror does it, and says so.
+			if !filterApplied(filters, filterArtifactType) {
+				if ans.body, err = filterReferrers(body, artifactType); err != nil {
+					return nil, err
+				}
+			}
+			ans.filtered = true
+		}
+		return ans, nil
+	})
+}
+
+// referrersFromTag builds the referrers answer from the "<alg>-<hex>"
+// index of the referrers tag schema, fetched through the manifest path:
+// cached, revalidated, and its referrers filled, like any tag.
+func (p *Proxy) referrersFromTag(ctx context.Context, t target, subject digest.Digest, artifactType string) (*referrersAnswer, error) {
+	h := http.Header{}
+	m, err := p.manifestByTag(ctx, t, referrersTag(subject), h)
+	if err != nil {
+		return nil, err
+	}
+	ans, err := referrersFromIndex(m, artifactType)
+	if err != nil {
+		return nil, err
+	}
+	ans.stale = h.Get(cacheHeader) == "stale"
+	return ans, nil
+}
+
+// referrersFromIndex turns a referrers tag schema index into a referrers
+// answer: its bytes as they are, or its entries of artifactType.
+func referrersFromIndex(m *storedManifest, artifactType string) (*referrersAnswer, error) {
+	if artifactType == "" && m.mediaType == oci.MediaTypeOCIIndex {
+		return &referrersAnswer{body: m.body, fromTag: true}, nil
+	}
+	if !oci.IsIndex(m.mediaType) {
+		// Not the schema's index: nothing listed.
+		return &referrersAnswer{body: emptyReferrers, filtered: artifactType != "", fromTag: true}, nil
+	}
+	body, err := filterReferrers(m.body, artifactType)
+	if err != nil {
+		return nil, err
+	}
+	return &referrersAnswer{body: body, filtered: artifactType != "", fromTag: true}, nil
+}
+
+// referrersTag is the referrers tag schema's tag for subject: "<alg>-<hex>",
+// the algorithm cut to 32 characters and the hex to 64.
+func referrersTag(subject digest.Digest) string {
+	alg, hex := subject.Algorithm().String(), subject.Encoded()
+	return alg[:min(len(alg), 32)] + "-" + hex[:min(len(hex), 64)]
+}
+
+// filterApplied reports whether an OCI-Filters-Applied value names filter.
+func filterApplied(header, filter string) bool {
+	for f := range strings.SplitSeq(header, ",") {
+		if strings.TrimSpace(f) == filter {
+			return true
+		}
+	}
+	return false
+}
+
+// referrersIndex is a referrers answer, its entries kept as sent.
+type referrersIndex struct {
+	SchemaVersion int               `json:"schemaVersion"`
+	MediaType     string            `json:"mediaType"`
+	Manifests     []json.RawMessage `json:"manifests"`
+}
+
+// filterReferrers returns the OCI index of the entries of body whose
+// artifactType matches (every entry for "").
+func filterReferrers(body []byte, artifactType string) ([]byte, error) {
+	var idx referrersIndex
+	if err := json.Unmarshal(body, &idx); err != nil {
+		return nil, err
+	}
+	out := referrersIndex{SchemaVersion: 2, MediaType: oci.MediaTypeOCIIndex, Manifests: []json.RawMessage{}}
+	for _, raw := range idx.Manifests {
+		var d struct {
+			ArtifactType string `json:"artifactType"`
+		}
+		if err := json.Unmarshal(raw, &d); err != nil {
+			return nil, err
+		}
+		if artifactType == "" || d.ArtifactType == artifactType {
+			out.Manifests = append(out.Manifests, raw)
+		}
+	}
+	return json.Marshal(out)
+}
+
+// sameReferrers reports whether two referrers answers list the same
+// entries, in any order (registries list them as they find them).
+func sameReferrers(a, b []byte) bool {
+	ea, erra := referrerEntries(a)
+	eb, errb := referrerEntries(b)
+	return erra == nil && errb == nil && slices.Equal(ea, eb)
+}
+
+func referrerEntries(body []byte) ([]string, error) {
+	var idx referrersIndex
+	if err := json.Unmarshal(body, &idx); err != nil {
+		return nil, err
+	}
+	out := make([]string, 0, len(idx.Manifests))
+	for _, raw := range idx.Manifests {
+		var buf bytes.Buffer
+		if err := json.Compact(&buf, raw); err != nil {
+			return nil, err
+		}
+		out = append(out, buf.String())
+	}
+	slices.Sort(out)
+	return out, nil
 }

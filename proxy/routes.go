@@ -35,10 +35,14 @@ func (p *Proxy) Handler() http.Handler {
 	// 404, which clients such as the referrers fallback rely on.)
 	r.PathPrefix("/v2/").MatcherFunc(isWrite).Handler(p.serve("write", pull, p.unsupported))
 	r.Handle("/v2/", p.serve("base", pull, p.base)).Methods(http.MethodGet, http.MethodHead)
+	// Before the name routes: no repository is named _catalog (a name
+	// component starts with a letter or digit), and a route of its own
+	// keeps it that way.
+	r.Handle("/v2/_catalog", p.serve("catalog", pull, p.catalog)).Methods(http.MethodGet, http.MethodHead)
 	r.Handle("/v2/{name:.+}/manifests/{reference}", p.serve("manifest", pull, p.manifest)).Methods(http.MethodGet, http.MethodHead)
 	r.Handle("/v2/{name:.+}/blobs/{digest}", p.serve("blob", pull, p.blob)).Methods(http.MethodGet, http.MethodHead)
 	r.Handle("/v2/{name:.+}/tags/list", p.serve("tags", pull, p.tags)).Methods(http.MethodGet, http.MethodHead)
-	r.Handle("/v2/{name:.+}/referrers/{digest}", p.serve("referrers", pull, p.referrers)).Methods(http.MethodGet)
+	r.Handle("/v2/{name:.+}/referrers/{digest}", p.serve("referrers", pull, p.referrers)).Methods(http.MethodGet, http.MethodHead)
 	r.Handle("/prefetch", p.serve("prefetch", admin, p.postPrefetch)).Methods(http.MethodPost)
 	r.Handle("/prefetch", p.serve("prefetch", admin, p.listPrefetch)).Methods(http.MethodGet)
 	r.Handle("/prefetch/{id}", p.serve("prefetch", admin, p.getPrefetch)).Methods(http.MethodGet)

@@ -180,6 +180,11 @@ func forget(tx *bolt.Tx, d digest.Digest) error {
 		if err := tx.Bucket(bucketLinks).Delete([]byte(string(k[len(prefix):]) + "@" + d.String())); err != nil {
 			return err
 		}
+		// The referrers lists of content no longer held go with it, so
+		// that they do not pile up for ever.
+		if err := deleteReferrers(tx, []byte(string(k[len(prefix):])+"@"+d.String()+"\x00")); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -44,7 +44,7 @@ var (
 	bucketBodies    = []byte("bodies")    // digest -> manifest bytes, for registry destinations
 	bucketPins      = []byte("pins")      // digest or "host/repo:tag" -> PinRecord
 	bucketAccess    = []byte("access")    // manifest digest -> time of its last pull
-	allBuckets      = [][]byte{bucketTags, bucketManifests, bucketBlobs, bucketLinks, bucketMirrors, bucketJobs, bucketJobImages, bucketHolders, bucketBodies, bucketPins, bucketAccess}
+	allBuckets      = [][]byte{bucketTags, bucketManifests, bucketBlobs, bucketLinks, bucketMirrors, bucketJobs, bucketJobImages, bucketHolders, bucketBodies, bucketPins, bucketAccess, bucketReferrers}
 )
 
 // TagRecord is what a tag pointed to upstream, and when.

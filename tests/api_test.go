@@ -139,7 +139,7 @@ func TestErrors(t *testing.T) {
 		{"blob delete", "DELETE", "/v2/err/blobs/" + img.Layers[0], 405, "UNSUPPORTED", false},
 		{"patch", "PATCH", "/v2/err/blobs/uploads/x", 405, "UNSUPPORTED", false},
 		{"referrers (upstream without the API)", "GET", "/v2/err/referrers/" + img.Digest, 404, "MANIFEST_UNKNOWN", true},
-		{"catalog (not served)", "GET", "/v2/_catalog", 404, "NAME_UNKNOWN", false},
+		{"catalog bad page size", "GET", "/v2/_catalog?n=-1", 400, "PAGINATION_NUMBER_INVALID", false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

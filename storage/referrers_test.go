@@ -1,0 +1,98 @@
+package storage_test
+
+import (
+	"bytes"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/docker-mirror/docker-mirror/storage"
+)
+
+// Referrers answers are kept per repository, subject and filter, byte for
+// byte, survive a reopen, and are forgotten per subject, every filter.
+func TestReferrersRecords(t *testing.T) {
+	path := t.TempDir() + "/index.db"
+	ix := openIndex(t, path)
+	sub, other := digest.FromString("subject"), digest.FromString("other")
+	at := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	body := []byte(" {\"manifests\": []}\n")
+	must(t, ix.PutReferrers("docker.io", "library/a", sub, "", storage.ReferrersRecord{Body: body, FetchedAt: at, CheckedAt: at}))
+	must(t, ix.PutReferrers("docker.io", "library/a", sub, "x/y", storage.ReferrersRecord{Body: []byte("{}"), Filtered: true, FetchedAt: at, CheckedAt: at}))
+	must(t, ix.PutReferrers("docker.io", "library/a", other, "", storage.ReferrersRecord{Body: []byte("{}"), FetchedAt: at, CheckedAt: at}))
+	must(t, ix.TouchReferrers("docker.io", "library/a", sub, "", at.Add(time.Hour)))
+	must(t, ix.Close())
+
+	ix = openIndex(t, path)
+	rec, ok, err := ix.Referrers("docker.io", "library/a", sub, "")
+	if err != nil || !ok || !bytes.Equal(rec.Body, body) || !rec.CheckedAt.Equal(at.Add(time.Hour)) || !rec.FetchedAt.Equal(at) || rec.Filtered {
+		t.Fatalf("Referrers: %+v %v %v", rec, ok, err)
+	}
+	if _, ok, _ := ix.Referrers("docker.io", "library/b", sub, ""); ok {
+		t.Fatal("another repository's referrers")
+	}
+	if rec, ok, _ := ix.Referrers("docker.io", "library/a", sub, "x/y"); !ok || !rec.Filtered {
+		t.Fatalf("filtered record %+v %v", rec, ok)
+	}
+	must(t, ix.DeleteReferrers("docker.io", "library/a", sub))
+	for _, f := range []string{"", "x/y"} {
+		if _, ok, _ := ix.Referrers("docker.io", "library/a", sub, f); ok {
+			t.Errorf("filter %q kept after DeleteReferrers", f)
+		}
+	}
+	if _, ok, _ := ix.Referrers("docker.io", "library/a", other, ""); !ok {
+		t.Error("another subject's record went too")
+	}
+}
+
+// Repositories lists each upstream repository with content once.
+func TestRepositories(t *testing.T) {
+	ix := newIndex(t)
+	now := time.Now()
+	for _, l := range []struct{ host, repo, content string }{
+		{"docker.io", "library/a", "1"}, {"docker.io", "library/a", "2"},
+		{"docker.io", "library/a-b", "3"}, {"docker.io", "library/a/b", "4"},
+		{"ghcr.io", "o/app", "5"}, {"ghcr.io", "o/app", "1"},
+	} {
+		must(t, ix.RecordBlob(l.host, l.repo, digest.FromString(l.content), 1, now))
+	}
+	got, err := ix.Repositories()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []storage.Repository{{"docker.io", "library/a"}, {"docker.io", "library/a-b"}, {"docker.io", "library/a/b"}, {"ghcr.io", "o/app"}}
+	slices.SortFunc(got, func(a, b storage.Repository) int {
+		return bytes.Compare([]byte(a.Upstream+"/"+a.Repo), []byte(b.Upstream+"/"+b.Repo))
+	})
+	if !slices.Equal(got, want) {
+		t.Fatalf("Repositories %v, want %v", got, want)
+	}
+}
+
+// Forgetting a digest forgets its referrers lists in the repositories it
+// was linked to.
+func TestForgetDropsReferrers(t *testing.T) {
+	ix := newIndex(t)
+	now := time.Now()
+	sub, kept := digest.FromString("subject"), digest.FromString("kept")
+	for _, d := range []digest.Digest{sub, kept} {
+		must(t, ix.RecordManifest(storage.ManifestEntry{Upstream: "docker.io", Repo: "library/a", Digest: d,
+			Record: storage.ManifestRecord{MediaType: "application/vnd.oci.image.manifest.v1+json", Size: 10, FetchedAt: now}}))
+		for _, f := range []string{"", "x/y"} {
+			must(t, ix.PutReferrers("docker.io", "library/a", d, f, storage.ReferrersRecord{Body: []byte("{}"), FetchedAt: now, CheckedAt: now}))
+		}
+	}
+	if _, err := ix.Forget([]digest.Digest{sub}, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"", "x/y"} {
+		if _, ok, _ := ix.Referrers("docker.io", "library/a", sub, f); ok {
+			t.Errorf("referrers (filter %q) of a forgotten digest kept", f)
+		}
+		if _, ok, _ := ix.Referrers("docker.io", "library/a", kept, f); !ok {
+			t.Errorf("referrers (filter %q) of a kept digest forgotten", f)
+		}
+	}
+}

@@ -1,0 +1,262 @@
+package tests
+
+import (
+	"encoding/json"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/docker-mirror/docker-mirror/oci"
+	"github.com/docker-mirror/docker-mirror/tests/fixture"
+	"github.com/docker-mirror/docker-mirror/tests/servertest"
+)
+
+const (
+	sigType  = "application/vnd.example.signature.v1+json"
+	sbomType = "application/vnd.example.sbom.v1+json"
+)
+
+// pushReferrer pushes to a registry with the referrers API an artifact of
+// artifactType whose subject is the image desc, and returns its digest.
+func pushReferrer(t *testing.T, host, repo, artifactType string, subject v1.Descriptor) string {
+	t.Helper()
+	a, err := random.Image(64, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a = mutate.MediaType(a, types.OCIManifestSchema1)
+	a = mutate.ConfigMediaType(a, types.MediaType(artifactType))
+	a = mutate.Subject(a, subject).(v1.Image)
+	d, _ := a.Digest()
+	r, _ := name.ParseReference(host+"/"+repo+"@"+d.String(), name.Insecure)
+	if err := remote.Write(r, a); err != nil {
+		t.Fatal(err)
+	}
+	return d.String()
+}
+
+// referrerDigests checks a referrers answer is an OCI index and returns
+// the digests it lists, sorted.
+func referrerDigests(t *testing.T, r response) []string {
+	t.Helper()
+	if ct := r.header.Get("Content-Type"); ct != oci.MediaTypeOCIIndex {
+		t.Fatalf("referrers Content-Type %q (status %d, body %s)", ct, r.status, r.body)
+	}
+	var idx v1.IndexManifest
+	if err := json.Unmarshal(r.body, &idx); err != nil {
+		t.Fatalf("referrers body %s: %v", r.body, err)
+	}
+	if idx.Manifests == nil {
+		t.Fatalf("referrers body %s: no manifests array", r.body)
+	}
+	out := []string{}
+	for _, d := range idx.Manifests {
+		out = append(out, d.Digest.String())
+	}
+	slices.Sort(out)
+	return out
+}
+
+// wantReferrers checks a referrers answer: status 200, the digests, the
+// X-Cache value and whether OCI-Filters-Applied says artifactType.
+func wantReferrers(t *testing.T, r response, cache string, filtered bool, digests ...string) {
+	t.Helper()
+	if r.err != nil || r.status != http.StatusOK {
+		t.Fatalf("referrers: status %d err %v body %s", r.status, r.err, r.body)
+	}
+	slices.Sort(digests)
+	if got := referrerDigests(t, r); !slices.Equal(got, digests) {
+		t.Errorf("referrers %v, want %v", got, digests)
+	}
+	if got := r.header.Get("X-Cache"); got != cache {
+		t.Errorf("X-Cache %q, want %q", got, cache)
+	}
+	want := ""
+	if filtered {
+		want = "artifactType"
+	}
+	if got := r.header.Get("OCI-Filters-Applied"); got != want {
+		t.Errorf("OCI-Filters-Applied %q, want %q", got, want)
+	}
+}
+
+// Referrers are cached per subject and filter: served from the index
+// while fresh, revalidated after the tag TTL, and served stale when the
+// upstream is down; a filter the upstream does not apply is applied by the
+// mirror, also to a cached unfiltered list; HEAD answers the same headers;
+// a subject never seen with the upstream down is a 404 with an empty index.
+func TestReferrersCached(t *testing.T) {
+	up := httptest.NewServer(registry.New(registry.WithReferrersSupport(true), registry.Logger(log.New(io.Discard, "", 0))))
+	t.Cleanup(up.Close)
+	host := strings.TrimPrefix(up.URL, "http://")
+	img, err := random.Image(1024, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	imgRef, _ := name.ParseReference(host+"/library/signed:1", name.Insecure)
+	if err := remote.Write(imgRef, img); err != nil {
+		t.Fatal(err)
+	}
+	imgDigest, _ := img.Digest()
+	imgSize, _ := img.Size()
+	subject := v1.Descriptor{MediaType: types.OCIManifestSchema1, Digest: imgDigest, Size: imgSize}
+	sig := pushReferrer(t, host, "library/signed", sigType, subject)
+	sbom := pushReferrer(t, host, "library/signed", sbomType, subject)
+
+	m := servertest.Start(t, up.URL)
+	u := m.URL() + "/v2/signed/referrers/" + imgDigest.String()
+	byType := func(at string) string { return u + "?" + url.Values{"artifactType": {at}}.Encode() }
+
+	wantReferrers(t, get(t, u), "miss", false, sig, sbom)
+	wantReferrers(t, get(t, u), "hit", false, sig, sbom)
+	// go-containerregistry's registry does not filter: the mirror does.
+	wantReferrers(t, get(t, byType(sigType)), "miss", true, sig)
+	wantReferrers(t, get(t, byType(sigType)), "hit", true, sig)
+
+	full := get(t, u)
+	head := do(t, http.MethodHead, u, nil)
+	if head.status != http.StatusOK || len(head.body) != 0 || head.header.Get("Content-Length") != full.header.Get("Content-Length") ||
+		head.header.Get("Content-Type") != oci.MediaTypeOCIIndex || head.header.Get("X-Cache") != "hit" {
+		t.Fatalf("HEAD referrers: %d %v %q; GET Content-Length %s", head.status, head.header, head.body, full.header.Get("Content-Length"))
+	}
+
+	m.Clock.Advance(2 * time.Minute) // past the tag TTL
+	wantReferrers(t, get(t, u), "revalidated", false, sig, sbom)
+
+	up.Close() // the upstream is down from here
+	wantReferrers(t, get(t, u), "hit", false, sig, sbom)
+	m.Clock.Advance(2 * time.Minute)
+	wantReferrers(t, get(t, u), "stale", false, sig, sbom)
+	wantReferrers(t, get(t, byType(sigType)), "stale", true, sig)
+	// Never asked with this filter: the cached full list, filtered here.
+	wantReferrers(t, get(t, byType(sbomType)), "stale", true, sbom)
+	if h := do(t, http.MethodHead, u, nil); h.status != http.StatusOK || h.header.Get("X-Cache") != "stale" || len(h.body) != 0 {
+		t.Fatalf("HEAD referrers offline: %d %v", h.status, h.header)
+	}
+
+	// Never seen, upstream down: 404 with an empty index, so that clients
+	// fall back to the referrers tag schema.
+	never := m.URL() + "/v2/signed/referrers/" + sha([]byte("never seen"))
+	r := get(t, never)
+	if r.status != http.StatusNotFound {
+		t.Fatalf("never-seen referrers offline: %d %s", r.status, r.body)
+	}
+	if got := referrerDigests(t, r); len(got) != 0 {
+		t.Fatalf("never-seen referrers offline list %v", got)
+	}
+	if h := do(t, http.MethodHead, never, nil); h.status != http.StatusNotFound || len(h.body) != 0 {
+		t.Fatalf("HEAD never-seen referrers offline: %d %q", h.status, h.body)
+	}
+}
+
+// artifactManifest is an OCI artifact manifest of artifactType whose
+// subject is the image sub, with one layer, pushed by digest to a fixture
+// upstream (which has no referrers API). It returns its descriptor as the
+// referrers tag schema lists it.
+func artifactManifest(t *testing.T, up *fixture.Upstream, repo, artifactType, content string, sub *fixture.Image) map[string]any {
+	t.Helper()
+	empty := up.PushBlob(t, repo, []byte("{}"))
+	layer := up.PushBlob(t, repo, []byte(content))
+	raw, err := json.Marshal(map[string]any{
+		"schemaVersion": 2,
+		"mediaType":     oci.MediaTypeOCIManifest,
+		"artifactType":  artifactType,
+		"config":        map[string]any{"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
+		"layers":        []map[string]any{{"mediaType": "application/octet-stream", "digest": layer, "size": len(content)}},
+		"subject":       map[string]any{"mediaType": sub.MediaType, "digest": sub.Digest, "size": len(sub.Manifest)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := up.PutManifest(t, repo, sha(raw), oci.MediaTypeOCIManifest, raw)
+	return map[string]any{"mediaType": oci.MediaTypeOCIManifest, "digest": d, "size": len(raw), "artifactType": artifactType}
+}
+
+// An upstream without the referrers API: the answer is built from the
+// referrers tag schema's "sha256-<hex>" index, fetched through the
+// manifest path (so the index and, by the fill, the referrers themselves
+// are cached), filtered by artifactType when asked, and served offline.
+func TestReferrersFromFallbackTag(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/plain", "1", 1, 1<<10)
+	sig := artifactManifest(t, up, "library/plain", sigType, "signature", img)
+	sbom := artifactManifest(t, up, "library/plain", sbomType, "sbom", img)
+	fallback, err := json.Marshal(map[string]any{
+		"schemaVersion": 2, "mediaType": oci.MediaTypeOCIIndex, "manifests": []any{sig, sbom},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tag := "sha256-" + strings.TrimPrefix(img.Digest, "sha256:")
+	up.PutManifest(t, "library/plain", tag, oci.MediaTypeOCIIndex, fallback)
+	sigDigest, sbomDigest := sig["digest"].(string), sbom["digest"].(string)
+
+	m := servertest.Start(t, up.URL())
+	u := m.URL() + "/v2/plain/referrers/" + img.Digest
+	r := get(t, u)
+	wantReferrers(t, r, "miss", false, sigDigest, sbomDigest)
+	if string(r.body) != string(fallback) {
+		t.Errorf("unfiltered answer %s, want the fallback index as it is: %s", r.body, fallback)
+	}
+	wantReferrers(t, get(t, u+"?artifactType="+url.QueryEscape(sbomType)), "miss", true, sbomDigest)
+	m.WaitIdle() // the fallback index's fill stores the referrers
+
+	up.Stop()
+	m.Clock.Advance(2 * time.Minute)
+	wantReferrers(t, get(t, u), "stale", false, sigDigest, sbomDigest)
+	wantReferrers(t, get(t, u+"?artifactType="+url.QueryEscape(sbomType)), "stale", true, sbomDigest)
+	wantReferrers(t, get(t, u+"?artifactType="+url.QueryEscape(sigType)), "stale", true, sigDigest)
+	// What a client finds there is cached too.
+	if r := get(t, m.URL()+"/v2/plain/manifests/"+sigDigest); r.status != http.StatusOK || sha(r.body) != sigDigest {
+		t.Fatalf("referrer manifest offline: %d %s", r.status, r.body)
+	}
+	if r := get(t, m.URL()+"/v2/plain/manifests/"+tag); r.status != http.StatusOK || string(r.body) != string(fallback) {
+		t.Fatalf("fallback tag offline: %d %s", r.status, r.body)
+	}
+
+	// The fallback tag removed upstream: the list is gone here too, and
+	// stays gone with the upstream down again.
+	up.Restart()
+	up.Delete(t, "library/plain", sha(fallback))
+	m.Clock.Advance(2 * time.Minute)
+	wantError(t, get(t, u), http.StatusNotFound, "MANIFEST_UNKNOWN")
+	up.Stop()
+	for _, q := range []string{"", "?artifactType=" + url.QueryEscape(sbomType)} {
+		if r := get(t, u+q); r.status != http.StatusNotFound || len(referrerDigests(t, r)) != 0 {
+			t.Fatalf("referrers%s of a removed fallback tag offline: %d %s", q, r.status, r.body)
+		}
+	}
+}
+
+// The fallback tag alone, fetched by a client that fell back to the tag
+// schema itself, answers the referrers API offline.
+func TestReferrersOfflineFromCachedFallbackTag(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/plain", "1", 1, 1<<10)
+	sig := artifactManifest(t, up, "library/plain", sigType, "signature", img)
+	fallback, _ := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": oci.MediaTypeOCIIndex, "manifests": []any{sig}})
+	tag := "sha256-" + strings.TrimPrefix(img.Digest, "sha256:")
+	up.PutManifest(t, "library/plain", tag, oci.MediaTypeOCIIndex, fallback)
+
+	m := servertest.Start(t, up.URL())
+	if r := get(t, m.URL()+"/v2/plain/manifests/"+tag); r.status != http.StatusOK {
+		t.Fatalf("fallback tag: %d %s", r.status, r.body)
+	}
+	m.WaitIdle()
+	up.Stop()
+	wantReferrers(t, get(t, m.URL()+"/v2/plain/referrers/"+img.Digest), "stale", false, sig["digest"].(string))
+}
