@@ -97,6 +97,13 @@ func (p *Proxy) referrersOf(ctx context.Context, t target, subject digest.Digest
 			h.Set(cacheHeader, "revalidated")
 			return recordAnswer(rec), nil
 		}
+		if artifactType == "" {
+			// The whole list changed: filtered views of the old one are
+			// stale, also for when the upstream is down.
+			if err := p.index.DeleteReferrers(t.host(), t.repo, subject); err != nil {
+				return nil, err
+			}
+		}
 		nrec := storage.ReferrersRecord{Body: fresh.body, Filtered: fresh.filtered, FromTag: fresh.fromTag, FetchedAt: now, CheckedAt: now}
 		if err := p.index.PutReferrers(t.host(), t.repo, subject, artifactType, nrec); err != nil {
 			return nil, p.noteFull(err)
@@ -175,7 +182,12 @@ func (p *Proxy) fetchReferrers(ctx context.Context, t target, subject digest.Dig
 		if errors.Is(err, upstream.ErrNotFound) {
 			ans, terr := p.referrersFromTag(ctx, t, subject, artifactType)
 			if errors.Is(terr, upstream.ErrNotFound) {
-				return nil, err // the API's 404, not the tag's
+				// Neither the API nor the tag: nothing refers to subject.
+				// The mirror serves the API for such an upstream, so it
+				// answers as a registry with the API does (200, an empty
+				// index): a client that saw the API answer once (oras)
+				// takes a 404 for an error, not for "no API".
+				return &referrersAnswer{body: emptyReferrers, filtered: artifactType != "", fromTag: true}, nil
 			}
 			return ans, terr
 		}

@@ -138,7 +138,6 @@ func TestErrors(t *testing.T) {
 		{"manifest delete", "DELETE", "/v2/err/manifests/" + img.Digest, 405, "UNSUPPORTED", false},
 		{"blob delete", "DELETE", "/v2/err/blobs/" + img.Layers[0], 405, "UNSUPPORTED", false},
 		{"patch", "PATCH", "/v2/err/blobs/uploads/x", 405, "UNSUPPORTED", false},
-		{"referrers (upstream without the API)", "GET", "/v2/err/referrers/" + img.Digest, 404, "MANIFEST_UNKNOWN", true},
 		{"catalog bad page size", "GET", "/v2/_catalog?n=-1", 400, "PAGINATION_NUMBER_INVALID", false},
 	}
 	for _, c := range cases {

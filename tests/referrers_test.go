@@ -64,12 +64,17 @@ func TestReferrers(t *testing.T) {
 	raw, _ := sig.RawManifest()
 	wantManifest(t, get(t, m.URL()+"/v2/signed/manifests/"+sigDigest.String()), raw, string(types.OCIManifestSchema1))
 
-	// An upstream without the API: 404.
+	// An upstream without the API and without a referrers tag: the mirror
+	// serves the API for it, so nothing refers to the image (200, an
+	// empty index), as the distribution spec wants of a registry with the
+	// API.
 	plain := fixture.StartUpstream(t)
 	p := plain.SeedImage(t, "library/plain", "1", 1, 1<<10)
 	m2 := servertest.Start(t, plain.URL())
-	if r := get(t, m2.URL()+"/v2/plain/referrers/"+p.Digest); r.status != http.StatusNotFound {
+	if r := get(t, m2.URL()+"/v2/plain/referrers/"+p.Digest); r.status != http.StatusOK || r.header.Get("Content-Type") != "application/vnd.oci.image.index.v1+json" {
 		t.Fatalf("referrers without the API upstream: %d %s", r.status, r.body)
+	} else if err := json.Unmarshal(r.body, &idx); err != nil || len(idx.Manifests) != 0 {
+		t.Fatalf("referrers without the API upstream: %s (%v), want an empty index", r.body, err)
 	}
 	wantError(t, get(t, m2.URL()+"/v2/plain/referrers/sha256:nope"), http.StatusBadRequest, "DIGEST_INVALID")
 }
