@@ -25,18 +25,26 @@ import (
 //
 // It is a plain PUT rather than go-containerregistry's remote.Put, which
 // also writes a referrers fallback tag for manifests with a subject: a
-// mirror writes what it mirrors and nothing else.
+// mirror writes what it mirrors and nothing else (PutReferrer keeps a
+// referrer findable, when that is what the caller wants).
 func (s *Store) PutManifest(ctx context.Context, repo, ref, mediaType string, body []byte) error {
+	_, err := s.putManifest(ctx, repo, ref, mediaType, body)
+	return err
+}
+
+// putManifest is PutManifest; it returns the destination's answer's
+// headers.
+func (s *Store) putManifest(ctx context.Context, repo, ref, mediaType string, body []byte) (http.Header, error) {
 	r, err := s.repository(repo)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if dgst, err := digest.Parse(ref); err == nil {
 		if got := dgst.Algorithm().FromBytes(body); got != dgst {
-			return fmt.Errorf("destination %s: manifest %s@%s: body digest is %s: %w", s, r.RepositoryStr(), ref, got, storage.ErrDigestMismatch)
+			return nil, fmt.Errorf("destination %s: manifest %s@%s: body digest is %s: %w", s, r.RepositoryStr(), ref, got, storage.ErrDigestMismatch)
 		}
 	} else if !anchoredTag.MatchString(ref) {
-		return fmt.Errorf("destination %s: manifest reference %q is neither a digest nor a tag", s, ref)
+		return nil, fmt.Errorf("destination %s: manifest reference %q is neither a digest nor a tag", s, ref)
 	}
 	if mediaType == "" {
 		var m struct {
@@ -44,33 +52,33 @@ func (s *Store) PutManifest(ctx context.Context, repo, ref, mediaType string, bo
 		}
 		_ = json.Unmarshal(body, &m)
 		if mediaType = m.MediaType; mediaType == "" {
-			return fmt.Errorf("destination %s: manifest %s@%s: no media type", s, r.RepositoryStr(), ref)
+			return nil, fmt.Errorf("destination %s: manifest %s@%s: no media type", s, r.RepositoryStr(), ref)
 		}
 	}
 	what := fmt.Sprintf("manifest %s:%s", r.RepositoryStr(), ref)
 	req, err := http.NewRequest(http.MethodPut, s.url(r, "manifests", ref), bytes.NewReader(body))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	req.Header.Set("Content-Type", mediaType)
 	resp, err := s.do(ctx, req, what, r.Scope(transport.PushScope))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := s.checkStatus(resp, what, http.StatusCreated, http.StatusOK, http.StatusAccepted); err != nil {
 		if missingReferences(err, body) {
-			return fmt.Errorf("%w: %w", storage.ErrMissingReferences, err)
+			return nil, fmt.Errorf("%w: %w", storage.ErrMissingReferences, err)
 		}
-		return err
+		return nil, err
 	}
 	drainClose(resp.Body)
 	if h, err := digest.Parse(resp.Header.Get("Docker-Content-Digest")); err == nil {
 		if got := h.Algorithm().FromBytes(body); got != h {
-			return fmt.Errorf("destination %s: %s: stored under digest %s, but the manifest's digest is %s",
+			return nil, fmt.Errorf("destination %s: %s: stored under digest %s, but the manifest's digest is %s",
 				s, what, h, got)
 		}
 	}
-	return nil
+	return resp.Header, nil
 }
 
 // Manifest implements storage.ManifestStore: it GETs a manifest by digest
