@@ -192,7 +192,17 @@ func (p *Proxy) copyReferrer(ctx context.Context, t target, rs referrerStore, su
 func (p *Proxy) listReferrers(ctx context.Context, t target, subject digest.Digest) ([]v1.Descriptor, error) {
 	body, _, err := t.up.Referrers(ctx, t.repo, subject, "")
 	if errors.Is(err, upstream.ErrNotFound) {
-		m, ferr := t.up.Manifest(ctx, t.repo, oci.Ref{Tag: subject.Algorithm().String() + "-" + subject.Encoded()})
+		// A HEAD first: most images have no fallback tag, and a registry
+		// that counts pulls (Docker Hub) counts GETs of manifests.
+		fallback := oci.Ref{Tag: subject.Algorithm().String() + "-" + subject.Encoded()}
+		_, ferr := t.up.HeadManifest(ctx, t.repo, fallback)
+		if errors.Is(ferr, upstream.ErrNotFound) {
+			return nil, nil
+		}
+		var m *upstream.Manifest
+		if ferr == nil {
+			m, ferr = t.up.Manifest(ctx, t.repo, fallback)
+		}
 		if errors.Is(ferr, upstream.ErrNotFound) {
 			return nil, nil
 		}

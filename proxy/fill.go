@@ -177,9 +177,13 @@ func (p *Proxy) copyImage(ctx context.Context, t target, m *storedManifest, pats
 	if err != nil {
 		return nil, err
 	}
+	// The index and its platforms' images; buildx's attestation entries
+	// are not subjects signatures are made for.
 	subjects := []digest.Digest{m.digest}
 	for _, c := range children {
-		subjects = append(subjects, c.Digest)
+		if !oci.IsAttestation(c) {
+			subjects = append(subjects, c.Digest)
+		}
 	}
 	return names, p.copyReferrers(ctx, t, subjects)
 }
