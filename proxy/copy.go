@@ -187,11 +187,15 @@ func (p *Proxy) copyReferrer(ctx context.Context, t target, rs referrerStore, su
 
 // listReferrers returns the referrers of subject upstream: the referrers
 // API's list, or, from an upstream without it (404), the index tagged
-// sha256-<hex>; none if neither exists. It asks the upstream each time:
+// sha256-<hex> (as clients fall back, also on a 400 or 405); none if
+// neither exists. It asks the upstream each time:
 // a cache of referrers lists, once there is one, belongs here.
 func (p *Proxy) listReferrers(ctx context.Context, t target, subject digest.Digest) ([]v1.Descriptor, error) {
 	body, _, err := t.up.Referrers(ctx, t.repo, subject, "")
-	if errors.Is(err, upstream.ErrNotFound) {
+	var ue *upstream.Error
+	if errors.Is(err, upstream.ErrNotFound) ||
+		// Some registries answer a route they do not have with 400 or 405.
+		errors.As(err, &ue) && (ue.Status == http.StatusBadRequest || ue.Status == http.StatusMethodNotAllowed) {
 		// A HEAD first: most images have no fallback tag, and a registry
 		// that counts pulls (Docker Hub) counts GETs of manifests.
 		fallback := oci.Ref{Tag: subject.Algorithm().String() + "-" + subject.Encoded()}

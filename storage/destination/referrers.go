@@ -59,8 +59,8 @@ func (s *Store) PutReferrer(ctx context.Context, repo string, subject digest.Dig
 }
 
 // hasReferrersAPI asks the destination for the referrers of subject: 200
-// means it has the API; 404 (and 400, as some registries answer an
-// unknown route) that it has not.
+// means it has the API; 404 (and 400 or 405, as some registries answer a
+// route they do not have) that it has not.
 func (s *Store) hasReferrersAPI(ctx context.Context, repo string, subject digest.Digest) (bool, error) {
 	r, err := s.repository(repo)
 	if err != nil {
@@ -77,7 +77,7 @@ func (s *Store) hasReferrersAPI(ctx context.Context, repo string, subject digest
 		return false, err
 	}
 	switch resp.StatusCode {
-	case http.StatusNotFound, http.StatusBadRequest:
+	case http.StatusNotFound, http.StatusBadRequest, http.StatusMethodNotAllowed:
 		drainClose(resp.Body)
 		return false, nil
 	}
