@@ -153,7 +153,10 @@ func (p *Proxy) copyImage(ctx context.Context, t target, m *storedManifest, pats
 			return nil, err
 		}
 		prog.platformDone("")
-		return nil, p.pushManifest(ctx, t, m)
+		if err := p.pushManifest(ctx, t, m); err != nil {
+			return nil, err
+		}
+		return nil, p.copyReferrers(ctx, t, []digest.Digest{m.digest})
 	}
 	children, names := selectChildren(doc.Manifests, pats)
 	prog.platforms(len(names))
@@ -171,7 +174,18 @@ func (p *Proxy) copyImage(ctx context.Context, t target, m *storedManifest, pats
 		}
 		err = p.pushManifest(ctx, t, m)
 	}
-	return names, err
+	if err != nil {
+		return nil, err
+	}
+	// The index and its platforms' images; buildx's attestation entries
+	// are not subjects signatures are made for.
+	subjects := []digest.Digest{m.digest}
+	for _, c := range children {
+		if !oci.IsAttestation(c) {
+			subjects = append(subjects, c.Digest)
+		}
+	}
+	return names, p.copyReferrers(ctx, t, subjects)
 }
 
 // fillChildren copies child manifests of an index with their blobs.
@@ -264,7 +278,7 @@ func (p *Proxy) ensureManifest(ctx context.Context, t target, dgst digest.Digest
 // fillBlobs stores an image's config and layers. Foreign layers (with
 // URLs, e.g. Windows base layers) are left to their own hosts.
 func (p *Proxy) fillBlobs(ctx context.Context, t target, doc oci.Manifest, prog *progress) error {
-	blobs := doc.Layers
+	blobs := append(doc.Layers[:len(doc.Layers):len(doc.Layers)], doc.Blobs...)
 	if doc.Config != nil {
 		blobs = append([]v1.Descriptor{*doc.Config}, blobs...)
 	}

@@ -261,17 +261,20 @@ func (p *Proxy) readManifest(ctx context.Context, t target, dgst digest.Digest) 
 }
 
 // writeManifest stores a manifest's exact bytes by digest. A registry
-// destination is asked to take it at once: it does if it holds everything
-// the manifest references already; if it lacks some, the bytes wait in the
-// index until pushManifest sends them; if it is down or refuses us, the
-// error goes to the client.
+// destination is not sent it yet: a manifest is pushed only after what it
+// references is there (pushManifest, from the fill), also to a registry
+// that would take it without (go-containerregistry's stores an image
+// manifest whatever blobs it lacks), so an interrupted copy never leaves a
+// manifest with missing content. Until then its bytes wait in the index.
+// The destination is asked whether it holds the manifest already, so that
+// one that is down or refuses us fails the client's request at once.
 func (p *Proxy) writeManifest(ctx context.Context, t target, m *upstream.Manifest, mediaType string) error {
 	if ms, ok := p.store.(storage.ManifestStore); ok {
-		err := ms.PutManifest(ctx, t.storeRepo(), m.Digest.String(), mediaType, m.Body)
-		if errors.Is(err, storage.ErrMissingReferences) {
-			return p.index.PutManifestBody(m.Digest, m.Body)
+		_, err := ms.Manifest(ctx, t.storeRepo(), m.Digest)
+		if err != nil && !errors.Is(err, storage.ErrNotFound) {
+			return err
 		}
-		return err
+		return p.index.PutManifestBody(m.Digest, m.Body)
 	}
 	return p.store.Put(ctx, t.storeRepo(), m.Digest, int64(len(m.Body)), bytes.NewReader(m.Body))
 }

@@ -731,12 +731,14 @@ func TestDestinationDown(t *testing.T) {
 
 	for _, path := range []string{
 		"/v2/busybox/manifests/1",                 // a miss: the manifest cannot be stored
-		"/v2/hello-world/manifests/latest",        // indexed, but unreadable
-		"/v2/hello-world/blobs/" + ma.SharedLayer, // idem
+		"/v2/hello-world/blobs/" + ma.SharedLayer, // indexed, but unreadable
 		"/v2/area51/jenkins/manifests/" + done.Digest,
 	} {
 		wantMessage(t, get(t, m.URL()+path), "destination "+dest.Host(), "unreachable")
 	}
+	// hello-world's index was never pushed (its platforms were not all
+	// there): its bytes wait in the mirror's index, which serves them.
+	wantManifest(t, get(t, m.URL()+"/v2/hello-world/manifests/latest"), ma.Index, ma.MediaType)
 	r := postPrefetch(t, m.Server, `{"images": ["busybox:1"]}`)
 	m.WaitIdle()
 	j := job(t, m.Server, r.header.Get("Location"))
@@ -930,8 +932,11 @@ func (w *watchedStore) Put(ctx context.Context, repo string, dgst digest.Digest,
 }
 
 // A destination that refuses writes (read-only, here) is not a client's
-// fault: the pull gets a 5xx that names the destination, not an anonymous
-// "internal error", and the index records nothing.
+// fault. A manifest is pushed only after its blobs, so a pull is answered
+// (from the mirror's index and the upstream) while the destination takes
+// nothing; the mirror is never recorded complete, a prefetch fails naming
+// the destination, not with an anonymous "internal error", and nothing
+// reaches the destination.
 func TestDestinationRefusesWrites(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	ma := up.SeedMultiArch(t, "library/hello-world", "latest", fixture.OCI)
@@ -939,17 +944,21 @@ func TestDestinationRefusesWrites(t *testing.T) {
 	dest := fixture.StartDestination(t, map[string]string{destUser: destPassword}, fixture.WithReadOnly())
 	m := startDestMirror(t, up, dest, nil)
 
-	for _, path := range []string{
-		"/v2/hello-world/manifests/latest",
-		"/v2/area51/jenkins/manifests/2.4",
-		"/v2/area51/jenkins/manifests/" + img.Digest,
-	} {
-		wantMessage(t, get(t, m.URL()+path), "destination "+dest.Host())
-	}
+	wantManifest(t, get(t, m.URL()+"/v2/hello-world/manifests/latest"), ma.Index, ma.MediaType)
+	wantManifest(t, get(t, m.URL()+"/v2/area51/jenkins/manifests/2.4"), img.Manifest, img.MediaType)
 	m.WaitIdle()
-	for _, dg := range []string{ma.Digest, img.Digest} {
-		if _, ok, _ := m.Index.Manifest(digestOf(t, dg)); ok {
-			t.Errorf("the index records manifest %s, which the destination refused", dg)
+	for repo, dg := range map[string]string{"library/hello-world": ma.Digest, "area51/jenkins": img.Digest} {
+		if rec, ok, _ := m.Index.Fill(proxy.DefaultHost, repo, digestOf(t, dg)); ok && rec.State == storage.FillComplete {
+			t.Errorf("the index says %s is mirrored completely", repo)
 		}
+	}
+	r := postPrefetch(t, m.Server, `{"images": ["area51/jenkins:2.4"]}`)
+	m.WaitIdle()
+	j := job(t, m.Server, r.header.Get("Location"))
+	if j.State != storage.JobFailed || !strings.Contains(j.Images[0].Error, "destination "+dest.Host()) {
+		t.Errorf("prefetch into a read-only destination: %+v; want failed naming the destination", j)
+	}
+	if has := destHas(t, dest, "area51/jenkins", "manifests", img.Digest); has {
+		t.Error("the read-only destination holds the manifest")
 	}
 }

@@ -107,6 +107,9 @@ type Store struct {
 	// repository it saw them in: a source for cross-repository mounts.
 	knownMu sync.Mutex
 	known   map[digest.Digest]string
+
+	// fallbackMu serialises the updates of referrers fallback tags.
+	fallbackMu sync.Mutex
 }
 
 // Bounds of the Store's caches.
