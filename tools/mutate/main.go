@@ -338,9 +338,8 @@ func (r *runner) baseline(ctx context.Context, ms []*Mutation) error {
 }
 
 // run applies m and runs its tests until one package fails. A failure
-// counts only if it happens again: the failed tests run once more with the
-// mutation, and if they pass then (a flaky test), the package runs again
-// without them and the result says so.
+// counts only if it is reproduced (see confirm); if not (a flaky test),
+// the package runs again without the failed tests and the result says so.
 func (r *runner) run(ctx context.Context, m *Mutation) (res Result) {
 	start := time.Now()
 	res.Mutation = m
@@ -370,7 +369,7 @@ func (r *runner) run(ctx context.Context, m *Mutation) (res Result) {
 		fmt.Fprintf(logf, "=== go test %s (%.0fs)\n%s\n", t, time.Since(tstart).Seconds(), out)
 		return out, passed, timedOut, err
 	}
-	var flaky []string // tests whose failure did not happen again
+	var flaky []string // tests whose failure was not reproduced
 	for _, t := range r.runs(m) {
 		var skip []string
 	attempts:
@@ -397,12 +396,12 @@ func (r *runner) run(ctx context.Context, m *Mutation) (res Result) {
 				if len(failed) > 0 {
 					again.flags = append(slices.Clone(t.flags), "-run=^("+strings.Join(failed, "|")+")$")
 				}
-				_, passedAgain, _, err := test(again)
+				reproduced, err := confirm(test, again, out)
 				if err != nil {
 					res.Status, res.Detail = skipped, err.Error()
 					return res
 				}
-				if !passedAgain || len(skip) >= 3 {
+				if reproduced || len(skip) >= 3 {
 					res.Status, res.Detail = killed, fmt.Sprintf("%s: %s", t, failures(out))
 					return res
 				}
@@ -422,9 +421,48 @@ func (r *runner) run(ctx context.Context, m *Mutation) (res Result) {
 		res.Status = harmless
 	}
 	if len(flaky) > 0 {
-		res.Detail = "failed once, not again: " + strings.Join(flaky, ", ")
+		res.Detail = "flaky, not counted: " + strings.Join(flaky, ", ")
 	}
 	return res
+}
+
+// confirm runs the failed tests again (up to twice) to tell a kill from a
+// flaky test: the failure is reproduced if a rerun fails in a place an
+// earlier run failed, or if both reruns fail. A rerun that passes means
+// flaky.
+func confirm(test func(testRun) ([]byte, bool, bool, error), again testRun, first []byte) (bool, error) {
+	seen := first
+	for range 2 {
+		out, passed, _, err := test(again)
+		if err != nil || passed {
+			return false, err
+		}
+		if sameFailure(seen, out) {
+			return true, nil
+		}
+		seen = slices.Concat(seen, []byte{'\n'}, out)
+	}
+	return true, nil
+}
+
+var failAt = regexp.MustCompile(`(?m)^\s+(\w+_test\.go:\d+): `)
+
+// sameFailure reports whether two failing outputs fail in the same place:
+// a test line (file.go:N) reported in both, or, if neither names one, any
+// failure. A flaky test failing again elsewhere does not confirm a kill.
+func sameFailure(a, b []byte) bool {
+	at := map[string]bool{}
+	for _, m := range failAt.FindAllSubmatch(a, -1) {
+		at[string(m[1])] = true
+	}
+	found := false
+	for _, m := range failAt.FindAllSubmatch(b, -1) {
+		if at[string(m[1])] {
+			return true
+		}
+		found = true
+	}
+	return len(at) == 0 && !found
 }
 
 // topLevel names the failed top-level tests of a go test output.
