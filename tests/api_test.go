@@ -369,6 +369,28 @@ func TestCorruptStoredManifestNeverServed(t *testing.T) {
 			t.Errorf("%s by digest: Docker-Content-Digest %q", method, r.header.Get("Docker-Content-Digest"))
 		}
 	}
+
+	// The corrupt copy was replaced by the upstream's bytes: the next pulls
+	// are hits that ask the upstream nothing, and work with it down.
+	m.WaitIdle()
+	if got, err := os.ReadFile(file); err != nil || !bytes.Equal(got, img.Manifest) {
+		t.Errorf("stored manifest after the refetch: %v, rotten %v, want the upstream's bytes", err, bytes.Equal(got, b))
+	}
+	up.ResetCounts()
+	for _, url := range []string{byDigest, byTag} {
+		r := get(t, url)
+		wantManifest(t, r, img.Manifest, img.MediaType)
+		if r.header.Get("X-Cache") != "hit" {
+			t.Errorf("%s after the refetch: X-Cache %q, want hit", url, r.header.Get("X-Cache"))
+		}
+	}
+	if n := up.Count(http.MethodGet, fixture.KindManifest); n != 0 {
+		t.Errorf("%d upstream manifest GETs after the refetch, want 0: the corrupt copy was kept", n)
+	}
+	up.Stop()
+	for _, url := range []string{byDigest, byTag} {
+		wantManifest(t, get(t, url), img.Manifest, img.MediaType)
+	}
 }
 
 // A client that does not accept indexes gets the linux/amd64 image for a

@@ -32,6 +32,8 @@ type Guard struct {
 	// a challenge never adds them, so one upstream cannot name another as
 	// its token server.
 	others map[string]bool
+	// lookup resolves a host; net.DefaultResolver's, replaced in tests.
+	lookup func(ctx context.Context, network, host string) ([]netip.Addr, error)
 }
 
 // NewGuard returns a guard allowing the addresses in allowed (host[:port])
@@ -41,6 +43,7 @@ func NewGuard(allowed, others []string) *Guard {
 		dialer:  &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second},
 		allowed: map[string]bool{},
 		others:  map[string]bool{},
+		lookup:  net.DefaultResolver.LookupNetIP,
 	}
 	for _, a := range allowed {
 		for _, hp := range hostPorts(a) {
@@ -101,7 +104,7 @@ func (g *Guard) check(ctx context.Context, addr string) ([]netip.Addr, error) {
 	if err != nil {
 		return nil, err
 	}
-	addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	addrs, err := g.lookup(ctx, "ip", host)
 	if err != nil {
 		return nil, err
 	}

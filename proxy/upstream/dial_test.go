@@ -311,3 +311,60 @@ func TestClientLearnsOwnRealm(t *testing.T) {
 		}
 	})
 }
+
+// TestGuardChecksEveryAddress: a host the guard does not allow is let
+// through only if every address it resolves to is public; a DNS answer
+// mixing a public and a private address is refused, whichever comes first.
+// The resolver is faked, so nothing is resolved or dialled.
+func TestGuardChecksEveryAddress(t *testing.T) {
+	cases := []struct {
+		name    string
+		answer  []string
+		allowed bool
+	}{
+		{"public only", []string{"93.184.215.14", "2606:2800:21f:cb07:6820:80da:af6b:8b2c"}, true},
+		{"public then private", []string{"93.184.215.14", "10.0.0.1"}, false},
+		{"public then loopback", []string{"93.184.215.14", "127.0.0.1"}, false},
+		{"private then public", []string{"192.168.1.1", "93.184.215.14"}, false},
+		{"public then metadata", []string{"93.184.215.14", "8.8.8.8", "169.254.169.254"}, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			g := NewGuard([]string{"registry.example:443"}, nil)
+			var asked []string
+			g.lookup = func(_ context.Context, _, host string) ([]netip.Addr, error) {
+				asked = append(asked, host)
+				var as []netip.Addr
+				for _, a := range tc.answer {
+					as = append(as, netip.MustParseAddr(a))
+				}
+				return as, nil
+			}
+			addrs, err := g.check(t.Context(), "mixed.example:443")
+			if len(asked) != 1 || asked[0] != "mixed.example" {
+				t.Fatalf("resolver asked for %q, want [mixed.example]", asked)
+			}
+			if !tc.allowed {
+				if err == nil {
+					t.Fatalf("%v: allowed (addresses %v), want refused: one of them is not public", tc.answer, addrs)
+				}
+				if !strings.Contains(err.Error(), "not a public address") {
+					t.Errorf("error %q does not say the address is not public", err)
+				}
+				// The HTTP proxy path applies the same check.
+				req := httptest.NewRequest(http.MethodGet, "https://mixed.example/v2/", nil)
+				proxy := g.Proxy(func(*http.Request) (*url.URL, error) { return url.Parse("http://proxy.example:3128") })
+				if pu, err := proxy(req); err == nil {
+					t.Errorf("HTTP proxy %v asked for a host resolving to %v, want refused", pu, tc.answer)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("%v: %v, want allowed", tc.answer, err)
+			}
+			if len(addrs) != len(tc.answer) || addrs[0] != netip.MustParseAddr(tc.answer[0]) {
+				t.Errorf("checked addresses %v, want %v (the one dialled is the first)", addrs, tc.answer)
+			}
+		})
+	}
+}
