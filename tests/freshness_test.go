@@ -140,3 +140,51 @@ func TestTagsList(t *testing.T) {
 		t.Fatalf("cached page: %s %v", r.body, r.header)
 	}
 }
+
+// An upstream's own tag_ttl overrides the global one: docker.io keeps the
+// global minute, ghcr.io trusts its tags for an hour and local.test for
+// nothing. On the mirror's clock each revalidates on its own schedule.
+func TestPerUpstreamTagTTL(t *testing.T) {
+	hub, ghcr, local := fixture.StartUpstream(t), fixture.StartUpstream(t), fixture.StartUpstream(t)
+	hubImg := hub.SeedImage(t, "library/app", "1", 1, 1<<10)
+	ghcrImg := ghcr.SeedImage(t, "org/app", "1", 1, 1<<10)
+	localImg := local.SeedImage(t, "org/app", "1", 1, 1<<10)
+	hour, zero := time.Hour, time.Duration(0)
+	m := servertest.StartUpstreams(t, []servertest.Upstream{
+		{Host: proxy.DefaultHost, URL: hub.URL()},
+		{Host: "ghcr.io", URL: ghcr.URL(), TagTTL: &hour},
+		{Host: "local.test", URL: local.URL(), TagTTL: &zero},
+	}, nil, proxy.WithTagTTL(time.Minute))
+	type pull struct {
+		up  *fixture.Upstream
+		url string
+		img *fixture.Image
+	}
+	pulls := map[string]pull{
+		"docker.io":  {hub, m.URL() + "/v2/app/manifests/1", hubImg},
+		"ghcr.io":    {ghcr, m.URL() + "/v2/org/app/manifests/1?ns=ghcr.io", ghcrImg},
+		"local.test": {local, m.URL() + "/v2/org/app/manifests/1?ns=local.test", localImg},
+	}
+	for _, p := range pulls {
+		wantManifest(t, get(t, p.url), p.img.Manifest, p.img.MediaType)
+	}
+	m.WaitIdle()
+	// check pulls every tag once and wants want[host] upstream HEADs.
+	check := func(when string, want map[string]int) {
+		t.Helper()
+		for host, p := range pulls {
+			p.up.ResetCounts()
+			wantManifest(t, get(t, p.url), p.img.Manifest, p.img.MediaType)
+			if h, g := p.up.Count(http.MethodHead, fixture.KindManifest), p.up.Count(http.MethodGet, fixture.KindManifest); h != want[host] || g != 0 {
+				t.Errorf("%s, %s: %d HEADs and %d GETs upstream, want %d and 0", when, host, h, g, want[host])
+			}
+		}
+	}
+	check("at once", map[string]int{"docker.io": 0, "ghcr.io": 0, "local.test": 1})
+	m.Clock.Advance(2 * time.Minute)
+	check("after 2 minutes", map[string]int{"docker.io": 1, "ghcr.io": 0, "local.test": 1})
+	m.Clock.Advance(30 * time.Minute)
+	check("after 32 minutes", map[string]int{"docker.io": 1, "ghcr.io": 0, "local.test": 1})
+	m.Clock.Advance(30 * time.Minute)
+	check("after 62 minutes", map[string]int{"docker.io": 1, "ghcr.io": 1, "local.test": 1})
+}

@@ -56,6 +56,8 @@ type Upstream struct {
 	// AllowHosts are the private addresses besides its own the upstream's
 	// connections may reach (config's allow_hosts), e.g. a blob CDN.
 	AllowHosts []string
+	// TagTTL, if set, is the upstream's own tag_ttl, overriding the global one.
+	TagTTL *time.Duration
 }
 
 // Server is a running docker-mirror.
@@ -123,6 +125,10 @@ func Config(tb testing.TB, dir string, ups []Upstream) config.Config {
 		}
 		if u.Host == proxy.DefaultHost {
 			cfg.Upstream = u.URL
+		}
+		if u.TagTTL != nil {
+			d := config.Duration(*u.TagTTL)
+			cu.TagTTL = &d
 		}
 		if u.Timeout > 0 {
 			cfg.UpstreamTimeout = config.Duration(u.Timeout)
