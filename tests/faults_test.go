@@ -2,6 +2,7 @@ package tests
 
 import (
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -44,6 +45,61 @@ func TestBlobCutBeyondRetriesAbortsClient(t *testing.T) {
 	r := get(t, m.URL()+"/v2/cut/blobs/"+layer)
 	if r.err == nil && r.status == http.StatusOK {
 		t.Fatalf("a cut blob was answered as a complete 200 (%d bytes)", len(r.body))
+	}
+	m.WaitIdle()
+	if _, err := m.Store.Stat(t.Context(), "library/cut", digestOf(t, layer)); err == nil {
+		t.Fatal("a partial blob was stored")
+	}
+	up.ClearFault()
+	wantBlob(t, m, "cut", layer)
+}
+
+// noLength is a ResponseWriter that sends no Content-Length: the body goes
+// out chunked, as from an upstream that does not say how long a blob is.
+type noLength struct {
+	http.ResponseWriter
+	wrote bool
+}
+
+func (w *noLength) WriteHeader(code int) {
+	if !w.wrote {
+		w.wrote = true
+		w.Header().Del("Content-Length")
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *noLength) Write(p []byte) (int, error) {
+	if !w.wrote {
+		w.WriteHeader(http.StatusOK)
+	}
+	return w.ResponseWriter.Write(p)
+}
+
+func (w *noLength) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// A blob the upstream sends without a length is passed on chunked; when
+// its download is cut beyond the resumes, the client's connection is
+// aborted: a chunked body that simply ended would look whole.
+func TestChunkedBlobCutBeyondRetriesAbortsClient(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/cut", "1", 1, 512<<10)
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		up.ServeHTTP(&noLength{ResponseWriter: w}, r)
+	}))
+	t.Cleanup(front.Close)
+	m := servertest.Start(t, front.URL)
+	layer := img.Layers[0]
+
+	up.SetFault(fixture.Fault{Kind: fixture.KindBlob, Method: http.MethodGet, Cut: true, CutAfter: 100 << 10})
+	r := get(t, m.URL()+"/v2/cut/blobs/"+layer)
+	// The answer must have started (the bytes before the cut were passed
+	// on) without a length, else this test does not test the abort.
+	if r.status != http.StatusOK || r.header.Get("Content-Length") != "" {
+		t.Fatalf("status %d, Content-Length %q: the test needs a 200 passed on without a length before the cut", r.status, r.header.Get("Content-Length"))
+	}
+	if r.err == nil {
+		t.Fatalf("a cut blob sent without a length was answered as a complete 200 (%d bytes of %s)", len(r.body), layer)
 	}
 	m.WaitIdle()
 	if _, err := m.Store.Stat(t.Context(), "library/cut", digestOf(t, layer)); err == nil {
