@@ -227,3 +227,79 @@ func TestEvictPartialImageAfterGrace(t *testing.T) {
 		t.Fatalf("Evict after the grace period = %+v, %v; stored %d", r, err, e.m.Index.StoredBytes())
 	}
 }
+
+// An image the guard reports in use is not evicted: it keeps its tags and
+// its content.
+func TestEvictSparesImageInUse(t *testing.T) {
+	e := newEnv(t)
+	a, b, c := seedThree(t, e)
+	inUse := lifecycle.NewInUse()
+	release, err := inUse.Acquire(t.Context(), digest.Digest(a.digest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	col := e.collector(lifecycle.Options{Guard: inUse})
+	r, err := col.Evict(t.Context(), 1, 0, e.m.Clock.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, im := range r.Evicted {
+		if im.Digest.String() == a.digest {
+			t.Errorf("evicted %+v, the guard reporting a in use", r.Evicted)
+		}
+	}
+	if r.ImagesEvicted != 2 {
+		t.Errorf("evicted %+v, want b and c", r.Evicted)
+	}
+	if list := images(t, col); len(list) != 1 || list[0].Digest.String() != a.digest || strings.Join(list[0].Tags, ",") != "v1" {
+		t.Errorf("images after eviction: %+v, want a:v1", list)
+	}
+	if rec, ok, err := e.m.Index.Tag("docker.io", "library/a", "v1"); err != nil || !ok || rec.Digest.String() != a.digest {
+		t.Errorf("a's tag after eviction: %+v, %v, %v", rec, ok, err)
+	}
+	e.wantStored(t, true, a.content()...)
+	e.wantStored(t, false, b.content()...)
+	e.wantStored(t, false, c.content()...)
+}
+
+// A background mirror holds its image in use for as long as it runs: an
+// image whose mirroring outlasts the grace period (so its partial mirror
+// record no longer spares it) is not evicted half-mirrored.
+func TestEvictSparesLongMirror(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	seeded := up.SeedImage(t, "library/app", "v1", 2, 8<<10)
+	im := single("app", "v1", seeded)
+	gated, g := startGated(t, up, seeded.Layers[1])
+	inUse := lifecycle.NewInUse()
+	m := servertest.StartWithStore(t, gated.URL, func(ix *storage.Index) (storage.Store, error) {
+		return storage.OpenDriverStore(context.Background(), "filesystem", map[string]any{"rootdirectory": filepath.Dir(ix.Path())})
+	}, proxy.WithContentGuard(inUse))
+	t.Cleanup(g.Open) // before the mirror stops: it waits for the mirroring
+	e := &env{up: up, m: m, store: m.Store.(*storage.DriverStore)}
+	col := e.collector(lifecycle.Options{Grace: lifecycle.DefaultGrace, Guard: inUse})
+
+	if status, _, _ := get(t, m.URL()+"/v2/app/manifests/v1"); status != http.StatusOK {
+		t.Fatalf("pull: status %d", status)
+	}
+	select {
+	case <-g.reached: // the background mirror waits for a layer
+	case <-time.After(time.Minute):
+		t.Fatal("the background mirror never asked for the gated layer")
+	}
+	m.Clock.Advance(lifecycle.DefaultGrace + time.Minute)
+	r, err := col.Evict(t.Context(), 1, 0, m.Clock.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.ImagesEvicted != 0 {
+		t.Errorf("evicted %+v while it was being mirrored", r.Evicted)
+	}
+	g.Open()
+	m.WaitIdle()
+	list := images(t, col)
+	if len(list) != 1 || list[0].Digest.String() != im.digest || strings.Join(list[0].Tags, ",") != "v1" || list[0].State != storage.FillComplete {
+		t.Fatalf("images after the mirror: %+v, want app:v1 complete", list)
+	}
+	e.wantStored(t, true, im.content()...)
+}

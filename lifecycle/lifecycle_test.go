@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -848,4 +849,87 @@ func TestEvictSameDigestInTwoRepositories(t *testing.T) {
 	}
 	e.up.Stop()
 	e.wantPull(t, y)
+}
+
+// A dry-run collection counts nothing of an image a root keeps: a tag, a
+// mirror record (an image pulled by digest) or a pin, each alone.
+func TestCollectDryRunKeepsRoots(t *testing.T) {
+	e := newEnv(t)
+	a, b, c := seedThree(t, e)
+	// a: its tag alone.
+	if err := e.m.Index.DeleteFill("docker.io", "library/a", digest.Digest(a.digest)); err != nil {
+		t.Fatal(err)
+	}
+	// b: its mirror record alone.
+	if err := e.m.Index.DeleteTag("docker.io", "library/b", "v1"); err != nil {
+		t.Fatal(err)
+	}
+	// c: its pin alone.
+	if err := e.m.Index.DeleteTag("docker.io", "library/c", "v1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.m.Index.DeleteFill("docker.io", "library/c", digest.Digest(c.digest)); err != nil {
+		t.Fatal(err)
+	}
+	col := e.collector(lifecycle.Options{DryRun: true})
+	if err := col.Pin(c.digest, "admin"); err != nil {
+		t.Fatal(err)
+	}
+	r, err := col.Collect(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.DryRun || r.BlobsRemoved != 0 || r.ManifestsRemoved != 0 || r.BytesFreed != 0 {
+		t.Errorf("dry-run Collect = %+v, want nothing removable (a tagged, b mirrored, c pinned)", r)
+	}
+	for _, im := range []image{a, b, c} {
+		e.wantStored(t, true, im.content()...)
+	}
+}
+
+// claimHook is a Guard that runs first before its first claim, and
+// grants every claim.
+type claimHook struct {
+	first func()
+	once  sync.Once
+}
+
+func (g *claimHook) Claim(digest.Digest) (func(), bool) {
+	g.once.Do(g.first)
+	return func() {}, true
+}
+
+// A root recorded while a collection runs (after the marking, before the
+// removal) keeps its content: a pull tags an unreferenced old image again.
+func TestCollectRereadsRoots(t *testing.T) {
+	e := newEnv(t)
+	_, b, _ := seedThree(t, e)
+	if err := e.m.Index.DeleteTag("docker.io", "library/b", "v1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.m.Index.DeleteFill("docker.io", "library/b", digest.Digest(b.digest)); err != nil {
+		t.Fatal(err)
+	}
+	rec, ok, err := e.m.Index.Manifest(digest.Digest(b.digest))
+	if err != nil || !ok {
+		t.Fatalf("b's manifest record: %v, %v", ok, err)
+	}
+	retagged := false
+	guard := &claimHook{first: func() {
+		if err := e.m.Index.RecordManifest(storage.ManifestEntry{Upstream: "docker.io", Repo: "library/b", Digest: digest.Digest(b.digest), Record: rec, Tag: "v1"}); err != nil {
+			t.Error(err)
+		}
+		retagged = true
+	}}
+	r, err := e.collector(lifecycle.Options{Guard: guard}).Collect(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !retagged {
+		t.Fatal("the collection claimed nothing: b was not unreferenced")
+	}
+	if r.BlobsRemoved != 0 || r.ManifestsRemoved != 0 {
+		t.Errorf("Collect = %+v, want b kept by its new tag", r)
+	}
+	e.wantStored(t, true, b.content()...)
 }

@@ -12,6 +12,7 @@ import (
 	"math/rand/v2"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -37,6 +38,7 @@ func Run(t *testing.T, newStore func(t *testing.T) storage.Store) {
 		{"SizeMismatch", testSizeMismatch},
 		{"PutExisting", testPutExisting},
 		{"FailingReader", testFailingReader},
+		{"InvisibleWhileWriting", testInvisibleWhileWriting},
 		{"ConcurrentPutSameDigest", testConcurrentPutSame},
 		{"ConcurrentPutDifferentDigests", testConcurrentPutDifferent},
 		{"Missing", testMissing},
@@ -256,6 +258,57 @@ func testFailingReader(t *testing.T, s storage.Store) {
 	checkAbsent(t, s, d)
 
 	mustPut(t, s, want)
+	checkContent(t, s, d, want)
+}
+
+// testInvisibleWhileWriting puts content from a reader that stops half-way:
+// meanwhile the digest is not visible, neither to Stat nor to Open (a
+// write goes to a temporary name and is moved into place complete and
+// verified).
+func testInvisibleWhileWriting(t *testing.T, s storage.Store) {
+	want := content(256<<10, 9)
+	d := digest.FromBytes(want)
+	pr, pw := io.Pipe()
+	defer pw.CloseWithError(errors.New("the test is over")) // a failed test leaves no Put waiting
+	done := make(chan error, 1)
+	go func() {
+		err := s.Put(t.Context(), testRepo, d, int64(len(want)), pr)
+		pr.CloseWithError(fmt.Errorf("the Put returned: %v", err)) // unblocks the writes below
+		done <- err
+	}()
+	// write hands b to the Put, failing the test if it is not read in
+	// time. Once the write of the byte after the first half returns, the
+	// Put has handed the first half on and is reading again.
+	write := func(b []byte) {
+		t.Helper()
+		werr := make(chan error, 1)
+		go func() {
+			_, err := pw.Write(b)
+			werr <- err
+		}()
+		select {
+		case err := <-werr:
+			if err != nil {
+				t.Fatalf("writing to the Put: %v", err)
+			}
+		case <-time.After(time.Minute):
+			t.Fatal("the Put stopped reading")
+		}
+	}
+	half := len(want) / 2
+	write(want[:half])
+	write(want[half : half+1])
+	checkAbsent(t, s, d)
+	write(want[half+1:])
+	pw.Close()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Put: %v", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("the Put did not return")
+	}
 	checkContent(t, s, d, want)
 }
 
