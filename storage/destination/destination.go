@@ -35,6 +35,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sync/singleflight"
 
@@ -98,9 +99,9 @@ type Store struct {
 
 	// transports caches one authenticated transport per set of scopes: a
 	// bearer token is scoped to repositories and actions, and
-	// go-containerregistry's transport reuses it until it expires.
-	mu         sync.Mutex
-	transports map[string]http.RoundTripper
+	// go-containerregistry's transport reuses it until it expires. At most
+	// maxTransports, the least recently used dropped first.
+	transports *lru.Cache[string, http.RoundTripper]
 	creating   singleflight.Group
 
 	// known remembers, for blobs this Store stored or found, the last
@@ -173,13 +174,17 @@ func New(rawURL string, opts ...Option) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("destination %q: invalid host %q: %w", shown, u.Host, err)
 	}
+	transports, err := lru.New[string, http.RoundTripper](maxTransports)
+	if err != nil {
+		return nil, err
+	}
 	s := &Store{
 		host:       u.Host,
 		scheme:     u.Scheme,
 		prefix:     prefix,
 		registry:   reg,
 		auth:       authn.Anonymous,
-		transports: map[string]http.RoundTripper{},
+		transports: transports,
 		known:      map[digest.Digest]string{},
 	}
 	for _, o := range opts {
@@ -289,10 +294,7 @@ func (s *Store) url(r name.Repository, kind, ref string) string {
 // ping, and a token for a Bearer destination) once for concurrent callers.
 func (s *Store) transport(ctx context.Context, scopes ...string) (http.RoundTripper, error) {
 	key := strings.Join(scopes, " ")
-	s.mu.Lock()
-	t, ok := s.transports[key]
-	s.mu.Unlock()
-	if ok {
+	if t, ok := s.transports.Get(key); ok {
 		return t, nil
 	}
 	v, err, _ := s.creating.Do(key, func() (any, error) {
@@ -303,12 +305,7 @@ func (s *Store) transport(ctx context.Context, scopes ...string) (http.RoundTrip
 		if err != nil {
 			return nil, s.fail(err, "authentication handshake")
 		}
-		s.mu.Lock()
-		if len(s.transports) >= maxTransports {
-			clear(s.transports)
-		}
-		s.transports[key] = t
-		s.mu.Unlock()
+		s.transports.Add(key, t)
 		return t, nil
 	})
 	if err != nil {
