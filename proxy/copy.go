@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 
@@ -12,6 +13,7 @@ import (
 
 	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/proxy/errcode"
+	"github.com/docker-mirror/docker-mirror/proxy/upstream"
 	"github.com/docker-mirror/docker-mirror/storage"
 )
 
@@ -183,15 +185,39 @@ func (p *Proxy) copyReferrer(ctx context.Context, t target, rs referrerStore, su
 	return p.index.DeleteManifestBody(m.digest)
 }
 
-// listReferrers returns the referrers of subject, as the referrers route
-// serves them (cached, revalidated, or read from the sha256-<hex> tag of
-// an upstream without the API).
+// listReferrers returns the referrers of subject upstream: the referrers
+// API's list, or, from an upstream without it (404), the index tagged
+// sha256-<hex> (as clients fall back, also on a 400 or 405); none if
+// neither exists. It asks the upstream each time:
+// a cache of referrers lists, once there is one, belongs here.
 func (p *Proxy) listReferrers(ctx context.Context, t target, subject digest.Digest) ([]v1.Descriptor, error) {
-	ans, err := p.referrersOf(ctx, t, subject, "", http.Header{})
+	body, _, err := t.up.Referrers(ctx, t.repo, subject, "")
+	var ue *upstream.Error
+	if errors.Is(err, upstream.ErrNotFound) ||
+		// Some registries answer a route they do not have with 400 or 405.
+		errors.As(err, &ue) && (ue.Status == http.StatusBadRequest || ue.Status == http.StatusMethodNotAllowed) {
+		// A HEAD first: most images have no fallback tag, and a registry
+		// that counts pulls (Docker Hub) counts GETs of manifests.
+		fallback := oci.Ref{Tag: subject.Algorithm().String() + "-" + subject.Encoded()}
+		_, ferr := t.up.HeadManifest(ctx, t.repo, fallback)
+		if errors.Is(ferr, upstream.ErrNotFound) {
+			return nil, nil
+		}
+		var m *upstream.Manifest
+		if ferr == nil {
+			m, ferr = t.up.Manifest(ctx, t.repo, fallback)
+		}
+		if errors.Is(ferr, upstream.ErrNotFound) {
+			return nil, nil
+		}
+		if ferr != nil {
+			return nil, ferr
+		}
+		body, err = m.Body, nil
+	}
 	if err != nil {
 		return nil, err
 	}
-	body := ans.body
 	var idx struct {
 		Manifests []v1.Descriptor `json:"manifests"`
 	}
