@@ -43,6 +43,11 @@ type Metrics struct {
 	FillsInProgress *prometheus.GaugeVec
 	// FillDuration observes fill durations by kind and result.
 	FillDuration *prometheus.HistogramVec
+	// ReferrersFetched counts the supply-chain artifacts fills fetched
+	// from the upstreams with the images, by kind: referrer (listed by
+	// the referrers API or the fallback tag), sig, att, sbom (cosign's
+	// sha256-<hex>.sig, .att and .sbom tags).
+	ReferrersFetched *prometheus.CounterVec
 }
 
 // New returns the metrics, registered with Go and process collectors on a
@@ -86,7 +91,11 @@ func New() *Metrics {
 			Name: "docker_mirror_fill_duration_seconds", Help: "Upstream fill durations by kind and result.",
 			Buckets: prometheus.ExponentialBuckets(0.01, 4, 9),
 		}, []string{"kind", "result"}),
+		ReferrersFetched: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "docker_mirror_referrers_fetched_total", Help: "Signatures, attestations and SBOMs fetched with the images, by kind (referrer, sig, att, sbom).",
+		}, []string{"kind"}),
 	}
+	r.MustRegister(m.ReferrersFetched)
 	r.MustRegister(m.Requests, m.RequestDuration, m.Cache, m.ServedBytes, m.UpstreamRequests, m.UpstreamBytes,
 		m.UpstreamErrors, m.RateLimitRemaining, m.RateLimitLimit, m.FillsInProgress, m.FillDuration,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

@@ -62,22 +62,32 @@ func (q *fillQueue) Len() int {
 // for an index, every child whose platform matches the configured patterns
 // and the attestations of those; for each image, its config and layers.
 func (p *Proxy) enqueueFill(ctx context.Context, t target, dgst digest.Digest) {
+	p.background(ctx, fillKey(t, dgst), func(ctx context.Context) error {
+		err := p.fillImage(ctx, t, dgst)
+		if err != nil {
+			p.log.Warn("background fill incomplete; it resumes on the next pull or restart",
+				"upstream", t.host(), "repo", t.repo, "digest", dgst, "error", err)
+		}
+		return err
+	})
+}
+
+// background runs fn as the fill job key, unless one runs already: on a
+// context detached from ctx, counted in work and in the fill queue.
+func (p *Proxy) background(ctx context.Context, key string, fn func(context.Context) error) {
 	if !p.work.start() {
 		return
 	}
-	if !p.fills.add(fillKey(t, dgst)) {
+	if !p.fills.add(key) {
 		p.work.done()
 		return
 	}
 	ctx, cancel := p.detach(ctx, p.fillTimeout)
 	go func() {
 		defer p.work.done()
-		defer p.fills.done(fillKey(t, dgst))
+		defer p.fills.done(key)
 		defer cancel()
-		if err := p.fillImage(ctx, t, dgst); err != nil {
-			p.log.Warn("background fill incomplete; it resumes on the next pull or restart",
-				"upstream", t.host(), "repo", t.repo, "digest", dgst, "error", err)
-		}
+		_ = fn(ctx) // fn logs its failure
 	}()
 }
 
@@ -126,10 +136,16 @@ func (p *Proxy) completeFill(ctx context.Context, t target, m *storedManifest, p
 	return nil
 }
 
-// publishTag points a tag at a manifest in a registry destination.
+// publishTag points a tag at a manifest in a registry destination. The
+// referrers tag schema's "sha256-<hex>" is not: a destination that keeps
+// referrers keeps that tag's index itself, listing what was copied there
+// (PutReferrer), or has the referrers API and needs none.
 func (p *Proxy) publishTag(ctx context.Context, t target, tag string, m *storedManifest) error {
 	ms, ok := p.store.(storage.ManifestStore)
 	if !ok {
+		return nil
+	}
+	if _, ok := p.store.(referrerStore); ok && isFallbackTag(tag) {
 		return nil
 	}
 	if err := ms.PutManifest(ctx, t.storeRepo(), tag, m.mediaType, m.body); err != nil {
@@ -156,7 +172,7 @@ func (p *Proxy) copyImage(ctx context.Context, t target, m *storedManifest, pats
 		if err := p.pushManifest(ctx, t, m); err != nil {
 			return nil, err
 		}
-		return nil, p.copyReferrers(ctx, t, []digest.Digest{m.digest})
+		return nil, p.storeReferrers(ctx, t, []digest.Digest{m.digest}, prog)
 	}
 	children, names := selectChildren(doc.Manifests, pats)
 	prog.platforms(len(names))
@@ -185,7 +201,7 @@ func (p *Proxy) copyImage(ctx context.Context, t target, m *storedManifest, pats
 			subjects = append(subjects, c.Digest)
 		}
 	}
-	return names, p.copyReferrers(ctx, t, subjects)
+	return names, p.storeReferrers(ctx, t, subjects, prog)
 }
 
 // fillChildren copies child manifests of an index with their blobs.

@@ -164,6 +164,7 @@ func (p *Proxy) prefetchImage(ctx context.Context, job *storage.Job, i int, pats
 		img := &job.Images[i]
 		img.Digest, img.PlatformsTotal, img.PlatformsDone = s.Digest, s.PlatformsTotal, s.PlatformsDone
 		img.BytesTotal, img.BytesDone = s.BytesTotal, s.BytesDone
+		img.Referrers = s.Referrers
 		p.jobs.mu.Unlock()
 	})
 	if err != nil {

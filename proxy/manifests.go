@@ -109,6 +109,13 @@ func (p *Proxy) defaultPlatform(ctx context.Context, t target, m *storedManifest
 // revalidated with a HEAD upstream after the tag TTL, and from the cache
 // whenever the upstream cannot be asked.
 func (p *Proxy) manifestByTag(ctx context.Context, t target, tag string, h http.Header) (*storedManifest, error) {
+	return p.tagManifest(ctx, t, tag, h, true)
+}
+
+// tagManifest is manifestByTag; a manifest it fetches starts filling in
+// the background only if fill is set (not for the supply-chain artifacts
+// a fill stores itself).
+func (p *Proxy) tagManifest(ctx context.Context, t target, tag string, h http.Header, fill bool) (*storedManifest, error) {
 	rec, ok, err := p.index.Tag(t.host(), t.repo, tag)
 	if err != nil {
 		return nil, err
@@ -147,7 +154,7 @@ func (p *Proxy) manifestByTag(ctx context.Context, t target, tag string, h http.
 		}
 	}
 	h.Set(cacheHeader, "miss")
-	return p.fetchManifest(ctx, t, oci.Ref{Tag: tag}, true)
+	return p.fetchManifest(ctx, t, oci.Ref{Tag: tag}, fill)
 }
 
 // revalidate asks the upstream, once for all concurrent callers, which

@@ -14,6 +14,7 @@ type progress struct {
 	platformsDone  []string
 	bytesTotal     int64
 	bytesDone      int64
+	referrers      int
 	seen           map[digest.Digest]bool
 	digest         string
 	// changed, if set, is called after every change (without the lock).
@@ -31,6 +32,9 @@ type Progress struct {
 	// BytesTotal and BytesDone count the blobs' bytes, each blob once.
 	BytesTotal int64
 	BytesDone  int64
+	// Referrers counts the signatures, attestations and SBOMs stored
+	// with the image (referrers and cosign's tags, recursively).
+	Referrers int
 }
 
 func (g *progress) update(f func()) {
@@ -77,6 +81,9 @@ func (g *progress) blob(d digest.Digest, size int64) bool {
 
 func (g *progress) blobDone(size int64) { g.update(func() { g.bytesDone += size }) }
 
+// referrer counts a supply-chain artifact stored with the image.
+func (g *progress) referrer() { g.update(func() { g.referrers++ }) }
+
 func (g *progress) snapshot() Progress {
 	if g == nil {
 		return Progress{}
@@ -89,5 +96,6 @@ func (g *progress) snapshot() Progress {
 		PlatformsDone:  append([]string(nil), g.platformsDone...),
 		BytesTotal:     g.bytesTotal,
 		BytesDone:      g.bytesDone,
+		Referrers:      g.referrers,
 	}
 }

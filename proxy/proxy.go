@@ -44,7 +44,10 @@ type Proxy struct {
 	now          func() time.Time
 	tagTTL       time.Duration
 	platforms    []oci.Platform
-	// perUpstream overrides tagTTL and platforms for some upstreams.
+	// fillReferrers: every fill also stores what refers to the image
+	// (signatures, attestations, SBOMs).
+	fillReferrers bool
+	// perUpstream overrides tagTTL, platforms and referrers for some upstreams.
 	perUpstream map[string]UpstreamSettings
 	// fetches bounds the background fill's parallel upstream fetches.
 	fetches     *semaphore.Weighted
@@ -129,6 +132,7 @@ func WithPlatforms(ps []oci.Platform) Option { return func(p *Proxy) { p.platfor
 type UpstreamSettings struct {
 	TagTTL    *time.Duration
 	Platforms []oci.Platform
+	Referrers *bool
 }
 
 // WithUpstreamSettings overrides the tag TTL and platforms of the upstream
@@ -157,6 +161,22 @@ func (p *Proxy) platformsFor(t target) []oci.Platform {
 	}
 	return p.platforms
 }
+
+// referrersFor reports whether fills from t's upstream also store the
+// image's referrers and cosign's signature tags.
+func (p *Proxy) referrersFor(t target) bool {
+	if s, ok := p.perUpstream[t.host()]; ok && s.Referrers != nil {
+		return *s.Referrers
+	}
+	return p.fillReferrers
+}
+
+// WithReferrers sets whether every fill (background, prefetch, sync,
+// mirror) also stores what refers to the image: its referrers (the
+// referrers API, or the sha256-<hex> fallback tag) and cosign's
+// sha256-<hex>.sig, .att and .sbom tags, with their blobs (default true).
+// The referrers API is served either way.
+func WithReferrers(on bool) Option { return func(p *Proxy) { p.fillReferrers = on } }
 
 // WithConcurrency sets the background fill's parallel upstream fetches
 // (default 4).
@@ -204,6 +224,7 @@ func New(store storage.Store, index *storage.Index, upstreams []*upstream.Client
 		now:             time.Now,
 		tagTTL:          time.Minute,
 		platforms:       []oci.Platform{{OS: "linux", Architecture: "*"}},
+		fillReferrers:   true,
 		fetches:         semaphore.NewWeighted(4),
 		fillTimeout:     time.Hour,
 		maxBlobSize:     DefaultMaxBlobSize,

@@ -57,6 +57,10 @@ func (p *Proxy) referrers(w http.ResponseWriter, r *http.Request) error {
 		ans, status = &referrersAnswer{body: emptyReferrers}, http.StatusNotFound
 	case err != nil:
 		return err
+	case h.Get(cacheHeader) == "miss" && p.referrersFor(t):
+		// A list not seen before: what it names is stored in the
+		// background, so that it is there when the upstream is not.
+		p.enqueueReferrersFill(r.Context(), t, dgst)
 	}
 	if ans.filtered {
 		h.Set("OCI-Filters-Applied", filterArtifactType)
@@ -155,7 +159,7 @@ func (p *Proxy) cachedReferrers(ctx context.Context, t target, subject digest.Di
 	if _, ok, err := p.index.Tag(t.host(), t.repo, tag); err != nil || !ok {
 		return nil
 	}
-	m, err := p.manifestByTag(ctx, t, tag, http.Header{})
+	m, err := p.tagManifest(ctx, t, tag, http.Header{}, false)
 	if err != nil {
 		return nil
 	}
@@ -179,7 +183,7 @@ func (p *Proxy) fetchReferrers(ctx context.Context, t target, subject digest.Dig
 		ctx, cancel := p.detach(ctx, p.manifestTimeout)
 		defer cancel()
 		body, filters, err := t.up.Referrers(ctx, t.repo, subject, artifactType)
-		if errors.Is(err, upstream.ErrNotFound) {
+		if noReferrersAPI(err) {
 			ans, terr := p.referrersFromTag(ctx, t, subject, artifactType)
 			if errors.Is(terr, upstream.ErrNotFound) {
 				// Neither the API nor the tag: nothing refers to subject.
@@ -209,12 +213,22 @@ func (p *Proxy) fetchReferrers(ctx context.Context, t target, subject digest.Dig
 	})
 }
 
+// noReferrersAPI reports whether an upstream's answer to the referrers
+// API says it has none: 404, or 400 or 405 as some registries answer a
+// route they do not know (clients fall back to the tag schema on these).
+func noReferrersAPI(err error) bool {
+	var ue *upstream.Error
+	return errors.Is(err, upstream.ErrNotFound) ||
+		errors.As(err, &ue) && (ue.Status == http.StatusBadRequest || ue.Status == http.StatusMethodNotAllowed)
+}
+
 // referrersFromTag builds the referrers answer from the "<alg>-<hex>"
 // index of the referrers tag schema, fetched through the manifest path:
-// cached, revalidated, and its referrers filled, like any tag.
+// cached and revalidated like any tag. What it lists is stored by the
+// referrers fill, not by an image fill of the index.
 func (p *Proxy) referrersFromTag(ctx context.Context, t target, subject digest.Digest, artifactType string) (*referrersAnswer, error) {
 	h := http.Header{}
-	m, err := p.manifestByTag(ctx, t, referrersTag(subject), h)
+	m, err := p.tagManifest(ctx, t, referrersTag(subject), h, false)
 	if err != nil {
 		return nil, err
 	}

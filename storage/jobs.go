@@ -48,6 +48,9 @@ type JobImage struct {
 	PlatformsTotal int      `json:"platforms_total"`
 	BytesDone      int64    `json:"bytes_done"`
 	BytesTotal     int64    `json:"bytes_total"`
+	// Referrers counts the signatures, attestations and SBOMs stored
+	// with the image.
+	Referrers int `json:"referrers,omitempty"`
 }
 
 // Finished reports whether the job has ended.

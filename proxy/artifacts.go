@@ -1,0 +1,295 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync"
+
+	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/docker-mirror/docker-mirror/oci"
+	"github.com/docker-mirror/docker-mirror/proxy/upstream"
+)
+
+// What hangs off an image (signatures, attestations, SBOMs) is stored with
+// it by every fill, so that it verifies through the mirror when the
+// upstream is down: the referrers of the image's index and platform
+// manifests, and cosign's tag-schema artifacts, and theirs in turn.
+
+// referrerStore is a store that keeps referrers findable as such: a
+// registry destination (storage/destination.Store), with the referrers
+// API or the fallback tag.
+type referrerStore interface {
+	PutReferrer(ctx context.Context, repo string, subject digest.Digest, mediaType string, body []byte) error
+}
+
+// maxReferrerDepth bounds how deep referrers of referrers (a signature's
+// signature) are followed.
+const maxReferrerDepth = 4
+
+// referrerListings bounds the subjects whose artifacts are looked up at
+// once; each lookup is a few small upstream requests.
+const referrerListings = 4
+
+// cosignSuffixes are the kinds of cosign's tag schema: an image's
+// signatures, attestations and SBOM are tagged "sha256-<hex>.sig",
+// ".att" and ".sbom" in its repository.
+var cosignSuffixes = []string{"sig", "att", "sbom"}
+
+// kindReferrer is the metrics kind of an artifact listed as a referrer.
+const kindReferrer = "referrer"
+
+// artifact is a supply-chain artifact of a subject: a referrer, or one of
+// cosign's tags.
+type artifact struct {
+	digest, subject digest.Digest
+	tag             string // cosign's tag; "" for a referrer
+	kind            string // kindReferrer or a cosign suffix
+	fetched         bool   // the tag's manifest came from the upstream now
+}
+
+// enqueueReferrersFill stores in the background what a referrers list
+// served for the first time names, as a fill would.
+func (p *Proxy) enqueueReferrersFill(ctx context.Context, t target, subject digest.Digest) {
+	p.background(ctx, fillKey(t, subject)+" referrers", func(ctx context.Context) error {
+		err := p.storeReferrers(ctx, t, []digest.Digest{subject}, nil)
+		if err != nil {
+			p.log.Warn("storing referrers incomplete", "upstream", t.host(), "repo", t.repo, "subject", subject, "error", err)
+		}
+		return err
+	})
+}
+
+// storeReferrers stores, with their blobs, the artifacts of subjects (an
+// image's index and platform manifests, already stored): their referrers
+// (the referrers API's list, or the sha256-<hex> fallback tag's) and
+// cosign's sha256-<hex>.sig, .att and .sbom tags; then the artifacts of
+// those (a signature's signature), maxReferrerDepth levels deep. The
+// lists and tags are cached as the serving path caches them, so clients
+// find them offline. In a registry destination each referrer is pushed
+// after its subject and made findable as one (its referrers API or the
+// fallback tag it keeps), and each cosign tag is pushed as it is.
+// Nothing is done when t's upstream has referrers turned off. A missing
+// tag is normal; a list or tag the upstream cannot give is logged and
+// skipped (the image is complete without it); an artifact found that
+// cannot be stored fails the fill.
+func (p *Proxy) storeReferrers(ctx context.Context, t target, subjects []digest.Digest, prog *progress) error {
+	if !p.referrersFor(t) {
+		return nil
+	}
+	var mu sync.Mutex
+	seen := map[digest.Digest]bool{}
+	for _, s := range subjects {
+		seen[s] = true
+	}
+	claim := func(d digest.Digest) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if seen[d] {
+			return false
+		}
+		seen[d] = true
+		return true
+	}
+	for depth := 0; depth < maxReferrerDepth && len(subjects) > 0; depth++ {
+		var next []digest.Digest
+		g, gctx := errgroup.WithContext(ctx)
+		g.SetLimit(referrerListings)
+		for _, subject := range subjects {
+			g.Go(func() error {
+				found, err := p.artifactsOf(gctx, t, subject)
+				if err != nil {
+					return err
+				}
+				for _, a := range found {
+					if !claim(a.digest) {
+						// Stored already, under another subject or name:
+						// a tag still names it.
+						if a.tag != "" {
+							if err := p.publishArtifactTag(gctx, t, a); err != nil {
+								return err
+							}
+						}
+						continue
+					}
+					if err := p.storeArtifact(gctx, t, a); err != nil {
+						return fmt.Errorf("%s %s of %s: %w", a.kind, a.digest, subject, err)
+					}
+					prog.referrer()
+					mu.Lock()
+					next = append(next, a.digest)
+					mu.Unlock()
+				}
+				return nil
+			})
+		}
+		if err := g.Wait(); err != nil {
+			return err
+		}
+		subjects = next
+	}
+	return nil
+}
+
+// artifactsOf finds the artifacts of subject upstream (or in the cache
+// while fresh): its referrers, then its cosign tags. Only the end of ctx
+// is an error; other failures are logged and what was found is returned.
+func (p *Proxy) artifactsOf(ctx context.Context, t target, subject digest.Digest) ([]artifact, error) {
+	var out []artifact
+	refs, err := p.referrersList(ctx, t, subject)
+	switch {
+	case err == nil:
+		for _, d := range refs {
+			out = append(out, artifact{digest: d.Digest, subject: subject, kind: kindReferrer})
+		}
+	case ctx.Err() != nil:
+		return nil, ctx.Err()
+	default:
+		p.log.Warn("listing referrers failed; not storing them", "upstream", t.host(), "repo", t.repo, "subject", subject, "error", err)
+	}
+	for _, suffix := range cosignSuffixes {
+		tag := referrersTag(subject) + "." + suffix
+		m, fetched, err := p.cosignTag(ctx, t, tag)
+		switch {
+		case err == nil && m != nil:
+			out = append(out, artifact{digest: m.digest, subject: subject, tag: tag, kind: suffix, fetched: fetched})
+		case err == nil:
+		case ctx.Err() != nil:
+			return nil, ctx.Err()
+		default:
+			p.log.Warn("fetching a cosign tag failed; not storing it", "upstream", t.host(), "repo", t.repo, "tag", tag, "error", err)
+		}
+	}
+	return out, nil
+}
+
+// referrersList returns the referrers of subject through the referrers
+// cache (the API's list, or the fallback tag's): fresh from the cache, or
+// fetched and recorded, so that the same list is served offline.
+func (p *Proxy) referrersList(ctx context.Context, t target, subject digest.Digest) ([]v1.Descriptor, error) {
+	ans, err := p.referrersOf(ctx, t, subject, "", http.Header{})
+	if errors.Is(err, upstream.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var idx struct {
+		Manifests []v1.Descriptor `json:"manifests"`
+	}
+	if err := json.Unmarshal(ans.body, &idx); err != nil {
+		return nil, fmt.Errorf("referrers of %s: %w", subject, err)
+	}
+	out := idx.Manifests[:0]
+	for _, d := range idx.Manifests {
+		if d.Digest.Validate() == nil && d.Digest != subject {
+			out = append(out, d)
+		}
+	}
+	return out, nil
+}
+
+// cosignTag returns the manifest a cosign tag names, through the tag
+// cache, and whether it was fetched now; nil if the upstream has no such
+// tag, as for most images. A tag not cached is looked for with a HEAD
+// first: a GET of a manifest counts as a pull on Docker Hub.
+func (p *Proxy) cosignTag(ctx context.Context, t target, tag string) (*storedManifest, bool, error) {
+	_, cached, err := p.index.Tag(t.host(), t.repo, tag)
+	if err != nil {
+		return nil, false, err
+	}
+	if !cached {
+		hctx, cancel := context.WithTimeout(ctx, p.manifestTimeout)
+		_, err := t.up.HeadManifest(hctx, t.repo, oci.Ref{Tag: tag})
+		cancel()
+		if errors.Is(err, upstream.ErrNotFound) {
+			return nil, false, nil
+		}
+		if err != nil {
+			return nil, false, err
+		}
+	}
+	h := http.Header{}
+	m, err := p.tagManifest(ctx, t, tag, h, false)
+	if errors.Is(err, upstream.ErrNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	return m, h.Get(cacheHeader) == "miss", nil
+}
+
+// storeArtifact stores an artifact: its manifest, and its blobs or, for
+// an index, its children with theirs; then, in a registry destination,
+// pushes it as a referrer of its subject or under its cosign tag.
+func (p *Proxy) storeArtifact(ctx context.Context, t target, a artifact) error {
+	linked, err := p.index.Linked(t.host(), t.repo, a.digest)
+	if err != nil {
+		return err
+	}
+	m, err := p.ensureManifest(ctx, t, a.digest)
+	if err != nil {
+		return err
+	}
+	doc, _, err := oci.ParseManifest(m.body, m.mediaType)
+	if err != nil {
+		return err
+	}
+	if oci.IsIndex(m.mediaType) {
+		err = p.fillChildren(ctx, t, doc.Manifests, nil)
+	} else {
+		err = p.fillBlobs(ctx, t, doc, nil)
+	}
+	if err != nil {
+		return err
+	}
+	if a.fetched || a.tag == "" && !linked {
+		p.metrics.ReferrersFetched.WithLabelValues(a.kind).Inc()
+	}
+	if a.tag != "" {
+		if err := p.pushManifest(ctx, t, m); err != nil {
+			return err
+		}
+		return p.publishTag(ctx, t, a.tag, m)
+	}
+	rs, ok := p.store.(referrerStore)
+	if !ok {
+		return nil
+	}
+	if err := rs.PutReferrer(ctx, t.storeRepo(), a.subject, m.mediaType, m.body); err != nil {
+		return err
+	}
+	// From now on it is served from the destination.
+	return p.index.DeleteManifestBody(m.digest)
+}
+
+// publishArtifactTag points a cosign tag at its manifest, stored already,
+// in a registry destination.
+func (p *Proxy) publishArtifactTag(ctx context.Context, t target, a artifact) error {
+	if _, ok := p.store.(referrerStore); !ok {
+		return nil
+	}
+	m, err := p.loadManifest(ctx, t, a.digest)
+	if err != nil {
+		return err
+	}
+	return p.publishTag(ctx, t, a.tag, m)
+}
+
+// isFallbackTag reports whether tag is the referrers tag schema's
+// "<alg>-<hex>" of some digest.
+func isFallbackTag(tag string) bool {
+	for i := range len(tag) {
+		if tag[i] == '-' {
+			d := digest.Digest(tag[:i] + ":" + tag[i+1:])
+			return d.Validate() == nil && referrersTag(d) == tag
+		}
+	}
+	return false
+}
