@@ -97,6 +97,12 @@ type Config struct {
 	// TLSCert and TLSKey, if set, serve HTTPS; SIGHUP reloads them.
 	TLSCert string `yaml:"tls_cert,omitempty"`
 	TLSKey  string `yaml:"tls_key,omitempty"`
+	// Referrers makes every fill (on a miss, prefetch, sync, mirror) also
+	// store what refers to the image: its referrers and cosign's
+	// sha256-<hex>.sig, .att and .sbom tags, recursively, with their
+	// blobs, so that signatures verify offline. upstreams.HOST.referrers
+	// overrides it. The referrers API is served either way.
+	Referrers bool `yaml:"referrers"`
 
 	// upstreamFlag: a flag or the environment set docker.io's URL, which
 	// then wins over the file's upstreams.docker.io.url.
@@ -171,6 +177,8 @@ type Upstream struct {
 	// another host. Every upstream reaches its own address and public
 	// ones; never another upstream's private address unless named here.
 	AllowHosts []string `yaml:"allow_hosts,omitempty"`
+	// Referrers overrides the global referrers setting for this upstream.
+	Referrers *bool `yaml:"referrers,omitempty"`
 }
 
 // UnmarshalYAML takes a bare URL or the mapping.
@@ -259,6 +267,7 @@ func Default() Config {
 		LogFormat:       "text",
 		LogLevel:        "info",
 		MaxBlobSize:     DefaultMaxBlobSize,
+		Referrers:       true,
 	}
 }
 

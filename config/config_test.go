@@ -96,6 +96,7 @@ func TestParseFull(t *testing.T) {
 		LogLevel:        "debug",
 		Storage:         map[string]map[string]any{"inmemory": {}},
 		MaxBlobSize:     config.DefaultMaxBlobSize,
+		Referrers:       true,
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Fatalf("Parse(full) =\n%+v\nwant\n%+v", c, want)
@@ -555,7 +556,7 @@ func TestBindFlags(t *testing.T) {
 	config.Bind(fs)
 	var names []string
 	fs.VisitAll(func(f *flag.Flag) { names = append(names, f.Name) })
-	want := []string{"concurrency", "config", "data", "destination", "evict-after", "header-timeout", "listen", "log-format", "log-level", "max-blob-size", "max-size", "platform", "prefetch-max-images", "readyz-fail-when-full", "shutdown-timeout", "tag-ttl", "tls-cert", "tls-key", "upstream", "upstream-timeout"}
+	want := []string{"concurrency", "config", "data", "destination", "evict-after", "header-timeout", "listen", "log-format", "log-level", "max-blob-size", "max-size", "platform", "prefetch-max-images", "readyz-fail-when-full", "referrers", "shutdown-timeout", "tag-ttl", "tls-cert", "tls-key", "upstream", "upstream-timeout"}
 	if !slices.Equal(names, want) {
 		t.Fatalf("flags = %q, want %q", names, want)
 	}
@@ -863,5 +864,41 @@ func TestReadyzFailWhenFull(t *testing.T) {
 	_, err = config.Parse(strings.NewReader("readyz_fail_when_full: sometimes\n"))
 	if err == nil || !strings.Contains(err.Error(), "readyz_fail_when_full") || !strings.Contains(err.Error(), `"sometimes"`) || !strings.Contains(err.Error(), "true or false") {
 		t.Errorf("bad file value: %v", err)
+	}
+}
+
+// referrers is on by default; a boolean key, flag and environment
+// variable, and a per-upstream key that overrides it.
+func TestReferrersSetting(t *testing.T) {
+	if !config.Default().Referrers {
+		t.Fatal("default: false, want true (signatures travel with the images)")
+	}
+	file := writeFile(t, "referrers: false\nupstreams:\n  ghcr.io:\n    url: https://ghcr.io\n    referrers: true\n  quay.io: https://quay.io\n")
+	for _, tt := range []struct {
+		args []string
+		env  map[string]string
+		want bool
+	}{
+		{args: nil, want: true},
+		{args: []string{"--referrers=false"}, want: false},
+		{args: []string{"--config", file}, want: false},
+		{args: []string{"--config", file, "--referrers"}, want: true},
+		{env: map[string]string{"DOCKER_MIRROR_REFERRERS": "false"}, want: false},
+		{args: []string{"--referrers=false"}, env: map[string]string{"DOCKER_MIRROR_REFERRERS": "true"}, want: true},
+	} {
+		if c := mustResolve(t, tt.args, tt.env); c.Referrers != tt.want {
+			t.Errorf("%q %v: referrers = %v, want %v", tt.args, tt.env, c.Referrers, tt.want)
+		}
+	}
+	c := mustResolve(t, []string{"--config", file}, nil)
+	if r := c.Upstreams["ghcr.io"].Referrers; r == nil || !*r {
+		t.Errorf("upstreams.ghcr.io.referrers = %v, want true", r)
+	}
+	if r := c.Upstreams["quay.io"].Referrers; r != nil {
+		t.Errorf("upstreams.quay.io.referrers = %v, want unset (the global setting)", *r)
+	}
+	if _, err := config.Parse(strings.NewReader("upstreams:\n  ghcr.io:\n    url: https://ghcr.io\n    referrers: sometimes\n")); err == nil ||
+		!strings.Contains(err.Error(), "upstreams.ghcr.io.referrers") {
+		t.Errorf("bad per-upstream value: %v", err)
 	}
 }

@@ -111,6 +111,8 @@ var keys = []key{
 	{name: "tls_key", usage: "TLS private key file (PEM)", set: stringKey(func(c *Config) *string { return &c.TLSKey })},
 	{name: "destination", usage: "registry URL and prefix to mirror into and serve from, e.g. https://nexus.example.com/mirror (http:// = plain HTTP; default: the embedded store)",
 		set: stringKey(func(c *Config) *string { return &c.Destination.URL })},
+	{name: "referrers", usage: "store each image's signatures, attestations and SBOMs (referrers, cosign's .sig/.att/.sbom tags) with every fill", boolean: true,
+		set: boolKey(func(c *Config) *bool { return &c.Referrers })},
 }
 
 // passwordEnv holds the destination's password: an environment variable,
@@ -163,6 +165,7 @@ func defaultStrings() map[string]string {
 		"platform": strings.Join(d.Platforms, ","), "concurrency": strconv.Itoa(d.Concurrency), "prefetch_max_images": strconv.Itoa(d.MaxJobImages),
 		"shutdown_timeout": d.ShutdownTimeout.String(), "header_timeout": d.HeaderTimeout.String(), "log_format": d.LogFormat, "log_level": d.LogLevel, "destination": "none", "tls_cert": "none", "tls_key": "none", "max_size": "0", "evict_after": "0", "max_blob_size": "20GiB",
 		"readyz_fail_when_full": strconv.FormatBool(d.ReadyzFailWhenFull),
+		"referrers":             strconv.FormatBool(d.Referrers),
 	}
 }
 

@@ -89,6 +89,7 @@ func proxyOptions(cfg config.Config, m *metrics.Metrics, auth *access.File) ([]p
 		proxy.WithPrefetchMaxImages(cfg.MaxJobImages),
 		proxy.WithMaxBlobSize(int64(cfg.MaxBlobSize)),
 		proxy.WithReadyzFailWhenFull(cfg.ReadyzFailWhenFull),
+		proxy.WithReferrers(cfg.Referrers),
 	}
 	if auth != nil {
 		// With users, the metrics (upstreams, repositories, traffic) are
@@ -110,7 +111,8 @@ func proxyOptions(cfg config.Config, m *metrics.Metrics, auth *access.File) ([]p
 				return nil, err
 			}
 		}
-		if s.TagTTL != nil || s.Platforms != nil {
+		s.Referrers = u.Referrers
+		if s.TagTTL != nil || s.Platforms != nil || s.Referrers != nil {
 			opts = append(opts, proxy.WithUpstreamSettings(host, s))
 		}
 	}
