@@ -53,8 +53,12 @@ func (c *Collector) collect(ctx context.Context, drop map[digest.Digest]bool) (R
 	if err != nil {
 		return r, err
 	}
+	g, err := c.referrersGraph(snap)
+	if err != nil {
+		return r, err
+	}
 	mk := &marker{
-		g:      newGraph(c.store),
+		g:      g,
 		marked: reach{manifests: map[digest.Digest]bool{}, blobs: map[digest.Digest]bool{}},
 		seen:   map[digest.Digest]bool{},
 		drop:   drop,

@@ -118,6 +118,14 @@ func (c *Collector) evict(ctx context.Context, maxSize int64, evictAfter time.Du
 				return r, fmt.Errorf("evicting %s:%s: %w", e.Name(), tag, err)
 			}
 		}
+		for _, a := range e.artifactTags {
+			// Its signatures' tags go with it, unless a kept image keeps them.
+			if m.refs[a.key.digest] == 0 {
+				if _, err := c.index.DeleteTagIf(a.key.upstream, a.key.repo, a.tag, a.key.digest); err != nil {
+					return r, fmt.Errorf("evicting %s:%s: %w", e.Name(), a.tag, err)
+				}
+			}
+		}
 		for i, k := range e.roots {
 			// The image's own state goes; a folded child's only if no
 			// kept image lists the child.

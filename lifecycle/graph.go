@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"strings"
 
 	"github.com/opencontainers/go-digest"
 
@@ -32,6 +33,60 @@ type node struct {
 type graph struct {
 	store *storage.DriverStore
 	nodes map[digest.Digest]*node
+	// referrers are the artifacts kept with a manifest, by its digest:
+	// what its recorded referrers lists name, and its referrers tag
+	// schema and cosign tags (sha256-<hex>, sha256-<hex>.sig...).
+	referrers map[digest.Digest][]digest.Digest
+}
+
+// referrersGraph is a graph that walks from a manifest to its
+// signatures, attestations and SBOMs too (see graph.referrers), as the
+// index and snap record them: they are part of its image.
+func (c *Collector) referrersGraph(snap *storage.Snapshot) (*graph, error) {
+	g := newGraph(c.store)
+	listed, err := c.index.ReferrerDigests()
+	if err != nil {
+		return nil, err
+	}
+	g.referrers = listed
+	for key, rec := range snap.Tags {
+		_, _, tag, ok := storage.ParseTagKey(key)
+		if !ok || rec.Digest.Validate() != nil {
+			continue
+		}
+		if subject, ok := referrerTagSubject(tag); ok {
+			g.referrers[subject] = append(g.referrers[subject], rec.Digest)
+		}
+	}
+	return g, nil
+}
+
+// referrerTagSubject returns the subject a tag of the referrers tag
+// schema ("sha256-<hex>") or of cosign's ("sha256-<hex>.sig", ".att",
+// ".sbom") names.
+func referrerTagSubject(tag string) (digest.Digest, bool) {
+	base, suffix, _ := strings.Cut(tag, ".")
+	switch suffix {
+	case "", "sig", "att", "sbom":
+	default:
+		return "", false
+	}
+	alg, hex, ok := strings.Cut(base, "-")
+	if !ok {
+		return "", false
+	}
+	d := digest.Digest(alg + ":" + hex)
+	return d, d.Validate() == nil
+}
+
+// referrerTags reports whether every tag is one of referrerTagSubject's.
+func referrerTags(tags []string) bool {
+	for _, tag := range tags {
+		if _, ok := referrerTagSubject(tag); !ok {
+			return false
+		}
+	}
+	return len(tags) > 0
 }
 
 func newGraph(store *storage.DriverStore) *graph {
@@ -142,6 +197,7 @@ func (g *graph) walk(ctx context.Context, root digest.Digest, r reach) error {
 			r.blobs[b] = true
 		}
 		stack = append(stack, n.manifests...)
+		stack = append(stack, g.referrers[d]...)
 	}
 	return nil
 }

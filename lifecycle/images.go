@@ -75,6 +75,17 @@ type entry struct {
 	reach reach
 	// roots: the image itself and the mirror-only roots folded into it.
 	roots []imageKey
+	// artifactTags are the referrers and cosign tags (sha256-<hex>.sig...)
+	// of its signatures, attestations and SBOMs, folded into it: they
+	// leave with it.
+	artifactTags []artifactTag
+}
+
+// artifactTag is a tag of a signature, attestation or SBOM kept with an
+// image, and the manifest it names.
+type artifactTag struct {
+	key imageKey
+	tag string
 }
 
 // model is the cache seen as images.
@@ -135,7 +146,10 @@ func (c *Collector) model(ctx context.Context, platforms bool) (*model, error) {
 	if err != nil {
 		return nil, err
 	}
-	g := newGraph(c.store)
+	g, err := c.referrersGraph(snap)
+	if err != nil {
+		return nil, err
+	}
 	entries := map[imageKey]*entry{}
 	byDigest := map[digest.Digest][]*entry{}
 	get := func(k imageKey) *entry {
@@ -205,10 +219,11 @@ func (c *Collector) model(ctx context.Context, platforms bool) (*model, error) {
 		}
 	}
 	// A mirror record alone on a child of an index (a client pulled the
-	// child by digest) is part of the index's image.
+	// child by digest) is part of the index's image; so is a signature,
+	// attestation or SBOM named only by referrers or cosign tags.
 	var listed, folded []*entry
 	for _, e := range entries {
-		if len(e.Tags) == 0 && !e.Pinned && children[e.Digest] {
+		if (len(e.Tags) == 0 || referrerTags(e.Tags)) && !e.Pinned && children[e.Digest] {
 			folded = append(folded, e)
 		} else {
 			listed = append(listed, e)
@@ -218,6 +233,9 @@ func (c *Collector) model(ctx context.Context, platforms bool) (*model, error) {
 		for _, f := range folded {
 			if e.reach.manifests[f.Digest] {
 				e.roots = append(e.roots, f.key())
+				for _, tag := range f.Tags {
+					e.artifactTags = append(e.artifactTags, artifactTag{f.key(), tag})
+				}
 			}
 		}
 	}

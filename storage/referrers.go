@@ -2,6 +2,9 @@ package storage
 
 import (
 	"bytes"
+	"encoding/json"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -93,4 +96,35 @@ func deleteReferrers(tx *bolt.Tx, prefix []byte) error {
 		}
 	}
 	return nil
+}
+
+// ReferrerDigests returns, by subject, the digests the recorded referrers
+// answers list (of every repository and filter): what the cache lifecycle
+// keeps with a subject, as part of its image.
+func (ix *Index) ReferrerDigests() (map[digest.Digest][]digest.Digest, error) {
+	out := map[digest.Digest][]digest.Digest{}
+	err := ix.db.View(func(tx *bolt.Tx) error {
+		return readAll(tx, bucketReferrers, func(k string, rec ReferrersRecord) {
+			at := strings.LastIndexByte(k, '@')
+			end := strings.IndexByte(k, 0)
+			if at < 0 || end < at {
+				return
+			}
+			subject := digest.Digest(k[at+1 : end])
+			var idx struct {
+				Manifests []struct {
+					Digest digest.Digest `json:"digest"`
+				} `json:"manifests"`
+			}
+			if subject.Validate() != nil || json.Unmarshal(rec.Body, &idx) != nil {
+				return
+			}
+			for _, m := range idx.Manifests {
+				if m.Digest.Validate() == nil && !slices.Contains(out[subject], m.Digest) {
+					out[subject] = append(out[subject], m.Digest)
+				}
+			}
+		})
+	})
+	return out, err
 }

@@ -1,0 +1,323 @@
+package tests
+
+import (
+	"encoding/json"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/docker-mirror/docker-mirror/oci"
+	"github.com/docker-mirror/docker-mirror/proxy"
+	"github.com/docker-mirror/docker-mirror/tests/fixture"
+	"github.com/docker-mirror/docker-mirror/tests/servertest"
+)
+
+// pushedArtifact is a supply-chain artifact pushed to a fixture upstream.
+type pushedArtifact struct {
+	digest string
+	raw    []byte
+	layer  string // its one layer's digest
+}
+
+// pushArtifact pushes to a fixture upstream, under ref (a tag or its
+// digest), an OCI manifest of artifactType with one layer of content, and
+// with subject (mediaType, digest, size) if subject is not empty.
+func pushArtifact(t *testing.T, up *fixture.Upstream, repo, ref, artifactType, content string, subject ...any) pushedArtifact {
+	t.Helper()
+	empty := up.PushBlob(t, repo, []byte("{}"))
+	layer := up.PushBlob(t, repo, []byte(content))
+	m := map[string]any{
+		"schemaVersion": 2,
+		"mediaType":     oci.MediaTypeOCIManifest,
+		"artifactType":  artifactType,
+		"config":        map[string]any{"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
+		"layers":        []map[string]any{{"mediaType": "application/octet-stream", "digest": layer, "size": len(content)}},
+	}
+	if len(subject) == 3 {
+		m["subject"] = map[string]any{"mediaType": subject[0], "digest": subject[1], "size": subject[2]}
+	}
+	raw, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ref == "" {
+		ref = sha(raw)
+	}
+	return pushedArtifact{digest: up.PutManifest(t, repo, ref, oci.MediaTypeOCIManifest, raw), raw: raw, layer: layer}
+}
+
+// cosignTag is cosign's tag of kind (sig, att, sbom) for subject.
+func cosignTag(subject, kind string) string {
+	return strings.Replace(subject, ":", "-", 1) + "." + kind
+}
+
+// signedImage is a multi-arch image on an upstream without the referrers
+// API, with what a supply chain attaches to it.
+type signedImage struct {
+	ma       *fixture.MultiArch
+	sbom     pushedArtifact // a referrer of the index, in its fallback tag
+	fallback string         // the fallback tag
+	sig      pushedArtifact // the index's cosign signature (.sig)
+	sigOfSig pushedArtifact // the signature's own signature (.sig of .sig)
+	att      pushedArtifact // the amd64 manifest's attestation (.att)
+}
+
+func seedSignedImage(t *testing.T, up *fixture.Upstream) *signedImage {
+	t.Helper()
+	const repo = "library/signed"
+	s := &signedImage{ma: up.SeedMultiArch(t, repo, "1", fixture.OCI)}
+	s.sbom = pushArtifact(t, up, repo, "", sbomType, "sbom", s.ma.MediaType, s.ma.Digest, len(s.ma.Index))
+	idx, err := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": oci.MediaTypeOCIIndex, "manifests": []any{
+		map[string]any{"mediaType": oci.MediaTypeOCIManifest, "digest": s.sbom.digest, "size": len(s.sbom.raw), "artifactType": sbomType},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.fallback = strings.Replace(s.ma.Digest, ":", "-", 1)
+	up.PutManifest(t, repo, s.fallback, oci.MediaTypeOCIIndex, idx)
+	s.sig = pushArtifact(t, up, repo, cosignTag(s.ma.Digest, "sig"), "application/vnd.dev.cosign.artifact.sig.v1+json", "signature")
+	s.sigOfSig = pushArtifact(t, up, repo, cosignTag(s.sig.digest, "sig"), "application/vnd.dev.cosign.artifact.sig.v1+json", "countersignature")
+	s.att = pushArtifact(t, up, repo, cosignTag(s.ma.Platforms["linux/amd64"].Digest, "att"), "application/vnd.dsse.envelope.v1+json", "attestation")
+	up.ResetCounts()
+	return s
+}
+
+// requestsTo counts the upstream's requests of method to path.
+func requestsTo(up *fixture.Upstream, method, path string) int {
+	n := 0
+	for _, r := range up.Requests() {
+		if r.Method == method && r.Path == path {
+			n++
+		}
+	}
+	return n
+}
+
+// Pulling only an image through the mirror stores, with the background
+// fill, its referrers (from the fallback tag of an upstream without the
+// referrers API) and cosign's .sig/.att tags of the index and of each
+// platform, recursively (a signature's signature), each fetched once, with
+// their blobs; missing tags are looked for with a HEAD only. All of it is
+// then served with the upstream down, also after a collection.
+func TestFillStoresReferrersAndCosignTags(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	s := seedSignedImage(t, up)
+	m := servertest.Start(t, up.URL())
+
+	cranePull(t, ref(t, m, "signed:1"), remote.WithPlatform(linuxAMD64))
+	m.WaitIdle()
+
+	const base = "/v2/library/signed/"
+	for _, p := range []string{
+		"manifests/" + s.fallback, "manifests/" + s.sbom.digest,
+		"manifests/" + cosignTag(s.ma.Digest, "sig"), "manifests/" + cosignTag(s.sig.digest, "sig"),
+		"manifests/" + cosignTag(s.ma.Platforms["linux/amd64"].Digest, "att"),
+		"blobs/" + s.sbom.layer, "blobs/" + s.sig.layer, "blobs/" + s.sigOfSig.layer, "blobs/" + s.att.layer,
+	} {
+		if n := requestsTo(up, http.MethodGet, base+p); n != 1 {
+			t.Errorf("GET %s: %d upstream requests, want 1", p, n)
+		}
+	}
+	// Missing tags: one HEAD each, no GET.
+	for _, tag := range []string{cosignTag(s.ma.Digest, "att"), cosignTag(s.ma.Digest, "sbom"), cosignTag(s.ma.Platforms["linux/arm64"].Digest, "sig")} {
+		if h, g := requestsTo(up, http.MethodHead, base+"manifests/"+tag), requestsTo(up, http.MethodGet, base+"manifests/"+tag); h != 1 || g != 0 {
+			t.Errorf("missing tag %s: %d HEAD, %d GET upstream; want 1 HEAD and no GET", tag, h, g)
+		}
+	}
+	// Windows is not mirrored: neither are its artifacts looked for.
+	if n := requestsTo(up, http.MethodHead, base+"manifests/"+cosignTag(s.ma.Platforms["windows/amd64"].Digest, "sig")); n != 0 {
+		t.Errorf("cosign tags of an unmirrored platform looked for %d times", n)
+	}
+	metrics := scrape(t, m)
+	for kind, want := range map[string]float64{"referrer": 1, "sig": 2, "att": 1, "sbom": 0} {
+		if got := metrics[`docker_mirror_referrers_fetched_total{kind="`+kind+`"}`]; got != want {
+			t.Errorf("docker_mirror_referrers_fetched_total{kind=%q} = %v, want %v", kind, got, want)
+		}
+	}
+
+	// Pulled again: a hit, nothing more is fetched.
+	up.ResetCounts()
+	cranePull(t, ref(t, m, "signed:1"), remote.WithPlatform(linuxAMD64))
+	m.WaitIdle()
+	for _, r := range up.Requests() {
+		t.Errorf("second pull asked the upstream: %s %s", r.Method, r.Path)
+	}
+
+	up.Stop()
+	m.Clock.Advance(time.Hour) // past the tag TTL and the collection's grace period
+	if _, err := m.Server.Collector.Collect(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	wantSignedOffline(t, m, s)
+
+	// One image, its signatures' tags folded in, evicted whole.
+	images, err := m.Server.Collector.Images(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(images) != 1 || images[0].Digest.String() != s.ma.Digest {
+		t.Errorf("cached images %+v, want only %s (its artifacts folded in)", images, s.ma.Digest)
+	}
+	m.Clock.Advance(time.Hour)
+	if rep, err := m.Server.Collector.Evict(t.Context(), 0, time.Minute, m.Clock.Now()); err != nil {
+		t.Fatal(err)
+	} else if rep.ImagesEvicted != 1 {
+		t.Errorf("evicted %d images, want 1: %+v", rep.ImagesEvicted, rep)
+	}
+	for _, tag := range []string{cosignTag(s.ma.Digest, "sig"), cosignTag(s.sig.digest, "sig"), s.fallback} {
+		if r := get(t, m.URL()+"/v2/signed/manifests/"+tag); r.status == http.StatusOK {
+			t.Errorf("tag %s still served after its image was evicted", tag)
+		}
+	}
+}
+
+// wantSignedOffline checks that the mirror serves everything attached to
+// s, as a client verifying it finds it.
+func wantSignedOffline(t *testing.T, m *servertest.Server, s *signedImage) {
+	t.Helper()
+	u := m.URL() + "/v2/signed/"
+	wantReferrers(t, get(t, u+"referrers/"+s.ma.Digest), "stale", false, s.sbom.digest)
+	for _, a := range []struct {
+		ref string
+		art pushedArtifact
+	}{
+		{s.sbom.digest, s.sbom},
+		{cosignTag(s.ma.Digest, "sig"), s.sig},
+		{cosignTag(s.sig.digest, "sig"), s.sigOfSig},
+		{cosignTag(s.ma.Platforms["linux/amd64"].Digest, "att"), s.att},
+	} {
+		wantManifest(t, get(t, u+"manifests/"+a.ref), a.art.raw, oci.MediaTypeOCIManifest)
+		if r := get(t, u+"blobs/"+a.art.layer); r.status != http.StatusOK || sha(r.body) != a.art.layer {
+			t.Errorf("blob %s of %s offline: %d", a.art.layer, a.ref, r.status)
+		}
+	}
+}
+
+// With referrers: false, a fill fetches the image only: no referrers
+// list, no fallback tag, no cosign tag.
+func TestFillWithoutReferrers(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	seedSignedImage(t, up)
+	m := servertest.Start(t, up.URL(), proxy.WithReferrers(false))
+	cranePull(t, ref(t, m, "signed:1"), remote.WithPlatform(linuxAMD64))
+	m.WaitIdle()
+	for _, r := range up.Requests() {
+		if strings.Contains(r.Path, "/referrers/") || strings.Contains(r.Path, "/manifests/sha256-") {
+			t.Errorf("referrers: false, yet the fill asked %s %s", r.Method, r.Path)
+		}
+	}
+	for k, v := range scrape(t, m) {
+		if strings.HasPrefix(k, "docker_mirror_referrers_fetched_total") && v != 0 {
+			t.Errorf("%s = %v, want 0", k, v)
+		}
+	}
+}
+
+// countingHandler counts the requests h receives by "METHOD PATH".
+type countingHandler struct {
+	h  http.Handler
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (c *countingHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	c.mu.Lock()
+	c.n[r.Method+" "+r.URL.Path]++
+	c.mu.Unlock()
+	c.h.ServeHTTP(w, r)
+}
+
+func (c *countingHandler) count(key string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n[key]
+}
+
+func (c *countingHandler) reset() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.n = map[string]int{}
+}
+
+// An upstream with the referrers API: the fill stores the referrers it
+// lists (fetched once) with their blobs, and they are served with the
+// upstream down, also after a collection past the grace period: a
+// referrer is kept as part of its subject's image. Evicting the image
+// takes them along.
+func TestFillStoresReferrersFromTheAPI(t *testing.T) {
+	counter := &countingHandler{h: registry.New(registry.WithReferrersSupport(true), registry.Logger(log.New(io.Discard, "", 0)))}
+	counter.reset()
+	up := httptest.NewServer(counter)
+	t.Cleanup(up.Close)
+	host := strings.TrimPrefix(up.URL, "http://")
+	img, err := random.Image(1024, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	imgRef, _ := name.ParseReference(host+"/library/signed:1", name.Insecure)
+	if err := remote.Write(imgRef, img); err != nil {
+		t.Fatal(err)
+	}
+	imgDigest, _ := img.Digest()
+	imgSize, _ := img.Size()
+	sig := pushReferrer(t, host, "library/signed", sigType, v1.Descriptor{MediaType: types.OCIManifestSchema1, Digest: imgDigest, Size: imgSize})
+	counter.reset()
+
+	m := servertest.Start(t, up.URL)
+	cranePull(t, ref(t, m, "signed:1"))
+	m.WaitIdle()
+	if n := counter.count("GET /v2/library/signed/manifests/" + sig); n != 1 {
+		t.Errorf("referrer fetched %d times, want 1", n)
+	}
+	if n := counter.count("GET /v2/library/signed/referrers/" + imgDigest.String()); n != 1 {
+		t.Errorf("referrers listed %d times, want 1", n)
+	}
+	if got := scrape(t, m)[`docker_mirror_referrers_fetched_total{kind="referrer"}`]; got != 1 {
+		t.Errorf("docker_mirror_referrers_fetched_total{kind=referrer} = %v, want 1", got)
+	}
+
+	up.Close()
+	m.Clock.Advance(time.Hour)
+	if _, err := m.Server.Collector.Collect(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	u := m.URL() + "/v2/signed/"
+	wantReferrers(t, get(t, u+"referrers/"+imgDigest.String()), "stale", false, sig)
+	r := get(t, u+"manifests/"+sig)
+	if r.status != http.StatusOK || sha(r.body) != sig {
+		t.Fatalf("referrer offline after a collection: %d %s", r.status, r.body)
+	}
+	var sm v1.Manifest
+	if err := json.Unmarshal(r.body, &sm); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range append(sm.Layers, sm.Config) {
+		if b := get(t, u+"blobs/"+l.Digest.String()); b.status != http.StatusOK {
+			t.Errorf("referrer blob %s offline after a collection: %d", l.Digest, b.status)
+		}
+	}
+
+	// Evicted with its image, once no one has pulled either for longer
+	// than evict_after (reading the signature counts as a pull).
+	m.Clock.Advance(time.Hour)
+	if rep, err := m.Server.Collector.Evict(t.Context(), 0, time.Minute, m.Clock.Now()); err != nil {
+		t.Fatal(err)
+	} else if rep.ImagesEvicted != 1 || rep.ManifestsRemoved != 2 {
+		t.Errorf("evicted %d images, removed %d manifests; want the image and its signature: %+v", rep.ImagesEvicted, rep.ManifestsRemoved, rep)
+	}
+	if r := get(t, u+"manifests/"+sig); r.status == http.StatusOK {
+		t.Errorf("referrer still served after its image was evicted")
+	}
+}
