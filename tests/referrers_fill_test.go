@@ -6,6 +6,8 @@ import (
 	"log"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -319,5 +321,30 @@ func TestFillStoresReferrersFromTheAPI(t *testing.T) {
 	}
 	if r := get(t, u+"manifests/"+sig); r.status == http.StatusOK {
 		t.Errorf("referrer still served after its image was evicted")
+	}
+}
+
+// An upstream that answers the referrers API with 400 or 405 (a route it
+// does not know) has no API: the answer is built from the fallback tag,
+// as clients and the copy path do.
+func TestReferrersUpstreamWithoutTheRoute(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	s := seedSignedImage(t, up)
+	target, err := url.Parse(up.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, status := range []int{http.StatusBadRequest, http.StatusMethodNotAllowed} {
+		rp := httputil.NewSingleHostReverseProxy(target)
+		front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if strings.Contains(r.URL.Path, "/referrers/") {
+				http.Error(w, http.StatusText(status), status)
+				return
+			}
+			rp.ServeHTTP(w, r)
+		}))
+		t.Cleanup(front.Close)
+		m := servertest.Start(t, front.URL)
+		wantReferrers(t, get(t, m.URL()+"/v2/signed/referrers/"+s.ma.Digest), "miss", false, s.sbom.digest)
 	}
 }
