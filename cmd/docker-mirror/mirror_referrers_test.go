@@ -30,6 +30,9 @@ import (
 type signedImage struct {
 	index, amd64      v1.Hash
 	sig, sigSig, sbom v1.Hash
+	// cosignTags are cosign's tag-schema artifacts: sha256-<index>.sig
+	// and sha256-<amd64>.att, by tag.
+	cosignTags map[string]v1.Hash
 	manifests         map[v1.Hash][]byte  // every manifest's exact bytes
 	refs              map[string][]string // what each manifest references
 }
@@ -109,6 +112,17 @@ func seedSigned(t *testing.T, host, repo string) *signedImage {
 	s.sig = push(image(256, "application/vnd.dev.cosign.artifact.sig.v1+json"), idxDesc)
 	s.sigSig = push(image(256, "application/vnd.dev.cosign.artifact.sig.v1+json"), desc(s.sig))
 	s.sbom = push(image(512, "application/spdx+json"), desc(s.amd64))
+	s.cosignTags = map[string]v1.Hash{}
+	for subject, kind := range map[v1.Hash]string{s.index: "sig", s.amd64: "att"} {
+		tag := subject.Algorithm + "-" + subject.Hex + "." + kind
+		img := image(128, "application/vnd.oci.image.config.v1+json")
+		d := push(img, nil)
+		r, _ := name.ParseReference(host+"/"+repo+":"+tag, name.Insecure)
+		if err := remote.Write(r, img, opts...); err != nil {
+			t.Fatal(err)
+		}
+		s.cosignTags[tag] = d
+	}
 	return s
 }
 
@@ -194,6 +208,10 @@ func TestMirrorCommandReferrers(t *testing.T) {
 					wantAt(t, dest, repo, d.String(), raw, mt)
 				}
 				wantAt(t, dest, repo, "v1", s.manifests[s.index], string(types.OCIImageIndex))
+				// cosign's tags, as they are.
+				for tag, d := range s.cosignTags {
+					wantAt(t, dest, repo, tag, s.manifests[d], string(types.OCIManifestSchema1))
+				}
 				for subject, want := range map[v1.Hash]v1.Hash{s.index: s.sig, s.sig: s.sigSig, s.amd64: s.sbom} {
 					if got := referrersAt(t, dest, repo, subject, dc.api); !slices.Equal(got, []string{want.String()}) {
 						t.Errorf("referrers of %s at the destination: %v; want [%s]", subject, got, want)
