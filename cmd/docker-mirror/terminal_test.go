@@ -20,6 +20,7 @@ import (
 	"github.com/creack/pty"
 
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
+	"github.com/docker-mirror/docker-mirror/tests/servertest"
 )
 
 // endOfRun is written to the terminal after a command returns, so the
@@ -258,4 +259,22 @@ func TestMirrorCopiesInParallel(t *testing.T) {
 	}
 	wantMultiArchAt(t, e.dest, "library/hello-world", e.hello, linuxPlatforms...)
 	wantImageAt(t, e.dest, "area51/jenkins", e.single)
+}
+
+// prefetch on a terminal shows a failed image's reason too.
+func TestPrefetchOnTerminal(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	up.SeedMultiArch(t, "library/hello-world", "latest", fixture.OCI)
+	m := servertest.Start(t, up.URL())
+
+	code, raw := runOnTerminal(t, "prefetch", "--server", m.URL(), "hello-world", "library/nosuch:1")
+	screen := strings.Join(screenOf(raw), "\n")
+	if code != 1 {
+		t.Errorf("exit %d, want 1", code)
+	}
+	for _, re := range []string{`(?m)^library/nosuch:1: failed: .*not found upstream`, `(?m)^hello-world\s.*\sdone$`, `(?m)^docker-mirror prefetch: failed: library/nosuch:1$`} {
+		if !regexp.MustCompile(re).MatchString(screen) {
+			t.Errorf("no line matches %s; the screen:\n%s", re, screen)
+		}
+	}
 }
