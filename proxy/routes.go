@@ -21,8 +21,18 @@ import (
 type handlerFunc func(w http.ResponseWriter, r *http.Request) error
 
 // cacheHeader tells clients (and the access log) how a request was served:
-// hit, miss, revalidated or stale.
+// hit, miss, revalidated or stale. Every response carries it: cacheNone
+// unless a handler says otherwise.
 const cacheHeader = "X-Cache"
+
+// cacheNone is the X-Cache value of an answer that neither the cache nor
+// an upstream gave: /v2/, the catalog, health, prefetch, metrics, and
+// errors found before any lookup (NAME_UNKNOWN, NAME_INVALID, a refused
+// login or write).
+const cacheNone = "none"
+
+// routeMetrics is the route of /metrics, whose answers are not access-logged.
+const routeMetrics = "metrics"
 
 // Handler returns the HTTP handler of the proxy: the route table, with the
 // access level of each route.
@@ -52,7 +62,7 @@ func (p *Proxy) Handler() http.Handler {
 	}))
 	r.Handle("/readyz", p.serve("readyz", access.Anyone, p.readyz))
 	metrics := p.metrics.Handler()
-	r.Handle("/metrics", p.serve("metrics", p.metricsLevel, func(w http.ResponseWriter, r *http.Request) error {
+	r.Handle("/metrics", p.serve(routeMetrics, p.metricsLevel, func(w http.ResponseWriter, r *http.Request) error {
 		metrics.ServeHTTP(w, r)
 		return nil
 	})).Methods(http.MethodGet)
@@ -110,6 +120,7 @@ func (p *Proxy) serve(route string, level access.Level, h handlerFunc) http.Hand
 		// manifest, blob or error body sniffed as HTML or script would run
 		// on the mirror's origin.
 		rec.Header().Set("X-Content-Type-Options", "nosniff")
+		rec.Header().Set(cacheHeader, cacheNone)
 		err := p.access.Check(r, level)
 		if err == nil {
 			err = h(rec, r)
@@ -142,13 +153,19 @@ func (p *Proxy) serve(route string, level access.Level, h handlerFunc) http.Hand
 		}
 		elapsed := time.Since(start)
 		attrs = append(attrs, "status", rec.status, "bytes", rec.bytes, "duration", elapsed)
-		if c := rec.Header().Get(cacheHeader); c != "" {
-			attrs = append(attrs, "cache", c)
+		c := rec.Header().Get(cacheHeader)
+		attrs = append(attrs, "cache", c)
+		if c != cacheNone {
 			p.metrics.Cache.WithLabelValues(route, c).Inc()
 		}
 		p.metrics.Requests.WithLabelValues(route, methodLabel(r.Method), statusLabel(rec.status)).Inc()
 		p.metrics.RequestDuration.WithLabelValues(route).Observe(elapsed.Seconds())
 		p.metrics.ServedBytes.WithLabelValues(route).Add(float64(rec.bytes))
+		if route == routeMetrics && rec.status < 400 {
+			// A scrape every few seconds would drown the log; the
+			// requests metric still counts them, and refusals are logged.
+			return
+		}
 		p.log.Log(r.Context(), level, "request", attrs...)
 	})
 }

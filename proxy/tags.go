@@ -31,6 +31,7 @@ func (p *Proxy) tags(w http.ResponseWriter, r *http.Request) error {
 	}
 	last := q.Get("last")
 	tags, more, err := t.up.Tags(r.Context(), t.repo, n, last)
+	w.Header().Set(cacheHeader, "miss") // the upstream's list: tag lists are not cached
 	if err != nil {
 		if errors.Is(err, upstream.ErrNotFound) {
 			return err

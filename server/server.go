@@ -176,6 +176,7 @@ func New(ctx context.Context, cfg config.Config, opts ...Option) (_ *Server, err
 	if s.Proxy, err = proxy.New(s.Store, s.Index, ups, append(popts, o.proxyOptions...)...); err != nil {
 		return nil, err
 	}
+	s.Metrics.Register(gauges(cfg, s.Proxy)...)
 	s.Collector, err = lifecycle.NewForStore(s.Store, s.Index, lifecycle.Options{Grace: lifecycle.DefaultGrace, Guard: inUse, Log: o.log, Metrics: lm, Now: o.now})
 	if errors.Is(err, lifecycle.ErrRegistryDestination) {
 		err = nil

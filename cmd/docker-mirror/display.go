@@ -14,19 +14,30 @@ import (
 )
 
 // display shows the progress of image copies: a bar per image (bytes and
-// rate) on a terminal, plain progress lines otherwise.
+// rate) on a terminal, plain progress lines otherwise. Its methods may be
+// called from several goroutines.
 type display interface {
 	update(image string, p proxy.Progress)
+	// done ends an image; a failure is shown with its reason.
 	done(image string, p proxy.Progress, err error)
+	// logTo returns where log lines meant for w go while the display runs:
+	// above the bars when w is the terminal they are drawn on, so that a
+	// line never lands inside them; w itself otherwise.
+	logTo(w io.Writer) io.Writer
 	wait()
 }
 
 // newDisplay picks bars when w is a terminal.
 func newDisplay(w io.Writer) display {
-	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+	if isTerminal(w) {
 		return &bars{p: mpb.New(mpb.WithOutput(w), mpb.WithWidth(40)), bars: map[string]*mpb.Bar{}}
 	}
 	return &lines{w: w, platforms: map[string]int{}}
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
 }
 
 type bars struct {
@@ -42,12 +53,33 @@ func (b *bars) bar(image string) *mpb.Bar {
 	if !ok {
 		bar = b.p.AddBar(0,
 			mpb.PrependDecorators(decor.Name(image, decor.WCSyncSpaceR), decor.CountersKibiByte("% .1f / % .1f", decor.WCSyncSpace)),
-			mpb.AppendDecorators(decor.AverageSpeed(decor.SizeB1024(0), "% .1f", decor.WCSyncSpace), decor.OnComplete(decor.Name(""), " done")),
+			mpb.AppendDecorators(decor.AverageSpeed(decor.SizeB1024(0), "% .1f", decor.WCSyncSpace),
+				decor.OnAbort(decor.OnComplete(decor.Name(""), " done"), " failed")),
 		)
 		b.bars[image] = bar
 	}
 	return bar
 }
+
+// logTo sends lines for a terminal above the bars (mpb prints what is
+// written to the Progress there), and once the bars are finished,
+// straight to w.
+func (b *bars) logTo(w io.Writer) io.Writer {
+	if !isTerminal(w) {
+		return w
+	}
+	return writerFunc(func(line []byte) (int, error) {
+		if n, err := b.p.Write(line); err == nil {
+			return n, nil
+		}
+		return w.Write(line) // the bars are done (mpb.ErrDone)
+	})
+}
+
+// writerFunc is a function as an io.Writer.
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
 
 func (b *bars) update(image string, p proxy.Progress) {
 	bar := b.bar(image)
@@ -58,6 +90,8 @@ func (b *bars) update(image string, p proxy.Progress) {
 func (b *bars) done(image string, p proxy.Progress, err error) {
 	bar := b.bar(image)
 	if err != nil {
+		// The reason goes above the bars: a bar has no room for it.
+		fmt.Fprintf(b.p, "%s: failed: %v\n", image, err)
 		bar.Abort(false)
 		return
 	}
@@ -93,6 +127,8 @@ func (l *lines) done(image string, p proxy.Progress, err error) {
 	}
 	fmt.Fprintf(l.w, "%s: done %s (%d platforms, %s)\n", image, p.Digest, max(p.PlatformsTotal, 1), size(p.BytesTotal))
 }
+
+func (l *lines) logTo(w io.Writer) io.Writer { return w }
 
 func (l *lines) wait() {}
 

@@ -10,6 +10,8 @@ import (
 	"os"
 	"strings"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/docker-mirror/docker-mirror/config"
 	"github.com/docker-mirror/docker-mirror/proxy"
 	"github.com/docker-mirror/docker-mirror/server"
@@ -24,6 +26,7 @@ func mirrorCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 	fs.Func("d", "shorthand for --destination", func(v string) error { return fs.Set("destination", v) })
 	allTags := fs.Bool("all-tags", false, "copy every tag of each image's repository")
 	dryRun := fs.Bool("dry-run", false, "print what would be copied, and copy nothing")
+	jobs := fs.Int("jobs", defaultJobs, "images copied at the same time")
 	fs.SetOutput(io.Discard)
 	err := fs.Parse(args)
 	if errors.Is(err, flag.ErrHelp) {
@@ -52,12 +55,23 @@ func mirrorCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 	case len(images) == 0:
 		fmt.Fprintln(stderr, "docker-mirror mirror: no images to copy")
 		return exitUsage
+	case *jobs < 1:
+		fmt.Fprintf(stderr, "docker-mirror mirror: --jobs: invalid value %d (want 1 or more)\n", *jobs)
+		return exitUsage
 	}
-	log := newLogger(cfg, stderr)
+	var d display
+	logOut := stderr
+	if !*dryRun {
+		// Log lines (warnings of the copy engine) must not land inside
+		// the progress bars.
+		d = newDisplay(stdout)
+		logOut = d.logTo(stderr)
+	}
+	log := newLogger(cfg, logOut)
 	if cfg.LogLevel == "info" {
-		log = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+		log = slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
-	failed, err := mirrorImages(ctx, cfg, log, images, *allTags, *dryRun, stdout)
+	failed, err := mirrorImages(ctx, cfg, log, images, mirrorOptions{allTags: *allTags, jobs: *jobs, display: d}, stdout)
 	if err != nil {
 		fmt.Fprintf(stderr, "docker-mirror mirror: %v\n", err)
 		return 1
@@ -69,9 +83,27 @@ func mirrorCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 	return 0
 }
 
+// defaultJobs is how many images mirror copies at the same time. Each
+// copy's fetches share the --concurrency limit; more images at once keep
+// the upstream and the destination busy while one image waits on a
+// manifest or a small layer.
+const defaultJobs = 4
+
+// mirrorOptions are the mirror command's own settings.
+type mirrorOptions struct {
+	allTags bool
+	// jobs bounds the images copied at the same time.
+	jobs int
+	// display shows the copies; nil means a dry run: print the plans.
+	display display
+}
+
 // mirrorImages runs the proxy's copy engine without a server, on a
-// throwaway index, and returns the images that failed.
-func mirrorImages(ctx context.Context, cfg config.Config, log *slog.Logger, images []string, allTags, dryRun bool, out io.Writer) ([]string, error) {
+// throwaway index, and returns the images that failed, in the order given.
+func mirrorImages(ctx context.Context, cfg config.Config, log *slog.Logger, images []string, o mirrorOptions, out io.Writer) ([]string, error) {
+	if o.display != nil {
+		defer o.display.wait()
+	}
 	tmp, err := os.MkdirTemp("", "docker-mirror-")
 	if err != nil {
 		return nil, err
@@ -89,7 +121,7 @@ func mirrorImages(ctx context.Context, cfg config.Config, log *slog.Logger, imag
 	var failed []string
 	var refs []string
 	for _, im := range images {
-		if !allTags {
+		if !o.allTags {
 			refs = append(refs, im)
 			continue
 		}
@@ -105,7 +137,7 @@ func mirrorImages(ctx context.Context, cfg config.Config, log *slog.Logger, imag
 		}
 		refs = append(refs, tags...)
 	}
-	if dryRun {
+	if o.display == nil {
 		for _, ref := range refs {
 			if err := printPlan(ctx, p, ref, out); err != nil {
 				fmt.Fprintf(out, "%s: %v\n", ref, err)
@@ -114,15 +146,24 @@ func mirrorImages(ctx context.Context, cfg config.Config, log *slog.Logger, imag
 		}
 		return failed, nil
 	}
-	d := newDisplay(out)
-	for _, ref := range refs {
-		got, err := p.Copy(ctx, ref, nil, func(pr proxy.Progress) { d.update(ref, pr) })
-		d.done(ref, got, err)
+	d := o.display
+	errs := make([]error, len(refs))
+	var g errgroup.Group
+	g.SetLimit(o.jobs)
+	for i, ref := range refs {
+		g.Go(func() error {
+			got, err := p.Copy(ctx, ref, nil, func(pr proxy.Progress) { d.update(ref, pr) })
+			d.done(ref, got, err)
+			errs[i] = err
+			return nil // one image's failure does not stop the others
+		})
+	}
+	_ = g.Wait()
+	for i, err := range errs {
 		if err != nil {
-			failed = append(failed, ref)
+			failed = append(failed, refs[i])
 		}
 	}
-	d.wait()
 	return failed, nil
 }
 

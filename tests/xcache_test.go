@@ -1,0 +1,120 @@
+package tests
+
+import (
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/docker-mirror/docker-mirror/proxy"
+	"github.com/docker-mirror/docker-mirror/proxy/access"
+	"github.com/docker-mirror/docker-mirror/tests/fixture"
+	"github.com/docker-mirror/docker-mirror/tests/servertest"
+)
+
+// Every response carries X-Cache, as the README says: hit, miss,
+// revalidated or stale where the cache or an upstream answered, none for
+// answers of the mirror's own and for errors found before any lookup.
+func TestXCacheOnEveryResponse(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/xc", "1", 1, 1<<10)
+	m := servertest.Start(t, up.URL())
+
+	cases := []struct {
+		name, method, path string
+		status             int
+		cache              string
+	}{
+		{"base", http.MethodGet, "/v2/", 200, "none"},
+		{"manifest miss", http.MethodGet, "/v2/xc/manifests/1", 200, "miss"},
+		{"manifest hit", http.MethodGet, "/v2/xc/manifests/" + img.Digest, 200, "hit"},
+		{"manifest unknown upstream", http.MethodGet, "/v2/xc/manifests/nope", 404, "miss"},
+		{"blob", http.MethodGet, "/v2/xc/blobs/" + img.Layers[0], 200, ""}, // hit or miss: the background mirror races
+		{"tags", http.MethodGet, "/v2/xc/tags/list", 200, "miss"},
+		{"tags unknown repo", http.MethodGet, "/v2/nosuchrepo/tags/list", 404, "miss"},
+		{"NAME_UNKNOWN upstream", http.MethodGet, "/v2/xc/manifests/1?ns=unconfigured.example", 404, "none"},
+		{"NAME_INVALID", http.MethodGet, "/v2/docker.io/myreg.local/app/manifests/1", 400, "none"},
+		{"catalog", http.MethodGet, "/v2/_catalog", 200, "none"},
+		{"no such endpoint", http.MethodGet, "/nope", 404, "none"},
+		{"write refused", http.MethodPut, "/v2/xc/manifests/1", 405, "none"},
+		{"healthz", http.MethodGet, "/healthz", 200, "none"},
+		{"readyz", http.MethodGet, "/readyz", 200, "none"},
+		{"prefetch list", http.MethodGet, "/prefetch", 200, "none"},
+		{"metrics", http.MethodGet, "/metrics", 200, "none"},
+	}
+	for _, c := range cases {
+		r := do(t, c.method, m.URL()+c.path, map[string]string{"Accept": manifestAccept})
+		if r.err != nil {
+			t.Fatalf("%s: %v", c.name, r.err)
+		}
+		if r.status != c.status {
+			t.Errorf("%s: %s %s: status %d, want %d (%s)", c.name, c.method, c.path, r.status, c.status, r.body)
+		}
+		got := r.header.Get("X-Cache")
+		switch {
+		case c.cache == "" && got != "hit" && got != "miss":
+			t.Errorf("%s: X-Cache %q, want hit or miss", c.name, got)
+		case c.cache != "" && got != c.cache:
+			t.Errorf("%s: %s %s: X-Cache %q, want %q", c.name, c.method, c.path, got, c.cache)
+		}
+	}
+	// The upstream down: the cached tags, marked stale.
+	up.SetFault(fixture.Fault{Status: http.StatusServiceUnavailable})
+	if r := get(t, m.URL()+"/v2/xc/tags/list"); r.status != 200 || r.header.Get("X-Cache") != "stale" {
+		t.Errorf("tags with the upstream down: status %d, X-Cache %q, want 200 stale", r.status, r.header.Get("X-Cache"))
+	}
+}
+
+// Scrapes are counted but not access-logged; a refused scrape is logged.
+func TestMetricsNotAccessLogged(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	file := htpasswd(t, map[string]string{"ops": "secret"})
+	pol, err := access.Load(file, []string{"ops"}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf syncBuffer
+	m := servertest.Start(t, up.URL(), proxy.WithLogger(slog.New(slog.NewJSONHandler(&buf, nil))), proxy.WithAccess(pol, access.Admin))
+	for range 3 {
+		if r := do(t, http.MethodGet, m.URL()+"/metrics", authed("ops", "secret")); r.status != 200 {
+			t.Fatalf("/metrics as an admin: %d", r.status)
+		}
+	}
+	wantError(t, do(t, http.MethodGet, m.URL()+"/metrics", nil), http.StatusUnauthorized, "UNAUTHORIZED")
+	get(t, m.URL()+"/healthz")
+	r := do(t, http.MethodGet, m.URL()+"/metrics", authed("ops", "secret"))
+	if !strings.Contains(string(r.body), `docker_mirror_http_requests_total{method="GET",route="metrics",status="200"} 3`) {
+		t.Errorf("scrapes not counted in the requests metric:\n%s", grepLines(string(r.body), "route=\"metrics\""))
+	}
+
+	routes := map[string][]float64{}
+	for _, line := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
+		var e map[string]any
+		if err := json.Unmarshal([]byte(line), &e); err != nil {
+			t.Fatalf("not a JSON log line: %q", line)
+		}
+		if e["msg"] == "request" {
+			route, _ := e["route"].(string)
+			status, _ := e["status"].(float64)
+			routes[route] = append(routes[route], status)
+		}
+	}
+	if got := routes["metrics"]; len(got) != 1 || got[0] != http.StatusUnauthorized {
+		t.Errorf("access-log lines of /metrics: statuses %v, want only the refused one (401)", got)
+	}
+	if len(routes["healthz"]) != 1 {
+		t.Errorf("access-log lines of /healthz: %v, want 1", routes["healthz"])
+	}
+}
+
+// grepLines returns the lines of s that contain sub.
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
