@@ -32,6 +32,9 @@ type Index struct {
 
 	// stored is the total size of the indexed blobs and manifests.
 	stored atomic.Int64
+	// onGrow, if set, is told the new stored size after each write that
+	// adds content (OnGrow).
+	onGrow atomic.Pointer[func(int64)]
 }
 
 var (
@@ -320,7 +323,7 @@ func (ix *Index) RecordManifest(e ManifestEntry) error {
 		return nil
 	})
 	if err == nil {
-		ix.stored.Add(added)
+		ix.grew(added)
 	}
 	return err
 }
@@ -370,7 +373,7 @@ func (ix *Index) RecordBlob(host, repo string, dgst digest.Digest, size int64, t
 		return link(tx, host, repo, dgst)
 	})
 	if err == nil {
-		ix.stored.Add(added)
+		ix.grew(added)
 	}
 	return err
 }
