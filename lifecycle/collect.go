@@ -3,6 +3,7 @@ package lifecycle
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
@@ -19,7 +20,7 @@ import (
 func (c *Collector) Collect(ctx context.Context) (Report, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	r, err := c.collect(ctx, nil)
+	r, err := c.collect(ctx, nil, nil)
 	c.opts.Metrics.observe("collect", "gc", r, err)
 	return r, err
 }
@@ -31,9 +32,17 @@ type marker struct {
 	seen   map[digest.Digest]bool
 	// drop are roots treated as gone (a dry-run eviction).
 	drop map[digest.Digest]bool
+	// holder lists the digests the proxy holds, marked as roots.
+	holder Holder
 }
 
 func (mk *marker) mark(ctx context.Context, roots map[digest.Digest]bool) error {
+	if mk.holder != nil {
+		roots = maps.Clone(roots)
+		for _, d := range mk.holder.Held() {
+			roots[d] = true
+		}
+	}
 	for d := range roots {
 		if mk.seen[d] || mk.drop[d] || d.Validate() != nil {
 			continue
@@ -46,7 +55,37 @@ func (mk *marker) mark(ctx context.Context, roots map[digest.Digest]bool) error 
 	return nil
 }
 
-func (c *Collector) collect(ctx context.Context, drop map[digest.Digest]bool) (Report, error) {
+// refresh reads again the marked manifests that were missing: a fill
+// stores a manifest before its blobs, so a manifest stored since the
+// marking marks the blobs stored after it.
+func (mk *marker) refresh(ctx context.Context) error {
+	var missing []digest.Digest
+	for d := range mk.marked.manifests {
+		if n := mk.g.nodes[d]; n != nil && n.missing {
+			missing = append(missing, d)
+		}
+	}
+	for _, d := range missing {
+		delete(mk.g.nodes, d)
+		n, err := mk.g.load(ctx, d)
+		if err != nil {
+			return err
+		}
+		for _, b := range n.blobs {
+			mk.marked.blobs[b] = true
+		}
+		for _, child := range n.manifests {
+			if err := mk.g.walk(ctx, child, mk.marked); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// collect removes what no root references; freed (content an eviction
+// has just left unreferenced) is not subject to the grace period.
+func (c *Collector) collect(ctx context.Context, drop, freed map[digest.Digest]bool) (Report, error) {
 	r := Report{DryRun: c.opts.DryRun, StoredBefore: c.index.StoredBytes()}
 	now := c.opts.Now()
 	snap, err := c.index.Snapshot()
@@ -63,6 +102,7 @@ func (c *Collector) collect(ctx context.Context, drop map[digest.Digest]bool) (R
 		seen:   map[digest.Digest]bool{},
 		drop:   drop,
 	}
+	mk.holder, _ = c.opts.Guard.(Holder)
 	if err := mk.mark(ctx, snapshotRoots(snap)); err != nil {
 		return r, err
 	}
@@ -83,7 +123,7 @@ func (c *Collector) collect(ctx context.Context, drop map[digest.Digest]bool) (R
 				continue
 			}
 			seen[d] = true
-			if c.recent(now, stored[d].ModTime, snap.Blobs[d].FetchedAt, snap.Blobs[d].LastAccess, snap.Manifests[d].FetchedAt) {
+			if !freed[d] && c.recent(now, stored[d].ModTime, snap.Blobs[d].FetchedAt, snap.Blobs[d].LastAccess, snap.Manifests[d].FetchedAt) {
 				r.Kept++
 				continue
 			}
@@ -102,7 +142,7 @@ func (c *Collector) collect(ctx context.Context, drop map[digest.Digest]bool) (R
 	}
 
 	for batch := range slices.Chunk(candidates, batchSize) {
-		if err := c.sweep(ctx, batch, mk, stored, &r); err != nil {
+		if err := c.sweep(ctx, batch, mk, stored, freed, &r); err != nil {
 			r.StoredAfter = c.index.StoredBytes()
 			return r, err
 		}
@@ -114,7 +154,7 @@ func (c *Collector) collect(ctx context.Context, drop map[digest.Digest]bool) (R
 // sweep removes one batch of unmarked content: claimed from the guard,
 // checked against the roots recorded since the marking, forgotten by the
 // index, then removed from the store.
-func (c *Collector) sweep(ctx context.Context, batch []digest.Digest, mk *marker, stored map[digest.Digest]storage.StoredContent, r *Report) error {
+func (c *Collector) sweep(ctx context.Context, batch []digest.Digest, mk *marker, stored map[digest.Digest]storage.StoredContent, freed map[digest.Digest]bool, r *Report) error {
 	claimed, release := c.claim(batch)
 	defer release()
 	r.Kept += len(batch) - len(claimed)
@@ -128,6 +168,9 @@ func (c *Collector) sweep(ctx context.Context, batch []digest.Digest, mk *marker
 		return err
 	}
 	if err := mk.mark(ctx, roots); err != nil {
+		return err
+	}
+	if err := mk.refresh(ctx); err != nil {
 		return err
 	}
 	var todo []digest.Digest
@@ -147,7 +190,7 @@ func (c *Collector) sweep(ctx context.Context, batch []digest.Digest, mk *marker
 		if e.Manifest != nil {
 			ts = append(ts, e.Manifest.FetchedAt)
 		}
-		if (e.Rooted && !mk.drop[d]) || c.recent(now, ts...) {
+		if (e.Rooted && !mk.drop[d]) || (!freed[d] && c.recent(now, ts...)) {
 			r.Kept++
 			return true
 		}

@@ -24,10 +24,15 @@
 // collection that follows removes content. Before removing a digest the
 // collector claims it from a Guard, and skips it if the proxy is using it;
 // with InUse the proxy also waits for a removal in progress and then finds
-// the content gone, so it fetches it again. Content recorded, written or
-// accessed within the grace period is never collected, so a fill in
-// progress is safe even without a guard. Roots recorded while a
-// collection runs are read again before each batch is removed.
+// the content gone, so it fetches it again, and what the digests it holds
+// reference (an image being mirrored or copied) is kept like what roots
+// reference. Content no image references that was recorded, written or
+// accessed within the grace period is not collected either: the moment
+// between a write and the record that references it. The content an
+// eviction has just freed is not subject to the grace period: it is
+// removed in the same pass unless it is in use. Roots recorded while a
+// collection runs, and manifests stored since they were found missing,
+// are read again before each batch is removed.
 //
 // With the filesystem driver a removed blob stays readable by a client
 // that opened it before (an open file survives its unlink): serving does
@@ -48,19 +53,27 @@ import (
 	"github.com/docker-mirror/docker-mirror/storage"
 )
 
-// DefaultGrace is the grace period the server should collect with: content
-// written in the last ten minutes is never collected.
-const DefaultGrace = 10 * time.Minute
+// DefaultGrace is the grace period the server collects with: content no
+// image references, written or accessed in the last minute, is kept. It
+// covers the moment between a write and the record that references it;
+// what a pull is using is the Guard's to protect.
+const DefaultGrace = time.Minute
+
+// DefaultCollectEvery is how often the server collects when no eviction
+// asks for it (Policy.CollectEvery).
+const DefaultCollectEvery = 10 * time.Minute
 
 // batchSize is how many digests are claimed and removed at a time.
 const batchSize = 256
 
 // Options configure a Collector.
 type Options struct {
-	// Grace: content recorded, written or accessed less than Grace ago is
-	// never collected. 0 collects everything unreferenced (offline).
+	// Grace: unreferenced content recorded, written or accessed less than
+	// Grace ago is not collected (content an eviction has just freed
+	// excepted). 0 collects everything unreferenced (offline).
 	Grace time.Duration
-	// Guard, if set, is asked before anything is evicted or removed.
+	// Guard, if set, is asked before anything is evicted or removed; if
+	// it is also a Holder, what the digests it holds reference is kept.
 	Guard Guard
 	// Now is the clock (default time.Now).
 	Now func() time.Time
@@ -79,6 +92,8 @@ type Collector struct {
 	index *storage.Index
 	opts  Options
 	mu    sync.Mutex
+	// lastCollect is when Run last collected.
+	lastCollect time.Time
 }
 
 // New returns a Collector of store and index.
@@ -179,21 +194,32 @@ type Policy struct {
 	MaxSize int64
 	// EvictAfter, if > 0, evicts images not pulled for that long.
 	EvictAfter time.Duration
+	// CollectEvery, if > 0, is how often a pass collects even if it
+	// evicted nothing (content left unreferenced by pulls: tags moved,
+	// failed fills); 0 collects on every pass.
+	CollectEvery time.Duration
 }
 
-// Run evicts by p and collects on every tick until ctx ends, e.g. with
-// time.Tick(10*time.Minute); the server may also send a tick when the
-// store grows past p.MaxSize (Index.StoredBytes), so the limit is enforced
-// before the next period. Each run walks the whole store. Evictions are
-// logged; failures are logged and do not stop it.
-func (c *Collector) Run(ctx context.Context, ticks <-chan time.Time, p Policy) {
+// Run runs a pass on every tick (the server ticks every minute) and on
+// every wake (the server wakes it when a write takes the store past
+// p.MaxSize; wakes that come during a pass make one more pass, and are
+// ignored while the last pass could not get the store under p.MaxSize,
+// until the next tick), until ctx ends. See Pass. Evictions are logged;
+// failures are logged and do not stop it.
+func (c *Collector) Run(ctx context.Context, ticks <-chan time.Time, wake <-chan struct{}, p Policy) {
+	stuck := false // the last pass left the store over p.MaxSize
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-ticks:
+		case <-wake:
+			if stuck {
+				continue
+			}
 		}
-		r, err := c.Evict(ctx, p.MaxSize, p.EvictAfter, c.opts.Now())
+		r, err := c.Pass(ctx, p)
+		stuck = err == nil && p.MaxSize > 0 && r.StoredAfter > p.MaxSize
 		if err != nil {
 			if ctx.Err() == nil {
 				c.opts.Log.Warn("cache eviction and collection failed", "error", err)
@@ -204,11 +230,40 @@ func (c *Collector) Run(ctx context.Context, ticks <-chan time.Time, p Policy) {
 			c.opts.Log.Info("cache collected", "images_evicted", r.ImagesEvicted, "blobs_removed", r.BlobsRemoved,
 				"manifests_removed", r.ManifestsRemoved, "bytes_freed", r.BytesFreed, "stored_bytes", r.StoredAfter)
 		}
-		if p.MaxSize > 0 && r.StoredAfter > p.MaxSize {
-			c.opts.Log.Warn("cache still over its size limit: the rest is pinned, in use or within the grace period",
+		if stuck {
+			c.opts.Log.Warn("cache still over its size limit: the rest is pinned, in use or just written",
 				"stored_bytes", r.StoredAfter, "max_size", p.MaxSize)
 		}
 	}
+}
+
+// Pass is one run of the server's lifecycle at the collector's clock: it
+// evicts by p (if p sets a limit), and collects if it evicted something,
+// if the store is over p.MaxSize, or if the last collection by Pass is
+// p.CollectEvery old. The eviction reads the index and the images'
+// manifests; the collection lists the whole store.
+func (c *Collector) Pass(ctx context.Context, p Policy) (Report, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := c.opts.Now()
+	due := p.CollectEvery <= 0 || c.lastCollect.IsZero() || !now.Before(c.lastCollect.Add(p.CollectEvery))
+	if p.MaxSize <= 0 && p.EvictAfter <= 0 {
+		if !due {
+			return Report{StoredBefore: c.index.StoredBytes(), StoredAfter: c.index.StoredBytes()}, nil
+		}
+		c.lastCollect = now
+		r, err := c.collect(ctx, nil, nil)
+		c.opts.Metrics.observe("collect", "gc", r, err)
+		return r, err
+	}
+	r, collected, err := c.evict(ctx, p.MaxSize, p.EvictAfter, now, func(evicted bool) bool {
+		return evicted || due || (p.MaxSize > 0 && c.index.StoredBytes() > p.MaxSize)
+	})
+	if collected {
+		c.lastCollect = now
+	}
+	c.opts.Metrics.observe("evict", "evict", r, err)
+	return r, err
 }
 
 // recent reports whether any of the times is within the grace period.

@@ -23,19 +23,21 @@ import (
 func (c *Collector) Evict(ctx context.Context, maxSize int64, evictAfter time.Duration, now time.Time) (Report, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	r, err := c.evict(ctx, maxSize, evictAfter, now)
+	r, _, err := c.evict(ctx, maxSize, evictAfter, now, nil)
 	c.opts.Metrics.observe("evict", "evict", r, err)
 	return r, err
 }
 
-func (c *Collector) evict(ctx context.Context, maxSize int64, evictAfter time.Duration, now time.Time) (Report, error) {
-	r := Report{DryRun: c.opts.DryRun, StoredBefore: c.index.StoredBytes()}
+// evict evicts, then collects unless collect (if not nil) says not to,
+// given whether anything was evicted; collected says whether it did.
+func (c *Collector) evict(ctx context.Context, maxSize int64, evictAfter time.Duration, now time.Time, collect func(evicted bool) bool) (r Report, collected bool, err error) {
+	r = Report{DryRun: c.opts.DryRun, StoredBefore: c.index.StoredBytes()}
 	if err := c.index.Flush(); err != nil {
-		return r, err
+		return r, false, err
 	}
 	m, err := c.model(ctx, false)
 	if err != nil {
-		return r, err
+		return r, false, err
 	}
 	var candidates []*entry
 	for _, e := range m.images {
@@ -57,6 +59,9 @@ func (c *Collector) evict(ctx context.Context, maxSize int64, evictAfter time.Du
 	}()
 	tried := map[*entry]bool{}
 	claimed := map[digest.Digest]bool{} // the same digest may be an image in several repositories
+	// freed: what no kept image references any more; collected at once,
+	// whatever its age.
+	freed := map[digest.Digest]bool{}
 	evict := func(e *entry) {
 		if tried[e] {
 			return
@@ -79,6 +84,7 @@ func (c *Collector) evict(ctx context.Context, maxSize int64, evictAfter time.Du
 		for _, d := range e.reach.all() {
 			if m.refs[d]--; m.refs[d] == 0 {
 				kept -= m.size(d)
+				freed[d] = true
 			}
 		}
 	}
@@ -115,7 +121,7 @@ func (c *Collector) evict(ctx context.Context, maxSize int64, evictAfter time.Du
 		}
 		for _, tag := range e.Tags {
 			if _, err := c.index.DeleteTagIf(e.Upstream, e.Repo, tag, e.Digest); err != nil {
-				return r, fmt.Errorf("evicting %s:%s: %w", e.Name(), tag, err)
+				return r, false, fmt.Errorf("evicting %s:%s: %w", e.Name(), tag, err)
 			}
 		}
 		for _, a := range e.artifactTags {
@@ -131,7 +137,7 @@ func (c *Collector) evict(ctx context.Context, maxSize int64, evictAfter time.Du
 			// kept image lists the child.
 			if _, ok := m.mirrors[k]; ok && (i == 0 || m.refs[k.digest] == 0) {
 				if err := c.index.DeleteFill(k.upstream, k.repo, k.digest); err != nil {
-					return r, fmt.Errorf("evicting %s@%s: %w", e.Name(), k.digest, err)
+					return r, false, fmt.Errorf("evicting %s@%s: %w", e.Name(), k.digest, err)
 				}
 			}
 		}
@@ -142,14 +148,18 @@ func (c *Collector) evict(ctx context.Context, maxSize int64, evictAfter time.Du
 	}
 	releases = nil
 
+	if collect != nil && !collect(len(victims) > 0) {
+		r.StoredAfter = c.index.StoredBytes()
+		return r, false, nil
+	}
 	var drop map[digest.Digest]bool
 	if c.opts.DryRun {
 		drop = dropped // still in the index: collect as if they were not
 	}
-	cr, err := c.collect(ctx, drop)
+	cr, err := c.collect(ctx, drop, freed)
 	r.add(cr)
 	r.StoredAfter = c.index.StoredBytes()
-	return r, err
+	return r, true, err
 }
 
 // mirroring reports whether an image is being mirrored: one of its roots

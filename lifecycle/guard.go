@@ -21,6 +21,14 @@ type Guard interface {
 	Claim(dgst digest.Digest) (release func(), ok bool)
 }
 
+// Holder is a Guard that can list the digests in use. The collector keeps
+// what they reference as it keeps what roots reference: a copy or mirror
+// holds its image's root digest while it stores the image, before any
+// record makes that digest a root.
+type Holder interface {
+	Held() []digest.Digest
+}
+
 // BusyFunc is a Guard from a predicate: a digest is claimed unless busy
 // reports it in use. It does not stop the proxy from starting to use a
 // digest during a removal; InUse does.
@@ -90,6 +98,17 @@ func (u *InUse) Busy(dgst digest.Digest) bool {
 	defer u.mu.Unlock()
 	_, removing := u.claimed[dgst]
 	return u.users[dgst] > 0 || removing
+}
+
+// Held implements Holder: the digests acquired now.
+func (u *InUse) Held() []digest.Digest {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	out := make([]digest.Digest, 0, len(u.users))
+	for d := range u.users {
+		out = append(out, d)
+	}
+	return out
 }
 
 // Claim implements Guard: it fails while dgst is acquired or claimed.

@@ -448,8 +448,9 @@ func TestCollect(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// (A held digest is kept as a root is: it is not even a candidate.)
 	r, err := e.collector(lifecycle.Options{Guard: inUse}).Collect(ctx)
-	if err != nil || r.BlobsRemoved != 1 || r.BytesFreed != 0 || r.Kept != 1 {
+	if err != nil || r.BlobsRemoved != 1 || r.BytesFreed != 0 {
 		t.Fatalf("Collect with the junk in use = %+v, %v", r, err)
 	}
 	if _, ok, _ := e.m.Index.Blob(ghost); ok {
@@ -638,7 +639,7 @@ func TestRun(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		col.Run(ctx, ticks, lifecycle.Policy{MaxSize: 1})
+		col.Run(ctx, ticks, nil, lifecycle.Policy{MaxSize: 1})
 	}()
 	ticks <- time.Time{}
 	ticks <- time.Time{} // taken once the first run is over

@@ -55,6 +55,14 @@ func (p *Proxy) Copy(ctx context.Context, ref string, pats []oci.Platform, onPro
 	if err != nil {
 		return Progress{}, err
 	}
+	// Held until the copy is recorded: by digest, nothing makes the image
+	// a root before the end, and the cache lifecycle keeps what a held
+	// digest references.
+	release, err := p.hold(ctx, m.digest)
+	if err != nil {
+		return Progress{}, err
+	}
+	defer release()
 	prog := &progress{digest: m.digest.String()}
 	if onProgress != nil {
 		prog.changed = func() { onProgress(prog.snapshot()) }

@@ -490,6 +490,14 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 	}
 	dl.update(func() { dl.verified = true })
 
+	// Held from the store to the record: the cache lifecycle never
+	// removes the blob in between, which would leave a record of nothing.
+	release, err := p.hold(ctx, dl.dgst)
+	if err != nil {
+		dl.update(func() { dl.err = err })
+		return
+	}
+	defer release()
 	if err := p.noteWrite(p.storeSpooled(ctx, t, dl, f, n)); err != nil {
 		// Readers have the whole blob already; a client that comes for
 		// the spool file once it is gone gets this error.

@@ -331,6 +331,13 @@ func (p *Proxy) ensureBlob(ctx context.Context, t target, dgst digest.Digest, si
 	if size <= 0 {
 		size = -1 // not declared
 	}
+	// Held while it is found or fetched: a stored blob the cache
+	// lifecycle is removing is waited for, then fetched again.
+	release, err := p.hold(ctx, dgst)
+	if err != nil {
+		return err
+	}
+	defer release()
 	if got, err := p.store.Stat(ctx, t.storeRepo(), dgst); err == nil {
 		return p.adoptListed(ctx, t, dgst, got, size)
 	}

@@ -326,6 +326,12 @@ func (p *Proxy) fetchManifest(ctx context.Context, t target, ref oci.Ref, fill b
 			return nil, errcode.Wrap(errcode.Unavailable, fmt.Errorf("%w: %w", upstream.ErrInvalid, err), "upstream %s sent a bad manifest for %s:%s", t.host(), t.repo, ref.String()).
 				WithStatus(http.StatusBadGateway)
 		}
+		// Held from the store to the record, as a blob is (runDownload).
+		release, err := p.hold(ctx, up.Digest)
+		if err != nil {
+			return nil, err
+		}
+		defer release()
 		if err := p.noteWrite(p.writeManifest(ctx, t, up, mt)); err != nil {
 			return nil, fmt.Errorf("storing manifest %s: %w", up.Digest, err)
 		}

@@ -220,9 +220,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, hup <-chan os.Signa
 		return err
 	}
 	if s.Collector != nil {
-		policy := lifecycle.Policy{MaxSize: int64(s.cfg.MaxSize), EvictAfter: time.Duration(s.cfg.EvictAfter)}
-		ticks := lifecycleTicks(ctx, s.Index, policy.MaxSize)
-		s.background.Go(func() { s.Collector.Run(ctx, ticks, policy) })
+		t := time.NewTicker(time.Minute)
+		s.background.Go(func() {
+			defer t.Stop()
+			s.runLifecycle(ctx, t.C)
+		})
 	}
 	cfg, log := s.cfg, s.opts.log
 	srv := &http.Server{
@@ -304,28 +306,25 @@ func (s *Server) Close() error {
 	return s.Index.Close()
 }
 
-// lifecycleTicks drives the cache lifecycle: a collection every ten
-// minutes, and at once when the store has outgrown maxSize.
-func lifecycleTicks(ctx context.Context, index *storage.Index, maxSize int64) <-chan time.Time {
-	ticks := make(chan time.Time)
-	go func() {
-		t := time.NewTicker(time.Minute)
-		defer t.Stop()
-		for n := 1; ; n++ {
-			select {
-			case <-ctx.Done():
-				return
-			case now := <-t.C:
-				if n%10 != 0 && (maxSize <= 0 || index.StoredBytes() <= maxSize) {
-					continue
-				}
+// runLifecycle runs the cache lifecycle until ctx ends: a pass on every
+// tick (every minute: eviction by --max-size and --evict-after, and the
+// collection of what it freed; a full collection every
+// lifecycle.DefaultCollectEvery), and one as soon as a write takes the
+// store past --max-size (wakes coalesce: one pending at most).
+func (s *Server) runLifecycle(ctx context.Context, ticks <-chan time.Time) {
+	policy := lifecycle.Policy{MaxSize: int64(s.cfg.MaxSize), EvictAfter: time.Duration(s.cfg.EvictAfter),
+		CollectEvery: lifecycle.DefaultCollectEvery}
+	wake := make(chan struct{}, 1)
+	if policy.MaxSize > 0 {
+		s.Index.OnGrow(func(stored int64) {
+			if stored > policy.MaxSize {
 				select {
-				case ticks <- now:
-				case <-ctx.Done():
-					return
+				case wake <- struct{}{}:
+				default: // one is pending already
 				}
 			}
-		}
-	}()
-	return ticks
+		})
+		defer s.Index.OnGrow(nil)
+	}
+	s.Collector.Run(ctx, ticks, wake, policy)
 }

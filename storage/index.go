@@ -32,6 +32,9 @@ type Index struct {
 
 	// stored is the total size of the indexed blobs and manifests.
 	stored atomic.Int64
+	// onGrow, if set, is told the new stored size after each write that
+	// adds content (OnGrow).
+	onGrow atomic.Pointer[func(int64)]
 }
 
 var (
@@ -97,13 +100,17 @@ func OpenIndex(path string) (*Index, error) {
 		}
 		return nil, fmt.Errorf("index %s: %w", path, err)
 	}
+	if err := checkSchema(db); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("index %s: %w", path, err)
+	}
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, b := range allBuckets {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
 		}
-		return nil
+		return migrate(tx)
 	})
 	if err != nil {
 		db.Close()
@@ -320,7 +327,7 @@ func (ix *Index) RecordManifest(e ManifestEntry) error {
 		return nil
 	})
 	if err == nil {
-		ix.stored.Add(added)
+		ix.grew(added)
 	}
 	return err
 }
@@ -370,7 +377,7 @@ func (ix *Index) RecordBlob(host, repo string, dgst digest.Digest, size int64, t
 		return link(tx, host, repo, dgst)
 	})
 	if err == nil {
-		ix.stored.Add(added)
+		ix.grew(added)
 	}
 	return err
 }

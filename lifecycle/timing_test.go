@@ -1,0 +1,152 @@
+package lifecycle_test
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/docker-mirror/docker-mirror/lifecycle"
+	"github.com/docker-mirror/docker-mirror/proxy"
+	"github.com/docker-mirror/docker-mirror/storage"
+	"github.com/docker-mirror/docker-mirror/tests/servertest"
+)
+
+// runner runs a collector's Run on channels the test drives.
+type runner struct {
+	ticks chan time.Time
+	wake  chan struct{}
+	stop  func()
+}
+
+func startRun(t *testing.T, col *lifecycle.Collector, p lifecycle.Policy) *runner {
+	t.Helper()
+	ctx, cancel := context.WithCancel(t.Context())
+	r := &runner{ticks: make(chan time.Time), wake: make(chan struct{}, 1)}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		col.Run(ctx, r.ticks, r.wake, p)
+	}()
+	r.stop = func() {
+		cancel()
+		<-done
+	}
+	t.Cleanup(r.stop)
+	return r
+}
+
+// tick runs one pass and returns once it is over: Run takes the second
+// tick only when the first pass is done.
+func (r *runner) tick() {
+	r.ticks <- time.Time{}
+	r.ticks <- time.Time{}
+}
+
+// With --evict-after, an image not pulled for longer is gone, content and
+// all, on the next minute tick: the server's collector (its grace period,
+// its guard, its clock) frees what it evicts at once, though that content
+// was written less than a grace period ago.
+func TestRunEvictAfterFreesOnTheNextTick(t *testing.T) {
+	e := newEnv(t)
+	a := multi(e.up.SeedMultiArch(t, "library/a", "v1", 0))
+	a.repo = "a"
+	e.pull(t, a)
+	col := e.m.Server.Collector
+	r := startRun(t, col, lifecycle.Policy{EvictAfter: 20 * time.Second, CollectEvery: lifecycle.DefaultCollectEvery})
+
+	e.m.Clock.Advance(10 * time.Second)
+	r.tick()
+	e.wantStored(t, true, a.content()...)
+
+	e.m.Clock.Advance(11 * time.Second) // 21s after the pull: within the grace period still
+	if lifecycle.DefaultGrace <= 21*time.Second {
+		t.Fatalf("the test needs a grace period over 21s; DefaultGrace is %s", lifecycle.DefaultGrace)
+	}
+	r.tick()
+	e.wantStored(t, false, a.content()...)
+	if got := e.m.Index.StoredBytes(); got != 0 {
+		t.Errorf("stored %d bytes after the eviction, want 0", got)
+	}
+	if list := images(t, col); len(list) != 0 {
+		t.Errorf("images after the eviction: %+v", list)
+	}
+	// Pulled again, it is whole.
+	e.wantPull(t, a)
+}
+
+// A write that takes the store past --max-size wakes a pass at once (no
+// tick, no clock moving): the least recently pulled image is evicted and
+// its space freed, while the image whose pull pushed the store over,
+// still being mirrored and so in use, is kept whole.
+func TestRunWakesWhenAPullPassesMaxSize(t *testing.T) {
+	e := newEnv(t)
+	old := single("old", "v1", e.up.SeedImage(t, "library/old", "v1", 2, 32<<10))
+	seeded := e.up.SeedImage(t, "library/app", "v1", 2, 32<<10)
+	app := single("app", "v1", seeded)
+
+	gated, g := startGated(t, e.up, seeded.Layers[1])
+	inUse := lifecycle.NewInUse()
+	m := servertest.StartWithStore(t, gated.URL, func(ix *storage.Index) (storage.Store, error) {
+		return openStore(ix)
+	}, proxy.WithContentGuard(inUse))
+	t.Cleanup(g.Open) // before the mirror stops: it waits for the mirroring
+	e = &env{up: e.up, m: m, store: m.Store.(*storage.DriverStore)}
+
+	e.pull(t, old)
+	oldSize := m.Index.StoredBytes()
+	e.m.Clock.Advance(time.Second)
+	collected := make(chan struct{}, 16)
+	col := e.collector(lifecycle.Options{Grace: lifecycle.DefaultGrace, Guard: inUse, Log: slog.New(signal{"cache collected", collected})})
+	limit := oldSize + oldSize/4 // room for one image, not two
+	r := startRun(t, col, lifecycle.Policy{MaxSize: limit, CollectEvery: lifecycle.DefaultCollectEvery})
+	m.Index.OnGrow(func(stored int64) { // as the server wires it
+		if stored > limit {
+			select {
+			case r.wake <- struct{}{}:
+			default:
+			}
+		}
+	})
+
+	if status, _, _ := get(t, m.URL()+"/v2/app/manifests/v1"); status != http.StatusOK {
+		t.Fatalf("pull app: status %d", status)
+	}
+	<-g.reached // app's mirror waits for its second layer
+	<-collected // the pass the growth woke: no tick was sent
+	e.wantStored(t, false, old.content()...)
+	if _, ok, _ := m.Index.Tag("docker.io", "library/app", "v1"); !ok {
+		t.Error("app's tag was evicted mid-pull")
+	}
+	e.wantStored(t, true, app.digest)
+	g.Open()
+	m.WaitIdle()
+	e.wantStored(t, true, app.content()...)
+	if got := m.Index.StoredBytes(); got > limit {
+		t.Errorf("stored %d, over the limit %d", got, limit)
+	}
+	e.wantPull(t, app)
+}
+
+// signal is a slog handler that signals on ch each record whose message
+// is msg.
+type signal struct {
+	msg string
+	ch  chan<- struct{}
+}
+
+func (s signal) Enabled(context.Context, slog.Level) bool { return true }
+func (s signal) Handle(_ context.Context, r slog.Record) error {
+	if r.Message == s.msg {
+		s.ch <- struct{}{}
+	}
+	return nil
+}
+func (s signal) WithAttrs([]slog.Attr) slog.Handler { return s }
+func (s signal) WithGroup(string) slog.Handler      { return s }
+
+func openStore(ix *storage.Index) (storage.Store, error) {
+	return storage.OpenDriverStore(context.Background(), "filesystem", map[string]any{"rootdirectory": filepath.Dir(ix.Path())})
+}
