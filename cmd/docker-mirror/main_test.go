@@ -38,6 +38,8 @@ func TestBadInputExitsTwoWithOneLine(t *testing.T) {
 		{[]string{"serve", "--concurrency", "0"}, []string{"concurrency", "0"}},
 		{[]string{"serve", "--upstream", "ftp://x"}, []string{"upstream", "ftp://x"}},
 		{[]string{"serve", "--platform", "linux/"}, []string{"platform", "linux/"}},
+		{[]string{"serve", "--platform", "bogus"}, []string{"platform", `"bogus"`, "unknown OS"}},
+		{[]string{"serve", "--platform", "linux/x86_64"}, []string{"platform", `"x86_64"`, "unknown architecture"}},
 		{[]string{"serve", "--listen", "nope"}, []string{"listen", "nope"}},
 		{[]string{"serve", "--no-such-flag"}, []string{"no-such-flag"}},
 		{[]string{"serve", "--config", badFile}, []string{"tag_ttl", "soon"}},
