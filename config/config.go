@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"math"
 	"net"
 	"net/url"
 	"os"
@@ -819,16 +820,27 @@ func validateURL(s string) error {
 	return nil
 }
 
-// Size is a number of bytes written as "50GiB", "512MB" or "1000000".
+// Size is a number of bytes, written as a number and a unit: "50GiB",
+// "512MB", "1.5TiB", or "1000000" (bytes).
+//
+// Units are case-sensitive, so that each means one thing: B; kB or KB, MB,
+// GB, TB, PB (powers of 1000); KiB, MiB, GiB, TiB, PiB (powers of 1024),
+// also written Ki, Mi, Gi, Ti, Pi as Kubernetes does. A bare K, M, G, T is
+// refused (Kubernetes reads 50G as 50*10^9, Docker as 50*2^30), and so is
+// a lower-case b (50Gb is gigabits) or any other casing.
 type Size int64
 
 var sizeUnits = map[string]int64{
-	"": 1, "b": 1,
-	"kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
-	"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
+	"": 1, "B": 1,
+	"kB": 1e3, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "PB": 1e15,
+	"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40, "PiB": 1 << 50,
+	"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40, "Pi": 1 << 50,
 }
 
-// ParseSize parses a size such as "50GiB".
+// sizeSyntax is the hint of every size error.
+const sizeSyntax = "want a number and a unit: B, KB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024), e.g. 50GiB"
+
+// ParseSize parses a size such as "50GiB" (see Size).
 func ParseSize(s string) (Size, error) {
 	t := strings.TrimSpace(s)
 	i := strings.IndexFunc(t, func(r rune) bool { return (r < '0' || r > '9') && r != '.' })
@@ -836,15 +848,54 @@ func ParseSize(s string) (Size, error) {
 		i = len(t)
 	}
 	n, err := strconv.ParseFloat(t[:i], 64)
-	unit, ok := sizeUnits[strings.ToLower(strings.TrimSpace(t[i:]))]
-	if err != nil || !ok || n < 0 {
-		return 0, fmt.Errorf("invalid size %q (e.g. 50GiB, 512MB)", s)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("invalid size %q (%s)", s, sizeSyntax)
 	}
-	return Size(n * float64(unit)), nil
+	unit := strings.TrimSpace(t[i:])
+	mult, ok := sizeUnits[unit]
+	if !ok {
+		return 0, fmt.Errorf("invalid size %q: %s (%s)", s, unitHint(unit), sizeSyntax)
+	}
+	v := n * float64(mult)
+	if v >= math.MaxInt64 {
+		return 0, fmt.Errorf("invalid size %q: too large", s)
+	}
+	return Size(v), nil
+}
+
+// unitHint says what is wrong with a unit that is not one of sizeUnits.
+func unitHint(unit string) string {
+	switch up := strings.ToUpper(unit); {
+	case len(unit) == 1 && strings.Contains("KMGTP", up):
+		return fmt.Sprintf("unit %q is ambiguous: write %sB (powers of 1000) or %siB (powers of 1024)", unit, up, up)
+	case strings.HasSuffix(unit, "b") && !strings.HasSuffix(unit, "ib"):
+		return fmt.Sprintf("unit %q: a lower-case b is a bit; bytes are B", unit)
+	}
+	for u := range sizeUnits {
+		if u != "" && strings.EqualFold(u, unit) {
+			return fmt.Sprintf("unit %q: write %s", unit, canonicalUnit(u))
+		}
+	}
+	return fmt.Sprintf("unknown unit %q", unit)
+}
+
+// canonicalUnit returns the spelling a case-insensitive match of a unit
+// suggests: the byte units, not Kubernetes' short forms or kB.
+func canonicalUnit(u string) string {
+	switch {
+	case u == "kB":
+		return "KB"
+	case strings.HasSuffix(u, "i"):
+		return u + "B"
+	}
+	return u
 }
 
 // UnmarshalYAML parses a size.
 func (z *Size) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return fmt.Errorf("line %d: invalid size (%s)", n.Line, sizeSyntax)
+	}
 	v, err := ParseSize(n.Value)
 	if err != nil {
 		return fmt.Errorf("line %d: %w", n.Line, err)

@@ -865,3 +865,74 @@ func TestReadyzFailWhenFull(t *testing.T) {
 		t.Errorf("bad file value: %v", err)
 	}
 }
+
+// One size syntax: units are case-sensitive, each with one meaning; what
+// could be read two ways (50G: 10^9 or 2^30 bytes? 50Gb: bits?) is refused
+// with a hint, never guessed.
+func TestParseSize(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		want config.Size
+	}{
+		{"0", 0},
+		{"1000000", 1e6},
+		{"512B", 512},
+		{"1kB", 1e3},
+		{"1KB", 1e3},
+		{"10MB", 10e6},
+		{"50GB", 50e9},
+		{"2TB", 2e12},
+		{"1PB", 1e15},
+		{"1KiB", 1 << 10},
+		{"512MiB", 512 << 20},
+		{"50GiB", 50 << 30},
+		{"1.5GiB", 3 << 29},
+		{"2TiB", 2 << 40},
+		{"1PiB", 1 << 50},
+		{"50Gi", 50 << 30}, // Kubernetes' spelling
+		{"512Mi", 512 << 20},
+		{" 50 GiB ", 50 << 30},
+	} {
+		got, err := config.ParseSize(tt.in)
+		if err != nil || got != tt.want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", tt.in, got, err, tt.want)
+		}
+	}
+	for _, tt := range []struct{ in, want string }{
+		{"50G", `invalid size "50G": unit "G" is ambiguous: write GB (powers of 1000) or GiB (powers of 1024) (want a number and a unit: B, KB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024), e.g. 50GiB)`},
+		{"50g", `invalid size "50g": unit "g" is ambiguous: write GB`},
+		{"10M", `unit "M" is ambiguous: write MB (powers of 1000) or MiB`},
+		{"50Gb", `invalid size "50Gb": unit "Gb": a lower-case b is a bit; bytes are B (want`},
+		{"50gb", `unit "gb": a lower-case b is a bit`},
+		{"50b", `unit "b": a lower-case b is a bit`},
+		{"50gib", `invalid size "50gib": unit "gib": write GiB (want`},
+		{"50GIB", `unit "GIB": write GiB (want`},
+		{"50gi", `unit "gi": write GiB (want`},
+		{"50mB", `unit "mB": write MB (want`},
+		{"50 gigs", `unknown unit "gigs"`},
+		{"lots", `invalid size "lots" (want a number and a unit`},
+		{"", `invalid size "" (want`},
+		{"-1GiB", `invalid size "-1GiB" (want`},
+		{"GiB", `invalid size "GiB" (want`},
+		{"1e3", `unknown unit "e3"`},
+		{"9000PiB", `invalid size "9000PiB": too large`},
+	} {
+		_, err := config.ParseSize(tt.in)
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("ParseSize(%q) error = %v; want %q", tt.in, err, tt.want)
+		}
+	}
+	// The same through every way a size is given.
+	for _, args := range [][]string{
+		{"--max-size", "50Gb"},
+		{"--config", writeFile(t, "max_size: 50Gb\n")},
+		{"--config", writeFile(t, "max_blob_size: 50G\n")},
+	} {
+		if _, err := resolve(t, args, nil); err == nil {
+			t.Errorf("%q accepted", args)
+		}
+	}
+	if _, err := resolve(t, nil, map[string]string{"DOCKER_MIRROR_MAX_SIZE": "50Gb"}); err == nil || !strings.Contains(err.Error(), "DOCKER_MIRROR_MAX_SIZE") {
+		t.Errorf("DOCKER_MIRROR_MAX_SIZE=50Gb: %v", err)
+	}
+}
