@@ -936,3 +936,74 @@ func TestParseSize(t *testing.T) {
 		t.Errorf("DOCKER_MIRROR_MAX_SIZE=50Gb: %v", err)
 	}
 }
+
+// Every flag has its environment variable, DOCKER_MIRROR_ and the flag's
+// name (--config too), and the variable does what the flag does: both
+// give the same configuration, which differs from the defaults. The
+// file key's name works as well where it differs (DOCKER_MIRROR_PLATFORMS).
+func TestEveryFlagHasItsVariable(t *testing.T) {
+	values := map[string]string{
+		"config":                writeFile(t, "listen: \":6001\"\n"),
+		"listen":                ":6002",
+		"data":                  "/srv/mirror",
+		"upstream":              "ghcr.io=https://ghcr.io",
+		"upstream-timeout":      "45s",
+		"tag-ttl":               "5m",
+		"platform":              "linux/arm64",
+		"concurrency":           "9",
+		"prefetch-max-images":   "7",
+		"header-timeout":        "3s",
+		"shutdown-timeout":      "4s",
+		"log-format":            "json",
+		"log-level":             "debug",
+		"max-size":              "10GiB",
+		"max-blob-size":         "1GiB",
+		"evict-after":           "720h",
+		"readyz-fail-when-full": "true",
+		"tls-cert":              "/etc/tls.crt",
+		"tls-key":               "/etc/tls.key",
+		"destination":           "https://registry.example/mirror",
+	}
+	fs := flag.NewFlagSet("test", flag.ContinueOnError)
+	config.Bind(fs)
+	fs.VisitAll(func(f *flag.Flag) {
+		v, ok := values[f.Name]
+		if !ok {
+			t.Errorf("--%s: no test value; add one", f.Name)
+			return
+		}
+		args, env := []string{"--" + f.Name, v}, map[string]string{config.EnvPrefix + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_")): v}
+		// Only as a pair: the other one given alike.
+		for _, pair := range [][2]string{{"tls-cert", "tls-key"}, {"tls-key", "tls-cert"}} {
+			if f.Name == pair[0] {
+				args = append(args, "--"+pair[1], values[pair[1]])
+				env[config.EnvPrefix+strings.ToUpper(strings.ReplaceAll(pair[1], "-", "_"))] = values[pair[1]]
+			}
+		}
+		byFlag := mustResolve(t, args, nil)
+		byEnv := mustResolve(t, nil, env)
+		if !reflect.DeepEqual(byFlag, byEnv) {
+			t.Errorf("--%s %s and %v differ:\n%+v\n%+v", f.Name, v, env, byFlag, byEnv)
+		}
+		if reflect.DeepEqual(byEnv, config.Default()) {
+			t.Errorf("%v: ignored", env)
+		}
+	})
+	// The file key's name, as the README's DOCKER_MIRROR_<KEY> says.
+	c := mustResolve(t, nil, map[string]string{"DOCKER_MIRROR_PLATFORMS": "linux/arm64,linux/amd64"})
+	if want := []string{"linux/arm64", "linux/amd64"}; !slices.Equal(c.Platforms, want) {
+		t.Errorf("DOCKER_MIRROR_PLATFORMS: platforms = %q, want %q", c.Platforms, want)
+	}
+	_, err := resolve(t, nil, map[string]string{"DOCKER_MIRROR_PLATFORMS": "linux/arm64", "DOCKER_MIRROR_PLATFORM": "linux/amd64"})
+	if want := "DOCKER_MIRROR_PLATFORM, DOCKER_MIRROR_PLATFORMS: both set; give one"; err == nil || err.Error() != want {
+		t.Errorf("both platform variables: %v, want %q", err, want)
+	}
+	if _, err := resolve(t, nil, map[string]string{"DOCKER_MIRROR_PLATFORMS": "bogus"}); err == nil || !strings.Contains(err.Error(), `"bogus"`) {
+		t.Errorf("DOCKER_MIRROR_PLATFORMS=bogus: %v", err)
+	}
+	// DOCKER_MIRROR_CONFIG wins over --config, as every variable over its flag.
+	c = mustResolve(t, []string{"--config", writeFile(t, "listen: \":6003\"\n")}, map[string]string{"DOCKER_MIRROR_CONFIG": values["config"]})
+	if c.Listen != ":6001" {
+		t.Errorf("DOCKER_MIRROR_CONFIG over --config: listen %q, want :6001", c.Listen)
+	}
+}

@@ -16,6 +16,9 @@ type key struct {
 	list  bool // repeatable flag; comma-separated in the environment
 	// boolean: the flag may be given alone (--name means --name=true).
 	boolean bool
+	// fileKey is the key of the file when it is not name (platforms); its
+	// variable, DOCKER_MIRROR_<FILEKEY>, works as well as the flag's.
+	fileKey string
 	set     func(c *Config, vals []string) error
 }
 
@@ -72,7 +75,7 @@ var keys = []key{
 		}},
 	{name: "upstream_timeout", usage: "how long an upstream may take to start answering before clients get 504", set: durationKey(func(c *Config) *Duration { return &c.UpstreamTimeout })},
 	{name: "tag_ttl", usage: "how long a tag's digest is trusted before revalidating upstream; 0 = every pull", set: durationKey(func(c *Config) *Duration { return &c.TagTTL })},
-	{name: "platform", usage: "platform pattern mirrored eagerly, e.g. linux/* or linux/arm64 (repeatable)", list: true,
+	{name: "platform", fileKey: "platforms", usage: "platform pattern mirrored eagerly, e.g. linux/* or linux/arm64 (repeatable)", list: true,
 		set: func(c *Config, vals []string) error { c.Platforms = slices.Clone(vals); return nil }},
 	{name: "concurrency", usage: "parallel upstream fetches of the background mirror", set: one(func(c *Config, v string) error {
 		n, err := strconv.Atoi(v)
@@ -113,6 +116,19 @@ var keys = []key{
 		set: stringKey(func(c *Config) *string { return &c.Destination.URL })},
 }
 
+// envNames returns the environment variables of k: the flag's name, and
+// the file key's when it differs.
+func (k key) envNames() []string {
+	names := []string{EnvPrefix + strings.ToUpper(k.name)}
+	if k.fileKey != "" {
+		names = append(names, EnvPrefix+strings.ToUpper(k.fileKey))
+	}
+	return names
+}
+
+// configEnv names the configuration file, like --config.
+const configEnv = EnvPrefix + "CONFIG"
+
 // passwordEnv holds the destination's password: an environment variable,
 // not a flag, so that it does not show in the process list.
 const passwordEnv = EnvPrefix + "DESTINATION_PASSWORD"
@@ -133,10 +149,10 @@ type Flags struct {
 // shown in the help text.
 func Bind(fs *flag.FlagSet) *Flags {
 	f := &Flags{fs: fs, values: map[string][]string{}}
-	fs.StringVar(&f.file, "config", "", "YAML configuration file (flags win over it, DOCKER_MIRROR_<KEY> environment variables win over both)")
+	fs.StringVar(&f.file, "config", "", "YAML configuration file (flags win over it, DOCKER_MIRROR_<KEY> environment variables win over both; env "+configEnv+")")
 	def := defaultStrings()
 	for _, k := range keys {
-		usage := fmt.Sprintf("%s (default %s; env %s%s)", k.usage, def[k.name], EnvPrefix, strings.ToUpper(k.name))
+		usage := fmt.Sprintf("%s (default %s; env %s)", k.usage, def[k.name], strings.Join(k.envNames(), " or "))
 		record := func(v string) error {
 			if k.list {
 				f.values[k.name] = append(f.values[k.name], v)
@@ -171,18 +187,22 @@ func defaultStrings() map[string]string {
 // production), then validates it. Errors name the key and the bad value.
 func (f *Flags) Resolve(lookup func(string) (string, bool)) (Config, error) {
 	c := Default()
-	if f.file != "" {
-		r, err := os.Open(f.file)
+	file := f.file
+	if v, ok := lookup(configEnv); ok {
+		file = v // the environment wins over flags, for --config too
+	}
+	if file != "" {
+		r, err := os.Open(file)
 		if err != nil {
 			return Config{}, fmt.Errorf("config: %w", err)
 		}
 		c, err = Parse(r)
 		r.Close()
 		if err != nil {
-			return Config{}, fmt.Errorf("config %s: %w", f.file, err)
+			return Config{}, fmt.Errorf("config %s: %w", file, err)
 		}
 		if c.holdsSecrets() {
-			c.secretFile = f.file
+			c.secretFile = file
 		}
 	}
 	for _, k := range keys {
@@ -193,9 +213,18 @@ func (f *Flags) Resolve(lookup func(string) (string, bool)) (Config, error) {
 		}
 	}
 	for _, k := range keys {
-		env := EnvPrefix + strings.ToUpper(k.name)
-		v, ok := lookup(env)
-		if !ok {
+		var env, v string
+		for _, name := range k.envNames() {
+			val, ok := lookup(name)
+			if !ok {
+				continue
+			}
+			if env != "" {
+				return Config{}, fmt.Errorf("%s, %s: both set; give one", env, name)
+			}
+			env, v = name, val
+		}
+		if env == "" {
 			continue
 		}
 		vals := []string{v}
