@@ -272,7 +272,7 @@ const DefaultMaxBlobSize Size = 20 << 30
 // errors, so a typo is reported instead of silently ignored; every error
 // names the key and the bad value. A key with an empty (null) value keeps
 // its default.
-func Parse(r io.Reader) (Config, error) {
+func Parse(r io.Reader) (_ Config, err error) {
 	c := Default()
 	dec := yaml.NewDecoder(r)
 	var doc yaml.Node
@@ -304,6 +304,11 @@ func Parse(r io.Reader) (Config, error) {
 	}
 	fields := fileFields(&c)
 	seen := map[string]int{}
+	defer func() {
+		if err == nil {
+			err = hubConflict(c, root, seen["upstream"])
+		}
+	}()
 	for i := 0; i+1 < len(root.Content); i += 2 {
 		k, v := root.Content[i], root.Content[i+1]
 		if k.Kind == yaml.AliasNode && k.Alias != nil {
@@ -348,6 +353,47 @@ func Parse(r io.Reader) (Config, error) {
 		}
 	}
 	return c, nil
+}
+
+// hubConflict refuses a file that names docker.io's URL twice, as
+// upstream (at line upLine, 0 if not given) and as upstreams.docker.io.url,
+// with different URLs: neither may silently win.
+func hubConflict(c Config, root *yaml.Node, upLine int) error {
+	hub := c.Upstreams[DockerHubHost].URL
+	if upLine == 0 || hub == "" || hub == c.Upstream {
+		return nil
+	}
+	line := 0
+	if n := child(root, "upstreams", DockerHubHost); n != nil {
+		line = n.Line
+		if u := child(n, "url"); u != nil {
+			line = u.Line
+		}
+	}
+	return fmt.Errorf("config file: upstream (line %d) %q and upstreams.docker.io.url (line %d) %q: two URLs for docker.io; give one", upLine, redactURL(c.Upstream), line, redactURL(hub))
+}
+
+// child returns the value of the mapping n at the key path, or nil.
+func child(n *yaml.Node, path ...string) *yaml.Node {
+	for _, key := range path {
+		for n.Kind == yaml.AliasNode && n.Alias != nil {
+			n = n.Alias
+		}
+		if n.Kind != yaml.MappingNode {
+			return nil
+		}
+		var next *yaml.Node
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if n.Content[i].Value == key {
+				next = n.Content[i+1]
+			}
+		}
+		if next == nil {
+			return nil
+		}
+		n = next
+	}
+	return n
 }
 
 // decodeStrict decodes a node into ptr, rejecting unknown keys of nested
@@ -628,6 +674,10 @@ func (c Config) Validate() error {
 	if c.Destination.URL != "" {
 		if err := validateDestination(c.Destination.URL); err != nil {
 			return fmt.Errorf("destination: %w", err)
+		}
+		if len(c.Storage) > 0 {
+			names := slices.Sorted(maps.Keys(c.Storage))
+			return fmt.Errorf("storage, destination: give one: with a destination, mirrored content is kept in that registry and storage.%s would not be used", strings.Join(names, ", storage."))
 		}
 	}
 	if c.MaxBlobSize <= 0 {

@@ -1007,3 +1007,58 @@ func TestEveryFlagHasItsVariable(t *testing.T) {
 		t.Errorf("DOCKER_MIRROR_CONFIG over --config: listen %q, want :6001", c.Listen)
 	}
 }
+
+// Two settings that contradict each other are refused, naming both,
+// instead of one winning silently: docker.io's URL given twice with
+// different URLs in one source, and storage next to a destination (whose
+// registry keeps the content, so the storage driver would be unused).
+func TestContradictions(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		file string
+		args []string
+		env  map[string]string
+		want string // the whole error; "" = accepted
+	}{
+		{name: "upstream and upstreams.docker.io.url", file: "upstream: https://a.example\nupstreams:\n  ghcr.io: https://ghcr.io\n  docker.io:\n    url: https://b.example\n",
+			want: `config FILE: config file: upstream (line 1) "https://a.example" and upstreams.docker.io.url (line 5) "https://b.example": two URLs for docker.io; give one`},
+		{name: "upstream and upstreams.docker.io as a URL", file: "upstreams:\n  docker.io: https://b.example\nupstream: https://a.example\n",
+			want: `config FILE: config file: upstream (line 3) "https://a.example" and upstreams.docker.io.url (line 2) "https://b.example": two URLs for docker.io; give one`},
+		{name: "userinfo redacted", file: "upstream: https://bot:hunter2@a.example\nupstreams: {docker.io: {url: https://b.example}}\n",
+			want: `config FILE: config file: upstream (line 1) "https://xxxxx@a.example" and upstreams.docker.io.url (line 2) "https://b.example": two URLs for docker.io; give one`},
+		{name: "the same URL twice", file: "upstream: https://a.example\nupstreams: {docker.io: {url: https://a.example, username: bot}}\n"},
+		{name: "upstreams.docker.io.url alone", file: "upstreams: {docker.io: {url: https://b.example}}\n"},
+		{name: "a flag over the file's URL (precedence)", file: "upstreams: {docker.io: {url: https://b.example}}\n", args: []string{"--upstream", "https://a.example"}},
+		{name: "--upstream twice", args: []string{"--upstream", "https://a.example", "--upstream", "https://b.example"},
+			want: `--upstream: two URLs for docker.io, "https://a.example" and "https://b.example"; give one`},
+		{name: "--upstream URL and docker.io=URL", args: []string{"--upstream", "https://a.example", "--upstream", "docker.io=https://b.example"},
+			want: `--upstream: two URLs for docker.io, "https://a.example" and "https://b.example"; give one`},
+		{name: "--upstream HOST=URL twice", args: []string{"--upstream", "ghcr.io=https://a.example", "--upstream", "ghcr.io=https://b.example"},
+			want: `--upstream: two URLs for ghcr.io, "https://a.example" and "https://b.example"; give one`},
+		{name: "--upstream the same twice", args: []string{"--upstream", "ghcr.io=https://ghcr.io", "--upstream", "ghcr.io=https://ghcr.io"}},
+		{name: "DOCKER_MIRROR_UPSTREAM twice", env: map[string]string{"DOCKER_MIRROR_UPSTREAM": "https://a.example,docker.io=https://b.example"},
+			want: `DOCKER_MIRROR_UPSTREAM: two URLs for docker.io, "https://a.example" and "https://b.example"; give one`},
+		{name: "storage and destination", file: "storage: {s3: {bucket: b, secretkey: hunter2}}\ndestination: {url: https://registry.example/mirror}\n",
+			want: `config: storage, destination: give one: with a destination, mirrored content is kept in that registry and storage.s3 would not be used`},
+		{name: "storage and --destination", file: "storage: {inmemory: {}}\n", args: []string{"--destination", "https://registry.example/mirror"},
+			want: `config: storage, destination: give one: with a destination, mirrored content is kept in that registry and storage.inmemory would not be used`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			args, file := tt.args, ""
+			if tt.file != "" {
+				file = writeFile(t, tt.file)
+				args = append([]string{"--config", file}, args...)
+			}
+			_, err := resolve(t, args, tt.env)
+			if tt.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if want := strings.ReplaceAll(tt.want, "FILE", file); err == nil || err.Error() != want {
+				t.Errorf("error %v\nwant  %s", err, want)
+			}
+		})
+	}
+}

@@ -54,12 +54,16 @@ var keys = []key{
 	{name: "data", usage: "directory of the embedded store and the index (DIR/index.db)", set: stringKey(func(c *Config) *string { return &c.Data })},
 	{name: "upstream", usage: "upstream to mirror: HOST=URL (e.g. ghcr.io=https://ghcr.io), or a bare URL for docker.io (repeatable)", list: true,
 		set: func(c *Config, vals []string) error {
+			given := map[string]string{} // host: URL, to refuse two URLs for one host
 			for _, v := range vals {
 				host, u, ok := strings.Cut(v, "=")
 				if !ok {
-					c.Upstream, c.upstreamFlag = v, true
-					continue
+					host, u = DockerHubHost, v
 				}
+				if prev, dup := given[host]; dup && prev != u {
+					return fmt.Errorf("two URLs for %s, %q and %q; give one", redactURL(host), redactURL(prev), redactURL(u))
+				}
+				given[host] = u
 				if host == DockerHubHost {
 					c.Upstream, c.upstreamFlag = u, true
 					continue
