@@ -954,6 +954,19 @@ func (z *Size) UnmarshalYAML(n *yaml.Node) error {
 	return nil
 }
 
+// String writes the size as ParseSize reads it, with the unit that
+// divides it exactly into the smallest number: "50GiB", "10MB", "1234";
+// "0" is no size.
+func (z Size) String() string {
+	best, unit := int64(z), ""
+	for _, u := range []string{"KB", "MB", "GB", "TB", "PB", "KiB", "MiB", "GiB", "TiB", "PiB"} {
+		if n := sizeUnits[u]; z != 0 && int64(z)%n == 0 && int64(z)/n < best {
+			best, unit = int64(z)/n, u
+		}
+	}
+	return strconv.FormatInt(best, 10) + unit
+}
+
 // MarshalYAML writes the size in bytes.
 func (z Size) MarshalYAML() (any, error) { return int64(z), nil }
 

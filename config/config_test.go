@@ -1062,3 +1062,19 @@ func TestContradictions(t *testing.T) {
 		})
 	}
 }
+
+// A size is shown as ParseSize reads it back.
+func TestSizeString(t *testing.T) {
+	for _, tt := range []struct {
+		z    config.Size
+		want string
+	}{{0, "0"}, {1234, "1234"}, {50 << 30, "50GiB"}, {10e6, "10MB"}, {1e15, "1PB"}, {1000 << 20, "1000MiB"}, {1536, "1536"}} {
+		got := tt.z.String()
+		if got != tt.want {
+			t.Errorf("Size(%d) = %q, want %q", int64(tt.z), got, tt.want)
+		}
+		if back, err := config.ParseSize(got); err != nil || back != tt.z {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", got, back, err, int64(tt.z))
+		}
+	}
+}
