@@ -269,25 +269,39 @@ func Default() Config {
 const DefaultMaxBlobSize Size = 20 << 30
 
 // Parse reads a YAML configuration on top of Default(). Unknown keys are
-// errors, so a typo is reported instead of silently ignored; every error
-// names the key and the bad value. A key with an empty (null) value keeps
-// its default.
-func Parse(r io.Reader) (_ Config, err error) {
+// errors, so a typo is reported instead of silently ignored. Every error
+// is one line, "config file: line N: KEY.PATH: what is wrong": it names
+// the line and the key path (upstreams.ghcr.io.pasword), the known keys of
+// a misspelt one, and the bad value unless it is in a block that may hold
+// secrets (upstreams, destination, storage, auth, sync); never a Go type.
+// A key with an empty (null) value keeps its default.
+func Parse(r io.Reader) (Config, error) {
+	c, _, err := parseFile(r)
+	if err != nil {
+		return Config{}, fmt.Errorf("config file: %w", err)
+	}
+	return c, nil
+}
+
+// parseFile is Parse, returning also the line of every key path of the
+// file, and its errors without the "config file" prefix.
+func parseFile(r io.Reader) (_ Config, lines map[string]int, err error) {
 	c := Default()
+	lines = map[string]int{}
 	dec := yaml.NewDecoder(r)
 	var doc yaml.Node
 	if err := dec.Decode(&doc); err != nil {
 		if errors.Is(err, io.EOF) {
-			return c, nil // empty file
+			return c, lines, nil // empty file
 		}
-		return Config{}, fmt.Errorf("config file: %w", err)
+		return Config{}, nil, yamlError(err)
 	}
 	var extra yaml.Node
 	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
 		if err != nil {
-			return Config{}, fmt.Errorf("config file: %w", err)
+			return Config{}, nil, yamlError(err)
 		}
-		return Config{}, fmt.Errorf("config file: line %d: only one YAML document is allowed", extra.Line)
+		return Config{}, nil, &fileError{line: extra.Line, msg: "only one YAML document is allowed"}
 	}
 	root := &doc
 	if root.Kind == yaml.DocumentNode && len(root.Content) == 1 {
@@ -297,62 +311,54 @@ func Parse(r io.Reader) (_ Config, err error) {
 		root = root.Alias
 	}
 	if root.Kind == yaml.ScalarNode && root.ShortTag() == "!!null" {
-		return c, nil // only comments, or ~
+		return c, lines, nil // only comments, or ~
 	}
 	if root.Kind != yaml.MappingNode {
-		return Config{}, fmt.Errorf("config file: line %d: want a mapping of keys to values, got %s", root.Line, nodeText(root))
+		return Config{}, nil, &fileError{line: root.Line, msg: "want a mapping of keys to values, got " + nodeText(root)}
 	}
+	collectLines(root, "", lines)
 	fields := fileFields(&c)
 	seen := map[string]int{}
-	defer func() {
-		if err == nil {
-			err = hubConflict(c, root, seen["upstream"])
-		}
-	}()
 	for i := 0; i+1 < len(root.Content); i += 2 {
 		k, v := root.Content[i], root.Content[i+1]
 		if k.Kind == yaml.AliasNode && k.Alias != nil {
 			k = k.Alias
 		}
 		if k.Kind != yaml.ScalarNode {
-			return Config{}, fmt.Errorf("config file: line %d: invalid key %s", k.Line, nodeText(k))
+			return Config{}, nil, &fileError{line: k.Line, msg: "invalid key " + nodeText(k) + " (want a name)"}
 		}
 		name := k.Value
 		f, ok := fields[name]
 		if !ok {
-			return Config{}, fmt.Errorf("config file: line %d: unknown key %q (known keys: %s)", k.Line, name, strings.Join(fileKeys(), ", "))
+			return Config{}, nil, &fileError{line: k.Line, key: redactURL(name), msg: "unknown key (known keys: " + strings.Join(fileKeys(), ", ") + ")"}
 		}
 		if line, dup := seen[name]; dup {
-			return Config{}, fmt.Errorf("config file: line %d: key %q already defined at line %d", k.Line, name, line)
+			return Config{}, nil, &fileError{line: k.Line, key: name, msg: fmt.Sprintf("already defined at line %d", line)}
 		}
 		seen[name] = k.Line
 		if f.integer && v.Kind == yaml.ScalarNode && v.ShortTag() != "!!int" && v.ShortTag() != "!!null" {
 			// yaml.v3 would truncate 1.5 to 1.
-			return Config{}, fmt.Errorf("config file: %s: line %d: invalid value %s (want %s)", name, v.Line, nodeText(v), f.want)
+			return Config{}, nil, &fileError{line: v.Line, key: name, msg: fmt.Sprintf("invalid value %s (want %s)", nodeText(v), f.want)}
 		}
 		if f.block {
 			// A block may hold passwords: its errors name the key path
 			// and the line, and never echo it.
 			if err := checkBlock(v, reflect.TypeOf(f.ptr).Elem(), name); err != nil {
-				return Config{}, fmt.Errorf("config file: %w", err)
+				return Config{}, nil, err
 			}
 			if err := decodeStrict(v, f.ptr); err != nil {
-				return Config{}, fmt.Errorf("config file: %s: line %d: invalid value (want %s)", name, v.Line, f.want)
+				return Config{}, nil, &fileError{line: v.Line, key: name, msg: "invalid value (want " + f.want + ")"}
 			}
 			continue
 		}
+		if err := checkValue(v, reflect.TypeOf(f.ptr).Elem(), name); err != nil {
+			return Config{}, nil, err
+		}
 		if err := decodeStrict(v, f.ptr); err != nil {
-			if te := (*yaml.TypeError)(nil); errors.As(err, &te) {
-				detail := ""
-				if v.Kind == yaml.MappingNode || v.Kind == yaml.SequenceNode {
-					detail = ": " + strings.Join(te.Errors, "; ")
-				}
-				return Config{}, fmt.Errorf("config file: %s: line %d: invalid value %s (want %s)%s", name, v.Line, nodeText(v), f.want, detail)
-			}
-			return Config{}, fmt.Errorf("config file: %s: %w", name, err)
+			return Config{}, nil, &fileError{line: v.Line, key: name, msg: fmt.Sprintf("invalid value %s (want %s)", nodeText(v), f.want)}
 		}
 	}
-	return c, nil
+	return c, lines, hubConflict(c, root, seen["upstream"])
 }
 
 // hubConflict refuses a file that names docker.io's URL twice, as
@@ -370,7 +376,7 @@ func hubConflict(c Config, root *yaml.Node, upLine int) error {
 			line = u.Line
 		}
 	}
-	return fmt.Errorf("config file: upstream (line %d) %q and upstreams.docker.io.url (line %d) %q: two URLs for docker.io; give one", upLine, redactURL(c.Upstream), line, redactURL(hub))
+	return &fileError{line: line, key: "upstreams.docker.io.url", msg: fmt.Sprintf("%q, but upstream (line %d) is %q: two URLs for docker.io; give one", redactURL(hub), upLine, redactURL(c.Upstream))}
 }
 
 // child returns the value of the mapping n at the key path, or nil.
@@ -441,19 +447,14 @@ func checkBlock(n *yaml.Node, t reflect.Type, path string) error {
 	if t.Kind() == reflect.Pointer {
 		t = t.Elem()
 	}
+	bad := func(msg string) error { return &fileError{line: n.Line, key: path, msg: msg} }
 	switch {
 	case t.Kind() == reflect.Interface:
 		return nil // free-form: a storage driver's parameters
 	case t == reflect.TypeFor[Upstream]() && n.Kind == yaml.ScalarNode:
 		return nil // a bare URL, checked by Validate
 	case t == reflect.TypeFor[Duration]() || t == reflect.TypeFor[Size]():
-		if n.Kind != yaml.ScalarNode {
-			return fmt.Errorf("%s: line %d: invalid value (want %s)", path, n.Line, describeType(t))
-		}
-		if err := n.Decode(reflect.New(t).Interface()); err != nil {
-			return fmt.Errorf("%s: %w", path, err)
-		}
-		return nil
+		return checkValue(n, t, path)
 	case t.Kind() == reflect.Struct:
 		fields := map[string]reflect.Type{}
 		var names []string
@@ -465,7 +466,7 @@ func checkBlock(n *yaml.Node, t reflect.Type, path string) error {
 			}
 		}
 		if n.Kind != yaml.MappingNode {
-			return fmt.Errorf("%s: line %d: want a mapping of %s", path, n.Line, strings.Join(names, ", "))
+			return bad("want a mapping of " + strings.Join(names, ", "))
 		}
 		return checkMapping(n, path, func(key string) (reflect.Type, error) {
 			ft, ok := fields[key]
@@ -476,12 +477,12 @@ func checkBlock(n *yaml.Node, t reflect.Type, path string) error {
 		})
 	case t.Kind() == reflect.Map:
 		if n.Kind != yaml.MappingNode {
-			return fmt.Errorf("%s: line %d: want %s", path, n.Line, describeType(t))
+			return bad("want " + describeType(t))
 		}
 		return checkMapping(n, path, func(string) (reflect.Type, error) { return t.Elem(), nil })
 	case t.Kind() == reflect.Slice:
 		if n.Kind != yaml.SequenceNode {
-			return fmt.Errorf("%s: line %d: want %s", path, n.Line, describeType(t))
+			return bad("want " + describeType(t))
 		}
 		for i, e := range n.Content {
 			if err := checkBlock(e, t.Elem(), fmt.Sprintf("%s[%d]", path, i)); err != nil {
@@ -491,7 +492,30 @@ func checkBlock(n *yaml.Node, t reflect.Type, path string) error {
 		return nil
 	}
 	if n.Kind != yaml.ScalarNode || n.Decode(reflect.New(t).Interface()) != nil {
-		return fmt.Errorf("%s: line %d: invalid value (want %s)", path, n.Line, describeType(t))
+		return bad("invalid value (want " + describeType(t) + ")")
+	}
+	return nil
+}
+
+// checkValue checks a Duration or a Size, whose errors show the value
+// (which holds no secret) and the syntax; other types are left to the
+// decoder.
+func checkValue(n *yaml.Node, t reflect.Type, path string) error {
+	var err error
+	switch {
+	case t != reflect.TypeFor[Duration]() && t != reflect.TypeFor[Size]():
+		return nil
+	case n.Kind != yaml.ScalarNode:
+		return &fileError{line: n.Line, key: path, msg: fmt.Sprintf("invalid value %s (want %s)", nodeText(n), describeType(t))}
+	case n.ShortTag() == "!!null":
+		return nil
+	case t == reflect.TypeFor[Duration]():
+		_, err = parseDuration(n.Value)
+	default:
+		_, err = ParseSize(n.Value)
+	}
+	if err != nil {
+		return &fileError{line: n.Line, key: path, msg: err.Error()}
 	}
 	return nil
 }
@@ -506,18 +530,18 @@ func checkMapping(n *yaml.Node, path string, elem func(key string) (reflect.Type
 			k = k.Alias
 		}
 		if k.Kind != yaml.ScalarNode {
-			return fmt.Errorf("%s: line %d: invalid key (want a name)", path, k.Line)
+			return &fileError{line: k.Line, key: path, msg: "invalid key (want a name)"}
 		}
 		// A key is shown, but a host key such as user:password@host is
 		// redacted.
 		key := path + "." + redactURL(k.Value)
 		if line, dup := seen[k.Value]; dup {
-			return fmt.Errorf("%s: line %d: already defined at line %d", key, k.Line, line)
+			return &fileError{line: k.Line, key: key, msg: fmt.Sprintf("already defined at line %d", line)}
 		}
 		seen[k.Value] = k.Line
 		t, err := elem(k.Value)
 		if err != nil {
-			return fmt.Errorf("%s: line %d: %w", key, k.Line, err)
+			return &fileError{line: k.Line, key: key, msg: err.Error()}
 		}
 		if err := checkBlock(v, t, key); err != nil {
 			return err
@@ -569,7 +593,7 @@ func describeType(t reflect.Type) string {
 	case t.Kind() == reflect.Map:
 		return "a mapping"
 	default:
-		return t.String()
+		return "a value" // never a Go type name
 	}
 }
 

@@ -130,6 +130,14 @@ func (k key) envNames() []string {
 	return names
 }
 
+// fileKeyOrName is the file key k sets.
+func (k key) fileKeyOrName() string {
+	if k.fileKey != "" {
+		return k.fileKey
+	}
+	return k.name
+}
+
 // configEnv names the configuration file, like --config.
 const configEnv = EnvPrefix + "CONFIG"
 
@@ -195,12 +203,13 @@ func (f *Flags) Resolve(lookup func(string) (string, bool)) (Config, error) {
 	if v, ok := lookup(configEnv); ok {
 		file = v // the environment wins over flags, for --config too
 	}
+	o := origins{file: file, setBy: map[string]string{}}
 	if file != "" {
 		r, err := os.Open(file)
 		if err != nil {
 			return Config{}, fmt.Errorf("config: %w", err)
 		}
-		c, err = Parse(r)
+		c, o.lines, err = parseFile(r)
 		r.Close()
 		if err != nil {
 			return Config{}, fmt.Errorf("config %s: %w", file, err)
@@ -214,6 +223,7 @@ func (f *Flags) Resolve(lookup func(string) (string, bool)) (Config, error) {
 			if err := k.set(&c, vals); err != nil {
 				return Config{}, fmt.Errorf("--%s: %w", flagName(k.name), err)
 			}
+			o.record(k, vals, "--"+flagName(k.name))
 		}
 	}
 	for _, k := range keys {
@@ -241,12 +251,13 @@ func (f *Flags) Resolve(lookup func(string) (string, bool)) (Config, error) {
 		if err := k.set(&c, vals); err != nil {
 			return Config{}, fmt.Errorf("%s: %w", env, err)
 		}
+		o.record(k, vals, env)
 	}
 	if v, ok := lookup(passwordEnv); ok {
 		c.Destination.Password = v
 	}
 	if err := c.Validate(); err != nil {
-		return Config{}, fmt.Errorf("config: %w", err)
+		return Config{}, o.explain(err)
 	}
 	return c, nil
 }
