@@ -57,6 +57,7 @@ func TestBadInputExitsTwoWithOneLine(t *testing.T) {
 		{[]string{"serve", "--config", filepath.Join(dir, "missing.yaml")}, []string{"missing.yaml"}},
 		{[]string{"serve", "extra"}, []string{"extra"}},
 		{[]string{"frobnicate"}, []string{"frobnicate"}},
+		{[]string{"prefetch", "--platform", "bogus", "nginx"}, []string{`invalid value "bogus" for flag -platform: invalid platform "bogus": unknown OS "bogus"`}},
 	}
 	for _, c := range cases {
 		code, _, stderr := runCmd(t, context.Background(), c.args...)
