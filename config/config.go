@@ -640,7 +640,9 @@ func (c Config) StorageDriver() (string, map[string]any) {
 }
 
 // Validate checks every value and returns an error naming the first bad
-// key and value.
+// key and value. Every error starts with the key path it is about, or
+// several separated by ", ", then ": ": Resolve adds where the value came
+// from (a flag, a variable, the file's line).
 func (c Config) Validate() error {
 	if _, port, err := net.SplitHostPort(c.Listen); err != nil || !validPort(port) {
 		return fmt.Errorf("listen: invalid address %q (want HOST:PORT or :PORT)", c.Listen)
