@@ -525,6 +525,13 @@ func TestOperationsDoc(t *testing.T) {
 		if !strings.Contains(doc, "`--"+f.Name) {
 			t.Errorf("operations.md does not document --%s", f.Name)
 		}
+		// Every variable the flag's usage names (DOCKER_MIRROR_CONFIG,
+		// DOCKER_MIRROR_PLATFORM or DOCKER_MIRROR_PLATFORMS, ...).
+		for _, env := range regexp.MustCompile(`\bDOCKER_MIRROR_[A-Z_]+\b`).FindAllString(f.Usage, -1) {
+			if !strings.Contains(doc, "`"+env+"`") {
+				t.Errorf("operations.md does not document %s (--%s)", env, f.Name)
+			}
+		}
 		if f.Name == "config" {
 			return
 		}
