@@ -930,7 +930,7 @@ func ParseSize(s string) (Size, error) {
 	unit := strings.TrimSpace(t[i:])
 	mult, ok := sizeUnits[unit]
 	if !ok {
-		return 0, fmt.Errorf("invalid size %q: %s (%s)", s, unitHint(unit), sizeSyntax)
+		return 0, fmt.Errorf("invalid size %q: %s", s, unitHint(t[:i], unit))
 	}
 	v := n * float64(mult)
 	if v >= math.MaxInt64 {
@@ -939,20 +939,21 @@ func ParseSize(s string) (Size, error) {
 	return Size(v), nil
 }
 
-// unitHint says what is wrong with a unit that is not one of sizeUnits.
-func unitHint(unit string) string {
+// unitHint says what is wrong with a unit that is not one of sizeUnits,
+// and what to write instead of num and unit.
+func unitHint(num, unit string) string {
 	switch up := strings.ToUpper(unit); {
 	case len(unit) == 1 && strings.Contains("KMGTP", up):
-		return fmt.Sprintf("unit %q is ambiguous: write %sB (powers of 1000) or %siB (powers of 1024)", unit, up, up)
+		return fmt.Sprintf("unit %q is ambiguous: write %s%sB (powers of 1000) or %s%siB (powers of 1024)", unit, num, up, num, up)
 	case strings.HasSuffix(unit, "b") && !strings.HasSuffix(unit, "ib"):
-		return fmt.Sprintf("unit %q: a lower-case b is a bit; bytes are B", unit)
+		return fmt.Sprintf("unit %q: a lower-case b is a bit; bytes are B (%s)", unit, sizeSyntax)
 	}
 	for u := range sizeUnits {
 		if u != "" && strings.EqualFold(u, unit) {
-			return fmt.Sprintf("unit %q: write %s", unit, canonicalUnit(u))
+			return fmt.Sprintf("unit %q: write %s%s", unit, num, canonicalUnit(u))
 		}
 	}
-	return fmt.Sprintf("unknown unit %q", unit)
+	return fmt.Sprintf("unknown unit %q (%s)", unit, sizeSyntax)
 }
 
 // canonicalUnit returns the spelling a case-insensitive match of a unit

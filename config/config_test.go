@@ -896,16 +896,16 @@ func TestParseSize(t *testing.T) {
 		}
 	}
 	for _, tt := range []struct{ in, want string }{
-		{"50G", `invalid size "50G": unit "G" is ambiguous: write GB (powers of 1000) or GiB (powers of 1024) (want a number and a unit: B, KB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024), e.g. 50GiB)`},
-		{"50g", `invalid size "50g": unit "g" is ambiguous: write GB`},
-		{"10M", `unit "M" is ambiguous: write MB (powers of 1000) or MiB`},
+		{"50G", `invalid size "50G": unit "G" is ambiguous: write 50GB (powers of 1000) or 50GiB (powers of 1024)`},
+		{"50g", `invalid size "50g": unit "g" is ambiguous: write 50GB`},
+		{"1.5M", `unit "M" is ambiguous: write 1.5MB (powers of 1000) or 1.5MiB`},
 		{"50Gb", `invalid size "50Gb": unit "Gb": a lower-case b is a bit; bytes are B (want`},
 		{"50gb", `unit "gb": a lower-case b is a bit`},
 		{"50b", `unit "b": a lower-case b is a bit`},
-		{"50gib", `invalid size "50gib": unit "gib": write GiB (want`},
-		{"50GIB", `unit "GIB": write GiB (want`},
-		{"50gi", `unit "gi": write GiB (want`},
-		{"50mB", `unit "mB": write MB (want`},
+		{"50gib", `invalid size "50gib": unit "gib": write 50GiB`},
+		{"50GIB", `unit "GIB": write 50GiB`},
+		{"50gi", `unit "gi": write 50GiB`},
+		{"50mB", `unit "mB": write 50MB`},
 		{"50 gigs", `unknown unit "gigs"`},
 		{"lots", `invalid size "lots" (want a number and a unit`},
 		{"", `invalid size "" (want`},
