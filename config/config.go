@@ -358,48 +358,23 @@ func parseFile(r io.Reader) (_ Config, lines map[string]int, err error) {
 			return Config{}, nil, &fileError{line: v.Line, key: name, msg: fmt.Sprintf("invalid value %s (want %s)", nodeText(v), f.want)}
 		}
 	}
-	return c, lines, hubConflict(c, root, seen["upstream"])
+	return c, lines, hubConflict(c, lines)
 }
 
 // hubConflict refuses a file that names docker.io's URL twice, as
-// upstream (at line upLine, 0 if not given) and as upstreams.docker.io.url,
-// with different URLs: neither may silently win.
-func hubConflict(c Config, root *yaml.Node, upLine int) error {
+// upstream and as upstreams.docker.io.url, with different URLs: neither
+// may silently win. lines are the lines of the file's key paths.
+func hubConflict(c Config, lines map[string]int) error {
 	hub := c.Upstreams[DockerHubHost].URL
-	if upLine == 0 || hub == "" || hub == c.Upstream {
+	upLine, ok := lines["upstream"]
+	if !ok || hub == "" || hub == c.Upstream {
 		return nil
 	}
-	line := 0
-	if n := child(root, "upstreams", DockerHubHost); n != nil {
-		line = n.Line
-		if u := child(n, "url"); u != nil {
-			line = u.Line
-		}
+	line, ok := lines["upstreams.docker.io.url"]
+	if !ok {
+		line = lines["upstreams.docker.io"] // a bare URL
 	}
 	return &fileError{line: line, key: "upstreams.docker.io.url", msg: fmt.Sprintf("%q, but upstream (line %d) is %q: two URLs for docker.io; give one", redactURL(hub), upLine, redactURL(c.Upstream))}
-}
-
-// child returns the value of the mapping n at the key path, or nil.
-func child(n *yaml.Node, path ...string) *yaml.Node {
-	for _, key := range path {
-		for n.Kind == yaml.AliasNode && n.Alias != nil {
-			n = n.Alias
-		}
-		if n.Kind != yaml.MappingNode {
-			return nil
-		}
-		var next *yaml.Node
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			if n.Content[i].Value == key {
-				next = n.Content[i+1]
-			}
-		}
-		if next == nil {
-			return nil
-		}
-		n = next
-	}
-	return n
 }
 
 // decodeStrict decodes a node into ptr, rejecting unknown keys of nested
@@ -454,6 +429,9 @@ func checkBlock(n *yaml.Node, t reflect.Type, path string) error {
 	case t == reflect.TypeFor[Upstream]() && n.Kind == yaml.ScalarNode:
 		return nil // a bare URL, checked by Validate
 	case t == reflect.TypeFor[Duration]() || t == reflect.TypeFor[Size]():
+		if n.Kind != yaml.ScalarNode {
+			return bad("invalid value (want " + describeType(t) + ")")
+		}
 		return checkValue(n, t, path)
 	case t.Kind() == reflect.Struct:
 		fields := map[string]reflect.Type{}

@@ -45,11 +45,9 @@ func yamlError(err error) error {
 
 // collectLines records in lines the line of every key of the mapping n,
 // by its key path (upstreams.ghcr.io.url), so that Validate's errors can
-// name the line of the value they are about.
+// name the line of the value they are about. Aliases are not followed:
+// their keys are on the lines of the anchor (and an alias may hold itself).
 func collectLines(n *yaml.Node, prefix string, lines map[string]int) {
-	for n.Kind == yaml.AliasNode && n.Alias != nil {
-		n = n.Alias
-	}
 	if n.Kind != yaml.MappingNode {
 		return
 	}

@@ -56,6 +56,11 @@ func TestConfigErrorMessages(t *testing.T) {
 		{name: "upstreams as a list", file: "upstreams: [hunter2]\n", want: `config FILE: line 1: upstreams: want a mapping`},
 		{name: "upstreams url with userinfo", file: "upstreams:\n  ghcr.io:\n    url: https://bot:hunter2@ghcr.io\n", want: `config FILE: line 3: upstreams.ghcr.io.url: invalid URL "https://xxxxx@ghcr.io": credentials do not belong in the URL; give them as upstreams.HOST.username and password (or password_env, password_file)`},
 
+		{name: "sync duration as a mapping", file: "sync: &x\n  interval: {password: hunter2}\n", want: `config FILE: line 2: sync.interval: invalid value (want a duration such as 90s)`},
+		// Aliases that hold themselves end in an error, not a loop.
+		{name: "alias of itself", file: "sync: &x {interval: *x}\n", want: `config FILE: line 1: sync.interval: invalid value (want a duration such as 90s)`},
+		{name: "alias of a block in it", file: "upstreams: &x\n  ghcr.io: *x\n", want: `config FILE: line 2: upstreams.ghcr.io.ghcr.io: unknown key ` + upstreamKeys},
+
 		// storage.DRIVER.*: free-form parameters, never shown.
 		{name: "storage parameters as a string", file: "storage:\n  s3: hunter2\n", want: `config FILE: line 2: storage.s3: want a mapping`},
 		{name: "storage duplicate parameter", file: "storage:\n  s3:\n    bucket: a\n    secretkey: hunter2\n    secretkey: hunter2\n", want: `config FILE: line 5: storage.s3.secretkey: already defined at line 4`},
