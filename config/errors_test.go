@@ -14,7 +14,7 @@ import (
 func TestConfigErrorMessages(t *testing.T) {
 	const (
 		upstreamKeys = "(known keys: url, username, password, password_env, password_file, docker_config, tag_ttl, platforms, allow_hosts)"
-		badOS        = `unknown OS "bogus" (want os/arch[/variant] such as linux/amd64, * as wildcard; OS one of aix, android, darwin, dragonfly, freebsd, hurd, illumos, ios, js, linux, netbsd, openbsd, plan9, solaris, wasip1, windows, zos)`
+		badOS        = `unknown OS "bogus" (want os/arch[/variant] such as linux/amd64, * as wildcard; OS one of aix, android, darwin, dragonfly, freebsd, hurd, illumos, ios, js, linux, netbsd, openbsd, plan9, solaris, wasi, wasip1, windows, zos)`
 		ghcr         = "upstreams:\n  ghcr.io:\n    url: https://ghcr.io\n    username: bot\n    password: hunter2\n"
 	)
 	for _, tt := range []struct {

@@ -153,7 +153,7 @@ func TestBlobDigests(t *testing.T) {
 
 func TestPlatforms(t *testing.T) {
 	t.Parallel()
-	for _, s := range []string{"linux/*", "linux/arm64", "linux/arm/v7", "linux", "*/*", "windows/amd64", "*/arm64", "darwin/arm64", "linux/riscv64", "linux/arm64/v8", "linux/amd64/v3"} {
+	for _, s := range []string{"linux/*", "linux/arm64", "linux/arm/v7", "linux", "*/*", "windows/amd64", "*/arm64", "darwin/arm64", "linux/riscv64", "linux/arm64/v8", "linux/amd64/v3", "wasi/wasm"} {
 		if _, err := ParsePlatform(s); err != nil {
 			t.Errorf("ParsePlatform(%q): %v", s, err)
 		}

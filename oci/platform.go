@@ -22,18 +22,18 @@ var (
 	platformPart = regexp.MustCompile(`^(\*|[a-zA-Z0-9_.-]+)$`)
 )
 
-// KnownOS and KnownArchitectures are the values of an image's os and
-// architecture: Go's GOOS and GOARCH, which the OCI image spec adopts. A
-// pattern naming anything else would match no image, so it is refused
-// rather than mirroring nothing.
+// knownOS and knownArchitectures are the values of an image's os and
+// architecture: Go's GOOS and GOARCH, which the OCI image spec adopts (and
+// wasi, which Docker's Wasm images name). A pattern naming anything else
+// would match no image, so it is refused rather than mirroring nothing.
 var (
-	KnownOS            = []string{"aix", "android", "darwin", "dragonfly", "freebsd", "hurd", "illumos", "ios", "js", "linux", "netbsd", "openbsd", "plan9", "solaris", "wasip1", "windows", "zos"}
-	KnownArchitectures = []string{"386", "amd64", "arm", "arm64", "loong64", "mips", "mips64", "mips64le", "mipsle", "ppc64", "ppc64le", "riscv64", "s390x", "sparc64", "wasm"}
+	knownOS            = []string{"aix", "android", "darwin", "dragonfly", "freebsd", "hurd", "illumos", "ios", "js", "linux", "netbsd", "openbsd", "plan9", "solaris", "wasi", "wasip1", "windows", "zos"}
+	knownArchitectures = []string{"386", "amd64", "arm", "arm64", "loong64", "mips", "mips64", "mips64le", "mipsle", "ppc64", "ppc64le", "riscv64", "s390x", "sparc64", "wasm"}
 )
 
 // ParsePlatform parses "linux/*", "linux/arm64", "linux/arm/v7" or
 // "linux" (every architecture). The OS and the architecture must be known
-// (KnownOS, KnownArchitectures) or "*".
+// (knownOS, knownArchitectures) or "*".
 func ParsePlatform(s string) (Platform, error) {
 	parts := strings.Split(s, "/")
 	if len(parts) > 3 {
@@ -44,11 +44,11 @@ func ParsePlatform(s string) (Platform, error) {
 			return Platform{}, fmt.Errorf("invalid platform %q (want os/arch[/variant], * as wildcard)", s)
 		}
 	}
-	if osName := parts[0]; osName != "*" && !slices.Contains(KnownOS, osName) {
-		return Platform{}, fmt.Errorf("invalid platform %q: unknown OS %q (want os/arch[/variant] such as linux/amd64, * as wildcard; OS one of %s)", s, osName, strings.Join(KnownOS, ", "))
+	if osName := parts[0]; osName != "*" && !slices.Contains(knownOS, osName) {
+		return Platform{}, fmt.Errorf("invalid platform %q: unknown OS %q (want os/arch[/variant] such as linux/amd64, * as wildcard; OS one of %s)", s, osName, strings.Join(knownOS, ", "))
 	}
-	if len(parts) > 1 && parts[1] != "*" && !slices.Contains(KnownArchitectures, parts[1]) {
-		return Platform{}, fmt.Errorf("invalid platform %q: unknown architecture %q (want one of %s, or *)", s, parts[1], strings.Join(KnownArchitectures, ", "))
+	if len(parts) > 1 && parts[1] != "*" && !slices.Contains(knownArchitectures, parts[1]) {
+		return Platform{}, fmt.Errorf("invalid platform %q: unknown architecture %q (want one of %s, or *)", s, parts[1], strings.Join(knownArchitectures, ", "))
 	}
 	parts = append(parts, "*", "")
 	return Platform{OS: parts[0], Architecture: parts[1], Variant: parts[2]}, nil
