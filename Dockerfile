@@ -4,7 +4,9 @@ WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
-ARG VERSION=dev
+# VERSION (e.g. --build-arg VERSION=v1.2.3) is what `docker-mirror version`
+# prints; empty, the commit of the build context's git clone is shown.
+ARG VERSION=
 RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/docker-mirror ./cmd/docker-mirror \
  && mkdir -p /out/data
 

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"math"
 	"net"
 	"net/url"
 	"os"
@@ -277,25 +278,39 @@ func Default() Config {
 const DefaultMaxBlobSize Size = 20 << 30
 
 // Parse reads a YAML configuration on top of Default(). Unknown keys are
-// errors, so a typo is reported instead of silently ignored; every error
-// names the key and the bad value. A key with an empty (null) value keeps
-// its default.
+// errors, so a typo is reported instead of silently ignored. Every error
+// is one line, "config file: line N: KEY.PATH: what is wrong": it names
+// the line and the key path (upstreams.ghcr.io.pasword), the known keys of
+// a misspelt one, and the bad value unless it is in a block that may hold
+// secrets (upstreams, destination, storage, auth, sync); never a Go type.
+// A key with an empty (null) value keeps its default.
 func Parse(r io.Reader) (Config, error) {
+	c, _, err := parseFile(r)
+	if err != nil {
+		return Config{}, fmt.Errorf("config file: %w", err)
+	}
+	return c, nil
+}
+
+// parseFile is Parse, returning also the line of every key path of the
+// file, and its errors without the "config file" prefix.
+func parseFile(r io.Reader) (_ Config, lines map[string]int, err error) {
 	c := Default()
+	lines = map[string]int{}
 	dec := yaml.NewDecoder(r)
 	var doc yaml.Node
 	if err := dec.Decode(&doc); err != nil {
 		if errors.Is(err, io.EOF) {
-			return c, nil // empty file
+			return c, lines, nil // empty file
 		}
-		return Config{}, fmt.Errorf("config file: %w", err)
+		return Config{}, nil, yamlError(err)
 	}
 	var extra yaml.Node
 	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
 		if err != nil {
-			return Config{}, fmt.Errorf("config file: %w", err)
+			return Config{}, nil, yamlError(err)
 		}
-		return Config{}, fmt.Errorf("config file: line %d: only one YAML document is allowed", extra.Line)
+		return Config{}, nil, &fileError{line: extra.Line, msg: "only one YAML document is allowed"}
 	}
 	root := &doc
 	if root.Kind == yaml.DocumentNode && len(root.Content) == 1 {
@@ -305,11 +320,12 @@ func Parse(r io.Reader) (Config, error) {
 		root = root.Alias
 	}
 	if root.Kind == yaml.ScalarNode && root.ShortTag() == "!!null" {
-		return c, nil // only comments, or ~
+		return c, lines, nil // only comments, or ~
 	}
 	if root.Kind != yaml.MappingNode {
-		return Config{}, fmt.Errorf("config file: line %d: want a mapping of keys to values, got %s", root.Line, nodeText(root))
+		return Config{}, nil, &fileError{line: root.Line, msg: "want a mapping of keys to values, got " + nodeText(root)}
 	}
+	collectLines(root, "", lines)
 	fields := fileFields(&c)
 	seen := map[string]int{}
 	for i := 0; i+1 < len(root.Content); i += 2 {
@@ -318,44 +334,56 @@ func Parse(r io.Reader) (Config, error) {
 			k = k.Alias
 		}
 		if k.Kind != yaml.ScalarNode {
-			return Config{}, fmt.Errorf("config file: line %d: invalid key %s", k.Line, nodeText(k))
+			return Config{}, nil, &fileError{line: k.Line, msg: "invalid key " + nodeText(k) + " (want a name)"}
 		}
 		name := k.Value
 		f, ok := fields[name]
 		if !ok {
-			return Config{}, fmt.Errorf("config file: line %d: unknown key %q (known keys: %s)", k.Line, name, strings.Join(fileKeys(), ", "))
+			return Config{}, nil, &fileError{line: k.Line, key: redactURL(name), msg: "unknown key (known keys: " + strings.Join(fileKeys(), ", ") + ")"}
 		}
 		if line, dup := seen[name]; dup {
-			return Config{}, fmt.Errorf("config file: line %d: key %q already defined at line %d", k.Line, name, line)
+			return Config{}, nil, &fileError{line: k.Line, key: name, msg: fmt.Sprintf("already defined at line %d", line)}
 		}
 		seen[name] = k.Line
 		if f.integer && v.Kind == yaml.ScalarNode && v.ShortTag() != "!!int" && v.ShortTag() != "!!null" {
 			// yaml.v3 would truncate 1.5 to 1.
-			return Config{}, fmt.Errorf("config file: %s: line %d: invalid value %s (want %s)", name, v.Line, nodeText(v), f.want)
+			return Config{}, nil, &fileError{line: v.Line, key: name, msg: fmt.Sprintf("invalid value %s (want %s)", nodeText(v), f.want)}
 		}
 		if f.block {
 			// A block may hold passwords: its errors name the key path
 			// and the line, and never echo it.
 			if err := checkBlock(v, reflect.TypeOf(f.ptr).Elem(), name); err != nil {
-				return Config{}, fmt.Errorf("config file: %w", err)
+				return Config{}, nil, err
 			}
 			if err := decodeStrict(v, f.ptr); err != nil {
-				return Config{}, fmt.Errorf("config file: %s: line %d: invalid value (want %s)", name, v.Line, f.want)
+				return Config{}, nil, &fileError{line: v.Line, key: name, msg: "invalid value (want " + f.want + ")"}
 			}
 			continue
 		}
+		if err := checkValue(v, reflect.TypeOf(f.ptr).Elem(), name); err != nil {
+			return Config{}, nil, err
+		}
 		if err := decodeStrict(v, f.ptr); err != nil {
-			if te := (*yaml.TypeError)(nil); errors.As(err, &te) {
-				detail := ""
-				if v.Kind == yaml.MappingNode || v.Kind == yaml.SequenceNode {
-					detail = ": " + strings.Join(te.Errors, "; ")
-				}
-				return Config{}, fmt.Errorf("config file: %s: line %d: invalid value %s (want %s)%s", name, v.Line, nodeText(v), f.want, detail)
-			}
-			return Config{}, fmt.Errorf("config file: %s: %w", name, err)
+			return Config{}, nil, &fileError{line: v.Line, key: name, msg: fmt.Sprintf("invalid value %s (want %s)", nodeText(v), f.want)}
 		}
 	}
-	return c, nil
+	return c, lines, hubConflict(c, lines)
+}
+
+// hubConflict refuses a file that names docker.io's URL twice, as
+// upstream and as upstreams.docker.io.url, with different URLs: neither
+// may silently win. lines are the lines of the file's key paths.
+func hubConflict(c Config, lines map[string]int) error {
+	hub := c.Upstreams[DockerHubHost].URL
+	upLine, ok := lines["upstream"]
+	if !ok || hub == "" || hub == c.Upstream {
+		return nil
+	}
+	line, ok := lines["upstreams.docker.io.url"]
+	if !ok {
+		line = lines["upstreams.docker.io"] // a bare URL
+	}
+	return &fileError{line: line, key: "upstreams.docker.io.url", msg: fmt.Sprintf("%q, but upstream (line %d) is %q: two URLs for docker.io; give one", redactURL(hub), upLine, redactURL(c.Upstream))}
 }
 
 // decodeStrict decodes a node into ptr, rejecting unknown keys of nested
@@ -403,6 +431,7 @@ func checkBlock(n *yaml.Node, t reflect.Type, path string) error {
 	if t.Kind() == reflect.Pointer {
 		t = t.Elem()
 	}
+	bad := func(msg string) error { return &fileError{line: n.Line, key: path, msg: msg} }
 	switch {
 	case t.Kind() == reflect.Interface:
 		return nil // free-form: a storage driver's parameters
@@ -410,12 +439,9 @@ func checkBlock(n *yaml.Node, t reflect.Type, path string) error {
 		return nil // a bare URL, checked by Validate
 	case t == reflect.TypeFor[Duration]() || t == reflect.TypeFor[Size]():
 		if n.Kind != yaml.ScalarNode {
-			return fmt.Errorf("%s: line %d: invalid value (want %s)", path, n.Line, describeType(t))
+			return bad("invalid value (want " + describeType(t) + ")")
 		}
-		if err := n.Decode(reflect.New(t).Interface()); err != nil {
-			return fmt.Errorf("%s: %w", path, err)
-		}
-		return nil
+		return checkValue(n, t, path)
 	case t.Kind() == reflect.Struct:
 		fields := map[string]reflect.Type{}
 		var names []string
@@ -427,7 +453,7 @@ func checkBlock(n *yaml.Node, t reflect.Type, path string) error {
 			}
 		}
 		if n.Kind != yaml.MappingNode {
-			return fmt.Errorf("%s: line %d: want a mapping of %s", path, n.Line, strings.Join(names, ", "))
+			return bad("want a mapping of " + strings.Join(names, ", "))
 		}
 		return checkMapping(n, path, func(key string) (reflect.Type, error) {
 			ft, ok := fields[key]
@@ -438,12 +464,12 @@ func checkBlock(n *yaml.Node, t reflect.Type, path string) error {
 		})
 	case t.Kind() == reflect.Map:
 		if n.Kind != yaml.MappingNode {
-			return fmt.Errorf("%s: line %d: want %s", path, n.Line, describeType(t))
+			return bad("want " + describeType(t))
 		}
 		return checkMapping(n, path, func(string) (reflect.Type, error) { return t.Elem(), nil })
 	case t.Kind() == reflect.Slice:
 		if n.Kind != yaml.SequenceNode {
-			return fmt.Errorf("%s: line %d: want %s", path, n.Line, describeType(t))
+			return bad("want " + describeType(t))
 		}
 		for i, e := range n.Content {
 			if err := checkBlock(e, t.Elem(), fmt.Sprintf("%s[%d]", path, i)); err != nil {
@@ -453,7 +479,30 @@ func checkBlock(n *yaml.Node, t reflect.Type, path string) error {
 		return nil
 	}
 	if n.Kind != yaml.ScalarNode || n.Decode(reflect.New(t).Interface()) != nil {
-		return fmt.Errorf("%s: line %d: invalid value (want %s)", path, n.Line, describeType(t))
+		return bad("invalid value (want " + describeType(t) + ")")
+	}
+	return nil
+}
+
+// checkValue checks a Duration or a Size, whose errors show the value
+// (which holds no secret) and the syntax; other types are left to the
+// decoder.
+func checkValue(n *yaml.Node, t reflect.Type, path string) error {
+	var err error
+	switch {
+	case t != reflect.TypeFor[Duration]() && t != reflect.TypeFor[Size]():
+		return nil
+	case n.Kind != yaml.ScalarNode:
+		return &fileError{line: n.Line, key: path, msg: fmt.Sprintf("invalid value %s (want %s)", nodeText(n), describeType(t))}
+	case n.ShortTag() == "!!null":
+		return nil
+	case t == reflect.TypeFor[Duration]():
+		_, err = parseDuration(n.Value)
+	default:
+		_, err = ParseSize(n.Value)
+	}
+	if err != nil {
+		return &fileError{line: n.Line, key: path, msg: err.Error()}
 	}
 	return nil
 }
@@ -468,18 +517,18 @@ func checkMapping(n *yaml.Node, path string, elem func(key string) (reflect.Type
 			k = k.Alias
 		}
 		if k.Kind != yaml.ScalarNode {
-			return fmt.Errorf("%s: line %d: invalid key (want a name)", path, k.Line)
+			return &fileError{line: k.Line, key: path, msg: "invalid key (want a name)"}
 		}
 		// A key is shown, but a host key such as user:password@host is
 		// redacted.
 		key := path + "." + redactURL(k.Value)
 		if line, dup := seen[k.Value]; dup {
-			return fmt.Errorf("%s: line %d: already defined at line %d", key, k.Line, line)
+			return &fileError{line: k.Line, key: key, msg: fmt.Sprintf("already defined at line %d", line)}
 		}
 		seen[k.Value] = k.Line
 		t, err := elem(k.Value)
 		if err != nil {
-			return fmt.Errorf("%s: line %d: %w", key, k.Line, err)
+			return &fileError{line: k.Line, key: key, msg: err.Error()}
 		}
 		if err := checkBlock(v, t, key); err != nil {
 			return err
@@ -531,7 +580,7 @@ func describeType(t reflect.Type) string {
 	case t.Kind() == reflect.Map:
 		return "a mapping"
 	default:
-		return t.String()
+		return "a value" // never a Go type name
 	}
 }
 
@@ -578,7 +627,9 @@ func (c Config) StorageDriver() (string, map[string]any) {
 }
 
 // Validate checks every value and returns an error naming the first bad
-// key and value.
+// key and value. Every error starts with the key path it is about, or
+// several separated by ", ", then ": ": Resolve adds where the value came
+// from (a flag, a variable, the file's line).
 func (c Config) Validate() error {
 	if _, port, err := net.SplitHostPort(c.Listen); err != nil || !validPort(port) {
 		return fmt.Errorf("listen: invalid address %q (want HOST:PORT or :PORT)", c.Listen)
@@ -636,6 +687,10 @@ func (c Config) Validate() error {
 	if c.Destination.URL != "" {
 		if err := validateDestination(c.Destination.URL); err != nil {
 			return fmt.Errorf("destination: %w", err)
+		}
+		if len(c.Storage) > 0 {
+			names := slices.Sorted(maps.Keys(c.Storage))
+			return fmt.Errorf("storage, destination: give one: with a destination, mirrored content is kept in that registry and storage.%s would not be used", strings.Join(names, ", storage."))
 		}
 	}
 	if c.MaxBlobSize <= 0 {
@@ -828,16 +883,27 @@ func validateURL(s string) error {
 	return nil
 }
 
-// Size is a number of bytes written as "50GiB", "512MB" or "1000000".
+// Size is a number of bytes, written as a number and a unit: "50GiB",
+// "512MB", "1.5TiB", or "1000000" (bytes).
+//
+// Units are case-sensitive, so that each means one thing: B; kB or KB, MB,
+// GB, TB, PB (powers of 1000); KiB, MiB, GiB, TiB, PiB (powers of 1024),
+// also written Ki, Mi, Gi, Ti, Pi as Kubernetes does. A bare K, M, G, T is
+// refused (Kubernetes reads 50G as 50*10^9, Docker as 50*2^30), and so is
+// a lower-case b (50Gb is gigabits) or any other casing.
 type Size int64
 
 var sizeUnits = map[string]int64{
-	"": 1, "b": 1,
-	"kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
-	"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
+	"": 1, "B": 1,
+	"kB": 1e3, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "PB": 1e15,
+	"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40, "PiB": 1 << 50,
+	"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40, "Pi": 1 << 50,
 }
 
-// ParseSize parses a size such as "50GiB".
+// sizeSyntax is the hint of every size error.
+const sizeSyntax = "want a number and a unit: B, KB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024), e.g. 50GiB"
+
+// ParseSize parses a size such as "50GiB" (see Size).
 func ParseSize(s string) (Size, error) {
 	t := strings.TrimSpace(s)
 	i := strings.IndexFunc(t, func(r rune) bool { return (r < '0' || r > '9') && r != '.' })
@@ -845,21 +911,74 @@ func ParseSize(s string) (Size, error) {
 		i = len(t)
 	}
 	n, err := strconv.ParseFloat(t[:i], 64)
-	unit, ok := sizeUnits[strings.ToLower(strings.TrimSpace(t[i:]))]
-	if err != nil || !ok || n < 0 {
-		return 0, fmt.Errorf("invalid size %q (e.g. 50GiB, 512MB)", s)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("invalid size %q (%s)", s, sizeSyntax)
 	}
-	return Size(n * float64(unit)), nil
+	unit := strings.TrimSpace(t[i:])
+	mult, ok := sizeUnits[unit]
+	if !ok {
+		return 0, fmt.Errorf("invalid size %q: %s", s, unitHint(t[:i], unit))
+	}
+	v := n * float64(mult)
+	if v >= math.MaxInt64 {
+		return 0, fmt.Errorf("invalid size %q: too large", s)
+	}
+	return Size(v), nil
+}
+
+// unitHint says what is wrong with a unit that is not one of sizeUnits,
+// and what to write instead of num and unit.
+func unitHint(num, unit string) string {
+	switch up := strings.ToUpper(unit); {
+	case len(unit) == 1 && strings.Contains("KMGTP", up):
+		return fmt.Sprintf("unit %q is ambiguous: write %s%sB (powers of 1000) or %s%siB (powers of 1024)", unit, num, up, num, up)
+	case strings.HasSuffix(unit, "b") && !strings.HasSuffix(unit, "ib"):
+		return fmt.Sprintf("unit %q: a lower-case b is a bit; bytes are B (%s)", unit, sizeSyntax)
+	}
+	for u := range sizeUnits {
+		if u != "" && strings.EqualFold(u, unit) {
+			return fmt.Sprintf("unit %q: write %s%s", unit, num, canonicalUnit(u))
+		}
+	}
+	return fmt.Sprintf("unknown unit %q (%s)", unit, sizeSyntax)
+}
+
+// canonicalUnit returns the spelling a case-insensitive match of a unit
+// suggests: the byte units, not Kubernetes' short forms or kB.
+func canonicalUnit(u string) string {
+	switch {
+	case u == "kB":
+		return "KB"
+	case strings.HasSuffix(u, "i"):
+		return u + "B"
+	}
+	return u
 }
 
 // UnmarshalYAML parses a size.
 func (z *Size) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return fmt.Errorf("line %d: invalid size (%s)", n.Line, sizeSyntax)
+	}
 	v, err := ParseSize(n.Value)
 	if err != nil {
 		return fmt.Errorf("line %d: %w", n.Line, err)
 	}
 	*z = v
 	return nil
+}
+
+// String writes the size as ParseSize reads it, with the unit that
+// divides it exactly into the smallest number: "50GiB", "10MB", "1234";
+// "0" is no size.
+func (z Size) String() string {
+	best, unit := int64(z), ""
+	for _, u := range []string{"KB", "MB", "GB", "TB", "PB", "KiB", "MiB", "GiB", "TiB", "PiB"} {
+		if n := sizeUnits[u]; z != 0 && int64(z)%n == 0 && int64(z)/n < best {
+			best, unit = int64(z)/n, u
+		}
+	}
+	return strconv.FormatInt(best, 10) + unit
 }
 
 // MarshalYAML writes the size in bytes.

@@ -136,38 +136,35 @@ func TestParseStorage(t *testing.T) {
 }
 
 func TestParseUnknownKeys(t *testing.T) {
-	for _, tt := range []struct{ yaml, key string }{
-		{"listn: :5000\n", "listn"},
-		{"listen: :5000\ntagttl: 1m\n", "tagttl"},
-		{"platform: [linux/amd64]\n", "platform"}, // the flag's name, not the key's
-		{"tag-ttl: 1m\n", "tag-ttl"},
-		{"Listen: :5000\n", "Listen"},
-		{"storage: {inmemory: {}}\nstorag: {}\n", "storag"},
+	known := "(known keys: auth, concurrency, data, destination, evict_after, header_timeout, listen, log_format, log_level, max_blob_size, max_size, platforms, prefetch_max_images, readyz_fail_when_full, referrers, shutdown_timeout, storage, sync, tag_ttl, tls_cert, tls_key, upstream, upstream_timeout, upstreams)"
+	for _, tt := range []struct{ yaml, want string }{
+		{"listn: :5000\n", "config file: line 1: listn: unknown key " + known},
+		{"listen: :5000\ntagttl: 1m\n", "config file: line 2: tagttl: unknown key " + known},
+		{"platform: [linux/amd64]\n", "config file: line 1: platform: unknown key " + known}, // the flag's name, not the key's
+		{"tag-ttl: 1m\n", "config file: line 1: tag-ttl: unknown key " + known},
+		{"Listen: :5000\n", "config file: line 1: Listen: unknown key " + known},
+		{"storage: {inmemory: {}}\nstorag: {}\n", "config file: line 2: storag: unknown key " + known},
 	} {
 		_, err := config.Parse(strings.NewReader(tt.yaml))
-		if err == nil {
-			t.Errorf("Parse(%q) accepted unknown key %q", tt.yaml, tt.key)
-			continue
-		}
-		if !strings.Contains(err.Error(), `"`+tt.key+`"`) {
-			t.Errorf("Parse(%q) error = %q; want it to name %q", tt.yaml, err, tt.key)
+		if err == nil || err.Error() != tt.want {
+			t.Errorf("Parse(%q) error = %v\nwant %s", tt.yaml, err, tt.want)
 		}
 	}
 }
 
 func TestParseMalformed(t *testing.T) {
 	for _, tt := range []struct{ yaml, want string }{
-		{"listen: :1\nlisten: :2\n", `"listen" already defined`},
-		{"listen: ':1'\n---\nlisten: ':2'\n", "one YAML document"},
-		{"- listen\n", "want a mapping"},
-		{"just a string\n", "want a mapping"},
-		{"listen: [\n", "config file"},
-		{"\tlisten: :1\n", "config file"},
-		{"[a, b]: 1\n", "invalid key"},
+		{"listen: :1\nlisten: :2\n", "config file: line 2: listen: already defined at line 1"},
+		{"listen: ':1'\n---\nlisten: ':2'\n", "config file: line 2: only one YAML document is allowed"},
+		{"- listen\n", "config file: line 1: want a mapping of keys to values, got [listen]"},
+		{"just a string\n", `config file: line 1: want a mapping of keys to values, got "just a string"`},
+		{"listen: [\n", "config file: line 1: invalid YAML: did not find expected node content"},
+		{"\tlisten: :1\n", "config file: invalid YAML: found character that cannot start any token"},
+		{"[a, b]: 1\n", "config file: line 1: invalid key [a, b] (want a name)"},
 	} {
 		_, err := config.Parse(strings.NewReader(tt.yaml))
-		if err == nil || !strings.Contains(err.Error(), tt.want) {
-			t.Errorf("Parse(%q) error = %v; want one containing %q", tt.yaml, err, tt.want)
+		if err == nil || err.Error() != tt.want {
+			t.Errorf("Parse(%q) error = %v\nwant %s", tt.yaml, err, tt.want)
 		}
 	}
 }
@@ -253,7 +250,7 @@ func TestBadValues(t *testing.T) {
 		{"log_level", `log_level: INFO`, `"INFO"`},
 		{"log_level", `log_level: warning`, `"warning"`},
 		{"storage", `storage: {inmemory: {}, filesystem: {}}`, `filesystem, inmemory`},
-		{"storage", `storage: {s3: 1}`, `storage.s3: line 1`}, // a block is never echoed: it may hold secrets
+		{"storage", `storage: {s3: 1}`, `line 1: storage.s3: want a mapping`}, // a block is never echoed: it may hold secrets
 		{"storage", `storage: filesystem`, `line 1`},
 		{"storage", `storage: [filesystem]`, `line 1`},
 		{"storage", `storage: {"": {}}`, `""`},
@@ -900,5 +897,219 @@ func TestReferrersSetting(t *testing.T) {
 	if _, err := config.Parse(strings.NewReader("upstreams:\n  ghcr.io:\n    url: https://ghcr.io\n    referrers: sometimes\n")); err == nil ||
 		!strings.Contains(err.Error(), "upstreams.ghcr.io.referrers") {
 		t.Errorf("bad per-upstream value: %v", err)
+	}
+}
+
+// One size syntax: units are case-sensitive, each with one meaning; what
+// could be read two ways (50G: 10^9 or 2^30 bytes? 50Gb: bits?) is refused
+// with a hint, never guessed.
+func TestParseSize(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		want config.Size
+	}{
+		{"0", 0},
+		{"1000000", 1e6},
+		{"512B", 512},
+		{"1kB", 1e3},
+		{"1KB", 1e3},
+		{"10MB", 10e6},
+		{"50GB", 50e9},
+		{"2TB", 2e12},
+		{"1PB", 1e15},
+		{"1KiB", 1 << 10},
+		{"512MiB", 512 << 20},
+		{"50GiB", 50 << 30},
+		{"1.5GiB", 3 << 29},
+		{"2TiB", 2 << 40},
+		{"1PiB", 1 << 50},
+		{"50Gi", 50 << 30}, // Kubernetes' spelling
+		{"512Mi", 512 << 20},
+		{" 50 GiB ", 50 << 30},
+	} {
+		got, err := config.ParseSize(tt.in)
+		if err != nil || got != tt.want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", tt.in, got, err, tt.want)
+		}
+	}
+	for _, tt := range []struct{ in, want string }{
+		{"50G", `invalid size "50G": unit "G" is ambiguous: write 50GB (powers of 1000) or 50GiB (powers of 1024)`},
+		{"50g", `invalid size "50g": unit "g" is ambiguous: write 50GB`},
+		{"1.5M", `unit "M" is ambiguous: write 1.5MB (powers of 1000) or 1.5MiB`},
+		{"50Gb", `invalid size "50Gb": unit "Gb": a lower-case b is a bit; bytes are B (want`},
+		{"50gb", `unit "gb": a lower-case b is a bit`},
+		{"50b", `unit "b": a lower-case b is a bit`},
+		{"50gib", `invalid size "50gib": unit "gib": write 50GiB`},
+		{"50GIB", `unit "GIB": write 50GiB`},
+		{"50gi", `unit "gi": write 50GiB`},
+		{"50mB", `unit "mB": write 50MB`},
+		{"50 gigs", `unknown unit "gigs"`},
+		{"lots", `invalid size "lots" (want a number and a unit`},
+		{"", `invalid size "" (want`},
+		{"-1GiB", `invalid size "-1GiB" (want`},
+		{"GiB", `invalid size "GiB" (want`},
+		{"1e3", `unknown unit "e3"`},
+		{"9000PiB", `invalid size "9000PiB": too large`},
+	} {
+		_, err := config.ParseSize(tt.in)
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("ParseSize(%q) error = %v; want %q", tt.in, err, tt.want)
+		}
+	}
+	// The same through every way a size is given.
+	for _, args := range [][]string{
+		{"--max-size", "50Gb"},
+		{"--config", writeFile(t, "max_size: 50Gb\n")},
+		{"--config", writeFile(t, "max_blob_size: 50G\n")},
+	} {
+		if _, err := resolve(t, args, nil); err == nil {
+			t.Errorf("%q accepted", args)
+		}
+	}
+	if _, err := resolve(t, nil, map[string]string{"DOCKER_MIRROR_MAX_SIZE": "50Gb"}); err == nil || !strings.Contains(err.Error(), "DOCKER_MIRROR_MAX_SIZE") {
+		t.Errorf("DOCKER_MIRROR_MAX_SIZE=50Gb: %v", err)
+	}
+}
+
+// Every flag has its environment variable, DOCKER_MIRROR_ and the flag's
+// name (--config too), and the variable does what the flag does: both
+// give the same configuration, which differs from the defaults. The
+// file key's name works as well where it differs (DOCKER_MIRROR_PLATFORMS).
+func TestEveryFlagHasItsVariable(t *testing.T) {
+	values := map[string]string{
+		"config":                writeFile(t, "listen: \":6001\"\n"),
+		"listen":                ":6002",
+		"data":                  "/srv/mirror",
+		"upstream":              "ghcr.io=https://ghcr.io",
+		"upstream-timeout":      "45s",
+		"tag-ttl":               "5m",
+		"platform":              "linux/arm64",
+		"concurrency":           "9",
+		"prefetch-max-images":   "7",
+		"header-timeout":        "3s",
+		"shutdown-timeout":      "4s",
+		"log-format":            "json",
+		"log-level":             "debug",
+		"max-size":              "10GiB",
+		"max-blob-size":         "1GiB",
+		"evict-after":           "720h",
+		"readyz-fail-when-full": "true",
+		"tls-cert":              "/etc/tls.crt",
+		"tls-key":               "/etc/tls.key",
+		"destination":           "https://registry.example/mirror",
+		"referrers":             "false",
+	}
+	fs := flag.NewFlagSet("test", flag.ContinueOnError)
+	config.Bind(fs)
+	fs.VisitAll(func(f *flag.Flag) {
+		v, ok := values[f.Name]
+		if !ok {
+			t.Errorf("--%s: no test value; add one", f.Name)
+			return
+		}
+		args, env := []string{"--" + f.Name + "=" + v}, map[string]string{config.EnvPrefix + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_")): v}
+		// Only as a pair: the other one given alike.
+		for _, pair := range [][2]string{{"tls-cert", "tls-key"}, {"tls-key", "tls-cert"}} {
+			if f.Name == pair[0] {
+				args = append(args, "--"+pair[1], values[pair[1]])
+				env[config.EnvPrefix+strings.ToUpper(strings.ReplaceAll(pair[1], "-", "_"))] = values[pair[1]]
+			}
+		}
+		byFlag := mustResolve(t, args, nil)
+		byEnv := mustResolve(t, nil, env)
+		if !reflect.DeepEqual(byFlag, byEnv) {
+			t.Errorf("--%s %s and %v differ:\n%+v\n%+v", f.Name, v, env, byFlag, byEnv)
+		}
+		if reflect.DeepEqual(byEnv, config.Default()) {
+			t.Errorf("%v: ignored", env)
+		}
+	})
+	// The file key's name, as the README's DOCKER_MIRROR_<KEY> says.
+	c := mustResolve(t, nil, map[string]string{"DOCKER_MIRROR_PLATFORMS": "linux/arm64,linux/amd64"})
+	if want := []string{"linux/arm64", "linux/amd64"}; !slices.Equal(c.Platforms, want) {
+		t.Errorf("DOCKER_MIRROR_PLATFORMS: platforms = %q, want %q", c.Platforms, want)
+	}
+	_, err := resolve(t, nil, map[string]string{"DOCKER_MIRROR_PLATFORMS": "linux/arm64", "DOCKER_MIRROR_PLATFORM": "linux/amd64"})
+	if want := "DOCKER_MIRROR_PLATFORM, DOCKER_MIRROR_PLATFORMS: both set; give one"; err == nil || err.Error() != want {
+		t.Errorf("both platform variables: %v, want %q", err, want)
+	}
+	if _, err := resolve(t, nil, map[string]string{"DOCKER_MIRROR_PLATFORMS": "bogus"}); err == nil || !strings.Contains(err.Error(), `"bogus"`) {
+		t.Errorf("DOCKER_MIRROR_PLATFORMS=bogus: %v", err)
+	}
+	// DOCKER_MIRROR_CONFIG wins over --config, as every variable over its flag.
+	c = mustResolve(t, []string{"--config", writeFile(t, "listen: \":6003\"\n")}, map[string]string{"DOCKER_MIRROR_CONFIG": values["config"]})
+	if c.Listen != ":6001" {
+		t.Errorf("DOCKER_MIRROR_CONFIG over --config: listen %q, want :6001", c.Listen)
+	}
+}
+
+// Two settings that contradict each other are refused, naming both,
+// instead of one winning silently: docker.io's URL given twice with
+// different URLs in one source, and storage next to a destination (whose
+// registry keeps the content, so the storage driver would be unused).
+func TestContradictions(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		file string
+		args []string
+		env  map[string]string
+		want string // the whole error; "" = accepted
+	}{
+		{name: "upstream and upstreams.docker.io.url", file: "upstream: https://a.example\nupstreams:\n  ghcr.io: https://ghcr.io\n  docker.io:\n    url: https://b.example\n",
+			want: `config FILE: line 5: upstreams.docker.io.url: "https://b.example", but upstream (line 1) is "https://a.example": two URLs for docker.io; give one`},
+		{name: "upstream and upstreams.docker.io as a URL", file: "upstreams:\n  docker.io: https://b.example\nupstream: https://a.example\n",
+			want: `config FILE: line 2: upstreams.docker.io.url: "https://b.example", but upstream (line 3) is "https://a.example": two URLs for docker.io; give one`},
+		{name: "userinfo redacted", file: "upstream: https://bot:hunter2@a.example\nupstreams: {docker.io: {url: https://b.example}}\n",
+			want: `config FILE: line 2: upstreams.docker.io.url: "https://b.example", but upstream (line 1) is "https://xxxxx@a.example": two URLs for docker.io; give one`},
+		{name: "the same URL twice", file: "upstream: https://a.example\nupstreams: {docker.io: {url: https://a.example, username: bot}}\n"},
+		{name: "upstreams.docker.io.url alone", file: "upstreams: {docker.io: {url: https://b.example}}\n"},
+		{name: "a flag over the file's URL (precedence)", file: "upstreams: {docker.io: {url: https://b.example}}\n", args: []string{"--upstream", "https://a.example"}},
+		{name: "--upstream twice", args: []string{"--upstream", "https://a.example", "--upstream", "https://b.example"},
+			want: `--upstream: two URLs for docker.io, "https://a.example" and "https://b.example"; give one`},
+		{name: "--upstream URL and docker.io=URL", args: []string{"--upstream", "https://a.example", "--upstream", "docker.io=https://b.example"},
+			want: `--upstream: two URLs for docker.io, "https://a.example" and "https://b.example"; give one`},
+		{name: "--upstream HOST=URL twice", args: []string{"--upstream", "ghcr.io=https://a.example", "--upstream", "ghcr.io=https://b.example"},
+			want: `--upstream: two URLs for ghcr.io, "https://a.example" and "https://b.example"; give one`},
+		{name: "--upstream the same twice", args: []string{"--upstream", "ghcr.io=https://ghcr.io", "--upstream", "ghcr.io=https://ghcr.io"}},
+		{name: "DOCKER_MIRROR_UPSTREAM twice", env: map[string]string{"DOCKER_MIRROR_UPSTREAM": "https://a.example,docker.io=https://b.example"},
+			want: `DOCKER_MIRROR_UPSTREAM: two URLs for docker.io, "https://a.example" and "https://b.example"; give one`},
+		{name: "storage and destination", file: "storage: {s3: {bucket: b, secretkey: hunter2}}\ndestination: {url: https://registry.example/mirror}\n",
+			want: `config FILE: storage (line 1), destination (line 2): give one: with a destination, mirrored content is kept in that registry and storage.s3 would not be used`},
+		{name: "storage and --destination", file: "storage: {inmemory: {}}\n", args: []string{"--destination", "https://registry.example/mirror"},
+			want: `config FILE: storage (line 1), destination (--destination): give one: with a destination, mirrored content is kept in that registry and storage.inmemory would not be used`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			args, file := tt.args, ""
+			if tt.file != "" {
+				file = writeFile(t, tt.file)
+				args = append([]string{"--config", file}, args...)
+			}
+			_, err := resolve(t, args, tt.env)
+			if tt.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if want := strings.ReplaceAll(tt.want, "FILE", file); err == nil || err.Error() != want {
+				t.Errorf("error %v\nwant  %s", err, want)
+			}
+		})
+	}
+}
+
+// A size is shown as ParseSize reads it back.
+func TestSizeString(t *testing.T) {
+	for _, tt := range []struct {
+		z    config.Size
+		want string
+	}{{0, "0"}, {1234, "1234"}, {50 << 30, "50GiB"}, {10e6, "10MB"}, {1e15, "1PB"}, {1000 << 20, "1000MiB"}, {1536, "1536"}} {
+		got := tt.z.String()
+		if got != tt.want {
+			t.Errorf("Size(%d) = %q, want %q", int64(tt.z), got, tt.want)
+		}
+		if back, err := config.ParseSize(got); err != nil || back != tt.z {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", got, back, err, int64(tt.z))
+		}
 	}
 }

@@ -16,6 +16,9 @@ type key struct {
 	list  bool // repeatable flag; comma-separated in the environment
 	// boolean: the flag may be given alone (--name means --name=true).
 	boolean bool
+	// fileKey is the key of the file when it is not name (platforms); its
+	// variable, DOCKER_MIRROR_<FILEKEY>, works as well as the flag's.
+	fileKey string
 	set     func(c *Config, vals []string) error
 }
 
@@ -51,12 +54,16 @@ var keys = []key{
 	{name: "data", usage: "directory of the embedded store and the index (DIR/index.db)", set: stringKey(func(c *Config) *string { return &c.Data })},
 	{name: "upstream", usage: "upstream to mirror: HOST=URL (e.g. ghcr.io=https://ghcr.io), or a bare URL for docker.io (repeatable)", list: true,
 		set: func(c *Config, vals []string) error {
+			given := map[string]string{} // host: URL, to refuse two URLs for one host
 			for _, v := range vals {
 				host, u, ok := strings.Cut(v, "=")
 				if !ok {
-					c.Upstream, c.upstreamFlag = v, true
-					continue
+					host, u = DockerHubHost, v
 				}
+				if prev, dup := given[host]; dup && prev != u {
+					return fmt.Errorf("two URLs for %s, %q and %q; give one", redactURL(host), redactURL(prev), redactURL(u))
+				}
+				given[host] = u
 				if host == DockerHubHost {
 					c.Upstream, c.upstreamFlag = u, true
 					continue
@@ -72,7 +79,7 @@ var keys = []key{
 		}},
 	{name: "upstream_timeout", usage: "how long an upstream may take to start answering before clients get 504", set: durationKey(func(c *Config) *Duration { return &c.UpstreamTimeout })},
 	{name: "tag_ttl", usage: "how long a tag's digest is trusted before revalidating upstream; 0 = every pull", set: durationKey(func(c *Config) *Duration { return &c.TagTTL })},
-	{name: "platform", usage: "platform pattern mirrored eagerly, e.g. linux/* or linux/arm64 (repeatable)", list: true,
+	{name: "platform", fileKey: "platforms", usage: "platform pattern mirrored eagerly, e.g. linux/* or linux/arm64 (repeatable)", list: true,
 		set: func(c *Config, vals []string) error { c.Platforms = slices.Clone(vals); return nil }},
 	{name: "concurrency", usage: "parallel upstream fetches of the background mirror", set: one(func(c *Config, v string) error {
 		n, err := strconv.Atoi(v)
@@ -115,6 +122,27 @@ var keys = []key{
 		set: boolKey(func(c *Config) *bool { return &c.Referrers })},
 }
 
+// envNames returns the environment variables of k: the flag's name, and
+// the file key's when it differs.
+func (k key) envNames() []string {
+	names := []string{EnvPrefix + strings.ToUpper(k.name)}
+	if k.fileKey != "" {
+		names = append(names, EnvPrefix+strings.ToUpper(k.fileKey))
+	}
+	return names
+}
+
+// fileKeyOrName is the file key k sets.
+func (k key) fileKeyOrName() string {
+	if k.fileKey != "" {
+		return k.fileKey
+	}
+	return k.name
+}
+
+// configEnv names the configuration file, like --config.
+const configEnv = EnvPrefix + "CONFIG"
+
 // passwordEnv holds the destination's password: an environment variable,
 // not a flag, so that it does not show in the process list.
 const passwordEnv = EnvPrefix + "DESTINATION_PASSWORD"
@@ -135,10 +163,10 @@ type Flags struct {
 // shown in the help text.
 func Bind(fs *flag.FlagSet) *Flags {
 	f := &Flags{fs: fs, values: map[string][]string{}}
-	fs.StringVar(&f.file, "config", "", "YAML configuration file (flags win over it, DOCKER_MIRROR_<KEY> environment variables win over both)")
+	fs.StringVar(&f.file, "config", "", "YAML configuration file (flags win over it, DOCKER_MIRROR_<KEY> environment variables win over both; env "+configEnv+")")
 	def := defaultStrings()
 	for _, k := range keys {
-		usage := fmt.Sprintf("%s (default %s; env %s%s)", k.usage, def[k.name], EnvPrefix, strings.ToUpper(k.name))
+		usage := fmt.Sprintf("%s (default %s; env %s)", k.usage, def[k.name], strings.Join(k.envNames(), " or "))
 		record := func(v string) error {
 			if k.list {
 				f.values[k.name] = append(f.values[k.name], v)
@@ -174,18 +202,23 @@ func defaultStrings() map[string]string {
 // production), then validates it. Errors name the key and the bad value.
 func (f *Flags) Resolve(lookup func(string) (string, bool)) (Config, error) {
 	c := Default()
-	if f.file != "" {
-		r, err := os.Open(f.file)
+	file := f.file
+	if v, ok := lookup(configEnv); ok {
+		file = v // the environment wins over flags, for --config too
+	}
+	o := origins{file: file, setBy: map[string]string{}}
+	if file != "" {
+		r, err := os.Open(file)
 		if err != nil {
 			return Config{}, fmt.Errorf("config: %w", err)
 		}
-		c, err = Parse(r)
+		c, o.lines, err = parseFile(r)
 		r.Close()
 		if err != nil {
-			return Config{}, fmt.Errorf("config %s: %w", f.file, err)
+			return Config{}, fmt.Errorf("config %s: %w", file, err)
 		}
 		if c.holdsSecrets() {
-			c.secretFile = f.file
+			c.secretFile = file
 		}
 	}
 	for _, k := range keys {
@@ -193,12 +226,22 @@ func (f *Flags) Resolve(lookup func(string) (string, bool)) (Config, error) {
 			if err := k.set(&c, vals); err != nil {
 				return Config{}, fmt.Errorf("--%s: %w", flagName(k.name), err)
 			}
+			o.record(k, vals, "--"+flagName(k.name))
 		}
 	}
 	for _, k := range keys {
-		env := EnvPrefix + strings.ToUpper(k.name)
-		v, ok := lookup(env)
-		if !ok {
+		var env, v string
+		for _, name := range k.envNames() {
+			val, ok := lookup(name)
+			if !ok {
+				continue
+			}
+			if env != "" {
+				return Config{}, fmt.Errorf("%s, %s: both set; give one", env, name)
+			}
+			env, v = name, val
+		}
+		if env == "" {
 			continue
 		}
 		vals := []string{v}
@@ -211,12 +254,13 @@ func (f *Flags) Resolve(lookup func(string) (string, bool)) (Config, error) {
 		if err := k.set(&c, vals); err != nil {
 			return Config{}, fmt.Errorf("%s: %w", env, err)
 		}
+		o.record(k, vals, env)
 	}
 	if v, ok := lookup(passwordEnv); ok {
 		c.Destination.Password = v
 	}
 	if err := c.Validate(); err != nil {
-		return Config{}, fmt.Errorf("config: %w", err)
+		return Config{}, o.explain(err)
 	}
 	return c, nil
 }

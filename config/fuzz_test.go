@@ -19,11 +19,15 @@ import (
 func FuzzParse(f *testing.F) {
 	f.Add([]byte(fullYAML))
 	f.Add([]byte("listen: ':0'\nplatforms: ['*/*']\nstorage: {s3: {bucket: b, rootdirectory: /x}}\n"))
+	f.Add([]byte("sync: &x {interval: *x}\nupstreams: &y\n  ghcr.io: *y\n")) // aliases holding themselves
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := config.Parse(bytes.NewReader(data))
 		if err != nil {
 			if strings.TrimSpace(err.Error()) == "" {
 				t.Fatal("Parse returned an empty error")
+			}
+			if strings.Contains(err.Error(), "\n") {
+				t.Fatalf("Parse error on several lines: %q", err)
 			}
 			if !reflect.DeepEqual(c, config.Config{}) {
 				t.Fatalf("Parse returned %+v with error %v", c, err)

@@ -128,7 +128,7 @@ func (c *Collector) evict(ctx context.Context, maxSize int64, evictAfter time.Du
 			// Its signatures' tags go with it, unless a kept image keeps them.
 			if m.refs[a.key.digest] == 0 {
 				if _, err := c.index.DeleteTagIf(a.key.upstream, a.key.repo, a.tag, a.key.digest); err != nil {
-					return r, fmt.Errorf("evicting %s:%s: %w", e.Name(), a.tag, err)
+					return r, false, fmt.Errorf("evicting %s:%s: %w", e.Name(), a.tag, err)
 				}
 			}
 		}

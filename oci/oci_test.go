@@ -153,12 +153,14 @@ func TestBlobDigests(t *testing.T) {
 
 func TestPlatforms(t *testing.T) {
 	t.Parallel()
-	for _, s := range []string{"linux/*", "linux/arm64", "linux/arm/v7", "linux", "*/*", "windows/amd64"} {
+	for _, s := range []string{"linux/*", "linux/arm64", "linux/arm/v7", "linux", "*/*", "windows/amd64", "*/arm64", "darwin/arm64", "linux/riscv64", "linux/arm64/v8", "linux/amd64/v3", "wasi/wasm"} {
 		if _, err := ParsePlatform(s); err != nil {
 			t.Errorf("ParsePlatform(%q): %v", s, err)
 		}
 	}
-	for _, s := range []string{"", "/amd64", "linux/", "Linux/amd64", "a/b/c/d", "linux/am d64"} {
+	for _, s := range []string{"", "/amd64", "linux/", "Linux/amd64", "a/b/c/d", "linux/am d64",
+		// Well-formed, but no image has them: a pattern that matches nothing.
+		"bogus", "bogus/amd64", "linux/bogus", "linux/x86_64", "linux/AMD64", "linux/aarch64/v8", "unknown/unknown"} {
 		if _, err := ParsePlatform(s); err == nil {
 			t.Errorf("ParsePlatform(%q) accepted", s)
 		}

@@ -3,6 +3,7 @@ package oci
 import (
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
@@ -21,8 +22,18 @@ var (
 	platformPart = regexp.MustCompile(`^(\*|[a-zA-Z0-9_.-]+)$`)
 )
 
+// knownOS and knownArchitectures are the values of an image's os and
+// architecture: Go's GOOS and GOARCH, which the OCI image spec adopts (and
+// wasi, which Docker's Wasm images name). A pattern naming anything else
+// would match no image, so it is refused rather than mirroring nothing.
+var (
+	knownOS            = []string{"aix", "android", "darwin", "dragonfly", "freebsd", "hurd", "illumos", "ios", "js", "linux", "netbsd", "openbsd", "plan9", "solaris", "wasi", "wasip1", "windows", "zos"}
+	knownArchitectures = []string{"386", "amd64", "arm", "arm64", "loong64", "mips", "mips64", "mips64le", "mipsle", "ppc64", "ppc64le", "riscv64", "s390x", "sparc64", "wasm"}
+)
+
 // ParsePlatform parses "linux/*", "linux/arm64", "linux/arm/v7" or
-// "linux" (every architecture).
+// "linux" (every architecture). The OS and the architecture must be known
+// (knownOS, knownArchitectures) or "*".
 func ParsePlatform(s string) (Platform, error) {
 	parts := strings.Split(s, "/")
 	if len(parts) > 3 {
@@ -32,6 +43,12 @@ func ParsePlatform(s string) (Platform, error) {
 		if (i == 0 && !osPart.MatchString(p)) || !platformPart.MatchString(p) {
 			return Platform{}, fmt.Errorf("invalid platform %q (want os/arch[/variant], * as wildcard)", s)
 		}
+	}
+	if osName := parts[0]; osName != "*" && !slices.Contains(knownOS, osName) {
+		return Platform{}, fmt.Errorf("invalid platform %q: unknown OS %q (want os/arch[/variant] such as linux/amd64, * as wildcard; OS one of %s)", s, osName, strings.Join(knownOS, ", "))
+	}
+	if len(parts) > 1 && parts[1] != "*" && !slices.Contains(knownArchitectures, parts[1]) {
+		return Platform{}, fmt.Errorf("invalid platform %q: unknown architecture %q (want one of %s, or *)", s, parts[1], strings.Join(knownArchitectures, ", "))
 	}
 	parts = append(parts, "*", "")
 	return Platform{OS: parts[0], Architecture: parts[1], Variant: parts[2]}, nil

@@ -243,7 +243,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, hup <-chan os.Signa
 		srv.TLSConfig = &tls.Config{GetCertificate: certs.getCertificate, MinVersion: tls.VersionTLS12}
 	}
 	log.Info("docker-mirror serving", "listen", ln.Addr().String(), "tls", certs != nil, "data", cfg.Data, "store", s.storeName,
-		"upstreams", slices.Sorted(maps.Keys(cfg.AllUpstreams())), "tag_ttl", cfg.TagTTL.String(), "platforms", cfg.Platforms,
+		"upstreams", upstreamURLs(cfg), "tag_ttl", cfg.TagTTL.String(), "platforms", cfg.Platforms,
+		"max_size", cfg.MaxSize.String(), "evict_after", cfg.EvictAfter.String(),
 		"auth", cfg.Auth.Htpasswd != "", "version", s.opts.version)
 
 	errc := make(chan error, 1)
@@ -291,6 +292,17 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, hup <-chan os.Signa
 			return nil
 		}
 	}
+}
+
+// upstreamURLs lists the upstreams as HOST=URL, sorted, for the start-up
+// line. Validate refuses URLs with credentials, so they hold none.
+func upstreamURLs(cfg config.Config) []string {
+	ups := cfg.AllUpstreams()
+	out := make([]string, 0, len(ups))
+	for _, host := range slices.Sorted(maps.Keys(ups)) {
+		out = append(out, host+"="+ups[host].URL)
+	}
+	return out
 }
 
 // Close stops the proxy's background work, waits for what Start and

@@ -35,7 +35,7 @@ func OpenStore(ctx context.Context, cfg config.Config, index *storage.Index) (st
 		driver, _ := cfg.StorageDriver()
 		s, err := OpenEmbeddedStore(ctx, cfg, true)
 		if err != nil {
-			return nil, "", err
+			return nil, "", storeError(cfg, err)
 		}
 		return s, driver, nil
 	}

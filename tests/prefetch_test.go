@@ -54,6 +54,9 @@ func TestPrefetch(t *testing.T) {
 		{`{"images": ["evil.example.com/x:1"]}`, "evil.example.com"},
 		{`{"images": []}`, "no images"},
 		{`{"images": ["multi"], "platforms": ["linux/"]}`, "linux/"},
+		// Well-formed but matching no image: refused, not a job "done" with nothing.
+		{`{"images": ["multi"], "platforms": ["bogus"]}`, `"code":"INVALID_REQUEST","message":"invalid platform \"bogus\": unknown OS \"bogus\"`},
+		{`{"images": ["multi"], "platforms": ["linux/x86_64"]}`, `unknown architecture \"x86_64\"`},
 		{`{"imagez": ["multi"]}`, "imagez"},
 		{`not json`, "invalid"},
 	} {

@@ -15,12 +15,8 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
-	"runtime/debug"
 	"syscall"
 )
-
-// version is set at build time with -ldflags "-X main.version=...".
-var version = ""
 
 const usage = `docker-mirror: a pull-through caching registry proxy.
 
@@ -77,16 +73,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "docker-mirror: unknown command %q (try 'docker-mirror help')\n", args[0])
 		return exitUsage
 	}
-}
-
-func versionString() string {
-	if version != "" {
-		return version
-	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
-		return bi.Main.Version
-	}
-	return "(devel)"
 }
 
 // parseFlags parses a command's flags: --help prints the usage to stdout

@@ -30,6 +30,12 @@ func TestBadInputExitsTwoWithOneLine(t *testing.T) {
 	dir := t.TempDir()
 	badFile := filepath.Join(dir, "bad.yaml")
 	os.WriteFile(badFile, []byte("tag_ttl: soon\n"), 0o644)
+	typo := filepath.Join(dir, "typo.yaml")
+	os.WriteFile(typo, []byte("upstreams:\n  ghcr.io:\n    url: https://ghcr.io\n    password: hunter2\n    pasword: hunter2\n"), 0o600)
+	both := filepath.Join(dir, "both.yaml")
+	os.WriteFile(both, []byte("storage: {s3: {bucket: b, secretkey: hunter2}}\ndestination: {url: https://registry.example/mirror}\n"), 0o600)
+	twice := filepath.Join(dir, "twice.yaml")
+	os.WriteFile(twice, []byte("upstream: https://a.example\nupstreams: {docker.io: https://b.example}\n"), 0o600)
 	cases := []struct {
 		args []string
 		want []string
@@ -38,12 +44,20 @@ func TestBadInputExitsTwoWithOneLine(t *testing.T) {
 		{[]string{"serve", "--concurrency", "0"}, []string{"concurrency", "0"}},
 		{[]string{"serve", "--upstream", "ftp://x"}, []string{"upstream", "ftp://x"}},
 		{[]string{"serve", "--platform", "linux/"}, []string{"platform", "linux/"}},
+		{[]string{"serve", "--platform", "bogus"}, []string{"platform", `"bogus"`, "unknown OS"}},
+		{[]string{"serve", "--platform", "linux/x86_64"}, []string{"platform", `"x86_64"`, "unknown architecture"}},
 		{[]string{"serve", "--listen", "nope"}, []string{"listen", "nope"}},
 		{[]string{"serve", "--no-such-flag"}, []string{"no-such-flag"}},
 		{[]string{"serve", "--config", badFile}, []string{"tag_ttl", "soon"}},
+		{[]string{"serve", "--config", typo}, []string{"config " + typo + ": line 5: upstreams.ghcr.io.pasword: unknown key (known keys: url, username, password,"}},
+		{[]string{"serve", "--config", both}, []string{"config " + both + ": storage (line 1), destination (line 2): give one"}},
+		{[]string{"serve", "--config", twice}, []string{"config " + twice + `: line 2: upstreams.docker.io.url: "https://b.example", but upstream (line 1) is "https://a.example": two URLs for docker.io; give one`}},
+		{[]string{"serve", "--max-size", "50Gb"}, []string{`--max-size: invalid size "50Gb": unit "Gb": a lower-case b is a bit`}},
+		{[]string{"serve", "--upstream", "https://a.example", "--upstream", "https://b.example"}, []string{`--upstream: two URLs for docker.io, "https://a.example" and "https://b.example"; give one`}},
 		{[]string{"serve", "--config", filepath.Join(dir, "missing.yaml")}, []string{"missing.yaml"}},
 		{[]string{"serve", "extra"}, []string{"extra"}},
 		{[]string{"frobnicate"}, []string{"frobnicate"}},
+		{[]string{"prefetch", "--platform", "bogus", "nginx"}, []string{`invalid value "bogus" for flag -platform: invalid platform "bogus": unknown OS "bogus"`}},
 	}
 	for _, c := range cases {
 		code, _, stderr := runCmd(t, context.Background(), c.args...)
@@ -53,11 +67,27 @@ func TestBadInputExitsTwoWithOneLine(t *testing.T) {
 		if strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
 			t.Errorf("%v: want one line, got %q", c.args, stderr)
 		}
+		if strings.Contains(stderr, "hunter2") {
+			t.Errorf("%v: %q shows a secret", c.args, stderr)
+		}
 		for _, w := range c.want {
 			if !strings.Contains(stderr, w) {
 				t.Errorf("%v: %q does not name %q", c.args, stderr, w)
 			}
 		}
+	}
+	for _, env := range []struct{ name, value, want string }{
+		{"DOCKER_MIRROR_CONFIG", typo, "config " + typo + ": line 5: upstreams.ghcr.io.pasword: unknown key"},
+		{"DOCKER_MIRROR_PLATFORMS", "bogus", `DOCKER_MIRROR_PLATFORMS: platforms: invalid platform "bogus": unknown OS "bogus"`},
+		{"DOCKER_MIRROR_PLATFORM", "linux/x86_64", `DOCKER_MIRROR_PLATFORM: platforms: invalid platform "linux/x86_64": unknown architecture "x86_64"`},
+	} {
+		t.Run(env.name, func(t *testing.T) {
+			t.Setenv(env.name, env.value)
+			code, _, stderr := runCmd(t, context.Background(), "serve")
+			if code != 2 || strings.Count(strings.TrimSpace(stderr), "\n") != 0 || !strings.HasPrefix(stderr, "docker-mirror serve: "+env.want) {
+				t.Errorf("%s=%s: exit %d, %q; want 2 and one line starting %q", env.name, env.value, code, stderr, env.want)
+			}
+		})
 	}
 	t.Setenv("DOCKER_MIRROR_TAG_TTL", "later")
 	if code, _, stderr := runCmd(t, context.Background(), "serve"); code != 2 || !strings.Contains(stderr, "DOCKER_MIRROR_TAG_TTL") {

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/proxy"
 	"github.com/docker-mirror/docker-mirror/storage"
 )
@@ -26,6 +27,9 @@ func prefetchCommand(ctx context.Context, args []string, stdout, stderr io.Write
 	server := fs.String("server", "http://127.0.0.1:5000", "URL of the running docker-mirror")
 	var platforms []string
 	fs.Func("platform", "platform pattern to prefetch (repeatable; default: the server's)", func(v string) error {
+		if _, err := oci.ParsePlatform(v); err != nil {
+			return err // before asking the server, which would refuse it
+		}
 		platforms = append(platforms, v)
 		return nil
 	})

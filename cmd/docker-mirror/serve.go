@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/docker-mirror/docker-mirror/config"
@@ -24,7 +25,7 @@ func serveCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	cfg, err := flags.Resolve(os.LookupEnv)
 	if err != nil {
-		fmt.Fprintf(stderr, "docker-mirror serve: %v\n", err)
+		fmt.Fprintf(stderr, "docker-mirror serve: %s\n", oneLine(err))
 		return exitUsage
 	}
 	log := newLogger(cfg, stderr)
@@ -33,13 +34,13 @@ func serveCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	// answers, each with one line and exit 1: nothing listens silently.
 	srv, err := server.New(ctx, cfg, server.WithLogger(log), server.WithVersion(versionString()))
 	if err != nil {
-		fmt.Fprintf(stderr, "docker-mirror serve: %v\n", err)
+		fmt.Fprintf(stderr, "docker-mirror serve: %s\n", oneLine(err))
 		return 1
 	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		srv.Close()
-		fmt.Fprintf(stderr, "docker-mirror serve: %v\n", err) // net.Listen names the address
+		fmt.Fprintf(stderr, "docker-mirror serve: %s\n", oneLine(err)) // net.Listen names the address
 		return 1
 	}
 	hup := make(chan os.Signal, 1)
@@ -67,4 +68,16 @@ func newLogger(cfg config.Config, w io.Writer) *slog.Logger {
 // the htpasswd file.
 func serve(ctx context.Context, srv *server.Server, ln net.Listener, hup <-chan os.Signal) error {
 	return errors.Join(srv.Serve(ctx, ln, hup), srv.Close())
+}
+
+// oneLine returns err's text on one line, its lines joined with "; ": a
+// start that fails says why in one line, whatever library wrote the error.
+func oneLine(err error) string {
+	var lines []string
+	for _, l := range strings.Split(err.Error(), "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			lines = append(lines, l)
+		}
+	}
+	return strings.Join(lines, "; ")
 }

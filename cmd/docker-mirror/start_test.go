@@ -10,6 +10,8 @@ import (
 	"encoding/pem"
 	"math/big"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -75,6 +77,14 @@ func TestStartErrorsExitOneWithOneLine(t *testing.T) {
 	}
 	defer ix.Close()
 
+	// An S3 bucket that refuses the key: the AWS SDK's error spans lines.
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	s3 := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusForbidden)
+		w.Write([]byte(`<Error><Code>SignatureDoesNotMatch</Code><Message>The request signature we calculated does not match the signature you provided.</Message></Error>`))
+	}))
+	defer s3.Close()
+
 	data := func() string { return filepath.Join(t.TempDir(), "data") }
 	cases := []struct {
 		name string
@@ -87,6 +97,8 @@ func TestStartErrorsExitOneWithOneLine(t *testing.T) {
 		{"data is a file", []string{"--data", notADir}, []string{"data directory", notADir}},
 		{"foreign data", []string{"--data", foreign}, []string{"data directory", foreign, "empty"}},
 		{"index locked", []string{"--data", locked}, []string{"index", "another process"}},
+		{"S3 refuses the key", []string{"--config", writeConfig(t, "storage:\n  s3: {region: us-east-1, bucket: b, forcepathstyle: true, accesskey: AKIAEXAMPLE, secretkey: hunter2, regionendpoint: "+s3.URL+"}\n")},
+			[]string{"storage.s3: SignatureDoesNotMatch: The request signature we calculated does not match the signature you provided (HTTP 403)"}},
 		{"missing htpasswd", []string{"--config", writeConfig(t, "auth:\n  htpasswd: "+filepath.Join(dir, "nohtpasswd")+"\n")}, []string{"auth.htpasswd", "nohtpasswd"}},
 	}
 	if os.Geteuid() != 0 { // root reads any directory
@@ -111,6 +123,9 @@ func TestStartErrorsExitOneWithOneLine(t *testing.T) {
 			line := strings.TrimSpace(stderr)
 			if strings.Contains(line, "\n") || !strings.HasPrefix(line, "docker-mirror serve: ") {
 				t.Errorf("want one line \"docker-mirror serve: ...\", got %q", stderr)
+			}
+			if strings.Contains(line, "hunter2") {
+				t.Errorf("%q shows a secret", line)
 			}
 			for _, w := range c.want {
 				if !strings.Contains(line, w) {

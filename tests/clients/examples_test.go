@@ -352,12 +352,39 @@ func TestExampleKubernetes(t *testing.T) {
 	}
 }
 
+// config.yaml says which of its values are not the defaults; that is true.
 func TestExampleConfigYAML(t *testing.T) {
 	cfg := resolveServeArgs(t, []string{"serve", "--config", ExamplePath(t, ExampleConfigYAML)}, nil)
-	want := config.Default()
-	want.Data, want.LogFormat = "/var/lib/docker-mirror", "json"
-	if !reflect.DeepEqual(cfg, want) {
-		t.Errorf("config.yaml resolves to\n%+v\nwant the defaults but data and log_format:\n%+v", cfg, want)
+	toMap := func(c config.Config) map[string]any {
+		b, err := yaml.Marshal(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m map[string]any
+		if err := yaml.Unmarshal(b, &m); err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	got, def := toMap(cfg), toMap(config.Default())
+	var differ []string
+	for k := range got {
+		if !reflect.DeepEqual(got[k], def[k]) {
+			differ = append(differ, k)
+		}
+	}
+	slices.Sort(differ)
+	claim := "(the values below are the defaults)"
+	if n := len(differ); n > 0 {
+		claim = "(the values below are the defaults, except " + strings.Join(differ[:n-1], ", ")
+		if n > 1 {
+			claim += " and "
+		}
+		claim += differ[n-1] + ")"
+	}
+	text := strings.Join(strings.Fields(strings.ReplaceAll(readRepoFile(t, "docs/examples/"+ExampleConfigYAML), "#", "")), " ")
+	if !strings.Contains(text, claim) {
+		t.Errorf("config.yaml differs from the defaults in %q; its comment must say %q", differ, claim)
 	}
 }
 
@@ -393,6 +420,25 @@ func TestExampleSystemdUnit(t *testing.T) {
 	for _, e := range unit["Service.Environment"] {
 		k, v, _ := strings.Cut(e, "=")
 		env[k] = v
+	}
+	// The unit reads the example configuration, installed as the comment
+	// at its top says.
+	const installed = "/etc/docker-mirror/config.yaml"
+	i := slices.Index(args, "--config")
+	if i < 0 || i+1 >= len(args) || args[i+1] != installed {
+		t.Fatalf("ExecStart %q: want --config %s", args, installed)
+	}
+	if !strings.Contains(readRepoFile(t, "docs/examples/"+ExampleSystemdUnit), "install -D -m 0644 docs/examples/"+ExampleConfigYAML+" "+installed) {
+		t.Errorf("docker-mirror.service does not say how to install %s", installed)
+	}
+	args[i+1] = ExamplePath(t, ExampleConfigYAML)
+	if len(env) > 0 || len(args) != 4 {
+		t.Errorf("ExecStart %q, Environment %v: settings belong in the file, which flags and variables would override", args, env)
+	}
+	// systemctl reload sends SIGHUP, which reloads the TLS certificate and
+	// the htpasswd file.
+	if reload := strings.Fields(one("Service.ExecReload")); !slices.Equal(reload, []string{"/bin/kill", "-HUP", "$MAINPID"}) {
+		t.Errorf("ExecReload %q, want /bin/kill -HUP $MAINPID", reload)
 	}
 	cfg := resolveServeArgs(t, args[1:], env)
 	if cfg.Data != "/var/lib/"+one("Service.StateDirectory") {
@@ -478,6 +524,13 @@ func TestOperationsDoc(t *testing.T) {
 	fs.VisitAll(func(f *flag.Flag) {
 		if !strings.Contains(doc, "`--"+f.Name) {
 			t.Errorf("operations.md does not document --%s", f.Name)
+		}
+		// Every variable the flag's usage names (DOCKER_MIRROR_CONFIG,
+		// DOCKER_MIRROR_PLATFORM or DOCKER_MIRROR_PLATFORMS, ...).
+		for _, env := range regexp.MustCompile(`\bDOCKER_MIRROR_[A-Z_]+\b`).FindAllString(f.Usage, -1) {
+			if !strings.Contains(doc, "`"+env+"`") {
+				t.Errorf("operations.md does not document %s (--%s)", env, f.Name)
+			}
 		}
 		if f.Name == "config" {
 			return
