@@ -11,6 +11,7 @@ package clients
 
 import (
 	"flag"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -62,13 +63,7 @@ func docs(t *testing.T) map[string]string {
 // allDocs is every doc joined, for "is it mentioned anywhere".
 func allDocs(d map[string]string) string {
 	var b strings.Builder
-	for _, name := range slices.Sorted(func(yield func(string) bool) {
-		for k := range d {
-			if !yield(k) {
-				return
-			}
-		}
-	}) {
+	for _, name := range slices.Sorted(maps.Keys(d)) {
 		b.WriteString(d[name])
 		b.WriteString("\n")
 	}
@@ -216,13 +211,7 @@ func TestDocsConfigKeysBothWays(t *testing.T) {
 
 	// Code -> docs: the path or its last part in backticks, or as a key in
 	// a YAML example.
-	for _, k := range slices.Sorted(func(yield func(string) bool) {
-		for k := range keys {
-			if !yield(k) {
-				return
-			}
-		}
-	}) {
+	for _, k := range slices.Sorted(maps.Keys(keys)) {
 		leaf := k[strings.LastIndexByte(k, '.')+1:]
 		asYAML := regexp.MustCompile(`(?m)^\s*(- )?` + regexp.QuoteMeta(leaf) + `:`)
 		if !strings.Contains(text, "`"+k+"`") && !strings.Contains(text, "`"+leaf+"`") && !asYAML.MatchString(text) {
@@ -451,13 +440,7 @@ func TestDocsRoutesAndMetricsBothWays(t *testing.T) {
 	}
 	for r := range documented {
 		if !routes[r] {
-			t.Errorf("operations.md lists the route value %q, which no route has (the table has %v)", r, slices.Sorted(func(yield func(string) bool) {
-				for k := range routes {
-					if !yield(k) {
-						return
-					}
-				}
-			}))
+			t.Errorf("operations.md lists the route value %q, which no route has (the table has %v)", r, slices.Sorted(maps.Keys(routes)))
 		}
 	}
 
