@@ -217,7 +217,11 @@ func (g *manifestGate) wrap(next http.Handler) http.Handler {
 		g.inFlight++
 		g.most = max(g.most, g.inFlight)
 		if g.inFlight == 2 {
-			close(g.open)
+			select {
+			case <-g.open: // opened before: later tags (signatures') pass too
+			default:
+				close(g.open)
+			}
 		}
 		g.mu.Unlock()
 		select {
