@@ -196,26 +196,10 @@ func (p *Proxy) referrersList(ctx context.Context, t target, subject digest.Dige
 
 // cosignTag returns the manifest a cosign tag names, through the tag
 // cache, and whether it was fetched now; nil if the upstream has no such
-// tag, as for most images. A tag not cached is looked for with a HEAD
-// first: a GET of a manifest counts as a pull on Docker Hub.
+// tag, as for most images.
 func (p *Proxy) cosignTag(ctx context.Context, t target, tag string) (*storedManifest, bool, error) {
-	_, cached, err := p.index.Tag(t.host(), t.repo, tag)
-	if err != nil {
-		return nil, false, err
-	}
-	if !cached {
-		hctx, cancel := context.WithTimeout(ctx, p.manifestTimeout)
-		_, err := t.up.HeadManifest(hctx, t.repo, oci.Ref{Tag: tag})
-		cancel()
-		if errors.Is(err, upstream.ErrNotFound) {
-			return nil, false, nil
-		}
-		if err != nil {
-			return nil, false, err
-		}
-	}
 	h := http.Header{}
-	m, err := p.tagManifest(ctx, t, tag, h, false)
+	m, err := p.artifactTag(ctx, t, tag, h)
 	if errors.Is(err, upstream.ErrNotFound) {
 		return nil, false, nil
 	}
@@ -223,6 +207,27 @@ func (p *Proxy) cosignTag(ctx context.Context, t target, tag string) (*storedMan
 		return nil, false, err
 	}
 	return m, h.Get(cacheHeader) == "miss", nil
+}
+
+// artifactTag reads a tag of a supply-chain artifact (a cosign tag, the
+// referrers fallback tag) through the tag cache, without a background
+// fill of its own. A tag not cached is looked for with a HEAD first: most
+// images have none, and a GET of a manifest counts as a pull on Docker
+// Hub. upstream.ErrNotFound: there is no such tag.
+func (p *Proxy) artifactTag(ctx context.Context, t target, tag string, h http.Header) (*storedManifest, error) {
+	_, cached, err := p.index.Tag(t.host(), t.repo, tag)
+	if err != nil {
+		return nil, err
+	}
+	if !cached {
+		hctx, cancel := context.WithTimeout(ctx, p.manifestTimeout)
+		_, err := t.up.HeadManifest(hctx, t.repo, oci.Ref{Tag: tag})
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+	}
+	return p.tagManifest(ctx, t, tag, h, false)
 }
 
 // storeArtifact stores an artifact: its manifest, and its blobs or, for

@@ -42,7 +42,9 @@ func (p *Proxy) parseImage(s string) (image, error) {
 
 // Copy copies one image, given as docker pull takes it, into the store:
 // the index or manifest and, for the platforms matching pats (nil: the
-// configured platforms), every child manifest, attestation and blob. Every
+// configured platforms), every child manifest, attestation and blob, and
+// (unless the upstream's referrers setting is off) the signatures,
+// attestations and SBOMs that refer to them (storeReferrers). Every
 // fetch is shared with live pulls and background mirroring. In a registry
 // destination the tag is pushed last, once everything it needs is there.
 // onProgress, if not nil, is called after every change.

@@ -228,7 +228,7 @@ func noReferrersAPI(err error) bool {
 // referrers fill, not by an image fill of the index.
 func (p *Proxy) referrersFromTag(ctx context.Context, t target, subject digest.Digest, artifactType string) (*referrersAnswer, error) {
 	h := http.Header{}
-	m, err := p.tagManifest(ctx, t, referrersTag(subject), h, false)
+	m, err := p.artifactTag(ctx, t, referrersTag(subject), h)
 	if err != nil {
 		return nil, err
 	}

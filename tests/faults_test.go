@@ -116,6 +116,7 @@ func TestRateLimitedUpstreamServesCache(t *testing.T) {
 	m := servertest.Start(t, up.URL(), proxy.WithTagTTL(time.Minute))
 	cranePull(t, ref(t, m, "rl:1"))
 	m.WaitIdle()
+	up.ResetCounts() // the fill's own requests (its signatures' tags) do not count
 	up.SetFault(fixture.Fault{Status: http.StatusTooManyRequests, Header: http.Header{"Retry-After": {"120"}}})
 	m.Clock.Advance(time.Hour)
 	for range 2 {

@@ -188,7 +188,7 @@ func artifactManifest(t *testing.T, up *fixture.Upstream, repo, artifactType, co
 
 // An upstream without the referrers API: the answer is built from the
 // referrers tag schema's "sha256-<hex>" index, fetched through the
-// manifest path (so the index and, by the fill, the referrers themselves
+// manifest path (so the index and, by the referrers fill, the referrers themselves
 // are cached), filtered by artifactType when asked, and served offline.
 func TestReferrersFromFallbackTag(t *testing.T) {
 	up := fixture.StartUpstream(t)
@@ -213,7 +213,7 @@ func TestReferrersFromFallbackTag(t *testing.T) {
 		t.Errorf("unfiltered answer %s, want the fallback index as it is: %s", r.body, fallback)
 	}
 	wantReferrers(t, get(t, u+"?artifactType="+url.QueryEscape(sbomType)), "miss", true, sbomDigest)
-	m.WaitIdle() // the fallback index's fill stores the referrers
+	m.WaitIdle() // the referrers fill of a list served for the first time stores them
 
 	up.Stop()
 	m.Clock.Advance(2 * time.Minute)

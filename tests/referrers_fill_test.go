@@ -22,6 +22,7 @@ import (
 
 	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/proxy"
+	"github.com/docker-mirror/docker-mirror/storage"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
 	"github.com/docker-mirror/docker-mirror/tests/servertest"
 )
@@ -347,4 +348,26 @@ func TestReferrersUpstreamWithoutTheRoute(t *testing.T) {
 		m := servertest.Start(t, front.URL)
 		wantReferrers(t, get(t, m.URL()+"/v2/signed/referrers/"+s.ma.Digest), "miss", false, s.sbom.digest)
 	}
+}
+
+// A prefetch job stores an image's signatures with it and shows how many
+// in its progress; they are then served with the upstream down.
+func TestPrefetchStoresReferrers(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	s := seedSignedImage(t, up)
+	m := servertest.Start(t, up.URL())
+	r := postPrefetch(t, m, `{"images": ["signed:1"]}`)
+	if r.status != http.StatusAccepted {
+		t.Fatalf("POST /prefetch: %d %s", r.status, r.body)
+	}
+	m.WaitIdle()
+	j := job(t, m, r.header.Get("Location"))
+	// The SBOM referrer, the index's signature and its signature, the
+	// amd64 attestation.
+	if len(j.Images) != 1 || j.Images[0].State != storage.JobDone || j.Images[0].Referrers != 4 {
+		t.Fatalf("job %+v; want one image done with 4 referrers", j)
+	}
+	up.Stop()
+	m.Clock.Advance(time.Hour)
+	wantSignedOffline(t, m, s)
 }

@@ -455,7 +455,8 @@ func TestUpstreamCredentials(t *testing.T) {
 					switch r.Kind {
 					case fixture.KindManifest, fixture.KindBlob, fixture.KindTags:
 						api++
-						if r.Status/100 != 2 {
+						// The fill looks for signature tags most images lack.
+						if r.Status/100 != 2 && !(r.Method == http.MethodHead && r.Status == http.StatusNotFound && strings.Contains(r.Path, "/manifests/sha256-")) {
 							t.Errorf("%s %s: status %d", r.Method, r.Path, r.Status)
 						}
 						if want := map[fixture.AuthKind]string{fixture.BasicAuth: "basic", fixture.TokenAuth: "bearer"}[kind]; r.Auth != want {

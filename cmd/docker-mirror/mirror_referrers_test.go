@@ -33,8 +33,8 @@ type signedImage struct {
 	// cosignTags are cosign's tag-schema artifacts: sha256-<index>.sig
 	// and sha256-<amd64>.att, by tag.
 	cosignTags map[string]v1.Hash
-	manifests         map[v1.Hash][]byte  // every manifest's exact bytes
-	refs              map[string][]string // what each manifest references
+	manifests  map[v1.Hash][]byte  // every manifest's exact bytes
+	refs       map[string][]string // what each manifest references
 }
 
 // seedSigned pushes repo:v1, a signed index, to the registry at host with

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log"
 	"net/http/httptest"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -62,11 +63,16 @@ type supplyChain struct {
 // one without (Distribution) with the real clients, pulls the image through
 // a fresh mirror, and verifies everything through that mirror with cosign
 // (classic .sig/.att/.sbom tags and the bundle format), oras and regctl,
-// without any network but loopback. Offline verification (upstream down)
-// is the subtest "offline", skipped until issue 11 items 1-2 land.
+// without any network but loopback: with the upstream up ("upstream up"),
+// then on another mirror that only pulled the image and waited for its
+// fill, with the upstream down ("offline"). Before the upstream goes down,
+// `docker-mirror mirror -d` copies the images into a Distribution and a
+// go-containerregistry registry; the same verifications then pass against
+// the copies ("copy in ...").
 func TestSupplyChain(t *testing.T) {
 	cosign, oras, regctl := CosignBin(t), OrasBin(t), RegctlBin(t)
 	CraneBin(t)
+	mirrorBin := dockerMirrorBin(t)
 	for _, tc := range []struct {
 		name  string
 		start func(*testing.T) signingUpstream
@@ -96,36 +102,44 @@ func TestSupplyChain(t *testing.T) {
 				}
 				cancel()
 			}
+			// Copies made by the mirror command while the upstream is up.
+			copies := map[string]*fixture.Destination{
+				"distribution": fixture.StartDestination(t, nil),
+				"ggcr":         fixture.StartGGCRDestination(t),
+			}
+			for _, dest := range copies {
+				MustRun(t, cleanEnv(), mirrorBin, "mirror", "-d", dest.URL()+"/mirror", "--upstream", up.url,
+					sc.repo+":1", sc.repo+":bundled")
+			}
 
 			t.Run("upstream up", func(t *testing.T) {
-				sc.verifyAll(t, strings.TrimPrefix(online.URL(), "http://"))
+				sc.verifyAll(t, strings.TrimPrefix(online.URL(), "http://"), "")
 			})
-			// A mirror that only pulled the image, then lost its upstream.
-			// Run without the skip (cosign 2.6.5, oras 1.3.6, regctl
-			// 0.11.7), every verification fails on both upstreams, each on
-			// the first thing the mirror never fetched, answered 503
-			// UNAVAILABLE "upstream docker.io unreachable":
-			//   cosign verify:               GET .../manifests/sha256-HEX.sig
-			//   cosign verify-attestation:   GET .../manifests/sha256-HEX.att
-			//   cosign download sbom:        GET .../manifests/sha256-HEX.sbom
-			//   cosign ... --new-bundle-format: GET .../referrers/sha256:HEX
-			//   oras discover:               GET .../referrers/sha256:HEX (a 503
-			//                                stops its fallback to the tag schema)
-			//   regctl artifact list:        GET .../manifests/sha256-HEX (the
-			//                                fallback tag, after the referrers 503)
-			// On the mirror that verified while the upstream was up, the
-			// classic cosign checks pass offline (their tags were cached by
-			// passthrough), and so does regctl on Distribution (it had read
-			// the fallback tag); the bundle format and oras discover still
-			// fail on the referrers 503, and regctl on ggcr's registry on
-			// the fallback tag it never needed while the API answered.
+			// A mirror that only pulled the image, then lost its upstream:
+			// the fill stored the referrers and cosign's tags with it.
+			up.stop()
 			t.Run("offline", func(t *testing.T) {
-				t.Skip("offline verification needs referrers and signature tags to be cached and fetched with the image (issue 11 items 1-2); not yet implemented")
-				up.stop()
-				sc.verifyAll(t, strings.TrimPrefix(offline.URL(), "http://"))
+				sc.verifyAll(t, strings.TrimPrefix(offline.URL(), "http://"), "")
 			})
+			for name, dest := range copies {
+				t.Run("copy in "+name, func(t *testing.T) {
+					sc.verifyAll(t, dest.Host(), "mirror/")
+				})
+			}
 		})
 	}
+}
+
+// dockerMirrorBin builds cmd/docker-mirror into a temporary directory of
+// t and returns its path.
+func dockerMirrorBin(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "docker-mirror")
+	cmd := exec.Command("go", "build", "-o", bin, "github.com/docker-mirror/docker-mirror/cmd/docker-mirror")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./cmd/docker-mirror: %v\n%s", err, out)
+	}
+	return bin
 }
 
 // sign pushes library/app to the upstream and attaches with the clients:
@@ -197,10 +211,11 @@ func cosignRegistryFlags(args ...string) []string {
 	return append(args, "--allow-insecure-registry", "--allow-http-registry")
 }
 
-// verifyAll runs every verification through the mirror at host, each as
-// its own subtest so that a failure names the client and the artifact.
-func (sc *supplyChain) verifyAll(t *testing.T, host string) {
-	ref := host + "/" + sc.repo + "@" + sc.digest
+// verifyAll runs every verification against the registry at host (a
+// mirror, or a copy under prefix), each as its own subtest so that a
+// failure names the client and the artifact.
+func (sc *supplyChain) verifyAll(t *testing.T, host, prefix string) {
+	ref := host + "/" + prefix + sc.repo + "@" + sc.digest
 	t.Run("cosign verify", func(t *testing.T) {
 		out := MustRun(t, sc.env, sc.cosign, append(cosignRegistryFlags("verify", "--key", sc.pub, "--insecure-ignore-tlog"), ref)...)
 		if !strings.Contains(out, sc.digest) {
@@ -213,7 +228,7 @@ func (sc *supplyChain) verifyAll(t *testing.T, host string) {
 			t.Errorf("cosign verify-attestation printed no attestation:\n%s", out)
 		}
 	})
-	bundle := host + "/" + sc.repo + "@" + sc.bundleDigest
+	bundle := host + "/" + prefix + sc.repo + "@" + sc.bundleDigest
 	t.Run("cosign verify --new-bundle-format", func(t *testing.T) {
 		out := MustRun(t, sc.env, sc.cosign, append(cosignRegistryFlags("verify", "--key", sc.pub, "--insecure-ignore-tlog", "--new-bundle-format", "--trusted-root", sc.trustedRoot), bundle)...)
 		if !strings.Contains(out, sc.bundleDigest) {
