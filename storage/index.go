@@ -32,6 +32,8 @@ type Index struct {
 
 	// stored is the total size of the indexed blobs and manifests.
 	stored atomic.Int64
+	// pulls batches pull counts (status.go).
+	pulls pullCounter
 }
 
 var (
@@ -440,8 +442,12 @@ func (ix *Index) Touch(dgst digest.Digest, t time.Time) {
 	ix.mu.Unlock()
 }
 
-// Flush writes the access times noted by Touch.
+// Flush writes the access times noted by Touch and the pulls counted by
+// CountPull.
 func (ix *Index) Flush() error {
+	if err := ix.flushPulls(); err != nil {
+		return err
+	}
 	ix.mu.Lock()
 	pending := ix.accessed
 	ix.accessed = map[digest.Digest]time.Time{}

@@ -1,0 +1,85 @@
+package lifecycle
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// Why EvictImage may refuse.
+var (
+	ErrImageUnknown = errors.New("no such cached image")
+	ErrImagePinned  = errors.New("image is pinned: unpin it first")
+	ErrImageBusy    = errors.New("image is being pulled or mirrored: try again later")
+)
+
+// EvictImage evicts one image on an admin's request, as Evict evicts the
+// least recently pulled: its tags and mirror records leave the index, and
+// a collection removes what no kept image references. A pinned image, one
+// being mirrored or one in use is refused.
+func (c *Collector) EvictImage(ctx context.Context, upstream, repo string, dgst digest.Digest) (Report, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r := Report{DryRun: c.opts.DryRun, StoredBefore: c.index.StoredBytes()}
+	if err := c.index.Flush(); err != nil {
+		return r, err
+	}
+	m, err := c.model(ctx, false)
+	if err != nil {
+		return r, err
+	}
+	var e *entry
+	for _, x := range m.images {
+		if x.Upstream == upstream && x.Repo == repo && x.Digest == dgst {
+			e = x
+			break
+		}
+	}
+	switch {
+	case e == nil:
+		return r, fmt.Errorf("%w: %s/%s@%s", ErrImageUnknown, upstream, repo, dgst)
+	case e.Pinned:
+		return r, fmt.Errorf("%s: %w", e.Name(), ErrImagePinned)
+	case c.mirroring(m, e, c.opts.Now()):
+		return r, fmt.Errorf("%s: %w", e.Name(), ErrImageBusy)
+	}
+	release, ok := c.opts.Guard.Claim(e.Digest)
+	if !ok {
+		return r, fmt.Errorf("%s: %w", e.Name(), ErrImageBusy)
+	}
+	released := false
+	defer func() {
+		if !released {
+			release()
+		}
+	}()
+	for _, d := range e.reach.all() {
+		m.refs[d]--
+	}
+	r.Evicted = append(r.Evicted, e.Image)
+	c.opts.Log.Info("evicting cached image on request", "image", e.Name(), "tags", e.Tags, "digest", e.Digest, "size", e.Size, "dry_run", c.opts.DryRun)
+	if !c.opts.DryRun {
+		for _, tag := range e.Tags {
+			if _, err := c.index.DeleteTagIf(e.Upstream, e.Repo, tag, e.Digest); err != nil {
+				return r, fmt.Errorf("evicting %s:%s: %w", e.Name(), tag, err)
+			}
+		}
+		for i, k := range e.roots {
+			if _, ok := m.mirrors[k]; ok && (i == 0 || m.refs[k.digest] == 0) {
+				if err := c.index.DeleteFill(k.upstream, k.repo, k.digest); err != nil {
+					return r, fmt.Errorf("evicting %s@%s: %w", e.Name(), k.digest, err)
+				}
+			}
+		}
+	}
+	r.ImagesEvicted = 1
+	release()
+	released = true
+	cr, err := c.collect(ctx, nil)
+	r.add(cr)
+	r.StoredAfter = c.index.StoredBytes()
+	c.opts.Metrics.observe("evict", "request", r, err)
+	return r, err
+}

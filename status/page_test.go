@@ -1,0 +1,140 @@
+package status_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/docker-mirror/docker-mirror/lifecycle"
+	"github.com/docker-mirror/docker-mirror/status"
+	"github.com/docker-mirror/docker-mirror/tests/fixture"
+	"github.com/docker-mirror/docker-mirror/tests/servertest"
+)
+
+// listed is a Lister of given images.
+type listed []lifecycle.Image
+
+func (l listed) Images(context.Context) ([]lifecycle.Image, error) { return l, nil }
+
+// synthetic returns n images in repositories of the docker.io upstream.
+func synthetic(n int) listed {
+	out := make(listed, n)
+	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for i := range out {
+		out[i] = lifecycle.Image{Upstream: "docker.io", Repo: fmt.Sprintf("team%03d/app%05d", i%100, i), Tags: []string{"v1", fmt.Sprintf("build-%d", i)},
+			Digest: digest.FromString(fmt.Sprint(i)), Platforms: []string{"linux/amd64", "linux/arm64"}, Size: int64(i%977) << 20,
+			LastPull: base.Add(time.Duration(i%1013) * time.Minute), State: "complete", Manifests: 3, Blobs: 8}
+	}
+	return out
+}
+
+// pageServer serves the status page of a mirror with the images l lists.
+func pageServer(t testing.TB, l status.Lister) (*servertest.Server, http.Handler) {
+	up := fixture.StartUpstream(t)
+	m := servertest.Start(t, up.URL())
+	h := status.New(status.Deps{Proxy: m.Proxy, Index: m.Index, Lister: l, Version: "test", StoreKind: "filesystem", DataDir: m.Dir(), Now: m.Clock.Now})
+	t.Cleanup(h.Close)
+	return m, m.Proxy.Handler(h.Routes)
+}
+
+func serveGet(t testing.TB, h http.Handler, path string) *httptest.ResponseRecorder {
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+	return rec
+}
+
+// Whatever an upstream controls (repository names and tags from a
+// lister, error messages, platforms) renders as text, never as markup.
+func TestPageEscaping(t *testing.T) {
+	evil := `<script>alert("x")</script>`
+	l := listed{{Upstream: "docker.io", Repo: "evil/" + evil, Tags: []string{evil}, Digest: digest.FromString("evil"), Platforms: []string{evil}}}
+	_, h := pageServer(t, l)
+	rec := serveGet(t, h, "/")
+	body := rec.Body.String()
+	if rec.Code != 200 || strings.Contains(body, evil) || !strings.Contains(body, "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;") {
+		t.Fatalf("GET /: %d\n%s", rec.Code, body)
+	}
+	if csp := rec.Header().Get("Content-Security-Policy"); !strings.Contains(csp, "script-src 'self'") || rec.Header().Get("Content-Type") != "text/html; charset=utf-8" {
+		t.Errorf("headers %v", rec.Header())
+	}
+	// The link to its page escapes the name as a path.
+	if !strings.Contains(body, `href="/images/docker.io/evil/%3Cscript%3Ealert%28%22x%22%29%3C/script%3E"`) {
+		t.Errorf("no escaped link in\n%s", body)
+	}
+	rec = serveGet(t, h, "/?q="+evil)
+	if strings.Contains(rec.Body.String(), evil) {
+		t.Errorf("the query is echoed as markup")
+	}
+}
+
+// An upstream's error message and an index's platforms are shown as text.
+func TestPageEscapingUpstream(t *testing.T) {
+	evil := `<script>alert("x")</script>`
+	up := fixture.StartUpstream(t)
+	up.SetFault(fixture.Fault{Kind: fixture.KindManifest, Status: http.StatusInternalServerError, Message: evil})
+	m := servertest.Start(t, up.URL())
+	send(t, http.MethodGet, m.URL()+"/v2/library/multi/manifests/v1", "", nil)
+	a := send(t, http.MethodGet, m.URL()+"/", "", nil)
+	if a.status != 200 || strings.Contains(string(a.body), evil) || !strings.Contains(string(a.body), "&lt;script&gt;") {
+		t.Fatalf("GET /: %d\n%s", a.status, a.body)
+	}
+}
+
+// The page shows what the mirror did: the images, the traffic, the store
+// and the jobs; an image's page its manifests and blobs.
+func TestPageContent(t *testing.T) {
+	m := startMirror(t)
+	m.fill(t, nil)
+	a := send(t, http.MethodGet, m.URL()+"/", "", nil)
+	body := string(a.body)
+	for _, want := range []string{"docker.io/library/multi", "docker.io/area51/jenkins", `id="hit-ratio">50.0%`, m.job, "state-done", `data-action="unpin"`, `id="prefetch-form"`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("page lacks %q", want)
+		}
+	}
+	a = send(t, http.MethodGet, m.URL()+"/?q=jenkins", "", nil)
+	if strings.Contains(string(a.body), "library/multi</a>") {
+		t.Error("the filter does not filter")
+	}
+	a = send(t, http.MethodGet, m.URL()+"/images/docker.io/library/multi", "", nil)
+	body = string(a.body)
+	for _, want := range []string{m.multi.Digest, m.multi.SharedLayer, "linux/arm/v7", "left out: windows/amd64"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("image page lacks %q", want)
+		}
+	}
+	for _, f := range []string{"/ui/status.css", "/ui/status.js", "/ui/favicon.svg"} {
+		if a := send(t, http.MethodGet, m.URL()+f, "", nil); a.status != 200 || len(a.body) == 0 {
+			t.Errorf("GET %s: %d", f, a.status)
+		}
+	}
+	if a := send(t, http.MethodGet, m.URL()+"/ui/nope.js", "", nil); a.status != 404 {
+		t.Errorf("GET a missing file: %d", a.status)
+	}
+}
+
+// Paging and filtering 10,000 images: the list is read once (and again
+// every ImagesMaxAge); a request filters, sorts and pages a copy in memory.
+func BenchmarkImagesPage(b *testing.B) {
+	_, h := pageServer(b, synthetic(10_000))
+	serveGet(b, h, "/api/v1/images") // the list is read once, here
+	for _, bc := range []struct{ name, path string }{
+		{"api-by-size", "/api/v1/images?sort=size&page=7&n=50"},
+		{"api-filter", "/api/v1/images?q=app0999&sort=pulled"},
+		{"html-page", "/?sort=pulled&page=3"},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			for b.Loop() {
+				if rec := serveGet(b, h, bc.path); rec.Code != 200 {
+					b.Fatal(rec.Code, rec.Body.String())
+				}
+			}
+		})
+	}
+}
