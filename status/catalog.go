@@ -63,20 +63,30 @@ type catalog struct {
 	closed   bool
 }
 
-// get returns the current list, building it if there is none yet.
+// get returns the current list: as it is while younger than maxAge; while
+// younger than staleFor*maxAge, as it is while a rebuild runs in the
+// background; else rebuilt first (nobody looked for a while, so the copy
+// may be far off).
 func (c *catalog) get(ctx context.Context) (*catalogSnapshot, error) {
 	c.mu.Lock()
-	cur, stale := c.cur, c.cur == nil || c.now().Sub(c.cur.built) >= c.maxAge
-	if cur != nil && stale && c.building == nil && !c.closed {
+	cur := c.cur
+	var age time.Duration
+	if cur != nil {
+		age = c.now().Sub(cur.built)
+	}
+	if cur != nil && age >= c.maxAge && age < staleFor*c.maxAge && c.building == nil && !c.closed {
 		ch := c.startLocked()
 		c.bg.Go(func() { c.build(context.Background(), ch) })
 	}
 	c.mu.Unlock()
-	if cur != nil {
+	if cur != nil && age < staleFor*c.maxAge {
 		return cur, nil
 	}
 	return c.refresh(ctx)
 }
+
+// staleFor is how many times maxAge a list is served while it is rebuilt.
+const staleFor = 4
 
 // refresh builds the list now (or waits for the build running) and
 // returns it: after an action, the page must show its effect.

@@ -76,9 +76,9 @@ func (v view) Ago(t time.Time) string {
 	}
 	d := v.now.Sub(t)
 	switch {
-	case d < 0:
+	case d < -5*time.Second:
 		return "in " + roundDuration(-d)
-	case d < time.Second:
+	case d < time.Second: // or a little ahead: another clock
 		return "just now"
 	}
 	return roundDuration(d) + " ago"
