@@ -146,7 +146,7 @@ func (p *Proxy) serve(route string, level access.Level, h handlerFunc) http.Hand
 		}
 		elapsed := time.Since(start)
 		attrs = append(attrs, "status", rec.status, "bytes", rec.bytes, "duration", elapsed)
-		p.traffic.record(p.now(), rec.Header().Get(cacheHeader), rec.bytes)
+		p.traffic.record(p.now(), route, rec.Header().Get(cacheHeader), rec.bytes)
 		if c := rec.Header().Get(cacheHeader); c != "" {
 			attrs = append(attrs, "cache", c)
 			p.metrics.Cache.WithLabelValues(route, c).Inc()

@@ -10,7 +10,8 @@ const trafficWindow = time.Hour
 
 // Counts are cumulative traffic counters.
 type Counts struct {
-	// Requests counts every request answered.
+	// Requests counts the requests answered, but for probes, metrics
+	// scrapes and the status page.
 	Requests int64 `json:"requests"`
 	// Hits and Misses count manifest and blob answers by their X-Cache:
 	// served from the cache (hit, revalidated, stale) or fetched upstream
@@ -75,8 +76,16 @@ func newTraffic(now time.Time, fetched func() int64) *traffic {
 	return &traffic{start: now, fetched: fetched}
 }
 
-// record counts one answer; cache is its X-Cache value ("" for none).
-func (t *traffic) record(now time.Time, cache string, bytes int64) {
+// notTraffic are the routes whose requests are not the mirror's traffic:
+// probes, scrapes and the status page (which polls itself).
+var notTraffic = map[string]bool{"healthz": true, "readyz": true, "metrics": true, "status": true, "api": true, "action": true, "static": true}
+
+// record counts one answer of a route; cache is its X-Cache value ("" for
+// none).
+func (t *traffic) record(now time.Time, route, cache string, bytes int64) {
+	if notTraffic[route] {
+		return
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.markLocked(now)
@@ -119,8 +128,12 @@ func (t *traffic) snapshot(now time.Time) Traffic {
 	if m := t.marks[0]; now.Sub(m.at) <= trafficWindow && m.at.After(t.start) {
 		out.LastHour = total.minus(m.c)
 	}
-	// The rate since the newest copy at least a minute old (else since start).
+	// The rate since the newest copy at least a minute old; else since the
+	// oldest copy (the window dropped the others); else since start.
 	from, base := t.start, Counts{}
+	if m := t.marks[0]; m.at.After(t.start) {
+		from, base = m.at, m.c
+	}
 	for _, m := range t.marks {
 		if now.Sub(m.at) >= time.Minute {
 			from, base = m.at, m.c

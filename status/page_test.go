@@ -2,6 +2,7 @@ package status_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/docker-mirror/docker-mirror/lifecycle"
 	"github.com/docker-mirror/docker-mirror/status"
+	"github.com/docker-mirror/docker-mirror/storage"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
 	"github.com/docker-mirror/docker-mirror/tests/servertest"
 )
@@ -136,5 +138,43 @@ func BenchmarkImagesPage(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// Signed and attested: from the referrers the mirror recorded, or from
+// cosign's sha256-<hex>.sig/.att tags in the same repository.
+func TestSignedAttested(t *testing.T) {
+	a, b, c := digest.FromString("a"), digest.FromString("b"), digest.FromString("c")
+	cosign := func(d digest.Digest, suffix string) string { return "sha256-" + d.Encoded() + suffix }
+	l := listed{
+		{Upstream: "docker.io", Repo: "x/referred", Tags: []string{"1"}, Digest: a},
+		{Upstream: "docker.io", Repo: "x/tagged", Tags: []string{"1"}, Digest: b},
+		{Upstream: "docker.io", Repo: "x/tagged", Tags: []string{cosign(b, ".sig"), cosign(b, ".att")}, Digest: digest.FromString("sig")},
+		{Upstream: "docker.io", Repo: "x/plain", Tags: []string{"1"}, Digest: c},
+		// The tag of another repository says nothing.
+		{Upstream: "docker.io", Repo: "x/other", Tags: []string{cosign(c, ".sig")}, Digest: digest.FromString("sig2")},
+	}
+	m, h := pageServer(t, l)
+	body := `{"manifests": [{"artifactType": "application/vnd.dev.sigstore.bundle.v0.3+json"}, {"artifactType": "application/vnd.in-toto+json"}]}`
+	if err := m.Index.PutReferrers("docker.io", "x/referred", a, "", storage.ReferrersRecord{Body: []byte(body)}); err != nil {
+		t.Fatal(err)
+	}
+	var pg status.Page
+	if err := json.Unmarshal(serveGet(t, h, "/api/v1/images?n=10").Body.Bytes(), &pg); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, im := range pg.Images {
+		got[im.Name+"@"+im.Digest.Encoded()[:4]] = fmt.Sprint(im.Signed, im.Attested)
+	}
+	want := map[string]string{
+		"docker.io/x/referred@" + a.Encoded()[:4]: "true true",
+		"docker.io/x/tagged@" + b.Encoded()[:4]:   "true true",
+		"docker.io/x/plain@" + c.Encoded()[:4]:    "false false",
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s: signed, attested = %s, want %s", k, got[k], v)
+		}
 	}
 }

@@ -3,6 +3,7 @@ package status_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"os"
@@ -404,4 +405,97 @@ func TestActions(t *testing.T) {
 			t.Errorf("pin %s: %d %s", bad, a.status, a.body)
 		}
 	}
+}
+
+// Work in progress shows: a blob download held part-way by the upstream
+// (with its size), the index whose platforms are being filled; a failed
+// download and fill show with their error once over.
+func TestAPIActivity(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	multi := up.SeedMultiArch(t, "library/multi", "v1", fixture.OCI, fixture.WithLayerSize(64<<10))
+	m := servertest.Start(t, up.URL())
+	layer := multi.Platforms["linux/arm64"].Layers[len(multi.Platforms["linux/arm64"].Layers)-1]
+	gate := up.GateBlob(layer, 1000)
+	t.Cleanup(gate.Open)
+	if a := send(t, http.MethodGet, m.URL()+"/v2/library/multi/manifests/v1", "", map[string]string{"Accept": manifestAccept}); a.status != 200 {
+		t.Fatalf("pull: %d", a.status)
+	}
+	<-gate.Reached()
+	s := getJSON[status.Status](t, m.URL()+"/api/v1/status", nil)
+	var found *proxy.Download
+	for i, d := range s.Downloads {
+		if d.Digest.String() == layer {
+			found = &s.Downloads[i]
+		}
+	}
+	if found == nil || found.Written > 1000 || (found.Size != -1 && found.Size <= 1000) || found.Upstream != "docker.io" || found.Repo != "library/multi" {
+		t.Errorf("downloads %+v: want %s held at 1000 bytes", s.Downloads, layer)
+	}
+	if len(s.FillQueue) != 1 || s.FillQueue[0].Digest.String() != multi.Digest || s.FillQueue[0].Repo != "library/multi" {
+		t.Errorf("fill queue %+v", s.FillQueue)
+	}
+	if page := send(t, http.MethodGet, m.URL()+"/", "", nil); !strings.Contains(string(page.body), `<code title="`+layer+`">`) {
+		t.Errorf("the page does not list the download")
+	}
+	gate.Open()
+	m.WaitIdle()
+	if s := getJSON[status.Status](t, m.URL()+"/api/v1/status", nil); len(s.Downloads) != 0 || len(s.FillQueue) != 0 || len(s.Failures) != 0 {
+		t.Errorf("after the fill: downloads %+v, queue %+v, failures %+v", s.Downloads, s.FillQueue, s.Failures)
+	}
+
+	other := up.SeedMultiArch(t, "library/other", "v1", fixture.OCI)
+	bad := other.Platforms["linux/amd64"].Config
+	up.SetFault(fixture.Fault{PathContains: bad, Status: http.StatusInternalServerError, Message: "disk on fire"})
+	send(t, http.MethodGet, m.URL()+"/v2/library/other/manifests/v1", "", map[string]string{"Accept": manifestAccept})
+	m.WaitIdle()
+	s = getJSON[status.Status](t, m.URL()+"/api/v1/status", nil)
+	kinds := map[string]bool{}
+	for _, f := range s.Failures {
+		if strings.Contains(f.Error, "disk on fire") && f.Upstream == "docker.io" && f.Repo == "library/other" {
+			kinds[f.Kind] = true
+		}
+	}
+	if !kinds["download"] || !kinds["fill"] {
+		t.Errorf("failures %+v: want the download and the fill", s.Failures)
+	}
+}
+
+// A registry destination's state and a cluster's peers show when wired.
+func TestPageDestinationAndPeers(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	m := servertest.Start(t, up.URL())
+	down := true
+	h := status.New(status.Deps{Proxy: m.Proxy, Index: m.Index, Now: m.Clock.Now,
+		Destination:     func(context.Context) error { return errorIf(down, "destination <b>down</b>") },
+		DestinationName: "registry dest.example.com/mirror",
+		Peers:           func() []status.PeerState { return []status.PeerState{{Name: "replica-2", State: "unreachable", LastError: "dial tcp: refused"}} }})
+	t.Cleanup(h.Close)
+	hd := m.Proxy.Handler(h.Routes)
+	rec := serveGet(t, hd, "/")
+	body := rec.Body.String()
+	for _, want := range []string{"registry dest.example.com/mirror", "destination &lt;b&gt;down&lt;/b&gt;", "replica-2", "dial tcp: refused"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("page lacks %q", want)
+		}
+	}
+	var s status.Status
+	if err := json.Unmarshal(serveGet(t, hd, "/api/v1/status").Body.Bytes(), &s); err != nil {
+		t.Fatal(err)
+	}
+	if s.Destination == nil || s.Destination.Status != "unreachable" || len(s.Peers) != 1 {
+		t.Errorf("destination %+v, peers %+v", s.Destination, s.Peers)
+	}
+	// Checked again once its result is 15s old.
+	down = false
+	m.Clock.Advance(16 * time.Second)
+	if err := json.Unmarshal(serveGet(t, hd, "/api/v1/status").Body.Bytes(), &s); err != nil || s.Destination.Status != "ok" {
+		t.Errorf("destination back: %+v %v", s.Destination, err)
+	}
+}
+
+func errorIf(b bool, msg string) error {
+	if b {
+		return errors.New(msg)
+	}
+	return nil
 }
