@@ -43,6 +43,8 @@ type catalogSnapshot struct {
 	// search is each image's lower-cased name and tags, for filtering.
 	search map[*Image]string
 	built  time.Time
+	// gen is the index's generation it was read at.
+	gen uint64
 }
 
 // catalog caches the image list: building it reads the whole index (and,
@@ -63,16 +65,19 @@ type catalog struct {
 	closed   bool
 }
 
-// get returns the current list: as it is while younger than maxAge; while
-// younger than staleFor*maxAge, as it is while a rebuild runs in the
-// background; else rebuilt first (nobody looked for a while, so the copy
-// may be far off).
+// get returns the current list: as it is while younger than maxAge or
+// while the index has not changed since it was read; while younger than
+// staleFor*maxAge, as it is while a rebuild runs in the background; else
+// rebuilt first (nobody looked for a while, so the copy may be far off).
 func (c *catalog) get(ctx context.Context) (*catalogSnapshot, error) {
 	c.mu.Lock()
 	cur := c.cur
 	var age time.Duration
 	if cur != nil {
 		age = c.now().Sub(cur.built)
+		if gen, err := c.index.Generation(); err == nil && gen == cur.gen {
+			age = 0 // nothing changed: as good as new
+		}
 	}
 	if cur != nil && age >= c.maxAge && age < staleFor*c.maxAge && c.building == nil && !c.closed {
 		ch := c.startLocked()
@@ -87,6 +92,14 @@ func (c *catalog) get(ctx context.Context) (*catalogSnapshot, error) {
 
 // staleFor is how many times maxAge a list is served while it is rebuilt.
 const staleFor = 4
+
+// peek returns the current list without reading it again (nil if it was
+// never read): for figures that may lag, such as the image count.
+func (c *catalog) peek() *catalogSnapshot {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cur
+}
 
 // refresh builds the list now (or waits for the build running) and
 // returns it: after an action, the page must show its effect.
@@ -143,6 +156,10 @@ func (c *catalog) close() {
 // load reads the images, their pull counts and referrers, and sorts them.
 func (c *catalog) load(ctx context.Context) (*catalogSnapshot, error) {
 	built := c.now()
+	gen, err := c.index.Generation() // before reading: a write meanwhile makes it stale
+	if err != nil {
+		return nil, err
+	}
 	images, err := c.list.Images(ctx)
 	if err != nil {
 		return nil, err
@@ -164,7 +181,7 @@ func (c *catalog) load(ctx context.Context) (*catalogSnapshot, error) {
 			tags[key{im.Upstream, im.Repo, t}] = true
 		}
 	}
-	s := &catalogSnapshot{search: make(map[*Image]string, len(images)), built: built}
+	s := &catalogSnapshot{search: make(map[*Image]string, len(images)), built: built, gen: gen}
 	all := make([]Image, len(images))
 	for i, im := range images {
 		row := &all[i]

@@ -107,9 +107,13 @@ func (h *Handler) overviewPage(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	pg, err := h.images(r)
-	if err != nil {
-		return err
+	// The script's refresh (?live=1) swaps in the live part only: the
+	// image list is not looked at.
+	var pg Page
+	if r.URL.Query().Get("live") == "" {
+		if pg, err = h.images(r); err != nil {
+			return err
+		}
 	}
 	return render(w, r, "overview", view{Title: "docker-mirror", Status: s, Page: pg, now: s.Now})
 }

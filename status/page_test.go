@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -176,5 +177,69 @@ func TestSignedAttested(t *testing.T) {
 		if got[k] != v {
 			t.Errorf("%s: signed, attested = %s, want %s", k, got[k], v)
 		}
+	}
+}
+
+// counting is a Lister that counts its reads.
+type counting struct {
+	listed
+	mu sync.Mutex
+	n  int
+}
+
+func (c *counting) Images(ctx context.Context) ([]lifecycle.Image, error) {
+	c.mu.Lock()
+	c.n++
+	c.mu.Unlock()
+	return c.listed.Images(ctx)
+}
+
+func (c *counting) reads() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n
+}
+
+// The image list is read once, and again only once the index changed and
+// the copy is older than ImagesMaxAge: in the background while it is less
+// than 4 times that old, before answering after. The page's refresh does
+// not read it.
+func TestImageListCache(t *testing.T) {
+	l := &counting{listed: synthetic(3)}
+	up := fixture.StartUpstream(t)
+	m := servertest.Start(t, up.URL())
+	h := status.New(status.Deps{Proxy: m.Proxy, Index: m.Index, Lister: l, Now: m.Clock.Now, ImagesMaxAge: time.Minute})
+	hd := m.Proxy.Handler(h.Routes)
+	write := func() {
+		if err := m.Index.Pin(digest.FromString(time.Now().String()).String(), storage.PinRecord{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	serveGet(t, hd, "/api/v1/images")
+	serveGet(t, hd, "/")
+	if n := l.reads(); n != 1 {
+		t.Fatalf("%d reads, want 1", n)
+	}
+	m.Clock.Advance(2 * time.Minute) // old, but nothing changed
+	serveGet(t, hd, "/api/v1/images")
+	if n := l.reads(); n != 1 {
+		t.Fatalf("unchanged index: %d reads, want 1", n)
+	}
+	write()
+	serveGet(t, hd, "/?live=1")
+	serveGet(t, hd, "/api/v1/status")
+	if n := l.reads(); n != 1 {
+		t.Fatalf("the refresh read the list: %d reads", n)
+	}
+	serveGet(t, hd, "/api/v1/images") // answered from the copy; read again in the background
+	h.Close()                         // waits for that read
+	if n := l.reads(); n != 2 {
+		t.Fatalf("changed index: %d reads, want 2", n)
+	}
+	write()
+	m.Clock.Advance(5 * time.Minute)
+	serveGet(t, hd, "/api/v1/images") // far out of date: read before answering
+	if n := l.reads(); n != 3 {
+		t.Fatalf("far out of date: %d reads, want 3", n)
 	}
 }

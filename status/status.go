@@ -58,8 +58,8 @@ type Deps struct {
 	Peers func() []PeerState
 	// Now is the clock (default time.Now).
 	Now func() time.Time
-	// ImagesMaxAge is how long the image list is reused before it is read
-	// again (default 15s).
+	// ImagesMaxAge is how long the image list is reused, once the index
+	// has changed, before it is read again (default 30s).
 	ImagesMaxAge time.Duration
 }
 
@@ -77,7 +77,7 @@ func New(d Deps) *Handler {
 		d.Now = time.Now
 	}
 	if d.ImagesMaxAge <= 0 {
-		d.ImagesMaxAge = 15 * time.Second
+		d.ImagesMaxAge = 30 * time.Second
 	}
 	var l Lister = IndexLister{Index: d.Index}
 	if d.Collector != nil {
@@ -188,9 +188,11 @@ func (h *Handler) status(ctx context.Context, r *http.Request) (*Status, error) 
 	if s.Jobs == nil {
 		s.Jobs = []*storage.Job{}
 	}
-	cat, err := h.catalog.get(ctx)
-	if err != nil {
-		return nil, err
+	cat := h.catalog.peek()
+	if cat == nil {
+		if cat, err = h.catalog.get(ctx); err != nil {
+			return nil, err
+		}
 	}
 	s.Images = len(cat.byName)
 	return s, nil

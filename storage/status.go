@@ -134,3 +134,15 @@ func (ix *Index) ReferrerTypes() (map[string][]string, error) {
 	})
 	return out, err
 }
+
+// Generation changes whenever the index is written (it is bbolt's ID of
+// the last committed write transaction): a reader that built something
+// from the index can tell, cheaply, whether it may be out of date.
+func (ix *Index) Generation() (uint64, error) {
+	var gen uint64
+	err := ix.db.View(func(tx *bolt.Tx) error {
+		gen = uint64(tx.ID())
+		return nil
+	})
+	return gen, err
+}

@@ -63,3 +63,24 @@ func TestReferrerTypes(t *testing.T) {
 		t.Errorf("ReferrerTypes: %v %v, want %v", got, err, want)
 	}
 }
+
+// The generation changes with every write, not with reads.
+func TestGeneration(t *testing.T) {
+	ix := newIndex(t)
+	g0, err := ix.Generation()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := ix.Tag("docker.io", "library/a", "1"); err != nil {
+		t.Fatal(err)
+	}
+	if g, _ := ix.Generation(); g != g0 {
+		t.Errorf("a read changed the generation: %d, %d", g0, g)
+	}
+	if err := ix.Pin(digest.FromString("x").String(), storage.PinRecord{}); err != nil {
+		t.Fatal(err)
+	}
+	if g, _ := ix.Generation(); g == g0 {
+		t.Errorf("a write left the generation at %d", g)
+	}
+}

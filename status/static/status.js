@@ -16,7 +16,11 @@
   // refresh re-reads the page and swaps in its live part (health,
   // upstreams, downloads, jobs, failures); the image list and forms stay.
   async function refresh(all) {
-    const resp = await fetch(location.href, { headers: { Accept: "text/html" }, cache: "no-store" });
+    const url = new URL(location.href);
+    if (!all) {
+      url.searchParams.set("live", "1"); // the live part only: the image list is not read
+    }
+    const resp = await fetch(url, { headers: { Accept: "text/html" }, cache: "no-store" });
     if (!resp.ok) {
       return;
     }

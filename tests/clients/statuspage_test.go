@@ -296,9 +296,9 @@ func TestStatusPageBrowser(t *testing.T) {
 	if !strings.Contains(notice, jobs[0].ID) {
 		t.Errorf("notice %q does not name job %s", notice, jobs[0].ID)
 	}
-	// The image list is read again once it is older than 4 times its
-	// maximum age (15s): a while later.
-	m.Clock.Advance(time.Minute)
+	// The index changed: the image list is read again before answering
+	// once it is older than 4 times its maximum age (30s).
+	m.Clock.Advance(3 * time.Minute)
 	do(t, tab, chromedp.Reload(), chromedp.WaitVisible(chromedp.CSS(`li.job[data-job="`+jobs[0].ID+`"]`)))
 	newState := run(t, tab, chromedp.Text(chromedp.CSS(`li.job[data-job="`+jobs[0].ID+`"] > .badge`)))
 	images = run(t, tab, chromedp.Text(chromedp.CSS("#image-list")))
