@@ -282,6 +282,15 @@ func (h *Handler) action(w http.ResponseWriter, r *http.Request) error {
 	res := ActionResult{Action: action, Image: req.Upstream + "/" + req.Repo + "@" + req.Digest.String()}
 	switch action {
 	case "pin":
+		// Only what the cache holds: a pin of anything else would list a
+		// missing image.
+		linked, err := h.d.Index.Linked(req.Upstream, req.Repo, req.Digest)
+		if err != nil {
+			return err
+		}
+		if !linked {
+			return errcode.New(errcode.ManifestUnknown, "%s is not cached", res.Image)
+		}
 		if err := h.d.Index.Pin(req.Digest.String(), storage.PinRecord{PinnedAt: h.d.Now(), Reason: "admin"}); err != nil {
 			return err
 		}

@@ -317,6 +317,14 @@ func TestStatusPageBrowser(t *testing.T) {
 	if len(actions) != 0 || len(forms) != 0 || !strings.Contains(login, "Sign in") {
 		t.Errorf("anonymous page: %d action buttons, %d prefetch forms, login %q", len(actions), len(forms), login)
 	}
+	// On a phone's screen the page fits its width (wide tables scroll in
+	// their own box), and so does an image's page.
+	for _, path := range []string{"/", "/images/docker.io/library/webapp"} {
+		do(t, anon, chromedp.EmulateViewport(390, 844), chromedp.Navigate(m.URL()+path), chromedp.WaitVisible(chromedp.CSS("main")))
+		if w := run(t, anon, chromedp.Evaluate[int]("document.documentElement.scrollWidth")); w > 390 {
+			t.Errorf("%s on a 390px wide screen is %dpx wide", path, w)
+		}
+	}
 	if e := errs.take(); len(e) > 0 {
 		t.Errorf("the page reported errors:\n%s", strings.Join(e, "\n"))
 	}
