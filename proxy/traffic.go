@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -56,14 +57,19 @@ type Traffic struct {
 
 // traffic keeps cumulative counters and, once a minute, a copy of them,
 // so that any recent window is a difference of two copies: no per-request
-// allocation, and an hour costs 60 copies.
+// allocation, and an hour costs 60 copies. Counting is atomic: a request
+// takes the lock only to make the minute's copy.
 type traffic struct {
-	mu      sync.Mutex
-	start   time.Time
-	total   Counts
+	start time.Time
+	requests, hits, misses,
+	bytesFromCache, bytesFromUpstream atomic.Int64
 	fetched func() int64 // bytes received from the upstreams so far
-	// marks are copies of total at minute boundaries, oldest first, none
-	// older than trafficWindow.
+	// lastMark is when the newest copy was made (UnixNano; 0: none yet).
+	lastMark atomic.Int64
+
+	mu sync.Mutex
+	// marks are copies of the counters at minute boundaries, oldest
+	// first, none older than trafficWindow but the newest.
 	marks []mark
 }
 
@@ -86,28 +92,35 @@ func (t *traffic) record(now time.Time, route, cache string, bytes int64) {
 	if notTraffic[route] {
 		return
 	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.markLocked(now)
-	t.total.Requests++
+	if last := t.lastMark.Load(); last == 0 || now.UnixNano()-last >= int64(time.Minute) {
+		t.mu.Lock()
+		t.markLocked(now)
+		t.mu.Unlock()
+	}
+	t.requests.Add(1)
 	switch cache {
 	case "":
 	case "miss":
-		t.total.Misses++
-		t.total.BytesFromUpstream += bytes
+		t.misses.Add(1)
+		t.bytesFromUpstream.Add(bytes)
 	default: // hit, revalidated, stale
-		t.total.Hits++
-		t.total.BytesFromCache += bytes
+		t.hits.Add(1)
+		t.bytesFromCache.Add(bytes)
 	}
+}
+
+// totals reads the counters (each atomically; together, nearly so).
+func (t *traffic) totals() Counts {
+	return Counts{Requests: t.requests.Load(), Hits: t.hits.Load(), Misses: t.misses.Load(),
+		BytesFromCache: t.bytesFromCache.Load(), BytesFromUpstream: t.bytesFromUpstream.Load(), BytesFetched: t.fetched()}
 }
 
 // markLocked keeps a copy of the counters each minute and drops the
 // copies older than the window.
 func (t *traffic) markLocked(now time.Time) {
 	if n := len(t.marks); n == 0 || now.Sub(t.marks[n-1].at) >= time.Minute {
-		c := t.total
-		c.BytesFetched = t.fetched()
-		t.marks = append(t.marks, mark{at: now, c: c})
+		t.marks = append(t.marks, mark{at: now, c: t.totals()})
+		t.lastMark.Store(now.UnixNano())
 	}
 	i := 0
 	for i < len(t.marks)-1 && now.Sub(t.marks[i].at) > trafficWindow {
@@ -121,8 +134,7 @@ func (t *traffic) snapshot(now time.Time) Traffic {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.markLocked(now)
-	total := t.total
-	total.BytesFetched = t.fetched()
+	total := t.totals()
 	out := Traffic{SinceStart: total, LastHour: total}
 	// The oldest copy within the hour; with none, since start.
 	if m := t.marks[0]; now.Sub(m.at) <= trafficWindow && m.at.After(t.start) {
