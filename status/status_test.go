@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	"github.com/docker-mirror/docker-mirror/lifecycle"
 	"github.com/docker-mirror/docker-mirror/proxy"
 	"github.com/docker-mirror/docker-mirror/proxy/access"
+	"github.com/docker-mirror/docker-mirror/server"
 	"github.com/docker-mirror/docker-mirror/status"
 	"github.com/docker-mirror/docker-mirror/storage"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
@@ -503,4 +505,44 @@ func errorIf(b bool, msg string) error {
 		return errors.New(msg)
 	}
 	return nil
+}
+
+// The server wires the status page to its registry destination: the
+// status says whether it answers, and it is asked again after 15s.
+func TestDestinationWiring(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	dest := fixture.StartDestination(t, nil)
+	cfg := servertest.Config(t, t.TempDir(), []servertest.Upstream{{Host: "docker.io", URL: up.URL()}})
+	cfg.Destination.URL = dest.URL() + "/mirror"
+	clock := servertest.NewClock()
+	srv, err := server.New(context.Background(), cfg, server.WithLogger(servertest.Logger()), server.WithClock(clock.Now))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	h := srv.Handler()
+	status1 := func() status.Status {
+		var s status.Status
+		rec := serveGet(t, h, "/api/v1/status")
+		if err := json.Unmarshal(rec.Body.Bytes(), &s); err != nil {
+			t.Fatalf("%v: %s", err, rec.Body)
+		}
+		return s
+	}
+	s := status1()
+	if s.Destination == nil || s.Destination.Status != "ok" || !strings.Contains(s.Destination.Name, dest.Host()) || !strings.HasPrefix(s.Store.Kind, "registry ") {
+		t.Fatalf("destination %+v, store %+v", s.Destination, s.Store)
+	}
+	// The destination collects its own garbage: no evicting.
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/api/v1/actions/evict",
+		strings.NewReader(`{"upstream": "docker.io", "repo": "library/x", "digest": "sha256:`+strings.Repeat("0", 64)+`"}`)))
+	if rec.Code != http.StatusMethodNotAllowed {
+		t.Errorf("evict with a destination: %d %s", rec.Code, rec.Body)
+	}
+	dest.Stop()
+	clock.Advance(16 * time.Second)
+	if s = status1(); s.Destination.Status != "unreachable" || s.Destination.Error == "" {
+		t.Errorf("stopped destination: %+v", s.Destination)
+	}
 }
