@@ -119,27 +119,8 @@ func (c *Collector) evict(ctx context.Context, maxSize int64, evictAfter time.Du
 		if c.opts.DryRun {
 			continue
 		}
-		for _, tag := range e.Tags {
-			if _, err := c.index.DeleteTagIf(e.Upstream, e.Repo, tag, e.Digest); err != nil {
-				return r, false, fmt.Errorf("evicting %s:%s: %w", e.Name(), tag, err)
-			}
-		}
-		for _, a := range e.artifactTags {
-			// Its signatures' tags go with it, unless a kept image keeps them.
-			if m.refs[a.key.digest] == 0 {
-				if _, err := c.index.DeleteTagIf(a.key.upstream, a.key.repo, a.tag, a.key.digest); err != nil {
-					return r, false, fmt.Errorf("evicting %s:%s: %w", e.Name(), a.tag, err)
-				}
-			}
-		}
-		for i, k := range e.roots {
-			// The image's own state goes; a folded child's only if no
-			// kept image lists the child.
-			if _, ok := m.mirrors[k]; ok && (i == 0 || m.refs[k.digest] == 0) {
-				if err := c.index.DeleteFill(k.upstream, k.repo, k.digest); err != nil {
-					return r, false, fmt.Errorf("evicting %s@%s: %w", e.Name(), k.digest, err)
-				}
-			}
+		if err := c.remove(m, e); err != nil {
+			return r, false, err
 		}
 	}
 	r.ImagesEvicted = len(victims)
@@ -174,4 +155,31 @@ func (c *Collector) mirroring(m *model, e *entry, now time.Time) bool {
 		}
 	}
 	return false
+}
+
+// remove takes an evicted image out of the index: its tags, its
+// signatures' tags unless a kept image keeps them, and its mirror records
+// (a folded child's only if no kept image lists it). m.refs must already
+// count the image out.
+func (c *Collector) remove(m *model, e *entry) error {
+	for _, tag := range e.Tags {
+		if _, err := c.index.DeleteTagIf(e.Upstream, e.Repo, tag, e.Digest); err != nil {
+			return fmt.Errorf("evicting %s:%s: %w", e.Name(), tag, err)
+		}
+	}
+	for _, a := range e.artifactTags {
+		if m.refs[a.key.digest] == 0 {
+			if _, err := c.index.DeleteTagIf(a.key.upstream, a.key.repo, a.tag, a.key.digest); err != nil {
+				return fmt.Errorf("evicting %s:%s: %w", e.Name(), a.tag, err)
+			}
+		}
+	}
+	for i, k := range e.roots {
+		if _, ok := m.mirrors[k]; ok && (i == 0 || m.refs[k.digest] == 0) {
+			if err := c.index.DeleteFill(k.upstream, k.repo, k.digest); err != nil {
+				return fmt.Errorf("evicting %s@%s: %w", e.Name(), k.digest, err)
+			}
+		}
+	}
+	return nil
 }

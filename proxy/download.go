@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -88,6 +89,8 @@ type download struct {
 	verified bool
 	err      error
 	finished chan struct{} // closed once stored (or failed) and gone from the registry
+	// begun is when the download started, for its rate (status page).
+	begun time.Time
 }
 
 // notify wakes readers; callers hold dl.mu.
@@ -329,7 +332,7 @@ func (p *Proxy) newDownload(ctx context.Context, t target, dgst digest.Digest, w
 		return nil, nil, p.noteFull(fmt.Errorf("spooling blob: %w", err))
 	}
 	fctx, cancel := p.detach(ctx, p.fillTimeout)
-	dl := &download{dgst: dgst, path: f.Name(), t: t, limit: p.maxBlobSize, cancel: cancel, wants: 1,
+	dl := &download{dgst: dgst, path: f.Name(), t: t, limit: p.maxBlobSize, cancel: cancel, wants: 1, begun: p.now(),
 		changed: make(chan struct{}), finished: make(chan struct{})}
 	if w.size >= 0 && w.size <= dl.limit {
 		dl.limit, dl.declared = w.size, true
@@ -421,6 +424,7 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 			return
 		}
 		p.log.Warn("blob download failed", "upstream", t.host(), "repo", t.repo, "digest", dl.dgst, "error", err)
+		p.noteFailure("download", t, dl.dgst.String(), err)
 	}
 
 	body, size, err := t.up.Blob(ctx, t.repo, dl.dgst, 0)

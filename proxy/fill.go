@@ -67,6 +67,7 @@ func (p *Proxy) enqueueFill(ctx context.Context, t target, dgst digest.Digest) {
 		if err != nil {
 			p.log.Warn("background fill incomplete; it resumes on the next pull or restart",
 				"upstream", t.host(), "repo", t.repo, "digest", dgst, "error", err)
+			p.noteFailure("fill", t, dgst.String(), err)
 		}
 		return err
 	})

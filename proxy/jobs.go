@@ -115,6 +115,7 @@ func (p *Proxy) runJob(ctx context.Context, job *storage.Job) {
 				}
 				failed = true
 				p.log.Warn("prefetch failed", "job", job.ID, "image", job.Images[i].Image, "error", err)
+				p.noteFailure("prefetch", target{}, job.Images[i].Image, err)
 				p.setImage(job, i, func(img *storage.JobImage) { img.State, img.Error = storage.JobFailed, err.Error() })
 			}
 		}

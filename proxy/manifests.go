@@ -69,6 +69,7 @@ func (p *Proxy) manifest(w http.ResponseWriter, r *http.Request) error {
 	if r.Method == http.MethodHead {
 		return nil
 	}
+	p.index.CountPull(m.digest)
 	_, err = w.Write(m.body)
 	return err
 }

@@ -73,6 +73,11 @@ type Proxy struct {
 	// maxJobImages bounds the images of one prefetch job.
 	maxJobImages int
 
+	// traffic and failures are what the status page shows of the
+	// proxy's work (status.go).
+	traffic  *traffic
+	failures *failureLog
+
 	// stop is closed by Close; it cancels every background fill.
 	stop      chan struct{}
 	closeOnce sync.Once
@@ -248,6 +253,7 @@ func New(store storage.Store, index *storage.Index, upstreams []*upstream.Client
 	if p.metrics == nil {
 		p.metrics = metrics.New()
 	}
+	p.traffic, p.failures = newTraffic(p.now(), p.bytesFetched), &failureLog{}
 	p.metrics.Register(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "docker_mirror_mirror_queue_length", Help: "Background mirror jobs queued or running.",

@@ -35,8 +35,9 @@ const cacheNone = "none"
 const routeMetrics = "metrics"
 
 // Handler returns the HTTP handler of the proxy: the route table, with the
-// access level of each route.
-func (p *Proxy) Handler() http.Handler {
+// access level of each route. Each of extra adds routes of another
+// package (the status page) to the table; use Serve to wrap them.
+func (p *Proxy) Handler(extra ...func(*mux.Router)) http.Handler {
 	r := mux.NewRouter()
 	r.UseEncodedPath()
 	pull, admin := access.Puller, access.Admin
@@ -53,7 +54,7 @@ func (p *Proxy) Handler() http.Handler {
 	r.Handle("/v2/{name:.+}/blobs/{digest}", p.serve("blob", pull, p.blob)).Methods(http.MethodGet, http.MethodHead)
 	r.Handle("/v2/{name:.+}/tags/list", p.serve("tags", pull, p.tags)).Methods(http.MethodGet, http.MethodHead)
 	r.Handle("/v2/{name:.+}/referrers/{digest}", p.serve("referrers", pull, p.referrers)).Methods(http.MethodGet, http.MethodHead)
-	r.Handle("/prefetch", p.serve("prefetch", admin, p.postPrefetch)).Methods(http.MethodPost)
+	r.Handle("/prefetch", p.serve("prefetch", admin, sameOrigin(p.postPrefetch))).Methods(http.MethodPost)
 	r.Handle("/prefetch", p.serve("prefetch", admin, p.listPrefetch)).Methods(http.MethodGet)
 	r.Handle("/prefetch/{id}", p.serve("prefetch", admin, p.getPrefetch)).Methods(http.MethodGet)
 	r.Handle("/healthz", p.serve("healthz", access.Anyone, func(w http.ResponseWriter, _ *http.Request) error {
@@ -66,6 +67,9 @@ func (p *Proxy) Handler() http.Handler {
 		metrics.ServeHTTP(w, r)
 		return nil
 	})).Methods(http.MethodGet)
+	for _, add := range extra {
+		add(r)
+	}
 	r.NotFoundHandler = p.serve("notfound", pull, func(w http.ResponseWriter, r *http.Request) error {
 		return errcode.New(errcode.NameUnknown, "no such endpoint: %s %s", r.Method, r.URL.Path).WithStatus(http.StatusNotFound)
 	})
@@ -154,6 +158,7 @@ func (p *Proxy) serve(route string, level access.Level, h handlerFunc) http.Hand
 		elapsed := time.Since(start)
 		attrs = append(attrs, "status", rec.status, "bytes", rec.bytes, "duration", elapsed)
 		c := rec.Header().Get(cacheHeader)
+		p.traffic.record(p.now(), route, c, rec.bytes)
 		attrs = append(attrs, "cache", c)
 		if c != cacheNone {
 			p.metrics.Cache.WithLabelValues(route, c).Inc()

@@ -25,6 +25,7 @@ import (
 	"github.com/docker-mirror/docker-mirror/metrics"
 	"github.com/docker-mirror/docker-mirror/proxy"
 	"github.com/docker-mirror/docker-mirror/proxy/access"
+	statuspage "github.com/docker-mirror/docker-mirror/status"
 	"github.com/docker-mirror/docker-mirror/storage"
 )
 
@@ -44,6 +45,8 @@ type Server struct {
 	// Collector runs the cache lifecycle; nil with a destination registry,
 	// which collects its own garbage.
 	Collector *lifecycle.Collector
+	// Status is the status page and its JSON API.
+	Status *statuspage.Handler
 	// storeName says which store, for the start-up line.
 	storeName string
 	// certs serves the TLS certificate, if there is one: loaded by New,
@@ -184,12 +187,13 @@ func New(ctx context.Context, cfg config.Config, opts ...Option) (_ *Server, err
 	if err != nil {
 		return nil, err
 	}
+	s.Status = newStatus(s)
 	return s, nil
 }
 
-// Handler is the HTTP handler of the registry API, prefetch, health and
-// metrics.
-func (s *Server) Handler() http.Handler { return s.Proxy.Handler() }
+// Handler is the HTTP handler of the registry API, prefetch, health,
+// metrics and the status page.
+func (s *Server) Handler() http.Handler { return s.Proxy.Handler(s.Status.Routes) }
 
 // Start resumes the fills and prefetch jobs an earlier run left unfinished
 // and starts the configured sync; all stop when ctx ends.
@@ -308,6 +312,9 @@ func upstreamURLs(cfg config.Config) []string {
 // Close stops the proxy's background work, waits for what Start and
 // Serve began (their context must have ended), and closes the index.
 func (s *Server) Close() error {
+	if s.Status != nil {
+		s.Status.Close()
+	}
 	if s.Proxy != nil {
 		s.Proxy.Close()
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/docker-mirror/docker-mirror/proxy"
 	"github.com/docker-mirror/docker-mirror/proxy/access"
 	"github.com/docker-mirror/docker-mirror/proxy/upstream"
+	statuspage "github.com/docker-mirror/docker-mirror/status"
 	"github.com/docker-mirror/docker-mirror/storage"
 	"github.com/docker-mirror/docker-mirror/storage/destination"
 )
@@ -228,4 +229,17 @@ func proxyAddr(p string) string {
 		return ""
 	}
 	return net.JoinHostPort(u.Hostname(), port)
+}
+
+// newStatus makes the status page of a server: its store, the disk of its
+// data directory, its registry destination if it has one. Peers is nil
+// until a cluster is wired (package cluster sets it).
+func newStatus(s *Server) *statuspage.Handler {
+	cfg := s.cfg
+	d := statuspage.Deps{Proxy: s.Proxy, Index: s.Index, Collector: s.Collector, Version: s.opts.version,
+		StoreKind: s.storeName, MaxSize: int64(cfg.MaxSize), DataDir: cfg.Data, Now: s.opts.now}
+	if cfg.Destination.URL != "" {
+		d.Destination, d.DestinationName = s.Proxy.Ready, s.storeName
+	}
+	return statuspage.New(d)
 }

@@ -35,6 +35,8 @@ type Index struct {
 	// onGrow, if set, is told the new stored size after each write that
 	// adds content (OnGrow).
 	onGrow atomic.Pointer[func(int64)]
+	// pulls batches pull counts (status.go).
+	pulls pullCounter
 }
 
 var (
@@ -447,8 +449,12 @@ func (ix *Index) Touch(dgst digest.Digest, t time.Time) {
 	ix.mu.Unlock()
 }
 
-// Flush writes the access times noted by Touch.
+// Flush writes the access times noted by Touch and the pulls counted by
+// CountPull.
 func (ix *Index) Flush() error {
+	if err := ix.flushPulls(); err != nil {
+		return err
+	}
 	ix.mu.Lock()
 	pending := ix.accessed
 	ix.accessed = map[digest.Digest]time.Time{}

@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -63,6 +64,8 @@ type Client struct {
 	// guard, if set, is the dial guard of base, to which the token realm
 	// of the upstream's own challenge on its own host is added.
 	guard *Guard
+	// health is what State reports.
+	health health
 }
 
 type refusal struct {
@@ -143,6 +146,7 @@ func New(host, rawURL string, opts ...Option) (*Client, error) {
 		now:        time.Now,
 		timeout:    DefaultTimeout,
 	}
+	c.health.remaining, c.health.rateLimit = -1, -1
 	for _, o := range opts {
 		o(c)
 	}
@@ -348,19 +352,28 @@ func (c *Client) do(ctx context.Context, repo string, req *http.Request, r call,
 	}
 	t, err := c.transport(ctx, repo)
 	if err != nil {
+		if ctx.Err() == nil {
+			c.noteAnswer(nil, err)
+		}
 		return nil, err
 	}
 	resp, err := c.send(ctx, t, req, r)
 	if err != nil {
+		if ctx.Err() == nil {
+			c.noteAnswer(nil, err)
+		}
 		return nil, err
 	}
 	for _, s := range ok {
 		if resp.StatusCode == s {
+			c.noteAnswer(resp, nil)
 			return resp, nil
 		}
 	}
 	defer resp.Body.Close()
-	return nil, c.statusError(resp, r)
+	err = c.statusError(resp, r)
+	c.noteAnswer(resp, err)
+	return nil, err
 }
 
 // errTimeout ends a request whose answer took longer than the timeout.
@@ -387,14 +400,22 @@ func (c *Client) send(ctx context.Context, t http.RoundTripper, req *http.Reques
 		}
 		return nil, c.transportError(r, err)
 	}
-	resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
+	resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel, received: &c.health.received}
 	return resp, nil
 }
 
-// cancelOnClose releases a request's context with its body.
+// cancelOnClose releases a request's context with its body, and counts
+// the bytes read for State.
 type cancelOnClose struct {
 	io.ReadCloser
-	cancel context.CancelCauseFunc
+	cancel   context.CancelCauseFunc
+	received *atomic.Int64
+}
+
+func (b *cancelOnClose) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.received.Add(int64(n))
+	return n, err
 }
 
 func (b *cancelOnClose) Close() error {

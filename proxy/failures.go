@@ -1,0 +1,57 @@
+package proxy
+
+import (
+	"sync"
+	"time"
+)
+
+// maxFailures is how many recent failures the status page keeps.
+const maxFailures = 50
+
+// Failure is a background fill, blob download or prefetch that failed.
+type Failure struct {
+	At time.Time `json:"at"`
+	// Kind is "fill", "download" or "prefetch".
+	Kind     string `json:"kind"`
+	Upstream string `json:"upstream,omitempty"`
+	Repo     string `json:"repo,omitempty"`
+	// What names the content: a digest or an image reference.
+	What  string `json:"what"`
+	Error string `json:"error"`
+}
+
+// failureLog keeps the latest failures, newest last.
+type failureLog struct {
+	mu   sync.Mutex
+	list []Failure
+}
+
+func (l *failureLog) note(f Failure) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.list) == maxFailures {
+		copy(l.list, l.list[1:])
+		l.list = l.list[:maxFailures-1]
+	}
+	l.list = append(l.list, f)
+}
+
+// recent returns the failures, newest first.
+func (l *failureLog) recent() []Failure {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make([]Failure, len(l.list))
+	for i, f := range l.list {
+		out[len(out)-1-i] = f
+	}
+	return out
+}
+
+// noteFailure records a failure for the status page.
+func (p *Proxy) noteFailure(kind string, t target, what string, err error) {
+	f := Failure{At: p.now(), Kind: kind, Repo: t.repo, What: what, Error: err.Error()}
+	if t.up != nil {
+		f.Upstream = t.host()
+	}
+	p.failures.note(f)
+}

@@ -1,0 +1,105 @@
+package upstream
+
+import (
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// State is how an upstream is doing, as the status page shows it: read
+// with Client.State, a copy.
+type State struct {
+	// Host is the name clients use, e.g. docker.io; URL where it is reached.
+	Host string `json:"host"`
+	URL  string `json:"url"`
+	// BackoffUntil, if in the future, is when the rate-limiting upstream
+	// is asked again (its Retry-After).
+	BackoffUntil time.Time `json:"backoff_until,omitzero"`
+	// Unreachable: the last request got no answer (network error or
+	// timeout), and none has succeeded since.
+	Unreachable bool `json:"unreachable"`
+	// LastError is the last failed request's error, and when.
+	LastError   string    `json:"last_error,omitempty"`
+	LastErrorAt time.Time `json:"last_error_at,omitzero"`
+	// LastOK is when the upstream last answered a request as expected.
+	LastOK time.Time `json:"last_ok,omitzero"`
+	// RateLimitRemaining and RateLimitLimit are the last RateLimit-Remaining
+	// and RateLimit-Limit headers (Docker Hub: pulls left in the window);
+	// -1 when the upstream never sent them.
+	RateLimitRemaining int64 `json:"ratelimit_remaining"`
+	RateLimitLimit     int64 `json:"ratelimit_limit"`
+	// BytesReceived counts the response body bytes read from it.
+	BytesReceived int64 `json:"bytes_received"`
+}
+
+// health is what a Client notes of its requests for State.
+type health struct {
+	mu                   sync.Mutex
+	unreachable          bool
+	lastErr              string
+	lastErrAt, lastOK    time.Time
+	remaining, rateLimit int64
+	received             atomic.Int64
+}
+
+// State returns how the upstream is doing.
+func (c *Client) State() State {
+	c.retryMu.Lock()
+	until := c.retryAt
+	c.retryMu.Unlock()
+	h := &c.health
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	s := State{
+		Host: c.host, URL: c.scheme + "://" + c.registry.RegistryStr(),
+		Unreachable: h.unreachable, LastError: h.lastErr, LastErrorAt: h.lastErrAt, LastOK: h.lastOK,
+		RateLimitRemaining: h.remaining, RateLimitLimit: h.rateLimit, BytesReceived: h.received.Load(),
+	}
+	if until.After(c.now()) {
+		s.BackoffUntil = until
+	}
+	return s
+}
+
+// noteAnswer records a request's outcome: resp is the upstream's answer
+// (nil if none came), err the request's error (nil: an expected answer).
+// A 404 is an answer like any other: the upstream is fine.
+func (c *Client) noteAnswer(resp *http.Response, err error) {
+	h := &c.health
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if resp != nil {
+		if v, ok := rateLimitHeader(resp.Header.Get("RateLimit-Remaining")); ok {
+			h.remaining = v
+		}
+		if v, ok := rateLimitHeader(resp.Header.Get("RateLimit-Limit")); ok {
+			h.rateLimit = v
+		}
+	}
+	if err == nil || errors.Is(err, ErrNotFound) {
+		h.unreachable, h.lastOK = false, c.now()
+		return
+	}
+	// No answer at all: a network error or a timeout (an Error without a
+	// status); a refused token or a 429 in the handshake is an answer.
+	var ue *Error
+	h.unreachable = resp == nil && errors.As(err, &ue) && ue.Status == 0 && errors.Is(err, ErrUnavailable)
+	h.lastErr, h.lastErrAt = err.Error(), c.now()
+}
+
+// rateLimitHeader parses a "76;w=21600" rate-limit header value.
+func rateLimitHeader(v string) (int64, bool) {
+	if v == "" {
+		return 0, false
+	}
+	first, _, _ := strings.Cut(v, ";")
+	n, err := strconv.ParseInt(strings.TrimSpace(first), 10, 64)
+	return n, err == nil
+}
+
+// BytesReceived counts the response body bytes read from the upstream.
+func (c *Client) BytesReceived() int64 { return c.health.received.Load() }

@@ -1,0 +1,356 @@
+package status
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/gorilla/mux"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/docker-mirror/docker-mirror/lifecycle"
+	"github.com/docker-mirror/docker-mirror/oci"
+	"github.com/docker-mirror/docker-mirror/proxy"
+	"github.com/docker-mirror/docker-mirror/proxy/access"
+	"github.com/docker-mirror/docker-mirror/proxy/errcode"
+	"github.com/docker-mirror/docker-mirror/storage"
+)
+
+// Who may do what: everyone who may pull reads the page (no one
+// anonymous when anonymous pulls are off); admins act.
+const (
+	readLevel  = access.Puller
+	adminLevel = access.Admin
+)
+
+// Routes adds the status page's routes to the proxy's route table
+// (proxy.Proxy.Handler takes it), each through the proxy's adapter: the
+// same access check, error body, access log and metrics as the registry.
+func (h *Handler) Routes(r *mux.Router) {
+	p := h.d.Proxy
+	get := []string{http.MethodGet, http.MethodHead}
+	r.Handle("/", p.Serve("status", readLevel, h.overviewPage)).Methods(get...)
+	r.Handle("/images/{name:.+}", p.Serve("status", readLevel, h.imagePage)).Methods(get...)
+	r.Handle("/login", p.Serve("status", adminLevel, h.login)).Methods(get...)
+	r.Handle("/api/v1/status", p.Serve("api", readLevel, h.apiStatus)).Methods(get...)
+	r.Handle("/api/v1/images", p.Serve("api", readLevel, h.apiImages)).Methods(get...)
+	r.Handle("/api/v1/images/{name:.+}", p.Serve("api", readLevel, h.apiImage)).Methods(get...)
+	r.Handle("/api/v1/actions/{action:pin|unpin|evict}", p.Serve("action", adminLevel, h.action)).Methods(http.MethodPost)
+	r.PathPrefix("/ui/").Handler(p.Serve("static", access.Anyone, h.static)).Methods(get...)
+}
+
+func (h *Handler) apiStatus(w http.ResponseWriter, r *http.Request) error {
+	s, err := h.status(r.Context(), r)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, s)
+}
+
+// Paging limits of the image list.
+const (
+	defaultPageSize = 50
+	maxPageSize     = 500
+)
+
+// listQuery reads q, sort, page and n.
+func listQuery(r *http.Request) (q, sort string, page, n int, err error) {
+	v := r.URL.Query()
+	q, sort = v.Get("q"), v.Get("sort")
+	page, n = 1, defaultPageSize
+	if s := v.Get("page"); s != "" {
+		if page, err = strconv.Atoi(s); err != nil || page < 1 {
+			return "", "", 0, 0, errcode.New(errcode.PaginationNumber, "invalid page %q", s)
+		}
+	}
+	if s := v.Get("n"); s != "" {
+		if n, err = strconv.Atoi(s); err != nil || n < 1 {
+			return "", "", 0, 0, errcode.New(errcode.PaginationNumber, "invalid n %q", s)
+		}
+		n = min(n, maxPageSize)
+	}
+	switch sort {
+	case "", SortName, SortSize, SortPulled:
+	default:
+		return "", "", 0, 0, errcode.New(errcode.InvalidRequest, "invalid sort %q (want name, size or pulled)", sort)
+	}
+	return q, sort, page, n, nil
+}
+
+// images returns a page of the image list as the request asks.
+func (h *Handler) images(r *http.Request) (Page, error) {
+	q, sort, page, n, err := listQuery(r)
+	if err != nil {
+		return Page{}, err
+	}
+	cat, err := h.catalog.get(r.Context())
+	if err != nil {
+		return Page{}, err
+	}
+	return cat.page(q, sort, page, n), nil
+}
+
+func (h *Handler) apiImages(w http.ResponseWriter, r *http.Request) error {
+	pg, err := h.images(r)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, pg)
+}
+
+func (h *Handler) apiImage(w http.ResponseWriter, r *http.Request) error {
+	d, err := h.detail(r)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, d)
+}
+
+// Detail is a repository's cached images with their content.
+type Detail struct {
+	Name     string        `json:"name"`
+	Upstream string        `json:"upstream"`
+	Repo     string        `json:"repo"`
+	Images   []ImageDetail `json:"images"`
+}
+
+// ImageDetail is an image with its manifests and blobs.
+type ImageDetail struct {
+	*Image
+	Manifests []ManifestInfo `json:"manifests"`
+	Blobs     []BlobInfo     `json:"blobs"`
+	// LeftOut are the platforms of an index that are not stored.
+	LeftOut []string `json:"platforms_left_out,omitempty"`
+	// Truncated: the index lists more manifests than are shown.
+	Truncated bool `json:"truncated,omitempty"`
+}
+
+// ManifestInfo is a manifest of an image: its root, or an index entry.
+type ManifestInfo struct {
+	Digest    digest.Digest `json:"digest"`
+	MediaType string        `json:"media_type,omitempty"`
+	Platform  string        `json:"platform,omitempty"`
+	Size      int64         `json:"size"`
+	// Stored: the mirror holds it (an index entry of a platform left out
+	// is not).
+	Stored      bool      `json:"stored"`
+	FetchedAt   time.Time `json:"fetched_at,omitzero"`
+	Attestation bool      `json:"attestation,omitempty"`
+}
+
+// BlobInfo is a blob of an image, and where it came from.
+type BlobInfo struct {
+	Digest    digest.Digest `json:"digest"`
+	Size      int64         `json:"size"`
+	Stored    bool          `json:"stored"`
+	FetchedAt time.Time     `json:"fetched_at,omitzero"`
+	// From lists the upstream repositories ("host/repo") it was fetched
+	// for or confirmed in.
+	From []string `json:"from,omitempty"`
+}
+
+// maxDetailManifests bounds the index entries an image's page reads.
+const maxDetailManifests = 100
+
+// detail reads the repository the request names.
+func (h *Handler) detail(r *http.Request) (*Detail, error) {
+	name, err := url.PathUnescape(mux.Vars(r)["name"])
+	if err != nil {
+		return nil, errcode.New(errcode.NameInvalid, "invalid name")
+	}
+	cat, err := h.catalog.get(r.Context())
+	if err != nil {
+		return nil, err
+	}
+	ims := cat.repository(name)
+	if len(ims) == 0 {
+		return nil, errcode.New(errcode.NameUnknown, "no cached image %q", name)
+	}
+	d := &Detail{Name: name, Upstream: ims[0].Upstream, Repo: ims[0].Repo}
+	for _, im := range ims {
+		d.Images = append(d.Images, h.imageDetail(r.Context(), im))
+	}
+	return d, nil
+}
+
+// imageDetail reads an image's manifests; what cannot be read is shown
+// as not stored.
+func (h *Handler) imageDetail(ctx context.Context, im *Image) ImageDetail {
+	d := ImageDetail{Image: im, Manifests: []ManifestInfo{}, Blobs: []BlobInfo{}}
+	seen := map[digest.Digest]bool{}
+	addBlobs := func(m oci.Manifest) {
+		for _, b := range m.BlobDescriptors() {
+			if seen[b.Digest] {
+				continue
+			}
+			seen[b.Digest] = true
+			info := BlobInfo{Digest: b.Digest, Size: b.Size}
+			if rec, ok, _ := h.d.Index.Blob(b.Digest); ok {
+				info.Stored, info.FetchedAt = true, rec.FetchedAt
+			}
+			info.From, _ = h.d.Index.Holders(b.Digest)
+			d.Blobs = append(d.Blobs, info)
+		}
+	}
+	root := ManifestInfo{Digest: im.Digest, MediaType: im.MediaType}
+	if rec, ok, _ := h.d.Index.Manifest(im.Digest); ok {
+		root.Stored, root.Size, root.FetchedAt = true, rec.Size, rec.FetchedAt
+	}
+	d.Manifests = append(d.Manifests, root)
+	body, err := h.d.Proxy.StoredManifest(ctx, im.Upstream, im.Repo, im.Digest)
+	if err != nil {
+		return d
+	}
+	m, _, err := oci.ParseManifest(body, im.MediaType)
+	if err != nil {
+		return d
+	}
+	addBlobs(m)
+	left := map[string]bool{}
+	for i, c := range m.Manifests {
+		if i == maxDetailManifests {
+			d.Truncated = true
+			break
+		}
+		info := ManifestInfo{Digest: c.Digest, MediaType: c.MediaType, Size: c.Size, Attestation: oci.IsAttestation(c)}
+		if c.Platform != nil && !info.Attestation {
+			info.Platform = oci.PlatformString(c.Platform)
+		}
+		if rec, ok, _ := h.d.Index.Manifest(c.Digest); ok {
+			info.Stored, info.FetchedAt = true, rec.FetchedAt
+			if body, err := h.d.Proxy.StoredManifest(ctx, im.Upstream, im.Repo, c.Digest); err == nil {
+				if cm, _, err := oci.ParseManifest(body, c.MediaType); err == nil {
+					addBlobs(cm)
+				}
+			}
+		} else if info.Platform != "" {
+			left[info.Platform] = true
+		}
+		d.Manifests = append(d.Manifests, info)
+	}
+	for p := range left {
+		d.LeftOut = append(d.LeftOut, p)
+	}
+	slices.Sort(d.LeftOut)
+	return d
+}
+
+// ActionRequest is the body of POST /api/v1/actions/{pin,unpin,evict}:
+// the image, as the image list names it.
+type ActionRequest struct {
+	Upstream string        `json:"upstream"`
+	Repo     string        `json:"repo"`
+	Digest   digest.Digest `json:"digest"`
+}
+
+// ActionResult is the answer of an action.
+type ActionResult struct {
+	Action string `json:"action"`
+	Image  string `json:"image"`
+	// Report is an eviction's.
+	Report *lifecycle.Report `json:"report,omitempty"`
+}
+
+// maxActionBody bounds an action's JSON body.
+const maxActionBody = 64 << 10
+
+func (h *Handler) action(w http.ResponseWriter, r *http.Request) error {
+	if err := proxy.CheckSameOrigin(r); err != nil {
+		return err
+	}
+	var req ActionRequest
+	dec := json.NewDecoder(io.LimitReader(r.Body, maxActionBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return errcode.New(errcode.InvalidRequest, "invalid request: %v", err)
+	}
+	if err := req.Digest.Validate(); err != nil {
+		return errcode.New(errcode.DigestInvalid, "invalid digest %q", req.Digest)
+	}
+	if req.Upstream == "" || req.Repo == "" {
+		return errcode.New(errcode.InvalidRequest, "upstream and repo are required")
+	}
+	ctx := r.Context()
+	action := mux.Vars(r)["action"]
+	res := ActionResult{Action: action, Image: req.Upstream + "/" + req.Repo + "@" + req.Digest.String()}
+	switch action {
+	case "pin":
+		// Only what the cache holds: a pin of anything else would list a
+		// missing image.
+		linked, err := h.d.Index.Linked(req.Upstream, req.Repo, req.Digest)
+		if err != nil {
+			return err
+		}
+		if !linked {
+			return errcode.New(errcode.ManifestUnknown, "%s is not cached", res.Image)
+		}
+		if err := h.d.Index.Pin(req.Digest.String(), storage.PinRecord{PinnedAt: h.d.Now(), Reason: "admin"}); err != nil {
+			return err
+		}
+	case "unpin":
+		// The digest's pin, and those of the repository's tags naming it
+		// (a prefetch with pin pins the tag).
+		tags, err := h.d.Index.TagsOf(req.Upstream, req.Repo, req.Digest)
+		if err != nil {
+			return err
+		}
+		refs := []string{req.Digest.String()}
+		for _, t := range tags {
+			refs = append(refs, storage.TagKey(req.Upstream, req.Repo, t))
+		}
+		for _, ref := range refs {
+			if err := h.d.Index.Unpin(ref); err != nil {
+				return err
+			}
+		}
+	case "evict":
+		if h.d.Collector == nil {
+			return errcode.New(errcode.Unsupported, "evicting is not supported with a registry destination")
+		}
+		rep, err := h.d.Collector.EvictImage(ctx, req.Upstream, req.Repo, req.Digest)
+		switch {
+		case errors.Is(err, lifecycle.ErrImageUnknown):
+			return errcode.Wrap(errcode.ManifestUnknown, err, "%v", err)
+		case errors.Is(err, lifecycle.ErrImagePinned), errors.Is(err, lifecycle.ErrImageBusy):
+			return errcode.Wrap(errcode.Denied, err, "%v", err).WithStatus(http.StatusConflict)
+		case err != nil:
+			return fmt.Errorf("evicting %s: %w", res.Image, err)
+		}
+		res.Report = &rep
+	}
+	if _, err := h.catalog.refresh(ctx); err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, res)
+}
+
+// login asks a browser for credentials (the route is for admins): once
+// given, the browser sends them with every request of the page, which
+// then offers the actions.
+func (h *Handler) login(w http.ResponseWriter, r *http.Request) error {
+	http.Redirect(w, r, "/", http.StatusSeeOther)
+	return nil
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) error {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(v); err != nil {
+		return fmt.Errorf("writing response: %w", err)
+	}
+	return nil
+}
+
+func errNotFound(r *http.Request) error {
+	return errcode.New(errcode.NameUnknown, "no such file: %s", r.URL.Path).WithStatus(http.StatusNotFound)
+}

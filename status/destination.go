@@ -1,0 +1,39 @@
+package status
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// destCheckEvery is how long a destination check is reused: the page
+// refreshes often, the destination need not be asked as often.
+const destCheckEvery = 15 * time.Second
+
+// destTimeout bounds one destination check.
+const destTimeout = 5 * time.Second
+
+// destCheck checks the registry destination, at most once per
+// destCheckEvery.
+type destCheck struct {
+	check func(ctx context.Context) error
+	now   func() time.Time
+	mu    sync.Mutex
+	last  Destination
+}
+
+func (c *destCheck) state(ctx context.Context) Destination {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := c.now()
+	if !c.last.At.IsZero() && now.Sub(c.last.At) < destCheckEvery {
+		return c.last
+	}
+	ctx, cancel := context.WithTimeout(ctx, destTimeout)
+	defer cancel()
+	c.last = Destination{Status: "ok", At: now}
+	if err := c.check(ctx); err != nil {
+		c.last.Status, c.last.Error = "unreachable", err.Error()
+	}
+	return c.last
+}

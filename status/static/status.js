@@ -1,0 +1,117 @@
+// docker-mirror status page: refresh, admin actions, copy buttons.
+// Plain JavaScript, no framework. Everything shown comes from the server's
+// escaped HTML or is set with textContent.
+"use strict";
+
+(function () {
+  const notice = document.getElementById("notice");
+  const refreshEvery = 5000;
+
+  function say(text, isError) {
+    notice.textContent = text;
+    notice.className = isError ? "error" : "";
+    notice.hidden = false;
+  }
+
+  // refresh re-reads the page and swaps in its live part (health,
+  // upstreams, downloads, jobs, failures); the image list and forms stay.
+  async function refresh(all) {
+    const url = new URL(location.href);
+    if (!all) {
+      url.searchParams.set("live", "1"); // the live part only: the image list is not read
+    }
+    const resp = await fetch(url, { headers: { Accept: "text/html" }, cache: "no-store" });
+    if (!resp.ok) {
+      return;
+    }
+    const doc = new DOMParser().parseFromString(await resp.text(), "text/html");
+    const ids = all ? ["live", "images", "uptime"] : ["live", "uptime"];
+    for (const id of ids) {
+      const now = document.getElementById(id);
+      const next = doc.getElementById(id);
+      if (now && next) {
+        now.replaceWith(document.adoptNode(next));
+      }
+    }
+  }
+
+  const auto = document.getElementById("autorefresh");
+  setInterval(function () {
+    if (auto && auto.checked && document.visibilityState === "visible") {
+      refresh(false).catch(function () {});
+    }
+  }, refreshEvery);
+
+  // The admin actions answer JSON; an error body is the registry's
+  // {"errors": [{"message": ...}]}.
+  async function post(url, body) {
+    const resp = await fetch(url, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    const data = await resp.json().catch(function () { return {}; });
+    if (!resp.ok) {
+      const msg = data.errors && data.errors.length ? data.errors[0].message : resp.statusText;
+      throw new Error(msg);
+    }
+    return data;
+  }
+
+  document.addEventListener("click", async function (ev) {
+    const copy = ev.target.closest("button[data-copy]");
+    if (copy) {
+      const text = copy.dataset.copy;
+      try {
+        await navigator.clipboard.writeText(text);
+        say("Copied " + text, false);
+      } catch (e) {
+        say(text, false); // no clipboard (plain HTTP): shown to copy by hand
+      }
+      return;
+    }
+    const btn = ev.target.closest("button[data-action]");
+    if (!btn) {
+      return;
+    }
+    const row = btn.closest("[data-digest]");
+    const action = btn.dataset.action;
+    const image = { upstream: row.dataset.upstream, repo: row.dataset.repo, digest: row.dataset.digest };
+    if (action === "evict" && !confirm("Evict " + image.upstream + "/" + image.repo + "@" + image.digest + "?")) {
+      return;
+    }
+    btn.disabled = true;
+    try {
+      await post("/api/v1/actions/" + action, image);
+      say(action + ": done for " + image.upstream + "/" + image.repo, false);
+      await refresh(true);
+    } catch (e) {
+      say(action + " failed: " + e.message, true);
+      btn.disabled = false;
+    }
+  });
+
+  const form = document.getElementById("prefetch-form");
+  if (form) {
+    form.addEventListener("submit", async function (ev) {
+      ev.preventDefault();
+      const words = function (s) { return s.split(/[\s,]+/).filter(Boolean); };
+      const req = { images: words(form.elements.images.value) };
+      const platforms = words(form.elements.platforms.value);
+      if (platforms.length) {
+        req.platforms = platforms;
+      }
+      if (form.elements.pin.checked) {
+        req.pin = true;
+      }
+      try {
+        const job = await post("/prefetch", req);
+        say("Prefetch job " + job.id + " started (" + req.images.length + " images)", false);
+        form.reset();
+        await refresh(false);
+      } catch (e) {
+        say("Prefetch refused: " + e.message, true);
+      }
+    });
+  }
+})();

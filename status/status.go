@@ -1,0 +1,216 @@
+// Package status is docker-mirror's status page and the small JSON API
+// behind it: what the cache holds, how it is doing (traffic, upstreams,
+// store, downloads, fills and jobs), and, for admins, prefetch, pin,
+// unpin and evict. Everything is served by the binary itself: html/template
+// pages and embedded static files, no external assets.
+//
+// Routes: GET / (the page), GET /images/{name} (an image's page),
+// GET /api/v1/status, GET /api/v1/images, GET /api/v1/images/{name},
+// POST /api/v1/actions/{pin,unpin,evict}, GET /login (asks the browser
+// for credentials), and the static files under /ui/.
+package status
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"github.com/docker-mirror/docker-mirror/lifecycle"
+	"github.com/docker-mirror/docker-mirror/proxy"
+	"github.com/docker-mirror/docker-mirror/proxy/upstream"
+	"github.com/docker-mirror/docker-mirror/storage"
+)
+
+// PeerState is another replica of a cluster as the page shows it.
+// (Package cluster provides them; until then there are none.)
+type PeerState struct {
+	Name      string    `json:"name"`
+	URL       string    `json:"url,omitempty"`
+	State     string    `json:"state"` // e.g. "ok", "unreachable"
+	LastError string    `json:"last_error,omitempty"`
+	LastSeen  time.Time `json:"last_seen,omitzero"`
+}
+
+// Deps are what the status page reads and acts through. Proxy and Index
+// are required.
+type Deps struct {
+	Proxy *proxy.Proxy
+	Index *storage.Index
+	// Collector lists, pins and evicts images; nil with a registry
+	// destination (images are then listed from the index alone, and
+	// evicting is not offered).
+	Collector *lifecycle.Collector
+	// Lister, if set, lists the images instead (tests, benchmarks).
+	Lister Lister
+	// Version is the binary's version.
+	Version string
+	// StoreKind names the store, e.g. "filesystem", "s3", "registry
+	// host/prefix"; MaxSize is max_size (0: none); DataDir, if set, is
+	// where free disk space is measured.
+	StoreKind string
+	MaxSize   int64
+	DataDir   string
+	// Destination, if set, checks the registry destination (nil: none
+	// configured); DestinationName names it.
+	Destination     func(ctx context.Context) error
+	DestinationName string
+	// Peers, if set, returns the state of a cluster's other replicas.
+	Peers func() []PeerState
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+	// ImagesMaxAge is how long the image list is reused, once the index
+	// has changed, before it is read again (default 30s).
+	ImagesMaxAge time.Duration
+}
+
+// Handler serves the status page and its API. Create it with New, add
+// its Routes to the proxy's route table, and Close it.
+type Handler struct {
+	d       Deps
+	catalog *catalog
+	dest    *destCheck
+}
+
+// New returns the status page of a mirror.
+func New(d Deps) *Handler {
+	if d.Now == nil {
+		d.Now = time.Now
+	}
+	if d.ImagesMaxAge <= 0 {
+		d.ImagesMaxAge = 30 * time.Second
+	}
+	var l Lister = IndexLister{Index: d.Index}
+	if d.Collector != nil {
+		l = d.Collector
+	}
+	if d.Lister != nil {
+		l = d.Lister
+	}
+	h := &Handler{d: d, catalog: &catalog{list: l, index: d.Index, maxAge: d.ImagesMaxAge, now: d.Now}}
+	if d.Destination != nil {
+		h.dest = &destCheck{check: d.Destination, now: d.Now}
+	}
+	return h
+}
+
+// Close waits for a background read of the image list to end.
+func (h *Handler) Close() { h.catalog.close() }
+
+// Store is the store's state.
+type Store struct {
+	Kind string `json:"kind"`
+	// Used is the indexed size of the stored content; MaxSize max_size
+	// (0: no limit).
+	Used    int64 `json:"used_bytes"`
+	MaxSize int64 `json:"max_size"`
+	// Free and Total are the disk space of the data directory (0: not
+	// known).
+	Free  uint64 `json:"free_bytes"`
+	Total uint64 `json:"total_bytes"`
+	// Full: the last write found no space.
+	Full bool `json:"full"`
+}
+
+// Upstream is an upstream's state, with a one-word summary.
+type Upstream struct {
+	upstream.State
+	// Status is "ok", "backing off" (until BackoffUntil), "unreachable"
+	// or "failing" (it answers, with errors).
+	Status string `json:"status"`
+}
+
+// Destination is a registry destination's state.
+type Destination struct {
+	Name   string    `json:"name"`
+	Status string    `json:"status"` // "ok" or "unreachable"
+	Error  string    `json:"error,omitempty"`
+	At     time.Time `json:"checked_at"`
+}
+
+// Traffic is the proxy's traffic, with the derived figures.
+type Traffic struct {
+	proxy.Traffic
+	// HitRatio and HitRatioLastHour: the share of manifest and blob
+	// answers served from the cache.
+	HitRatio         float64 `json:"hit_ratio"`
+	HitRatioLastHour float64 `json:"hit_ratio_last_hour"`
+}
+
+// Status is the answer of GET /api/v1/status.
+type Status struct {
+	Version     string             `json:"version"`
+	Now         time.Time          `json:"now"`
+	Started     time.Time          `json:"started"`
+	Uptime      float64            `json:"uptime_seconds"`
+	Store       Store              `json:"store"`
+	Traffic     Traffic            `json:"traffic"`
+	Upstreams   []Upstream         `json:"upstreams"`
+	Destination *Destination       `json:"destination,omitempty"`
+	Peers       []PeerState        `json:"peers,omitempty"`
+	Images      int                `json:"images"`
+	Downloads   []proxy.Download   `json:"downloads"`
+	FillQueue   []proxy.QueuedFill `json:"fill_queue"`
+	Jobs        []*storage.Job     `json:"jobs"`
+	Failures    []proxy.Failure    `json:"failures"`
+	// Admin: the caller may use the actions.
+	Admin bool `json:"admin"`
+}
+
+// jobsShown is how many recent jobs the status lists.
+const jobsShown = 20
+
+// status collects the state of everything.
+func (h *Handler) status(ctx context.Context, r *http.Request) (*Status, error) {
+	p, now := h.d.Proxy, h.d.Now()
+	s := &Status{Version: h.d.Version, Now: now, Started: p.Started(), Uptime: now.Sub(p.Started()).Seconds(),
+		Downloads: p.Downloads(), FillQueue: p.FillQueue(), Failures: p.Failures(), Admin: h.admin(r)}
+	s.Store = Store{Kind: h.d.StoreKind, Used: h.d.Index.StoredBytes(), MaxSize: h.d.MaxSize, Full: p.StoreFull()}
+	if h.d.DataDir != "" {
+		s.Store.Free, s.Store.Total = diskSpace(h.d.DataDir)
+	}
+	t := p.Traffic()
+	s.Traffic = Traffic{Traffic: t, HitRatio: t.SinceStart.HitRatio(), HitRatioLastHour: t.LastHour.HitRatio()}
+	for _, u := range p.Upstreams() {
+		s.Upstreams = append(s.Upstreams, Upstream{State: u, Status: upstreamStatus(u, now)})
+	}
+	if h.dest != nil {
+		d := h.dest.state(ctx)
+		d.Name = h.d.DestinationName
+		s.Destination = &d
+	}
+	if h.d.Peers != nil {
+		s.Peers = h.d.Peers()
+	}
+	var err error
+	if s.Jobs, err = p.Jobs(jobsShown); err != nil {
+		return nil, err
+	}
+	if s.Jobs == nil {
+		s.Jobs = []*storage.Job{}
+	}
+	cat := h.catalog.peek()
+	if cat == nil {
+		if cat, err = h.catalog.get(ctx); err != nil {
+			return nil, err
+		}
+	}
+	s.Images = len(cat.byName)
+	return s, nil
+}
+
+func upstreamStatus(u upstream.State, now time.Time) string {
+	switch {
+	case u.BackoffUntil.After(now):
+		return "backing off"
+	case u.Unreachable:
+		return "unreachable"
+	case u.LastErrorAt.After(u.LastOK):
+		return "failing"
+	}
+	return "ok"
+}
+
+// admin reports whether the request's user is an admin.
+func (h *Handler) admin(r *http.Request) bool {
+	return h.d.Proxy.Allowed(r, adminLevel)
+}

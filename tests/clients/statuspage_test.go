@@ -1,0 +1,331 @@
+//go:build e2e
+
+package clients
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"fmt"
+	"image/png"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	cdplog "github.com/chromedp/cdproto/log"
+	"github.com/chromedp/cdproto/network"
+	"github.com/chromedp/cdproto/runtime"
+	"github.com/chromedp/chromedp"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/docker-mirror/docker-mirror/proxy"
+	"github.com/docker-mirror/docker-mirror/proxy/access"
+	"github.com/docker-mirror/docker-mirror/storage"
+	"github.com/docker-mirror/docker-mirror/tests/fixture"
+	"github.com/docker-mirror/docker-mirror/tests/servertest"
+)
+
+// requireChromium returns Chromium's path or skips the test.
+func requireChromium(t *testing.T) string {
+	t.Helper()
+	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	t.Skip("clients: chromium not installed (run .ci/install-clients, or apt-get install chromium): the status page's browser test needs it")
+	return ""
+}
+
+// browserErrors collects what a page reports as an error: console.error
+// calls, uncaught exceptions, and the browser's own log errors (a failed
+// resource load, a Content-Security-Policy violation).
+type browserErrors struct {
+	mu   sync.Mutex
+	list []string
+}
+
+func (b *browserErrors) add(s string) {
+	b.mu.Lock()
+	b.list = append(b.list, s)
+	b.mu.Unlock()
+}
+
+func (b *browserErrors) take() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := b.list
+	b.list = nil
+	return out
+}
+
+func (b *browserErrors) listen(t *testing.T, ctx context.Context) {
+	t.Helper()
+	err := chromedp.Listen(ctx, func(ev any) {
+		switch ev := ev.(type) {
+		case *runtime.EventConsoleAPICalled:
+			if ev.Type == runtime.ConsoleAPICalledTypeError || ev.Type == runtime.ConsoleAPICalledTypeAssert {
+				var args []string
+				for _, a := range ev.Args {
+					args = append(args, string(a.Value)+a.Description)
+				}
+				b.add("console." + string(ev.Type) + ": " + strings.Join(args, " "))
+			}
+		case *runtime.EventExceptionThrown:
+			d := ev.ExceptionDetails
+			msg := d.Text
+			if d.Exception != nil {
+				msg += " " + d.Exception.Description
+			}
+			b.add("exception: " + msg)
+		case *cdplog.EventEntryAdded:
+			if ev.Entry.Level == cdplog.EntryLevelError {
+				b.add("log: " + ev.Entry.Text + " " + ev.Entry.URL)
+			}
+		}
+	})
+	if err != nil {
+		t.Fatalf("starting chromium: %v", err)
+	}
+}
+
+// browser starts headless Chromium with a new empty profile; ctx is a tab
+// (chromedp enables its Runtime and Log domains: their errors are
+// collected).
+func browser(t *testing.T, exe string) (context.Context, *browserErrors) {
+	t.Helper()
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(exe),
+		chromedp.Headless,
+		chromedp.NoSandbox,
+		chromedp.DisableGPU,
+		chromedp.NoFirstRun,
+		chromedp.Flag("disable-quic", true),
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.WindowSize(1280, 800),
+	)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	t.Cleanup(cancel)
+	actx, acancel := chromedp.NewExecAllocator(ctx, opts...)
+	t.Cleanup(acancel)
+	tab, tcancel := chromedp.NewContext(actx)
+	t.Cleanup(tcancel)
+	errs := &browserErrors{}
+	errs.listen(t, tab)
+	if err := chromedp.Do(tab, chromedp.EmulateViewport(1280, 800)); err != nil {
+		t.Fatalf("starting chromium: %v", err)
+	}
+	return tab, errs
+}
+
+// run runs an action that returns a value, failing the test on an error.
+func run[T any](t *testing.T, ctx context.Context, a chromedp.Action[T]) T {
+	t.Helper()
+	v, err := chromedp.Run(ctx, a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// do runs actions without a value, failing the test on an error.
+func do(t *testing.T, ctx context.Context, steps ...chromedp.Action[chromedp.Void]) {
+	t.Helper()
+	if err := chromedp.Do(ctx, steps...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// humanBytes is the page's size format.
+func humanBytes(n int64) string {
+	if n < 1024 {
+		return fmt.Sprintf("%d B", n)
+	}
+	f, u := float64(n), 0
+	for f >= 1024*0.995 && u < 6 {
+		f /= 1024
+		u++
+	}
+	return fmt.Sprintf("%.1f %ciB", f, "KMGTPE"[u-1])
+}
+
+// The status page in a real browser: a mirror that has pulled an image
+// (a miss, then hits) and prefetched another shows them, its hit ratio,
+// its store size and the job; the page logs no error; an admin's prefetch
+// form starts a job; an anonymous visitor gets no actions.
+func TestStatusPageBrowser(t *testing.T) {
+	exe := requireChromium(t)
+	up := fixture.StartUpstream(t)
+	multi := up.SeedMultiArch(t, "library/webapp", "1.0", fixture.OCI)
+	up.SeedImage(t, "area51/jenkins", "2.4", 2, 64<<10)
+	up.SeedImage(t, "library/redis", "7", 2, 32<<10)
+
+	users := map[string]string{"alice": "wonder"}
+	var ht strings.Builder
+	for u, p := range users {
+		h, err := bcrypt.GenerateFromPassword([]byte(p), bcrypt.MinCost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ht.WriteString(u + ":" + string(h) + "\n")
+	}
+	file := filepath.Join(t.TempDir(), "htpasswd")
+	if err := os.WriteFile(file, []byte(ht.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pol, err := access.Load(file, []string{"alice"}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := servertest.Start(t, up.URL(), proxy.WithAccess(pol, access.Admin))
+	adminAuth := "Basic " + base64.StdEncoding.EncodeToString([]byte("alice:wonder"))
+
+	client := &http.Client{Timeout: time.Minute}
+	call := func(method, path, body string, header map[string]string) *http.Response {
+		t.Helper()
+		req, err := http.NewRequest(method, m.URL()+path, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k, v := range header {
+			req.Header.Set(k, v)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp
+	}
+	accept := map[string]string{"Accept": "application/vnd.oci.image.index.v1+json"}
+	// A miss; once the background fill is done, a hit and a blob hit.
+	if r := call(http.MethodGet, "/v2/library/webapp/manifests/1.0", "", accept); r.StatusCode != 200 {
+		t.Fatalf("pull: %d", r.StatusCode)
+	}
+	m.WaitIdle()
+	if r := call(http.MethodGet, "/v2/library/webapp/manifests/1.0", "", accept); r.StatusCode != 200 {
+		t.Fatalf("pull: %d", r.StatusCode)
+	}
+	if r := call(http.MethodGet, "/v2/library/webapp/blobs/"+multi.SharedLayer, "", nil); r.StatusCode != 200 {
+		t.Fatalf("blob: %d", r.StatusCode)
+	}
+	if r := call(http.MethodPost, "/prefetch", `{"images": ["area51/jenkins:2.4"], "pin": true}`, map[string]string{"Authorization": adminAuth}); r.StatusCode != http.StatusAccepted {
+		t.Fatalf("prefetch: %d", r.StatusCode)
+	}
+	m.WaitIdle()
+	jobs, err := m.Proxy.Jobs(10)
+	if err != nil || len(jobs) != 1 {
+		t.Fatalf("jobs %v %v", jobs, err)
+	}
+	firstJob := jobs[0].ID
+
+	tab, errs := browser(t, exe)
+	if _, err := chromedp.Call(tab, network.Enable, network.EnableParams{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := chromedp.Call(tab, network.SetExtraHTTPHeaders, network.SetExtraHTTPHeadersParams{Headers: network.Headers{"Authorization": adminAuth}}); err != nil {
+		t.Fatal(err)
+	}
+	do(t, tab, chromedp.Navigate(m.URL()+"/"), chromedp.WaitVisible(chromedp.CSS("#image-list")))
+	images := run(t, tab, chromedp.Text(chromedp.CSS("#image-list")))
+	ratio := run(t, tab, chromedp.Text(chromedp.CSS("#hit-ratio")))
+	store := run(t, tab, chromedp.Text(chromedp.CSS("#store-used")))
+	jobState := run(t, tab, chromedp.Text(chromedp.CSS(`li.job[data-job="`+firstJob+`"] > .badge`)))
+	role := run(t, tab, chromedp.Text(chromedp.CSS("#role")))
+	prefetchForms := run(t, tab, chromedp.Nodes(chromedp.CSSAll("#prefetch-form"), chromedp.AtLeast(0)))
+	for _, want := range []string{"docker.io/library/webapp", "docker.io/area51/jenkins", "1.0", "2.4"} {
+		if !strings.Contains(images, want) {
+			t.Errorf("image list %q lacks %q", images, want)
+		}
+	}
+	if strings.Contains(images, "redis") {
+		t.Errorf("image list shows redis, which was never pulled: %q", images)
+	}
+	// Two manifest GETs and a blob GET, the first a miss.
+	if ratio != "66.7%" {
+		t.Errorf("hit ratio %q, want 66.7%%", ratio)
+	}
+	if want := humanBytes(m.Index.StoredBytes()); store != want {
+		t.Errorf("store size %q, want %q", store, want)
+	}
+	if jobState != storage.JobDone || role != "admin" || len(prefetchForms) != 1 {
+		t.Errorf("job state %q, role %q, prefetch forms %d", jobState, role, len(prefetchForms))
+	}
+
+	shot := run(t, tab, chromedp.CaptureScreenshot())
+	cfg, err := png.DecodeConfig(bytes.NewReader(shot))
+	if err != nil || cfg.Width != 1280 || cfg.Height != 800 {
+		t.Errorf("screenshot %dx%d: %v", cfg.Width, cfg.Height, err)
+	}
+	if out := os.Getenv("STATUS_SCREENSHOT"); out != "" {
+		// Refreshes docs/status.png: STATUS_SCREENSHOT=$PWD/docs/status.png.
+		if err := os.WriteFile(out, shot, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	m.Clock.Advance(time.Second) // job IDs start with the time: this one sorts after
+	// The admin's prefetch form starts a job (the page's script posts it,
+	// from the page's own origin: the same-origin check lets it through).
+	do(t, tab,
+		chromedp.SendKeys(chromedp.CSS("#prefetch-images"), "library/redis:7"),
+		chromedp.Click(chromedp.CSS("#prefetch-pin")),
+		chromedp.Click(chromedp.CSS("#prefetch-submit")),
+		chromedp.WaitVisible(chromedp.CSS("#notice")),
+	)
+	notice := run(t, tab, chromedp.Text(chromedp.CSS("#notice")))
+	if !strings.Contains(notice, "started") {
+		t.Fatalf("notice %q", notice)
+	}
+	m.WaitIdle()
+	jobs, err = m.Proxy.Jobs(10)
+	if err != nil || len(jobs) != 2 || jobs[0].Images[0].Image != "library/redis:7" || !jobs[0].Pin || jobs[0].State != storage.JobDone {
+		for _, j := range jobs {
+			t.Logf("job %+v", *j)
+		}
+		t.Fatalf("after the form: jobs %v", err)
+	}
+	if !strings.Contains(notice, jobs[0].ID) {
+		t.Errorf("notice %q does not name job %s", notice, jobs[0].ID)
+	}
+	// The index changed: the image list is read again before answering
+	// once it is older than 4 times its maximum age (30s).
+	m.Clock.Advance(3 * time.Minute)
+	do(t, tab, chromedp.Reload(), chromedp.WaitVisible(chromedp.CSS(`li.job[data-job="`+jobs[0].ID+`"]`)))
+	newState := run(t, tab, chromedp.Text(chromedp.CSS(`li.job[data-job="`+jobs[0].ID+`"] > .badge`)))
+	images = run(t, tab, chromedp.Text(chromedp.CSS("#image-list")))
+	if newState != storage.JobDone || !strings.Contains(images, "docker.io/library/redis") {
+		t.Errorf("after the prefetch: job %q, images %q", newState, images)
+	}
+
+	// An anonymous visitor (anonymous pulls allowed) reads, without actions.
+	anon, cancel := chromedp.NewContext(tab)
+	defer cancel()
+	errs.listen(t, anon)
+	do(t, anon, chromedp.Navigate(m.URL()+"/"), chromedp.WaitVisible(chromedp.CSS("#image-list")))
+	login := run(t, anon, chromedp.Text(chromedp.CSS("#login")))
+	actions := run(t, anon, chromedp.Nodes(chromedp.CSSAll("button[data-action]"), chromedp.AtLeast(0)))
+	forms := run(t, anon, chromedp.Nodes(chromedp.CSSAll("#prefetch-form"), chromedp.AtLeast(0)))
+	if len(actions) != 0 || len(forms) != 0 || !strings.Contains(login, "Sign in") {
+		t.Errorf("anonymous page: %d action buttons, %d prefetch forms, login %q", len(actions), len(forms), login)
+	}
+	// On a phone's screen the page fits its width (wide tables scroll in
+	// their own box), and so does an image's page.
+	for _, path := range []string{"/", "/images/docker.io/library/webapp"} {
+		do(t, anon, chromedp.EmulateViewport(390, 844), chromedp.Navigate(m.URL()+path), chromedp.WaitVisible(chromedp.CSS("main")))
+		if w := run(t, anon, chromedp.Evaluate[int]("document.documentElement.scrollWidth")); w > 390 {
+			t.Errorf("%s on a 390px wide screen is %dpx wide", path, w)
+		}
+	}
+	if e := errs.take(); len(e) > 0 {
+		t.Errorf("the page reported errors:\n%s", strings.Join(e, "\n"))
+	}
+}
