@@ -112,7 +112,7 @@ func New(store *storage.DriverStore, index *storage.Index, opts Options) *Collec
 
 // ErrRegistryDestination is returned by NewForStore for a store that is
 // not the embedded one.
-var ErrRegistryDestination = errors.New("the cache lifecycle (eviction, gc, verify, ls) works on the embedded store only; a registry destination manages its own storage (use its garbage collection)")
+var ErrRegistryDestination = errors.New("the cache lifecycle (eviction, gc, ls, rehashing) works on the embedded store only; a registry destination manages its own storage (use its garbage collection; verify --destination checks the index against it)")
 
 // NewForStore is New for any Store: it fails with ErrRegistryDestination
 // unless store is the embedded *storage.DriverStore.
@@ -155,8 +155,10 @@ type Report struct {
 	CorruptBlobs     int             `json:"corrupt_blobs,omitempty"`
 	CorruptManifests int             `json:"corrupt_manifests,omitempty"`
 	Corrupt          []digest.Digest `json:"corrupt,omitempty"`
-	// Missing counts index entries naming content the store lacks.
-	Missing int `json:"missing,omitempty"`
+	// Missing counts index entries naming content the store lacks;
+	// MissingContent lists their digests.
+	Missing        int             `json:"missing,omitempty"`
+	MissingContent []digest.Digest `json:"missing_content,omitempty"`
 	// FillsReset counts images whose mirror state went back to partial
 	// because Verify removed some of their content: the next pull
 	// mirrors them again.
