@@ -31,7 +31,7 @@ import (
 // adminUsage is the part of the usage text about the offline commands.
 const adminUsage = `  docker-mirror ls --data DIR [--json]
                                 list the cached images: size, platforms, last pull, state, pinned
-  docker-mirror gc --data DIR [--dry-run]
+  docker-mirror gc --data DIR [--dry-run] [--grace DURATION]
                                 remove the blobs and manifests no cached image references
   docker-mirror verify --data DIR [--destination URL] [--repair]
                                 rehash all stored content, report what is corrupt or missing (exit 1 if any);
@@ -206,7 +206,7 @@ func gcCommand(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	var grace time.Duration
 	cfg, code, ok := adminCommand("gc", "docker-mirror gc --data DIR [--dry-run] [--grace DURATION]", args, stdout, stderr, func(fs *flag.FlagSet) {
 		fs.BoolVar(&dryRun, "dry-run", false, "print what would be removed, and remove nothing")
-		fs.DurationVar(&grace, "grace", 0, "keep content written less than this long ago")
+		fs.DurationVar(&grace, "grace", 0, "keep unreferenced content written or accessed less than this long ago (default 0: remove it all)")
 	})
 	if !ok {
 		return code
