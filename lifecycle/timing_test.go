@@ -8,9 +8,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opencontainers/go-digest"
+
 	"github.com/docker-mirror/docker-mirror/lifecycle"
 	"github.com/docker-mirror/docker-mirror/proxy"
 	"github.com/docker-mirror/docker-mirror/storage"
+	"github.com/docker-mirror/docker-mirror/tests/fixture"
 	"github.com/docker-mirror/docker-mirror/tests/servertest"
 )
 
@@ -149,4 +152,63 @@ func (s signal) WithGroup(string) slog.Handler      { return s }
 
 func openStore(ix *storage.Index) (storage.Store, error) {
 	return storage.OpenDriverStore(context.Background(), "filesystem", map[string]any{"rootdirectory": filepath.Dir(ix.Path())})
+}
+
+// releases is the proxy's content guard, telling each release.
+type releases struct {
+	*lifecycle.InUse
+	released chan digest.Digest
+}
+
+func (g releases) Acquire(ctx context.Context, d digest.Digest) (func(), error) {
+	release, err := g.InUse.Acquire(ctx, d)
+	if err != nil {
+		return nil, err
+	}
+	return func() {
+		release()
+		g.released <- d
+	}, nil
+}
+
+// A copy by digest (a prefetch or sync of image@digest) makes its image a
+// root only once it is done; meanwhile the proxy holds the image's digest
+// and the collector keeps what it references, however long the copy
+// takes: the grace period does not have to outlast it.
+func TestCollectKeepsWhatACopyHolds(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	seeded := up.SeedImage(t, "library/app", "v1", 2, 8<<10)
+	app := single("app", "v1", seeded)
+	gated, g := startGated(t, up, seeded.Layers[1])
+	guard := releases{lifecycle.NewInUse(), make(chan digest.Digest, 1024)}
+	m := servertest.StartWithStore(t, gated.URL, openStore, proxy.WithContentGuard(guard))
+	t.Cleanup(g.Open)
+	e := &env{up: up, m: m, store: m.Store.(*storage.DriverStore)}
+	col := e.collector(lifecycle.Options{Grace: lifecycle.DefaultGrace, Guard: guard.InUse})
+
+	copied := make(chan error, 1)
+	go func() {
+		_, err := m.Proxy.Copy(context.Background(), "library/app@"+app.digest, nil, nil)
+		copied <- err
+	}()
+	<-g.reached
+	// Wait until the config and the first layer are recorded and no
+	// longer held: only the copy's hold of the image keeps them.
+	done := func(d string) bool {
+		_, recorded, _ := m.Index.Blob(digest.Digest(d))
+		return recorded && !guard.Busy(digest.Digest(d))
+	}
+	for !done(seeded.Config) || !done(seeded.Layers[0]) {
+		<-guard.released
+	}
+	m.Clock.Advance(2 * lifecycle.DefaultGrace)
+	if _, err := col.Collect(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	e.wantStored(t, true, app.digest, seeded.Config, seeded.Layers[0])
+	g.Open()
+	if err := <-copied; err != nil {
+		t.Fatalf("copy: %v", err)
+	}
+	e.wantStored(t, true, app.content()...)
 }
