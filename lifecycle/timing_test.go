@@ -1,9 +1,11 @@
 package lifecycle_test
 
 import (
+	"bytes"
 	"context"
 	"log/slog"
 	"net/http"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -211,4 +213,34 @@ func TestCollectKeepsWhatACopyHolds(t *testing.T) {
 		t.Fatalf("copy: %v", err)
 	}
 	e.wantStored(t, true, app.content()...)
+}
+
+// A manifest missing when the collection marks, and stored before it
+// removes anything (a fill stores a child manifest, then its blobs), keeps
+// the blobs it references: the collector reads missing manifests again.
+func TestCollectRereadsMissingManifests(t *testing.T) {
+	e := newEnv(t)
+	ma := e.up.SeedMultiArch(t, "library/m", "v1", fixture.OCI)
+	im := multi(ma)
+	im.repo = "m"
+	e.pull(t, im)
+	child := ma.Platforms["linux/arm64"]
+	if err := os.Remove(e.path(child.Digest)); err != nil {
+		t.Fatal(err)
+	}
+	stored := false
+	guard := &claimHook{first: func() {
+		body := child.Manifest
+		if err := e.store.Put(context.Background(), "", digest.Digest(child.Digest), int64(len(body)), bytes.NewReader(body)); err != nil {
+			t.Error(err)
+		}
+		stored = true
+	}}
+	if _, err := e.collector(lifecycle.Options{Guard: guard}).Collect(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if !stored {
+		t.Fatal("the collection claimed nothing: the child's blobs were not unreferenced")
+	}
+	e.wantStored(t, true, im.content()...)
 }
