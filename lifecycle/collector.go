@@ -240,16 +240,18 @@ func (c *Collector) Run(ctx context.Context, ticks <-chan time.Time, wake <-chan
 }
 
 // Pass is one run of the server's lifecycle at the collector's clock: it
-// evicts by p (if p sets a limit), and collects if it evicted something,
-// if the store is over p.MaxSize, or if the last collection by Pass is
-// p.CollectEvery old. The eviction reads the index and the images'
-// manifests; the collection lists the whole store.
+// evicts by p (if p.EvictAfter is set, or the store is over p.MaxSize),
+// and collects if it evicted something, if the store is over p.MaxSize,
+// or if the last collection by Pass is p.CollectEvery old. The eviction
+// reads the index and the images' manifests; the collection lists the
+// whole store.
 func (c *Collector) Pass(ctx context.Context, p Policy) (Report, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	now := c.opts.Now()
 	due := p.CollectEvery <= 0 || c.lastCollect.IsZero() || !now.Before(c.lastCollect.Add(p.CollectEvery))
-	if p.MaxSize <= 0 && p.EvictAfter <= 0 {
+	if p.EvictAfter <= 0 && (p.MaxSize <= 0 || c.index.StoredBytes() <= p.MaxSize) {
+		// Nothing to evict (no age limit, under the size limit, or none).
 		if !due {
 			return Report{StoredBefore: c.index.StoredBytes(), StoredAfter: c.index.StoredBytes()}, nil
 		}

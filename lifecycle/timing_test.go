@@ -244,3 +244,32 @@ func TestCollectRereadsMissingManifests(t *testing.T) {
 	}
 	e.wantStored(t, true, im.content()...)
 }
+
+// Without limits a pass collects only every CollectEvery: ticks between
+// change nothing, the first after it collects what no image references.
+func TestPassCollectsEveryCollectEvery(t *testing.T) {
+	e := newEnv(t)
+	a := single("a", "v1", e.up.SeedImage(t, "library/a", "v1", 2, 8<<10))
+	e.pull(t, a)
+	col := e.m.Server.Collector
+	p := lifecycle.Policy{CollectEvery: lifecycle.DefaultCollectEvery}
+	if _, err := col.Pass(t.Context(), p); err != nil { // the first collects
+		t.Fatal(err)
+	}
+	if err := e.m.Index.DeleteTag("docker.io", "library/a", "v1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.m.Index.DeleteFill("docker.io", "library/a", digest.Digest(a.digest)); err != nil {
+		t.Fatal(err)
+	}
+	e.m.Clock.Advance(lifecycle.DefaultGrace + time.Second) // a's content is past the grace period
+	if r, err := col.Pass(t.Context(), p); err != nil || r.BlobsRemoved+r.ManifestsRemoved != 0 {
+		t.Fatalf("pass before CollectEvery = %+v, %v; want nothing removed", r, err)
+	}
+	e.wantStored(t, true, a.content()...)
+	e.m.Clock.Advance(lifecycle.DefaultCollectEvery)
+	if r, err := col.Pass(t.Context(), p); err != nil || r.BlobsRemoved != 3 || r.ManifestsRemoved != 1 {
+		t.Fatalf("pass after CollectEvery = %+v, %v; want a's manifest and 3 blobs removed", r, err)
+	}
+	e.wantStored(t, false, a.content()...)
+}
