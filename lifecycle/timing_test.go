@@ -3,6 +3,7 @@ package lifecycle_test
 import (
 	"bytes"
 	"context"
+	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -272,4 +273,81 @@ func TestPassCollectsEveryCollectEvery(t *testing.T) {
 		t.Fatalf("pass after CollectEvery = %+v, %v; want a's manifest and 3 blobs removed", r, err)
 	}
 	e.wantStored(t, false, a.content()...)
+}
+
+// acquires is the proxy's content guard, telling each Acquire as it
+// starts (before it waits for a claim).
+type acquires struct {
+	*lifecycle.InUse
+	acquiring chan digest.Digest
+}
+
+func (g acquires) Acquire(ctx context.Context, d digest.Digest) (func(), error) {
+	g.acquiring <- d
+	return g.InUse.Acquire(ctx, d)
+}
+
+// A downloaded blob is stored and recorded under the guard: while the
+// collector has the digest claimed (it is removing an older copy), the
+// download waits, so the removal never leaves a record of nothing.
+func TestDownloadStoresUnderTheGuard(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	seeded := up.SeedImage(t, "library/app", "v1", 1, 8<<10)
+	layer := digest.Digest(seeded.Layers[0])
+	gated, g := startGated(t, up, seeded.Layers[0])
+	guard := acquires{lifecycle.NewInUse(), make(chan digest.Digest, 64)}
+	m := servertest.StartWithStore(t, gated.URL, openStore, proxy.WithContentGuard(guard))
+	t.Cleanup(g.Open)
+
+	pulled := make(chan int, 1)
+	go func() {
+		req, _ := http.NewRequest(http.MethodGet, m.URL()+"/v2/app/blobs/"+layer.String(), nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			pulled <- 0
+			return
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		pulled <- resp.StatusCode
+	}()
+	<-g.reached // the download waits for the upstream
+	if d := <-guard.acquiring; d != layer {
+		t.Fatalf("the blob request held %s", d)
+	}
+	release, ok := guard.Claim(layer) // as the collector does
+	if !ok {
+		t.Fatal("the blob is held while it downloads")
+	}
+	idle := make(chan struct{})
+	go func() {
+		m.Proxy.WaitIdle(context.Background())
+		close(idle)
+	}()
+	g.Open()
+	select {
+	case d := <-guard.acquiring:
+		if d != layer {
+			t.Fatalf("acquired %s", d)
+		}
+	case <-idle:
+		t.Fatal("the download stored the blob without asking the guard")
+	}
+	if _, ok, _ := m.Index.Blob(layer); ok {
+		t.Error("recorded while claimed")
+	}
+	if _, err := m.Store.Stat(t.Context(), "", layer); err == nil {
+		t.Error("stored while claimed")
+	}
+	release()
+	<-idle
+	if status := <-pulled; status != http.StatusOK {
+		t.Fatalf("blob: status %d", status)
+	}
+	if _, ok, _ := m.Index.Blob(layer); !ok {
+		t.Error("not recorded once released")
+	}
+	if _, err := m.Store.Stat(t.Context(), "", layer); err != nil {
+		t.Errorf("not stored once released: %v", err)
+	}
 }
