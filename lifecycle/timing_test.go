@@ -351,3 +351,63 @@ func TestDownloadStoresUnderTheGuard(t *testing.T) {
 		t.Errorf("not stored once released: %v", err)
 	}
 }
+
+// A fill that needs a stored blob the collector is removing waits for the
+// removal, then fetches the blob again: it never counts on content that
+// is going away, and the image it completes is whole.
+func TestFillWaitsForARemoval(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	baseBytes := randomBytes(8 << 10)
+	base := up.PushBlob(t, "library/app", baseBytes)
+	a := seedOnLayer(t, up, "library/app", "a", base, len(baseBytes))
+	b := seedOnLayer(t, up, "library/app", "b", base, len(baseBytes))
+	guard := acquires{lifecycle.NewInUse(), make(chan digest.Digest, 256)}
+	m := servertest.StartWithStore(t, up.URL(), openStore, proxy.WithContentGuard(guard))
+	e := &env{up: up, m: m, store: m.Store.(*storage.DriverStore)}
+	e.pull(t, a)
+	for len(guard.acquiring) > 0 {
+		<-guard.acquiring
+	}
+	release, ok := guard.Claim(digest.Digest(base)) // the collector removes the shared layer
+	if !ok {
+		t.Fatal("the layer is in use")
+	}
+	if status, _, _ := get(t, m.URL()+"/v2/app/manifests/b"); status != http.StatusOK {
+		t.Fatalf("pull b: status %d", status)
+	}
+	idle := make(chan struct{})
+	go func() {
+		m.Proxy.WaitIdle(context.Background())
+		close(idle)
+	}()
+	for waiting := false; !waiting; {
+		select {
+		case d := <-guard.acquiring:
+			waiting = d.String() == base
+		case <-idle:
+			t.Fatal("b's fill used the layer without asking the guard")
+		}
+	}
+	if _, err := m.Index.Forget([]digest.Digest{digest.Digest(base)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Store.Delete(t.Context(), "", digest.Digest(base)); err != nil {
+		t.Fatal(err)
+	}
+	release()
+	go func() { // the fill downloads the layer again: drain its acquires
+		for {
+			select {
+			case <-guard.acquiring:
+			case <-idle:
+				return
+			}
+		}
+	}()
+	<-idle
+	if rec, ok, _ := m.Index.Fill("docker.io", "library/app", digest.Digest(b.digest)); !ok || rec.State != storage.FillComplete {
+		t.Fatalf("b's fill: %+v", rec)
+	}
+	e.wantStored(t, true, b.content()...)
+	e.wantPull(t, b)
+}
