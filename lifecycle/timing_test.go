@@ -411,3 +411,58 @@ func TestFillWaitsForARemoval(t *testing.T) {
 	e.wantStored(t, true, b.content()...)
 	e.wantPull(t, b)
 }
+
+// A fetched manifest is stored and recorded under the guard, as a blob is.
+func TestManifestStoresUnderTheGuard(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	app := single("app", "v1", up.SeedImage(t, "library/app", "v1", 1, 4<<10))
+	d := digest.Digest(app.digest)
+	guard := acquires{lifecycle.NewInUse(), make(chan digest.Digest, 256)}
+	m := servertest.StartWithStore(t, up.URL(), openStore, proxy.WithContentGuard(guard))
+	release, ok := guard.Claim(d)
+	if !ok {
+		t.Fatal("claim")
+	}
+	pulled := make(chan int, 1)
+	go func() {
+		status, _, _ := get(t, m.URL()+"/v2/app/manifests/v1")
+		pulled <- status
+	}()
+	for waiting := false; !waiting; {
+		select {
+		case got := <-guard.acquiring:
+			waiting = got == d
+		case status := <-pulled:
+			t.Fatalf("the pull ended (status %d) without the manifest asking the guard", status)
+		}
+	}
+	if _, ok, _ := m.Index.Manifest(d); ok {
+		t.Error("recorded while claimed")
+	}
+	if _, err := m.Store.Stat(t.Context(), "", d); err == nil {
+		t.Error("stored while claimed")
+	}
+	release()
+	stop, drained := make(chan struct{}), make(chan struct{})
+	go func() { // the background mirror acquires more
+		defer close(drained)
+		for {
+			select {
+			case <-guard.acquiring:
+			case <-stop:
+				return
+			}
+		}
+	}()
+	defer func() {
+		close(stop)
+		<-drained
+	}()
+	if status := <-pulled; status != http.StatusOK {
+		t.Fatalf("pull: status %d", status)
+	}
+	m.WaitIdle()
+	if _, ok, _ := m.Index.Manifest(d); !ok {
+		t.Error("not recorded once released")
+	}
+}
