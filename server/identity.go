@@ -50,9 +50,10 @@ func samePath(a, b string) bool {
 	return err1 == nil && err2 == nil && aa == bb
 }
 
-// recordStore records in the index which store it describes; an index
-// that described another store is logged, and from now on describes this
-// one.
+// recordStore records in the index which store it describes. An index
+// of a destination registry is refused for an embedded store, and the
+// other way round; one that described another store of the same kind is
+// logged, and from now on describes this one.
 func (s *Server) recordStore() error {
 	id := StoreIdentity(s.cfg)
 	if ds, ok := s.Store.(*destination.Store); ok && id.Kind != storage.KindRegistry {
@@ -65,6 +66,17 @@ func (s *Server) recordStore() error {
 	}
 	if was == id {
 		return nil
+	}
+	if was.Known() && (was.Kind == storage.KindRegistry) != (id.Kind == storage.KindRegistry) {
+		// The index of a destination registry judged against an embedded
+		// store (or the other way round) names nothing that store holds:
+		// the collection would forget it all.
+		flag := "--destination " + was.Location
+		if id.Kind == storage.KindRegistry {
+			flag = "no --destination"
+		}
+		return fmt.Errorf("data directory %s: its index describes %s, not %s: start with %s, or give --data another directory",
+			s.cfg.Data, was, id, flag)
 	}
 	if was.Known() {
 		s.opts.log.Warn("the index described another store; its entries for content this store lacks are fetched again when pulled",

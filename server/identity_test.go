@@ -2,6 +2,7 @@ package server
 
 import (
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/docker-mirror/docker-mirror/config"
@@ -42,5 +43,33 @@ func TestNewRecordsStore(t *testing.T) {
 	defer s.Close()
 	if id, err := s.Index.Store(); err != nil || id != (storage.StoreIdentity{Kind: "filesystem"}) {
 		t.Errorf("recorded store = %+v, %v", id, err)
+	}
+}
+
+// A --destination server's data directory started without --destination
+// is refused, naming the flag, before the collector could judge its index
+// against the embedded store.
+func TestNewRefusesDestinationIndexForEmbeddedStore(t *testing.T) {
+	cfg := config.Default()
+	cfg.Data = t.TempDir()
+	s, err := New(t.Context(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dest := storage.StoreIdentity{Kind: storage.KindRegistry, Location: "https://registry.example.com/mirror"}
+	if err := s.Index.SetStore(dest); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if _, err := New(t.Context(), cfg); err == nil || !strings.Contains(err.Error(), "start with --destination https://registry.example.com/mirror") {
+		t.Fatalf("New on a destination's data directory = %v", err)
+	}
+	ix, err := storage.OpenIndex(IndexPath(cfg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ix.Close()
+	if id, _ := ix.Store(); id != dest {
+		t.Errorf("the refused start recorded %+v", id)
 	}
 }
