@@ -92,7 +92,7 @@ type Collector struct {
 	index *storage.Index
 	opts  Options
 	mu    sync.Mutex
-	// lastCollect is when Run last collected.
+	// lastCollect is when Pass last collected.
 	lastCollect time.Time
 }
 
