@@ -32,15 +32,21 @@ type marker struct {
 	seen   map[digest.Digest]bool
 	// drop are roots treated as gone (a dry-run eviction).
 	drop map[digest.Digest]bool
-	// holder lists the digests the proxy holds, marked as roots.
-	holder Holder
+	// holder lists the digests the proxy holds: kept, and those the
+	// index knows as manifests (isManifest) walked as roots.
+	holder     Holder
+	isManifest func(digest.Digest) bool
 }
 
 func (mk *marker) mark(ctx context.Context, roots map[digest.Digest]bool) error {
 	if mk.holder != nil {
 		roots = maps.Clone(roots)
 		for _, d := range mk.holder.Held() {
-			roots[d] = true
+			if mk.isManifest(d) {
+				roots[d] = true
+			} else {
+				mk.marked.blobs[d] = true // a blob being served: not read as a manifest
+			}
 		}
 	}
 	for d := range roots {
@@ -103,6 +109,10 @@ func (c *Collector) collect(ctx context.Context, drop, freed map[digest.Digest]b
 		drop:   drop,
 	}
 	mk.holder, _ = c.opts.Guard.(Holder)
+	mk.isManifest = func(d digest.Digest) bool {
+		_, ok, err := c.index.Manifest(d)
+		return ok || err != nil // unsure: walked, which reads it
+	}
 	if err := mk.mark(ctx, snapshotRoots(snap)); err != nil {
 		return r, err
 	}

@@ -92,7 +92,7 @@ type Collector struct {
 	index *storage.Index
 	opts  Options
 	mu    sync.Mutex
-	// lastCollect is when Run last collected.
+	// lastCollect is when Pass last collected.
 	lastCollect time.Time
 }
 
@@ -112,7 +112,7 @@ func New(store *storage.DriverStore, index *storage.Index, opts Options) *Collec
 
 // ErrRegistryDestination is returned by NewForStore for a store that is
 // not the embedded one.
-var ErrRegistryDestination = errors.New("the cache lifecycle (eviction, gc, verify, ls) works on the embedded store only; a registry destination manages its own storage (use its garbage collection)")
+var ErrRegistryDestination = errors.New("the cache lifecycle (eviction, gc, ls, rehashing) works on the embedded store only; a registry destination manages its own storage (use its garbage collection; verify --destination checks the index against it)")
 
 // NewForStore is New for any Store: it fails with ErrRegistryDestination
 // unless store is the embedded *storage.DriverStore.
@@ -155,8 +155,10 @@ type Report struct {
 	CorruptBlobs     int             `json:"corrupt_blobs,omitempty"`
 	CorruptManifests int             `json:"corrupt_manifests,omitempty"`
 	Corrupt          []digest.Digest `json:"corrupt,omitempty"`
-	// Missing counts index entries naming content the store lacks.
-	Missing int `json:"missing,omitempty"`
+	// Missing counts index entries naming content the store lacks;
+	// MissingContent lists their digests.
+	Missing        int             `json:"missing,omitempty"`
+	MissingContent []digest.Digest `json:"missing_content,omitempty"`
 	// FillsReset counts images whose mirror state went back to partial
 	// because Verify removed some of their content: the next pull
 	// mirrors them again.
@@ -238,16 +240,18 @@ func (c *Collector) Run(ctx context.Context, ticks <-chan time.Time, wake <-chan
 }
 
 // Pass is one run of the server's lifecycle at the collector's clock: it
-// evicts by p (if p sets a limit), and collects if it evicted something,
-// if the store is over p.MaxSize, or if the last collection by Pass is
-// p.CollectEvery old. The eviction reads the index and the images'
-// manifests; the collection lists the whole store.
+// evicts by p (if p.EvictAfter is set, or the store is over p.MaxSize),
+// and collects if it evicted something, if the store is over p.MaxSize,
+// or if the last collection by Pass is p.CollectEvery old. The eviction
+// reads the index and the images' manifests; the collection lists the
+// whole store.
 func (c *Collector) Pass(ctx context.Context, p Policy) (Report, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	now := c.opts.Now()
 	due := p.CollectEvery <= 0 || c.lastCollect.IsZero() || !now.Before(c.lastCollect.Add(p.CollectEvery))
-	if p.MaxSize <= 0 && p.EvictAfter <= 0 {
+	if p.EvictAfter <= 0 && (p.MaxSize <= 0 || c.index.StoredBytes() <= p.MaxSize) {
+		// Nothing to evict (no age limit, under the size limit, or none).
 		if !due {
 			return Report{StoredBefore: c.index.StoredBytes(), StoredAfter: c.index.StoredBytes()}, nil
 		}

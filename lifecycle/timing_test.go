@@ -1,16 +1,22 @@
 package lifecycle_test
 
 import (
+	"bytes"
 	"context"
+	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/opencontainers/go-digest"
+
 	"github.com/docker-mirror/docker-mirror/lifecycle"
 	"github.com/docker-mirror/docker-mirror/proxy"
 	"github.com/docker-mirror/docker-mirror/storage"
+	"github.com/docker-mirror/docker-mirror/tests/fixture"
 	"github.com/docker-mirror/docker-mirror/tests/servertest"
 )
 
@@ -149,4 +155,314 @@ func (s signal) WithGroup(string) slog.Handler      { return s }
 
 func openStore(ix *storage.Index) (storage.Store, error) {
 	return storage.OpenDriverStore(context.Background(), "filesystem", map[string]any{"rootdirectory": filepath.Dir(ix.Path())})
+}
+
+// releases is the proxy's content guard, telling each release.
+type releases struct {
+	*lifecycle.InUse
+	released chan digest.Digest
+}
+
+func (g releases) Acquire(ctx context.Context, d digest.Digest) (func(), error) {
+	release, err := g.InUse.Acquire(ctx, d)
+	if err != nil {
+		return nil, err
+	}
+	return func() {
+		release()
+		g.released <- d
+	}, nil
+}
+
+// A copy by digest (a prefetch or sync of image@digest) makes its image a
+// root only once it is done; meanwhile the proxy holds the image's digest
+// and the collector keeps what it references, however long the copy
+// takes: the grace period does not have to outlast it.
+func TestCollectKeepsWhatACopyHolds(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	seeded := up.SeedImage(t, "library/app", "v1", 2, 8<<10)
+	app := single("app", "v1", seeded)
+	gated, g := startGated(t, up, seeded.Layers[1])
+	guard := releases{lifecycle.NewInUse(), make(chan digest.Digest, 1024)}
+	m := servertest.StartWithStore(t, gated.URL, openStore, proxy.WithContentGuard(guard))
+	t.Cleanup(g.Open)
+	e := &env{up: up, m: m, store: m.Store.(*storage.DriverStore)}
+	col := e.collector(lifecycle.Options{Grace: lifecycle.DefaultGrace, Guard: guard.InUse})
+
+	copied := make(chan error, 1)
+	go func() {
+		_, err := m.Proxy.Copy(context.Background(), "library/app@"+app.digest, nil, nil)
+		copied <- err
+	}()
+	<-g.reached
+	// Wait until the config and the first layer are recorded and no
+	// longer held: only the copy's hold of the image keeps them.
+	done := func(d string) bool {
+		_, recorded, _ := m.Index.Blob(digest.Digest(d))
+		return recorded && !guard.Busy(digest.Digest(d))
+	}
+	for !done(seeded.Config) || !done(seeded.Layers[0]) {
+		<-guard.released
+	}
+	m.Clock.Advance(2 * lifecycle.DefaultGrace)
+	if _, err := col.Collect(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	e.wantStored(t, true, app.digest, seeded.Config, seeded.Layers[0])
+	g.Open()
+	if err := <-copied; err != nil {
+		t.Fatalf("copy: %v", err)
+	}
+	e.wantStored(t, true, app.content()...)
+}
+
+// A manifest missing when the collection marks, and stored before it
+// removes anything (a fill stores a child manifest, then its blobs), keeps
+// the blobs it references: the collector reads missing manifests again.
+func TestCollectRereadsMissingManifests(t *testing.T) {
+	e := newEnv(t)
+	ma := e.up.SeedMultiArch(t, "library/m", "v1", fixture.OCI)
+	im := multi(ma)
+	im.repo = "m"
+	e.pull(t, im)
+	child := ma.Platforms["linux/arm64"]
+	if err := os.Remove(e.path(child.Digest)); err != nil {
+		t.Fatal(err)
+	}
+	stored := false
+	guard := &claimHook{first: func() {
+		body := child.Manifest
+		if err := e.store.Put(context.Background(), "", digest.Digest(child.Digest), int64(len(body)), bytes.NewReader(body)); err != nil {
+			t.Error(err)
+		}
+		stored = true
+	}}
+	if _, err := e.collector(lifecycle.Options{Guard: guard}).Collect(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if !stored {
+		t.Fatal("the collection claimed nothing: the child's blobs were not unreferenced")
+	}
+	e.wantStored(t, true, im.content()...)
+}
+
+// Without limits a pass collects only every CollectEvery: ticks between
+// change nothing, the first after it collects what no image references.
+func TestPassCollectsEveryCollectEvery(t *testing.T) {
+	e := newEnv(t)
+	a := single("a", "v1", e.up.SeedImage(t, "library/a", "v1", 2, 8<<10))
+	e.pull(t, a)
+	col := e.m.Server.Collector
+	p := lifecycle.Policy{CollectEvery: lifecycle.DefaultCollectEvery}
+	if _, err := col.Pass(t.Context(), p); err != nil { // the first collects
+		t.Fatal(err)
+	}
+	if err := e.m.Index.DeleteTag("docker.io", "library/a", "v1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.m.Index.DeleteFill("docker.io", "library/a", digest.Digest(a.digest)); err != nil {
+		t.Fatal(err)
+	}
+	e.m.Clock.Advance(lifecycle.DefaultGrace + time.Second) // a's content is past the grace period
+	if r, err := col.Pass(t.Context(), p); err != nil || r.BlobsRemoved+r.ManifestsRemoved != 0 {
+		t.Fatalf("pass before CollectEvery = %+v, %v; want nothing removed", r, err)
+	}
+	e.wantStored(t, true, a.content()...)
+	e.m.Clock.Advance(lifecycle.DefaultCollectEvery)
+	if r, err := col.Pass(t.Context(), p); err != nil || r.BlobsRemoved != 3 || r.ManifestsRemoved != 1 {
+		t.Fatalf("pass after CollectEvery = %+v, %v; want a's manifest and 3 blobs removed", r, err)
+	}
+	e.wantStored(t, false, a.content()...)
+}
+
+// acquires is the proxy's content guard, telling each Acquire as it
+// starts (before it waits for a claim).
+type acquires struct {
+	*lifecycle.InUse
+	acquiring chan digest.Digest
+}
+
+func (g acquires) Acquire(ctx context.Context, d digest.Digest) (func(), error) {
+	g.acquiring <- d
+	return g.InUse.Acquire(ctx, d)
+}
+
+// A downloaded blob is stored and recorded under the guard: while the
+// collector has the digest claimed (it is removing an older copy), the
+// download waits, so the removal never leaves a record of nothing.
+func TestDownloadStoresUnderTheGuard(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	seeded := up.SeedImage(t, "library/app", "v1", 1, 8<<10)
+	layer := digest.Digest(seeded.Layers[0])
+	gated, g := startGated(t, up, seeded.Layers[0])
+	guard := acquires{lifecycle.NewInUse(), make(chan digest.Digest, 64)}
+	m := servertest.StartWithStore(t, gated.URL, openStore, proxy.WithContentGuard(guard))
+	t.Cleanup(g.Open)
+
+	pulled := make(chan int, 1)
+	go func() {
+		req, _ := http.NewRequest(http.MethodGet, m.URL()+"/v2/app/blobs/"+layer.String(), nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			pulled <- 0
+			return
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		pulled <- resp.StatusCode
+	}()
+	<-g.reached // the download waits for the upstream
+	if d := <-guard.acquiring; d != layer {
+		t.Fatalf("the blob request held %s", d)
+	}
+	release, ok := guard.Claim(layer) // as the collector does
+	if !ok {
+		t.Fatal("the blob is held while it downloads")
+	}
+	idle := make(chan struct{})
+	go func() {
+		m.Proxy.WaitIdle(context.Background())
+		close(idle)
+	}()
+	g.Open()
+	select {
+	case d := <-guard.acquiring:
+		if d != layer {
+			t.Fatalf("acquired %s", d)
+		}
+	case <-idle:
+		t.Fatal("the download stored the blob without asking the guard")
+	}
+	if _, ok, _ := m.Index.Blob(layer); ok {
+		t.Error("recorded while claimed")
+	}
+	if _, err := m.Store.Stat(t.Context(), "", layer); err == nil {
+		t.Error("stored while claimed")
+	}
+	release()
+	<-idle
+	if status := <-pulled; status != http.StatusOK {
+		t.Fatalf("blob: status %d", status)
+	}
+	if _, ok, _ := m.Index.Blob(layer); !ok {
+		t.Error("not recorded once released")
+	}
+	if _, err := m.Store.Stat(t.Context(), "", layer); err != nil {
+		t.Errorf("not stored once released: %v", err)
+	}
+}
+
+// A fill that needs a stored blob the collector is removing waits for the
+// removal, then fetches the blob again: it never counts on content that
+// is going away, and the image it completes is whole.
+func TestFillWaitsForARemoval(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	baseBytes := randomBytes(8 << 10)
+	base := up.PushBlob(t, "library/app", baseBytes)
+	a := seedOnLayer(t, up, "library/app", "a", base, len(baseBytes))
+	b := seedOnLayer(t, up, "library/app", "b", base, len(baseBytes))
+	guard := acquires{lifecycle.NewInUse(), make(chan digest.Digest, 256)}
+	m := servertest.StartWithStore(t, up.URL(), openStore, proxy.WithContentGuard(guard))
+	e := &env{up: up, m: m, store: m.Store.(*storage.DriverStore)}
+	e.pull(t, a)
+	for len(guard.acquiring) > 0 {
+		<-guard.acquiring
+	}
+	release, ok := guard.Claim(digest.Digest(base)) // the collector removes the shared layer
+	if !ok {
+		t.Fatal("the layer is in use")
+	}
+	if status, _, _ := get(t, m.URL()+"/v2/app/manifests/b"); status != http.StatusOK {
+		t.Fatalf("pull b: status %d", status)
+	}
+	idle := make(chan struct{})
+	go func() {
+		m.Proxy.WaitIdle(context.Background())
+		close(idle)
+	}()
+	for waiting := false; !waiting; {
+		select {
+		case d := <-guard.acquiring:
+			waiting = d.String() == base
+		case <-idle:
+			t.Fatal("b's fill used the layer without asking the guard")
+		}
+	}
+	if _, err := m.Index.Forget([]digest.Digest{digest.Digest(base)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Store.Delete(t.Context(), "", digest.Digest(base)); err != nil {
+		t.Fatal(err)
+	}
+	release()
+	go func() { // the fill downloads the layer again: drain its acquires
+		for {
+			select {
+			case <-guard.acquiring:
+			case <-idle:
+				return
+			}
+		}
+	}()
+	<-idle
+	if rec, ok, _ := m.Index.Fill("docker.io", "library/app", digest.Digest(b.digest)); !ok || rec.State != storage.FillComplete {
+		t.Fatalf("b's fill: %+v", rec)
+	}
+	e.wantStored(t, true, b.content()...)
+	e.wantPull(t, b)
+}
+
+// A fetched manifest is stored and recorded under the guard, as a blob is.
+func TestManifestStoresUnderTheGuard(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	app := single("app", "v1", up.SeedImage(t, "library/app", "v1", 1, 4<<10))
+	d := digest.Digest(app.digest)
+	guard := acquires{lifecycle.NewInUse(), make(chan digest.Digest, 256)}
+	m := servertest.StartWithStore(t, up.URL(), openStore, proxy.WithContentGuard(guard))
+	release, ok := guard.Claim(d)
+	if !ok {
+		t.Fatal("claim")
+	}
+	pulled := make(chan int, 1)
+	go func() {
+		status, _, _ := get(t, m.URL()+"/v2/app/manifests/v1")
+		pulled <- status
+	}()
+	for waiting := false; !waiting; {
+		select {
+		case got := <-guard.acquiring:
+			waiting = got == d
+		case status := <-pulled:
+			t.Fatalf("the pull ended (status %d) without the manifest asking the guard", status)
+		}
+	}
+	if _, ok, _ := m.Index.Manifest(d); ok {
+		t.Error("recorded while claimed")
+	}
+	if _, err := m.Store.Stat(t.Context(), "", d); err == nil {
+		t.Error("stored while claimed")
+	}
+	release()
+	stop, drained := make(chan struct{}), make(chan struct{})
+	go func() { // the background mirror acquires more
+		defer close(drained)
+		for {
+			select {
+			case <-guard.acquiring:
+			case <-stop:
+				return
+			}
+		}
+	}()
+	defer func() {
+		close(stop)
+		<-drained
+	}()
+	if status := <-pulled; status != http.StatusOK {
+		t.Fatalf("pull: status %d", status)
+	}
+	m.WaitIdle()
+	if _, ok, _ := m.Index.Manifest(d); !ok {
+		t.Error("not recorded once released")
+	}
 }

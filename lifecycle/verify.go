@@ -96,6 +96,7 @@ func (c *Collector) verify(ctx context.Context) (Report, error) {
 		}
 	}
 	r.Missing = len(missing)
+	r.MissingContent = missing
 	if c.opts.DryRun {
 		r.StoredAfter = r.StoredBefore
 		return r, nil

@@ -148,6 +148,9 @@ func New(ctx context.Context, cfg config.Config, opts ...Option) (_ *Server, err
 	if s.Store, s.storeName, err = o.openStore(ctx, cfg, s.Index); err != nil {
 		return nil, err
 	}
+	if err := s.recordStore(); err != nil {
+		return nil, err
+	}
 	if legacy {
 		if ds, ok := s.Store.(*storage.DriverStore); ok {
 			if err := ds.CleanLegacyUploads(ctx); err != nil {

@@ -22,10 +22,10 @@ func TestEvictionWhilePulling(t *testing.T) {
 		images = append(images, up.SeedMultiArch(t, "library/"+name, "1", fixture.OCI, fixture.WithLayerSize(64<<10)))
 	}
 	m := servertest.Start(t, up.URL())
-	// The server's own collector: it shares the proxy's content guard, and
-	// content recorded within its grace period is never collected, so a
-	// fill in progress (stored, not yet referenced by a manifest the
-	// collector can read) survives.
+	// The server's own collector: it shares the proxy's content guard, so
+	// a fill in progress survives (the proxy holds the image and each
+	// digest it stores until recorded; the collector keeps what held
+	// digests reference), while the clock runs far past the grace period.
 	col := m.Server.Collector
 	// Fill the cache once to learn the size of one image.
 	cranePull(t, ref(t, m, "alpha:1"), remote.WithPlatform(v1.Platform{OS: "linux", Architecture: "amd64"}))

@@ -8,13 +8,18 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/opencontainers/go-digest"
+
 	"github.com/docker-mirror/docker-mirror/config"
 	"github.com/docker-mirror/docker-mirror/lifecycle"
+	"github.com/docker-mirror/docker-mirror/proxy"
 	"github.com/docker-mirror/docker-mirror/server"
 	"github.com/docker-mirror/docker-mirror/storage"
 )
@@ -26,10 +31,11 @@ import (
 // adminUsage is the part of the usage text about the offline commands.
 const adminUsage = `  docker-mirror ls --data DIR [--json]
                                 list the cached images: size, platforms, last pull, state, pinned
-  docker-mirror gc --data DIR [--dry-run]
+  docker-mirror gc --data DIR [--dry-run] [--grace DURATION]
                                 remove the blobs and manifests no cached image references
-  docker-mirror verify --data DIR [--dry-run]
-                                rehash all stored content; remove what is corrupt (exit 1 if any)
+  docker-mirror verify --data DIR [--destination URL] [--repair]
+                                rehash all stored content, report what is corrupt or missing (exit 1 if any);
+                                --repair removes it
 `
 
 // errUsage marks errors that are the command line's fault (exit 2).
@@ -55,30 +61,110 @@ func adminCommand(name, synopsis string, args []string, stdout, stderr io.Writer
 	return cfg, 0, true
 }
 
-// openData opens the index and the embedded store of a data directory.
-// clean removes the leftovers of interrupted writes (gc, verify); ls
-// changes nothing in the store.
-func openData(ctx context.Context, cfg config.Config, clean bool) (*storage.DriverStore, *storage.Index, error) {
-	if cfg.Destination.URL != "" {
-		return nil, nil, fmt.Errorf("%w: %w", errUsage, lifecycle.ErrRegistryDestination)
-	}
+// openIndex opens the index of a data directory and checks that it
+// describes the store cfg names (the index records it): if it does not,
+// it refuses with one line naming the flag to pass, so that no command
+// judges an index against a store it does not describe.
+func openIndex(cfg config.Config, cmd string) (*storage.Index, storage.StoreIdentity, error) {
 	path := server.IndexPath(cfg)
 	if _, err := os.Stat(path); err != nil {
-		return nil, nil, fmt.Errorf("%w: no index at %s: is --data the server's data directory? (%w)", errUsage, path, err)
+		return nil, storage.StoreIdentity{}, fmt.Errorf("%w: no index at %s: is --data the server's data directory? (%w)", errUsage, path, err)
 	}
 	index, err := storage.OpenIndex(path)
 	if err != nil {
 		if strings.Contains(err.Error(), "locked by another process") {
 			err = fmt.Errorf("%w: stop the server using %s first", err, cfg.Data)
 		}
+		return nil, storage.StoreIdentity{}, err
+	}
+	id, err := index.Store()
+	if err != nil {
+		index.Close()
+		return nil, id, err
+	}
+	if want := server.StoreIdentity(cfg); id.Known() && !sameStore(id, want) {
+		index.Close()
+		return nil, id, fmt.Errorf("%w: %s", errUsage, mismatch(cmd, cfg.Data, id, want))
+	}
+	return index, id, nil
+}
+
+// sameStore reports whether two identities name the same store; a
+// registry's URL is compared without its scheme.
+func sameStore(a, b storage.StoreIdentity) bool {
+	if a.Kind == storage.KindRegistry && b.Kind == storage.KindRegistry {
+		trim := func(s string) string {
+			s = strings.TrimPrefix(strings.TrimPrefix(s, "https://"), "http://")
+			return strings.TrimRight(s, "/")
+		}
+		return trim(a.Location) == trim(b.Location)
+	}
+	return a == b
+}
+
+// mismatch says why an index does not go with the store the command
+// line names, and which flag to pass.
+func mismatch(cmd, dir string, id, want storage.StoreIdentity) string {
+	switch {
+	case id.Kind == storage.KindRegistry && cmd != "verify":
+		return fmt.Sprintf("the index in %s belongs to %s: %s works on the embedded store only (check the registry with verify --destination %s; it manages its own storage)", dir, id, cmd, id.Location)
+	case id.Kind == storage.KindRegistry:
+		return fmt.Sprintf("the index in %s belongs to %s, not to %s: pass --destination %s", dir, id, want, id.Location)
+	case want.Kind == storage.KindRegistry:
+		return fmt.Sprintf("the index in %s belongs to %s, not to a destination registry: drop --destination", dir, id)
+	default:
+		return fmt.Sprintf("the index in %s belongs to %s, not to %s: pass the storage settings it was served with (--config FILE with its storage block)", dir, id, want)
+	}
+}
+
+// openData opens the index and the embedded store of a data directory.
+// clean removes the leftovers of interrupted writes (gc, verify --repair);
+// ls changes nothing in the store. It refuses a destination registry's
+// data directory, and an index that does not record its store (written by
+// an older version) if the store holds none of what it names.
+func openData(ctx context.Context, cfg config.Config, cmd string, clean bool) (*storage.DriverStore, *storage.Index, error) {
+	if cfg.Destination.URL != "" {
+		return nil, nil, fmt.Errorf("%w: %w", errUsage, lifecycle.ErrRegistryDestination)
+	}
+	index, id, err := openIndex(cfg, cmd)
+	if err != nil {
 		return nil, nil, err
 	}
 	store, err := server.OpenEmbeddedStore(ctx, cfg, clean)
+	if err == nil && !id.Known() {
+		err = holdsSome(ctx, cfg, store, index)
+	}
 	if err != nil {
 		index.Close()
 		return nil, nil, err
 	}
 	return store, index, nil
+}
+
+// holdsSome checks that an index that does not record its store names
+// content the store holds (one digest is enough): an index of a
+// destination registry's data directory names none of it.
+func holdsSome(ctx context.Context, cfg config.Config, store storage.Store, index *storage.Index) error {
+	snap, err := index.Snapshot()
+	if err != nil {
+		return err
+	}
+	n := 0
+	for _, ds := range [][]digest.Digest{slices.Collect(maps.Keys(snap.Manifests)), slices.Collect(maps.Keys(snap.Blobs))} {
+		for _, d := range ds {
+			n++
+			if _, err := store.Stat(ctx, "", d); err == nil {
+				return nil
+			} else if !errors.Is(err, storage.ErrNotFound) {
+				return err
+			}
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: the index in %s does not record its store (an older version wrote it) and the embedded store holds none of the %d digests it names: "+
+		"if it is a --destination server's, pass --destination URL; if the store was lost, remove %s", errUsage, cfg.Data, n, server.IndexPath(cfg))
 }
 
 // adminError prints an offline command's error and returns its exit code.
@@ -104,8 +190,8 @@ func adminLogger(cfg config.Config, stderr io.Writer) *slog.Logger {
 
 // withCollector opens a data directory, runs fn on a collector of it, and
 // closes it.
-func withCollector(ctx context.Context, cfg config.Config, clean bool, opts lifecycle.Options, fn func(*lifecycle.Collector, *storage.Index) error) error {
-	store, index, err := openData(ctx, cfg, clean)
+func withCollector(ctx context.Context, cfg config.Config, cmd string, clean bool, opts lifecycle.Options, fn func(*lifecycle.Collector, *storage.Index) error) error {
+	store, index, err := openData(ctx, cfg, cmd, clean)
 	if err != nil {
 		return err
 	}
@@ -120,14 +206,14 @@ func gcCommand(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	var grace time.Duration
 	cfg, code, ok := adminCommand("gc", "docker-mirror gc --data DIR [--dry-run] [--grace DURATION]", args, stdout, stderr, func(fs *flag.FlagSet) {
 		fs.BoolVar(&dryRun, "dry-run", false, "print what would be removed, and remove nothing")
-		fs.DurationVar(&grace, "grace", 0, "keep content written less than this long ago")
+		fs.DurationVar(&grace, "grace", 0, "keep unreferenced content written or accessed less than this long ago (default 0: remove it all)")
 	})
 	if !ok {
 		return code
 	}
 	var r lifecycle.Report
 	var images int
-	err := withCollector(ctx, cfg, !dryRun, lifecycle.Options{Grace: grace, DryRun: dryRun, Log: adminLogger(cfg, stderr)},
+	err := withCollector(ctx, cfg, "gc", !dryRun, lifecycle.Options{Grace: grace, DryRun: dryRun, Log: adminLogger(cfg, stderr)},
 		func(c *lifecycle.Collector, _ *storage.Index) error {
 			var err error
 			if r, err = c.Collect(ctx); err != nil {
@@ -150,19 +236,25 @@ func gcCommand(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	return 0
 }
 
-// verifyCommand rehashes the stored content offline:
-// docker-mirror verify --data DIR [--dry-run]. It exits 1 if any content
-// was corrupt.
+// verifyCommand checks the stored content offline:
+// docker-mirror verify --data DIR [--repair]. It reports content that is
+// corrupt (embedded store) or missing, removes it with its index entries
+// only with --repair, and exits 1 if it found any.
 func verifyCommand(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	var dryRun bool
-	cfg, code, ok := adminCommand("verify", "docker-mirror verify --data DIR [--dry-run]", args, stdout, stderr, func(fs *flag.FlagSet) {
-		fs.BoolVar(&dryRun, "dry-run", false, "report corrupt content, and remove nothing")
+	var repair, dryRun bool
+	cfg, code, ok := adminCommand("verify", "docker-mirror verify --data DIR [--destination URL] [--repair]", args, stdout, stderr, func(fs *flag.FlagSet) {
+		fs.BoolVar(&repair, "repair", false, "remove what is corrupt or missing, with its index entries (the next pull fetches it again)")
+		fs.BoolVar(&dryRun, "dry-run", false, "report only (the default; overrides --repair)")
 	})
 	if !ok {
 		return code
 	}
+	repair = repair && !dryRun
+	if cfg.Destination.URL != "" {
+		return verifyDestination(ctx, cfg, repair, stdout, stderr)
+	}
 	var r lifecycle.Report
-	err := withCollector(ctx, cfg, !dryRun, lifecycle.Options{DryRun: dryRun, Log: adminLogger(cfg, stderr)},
+	err := withCollector(ctx, cfg, "verify", repair, lifecycle.Options{DryRun: !repair, Log: adminLogger(cfg, stderr)},
 		func(c *lifecycle.Collector, _ *storage.Index) error {
 			var err error
 			r, err = c.Verify(ctx)
@@ -170,6 +262,9 @@ func verifyCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 		})
 	for _, d := range r.Corrupt {
 		fmt.Fprintf(stdout, "corrupt: %s\n", d)
+	}
+	for _, d := range r.MissingContent {
+		fmt.Fprintf(stdout, "missing: %s\n", d)
 	}
 	if err != nil {
 		return adminError("verify", err, stderr)
@@ -179,15 +274,110 @@ func verifyCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if r.Missing > 0 {
 		summary += fmt.Sprintf(", %d indexed but missing", r.Missing)
 	}
-	switch {
-	case r.CorruptFound()+r.Missing == 0:
-	case dryRun:
-		summary += " (dry run: nothing removed)"
-	default:
-		summary += "; removed with their index entries, the next pull fetches them again"
+	findings := r.CorruptFound() + r.Missing
+	fmt.Fprintln(stdout, summary+findingsNote(findings, repair))
+	if findings > 0 {
+		return 1
 	}
-	fmt.Fprintln(stdout, summary)
-	if r.CorruptFound() > 0 {
+	return 0
+}
+
+// findingsNote ends verify's summary: what was done about the findings.
+func findingsNote(findings int, repair bool) string {
+	switch {
+	case findings == 0:
+		return ""
+	case repair:
+		return "; removed with their index entries, the next pull fetches them again"
+	default:
+		return " (nothing removed: run with --repair to remove them with their index entries)"
+	}
+}
+
+// verifyDestination checks that the destination registry holds what the
+// index of its data directory names: each manifest and blob in a
+// repository the index links it to. Manifests still waiting in the index
+// to be pushed are not asked for. With repair, the entries of what is
+// missing are removed from the index (tags naming it with them), so the
+// next pull fetches it again; nothing is removed from the registry.
+func verifyDestination(ctx context.Context, cfg config.Config, repair bool, stdout, stderr io.Writer) int {
+	index, _, err := openIndex(cfg, "verify")
+	if err != nil {
+		return adminError("verify", err, stderr)
+	}
+	defer index.Close()
+	store, name, err := server.OpenStore(ctx, cfg, index)
+	if err != nil {
+		return adminError("verify", err, stderr)
+	}
+	if err := index.SetStore(server.StoreIdentity(cfg)); err != nil { // checked against it: an older index learns its store
+		return adminError("verify", err, stderr)
+	}
+	snap, err := index.Snapshot()
+	if err != nil {
+		return adminError("verify", err, stderr)
+	}
+	ms, _ := store.(storage.ManifestStore)
+	var missing []digest.Digest
+	var blobs, manifests, unlinked int
+	check := func(d digest.Digest, manifest bool) error {
+		if manifest {
+			if _, pending, err := index.ManifestBody(d); err != nil || pending {
+				return err
+			}
+		}
+		repos := snap.Links[d]
+		if len(repos) == 0 {
+			unlinked++
+			return nil
+		}
+		for _, hr := range repos {
+			host, repo, _ := strings.Cut(hr, "/")
+			var err error
+			if manifest && ms != nil {
+				_, err = ms.Manifest(ctx, proxy.StoreRepo(host, repo), d)
+			} else {
+				_, err = store.Stat(ctx, proxy.StoreRepo(host, repo), d)
+			}
+			if err == nil {
+				return nil
+			}
+			if !errors.Is(err, storage.ErrNotFound) {
+				return err
+			}
+		}
+		missing = append(missing, d)
+		return nil
+	}
+	for _, d := range slices.Sorted(maps.Keys(snap.Manifests)) {
+		manifests++
+		if err := check(d, true); err != nil {
+			return adminError("verify", err, stderr)
+		}
+	}
+	for _, d := range slices.Sorted(maps.Keys(snap.Blobs)) {
+		if _, ok := snap.Manifests[d]; ok {
+			continue
+		}
+		blobs++
+		if err := check(d, false); err != nil {
+			return adminError("verify", err, stderr)
+		}
+	}
+	for _, d := range missing {
+		fmt.Fprintf(stdout, "missing: %s\n", d)
+	}
+	if repair && len(missing) > 0 {
+		if _, err := index.Forget(missing, nil); err != nil {
+			return adminError("verify", err, stderr)
+		}
+	}
+	summary := fmt.Sprintf("verify: checked %s and %s in %s: %d indexed but missing", plural(blobs, "blob"), plural(manifests, "manifest"), name, len(missing))
+	if unlinked > 0 {
+		summary += fmt.Sprintf(" (%d not linked to any repository, not checked)", unlinked)
+	}
+	fmt.Fprintln(stdout, summary+findingsNote(len(missing), repair))
+	if len(missing) > 0 {
 		return 1
 	}
 	return 0
@@ -204,7 +394,7 @@ func lsCommand(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	}
 	var images []lifecycle.Image
 	var stored int64
-	err := withCollector(ctx, cfg, false, lifecycle.Options{Log: adminLogger(cfg, stderr)},
+	err := withCollector(ctx, cfg, "ls", false, lifecycle.Options{Log: adminLogger(cfg, stderr)},
 		func(c *lifecycle.Collector, index *storage.Index) error {
 			var err error
 			images, err = c.Images(ctx)

@@ -171,13 +171,20 @@ func TestAdminVerify(t *testing.T) {
 	if err := os.WriteFile(path, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	code, out, _ := runAdmin(t, "verify", "--data", dir, "--dry-run")
-	if code != 1 || !strings.Contains(out, "corrupt: "+img.Layers[0]) || !strings.Contains(out, "1 corrupt (dry run") {
-		t.Fatalf("verify --dry-run: exit %d, %q", code, out)
+	// Without --repair (or with --dry-run) it reports, exit 1, and
+	// removes nothing.
+	for _, args := range [][]string{{"verify", "--data", dir}, {"verify", "--data", dir, "--dry-run"}, {"verify", "--data", dir, "--repair", "--dry-run"}} {
+		code, out, _ := runAdmin(t, args...)
+		if code != 1 || !strings.Contains(out, "corrupt: "+img.Layers[0]) || !strings.Contains(out, "1 corrupt (nothing removed: run with --repair") {
+			t.Fatalf("%v: exit %d, %q", args, code, out)
+		}
+		if _, err := os.Stat(path); err != nil {
+			t.Fatalf("%v removed the corrupt blob: %v", args, err)
+		}
 	}
-	code, out, _ = runAdmin(t, "verify", "--data", dir)
+	code, out, _ := runAdmin(t, "verify", "--data", dir, "--repair")
 	if code != 1 || !strings.Contains(out, "corrupt: "+img.Layers[0]) || !strings.Contains(out, "1 corrupt; removed") {
-		t.Fatalf("verify: exit %d, %q", code, out)
+		t.Fatalf("verify --repair: exit %d, %q", code, out)
 	}
 	if _, err := os.Stat(path); !os.IsNotExist(err) {
 		t.Fatalf("verify left the corrupt blob: %v", err)
