@@ -32,6 +32,10 @@ type Index struct {
 
 	// stored is the total size of the indexed blobs and manifests.
 	stored atomic.Int64
+
+	// records, if not nil, is the shared copy of the records (a store
+	// several replicas share): see ShareRecords.
+	records Records
 }
 
 var (
@@ -218,7 +222,7 @@ func view[T any](ix *Index, bucket, key []byte) (v T, ok bool, err error) {
 
 // Tag returns what a tag of an upstream repository points to.
 func (ix *Index) Tag(host, repo, tag string) (TagRecord, bool, error) {
-	return view[TagRecord](ix, bucketTags, tagKey(host, repo, tag))
+	return viewShared[TagRecord](ix, bucketTags, tagKey(host, repo, tag))
 }
 
 // Tags lists the tags recorded for an upstream repository, sorted.
@@ -258,26 +262,37 @@ func (ix *Index) TagsOf(host, repo string, dgst digest.Digest) ([]string, error)
 
 // TouchTag records that the upstream confirmed a tag's digest at t.
 func (ix *Index) TouchTag(host, repo, tag string, t time.Time) error {
-	return ix.db.Update(func(tx *bolt.Tx) error {
-		rec, ok, err := get[TagRecord](tx, bucketTags, tagKey(host, repo, tag))
+	var rec TagRecord
+	var ok bool
+	err := ix.db.Update(func(tx *bolt.Tx) error {
+		var err error
+		rec, ok, err = get[TagRecord](tx, bucketTags, tagKey(host, repo, tag))
 		if err != nil || !ok {
 			return err
 		}
 		rec.CheckedAt = t
 		return put(tx, bucketTags, tagKey(host, repo, tag), rec)
 	})
+	if err != nil || !ok {
+		return err
+	}
+	return ix.sharePut(bucketTags, tagKey(host, repo, tag), rec)
 }
 
 // DeleteTag forgets a tag (the upstream says it no longer exists).
 func (ix *Index) DeleteTag(host, repo, tag string) error {
-	return ix.db.Update(func(tx *bolt.Tx) error {
+	err := ix.db.Update(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketTags).Delete(tagKey(host, repo, tag))
 	})
+	if err != nil {
+		return err
+	}
+	return ix.shareDelete(bucketTags, tagKey(host, repo, tag))
 }
 
 // Manifest returns the record of a stored manifest.
 func (ix *Index) Manifest(dgst digest.Digest) (ManifestRecord, bool, error) {
-	return view[ManifestRecord](ix, bucketManifests, []byte(dgst))
+	return viewShared[ManifestRecord](ix, bucketManifests, []byte(dgst))
 }
 
 // ManifestEntry is what RecordManifest writes in one transaction.
@@ -296,9 +311,10 @@ type ManifestEntry struct {
 // and optionally a tag pointing at it and its initial mirror state.
 func (ix *Index) RecordManifest(e ManifestEntry) error {
 	var added int64
+	var fillAdded bool
 	err := ix.db.Update(func(tx *bolt.Tx) error {
 		key := []byte(e.Digest)
-		added = 0
+		added, fillAdded = 0, false
 		if tx.Bucket(bucketManifests).Get(key) == nil {
 			added = e.Record.Size
 		}
@@ -315,14 +331,36 @@ func (ix *Index) RecordManifest(e ManifestEntry) error {
 			}
 		}
 		if mkey := linkKey(e.Upstream, e.Repo, e.Digest); e.Fill != nil && tx.Bucket(bucketMirrors).Get(mkey) == nil {
+			fillAdded = true
 			return put(tx, bucketMirrors, mkey, e.Fill)
 		}
 		return nil
 	})
-	if err == nil {
-		ix.stored.Add(added)
+	if err != nil {
+		return err
 	}
-	return err
+	ix.stored.Add(added)
+	if ix.records == nil {
+		return nil
+	}
+	// Content first, then what names it: a reader never finds a tag
+	// whose manifest record is missing.
+	if err := ix.sharePut(bucketManifests, []byte(e.Digest), e.Record); err != nil {
+		return err
+	}
+	if err := ix.sharePut(bucketLinks, linkKey(e.Upstream, e.Repo, e.Digest), struct{}{}); err != nil {
+		return err
+	}
+	if fillAdded {
+		if err := ix.sharePut(bucketMirrors, linkKey(e.Upstream, e.Repo, e.Digest), e.Fill); err != nil {
+			return err
+		}
+	}
+	if e.Tag != "" {
+		t := e.Record.FetchedAt
+		return ix.sharePut(bucketTags, tagKey(e.Upstream, e.Repo, e.Tag), TagRecord{Digest: e.Digest, FetchedAt: t, CheckedAt: t})
+	}
+	return nil
 }
 
 // PutManifestBody keeps a manifest's bytes in the index: with a registry
@@ -352,7 +390,7 @@ func (ix *Index) ManifestBody(dgst digest.Digest) ([]byte, bool, error) {
 
 // Blob returns the record of a stored blob.
 func (ix *Index) Blob(dgst digest.Digest) (BlobRecord, bool, error) {
-	return view[BlobRecord](ix, bucketBlobs, []byte(dgst))
+	return viewShared[BlobRecord](ix, bucketBlobs, []byte(dgst))
 }
 
 // RecordBlob records a stored blob and its link to an upstream repository.
@@ -369,15 +407,22 @@ func (ix *Index) RecordBlob(host, repo string, dgst digest.Digest, size int64, t
 		}
 		return link(tx, host, repo, dgst)
 	})
-	if err == nil {
-		ix.stored.Add(added)
+	if err != nil {
+		return err
 	}
-	return err
+	ix.stored.Add(added)
+	if err := ix.sharePut(bucketBlobs, []byte(dgst), BlobRecord{Size: size, FetchedAt: t, LastAccess: t}); err != nil {
+		return err
+	}
+	return ix.sharePut(bucketLinks, linkKey(host, repo, dgst), struct{}{})
 }
 
 // Link records that dgst belongs to an upstream repository.
 func (ix *Index) Link(host, repo string, dgst digest.Digest) error {
-	return ix.db.Batch(func(tx *bolt.Tx) error { return link(tx, host, repo, dgst) })
+	if err := ix.db.Batch(func(tx *bolt.Tx) error { return link(tx, host, repo, dgst) }); err != nil {
+		return err
+	}
+	return ix.sharePut(bucketLinks, linkKey(host, repo, dgst), struct{}{})
 }
 
 // Linked reports whether dgst was fetched for, or confirmed to belong to,
@@ -389,22 +434,33 @@ func (ix *Index) Linked(host, repo string, dgst digest.Digest) (bool, error) {
 		ok = tx.Bucket(bucketLinks).Get(linkKey(host, repo, dgst)) != nil
 		return nil
 	})
-	return ok, err
+	if ok || err != nil || ix.records == nil {
+		return ok, err
+	}
+	raw, found, err := ix.shareGet(bucketLinks, linkKey(host, repo, dgst))
+	if err != nil || !found {
+		return false, err
+	}
+	return true, ix.adopt(bucketLinks, linkKey(host, repo, dgst), raw)
 }
 
 // Mirror returns the background-mirroring state of a manifest in an
 // upstream repository. The state is per repository: the same digest may be
 // complete in one and not yet in another (links, registry destinations).
 func (ix *Index) Fill(host, repo string, dgst digest.Digest) (FillRecord, bool, error) {
-	return view[FillRecord](ix, bucketMirrors, linkKey(host, repo, dgst))
+	return viewShared[FillRecord](ix, bucketMirrors, linkKey(host, repo, dgst))
 }
 
 // PutFill records the background-mirroring state of a manifest in the
 // upstream repository rec names.
 func (ix *Index) PutFill(dgst digest.Digest, rec FillRecord) error {
-	return ix.db.Update(func(tx *bolt.Tx) error {
+	err := ix.db.Update(func(tx *bolt.Tx) error {
 		return put(tx, bucketMirrors, linkKey(rec.Upstream, rec.Repo, dgst), rec)
 	})
+	if err != nil {
+		return err
+	}
+	return ix.sharePut(bucketMirrors, linkKey(rec.Upstream, rec.Repo, dgst), rec)
 }
 
 // FillEntry is a manifest's mirror state in a repository.

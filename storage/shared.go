@@ -1,0 +1,224 @@
+package storage
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	bolt "go.etcd.io/bbolt"
+)
+
+// The index on a shared store: every record a replica needs to serve
+// content another replica fetched is written through to Records, and read
+// from there when the local database misses it. Without Records (the
+// default, a store of one process) none of this runs.
+
+// recordsTimeout bounds one access to the shared records: the Index's
+// methods take no context, and a store that does not answer must not hold
+// a pull for ever.
+const recordsTimeout = 30 * time.Second
+
+// sharedKinds are the index buckets kept in the shared records, in the
+// order Refresh reads them.
+var sharedKinds = [][]byte{bucketBlobs, bucketManifests, bucketLinks, bucketTags, bucketMirrors, bucketPins, bucketAccess, bucketJobs}
+
+// ShareRecords makes records the shared copy of the index: writes go
+// through to it, local misses are read from it. Call it once, before the
+// index is used.
+func (ix *Index) ShareRecords(records Records) { ix.records = records }
+
+// Shared reports whether the index keeps its records in a shared store.
+func (ix *Index) Shared() bool { return ix.records != nil }
+
+func recordsContext() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), recordsTimeout)
+}
+
+// sharePut writes a record through to the shared records.
+func (ix *Index) sharePut(bucket, key []byte, v any) error {
+	if ix.records == nil {
+		return nil
+	}
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := recordsContext()
+	defer cancel()
+	if err := ix.records.Put(ctx, string(bucket), string(key), raw); err != nil {
+		return fmt.Errorf("shared records: writing %s %q: %w", bucket, key, err)
+	}
+	return nil
+}
+
+// shareDelete removes records from the shared records.
+func (ix *Index) shareDelete(bucket []byte, keys ...[]byte) error {
+	if ix.records == nil {
+		return nil
+	}
+	ctx, cancel := recordsContext()
+	defer cancel()
+	for _, k := range keys {
+		if err := ix.records.Delete(ctx, string(bucket), string(k)); err != nil {
+			return fmt.Errorf("shared records: deleting %s %q: %w", bucket, k, err)
+		}
+	}
+	return nil
+}
+
+// shareGet reads a record from the shared records: found false if there
+// is none.
+func (ix *Index) shareGet(bucket, key []byte) ([]byte, bool, error) {
+	if ix.records == nil {
+		return nil, false, nil
+	}
+	ctx, cancel := recordsContext()
+	defer cancel()
+	raw, err := ix.records.Get(ctx, string(bucket), string(key))
+	if errors.Is(err, ErrNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("shared records: reading %s %q: %w", bucket, key, err)
+	}
+	return raw, true, nil
+}
+
+// viewShared reads a record locally, and on a local miss from the shared
+// records, keeping what it finds in the local database.
+func viewShared[T any](ix *Index, bucket, key []byte) (T, bool, error) {
+	v, ok, err := view[T](ix, bucket, key)
+	if ok || err != nil || ix.records == nil {
+		return v, ok, err
+	}
+	raw, found, err := ix.shareGet(bucket, key)
+	if err != nil || !found {
+		return v, false, err
+	}
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return v, false, fmt.Errorf("shared records: corrupt %s record %q: %w", bucket, key, err)
+	}
+	return v, true, ix.adopt(bucket, key, raw)
+}
+
+// adopt keeps a record read from the shared records in the local
+// database, as its writer recorded it (links both ways; the stored total
+// counting a new blob or manifest).
+func (ix *Index) adopt(bucket, key, raw []byte) error {
+	var added int64
+	err := ix.db.Update(func(tx *bolt.Tx) error {
+		added = 0
+		var err error
+		added, err = adoptTx(tx, bucket, key, raw)
+		return err
+	})
+	if err == nil {
+		ix.stored.Add(added)
+	}
+	return err
+}
+
+// adoptTx writes one shared record in tx and returns the bytes it adds to
+// the stored total.
+func adoptTx(tx *bolt.Tx, bucket, key, raw []byte) (int64, error) {
+	switch string(bucket) {
+	case string(bucketLinks):
+		host, repo, dgst, ok := parseLinkKey(string(key))
+		if !ok {
+			return 0, nil
+		}
+		return 0, link(tx, host, repo, dgst)
+	case string(bucketJobs):
+		var j Job
+		if err := json.Unmarshal(raw, &j); err != nil {
+			return 0, nil
+		}
+		return 0, putJobTx(tx, &j)
+	case string(bucketBlobs), string(bucketManifests):
+		var rec struct {
+			Size int64 `json:"size"`
+		}
+		if err := json.Unmarshal(raw, &rec); err != nil {
+			return 0, nil
+		}
+		b := tx.Bucket(bucket)
+		var added int64
+		if b.Get(key) == nil {
+			added = rec.Size
+		}
+		return added, b.Put(key, raw)
+	}
+	b, err := tx.CreateBucketIfNotExists(bucket)
+	if err != nil {
+		return 0, err
+	}
+	return 0, b.Put(key, raw)
+}
+
+// parseLinkKey splits a linkKey into its parts.
+func parseLinkKey(key string) (host, repo string, dgst digest.Digest, ok bool) {
+	at := -1
+	for i := len(key) - 1; i >= 0; i-- {
+		if key[i] == '@' {
+			at = i
+			break
+		}
+	}
+	if at < 0 {
+		return "", "", "", false
+	}
+	d, err := digest.Parse(key[at+1:])
+	if err != nil {
+		return "", "", "", false
+	}
+	for i := 0; i < at; i++ {
+		if key[i] == '/' {
+			if i == 0 || i == at-1 {
+				return "", "", "", false
+			}
+			return key[:i], key[i+1 : at], d, true
+		}
+	}
+	return "", "", "", false
+}
+
+// Refresh copies every shared record into the local database, so that
+// what the index lists (tags, pins, content and its total size) is what
+// every replica on the store recorded: the collector reads the whole
+// bucket's roots and totals this way, and a replica's listings after a
+// start with an empty data directory. Local records the shared records do
+// not have are kept. Without shared records it does nothing.
+func (ix *Index) Refresh(ctx context.Context) error {
+	if ix.records == nil {
+		return nil
+	}
+	for _, bucket := range sharedKinds {
+		type rec struct{ key, raw []byte }
+		var recs []rec
+		err := ix.records.Walk(ctx, string(bucket), func(key string, value []byte) error {
+			recs = append(recs, rec{[]byte(key), value})
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("shared records: reading %s: %w", bucket, err)
+		}
+		for chunk := range slices.Chunk(recs, 1000) {
+			err := ix.db.Update(func(tx *bolt.Tx) error {
+				for _, r := range chunk {
+					if _, err := adoptTx(tx, bucket, r.key, r.raw); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+		}
+	}
+	return ix.countStored()
+}

@@ -1,0 +1,76 @@
+package tests
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/docker-mirror/docker-mirror/config"
+	"github.com/docker-mirror/docker-mirror/proxy"
+	"github.com/docker-mirror/docker-mirror/storage/s3test"
+	"github.com/docker-mirror/docker-mirror/tests/fixture"
+	"github.com/docker-mirror/docker-mirror/tests/servertest"
+)
+
+// sharedBucket starts an S3 server (versitygw; the test skips without it)
+// with one bucket, and returns the configuration change that puts a mirror
+// on it.
+func sharedBucket(t *testing.T) (*s3test.Server, string, func(*config.Config)) {
+	t.Helper()
+	srv := s3test.Start(t)
+	bucket := srv.NewBucket(t)
+	return srv, bucket, func(c *config.Config) { c.Storage = srv.Storage(bucket) }
+}
+
+// Two replicas on one bucket with data directories of their own: the
+// second, started empty after the upstream went down, serves everything
+// the first fetched (the index by tag and by digest, every linux platform,
+// every blob) from the records the first wrote beside the content.
+func TestSharedBucketReplicaServesWhatAnotherFetched(t *testing.T) {
+	s3srv, bucket, onBucket := sharedBucket(t)
+	up := fixture.StartUpstream(t)
+	ma := up.SeedMultiArch(t, "library/multi", "v1", fixture.OCI)
+	ups := []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}
+
+	a := servertest.StartConfigured(t, ups, onBucket)
+	if !a.Index.Shared() {
+		t.Fatal("index on an S3 store does not share its records")
+	}
+	wantManifest(t, get(t, a.URL()+"/v2/library/multi/manifests/v1"), ma.Index, ma.MediaType)
+	a.WaitIdle()
+	up.Stop()
+
+	var records int
+	for _, k := range s3srv.Keys(t, bucket) {
+		if strings.HasPrefix(k, "records/") {
+			records++
+		}
+	}
+	if records == 0 {
+		t.Fatal("the first replica wrote no records in the bucket")
+	}
+
+	b := servertest.StartConfigured(t, ups, onBucket)
+	wantManifest(t, get(t, b.URL()+"/v2/library/multi/manifests/v1"), ma.Index, ma.MediaType)
+	wantManifest(t, get(t, b.URL()+"/v2/library/multi/manifests/"+ma.Digest), ma.Index, ma.MediaType)
+	served := 0
+	for platform, img := range ma.Platforms {
+		if !strings.HasPrefix(platform, "linux/") {
+			continue
+		}
+		wantImage(t, b, "library/multi", img)
+		served++
+	}
+	if served != 3 {
+		t.Fatalf("checked %d linux platforms; the fixture has 3", served)
+	}
+	// A platform's manifest by tag, as a single-platform client asks.
+	amd := ma.Platforms["linux/amd64"]
+	r := do(t, http.MethodGet, b.URL()+"/v2/library/multi/manifests/v1", map[string]string{"Accept": amd.MediaType})
+	wantManifest(t, r, amd.Manifest, amd.MediaType)
+	// Another repository's name never reaches this content: links are
+	// shared, not bypassed.
+	if r := get(t, b.URL()+"/v2/library/other/manifests/"+ma.Digest); r.status == http.StatusOK {
+		t.Errorf("the index was served for a repository it was never fetched for")
+	}
+}
