@@ -1,12 +1,16 @@
 package tests
 
 import (
+	"bytes"
+	"errors"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/docker-mirror/docker-mirror/config"
 	"github.com/docker-mirror/docker-mirror/proxy"
+	"github.com/docker-mirror/docker-mirror/storage"
 	"github.com/docker-mirror/docker-mirror/storage/s3test"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
 	"github.com/docker-mirror/docker-mirror/tests/servertest"
@@ -72,5 +76,69 @@ func TestSharedBucketReplicaServesWhatAnotherFetched(t *testing.T) {
 	// shared, not bypassed.
 	if r := get(t, b.URL()+"/v2/library/other/manifests/"+ma.Digest); r.status == http.StatusOK {
 		t.Errorf("the index was served for a repository it was never fetched for")
+	}
+}
+
+// A collection on one replica reads every replica's records in the bucket:
+// it removes nothing another replica fetched (which that replica then serves
+// with the upstream down), while content nobody records is still removed.
+// Eviction by size counts the bucket's total, not one replica's.
+func TestSharedBucketCollectionKeepsOtherReplicasContent(t *testing.T) {
+	s3srv, bucket, onBucket := sharedBucket(t)
+	up := fixture.StartUpstream(t)
+	x := up.SeedMultiArch(t, "library/x", "v1", fixture.OCI)
+	y := up.SeedMultiArch(t, "library/y", "v1", fixture.OCI)
+	ups := []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}
+
+	a := servertest.StartConfigured(t, ups, onBucket)
+	b := servertest.StartConfigured(t, ups, onBucket)
+	wantManifest(t, get(t, a.URL()+"/v2/library/x/manifests/v1"), x.Index, x.MediaType)
+	wantManifest(t, get(t, b.URL()+"/v2/library/y/manifests/v1"), y.Index, y.MediaType)
+	a.WaitIdle()
+	b.WaitIdle()
+	sizeA, sizeB := a.Index.StoredBytes(), b.Index.StoredBytes()
+
+	// Content no replica records: the collection must still remove it.
+	stray := []byte("stray blob no replica recorded")
+	strayDigest := digestOf(t, sha(stray))
+	if err := b.Store.Put(t.Context(), "", strayDigest, int64(len(stray)), bytes.NewReader(stray)); err != nil {
+		t.Fatal(err)
+	}
+
+	b.Clock.Advance(time.Hour) // past the grace period
+	rep, err := b.Server.Collector.Collect(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.BlobsRemoved != 1 || rep.ManifestsRemoved != 0 {
+		t.Errorf("collection removed %d blobs and %d manifests; want the stray blob only", rep.BlobsRemoved, rep.ManifestsRemoved)
+	}
+	if _, err := b.Store.Stat(t.Context(), "", strayDigest); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("stray blob still stored: %v", err)
+	}
+	if got := b.Index.StoredBytes(); got <= max(sizeA, sizeB) || got > sizeA+sizeB {
+		// Layers both hold count once: more than either, at most the sum.
+		t.Errorf("b counts %d bytes after reading the bucket; want the bucket's total (a %d, b %d)", got, sizeA, sizeB)
+	}
+
+	up.Stop()
+	for _, m := range []*servertest.Server{a, b} {
+		for _, ma := range []*fixture.MultiArch{x, y} {
+			wantManifest(t, get(t, m.URL()+"/v2/"+ma.Repo+"/manifests/"+ma.Tag), ma.Index, ma.MediaType)
+			for platform, img := range ma.Platforms {
+				if strings.HasPrefix(platform, "linux/") {
+					wantImage(t, m, ma.Repo, img)
+				}
+			}
+		}
+	}
+	var blobs int
+	for _, k := range s3srv.Keys(t, bucket) {
+		if strings.HasPrefix(k, "blobs/") {
+			blobs++
+		}
+	}
+	if blobs == 0 {
+		t.Fatal("no content in the bucket")
 	}
 }
