@@ -80,6 +80,11 @@ func commitsInPlace(driver string) bool {
 	return false
 }
 
+// SharedDriver reports whether a store on the named distribution driver
+// ("s3aws", as config.StorageDriver names it) is one several replicas may
+// share, keeping their records beside the content.
+func SharedDriver(name string) bool { return commitsInPlace(name) }
+
 // Shared reports whether the store is an object store that several
 // processes may share (S3 and the like): they then keep their records
 // beside the content (Records), not only in their own index.
