@@ -145,7 +145,7 @@ func New(ctx context.Context, cfg config.Config, opts ...Option) (_ *Server, err
 	if s.Store, s.storeName, err = o.openStore(ctx, cfg, s.Index); err != nil {
 		return nil, err
 	}
-	shareRecords(s.Index, s.Store)
+	shareRecords(s.Index, s.Store, o.now)
 	if legacy {
 		if ds, ok := s.Store.(*storage.DriverStore); ok {
 			if err := ds.CleanLegacyUploads(ctx); err != nil {

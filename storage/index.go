@@ -36,6 +36,8 @@ type Index struct {
 	// records, if not nil, is the shared copy of the records (a store
 	// several replicas share): see ShareRecords.
 	records Records
+	// clock ages tag records on a shared store (nil: time.Now).
+	clock func() time.Time
 }
 
 var (
@@ -221,8 +223,27 @@ func view[T any](ix *Index, bucket, key []byte) (v T, ok bool, err error) {
 }
 
 // Tag returns what a tag of an upstream repository points to.
+//
+// On a shared store, a record checked more than TagRecheck ago is compared
+// with the bucket's: another replica may have confirmed the tag since, or
+// seen it move, and its newer record wins (the upstream is then asked
+// less, and with the upstream down the newest digest any replica saw is
+// served).
 func (ix *Index) Tag(host, repo, tag string) (TagRecord, bool, error) {
-	return viewShared[TagRecord](ix, bucketTags, tagKey(host, repo, tag))
+	key := tagKey(host, repo, tag)
+	rec, ok, err := viewShared[TagRecord](ix, bucketTags, key)
+	if !ok || err != nil || ix.records == nil || ix.now().Sub(rec.CheckedAt) < TagRecheck {
+		return rec, ok, err
+	}
+	raw, found, err := ix.shareGet(bucketTags, key)
+	if err != nil || !found {
+		return rec, ok, err
+	}
+	var shared TagRecord
+	if json.Unmarshal(raw, &shared) != nil || !shared.CheckedAt.After(rec.CheckedAt) {
+		return rec, ok, nil
+	}
+	return shared, true, ix.adopt(bucketTags, key, raw)
 }
 
 // Tags lists the tags recorded for an upstream repository, sorted.

@@ -57,7 +57,7 @@ func openShared(t *testing.T, r storage.Records) *storage.Index {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ix.Close() })
-	ix.ShareRecords(r)
+	ix.ShareRecords(r, nil)
 	return ix
 }
 

@@ -26,10 +26,26 @@ const recordsTimeout = 30 * time.Second
 // order Refresh reads them.
 var sharedKinds = [][]byte{bucketBlobs, bucketManifests, bucketLinks, bucketTags, bucketMirrors, bucketPins, bucketAccess, bucketJobs}
 
+// TagRecheck is how old a tag's local record may be before a shared
+// index compares it with the bucket's.
+const TagRecheck = 15 * time.Second
+
 // ShareRecords makes records the shared copy of the index: writes go
-// through to it, local misses are read from it. Call it once, before the
-// index is used.
-func (ix *Index) ShareRecords(records Records) { ix.records = records }
+// through to it, local misses are read from it. now is the clock tag
+// records are aged by (nil: time.Now). Call it once, before the index is
+// used.
+func (ix *Index) ShareRecords(records Records, now func() time.Time) {
+	ix.records = records
+	ix.clock = now
+}
+
+// now is the shared index's clock.
+func (ix *Index) now() time.Time {
+	if ix.clock != nil {
+		return ix.clock()
+	}
+	return time.Now()
+}
 
 // Shared reports whether the index keeps its records in a shared store.
 func (ix *Index) Shared() bool { return ix.records != nil }

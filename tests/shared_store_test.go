@@ -142,3 +142,32 @@ func TestSharedBucketCollectionKeepsOtherReplicasContent(t *testing.T) {
 		t.Fatal("no content in the bucket")
 	}
 }
+
+// A tag that moved is seen by every replica: the one that revalidated it
+// records the new digest in the bucket, and another replica whose own
+// record is old takes the bucket's newer one, also with the upstream down
+// (instead of serving its stale digest).
+func TestSharedBucketTagMoveSeenByOtherReplica(t *testing.T) {
+	_, _, onBucket := sharedBucket(t)
+	up := fixture.StartUpstream(t)
+	old := up.SeedImage(t, "library/moving", "v1", 1, 4<<10)
+	moved := up.SeedImage(t, "library/moving", "v2", 1, 4<<10)
+	ups := []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}
+	a := servertest.StartConfigured(t, ups, onBucket)
+	b := servertest.StartConfigured(t, ups, onBucket)
+	wantManifest(t, get(t, a.URL()+"/v2/library/moving/manifests/v1"), old.Manifest, old.MediaType)
+	wantManifest(t, get(t, b.URL()+"/v2/library/moving/manifests/v1"), old.Manifest, old.MediaType)
+
+	up.Tag(t, "library/moving", moved.Digest, "v1")
+	a.Clock.Advance(2 * time.Minute) // past the tag TTL
+	b.Clock.Advance(2 * time.Minute)
+	wantManifest(t, get(t, a.URL()+"/v2/library/moving/manifests/v1"), moved.Manifest, moved.MediaType)
+	a.WaitIdle()
+	up.Stop()
+
+	r := get(t, b.URL()+"/v2/library/moving/manifests/v1")
+	wantManifest(t, r, moved.Manifest, moved.MediaType)
+	if got := r.header.Get("X-Cache"); got != "hit" {
+		t.Errorf("X-Cache %q; want hit (the bucket's record is fresh)", got)
+	}
+}

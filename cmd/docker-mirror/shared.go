@@ -35,7 +35,7 @@ func withSharedCollector(ctx context.Context, cfg config.Config, opts lifecycle.
 	if err != nil {
 		return true, err
 	}
-	index.ShareRecords(storage.NewDriverRecords(store.Driver()))
+	index.ShareRecords(storage.NewDriverRecords(store.Driver()), nil)
 	// Replicas may be writing: what they wrote in the last minutes may
 	// not be recorded yet, and is never collected.
 	opts.Grace = max(opts.Grace, lifecycle.DefaultGrace)
