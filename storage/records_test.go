@@ -119,3 +119,60 @@ func TestIndexSharedRecords(t *testing.T) {
 		t.Error("the tag of a manifest kept was removed")
 	}
 }
+
+// Refresh drops the local records another replica removed from the bucket
+// (an evicted tag, a collected blob) once they are older than PruneAge, and
+// keeps younger ones, which may be on their way to the bucket.
+func TestIndexRefreshPrunes(t *testing.T) {
+	r := storage.NewDriverRecords(inmemory.New())
+	now := time.Unix(1700000000, 0).UTC()
+	clock := func() time.Time { return now }
+	open := func() *storage.Index {
+		ix, err := storage.OpenIndex(filepath.Join(t.TempDir(), "index.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ix.Close() })
+		ix.ShareRecords(r, clock)
+		return ix
+	}
+	a, b := open(), open()
+	m := digest.FromString("manifest")
+	l := digest.FromString("layer")
+	if err := a.RecordManifest(storage.ManifestEntry{Upstream: "docker.io", Repo: "library/x", Digest: m, Tag: "v1",
+		Record: storage.ManifestRecord{MediaType: "application/vnd.oci.image.manifest.v1+json", Size: 10, FetchedAt: now}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.RecordBlob("docker.io", "library/x", l, 100, now); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Refresh(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.StoredBytes(); got != 110 {
+		t.Fatalf("b holds %d bytes after Refresh; want 110", got)
+	}
+	// a evicts the image: its tag and content leave the bucket.
+	if _, err := a.Forget([]digest.Digest{m, l}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Refresh(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, _ := b.Tag("docker.io", "library/x", "v1"); !ok {
+		t.Error("a tag younger than PruneAge was dropped")
+	}
+	now = now.Add(storage.PruneAge + time.Minute)
+	if err := b.Refresh(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, _ := b.Tag("docker.io", "library/x", "v1"); ok {
+		t.Error("the evicted tag survived Refresh")
+	}
+	if _, ok, _ := b.Blob(l); ok {
+		t.Error("the collected blob's record survived Refresh")
+	}
+	if got := b.StoredBytes(); got != 0 {
+		t.Errorf("b holds %d bytes; want the bucket's 0", got)
+	}
+}

@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -163,8 +164,11 @@ func adoptTx(tx *bolt.Tx, bucket, key, raw []byte) (int64, error) {
 		}
 		b := tx.Bucket(bucket)
 		var added int64
-		if b.Get(key) == nil {
+		cur := b.Get(key)
+		if cur == nil {
 			added = rec.Size
+		} else if string(bucket) == string(bucketBlobs) {
+			raw = keepLastAccess(cur, raw)
 		}
 		return added, b.Put(key, raw)
 	}
@@ -202,12 +206,56 @@ func parseLinkKey(key string) (host, repo string, dgst digest.Digest, ok bool) {
 	return "", "", "", false
 }
 
-// Refresh copies every shared record into the local database, so that
-// what the index lists (tags, pins, content and its total size) is what
-// every replica on the store recorded: the collector reads the whole
-// bucket's roots and totals this way, and a replica's listings after a
-// start with an empty data directory. Local records the shared records do
-// not have are kept. Without shared records it does nothing.
+// PruneAge is how old a local record the bucket no longer holds must be
+// before Refresh drops it: younger ones may be on their way to the bucket.
+const PruneAge = 10 * time.Minute
+
+// prunable are the kinds Refresh drops local records of when the bucket
+// no longer has them (another replica collected or evicted them), with
+// the time each record was last written. Links, access times and jobs are
+// only ever added: a stale one names content that reads as missing.
+var prunable = map[string]func(raw []byte) time.Time{
+	string(bucketTags): func(raw []byte) time.Time {
+		var r TagRecord
+		_ = json.Unmarshal(raw, &r)
+		return latestTime(r.FetchedAt, r.CheckedAt)
+	},
+	string(bucketMirrors): func(raw []byte) time.Time {
+		var r FillRecord
+		_ = json.Unmarshal(raw, &r)
+		return r.UpdatedAt
+	},
+	string(bucketPins): func(raw []byte) time.Time {
+		var r PinRecord
+		_ = json.Unmarshal(raw, &r)
+		return r.PinnedAt
+	},
+	string(bucketBlobs): func(raw []byte) time.Time {
+		var r BlobRecord
+		_ = json.Unmarshal(raw, &r)
+		return r.FetchedAt
+	},
+	string(bucketManifests): func(raw []byte) time.Time {
+		var r ManifestRecord
+		_ = json.Unmarshal(raw, &r)
+		return r.FetchedAt
+	},
+}
+
+func latestTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+// Refresh makes the local database a copy of the shared records: every
+// record in the bucket is copied in, and local tags, mirror states, pins
+// and content records the bucket no longer holds are dropped once older
+// than PruneAge. What the index lists (tags, pins, content and its total
+// size) is then what every replica on the store recorded: the collector
+// reads the whole bucket's roots and totals this way. Without shared
+// records it does nothing.
 func (ix *Index) Refresh(ctx context.Context) error {
 	if ix.records == nil {
 		return nil
@@ -215,12 +263,17 @@ func (ix *Index) Refresh(ctx context.Context) error {
 	for _, bucket := range sharedKinds {
 		type rec struct{ key, raw []byte }
 		var recs []rec
+		inBucket := map[string]bool{}
 		err := ix.records.Walk(ctx, string(bucket), func(key string, value []byte) error {
 			recs = append(recs, rec{[]byte(key), value})
+			inBucket[key] = true
 			return nil
 		})
 		if err != nil {
 			return fmt.Errorf("shared records: reading %s: %w", bucket, err)
+		}
+		if err := ix.prune(bucket, inBucket); err != nil {
+			return err
 		}
 		for chunk := range slices.Chunk(recs, 1000) {
 			err := ix.db.Update(func(tx *bolt.Tx) error {
@@ -237,4 +290,51 @@ func (ix *Index) Refresh(ctx context.Context) error {
 		}
 	}
 	return ix.countStored()
+}
+
+// prune drops the local records of a prunable kind that the bucket does
+// not hold and that were written more than PruneAge ago.
+func (ix *Index) prune(bucket []byte, inBucket map[string]bool) error {
+	written, ok := prunable[string(bucket)]
+	if !ok {
+		return nil
+	}
+	cutoff := ix.now().Add(-PruneAge)
+	return ix.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucket)
+		if b == nil {
+			return nil
+		}
+		var gone [][]byte
+		err := b.ForEach(func(k, v []byte) error {
+			if !inBucket[string(k)] && written(v).Before(cutoff) {
+				gone = append(gone, bytes.Clone(k))
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, k := range gone {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// keepLastAccess returns the shared blob record raw with the later of its
+// and the local record's last access: pulls are noted locally only.
+func keepLastAccess(local, raw []byte) []byte {
+	var l, r BlobRecord
+	if json.Unmarshal(local, &l) != nil || json.Unmarshal(raw, &r) != nil || !l.LastAccess.After(r.LastAccess) {
+		return raw
+	}
+	r.LastAccess = l.LastAccess
+	out, err := json.Marshal(r)
+	if err != nil {
+		return raw
+	}
+	return out
 }
