@@ -171,3 +171,37 @@ func TestSharedBucketTagMoveSeenByOtherReplica(t *testing.T) {
 		t.Errorf("X-Cache %q; want hit (the bucket's record is fresh)", got)
 	}
 }
+
+// A prefetch job run by one replica is readable on another (its state and
+// every image's progress, from the bucket), and a pin it sets keeps the
+// image out of the other replica's eviction.
+func TestSharedBucketPrefetchJobAndPins(t *testing.T) {
+	_, _, onBucket := sharedBucket(t)
+	up := fixture.StartUpstream(t)
+	ma := up.SeedMultiArch(t, "library/multi", "v1", fixture.OCI)
+	ups := []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}
+	a := servertest.StartConfigured(t, ups, onBucket)
+	b := servertest.StartConfigured(t, ups, onBucket)
+
+	r := postPrefetch(t, a, `{"images": ["multi:v1"], "pin": true}`)
+	if r.status != http.StatusAccepted {
+		t.Fatalf("POST /prefetch: %d %s", r.status, r.body)
+	}
+	a.WaitIdle()
+	j := job(t, b, r.header.Get("Location"))
+	if j.State != storage.JobDone || len(j.Images) != 1 || j.Images[0].State != storage.JobDone || j.Images[0].Digest != ma.Digest {
+		t.Fatalf("the job as the other replica reads it: %+v", j)
+	}
+
+	// b evicts down to nothing: the pinned image stays, served with the
+	// upstream down.
+	b.Clock.Advance(time.Hour)
+	if _, err := b.Server.Collector.Evict(t.Context(), 1, 0, b.Clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	up.Stop()
+	for _, m := range []*servertest.Server{a, b} {
+		wantManifest(t, get(t, m.URL()+"/v2/library/multi/manifests/v1"), ma.Index, ma.MediaType)
+		wantImage(t, m, "library/multi", ma.Platforms["linux/arm64"])
+	}
+}
