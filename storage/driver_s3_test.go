@@ -2,11 +2,15 @@ package storage_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"strings"
+	"sync"
 	"testing"
 
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+	"github.com/distribution/distribution/v3/registry/storage/driver/factory"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/docker-mirror/docker-mirror/storage"
@@ -103,5 +107,73 @@ func TestDriverStoreS3WriteInvisibleUntilVerified(t *testing.T) {
 	}
 	if keys := srv.Keys(t, bucket); len(keys) != 1 || keys[0] != "blobs/sha256/"+d.Encoded()[:2]+"/"+d.Encoded()+"/data" {
 		t.Errorf("after the write the bucket holds %v; want the blob only", keys)
+	}
+}
+
+// recordingDriver notes the paths written and the moves made through a
+// storage driver.
+type recordingDriver struct {
+	storagedriver.StorageDriver
+	mu      sync.Mutex
+	written []string
+	moves   int
+}
+
+func (d *recordingDriver) Writer(ctx context.Context, path string, appendMode bool) (storagedriver.FileWriter, error) {
+	d.mu.Lock()
+	d.written = append(d.written, path)
+	d.mu.Unlock()
+	return d.StorageDriver.Writer(ctx, path, appendMode)
+}
+
+func (d *recordingDriver) Move(ctx context.Context, from, to string) error {
+	d.mu.Lock()
+	d.moves++
+	d.mu.Unlock()
+	return d.StorageDriver.Move(ctx, from, to)
+}
+
+// On S3 content is written at its final key, never elsewhere, and never
+// moved (a Move on S3 is a server-side copy and a delete).
+func TestDriverStoreS3WritesInPlace(t *testing.T) {
+	srv := s3test.Start(t)
+	d, err := factory.Create(t.Context(), "s3aws", srv.Params(srv.NewBucket(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &recordingDriver{StorageDriver: d}
+	s := storage.NewDriverStore(rec)
+	if !s.Shared() {
+		t.Fatal("a store on S3 is not shared")
+	}
+	b := []byte("some content")
+	dg := digest.FromBytes(b)
+	if err := s.Put(t.Context(), "r", dg, int64(len(b)), bytes.NewReader(b)); err != nil {
+		t.Fatal(err)
+	}
+	want := "/blobs/sha256/" + dg.Encoded()[:2] + "/" + dg.Encoded() + "/data"
+	if len(rec.written) != 1 || rec.written[0] != want || rec.moves != 0 {
+		t.Errorf("Put wrote %v and moved %d times; want one write at %s, no move", rec.written, rec.moves, want)
+	}
+}
+
+// Opening a store on a shared bucket deletes nothing: another replica's
+// writes in progress (or anything else under the mirror's scratch prefix)
+// stay.
+func TestOpenDriverStoreS3WipesNothing(t *testing.T) {
+	srv := s3test.Start(t)
+	bucket := srv.NewBucket(t)
+	d, err := factory.Create(t.Context(), "s3aws", srv.Params(bucket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.PutContent(t.Context(), "/"+storage.OwnDir+"/uploads/other-replica", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := storage.OpenDriverStore(t.Context(), "s3aws", srv.Params(bucket)); err != nil {
+		t.Fatal(err)
+	}
+	if keys := srv.Keys(t, bucket); len(keys) != 1 {
+		t.Errorf("after a start the bucket holds %v; want the other replica's object", keys)
 	}
 }
