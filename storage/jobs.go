@@ -190,15 +190,17 @@ func (ix *Index) Job(id string) (*Job, bool, error) {
 	if ok || err != nil || ix.records == nil {
 		return j, ok, err
 	}
-	// Started by another replica: its shared copy.
+	// Started by another replica: its shared copy, not kept (the local
+	// jobs are the ones this replica resumes at start).
 	raw, found, err := ix.shareGet(bucketJobs, []byte(id))
 	if err != nil || !found {
 		return j, false, err
 	}
-	if err := ix.adopt(bucketJobs, []byte(id), raw); err != nil {
-		return j, false, err
+	var shared Job
+	if err := json.Unmarshal(raw, &shared); err != nil {
+		return j, false, fmt.Errorf("shared records: corrupt job %q: %w", id, err)
 	}
-	return ix.localJob(id)
+	return &shared, true, nil
 }
 
 // localJob reads a job from the local database.

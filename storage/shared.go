@@ -23,9 +23,10 @@ import (
 // a pull for ever.
 const recordsTimeout = 30 * time.Second
 
-// sharedKinds are the index buckets kept in the shared records, in the
-// order Refresh reads them.
-var sharedKinds = [][]byte{bucketBlobs, bucketManifests, bucketLinks, bucketTags, bucketMirrors, bucketPins, bucketAccess, bucketJobs}
+// sharedKinds are the index buckets Refresh reads from the shared records,
+// in this order. Jobs are shared too, but read one by one (Job): a
+// replica must not take another's running jobs for its own to resume.
+var sharedKinds = [][]byte{bucketBlobs, bucketManifests, bucketLinks, bucketTags, bucketMirrors, bucketPins, bucketAccess}
 
 // TagRecheck is how old a tag's local record may be before a shared
 // index compares it with the bucket's.
@@ -149,12 +150,6 @@ func adoptTx(tx *bolt.Tx, bucket, key, raw []byte) (int64, error) {
 			return 0, nil
 		}
 		return 0, link(tx, host, repo, dgst)
-	case string(bucketJobs):
-		var j Job
-		if err := json.Unmarshal(raw, &j); err != nil {
-			return 0, nil
-		}
-		return 0, putJobTx(tx, &j)
 	case string(bucketBlobs), string(bucketManifests):
 		var rec struct {
 			Size int64 `json:"size"`
