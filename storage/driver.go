@@ -170,6 +170,18 @@ func notFound(err error, dgst digest.Digest) error {
 	return err
 }
 
+// readErr is the error of a read: ErrNotFound for missing content, and on
+// an object store any other failure is the store being unavailable (not
+// reachable, refusing our credentials, failing), which clients are told
+// with a 503, not a 500.
+func (s *DriverStore) readErr(err error, dgst digest.Digest) error {
+	err = notFound(err, dgst)
+	if s.inPlace && !errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	return err
+}
+
 // Stat implements Store.
 func (s *DriverStore) Stat(ctx context.Context, _ string, dgst digest.Digest) (int64, error) {
 	if err := dgst.Validate(); err != nil {
@@ -177,7 +189,7 @@ func (s *DriverStore) Stat(ctx context.Context, _ string, dgst digest.Digest) (i
 	}
 	fi, err := s.driver.Stat(ctx, blobPath(dgst))
 	if err != nil {
-		return 0, notFound(err, dgst)
+		return 0, s.readErr(err, dgst)
 	}
 	return fi.Size(), nil
 }
@@ -190,7 +202,7 @@ func (s *DriverStore) Open(ctx context.Context, _ string, dgst digest.Digest, of
 	}
 	rc, err := s.driver.Reader(ctx, blobPath(dgst), offset)
 	if err != nil {
-		return nil, notFound(err, dgst)
+		return nil, s.readErr(err, dgst)
 	}
 	return rc, nil
 }
@@ -247,7 +259,7 @@ func (s *DriverStore) Put(ctx context.Context, repo string, dgst digest.Digest, 
 func (s *DriverStore) putInPlace(ctx context.Context, dgst digest.Digest, size int64, r io.Reader) (err error) {
 	w, err := s.driver.Writer(ctx, blobPath(dgst), false)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	committed := false
 	defer func() {
@@ -257,8 +269,12 @@ func (s *DriverStore) putInPlace(ctx context.Context, dgst digest.Digest, size i
 		_ = w.Close() // releases the writer's buffer; the outcome is known
 	}()
 	v := dgst.Verifier()
-	n, err := io.Copy(io.MultiWriter(w, v), r)
+	src := &readErrs{r: r}
+	n, err := io.Copy(io.MultiWriter(w, v), src)
 	if err != nil {
+		if src.err == nil {
+			err = fmt.Errorf("%w: %w", ErrUnavailable, err) // the bucket's, not the reader's
+		}
 		return err
 	}
 	if size >= 0 && n != size {
@@ -268,10 +284,25 @@ func (s *DriverStore) putInPlace(ctx context.Context, dgst digest.Digest, size i
 		return fmt.Errorf("%s: %w", dgst, ErrDigestMismatch)
 	}
 	if err := w.Commit(ctx); err != nil {
-		return err
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	committed = true
 	return nil
+}
+
+// readErrs remembers the error its reader returned, to tell a failing
+// source from a failing store.
+type readErrs struct {
+	r   io.Reader
+	err error
+}
+
+func (e *readErrs) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if err != nil && err != io.EOF {
+		e.err = err
+	}
+	return n, err
 }
 
 // Ingest implements FileIngester for the filesystem driver: the file,

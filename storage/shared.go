@@ -101,7 +101,7 @@ func (ix *Index) shareGet(bucket, key []byte) ([]byte, bool, error) {
 		return nil, false, nil
 	}
 	if err != nil {
-		return nil, false, fmt.Errorf("shared records: reading %s %q: %w", bucket, key, err)
+		return nil, false, fmt.Errorf("shared records: reading %s %q: %w: %w", bucket, key, ErrUnavailable, err)
 	}
 	return raw, true, nil
 }

@@ -205,3 +205,22 @@ func TestSharedBucketPrefetchJobAndPins(t *testing.T) {
 		wantImage(t, m, "library/multi", ma.Platforms["linux/arm64"])
 	}
 }
+
+// With the S3 server down, hits are answered 503 UNAVAILABLE (the store
+// cannot be reached; clients retry or fall back), never a 500, and /readyz
+// fails.
+func TestSharedBucketS3Unreachable(t *testing.T) {
+	s3srv, _, onBucket := sharedBucket(t)
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/app", "v1", 1, 4<<10)
+	m := servertest.StartConfigured(t, []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}, onBucket)
+	wantManifest(t, get(t, m.URL()+"/v2/library/app/manifests/v1"), img.Manifest, img.MediaType)
+	m.WaitIdle()
+	s3srv.Stop()
+	for _, path := range []string{"/v2/library/app/blobs/" + img.Layers[0], "/v2/library/app/manifests/v1", "/v2/library/app/manifests/" + img.Digest} {
+		wantError(t, get(t, m.URL()+path), http.StatusServiceUnavailable, "UNAVAILABLE")
+	}
+	if r := get(t, m.URL()+"/readyz"); r.status != http.StatusServiceUnavailable {
+		t.Errorf("/readyz with S3 down: %d", r.status)
+	}
+}
