@@ -74,6 +74,10 @@ type Config struct {
 	// value is the driver's parameters. Empty means the filesystem driver
 	// rooted at Data.
 	Storage map[string]map[string]any `yaml:"storage,omitempty"`
+	// StorageRedirect (`storage: {redirect: true}` in the file) answers blob
+	// GETs with a 307 to a presigned URL of the store (S3), so clients
+	// download from the bucket, not through the mirror.
+	StorageRedirect bool `yaml:"-"`
 	// MaxSize, if > 0, is the size the embedded store is kept under by
 	// evicting the least recently pulled images.
 	MaxSize Size `yaml:"max_size,omitempty"`
@@ -345,6 +349,11 @@ func parseFile(r io.Reader) (_ Config, lines map[string]int, err error) {
 			return Config{}, nil, &fileError{line: k.Line, key: name, msg: fmt.Sprintf("already defined at line %d", line)}
 		}
 		seen[name] = k.Line
+		if name == "storage" {
+			if err := takeRedirect(v, &c); err != nil {
+				return Config{}, nil, err
+			}
+		}
 		if f.integer && v.Kind == yaml.ScalarNode && v.ShortTag() != "!!int" && v.ShortTag() != "!!null" {
 			// yaml.v3 would truncate 1.5 to 1.
 			return Config{}, nil, &fileError{line: v.Line, key: name, msg: fmt.Sprintf("invalid value %s (want %s)", nodeText(v), f.want)}
@@ -701,6 +710,9 @@ func (c Config) Validate() error {
 	}
 	if (c.MaxSize > 0 || c.EvictAfter > 0) && c.Destination.URL != "" {
 		return fmt.Errorf("max_size, evict_after: only for the embedded store; a destination registry collects its own garbage")
+	}
+	if err := c.validateRedirect(); err != nil {
+		return err
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return fmt.Errorf("tls_cert, tls_key: give both or neither (got %q and %q)", c.TLSCert, c.TLSKey)

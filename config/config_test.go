@@ -587,7 +587,7 @@ func TestEveryKeyHasAFlag(t *testing.T) {
 		key, _, _ := strings.Cut(typ.Field(i).Tag.Get("yaml"), ",")
 		flagName := strings.ReplaceAll(key, "_", "-")
 		switch key {
-		case "storage", "sync", "auth":
+		case "storage", "sync", "auth", "-": // "-": read from a block (storage.redirect)
 			continue
 		case "upstreams":
 			flagName = "upstream" // --upstream HOST=URL

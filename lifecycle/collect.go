@@ -20,6 +20,9 @@ import (
 func (c *Collector) Collect(ctx context.Context) (Report, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if err := c.refresh(ctx); err != nil {
+		return Report{}, err
+	}
 	r, err := c.collect(ctx, nil, nil)
 	c.opts.Metrics.observe("collect", "gc", r, err)
 	return r, err
@@ -133,6 +136,10 @@ func (c *Collector) collect(ctx context.Context, drop, freed map[digest.Digest]b
 				continue
 			}
 			seen[d] = true
+			if c.opts.Owned != nil && !c.opts.Owned(d) {
+				r.Kept++ // another replica's to collect
+				continue
+			}
 			if !freed[d] && c.recent(now, stored[d].ModTime, snap.Blobs[d].FetchedAt, snap.Blobs[d].LastAccess, snap.Manifests[d].FetchedAt) {
 				r.Kept++
 				continue

@@ -44,6 +44,7 @@ package lifecycle
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -83,6 +84,10 @@ type Options struct {
 	Metrics *Metrics
 	// DryRun computes and reports, and changes nothing.
 	DryRun bool
+	// Owned, if set, says which unreferenced content this collector
+	// removes: with several replicas on one store, each removes only the
+	// digests it owns (nil: all of them).
+	Owned func(digest.Digest) bool
 }
 
 // Collector runs the cache lifecycle on an embedded store and its index.
@@ -250,6 +255,12 @@ func (c *Collector) Pass(ctx context.Context, p Policy) (Report, error) {
 	defer c.mu.Unlock()
 	now := c.opts.Now()
 	due := p.CollectEvery <= 0 || c.lastCollect.IsZero() || !now.Before(c.lastCollect.Add(p.CollectEvery))
+	if due || p.EvictAfter > 0 || p.MaxSize > 0 {
+		// On a shared bucket, roots and totals are every replica's.
+		if err := c.refresh(ctx); err != nil {
+			return Report{}, err
+		}
+	}
 	if p.EvictAfter <= 0 && (p.MaxSize <= 0 || c.index.StoredBytes() <= p.MaxSize) {
 		// Nothing to evict (no age limit, under the size limit, or none).
 		if !due {
@@ -300,4 +311,15 @@ func (c *Collector) claim(ds []digest.Digest) ([]digest.Digest, func()) {
 			rel()
 		}
 	}
+}
+
+// refresh reads every replica's records from a shared store into the
+// index before the index is read as a whole: roots, pins, pull times and
+// sizes are then the bucket's, not this replica's (nothing to do on a
+// store of one process).
+func (c *Collector) refresh(ctx context.Context) error {
+	if err := c.index.Refresh(ctx); err != nil {
+		return fmt.Errorf("reading the records other replicas share: %w", err)
+	}
+	return nil
 }

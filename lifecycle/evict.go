@@ -23,6 +23,9 @@ import (
 func (c *Collector) Evict(ctx context.Context, maxSize int64, evictAfter time.Duration, now time.Time) (Report, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if err := c.refresh(ctx); err != nil {
+		return Report{}, err
+	}
 	r, _, err := c.evict(ctx, maxSize, evictAfter, now, nil)
 	c.opts.Metrics.observe("evict", "evict", r, err)
 	return r, err

@@ -120,6 +120,9 @@ func (m *model) keptSize() int64 {
 func (c *Collector) Images(ctx context.Context) ([]Image, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if err := c.refresh(ctx); err != nil {
+		return nil, err
+	}
 	if err := c.index.Flush(); err != nil {
 		return nil, err
 	}

@@ -934,3 +934,31 @@ func TestCollectRereadsRoots(t *testing.T) {
 	}
 	e.wantStored(t, true, b.content()...)
 }
+
+// With an Owned filter, a collector removes only the unreferenced content
+// it owns: another replica's digests are left for that replica.
+func TestCollectOwnedOnly(t *testing.T) {
+	e := newEnv(t)
+	ctx := t.Context()
+	var mine, theirs digest.Digest
+	for i, b := range [][]byte{[]byte("junk one"), []byte("junk two")} {
+		d := digest.FromBytes(b)
+		if err := e.store.Put(ctx, "", d, int64(len(b)), strings.NewReader(string(b))); err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			mine = d
+		} else {
+			theirs = d
+		}
+	}
+	r, err := e.collector(lifecycle.Options{Owned: func(d digest.Digest) bool { return d == mine }}).Collect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.BlobsRemoved != 1 || r.Kept != 1 {
+		t.Fatalf("Collect = %+v; want the owned junk removed, the other kept", r)
+	}
+	e.wantStored(t, false, mine.String())
+	e.wantStored(t, true, theirs.String())
+}

@@ -22,6 +22,9 @@ import (
 func (c *Collector) Verify(ctx context.Context) (Report, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if err := c.refresh(ctx); err != nil {
+		return Report{}, err
+	}
 	r, err := c.verify(ctx)
 	c.opts.Metrics.observe("verify", "verify", r, err)
 	return r, err

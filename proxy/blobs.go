@@ -52,6 +52,9 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 	if ok {
 		w.Header().Set(cacheHeader, "hit")
 		p.index.Touch(dgst, p.now())
+		if p.redirectBlob(w, r, t, dgst) {
+			return nil
+		}
 		return serveBlob(w, r, dgst, size, func(off int64) (io.ReadCloser, error) {
 			// Once open, the file survives its removal: let go of it then.
 			defer release()

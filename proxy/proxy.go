@@ -81,6 +81,9 @@ type Proxy struct {
 	// stop is closed by Close; it cancels every background fill.
 	stop      chan struct{}
 	closeOnce sync.Once
+
+	// redirects sends clients to the store for stored blobs (S3).
+	redirects redirects
 }
 
 // Option configures a Proxy.
@@ -240,6 +243,7 @@ func New(store storage.Store, index *storage.Index, upstreams []*upstream.Client
 		stop:            make(chan struct{}),
 		jobs:            jobs{live: map[string]*storage.Job{}},
 		maxJobImages:    DefaultPrefetchMaxImages,
+		redirects:       newRedirects(),
 	}
 	for _, u := range upstreams {
 		p.upstreams[u.Host()] = u
@@ -255,6 +259,7 @@ func New(store storage.Store, index *storage.Index, upstreams []*upstream.Client
 	}
 	p.traffic, p.failures = newTraffic(p.now(), p.bytesFetched), &failureLog{}
 	p.metrics.Register(
+		p.redirects.count,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "docker_mirror_mirror_queue_length", Help: "Background mirror jobs queued or running.",
 		}, func() float64 { return float64(p.fills.Len()) }),

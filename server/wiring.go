@@ -91,6 +91,7 @@ func proxyOptions(cfg config.Config, m *metrics.Metrics, auth *access.File) ([]p
 		proxy.WithMaxBlobSize(int64(cfg.MaxBlobSize)),
 		proxy.WithReadyzFailWhenFull(cfg.ReadyzFailWhenFull),
 		proxy.WithReferrers(cfg.Referrers),
+		proxy.WithBlobRedirects(cfg.StorageRedirect),
 	}
 	if auth != nil {
 		// With users, the metrics (upstreams, repositories, traffic) are

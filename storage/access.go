@@ -27,7 +27,9 @@ func (ix *Index) TouchManifest(dgst digest.Digest, t time.Time) error {
 	if t.Sub(last) < AccessGranularity {
 		return nil
 	}
-	return ix.db.Batch(func(tx *bolt.Tx) error {
+	var wrote bool
+	err = ix.db.Batch(func(tx *bolt.Tx) error {
+		wrote = false
 		b, err := tx.CreateBucketIfNotExists(bucketAccess)
 		if err != nil {
 			return err
@@ -43,8 +45,15 @@ func (ix *Index) TouchManifest(dgst digest.Digest, t time.Time) error {
 		if err != nil {
 			return err
 		}
+		wrote = true
 		return b.Put([]byte(dgst), raw)
 	})
+	if err != nil || !wrote {
+		return err
+	}
+	// Every replica's pulls count for eviction: the bucket holds the
+	// latest (a replica writing an older time loses at most a minute).
+	return ix.sharePut(bucketAccess, []byte(dgst), t)
 }
 
 // ManifestAccess returns the last pull TouchManifest recorded for a

@@ -20,12 +20,18 @@ func (ix *Index) DeleteTagIf(host, repo, tag string, dgst digest.Digest) (bool, 
 		deleted = true
 		return tx.Bucket(bucketTags).Delete(tagKey(host, repo, tag))
 	})
-	return deleted, err
+	if err != nil || !deleted {
+		return deleted, err
+	}
+	return deleted, ix.shareDelete(bucketTags, tagKey(host, repo, tag))
 }
 
 // DeleteFill forgets the mirror state of a manifest in an upstream
 // repository.
 func (ix *Index) DeleteFill(host, repo string, dgst digest.Digest) error {
+	if err := ix.shareDelete(bucketMirrors, linkKey(host, repo, dgst)); err != nil {
+		return err
+	}
 	return ix.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketMirrors)
 		if err := b.Delete(linkKey(host, repo, dgst)); err != nil {
@@ -72,8 +78,11 @@ type Forgotten struct {
 func (ix *Index) Forget(dgsts []digest.Digest, keep func(digest.Digest, ContentEntry) bool) ([]Forgotten, error) {
 	var out []Forgotten
 	var freed int64
+	// unshare are the shared records to delete once the local ones are.
+	var unshare map[string][][]byte
 	err := ix.db.Update(func(tx *bolt.Tx) error {
 		out, freed = nil, 0
+		unshare = map[string][][]byte{}
 		roots, err := rootDigests(tx)
 		if err != nil {
 			return err
@@ -105,8 +114,13 @@ func (ix *Index) Forget(dgsts []digest.Digest, keep func(digest.Digest, ContentE
 			if e.Manifest != nil {
 				f.Size += e.Manifest.Size
 			}
-			if err := forget(tx, d); err != nil {
+			links, err := forget(tx, d)
+			if err != nil {
 				return err
+			}
+			unshare[string(bucketLinks)] = append(unshare[string(bucketLinks)], links...)
+			for _, b := range [][]byte{bucketBlobs, bucketManifests, bucketAccess} {
+				unshare[string(b)] = append(unshare[string(b)], []byte(d))
 			}
 			gone[d] = len(out)
 			out = append(out, f)
@@ -132,6 +146,7 @@ func (ix *Index) Forget(dgsts []digest.Digest, keep func(digest.Digest, ContentE
 				return err
 			}
 		}
+		unshare[string(bucketTags)] = stale
 		var mirrors [][]byte
 		c = tx.Bucket(bucketMirrors).Cursor()
 		for k, _ := c.First(); k != nil; k, _ = c.Next() {
@@ -144,27 +159,35 @@ func (ix *Index) Forget(dgsts []digest.Digest, keep func(digest.Digest, ContentE
 				return err
 			}
 		}
+		unshare[string(bucketMirrors)] = mirrors
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
 	ix.stored.Add(-freed)
+	// What names the content goes before the content's own records, as
+	// it did locally.
+	for _, b := range [][]byte{bucketTags, bucketMirrors, bucketLinks, bucketAccess, bucketManifests, bucketBlobs} {
+		if err := ix.shareDelete(b, unshare[string(b)]...); err != nil {
+			return nil, err
+		}
+	}
 	return out, nil
 }
 
 // forget deletes the entries of one digest, but not the tags and mirror
-// states naming it.
-func forget(tx *bolt.Tx, d digest.Digest) error {
+// states naming it. It returns the link keys it deleted.
+func forget(tx *bolt.Tx, d digest.Digest) ([][]byte, error) {
 	key := []byte(d)
 	for _, b := range [][]byte{bucketBlobs, bucketManifests, bucketBodies} {
 		if err := tx.Bucket(b).Delete(key); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	if b := tx.Bucket(bucketAccess); b != nil {
 		if err := b.Delete(key); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	prefix := []byte(d.String() + "\x00")
@@ -173,18 +196,21 @@ func forget(tx *bolt.Tx, d digest.Digest) error {
 	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
 		holders = append(holders, bytes.Clone(k))
 	}
+	var links [][]byte
 	for _, k := range holders {
 		if err := tx.Bucket(bucketHolders).Delete(k); err != nil {
-			return err
+			return nil, err
 		}
-		if err := tx.Bucket(bucketLinks).Delete([]byte(string(k[len(prefix):]) + "@" + d.String())); err != nil {
-			return err
+		lk := []byte(string(k[len(prefix):]) + "@" + d.String())
+		if err := tx.Bucket(bucketLinks).Delete(lk); err != nil {
+			return nil, err
 		}
+		links = append(links, lk)
 		// The referrers lists of content no longer held go with it, so
 		// that they do not pile up for ever.
 		if err := deleteReferrers(tx, []byte(string(k[len(prefix):])+"@"+d.String()+"\x00")); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	return nil
+	return links, nil
 }

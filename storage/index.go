@@ -37,6 +37,12 @@ type Index struct {
 	onGrow atomic.Pointer[func(int64)]
 	// pulls batches pull counts (status.go).
 	pulls pullCounter
+
+	// records, if not nil, is the shared copy of the records (a store
+	// several replicas share): see ShareRecords.
+	records Records
+	// clock ages tag records on a shared store (nil: time.Now).
+	clock func() time.Time
 }
 
 var (
@@ -226,8 +232,27 @@ func view[T any](ix *Index, bucket, key []byte) (v T, ok bool, err error) {
 }
 
 // Tag returns what a tag of an upstream repository points to.
+//
+// On a shared store, a record checked more than TagRecheck ago is compared
+// with the bucket's: another replica may have confirmed the tag since, or
+// seen it move, and its newer record wins (the upstream is then asked
+// less, and with the upstream down the newest digest any replica saw is
+// served).
 func (ix *Index) Tag(host, repo, tag string) (TagRecord, bool, error) {
-	return view[TagRecord](ix, bucketTags, tagKey(host, repo, tag))
+	key := tagKey(host, repo, tag)
+	rec, ok, err := viewShared[TagRecord](ix, bucketTags, key)
+	if !ok || err != nil || ix.records == nil || ix.now().Sub(rec.CheckedAt) < TagRecheck {
+		return rec, ok, err
+	}
+	raw, found, err := ix.shareGet(bucketTags, key)
+	if err != nil || !found {
+		return rec, ok, err
+	}
+	var shared TagRecord
+	if json.Unmarshal(raw, &shared) != nil || !shared.CheckedAt.After(rec.CheckedAt) {
+		return rec, ok, nil
+	}
+	return shared, true, ix.adopt(bucketTags, key, raw)
 }
 
 // Tags lists the tags recorded for an upstream repository, sorted.
@@ -267,26 +292,37 @@ func (ix *Index) TagsOf(host, repo string, dgst digest.Digest) ([]string, error)
 
 // TouchTag records that the upstream confirmed a tag's digest at t.
 func (ix *Index) TouchTag(host, repo, tag string, t time.Time) error {
-	return ix.db.Update(func(tx *bolt.Tx) error {
-		rec, ok, err := get[TagRecord](tx, bucketTags, tagKey(host, repo, tag))
+	var rec TagRecord
+	var ok bool
+	err := ix.db.Update(func(tx *bolt.Tx) error {
+		var err error
+		rec, ok, err = get[TagRecord](tx, bucketTags, tagKey(host, repo, tag))
 		if err != nil || !ok {
 			return err
 		}
 		rec.CheckedAt = t
 		return put(tx, bucketTags, tagKey(host, repo, tag), rec)
 	})
+	if err != nil || !ok {
+		return err
+	}
+	return ix.sharePut(bucketTags, tagKey(host, repo, tag), rec)
 }
 
 // DeleteTag forgets a tag (the upstream says it no longer exists).
 func (ix *Index) DeleteTag(host, repo, tag string) error {
-	return ix.db.Update(func(tx *bolt.Tx) error {
+	err := ix.db.Update(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketTags).Delete(tagKey(host, repo, tag))
 	})
+	if err != nil {
+		return err
+	}
+	return ix.shareDelete(bucketTags, tagKey(host, repo, tag))
 }
 
 // Manifest returns the record of a stored manifest.
 func (ix *Index) Manifest(dgst digest.Digest) (ManifestRecord, bool, error) {
-	return view[ManifestRecord](ix, bucketManifests, []byte(dgst))
+	return viewShared[ManifestRecord](ix, bucketManifests, []byte(dgst))
 }
 
 // ManifestEntry is what RecordManifest writes in one transaction.
@@ -305,9 +341,10 @@ type ManifestEntry struct {
 // and optionally a tag pointing at it and its initial mirror state.
 func (ix *Index) RecordManifest(e ManifestEntry) error {
 	var added int64
+	var fillAdded bool
 	err := ix.db.Update(func(tx *bolt.Tx) error {
 		key := []byte(e.Digest)
-		added = 0
+		added, fillAdded = 0, false
 		if tx.Bucket(bucketManifests).Get(key) == nil {
 			added = e.Record.Size
 		}
@@ -324,14 +361,36 @@ func (ix *Index) RecordManifest(e ManifestEntry) error {
 			}
 		}
 		if mkey := linkKey(e.Upstream, e.Repo, e.Digest); e.Fill != nil && tx.Bucket(bucketMirrors).Get(mkey) == nil {
+			fillAdded = true
 			return put(tx, bucketMirrors, mkey, e.Fill)
 		}
 		return nil
 	})
-	if err == nil {
-		ix.grew(added)
+	if err != nil {
+		return err
 	}
-	return err
+	ix.grew(added)
+	if ix.records == nil {
+		return nil
+	}
+	// Content first, then what names it: a reader never finds a tag
+	// whose manifest record is missing.
+	if err := ix.sharePut(bucketManifests, []byte(e.Digest), e.Record); err != nil {
+		return err
+	}
+	if err := ix.sharePut(bucketLinks, linkKey(e.Upstream, e.Repo, e.Digest), struct{}{}); err != nil {
+		return err
+	}
+	if fillAdded {
+		if err := ix.sharePut(bucketMirrors, linkKey(e.Upstream, e.Repo, e.Digest), e.Fill); err != nil {
+			return err
+		}
+	}
+	if e.Tag != "" {
+		t := e.Record.FetchedAt
+		return ix.sharePut(bucketTags, tagKey(e.Upstream, e.Repo, e.Tag), TagRecord{Digest: e.Digest, FetchedAt: t, CheckedAt: t})
+	}
+	return nil
 }
 
 // PutManifestBody keeps a manifest's bytes in the index: with a registry
@@ -361,7 +420,7 @@ func (ix *Index) ManifestBody(dgst digest.Digest) ([]byte, bool, error) {
 
 // Blob returns the record of a stored blob.
 func (ix *Index) Blob(dgst digest.Digest) (BlobRecord, bool, error) {
-	return view[BlobRecord](ix, bucketBlobs, []byte(dgst))
+	return viewShared[BlobRecord](ix, bucketBlobs, []byte(dgst))
 }
 
 // RecordBlob records a stored blob and its link to an upstream repository.
@@ -378,15 +437,22 @@ func (ix *Index) RecordBlob(host, repo string, dgst digest.Digest, size int64, t
 		}
 		return link(tx, host, repo, dgst)
 	})
-	if err == nil {
-		ix.grew(added)
+	if err != nil {
+		return err
 	}
-	return err
+	ix.grew(added)
+	if err := ix.sharePut(bucketBlobs, []byte(dgst), BlobRecord{Size: size, FetchedAt: t, LastAccess: t}); err != nil {
+		return err
+	}
+	return ix.sharePut(bucketLinks, linkKey(host, repo, dgst), struct{}{})
 }
 
 // Link records that dgst belongs to an upstream repository.
 func (ix *Index) Link(host, repo string, dgst digest.Digest) error {
-	return ix.db.Batch(func(tx *bolt.Tx) error { return link(tx, host, repo, dgst) })
+	if err := ix.db.Batch(func(tx *bolt.Tx) error { return link(tx, host, repo, dgst) }); err != nil {
+		return err
+	}
+	return ix.sharePut(bucketLinks, linkKey(host, repo, dgst), struct{}{})
 }
 
 // Linked reports whether dgst was fetched for, or confirmed to belong to,
@@ -398,22 +464,33 @@ func (ix *Index) Linked(host, repo string, dgst digest.Digest) (bool, error) {
 		ok = tx.Bucket(bucketLinks).Get(linkKey(host, repo, dgst)) != nil
 		return nil
 	})
-	return ok, err
+	if ok || err != nil || ix.records == nil {
+		return ok, err
+	}
+	raw, found, err := ix.shareGet(bucketLinks, linkKey(host, repo, dgst))
+	if err != nil || !found {
+		return false, err
+	}
+	return true, ix.adopt(bucketLinks, linkKey(host, repo, dgst), raw)
 }
 
 // Mirror returns the background-mirroring state of a manifest in an
 // upstream repository. The state is per repository: the same digest may be
 // complete in one and not yet in another (links, registry destinations).
 func (ix *Index) Fill(host, repo string, dgst digest.Digest) (FillRecord, bool, error) {
-	return view[FillRecord](ix, bucketMirrors, linkKey(host, repo, dgst))
+	return viewShared[FillRecord](ix, bucketMirrors, linkKey(host, repo, dgst))
 }
 
 // PutFill records the background-mirroring state of a manifest in the
 // upstream repository rec names.
 func (ix *Index) PutFill(dgst digest.Digest, rec FillRecord) error {
-	return ix.db.Update(func(tx *bolt.Tx) error {
+	err := ix.db.Update(func(tx *bolt.Tx) error {
 		return put(tx, bucketMirrors, linkKey(rec.Upstream, rec.Repo, dgst), rec)
 	})
+	if err != nil {
+		return err
+	}
+	return ix.sharePut(bucketMirrors, linkKey(rec.Upstream, rec.Repo, dgst), rec)
 }
 
 // FillEntry is a manifest's mirror state in a repository.

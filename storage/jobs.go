@@ -59,61 +59,93 @@ func (j *Job) Finished() bool { return j.State == JobDone || j.State == JobFaile
 // PutJob records a whole job: its header and every image. It is for a
 // new job; UpdateJob records its changes.
 func (ix *Index) PutJob(j *Job) error {
-	return ix.db.Update(func(tx *bolt.Tx) error {
-		if err := putJobHeader(tx, j); err != nil {
+	if err := ix.db.Update(func(tx *bolt.Tx) error { return putJobTx(tx, j) }); err != nil {
+		return err
+	}
+	return ix.sharePut(bucketJobs, []byte(j.ID), j)
+}
+
+// putJobTx records a whole job in tx.
+func putJobTx(tx *bolt.Tx, j *Job) error {
+	if err := putJobHeader(tx, j); err != nil {
+		return err
+	}
+	imgs := tx.Bucket(bucketJobImages)
+	if imgs.Bucket([]byte(j.ID)) != nil {
+		if err := imgs.DeleteBucket([]byte(j.ID)); err != nil {
 			return err
 		}
-		imgs := tx.Bucket(bucketJobImages)
-		if imgs.Bucket([]byte(j.ID)) != nil {
-			if err := imgs.DeleteBucket([]byte(j.ID)); err != nil {
-				return err
-			}
-		}
-		b, err := imgs.CreateBucket([]byte(j.ID))
-		if err != nil {
+	}
+	b, err := imgs.CreateBucket([]byte(j.ID))
+	if err != nil {
+		return err
+	}
+	for i, img := range j.Images {
+		if err := putJobImage(b, i, img); err != nil {
 			return err
 		}
-		for i, img := range j.Images {
-			if err := putJobImage(b, i, img); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	}
+	return nil
 }
 
 // UpdateJob records a job's header (j.Images is ignored) and the images
 // of changed, by position. The other images' records are not touched, so
 // a change costs the same whatever the number of images.
 func (ix *Index) UpdateJob(j *Job, changed map[int]JobImage) error {
-	return ix.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketJobImages).Bucket([]byte(j.ID))
-		if b == nil {
-			// Recorded before images had records of their own: move
-			// them out of the header once.
-			old, _, err := get[Job](tx, bucketJobs, []byte(j.ID))
-			if err != nil {
-				return err
-			}
-			if b, err = tx.Bucket(bucketJobImages).CreateBucket([]byte(j.ID)); err != nil {
-				return err
-			}
-			for i, img := range old.Images {
-				if err := putJobImage(b, i, img); err != nil {
-					return err
-				}
-			}
-		}
-		if err := putJobHeader(tx, j); err != nil {
+	// The shared copy follows the states, not every byte of progress:
+	// rewriting the whole job for each would cost as much as the job.
+	share := ix.records != nil && j.State != JobRunning
+	for _, img := range changed {
+		share = share || img.State == JobDone || img.State == JobFailed
+	}
+	var whole *Job
+	err := ix.db.Update(func(tx *bolt.Tx) error {
+		if err := updateJob(tx, j, changed); err != nil {
 			return err
 		}
-		for i, img := range changed {
+		if !share {
+			return nil
+		}
+		var err error
+		whole, err = readJob(tx, []byte(j.ID), tx.Bucket(bucketJobs).Get([]byte(j.ID)))
+		return err
+	})
+	if err != nil || whole == nil {
+		return err
+	}
+	// The shared copy is the whole job: a replica that did not run it
+	// reads it in one request.
+	return ix.sharePut(bucketJobs, []byte(j.ID), whole)
+}
+
+// updateJob records UpdateJob's changes in tx.
+func updateJob(tx *bolt.Tx, j *Job, changed map[int]JobImage) error {
+	b := tx.Bucket(bucketJobImages).Bucket([]byte(j.ID))
+	if b == nil {
+		// Recorded before images had records of their own: move
+		// them out of the header once.
+		old, _, err := get[Job](tx, bucketJobs, []byte(j.ID))
+		if err != nil {
+			return err
+		}
+		if b, err = tx.Bucket(bucketJobImages).CreateBucket([]byte(j.ID)); err != nil {
+			return err
+		}
+		for i, img := range old.Images {
 			if err := putJobImage(b, i, img); err != nil {
 				return err
 			}
 		}
-		return nil
-	})
+	}
+	if err := putJobHeader(tx, j); err != nil {
+		return err
+	}
+	for i, img := range changed {
+		if err := putJobImage(b, i, img); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // putJobHeader records a job without its images.
@@ -157,6 +189,25 @@ func readJob(tx *bolt.Tx, k, v []byte) (*Job, error) {
 
 // Job returns a job by ID.
 func (ix *Index) Job(id string) (*Job, bool, error) {
+	j, ok, err := ix.localJob(id)
+	if ok || err != nil || ix.records == nil {
+		return j, ok, err
+	}
+	// Started by another replica: its shared copy, not kept (the local
+	// jobs are the ones this replica resumes at start).
+	raw, found, err := ix.shareGet(bucketJobs, []byte(id))
+	if err != nil || !found {
+		return j, false, err
+	}
+	var shared Job
+	if err := json.Unmarshal(raw, &shared); err != nil {
+		return j, false, fmt.Errorf("shared records: corrupt job %q: %w", id, err)
+	}
+	return &shared, true, nil
+}
+
+// localJob reads a job from the local database.
+func (ix *Index) localJob(id string) (*Job, bool, error) {
 	var j *Job
 	err := ix.db.View(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketJobs).Get([]byte(id))

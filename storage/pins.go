@@ -36,7 +36,7 @@ func (ix *Index) Pin(ref string, rec PinRecord) error {
 	if err != nil {
 		return err
 	}
-	return ix.db.Update(func(tx *bolt.Tx) error {
+	err = ix.db.Update(func(tx *bolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(bucketPins)
 		if err != nil {
 			return err
@@ -47,6 +47,10 @@ func (ix *Index) Pin(ref string, rec PinRecord) error {
 		}
 		return b.Put(key, raw)
 	})
+	if err != nil {
+		return err
+	}
+	return ix.sharePut(bucketPins, key, rec)
 }
 
 // Unpin removes a pin; removing a missing pin is not an error.
@@ -55,13 +59,17 @@ func (ix *Index) Unpin(ref string) error {
 	if err != nil {
 		return err
 	}
-	return ix.db.Update(func(tx *bolt.Tx) error {
+	err = ix.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketPins)
 		if b == nil {
 			return nil
 		}
 		return b.Delete(key)
 	})
+	if err != nil {
+		return err
+	}
+	return ix.shareDelete(bucketPins, key)
 }
 
 // Pins returns the pins by digest or TagKey.

@@ -191,6 +191,9 @@ func adminLogger(cfg config.Config, stderr io.Writer) *slog.Logger {
 // withCollector opens a data directory, runs fn on a collector of it, and
 // closes it.
 func withCollector(ctx context.Context, cfg config.Config, cmd string, clean bool, opts lifecycle.Options, fn func(*lifecycle.Collector, *storage.Index) error) error {
+	if shared, err := withSharedCollector(ctx, cfg, opts, fn); shared {
+		return err
+	}
 	store, index, err := openData(ctx, cfg, cmd, clean)
 	if err != nil {
 		return err

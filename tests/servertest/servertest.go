@@ -67,6 +67,8 @@ type Server struct {
 	dir       string
 	opts      []proxy.Option
 	newStore  func(*storage.Index) (storage.Store, error)
+	// configure, if not nil, changes the configuration before each start.
+	configure func(*config.Config)
 	Clock     *Clock
 
 	// Server is the whole server; Proxy, Metrics, Index and Store its parts.
@@ -148,7 +150,11 @@ func (m *Server) start() {
 			return s, "test store", err
 		}))
 	}
-	srv, err := server.New(ctx, Config(t, m.dir, m.upstreams), opts...)
+	cfg := Config(t, m.dir, m.upstreams)
+	if m.configure != nil {
+		m.configure(&cfg)
+	}
+	srv, err := server.New(ctx, cfg, opts...)
 	if err != nil {
 		cancel()
 		t.Fatal(err)
@@ -201,4 +207,15 @@ func (m *Server) Stop() {
 func (m *Server) Restart() {
 	m.Stop()
 	m.start()
+}
+
+// StartConfigured runs a mirror of ups (docker.io among them) on the
+// embedded store with its configuration changed by configure (e.g. the
+// storage block of a shared S3 bucket); configure runs again on Restart.
+func StartConfigured(t testing.TB, ups []Upstream, configure func(*config.Config), opts ...proxy.Option) *Server {
+	t.Helper()
+	m := &Server{tb: t, upstreams: ups, dir: t.TempDir(), opts: opts, configure: configure, Clock: NewClock()}
+	m.start()
+	t.Cleanup(m.Stop)
+	return m
 }

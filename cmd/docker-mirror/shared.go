@@ -1,0 +1,44 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+
+	"github.com/docker-mirror/docker-mirror/config"
+	"github.com/docker-mirror/docker-mirror/lifecycle"
+	"github.com/docker-mirror/docker-mirror/server"
+	"github.com/docker-mirror/docker-mirror/storage"
+)
+
+// withSharedCollector runs fn, for gc, verify and ls, on a store several
+// replicas share (S3): the bucket's records are the truth, so the command
+// reads them into an index of its own in a scratch directory and needs no
+// replica's data directory, nor its lock: it runs beside a running
+// cluster. What it removes it removes from the bucket's records too. It
+// reports false when the store is not shared.
+func withSharedCollector(ctx context.Context, cfg config.Config, opts lifecycle.Options, fn func(*lifecycle.Collector, *storage.Index) error) (bool, error) {
+	if name, _ := cfg.StorageDriver(); !storage.SharedDriver(name) || cfg.Destination.URL != "" {
+		return false, nil
+	}
+	store, err := server.OpenEmbeddedStore(ctx, cfg, false)
+	if err != nil {
+		return true, err
+	}
+	scratch, err := os.MkdirTemp("", "docker-mirror-index-")
+	if err != nil {
+		return true, err
+	}
+	defer os.RemoveAll(scratch)
+	index, err := storage.OpenIndex(filepath.Join(scratch, "index.db"))
+	if err != nil {
+		return true, err
+	}
+	index.ShareRecords(storage.NewDriverRecords(store.Driver()), nil)
+	// Replicas may be writing: what they wrote in the last minutes may
+	// not be recorded yet, and is never collected.
+	opts.Grace = max(opts.Grace, lifecycle.DefaultGrace)
+	err = fn(lifecycle.New(store, index, opts), index)
+	return true, errors.Join(err, index.Close())
+}

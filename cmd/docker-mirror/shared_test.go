@@ -1,0 +1,63 @@
+package main
+
+import (
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/docker-mirror/docker-mirror/config"
+	"github.com/docker-mirror/docker-mirror/proxy"
+	"github.com/docker-mirror/docker-mirror/storage/s3test"
+	"github.com/docker-mirror/docker-mirror/tests/fixture"
+	"github.com/docker-mirror/docker-mirror/tests/servertest"
+)
+
+// ls, gc and verify on the bucket of a running replica: they need neither
+// its data directory nor its index's lock, list what the bucket's records
+// hold, and remove nothing the replica serves.
+func TestAdminOnSharedBucket(t *testing.T) {
+	s3srv := s3test.Start(t)
+	bucket := s3srv.NewBucket(t)
+	up := fixture.StartUpstream(t)
+	up.SeedMultiArch(t, "library/multi", "v1", fixture.OCI)
+	m := servertest.StartConfigured(t, []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}},
+		func(c *config.Config) { c.Storage = s3srv.Storage(bucket) })
+	resp, err := http.Get(m.URL() + "/v2/library/multi/manifests/v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	m.WaitIdle()
+
+	raw, err := yaml.Marshal(map[string]any{"data": m.Dir(), "storage": s3srv.Storage(bucket)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(file, raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out, stderr := runAdmin(t, "ls", "--config", file)
+	if code != 0 || !strings.Contains(out, "docker.io/library/multi:v1") || !strings.Contains(out, "linux/amd64,linux/arm/v7,linux/arm64") {
+		t.Fatalf("ls on a running replica's bucket: exit %d, %q, %q", code, out, stderr)
+	}
+	for _, cmd := range []string{"gc", "verify"} {
+		code, out, stderr := runAdmin(t, cmd, "--config", file)
+		if code != 0 {
+			t.Fatalf("%s on a running replica's bucket: exit %d, %q, %q", cmd, code, out, stderr)
+		}
+	}
+	up.Stop()
+	resp, err = http.Get(m.URL() + "/v2/library/multi/manifests/v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("after gc and verify the replica answers %s", resp.Status)
+	}
+}

@@ -1,0 +1,179 @@
+package storage_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"strings"
+	"sync"
+	"testing"
+
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+	"github.com/distribution/distribution/v3/registry/storage/driver/factory"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/docker-mirror/docker-mirror/storage"
+	"github.com/docker-mirror/docker-mirror/storage/s3test"
+	"github.com/docker-mirror/docker-mirror/storage/storetest"
+)
+
+// The conformance suite on a real S3 server (versitygw; skipped without
+// it): every subtest gets a bucket of its own, and whatever it did, the
+// bucket holds nothing but committed content afterwards (no temporary
+// objects, no uploads prefix).
+func TestDriverStoreS3(t *testing.T) {
+	srv := s3test.Start(t)
+	storetest.Run(t, func(t *testing.T) storage.Store {
+		bucket := srv.NewBucket(t)
+		t.Cleanup(func() {
+			for _, k := range srv.Keys(t, bucket) {
+				if !strings.HasPrefix(k, "blobs/") || !strings.HasSuffix(k, "/data") {
+					t.Errorf("bucket holds %q: only committed content expected", k)
+				}
+			}
+		})
+		s, err := storage.OpenDriverStore(t.Context(), "s3aws", srv.Params(bucket))
+		if err != nil {
+			t.Fatalf("OpenDriverStore(s3aws): %v", err)
+		}
+		return s
+	})
+}
+
+// blockingReader yields its bytes, then blocks until release is closed and
+// fails: a write stopped half way, as a crash stops it.
+type blockingReader struct {
+	r        io.Reader
+	reached  chan struct{}
+	release  chan struct{}
+	signaled bool
+}
+
+func (b *blockingReader) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err == io.EOF {
+		if !b.signaled {
+			b.signaled = true
+			close(b.reached)
+		}
+		<-b.release
+		return 0, errors.New("writer died")
+	}
+	return n, err
+}
+
+// On S3 a write goes to its final key only once verified: half way through
+// a write larger than one multipart part, the bucket holds no object at all
+// (not at the final key, not under a temporary prefix), and a start of
+// another store on the bucket deletes nothing (no shared prefix is wiped).
+func TestDriverStoreS3WriteInvisibleUntilVerified(t *testing.T) {
+	srv := s3test.Start(t)
+	bucket := srv.NewBucket(t)
+	s, err := storage.OpenDriverStore(t.Context(), "s3aws", srv.Params(bucket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	whole := bytes.Repeat([]byte("0123456789abcdef"), 1<<20) // 16 MiB: more than one part
+	d := digest.FromBytes(whole)
+	// Stopped after exactly one part (the driver's default chunk size),
+	// which the driver has uploaded by then.
+	br := &blockingReader{r: bytes.NewReader(whole[:10<<20]), reached: make(chan struct{}), release: make(chan struct{})}
+	done := make(chan error, 1)
+	go func() { done <- s.Put(t.Context(), "r", d, int64(len(whole)), br) }()
+	<-br.reached
+	if keys := srv.Keys(t, bucket); len(keys) != 0 {
+		t.Errorf("half way through a write the bucket holds %v; want nothing", keys)
+	}
+	if _, err := s.Stat(t.Context(), "r", d); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("Stat during the write = %v; want ErrNotFound", err)
+	}
+	// A second replica starting on the bucket meanwhile.
+	other, err := storage.OpenDriverStore(t.Context(), "s3aws", srv.Params(bucket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	close(br.release)
+	if err := <-done; err == nil {
+		t.Fatal("Put of a failed read succeeded")
+	}
+	if keys := srv.Keys(t, bucket); len(keys) != 0 {
+		t.Errorf("after a failed write the bucket holds %v; want nothing", keys)
+	}
+	// The other replica writes it (a driver of its own: the first one's
+	// part buffer is never reused while its transport may hold it).
+	if err := other.Put(t.Context(), "r", d, int64(len(whole)), bytes.NewReader(whole)); err != nil {
+		t.Fatal(err)
+	}
+	if keys := srv.Keys(t, bucket); len(keys) != 1 || keys[0] != "blobs/sha256/"+d.Encoded()[:2]+"/"+d.Encoded()+"/data" {
+		t.Errorf("after the write the bucket holds %v; want the blob only", keys)
+	}
+}
+
+// recordingDriver notes the paths written and the moves made through a
+// storage driver.
+type recordingDriver struct {
+	storagedriver.StorageDriver
+	mu      sync.Mutex
+	written []string
+	moves   int
+}
+
+func (d *recordingDriver) Writer(ctx context.Context, path string, appendMode bool) (storagedriver.FileWriter, error) {
+	d.mu.Lock()
+	d.written = append(d.written, path)
+	d.mu.Unlock()
+	return d.StorageDriver.Writer(ctx, path, appendMode)
+}
+
+func (d *recordingDriver) Move(ctx context.Context, from, to string) error {
+	d.mu.Lock()
+	d.moves++
+	d.mu.Unlock()
+	return d.StorageDriver.Move(ctx, from, to)
+}
+
+// On S3 content is written at its final key, never elsewhere, and never
+// moved (a Move on S3 is a server-side copy and a delete).
+func TestDriverStoreS3WritesInPlace(t *testing.T) {
+	srv := s3test.Start(t)
+	d, err := factory.Create(t.Context(), "s3aws", srv.Params(srv.NewBucket(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &recordingDriver{StorageDriver: d}
+	s := storage.NewDriverStore(rec)
+	if !s.Shared() {
+		t.Fatal("a store on S3 is not shared")
+	}
+	b := []byte("some content")
+	dg := digest.FromBytes(b)
+	if err := s.Put(t.Context(), "r", dg, int64(len(b)), bytes.NewReader(b)); err != nil {
+		t.Fatal(err)
+	}
+	want := "/blobs/sha256/" + dg.Encoded()[:2] + "/" + dg.Encoded() + "/data"
+	if len(rec.written) != 1 || rec.written[0] != want || rec.moves != 0 {
+		t.Errorf("Put wrote %v and moved %d times; want one write at %s, no move", rec.written, rec.moves, want)
+	}
+}
+
+// Opening a store on a shared bucket deletes nothing: another replica's
+// writes in progress (or anything else under the mirror's scratch prefix)
+// stay.
+func TestOpenDriverStoreS3WipesNothing(t *testing.T) {
+	srv := s3test.Start(t)
+	bucket := srv.NewBucket(t)
+	d, err := factory.Create(t.Context(), "s3aws", srv.Params(bucket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.PutContent(t.Context(), "/"+storage.OwnDir+"/uploads/other-replica", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := storage.OpenDriverStore(t.Context(), "s3aws", srv.Params(bucket)); err != nil {
+		t.Fatal(err)
+	}
+	if keys := srv.Keys(t, bucket); len(keys) != 1 {
+		t.Errorf("after a start the bucket holds %v; want the other replica's object", keys)
+	}
+}

@@ -1,0 +1,139 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path"
+	"strconv"
+	"strings"
+
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+)
+
+// Records keeps an Index's records where every replica on a shared store
+// sees them: small objects beside the content. The Index writes its
+// records through to it and reads from it on a local miss, so that its
+// bbolt database is a cache of the bucket, and a replica with an empty data
+// directory serves what the others fetched. A kind is the name of an index
+// bucket ("tags", "blobs"...), a key the index's key in it.
+type Records interface {
+	// Get returns a record's value, or an error wrapping ErrNotFound.
+	Get(ctx context.Context, kind, key string) ([]byte, error)
+	// Put writes a record whole (atomically: readers see the old value
+	// or the new one).
+	Put(ctx context.Context, kind, key string, value []byte) error
+	// Delete removes a record; removing a missing one is not an error.
+	Delete(ctx context.Context, kind, key string) error
+	// Walk calls fn with every record of a kind, in no particular order.
+	Walk(ctx context.Context, kind string, fn func(key string, value []byte) error) error
+}
+
+// RecordsRoot is the prefix of the store, beside /blobs, that holds the
+// shared records: only the mirror writes there.
+const RecordsRoot = "/records"
+
+// DriverRecords is Records on a distribution storage driver: one object
+// per record under RecordsRoot/kind/, named by its escaped key.
+type DriverRecords struct {
+	driver storagedriver.StorageDriver
+}
+
+var _ Records = (*DriverRecords)(nil)
+
+// NewDriverRecords returns the records kept on driver.
+func NewDriverRecords(driver storagedriver.StorageDriver) *DriverRecords {
+	return &DriverRecords{driver: driver}
+}
+
+func recordPath(kind, key string) string {
+	return path.Join(RecordsRoot, kind, escapeKey(key))
+}
+
+// Get implements Records.
+func (r *DriverRecords) Get(ctx context.Context, kind, key string) ([]byte, error) {
+	b, err := r.driver.GetContent(ctx, recordPath(kind, key))
+	if errors.As(err, new(storagedriver.PathNotFoundError)) {
+		return nil, fmt.Errorf("record %s %q: %w", kind, key, ErrNotFound)
+	}
+	return b, err
+}
+
+// Put implements Records: one PutObject on S3, atomic.
+func (r *DriverRecords) Put(ctx context.Context, kind, key string, value []byte) error {
+	return r.driver.PutContent(ctx, recordPath(kind, key), value)
+}
+
+// Delete implements Records.
+func (r *DriverRecords) Delete(ctx context.Context, kind, key string) error {
+	err := r.driver.Delete(ctx, recordPath(kind, key))
+	if errors.As(err, new(storagedriver.PathNotFoundError)) {
+		return nil
+	}
+	return err
+}
+
+// Walk implements Records. A record deleted while walking is skipped.
+func (r *DriverRecords) Walk(ctx context.Context, kind string, fn func(key string, value []byte) error) error {
+	root := path.Join(RecordsRoot, kind)
+	err := r.driver.Walk(ctx, root, func(fi storagedriver.FileInfo) error {
+		if fi.IsDir() {
+			return nil
+		}
+		key, err := unescapeKey(strings.TrimPrefix(fi.Path(), root+"/"))
+		if err != nil {
+			return nil // not a record of ours
+		}
+		value, err := r.driver.GetContent(ctx, fi.Path())
+		if errors.As(err, new(storagedriver.PathNotFoundError)) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		return fn(key, value)
+	})
+	if errors.As(err, new(storagedriver.PathNotFoundError)) {
+		return nil
+	}
+	return err
+}
+
+// escapeKey turns an index key (e.g. "127.0.0.1:5000/library/nginx:1.27"
+// or "sha256:ab...") into a path the storage drivers accept (components of
+// [A-Za-z0-9._-]): every other byte, and '_' itself, is written "_XX" in
+// hex; '/' separates components as it does in the key.
+func escapeKey(key string) string {
+	var b strings.Builder
+	for i := 0; i < len(key); i++ {
+		c := key[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '.', c == '-', c == '/':
+			b.WriteByte(c)
+		default:
+			fmt.Fprintf(&b, "_%02X", c)
+		}
+	}
+	return b.String()
+}
+
+// unescapeKey reverses escapeKey.
+func unescapeKey(p string) (string, error) {
+	var b strings.Builder
+	for i := 0; i < len(p); i++ {
+		if p[i] != '_' {
+			b.WriteByte(p[i])
+			continue
+		}
+		if i+2 >= len(p) {
+			return "", fmt.Errorf("record name %q: truncated escape", p)
+		}
+		v, err := strconv.ParseUint(p[i+1:i+3], 16, 8)
+		if err != nil {
+			return "", fmt.Errorf("record name %q: %w", p, err)
+		}
+		b.WriteByte(byte(v))
+		i += 2
+	}
+	return b.String(), nil
+}

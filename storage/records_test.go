@@ -1,0 +1,178 @@
+package storage_test
+
+import (
+	"errors"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/docker-mirror/docker-mirror/storage"
+)
+
+func TestDriverRecordsRoundTrip(t *testing.T) {
+	r := storage.NewDriverRecords(inmemory.New())
+	ctx := t.Context()
+	keys := []string{"127.0.0.1:5000/library/nginx:1.27", "sha256:" + digest.FromString("x").Encoded(), "docker.io/a_b/c@sha256:00", "ghcr.io/o/r:v~1+x"}
+	for i, k := range keys {
+		if err := r.Put(ctx, "tags", k, []byte{byte(i)}); err != nil {
+			t.Fatalf("Put(%q): %v", k, err)
+		}
+	}
+	for i, k := range keys {
+		v, err := r.Get(ctx, "tags", k)
+		if err != nil || len(v) != 1 || v[0] != byte(i) {
+			t.Errorf("Get(%q) = %v, %v", k, v, err)
+		}
+	}
+	got := map[string]bool{}
+	if err := r.Walk(ctx, "tags", func(k string, _ []byte) error { got[k] = true; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		if !got[k] {
+			t.Errorf("Walk did not return %q (got %v)", k, got)
+		}
+	}
+	if err := r.Delete(ctx, "tags", keys[0]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Get(ctx, "tags", keys[0]); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("Get after Delete = %v; want ErrNotFound", err)
+	}
+	if err := r.Delete(ctx, "tags", keys[0]); err != nil {
+		t.Errorf("deleting a missing record: %v", err)
+	}
+	if err := r.Walk(ctx, "pins", func(string, []byte) error { return errors.New("called") }); err != nil {
+		t.Errorf("Walk of an empty kind: %v", err)
+	}
+}
+
+func openShared(t *testing.T, r storage.Records) *storage.Index {
+	t.Helper()
+	ix, err := storage.OpenIndex(filepath.Join(t.TempDir(), "index.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ix.Close() })
+	ix.ShareRecords(r, nil)
+	return ix
+}
+
+// Two indexes on the same records: what one records, the other reads on a
+// miss (and keeps); what one forgets, the other no longer finds.
+func TestIndexSharedRecords(t *testing.T) {
+	r := storage.NewDriverRecords(inmemory.New())
+	a, b := openShared(t, r), openShared(t, r)
+	now := time.Unix(1700000000, 0).UTC()
+	m := digest.FromString("manifest")
+	l := digest.FromString("layer")
+	if err := a.RecordManifest(storage.ManifestEntry{Upstream: "docker.io", Repo: "library/x", Digest: m, Tag: "v1",
+		Record: storage.ManifestRecord{MediaType: "application/vnd.oci.image.manifest.v1+json", Size: 10, FetchedAt: now}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.RecordBlob("docker.io", "library/x", l, 100, now); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Pin(m.String(), storage.PinRecord{PinnedAt: now, Reason: "admin"}); err != nil {
+		t.Fatal(err)
+	}
+	if rec, ok, err := b.Tag("docker.io", "library/x", "v1"); err != nil || !ok || rec.Digest != m {
+		t.Fatalf("b.Tag = %v %v %v; want %s", rec, ok, err, m)
+	}
+	if rec, ok, err := b.Manifest(m); err != nil || !ok || rec.Size != 10 {
+		t.Fatalf("b.Manifest = %v %v %v", rec, ok, err)
+	}
+	if ok, err := b.Linked("docker.io", "library/x", l); err != nil || !ok {
+		t.Fatalf("b.Linked(layer) = %v %v", ok, err)
+	}
+	if ok, _ := b.Linked("docker.io", "library/y", l); ok {
+		t.Fatal("b.Linked(another repository) = true")
+	}
+	if rec, ok, err := b.Blob(l); err != nil || !ok || rec.Size != 100 {
+		t.Fatalf("b.Blob = %v %v %v", rec, ok, err)
+	}
+	if got := b.StoredBytes(); got != 110 {
+		t.Errorf("b.StoredBytes = %d after reading both records; want 110", got)
+	}
+	// Refresh brings what b did not read: the pin.
+	if err := b.Refresh(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if pins, _ := b.Pins(); len(pins) != 1 {
+		t.Errorf("b.Pins after Refresh = %v; want a's pin", pins)
+	}
+	// a forgets the layer: b, asking the bucket, no longer finds it.
+	if _, err := a.Forget([]digest.Digest{l}, nil); err != nil {
+		t.Fatal(err)
+	}
+	c := openShared(t, r)
+	if _, ok, _ := c.Blob(l); ok {
+		t.Error("a forgotten blob is still in the shared records")
+	}
+	if ok, _ := c.Linked("docker.io", "library/x", l); ok {
+		t.Error("a forgotten blob's link is still in the shared records")
+	}
+	if _, ok, _ := c.Tag("docker.io", "library/x", "v1"); !ok {
+		t.Error("the tag of a manifest kept was removed")
+	}
+}
+
+// Refresh drops the local records another replica removed from the bucket
+// (an evicted tag, a collected blob) once they are older than PruneAge, and
+// keeps younger ones, which may be on their way to the bucket.
+func TestIndexRefreshPrunes(t *testing.T) {
+	r := storage.NewDriverRecords(inmemory.New())
+	now := time.Unix(1700000000, 0).UTC()
+	clock := func() time.Time { return now }
+	open := func() *storage.Index {
+		ix, err := storage.OpenIndex(filepath.Join(t.TempDir(), "index.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ix.Close() })
+		ix.ShareRecords(r, clock)
+		return ix
+	}
+	a, b := open(), open()
+	m := digest.FromString("manifest")
+	l := digest.FromString("layer")
+	if err := a.RecordManifest(storage.ManifestEntry{Upstream: "docker.io", Repo: "library/x", Digest: m, Tag: "v1",
+		Record: storage.ManifestRecord{MediaType: "application/vnd.oci.image.manifest.v1+json", Size: 10, FetchedAt: now}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.RecordBlob("docker.io", "library/x", l, 100, now); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Refresh(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.StoredBytes(); got != 110 {
+		t.Fatalf("b holds %d bytes after Refresh; want 110", got)
+	}
+	// a evicts the image: its tag and content leave the bucket.
+	if _, err := a.Forget([]digest.Digest{m, l}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Refresh(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, _ := b.Tag("docker.io", "library/x", "v1"); !ok {
+		t.Error("a tag younger than PruneAge was dropped")
+	}
+	now = now.Add(storage.PruneAge + time.Minute)
+	if err := b.Refresh(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, _ := b.Tag("docker.io", "library/x", "v1"); ok {
+		t.Error("the evicted tag survived Refresh")
+	}
+	if _, ok, _ := b.Blob(l); ok {
+		t.Error("the collected blob's record survived Refresh")
+	}
+	if got := b.StoredBytes(); got != 0 {
+		t.Errorf("b holds %d bytes; want the bucket's 0", got)
+	}
+}

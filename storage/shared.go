@@ -1,0 +1,335 @@
+package storage
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	bolt "go.etcd.io/bbolt"
+)
+
+// The index on a shared store: every record a replica needs to serve
+// content another replica fetched is written through to Records, and read
+// from there when the local database misses it. Without Records (the
+// default, a store of one process) none of this runs.
+
+// recordsTimeout bounds one access to the shared records: the Index's
+// methods take no context, and a store that does not answer must not hold
+// a pull for ever.
+const recordsTimeout = 30 * time.Second
+
+// sharedKinds are the index buckets Refresh reads from the shared records,
+// in this order. Jobs are shared too, but read one by one (Job): a
+// replica must not take another's running jobs for its own to resume.
+var sharedKinds = [][]byte{bucketBlobs, bucketManifests, bucketLinks, bucketTags, bucketMirrors, bucketPins, bucketAccess}
+
+// TagRecheck is how old a tag's local record may be before a shared
+// index compares it with the bucket's.
+const TagRecheck = 15 * time.Second
+
+// ShareRecords makes records the shared copy of the index: writes go
+// through to it, local misses are read from it. now is the clock tag
+// records are aged by (nil: time.Now). Call it once, before the index is
+// used.
+func (ix *Index) ShareRecords(records Records, now func() time.Time) {
+	ix.records = records
+	ix.clock = now
+}
+
+// now is the shared index's clock.
+func (ix *Index) now() time.Time {
+	if ix.clock != nil {
+		return ix.clock()
+	}
+	return time.Now()
+}
+
+// Shared reports whether the index keeps its records in a shared store.
+func (ix *Index) Shared() bool { return ix.records != nil }
+
+func recordsContext() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), recordsTimeout)
+}
+
+// sharePut writes a record through to the shared records.
+func (ix *Index) sharePut(bucket, key []byte, v any) error {
+	if ix.records == nil {
+		return nil
+	}
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := recordsContext()
+	defer cancel()
+	if err := ix.records.Put(ctx, string(bucket), string(key), raw); err != nil {
+		return fmt.Errorf("shared records: writing %s %q: %w", bucket, key, err)
+	}
+	return nil
+}
+
+// shareDelete removes records from the shared records.
+func (ix *Index) shareDelete(bucket []byte, keys ...[]byte) error {
+	if ix.records == nil {
+		return nil
+	}
+	ctx, cancel := recordsContext()
+	defer cancel()
+	for _, k := range keys {
+		if err := ix.records.Delete(ctx, string(bucket), string(k)); err != nil {
+			return fmt.Errorf("shared records: deleting %s %q: %w", bucket, k, err)
+		}
+	}
+	return nil
+}
+
+// shareGet reads a record from the shared records: found false if there
+// is none.
+func (ix *Index) shareGet(bucket, key []byte) ([]byte, bool, error) {
+	if ix.records == nil {
+		return nil, false, nil
+	}
+	ctx, cancel := recordsContext()
+	defer cancel()
+	raw, err := ix.records.Get(ctx, string(bucket), string(key))
+	if errors.Is(err, ErrNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("shared records: reading %s %q: %w: %w", bucket, key, ErrUnavailable, err)
+	}
+	return raw, true, nil
+}
+
+// viewShared reads a record locally, and on a local miss from the shared
+// records, keeping what it finds in the local database.
+func viewShared[T any](ix *Index, bucket, key []byte) (T, bool, error) {
+	v, ok, err := view[T](ix, bucket, key)
+	if ok || err != nil || ix.records == nil {
+		return v, ok, err
+	}
+	raw, found, err := ix.shareGet(bucket, key)
+	if err != nil || !found {
+		return v, false, err
+	}
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return v, false, fmt.Errorf("shared records: corrupt %s record %q: %w", bucket, key, err)
+	}
+	return v, true, ix.adopt(bucket, key, raw)
+}
+
+// adopt keeps a record read from the shared records in the local
+// database, as its writer recorded it (links both ways; the stored total
+// counting a new blob or manifest).
+func (ix *Index) adopt(bucket, key, raw []byte) error {
+	var added int64
+	err := ix.db.Update(func(tx *bolt.Tx) error {
+		added = 0
+		var err error
+		added, err = adoptTx(tx, bucket, key, raw)
+		return err
+	})
+	if err == nil {
+		ix.stored.Add(added)
+	}
+	return err
+}
+
+// adoptTx writes one shared record in tx and returns the bytes it adds to
+// the stored total.
+func adoptTx(tx *bolt.Tx, bucket, key, raw []byte) (int64, error) {
+	switch string(bucket) {
+	case string(bucketLinks):
+		host, repo, dgst, ok := parseLinkKey(string(key))
+		if !ok {
+			return 0, nil
+		}
+		return 0, link(tx, host, repo, dgst)
+	case string(bucketBlobs), string(bucketManifests):
+		var rec struct {
+			Size int64 `json:"size"`
+		}
+		if err := json.Unmarshal(raw, &rec); err != nil {
+			return 0, nil
+		}
+		b := tx.Bucket(bucket)
+		var added int64
+		cur := b.Get(key)
+		if cur == nil {
+			added = rec.Size
+		} else if string(bucket) == string(bucketBlobs) {
+			raw = keepLastAccess(cur, raw)
+		}
+		return added, b.Put(key, raw)
+	}
+	b, err := tx.CreateBucketIfNotExists(bucket)
+	if err != nil {
+		return 0, err
+	}
+	return 0, b.Put(key, raw)
+}
+
+// parseLinkKey splits a linkKey into its parts.
+func parseLinkKey(key string) (host, repo string, dgst digest.Digest, ok bool) {
+	at := -1
+	for i := len(key) - 1; i >= 0; i-- {
+		if key[i] == '@' {
+			at = i
+			break
+		}
+	}
+	if at < 0 {
+		return "", "", "", false
+	}
+	d, err := digest.Parse(key[at+1:])
+	if err != nil {
+		return "", "", "", false
+	}
+	for i := 0; i < at; i++ {
+		if key[i] == '/' {
+			if i == 0 || i == at-1 {
+				return "", "", "", false
+			}
+			return key[:i], key[i+1 : at], d, true
+		}
+	}
+	return "", "", "", false
+}
+
+// PruneAge is how old a local record the bucket no longer holds must be
+// before Refresh drops it: younger ones may be on their way to the bucket.
+const PruneAge = 10 * time.Minute
+
+// prunable are the kinds Refresh drops local records of when the bucket
+// no longer has them (another replica collected or evicted them), with
+// the time each record was last written. Links, access times and jobs are
+// only ever added: a stale one names content that reads as missing.
+var prunable = map[string]func(raw []byte) time.Time{
+	string(bucketTags): func(raw []byte) time.Time {
+		var r TagRecord
+		_ = json.Unmarshal(raw, &r)
+		return latestTime(r.FetchedAt, r.CheckedAt)
+	},
+	string(bucketMirrors): func(raw []byte) time.Time {
+		var r FillRecord
+		_ = json.Unmarshal(raw, &r)
+		return r.UpdatedAt
+	},
+	string(bucketPins): func(raw []byte) time.Time {
+		var r PinRecord
+		_ = json.Unmarshal(raw, &r)
+		return r.PinnedAt
+	},
+	string(bucketBlobs): func(raw []byte) time.Time {
+		var r BlobRecord
+		_ = json.Unmarshal(raw, &r)
+		return r.FetchedAt
+	},
+	string(bucketManifests): func(raw []byte) time.Time {
+		var r ManifestRecord
+		_ = json.Unmarshal(raw, &r)
+		return r.FetchedAt
+	},
+}
+
+func latestTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+// Refresh makes the local database a copy of the shared records: every
+// record in the bucket is copied in, and local tags, mirror states, pins
+// and content records the bucket no longer holds are dropped once older
+// than PruneAge. What the index lists (tags, pins, content and its total
+// size) is then what every replica on the store recorded: the collector
+// reads the whole bucket's roots and totals this way. Without shared
+// records it does nothing.
+func (ix *Index) Refresh(ctx context.Context) error {
+	if ix.records == nil {
+		return nil
+	}
+	for _, bucket := range sharedKinds {
+		type rec struct{ key, raw []byte }
+		var recs []rec
+		inBucket := map[string]bool{}
+		err := ix.records.Walk(ctx, string(bucket), func(key string, value []byte) error {
+			recs = append(recs, rec{[]byte(key), value})
+			inBucket[key] = true
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("shared records: reading %s: %w", bucket, err)
+		}
+		if err := ix.prune(bucket, inBucket); err != nil {
+			return err
+		}
+		for chunk := range slices.Chunk(recs, 1000) {
+			err := ix.db.Update(func(tx *bolt.Tx) error {
+				for _, r := range chunk {
+					if _, err := adoptTx(tx, bucket, r.key, r.raw); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+		}
+	}
+	return ix.countStored()
+}
+
+// prune drops the local records of a prunable kind that the bucket does
+// not hold and that were written more than PruneAge ago.
+func (ix *Index) prune(bucket []byte, inBucket map[string]bool) error {
+	written, ok := prunable[string(bucket)]
+	if !ok {
+		return nil
+	}
+	cutoff := ix.now().Add(-PruneAge)
+	return ix.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucket)
+		if b == nil {
+			return nil
+		}
+		var gone [][]byte
+		err := b.ForEach(func(k, v []byte) error {
+			if !inBucket[string(k)] && written(v).Before(cutoff) {
+				gone = append(gone, bytes.Clone(k))
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, k := range gone {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// keepLastAccess returns the shared blob record raw with the later of its
+// and the local record's last access: pulls are noted locally only.
+func keepLastAccess(local, raw []byte) []byte {
+	var l, r BlobRecord
+	if json.Unmarshal(local, &l) != nil || json.Unmarshal(raw, &r) != nil || !l.LastAccess.After(r.LastAccess) {
+		return raw
+	}
+	r.LastAccess = l.LastAccess
+	out, err := json.Marshal(r)
+	if err != nil {
+		return raw
+	}
+	return out
+}

@@ -1,0 +1,226 @@
+package tests
+
+import (
+	"bytes"
+	"errors"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/docker-mirror/docker-mirror/config"
+	"github.com/docker-mirror/docker-mirror/proxy"
+	"github.com/docker-mirror/docker-mirror/storage"
+	"github.com/docker-mirror/docker-mirror/storage/s3test"
+	"github.com/docker-mirror/docker-mirror/tests/fixture"
+	"github.com/docker-mirror/docker-mirror/tests/servertest"
+)
+
+// sharedBucket starts an S3 server (versitygw; the test skips without it)
+// with one bucket, and returns the configuration change that puts a mirror
+// on it.
+func sharedBucket(t *testing.T) (*s3test.Server, string, func(*config.Config)) {
+	t.Helper()
+	srv := s3test.Start(t)
+	bucket := srv.NewBucket(t)
+	return srv, bucket, func(c *config.Config) { c.Storage = srv.Storage(bucket) }
+}
+
+// Two replicas on one bucket with data directories of their own: the
+// second, started empty after the upstream went down, serves everything
+// the first fetched (the index by tag and by digest, every linux platform,
+// every blob) from the records the first wrote beside the content.
+func TestSharedBucketReplicaServesWhatAnotherFetched(t *testing.T) {
+	s3srv, bucket, onBucket := sharedBucket(t)
+	up := fixture.StartUpstream(t)
+	ma := up.SeedMultiArch(t, "library/multi", "v1", fixture.OCI)
+	ups := []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}
+
+	a := servertest.StartConfigured(t, ups, onBucket)
+	if !a.Index.Shared() {
+		t.Fatal("index on an S3 store does not share its records")
+	}
+	wantManifest(t, get(t, a.URL()+"/v2/library/multi/manifests/v1"), ma.Index, ma.MediaType)
+	a.WaitIdle()
+	up.Stop()
+
+	var records int
+	for _, k := range s3srv.Keys(t, bucket) {
+		if strings.HasPrefix(k, "records/") {
+			records++
+		}
+	}
+	if records == 0 {
+		t.Fatal("the first replica wrote no records in the bucket")
+	}
+
+	b := servertest.StartConfigured(t, ups, onBucket)
+	wantManifest(t, get(t, b.URL()+"/v2/library/multi/manifests/v1"), ma.Index, ma.MediaType)
+	wantManifest(t, get(t, b.URL()+"/v2/library/multi/manifests/"+ma.Digest), ma.Index, ma.MediaType)
+	served := 0
+	for platform, img := range ma.Platforms {
+		if !strings.HasPrefix(platform, "linux/") {
+			continue
+		}
+		wantImage(t, b, "library/multi", img)
+		served++
+	}
+	if served != 3 {
+		t.Fatalf("checked %d linux platforms; the fixture has 3", served)
+	}
+	// A platform's manifest by tag, as a single-platform client asks.
+	amd := ma.Platforms["linux/amd64"]
+	r := do(t, http.MethodGet, b.URL()+"/v2/library/multi/manifests/v1", map[string]string{"Accept": amd.MediaType})
+	wantManifest(t, r, amd.Manifest, amd.MediaType)
+	// Another repository's name never reaches this content: links are
+	// shared, not bypassed.
+	if r := get(t, b.URL()+"/v2/library/other/manifests/"+ma.Digest); r.status == http.StatusOK {
+		t.Errorf("the index was served for a repository it was never fetched for")
+	}
+}
+
+// A collection on one replica reads every replica's records in the bucket:
+// it removes nothing another replica fetched (which that replica then serves
+// with the upstream down), while content nobody records is still removed.
+// Eviction by size counts the bucket's total, not one replica's.
+func TestSharedBucketCollectionKeepsOtherReplicasContent(t *testing.T) {
+	s3srv, bucket, onBucket := sharedBucket(t)
+	up := fixture.StartUpstream(t)
+	x := up.SeedMultiArch(t, "library/x", "v1", fixture.OCI)
+	y := up.SeedMultiArch(t, "library/y", "v1", fixture.OCI)
+	ups := []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}
+
+	a := servertest.StartConfigured(t, ups, onBucket)
+	b := servertest.StartConfigured(t, ups, onBucket)
+	wantManifest(t, get(t, a.URL()+"/v2/library/x/manifests/v1"), x.Index, x.MediaType)
+	wantManifest(t, get(t, b.URL()+"/v2/library/y/manifests/v1"), y.Index, y.MediaType)
+	a.WaitIdle()
+	b.WaitIdle()
+	sizeA, sizeB := a.Index.StoredBytes(), b.Index.StoredBytes()
+
+	// Content no replica records: the collection must still remove it.
+	stray := []byte("stray blob no replica recorded")
+	strayDigest := digestOf(t, sha(stray))
+	if err := b.Store.Put(t.Context(), "", strayDigest, int64(len(stray)), bytes.NewReader(stray)); err != nil {
+		t.Fatal(err)
+	}
+
+	b.Clock.Advance(time.Hour) // past the grace period
+	rep, err := b.Server.Collector.Collect(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.BlobsRemoved != 1 || rep.ManifestsRemoved != 0 {
+		t.Errorf("collection removed %d blobs and %d manifests; want the stray blob only", rep.BlobsRemoved, rep.ManifestsRemoved)
+	}
+	if _, err := b.Store.Stat(t.Context(), "", strayDigest); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("stray blob still stored: %v", err)
+	}
+	if got := b.Index.StoredBytes(); got <= max(sizeA, sizeB) || got > sizeA+sizeB {
+		// Layers both hold count once: more than either, at most the sum.
+		t.Errorf("b counts %d bytes after reading the bucket; want the bucket's total (a %d, b %d)", got, sizeA, sizeB)
+	}
+
+	up.Stop()
+	for _, m := range []*servertest.Server{a, b} {
+		for _, ma := range []*fixture.MultiArch{x, y} {
+			wantManifest(t, get(t, m.URL()+"/v2/"+ma.Repo+"/manifests/"+ma.Tag), ma.Index, ma.MediaType)
+			for platform, img := range ma.Platforms {
+				if strings.HasPrefix(platform, "linux/") {
+					wantImage(t, m, ma.Repo, img)
+				}
+			}
+		}
+	}
+	var blobs int
+	for _, k := range s3srv.Keys(t, bucket) {
+		if strings.HasPrefix(k, "blobs/") {
+			blobs++
+		}
+	}
+	if blobs == 0 {
+		t.Fatal("no content in the bucket")
+	}
+}
+
+// A tag that moved is seen by every replica: the one that revalidated it
+// records the new digest in the bucket, and another replica whose own
+// record is old takes the bucket's newer one, also with the upstream down
+// (instead of serving its stale digest).
+func TestSharedBucketTagMoveSeenByOtherReplica(t *testing.T) {
+	_, _, onBucket := sharedBucket(t)
+	up := fixture.StartUpstream(t)
+	old := up.SeedImage(t, "library/moving", "v1", 1, 4<<10)
+	moved := up.SeedImage(t, "library/moving", "v2", 1, 4<<10)
+	ups := []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}
+	a := servertest.StartConfigured(t, ups, onBucket)
+	b := servertest.StartConfigured(t, ups, onBucket)
+	wantManifest(t, get(t, a.URL()+"/v2/library/moving/manifests/v1"), old.Manifest, old.MediaType)
+	wantManifest(t, get(t, b.URL()+"/v2/library/moving/manifests/v1"), old.Manifest, old.MediaType)
+
+	up.Tag(t, "library/moving", moved.Digest, "v1")
+	a.Clock.Advance(2 * time.Minute) // past the tag TTL
+	b.Clock.Advance(2 * time.Minute)
+	wantManifest(t, get(t, a.URL()+"/v2/library/moving/manifests/v1"), moved.Manifest, moved.MediaType)
+	a.WaitIdle()
+	up.Stop()
+
+	r := get(t, b.URL()+"/v2/library/moving/manifests/v1")
+	wantManifest(t, r, moved.Manifest, moved.MediaType)
+	if got := r.header.Get("X-Cache"); got != "hit" {
+		t.Errorf("X-Cache %q; want hit (the bucket's record is fresh)", got)
+	}
+}
+
+// A prefetch job run by one replica is readable on another (its state and
+// every image's progress, from the bucket), and a pin it sets keeps the
+// image out of the other replica's eviction.
+func TestSharedBucketPrefetchJobAndPins(t *testing.T) {
+	_, _, onBucket := sharedBucket(t)
+	up := fixture.StartUpstream(t)
+	ma := up.SeedMultiArch(t, "library/multi", "v1", fixture.OCI)
+	ups := []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}
+	a := servertest.StartConfigured(t, ups, onBucket)
+	b := servertest.StartConfigured(t, ups, onBucket)
+
+	r := postPrefetch(t, a, `{"images": ["multi:v1"], "pin": true}`)
+	if r.status != http.StatusAccepted {
+		t.Fatalf("POST /prefetch: %d %s", r.status, r.body)
+	}
+	a.WaitIdle()
+	j := job(t, b, r.header.Get("Location"))
+	if j.State != storage.JobDone || len(j.Images) != 1 || j.Images[0].State != storage.JobDone || j.Images[0].Digest != ma.Digest {
+		t.Fatalf("the job as the other replica reads it: %+v", j)
+	}
+
+	// b evicts down to nothing: the pinned image stays, served with the
+	// upstream down.
+	b.Clock.Advance(time.Hour)
+	if _, err := b.Server.Collector.Evict(t.Context(), 1, 0, b.Clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	up.Stop()
+	for _, m := range []*servertest.Server{a, b} {
+		wantManifest(t, get(t, m.URL()+"/v2/library/multi/manifests/v1"), ma.Index, ma.MediaType)
+		wantImage(t, m, "library/multi", ma.Platforms["linux/arm64"])
+	}
+}
+
+// With the S3 server down, hits are answered 503 UNAVAILABLE (the store
+// cannot be reached; clients retry or fall back), never a 500, and /readyz
+// fails.
+func TestSharedBucketS3Unreachable(t *testing.T) {
+	s3srv, _, onBucket := sharedBucket(t)
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/app", "v1", 1, 4<<10)
+	m := servertest.StartConfigured(t, []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}, onBucket)
+	wantManifest(t, get(t, m.URL()+"/v2/library/app/manifests/v1"), img.Manifest, img.MediaType)
+	m.WaitIdle()
+	s3srv.Stop()
+	for _, path := range []string{"/v2/library/app/blobs/" + img.Layers[0], "/v2/library/app/manifests/v1", "/v2/library/app/manifests/" + img.Digest} {
+		wantError(t, get(t, m.URL()+path), http.StatusServiceUnavailable, "UNAVAILABLE")
+	}
+	if r := get(t, m.URL()+"/readyz"); r.status != http.StatusServiceUnavailable {
+		t.Errorf("/readyz with S3 down: %d", r.status)
+	}
+}
