@@ -322,6 +322,18 @@ func (p *Proxy) ensureBlob(ctx context.Context, t target, dgst digest.Digest, si
 		return err
 	}
 	defer p.fetches.Release(1)
+	if p.routed(ctx) && p.blobs.running(dgst) == nil {
+		// Its owner fetches it into the shared store.
+		if ok, err := p.peers.FillBlob(ctx, t.host(), t.repo, dgst); ok {
+			if err != nil {
+				return err
+			}
+			if got, err := p.store.Stat(ctx, t.storeRepo(), dgst); err == nil {
+				return p.adoptListed(ctx, t, dgst, got, size)
+			}
+			// Not in the store after all (not shared?): fetch it here.
+		}
+	}
 	for try := 0; ; try++ {
 		dl, leave, stored, err := p.startBlob(ctx, t, dgst, blobWant{listed: true, size: size})
 		if err != nil {

@@ -20,6 +20,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/docker-mirror/docker-mirror/cluster"
 	"github.com/docker-mirror/docker-mirror/config"
 	"github.com/docker-mirror/docker-mirror/lifecycle"
 	"github.com/docker-mirror/docker-mirror/metrics"
@@ -52,6 +53,9 @@ type Server struct {
 	// auth is the htpasswd file's policy, reloaded on SIGHUP and when the
 	// file changes; nil without auth.
 	auth *access.File
+	// Cluster is this replica's view of the replicas sharing its store;
+	// nil without cluster.self.
+	Cluster *cluster.Cluster
 	// background counts the goroutines Start and Serve began.
 	background sync.WaitGroup
 }
@@ -67,6 +71,8 @@ type options struct {
 	openStore    StoreOpener
 	proxyOptions []proxy.Option
 	version      string
+	// clusterOptions are added to the cluster's (WithClusterOptions).
+	clusterOptions []cluster.Option
 }
 
 // Option configures New.
@@ -168,6 +174,11 @@ func New(ctx context.Context, cfg config.Config, opts ...Option) (_ *Server, err
 	if err != nil {
 		return nil, err
 	}
+	var copts []proxy.Option
+	if s.Cluster, copts, err = newCluster(cfg, o, s.Metrics, s.auth); err != nil {
+		return nil, err
+	}
+	popts = append(popts, copts...)
 	popts = append(popts,
 		proxy.WithLogger(o.log),
 		proxy.WithClock(o.now),
@@ -188,7 +199,12 @@ func New(ctx context.Context, cfg config.Config, opts ...Option) (_ *Server, err
 
 // Handler is the HTTP handler of the registry API, prefetch, health and
 // metrics.
-func (s *Server) Handler() http.Handler { return s.Proxy.Handler() }
+func (s *Server) Handler() http.Handler {
+	if s.Cluster != nil {
+		return s.Cluster.Handler(s.Proxy.Handler())
+	}
+	return s.Proxy.Handler()
+}
 
 // Start resumes the fills and prefetch jobs an earlier run left unfinished
 // and starts the configured sync; all stop when ctx ends.
@@ -199,6 +215,7 @@ func (s *Server) Start(ctx context.Context) error {
 	if err := s.Proxy.ResumeJobs(ctx); err != nil {
 		return err
 	}
+	s.runCluster(ctx)
 	if s.cfg.Sync.Interval > 0 {
 		sync := proxy.Sync{Images: s.cfg.Sync.Images, Platforms: s.cfg.Sync.Platforms, Pin: s.cfg.Sync.Pin}
 		s.background.Go(func() { s.Proxy.RunSync(ctx, sync, time.Duration(s.cfg.Sync.Interval)) })
