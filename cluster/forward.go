@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 
@@ -476,16 +477,16 @@ func ownerError(resp *http.Response, kind upstream.Kind, u string) error {
 	return fmt.Errorf("%w: %s answered %d", errFetchHere, u, resp.StatusCode)
 }
 
-// FillBlob makes the owner of a blob the background mirror needs store it
-// (in the store the replicas share), reading its answer to the end and
-// checking the digest. fetched is false when the caller must fetch it
-// itself: it owns the blob, or no owner could deliver it.
-func (c *Cluster) FillBlob(ctx context.Context, host, repo string, dgst digest.Digest) (fetched bool, err error) {
+// FillBlob has the owner of a blob the background mirror needs fetch it
+// (into the store the replicas share) and writes the bytes it sends back
+// to into, checked against the digest. fetched is false when the caller
+// must fetch it itself: it owns the blob, or no owner could deliver it.
+func (c *Cluster) FillBlob(ctx context.Context, host, repo string, dgst digest.Digest, into *os.File) (fetched bool, err error) {
 	for _, u := range c.Owners(dgst.String()) {
 		if u == c.self {
 			break
 		}
-		err := c.fillFrom(ctx, u, host, repo, dgst)
+		err := c.fillFrom(ctx, u, host, repo, dgst, into)
 		var down peerDown
 		switch {
 		case errors.As(err, &down):
@@ -506,7 +507,13 @@ func (c *Cluster) FillBlob(ctx context.Context, host, repo string, dgst digest.D
 	return false, nil
 }
 
-func (c *Cluster) fillFrom(ctx context.Context, u, host, repo string, dgst digest.Digest) error {
+func (c *Cluster) fillFrom(ctx context.Context, u, host, repo string, dgst digest.Digest, into *os.File) error {
+	if err := into.Truncate(0); err != nil {
+		return err
+	}
+	if _, err := into.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, peerURL(u, host, repo, "blobs", dgst.String()), nil)
 	if err != nil {
 		return err
@@ -521,7 +528,11 @@ func (c *Cluster) fillFrom(ctx context.Context, u, host, repo string, dgst diges
 		return ownerError(resp, upstream.KindBlob, u)
 	}
 	v := dgst.Verifier()
-	if _, err := io.Copy(v, resp.Body); err != nil {
+	src := &readErrors{r: resp.Body}
+	if _, err := io.Copy(io.MultiWriter(into, v), src); err != nil {
+		if src.err == nil {
+			return err // the spool's error, not the owner's
+		}
 		return peerDown{err}
 	}
 	if !v.Verified() {
