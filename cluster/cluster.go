@@ -229,6 +229,9 @@ func (c *Cluster) Owners(key string) []string {
 	return Rank(key, members)
 }
 
+// Owns reports whether this replica owns key among the healthy ones.
+func (c *Cluster) Owns(key string) bool { return c.Owners(key)[0] == c.self }
+
 // Peers returns the state of every replica this one knows, itself
 // first, the others by URL.
 func (c *Cluster) Peers() []PeerState {

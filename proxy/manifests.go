@@ -303,20 +303,19 @@ func (p *Proxy) fetchManifest(ctx context.Context, t target, ref oci.Ref, fill b
 	if !ref.IsDigest() {
 		key = t.host() + "/" + t.repo + ":" + ref.Tag
 	}
-	// A fetch through the owner and one another replica sent here are
-	// separate flights: replicas that disagree on the owner then never
-	// wait on each other.
-	routed := p.routed(ctx)
+	// A fetch through another replica is a flight of its own: replicas
+	// that disagree on the owner then never wait on each other.
+	viaPeer := p.viaPeer(ctx, ownerKey(t, ref))
 	flight := key
-	if !routed {
-		flight = "here\x00" + key
+	if viaPeer {
+		flight = "peer\x00" + key
 	}
 	return shared(ctx, p.work, &p.manifestFlights, flight, func() (_ *storedManifest, err error) {
 		ctx, cancel := p.detach(ctx, p.manifestTimeout)
 		defer cancel()
 		done := p.countFill("manifest")
 		defer func() { done(err) }()
-		up, err := p.upstreamManifest(ctx, t, ref, key, routed)
+		up, err := p.upstreamManifest(ctx, t, ref, viaPeer)
 		if errors.Is(err, upstream.ErrInvalid) {
 			p.metrics.UpstreamErrors.WithLabelValues(t.host(), "digest").Inc()
 		}
