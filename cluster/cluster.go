@@ -306,7 +306,9 @@ func (c *Cluster) probe(ctx context.Context, u string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	c.sign(req)
+	if c.secret != "" {
+		req.Header.Set(secretHeader, c.secret)
+	}
 	resp, err := c.client.Do(req)
 	if err != nil {
 		return false, err
