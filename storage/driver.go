@@ -30,6 +30,11 @@ type DriverStore struct {
 	// root is the filesystem driver's root directory, if that is the
 	// driver: files can then be moved into place (Ingest).
 	root string
+	// inPlace: the driver's writes stay invisible until Commit (an object
+	// store's multipart upload), so content is written at its final key
+	// and committed once verified: no temporary object, no server-side
+	// copy, no shared uploads prefix to clean.
+	inPlace bool
 }
 
 var (
@@ -59,8 +64,29 @@ var legacyUploadName = regexp.MustCompile(`^[A-Z2-7]{26}$`)
 
 // NewDriverStore returns a Store on driver.
 func NewDriverStore(driver storagedriver.StorageDriver) *DriverStore {
-	return &DriverStore{driver: driver}
+	return &DriverStore{driver: driver, inPlace: commitsInPlace(driver.Name())}
 }
+
+// commitsInPlace reports whether the named driver's Writer keeps what it
+// writes invisible until Commit, and a cancelled or abandoned write leaves
+// nothing at its path: the object stores' multipart uploads (distribution
+// names its s3 driver "s3aws"). The filesystem and inmemory drivers write
+// in place, so they write to a temporary name and move it.
+func commitsInPlace(driver string) bool {
+	switch driver {
+	case "s3aws", "gcs", "azure":
+		return true
+	}
+	return false
+}
+
+// Shared reports whether the store is an object store that several
+// processes may share (S3 and the like): they then keep their records
+// beside the content (Records), not only in their own index.
+func (s *DriverStore) Shared() bool { return s.inPlace }
+
+// Driver is the storage driver the store is on.
+func (s *DriverStore) Driver() storagedriver.StorageDriver { return s.driver }
 
 // OpenDriverStore creates the named distribution storage driver with its
 // parameters and returns a Store on it, with leftovers of interrupted writes
@@ -73,6 +99,11 @@ func OpenDriverStore(ctx context.Context, name string, params map[string]any) (*
 	s := NewDriverStore(d)
 	if root, ok := params["rootdirectory"].(string); ok && name == "filesystem" {
 		s.root = root
+	}
+	if s.inPlace {
+		// Nothing to clean: its writes leave nothing visible, and other
+		// replicas on the same bucket may be writing now.
+		return s, nil
 	}
 	if err := s.CleanUploads(ctx); err != nil {
 		return nil, fmt.Errorf("storage %s: removing interrupted uploads: %w", name, err)
@@ -169,6 +200,9 @@ func (s *DriverStore) Put(ctx context.Context, repo string, dgst digest.Digest, 
 		_, err = io.Copy(io.Discard, r) // drain, as a caller teeing r expects
 		return err
 	}
+	if s.inPlace {
+		return s.putInPlace(ctx, dgst, size, r)
+	}
 	tmp := path.Join(uploadsRoot, rand.Text())
 	w, err := s.driver.Writer(ctx, tmp, false)
 	if err != nil {
@@ -199,6 +233,40 @@ func (s *DriverStore) Put(ctx context.Context, repo string, dgst digest.Digest, 
 		return err
 	}
 	return s.driver.Move(ctx, tmp, blobPath(dgst))
+}
+
+// putInPlace writes r at dgst's final key and commits the write only once
+// the bytes are verified; otherwise the write is cancelled (a multipart
+// upload aborted) and nothing appears. Concurrent writes of one digest
+// commit the same bytes.
+func (s *DriverStore) putInPlace(ctx context.Context, dgst digest.Digest, size int64, r io.Reader) (err error) {
+	w, err := s.driver.Writer(ctx, blobPath(dgst), false)
+	if err != nil {
+		return err
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			_ = w.Cancel(context.WithoutCancel(ctx))
+		}
+		_ = w.Close() // releases the writer's buffer; the outcome is known
+	}()
+	v := dgst.Verifier()
+	n, err := io.Copy(io.MultiWriter(w, v), r)
+	if err != nil {
+		return err
+	}
+	if size >= 0 && n != size {
+		return fmt.Errorf("%s: got %d bytes, want %d: %w", dgst, n, size, ErrDigestMismatch)
+	}
+	if !v.Verified() {
+		return fmt.Errorf("%s: %w", dgst, ErrDigestMismatch)
+	}
+	if err := w.Commit(ctx); err != nil {
+		return err
+	}
+	committed = true
+	return nil
 }
 
 // Ingest implements FileIngester for the filesystem driver: the file,
