@@ -35,10 +35,12 @@ func pullImage(ctx context.Context, base, repo, tag string, img *fixture.Image) 
 // anyone asks for it. Pulls through the two others succeed at once (the
 // failed connection marks it down, the next replica in hash order owns
 // its share) and every blob still crosses from the upstream once.
-func TestOwnerDeadWhileIdle(t *testing.T) {
+func TestOwnerDeadWhileIdle(t *testing.T) { testOwnerDeadWhileIdle(t, sharedDir) }
+
+func testOwnerDeadWhileIdle(t *testing.T, store storeFor) {
 	up := fixture.StartUpstream(t)
 	img := up.SeedImage(t, "library/idle", "v1", 4, 256<<10)
-	rs := startCluster(t, 3, up, sharedDir, nil)
+	rs := startCluster(t, 3, up, store, nil)
 	dead := owner(rs, img.Layers[0])
 	dead.kill()
 	var alive []*replica
@@ -85,10 +87,12 @@ func TestOwnerDeadWhileIdle(t *testing.T) {
 // order from where it broke, and gets exactly the right bytes; the
 // upstream sends the layer at most twice. Pulls through the two survivors
 // then succeed.
-func TestOwnerDiesMidDownload(t *testing.T) {
+func TestOwnerDiesMidDownload(t *testing.T) { testOwnerDiesMidDownload(t, sharedDir) }
+
+func testOwnerDiesMidDownload(t *testing.T, store storeFor) {
 	up := fixture.StartUpstream(t)
 	img := up.SeedImage(t, "library/mid", "v1", 2, 1<<20)
-	rs := startCluster(t, 3, up, sharedDir, nil)
+	rs := startCluster(t, 3, up, store, nil)
 	big := img.Layers[0]
 	o := owner(rs, big)
 	var via *replica

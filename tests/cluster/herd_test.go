@@ -89,10 +89,12 @@ func pull(ctx context.Context, base, repo, tag, platform, first string, started 
 // (forwarding streams), and the upstream sends every blob once: 1.00x the
 // unique bytes, although each replica also mirrors every platform in the
 // background.
-func TestHerdAcrossReplicas(t *testing.T) {
+func TestHerdAcrossReplicas(t *testing.T) { testHerd(t, sharedDir) }
+
+func testHerd(t *testing.T, store storeFor) {
 	up := fixture.StartUpstream(t)
 	img := up.SeedMultiArch(t, "library/herd", "v1", fixture.OCI, fixture.WithLayerSize(512<<10), fixture.WithLayers(2))
-	rs := startCluster(t, 3, up, sharedDir, nil)
+	rs := startCluster(t, 3, up, store, nil)
 	amd := img.Platforms["linux/amd64"]
 	big := amd.Layers[len(amd.Layers)-1]
 	gate := up.GateBlob(big, 64<<10)
