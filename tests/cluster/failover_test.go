@@ -238,9 +238,12 @@ func TestReplicasThatDisagree(t *testing.T) {
 	if n != 1 {
 		t.Errorf("tag %s asked upstream %d times, want 1", tag, n)
 	}
-	if v := b.metric(t, "docker_mirror_cluster_served_for_peers_total", nil); v != 2 {
-		t.Errorf("b served %v forwarded requests, want 2 (a's blob, then a's tag)", v)
-	}
 	a.waitIdle(t)
 	b.waitIdle(t)
+	if v := a.metric(t, "docker_mirror_cluster_forwarded_total", map[string]string{"kind": "manifest", "result": "ok"}); v != 1 {
+		t.Errorf("a forwarded %v manifest requests, want 1 (the tag)", v)
+	}
+	if v := b.metric(t, "docker_mirror_cluster_forwarded_total", map[string]string{"kind": "manifest"}); v != 0 {
+		t.Errorf("b forwarded %v manifest requests, want 0 (a's tag is served where it lands)", v)
+	}
 }

@@ -7,7 +7,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"io"
 	"log/slog"
 	"net"
@@ -195,33 +194,6 @@ func wantBlob(t *testing.T, base, repo, dgst string) []byte {
 		t.Fatalf("blob %s from %s: status %d, err %v, digest %s, header %q", dgst, base, st, err, sha(body), h.Get("Docker-Content-Digest"))
 	}
 	return body
-}
-
-// platformManifest picks a platform's manifest digest from an index.
-func platformManifest(t *testing.T, index []byte, platform string) string {
-	t.Helper()
-	var idx struct {
-		Manifests []struct {
-			Digest   string `json:"digest"`
-			Platform struct {
-				OS, Architecture, Variant string
-			} `json:"platform"`
-		} `json:"manifests"`
-	}
-	if err := json.Unmarshal(index, &idx); err != nil {
-		t.Fatal(err)
-	}
-	for _, m := range idx.Manifests {
-		p := m.Platform.OS + "/" + m.Platform.Architecture
-		if m.Platform.Variant != "" {
-			p += "/" + m.Platform.Variant
-		}
-		if p == platform {
-			return m.Digest
-		}
-	}
-	t.Fatalf("no %s in index", platform)
-	return ""
 }
 
 // owner is the replica that owns key when all are up.
