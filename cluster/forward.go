@@ -154,8 +154,8 @@ func (c *Cluster) forwardRequest(ctx context.Context, r *http.Request, u, rng st
 		return nil, err
 	}
 	for _, h := range []string{"Accept", "Range", "If-Range", "User-Agent"} {
-		if v, ok := r.Header[h]; ok {
-			req.Header[h] = v
+		if v := r.Header.Values(h); len(v) > 0 {
+			req.Header[http.CanonicalHeaderKey(h)] = v
 		}
 	}
 	if rng != "" {
@@ -176,8 +176,8 @@ func (c *Cluster) forwardRequest(ctx context.Context, r *http.Request, u, rng st
 func (c *Cluster) relay(w http.ResponseWriter, r *http.Request, resp *http.Response, owner string, dgst digest.Digest, tried map[string]bool) error {
 	h := w.Header()
 	for _, k := range blobHeaders {
-		if v, ok := resp.Header[k]; ok {
-			h[k] = v
+		if v := resp.Header.Values(k); len(v) > 0 {
+			h[http.CanonicalHeaderKey(k)] = v
 		}
 	}
 	status := resp.StatusCode
