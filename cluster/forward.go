@@ -137,7 +137,9 @@ func (c *Cluster) ServeBlob(w http.ResponseWriter, r *http.Request, dgst digest.
 		c.metrics.count("blob", "ok")
 		return true, c.relay(w, r, resp, u, dgst, tried)
 	}
-	c.metrics.count("blob", "fallback")
+	if len(tried) > 0 {
+		c.metrics.count("blob", "fallback")
+	}
 	return false, nil
 }
 
@@ -363,10 +365,12 @@ func (vw *verifyingWriter) finish() error {
 // it from the upstream, digest checked. fetched is false when the caller
 // must fetch it itself: it owns the key, or no owner could answer.
 func (c *Cluster) Manifest(ctx context.Context, key, host, repo string, ref oci.Ref) (m *upstream.Manifest, fetched bool, err error) {
+	asked := false
 	for _, u := range c.Owners(key) {
 		if u == c.self {
 			break
 		}
+		asked = true
 		m, err := c.manifestFrom(ctx, u, host, repo, ref)
 		var down peerDown
 		switch {
@@ -387,7 +391,9 @@ func (c *Cluster) Manifest(ctx context.Context, key, host, repo string, ref oci.
 		}
 		break
 	}
-	c.metrics.count("manifest", "fallback")
+	if asked {
+		c.metrics.count("manifest", "fallback")
+	}
 	return nil, false, nil
 }
 
@@ -482,10 +488,12 @@ func ownerError(resp *http.Response, kind upstream.Kind, u string) error {
 // to into, checked against the digest. fetched is false when the caller
 // must fetch it itself: it owns the blob, or no owner could deliver it.
 func (c *Cluster) FillBlob(ctx context.Context, host, repo string, dgst digest.Digest, into *os.File) (fetched bool, err error) {
+	asked := false
 	for _, u := range c.Owners(dgst.String()) {
 		if u == c.self {
 			break
 		}
+		asked = true
 		err := c.fillFrom(ctx, u, host, repo, dgst, into)
 		var down peerDown
 		switch {
@@ -503,7 +511,9 @@ func (c *Cluster) FillBlob(ctx context.Context, host, repo string, dgst digest.D
 		}
 		break
 	}
-	c.metrics.count("fill", "fallback")
+	if asked {
+		c.metrics.count("fill", "fallback")
+	}
 	return false, nil
 }
 

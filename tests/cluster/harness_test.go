@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"strconv"
 	"strings"
@@ -53,9 +54,9 @@ func sharedDir(t *testing.T) map[string]map[string]any {
 
 // startCluster starts n replicas of a mirror of up (as docker.io) on the
 // store store makes. peersOf(i, urls) lists the peers replica i is
-// configured with (nil: all of them). Replicas are stopped when the test
-// ends.
-func startCluster(t *testing.T, n int, up *fixture.Upstream, store storeFor, peersOf func(i int, urls []string) (self string, peers []string)) []*replica {
+// configured with (nil: all of them); edits change every replica's
+// configuration. Replicas are stopped when the test ends.
+func startCluster(t *testing.T, n int, up *fixture.Upstream, store storeFor, peersOf func(i int, urls []string) (self string, peers []string), edits ...func(*config.Config)) []*replica {
 	t.Helper()
 	lns := make([]net.Listener, n)
 	urls := make([]string, n)
@@ -77,6 +78,9 @@ func startCluster(t *testing.T, n int, up *fixture.Upstream, store storeFor, pee
 			self, peers = peersOf(i, urls)
 		}
 		cfg.Cluster = config.Cluster{Self: self, Peers: peers}
+		for _, edit := range edits {
+			edit(&cfg)
+		}
 		if err := cfg.Validate(); err != nil {
 			t.Fatal(err)
 		}
@@ -124,14 +128,13 @@ func (r *replica) waitIdle(t *testing.T) {
 // series whose labels include labels.
 func (r *replica) metric(t *testing.T, name string, labels map[string]string) float64 {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	st, _, body, err := get(ctx, r.url+"/metrics", nil)
-	if err != nil || st != http.StatusOK {
-		t.Fatalf("%s/metrics: %d %v", r.url, st, err)
+	w := httptest.NewRecorder()
+	r.srv.Metrics.Handler().ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	if w.Code != http.StatusOK {
+		t.Fatalf("%s/metrics: %d", r.url, w.Code)
 	}
 	var sum float64
-	for _, line := range strings.Split(string(body), "\n") {
+	for _, line := range strings.Split(w.Body.String(), "\n") {
 		series, value, ok := strings.Cut(line, " ")
 		if !ok || strings.HasPrefix(line, "#") {
 			continue

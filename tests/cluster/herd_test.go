@@ -182,4 +182,9 @@ func testHerd(t *testing.T, store storeFor) {
 	if forwarded == 0 {
 		t.Error("no blob was forwarded to its owner")
 	}
+	for _, r := range rs {
+		if v := r.metric(t, "docker_mirror_cluster_forwarded_total", map[string]string{"result": "fallback"}); v != 0 {
+			t.Errorf("%s: %v forwards fell back to a local fetch", r.url, v)
+		}
+	}
 }
