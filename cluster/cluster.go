@@ -40,7 +40,6 @@ type Resolver func(ctx context.Context, host string) ([]string, error)
 // it with New; it is safe for concurrent use.
 type Cluster struct {
 	self     string
-	static   []string
 	dnsName  string // host of peers_dns; "" without
 	dnsPort  string
 	scheme   string // of peers found by DNS: Self's
@@ -162,7 +161,6 @@ func New(self string, peers []string, opts ...Option) (*Cluster, error) {
 		if pu == c.self {
 			continue
 		}
-		c.static = append(c.static, pu)
 		c.peers[pu] = &peer{url: pu, static: true, up: true, since: c.now()}
 		c.metrics.peerUp.WithLabelValues(pu).Set(1)
 	}
