@@ -231,8 +231,11 @@ func (c *Cluster) Owners(key string) []string {
 func (c *Cluster) Owns(key string) bool { return c.Owners(key)[0] == c.self }
 
 // Peers returns the state of every replica this one knows, itself
-// first, the others by URL.
+// first, the others by URL; nil on a nil Cluster (a replica alone).
 func (c *Cluster) Peers() []PeerState {
+	if c == nil {
+		return nil // not part of a cluster
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	out := []PeerState{{URL: c.self, Self: true, Up: true, Source: "self"}}
