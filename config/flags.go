@@ -170,8 +170,7 @@ func defaultStrings() map[string]string {
 		"listen": d.Listen, "data": d.Data, "upstream": d.Upstream, "upstream_timeout": d.UpstreamTimeout.String(), "tag_ttl": d.TagTTL.String(),
 		"platform": strings.Join(d.Platforms, ","), "concurrency": strconv.Itoa(d.Concurrency), "prefetch_max_images": strconv.Itoa(d.MaxJobImages),
 		"shutdown_timeout": d.ShutdownTimeout.String(), "header_timeout": d.HeaderTimeout.String(), "log_format": d.LogFormat, "log_level": d.LogLevel, "destination": "none", "tls_cert": "none", "tls_key": "none", "max_size": "0", "evict_after": "0", "max_blob_size": "20GiB",
-		"readyz_fail_when_full": strconv.FormatBool(d.ReadyzFailWhenFull),
-		"cluster_self":          "none", "cluster_peer": "none", "cluster_peers_dns": "none", "cluster_secret_file": "none",
+		"readyz_fail_when_full": strconv.FormatBool(d.ReadyzFailWhenFull), "cluster_self": "none", "cluster_peer": "none", "cluster_peers_dns": "none", "cluster_secret_file": "none",
 	}
 }
 
