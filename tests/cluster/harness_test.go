@@ -36,6 +36,8 @@ func TestMain(m *testing.M) {
 // replica is one running docker-mirror of a test cluster.
 type replica struct {
 	url    string
+	cfg    config.Config
+	opts   []server.Option
 	srv    *server.Server
 	hs     *http.Server
 	cancel context.CancelFunc
@@ -84,22 +86,44 @@ func startCluster(t *testing.T, n int, up *fixture.Upstream, store storeFor, pee
 		if err := cfg.Validate(); err != nil {
 			t.Fatal(err)
 		}
-		ctx, cancel := context.WithCancel(context.Background())
-		srv, err := server.New(ctx, cfg, server.WithLogger(testLogger(i)), server.WithClock(clock.Now))
-		if err != nil {
-			cancel()
-			t.Fatal(err)
-		}
-		if err := srv.Start(ctx); err != nil {
-			cancel()
-			t.Fatal(err)
-		}
-		r := &replica{url: urls[i], srv: srv, cancel: cancel, hs: &http.Server{Handler: srv.Handler(), ErrorLog: nil}}
-		go func() { _ = r.hs.Serve(lns[i]) }()
+		r := &replica{url: urls[i], cfg: cfg, opts: []server.Option{server.WithLogger(testLogger(i)), server.WithClock(clock.Now)}}
+		r.start(t, lns[i])
 		rs[i] = r
 		t.Cleanup(r.kill)
 	}
 	return rs
+}
+
+// start runs the replica's server on ln.
+func (r *replica) start(t *testing.T, ln net.Listener) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	srv, err := server.New(ctx, r.cfg, r.opts...)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	if err := srv.Start(ctx); err != nil {
+		cancel()
+		srv.Close()
+		t.Fatal(err)
+	}
+	r.srv, r.cancel, r.dead = srv, cancel, false
+	r.hs = &http.Server{Handler: srv.Handler()}
+	go func() { _ = r.hs.Serve(ln) }()
+}
+
+// restartEmpty kills the replica and starts it again at the same URL
+// with a new, empty data directory (a new pod on the same address).
+func (r *replica) restartEmpty(t *testing.T) {
+	t.Helper()
+	r.kill()
+	ln, err := net.Listen("tcp", strings.TrimPrefix(r.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.cfg.Data = t.TempDir()
+	r.start(t, ln)
 }
 
 // kill stops a replica abruptly: its listener and every connection close
