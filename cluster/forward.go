@@ -485,16 +485,17 @@ func ownerError(resp *http.Response, kind upstream.Kind, u string) error {
 
 // FillBlob has the owner of a blob the background mirror needs fetch it
 // (into the store the replicas share) and writes the bytes it sends back
-// to into, checked against the digest. fetched is false when the caller
-// must fetch it itself: it owns the blob, or no owner could deliver it.
-func (c *Cluster) FillBlob(ctx context.Context, host, repo string, dgst digest.Digest, into *os.File) (fetched bool, err error) {
+// to into, checked against the digest; an owner that sends more than
+// limit bytes is not believed. fetched is false when the caller must
+// fetch it itself: it owns the blob, or no owner could deliver it.
+func (c *Cluster) FillBlob(ctx context.Context, host, repo string, dgst digest.Digest, limit int64, into *os.File) (fetched bool, err error) {
 	asked := false
 	for _, u := range c.Owners(dgst.String()) {
 		if u == c.self {
 			break
 		}
 		asked = true
-		err := c.fillFrom(ctx, u, host, repo, dgst, into)
+		err := c.fillFrom(ctx, u, host, repo, dgst, limit, into)
 		var down peerDown
 		switch {
 		case errors.As(err, &down):
@@ -517,7 +518,7 @@ func (c *Cluster) FillBlob(ctx context.Context, host, repo string, dgst digest.D
 	return false, nil
 }
 
-func (c *Cluster) fillFrom(ctx context.Context, u, host, repo string, dgst digest.Digest, into *os.File) error {
+func (c *Cluster) fillFrom(ctx context.Context, u, host, repo string, dgst digest.Digest, limit int64, into *os.File) error {
 	if err := into.Truncate(0); err != nil {
 		return err
 	}
@@ -539,11 +540,15 @@ func (c *Cluster) fillFrom(ctx context.Context, u, host, repo string, dgst diges
 	}
 	v := dgst.Verifier()
 	src := &readErrors{r: resp.Body}
-	if _, err := io.Copy(io.MultiWriter(into, v), src); err != nil {
+	n, err := io.Copy(io.MultiWriter(into, v), io.LimitReader(src, limit+1))
+	if err != nil {
 		if src.err == nil {
 			return err // the spool's error, not the owner's
 		}
 		return peerDown{err}
+	}
+	if n > limit {
+		return fmt.Errorf("%w: %s sent more than %d bytes for blob %s", errFetchHere, u, limit, dgst)
 	}
 	if !v.Verified() {
 		return fmt.Errorf("%w: %s sent bytes that do not match blob %s", errFetchHere, u, dgst)

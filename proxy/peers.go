@@ -32,8 +32,9 @@ type Peers interface {
 	// (upstream/repo:tag for a tag, the digest for a digest).
 	Manifest(ctx context.Context, key, host, repo string, ref oci.Ref) (m *upstream.Manifest, fetched bool, err error)
 	// FillBlob has a blob's owner fetch it for the background mirror,
-	// and writes the bytes it sends back, verified, to into.
-	FillBlob(ctx context.Context, host, repo string, dgst digest.Digest, into *os.File) (fetched bool, err error)
+	// and writes the bytes it sends back, at most limit, verified, to
+	// into.
+	FillBlob(ctx context.Context, host, repo string, dgst digest.Digest, limit int64, into *os.File) (fetched bool, err error)
 }
 
 // WithPeers makes the proxy fetch the misses other replicas own through
@@ -96,7 +97,11 @@ func (p *Proxy) fillFromPeer(ctx context.Context, t target, dgst digest.Digest, 
 		f.Close()
 		os.Remove(f.Name())
 	}()
-	ok, err := p.peers.FillBlob(ctx, t.host(), t.repo, dgst, f)
+	limit := p.maxBlobSize
+	if size >= 0 {
+		limit = size
+	}
+	ok, err := p.peers.FillBlob(ctx, t.host(), t.repo, dgst, limit, f)
 	if !ok || err != nil {
 		return ok, err
 	}
