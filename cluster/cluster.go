@@ -374,14 +374,19 @@ func (c *Cluster) Refresh(ctx context.Context) error {
 	return nil
 }
 
-// Run refreshes the DNS members and probes every peer at start and on
-// every tick, until ctx ends.
+// Run resolves the DNS members at start, then on every tick resolves them
+// again and probes every peer, until ctx ends. The first probe waits for
+// the first tick: replicas started together are not yet listening, and a
+// peer that is really gone is marked down by the first connection to it
+// anyway.
 func (c *Cluster) Run(ctx context.Context, ticks <-chan time.Time) {
-	for {
+	for probe := false; ; probe = true {
 		if err := c.Refresh(ctx); err != nil && ctx.Err() == nil {
 			c.log.Warn("keeping the cluster members found before", "error", err)
 		}
-		c.Probe(ctx)
+		if probe {
+			c.Probe(ctx)
+		}
 		select {
 		case <-ctx.Done():
 			return

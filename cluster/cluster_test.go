@@ -197,3 +197,32 @@ func TestSecret(t *testing.T) {
 type denyAll struct{}
 
 func (denyAll) Check(*http.Request, access.Level) error { return errors.New("denied") }
+
+func TestRunProbesOnTicks(t *testing.T) {
+	dead := httptest.NewServer(http.NotFoundHandler())
+	dead.Close()
+	resolved := make(chan struct{}, 10)
+	c, err := New("http://self:5000", []string{dead.URL}, WithPeersDNS("peers", "5000"), quiet(),
+		WithResolver(func(context.Context, string) ([]string, error) { resolved <- struct{}{}; return nil, nil }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ticks := make(chan time.Time)
+	done := make(chan struct{})
+	go func() { c.Run(ctx, ticks); close(done) }()
+	<-resolved
+	if !c.Peers()[1].Up {
+		t.Fatal("probed before the first tick: replicas started together would mark each other down")
+	}
+	ticks <- time.Time{}
+	ticks <- time.Time{} // taken once the first tick's probe is done
+	if c.Peers()[1].Up {
+		t.Error("a dead peer is still up after a probe")
+	}
+	if len(resolved) == 0 {
+		t.Error("peers_dns not resolved again on a tick")
+	}
+	cancel()
+	<-done
+}
