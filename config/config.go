@@ -108,6 +108,10 @@ type Config struct {
 	// blobs, so that signatures verify offline. upstreams.HOST.referrers
 	// overrides it. The referrers API is served either way.
 	Referrers bool `yaml:"referrers"`
+	// Cluster makes several replicas on one shared store act as one
+	// cache: each miss is fetched by the replica that owns it
+	// (docs/scale-out.md). Off while Self is empty.
+	Cluster Cluster `yaml:"cluster,omitempty"`
 
 	// upstreamFlag: a flag or the environment set docker.io's URL, which
 	// then wins over the file's upstreams.docker.io.url.
@@ -133,6 +137,9 @@ func (c Config) SecretFiles() map[string]string {
 	}
 	if c.secretFile != "" {
 		out["config"] = c.secretFile
+	}
+	if c.Cluster.SecretFile != "" {
+		out["cluster.secret_file"] = c.Cluster.SecretFile
 	}
 	return out
 }
@@ -223,6 +230,28 @@ type Destination struct {
 	// Password may also come from DOCKER_MIRROR_DESTINATION_PASSWORD.
 	Password string `yaml:"password,omitempty"`
 }
+
+// Cluster is the membership of a replica in a group of replicas sharing
+// one store.
+type Cluster struct {
+	// Self is the URL the other replicas reach this one at, e.g.
+	// http://10.0.0.5:5000; it names this replica in the hashing, so every
+	// replica must list the others by the URLs they give as their Self.
+	Self string `yaml:"self"`
+	// Peers are the other replicas' URLs (Self may be among them, so that
+	// every replica can share one list).
+	Peers []string `yaml:"peers,omitempty"`
+	// PeersDNS is NAME:PORT, a DNS name whose addresses are replicas
+	// (a Kubernetes headless Service), resolved again periodically.
+	PeersDNS string `yaml:"peers_dns,omitempty"`
+	// SecretFile holds a secret every replica shares: requests between
+	// replicas carry it, and it stands for a user's credentials when
+	// auth.htpasswd is set (background fetches have no client's).
+	SecretFile string `yaml:"secret_file,omitempty"`
+}
+
+// Enabled reports whether the replica is part of a cluster.
+func (c Cluster) Enabled() bool { return c.Self != "" || len(c.Peers) > 0 || c.PeersDNS != "" }
 
 // Auth configures client authentication.
 type Auth struct {
@@ -731,6 +760,62 @@ func (c Config) Validate() error {
 	}
 	if _, err := oci.ParsePlatforms(c.Sync.Platforms); err != nil {
 		return fmt.Errorf("sync.platforms: %w", err)
+	}
+	return c.validateCluster()
+}
+
+// validateCluster checks the cluster block: URLs a replica can be reached
+// at, a NAME:PORT to resolve, a store the replicas can share, and a secret
+// where clients must authenticate.
+func (c Config) validateCluster() error {
+	cl := c.Cluster
+	if !cl.Enabled() {
+		return nil
+	}
+	if cl.Self == "" {
+		return fmt.Errorf("cluster.self: missing: a replica with peers needs the URL the others reach it at (--cluster-self)")
+	}
+	if err := validatePeerURL(cl.Self); err != nil {
+		return fmt.Errorf("cluster.self: %w", err)
+	}
+	seen := map[string]bool{}
+	for _, p := range cl.Peers {
+		if err := validatePeerURL(p); err != nil {
+			return fmt.Errorf("cluster.peers: %w", err)
+		}
+		if seen[p] {
+			return fmt.Errorf("cluster.peers: %q is listed twice", p)
+		}
+		seen[p] = true
+	}
+	if cl.PeersDNS != "" {
+		host, port, err := net.SplitHostPort(cl.PeersDNS)
+		if err != nil || host == "" || !validAddress(cl.PeersDNS) || port == "" {
+			return fmt.Errorf("cluster.peers_dns: invalid name %q (want NAME:PORT, e.g. docker-mirror-peers.ci.svc.cluster.local:5000)", cl.PeersDNS)
+		}
+	}
+	if len(c.Storage) == 0 && c.Destination.URL == "" {
+		return fmt.Errorf("cluster: replicas need one store they all share (storage: {s3: ...}, or a filesystem rootdirectory on a shared disk); the default store is each replica's own --data")
+	}
+	if c.Auth.Htpasswd != "" && !c.Auth.AnonymousPull && cl.SecretFile == "" {
+		return fmt.Errorf("cluster.secret_file: needed with auth.htpasswd (unless auth.anonymous_pull): replicas fetch from each other in the background, without a client's credentials")
+	}
+	return nil
+}
+
+// validatePeerURL checks the URL a replica is reached at: http(s), a host
+// and a port, nothing else.
+func validatePeerURL(s string) error {
+	shown := redactURL(s)
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "" {
+		return fmt.Errorf("invalid URL %q (want http[s]://HOST:PORT)", shown)
+	}
+	if u.User != nil || strings.Trim(u.Path, "/") != "" || u.RawQuery != "" || u.Fragment != "" {
+		return fmt.Errorf("invalid URL %q: only scheme://host:port is allowed", shown)
+	}
+	if !validAddress(u.Host) {
+		return fmt.Errorf("invalid URL %q: bad host or port", shown)
 	}
 	return nil
 }

@@ -136,7 +136,7 @@ func TestParseStorage(t *testing.T) {
 }
 
 func TestParseUnknownKeys(t *testing.T) {
-	known := "(known keys: auth, concurrency, data, destination, evict_after, header_timeout, listen, log_format, log_level, max_blob_size, max_size, platforms, prefetch_max_images, readyz_fail_when_full, referrers, shutdown_timeout, storage, sync, tag_ttl, tls_cert, tls_key, upstream, upstream_timeout, upstreams)"
+	known := "(known keys: auth, cluster, concurrency, data, destination, evict_after, header_timeout, listen, log_format, log_level, max_blob_size, max_size, platforms, prefetch_max_images, readyz_fail_when_full, referrers, shutdown_timeout, storage, sync, tag_ttl, tls_cert, tls_key, upstream, upstream_timeout, upstreams)"
 	for _, tt := range []struct{ yaml, want string }{
 		{"listn: :5000\n", "config file: line 1: listn: unknown key " + known},
 		{"listen: :5000\ntagttl: 1m\n", "config file: line 2: tagttl: unknown key " + known},
@@ -553,7 +553,7 @@ func TestBindFlags(t *testing.T) {
 	config.Bind(fs)
 	var names []string
 	fs.VisitAll(func(f *flag.Flag) { names = append(names, f.Name) })
-	want := []string{"concurrency", "config", "data", "destination", "evict-after", "header-timeout", "listen", "log-format", "log-level", "max-blob-size", "max-size", "platform", "prefetch-max-images", "readyz-fail-when-full", "referrers", "shutdown-timeout", "tag-ttl", "tls-cert", "tls-key", "upstream", "upstream-timeout"}
+	want := []string{"cluster-peer", "cluster-peers-dns", "cluster-secret-file", "cluster-self", "concurrency", "config", "data", "destination", "evict-after", "header-timeout", "listen", "log-format", "log-level", "max-blob-size", "max-size", "platform", "prefetch-max-images", "readyz-fail-when-full", "referrers", "shutdown-timeout", "tag-ttl", "tls-cert", "tls-key", "upstream", "upstream-timeout"}
 	if !slices.Equal(names, want) {
 		t.Fatalf("flags = %q, want %q", names, want)
 	}
@@ -587,7 +587,7 @@ func TestEveryKeyHasAFlag(t *testing.T) {
 		key, _, _ := strings.Cut(typ.Field(i).Tag.Get("yaml"), ",")
 		flagName := strings.ReplaceAll(key, "_", "-")
 		switch key {
-		case "storage", "sync", "auth", "-": // "-": read from a block (storage.redirect)
+		case "storage", "sync", "auth", "cluster", "-": // "-": read from a block (storage.redirect)
 			continue
 		case "upstreams":
 			flagName = "upstream" // --upstream HOST=URL
@@ -998,7 +998,9 @@ func TestEveryFlagHasItsVariable(t *testing.T) {
 		"tls-key":               "/etc/tls.key",
 		"destination":           "https://registry.example/mirror",
 		"referrers":             "false",
+		"cluster-self":          "http://10.0.0.5:5000", "cluster-peer": "http://10.0.0.6:5000", "cluster-peers-dns": "mirror-peers:5000", "cluster-secret-file": "/etc/docker-mirror/secret",
 	}
+	sharedStore := writeFile(t, "storage: {filesystem: {rootdirectory: /shared}}\n")
 	fs := flag.NewFlagSet("test", flag.ContinueOnError)
 	config.Bind(fs)
 	fs.VisitAll(func(f *flag.Flag) {
@@ -1009,11 +1011,16 @@ func TestEveryFlagHasItsVariable(t *testing.T) {
 		}
 		args, env := []string{"--" + f.Name + "=" + v}, map[string]string{config.EnvPrefix + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_")): v}
 		// Only as a pair: the other one given alike.
-		for _, pair := range [][2]string{{"tls-cert", "tls-key"}, {"tls-key", "tls-cert"}} {
+		for _, pair := range [][2]string{{"tls-cert", "tls-key"}, {"tls-key", "tls-cert"},
+			{"cluster-peer", "cluster-self"}, {"cluster-peers-dns", "cluster-self"}, {"cluster-secret-file", "cluster-self"}} {
 			if f.Name == pair[0] {
 				args = append(args, "--"+pair[1], values[pair[1]])
 				env[config.EnvPrefix+strings.ToUpper(strings.ReplaceAll(pair[1], "-", "_"))] = values[pair[1]]
 			}
+		}
+		if strings.HasPrefix(f.Name, "cluster-") { // replicas need a shared store
+			args = append(args, "--config", sharedStore)
+			env[config.EnvPrefix+"CONFIG"] = sharedStore
 		}
 		byFlag := mustResolve(t, args, nil)
 		byEnv := mustResolve(t, nil, env)

@@ -120,6 +120,14 @@ var keys = []key{
 		set: stringKey(func(c *Config) *string { return &c.Destination.URL })},
 	{name: "referrers", usage: "store each image's signatures, attestations and SBOMs (referrers, cosign's .sig/.att/.sbom tags) with every fill", boolean: true,
 		set: boolKey(func(c *Config) *bool { return &c.Referrers })},
+	{name: "cluster_self", usage: "URL the other replicas reach this one at, e.g. http://10.0.0.5:5000 (enables the cluster; see docs/scale-out.md)",
+		set: stringKey(func(c *Config) *string { return &c.Cluster.Self })},
+	{name: "cluster_peer", usage: "URL of another replica sharing the store (repeatable)", list: true,
+		set: func(c *Config, vals []string) error { c.Cluster.Peers = slices.Clone(vals); return nil }},
+	{name: "cluster_peers_dns", usage: "NAME:PORT whose DNS addresses are the replicas (a Kubernetes headless Service), resolved again periodically",
+		set: stringKey(func(c *Config) *string { return &c.Cluster.PeersDNS })},
+	{name: "cluster_secret_file", usage: "file holding the secret the replicas share (needed with auth.htpasswd)",
+		set: stringKey(func(c *Config) *string { return &c.Cluster.SecretFile })},
 }
 
 // envNames returns the environment variables of k: the flag's name, and
@@ -194,6 +202,7 @@ func defaultStrings() map[string]string {
 		"shutdown_timeout": d.ShutdownTimeout.String(), "header_timeout": d.HeaderTimeout.String(), "log_format": d.LogFormat, "log_level": d.LogLevel, "destination": "none", "tls_cert": "none", "tls_key": "none", "max_size": "0", "evict_after": "0", "max_blob_size": "20GiB",
 		"readyz_fail_when_full": strconv.FormatBool(d.ReadyzFailWhenFull),
 		"referrers":             strconv.FormatBool(d.Referrers),
+		"cluster_self":          "none", "cluster_peer": "none", "cluster_peers_dns": "none", "cluster_secret_file": "none",
 	}
 }
 

@@ -63,6 +63,11 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 	}
 	release()
 	w.Header().Set(cacheHeader, "miss")
+	if p.peers != nil {
+		if served, err := p.peers.ServeBlob(w, r, dgst); served || err != nil {
+			return err
+		}
+	}
 	if r.Method == http.MethodHead {
 		size, err := t.up.HeadBlob(ctx, t.repo, dgst)
 		if err != nil {

@@ -280,15 +280,25 @@ func (p *Proxy) fillChild(ctx context.Context, t target, dgst digest.Digest, pro
 }
 
 func (p *Proxy) ensureManifest(ctx context.Context, t target, dgst digest.Digest) (*storedManifest, error) {
-	if linked, err := p.index.Linked(t.host(), t.repo, dgst); err == nil && linked {
-		if m, err := p.loadManifest(ctx, t, dgst); err == nil {
-			return m, nil
+	stored := func() *storedManifest {
+		if linked, err := p.index.Linked(t.host(), t.repo, dgst); err == nil && linked {
+			if m, err := p.loadManifest(ctx, t, dgst); err == nil {
+				return m
+			}
 		}
+		return nil
+	}
+	if m := stored(); m != nil {
+		return m, nil
 	}
 	if err := p.fetches.Acquire(ctx, 1); err != nil {
 		return nil, err
 	}
 	defer p.fetches.Release(1)
+	// A client's pull may have fetched it while this waited for its turn.
+	if m := stored(); m != nil {
+		return m, nil
+	}
 	return p.fetchManifest(ctx, t, oci.Ref{Digest: dgst}, false)
 }
 
@@ -346,6 +356,11 @@ func (p *Proxy) ensureBlob(ctx context.Context, t target, dgst digest.Digest, si
 		return err
 	}
 	defer p.fetches.Release(1)
+	if p.viaPeer(ctx, dgst.String()) && p.blobs.running(dgst) == nil {
+		if ok, err := p.fillFromPeer(ctx, t, dgst, size); ok {
+			return err
+		}
+	}
 	for try := 0; ; try++ {
 		dl, leave, stored, err := p.startBlob(ctx, t, dgst, blobWant{listed: true, size: size})
 		if err != nil {

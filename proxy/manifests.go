@@ -27,6 +27,7 @@ type storedManifest struct {
 }
 
 func (p *Proxy) manifest(w http.ResponseWriter, r *http.Request) error {
+	r = p.markForwarded(r)
 	vars := mux.Vars(r)
 	t, err := p.resolve(r, vars["name"])
 	if err != nil {
@@ -310,12 +311,19 @@ func (p *Proxy) fetchManifest(ctx context.Context, t target, ref oci.Ref, fill b
 	if !ref.IsDigest() {
 		key = t.host() + "/" + t.repo + ":" + ref.Tag
 	}
-	return shared(ctx, p.work, &p.manifestFlights, key, func() (_ *storedManifest, err error) {
+	// A fetch through another replica is a flight of its own: replicas
+	// that disagree on the owner then never wait on each other.
+	viaPeer := p.viaPeer(ctx, ownerKey(t, ref))
+	flight := key
+	if viaPeer {
+		flight = "peer\x00" + key
+	}
+	return shared(ctx, p.work, &p.manifestFlights, flight, func() (_ *storedManifest, err error) {
 		ctx, cancel := p.detach(ctx, p.manifestTimeout)
 		defer cancel()
 		done := p.countFill("manifest")
 		defer func() { done(err) }()
-		up, err := t.up.Manifest(ctx, t.repo, ref)
+		up, err := p.upstreamManifest(ctx, t, ref, viaPeer)
 		if errors.Is(err, upstream.ErrInvalid) {
 			p.metrics.UpstreamErrors.WithLabelValues(t.host(), "digest").Inc()
 		}

@@ -72,6 +72,8 @@ type Proxy struct {
 	jobs jobs
 	// maxJobImages bounds the images of one prefetch job.
 	maxJobImages int
+	// peers fetch the misses other replicas own; nil without a cluster.
+	peers Peers
 
 	// traffic and failures are what the status page shows of the
 	// proxy's work (status.go).
@@ -303,6 +305,9 @@ func (p *Proxy) closing() bool {
 // keeps ctx's values, is not cancelled with it, and ends on Close or after
 // timeout.
 func (p *Proxy) detach(ctx context.Context, timeout time.Duration) (context.Context, context.CancelFunc) {
+	// Work that outlives a request another replica forwarded is this
+	// replica's own: its misses go to their owners.
+	ctx = context.WithValue(ctx, forwardedKey{}, false)
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 	go func() {
 		select {

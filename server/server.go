@@ -20,6 +20,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/docker-mirror/docker-mirror/cluster"
 	"github.com/docker-mirror/docker-mirror/config"
 	"github.com/docker-mirror/docker-mirror/lifecycle"
 	"github.com/docker-mirror/docker-mirror/metrics"
@@ -27,6 +28,7 @@ import (
 	"github.com/docker-mirror/docker-mirror/proxy/access"
 	statuspage "github.com/docker-mirror/docker-mirror/status"
 	"github.com/docker-mirror/docker-mirror/storage"
+	"github.com/opencontainers/go-digest"
 )
 
 // Server is docker-mirror assembled from a configuration. Create it with
@@ -55,6 +57,9 @@ type Server struct {
 	// auth is the htpasswd file's policy, reloaded on SIGHUP and when the
 	// file changes; nil without auth.
 	auth *access.File
+	// Cluster is this replica's view of the replicas sharing its store;
+	// nil without cluster.self.
+	Cluster *cluster.Cluster
 	// background counts the goroutines Start and Serve began.
 	background sync.WaitGroup
 }
@@ -70,6 +75,8 @@ type options struct {
 	openStore    StoreOpener
 	proxyOptions []proxy.Option
 	version      string
+	// clusterOptions are added to the cluster's (WithClusterOptions).
+	clusterOptions []cluster.Option
 }
 
 // Option configures New.
@@ -175,6 +182,11 @@ func New(ctx context.Context, cfg config.Config, opts ...Option) (_ *Server, err
 	if err != nil {
 		return nil, err
 	}
+	var copts []proxy.Option
+	if s.Cluster, copts, err = newCluster(cfg, o, s.Metrics, s.auth); err != nil {
+		return nil, err
+	}
+	popts = append(popts, copts...)
 	popts = append(popts,
 		proxy.WithLogger(o.log),
 		proxy.WithClock(o.now),
@@ -184,7 +196,12 @@ func New(ctx context.Context, cfg config.Config, opts ...Option) (_ *Server, err
 		return nil, err
 	}
 	s.Metrics.Register(gauges(cfg, s.Proxy)...)
-	s.Collector, err = lifecycle.NewForStore(s.Store, s.Index, lifecycle.Options{Grace: lifecycle.DefaultGrace, Guard: inUse, Log: o.log, Metrics: lm, Now: o.now})
+	lo := lifecycle.Options{Grace: lifecycle.DefaultGrace, Guard: inUse, Log: o.log, Metrics: lm, Now: o.now}
+	if s.Cluster != nil {
+		// Replicas share the store: each digest is collected by its owner.
+		lo.Owned = func(d digest.Digest) bool { return s.Cluster.Owns(d.String()) }
+	}
+	s.Collector, err = lifecycle.NewForStore(s.Store, s.Index, lo)
 	if errors.Is(err, lifecycle.ErrRegistryDestination) {
 		err = nil
 	}
@@ -196,8 +213,14 @@ func New(ctx context.Context, cfg config.Config, opts ...Option) (_ *Server, err
 }
 
 // Handler is the HTTP handler of the registry API, prefetch, health,
-// metrics and the status page.
-func (s *Server) Handler() http.Handler { return s.Proxy.Handler(s.Status.Routes) }
+// metrics and the status page; in a cluster, misses go to their owners.
+func (s *Server) Handler() http.Handler {
+	h := s.Proxy.Handler(s.Status.Routes)
+	if s.Cluster != nil {
+		return s.Cluster.Handler(h)
+	}
+	return h
+}
 
 // Start resumes the fills and prefetch jobs an earlier run left unfinished
 // and starts the configured sync; all stop when ctx ends.
@@ -208,6 +231,7 @@ func (s *Server) Start(ctx context.Context) error {
 	if err := s.Proxy.ResumeJobs(ctx); err != nil {
 		return err
 	}
+	s.runCluster(ctx)
 	if s.cfg.Sync.Interval > 0 {
 		sync := proxy.Sync{Images: s.cfg.Sync.Images, Platforms: s.cfg.Sync.Platforms, Pin: s.cfg.Sync.Pin}
 		s.background.Go(func() { s.Proxy.RunSync(ctx, sync, time.Duration(s.cfg.Sync.Interval)) })

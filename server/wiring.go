@@ -233,14 +233,30 @@ func proxyAddr(p string) string {
 }
 
 // newStatus makes the status page of a server: its store, the disk of its
-// data directory, its registry destination if it has one. Peers is nil
-// until a cluster is wired (package cluster sets it).
+// data directory, its registry destination if it has one, and in a
+// cluster the other replicas' states.
 func newStatus(s *Server) *statuspage.Handler {
 	cfg := s.cfg
 	d := statuspage.Deps{Proxy: s.Proxy, Index: s.Index, Collector: s.Collector, Version: s.opts.version,
 		StoreKind: s.storeName, MaxSize: int64(cfg.MaxSize), DataDir: cfg.Data, Now: s.opts.now}
 	if cfg.Destination.URL != "" {
 		d.Destination, d.DestinationName = s.Proxy.Ready, s.storeName
+	}
+	if s.Cluster != nil {
+		d.Peers = func() []statuspage.PeerState {
+			var peers []statuspage.PeerState
+			for _, p := range s.Cluster.Peers() {
+				st := statuspage.PeerState{Name: p.URL, URL: p.URL, State: "ok", LastError: p.Error, LastSeen: p.Since}
+				switch {
+				case p.Self:
+					st.State = "self"
+				case !p.Up:
+					st.State = "unreachable"
+				}
+				peers = append(peers, st)
+			}
+			return peers
+		}
 	}
 	return statuspage.New(d)
 }

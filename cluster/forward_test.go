@@ -1,0 +1,211 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"sync/atomic"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/docker-mirror/docker-mirror/oci"
+	"github.com/docker-mirror/docker-mirror/proxy/errcode"
+	"github.com/docker-mirror/docker-mirror/proxy/upstream"
+)
+
+// owner is a fake replica that answers every request with handler, and
+// counts them.
+func owner(t *testing.T, handler http.HandlerFunc) (*httptest.Server, *atomic.Int32) {
+	var n atomic.Int32
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n.Add(1)
+		if r.Header.Get(HopHeader) != "http://self.test:5000" {
+			t.Errorf("request without the hop header: %v", r.Header)
+		}
+		handler(w, r)
+	}))
+	t.Cleanup(s.Close)
+	return s, &n
+}
+
+// ownedBy returns content whose digest peer owns in c.
+func ownedBy(t *testing.T, c *Cluster, peer string) ([]byte, digest.Digest) {
+	for i := range 1000 {
+		b := []byte(fmt.Sprintf("blob %d", i))
+		if d := digest.FromBytes(b); c.Owners(d.String())[0] == peer {
+			return b, d
+		}
+	}
+	t.Fatal("no digest owned by the peer")
+	return nil, ""
+}
+
+func newTwo(t *testing.T, peer string) *Cluster {
+	c, err := New("http://self.test:5000", []string{peer}, quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func peerUp(c *Cluster, u string) bool {
+	for _, p := range c.Peers() {
+		if p.URL == u {
+			return p.Up
+		}
+	}
+	return false
+}
+
+func blobRequest(d digest.Digest, header ...string) *http.Request {
+	r := httptest.NewRequest(http.MethodGet, "/v2/library/x/blobs/"+d.String(), nil)
+	for i := 0; i+1 < len(header); i += 2 {
+		r.Header.Set(header[i], header[i+1])
+	}
+	return r
+}
+
+func TestServeBlobHoldsBackTheLastByteOfWrongBytes(t *testing.T) {
+	var body []byte
+	s, _ := owner(t, func(w http.ResponseWriter, r *http.Request) {
+		bad := append([]byte(nil), body...)
+		bad[0] ^= 0xff
+		w.Header().Set("Content-Length", strconv.Itoa(len(bad)))
+		w.Write(bad)
+	})
+	c := newTwo(t, s.URL)
+	body, d := ownedBy(t, c, s.URL)
+	w := httptest.NewRecorder()
+	served, err := c.ServeBlob(w, blobRequest(d), d)
+	if !served || !errors.Is(err, upstream.ErrInvalid) {
+		t.Fatalf("served %v, err %v: want served with an error (the connection is then broken)", served, err)
+	}
+	if w.Body.Len() != len(body)-1 {
+		t.Fatalf("client got %d of %d bytes: the last byte of a blob that does not match must never be sent", w.Body.Len(), len(body))
+	}
+}
+
+func TestServeBlobPassesRangesAndHeadersOn(t *testing.T) {
+	s, _ := owner(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Range") != "bytes=2-4" {
+			t.Errorf("Range %q not passed on", r.Header.Get("Range"))
+		}
+		w.Header().Set("Content-Range", "bytes 2-4/9")
+		w.Header().Set("Content-Length", "3")
+		w.Header().Set("Docker-Content-Digest", "sha256:x")
+		w.Header().Set("ETag", `"sha256:x"`)
+		w.Header().Set("X-Internal", "no")
+		w.WriteHeader(http.StatusPartialContent)
+		w.Write([]byte("cde"))
+	})
+	c := newTwo(t, s.URL)
+	_, d := ownedBy(t, c, s.URL)
+	w := httptest.NewRecorder()
+	served, err := c.ServeBlob(w, blobRequest(d, "Range", "bytes=2-4"), d)
+	if !served || err != nil {
+		t.Fatalf("served %v, err %v", served, err)
+	}
+	h := w.Result().Header
+	if w.Code != http.StatusPartialContent || w.Body.String() != "cde" || h.Get("Content-Range") != "bytes 2-4/9" ||
+		h.Get("Docker-Content-Digest") != "sha256:x" || h.Get("ETag") != `"sha256:x"` || h.Get("X-Internal") != "" {
+		t.Fatalf("answer %d %q %v", w.Code, w.Body.String(), h)
+	}
+}
+
+func TestServeBlobWhenTheOwnerFails(t *testing.T) {
+	for _, tt := range []struct {
+		name       string
+		status     int
+		dead       bool
+		wantServed bool
+		wantDown   bool
+	}{
+		{name: "5xx: fetched here, owner stays up", status: http.StatusServiceUnavailable},
+		{name: "401: fetched here", status: http.StatusUnauthorized},
+		{name: "404: passed on", status: http.StatusNotFound, wantServed: true},
+		{name: "429: passed on", status: http.StatusTooManyRequests, wantServed: true},
+		{name: "connection refused: fetched here, owner down", dead: true, wantDown: true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s, _ := owner(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(tt.status) })
+			c := newTwo(t, s.URL)
+			_, d := ownedBy(t, c, s.URL)
+			if tt.dead {
+				s.Close()
+			}
+			w := httptest.NewRecorder()
+			served, err := c.ServeBlob(w, blobRequest(d), d)
+			if served != tt.wantServed || err != nil {
+				t.Fatalf("served %v, err %v; want served %v", served, err, tt.wantServed)
+			}
+			if served && w.Code != tt.status {
+				t.Errorf("status %d, want %d", w.Code, tt.status)
+			}
+			if !served && w.Body.Len() != 0 {
+				t.Errorf("wrote %q before fetching here", w.Body.String())
+			}
+			if peerUp(c, s.URL) == tt.wantDown {
+				t.Errorf("owner up = %v", peerUp(c, s.URL))
+			}
+		})
+	}
+}
+
+func TestForwardedRequestsAreServedHere(t *testing.T) {
+	s, n := owner(t, func(w http.ResponseWriter, r *http.Request) {})
+	c := newTwo(t, s.URL)
+	_, d := ownedBy(t, c, s.URL)
+	served, err := c.ServeBlob(httptest.NewRecorder(), blobRequest(d, HopHeader, "http://other:5000"), d)
+	if served || err != nil || n.Load() != 0 {
+		t.Fatalf("a forwarded request was forwarded again: served %v, err %v, owner asked %d times", served, err, n.Load())
+	}
+}
+
+func TestManifestThroughTheOwner(t *testing.T) {
+	body := []byte(`{"schemaVersion":2}`)
+	var answer atomic.Value // what the owner does
+	s, _ := owner(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("ns") != "ghcr.io" || r.URL.Path != "/v2/o/app/manifests/v1" {
+			t.Errorf("asked %s", r.URL)
+		}
+		switch answer.Load() {
+		case "ok":
+			w.Header().Set("Content-Type", oci.MediaTypeOCIManifest)
+			w.Write(body)
+		case "lie":
+			w.Header().Set("Docker-Content-Digest", digest.FromString("other").String())
+			w.Write(body)
+		case "404":
+			w.WriteHeader(http.StatusNotFound)
+			w.Write([]byte(`{"errors":[{"code":"MANIFEST_UNKNOWN","message":"no v1 upstream"}]}`))
+		}
+	})
+	c := newTwo(t, s.URL)
+	var tag string
+	for i := range 1000 {
+		if k := fmt.Sprintf("ghcr.io/o/app:%d", i); c.Owners(k)[0] == s.URL {
+			tag = k
+			break
+		}
+	}
+	ctx := context.Background()
+	answer.Store("ok")
+	m, ok, err := c.Manifest(ctx, tag, "ghcr.io", "o/app", oci.Ref{Tag: "v1"})
+	if !ok || err != nil || string(m.Body) != string(body) || m.Digest != digest.FromBytes(body) || m.MediaType != oci.MediaTypeOCIManifest {
+		t.Fatalf("ok: %v %v %+v", ok, err, m)
+	}
+	answer.Store("lie")
+	if _, ok, err := c.Manifest(ctx, tag, "ghcr.io", "o/app", oci.Ref{Tag: "v1"}); ok || err != nil {
+		t.Fatalf("a manifest whose digest does not match: ok %v, err %v; want it fetched here", ok, err)
+	}
+	answer.Store("404")
+	_, ok, err = c.Manifest(ctx, tag, "ghcr.io", "o/app", oci.Ref{Tag: "v1"})
+	var e *errcode.Error
+	if !ok || !errors.As(err, &e) || e.Code != errcode.ManifestUnknown || !errors.Is(err, upstream.ErrNotFound) {
+		t.Fatalf("404: ok %v, err %v; want MANIFEST_UNKNOWN wrapping upstream.ErrNotFound", ok, err)
+	}
+}

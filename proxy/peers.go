@@ -1,0 +1,137 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/docker-mirror/docker-mirror/oci"
+	"github.com/docker-mirror/docker-mirror/proxy/upstream"
+	"github.com/docker-mirror/docker-mirror/storage"
+)
+
+// Peers lets replicas that share one store fetch each miss once: a miss
+// this replica does not own is fetched through the replica that owns it
+// (package cluster). Each method reports false when the miss is this
+// replica's to fetch: it owns it, or no owner could answer.
+type Peers interface {
+	// Forwarded reports whether another replica sent r; its misses are
+	// then fetched here, never forwarded again.
+	Forwarded(r *http.Request) bool
+	// Owns reports whether this replica owns key.
+	Owns(key string) bool
+	// ServeBlob answers a client's GET of a blob that is not stored
+	// through its owner, streaming the owner's answer.
+	ServeBlob(w http.ResponseWriter, r *http.Request, dgst digest.Digest) (served bool, err error)
+	// Manifest fetches a manifest through the owner of key
+	// (upstream/repo:tag for a tag, the digest for a digest).
+	Manifest(ctx context.Context, key, host, repo string, ref oci.Ref) (m *upstream.Manifest, fetched bool, err error)
+	// FillBlob has a blob's owner fetch it for the background mirror,
+	// and writes the bytes it sends back, at most limit, verified, to
+	// into.
+	FillBlob(ctx context.Context, host, repo string, dgst digest.Digest, limit int64, into *os.File) (fetched bool, err error)
+}
+
+// WithPeers makes the proxy fetch the misses other replicas own through
+// them (default: none, every miss is fetched here).
+func WithPeers(ps Peers) Option { return func(p *Proxy) { p.peers = ps } }
+
+// forwardedKey marks the context of a request another replica forwarded.
+type forwardedKey struct{}
+
+// markForwarded marks r's context if another replica sent it.
+func (p *Proxy) markForwarded(r *http.Request) *http.Request {
+	if p.peers == nil || !p.peers.Forwarded(r) {
+		return r
+	}
+	return r.WithContext(context.WithValue(r.Context(), forwardedKey{}, true))
+}
+
+// viaPeer reports whether a miss of ctx's request goes to the owner of
+// key, another replica: with peers, unless another replica forwarded the
+// request here.
+func (p *Proxy) viaPeer(ctx context.Context, key string) bool {
+	return p.peers != nil && ctx.Value(forwardedKey{}) != true && !p.peers.Owns(key)
+}
+
+// ownerKey is what decides a manifest's owner: upstream/repo:tag for a
+// tag, the digest for a digest.
+func ownerKey(t target, ref oci.Ref) string {
+	if ref.IsDigest() {
+		return ref.Digest.String()
+	}
+	return t.host() + "/" + t.repo + ":" + ref.Tag
+}
+
+// upstreamManifest fetches a manifest through its owner if viaPeer, else
+// (or when the owner cannot answer) from the upstream.
+func (p *Proxy) upstreamManifest(ctx context.Context, t target, ref oci.Ref, viaPeer bool) (*upstream.Manifest, error) {
+	if viaPeer {
+		if m, ok, err := p.peers.Manifest(ctx, ownerKey(t, ref), t.host(), t.repo, ref); ok {
+			return m, err
+		}
+	}
+	return t.up.Manifest(ctx, t.repo, ref)
+}
+
+// fillFromPeer has the owner of a blob the background mirror needs fetch
+// it (its shared download reaches the upstream once, whoever asks). The
+// bytes the owner sends back are spooled and verified here; once they are
+// in, the blob is in the shared store, or about to be: the owner stores it
+// just after sending the last byte. If it is not there yet, this replica
+// stores its verified copy too (the same bytes under the same digest) so
+// that the fill never waits on another replica's write. The owner fetched
+// the blob for t's repository: it vouches for it as the upstream would.
+// ok is false when the blob is this replica's to fetch after all.
+func (p *Proxy) fillFromPeer(ctx context.Context, t target, dgst digest.Digest, size int64) (bool, error) {
+	f, err := p.blobs.create(p.blobs.dir)
+	if err != nil {
+		return false, nil // fetched here, where the spool error is reported
+	}
+	defer func() {
+		f.Close()
+		os.Remove(f.Name())
+	}()
+	limit := p.maxBlobSize
+	if size >= 0 {
+		limit = size
+	}
+	ok, err := p.peers.FillBlob(ctx, t.host(), t.repo, dgst, limit, f)
+	if !ok || err != nil {
+		return ok, err
+	}
+	n, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		return true, err
+	}
+	if size >= 0 && n != size {
+		return true, tooLarge(t.host(), dgst, size, true, n)
+	}
+	if got, err := p.store.Stat(ctx, t.storeRepo(), dgst); err == nil {
+		return true, p.adoptBlob(t, dgst, got)
+	}
+	if err := p.noteWrite(p.storeFile(ctx, t, dgst, f, n)); err != nil {
+		return true, fmt.Errorf("storing blob %s: %w", dgst, err)
+	}
+	return true, p.adoptBlob(t, dgst, n)
+}
+
+// storeFile puts a verified file into the store: moved when the store
+// can take it as it is, else copied.
+func (p *Proxy) storeFile(ctx context.Context, t target, dgst digest.Digest, f *os.File, size int64) error {
+	if in, ok := p.store.(storage.FileIngester); ok {
+		err := in.Ingest(ctx, t.storeRepo(), dgst, size, f.Name())
+		if !errors.Is(err, storage.ErrNotIngestible) {
+			return err
+		}
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	return p.store.Put(ctx, t.storeRepo(), dgst, size, f)
+}
