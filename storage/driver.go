@@ -107,7 +107,12 @@ func OpenDriverStore(ctx context.Context, name string, params map[string]any) (*
 	}
 	if s.inPlace {
 		// Nothing to clean: its writes leave nothing visible, and other
-		// replicas on the same bucket may be writing now.
+		// replicas on the same bucket may be writing now. One listing
+		// says at start whether the bucket answers and the credentials
+		// work, instead of at the first pull.
+		if _, err := d.List(ctx, "/"); err != nil && !errors.As(err, new(storagedriver.PathNotFoundError)) {
+			return nil, fmt.Errorf("storage %s: %w", name, err)
+		}
 		return s, nil
 	}
 	if err := s.CleanUploads(ctx); err != nil {
