@@ -519,6 +519,14 @@ func TestOperationsDoc(t *testing.T) {
 		}
 	}
 
+	// The file keys whose names are not the flag's.
+	fileKeys := map[string]string{
+		"platform":            "platforms", // the list
+		"cluster-self":        "cluster.self",
+		"cluster-peer":        "cluster.peers",
+		"cluster-peers-dns":   "cluster.peers_dns",
+		"cluster-secret-file": "cluster.secret_file",
+	}
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	config.Bind(fs)
 	fs.VisitAll(func(f *flag.Flag) {
@@ -536,8 +544,8 @@ func TestOperationsDoc(t *testing.T) {
 			return
 		}
 		key := strings.ReplaceAll(f.Name, "-", "_")
-		if f.Name == "platform" {
-			key = "platforms" // the file key is the list
+		if k, ok := fileKeys[f.Name]; ok {
+			key = k
 		}
 		if !strings.Contains(doc, "`"+key+"`") {
 			t.Errorf("operations.md does not document the config file key %s", key)

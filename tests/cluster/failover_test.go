@@ -68,7 +68,20 @@ func testOwnerDeadWhileIdle(t *testing.T, store storeFor) {
 			t.Errorf("blob %s: %d upstream GETs, want 1", b, n)
 		}
 	}
+	// A replica that tried the dead owner marked it down at once; the
+	// other may have found every blob in the shared store already, so
+	// its next probe is what tells it.
+	marked := 0
 	for _, r := range alive {
+		if r.metric(t, "docker_mirror_cluster_peer_up", map[string]string{"peer": dead.url}) == 0 {
+			marked++
+		}
+	}
+	if marked == 0 {
+		t.Errorf("no replica marked the dead owner %s down after forwarding to it", dead.url)
+	}
+	for _, r := range alive {
+		r.srv.Cluster.Probe(ctx)
 		if v := r.metric(t, "docker_mirror_cluster_peer_up", map[string]string{"peer": dead.url}); v != 0 {
 			t.Errorf("%s: peer_up{%s} = %v, want 0", r.url, dead.url, v)
 		}
