@@ -69,6 +69,12 @@ type Proxy struct {
 	jobs jobs
 	// maxJobImages bounds the images of one prefetch job.
 	maxJobImages int
+	// fetchAhead starts every blob of an image manifest a client gets
+	// (ahead.go); upstreamConns is the per-upstream budget of downloads
+	// the mirror starts for itself, held in budgets.
+	fetchAhead    bool
+	upstreamConns int64
+	budgets       *budgets
 
 	// stop is closed by Close; it cancels every background fill.
 	stop      chan struct{}
@@ -214,6 +220,8 @@ func New(store storage.Store, index *storage.Index, upstreams []*upstream.Client
 		stop:            make(chan struct{}),
 		jobs:            jobs{live: map[string]*storage.Job{}},
 		maxJobImages:    DefaultPrefetchMaxImages,
+		fetchAhead:      true,
+		upstreamConns:   DefaultUpstreamConnections,
 	}
 	for _, u := range upstreams {
 		p.upstreams[u.Host()] = u
@@ -227,6 +235,7 @@ func New(store storage.Store, index *storage.Index, upstreams []*upstream.Client
 	if p.metrics == nil {
 		p.metrics = metrics.New()
 	}
+	p.budgets = &budgets{size: p.upstreamConns}
 	p.metrics.Register(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "docker_mirror_mirror_queue_length", Help: "Background mirror jobs queued or running.",
