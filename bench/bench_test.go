@@ -27,6 +27,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/docker-mirror/docker-mirror/proxy"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
 	"github.com/docker-mirror/docker-mirror/tests/servertest"
 )
@@ -489,13 +490,20 @@ func pullWith(b *testing.B, host, repo string, parallel int) (PullResult, time.D
 // max-concurrent-downloads) in /p3, or all at once in /all. In the same
 // iteration, untimed and in alternating order, the same client pulls
 // straight from the upstream: x-direct is the paired ratio. login-ms,
-// manifest-ms and blobs-ms split the mirror's pull: the handshake, the
-// manifest in hand, the last blob read (each from the start).
+// and manifest-ms split the mirror's pull: the handshake, the
+// manifest in hand (each from the start). The -noahead variants turn
+// fetching ahead off: the mirror relies on its background fill alone.
 func BenchmarkColdPullDocker(b *testing.B) {
 	for _, c := range []struct {
 		name     string
 		parallel int
-	}{{"p3", 3}, {"all", 0}} {
+		opts     []proxy.Option
+	}{
+		{"p3", 3, nil}, {"all", 0, nil},
+		// The same without fetching ahead: the mirror as it was.
+		{"p3-noahead", 3, []proxy.Option{proxy.WithFetchAhead(false)}},
+		{"all-noahead", 0, []proxy.Option{proxy.WithFetchAhead(false)}},
+	} {
 		b.Run(c.name, func(b *testing.B) {
 			var cold, direct, login, manifest, dmanifest time.Duration
 			var upBytes, unique int64
@@ -504,7 +512,7 @@ func BenchmarkColdPullDocker(b *testing.B) {
 				b.StopTimer()
 				up := startUpstream(b, true, wan)
 				up.SeedImage(b, dockerRepo, benchTag, dockerLayers, dockerLayerSize)
-				m := servertest.Start(b, up.URL())
+				m := servertest.Start(b, up.URL(), c.opts...)
 				directFirst := n%2 == 0
 				pullDirect := func() {
 					res, d := pullWith(b, up.Host(), dockerRepo, c.parallel)

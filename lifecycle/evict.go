@@ -3,7 +3,6 @@ package lifecycle
 import (
 	"cmp"
 	"context"
-	"fmt"
 	"slices"
 	"time"
 
@@ -99,8 +98,10 @@ func (c *Collector) evict(ctx context.Context, maxSize int64, evictAfter time.Du
 		}
 	}
 
-	// Roots no kept image holds any more leave the index.
+	// Roots no kept image holds any more leave the index, in a few
+	// transactions for all the victims (not one per tag).
 	dropped := map[digest.Digest]bool{}
+	var unroots []storage.Unroot
 	for _, e := range victims {
 		r.Evicted = append(r.Evicted, e.Image)
 		c.opts.Log.Info("evicting cached image", "image", e.Name(), "tags", e.Tags, "digest", e.Digest,
@@ -113,20 +114,18 @@ func (c *Collector) evict(ctx context.Context, maxSize int64, evictAfter time.Du
 		if c.opts.DryRun {
 			continue
 		}
-		for _, tag := range e.Tags {
-			if _, err := c.index.DeleteTagIf(e.Upstream, e.Repo, tag, e.Digest); err != nil {
-				return r, fmt.Errorf("evicting %s:%s: %w", e.Name(), tag, err)
-			}
-		}
+		u := storage.Unroot{Upstream: e.Upstream, Repo: e.Repo, Digest: e.Digest, Tags: e.Tags}
 		for i, k := range e.roots {
 			// The image's own state goes; a folded child's only if no
 			// kept image lists the child.
 			if _, ok := m.mirrors[k]; ok && (i == 0 || m.refs[k.digest] == 0) {
-				if err := c.index.DeleteFill(k.upstream, k.repo, k.digest); err != nil {
-					return r, fmt.Errorf("evicting %s@%s: %w", e.Name(), k.digest, err)
-				}
+				u.Fills = append(u.Fills, storage.FillKey{Upstream: k.upstream, Repo: k.repo, Digest: k.digest})
 			}
 		}
+		unroots = append(unroots, u)
+	}
+	if err := c.index.UnrootImages(unroots); err != nil {
+		return r, err
 	}
 	r.ImagesEvicted = len(victims)
 	for _, rel := range releases {
