@@ -156,6 +156,11 @@ func (ix *Index) Forget(dgsts []digest.Digest, keep func(digest.Digest, ContentE
 		return nil, err
 	}
 	ix.stored.Add(-freed)
+	ix.mu.Lock()
+	for _, f := range out {
+		delete(ix.pulled, f.Digest) // a last pull not yet flushed goes too
+	}
+	ix.mu.Unlock()
 	return out, nil
 }
 

@@ -29,6 +29,8 @@ type Index struct {
 	// a pull costs no disk write.
 	mu       sync.Mutex
 	accessed map[digest.Digest]time.Time
+	// pulled does the same for manifests' last pulls (TouchManifest).
+	pulled map[digest.Digest]time.Time
 
 	// stored is the total size of the indexed blobs and manifests.
 	stored atomic.Int64
@@ -446,6 +448,9 @@ func (ix *Index) Flush() error {
 	pending := ix.accessed
 	ix.accessed = map[digest.Digest]time.Time{}
 	ix.mu.Unlock()
+	if err := ix.flushPulls(); err != nil {
+		return err
+	}
 	if len(pending) == 0 {
 		return nil
 	}

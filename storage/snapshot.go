@@ -33,8 +33,8 @@ type Snapshot struct {
 }
 
 // Snapshot reads every tag, manifest, blob, mirror, pin, access and link
-// record. Access times noted by Touch and not yet flushed are not included:
-// call Flush first.
+// record. Blob access times noted by Touch and not yet flushed are not
+// included (call Flush first); manifests' last pulls are.
 func (ix *Index) Snapshot() (*Snapshot, error) {
 	s := &Snapshot{
 		Tags:      map[string]TagRecord{},
@@ -76,6 +76,13 @@ func (ix *Index) Snapshot() (*Snapshot, error) {
 	if err != nil {
 		return nil, err
 	}
+	ix.mu.Lock()
+	for d, t := range ix.pulled { // noted by TouchManifest, not yet flushed
+		if t.After(s.Access[d]) {
+			s.Access[d] = t
+		}
+	}
+	ix.mu.Unlock()
 	return s, nil
 }
 
