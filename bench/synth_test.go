@@ -51,7 +51,7 @@ var synthBuckets = []string{"tags", "manifests", "blobs", "links", "mirrors", "h
 // transaction per 2,000 images without fsync, then one sync.
 func buildSynthCache(tb testing.TB, dir string, n int) int64 {
 	tb.Helper()
-	db, err := bolt.Open(filepath.Join(dir, "index.db"), 0o600, &bolt.Options{NoSync: true, NoFreelistSync: true})
+	db, err := bolt.Open(filepath.Join(dir, "index.db"), 0o600, &bolt.Options{NoSync: true})
 	if err != nil {
 		tb.Fatal(err)
 	}
