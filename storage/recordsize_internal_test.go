@@ -2,8 +2,11 @@ package storage
 
 import (
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/opencontainers/go-digest"
 )
 
 // recordSize reads the size of the records the index writes, and declines
@@ -30,6 +33,24 @@ func TestRecordSize(t *testing.T) {
 	for _, raw := range []string{`{}`, `{"size": 12}`, `{"size":"12"}`, `{"size":1,"x":{"size":2}}`, `{"size":}`} {
 		if n, ok := recordSize([]byte(raw)); ok {
 			t.Errorf("recordSize(%s) = %d, want it declined", raw, n)
+		}
+	}
+}
+
+// tagDigest reads the digest of the tag records the index writes, and
+// declines anything else (decoded instead).
+func TestTagDigest(t *testing.T) {
+	d := "sha256:" + strings.Repeat("ab", 32)
+	raw, err := json.Marshal(TagRecord{Digest: digest.Digest(d), FetchedAt: time.Now(), CheckedAt: time.Now()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, ok := tagDigest(raw); !ok || got.String() != d {
+		t.Errorf("tagDigest(%s) = %s, %v", raw, got, ok)
+	}
+	for _, raw := range []string{`{}`, `{"fetched_at":"x","digest":"` + d + `"}`, `{"digest":"sha256:a\"b"}`, `{"digest":"unterminated`} {
+		if got, ok := tagDigest([]byte(raw)); ok {
+			t.Errorf("tagDigest(%s) = %s, want it declined", raw, got)
 		}
 	}
 }
