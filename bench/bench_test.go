@@ -27,6 +27,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/docker-mirror/docker-mirror/proxy"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
 	"github.com/docker-mirror/docker-mirror/tests/servertest"
 )
@@ -451,4 +452,101 @@ func BenchmarkHerd16(b *testing.B) {
 	b.ReportMetric(ms(slowest)/float64(n), "slowest-client-ms")
 	b.ReportMetric(float64(upBytes)/float64(unique), "upstream-bytes/unique")
 	b.ReportMetric(float64(blobGets)/float64(n), "upstream-blob-GETs/herd")
+}
+
+// The image of BenchmarkColdPullDocker: 10 layers of 4 MiB, as in the
+// issue's "faster than direct" goal.
+const (
+	dockerRepo      = "library/docker10"
+	dockerLayers    = 10
+	dockerLayerSize = 4 << 20
+)
+
+// pullWith pulls repo:benchTag from host with parallel blob downloads at a
+// time (0: all at once), with a fresh connection pool; it returns the
+// result and the time from the first ping to the last blob.
+func pullWith(b *testing.B, host, repo string, parallel int) (PullResult, time.Duration) {
+	b.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	tr := NewTransport(16)
+	defer tr.CloseIdleConnections()
+	start := time.Now()
+	c, err := Login(ctx, host, repo, tr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	res, err := c.Pull(ctx, benchTag, parallel, true)
+	d := time.Since(start)
+	if err != nil {
+		b.Fatalf("pull from %s: %v", host, err)
+	}
+	return res, d
+}
+
+// BenchmarkColdPullDocker pulls a 10 x 4 MiB layer image through a fresh
+// mirror of a fresh Docker Hub-like upstream, with a docker-like client:
+// token handshake, then the blobs 3 at a time (dockerd's
+// max-concurrent-downloads) in /p3, or all at once in /all. In the same
+// iteration, untimed and in alternating order, the same client pulls
+// straight from the upstream: x-direct is the paired ratio. login-ms,
+// and manifest-ms split the mirror's pull: the handshake, the
+// manifest in hand (each from the start). The -noahead variants turn
+// fetching ahead off: the mirror relies on its background fill alone.
+func BenchmarkColdPullDocker(b *testing.B) {
+	for _, c := range []struct {
+		name     string
+		parallel int
+		opts     []proxy.Option
+	}{
+		{"p3", 3, nil}, {"all", 0, nil},
+		// The same without fetching ahead: the mirror as it was.
+		{"p3-noahead", 3, []proxy.Option{proxy.WithFetchAhead(false)}},
+		{"all-noahead", 0, []proxy.Option{proxy.WithFetchAhead(false)}},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			var cold, direct, login, manifest, dmanifest time.Duration
+			var upBytes, unique int64
+			n := 0
+			for b.Loop() {
+				b.StopTimer()
+				up := startUpstream(b, true, wan)
+				up.SeedImage(b, dockerRepo, benchTag, dockerLayers, dockerLayerSize)
+				m := servertest.Start(b, up.URL(), c.opts...)
+				directFirst := n%2 == 0
+				pullDirect := func() {
+					res, d := pullWith(b, up.Host(), dockerRepo, c.parallel)
+					direct += d
+					dmanifest += d - res.BlobsAt + res.ManifestAt
+				}
+				if directFirst {
+					pullDirect()
+					up.ResetCounts()
+				}
+				b.StartTimer()
+				res, d := pullWith(b, m.Host(), dockerRepo, c.parallel)
+				b.StopTimer()
+				cold += d
+				login += d - res.BlobsAt
+				manifest += d - res.BlobsAt + res.ManifestAt
+				m.WaitIdle()
+				upBytes += up.BlobBytes()
+				unique += UniqueBytes(res.Blobs)
+				if !directFirst {
+					pullDirect()
+				}
+				m.Stop()
+				up.Stop()
+				n++
+				b.StartTimer()
+			}
+			b.ReportMetric(ms(cold)/float64(n), "ms/pull")
+			b.ReportMetric(ms(direct)/float64(n), "direct-ms/pull")
+			b.ReportMetric(float64(cold)/float64(direct), "x-direct")
+			b.ReportMetric(ms(login)/float64(n), "login-ms")
+			b.ReportMetric(ms(manifest)/float64(n), "manifest-ms")
+			b.ReportMetric(ms(dmanifest)/float64(n), "direct-manifest-ms")
+			b.ReportMetric(float64(upBytes)/float64(unique), "upstream-bytes/unique")
+		})
+	}
 }

@@ -191,6 +191,9 @@ type PullResult struct {
 	Blobs    []v1.Descriptor // config and layers
 	Bytes    int64           // blob bytes read (manifests excluded)
 	Misses   int             // blob responses whose X-Cache was not "hit"
+	// ManifestAt and BlobsAt are when, from the start of Pull, the image
+	// manifest was in hand and the last blob was read.
+	ManifestAt, BlobsAt time.Duration
 }
 
 // Pull pulls ref (a tag or digest): the manifest (resolving an index to
@@ -198,6 +201,7 @@ type PullResult struct {
 // all at once). With verify set every blob is hashed and checked.
 func (c *Client) Pull(ctx context.Context, ref string, parallel int, verify bool) (PullResult, error) {
 	var res PullResult
+	start := time.Now()
 	body, err := c.Manifest(ctx, ref)
 	if err != nil {
 		return res, err
@@ -228,6 +232,7 @@ func (c *Client) Pull(ctx context.Context, ref string, parallel int, verify bool
 	if m.Config == nil {
 		return res, fmt.Errorf("manifest %s is not an image manifest", ref)
 	}
+	res.ManifestAt = time.Since(start)
 	sum := sha256.Sum256(body)
 	res.Manifest = "sha256:" + hex.EncodeToString(sum[:])
 	res.Blobs = append([]v1.Descriptor{*m.Config}, m.Layers...)
@@ -261,6 +266,7 @@ func (c *Client) Pull(ctx context.Context, ref string, parallel int, verify bool
 		})
 	}
 	wg.Wait()
+	res.BlobsAt = time.Since(start)
 	return res, errors.Join(errs...)
 }
 

@@ -14,7 +14,10 @@
 # Usage: bench/rss.sh            (see docs/performance.md)
 # Environment: SIZES (default 64MiB,256MiB,1GiB), COLD_CLIENTS (4),
 # WARM_CLIENTS (8), RATE_MIBPS (upstream pace per response, 256),
-# LATENCY (per upstream request, 20ms), KEEP=1 keeps the work directory.
+# LATENCY (per upstream request, 20ms), KEEP=1 keeps the work directory,
+# DIRECT=1 also pulls each blob straight from the upstream first (the
+# cold phase's reference), RANGE=1 also GETs the middle half of each
+# warm blob with a Range request (curl).
 set -euo pipefail
 
 SIZES=${SIZES:-64MiB,256MiB,1GiB}
@@ -112,6 +115,10 @@ for i in "${!blob_sizes[@]}"; do
 	dgst=${blob_digests[$i]}
 	url="http://$proxy/v2/$repo/blobs/$dgst"
 	label=$(awk -v s="$size" 'BEGIN { if (s >= 2^30) printf "%gGiB", s/2^30; else printf "%gMiB", s/2^20 }')
+	if [[ "${DIRECT:-}" == 1 ]]; then
+		direct=$("$work/pull" --url "${up_url}/v2/$repo/blobs/$dgst" --digest "$dgst" --clients "$COLD_CLIENTS") || die "direct pull of $label failed"
+		printf '%-10s | %-7s | %7s | %10s |\n' "$label" "direct" "$COLD_CLIENTS" "$(field MBps "$direct")"
+	fi
 	for phase in cold warm; do
 		clients=$COLD_CLIENTS
 		[[ $phase == warm ]] && clients=$WARM_CLIENTS
@@ -125,6 +132,15 @@ for i in "${!blob_sizes[@]}"; do
 		printf '%-10s | %-7s | %7s | %10s | %15s | %13s | %16s\n' "$label" "$phase" "$clients" \
 			"$(field MBps "$out")" "$(mib "$peak")" "$(mib "$(kib VmRSS)")" "$(mib "$lifetime")"
 	done
+	if [[ "${RANGE:-}" == 1 ]]; then
+		reset_peak
+		from=$((size / 4)) to=$((size / 4 + size / 2 - 1))
+		out=$(curl -sS -o /dev/null -H "Range: bytes=$from-$to" -w '%{http_code} %{size_download} %{time_total}' "$url") || die "range GET of $label failed"
+		read -r code got secs <<<"$out"
+		[[ $code == 206 && $got == $((to - from + 1)) ]] || die "range GET of $label: status $code, $got bytes"
+		printf '%-10s | %-7s | %7s | %10s | %15s | %13s |\n' "$label" "range" 1 \
+			"$(awk -v b="$got" -v s="$secs" 'BEGIN {printf "%.1f", b/1e6/s}')" "$(mib "$(kib VmHWM)")" "$(mib "$(kib VmRSS)")"
+	fi
 done
 echo
 if [[ $can_reset == 1 ]]; then

@@ -3,7 +3,6 @@ package lifecycle
 import (
 	"cmp"
 	"context"
-	"fmt"
 	"slices"
 	"time"
 
@@ -108,8 +107,10 @@ func (c *Collector) evict(ctx context.Context, maxSize int64, evictAfter time.Du
 		}
 	}
 
-	// Roots no kept image holds any more leave the index.
+	// Roots no kept image holds any more leave the index, in a few
+	// transactions for all the victims (not one per tag).
 	dropped := map[digest.Digest]bool{}
+	var unroots []storage.Unroot
 	for _, e := range victims {
 		r.Evicted = append(r.Evicted, e.Image)
 		c.opts.Log.Info("evicting cached image", "image", e.Name(), "tags", e.Tags, "digest", e.Digest,
@@ -122,9 +123,10 @@ func (c *Collector) evict(ctx context.Context, maxSize int64, evictAfter time.Du
 		if c.opts.DryRun {
 			continue
 		}
-		if err := c.remove(m, e); err != nil {
-			return r, false, err
-		}
+		unroots = append(unroots, c.unroots(m, e)...)
+	}
+	if err := c.index.UnrootImages(unroots); err != nil {
+		return r, false, err
 	}
 	r.ImagesEvicted = len(victims)
 	for _, rel := range releases {
@@ -160,29 +162,22 @@ func (c *Collector) mirroring(m *model, e *entry, now time.Time) bool {
 	return false
 }
 
-// remove takes an evicted image out of the index: its tags, its
+// unroots is what evicting e removes from the index: its tags, its
 // signatures' tags unless a kept image keeps them, and its mirror records
 // (a folded child's only if no kept image lists it). m.refs must already
 // count the image out.
-func (c *Collector) remove(m *model, e *entry) error {
-	for _, tag := range e.Tags {
-		if _, err := c.index.DeleteTagIf(e.Upstream, e.Repo, tag, e.Digest); err != nil {
-			return fmt.Errorf("evicting %s:%s: %w", e.Name(), tag, err)
-		}
-	}
-	for _, a := range e.artifactTags {
-		if m.refs[a.key.digest] == 0 {
-			if _, err := c.index.DeleteTagIf(a.key.upstream, a.key.repo, a.tag, a.key.digest); err != nil {
-				return fmt.Errorf("evicting %s:%s: %w", e.Name(), a.tag, err)
-			}
-		}
-	}
+func (c *Collector) unroots(m *model, e *entry) []storage.Unroot {
+	u := storage.Unroot{Upstream: e.Upstream, Repo: e.Repo, Digest: e.Digest, Tags: e.Tags}
 	for i, k := range e.roots {
 		if _, ok := m.mirrors[k]; ok && (i == 0 || m.refs[k.digest] == 0) {
-			if err := c.index.DeleteFill(k.upstream, k.repo, k.digest); err != nil {
-				return fmt.Errorf("evicting %s@%s: %w", e.Name(), k.digest, err)
-			}
+			u.Fills = append(u.Fills, storage.FillKey{Upstream: k.upstream, Repo: k.repo, Digest: k.digest})
 		}
 	}
-	return nil
+	us := []storage.Unroot{u}
+	for _, a := range e.artifactTags {
+		if m.refs[a.key.digest] == 0 {
+			us = append(us, storage.Unroot{Upstream: a.key.upstream, Repo: a.key.repo, Digest: a.key.digest, Tags: []string{a.tag}})
+		}
+	}
+	return us
 }

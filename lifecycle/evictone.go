@@ -64,7 +64,7 @@ func (c *Collector) EvictImage(ctx context.Context, upstream, repo string, dgst 
 	r.Evicted = append(r.Evicted, e.Image)
 	c.opts.Log.Info("evicting cached image on request", "image", e.Name(), "tags", e.Tags, "digest", e.Digest, "size", e.Size, "dry_run", c.opts.DryRun)
 	if !c.opts.DryRun {
-		if err := c.remove(m, e); err != nil {
+		if err := c.index.UnrootImages(c.unroots(m, e)); err != nil {
 			return r, err
 		}
 	}

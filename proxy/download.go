@@ -70,6 +70,11 @@ type download struct {
 	declared bool
 	// cancel stops the download; it is called once nobody wants it.
 	cancel context.CancelFunc
+	// hurried is closed once a client waits for the download: one the
+	// mirror queued for its upstream's connection budget then goes on
+	// at once.
+	hurried   chan struct{}
+	hurryOnce sync.Once
 
 	// wants counts the clients reading the download and the fills waiting
 	// for it; guarded by downloads.mu. When it drops to zero before the
@@ -105,6 +110,9 @@ func (dl *download) update(f func()) {
 	dl.notify()
 	dl.mu.Unlock()
 }
+
+// hurry lets a download queued for its upstream's budget go on at once.
+func (dl *download) hurry() { dl.hurryOnce.Do(func() { close(dl.hurried) }) }
 
 // failed reports whether the download has failed; a new request for the
 // blob then starts a new download instead of sharing the failure.
@@ -217,6 +225,10 @@ type blobWant struct {
 	listed bool
 	// size is the size the manifest declares; -1 if not known.
 	size int64
+	// mirror: the mirror wants the blob for itself (fetching ahead, the
+	// fill), not a client waiting for it: a download it starts waits
+	// for a connection of the upstream's budget.
+	mirror bool
 }
 
 // startBlob returns dgst's download, starting one if none is running, and
@@ -235,6 +247,9 @@ func (p *Proxy) startBlob(ctx context.Context, t target, dgst digest.Digest, w b
 				return nil, nil, false, err
 			}
 			if leave, ok := d.join(dl); ok {
+				if !w.mirror {
+					dl.hurry() // a client waits for it now
+				}
 				return dl, leave, false, nil
 			}
 			continue // abandoned or ended meanwhile
@@ -333,7 +348,10 @@ func (p *Proxy) newDownload(ctx context.Context, t target, dgst digest.Digest, w
 	}
 	fctx, cancel := p.detach(ctx, p.fillTimeout)
 	dl := &download{dgst: dgst, path: f.Name(), t: t, limit: p.maxBlobSize, cancel: cancel, wants: 1, begun: p.now(),
-		changed: make(chan struct{}), finished: make(chan struct{})}
+		changed: make(chan struct{}), finished: make(chan struct{}), hurried: make(chan struct{})}
+	if !w.mirror {
+		dl.hurry()
+	}
 	if w.size >= 0 && w.size <= dl.limit {
 		dl.limit, dl.declared = w.size, true
 	}
@@ -427,6 +445,12 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 		p.noteFailure("download", t, dl.dgst.String(), err)
 	}
 
+	release, err := p.acquireBudget(ctx, t, dl)
+	if err != nil {
+		fail(err)
+		return
+	}
+	defer release()
 	body, size, err := t.up.Blob(ctx, t.repo, dl.dgst, 0)
 	if err != nil {
 		fail(err)
@@ -496,12 +520,12 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 
 	// Held from the store to the record: the cache lifecycle never
 	// removes the blob in between, which would leave a record of nothing.
-	release, err := p.hold(ctx, dl.dgst)
+	unhold, err := p.hold(ctx, dl.dgst)
 	if err != nil {
 		dl.update(func() { dl.err = err })
 		return
 	}
-	defer release()
+	defer unhold()
 	if err := p.noteWrite(p.storeSpooled(ctx, t, dl, f, n)); err != nil {
 		// Readers have the whole blob already; a client that comes for
 		// the spool file once it is gone gets this error.

@@ -356,13 +356,23 @@ func (p *Proxy) ensureBlob(ctx context.Context, t target, dgst digest.Digest, si
 		return err
 	}
 	defer p.fetches.Release(1)
+	return p.storeListed(ctx, t, dgst, size)
+}
+
+// storeListed is ensureBlob without the fill's bound on parallel fetches
+// (fetching ahead starts every blob of an image at once): the upstream
+// connections are bounded by the budget of t's upstream instead.
+func (p *Proxy) storeListed(ctx context.Context, t target, dgst digest.Digest, size int64) error {
+	if size <= 0 {
+		size = -1 // not declared
+	}
 	if p.viaPeer(ctx, dgst.String()) && p.blobs.running(dgst) == nil {
 		if ok, err := p.fillFromPeer(ctx, t, dgst, size); ok {
 			return err
 		}
 	}
 	for try := 0; ; try++ {
-		dl, leave, stored, err := p.startBlob(ctx, t, dgst, blobWant{listed: true, size: size})
+		dl, leave, stored, err := p.startBlob(ctx, t, dgst, blobWant{listed: true, mirror: true, size: size})
 		if err != nil {
 			return err
 		}

@@ -62,6 +62,11 @@ func (p *Proxy) manifest(w http.ResponseWriter, r *http.Request) error {
 	if err := p.index.TouchManifest(m.digest, p.now()); err != nil {
 		p.log.Debug("recording a manifest's last pull", "digest", m.digest, "error", err)
 	}
+	if r.Method == http.MethodGet {
+		// The client asks for the blobs next, a few at a time: start them
+		// all now.
+		p.startFetchAhead(r.Context(), t, m)
+	}
 	h := w.Header()
 	h.Set("Content-Type", m.mediaType)
 	h.Set("Docker-Content-Digest", m.digest.String())

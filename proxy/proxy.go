@@ -80,6 +80,13 @@ type Proxy struct {
 	traffic  *traffic
 	failures *failureLog
 
+	// fetchAhead starts every blob of an image manifest a client gets
+	// (ahead.go); upstreamConns is the per-upstream budget of downloads
+	// the mirror starts for itself, held in budgets.
+	fetchAhead    bool
+	upstreamConns int64
+	budgets       *budgets
+
 	// stop is closed by Close; it cancels every background fill.
 	stop      chan struct{}
 	closeOnce sync.Once
@@ -246,6 +253,8 @@ func New(store storage.Store, index *storage.Index, upstreams []*upstream.Client
 		jobs:            jobs{live: map[string]*storage.Job{}},
 		maxJobImages:    DefaultPrefetchMaxImages,
 		redirects:       newRedirects(),
+		fetchAhead:      true,
+		upstreamConns:   DefaultUpstreamConnections,
 	}
 	for _, u := range upstreams {
 		p.upstreams[u.Host()] = u
@@ -260,6 +269,7 @@ func New(store storage.Store, index *storage.Index, upstreams []*upstream.Client
 		p.metrics = metrics.New()
 	}
 	p.traffic, p.failures = newTraffic(p.now(), p.bytesFetched), &failureLog{}
+	p.budgets = &budgets{size: p.upstreamConns}
 	p.metrics.Register(
 		p.redirects.count,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{

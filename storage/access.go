@@ -17,48 +17,101 @@ import (
 const AccessGranularity = time.Minute
 
 // TouchManifest notes that a manifest was served at t: the eviction's
-// least-recently-pulled order uses it. It writes only when the recorded
-// time is older than AccessGranularity, so most calls cost one read.
+// least-recently-pulled order uses it. Like Touch, it costs no disk write
+// on the request's path: the time is kept in memory, and Flush (every 30 s
+// in a server, before an eviction or ls, and on Close) writes it if the
+// recorded time is older than AccessGranularity.
 func (ix *Index) TouchManifest(dgst digest.Digest, t time.Time) error {
-	last, err := ix.ManifestAccess(dgst)
+	ix.mu.Lock()
+	if prev, ok := ix.pulled[dgst]; ok {
+		if t.Sub(prev) >= AccessGranularity {
+			ix.pulled[dgst] = t
+		}
+		ix.mu.Unlock()
+		return nil
+	}
+	ix.mu.Unlock()
+	last, err := ix.recordedAccess(dgst)
 	if err != nil {
 		return err
 	}
 	if t.Sub(last) < AccessGranularity {
 		return nil
 	}
-	var wrote bool
-	err = ix.db.Batch(func(tx *bolt.Tx) error {
-		wrote = false
+	ix.mu.Lock()
+	if ix.pulled == nil {
+		ix.pulled = map[digest.Digest]time.Time{}
+	}
+	if t.After(ix.pulled[dgst]) {
+		ix.pulled[dgst] = t
+	}
+	ix.mu.Unlock()
+	return nil
+}
+
+// flushPullTimes writes the last pulls TouchManifest noted, in one
+// transaction.
+func (ix *Index) flushPullTimes() error {
+	ix.mu.Lock()
+	pending := ix.pulled
+	ix.pulled = nil
+	ix.mu.Unlock()
+	if len(pending) == 0 {
+		return nil
+	}
+	wrote := map[digest.Digest]time.Time{}
+	err := ix.db.Update(func(tx *bolt.Tx) error {
+		clear(wrote)
 		b, err := tx.CreateBucketIfNotExists(bucketAccess)
 		if err != nil {
 			return err
 		}
-		var cur time.Time
-		if raw := b.Get([]byte(dgst)); raw != nil {
-			_ = json.Unmarshal(raw, &cur) // an unreadable entry is overwritten
+		for dgst, t := range pending {
+			var cur time.Time
+			if raw := b.Get([]byte(dgst)); raw != nil {
+				_ = json.Unmarshal(raw, &cur) // an unreadable entry is overwritten
+			}
+			if !t.After(cur) {
+				continue
+			}
+			raw, err := json.Marshal(t)
+			if err != nil {
+				return err
+			}
+			if err := b.Put([]byte(dgst), raw); err != nil {
+				return err
+			}
+			wrote[dgst] = t
 		}
-		if !t.After(cur) {
-			return nil
-		}
-		raw, err := json.Marshal(t)
-		if err != nil {
-			return err
-		}
-		wrote = true
-		return b.Put([]byte(dgst), raw)
+		return nil
 	})
-	if err != nil || !wrote {
+	if err != nil {
 		return err
 	}
 	// Every replica's pulls count for eviction: the bucket holds the
 	// latest (a replica writing an older time loses at most a minute).
-	return ix.sharePut(bucketAccess, []byte(dgst), t)
+	for dgst, t := range wrote {
+		if err := ix.sharePut(bucketAccess, []byte(dgst), t); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
-// ManifestAccess returns the last pull TouchManifest recorded for a
-// manifest (the zero time if none).
+// ManifestAccess returns the last pull TouchManifest noted for a
+// manifest, flushed or not (the zero time if none).
 func (ix *Index) ManifestAccess(dgst digest.Digest) (time.Time, error) {
+	t, err := ix.recordedAccess(dgst)
+	ix.mu.Lock()
+	if p := ix.pulled[dgst]; p.After(t) {
+		t = p
+	}
+	ix.mu.Unlock()
+	return t, err
+}
+
+// recordedAccess returns the last pull written to the index.
+func (ix *Index) recordedAccess(dgst digest.Digest) (time.Time, error) {
 	var t time.Time
 	err := ix.db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketAccess)

@@ -12,18 +12,22 @@ import (
 // moved it meanwhile). It reports whether the tag was deleted.
 func (ix *Index) DeleteTagIf(host, repo, tag string, dgst digest.Digest) (bool, error) {
 	var deleted bool
-	err := ix.db.Update(func(tx *bolt.Tx) error {
-		rec, ok, err := get[TagRecord](tx, bucketTags, tagKey(host, repo, tag))
-		if err != nil || !ok || rec.Digest != dgst {
-			return err
-		}
-		deleted = true
-		return tx.Bucket(bucketTags).Delete(tagKey(host, repo, tag))
+	err := ix.db.Update(func(tx *bolt.Tx) (err error) {
+		deleted, err = deleteTagIf(tx, host, repo, tag, dgst)
+		return err
 	})
 	if err != nil || !deleted {
 		return deleted, err
 	}
 	return deleted, ix.shareDelete(bucketTags, tagKey(host, repo, tag))
+}
+
+func deleteTagIf(tx *bolt.Tx, host, repo, tag string, dgst digest.Digest) (bool, error) {
+	rec, ok, err := get[TagRecord](tx, bucketTags, tagKey(host, repo, tag))
+	if err != nil || !ok || rec.Digest != dgst {
+		return false, err
+	}
+	return true, tx.Bucket(bucketTags).Delete(tagKey(host, repo, tag))
 }
 
 // DeleteFill forgets the mirror state of a manifest in an upstream
@@ -32,17 +36,19 @@ func (ix *Index) DeleteFill(host, repo string, dgst digest.Digest) error {
 	if err := ix.shareDelete(bucketMirrors, linkKey(host, repo, dgst)); err != nil {
 		return err
 	}
-	return ix.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketMirrors)
-		if err := b.Delete(linkKey(host, repo, dgst)); err != nil {
-			return err
-		}
-		// A state recorded before they were kept per repository.
-		if rec, ok, err := get[FillRecord](tx, bucketMirrors, []byte(dgst)); err == nil && ok && rec.Upstream == host && rec.Repo == repo {
-			return b.Delete([]byte(dgst))
-		}
-		return nil
-	})
+	return ix.db.Update(func(tx *bolt.Tx) error { return deleteFill(tx, host, repo, dgst) })
+}
+
+func deleteFill(tx *bolt.Tx, host, repo string, dgst digest.Digest) error {
+	b := tx.Bucket(bucketMirrors)
+	if err := b.Delete(linkKey(host, repo, dgst)); err != nil {
+		return err
+	}
+	// A state recorded before they were kept per repository.
+	if rec, ok, err := get[FillRecord](tx, bucketMirrors, []byte(dgst)); err == nil && ok && rec.Upstream == host && rec.Repo == repo {
+		return b.Delete([]byte(dgst))
+	}
+	return nil
 }
 
 // ContentEntry is what the index holds about one digest, as Forget's keep
@@ -173,6 +179,11 @@ func (ix *Index) Forget(dgsts []digest.Digest, keep func(digest.Digest, ContentE
 			return nil, err
 		}
 	}
+	ix.mu.Lock()
+	for _, f := range out {
+		delete(ix.pulled, f.Digest) // a last pull not yet flushed goes too
+	}
+	ix.mu.Unlock()
 	return out, nil
 }
 

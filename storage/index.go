@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -29,6 +30,8 @@ type Index struct {
 	// a pull costs no disk write.
 	mu       sync.Mutex
 	accessed map[digest.Digest]time.Time
+	// pulled does the same for manifests' last pulls (TouchManifest).
+	pulled map[digest.Digest]time.Time
 
 	// stored is the total size of the indexed blobs and manifests.
 	stored atomic.Int64
@@ -138,6 +141,10 @@ func (ix *Index) countStored() error {
 		var total int64
 		for _, b := range [][]byte{bucketBlobs, bucketManifests} {
 			err := tx.Bucket(b).ForEach(func(k, v []byte) error {
+				if n, ok := recordSize(v); ok {
+					total += n // the fast path: no JSON decoding at start-up
+					return nil
+				}
 				var rec struct {
 					Size int64 `json:"size"`
 				}
@@ -154,6 +161,25 @@ func (ix *Index) countStored() error {
 		ix.stored.Store(total)
 		return nil
 	})
+}
+
+// recordSize reads the size of a blob or manifest record as this index
+// writes it ({"size":N,...} or {...,"size":N,...}, compact JSON), without
+// decoding it: start-up reads every record. ok is false for anything else,
+// which is then decoded.
+func recordSize(v []byte) (int64, bool) {
+	const field = `"size":`
+	i := bytes.Index(v, []byte(field))
+	if i < 0 || bytes.Count(v, []byte(field)) != 1 {
+		return 0, false
+	}
+	rest := v[i+len(field):]
+	end := bytes.IndexAny(rest, ",}")
+	if end <= 0 {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(string(rest[:end]), 10, 64)
+	return n, err == nil
 }
 
 // StoredBytes is the total size of the indexed blobs and manifests.
@@ -505,6 +531,9 @@ func (ix *Index) IncompleteFills() ([]FillEntry, error) {
 	var out []FillEntry
 	err := ix.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketMirrors).ForEach(func(k, v []byte) error {
+			if bytes.Contains(v, []byte(`"state":"`+FillComplete+`"`)) {
+				return nil // most records, skipped without decoding them
+			}
 			var rec FillRecord
 			if err := json.Unmarshal(v, &rec); err != nil {
 				return fmt.Errorf("index: corrupt mirror entry %q: %w", k, err)
@@ -526,10 +555,13 @@ func (ix *Index) Touch(dgst digest.Digest, t time.Time) {
 	ix.mu.Unlock()
 }
 
-// Flush writes the access times noted by Touch and the pulls counted by
-// CountPull.
+// Flush writes the access times noted by Touch and TouchManifest and the
+// pulls counted by CountPull.
 func (ix *Index) Flush() error {
-	if err := ix.flushPulls(); err != nil {
+	if err := ix.flushPullCounts(); err != nil {
+		return err
+	}
+	if err := ix.flushPullTimes(); err != nil {
 		return err
 	}
 	ix.mu.Lock()

@@ -33,8 +33,8 @@ type Snapshot struct {
 }
 
 // Snapshot reads every tag, manifest, blob, mirror, pin, access and link
-// record. Access times noted by Touch and not yet flushed are not included:
-// call Flush first.
+// record. Blob access times noted by Touch and not yet flushed are not
+// included (call Flush first); manifests' last pulls are.
 func (ix *Index) Snapshot() (*Snapshot, error) {
 	s := &Snapshot{
 		Tags:      map[string]TagRecord{},
@@ -76,6 +76,13 @@ func (ix *Index) Snapshot() (*Snapshot, error) {
 	if err != nil {
 		return nil, err
 	}
+	ix.mu.Lock()
+	for d, t := range ix.pulled { // noted by TouchManifest, not yet flushed
+		if t.After(s.Access[d]) {
+			s.Access[d] = t
+		}
+	}
+	ix.mu.Unlock()
 	return s, nil
 }
 
@@ -120,14 +127,43 @@ func rootDigests(tx *bolt.Tx) (map[digest.Digest]bool, error) {
 	}); err != nil {
 		return nil, err
 	}
-	if err := readAll(tx, bucketTags, func(_ string, v TagRecord) { roots[v.Digest] = true }); err != nil {
+	// Every tag, for every batch a collection sweeps: its digest is read
+	// without decoding the record where it can be.
+	err := tx.Bucket(bucketTags).ForEach(func(k, raw []byte) error {
+		if d, ok := tagDigest(raw); ok {
+			roots[d] = true
+			return nil
+		}
+		var v TagRecord
+		if err := json.Unmarshal(raw, &v); err != nil {
+			return fmt.Errorf("index: corrupt %s entry %q: %w", bucketTags, k, err)
+		}
+		roots[v.Digest] = true
+		return nil
+	})
+	if err != nil {
 		return nil, err
 	}
-	err := tx.Bucket(bucketMirrors).ForEach(func(k, _ []byte) error {
+	err = tx.Bucket(bucketMirrors).ForEach(func(k, _ []byte) error {
 		roots[mirrorDigest(k)] = true
 		return nil
 	})
 	return roots, err
+}
+
+// tagDigest reads the digest of a tag record as this index writes it
+// ({"digest":"sha256:...",...}) without decoding it; ok is false for
+// anything else, which is then decoded.
+func tagDigest(raw []byte) (digest.Digest, bool) {
+	rest, ok := bytes.CutPrefix(raw, []byte(`{"digest":"`))
+	if !ok {
+		return "", false
+	}
+	end := bytes.IndexByte(rest, '"')
+	if end < 0 || bytes.IndexByte(rest[:end], '\\') >= 0 {
+		return "", false
+	}
+	return digest.Digest(rest[:end]), true
 }
 
 // mirrorDigest is the digest of a mirrors key: "host/repo@digest" (or a

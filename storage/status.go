@@ -36,8 +36,8 @@ func (ix *Index) CountPull(dgst digest.Digest) {
 	c.mu.Unlock()
 }
 
-// flushPulls adds the pending pull counts to the index.
-func (ix *Index) flushPulls() error {
+// flushPullCounts adds the pending pull counts to the index.
+func (ix *Index) flushPullCounts() error {
 	c := &ix.pulls
 	c.mu.Lock()
 	pending := c.pending

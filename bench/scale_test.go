@@ -1,0 +1,287 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	mrand "math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/docker-mirror/docker-mirror/config"
+	"github.com/docker-mirror/docker-mirror/oci"
+	"github.com/docker-mirror/docker-mirror/server"
+	"github.com/docker-mirror/docker-mirror/storage"
+	"github.com/docker-mirror/docker-mirror/tests/fixture"
+	"github.com/docker-mirror/docker-mirror/tests/servertest"
+)
+
+// scaleSizes are the cache sizes (images) of BenchmarkScale:
+// BENCH_SCALE_IMAGES overrides them, e.g. "1000,10000,100000".
+func scaleSizes(b *testing.B) []int {
+	v := os.Getenv("BENCH_SCALE_IMAGES")
+	if v == "" {
+		v = "1000,10000"
+	}
+	var out []int
+	for _, f := range strings.Split(v, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n <= 0 {
+			b.Fatalf("BENCH_SCALE_IMAGES: bad size %q", f)
+		}
+		out = append(out, n)
+	}
+	return out
+}
+
+// latencies are request durations, summarised as percentiles.
+type latencies []time.Duration
+
+func (l latencies) pct(p float64) time.Duration {
+	if len(l) == 0 {
+		return 0
+	}
+	s := slices.Clone(l)
+	slices.Sort(s)
+	return s[min(len(s)-1, int(float64(len(s))*p))]
+}
+
+func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+
+// scaleClient GETs manifests by tag and blobs of a synthetic cache.
+type scaleClient struct {
+	hc   *http.Client
+	base string
+	n    int
+	rng  *mrand.Rand
+	// hot, if > 0, limits the images asked for to the first hot (pinned,
+	// so that an eviction keeps them).
+	hot int
+}
+
+func (c *scaleClient) image() int {
+	if c.hot > 0 {
+		return c.rng.IntN(c.hot)
+	}
+	return c.rng.IntN(c.n)
+}
+
+func (c *scaleClient) get(url string, accept bool) error {
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	if accept {
+		req.Header.Set("Accept", oci.Accept)
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if _, err := copyBody(discard{}, resp.Body); err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("X-Cache") != "hit" {
+		return fmt.Errorf("GET %s: %s, X-Cache %q", url, resp.Status, resp.Header.Get("X-Cache"))
+	}
+	return nil
+}
+
+type discard struct{}
+
+func (discard) Write(p []byte) (int, error) { return len(p), nil }
+
+// manifest GETs the manifest of a random image by one of its tags.
+func (c *scaleClient) manifest() (time.Duration, error) {
+	i := c.image()
+	repo, _ := synthImage(i)
+	url := fmt.Sprintf("%s/v2/%s/manifests/v%d-%d", c.base, repo, i, c.rng.IntN(synthTags))
+	start := time.Now()
+	err := c.get(url, true)
+	return time.Since(start), err
+}
+
+// blob GETs a random layer of a random image.
+func (c *scaleClient) blob() (time.Duration, error) {
+	i := c.image()
+	repo, _ := synthImage(i)
+	url := fmt.Sprintf("%s/v2/%s/blobs/%s", c.base, repo, digestOfBytes(synthBlob(i, c.rng.IntN(synthLayers))))
+	start := time.Now()
+	err := c.get(url, false)
+	return time.Since(start), err
+}
+
+// measure runs f k times and returns the latencies.
+func measure(b *testing.B, k int, f func() (time.Duration, error)) latencies {
+	out := make(latencies, 0, k)
+	for range k {
+		d, err := f()
+		if err != nil {
+			b.Fatal(err)
+		}
+		out = append(out, d)
+	}
+	return out
+}
+
+// during runs f (a collection or an eviction) while a client pulls
+// manifests and blobs in a loop; it returns f's duration and the pulls'
+// latencies meanwhile (sequential, so that a pull waiting for the index's
+// write lock shows in them).
+func during(b *testing.B, c *scaleClient, f func() error) (time.Duration, latencies) {
+	stop := make(chan struct{})
+	var lat latencies
+	var wg sync.WaitGroup
+	var perr error
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			d, err := c.manifest()
+			if err != nil {
+				perr = err
+				return
+			}
+			lat = append(lat, d)
+		}
+	})
+	start := time.Now()
+	err := f()
+	d := time.Since(start)
+	close(stop)
+	wg.Wait()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if perr != nil {
+		b.Fatalf("pull during the pass: %v", perr)
+	}
+	return d, lat
+}
+
+// peakRSS reads the process's peak RSS (VmHWM) in MiB.
+func peakRSS() float64 {
+	raw, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(raw), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmHWM:" {
+			kb, _ := strconv.ParseFloat(f[1], 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
+// resetPeakRSS resets VmHWM to the current RSS (Linux clear_refs).
+func resetPeakRSS() { _ = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) }
+
+// BenchmarkScale measures the costs that must stay flat as the cache
+// grows, on a synthetic cache of 1k and 10k images (BENCH_SCALE_IMAGES):
+// start-up (server.New and Start on the data directory), manifest-by-tag
+// and blob-hit latency (p50, p99 of 2,000 sequential GETs over a kept-alive
+// connection), ls (Collector.Images), a collection pass with nothing to
+// collect, an eviction pass down to half the store, the pulls' p99 while
+// each pass runs, and the process's peak RSS from start-up on (building
+// the cache excluded). The cache is built untimed; it is not pulled.
+func BenchmarkScale(b *testing.B) {
+	for _, n := range scaleSizes(b) {
+		b.Run(fmt.Sprintf("images=%d", n), func(b *testing.B) {
+			for b.Loop() {
+				b.StopTimer()
+				dir := b.TempDir()
+				built := time.Now()
+				total := buildSynthCache(b, dir, n)
+				b.Logf("built %d images (%d MB) in %v", n, total/1e6, time.Since(built).Round(time.Millisecond))
+				up := fixture.StartUpstream(b)
+				cfg := servertest.Config(b, dir, []servertest.Upstream{{Host: "docker.io", URL: up.URL()}})
+				cfg.TagTTL = config.Duration(1000 * time.Hour)
+				resetPeakRSS()
+				b.StartTimer()
+
+				ctx := context.Background()
+				start := time.Now()
+				srv, err := server.New(ctx, cfg, server.WithLogger(servertest.Logger()))
+				if err == nil {
+					err = srv.Start(ctx)
+				}
+				startup := time.Since(start)
+				if err != nil {
+					b.Fatal(err)
+				}
+				hs := httptest.NewServer(srv.Handler())
+				c := &scaleClient{hc: &http.Client{Transport: NewTransport(4)}, base: hs.URL, n: n, rng: mrand.New(mrand.NewPCG(1, uint64(n)))}
+				measure(b, 200, c.manifest) // warm up the connection and the page cache
+				man := measure(b, 2000, c.manifest)
+				blob := measure(b, 2000, c.blob)
+
+				start = time.Now()
+				images, err := srv.Collector.Images(ctx)
+				ls := time.Since(start)
+				if err != nil || len(images) != n {
+					b.Fatalf("ls: %d images, error %v", len(images), err)
+				}
+				// The pulls during the passes ask for pinned images only:
+				// the eviction must keep them.
+				const hot = 50
+				for i := range hot {
+					repo, tag := synthImage(i)
+					if err := srv.Collector.Pin(storage.TagKey(synthHost, repo, tag), "bench"); err != nil {
+						b.Fatal(err)
+					}
+				}
+				c.hot = hot
+				gc, gcPulls := during(b, c, func() error {
+					r, err := srv.Collector.Collect(ctx)
+					if err == nil && r.BlobsRemoved+r.ManifestsRemoved != 0 {
+						err = fmt.Errorf("collection removed %+v from a cache where everything is tagged", r)
+					}
+					return err
+				})
+				var evicted int
+				evict, evictPulls := during(b, c, func() error {
+					r, err := srv.Collector.Evict(ctx, total/2, 0, time.Now())
+					// Blobs the latency runs served are within the grace
+					// period and stay; the images go.
+					if err == nil && r.ImagesEvicted < n/4 {
+						err = fmt.Errorf("eviction evicted %d images of %d", r.ImagesEvicted, n)
+					}
+					evicted = r.ImagesEvicted
+					return err
+				})
+				b.StopTimer()
+				rss := peakRSS()
+				hs.Close()
+				if err := srv.Close(); err != nil {
+					b.Error(err)
+				}
+
+				b.ReportMetric(ms(startup), "startup-ms")
+				b.ReportMetric(us(man.pct(0.5)), "manifest-p50-µs")
+				b.ReportMetric(us(man.pct(0.99)), "manifest-p99-µs")
+				b.ReportMetric(us(blob.pct(0.5)), "blob-p50-µs")
+				b.ReportMetric(us(blob.pct(0.99)), "blob-p99-µs")
+				b.ReportMetric(ms(ls), "ls-ms")
+				b.ReportMetric(ms(gc), "gc-ms")
+				b.ReportMetric(us(gcPulls.pct(0.99)), "pull-p99-during-gc-µs")
+				b.ReportMetric(ms(evict), "evict-ms")
+				b.ReportMetric(float64(evicted), "images-evicted")
+				b.ReportMetric(us(evictPulls.pct(0.99)), "pull-p99-during-evict-µs")
+				b.ReportMetric(ms(evictPulls.pct(1)), "pull-max-during-evict-ms")
+				b.ReportMetric(rss, "peak-RSS-MiB")
+				b.StartTimer()
+			}
+		})
+	}
+}
