@@ -90,9 +90,12 @@ func (ix *Index) flushPullTimes() error {
 	}
 	// Every replica's pulls count for eviction: the bucket holds the
 	// latest (a replica writing an older time loses at most a minute).
+	// Best effort: with the bucket unreachable (or at shutdown) a time
+	// the bucket misses only makes the image look older to the other
+	// replicas until its next pull; this replica's index has it.
 	for dgst, t := range wrote {
-		if err := ix.sharePut(bucketAccess, []byte(dgst), t); err != nil {
-			return err
+		if ix.sharePut(bucketAccess, []byte(dgst), t) != nil {
+			break
 		}
 	}
 	return nil
