@@ -1,0 +1,269 @@
+// Package lease lets replicas that share an object store agree on which of
+// them fetches a blob from the upstream, when their views of the cluster's
+// membership differ: before fetching, a replica creates a lease object for
+// the digest with a conditional write (If-None-Match: *) that only one of
+// them wins. The others wait for the blob to reach the store, and take the
+// lease over once it expires (its holder died).
+//
+// It needs an object store that honours conditional writes; Probe tells
+// whether the one in use does. Without it, replicas fetch as they would
+// without leases (a duplicate fetch at worst when membership changes).
+package lease
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// ErrExists is the error of a conditional create of a key that exists.
+var ErrExists = errors.New("object exists")
+
+// ErrChanged is the error of a conditional replace of a key whose ETag is
+// not the one given (someone else wrote it), or that is gone.
+var ErrChanged = errors.New("object changed")
+
+// ErrNotFound is the error of reading a key that does not exist.
+var ErrNotFound = errors.New("object not found")
+
+// Objects are the conditional writes of small objects a lease needs.
+type Objects interface {
+	// Create writes key only if it does not exist (If-None-Match: *);
+	// ErrExists if it does. It returns the new object's ETag.
+	Create(ctx context.Context, key string, body []byte) (etag string, err error)
+	// Replace writes key only if its ETag is etag (If-Match); ErrChanged
+	// if it is not.
+	Replace(ctx context.Context, key, etag string, body []byte) (string, error)
+	// Get reads key and its ETag; ErrNotFound if there is none.
+	Get(ctx context.Context, key string) ([]byte, string, error)
+	// Delete removes key; a missing key is not an error.
+	Delete(ctx context.Context, key string) error
+}
+
+// record is a lease object's content.
+type record struct {
+	// Holder is the URL of the replica holding the lease.
+	Holder string `json:"holder"`
+	// Until is when the lease expires unless renewed.
+	Until time.Time `json:"until"`
+}
+
+// DefaultTTL is how long a lease lasts unless its holder renews it: the
+// longest a dead holder keeps the others waiting.
+const DefaultTTL = 2 * time.Minute
+
+// Leases takes and releases the leases of one replica.
+type Leases struct {
+	objects Objects
+	holder  string
+	ttl     time.Duration
+	now     func() time.Time
+	log     *slog.Logger
+	prefix  string
+	taken   *prometheus.CounterVec
+}
+
+// Option configures Leases.
+type Option func(*Leases)
+
+// WithTTL sets how long a lease lasts unless renewed (default DefaultTTL).
+func WithTTL(d time.Duration) Option { return func(l *Leases) { l.ttl = d } }
+
+// WithClock sets the clock leases expire by (default time.Now).
+func WithClock(now func() time.Time) Option { return func(l *Leases) { l.now = now } }
+
+// WithLogger sets the logger (default slog.Default()).
+func WithLogger(log *slog.Logger) Option { return func(l *Leases) { l.log = log } }
+
+// WithPrefix sets the key prefix of the lease objects (default
+// "records/leases/").
+func WithPrefix(p string) Option { return func(l *Leases) { l.prefix = p } }
+
+// New returns the leases of the replica named holder (its cluster URL),
+// kept in objects.
+func New(objects Objects, holder string, opts ...Option) *Leases {
+	l := &Leases{objects: objects, holder: holder, ttl: DefaultTTL, now: time.Now, log: slog.Default(), prefix: "records/leases/",
+		taken: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "docker_mirror_cluster_leases_total",
+			Help: "Attempts to take the lease of a blob fetch, by result (taken, took_over: an expired lease taken over, held: another replica holds it, error: the store failed and the blob is fetched without one).",
+		}, []string{"result"}),
+	}
+	for _, o := range opts {
+		o(l)
+	}
+	return l
+}
+
+// Collectors are the leases' metrics.
+func (l *Leases) Collectors() []prometheus.Collector { return []prometheus.Collector{l.taken} }
+
+// Held is a lease this replica holds.
+type Held struct {
+	l    *Leases
+	key  string
+	mu   sync.Mutex
+	etag string
+	stop chan struct{}
+	done sync.Once
+}
+
+// Take tries to take the lease of name (a digest). It returns the lease
+// if this replica now holds it (renewed in the background until
+// released), or else the other holder and when its lease expires unless
+// renewed. An error means the store failed: the caller fetches without a
+// lease, as it would without leases at all.
+func (l *Leases) Take(ctx context.Context, name string) (h *Held, holder string, until time.Time, err error) {
+	key := l.prefix + name
+	body, err := l.body()
+	if err != nil {
+		return nil, "", time.Time{}, err
+	}
+	for range 3 {
+		etag, err := l.objects.Create(ctx, key, body)
+		if err == nil {
+			l.taken.WithLabelValues("taken").Inc()
+			return l.hold(key, etag), "", time.Time{}, nil
+		}
+		if !errors.Is(err, ErrExists) {
+			l.taken.WithLabelValues("error").Inc()
+			return nil, "", time.Time{}, err
+		}
+		raw, etag, err := l.objects.Get(ctx, key)
+		if errors.Is(err, ErrNotFound) {
+			continue // released meanwhile: try again
+		}
+		if err != nil {
+			l.taken.WithLabelValues("error").Inc()
+			return nil, "", time.Time{}, err
+		}
+		var rec record
+		if json.Unmarshal(raw, &rec) != nil {
+			rec = record{} // unreadable: as good as expired
+		}
+		if l.now().Before(rec.Until) && rec.Holder != l.holder {
+			l.taken.WithLabelValues("held").Inc()
+			return nil, rec.Holder, rec.Until, nil
+		}
+		// Expired (its holder died or hung), or an earlier lease of ours:
+		// take it over, if nobody else did meanwhile.
+		etag, err = l.objects.Replace(ctx, key, etag, body)
+		if errors.Is(err, ErrChanged) {
+			continue
+		}
+		if err != nil {
+			l.taken.WithLabelValues("error").Inc()
+			return nil, "", time.Time{}, err
+		}
+		l.taken.WithLabelValues("took_over").Inc()
+		l.log.Info("blob fetch lease taken over", "key", key, "from", rec.Holder, "expired", rec.Until)
+		return l.hold(key, etag), "", time.Time{}, nil
+	}
+	// Three races lost in a row: somebody holds it now.
+	l.taken.WithLabelValues("held").Inc()
+	return nil, "", l.now().Add(l.ttl), nil
+}
+
+func (l *Leases) body() ([]byte, error) {
+	return json.Marshal(record{Holder: l.holder, Until: l.now().Add(l.ttl)})
+}
+
+// hold starts renewing a lease just taken.
+func (l *Leases) hold(key, etag string) *Held {
+	h := &Held{l: l, key: key, etag: etag, stop: make(chan struct{})}
+	go h.renew()
+	return h
+}
+
+// renew extends the lease every third of its TTL, so that a long fetch
+// keeps it; it stops if someone took it over (this replica was thought
+// dead) or once released.
+func (h *Held) renew() {
+	t := time.NewTicker(h.l.ttl / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-h.stop:
+			return
+		case <-t.C:
+		}
+		body, err := h.l.body()
+		if err != nil {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), h.l.ttl/3)
+		h.mu.Lock()
+		etag, err := h.l.objects.Replace(ctx, h.key, h.etag, body)
+		if err == nil {
+			h.etag = etag
+		}
+		h.mu.Unlock()
+		cancel()
+		if errors.Is(err, ErrChanged) {
+			h.l.log.Warn("blob fetch lease lost to another replica", "key", h.key)
+			return
+		}
+	}
+}
+
+// Release gives the lease up (the blob is stored, or the fetch failed):
+// a replica waiting for it takes it at once. It deletes the lease object
+// only if it is still this replica's.
+func (h *Held) Release() {
+	h.done.Do(func() {
+		close(h.stop)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		_, etag, err := h.l.objects.Get(ctx, h.key)
+		if err != nil {
+			return
+		}
+		if etag != h.etag {
+			return // taken over: not ours to delete
+		}
+		if err := h.l.objects.Delete(ctx, h.key); err != nil {
+			h.l.log.Warn("releasing blob fetch lease", "key", h.key, "error", err)
+		}
+	})
+}
+
+// Probe reports whether objects honours conditional writes: it creates a
+// probe key twice, and the second create must fail with ErrExists; then a
+// replace with a wrong ETag must fail with ErrChanged (taking over an
+// expired lease relies on If-Match). It removes the probe key.
+func Probe(ctx context.Context, objects Objects, key string) (bool, error) {
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		_ = objects.Delete(ctx, key)
+	}()
+	// A leftover of an interrupted probe would fail the first create.
+	if err := objects.Delete(ctx, key); err != nil {
+		return false, fmt.Errorf("probing conditional writes: %w", err)
+	}
+	if _, err := objects.Create(ctx, key, []byte("probe")); err != nil {
+		return false, fmt.Errorf("probing conditional writes: %w", err)
+	}
+	_, err := objects.Create(ctx, key, []byte("probe"))
+	switch {
+	case err == nil:
+		return false, nil
+	case !errors.Is(err, ErrExists):
+		return false, fmt.Errorf("probing conditional writes: %w", err)
+	}
+	_, err = objects.Replace(ctx, key, `"0123456789abcdef0123456789abcdef"`, []byte("probe"))
+	switch {
+	case err == nil:
+		return false, nil
+	case !errors.Is(err, ErrChanged):
+		return false, fmt.Errorf("probing conditional writes: %w", err)
+	}
+	return true, nil
+}

@@ -1,0 +1,118 @@
+package lease_test
+
+import (
+	"context"
+	"encoding/json"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/docker-mirror/docker-mirror/lease"
+	"github.com/docker-mirror/docker-mirror/lease/leasetest"
+	"github.com/docker-mirror/docker-mirror/storage/s3test"
+)
+
+func TestProbe(t *testing.T) {
+	ctx := context.Background()
+	for _, conditional := range []bool{true, false} {
+		srv := leasetest.Start(t, conditional)
+		ok, err := lease.Probe(ctx, srv.Objects("b"), "records/leases/probe")
+		if err != nil || ok != conditional {
+			t.Errorf("conditional server %v: probe = %v, %v", conditional, ok, err)
+		}
+		if keys := srv.Keys(); len(keys) != 0 {
+			t.Errorf("probe left %v", keys)
+		}
+	}
+}
+
+// TestProbeVersitygw tells whether the real S3 server the e2e suite runs
+// honours If-None-Match on PUT.
+func TestProbeVersitygw(t *testing.T) {
+	srv := s3test.Start(t)
+	bucket := srv.NewBucket(t)
+	objs, err := lease.NewS3(srv.Params(bucket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ok, err := lease.Probe(context.Background(), objs, "records/leases/probe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ok {
+		t.Fatal("versitygw v1.8.0 honours If-None-Match and If-Match on PUT; the probe says it does not")
+	}
+	if keys := srv.Keys(t, bucket); len(keys) != 0 {
+		t.Errorf("probe left %v", keys)
+	}
+}
+
+// fakeClock is a clock tests move by hand.
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+func (c *fakeClock) Add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+func TestOneHolderThenTakeOver(t *testing.T) {
+	srv := leasetest.Start(t, true)
+	testTakeOver(t, srv.Objects("b"), func() int { return len(srv.Keys()) })
+}
+
+// TestTakeOverVersitygw runs the same on the real S3 server: If-Match on
+// PUT must be honoured too for a takeover to be safe.
+func TestTakeOverVersitygw(t *testing.T) {
+	srv := s3test.Start(t)
+	bucket := srv.NewBucket(t)
+	objs, err := lease.NewS3(srv.Params(bucket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testTakeOver(t, objs, func() int { return len(srv.Keys(t, bucket)) })
+}
+
+func testTakeOver(t *testing.T, objs lease.Objects, count func() int) {
+	ctx := context.Background()
+	clock := &fakeClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	a := lease.New(objs, "http://a", lease.WithClock(clock.Now))
+	b := lease.New(objs, "http://b", lease.WithClock(clock.Now))
+
+	ha, _, _, err := a.Take(ctx, "sha256:x")
+	if err != nil || ha == nil {
+		t.Fatalf("a: %v, %v", ha, err)
+	}
+	hb, holder, until, err := b.Take(ctx, "sha256:x")
+	if err != nil || hb != nil || holder != "http://a" || !until.Equal(clock.Now().Add(lease.DefaultTTL)) {
+		t.Fatalf("b while a holds it: %v %q %v %v", hb, holder, until, err)
+	}
+	// a dies: its lease expires and b takes it over; a's late release
+	// does not delete b's lease.
+	clock.Add(lease.DefaultTTL + time.Second)
+	hb, _, _, err = b.Take(ctx, "sha256:x")
+	if err != nil || hb == nil {
+		t.Fatalf("b after expiry: %v, %v", hb, err)
+	}
+	ha.Release()
+	raw, _, err := objs.Get(ctx, "records/leases/sha256:x")
+	if err != nil {
+		t.Fatalf("b's lease gone after a's release: %v", err)
+	}
+	var rec struct{ Holder string }
+	if json.Unmarshal(raw, &rec); rec.Holder != "http://b" {
+		t.Fatalf("lease holder %q, want http://b", rec.Holder)
+	}
+	hb.Release()
+	if n := count(); n != 0 {
+		t.Fatalf("released lease left %d objects", n)
+	}
+	// Released: the next taker gets it at once.
+	if h, _, _, err := a.Take(ctx, "sha256:x"); err != nil || h == nil {
+		t.Fatalf("a after release: %v, %v", h, err)
+	}
+}

@@ -1,0 +1,150 @@
+package lease
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+
+	"github.com/aws/aws-sdk-go/aws"
+	"github.com/aws/aws-sdk-go/aws/awserr"
+	"github.com/aws/aws-sdk-go/aws/credentials"
+	"github.com/aws/aws-sdk-go/aws/request"
+	"github.com/aws/aws-sdk-go/aws/session"
+	"github.com/aws/aws-sdk-go/service/s3"
+)
+
+// S3 is Objects in an S3 bucket, under the prefix the storage driver's
+// rootdirectory gives.
+type S3 struct {
+	client *s3.S3
+	bucket string
+	root   string
+}
+
+var _ Objects = (*S3)(nil)
+
+// NewS3 returns the objects of the bucket the s3 storage driver's
+// parameters (the configuration's `storage: {s3: ...}`) name, with the
+// same endpoint, region and credentials (the environment's when the
+// parameters have no keys).
+func NewS3(params map[string]any) (*S3, error) {
+	str := func(k string) string {
+		if v, ok := params[k]; ok && v != nil {
+			return fmt.Sprint(v)
+		}
+		return ""
+	}
+	flag := func(k string, def bool) bool {
+		switch strings.ToLower(str(k)) {
+		case "true":
+			return true
+		case "false":
+			return false
+		}
+		return def
+	}
+	bucket := str("bucket")
+	if bucket == "" {
+		return nil, errors.New("s3 leases: no bucket")
+	}
+	cfg := &aws.Config{
+		Region:           aws.String(str("region")),
+		S3ForcePathStyle: aws.Bool(flag("forcepathstyle", false)),
+		DisableSSL:       aws.Bool(!flag("secure", true)),
+	}
+	if ep := str("regionendpoint"); ep != "" {
+		cfg.Endpoint = aws.String(ep)
+	}
+	if ak, sk := str("accesskey"), str("secretkey"); ak != "" || sk != "" {
+		cfg.Credentials = credentials.NewStaticCredentials(ak, sk, str("sessiontoken"))
+	}
+	sess, err := session.NewSession(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("s3 leases: %w", err)
+	}
+	return &S3{client: s3.New(sess), bucket: bucket, root: strings.Trim(str("rootdirectory"), "/")}, nil
+}
+
+// NewS3Client returns the objects of bucket through client, under root.
+func NewS3Client(client *s3.S3, bucket, root string) *S3 {
+	return &S3{client: client, bucket: bucket, root: strings.Trim(root, "/")}
+}
+
+func (o *S3) objectKey(key string) string {
+	if o.root == "" {
+		return key
+	}
+	return o.root + "/" + key
+}
+
+// put writes key with the conditional header name: value. The SDK's
+// PutObjectInput has no field for them yet: they are set on the request,
+// before it is signed.
+func (o *S3) put(ctx context.Context, key string, body []byte, header, value string) (string, error) {
+	req, out := o.client.PutObjectRequest(&s3.PutObjectInput{
+		Bucket: aws.String(o.bucket),
+		Key:    aws.String(o.objectKey(key)),
+		Body:   bytes.NewReader(body),
+	})
+	req.SetContext(ctx)
+	req.Handlers.Build.PushBack(func(r *request.Request) { r.HTTPRequest.Header.Set(header, value) })
+	err := req.Send()
+	if status(err) == http.StatusPreconditionFailed || status(err) == http.StatusConflict {
+		// 409: a conditional write racing another on the same key.
+		return "", ErrChanged
+	}
+	if err != nil {
+		return "", err
+	}
+	return aws.StringValue(out.ETag), nil
+}
+
+// status is the HTTP status of an S3 error, 0 if none.
+func status(err error) int {
+	var rf awserr.RequestFailure
+	if errors.As(err, &rf) {
+		return rf.StatusCode()
+	}
+	return 0
+}
+
+// Create implements Objects.
+func (o *S3) Create(ctx context.Context, key string, body []byte) (string, error) {
+	etag, err := o.put(ctx, key, body, "If-None-Match", "*")
+	if errors.Is(err, ErrChanged) {
+		return "", ErrExists
+	}
+	return etag, err
+}
+
+// Replace implements Objects.
+func (o *S3) Replace(ctx context.Context, key, etag string, body []byte) (string, error) {
+	return o.put(ctx, key, body, "If-Match", etag)
+}
+
+// Get implements Objects.
+func (o *S3) Get(ctx context.Context, key string) ([]byte, string, error) {
+	out, err := o.client.GetObjectWithContext(ctx, &s3.GetObjectInput{Bucket: aws.String(o.bucket), Key: aws.String(o.objectKey(key))})
+	if status(err) == http.StatusNotFound {
+		return nil, "", ErrNotFound
+	}
+	if err != nil {
+		return nil, "", err
+	}
+	defer out.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(out.Body, 1<<16))
+	return b, aws.StringValue(out.ETag), err
+}
+
+// Delete implements Objects.
+func (o *S3) Delete(ctx context.Context, key string) error {
+	_, err := o.client.DeleteObjectWithContext(ctx, &s3.DeleteObjectInput{Bucket: aws.String(o.bucket), Key: aws.String(o.objectKey(key))})
+	if status(err) == http.StatusNotFound {
+		return nil
+	}
+	return err
+}
