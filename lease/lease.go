@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -119,7 +120,7 @@ type Held struct {
 // renewed. An error means the store failed: the caller fetches without a
 // lease, as it would without leases at all.
 func (l *Leases) Take(ctx context.Context, name string) (h *Held, holder string, until time.Time, err error) {
-	key := l.prefix + name
+	key := l.prefix + strings.ReplaceAll(name, ":", "/")
 	body, err := l.body()
 	if err != nil {
 		return nil, "", time.Time{}, err

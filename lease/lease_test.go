@@ -99,7 +99,7 @@ func testTakeOver(t *testing.T, objs lease.Objects, count func() int) {
 		t.Fatalf("b after expiry: %v, %v", hb, err)
 	}
 	ha.Release()
-	raw, _, err := objs.Get(ctx, "records/leases/sha256:x")
+	raw, _, err := objs.Get(ctx, "records/leases/sha256/x")
 	if err != nil {
 		t.Fatalf("b's lease gone after a's release: %v", err)
 	}

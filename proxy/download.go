@@ -445,13 +445,26 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 		p.noteFailure("download", t, dl.dgst.String(), err)
 	}
 
-	release, err := p.acquireBudget(ctx, t, dl)
+	unlease, fromStore, err := p.leaseBlob(ctx, t, dl.dgst)
 	if err != nil {
 		fail(err)
 		return
 	}
-	defer release()
-	body, size, err := t.up.Blob(ctx, t.repo, dl.dgst, 0)
+	defer unlease()
+	var body io.ReadCloser
+	var size int64
+	if fromStore {
+		// Another replica fetched it: read it from the store instead.
+		body, size, err = p.openStored(ctx, t, dl.dgst)
+	} else {
+		release, berr := p.acquireBudget(ctx, t, dl)
+		if berr != nil {
+			fail(berr)
+			return
+		}
+		defer release()
+		body, size, err = t.up.Blob(ctx, t.repo, dl.dgst, 0)
+	}
 	if err != nil {
 		fail(err)
 		return
@@ -490,7 +503,7 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 		if rerr == nil {
 			continue
 		}
-		if ctx.Err() != nil || resumes == maxResumes {
+		if ctx.Err() != nil || resumes == maxResumes || fromStore {
 			fail(errcode.Wrap(errcode.Unavailable, fmt.Errorf("%w: %w", upstream.ErrUnavailable, rerr), "upstream %s: blob %s cut after %d bytes", t.host(), dl.dgst, n).WithStatus(http.StatusBadGateway))
 			return
 		}
@@ -526,7 +539,9 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 		return
 	}
 	defer unhold()
-	if err := p.noteWrite(p.storeSpooled(ctx, t, dl, f, n)); err != nil {
+	if fromStore {
+		// Stored by the replica that fetched it.
+	} else if err := p.noteWrite(p.storeSpooled(ctx, t, dl, f, n)); err != nil {
 		// Readers have the whole blob already; a client that comes for
 		// the spool file once it is gone gets this error.
 		dl.update(func() { dl.err = fmt.Errorf("storing blob %s: %w", dl.dgst, err) })

@@ -74,6 +74,9 @@ type Proxy struct {
 	maxJobImages int
 	// peers fetch the misses other replicas own; nil without a cluster.
 	peers Peers
+	// leases make one replica fetch a blob from the upstream while the
+	// others wait for it in the shared store; nil without them.
+	leases BlobLeases
 
 	// traffic and failures are what the status page shows of the
 	// proxy's work (status.go).

@@ -22,6 +22,7 @@ import (
 
 	"github.com/docker-mirror/docker-mirror/cluster"
 	"github.com/docker-mirror/docker-mirror/config"
+	"github.com/docker-mirror/docker-mirror/lease"
 	"github.com/docker-mirror/docker-mirror/lifecycle"
 	"github.com/docker-mirror/docker-mirror/metrics"
 	"github.com/docker-mirror/docker-mirror/proxy"
@@ -77,6 +78,10 @@ type options struct {
 	version      string
 	// clusterOptions are added to the cluster's (WithClusterOptions).
 	clusterOptions []cluster.Option
+	// leaseObjects and leaseOptions replace the cluster's blob fetch
+	// leases' store and add to their options (WithLeaseObjects).
+	leaseObjects lease.Objects
+	leaseOptions []lease.Option
 }
 
 // Option configures New.
@@ -187,6 +192,9 @@ func New(ctx context.Context, cfg config.Config, opts ...Option) (_ *Server, err
 		return nil, err
 	}
 	popts = append(popts, copts...)
+	if s.Cluster != nil {
+		popts = append(popts, newLeases(ctx, cfg, o, s.Metrics)...)
+	}
 	popts = append(popts,
 		proxy.WithLogger(o.log),
 		proxy.WithClock(o.now),

@@ -60,6 +60,13 @@ func sharedDir(t *testing.T) map[string]map[string]any {
 // configuration. Replicas are stopped when the test ends.
 func startCluster(t *testing.T, n int, up *fixture.Upstream, store storeFor, peersOf func(i int, urls []string) (self string, peers []string), edits ...func(*config.Config)) []*replica {
 	t.Helper()
+	return startClusterWith(t, n, up, store, peersOf, nil, edits...)
+}
+
+// startClusterWith is startCluster with extra(i) added to replica i's
+// server options (nil: none), after the harness's own.
+func startClusterWith(t *testing.T, n int, up *fixture.Upstream, store storeFor, peersOf func(i int, urls []string) (self string, peers []string), extra func(i int) []server.Option, edits ...func(*config.Config)) []*replica {
+	t.Helper()
 	lns := make([]net.Listener, n)
 	urls := make([]string, n)
 	for i := range n {
@@ -87,6 +94,9 @@ func startCluster(t *testing.T, n int, up *fixture.Upstream, store storeFor, pee
 			t.Fatal(err)
 		}
 		r := &replica{url: urls[i], cfg: cfg, opts: []server.Option{server.WithLogger(testLogger(i)), server.WithClock(clock.Now)}}
+		if extra != nil {
+			r.opts = append(r.opts, extra(i)...)
+		}
 		r.start(t, lns[i])
 		rs[i] = r
 		t.Cleanup(r.kill)

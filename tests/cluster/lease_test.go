@@ -1,0 +1,161 @@
+package cluster_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/docker-mirror/docker-mirror/lease"
+	"github.com/docker-mirror/docker-mirror/lease/leasetest"
+	"github.com/docker-mirror/docker-mirror/server"
+	"github.com/docker-mirror/docker-mirror/tests/fixture"
+	"github.com/docker-mirror/docker-mirror/tests/servertest"
+)
+
+// heldSignal wraps lease objects: a create of a blob's lease that another
+// replica holds is reported on held (the replica now waits for it).
+type heldSignal struct {
+	lease.Objects
+	held chan string
+}
+
+func (h heldSignal) Create(ctx context.Context, key string, body []byte) (string, error) {
+	etag, err := h.Objects.Create(ctx, key, body)
+	if errors.Is(err, lease.ErrExists) && !strings.Contains(key, "/probe/") {
+		select {
+		case h.held <- key:
+		default:
+		}
+	}
+	return etag, err
+}
+
+// selfOnly configures each replica with itself as its only peer: each
+// thinks it owns every key, the worst disagreement on membership.
+func selfOnly(i int, urls []string) (string, []string) { return urls[i], []string{urls[i]} }
+
+// TestLeasesHerdOnReplicasThatDisagree: two replicas that each think they
+// own every key, on a store with conditional writes (an in-process fake
+// S3 for the leases), serve a 16-client herd and their background
+// mirroring while the largest layer is held at the upstream until one
+// replica waits on the other's lease: each blob leaves the upstream once.
+func TestLeasesHerdOnReplicasThatDisagree(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedMultiArch(t, "library/herd", "v1", fixture.OCI, fixture.WithLayerSize(512<<10), fixture.WithLayers(2))
+	s3 := leasetest.Start(t, true)
+	held := make(chan string, 1)
+	rs := startClusterWith(t, 2, up, sharedDir, selfOnly, func(int) []server.Option {
+		return []server.Option{server.WithLeaseObjects(heldSignal{s3.Objects("leases"), held})}
+	})
+	amd := img.Platforms["linux/amd64"]
+	big := amd.Layers[len(amd.Layers)-1]
+	gate := up.GateBlob(big, 64<<10)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	const clients = 16
+	errs := make(chan error, clients)
+	for i := range clients {
+		go func() { errs <- pull(ctx, rs[i%len(rs)].url, "library/herd", "v1", "linux/amd64", big, nil) }()
+	}
+	select {
+	case <-gate.Reached():
+	case <-ctx.Done():
+		t.Fatal("the held layer was never asked of the upstream")
+	}
+	// Both replicas want the layer (each has clients pulling it); the one
+	// not fetching it waits on the fetcher's lease.
+	for key := ""; !strings.HasSuffix(key, strings.TrimPrefix(big, "sha256:")); {
+		select {
+		case key = <-held:
+		case <-ctx.Done():
+			t.Fatal("no replica waited on another's lease of the held layer")
+		}
+	}
+	gate.Open()
+	for range clients {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	for _, r := range rs {
+		r.waitIdle(t)
+	}
+	for _, p := range []string{"linux/amd64", "linux/arm64", "linux/arm/v7"} {
+		for _, b := range img.BlobsFor(p) {
+			if n := blobGets(up, b); n != 1 {
+				t.Errorf("%s blob %s: %d upstream GETs, want 1", p, b, n)
+			}
+		}
+	}
+	for _, r := range rs {
+		if v := r.metric(t, "docker_mirror_cluster_leases_supported", nil); v != 1 {
+			t.Errorf("%s: docker_mirror_cluster_leases_supported %v, want 1", r.url, v)
+		}
+	}
+	if keys := s3.Keys(); len(keys) != 0 {
+		t.Errorf("leases left after every fetch ended: %v", keys)
+	}
+}
+
+// TestDeadLeaseHolderTakenOver: a replica that died while holding the
+// lease of a blob (its lease object stays) keeps the others waiting until
+// the lease expires, then one takes it over and fetches the blob.
+func TestDeadLeaseHolderTakenOver(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	data := make([]byte, 128<<10)
+	rand.Read(data)
+	blob := up.PushBlob(t, "library/dead", data)
+	s3 := leasetest.Start(t, true)
+	clock := servertest.NewClock()
+	held := make(chan string, 1)
+	rs := startClusterWith(t, 2, up, sharedDir, selfOnly, func(int) []server.Option {
+		return []server.Option{server.WithClock(clock.Now), server.WithLeaseObjects(heldSignal{s3.Objects("leases"), held})}
+	})
+	dead, err := json.Marshal(map[string]any{"holder": "http://127.0.0.1:1", "until": clock.Now().Add(lease.DefaultTTL)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s3.Put("leases", "records/leases/"+strings.Replace(blob, ":", "/", 1), dead)
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	type answer struct {
+		status int
+		body   []byte
+		err    error
+	}
+	done := make(chan answer, 1)
+	go func() {
+		st, _, body, err := get(ctx, rs[0].url+"/v2/library/dead/blobs/"+blob, nil)
+		done <- answer{st, body, err}
+	}()
+	select {
+	case <-held:
+	case <-ctx.Done():
+		t.Fatal("the replica did not find the dead replica's lease")
+	}
+	if n := blobGets(up, blob); n != 0 {
+		t.Fatalf("blob fetched %d times while another replica's lease was live, want 0", n)
+	}
+	clock.Advance(lease.DefaultTTL + time.Second)
+	a := <-done
+	if a.err != nil || a.status != http.StatusOK || sha(a.body) != blob {
+		t.Fatalf("blob after the lease expired: status %d, err %v, digest %s", a.status, a.err, sha(a.body))
+	}
+	if n := blobGets(up, blob); n != 1 {
+		t.Errorf("blob fetched %d times upstream, want 1", n)
+	}
+	if v := rs[0].metric(t, "docker_mirror_cluster_leases_total", map[string]string{"result": "took_over"}); v != 1 {
+		t.Errorf("leases taken over: %v, want 1", v)
+	}
+	rs[0].waitIdle(t)
+	if keys := s3.Keys(); len(keys) != 0 {
+		t.Errorf("leases left after the fetch ended: %v", keys)
+	}
+}
