@@ -555,3 +555,69 @@ func (c *Cluster) fillFrom(ctx context.Context, u, host, repo string, dgst diges
 	}
 	return nil
 }
+
+// Revalidate asks the replica that owns a stale tag (key is its
+// upstream/repo:tag) which digest it points to, with a HEAD the owner
+// answers from its own record, revalidated with the upstream at most once
+// per tag TTL for every replica. asked is false when the caller must ask
+// the upstream itself: it owns the tag, or no owner could answer. An owner
+// that could not reach the upstream either (its answer is stale) makes
+// the error wrap upstream.ErrUnavailable: the caller serves what it has.
+func (c *Cluster) Revalidate(ctx context.Context, key, host, repo, tag string) (d digest.Digest, asked bool, err error) {
+	tried := false
+	for _, u := range c.Owners(key) {
+		if u == c.self {
+			break
+		}
+		tried = true
+		d, err := c.revalidateAt(ctx, u, host, repo, tag)
+		var down peerDown
+		switch {
+		case errors.As(err, &down):
+			if ctx.Err() != nil {
+				return "", true, ctx.Err()
+			}
+			c.markDown(u, down.err)
+			continue
+		case errors.Is(err, errFetchHere):
+			c.log.Warn("cluster owner could not revalidate a tag; asking the upstream here", "owner", u, "key", key, "error", err)
+		default:
+			c.metrics.count("revalidate", "ok")
+			return d, true, err
+		}
+		break
+	}
+	if tried {
+		c.metrics.count("revalidate", "fallback")
+	}
+	return "", false, nil
+}
+
+// staleHeader is the mirror's X-Cache header: "stale" says the owner
+// served its record without reaching the upstream.
+const staleHeader = "X-Cache"
+
+func (c *Cluster) revalidateAt(ctx context.Context, u, host, repo, tag string) (digest.Digest, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodHead, peerURL(u, host, repo, "manifests", tag), nil)
+	if err != nil {
+		return "", err
+	}
+	req.Header.Set("Accept", oci.Accept)
+	c.sign(req)
+	resp, err := c.client.Do(req)
+	if err != nil {
+		return "", peerDown{err}
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return "", ownerError(resp, upstream.KindManifest, u)
+	}
+	if resp.Header.Get(staleHeader) == "stale" {
+		return "", fmt.Errorf("%w: owner %s could not reach the upstream either", upstream.ErrUnavailable, u)
+	}
+	d, err := digest.Parse(resp.Header.Get("Docker-Content-Digest"))
+	if err != nil {
+		return "", fmt.Errorf("%w: %s answered without a valid Docker-Content-Digest: %v", errFetchHere, u, err)
+	}
+	return d, nil
+}

@@ -137,7 +137,7 @@ func (p *Proxy) tagManifest(ctx context.Context, t target, tag string, h http.He
 			p.resumeIfPartial(ctx, t, cached)
 			return cached, nil
 		default:
-			d, err := p.revalidate(ctx, t, tag)
+			d, err := p.revalidateTag(ctx, t, tag)
 			switch {
 			case err == nil && d == rec.Digest:
 				if err := p.index.TouchTag(t.host(), t.repo, tag, p.now()); err != nil {
@@ -162,6 +162,29 @@ func (p *Proxy) tagManifest(ctx context.Context, t target, tag string, h http.He
 	}
 	h.Set(cacheHeader, "miss")
 	return p.fetchManifest(ctx, t, oci.Ref{Tag: tag}, fill)
+}
+
+// revalidateTag asks which digest a stale tag points to: its owner, if
+// another replica owns it (one upstream HEAD per tag TTL for the whole
+// cluster), else the upstream.
+func (p *Proxy) revalidateTag(ctx context.Context, t target, tag string) (digest.Digest, error) {
+	key := t.host() + "/" + t.repo + ":" + tag
+	if p.viaPeer(ctx, key) {
+		type answer struct {
+			d     digest.Digest
+			asked bool
+		}
+		a, err := shared(ctx, p.work, &p.tagFlights, "owner\x00"+key, func() (answer, error) {
+			ctx, cancel := p.detach(ctx, p.manifestTimeout)
+			defer cancel()
+			d, asked, err := p.peers.Revalidate(ctx, key, t.host(), t.repo, tag)
+			return answer{d, asked}, err
+		})
+		if a.asked || err != nil {
+			return a.d, err
+		}
+	}
+	return p.revalidate(ctx, t, tag)
 }
 
 // revalidate asks the upstream, once for all concurrent callers, which

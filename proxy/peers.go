@@ -31,6 +31,9 @@ type Peers interface {
 	// Manifest fetches a manifest through the owner of key
 	// (upstream/repo:tag for a tag, the digest for a digest).
 	Manifest(ctx context.Context, key, host, repo string, ref oci.Ref) (m *upstream.Manifest, fetched bool, err error)
+	// Revalidate asks the owner of a stale tag (key: upstream/repo:tag)
+	// which digest it points to now.
+	Revalidate(ctx context.Context, key, host, repo, tag string) (d digest.Digest, asked bool, err error)
 	// FillBlob has a blob's owner fetch it for the background mirror,
 	// and writes the bytes it sends back, at most limit, verified, to
 	// into.

@@ -1,0 +1,59 @@
+package cluster_test
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/docker-mirror/docker-mirror/server"
+	"github.com/docker-mirror/docker-mirror/tests/fixture"
+	"github.com/docker-mirror/docker-mirror/tests/servertest"
+)
+
+// TestStaleTagRevalidatedByOwner: once a tag every replica holds is past
+// its TTL, each replica asks its owner, which asks the upstream: three
+// replicas cost one upstream HEAD, and none serves the tag stale.
+func TestStaleTagRevalidatedByOwner(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/stale", "v1", 1, 1024)
+	clock := servertest.NewClock()
+	rs := startClusterWith(t, 3, up, sharedDir, nil, func(int) []server.Option {
+		return []server.Option{server.WithClock(clock.Now)}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	heads := func() int {
+		n := 0
+		for _, rec := range up.Requests() {
+			if rec.Kind == fixture.KindManifest && rec.Method == http.MethodHead && strings.HasSuffix(rec.Path, "/manifests/v1") {
+				n++
+			}
+		}
+		return n
+	}
+	for _, r := range rs {
+		st, _, raw, err := get(ctx, r.url+"/v2/library/stale/manifests/v1", nil)
+		if err != nil || st != http.StatusOK || sha(raw) != img.Digest {
+			t.Fatalf("%s: tag: status %d, err %v", r.url, st, err)
+		}
+		r.waitIdle(t)
+	}
+	before := heads()
+	clock.Advance(time.Duration(rs[0].cfg.TagTTL) + time.Minute)
+	for _, r := range rs {
+		st, h, raw, err := get(ctx, r.url+"/v2/library/stale/manifests/v1", nil)
+		if err != nil || st != http.StatusOK || sha(raw) != img.Digest {
+			t.Fatalf("%s: stale tag: status %d, err %v", r.url, st, err)
+		}
+		// The owner answers a hit if an earlier replica's question made
+		// it revalidate already.
+		if c := h.Get("X-Cache"); c != "revalidated" && c != "hit" {
+			t.Errorf("%s: X-Cache %q, want revalidated (or hit, on the owner)", r.url, c)
+		}
+	}
+	if n := heads() - before; n != 1 {
+		t.Errorf("stale tag revalidated with %d upstream HEADs across %d replicas, want 1", n, len(rs))
+	}
+}
