@@ -6,7 +6,7 @@ import "github.com/prometheus/client_golang/prometheus"
 type Metrics struct {
 	// forwarded counts the misses sent to their owner, by kind (blob: a
 	// client's blob, streamed through; manifest; fill: a blob the
-	// background mirror needs) and result (ok: the owner answered;
+	// background mirror needs; revalidate: a stale tag) and result (ok: the owner answered;
 	// fallback: fetched here after the owner failed; resumed: a blob
 	// whose owner failed mid-body, finished through the next replica).
 	forwarded *prometheus.CounterVec
@@ -20,7 +20,7 @@ func newMetrics() *Metrics {
 	return &Metrics{
 		forwarded: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "docker_mirror_cluster_forwarded_total",
-			Help: "Misses sent to the replica that owns them, by kind (blob, manifest, fill) and result (ok, fallback: fetched here after the owner failed, resumed: finished through another replica after the owner failed mid-body).",
+			Help: "Misses sent to the replica that owns them, by kind (blob, manifest, fill, revalidate: a stale tag) and result (ok, fallback: fetched here after the owner failed, resumed: finished through another replica after the owner failed mid-body).",
 		}, []string{"kind", "result"}),
 		served: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "docker_mirror_cluster_served_for_peers_total",
