@@ -45,12 +45,24 @@ func selfOnly(i int, urls []string) (string, []string) { return urls[i], []strin
 // mirroring while the largest layer is held at the upstream until one
 // replica waits on the other's lease: each blob leaves the upstream once.
 func TestLeasesHerdOnReplicasThatDisagree(t *testing.T) {
+	s3 := leasetest.Start(t, true)
+	testLeasesHerd(t, sharedDir, func(map[string]map[string]any) lease.Objects { return s3.Objects("leases") })
+	if keys := s3.Keys(); len(keys) != 0 {
+		t.Errorf("leases left after every fetch ended: %v", keys)
+	}
+}
+
+// testLeasesHerd runs the herd on two replicas that each think they own
+// every key, on the store store makes, with the leases in objects(the
+// store's configuration).
+func testLeasesHerd(t *testing.T, store storeFor, objects func(map[string]map[string]any) lease.Objects) {
 	up := fixture.StartUpstream(t)
 	img := up.SeedMultiArch(t, "library/herd", "v1", fixture.OCI, fixture.WithLayerSize(512<<10), fixture.WithLayers(2))
-	s3 := leasetest.Start(t, true)
+	storage := store(t)
+	objs := objects(storage)
 	held := make(chan string, 1)
-	rs := startClusterWith(t, 2, up, sharedDir, selfOnly, func(int) []server.Option {
-		return []server.Option{server.WithLeaseObjects(heldSignal{s3.Objects("leases"), held})}
+	rs := startClusterWith(t, 2, up, func(*testing.T) map[string]map[string]any { return storage }, selfOnly, func(int) []server.Option {
+		return []server.Option{server.WithLeaseObjects(heldSignal{objs, held})}
 	})
 	amd := img.Platforms["linux/amd64"]
 	big := amd.Layers[len(amd.Layers)-1]
@@ -98,8 +110,34 @@ func TestLeasesHerdOnReplicasThatDisagree(t *testing.T) {
 			t.Errorf("%s: docker_mirror_cluster_leases_supported %v, want 1", r.url, v)
 		}
 	}
+}
+
+// TestWithoutConditionalWrites: on a store that ignores conditional
+// writes, the probe says so (the gauge is 0), no lease is taken, and
+// replicas fetch as they do without leases.
+func TestWithoutConditionalWrites(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	data := make([]byte, 64<<10)
+	rand.Read(data)
+	blob := up.PushBlob(t, "library/plain", data)
+	s3 := leasetest.Start(t, false)
+	rs := startClusterWith(t, 2, up, sharedDir, nil, func(int) []server.Option {
+		return []server.Option{server.WithLeaseObjects(s3.Objects("leases"))}
+	})
+	for _, r := range rs {
+		wantBlob(t, r.url, "library/plain", blob)
+		if v := r.metric(t, "docker_mirror_cluster_leases_supported", nil); v != 0 {
+			t.Errorf("%s: docker_mirror_cluster_leases_supported %v, want 0", r.url, v)
+		}
+		if v := r.metric(t, "docker_mirror_cluster_leases_total", nil); v != 0 {
+			t.Errorf("%s: %v lease attempts without conditional writes, want 0", r.url, v)
+		}
+	}
+	if n := blobGets(up, blob); n != 1 {
+		t.Errorf("blob fetched %d times upstream, want 1 (through its owner)", n)
+	}
 	if keys := s3.Keys(); len(keys) != 0 {
-		t.Errorf("leases left after every fetch ended: %v", keys)
+		t.Errorf("objects left: %v", keys)
 	}
 }
 
