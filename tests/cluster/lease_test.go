@@ -197,3 +197,63 @@ func TestDeadLeaseHolderTakenOver(t *testing.T) {
 		t.Errorf("leases left after the fetch ended: %v", keys)
 	}
 }
+
+// TestFailedHolderReleasesLease: a replica whose fetch fails (its only
+// client left) releases its lease, and the replica waiting on it takes
+// the lease and fetches the blob at once, not after the lease's expiry.
+func TestFailedHolderReleasesLease(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	data := make([]byte, 128<<10)
+	rand.Read(data)
+	blob := up.PushBlob(t, "library/fail", data)
+	s3 := leasetest.Start(t, true)
+	held := make(chan string, 1)
+	rs := startClusterWith(t, 2, up, sharedDir, selfOnly, func(int) []server.Option {
+		return []server.Option{server.WithLeaseObjects(heldSignal{s3.Objects("leases"), held})}
+	})
+	gate := up.GateBlob(blob, 16<<10)
+	defer gate.Open()
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ctxA, cancelA := context.WithCancel(ctx)
+	go func() { _, _, _, _ = get(ctxA, rs[0].url+"/v2/library/fail/blobs/"+blob, nil) }()
+	select {
+	case <-gate.Reached():
+	case <-ctx.Done():
+		t.Fatal("the first replica never asked the upstream")
+	}
+	type answer struct {
+		status int
+		body   []byte
+		err    error
+	}
+	done := make(chan answer, 1)
+	go func() {
+		st, _, body, err := get(ctx, rs[1].url+"/v2/library/fail/blobs/"+blob, nil)
+		done <- answer{st, body, err}
+	}()
+	select {
+	case <-held:
+	case <-ctx.Done():
+		t.Fatal("the second replica did not wait on the first one's lease")
+	}
+	cancelA() // the holder's only client leaves: its fetch is cancelled
+	a := <-done
+	if a.err != nil || a.status != http.StatusOK || sha(a.body) != blob {
+		t.Fatalf("blob after the holder failed: status %d, err %v, digest %s", a.status, a.err, sha(a.body))
+	}
+	if v := rs[1].metric(t, "docker_mirror_cluster_leases_total", map[string]string{"result": "taken"}); v != 1 {
+		t.Errorf("second replica took %v leases, want 1 (released, not expired)", v)
+	}
+	if v := rs[1].metric(t, "docker_mirror_cluster_leases_total", map[string]string{"result": "took_over"}); v != 0 {
+		t.Errorf("second replica took over %v leases, want 0", v)
+	}
+	gate.Open()
+	for _, r := range rs {
+		r.waitIdle(t)
+	}
+	if keys := s3.Keys(); len(keys) != 0 {
+		t.Errorf("leases left after every fetch ended: %v", keys)
+	}
+}
