@@ -250,6 +250,15 @@ func (c *Cluster) Peers() []PeerState {
 	return out
 }
 
+// Down reports whether u is a peer this replica has marked down (a
+// failed connection or probe): a lease it holds need not be waited out.
+func (c *Cluster) Down(u string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p, ok := c.peers[u]
+	return ok && !p.up
+}
+
 // markDown takes a peer out of the hashing at once, e.g. after a failed
 // connection; a probe brings it back.
 func (c *Cluster) markDown(u string, why error) {

@@ -116,3 +116,30 @@ func testTakeOver(t *testing.T, objs lease.Objects, count func() int) {
 		t.Fatalf("a after release: %v, %v", h, err)
 	}
 }
+
+// TestHolderDownTakenOverAtOnce: the lease of a holder the cluster marked
+// down is taken over before it expires.
+func TestHolderDownTakenOverAtOnce(t *testing.T) {
+	ctx := context.Background()
+	srv := leasetest.Start(t, true)
+	clock := &fakeClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	down := map[string]bool{}
+	var mu sync.Mutex
+	isDown := func(h string) bool { mu.Lock(); defer mu.Unlock(); return down[h] }
+	a := lease.New(srv.Objects("b"), "http://a", lease.WithClock(clock.Now))
+	b := lease.New(srv.Objects("b"), "http://b", lease.WithClock(clock.Now), lease.WithHolderDown(isDown))
+	if h, _, _, err := a.Take(ctx, "sha256:y"); err != nil || h == nil {
+		t.Fatalf("a: %v, %v", h, err)
+	}
+	if h, holder, _, err := b.Take(ctx, "sha256:y"); err != nil || h != nil || holder != "http://a" {
+		t.Fatalf("b while a is up: %v %q %v", h, holder, err)
+	}
+	mu.Lock()
+	down["http://a"] = true
+	mu.Unlock()
+	h, _, _, err := b.Take(ctx, "sha256:y")
+	if err != nil || h == nil {
+		t.Fatalf("b once a is down: %v, %v", h, err)
+	}
+	h.Release()
+}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/docker-mirror/docker-mirror/cluster"
 	"github.com/docker-mirror/docker-mirror/config"
 	"github.com/docker-mirror/docker-mirror/lease"
 	"github.com/docker-mirror/docker-mirror/metrics"
@@ -30,7 +31,7 @@ const probeTimeout = 30 * time.Second
 // docker_mirror_cluster_leases_supported). Elsewhere, or if the probe
 // fails, there are none: replicas that disagree on the membership may
 // then fetch a blob twice.
-func newLeases(ctx context.Context, cfg config.Config, o options, m *metrics.Metrics) []proxy.Option {
+func newLeases(ctx context.Context, cfg config.Config, o options, m *metrics.Metrics, c *cluster.Cluster) []proxy.Option {
 	supported := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "docker_mirror_cluster_leases_supported",
 		Help: "1 if the shared store honours conditional writes and replicas take a lease before fetching a blob from the upstream, 0 if not.",
@@ -63,7 +64,7 @@ func newLeases(ctx context.Context, cfg config.Config, o options, m *metrics.Met
 		return nil
 	}
 	supported.Set(1)
-	l := lease.New(objects, cfg.Cluster.Self, append([]lease.Option{lease.WithClock(o.now), lease.WithLogger(o.log)}, o.leaseOptions...)...)
+	l := lease.New(objects, cfg.Cluster.Self, append([]lease.Option{lease.WithClock(o.now), lease.WithLogger(o.log), lease.WithHolderDown(c.Down)}, o.leaseOptions...)...)
 	m.Register(l.Collectors()...)
 	return []proxy.Option{proxy.WithBlobLeases(l)}
 }

@@ -193,7 +193,7 @@ func New(ctx context.Context, cfg config.Config, opts ...Option) (_ *Server, err
 	}
 	popts = append(popts, copts...)
 	if s.Cluster != nil {
-		popts = append(popts, newLeases(ctx, cfg, o, s.Metrics)...)
+		popts = append(popts, newLeases(ctx, cfg, o, s.Metrics, s.Cluster)...)
 	}
 	popts = append(popts,
 		proxy.WithLogger(o.log),
