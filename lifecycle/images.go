@@ -204,6 +204,13 @@ func (c *Collector) model(ctx context.Context, platforms bool) (*model, error) {
 	}
 
 	// What each keeps.
+	roots := make([]digest.Digest, 0, len(entries))
+	for k := range entries {
+		roots = append(roots, k.digest)
+	}
+	if err := g.loadAll(ctx, roots); err != nil {
+		return nil, err
+	}
 	reaches := map[digest.Digest]reach{}
 	children := map[digest.Digest]bool{}
 	for _, e := range entries {
