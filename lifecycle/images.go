@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -40,6 +41,9 @@ type Image struct {
 	// Platforms stored: those its mirror record lists, else those of the
 	// stored children of an index, or the config's of an image.
 	Platforms []string `json:"platforms,omitempty"`
+	// PlatformsLeftOut are the platforms of an index's entries whose
+	// manifests are not stored (attestations aside), sorted.
+	PlatformsLeftOut []string `json:"platforms_left_out,omitempty"`
 	// Size is the indexed size of its manifests and blobs; content shared
 	// with other images counts in each.
 	Size int64 `json:"size"`
@@ -312,6 +316,15 @@ func (c *Collector) describe(ctx context.Context, g *graph, m *model, e *entry, 
 		e.State = StateCorrupt
 	case mirrored:
 		e.State = rec.State
+	}
+	if root != nil {
+		left := map[string]bool{}
+		for d, p := range root.platforms {
+			if _, stored := snap.Manifests[d]; !stored {
+				left[p] = true
+			}
+		}
+		e.PlatformsLeftOut = slices.Sorted(maps.Keys(left))
 	}
 	if len(rec.Platforms) > 0 {
 		e.Platforms = slices.Clone(rec.Platforms)
