@@ -5,9 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"sort"
 	"strings"
+	"sync/atomic"
 
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sync/errgroup"
@@ -154,13 +154,20 @@ func (g *graph) loadAll(ctx context.Context, roots []digest.Digest) error {
 	add(roots)
 	for len(level) > 0 {
 		nodes := make([]*node, len(level))
+		// A few long-lived readers, not a goroutine per manifest: each
+		// would grow its stack anew to decode one.
 		eg, ectx := errgroup.WithContext(ctx)
-		eg.SetLimit(parallelReads)
-		for i, d := range level {
+		var next atomic.Int64
+		for range min(parallelReads, len(level)) {
 			eg.Go(func() error {
-				n, err := g.parse(ectx, d)
-				nodes[i] = n
-				return err
+				for i := int(next.Add(1) - 1); i < len(level); i = int(next.Add(1) - 1) {
+					n, err := g.parse(ectx, level[i])
+					if err != nil {
+						return err
+					}
+					nodes[i] = n
+				}
+				return nil
 			})
 		}
 		if err := eg.Wait(); err != nil {
@@ -183,12 +190,7 @@ func (g *graph) loadAll(ctx context.Context, roots []digest.Digest) error {
 }
 
 func (g *graph) read(ctx context.Context, d digest.Digest) ([]byte, error) {
-	rc, err := g.store.Open(ctx, "", d, 0)
-	if err != nil {
-		return nil, err
-	}
-	defer rc.Close()
-	return io.ReadAll(io.LimitReader(rc, oci.MaxManifestSize+1))
+	return g.store.ReadSmall(ctx, d, oci.MaxManifestSize+1)
 }
 
 func (n *node) fill(doc oci.Manifest) {
