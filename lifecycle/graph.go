@@ -52,7 +52,7 @@ func (c *Collector) referrersGraph(snap *storage.Snapshot) (*graph, error) {
 	g.referrers = listed
 	for key, rec := range snap.Tags {
 		_, _, tag, ok := storage.ParseTagKey(key)
-		if !ok || rec.Digest.Validate() != nil {
+		if !ok || !oci.ValidDigest(rec.Digest) {
 			continue
 		}
 		if subject, ok := referrerTagSubject(tag); ok {
@@ -77,7 +77,7 @@ func referrerTagSubject(tag string) (digest.Digest, bool) {
 		return "", false
 	}
 	d := digest.Digest(alg + ":" + hex)
-	return d, d.Validate() == nil
+	return d, oci.ValidDigest(d)
 }
 
 // referrerTags reports whether every tag is one of referrerTagSubject's.
@@ -195,7 +195,7 @@ func (g *graph) read(ctx context.Context, d digest.Digest) ([]byte, error) {
 
 func (n *node) fill(doc oci.Manifest) {
 	for _, m := range doc.Manifests {
-		if m.Digest.Validate() != nil {
+		if !oci.ValidDigest(m.Digest) {
 			continue
 		}
 		n.manifests = append(n.manifests, m.Digest)
@@ -207,7 +207,7 @@ func (n *node) fill(doc oci.Manifest) {
 		}
 	}
 	n.blobs = doc.BlobDigests()
-	if doc.Config != nil && doc.Config.Digest.Validate() == nil {
+	if doc.Config != nil && oci.ValidDigest(doc.Config.Digest) {
 		n.config = doc.Config.Digest
 	}
 }

@@ -170,7 +170,7 @@ func (c *Collector) model(ctx context.Context, platforms bool) (*model, error) {
 	}
 	for key, rec := range snap.Tags {
 		host, repo, tag, ok := storage.ParseTagKey(key)
-		if !ok || rec.Digest.Validate() != nil {
+		if !ok || !oci.ValidDigest(rec.Digest) {
 			continue
 		}
 		e := get(imageKey{host, repo, rec.Digest})
@@ -182,7 +182,7 @@ func (c *Collector) model(ctx context.Context, platforms bool) (*model, error) {
 	}
 	mirrors := map[imageKey]storage.FillRecord{}
 	for _, me := range snap.Fills {
-		if me.Digest.Validate() == nil {
+		if oci.ValidDigest(me.Digest) {
 			k := imageKey{me.Upstream, me.Repo, me.Digest}
 			mirrors[k] = me.FillRecord
 			get(k)
