@@ -1,6 +1,6 @@
 //go:build !unix
 
-package status_test
+package status
 
 import "time"
 
