@@ -5,11 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"sort"
 	"strings"
+	"sync/atomic"
 
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/storage"
@@ -51,7 +52,7 @@ func (c *Collector) referrersGraph(snap *storage.Snapshot) (*graph, error) {
 	g.referrers = listed
 	for key, rec := range snap.Tags {
 		_, _, tag, ok := storage.ParseTagKey(key)
-		if !ok || rec.Digest.Validate() != nil {
+		if !ok || !oci.ValidDigest(rec.Digest) {
 			continue
 		}
 		if subject, ok := referrerTagSubject(tag); ok {
@@ -76,7 +77,7 @@ func referrerTagSubject(tag string) (digest.Digest, bool) {
 		return "", false
 	}
 	d := digest.Digest(alg + ":" + hex)
-	return d, d.Validate() == nil
+	return d, oci.ValidDigest(d)
 }
 
 // referrerTags reports whether every tag is one of referrerTagSubject's.
@@ -100,6 +101,17 @@ func (g *graph) load(ctx context.Context, d digest.Digest) (*node, error) {
 	if n, ok := g.nodes[d]; ok {
 		return n, nil
 	}
+	n, err := g.parse(ctx, d)
+	if err != nil {
+		return nil, err
+	}
+	g.nodes[d] = n
+	return n, nil
+}
+
+// parse reads and parses a manifest, as load does, without keeping it:
+// safe to call from several goroutines.
+func (g *graph) parse(ctx context.Context, d digest.Digest) (*node, error) {
 	n := &node{}
 	body, err := g.read(ctx, d)
 	switch {
@@ -115,22 +127,75 @@ func (g *graph) load(ctx context.Context, d digest.Digest) (*node, error) {
 			n.fill(doc)
 		}
 	}
-	g.nodes[d] = n
 	return n, nil
 }
 
-func (g *graph) read(ctx context.Context, d digest.Digest) ([]byte, error) {
-	rc, err := g.store.Open(ctx, "", d, 0)
-	if err != nil {
-		return nil, err
+// parallelReads bounds the manifests loadAll reads at once: enough to
+// keep a disk's queue or an object store's connections busy, few enough
+// not to crowd out the requests the mirror is serving.
+const parallelReads = 16
+
+// loadAll loads every manifest a walk from roots would reach (children
+// of indexes and referrers), one level at a time with up to
+// parallelReads reads at once, so that the walks then find them loaded:
+// one read after another, 10,000 images wait 10,000 times on the store.
+// It fails as load does, on a store failure.
+func (g *graph) loadAll(ctx context.Context, roots []digest.Digest) error {
+	seen := map[digest.Digest]bool{}
+	var level []digest.Digest
+	add := func(ds []digest.Digest) {
+		for _, d := range ds {
+			if _, loaded := g.nodes[d]; !loaded && !seen[d] {
+				seen[d] = true
+				level = append(level, d)
+			}
+		}
 	}
-	defer rc.Close()
-	return io.ReadAll(io.LimitReader(rc, oci.MaxManifestSize+1))
+	add(roots)
+	for len(level) > 0 {
+		nodes := make([]*node, len(level))
+		// A few long-lived readers, not a goroutine per manifest: each
+		// would grow its stack anew to decode one.
+		eg, ectx := errgroup.WithContext(ctx)
+		var next atomic.Int64
+		for range min(parallelReads, len(level)) {
+			eg.Go(func() error {
+				for i := int(next.Add(1) - 1); i < len(level); i = int(next.Add(1) - 1) {
+					n, err := g.parse(ectx, level[i])
+					if err != nil {
+						return err
+					}
+					nodes[i] = n
+				}
+				return nil
+			})
+		}
+		if err := eg.Wait(); err != nil {
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		done := level
+		level = nil
+		for i, d := range done {
+			g.nodes[d] = nodes[i]
+		}
+		for i, d := range done {
+			add(nodes[i].manifests)
+			add(g.referrers[d])
+		}
+	}
+	return nil
+}
+
+func (g *graph) read(ctx context.Context, d digest.Digest) ([]byte, error) {
+	return g.store.ReadSmall(ctx, d, oci.MaxManifestSize+1)
 }
 
 func (n *node) fill(doc oci.Manifest) {
 	for _, m := range doc.Manifests {
-		if m.Digest.Validate() != nil {
+		if !oci.ValidDigest(m.Digest) {
 			continue
 		}
 		n.manifests = append(n.manifests, m.Digest)
@@ -142,7 +207,7 @@ func (n *node) fill(doc oci.Manifest) {
 		}
 	}
 	n.blobs = doc.BlobDigests()
-	if doc.Config != nil && doc.Config.Digest.Validate() == nil {
+	if doc.Config != nil && oci.ValidDigest(doc.Config.Digest) {
 		n.config = doc.Config.Digest
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -40,6 +41,9 @@ type Image struct {
 	// Platforms stored: those its mirror record lists, else those of the
 	// stored children of an index, or the config's of an image.
 	Platforms []string `json:"platforms,omitempty"`
+	// PlatformsLeftOut are the platforms of an index's entries whose
+	// manifests are not stored (attestations aside), sorted.
+	PlatformsLeftOut []string `json:"platforms_left_out,omitempty"`
 	// Size is the indexed size of its manifests and blobs; content shared
 	// with other images counts in each.
 	Size int64 `json:"size"`
@@ -166,7 +170,7 @@ func (c *Collector) model(ctx context.Context, platforms bool) (*model, error) {
 	}
 	for key, rec := range snap.Tags {
 		host, repo, tag, ok := storage.ParseTagKey(key)
-		if !ok || rec.Digest.Validate() != nil {
+		if !ok || !oci.ValidDigest(rec.Digest) {
 			continue
 		}
 		e := get(imageKey{host, repo, rec.Digest})
@@ -178,7 +182,7 @@ func (c *Collector) model(ctx context.Context, platforms bool) (*model, error) {
 	}
 	mirrors := map[imageKey]storage.FillRecord{}
 	for _, me := range snap.Fills {
-		if me.Digest.Validate() == nil {
+		if oci.ValidDigest(me.Digest) {
 			k := imageKey{me.Upstream, me.Repo, me.Digest}
 			mirrors[k] = me.FillRecord
 			get(k)
@@ -204,6 +208,13 @@ func (c *Collector) model(ctx context.Context, platforms bool) (*model, error) {
 	}
 
 	// What each keeps.
+	roots := make([]digest.Digest, 0, len(entries))
+	for k := range entries {
+		roots = append(roots, k.digest)
+	}
+	if err := g.loadAll(ctx, roots); err != nil {
+		return nil, err
+	}
 	reaches := map[digest.Digest]reach{}
 	children := map[digest.Digest]bool{}
 	for _, e := range entries {
@@ -305,6 +316,15 @@ func (c *Collector) describe(ctx context.Context, g *graph, m *model, e *entry, 
 		e.State = StateCorrupt
 	case mirrored:
 		e.State = rec.State
+	}
+	if root != nil {
+		left := map[string]bool{}
+		for d, p := range root.platforms {
+			if _, stored := snap.Manifests[d]; !stored {
+				left[p] = true
+			}
+		}
+		e.PlatformsLeftOut = slices.Sorted(maps.Keys(left))
 	}
 	if len(rec.Platforms) > 0 {
 		e.Platforms = slices.Clone(rec.Platforms)

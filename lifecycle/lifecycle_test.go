@@ -222,7 +222,8 @@ func TestImages(t *testing.T) {
 	ia := findImage(t, list, a.digest)
 	if ia.Name() != "docker.io/library/a" || !slices.Equal(ia.Tags, []string{"v1"}) || ia.State != storage.FillComplete ||
 		!slices.Equal(ia.Platforms, []string{"linux/amd64", "linux/arm/v7", "linux/arm64"}) || ia.Pinned ||
-		ia.MediaType != "application/vnd.oci.image.index.v1+json" || !ia.LastPull.Equal(t0) {
+		ia.MediaType != "application/vnd.oci.image.index.v1+json" || !ia.LastPull.Equal(t0) ||
+		!slices.Equal(ia.PlatformsLeftOut, []string{"windows/amd64"}) {
 		t.Errorf("image a = %+v", ia)
 	}
 	if ia.Manifests != len(a.manifests) || ia.Blobs != len(a.blobs) {
@@ -240,7 +241,7 @@ func TestImages(t *testing.T) {
 		t.Errorf("image a: size %d, want %d", ia.Size, want)
 	}
 	ib := findImage(t, list, b.digest)
-	if !slices.Equal(ib.Platforms, []string{"linux/amd64"}) || !ib.LastPull.Equal(t0.Add(time.Hour)) || ib.State != storage.FillComplete {
+	if !slices.Equal(ib.Platforms, []string{"linux/amd64"}) || ib.PlatformsLeftOut != nil || !ib.LastPull.Equal(t0.Add(time.Hour)) || ib.State != storage.FillComplete {
 		t.Errorf("image b = %+v", ib)
 	}
 	var total int64

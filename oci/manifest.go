@@ -89,7 +89,7 @@ func (m Manifest) BlobDigests() []digest.Digest {
 	var out []digest.Digest
 	seen := map[digest.Digest]bool{}
 	add := func(d digest.Digest) {
-		if d.Validate() == nil && !seen[d] {
+		if ValidDigest(d) && !seen[d] {
 			seen[d] = true
 			out = append(out, d)
 		}

@@ -119,6 +119,22 @@ func ParseRef(s string) (Ref, error) {
 // ValidTag reports whether s is a well-formed tag.
 func ValidTag(s string) bool { return tagPattern.MatchString(s) }
 
+// ValidDigest reports whether d.Validate() accepts d, without its
+// regular expression for the common case (sha256, 64 lower-case hex
+// digits): walking thousands of manifests checks every digest they name.
+func ValidDigest(d digest.Digest) bool {
+	const prefix = "sha256:"
+	if len(d) == len(prefix)+64 && d[:len(prefix)] == prefix {
+		for i := len(prefix); i < len(d); i++ {
+			if c := d[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+				return false
+			}
+		}
+		return true
+	}
+	return d.Validate() == nil
+}
+
 // IsDigest reports whether the reference is a digest.
 func (r Ref) IsDigest() bool { return r.Digest != "" }
 

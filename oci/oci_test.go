@@ -2,6 +2,7 @@ package oci
 
 import (
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
@@ -204,6 +205,29 @@ func TestPlatformPatterns(t *testing.T) {
 	for _, bad := range []string{"", "/amd64", "linux/", "a/b/c/d"} {
 		if _, err := ParsePlatform(bad); err == nil {
 			t.Errorf("ParsePlatform(%q) accepted", bad)
+		}
+	}
+}
+
+// ValidDigest agrees with digest.Validate, on its fast path and off it.
+func TestValidDigest(t *testing.T) {
+	hex := strings.Repeat("0123456789abcdef", 4)
+	for _, d := range []digest.Digest{
+		"sha256:" + digest.Digest(hex),
+		"sha256:" + digest.Digest(strings.ToUpper(hex)),
+		"sha256:" + digest.Digest(hex[:63]),
+		"sha256:" + digest.Digest(hex+"0"),
+		"sha256:" + digest.Digest(hex[:63]+"g"),
+		"sha256:" + digest.Digest(hex[:63]+"/"),
+		"sha257:" + digest.Digest(hex),
+		"sha512:" + digest.Digest(hex+hex),
+		"sha512:" + digest.Digest(hex),
+		"sha256" + digest.Digest(hex),
+		"",
+		"sha256:",
+	} {
+		if got, want := ValidDigest(d), d.Validate() == nil; got != want {
+			t.Errorf("ValidDigest(%q) = %v, Validate says %v", d, got, want)
 		}
 	}
 }

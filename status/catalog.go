@@ -11,6 +11,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/docker-mirror/docker-mirror/lifecycle"
+	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/storage"
 )
 
@@ -209,7 +210,7 @@ func (c *catalog) load(ctx context.Context) (*catalogSnapshot, error) {
 }
 
 func cosignTag(d digest.Digest) string {
-	if d.Validate() != nil {
+	if !oci.ValidDigest(d) {
 		return ""
 	}
 	return d.Algorithm().String() + "-" + d.Encoded()

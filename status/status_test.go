@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -175,7 +176,8 @@ func TestAPI(t *testing.T) {
 	if multi.Pulls != 2 || jenkins.Pulls != 0 || !jenkins.Pinned || multi.Pinned {
 		t.Errorf("pulls %d %d, pinned %v %v", multi.Pulls, jenkins.Pulls, multi.Pinned, jenkins.Pinned)
 	}
-	if len(multi.Platforms) != 3 || multi.Tags[0] != "v1" || multi.Digest.String() != m.multi.Digest {
+	if len(multi.Platforms) != 3 || multi.Tags[0] != "v1" || multi.Digest.String() != m.multi.Digest ||
+		!slices.Equal(multi.PlatformsLeftOut, []string{"windows/amd64"}) || jenkins.PlatformsLeftOut != nil {
 		t.Errorf("multi %+v", multi)
 	}
 	bySize := getJSON[status.Page](t, m.URL()+"/api/v1/images?sort=size", nil)

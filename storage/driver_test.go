@@ -263,3 +263,34 @@ func TestIngest(t *testing.T) {
 		t.Fatalf("inmemory Ingest: %v", err)
 	}
 }
+
+// ReadSmall reads what Open reads, up to its limit, on the filesystem
+// (straight from the file) as on another driver; missing content is
+// ErrNotFound.
+func TestDriverStoreReadSmall(t *testing.T) {
+	body := []byte(`{"schemaVersion":2}`)
+	d := digest.FromBytes(body)
+	missing := digest.FromString("missing")
+	for name, s := range map[string]*storage.DriverStore{
+		"filesystem": openFilesystem(t, t.TempDir()),
+		"inmemory":   storage.NewDriverStore(inmemory.New()),
+	} {
+		t.Run(name, func(t *testing.T) {
+			if err := s.Put(t.Context(), "library/a", d, int64(len(body)), bytes.NewReader(body)); err != nil {
+				t.Fatal(err)
+			}
+			if got, err := s.ReadSmall(t.Context(), d, 1<<20); err != nil || !bytes.Equal(got, body) {
+				t.Errorf("ReadSmall = %q, %v; want %q", got, err, body)
+			}
+			if got, err := s.ReadSmall(t.Context(), d, 5); err != nil || !bytes.Equal(got, body[:5]) {
+				t.Errorf("ReadSmall(limit 5) = %q, %v", got, err)
+			}
+			if _, err := s.ReadSmall(t.Context(), missing, 1<<20); !errors.Is(err, storage.ErrNotFound) {
+				t.Errorf("ReadSmall(missing) = %v, want ErrNotFound", err)
+			}
+			if _, err := s.ReadSmall(t.Context(), "sha256:../../etc", 1<<20); err == nil {
+				t.Error("ReadSmall of an invalid digest succeeded")
+			}
+		})
+	}
+}
