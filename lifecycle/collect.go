@@ -260,6 +260,7 @@ func (c *Collector) sweep(ctx context.Context, batch []digest.Digest, mk *marker
 		}
 		var version int
 		var err error
+		start := time.Now()
 		gone, version, err = c.index.ForgetRooted(todo, mk.roots, try >= 3, func(d digest.Digest, e storage.ContentEntry) bool {
 			var ts []time.Time
 			if e.Blob != nil {
@@ -274,6 +275,7 @@ func (c *Collector) sweep(ctx context.Context, batch []digest.Digest, mk *marker
 			}
 			return false
 		})
+		r.LongestWrite = max(r.LongestWrite, time.Since(start))
 		if errors.Is(err, storage.ErrStaleRoots) {
 			continue
 		}
