@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/docker-mirror/docker-mirror/storage"
 )
@@ -290,15 +291,25 @@ func (c *Collector) sweep(ctx context.Context, batch []digest.Digest, mk *marker
 		}
 		break
 	}
+	// The removals wait on the disk (or the network), not the CPU: a few
+	// at once.
+	var eg errgroup.Group
+	eg.SetLimit(deleters)
 	for _, f := range gone {
-		if err := c.store.Delete(ctx, "", f.Digest); err != nil {
-			return fmt.Errorf("removing %s from the store: %w", f.Digest, err)
-		}
+		eg.Go(func() error {
+			if err := c.store.Delete(ctx, "", f.Digest); err != nil {
+				return fmt.Errorf("removing %s from the store: %w", f.Digest, err)
+			}
+			return nil
+		})
 		count(r, f.Manifest, stored[f.Digest].size)
 		c.opts.Log.Debug("collected", "digest", f.Digest, "manifest", f.Manifest, "size", stored[f.Digest].size)
 	}
-	return nil
+	return eg.Wait()
 }
+
+// deleters bounds the store removals a sweep runs at once.
+const deleters = 8
 
 // storedFile is what the collection needs of a file the store lists.
 type storedFile struct {
