@@ -242,8 +242,10 @@ func BenchmarkScale(b *testing.B) {
 					}
 				}
 				c.hot = hot
+				var gcWrite, evictWrite time.Duration
 				gc, gcPulls := during(b, c, func() error {
 					r, err := srv.Collector.Collect(ctx)
+					gcWrite = r.LongestWrite
 					if err == nil && r.BlobsRemoved+r.ManifestsRemoved != 0 {
 						err = fmt.Errorf("collection removed %+v from a cache where everything is tagged", r)
 					}
@@ -258,6 +260,7 @@ func BenchmarkScale(b *testing.B) {
 						err = fmt.Errorf("eviction evicted %d images of %d", r.ImagesEvicted, n)
 					}
 					evicted = r.ImagesEvicted
+					evictWrite = r.LongestWrite
 					return err
 				})
 				b.StopTimer()
@@ -279,6 +282,8 @@ func BenchmarkScale(b *testing.B) {
 				b.ReportMetric(float64(evicted), "images-evicted")
 				b.ReportMetric(us(evictPulls.pct(0.99)), "pull-p99-during-evict-µs")
 				b.ReportMetric(ms(evictPulls.pct(1)), "pull-max-during-evict-ms")
+				b.ReportMetric(ms(gcWrite), "gc-longest-write-ms")
+				b.ReportMetric(ms(evictWrite), "evict-longest-write-ms")
 				b.ReportMetric(rss, "peak-RSS-MiB")
 				b.StartTimer()
 			}

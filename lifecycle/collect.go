@@ -1,13 +1,16 @@
 package lifecycle
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/docker-mirror/docker-mirror/storage"
 )
@@ -39,24 +42,39 @@ type marker struct {
 	// index knows as manifests (isManifest) walked as roots.
 	holder     Holder
 	isManifest func(digest.Digest) bool
+	// roots are the roots last marked, and the index version they are of.
+	roots storage.Roots
+	// missing are the marked manifests not in the store when read
+	// (refresh); stale says marks were added since it was listed.
+	missing []digest.Digest
+	stale   bool
 }
 
+// mark marks what roots and the digests the proxy holds keep.
 func (mk *marker) mark(ctx context.Context, roots map[digest.Digest]bool) error {
 	if mk.holder != nil {
-		roots = maps.Clone(roots)
+		var held []digest.Digest
 		for _, d := range mk.holder.Held() {
 			if mk.isManifest(d) {
-				roots[d] = true
+				held = append(held, d)
 			} else {
 				mk.marked.blobs[d] = true // a blob being served: not read as a manifest
 			}
 		}
+		if err := mk.walk(ctx, held); err != nil {
+			return err
+		}
 	}
-	for d := range roots {
+	return mk.walk(ctx, slices.Collect(maps.Keys(roots)))
+}
+
+func (mk *marker) walk(ctx context.Context, roots []digest.Digest) error {
+	for _, d := range roots {
 		if mk.seen[d] || mk.drop[d] || d.Validate() != nil {
 			continue
 		}
 		mk.seen[d] = true
+		mk.stale = true
 		if err := mk.g.walk(ctx, d, mk.marked); err != nil {
 			return err
 		}
@@ -68,17 +86,25 @@ func (mk *marker) mark(ctx context.Context, roots map[digest.Digest]bool) error 
 // stores a manifest before its blobs, so a manifest stored since the
 // marking marks the blobs stored after it.
 func (mk *marker) refresh(ctx context.Context) error {
-	var missing []digest.Digest
-	for d := range mk.marked.manifests {
-		if n := mk.g.nodes[d]; n != nil && n.missing {
-			missing = append(missing, d)
+	if mk.stale {
+		mk.missing = mk.missing[:0]
+		for d := range mk.marked.manifests {
+			if n := mk.g.nodes[d]; n != nil && n.missing {
+				mk.missing = append(mk.missing, d)
+			}
 		}
+		mk.stale = false
 	}
-	for _, d := range missing {
+	still := mk.missing[:0]
+	for _, d := range mk.missing {
 		delete(mk.g.nodes, d)
 		n, err := mk.g.load(ctx, d)
 		if err != nil {
 			return err
+		}
+		if n.missing {
+			still = append(still, d)
+			continue
 		}
 		for _, b := range n.blobs {
 			mk.marked.blobs[b] = true
@@ -87,9 +113,34 @@ func (mk *marker) refresh(ctx context.Context) error {
 			if err := mk.g.walk(ctx, child, mk.marked); err != nil {
 				return err
 			}
+			mk.stale = true // a child may be missing too
 		}
 	}
+	if !mk.stale {
+		mk.missing = still
+	}
 	return nil
+}
+
+// update marks, before a batch is swept, the roots recorded since the
+// last marking (read again only if the index changed since), what the
+// proxy holds now, and the manifests stored since.
+func (mk *marker) update(ctx context.Context, ix *storage.Index) error {
+	v, err := ix.Version()
+	if err != nil {
+		return err
+	}
+	var roots map[digest.Digest]bool
+	if v != mk.roots.Version {
+		if mk.roots, err = ix.Roots(); err != nil {
+			return err
+		}
+		roots = mk.roots.Digests
+	}
+	if err := mk.mark(ctx, roots); err != nil {
+		return err
+	}
+	return mk.refresh(ctx)
 }
 
 // collect removes what no root references; freed (content an eviction
@@ -97,11 +148,17 @@ func (mk *marker) refresh(ctx context.Context) error {
 func (c *Collector) collect(ctx context.Context, drop, freed map[digest.Digest]bool) (Report, error) {
 	r := Report{DryRun: c.opts.DryRun, StoredBefore: c.index.StoredBytes()}
 	now := c.opts.Now()
-	snap, err := c.index.Snapshot()
+	g := newGraph(c.store)
+	listed, err := c.index.ReferrerDigests()
 	if err != nil {
 		return r, err
 	}
-	g, err := c.referrersGraph(snap)
+	g.referrers = listed
+	// The digests alone, not the records: the view is what the whole
+	// pass holds in memory.
+	view, err := c.index.ContentView(func(key []byte, d digest.Digest) {
+		addReferrerTag(g, key, d)
+	})
 	if err != nil {
 		return r, err
 	}
@@ -110,18 +167,19 @@ func (c *Collector) collect(ctx context.Context, drop, freed map[digest.Digest]b
 		marked: reach{manifests: map[digest.Digest]bool{}, blobs: map[digest.Digest]bool{}},
 		seen:   map[digest.Digest]bool{},
 		drop:   drop,
+		roots:  view.Roots,
 	}
 	mk.holder, _ = c.opts.Guard.(Holder)
 	mk.isManifest = func(d digest.Digest) bool {
 		_, ok, err := c.index.Manifest(d)
 		return ok || err != nil // unsure: walked, which reads it
 	}
-	if err := mk.mark(ctx, snapshotRoots(snap)); err != nil {
+	if err := mk.mark(ctx, view.Digests); err != nil {
 		return r, err
 	}
-	stored := map[digest.Digest]storage.StoredContent{}
+	stored := map[digest.Digest]storedFile{}
 	if err := c.store.Walk(ctx, func(sc storage.StoredContent) error {
-		stored[sc.Digest] = sc
+		stored[sc.Digest] = storedFile{size: sc.Size, modTime: sc.ModTime}
 		return nil
 	}); err != nil {
 		return r, fmt.Errorf("listing the store: %w", err)
@@ -129,30 +187,33 @@ func (c *Collector) collect(ctx context.Context, drop, freed map[digest.Digest]b
 
 	// Candidates: what is stored or indexed and not marked.
 	var candidates []digest.Digest
-	seen := map[digest.Digest]bool{}
-	for _, ds := range [][]digest.Digest{keys(stored), keys(snap.Blobs), keys(snap.Manifests)} {
-		for _, d := range ds {
-			if seen[d] || mk.marked.has(d) {
-				continue
-			}
-			seen[d] = true
-			if c.opts.Owned != nil && !c.opts.Owned(d) {
-				r.Kept++ // another replica's to collect
-				continue
-			}
-			if !freed[d] && c.recent(now, stored[d].ModTime, snap.Blobs[d].FetchedAt, snap.Blobs[d].LastAccess, snap.Manifests[d].FetchedAt) {
-				r.Kept++
-				continue
-			}
-			candidates = append(candidates, d)
+	consider := func(d digest.Digest) {
+		if mk.marked.has(d) {
+			return
+		}
+		if c.opts.Owned != nil && !c.opts.Owned(d) {
+			r.Kept++ // another replica's to collect
+			return
+		}
+		if !freed[d] && c.recent(now, stored[d].modTime, view.Content[d].Newest) {
+			r.Kept++
+			return
+		}
+		candidates = append(candidates, d)
+	}
+	for d := range stored {
+		consider(d)
+	}
+	for d := range view.Content {
+		if _, ok := stored[d]; !ok {
+			consider(d)
 		}
 	}
 	slices.Sort(candidates)
 
 	if c.opts.DryRun {
 		for _, d := range candidates {
-			_, manifest := snap.Manifests[d]
-			count(&r, manifest, stored[d].Size)
+			count(&r, view.Content[d].Manifest, stored[d].size)
 		}
 		r.StoredAfter = r.StoredBefore
 		return r, nil
@@ -171,59 +232,105 @@ func (c *Collector) collect(ctx context.Context, drop, freed map[digest.Digest]b
 // sweep removes one batch of unmarked content: claimed from the guard,
 // checked against the roots recorded since the marking, forgotten by the
 // index, then removed from the store.
-func (c *Collector) sweep(ctx context.Context, batch []digest.Digest, mk *marker, stored map[digest.Digest]storage.StoredContent, freed map[digest.Digest]bool, r *Report) error {
+func (c *Collector) sweep(ctx context.Context, batch []digest.Digest, mk *marker, stored map[digest.Digest]storedFile, freed map[digest.Digest]bool, r *Report) error {
 	claimed, release := c.claim(batch)
 	defer release()
 	r.Kept += len(batch) - len(claimed)
 	if len(claimed) == 0 {
 		return nil
 	}
+	now := c.opts.Now()
+	var gone []storage.Forgotten
 	// Roots recorded since the marking keep their content too. Content a
 	// new root needs that is claimed now is fetched again by the proxy.
-	roots, err := c.index.RootDigests()
-	if err != nil {
-		return err
-	}
-	if err := mk.mark(ctx, roots); err != nil {
-		return err
-	}
-	if err := mk.refresh(ctx); err != nil {
-		return err
-	}
-	var todo []digest.Digest
-	for _, d := range claimed {
-		if mk.marked.has(d) {
-			r.Kept++
-		} else {
-			todo = append(todo, d)
+	// The index checks the batch against the roots marked if nothing was
+	// written since (else they are read and marked again): a few tries,
+	// then it reads them itself, under its write lock.
+	for try := 0; ; try++ {
+		if err := mk.update(ctx, c.index); err != nil {
+			return err
 		}
+		var todo []digest.Digest
+		kept := 0
+		for _, d := range claimed {
+			if mk.marked.has(d) {
+				kept++
+			} else {
+				todo = append(todo, d)
+			}
+		}
+		var version int
+		var err error
+		start := time.Now()
+		gone, version, err = c.index.ForgetRooted(todo, mk.roots, try >= 3, func(d digest.Digest, e storage.ContentEntry) bool {
+			var ts []time.Time
+			if e.Blob != nil {
+				ts = append(ts, e.Blob.FetchedAt, e.Blob.LastAccess)
+			}
+			if e.Manifest != nil {
+				ts = append(ts, e.Manifest.FetchedAt)
+			}
+			if (e.Rooted && !mk.drop[d]) || (!freed[d] && c.recent(now, ts...)) {
+				kept++
+				return true
+			}
+			return false
+		})
+		r.LongestWrite = max(r.LongestWrite, time.Since(start))
+		if errors.Is(err, storage.ErrStaleRoots) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		r.Kept += kept
+		if version == mk.roots.Version+1 {
+			// Only this batch wrote since the roots were read, and it
+			// removed no root that keeps anything: they stand.
+			mk.roots.Version = version
+		}
+		break
 	}
-	now := c.opts.Now()
-	gone, err := c.index.Forget(todo, func(d digest.Digest, e storage.ContentEntry) bool {
-		var ts []time.Time
-		if e.Blob != nil {
-			ts = append(ts, e.Blob.FetchedAt, e.Blob.LastAccess)
-		}
-		if e.Manifest != nil {
-			ts = append(ts, e.Manifest.FetchedAt)
-		}
-		if (e.Rooted && !mk.drop[d]) || (!freed[d] && c.recent(now, ts...)) {
-			r.Kept++
-			return true
-		}
-		return false
-	})
-	if err != nil {
-		return err
-	}
+	// The removals wait on the disk (or the network), not the CPU: a few
+	// at once.
+	var eg errgroup.Group
+	eg.SetLimit(deleters)
 	for _, f := range gone {
-		if err := c.store.Delete(ctx, "", f.Digest); err != nil {
-			return fmt.Errorf("removing %s from the store: %w", f.Digest, err)
-		}
-		count(r, f.Manifest, stored[f.Digest].Size)
-		c.opts.Log.Debug("collected", "digest", f.Digest, "manifest", f.Manifest, "size", stored[f.Digest].Size)
+		eg.Go(func() error {
+			if err := c.store.Delete(ctx, "", f.Digest); err != nil {
+				return fmt.Errorf("removing %s from the store: %w", f.Digest, err)
+			}
+			return nil
+		})
+		count(r, f.Manifest, stored[f.Digest].size)
+		c.opts.Log.Debug("collected", "digest", f.Digest, "manifest", f.Manifest, "size", stored[f.Digest].size)
 	}
-	return nil
+	return eg.Wait()
+}
+
+// deleters bounds the store removals a sweep runs at once.
+const deleters = 8
+
+// storedFile is what the collection needs of a file the store lists.
+type storedFile struct {
+	size    int64
+	modTime time.Time
+}
+
+// addReferrerTag adds to g a tag of the referrers tag schema or of
+// cosign's (key "host/repo:sha256-<hex>[.sig]"), naming d.
+func addReferrerTag(g *graph, key []byte, d digest.Digest) {
+	colon := bytes.LastIndexByte(key, ':')
+	if colon < 0 || !bytes.Contains(key[colon:], []byte("-")) {
+		return // not a referrer tag: no string made of its key
+	}
+	_, _, tag, ok := storage.ParseTagKey(string(key))
+	if !ok || d.Validate() != nil {
+		return
+	}
+	if subject, ok := referrerTagSubject(tag); ok {
+		g.referrers[subject] = append(g.referrers[subject], d)
+	}
 }
 
 // count adds one removal of size bytes to r.
@@ -234,23 +341,6 @@ func count(r *Report, manifest bool, size int64) {
 		r.BlobsRemoved++
 	}
 	r.BytesFreed += size
-}
-
-// snapshotRoots are the digests tags, mirror records and pins name.
-func snapshotRoots(snap *storage.Snapshot) map[digest.Digest]bool {
-	roots := map[digest.Digest]bool{}
-	for _, rec := range snap.Tags {
-		roots[rec.Digest] = true
-	}
-	for _, me := range snap.Fills {
-		roots[me.Digest] = true
-	}
-	for key := range snap.Pins {
-		if d, err := digest.Parse(key); err == nil {
-			roots[d] = true
-		}
-	}
-	return roots
 }
 
 func keys[V any](m map[digest.Digest]V) []digest.Digest {

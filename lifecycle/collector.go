@@ -169,6 +169,10 @@ type Report struct {
 	// mirrors them again.
 	FillsReset int `json:"mirrors_reset,omitempty"`
 
+	// LongestWrite is how long the pass's longest index transaction held
+	// the index's write lock (pulls that record content wait that long).
+	LongestWrite time.Duration `json:"longest_write_ns,omitempty"`
+
 	// StoredBefore and StoredAfter are the indexed size of the store.
 	StoredBefore int64 `json:"stored_before"`
 	StoredAfter  int64 `json:"stored_after"`
@@ -184,6 +188,7 @@ func (r *Report) add(o Report) {
 	r.BytesFreed += o.BytesFreed
 	r.TagsRemoved += o.TagsRemoved
 	r.Kept += o.Kept
+	r.LongestWrite = max(r.LongestWrite, o.LongestWrite)
 }
 
 // Pin keeps an image out of eviction. ref is its root digest, or a

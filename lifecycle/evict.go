@@ -125,7 +125,9 @@ func (c *Collector) evict(ctx context.Context, maxSize int64, evictAfter time.Du
 		}
 		unroots = append(unroots, c.unroots(m, e)...)
 	}
-	if err := c.index.UnrootImages(unroots); err != nil {
+	longest, err := c.index.UnrootImagesTimed(unroots)
+	r.LongestWrite = max(r.LongestWrite, longest)
+	if err != nil {
 		return r, false, err
 	}
 	r.ImagesEvicted = len(victims)

@@ -3,6 +3,7 @@ package storage
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 
 	"github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
@@ -82,18 +83,47 @@ type Forgotten struct {
 // after forgetting it: a crash in between leaves unreferenced content, for
 // the next collection, never an entry naming missing content.
 func (ix *Index) Forget(dgsts []digest.Digest, keep func(digest.Digest, ContentEntry) bool) ([]Forgotten, error) {
+	out, _, err := ix.forget(dgsts, Roots{}, false, keep)
+	return out, err
+}
+
+// ErrStaleRoots is what ForgetRooted returns when the index changed since
+// its roots were read: nothing was forgotten; read the roots again.
+var ErrStaleRoots = errors.New("index: the roots changed since they were read")
+
+// ForgetRooted is Forget given the roots as the caller read them: when
+// the index has not changed since (roots.Version), the transaction
+// checks each digest against them rather than reading every tag, mirror
+// record and pin while it holds the write lock. Otherwise it forgets
+// nothing and returns ErrStaleRoots, or, if fallback, reads the roots
+// itself. version is the index's version the transaction made.
+func (ix *Index) ForgetRooted(dgsts []digest.Digest, roots Roots, fallback bool, keep func(digest.Digest, ContentEntry) bool) (out []Forgotten, version int, err error) {
+	return ix.forget(dgsts, roots, !fallback, keep)
+}
+
+func (ix *Index) forget(dgsts []digest.Digest, given Roots, strict bool, keep func(digest.Digest, ContentEntry) bool) ([]Forgotten, int, error) {
 	var out []Forgotten
 	var freed int64
+	var version int
 	// unshare are the shared records to delete once the local ones are.
 	var unshare map[string][][]byte
 	err := ix.db.Update(func(tx *bolt.Tx) error {
 		out, freed = nil, 0
 		unshare = map[string][][]byte{}
-		roots, err := rootDigests(tx)
-		if err != nil {
-			return err
+		version = tx.ID()
+		roots := given.Digests
+		if roots == nil || tx.ID() != given.Version+1 {
+			if strict {
+				return ErrStaleRoots
+			}
+			var err error
+			if roots, err = rootDigests(tx, nil); err != nil {
+				return err
+			}
 		}
 		gone := map[digest.Digest]int{}
+		// rooted: a tag or mirror record may name what goes.
+		rooted := false
 		for _, d := range dgsts {
 			if _, dup := gone[d]; dup {
 				continue
@@ -113,6 +143,7 @@ func (ix *Index) Forget(dgsts []digest.Digest, keep func(digest.Digest, ContentE
 			if keep != nil && keep(d, e) {
 				continue
 			}
+			rooted = rooted || e.Rooted
 			f := Forgotten{Digest: d, Blob: e.Blob != nil, Manifest: e.Manifest != nil}
 			if e.Blob != nil {
 				f.Size += e.Blob.Size
@@ -132,7 +163,9 @@ func (ix *Index) Forget(dgsts []digest.Digest, keep func(digest.Digest, ContentE
 			out = append(out, f)
 			freed += f.Size
 		}
-		if len(gone) == 0 {
+		if !rooted {
+			// No tag or mirror record names what goes: the buckets are
+			// not read (they hold as many records as the cache has tags).
 			return nil
 		}
 		var stale [][]byte
@@ -169,14 +202,14 @@ func (ix *Index) Forget(dgsts []digest.Digest, keep func(digest.Digest, ContentE
 		return nil
 	})
 	if err != nil {
-		return nil, err
+		return nil, version, err
 	}
 	ix.stored.Add(-freed)
 	// What names the content goes before the content's own records, as
 	// it did locally.
 	for _, b := range [][]byte{bucketTags, bucketMirrors, bucketLinks, bucketAccess, bucketManifests, bucketBlobs} {
 		if err := ix.shareDelete(b, unshare[string(b)]...); err != nil {
-			return nil, err
+			return nil, version, err
 		}
 	}
 	ix.mu.Lock()
@@ -184,7 +217,7 @@ func (ix *Index) Forget(dgsts []digest.Digest, keep func(digest.Digest, ContentE
 		delete(ix.pulled, f.Digest) // a last pull not yet flushed goes too
 	}
 	ix.mu.Unlock()
-	return out, nil
+	return out, version, nil
 }
 
 // forget deletes the entries of one digest, but not the tags and mirror

@@ -106,16 +106,91 @@ func readAll[T any](tx *bolt.Tx, bucket []byte, fn func(key string, v T)) error 
 // name: what keeps content in the cache. It is the cheap part of Snapshot,
 // read in one transaction.
 func (ix *Index) RootDigests() (map[digest.Digest]bool, error) {
-	roots := map[digest.Digest]bool{}
-	err := ix.db.View(func(tx *bolt.Tx) error {
-		r, err := rootDigests(tx)
-		roots = r
-		return err
-	})
-	return roots, err
+	r, err := ix.Roots()
+	return r.Digests, err
 }
 
-func rootDigests(tx *bolt.Tx) (map[digest.Digest]bool, error) {
+// Roots are the digests that keep content in the cache (named by tags,
+// mirror records and pins) as one version of the index has them.
+type Roots struct {
+	Digests map[digest.Digest]bool
+	// Version is the index's version they were read from (Version).
+	Version int
+}
+
+// Version identifies the index's current state: every write to the index
+// makes a new one (it is bbolt's last committed transaction).
+func (ix *Index) Version() (int, error) {
+	tx, err := ix.db.Begin(false)
+	if err != nil {
+		return 0, err
+	}
+	defer tx.Rollback()
+	return tx.ID(), nil
+}
+
+// Roots reads the roots, and the version they are of.
+func (ix *Index) Roots() (Roots, error) {
+	var r Roots
+	err := ix.db.View(func(tx *bolt.Tx) error {
+		d, err := rootDigests(tx, nil)
+		r = Roots{Digests: d, Version: tx.ID()}
+		return err
+	})
+	return r, err
+}
+
+// ContentAge is what a collection needs to know of a digest's records.
+type ContentAge struct {
+	// Manifest: a manifest record (else only a blob record).
+	Manifest bool
+	// Newest is the latest of its records' fetch and access times.
+	Newest time.Time
+}
+
+// ContentView is the compact copy of the index a collection marks and
+// sweeps from: the roots and the age of every record, read in one
+// transaction, without the records themselves.
+type ContentView struct {
+	Roots
+	// Content holds every digest with a blob or manifest record.
+	Content map[digest.Digest]ContentAge
+}
+
+// ContentView reads the roots and the content records' ages; tag, if not
+// nil, is called with each tag's key and digest (key is valid only
+// during the call).
+func (ix *Index) ContentView(tag func(key []byte, d digest.Digest)) (*ContentView, error) {
+	v := &ContentView{Content: map[digest.Digest]ContentAge{}}
+	err := ix.db.View(func(tx *bolt.Tx) error {
+		d, err := rootDigests(tx, tag)
+		if err != nil {
+			return err
+		}
+		v.Roots = Roots{Digests: d, Version: tx.ID()}
+		if err := readAll(tx, bucketManifests, func(k string, rec ManifestRecord) {
+			v.Content[digest.Digest(k)] = ContentAge{Manifest: true, Newest: rec.FetchedAt}
+		}); err != nil {
+			return err
+		}
+		return readAll(tx, bucketBlobs, func(k string, rec BlobRecord) {
+			a := v.Content[digest.Digest(k)]
+			for _, t := range []time.Time{rec.FetchedAt, rec.LastAccess} {
+				if t.After(a.Newest) {
+					a.Newest = t
+				}
+			}
+			v.Content[digest.Digest(k)] = a
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+// rootDigests reads the roots in tx; tag, if not nil, is told each tag.
+func rootDigests(tx *bolt.Tx, tag func(key []byte, d digest.Digest)) (map[digest.Digest]bool, error) {
 	roots := map[digest.Digest]bool{}
 	pinnedTags := map[string]bool{}
 	if err := readAll(tx, bucketPins, func(k string, _ PinRecord) {
@@ -127,18 +202,23 @@ func rootDigests(tx *bolt.Tx) (map[digest.Digest]bool, error) {
 	}); err != nil {
 		return nil, err
 	}
-	// Every tag, for every batch a collection sweeps: its digest is read
-	// without decoding the record where it can be.
+	// Every tag: its digest is read without decoding the record where it
+	// can be.
 	err := tx.Bucket(bucketTags).ForEach(func(k, raw []byte) error {
-		if d, ok := tagDigest(raw); ok {
+		d, ok := tagDigest(raw)
+		if !ok {
+			var v TagRecord
+			if err := json.Unmarshal(raw, &v); err != nil {
+				return fmt.Errorf("index: corrupt %s entry %q: %w", bucketTags, k, err)
+			}
+			d = v.Digest
+		}
+		if _, dup := roots[d]; !dup {
 			roots[d] = true
-			return nil
 		}
-		var v TagRecord
-		if err := json.Unmarshal(raw, &v); err != nil {
-			return fmt.Errorf("index: corrupt %s entry %q: %w", bucketTags, k, err)
+		if tag != nil {
+			tag(k, d)
 		}
-		roots[v.Digest] = true
 		return nil
 	})
 	if err != nil {

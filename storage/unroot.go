@@ -2,6 +2,7 @@ package storage
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
@@ -32,6 +33,13 @@ const unrootBatch = 1024
 // transactions of about unrootBatch keys (DeleteTagIf and DeleteFill for
 // many images at once).
 func (ix *Index) UnrootImages(us []Unroot) error {
+	_, err := ix.UnrootImagesTimed(us)
+	return err
+}
+
+// UnrootImagesTimed is UnrootImages; it also returns how long its longest
+// transaction held the index's write lock.
+func (ix *Index) UnrootImagesTimed(us []Unroot) (longest time.Duration, err error) {
 	for len(us) > 0 {
 		n, keys := 0, 0
 		for n < len(us) && (n == 0 || keys+len(us[n].Tags)+len(us[n].Fills) <= unrootBatch) {
@@ -41,6 +49,7 @@ func (ix *Index) UnrootImages(us []Unroot) error {
 		batch := us[:n]
 		us = us[n:]
 		var tags, fills [][]byte // deleted: their shared records go too
+		start := time.Now()
 		err := ix.db.Update(func(tx *bolt.Tx) error {
 			tags, fills = tags[:0], fills[:0]
 			for _, u := range batch {
@@ -62,15 +71,16 @@ func (ix *Index) UnrootImages(us []Unroot) error {
 			}
 			return nil
 		})
+		longest = max(longest, time.Since(start))
 		if err != nil {
-			return err
+			return longest, err
 		}
 		if err := ix.shareDelete(bucketTags, tags...); err != nil {
-			return err
+			return longest, err
 		}
 		if err := ix.shareDelete(bucketMirrors, fills...); err != nil {
-			return err
+			return longest, err
 		}
 	}
-	return nil
+	return longest, nil
 }

@@ -1,0 +1,101 @@
+package lifecycle_test
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/docker-mirror/docker-mirror/lifecycle"
+	"github.com/docker-mirror/docker-mirror/storage"
+)
+
+// gateGuard is a Guard that runs at once, before the first claim of a
+// digest in on, and grants every claim; it counts the claims before.
+type gateGuard struct {
+	on     map[string]bool
+	at     func()
+	once   sync.Once
+	mu     sync.Mutex
+	before int
+	fired  bool
+}
+
+func (g *gateGuard) Claim(d digest.Digest) (func(), bool) {
+	if g.on[d.String()] {
+		g.once.Do(func() {
+			g.at()
+			g.mu.Lock()
+			g.fired = true
+			g.mu.Unlock()
+		})
+	}
+	g.mu.Lock()
+	if !g.fired {
+		g.before++
+	}
+	g.mu.Unlock()
+	return func() {}, true
+}
+
+// A root recorded in the middle of a sweep, after batches were already
+// removed (the index written by the collection itself since the
+// marking), keeps its content: the roots are read again for the batch
+// that holds it.
+func TestCollectRootRecordedDuringSweep(t *testing.T) {
+	e := newEnv(t)
+	ctx := t.Context()
+	_, b, _ := seedThree(t, e)
+	if err := e.m.Index.DeleteTag("docker.io", "library/b", "v1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.m.Index.DeleteFill("docker.io", "library/b", digest.Digest(b.digest)); err != nil {
+		t.Fatal(err)
+	}
+	rec, ok, err := e.m.Index.Manifest(digest.Digest(b.digest))
+	if err != nil || !ok {
+		t.Fatalf("b's manifest record: %v, %v", ok, err)
+	}
+	// More than a batch of junk that sorts before all of b's content, so
+	// that at least one batch is swept (and the index written) before the
+	// batch holding b's content.
+	first := slices.Min(b.content())
+	var junk []digest.Digest
+	for i := 0; len(junk) < 300; i++ {
+		body := fmt.Sprintf("junk %d", i)
+		d := digest.FromString(body)
+		if d.String() >= first {
+			continue
+		}
+		if err := e.store.Put(ctx, "", d, int64(len(body)), strings.NewReader(body)); err != nil {
+			t.Fatal(err)
+		}
+		junk = append(junk, d)
+	}
+	on := map[string]bool{}
+	for _, d := range b.content() {
+		on[d] = true
+	}
+	guard := &gateGuard{on: on, at: func() {
+		if err := e.m.Index.RecordManifest(storage.ManifestEntry{Upstream: "docker.io", Repo: "library/b", Digest: digest.Digest(b.digest), Record: rec, Tag: "v1"}); err != nil {
+			t.Error(err)
+		}
+	}}
+	r, err := e.collector(lifecycle.Options{Guard: guard}).Collect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !guard.fired || guard.before < len(junk) {
+		t.Fatalf("the sweep reached b's content after %d claims (fired %v), want after the %d junk blobs", guard.before, guard.fired, len(junk))
+	}
+	if r.BlobsRemoved != len(junk) || r.ManifestsRemoved != 0 {
+		t.Errorf("Collect = %+v, want the %d junk blobs removed and b kept by its new tag", r, len(junk))
+	}
+	e.wantStored(t, true, b.content()...)
+	for _, d := range junk[:3] {
+		e.wantStored(t, false, d.String())
+	}
+}

@@ -1,0 +1,62 @@
+package storage_test
+
+import (
+	"errors"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/docker-mirror/docker-mirror/storage"
+)
+
+// ForgetRooted trusts the roots it is given only if nothing was written
+// to the index since they were read: a tag recorded in between makes it
+// refuse (strict) or read the roots itself (fallback), never forget
+// content the new tag names. Given current roots, it removes a rooted
+// digest's tags as Forget does.
+func TestForgetRooted(t *testing.T) {
+	ix := newIndex(t)
+	const repo = "library/alpine"
+	old, fresh := digest.FromString("old"), digest.FromString("fresh")
+	must(t, ix.RecordBlob(hub, repo, old, 10, t0))
+	must(t, ix.RecordBlob(hub, repo, fresh, 10, t0))
+	roots, err := ix.Roots()
+	must(t, err)
+	if v, err := ix.Version(); err != nil || v != roots.Version {
+		t.Fatalf("Version = %d, %v; want the roots' %d", v, err, roots.Version)
+	}
+	// A tag now names fresh: the roots read before are stale.
+	must(t, ix.RecordManifest(storage.ManifestEntry{
+		Upstream: hub, Repo: repo, Digest: fresh, Tag: "new",
+		Record: storage.ManifestRecord{MediaType: "application/vnd.oci.image.manifest.v1+json", Size: 1, FetchedAt: t0},
+	}))
+	if v, _ := ix.Version(); v == roots.Version {
+		t.Fatal("a write left the version as it was")
+	}
+	keepRooted := func(_ digest.Digest, e storage.ContentEntry) bool { return e.Rooted }
+	if _, _, err := ix.ForgetRooted([]digest.Digest{fresh}, roots, false, keepRooted); !errors.Is(err, storage.ErrStaleRoots) {
+		t.Fatalf("ForgetRooted on stale roots = %v, want ErrStaleRoots", err)
+	}
+	gone, version, err := ix.ForgetRooted([]digest.Digest{fresh, old}, roots, true, keepRooted)
+	must(t, err)
+	if len(gone) != 1 || gone[0].Digest != old {
+		t.Fatalf("ForgetRooted (fallback) = %+v, want only the unrooted digest", gone)
+	}
+	if v, _ := ix.Version(); v != version {
+		t.Fatalf("Version after ForgetRooted = %d, want the %d it made", v, version)
+	}
+
+	roots, err = ix.Roots()
+	must(t, err)
+	if !roots.Digests[fresh] {
+		t.Fatalf("roots %v lack the tagged digest", roots.Digests)
+	}
+	gone, _, err = ix.ForgetRooted([]digest.Digest{fresh}, roots, false, nil)
+	must(t, err)
+	if len(gone) != 1 || len(gone[0].Tags) != 1 {
+		t.Fatalf("ForgetRooted of a rooted digest = %+v, want its tag removed", gone)
+	}
+	if _, ok, _ := ix.Tag(hub, repo, "new"); ok {
+		t.Error("the tag of a forgotten manifest survived")
+	}
+}
