@@ -246,11 +246,11 @@ func newStatus(s *Server) *statuspage.Handler {
 		d.Peers = func() []statuspage.PeerState {
 			var peers []statuspage.PeerState
 			for _, p := range s.Cluster.Peers() {
-				st := statuspage.PeerState{Name: p.URL, URL: p.URL, State: "ok", LastError: p.Error, LastSeen: p.Since}
-				switch {
-				case p.Self:
-					st.State = "self"
-				case !p.Up:
+				st := statuspage.PeerState{Name: p.URL, State: "ok", LastError: p.Error, Since: p.Since}
+				if p.Self {
+					st.Name += " (this replica)"
+				}
+				if !p.Up {
 					st.State = "unreachable"
 				}
 				peers = append(peers, st)

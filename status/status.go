@@ -21,14 +21,13 @@ import (
 	"github.com/docker-mirror/docker-mirror/storage"
 )
 
-// PeerState is another replica of a cluster as the page shows it.
-// (Package cluster provides them; until then there are none.)
+// PeerState is a replica of a cluster as the page shows it.
 type PeerState struct {
 	Name      string    `json:"name"`
 	URL       string    `json:"url,omitempty"`
-	State     string    `json:"state"` // e.g. "ok", "unreachable"
+	State     string    `json:"state"` // "ok" or "unreachable"
 	LastError string    `json:"last_error,omitempty"`
-	LastSeen  time.Time `json:"last_seen,omitzero"`
+	Since     time.Time `json:"since,omitzero"` // when State last changed
 }
 
 // Deps are what the status page reads and acts through. Proxy and Index

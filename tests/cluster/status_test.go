@@ -1,0 +1,62 @@
+package cluster_test
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/docker-mirror/docker-mirror/tests/fixture"
+)
+
+// The status page's JSON shows every replica of the cluster: this one
+// marked as such, the others ok, and a killed one unreachable once this
+// replica knows it (here: after a probe), with the error.
+func TestStatusShowsPeers(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	rs := startCluster(t, 3, up, sharedDir, nil)
+	peers := func() map[string]struct{ State, LastError string } {
+		t.Helper()
+		st, _, body, err := get(context.Background(), rs[0].url+"/api/v1/status", nil)
+		if err != nil || st != http.StatusOK {
+			t.Fatalf("/api/v1/status: %d %v", st, err)
+		}
+		var s struct {
+			Peers []struct {
+				Name, State string
+				LastError   string `json:"last_error"`
+			}
+		}
+		if err := json.Unmarshal(body, &s); err != nil {
+			t.Fatal(err)
+		}
+		m := map[string]struct{ State, LastError string }{}
+		for _, p := range s.Peers {
+			m[p.Name] = struct{ State, LastError string }{p.State, p.LastError}
+		}
+		return m
+	}
+	got := peers()
+	if len(got) != 3 {
+		t.Fatalf("peers = %v, want the 3 replicas", got)
+	}
+	if p, ok := got[rs[0].url+" (this replica)"]; !ok || p.State != "ok" {
+		t.Errorf("this replica: %v (peers %v)", p, got)
+	}
+	for _, r := range rs[1:] {
+		if p := got[r.url]; p.State != "ok" {
+			t.Errorf("%s: %+v, want ok", r.url, p)
+		}
+	}
+
+	rs[2].kill()
+	rs[0].srv.Cluster.Probe(context.Background())
+	got = peers()
+	if p := got[rs[2].url]; p.State != "unreachable" || !strings.Contains(p.LastError, "127.0.0.1") {
+		t.Errorf("killed replica: %+v, want unreachable with its error", p)
+	}
+	if p := got[rs[1].url]; p.State != "ok" {
+		t.Errorf("%s: %+v, want ok", rs[1].url, p)
+	}
+}
