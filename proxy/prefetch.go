@@ -39,7 +39,7 @@ func (p *Proxy) postPrefetch(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	w.Header().Set("Location", "/prefetch/"+job.ID)
-	return writeJSON(w, http.StatusAccepted, job)
+	return WriteJSON(w, http.StatusAccepted, job)
 }
 
 func (p *Proxy) getPrefetch(w http.ResponseWriter, r *http.Request) error {
@@ -47,7 +47,7 @@ func (p *Proxy) getPrefetch(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, job)
+	return WriteJSON(w, http.StatusOK, job)
 }
 
 func (p *Proxy) listPrefetch(w http.ResponseWriter, _ *http.Request) error {
@@ -62,12 +62,14 @@ func (p *Proxy) listPrefetch(w http.ResponseWriter, _ *http.Request) error {
 			}
 		}
 	}
-	return writeJSON(w, http.StatusOK, struct {
+	return WriteJSON(w, http.StatusOK, struct {
 		Jobs []*storage.Job `json:"jobs"`
 	}{list})
 }
 
-func writeJSON(w http.ResponseWriter, status int, v any) error {
+// WriteJSON answers v as indented JSON with the given status: the one
+// writer of the mirror's JSON APIs (prefetch jobs, the status page's).
+func WriteJSON(w http.ResponseWriter, status int, v any) error {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	enc := json.NewEncoder(w)

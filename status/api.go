@@ -339,16 +339,10 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// writeJSON answers v as JSON, never cached: the page's figures change.
 func writeJSON(w http.ResponseWriter, status int, v any) error {
-	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(status)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	if err := enc.Encode(v); err != nil {
-		return fmt.Errorf("writing response: %w", err)
-	}
-	return nil
+	return proxy.WriteJSON(w, status, v)
 }
 
 func errNotFound(r *http.Request) error {
