@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	mrand "math/rand/v2"
 	"net/http"
@@ -184,6 +185,24 @@ func peakRSS() float64 {
 	return 0
 }
 
+// getStatusImages GETs the status page's image list (its JSON API), the
+// first page sorted by size, and checks that it lists images.
+func getStatusImages(base string, n int) error {
+	resp, err := http.Get(base + "/api/v1/images?sort=size")
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	var page struct {
+		Total  int               `json:"total"`
+		Images []json.RawMessage `json:"images"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&page); err != nil || resp.StatusCode != http.StatusOK || len(page.Images) == 0 || page.Total != n {
+		return fmt.Errorf("GET /api/v1/images: %s, %d of %d images, error %v", resp.Status, len(page.Images), page.Total, err)
+	}
+	return nil
+}
+
 // resetPeakRSS resets VmHWM to the current RSS (Linux clear_refs).
 func resetPeakRSS() { _ = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) }
 
@@ -193,8 +212,10 @@ func resetPeakRSS() { _ = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) 
 // and blob-hit latency (p50, p99 of 2,000 sequential GETs over a kept-alive
 // connection), ls (Collector.Images), a collection pass with nothing to
 // collect, an eviction pass down to half the store, the pulls' p99 while
-// each pass runs, and the process's peak RSS from start-up on (building
-// the cache excluded). The cache is built untimed; it is not pulled.
+// each pass runs, the status page's image list (GET /api/v1/images, its
+// first build), and the process's peak RSS from start-up on (building
+// the cache excluded): VmHWM, and the peaks of RssAnon (heap) and RssFile
+// (mapped files: the index) sampled every 5 ms, logged per step. The cache is built untimed; it is not pulled.
 func BenchmarkScale(b *testing.B) {
 	for _, n := range scaleSizes(b) {
 		b.Run(fmt.Sprintf("images=%d", n), func(b *testing.B) {
@@ -208,6 +229,7 @@ func BenchmarkScale(b *testing.B) {
 				cfg := servertest.Config(b, dir, []servertest.Upstream{{Host: "docker.io", URL: up.URL()}})
 				cfg.TagTTL = config.Duration(1000 * time.Hour)
 				resetPeakRSS()
+				sampler := startRSSSampler()
 				b.StartTimer()
 
 				ctx := context.Background()
@@ -222,16 +244,26 @@ func BenchmarkScale(b *testing.B) {
 				}
 				hs := httptest.NewServer(srv.Handler())
 				c := &scaleClient{hc: &http.Client{Transport: NewTransport(4)}, base: hs.URL, n: n, rng: mrand.New(mrand.NewPCG(1, uint64(n)))}
+				sampler.Phase("latency")
 				measure(b, 200, c.manifest) // warm up the connection and the page cache
 				man := measure(b, 2000, c.manifest)
 				blob := measure(b, 2000, c.blob)
 
+				sampler.Phase("ls")
 				start = time.Now()
 				images, err := srv.Collector.Images(ctx)
 				ls := time.Since(start)
 				if err != nil || len(images) != n {
 					b.Fatalf("ls: %d images, error %v", len(images), err)
 				}
+				// The status page's image list: its first visit builds it
+				// (Collector.Images, pulls, referrers, three orders).
+				sampler.Phase("status")
+				start = time.Now()
+				if err := getStatusImages(hs.URL, n); err != nil {
+					b.Fatal(err)
+				}
+				statusJSON := time.Since(start)
 				// The pulls during the passes ask for pinned images only:
 				// the eviction must keep them.
 				const hot = 50
@@ -243,6 +275,7 @@ func BenchmarkScale(b *testing.B) {
 				}
 				c.hot = hot
 				var gcWrite, evictWrite time.Duration
+				sampler.Phase("gc")
 				gc, gcPulls := during(b, c, func() error {
 					r, err := srv.Collector.Collect(ctx)
 					gcWrite = r.LongestWrite
@@ -252,6 +285,7 @@ func BenchmarkScale(b *testing.B) {
 					return err
 				})
 				var evicted int
+				sampler.Phase("evict")
 				evict, evictPulls := during(b, c, func() error {
 					r, err := srv.Collector.Evict(ctx, total/2, 0, time.Now())
 					// Blobs the latency runs served are within the grace
@@ -265,6 +299,11 @@ func BenchmarkScale(b *testing.B) {
 				})
 				b.StopTimer()
 				rss := peakRSS()
+				peak, phases, byPhase := sampler.Stop()
+				for _, p := range phases {
+					r := byPhase[p]
+					b.Logf("RSS peak during %-7s VmRSS %6.0f MiB, RssAnon %6.0f MiB, RssFile %6.0f MiB", p, r.rss, r.anon, r.file)
+				}
 				hs.Close()
 				if err := srv.Close(); err != nil {
 					b.Error(err)
@@ -284,7 +323,10 @@ func BenchmarkScale(b *testing.B) {
 				b.ReportMetric(ms(evictPulls.pct(1)), "pull-max-during-evict-ms")
 				b.ReportMetric(ms(gcWrite), "gc-longest-write-ms")
 				b.ReportMetric(ms(evictWrite), "evict-longest-write-ms")
+				b.ReportMetric(ms(statusJSON), "status-json-ms")
 				b.ReportMetric(rss, "peak-RSS-MiB")
+				b.ReportMetric(peak.anon, "peak-RssAnon-MiB")
+				b.ReportMetric(peak.file, "peak-RssFile-MiB")
 				b.StartTimer()
 			}
 		})
