@@ -38,28 +38,32 @@ type graph struct {
 	// what its recorded referrers lists name, and its referrers tag
 	// schema and cosign tags (sha256-<hex>, sha256-<hex>.sig...).
 	referrers map[digest.Digest][]digest.Digest
+	// intern, if not nil, gives the digests of the manifests loaded one
+	// shared copy each.
+	intern *storage.Interner
 }
 
 // referrersGraph is a graph that walks from a manifest to its
 // signatures, attestations and SBOMs too (see graph.referrers), as the
-// index and snap record them: they are part of its image.
-func (c *Collector) referrersGraph(snap *storage.Snapshot) (*graph, error) {
+// index records them: they are part of its image. The referrers and
+// cosign tags are to be added with addReferrerTag.
+func (c *Collector) referrersGraph() (*graph, error) {
 	g := newGraph(c.store)
 	listed, err := c.index.ReferrerDigests()
 	if err != nil {
 		return nil, err
 	}
 	g.referrers = listed
-	for key, rec := range snap.Tags {
-		_, _, tag, ok := storage.ParseTagKey(key)
-		if !ok || !oci.ValidDigest(rec.Digest) {
-			continue
-		}
-		if subject, ok := referrerTagSubject(tag); ok {
-			g.referrers[subject] = append(g.referrers[subject], rec.Digest)
-		}
-	}
 	return g, nil
+}
+
+// addReferrerTag adds a tag (of a valid key and digest) to the
+// referrers if it is one of the referrers tag schema or cosign's.
+func (g *graph) addReferrerTag(in *storage.Interner, tag string, d digest.Digest) {
+	if subject, ok := referrerTagSubject(tag); ok {
+		subject = in.Digest(subject)
+		g.referrers[subject] = append(g.referrers[subject], d)
+	}
 }
 
 // referrerTagSubject returns the subject a tag of the referrers tag
@@ -179,6 +183,9 @@ func (g *graph) loadAll(ctx context.Context, roots []digest.Digest) error {
 		done := level
 		level = nil
 		for i, d := range done {
+			if g.intern != nil {
+				nodes[i].internWith(g.intern)
+			}
 			g.nodes[d] = nodes[i]
 		}
 		for i, d := range done {
@@ -209,6 +216,26 @@ func (n *node) fill(doc oci.Manifest) {
 	n.blobs = doc.BlobDigests()
 	if doc.Config != nil && oci.ValidDigest(doc.Config.Digest) {
 		n.config = doc.Config.Digest
+	}
+}
+
+// internWith replaces the node's digests by their interned copies.
+func (n *node) internWith(in *storage.Interner) {
+	for i, d := range n.manifests {
+		n.manifests[i] = in.Digest(d)
+	}
+	for i, d := range n.blobs {
+		n.blobs[i] = in.Digest(d)
+	}
+	if n.config != "" {
+		n.config = in.Digest(n.config)
+	}
+	if len(n.platforms) > 0 {
+		ps := make(map[digest.Digest]string, len(n.platforms))
+		for d, p := range n.platforms {
+			ps[in.Digest(d)] = in.String(p)
+		}
+		n.platforms = ps
 	}
 }
 

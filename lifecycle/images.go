@@ -76,7 +76,7 @@ func (im Image) Name() string {
 // entry is an image with what it keeps.
 type entry struct {
 	Image
-	reach reach
+	reach keeps
 	// roots: the image itself and the mirror-only roots folded into it.
 	roots []imageKey
 	// artifactTags are the referrers and cosign tags (sha256-<hex>.sig...)
@@ -92,9 +92,30 @@ type artifactTag struct {
 	tag string
 }
 
+// keeps is what an image keeps (a reach, compacted: at 100k images the
+// maps of a reach per image are ~50 MiB).
+type keeps struct {
+	// ds: its manifests and blobs, sorted; manifests: its manifests,
+	// sorted. Images with the same root share them: not to be modified.
+	ds, manifests []digest.Digest
+}
+
+func compact(r reach) keeps {
+	return keeps{ds: r.all(), manifests: slices.Sorted(maps.Keys(r.manifests))}
+}
+
+// all returns the manifests and blobs kept, sorted (not to be modified).
+func (k keeps) all() []digest.Digest { return k.ds }
+
+// manifest reports whether d is one of the manifests kept.
+func (k keeps) manifest(d digest.Digest) bool {
+	_, ok := slices.BinarySearch(k.manifests, d)
+	return ok
+}
+
 // model is the cache seen as images.
 type model struct {
-	snap   *storage.Snapshot
+	recs   *storage.ImageRecords
 	images []*entry
 	// refs counts the images keeping each digest.
 	refs map[digest.Digest]int
@@ -106,7 +127,7 @@ func (e *entry) key() imageKey { return imageKey{e.Upstream, e.Repo, e.Digest} }
 
 // size is the indexed size of one digest, as Index.StoredBytes counts it.
 func (m *model) size(d digest.Digest) int64 {
-	return m.snap.Manifests[d].Size + m.snap.Blobs[d].Size
+	return m.recs.Manifests[d].Size + m.recs.Blobs[d].Size
 }
 
 // keptSize is the indexed size of what the images keep.
@@ -148,15 +169,17 @@ type imageKey struct {
 
 // model reads the index and the manifests into images; with platforms,
 // it also reads the configs of images whose platform is not recorded.
+//
+// The index is read in one transaction (Index.ReadImageRecords), each tag
+// going straight into its image: no copy of the tag records is kept, and
+// every digest and name is one shared string (at 100k images, 1M tags).
 func (c *Collector) model(ctx context.Context, platforms bool) (*model, error) {
-	snap, err := c.index.Snapshot()
+	g, err := c.referrersGraph()
 	if err != nil {
 		return nil, err
 	}
-	g, err := c.referrersGraph(snap)
-	if err != nil {
-		return nil, err
-	}
+	in := &storage.Interner{}
+	g.intern = in
 	entries := map[imageKey]*entry{}
 	byDigest := map[digest.Digest][]*entry{}
 	get := func(k imageKey) *entry {
@@ -168,35 +191,38 @@ func (c *Collector) model(ctx context.Context, platforms bool) (*model, error) {
 		}
 		return e
 	}
-	for key, rec := range snap.Tags {
-		host, repo, tag, ok := storage.ParseTagKey(key)
-		if !ok || !oci.ValidDigest(rec.Digest) {
-			continue
+	recs, err := c.index.ReadImageRecords(in, func(t *storage.TagInfo) {
+		if !t.OK || !oci.ValidDigest(t.Digest) {
+			return
 		}
-		e := get(imageKey{host, repo, rec.Digest})
-		e.Tags = append(e.Tags, tag)
-		e.LastPull = latest(e.LastPull, rec.FetchedAt, rec.CheckedAt)
-		if _, pinned := snap.Pins[key]; pinned {
+		e := get(imageKey{t.Upstream, t.Repo, t.Digest})
+		e.Tags = append(e.Tags, t.Tag)
+		e.LastPull = latest(e.LastPull, t.FetchedAt, t.CheckedAt)
+		if t.Pinned {
 			e.Pinned = true
 		}
+		g.addReferrerTag(in, t.Tag, t.Digest)
+	})
+	if err != nil {
+		return nil, err
 	}
 	mirrors := map[imageKey]storage.FillRecord{}
-	for _, me := range snap.Fills {
+	for _, me := range recs.Fills {
 		if oci.ValidDigest(me.Digest) {
 			k := imageKey{me.Upstream, me.Repo, me.Digest}
 			mirrors[k] = me.FillRecord
 			get(k)
 		}
 	}
-	for key := range snap.Pins {
+	for key := range recs.Pins {
 		d, err := digest.Parse(key)
 		if err != nil {
 			continue
 		}
 		if len(byDigest[d]) == 0 {
-			k := imageKey{digest: d}
-			if links := snap.Links[d]; len(links) > 0 {
-				if host, repo, ok := strings.Cut(links[0], "/"); ok {
+			k := imageKey{digest: in.Digest(d)}
+			if holder, ok := recs.FirstHolder[d]; ok {
+				if host, repo, ok := strings.Cut(holder, "/"); ok {
 					k.upstream, k.repo = host, repo
 				}
 			}
@@ -215,18 +241,20 @@ func (c *Collector) model(ctx context.Context, platforms bool) (*model, error) {
 	if err := g.loadAll(ctx, roots); err != nil {
 		return nil, err
 	}
-	reaches := map[digest.Digest]reach{}
+	reaches := map[digest.Digest]keeps{}
 	children := map[digest.Digest]bool{}
 	for _, e := range entries {
-		r, ok := reaches[e.Digest]
+		k, ok := reaches[e.Digest]
 		if !ok {
-			if r, err = g.reach(ctx, e.Digest); err != nil {
+			r, err := g.reach(ctx, e.Digest)
+			if err != nil {
 				return nil, err
 			}
-			reaches[e.Digest] = r
+			k = compact(r)
+			reaches[e.Digest] = k
 		}
-		e.reach = r
-		for d := range r.manifests {
+		e.reach = k
+		for _, d := range k.manifests {
 			if d != e.Digest {
 				children[d] = true
 			}
@@ -245,7 +273,7 @@ func (c *Collector) model(ctx context.Context, platforms bool) (*model, error) {
 	}
 	for _, e := range listed {
 		for _, f := range folded {
-			if e.reach.manifests[f.Digest] {
+			if e.reach.manifest(f.Digest) {
 				e.roots = append(e.roots, f.key())
 				for _, tag := range f.Tags {
 					e.artifactTags = append(e.artifactTags, artifactTag{f.key(), tag})
@@ -254,7 +282,7 @@ func (c *Collector) model(ctx context.Context, platforms bool) (*model, error) {
 		}
 	}
 
-	m := &model{snap: snap, refs: map[digest.Digest]int{}, mirrors: mirrors}
+	m := &model{recs: recs, refs: map[digest.Digest]int{}, mirrors: mirrors}
 	for _, e := range listed {
 		for _, d := range e.reach.all() {
 			m.refs[d]++
@@ -273,7 +301,7 @@ func (c *Collector) model(ctx context.Context, platforms bool) (*model, error) {
 
 // describe fills in an image's size, last pull, state and platforms.
 func (c *Collector) describe(ctx context.Context, g *graph, m *model, e *entry, platforms bool) {
-	snap := m.snap
+	recs := m.recs
 	sort.Strings(e.Tags)
 	// Times recorded per digest tell this image's pulls only for digests
 	// no other image keeps; the others are a fallback.
@@ -286,27 +314,27 @@ func (c *Collector) describe(ctx context.Context, g *graph, m *model, e *entry, 
 		}
 	}
 	for _, k := range e.roots {
-		if rec, ok := snap.Manifests[k.digest]; ok {
+		if rec, ok := recs.Manifests[k.digest]; ok {
 			note(k.digest, rec.FetchedAt)
 		}
 	}
 	for _, d := range e.reach.all() {
 		e.Size += m.size(d)
-		if _, ok := snap.Manifests[d]; ok {
+		if _, ok := recs.Manifests[d]; ok {
 			e.Manifests++
 		}
-		if rec, ok := snap.Blobs[d]; ok {
+		if rec, ok := recs.Blobs[d]; ok {
 			e.Blobs++
 			note(d, rec.LastAccess)
 		}
-		if e.reach.manifests[d] {
-			note(d, snap.Access[d])
+		if e.reach.manifest(d) {
+			note(d, recs.Access[d])
 		}
 	}
 	if e.LastPull.IsZero() {
 		e.LastPull = shared
 	}
-	e.MediaType = snap.Manifests[e.Digest].MediaType
+	e.MediaType = recs.Manifests[e.Digest].MediaType
 	rec, mirrored := m.mirrors[e.key()]
 	root := g.nodes[e.Digest]
 	switch {
@@ -320,7 +348,7 @@ func (c *Collector) describe(ctx context.Context, g *graph, m *model, e *entry, 
 	if root != nil {
 		left := map[string]bool{}
 		for d, p := range root.platforms {
-			if _, stored := snap.Manifests[d]; !stored {
+			if _, stored := recs.Manifests[d]; !stored {
 				left[p] = true
 			}
 		}
@@ -335,7 +363,7 @@ func (c *Collector) describe(ctx context.Context, g *graph, m *model, e *entry, 
 	}
 	seen := map[string]bool{}
 	for d, p := range root.platforms {
-		if _, stored := snap.Manifests[d]; stored && !seen[p] {
+		if _, stored := recs.Manifests[d]; stored && !seen[p] {
 			seen[p] = true
 			e.Platforms = append(e.Platforms, p)
 		}

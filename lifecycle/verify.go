@@ -32,7 +32,7 @@ func (c *Collector) Verify(ctx context.Context) (Report, error) {
 
 func (c *Collector) verify(ctx context.Context) (Report, error) {
 	r := Report{DryRun: c.opts.DryRun, StoredBefore: c.index.StoredBytes()}
-	snap, err := c.index.Snapshot()
+	recs, err := c.index.ReadImageRecords(nil, nil) // no tags: not needed
 	if err != nil {
 		return r, err
 	}
@@ -50,7 +50,7 @@ func (c *Collector) verify(ctx context.Context) (Report, error) {
 	var corrupt []digest.Digest
 	buf := make([]byte, 1<<20)
 	for _, sc := range contents {
-		_, manifest := snap.Manifests[sc.Digest]
+		_, manifest := recs.Manifests[sc.Digest]
 		ok, err := c.rehash(ctx, sc.Digest, buf)
 		if errors.Is(err, storage.ErrNotFound) {
 			continue // removed meanwhile
@@ -82,7 +82,7 @@ func (c *Collector) verify(ctx context.Context) (Report, error) {
 	// Index entries naming content the store does not hold.
 	var missing []digest.Digest
 	checked := map[digest.Digest]bool{}
-	for _, ds := range [][]digest.Digest{keys(snap.Blobs), keys(snap.Manifests)} {
+	for _, ds := range [][]digest.Digest{keys(recs.Blobs), keys(recs.Manifests)} {
 		for _, d := range ds {
 			if found[d] || checked[d] {
 				continue
@@ -128,7 +128,7 @@ func (c *Collector) verify(ctx context.Context) (Report, error) {
 			return r, err
 		}
 	}
-	err = c.resetMirrors(ctx, snap, removed, &r)
+	err = c.resetMirrors(ctx, recs, removed, &r)
 	r.StoredAfter = c.index.StoredBytes()
 	return r, err
 }
@@ -164,12 +164,12 @@ func (r readerOnly) Read(p []byte) (int, error) {
 
 // resetMirrors sets the complete mirror records whose images lost content
 // back to partial.
-func (c *Collector) resetMirrors(ctx context.Context, snap *storage.Snapshot, removed map[digest.Digest]bool, r *Report) error {
+func (c *Collector) resetMirrors(ctx context.Context, recs *storage.ImageRecords, removed map[digest.Digest]bool, r *Report) error {
 	if len(removed) == 0 {
 		return nil
 	}
 	g := newGraph(c.store)
-	for _, me := range snap.Fills {
+	for _, me := range recs.Fills {
 		d := me.Digest
 		if me.State != storage.FillComplete || removed[d] {
 			continue

@@ -45,6 +45,7 @@ func (ix *Index) Snapshot() (*Snapshot, error) {
 		Links:     map[digest.Digest][]string{},
 	}
 	err := ix.db.View(func(tx *bolt.Tx) error {
+		defer ix.releaseMapped(tx)
 		if err := readAll(tx, bucketTags, func(k string, v TagRecord) { s.Tags[k] = v }); err != nil {
 			return err
 		}
@@ -133,6 +134,7 @@ func (ix *Index) Version() (int, error) {
 func (ix *Index) Roots() (Roots, error) {
 	var r Roots
 	err := ix.db.View(func(tx *bolt.Tx) error {
+		defer ix.releaseMapped(tx)
 		d, err := rootDigests(tx, nil)
 		r = Roots{Digests: d, Version: tx.ID()}
 		return err
@@ -163,6 +165,7 @@ type ContentView struct {
 func (ix *Index) ContentView(tag func(key []byte, d digest.Digest)) (*ContentView, error) {
 	v := &ContentView{Content: map[digest.Digest]ContentAge{}}
 	err := ix.db.View(func(tx *bolt.Tx) error {
+		defer ix.releaseMapped(tx)
 		d, err := rootDigests(tx, tag)
 		if err != nil {
 			return err

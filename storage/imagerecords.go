@@ -1,0 +1,211 @@
+package storage
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	bolt "go.etcd.io/bbolt"
+)
+
+// A compact read of the index for the image model (eviction, ls, the
+// status page's list, verification): what a Snapshot holds, without
+// keeping a decoded record per tag or any link record. At 100k images
+// (1M tags, 400k blobs and manifests) a Snapshot is ~1 GiB of heap; this
+// keeps tens of bytes per tag (the caller keeps what it wants of each
+// tag as it is read) and one copy of each digest.
+
+// Interner keeps one copy of each string it is given: digests read from
+// the index's keys and values, or from manifests, share their memory.
+// The zero value is ready to use; not safe for concurrent use.
+type Interner struct{ m map[string]string }
+
+// Bytes returns the interned copy of b.
+func (in *Interner) Bytes(b []byte) string {
+	if s, ok := in.m[string(b)]; ok { // no allocation for the lookup
+		return s
+	}
+	return in.add(string(b))
+}
+
+// String returns the interned copy of s.
+func (in *Interner) String(s string) string {
+	if t, ok := in.m[s]; ok {
+		return t
+	}
+	return in.add(s)
+}
+
+// Digest returns the interned copy of d.
+func (in *Interner) Digest(d digest.Digest) digest.Digest {
+	return digest.Digest(in.String(string(d)))
+}
+
+func (in *Interner) add(s string) string {
+	if in.m == nil {
+		in.m = map[string]string{}
+	}
+	in.m[s] = s
+	return s
+}
+
+// TagInfo is one tag as ReadImageRecords gives it.
+type TagInfo struct {
+	// Key is the tag's TagKey; valid only during the call.
+	Key []byte
+	// Upstream, Repo and Tag are Key's parts (ParseTagKey; ok false if
+	// it does not parse): Upstream and Repo interned, Tag a new string.
+	Upstream, Repo, Tag string
+	OK                  bool
+	// Digest is interned.
+	Digest               digest.Digest
+	FetchedAt, CheckedAt time.Time
+	// Pinned: the tag itself is pinned.
+	Pinned bool
+}
+
+// ManifestInfo is what the image model uses of a manifest record.
+type ManifestInfo struct {
+	MediaType string // interned
+	Size      int64
+	FetchedAt time.Time
+}
+
+// BlobInfo is what the image model uses of a blob record.
+type BlobInfo struct {
+	Size       int64
+	LastAccess time.Time
+}
+
+// ImageRecords is the index as the image model reads it, in one
+// transaction: a Snapshot without its tags (given to a callback instead)
+// and links (only each pinned digest's first holder).
+type ImageRecords struct {
+	Manifests map[digest.Digest]ManifestInfo
+	Blobs     map[digest.Digest]BlobInfo
+	// Access holds the manifests' last pulls, those noted by
+	// TouchManifest and not yet flushed included (as in Snapshot).
+	Access map[digest.Digest]time.Time
+	// Fills are the fill states, one per repository and digest.
+	Fills []FillEntry
+	// Pins are the pinned digests and TagKeys.
+	Pins map[string]bool
+	// FirstHolder is, for each pinned digest, the first upstream
+	// repository ("host/repo") linked to it in key order, as
+	// Snapshot.Links[d][0]; absent if none.
+	FirstHolder map[digest.Digest]string
+}
+
+// ReadImageRecords reads the records the image model needs in one
+// transaction; tag, if not nil, is called with every tag (in key order)
+// and keeps what it wants of it. Digests and names are interned in in
+// (which may be nil). Blob access times noted by Touch and not yet
+// flushed are not included (call Flush first). The index's mapped pages
+// the read touched are released afterwards (see releaseMapped).
+func (ix *Index) ReadImageRecords(in *Interner, tag func(*TagInfo)) (*ImageRecords, error) {
+	if in == nil {
+		in = &Interner{}
+	}
+	r := &ImageRecords{
+		Manifests:   map[digest.Digest]ManifestInfo{},
+		Blobs:       map[digest.Digest]BlobInfo{},
+		Access:      map[digest.Digest]time.Time{},
+		Pins:        map[string]bool{},
+		FirstHolder: map[digest.Digest]string{},
+	}
+	err := ix.db.View(func(tx *bolt.Tx) error {
+		defer ix.releaseMapped(tx)
+		if err := tx.Bucket(bucketPins).ForEach(func(k, _ []byte) error {
+			r.Pins[string(k)] = true
+			return nil
+		}); err != nil {
+			return err
+		}
+		holders := tx.Bucket(bucketHolders).Cursor()
+		for p := range r.Pins {
+			d, err := digest.Parse(p)
+			if err != nil {
+				continue
+			}
+			prefix := []byte(p + "\x00")
+			if k, _ := holders.Seek(prefix); bytes.HasPrefix(k, prefix) {
+				r.FirstHolder[d] = string(k[len(prefix):])
+			}
+		}
+		if err := readAll(tx, bucketManifests, func(k string, v ManifestRecord) {
+			r.Manifests[in.Digest(digest.Digest(k))] = ManifestInfo{MediaType: in.String(v.MediaType), Size: v.Size, FetchedAt: v.FetchedAt}
+		}); err != nil {
+			return err
+		}
+		if err := readAll(tx, bucketBlobs, func(k string, v BlobRecord) {
+			r.Blobs[in.Digest(digest.Digest(k))] = BlobInfo{Size: v.Size, LastAccess: v.LastAccess}
+		}); err != nil {
+			return err
+		}
+		if err := readAll(tx, bucketAccess, func(k string, v time.Time) { r.Access[in.Digest(digest.Digest(k))] = v }); err != nil {
+			return err
+		}
+		if err := readAll(tx, bucketMirrors, func(k string, v FillRecord) {
+			v.Upstream, v.Repo, v.State = in.String(v.Upstream), in.String(v.Repo), in.String(v.State)
+			r.Fills = append(r.Fills, FillEntry{Digest: in.Digest(mirrorDigest([]byte(k))), FillRecord: v})
+		}); err != nil {
+			return err
+		}
+		if tag == nil {
+			return nil
+		}
+		var t TagInfo
+		// Only the times are decoded; the digest is read from the record
+		// where it can be (tagDigest), its key split in place.
+		var times struct {
+			FetchedAt time.Time `json:"fetched_at"`
+			CheckedAt time.Time `json:"checked_at"`
+		}
+		return tx.Bucket(bucketTags).ForEach(func(k, raw []byte) error {
+			times.FetchedAt, times.CheckedAt = time.Time{}, time.Time{}
+			if err := json.Unmarshal(raw, &times); err != nil {
+				return fmt.Errorf("index: corrupt %s entry %q: %w", bucketTags, k, err)
+			}
+			d, ok := tagDigest(raw)
+			if !ok {
+				var v TagRecord
+				if err := json.Unmarshal(raw, &v); err != nil {
+					return fmt.Errorf("index: corrupt %s entry %q: %w", bucketTags, k, err)
+				}
+				d = v.Digest
+			}
+			t = TagInfo{Key: k, Digest: in.Digest(d), FetchedAt: times.FetchedAt, CheckedAt: times.CheckedAt, Pinned: r.Pins[string(k)]}
+			if host, repo, tg, ok := parseTagKeyBytes(k); ok {
+				t.Upstream, t.Repo, t.Tag, t.OK = in.Bytes(host), in.Bytes(repo), string(tg), true
+			}
+			tag(&t)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	ix.mu.Lock()
+	for d, t := range ix.pulled { // noted by TouchManifest, not yet flushed
+		if t.After(r.Access[d]) {
+			r.Access[in.Digest(d)] = t
+		}
+	}
+	ix.mu.Unlock()
+	return r, nil
+}
+
+// parseTagKeyBytes is ParseTagKey on bytes, without allocating.
+func parseTagKeyBytes(key []byte) (host, repo, tag []byte, ok bool) {
+	host, rest, ok := bytes.Cut(key, []byte{'/'})
+	if !ok || len(host) == 0 {
+		return nil, nil, nil, false
+	}
+	i := bytes.LastIndexByte(rest, ':')
+	if i <= 0 || i == len(rest)-1 {
+		return nil, nil, nil, false
+	}
+	return host, rest[:i], rest[i+1:], true
+}

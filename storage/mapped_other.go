@@ -1,0 +1,9 @@
+//go:build !linux
+
+package storage
+
+import bolt "go.etcd.io/bbolt"
+
+// releaseMapped is a no-op where madvise(MADV_DONTNEED) is not used (see
+// mapped_linux.go).
+func (ix *Index) releaseMapped(*bolt.Tx) {}
