@@ -17,17 +17,16 @@ import (
 // root manifest's and its platforms those its mirror record lists.
 type IndexLister struct{ Index *storage.Index }
 
-// Images lists the images the index names, sorted by name, tags and digest.
+// Images lists the images the index names, sorted by name, tags and
+// digest. The index is read in one transaction without a copy of its tag
+// records (Index.ReadImageRecords): each tag goes straight into its image.
 func (l IndexLister) Images(context.Context) ([]lifecycle.Image, error) {
-	snap, err := l.Index.Snapshot()
-	if err != nil {
-		return nil, err
-	}
 	type key struct {
 		upstream, repo string
 		digest         digest.Digest
 	}
 	byKey := map[key]*lifecycle.Image{}
+	var snap *storage.ImageRecords // set before any image is made
 	get := func(k key) *lifecycle.Image {
 		im, ok := byKey[k]
 		if !ok {
@@ -40,23 +39,39 @@ func (l IndexLister) Images(context.Context) ([]lifecycle.Image, error) {
 			if t := snap.Access[k.digest]; t.After(im.LastPull) {
 				im.LastPull = t
 			}
-			_, im.Pinned = snap.Pins[k.digest.String()]
+			im.Pinned = snap.Pins[k.digest.String()]
 			byKey[k] = im
 		}
 		return im
 	}
-	for tk, rec := range snap.Tags {
-		host, repo, tag, ok := storage.ParseTagKey(tk)
-		if !ok {
-			continue
+	// Tags are read last, with the other records (but for unflushed
+	// manifest pulls, added below).
+	var tagged []*lifecycle.Image
+	recs, err := l.Index.ReadImageRecords(&storage.Interner{}, func(t *storage.TagInfo) {
+		if !t.OK {
+			return
 		}
-		im := get(key{host, repo, rec.Digest})
-		im.Tags = append(im.Tags, tag)
-		if rec.CheckedAt.After(im.LastPull) {
-			im.LastPull = rec.CheckedAt
+		snap = t.Records
+		im := get(key{t.Upstream, t.Repo, t.Digest})
+		if len(im.Tags) == 0 {
+			tagged = append(tagged, im)
 		}
-		if _, pinned := snap.Pins[tk]; pinned {
+		im.Tags = append(im.Tags, t.Tag)
+		if t.CheckedAt.After(im.LastPull) {
+			im.LastPull = t.CheckedAt
+		}
+		if t.Pinned {
 			im.Pinned = true
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	snap = recs
+	// The manifests' pulls not yet flushed when the tags were read.
+	for _, im := range tagged {
+		if t := snap.Access[im.Digest]; t.After(im.LastPull) {
+			im.LastPull = t
 		}
 	}
 	for _, f := range snap.Fills {

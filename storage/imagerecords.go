@@ -64,6 +64,9 @@ type TagInfo struct {
 	FetchedAt, CheckedAt time.Time
 	// Pinned: the tag itself is pinned.
 	Pinned bool
+	// Records are the other records, read before the tags: complete
+	// except for the manifests' last pulls not yet flushed (Access).
+	Records *ImageRecords
 }
 
 // ManifestInfo is what the image model uses of a manifest record.
@@ -99,8 +102,8 @@ type ImageRecords struct {
 }
 
 // ReadImageRecords reads the records the image model needs in one
-// transaction; tag, if not nil, is called with every tag (in key order)
-// and keeps what it wants of it. Digests and names are interned in in
+// transaction; tag, if not nil, is called with every tag (in key order),
+// after the other records are read, and keeps what it wants of it. Digests and names are interned in in
 // (which may be nil). Blob access times noted by Touch and not yet
 // flushed are not included (call Flush first). The index's mapped pages
 // the read touched are released afterwards (see releaseMapped).
@@ -176,7 +179,7 @@ func (ix *Index) ReadImageRecords(in *Interner, tag func(*TagInfo)) (*ImageRecor
 				}
 				d = v.Digest
 			}
-			t = TagInfo{Key: k, Digest: in.Digest(d), FetchedAt: times.FetchedAt, CheckedAt: times.CheckedAt, Pinned: r.Pins[string(k)]}
+			t = TagInfo{Key: k, Digest: in.Digest(d), FetchedAt: times.FetchedAt, CheckedAt: times.CheckedAt, Pinned: r.Pins[string(k)], Records: r}
 			if host, repo, tg, ok := parseTagKeyBytes(k); ok {
 				t.Upstream, t.Repo, t.Tag, t.OK = in.Bytes(host), in.Bytes(repo), string(tg), true
 			}

@@ -145,12 +145,12 @@ func openData(ctx context.Context, cfg config.Config, cmd string, clean bool) (*
 // content the store holds (one digest is enough): an index of a
 // destination registry's data directory names none of it.
 func holdsSome(ctx context.Context, cfg config.Config, store storage.Store, index *storage.Index) error {
-	snap, err := index.Snapshot()
+	recs, err := index.ReadImageRecords(nil, nil)
 	if err != nil {
 		return err
 	}
 	n := 0
-	for _, ds := range [][]digest.Digest{slices.Collect(maps.Keys(snap.Manifests)), slices.Collect(maps.Keys(snap.Blobs))} {
+	for _, ds := range [][]digest.Digest{slices.Collect(maps.Keys(recs.Manifests)), slices.Collect(maps.Keys(recs.Blobs))} {
 		for _, d := range ds {
 			n++
 			if _, err := store.Stat(ctx, "", d); err == nil {
@@ -316,7 +316,9 @@ func verifyDestination(ctx context.Context, cfg config.Config, repair bool, stdo
 	if err := index.SetStore(server.StoreIdentity(cfg)); err != nil { // checked against it: an older index learns its store
 		return adminError("verify", err, stderr)
 	}
-	snap, err := index.Snapshot()
+	// The records without tags or links (the offline index does not
+	// change meanwhile); each digest's holders are read when checked.
+	recs, err := index.ReadImageRecords(nil, nil)
 	if err != nil {
 		return adminError("verify", err, stderr)
 	}
@@ -329,7 +331,10 @@ func verifyDestination(ctx context.Context, cfg config.Config, repair bool, stdo
 				return err
 			}
 		}
-		repos := snap.Links[d]
+		repos, err := index.Holders(d)
+		if err != nil {
+			return err
+		}
 		if len(repos) == 0 {
 			unlinked++
 			return nil
@@ -352,14 +357,14 @@ func verifyDestination(ctx context.Context, cfg config.Config, repair bool, stdo
 		missing = append(missing, d)
 		return nil
 	}
-	for _, d := range slices.Sorted(maps.Keys(snap.Manifests)) {
+	for _, d := range slices.Sorted(maps.Keys(recs.Manifests)) {
 		manifests++
 		if err := check(d, true); err != nil {
 			return adminError("verify", err, stderr)
 		}
 	}
-	for _, d := range slices.Sorted(maps.Keys(snap.Blobs)) {
-		if _, ok := snap.Manifests[d]; ok {
+	for _, d := range slices.Sorted(maps.Keys(recs.Blobs)) {
+		if _, ok := recs.Manifests[d]; ok {
 			continue
 		}
 		blobs++
