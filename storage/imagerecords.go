@@ -106,7 +106,7 @@ type ImageRecords struct {
 // after the other records are read, and keeps what it wants of it. Digests and names are interned in in
 // (which may be nil). Blob access times noted by Touch and not yet
 // flushed are not included (call Flush first). The index's mapped pages
-// the read touched are released afterwards (see releaseMapped).
+// the read touches are released as it goes (see releaser).
 func (ix *Index) ReadImageRecords(in *Interner, tag func(*TagInfo)) (*ImageRecords, error) {
 	if in == nil {
 		in = &Interner{}
@@ -119,7 +119,8 @@ func (ix *Index) ReadImageRecords(in *Interner, tag func(*TagInfo)) (*ImageRecor
 		FirstHolder: map[digest.Digest]string{},
 	}
 	err := ix.db.View(func(tx *bolt.Tx) error {
-		defer ix.releaseMapped(tx)
+		rel := ix.releaser(tx)
+		defer rel.done()
 		if err := tx.Bucket(bucketPins).ForEach(func(k, _ []byte) error {
 			r.Pins[string(k)] = true
 			return nil
@@ -137,20 +138,20 @@ func (ix *Index) ReadImageRecords(in *Interner, tag func(*TagInfo)) (*ImageRecor
 				r.FirstHolder[d] = string(k[len(prefix):])
 			}
 		}
-		if err := readAll(tx, bucketManifests, func(k string, v ManifestRecord) {
+		if err := readAllRel(tx, bucketManifests, rel, func(k string, v ManifestRecord) {
 			r.Manifests[in.Digest(digest.Digest(k))] = ManifestInfo{MediaType: in.String(v.MediaType), Size: v.Size, FetchedAt: v.FetchedAt}
 		}); err != nil {
 			return err
 		}
-		if err := readAll(tx, bucketBlobs, func(k string, v BlobRecord) {
+		if err := readAllRel(tx, bucketBlobs, rel, func(k string, v BlobRecord) {
 			r.Blobs[in.Digest(digest.Digest(k))] = BlobInfo{Size: v.Size, LastAccess: v.LastAccess}
 		}); err != nil {
 			return err
 		}
-		if err := readAll(tx, bucketAccess, func(k string, v time.Time) { r.Access[in.Digest(digest.Digest(k))] = v }); err != nil {
+		if err := readAllRel(tx, bucketAccess, rel, func(k string, v time.Time) { r.Access[in.Digest(digest.Digest(k))] = v }); err != nil {
 			return err
 		}
-		if err := readAll(tx, bucketMirrors, func(k string, v FillRecord) {
+		if err := readAllRel(tx, bucketMirrors, rel, func(k string, v FillRecord) {
 			v.Upstream, v.Repo, v.State = in.String(v.Upstream), in.String(v.Repo), in.String(v.State)
 			r.Fills = append(r.Fills, FillEntry{Digest: in.Digest(mirrorDigest([]byte(k))), FillRecord: v})
 		}); err != nil {
@@ -167,6 +168,7 @@ func (ix *Index) ReadImageRecords(in *Interner, tag func(*TagInfo)) (*ImageRecor
 			CheckedAt time.Time `json:"checked_at"`
 		}
 		return tx.Bucket(bucketTags).ForEach(func(k, raw []byte) error {
+			rel.read(k, raw)
 			times.FetchedAt, times.CheckedAt = time.Time{}, time.Time{}
 			if err := json.Unmarshal(raw, &times); err != nil {
 				return fmt.Errorf("index: corrupt %s entry %q: %w", bucketTags, k, err)

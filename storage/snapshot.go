@@ -45,17 +45,18 @@ func (ix *Index) Snapshot() (*Snapshot, error) {
 		Links:     map[digest.Digest][]string{},
 	}
 	err := ix.db.View(func(tx *bolt.Tx) error {
-		defer ix.releaseMapped(tx)
-		if err := readAll(tx, bucketTags, func(k string, v TagRecord) { s.Tags[k] = v }); err != nil {
+		rel := ix.releaser(tx)
+		defer rel.done()
+		if err := readAllRel(tx, bucketTags, rel, func(k string, v TagRecord) { s.Tags[k] = v }); err != nil {
 			return err
 		}
-		if err := readAll(tx, bucketManifests, func(k string, v ManifestRecord) { s.Manifests[digest.Digest(k)] = v }); err != nil {
+		if err := readAllRel(tx, bucketManifests, rel, func(k string, v ManifestRecord) { s.Manifests[digest.Digest(k)] = v }); err != nil {
 			return err
 		}
-		if err := readAll(tx, bucketBlobs, func(k string, v BlobRecord) { s.Blobs[digest.Digest(k)] = v }); err != nil {
+		if err := readAllRel(tx, bucketBlobs, rel, func(k string, v BlobRecord) { s.Blobs[digest.Digest(k)] = v }); err != nil {
 			return err
 		}
-		if err := readAll(tx, bucketMirrors, func(k string, v FillRecord) {
+		if err := readAllRel(tx, bucketMirrors, rel, func(k string, v FillRecord) {
 			s.Fills = append(s.Fills, FillEntry{Digest: mirrorDigest([]byte(k)), FillRecord: v})
 		}); err != nil {
 			return err
@@ -63,10 +64,11 @@ func (ix *Index) Snapshot() (*Snapshot, error) {
 		if err := readAll(tx, bucketPins, func(k string, v PinRecord) { s.Pins[k] = v }); err != nil {
 			return err
 		}
-		if err := readAll(tx, bucketAccess, func(k string, v time.Time) { s.Access[digest.Digest(k)] = v }); err != nil {
+		if err := readAllRel(tx, bucketAccess, rel, func(k string, v time.Time) { s.Access[digest.Digest(k)] = v }); err != nil {
 			return err
 		}
 		return tx.Bucket(bucketHolders).ForEach(func(k, _ []byte) error {
+			rel.read(k, nil)
 			d, holder, ok := bytes.Cut(k, []byte{0})
 			if ok {
 				s.Links[digest.Digest(d)] = append(s.Links[digest.Digest(d)], string(holder))
@@ -89,11 +91,17 @@ func (ix *Index) Snapshot() (*Snapshot, error) {
 
 // readAll decodes every entry of a bucket; a missing bucket is empty.
 func readAll[T any](tx *bolt.Tx, bucket []byte, fn func(key string, v T)) error {
+	return readAllRel(tx, bucket, nil, fn)
+}
+
+// readAllRel is readAll telling rel (if not nil) what it read.
+func readAllRel[T any](tx *bolt.Tx, bucket []byte, rel *releaser, fn func(key string, v T)) error {
 	b := tx.Bucket(bucket)
 	if b == nil {
 		return nil
 	}
 	return b.ForEach(func(k, raw []byte) error {
+		rel.read(k, raw)
 		var v T
 		if err := json.Unmarshal(raw, &v); err != nil {
 			return fmt.Errorf("index: corrupt %s entry %q: %w", bucket, k, err)
@@ -134,8 +142,9 @@ func (ix *Index) Version() (int, error) {
 func (ix *Index) Roots() (Roots, error) {
 	var r Roots
 	err := ix.db.View(func(tx *bolt.Tx) error {
-		defer ix.releaseMapped(tx)
-		d, err := rootDigests(tx, nil)
+		rel := ix.releaser(tx)
+		defer rel.done()
+		d, err := rootDigestsRel(tx, nil, rel)
 		r = Roots{Digests: d, Version: tx.ID()}
 		return err
 	})
@@ -165,18 +174,19 @@ type ContentView struct {
 func (ix *Index) ContentView(tag func(key []byte, d digest.Digest)) (*ContentView, error) {
 	v := &ContentView{Content: map[digest.Digest]ContentAge{}}
 	err := ix.db.View(func(tx *bolt.Tx) error {
-		defer ix.releaseMapped(tx)
-		d, err := rootDigests(tx, tag)
+		rel := ix.releaser(tx)
+		defer rel.done()
+		d, err := rootDigestsRel(tx, tag, rel)
 		if err != nil {
 			return err
 		}
 		v.Roots = Roots{Digests: d, Version: tx.ID()}
-		if err := readAll(tx, bucketManifests, func(k string, rec ManifestRecord) {
+		if err := readAllRel(tx, bucketManifests, rel, func(k string, rec ManifestRecord) {
 			v.Content[digest.Digest(k)] = ContentAge{Manifest: true, Newest: rec.FetchedAt}
 		}); err != nil {
 			return err
 		}
-		return readAll(tx, bucketBlobs, func(k string, rec BlobRecord) {
+		return readAllRel(tx, bucketBlobs, rel, func(k string, rec BlobRecord) {
 			a := v.Content[digest.Digest(k)]
 			for _, t := range []time.Time{rec.FetchedAt, rec.LastAccess} {
 				if t.After(a.Newest) {
@@ -194,6 +204,11 @@ func (ix *Index) ContentView(tag func(key []byte, d digest.Digest)) (*ContentVie
 
 // rootDigests reads the roots in tx; tag, if not nil, is told each tag.
 func rootDigests(tx *bolt.Tx, tag func(key []byte, d digest.Digest)) (map[digest.Digest]bool, error) {
+	return rootDigestsRel(tx, tag, nil)
+}
+
+// rootDigestsRel is rootDigests telling rel (if not nil) what it read.
+func rootDigestsRel(tx *bolt.Tx, tag func(key []byte, d digest.Digest), rel *releaser) (map[digest.Digest]bool, error) {
 	roots := map[digest.Digest]bool{}
 	pinnedTags := map[string]bool{}
 	if err := readAll(tx, bucketPins, func(k string, _ PinRecord) {
@@ -208,6 +223,7 @@ func rootDigests(tx *bolt.Tx, tag func(key []byte, d digest.Digest)) (map[digest
 	// Every tag: its digest is read without decoding the record where it
 	// can be.
 	err := tx.Bucket(bucketTags).ForEach(func(k, raw []byte) error {
+		rel.read(k, raw)
 		d, ok := tagDigest(raw)
 		if !ok {
 			var v TagRecord
@@ -228,6 +244,7 @@ func rootDigests(tx *bolt.Tx, tag func(key []byte, d digest.Digest)) (map[digest
 		return nil, err
 	}
 	err = tx.Bucket(bucketMirrors).ForEach(func(k, _ []byte) error {
+		rel.read(k, nil)
 		roots[mirrorDigest(k)] = true
 		return nil
 	})

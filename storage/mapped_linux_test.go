@@ -1,0 +1,161 @@
+package storage
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	bolt "go.etcd.io/bbolt"
+)
+
+// mappedRSS returns the resident KiB of the process's mappings of path
+// (/proc/self/smaps).
+func mappedRSS(t *testing.T, path string) int {
+	t.Helper()
+	f, err := os.Open("/proc/self/smaps")
+	if err != nil {
+		t.Skip(err)
+	}
+	defer f.Close()
+	kb, in := 0, false
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		l := sc.Text()
+		if fields := strings.Fields(l); len(fields) >= 6 && strings.Contains(fields[0], "-") {
+			in = fields[len(fields)-1] == path
+			continue
+		}
+		if in && strings.HasPrefix(l, "Rss:") {
+			n, _ := strconv.Atoi(strings.Fields(l)[1])
+			kb += n
+		}
+	}
+	return kb
+}
+
+// fillTags writes n tag records (~100 bytes each) in one transaction.
+func fillTags(t *testing.T, ix *Index, from, n int) {
+	t.Helper()
+	now := time.Now()
+	if err := ix.db.Update(func(tx *bolt.Tx) error {
+		for i := from; i < from+n; i++ {
+			d := digest.FromString(strconv.Itoa(i))
+			if err := put(tx, bucketTags, tagKey("docker.io", fmt.Sprintf("library/r%d", i/100), fmt.Sprintf("v%d", i)), TagRecord{Digest: d, FetchedAt: now, CheckedAt: now}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestReleaseMapped checks that a read of every record leaves the
+// index's pages out of the process's RSS: a plain read of every tag makes
+// the mapping resident; ReadImageRecords and Snapshot leave it small,
+// with every record read.
+func TestReleaseMapped(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "index.db")
+	ix, err := OpenIndex(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ix.Close()
+	const n = 20_000 // ~4 MiB of index
+	fillTags(t, ix, 0, n)
+	plain := func() {
+		if err := ix.db.View(func(tx *bolt.Tx) error {
+			return tx.Bucket(bucketTags).ForEach(func(k, v []byte) error { return nil })
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	plain()
+	before := mappedRSS(t, path)
+	if before < 2<<10 {
+		t.Fatalf("a read of %d tags left %d KiB of the index resident: the test cannot see a release", n, before)
+	}
+	tags := 0
+	if _, err := ix.ReadImageRecords(nil, func(*TagInfo) { tags++ }); err != nil || tags != n {
+		t.Fatalf("ReadImageRecords: %d tags, %v", tags, err)
+	}
+	if after := mappedRSS(t, path); after > before/4 {
+		t.Errorf("after ReadImageRecords %d KiB resident (after a plain read: %d)", after, before)
+	}
+	plain()
+	if s, err := ix.Snapshot(); err != nil || len(s.Tags) != n {
+		t.Fatalf("Snapshot: %v", err)
+	}
+	if after := mappedRSS(t, path); after > before/4 {
+		t.Errorf("after Snapshot %d KiB resident (after a plain read: %d)", after, before)
+	}
+}
+
+// TestReleaseMappedWhileWriting reads every record, releasing the pages,
+// while another goroutine grows the index (bbolt remaps it) and others
+// read single records: every read sees every record its transaction
+// holds (run with -race).
+func TestReleaseMappedWhileWriting(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "index.db")
+	ix, err := OpenIndex(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ix.Close()
+	const batch, batches = 2_000, 5
+	fillTags(t, ix, 0, batch)
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	wg.Go(func() {
+		defer close(stop)
+		for b := 1; b < batches; b++ {
+			fillTags(t, ix, b*batch, batch)
+		}
+	})
+	wg.Go(func() {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			rec, ok, err := ix.Tag("docker.io", fmt.Sprintf("library/r%d", (i%batch)/100), fmt.Sprintf("v%d", i%batch))
+			if err != nil || !ok || rec.Digest != digest.FromString(strconv.Itoa(i%batch)) {
+				t.Errorf("tag %d: %+v %v %v", i%batch, rec, ok, err)
+				return
+			}
+		}
+	})
+	last := 0
+	for done := false; !done; {
+		select {
+		case <-stop:
+			done = true
+		default:
+		}
+		tags := 0
+		if _, err := ix.ReadImageRecords(nil, func(ti *TagInfo) {
+			if ti.Digest != digest.FromString(strings.TrimPrefix(ti.Tag, "v")) {
+				t.Errorf("tag %s: digest %s", ti.Tag, ti.Digest)
+			}
+			tags++
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if tags < last || tags%batch != 0 {
+			t.Fatalf("read %d tags after %d", tags, last)
+		}
+		last = tags
+	}
+	wg.Wait()
+	if last != batch*batches {
+		t.Errorf("last read %d tags, want %d", last, batch*batches)
+	}
+}
