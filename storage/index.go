@@ -46,6 +46,8 @@ type Index struct {
 	records Records
 	// clock ages tag records on a shared store (nil: time.Now).
 	clock func() time.Time
+	// writeLimits, if not nil, replace defaultWriteLimits (tests).
+	writeLimits *writeLimits
 }
 
 var (
