@@ -63,3 +63,11 @@ func (ix *Index) update(fn func(tx *bolt.Tx, b *budget) error) (held time.Durati
 	}
 	return time.Since(start), err
 }
+
+// SetWriteLimits changes how much one write transaction of a pass over
+// many keys (UnrootImages, Forget, Flush) does before it commits: about
+// keys keys, or what it does in hold. Call it before the index is used;
+// the defaults (256 keys, 50 ms) suit a mirror, small ones a test.
+func (ix *Index) SetWriteLimits(keys int, hold time.Duration) {
+	ix.writeLimits = &writeLimits{keys: max(keys, 1), hold: hold, now: time.Now}
+}
