@@ -240,56 +240,62 @@ func (c *Collector) sweep(ctx context.Context, batch []digest.Digest, mk *marker
 		return nil
 	}
 	now := c.opts.Now()
-	var gone []storage.Forgotten
+	kept := 0 // by the index's transaction now running
+	keep := func(d digest.Digest, e storage.ContentEntry) bool {
+		var ts []time.Time
+		if e.Blob != nil {
+			ts = append(ts, e.Blob.FetchedAt, e.Blob.LastAccess)
+		}
+		if e.Manifest != nil {
+			ts = append(ts, e.Manifest.FetchedAt)
+		}
+		if (e.Rooted && !mk.drop[d]) || (!freed[d] && c.recent(now, ts...)) {
+			kept++
+			return true
+		}
+		return false
+	}
 	// Roots recorded since the marking keep their content too. Content a
 	// new root needs that is claimed now is fetched again by the proxy.
 	// The index checks the batch against the roots marked if nothing was
 	// written since (else they are read and marked again): a few tries,
-	// then it reads them itself, under its write lock.
-	for try := 0; ; try++ {
+	// then it reads them itself, under its write lock. It forgets the
+	// batch in as many transactions as its write limits need.
+	var gone []storage.Forgotten
+	todo := slices.Clone(claimed)
+	for try := 0; len(todo) > 0; {
 		if err := mk.update(ctx, c.index); err != nil {
 			return err
 		}
-		var todo []digest.Digest
-		kept := 0
-		for _, d := range claimed {
+		todo = slices.DeleteFunc(todo, func(d digest.Digest) bool {
 			if mk.marked.has(d) {
-				kept++
-			} else {
-				todo = append(todo, d)
-			}
-		}
-		var version int
-		var err error
-		start := time.Now()
-		gone, version, err = c.index.ForgetRooted(todo, mk.roots, try >= 3, func(d digest.Digest, e storage.ContentEntry) bool {
-			var ts []time.Time
-			if e.Blob != nil {
-				ts = append(ts, e.Blob.FetchedAt, e.Blob.LastAccess)
-			}
-			if e.Manifest != nil {
-				ts = append(ts, e.Manifest.FetchedAt)
-			}
-			if (e.Rooted && !mk.drop[d]) || (!freed[d] && c.recent(now, ts...)) {
-				kept++
+				r.Kept++
 				return true
 			}
 			return false
 		})
-		r.LongestWrite = max(r.LongestWrite, time.Since(start))
+		if len(todo) == 0 {
+			break
+		}
+		kept = 0
+		res, err := c.index.ForgetRooted(todo, mk.roots, try >= 3, keep)
+		r.LongestWrite = max(r.LongestWrite, res.Held)
 		if errors.Is(err, storage.ErrStaleRoots) {
+			try++
 			continue
 		}
 		if err != nil {
 			return err
 		}
 		r.Kept += kept
-		if version == mk.roots.Version+1 {
-			// Only this batch wrote since the roots were read, and it
-			// removed no root that keeps anything: they stand.
-			mk.roots.Version = version
+		gone = append(gone, res.Forgotten...)
+		todo = todo[res.Done:]
+		try = 0
+		if res.Version == mk.roots.Version+1 {
+			// Only this transaction wrote since the roots were read, and
+			// it removed no root that keeps anything: they stand.
+			mk.roots.Version = res.Version
 		}
-		break
 	}
 	// The removals wait on the disk (or the network), not the CPU: a few
 	// at once.

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -96,6 +97,79 @@ func TestCollectRootRecordedDuringSweep(t *testing.T) {
 	}
 	e.wantStored(t, true, b.content()...)
 	for _, d := range junk[:3] {
+		e.wantStored(t, false, d.String())
+	}
+}
+
+// heldHook is a Guard that claims everything and, as a Holder, calls at on
+// the n-th time the collection asks what the proxy holds (once for the
+// marking, then before each of the sweep's index transactions).
+type heldHook struct {
+	n, calls int
+	at       func()
+}
+
+func (h *heldHook) Claim(digest.Digest) (func(), bool) { return func() {}, true }
+
+func (h *heldHook) Held() []digest.Digest {
+	if h.calls++; h.calls == h.n {
+		h.at()
+	}
+	return nil
+}
+
+// A batch the index forgets in several transactions (one digest each,
+// here) is checked against the roots before each: a root recorded
+// between two of them, after the sweep last looked at the index's
+// version, keeps its content.
+func TestCollectRootRecordedBetweenTransactions(t *testing.T) {
+	e := newEnv(t)
+	ctx := t.Context()
+	_, b, _ := seedThree(t, e)
+	if err := e.m.Index.DeleteTag("docker.io", "library/b", "v1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.m.Index.DeleteFill("docker.io", "library/b", digest.Digest(b.digest)); err != nil {
+		t.Fatal(err)
+	}
+	rec, ok, err := e.m.Index.Manifest(digest.Digest(b.digest))
+	if err != nil || !ok {
+		t.Fatalf("b's manifest record: %v, %v", ok, err)
+	}
+	// Junk that sorts before all of b's content, in the same batch.
+	first := slices.Min(b.content())
+	var junk []digest.Digest
+	for i := 0; len(junk) < 10; i++ {
+		body := fmt.Sprintf("junk %d", i)
+		d := digest.FromString(body)
+		if d.String() >= first {
+			continue
+		}
+		if err := e.store.Put(ctx, "", d, int64(len(body)), strings.NewReader(body)); err != nil {
+			t.Fatal(err)
+		}
+		junk = append(junk, d)
+	}
+	e.m.Index.SetWriteLimits(1, time.Hour)
+	// After the marking and a transaction per junk blob, just before the
+	// transaction that reaches b's content: b is tagged again.
+	hook := &heldHook{n: 1 + len(junk) + 1, at: func() {
+		if err := e.m.Index.RecordManifest(storage.ManifestEntry{Upstream: "docker.io", Repo: "library/b", Digest: digest.Digest(b.digest), Record: rec, Tag: "v1"}); err != nil {
+			t.Error(err)
+		}
+	}}
+	r, err := e.collector(lifecycle.Options{Guard: hook}).Collect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hook.calls < hook.n {
+		t.Fatalf("the hook ran %d times, want at least %d", hook.calls, hook.n)
+	}
+	if r.BlobsRemoved != len(junk) || r.ManifestsRemoved != 0 {
+		t.Errorf("Collect = %+v, want the %d junk blobs removed and b kept by its new tag", r, len(junk))
+	}
+	e.wantStored(t, true, b.content()...)
+	for _, d := range junk {
 		e.wantStored(t, false, d.String())
 	}
 }

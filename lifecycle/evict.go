@@ -34,7 +34,9 @@ func (c *Collector) Evict(ctx context.Context, maxSize int64, evictAfter time.Du
 // given whether anything was evicted; collected says whether it did.
 func (c *Collector) evict(ctx context.Context, maxSize int64, evictAfter time.Duration, now time.Time, collect func(evicted bool) bool) (r Report, collected bool, err error) {
 	r = Report{DryRun: c.opts.DryRun, StoredBefore: c.index.StoredBytes()}
-	if err := c.index.Flush(); err != nil {
+	longest, err := c.index.FlushTimed()
+	r.LongestWrite = max(r.LongestWrite, longest)
+	if err != nil {
 		return r, false, err
 	}
 	m, err := c.model(ctx, false)
@@ -125,7 +127,7 @@ func (c *Collector) evict(ctx context.Context, maxSize int64, evictAfter time.Du
 		}
 		unroots = append(unroots, c.unroots(m, e)...)
 	}
-	longest, err := c.index.UnrootImagesTimed(unroots)
+	longest, err = c.index.UnrootImagesTimed(unroots)
 	r.LongestWrite = max(r.LongestWrite, longest)
 	if err != nil {
 		return r, false, err

@@ -23,7 +23,9 @@ func (c *Collector) EvictImage(ctx context.Context, upstream, repo string, dgst 
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	r := Report{DryRun: c.opts.DryRun, StoredBefore: c.index.StoredBytes()}
-	if err := c.index.Flush(); err != nil {
+	longest, err := c.index.FlushTimed()
+	r.LongestWrite = longest
+	if err != nil {
 		return r, err
 	}
 	m, err := c.model(ctx, false)
@@ -64,7 +66,9 @@ func (c *Collector) EvictImage(ctx context.Context, upstream, repo string, dgst 
 	r.Evicted = append(r.Evicted, e.Image)
 	c.opts.Log.Info("evicting cached image on request", "image", e.Name(), "tags", e.Tags, "digest", e.Digest, "size", e.Size, "dry_run", c.opts.DryRun)
 	if !c.opts.DryRun {
-		if err := c.index.UnrootImages(c.unroots(m, e)); err != nil {
+		longest, err := c.index.UnrootImagesTimed(c.unroots(m, e))
+		r.LongestWrite = max(r.LongestWrite, longest)
+		if err != nil {
 			return r, err
 		}
 	}

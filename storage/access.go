@@ -50,17 +50,17 @@ func (ix *Index) TouchManifest(dgst digest.Digest, t time.Time) error {
 }
 
 // flushPullTimes writes the last pulls TouchManifest noted, in one
-// transaction.
-func (ix *Index) flushPullTimes() error {
+// transaction; it returns how long it held the write lock.
+func (ix *Index) flushPullTimes() (time.Duration, error) {
 	ix.mu.Lock()
 	pending := ix.pulled
 	ix.pulled = nil
 	ix.mu.Unlock()
 	if len(pending) == 0 {
-		return nil
+		return 0, nil
 	}
 	wrote := map[digest.Digest]time.Time{}
-	err := ix.db.Update(func(tx *bolt.Tx) error {
+	held, err := ix.update(func(tx *bolt.Tx, _ *budget) error {
 		clear(wrote)
 		b, err := tx.CreateBucketIfNotExists(bucketAccess)
 		if err != nil {
@@ -86,7 +86,7 @@ func (ix *Index) flushPullTimes() error {
 		return nil
 	})
 	if err != nil {
-		return err
+		return held, err
 	}
 	// Every replica's pulls count for eviction: the bucket holds the
 	// latest (a replica writing an older time loses at most a minute).
@@ -98,7 +98,7 @@ func (ix *Index) flushPullTimes() error {
 			break
 		}
 	}
-	return nil
+	return held, nil
 }
 
 // ManifestAccess returns the last pull TouchManifest noted for a

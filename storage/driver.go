@@ -384,9 +384,27 @@ func (s *DriverStore) Delete(ctx context.Context, _ string, dgst digest.Digest) 
 	if err := dgst.Validate(); err != nil {
 		return err
 	}
+	if s.root != "" && s.removeBlobDir(dgst) {
+		return nil
+	}
 	err := s.driver.Delete(ctx, path.Dir(blobPath(dgst)))
 	if errors.As(err, new(storagedriver.PathNotFoundError)) {
 		return nil
 	}
 	return err
+}
+
+// removeBlobDir removes dgst's directory from the filesystem driver's
+// root as it leaves it (one data file), with three system calls instead of
+// the driver's dozen (a stat, then a recursive removal that lists the
+// directory) behind its semaphore: an eviction removes thousands. It
+// reports whether the directory is gone; if not (it holds anything else,
+// or a call failed) the driver removes it.
+func (s *DriverStore) removeBlobDir(dgst digest.Digest) bool {
+	data := filepath.Join(s.root, filepath.FromSlash(blobPath(dgst)))
+	if err := os.Remove(data); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return false
+	}
+	err := os.Remove(filepath.Dir(data))
+	return err == nil || errors.Is(err, fs.ErrNotExist)
 }

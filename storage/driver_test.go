@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -290,6 +291,75 @@ func TestDriverStoreReadSmall(t *testing.T) {
 			}
 			if _, err := s.ReadSmall(t.Context(), "sha256:../../etc", 1<<20); err == nil {
 				t.Error("ReadSmall of an invalid digest succeeded")
+			}
+		})
+	}
+}
+
+// Delete on the filesystem driver removes a blob's directory; a directory
+// holding more than the blob's data goes whole too, and deleting what is
+// not there is no error.
+func TestFilesystemDelete(t *testing.T) {
+	ctx := t.Context()
+	root := t.TempDir()
+	s := openFilesystem(t, root)
+	put := func(body string) (digest.Digest, string) {
+		d := digest.FromString(body)
+		if err := s.Put(ctx, "", d, int64(len(body)), strings.NewReader(body)); err != nil {
+			t.Fatal(err)
+		}
+		return d, filepath.Join(root, "blobs", "sha256", d.Encoded()[:2], d.Encoded())
+	}
+	plain, plainDir := put("plain")
+	extra, extraDir := put("extra")
+	if err := os.WriteFile(filepath.Join(extraDir, "other"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []digest.Digest{plain, extra, digest.FromString("never stored")} {
+		if err := s.Delete(ctx, "", d); err != nil {
+			t.Fatalf("Delete(%s): %v", d, err)
+		}
+	}
+	for _, dir := range []string{plainDir, extraDir} {
+		if _, err := os.Stat(dir); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%s after Delete: %v, want it gone", dir, err)
+		}
+	}
+	if _, err := s.Stat(ctx, "", plain); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("Stat after Delete = %v, want ErrNotFound", err)
+	}
+}
+
+// BenchmarkFilesystemDelete removes blob directories as an eviction does:
+// through the store (its direct removal) and, for comparison, through the
+// driver (as the store did before).
+func BenchmarkFilesystemDelete(b *testing.B) {
+	for _, via := range []string{"store", "driver"} {
+		b.Run("via="+via, func(b *testing.B) {
+			ctx := b.Context()
+			root := b.TempDir()
+			s, err := storage.OpenDriverStore(ctx, "filesystem", map[string]any{"rootdirectory": root})
+			if err != nil {
+				b.Fatal(err)
+			}
+			ds := make([]digest.Digest, b.N)
+			for i := range ds {
+				body := fmt.Sprint("blob ", i)
+				ds[i] = digest.FromString(body)
+				if err := s.Put(ctx, "", ds[i], int64(len(body)), strings.NewReader(body)); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ResetTimer()
+			for _, d := range ds {
+				if via == "store" {
+					err = s.Delete(ctx, "", d)
+				} else {
+					err = s.Driver().Delete(ctx, "/blobs/sha256/"+d.Encoded()[:2]+"/"+d.Encoded())
+				}
+				if err != nil {
+					b.Fatal(err)
+				}
 			}
 		})
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
@@ -74,41 +75,89 @@ type Forgotten struct {
 	Tags []string
 }
 
-// Forget removes, in one transaction, every index entry of each digest:
-// its blob and manifest records, links, mirror states, access time and
-// manifest body, and the tags pointing to it (pins stay: content pulled
-// again is pinned again). keep, if not nil, is asked first with what the
-// index holds now; digests it keeps are left alone. The stored size drops
-// by the sizes of the records removed. Remove the content from the store
+// Forget removes every index entry of each digest: its blob and manifest
+// records, links, mirror states, access time and manifest body, and the
+// tags pointing to it (pins stay: content pulled again is pinned again).
+// keep, if not nil, is asked first with what the index holds now; digests
+// it keeps are left alone. The stored size drops by the sizes of the
+// records removed. Each digest goes in one transaction; there are as many
+// as the index's write limits need. Remove the content from the store
 // after forgetting it: a crash in between leaves unreferenced content, for
 // the next collection, never an entry naming missing content.
 func (ix *Index) Forget(dgsts []digest.Digest, keep func(digest.Digest, ContentEntry) bool) ([]Forgotten, error) {
-	out, _, err := ix.forget(dgsts, Roots{}, false, keep)
-	return out, err
+	seen := map[digest.Digest]bool{}
+	var todo []digest.Digest
+	for _, d := range dgsts {
+		if !seen[d] {
+			seen[d] = true
+			todo = append(todo, d)
+		}
+	}
+	// The roots are read outside the write lock, and again only if
+	// another write came between.
+	roots, err := ix.Roots()
+	if err != nil {
+		return nil, err
+	}
+	var out []Forgotten
+	for stale := 0; len(todo) > 0; {
+		res, err := ix.forget(todo, roots, stale < 3, keep)
+		if errors.Is(err, ErrStaleRoots) {
+			stale++
+			if roots, err = ix.Roots(); err != nil {
+				return out, err
+			}
+			continue
+		}
+		if err != nil {
+			return out, err
+		}
+		// What this transaction removed was roots, never added any: those
+		// read stand (a superset of the roots only keeps or scans more).
+		stale, roots.Version = 0, res.Version
+		out = append(out, res.Forgotten...)
+		todo = todo[res.Done:]
+	}
+	return out, nil
 }
 
 // ErrStaleRoots is what ForgetRooted returns when the index changed since
 // its roots were read: nothing was forgotten; read the roots again.
 var ErrStaleRoots = errors.New("index: the roots changed since they were read")
 
-// ForgetRooted is Forget given the roots as the caller read them: when
-// the index has not changed since (roots.Version), the transaction
-// checks each digest against them rather than reading every tag, mirror
-// record and pin while it holds the write lock. Otherwise it forgets
-// nothing and returns ErrStaleRoots, or, if fallback, reads the roots
-// itself. version is the index's version the transaction made.
-func (ix *Index) ForgetRooted(dgsts []digest.Digest, roots Roots, fallback bool, keep func(digest.Digest, ContentEntry) bool) (out []Forgotten, version int, err error) {
+// ForgetResult is what one ForgetRooted transaction did.
+type ForgetResult struct {
+	// Forgotten is what it removed.
+	Forgotten []Forgotten
+	// Done is how many of the digests given it considered (removed or
+	// kept), from the first: it stops at the index's write limits. Call
+	// ForgetRooted again with the rest.
+	Done int
+	// Version is the index's version the transaction made.
+	Version int
+	// Held is how long the transaction held the index's write lock.
+	Held time.Duration
+}
+
+// ForgetRooted is one transaction of Forget, given the roots as the caller
+// read them: when the index has not changed since (roots.Version), the
+// transaction checks each digest against them rather than reading every
+// tag, mirror record and pin while it holds the write lock. Otherwise it
+// forgets nothing and returns ErrStaleRoots, or, if fallback, reads the
+// roots itself. It considers the digests from the first until the index's
+// write limits stop it (ForgetResult.Done).
+func (ix *Index) ForgetRooted(dgsts []digest.Digest, roots Roots, fallback bool, keep func(digest.Digest, ContentEntry) bool) (ForgetResult, error) {
 	return ix.forget(dgsts, roots, !fallback, keep)
 }
 
-func (ix *Index) forget(dgsts []digest.Digest, given Roots, strict bool, keep func(digest.Digest, ContentEntry) bool) ([]Forgotten, int, error) {
+func (ix *Index) forget(dgsts []digest.Digest, given Roots, strict bool, keep func(digest.Digest, ContentEntry) bool) (ForgetResult, error) {
 	var out []Forgotten
 	var freed int64
-	var version int
+	var version, done int
 	// unshare are the shared records to delete once the local ones are.
 	var unshare map[string][][]byte
-	err := ix.db.Update(func(tx *bolt.Tx) error {
-		out, freed = nil, 0
+	held, err := ix.update(func(tx *bolt.Tx, bud *budget) error {
+		out, freed, done = nil, 0, 0
 		unshare = map[string][][]byte{}
 		version = tx.ID()
 		roots := given.Digests
@@ -124,7 +173,9 @@ func (ix *Index) forget(dgsts []digest.Digest, given Roots, strict bool, keep fu
 		gone := map[digest.Digest]int{}
 		// rooted: a tag or mirror record may name what goes.
 		rooted := false
-		for _, d := range dgsts {
+		for done < len(dgsts) {
+			d := dgsts[done]
+			done++
 			if _, dup := gone[d]; dup {
 				continue
 			}
@@ -141,6 +192,9 @@ func (ix *Index) forget(dgsts []digest.Digest, given Roots, strict bool, keep fu
 			}
 			e.Rooted = roots[d]
 			if keep != nil && keep(d, e) {
+				if bud.spend(0) {
+					break
+				}
 				continue
 			}
 			rooted = rooted || e.Rooted
@@ -162,6 +216,10 @@ func (ix *Index) forget(dgsts []digest.Digest, given Roots, strict bool, keep fu
 			gone[d] = len(out)
 			out = append(out, f)
 			freed += f.Size
+			// Its records, and a link and a holder per repository.
+			if bud.spend(1 + 2*len(links)) {
+				break
+			}
 		}
 		if !rooted {
 			// No tag or mirror record names what goes: the buckets are
@@ -201,15 +259,17 @@ func (ix *Index) forget(dgsts []digest.Digest, given Roots, strict bool, keep fu
 		unshare[string(bucketMirrors)] = mirrors
 		return nil
 	})
+	res := ForgetResult{Done: done, Version: version, Held: held}
 	if err != nil {
-		return nil, version, err
+		return res, err
 	}
+	res.Forgotten = out
 	ix.stored.Add(-freed)
 	// What names the content goes before the content's own records, as
 	// it did locally.
 	for _, b := range [][]byte{bucketTags, bucketMirrors, bucketLinks, bucketAccess, bucketManifests, bucketBlobs} {
 		if err := ix.shareDelete(b, unshare[string(b)]...); err != nil {
-			return nil, version, err
+			return res, err
 		}
 	}
 	ix.mu.Lock()
@@ -217,7 +277,7 @@ func (ix *Index) forget(dgsts []digest.Digest, given Roots, strict bool, keep fu
 		delete(ix.pulled, f.Digest) // a last pull not yet flushed goes too
 	}
 	ix.mu.Unlock()
-	return out, version, nil
+	return res, nil
 }
 
 // forget deletes the entries of one digest, but not the tags and mirror

@@ -34,16 +34,16 @@ func TestForgetRooted(t *testing.T) {
 		t.Fatal("a write left the version as it was")
 	}
 	keepRooted := func(_ digest.Digest, e storage.ContentEntry) bool { return e.Rooted }
-	if _, _, err := ix.ForgetRooted([]digest.Digest{fresh}, roots, false, keepRooted); !errors.Is(err, storage.ErrStaleRoots) {
+	if _, err := ix.ForgetRooted([]digest.Digest{fresh}, roots, false, keepRooted); !errors.Is(err, storage.ErrStaleRoots) {
 		t.Fatalf("ForgetRooted on stale roots = %v, want ErrStaleRoots", err)
 	}
-	gone, version, err := ix.ForgetRooted([]digest.Digest{fresh, old}, roots, true, keepRooted)
+	res, err := ix.ForgetRooted([]digest.Digest{fresh, old}, roots, true, keepRooted)
 	must(t, err)
-	if len(gone) != 1 || gone[0].Digest != old {
-		t.Fatalf("ForgetRooted (fallback) = %+v, want only the unrooted digest", gone)
+	if gone := res.Forgotten; len(gone) != 1 || gone[0].Digest != old || res.Done != 2 {
+		t.Fatalf("ForgetRooted (fallback) = %+v, want only the unrooted digest, both considered", res)
 	}
-	if v, _ := ix.Version(); v != version {
-		t.Fatalf("Version after ForgetRooted = %d, want the %d it made", v, version)
+	if v, _ := ix.Version(); v != res.Version {
+		t.Fatalf("Version after ForgetRooted = %d, want the %d it made", v, res.Version)
 	}
 
 	roots, err = ix.Roots()
@@ -51,10 +51,10 @@ func TestForgetRooted(t *testing.T) {
 	if !roots.Digests[fresh] {
 		t.Fatalf("roots %v lack the tagged digest", roots.Digests)
 	}
-	gone, _, err = ix.ForgetRooted([]digest.Digest{fresh}, roots, false, nil)
+	res, err = ix.ForgetRooted([]digest.Digest{fresh}, roots, false, nil)
 	must(t, err)
-	if len(gone) != 1 || len(gone[0].Tags) != 1 {
-		t.Fatalf("ForgetRooted of a rooted digest = %+v, want its tag removed", gone)
+	if gone := res.Forgotten; len(gone) != 1 || len(gone[0].Tags) != 1 {
+		t.Fatalf("ForgetRooted of a rooted digest = %+v, want its tag removed", res)
 	}
 	if _, ok, _ := ix.Tag(hub, repo, "new"); ok {
 		t.Error("the tag of a forgotten manifest survived")

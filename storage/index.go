@@ -46,6 +46,8 @@ type Index struct {
 	records Records
 	// clock ages tag records on a shared store (nil: time.Now).
 	clock func() time.Time
+	// writeLimits, if not nil, replace defaultWriteLimits (tests).
+	writeLimits *writeLimits
 }
 
 var (
@@ -558,32 +560,64 @@ func (ix *Index) Touch(dgst digest.Digest, t time.Time) {
 // Flush writes the access times noted by Touch and TouchManifest and the
 // pulls counted by CountPull.
 func (ix *Index) Flush() error {
-	if err := ix.flushPullCounts(); err != nil {
-		return err
+	_, err := ix.FlushTimed()
+	return err
+}
+
+// FlushTimed is Flush; it also returns how long its longest transaction
+// held the index's write lock. The access times are written in
+// transactions bounded by the index's write limits.
+func (ix *Index) FlushTimed() (longest time.Duration, err error) {
+	held, err := ix.flushPullCounts()
+	longest = max(longest, held)
+	if err != nil {
+		return longest, err
 	}
-	if err := ix.flushPullTimes(); err != nil {
-		return err
+	held, err = ix.flushPullTimes()
+	longest = max(longest, held)
+	if err != nil {
+		return longest, err
 	}
 	ix.mu.Lock()
 	pending := ix.accessed
 	ix.accessed = map[digest.Digest]time.Time{}
 	ix.mu.Unlock()
-	if len(pending) == 0 {
-		return nil
+	type access struct {
+		d digest.Digest
+		t time.Time
 	}
-	return ix.db.Update(func(tx *bolt.Tx) error {
-		for d, t := range pending {
-			rec, ok, err := get[BlobRecord](tx, bucketBlobs, []byte(d))
-			if err != nil || !ok {
-				continue // a manifest, or an unreadable entry: nothing to update
+	todo := make([]access, 0, len(pending))
+	for d, t := range pending {
+		todo = append(todo, access{d, t})
+	}
+	for len(todo) > 0 {
+		done := 0
+		held, err := ix.update(func(tx *bolt.Tx, b *budget) error {
+			done = 0
+			for done < len(todo) {
+				a := todo[done]
+				done++
+				rec, ok, err := get[BlobRecord](tx, bucketBlobs, []byte(a.d))
+				if err != nil || !ok {
+					continue // a manifest, or an unreadable entry: nothing to update
+				}
+				rec.LastAccess = a.t
+				if err := put(tx, bucketBlobs, []byte(a.d), rec); err != nil {
+					return err
+				}
+				if b.spend(1) {
+					break
+				}
 			}
-			rec.LastAccess = t
-			if err := put(tx, bucketBlobs, []byte(d), rec); err != nil {
-				return err
-			}
+			return nil
+		})
+		longest = max(longest, held)
+		if err != nil {
+			return longest, err
 		}
-		return nil
-	})
+		todo = todo[done:]
+	}
+	return longest, nil
 }
 
 // Path returns the file of the index database ("" once it is closed).

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
@@ -36,17 +37,18 @@ func (ix *Index) CountPull(dgst digest.Digest) {
 	c.mu.Unlock()
 }
 
-// flushPullCounts adds the pending pull counts to the index.
-func (ix *Index) flushPullCounts() error {
+// flushPullCounts adds the pending pull counts to the index, in one
+// transaction; it returns how long it held the write lock.
+func (ix *Index) flushPullCounts() (time.Duration, error) {
 	c := &ix.pulls
 	c.mu.Lock()
 	pending := c.pending
 	c.pending = nil
 	c.mu.Unlock()
 	if len(pending) == 0 {
-		return nil
+		return 0, nil
 	}
-	err := ix.db.Update(func(tx *bolt.Tx) error {
+	held, err := ix.update(func(tx *bolt.Tx, _ *budget) error {
 		b, err := tx.CreateBucketIfNotExists(bucketPulls)
 		if err != nil {
 			return err
@@ -77,7 +79,7 @@ func (ix *Index) flushPullCounts() error {
 		}
 		c.mu.Unlock()
 	}
-	return err
+	return held, err
 }
 
 // Pulls returns the pull counts of the manifests pulled at least once,

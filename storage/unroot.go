@@ -24,14 +24,11 @@ type FillKey struct {
 	Digest         digest.Digest
 }
 
-// unrootBatch bounds the keys one transaction of UnrootImages deletes: an
-// eviction of thousands of images (a million tags) must not hold the
-// index's write lock for long, nor pay a commit per tag.
-const unrootBatch = 1024
-
-// UnrootImages removes the tags and mirror records of evicted images, in
-// transactions of about unrootBatch keys (DeleteTagIf and DeleteFill for
-// many images at once).
+// UnrootImages removes the tags and mirror records of evicted images
+// (DeleteTagIf and DeleteFill for many images at once), in transactions
+// bounded by the index's write limits: an eviction of thousands of images
+// (a million tags) must neither hold the index's write lock for long nor
+// pay a commit per tag.
 func (ix *Index) UnrootImages(us []Unroot) error {
 	_, err := ix.UnrootImagesTimed(us)
 	return err
@@ -40,41 +37,56 @@ func (ix *Index) UnrootImages(us []Unroot) error {
 // UnrootImagesTimed is UnrootImages; it also returns how long its longest
 // transaction held the index's write lock.
 func (ix *Index) UnrootImagesTimed(us []Unroot) (longest time.Duration, err error) {
-	for len(us) > 0 {
-		n, keys := 0, 0
-		for n < len(us) && (n == 0 || keys+len(us[n].Tags)+len(us[n].Fills) <= unrootBatch) {
-			keys += len(us[n].Tags) + len(us[n].Fills)
-			n++
+	// One key each: a transaction may stop in the middle of an image.
+	type op struct {
+		u    *Unroot
+		tag  string
+		fill *FillKey
+	}
+	var ops []op
+	for i := range us {
+		u := &us[i]
+		for _, tag := range u.Tags {
+			ops = append(ops, op{u: u, tag: tag})
 		}
-		batch := us[:n]
-		us = us[n:]
+		for j := range u.Fills {
+			ops = append(ops, op{u: u, fill: &u.Fills[j]})
+		}
+	}
+	for len(ops) > 0 {
 		var tags, fills [][]byte // deleted: their shared records go too
-		start := time.Now()
-		err := ix.db.Update(func(tx *bolt.Tx) error {
-			tags, fills = tags[:0], fills[:0]
-			for _, u := range batch {
-				for _, tag := range u.Tags {
-					deleted, err := deleteTagIf(tx, u.Upstream, u.Repo, tag, u.Digest)
-					if err != nil {
-						return fmt.Errorf("evicting %s/%s:%s: %w", u.Upstream, u.Repo, tag, err)
-					}
-					if deleted {
-						tags = append(tags, tagKey(u.Upstream, u.Repo, tag))
-					}
-				}
-				for _, f := range u.Fills {
+		done := 0
+		held, err := ix.update(func(tx *bolt.Tx, b *budget) error {
+			tags, fills, done = tags[:0], fills[:0], 0
+			for done < len(ops) {
+				o := ops[done]
+				done++
+				if f := o.fill; f != nil {
 					if err := deleteFill(tx, f.Upstream, f.Repo, f.Digest); err != nil {
 						return fmt.Errorf("evicting %s/%s@%s: %w", f.Upstream, f.Repo, f.Digest, err)
 					}
 					fills = append(fills, linkKey(f.Upstream, f.Repo, f.Digest))
+				} else {
+					u := o.u
+					deleted, err := deleteTagIf(tx, u.Upstream, u.Repo, o.tag, u.Digest)
+					if err != nil {
+						return fmt.Errorf("evicting %s/%s:%s: %w", u.Upstream, u.Repo, o.tag, err)
+					}
+					if deleted {
+						tags = append(tags, tagKey(u.Upstream, u.Repo, o.tag))
+					}
+				}
+				if b.spend(1) {
+					break
 				}
 			}
 			return nil
 		})
-		longest = max(longest, time.Since(start))
+		longest = max(longest, held)
 		if err != nil {
 			return longest, err
 		}
+		ops = ops[done:]
 		if err := ix.shareDelete(bucketTags, tags...); err != nil {
 			return longest, err
 		}

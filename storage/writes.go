@@ -1,0 +1,73 @@
+package storage
+
+import (
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// writeLimits bound one write transaction of a pass over many keys (an
+// eviction, a collection's sweep, a flush): while it runs, every other
+// write (a pull recording a blob) waits for bbolt's write lock.
+type writeLimits struct {
+	// keys is about how many keys a transaction writes: it also bounds
+	// the pages its commit writes.
+	keys int
+	// hold is how long a transaction takes more work: past it, it
+	// commits what it did.
+	hold time.Duration
+	// now is the clock hold is measured with (tests give their own).
+	now func() time.Time
+}
+
+// defaultWriteLimits keep each write of a pass well under 100 ms: 256
+// keys are a few milliseconds of work and a commit of a few hundred
+// pages; 50 ms leaves room for the commit on a loaded machine.
+var defaultWriteLimits = writeLimits{keys: 256, hold: 50 * time.Millisecond, now: time.Now}
+
+// budget is what is left of one transaction's limits.
+type budget struct {
+	lim   writeLimits
+	start time.Time
+	keys  int
+}
+
+// spend counts keys written; it reports whether the transaction should
+// commit now (it has written enough keys, or run long enough).
+func (b *budget) spend(keys int) bool {
+	b.keys += keys
+	return b.keys >= b.lim.keys || b.lim.now().Sub(b.start) >= b.lim.hold
+}
+
+// limits are the index's write limits (the defaults unless a test set
+// others).
+func (ix *Index) limits() writeLimits {
+	if ix.writeLimits != nil {
+		return *ix.writeLimits
+	}
+	return defaultWriteLimits
+}
+
+// update runs fn in a write transaction given the index's write limits,
+// and returns how long the transaction held the write lock: from when
+// fn starts (bbolt takes the lock before) to the end of the commit.
+func (ix *Index) update(fn func(tx *bolt.Tx, b *budget) error) (held time.Duration, err error) {
+	lim := ix.limits()
+	var start time.Time
+	err = ix.db.Update(func(tx *bolt.Tx) error {
+		start = time.Now()
+		return fn(tx, &budget{lim: lim, start: lim.now()})
+	})
+	if start.IsZero() {
+		return 0, err // the transaction did not start
+	}
+	return time.Since(start), err
+}
+
+// SetWriteLimits changes how much one write transaction of a pass over
+// many keys (UnrootImages, Forget, Flush) does before it commits: about
+// keys keys, or what it does in hold. Call it before the index is used;
+// the defaults (256 keys, 50 ms) suit a mirror, small ones a test.
+func (ix *Index) SetWriteLimits(keys int, hold time.Duration) {
+	ix.writeLimits = &writeLimits{keys: max(keys, 1), hold: hold, now: time.Now}
+}
