@@ -17,7 +17,7 @@ import (
 // so neither their memory nor their CPU time is counted as the server's.
 type serverProc struct {
 	name string
-	url  string      // http(s)://127.0.0.1:PORT
+	url  string       // http(s)://127.0.0.1:PORT
 	pids func() []int // the processes serving (nginx: master and workers)
 }
 
