@@ -22,7 +22,15 @@ import (
 
 // nginxBinary returns the path of nginx, or "" when it is not installed
 // (Debian puts it in /usr/sbin, which a user's PATH may lack).
+// BENCH_NGINX overrides it: a path, or "off" to leave nginx out.
 func nginxBinary() string {
+	switch p := os.Getenv("BENCH_NGINX"); p {
+	case "off":
+		return ""
+	case "":
+	default:
+		return p
+	}
 	if p, err := exec.LookPath("nginx"); err == nil {
 		return p
 	}
@@ -33,7 +41,7 @@ func nginxBinary() string {
 }
 
 // noNginx is what a benchmark says when nginx is absent.
-const noNginx = "nginx is not installed (apt-get install nginx-light): no nginx comparison"
+const noNginx = "nginx not found (apt-get install nginx-light; BENCH_NGINX=off): the nginx side is skipped"
 
 // testCert is a self-signed ECDSA P-256 certificate for 127.0.0.1, in PEM
 // files both the mirror (--tls-cert, --tls-key) and nginx serve.
