@@ -5,7 +5,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -104,16 +103,16 @@ func buildMirror(b *testing.B) string {
 	return bin
 }
 
-var listenLine = regexp.MustCompile(`listen=(127\.0\.0\.1:[0-9]+)`)
-
 // startMirror runs the docker-mirror binary bin (`serve`, a fresh data
 // directory, upstream upstreamURL, HTTPS with cert unless nil) as a child
-// of the benchmark; it is stopped with b.Cleanup.
+// of the benchmark; it is stopped with b.Cleanup. It logs warnings only:
+// no access log, like the benchmarks' nginx.
 func startMirror(b *testing.B, bin, upstreamURL string, cert *testCert) *serverProc {
 	b.Helper()
 	dir := b.TempDir()
-	args := []string{"serve", "--listen", "127.0.0.1:0", "--data", filepath.Join(dir, "data"),
-		"--upstream", upstreamURL, "--log-level", "info"}
+	port := freePort(b)
+	args := []string{"serve", "--listen", "127.0.0.1:" + strconv.Itoa(port), "--data", filepath.Join(dir, "data"),
+		"--upstream", upstreamURL, "--log-level", "warn"}
 	scheme := "http://"
 	if cert != nil {
 		args = append(args, "--tls-cert", cert.certFile, "--tls-key", cert.keyFile)
@@ -144,17 +143,18 @@ func startMirror(b *testing.B, bin, upstreamURL string, cert *testCert) *serverP
 	pid := cmd.Process.Pid
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		logs, _ := os.ReadFile(logFile)
-		if m := listenLine.FindSubmatch(logs); m != nil {
-			return &serverProc{name: "docker-mirror", url: scheme + string(m[1]), pids: func() []int { return []int{pid} }}
+		if listening(port) {
+			return &serverProc{name: "docker-mirror", url: scheme + "127.0.0.1:" + strconv.Itoa(port), pids: func() []int { return []int{pid} }}
 		}
 		select {
 		case err := <-done:
 			done <- err
+			logs, _ := os.ReadFile(logFile)
 			b.Fatalf("docker-mirror exited: %v\n%s", err, logs)
 		default:
 		}
 		if time.Now().After(deadline) {
+			logs, _ := os.ReadFile(logFile)
 			b.Fatalf("docker-mirror did not start within 30s\n%s", logs)
 		}
 		time.Sleep(20 * time.Millisecond)
