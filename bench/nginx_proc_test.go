@@ -164,6 +164,7 @@ func startMirror(b *testing.B, bin, upstreamURL string, cert *testCert) *serverP
 // round is what one round of clients against a server did.
 type round struct {
 	wall, cpu time.Duration // elapsed, and the server's CPU time
+	clientCPU time.Duration // the benchmark process's (the clients')
 	bytes     int64
 	lat       latencies // per request
 	errs      int
@@ -175,6 +176,7 @@ type round struct {
 func (t *round) add(r round) {
 	t.wall += r.wall
 	t.cpu += r.cpu
+	t.clientCPU += r.clientCPU
 	t.bytes += r.bytes
 	t.lat = append(t.lat, r.lat...)
 	t.errs += r.errs
@@ -188,24 +190,25 @@ func (t *round) add(r round) {
 // server's CPU time and peak RSS around them.
 func measureServer(s *serverProc, clients func() round) round {
 	s.resetPeak()
-	cpu := s.cpu()
+	cpu, self := s.cpu(), cpuTime()
 	start := time.Now()
 	r := clients()
 	r.wall = time.Since(start)
-	r.cpu = s.cpu() - cpu
+	r.cpu, r.clientCPU = s.cpu()-cpu, cpuTime()-self
 	r.peakMiB = s.memMiB("VmHWM")
 	return r
 }
 
 // report reports t's figures with their names prefixed: MB/s, the
-// requests' p50 and p99, errors, the server's CPU time per GB served and
-// its peak RSS.
+// requests' p50 and p99, errors, the server's CPU time per GB served
+// (and the clients'), and the server's peak RSS.
 func (t *round) report(b *testing.B, name, prefix string) {
 	b.ReportMetric(mbps(t.bytes, t.wall), prefix+"MB/s")
 	b.ReportMetric(ms(t.lat.pct(0.5)), prefix+"p50-ms")
 	b.ReportMetric(ms(t.lat.pct(0.99)), prefix+"p99-ms")
 	b.ReportMetric(float64(t.errs), prefix+"errors")
 	b.ReportMetric(ms(t.cpu)/(float64(t.bytes)/1e9), prefix+"cpu-ms/GB")
+	b.ReportMetric(ms(t.clientCPU)/(float64(t.bytes)/1e9), prefix+"client-cpu-ms/GB")
 	b.ReportMetric(t.peakMiB, prefix+"peak-RSS-MiB")
 	if t.errs > 0 {
 		b.Errorf("%s: %d requests failed; first: %v", name, t.errs, t.firstErr)
