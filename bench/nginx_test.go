@@ -50,11 +50,11 @@ type testCert struct {
 	pool              *x509.CertPool
 }
 
-func newTestCert(b *testing.B) *testCert {
-	b.Helper()
+func newTestCert(tb testing.TB) *testCert {
+	tb.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          big.NewInt(1),
@@ -68,24 +68,24 @@ func newTestCert(b *testing.B) *testCert {
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
-	dir := b.TempDir()
+	dir := tb.TempDir()
 	c := &testCert{certFile: filepath.Join(dir, "cert.pem"), keyFile: filepath.Join(dir, "key.pem"), pool: x509.NewCertPool()}
 	c.pool.AddCert(cert)
 	if err := os.WriteFile(c.certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	if err := os.WriteFile(c.keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	return c
 }
@@ -98,11 +98,11 @@ func (c *testCert) clientConfig() *tls.Config {
 
 // freePort returns a port on 127.0.0.1 that was free a moment ago (nginx
 // cannot listen on port 0 and tell which port it got).
-func freePort(b *testing.B) int {
-	b.Helper()
+func freePort(tb testing.TB) int {
+	tb.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
@@ -166,13 +166,13 @@ type nginx struct {
 
 // startNginx runs nginx (its binary at bin) in the foreground as a child
 // of the benchmark, serving the files of a new www directory with cert's
-// certificate; it is stopped with b.Cleanup. Put files under www with put.
-func startNginx(b *testing.B, bin string, cert *testCert) *nginx {
-	b.Helper()
-	dir := b.TempDir()
+// certificate; it is stopped with tb.Cleanup. Put files under www with put.
+func startNginx(tb testing.TB, bin string, cert *testCert) *nginx {
+	tb.Helper()
+	dir := tb.TempDir()
 	for _, d := range []string{"www", "tmp"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
-			b.Fatal(err)
+			tb.Fatal(err)
 		}
 	}
 	// As root, nginx's workers would switch to an unprivileged user that
@@ -181,28 +181,28 @@ func startNginx(b *testing.B, bin string, cert *testCert) *nginx {
 	if os.Geteuid() == 0 {
 		user = "user root;"
 	}
-	port, tlsPort := freePort(b), freePort(b)
+	port, tlsPort := freePort(tb), freePort(tb)
 	conf := filepath.Join(dir, "nginx.conf")
 	text := fmt.Sprintf(nginxConf, user, dir, port, tlsPort, cert.certFile, cert.keyFile)
 	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	cmd := exec.Command(bin, "-p", dir, "-c", conf, "-e", filepath.Join(dir, "error.log"), "-g", "daemon off;")
 	out, err := os.Create(filepath.Join(dir, "stderr.log"))
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	defer out.Close()
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 	n := &nginx{dir: dir, cmd: cmd,
 		url:    "http://127.0.0.1:" + strconv.Itoa(port),
 		tlsURL: "https://127.0.0.1:" + strconv.Itoa(tlsPort)}
-	b.Cleanup(func() {
+	tb.Cleanup(func() {
 		_ = cmd.Process.Signal(os.Interrupt) // SIGINT: nginx's fast shutdown
 		select {
 		case <-done:
@@ -214,7 +214,7 @@ func startNginx(b *testing.B, bin string, cert *testCert) *nginx {
 	fail := func(msg string) {
 		logs, _ := os.ReadFile(filepath.Join(dir, "error.log"))
 		stderr, _ := os.ReadFile(filepath.Join(dir, "stderr.log"))
-		b.Fatalf("nginx %s; stderr: %s; error.log: %s", msg, stderr, logs)
+		tb.Fatalf("nginx %s; stderr: %s; error.log: %s", msg, stderr, logs)
 	}
 	// Wait until both ports answer and the workers are up.
 	deadline := time.Now().Add(30 * time.Second)
@@ -246,14 +246,14 @@ func listening(port int) bool {
 
 // put writes data to www/path (e.g. v2/<repo>/blobs/<digest>), where
 // nginx serves it as /path.
-func (n *nginx) put(b *testing.B, path string, data []byte) {
-	b.Helper()
+func (n *nginx) put(tb testing.TB, path string, data []byte) {
+	tb.Helper()
 	p := filepath.Join(n.dir, "www", filepath.FromSlash(strings.TrimPrefix(path, "/")))
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	if err := os.WriteFile(p, data, 0o644); err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 }
 
