@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -23,64 +24,143 @@ import (
 var manyClients = int(envInt("BENCH_CLIENTS", 1000))
 
 // BenchmarkManyClients: 1,000 clients at once, each on its own connection,
-// pull a warm image (manifest by tag, config and 4 layers of 1 MiB) from
-// the mirror. Reports errors (the benchmark fails on any), the p50/p99 of
-// the requests, the wall time, the throughput and the process's peak RSS
-// during the rounds (clients included).
+// pull a warm image (manifest by tag, config and 4 layers of 1 MiB, one
+// request at a time) from the docker-mirror binary and, in the same
+// iteration in alternating order, from nginx serving the same bytes as
+// static files (sendfile; skipped, with a message, if nginx is not
+// installed). Both servers run as child processes, so the figures of each
+// are its own: the requests' p50/p99, the throughput, errors (the
+// benchmark fails on any), the server's CPU time per GB and its peak RSS
+// during the rounds (nginx: master and workers summed). x-nginx is the
+// paired throughput ratio mirror / nginx.
 func BenchmarkManyClients(b *testing.B) {
 	up := fixture.StartUpstream(b)
 	up.SeedImage(b, benchRepo, benchTag, 4, 1<<20)
-	m := servertest.Start(b, up.URL())
-	pull(b, m.Host(), true)
-	m.WaitIdle()
-	if res, _ := pull(b, m.Host(), true); res.Misses != 0 {
-		b.Fatalf("%d blobs were not cache hits", res.Misses)
+	m := startMirror(b, buildMirror(b), up.URL(), nil)
+	img := warmImage(b, m.url)
+	servers := []*serverProc{m}
+	prefixes := []string{""}
+	if bin := nginxBinary(); bin != "" {
+		n := startNginx(b, bin, newTestCert(b))
+		for path, data := range img {
+			n.put(b, path, data)
+		}
+		servers = append(servers, n.procs("nginx", n.url))
+		prefixes = append(prefixes, "nginx-")
+	} else {
+		b.Log(noNginx)
 	}
-	runtime.GC()
-	resetPeakRSS()
-	var lat latencies
-	var wall time.Duration
-	var bytes int64
+	results := make([]round, len(servers))
+	n := 0
 	for b.Loop() {
-		var mu sync.Mutex
-		var wg sync.WaitGroup
-		var errs []error
-		gate := make(chan struct{})
-		for range manyClients {
-			wg.Go(func() {
-				tr := NewTransport(2)
-				defer tr.CloseIdleConnections()
-				c := &Client{base: "http://" + m.Host(), repo: benchRepo, hc: &http.Client{Transport: tr}}
-				<-gate
-				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-				defer cancel()
-				start := time.Now()
-				res, err := c.Pull(ctx, benchTag, 1, false)
-				d := time.Since(start)
-				mu.Lock()
-				defer mu.Unlock()
-				if err != nil {
-					errs = append(errs, err)
-					return
-				}
-				bytes += res.Bytes
-				// Per request: the manifest, then each blob in turn.
-				lat = append(lat, res.ManifestAt, (d-res.ManifestAt)/time.Duration(len(res.Blobs)))
-			})
+		for i := range servers {
+			s := (i + n) % len(servers)
+			results[s].add(measureServer(servers[s], func() round { return pullAll(servers[s].url) }))
 		}
-		start := time.Now()
-		close(gate)
-		wg.Wait()
-		wall += time.Since(start)
-		if len(errs) > 0 {
-			b.Fatalf("%d of %d clients failed; first: %v", len(errs), manyClients, errs[0])
-		}
+		n++
 	}
 	b.ReportMetric(float64(manyClients), "clients")
-	b.ReportMetric(ms(lat.pct(0.5)), "req-p50-ms")
-	b.ReportMetric(ms(lat.pct(0.99)), "req-p99-ms")
-	b.ReportMetric(mbps(bytes, wall), "MB/s")
-	b.ReportMetric(peakRSS(), "peak-RSS-MiB")
+	for i, s := range servers {
+		results[i].report(b, s.name, prefixes[i])
+	}
+	if len(results) == 2 {
+		b.ReportMetric(float64(results[1].wall)/float64(results[0].wall), "x-nginx")
+	}
+}
+
+// pullAll has manyClients clients, each with a connection of its own,
+// pull the warm image from base at once, one request at a time. Its
+// latencies are per request: the manifest's, and each client's mean per
+// blob.
+func pullAll(base string) round {
+	var (
+		mu sync.Mutex
+		wg sync.WaitGroup
+		r  round
+	)
+	gate := make(chan struct{})
+	for range manyClients {
+		wg.Go(func() {
+			tr := NewTransport(2)
+			defer tr.CloseIdleConnections()
+			c := &Client{base: base, repo: benchRepo, hc: &http.Client{Transport: tr}}
+			<-gate
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+			defer cancel()
+			start := time.Now()
+			res, err := c.Pull(ctx, benchTag, 1, false)
+			d := time.Since(start)
+			mu.Lock()
+			defer mu.Unlock()
+			r.bytes += res.Bytes
+			if err != nil {
+				r.errs++
+				if r.firstErr == nil {
+					r.firstErr = err
+				}
+				return
+			}
+			r.lat = append(r.lat, res.ManifestAt, (d-res.ManifestAt)/time.Duration(len(res.Blobs)))
+		})
+	}
+	close(gate)
+	wg.Wait()
+	return r
+}
+
+// warmImage pulls benchRepo:benchTag through the mirror at base until
+// every blob is a cache hit, and returns the image as nginx must serve it:
+// the bytes the mirror answered for each path (the manifest by tag, the
+// config and the layers).
+func warmImage(b *testing.B, base string) map[string][]byte {
+	b.Helper()
+	ctx := context.Background()
+	hc := &http.Client{Transport: NewTransport(1)}
+	b.Cleanup(hc.CloseIdleConnections)
+	c := &Client{base: base, repo: benchRepo, hc: hc}
+	deadline := time.Now().Add(time.Minute)
+	for {
+		res, err := c.Pull(ctx, benchTag, 0, true)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if res.Misses == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("%d blobs were still not cache hits after a minute", res.Misses)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	res, err := c.Pull(ctx, benchTag, 0, false)
+	if err != nil {
+		b.Fatal(err)
+	}
+	manifest, err := c.Manifest(ctx, benchTag)
+	if err != nil {
+		b.Fatal(err)
+	}
+	prefix := "/v2/" + benchRepo
+	img := map[string][]byte{prefix + "/manifests/" + benchTag: manifest}
+	for _, d := range res.Blobs {
+		img[prefix+"/blobs/"+d.Digest.String()] = get(b, hc, base+prefix+"/blobs/"+d.Digest.String())
+	}
+	return img
+}
+
+// get GETs url and returns its body, failing the benchmark unless 200.
+func get(b *testing.B, hc *http.Client, url string) []byte {
+	b.Helper()
+	resp, err := hc.Get(url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		b.Fatalf("GET %s: %s, %v", url, resp.Status, err)
+	}
+	return body
 }
 
 // idleConns is how many idle keep-alive connections BenchmarkIdleConns
