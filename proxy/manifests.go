@@ -363,6 +363,11 @@ func (p *Proxy) fetchManifest(ctx context.Context, t target, ref oci.Ref, fill b
 			return nil, errcode.Wrap(errcode.Unavailable, fmt.Errorf("%w: %w", upstream.ErrInvalid, err), "upstream %s sent a bad manifest for %s:%s", t.host(), t.repo, ref.String()).
 				WithStatus(http.StatusBadGateway)
 		}
+		if fill && doc.Config != nil {
+			// The client asks for its blobs next: start them now, before
+			// the store and index writes below, not after.
+			p.startFetchAhead(ctx, t, &storedManifest{body: up.Body, mediaType: mt, digest: up.Digest})
+		}
 		// Held from the store to the record, as a blob is (runDownload).
 		release, err := p.hold(ctx, up.Digest)
 		if err != nil {
