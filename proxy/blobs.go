@@ -192,7 +192,12 @@ func serveBlob(w http.ResponseWriter, r *http.Request, dgst digest.Digest, size 
 	defer rc.Close()
 	w.WriteHeader(status)
 	var src io.Reader = rc
-	if length >= 0 {
+	if br, ok := rc.(*blobReader); ok {
+		// Bounded itself, so that io.Copy reaches its WriteTo.
+		if length >= 0 {
+			br.end = start + length
+		}
+	} else if length >= 0 {
 		src = io.LimitReader(rc, length)
 	}
 	n, err := io.Copy(w, src)

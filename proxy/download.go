@@ -135,6 +135,17 @@ func (dl *download) failure() error {
 // an error, as soon as the upstream says or sends more: that is not the
 // blob the manifest lists.
 func (dl *download) wait(ctx context.Context, declared int64) error {
+	if declared < 0 || (dl.declared && dl.limit <= declared) {
+		// Nothing to watch as it grows (the download itself stops at
+		// the declared size): wake only once it has finished, not at
+		// every read of its body.
+		select {
+		case <-dl.finished:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	for {
 		dl.mu.Lock()
 		size, written, ch := dl.size, dl.written, dl.changed
@@ -184,9 +195,14 @@ type blobReader struct {
 	dl  *download
 	f   *os.File
 	off int64
+	// end, if not negative, is the offset to stop at (a Range's end).
+	end int64
 }
 
-func (r *blobReader) Read(p []byte) (int, error) {
+// next waits until bytes past r.off may be read and returns how many
+// (never past the held-back last byte, nor past end); 0 and io.EOF at the
+// end.
+func (r *blobReader) next() (int64, error) {
 	for {
 		r.dl.mu.Lock()
 		avail, verified, err, ch := r.dl.written, r.dl.verified, r.dl.err, r.dl.changed
@@ -197,21 +213,67 @@ func (r *blobReader) Read(p []byte) (int, error) {
 		if !verified {
 			avail-- // hold back the last byte until the digest is verified
 		}
-		if r.off < avail {
-			n, err := r.f.ReadAt(p[:min(int64(len(p)), avail-r.off)], r.off)
-			r.off += int64(n)
-			if errors.Is(err, io.EOF) {
-				err = nil
-			}
-			return n, err
+		if r.end >= 0 {
+			avail = min(avail, r.end)
 		}
-		if verified {
+		if r.off < avail {
+			return avail - r.off, nil
+		}
+		if verified || (r.end >= 0 && r.off >= r.end) {
 			return 0, io.EOF
 		}
 		select {
 		case <-ch:
 		case <-r.ctx.Done():
 			return 0, r.ctx.Err()
+		}
+	}
+}
+
+func (r *blobReader) Read(p []byte) (int, error) {
+	n, err := r.next()
+	if err != nil {
+		return 0, err
+	}
+	m, err := r.f.ReadAt(p[:min(int64(len(p)), n)], r.off)
+	r.off += int64(m)
+	if errors.Is(err, io.EOF) {
+		err = nil
+	}
+	return m, err
+}
+
+// WriteTo sends what the download holds to w as it grows. To a writer
+// that reads from files itself (an HTTP response on a TCP connection,
+// through the recorder), it hands each span that may be read as a file
+// section, so that the kernel sends it from the page cache (sendfile)
+// instead of the bytes being copied in and out of this process.
+func (r *blobReader) WriteTo(w io.Writer) (int64, error) {
+	rf, ok := w.(io.ReaderFrom)
+	if !ok {
+		return io.CopyBuffer(w, struct{ io.Reader }{r}, make([]byte, 256<<10))
+	}
+	var total int64
+	for {
+		n, err := r.next()
+		if errors.Is(err, io.EOF) {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+		if _, err := r.f.Seek(r.off, io.SeekStart); err != nil {
+			return total, err
+		}
+		span := &io.LimitedReader{R: r.f, N: n}
+		m, err := rf.ReadFrom(span)
+		r.off += m
+		total += m
+		if err != nil {
+			return total, err
+		}
+		if m < n {
+			return total, fmt.Errorf("spool file of %s: %w at %d bytes", r.dl.dgst, io.ErrUnexpectedEOF, r.off)
 		}
 	}
 }
@@ -372,7 +434,7 @@ func (dl *download) open(ctx context.Context, offset int64) (*blobReader, error)
 	if err != nil {
 		return nil, err
 	}
-	return &blobReader{ctx: ctx, dl: dl, f: f, off: offset}, nil
+	return &blobReader{ctx: ctx, dl: dl, f: f, off: offset, end: -1}, nil
 }
 
 // storeSpooled moves a verified spool file into the store, or copies it

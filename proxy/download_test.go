@@ -121,3 +121,99 @@ func TestBlobReaderStopsWithItsContext(t *testing.T) {
 		}
 	})
 }
+
+// spanWriter takes what a blobReader's WriteTo hands it as a response on
+// a TCP connection does: file sections (which it would sendfile), each
+// reported on got.
+type spanWriter struct{ got chan string }
+
+func (w *spanWriter) Write(p []byte) (int, error) {
+	return 0, errors.New("Write called: the bytes were copied, not handed over as a file section")
+}
+
+func (w *spanWriter) ReadFrom(r io.Reader) (int64, error) {
+	lr, ok := r.(*io.LimitedReader)
+	if !ok {
+		return 0, errors.New("ReadFrom got no *io.LimitedReader")
+	}
+	if _, ok := lr.R.(*os.File); !ok {
+		return 0, errors.New("ReadFrom got no file section")
+	}
+	b, err := io.ReadAll(r)
+	w.got <- string(b)
+	return int64(len(b)), err
+}
+
+// WriteTo hands a follower's writer the spool file's bytes as they come,
+// as file sections, still holding back the last byte until verification;
+// a reader bounded by a range stops at its end without waiting for it.
+func TestBlobReaderWriteToSendsFileSections(t *testing.T) {
+	dl, f := newTestDownload(t)
+	ctx := readCtx(t)
+	whole, err := dl.open(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer whole.Close()
+	ranged, err := dl.open(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ranged.Close()
+	ranged.end = 5 // bytes 1-4
+
+	type result struct {
+		n   int64
+		err error
+	}
+	start := func(r *blobReader) (*spanWriter, chan result) {
+		w, done := &spanWriter{got: make(chan string, 8)}, make(chan result, 1)
+		go func() {
+			n, err := r.WriteTo(w)
+			done <- result{n, err}
+		}()
+		return w, done
+	}
+	next := func(what string, w *spanWriter) string {
+		t.Helper()
+		select {
+		case s := <-w.got:
+			return s
+		case <-ctx.Done():
+			t.Fatalf("%s: nothing handed over", what)
+			return ""
+		}
+	}
+	ww, wdone := start(whole)
+	rw, rdone := start(ranged)
+
+	dl.appendBytes(t, f, "abc")
+	if s := next("whole, 3 of 6 bytes in", ww); s != "ab" {
+		t.Fatalf("whole: got %q, want the first 2 of 3 bytes", s)
+	}
+	if s := next("ranged, 3 of 6 bytes in", rw); s != "b" {
+		t.Fatalf("ranged: got %q, want b", s)
+	}
+	dl.appendBytes(t, f, "def")
+	if s := next("whole, 6 bytes in", ww); s != "cde" {
+		t.Fatalf("whole: got %q, want cde (f held back)", s)
+	}
+	if s := next("ranged, 6 bytes in", rw); s != "cde" {
+		t.Fatalf("ranged: got %q, want cde", s)
+	}
+	if r := <-rdone; r.err != nil || r.n != 4 {
+		t.Fatalf("ranged: WriteTo = %d, %v; want 4 bytes, its range, before verification", r.n, r.err)
+	}
+	select {
+	case r := <-wdone:
+		t.Fatalf("whole: WriteTo returned %d, %v before the download was verified", r.n, r.err)
+	default:
+	}
+	dl.update(func() { dl.verified = true })
+	if s := next("whole, verified", ww); s != "f" {
+		t.Fatalf("whole: got %q, want f once verified", s)
+	}
+	if r := <-wdone; r.err != nil || r.n != 6 {
+		t.Fatalf("whole: WriteTo = %d, %v; want 6 bytes", r.n, r.err)
+	}
+}

@@ -24,6 +24,9 @@ type storedManifest struct {
 	body      []byte
 	mediaType string
 	digest    digest.Digest
+	// fetchedAhead: fetched from the upstream just now, and its blobs
+	// were started then (fetchManifest): the handler need not again.
+	fetchedAhead bool
 }
 
 func (p *Proxy) manifest(w http.ResponseWriter, r *http.Request) error {
@@ -62,7 +65,7 @@ func (p *Proxy) manifest(w http.ResponseWriter, r *http.Request) error {
 	if err := p.index.TouchManifest(m.digest, p.now()); err != nil {
 		p.log.Debug("recording a manifest's last pull", "digest", m.digest, "error", err)
 	}
-	if r.Method == http.MethodGet {
+	if r.Method == http.MethodGet && !m.fetchedAhead {
 		// The client asks for the blobs next, a few at a time: start them
 		// all now.
 		p.startFetchAhead(r.Context(), t, m)
@@ -363,6 +366,12 @@ func (p *Proxy) fetchManifest(ctx context.Context, t target, ref oci.Ref, fill b
 			return nil, errcode.Wrap(errcode.Unavailable, fmt.Errorf("%w: %w", upstream.ErrInvalid, err), "upstream %s sent a bad manifest for %s:%s", t.host(), t.repo, ref.String()).
 				WithStatus(http.StatusBadGateway)
 		}
+		aheadOf := fill && doc.Config != nil
+		if aheadOf {
+			// The client asks for its blobs next: start them now, before
+			// the store and index writes below, not after.
+			p.startFetchAhead(ctx, t, &storedManifest{body: up.Body, mediaType: mt, digest: up.Digest})
+		}
 		// Held from the store to the record, as a blob is (runDownload).
 		release, err := p.hold(ctx, up.Digest)
 		if err != nil {
@@ -384,7 +393,7 @@ func (p *Proxy) fetchManifest(ctx context.Context, t target, ref oci.Ref, fill b
 		if err := p.index.RecordManifest(entry); err != nil {
 			return nil, p.noteFull(err) // index.db may share the full disk
 		}
-		sm := &storedManifest{body: up.Body, mediaType: mt, digest: up.Digest}
+		sm := &storedManifest{body: up.Body, mediaType: mt, digest: up.Digest, fetchedAhead: aheadOf && p.fetchAhead}
 		if entry.Tag != "" {
 			// A tag moved to content mirrored already: point it there now.
 			if rec, ok, err := p.index.Fill(t.host(), t.repo, up.Digest); err == nil && ok && rec.State == storage.FillComplete {
