@@ -7,8 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,7 +14,6 @@ import (
 	"time"
 
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
-	"github.com/docker-mirror/docker-mirror/tests/servertest"
 )
 
 // manyClients pull the warm image at once in BenchmarkManyClients
@@ -164,66 +161,122 @@ func get(b *testing.B, hc *http.Client, url string) []byte {
 }
 
 // idleConns is how many idle keep-alive connections BenchmarkIdleConns
-// holds (both ends live in this process: 2 descriptors each).
-var idleConns = int(envInt("BENCH_IDLE_CONNS", 9000))
+// holds open to each server (BENCH_IDLE_CONNS; the machine allows 20,000
+// descriptors per process, and only the clients' ends are in this one).
+var idleConns = int(envInt("BENCH_IDLE_CONNS", 10000))
 
-// rssMiB is the process's current RSS (VmRSS) in MiB.
-func rssMiB() float64 {
-	raw, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	for _, l := range strings.Split(string(raw), "\n") {
-		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
-			kb, _ := strconv.ParseFloat(f[1], 64)
-			return kb / 1024
-		}
-	}
-	return 0
-}
-
-// BenchmarkIdleConns opens 9,000 connections to the mirror (the machine
-// allows 20,000 descriptors; BENCH_IDLE_CONNS), sends one GET /v2/ on
-// each, reads the answer and leaves it idle (keep-alive). KiB/conn is the
-// growth of the process's RSS and of the Go heap+stacks per connection;
-// the client side is a bare net.Conn, so nearly all of it is the server's.
+// BenchmarkIdleConns opens 10,000 connections to the docker-mirror binary
+// and, in the same iteration in alternating order, to nginx (skipped, with
+// a message, if nginx is not installed), sends one GET /v2/ on each, reads
+// the answer and leaves the connections idle (keep-alive) while it
+// measures. rss-KiB/conn is the growth of the server's RSS per connection
+// (nginx: master and workers, whose connection structures are allocated
+// up front for worker_connections), held-RSS-MiB the server's RSS with
+// the connections open; go-KiB/conn the growth of the mirror's Go heap in
+// use and stacks (from its /metrics, without forcing a GC).
 func BenchmarkIdleConns(b *testing.B) {
 	up := fixture.StartUpstream(b)
-	m := servertest.Start(b, up.URL())
+	m := startMirror(b, buildMirror(b), up.URL(), nil)
+	type side struct {
+		s          *serverProc
+		prefix     string
+		rss, goMem float64 // KiB per connection, summed over iterations
+		held       float64 // the largest RSS with the connections open, MiB
+	}
+	sides := []*side{{s: m}}
+	if bin := nginxBinary(); bin != "" {
+		n := startNginx(b, bin, newTestCert(b))
+		n.put(b, "/v2/index.html", []byte("{}"))
+		sides = append(sides, &side{s: n.procs("nginx", n.url), prefix: "nginx-"})
+	} else {
+		b.Log(noNginx)
+	}
+	n := 0
 	for b.Loop() {
-		runtime.GC()
-		var before runtime.MemStats
-		runtime.ReadMemStats(&before)
-		rss0 := rssMiB()
-		conns := make([]net.Conn, 0, idleConns)
-		for range idleConns {
-			c, err := net.Dial("tcp", m.Host())
-			if err != nil {
-				b.Fatalf("after %d connections: %v", len(conns), err)
-			}
-			conns = append(conns, c)
-			if _, err := fmt.Fprintf(c, "GET /v2/ HTTP/1.1\r\nHost: %s\r\n\r\n", m.Host()); err != nil {
-				b.Fatal(err)
-			}
-			resp, err := http.ReadResponse(bufio.NewReaderSize(c, 512), nil)
-			if err != nil {
-				b.Fatal(err)
-			}
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusOK {
-				b.Fatalf("GET /v2/: %s", resp.Status)
-			}
+		for i := range sides {
+			sd := sides[(i+n)%len(sides)]
+			rss, goMem, held := holdIdle(b, sd.s, sd.prefix == "")
+			sd.rss += rss
+			sd.goMem += goMem
+			sd.held = max(sd.held, held)
 		}
-		runtime.GC()
-		var after runtime.MemStats
-		runtime.ReadMemStats(&after)
-		rss := rssMiB() - rss0
-		heap := float64((after.HeapInuse+after.StackInuse)-(before.HeapInuse+before.StackInuse)) / 1024
-		b.ReportMetric(rss*1024/float64(idleConns), "rss-KiB/conn")
-		b.ReportMetric(heap/float64(idleConns), "go-KiB/conn")
-		b.ReportMetric(float64(idleConns), "conns")
+		n++
+	}
+	b.ReportMetric(float64(idleConns), "conns")
+	for _, sd := range sides {
+		b.ReportMetric(sd.rss/float64(n), sd.prefix+"rss-KiB/conn")
+		b.ReportMetric(sd.held, sd.prefix+"held-RSS-MiB")
+		if sd.prefix == "" {
+			b.ReportMetric(sd.goMem/float64(n), "go-KiB/conn")
+		}
+	}
+}
+
+// holdIdle opens idleConns connections to s, one GET /v2/ on each, and
+// returns the growth of s's RSS and (with goStats, for the mirror) of its
+// Go heap and stacks per connection, in KiB, and s's RSS in MiB while it
+// holds them, before closing them.
+func holdIdle(b *testing.B, s *serverProc, goStats bool) (rss, goMem, held float64) {
+	b.Helper()
+	host := HostOf(s.url)
+	var go0 float64
+	if goStats {
+		go0 = goMemory(b, s.url)
+	}
+	rss0 := s.memMiB("VmRSS")
+	conns := make([]net.Conn, 0, idleConns)
+	defer func() {
 		for _, c := range conns {
 			c.Close()
 		}
+	}()
+	for range idleConns {
+		c, err := net.Dial("tcp", host)
+		if err != nil {
+			b.Fatalf("%s: after %d connections: %v", s.name, len(conns), err)
+		}
+		conns = append(conns, c)
+		if _, err := fmt.Fprintf(c, "GET /v2/ HTTP/1.1\r\nHost: %s\r\n\r\n", host); err != nil {
+			b.Fatal(err)
+		}
+		resp, err := http.ReadResponse(bufio.NewReaderSize(c, 512), nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			b.Fatalf("%s: GET /v2/: %s", s.name, resp.Status)
+		}
 	}
+	held = s.memMiB("VmRSS")
+	rss = (held - rss0) * 1024 / float64(idleConns)
+	if goStats {
+		goMem = (goMemory(b, s.url) - go0) / 1024 / float64(idleConns)
+	}
+	return rss, goMem, held
+}
+
+// goMemory is the Go heap in use plus stacks of the mirror at base, in
+// bytes, from its /metrics.
+func goMemory(b *testing.B, base string) float64 {
+	b.Helper()
+	hc := &http.Client{Transport: NewTransport(1)}
+	defer hc.CloseIdleConnections()
+	var sum float64
+	found := 0
+	for _, l := range strings.Split(string(get(b, hc, base+"/metrics")), "\n") {
+		f := strings.Fields(l)
+		if len(f) == 2 && (f[0] == "go_memstats_heap_inuse_bytes" || f[0] == "go_memstats_stack_inuse_bytes") {
+			v, err := strconv.ParseFloat(f[1], 64)
+			if err != nil {
+				b.Fatalf("/metrics: %q: %v", l, err)
+			}
+			sum += v
+			found++
+		}
+	}
+	if found != 2 {
+		b.Fatal("/metrics has no go_memstats_heap_inuse_bytes or go_memstats_stack_inuse_bytes")
+	}
+	return sum
 }
