@@ -30,11 +30,18 @@ type downloads struct {
 	create func(dir string) (*os.File, error)
 	mu     sync.Mutex
 	m      map[digest.Digest]*download
+	// bufs holds the buffers downloads read the upstream's body with:
+	// large, so that a read takes what the socket holds (one write to the
+	// spool file, one wake-up of its followers, per read), and reused, so
+	// that a cold pull of many blobs does not allocate (and clear) one
+	// each.
+	bufs sync.Pool
 }
 
 func newDownloads() *downloads {
 	return &downloads{dir: os.TempDir(), m: map[digest.Digest]*download{},
-		create: func(dir string) (*os.File, error) { return os.CreateTemp(dir, "blob-*") }}
+		create: func(dir string) (*os.File, error) { return os.CreateTemp(dir, "blob-*") },
+		bufs:   sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}}
 }
 
 // running returns dgst's download in progress, or nil.
@@ -540,7 +547,9 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 	dl.update(func() { dl.started, dl.size = true, size })
 
 	v := dl.dgst.Verifier()
-	buf := make([]byte, 256<<10)
+	bp := p.blobs.bufs.Get().(*[]byte)
+	defer p.blobs.bufs.Put(bp)
+	buf := *bp
 	var n int64
 	for resumes := 0; ; {
 		m, rerr := body.Read(buf)
