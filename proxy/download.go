@@ -30,11 +30,69 @@ type downloads struct {
 	create func(dir string) (*os.File, error)
 	mu     sync.Mutex
 	m      map[digest.Digest]*download
+	// refused remembers, for a while, blobs whose download was cut off
+	// for being larger than the size a manifest declares for them, by
+	// that size: the bytes of a digest do not change, so the fill and
+	// fetching ahead, which both take the blobs of a manifest just
+	// fetched, do not download it twice to learn it again.
+	refused map[refusalKey]refusal
+	// bufs holds the buffers downloads read the upstream's body with:
+	// large, so that a read takes what the socket holds (one write to the
+	// spool file, one wake-up of its followers, per read), and reused, so
+	// that a cold pull of many blobs does not allocate (and clear) one
+	// each.
+	bufs sync.Pool
 }
 
 func newDownloads() *downloads {
 	return &downloads{dir: os.TempDir(), m: map[digest.Digest]*download{},
-		create: func(dir string) (*os.File, error) { return os.CreateTemp(dir, "blob-*") }}
+		create: func(dir string) (*os.File, error) { return os.CreateTemp(dir, "blob-*") },
+		bufs:   sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}}
+}
+
+// refusalKey is a blob and the size a manifest declares for it.
+type refusalKey struct {
+	dgst     digest.Digest
+	declared int64
+}
+
+type refusal struct {
+	err error
+	at  time.Time
+}
+
+// refusalTTL is how long a refusal is remembered; maxRefusals bounds how
+// many are (the oldest go first when it is reached: all of them).
+const (
+	refusalTTL  = 10 * time.Minute
+	maxRefusals = 1024
+)
+
+// refuse remembers that dgst is larger than declared.
+func (d *downloads) refuse(dgst digest.Digest, declared int64, err error, now time.Time) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.refused == nil || len(d.refused) >= maxRefusals {
+		d.refused = map[refusalKey]refusal{}
+	}
+	d.refused[refusalKey{dgst, declared}] = refusal{err: err, at: now}
+}
+
+// refusal returns why dgst, declared to be of size declared, was refused
+// lately, or nil.
+func (d *downloads) refusal(dgst digest.Digest, declared int64, now time.Time) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	k := refusalKey{dgst, declared}
+	r, ok := d.refused[k]
+	if !ok {
+		return nil
+	}
+	if now.Sub(r.at) > refusalTTL {
+		delete(d.refused, k)
+		return nil
+	}
+	return r.err
 }
 
 // running returns dgst's download in progress, or nil.
@@ -303,6 +361,11 @@ type blobWant struct {
 // check.
 func (p *Proxy) startBlob(ctx context.Context, t target, dgst digest.Digest, w blobWant) (dl *download, leave func(), stored bool, err error) {
 	d := p.blobs
+	if w.size >= 0 {
+		if err := d.refusal(dgst, w.size, p.now()); err != nil {
+			return nil, nil, false, err
+		}
+	}
 	for {
 		if dl := d.running(dgst); dl != nil {
 			if err := p.mayJoin(ctx, t, dl, w); err != nil {
@@ -507,6 +570,17 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 		p.noteFailure("download", t, dl.dgst.String(), err)
 	}
 
+	// refuse fails a download of at least n bytes, over its limit; one over
+	// the size its manifest declares is remembered as such (refusal).
+	refuse := func(n int64) {
+		p.countOversized(t, dl)
+		err := tooLarge(t.host(), dl.dgst, dl.limit, dl.declared, n)
+		if dl.declared {
+			p.blobs.refuse(dl.dgst, dl.limit, err, p.now())
+		}
+		fail(err)
+	}
+
 	unlease, fromStore, err := p.leaseBlob(ctx, t, dl.dgst)
 	if err != nil {
 		fail(err)
@@ -533,21 +607,21 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 	}
 	defer func() { body.Close() }()
 	if size > dl.limit {
-		p.countOversized(t, dl)
-		fail(tooLarge(t.host(), dl.dgst, dl.limit, dl.declared, size))
+		refuse(size)
 		return
 	}
 	dl.update(func() { dl.started, dl.size = true, size })
 
 	v := dl.dgst.Verifier()
-	buf := make([]byte, 256<<10)
+	bp := p.blobs.bufs.Get().(*[]byte)
+	defer p.blobs.bufs.Put(bp)
+	buf := *bp
 	var n int64
 	for resumes := 0; ; {
 		m, rerr := body.Read(buf)
 		if n+int64(m) > dl.limit {
 			// Never spooled: an endless or oversized body stops here.
-			p.countOversized(t, dl)
-			fail(tooLarge(t.host(), dl.dgst, dl.limit, dl.declared, n+int64(m)))
+			refuse(n + int64(m))
 			return
 		}
 		if m > 0 {
