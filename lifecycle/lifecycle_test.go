@@ -963,3 +963,25 @@ func TestCollectOwnedOnly(t *testing.T) {
 	e.wantStored(t, false, mine.String())
 	e.wantStored(t, true, theirs.String())
 }
+
+// An image held by its digest's pin alone (no tag, no mirror record) is
+// listed under the first repository it is linked to, pinned, whole.
+func TestImagesPinOnly(t *testing.T) {
+	e := newEnv(t)
+	_, _, c := seedThree(t, e)
+	if err := e.m.Index.DeleteTag("docker.io", "library/c", "v1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.m.Index.DeleteFill("docker.io", "library/c", digest.Digest(c.digest)); err != nil {
+		t.Fatal(err)
+	}
+	col := e.collector(lifecycle.Options{})
+	if err := col.Pin(c.digest, "admin"); err != nil {
+		t.Fatal(err)
+	}
+	ic := findImage(t, images(t, col), c.digest)
+	if ic.Name() != "docker.io/library/c" || !ic.Pinned || len(ic.Tags) != 0 || ic.State != "" ||
+		ic.Manifests != len(c.manifests) || ic.Blobs != len(c.blobs) || !slices.Equal(ic.Platforms, []string{"linux/amd64"}) {
+		t.Errorf("pinned image c = %+v", ic)
+	}
+}

@@ -94,7 +94,7 @@ func TestReadImageRecords(t *testing.T) {
 		t.Errorf("%d manifests and %d blobs, want %d and %d", len(recs.Manifests), len(recs.Blobs), len(snap.Manifests), len(snap.Blobs))
 	}
 	for d, m := range snap.Manifests {
-		if got := recs.Manifests[d]; got != (storage.ManifestInfo{MediaType: m.MediaType, Size: m.Size, FetchedAt: m.FetchedAt}) {
+		if got := recs.Manifests[d]; got != storage.ManifestInfo(m) {
 			t.Errorf("manifest %s: %+v, want %+v", d, got, m)
 		}
 	}

@@ -140,9 +140,12 @@ func OpenIndex(path string) (*Index, error) {
 // countStored sums the sizes of the indexed blobs and manifests.
 func (ix *Index) countStored() error {
 	return ix.db.View(func(tx *bolt.Tx) error {
+		rel := ix.releaser(tx) // a read of every record: see releaser
+		defer rel.done()
 		var total int64
 		for _, b := range [][]byte{bucketBlobs, bucketManifests} {
 			err := tx.Bucket(b).ForEach(func(k, v []byte) error {
+				rel.read(k, v)
 				if n, ok := recordSize(v); ok {
 					total += n // the fast path: no JSON decoding at start-up
 					return nil
@@ -532,7 +535,10 @@ type FillEntry struct {
 func (ix *Index) IncompleteFills() ([]FillEntry, error) {
 	var out []FillEntry
 	err := ix.db.View(func(tx *bolt.Tx) error {
+		rel := ix.releaser(tx) // a read of every record: see releaser
+		defer rel.done()
 		return tx.Bucket(bucketMirrors).ForEach(func(k, v []byte) error {
+			rel.read(k, v)
 			if bytes.Contains(v, []byte(`"state":"`+FillComplete+`"`)) {
 				return nil // most records, skipped without decoding them
 			}

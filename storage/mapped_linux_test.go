@@ -8,8 +8,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
@@ -28,7 +30,8 @@ func mappedRSS(t *testing.T, path string) int {
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		l := sc.Text()
-		if fields := strings.Fields(l); len(fields) >= 6 && strings.Contains(fields[0], "-") {
+		// A mapping's header: "start-end perms offset dev inode [path]".
+		if fields := strings.Fields(l); len(fields) >= 5 && strings.Contains(fields[0], "-") && len(fields[1]) == 4 {
 			in = fields[len(fields)-1] == path
 			continue
 		}
@@ -157,5 +160,32 @@ func TestReleaseMappedWhileWriting(t *testing.T) {
 	wg.Wait()
 	if last != batch*batches {
 		t.Errorf("last read %d tags, want %d", last, batch*batches)
+	}
+}
+
+// TestMappingEnd finds a mapping's end as mmap made it, and nothing for
+// an address no mapping starts at.
+func TestMappingEnd(t *testing.T) {
+	const size = 5 * 4096
+	// A file's mapping: the kernel does not merge it with its neighbours.
+	f, err := os.Create(filepath.Join(t.TempDir(), "f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	b, err := syscall.Mmap(int(f.Fd()), 0, size, syscall.PROT_READ, syscall.MAP_SHARED)
+	if err != nil {
+		t.Skip(err)
+	}
+	defer syscall.Munmap(b)
+	start := uintptr(unsafe.Pointer(&b[0]))
+	if end, ok := mappingEnd(start); !ok || end != start+size {
+		t.Errorf("mappingEnd(%#x) = %#x, %v; want %#x", start, end, ok, start+size)
+	}
+	if _, ok := mappingEnd(start + 4096); ok {
+		t.Errorf("mappingEnd found a mapping starting inside another")
 	}
 }
