@@ -50,8 +50,10 @@ func newDownloads() *downloads {
 		bufs:   sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}}
 }
 
-// refusalKey is a blob and the size a manifest declares for it.
+// refusalKey is an upstream, a blob and the size a manifest declares for
+// it: a refusal is one upstream's answer, never held against another's.
 type refusalKey struct {
+	host     string
 	dgst     digest.Digest
 	declared int64
 }
@@ -68,22 +70,22 @@ const (
 	maxRefusals = 1024
 )
 
-// refuse remembers that dgst is larger than declared.
-func (d *downloads) refuse(dgst digest.Digest, declared int64, err error, now time.Time) {
+// refuse remembers that host's dgst is larger than declared.
+func (d *downloads) refuse(host string, dgst digest.Digest, declared int64, err error, now time.Time) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.refused == nil || len(d.refused) >= maxRefusals {
 		d.refused = map[refusalKey]refusal{}
 	}
-	d.refused[refusalKey{dgst, declared}] = refusal{err: err, at: now}
+	d.refused[refusalKey{host, dgst, declared}] = refusal{err: err, at: now}
 }
 
-// refusal returns why dgst, declared to be of size declared, was refused
-// lately, or nil.
-func (d *downloads) refusal(dgst digest.Digest, declared int64, now time.Time) error {
+// refusal returns why host's dgst, declared to be of size declared, was
+// refused lately, or nil.
+func (d *downloads) refusal(host string, dgst digest.Digest, declared int64, now time.Time) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	k := refusalKey{dgst, declared}
+	k := refusalKey{host, dgst, declared}
 	r, ok := d.refused[k]
 	if !ok {
 		return nil
@@ -362,7 +364,7 @@ type blobWant struct {
 func (p *Proxy) startBlob(ctx context.Context, t target, dgst digest.Digest, w blobWant) (dl *download, leave func(), stored bool, err error) {
 	d := p.blobs
 	if w.size >= 0 {
-		if err := d.refusal(dgst, w.size, p.now()); err != nil {
+		if err := d.refusal(t.host(), dgst, w.size, p.now()); err != nil {
 			return nil, nil, false, err
 		}
 	}
@@ -576,7 +578,7 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 		p.countOversized(t, dl)
 		err := tooLarge(t.host(), dl.dgst, dl.limit, dl.declared, n)
 		if dl.declared {
-			p.blobs.refuse(dl.dgst, dl.limit, err, p.now())
+			p.blobs.refuse(t.host(), dl.dgst, dl.limit, err, p.now())
 		}
 		fail(err)
 	}
