@@ -46,7 +46,7 @@ type Index struct {
 	records Records
 	// clock ages tag records on a shared store (nil: time.Now).
 	clock func() time.Time
-	// writeLimits, if not nil, replace defaultWriteLimits (tests).
+	// writeLimits, if not nil, replace the default write limits (tests).
 	writeLimits *writeLimits
 }
 

@@ -20,10 +20,13 @@ type writeLimits struct {
 	now func() time.Time
 }
 
-// defaultWriteLimits keep each write of a pass well under 100 ms: 256
-// keys are a few milliseconds of work and a commit of a few hundred
+// The default write limits keep each write of a pass well under 100 ms:
+// 256 keys are a few milliseconds of work and a commit of a few hundred
 // pages; 50 ms leaves room for the commit on a loaded machine.
-var defaultWriteLimits = writeLimits{keys: 256, hold: 50 * time.Millisecond, now: time.Now}
+const (
+	defaultWriteKeys = 256
+	defaultWriteHold = 50 * time.Millisecond
+)
 
 // budget is what is left of one transaction's limits.
 type budget struct {
@@ -45,7 +48,7 @@ func (ix *Index) limits() writeLimits {
 	if ix.writeLimits != nil {
 		return *ix.writeLimits
 	}
-	return defaultWriteLimits
+	return writeLimits{keys: defaultWriteKeys, hold: defaultWriteHold, now: time.Now}
 }
 
 // update runs fn in a write transaction given the index's write limits,
