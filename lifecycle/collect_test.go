@@ -11,7 +11,6 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/docker-mirror/docker-mirror/lifecycle"
-	"github.com/docker-mirror/docker-mirror/storage"
 )
 
 // gateGuard is a Guard that runs at once, before the first claim of a
@@ -49,41 +48,17 @@ func (g *gateGuard) Claim(d digest.Digest) (func(), bool) {
 func TestCollectRootRecordedDuringSweep(t *testing.T) {
 	e := newEnv(t)
 	ctx := t.Context()
-	_, b, _ := seedThree(t, e)
-	if err := e.m.Index.DeleteTag("docker.io", "library/b", "v1"); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.m.Index.DeleteFill("docker.io", "library/b", digest.Digest(b.digest)); err != nil {
-		t.Fatal(err)
-	}
-	rec, ok, err := e.m.Index.Manifest(digest.Digest(b.digest))
-	if err != nil || !ok {
-		t.Fatalf("b's manifest record: %v, %v", ok, err)
-	}
+	b, retag := unreferencedB(t, e)
 	// More than a batch of junk that sorts before all of b's content, so
 	// that at least one batch is swept (and the index written) before the
 	// batch holding b's content.
-	first := slices.Min(b.content())
-	var junk []digest.Digest
-	for i := 0; len(junk) < 300; i++ {
-		body := fmt.Sprintf("junk %d", i)
-		d := digest.FromString(body)
-		if d.String() >= first {
-			continue
-		}
-		if err := e.store.Put(ctx, "", d, int64(len(body)), strings.NewReader(body)); err != nil {
-			t.Fatal(err)
-		}
-		junk = append(junk, d)
-	}
+	junk := storeJunkBefore(t, e, slices.Min(b.content()), 300)
 	on := map[string]bool{}
 	for _, d := range b.content() {
 		on[d] = true
 	}
 	guard := &gateGuard{on: on, at: func() {
-		if err := e.m.Index.RecordManifest(storage.ManifestEntry{Upstream: "docker.io", Repo: "library/b", Digest: digest.Digest(b.digest), Record: rec, Tag: "v1"}); err != nil {
-			t.Error(err)
-		}
+		retag()
 	}}
 	r, err := e.collector(lifecycle.Options{Guard: guard}).Collect(ctx)
 	if err != nil {
@@ -125,38 +100,14 @@ func (h *heldHook) Held() []digest.Digest {
 func TestCollectRootRecordedBetweenTransactions(t *testing.T) {
 	e := newEnv(t)
 	ctx := t.Context()
-	_, b, _ := seedThree(t, e)
-	if err := e.m.Index.DeleteTag("docker.io", "library/b", "v1"); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.m.Index.DeleteFill("docker.io", "library/b", digest.Digest(b.digest)); err != nil {
-		t.Fatal(err)
-	}
-	rec, ok, err := e.m.Index.Manifest(digest.Digest(b.digest))
-	if err != nil || !ok {
-		t.Fatalf("b's manifest record: %v, %v", ok, err)
-	}
+	b, retag := unreferencedB(t, e)
 	// Junk that sorts before all of b's content, in the same batch.
-	first := slices.Min(b.content())
-	var junk []digest.Digest
-	for i := 0; len(junk) < 10; i++ {
-		body := fmt.Sprintf("junk %d", i)
-		d := digest.FromString(body)
-		if d.String() >= first {
-			continue
-		}
-		if err := e.store.Put(ctx, "", d, int64(len(body)), strings.NewReader(body)); err != nil {
-			t.Fatal(err)
-		}
-		junk = append(junk, d)
-	}
+	junk := storeJunkBefore(t, e, slices.Min(b.content()), 10)
 	e.m.Index.SetWriteLimits(1, time.Hour)
 	// After the marking and a transaction per junk blob, just before the
 	// transaction that reaches b's content: b is tagged again.
 	hook := &heldHook{n: 1 + len(junk) + 1, at: func() {
-		if err := e.m.Index.RecordManifest(storage.ManifestEntry{Upstream: "docker.io", Repo: "library/b", Digest: digest.Digest(b.digest), Record: rec, Tag: "v1"}); err != nil {
-			t.Error(err)
-		}
+		retag()
 	}}
 	r, err := e.collector(lifecycle.Options{Guard: hook}).Collect(ctx)
 	if err != nil {
@@ -172,4 +123,23 @@ func TestCollectRootRecordedBetweenTransactions(t *testing.T) {
 	for _, d := range junk {
 		e.wantStored(t, false, d.String())
 	}
+}
+
+// storeJunkBefore stores n unreferenced blobs whose digests sort before
+// first, so that the sweep reaches them before first.
+func storeJunkBefore(t *testing.T, e *env, first string, n int) []digest.Digest {
+	t.Helper()
+	var junk []digest.Digest
+	for i := 0; len(junk) < n; i++ {
+		body := fmt.Sprintf("junk %d", i)
+		d := digest.FromString(body)
+		if d.String() >= first {
+			continue
+		}
+		if err := e.store.Put(t.Context(), "", d, int64(len(body)), strings.NewReader(body)); err != nil {
+			t.Fatal(err)
+		}
+		junk = append(junk, d)
+	}
+	return junk
 }

@@ -197,6 +197,28 @@ func images(t *testing.T, c *lifecycle.Collector) []lifecycle.Image {
 
 // seedThree pulls a multi-platform image a, then single images b and c,
 // an hour apart each.
+// unreferencedB seeds three images and leaves b unreferenced (its tag and
+// fill record gone); retag records b's tag again, as a pull would.
+func unreferencedB(t *testing.T, e *env) (b image, retag func()) {
+	t.Helper()
+	_, b, _ = seedThree(t, e)
+	if err := e.m.Index.DeleteTag("docker.io", "library/b", "v1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.m.Index.DeleteFill("docker.io", "library/b", digest.Digest(b.digest)); err != nil {
+		t.Fatal(err)
+	}
+	rec, ok, err := e.m.Index.Manifest(digest.Digest(b.digest))
+	if err != nil || !ok {
+		t.Fatalf("b's manifest record: %v, %v", ok, err)
+	}
+	return b, func() {
+		if err := e.m.Index.RecordManifest(storage.ManifestEntry{Upstream: "docker.io", Repo: "library/b", Digest: digest.Digest(b.digest), Record: rec, Tag: "v1"}); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
 func seedThree(t *testing.T, e *env) (a, b, c image) {
 	t.Helper()
 	a = multi(e.up.SeedMultiArch(t, "library/a", "v1", fixture.OCI))
@@ -905,22 +927,10 @@ func (g *claimHook) Claim(digest.Digest) (func(), bool) {
 // removal) keeps its content: a pull tags an unreferenced old image again.
 func TestCollectRereadsRoots(t *testing.T) {
 	e := newEnv(t)
-	_, b, _ := seedThree(t, e)
-	if err := e.m.Index.DeleteTag("docker.io", "library/b", "v1"); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.m.Index.DeleteFill("docker.io", "library/b", digest.Digest(b.digest)); err != nil {
-		t.Fatal(err)
-	}
-	rec, ok, err := e.m.Index.Manifest(digest.Digest(b.digest))
-	if err != nil || !ok {
-		t.Fatalf("b's manifest record: %v, %v", ok, err)
-	}
+	b, retag := unreferencedB(t, e)
 	retagged := false
 	guard := &claimHook{first: func() {
-		if err := e.m.Index.RecordManifest(storage.ManifestEntry{Upstream: "docker.io", Repo: "library/b", Digest: digest.Digest(b.digest), Record: rec, Tag: "v1"}); err != nil {
-			t.Error(err)
-		}
+		retag()
 		retagged = true
 	}}
 	r, err := e.collector(lifecycle.Options{Guard: guard}).Collect(t.Context())
