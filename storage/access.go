@@ -130,3 +130,15 @@ func (ix *Index) recordedAccess(dgst digest.Digest) (time.Time, error) {
 	})
 	return t, err
 }
+
+// addUnflushedPulls adds to access the manifests' last pulls noted by
+// TouchManifest and not yet flushed, where they are newer.
+func (ix *Index) addUnflushedPulls(access map[digest.Digest]time.Time) {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	for d, t := range ix.pulled {
+		if t.After(access[d]) {
+			access[d] = t
+		}
+	}
+}

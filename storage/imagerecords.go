@@ -192,13 +192,7 @@ func (ix *Index) ReadImageRecords(in *Interner, tag func(*TagInfo)) (*ImageRecor
 	if err != nil {
 		return nil, err
 	}
-	ix.mu.Lock()
-	for d, t := range ix.pulled { // noted by TouchManifest, not yet flushed
-		if t.After(r.Access[d]) {
-			r.Access[in.Digest(d)] = t
-		}
-	}
-	ix.mu.Unlock()
+	ix.addUnflushedPulls(r.Access)
 	return r, nil
 }
 

@@ -79,13 +79,7 @@ func (ix *Index) Snapshot() (*Snapshot, error) {
 	if err != nil {
 		return nil, err
 	}
-	ix.mu.Lock()
-	for d, t := range ix.pulled { // noted by TouchManifest, not yet flushed
-		if t.After(s.Access[d]) {
-			s.Access[d] = t
-		}
-	}
-	ix.mu.Unlock()
+	ix.addUnflushedPulls(s.Access)
 	return s, nil
 }
 
