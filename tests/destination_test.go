@@ -718,8 +718,10 @@ func TestDestinationDown(t *testing.T) {
 	}}
 	m := startDestMirror(t, up, dest, setup)
 
-	// One image mirrored completely before the destination goes down.
+	// One image mirrored completely before the destination goes down:
+	// its background fill (which pushes its tag last) is waited for.
 	cranePull(t, ref(t, m.Server, "area51/jenkins:2.4"))
+	m.WaitIdle()
 
 	// The background mirror of hello-world holds at arm64's own layer
 	// while the destination goes down.
