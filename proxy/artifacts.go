@@ -215,7 +215,7 @@ func (p *Proxy) cosignTag(ctx context.Context, t target, tag string) (*storedMan
 // images have none, and a GET of a manifest counts as a pull on Docker
 // Hub. upstream.ErrNotFound: there is no such tag.
 func (p *Proxy) artifactTag(ctx context.Context, t target, tag string, h http.Header) (*storedManifest, error) {
-	_, cached, err := p.index.Tag(t.host(), t.repo, tag)
+	cached, err := p.tagHeld(t, tag)
 	if err != nil {
 		return nil, err
 	}

@@ -27,6 +27,9 @@ type storedManifest struct {
 	// fetchedAhead: fetched from the upstream just now, and its blobs
 	// were started then (fetchManifest): the handler need not again.
 	fetchedAhead bool
+	// write is its store write and index record if it was fetched from
+	// the upstream just now (startManifest); nil if read from the store.
+	write *manifestWrite
 }
 
 func (p *Proxy) manifest(w http.ResponseWriter, r *http.Request) error {
@@ -60,11 +63,7 @@ func (p *Proxy) manifest(w http.ResponseWriter, r *http.Request) error {
 			}
 		}
 	}
-	// The last pull of an image, for eviction (written at most once a
-	// minute per manifest).
-	if err := p.index.TouchManifest(m.digest, p.now()); err != nil {
-		p.log.Debug("recording a manifest's last pull", "digest", m.digest, "error", err)
-	}
+	p.notePull(m, r.Method == http.MethodGet)
 	if r.Method == http.MethodGet && !m.fetchedAhead {
 		// The client asks for the blobs next, a few at a time: start them
 		// all now.
@@ -78,9 +77,28 @@ func (p *Proxy) manifest(w http.ResponseWriter, r *http.Request) error {
 	if r.Method == http.MethodHead {
 		return nil
 	}
-	p.index.CountPull(m.digest)
 	_, err = w.Write(m.body)
 	return err
+}
+
+// notePull notes that a client was answered m: its last pull, for
+// eviction (written at most once a minute per manifest), and for a GET
+// its pull count. For a manifest not yet recorded, once it is: the index
+// holds nothing of a manifest it does not record.
+func (p *Proxy) notePull(m *storedManifest, get bool) {
+	note := func() {
+		if err := p.index.TouchManifest(m.digest, p.now()); err != nil {
+			p.log.Debug("recording a manifest's last pull", "digest", m.digest, "error", err)
+		}
+		if get {
+			p.index.CountPull(m.digest)
+		}
+	}
+	if m.write != nil {
+		m.write.afterRecord(note)
+		return
+	}
+	note()
 }
 
 // accepts reports whether a request's Accept headers allow mediaType. No
@@ -126,6 +144,18 @@ func (p *Proxy) manifestByTag(ctx context.Context, t target, tag string, h http.
 // the background only if fill is set (not for the supply-chain artifacts
 // a fill stores itself).
 func (p *Proxy) tagManifest(ctx context.Context, t target, tag string, h http.Header, fill bool) (*storedManifest, error) {
+	if w := p.writes.get(manifestKey(t, oci.Ref{Tag: tag})); w != nil {
+		if p.now().Sub(w.at) < p.ttlFor(t) {
+			// Fetched just now, being recorded.
+			h.Set(cacheHeader, "hit")
+			return w.m, nil
+		}
+		// Stale already (a TTL of 0 revalidates every pull): as it is
+		// recorded, once it is.
+		if _, err := w.wait(ctx); err != nil && ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+	}
 	rec, ok, err := p.index.Tag(t.host(), t.repo, tag)
 	if err != nil {
 		return nil, err
@@ -133,6 +163,10 @@ func (p *Proxy) tagManifest(ctx context.Context, t target, tag string, h http.He
 	if ok {
 		cached, err := p.loadManifest(ctx, t, rec.Digest)
 		switch {
+		case err != nil && !errors.Is(err, storage.ErrNotFound):
+			// The store cannot be read (a remote one down): fetching the
+			// manifest again would not store it either.
+			return nil, err
 		case err != nil:
 			p.log.Warn("indexed tag's manifest is missing from the store; refetching", "upstream", t.host(), "repo", t.repo, "tag", tag, "digest", rec.Digest, "error", err)
 		case p.now().Sub(rec.CheckedAt) < p.ttlFor(t):
@@ -164,7 +198,17 @@ func (p *Proxy) tagManifest(ctx context.Context, t target, tag string, h http.He
 		}
 	}
 	h.Set(cacheHeader, "miss")
-	return p.fetchManifest(ctx, t, oci.Ref{Tag: tag}, fill)
+	return p.fetchManifestAnswer(ctx, t, oci.Ref{Tag: tag}, fill)
+}
+
+// tagHeld reports whether the mirror holds a tag of t: recorded, or
+// fetched just now and being recorded.
+func (p *Proxy) tagHeld(t target, tag string) (bool, error) {
+	if p.writing(t, oci.Ref{Tag: tag}) != nil {
+		return true, nil
+	}
+	_, ok, err := p.index.Tag(t.host(), t.repo, tag)
+	return ok, err
 }
 
 // revalidateTag asks which digest a stale tag points to: its owner, if
@@ -212,10 +256,16 @@ func (p *Proxy) revalidate(ctx context.Context, t target, tag string) (digest.Di
 	})
 }
 
-// manifestByDigest answers a digest from the store, or fetches it.
+// manifestByDigest answers a digest from the store (or from memory while
+// it is being written), or fetches it.
 func (p *Proxy) manifestByDigest(ctx context.Context, t target, dgst digest.Digest, h http.Header) (*storedManifest, error) {
 	if err := dgst.Validate(); err != nil {
 		return nil, errcode.New(errcode.DigestInvalid, "invalid digest %q: %v", dgst, err)
+	}
+	if m := p.writing(t, oci.Ref{Digest: dgst}); m != nil {
+		// Fetched just now, being recorded.
+		h.Set(cacheHeader, "hit")
+		return m, nil
 	}
 	linked, err := p.index.Linked(t.host(), t.repo, dgst)
 	if err != nil {
@@ -233,7 +283,7 @@ func (p *Proxy) manifestByDigest(ctx context.Context, t target, dgst digest.Dige
 		}
 	}
 	h.Set(cacheHeader, "miss")
-	return p.fetchManifest(ctx, t, oci.Ref{Digest: dgst}, true)
+	return p.fetchManifestAnswer(ctx, t, oci.Ref{Digest: dgst}, true)
 }
 
 // loadManifest reads a stored manifest and its media type.
@@ -306,17 +356,11 @@ func (p *Proxy) readManifest(ctx context.Context, t target, dgst digest.Digest) 
 // that would take it without (go-containerregistry's stores an image
 // manifest whatever blobs it lacks), so an interrupted copy never leaves a
 // manifest with missing content. Until then its bytes wait in the index.
-// The destination is asked whether it holds the manifest already, so that
-// one that is down or refuses us fails the client's request at once.
-func (p *Proxy) writeManifest(ctx context.Context, t target, m *upstream.Manifest, mediaType string) error {
-	if ms, ok := p.store.(storage.ManifestStore); ok {
-		_, err := ms.Manifest(ctx, t.storeRepo(), m.Digest)
-		if err != nil && !errors.Is(err, storage.ErrNotFound) {
-			return err
-		}
-		return p.index.PutManifestBody(m.Digest, m.Body)
+func (p *Proxy) writeManifest(ctx context.Context, t target, m *storedManifest) error {
+	if _, ok := p.store.(storage.ManifestStore); ok {
+		return p.index.PutManifestBody(m.digest, m.body)
 	}
-	return p.store.Put(ctx, t.storeRepo(), m.Digest, int64(len(m.Body)), bytes.NewReader(m.Body))
+	return p.store.Put(ctx, t.storeRepo(), m.digest, int64(len(m.body)), bytes.NewReader(m.body))
 }
 
 // pushManifest sends a manifest to a registry destination by digest, once
@@ -333,14 +377,59 @@ func (p *Proxy) pushManifest(ctx context.Context, t target, m *storedManifest) e
 	return p.index.DeleteManifestBody(m.digest)
 }
 
-// fetchManifest fetches a manifest by tag or digest from the upstream, once
-// for all concurrent callers, stores its exact bytes and records it; an
-// index or image starts filling in the background if fill is set (the
-// background fill itself fetches with fill unset).
+// manifestKey names a manifest of t, by tag or digest: the key of its
+// fetch (manifestFlights) and of its write (p.writes).
+func manifestKey(t target, ref oci.Ref) string {
+	if ref.IsDigest() {
+		return t.host() + "/" + t.repo + "@" + ref.Digest.String()
+	}
+	return t.host() + "/" + t.repo + ":" + ref.Tag
+}
+
+// writing returns the manifest of t named by ref if it is being written
+// (answered, not yet recorded): served from memory meanwhile.
+func (p *Proxy) writing(t target, ref oci.Ref) *storedManifest {
+	if w := p.writes.get(manifestKey(t, ref)); w != nil {
+		return w.m
+	}
+	return nil
+}
+
+// fetchManifest fetches a manifest by tag or digest from the upstream
+// (fetchManifestAnswer) and returns it once stored and recorded, or why
+// it was not: for the mirror's own work (fill, prefetch), which must not
+// go on from a manifest the index may never hold.
 func (p *Proxy) fetchManifest(ctx context.Context, t target, ref oci.Ref, fill bool) (*storedManifest, error) {
-	key := t.host() + "/" + t.repo + "@" + ref.String()
-	if !ref.IsDigest() {
-		key = t.host() + "/" + t.repo + ":" + ref.Tag
+	w, err := p.startManifest(ctx, t, ref, fill)
+	if err != nil {
+		return nil, err
+	}
+	return w.wait(ctx)
+}
+
+// fetchManifestAnswer fetches a manifest by tag or digest from the
+// upstream, once for all concurrent callers, and returns it as soon as its
+// bytes are verified and parsed, for a client's answer: its store write
+// and index record go on after (startManifest).
+func (p *Proxy) fetchManifestAnswer(ctx context.Context, t target, ref oci.Ref, fill bool) (*storedManifest, error) {
+	w, err := p.startManifest(ctx, t, ref, fill)
+	if err != nil {
+		return nil, err
+	}
+	return w.m, nil
+}
+
+// startManifest fetches a manifest by tag or digest from the upstream,
+// once for all concurrent callers, and starts storing its exact bytes and
+// recording it; an index or image starts filling in the background once
+// recorded, if fill is set (the background fill itself fetches with fill
+// unset). A manifest being written is not fetched again: until it is
+// recorded, every request for it (by its tag or digest) is answered from
+// p.writes, and its write is what startManifest returns.
+func (p *Proxy) startManifest(ctx context.Context, t target, ref oci.Ref, fill bool) (*manifestWrite, error) {
+	key := manifestKey(t, ref)
+	if w := p.writes.get(key); w != nil {
+		return w, nil
 	}
 	// A fetch through another replica is a flight of its own: replicas
 	// that disagree on the owner then never wait on each other.
@@ -349,11 +438,22 @@ func (p *Proxy) fetchManifest(ctx context.Context, t target, ref oci.Ref, fill b
 	if viaPeer {
 		flight = "peer\x00" + key
 	}
-	return shared(ctx, p.work, &p.manifestFlights, flight, func() (_ *storedManifest, err error) {
+	return shared(ctx, p.work, &p.manifestFlights, flight, func() (_ *manifestWrite, err error) {
+		// A flight that ended just before this one began may have left
+		// its manifest being written.
+		if w := p.writes.get(key); w != nil {
+			return w, nil
+		}
 		ctx, cancel := p.detach(ctx, p.manifestTimeout)
 		defer cancel()
 		done := p.countFill("manifest")
-		defer func() { done(err) }()
+		writing := false
+		defer func() {
+			// A write once started ends the fill itself (below).
+			if !writing {
+				done(err)
+			}
+		}()
 		up, err := p.upstreamManifest(ctx, t, ref, viaPeer)
 		if errors.Is(err, upstream.ErrInvalid) {
 			p.metrics.UpstreamErrors.WithLabelValues(t.host(), "digest").Inc()
@@ -369,44 +469,109 @@ func (p *Proxy) fetchManifest(ctx context.Context, t target, ref oci.Ref, fill b
 		aheadOf := fill && doc.Config != nil
 		if aheadOf {
 			// The client asks for its blobs next: start them now, before
-			// the store and index writes below, not after.
+			// the store and index writes, not after.
 			p.startFetchAhead(ctx, t, &storedManifest{body: up.Body, mediaType: mt, digest: up.Digest})
+		}
+		if err := p.destinationReachable(ctx, t, up.Digest); err != nil {
+			return nil, fmt.Errorf("storing manifest %s: %w", up.Digest, err)
 		}
 		// Held from the store to the record, as a blob is (runDownload).
 		release, err := p.hold(ctx, up.Digest)
 		if err != nil {
 			return nil, err
 		}
-		defer release()
-		if err := p.noteWrite(p.writeManifest(ctx, t, up, mt)); err != nil {
-			return nil, fmt.Errorf("storing manifest %s: %w", up.Digest, err)
-		}
 		entry := storage.ManifestEntry{
-			Upstream: t.host(), Repo: t.repo, Digest: up.Digest,
+			Upstream: t.host(), Repo: t.repo, Digest: up.Digest, Tag: ref.Tag,
 			Record: storage.ManifestRecord{MediaType: mt, Size: int64(len(up.Body)), FetchedAt: p.now()},
 		}
-		entry.Tag = ref.Tag
-		fills := fill && (oci.IsIndex(mt) || doc.Config != nil)
-		if fills {
+		if fill && (oci.IsIndex(mt) || doc.Config != nil) {
 			entry.Fill = &storage.FillRecord{Upstream: t.host(), Repo: t.repo, State: storage.FillPartial, UpdatedAt: p.now()}
 		}
-		if err := p.index.RecordManifest(entry); err != nil {
-			return nil, p.noteFull(err) // index.db may share the full disk
-		}
-		sm := &storedManifest{body: up.Body, mediaType: mt, digest: up.Digest, fetchedAhead: aheadOf && p.fetchAhead}
+		w := newManifestWrite(&storedManifest{body: up.Body, mediaType: mt, digest: up.Digest, fetchedAhead: aheadOf && p.fetchAhead}, entry.Record.FetchedAt)
+		keys := []string{manifestKey(t, oci.Ref{Digest: up.Digest})}
 		if entry.Tag != "" {
-			// A tag moved to content mirrored already: point it there now.
-			if rec, ok, err := p.index.Fill(t.host(), t.repo, up.Digest); err == nil && ok && rec.State == storage.FillComplete {
-				if err := p.publishTag(ctx, t, entry.Tag, sm); err != nil {
-					return nil, err
+			keys = append(keys, key)
+		}
+		// The write is not cancelled by Close, which waits for it: a
+		// manifest answered is recorded, also on a graceful shutdown.
+		wctx, wcancel := context.WithTimeout(context.WithoutCancel(ctx), p.manifestTimeout)
+		writing = true
+		write := func(answered bool) {
+			defer wcancel()
+			defer release()
+			err := p.recordManifest(wctx, t, w.m, entry, answered)
+			p.writes.remove(w, keys...)
+			w.finish(err)
+			done(err)
+		}
+		if p.StoreFull() || !p.work.start() {
+			// A store known to be full (or a mirror shutting down) is
+			// tried before the answer: a miss it has no room for is
+			// answered so (507), as the store's error says.
+			write(false)
+			return w, w.err
+		}
+		p.writes.add(w, keys...)
+		go func() {
+			defer p.work.done()
+			write(true)
+		}()
+		return w, nil
+	})
+}
+
+// destinationReachable asks a registry destination whether it holds a
+// manifest already, so that one that is down or refuses us fails the
+// client's request at once, not after its answer.
+func (p *Proxy) destinationReachable(ctx context.Context, t target, dgst digest.Digest) error {
+	ms, ok := p.store.(storage.ManifestStore)
+	if !ok {
+		return nil
+	}
+	if _, err := ms.Manifest(ctx, t.storeRepo(), dgst); err != nil && !errors.Is(err, storage.ErrNotFound) {
+		return err
+	}
+	return nil
+}
+
+// recordManifest stores a fetched manifest's exact bytes, records it (and
+// its tag, and its fill as partial) in the index, and starts its fill. It
+// runs after the client's answer (answered): a failure to store or record
+// is then logged and counted here (and seen by the mirror's own work
+// waiting for it); it leaves nothing recorded (bytes stored without a
+// record are junk the collection removes), and the next request fetches
+// the manifest again.
+func (p *Proxy) recordManifest(ctx context.Context, t target, m *storedManifest, entry storage.ManifestEntry, answered bool) error {
+	err := p.noteWrite(p.writeManifest(ctx, t, m))
+	if err != nil {
+		err = fmt.Errorf("storing manifest %s: %w", m.digest, err)
+	} else if err = p.index.RecordManifest(entry); err != nil {
+		err = p.noteFull(err) // index.db may share the full disk
+	}
+	if err != nil {
+		if answered {
+			p.log.Error("manifest answered but not stored; the next request fetches it again",
+				"upstream", t.host(), "repo", t.repo, "digest", m.digest, "tag", entry.Tag, "error", err)
+			p.noteFailure("manifest", t, m.digest.String(), err)
+		}
+		return err
+	}
+	m.write.record()
+	if entry.Tag != "" {
+		// A tag moved to content mirrored already: point it there now.
+		if rec, ok, err := p.index.Fill(t.host(), t.repo, m.digest); err == nil && ok && rec.State == storage.FillComplete {
+			if err := p.publishTag(ctx, t, entry.Tag, m); err != nil {
+				if answered {
+					p.log.Warn("pointing a moved tag at its mirrored content", "upstream", t.host(), "repo", t.repo, "tag", entry.Tag, "digest", m.digest, "error", err)
 				}
+				return err
 			}
 		}
-		if fills {
-			p.enqueueFill(ctx, t, up.Digest)
-		}
-		return sm, nil
-	})
+	}
+	if entry.Fill != nil {
+		p.enqueueFill(ctx, t, m.digest)
+	}
+	return nil
 }
 
 // resumeIfPartial restarts the background fill of a served index or

@@ -63,7 +63,9 @@ type Proxy struct {
 	readyFailWhenFull bool
 
 	tagFlights      singleflight.Group // per "host/repo:tag"
-	manifestFlights singleflight.Group // per "host/repo@digest"
+	manifestFlights singleflight.Group // per "host/repo@digest" and "host/repo:tag"
+	// writes are the manifests answered and not yet recorded.
+	writes          manifestWrites
 	referrerFlights singleflight.Group // per "host/repo@subject\x00artifactType"
 	blobs           *downloads
 	fills           *fillQueue

@@ -156,7 +156,7 @@ func (p *Proxy) cachedReferrers(ctx context.Context, t target, subject digest.Di
 		}
 	}
 	tag := referrersTag(subject)
-	if _, ok, err := p.index.Tag(t.host(), t.repo, tag); err != nil || !ok {
+	if ok, err := p.tagHeld(t, tag); err != nil || !ok {
 		return nil
 	}
 	m, err := p.tagManifest(ctx, t, tag, http.Header{}, false)

@@ -157,6 +157,9 @@ func TestSharedBucketTagMoveSeenByOtherReplica(t *testing.T) {
 	b := servertest.StartConfigured(t, ups, onBucket)
 	wantManifest(t, get(t, a.URL()+"/v2/library/moving/manifests/v1"), old.Manifest, old.MediaType)
 	wantManifest(t, get(t, b.URL()+"/v2/library/moving/manifests/v1"), old.Manifest, old.MediaType)
+	// Their records are written after the answers.
+	a.WaitIdle()
+	b.WaitIdle()
 
 	up.Tag(t, "library/moving", moved.Digest, "v1")
 	a.Clock.Advance(2 * time.Minute) // past the tag TTL

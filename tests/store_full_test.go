@@ -82,8 +82,8 @@ func wantStoreFull(t *testing.T, r response) {
 }
 
 // On a full disk, a miss is answered 507 with an error that says the
-// store is full (not 500 "internal error"), what is cached is still
-// served, the docker_mirror_store_full gauge is 1 until a write succeeds
+// store is full (not 500 "internal error"), once a write found it full,
+// what is cached is still served, the docker_mirror_store_full gauge is 1 until a write succeeds
 // or space is freed, and /readyz says so but stays ready (by default).
 func TestStoreFull(t *testing.T) {
 	up := fixture.StartUpstream(t)
@@ -96,11 +96,28 @@ func TestStoreFull(t *testing.T) {
 	m.WaitIdle()
 	wantStoreFullGauge(t, m, 0)
 
+	// The first manifest miss after the disk filled up is answered
+	// before its write finds no space (the manifest is written after the
+	// answer): the client has it, nothing is recorded, the failure is
+	// counted, and the store is known to be full from then on.
+	store.full.Store(true)
+	failed := `docker_mirror_fill_duration_seconds_count{kind="manifest",result="error"}`
+	wantManifest(t, get(t, m.URL()+"/v2/team/fresh/manifests/v1"), fresh.Manifest, fresh.MediaType)
+	m.WaitIdle()
+	if _, ok, err := m.Index.Tag("docker.io", "team/fresh", "v1"); err != nil || ok {
+		t.Fatalf("tag recorded on a full store: %v %v", ok, err)
+	}
+	if n := scrape(t, m)[failed]; n != 1 {
+		t.Errorf("%s = %v, want 1", failed, n)
+	}
+	wantStoreFullGauge(t, m, 1)
+
 	for _, quota := range []bool{false, true} {
 		store.full.Store(true)
 		store.quota.Store(quota)
-		// A manifest miss: 507, nothing recorded, and it cost the
-		// upstream one GET (a full store is not a reason to ask more).
+		// A manifest miss on a store known to be full: 507, nothing
+		// recorded, and it cost the upstream one GET (a full store is
+		// not a reason to ask more).
 		gets := up.Count(http.MethodGet, fixture.KindManifest)
 		wantStoreFull(t, get(t, m.URL()+"/v2/team/fresh/manifests/v1"))
 		if n := up.Count(http.MethodGet, fixture.KindManifest) - gets; n != 1 {
@@ -160,6 +177,8 @@ func TestStoreFull(t *testing.T) {
 	// So does space freed by eviction.
 	store.full.Store(true)
 	other := up.SeedImage(t, "team/other", "v1", 1, 1<<10)
+	wantManifest(t, get(t, m.URL()+"/v2/team/other/manifests/"+other.Digest), other.Manifest, other.MediaType)
+	m.WaitIdle() // its write finds the disk full
 	wantStoreFull(t, get(t, m.URL()+"/v2/team/other/manifests/"+other.Digest))
 	wantStoreFullGauge(t, m, 1)
 	c := lifecycle.New(store.DriverStore, m.Index, lifecycle.Options{Now: m.Clock.Now})
@@ -200,6 +219,12 @@ func TestStoreFullFailsReadiness(t *testing.T) {
 		t.Fatalf("/readyz: %d %s", r.status, r.body)
 	}
 	store.full.Store(true)
+	// The first miss is answered before its write finds the disk full;
+	// from then on the store is known to be full.
+	wantManifest(t, get(t, hs.URL+"/v2/team/app/manifests/v1"), img.Manifest, img.MediaType)
+	if err := srv.Proxy.WaitIdle(t.Context()); err != nil {
+		t.Fatal(err)
+	}
 	wantStoreFull(t, get(t, hs.URL+"/v2/team/app/manifests/v1"))
 	r := get(t, hs.URL+"/readyz")
 	wantError(t, r, http.StatusServiceUnavailable, "UNAVAILABLE")
