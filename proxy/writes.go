@@ -15,6 +15,10 @@ type manifestWrite struct {
 	at   time.Time     // when it was fetched: a tag's freshness
 	done chan struct{} // closed once recorded, or not: err says
 	err  error         // why it was not recorded; read after done
+	// waited is closed when the mirror's own work (fill, prefetch) first
+	// waits for the record: tests hold the write until it does.
+	waited   chan struct{}
+	waitOnce sync.Once
 
 	mu       sync.Mutex
 	finished bool
@@ -26,7 +30,7 @@ type manifestWrite struct {
 }
 
 func newManifestWrite(m *storedManifest, at time.Time) *manifestWrite {
-	w := &manifestWrite{m: m, at: at, done: make(chan struct{})}
+	w := &manifestWrite{m: m, at: at, done: make(chan struct{}), waited: make(chan struct{})}
 	m.write = w
 	return w
 }
@@ -73,6 +77,7 @@ func (w *manifestWrite) finish(err error) {
 
 // wait returns the manifest once it is recorded, or why it was not.
 func (w *manifestWrite) wait(ctx context.Context) (*storedManifest, error) {
+	w.waitOnce.Do(func() { close(w.waited) })
 	select {
 	case <-w.done:
 		if w.err != nil {
