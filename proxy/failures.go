@@ -8,10 +8,12 @@ import (
 // maxFailures is how many recent failures the status page keeps.
 const maxFailures = 50
 
-// Failure is a background fill, blob download or prefetch that failed.
+// Failure is a background fill, blob download, manifest write or prefetch
+// that failed.
 type Failure struct {
 	At time.Time `json:"at"`
-	// Kind is "fill", "download" or "prefetch".
+	// Kind is "fill", "download", "manifest" (answered, then not stored
+	// or recorded) or "prefetch".
 	Kind     string `json:"kind"`
 	Upstream string `json:"upstream,omitempty"`
 	Repo     string `json:"repo,omitempty"`
