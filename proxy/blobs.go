@@ -138,6 +138,10 @@ func (p *Proxy) storedBlob(ctx context.Context, t target, dgst digest.Digest) (i
 	if err != nil || linked {
 		return size, linked, err
 	}
+	if p.vouched(t, dgst, false) != nil {
+		// Stored by this repository's download, which records it.
+		return size, true, nil
+	}
 	if _, err := t.up.HeadBlob(ctx, t.repo, dgst); err != nil {
 		return 0, false, err
 	}

@@ -456,6 +456,20 @@ func (p *Proxy) mayJoin(ctx context.Context, t target, dl *download, w blobWant)
 	return err
 }
 
+// vouched returns dgst's download if its bytes are verified (stored, or
+// being stored, and not yet recorded) and t may share it without asking
+// its upstream, by mayJoin's rule (listed: a manifest of t's upstream
+// lists the blob). Between a download's store and its record the blob is
+// in the store but linked to no repository: this spares the upstream
+// question (a HEAD, a round trip) for what the mirror has just verified.
+func (p *Proxy) vouched(t target, dgst digest.Digest, listed bool) *download {
+	dl := p.blobs.running(dgst)
+	if dl == nil || !dl.isVerified() || dl.t.host() != t.host() || (dl.t.repo != t.repo && !listed) {
+		return nil
+	}
+	return dl
+}
+
 // newDownload starts dgst's download for t, with its first taker; it
 // returns no download (and no error) if one is running already.
 func (p *Proxy) newDownload(ctx context.Context, t target, dgst digest.Digest, w blobWant) (*download, func(), error) {

@@ -414,6 +414,15 @@ func (p *Proxy) adoptListed(ctx context.Context, t target, dgst digest.Digest, s
 	if err != nil {
 		return err
 	}
+	if dl := p.vouched(t, dgst, true); !ok && dl != nil {
+		// Just stored by a download of t's upstream: recorded once it ends.
+		select {
+		case <-dl.finished:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		ok = dl.failure() == nil
+	}
 	if !ok {
 		if _, err := t.up.HeadBlob(ctx, t.repo, dgst); err != nil {
 			return err
