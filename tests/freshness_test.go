@@ -130,6 +130,7 @@ func TestTagsList(t *testing.T) {
 	for _, tag := range []string{"a", "c"} {
 		get(t, m.URL()+"/v2/tl/manifests/"+tag)
 	}
+	m.WaitIdle() // the tags are recorded after their answers
 	up.Stop()
 	r = get(t, m.URL()+"/v2/tl/tags/list")
 	if r.status != 200 || string(r.body) != `{"name":"tl","tags":["a","c"]}`+"\n" || r.header.Get("X-Cache") != "stale" {
