@@ -596,34 +596,18 @@ func (ix *Index) FlushTimed() (longest time.Duration, err error) {
 	for d, t := range pending {
 		todo = append(todo, access{d, t})
 	}
-	for len(todo) > 0 {
-		done := 0
-		held, err := ix.update(func(tx *bolt.Tx, b *budget) error {
-			done = 0
-			for done < len(todo) {
-				a := todo[done]
-				done++
-				rec, ok, err := get[BlobRecord](tx, bucketBlobs, []byte(a.d))
-				if err != nil || !ok {
-					continue // a manifest, or an unreadable entry: nothing to update
-				}
-				rec.LastAccess = a.t
-				if err := put(tx, bucketBlobs, []byte(a.d), rec); err != nil {
-					return err
-				}
-				if b.spend(1) {
-					break
-				}
+	held, err = ix.writeAll(len(todo), batchWrite{
+		item: func(tx *bolt.Tx, i int) (int, error) {
+			a := todo[i]
+			rec, ok, err := get[BlobRecord](tx, bucketBlobs, []byte(a.d))
+			if err != nil || !ok {
+				return 0, nil // a manifest, or an unreadable entry: nothing to update
 			}
-			return nil
-		})
-		longest = max(longest, held)
-		if err != nil {
-			return longest, err
-		}
-		todo = todo[done:]
-	}
-	return longest, nil
+			rec.LastAccess = a.t
+			return 1, put(tx, bucketBlobs, []byte(a.d), rec)
+		},
+	})
+	return max(longest, held), err
 }
 
 // Path returns the file of the index database ("" once it is closed).

@@ -53,46 +53,36 @@ func (ix *Index) UnrootImagesTimed(us []Unroot) (longest time.Duration, err erro
 			ops = append(ops, op{u: u, fill: &u.Fills[j]})
 		}
 	}
-	for len(ops) > 0 {
-		var tags, fills [][]byte // deleted: their shared records go too
-		done := 0
-		held, err := ix.update(func(tx *bolt.Tx, b *budget) error {
-			tags, fills, done = tags[:0], fills[:0], 0
-			for done < len(ops) {
-				o := ops[done]
-				done++
-				if f := o.fill; f != nil {
-					if err := deleteFill(tx, f.Upstream, f.Repo, f.Digest); err != nil {
-						return fmt.Errorf("evicting %s/%s@%s: %w", f.Upstream, f.Repo, f.Digest, err)
-					}
-					fills = append(fills, linkKey(f.Upstream, f.Repo, f.Digest))
-				} else {
-					u := o.u
-					deleted, err := deleteTagIf(tx, u.Upstream, u.Repo, o.tag, u.Digest)
-					if err != nil {
-						return fmt.Errorf("evicting %s/%s:%s: %w", u.Upstream, u.Repo, o.tag, err)
-					}
-					if deleted {
-						tags = append(tags, tagKey(u.Upstream, u.Repo, o.tag))
-					}
-				}
-				if b.spend(1) {
-					break
-				}
-			}
+	var tags, fills [][]byte // deleted: their shared records go too
+	return ix.writeAll(len(ops), batchWrite{
+		begin: func(*bolt.Tx) error {
+			tags, fills = nil, nil
 			return nil
-		})
-		longest = max(longest, held)
-		if err != nil {
-			return longest, err
-		}
-		ops = ops[done:]
-		if err := ix.shareDelete(bucketTags, tags...); err != nil {
-			return longest, err
-		}
-		if err := ix.shareDelete(bucketMirrors, fills...); err != nil {
-			return longest, err
-		}
-	}
-	return longest, nil
+		},
+		item: func(tx *bolt.Tx, i int) (int, error) {
+			o := ops[i]
+			if f := o.fill; f != nil {
+				if err := deleteFill(tx, f.Upstream, f.Repo, f.Digest); err != nil {
+					return 0, fmt.Errorf("evicting %s/%s@%s: %w", f.Upstream, f.Repo, f.Digest, err)
+				}
+				fills = append(fills, linkKey(f.Upstream, f.Repo, f.Digest))
+				return 1, nil
+			}
+			u := o.u
+			deleted, err := deleteTagIf(tx, u.Upstream, u.Repo, o.tag, u.Digest)
+			if err != nil {
+				return 0, fmt.Errorf("evicting %s/%s:%s: %w", u.Upstream, u.Repo, o.tag, err)
+			}
+			if deleted {
+				tags = append(tags, tagKey(u.Upstream, u.Repo, o.tag))
+			}
+			return 1, nil
+		},
+		committed: func(int, int) error {
+			if err := ix.shareDelete(bucketTags, tags...); err != nil {
+				return err
+			}
+			return ix.shareDelete(bucketMirrors, fills...)
+		},
+	})
 }

@@ -67,6 +67,69 @@ func (ix *Index) update(fn func(tx *bolt.Tx, b *budget) error) (held time.Durati
 	return time.Since(start), err
 }
 
+// batchWrite is a write of many items (tags, digests, access times) in
+// transactions bounded by the index's write limits: see writeSome and
+// writeAll.
+type batchWrite struct {
+	// begin, if not nil, starts each transaction: it resets what the
+	// transaction collects, and may refuse to go on (an error).
+	begin func(tx *bolt.Tx) error
+	// item writes item i and returns how many keys it wrote; one that
+	// wrote none (skipped, kept) still counts for time.
+	item func(tx *bolt.Tx, i int) (keys int, err error)
+	// end, if not nil, ends each transaction, after its last item.
+	end func(tx *bolt.Tx) error
+	// committed, if not nil, runs after each commit, outside the write
+	// lock, given the items the transaction took: [from, to).
+	committed func(from, to int) error
+}
+
+// writeSome writes items from, from+1, ... of n in one transaction,
+// until the write limits stop it; it returns the first item it did not
+// take and how long it held the write lock.
+func (ix *Index) writeSome(n, from int, w batchWrite) (to int, held time.Duration, err error) {
+	held, err = ix.update(func(tx *bolt.Tx, b *budget) error {
+		to = from
+		if w.begin != nil {
+			if err := w.begin(tx); err != nil {
+				return err
+			}
+		}
+		for to < n {
+			keys, err := w.item(tx, to)
+			if err != nil {
+				return err
+			}
+			to++
+			if b.spend(keys) {
+				break
+			}
+		}
+		if w.end != nil {
+			return w.end(tx)
+		}
+		return nil
+	})
+	if err == nil && w.committed != nil {
+		err = w.committed(from, to)
+	}
+	return to, held, err
+}
+
+// writeAll writes all n items in as many transactions as the write
+// limits need; it returns how long the longest held the write lock.
+func (ix *Index) writeAll(n int, w batchWrite) (longest time.Duration, err error) {
+	for done := 0; done < n; {
+		var held time.Duration
+		done, held, err = ix.writeSome(n, done, w)
+		longest = max(longest, held)
+		if err != nil {
+			return longest, err
+		}
+	}
+	return longest, nil
+}
+
 // SetWriteLimits changes how much one write transaction of a pass over
 // many keys (UnrootImages, Forget, Flush) does before it commits: about
 // keys keys, or what it does in hold. Call it before the index is used;

@@ -210,3 +210,41 @@ func TestFlushKeyLimit(t *testing.T) {
 		}
 	}
 }
+
+// Flush writes the manifests' pull counts and last pulls in transactions
+// bounded by the limits too, and loses none.
+func TestFlushPullsKeyLimit(t *testing.T) {
+	ix := openTestIndex(t)
+	at := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	var ds []digest.Digest
+	for i := range 10 {
+		d := digest.FromString(fmt.Sprint("manifest ", i))
+		ds = append(ds, d)
+		ix.CountPull(d)
+		ix.CountPull(d)
+		if err := ix.TouchManifest(d, at); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ix.writeLimits = &writeLimits{keys: 3, hold: time.Hour, now: time.Now}
+	before := version(t, ix)
+	if _, err := ix.FlushTimed(); err != nil {
+		t.Fatal(err)
+	}
+	// 10 counts, then 10 times, 3 per transaction.
+	if got := version(t, ix) - before; got != 8 {
+		t.Errorf("Flush of 10 pull counts and 10 last pulls, 3 per transaction: %d transactions, want 8", got)
+	}
+	pulls, err := ix.Pulls()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range ds {
+		if pulls[d] != 2 {
+			t.Errorf("manifest %s: %d pulls, want 2", d, pulls[d])
+		}
+		if got, err := ix.recordedAccess(d); err != nil || !got.Equal(at) {
+			t.Errorf("manifest %s: last pull %v (%v), want %v written", d, got, err, at)
+		}
+	}
+}
