@@ -319,7 +319,6 @@ func (c *Collector) remove(ctx context.Context, gone []storage.Forgotten, stored
 	}
 	done := make(chan error, 1)
 	go func() {
-		defer release()
 		// The removals wait on the disk (or the network), not the CPU:
 		// a few at once.
 		var eg errgroup.Group
@@ -332,7 +331,9 @@ func (c *Collector) remove(ctx context.Context, gone []storage.Forgotten, stored
 				return nil
 			})
 		}
-		done <- eg.Wait()
+		err := eg.Wait()
+		release() // before the wait returns: one batch behind at most
+		done <- err
 	}()
 	return sync.OnceValue(func() error { return <-done })
 }

@@ -143,3 +143,51 @@ func storeJunkBefore(t *testing.T, e *env, first string, n int) []digest.Digest 
 	}
 	return junk
 }
+
+// countingGuard grants every claim and counts the claims not yet
+// released: the most at once, and now.
+type countingGuard struct {
+	mu        sync.Mutex
+	held, max int
+}
+
+func (g *countingGuard) Claim(digest.Digest) (func(), bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.held++
+	g.max = max(g.max, g.held)
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			g.mu.Lock()
+			g.held--
+			g.mu.Unlock()
+		})
+	}, true
+}
+
+// The store removes a batch while the sweep forgets the next, never
+// further behind: a batch's claims are released once its removals are
+// done, before a third batch is claimed; and every claim is released
+// and everything removed when Collect returns.
+func TestCollectRemovesOneBatchBehind(t *testing.T) {
+	e := newEnv(t)
+	const batch = 256 // lifecycle's batchSize
+	junk := storeJunkBefore(t, e, "sha256:g", 3*batch+10)
+	guard := &countingGuard{}
+	r, err := e.collector(lifecycle.Options{Guard: guard}).Collect(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.BlobsRemoved != len(junk) {
+		t.Errorf("Collect removed %d blobs, want the %d junk blobs", r.BlobsRemoved, len(junk))
+	}
+	guard.mu.Lock()
+	defer guard.mu.Unlock()
+	if guard.held != 0 || guard.max > 2*batch {
+		t.Errorf("claims: %d held after Collect, at most %d at once; want 0, and at most two batches (%d)", guard.held, guard.max, 2*batch)
+	}
+	for _, d := range junk {
+		e.wantStored(t, false, d.String())
+	}
+}
