@@ -57,14 +57,7 @@ func (ix *Index) flushPullTimes() (time.Duration, error) {
 	pending := ix.pulled
 	ix.pulled = nil
 	ix.mu.Unlock()
-	type pull struct {
-		d digest.Digest
-		t time.Time
-	}
-	todo := make([]pull, 0, len(pending))
-	for d, t := range pending {
-		todo = append(todo, pull{d, t})
-	}
+	todo := pairs(pending)
 	var b *bolt.Bucket
 	wrote := map[digest.Digest]time.Time{}
 	return ix.writeAll(len(todo), batchWrite{
@@ -74,20 +67,20 @@ func (ix *Index) flushPullTimes() (time.Duration, error) {
 			return err
 		},
 		item: func(_ *bolt.Tx, i int) (int, error) {
-			p := todo[i]
+			d, t := todo[i].k, todo[i].v
 			var cur time.Time
-			if raw := b.Get([]byte(p.d)); raw != nil {
+			if raw := b.Get([]byte(d)); raw != nil {
 				_ = json.Unmarshal(raw, &cur) // an unreadable entry is overwritten
 			}
-			if !p.t.After(cur) {
+			if !t.After(cur) {
 				return 0, nil
 			}
-			raw, err := json.Marshal(p.t)
+			raw, err := json.Marshal(t)
 			if err != nil {
 				return 0, err
 			}
-			wrote[p.d] = p.t
-			return 1, b.Put([]byte(p.d), raw)
+			wrote[d] = t
+			return 1, b.Put([]byte(d), raw)
 		},
 		// Every replica's pulls count for eviction: the bucket holds the
 		// latest (a replica writing an older time loses at most a

@@ -588,23 +588,16 @@ func (ix *Index) FlushTimed() (longest time.Duration, err error) {
 	pending := ix.accessed
 	ix.accessed = map[digest.Digest]time.Time{}
 	ix.mu.Unlock()
-	type access struct {
-		d digest.Digest
-		t time.Time
-	}
-	todo := make([]access, 0, len(pending))
-	for d, t := range pending {
-		todo = append(todo, access{d, t})
-	}
+	todo := pairs(pending)
 	held, err = ix.writeAll(len(todo), batchWrite{
 		item: func(tx *bolt.Tx, i int) (int, error) {
-			a := todo[i]
-			rec, ok, err := get[BlobRecord](tx, bucketBlobs, []byte(a.d))
+			d := []byte(todo[i].k)
+			rec, ok, err := get[BlobRecord](tx, bucketBlobs, d)
 			if err != nil || !ok {
 				return 0, nil // a manifest, or an unreadable entry: nothing to update
 			}
-			rec.LastAccess = a.t
-			return 1, put(tx, bucketBlobs, []byte(a.d), rec)
+			rec.LastAccess = todo[i].v
+			return 1, put(tx, bucketBlobs, d, rec)
 		},
 	})
 	return max(longest, held), err

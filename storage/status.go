@@ -46,14 +46,7 @@ func (ix *Index) flushPullCounts() (time.Duration, error) {
 	pending := c.pending
 	c.pending = nil
 	c.mu.Unlock()
-	type count struct {
-		d digest.Digest
-		n int64
-	}
-	todo := make([]count, 0, len(pending))
-	for d, n := range pending {
-		todo = append(todo, count{d, n})
-	}
+	todo := pairs(pending)
 	var b *bolt.Bucket
 	flushed := 0 // todo[:flushed] are committed
 	held, err := ix.writeAll(len(todo), batchWrite{
@@ -63,14 +56,14 @@ func (ix *Index) flushPullCounts() (time.Duration, error) {
 		},
 		item: func(_ *bolt.Tx, i int) (int, error) {
 			var cur int64
-			if raw := b.Get([]byte(todo[i].d)); raw != nil {
+			if raw := b.Get([]byte(todo[i].k)); raw != nil {
 				_ = json.Unmarshal(raw, &cur) // an unreadable count starts again
 			}
-			raw, err := json.Marshal(cur + todo[i].n)
+			raw, err := json.Marshal(cur + todo[i].v)
 			if err != nil {
 				return 0, err
 			}
-			return 1, b.Put([]byte(todo[i].d), raw)
+			return 1, b.Put([]byte(todo[i].k), raw)
 		},
 		committed: func(_, to int) error {
 			flushed = to
@@ -84,7 +77,7 @@ func (ix *Index) flushPullCounts() (time.Duration, error) {
 			c.pending = map[digest.Digest]int64{}
 		}
 		for _, p := range todo[flushed:] {
-			c.pending[p.d] += p.n
+			c.pending[p.k] += p.v
 		}
 		c.mu.Unlock()
 	}

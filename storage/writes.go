@@ -130,6 +130,22 @@ func (ix *Index) writeAll(n int, w batchWrite) (longest time.Duration, err error
 	return longest, nil
 }
 
+// pair is a key and its value, taken from a map to be written in
+// batches (access times, pull counts).
+type pair[K comparable, V any] struct {
+	k K
+	v V
+}
+
+// pairs lists m's keys and values (in no order).
+func pairs[K comparable, V any](m map[K]V) []pair[K, V] {
+	out := make([]pair[K, V], 0, len(m))
+	for k, v := range m {
+		out = append(out, pair[K, V]{k, v})
+	}
+	return out
+}
+
 // SetWriteLimits changes how much one write transaction of a pass over
 // many keys (UnrootImages, Forget, Flush) does before it commits: about
 // keys keys, or what it does in hold. Call it before the index is used;
