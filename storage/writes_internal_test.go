@@ -93,6 +93,25 @@ func TestUnrootImagesKeyLimit(t *testing.T) {
 	wantUnrooted(t, ix, us)
 }
 
+// A limit of N changed pages: a transaction commits once it has changed
+// N pages of the tree, however few keys that took. Here all the tags are
+// in one page and the mirror records in another: an image's tag, then its
+// mirror record, change 2 pages, so 2 pages fit one image; without the
+// limit, one transaction takes all.
+func TestUnrootImagesPageLimit(t *testing.T) {
+	ix := openTestIndex(t)
+	us := unrootImages(t, ix, 5, 1)
+	ix.writeLimits = &writeLimits{keys: 1000, pages: 2, hold: time.Hour, now: time.Now}
+	before := version(t, ix)
+	if err := ix.UnrootImages(us); err != nil {
+		t.Fatal(err)
+	}
+	if got := version(t, ix) - before; got != 5 {
+		t.Errorf("UnrootImages of 5 images, 2 pages per transaction: %d transactions, want 5", got)
+	}
+	wantUnrooted(t, ix, us)
+}
+
 // A transaction stops taking keys once it has run the time limit, by the
 // index's clock: here each key takes one 10 ms tick, so 5 fit in 50 ms.
 func TestUnrootImagesTimeLimit(t *testing.T) {
