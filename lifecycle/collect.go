@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -220,34 +219,25 @@ func (c *Collector) collect(ctx context.Context, drop, freed map[digest.Digest]b
 		return r, nil
 	}
 
-	// A batch's store removals run while the next batch is forgotten by
-	// the index: they wait on the disk, the index's transactions on its
-	// commits. Only what the index no longer records is removed, and one
-	// batch's removals at most run behind the sweep.
-	removing := func() error { return nil }
 	for batch := range slices.Chunk(candidates, batchSize) {
-		gone, release, err := c.sweep(ctx, batch, mk, freed, &r)
-		if rerr := removing(); err != nil || rerr != nil {
-			release()
+		if err := c.sweep(ctx, batch, mk, stored, freed, &r); err != nil {
 			r.StoredAfter = c.index.StoredBytes()
-			return r, errors.Join(err, rerr)
+			return r, err
 		}
-		removing = c.remove(ctx, gone, stored, &r, release)
 	}
-	err = removing()
 	r.StoredAfter = c.index.StoredBytes()
-	return r, err
+	return r, nil
 }
 
-// sweep forgets one batch of unmarked content: claimed from the guard,
+// sweep removes one batch of unmarked content: claimed from the guard,
 // checked against the roots recorded since the marking, forgotten by the
-// index. It returns what the index forgot, for the store to remove (see
-// remove), and what releases the claims.
-func (c *Collector) sweep(ctx context.Context, batch []digest.Digest, mk *marker, freed map[digest.Digest]bool, r *Report) (gone []storage.Forgotten, release func(), err error) {
+// index, then removed from the store.
+func (c *Collector) sweep(ctx context.Context, batch []digest.Digest, mk *marker, stored map[digest.Digest]storedFile, freed map[digest.Digest]bool, r *Report) error {
 	claimed, release := c.claim(batch)
+	defer release()
 	r.Kept += len(batch) - len(claimed)
 	if len(claimed) == 0 {
-		return nil, release, nil
+		return nil
 	}
 	now := c.opts.Now()
 	kept := 0 // by the index's transaction now running
@@ -271,10 +261,11 @@ func (c *Collector) sweep(ctx context.Context, batch []digest.Digest, mk *marker
 	// written since (else they are read and marked again): a few tries,
 	// then it reads them itself, under its write lock. It forgets the
 	// batch in as many transactions as its write limits need.
+	var gone []storage.Forgotten
 	todo := slices.Clone(claimed)
 	for try := 0; len(todo) > 0; {
 		if err := mk.update(ctx, c.index); err != nil {
-			return gone, release, err
+			return err
 		}
 		todo = slices.DeleteFunc(todo, func(d digest.Digest) bool {
 			if mk.marked.has(d) {
@@ -294,7 +285,7 @@ func (c *Collector) sweep(ctx context.Context, batch []digest.Digest, mk *marker
 			continue
 		}
 		if err != nil {
-			return gone, release, err
+			return err
 		}
 		r.Kept += kept
 		gone = append(gone, res.Forgotten...)
@@ -306,36 +297,21 @@ func (c *Collector) sweep(ctx context.Context, batch []digest.Digest, mk *marker
 			mk.roots.Version = res.Version
 		}
 	}
-	return gone, release, nil
-}
-
-// remove starts removing from the store what a sweep's batch forgot,
-// counting it in r, and returns what waits for the removals, then
-// releases the batch's claims.
-func (c *Collector) remove(ctx context.Context, gone []storage.Forgotten, stored map[digest.Digest]storedFile, r *Report, release func()) (wait func() error) {
+	// The removals wait on the disk (or the network), not the CPU: a few
+	// at once.
+	var eg errgroup.Group
+	eg.SetLimit(deleters)
 	for _, f := range gone {
+		eg.Go(func() error {
+			if err := c.store.Delete(ctx, "", f.Digest); err != nil {
+				return fmt.Errorf("removing %s from the store: %w", f.Digest, err)
+			}
+			return nil
+		})
 		count(r, f.Manifest, stored[f.Digest].size)
 		c.opts.Log.Debug("collected", "digest", f.Digest, "manifest", f.Manifest, "size", stored[f.Digest].size)
 	}
-	done := make(chan error, 1)
-	go func() {
-		// The removals wait on the disk (or the network), not the CPU:
-		// a few at once.
-		var eg errgroup.Group
-		eg.SetLimit(deleters)
-		for _, f := range gone {
-			eg.Go(func() error {
-				if err := c.store.Delete(ctx, "", f.Digest); err != nil {
-					return fmt.Errorf("removing %s from the store: %w", f.Digest, err)
-				}
-				return nil
-			})
-		}
-		err := eg.Wait()
-		release() // before the wait returns: one batch behind at most
-		done <- err
-	}()
-	return sync.OnceValue(func() error { return <-done })
+	return eg.Wait()
 }
 
 // deleters bounds the store removals a sweep runs at once.
