@@ -143,3 +143,52 @@ func storeJunkBefore(t *testing.T, e *env, first string, n int) []digest.Digest 
 	}
 	return junk
 }
+
+// countingGuard grants every claim and counts the claims not yet
+// released: the most at once, and now.
+type countingGuard struct {
+	mu        sync.Mutex
+	held, max int
+}
+
+func (g *countingGuard) Claim(digest.Digest) (func(), bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.held++
+	g.max = max(g.max, g.held)
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			g.mu.Lock()
+			g.held--
+			g.mu.Unlock()
+		})
+	}, true
+}
+
+// The sweep claims one batch at a time and releases it once its content
+// is removed: a batch's store removals never run while the index forgets
+// the next (they would slow its commits; see docs/performance.md, Round 4:
+// writes). Every claim is released and everything removed when Collect
+// returns.
+func TestCollectSweepsOneBatchAtATime(t *testing.T) {
+	e := newEnv(t)
+	const batch = 256 // lifecycle's batchSize
+	junk := storeJunkBefore(t, e, "sha256:g", 3*batch+10)
+	guard := &countingGuard{}
+	r, err := e.collector(lifecycle.Options{Guard: guard}).Collect(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.BlobsRemoved != len(junk) {
+		t.Errorf("Collect removed %d blobs, want the %d junk blobs", r.BlobsRemoved, len(junk))
+	}
+	guard.mu.Lock()
+	defer guard.mu.Unlock()
+	if guard.held != 0 || guard.max > batch {
+		t.Errorf("claims: %d held after Collect, at most %d at once; want 0, and at most a batch (%d)", guard.held, guard.max, batch)
+	}
+	for _, d := range junk {
+		e.wantStored(t, false, d.String())
+	}
+}

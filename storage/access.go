@@ -49,56 +49,54 @@ func (ix *Index) TouchManifest(dgst digest.Digest, t time.Time) error {
 	return nil
 }
 
-// flushPullTimes writes the last pulls TouchManifest noted, in one
-// transaction; it returns how long it held the write lock.
+// flushPullTimes writes the last pulls TouchManifest noted, in
+// transactions bounded by the index's write limits; it returns how long
+// the longest held the write lock.
 func (ix *Index) flushPullTimes() (time.Duration, error) {
 	ix.mu.Lock()
 	pending := ix.pulled
 	ix.pulled = nil
 	ix.mu.Unlock()
-	if len(pending) == 0 {
-		return 0, nil
-	}
+	todo := pairs(pending)
+	var b *bolt.Bucket
 	wrote := map[digest.Digest]time.Time{}
-	held, err := ix.update(func(tx *bolt.Tx, _ *budget) error {
-		clear(wrote)
-		b, err := tx.CreateBucketIfNotExists(bucketAccess)
-		if err != nil {
+	return ix.writeAll(len(todo), batchWrite{
+		begin: func(tx *bolt.Tx) (err error) {
+			clear(wrote)
+			b, err = tx.CreateBucketIfNotExists(bucketAccess)
 			return err
-		}
-		for dgst, t := range pending {
+		},
+		item: func(_ *bolt.Tx, i int) (int, error) {
+			d, t := todo[i].k, todo[i].v
 			var cur time.Time
-			if raw := b.Get([]byte(dgst)); raw != nil {
+			if raw := b.Get([]byte(d)); raw != nil {
 				_ = json.Unmarshal(raw, &cur) // an unreadable entry is overwritten
 			}
 			if !t.After(cur) {
-				continue
+				return 0, nil
 			}
 			raw, err := json.Marshal(t)
 			if err != nil {
-				return err
+				return 0, err
 			}
-			if err := b.Put([]byte(dgst), raw); err != nil {
-				return err
+			wrote[d] = t
+			return 1, b.Put([]byte(d), raw)
+		},
+		// Every replica's pulls count for eviction: the bucket holds the
+		// latest (a replica writing an older time loses at most a
+		// minute). Best effort: with the bucket unreachable (or at
+		// shutdown) a time the bucket misses only makes the image look
+		// older to the other replicas until its next pull; this
+		// replica's index has it.
+		committed: func(int, int) error {
+			for dgst, t := range wrote {
+				if ix.sharePut(bucketAccess, []byte(dgst), t) != nil {
+					break
+				}
 			}
-			wrote[dgst] = t
-		}
-		return nil
+			return nil
+		},
 	})
-	if err != nil {
-		return held, err
-	}
-	// Every replica's pulls count for eviction: the bucket holds the
-	// latest (a replica writing an older time loses at most a minute).
-	// Best effort: with the bucket unreachable (or at shutdown) a time
-	// the bucket misses only makes the image look older to the other
-	// replicas until its next pull; this replica's index has it.
-	for dgst, t := range wrote {
-		if ix.sharePut(bucketAccess, []byte(dgst), t) != nil {
-			break
-		}
-	}
-	return held, nil
 }
 
 // ManifestAccess returns the last pull TouchManifest noted for a

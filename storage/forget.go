@@ -151,51 +151,52 @@ func (ix *Index) ForgetRooted(dgsts []digest.Digest, roots Roots, fallback bool,
 }
 
 func (ix *Index) forget(dgsts []digest.Digest, given Roots, strict bool, keep func(digest.Digest, ContentEntry) bool) (ForgetResult, error) {
-	var out []Forgotten
+	var res ForgetResult
 	var freed int64
-	var version, done int
+	var roots map[digest.Digest]bool
+	// gone indexes out by digest; rooted: a tag or mirror record may name
+	// what goes.
+	var gone map[digest.Digest]int
+	var rooted bool
 	// unshare are the shared records to delete once the local ones are.
 	var unshare map[string][][]byte
-	held, err := ix.update(func(tx *bolt.Tx, bud *budget) error {
-		out, freed, done = nil, 0, 0
-		unshare = map[string][][]byte{}
-		version = tx.ID()
-		roots := given.Digests
-		if roots == nil || tx.ID() != given.Version+1 {
-			if strict {
-				return ErrStaleRoots
+	wrote := false // committed
+	done, held, err := ix.writeSome(len(dgsts), 0, batchWrite{
+		begin: func(tx *bolt.Tx) error {
+			res.Forgotten, freed, rooted = nil, 0, false
+			gone, unshare = map[digest.Digest]int{}, map[string][][]byte{}
+			res.Version = tx.ID()
+			roots = given.Digests
+			if roots == nil || tx.ID() != given.Version+1 {
+				if strict {
+					return ErrStaleRoots
+				}
+				var err error
+				if roots, err = rootDigests(tx, nil); err != nil {
+					return err
+				}
 			}
-			var err error
-			if roots, err = rootDigests(tx, nil); err != nil {
-				return err
-			}
-		}
-		gone := map[digest.Digest]int{}
-		// rooted: a tag or mirror record may name what goes.
-		rooted := false
-		for done < len(dgsts) {
-			d := dgsts[done]
-			done++
+			return nil
+		},
+		item: func(tx *bolt.Tx, i int) (int, error) {
+			d := dgsts[i]
 			if _, dup := gone[d]; dup {
-				continue
+				return 0, nil
 			}
 			var e ContentEntry
 			if rec, ok, err := get[BlobRecord](tx, bucketBlobs, []byte(d)); err != nil {
-				return err
+				return 0, err
 			} else if ok {
 				e.Blob = &rec
 			}
 			if rec, ok, err := get[ManifestRecord](tx, bucketManifests, []byte(d)); err != nil {
-				return err
+				return 0, err
 			} else if ok {
 				e.Manifest = &rec
 			}
 			e.Rooted = roots[d]
 			if keep != nil && keep(d, e) {
-				if bud.spend(0) {
-					break
-				}
-				continue
+				return 0, nil
 			}
 			rooted = rooted || e.Rooted
 			f := Forgotten{Digest: d, Blob: e.Blob != nil, Manifest: e.Manifest != nil}
@@ -207,77 +208,88 @@ func (ix *Index) forget(dgsts []digest.Digest, given Roots, strict bool, keep fu
 			}
 			links, err := forget(tx, d)
 			if err != nil {
-				return err
+				return 0, err
 			}
 			unshare[string(bucketLinks)] = append(unshare[string(bucketLinks)], links...)
 			for _, b := range [][]byte{bucketBlobs, bucketManifests, bucketAccess} {
 				unshare[string(b)] = append(unshare[string(b)], []byte(d))
 			}
-			gone[d] = len(out)
-			out = append(out, f)
+			gone[d] = len(res.Forgotten)
+			res.Forgotten = append(res.Forgotten, f)
 			freed += f.Size
 			// Its records, and a link and a holder per repository.
-			if bud.spend(1 + 2*len(links)) {
-				break
+			return 1 + 2*len(links), nil
+		},
+		end: func(tx *bolt.Tx) error {
+			if !rooted {
+				// No tag or mirror record names what goes: the buckets
+				// are not read (they hold as many records as the cache
+				// has tags).
+				return nil
 			}
-		}
-		if !rooted {
-			// No tag or mirror record names what goes: the buckets are
-			// not read (they hold as many records as the cache has tags).
+			return forgetRoots(tx, gone, res.Forgotten, unshare)
+		},
+		committed: func(int, int) error {
+			wrote = true
+			ix.stored.Add(-freed)
+			// What names the content goes before the content's own
+			// records, as it did locally.
+			for _, b := range [][]byte{bucketTags, bucketMirrors, bucketLinks, bucketAccess, bucketManifests, bucketBlobs} {
+				if err := ix.shareDelete(b, unshare[string(b)]...); err != nil {
+					return err
+				}
+			}
+			ix.mu.Lock()
+			for _, f := range res.Forgotten {
+				delete(ix.pulled, f.Digest) // a last pull not yet flushed goes too
+			}
+			ix.mu.Unlock()
 			return nil
-		}
-		var stale [][]byte
-		c := tx.Bucket(bucketTags).Cursor()
-		for k, v := c.First(); k != nil; k, v = c.Next() {
-			var rec TagRecord
-			if err := json.Unmarshal(v, &rec); err != nil {
-				continue
-			}
-			if i, ok := gone[rec.Digest]; ok {
-				stale = append(stale, bytes.Clone(k))
-				out[i].Tags = append(out[i].Tags, string(k))
-			}
-		}
-		for _, k := range stale {
-			if err := tx.Bucket(bucketTags).Delete(k); err != nil {
-				return err
-			}
-		}
-		unshare[string(bucketTags)] = stale
-		var mirrors [][]byte
-		c = tx.Bucket(bucketMirrors).Cursor()
-		for k, _ := c.First(); k != nil; k, _ = c.Next() {
-			if _, ok := gone[mirrorDigest(k)]; ok {
-				mirrors = append(mirrors, bytes.Clone(k))
-			}
-		}
-		for _, k := range mirrors {
-			if err := tx.Bucket(bucketMirrors).Delete(k); err != nil {
-				return err
-			}
-		}
-		unshare[string(bucketMirrors)] = mirrors
-		return nil
+		},
 	})
-	res := ForgetResult{Done: done, Version: version, Held: held}
-	if err != nil {
-		return res, err
+	res.Done, res.Held = done, held
+	if !wrote {
+		res.Forgotten = nil // the transaction failed: nothing was forgotten
 	}
-	res.Forgotten = out
-	ix.stored.Add(-freed)
-	// What names the content goes before the content's own records, as
-	// it did locally.
-	for _, b := range [][]byte{bucketTags, bucketMirrors, bucketLinks, bucketAccess, bucketManifests, bucketBlobs} {
-		if err := ix.shareDelete(b, unshare[string(b)]...); err != nil {
-			return res, err
+	return res, err
+}
+
+// forgetRoots deletes the tags and mirror records naming what a
+// transaction forgets (gone: its index in out, by digest), noting the
+// tags in out and both in unshare.
+func forgetRoots(tx *bolt.Tx, gone map[digest.Digest]int, out []Forgotten, unshare map[string][][]byte) error {
+	var stale [][]byte
+	c := tx.Bucket(bucketTags).Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		var rec TagRecord
+		if err := json.Unmarshal(v, &rec); err != nil {
+			continue
+		}
+		if i, ok := gone[rec.Digest]; ok {
+			stale = append(stale, bytes.Clone(k))
+			out[i].Tags = append(out[i].Tags, string(k))
 		}
 	}
-	ix.mu.Lock()
-	for _, f := range out {
-		delete(ix.pulled, f.Digest) // a last pull not yet flushed goes too
+	for _, k := range stale {
+		if err := tx.Bucket(bucketTags).Delete(k); err != nil {
+			return err
+		}
 	}
-	ix.mu.Unlock()
-	return res, nil
+	unshare[string(bucketTags)] = stale
+	var mirrors [][]byte
+	c = tx.Bucket(bucketMirrors).Cursor()
+	for k, _ := c.First(); k != nil; k, _ = c.Next() {
+		if _, ok := gone[mirrorDigest(k)]; ok {
+			mirrors = append(mirrors, bytes.Clone(k))
+		}
+	}
+	for _, k := range mirrors {
+		if err := tx.Bucket(bucketMirrors).Delete(k); err != nil {
+			return err
+		}
+	}
+	unshare[string(bucketMirrors)] = mirrors
+	return nil
 }
 
 // forget deletes the entries of one digest, but not the tags and mirror

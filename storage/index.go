@@ -588,42 +588,19 @@ func (ix *Index) FlushTimed() (longest time.Duration, err error) {
 	pending := ix.accessed
 	ix.accessed = map[digest.Digest]time.Time{}
 	ix.mu.Unlock()
-	type access struct {
-		d digest.Digest
-		t time.Time
-	}
-	todo := make([]access, 0, len(pending))
-	for d, t := range pending {
-		todo = append(todo, access{d, t})
-	}
-	for len(todo) > 0 {
-		done := 0
-		held, err := ix.update(func(tx *bolt.Tx, b *budget) error {
-			done = 0
-			for done < len(todo) {
-				a := todo[done]
-				done++
-				rec, ok, err := get[BlobRecord](tx, bucketBlobs, []byte(a.d))
-				if err != nil || !ok {
-					continue // a manifest, or an unreadable entry: nothing to update
-				}
-				rec.LastAccess = a.t
-				if err := put(tx, bucketBlobs, []byte(a.d), rec); err != nil {
-					return err
-				}
-				if b.spend(1) {
-					break
-				}
+	todo := pairs(pending)
+	held, err = ix.writeAll(len(todo), batchWrite{
+		item: func(tx *bolt.Tx, i int) (int, error) {
+			d := []byte(todo[i].k)
+			rec, ok, err := get[BlobRecord](tx, bucketBlobs, d)
+			if err != nil || !ok {
+				return 0, nil // a manifest, or an unreadable entry: nothing to update
 			}
-			return nil
-		})
-		longest = max(longest, held)
-		if err != nil {
-			return longest, err
-		}
-		todo = todo[done:]
-	}
-	return longest, nil
+			rec.LastAccess = todo[i].v
+			return 1, put(tx, bucketBlobs, d, rec)
+		},
+	})
+	return max(longest, held), err
 }
 
 // Path returns the file of the index database ("" once it is closed).

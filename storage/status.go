@@ -37,36 +37,38 @@ func (ix *Index) CountPull(dgst digest.Digest) {
 	c.mu.Unlock()
 }
 
-// flushPullCounts adds the pending pull counts to the index, in one
-// transaction; it returns how long it held the write lock.
+// flushPullCounts adds the pending pull counts to the index, in
+// transactions bounded by the index's write limits; it returns how long
+// the longest held the write lock.
 func (ix *Index) flushPullCounts() (time.Duration, error) {
 	c := &ix.pulls
 	c.mu.Lock()
 	pending := c.pending
 	c.pending = nil
 	c.mu.Unlock()
-	if len(pending) == 0 {
-		return 0, nil
-	}
-	held, err := ix.update(func(tx *bolt.Tx, _ *budget) error {
-		b, err := tx.CreateBucketIfNotExists(bucketPulls)
-		if err != nil {
+	todo := pairs(pending)
+	var b *bolt.Bucket
+	flushed := 0 // todo[:flushed] are committed
+	held, err := ix.writeAll(len(todo), batchWrite{
+		begin: func(tx *bolt.Tx) (err error) {
+			b, err = tx.CreateBucketIfNotExists(bucketPulls)
 			return err
-		}
-		for d, n := range pending {
+		},
+		item: func(_ *bolt.Tx, i int) (int, error) {
 			var cur int64
-			if raw := b.Get([]byte(d)); raw != nil {
+			if raw := b.Get([]byte(todo[i].k)); raw != nil {
 				_ = json.Unmarshal(raw, &cur) // an unreadable count starts again
 			}
-			raw, err := json.Marshal(cur + n)
+			raw, err := json.Marshal(cur + todo[i].v)
 			if err != nil {
-				return err
+				return 0, err
 			}
-			if err := b.Put([]byte(d), raw); err != nil {
-				return err
-			}
-		}
-		return nil
+			return 1, b.Put([]byte(todo[i].k), raw)
+		},
+		committed: func(_, to int) error {
+			flushed = to
+			return nil
+		},
 	})
 	if err != nil {
 		// Not lost: counted again on the next flush.
@@ -74,8 +76,8 @@ func (ix *Index) flushPullCounts() (time.Duration, error) {
 		if c.pending == nil {
 			c.pending = map[digest.Digest]int64{}
 		}
-		for d, n := range pending {
-			c.pending[d] += n
+		for _, p := range todo[flushed:] {
+			c.pending[p.k] += p.v
 		}
 		c.mu.Unlock()
 	}

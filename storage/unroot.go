@@ -1,7 +1,9 @@
 package storage
 
 import (
+	"bytes"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -25,7 +27,8 @@ type FillKey struct {
 }
 
 // UnrootImages removes the tags and mirror records of evicted images
-// (DeleteTagIf and DeleteFill for many images at once), in transactions
+// (DeleteTagIf and DeleteFill for many images at once), the tags then the
+// mirror records, each in the order of their keys, in transactions
 // bounded by the index's write limits: an eviction of thousands of images
 // (a million tags) must neither hold the index's write lock for long nor
 // pay a commit per tag.
@@ -42,57 +45,62 @@ func (ix *Index) UnrootImagesTimed(us []Unroot) (longest time.Duration, err erro
 		u    *Unroot
 		tag  string
 		fill *FillKey
+		key  []byte
 	}
 	var ops []op
 	for i := range us {
 		u := &us[i]
 		for _, tag := range u.Tags {
-			ops = append(ops, op{u: u, tag: tag})
+			ops = append(ops, op{u: u, tag: tag, key: tagKey(u.Upstream, u.Repo, tag)})
 		}
 		for j := range u.Fills {
-			ops = append(ops, op{u: u, fill: &u.Fills[j]})
+			f := &u.Fills[j]
+			ops = append(ops, op{u: u, fill: f, key: linkKey(f.Upstream, f.Repo, f.Digest)})
 		}
 	}
-	for len(ops) > 0 {
-		var tags, fills [][]byte // deleted: their shared records go too
-		done := 0
-		held, err := ix.update(func(tx *bolt.Tx, b *budget) error {
-			tags, fills, done = tags[:0], fills[:0], 0
-			for done < len(ops) {
-				o := ops[done]
-				done++
-				if f := o.fill; f != nil {
-					if err := deleteFill(tx, f.Upstream, f.Repo, f.Digest); err != nil {
-						return fmt.Errorf("evicting %s/%s@%s: %w", f.Upstream, f.Repo, f.Digest, err)
-					}
-					fills = append(fills, linkKey(f.Upstream, f.Repo, f.Digest))
-				} else {
-					u := o.u
-					deleted, err := deleteTagIf(tx, u.Upstream, u.Repo, o.tag, u.Digest)
-					if err != nil {
-						return fmt.Errorf("evicting %s/%s:%s: %w", u.Upstream, u.Repo, o.tag, err)
-					}
-					if deleted {
-						tags = append(tags, tagKey(u.Upstream, u.Repo, o.tag))
-					}
-				}
-				if b.spend(1) {
-					break
-				}
-			}
+	// In the order of the keys, the tags, then the mirror records: the
+	// images come least recently pulled first, scattered over the tree,
+	// and keys side by side share the pages a transaction changes (and
+	// reads: they may have to come from the disk).
+	slices.SortFunc(ops, func(a, b op) int {
+		switch {
+		case a.fill == nil && b.fill != nil:
+			return -1
+		case a.fill != nil && b.fill == nil:
+			return 1
+		}
+		return bytes.Compare(a.key, b.key)
+	})
+	var tags, fills [][]byte // deleted: their shared records go too
+	return ix.writeAll(len(ops), batchWrite{
+		begin: func(*bolt.Tx) error {
+			tags, fills = nil, nil
 			return nil
-		})
-		longest = max(longest, held)
-		if err != nil {
-			return longest, err
-		}
-		ops = ops[done:]
-		if err := ix.shareDelete(bucketTags, tags...); err != nil {
-			return longest, err
-		}
-		if err := ix.shareDelete(bucketMirrors, fills...); err != nil {
-			return longest, err
-		}
-	}
-	return longest, nil
+		},
+		item: func(tx *bolt.Tx, i int) (int, error) {
+			o := ops[i]
+			if f := o.fill; f != nil {
+				if err := deleteFill(tx, f.Upstream, f.Repo, f.Digest); err != nil {
+					return 0, fmt.Errorf("evicting %s/%s@%s: %w", f.Upstream, f.Repo, f.Digest, err)
+				}
+				fills = append(fills, linkKey(f.Upstream, f.Repo, f.Digest))
+				return 1, nil
+			}
+			u := o.u
+			deleted, err := deleteTagIf(tx, u.Upstream, u.Repo, o.tag, u.Digest)
+			if err != nil {
+				return 0, fmt.Errorf("evicting %s/%s:%s: %w", u.Upstream, u.Repo, o.tag, err)
+			}
+			if deleted {
+				tags = append(tags, tagKey(u.Upstream, u.Repo, o.tag))
+			}
+			return 1, nil
+		},
+		committed: func(int, int) error {
+			if err := ix.shareDelete(bucketTags, tags...); err != nil {
+				return err
+			}
+			return ix.shareDelete(bucketMirrors, fills...)
+		},
+	})
 }

@@ -10,9 +10,13 @@ import (
 // eviction, a collection's sweep, a flush): while it runs, every other
 // write (a pull recording a blob) waits for bbolt's write lock.
 type writeLimits struct {
-	// keys is about how many keys a transaction writes: it also bounds
-	// the pages its commit writes.
+	// keys is about how many keys a transaction writes.
 	keys int
+	// pages, if > 0, is about how many pages of the tree a transaction
+	// changes (bbolt's nodes: the leaves its keys are in and the branches
+	// above them), which its commit writes: keys close together share a
+	// page, keys far apart do not.
+	pages int64
 	// hold is how long a transaction takes more work: past it, it
 	// commits what it did.
 	hold time.Duration
@@ -20,26 +24,39 @@ type writeLimits struct {
 	now func() time.Time
 }
 
-// The default write limits keep each write of a pass well under 100 ms:
-// 256 keys are a few milliseconds of work and a commit of a few hundred
-// pages; 50 ms leaves room for the commit on a loaded machine.
+// The default write limits keep each write of a pass well under 100 ms.
+// Every commit writes the pages the transaction changed and bbolt's whole
+// freelist (hundreds of KiB once an eviction has freed pages), then syncs
+// twice: what costs is the number of commits more than their size. So a
+// transaction is bounded by the pages it changes: 256 (1 MiB), a few
+// milliseconds of work, are ~256 digests of a collection (scattered over
+// the tree) but thousands of an eviction's tags (side by side in a few
+// pages). 50 ms leaves room for the commit on a loaded machine.
 const (
-	defaultWriteKeys = 256
-	defaultWriteHold = 50 * time.Millisecond
+	defaultWriteKeys  = 4096
+	defaultWritePages = 256
+	defaultWriteHold  = 50 * time.Millisecond
 )
 
 // budget is what is left of one transaction's limits.
 type budget struct {
 	lim   writeLimits
+	tx    *bolt.Tx
 	start time.Time
 	keys  int
 }
 
 // spend counts keys written; it reports whether the transaction should
-// commit now (it has written enough keys, or run long enough).
+// commit now (it has written enough keys, changed enough pages, or run
+// long enough).
 func (b *budget) spend(keys int) bool {
 	b.keys += keys
-	return b.keys >= b.lim.keys || b.lim.now().Sub(b.start) >= b.lim.hold
+	if b.keys >= b.lim.keys || b.lim.now().Sub(b.start) >= b.lim.hold {
+		return true
+	}
+	// bbolt makes a node of each page a transaction changes.
+	st := b.tx.Stats()
+	return b.lim.pages > 0 && st.GetNodeCount() >= b.lim.pages
 }
 
 // limits are the index's write limits (the defaults unless a test set
@@ -48,7 +65,7 @@ func (ix *Index) limits() writeLimits {
 	if ix.writeLimits != nil {
 		return *ix.writeLimits
 	}
-	return writeLimits{keys: defaultWriteKeys, hold: defaultWriteHold, now: time.Now}
+	return writeLimits{keys: defaultWriteKeys, pages: defaultWritePages, hold: defaultWriteHold, now: time.Now}
 }
 
 // update runs fn in a write transaction given the index's write limits,
@@ -59,7 +76,7 @@ func (ix *Index) update(fn func(tx *bolt.Tx, b *budget) error) (held time.Durati
 	var start time.Time
 	err = ix.db.Update(func(tx *bolt.Tx) error {
 		start = time.Now()
-		return fn(tx, &budget{lim: lim, start: lim.now()})
+		return fn(tx, &budget{lim: lim, tx: tx, start: lim.now()})
 	})
 	if start.IsZero() {
 		return 0, err // the transaction did not start
@@ -67,10 +84,90 @@ func (ix *Index) update(fn func(tx *bolt.Tx, b *budget) error) (held time.Durati
 	return time.Since(start), err
 }
 
+// batchWrite is a write of many items (tags, digests, access times) in
+// transactions bounded by the index's write limits: see writeSome and
+// writeAll.
+type batchWrite struct {
+	// begin, if not nil, starts each transaction: it resets what the
+	// transaction collects, and may refuse to go on (an error).
+	begin func(tx *bolt.Tx) error
+	// item writes item i and returns how many keys it wrote; one that
+	// wrote none (skipped, kept) still counts for time.
+	item func(tx *bolt.Tx, i int) (keys int, err error)
+	// end, if not nil, ends each transaction, after its last item.
+	end func(tx *bolt.Tx) error
+	// committed, if not nil, runs after each commit, outside the write
+	// lock, given the items the transaction took: [from, to).
+	committed func(from, to int) error
+}
+
+// writeSome writes items from, from+1, ... of n in one transaction,
+// until the write limits stop it; it returns the first item it did not
+// take and how long it held the write lock.
+func (ix *Index) writeSome(n, from int, w batchWrite) (to int, held time.Duration, err error) {
+	held, err = ix.update(func(tx *bolt.Tx, b *budget) error {
+		to = from
+		if w.begin != nil {
+			if err := w.begin(tx); err != nil {
+				return err
+			}
+		}
+		for to < n {
+			keys, err := w.item(tx, to)
+			if err != nil {
+				return err
+			}
+			to++
+			if b.spend(keys) {
+				break
+			}
+		}
+		if w.end != nil {
+			return w.end(tx)
+		}
+		return nil
+	})
+	if err == nil && w.committed != nil {
+		err = w.committed(from, to)
+	}
+	return to, held, err
+}
+
+// writeAll writes all n items in as many transactions as the write
+// limits need; it returns how long the longest held the write lock.
+func (ix *Index) writeAll(n int, w batchWrite) (longest time.Duration, err error) {
+	for done := 0; done < n; {
+		var held time.Duration
+		done, held, err = ix.writeSome(n, done, w)
+		longest = max(longest, held)
+		if err != nil {
+			return longest, err
+		}
+	}
+	return longest, nil
+}
+
+// pair is a key and its value, taken from a map to be written in
+// batches (access times, pull counts).
+type pair[K comparable, V any] struct {
+	k K
+	v V
+}
+
+// pairs lists m's keys and values (in no order).
+func pairs[K comparable, V any](m map[K]V) []pair[K, V] {
+	out := make([]pair[K, V], 0, len(m))
+	for k, v := range m {
+		out = append(out, pair[K, V]{k, v})
+	}
+	return out
+}
+
 // SetWriteLimits changes how much one write transaction of a pass over
 // many keys (UnrootImages, Forget, Flush) does before it commits: about
-// keys keys, or what it does in hold. Call it before the index is used;
-// the defaults (256 keys, 50 ms) suit a mirror, small ones a test.
+// keys keys, or what it does in hold, whatever the pages they change.
+// Call it before the index is used; the defaults (4,096 keys or 256
+// changed pages, 50 ms) suit a mirror, small ones a test.
 func (ix *Index) SetWriteLimits(keys int, hold time.Duration) {
 	ix.writeLimits = &writeLimits{keys: max(keys, 1), hold: hold, now: time.Now}
 }

@@ -93,6 +93,27 @@ func TestUnrootImagesKeyLimit(t *testing.T) {
 	wantUnrooted(t, ix, us)
 }
 
+// A limit of N changed pages: a transaction commits once it has changed
+// N pages of the tree, however few keys that took; and the keys go in
+// their order, so that keys side by side share pages. Here the 5 images'
+// tags are in one page and their mirror records in another: 2 pages take
+// every tag and a mirror record, the next transaction the other 4 (in
+// the images' order, each tag then its mirror record: 5 transactions;
+// without the page limit: 1).
+func TestUnrootImagesPageLimit(t *testing.T) {
+	ix := openTestIndex(t)
+	us := unrootImages(t, ix, 5, 1)
+	ix.writeLimits = &writeLimits{keys: 1000, pages: 2, hold: time.Hour, now: time.Now}
+	before := version(t, ix)
+	if err := ix.UnrootImages(us); err != nil {
+		t.Fatal(err)
+	}
+	if got := version(t, ix) - before; got != 2 {
+		t.Errorf("UnrootImages of 5 images, 2 pages per transaction: %d transactions, want 2", got)
+	}
+	wantUnrooted(t, ix, us)
+}
+
 // A transaction stops taking keys once it has run the time limit, by the
 // index's clock: here each key takes one 10 ms tick, so 5 fit in 50 ms.
 func TestUnrootImagesTimeLimit(t *testing.T) {
@@ -207,6 +228,44 @@ func TestFlushKeyLimit(t *testing.T) {
 	for _, d := range ds {
 		if rec, _, err := ix.Blob(d); err != nil || !rec.LastAccess.Equal(at) {
 			t.Fatalf("blob %s last access %v (%v), want %v", d, rec.LastAccess, err, at)
+		}
+	}
+}
+
+// Flush writes the manifests' pull counts and last pulls in transactions
+// bounded by the limits too, and loses none.
+func TestFlushPullsKeyLimit(t *testing.T) {
+	ix := openTestIndex(t)
+	at := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	var ds []digest.Digest
+	for i := range 10 {
+		d := digest.FromString(fmt.Sprint("manifest ", i))
+		ds = append(ds, d)
+		ix.CountPull(d)
+		ix.CountPull(d)
+		if err := ix.TouchManifest(d, at); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ix.writeLimits = &writeLimits{keys: 3, hold: time.Hour, now: time.Now}
+	before := version(t, ix)
+	if _, err := ix.FlushTimed(); err != nil {
+		t.Fatal(err)
+	}
+	// 10 counts, then 10 times, 3 per transaction.
+	if got := version(t, ix) - before; got != 8 {
+		t.Errorf("Flush of 10 pull counts and 10 last pulls, 3 per transaction: %d transactions, want 8", got)
+	}
+	pulls, err := ix.Pulls()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range ds {
+		if pulls[d] != 2 {
+			t.Errorf("manifest %s: %d pulls, want 2", d, pulls[d])
+		}
+		if got, err := ix.recordedAccess(d); err != nil || !got.Equal(at) {
+			t.Errorf("manifest %s: last pull %v (%v), want %v written", d, got, err, at)
 		}
 	}
 }
