@@ -358,6 +358,9 @@ func BenchmarkScaleMemory(b *testing.B) {
 			b.Fatalf("BENCH_MEM_IMAGES: bad size %q", v)
 		}
 	}
+	if os.Getenv("BENCH_MEM_PROFILE") != "" {
+		runtime.MemProfileRate = 4 << 10
+	}
 	open := func(b *testing.B) (*lifecycle.Collector, int64, func()) {
 		b.Helper()
 		dir := b.TempDir()

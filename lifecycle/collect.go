@@ -155,8 +155,10 @@ func (c *Collector) collect(ctx context.Context, drop, freed map[digest.Digest]b
 	}
 	g.referrers = listed
 	// The digests alone, not the records: the view is what the whole
-	// pass holds in memory.
-	view, err := c.index.ContentView(func(key []byte, d digest.Digest) {
+	// pass holds in memory. Every digest is one string, shared by the
+	// view, the manifests read, the marks and the store's listing.
+	g.intern = &storage.Interner{}
+	view, err := c.index.ContentView(g.intern, func(key []byte, d digest.Digest) {
 		addReferrerTag(g, key, d)
 	})
 	if err != nil {
@@ -179,7 +181,7 @@ func (c *Collector) collect(ctx context.Context, drop, freed map[digest.Digest]b
 	}
 	stored := map[digest.Digest]storedFile{}
 	if err := c.store.Walk(ctx, func(sc storage.StoredContent) error {
-		stored[sc.Digest] = storedFile{size: sc.Size, modTime: sc.ModTime}
+		stored[g.intern.Digest(sc.Digest)] = storedFile{size: sc.Size, modTime: sc.ModTime}
 		return nil
 	}); err != nil {
 		return r, fmt.Errorf("listing the store: %w", err)

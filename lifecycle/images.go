@@ -214,6 +214,7 @@ func (c *Collector) model(ctx context.Context, platforms bool) (*model, error) {
 			get(k)
 		}
 	}
+	recs.Fills = nil // in mirrors now
 	for key := range recs.Pins {
 		d, err := digest.Parse(key)
 		if err != nil {
@@ -241,6 +242,8 @@ func (c *Collector) model(ctx context.Context, platforms bool) (*model, error) {
 	if err := g.loadAll(ctx, roots); err != nil {
 		return nil, err
 	}
+	// Every digest is interned by now: the interner's map can go.
+	g.intern = nil
 	reaches := map[digest.Digest]keeps{}
 	children := map[digest.Digest]bool{}
 	for _, e := range entries {
@@ -303,6 +306,7 @@ func (c *Collector) model(ctx context.Context, platforms bool) (*model, error) {
 func (c *Collector) describe(ctx context.Context, g *graph, m *model, e *entry, platforms bool) {
 	recs := m.recs
 	sort.Strings(e.Tags)
+	e.Tags = slices.Clip(slices.Clone(e.Tags)) // appended: up to twice as long
 	// Times recorded per digest tell this image's pulls only for digests
 	// no other image keeps; the others are a fallback.
 	var shared time.Time
