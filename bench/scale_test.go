@@ -311,7 +311,7 @@ func BenchmarkScale(b *testing.B) {
 				peak, phases, byPhase := sampler.Stop()
 				for _, p := range phases {
 					r := byPhase[p]
-					b.Logf("RSS peak during %-7s VmRSS %6.0f MiB, RssAnon %6.0f MiB, RssFile %6.0f MiB", p, r.rss, r.anon, r.file)
+					b.Logf("RSS peak during %-7s VmRSS %6.0f MiB, RssAnon %6.0f MiB, RssFile %6.0f MiB, live heap %6.0f MiB", p, r.rss, r.anon, r.file, r.live)
 				}
 				hs.Close()
 				if err := srv.Close(); err != nil {
@@ -336,6 +336,7 @@ func BenchmarkScale(b *testing.B) {
 				b.ReportMetric(rss, "peak-RSS-MiB")
 				b.ReportMetric(peak.anon, "peak-RssAnon-MiB")
 				b.ReportMetric(peak.file, "peak-RssFile-MiB")
+				b.ReportMetric(peak.live, "peak-live-heap-MiB")
 				b.StartTimer()
 			}
 		})
