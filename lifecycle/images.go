@@ -206,6 +206,12 @@ func (c *Collector) model(ctx context.Context, platforms bool) (*model, error) {
 	if err != nil {
 		return nil, err
 	}
+	for _, e := range entries {
+		// Appended one by one: up to twice as long as needed.
+		if cap(e.Tags) > len(e.Tags) {
+			e.Tags = slices.Clip(slices.Clone(e.Tags))
+		}
+	}
 	mirrors := map[imageKey]storage.FillRecord{}
 	for _, me := range recs.Fills {
 		if oci.ValidDigest(me.Digest) {
@@ -306,7 +312,6 @@ func (c *Collector) model(ctx context.Context, platforms bool) (*model, error) {
 func (c *Collector) describe(ctx context.Context, g *graph, m *model, e *entry, platforms bool) {
 	recs := m.recs
 	sort.Strings(e.Tags)
-	e.Tags = slices.Clip(slices.Clone(e.Tags)) // appended: up to twice as long
 	// Times recorded per digest tell this image's pulls only for digests
 	// no other image keeps; the others are a fallback.
 	var shared time.Time
