@@ -181,7 +181,7 @@ func (c *Collector) collect(ctx context.Context, drop, freed map[digest.Digest]b
 	}
 	stored := map[digest.Digest]storedFile{}
 	if err := c.store.Walk(ctx, func(sc storage.StoredContent) error {
-		stored[g.intern.Digest(sc.Digest)] = storedFile{size: sc.Size, modTime: sc.ModTime}
+		stored[g.intern.Digest(sc.Digest)] = storedFile{size: sc.Size, modTime: storage.UnixNano(sc.ModTime)}
 		return nil
 	}); err != nil {
 		return r, fmt.Errorf("listing the store: %w", err)
@@ -197,7 +197,7 @@ func (c *Collector) collect(ctx context.Context, drop, freed map[digest.Digest]b
 			r.Kept++ // another replica's to collect
 			return
 		}
-		if !freed[d] && c.recent(now, stored[d].modTime, view.Content[d].Newest) {
+		if !freed[d] && c.recent(now, storage.FromUnixNano(stored[d].modTime), view.Content[d].Newest()) {
 			r.Kept++
 			return
 		}
@@ -322,7 +322,7 @@ const deleters = 8
 // storedFile is what the collection needs of a file the store lists.
 type storedFile struct {
 	size    int64
-	modTime time.Time
+	modTime int64 // storage.UnixNano: 8 bytes, not 24, per stored file
 }
 
 // addReferrerTag adds to g a tag of the referrers tag schema or of
