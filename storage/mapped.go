@@ -85,7 +85,9 @@ func (ix *Index) watchMapped() *mappedWatch {
 	w.done.Go(func() {
 		t := time.NewTicker(mappedCheckEvery)
 		defer t.Stop()
-		base, _ := residentFileBytes()
+		// From what is resident after a release: start-up's reads may
+		// have left pages behind.
+		base := w.release(ix, 0)
 		for {
 			select {
 			case <-w.stopc:
@@ -111,6 +113,12 @@ func (w *mappedWatch) check(ix *Index, base int64) int64 {
 	if n-base < w.budget {
 		return base
 	}
+	return w.release(ix, base)
+}
+
+// release releases ix's mapped pages and returns the resident file-backed
+// memory after (base if it cannot).
+func (w *mappedWatch) release(ix *Index, base int64) int64 {
 	if ix.db.View(func(tx *bolt.Tx) error {
 		ix.releaseMapped(tx)
 		return nil
@@ -118,7 +126,10 @@ func (w *mappedWatch) check(ix *Index, base int64) int64 {
 		return base
 	}
 	w.releases.Add(1)
-	n, _ = residentFileBytes()
+	n, ok := residentFileBytes()
+	if !ok {
+		return base
+	}
 	return n
 }
 
