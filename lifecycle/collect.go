@@ -179,7 +179,7 @@ func (c *Collector) collect(ctx context.Context, drop, freed map[digest.Digest]b
 	if err := mk.mark(ctx, view.Digests); err != nil {
 		return r, err
 	}
-	stored := map[digest.Digest]storedFile{}
+	stored := make(map[digest.Digest]storedFile, len(view.Content)) // about as many, in one growth
 	if err := c.store.Walk(ctx, func(sc storage.StoredContent) error {
 		stored[g.intern.Digest(sc.Digest)] = storedFile{size: sc.Size, modTime: storage.UnixNano(sc.ModTime)}
 		return nil

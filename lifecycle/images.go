@@ -291,7 +291,7 @@ func (c *Collector) model(ctx context.Context, platforms bool) (*model, error) {
 		}
 	}
 
-	m := &model{recs: recs, refs: map[digest.Digest]int{}, mirrors: mirrors}
+	m := &model{recs: recs, refs: make(map[digest.Digest]int, len(recs.Manifests)+len(recs.Blobs)), mirrors: mirrors}
 	for _, e := range listed {
 		for _, d := range e.reach.all() {
 			m.refs[d]++
