@@ -60,19 +60,27 @@ func fillTags(t *testing.T, ix *Index, from, n int) {
 	}
 }
 
-// TestReleaseMapped checks that a read of every record leaves the
-// index's pages out of the process's RSS: a plain read of every tag makes
-// the mapping resident; ReadImageRecords and Snapshot leave it small,
-// with every record read.
-func TestReleaseMapped(t *testing.T) {
+// filledIndex opens an index of n tags (fillTags), closed when the test
+// ends, and returns it and its path.
+func filledIndex(t *testing.T, n int) (*Index, string) {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "index.db")
 	ix, err := OpenIndex(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ix.Close()
-	const n = 20_000 // ~4 MiB of index
+	t.Cleanup(func() { ix.Close() })
 	fillTags(t, ix, 0, n)
+	return ix, path
+}
+
+// TestReleaseMapped checks that a read of every record leaves the
+// index's pages out of the process's RSS: a plain read of every tag makes
+// the mapping resident; ReadImageRecords and Snapshot leave it small,
+// with every record read.
+func TestReleaseMapped(t *testing.T) {
+	const n = 20_000 // ~4 MiB of index
+	ix, path := filledIndex(t, n)
 	plain := func() {
 		if err := ix.db.View(func(tx *bolt.Tx) error {
 			return tx.Bucket(bucketTags).ForEach(func(k, v []byte) error { return nil })
@@ -194,14 +202,8 @@ func TestMappingEnd(t *testing.T) {
 // the index's pages resident; a check finding the process's file-backed
 // memory grown by its budget drops them, one that does not leaves them.
 func TestMappedWatch(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "index.db")
-	ix, err := OpenIndex(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ix.Close()
 	const n = 20_000 // ~4 MiB of index
-	fillTags(t, ix, 0, n)
+	ix, path := filledIndex(t, n)
 	ix.releaseAll(t)
 	base, ok := residentFileBytes()
 	if !ok {
