@@ -12,7 +12,7 @@ import (
 // reads between two releases of the mapped pages: it bounds the index's
 // resident pages such a read adds (a little more than this: the pages
 // also hold the tree's branches and free space).
-const releaseEvery = 16 << 20
+const releaseEvery = 4 << 20
 
 // releaser releases a read transaction's mapped pages (releaseMapped) as
 // a read of many records goes, after every releaseEvery bytes, and when
