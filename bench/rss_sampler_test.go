@@ -11,9 +11,10 @@ import (
 // rssSample is the process's resident memory at one moment, in MiB:
 // RssAnon is the heap and stacks, RssFile the mapped files' pages that are
 // resident (bbolt's mmap of the index: page cache, reclaimable).
-type rssSample struct{ rss, anon, file float64 }
+type rssSample struct{ rss, anon, file, live float64 }
 
-// readRSS reads VmRSS, RssAnon and RssFile from /proc/self/status.
+// readRSS reads VmRSS, RssAnon and RssFile from /proc/self/status, and
+// the live heap the last GC cycle measured.
 func readRSS() rssSample {
 	raw, err := os.ReadFile("/proc/self/status")
 	if err != nil {
@@ -35,6 +36,7 @@ func readRSS() rssSample {
 			s.file = kb / 1024
 		}
 	}
+	s.live = float64(liveHeap()) / (1 << 20)
 	return s
 }
 
@@ -79,7 +81,7 @@ func (s *rssSampler) sample() {
 }
 
 func maxSample(a, b rssSample) rssSample {
-	return rssSample{max(a.rss, b.rss), max(a.anon, b.anon), max(a.file, b.file)}
+	return rssSample{max(a.rss, b.rss), max(a.anon, b.anon), max(a.file, b.file), max(a.live, b.live)}
 }
 
 // Phase starts a named phase (ending the previous one), sampled at once.

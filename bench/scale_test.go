@@ -8,7 +8,11 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
+	"runtime"
 	"runtime/debug"
+	"runtime/metrics"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -17,6 +21,7 @@ import (
 	"time"
 
 	"github.com/docker-mirror/docker-mirror/config"
+	"github.com/docker-mirror/docker-mirror/lifecycle"
 	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/server"
 	"github.com/docker-mirror/docker-mirror/storage"
@@ -306,7 +311,7 @@ func BenchmarkScale(b *testing.B) {
 				peak, phases, byPhase := sampler.Stop()
 				for _, p := range phases {
 					r := byPhase[p]
-					b.Logf("RSS peak during %-7s VmRSS %6.0f MiB, RssAnon %6.0f MiB, RssFile %6.0f MiB", p, r.rss, r.anon, r.file)
+					b.Logf("RSS peak during %-7s VmRSS %6.0f MiB, RssAnon %6.0f MiB, RssFile %6.0f MiB, live heap %6.0f MiB", p, r.rss, r.anon, r.file, r.live)
 				}
 				hs.Close()
 				if err := srv.Close(); err != nil {
@@ -331,8 +336,156 @@ func BenchmarkScale(b *testing.B) {
 				b.ReportMetric(rss, "peak-RSS-MiB")
 				b.ReportMetric(peak.anon, "peak-RssAnon-MiB")
 				b.ReportMetric(peak.file, "peak-RssFile-MiB")
+				b.ReportMetric(peak.live, "peak-live-heap-MiB")
 				b.StartTimer()
 			}
 		})
 	}
+}
+
+// BenchmarkScaleMemory measures the live heap the lifecycle's passes hold
+// on a synthetic cache (BENCH_MEM_IMAGES images, default 10,000): ls
+// (Collector.Images), a collection with nothing to collect, and an
+// eviction of half the store. The GC runs at GOGC=10 meanwhile and the
+// live heap after each cycle is sampled, so that its peak (minus the live
+// heap before the pass) is close to what the pass holds at once:
+// reported as peak-live-B/image; -benchmem's B/op is what it allocates in
+// all. Each iteration of evict builds its cache anew (untimed).
+func BenchmarkScaleMemory(b *testing.B) {
+	n := 10000
+	if v := os.Getenv("BENCH_MEM_IMAGES"); v != "" {
+		var err error
+		if n, err = strconv.Atoi(v); err != nil || n <= 0 {
+			b.Fatalf("BENCH_MEM_IMAGES: bad size %q", v)
+		}
+	}
+	if os.Getenv("BENCH_MEM_PROFILE") != "" {
+		runtime.MemProfileRate = 4 << 10
+	}
+	open := func(b *testing.B) (*lifecycle.Collector, int64, func()) {
+		b.Helper()
+		dir := b.TempDir()
+		total := buildSynthCache(b, dir, n)
+		ctx := context.Background()
+		store, err := storage.OpenDriverStore(ctx, "filesystem", map[string]any{"rootdirectory": dir})
+		if err != nil {
+			b.Fatal(err)
+		}
+		ix, err := storage.OpenIndex(filepath.Join(dir, "index.db"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		return lifecycle.New(store, ix, lifecycle.Options{Grace: lifecycle.DefaultGrace}), total, func() { ix.Close() }
+	}
+	run := func(b *testing.B, each bool, pass func(*lifecycle.Collector, int64) error) {
+		var c *lifecycle.Collector
+		var total int64
+		var closeIx func()
+		if !each {
+			c, total, closeIx = open(b)
+			defer closeIx()
+		}
+		var peak uint64
+		b.ReportAllocs()
+		b.ResetTimer()
+		for b.Loop() {
+			if each {
+				b.StopTimer()
+				c, total, closeIx = open(b)
+				b.StartTimer()
+			}
+			live := measureLive(func() {
+				if err := pass(c, total); err != nil {
+					b.Fatal(err)
+				}
+			})
+			peak = max(peak, live)
+			if each {
+				b.StopTimer()
+				closeIx()
+				b.StartTimer()
+			}
+		}
+		b.ReportMetric(float64(peak)/float64(n), "peak-live-B/image")
+		b.ReportMetric(float64(peak)/(1<<20), "peak-live-MiB")
+	}
+	ctx := context.Background()
+	b.Run(fmt.Sprintf("images=%d/ls", n), func(b *testing.B) {
+		run(b, false, func(c *lifecycle.Collector, _ int64) error {
+			images, err := c.Images(ctx)
+			if err == nil && len(images) != n {
+				err = fmt.Errorf("ls: %d images", len(images))
+			}
+			return err
+		})
+	})
+	b.Run(fmt.Sprintf("images=%d/gc", n), func(b *testing.B) {
+		run(b, false, func(c *lifecycle.Collector, _ int64) error {
+			r, err := c.Collect(ctx)
+			if err == nil && r.BlobsRemoved+r.ManifestsRemoved != 0 {
+				err = fmt.Errorf("collection removed %+v", r)
+			}
+			return err
+		})
+	})
+	b.Run(fmt.Sprintf("images=%d/evict", n), func(b *testing.B) {
+		run(b, true, func(c *lifecycle.Collector, total int64) error {
+			r, err := c.Evict(ctx, total/2, 0, time.Now())
+			if err == nil && r.ImagesEvicted < n/4 {
+				err = fmt.Errorf("eviction evicted %d images of %d", r.ImagesEvicted, n)
+			}
+			return err
+		})
+	})
+}
+
+// measureLive runs f with the GC at GOGC=10 and returns the peak of the
+// live heap (as the GC cycles measured it) over the live heap before f.
+// With BENCH_MEM_PROFILE set, the heap profile at the peak (the cycle
+// that measured it) is written to that file.
+func measureLive(f func()) uint64 {
+	profile := os.Getenv("BENCH_MEM_PROFILE")
+	var profiled uint64
+	// Twice: what finalizers kept alive in the first goes in the second.
+	runtime.GC()
+	runtime.GC()
+	before := liveHeap()
+	old := debug.SetGCPercent(10)
+	defer debug.SetGCPercent(old)
+	stop := make(chan struct{})
+	var peak uint64
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		t := time.NewTicker(time.Millisecond)
+		defer t.Stop()
+		for {
+			peak = max(peak, liveHeap())
+			if profile != "" && peak > profiled+profiled/20 {
+				profiled = peak
+				if pf, err := os.Create(profile); err == nil {
+					_ = pprof.WriteHeapProfile(pf)
+					pf.Close()
+				}
+			}
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+			}
+		}
+	})
+	f()
+	close(stop)
+	wg.Wait()
+	if peak < before {
+		return 0
+	}
+	return peak - before
+}
+
+// liveHeap is the live heap the last GC cycle measured.
+func liveHeap() uint64 {
+	s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	metrics.Read(s)
+	return s[0].Value.Uint64()
 }

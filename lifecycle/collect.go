@@ -155,8 +155,10 @@ func (c *Collector) collect(ctx context.Context, drop, freed map[digest.Digest]b
 	}
 	g.referrers = listed
 	// The digests alone, not the records: the view is what the whole
-	// pass holds in memory.
-	view, err := c.index.ContentView(func(key []byte, d digest.Digest) {
+	// pass holds in memory. Every digest is one string, shared by the
+	// view, the manifests read, the marks and the store's listing.
+	g.intern = &storage.Interner{}
+	view, err := c.index.ContentView(g.intern, func(key []byte, d digest.Digest) {
 		addReferrerTag(g, key, d)
 	})
 	if err != nil {
@@ -177,9 +179,9 @@ func (c *Collector) collect(ctx context.Context, drop, freed map[digest.Digest]b
 	if err := mk.mark(ctx, view.Digests); err != nil {
 		return r, err
 	}
-	stored := map[digest.Digest]storedFile{}
+	stored := make(map[digest.Digest]storedFile, len(view.Content)) // about as many, in one growth
 	if err := c.store.Walk(ctx, func(sc storage.StoredContent) error {
-		stored[sc.Digest] = storedFile{size: sc.Size, modTime: sc.ModTime}
+		stored[g.intern.Digest(sc.Digest)] = storedFile{size: sc.Size, modTime: storage.UnixNano(sc.ModTime)}
 		return nil
 	}); err != nil {
 		return r, fmt.Errorf("listing the store: %w", err)
@@ -195,7 +197,7 @@ func (c *Collector) collect(ctx context.Context, drop, freed map[digest.Digest]b
 			r.Kept++ // another replica's to collect
 			return
 		}
-		if !freed[d] && c.recent(now, stored[d].modTime, view.Content[d].Newest) {
+		if !freed[d] && c.recent(now, storage.FromUnixNano(stored[d].modTime), view.Content[d].Newest()) {
 			r.Kept++
 			return
 		}
@@ -320,7 +322,7 @@ const deleters = 8
 // storedFile is what the collection needs of a file the store lists.
 type storedFile struct {
 	size    int64
-	modTime time.Time
+	modTime int64 // storage.UnixNano: 8 bytes, not 24, per stored file
 }
 
 // addReferrerTag adds to g a tag of the referrers tag schema or of

@@ -39,9 +39,62 @@ func (c *Collector) evict(ctx context.Context, maxSize int64, evictAfter time.Du
 	if err != nil {
 		return r, false, err
 	}
-	m, err := c.model(ctx, false)
+	// The model and the victims are left behind once the plan is made:
+	// the collection that follows holds its own view of the whole index.
+	p, err := c.plan(ctx, maxSize, evictAfter, now, &r)
+	defer p.release()
 	if err != nil {
 		return r, false, err
+	}
+	longest, err = c.index.UnrootImagesTimed(p.unroots)
+	p.unroots = nil
+	r.LongestWrite = max(r.LongestWrite, longest)
+	if err != nil {
+		return r, false, err
+	}
+	r.ImagesEvicted = len(r.Evicted)
+	p.release()
+
+	if collect != nil && !collect(len(r.Evicted) > 0) {
+		r.StoredAfter = c.index.StoredBytes()
+		return r, false, nil
+	}
+	var drop map[digest.Digest]bool
+	if c.opts.DryRun {
+		drop = p.dropped // still in the index: collect as if they were not
+	}
+	cr, err := c.collect(ctx, drop, p.freed)
+	r.add(cr)
+	r.StoredAfter = c.index.StoredBytes()
+	return r, true, err
+}
+
+// evictPlan is what an eviction decided: the victims (in the report),
+// what leaves the index, and the claims on the victims' digests, held
+// until it has.
+type evictPlan struct {
+	unroots []storage.Unroot
+	// freed: what no kept image references any more; dropped: the
+	// victims' roots no kept image holds.
+	freed, dropped map[digest.Digest]bool
+	releases       []func()
+}
+
+// release releases the claims (once).
+func (p *evictPlan) release() {
+	for _, rel := range p.releases {
+		rel()
+	}
+	p.releases = nil
+}
+
+// plan reads the images and chooses the victims (see Evict), adding them
+// to r.Evicted.
+func (c *Collector) plan(ctx context.Context, maxSize int64, evictAfter time.Duration, now time.Time, r *Report) (*evictPlan, error) {
+	p := &evictPlan{freed: map[digest.Digest]bool{}, dropped: map[digest.Digest]bool{}}
+	m, err := c.model(ctx, false)
+	if err != nil {
+		return p, err
 	}
 	var candidates []*entry
 	for _, e := range m.images {
@@ -55,17 +108,8 @@ func (c *Collector) evict(ctx context.Context, maxSize int64, evictAfter time.Du
 
 	kept := m.keptSize()
 	var victims []*entry
-	var releases []func()
-	defer func() {
-		for _, rel := range releases {
-			rel()
-		}
-	}()
 	tried := map[*entry]bool{}
 	claimed := map[digest.Digest]bool{} // the same digest may be an image in several repositories
-	// freed: what no kept image references any more; collected at once,
-	// whatever its age.
-	freed := map[digest.Digest]bool{}
 	evict := func(e *entry) {
 		if tried[e] {
 			return
@@ -81,14 +125,14 @@ func (c *Collector) evict(ctx context.Context, maxSize int64, evictAfter time.Du
 				r.Kept++
 				return
 			}
-			releases = append(releases, rel)
+			p.releases = append(p.releases, rel)
 			claimed[e.Digest] = true
 		}
 		victims = append(victims, e)
 		for _, d := range e.reach.all() {
 			if m.refs[d]--; m.refs[d] == 0 {
 				kept -= m.size(d)
-				freed[d] = true
+				p.freed[d] = true
 			}
 		}
 	}
@@ -111,45 +155,21 @@ func (c *Collector) evict(ctx context.Context, maxSize int64, evictAfter time.Du
 
 	// Roots no kept image holds any more leave the index, in a few
 	// transactions for all the victims (not one per tag).
-	dropped := map[digest.Digest]bool{}
-	var unroots []storage.Unroot
 	for _, e := range victims {
 		r.Evicted = append(r.Evicted, e.Image)
 		c.opts.Log.Info("evicting cached image", "image", e.Name(), "tags", e.Tags, "digest", e.Digest,
 			"size", e.Size, "last_pull", e.LastPull, "dry_run", c.opts.DryRun)
 		for _, k := range e.roots {
 			if m.refs[k.digest] == 0 {
-				dropped[k.digest] = true
+				p.dropped[k.digest] = true
 			}
 		}
 		if c.opts.DryRun {
 			continue
 		}
-		unroots = append(unroots, c.unroots(m, e)...)
+		p.unroots = append(p.unroots, c.unroots(m, e)...)
 	}
-	longest, err = c.index.UnrootImagesTimed(unroots)
-	r.LongestWrite = max(r.LongestWrite, longest)
-	if err != nil {
-		return r, false, err
-	}
-	r.ImagesEvicted = len(victims)
-	for _, rel := range releases {
-		rel()
-	}
-	releases = nil
-
-	if collect != nil && !collect(len(victims) > 0) {
-		r.StoredAfter = c.index.StoredBytes()
-		return r, false, nil
-	}
-	var drop map[digest.Digest]bool
-	if c.opts.DryRun {
-		drop = dropped // still in the index: collect as if they were not
-	}
-	cr, err := c.collect(ctx, drop, freed)
-	r.add(cr)
-	r.StoredAfter = c.index.StoredBytes()
-	return r, true, err
+	return p, nil
 }
 
 // mirroring reports whether an image is being mirrored: one of its roots

@@ -38,8 +38,8 @@ type graph struct {
 	// what its recorded referrers lists name, and its referrers tag
 	// schema and cosign tags (sha256-<hex>, sha256-<hex>.sig...).
 	referrers map[digest.Digest][]digest.Digest
-	// intern, if not nil, gives the digests of the manifests loaded one
-	// shared copy each.
+	// intern, if not nil, gives the digests of the manifests loaded (and
+	// their keys in nodes) one shared copy each.
 	intern *storage.Interner
 }
 
@@ -108,6 +108,10 @@ func (g *graph) load(ctx context.Context, d digest.Digest) (*node, error) {
 	n, err := g.parse(ctx, d)
 	if err != nil {
 		return nil, err
+	}
+	if g.intern != nil {
+		n.internWith(g.intern)
+		d = g.intern.Digest(d)
 	}
 	g.nodes[d] = n
 	return n, nil
@@ -185,6 +189,7 @@ func (g *graph) loadAll(ctx context.Context, roots []digest.Digest) error {
 		for i, d := range done {
 			if g.intern != nil {
 				nodes[i].internWith(g.intern)
+				d = g.intern.Digest(d)
 			}
 			g.nodes[d] = nodes[i]
 		}

@@ -206,6 +206,12 @@ func (c *Collector) model(ctx context.Context, platforms bool) (*model, error) {
 	if err != nil {
 		return nil, err
 	}
+	for _, e := range entries {
+		// Appended one by one: up to twice as long as needed.
+		if cap(e.Tags) > len(e.Tags) {
+			e.Tags = slices.Clip(slices.Clone(e.Tags))
+		}
+	}
 	mirrors := map[imageKey]storage.FillRecord{}
 	for _, me := range recs.Fills {
 		if oci.ValidDigest(me.Digest) {
@@ -214,6 +220,7 @@ func (c *Collector) model(ctx context.Context, platforms bool) (*model, error) {
 			get(k)
 		}
 	}
+	recs.Fills = nil // in mirrors now
 	for key := range recs.Pins {
 		d, err := digest.Parse(key)
 		if err != nil {
@@ -241,6 +248,8 @@ func (c *Collector) model(ctx context.Context, platforms bool) (*model, error) {
 	if err := g.loadAll(ctx, roots); err != nil {
 		return nil, err
 	}
+	// Every digest is interned by now: the interner's map can go.
+	g.intern = nil
 	reaches := map[digest.Digest]keeps{}
 	children := map[digest.Digest]bool{}
 	for _, e := range entries {
@@ -282,7 +291,7 @@ func (c *Collector) model(ctx context.Context, platforms bool) (*model, error) {
 		}
 	}
 
-	m := &model{recs: recs, refs: map[digest.Digest]int{}, mirrors: mirrors}
+	m := &model{recs: recs, refs: make(map[digest.Digest]int, len(recs.Manifests)+len(recs.Blobs)), mirrors: mirrors}
 	for _, e := range listed {
 		for _, d := range e.reach.all() {
 			m.refs[d]++

@@ -1,12 +1,14 @@
 package status
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"slices"
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/opencontainers/go-digest"
 
@@ -41,9 +43,7 @@ type Image struct {
 // the page offers, so that a request only filters and pages.
 type catalogSnapshot struct {
 	byName, bySize, byPulled []*Image
-	// search is each image's lower-cased name and tags, for filtering.
-	search map[*Image]string
-	built  time.Time
+	built                    time.Time
 	// gen is the index's generation it was read at.
 	gen uint64
 }
@@ -182,7 +182,7 @@ func (c *catalog) load(ctx context.Context) (*catalogSnapshot, error) {
 			tags[key{im.Upstream, im.Repo, t}] = true
 		}
 	}
-	s := &catalogSnapshot{search: make(map[*Image]string, len(images)), built: built, gen: gen}
+	s := &catalogSnapshot{built: built, gen: gen}
 	all := make([]Image, len(images))
 	for i, im := range images {
 		row := &all[i]
@@ -197,7 +197,6 @@ func (c *catalog) load(ctx context.Context) (*catalogSnapshot, error) {
 			row.Signed = row.Signed || tags[key{im.Upstream, im.Repo, cosign + ".sig"}]
 			row.Attested = row.Attested || tags[key{im.Upstream, im.Repo, cosign + ".att"}] || tags[key{im.Upstream, im.Repo, cosign + ".sbom"}]
 		}
-		s.search[row] = strings.ToLower(row.Name + " " + strings.Join(im.Tags, " "))
 		s.byName = append(s.byName, row)
 	}
 	// Listers order by name, tags and digest; repository needs the name order.
@@ -262,8 +261,9 @@ func (s *catalogSnapshot) page(q, sort string, page, n int) Page {
 	lq := strings.ToLower(q)
 	out := Page{Query: q, Sort: sort, N: n, Images: []*Image{}}
 	skip := (page - 1) * n
+	var buf []byte
 	for _, im := range order {
-		if lq != "" && !strings.Contains(s.search[im], lq) {
+		if lq != "" && !im.matches(&buf, lq) {
 			continue
 		}
 		if out.Total >= skip && len(out.Images) < n {
@@ -274,6 +274,32 @@ func (s *catalogSnapshot) page(q, sort string, page, n int) Page {
 	out.Pages = max(1, (out.Total+n-1)/n)
 	out.Page = page
 	return out
+}
+
+// matches reports whether lq (lower-cased) is in the image's name and
+// tags, space-separated and lower-cased. They are joined in *buf, not
+// kept: at 100k images a kept copy per image is ~15 MiB, for a filter
+// typed now and then.
+func (im *Image) matches(buf *[]byte, lq string) bool {
+	b := append(append((*buf)[:0], im.Name...), ' ')
+	for i, t := range im.Tags {
+		if i > 0 {
+			b = append(b, ' ')
+		}
+		b = append(b, t...)
+	}
+	*buf = b
+	for _, c := range b {
+		if c >= utf8.RuneSelf {
+			return strings.Contains(strings.ToLower(string(b)), lq)
+		}
+	}
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return bytes.Contains(b, []byte(lq))
 }
 
 // repository returns the images of one repository ("host/repo").

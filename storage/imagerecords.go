@@ -19,11 +19,16 @@ import (
 
 // Interner keeps one copy of each string it is given: digests read from
 // the index's keys and values, or from manifests, share their memory.
-// The zero value is ready to use; not safe for concurrent use.
+// The zero value is ready to use; a nil Interner interns nothing (Bytes
+// copies, String and Digest return what they are given). Not safe for
+// concurrent use.
 type Interner struct{ m map[string]string }
 
 // Bytes returns the interned copy of b.
 func (in *Interner) Bytes(b []byte) string {
+	if in == nil {
+		return string(b)
+	}
 	if s, ok := in.m[string(b)]; ok { // no allocation for the lookup
 		return s
 	}
@@ -32,6 +37,9 @@ func (in *Interner) Bytes(b []byte) string {
 
 // String returns the interned copy of s.
 func (in *Interner) String(s string) string {
+	if in == nil {
+		return s
+	}
 	if t, ok := in.m[s]; ok {
 		return t
 	}
@@ -173,15 +181,17 @@ func (ix *Index) ReadImageRecords(in *Interner, tag func(*TagInfo)) (*ImageRecor
 			if err := json.Unmarshal(raw, &times); err != nil {
 				return fmt.Errorf("index: corrupt %s entry %q: %w", bucketTags, k, err)
 			}
-			d, ok := tagDigest(raw)
-			if !ok {
+			var d digest.Digest
+			if b, ok := tagDigestBytes(raw); ok {
+				d = digest.Digest(in.Bytes(b))
+			} else {
 				var v TagRecord
 				if err := json.Unmarshal(raw, &v); err != nil {
 					return fmt.Errorf("index: corrupt %s entry %q: %w", bucketTags, k, err)
 				}
-				d = v.Digest
+				d = in.Digest(v.Digest)
 			}
-			t = TagInfo{Key: k, Digest: in.Digest(d), FetchedAt: times.FetchedAt, CheckedAt: times.CheckedAt, Pinned: r.Pins[string(k)], Records: r}
+			t = TagInfo{Key: k, Digest: d, FetchedAt: times.FetchedAt, CheckedAt: times.CheckedAt, Pinned: r.Pins[string(k)], Records: r}
 			if host, repo, tg, ok := parseTagKeyBytes(k); ok {
 				t.Upstream, t.Repo, t.Tag, t.OK = in.Bytes(host), in.Bytes(repo), string(tg), true
 			}

@@ -48,6 +48,8 @@ type Index struct {
 	clock func() time.Time
 	// writeLimits, if not nil, replace the default write limits (tests).
 	writeLimits *writeLimits
+	// mapped bounds the resident mapped pages (mapped.go).
+	mapped *mappedWatch
 }
 
 var (
@@ -134,6 +136,7 @@ func OpenIndex(path string) (*Index, error) {
 		db.Close()
 		return nil, fmt.Errorf("index %s: %w", path, err)
 	}
+	ix.mapped = ix.watchMapped()
 	return ix, nil
 }
 
@@ -192,6 +195,7 @@ func (ix *Index) StoredBytes() int64 { return ix.stored.Load() }
 
 // Close flushes pending access times and closes the database.
 func (ix *Index) Close() error {
+	ix.mapped.stop()
 	return errors.Join(ix.Flush(), ix.db.Close())
 }
 

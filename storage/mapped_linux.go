@@ -54,3 +54,18 @@ func mappingEnd(start uintptr) (uintptr, bool) {
 	}
 	return 0, false
 }
+
+// residentFileBytes is the process's resident file-backed (and shared)
+// memory: the third field of /proc/self/statm, in pages.
+func residentFileBytes() (int64, bool) {
+	raw, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		return 0, false
+	}
+	f := bytes.Fields(raw)
+	if len(f) < 3 {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(string(f[2]), 10, 64)
+	return n * int64(os.Getpagesize()), err == nil
+}

@@ -60,19 +60,27 @@ func fillTags(t *testing.T, ix *Index, from, n int) {
 	}
 }
 
-// TestReleaseMapped checks that a read of every record leaves the
-// index's pages out of the process's RSS: a plain read of every tag makes
-// the mapping resident; ReadImageRecords and Snapshot leave it small,
-// with every record read.
-func TestReleaseMapped(t *testing.T) {
+// filledIndex opens an index of n tags (fillTags), closed when the test
+// ends, and returns it and its path.
+func filledIndex(t *testing.T, n int) (*Index, string) {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "index.db")
 	ix, err := OpenIndex(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ix.Close()
-	const n = 20_000 // ~4 MiB of index
+	t.Cleanup(func() { ix.Close() })
 	fillTags(t, ix, 0, n)
+	return ix, path
+}
+
+// TestReleaseMapped checks that a read of every record leaves the
+// index's pages out of the process's RSS: a plain read of every tag makes
+// the mapping resident; ReadImageRecords and Snapshot leave it small,
+// with every record read.
+func TestReleaseMapped(t *testing.T) {
+	const n = 20_000 // ~4 MiB of index
+	ix, path := filledIndex(t, n)
 	plain := func() {
 		if err := ix.db.View(func(tx *bolt.Tx) error {
 			return tx.Bucket(bucketTags).ForEach(func(k, v []byte) error { return nil })
@@ -187,5 +195,61 @@ func TestMappingEnd(t *testing.T) {
 	}
 	if _, ok := mappingEnd(start + 4096); ok {
 		t.Errorf("mappingEnd found a mapping starting inside another")
+	}
+}
+
+// TestMappedWatch checks the watcher: lookups of single records leave
+// the index's pages resident; a check finding the process's file-backed
+// memory grown by its budget drops them, one that does not leaves them.
+func TestMappedWatch(t *testing.T) {
+	const n = 20_000 // ~4 MiB of index
+	ix, path := filledIndex(t, n)
+	ix.releaseAll(t)
+	base, ok := residentFileBytes()
+	if !ok {
+		t.Skip("no /proc/self/statm")
+	}
+	for i := 0; i < n; i += 50 {
+		if _, ok, err := ix.Tag("docker.io", fmt.Sprintf("library/r%d", i/100), fmt.Sprintf("v%d", i)); err != nil || !ok {
+			t.Fatalf("tag %d: %v %v", i, ok, err)
+		}
+	}
+	resident := mappedRSS(t, path)
+	if resident < 1<<10 {
+		t.Fatalf("lookups left %d KiB of the index resident: the test cannot see a release", resident)
+	}
+	// A budget above the growth: nothing released.
+	w := &mappedWatch{budget: 1 << 40}
+	if got := w.check(ix, base); got != base || w.releases.Load() != 0 || mappedRSS(t, path) < resident/2 {
+		t.Errorf("under budget: base %d -> %d, %d releases, %d KiB resident (was %d)", base, got, w.releases.Load(), mappedRSS(t, path), resident)
+	}
+	// A budget below it: released, and the base is what is left.
+	w.budget = 512 << 10
+	got := w.check(ix, base)
+	if w.releases.Load() != 1 {
+		t.Fatalf("over budget (%d KiB resident): %d releases", resident, w.releases.Load())
+	}
+	if after := mappedRSS(t, path); after > resident/4 {
+		t.Errorf("after the release %d KiB resident (was %d)", after, resident)
+	}
+	if now, _ := residentFileBytes(); got > now+1<<20 {
+		t.Errorf("new base %d, resident file-backed memory %d", got, now)
+	}
+	// The records are all there, read through the released mapping.
+	for i := range n {
+		if rec, ok, err := ix.Tag("docker.io", fmt.Sprintf("library/r%d", i/100), fmt.Sprintf("v%d", i)); err != nil || !ok || rec.Digest != digest.FromString(strconv.Itoa(i)) {
+			t.Fatalf("tag %d after the release: %+v %v %v", i, rec, ok, err)
+		}
+	}
+}
+
+// releaseAll drops the index's mapped pages now.
+func (ix *Index) releaseAll(t *testing.T) {
+	t.Helper()
+	if err := ix.db.View(func(tx *bolt.Tx) error {
+		ix.releaseMapped(tx)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 }

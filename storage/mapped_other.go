@@ -7,3 +7,6 @@ import bolt "go.etcd.io/bbolt"
 // releaseMapped is a no-op where madvise(MADV_DONTNEED) is not used (see
 // mapped_linux.go).
 func (ix *Index) releaseMapped(*bolt.Tx) {}
+
+// residentFileBytes is not known here: no watcher runs.
+func residentFileBytes() (int64, bool) { return 0, false }
