@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"sort"
 	"strconv"
 
 	"github.com/gorilla/mux"
 
+	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/proxy/errcode"
 	"github.com/docker-mirror/docker-mirror/proxy/upstream"
 )
@@ -37,6 +39,13 @@ func (p *Proxy) tags(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 		cached, cerr := p.index.Tags(t.host(), t.repo)
+		// Tags pulled just now and not yet recorded are the mirror's too
+		// (keyed "host/repo:tag": the key of an empty tag is the prefix).
+		if writing := p.writes.tags(manifestKey(t, oci.Ref{})); cerr == nil && len(writing) > 0 {
+			cached = append(cached, writing...)
+			slices.Sort(cached)
+			cached = slices.Compact(cached)
+		}
 		if cerr != nil || len(cached) == 0 {
 			return err
 		}

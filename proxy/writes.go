@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"time"
 )
@@ -123,4 +124,18 @@ func (ws *manifestWrites) remove(w *manifestWrite, keys ...string) {
 			delete(ws.m, k)
 		}
 	}
+}
+
+// tags lists the tags whose manifests are being written under prefix
+// ("host/repo:"), in no order.
+func (ws *manifestWrites) tags(prefix string) []string {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	var out []string
+	for k := range ws.m {
+		if tag, ok := strings.CutPrefix(k, prefix); ok {
+			out = append(out, tag)
+		}
+	}
+	return out
 }

@@ -384,3 +384,26 @@ func scrapeMetric(t *testing.T, url, name string) float64 {
 	}
 	return 0
 }
+
+// A tag pulled just now is listed from the mirror while the upstream is
+// down, even before its record is written.
+func TestTagsListedWhileTheirManifestIsWritten(t *testing.T) {
+	f := newWritesFixture(t)
+	img := f.up.SeedImage(t, "library/app", "v1", 1, 1<<10)
+	g := f.store.gate(img.Digest)
+	f.request(t, http.MethodGet, "/v2/library/app/manifests/v1", img.Manifest, img.MediaType, "miss")
+	recv(t, g.reached, "the write")
+	f.up.Stop()
+
+	resp, err := http.Get(f.url + "/v2/library/app/tags/list")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK || string(body) != `{"name":"library/app","tags":["v1"]}`+"\n" || resp.Header.Get(cacheHeader) != "stale" {
+		t.Fatalf("tags while v1 is written, upstream down: %d %s %v", resp.StatusCode, body, resp.Header)
+	}
+	g.release <- nil
+	f.waitIdle(t)
+}
