@@ -87,29 +87,12 @@ type writesFixture struct {
 	index *storage.Index
 	p     *Proxy
 	url   string
-	logs  *syncBuffer
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
+	logs  *fixture.LogBuffer
 }
 
 func newWritesFixture(t *testing.T) *writesFixture {
 	t.Helper()
-	f := &writesFixture{up: fixture.StartUpstream(t), logs: &syncBuffer{}}
+	f := &writesFixture{up: fixture.StartUpstream(t), logs: &fixture.LogBuffer{}}
 	mem, err := storage.OpenDriverStore(t.Context(), "inmemory", nil)
 	if err != nil {
 		t.Fatal(err)

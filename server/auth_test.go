@@ -16,6 +16,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/docker-mirror/docker-mirror/config"
+	"github.com/docker-mirror/docker-mirror/tests/fixture"
 )
 
 // writeHtpasswd writes a bcrypt htpasswd file of users (name, password)
@@ -108,7 +109,7 @@ func TestHtpasswdChangeIsReloaded(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.Auth.Htpasswd = filepath.Join(t.TempDir(), "htpasswd")
 	writeHtpasswd(t, cfg.Auth.Htpasswd, 0o600, "alice", "alice-pw", "bob", "bob-pw")
-	var logs syncBuffer
+	var logs fixture.LogBuffer
 	s, err := New(t.Context(), cfg, WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
 	if err != nil {
 		t.Fatal(err)
@@ -178,7 +179,7 @@ upstreams:
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logs syncBuffer
+	var logs fixture.LogBuffer
 	s, err := New(t.Context(), cfg, WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
 	if err != nil {
 		t.Fatal(err)
@@ -207,7 +208,7 @@ upstreams:
 	for _, f := range []string{htpasswd, passwordFile, configFile} {
 		os.Chmod(f, 0o600)
 	}
-	var quiet syncBuffer
+	var quiet fixture.LogBuffer
 	if s, err = New(t.Context(), cfg, WithLogger(slog.New(slog.NewTextHandler(&quiet, nil)))); err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"net"
@@ -9,11 +8,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/docker-mirror/docker-mirror/config"
 	"github.com/docker-mirror/docker-mirror/storage"
+	"github.com/docker-mirror/docker-mirror/tests/fixture"
 )
 
 // testConfig is a configuration for a server in a test: data in a
@@ -105,7 +104,7 @@ func TestLogsShowNoSecrets(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.Upstreams = map[string]config.Upstream{"ghcr.io": {URL: "http://127.0.0.1:1", Username: "bot", Password: "hunter2"}}
 	cfg.Destination = config.Destination{URL: "http://127.0.0.1:1/mirror", Username: "bot", Password: "hunter2"}
-	var logs syncBuffer
+	var logs fixture.LogBuffer
 	srv, err := New(t.Context(), cfg, WithLogger(slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))))
 	if err != nil {
 		t.Fatal(err)
@@ -132,22 +131,4 @@ func TestLogsShowNoSecrets(t *testing.T) {
 	if strings.Contains(out, "hunter2") {
 		t.Errorf("the logs show a password:\n%s", out)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for a logger's concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/docker-mirror/docker-mirror/config"
+	"github.com/docker-mirror/docker-mirror/tests/fixture"
 )
 
 // The start-up line states what an operator checks first: where the
@@ -22,7 +23,7 @@ func TestStartUpLine(t *testing.T) {
 	cfg.Upstreams = map[string]config.Upstream{"ghcr.io": {URL: "http://127.0.0.1:2", Username: "bot", Password: "hunter2"}}
 	cfg.MaxSize = 50 << 30
 	cfg.EvictAfter = config.Duration(720 * time.Hour)
-	var logs syncBuffer
+	var logs fixture.LogBuffer
 	srv, err := New(t.Context(), cfg, WithLogger(slog.New(slog.NewJSONHandler(&logs, nil))), WithVersion("v1.2.3 (9e46f821ca60, 2026-12-02T07:43:36Z)"))
 	if err != nil {
 		t.Fatal(err)

@@ -91,7 +91,7 @@ func TestMetricLabelsAreBounded(t *testing.T) {
 // and a long method are cut, with a marker, in every field.
 func TestAccessLogLineIsCapped(t *testing.T) {
 	up := fixture.StartUpstream(t)
-	var buf syncBuffer
+	var buf fixture.LogBuffer
 	m := servertest.Start(t, up.URL(), proxy.WithLogger(slog.New(slog.NewJSONHandler(&buf, nil))))
 	long := strings.Repeat("a", 60<<10)
 	for _, c := range []struct{ method, path string }{

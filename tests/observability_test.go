@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/docker-mirror/docker-mirror/proxy"
@@ -109,29 +108,11 @@ func TestMetricsAndHealth(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for a logger and a test to share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // One JSON access-log line per request, with what an operator needs.
 func TestAccessLog(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	img := up.SeedImage(t, "library/logged", "1", 1, 1<<10)
-	var buf syncBuffer
+	var buf fixture.LogBuffer
 	m := servertest.Start(t, up.URL(), proxy.WithLogger(slog.New(slog.NewJSONHandler(&buf, nil))))
 	get(t, m.URL()+"/v2/logged/manifests/1")
 	get(t, m.URL()+"/v2/logged/blobs/"+img.Layers[0])

@@ -355,30 +355,12 @@ func startAuthUpstream(t *testing.T, kind fixture.AuthKind, users map[string]str
 	return fixture.StartBasicAuthUpstream(t, users, opts...)
 }
 
-// lockedBuffer is a log sink safe for the proxy's goroutines.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) Bytes() []byte {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return bytes.Clone(b.buf.Bytes())
-}
-
 // authMirror runs a mirror of up as private.example with the given
 // credentials (nil: anonymous) and a JSON debug log into a buffer.
-func authMirror(t *testing.T, up *fixture.AuthUpstream, auth authn.Authenticator) (*servertest.Server, *lockedBuffer) {
+func authMirror(t *testing.T, up *fixture.AuthUpstream, auth authn.Authenticator) (*servertest.Server, *fixture.LogBuffer) {
 	t.Helper()
 	hub := fixture.StartUpstream(t)
-	logs := &lockedBuffer{}
+	logs := &fixture.LogBuffer{}
 	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	m := servertest.StartUpstreams(t, []servertest.Upstream{
 		{Host: "docker.io", URL: hub.URL()},
@@ -587,7 +569,7 @@ func TestUpstreamCredentials(t *testing.T) {
 
 // wantNoSecrets checks that no secret appears in the mirror's log, in its
 // answers or in its metrics.
-func wantNoSecrets(t *testing.T, m *servertest.Server, logs *lockedBuffer, secrets []string, answers [][]byte) {
+func wantNoSecrets(t *testing.T, m *servertest.Server, logs *fixture.LogBuffer, secrets []string, answers [][]byte) {
 	t.Helper()
 	metrics := get(t, m.URL()+"/metrics")
 	if metrics.status != http.StatusOK {

@@ -74,7 +74,7 @@ func TestMetricsNotAccessLogged(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var buf syncBuffer
+	var buf fixture.LogBuffer
 	m := servertest.Start(t, up.URL(), proxy.WithLogger(slog.New(slog.NewJSONHandler(&buf, nil))), proxy.WithAccess(pol, access.Admin))
 	for range 3 {
 		if r := do(t, http.MethodGet, m.URL()+"/metrics", authed("ops", "secret")); r.status != 200 {
