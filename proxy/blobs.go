@@ -105,8 +105,15 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 	if !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	// The download finished between starting and opening it (t shares it,
-	// so t may have what it stored).
+	// The spool file is gone: the download moved it into the store, or
+	// ended (t shares it, so t may have what it stored). A verified one
+	// vouches for what it stored until its record commits: serve that
+	// now rather than wait for the record.
+	if dl.isVerified() {
+		if size, err := p.store.Stat(ctx, t.storeRepo(), dgst); err == nil {
+			return serveBlob(w, r, dgst, size, func(off int64) (io.ReadCloser, error) { return p.store.Open(ctx, t.storeRepo(), dgst, off) })
+		}
+	}
 	select {
 	case <-dl.finished:
 	case <-ctx.Done():
