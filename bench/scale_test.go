@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	mrand "math/rand/v2"
 	"net/http"
 	"net/http/httptest"
@@ -243,7 +244,7 @@ func BenchmarkScale(b *testing.B) {
 
 				ctx := context.Background()
 				start := time.Now()
-				srv, err := server.New(ctx, cfg, server.WithLogger(servertest.Logger()))
+				srv, err := server.New(ctx, cfg, server.WithLogger(scaleLogger(b)))
 				if err == nil {
 					err = srv.Start(ctx)
 				}
@@ -488,4 +489,19 @@ func liveHeap() uint64 {
 	s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
 	metrics.Read(s)
 	return s[0].Value.Uint64()
+}
+
+// scaleLogger is the logger of BenchmarkScale's server: its warnings
+// (e.g. the index's slow writes, with where their time went) go to the
+// benchmark's log, the rest nowhere.
+func scaleLogger(b *testing.B) *slog.Logger {
+	return slog.New(slog.NewTextHandler(benchLogWriter{b}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+// benchLogWriter writes each log line to b.Log.
+type benchLogWriter struct{ b *testing.B }
+
+func (w benchLogWriter) Write(p []byte) (int, error) {
+	w.b.Log(strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
 }

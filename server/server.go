@@ -144,6 +144,7 @@ func New(ctx context.Context, cfg config.Config, opts ...Option) (_ *Server, err
 	if s.Index, err = storage.OpenIndex(IndexPath(cfg)); err != nil {
 		return nil, err
 	}
+	s.Index.SetLogger(o.log)
 	defer func() {
 		if err != nil {
 			s.Close()

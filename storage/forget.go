@@ -14,7 +14,7 @@ import (
 // moved it meanwhile). It reports whether the tag was deleted.
 func (ix *Index) DeleteTagIf(host, repo, tag string, dgst digest.Digest) (bool, error) {
 	var deleted bool
-	err := ix.db.Update(func(tx *bolt.Tx) (err error) {
+	err := ix.write(func(tx *bolt.Tx) (err error) {
 		deleted, err = deleteTagIf(tx, host, repo, tag, dgst)
 		return err
 	})
@@ -38,7 +38,7 @@ func (ix *Index) DeleteFill(host, repo string, dgst digest.Digest) error {
 	if err := ix.shareDelete(bucketMirrors, linkKey(host, repo, dgst)); err != nil {
 		return err
 	}
-	return ix.db.Update(func(tx *bolt.Tx) error { return deleteFill(tx, host, repo, dgst) })
+	return ix.write(func(tx *bolt.Tx) error { return deleteFill(tx, host, repo, dgst) })
 }
 
 func deleteFill(tx *bolt.Tx, host, repo string, dgst digest.Digest) error {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sort"
 	"strconv"
 	"strings"
@@ -50,6 +51,10 @@ type Index struct {
 	writeLimits *writeLimits
 	// mapped bounds the resident mapped pages (mapped.go).
 	mapped *mappedWatch
+	// log is where slow writes are logged (commits.go); slowCommits
+	// counts them (tests).
+	log         atomic.Pointer[slog.Logger]
+	slowCommits atomic.Int64
 }
 
 var (
@@ -107,8 +112,7 @@ type FillRecord struct {
 // OpenIndex opens (creating if needed) the bbolt index at path. It fails
 // fast if another process holds it.
 func OpenIndex(path string) (*Index, error) {
-	// Short: a start on an index another process holds must fail at once.
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 500 * time.Millisecond})
+	db, err := bolt.Open(path, 0o600, openOptions(path))
 	if err != nil {
 		if errors.Is(err, berrors.ErrTimeout) {
 			return nil, fmt.Errorf("index %s: locked by another process", path)
@@ -329,7 +333,7 @@ func (ix *Index) TagsOf(host, repo string, dgst digest.Digest) ([]string, error)
 func (ix *Index) TouchTag(host, repo, tag string, t time.Time) error {
 	var rec TagRecord
 	var ok bool
-	err := ix.db.Update(func(tx *bolt.Tx) error {
+	err := ix.write(func(tx *bolt.Tx) error {
 		var err error
 		rec, ok, err = get[TagRecord](tx, bucketTags, tagKey(host, repo, tag))
 		if err != nil || !ok {
@@ -346,7 +350,7 @@ func (ix *Index) TouchTag(host, repo, tag string, t time.Time) error {
 
 // DeleteTag forgets a tag (the upstream says it no longer exists).
 func (ix *Index) DeleteTag(host, repo, tag string) error {
-	err := ix.db.Update(func(tx *bolt.Tx) error {
+	err := ix.write(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketTags).Delete(tagKey(host, repo, tag))
 	})
 	if err != nil {
@@ -377,7 +381,7 @@ type ManifestEntry struct {
 func (ix *Index) RecordManifest(e ManifestEntry) error {
 	var added int64
 	var fillAdded bool
-	err := ix.db.Update(func(tx *bolt.Tx) error {
+	err := ix.write(func(tx *bolt.Tx) error {
 		key := []byte(e.Digest)
 		added, fillAdded = 0, false
 		if tx.Bucket(bucketManifests).Get(key) == nil {
@@ -432,13 +436,13 @@ func (ix *Index) RecordManifest(e ManifestEntry) error {
 // destination, a manifest is served from here while its content is being
 // mirrored, until it is pushed there.
 func (ix *Index) PutManifestBody(dgst digest.Digest, body []byte) error {
-	return ix.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketBodies).Put([]byte(dgst), body) })
+	return ix.write(func(tx *bolt.Tx) error { return tx.Bucket(bucketBodies).Put([]byte(dgst), body) })
 }
 
 // DeleteManifestBody drops bytes kept by PutManifestBody, once the
 // destination holds the manifest.
 func (ix *Index) DeleteManifestBody(dgst digest.Digest) error {
-	return ix.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketBodies).Delete([]byte(dgst)) })
+	return ix.write(func(tx *bolt.Tx) error { return tx.Bucket(bucketBodies).Delete([]byte(dgst)) })
 }
 
 // ManifestBody returns bytes kept by PutManifestBody.
@@ -519,7 +523,7 @@ func (ix *Index) Fill(host, repo string, dgst digest.Digest) (FillRecord, bool, 
 // PutFill records the background-mirroring state of a manifest in the
 // upstream repository rec names.
 func (ix *Index) PutFill(dgst digest.Digest, rec FillRecord) error {
-	err := ix.db.Update(func(tx *bolt.Tx) error {
+	err := ix.write(func(tx *bolt.Tx) error {
 		return put(tx, bucketMirrors, linkKey(rec.Upstream, rec.Repo, dgst), rec)
 	})
 	if err != nil {

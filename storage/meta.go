@@ -165,7 +165,7 @@ func (ix *Index) SetStore(id StoreIdentity) error {
 	if err != nil {
 		return err
 	}
-	return ix.db.Update(func(tx *bolt.Tx) error {
+	return ix.write(func(tx *bolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(bucketMeta)
 		if err != nil {
 			return err

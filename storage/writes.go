@@ -68,22 +68,6 @@ func (ix *Index) limits() writeLimits {
 	return writeLimits{keys: defaultWriteKeys, pages: defaultWritePages, hold: defaultWriteHold, now: time.Now}
 }
 
-// update runs fn in a write transaction given the index's write limits,
-// and returns how long the transaction held the write lock: from when
-// fn starts (bbolt takes the lock before) to the end of the commit.
-func (ix *Index) update(fn func(tx *bolt.Tx, b *budget) error) (held time.Duration, err error) {
-	lim := ix.limits()
-	var start time.Time
-	err = ix.db.Update(func(tx *bolt.Tx) error {
-		start = time.Now()
-		return fn(tx, &budget{lim: lim, tx: tx, start: lim.now()})
-	})
-	if start.IsZero() {
-		return 0, err // the transaction did not start
-	}
-	return time.Since(start), err
-}
-
 // batchWrite is a write of many items (tags, digests, access times) in
 // transactions bounded by the index's write limits: see writeSome and
 // writeAll.

@@ -1,0 +1,173 @@
+package storage
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// slowCommit is how long a write transaction may hold bbolt's write lock
+// (its work and its commit) before it is logged: every other write, a
+// pull's record included, waits that long.
+const slowCommit = 100 * time.Millisecond
+
+// commitPhases is where one write transaction's time went, for the log of
+// slow ones.
+type commitPhases struct {
+	// wait is how long it waited for the write lock (other writers).
+	wait time.Duration
+	// work is the transaction's own reads and writes (fn).
+	work time.Duration
+	// commit is the whole commit; rebalance, spill and write are bbolt's
+	// parts of it (write: the pages, the meta page and their two
+	// fdatasyncs); other is the rest: writing the freelist out, growing
+	// the file (a truncate and an fsync) and remapping it (which waits
+	// for every read transaction to end).
+	commit, rebalance, spill, write time.Duration
+	// nodes and pages are the tree pages the transaction changed and
+	// the pages its commit allocated.
+	nodes, pages int64
+	// reads is how many read transactions were open when the commit
+	// started: a remap waits for them all.
+	reads int
+	// grew is how much the file grew (bytes).
+	grew int64
+	// free is the freelist's size (pages) after the commit: all of it is
+	// written by every commit.
+	free int
+}
+
+// held is how long the transaction held the write lock.
+func (p commitPhases) held() time.Duration { return p.work + p.commit }
+
+// other is the commit's time outside bbolt's measured parts.
+func (p commitPhases) other() time.Duration {
+	return max(0, p.commit-p.rebalance-p.spill-p.write)
+}
+
+// SetLogger sets where the index logs (write transactions that held the
+// write lock over 100 ms, with where their time went); nil: nowhere.
+func (ix *Index) SetLogger(l *slog.Logger) { ix.log.Store(l) }
+
+// update runs fn in a write transaction given the index's write limits,
+// and returns how long the transaction held the write lock: from when
+// fn starts (bbolt takes the lock before) to the end of the commit. A
+// transaction that held it over slowCommit is logged with its phases.
+func (ix *Index) update(fn func(tx *bolt.Tx, b *budget) error) (held time.Duration, err error) {
+	lim := ix.limits()
+	var p commitPhases
+	begin := time.Now()
+	size := ix.fileSize()
+	tx, err := ix.db.Begin(true)
+	if err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	p.wait = start.Sub(begin)
+	committed := false
+	defer func() {
+		if !committed {
+			_ = tx.Rollback() // fn failed or panicked
+		}
+	}()
+	if err := fn(tx, &budget{lim: lim, tx: tx, start: lim.now()}); err != nil {
+		return time.Since(start), err
+	}
+	p.work = time.Since(start)
+	p.reads = ix.db.Stats().OpenTxN
+	committed = true
+	err = tx.Commit()
+	p.commit = time.Since(start) - p.work
+	st := tx.Stats()
+	p.rebalance, p.spill, p.write = st.GetRebalanceTime(), st.GetSpillTime(), st.GetWriteTime()
+	p.nodes, p.pages = st.GetNodeCount(), st.GetPageCount()
+	if p.held() > slowCommit {
+		p.grew = ix.fileSize() - size
+		p.free = ix.db.Stats().FreePageN
+		ix.logSlow(p, err)
+	}
+	return p.held(), err
+}
+
+// write runs fn in a write transaction, as update does (logged if slow),
+// without limits: for writes of a few keys.
+func (ix *Index) write(fn func(tx *bolt.Tx) error) error {
+	_, err := ix.update(func(tx *bolt.Tx, _ *budget) error { return fn(tx) })
+	return err
+}
+
+// logSlow logs a write transaction that held the write lock over
+// slowCommit.
+func (ix *Index) logSlow(p commitPhases, err error) {
+	ix.slowCommits.Add(1)
+	l := ix.log.Load()
+	if l == nil {
+		return
+	}
+	ms := func(d time.Duration) string { return fmt.Sprintf("%.1fms", float64(d)/float64(time.Millisecond)) }
+	attrs := []slog.Attr{
+		slog.String("held", ms(p.held())), slog.String("work", ms(p.work)), slog.String("commit", ms(p.commit)),
+		slog.String("rebalance", ms(p.rebalance)), slog.String("spill", ms(p.spill)),
+		slog.String("write_and_sync", ms(p.write)), slog.String("other", ms(p.other())),
+		slog.String("lock_wait", ms(p.wait)),
+		slog.Int64("changed_pages", p.nodes), slog.Int64("allocated_pages", p.pages),
+		slog.Int("free_pages", p.free), slog.Int64("file_grew_bytes", p.grew),
+		slog.Int("open_read_transactions", p.reads),
+	}
+	if err != nil {
+		attrs = append(attrs, slog.String("error", err.Error()))
+	}
+	l.LogAttrs(context.Background(), slog.LevelWarn, "slow index write: it held the write lock over 100ms", attrs...)
+}
+
+// fileSize is the index file's size (0 if unknown).
+func (ix *Index) fileSize() int64 {
+	fi, err := os.Stat(ix.db.Path())
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
+// openOptions are the options the index at path is opened with.
+//
+// A commit that outgrows bbolt's mapping of the file remaps it, and the
+// remap waits for every read transaction to end while holding the write
+// lock (and, once it waits, new read transactions wait behind it): one
+// long read, or many short ones in a row, stalls that commit and every
+// pull with it. bbolt maps the file in doubling steps up to 1 GiB, then 1
+// GiB more at a time, so an index near a step (at 100k images ~900 MB,
+// just under 1 GiB) remaps as soon as a pass's commits grow it. Mapping
+// twice the file at open, at least 1 GiB, leaves room for the index to
+// double before a remap: the mapping is address space, not memory (pages
+// are only resident once read, and the watcher in mapped.go bounds them).
+//
+// The freelist is kept in memory as a map of free spans rather than a
+// sorted array: an array takes each page a commit allocates out of the
+// middle of the list (a copy of the whole list: after a large eviction,
+// 100k+ free pages, 800 KiB copied per page, hundreds of pages per
+// commit). Only the in-memory form differs: the file holds the same
+// sorted list of free pages either way.
+func openOptions(path string) *bolt.Options {
+	o := &bolt.Options{
+		// Short: a start on an index another process holds must fail at once.
+		Timeout:      500 * time.Millisecond,
+		FreelistType: bolt.FreelistMapType,
+	}
+	if strconv.IntSize == 64 {
+		var size int64
+		if fi, err := os.Stat(path); err == nil {
+			size = fi.Size()
+		}
+		o.InitialMmapSize = int(max(2*size, minMapped))
+	}
+	return o
+}
+
+// minMapped is the least the index maps at open (64-bit platforms).
+const minMapped = 1 << 30
