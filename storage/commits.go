@@ -56,8 +56,9 @@ func (ix *Index) SetLogger(l *slog.Logger) { ix.log.Store(l) }
 
 // update runs fn in a write transaction given the index's write limits,
 // and returns how long the transaction held the write lock: from when
-// fn starts (bbolt takes the lock before) to the end of the commit. A
-// transaction that held it over slowCommit is logged with its phases.
+// fn starts (bbolt takes the lock before) to the end of the commit, on
+// the limits' clock. A transaction that held it over slowCommit is logged
+// with its phases.
 func (ix *Index) update(fn func(tx *bolt.Tx, b *budget) error) (held time.Duration, err error) {
 	lim := ix.limits()
 	var p commitPhases
@@ -67,22 +68,22 @@ func (ix *Index) update(fn func(tx *bolt.Tx, b *budget) error) (held time.Durati
 	if err != nil {
 		return 0, err
 	}
-	start := time.Now()
-	p.wait = start.Sub(begin)
+	start := lim.now()
+	p.wait = time.Since(begin)
 	committed := false
 	defer func() {
 		if !committed {
 			_ = tx.Rollback() // fn failed or panicked
 		}
 	}()
-	if err := fn(tx, &budget{lim: lim, tx: tx, start: lim.now()}); err != nil {
-		return time.Since(start), err
+	if err := fn(tx, &budget{lim: lim, tx: tx, start: start}); err != nil {
+		return lim.now().Sub(start), err
 	}
-	p.work = time.Since(start)
+	p.work = lim.now().Sub(start)
 	p.reads = ix.db.Stats().OpenTxN
 	committed = true
 	err = tx.Commit()
-	p.commit = time.Since(start) - p.work
+	p.commit = lim.now().Sub(start) - p.work
 	st := tx.Stats()
 	p.rebalance, p.spill, p.write = st.GetRebalanceTime(), st.GetSpillTime(), st.GetWriteTime()
 	p.nodes, p.pages = st.GetNodeCount(), st.GetPageCount()

@@ -1,0 +1,118 @@
+package storage
+
+import (
+	"bytes"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	bolt "go.etcd.io/bbolt"
+)
+
+// syncBuffer is a log sink safe for the index's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// A write that holds the write lock over 100 ms (on the limits' clock) is
+// logged as a warning with where its time went; one under it is not.
+func TestSlowWriteLogged(t *testing.T) {
+	ix := openTestIndex(t)
+	var logs syncBuffer
+	ix.SetLogger(slog.New(slog.NewTextHandler(&logs, nil)))
+	put := func(i int) {
+		t.Helper()
+		if err := ix.PutManifestBody(digest.FromString(fmt.Sprint(i)), []byte("body")); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Each read of this clock is 1 ms later: a write reads it three times.
+	ix.writeLimits = &writeLimits{keys: 1000, hold: time.Hour, now: tickingClock(time.Millisecond)}
+	put(1)
+	if got := logs.String(); got != "" || ix.slowCommits.Load() != 0 {
+		t.Fatalf("a fast write was logged: %q", got)
+	}
+
+	// 60 ms a read: 60 ms of work and 60 of commit.
+	ix.writeLimits = &writeLimits{keys: 1000, hold: time.Hour, now: tickingClock(60 * time.Millisecond)}
+	put(2)
+	got := logs.String()
+	if ix.slowCommits.Load() != 1 || strings.Count(got, "\n") != 1 {
+		t.Fatalf("want one slow write logged, got %d: %q", ix.slowCommits.Load(), got)
+	}
+	for _, want := range []string{"level=WARN", "slow index write", "held=120.0ms", "work=60.0ms", "commit=60.0ms",
+		"spill=", "write_and_sync=", "other=", "lock_wait=", "changed_pages=", "free_pages=", "file_grew_bytes=", "open_read_transactions="} {
+		if !strings.Contains(got, want) {
+			t.Errorf("log lacks %q: %s", want, got)
+		}
+	}
+}
+
+// mapping returns the start and end of the index's mapping of its file.
+func mapping(t *testing.T, ix *Index) (uintptr, uintptr) {
+	t.Helper()
+	start := ix.db.Info().Data
+	end, ok := mappingEnd(start)
+	if !ok {
+		t.Skip("no /proc/self/maps")
+	}
+	return start, end
+}
+
+// The index maps room to grow at open (twice the file, at least 1 GiB):
+// writes that grow the file do not remap it (a remap waits for every read
+// transaction, holding the write lock), and an index reopened maps twice
+// its size again.
+func TestIndexMapsRoomToGrow(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "index.db")
+	ix, err := OpenIndex(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start, end := mapping(t, ix)
+	if end-start < minMapped {
+		t.Fatalf("mapped %d bytes of a new index, want at least %d", end-start, minMapped)
+	}
+	before := ix.fileSize()
+	body := bytes.Repeat([]byte("x"), 256<<10)
+	for i := range 128 {
+		if err := ix.PutManifestBody(digest.FromString(fmt.Sprint(i)), body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	grown := ix.fileSize()
+	if grown < before+16<<20 {
+		t.Fatalf("the file grew from %d to %d bytes only", before, grown)
+	}
+	if s, e := mapping(t, ix); s != start || e != end {
+		t.Fatalf("the file grew from %d to %d bytes and was remapped: %#x-%#x, then %#x-%#x", before, grown, start, end, s, e)
+	}
+	if err := ix.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Reopened as if it were large: twice its size.
+	o := openOptions(path)
+	if o.InitialMmapSize != int(max(2*grown, minMapped)) || o.FreelistType != bolt.FreelistMapType {
+		t.Fatalf("options for a %d-byte index: %+v", grown, o)
+	}
+}
