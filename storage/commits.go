@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime"
+	"runtime/metrics"
 	"strconv"
 	"time"
 
@@ -40,6 +42,32 @@ type commitPhases struct {
 	// free is the freelist's size (pages) after the commit: all of it is
 	// written by every commit.
 	free int
+	// used is what the thread running the transaction spent meanwhile
+	// (CPU, page faults), gcs the GC cycles that ended meanwhile: a
+	// transaction that held the lock long with little CPU waited for a
+	// CPU, a GC or the disk.
+	used usage
+	gcs  uint64
+}
+
+// usage is a thread's CPU time and page faults (threadUsage).
+type usage struct {
+	cpu            time.Duration
+	minflt, majflt int64
+}
+
+func (u usage) sub(v usage) usage {
+	return usage{cpu: u.cpu - v.cpu, minflt: u.minflt - v.minflt, majflt: u.majflt - v.majflt}
+}
+
+// gcCycles is how many GC cycles have ended.
+func gcCycles() uint64 {
+	s := []metrics.Sample{{Name: "/gc/cycles/total:gc-cycles"}}
+	metrics.Read(s)
+	if s[0].Value.Kind() != metrics.KindUint64 {
+		return 0
+	}
+	return s[0].Value.Uint64()
 }
 
 // held is how long the transaction held the write lock.
@@ -68,6 +96,11 @@ func (ix *Index) update(fn func(tx *bolt.Tx, b *budget) error) (held time.Durati
 	if err != nil {
 		return 0, err
 	}
+	// On one thread, so that its CPU time is the transaction's.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	used, usedOK := threadUsage()
+	gcs := gcCycles()
 	start := lim.now()
 	p.wait = time.Since(begin)
 	committed := false
@@ -88,6 +121,10 @@ func (ix *Index) update(fn func(tx *bolt.Tx, b *budget) error) (held time.Durati
 	p.rebalance, p.spill, p.write = st.GetRebalanceTime(), st.GetSpillTime(), st.GetWriteTime()
 	p.nodes, p.pages = st.GetNodeCount(), st.GetPageCount()
 	if p.held() > slowCommit {
+		if u, ok := threadUsage(); ok && usedOK {
+			p.used = u.sub(used)
+		}
+		p.gcs = gcCycles() - gcs
 		p.grew = ix.fileSize() - size
 		p.free = ix.db.Stats().FreePageN
 		ix.logSlow(p, err)
@@ -119,6 +156,8 @@ func (ix *Index) logSlow(p commitPhases, err error) {
 		slog.Int64("changed_pages", p.nodes), slog.Int64("allocated_pages", p.pages),
 		slog.Int("free_pages", p.free), slog.Int64("file_grew_bytes", p.grew),
 		slog.Int("open_read_transactions", p.reads),
+		slog.String("cpu", ms(p.used.cpu)), slog.Int64("minor_faults", p.used.minflt), slog.Int64("major_faults", p.used.majflt),
+		slog.Uint64("gc_cycles", p.gcs),
 	}
 	if err != nil {
 		attrs = append(attrs, slog.String("error", err.Error()))
