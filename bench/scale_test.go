@@ -232,6 +232,7 @@ func BenchmarkScale(b *testing.B) {
 				built := time.Now()
 				total := buildSynthCache(b, dir, n)
 				b.Logf("built %d images (%d MB) in %v", n, total/1e6, time.Since(built).Round(time.Millisecond))
+				logIndexSize(b, dir, "built")
 				up := fixture.StartUpstream(b)
 				cfg := servertest.Config(b, dir, []servertest.Upstream{{Host: "docker.io", URL: up.URL()}})
 				cfg.TagTTL = config.Duration(1000 * time.Hour)
@@ -308,6 +309,7 @@ func BenchmarkScale(b *testing.B) {
 					return err
 				})
 				b.StopTimer()
+				logIndexSize(b, dir, "after the eviction")
 				rss := peakRSS()
 				peak, phases, byPhase := sampler.Stop()
 				for _, p := range phases {
@@ -504,4 +506,12 @@ type benchLogWriter struct{ b *testing.B }
 func (w benchLogWriter) Write(p []byte) (int, error) {
 	w.b.Log(strings.TrimSuffix(string(p), "\n"))
 	return len(p), nil
+}
+
+// logIndexSize logs the size of the index file in dir (bbolt remaps it
+// when it outgrows its mapping).
+func logIndexSize(b *testing.B, dir, when string) {
+	if fi, err := os.Stat(filepath.Join(dir, "index.db")); err == nil {
+		b.Logf("index.db %s: %d bytes", when, fi.Size())
+	}
 }
