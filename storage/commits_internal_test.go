@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	bolt "go.etcd.io/bbolt"
 )
 
 // syncBuffer is a log sink safe for the index's goroutines.
@@ -113,5 +114,32 @@ func TestIndexMapsRoomToGrow(t *testing.T) {
 	o := openOptions(path)
 	if o.InitialMmapSize != int(max(2*grown, minMapped)) {
 		t.Fatalf("options for a %d-byte index: %+v", grown, o)
+	}
+}
+
+// A pass's writes sync the filesystem before each transaction (outside
+// the write lock), once per transaction: 10 keys at 3 per transaction are
+// 4 transactions and 4 flushes; a single write flushes nothing.
+func TestPassWritesFlushFilesystemFirst(t *testing.T) {
+	ix := openTestIndex(t)
+	if err := ix.PutManifestBody(digest.FromString("one"), []byte("body")); err != nil {
+		t.Fatal(err)
+	}
+	if n := ix.fsFlushes.Load(); n != 0 {
+		t.Fatalf("a single write flushed the filesystem %d times", n)
+	}
+	ix.writeLimits = &writeLimits{keys: 3, hold: time.Hour, now: time.Now}
+	var txs int
+	_, err := ix.writeAll(10, batchWrite{
+		begin: func(*bolt.Tx) error { txs++; return nil },
+		item: func(tx *bolt.Tx, i int) (int, error) {
+			return 1, tx.Bucket(bucketBodies).Put([]byte(fmt.Sprint("key ", i)), []byte("v"))
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := ix.fsFlushes.Load(); txs != 4 || n != 4 {
+		t.Fatalf("%d transactions, %d flushes; want 4 and 4", txs, n)
 	}
 }

@@ -55,6 +55,8 @@ type Index struct {
 	// counts them (tests).
 	log         atomic.Pointer[slog.Logger]
 	slowCommits atomic.Int64
+	// fsFlushes counts flushFS's calls (tests).
+	fsFlushes atomic.Int64
 }
 
 var (

@@ -89,6 +89,9 @@ type batchWrite struct {
 // until the write limits stop it; it returns the first item it did not
 // take and how long it held the write lock.
 func (ix *Index) writeSome(n, from int, w batchWrite) (to int, held time.Duration, err error) {
+	// What the filesystem changed meanwhile (a sweep's removals) is
+	// synced now, not by this transaction's commit under the lock.
+	ix.flushFS()
 	held, err = ix.update(func(tx *bolt.Tx, b *budget) error {
 		to = from
 		if w.begin != nil {
