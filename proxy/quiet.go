@@ -14,9 +14,9 @@ import (
 // streams many blobs at once, the first ones to finish stalled the writes
 // of the others by 3 to 16 ms each, on the clients' path. So a verified
 // download waits until no download is reading an upstream body before it
-// stores and records its blob (bounded by maxQuietWait): the fsyncs and
-// commits come after the burst, and bbolt's batching folds the records
-// into one commit.
+// stores and records its blob, nor is any client reading one (bounded by
+// maxQuietWait): the fsyncs and commits come after the burst, and bbolt's
+// batching folds the records into one commit.
 
 // maxQuietWait bounds how long a verified download waits for the others
 // to finish streaming before it stores its blob anyway: a long download
@@ -25,7 +25,7 @@ import (
 const maxQuietWait = time.Second
 
 // quiet counts the downloads reading an upstream body (or another
-// replica's stored copy) now.
+// replica's stored copy) now, and the clients reading a download.
 type quiet struct {
 	mu        sync.Mutex
 	streaming int
@@ -59,7 +59,7 @@ func (q *quiet) stream() (end func()) {
 	})
 }
 
-// settle waits until no download is streaming, q.wait has passed, or ctx
+// settle waits until nothing is streaming, q.wait has passed, or ctx
 // is done, whichever comes first.
 func (q *quiet) settle(ctx context.Context) {
 	q.mu.Lock()
