@@ -32,6 +32,8 @@ type quiet struct {
 	idle      chan struct{} // closed while streaming is 0
 	// wait bounds the wait (maxQuietWait; tests set it; 0: no wait).
 	wait time.Duration
+	// waiting, if set (tests), is called when settle has to wait.
+	waiting func()
 }
 
 func newQuiet() *quiet {
@@ -63,10 +65,18 @@ func (q *quiet) stream() (end func()) {
 // is done, whichever comes first.
 func (q *quiet) settle(ctx context.Context) {
 	q.mu.Lock()
-	idle, wait := q.idle, q.wait
+	idle, wait, waiting := q.idle, q.wait, q.waiting
 	q.mu.Unlock()
 	if wait <= 0 {
 		return
+	}
+	if waiting != nil {
+		select {
+		case <-idle:
+			return
+		default:
+			waiting()
+		}
 	}
 	t := time.NewTimer(wait)
 	defer t.Stop()
