@@ -101,7 +101,11 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	// Relaying the download counts as streaming: the fsyncs of blobs
+	// verified meanwhile wait until this client has its bytes (quiet.go).
+	endStream := p.blobs.quiet.stream()
 	err = serveBlob(w, r, dgst, size, func(off int64) (io.ReadCloser, error) { return dl.open(ctx, off) })
+	endStream()
 	if !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}

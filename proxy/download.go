@@ -42,12 +42,15 @@ type downloads struct {
 	// that a cold pull of many blobs does not allocate (and clear) one
 	// each.
 	bufs sync.Pool
+	// quiet tells when no download streams: verified ones wait for it
+	// before they store and record their blobs (quiet.go).
+	quiet *quiet
 }
 
 func newDownloads() *downloads {
 	return &downloads{dir: os.TempDir(), m: map[digest.Digest]*download{},
 		create: func(dir string) (*os.File, error) { return os.CreateTemp(dir, "blob-*") },
-		bufs:   sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}}
+		bufs:   sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}, quiet: newQuiet()}
 }
 
 // refusalKey is an upstream, a blob and the size a manifest declares for
@@ -627,6 +630,8 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 		return
 	}
 	dl.update(func() { dl.started, dl.size = true, size })
+	endStream := p.blobs.quiet.stream()
+	defer endStream()
 
 	v := dl.dgst.Verifier()
 	bp := p.blobs.bufs.Get().(*[]byte)
@@ -682,6 +687,12 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 		return
 	}
 	dl.update(func() { dl.verified = true })
+	endStream()
+	if !fromStore {
+		// Readers have every byte now; the store's fsyncs and the
+		// record's commit wait until the other downloads are done.
+		p.blobs.quiet.settle(ctx)
+	}
 
 	// Held from the store to the record: the cache lifecycle never
 	// removes the blob in between, which would leave a record of nothing.
