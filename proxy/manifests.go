@@ -27,6 +27,12 @@ type storedManifest struct {
 	// fetchedAhead: fetched from the upstream just now, and its blobs
 	// were started then (fetchManifest): the handler need not again.
 	fetchedAhead bool
+	// complete: its fill record says it is mirrored completely, so every
+	// blob it names is stored and there is nothing to fetch ahead
+	// (resumeIfPartial). Looking each blob up in the index to find that
+	// out cost a manifest hit three more lookups, each a page fault at
+	// 100k images.
+	complete bool
 	// write is its store write and index record if it was fetched from
 	// the upstream just now (startManifest); nil if read from the store.
 	write *manifestWrite
@@ -64,7 +70,7 @@ func (p *Proxy) manifest(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	p.notePull(m, r.Method == http.MethodGet)
-	if r.Method == http.MethodGet && !m.fetchedAhead {
+	if r.Method == http.MethodGet && !m.fetchedAhead && !m.complete {
 		// The client asks for the blobs next, a few at a time: start them
 		// all now.
 		p.startFetchAhead(r.Context(), t, m)
@@ -576,12 +582,17 @@ func (p *Proxy) recordManifest(ctx context.Context, t target, m *storedManifest,
 
 // resumeIfPartial restarts the background fill of a served index or
 // image that is not complete and not being mirrored, e.g. after a failure.
+// It notes in m whether the fill is complete.
 func (p *Proxy) resumeIfPartial(ctx context.Context, t target, m *storedManifest) {
 	if p.fills.running(fillKey(t, m.digest)) {
 		return
 	}
 	rec, ok, err := p.index.Fill(t.host(), t.repo, m.digest)
-	if err == nil && ok && rec.State != storage.FillComplete {
+	if err != nil || !ok {
+		return
+	}
+	m.complete = rec.State == storage.FillComplete
+	if !m.complete {
 		p.enqueueFill(ctx, t, m.digest)
 	}
 }
