@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -47,5 +48,60 @@ func TestCompleteImageHitFetchesNothingAhead(t *testing.T) {
 	f.waitIdle(t)
 	if n := blobGETs() - before; n != 0 {
 		t.Errorf("the upstream was asked for a layer %d times after hits of a complete image, want 0", n)
+	}
+}
+
+// flushSpy is a ResponseWriter that calls onFlush when the handler
+// flushes its answer to the client.
+type flushSpy struct {
+	*httptest.ResponseRecorder
+	onFlush func()
+	flushed int
+}
+
+func (s *flushSpy) Flush() {
+	s.flushed++
+	s.onFlush()
+	s.ResponseRecorder.Flush()
+}
+
+// A manifest hit is answered (flushed to the client, whole) before its
+// fill is checked: the check is an index lookup, a page fault at 100k
+// images, and resuming a partial fill is background work. Shown with an
+// image whose fill record says partial: no fill runs when the answer is
+// flushed, and one runs and completes it after.
+func TestManifestHitAnsweredBeforeItsFillIsChecked(t *testing.T) {
+	f := newWritesFixture(t)
+	img := f.up.SeedImage(t, "library/app", "v1", 2, 4<<10)
+	f.request(t, http.MethodGet, "/v2/library/app/manifests/v1", img.Manifest, img.MediaType, "miss")
+	f.waitIdle(t)
+	d := digest.Digest(img.Digest)
+	if err := f.index.PutFill(d, storage.FillRecord{Upstream: DefaultHost, Repo: "library/app", State: storage.FillPartial}); err != nil {
+		t.Fatal(err)
+	}
+	key := fillKey(target{up: f.p.upstreams[DefaultHost], repo: "library/app"}, d)
+	for _, path := range []string{"/v2/library/app/manifests/v1", "/v2/library/app/manifests/" + img.Digest} {
+		spy := &flushSpy{ResponseRecorder: httptest.NewRecorder()}
+		spy.onFlush = func() {
+			if f.p.fills.running(key) {
+				t.Errorf("GET %s: the fill was resumed before the answer was flushed", path)
+			}
+			if got := spy.Body.String(); got != string(img.Manifest) {
+				t.Errorf("GET %s: flushed %q, want the whole manifest", path, got)
+			}
+		}
+		req := httptest.NewRequestWithContext(t.Context(), http.MethodGet, path, nil)
+		req.Header.Set("Accept", img.MediaType)
+		f.p.Handler().ServeHTTP(spy, req)
+		if spy.Code != http.StatusOK || spy.flushed == 0 {
+			t.Fatalf("GET %s: %d, flushed %d times", path, spy.Code, spy.flushed)
+		}
+		f.waitIdle(t)
+		if rec, ok, err := f.index.Fill(DefaultHost, "library/app", d); err != nil || !ok || rec.State != storage.FillComplete {
+			t.Fatalf("GET %s: fill record after: %+v %v %v, want the fill resumed and complete", path, rec, ok, err)
+		}
+		if err := f.index.PutFill(d, storage.FillRecord{Upstream: DefaultHost, Repo: "library/app", State: storage.FillPartial}); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
