@@ -85,9 +85,10 @@ func timePart(b *testing.B, name string, k int, f func(i int) error) latencyPart
 // latencyRound is what one round measured at one size.
 type latencyRound struct {
 	parts map[string]latencyPart
-	// rssFile is the process's RssFile (MiB) at the end of the round,
-	// heap the Go heap (MiB), gcs the GC cycles so far.
-	rssFile, heap float64
+	// rssFile is the process's RssFile (MiB) after the requests, and
+	// rssFilePeak its peak during them (sampled every 5 ms); heap is the
+	// Go heap (MiB) and gcs the GC cycles so far at the end of the round.
+	rssFile, rssFilePeak, heap float64
 	gcs           uint32
 }
 
@@ -147,6 +148,7 @@ func scaleLatencyRound(b *testing.B, dir string, n, k int, upURL string, seed ui
 	}
 
 	out := latencyRound{parts: map[string]latencyPart{}}
+	sampler := startRSSSampler()
 	reqs := map[string]func() (time.Duration, error){"GET manifest by tag": c.manifest, "GET blob": c.blob}
 	got := map[string]*latencyPart{}
 	for range k {
@@ -169,6 +171,8 @@ func scaleLatencyRound(b *testing.B, dir string, n, k int, upURL string, seed ui
 	for name, p := range got {
 		out.parts[name] = *p
 	}
+	peak, _, _ := sampler.Stop()
+	out.rssFile, out.rssFilePeak = readRSS().file, peak.file
 
 	ix, st := srv.Index, srv.Store
 	add := func(p latencyPart) { out.parts[p.name] = p }
@@ -216,7 +220,6 @@ func scaleLatencyRound(b *testing.B, dir string, n, k int, upURL string, seed ui
 		_, err = io.ReadAll(rc)
 		return err
 	}))
-	out.rssFile = readRSS().file
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	out.heap, out.gcs = float64(ms.HeapAlloc)/(1<<20), ms.NumGC
@@ -269,14 +272,15 @@ func reportScaleLatency(b *testing.B, sizes []int, got map[int][]latencyRound) {
 	}
 	slices.Sort(names)
 	for _, n := range sizes {
-		var files, heaps []float64
+		var files, peaks, heaps []float64
 		var gcs []uint32
 		for _, r := range got[n] {
 			files = append(files, r.rssFile)
+			peaks = append(peaks, r.rssFilePeak)
 			heaps = append(heaps, r.heap)
 			gcs = append(gcs, r.gcs)
 		}
-		b.Logf("images=%d: at the end of each round: RssFile %.0f MiB, heap %.0f MiB, GC cycles so far %d", n, files, heaps, gcs)
+		b.Logf("images=%d: each round: RssFile after the requests %.0f MiB, peak during them %.0f MiB; heap at the end %.0f MiB, GC cycles so far %d", n, files, peaks, heaps, gcs)
 		for _, name := range names {
 			var p50s []float64
 			var pooled latencies
