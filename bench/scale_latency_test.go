@@ -89,7 +89,7 @@ type latencyRound struct {
 	// rssFilePeak its peak during them (sampled every 5 ms); heap is the
 	// Go heap (MiB) and gcs the GC cycles so far at the end of the round.
 	rssFile, rssFilePeak, heap float64
-	gcs           uint32
+	gcs                        uint32
 }
 
 // scaleLatencyRound starts a server on the cache in dir (n images),
