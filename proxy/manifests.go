@@ -27,6 +27,15 @@ type storedManifest struct {
 	// fetchedAhead: fetched from the upstream just now, and its blobs
 	// were started then (fetchManifest): the handler need not again.
 	fetchedAhead bool
+	// complete: its fill record says it is mirrored completely, so every
+	// blob it names is stored and there is nothing to fetch ahead
+	// (resumeIfPartial). Looking each blob up in the index to find that
+	// out cost a manifest hit three more lookups, each a page fault at
+	// 100k images.
+	complete bool
+	// resume: read from the cache for a client, whose answer comes first:
+	// the handler checks its fill (resumeIfPartial) after answering.
+	resume bool
 	// write is its store write and index record if it was fetched from
 	// the upstream just now (startManifest); nil if read from the store.
 	write *manifestWrite
@@ -47,6 +56,10 @@ func (p *Proxy) manifest(w http.ResponseWriter, r *http.Request) error {
 		return errcode.New(errcode.TagInvalid, "invalid tag %q", vars["reference"])
 	}
 	var m *storedManifest
+	// hits are the manifests read from the cache for this answer (an
+	// index and its platform's manifest): their fills are checked after
+	// the answer.
+	var hits []*storedManifest
 	if ref.IsDigest() {
 		if m, err = p.manifestByDigest(r.Context(), t, ref.Digest, w.Header()); err != nil {
 			return err
@@ -58,27 +71,43 @@ func (p *Proxy) manifest(w http.ResponseWriter, r *http.Request) error {
 		if oci.IsIndex(m.mediaType) && !accepts(r.Header, m.mediaType) {
 			// A client that cannot read an index gets the linux/amd64
 			// image, as distribution answers such clients.
+			hits = append(hits, m)
 			if m, err = p.defaultPlatform(r.Context(), t, m, w.Header()); err != nil {
+				p.resumeHits(r.Context(), t, hits)
 				return err
 			}
 		}
 	}
+	hits = append(hits, m)
 	p.notePull(m, r.Method == http.MethodGet)
-	if r.Method == http.MethodGet && !m.fetchedAhead {
-		// The client asks for the blobs next, a few at a time: start them
-		// all now.
-		p.startFetchAhead(r.Context(), t, m)
-	}
 	h := w.Header()
 	h.Set("Content-Type", m.mediaType)
 	h.Set("Docker-Content-Digest", m.digest.String())
 	h.Set("Content-Length", strconv.Itoa(len(m.body)))
 	h.Set("ETag", `"`+m.digest.String()+`"`)
-	if r.Method == http.MethodHead {
-		return nil
+	if r.Method == http.MethodGet {
+		_, err = w.Write(m.body)
 	}
-	_, err = w.Write(m.body)
+	// The answer first: the fill's check (an index lookup, a page fault
+	// at 100k images) and fetching ahead come after it has left.
+	_ = http.NewResponseController(w).Flush()
+	p.resumeHits(r.Context(), t, hits)
+	if r.Method == http.MethodGet && !m.fetchedAhead && !m.complete {
+		// The client asks for the blobs next, a few at a time: start them
+		// all now.
+		p.startFetchAhead(r.Context(), t, m)
+	}
 	return err
+}
+
+// resumeHits checks the fills of the manifests in ms read from the cache
+// (resumeIfPartial), once their client is answered.
+func (p *Proxy) resumeHits(ctx context.Context, t target, ms []*storedManifest) {
+	for _, m := range ms {
+		if m.resume {
+			p.resumeIfPartial(ctx, t, m)
+		}
+	}
 }
 
 // notePull notes that a client was answered m: its last pull, for
@@ -136,14 +165,22 @@ func (p *Proxy) defaultPlatform(ctx context.Context, t target, m *storedManifest
 // manifestByTag answers a tag: from the index while its digest is fresh,
 // revalidated with a HEAD upstream after the tag TTL, and from the cache
 // whenever the upstream cannot be asked.
+// A manifest read from the cache has its fill checked by the handler,
+// after the answer (storedManifest.resume).
 func (p *Proxy) manifestByTag(ctx context.Context, t target, tag string, h http.Header) (*storedManifest, error) {
-	return p.tagManifest(ctx, t, tag, h, true)
+	return p.lookupTag(ctx, t, tag, h, true, true)
 }
 
 // tagManifest is manifestByTag; a manifest it fetches starts filling in
 // the background only if fill is set (not for the supply-chain artifacts
 // a fill stores itself).
 func (p *Proxy) tagManifest(ctx context.Context, t target, tag string, h http.Header, fill bool) (*storedManifest, error) {
+	return p.lookupTag(ctx, t, tag, h, fill, false)
+}
+
+// lookupTag is tagManifest; with later set, a manifest read from the
+// cache is returned with resume set instead of its fill checked now.
+func (p *Proxy) lookupTag(ctx context.Context, t target, tag string, h http.Header, fill, later bool) (*storedManifest, error) {
 	if w := p.writes.get(manifestKey(t, oci.Ref{Tag: tag})); w != nil {
 		if p.now().Sub(w.at) < p.ttlFor(t) {
 			// Fetched just now, being recorded.
@@ -171,7 +208,7 @@ func (p *Proxy) tagManifest(ctx context.Context, t target, tag string, h http.He
 			p.log.Warn("indexed tag's manifest is missing from the store; refetching", "upstream", t.host(), "repo", t.repo, "tag", tag, "digest", rec.Digest, "error", err)
 		case p.now().Sub(rec.CheckedAt) < p.ttlFor(t):
 			h.Set(cacheHeader, "hit")
-			p.resumeIfPartial(ctx, t, cached)
+			p.resumeHit(ctx, t, cached, later)
 			return cached, nil
 		default:
 			d, err := p.revalidateTag(ctx, t, tag)
@@ -181,7 +218,7 @@ func (p *Proxy) tagManifest(ctx context.Context, t target, tag string, h http.He
 					return nil, err
 				}
 				h.Set(cacheHeader, "revalidated")
-				p.resumeIfPartial(ctx, t, cached)
+				p.resumeHit(ctx, t, cached, later)
 				return cached, nil
 			case errors.Is(err, upstream.ErrNotFound):
 				// The upstream says the tag is gone: so is it here.
@@ -275,7 +312,7 @@ func (p *Proxy) manifestByDigest(ctx context.Context, t target, dgst digest.Dige
 		m, err := p.loadManifest(ctx, t, dgst)
 		if err == nil {
 			h.Set(cacheHeader, "hit")
-			p.resumeIfPartial(ctx, t, m)
+			m.resume = true // checked by the handler, after the answer
 			return m, nil
 		}
 		if !errors.Is(err, storage.ErrNotFound) {
@@ -574,14 +611,29 @@ func (p *Proxy) recordManifest(ctx context.Context, t target, m *storedManifest,
 	return nil
 }
 
+// resumeHit checks the fill of m, read from the cache (resumeIfPartial):
+// now, or with later set, by the handler after its answer (m.resume).
+func (p *Proxy) resumeHit(ctx context.Context, t target, m *storedManifest, later bool) {
+	if later {
+		m.resume = true
+		return
+	}
+	p.resumeIfPartial(ctx, t, m)
+}
+
 // resumeIfPartial restarts the background fill of a served index or
 // image that is not complete and not being mirrored, e.g. after a failure.
+// It notes in m whether the fill is complete.
 func (p *Proxy) resumeIfPartial(ctx context.Context, t target, m *storedManifest) {
 	if p.fills.running(fillKey(t, m.digest)) {
 		return
 	}
 	rec, ok, err := p.index.Fill(t.host(), t.repo, m.digest)
-	if err == nil && ok && rec.State != storage.FillComplete {
+	if err != nil || !ok {
+		return
+	}
+	m.complete = rec.State == storage.FillComplete
+	if !m.complete {
 		p.enqueueFill(ctx, t, m.digest)
 	}
 }

@@ -1,0 +1,319 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	mrand "math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/docker-mirror/docker-mirror/config"
+	"github.com/docker-mirror/docker-mirror/server"
+	"github.com/docker-mirror/docker-mirror/tests/fixture"
+	"github.com/docker-mirror/docker-mirror/tests/servertest"
+)
+
+// scaleCache returns a data directory holding a synthetic cache of n
+// images. With BENCH_SCALE_CACHE set, the cache is kept in that directory
+// (images-<n>) and built only if it is not there yet, so that a 100k
+// cache (minutes to build) serves many runs; the latency runs only read
+// it (and flush the pulls' times and counts). Otherwise it is built in a
+// temporary directory.
+func scaleCache(b *testing.B, n int) string {
+	root := os.Getenv("BENCH_SCALE_CACHE")
+	if root == "" {
+		dir := b.TempDir()
+		buildSynthCache(b, dir, n)
+		return dir
+	}
+	dir := filepath.Join(root, fmt.Sprintf("images-%d", n))
+	done := filepath.Join(dir, ".built")
+	if _, err := os.Stat(done); err == nil {
+		return dir
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		b.Fatal(err)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	start := time.Now()
+	buildSynthCache(b, dir, n)
+	b.Logf("built %d images in %s in %v", n, dir, time.Since(start).Round(time.Millisecond))
+	if err := os.WriteFile(done, nil, 0o644); err != nil {
+		b.Fatal(err)
+	}
+	return dir
+}
+
+// latencyPart is one part of a manifest-by-tag request (or the whole of
+// one), timed alone: its latencies and minor page faults per call.
+type latencyPart struct {
+	name string
+	lat  latencies
+	// faults is the minor page faults per call, cpu the process's CPU
+	// time per call (the server's, the client's, and anything running
+	// meanwhile: background work a call started counts).
+	faults float64
+	cpu    time.Duration
+}
+
+// timePart calls f k times and times each call.
+func timePart(b *testing.B, name string, k int, f func(i int) error) latencyPart {
+	lat := make(latencies, 0, k)
+	faults, cpu := minorFaults(), cpuTime()
+	for i := range k {
+		start := time.Now()
+		if err := f(i); err != nil {
+			b.Fatalf("%s: %v", name, err)
+		}
+		lat = append(lat, time.Since(start))
+	}
+	return latencyPart{name: name, lat: lat, faults: float64(minorFaults()-faults) / float64(k), cpu: (cpuTime() - cpu) / time.Duration(k)}
+}
+
+// latencyRound is what one round measured at one size.
+type latencyRound struct {
+	parts map[string]latencyPart
+	// rssFile is the process's RssFile (MiB) after the requests, and
+	// rssFilePeak its peak during them (sampled every 5 ms); heap is the
+	// Go heap (MiB) and gcs the GC cycles so far at the end of the round.
+	rssFile, rssFilePeak, heap float64
+	gcs                        uint32
+}
+
+// scaleLatencyRound starts a server on the cache in dir (n images),
+// warms it up as BenchmarkScale does, and times k manifest-by-tag and k
+// blob-hit GETs (alternating), a GET /v2/ (the HTTP, routing and client
+// part alone), and the index's and the store's parts of a manifest by tag
+// called directly on the server's Index and Store.
+func scaleLatencyRound(b *testing.B, dir string, n, k int, upURL string, seed uint64) latencyRound {
+	cfg := servertest.Config(b, dir, []servertest.Upstream{{Host: "docker.io", URL: upURL}})
+	cfg.TagTTL = config.Duration(1000 * time.Hour)
+	// The last round's (or the build's) garbage is not this server's.
+	debug.FreeOSMemory()
+	ctx := context.Background()
+	srv, err := server.New(ctx, cfg, server.WithLogger(scaleLogger(b)))
+	if err == nil {
+		err = srv.Start(ctx)
+	}
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() {
+		if err := srv.Close(); err != nil {
+			b.Error(err)
+		}
+	}()
+	hs := httptest.NewServer(srv.Handler())
+	defer hs.Close()
+	rng := mrand.New(mrand.NewPCG(seed, uint64(n)))
+	c := &scaleClient{hc: &http.Client{Transport: NewTransport(4)}, base: hs.URL, n: n, rng: rng}
+	measure(b, 200, c.manifest) // warm up the connection and the page cache
+	measure(b, 100, c.blob)
+
+	// The images the parts look up, resolved now: by the time the parts
+	// run, the requests below have made the watcher drop their pages
+	// (at 100k), as a request finds them.
+	type image struct {
+		repo, tag string
+		manifest  digest.Digest
+		blob      digest.Digest
+	}
+	pool := make([]image, 6*k)
+	for i := range pool {
+		j := rng.IntN(n)
+		repo, _ := synthImage(j)
+		rec, ok, err := srv.Index.Tag(synthHost, repo, fmt.Sprintf("v%d-%d", j, rng.IntN(synthTags)))
+		if err != nil || !ok {
+			b.Fatalf("image %d: %v %v", j, ok, err)
+		}
+		// Another of its tags, for the tag lookups.
+		pool[i] = image{repo, fmt.Sprintf("v%d-%d", j, rng.IntN(synthTags)), rec.Digest, digest.Digest(digestOfBytes(synthBlob(j, rng.IntN(synthLayers))))}
+	}
+	pick := func() []image {
+		imgs := pool[:k]
+		pool = pool[k:]
+		return imgs
+	}
+
+	out := latencyRound{parts: map[string]latencyPart{}}
+	sampler := startRSSSampler()
+	reqs := map[string]func() (time.Duration, error){"GET manifest by tag": c.manifest, "GET blob": c.blob}
+	got := map[string]*latencyPart{}
+	for range k {
+		for _, name := range []string{"GET manifest by tag", "GET blob"} {
+			p := got[name]
+			if p == nil {
+				p = &latencyPart{name: name}
+				got[name] = p
+			}
+			faults, cpu := minorFaults(), cpuTime()
+			d, err := reqs[name]()
+			if err != nil {
+				b.Fatal(err)
+			}
+			p.lat = append(p.lat, d)
+			p.faults += float64(minorFaults()-faults) / float64(k)
+			p.cpu += (cpuTime() - cpu) / time.Duration(k)
+		}
+	}
+	for name, p := range got {
+		out.parts[name] = *p
+	}
+	peak, _, _ := sampler.Stop()
+	out.rssFile, out.rssFilePeak = readRSS().file, peak.file
+
+	ix, st := srv.Index, srv.Store
+	add := func(p latencyPart) { out.parts[p.name] = p }
+	add(timePart(b, "GET /v2/", k, func(int) error {
+		resp, err := c.hc.Get(hs.URL + "/v2/")
+		if err != nil {
+			return err
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return nil
+	}))
+	imgs := pick()
+	add(timePart(b, "index: tag", k, func(i int) error {
+		_, _, err := ix.Tag(synthHost, imgs[i].repo, imgs[i].tag)
+		return err
+	}))
+	imgs = pick()
+	add(timePart(b, "index: manifest record", k, func(i int) error {
+		_, _, err := ix.Manifest(imgs[i].manifest)
+		return err
+	}))
+	imgs = pick()
+	add(timePart(b, "index: fill record", k, func(i int) error {
+		_, _, err := ix.Fill(synthHost, imgs[i].repo, imgs[i].manifest)
+		return err
+	}))
+	imgs = pick()
+	now := time.Now()
+	add(timePart(b, "index: last pull (TouchManifest)", k, func(i int) error {
+		return ix.TouchManifest(imgs[i].manifest, now)
+	}))
+	imgs = pick()
+	add(timePart(b, "index: blob record", k, func(i int) error {
+		_, _, err := ix.Blob(imgs[i].blob)
+		return err
+	}))
+	imgs = pick()
+	add(timePart(b, "store: read the manifest", k, func(i int) error {
+		rc, err := st.Open(ctx, imgs[i].repo, imgs[i].manifest, 0)
+		if err != nil {
+			return err
+		}
+		defer rc.Close()
+		_, err = io.ReadAll(rc)
+		return err
+	}))
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	out.heap, out.gcs = float64(ms.HeapAlloc)/(1<<20), ms.NumGC
+	return out
+}
+
+// BenchmarkScaleLatency is BenchmarkScale's latency step alone, made to
+// compare sizes: for BENCH_SCALE_ROUNDS rounds (default 6), each size of
+// BENCH_SCALE_IMAGES in turn (the order rotated every round) starts a
+// server on its synthetic cache, warms it up, and times
+// BENCH_SCALE_SAMPLES (default 500) manifest-by-tag and blob GETs,
+// alternating, then the parts of a manifest by tag alone: the HTTP path
+// (GET /v2/), each index lookup, the store's read. It logs, per size and
+// part, the median and range of the rounds' p50s and the pooled p50 and
+// p99, with minor page faults per call; it reports the pooled p50/p99 and
+// the median over rounds of the ratio of each size's p50 to the first
+// size's (the same round: the fairest comparison on a shared machine).
+// BENCH_SCALE_CACHE keeps the caches between runs (see scaleCache).
+// One server runs at a time: the mapped-pages watcher of one index would
+// otherwise drop the pages of the other's.
+func BenchmarkScaleLatency(b *testing.B) {
+	sizes := scaleSizes(b)
+	rounds := int(envInt("BENCH_SCALE_ROUNDS", 6))
+	k := int(envInt("BENCH_SCALE_SAMPLES", 500))
+	dirs := map[int]string{}
+	for _, n := range sizes {
+		dirs[n] = scaleCache(b, n)
+	}
+	up := fixture.StartUpstream(b)
+	for b.Loop() {
+		b.StopTimer()
+		got := map[int][]latencyRound{}
+		for r := range rounds {
+			for j := range sizes {
+				n := sizes[(j+r)%len(sizes)]
+				got[n] = append(got[n], scaleLatencyRound(b, dirs[n], n, k, up.URL(), uint64(r+1)))
+			}
+		}
+		b.StartTimer()
+		reportScaleLatency(b, sizes, got)
+	}
+}
+
+// reportScaleLatency logs and reports BenchmarkScaleLatency's figures.
+func reportScaleLatency(b *testing.B, sizes []int, got map[int][]latencyRound) {
+	first := got[sizes[0]]
+	var names []string
+	for name := range first[0].parts {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, n := range sizes {
+		var files, peaks, heaps []float64
+		var gcs []uint32
+		for _, r := range got[n] {
+			files = append(files, r.rssFile)
+			peaks = append(peaks, r.rssFilePeak)
+			heaps = append(heaps, r.heap)
+			gcs = append(gcs, r.gcs)
+		}
+		b.Logf("images=%d: each round: RssFile after the requests %.0f MiB, peak during them %.0f MiB; heap at the end %.0f MiB, GC cycles so far %d", n, files, peaks, heaps, gcs)
+		for _, name := range names {
+			var p50s []float64
+			var pooled latencies
+			var faults float64
+			var cpu time.Duration
+			for _, r := range got[n] {
+				p := r.parts[name]
+				p50s = append(p50s, us(p.lat.pct(0.5)))
+				pooled = append(pooled, p.lat...)
+				faults += p.faults / float64(len(got[n]))
+				cpu += p.cpu / time.Duration(len(got[n]))
+			}
+			slices.Sort(p50s)
+			b.Logf("images=%-6d %-34s p50 %6.1f µs [rounds %6.1f–%6.1f, median %6.1f], p99 %7.1f µs, %.2f minflt/call, CPU %6.1f µs/call",
+				n, name, us(pooled.pct(0.5)), p50s[0], p50s[len(p50s)-1], p50s[len(p50s)/2], us(pooled.pct(0.99)), faults, us(cpu))
+		}
+	}
+	for _, n := range sizes {
+		for _, req := range []string{"GET manifest by tag", "GET blob"} {
+			var pooled latencies
+			var ratios []float64
+			for i, r := range got[n] {
+				pooled = append(pooled, r.parts[req].lat...)
+				ratios = append(ratios, float64(r.parts[req].lat.pct(0.5))/float64(first[i].parts[req].lat.pct(0.5)))
+			}
+			slices.Sort(ratios)
+			short := map[string]string{"GET manifest by tag": "manifest", "GET blob": "blob"}[req]
+			b.ReportMetric(us(pooled.pct(0.5)), fmt.Sprintf("%s-p50-µs/images=%d", short, n))
+			b.ReportMetric(us(pooled.pct(0.99)), fmt.Sprintf("%s-p99-µs/images=%d", short, n))
+			if n != sizes[0] {
+				b.ReportMetric(ratios[len(ratios)/2], fmt.Sprintf("%s-p50-ratio/images=%d", short, n))
+				b.Logf("images=%d %s p50 / images=%d's, per round: %.3f", n, short, sizes[0], ratios)
+			}
+		}
+	}
+}
