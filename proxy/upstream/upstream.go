@@ -1,7 +1,9 @@
 // Package upstream is docker-mirror's client for the registries it mirrors:
 // manifests, blobs and tag lists over the distribution API, with the
 // registry's auth flow (anonymous Docker Hub style bearer tokens, cached per
-// repository until they expire) done by go-containerregistry's transport.
+// repository until they expire) done by go-containerregistry's transport;
+// the upstream's answer to the ping that starts it is shared by every
+// repository for a while.
 //
 // Every failure is returned as an *Error that says what the upstream
 // answered and wraps one of the sentinels, so callers can branch with
