@@ -460,6 +460,8 @@ const (
 	dockerRepo      = "library/docker10"
 	dockerLayers    = 10
 	dockerLayerSize = 4 << 20
+	// warmRepo is the image a -running mirror served before.
+	warmRepo = "library/warmup"
 )
 
 // pullWith pulls repo:benchTag from host with parallel blob downloads at a
@@ -497,17 +499,23 @@ func pullWith(b *testing.B, host, repo string, parallel int) (PullResult, time.D
 // same for the direct pull, and mirror-cpu-ms/pull their difference: what
 // the mirror costs, which moves much less with the machine's load than
 // wall time. The -noahead variants turn fetching ahead off: the mirror
-// relies on its background fill alone.
+// relies on its background fill alone. The -running variants pull the
+// image through a mirror that has served another image of the same
+// upstream just before (untimed): the image is cold, the mirror is not
+// (it knows the upstream's challenge, as a mirror in service does), while
+// the direct client does what each docker pull does, ping included.
 func BenchmarkColdPullDocker(b *testing.B) {
 	for _, c := range []struct {
 		name     string
 		parallel int
 		opts     []proxy.Option
+		running  bool
 	}{
-		{"p3", 3, nil}, {"all", 0, nil},
+		{"p3", 3, nil, false}, {"all", 0, nil, false},
 		// The same without fetching ahead: the mirror as it was.
-		{"p3-noahead", 3, []proxy.Option{proxy.WithFetchAhead(false)}},
-		{"all-noahead", 0, []proxy.Option{proxy.WithFetchAhead(false)}},
+		{"p3-noahead", 3, []proxy.Option{proxy.WithFetchAhead(false)}, false},
+		{"all-noahead", 0, []proxy.Option{proxy.WithFetchAhead(false)}, false},
+		{"p3-running", 3, nil, true}, {"all-running", 0, nil, true},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			var cold, direct, login, manifest, dmanifest, cpu, dcpu time.Duration
@@ -518,6 +526,11 @@ func BenchmarkColdPullDocker(b *testing.B) {
 				up := startUpstream(b, true, wan)
 				up.SeedImage(b, dockerRepo, benchTag, dockerLayers, dockerLayerSize)
 				m := servertest.Start(b, up.URL(), c.opts...)
+				if c.running {
+					up.SeedImage(b, warmRepo, benchTag, 1, 1<<10)
+					pullWith(b, m.Host(), warmRepo, c.parallel)
+					m.WaitIdle()
+				}
 				directFirst := n%2 == 0
 				pullDirect := func() {
 					c0 := cpuTime()
@@ -528,8 +541,8 @@ func BenchmarkColdPullDocker(b *testing.B) {
 				}
 				if directFirst {
 					pullDirect()
-					up.ResetCounts()
 				}
+				up.ResetCounts()
 				c0 := cpuTime()
 				b.StartTimer()
 				res, d := pullWith(b, m.Host(), dockerRepo, c.parallel)

@@ -1,7 +1,9 @@
 // Package upstream is docker-mirror's client for the registries it mirrors:
 // manifests, blobs and tag lists over the distribution API, with the
 // registry's auth flow (anonymous Docker Hub style bearer tokens, cached per
-// repository until they expire) done by go-containerregistry's transport.
+// repository until they expire) done by go-containerregistry's transport;
+// the upstream's answer to the ping that starts it is shared by every
+// repository for a while.
 //
 // Every failure is returned as an *Error that says what the upstream
 // answered and wraps one of the sentinels, so callers can branch with
@@ -14,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
@@ -50,6 +53,10 @@ type Client struct {
 	// transport reuses it until the upstream answers 401 (expired).
 	transports *lru.Cache[string, http.RoundTripper]
 	creating   singleflight.Group
+	// pinged is the upstream's last answer to a ping, reused by the
+	// handshakes of other repositories for pingTTL; guarded by pingMu.
+	pingMu sync.Mutex
+	pinged *pingAnswer
 	// refused remembers, per repository, a handshake the upstream refused
 	// our credentials for, until when: retrying wrong credentials on every
 	// request could lock the account.
@@ -215,11 +222,71 @@ func (c *Client) transport(ctx context.Context, repo string) (http.RoundTripper,
 	return v.(http.RoundTripper), nil
 }
 
-// handshake pings the upstream. An open registry is used as it is; one
+// pingTTL is how long the upstream's answer to a ping is reused. The
+// answer (open, or the challenge naming the token service) is the
+// registry's, not a repository's: pinging again for every repository would
+// cost the first pull of each a round trip that a direct client makes
+// anyway but a mirror that has talked to the upstream lately need not.
+const pingTTL = 5 * time.Minute
+
+// pingKey is the handshakes' single-flight key of the ping: no repository
+// name has a NUL.
+const pingKey = "\x00ping"
+
+// pingAnswer is what a ping told: the upstream is open, or it challenges.
+type pingAnswer struct {
+	open      bool
+	challenge transport.Challenge
+	at        time.Time
+}
+
+// handshake gets repo's transport: an open registry is used as it is; one
 // that challenges gets go-containerregistry's auth transport for repo's
-// pull scope; any other answer is mapped like a failed request, so a 429
-// keeps its Retry-After.
+// pull scope. The ping's answer is the last one if it is at most pingTTL
+// old; a handshake that fails forgets it, so the next one pings again.
 func (c *Client) handshake(ctx context.Context, repo string) (http.RoundTripper, error) {
+	pa, err := c.ping(ctx)
+	if err != nil {
+		return nil, err
+	}
+	t, err := c.authorize(ctx, repo, pa)
+	if err != nil {
+		c.pingMu.Lock()
+		if c.pinged == pa {
+			c.pinged = nil
+		}
+		c.pingMu.Unlock()
+	}
+	return t, err
+}
+
+// ping returns the upstream's answer to GET /v2/: the last one, if recent,
+// else a new one, asked once for concurrent callers. Any answer but 200
+// or 401 is mapped like a failed request, so a 429 keeps its Retry-After.
+func (c *Client) ping(ctx context.Context) (*pingAnswer, error) {
+	c.pingMu.Lock()
+	pa := c.pinged
+	c.pingMu.Unlock()
+	if pa != nil && c.now().Sub(pa.at) < pingTTL {
+		return pa, nil
+	}
+	v, err, _ := c.creating.Do(pingKey, func() (any, error) {
+		pa, err := c.pingNow(ctx)
+		if err != nil {
+			return nil, err
+		}
+		c.pingMu.Lock()
+		c.pinged = pa
+		c.pingMu.Unlock()
+		return pa, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*pingAnswer), nil
+}
+
+func (c *Client) pingNow(ctx context.Context) (*pingAnswer, error) {
 	ping := call{KindPing, "registry ping"}
 	if err := c.backingOff(ping); err != nil {
 		return nil, err
@@ -228,6 +295,7 @@ func (c *Client) handshake(ctx context.Context, repo string) (http.RoundTripper,
 	if err != nil {
 		return nil, err
 	}
+	at := c.now()
 	resp, err := c.send(ctx, c.base, req, ping)
 	if err != nil {
 		return nil, err
@@ -235,35 +303,48 @@ func (c *Client) handshake(ctx context.Context, repo string) (http.RoundTripper,
 	defer resp.Body.Close()
 	switch resp.StatusCode {
 	case http.StatusOK:
-		return c.base, nil
+		return &pingAnswer{open: true, at: at}, nil
 	case http.StatusUnauthorized:
-		// Build the auth transport from this answer's challenge: asking
-		// go-containerregistry to ping again would cost a round trip.
 		pr := parseChallenge(resp.Header.Get("WWW-Authenticate"))
 		pr.Insecure = c.scheme == "http"
 		if strings.EqualFold(pr.Scheme, "bearer") && resp.Request.URL.Host == c.registry.RegistryStr() {
 			c.trustRealm(pr.Parameters["realm"])
 		}
-		if !strings.EqualFold(pr.Scheme, "bearer") {
-			t, err := transport.FromToken(c.registry, c.auth, c.base, &pr, nil)
-			if err != nil {
-				return nil, c.transportError(ping, err)
-			}
-			return t, nil
-		}
-		scope := "repository:" + repo + ":" + transport.PullScope
-		tok, err := transport.Exchange(ctx, c.registry, c.auth, c.base, []string{scope}, &pr)
-		if err != nil {
-			return nil, c.transportError(ping, err)
-		}
-		t, err := transport.FromToken(c.registry, c.auth, c.base, &pr, tok)
+		return &pingAnswer{challenge: pr, at: at}, nil
+	default:
+		return nil, c.statusError(resp, ping)
+	}
+}
+
+// authorize returns repo's transport after the ping's answer pa: the base
+// transport for an open upstream, else one built from pa's challenge
+// (asking go-containerregistry to ping again would cost a round trip),
+// with a pull token for repo from a bearer upstream.
+func (c *Client) authorize(ctx context.Context, repo string, pa *pingAnswer) (http.RoundTripper, error) {
+	if pa.open {
+		return c.base, nil
+	}
+	ping := call{KindPing, "registry ping"}
+	// A copy per repository: the transports must not share the map.
+	pr := pa.challenge
+	pr.Parameters = maps.Clone(pa.challenge.Parameters)
+	if !strings.EqualFold(pr.Scheme, "bearer") {
+		t, err := transport.FromToken(c.registry, c.auth, c.base, &pr, nil)
 		if err != nil {
 			return nil, c.transportError(ping, err)
 		}
 		return t, nil
-	default:
-		return nil, c.statusError(resp, ping)
 	}
+	scope := "repository:" + repo + ":" + transport.PullScope
+	tok, err := transport.Exchange(ctx, c.registry, c.auth, c.base, []string{scope}, &pr)
+	if err != nil {
+		return nil, c.transportError(ping, err)
+	}
+	t, err := transport.FromToken(c.registry, c.auth, c.base, &pr, tok)
+	if err != nil {
+		return nil, c.transportError(ping, err)
+	}
+	return t, nil
 }
 
 // trustRealm lets the guard reach the token realm of the upstream's own
