@@ -136,7 +136,7 @@ func TestParseStorage(t *testing.T) {
 }
 
 func TestParseUnknownKeys(t *testing.T) {
-	known := "(known keys: auth, cluster, concurrency, data, destination, evict_after, header_timeout, listen, log_format, log_level, max_blob_size, max_size, platforms, prefetch_max_images, readyz_fail_when_full, referrers, shutdown_timeout, storage, sync, tag_ttl, tls_cert, tls_key, upstream, upstream_timeout, upstreams)"
+	known := "(known keys: auth, cluster, concurrency, data, destination, evict_after, header_timeout, listen, log_format, log_level, max_blob_size, max_size, memory_limit, platforms, prefetch_max_images, readyz_fail_when_full, referrers, shutdown_timeout, storage, sync, tag_ttl, tls_cert, tls_key, upstream, upstream_timeout, upstreams)"
 	for _, tt := range []struct{ yaml, want string }{
 		{"listn: :5000\n", "config file: line 1: listn: unknown key " + known},
 		{"listen: :5000\ntagttl: 1m\n", "config file: line 2: tagttl: unknown key " + known},
@@ -235,6 +235,8 @@ func TestBadValues(t *testing.T) {
 		{"max_blob_size", `max_blob_size: 0`, `0`},
 		{"max_blob_size", `max_blob_size: lots`, `"lots"`},
 		{"max_blob_size", `max_blob_size: -1GiB`, `"-1GiB"`},
+		{"memory_limit", `memory_limit: lots`, `"lots"`},
+		{"memory_limit", `memory_limit: 1MiB`, `1MiB`},
 		{"concurrency", `concurrency: 0`, `0`},
 		{"concurrency", `concurrency: -3`, `-3`},
 		{"concurrency", `concurrency: 257`, `257`},
@@ -826,6 +828,28 @@ func TestMaxBlobSize(t *testing.T) {
 	} {
 		if c := mustResolve(t, tt.args, tt.env); c.MaxBlobSize != tt.want {
 			t.Errorf("%q %v: max_blob_size = %d, want %d", tt.args, tt.env, c.MaxBlobSize, tt.want)
+		}
+	}
+}
+
+// memory_limit comes from the file, the flag or the environment, as a
+// size; 0 (the default) is none.
+func TestMemoryLimit(t *testing.T) {
+	if c := mustResolve(t, nil, nil); c.MemoryLimit != 0 {
+		t.Errorf("default memory_limit = %d, want 0", c.MemoryLimit)
+	}
+	for _, tt := range []struct {
+		args []string
+		env  map[string]string
+		want config.Size
+	}{
+		{args: []string{"--config", writeFile(t, "memory_limit: 448MiB\n")}, want: 448 << 20},
+		{args: []string{"--memory-limit", "1GiB"}, want: 1 << 30},
+		{args: []string{"--memory-limit", "1GiB"}, env: map[string]string{"DOCKER_MIRROR_MEMORY_LIMIT": "512MB"}, want: 512e6},
+		{args: []string{"--memory-limit", "0"}, want: 0},
+	} {
+		if c := mustResolve(t, tt.args, tt.env); c.MemoryLimit != tt.want {
+			t.Errorf("%q %v: memory_limit = %d, want %d", tt.args, tt.env, c.MemoryLimit, tt.want)
 		}
 	}
 }
