@@ -555,7 +555,7 @@ func TestBindFlags(t *testing.T) {
 	config.Bind(fs)
 	var names []string
 	fs.VisitAll(func(f *flag.Flag) { names = append(names, f.Name) })
-	want := []string{"cluster-peer", "cluster-peers-dns", "cluster-secret-file", "cluster-self", "concurrency", "config", "data", "destination", "evict-after", "header-timeout", "listen", "log-format", "log-level", "max-blob-size", "max-size", "platform", "prefetch-max-images", "readyz-fail-when-full", "referrers", "shutdown-timeout", "tag-ttl", "tls-cert", "tls-key", "upstream", "upstream-timeout"}
+	want := []string{"cluster-peer", "cluster-peers-dns", "cluster-secret-file", "cluster-self", "concurrency", "config", "data", "destination", "evict-after", "header-timeout", "listen", "log-format", "log-level", "max-blob-size", "max-size", "memory-limit", "platform", "prefetch-max-images", "readyz-fail-when-full", "referrers", "shutdown-timeout", "tag-ttl", "tls-cert", "tls-key", "upstream", "upstream-timeout"}
 	if !slices.Equal(names, want) {
 		t.Fatalf("flags = %q, want %q", names, want)
 	}
@@ -1016,6 +1016,7 @@ func TestEveryFlagHasItsVariable(t *testing.T) {
 		"log-level":             "debug",
 		"max-size":              "10GiB",
 		"max-blob-size":         "1GiB",
+		"memory-limit":          "448MiB",
 		"evict-after":           "720h",
 		"readyz-fail-when-full": "true",
 		"tls-cert":              "/etc/tls.crt",
