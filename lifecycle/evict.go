@@ -1,6 +1,7 @@
 package lifecycle
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"slices"
@@ -8,6 +9,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/storage"
 )
 
@@ -92,7 +94,7 @@ func (p *evictPlan) release() {
 // to r.Evicted.
 func (c *Collector) plan(ctx context.Context, maxSize int64, evictAfter time.Duration, now time.Time, r *Report) (*evictPlan, error) {
 	p := &evictPlan{freed: map[digest.Digest]bool{}, dropped: map[digest.Digest]bool{}}
-	m, err := c.model(ctx, false)
+	m, err := c.model(ctx, false, false)
 	if err != nil {
 		return p, err
 	}
@@ -153,6 +155,9 @@ func (c *Collector) plan(ctx context.Context, maxSize int64, evictAfter time.Dur
 		}
 	}
 
+	if err := c.victimTags(victims); err != nil {
+		return p, err
+	}
 	// Roots no kept image holds any more leave the index, in a few
 	// transactions for all the victims (not one per tag).
 	for _, e := range victims {
@@ -170,6 +175,47 @@ func (c *Collector) plan(ctx context.Context, maxSize int64, evictAfter time.Dur
 		p.unroots = append(p.unroots, c.unroots(m, e)...)
 	}
 	return p, nil
+}
+
+// victimTags gives the victims, chosen by a model read without their
+// plain tags, those tags (sorted), read in a second scan of the tags:
+// what the report lists and the unroots remove. A tag written since the
+// model was read that names a victim goes with it (as one moved away
+// would have stayed: the index deletes a tag only if it still names the
+// digest).
+func (c *Collector) victimTags(victims []*entry) error {
+	if len(victims) == 0 {
+		return nil
+	}
+	// By "host/repo@digest": looked up from the key's bytes, no string
+	// made per tag.
+	byKey := make(map[string]*entry, len(victims))
+	for _, e := range victims {
+		byKey[e.Upstream+"/"+e.Repo+"@"+string(e.Digest)] = e
+	}
+	var buf []byte
+	err := c.index.ReadTagDigests(func(key, d []byte) {
+		colon := bytes.LastIndexByte(key, ':')
+		if colon < 0 {
+			return
+		}
+		buf = append(append(append(buf[:0], key[:colon]...), '@'), d...)
+		e := byKey[string(buf)]
+		if e == nil {
+			return
+		}
+		_, _, tag, ok := storage.ParseTagKey(string(key))
+		if !ok || !oci.ValidDigest(e.Digest) {
+			return
+		}
+		if _, artifact := referrerTagSubject(tag); !artifact { // those are kept already
+			e.Tags = append(e.Tags, tag)
+		}
+	})
+	for _, e := range victims {
+		slices.Sort(e.Tags)
+	}
+	return err
 }
 
 // mirroring reports whether an image is being mirrored: one of its roots

@@ -28,7 +28,7 @@ func (c *Collector) EvictImage(ctx context.Context, upstream, repo string, dgst 
 	if err != nil {
 		return r, err
 	}
-	m, err := c.model(ctx, false)
+	m, err := c.model(ctx, false, true)
 	if err != nil {
 		return r, err
 	}

@@ -84,16 +84,6 @@ func referrerTagSubject(tag string) (digest.Digest, bool) {
 	return d, oci.ValidDigest(d)
 }
 
-// referrerTags reports whether every tag is one of referrerTagSubject's.
-func referrerTags(tags []string) bool {
-	for _, tag := range tags {
-		if _, ok := referrerTagSubject(tag); !ok {
-			return false
-		}
-	}
-	return len(tags) > 0
-}
-
 func newGraph(store *storage.DriverStore) *graph {
 	return &graph{store: store, nodes: map[digest.Digest]*node{}}
 }

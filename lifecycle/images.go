@@ -83,6 +83,9 @@ type entry struct {
 	// of its signatures, attestations and SBOMs, folded into it: they
 	// leave with it.
 	artifactTags []artifactTag
+	// plainTags: one of its tags is not a referrers or cosign tag. A
+	// model read without tags keeps those only (see Collector.model).
+	plainTags bool
 }
 
 // artifactTag is a tag of a signature, attestation or SBOM kept with an
@@ -151,7 +154,7 @@ func (c *Collector) Images(ctx context.Context) ([]Image, error) {
 	if err := c.index.Flush(); err != nil {
 		return nil, err
 	}
-	m, err := c.model(ctx, true)
+	m, err := c.model(ctx, true, true)
 	if err != nil {
 		return nil, err
 	}
@@ -169,11 +172,15 @@ type imageKey struct {
 
 // model reads the index and the manifests into images; with platforms,
 // it also reads the configs of images whose platform is not recorded.
+// Without tags, an image keeps only its referrers and cosign tags (those
+// that decide what is folded into what): at 100k images the other tags
+// (1M) are ~15% of the model, and choosing victims does not need them
+// (see evictPlan.victimTags).
 //
 // The index is read in one transaction (Index.ReadImageRecords), each tag
 // going straight into its image: no copy of the tag records is kept, and
 // every digest and name is one shared string (at 100k images, 1M tags).
-func (c *Collector) model(ctx context.Context, platforms bool) (*model, error) {
+func (c *Collector) model(ctx context.Context, platforms, tags bool) (*model, error) {
 	g, err := c.referrersGraph()
 	if err != nil {
 		return nil, err
@@ -196,7 +203,14 @@ func (c *Collector) model(ctx context.Context, platforms bool) (*model, error) {
 			return
 		}
 		e := get(imageKey{t.Upstream, t.Repo, t.Digest})
-		e.Tags = append(e.Tags, t.Tag)
+		if _, artifact := referrerTagSubject(t.Tag); !artifact {
+			e.plainTags = true
+			if tags {
+				e.Tags = append(e.Tags, t.Tag)
+			}
+		} else {
+			e.Tags = append(e.Tags, t.Tag)
+		}
 		e.LastPull = latest(e.LastPull, t.FetchedAt, t.CheckedAt)
 		if t.Pinned {
 			e.Pinned = true
@@ -274,7 +288,7 @@ func (c *Collector) model(ctx context.Context, platforms bool) (*model, error) {
 	// attestation or SBOM named only by referrers or cosign tags.
 	var listed, folded []*entry
 	for _, e := range entries {
-		if (len(e.Tags) == 0 || referrerTags(e.Tags)) && !e.Pinned && children[e.Digest] {
+		if !e.plainTags && !e.Pinned && children[e.Digest] {
 			folded = append(folded, e)
 		} else {
 			listed = append(listed, e)

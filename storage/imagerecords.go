@@ -218,3 +218,28 @@ func parseTagKeyBytes(key []byte) (host, repo, tag []byte, ok bool) {
 	}
 	return host, rest[:i], rest[i+1:], true
 }
+
+// ReadTagDigests calls fn with every tag's key (a TagKey) and digest, in
+// key order, in one transaction; both are valid only during the call
+// and nothing is allocated per tag where the record is as this index
+// writes it. It is the second, narrow scan of an eviction that chose its
+// victims without keeping their tags (1M tags at 100k images).
+func (ix *Index) ReadTagDigests(fn func(key, d []byte)) error {
+	return ix.db.View(func(tx *bolt.Tx) error {
+		rel := ix.releaser(tx)
+		defer rel.done()
+		return tx.Bucket(bucketTags).ForEach(func(k, raw []byte) error {
+			rel.read(k, raw)
+			d, ok := tagDigestBytes(raw)
+			if !ok {
+				var v TagRecord
+				if err := json.Unmarshal(raw, &v); err != nil {
+					return fmt.Errorf("index: corrupt %s entry %q: %w", bucketTags, k, err)
+				}
+				d = []byte(v.Digest)
+			}
+			fn(k, d)
+			return nil
+		})
+	})
+}
