@@ -118,7 +118,7 @@ func (k keeps) manifest(d digest.Digest) bool {
 
 // model is the cache seen as images.
 type model struct {
-	recs   *storage.ImageRecords
+	recs   *storage.ImageTable
 	images []*entry
 	// refs counts the images keeping each digest.
 	refs map[digest.Digest]int
@@ -130,7 +130,7 @@ func (e *entry) key() imageKey { return imageKey{e.Upstream, e.Repo, e.Digest} }
 
 // size is the indexed size of one digest, as Index.StoredBytes counts it.
 func (m *model) size(d digest.Digest) int64 {
-	return m.recs.Manifests[d].Size + m.recs.Blobs[d].Size
+	return m.recs.Content.Size(d)
 }
 
 // keptSize is the indexed size of what the images keep.
@@ -198,7 +198,7 @@ func (c *Collector) model(ctx context.Context, platforms, tags bool) (*model, er
 		}
 		return e
 	}
-	recs, err := c.index.ReadImageRecords(in, func(t *storage.TagInfo) {
+	recs, err := c.index.ReadImageTable(in, func(t *storage.TagInfo) {
 		if !t.OK || !oci.ValidDigest(t.Digest) {
 			return
 		}
@@ -305,7 +305,7 @@ func (c *Collector) model(ctx context.Context, platforms, tags bool) (*model, er
 		}
 	}
 
-	m := &model{recs: recs, refs: make(map[digest.Digest]int, len(recs.Manifests)+len(recs.Blobs)), mirrors: mirrors}
+	m := &model{recs: recs, refs: make(map[digest.Digest]int, recs.Content.Len()), mirrors: mirrors}
 	for _, e := range listed {
 		for _, d := range e.reach.all() {
 			m.refs[d]++
@@ -324,7 +324,7 @@ func (c *Collector) model(ctx context.Context, platforms, tags bool) (*model, er
 
 // describe fills in an image's size, last pull, state and platforms.
 func (c *Collector) describe(ctx context.Context, g *graph, m *model, e *entry, platforms bool) {
-	recs := m.recs
+	ct := m.recs.Content
 	sort.Strings(e.Tags)
 	// Times recorded per digest tell this image's pulls only for digests
 	// no other image keeps; the others are a fallback.
@@ -337,27 +337,30 @@ func (c *Collector) describe(ctx context.Context, g *graph, m *model, e *entry, 
 		}
 	}
 	for _, k := range e.roots {
-		if rec, ok := recs.Manifests[k.digest]; ok {
+		if rec, _ := ct.Lookup(k.digest); rec.Manifest {
 			note(k.digest, rec.FetchedAt)
 		}
 	}
 	for _, d := range e.reach.all() {
-		e.Size += m.size(d)
-		if _, ok := recs.Manifests[d]; ok {
+		rec, _ := ct.Lookup(d)
+		e.Size += rec.Size
+		if rec.Manifest {
 			e.Manifests++
 		}
-		if rec, ok := recs.Blobs[d]; ok {
+		if rec.Blob {
 			e.Blobs++
 			note(d, rec.LastAccess)
 		}
 		if e.reach.manifest(d) {
-			note(d, recs.Access[d])
+			note(d, rec.Pulled)
 		}
 	}
 	if e.LastPull.IsZero() {
 		e.LastPull = shared
 	}
-	e.MediaType = recs.Manifests[e.Digest].MediaType
+	if rec, _ := ct.Lookup(e.Digest); rec.Manifest {
+		e.MediaType = rec.MediaType
+	}
 	rec, mirrored := m.mirrors[e.key()]
 	root := g.nodes[e.Digest]
 	switch {
@@ -371,7 +374,7 @@ func (c *Collector) describe(ctx context.Context, g *graph, m *model, e *entry, 
 	if root != nil {
 		left := map[string]bool{}
 		for d, p := range root.platforms {
-			if _, stored := recs.Manifests[d]; !stored {
+			if !ct.IsManifest(d) {
 				left[p] = true
 			}
 		}
@@ -386,7 +389,7 @@ func (c *Collector) describe(ctx context.Context, g *graph, m *model, e *entry, 
 	}
 	seen := map[string]bool{}
 	for d, p := range root.platforms {
-		if _, stored := recs.Manifests[d]; stored && !seen[p] {
+		if ct.IsManifest(d) && !seen[p] {
 			seen[p] = true
 			e.Platforms = append(e.Platforms, p)
 		}
