@@ -266,6 +266,7 @@ func BenchmarkScale(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
+				scaleProfile(b, "start")
 				hs := httptest.NewServer(srv.Handler())
 				c := &scaleClient{hc: &http.Client{Transport: NewTransport(4)}, base: hs.URL, n: n, rng: mrand.New(mrand.NewPCG(1, uint64(n)))}
 				sampler.Phase("latency")
@@ -282,12 +283,14 @@ func BenchmarkScale(b *testing.B) {
 				}
 				// The status page's image list: its first visit builds it
 				// (Collector.Images, pulls, referrers, three orders).
+				scaleProfile(b, "ls")
 				sampler.Phase("status")
 				start = time.Now()
 				if err := getStatusImages(hs.URL, n); err != nil {
 					b.Fatal(err)
 				}
 				statusJSON := time.Since(start)
+				scaleProfile(b, "status")
 				// The pulls during the passes ask for pinned images only:
 				// the eviction must keep them.
 				const hot = 50
@@ -356,6 +359,24 @@ func BenchmarkScale(b *testing.B) {
 				b.StartTimer()
 			}
 		})
+	}
+}
+
+// scaleProfile writes the heap profile (what the last GC found live) to
+// BENCH_SCALE_PROFILE-step if that is set.
+func scaleProfile(b *testing.B, step string) {
+	prefix := os.Getenv("BENCH_SCALE_PROFILE")
+	if prefix == "" {
+		return
+	}
+	runtime.GC()
+	f, err := os.Create(prefix + "-" + step)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	if err := pprof.WriteHeapProfile(f); err != nil {
+		b.Fatal(err)
 	}
 }
 
