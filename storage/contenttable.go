@@ -2,6 +2,7 @@ package storage
 
 import (
 	"bytes"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -37,8 +38,11 @@ type contentRec struct {
 	// fetched: the manifest's fetch; access: the blob's last access;
 	// pulled: the manifest's last pull (the access bucket). UnixNano.
 	fetched, access, pulled int64
-	media                   uint32
-	manifest, blob          bool
+	// newest: the latest of the manifest's fetch and the blob's fetch
+	// and last access (what a collection's grace period looks at).
+	newest         int64
+	media          uint32
+	manifest, blob bool
 }
 
 // ContentInfo is one digest's records in a ContentTable.
@@ -83,17 +87,40 @@ func (t *ContentTable) IsManifest(d digest.Digest) bool {
 }
 
 func (t *ContentTable) find(d digest.Digest) *contentRec {
-	if k, ok := sha256Key(string(d)); ok {
-		if i, ok := slices.BinarySearchFunc(t.sha, k, func(a, b [32]byte) int { return bytes.Compare(a[:], b[:]) }); ok {
-			return &t.recs[i]
-		}
-		return nil
-	}
-	if i, ok := slices.BinarySearch(t.other, d); ok {
-		return &t.recs[len(t.sha)+i]
+	if i, ok := t.ID(d); ok {
+		return &t.recs[i]
 	}
 	return nil
 }
+
+// ID is d's place in the table, in [0, Len()): a digest in 4 bytes
+// instead of a string, for a pass that keeps one value per digest.
+func (t *ContentTable) ID(d digest.Digest) (int, bool) {
+	if k, ok := sha256Key(string(d)); ok {
+		return slices.BinarySearchFunc(t.sha, k, func(a, b [32]byte) int { return bytes.Compare(a[:], b[:]) })
+	}
+	i, ok := slices.BinarySearch(t.other, d)
+	return len(t.sha) + i, ok
+}
+
+// Digest is the digest of ID id (a new string).
+func (t *ContentTable) Digest(id int) digest.Digest {
+	if id < len(t.sha) {
+		return digest.NewDigestFromEncoded(digest.SHA256, hex.EncodeToString(t.sha[id][:]))
+	}
+	return t.other[id-len(t.sha)]
+}
+
+// Recorded reports whether ID id has a manifest or blob record (not only
+// a last pull).
+func (t *ContentTable) Recorded(id int) bool { return t.recs[id].manifest || t.recs[id].blob }
+
+// ManifestID reports whether ID id has a manifest record.
+func (t *ContentTable) ManifestID(id int) bool { return t.recs[id].manifest }
+
+// NewestID is the latest of ID id's manifest fetch and blob fetch and
+// last access (the zero time if none).
+func (t *ContentTable) NewestID(id int) time.Time { return FromUnixNano(t.recs[id].newest) }
 
 // utcTime is FromUnixNano in UTC.
 func utcTime(n int64) time.Time {
@@ -232,15 +259,18 @@ func (t *ContentTable) read(tx *bolt.Tx, rel *releaser) error {
 						t.media = append(t.media, m.MediaType)
 					}
 					rec.manifest, rec.media, rec.fetched = true, mi, UnixNano(m.FetchedAt)
+					rec.newest = max(rec.newest, rec.fetched)
 					rec.size += m.Size
 				}
 			case bytes.Equal(s.bucket, bucketBlobs):
 				var b struct {
 					Size       int64     `json:"size"`
+					FetchedAt  time.Time `json:"fetched_at"`
 					LastAccess time.Time `json:"last_access"`
 				}
 				if err = json.Unmarshal(s.v, &b); err == nil {
 					rec.blob, rec.access = true, UnixNano(b.LastAccess)
+					rec.newest = max(rec.newest, UnixNano(b.FetchedAt), rec.access)
 					rec.size += b.Size
 				}
 			default:
