@@ -9,7 +9,6 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/storage"
 )
 
@@ -204,16 +203,20 @@ func (c *Collector) victimTags(victims []*entry) error {
 		if e == nil {
 			return
 		}
-		_, _, tag, ok := storage.ParseTagKey(string(key))
-		if !ok || !oci.ValidDigest(e.Digest) {
+		if colon == len(key)-1 {
 			return
 		}
+		// Its own string: a part of the key's would keep the key.
+		tag := string(key[colon+1:])
 		if _, artifact := referrerTagSubject(tag); !artifact { // those are kept already
 			e.Tags = append(e.Tags, tag)
 		}
 	})
 	for _, e := range victims {
 		slices.Sort(e.Tags)
+		if cap(e.Tags) > len(e.Tags) { // appended one by one
+			e.Tags = slices.Clone(e.Tags)
+		}
 	}
 	return err
 }
