@@ -130,10 +130,10 @@ func (c *Collector) plan(ctx context.Context, maxSize int64, evictAfter time.Dur
 			claimed[e.Digest] = true
 		}
 		victims = append(victims, e)
-		for _, d := range e.reach.all() {
-			if m.refs[d]--; m.refs[d] == 0 {
-				kept -= m.size(d)
-				p.freed[d] = true
+		for _, id := range e.reach.all() {
+			if m.refs[id]--; m.refs[id] == 0 {
+				kept -= m.size(id)
+				p.freed[m.ids.digest(id)] = true
 			}
 		}
 	}
@@ -164,7 +164,7 @@ func (c *Collector) plan(ctx context.Context, maxSize int64, evictAfter time.Dur
 		c.opts.Log.Info("evicting cached image", "image", e.Name(), "tags", e.Tags, "digest", e.Digest,
 			"size", e.Size, "last_pull", e.LastPull, "dry_run", c.opts.DryRun)
 		for _, k := range e.roots {
-			if m.refs[k.digest] == 0 {
+			if m.refsOf(k.digest) == 0 {
 				p.dropped[k.digest] = true
 			}
 		}
@@ -242,13 +242,13 @@ func (c *Collector) mirroring(m *model, e *entry, now time.Time) bool {
 func (c *Collector) unroots(m *model, e *entry) []storage.Unroot {
 	u := storage.Unroot{Upstream: e.Upstream, Repo: e.Repo, Digest: e.Digest, Tags: e.Tags}
 	for i, k := range e.roots {
-		if _, ok := m.mirrors[k]; ok && (i == 0 || m.refs[k.digest] == 0) {
+		if _, ok := m.mirrors[k]; ok && (i == 0 || m.refsOf(k.digest) == 0) {
 			u.Fills = append(u.Fills, storage.FillKey{Upstream: k.upstream, Repo: k.repo, Digest: k.digest})
 		}
 	}
 	us := []storage.Unroot{u}
 	for _, a := range e.artifactTags {
-		if m.refs[a.key.digest] == 0 {
+		if m.refsOf(a.key.digest) == 0 {
 			us = append(us, storage.Unroot{Upstream: a.key.upstream, Repo: a.key.repo, Digest: a.key.digest, Tags: []string{a.tag}})
 		}
 	}

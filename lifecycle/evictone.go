@@ -58,9 +58,9 @@ func (c *Collector) EvictImage(ctx context.Context, upstream, repo string, dgst 
 		}
 	}()
 	freed := map[digest.Digest]bool{} // collected at once, whatever its age
-	for _, d := range e.reach.all() {
-		if m.refs[d]--; m.refs[d] == 0 {
-			freed[d] = true
+	for _, id := range e.reach.all() {
+		if m.refs[id]--; m.refs[id] == 0 {
+			freed[m.ids.digest(id)] = true
 		}
 	}
 	r.Evicted = append(r.Evicted, e.Image)

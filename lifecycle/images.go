@@ -96,49 +96,80 @@ type artifactTag struct {
 }
 
 // keeps is what an image keeps (a reach, compacted: at 100k images the
-// maps of a reach per image are ~50 MiB).
+// maps of a reach per image are ~50 MiB), as digest identifiers (model.ids:
+// 4 bytes each, not a 71-byte string).
 type keeps struct {
-	// ds: its manifests and blobs, sorted; manifests: its manifests,
-	// sorted. Images with the same root share them: not to be modified.
-	ds, manifests []digest.Digest
+	// ds: its manifests and blobs; manifests: its manifests, sorted.
+	// Images with the same root share them: not to be modified.
+	ds, manifests []int32
 }
 
-func compact(r reach) keeps {
-	return keeps{ds: r.all(), manifests: slices.Sorted(maps.Keys(r.manifests))}
+func compact(r reach, ids *digestIDs) keeps {
+	k := keeps{ds: make([]int32, 0, len(r.manifests)+len(r.blobs)), manifests: make([]int32, 0, len(r.manifests))}
+	for d := range r.manifests {
+		id := ids.id(d)
+		k.ds = append(k.ds, id)
+		k.manifests = append(k.manifests, id)
+	}
+	for d := range r.blobs {
+		if !r.manifests[d] {
+			k.ds = append(k.ds, ids.id(d))
+		}
+	}
+	slices.Sort(k.manifests)
+	return k
 }
 
-// all returns the manifests and blobs kept, sorted (not to be modified).
-func (k keeps) all() []digest.Digest { return k.ds }
+// all returns the manifests and blobs kept (not to be modified).
+func (k keeps) all() []int32 { return k.ds }
 
-// manifest reports whether d is one of the manifests kept.
-func (k keeps) manifest(d digest.Digest) bool {
-	_, ok := slices.BinarySearch(k.manifests, d)
+// manifest reports whether id is one of the manifests kept.
+func (k keeps) manifest(id int32) bool {
+	_, ok := slices.BinarySearch(k.manifests, id)
 	return ok
 }
 
 // model is the cache seen as images.
 type model struct {
-	recs   *storage.ImageTable
+	recs *storage.ImageTable
+	// ids number the digests: those of recs.Content, then the others
+	// the images keep.
+	ids    *digestIDs
 	images []*entry
-	// refs counts the images keeping each digest.
-	refs map[digest.Digest]int
+	// refs counts the images keeping each digest, by identifier.
+	refs []int32
 	// mirrors are the mirror states by repository and digest.
 	mirrors map[imageKey]storage.FillRecord
 }
 
 func (e *entry) key() imageKey { return imageKey{e.Upstream, e.Repo, e.Digest} }
 
+// info is the records of the digest numbered id (none for those not in
+// the table).
+func (m *model) info(id int32) storage.ContentInfo {
+	if int(id) < m.recs.Content.Len() {
+		return m.recs.Content.Info(int(id))
+	}
+	return storage.ContentInfo{}
+}
+
 // size is the indexed size of one digest, as Index.StoredBytes counts it.
-func (m *model) size(d digest.Digest) int64 {
-	return m.recs.Content.Size(d)
+func (m *model) size(id int32) int64 { return m.info(id).Size }
+
+// refsOf is how many images keep d.
+func (m *model) refsOf(d digest.Digest) int32 {
+	if id, ok := m.ids.lookup(d); ok {
+		return m.refs[id]
+	}
+	return 0
 }
 
 // keptSize is the indexed size of what the images keep.
 func (m *model) keptSize() int64 {
 	var n int64
-	for d, c := range m.refs {
+	for id, c := range m.refs {
 		if c > 0 {
-			n += m.size(d)
+			n += m.size(int32(id))
 		}
 	}
 	return n
@@ -188,13 +219,11 @@ func (c *Collector) model(ctx context.Context, platforms, tags bool) (*model, er
 	in := &storage.Interner{}
 	g.intern = in
 	entries := map[imageKey]*entry{}
-	byDigest := map[digest.Digest][]*entry{}
 	get := func(k imageKey) *entry {
 		e, ok := entries[k]
 		if !ok {
 			e = &entry{Image: Image{Upstream: k.upstream, Repo: k.repo, Digest: k.digest}, roots: []imageKey{k}}
 			entries[k] = e
-			byDigest[k.digest] = append(byDigest[k.digest], e)
 		}
 		return e
 	}
@@ -235,22 +264,31 @@ func (c *Collector) model(ctx context.Context, platforms, tags bool) (*model, er
 		}
 	}
 	recs.Fills = nil // in mirrors now
+	// Pinned digests: their images are pinned; one without an image
+	// is one, named after its first holder.
+	pinned := map[digest.Digest]bool{}
 	for key := range recs.Pins {
-		d, err := digest.Parse(key)
-		if err != nil {
-			continue
+		if d, err := digest.Parse(key); err == nil {
+			pinned[d] = false // true once an image has it
 		}
-		if len(byDigest[d]) == 0 {
+	}
+	if len(pinned) > 0 {
+		for k, e := range entries {
+			if _, ok := pinned[k.digest]; ok {
+				e.Pinned, pinned[k.digest] = true, true
+			}
+		}
+		for d, has := range pinned {
+			if has {
+				continue
+			}
 			k := imageKey{digest: in.Digest(d)}
 			if holder, ok := recs.FirstHolder[d]; ok {
 				if host, repo, ok := strings.Cut(holder, "/"); ok {
 					k.upstream, k.repo = host, repo
 				}
 			}
-			get(k)
-		}
-		for _, e := range byDigest[d] {
-			e.Pinned = true
+			get(k).Pinned = true
 		}
 	}
 
@@ -264,8 +302,9 @@ func (c *Collector) model(ctx context.Context, platforms, tags bool) (*model, er
 	}
 	// Every digest is interned by now: the interner's map can go.
 	g.intern = nil
+	ids := newDigestIDs(recs.Content)
 	reaches := map[digest.Digest]keeps{}
-	children := map[digest.Digest]bool{}
+	var children idSet
 	for _, e := range entries {
 		k, ok := reaches[e.Digest]
 		if !ok {
@@ -273,22 +312,41 @@ func (c *Collector) model(ctx context.Context, platforms, tags bool) (*model, er
 			if err != nil {
 				return nil, err
 			}
-			k = compact(r)
+			k = compact(r, ids)
 			reaches[e.Digest] = k
 		}
 		e.reach = k
-		for _, d := range k.manifests {
-			if d != e.Digest {
-				children[d] = true
+		self, _ := ids.lookup(e.Digest)
+		for _, id := range k.manifests {
+			if id != self {
+				children.add(id)
 			}
 		}
+	}
+	reaches = nil
+	// What the images keep is numbered: the manifests' references (and
+	// their strings) are not needed any more, nor (without platforms)
+	// the configs.
+	for _, n := range g.nodes {
+		n.blobs = nil
+		if !platforms {
+			n.config = ""
+		}
+	}
+	isChild := func(d digest.Digest) bool {
+		id, ok := ids.lookup(d)
+		return ok && children.has(id)
+	}
+	keepsManifest := func(e *entry, d digest.Digest) bool {
+		id, ok := ids.lookup(d)
+		return ok && e.reach.manifest(id)
 	}
 	// A mirror record alone on a child of an index (a client pulled the
 	// child by digest) is part of the index's image; so is a signature,
 	// attestation or SBOM named only by referrers or cosign tags.
 	var listed, folded []*entry
 	for _, e := range entries {
-		if !e.plainTags && !e.Pinned && children[e.Digest] {
+		if !e.plainTags && !e.Pinned && isChild(e.Digest) {
 			folded = append(folded, e)
 		} else {
 			listed = append(listed, e)
@@ -296,7 +354,7 @@ func (c *Collector) model(ctx context.Context, platforms, tags bool) (*model, er
 	}
 	for _, e := range listed {
 		for _, f := range folded {
-			if e.reach.manifest(f.Digest) {
+			if keepsManifest(e, f.Digest) {
 				e.roots = append(e.roots, f.key())
 				for _, tag := range f.Tags {
 					e.artifactTags = append(e.artifactTags, artifactTag{f.key(), tag})
@@ -305,10 +363,10 @@ func (c *Collector) model(ctx context.Context, platforms, tags bool) (*model, er
 		}
 	}
 
-	m := &model{recs: recs, refs: make(map[digest.Digest]int, recs.Content.Len()), mirrors: mirrors}
+	m := &model{recs: recs, ids: ids, refs: make([]int32, ids.n()), mirrors: mirrors}
 	for _, e := range listed {
-		for _, d := range e.reach.all() {
-			m.refs[d]++
+		for _, id := range e.reach.all() {
+			m.refs[id]++
 		}
 	}
 	for _, e := range listed {
@@ -329,8 +387,8 @@ func (c *Collector) describe(ctx context.Context, g *graph, m *model, e *entry, 
 	// Times recorded per digest tell this image's pulls only for digests
 	// no other image keeps; the others are a fallback.
 	var shared time.Time
-	note := func(d digest.Digest, t time.Time) {
-		if m.refs[d] == 1 {
+	note := func(refs int32, t time.Time) {
+		if refs == 1 {
 			e.LastPull = latest(e.LastPull, t)
 		} else {
 			shared = latest(shared, t)
@@ -338,21 +396,21 @@ func (c *Collector) describe(ctx context.Context, g *graph, m *model, e *entry, 
 	}
 	for _, k := range e.roots {
 		if rec, _ := ct.Lookup(k.digest); rec.Manifest {
-			note(k.digest, rec.FetchedAt)
+			note(m.refsOf(k.digest), rec.FetchedAt)
 		}
 	}
-	for _, d := range e.reach.all() {
-		rec, _ := ct.Lookup(d)
+	for _, id := range e.reach.all() {
+		rec := m.info(id)
 		e.Size += rec.Size
 		if rec.Manifest {
 			e.Manifests++
 		}
 		if rec.Blob {
 			e.Blobs++
-			note(d, rec.LastAccess)
+			note(m.refs[id], rec.LastAccess)
 		}
-		if e.reach.manifest(d) {
-			note(d, rec.Pulled)
+		if e.reach.manifest(id) {
+			note(m.refs[id], rec.Pulled)
 		}
 	}
 	if e.LastPull.IsZero() {

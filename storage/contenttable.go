@@ -62,14 +62,20 @@ func (t *ContentTable) Len() int { return len(t.recs) }
 
 // Lookup returns d's records; ok is false if it has none.
 func (t *ContentTable) Lookup(d digest.Digest) (ContentInfo, bool) {
-	r := t.find(d)
-	if r == nil {
+	id, ok := t.ID(d)
+	if !ok {
 		return ContentInfo{}, false
 	}
+	return t.Info(id), true
+}
+
+// Info returns the records of ID id.
+func (t *ContentTable) Info(id int) ContentInfo {
+	r := &t.recs[id]
 	return ContentInfo{
 		Manifest: r.manifest, Blob: r.blob, Size: r.size, MediaType: t.media[r.media],
 		FetchedAt: utcTime(r.fetched), LastAccess: utcTime(r.access), Pulled: utcTime(r.pulled),
-	}, true
+	}
 }
 
 // Size is d's indexed size (0 without records).
