@@ -37,7 +37,7 @@ type marker struct {
 	marked marks
 	seen   idSet
 	// drop are roots treated as gone (a dry-run eviction).
-	drop map[digest.Digest]bool
+	drop *digestSet
 	// holder lists the digests the proxy holds: kept, and those the
 	// index knows as manifests (isManifest) walked as roots.
 	holder     Holder
@@ -76,7 +76,7 @@ func (mk *marker) mark(ctx context.Context, roots map[digest.Digest]bool) error 
 
 func (mk *marker) walk(ctx context.Context, roots []digest.Digest) error {
 	for _, d := range roots {
-		if mk.drop[d] || d.Validate() != nil {
+		if mk.drop.has(d) || d.Validate() != nil {
 			continue
 		}
 		id := mk.g.ids.id(d)
@@ -180,7 +180,7 @@ func (s *storedFiles) sizeOf(d digest.Digest) int64 {
 
 // collect removes what no root references; freed (content an eviction
 // has just left unreferenced) is not subject to the grace period.
-func (c *Collector) collect(ctx context.Context, drop, freed map[digest.Digest]bool) (Report, error) {
+func (c *Collector) collect(ctx context.Context, drop, freed *digestSet) (Report, error) {
 	r := Report{DryRun: c.opts.DryRun, StoredBefore: c.index.StoredBytes()}
 	now := c.opts.Now()
 	g := newGraph(c.store)
@@ -240,7 +240,7 @@ func (c *Collector) collect(ctx context.Context, drop, freed map[digest.Digest]b
 		if ids.recorded(id) {
 			newest = view.Table.NewestID(int(id))
 		}
-		if !freed[d] && c.recent(now, modTime, newest) {
+		if !freed.has(d) && c.recent(now, modTime, newest) {
 			r.Kept++
 			continue
 		}
@@ -270,7 +270,7 @@ func (c *Collector) collect(ctx context.Context, drop, freed map[digest.Digest]b
 // sweep removes one batch of unmarked content: claimed from the guard,
 // checked against the roots recorded since the marking, forgotten by the
 // index, then removed from the store.
-func (c *Collector) sweep(ctx context.Context, batch []digest.Digest, mk *marker, stored *storedFiles, freed map[digest.Digest]bool, r *Report) error {
+func (c *Collector) sweep(ctx context.Context, batch []digest.Digest, mk *marker, stored *storedFiles, freed *digestSet, r *Report) error {
 	claimed, release := c.claim(batch)
 	defer release()
 	r.Kept += len(batch) - len(claimed)
@@ -287,7 +287,7 @@ func (c *Collector) sweep(ctx context.Context, batch []digest.Digest, mk *marker
 		if e.Manifest != nil {
 			ts = append(ts, e.Manifest.FetchedAt)
 		}
-		if (e.Rooted && !mk.drop[d]) || (!freed[d] && c.recent(now, ts...)) {
+		if (e.Rooted && !mk.drop.has(d)) || (!freed.has(d) && c.recent(now, ts...)) {
 			kept++
 			return true
 		}

@@ -60,7 +60,7 @@ func (c *Collector) evict(ctx context.Context, maxSize int64, evictAfter time.Du
 		r.StoredAfter = c.index.StoredBytes()
 		return r, false, nil
 	}
-	var drop map[digest.Digest]bool
+	var drop *digestSet
 	if c.opts.DryRun {
 		drop = p.dropped // still in the index: collect as if they were not
 	}
@@ -77,7 +77,7 @@ type evictPlan struct {
 	unroots []storage.Unroot
 	// freed: what no kept image references any more; dropped: the
 	// victims' roots no kept image holds.
-	freed, dropped map[digest.Digest]bool
+	freed, dropped *digestSet
 	releases       []func()
 }
 
@@ -92,7 +92,7 @@ func (p *evictPlan) release() {
 // plan reads the images and chooses the victims (see Evict), adding them
 // to r.Evicted.
 func (c *Collector) plan(ctx context.Context, maxSize int64, evictAfter time.Duration, now time.Time, r *Report) (*evictPlan, error) {
-	p := &evictPlan{freed: map[digest.Digest]bool{}, dropped: map[digest.Digest]bool{}}
+	p := &evictPlan{freed: &digestSet{}, dropped: &digestSet{}}
 	m, err := c.model(ctx, false, false)
 	if err != nil {
 		return p, err
@@ -133,7 +133,7 @@ func (c *Collector) plan(ctx context.Context, maxSize int64, evictAfter time.Dur
 		for _, id := range e.reach.all() {
 			if m.refs[id]--; m.refs[id] == 0 {
 				kept -= m.size(id)
-				p.freed[m.ids.digest(id)] = true
+				p.freed.add(m.ids.digest(id))
 			}
 		}
 	}
@@ -165,7 +165,7 @@ func (c *Collector) plan(ctx context.Context, maxSize int64, evictAfter time.Dur
 			"size", e.Size, "last_pull", e.LastPull, "dry_run", c.opts.DryRun)
 		for _, k := range e.roots {
 			if m.refsOf(k.digest) == 0 {
-				p.dropped[k.digest] = true
+				p.dropped.add(k.digest)
 			}
 		}
 		if c.opts.DryRun {

@@ -57,10 +57,10 @@ func (c *Collector) EvictImage(ctx context.Context, upstream, repo string, dgst 
 			release()
 		}
 	}()
-	freed := map[digest.Digest]bool{} // collected at once, whatever its age
+	freed := &digestSet{} // collected at once, whatever its age
 	for _, id := range e.reach.all() {
 		if m.refs[id]--; m.refs[id] == 0 {
-			freed[m.ids.digest(id)] = true
+			freed.add(m.ids.digest(id))
 		}
 	}
 	r.Evicted = append(r.Evicted, e.Image)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -156,5 +157,30 @@ func TestLifecycleSHA512(t *testing.T) {
 	}
 	if stored(man) || stored(cfgD) || stored(layerD) {
 		t.Error("the evicted image's content is still stored")
+	}
+}
+
+// An eviction's freed digests: sha256 as bytes, others (sha512, a
+// sha256 digest in upper case) as strings; added after a lookup, found.
+func TestDigestSet(t *testing.T) {
+	var none *digestSet
+	if none.has(digest.FromString("a")) {
+		t.Error("the nil set has a digest")
+	}
+	s := &digestSet{}
+	in := []digest.Digest{digest.FromString("a"), digest.SHA512.FromString("a"), digest.Digest("sha256:" + strings.ToUpper(digest.FromString("b").Encoded()))}
+	out := []digest.Digest{digest.FromString("b"), digest.SHA512.FromString("b"), digest.Digest("sha256:" + strings.ToUpper(digest.FromString("a").Encoded()))}
+	for i, d := range in {
+		s.add(d)
+		for _, e := range in[:i+1] {
+			if !s.has(e) {
+				t.Errorf("%s added, not found", e)
+			}
+		}
+	}
+	for _, d := range out {
+		if s.has(d) {
+			t.Errorf("%s found, never added", d)
+		}
 	}
 }

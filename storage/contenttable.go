@@ -136,6 +136,11 @@ func utcTime(n int64) time.Time {
 	return time.Unix(0, n).UTC()
 }
 
+// SHA256Key is the 32 bytes of a canonical sha256 digest ("sha256:" and
+// 64 lower-case hex digits); ok is false for any other digest, to be
+// kept as a string.
+func SHA256Key(d digest.Digest) ([32]byte, bool) { return sha256Key(string(d)) }
+
 // sha256Key is the 32 bytes of a canonical sha256 digest string
 // ("sha256:" and 64 lower-case hex digits); ok is false for anything
 // else, kept as a string.
