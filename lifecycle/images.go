@@ -104,22 +104,6 @@ type keeps struct {
 	ds, manifests []int32
 }
 
-func compact(r reach, ids *digestIDs) keeps {
-	k := keeps{ds: make([]int32, 0, len(r.manifests)+len(r.blobs)), manifests: make([]int32, 0, len(r.manifests))}
-	for d := range r.manifests {
-		id := ids.id(d)
-		k.ds = append(k.ds, id)
-		k.manifests = append(k.manifests, id)
-	}
-	for d := range r.blobs {
-		if !r.manifests[d] {
-			k.ds = append(k.ds, ids.id(d))
-		}
-	}
-	slices.Sort(k.manifests)
-	return k
-}
-
 // all returns the manifests and blobs kept (not to be modified).
 func (k keeps) all() []int32 { return k.ds }
 
@@ -297,22 +281,24 @@ func (c *Collector) model(ctx context.Context, platforms, tags bool) (*model, er
 	for k := range entries {
 		roots = append(roots, k.digest)
 	}
+	// Blobs are numbered as the manifests are read: no string is kept
+	// for them (at 100k images, 300k).
+	ids := newDigestIDs(recs.Content)
+	g.ids, g.keepConfig = ids, platforms
 	if err := g.loadAll(ctx, roots); err != nil {
 		return nil, err
 	}
 	// Every digest is interned by now: the interner's map can go.
 	g.intern = nil
-	ids := newDigestIDs(recs.Content)
 	reaches := map[digest.Digest]keeps{}
 	var children idSet
 	for _, e := range entries {
 		k, ok := reaches[e.Digest]
 		if !ok {
-			r, err := g.reach(ctx, e.Digest)
-			if err != nil {
+			var err error
+			if k, err = g.reachIDs(ctx, e.Digest); err != nil {
 				return nil, err
 			}
-			k = compact(r, ids)
 			reaches[e.Digest] = k
 		}
 		e.reach = k
@@ -324,15 +310,6 @@ func (c *Collector) model(ctx context.Context, platforms, tags bool) (*model, er
 		}
 	}
 	reaches = nil
-	// What the images keep is numbered: the manifests' references (and
-	// their strings) are not needed any more, nor (without platforms)
-	// the configs.
-	for _, n := range g.nodes {
-		n.blobs = nil
-		if !platforms {
-			n.config = ""
-		}
-	}
 	isChild := func(d digest.Digest) bool {
 		id, ok := ids.lookup(d)
 		return ok && children.has(id)
