@@ -163,7 +163,7 @@ func (c *Collector) plan(ctx context.Context, maxSize int64, evictAfter time.Dur
 		r.Evicted = append(r.Evicted, e.Image)
 		c.opts.Log.Info("evicting cached image", "image", e.Name(), "tags", e.Tags, "digest", e.Digest,
 			"size", e.Size, "last_pull", e.LastPull, "dry_run", c.opts.DryRun)
-		for _, k := range e.roots {
+		for _, k := range e.roots() {
 			if m.refsOf(k.digest) == 0 {
 				p.dropped.add(k.digest)
 			}
@@ -227,8 +227,8 @@ func (c *Collector) victimTags(victims []*entry) error {
 // complete when it is done, whatever the eviction removed meanwhile: the
 // image would come back without its tags.
 func (c *Collector) mirroring(m *model, e *entry, now time.Time) bool {
-	for _, k := range e.roots {
-		if rec, ok := m.mirrors[k]; ok && rec.State != storage.FillComplete && c.recent(now, rec.UpdatedAt) {
+	for _, k := range e.roots() {
+		if rec, ok := m.mirrors[k]; ok && rec.state != storage.FillComplete && c.recent(now, rec.updated()) {
 			return true
 		}
 	}
@@ -241,7 +241,7 @@ func (c *Collector) mirroring(m *model, e *entry, now time.Time) bool {
 // count the image out.
 func (c *Collector) unroots(m *model, e *entry) []storage.Unroot {
 	u := storage.Unroot{Upstream: e.Upstream, Repo: e.Repo, Digest: e.Digest, Tags: e.Tags}
-	for i, k := range e.roots {
+	for i, k := range e.roots() {
 		if _, ok := m.mirrors[k]; ok && (i == 0 || m.refsOf(k.digest) == 0) {
 			u.Fills = append(u.Fills, storage.FillKey{Upstream: k.upstream, Repo: k.repo, Digest: k.digest})
 		}

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/opencontainers/go-digest"
@@ -177,8 +178,12 @@ func (g *graph) loadAll(ctx context.Context, roots []digest.Digest) error {
 	add(roots)
 	for len(level) > 0 {
 		nodes := make([]*node, len(level))
+		keys := make([]digest.Digest, len(level))
 		// A few long-lived readers, not a goroutine per manifest: each
-		// would grow its stack anew to decode one.
+		// would grow its stack anew to decode one. Each node is kept
+		// (numbered, interned) as soon as it is read, one at a time: the
+		// strings it was decoded with do not wait for the whole level.
+		var keeping sync.Mutex
 		eg, ectx := errgroup.WithContext(ctx)
 		var next atomic.Int64
 		for range min(parallelReads, len(level)) {
@@ -188,6 +193,9 @@ func (g *graph) loadAll(ctx context.Context, roots []digest.Digest) error {
 					if err != nil {
 						return err
 					}
+					keeping.Lock()
+					keys[i] = g.keep(level[i], n)
+					keeping.Unlock()
 					nodes[i] = n
 				}
 				return nil
@@ -201,8 +209,8 @@ func (g *graph) loadAll(ctx context.Context, roots []digest.Digest) error {
 		}
 		done := level
 		level = nil
-		for i, d := range done {
-			g.nodes[g.keep(d, nodes[i])] = nodes[i]
+		for i, k := range keys {
+			g.nodes[k] = nodes[i]
 		}
 		for i, d := range done {
 			add(nodes[i].manifests)

@@ -77,8 +77,8 @@ func (im Image) Name() string {
 type entry struct {
 	Image
 	reach keeps
-	// roots: the image itself and the mirror-only roots folded into it.
-	roots []imageKey
+	// folded are the mirror-only roots folded into it (see roots).
+	folded []imageKey
 	// artifactTags are the referrers and cosign tags (sha256-<hex>.sig...)
 	// of its signatures, attestations and SBOMs, folded into it: they
 	// leave with it.
@@ -113,6 +113,16 @@ func (k keeps) manifest(id int32) bool {
 	return ok
 }
 
+// fill is what the model uses of a fill record: 48 bytes, not 96.
+type fill struct {
+	state     string
+	platforms []string
+	updatedAt int64 // storage.UnixNano
+}
+
+// updated is when the record was last written.
+func (f fill) updated() time.Time { return storage.FromUnixNano(f.updatedAt) }
+
 // model is the cache seen as images.
 type model struct {
 	recs *storage.ImageTable
@@ -123,10 +133,13 @@ type model struct {
 	// refs counts the images keeping each digest, by identifier.
 	refs []int32
 	// mirrors are the mirror states by repository and digest.
-	mirrors map[imageKey]storage.FillRecord
+	mirrors map[imageKey]fill
 }
 
 func (e *entry) key() imageKey { return imageKey{e.Upstream, e.Repo, e.Digest} }
+
+// roots are the image itself and the mirror-only roots folded into it.
+func (e *entry) roots() []imageKey { return append([]imageKey{e.key()}, e.folded...) }
 
 // info is the records of the digest numbered id (none for those not in
 // the table).
@@ -206,7 +219,7 @@ func (c *Collector) model(ctx context.Context, platforms, tags bool) (*model, er
 	get := func(k imageKey) *entry {
 		e, ok := entries[k]
 		if !ok {
-			e = &entry{Image: Image{Upstream: k.upstream, Repo: k.repo, Digest: k.digest}, roots: []imageKey{k}}
+			e = &entry{Image: Image{Upstream: k.upstream, Repo: k.repo, Digest: k.digest}}
 			entries[k] = e
 		}
 		return e
@@ -239,11 +252,11 @@ func (c *Collector) model(ctx context.Context, platforms, tags bool) (*model, er
 			e.Tags = slices.Clip(slices.Clone(e.Tags))
 		}
 	}
-	mirrors := map[imageKey]storage.FillRecord{}
+	mirrors := make(map[imageKey]fill, len(recs.Fills))
 	for _, me := range recs.Fills {
 		if oci.ValidDigest(me.Digest) {
 			k := imageKey{me.Upstream, me.Repo, me.Digest}
-			mirrors[k] = me.FillRecord
+			mirrors[k] = fill{state: me.State, platforms: me.Platforms, updatedAt: storage.UnixNano(me.UpdatedAt)}
 			get(k)
 		}
 	}
@@ -332,7 +345,7 @@ func (c *Collector) model(ctx context.Context, platforms, tags bool) (*model, er
 	for _, e := range listed {
 		for _, f := range folded {
 			if keepsManifest(e, f.Digest) {
-				e.roots = append(e.roots, f.key())
+				e.folded = append(e.folded, f.key())
 				for _, tag := range f.Tags {
 					e.artifactTags = append(e.artifactTags, artifactTag{f.key(), tag})
 				}
@@ -371,7 +384,7 @@ func (c *Collector) describe(ctx context.Context, g *graph, m *model, e *entry, 
 			shared = latest(shared, t)
 		}
 	}
-	for _, k := range e.roots {
+	for _, k := range e.roots() {
 		if rec, _ := ct.Lookup(k.digest); rec.Manifest {
 			note(m.refsOf(k.digest), rec.FetchedAt)
 		}
@@ -404,7 +417,7 @@ func (c *Collector) describe(ctx context.Context, g *graph, m *model, e *entry, 
 	case root.corrupt:
 		e.State = StateCorrupt
 	case mirrored:
-		e.State = rec.State
+		e.State = rec.state
 	}
 	if root != nil {
 		left := map[string]bool{}
@@ -415,8 +428,8 @@ func (c *Collector) describe(ctx context.Context, g *graph, m *model, e *entry, 
 		}
 		e.PlatformsLeftOut = slices.Sorted(maps.Keys(left))
 	}
-	if len(rec.Platforms) > 0 {
-		e.Platforms = slices.Clone(rec.Platforms)
+	if len(rec.platforms) > 0 {
+		e.Platforms = slices.Clone(rec.platforms)
 		return
 	}
 	if root == nil {
