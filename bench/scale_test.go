@@ -330,7 +330,11 @@ func BenchmarkScale(b *testing.B) {
 				peak, phases, byPhase := sampler.Stop()
 				for _, p := range phases {
 					r := byPhase[p]
-					b.Logf("RSS peak during %-7s VmRSS %6.0f MiB, RssAnon %6.0f MiB, RssFile %6.0f MiB, live heap %6.0f MiB", p, r.rss, r.anon, r.file, r.live)
+					line := fmt.Sprintf("RSS peak during %-7s VmRSS %6.0f MiB, RssAnon %6.0f MiB, RssFile %6.0f MiB, live heap %6.0f MiB", p, r.rss, r.anon, r.file, r.live)
+					b.Log(line)
+					// Also on stderr: a benchmark's log is cut at 10
+					// lines, and the server's warnings may come first.
+					fmt.Fprintln(os.Stderr, line)
 				}
 				hs.Close()
 				if err := srv.Close(); err != nil {
