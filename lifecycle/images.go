@@ -205,9 +205,11 @@ type imageKey struct {
 // (1M) are ~15% of the model, and choosing victims does not need them
 // (see evictPlan.victimTags).
 //
-// The index is read in one transaction (Index.ReadImageRecords), each tag
-// going straight into its image: no copy of the tag records is kept, and
-// every digest and name is one shared string (at 100k images, 1M tags).
+// The index is read in one transaction (Index.ReadImageTable), each tag
+// going straight into its image: no copy of the tag records is kept, the
+// content records are a table sorted by digest, each image's digest and
+// name one shared string (at 100k images, 1M tags), and what an image
+// keeps digest identifiers into that table (digestIDs).
 func (c *Collector) model(ctx context.Context, platforms, tags bool) (*model, error) {
 	g, err := c.referrersGraph()
 	if err != nil {
