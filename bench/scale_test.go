@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
@@ -223,6 +224,9 @@ func resetPeakRSS() { _ = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) 
 // first build), and the process's peak RSS from start-up on (building
 // the cache excluded): VmHWM, and the peaks of RssAnon (heap) and RssFile
 // (mapped files: the index) sampled every 5 ms, logged per step. The cache is built untimed; it is not pulled.
+// BENCH_SCALE_CACHE=DIR keeps the built cache in DIR for the next runs
+// (see synthCache); BENCH_SCALE_MEMORY_LIMIT=SIZE sets the runtime's
+// soft memory limit, as memory_limit does.
 func BenchmarkScale(b *testing.B) {
 	for _, n := range scaleSizes(b) {
 		b.Run(fmt.Sprintf("images=%d", n), func(b *testing.B) {
@@ -230,12 +234,21 @@ func BenchmarkScale(b *testing.B) {
 				b.StopTimer()
 				dir := b.TempDir()
 				built := time.Now()
-				total := buildSynthCache(b, dir, n)
+				total := synthCache(b, dir, n)
 				b.Logf("built %d images (%d MB) in %v", n, total/1e6, time.Since(built).Round(time.Millisecond))
 				logIndexSize(b, dir, "built")
 				up := fixture.StartUpstream(b)
 				cfg := servertest.Config(b, dir, []servertest.Upstream{{Host: "docker.io", URL: up.URL()}})
 				cfg.TagTTL = config.Duration(1000 * time.Hour)
+				// memory_limit, as serve applies it (server.New does not).
+				if v := os.Getenv("BENCH_SCALE_MEMORY_LIMIT"); v != "" {
+					z, err := config.ParseSize(v)
+					if err != nil {
+						b.Fatalf("BENCH_SCALE_MEMORY_LIMIT: %v", err)
+					}
+					defer debug.SetMemoryLimit(debug.SetMemoryLimit(int64(z)))
+					b.Logf("memory limit %s", z)
+				}
 				// The build's garbage is not the server's: return it to
 				// the OS before measuring.
 				debug.FreeOSMemory()
@@ -253,6 +266,7 @@ func BenchmarkScale(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
+				scaleProfile(b, "start")
 				hs := httptest.NewServer(srv.Handler())
 				c := &scaleClient{hc: &http.Client{Transport: NewTransport(4)}, base: hs.URL, n: n, rng: mrand.New(mrand.NewPCG(1, uint64(n)))}
 				sampler.Phase("latency")
@@ -269,12 +283,14 @@ func BenchmarkScale(b *testing.B) {
 				}
 				// The status page's image list: its first visit builds it
 				// (Collector.Images, pulls, referrers, three orders).
+				scaleProfile(b, "ls")
 				sampler.Phase("status")
 				start = time.Now()
 				if err := getStatusImages(hs.URL, n); err != nil {
 					b.Fatal(err)
 				}
 				statusJSON := time.Since(start)
+				scaleProfile(b, "status")
 				// The pulls during the passes ask for pinned images only:
 				// the eviction must keep them.
 				const hot = 50
@@ -314,7 +330,11 @@ func BenchmarkScale(b *testing.B) {
 				peak, phases, byPhase := sampler.Stop()
 				for _, p := range phases {
 					r := byPhase[p]
-					b.Logf("RSS peak during %-7s VmRSS %6.0f MiB, RssAnon %6.0f MiB, RssFile %6.0f MiB, live heap %6.0f MiB", p, r.rss, r.anon, r.file, r.live)
+					line := fmt.Sprintf("RSS peak during %-7s VmRSS %6.0f MiB, RssAnon %6.0f MiB, RssFile %6.0f MiB, live heap %6.0f MiB", p, r.rss, r.anon, r.file, r.live)
+					b.Log(line)
+					// Also on stderr: a benchmark's log is cut at 10
+					// lines, and the server's warnings may come first.
+					fmt.Fprintln(os.Stderr, line)
 				}
 				hs.Close()
 				if err := srv.Close(); err != nil {
@@ -344,6 +364,68 @@ func BenchmarkScale(b *testing.B) {
 			}
 		})
 	}
+}
+
+// scaleProfile writes the heap profile (what the last GC found live) to
+// BENCH_SCALE_PROFILE-step if that is set.
+func scaleProfile(b *testing.B, step string) {
+	prefix := os.Getenv("BENCH_SCALE_PROFILE")
+	if prefix == "" {
+		return
+	}
+	runtime.GC()
+	f, err := os.Create(prefix + "-" + step)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	if err := pprof.WriteHeapProfile(f); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// synthCache puts a synthetic cache of n images in dir. With
+// BENCH_SCALE_CACHE set (a directory on dir's file system), the cache is
+// built there once per size and each run gets a copy: the index copied,
+// the store's files hard-linked (the mirror never writes a stored file
+// in place; it removes them, which leaves the built cache's links).
+func synthCache(b *testing.B, dir string, n int) int64 {
+	base := os.Getenv("BENCH_SCALE_CACHE")
+	if base == "" {
+		return buildSynthCache(b, dir, n)
+	}
+	built := filepath.Join(base, fmt.Sprintf("images-%d", n))
+	raw, err := os.ReadFile(filepath.Join(built, "total"))
+	if err != nil {
+		tmp := built + ".tmp"
+		if err := os.RemoveAll(tmp); err != nil {
+			b.Fatal(err)
+		}
+		if err := os.MkdirAll(tmp, 0o755); err != nil {
+			b.Fatal(err)
+		}
+		total := buildSynthCache(b, tmp, n)
+		if err := os.WriteFile(filepath.Join(tmp, "total"), []byte(strconv.FormatInt(total, 10)), 0o644); err != nil {
+			b.Fatal(err)
+		}
+		if err := os.Rename(tmp, built); err != nil {
+			b.Fatal(err)
+		}
+		raw = []byte(strconv.FormatInt(total, 10))
+	}
+	total, err := strconv.ParseInt(string(raw), 10, 64)
+	if err != nil {
+		b.Fatalf("%s: %v", built, err)
+	}
+	for _, sub := range []string{"blobs", storage.OwnDir} {
+		if out, err := exec.Command("cp", "-al", filepath.Join(built, sub), dir).CombinedOutput(); err != nil {
+			b.Fatalf("copying the built cache: %v: %s", err, out)
+		}
+	}
+	if out, err := exec.Command("cp", filepath.Join(built, "index.db"), dir).CombinedOutput(); err != nil {
+		b.Fatalf("copying the built index: %v: %s", err, out)
+	}
+	return total
 }
 
 // BenchmarkScaleMemory measures the live heap the lifecycle's passes hold

@@ -85,6 +85,11 @@ type Config struct {
 	// no manifest declares: an upstream that says or sends more is cut off
 	// and nothing is kept.
 	MaxBlobSize Size `yaml:"max_blob_size"`
+	// MemoryLimit, if > 0, is the Go runtime's soft memory limit
+	// (debug.SetMemoryLimit): the GC runs more often as the heap nears
+	// it, instead of letting the heap grow to twice what is live. It
+	// bounds the GC's headroom, not what the mirror needs to hold.
+	MemoryLimit Size `yaml:"memory_limit,omitempty"`
 	// EvictAfter, if > 0, evicts images not pulled for that long.
 	EvictAfter Duration `yaml:"evict_after,omitempty"`
 	// Destination, if its URL is set, is the registry mirrored content is
@@ -304,6 +309,10 @@ func Default() Config {
 		Referrers:       true,
 	}
 }
+
+// MinMemoryLimit is the smallest memory_limit accepted: below it the
+// runtime alone would keep the GC running without pause.
+const MinMemoryLimit Size = 32 << 20
 
 // DefaultMaxBlobSize is the default of max_blob_size: larger than any
 // layer a registry commonly serves, small enough that one endless upstream
@@ -733,6 +742,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxBlobSize <= 0 {
 		return fmt.Errorf("max_blob_size: must be positive, got %d", c.MaxBlobSize)
+	}
+	if c.MemoryLimit != 0 && c.MemoryLimit < MinMemoryLimit {
+		return fmt.Errorf("memory_limit: %s is too small: at least %s, or 0 for none", c.MemoryLimit, MinMemoryLimit)
 	}
 	if c.EvictAfter < 0 {
 		return fmt.Errorf("evict_after: must not be negative, got %q", c.EvictAfter)

@@ -136,7 +136,7 @@ func TestParseStorage(t *testing.T) {
 }
 
 func TestParseUnknownKeys(t *testing.T) {
-	known := "(known keys: auth, cluster, concurrency, data, destination, evict_after, header_timeout, listen, log_format, log_level, max_blob_size, max_size, platforms, prefetch_max_images, readyz_fail_when_full, referrers, shutdown_timeout, storage, sync, tag_ttl, tls_cert, tls_key, upstream, upstream_timeout, upstreams)"
+	known := "(known keys: auth, cluster, concurrency, data, destination, evict_after, header_timeout, listen, log_format, log_level, max_blob_size, max_size, memory_limit, platforms, prefetch_max_images, readyz_fail_when_full, referrers, shutdown_timeout, storage, sync, tag_ttl, tls_cert, tls_key, upstream, upstream_timeout, upstreams)"
 	for _, tt := range []struct{ yaml, want string }{
 		{"listn: :5000\n", "config file: line 1: listn: unknown key " + known},
 		{"listen: :5000\ntagttl: 1m\n", "config file: line 2: tagttl: unknown key " + known},
@@ -235,6 +235,8 @@ func TestBadValues(t *testing.T) {
 		{"max_blob_size", `max_blob_size: 0`, `0`},
 		{"max_blob_size", `max_blob_size: lots`, `"lots"`},
 		{"max_blob_size", `max_blob_size: -1GiB`, `"-1GiB"`},
+		{"memory_limit", `memory_limit: lots`, `"lots"`},
+		{"memory_limit", `memory_limit: 1MiB`, `1MiB`},
 		{"concurrency", `concurrency: 0`, `0`},
 		{"concurrency", `concurrency: -3`, `-3`},
 		{"concurrency", `concurrency: 257`, `257`},
@@ -553,7 +555,7 @@ func TestBindFlags(t *testing.T) {
 	config.Bind(fs)
 	var names []string
 	fs.VisitAll(func(f *flag.Flag) { names = append(names, f.Name) })
-	want := []string{"cluster-peer", "cluster-peers-dns", "cluster-secret-file", "cluster-self", "concurrency", "config", "data", "destination", "evict-after", "header-timeout", "listen", "log-format", "log-level", "max-blob-size", "max-size", "platform", "prefetch-max-images", "readyz-fail-when-full", "referrers", "shutdown-timeout", "tag-ttl", "tls-cert", "tls-key", "upstream", "upstream-timeout"}
+	want := []string{"cluster-peer", "cluster-peers-dns", "cluster-secret-file", "cluster-self", "concurrency", "config", "data", "destination", "evict-after", "header-timeout", "listen", "log-format", "log-level", "max-blob-size", "max-size", "memory-limit", "platform", "prefetch-max-images", "readyz-fail-when-full", "referrers", "shutdown-timeout", "tag-ttl", "tls-cert", "tls-key", "upstream", "upstream-timeout"}
 	if !slices.Equal(names, want) {
 		t.Fatalf("flags = %q, want %q", names, want)
 	}
@@ -830,6 +832,28 @@ func TestMaxBlobSize(t *testing.T) {
 	}
 }
 
+// memory_limit comes from the file, the flag or the environment, as a
+// size; 0 (the default) is none.
+func TestMemoryLimit(t *testing.T) {
+	if c := mustResolve(t, nil, nil); c.MemoryLimit != 0 {
+		t.Errorf("default memory_limit = %d, want 0", c.MemoryLimit)
+	}
+	for _, tt := range []struct {
+		args []string
+		env  map[string]string
+		want config.Size
+	}{
+		{args: []string{"--config", writeFile(t, "memory_limit: 448MiB\n")}, want: 448 << 20},
+		{args: []string{"--memory-limit", "1GiB"}, want: 1 << 30},
+		{args: []string{"--memory-limit", "1GiB"}, env: map[string]string{"DOCKER_MIRROR_MEMORY_LIMIT": "512MB"}, want: 512e6},
+		{args: []string{"--memory-limit", "0"}, want: 0},
+	} {
+		if c := mustResolve(t, tt.args, tt.env); c.MemoryLimit != tt.want {
+			t.Errorf("%q %v: memory_limit = %d, want %d", tt.args, tt.env, c.MemoryLimit, tt.want)
+		}
+	}
+}
+
 // readyz_fail_when_full is a boolean key, flag (given alone means true)
 // and environment variable; a bad value is named with its setting.
 func TestReadyzFailWhenFull(t *testing.T) {
@@ -992,6 +1016,7 @@ func TestEveryFlagHasItsVariable(t *testing.T) {
 		"log-level":             "debug",
 		"max-size":              "10GiB",
 		"max-blob-size":         "1GiB",
+		"memory-limit":          "448MiB",
 		"evict-after":           "720h",
 		"readyz-fail-when-full": "true",
 		"tls-cert":              "/etc/tls.crt",

@@ -33,11 +33,11 @@ func (c *Collector) Collect(ctx context.Context) (Report, error) {
 
 // marker marks what roots keep, each root once.
 type marker struct {
-	g      *graph
-	marked reach
-	seen   map[digest.Digest]bool
+	g      *idGraph
+	marked marks
+	seen   idSet
 	// drop are roots treated as gone (a dry-run eviction).
-	drop map[digest.Digest]bool
+	drop *digestSet
 	// holder lists the digests the proxy holds: kept, and those the
 	// index knows as manifests (isManifest) walked as roots.
 	holder     Holder
@@ -46,8 +46,14 @@ type marker struct {
 	roots storage.Roots
 	// missing are the marked manifests not in the store when read
 	// (refresh); stale says marks were added since it was listed.
-	missing []digest.Digest
+	missing []int32
 	stale   bool
+}
+
+// has reports whether d is marked.
+func (mk *marker) has(d digest.Digest) bool {
+	id, ok := mk.g.ids.lookup(d)
+	return ok && mk.marked.has(id)
 }
 
 // mark marks what roots and the digests the proxy holds keep.
@@ -58,7 +64,7 @@ func (mk *marker) mark(ctx context.Context, roots map[digest.Digest]bool) error 
 			if mk.isManifest(d) {
 				held = append(held, d)
 			} else {
-				mk.marked.blobs[d] = true // a blob being served: not read as a manifest
+				mk.marked.blobs.add(mk.g.ids.id(d)) // a blob being served: not read as a manifest
 			}
 		}
 		if err := mk.walk(ctx, held); err != nil {
@@ -70,12 +76,16 @@ func (mk *marker) mark(ctx context.Context, roots map[digest.Digest]bool) error 
 
 func (mk *marker) walk(ctx context.Context, roots []digest.Digest) error {
 	for _, d := range roots {
-		if mk.seen[d] || mk.drop[d] || d.Validate() != nil {
+		if mk.drop.has(d) || d.Validate() != nil {
 			continue
 		}
-		mk.seen[d] = true
+		id := mk.g.ids.id(d)
+		if mk.seen.has(id) {
+			continue
+		}
+		mk.seen.add(id)
 		mk.stale = true
-		if err := mk.g.walk(ctx, d, mk.marked); err != nil {
+		if err := mk.g.walk(ctx, id, &mk.marked); err != nil {
 			return err
 		}
 	}
@@ -88,29 +98,29 @@ func (mk *marker) walk(ctx context.Context, roots []digest.Digest) error {
 func (mk *marker) refresh(ctx context.Context) error {
 	if mk.stale {
 		mk.missing = mk.missing[:0]
-		for d := range mk.marked.manifests {
-			if n := mk.g.nodes[d]; n != nil && n.missing {
-				mk.missing = append(mk.missing, d)
+		mk.marked.manifests.all(func(id int32) {
+			if n := mk.g.nodes[id]; n != nil && n.missing {
+				mk.missing = append(mk.missing, id)
 			}
-		}
+		})
 		mk.stale = false
 	}
 	still := mk.missing[:0]
-	for _, d := range mk.missing {
-		delete(mk.g.nodes, d)
-		n, err := mk.g.load(ctx, d)
+	for _, id := range mk.missing {
+		delete(mk.g.nodes, id)
+		n, err := mk.g.load(ctx, id)
 		if err != nil {
 			return err
 		}
 		if n.missing {
-			still = append(still, d)
+			still = append(still, id)
 			continue
 		}
 		for _, b := range n.blobs {
-			mk.marked.blobs[b] = true
+			mk.marked.blobs.add(b)
 		}
 		for _, child := range n.manifests {
-			if err := mk.g.walk(ctx, child, mk.marked); err != nil {
+			if err := mk.g.walk(ctx, child, &mk.marked); err != nil {
 				return err
 			}
 			mk.stale = true // a child may be missing too
@@ -143,9 +153,34 @@ func (mk *marker) update(ctx context.Context, ix *storage.Index) error {
 	return mk.refresh(ctx)
 }
 
+// storedFiles is the store's listing, by digest identifier.
+type storedFiles struct {
+	ids           *digestIDs
+	in            idSet
+	size, modTime []int64 // modTime: storage.UnixNano
+}
+
+func (s *storedFiles) add(id int32, size int64, modTime time.Time) {
+	if n := int(id) + 1; n > len(s.size) {
+		grow := max(n, s.ids.n()) - len(s.size)
+		s.size = append(s.size, make([]int64, grow)...)
+		s.modTime = append(s.modTime, make([]int64, grow)...)
+	}
+	s.in.add(id)
+	s.size[id], s.modTime[id] = size, storage.UnixNano(modTime)
+}
+
+// sizeOf is the stored size of d (0 if it is not stored).
+func (s *storedFiles) sizeOf(d digest.Digest) int64 {
+	if id, ok := s.ids.lookup(d); ok && s.in.has(id) {
+		return s.size[id]
+	}
+	return 0
+}
+
 // collect removes what no root references; freed (content an eviction
 // has just left unreferenced) is not subject to the grace period.
-func (c *Collector) collect(ctx context.Context, drop, freed map[digest.Digest]bool) (Report, error) {
+func (c *Collector) collect(ctx context.Context, drop, freed *digestSet) (Report, error) {
 	r := Report{DryRun: c.opts.DryRun, StoredBefore: c.index.StoredBytes()}
 	now := c.opts.Now()
 	g := newGraph(c.store)
@@ -154,23 +189,22 @@ func (c *Collector) collect(ctx context.Context, drop, freed map[digest.Digest]b
 		return r, err
 	}
 	g.referrers = listed
-	// The digests alone, not the records: the view is what the whole
-	// pass holds in memory. Every digest is one string, shared by the
-	// view, the manifests read, the marks and the store's listing.
-	g.intern = &storage.Interner{}
-	view, err := c.index.ContentView(g.intern, func(key []byte, d digest.Digest) {
+	// The roots' digests are strings (the index checks a batch against
+	// them), one per root; the content records are a table, and every
+	// other digest the pass keeps is an identifier into it.
+	view, err := c.index.ContentView(&storage.Interner{}, func(key []byte, d digest.Digest) {
 		addReferrerTag(g, key, d)
 	})
 	if err != nil {
 		return r, err
 	}
+	ids := newDigestIDs(view.Table)
 	mk := &marker{
-		g:      g,
-		marked: reach{manifests: map[digest.Digest]bool{}, blobs: map[digest.Digest]bool{}},
-		seen:   map[digest.Digest]bool{},
-		drop:   drop,
-		roots:  view.Roots,
+		g:     newIDGraph(g, ids),
+		drop:  drop,
+		roots: view.Roots,
 	}
+	g.referrers = nil // numbered in mk.g
 	mk.holder, _ = c.opts.Guard.(Holder)
 	mk.isManifest = func(d digest.Digest) bool {
 		_, ok, err := c.index.Manifest(d)
@@ -179,9 +213,9 @@ func (c *Collector) collect(ctx context.Context, drop, freed map[digest.Digest]b
 	if err := mk.mark(ctx, view.Digests); err != nil {
 		return r, err
 	}
-	stored := make(map[digest.Digest]storedFile, len(view.Content)) // about as many, in one growth
+	stored := &storedFiles{ids: ids}
 	if err := c.store.Walk(ctx, func(sc storage.StoredContent) error {
-		stored[g.intern.Digest(sc.Digest)] = storedFile{size: sc.Size, modTime: storage.UnixNano(sc.ModTime)}
+		stored.add(ids.id(sc.Digest), sc.Size, sc.ModTime)
 		return nil
 	}); err != nil {
 		return r, fmt.Errorf("listing the store: %w", err)
@@ -189,33 +223,35 @@ func (c *Collector) collect(ctx context.Context, drop, freed map[digest.Digest]b
 
 	// Candidates: what is stored or indexed and not marked.
 	var candidates []digest.Digest
-	consider := func(d digest.Digest) {
-		if mk.marked.has(d) {
-			return
+	for i := range ids.n() {
+		id := int32(i)
+		if !stored.in.has(id) && !ids.recorded(id) || mk.marked.has(id) {
+			continue
 		}
+		d := ids.digest(id)
 		if c.opts.Owned != nil && !c.opts.Owned(d) {
 			r.Kept++ // another replica's to collect
-			return
+			continue
 		}
-		if !freed[d] && c.recent(now, storage.FromUnixNano(stored[d].modTime), view.Content[d].Newest()) {
+		var modTime, newest time.Time
+		if stored.in.has(id) {
+			modTime = storage.FromUnixNano(stored.modTime[id])
+		}
+		if ids.recorded(id) {
+			newest = view.Table.NewestID(int(id))
+		}
+		if !freed.has(d) && c.recent(now, modTime, newest) {
 			r.Kept++
-			return
+			continue
 		}
 		candidates = append(candidates, d)
-	}
-	for d := range stored {
-		consider(d)
-	}
-	for d := range view.Content {
-		if _, ok := stored[d]; !ok {
-			consider(d)
-		}
 	}
 	slices.Sort(candidates)
 
 	if c.opts.DryRun {
 		for _, d := range candidates {
-			count(&r, view.Content[d].Manifest, stored[d].size)
+			id, _ := ids.lookup(d)
+			count(&r, ids.recorded(id) && view.Table.ManifestID(int(id)), stored.sizeOf(d))
 		}
 		r.StoredAfter = r.StoredBefore
 		return r, nil
@@ -234,7 +270,7 @@ func (c *Collector) collect(ctx context.Context, drop, freed map[digest.Digest]b
 // sweep removes one batch of unmarked content: claimed from the guard,
 // checked against the roots recorded since the marking, forgotten by the
 // index, then removed from the store.
-func (c *Collector) sweep(ctx context.Context, batch []digest.Digest, mk *marker, stored map[digest.Digest]storedFile, freed map[digest.Digest]bool, r *Report) error {
+func (c *Collector) sweep(ctx context.Context, batch []digest.Digest, mk *marker, stored *storedFiles, freed *digestSet, r *Report) error {
 	claimed, release := c.claim(batch)
 	defer release()
 	r.Kept += len(batch) - len(claimed)
@@ -251,7 +287,7 @@ func (c *Collector) sweep(ctx context.Context, batch []digest.Digest, mk *marker
 		if e.Manifest != nil {
 			ts = append(ts, e.Manifest.FetchedAt)
 		}
-		if (e.Rooted && !mk.drop[d]) || (!freed[d] && c.recent(now, ts...)) {
+		if (e.Rooted && !mk.drop.has(d)) || (!freed.has(d) && c.recent(now, ts...)) {
 			kept++
 			return true
 		}
@@ -270,7 +306,7 @@ func (c *Collector) sweep(ctx context.Context, batch []digest.Digest, mk *marker
 			return err
 		}
 		todo = slices.DeleteFunc(todo, func(d digest.Digest) bool {
-			if mk.marked.has(d) {
+			if mk.has(d) {
 				r.Kept++
 				return true
 			}
@@ -310,20 +346,15 @@ func (c *Collector) sweep(ctx context.Context, batch []digest.Digest, mk *marker
 			}
 			return nil
 		})
-		count(r, f.Manifest, stored[f.Digest].size)
-		c.opts.Log.Debug("collected", "digest", f.Digest, "manifest", f.Manifest, "size", stored[f.Digest].size)
+		size := stored.sizeOf(f.Digest)
+		count(r, f.Manifest, size)
+		c.opts.Log.Debug("collected", "digest", f.Digest, "manifest", f.Manifest, "size", size)
 	}
 	return eg.Wait()
 }
 
 // deleters bounds the store removals a sweep runs at once.
 const deleters = 8
-
-// storedFile is what the collection needs of a file the store lists.
-type storedFile struct {
-	size    int64
-	modTime int64 // storage.UnixNano: 8 bytes, not 24, per stored file
-}
 
 // addReferrerTag adds to g a tag of the referrers tag schema or of
 // cosign's (key "host/repo:sha256-<hex>[.sig]"), naming d.

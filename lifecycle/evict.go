@@ -1,6 +1,7 @@
 package lifecycle
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"slices"
@@ -59,7 +60,7 @@ func (c *Collector) evict(ctx context.Context, maxSize int64, evictAfter time.Du
 		r.StoredAfter = c.index.StoredBytes()
 		return r, false, nil
 	}
-	var drop map[digest.Digest]bool
+	var drop *digestSet
 	if c.opts.DryRun {
 		drop = p.dropped // still in the index: collect as if they were not
 	}
@@ -76,7 +77,7 @@ type evictPlan struct {
 	unroots []storage.Unroot
 	// freed: what no kept image references any more; dropped: the
 	// victims' roots no kept image holds.
-	freed, dropped map[digest.Digest]bool
+	freed, dropped *digestSet
 	releases       []func()
 }
 
@@ -91,8 +92,8 @@ func (p *evictPlan) release() {
 // plan reads the images and chooses the victims (see Evict), adding them
 // to r.Evicted.
 func (c *Collector) plan(ctx context.Context, maxSize int64, evictAfter time.Duration, now time.Time, r *Report) (*evictPlan, error) {
-	p := &evictPlan{freed: map[digest.Digest]bool{}, dropped: map[digest.Digest]bool{}}
-	m, err := c.model(ctx, false)
+	p := &evictPlan{freed: &digestSet{}, dropped: &digestSet{}}
+	m, err := c.model(ctx, false, false)
 	if err != nil {
 		return p, err
 	}
@@ -129,10 +130,10 @@ func (c *Collector) plan(ctx context.Context, maxSize int64, evictAfter time.Dur
 			claimed[e.Digest] = true
 		}
 		victims = append(victims, e)
-		for _, d := range e.reach.all() {
-			if m.refs[d]--; m.refs[d] == 0 {
-				kept -= m.size(d)
-				p.freed[d] = true
+		for _, id := range e.reach.all() {
+			if m.refs[id]--; m.refs[id] == 0 {
+				kept -= m.size(id)
+				p.freed.add(m.ids.digest(id))
 			}
 		}
 	}
@@ -153,15 +154,18 @@ func (c *Collector) plan(ctx context.Context, maxSize int64, evictAfter time.Dur
 		}
 	}
 
+	if err := c.victimTags(victims); err != nil {
+		return p, err
+	}
 	// Roots no kept image holds any more leave the index, in a few
 	// transactions for all the victims (not one per tag).
 	for _, e := range victims {
 		r.Evicted = append(r.Evicted, e.Image)
 		c.opts.Log.Info("evicting cached image", "image", e.Name(), "tags", e.Tags, "digest", e.Digest,
 			"size", e.Size, "last_pull", e.LastPull, "dry_run", c.opts.DryRun)
-		for _, k := range e.roots {
-			if m.refs[k.digest] == 0 {
-				p.dropped[k.digest] = true
+		for _, k := range e.roots() {
+			if m.refsOf(k.digest) == 0 {
+				p.dropped.add(k.digest)
 			}
 		}
 		if c.opts.DryRun {
@@ -172,14 +176,59 @@ func (c *Collector) plan(ctx context.Context, maxSize int64, evictAfter time.Dur
 	return p, nil
 }
 
+// victimTags gives the victims, chosen by a model read without their
+// plain tags, those tags (sorted), read in a second scan of the tags:
+// what the report lists and the unroots remove. A tag written since the
+// model was read that names a victim goes with it (as one moved away
+// would have stayed: the index deletes a tag only if it still names the
+// digest).
+func (c *Collector) victimTags(victims []*entry) error {
+	if len(victims) == 0 {
+		return nil
+	}
+	// By "host/repo@digest": looked up from the key's bytes, no string
+	// made per tag.
+	byKey := make(map[string]*entry, len(victims))
+	for _, e := range victims {
+		byKey[e.Upstream+"/"+e.Repo+"@"+string(e.Digest)] = e
+	}
+	var buf []byte
+	err := c.index.ReadTagDigests(func(key, d []byte) {
+		colon := bytes.LastIndexByte(key, ':')
+		if colon < 0 {
+			return
+		}
+		buf = append(append(append(buf[:0], key[:colon]...), '@'), d...)
+		e := byKey[string(buf)]
+		if e == nil {
+			return
+		}
+		if colon == len(key)-1 {
+			return
+		}
+		// Its own string: a part of the key's would keep the key.
+		tag := string(key[colon+1:])
+		if _, artifact := referrerTagSubject(tag); !artifact { // those are kept already
+			e.Tags = append(e.Tags, tag)
+		}
+	})
+	for _, e := range victims {
+		slices.Sort(e.Tags)
+		if cap(e.Tags) > len(e.Tags) { // appended one by one
+			e.Tags = slices.Clone(e.Tags)
+		}
+	}
+	return err
+}
+
 // mirroring reports whether an image is being mirrored: one of its roots
 // has a mirror record that is not complete and was updated within the
 // grace period. Evicting it would race the mirror, which records the image
 // complete when it is done, whatever the eviction removed meanwhile: the
 // image would come back without its tags.
 func (c *Collector) mirroring(m *model, e *entry, now time.Time) bool {
-	for _, k := range e.roots {
-		if rec, ok := m.mirrors[k]; ok && rec.State != storage.FillComplete && c.recent(now, rec.UpdatedAt) {
+	for _, k := range e.roots() {
+		if rec, ok := m.mirrors[k]; ok && rec.state != storage.FillComplete && c.recent(now, rec.updated()) {
 			return true
 		}
 	}
@@ -192,14 +241,14 @@ func (c *Collector) mirroring(m *model, e *entry, now time.Time) bool {
 // count the image out.
 func (c *Collector) unroots(m *model, e *entry) []storage.Unroot {
 	u := storage.Unroot{Upstream: e.Upstream, Repo: e.Repo, Digest: e.Digest, Tags: e.Tags}
-	for i, k := range e.roots {
-		if _, ok := m.mirrors[k]; ok && (i == 0 || m.refs[k.digest] == 0) {
+	for i, k := range e.roots() {
+		if _, ok := m.mirrors[k]; ok && (i == 0 || m.refsOf(k.digest) == 0) {
 			u.Fills = append(u.Fills, storage.FillKey{Upstream: k.upstream, Repo: k.repo, Digest: k.digest})
 		}
 	}
 	us := []storage.Unroot{u}
 	for _, a := range e.artifactTags {
-		if m.refs[a.key.digest] == 0 {
+		if m.refsOf(a.key.digest) == 0 {
 			us = append(us, storage.Unroot{Upstream: a.key.upstream, Repo: a.key.repo, Digest: a.key.digest, Tags: []string{a.tag}})
 		}
 	}

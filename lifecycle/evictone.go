@@ -28,7 +28,7 @@ func (c *Collector) EvictImage(ctx context.Context, upstream, repo string, dgst 
 	if err != nil {
 		return r, err
 	}
-	m, err := c.model(ctx, false)
+	m, err := c.model(ctx, false, true)
 	if err != nil {
 		return r, err
 	}
@@ -57,10 +57,10 @@ func (c *Collector) EvictImage(ctx context.Context, upstream, repo string, dgst 
 			release()
 		}
 	}()
-	freed := map[digest.Digest]bool{} // collected at once, whatever its age
-	for _, d := range e.reach.all() {
-		if m.refs[d]--; m.refs[d] == 0 {
-			freed[d] = true
+	freed := &digestSet{} // collected at once, whatever its age
+	for _, id := range e.reach.all() {
+		if m.refs[id]--; m.refs[id] == 0 {
+			freed.add(m.ids.digest(id))
 		}
 	}
 	r.Evicted = append(r.Evicted, e.Image)

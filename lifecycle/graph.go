@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/opencontainers/go-digest"
@@ -23,6 +25,8 @@ type node struct {
 	missing, corrupt bool
 	manifests        []digest.Digest // children of an index
 	blobs            []digest.Digest // config and layers
+	// blobIDs are blobs numbered, in a graph with ids (blobs then nil).
+	blobIDs []int32
 	// platforms of an index's children, by digest (attestations and
 	// entries without a platform left out).
 	platforms map[digest.Digest]string
@@ -41,6 +45,11 @@ type graph struct {
 	// intern, if not nil, gives the digests of the manifests loaded (and
 	// their keys in nodes) one shared copy each.
 	intern *storage.Interner
+	// ids, if not nil, number the blobs of the manifests loaded
+	// (node.blobIDs): the image model keeps no string per blob. The
+	// configs are dropped too unless keepConfig.
+	ids        *digestIDs
+	keepConfig bool
 }
 
 // referrersGraph is a graph that walks from a manifest to its
@@ -84,16 +93,6 @@ func referrerTagSubject(tag string) (digest.Digest, bool) {
 	return d, oci.ValidDigest(d)
 }
 
-// referrerTags reports whether every tag is one of referrerTagSubject's.
-func referrerTags(tags []string) bool {
-	for _, tag := range tags {
-		if _, ok := referrerTagSubject(tag); !ok {
-			return false
-		}
-	}
-	return len(tags) > 0
-}
-
 func newGraph(store *storage.DriverStore) *graph {
 	return &graph{store: store, nodes: map[digest.Digest]*node{}}
 }
@@ -109,12 +108,29 @@ func (g *graph) load(ctx context.Context, d digest.Digest) (*node, error) {
 	if err != nil {
 		return nil, err
 	}
+	d = g.keep(d, n)
+	g.nodes[d] = n
+	return n, nil
+}
+
+// keep numbers and interns what a node just read refers to, as the
+// graph is set to; it returns d interned.
+func (g *graph) keep(d digest.Digest, n *node) digest.Digest {
+	if g.ids != nil {
+		n.blobIDs = make([]int32, len(n.blobs))
+		for i, b := range n.blobs {
+			n.blobIDs[i] = g.ids.id(b)
+		}
+		n.blobs = nil
+		if !g.keepConfig {
+			n.config = ""
+		}
+	}
 	if g.intern != nil {
 		n.internWith(g.intern)
 		d = g.intern.Digest(d)
 	}
-	g.nodes[d] = n
-	return n, nil
+	return d
 }
 
 // parse reads and parses a manifest, as load does, without keeping it:
@@ -162,8 +178,12 @@ func (g *graph) loadAll(ctx context.Context, roots []digest.Digest) error {
 	add(roots)
 	for len(level) > 0 {
 		nodes := make([]*node, len(level))
+		keys := make([]digest.Digest, len(level))
 		// A few long-lived readers, not a goroutine per manifest: each
-		// would grow its stack anew to decode one.
+		// would grow its stack anew to decode one. Each node is kept
+		// (numbered, interned) as soon as it is read, one at a time: the
+		// strings it was decoded with do not wait for the whole level.
+		var keeping sync.Mutex
 		eg, ectx := errgroup.WithContext(ctx)
 		var next atomic.Int64
 		for range min(parallelReads, len(level)) {
@@ -173,6 +193,9 @@ func (g *graph) loadAll(ctx context.Context, roots []digest.Digest) error {
 					if err != nil {
 						return err
 					}
+					keeping.Lock()
+					keys[i] = g.keep(level[i], n)
+					keeping.Unlock()
 					nodes[i] = n
 				}
 				return nil
@@ -186,12 +209,8 @@ func (g *graph) loadAll(ctx context.Context, roots []digest.Digest) error {
 		}
 		done := level
 		level = nil
-		for i, d := range done {
-			if g.intern != nil {
-				nodes[i].internWith(g.intern)
-				d = g.intern.Digest(d)
-			}
-			g.nodes[d] = nodes[i]
+		for i, k := range keys {
+			g.nodes[k] = nodes[i]
 		}
 		for i, d := range done {
 			add(nodes[i].manifests)
@@ -266,6 +285,45 @@ func (r reach) all() []digest.Digest {
 }
 
 func (r reach) has(d digest.Digest) bool { return r.manifests[d] || r.blobs[d] }
+
+// reachIDs is what root keeps (reach) in a graph with ids: its
+// manifests and their blobs, numbered.
+func (g *graph) reachIDs(ctx context.Context, root digest.Digest) (keeps, error) {
+	manifests := map[digest.Digest]bool{}
+	var k keeps
+	var blobs []int32
+	stack := []digest.Digest{root}
+	for len(stack) > 0 {
+		if err := ctx.Err(); err != nil {
+			return k, err
+		}
+		d := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		if manifests[d] {
+			continue
+		}
+		manifests[d] = true
+		n, err := g.load(ctx, d)
+		if err != nil {
+			return k, err
+		}
+		k.manifests = append(k.manifests, g.ids.id(d))
+		blobs = append(blobs, n.blobIDs...)
+		stack = append(stack, n.manifests...)
+		stack = append(stack, g.referrers[d]...)
+	}
+	slices.Sort(k.manifests)
+	slices.Sort(blobs)
+	blobs = slices.Compact(blobs)
+	k.ds = make([]int32, 0, len(k.manifests)+len(blobs))
+	k.ds = append(k.ds, k.manifests...)
+	for _, b := range blobs {
+		if !k.manifest(b) { // a manifest is counted once
+			k.ds = append(k.ds, b)
+		}
+	}
+	return k, nil
+}
 
 // reach walks everything root references.
 func (g *graph) reach(ctx context.Context, root digest.Digest) (reach, error) {

@@ -77,12 +77,15 @@ func (im Image) Name() string {
 type entry struct {
 	Image
 	reach keeps
-	// roots: the image itself and the mirror-only roots folded into it.
-	roots []imageKey
+	// folded are the mirror-only roots folded into it (see roots).
+	folded []imageKey
 	// artifactTags are the referrers and cosign tags (sha256-<hex>.sig...)
 	// of its signatures, attestations and SBOMs, folded into it: they
 	// leave with it.
 	artifactTags []artifactTag
+	// plainTags: one of its tags is not a referrers or cosign tag. A
+	// model read without tags keeps those only (see Collector.model).
+	plainTags bool
 }
 
 // artifactTag is a tag of a signature, attestation or SBOM kept with an
@@ -93,49 +96,77 @@ type artifactTag struct {
 }
 
 // keeps is what an image keeps (a reach, compacted: at 100k images the
-// maps of a reach per image are ~50 MiB).
+// maps of a reach per image are ~50 MiB), as digest identifiers (model.ids:
+// 4 bytes each, not a 71-byte string).
 type keeps struct {
-	// ds: its manifests and blobs, sorted; manifests: its manifests,
-	// sorted. Images with the same root share them: not to be modified.
-	ds, manifests []digest.Digest
+	// ds: its manifests and blobs; manifests: its manifests, sorted.
+	// Images with the same root share them: not to be modified.
+	ds, manifests []int32
 }
 
-func compact(r reach) keeps {
-	return keeps{ds: r.all(), manifests: slices.Sorted(maps.Keys(r.manifests))}
-}
+// all returns the manifests and blobs kept (not to be modified).
+func (k keeps) all() []int32 { return k.ds }
 
-// all returns the manifests and blobs kept, sorted (not to be modified).
-func (k keeps) all() []digest.Digest { return k.ds }
-
-// manifest reports whether d is one of the manifests kept.
-func (k keeps) manifest(d digest.Digest) bool {
-	_, ok := slices.BinarySearch(k.manifests, d)
+// manifest reports whether id is one of the manifests kept.
+func (k keeps) manifest(id int32) bool {
+	_, ok := slices.BinarySearch(k.manifests, id)
 	return ok
 }
 
+// fill is what the model uses of a fill record: 48 bytes, not 96.
+type fill struct {
+	state     string
+	platforms []string
+	updatedAt int64 // storage.UnixNano
+}
+
+// updated is when the record was last written.
+func (f fill) updated() time.Time { return storage.FromUnixNano(f.updatedAt) }
+
 // model is the cache seen as images.
 type model struct {
-	recs   *storage.ImageRecords
+	recs *storage.ImageTable
+	// ids number the digests: those of recs.Content, then the others
+	// the images keep.
+	ids    *digestIDs
 	images []*entry
-	// refs counts the images keeping each digest.
-	refs map[digest.Digest]int
+	// refs counts the images keeping each digest, by identifier.
+	refs []int32
 	// mirrors are the mirror states by repository and digest.
-	mirrors map[imageKey]storage.FillRecord
+	mirrors map[imageKey]fill
 }
 
 func (e *entry) key() imageKey { return imageKey{e.Upstream, e.Repo, e.Digest} }
 
+// roots are the image itself and the mirror-only roots folded into it.
+func (e *entry) roots() []imageKey { return append([]imageKey{e.key()}, e.folded...) }
+
+// info is the records of the digest numbered id (none for those not in
+// the table).
+func (m *model) info(id int32) storage.ContentInfo {
+	if int(id) < m.recs.Content.Len() {
+		return m.recs.Content.Info(int(id))
+	}
+	return storage.ContentInfo{}
+}
+
 // size is the indexed size of one digest, as Index.StoredBytes counts it.
-func (m *model) size(d digest.Digest) int64 {
-	return m.recs.Manifests[d].Size + m.recs.Blobs[d].Size
+func (m *model) size(id int32) int64 { return m.info(id).Size }
+
+// refsOf is how many images keep d.
+func (m *model) refsOf(d digest.Digest) int32 {
+	if id, ok := m.ids.lookup(d); ok {
+		return m.refs[id]
+	}
+	return 0
 }
 
 // keptSize is the indexed size of what the images keep.
 func (m *model) keptSize() int64 {
 	var n int64
-	for d, c := range m.refs {
+	for id, c := range m.refs {
 		if c > 0 {
-			n += m.size(d)
+			n += m.size(int32(id))
 		}
 	}
 	return n
@@ -151,7 +182,7 @@ func (c *Collector) Images(ctx context.Context) ([]Image, error) {
 	if err := c.index.Flush(); err != nil {
 		return nil, err
 	}
-	m, err := c.model(ctx, true)
+	m, err := c.model(ctx, true, true)
 	if err != nil {
 		return nil, err
 	}
@@ -169,11 +200,17 @@ type imageKey struct {
 
 // model reads the index and the manifests into images; with platforms,
 // it also reads the configs of images whose platform is not recorded.
+// Without tags, an image keeps only its referrers and cosign tags (those
+// that decide what is folded into what): at 100k images the other tags
+// (1M) are ~15% of the model, and choosing victims does not need them
+// (see evictPlan.victimTags).
 //
-// The index is read in one transaction (Index.ReadImageRecords), each tag
-// going straight into its image: no copy of the tag records is kept, and
-// every digest and name is one shared string (at 100k images, 1M tags).
-func (c *Collector) model(ctx context.Context, platforms bool) (*model, error) {
+// The index is read in one transaction (Index.ReadImageTable), each tag
+// going straight into its image: no copy of the tag records is kept, the
+// content records are a table sorted by digest, each image's digest and
+// name one shared string (at 100k images, 1M tags), and what an image
+// keeps digest identifiers into that table (digestIDs).
+func (c *Collector) model(ctx context.Context, platforms, tags bool) (*model, error) {
 	g, err := c.referrersGraph()
 	if err != nil {
 		return nil, err
@@ -181,22 +218,27 @@ func (c *Collector) model(ctx context.Context, platforms bool) (*model, error) {
 	in := &storage.Interner{}
 	g.intern = in
 	entries := map[imageKey]*entry{}
-	byDigest := map[digest.Digest][]*entry{}
 	get := func(k imageKey) *entry {
 		e, ok := entries[k]
 		if !ok {
-			e = &entry{Image: Image{Upstream: k.upstream, Repo: k.repo, Digest: k.digest}, roots: []imageKey{k}}
+			e = &entry{Image: Image{Upstream: k.upstream, Repo: k.repo, Digest: k.digest}}
 			entries[k] = e
-			byDigest[k.digest] = append(byDigest[k.digest], e)
 		}
 		return e
 	}
-	recs, err := c.index.ReadImageRecords(in, func(t *storage.TagInfo) {
+	recs, err := c.index.ReadImageTable(in, func(t *storage.TagInfo) {
 		if !t.OK || !oci.ValidDigest(t.Digest) {
 			return
 		}
 		e := get(imageKey{t.Upstream, t.Repo, t.Digest})
-		e.Tags = append(e.Tags, t.Tag)
+		if _, artifact := referrerTagSubject(t.Tag); !artifact {
+			e.plainTags = true
+			if tags {
+				e.Tags = append(e.Tags, t.Tag)
+			}
+		} else {
+			e.Tags = append(e.Tags, t.Tag)
+		}
 		e.LastPull = latest(e.LastPull, t.FetchedAt, t.CheckedAt)
 		if t.Pinned {
 			e.Pinned = true
@@ -212,31 +254,40 @@ func (c *Collector) model(ctx context.Context, platforms bool) (*model, error) {
 			e.Tags = slices.Clip(slices.Clone(e.Tags))
 		}
 	}
-	mirrors := map[imageKey]storage.FillRecord{}
+	mirrors := make(map[imageKey]fill, len(recs.Fills))
 	for _, me := range recs.Fills {
 		if oci.ValidDigest(me.Digest) {
 			k := imageKey{me.Upstream, me.Repo, me.Digest}
-			mirrors[k] = me.FillRecord
+			mirrors[k] = fill{state: me.State, platforms: me.Platforms, updatedAt: storage.UnixNano(me.UpdatedAt)}
 			get(k)
 		}
 	}
 	recs.Fills = nil // in mirrors now
+	// Pinned digests: their images are pinned; one without an image
+	// is one, named after its first holder.
+	pinned := map[digest.Digest]bool{}
 	for key := range recs.Pins {
-		d, err := digest.Parse(key)
-		if err != nil {
-			continue
+		if d, err := digest.Parse(key); err == nil {
+			pinned[d] = false // true once an image has it
 		}
-		if len(byDigest[d]) == 0 {
+	}
+	if len(pinned) > 0 {
+		for k, e := range entries {
+			if _, ok := pinned[k.digest]; ok {
+				e.Pinned, pinned[k.digest] = true, true
+			}
+		}
+		for d, has := range pinned {
+			if has {
+				continue
+			}
 			k := imageKey{digest: in.Digest(d)}
 			if holder, ok := recs.FirstHolder[d]; ok {
 				if host, repo, ok := strings.Cut(holder, "/"); ok {
 					k.upstream, k.repo = host, repo
 				}
 			}
-			get(k)
-		}
-		for _, e := range byDigest[d] {
-			e.Pinned = true
+			get(k).Pinned = true
 		}
 	}
 
@@ -245,36 +296,49 @@ func (c *Collector) model(ctx context.Context, platforms bool) (*model, error) {
 	for k := range entries {
 		roots = append(roots, k.digest)
 	}
+	// Blobs are numbered as the manifests are read: no string is kept
+	// for them (at 100k images, 300k).
+	ids := newDigestIDs(recs.Content)
+	g.ids, g.keepConfig = ids, platforms
 	if err := g.loadAll(ctx, roots); err != nil {
 		return nil, err
 	}
 	// Every digest is interned by now: the interner's map can go.
 	g.intern = nil
 	reaches := map[digest.Digest]keeps{}
-	children := map[digest.Digest]bool{}
+	var children idSet
 	for _, e := range entries {
 		k, ok := reaches[e.Digest]
 		if !ok {
-			r, err := g.reach(ctx, e.Digest)
-			if err != nil {
+			var err error
+			if k, err = g.reachIDs(ctx, e.Digest); err != nil {
 				return nil, err
 			}
-			k = compact(r)
 			reaches[e.Digest] = k
 		}
 		e.reach = k
-		for _, d := range k.manifests {
-			if d != e.Digest {
-				children[d] = true
+		self, _ := ids.lookup(e.Digest)
+		for _, id := range k.manifests {
+			if id != self {
+				children.add(id)
 			}
 		}
+	}
+	reaches = nil
+	isChild := func(d digest.Digest) bool {
+		id, ok := ids.lookup(d)
+		return ok && children.has(id)
+	}
+	keepsManifest := func(e *entry, d digest.Digest) bool {
+		id, ok := ids.lookup(d)
+		return ok && e.reach.manifest(id)
 	}
 	// A mirror record alone on a child of an index (a client pulled the
 	// child by digest) is part of the index's image; so is a signature,
 	// attestation or SBOM named only by referrers or cosign tags.
 	var listed, folded []*entry
 	for _, e := range entries {
-		if (len(e.Tags) == 0 || referrerTags(e.Tags)) && !e.Pinned && children[e.Digest] {
+		if !e.plainTags && !e.Pinned && isChild(e.Digest) {
 			folded = append(folded, e)
 		} else {
 			listed = append(listed, e)
@@ -282,8 +346,8 @@ func (c *Collector) model(ctx context.Context, platforms bool) (*model, error) {
 	}
 	for _, e := range listed {
 		for _, f := range folded {
-			if e.reach.manifest(f.Digest) {
-				e.roots = append(e.roots, f.key())
+			if keepsManifest(e, f.Digest) {
+				e.folded = append(e.folded, f.key())
 				for _, tag := range f.Tags {
 					e.artifactTags = append(e.artifactTags, artifactTag{f.key(), tag})
 				}
@@ -291,10 +355,10 @@ func (c *Collector) model(ctx context.Context, platforms bool) (*model, error) {
 		}
 	}
 
-	m := &model{recs: recs, refs: make(map[digest.Digest]int, len(recs.Manifests)+len(recs.Blobs)), mirrors: mirrors}
+	m := &model{recs: recs, ids: ids, refs: make([]int32, ids.n()), mirrors: mirrors}
 	for _, e := range listed {
-		for _, d := range e.reach.all() {
-			m.refs[d]++
+		for _, id := range e.reach.all() {
+			m.refs[id]++
 		}
 	}
 	for _, e := range listed {
@@ -310,40 +374,43 @@ func (c *Collector) model(ctx context.Context, platforms bool) (*model, error) {
 
 // describe fills in an image's size, last pull, state and platforms.
 func (c *Collector) describe(ctx context.Context, g *graph, m *model, e *entry, platforms bool) {
-	recs := m.recs
+	ct := m.recs.Content
 	sort.Strings(e.Tags)
 	// Times recorded per digest tell this image's pulls only for digests
 	// no other image keeps; the others are a fallback.
 	var shared time.Time
-	note := func(d digest.Digest, t time.Time) {
-		if m.refs[d] == 1 {
+	note := func(refs int32, t time.Time) {
+		if refs == 1 {
 			e.LastPull = latest(e.LastPull, t)
 		} else {
 			shared = latest(shared, t)
 		}
 	}
-	for _, k := range e.roots {
-		if rec, ok := recs.Manifests[k.digest]; ok {
-			note(k.digest, rec.FetchedAt)
+	for _, k := range e.roots() {
+		if rec, _ := ct.Lookup(k.digest); rec.Manifest {
+			note(m.refsOf(k.digest), rec.FetchedAt)
 		}
 	}
-	for _, d := range e.reach.all() {
-		e.Size += m.size(d)
-		if _, ok := recs.Manifests[d]; ok {
+	for _, id := range e.reach.all() {
+		rec := m.info(id)
+		e.Size += rec.Size
+		if rec.Manifest {
 			e.Manifests++
 		}
-		if rec, ok := recs.Blobs[d]; ok {
+		if rec.Blob {
 			e.Blobs++
-			note(d, rec.LastAccess)
+			note(m.refs[id], rec.LastAccess)
 		}
-		if e.reach.manifest(d) {
-			note(d, recs.Access[d])
+		if e.reach.manifest(id) {
+			note(m.refs[id], rec.Pulled)
 		}
 	}
 	if e.LastPull.IsZero() {
 		e.LastPull = shared
 	}
-	e.MediaType = recs.Manifests[e.Digest].MediaType
+	if rec, _ := ct.Lookup(e.Digest); rec.Manifest {
+		e.MediaType = rec.MediaType
+	}
 	rec, mirrored := m.mirrors[e.key()]
 	root := g.nodes[e.Digest]
 	switch {
@@ -352,19 +419,19 @@ func (c *Collector) describe(ctx context.Context, g *graph, m *model, e *entry, 
 	case root.corrupt:
 		e.State = StateCorrupt
 	case mirrored:
-		e.State = rec.State
+		e.State = rec.state
 	}
 	if root != nil {
 		left := map[string]bool{}
 		for d, p := range root.platforms {
-			if _, stored := recs.Manifests[d]; !stored {
+			if !ct.IsManifest(d) {
 				left[p] = true
 			}
 		}
 		e.PlatformsLeftOut = slices.Sorted(maps.Keys(left))
 	}
-	if len(rec.Platforms) > 0 {
-		e.Platforms = slices.Clone(rec.Platforms)
+	if len(rec.platforms) > 0 {
+		e.Platforms = slices.Clone(rec.platforms)
 		return
 	}
 	if root == nil {
@@ -372,7 +439,7 @@ func (c *Collector) describe(ctx context.Context, g *graph, m *model, e *entry, 
 	}
 	seen := map[string]bool{}
 	for d, p := range root.platforms {
-		if _, stored := recs.Manifests[d]; stored && !seen[p] {
+		if ct.IsManifest(d) && !seen[p] {
 			seen[p] = true
 			e.Platforms = append(e.Platforms, p)
 		}

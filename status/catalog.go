@@ -174,19 +174,28 @@ func (c *catalog) load(ctx context.Context) (*catalogSnapshot, error) {
 		return nil, err
 	}
 	// cosign's tag scheme: sha256-<hex>.sig (.att, .sbom) in the same
-	// repository names the signed digest.
+	// repository names the signed digest. Only such tags are kept here:
+	// at 100k images a map of every tag (1M) was ~60 MiB.
 	type key struct{ upstream, repo, tag string }
 	tags := map[key]bool{}
 	for _, im := range images {
 		for _, t := range im.Tags {
-			tags[key{im.Upstream, im.Repo, t}] = true
+			if cosignSuffix(t) {
+				tags[key{im.Upstream, im.Repo, t}] = true
+			}
 		}
 	}
 	s := &catalogSnapshot{built: built, gen: gen}
 	all := make([]Image, len(images))
+	var name string
 	for i, im := range images {
 		row := &all[i]
-		row.Image, row.Name = im, im.Name()
+		// Listers order by name: a repository's images share its name.
+		if name != im.Upstream+"/"+im.Repo || im.Upstream == "" {
+			name = im.Name()
+		}
+		row.Image, row.Name = im, name
+		row.Tags = packTags(im.Tags)
 		row.Pulls = pulls[im.Digest]
 		row.ReferrerTypes = refs[im.Name()+"@"+im.Digest.String()]
 		for _, t := range row.ReferrerTypes {
@@ -206,6 +215,35 @@ func (c *catalog) load(ctx context.Context) (*catalogSnapshot, error) {
 	s.byPulled = slices.Clone(s.byName)
 	slices.SortStableFunc(s.byPulled, func(a, b *Image) int { return b.LastPull.Compare(a.LastPull) })
 	return s, nil
+}
+
+// packTags copies tags into one string: at 100k images (1M tags) a
+// string each is ~10 MiB more, for the life of the list.
+func packTags(tags []string) []string {
+	if len(tags) == 0 {
+		return tags
+	}
+	n := 0
+	for _, t := range tags {
+		n += len(t)
+	}
+	var b strings.Builder
+	b.Grow(n)
+	for _, t := range tags {
+		b.WriteString(t)
+	}
+	all := b.String()
+	out := make([]string, len(tags))
+	for i, t := range tags {
+		out[i], all = all[:len(t)], all[len(t):]
+	}
+	return out
+}
+
+// cosignSuffix reports whether a tag may be one of cosign's (what
+// cosignTag makes, with .sig, .att or .sbom).
+func cosignSuffix(tag string) bool {
+	return strings.HasSuffix(tag, ".sig") || strings.HasSuffix(tag, ".att") || strings.HasSuffix(tag, ".sbom")
 }
 
 func cosignTag(d digest.Digest) string {

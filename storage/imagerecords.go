@@ -129,22 +129,8 @@ func (ix *Index) ReadImageRecords(in *Interner, tag func(*TagInfo)) (*ImageRecor
 	err := ix.db.View(func(tx *bolt.Tx) error {
 		rel := ix.releaser(tx)
 		defer rel.done()
-		if err := tx.Bucket(bucketPins).ForEach(func(k, _ []byte) error {
-			r.Pins[string(k)] = true
-			return nil
-		}); err != nil {
+		if err := readPins(tx, r.Pins, r.FirstHolder); err != nil {
 			return err
-		}
-		holders := tx.Bucket(bucketHolders).Cursor()
-		for p := range r.Pins {
-			d, err := digest.Parse(p)
-			if err != nil {
-				continue
-			}
-			prefix := []byte(p + "\x00")
-			if k, _ := holders.Seek(prefix); bytes.HasPrefix(k, prefix) {
-				r.FirstHolder[d] = string(k[len(prefix):])
-			}
 		}
 		if err := readAllRel(tx, bucketManifests, rel, func(k string, v ManifestRecord) {
 			r.Manifests[in.Digest(digest.Digest(k))] = ManifestInfo{MediaType: in.String(v.MediaType), Size: v.Size, FetchedAt: v.FetchedAt}
@@ -159,45 +145,14 @@ func (ix *Index) ReadImageRecords(in *Interner, tag func(*TagInfo)) (*ImageRecor
 		if err := readAllRel(tx, bucketAccess, rel, func(k string, v time.Time) { r.Access[in.Digest(digest.Digest(k))] = v }); err != nil {
 			return err
 		}
-		if err := readAllRel(tx, bucketMirrors, rel, func(k string, v FillRecord) {
-			v.Upstream, v.Repo, v.State = in.String(v.Upstream), in.String(v.Repo), in.String(v.State)
-			r.Fills = append(r.Fills, FillEntry{Digest: in.Digest(mirrorDigest([]byte(k))), FillRecord: v})
-		}); err != nil {
+		var err error
+		if r.Fills, err = readFills(tx, rel, in); err != nil {
 			return err
 		}
 		if tag == nil {
 			return nil
 		}
-		var t TagInfo
-		// Only the times are decoded; the digest is read from the record
-		// where it can be (tagDigest), its key split in place.
-		var times struct {
-			FetchedAt time.Time `json:"fetched_at"`
-			CheckedAt time.Time `json:"checked_at"`
-		}
-		return tx.Bucket(bucketTags).ForEach(func(k, raw []byte) error {
-			rel.read(k, raw)
-			times.FetchedAt, times.CheckedAt = time.Time{}, time.Time{}
-			if err := json.Unmarshal(raw, &times); err != nil {
-				return fmt.Errorf("index: corrupt %s entry %q: %w", bucketTags, k, err)
-			}
-			var d digest.Digest
-			if b, ok := tagDigestBytes(raw); ok {
-				d = digest.Digest(in.Bytes(b))
-			} else {
-				var v TagRecord
-				if err := json.Unmarshal(raw, &v); err != nil {
-					return fmt.Errorf("index: corrupt %s entry %q: %w", bucketTags, k, err)
-				}
-				d = in.Digest(v.Digest)
-			}
-			t = TagInfo{Key: k, Digest: d, FetchedAt: times.FetchedAt, CheckedAt: times.CheckedAt, Pinned: r.Pins[string(k)], Records: r}
-			if host, repo, tg, ok := parseTagKeyBytes(k); ok {
-				t.Upstream, t.Repo, t.Tag, t.OK = in.Bytes(host), in.Bytes(repo), string(tg), true
-			}
-			tag(&t)
-			return nil
-		})
+		return readTags(tx, rel, in, r.Pins, r, tag)
 	})
 	if err != nil {
 		return nil, err
@@ -217,4 +172,29 @@ func parseTagKeyBytes(key []byte) (host, repo, tag []byte, ok bool) {
 		return nil, nil, nil, false
 	}
 	return host, rest[:i], rest[i+1:], true
+}
+
+// ReadTagDigests calls fn with every tag's key (a TagKey) and digest, in
+// key order, in one transaction; both are valid only during the call
+// and nothing is allocated per tag where the record is as this index
+// writes it. It is the second, narrow scan of an eviction that chose its
+// victims without keeping their tags (1M tags at 100k images).
+func (ix *Index) ReadTagDigests(fn func(key, d []byte)) error {
+	return ix.db.View(func(tx *bolt.Tx) error {
+		rel := ix.releaser(tx)
+		defer rel.done()
+		return tx.Bucket(bucketTags).ForEach(func(k, raw []byte) error {
+			rel.read(k, raw)
+			d, ok := tagDigestBytes(raw)
+			if !ok {
+				var v TagRecord
+				if err := json.Unmarshal(raw, &v); err != nil {
+					return fmt.Errorf("index: corrupt %s entry %q: %w", bucketTags, k, err)
+				}
+				d = []byte(v.Digest)
+			}
+			fn(k, d)
+			return nil
+		})
+	})
 }

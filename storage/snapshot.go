@@ -183,19 +183,20 @@ func FromUnixNano(n int64) time.Time {
 }
 
 // ContentView is the compact copy of the index a collection marks and
-// sweeps from: the roots and the age of every record, read in one
-// transaction, without the records themselves.
+// sweeps from: the roots and the content records, read in one
+// transaction, as a table (the records' ages, without the records).
 type ContentView struct {
 	Roots
-	// Content holds every digest with a blob or manifest record.
-	Content map[digest.Digest]ContentAge
+	// Table holds every digest with a blob or manifest record (or a
+	// recorded last pull); NewestID is what the grace period looks at.
+	Table *ContentTable
 }
 
-// ContentView reads the roots and the content records' ages; tag, if not
-// nil, is called with each tag's key and digest (key is valid only
-// during the call). Digests are interned in in (which may be nil).
+// ContentView reads the roots and the content records; tag, if not nil,
+// is called with each tag's key and digest (key is valid only during the
+// call). The roots' digests are interned in in (which may be nil).
 func (ix *Index) ContentView(in *Interner, tag func(key []byte, d digest.Digest)) (*ContentView, error) {
-	v := &ContentView{Content: map[digest.Digest]ContentAge{}}
+	v := &ContentView{Table: &ContentTable{}}
 	err := ix.db.View(func(tx *bolt.Tx) error {
 		rel := ix.releaser(tx)
 		defer rel.done()
@@ -204,18 +205,7 @@ func (ix *Index) ContentView(in *Interner, tag func(key []byte, d digest.Digest)
 			return err
 		}
 		v.Roots = Roots{Digests: d, Version: tx.ID()}
-		if err := readAllRel(tx, bucketManifests, rel, func(k string, rec ManifestRecord) {
-			v.Content[in.Digest(digest.Digest(k))] = ContentAge{Manifest: true, newest: UnixNano(rec.FetchedAt)}
-		}); err != nil {
-			return err
-		}
-		return readAllRel(tx, bucketBlobs, rel, func(k string, rec BlobRecord) {
-			k = in.String(k)
-			a := v.Content[digest.Digest(k)]
-			a.note(rec.FetchedAt)
-			a.note(rec.LastAccess)
-			v.Content[digest.Digest(k)] = a
-		})
+		return v.Table.read(tx, rel)
 	})
 	if err != nil {
 		return nil, err

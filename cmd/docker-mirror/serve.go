@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 
@@ -29,6 +30,7 @@ func serveCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return exitUsage
 	}
 	log := newLogger(cfg, stderr)
+	applyMemoryLimit(cfg)
 	// Whatever can fail the start (the TLS pair, the data directory, the
 	// index, the htpasswd file, the port) fails before the server
 	// answers, each with one line and exit 1: nothing listens silently.
@@ -51,6 +53,15 @@ func serveCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return 1
 	}
 	return 0
+}
+
+// applyMemoryLimit sets the runtime's soft memory limit if memory_limit
+// is set (else GOMEMLIMIT, read by the runtime, stands): the process's
+// own setting, for its whole life.
+func applyMemoryLimit(cfg config.Config) {
+	if cfg.MemoryLimit > 0 {
+		debug.SetMemoryLimit(int64(cfg.MemoryLimit))
+	}
 }
 
 func newLogger(cfg config.Config, w io.Writer) *slog.Logger {

@@ -1,0 +1,186 @@
+package lifecycle
+
+import (
+	"bytes"
+	"fmt"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/docker-mirror/docker-mirror/storage"
+)
+
+// tagIndex is an index of two images in one repository, a with three
+// tags and a cosign signature (sha256-<hex>.sig), b with one, their
+// manifests not stored; and a collector of it.
+func tagIndex(t *testing.T) (c *Collector, ix *storage.Index, a, b digest.Digest) {
+	t.Helper()
+	ix, err := storage.OpenIndex(filepath.Join(t.TempDir(), "index.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ix.Close() })
+	store, err := storage.OpenDriverStore(t.Context(), "inmemory", map[string]any{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b = digest.FromString("a"), digest.FromString("b")
+	sig := digest.FromString("signature of a")
+	for _, m := range []struct {
+		d   digest.Digest
+		tag string
+	}{{a, "v3"}, {a, "v1"}, {a, "v2"}, {b, "latest"}, {sig, "sha256-" + a.Encoded() + ".sig"}} {
+		if err := ix.RecordManifest(storage.ManifestEntry{Upstream: "docker.io", Repo: "library/app", Digest: m.d, Tag: m.tag,
+			Record: storage.ManifestRecord{MediaType: "application/vnd.oci.image.manifest.v1+json", Size: 100}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return New(store, ix, Options{}), ix, a, b
+}
+
+// The eviction's model keeps no plain tags (1M at 100k images), only the
+// referrers and cosign tags that decide what is folded into what; the
+// victims' tags are read again once they are chosen: the report lists
+// them, sorted, and they leave the index with the signature's tag.
+func TestEvictModelWithoutTags(t *testing.T) {
+	c, ix, a, b := tagIndex(t)
+	m, err := c.model(t.Context(), false, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.images) != 2 {
+		t.Fatalf("%d images, want 2 (the signature folded into a)", len(m.images))
+	}
+	for _, e := range m.images {
+		if len(e.Tags) != 0 || !e.plainTags {
+			t.Errorf("%s: tags %q kept (plain tags noted: %v), want none", e.Digest, e.Tags, e.plainTags)
+		}
+		if e.Digest == a && len(e.artifactTags) != 1 {
+			t.Errorf("a: artifact tags %v, want its signature's", e.artifactTags)
+		}
+	}
+
+	r, err := c.Evict(t.Context(), 0, time.Hour, time.Now().Add(48*time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[digest.Digest][]string{a: {"v1", "v2", "v3"}, b: {"latest"}}
+	if len(r.Evicted) != 2 {
+		t.Fatalf("evicted %+v, want a and b", r.Evicted)
+	}
+	for _, im := range r.Evicted {
+		if !slices.Equal(im.Tags, want[im.Digest]) {
+			t.Errorf("%s evicted with tags %q, want %q", im.Digest, im.Tags, want[im.Digest])
+		}
+	}
+	left := 0
+	if err := ix.ReadTagDigests(func(key, _ []byte) { left++ }); err != nil || left != 0 {
+		t.Errorf("%d tags left after the eviction (%v), want none", left, err)
+	}
+}
+
+// Digests other than sha256 (sha512) are the identifiers' fallback (kept
+// as strings): a sha512 image is listed, kept by a collection that removes
+// the unreferenced sha512 blobs (recorded or only stored), and evicted
+// whole.
+func TestLifecycleSHA512(t *testing.T) {
+	ctx := t.Context()
+	ix, err := storage.OpenIndex(filepath.Join(t.TempDir(), "index.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ix.Close() })
+	store, err := storage.OpenDriverStore(ctx, "inmemory", map[string]any{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	put := func(data []byte) digest.Digest {
+		d := digest.SHA512.FromBytes(data)
+		if err := store.Put(ctx, "library/app", d, int64(len(data)), bytes.NewReader(data)); err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	cfg := []byte(`{"architecture":"amd64","os":"linux"}`)
+	layer := []byte("a sha512 layer")
+	cfgD, layerD := put(cfg), put(layer)
+	body := []byte(fmt.Sprintf(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",`+
+		`"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":%q,"size":%d},`+
+		`"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":%q,"size":%d}]}`, cfgD, len(cfg), layerD, len(layer)))
+	man := put(body)
+	old := time.Now().Add(-time.Hour)
+	if err := ix.RecordManifest(storage.ManifestEntry{Upstream: "docker.io", Repo: "library/app", Digest: man, Tag: "v1",
+		Record: storage.ManifestRecord{MediaType: "application/vnd.oci.image.manifest.v1+json", Size: int64(len(body)), FetchedAt: old}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range []struct {
+		d digest.Digest
+		n int
+	}{{cfgD, len(cfg)}, {layerD, len(layer)}} {
+		if err := ix.RecordBlob("docker.io", "library/app", b.d, int64(b.n), old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	recorded, unrecorded := put([]byte("recorded, unreferenced")), put([]byte("only stored"))
+	if err := ix.RecordBlob("docker.io", "library/app", recorded, 22, old); err != nil {
+		t.Fatal(err)
+	}
+	c := New(store, ix, Options{})
+	stored := func(d digest.Digest) bool {
+		_, err := store.Stat(ctx, "", d)
+		return err == nil
+	}
+
+	list, err := c.Images(ctx)
+	if err != nil || len(list) != 1 {
+		t.Fatalf("Images = %+v, %v; want the sha512 image", list, err)
+	}
+	if im := list[0]; im.Digest != man || im.Manifests != 1 || im.Blobs != 2 || im.Size != int64(len(body)+len(cfg)+len(layer)) ||
+		!slices.Equal(im.Platforms, []string{"linux/amd64"}) || im.MediaType != "application/vnd.oci.image.manifest.v1+json" {
+		t.Errorf("image %+v", im)
+	}
+	r, err := c.Collect(ctx)
+	if err != nil || r.BlobsRemoved != 2 || r.ManifestsRemoved != 0 {
+		t.Fatalf("Collect = %+v, %v; want the two unreferenced blobs removed", r, err)
+	}
+	if stored(recorded) || stored(unrecorded) || !stored(man) || !stored(cfgD) || !stored(layerD) {
+		t.Errorf("after the collection: unreferenced %v %v, image %v %v %v stored; want the image only",
+			stored(recorded), stored(unrecorded), stored(man), stored(cfgD), stored(layerD))
+	}
+	r, err = c.Evict(ctx, 0, time.Minute, time.Now())
+	if err != nil || r.ImagesEvicted != 1 || r.ManifestsRemoved != 1 || r.BlobsRemoved != 2 || !slices.Equal(r.Evicted[0].Tags, []string{"v1"}) {
+		t.Fatalf("Evict = %+v, %v; want the image evicted whole", r, err)
+	}
+	if stored(man) || stored(cfgD) || stored(layerD) {
+		t.Error("the evicted image's content is still stored")
+	}
+}
+
+// An eviction's freed digests: sha256 as bytes, others (sha512, a
+// sha256 digest in upper case) as strings; added after a lookup, found.
+func TestDigestSet(t *testing.T) {
+	var none *digestSet
+	if none.has(digest.FromString("a")) {
+		t.Error("the nil set has a digest")
+	}
+	s := &digestSet{}
+	in := []digest.Digest{digest.FromString("a"), digest.SHA512.FromString("a"), digest.Digest("sha256:" + strings.ToUpper(digest.FromString("b").Encoded()))}
+	out := []digest.Digest{digest.FromString("b"), digest.SHA512.FromString("b"), digest.Digest("sha256:" + strings.ToUpper(digest.FromString("a").Encoded()))}
+	for i, d := range in {
+		s.add(d)
+		for _, e := range in[:i+1] {
+			if !s.has(e) {
+				t.Errorf("%s added, not found", e)
+			}
+		}
+	}
+	for _, d := range out {
+		if s.has(d) {
+			t.Errorf("%s found, never added", d)
+		}
+	}
+}

@@ -1,0 +1,400 @@
+package storage
+
+import (
+	"bytes"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	bolt "go.etcd.io/bbolt"
+)
+
+// ContentTable is what the image model uses of the index's manifest,
+// blob and last-pull records, as one table sorted by digest: a sha256
+// digest is kept as its 32 bytes, every time as 8 (Unix nanoseconds),
+// and the media types once each. At 100k images (400k digests) the maps
+// of ImageRecords, keyed by 71-byte digest strings with time.Time
+// values, are ~120 MiB; this is ~30. Digests of other algorithms
+// (sha512) are kept as strings, in a second sorted part.
+type ContentTable struct {
+	// sha are the canonical sha256 digests (lower-case hex), sorted;
+	// other the other digests, sorted. recs holds sha's records, then
+	// other's.
+	sha   [][32]byte
+	other []digest.Digest
+	recs  []contentRec
+	// media are the media types; a record's media indexes it (0: none).
+	media []string
+}
+
+// contentRec is one digest's records.
+type contentRec struct {
+	// size: the manifest record's size plus the blob record's (as
+	// Index.StoredBytes counts them).
+	size int64
+	// fetched: the manifest's fetch; access: the blob's last access;
+	// pulled: the manifest's last pull (the access bucket). UnixNano.
+	fetched, access, pulled int64
+	// newest: the latest of the manifest's fetch and the blob's fetch
+	// and last access (what a collection's grace period looks at).
+	newest         int64
+	media          uint32
+	manifest, blob bool
+}
+
+// ContentInfo is one digest's records in a ContentTable.
+type ContentInfo struct {
+	// Manifest, Blob: it has a manifest record, a blob record.
+	Manifest, Blob bool
+	// Size is the manifest's size plus the blob's.
+	Size int64
+	// MediaType and FetchedAt are the manifest record's, LastAccess the
+	// blob record's, Pulled the manifest's last pull (zero if none).
+	MediaType                     string
+	FetchedAt, LastAccess, Pulled time.Time
+}
+
+// Len is the number of digests with a record.
+func (t *ContentTable) Len() int { return len(t.recs) }
+
+// Lookup returns d's records; ok is false if it has none.
+func (t *ContentTable) Lookup(d digest.Digest) (ContentInfo, bool) {
+	id, ok := t.ID(d)
+	if !ok {
+		return ContentInfo{}, false
+	}
+	return t.Info(id), true
+}
+
+// Info returns the records of ID id.
+func (t *ContentTable) Info(id int) ContentInfo {
+	r := &t.recs[id]
+	return ContentInfo{
+		Manifest: r.manifest, Blob: r.blob, Size: r.size, MediaType: t.media[r.media],
+		FetchedAt: utcTime(r.fetched), LastAccess: utcTime(r.access), Pulled: utcTime(r.pulled),
+	}
+}
+
+// Size is d's indexed size (0 without records).
+func (t *ContentTable) Size(d digest.Digest) int64 {
+	if r := t.find(d); r != nil {
+		return r.size
+	}
+	return 0
+}
+
+// IsManifest reports whether d has a manifest record.
+func (t *ContentTable) IsManifest(d digest.Digest) bool {
+	r := t.find(d)
+	return r != nil && r.manifest
+}
+
+func (t *ContentTable) find(d digest.Digest) *contentRec {
+	if i, ok := t.ID(d); ok {
+		return &t.recs[i]
+	}
+	return nil
+}
+
+// ID is d's place in the table, in [0, Len()): a digest in 4 bytes
+// instead of a string, for a pass that keeps one value per digest.
+func (t *ContentTable) ID(d digest.Digest) (int, bool) {
+	if k, ok := sha256Key(string(d)); ok {
+		return slices.BinarySearchFunc(t.sha, k, func(a, b [32]byte) int { return bytes.Compare(a[:], b[:]) })
+	}
+	i, ok := slices.BinarySearch(t.other, d)
+	return len(t.sha) + i, ok
+}
+
+// Digest is the digest of ID id (a new string).
+func (t *ContentTable) Digest(id int) digest.Digest {
+	if id < len(t.sha) {
+		return digest.NewDigestFromEncoded(digest.SHA256, hex.EncodeToString(t.sha[id][:]))
+	}
+	return t.other[id-len(t.sha)]
+}
+
+// Recorded reports whether ID id has a manifest or blob record (not only
+// a last pull).
+func (t *ContentTable) Recorded(id int) bool { return t.recs[id].manifest || t.recs[id].blob }
+
+// ManifestID reports whether ID id has a manifest record.
+func (t *ContentTable) ManifestID(id int) bool { return t.recs[id].manifest }
+
+// NewestID is the latest of ID id's manifest fetch and blob fetch and
+// last access (the zero time if none).
+func (t *ContentTable) NewestID(id int) time.Time { return FromUnixNano(t.recs[id].newest) }
+
+// utcTime is FromUnixNano in UTC.
+func utcTime(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n).UTC()
+}
+
+// SHA256Key is the 32 bytes of a canonical sha256 digest ("sha256:" and
+// 64 lower-case hex digits); ok is false for any other digest, to be
+// kept as a string.
+func SHA256Key(d digest.Digest) ([32]byte, bool) { return sha256Key(string(d)) }
+
+// sha256Key is the 32 bytes of a canonical sha256 digest string
+// ("sha256:" and 64 lower-case hex digits); ok is false for anything
+// else, kept as a string.
+func sha256Key[S string | []byte](s S) (k [32]byte, ok bool) {
+	const prefix = "sha256:"
+	if len(s) != len(prefix)+64 || string(s[:len(prefix)]) != prefix {
+		return k, false
+	}
+	for i := range k {
+		hi, ok1 := fromHex(s[len(prefix)+2*i])
+		lo, ok2 := fromHex(s[len(prefix)+2*i+1])
+		if !ok1 || !ok2 {
+			return k, false
+		}
+		k[i] = hi<<4 | lo
+	}
+	return k, true
+}
+
+func fromHex(c byte) (byte, bool) {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0', true
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10, true
+	}
+	return 0, false
+}
+
+// ImageTable is the index as the image model reads it: ImageRecords with
+// the manifest, blob and last-pull records in a ContentTable.
+type ImageTable struct {
+	Content *ContentTable
+	// Fills, Pins, FirstHolder: as in ImageRecords.
+	Fills       []FillEntry
+	Pins        map[string]bool
+	FirstHolder map[digest.Digest]string
+}
+
+// ReadImageTable is ReadImageRecords reading the content records into a
+// ContentTable; TagInfo.Records is nil. Digests and names are interned
+// in in (which may be nil); the table's digests are not strings.
+func (ix *Index) ReadImageTable(in *Interner, tag func(*TagInfo)) (*ImageTable, error) {
+	if in == nil {
+		in = &Interner{}
+	}
+	r := &ImageTable{Content: &ContentTable{}, Pins: map[string]bool{}, FirstHolder: map[digest.Digest]string{}}
+	err := ix.db.View(func(tx *bolt.Tx) error {
+		rel := ix.releaser(tx)
+		defer rel.done()
+		if err := readPins(tx, r.Pins, r.FirstHolder); err != nil {
+			return err
+		}
+		if err := r.Content.read(tx, rel); err != nil {
+			return err
+		}
+		var err error
+		if r.Fills, err = readFills(tx, rel, in); err != nil {
+			return err
+		}
+		if tag == nil {
+			return nil
+		}
+		return readTags(tx, rel, in, r.Pins, nil, tag)
+	})
+	if err != nil {
+		return nil, err
+	}
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	for d, t := range ix.pulled {
+		r.Content.notePull(d, t)
+	}
+	return r, nil
+}
+
+// read fills the table from the manifests, blobs and access buckets,
+// merged in key order (a digest's string order is its bytes' order).
+func (t *ContentTable) read(tx *bolt.Tx, rel *releaser) error {
+	t.media = []string{""}
+	mediaIndex := map[string]uint32{"": 0}
+	type stream struct {
+		bucket []byte
+		c      *bolt.Cursor
+		k, v   []byte
+	}
+	var streams []*stream
+	for _, b := range [][]byte{bucketManifests, bucketBlobs, bucketAccess} {
+		s := &stream{bucket: b}
+		if bk := tx.Bucket(b); bk != nil {
+			s.c = bk.Cursor()
+			s.k, s.v = s.c.First()
+		}
+		streams = append(streams, s)
+	}
+	var otherRecs []contentRec
+	for {
+		var next []byte
+		for _, s := range streams {
+			if s.k != nil && (next == nil || bytes.Compare(s.k, next) < 0) {
+				next = s.k
+			}
+		}
+		if next == nil {
+			break
+		}
+		key := next // valid while the transaction is: the cursors move below
+		var rec contentRec
+		for _, s := range streams {
+			if s.k == nil || !bytes.Equal(s.k, key) {
+				continue
+			}
+			rel.read(s.k, s.v)
+			var err error
+			switch {
+			case bytes.Equal(s.bucket, bucketManifests):
+				var m struct {
+					MediaType string    `json:"media_type"`
+					Size      int64     `json:"size"`
+					FetchedAt time.Time `json:"fetched_at"`
+				}
+				if err = json.Unmarshal(s.v, &m); err == nil {
+					mi, ok := mediaIndex[m.MediaType]
+					if !ok {
+						mi = uint32(len(t.media))
+						mediaIndex[m.MediaType] = mi
+						t.media = append(t.media, m.MediaType)
+					}
+					rec.manifest, rec.media, rec.fetched = true, mi, UnixNano(m.FetchedAt)
+					rec.newest = max(rec.newest, rec.fetched)
+					rec.size += m.Size
+				}
+			case bytes.Equal(s.bucket, bucketBlobs):
+				var b struct {
+					Size       int64     `json:"size"`
+					FetchedAt  time.Time `json:"fetched_at"`
+					LastAccess time.Time `json:"last_access"`
+				}
+				if err = json.Unmarshal(s.v, &b); err == nil {
+					rec.blob, rec.access = true, UnixNano(b.LastAccess)
+					rec.newest = max(rec.newest, UnixNano(b.FetchedAt), rec.access)
+					rec.size += b.Size
+				}
+			default:
+				var at time.Time
+				if err = json.Unmarshal(s.v, &at); err == nil {
+					rec.pulled = UnixNano(at)
+				}
+			}
+			if err != nil {
+				return fmt.Errorf("index: corrupt %s entry %q: %w", s.bucket, s.k, err)
+			}
+		}
+		if k, ok := sha256Key(key); ok {
+			t.sha = append(t.sha, k)
+			t.recs = append(t.recs, rec)
+		} else {
+			t.other = append(t.other, digest.Digest(key))
+			otherRecs = append(otherRecs, rec)
+		}
+		for _, s := range streams {
+			if s.k != nil && bytes.Equal(s.k, key) {
+				s.k, s.v = s.c.Next()
+			}
+		}
+	}
+	t.sha = slices.Clip(t.sha)
+	t.recs = append(slices.Clip(t.recs), otherRecs...)
+	return nil
+}
+
+// notePull makes t d's last pull if it is later (a pull noted by
+// TouchManifest and not yet flushed); a digest without records gets one.
+func (t *ContentTable) notePull(d digest.Digest, at time.Time) {
+	n := UnixNano(at)
+	if r := t.find(d); r != nil {
+		r.pulled = max(r.pulled, n)
+		return
+	}
+	rec := contentRec{pulled: n}
+	if k, ok := sha256Key(string(d)); ok {
+		i, _ := slices.BinarySearchFunc(t.sha, k, func(a, b [32]byte) int { return bytes.Compare(a[:], b[:]) })
+		t.sha = slices.Insert(t.sha, i, k)
+		t.recs = slices.Insert(t.recs, i, rec)
+		return
+	}
+	i, _ := slices.BinarySearch(t.other, d)
+	t.other = slices.Insert(t.other, i, d)
+	t.recs = slices.Insert(t.recs, len(t.sha)+i, rec)
+}
+
+// readPins reads the pins and, for each pinned digest, its first holder.
+func readPins(tx *bolt.Tx, pins map[string]bool, firstHolder map[digest.Digest]string) error {
+	if err := tx.Bucket(bucketPins).ForEach(func(k, _ []byte) error {
+		pins[string(k)] = true
+		return nil
+	}); err != nil {
+		return err
+	}
+	holders := tx.Bucket(bucketHolders).Cursor()
+	for p := range pins {
+		d, err := digest.Parse(p)
+		if err != nil {
+			continue
+		}
+		prefix := []byte(p + "\x00")
+		if k, _ := holders.Seek(prefix); bytes.HasPrefix(k, prefix) {
+			firstHolder[d] = string(k[len(prefix):])
+		}
+	}
+	return nil
+}
+
+// readFills reads the fill records, names and digests interned.
+func readFills(tx *bolt.Tx, rel *releaser, in *Interner) ([]FillEntry, error) {
+	var fills []FillEntry
+	err := readAllRel(tx, bucketMirrors, rel, func(k string, v FillRecord) {
+		v.Upstream, v.Repo, v.State = in.String(v.Upstream), in.String(v.Repo), in.String(v.State)
+		fills = append(fills, FillEntry{Digest: in.Digest(mirrorDigest([]byte(k))), FillRecord: v})
+	})
+	return slices.Clip(fills), err
+}
+
+// readTags calls tag with every tag (see ReadImageRecords), Records
+// set to recs.
+func readTags(tx *bolt.Tx, rel *releaser, in *Interner, pins map[string]bool, recs *ImageRecords, tag func(*TagInfo)) error {
+	var t TagInfo
+	// Only the times are decoded; the digest is read from the record
+	// where it can be (tagDigest), its key split in place.
+	var times struct {
+		FetchedAt time.Time `json:"fetched_at"`
+		CheckedAt time.Time `json:"checked_at"`
+	}
+	return tx.Bucket(bucketTags).ForEach(func(k, raw []byte) error {
+		rel.read(k, raw)
+		times.FetchedAt, times.CheckedAt = time.Time{}, time.Time{}
+		if err := json.Unmarshal(raw, &times); err != nil {
+			return fmt.Errorf("index: corrupt %s entry %q: %w", bucketTags, k, err)
+		}
+		var d digest.Digest
+		if b, ok := tagDigestBytes(raw); ok {
+			d = digest.Digest(in.Bytes(b))
+		} else {
+			var v TagRecord
+			if err := json.Unmarshal(raw, &v); err != nil {
+				return fmt.Errorf("index: corrupt %s entry %q: %w", bucketTags, k, err)
+			}
+			d = in.Digest(v.Digest)
+		}
+		t = TagInfo{Key: k, Digest: d, FetchedAt: times.FetchedAt, CheckedAt: times.CheckedAt, Pinned: pins[string(k)], Records: recs}
+		if host, repo, tg, ok := parseTagKeyBytes(k); ok {
+			t.Upstream, t.Repo, t.Tag, t.OK = in.Bytes(host), in.Bytes(repo), string(tg), true
+		}
+		tag(&t)
+		return nil
+	})
+}

@@ -1,0 +1,124 @@
+package storage_test
+
+import (
+	"fmt"
+	"maps"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/docker-mirror/docker-mirror/storage"
+)
+
+// TestReadImageTable checks the table read against ReadImageRecords on
+// the same index: every digest's records (sha256, sha512 and a sha256
+// digest in upper-case hex, kept as strings; a digest that is a manifest
+// and a blob; last pulls flushed and not, of a digest without records
+// too), the fills, pins and first holders, and the tags.
+func TestReadImageTable(t *testing.T) {
+	ix := newIndex(t)
+	var ds []digest.Digest
+	for i := range 4 {
+		ds = append(ds, digest.FromString(fmt.Sprintf("manifest %d", i)), digest.SHA512.FromString(fmt.Sprintf("manifest %d", i)))
+	}
+	upper := digest.Digest("sha256:" + strings.ToUpper(digest.FromString("upper").Encoded()))
+	ds = append(ds, upper)
+	media := []string{"application/vnd.oci.image.manifest.v1+json", "application/vnd.oci.image.index.v1+json"}
+	for i, d := range ds {
+		repo := fmt.Sprintf("library/app%d", i%3)
+		var fill *storage.FillRecord
+		if i%2 == 0 {
+			fill = &storage.FillRecord{Upstream: "docker.io", Repo: repo, State: storage.FillPartial, Platforms: []string{"linux/amd64"}, UpdatedAt: t0}
+		}
+		if err := ix.RecordManifest(storage.ManifestEntry{Upstream: "docker.io", Repo: repo, Digest: d,
+			Record: storage.ManifestRecord{MediaType: media[i%2], Size: int64(100 + i), FetchedAt: t0.Add(time.Duration(i) * time.Second)},
+			Tag:    fmt.Sprintf("v%d", i), Fill: fill}); err != nil {
+			t.Fatal(err)
+		}
+		blob := digest.FromString(fmt.Sprintf("blob %d", i))
+		if i%2 == 1 {
+			blob = digest.SHA512.FromString(fmt.Sprintf("blob %d", i))
+		}
+		if err := ix.RecordBlob("docker.io", repo, blob, int64(1000+i), t0.Add(time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := ix.RecordBlob("docker.io", "library/app0", ds[2], 7, t0); err != nil { // a manifest and a blob
+		t.Fatal(err)
+	}
+	if err := ix.Pin(ds[1].String(), storage.PinRecord{PinnedAt: t0}); err != nil {
+		t.Fatal(err)
+	}
+	unknown := digest.FromString("pulled, never recorded")
+	for _, pull := range []struct {
+		d  digest.Digest
+		at time.Time
+	}{{ds[1], t0.Add(time.Hour)}, {unknown, t0.Add(time.Hour)}} {
+		if err := ix.TouchManifest(pull.d, pull.at); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := ix.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	// Not flushed: later than the flushed one, and a digest of its own.
+	for _, pull := range []struct {
+		d  digest.Digest
+		at time.Time
+	}{{ds[1], t0.Add(2 * time.Hour)}, {ds[3], t0.Add(3 * time.Hour)}, {digest.SHA512.FromString("pulled"), t0.Add(4 * time.Hour)}} {
+		if err := ix.TouchManifest(pull.d, pull.at); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	var wantTags, gotTags []storage.TagInfo
+	recs, err := ix.ReadImageRecords(nil, func(ti *storage.TagInfo) { ti.Key, ti.Records = nil, nil; wantTags = append(wantTags, *ti) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	tab, err := ix.ReadImageTable(nil, func(ti *storage.TagInfo) { ti.Key = nil; gotTags = append(gotTags, *ti) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := map[digest.Digest]bool{}
+	for _, m := range []map[digest.Digest]bool{keySet(recs.Manifests), keySet(recs.Blobs), keySet(recs.Access)} {
+		maps.Copy(all, m)
+	}
+	if tab.Content.Len() != len(all) || len(all) != len(ds)*2+2 {
+		t.Errorf("%d digests in the table, %d with records, want %d", tab.Content.Len(), len(all), len(ds)*2+2)
+	}
+	for d := range all {
+		got, ok := tab.Content.Lookup(d)
+		m, isManifest := recs.Manifests[d]
+		b, isBlob := recs.Blobs[d]
+		if !ok || got.Manifest != isManifest || got.Blob != isBlob || got.Size != m.Size+b.Size || got.MediaType != m.MediaType ||
+			!got.FetchedAt.Equal(m.FetchedAt) || !got.LastAccess.Equal(b.LastAccess) || !got.Pulled.Equal(recs.Access[d]) {
+			t.Errorf("%s: %+v (found %v), want manifest %+v, blob %+v, pulled %v", d, got, ok, m, b, recs.Access[d])
+		}
+		if tab.Content.Size(d) != got.Size || tab.Content.IsManifest(d) != isManifest {
+			t.Errorf("%s: Size %d, IsManifest %v; want %d, %v", d, tab.Content.Size(d), tab.Content.IsManifest(d), got.Size, isManifest)
+		}
+	}
+	if got, ok := tab.Content.Lookup(upper); !ok || got.Size != 100+8 {
+		t.Errorf("upper-case digest: %+v, %v", got, ok)
+	}
+	if _, ok := tab.Content.Lookup(digest.FromString("nothing")); ok || tab.Content.Size(digest.FromString("nothing")) != 0 {
+		t.Error("a digest without records found")
+	}
+	if fmt.Sprint(tab.Fills) != fmt.Sprint(recs.Fills) || !maps.Equal(tab.Pins, recs.Pins) || !maps.Equal(tab.FirstHolder, recs.FirstHolder) || len(tab.FirstHolder) != 1 {
+		t.Errorf("fills %v, pins %v, holders %v; want %v, %v, %v", tab.Fills, tab.Pins, tab.FirstHolder, recs.Fills, recs.Pins, recs.FirstHolder)
+	}
+	if fmt.Sprint(gotTags) != fmt.Sprint(wantTags) || len(gotTags) != len(ds) {
+		t.Errorf("tags %v, want %v", gotTags, wantTags)
+	}
+}
+
+func keySet[V any](m map[digest.Digest]V) map[digest.Digest]bool {
+	out := map[digest.Digest]bool{}
+	for d := range m {
+		out[d] = true
+	}
+	return out
+}
