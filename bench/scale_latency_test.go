@@ -7,8 +7,6 @@ import (
 	mrand "math/rand/v2"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"slices"
@@ -24,35 +22,12 @@ import (
 )
 
 // scaleCache returns a data directory holding a synthetic cache of n
-// images. With BENCH_SCALE_CACHE set, the cache is kept in that directory
-// (images-<n>) and built only if it is not there yet, so that a 100k
-// cache (minutes to build) serves many runs; the latency runs only read
-// it (and flush the pulls' times and counts). Otherwise it is built in a
-// temporary directory.
+// images, a copy of the one kept under BENCH_SCALE_CACHE if it is set
+// (synthCache), so that a 100k cache (minutes to build) serves many runs
+// and the latency runs' writes (the pulls' times and counts) stay theirs.
 func scaleCache(b *testing.B, n int) string {
-	root := os.Getenv("BENCH_SCALE_CACHE")
-	if root == "" {
-		dir := b.TempDir()
-		buildSynthCache(b, dir, n)
-		return dir
-	}
-	dir := filepath.Join(root, fmt.Sprintf("images-%d", n))
-	done := filepath.Join(dir, ".built")
-	if _, err := os.Stat(done); err == nil {
-		return dir
-	}
-	if err := os.RemoveAll(dir); err != nil {
-		b.Fatal(err)
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		b.Fatal(err)
-	}
-	start := time.Now()
-	buildSynthCache(b, dir, n)
-	b.Logf("built %d images in %s in %v", n, dir, time.Since(start).Round(time.Millisecond))
-	if err := os.WriteFile(done, nil, 0o644); err != nil {
-		b.Fatal(err)
-	}
+	dir := b.TempDir()
+	synthCache(b, dir, n)
 	return dir
 }
 

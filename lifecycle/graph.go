@@ -284,8 +284,6 @@ func (r reach) all() []digest.Digest {
 	return out
 }
 
-func (r reach) has(d digest.Digest) bool { return r.manifests[d] || r.blobs[d] }
-
 // reachIDs is what root keeps (reach) in a graph with ids: its
 // manifests and their blobs, numbered.
 func (g *graph) reachIDs(ctx context.Context, root digest.Digest) (keeps, error) {
