@@ -380,15 +380,9 @@ func readTags(tx *bolt.Tx, rel *releaser, in *Interner, pins map[string]bool, re
 		if err := json.Unmarshal(raw, &times); err != nil {
 			return fmt.Errorf("index: corrupt %s entry %q: %w", bucketTags, k, err)
 		}
-		var d digest.Digest
-		if b, ok := tagDigestBytes(raw); ok {
-			d = digest.Digest(in.Bytes(b))
-		} else {
-			var v TagRecord
-			if err := json.Unmarshal(raw, &v); err != nil {
-				return fmt.Errorf("index: corrupt %s entry %q: %w", bucketTags, k, err)
-			}
-			d = in.Digest(v.Digest)
+		d, err := internTagDigest(k, raw, in)
+		if err != nil {
+			return err
 		}
 		t = TagInfo{Key: k, Digest: d, FetchedAt: times.FetchedAt, CheckedAt: times.CheckedAt, Pinned: pins[string(k)], Records: recs}
 		if host, repo, tg, ok := parseTagKeyBytes(k); ok {

@@ -236,15 +236,9 @@ func rootDigestsRel(tx *bolt.Tx, tag func(key []byte, d digest.Digest), rel *rel
 	// can be.
 	err := tx.Bucket(bucketTags).ForEach(func(k, raw []byte) error {
 		rel.read(k, raw)
-		var d digest.Digest
-		if b, ok := tagDigestBytes(raw); ok {
-			d = digest.Digest(in.Bytes(b))
-		} else {
-			var v TagRecord
-			if err := json.Unmarshal(raw, &v); err != nil {
-				return fmt.Errorf("index: corrupt %s entry %q: %w", bucketTags, k, err)
-			}
-			d = in.Digest(v.Digest)
+		d, err := internTagDigest(k, raw, in)
+		if err != nil {
+			return err
 		}
 		if _, dup := roots[d]; !dup {
 			roots[d] = true
@@ -271,6 +265,19 @@ func rootDigestsRel(tx *bolt.Tx, tag func(key []byte, d digest.Digest), rel *rel
 func tagDigest(raw []byte) (digest.Digest, bool) {
 	b, ok := tagDigestBytes(raw)
 	return digest.Digest(b), ok
+}
+
+// internTagDigest is the interned digest of the tag record raw under key
+// k: read in place where it can be (tagDigestBytes), else decoded.
+func internTagDigest(k, raw []byte, in *Interner) (digest.Digest, error) {
+	if b, ok := tagDigestBytes(raw); ok {
+		return digest.Digest(in.Bytes(b)), nil
+	}
+	var v TagRecord
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return "", fmt.Errorf("index: corrupt %s entry %q: %w", bucketTags, k, err)
+	}
+	return in.Digest(v.Digest), nil
 }
 
 // tagDigestBytes is tagDigest in place: the digest's bytes in raw.
