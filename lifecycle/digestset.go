@@ -32,6 +32,19 @@ func (s *digestSet) add(d digest.Digest) {
 	s.other[d] = true
 }
 
+// addID adds the digest numbered id (no string made for one of the
+// table's sha256 digests).
+func (s *digestSet) addID(ids *digestIDs, id int32) {
+	if int(id) < ids.table.Len() {
+		if k, ok := ids.table.Key(int(id)); ok {
+			s.sha = append(s.sha, k)
+			s.sorted = false
+			return
+		}
+	}
+	s.add(ids.digest(id))
+}
+
 func (s *digestSet) has(d digest.Digest) bool {
 	if s == nil {
 		return false

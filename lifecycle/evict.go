@@ -97,83 +97,107 @@ func (c *Collector) plan(ctx context.Context, maxSize int64, evictAfter time.Dur
 	if err != nil {
 		return p, err
 	}
-	var candidates []*entry
-	for _, e := range m.images {
-		if !e.Pinned {
-			candidates = append(candidates, e)
+	var candidates []int32
+	for _, i := range m.images {
+		if !m.entries[i].pinned {
+			candidates = append(candidates, i)
 		}
 	}
-	slices.SortFunc(candidates, func(a, b *entry) int {
-		return cmp.Or(a.LastPull.Compare(b.LastPull), cmp.Compare(a.Name(), b.Name()), cmp.Compare(a.Digest, b.Digest))
+	names := m.fullNames()
+	slices.SortFunc(candidates, func(i, j int32) int {
+		a, b := &m.entries[i], &m.entries[j]
+		return cmp.Or(a.lastPull.Compare(b.lastPull), cmp.Compare(names[a.name], names[b.name]), m.compareDigests(a.id, b.id))
 	})
 
 	kept := m.keptSize()
-	var victims []*entry
-	tried := map[*entry]bool{}
-	claimed := map[digest.Digest]bool{} // the same digest may be an image in several repositories
-	evict := func(e *entry) {
-		if tried[e] {
+	var victims []int32
+	// tried: by entry; claimed: by digest (the same digest may be an
+	// image in several repositories).
+	var tried, claimed idSet
+	evict := func(i int32) {
+		if tried.has(i) {
 			return
 		}
-		tried[e] = true
-		if c.mirroring(m, e, now) {
+		tried.add(i)
+		if c.mirroring(m, i, now) {
 			r.Kept++
 			return
 		}
-		if !claimed[e.Digest] {
-			rel, ok := c.opts.Guard.Claim(e.Digest)
+		e := &m.entries[i]
+		if !claimed.has(e.id) {
+			rel, ok := c.opts.Guard.Claim(m.digest(e))
 			if !ok {
 				r.Kept++
 				return
 			}
 			p.releases = append(p.releases, rel)
-			claimed[e.Digest] = true
+			claimed.add(e.id)
 		}
-		victims = append(victims, e)
-		for _, id := range e.reach.all() {
+		victims = append(victims, i)
+		for _, id := range m.all(e) {
 			if m.refs[id]--; m.refs[id] == 0 {
 				kept -= m.size(id)
-				p.freed.add(m.ids.digest(id))
+				p.freed.addID(m.ids, id)
 			}
 		}
 	}
 	if evictAfter > 0 {
 		cutoff := now.Add(-evictAfter)
-		for _, e := range candidates {
-			if e.LastPull.Before(cutoff) {
-				evict(e)
+		for _, i := range candidates {
+			if m.entries[i].lastPull.Before(cutoff) {
+				evict(i)
 			}
 		}
 	}
 	if maxSize > 0 {
-		for _, e := range candidates {
+		for _, i := range candidates {
 			if kept <= maxSize {
 				break
 			}
-			evict(e)
+			evict(i)
 		}
 	}
+	candidates = nil
 
-	if err := c.victimTags(victims); err != nil {
+	if err := c.victimTags(m, victims); err != nil {
 		return p, err
 	}
 	// Roots no kept image holds any more leave the index, in a few
 	// transactions for all the victims (not one per tag).
-	for _, e := range victims {
-		r.Evicted = append(r.Evicted, e.Image)
-		c.opts.Log.Info("evicting cached image", "image", e.Name(), "tags", e.Tags, "digest", e.Digest,
-			"size", e.Size, "last_pull", e.LastPull, "dry_run", c.opts.DryRun)
-		for _, k := range e.roots() {
-			if m.refsOf(k.digest) == 0 {
-				p.dropped.add(k.digest)
+	r.Evicted = slices.Grow(r.Evicted, len(victims))
+	for _, i := range victims {
+		im := m.image(i)
+		r.Evicted = append(r.Evicted, im)
+		c.opts.Log.Info("evicting cached image", "image", im.Name(), "tags", im.Tags, "digest", im.Digest,
+			"size", im.Size, "last_pull", im.LastPull, "dry_run", c.opts.DryRun)
+		for _, root := range m.roots(i) {
+			if id := m.entries[root].id; m.refs[id] == 0 {
+				p.dropped.addID(m.ids, id)
 			}
 		}
 		if c.opts.DryRun {
 			continue
 		}
-		p.unroots = append(p.unroots, c.unroots(m, e)...)
+		p.unroots = append(p.unroots, c.unroots(m, i, im.Digest)...)
 	}
 	return p, nil
+}
+
+// fullNames are the model's repository names as Image.Name gives them.
+func (m *model) fullNames() []string {
+	out := make([]string, len(m.names))
+	for i, n := range m.names {
+		out[i] = n.name()
+	}
+	return out
+}
+
+// compareDigests compares the digests of two identifiers as strings.
+func (m *model) compareDigests(a, b int32) int {
+	if a == b {
+		return 0
+	}
+	return cmp.Compare(m.ids.digest(a), m.ids.digest(b))
 }
 
 // victimTags gives the victims, chosen by a model read without their
@@ -182,15 +206,17 @@ func (c *Collector) plan(ctx context.Context, maxSize int64, evictAfter time.Dur
 // model was read that names a victim goes with it (as one moved away
 // would have stayed: the index deletes a tag only if it still names the
 // digest).
-func (c *Collector) victimTags(victims []*entry) error {
+func (c *Collector) victimTags(m *model, victims []int32) error {
 	if len(victims) == 0 {
 		return nil
 	}
 	// By "host/repo@digest": looked up from the key's bytes, no string
 	// made per tag.
-	byKey := make(map[string]*entry, len(victims))
-	for _, e := range victims {
-		byKey[e.Upstream+"/"+e.Repo+"@"+string(e.Digest)] = e
+	byKey := make(map[string]int32, len(victims))
+	for _, i := range victims {
+		e := &m.entries[i]
+		n := m.name(e)
+		byKey[n.upstream+"/"+n.repo+"@"+string(m.digest(e))] = i
 	}
 	var buf []byte
 	err := c.index.ReadTagDigests(func(key, d []byte) {
@@ -199,8 +225,8 @@ func (c *Collector) victimTags(victims []*entry) error {
 			return
 		}
 		buf = append(append(append(buf[:0], key[:colon]...), '@'), d...)
-		e := byKey[string(buf)]
-		if e == nil {
+		i, ok := byKey[string(buf)]
+		if !ok {
 			return
 		}
 		if colon == len(key)-1 {
@@ -209,47 +235,60 @@ func (c *Collector) victimTags(victims []*entry) error {
 		// Its own string: a part of the key's would keep the key.
 		tag := string(key[colon+1:])
 		if _, artifact := referrerTagSubject(tag); !artifact { // those are kept already
-			e.Tags = append(e.Tags, tag)
+			e := &m.entries[i]
+			e.tags = append(e.tags, tag)
 		}
 	})
-	for _, e := range victims {
-		slices.Sort(e.Tags)
-		if cap(e.Tags) > len(e.Tags) { // appended one by one
-			e.Tags = slices.Clone(e.Tags)
+	for _, i := range victims {
+		e := &m.entries[i]
+		slices.Sort(e.tags)
+		if cap(e.tags) > len(e.tags) { // appended one by one
+			e.tags = slices.Clone(e.tags)
 		}
 	}
 	return err
 }
 
-// mirroring reports whether an image is being mirrored: one of its roots
+// mirroring reports whether image i is being mirrored: one of its roots
 // has a mirror record that is not complete and was updated within the
 // grace period. Evicting it would race the mirror, which records the image
 // complete when it is done, whatever the eviction removed meanwhile: the
 // image would come back without its tags.
-func (c *Collector) mirroring(m *model, e *entry, now time.Time) bool {
-	for _, k := range e.roots() {
-		if rec, ok := m.mirrors[k]; ok && rec.state != storage.FillComplete && c.recent(now, rec.updated()) {
+func (c *Collector) mirroring(m *model, i int32, now time.Time) bool {
+	for _, r := range m.roots(i) {
+		if f := m.entries[r].fill; f.ok && m.states[f.state] != storage.FillComplete && c.recent(now, f.updated()) {
 			return true
 		}
 	}
 	return false
 }
 
-// unroots is what evicting e removes from the index: its tags, its
-// signatures' tags unless a kept image keeps them, and its mirror records
-// (a folded child's only if no kept image lists it). m.refs must already
-// count the image out.
-func (c *Collector) unroots(m *model, e *entry) []storage.Unroot {
-	u := storage.Unroot{Upstream: e.Upstream, Repo: e.Repo, Digest: e.Digest, Tags: e.Tags}
-	for i, k := range e.roots() {
-		if _, ok := m.mirrors[k]; ok && (i == 0 || m.refsOf(k.digest) == 0) {
-			u.Fills = append(u.Fills, storage.FillKey{Upstream: k.upstream, Repo: k.repo, Digest: k.digest})
+// unroots is what evicting image i (of digest d) removes from the index:
+// its tags, its signatures' tags unless a kept image keeps them, and its
+// mirror records (a folded child's only if no kept image lists it).
+// m.refs must already count the image out.
+func (c *Collector) unroots(m *model, i int32, d digest.Digest) []storage.Unroot {
+	e := &m.entries[i]
+	n := m.name(e)
+	u := storage.Unroot{Upstream: n.upstream, Repo: n.repo, Digest: d, Tags: e.tags}
+	for k, r := range m.roots(i) {
+		if f := &m.entries[r]; f.fill.ok && (k == 0 || m.refs[f.id] == 0) {
+			fn, fd := m.name(f), d
+			if k > 0 {
+				fd = m.digest(f)
+			}
+			u.Fills = append(u.Fills, storage.FillKey{Upstream: fn.upstream, Repo: fn.repo, Digest: fd})
 		}
 	}
 	us := []storage.Unroot{u}
-	for _, a := range e.artifactTags {
-		if m.refsOf(a.key.digest) == 0 {
-			us = append(us, storage.Unroot{Upstream: a.key.upstream, Repo: a.key.repo, Digest: a.key.digest, Tags: []string{a.tag}})
+	for _, r := range m.folded[i] {
+		f := &m.entries[r]
+		if m.refs[f.id] != 0 {
+			continue
+		}
+		fn, fd := m.name(f), m.digest(f)
+		for _, tag := range f.tags {
+			us = append(us, storage.Unroot{Upstream: fn.upstream, Repo: fn.repo, Digest: fd, Tags: []string{tag}})
 		}
 	}
 	return us

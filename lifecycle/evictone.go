@@ -32,24 +32,30 @@ func (c *Collector) EvictImage(ctx context.Context, upstream, repo string, dgst 
 	if err != nil {
 		return r, err
 	}
-	var e *entry
-	for _, x := range m.images {
-		if x.Upstream == upstream && x.Repo == repo && x.Digest == dgst {
-			e = x
-			break
+	found := int32(-1)
+	if id, ok := m.ids.lookup(dgst); ok {
+		for _, i := range m.images {
+			e := &m.entries[i]
+			if n := m.name(e); e.id == id && n.upstream == upstream && n.repo == repo {
+				found = i
+				break
+			}
 		}
 	}
-	switch {
-	case e == nil:
+	if found < 0 {
 		return r, fmt.Errorf("%w: %s/%s@%s", ErrImageUnknown, upstream, repo, dgst)
-	case e.Pinned:
-		return r, fmt.Errorf("%s: %w", e.Name(), ErrImagePinned)
-	case c.mirroring(m, e, c.opts.Now()):
-		return r, fmt.Errorf("%s: %w", e.Name(), ErrImageBusy)
 	}
-	release, ok := c.opts.Guard.Claim(e.Digest)
+	e := &m.entries[found]
+	im := m.image(found)
+	switch {
+	case e.pinned:
+		return r, fmt.Errorf("%s: %w", im.Name(), ErrImagePinned)
+	case c.mirroring(m, found, c.opts.Now()):
+		return r, fmt.Errorf("%s: %w", im.Name(), ErrImageBusy)
+	}
+	release, ok := c.opts.Guard.Claim(im.Digest)
 	if !ok {
-		return r, fmt.Errorf("%s: %w", e.Name(), ErrImageBusy)
+		return r, fmt.Errorf("%s: %w", im.Name(), ErrImageBusy)
 	}
 	released := false
 	defer func() {
@@ -58,15 +64,15 @@ func (c *Collector) EvictImage(ctx context.Context, upstream, repo string, dgst 
 		}
 	}()
 	freed := &digestSet{} // collected at once, whatever its age
-	for _, id := range e.reach.all() {
+	for _, id := range m.all(e) {
 		if m.refs[id]--; m.refs[id] == 0 {
-			freed.add(m.ids.digest(id))
+			freed.addID(m.ids, id)
 		}
 	}
-	r.Evicted = append(r.Evicted, e.Image)
-	c.opts.Log.Info("evicting cached image on request", "image", e.Name(), "tags", e.Tags, "digest", e.Digest, "size", e.Size, "dry_run", c.opts.DryRun)
+	r.Evicted = append(r.Evicted, im)
+	c.opts.Log.Info("evicting cached image on request", "image", im.Name(), "tags", im.Tags, "digest", im.Digest, "size", im.Size, "dry_run", c.opts.DryRun)
 	if !c.opts.DryRun {
-		longest, err := c.index.UnrootImagesTimed(c.unroots(m, e))
+		longest, err := c.index.UnrootImagesTimed(c.unroots(m, found, im.Digest))
 		r.LongestWrite = max(r.LongestWrite, longest)
 		if err != nil {
 			return r, err

@@ -285,42 +285,39 @@ func (r reach) all() []digest.Digest {
 }
 
 // reachIDs is what root keeps (reach) in a graph with ids: its
-// manifests and their blobs, numbered.
-func (g *graph) reachIDs(ctx context.Context, root digest.Digest) (keeps, error) {
-	manifests := map[digest.Digest]bool{}
-	var k keeps
-	var blobs []int32
+// manifests, sorted, and their blobs that are not manifests, sorted,
+// appended to manifests and blobs.
+func (g *graph) reachIDs(ctx context.Context, root digest.Digest, manifests, blobs []int32) ([]int32, []int32, error) {
+	seen := map[digest.Digest]bool{}
 	stack := []digest.Digest{root}
 	for len(stack) > 0 {
 		if err := ctx.Err(); err != nil {
-			return k, err
+			return manifests, blobs, err
 		}
 		d := stack[len(stack)-1]
 		stack = stack[:len(stack)-1]
-		if manifests[d] {
+		if seen[d] {
 			continue
 		}
-		manifests[d] = true
+		seen[d] = true
 		n, err := g.load(ctx, d)
 		if err != nil {
-			return k, err
+			return manifests, blobs, err
 		}
-		k.manifests = append(k.manifests, g.ids.id(d))
+		manifests = append(manifests, g.ids.id(d))
 		blobs = append(blobs, n.blobIDs...)
 		stack = append(stack, n.manifests...)
 		stack = append(stack, g.referrers[d]...)
 	}
-	slices.Sort(k.manifests)
+	slices.Sort(manifests)
 	slices.Sort(blobs)
 	blobs = slices.Compact(blobs)
-	k.ds = make([]int32, 0, len(k.manifests)+len(blobs))
-	k.ds = append(k.ds, k.manifests...)
-	for _, b := range blobs {
-		if !k.manifest(b) { // a manifest is counted once
-			k.ds = append(k.ds, b)
-		}
-	}
-	return k, nil
+	// A manifest is counted once.
+	blobs = slices.DeleteFunc(blobs, func(b int32) bool {
+		_, ok := slices.BinarySearch(manifests, b)
+		return ok
+	})
+	return manifests, blobs, nil
 }
 
 // reach walks everything root references.

@@ -6,6 +6,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/storage"
 )
 
@@ -46,6 +47,22 @@ func (x *digestIDs) id(d digest.Digest) int32 {
 	x.extra[d] = id
 	x.extras = append(x.extras, d)
 	return id
+}
+
+// idBytes returns the identifier of a digest given as bytes, giving it
+// one if it has none; ok is false if it is not a valid digest. No string
+// is made for a canonical sha256 digest with records.
+func (x *digestIDs) idBytes(b []byte) (int32, bool) {
+	if _, ok := storage.SHA256KeyBytes(b); ok {
+		if i, ok := x.table.IDBytes(b); ok {
+			return int32(i), true
+		}
+	}
+	d := digest.Digest(b)
+	if !oci.ValidDigest(d) {
+		return 0, false
+	}
+	return x.id(d), true
 }
 
 // digest is the digest of id.

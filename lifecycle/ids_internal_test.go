@@ -55,12 +55,13 @@ func TestEvictModelWithoutTags(t *testing.T) {
 	if len(m.images) != 2 {
 		t.Fatalf("%d images, want 2 (the signature folded into a)", len(m.images))
 	}
-	for _, e := range m.images {
-		if len(e.Tags) != 0 || !e.plainTags {
-			t.Errorf("%s: tags %q kept (plain tags noted: %v), want none", e.Digest, e.Tags, e.plainTags)
+	for _, i := range m.images {
+		e := &m.entries[i]
+		if len(e.tags) != 0 || !e.plainTags {
+			t.Errorf("%s: tags %q kept (plain tags noted: %v), want none", m.digest(e), e.tags, e.plainTags)
 		}
-		if e.Digest == a && len(e.artifactTags) != 1 {
-			t.Errorf("a: artifact tags %v, want its signature's", e.artifactTags)
+		if m.digest(e) == a && (len(m.folded[i]) != 1 || len(m.entries[m.folded[i][0]].tags) != 1) {
+			t.Errorf("a: folded %v, want its signature with its tag", m.folded[i])
 		}
 	}
 

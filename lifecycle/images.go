@@ -73,51 +73,60 @@ func (im Image) Name() string {
 	return im.Upstream + "/" + im.Repo
 }
 
-// entry is an image with what it keeps.
+// The image model. At 100k images (1M tags, 400k digests) round 6's
+// model, an Image per image in a map keyed by strings, its mirror
+// records in another and a digest string per image, held ~1.7 KiB per
+// image; an entry is now ~90 bytes, a digest an identifier into the
+// index's content table (digestIDs), a repository name one shared pair
+// of strings, and what an image keeps a span of one flat []int32. An
+// Image is built only for what is shown: `ls`'s list, an eviction's
+// victims.
+
+// imageName is a repository: upstream and repository name.
+type imageName struct{ upstream, repo string }
+
+// name is "upstream/repo" (Image.Name).
+func (n imageName) name() string { return Image{Upstream: n.upstream, Repo: n.repo}.Name() }
+
+// imageKey is an image's repository (model.names) and digest (model.ids).
+type imageKey struct{ name, id int32 }
+
+// entry is an image (or a root folded into one) and what it keeps.
 type entry struct {
-	Image
-	reach keeps
-	// folded are the mirror-only roots folded into it (see roots).
-	folded []imageKey
-	// artifactTags are the referrers and cosign tags (sha256-<hex>.sig...)
-	// of its signatures, attestations and SBOMs, folded into it: they
-	// leave with it.
-	artifactTags []artifactTag
-	// plainTags: one of its tags is not a referrers or cosign tag. A
-	// model read without tags keeps those only (see Collector.model).
+	imageKey
+	// lastPull: Image.LastPull (its tags' times, then, once the model
+	// is read, its content's).
+	lastPull time.Time
+	// tags: all of them in a model read with tags; else only the
+	// referrers and cosign tags (sha256-<hex>.sig...) of a signature,
+	// attestation or SBOM, which leave with the image it is folded into.
+	tags []string
+	// fill is its mirror record, if fill.ok.
+	fill fill
+	// off, nManifests, n: what it keeps is model.keeps[off:off+n], its
+	// manifests (sorted) first. Images with the same root share it.
+	off, nManifests, n int32
+	// state: stateMissing or stateCorrupt if its root manifest is.
+	state uint8
+	pinned bool
+	// plainTags: one of its tags is not a referrers or cosign tag (a
+	// model read without tags keeps those only, see Collector.model).
 	plainTags bool
 }
 
-// artifactTag is a tag of a signature, attestation or SBOM kept with an
-// image, and the manifest it names.
-type artifactTag struct {
-	key imageKey
-	tag string
-}
+// Root manifest states of an entry.
+const (
+	stateMissing = 1 + iota
+	stateCorrupt
+)
 
-// keeps is what an image keeps (a reach, compacted: at 100k images the
-// maps of a reach per image are ~50 MiB), as digest identifiers (model.ids:
-// 4 bytes each, not a 71-byte string).
-type keeps struct {
-	// ds: its manifests and blobs; manifests: its manifests, sorted.
-	// Images with the same root share them: not to be modified.
-	ds, manifests []int32
-}
-
-// all returns the manifests and blobs kept (not to be modified).
-func (k keeps) all() []int32 { return k.ds }
-
-// manifest reports whether id is one of the manifests kept.
-func (k keeps) manifest(id int32) bool {
-	_, ok := slices.BinarySearch(k.manifests, id)
-	return ok
-}
-
-// fill is what the model uses of a fill record: 48 bytes, not 96.
+// fill is what the model uses of a fill record: 16 bytes.
 type fill struct {
-	state     string
-	platforms []string
 	updatedAt int64 // storage.UnixNano
+	// platforms and state index model.platforms and model.states.
+	platforms int32
+	state     uint8
+	ok        bool
 }
 
 // updated is when the record was last written.
@@ -128,18 +137,49 @@ type model struct {
 	recs *storage.ImageTable
 	// ids number the digests: those of recs.Content, then the others
 	// the images keep.
-	ids    *digestIDs
-	images []*entry
+	ids   *digestIDs
+	names []imageName
+	// entries are every root: the images and the roots folded into them.
+	entries []entry
+	// images are the images (entries), in a model read with tags sorted
+	// by name, tags and digest.
+	images []int32
+	// folded are the entries folded into an image (see roots), by its
+	// entry.
+	folded map[int32][]int32
+	// keeps holds what the entries keep (entry.off).
+	keeps []int32
 	// refs counts the images keeping each digest, by identifier.
 	refs []int32
-	// mirrors are the mirror states by repository and digest.
-	mirrors map[imageKey]fill
+	// states and platforms are the fill records' states and platform
+	// lists, each once (platforms[0] is none).
+	states    []string
+	platforms [][]string
+	// indexRoots are the root manifests of the images that are indexes
+	// (their children's platforms), by entry; an image model read with
+	// platforms keeps each image's config's platform in configs.
+	indexRoots map[int32]*node
+	configs    map[int32]string
 }
 
-func (e *entry) key() imageKey { return imageKey{e.Upstream, e.Repo, e.Digest} }
+// all is what e keeps: its manifests and blobs (not to be modified).
+func (m *model) all(e *entry) []int32 { return m.keeps[e.off : e.off+e.n : e.off+e.n] }
 
-// roots are the image itself and the mirror-only roots folded into it.
-func (e *entry) roots() []imageKey { return append([]imageKey{e.key()}, e.folded...) }
+// keepsManifest reports whether id is one of the manifests e keeps.
+func (m *model) keepsManifest(e *entry, id int32) bool {
+	_, ok := slices.BinarySearch(m.keeps[e.off:e.off+e.nManifests], id)
+	return ok
+}
+
+// roots are the entries of e's roots: itself (i) and the mirror-only
+// roots folded into it.
+func (m *model) roots(i int32) []int32 { return append([]int32{i}, m.folded[i]...) }
+
+// name is the image name of e ("upstream/repo").
+func (m *model) name(e *entry) imageName { return m.names[e.name] }
+
+// digest is the digest of e's root (a new string for most).
+func (m *model) digest(e *entry) digest.Digest { return m.ids.digest(e.id) }
 
 // info is the records of the digest numbered id (none for those not in
 // the table).
@@ -151,12 +191,9 @@ func (m *model) info(id int32) storage.ContentInfo {
 }
 
 // size is the indexed size of one digest, as Index.StoredBytes counts it.
-func (m *model) size(id int32) int64 { return m.info(id).Size }
-
-// refsOf is how many images keep d.
-func (m *model) refsOf(d digest.Digest) int32 {
-	if id, ok := m.ids.lookup(d); ok {
-		return m.refs[id]
+func (m *model) size(id int32) int64 {
+	if int(id) < m.recs.Content.Len() {
+		return m.recs.Content.SizeID(int(id))
 	}
 	return 0
 }
@@ -187,15 +224,10 @@ func (c *Collector) Images(ctx context.Context) ([]Image, error) {
 		return nil, err
 	}
 	out := make([]Image, len(m.images))
-	for i, e := range m.images {
-		out[i] = e.Image
+	for i, x := range m.images {
+		out[i] = m.image(x)
 	}
 	return out, nil
-}
-
-type imageKey struct {
-	upstream, repo string
-	digest         digest.Digest
 }
 
 // model reads the index and the manifests into images; with platforms,
@@ -205,11 +237,10 @@ type imageKey struct {
 // (1M) are ~15% of the model, and choosing victims does not need them
 // (see evictPlan.victimTags).
 //
-// The index is read in one transaction (Index.ReadImageTable), each tag
-// going straight into its image: no copy of the tag records is kept, the
-// content records are a table sorted by digest, each image's digest and
-// name one shared string (at 100k images, 1M tags), and what an image
-// keeps digest identifiers into that table (digestIDs).
+// The index is read in one transaction (Index.ReadImageTableRaw), each
+// tag going straight into its image: no copy of the tag records is
+// kept, the content records are a table sorted by digest, and digests
+// are identifiers into that table (digestIDs), not strings.
 func (c *Collector) model(ctx context.Context, platforms, tags bool) (*model, error) {
 	g, err := c.referrersGraph()
 	if err != nil {
@@ -217,210 +248,299 @@ func (c *Collector) model(ctx context.Context, platforms, tags bool) (*model, er
 	}
 	in := &storage.Interner{}
 	g.intern = in
-	entries := map[imageKey]*entry{}
-	get := func(k imageKey) *entry {
-		e, ok := entries[k]
+	m := &model{folded: map[int32][]int32{}, states: []string{""}, platforms: [][]string{nil}, indexRoots: map[int32]*node{}}
+	byKey := map[imageKey]int32{}
+	nameIDs := map[imageName]int32{}
+	nameID := func(upstream, repo string) int32 {
+		n := imageName{upstream, repo}
+		id, ok := nameIDs[n]
 		if !ok {
-			e = &entry{Image: Image{Upstream: k.upstream, Repo: k.repo, Digest: k.digest}}
-			entries[k] = e
+			id = int32(len(m.names))
+			nameIDs[n] = id
+			m.names = append(m.names, n)
 		}
-		return e
+		return id
 	}
-	recs, err := c.index.ReadImageTable(in, func(t *storage.TagInfo) {
-		if !t.OK || !oci.ValidDigest(t.Digest) {
+	get := func(k imageKey) *entry {
+		i, ok := byKey[k]
+		if !ok {
+			i = int32(len(m.entries))
+			byKey[k] = i
+			m.entries = append(m.entries, entry{imageKey: k})
+		}
+		return &m.entries[i]
+	}
+	recs, err := c.index.ReadImageTableRaw(in, func(t *storage.TagInfo) {
+		if m.ids == nil {
+			m.ids = newDigestIDs(t.Table)
+		}
+		if !t.OK {
 			return
 		}
-		e := get(imageKey{t.Upstream, t.Repo, t.Digest})
-		if _, artifact := referrerTagSubject(t.Tag); !artifact {
+		id, ok := m.ids.idBytes(t.RawDigest)
+		if !ok {
+			return
+		}
+		e := get(imageKey{nameID(t.Upstream, t.Repo), id})
+		subject, artifact := referrerTagSubject(t.Tag)
+		if !artifact {
 			e.plainTags = true
-			if tags {
-				e.Tags = append(e.Tags, t.Tag)
-			}
-		} else {
-			e.Tags = append(e.Tags, t.Tag)
 		}
-		e.LastPull = latest(e.LastPull, t.FetchedAt, t.CheckedAt)
+		if tags || artifact {
+			e.tags = append(e.tags, t.Tag)
+		}
+		e.lastPull = latest(e.lastPull, t.FetchedAt, t.CheckedAt)
 		if t.Pinned {
-			e.Pinned = true
+			e.pinned = true
 		}
-		g.addReferrerTag(in, t.Tag, t.Digest)
+		if artifact {
+			subject = in.Digest(subject)
+			g.referrers[subject] = append(g.referrers[subject], m.ids.digest(id))
+		}
 	})
 	if err != nil {
 		return nil, err
 	}
-	for _, e := range entries {
+	m.recs = recs
+	if m.ids == nil {
+		m.ids = newDigestIDs(recs.Content)
+	}
+	ids := m.ids
+	for i := range m.entries {
 		// Appended one by one: up to twice as long as needed.
-		if cap(e.Tags) > len(e.Tags) {
-			e.Tags = slices.Clip(slices.Clone(e.Tags))
+		if e := &m.entries[i]; cap(e.tags) > len(e.tags) {
+			e.tags = slices.Clip(slices.Clone(e.tags))
 		}
 	}
-	mirrors := make(map[imageKey]fill, len(recs.Fills))
+	stateIDs := map[string]uint8{"": 0}
+	platformIDs := map[string]int32{"": 0}
 	for _, me := range recs.Fills {
-		if oci.ValidDigest(me.Digest) {
-			k := imageKey{me.Upstream, me.Repo, me.Digest}
-			mirrors[k] = fill{state: me.State, platforms: me.Platforms, updatedAt: storage.UnixNano(me.UpdatedAt)}
-			get(k)
+		if !oci.ValidDigest(me.Digest) {
+			continue
 		}
+		st, ok := stateIDs[me.State]
+		if !ok {
+			st = uint8(len(m.states))
+			stateIDs[me.State] = st
+			m.states = append(m.states, me.State)
+		}
+		joined := strings.Join(me.Platforms, "\x00")
+		pl, ok := platformIDs[joined]
+		if !ok {
+			pl = int32(len(m.platforms))
+			platformIDs[joined] = pl
+			m.platforms = append(m.platforms, me.Platforms)
+		}
+		e := get(imageKey{nameID(me.Upstream, me.Repo), ids.id(me.Digest)})
+		e.fill = fill{updatedAt: storage.UnixNano(me.UpdatedAt), platforms: pl, state: st, ok: true}
 	}
-	recs.Fills = nil // in mirrors now
+	recs.Fills = nil // in the entries now
 	// Pinned digests: their images are pinned; one without an image
 	// is one, named after its first holder.
-	pinned := map[digest.Digest]bool{}
+	pinned := map[int32]bool{}
 	for key := range recs.Pins {
 		if d, err := digest.Parse(key); err == nil {
-			pinned[d] = false // true once an image has it
+			pinned[ids.id(d)] = false // true once an image has it
 		}
 	}
 	if len(pinned) > 0 {
-		for k, e := range entries {
-			if _, ok := pinned[k.digest]; ok {
-				e.Pinned, pinned[k.digest] = true, true
+		for i := range m.entries {
+			e := &m.entries[i]
+			if _, ok := pinned[e.id]; ok {
+				e.pinned, pinned[e.id] = true, true
 			}
 		}
-		for d, has := range pinned {
+		for id, has := range pinned {
 			if has {
 				continue
 			}
-			k := imageKey{digest: in.Digest(d)}
-			if holder, ok := recs.FirstHolder[d]; ok {
-				if host, repo, ok := strings.Cut(holder, "/"); ok {
-					k.upstream, k.repo = host, repo
+			var host, repo string
+			if holder, ok := recs.FirstHolder[ids.digest(id)]; ok {
+				if h, r, ok := strings.Cut(holder, "/"); ok {
+					host, repo = h, r
 				}
 			}
-			get(k).Pinned = true
+			get(imageKey{nameID(host, repo), id}).pinned = true
 		}
 	}
+	byKey, nameIDs = nil, nil
 
-	// What each keeps.
-	roots := make([]digest.Digest, 0, len(entries))
-	for k := range entries {
-		roots = append(roots, k.digest)
+	// What each keeps. Blobs are numbered as the manifests are read: no
+	// string is kept for them (at 100k images, 300k).
+	roots := make([]digest.Digest, 0, len(m.entries))
+	rootSeen := idSet{}
+	for i := range m.entries {
+		if id := m.entries[i].id; !rootSeen.has(id) {
+			rootSeen.add(id)
+			roots = append(roots, in.Digest(ids.digest(id)))
+		}
 	}
-	// Blobs are numbered as the manifests are read: no string is kept
-	// for them (at 100k images, 300k).
-	ids := newDigestIDs(recs.Content)
 	g.ids, g.keepConfig = ids, platforms
 	if err := g.loadAll(ctx, roots); err != nil {
 		return nil, err
 	}
 	// Every digest is interned by now: the interner's map can go.
 	g.intern = nil
-	reaches := map[digest.Digest]keeps{}
+	type span struct{ off, nManifests, n int32 }
+	reaches := map[int32]span{}
 	var children idSet
-	for _, e := range entries {
-		k, ok := reaches[e.Digest]
+	var manifests, blobs []int32
+	for i := range m.entries {
+		e := &m.entries[i]
+		sp, ok := reaches[e.id]
 		if !ok {
 			var err error
-			if k, err = g.reachIDs(ctx, e.Digest); err != nil {
+			if manifests, blobs, err = g.reachIDs(ctx, ids.digest(e.id), manifests[:0], blobs[:0]); err != nil {
 				return nil, err
 			}
-			reaches[e.Digest] = k
-		}
-		e.reach = k
-		self, _ := ids.lookup(e.Digest)
-		for _, id := range k.manifests {
-			if id != self {
-				children.add(id)
-			}
-		}
-	}
-	reaches = nil
-	isChild := func(d digest.Digest) bool {
-		id, ok := ids.lookup(d)
-		return ok && children.has(id)
-	}
-	keepsManifest := func(e *entry, d digest.Digest) bool {
-		id, ok := ids.lookup(d)
-		return ok && e.reach.manifest(id)
-	}
-	// A mirror record alone on a child of an index (a client pulled the
-	// child by digest) is part of the index's image; so is a signature,
-	// attestation or SBOM named only by referrers or cosign tags.
-	var listed, folded []*entry
-	for _, e := range entries {
-		if !e.plainTags && !e.Pinned && isChild(e.Digest) {
-			folded = append(folded, e)
-		} else {
-			listed = append(listed, e)
-		}
-	}
-	for _, e := range listed {
-		for _, f := range folded {
-			if keepsManifest(e, f.Digest) {
-				e.folded = append(e.folded, f.key())
-				for _, tag := range f.Tags {
-					e.artifactTags = append(e.artifactTags, artifactTag{f.key(), tag})
+			sp = span{off: int32(len(m.keeps)), nManifests: int32(len(manifests)), n: int32(len(manifests) + len(blobs))}
+			m.keeps = append(append(m.keeps, manifests...), blobs...)
+			reaches[e.id] = sp
+			for _, id := range manifests {
+				if id != e.id {
+					children.add(id)
 				}
 			}
 		}
+		e.off, e.nManifests, e.n = sp.off, sp.nManifests, sp.n
+	}
+	reaches = nil
+	m.keeps = slices.Clip(m.keeps)
+	// A mirror record alone on a child of an index (a client pulled the
+	// child by digest) is part of the index's image; so is a signature,
+	// attestation or SBOM named only by referrers or cosign tags.
+	var listed, folded []int32
+	for i := range m.entries {
+		e := &m.entries[i]
+		if !e.plainTags && !e.pinned && children.has(e.id) {
+			folded = append(folded, int32(i))
+		} else {
+			listed = append(listed, int32(i))
+		}
+	}
+	for _, i := range listed {
+		e := &m.entries[i]
+		for _, f := range folded {
+			if m.keepsManifest(e, m.entries[f].id) {
+				m.folded[i] = append(m.folded[i], f)
+			}
+		}
 	}
 
-	m := &model{recs: recs, ids: ids, refs: make([]int32, ids.n()), mirrors: mirrors}
-	for _, e := range listed {
-		for _, id := range e.reach.all() {
+	m.refs = make([]int32, ids.n())
+	for _, i := range listed {
+		for _, id := range m.all(&m.entries[i]) {
 			m.refs[id]++
 		}
 	}
-	for _, e := range listed {
-		c.describe(ctx, g, m, e, platforms)
-		m.images = append(m.images, e)
+	for _, i := range listed {
+		e := &m.entries[i]
+		m.notePulls(i)
+		root := g.nodes[ids.digest(e.id)]
+		switch {
+		case root == nil || root.missing:
+			e.state = stateMissing
+		case root.corrupt:
+			e.state = stateCorrupt
+		}
+		if root == nil {
+			continue
+		}
+		if len(root.platforms) > 0 {
+			m.indexRoots[i] = root
+		}
+		if platforms && root.config != "" && len(root.manifests) == 0 && len(m.platforms[e.fill.platforms]) == 0 {
+			if p := c.configPlatform(ctx, root.config); p != "" {
+				if m.configs == nil {
+					m.configs = map[int32]string{}
+				}
+				m.configs[i] = p
+			}
+		}
 	}
-	sort.Slice(m.images, func(i, j int) bool {
-		a, b := m.images[i], m.images[j]
-		return cmp.Or(cmp.Compare(a.Name(), b.Name()), slices.Compare(a.Tags, b.Tags), cmp.Compare(a.Digest, b.Digest)) < 0
-	})
+	m.images = listed
+	if tags {
+		for _, i := range m.images {
+			slices.Sort(m.entries[i].tags)
+		}
+		full := make([]string, len(m.names))
+		for i, n := range m.names {
+			full[i] = n.name()
+		}
+		slices.SortFunc(m.images, func(i, j int32) int {
+			a, b := &m.entries[i], &m.entries[j]
+			if a.imageKey == b.imageKey {
+				return 0
+			}
+			return cmp.Or(cmp.Compare(full[a.name], full[b.name]), slices.Compare(a.tags, b.tags), cmp.Compare(m.digest(a), m.digest(b)))
+		})
+	}
 	return m, nil
 }
 
-// describe fills in an image's size, last pull, state and platforms.
-func (c *Collector) describe(ctx context.Context, g *graph, m *model, e *entry, platforms bool) {
-	ct := m.recs.Content
-	sort.Strings(e.Tags)
-	// Times recorded per digest tell this image's pulls only for digests
-	// no other image keeps; the others are a fallback.
+// notePulls makes the last pull of image i (its tags' times so far) the
+// latest of: those and, for the manifests and blobs no other image keeps,
+// their fetch, recorded pulls and last access; if that leaves nothing,
+// those of the shared ones (see Image.LastPull). m.refs must count the
+// images.
+func (m *model) notePulls(i int32) {
+	e := &m.entries[i]
 	var shared time.Time
 	note := func(refs int32, t time.Time) {
 		if refs == 1 {
-			e.LastPull = latest(e.LastPull, t)
+			e.lastPull = latest(e.lastPull, t)
 		} else {
 			shared = latest(shared, t)
 		}
 	}
-	for _, k := range e.roots() {
-		if rec, _ := ct.Lookup(k.digest); rec.Manifest {
-			note(m.refsOf(k.digest), rec.FetchedAt)
+	for _, r := range m.roots(i) {
+		id := m.entries[r].id
+		if rec := m.info(id); rec.Manifest {
+			note(m.refs[id], rec.FetchedAt)
 		}
 	}
-	for _, id := range e.reach.all() {
+	for k, id := range m.all(e) {
 		rec := m.info(id)
-		e.Size += rec.Size
-		if rec.Manifest {
-			e.Manifests++
-		}
 		if rec.Blob {
-			e.Blobs++
 			note(m.refs[id], rec.LastAccess)
 		}
-		if e.reach.manifest(id) {
+		if k < int(e.nManifests) {
 			note(m.refs[id], rec.Pulled)
 		}
 	}
-	if e.LastPull.IsZero() {
-		e.LastPull = shared
+	if e.lastPull.IsZero() {
+		e.lastPull = shared
 	}
-	if rec, _ := ct.Lookup(e.Digest); rec.Manifest {
-		e.MediaType = rec.MediaType
+}
+
+// image is image i as listed: its size, state and platforms.
+func (m *model) image(i int32) Image {
+	e := &m.entries[i]
+	n := m.name(e)
+	im := Image{Upstream: n.upstream, Repo: n.repo, Tags: e.tags, Digest: m.digest(e), LastPull: e.lastPull, Pinned: e.pinned}
+	ct := m.recs.Content
+	for _, id := range m.all(e) {
+		rec := m.info(id)
+		im.Size += rec.Size
+		if rec.Manifest {
+			im.Manifests++
+		}
+		if rec.Blob {
+			im.Blobs++
+		}
 	}
-	rec, mirrored := m.mirrors[e.key()]
-	root := g.nodes[e.Digest]
+	if rec := m.info(e.id); rec.Manifest {
+		im.MediaType = rec.MediaType
+	}
 	switch {
-	case root == nil || root.missing:
-		e.State = StateMissing
-	case root.corrupt:
-		e.State = StateCorrupt
-	case mirrored:
-		e.State = rec.state
+	case e.state == stateMissing:
+		im.State = StateMissing
+	case e.state == stateCorrupt:
+		im.State = StateCorrupt
+	case e.fill.ok:
+		im.State = m.states[e.fill.state]
 	}
+	root := m.indexRoots[i]
 	if root != nil {
 		left := map[string]bool{}
 		for d, p := range root.platforms {
@@ -428,28 +548,26 @@ func (c *Collector) describe(ctx context.Context, g *graph, m *model, e *entry, 
 				left[p] = true
 			}
 		}
-		e.PlatformsLeftOut = slices.Sorted(maps.Keys(left))
+		im.PlatformsLeftOut = slices.Sorted(maps.Keys(left))
 	}
-	if len(rec.platforms) > 0 {
-		e.Platforms = slices.Clone(rec.platforms)
-		return
+	if ps := m.platforms[e.fill.platforms]; e.fill.ok && len(ps) > 0 {
+		im.Platforms = slices.Clone(ps)
+		return im
 	}
-	if root == nil {
-		return
-	}
-	seen := map[string]bool{}
-	for d, p := range root.platforms {
-		if ct.IsManifest(d) && !seen[p] {
-			seen[p] = true
-			e.Platforms = append(e.Platforms, p)
+	if root != nil {
+		seen := map[string]bool{}
+		for d, p := range root.platforms {
+			if ct.IsManifest(d) && !seen[p] {
+				seen[p] = true
+				im.Platforms = append(im.Platforms, p)
+			}
 		}
+		sort.Strings(im.Platforms)
 	}
-	sort.Strings(e.Platforms)
-	if platforms && root.config != "" && len(root.manifests) == 0 {
-		if p := c.configPlatform(ctx, root.config); p != "" {
-			e.Platforms = []string{p}
-		}
+	if p, ok := m.configs[i]; ok {
+		im.Platforms = []string{p}
 	}
+	return im
 }
 
 // maxConfigSize bounds what is read of an image config for its platform.

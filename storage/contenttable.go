@@ -86,6 +86,18 @@ func (t *ContentTable) Size(d digest.Digest) int64 {
 	return 0
 }
 
+// Key is the 32 bytes of ID id's digest if it is a canonical sha256
+// digest (see SHA256Key).
+func (t *ContentTable) Key(id int) ([32]byte, bool) {
+	if id < len(t.sha) {
+		return t.sha[id], true
+	}
+	return [32]byte{}, false
+}
+
+// SizeID is the indexed size of ID id.
+func (t *ContentTable) SizeID(id int) int64 { return t.recs[id].size }
+
 // IsManifest reports whether d has a manifest record.
 func (t *ContentTable) IsManifest(d digest.Digest) bool {
 	r := t.find(d)
@@ -106,6 +118,16 @@ func (t *ContentTable) ID(d digest.Digest) (int, bool) {
 		return slices.BinarySearchFunc(t.sha, k, func(a, b [32]byte) int { return bytes.Compare(a[:], b[:]) })
 	}
 	i, ok := slices.BinarySearch(t.other, d)
+	return len(t.sha) + i, ok
+}
+
+// IDBytes is ID of a digest given as bytes: no string is made for a
+// canonical sha256 digest.
+func (t *ContentTable) IDBytes(d []byte) (int, bool) {
+	if k, ok := sha256Key(d); ok {
+		return slices.BinarySearchFunc(t.sha, k, func(a, b [32]byte) int { return bytes.Compare(a[:], b[:]) })
+	}
+	i, ok := slices.BinarySearch(t.other, digest.Digest(d))
 	return len(t.sha) + i, ok
 }
 
@@ -140,6 +162,9 @@ func utcTime(n int64) time.Time {
 // 64 lower-case hex digits); ok is false for any other digest, to be
 // kept as a string.
 func SHA256Key(d digest.Digest) ([32]byte, bool) { return sha256Key(string(d)) }
+
+// SHA256KeyBytes is SHA256Key of a digest given as bytes.
+func SHA256KeyBytes(d []byte) ([32]byte, bool) { return sha256Key(d) }
 
 // sha256Key is the 32 bytes of a canonical sha256 digest string
 // ("sha256:" and 64 lower-case hex digits); ok is false for anything
@@ -181,9 +206,22 @@ type ImageTable struct {
 }
 
 // ReadImageTable is ReadImageRecords reading the content records into a
-// ContentTable; TagInfo.Records is nil. Digests and names are interned
-// in in (which may be nil); the table's digests are not strings.
+// ContentTable; TagInfo.Records is nil and TagInfo.Table is the table.
+// Digests and names are interned in in (which may be nil); the table's
+// digests are not strings.
 func (ix *Index) ReadImageTable(in *Interner, tag func(*TagInfo)) (*ImageTable, error) {
+	return ix.readImageTable(in, false, tag)
+}
+
+// ReadImageTableRaw is ReadImageTable without a string per tagged
+// digest: TagInfo.Digest is empty, TagInfo.RawDigest has it (valid
+// during the call), to be looked up in TagInfo.Table. At 100k images
+// the interned digests are ~10 MiB the image model need not keep.
+func (ix *Index) ReadImageTableRaw(in *Interner, tag func(*TagInfo)) (*ImageTable, error) {
+	return ix.readImageTable(in, true, tag)
+}
+
+func (ix *Index) readImageTable(in *Interner, raw bool, tag func(*TagInfo)) (*ImageTable, error) {
 	if in == nil {
 		in = &Interner{}
 	}
@@ -198,13 +236,13 @@ func (ix *Index) ReadImageTable(in *Interner, tag func(*TagInfo)) (*ImageTable, 
 			return err
 		}
 		var err error
-		if r.Fills, err = readFills(tx, rel, in); err != nil {
+		if r.Fills, err = readFills(tx, rel, in, raw); err != nil {
 			return err
 		}
 		if tag == nil {
 			return nil
 		}
-		return readTags(tx, rel, in, r.Pins, nil, tag)
+		return readTags(tx, rel, in, r.Pins, tagSource{table: r.Content, raw: raw}, tag)
 	})
 	if err != nil {
 		return nil, err
@@ -354,22 +392,35 @@ func readPins(tx *bolt.Tx, pins map[string]bool, firstHolder map[digest.Digest]s
 	return nil
 }
 
-// readFills reads the fill records, names and digests interned.
-func readFills(tx *bolt.Tx, rel *releaser, in *Interner) ([]FillEntry, error) {
+// readFills reads the fill records, names interned, and digests too
+// unless raw (a caller that looks them up in a table and drops them).
+func readFills(tx *bolt.Tx, rel *releaser, in *Interner, raw bool) ([]FillEntry, error) {
 	var fills []FillEntry
 	err := readAllRel(tx, bucketMirrors, rel, func(k string, v FillRecord) {
 		v.Upstream, v.Repo, v.State = in.String(v.Upstream), in.String(v.Repo), in.String(v.State)
-		fills = append(fills, FillEntry{Digest: in.Digest(mirrorDigest([]byte(k))), FillRecord: v})
+		d := mirrorDigest([]byte(k))
+		if !raw {
+			d = in.Digest(d)
+		}
+		fills = append(fills, FillEntry{Digest: d, FillRecord: v})
 	})
 	return slices.Clip(fills), err
 }
 
+// tagSource is what readTags sets in each TagInfo: the records read
+// before (Records or Table), and whether the digest is left raw.
+type tagSource struct {
+	recs  *ImageRecords
+	table *ContentTable
+	raw   bool
+}
+
 // readTags calls tag with every tag (see ReadImageRecords), Records
-// set to recs.
-func readTags(tx *bolt.Tx, rel *releaser, in *Interner, pins map[string]bool, recs *ImageRecords, tag func(*TagInfo)) error {
+// and Table set from src.
+func readTags(tx *bolt.Tx, rel *releaser, in *Interner, pins map[string]bool, src tagSource, tag func(*TagInfo)) error {
 	var t TagInfo
 	// Only the times are decoded; the digest is read from the record
-	// where it can be (tagDigest), its key split in place.
+	// where it can be (tagDigestBytes), its key split in place.
 	var times struct {
 		FetchedAt time.Time `json:"fetched_at"`
 		CheckedAt time.Time `json:"checked_at"`
@@ -380,11 +431,19 @@ func readTags(tx *bolt.Tx, rel *releaser, in *Interner, pins map[string]bool, re
 		if err := json.Unmarshal(raw, &times); err != nil {
 			return fmt.Errorf("index: corrupt %s entry %q: %w", bucketTags, k, err)
 		}
-		d, err := internTagDigest(k, raw, in)
-		if err != nil {
-			return err
+		rd, ok := tagDigestBytes(raw)
+		if !ok {
+			var v TagRecord
+			if err := json.Unmarshal(raw, &v); err != nil {
+				return fmt.Errorf("index: corrupt %s entry %q: %w", bucketTags, k, err)
+			}
+			rd = []byte(v.Digest)
 		}
-		t = TagInfo{Key: k, Digest: d, FetchedAt: times.FetchedAt, CheckedAt: times.CheckedAt, Pinned: pins[string(k)], Records: recs}
+		var d digest.Digest
+		if !src.raw {
+			d = digest.Digest(in.Bytes(rd))
+		}
+		t = TagInfo{Key: k, Digest: d, RawDigest: rd, FetchedAt: times.FetchedAt, CheckedAt: times.CheckedAt, Pinned: pins[string(k)], Records: src.recs, Table: src.table}
 		if host, repo, tg, ok := parseTagKeyBytes(k); ok {
 			t.Upstream, t.Repo, t.Tag, t.OK = in.Bytes(host), in.Bytes(repo), string(tg), true
 		}

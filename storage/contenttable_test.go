@@ -74,13 +74,42 @@ func TestReadImageTable(t *testing.T) {
 	}
 
 	var wantTags, gotTags []storage.TagInfo
-	recs, err := ix.ReadImageRecords(nil, func(ti *storage.TagInfo) { ti.Key, ti.Records = nil, nil; wantTags = append(wantTags, *ti) })
+	recs, err := ix.ReadImageRecords(nil, func(ti *storage.TagInfo) {
+		ti.Key, ti.Records, ti.RawDigest = nil, nil, nil
+		wantTags = append(wantTags, *ti)
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	tab, err := ix.ReadImageTable(nil, func(ti *storage.TagInfo) { ti.Key = nil; gotTags = append(gotTags, *ti) })
+	var table *storage.ContentTable
+	tab, err := ix.ReadImageTable(nil, func(ti *storage.TagInfo) {
+		if string(ti.RawDigest) != string(ti.Digest) {
+			t.Errorf("%s: raw digest %s", ti.Digest, ti.RawDigest)
+		}
+		table = ti.Table
+		ti.Key, ti.RawDigest, ti.Table = nil, nil, nil
+		gotTags = append(gotTags, *ti)
+	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if table != tab.Content {
+		t.Error("TagInfo.Table is not the table read")
+	}
+	// The raw read: the same tags, their digests as bytes only.
+	var rawTags []storage.TagInfo
+	if _, err := ix.ReadImageTableRaw(nil, func(ti *storage.TagInfo) {
+		if ti.Digest != "" {
+			t.Errorf("raw read: digest %s made", ti.Digest)
+		}
+		ti.Digest = digest.Digest(ti.RawDigest)
+		ti.Key, ti.RawDigest, ti.Table = nil, nil, nil
+		rawTags = append(rawTags, *ti)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(rawTags) != fmt.Sprint(wantTags) {
+		t.Errorf("raw tags %v, want %v", rawTags, wantTags)
 	}
 	all := map[digest.Digest]bool{}
 	for _, m := range []map[digest.Digest]bool{keySet(recs.Manifests), keySet(recs.Blobs), keySet(recs.Access)} {
@@ -96,6 +125,9 @@ func TestReadImageTable(t *testing.T) {
 		if !ok || got.Manifest != isManifest || got.Blob != isBlob || got.Size != m.Size+b.Size || got.MediaType != m.MediaType ||
 			!got.FetchedAt.Equal(m.FetchedAt) || !got.LastAccess.Equal(b.LastAccess) || !got.Pulled.Equal(recs.Access[d]) {
 			t.Errorf("%s: %+v (found %v), want manifest %+v, blob %+v, pulled %v", d, got, ok, m, b, recs.Access[d])
+		}
+		if id, ok := tab.Content.IDBytes([]byte(d)); !ok || tab.Content.Digest(id) != d {
+			t.Errorf("%s: IDBytes %d, %v", d, id, ok)
 		}
 		if tab.Content.Size(d) != got.Size || tab.Content.IsManifest(d) != isManifest {
 			t.Errorf("%s: Size %d, IsManifest %v; want %d, %v", d, tab.Content.Size(d), tab.Content.IsManifest(d), got.Size, isManifest)

@@ -67,14 +67,19 @@ type TagInfo struct {
 	// it does not parse): Upstream and Repo interned, Tag a new string.
 	Upstream, Repo, Tag string
 	OK                  bool
-	// Digest is interned.
-	Digest               digest.Digest
+	// Digest is interned (empty from ReadImageTableRaw).
+	Digest digest.Digest
+	// RawDigest is the digest's bytes; valid only during the call.
+	RawDigest            []byte
 	FetchedAt, CheckedAt time.Time
 	// Pinned: the tag itself is pinned.
 	Pinned bool
 	// Records are the other records, read before the tags: complete
 	// except for the manifests' last pulls not yet flushed (Access).
 	Records *ImageRecords
+	// Table, from ReadImageTable, is the content records, read before
+	// the tags (the manifests' last pulls not yet flushed aside).
+	Table *ContentTable
 }
 
 // ManifestInfo is what the image model uses of a manifest record.
@@ -146,13 +151,13 @@ func (ix *Index) ReadImageRecords(in *Interner, tag func(*TagInfo)) (*ImageRecor
 			return err
 		}
 		var err error
-		if r.Fills, err = readFills(tx, rel, in); err != nil {
+		if r.Fills, err = readFills(tx, rel, in, false); err != nil {
 			return err
 		}
 		if tag == nil {
 			return nil
 		}
-		return readTags(tx, rel, in, r.Pins, r, tag)
+		return readTags(tx, rel, in, r.Pins, tagSource{recs: r}, tag)
 	})
 	if err != nil {
 		return nil, err
