@@ -107,7 +107,7 @@ type entry struct {
 	// manifests (sorted) first. Images with the same root share it.
 	off, nManifests, n int32
 	// state: stateMissing or stateCorrupt if its root manifest is.
-	state uint8
+	state  uint8
 	pinned bool
 	// plainTags: one of its tags is not a referrers or cosign tag (a
 	// model read without tags keeps those only, see Collector.model).
