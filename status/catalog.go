@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"encoding/hex"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -40,12 +42,147 @@ type Image struct {
 }
 
 // catalogSnapshot is the image list as built once, in the three orders
-// the page offers, so that a request only filters and pages.
+// the page offers, so that a request only filters and pages. It is kept
+// for the life of the process, compactly (at 100k images an Image each
+// with its strings was ~55 MiB; a row is ~120 bytes and its tags): an
+// Image is made for the images a request shows.
 type catalogSnapshot struct {
-	byName, bySize, byPulled []*Image
+	rows []row
+	// names are the repositories ("upstream/repo"), with their parts;
+	// strs the media types and states, lists the platform lists, each
+	// once.
+	names, upstreams, repos []string
+	strs                    []string
+	lists                   [][]string
+	// other are the digests that are not canonical sha256 ones (row.dg
+	// then unused), refTypes the referrers' artifact types, by row.
+	other    map[int32]digest.Digest
+	refTypes map[int32][]string
+	// The orders, as indexes of rows.
+	byName, bySize, byPulled []int32
 	built                    time.Time
 	// gen is the index's generation it was read at.
 	gen uint64
+}
+
+// row is an image of the list (see Image).
+type row struct {
+	// tags are its tags, each followed by tagEnd.
+	tags        string
+	lastPull    time.Time
+	size, pulls int64
+	dg          [32]byte
+	// name indexes names; media and state strs; platforms and leftOut
+	// lists.
+	name, manifests, blobs           int32
+	media, state, platforms, leftOut int32
+	pinned, signed, attested         bool
+}
+
+// tagEnd ends each tag in row.tags: a tag is letters, digits, '_', '.'
+// and '-'.
+const tagEnd = '\x00'
+
+// image is row i as the page and the API show it (a new Image).
+func (s *catalogSnapshot) image(i int32) *Image {
+	r := &s.rows[i]
+	im := &Image{Name: s.names[r.name], Pulls: r.pulls, ReferrerTypes: s.refTypes[i], Signed: r.signed, Attested: r.attested}
+	im.Image = lifecycle.Image{
+		Upstream: s.upstreams[r.name], Repo: s.repos[r.name], MediaType: s.strs[r.media], State: s.strs[r.state],
+		Platforms: s.lists[r.platforms], PlatformsLeftOut: s.lists[r.leftOut],
+		Size: r.size, Manifests: int(r.manifests), Blobs: int(r.blobs), LastPull: r.lastPull, Pinned: r.pinned,
+	}
+	if d, ok := s.other[i]; ok {
+		im.Digest = d
+	} else {
+		im.Digest = digest.NewDigestFromEncoded(digest.SHA256, hex.EncodeToString(r.dg[:]))
+	}
+	if r.tags != "" {
+		im.Tags = strings.Split(r.tags[:len(r.tags)-1], string(tagEnd))
+	}
+	return im
+}
+
+// images are rows as the page and the API show them.
+func (s *catalogSnapshot) images(rows []int32) []*Image {
+	out := make([]*Image, len(rows))
+	for i, r := range rows {
+		out[i] = s.image(r)
+	}
+	return out
+}
+
+// snapshotBuilder interns what rows share while a list is built.
+type snapshotBuilder struct {
+	s     *catalogSnapshot
+	names map[string]int32
+	strs  map[string]int32
+	lists map[string]int32
+}
+
+func newSnapshotBuilder(s *catalogSnapshot) *snapshotBuilder {
+	s.strs, s.lists = []string{""}, [][]string{nil}
+	return &snapshotBuilder{s: s, names: map[string]int32{}, strs: map[string]int32{"": 0}, lists: map[string]int32{"": 0}}
+}
+
+func (b *snapshotBuilder) name(im *lifecycle.Image) int32 {
+	n := im.Name()
+	id, ok := b.names[n]
+	if !ok {
+		id = int32(len(b.s.names))
+		b.names[n] = id
+		b.s.names, b.s.upstreams, b.s.repos = append(b.s.names, n), append(b.s.upstreams, im.Upstream), append(b.s.repos, im.Repo)
+	}
+	return id
+}
+
+func (b *snapshotBuilder) str(v string) int32 {
+	id, ok := b.strs[v]
+	if !ok {
+		id = int32(len(b.s.strs))
+		b.strs[v] = id
+		b.s.strs = append(b.s.strs, v)
+	}
+	return id
+}
+
+func (b *snapshotBuilder) list(v []string) int32 {
+	if len(v) == 0 {
+		return 0
+	}
+	var key strings.Builder
+	for _, p := range v {
+		key.WriteString(strconv.Itoa(len(p)))
+		key.WriteByte(':')
+		key.WriteString(p)
+	}
+	id, ok := b.lists[key.String()]
+	if !ok {
+		id = int32(len(b.s.lists))
+		b.lists[key.String()] = id
+		b.s.lists = append(b.s.lists, slices.Clone(v))
+	}
+	return id
+}
+
+// add adds im as row i.
+func (b *snapshotBuilder) add(i int32, im *lifecycle.Image) *row {
+	r := &b.s.rows[i]
+	*r = row{
+		tags: packTags(im.Tags), lastPull: im.LastPull, size: im.Size,
+		name: b.name(im), manifests: int32(im.Manifests), blobs: int32(im.Blobs),
+		media: b.str(im.MediaType), state: b.str(im.State), platforms: b.list(im.Platforms), leftOut: b.list(im.PlatformsLeftOut),
+		pinned: im.Pinned,
+	}
+	if k, ok := storage.SHA256Key(im.Digest); ok {
+		r.dg = k
+	} else {
+		if b.s.other == nil {
+			b.s.other = map[int32]digest.Digest{}
+		}
+		b.s.other[i] = im.Digest
+	}
+	return r
 }
 
 // catalog caches the image list: building it reads the whole index (and,
@@ -185,59 +322,58 @@ func (c *catalog) load(ctx context.Context) (*catalogSnapshot, error) {
 			}
 		}
 	}
-	s := &catalogSnapshot{built: built, gen: gen}
-	all := make([]Image, len(images))
-	var name string
-	for i, im := range images {
-		row := &all[i]
-		// Listers order by name: a repository's images share its name.
-		if name != im.Upstream+"/"+im.Repo || im.Upstream == "" {
-			name = im.Name()
-		}
-		row.Image, row.Name = im, name
-		row.Tags = packTags(im.Tags)
-		row.Pulls = pulls[im.Digest]
-		row.ReferrerTypes = refs[im.Name()+"@"+im.Digest.String()]
-		for _, t := range row.ReferrerTypes {
-			row.Signed = row.Signed || isSignature(t)
-			row.Attested = row.Attested || isAttestation(t)
+	s := &catalogSnapshot{built: built, gen: gen, rows: make([]row, len(images))}
+	b := newSnapshotBuilder(s)
+	for i := range images {
+		im := &images[i]
+		r := b.add(int32(i), im)
+		r.pulls = pulls[im.Digest]
+		if rt := refs[im.Name()+"@"+im.Digest.String()]; len(rt) > 0 {
+			if s.refTypes == nil {
+				s.refTypes = map[int32][]string{}
+			}
+			s.refTypes[int32(i)] = rt
+			for _, t := range rt {
+				r.signed = r.signed || isSignature(t)
+				r.attested = r.attested || isAttestation(t)
+			}
 		}
 		if cosign := cosignTag(im.Digest); cosign != "" {
-			row.Signed = row.Signed || tags[key{im.Upstream, im.Repo, cosign + ".sig"}]
-			row.Attested = row.Attested || tags[key{im.Upstream, im.Repo, cosign + ".att"}] || tags[key{im.Upstream, im.Repo, cosign + ".sbom"}]
+			r.signed = r.signed || tags[key{im.Upstream, im.Repo, cosign + ".sig"}]
+			r.attested = r.attested || tags[key{im.Upstream, im.Repo, cosign + ".att"}] || tags[key{im.Upstream, im.Repo, cosign + ".sbom"}]
 		}
-		s.byName = append(s.byName, row)
+		// Its strings are the row's now: the list need not wait for the
+		// whole copy to let them go.
+		*im = lifecycle.Image{}
+	}
+	s.byName = make([]int32, len(s.rows))
+	for i := range s.byName {
+		s.byName[i] = int32(i)
 	}
 	// Listers order by name, tags and digest; repository needs the name order.
-	slices.SortStableFunc(s.byName, func(a, b *Image) int { return cmp.Compare(a.Name, b.Name) })
+	slices.SortStableFunc(s.byName, func(a, b int32) int { return cmp.Compare(s.names[s.rows[a].name], s.names[s.rows[b].name]) })
 	s.bySize = slices.Clone(s.byName)
-	slices.SortStableFunc(s.bySize, func(a, b *Image) int { return cmp.Compare(b.Size, a.Size) })
+	slices.SortStableFunc(s.bySize, func(a, b int32) int { return cmp.Compare(s.rows[b].size, s.rows[a].size) })
 	s.byPulled = slices.Clone(s.byName)
-	slices.SortStableFunc(s.byPulled, func(a, b *Image) int { return b.LastPull.Compare(a.LastPull) })
+	slices.SortStableFunc(s.byPulled, func(a, b int32) int { return s.rows[b].lastPull.Compare(s.rows[a].lastPull) })
 	return s, nil
 }
 
-// packTags copies tags into one string: at 100k images (1M tags) a
-// string each is ~10 MiB more, for the life of the list.
-func packTags(tags []string) []string {
-	if len(tags) == 0 {
-		return tags
-	}
+// packTags joins tags into one string, each followed by tagEnd: at
+// 100k images (1M tags) a string each is ~25 MiB more, for the life of
+// the list.
+func packTags(tags []string) string {
 	n := 0
 	for _, t := range tags {
-		n += len(t)
+		n += len(t) + 1
 	}
 	var b strings.Builder
 	b.Grow(n)
 	for _, t := range tags {
 		b.WriteString(t)
+		b.WriteByte(tagEnd)
 	}
-	all := b.String()
-	out := make([]string, len(tags))
-	for i, t := range tags {
-		out[i], all = all[:len(t)], all[len(t):]
-	}
-	return out
+	return b.String()
 }
 
 // cosignSuffix reports whether a tag may be one of cosign's (what
@@ -297,36 +433,45 @@ func (s *catalogSnapshot) page(q, sort string, page, n int) Page {
 	}
 	q = strings.TrimSpace(q)
 	lq := strings.ToLower(q)
-	out := Page{Query: q, Sort: sort, N: n, Images: []*Image{}}
+	out := Page{Query: q, Sort: sort, N: n}
 	skip := (page - 1) * n
 	var buf []byte
-	for _, im := range order {
-		if lq != "" && !im.matches(&buf, lq) {
+	var shown []int32
+	for _, i := range order {
+		if lq != "" && !s.matches(&buf, i, lq) {
 			continue
 		}
-		if out.Total >= skip && len(out.Images) < n {
-			out.Images = append(out.Images, im)
+		if out.Total >= skip && len(shown) < n {
+			shown = append(shown, i)
 		}
 		out.Total++
 	}
+	out.Images = s.images(shown)
 	out.Pages = max(1, (out.Total+n-1)/n)
 	out.Page = page
 	return out
 }
 
-// matches reports whether lq (lower-cased) is in the image's name and
-// tags, space-separated and lower-cased. They are joined in *buf, not
-// kept: at 100k images a kept copy per image is ~15 MiB, for a filter
-// typed now and then.
-func (im *Image) matches(buf *[]byte, lq string) bool {
-	b := append(append((*buf)[:0], im.Name...), ' ')
-	for i, t := range im.Tags {
-		if i > 0 {
-			b = append(b, ' ')
-		}
-		b = append(b, t...)
-	}
+// matches reports whether lq (lower-cased) is in row i's name and tags,
+// space-separated and lower-cased. They are joined in *buf, not kept: at
+// 100k images a kept copy per image is ~15 MiB, for a filter typed now
+// and then.
+func (s *catalogSnapshot) matches(buf *[]byte, i int32, lq string) bool {
+	r := &s.rows[i]
+	return matches(buf, s.names[r.name], r.tags, lq)
+}
+
+// matches reports whether lq (lower-cased) is in name and the packed
+// tags (see packTags), space-separated and lower-cased.
+func matches(buf *[]byte, name, tags string, lq string) bool {
+	b := append(append((*buf)[:0], name...), ' ')
+	b = append(b, strings.TrimSuffix(tags, string(tagEnd))...)
 	*buf = b
+	for i, c := range b[len(name)+1:] {
+		if c == tagEnd {
+			b[len(name)+1+i] = ' '
+		}
+	}
 	for _, c := range b {
 		if c >= utf8.RuneSelf {
 			return strings.Contains(strings.ToLower(string(b)), lq)
@@ -342,10 +487,10 @@ func (im *Image) matches(buf *[]byte, lq string) bool {
 
 // repository returns the images of one repository ("host/repo").
 func (s *catalogSnapshot) repository(name string) []*Image {
-	var out []*Image
-	i, _ := slices.BinarySearchFunc(s.byName, name, func(im *Image, name string) int { return cmp.Compare(im.Name, name) })
-	for ; i < len(s.byName) && s.byName[i].Name == name; i++ {
-		out = append(out, s.byName[i])
+	var rows []int32
+	i, _ := slices.BinarySearchFunc(s.byName, name, func(r int32, name string) int { return cmp.Compare(s.names[s.rows[r].name], name) })
+	for ; i < len(s.byName) && s.names[s.rows[s.byName[i]].name] == name; i++ {
+		rows = append(rows, s.byName[i])
 	}
-	return out
+	return s.images(rows)
 }

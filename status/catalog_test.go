@@ -1,31 +1,40 @@
 package status
 
 import (
+	"context"
+	"encoding/json"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
-	"unsafe"
+	"time"
+
+	"github.com/opencontainers/go-digest"
 
 	"github.com/docker-mirror/docker-mirror/lifecycle"
+	"github.com/docker-mirror/docker-mirror/storage"
 )
 
 // TestImageMatches checks the filter against what the list kept before
 // (its name and tags joined by spaces, lower-cased), across the joints,
 // with upper-case and non-ASCII letters, and with a buffer reused.
 func TestImageMatches(t *testing.T) {
-	ims := []*Image{
-		{Name: "docker.io/library/Nginx", Image: lifecycle.Image{Tags: []string{"1.27", "Latest"}}},
-		{Name: "ghcr.io/ÄÖ/tool", Image: lifecycle.Image{Tags: []string{"V1"}}},
-		{Name: "quay.io/x/y"},
+	ims := []struct {
+		name string
+		tags []string
+	}{
+		{"docker.io/library/Nginx", []string{"1.27", "Latest"}},
+		{"ghcr.io/ÄÖ/tool", []string{"V1"}},
+		{"quay.io/x/y", nil},
 	}
-	queries := []string{"nginx", "nginx 1.27", "27 latest", "latest", "library/nginx 1", "äö", "äö/tool v1", "v1", "y", "quay.io/x/y ", "", " ", "zzz"}
+	queries := []string{"nginx", "nginx 1.27", "27 latest", "latest", "library/nginx 1", "äö", "äö/tool v1", "v1", "y", "quay.io/x/y ", "", " ", "zzz", "\x00"}
 	var buf []byte
 	for _, im := range ims {
-		want := strings.ToLower(im.Name + " " + strings.Join(im.Tags, " "))
+		want := strings.ToLower(im.name + " " + strings.Join(im.tags, " "))
 		for _, q := range queries {
 			lq := strings.ToLower(q)
-			if got := im.matches(&buf, lq); got != strings.Contains(want, lq) {
-				t.Errorf("%s matches %q: %v, want %v", im.Name, lq, got, !got)
+			if got := matches(&buf, im.name, packTags(im.tags), lq); got != strings.Contains(want, lq) {
+				t.Errorf("%s matches %q: %v, want %v", im.name, lq, got, !got)
 			}
 		}
 	}
@@ -34,22 +43,83 @@ func TestImageMatches(t *testing.T) {
 // The list keeps an image's tags in one string, and of its tags only
 // cosign's in the map that tells signed images.
 func TestPackTagsAndCosignSuffix(t *testing.T) {
-	tags := []string{"1.27", "latest", "sha256-abc.sig"}
-	got := packTags(tags)
-	if !slices.Equal(got, tags) {
-		t.Fatalf("packTags = %q, want %q", got, tags)
-	}
-	for i := 1; i < len(got); i++ {
-		if unsafe.StringData(got[i]) != (*byte)(unsafe.Add(unsafe.Pointer(unsafe.StringData(got[i-1])), len(got[i-1]))) {
-			t.Errorf("tag %d is not in the same string as tag %d", i, i-1)
+	for _, tags := range [][]string{{"1.27", "latest", "sha256-abc.sig"}, {"v1"}, nil} {
+		s := &catalogSnapshot{rows: []row{{tags: packTags(tags)}}, names: []string{""}, upstreams: []string{""}, repos: []string{""}, strs: []string{""}, lists: [][]string{nil}}
+		if got := s.image(0).Tags; !slices.Equal(got, tags) || (tags == nil) != (got == nil) {
+			t.Errorf("tags %q packed and unpacked: %q", tags, got)
 		}
-	}
-	if packTags(nil) != nil {
-		t.Error("no tags packed into some")
 	}
 	for tag, want := range map[string]bool{"sha256-abc.sig": true, "sha256-abc.att": true, "sha256-abc.sbom": true, "v1": false, "sha256-abc": false, "1.0-sig": false} {
 		if cosignSuffix(tag) != want {
 			t.Errorf("cosignSuffix(%q) = %v", tag, !want)
 		}
+	}
+}
+
+// listed is a Lister of fixed images.
+type listed []lifecycle.Image
+
+func (l listed) Images(context.Context) ([]lifecycle.Image, error) { return slices.Clone(l), nil }
+
+// The list is kept compactly (rows, repository names and platform lists
+// once, digests as 32 bytes) and an Image made for what is shown: each
+// must be the Image the list was given, with its name, pulls, referrers
+// and cosign signatures, in each of the three orders; sha512 and
+// upper-case digests, images without tags, with platforms left out, and
+// times in another zone included.
+func TestCatalogKeepsEveryImage(t *testing.T) {
+	ix, err := storage.OpenIndex(filepath.Join(t.TempDir(), "index.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ix.Close() })
+	t0 := time.Date(2026, 12, 3, 9, 0, 0, 0, time.UTC)
+	a, b := digest.FromString("a"), digest.FromString("b")
+	upper := digest.Digest("sha256:" + strings.ToUpper(digest.FromString("upper").Encoded()))
+	sha512 := digest.SHA512.FromString("long")
+	ims := listed{
+		{Upstream: "docker.io", Repo: "library/app", Tags: []string{"1", "latest", "sha256-" + b.Encoded() + ".sig"}, Digest: a, MediaType: "application/vnd.oci.image.index.v1+json",
+			Platforms: []string{"linux/amd64", "linux/arm64"}, PlatformsLeftOut: []string{"linux/s390x"}, Size: 300, Manifests: 3, Blobs: 4, LastPull: t0, State: storage.FillComplete, Pinned: true},
+		{Upstream: "docker.io", Repo: "library/app", Digest: b, MediaType: "application/vnd.oci.image.manifest.v1+json", Platforms: []string{"linux/amd64"}, Size: 200, Manifests: 1, Blobs: 2,
+			LastPull: t0.In(time.FixedZone("CET", 3600)), State: storage.FillPartial},
+		{Upstream: "ghcr.io", Repo: "o/tool", Tags: []string{"v2"}, Digest: upper, Size: 100, LastPull: t0.Add(time.Hour), State: lifecycle.StateMissing},
+		{Upstream: "ghcr.io", Repo: "o/tool", Tags: []string{"v3"}, Digest: sha512, Platforms: []string{"linux/amd64"}, Size: 100, Manifests: 1, LastPull: t0.Add(-time.Hour)},
+	}
+	want := make([]*Image, len(ims))
+	for i, im := range ims {
+		want[i] = &Image{Image: im, Name: im.Name()}
+	}
+	want[1].Signed = true // by a's cosign tag
+	c := &catalog{list: ims, index: ix, maxAge: time.Hour, now: time.Now}
+	s, err := c.load(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	js := func(v any) string {
+		raw, err := json.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(raw)
+	}
+	for _, order := range []struct {
+		sort string
+		want []int
+	}{{SortName, []int{0, 1, 2, 3}}, {SortSize, []int{0, 1, 2, 3}}, {SortPulled, []int{2, 0, 1, 3}}} {
+		pg := s.page("", order.sort, 1, 10)
+		if pg.Total != len(ims) || len(pg.Images) != len(ims) {
+			t.Fatalf("%s: %d of %d images", order.sort, len(pg.Images), pg.Total)
+		}
+		for k, im := range pg.Images {
+			if got, w := js(im), js(want[order.want[k]]); got != w {
+				t.Errorf("%s, image %d:\n got %s\nwant %s", order.sort, k, got, w)
+			}
+		}
+	}
+	if got := s.repository("ghcr.io/o/tool"); len(got) != 2 || got[0].Digest != upper || got[1].Digest != sha512 {
+		t.Errorf("repository ghcr.io/o/tool: %v", got)
+	}
+	if pg := s.page("LATEST", SortName, 1, 10); pg.Total != 1 || pg.Images[0].Digest != a {
+		t.Errorf("filtered: %+v", pg)
 	}
 }
