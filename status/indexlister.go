@@ -19,27 +19,30 @@ type IndexLister struct{ Index *storage.Index }
 
 // Images lists the images the index names, sorted by name, tags and
 // digest. The index is read in one transaction without a copy of its tag
-// records (Index.ReadImageRecords): each tag goes straight into its image.
+// records, its content records as a table sorted by digest
+// (Index.ReadImageTable, as the lifecycle reads them): each tag goes
+// straight into its image.
 func (l IndexLister) Images(context.Context) ([]lifecycle.Image, error) {
 	type key struct {
 		upstream, repo string
 		digest         digest.Digest
 	}
 	byKey := map[key]*lifecycle.Image{}
-	var snap *storage.ImageRecords // set before any image is made
+	var tab *storage.ContentTable // set before any image is made
 	get := func(k key) *lifecycle.Image {
 		im, ok := byKey[k]
 		if !ok {
 			im = &lifecycle.Image{Upstream: k.upstream, Repo: k.repo, Digest: k.digest}
-			rec := snap.Manifests[k.digest]
-			im.MediaType, im.Size, im.LastPull = rec.MediaType, rec.Size, rec.FetchedAt
-			if rec.Size > 0 {
-				im.Manifests = 1
+			rec, _ := tab.Lookup(k.digest)
+			if rec.Manifest {
+				im.MediaType, im.Size, im.LastPull = rec.MediaType, rec.ManifestSize, rec.FetchedAt
+				if rec.ManifestSize > 0 {
+					im.Manifests = 1
+				}
 			}
-			if t := snap.Access[k.digest]; t.After(im.LastPull) {
-				im.LastPull = t
+			if rec.Pulled.After(im.LastPull) {
+				im.LastPull = rec.Pulled
 			}
-			im.Pinned = snap.Pins[k.digest.String()]
 			byKey[k] = im
 		}
 		return im
@@ -47,11 +50,11 @@ func (l IndexLister) Images(context.Context) ([]lifecycle.Image, error) {
 	// Tags are read last, with the other records (but for unflushed
 	// manifest pulls, added below).
 	var tagged []*lifecycle.Image
-	recs, err := l.Index.ReadImageRecords(&storage.Interner{}, func(t *storage.TagInfo) {
+	recs, err := l.Index.ReadImageTable(&storage.Interner{}, func(t *storage.TagInfo) {
 		if !t.OK {
 			return
 		}
-		snap = t.Records
+		tab = t.Table
 		im := get(key{t.Upstream, t.Repo, t.Digest})
 		if len(im.Tags) == 0 {
 			tagged = append(tagged, im)
@@ -67,19 +70,22 @@ func (l IndexLister) Images(context.Context) ([]lifecycle.Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	snap = recs
+	tab = recs.Content
 	// The manifests' pulls not yet flushed when the tags were read.
 	for _, im := range tagged {
-		if t := snap.Access[im.Digest]; t.After(im.LastPull) {
-			im.LastPull = t
+		if rec, _ := tab.Lookup(im.Digest); rec.Pulled.After(im.LastPull) {
+			im.LastPull = rec.Pulled
 		}
 	}
-	for _, f := range snap.Fills {
+	for _, f := range recs.Fills {
 		im := get(key{f.Upstream, f.Repo, f.Digest})
 		im.State, im.Platforms = f.State, slices.Clone(f.Platforms)
 	}
 	out := make([]lifecycle.Image, 0, len(byKey))
-	for _, im := range byKey {
+	for k, im := range byKey {
+		if recs.Pins[k.digest.String()] {
+			im.Pinned = true
+		}
 		slices.Sort(im.Tags)
 		out = append(out, *im)
 	}

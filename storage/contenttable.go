@@ -28,6 +28,9 @@ type ContentTable struct {
 	recs  []contentRec
 	// media are the media types; a record's media indexes it (0: none).
 	media []string
+	// manifestSizes are the manifest records' sizes of the digests that
+	// also have a blob record (rare: size is the sum).
+	manifestSizes map[digest.Digest]int64
 }
 
 // contentRec is one digest's records.
@@ -49,8 +52,9 @@ type contentRec struct {
 type ContentInfo struct {
 	// Manifest, Blob: it has a manifest record, a blob record.
 	Manifest, Blob bool
-	// Size is the manifest's size plus the blob's.
-	Size int64
+	// Size is the manifest's size plus the blob's; ManifestSize the
+	// manifest's.
+	Size, ManifestSize int64
 	// MediaType and FetchedAt are the manifest record's, LastAccess the
 	// blob record's, Pulled the manifest's last pull (zero if none).
 	MediaType                     string
@@ -72,10 +76,17 @@ func (t *ContentTable) Lookup(d digest.Digest) (ContentInfo, bool) {
 // Info returns the records of ID id.
 func (t *ContentTable) Info(id int) ContentInfo {
 	r := &t.recs[id]
-	return ContentInfo{
+	info := ContentInfo{
 		Manifest: r.manifest, Blob: r.blob, Size: r.size, MediaType: t.media[r.media],
 		FetchedAt: utcTime(r.fetched), LastAccess: utcTime(r.access), Pulled: utcTime(r.pulled),
 	}
+	switch {
+	case r.manifest && r.blob:
+		info.ManifestSize = t.manifestSizes[t.Digest(id)]
+	case r.manifest:
+		info.ManifestSize = r.size
+	}
+	return info
 }
 
 // Size is d's indexed size (0 without records).
@@ -287,6 +298,7 @@ func (t *ContentTable) read(tx *bolt.Tx, rel *releaser) error {
 		}
 		key := next // valid while the transaction is: the cursors move below
 		var rec contentRec
+		var manifestSize int64
 		for _, s := range streams {
 			if s.k == nil || !bytes.Equal(s.k, key) {
 				continue
@@ -310,6 +322,7 @@ func (t *ContentTable) read(tx *bolt.Tx, rel *releaser) error {
 					rec.manifest, rec.media, rec.fetched = true, mi, UnixNano(m.FetchedAt)
 					rec.newest = max(rec.newest, rec.fetched)
 					rec.size += m.Size
+					manifestSize = m.Size
 				}
 			case bytes.Equal(s.bucket, bucketBlobs):
 				var b struct {
@@ -331,6 +344,12 @@ func (t *ContentTable) read(tx *bolt.Tx, rel *releaser) error {
 			if err != nil {
 				return fmt.Errorf("index: corrupt %s entry %q: %w", s.bucket, s.k, err)
 			}
+		}
+		if rec.manifest && rec.blob {
+			if t.manifestSizes == nil {
+				t.manifestSizes = map[digest.Digest]int64{}
+			}
+			t.manifestSizes[digest.Digest(key)] = manifestSize
 		}
 		if k, ok := sha256Key(key); ok {
 			t.sha = append(t.sha, k)

@@ -122,7 +122,7 @@ func TestReadImageTable(t *testing.T) {
 		got, ok := tab.Content.Lookup(d)
 		m, isManifest := recs.Manifests[d]
 		b, isBlob := recs.Blobs[d]
-		if !ok || got.Manifest != isManifest || got.Blob != isBlob || got.Size != m.Size+b.Size || got.MediaType != m.MediaType ||
+		if !ok || got.Manifest != isManifest || got.Blob != isBlob || got.Size != m.Size+b.Size || got.ManifestSize != m.Size || got.MediaType != m.MediaType ||
 			!got.FetchedAt.Equal(m.FetchedAt) || !got.LastAccess.Equal(b.LastAccess) || !got.Pulled.Equal(recs.Access[d]) {
 			t.Errorf("%s: %+v (found %v), want manifest %+v, blob %+v, pulled %v", d, got, ok, m, b, recs.Access[d])
 		}

@@ -115,7 +115,9 @@ type ImageRecords struct {
 }
 
 // ReadImageRecords reads the records the image model needs in one
-// transaction; tag, if not nil, is called with every tag (in key order),
+// transaction, as maps keyed by digest strings (verification and the
+// destination's checks read it; the image model and the status page's
+// list read the compact ReadImageTable, and tests compare the two); tag, if not nil, is called with every tag (in key order),
 // after the other records are read, and keeps what it wants of it. Digests and names are interned in in
 // (which may be nil). Blob access times noted by Touch and not yet
 // flushed are not included (call Flush first). The index's mapped pages
