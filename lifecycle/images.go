@@ -211,6 +211,26 @@ func (m *model) keptSize() int64 {
 
 // Images lists the cached images, sorted by name, tags and digest.
 func (c *Collector) Images(ctx context.Context) ([]Image, error) {
+	l, err := c.ListImages(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Image, 0, l.Len())
+	err = l.Each(func(im Image) error {
+		out = append(out, im)
+		return nil
+	})
+	return out, err
+}
+
+// ImageList is the cached images as read once (Collector.ListImages):
+// an Image is made as each is visited, so that a caller that writes or
+// copies them one by one never holds them all (at 100k images, ~45 MiB).
+type ImageList struct{ m *model }
+
+// ListImages reads the cached images, to be visited in order by Each.
+// The list reads nothing more: it does not change with the cache.
+func (c *Collector) ListImages(ctx context.Context) (*ImageList, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err := c.refresh(ctx); err != nil {
@@ -223,11 +243,23 @@ func (c *Collector) Images(ctx context.Context) ([]Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := make([]Image, len(m.images))
-	for i, x := range m.images {
-		out[i] = m.image(x)
+	m.refs = nil // counted: the images' last pulls are known
+	return &ImageList{m}, nil
+}
+
+// Len is the number of images.
+func (l *ImageList) Len() int { return len(l.m.images) }
+
+// Each calls fn with every image, sorted by name, tags and digest (as
+// Images lists them), each a new Image; it stops at fn's first error and
+// returns it. It may be called again.
+func (l *ImageList) Each(fn func(Image) error) error {
+	for _, i := range l.m.images {
+		if err := fn(l.m.image(i)); err != nil {
+			return err
+		}
 	}
-	return out, nil
+	return nil
 }
 
 // model reads the index and the manifests into images; with platforms,
