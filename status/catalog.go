@@ -298,7 +298,7 @@ func (c *catalog) load(ctx context.Context) (*catalogSnapshot, error) {
 	if err != nil {
 		return nil, err
 	}
-	images, err := c.list.Images(ctx)
+	n, each, err := c.images(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -315,24 +315,27 @@ func (c *catalog) load(ctx context.Context) (*catalogSnapshot, error) {
 	// at 100k images a map of every tag (1M) was ~60 MiB.
 	type key struct{ upstream, repo, tag string }
 	tags := map[key]bool{}
-	for _, im := range images {
+	if err := each(func(im *lifecycle.Image) {
 		for _, t := range im.Tags {
 			if cosignSuffix(t) {
 				tags[key{im.Upstream, im.Repo, t}] = true
 			}
 		}
+	}); err != nil {
+		return nil, err
 	}
-	s := &catalogSnapshot{built: built, gen: gen, rows: make([]row, len(images))}
+	s := &catalogSnapshot{built: built, gen: gen, rows: make([]row, 0, n)}
 	b := newSnapshotBuilder(s)
-	for i := range images {
-		im := &images[i]
-		r := b.add(int32(i), im)
+	err = each(func(im *lifecycle.Image) {
+		i := int32(len(s.rows))
+		s.rows = append(s.rows, row{})
+		r := b.add(i, im)
 		r.pulls = pulls[im.Digest]
 		if rt := refs[im.Name()+"@"+im.Digest.String()]; len(rt) > 0 {
 			if s.refTypes == nil {
 				s.refTypes = map[int32][]string{}
 			}
-			s.refTypes[int32(i)] = rt
+			s.refTypes[i] = rt
 			for _, t := range rt {
 				r.signed = r.signed || isSignature(t)
 				r.attested = r.attested || isAttestation(t)
@@ -342,9 +345,9 @@ func (c *catalog) load(ctx context.Context) (*catalogSnapshot, error) {
 			r.signed = r.signed || tags[key{im.Upstream, im.Repo, cosign + ".sig"}]
 			r.attested = r.attested || tags[key{im.Upstream, im.Repo, cosign + ".att"}] || tags[key{im.Upstream, im.Repo, cosign + ".sbom"}]
 		}
-		// Its strings are the row's now: the list need not wait for the
-		// whole copy to let them go.
-		*im = lifecycle.Image{}
+	})
+	if err != nil {
+		return nil, err
 	}
 	s.byName = make([]int32, len(s.rows))
 	for i := range s.byName {
@@ -357,6 +360,40 @@ func (c *catalog) load(ctx context.Context) (*catalogSnapshot, error) {
 	s.byPulled = slices.Clone(s.byName)
 	slices.SortStableFunc(s.byPulled, func(a, b int32) int { return s.rows[b].lastPull.Compare(s.rows[a].lastPull) })
 	return s, nil
+}
+
+// imageLister is a Lister that can also give its images one at a time
+// (lifecycle.Collector): the list is then built without all of them as
+// Images at once.
+type imageLister interface {
+	ListImages(ctx context.Context) (*lifecycle.ImageList, error)
+}
+
+// images lists the images: their number, and a function that calls fn
+// with each in order, as often as it is called.
+func (c *catalog) images(ctx context.Context) (int, func(fn func(*lifecycle.Image)) error, error) {
+	if l, ok := c.list.(imageLister); ok {
+		list, err := l.ListImages(ctx)
+		if err != nil {
+			return 0, nil, err
+		}
+		return list.Len(), func(fn func(*lifecycle.Image)) error {
+			return list.Each(func(im lifecycle.Image) error {
+				fn(&im)
+				return nil
+			})
+		}, nil
+	}
+	images, err := c.list.Images(ctx)
+	if err != nil {
+		return 0, nil, err
+	}
+	return len(images), func(fn func(*lifecycle.Image)) error {
+		for i := range images {
+			fn(&images[i])
+		}
+		return nil
+	}, nil
 }
 
 // packTags joins tags into one string, each followed by tagEnd: at
