@@ -47,7 +47,7 @@ func (c *Collector) evict(ctx context.Context, maxSize int64, evictAfter time.Du
 	if err != nil {
 		return r, false, err
 	}
-	longest, err = c.index.UnrootImagesTimed(p.unroots)
+	longest, err = c.unrootAll(p.unroots, unrootChunk)
 	p.unroots = nil
 	r.LongestWrite = max(r.LongestWrite, longest)
 	if err != nil {
@@ -68,6 +68,33 @@ func (c *Collector) evict(ctx context.Context, maxSize int64, evictAfter time.Du
 	r.add(cr)
 	r.StoredAfter = c.index.StoredBytes()
 	return r, true, err
+}
+
+// unrootChunk bounds the images one Index.UnrootImagesTimed removes: it
+// keeps a key and more (~100 bytes) for each tag it removes, and at 100k
+// images an eviction of half of them removes 500k tags (~50 MiB at once).
+const unrootChunk = 2048
+
+// unrootAll removes what us names from the index, chunk images at a
+// time, in the order of their repositories (the keys' order: the
+// chunks' writes stay side by side, as they were in one call); it
+// returns how long the longest transaction held the write lock.
+func (c *Collector) unrootAll(us []storage.Unroot, chunk int) (time.Duration, error) {
+	slices.SortFunc(us, func(a, b storage.Unroot) int {
+		return cmp.Or(cmp.Compare(a.Upstream, b.Upstream), cmp.Compare(a.Repo, b.Repo), cmp.Compare(a.Digest, b.Digest))
+	})
+	var longest time.Duration
+	for len(us) > 0 {
+		n := min(len(us), chunk)
+		l, err := c.index.UnrootImagesTimed(us[:n])
+		longest = max(longest, l)
+		if err != nil {
+			return longest, err
+		}
+		clear(us[:n]) // their tags can go
+		us = us[n:]
+	}
+	return longest, nil
 }
 
 // evictPlan is what an eviction decided: the victims (in the report),

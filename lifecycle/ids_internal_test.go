@@ -184,4 +184,72 @@ func TestDigestSet(t *testing.T) {
 			t.Errorf("%s found, never added", d)
 		}
 	}
+	// By identifier: a digest of the table as its bytes, another (an
+	// identifier given past the table) as its string.
+	ix, err := storage.OpenIndex(filepath.Join(t.TempDir(), "index.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ix.Close() })
+	if err := ix.RecordBlob("docker.io", "library/app", out[0], 10, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := ix.ReadImageTable(nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := newDigestIDs(recs.Content)
+	byID := &digestSet{}
+	for _, d := range []digest.Digest{out[0], out[1], out[2]} {
+		byID.addID(ids, ids.id(d))
+	}
+	for _, d := range append(in, out...) {
+		if byID.has(d) != slices.Contains(out, d) {
+			t.Errorf("added by identifier: has(%s) = %v", d, byID.has(d))
+		}
+	}
+}
+
+// An eviction removes its victims' tags and mirror records a chunk of
+// images at a time, in the order of their repositories, whatever order
+// it chose them in: every one goes, and nothing else.
+func TestUnrootAllChunks(t *testing.T) {
+	ix, err := storage.OpenIndex(filepath.Join(t.TempDir(), "index.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ix.Close() })
+	var us []storage.Unroot
+	for i := range 7 {
+		repo := fmt.Sprintf("library/app%d", (7-i)%3)
+		d := digest.FromString(fmt.Sprintf("image %d", i))
+		fill := &storage.FillRecord{Upstream: "docker.io", Repo: repo, State: storage.FillComplete}
+		for _, tag := range []string{fmt.Sprintf("v%d", i), fmt.Sprintf("w%d", i)} {
+			if err := ix.RecordManifest(storage.ManifestEntry{Upstream: "docker.io", Repo: repo, Digest: d, Tag: tag, Fill: fill,
+				Record: storage.ManifestRecord{MediaType: "application/vnd.oci.image.manifest.v1+json", Size: 100}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if i == 6 {
+			continue // kept
+		}
+		us = append(us, storage.Unroot{Upstream: "docker.io", Repo: repo, Digest: d, Tags: []string{fmt.Sprintf("v%d", i), fmt.Sprintf("w%d", i)},
+			Fills: []storage.FillKey{{Upstream: "docker.io", Repo: repo, Digest: d}}})
+	}
+	c := New(nil, ix, Options{})
+	if _, err := c.unrootAll(us, 2); err != nil {
+		t.Fatal(err)
+	}
+	var tags []string
+	if err := ix.ReadTagDigests(func(key, _ []byte) { tags = append(tags, string(key)) }); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := ix.ReadImageTable(nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept := digest.FromString("image 6")
+	if !slices.Equal(tags, []string{"docker.io/library/app1:v6", "docker.io/library/app1:w6"}) || len(recs.Fills) != 1 || recs.Fills[0].Digest != kept {
+		t.Errorf("left: tags %q, fills %+v; want image 6's", tags, recs.Fills)
+	}
 }
