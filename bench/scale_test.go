@@ -275,9 +275,11 @@ func BenchmarkScale(b *testing.B) {
 				blob := measure(b, 2000, c.blob)
 
 				sampler.Phase("ls")
+				lsProfiled := scalePeakProfile(b, "ls")
 				start = time.Now()
 				images, err := srv.Collector.Images(ctx)
 				ls := time.Since(start)
+				lsProfiled()
 				if err != nil || len(images) != n {
 					b.Fatalf("ls: %d images, error %v", len(images), err)
 				}
@@ -313,6 +315,7 @@ func BenchmarkScale(b *testing.B) {
 				})
 				var evicted int
 				sampler.Phase("evict")
+				evictProfiled := scalePeakProfile(b, "evict")
 				evict, evictPulls := during(b, c, func() error {
 					r, err := srv.Collector.Evict(ctx, total/2, 0, time.Now())
 					// Blobs the latency runs served are within the grace
@@ -325,6 +328,7 @@ func BenchmarkScale(b *testing.B) {
 					return err
 				})
 				b.StopTimer()
+				evictProfiled()
 				logIndexSize(b, dir, "after the eviction")
 				rss := peakRSS()
 				peak, phases, byPhase := sampler.Stop()
@@ -381,6 +385,42 @@ func scaleProfile(b *testing.B, step string) {
 	defer f.Close()
 	if err := pprof.WriteHeapProfile(f); err != nil {
 		b.Fatal(err)
+	}
+}
+
+// scalePeakProfile writes the heap profile at the live heap's peak
+// during a step (BENCH_SCALE_PROFILE-step-peak, if that is set): each
+// time the live heap the last GC measured grows 5% past the last
+// profile. Call the function it returns when the step ends.
+func scalePeakProfile(b *testing.B, step string) func() {
+	prefix := os.Getenv("BENCH_SCALE_PROFILE")
+	if prefix == "" {
+		return func() {}
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		t := time.NewTicker(10 * time.Millisecond)
+		defer t.Stop()
+		var profiled uint64
+		for {
+			if live := liveHeap(); live > profiled+profiled/20 {
+				profiled = live
+				if f, err := os.Create(prefix + "-" + step + "-peak"); err == nil {
+					_ = pprof.WriteHeapProfile(f)
+					f.Close()
+				}
+			}
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+			}
+		}
+	})
+	return func() {
+		close(stop)
+		wg.Wait()
 	}
 }
 
