@@ -1,6 +1,7 @@
 package lifecycle
 
 import (
+	"cmp"
 	"context"
 	"math/bits"
 
@@ -71,6 +72,21 @@ func (x *digestIDs) digest(id int32) digest.Digest {
 		return x.table.Digest(int(id))
 	}
 	return x.extras[int(id)-x.table.Len()]
+}
+
+// compare orders identifiers as their digests' strings: the table's
+// sha256 digests are in that order already, the others are compared as
+// strings.
+func (x *digestIDs) compare(a, b int32) int {
+	if a == b {
+		return 0
+	}
+	_, shaA := x.table.Key(int(a))
+	_, shaB := x.table.Key(int(b))
+	if shaA && shaB {
+		return cmp.Compare(a, b)
+	}
+	return cmp.Compare(x.digest(a), x.digest(b))
 }
 
 // n is the number of identifiers given.

@@ -253,3 +253,46 @@ func TestUnrootAllChunks(t *testing.T) {
 		t.Errorf("left: tags %q, fills %+v; want image 6's", tags, recs.Fills)
 	}
 }
+
+// A collection sweeps its candidates as identifiers, in the order of
+// their digests' strings (the index forgets them in key order): the
+// table's sha256 digests by identifier, the others (upper-case sha256,
+// sha512, digests without records) as strings.
+func TestDigestIDsCompare(t *testing.T) {
+	ix, err := storage.OpenIndex(filepath.Join(t.TempDir(), "index.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ix.Close() })
+	var ds []digest.Digest
+	for i := range 4 {
+		d := digest.FromString(fmt.Sprintf("blob %d", i))
+		switch i {
+		case 2:
+			d = digest.Digest("sha256:" + strings.ToUpper(d.Encoded()))
+		case 3:
+			d = digest.SHA512.FromString("blob 3")
+		}
+		ds = append(ds, d)
+		if err := ix.RecordBlob("docker.io", "library/app", d, 10, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	recs, err := ix.ReadImageTable(nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := newDigestIDs(recs.Content)
+	ds = append(ds, digest.FromString("not recorded"), digest.FromString("not recorded either"), digest.SHA512.FromString("neither"))
+	var got []int32
+	for _, d := range ds {
+		got = append(got, ids.id(d))
+	}
+	slices.SortFunc(got, ids.compare)
+	want := slices.Sorted(slices.Values(ds))
+	for i, id := range got {
+		if ids.digest(id) != want[i] {
+			t.Fatalf("sorted by identifier: %d is %s, want %s", i, ids.digest(id), want[i])
+		}
+	}
+}
