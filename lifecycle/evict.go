@@ -237,26 +237,33 @@ func (c *Collector) victimTags(m *model, victims []int32) error {
 	if len(victims) == 0 {
 		return nil
 	}
-	// By "host/repo@digest": looked up from the key's bytes, no string
-	// made per tag.
-	byKey := make(map[string]int32, len(victims))
+	// By repository and digest identifier, both looked up from the
+	// key's and the record's bytes: no string made per tag, nor one per
+	// victim (at 100k images, 50k victims: ~12 MiB as "host/repo@digest").
+	byKey := make(map[imageKey]int32, len(victims))
+	names := map[string]int32{}
 	for _, i := range victims {
 		e := &m.entries[i]
-		n := m.name(e)
-		byKey[n.upstream+"/"+n.repo+"@"+string(m.digest(e))] = i
+		byKey[e.imageKey] = i
+		if n := m.name(e); n.upstream != "" {
+			names[n.name()] = e.name
+		}
 	}
-	var buf []byte
 	err := c.index.ReadTagDigests(func(key, d []byte) {
 		colon := bytes.LastIndexByte(key, ':')
-		if colon < 0 {
+		if colon < 0 || colon == len(key)-1 {
 			return
 		}
-		buf = append(append(append(buf[:0], key[:colon]...), '@'), d...)
-		i, ok := byKey[string(buf)]
+		name, ok := names[string(key[:colon])]
 		if !ok {
 			return
 		}
-		if colon == len(key)-1 {
+		id, ok := m.ids.lookupBytes(d)
+		if !ok {
+			return
+		}
+		i, ok := byKey[imageKey{name, id}]
+		if !ok {
 			return
 		}
 		// Its own string: a part of the key's would keep the key.

@@ -50,6 +50,17 @@ func (x *digestIDs) id(d digest.Digest) int32 {
 	return id
 }
 
+// lookupBytes is lookup of a digest given as bytes: no string is made
+// for a canonical sha256 digest with records.
+func (x *digestIDs) lookupBytes(b []byte) (int32, bool) {
+	if _, ok := storage.SHA256KeyBytes(b); ok {
+		if i, ok := x.table.IDBytes(b); ok {
+			return int32(i), true
+		}
+	}
+	return x.lookup(digest.Digest(b))
+}
+
 // idBytes returns the identifier of a digest given as bytes, giving it
 // one if it has none; ok is false if it is not a valid digest. No string
 // is made for a canonical sha256 digest with records.

@@ -296,3 +296,48 @@ func TestDigestIDsCompare(t *testing.T) {
 		}
 	}
 }
+
+// The victims' tags are found by repository and digest identifier: a
+// digest that is an image in two repositories, one of them pinned, goes
+// from the other with that repository's tags only.
+func TestVictimTagsByRepository(t *testing.T) {
+	ix, err := storage.OpenIndex(filepath.Join(t.TempDir(), "index.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ix.Close() })
+	store, err := storage.OpenDriverStore(t.Context(), "inmemory", map[string]any{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := digest.FromString("a")
+	for _, m := range []struct{ repo, tag string }{{"library/app", "v2"}, {"library/app", "v1"}, {"library/other", "x"}, {"library/app-x", "v1"}} {
+		d := a
+		if m.repo == "library/app-x" {
+			d = digest.FromString("b")
+		}
+		if err := ix.RecordManifest(storage.ManifestEntry{Upstream: "docker.io", Repo: m.repo, Digest: d, Tag: m.tag,
+			Record: storage.ManifestRecord{MediaType: "application/vnd.oci.image.manifest.v1+json", Size: 100}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, ref := range []string{storage.TagKey("docker.io", "library/other", "x"), storage.TagKey("docker.io", "library/app-x", "v1")} {
+		if err := ix.Pin(ref, storage.PinRecord{Reason: "test"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, err := New(store, ix, Options{}).Evict(t.Context(), 0, time.Hour, time.Now().Add(48*time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Evicted) != 1 || r.Evicted[0].Repo != "library/app" || !slices.Equal(r.Evicted[0].Tags, []string{"v1", "v2"}) {
+		t.Fatalf("evicted %+v, want library/app with v1 and v2", r.Evicted)
+	}
+	var left []string
+	if err := ix.ReadTagDigests(func(key, _ []byte) { left = append(left, string(key)) }); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(left, []string{"docker.io/library/app-x:v1", "docker.io/library/other:x"}) {
+		t.Errorf("tags left %q", left)
+	}
+}
