@@ -66,15 +66,6 @@ func (c *Collector) referrersGraph() (*graph, error) {
 	return g, nil
 }
 
-// addReferrerTag adds a tag (of a valid key and digest) to the
-// referrers if it is one of the referrers tag schema or cosign's.
-func (g *graph) addReferrerTag(in *storage.Interner, tag string, d digest.Digest) {
-	if subject, ok := referrerTagSubject(tag); ok {
-		subject = in.Digest(subject)
-		g.referrers[subject] = append(g.referrers[subject], d)
-	}
-}
-
 // referrerTagSubject returns the subject a tag of the referrers tag
 // schema ("sha256-<hex>") or of cosign's ("sha256-<hex>.sig", ".att",
 // ".sbom") names.
