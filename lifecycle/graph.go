@@ -55,7 +55,7 @@ type graph struct {
 // referrersGraph is a graph that walks from a manifest to its
 // signatures, attestations and SBOMs too (see graph.referrers), as the
 // index records them: they are part of its image. The referrers and
-// cosign tags are to be added with addReferrerTag.
+// cosign tags are to be added as the tags are read (addReferrerTag, or the model).
 func (c *Collector) referrersGraph() (*graph, error) {
 	g := newGraph(c.store)
 	listed, err := c.index.ReferrerDigests()
