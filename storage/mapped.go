@@ -54,8 +54,10 @@ func (r *releaser) done() {
 // ~570 MiB after 4,000 pulls. madvise(MADV_RANDOM), which bbolt sets,
 // does not stop it. A watcher bounds it instead: when the process's
 // file-backed resident memory has grown by mappedBudget since the index
-// last dropped its pages, it drops them again (releaseMapped, in a read
-// transaction). What the requests use faults back in from the page cache.
+// last dropped its pages, it drops them again, in a read transaction,
+// all but the hot buckets' branch pages (releaseLeaves: a lookup then
+// faults its leaf alone, not every level of the tree; mapped_branches.go).
+// What the requests use faults back in from the page cache.
 const (
 	// mappedBudget is how much the resident mapped pages may grow before
 	// they are dropped.
@@ -73,6 +75,8 @@ type mappedWatch struct {
 	done   sync.WaitGroup
 	// releases counts the releases it made (tests).
 	releases atomic.Int64
+	// branches are the branch pages a release keeps (releaseLeaves).
+	branches branchCache
 }
 
 // watchMapped starts the watcher of ix's mapped pages, if the platform
@@ -120,7 +124,7 @@ func (w *mappedWatch) check(ix *Index, base int64) int64 {
 // memory after (base if it cannot).
 func (w *mappedWatch) release(ix *Index, base int64) int64 {
 	if ix.db.View(func(tx *bolt.Tx) error {
-		ix.releaseMapped(tx)
+		ix.releaseLeaves(tx, &w.branches)
 		return nil
 	}) != nil {
 		return base
