@@ -58,12 +58,19 @@ func (r *releaser) done() {
 // all but the hot buckets' branch pages (releaseLeaves: a lookup then
 // faults its leaf alone, not every level of the tree; mapped_branches.go).
 // What the requests use faults back in from the page cache.
+//
+// A fault maps up to a whole large folio of the page cache (~100 KiB per
+// lookup at 100k images on a copied index), so between two looks the
+// requests overshoot the budget: looking every 50 ms, RssFile peaked at
+// 150–310 MiB at 100k. Every 10 ms, with half the budget (the branch
+// pages kept, ~21 MiB at 100k, count in the base), it peaks at 70–110.
+// A look reads /proc/self/statm (~10 µs).
 const (
 	// mappedBudget is how much the resident mapped pages may grow before
 	// they are dropped.
-	mappedBudget = 32 << 20
+	mappedBudget = 16 << 20
 	// mappedCheckEvery is how often the watcher looks.
-	mappedCheckEvery = 50 * time.Millisecond
+	mappedCheckEvery = 10 * time.Millisecond
 )
 
 // mappedWatch is the goroutine that bounds the index's resident mapped
