@@ -89,13 +89,22 @@ func (p *Proxy) manifest(w http.ResponseWriter, r *http.Request) error {
 		_, err = w.Write(m.body)
 	}
 	// The answer first: the fill's check (an index lookup, a page fault
-	// at 100k images) and fetching ahead come after it has left.
+	// at 100k images) and fetching ahead come after it has left, and off
+	// the connection: its next request (a blob, usually) is read only once
+	// this handler returns, and would wait for them.
 	_ = http.NewResponseController(w).Flush()
-	p.resumeHits(r.Context(), t, hits)
-	if r.Method == http.MethodGet && !m.fetchedAhead && !m.complete {
-		// The client asks for the blobs next, a few at a time: start them
-		// all now.
-		p.startFetchAhead(r.Context(), t, m)
+	get := r.Method == http.MethodGet
+	if p.work.start() { // else shutting down: nothing to start
+		ctx := context.WithoutCancel(r.Context())
+		go func() {
+			defer p.work.done()
+			p.resumeHits(ctx, t, hits)
+			if get && !m.fetchedAhead && !m.complete {
+				// The client asks for the blobs next, a few at a time:
+				// start them all now.
+				p.startFetchAhead(ctx, t, m)
+			}
+		}()
 	}
 	return err
 }
