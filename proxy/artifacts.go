@@ -227,7 +227,7 @@ func (p *Proxy) artifactTag(ctx context.Context, t target, tag string, h http.He
 			return nil, err
 		}
 	}
-	return p.tagManifest(ctx, t, tag, h, false)
+	return p.manifestByTag(ctx, t, tag, h, tagOptions{})
 }
 
 // storeArtifact stores an artifact: its manifest, and its blobs or, for

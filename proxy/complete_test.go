@@ -105,3 +105,37 @@ func TestManifestHitAnsweredBeforeItsFillIsChecked(t *testing.T) {
 		}
 	}
 }
+
+// A manifest hit's handler returns without waiting for its fill's check:
+// the client's next request on the connection is read only once it has
+// returned. Shown with the fill queue locked, so that the check cannot
+// run: the handler returns all the same, and once the queue is unlocked
+// the partial fill is resumed and completed.
+func TestManifestHitReturnsBeforeItsFillIsChecked(t *testing.T) {
+	f := newWritesFixture(t)
+	img := f.up.SeedImage(t, "library/app", "v1", 2, 4<<10)
+	f.request(t, http.MethodGet, "/v2/library/app/manifests/v1", img.Manifest, img.MediaType, "miss")
+	f.waitIdle(t)
+	d := digest.Digest(img.Digest)
+	if err := f.index.PutFill(d, storage.FillRecord{Upstream: DefaultHost, Repo: "library/app", State: storage.FillPartial}); err != nil {
+		t.Fatal(err)
+	}
+	f.p.fills.mu.Lock()
+	rec := httptest.NewRecorder()
+	returned := make(chan struct{})
+	go func() {
+		defer close(returned)
+		req := httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/v2/library/app/manifests/v1", nil)
+		req.Header.Set("Accept", img.MediaType)
+		f.p.Handler().ServeHTTP(rec, req)
+	}()
+	recv(t, returned, "the handler to return while its fill's check waits")
+	f.p.fills.mu.Unlock()
+	if rec.Code != http.StatusOK || rec.Body.String() != string(img.Manifest) {
+		t.Fatalf("GET by tag: %d %q", rec.Code, rec.Body.String())
+	}
+	f.waitIdle(t)
+	if got, ok, err := f.index.Fill(DefaultHost, "library/app", d); err != nil || !ok || got.State != storage.FillComplete {
+		t.Fatalf("fill record after: %+v %v %v, want the fill resumed and complete", got, ok, err)
+	}
+}

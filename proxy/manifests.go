@@ -65,7 +65,7 @@ func (p *Proxy) manifest(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 	} else {
-		if m, err = p.manifestByTag(r.Context(), t, ref.Tag, w.Header()); err != nil {
+		if m, err = p.manifestByTag(r.Context(), t, ref.Tag, w.Header(), clientTag); err != nil {
 			return err
 		}
 		if oci.IsIndex(m.mediaType) && !accepts(r.Header, m.mediaType) {
@@ -89,13 +89,22 @@ func (p *Proxy) manifest(w http.ResponseWriter, r *http.Request) error {
 		_, err = w.Write(m.body)
 	}
 	// The answer first: the fill's check (an index lookup, a page fault
-	// at 100k images) and fetching ahead come after it has left.
+	// at 100k images) and fetching ahead come after it has left, and off
+	// the connection: its next request (a blob, usually) is read only once
+	// this handler returns, and would wait for them.
 	_ = http.NewResponseController(w).Flush()
-	p.resumeHits(r.Context(), t, hits)
-	if r.Method == http.MethodGet && !m.fetchedAhead && !m.complete {
-		// The client asks for the blobs next, a few at a time: start them
-		// all now.
-		p.startFetchAhead(r.Context(), t, m)
+	get := r.Method == http.MethodGet
+	if p.work.start() { // else shutting down: nothing to start
+		ctx := context.WithoutCancel(r.Context())
+		go func() {
+			defer p.work.done()
+			p.resumeHits(ctx, t, hits)
+			if get && !m.fetchedAhead && !m.complete {
+				// The client asks for the blobs next, a few at a time:
+				// start them all now.
+				p.startFetchAhead(ctx, t, m)
+			}
+		}()
 	}
 	return err
 }
@@ -162,25 +171,26 @@ func (p *Proxy) defaultPlatform(ctx context.Context, t target, m *storedManifest
 	return nil, errcode.New(errcode.ManifestUnknown, "%s is an index without linux/amd64 and the client does not accept %s", t.name, m.mediaType)
 }
 
+// tagOptions says what manifestByTag starts besides finding the manifest.
+type tagOptions struct {
+	// fill: a manifest fetched from the upstream starts filling in the
+	// background (a client's pull; not the supply-chain artifacts a fill
+	// stores itself).
+	fill bool
+	// checkAfter: a manifest read from the cache is returned with resume
+	// set, for the handler to check its fill once the client is answered;
+	// otherwise it is checked before manifestByTag returns.
+	checkAfter bool
+}
+
+// clientTag is how a client's request by tag is looked up: its answer
+// first, then the fill's check, and a manifest fetched starts filling.
+var clientTag = tagOptions{fill: true, checkAfter: true}
+
 // manifestByTag answers a tag: from the index while its digest is fresh,
 // revalidated with a HEAD upstream after the tag TTL, and from the cache
 // whenever the upstream cannot be asked.
-// A manifest read from the cache has its fill checked by the handler,
-// after the answer (storedManifest.resume).
-func (p *Proxy) manifestByTag(ctx context.Context, t target, tag string, h http.Header) (*storedManifest, error) {
-	return p.lookupTag(ctx, t, tag, h, true, true)
-}
-
-// tagManifest is manifestByTag; a manifest it fetches starts filling in
-// the background only if fill is set (not for the supply-chain artifacts
-// a fill stores itself).
-func (p *Proxy) tagManifest(ctx context.Context, t target, tag string, h http.Header, fill bool) (*storedManifest, error) {
-	return p.lookupTag(ctx, t, tag, h, fill, false)
-}
-
-// lookupTag is tagManifest; with later set, a manifest read from the
-// cache is returned with resume set instead of its fill checked now.
-func (p *Proxy) lookupTag(ctx context.Context, t target, tag string, h http.Header, fill, later bool) (*storedManifest, error) {
+func (p *Proxy) manifestByTag(ctx context.Context, t target, tag string, h http.Header, opts tagOptions) (*storedManifest, error) {
 	if w := p.writes.get(manifestKey(t, oci.Ref{Tag: tag})); w != nil {
 		if p.now().Sub(w.at) < p.ttlFor(t) {
 			// Fetched just now, being recorded.
@@ -208,7 +218,7 @@ func (p *Proxy) lookupTag(ctx context.Context, t target, tag string, h http.Head
 			p.log.Warn("indexed tag's manifest is missing from the store; refetching", "upstream", t.host(), "repo", t.repo, "tag", tag, "digest", rec.Digest, "error", err)
 		case p.now().Sub(rec.CheckedAt) < p.ttlFor(t):
 			h.Set(cacheHeader, "hit")
-			p.resumeHit(ctx, t, cached, later)
+			p.resumeHit(ctx, t, cached, opts.checkAfter)
 			return cached, nil
 		default:
 			d, err := p.revalidateTag(ctx, t, tag)
@@ -218,7 +228,7 @@ func (p *Proxy) lookupTag(ctx context.Context, t target, tag string, h http.Head
 					return nil, err
 				}
 				h.Set(cacheHeader, "revalidated")
-				p.resumeHit(ctx, t, cached, later)
+				p.resumeHit(ctx, t, cached, opts.checkAfter)
 				return cached, nil
 			case errors.Is(err, upstream.ErrNotFound):
 				// The upstream says the tag is gone: so is it here.
@@ -235,7 +245,7 @@ func (p *Proxy) lookupTag(ctx context.Context, t target, tag string, h http.Head
 		}
 	}
 	h.Set(cacheHeader, "miss")
-	return p.fetchManifestAnswer(ctx, t, oci.Ref{Tag: tag}, fill)
+	return p.fetchManifestAnswer(ctx, t, oci.Ref{Tag: tag}, opts.fill)
 }
 
 // tagHeld reports whether the mirror holds a tag of t: recorded, or
@@ -612,9 +622,9 @@ func (p *Proxy) recordManifest(ctx context.Context, t target, m *storedManifest,
 }
 
 // resumeHit checks the fill of m, read from the cache (resumeIfPartial):
-// now, or with later set, by the handler after its answer (m.resume).
-func (p *Proxy) resumeHit(ctx context.Context, t target, m *storedManifest, later bool) {
-	if later {
+// now, or with after set, by the handler after its answer (m.resume).
+func (p *Proxy) resumeHit(ctx context.Context, t target, m *storedManifest, after bool) {
+	if after {
 		m.resume = true
 		return
 	}

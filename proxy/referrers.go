@@ -159,7 +159,7 @@ func (p *Proxy) cachedReferrers(ctx context.Context, t target, subject digest.Di
 	if ok, err := p.tagHeld(t, tag); err != nil || !ok {
 		return nil
 	}
-	m, err := p.tagManifest(ctx, t, tag, http.Header{}, false)
+	m, err := p.manifestByTag(ctx, t, tag, http.Header{}, tagOptions{})
 	if err != nil {
 		return nil
 	}

@@ -54,14 +54,23 @@ func (r *releaser) done() {
 // ~570 MiB after 4,000 pulls. madvise(MADV_RANDOM), which bbolt sets,
 // does not stop it. A watcher bounds it instead: when the process's
 // file-backed resident memory has grown by mappedBudget since the index
-// last dropped its pages, it drops them again (releaseMapped, in a read
-// transaction). What the requests use faults back in from the page cache.
+// last dropped its pages, it drops them again, in a read transaction,
+// all but the hot buckets' branch pages (releaseLeaves: a lookup then
+// faults its leaf alone, not every level of the tree; mapped_branches.go).
+// What the requests use faults back in from the page cache.
+//
+// A fault maps up to a whole large folio of the page cache (~100 KiB per
+// lookup at 100k images on a copied index), so between two looks the
+// requests overshoot the budget: looking every 50 ms, RssFile peaked at
+// 150–310 MiB at 100k. Every 10 ms, with half the budget (the branch
+// pages kept, ~21 MiB at 100k, count in the base), it peaks at 70–110.
+// A look reads /proc/self/statm (~10 µs).
 const (
 	// mappedBudget is how much the resident mapped pages may grow before
 	// they are dropped.
-	mappedBudget = 32 << 20
+	mappedBudget = 16 << 20
 	// mappedCheckEvery is how often the watcher looks.
-	mappedCheckEvery = 50 * time.Millisecond
+	mappedCheckEvery = 10 * time.Millisecond
 )
 
 // mappedWatch is the goroutine that bounds the index's resident mapped
@@ -73,6 +82,8 @@ type mappedWatch struct {
 	done   sync.WaitGroup
 	// releases counts the releases it made (tests).
 	releases atomic.Int64
+	// branches are the branch pages a release keeps (releaseLeaves).
+	branches branchCache
 }
 
 // watchMapped starts the watcher of ix's mapped pages, if the platform
@@ -120,7 +131,7 @@ func (w *mappedWatch) check(ix *Index, base int64) int64 {
 // memory after (base if it cannot).
 func (w *mappedWatch) release(ix *Index, base int64) int64 {
 	if ix.db.View(func(tx *bolt.Tx) error {
-		ix.releaseMapped(tx)
+		ix.releaseLeaves(tx, &w.branches)
 		return nil
 	}) != nil {
 		return base

@@ -200,7 +200,8 @@ func TestMappingEnd(t *testing.T) {
 
 // TestMappedWatch checks the watcher: lookups of single records leave
 // the index's pages resident; a check finding the process's file-backed
-// memory grown by its budget drops them, one that does not leaves them.
+// memory grown by its budget drops them but the branch pages, one that
+// does not leaves them.
 func TestMappedWatch(t *testing.T) {
 	const n = 20_000 // ~4 MiB of index
 	ix, path := filledIndex(t, n)
@@ -231,6 +232,22 @@ func TestMappedWatch(t *testing.T) {
 	}
 	if after := mappedRSS(t, path); after > resident/4 {
 		t.Errorf("after the release %d KiB resident (was %d)", after, resident)
+	}
+	// What lookups read on their way to a leaf stays mapped.
+	if len(w.branches.runs) < 2 {
+		t.Errorf("the release kept %d runs of pages: no branch pages", len(w.branches.runs))
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	present := presentPages(t, ix.db.Info().Data, int(fi.Size())/os.Getpagesize())
+	for _, r := range w.branches.runs {
+		for id := r.first; id < r.first+r.n; id++ {
+			if !present[id] {
+				t.Fatalf("page %d of the kept runs %v is not mapped after the release", id, r)
+			}
+		}
 	}
 	if now, _ := residentFileBytes(); got > now+1<<20 {
 		t.Errorf("new base %d, resident file-backed memory %d", got, now)
