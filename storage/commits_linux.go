@@ -21,8 +21,8 @@ func threadUsage() (u usage, ok bool) {
 	}
 	return usage{
 		cpu:    time.Duration(ru.Utime.Nano() + ru.Stime.Nano()),
-		minflt: ru.Minflt,
-		majflt: ru.Majflt,
+		minflt: int64(ru.Minflt),
+		majflt: int64(ru.Majflt),
 	}, true
 }
 

@@ -9,6 +9,7 @@ import (
 	"unsafe"
 
 	bolt "go.etcd.io/bbolt"
+	"golang.org/x/sys/unix"
 )
 
 // releaseMapped drops the index's mapped pages from the process's page
@@ -71,13 +72,8 @@ func (ix *Index) releaseLeaves(tx *bolt.Tx, c *branchCache) (kept int) {
 	return kept
 }
 
-// The system calls dropRanges makes (amd64 and arm64 number them alike).
-const (
-	sysPidfdOpen      = 434
-	sysProcessMadvise = 440
-	// iovMax is how many ranges one process_madvise takes (UIO_MAXIOV).
-	iovMax = 1024
-)
+// iovMax is how many ranges one process_madvise takes (UIO_MAXIOV).
+const iovMax = 1024
 
 // dropRanges drops the mapped pages of each range (MADV_DONTNEED): up to
 // iovMax ranges a call with process_madvise on this process (Linux 6.13
@@ -85,9 +81,9 @@ const (
 // fails. The index's branch pages leave ~3,000 gaps at 100k images: one
 // madvise each costs ~2 µs.
 func dropRanges(rs []syscall.Iovec) {
-	pidfd, _, errno := syscall.Syscall(sysPidfdOpen, uintptr(os.Getpid()), 0, 0)
-	if errno == 0 {
-		defer syscall.Close(int(pidfd))
+	pidfd, err := unix.PidfdOpen(os.Getpid(), 0)
+	if err == nil {
+		defer unix.Close(pidfd)
 	}
 	for len(rs) > 0 {
 		batch := rs[:min(len(rs), iovMax)]
@@ -96,14 +92,14 @@ func dropRanges(rs []syscall.Iovec) {
 		for _, r := range batch {
 			want += uint64(r.Len)
 		}
-		if errno == 0 {
-			n, _, err := syscall.Syscall6(sysProcessMadvise, pidfd, uintptr(unsafe.Pointer(&batch[0])), uintptr(len(batch)), syscall.MADV_DONTNEED, 0, 0)
-			if err == 0 && uint64(n) == want {
+		if err == nil {
+			n, _, errno := unix.Syscall6(unix.SYS_PROCESS_MADVISE, uintptr(pidfd), uintptr(unsafe.Pointer(&batch[0])), uintptr(len(batch)), unix.MADV_DONTNEED, 0, 0)
+			if errno == 0 && uint64(n) == want {
 				continue
 			}
 		}
 		for _, r := range batch {
-			_, _, _ = syscall.Syscall(syscall.SYS_MADVISE, uintptr(unsafe.Pointer(r.Base)), uintptr(r.Len), syscall.MADV_DONTNEED)
+			_ = unix.Madvise(unsafe.Slice(r.Base, r.Len), unix.MADV_DONTNEED)
 		}
 	}
 }
