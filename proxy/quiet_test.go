@@ -78,6 +78,11 @@ func TestVerifiedBlobStoredOnceDownloadsAreQuiet(t *testing.T) {
 	}
 	defer leave()
 	recv(t, largeStarted, "the large layer's download")
+	// Its first bytes are spooled: it is counted as streaming by then (the
+	// upstream's flush alone does not say the mirror has read them).
+	if _, err := largeDl.waitSpooled(t.Context()); err != nil {
+		t.Fatal(err)
+	}
 
 	get := func() {
 		t.Helper()
