@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -200,5 +201,27 @@ func TestRefusedCredentialsNotRetried(t *testing.T) {
 	try(3, 3)
 	if n := r.asked.Load() - tokens.Load(); n != 0 {
 		t.Fatalf("%d manifest requests went out without a token", n)
+	}
+}
+
+// TestBlobOffsetWrongContentRange: a blob read from an offset takes a 206
+// only if its Content-Range starts at that offset; bytes from elsewhere
+// in the blob (or a 206 that does not say which bytes) are ErrInvalid,
+// never spooled as the ones asked for.
+func TestBlobOffsetWrongContentRange(t *testing.T) {
+	const content = "0123456789"
+	for _, cr := range []string{"bytes 0-9/10", "bytes 4-9/10", "", "bytes 5-4/10", "bytes 5-9/9", "items 5-9/10"} {
+		t.Run(cr, func(t *testing.T) {
+			r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+				if cr != "" {
+					w.Header().Set("Content-Range", cr)
+				}
+				w.WriteHeader(http.StatusPartialContent)
+				_, _ = io.WriteString(w, content)
+			})
+			if _, _, err := r.client(t).Blob(t.Context(), "library/x", digest.FromString(content), 5); !errors.Is(err, ErrInvalid) {
+				t.Fatalf("Content-Range %q: err %v, want ErrInvalid", cr, err)
+			}
+		})
 	}
 }
