@@ -65,7 +65,9 @@ func (p *Proxy) manifest(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 	} else {
-		if m, err = p.manifestByTag(r.Context(), t, ref.Tag, w.Header(), clientTag); err != nil {
+		// A client's tag: the answer first, then the fill's check; a
+		// manifest fetched starts filling.
+		if m, err = p.manifestByTag(r.Context(), t, ref.Tag, w.Header(), tagOptions{fill: true, checkAfter: true}); err != nil {
 			return err
 		}
 		if oci.IsIndex(m.mediaType) && !accepts(r.Header, m.mediaType) {
@@ -182,10 +184,6 @@ type tagOptions struct {
 	// otherwise it is checked before manifestByTag returns.
 	checkAfter bool
 }
-
-// clientTag is how a client's request by tag is looked up: its answer
-// first, then the fill's check, and a manifest fetched starts filling.
-var clientTag = tagOptions{fill: true, checkAfter: true}
 
 // manifestByTag answers a tag: from the index while its digest is fresh,
 // revalidated with a HEAD upstream after the tag TTL, and from the cache
