@@ -10,11 +10,10 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"strconv"
-	"strings"
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/docker-mirror/docker-mirror/httprange"
 	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/proxy/access"
 	"github.com/docker-mirror/docker-mirror/proxy/errcode"
@@ -192,11 +191,12 @@ func (c *Cluster) relay(w http.ResponseWriter, r *http.Request, resp *http.Respo
 	// The bytes [start, end) of the blob are being sent; end -1: unknown.
 	start, end := int64(0), resp.ContentLength
 	if status == http.StatusPartialContent {
-		var ok bool
-		if start, end, ok = contentRange(resp.Header.Get("Content-Range")); !ok {
+		cr, ok := httprange.Parse(resp.Header.Get("Content-Range"))
+		if !ok || !cr.Satisfied() {
 			resp.Body.Close()
 			return fmt.Errorf("cluster: owner %s answered 206 without a usable Content-Range", owner)
 		}
+		start, end = cr.First, cr.Last+1
 	}
 	out := newVerifyingWriter(w, dgst, status == http.StatusOK)
 	body, from := resp.Body, owner
@@ -257,7 +257,7 @@ func (c *Cluster) resume(r *http.Request, dgst digest.Digest, tried map[string]b
 		}
 		switch resp.StatusCode {
 		case http.StatusPartialContent:
-			if s, _, ok := contentRange(resp.Header.Get("Content-Range")); ok && s == from {
+			if cr, ok := httprange.Parse(resp.Header.Get("Content-Range")); ok && cr.First == from {
 				return resp.Body, u, nil
 			}
 		case http.StatusOK:
@@ -269,25 +269,6 @@ func (c *Cluster) resume(r *http.Request, dgst digest.Digest, tried map[string]b
 		errs = append(errs, fmt.Errorf("%s answered %d", u, resp.StatusCode))
 	}
 	return nil, "", fmt.Errorf("cluster: no replica could resume blob %s at %d: %w", dgst, from, errors.Join(errs...))
-}
-
-// contentRange parses "bytes A-B/TOTAL" into [A, B+1).
-func contentRange(h string) (start, end int64, ok bool) {
-	spec, found := strings.CutPrefix(h, "bytes ")
-	if !found {
-		return 0, 0, false
-	}
-	rng, _, _ := strings.Cut(spec, "/")
-	a, b, found := strings.Cut(rng, "-")
-	if !found {
-		return 0, 0, false
-	}
-	s, err1 := strconv.ParseInt(a, 10, 64)
-	e, err2 := strconv.ParseInt(b, 10, 64)
-	if err1 != nil || err2 != nil || s < 0 || e < s {
-		return 0, 0, false
-	}
-	return s, e + 1, true
 }
 
 // readErrors remembers the error of a reader, so that a copy's read

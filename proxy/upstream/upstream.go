@@ -33,6 +33,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/docker-mirror/docker-mirror/httprange"
 	"github.com/docker-mirror/docker-mirror/oci"
 )
 
@@ -669,46 +670,16 @@ func (c *Client) Blob(ctx context.Context, repo string, dgst digest.Digest, offs
 			return nil, 0, c.transportError(r, err)
 		}
 	case resp.StatusCode == http.StatusPartialContent:
-		first, total, ok := contentRange(resp.Header.Get("Content-Range"))
-		if !ok || first != offset {
+		cr, ok := httprange.Parse(resp.Header.Get("Content-Range"))
+		if !ok || cr.First != offset {
 			// Bytes from elsewhere in the blob would be spooled as if
 			// they were the ones asked for.
 			resp.Body.Close()
 			return nil, 0, c.invalid(r, "answered Content-Range %q to bytes=%d-", resp.Header.Get("Content-Range"), offset)
 		}
-		size = total
+		size = cr.Total
 	}
 	return resp.Body, size, nil
-}
-
-// contentRange parses a Content-Range "bytes first-last/total" into its
-// first byte and total (-1 for "*").
-func contentRange(v string) (first, total int64, ok bool) {
-	spec, found := strings.CutPrefix(strings.TrimSpace(v), "bytes ")
-	if !found {
-		return 0, 0, false
-	}
-	rng, size, found := strings.Cut(spec, "/")
-	if !found {
-		return 0, 0, false
-	}
-	a, b, found := strings.Cut(rng, "-")
-	if !found {
-		return 0, 0, false
-	}
-	first, err1 := strconv.ParseInt(a, 10, 64)
-	last, err2 := strconv.ParseInt(b, 10, 64)
-	if err1 != nil || err2 != nil || first < 0 || last < first {
-		return 0, 0, false
-	}
-	if size == "*" {
-		return first, -1, true
-	}
-	n, err := strconv.ParseInt(size, 10, 64)
-	if err != nil || n <= last {
-		return 0, 0, false
-	}
-	return first, n, true
 }
 
 // HeadBlob returns a blob's size (-1 if the upstream did not say).

@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -19,6 +17,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/docker-mirror/docker-mirror/httprange"
 	"github.com/docker-mirror/docker-mirror/storage"
 )
 
@@ -105,7 +104,7 @@ func (s *Store) Open(ctx context.Context, repo string, dgst digest.Digest, offse
 		}
 		return resp.Body, nil
 	case http.StatusPartialContent:
-		if start, _, ok := contentRange(resp.Header.Get("Content-Range")); !ok || start != offset {
+		if cr, ok := httprange.Parse(resp.Header.Get("Content-Range")); !ok || cr.First != offset {
 			resp.Body.Close()
 			return nil, fmt.Errorf("destination %s: %s: asked for bytes from %d, got Content-Range %q",
 				s, what, offset, resp.Header.Get("Content-Range"))
@@ -115,8 +114,8 @@ func (s *Store) Open(ctx context.Context, repo string, dgst digest.Digest, offse
 		drainClose(resp.Body)
 		// An offset at the very end is valid and reads nothing.
 		size := int64(-1)
-		if _, total, ok := contentRange(resp.Header.Get("Content-Range")); ok {
-			size = total
+		if cr, ok := httprange.Parse(resp.Header.Get("Content-Range")); ok && cr.Total >= 0 {
+			size = cr.Total
 		} else if size, err = s.Stat(ctx, repo, dgst); err != nil {
 			return nil, err
 		}
@@ -126,32 +125,6 @@ func (s *Store) Open(ctx context.Context, repo string, dgst digest.Digest, offse
 		return nil, fmt.Errorf("destination %s: %s: offset %d is beyond its %d bytes", s, what, offset, size)
 	}
 	return nil, s.checkStatus(resp, what)
-}
-
-// contentRange parses "bytes a-b/n" or "bytes */n" and returns a (-1 for
-// "*") and n.
-func contentRange(h string) (start, total int64, ok bool) {
-	rest, ok := strings.CutPrefix(h, "bytes ")
-	if !ok {
-		return 0, 0, false
-	}
-	rng, tot, ok := strings.Cut(rest, "/")
-	if !ok {
-		return 0, 0, false
-	}
-	total, err := strconv.ParseInt(tot, 10, 64)
-	if err != nil {
-		return 0, 0, false
-	}
-	if rng == "*" {
-		return -1, total, true
-	}
-	a, _, ok := strings.Cut(rng, "-")
-	if !ok {
-		return 0, 0, false
-	}
-	start, err = strconv.ParseInt(a, 10, 64)
-	return start, total, err == nil
 }
 
 // Put implements storage.Store. It uses go-containerregistry's

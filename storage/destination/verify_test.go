@@ -133,27 +133,6 @@ func TestVerifierReadError(t *testing.T) {
 	}
 }
 
-func TestContentRange(t *testing.T) {
-	for _, tt := range []struct {
-		h            string
-		start, total int64
-		ok           bool
-	}{
-		{"bytes 0-9/10", 0, 10, true},
-		{"bytes 5-9/10", 5, 10, true},
-		{"bytes */10", -1, 10, true},
-		{"bytes 5-9/*", 0, 0, false},
-		{"items 0-9/10", 0, 0, false},
-		{"", 0, 0, false},
-		{"bytes x-9/10", 0, 10, false},
-	} {
-		start, total, ok := contentRange(tt.h)
-		if ok != tt.ok || (ok && (start != tt.start || total != tt.total)) {
-			t.Errorf("contentRange(%q) = %d, %d, %v; want %d, %d, %v", tt.h, start, total, ok, tt.start, tt.total, tt.ok)
-		}
-	}
-}
-
 func TestRedactURL(t *testing.T) {
 	for in, want := range map[string]string{
 		"https://u:secret%zz@h/x": "https://u:xxxxx@h/x",
