@@ -454,9 +454,6 @@ func writeImagesJSON(w io.Writer, n int, each eachImage, stored int64) error {
 	return bw.Flush()
 }
 
-// lsHeader is the table's header.
-var lsHeader = []string{"IMAGE", "DIGEST", "PLATFORMS", "SIZE", "LAST PULL", "STATE", "PINNED"}
-
 // lsRow is an image's line of the table.
 func lsRow(im lifecycle.Image) []string {
 	tags := "<none>"
@@ -475,13 +472,14 @@ const lsPadding = 2
 // two spaces, widths in runes), in two passes over the images: a
 // tabwriter holds every line until the end (~30 MiB at 100k images).
 func writeImageTable(w io.Writer, n int, each eachImage, stored int64) error {
-	widths := make([]int, len(lsHeader)-1)
+	header := []string{"IMAGE", "DIGEST", "PLATFORMS", "SIZE", "LAST PULL", "STATE", "PINNED"}
+	widths := make([]int, len(header)-1)
 	measure := func(cells []string) {
 		for i := range widths {
 			widths[i] = max(widths[i], utf8.RuneCountInString(cells[i])+lsPadding)
 		}
 	}
-	measure(lsHeader)
+	measure(header)
 	if err := each(func(im lifecycle.Image) error {
 		measure(lsRow(im))
 		return nil
@@ -498,7 +496,7 @@ func writeImageTable(w io.Writer, n int, each eachImage, stored int64) error {
 		}
 		bw.WriteByte('\n')
 	}
-	line(lsHeader)
+	line(header)
 	if err := each(func(im lifecycle.Image) error {
 		line(lsRow(im))
 		return nil
