@@ -1,6 +1,9 @@
 package httprange
 
-import "testing"
+import (
+	"fmt"
+	"testing"
+)
 
 func TestParse(t *testing.T) {
 	for _, tt := range []struct {
@@ -32,4 +35,37 @@ func TestParse(t *testing.T) {
 			t.Errorf("Parse(%q).Satisfied() = %v", tt.h, got.Satisfied())
 		}
 	}
+}
+
+// FuzzParse: whatever the header, Parse never panics, and what it
+// accepts is a range that exists (First ≤ Last < Total when Total is
+// known; an unsatisfied answer names its size) and reads back the same
+// once printed in its canonical form.
+func FuzzParse(f *testing.F) {
+	for _, h := range []string{"bytes 0-9/10", "bytes 5-9/*", "bytes */10", "bytes 5-4/10", "bytes -1-2/3", "bytes +5-007/10", ""} {
+		f.Add(h)
+	}
+	f.Fuzz(func(t *testing.T, h string) {
+		c, ok := Parse(h)
+		if !ok {
+			return
+		}
+		var canonical string
+		switch {
+		case !c.Satisfied():
+			if c.Total < 0 || c.Last != -1 {
+				t.Fatalf("Parse(%q) = %+v: unsatisfied without a size", h, c)
+			}
+			canonical = fmt.Sprintf("bytes */%d", c.Total)
+		case c.Last < c.First || (c.Total >= 0 && c.Last >= c.Total):
+			t.Fatalf("Parse(%q) = %+v: not a range of the blob", h, c)
+		case c.Total < 0:
+			canonical = fmt.Sprintf("bytes %d-%d/*", c.First, c.Last)
+		default:
+			canonical = fmt.Sprintf("bytes %d-%d/%d", c.First, c.Last, c.Total)
+		}
+		if again, ok := Parse(canonical); !ok || again != c {
+			t.Fatalf("Parse(%q) = %+v, but Parse(%q) = %+v, %v", h, c, canonical, again, ok)
+		}
+	})
 }
