@@ -2,7 +2,6 @@ package storage
 
 import (
 	"encoding/binary"
-	"io"
 	"slices"
 
 	bolt "go.etcd.io/bbolt"
@@ -17,9 +16,8 @@ import (
 //
 // The branch pages are found by reading bbolt's page layout (stable since
 // boltdb: a 16-byte header of id, flags, count and overflow; branch
-// elements of pos, ksize, pgid) from the file, inside the read
-// transaction whose snapshot's pages bbolt does not reuse meanwhile, and
-// never below the leaves' parents, so that finding them reads no leaf.
+// elements of pos, ksize, pgid) through the read transaction's mapping,
+// never below the leaves' parents, so that finding them faults no leaf.
 // A misread only keeps or drops the wrong pages: dropping a read-only
 // shared mapping's pages is always safe.
 const (
@@ -48,9 +46,10 @@ var hotBuckets = [][]byte{bucketTags, bucketManifests, bucketLinks, bucketMirror
 // branchRuns returns the pages of tx's snapshot that lookups in buckets
 // read on the way to their leaves, sorted and merged: the meta pages, the
 // root bucket's tree (the buckets' headers), and the buckets' branch
-// pages. file is the index's file, pageSize the database's page size.
-func branchRuns(tx *bolt.Tx, file io.ReaderAt, pageSize int, buckets [][]byte) []pageRun {
-	w := branchWalk{file: file, size: uint64(tx.Size()), pageSize: uint64(pageSize)}
+// pages. data is the mapping from its start (at least tx.Size() bytes),
+// pageSize the database's page size.
+func branchRuns(tx *bolt.Tx, data []byte, pageSize int, buckets [][]byte) []pageRun {
+	w := branchWalk{data: data[:min(int64(len(data)), tx.Size())], pageSize: uint64(pageSize)}
 	w.runs = append(w.runs, pageRun{0, 2}) // the meta pages
 	// The root bucket's tree is small: all of it, leaves too.
 	w.walk(uint64(tx.Cursor().Bucket().Root()), -1)
@@ -83,35 +82,23 @@ func branchRuns(tx *bolt.Tx, file io.ReaderAt, pageSize int, buckets [][]byte) [
 
 // branchWalk collects the runs of a tree's branch pages.
 type branchWalk struct {
-	file     io.ReaderAt
-	size     uint64 // the snapshot's size: no page lies beyond it
+	data     []byte
 	pageSize uint64
 	runs     []pageRun
-	buf      []byte
 }
 
 // page returns page id with its overflow, or nil if it lies outside the
-// snapshot or cannot be read (a misread). It is valid until the next call.
+// snapshot (a misread).
 func (w *branchWalk) page(id uint64) []byte {
 	off := id * w.pageSize
-	if id == 0 || off/w.pageSize != id || off+w.pageSize > w.size {
+	if id == 0 || off/w.pageSize != id || off+pageHeaderSize > uint64(len(w.data)) {
 		return nil
 	}
-	w.buf = slices.Grow(w.buf[:0], int(w.pageSize))[:w.pageSize]
-	if _, err := w.file.ReadAt(w.buf, int64(off)); err != nil {
+	end := off + (uint64(binary.LittleEndian.Uint32(w.data[off+12:]))+1)*w.pageSize
+	if end > uint64(len(w.data)) || end < off {
 		return nil
 	}
-	end := off + (uint64(binary.LittleEndian.Uint32(w.buf[12:]))+1)*w.pageSize
-	if end > w.size || end < off {
-		return nil
-	}
-	if n := end - off; n > w.pageSize {
-		w.buf = slices.Grow(w.buf, int(n))[:n]
-		if _, err := w.file.ReadAt(w.buf, int64(off)); err != nil {
-			return nil
-		}
-	}
-	return w.buf
+	return w.data[off:end]
 }
 
 // depth returns the levels of branch pages above the leaves of the tree
@@ -151,12 +138,8 @@ func (w *branchWalk) walk(id uint64, levels int) {
 	if pageHeaderSize+count*branchElementSize > len(p) {
 		return
 	}
-	// p is w's buffer, which the children's reads reuse.
-	children := make([]uint64, count)
-	for i := range children {
-		children[i] = binary.LittleEndian.Uint64(p[pageHeaderSize+i*branchElementSize+8:])
-	}
-	for _, c := range children {
-		w.walk(c, levels-1)
+	for i := range count {
+		e := p[pageHeaderSize+i*branchElementSize:]
+		w.walk(binary.LittleEndian.Uint64(e[8:]), levels-1)
 	}
 }

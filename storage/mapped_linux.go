@@ -46,6 +46,9 @@ func (ix *Index) releaseLeaves(tx *bolt.Tx, c *branchCache) (kept int) {
 	if !ok || end <= start || uintptr(tx.Size()) > end-start {
 		return 0
 	}
+	// The mapping as bytes: memory outside the Go heap, read only here,
+	// inside the transaction that keeps bbolt from remapping it.
+	data := unsafe.Slice((*byte)(*(*unsafe.Pointer)(unsafe.Pointer(&start))), tx.Size())
 	ps := uintptr(info.PageSize)
 	var gaps []syscall.Iovec
 	gap := func(from, to uintptr) {
@@ -57,16 +60,7 @@ func (ix *Index) releaseLeaves(tx *bolt.Tx, c *branchCache) (kept int) {
 	}
 	from := start
 	if c.txid != tx.ID() || c.runs == nil {
-		// Read from the file, not through the mapping: a fault there maps
-		// the page cache's whole large folio around each branch page
-		// (RssFile +460 MiB while walking a 100k-image index).
-		f, err := os.Open(ix.db.Path())
-		if err != nil {
-			return 0
-		}
-		runs := branchRuns(tx, f, info.PageSize, hotBuckets)
-		f.Close()
-		c.txid, c.runs = tx.ID(), runs
+		c.txid, c.runs = tx.ID(), branchRuns(tx, data, info.PageSize, hotBuckets)
 	}
 	for _, r := range c.runs {
 		gap(from, start+uintptr(r.first)*ps)
