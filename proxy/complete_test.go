@@ -65,12 +65,10 @@ func (s *flushSpy) Flush() {
 	s.ResponseRecorder.Flush()
 }
 
-// A manifest hit is answered (flushed to the client, whole) before its
-// fill is checked: the check is an index lookup, a page fault at 100k
-// images, and resuming a partial fill is background work. Shown with an
-// image whose fill record says partial: no fill runs when the answer is
-// flushed, and one runs and completes it after.
-func TestManifestHitAnsweredBeforeItsFillIsChecked(t *testing.T) {
+// partialImage mirrors library/app:v1 and then marks its fill partial, as
+// a fill cut off before the end leaves it.
+func partialImage(t *testing.T) (*writesFixture, *fixture.Image, digest.Digest) {
+	t.Helper()
 	f := newWritesFixture(t)
 	img := f.up.SeedImage(t, "library/app", "v1", 2, 4<<10)
 	f.request(t, http.MethodGet, "/v2/library/app/manifests/v1", img.Manifest, img.MediaType, "miss")
@@ -79,6 +77,16 @@ func TestManifestHitAnsweredBeforeItsFillIsChecked(t *testing.T) {
 	if err := f.index.PutFill(d, storage.FillRecord{Upstream: DefaultHost, Repo: "library/app", State: storage.FillPartial}); err != nil {
 		t.Fatal(err)
 	}
+	return f, img, d
+}
+
+// A manifest hit is answered (flushed to the client, whole) before its
+// fill is checked: the check is an index lookup, a page fault at 100k
+// images, and resuming a partial fill is background work. Shown with an
+// image whose fill record says partial: no fill runs when the answer is
+// flushed, and one runs and completes it after.
+func TestManifestHitAnsweredBeforeItsFillIsChecked(t *testing.T) {
+	f, img, d := partialImage(t)
 	key := fillKey(target{up: f.p.upstreams[DefaultHost], repo: "library/app"}, d)
 	for _, path := range []string{"/v2/library/app/manifests/v1", "/v2/library/app/manifests/" + img.Digest} {
 		spy := &flushSpy{ResponseRecorder: httptest.NewRecorder()}
@@ -112,14 +120,7 @@ func TestManifestHitAnsweredBeforeItsFillIsChecked(t *testing.T) {
 // run: the handler returns all the same, and once the queue is unlocked
 // the partial fill is resumed and completed.
 func TestManifestHitReturnsBeforeItsFillIsChecked(t *testing.T) {
-	f := newWritesFixture(t)
-	img := f.up.SeedImage(t, "library/app", "v1", 2, 4<<10)
-	f.request(t, http.MethodGet, "/v2/library/app/manifests/v1", img.Manifest, img.MediaType, "miss")
-	f.waitIdle(t)
-	d := digest.Digest(img.Digest)
-	if err := f.index.PutFill(d, storage.FillRecord{Upstream: DefaultHost, Repo: "library/app", State: storage.FillPartial}); err != nil {
-		t.Fatal(err)
-	}
+	f, img, d := partialImage(t)
 	f.p.fills.mu.Lock()
 	rec := httptest.NewRecorder()
 	returned := make(chan struct{})
