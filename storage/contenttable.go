@@ -14,11 +14,12 @@ import (
 
 // ContentTable is what the image model uses of the index's manifest,
 // blob and last-pull records, as one table sorted by digest: a sha256
-// digest is kept as its 32 bytes, every time as 8 (Unix nanoseconds),
-// and the media types once each. At 100k images (400k digests) the maps
-// of ImageRecords, keyed by 71-byte digest strings with time.Time
-// values, are ~120 MiB; this is ~30. Digests of other algorithms
-// (sha512) are kept as strings, in a second sorted part.
+// digest is kept as its 32 bytes, a digest's records in 32 (two times
+// of 8 bytes, Unix nanoseconds, whose meaning depends on which records
+// it has), and the media types once each. At 100k images (400k digests)
+// the maps of ImageRecords, keyed by 71-byte digest strings with
+// time.Time values, are ~120 MiB; this is ~25. Digests of other
+// algorithms (sha512) are kept as strings, in a second sorted part.
 type ContentTable struct {
 	// sha are the canonical sha256 digests (lower-case hex), sorted;
 	// other the other digests, sorted. recs holds sha's records, then
@@ -28,24 +29,89 @@ type ContentTable struct {
 	recs  []contentRec
 	// media are the media types; a record's media indexes it (0: none).
 	media []string
-	// manifestSizes are the manifest records' sizes of the digests that
-	// also have a blob record (rare: size is the sum).
-	manifestSizes map[digest.Digest]int64
+	// full are the times and the manifest's size of the digests whose
+	// records do not fit a contentRec (recFull: rare, a digest that is
+	// both a manifest and a blob, or a blob with a recorded pull).
+	full map[digest.Digest]*contentTimes
 }
 
-// contentRec is one digest's records.
+// contentRec is one digest's records in 32 bytes (48 with a field per
+// time: at 400k digests, 6 MiB more). What t1 and t2 hold depends on
+// which records the digest has:
+//
+//   - a manifest's: t1 its fetch, t2 its last pull (newest is t1);
+//   - a blob's: t1 its last access, t2 the latest of its fetch and
+//     last access (newest);
+//   - a last pull only: t2 the pull;
+//   - recFull: ContentTable.full holds them.
 type contentRec struct {
 	// size: the manifest record's size plus the blob record's (as
 	// Index.StoredBytes counts them).
-	size int64
+	size   int64
+	t1, t2 int64
+	media  uint32
+	flags  uint8
+}
+
+// contentRec flags.
+const (
+	recManifest = 1 << iota
+	recBlob
+	recFull
+)
+
+// contentTimes are a digest's times (UnixNano) and its manifest's size,
+// as a contentRec packs them or ContentTable.full keeps them.
+type contentTimes struct {
 	// fetched: the manifest's fetch; access: the blob's last access;
-	// pulled: the manifest's last pull (the access bucket). UnixNano.
-	fetched, access, pulled int64
-	// newest: the latest of the manifest's fetch and the blob's fetch
-	// and last access (what a collection's grace period looks at).
-	newest         int64
-	media          uint32
-	manifest, blob bool
+	// pulled: the manifest's last pull; newest: the latest of the
+	// manifest's fetch and the blob's fetch and last access (what a
+	// collection's grace period looks at).
+	fetched, access, pulled, newest int64
+	manifestSize                    int64
+}
+
+func (r *contentRec) manifest() bool { return r.flags&recManifest != 0 }
+func (r *contentRec) blob() bool     { return r.flags&recBlob != 0 }
+
+// times are the times of ID id's record r (see contentRec).
+func (t *ContentTable) times(id int, r *contentRec) contentTimes {
+	switch {
+	case r.flags&recFull != 0:
+		return *t.full[t.Digest(id)]
+	case r.manifest():
+		return contentTimes{fetched: r.t1, pulled: r.t2, newest: r.t1, manifestSize: r.size}
+	case r.blob():
+		return contentTimes{access: r.t1, newest: r.t2}
+	}
+	return contentTimes{pulled: r.t2}
+}
+
+// pack sets r's times from ct; false if they do not fit (r is then
+// recFull: the caller keeps ct in ContentTable.full).
+func (r *contentRec) pack(ct contentTimes) bool {
+	r.flags &^= recFull
+	r.t1, r.t2 = 0, 0
+	switch {
+	case r.manifest() && !r.blob():
+		r.t1, r.t2 = ct.fetched, ct.pulled
+	case r.blob() && !r.manifest() && ct.pulled == 0:
+		r.t1, r.t2 = ct.access, ct.newest
+	case !r.manifest() && !r.blob():
+		r.t2 = ct.pulled
+	default:
+		r.flags |= recFull
+		return false
+	}
+	return true
+}
+
+// keepFull keeps d's times in t.full (its record is recFull).
+func (t *ContentTable) keepFull(d digest.Digest, ct contentTimes) {
+	if t.full == nil {
+		t.full = map[digest.Digest]*contentTimes{}
+	}
+	t.full[d] = &ct
 }
 
 // ContentInfo is one digest's records in a ContentTable.
@@ -76,15 +142,13 @@ func (t *ContentTable) Lookup(d digest.Digest) (ContentInfo, bool) {
 // Info returns the records of ID id.
 func (t *ContentTable) Info(id int) ContentInfo {
 	r := &t.recs[id]
+	ct := t.times(id, r)
 	info := ContentInfo{
-		Manifest: r.manifest, Blob: r.blob, Size: r.size, MediaType: t.media[r.media],
-		FetchedAt: utcTime(r.fetched), LastAccess: utcTime(r.access), Pulled: utcTime(r.pulled),
+		Manifest: r.manifest(), Blob: r.blob(), Size: r.size, MediaType: t.media[r.media],
+		FetchedAt: utcTime(ct.fetched), LastAccess: utcTime(ct.access), Pulled: utcTime(ct.pulled),
 	}
-	switch {
-	case r.manifest && r.blob:
-		info.ManifestSize = t.manifestSizes[t.Digest(id)]
-	case r.manifest:
-		info.ManifestSize = r.size
+	if r.manifest() {
+		info.ManifestSize = ct.manifestSize
 	}
 	return info
 }
@@ -112,7 +176,7 @@ func (t *ContentTable) SizeID(id int) int64 { return t.recs[id].size }
 // IsManifest reports whether d has a manifest record.
 func (t *ContentTable) IsManifest(d digest.Digest) bool {
 	r := t.find(d)
-	return r != nil && r.manifest
+	return r != nil && r.manifest()
 }
 
 func (t *ContentTable) find(d digest.Digest) *contentRec {
@@ -152,14 +216,16 @@ func (t *ContentTable) Digest(id int) digest.Digest {
 
 // Recorded reports whether ID id has a manifest or blob record (not only
 // a last pull).
-func (t *ContentTable) Recorded(id int) bool { return t.recs[id].manifest || t.recs[id].blob }
+func (t *ContentTable) Recorded(id int) bool { return t.recs[id].flags&(recManifest|recBlob) != 0 }
 
 // ManifestID reports whether ID id has a manifest record.
-func (t *ContentTable) ManifestID(id int) bool { return t.recs[id].manifest }
+func (t *ContentTable) ManifestID(id int) bool { return t.recs[id].manifest() }
 
 // NewestID is the latest of ID id's manifest fetch and blob fetch and
 // last access (the zero time if none).
-func (t *ContentTable) NewestID(id int) time.Time { return FromUnixNano(t.recs[id].newest) }
+func (t *ContentTable) NewestID(id int) time.Time {
+	return FromUnixNano(t.times(id, &t.recs[id]).newest)
+}
 
 // utcTime is FromUnixNano in UTC.
 func utcTime(n int64) time.Time {
@@ -298,7 +364,7 @@ func (t *ContentTable) read(tx *bolt.Tx, rel *releaser) error {
 		}
 		key := next // valid while the transaction is: the cursors move below
 		var rec contentRec
-		var manifestSize int64
+		var ct contentTimes
 		for _, s := range streams {
 			if s.k == nil || !bytes.Equal(s.k, key) {
 				continue
@@ -319,10 +385,11 @@ func (t *ContentTable) read(tx *bolt.Tx, rel *releaser) error {
 						mediaIndex[m.MediaType] = mi
 						t.media = append(t.media, m.MediaType)
 					}
-					rec.manifest, rec.media, rec.fetched = true, mi, UnixNano(m.FetchedAt)
-					rec.newest = max(rec.newest, rec.fetched)
+					rec.flags |= recManifest
+					rec.media, ct.fetched = mi, UnixNano(m.FetchedAt)
+					ct.newest = max(ct.newest, ct.fetched)
 					rec.size += m.Size
-					manifestSize = m.Size
+					ct.manifestSize = m.Size
 				}
 			case bytes.Equal(s.bucket, bucketBlobs):
 				var b struct {
@@ -331,25 +398,23 @@ func (t *ContentTable) read(tx *bolt.Tx, rel *releaser) error {
 					LastAccess time.Time `json:"last_access"`
 				}
 				if err = json.Unmarshal(s.v, &b); err == nil {
-					rec.blob, rec.access = true, UnixNano(b.LastAccess)
-					rec.newest = max(rec.newest, UnixNano(b.FetchedAt), rec.access)
+					rec.flags |= recBlob
+					ct.access = UnixNano(b.LastAccess)
+					ct.newest = max(ct.newest, UnixNano(b.FetchedAt), ct.access)
 					rec.size += b.Size
 				}
 			default:
 				var at time.Time
 				if err = json.Unmarshal(s.v, &at); err == nil {
-					rec.pulled = UnixNano(at)
+					ct.pulled = UnixNano(at)
 				}
 			}
 			if err != nil {
 				return fmt.Errorf("index: corrupt %s entry %q: %w", s.bucket, s.k, err)
 			}
 		}
-		if rec.manifest && rec.blob {
-			if t.manifestSizes == nil {
-				t.manifestSizes = map[digest.Digest]int64{}
-			}
-			t.manifestSizes[digest.Digest(key)] = manifestSize
+		if !rec.pack(ct) {
+			t.keepFull(digest.Digest(key), ct)
 		}
 		if k, ok := sha256Key(key); ok {
 			t.sha = append(t.sha, k)
@@ -373,11 +438,19 @@ func (t *ContentTable) read(tx *bolt.Tx, rel *releaser) error {
 // TouchManifest and not yet flushed); a digest without records gets one.
 func (t *ContentTable) notePull(d digest.Digest, at time.Time) {
 	n := UnixNano(at)
-	if r := t.find(d); r != nil {
-		r.pulled = max(r.pulled, n)
+	if id, ok := t.ID(d); ok {
+		r := &t.recs[id]
+		ct := t.times(id, r)
+		ct.pulled = max(ct.pulled, n)
+		if r.pack(ct) {
+			delete(t.full, d)
+		} else {
+			t.keepFull(d, ct)
+		}
 		return
 	}
-	rec := contentRec{pulled: n}
+	var rec contentRec
+	rec.pack(contentTimes{pulled: n})
 	if k, ok := sha256Key(string(d)); ok {
 		i, _ := slices.BinarySearchFunc(t.sha, k, func(a, b [32]byte) int { return bytes.Compare(a[:], b[:]) })
 		t.sha = slices.Insert(t.sha, i, k)

@@ -15,8 +15,9 @@ import (
 // TestReadImageTable checks the table read against ReadImageRecords on
 // the same index: every digest's records (sha256, sha512 and a sha256
 // digest in upper-case hex, kept as strings; a digest that is a manifest
-// and a blob; last pulls flushed and not, of a digest without records
-// too), the fills, pins and first holders, and the tags.
+// and a blob; a blob with a last pull; last pulls flushed and not, of a
+// digest without records too; the newest time a collection looks at),
+// the fills, pins and first holders, and the tags.
 func TestReadImageTable(t *testing.T) {
 	ix := newIndex(t)
 	var ds []digest.Digest
@@ -55,7 +56,7 @@ func TestReadImageTable(t *testing.T) {
 	for _, pull := range []struct {
 		d  digest.Digest
 		at time.Time
-	}{{ds[1], t0.Add(time.Hour)}, {unknown, t0.Add(time.Hour)}} {
+	}{{ds[1], t0.Add(time.Hour)}, {unknown, t0.Add(time.Hour)}, {digest.FromString("blob 0"), t0.Add(90 * time.Minute)}} {
 		if err := ix.TouchManifest(pull.d, pull.at); err != nil {
 			t.Fatal(err)
 		}
@@ -67,7 +68,7 @@ func TestReadImageTable(t *testing.T) {
 	for _, pull := range []struct {
 		d  digest.Digest
 		at time.Time
-	}{{ds[1], t0.Add(2 * time.Hour)}, {ds[3], t0.Add(3 * time.Hour)}, {digest.SHA512.FromString("pulled"), t0.Add(4 * time.Hour)}} {
+	}{{ds[1], t0.Add(2 * time.Hour)}, {ds[3], t0.Add(3 * time.Hour)}, {digest.SHA512.FromString("pulled"), t0.Add(4 * time.Hour)}, {digest.FromString("blob 2"), t0.Add(5 * time.Hour)}, {ds[2], t0.Add(6 * time.Hour)}} {
 		if err := ix.TouchManifest(pull.d, pull.at); err != nil {
 			t.Fatal(err)
 		}
@@ -129,6 +130,12 @@ func TestReadImageTable(t *testing.T) {
 		if id, ok := tab.Content.IDBytes([]byte(d)); !ok || tab.Content.Digest(id) != d {
 			t.Errorf("%s: IDBytes %d, %v", d, id, ok)
 		}
+		id, _ := tab.Content.ID(d)
+		if newest := latestOf(m.FetchedAt, b.LastAccess) // a blob recorded once: fetched when last accessed; !tab.Content.NewestID(id).Equal(newest) ||
+			tab.Content.Recorded(id) != (isManifest || isBlob) || tab.Content.ManifestID(id) != isManifest {
+			t.Errorf("%s: newest %v, recorded %v, manifest %v; want %v, %v, %v", d, tab.Content.NewestID(id), tab.Content.Recorded(id),
+				tab.Content.ManifestID(id), newest, isManifest || isBlob, isManifest)
+		}
 		if tab.Content.Size(d) != got.Size || tab.Content.IsManifest(d) != isManifest {
 			t.Errorf("%s: Size %d, IsManifest %v; want %d, %v", d, tab.Content.Size(d), tab.Content.IsManifest(d), got.Size, isManifest)
 		}
@@ -145,6 +152,16 @@ func TestReadImageTable(t *testing.T) {
 	if fmt.Sprint(gotTags) != fmt.Sprint(wantTags) || len(gotTags) != len(ds) {
 		t.Errorf("tags %v, want %v", gotTags, wantTags)
 	}
+}
+
+func latestOf(ts ...time.Time) time.Time {
+	var out time.Time
+	for _, t := range ts {
+		if t.After(out) {
+			out = t
+		}
+	}
+	return out
 }
 
 func keySet[V any](m map[digest.Digest]V) map[digest.Digest]bool {

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -52,5 +53,13 @@ func TestTagDigest(t *testing.T) {
 		if got, ok := tagDigest([]byte(raw)); ok {
 			t.Errorf("tagDigest(%s) = %s, want it declined", raw, got)
 		}
+	}
+}
+
+// A content record is 32 bytes: the image model and the collection keep
+// one per digest (400k at 100k images).
+func TestContentRecSize(t *testing.T) {
+	if n := unsafe.Sizeof(contentRec{}); n != 32 {
+		t.Errorf("contentRec is %d bytes, want 32", n)
 	}
 }
