@@ -26,7 +26,7 @@ func (c *Collector) Collect(ctx context.Context) (Report, error) {
 	if err := c.refresh(ctx); err != nil {
 		return Report{}, err
 	}
-	r, err := c.collect(ctx, nil, nil)
+	r, err := c.collect(ctx, nil, nil, nil)
 	c.opts.Metrics.observe("collect", "gc", r, err)
 	return r, err
 }
@@ -179,8 +179,11 @@ func (s *storedFiles) sizeOf(d digest.Digest) int64 {
 }
 
 // collect removes what no root references; freed (content an eviction
-// has just left unreferenced) is not subject to the grace period.
-func (c *Collector) collect(ctx context.Context, drop, freed *digestSet) (Report, error) {
+// has just left unreferenced) is not subject to the grace period. table,
+// if not nil, is the content records as an eviction's model read them
+// (not read again: see Index.RootsView); the sweep checks each removal
+// against the index as it is.
+func (c *Collector) collect(ctx context.Context, table *storage.ContentTable, drop, freed *digestSet) (Report, error) {
 	r := Report{DryRun: c.opts.DryRun, StoredBefore: c.index.StoredBytes()}
 	now := c.opts.Now()
 	g := newGraph(c.store)
@@ -192,9 +195,13 @@ func (c *Collector) collect(ctx context.Context, drop, freed *digestSet) (Report
 	// The roots' digests are strings (the index checks a batch against
 	// them), one per root; the content records are a table, and every
 	// other digest the pass keeps is an identifier into it.
-	view, err := c.index.ContentView(&storage.Interner{}, func(key []byte, d digest.Digest) {
-		addReferrerTag(g, key, d)
-	})
+	tag := func(key []byte, d digest.Digest) { addReferrerTag(g, key, d) }
+	var view *storage.ContentView
+	if table != nil {
+		view, err = c.index.RootsView(&storage.Interner{}, table, tag)
+	} else {
+		view, err = c.index.ContentView(&storage.Interner{}, tag)
+	}
 	if err != nil {
 		return r, err
 	}
@@ -242,7 +249,7 @@ func (c *Collector) collect(ctx context.Context, drop, freed *digestSet) (Report
 		if ids.recorded(id) {
 			newest = view.Table.NewestID(int(id))
 		}
-		if !freed.has(d) && c.recent(now, modTime, newest) {
+		if !freed.hasID(ids, id) && c.recent(now, modTime, newest) {
 			r.Kept++
 			continue
 		}

@@ -272,7 +272,7 @@ func (c *Collector) Pass(ctx context.Context, p Policy) (Report, error) {
 			return Report{StoredBefore: c.index.StoredBytes(), StoredAfter: c.index.StoredBytes()}, nil
 		}
 		c.lastCollect = now
-		r, err := c.collect(ctx, nil, nil)
+		r, err := c.collect(ctx, nil, nil, nil)
 		c.opts.Metrics.observe("collect", "gc", r, err)
 		return r, err
 	}

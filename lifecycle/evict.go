@@ -40,8 +40,9 @@ func (c *Collector) evict(ctx context.Context, maxSize int64, evictAfter time.Du
 	if err != nil {
 		return r, false, err
 	}
-	// The model and the victims are left behind once the plan is made:
-	// the collection that follows holds its own view of the whole index.
+	// The model and the victims are left behind once the plan is made,
+	// but for its content table: the collection that follows takes it
+	// rather than read the records again.
 	p, err := c.plan(ctx, maxSize, evictAfter, now, &r)
 	defer p.release()
 	if err != nil {
@@ -64,7 +65,7 @@ func (c *Collector) evict(ctx context.Context, maxSize int64, evictAfter time.Du
 	if c.opts.DryRun {
 		drop = p.dropped // still in the index: collect as if they were not
 	}
-	cr, err := c.collect(ctx, drop, p.freed)
+	cr, err := c.collect(ctx, p.table, drop, p.freed)
 	r.add(cr)
 	r.StoredAfter = c.index.StoredBytes()
 	return r, true, err
@@ -105,7 +106,10 @@ type evictPlan struct {
 	// freed: what no kept image references any more; dropped: the
 	// victims' roots no kept image holds.
 	freed, dropped *digestSet
-	releases       []func()
+	// table is the model's content table (freed and dropped number
+	// digests in it).
+	table    *storage.ContentTable
+	releases []func()
 }
 
 // release releases the claims (once).
@@ -124,6 +128,7 @@ func (c *Collector) plan(ctx context.Context, maxSize int64, evictAfter time.Dur
 	if err != nil {
 		return p, err
 	}
+	p.table = m.recs.Content
 	var candidates []int32
 	for _, i := range m.images {
 		if !m.entries[i].pinned {

@@ -303,3 +303,29 @@ func TestEvictSparesLongMirror(t *testing.T) {
 	}
 	e.wantStored(t, true, im.content()...)
 }
+
+// The collection that follows an eviction takes the content records its
+// model read (not read again): an image pulled meanwhile, its records
+// not in that table, is kept whole, and the victim's content goes.
+func TestEvictKeepsWhatIsPulledDuringIt(t *testing.T) {
+	e := newEnv(t)
+	a, b, c := seedThree(t, e)
+	d := single("library/d", "v1", e.up.SeedImage(t, "library/d", "v1", 2, 8<<10))
+	d.repo = "d"
+	col := e.collector(lifecycle.Options{Guard: &claimHook{first: func() { e.pull(t, d) }}})
+	list := images(t, col)
+	limit := findImage(t, list, b.digest).Size + findImage(t, list, c.digest).Size
+	r, err := col.Evict(t.Context(), limit, 0, e.m.Clock.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.ImagesEvicted != 1 || r.Evicted[0].Digest.String() != a.digest {
+		t.Fatalf("evicted %+v, want image a", r.Evicted)
+	}
+	e.wantStored(t, false, a.content()...)
+	for _, im := range []image{b, c, d} {
+		e.wantStored(t, true, im.content()...)
+	}
+	e.up.Stop()
+	e.wantPull(t, d)
+}

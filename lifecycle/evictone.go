@@ -81,7 +81,7 @@ func (c *Collector) EvictImage(ctx context.Context, upstream, repo string, dgst 
 	r.ImagesEvicted = 1
 	release()
 	released = true
-	cr, err := c.collect(ctx, nil, freed)
+	cr, err := c.collect(ctx, m.recs.Content, nil, freed)
 	r.add(cr)
 	r.StoredAfter = c.index.StoredBytes()
 	c.opts.Metrics.observe("evict", "request", r, err)
