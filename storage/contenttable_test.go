@@ -131,8 +131,9 @@ func TestReadImageTable(t *testing.T) {
 			t.Errorf("%s: IDBytes %d, %v", d, id, ok)
 		}
 		id, _ := tab.Content.ID(d)
-		if newest := latestOf(m.FetchedAt, b.LastAccess); // a blob recorded once: fetched when last accessed; !tab.Content.NewestID(id).Equal(newest) ||
-		tab.Content.Recorded(id) != (isManifest || isBlob) || tab.Content.ManifestID(id) != isManifest {
+		// A blob recorded once was fetched when last accessed.
+		if newest := latestOf(m.FetchedAt, b.LastAccess); !tab.Content.NewestID(id).Equal(newest) ||
+			tab.Content.Recorded(id) != (isManifest || isBlob) || tab.Content.ManifestID(id) != isManifest {
 			t.Errorf("%s: newest %v, recorded %v, manifest %v; want %v, %v, %v", d, tab.Content.NewestID(id), tab.Content.Recorded(id),
 				tab.Content.ManifestID(id), newest, isManifest || isBlob, isManifest)
 		}
