@@ -304,18 +304,13 @@ func (c *Collector) recent(now time.Time, ts ...time.Time) bool {
 // of them all.
 func (c *Collector) claim(ds []digest.Digest) ([]digest.Digest, func()) {
 	var got []digest.Digest
-	var releases []func()
+	claims := claimsOf(c.opts.Guard)
 	for _, d := range ds {
-		if rel, ok := c.opts.Guard.Claim(d); ok {
+		if claims.Claim(d) {
 			got = append(got, d)
-			releases = append(releases, rel)
 		}
 	}
-	return got, func() {
-		for _, rel := range releases {
-			rel()
-		}
-	}
+	return got, claims.Release
 }
 
 // refresh reads every replica's records from a shared store into the

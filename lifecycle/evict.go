@@ -108,22 +108,18 @@ type evictPlan struct {
 	freed, dropped *digestSet
 	// table is the model's content table (freed and dropped number
 	// digests in it).
-	table    *storage.ContentTable
-	releases []func()
+	table *storage.ContentTable
+	// claims are the claims on the victims' digests.
+	claims Claims
 }
 
 // release releases the claims (once).
-func (p *evictPlan) release() {
-	for _, rel := range p.releases {
-		rel()
-	}
-	p.releases = nil
-}
+func (p *evictPlan) release() { p.claims.Release() }
 
 // plan reads the images and chooses the victims (see Evict), adding them
 // to r.Evicted.
 func (c *Collector) plan(ctx context.Context, maxSize int64, evictAfter time.Duration, now time.Time, r *Report) (*evictPlan, error) {
-	p := &evictPlan{freed: &digestSet{}, dropped: &digestSet{}}
+	p := &evictPlan{freed: &digestSet{}, dropped: &digestSet{}, claims: claimsOf(c.opts.Guard)}
 	m, err := c.model(ctx, false, false)
 	if err != nil {
 		return p, err
@@ -157,12 +153,10 @@ func (c *Collector) plan(ctx context.Context, maxSize int64, evictAfter time.Dur
 		}
 		e := &m.entries[i]
 		if !claimed.has(e.id) {
-			rel, ok := c.opts.Guard.Claim(m.digest(e))
-			if !ok {
+			if !p.claims.Claim(m.digest(e)) {
 				r.Kept++
 				return
 			}
-			p.releases = append(p.releases, rel)
 			claimed.add(e.id)
 		}
 		victims = append(victims, i)

@@ -5,6 +5,8 @@ import (
 	"sync"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/docker-mirror/docker-mirror/storage"
 )
 
 // Guard keeps the collector from removing content the proxy is using.
@@ -42,6 +44,55 @@ func (f BusyFunc) Claim(dgst digest.Digest) (func(), bool) {
 	return func() {}, true
 }
 
+// Claims is a set of claims released together (an eviction's on its
+// victims, a sweep's on a batch).
+type Claims interface {
+	// Claim claims dgst for removal; false if it is in use.
+	Claim(dgst digest.Digest) bool
+	// Release releases every claim of the set (once; later calls do
+	// nothing).
+	Release()
+}
+
+// ClaimSetter is a Guard that claims many digests as one set, keeping
+// less per claim than a release function each (InUse: ~60 bytes where a
+// channel, a closure and a digest string were ~230; at 100k images an
+// eviction holds 50k claims).
+type ClaimSetter interface {
+	Guard
+	// Claims returns an empty set of claims.
+	Claims() Claims
+}
+
+// claimsOf returns g's set of claims, or a set of g's single claims.
+func claimsOf(g Guard) Claims {
+	if cs, ok := g.(ClaimSetter); ok {
+		return cs.Claims()
+	}
+	return &singleClaims{g: g}
+}
+
+// singleClaims is Claims made of a Guard's claims, a release each.
+type singleClaims struct {
+	g        Guard
+	releases []func()
+}
+
+func (s *singleClaims) Claim(d digest.Digest) bool {
+	rel, ok := s.g.Claim(d)
+	if ok {
+		s.releases = append(s.releases, rel)
+	}
+	return ok
+}
+
+func (s *singleClaims) Release() {
+	for _, rel := range s.releases {
+		rel()
+	}
+	s.releases = nil
+}
+
 // InUse is a Guard the proxy and the collector share: the proxy Acquires a
 // digest for as long as it fetches, mirrors or opens it, and the collector
 // claims it before removing it. Each side waits for, or skips, the other,
@@ -52,14 +103,53 @@ func (f BusyFunc) Claim(dgst digest.Digest) (func(), bool) {
 // proxy needs to hold a digest only until the content is open, not while it
 // is being sent.
 type InUse struct {
-	mu      sync.Mutex
-	users   map[digest.Digest]int
-	claimed map[digest.Digest]chan struct{}
+	mu    sync.Mutex
+	users map[digest.Digest]int
+	// sets are the sets of claims not released (a few at once: the
+	// collector's passes run one at a time).
+	sets map[*inUseClaims]struct{}
 }
+
+var _ ClaimSetter = (*InUse)(nil)
 
 // NewInUse returns an empty InUse.
 func NewInUse() *InUse {
-	return &InUse{users: map[digest.Digest]int{}, claimed: map[digest.Digest]chan struct{}{}}
+	return &InUse{users: map[digest.Digest]int{}, sets: map[*inUseClaims]struct{}{}}
+}
+
+// inUseClaims is a set of InUse's claims: a sha256 digest as its 32
+// bytes, one channel closed when the set is released.
+type inUseClaims struct {
+	u     *InUse
+	sha   map[[32]byte]struct{}
+	other map[digest.Digest]struct{}
+	// done is closed when the set is released.
+	done     chan struct{}
+	released bool
+}
+
+// has reports whether the set claims d (key: d's SHA256Key).
+func (s *inUseClaims) has(d digest.Digest, key [32]byte, isSHA bool) bool {
+	if isSHA {
+		_, ok := s.sha[key]
+		return ok
+	}
+	_, ok := s.other[d]
+	return ok
+}
+
+// claimedBy is the set claiming d, or nil. u.mu is held.
+func (u *InUse) claimedBy(d digest.Digest) *inUseClaims {
+	if len(u.sets) == 0 {
+		return nil
+	}
+	key, isSHA := storage.SHA256Key(d)
+	for s := range u.sets {
+		if s.has(d, key, isSHA) {
+			return s
+		}
+	}
+	return nil
 }
 
 // Acquire marks dgst in use until release is called. If the collector is
@@ -68,16 +158,17 @@ func NewInUse() *InUse {
 func (u *InUse) Acquire(ctx context.Context, dgst digest.Digest) (release func(), err error) {
 	for {
 		u.mu.Lock()
-		ch, removing := u.claimed[dgst]
-		if !removing {
+		s := u.claimedBy(dgst)
+		if s == nil {
 			u.users[dgst]++
 			u.mu.Unlock()
 			var once sync.Once
 			return func() { once.Do(func() { u.drop(dgst) }) }, nil
 		}
+		done := s.done
 		u.mu.Unlock()
 		select {
-		case <-ch:
+		case <-done:
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
@@ -96,8 +187,7 @@ func (u *InUse) drop(dgst digest.Digest) {
 func (u *InUse) Busy(dgst digest.Digest) bool {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	_, removing := u.claimed[dgst]
-	return u.users[dgst] > 0 || removing
+	return u.users[dgst] > 0 || u.claimedBy(dgst) != nil
 }
 
 // Held implements Holder: the digests acquired now.
@@ -113,20 +203,53 @@ func (u *InUse) Held() []digest.Digest {
 
 // Claim implements Guard: it fails while dgst is acquired or claimed.
 func (u *InUse) Claim(dgst digest.Digest) (func(), bool) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	if _, removing := u.claimed[dgst]; removing || u.users[dgst] > 0 {
+	s := u.Claims()
+	if !s.Claim(dgst) {
+		s.Release()
 		return nil, false
 	}
-	ch := make(chan struct{})
-	u.claimed[dgst] = ch
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			u.mu.Lock()
-			delete(u.claimed, dgst)
-			u.mu.Unlock()
-			close(ch)
-		})
-	}, true
+	return s.Release, true
+}
+
+// Claims implements ClaimSetter.
+func (u *InUse) Claims() Claims {
+	return &inUseClaims{u: u, done: make(chan struct{})}
+}
+
+// Claim claims dgst in the set: it fails while dgst is acquired or
+// claimed (by this set too).
+func (s *inUseClaims) Claim(dgst digest.Digest) bool {
+	u := s.u
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if s.released || u.users[dgst] > 0 || u.claimedBy(dgst) != nil {
+		return false // released, in use, or claimed
+	}
+	if key, ok := storage.SHA256Key(dgst); ok {
+		if s.sha == nil {
+			s.sha = map[[32]byte]struct{}{}
+		}
+		s.sha[key] = struct{}{}
+	} else {
+		if s.other == nil {
+			s.other = map[digest.Digest]struct{}{}
+		}
+		s.other[dgst] = struct{}{}
+	}
+	u.sets[s] = struct{}{}
+	return true
+}
+
+// Release releases the set's claims: Acquire's waiters go on.
+func (s *inUseClaims) Release() {
+	u := s.u
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if s.released {
+		return
+	}
+	s.released = true
+	delete(u.sets, s)
+	close(s.done)
+	s.sha, s.other = nil, nil
 }

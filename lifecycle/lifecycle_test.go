@@ -7,10 +7,12 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -713,6 +715,76 @@ func TestInUse(t *testing.T) {
 	if _, ok := lifecycle.BusyFunc(func(digest.Digest) bool { return true }).Claim(d); ok {
 		t.Fatal("BusyFunc claimed a busy digest")
 	}
+}
+
+// A set of claims: each digest claimed once (not by another set, not
+// twice, not while acquired), sha256 and other digests alike; Acquire
+// waits for the set's release; and it keeps less than ~100 bytes a claim
+// (a channel, a closure and a digest string each were ~230).
+func TestInUseClaims(t *testing.T) {
+	u := lifecycle.NewInUse()
+	a, b, sha512 := digest.FromString("a"), digest.FromString("b"), digest.SHA512.FromString("c")
+	rel, err := u.Acquire(t.Context(), b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, other := u.Claims(), u.Claims()
+	if !set.Claim(a) || !set.Claim(sha512) || set.Claim(a) || set.Claim(b) || other.Claim(a) || other.Claim(sha512) {
+		t.Fatal("a claim granted twice, or on a digest in use")
+	}
+	if _, ok := u.Claim(sha512); ok || !u.Busy(a) || !u.Busy(sha512) {
+		t.Fatal("claimed digests not busy")
+	}
+	rel()
+	if !other.Claim(b) {
+		t.Fatal("a released digest not claimed")
+	}
+	other.Release()
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	for _, d := range []digest.Digest{a, sha512} {
+		if _, err := u.Acquire(ctx, d); !errors.Is(err, context.Canceled) {
+			t.Fatalf("Acquire(%s) during a removal = %v, want it waiting", d, err)
+		}
+	}
+	acquired := make(chan func())
+	go func() {
+		rel, err := u.Acquire(context.Background(), a)
+		if err != nil {
+			t.Error(err)
+		}
+		acquired <- rel
+	}()
+	set.Release()
+	set.Release() // idempotent
+	(<-acquired)()
+	if set.Claim(b) || u.Busy(a) || u.Busy(sha512) || u.Busy(b) {
+		t.Fatal("claims outlive the set's release")
+	}
+
+	const n = 20000
+	ds := make([]digest.Digest, n)
+	for i := range ds {
+		ds[i] = digest.FromString(fmt.Sprint(i))
+	}
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	many := u.Claims()
+	for _, d := range ds {
+		if !many.Claim(d) {
+			t.Fatalf("%s not claimed", d)
+		}
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	runtime.KeepAlive(ds)
+	per := (int64(after.HeapAlloc) - int64(before.HeapAlloc)) / n
+	t.Logf("%d bytes a claim", per)
+	if per > 100 {
+		t.Errorf("%d bytes a claim, want at most 100", per)
+	}
+	many.Release()
 }
 
 func TestNewForStore(t *testing.T) {
