@@ -269,15 +269,12 @@ func (c *Collector) victimTags(m *model, victims []int32) error {
 		tag := string(key[colon+1:])
 		if _, artifact := referrerTagSubject(tag); !artifact { // those are kept already
 			e := &m.entries[i]
-			e.tags = append(e.tags, tag)
+			e.tags = joinTag(e.tags, tag)
 		}
 	})
 	for _, i := range victims {
 		e := &m.entries[i]
-		slices.Sort(e.tags)
-		if cap(e.tags) > len(e.tags) { // appended one by one
-			e.tags = slices.Clone(e.tags)
-		}
+		e.tags = sortTags(e.tags)
 	}
 	return err
 }
@@ -303,7 +300,7 @@ func (c *Collector) mirroring(m *model, i int32, now time.Time) bool {
 func (c *Collector) unroots(m *model, i int32, d digest.Digest) []storage.Unroot {
 	e := &m.entries[i]
 	n := m.name(e)
-	u := storage.Unroot{Upstream: n.upstream, Repo: n.repo, Digest: d, Tags: e.tags}
+	u := storage.Unroot{Upstream: n.upstream, Repo: n.repo, Digest: d, Tags: splitTags(e.tags)}
 	for k, r := range m.roots(i) {
 		if f := &m.entries[r]; f.fill.ok && (k == 0 || m.refs[f.id] == 0) {
 			fn, fd := m.name(f), d
@@ -320,7 +317,7 @@ func (c *Collector) unroots(m *model, i int32, d digest.Digest) []storage.Unroot
 			continue
 		}
 		fn, fd := m.name(f), m.digest(f)
-		for _, tag := range f.tags {
+		for _, tag := range splitTags(f.tags) {
 			us = append(us, storage.Unroot{Upstream: fn.upstream, Repo: fn.repo, Digest: fd, Tags: []string{tag}})
 		}
 	}

@@ -60,7 +60,7 @@ func TestEvictModelWithoutTags(t *testing.T) {
 		if len(e.tags) != 0 || !e.plainTags {
 			t.Errorf("%s: tags %q kept (plain tags noted: %v), want none", m.digest(e), e.tags, e.plainTags)
 		}
-		if m.digest(e) == a && (len(m.folded[i]) != 1 || len(m.entries[m.folded[i][0]].tags) != 1) {
+		if m.digest(e) == a && (len(m.folded[i]) != 1 || len(splitTags(m.entries[m.folded[i][0]].tags)) != 1) {
 			t.Errorf("a: folded %v, want its signature with its tag", m.folded[i])
 		}
 	}
@@ -372,5 +372,33 @@ func TestVictimTagsByRepository(t *testing.T) {
 	}
 	if !slices.Equal(left, []string{"docker.io/library/app-x:v1", "docker.io/library/other:x"}) {
 		t.Errorf("tags left %q", left)
+	}
+}
+
+// An image's tags are one string: listed as they were added, sorted
+// once, and strings of sorted tags compare as their lists (the order of
+// `ls`: name, tags, digest).
+func TestTagsInOneString(t *testing.T) {
+	lists := [][]string{nil, {"a"}, {"a", "b"}, {"ab"}, {"a", "a-b"}, {"a-b"}, {"a", "b", "c"}, {"a.b", "a_b"}, {"b"}, {"latest", "v1.2.3", "v1.2.3-alpine"}}
+	for _, a := range lists {
+		var s string
+		for _, tag := range a {
+			s = joinTag(s, tag)
+		}
+		if got := splitTags(s); !slices.Equal(got, a) {
+			t.Errorf("%q: split %q", a, got)
+		}
+		for _, b := range lists {
+			var sb string
+			for _, tag := range b {
+				sb = joinTag(sb, []byte(tag))
+			}
+			if got, want := strings.Compare(s, sb), slices.Compare(a, b); got != want {
+				t.Errorf("%q vs %q: %d, want %d", a, b, got, want)
+			}
+		}
+	}
+	if got := splitTags(sortTags(joinTag(joinTag(joinTag("", "v2"), "latest"), "v1"))); !slices.Equal(got, []string{"latest", "v1", "v2"}) {
+		t.Errorf("sorted: %q", got)
 	}
 }

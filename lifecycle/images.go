@@ -1,6 +1,7 @@
 package lifecycle
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
@@ -100,7 +101,9 @@ type entry struct {
 	// tags: all of them in a model read with tags; else only the
 	// referrers and cosign tags (sha256-<hex>.sig...) of a signature,
 	// attestation or SBOM, which leave with the image it is folded into.
-	tags []string
+	// They are one string (see joinTag): at 100k images, 1M tags as
+	// strings were ~20 MiB.
+	tags string
 	// fill is its mirror record, if fill.ok.
 	fill fill
 	// off, nManifests, n: what it keeps is model.keeps[off:off+n], its
@@ -314,12 +317,16 @@ func (c *Collector) model(ctx context.Context, platforms, tags bool) (*model, er
 			return
 		}
 		e := get(imageKey{nameID(t.Upstream, t.Repo), id})
-		subject, artifact := referrerTagSubject(t.Tag)
+		var subject digest.Digest
+		var artifact bool
+		if bytes.IndexByte(t.RawTag, '-') >= 0 { // no string made for the others
+			subject, artifact = referrerTagSubject(string(t.RawTag))
+		}
 		if !artifact {
 			e.plainTags = true
 		}
 		if tags || artifact {
-			e.tags = append(e.tags, t.Tag)
+			e.tags = joinTag(e.tags, t.RawTag)
 		}
 		e.lastPull = latest(e.lastPull, t.FetchedAt, t.CheckedAt)
 		if t.Pinned {
@@ -338,12 +345,6 @@ func (c *Collector) model(ctx context.Context, platforms, tags bool) (*model, er
 		m.ids = newDigestIDs(recs.Content)
 	}
 	ids := m.ids
-	for i := range m.entries {
-		// Appended one by one: up to twice as long as needed.
-		if e := &m.entries[i]; cap(e.tags) > len(e.tags) {
-			e.tags = slices.Clip(slices.Clone(e.tags))
-		}
-	}
 	stateIDs := map[string]uint8{"": 0}
 	platformIDs := map[string]int32{"": 0}
 	for _, me := range recs.Fills {
@@ -493,7 +494,7 @@ func (c *Collector) model(ctx context.Context, platforms, tags bool) (*model, er
 	m.images = listed
 	if tags {
 		for _, i := range m.images {
-			slices.Sort(m.entries[i].tags)
+			m.entries[i].tags = sortTags(m.entries[i].tags)
 		}
 		full := make([]string, len(m.names))
 		for i, n := range m.names {
@@ -504,7 +505,7 @@ func (c *Collector) model(ctx context.Context, platforms, tags bool) (*model, er
 			if a.imageKey == b.imageKey {
 				return 0
 			}
-			return cmp.Or(cmp.Compare(full[a.name], full[b.name]), slices.Compare(a.tags, b.tags), cmp.Compare(m.digest(a), m.digest(b)))
+			return cmp.Or(cmp.Compare(full[a.name], full[b.name]), strings.Compare(a.tags, b.tags), cmp.Compare(m.digest(a), m.digest(b)))
 		})
 	}
 	return m, nil
@@ -549,7 +550,7 @@ func (m *model) notePulls(i int32) {
 func (m *model) image(i int32) Image {
 	e := &m.entries[i]
 	n := m.name(e)
-	im := Image{Upstream: n.upstream, Repo: n.repo, Tags: e.tags, Digest: m.digest(e), LastPull: e.lastPull, Pinned: e.pinned}
+	im := Image{Upstream: n.upstream, Repo: n.repo, Tags: splitTags(e.tags), Digest: m.digest(e), LastPull: e.lastPull, Pinned: e.pinned}
 	ct := m.recs.Content
 	for _, id := range m.all(e) {
 		rec := m.info(id)
@@ -617,6 +618,38 @@ func (c *Collector) configPlatform(ctx context.Context, d digest.Digest) string 
 		return ""
 	}
 	return oci.PlatformString(&cfg)
+}
+
+// Tags kept as one string: joined by a NUL byte, which no tag holds
+// and which sorts before every byte a tag may hold, so that strings of
+// sorted tags compare as their lists do (slices.Compare).
+const tagSep = "\x00"
+
+// joinTag is tags with tag added.
+func joinTag[S string | []byte](tags string, tag S) string {
+	if tags == "" {
+		return string(tag)
+	}
+	return tags + tagSep + string(tag)
+}
+
+// splitTags is the list of tags (nil if none).
+func splitTags(tags string) []string {
+	if tags == "" {
+		return nil
+	}
+	return strings.Split(tags, tagSep)
+}
+
+// sortTags is tags sorted (tags itself if they are: the index gives a
+// repository's tags in order).
+func sortTags(tags string) string {
+	list := splitTags(tags)
+	if slices.IsSorted(list) {
+		return tags
+	}
+	slices.Sort(list)
+	return strings.Join(list, tagSep)
 }
 
 func latest(t time.Time, ts ...time.Time) time.Time {

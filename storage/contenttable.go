@@ -290,10 +290,11 @@ func (ix *Index) ReadImageTable(in *Interner, tag func(*TagInfo)) (*ImageTable, 
 	return ix.readImageTable(in, false, tag)
 }
 
-// ReadImageTableRaw is ReadImageTable without a string per tagged
-// digest: TagInfo.Digest is empty, TagInfo.RawDigest has it (valid
-// during the call), to be looked up in TagInfo.Table. At 100k images
-// the interned digests are ~10 MiB the image model need not keep.
+// ReadImageTableRaw is ReadImageTable without a string per tag nor
+// per tagged digest: TagInfo.Digest and Tag are empty, RawDigest and
+// RawTag have them (valid during the call), the digest to be looked up
+// in TagInfo.Table. At 100k images the interned digests are ~10 MiB
+// the image model need not keep, and its tags (1M) one string an image.
 func (ix *Index) ReadImageTableRaw(in *Interner, tag func(*TagInfo)) (*ImageTable, error) {
 	return ix.readImageTable(in, true, tag)
 }
@@ -537,7 +538,10 @@ func readTags(tx *bolt.Tx, rel *releaser, in *Interner, pins map[string]bool, sr
 		}
 		t = TagInfo{Key: k, Digest: d, RawDigest: rd, FetchedAt: times.FetchedAt, CheckedAt: times.CheckedAt, Pinned: pins[string(k)], Records: src.recs, Table: src.table}
 		if host, repo, tg, ok := parseTagKeyBytes(k); ok {
-			t.Upstream, t.Repo, t.Tag, t.OK = in.Bytes(host), in.Bytes(repo), string(tg), true
+			t.Upstream, t.Repo, t.RawTag, t.OK = in.Bytes(host), in.Bytes(repo), tg, true
+			if !src.raw {
+				t.Tag = string(tg)
+			}
 		}
 		tag(&t)
 		return nil

@@ -76,7 +76,10 @@ func TestReadImageTable(t *testing.T) {
 
 	var wantTags, gotTags []storage.TagInfo
 	recs, err := ix.ReadImageRecords(nil, func(ti *storage.TagInfo) {
-		ti.Key, ti.Records, ti.RawDigest = nil, nil, nil
+		if string(ti.RawTag) != ti.Tag {
+			t.Errorf("%s: raw tag %s", ti.Tag, ti.RawTag)
+		}
+		ti.Key, ti.Records, ti.RawDigest, ti.RawTag = nil, nil, nil, nil
 		wantTags = append(wantTags, *ti)
 	})
 	if err != nil {
@@ -88,7 +91,7 @@ func TestReadImageTable(t *testing.T) {
 			t.Errorf("%s: raw digest %s", ti.Digest, ti.RawDigest)
 		}
 		table = ti.Table
-		ti.Key, ti.RawDigest, ti.Table = nil, nil, nil
+		ti.Key, ti.RawDigest, ti.RawTag, ti.Table = nil, nil, nil, nil
 		gotTags = append(gotTags, *ti)
 	})
 	if err != nil {
@@ -100,11 +103,11 @@ func TestReadImageTable(t *testing.T) {
 	// The raw read: the same tags, their digests as bytes only.
 	var rawTags []storage.TagInfo
 	if _, err := ix.ReadImageTableRaw(nil, func(ti *storage.TagInfo) {
-		if ti.Digest != "" {
-			t.Errorf("raw read: digest %s made", ti.Digest)
+		if ti.Digest != "" || ti.Tag != "" {
+			t.Errorf("raw read: digest %s or tag %s made", ti.Digest, ti.Tag)
 		}
-		ti.Digest = digest.Digest(ti.RawDigest)
-		ti.Key, ti.RawDigest, ti.Table = nil, nil, nil
+		ti.Digest, ti.Tag = digest.Digest(ti.RawDigest), string(ti.RawTag)
+		ti.Key, ti.RawDigest, ti.RawTag, ti.Table = nil, nil, nil, nil
 		rawTags = append(rawTags, *ti)
 	}); err != nil {
 		t.Fatal(err)

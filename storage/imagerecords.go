@@ -64,9 +64,12 @@ type TagInfo struct {
 	// Key is the tag's TagKey; valid only during the call.
 	Key []byte
 	// Upstream, Repo and Tag are Key's parts (ParseTagKey; ok false if
-	// it does not parse): Upstream and Repo interned, Tag a new string.
+	// it does not parse): Upstream and Repo interned, Tag a new string
+	// (empty from ReadImageTableRaw).
 	Upstream, Repo, Tag string
-	OK                  bool
+	// RawTag is Tag's bytes, in Key; valid only during the call.
+	RawTag []byte
+	OK     bool
 	// Digest is interned (empty from ReadImageTableRaw).
 	Digest digest.Digest
 	// RawDigest is the digest's bytes; valid only during the call.
