@@ -5,14 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"sort"
 	"strings"
-	"sync"
-	"sync/atomic"
 
 	"github.com/opencontainers/go-digest"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/storage"
@@ -25,8 +21,6 @@ type node struct {
 	missing, corrupt bool
 	manifests        []digest.Digest // children of an index
 	blobs            []digest.Digest // config and layers
-	// blobIDs are blobs numbered, in a graph with ids (blobs then nil).
-	blobIDs []int32
 	// platforms of an index's children, by digest (attestations and
 	// entries without a platform left out).
 	platforms map[digest.Digest]string
@@ -42,14 +36,6 @@ type graph struct {
 	// what its recorded referrers lists name, and its referrers tag
 	// schema and cosign tags (sha256-<hex>, sha256-<hex>.sig...).
 	referrers map[digest.Digest][]digest.Digest
-	// intern, if not nil, gives the digests of the manifests loaded (and
-	// their keys in nodes) one shared copy each.
-	intern *storage.Interner
-	// ids, if not nil, number the blobs of the manifests loaded
-	// (node.blobIDs): the image model keeps no string per blob. The
-	// configs are dropped too unless keepConfig.
-	ids        *digestIDs
-	keepConfig bool
 }
 
 // referrersGraph is a graph that walks from a manifest to its
@@ -99,29 +85,8 @@ func (g *graph) load(ctx context.Context, d digest.Digest) (*node, error) {
 	if err != nil {
 		return nil, err
 	}
-	d = g.keep(d, n)
 	g.nodes[d] = n
 	return n, nil
-}
-
-// keep numbers and interns what a node just read refers to, as the
-// graph is set to; it returns d interned.
-func (g *graph) keep(d digest.Digest, n *node) digest.Digest {
-	if g.ids != nil {
-		n.blobIDs = make([]int32, len(n.blobs))
-		for i, b := range n.blobs {
-			n.blobIDs[i] = g.ids.id(b)
-		}
-		n.blobs = nil
-		if !g.keepConfig {
-			n.config = ""
-		}
-	}
-	if g.intern != nil {
-		n.internWith(g.intern)
-		d = g.intern.Digest(d)
-	}
-	return d
 }
 
 // parse reads and parses a manifest, as load does, without keeping it:
@@ -143,72 +108,6 @@ func (g *graph) parse(ctx context.Context, d digest.Digest) (*node, error) {
 		}
 	}
 	return n, nil
-}
-
-// parallelReads bounds the manifests loadAll reads at once: enough to
-// keep a disk's queue or an object store's connections busy, few enough
-// not to crowd out the requests the mirror is serving.
-const parallelReads = 16
-
-// loadAll loads every manifest a walk from roots would reach (children
-// of indexes and referrers), one level at a time with up to
-// parallelReads reads at once, so that the walks then find them loaded:
-// one read after another, 10,000 images wait 10,000 times on the store.
-// It fails as load does, on a store failure.
-func (g *graph) loadAll(ctx context.Context, roots []digest.Digest) error {
-	seen := map[digest.Digest]bool{}
-	var level []digest.Digest
-	add := func(ds []digest.Digest) {
-		for _, d := range ds {
-			if _, loaded := g.nodes[d]; !loaded && !seen[d] {
-				seen[d] = true
-				level = append(level, d)
-			}
-		}
-	}
-	add(roots)
-	for len(level) > 0 {
-		nodes := make([]*node, len(level))
-		keys := make([]digest.Digest, len(level))
-		// A few long-lived readers, not a goroutine per manifest: each
-		// would grow its stack anew to decode one. Each node is kept
-		// (numbered, interned) as soon as it is read, one at a time: the
-		// strings it was decoded with do not wait for the whole level.
-		var keeping sync.Mutex
-		eg, ectx := errgroup.WithContext(ctx)
-		var next atomic.Int64
-		for range min(parallelReads, len(level)) {
-			eg.Go(func() error {
-				for i := int(next.Add(1) - 1); i < len(level); i = int(next.Add(1) - 1) {
-					n, err := g.parse(ectx, level[i])
-					if err != nil {
-						return err
-					}
-					keeping.Lock()
-					keys[i] = g.keep(level[i], n)
-					keeping.Unlock()
-					nodes[i] = n
-				}
-				return nil
-			})
-		}
-		if err := eg.Wait(); err != nil {
-			return err
-		}
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		done := level
-		level = nil
-		for i, k := range keys {
-			g.nodes[k] = nodes[i]
-		}
-		for i, d := range done {
-			add(nodes[i].manifests)
-			add(g.referrers[d])
-		}
-	}
-	return nil
 }
 
 func (g *graph) read(ctx context.Context, d digest.Digest) ([]byte, error) {
@@ -234,26 +133,6 @@ func (n *node) fill(doc oci.Manifest) {
 	}
 }
 
-// internWith replaces the node's digests by their interned copies.
-func (n *node) internWith(in *storage.Interner) {
-	for i, d := range n.manifests {
-		n.manifests[i] = in.Digest(d)
-	}
-	for i, d := range n.blobs {
-		n.blobs[i] = in.Digest(d)
-	}
-	if n.config != "" {
-		n.config = in.Digest(n.config)
-	}
-	if len(n.platforms) > 0 {
-		ps := make(map[digest.Digest]string, len(n.platforms))
-		for d, p := range n.platforms {
-			ps[in.Digest(d)] = in.String(p)
-		}
-		n.platforms = ps
-	}
-}
-
 // reach is what a root keeps: the root, the manifests under it and their
 // blobs.
 type reach struct {
@@ -273,42 +152,6 @@ func (r reach) all() []digest.Digest {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
 	return out
-}
-
-// reachIDs is what root keeps (reach) in a graph with ids: its
-// manifests, sorted, and their blobs that are not manifests, sorted,
-// appended to manifests and blobs.
-func (g *graph) reachIDs(ctx context.Context, root digest.Digest, manifests, blobs []int32) ([]int32, []int32, error) {
-	seen := map[digest.Digest]bool{}
-	stack := []digest.Digest{root}
-	for len(stack) > 0 {
-		if err := ctx.Err(); err != nil {
-			return manifests, blobs, err
-		}
-		d := stack[len(stack)-1]
-		stack = stack[:len(stack)-1]
-		if seen[d] {
-			continue
-		}
-		seen[d] = true
-		n, err := g.load(ctx, d)
-		if err != nil {
-			return manifests, blobs, err
-		}
-		manifests = append(manifests, g.ids.id(d))
-		blobs = append(blobs, n.blobIDs...)
-		stack = append(stack, n.manifests...)
-		stack = append(stack, g.referrers[d]...)
-	}
-	slices.Sort(manifests)
-	slices.Sort(blobs)
-	blobs = slices.Compact(blobs)
-	// A manifest is counted once.
-	blobs = slices.DeleteFunc(blobs, func(b int32) bool {
-		_, ok := slices.BinarySearch(manifests, b)
-		return ok
-	})
-	return manifests, blobs, nil
 }
 
 // reach walks everything root references.

@@ -4,6 +4,11 @@ import (
 	"cmp"
 	"context"
 	"math/bits"
+	"slices"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/opencontainers/go-digest"
 
@@ -137,8 +142,19 @@ func (s idSet) all(fn func(int32)) {
 
 // idNode is a manifest read from the store (see node).
 type idNode struct {
-	missing          bool
+	missing, corrupt bool
 	manifests, blobs []int32
+	// platforms, config: in a graph with details only (idGraph.details),
+	// node.platforms (each child once) and node.config (its identifier
+	// plus one; 0 if none or not kept).
+	platforms []childPlatform
+	config    int32
+}
+
+// childPlatform is an index's child and its platform.
+type childPlatform struct {
+	id       int32
+	platform string
 }
 
 // idGraph reads manifests from the store, each once (graph.parse), and
@@ -149,6 +165,11 @@ type idGraph struct {
 	nodes map[int32]*idNode
 	// referrers: g.referrers by identifier.
 	referrers map[int32][]int32
+	// details: the nodes keep whether they are corrupt, an index's
+	// children's platforms (interned in platforms) and, if keepConfig,
+	// the config (what the image model shows; a collection does not).
+	details, keepConfig bool
+	platforms           storage.Interner
 }
 
 // newIDGraph numbers g's referrers; g's nodes are not used.
@@ -172,15 +193,138 @@ func (ig *idGraph) load(ctx context.Context, id int32) (*idNode, error) {
 	if err != nil {
 		return nil, err
 	}
-	n := &idNode{missing: p.missing}
-	for _, d := range p.manifests {
-		n.manifests = append(n.manifests, ig.ids.id(d))
-	}
-	for _, d := range p.blobs {
-		n.blobs = append(n.blobs, ig.ids.id(d))
-	}
+	n := ig.number(p)
 	ig.nodes[id] = n
 	return n, nil
+}
+
+// number is the node read as p, its digests numbered.
+func (ig *idGraph) number(p *node) *idNode {
+	n := &idNode{missing: p.missing}
+	if len(p.manifests) > 0 {
+		n.manifests = make([]int32, len(p.manifests))
+		for i, d := range p.manifests {
+			n.manifests[i] = ig.ids.id(d)
+		}
+	}
+	if len(p.blobs) > 0 {
+		n.blobs = make([]int32, len(p.blobs))
+		for i, d := range p.blobs {
+			n.blobs[i] = ig.ids.id(d)
+		}
+	}
+	if !ig.details {
+		return n
+	}
+	n.corrupt = p.corrupt
+	if len(p.platforms) > 0 {
+		n.platforms = make([]childPlatform, 0, len(p.platforms))
+		for d, pl := range p.platforms {
+			n.platforms = append(n.platforms, childPlatform{id: ig.ids.id(d), platform: ig.platforms.String(pl)})
+		}
+	}
+	if ig.keepConfig && p.config != "" {
+		n.config = ig.ids.id(p.config) + 1
+	}
+	return n
+}
+
+// loadAll loads every manifest a walk from roots would reach (children
+// of indexes and referrers), one level at a time with up to
+// parallelReads reads at once, so that the walks then find them loaded:
+// one read after another, 10,000 images wait 10,000 times on the store.
+// A few long-lived readers, not a goroutine per manifest (each would
+// grow its stack anew to decode one); each node is numbered as soon as
+// it is read, its strings not waiting for the whole level. It fails as
+// load does, on a store failure.
+func (ig *idGraph) loadAll(ctx context.Context, roots []int32) error {
+	var seen idSet
+	var level []int32
+	add := func(ids []int32) {
+		for _, id := range ids {
+			if _, loaded := ig.nodes[id]; !loaded && !seen.has(id) {
+				seen.add(id)
+				level = append(level, id)
+			}
+		}
+	}
+	add(roots)
+	for len(level) > 0 {
+		nodes := make([]*idNode, len(level))
+		// ids is not safe for concurrent use: it is read and numbers
+		// under numbering; the reads and the parsing run in parallel.
+		var numbering sync.Mutex
+		eg, ectx := errgroup.WithContext(ctx)
+		var next atomic.Int64
+		for range min(parallelReads, len(level)) {
+			eg.Go(func() error {
+				for i := int(next.Add(1) - 1); i < len(level); i = int(next.Add(1) - 1) {
+					numbering.Lock()
+					d := ig.ids.digest(level[i])
+					numbering.Unlock()
+					p, err := ig.g.parse(ectx, d)
+					if err != nil {
+						return err
+					}
+					numbering.Lock()
+					nodes[i] = ig.number(p)
+					numbering.Unlock()
+				}
+				return nil
+			})
+		}
+		if err := eg.Wait(); err != nil {
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		done := level
+		level = nil
+		for i, id := range done {
+			ig.nodes[id] = nodes[i]
+		}
+		for i, id := range done {
+			add(nodes[i].manifests)
+			add(ig.referrers[id])
+		}
+	}
+	return nil
+}
+
+// reachIDs is what root keeps (graph.reach): its manifests, sorted, and
+// their blobs that are not manifests, sorted, appended to manifests
+// (empty) and blobs.
+func (ig *idGraph) reachIDs(ctx context.Context, root int32, manifests, blobs []int32) ([]int32, []int32, error) {
+	start := len(manifests)
+	stack := []int32{root}
+	for len(stack) > 0 {
+		if err := ctx.Err(); err != nil {
+			return manifests, blobs, err
+		}
+		id := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		if slices.Contains(manifests[start:], id) { // a few manifests an image
+			continue
+		}
+		n, err := ig.load(ctx, id)
+		if err != nil {
+			return manifests, blobs, err
+		}
+		manifests = append(manifests, id)
+		blobs = append(blobs, n.blobs...)
+		stack = append(stack, n.manifests...)
+		stack = append(stack, ig.referrers[id]...)
+	}
+	slices.Sort(manifests)
+	slices.Sort(blobs)
+	blobs = slices.Compact(blobs)
+	// A manifest is counted once.
+	blobs = slices.DeleteFunc(blobs, func(b int32) bool {
+		_, ok := slices.BinarySearch(manifests, b)
+		return ok
+	})
+	return manifests, blobs, nil
 }
 
 // marks are what is marked: manifests walked, and blobs.
@@ -213,3 +357,8 @@ func (ig *idGraph) walk(ctx context.Context, root int32, m *marks) error {
 	}
 	return nil
 }
+
+// parallelReads bounds the manifests loadAll reads at once: enough to
+// keep a disk's queue or an object store's connections busy, few enough
+// not to crowd out the requests the mirror is serving.
+const parallelReads = 16

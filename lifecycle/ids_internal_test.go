@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/opencontainers/go-digest"
 
@@ -400,5 +401,36 @@ func TestTagsInOneString(t *testing.T) {
 	}
 	if got := splitTags(sortTags(joinTag(joinTag(joinTag("", "v2"), "latest"), "v1"))); !slices.Equal(got, []string{"latest", "v1", "v2"}) {
 		t.Errorf("sorted: %q", got)
+	}
+}
+
+// An eviction's report keeps its images compactly until the collection
+// is over: they come back as they were added, whatever their digests
+// and lists.
+func TestEvictedImages(t *testing.T) {
+	at := time.Date(2026, 1, 2, 3, 4, 5, 6, time.FixedZone("X", 3600))
+	in := []Image{
+		{Upstream: "docker.io", Repo: "library/a", Tags: []string{"latest", "v1"}, Digest: digest.FromString("a"), MediaType: "application/vnd.oci.image.index.v1+json",
+			Platforms: []string{"linux/amd64", "linux/arm64"}, PlatformsLeftOut: []string{"linux/s390x"}, Size: 123, Manifests: 3, Blobs: 4, LastPull: at, State: "complete"},
+		{Upstream: "docker.io", Repo: "library/a", Digest: digest.SHA512.FromString("b"), Size: 1, Pinned: true},
+		{Repo: "pinned-only", Digest: digest.Digest("sha256:" + strings.ToUpper(digest.FromString("c").Encoded())), State: StateMissing},
+		{Upstream: "ghcr.io", Repo: "o/b", Tags: []string{"x"}, Digest: digest.FromString("d"), Platforms: []string{""}},
+	}
+	var ev evictedImages
+	for _, im := range in {
+		ev.add(im)
+	}
+	if ev.len() != len(in) {
+		t.Fatalf("%d images, want %d", ev.len(), len(in))
+	}
+	got := ev.images()
+	if fmt.Sprintf("%#v", got) != fmt.Sprintf("%#v", in) {
+		t.Errorf("images\n%#v\nwant\n%#v", got, in)
+	}
+	if (&evictedImages{}).images() != nil {
+		t.Error("no images: not nil")
+	}
+	if n := unsafe.Sizeof(evictedImage{}); n > 200 {
+		t.Errorf("an evicted image is %d bytes (an Image %d, with its strings ~560)", n, unsafe.Sizeof(Image{}))
 	}
 }

@@ -161,7 +161,7 @@ type model struct {
 	// indexRoots are the root manifests of the images that are indexes
 	// (their children's platforms), by entry; an image model read with
 	// platforms keeps each image's config's platform in configs.
-	indexRoots map[int32]*node
+	indexRoots map[int32]*idNode
 	configs    map[int32]string
 }
 
@@ -199,6 +199,12 @@ func (m *model) size(id int32) int64 {
 		return m.recs.Content.SizeID(int(id))
 	}
 	return 0
+}
+
+// isManifest reports whether the digest numbered id has a manifest
+// record.
+func (m *model) isManifest(id int32) bool {
+	return int(id) < m.recs.Content.Len() && m.recs.Content.ManifestID(int(id))
 }
 
 // keptSize is the indexed size of what the images keep.
@@ -282,8 +288,7 @@ func (c *Collector) model(ctx context.Context, platforms, tags bool) (*model, er
 		return nil, err
 	}
 	in := &storage.Interner{}
-	g.intern = in
-	m := &model{folded: map[int32][]int32{}, states: []string{""}, platforms: [][]string{nil}, indexRoots: map[int32]*node{}}
+	m := &model{folded: map[int32][]int32{}, states: []string{""}, platforms: [][]string{nil}, indexRoots: map[int32]*idNode{}}
 	byKey := map[imageKey]int32{}
 	nameIDs := map[imageName]int32{}
 	nameID := func(upstream, repo string) int32 {
@@ -398,22 +403,25 @@ func (c *Collector) model(ctx context.Context, platforms, tags bool) (*model, er
 	}
 	byKey, nameIDs = nil, nil
 
-	// What each keeps. Blobs are numbered as the manifests are read: no
-	// string is kept for them (at 100k images, 300k).
-	roots := make([]digest.Digest, 0, len(m.entries))
+	// What each keeps. The manifests read are numbered as they are
+	// read: no string is kept for a digest (at 100k images, the roots'
+	// and their nodes' keys as strings were ~25 MiB).
+	roots := make([]int32, 0, len(m.entries))
 	rootSeen := idSet{}
 	for i := range m.entries {
 		if id := m.entries[i].id; !rootSeen.has(id) {
 			rootSeen.add(id)
-			roots = append(roots, in.Digest(ids.digest(id)))
+			roots = append(roots, id)
 		}
 	}
-	g.ids, g.keepConfig = ids, platforms
-	if err := g.loadAll(ctx, roots); err != nil {
+	rootSeen = nil
+	ig := newIDGraph(g, ids)
+	g.referrers = nil // numbered in ig
+	ig.details, ig.keepConfig = true, platforms
+	if err := ig.loadAll(ctx, roots); err != nil {
 		return nil, err
 	}
-	// Every digest is interned by now: the interner's map can go.
-	g.intern = nil
+	roots = nil
 	type span struct{ off, nManifests, n int32 }
 	reaches := map[int32]span{}
 	var children idSet
@@ -423,7 +431,7 @@ func (c *Collector) model(ctx context.Context, platforms, tags bool) (*model, er
 		sp, ok := reaches[e.id]
 		if !ok {
 			var err error
-			if manifests, blobs, err = g.reachIDs(ctx, ids.digest(e.id), manifests[:0], blobs[:0]); err != nil {
+			if manifests, blobs, err = ig.reachIDs(ctx, e.id, manifests[:0], blobs[:0]); err != nil {
 				return nil, err
 			}
 			sp = span{off: int32(len(m.keeps)), nManifests: int32(len(manifests)), n: int32(len(manifests) + len(blobs))}
@@ -469,7 +477,7 @@ func (c *Collector) model(ctx context.Context, platforms, tags bool) (*model, er
 	for _, i := range listed {
 		e := &m.entries[i]
 		m.notePulls(i)
-		root := g.nodes[ids.digest(e.id)]
+		root := ig.nodes[e.id]
 		switch {
 		case root == nil || root.missing:
 			e.state = stateMissing
@@ -482,8 +490,8 @@ func (c *Collector) model(ctx context.Context, platforms, tags bool) (*model, er
 		if len(root.platforms) > 0 {
 			m.indexRoots[i] = root
 		}
-		if platforms && root.config != "" && len(root.manifests) == 0 && len(m.platforms[e.fill.platforms]) == 0 {
-			if p := c.configPlatform(ctx, root.config); p != "" {
+		if platforms && root.config != 0 && len(root.manifests) == 0 && len(m.platforms[e.fill.platforms]) == 0 {
+			if p := c.configPlatform(ctx, ids.digest(root.config-1)); p != "" {
 				if m.configs == nil {
 					m.configs = map[int32]string{}
 				}
@@ -551,7 +559,6 @@ func (m *model) image(i int32) Image {
 	e := &m.entries[i]
 	n := m.name(e)
 	im := Image{Upstream: n.upstream, Repo: n.repo, Tags: splitTags(e.tags), Digest: m.digest(e), LastPull: e.lastPull, Pinned: e.pinned}
-	ct := m.recs.Content
 	for _, id := range m.all(e) {
 		rec := m.info(id)
 		im.Size += rec.Size
@@ -576,9 +583,9 @@ func (m *model) image(i int32) Image {
 	root := m.indexRoots[i]
 	if root != nil {
 		left := map[string]bool{}
-		for d, p := range root.platforms {
-			if !ct.IsManifest(d) {
-				left[p] = true
+		for _, p := range root.platforms {
+			if !m.isManifest(p.id) {
+				left[p.platform] = true
 			}
 		}
 		im.PlatformsLeftOut = slices.Sorted(maps.Keys(left))
@@ -589,10 +596,10 @@ func (m *model) image(i int32) Image {
 	}
 	if root != nil {
 		seen := map[string]bool{}
-		for d, p := range root.platforms {
-			if ct.IsManifest(d) && !seen[p] {
-				seen[p] = true
-				im.Platforms = append(im.Platforms, p)
+		for _, p := range root.platforms {
+			if m.isManifest(p.id) && !seen[p.platform] {
+				seen[p.platform] = true
+				im.Platforms = append(im.Platforms, p.platform)
 			}
 		}
 		sort.Strings(im.Platforms)
