@@ -144,11 +144,32 @@ func (s idSet) all(fn func(int32)) {
 type idNode struct {
 	missing, corrupt bool
 	manifests, blobs []int32
-	// platforms, config: in a graph with details only (idGraph.details),
-	// node.platforms (each child once) and node.config (its identifier
-	// plus one; 0 if none or not kept).
+	// detail: in a graph with details only (idGraph.details), if the
+	// node has any (a collection's nodes, 100k+, keep a pointer only).
+	detail *nodeDetail
+}
+
+// nodeDetail is node.platforms (each child once) and node.config (its
+// identifier plus one; 0 if none or not kept).
+type nodeDetail struct {
 	platforms []childPlatform
 	config    int32
+}
+
+// platforms are an index's children's platforms (none without details).
+func (n *idNode) platforms() []childPlatform {
+	if n.detail == nil {
+		return nil
+	}
+	return n.detail.platforms
+}
+
+// config is the config's identifier plus one (0: none, or not kept).
+func (n *idNode) config() int32 {
+	if n.detail == nil {
+		return 0
+	}
+	return n.detail.config
 }
 
 // childPlatform is an index's child and its platform.
@@ -217,14 +238,18 @@ func (ig *idGraph) number(p *node) *idNode {
 		return n
 	}
 	n.corrupt = p.corrupt
+	var d nodeDetail
 	if len(p.platforms) > 0 {
-		n.platforms = make([]childPlatform, 0, len(p.platforms))
-		for d, pl := range p.platforms {
-			n.platforms = append(n.platforms, childPlatform{id: ig.ids.id(d), platform: ig.platforms.String(pl)})
+		d.platforms = make([]childPlatform, 0, len(p.platforms))
+		for dg, pl := range p.platforms {
+			d.platforms = append(d.platforms, childPlatform{id: ig.ids.id(dg), platform: ig.platforms.String(pl)})
 		}
 	}
 	if ig.keepConfig && p.config != "" {
-		n.config = ig.ids.id(p.config) + 1
+		d.config = ig.ids.id(p.config) + 1
+	}
+	if d.platforms != nil || d.config != 0 {
+		n.detail = &d
 	}
 	return n
 }

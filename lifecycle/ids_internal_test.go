@@ -434,3 +434,12 @@ func TestEvictedImages(t *testing.T) {
 		t.Errorf("an evicted image is %d bytes (an Image %d, with its strings ~560)", n, unsafe.Sizeof(Image{}))
 	}
 }
+
+// A collection keeps a node per manifest (100k+ at 100k images): what
+// only the image model uses of an index (its children's platforms, the
+// config) is behind a pointer.
+func TestIDNodeSize(t *testing.T) {
+	if n := unsafe.Sizeof(idNode{}); n > 64 {
+		t.Errorf("idNode is %d bytes, want at most 64", n)
+	}
+}

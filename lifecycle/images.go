@@ -487,11 +487,11 @@ func (c *Collector) model(ctx context.Context, platforms, tags bool) (*model, er
 		if root == nil {
 			continue
 		}
-		if len(root.platforms) > 0 {
+		if len(root.platforms()) > 0 {
 			m.indexRoots[i] = root
 		}
-		if platforms && root.config != 0 && len(root.manifests) == 0 && len(m.platforms[e.fill.platforms]) == 0 {
-			if p := c.configPlatform(ctx, ids.digest(root.config-1)); p != "" {
+		if platforms && root.config() != 0 && len(root.manifests) == 0 && len(m.platforms[e.fill.platforms]) == 0 {
+			if p := c.configPlatform(ctx, ids.digest(root.config()-1)); p != "" {
 				if m.configs == nil {
 					m.configs = map[int32]string{}
 				}
@@ -583,7 +583,7 @@ func (m *model) image(i int32) Image {
 	root := m.indexRoots[i]
 	if root != nil {
 		left := map[string]bool{}
-		for _, p := range root.platforms {
+		for _, p := range root.platforms() {
 			if !m.isManifest(p.id) {
 				left[p.platform] = true
 			}
@@ -596,7 +596,7 @@ func (m *model) image(i int32) Image {
 	}
 	if root != nil {
 		seen := map[string]bool{}
-		for _, p := range root.platforms {
+		for _, p := range root.platforms() {
 			if m.isManifest(p.id) && !seen[p.platform] {
 				seen[p.platform] = true
 				im.Platforms = append(im.Platforms, p.platform)
