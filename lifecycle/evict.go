@@ -84,7 +84,7 @@ func (c *Collector) unrootVictims(m *model, victims []int32) (time.Duration, err
 	victims = slices.Clone(victims)
 	slices.SortFunc(victims, func(i, j int32) int {
 		a, b := &m.entries[i], &m.entries[j]
-		return cmp.Or(cmp.Compare(names[a.name], names[b.name]), m.compareDigests(a.id, b.id))
+		return cmp.Or(cmp.Compare(names[a.name], names[b.name]), m.ids.compare(a.id, b.id))
 	})
 	var longest time.Duration
 	var us []storage.Unroot
@@ -170,7 +170,7 @@ func (c *Collector) plan(ctx context.Context, maxSize int64, evictAfter time.Dur
 	names := m.fullNames()
 	slices.SortFunc(candidates, func(i, j int32) int {
 		a, b := &m.entries[i], &m.entries[j]
-		return cmp.Or(a.lastPull.Compare(b.lastPull), cmp.Compare(names[a.name], names[b.name]), m.compareDigests(a.id, b.id))
+		return cmp.Or(a.lastPull.Compare(b.lastPull), cmp.Compare(names[a.name], names[b.name]), m.ids.compare(a.id, b.id))
 	})
 
 	kept := m.keptSize()
@@ -249,14 +249,6 @@ func (m *model) fullNames() []string {
 		out[i] = n.name()
 	}
 	return out
-}
-
-// compareDigests compares the digests of two identifiers as strings.
-func (m *model) compareDigests(a, b int32) int {
-	if a == b {
-		return 0
-	}
-	return cmp.Compare(m.ids.digest(a), m.ids.digest(b))
 }
 
 // victimTags gives the victims, chosen by a model read without their
