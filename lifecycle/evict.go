@@ -93,7 +93,7 @@ func (c *Collector) unrootVictims(m *model, victims []int32) (time.Duration, err
 		for _, i := range chunk {
 			us = append(us, c.unroots(m, i, m.digest(&m.entries[i]))...)
 		}
-		l, err := c.unrootAll(us, len(us))
+		l, err := c.unrootAll(us, unrootChunk) // a victim may have several
 		longest = max(longest, l)
 		if err != nil {
 			return longest, err
@@ -153,7 +153,7 @@ type evictPlan struct {
 func (p *evictPlan) release() { p.claims.Release() }
 
 // plan reads the images and chooses the victims (see Evict), adding them
-// to r.Evicted.
+// to p.evicted (the report's images, made after the collection).
 func (c *Collector) plan(ctx context.Context, maxSize int64, evictAfter time.Duration, now time.Time, r *Report) (*evictPlan, error) {
 	p := &evictPlan{freed: &digestSet{}, dropped: &digestSet{}, claims: claimsOf(c.opts.Guard)}
 	m, err := c.model(ctx, false, false)
