@@ -19,6 +19,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -86,15 +87,6 @@ type profile struct {
 
 var profiles = []profile{{"hub", true}, {"open", false}}
 
-func startUpstream(b *testing.B, auth bool, th fixture.Throttle) *fixture.Upstream {
-	b.Helper()
-	opts := []fixture.Option{fixture.WithThrottle(th)}
-	if auth {
-		opts = append(opts, fixture.WithTokenAuth())
-	}
-	return fixture.StartUpstream(b, opts...)
-}
-
 var wan = fixture.Throttle{Latency: wanLatency, BytesPerSec: wanRate}
 
 // pull does what `docker pull` does on the wire against host, with a fresh
@@ -124,13 +116,50 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 // mbps is a throughput in MB/s (10^6 bytes per second).
 func mbps(bytes int64, d time.Duration) float64 { return float64(bytes) / 1e6 / d.Seconds() }
 
+// wireTimes gathers the blob GETs of the direct pulls as their client saw
+// them (BlobTime): how long the upstream took to answer (its emulated round
+// trip, 20 or 50 ms, plus its own time) and the rate of each body (the
+// emulated per-connection pace): what BENCH_UPSTREAM_PROC changes.
+type wireTimes struct{ waits, rates []float64 }
+
+func (w *wireTimes) add(res PullResult) {
+	for _, t := range res.Times {
+		w.waits = append(w.waits, ms(t.Wait))
+		if t.Bytes >= 1<<20 { // a small body's rate is its first write's
+			w.rates = append(w.rates, t.Rate()/(1<<20))
+		}
+	}
+}
+
+// report adds direct-blob-wait-ms (median), direct-blob-wait-max-ms and
+// direct-blob-MiBps (the median body's rate).
+func (w *wireTimes) report(b *testing.B) {
+	if len(w.waits) == 0 {
+		return
+	}
+	b.ReportMetric(median(w.waits), "direct-blob-wait-ms")
+	b.ReportMetric(slices.Max(w.waits), "direct-blob-wait-max-ms")
+	if len(w.rates) > 0 {
+		b.ReportMetric(median(w.rates), "direct-blob-MiBps")
+	}
+}
+
+// median of xs (not modified).
+func median(xs []float64) float64 {
+	s := slices.Sorted(slices.Values(xs))
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
 // BenchmarkDirectPull pulls the image straight from the throttled
 // upstream: the baseline of BenchmarkColdPull.
 func BenchmarkDirectPull(b *testing.B) {
 	for _, p := range profiles {
 		b.Run(p.name, func(b *testing.B) {
 			up := startUpstream(b, p.auth, wan)
-			up.SeedImage(b, benchRepo, benchTag, imageLayers, imageLayerSize)
+			up.Seed(b, benchRepo, benchTag, imageLayers, imageLayerSize)
 			var total time.Duration
 			var bytes int64
 			n := 0
@@ -158,16 +187,18 @@ func BenchmarkColdPull(b *testing.B) {
 			var cold, direct time.Duration
 			var upBytes, unique int64
 			var pings, tokens int
+			var wt wireTimes
 			n := 0
 			for b.Loop() {
 				b.StopTimer()
 				up := startUpstream(b, p.auth, wan)
-				up.SeedImage(b, benchRepo, benchTag, imageLayers, imageLayerSize)
+				up.Seed(b, benchRepo, benchTag, imageLayers, imageLayerSize)
 				m := servertest.Start(b, up.URL())
 				directFirst := n%2 == 0
 				if directFirst {
-					_, d := pull(b, up.Host(), true)
+					r, d := pull(b, up.Host(), true)
 					direct += d
+					wt.add(r)
 					up.ResetCounts()
 				}
 
@@ -185,8 +216,9 @@ func BenchmarkColdPull(b *testing.B) {
 				tokens += up.Count("", fixture.KindToken)
 
 				if !directFirst {
-					_, d := pull(b, up.Host(), true)
+					r, d := pull(b, up.Host(), true)
 					direct += d
+					wt.add(r)
 				}
 				m.Stop()
 				up.Stop()
@@ -199,6 +231,7 @@ func BenchmarkColdPull(b *testing.B) {
 			b.ReportMetric(float64(upBytes)/float64(unique), "upstream-bytes/unique")
 			b.ReportMetric(float64(pings)/float64(n), "upstream-pings/pull")
 			b.ReportMetric(float64(tokens)/float64(n), "upstream-tokens/pull")
+			wt.report(b)
 		})
 	}
 }
@@ -209,14 +242,14 @@ func BenchmarkColdPull(b *testing.B) {
 // measured). upstream-reqs/pull must be 0.
 func BenchmarkWarmPull(b *testing.B) {
 	up := startUpstream(b, true, wan)
-	up.SeedImage(b, benchRepo, benchTag, imageLayers, imageLayerSize)
+	up.Seed(b, benchRepo, benchTag, imageLayers, imageLayerSize)
 	m := servertest.Start(b, up.URL())
 	pull(b, m.Host(), true)
 	m.WaitIdle()
 	if res, _ := pull(b, m.Host(), true); res.Misses != 0 {
 		b.Fatalf("%d blobs were not cache hits on a warm mirror", res.Misses)
 	}
-	reqs := len(up.Requests())
+	reqs := up.RequestCount()
 
 	var total time.Duration
 	var bytes int64
@@ -229,7 +262,7 @@ func BenchmarkWarmPull(b *testing.B) {
 	}
 	b.ReportMetric(mbps(bytes, total), "MB/s")
 	b.ReportMetric(ms(total)/float64(n), "ms/pull")
-	b.ReportMetric(float64(len(up.Requests())-reqs)/float64(n), "upstream-reqs/pull")
+	b.ReportMetric(float64(up.RequestCount()-reqs)/float64(n), "upstream-reqs/pull")
 }
 
 // The blob of the warm blob benchmarks and the number of parallel clients.
@@ -414,7 +447,7 @@ func BenchmarkHerd16(b *testing.B) {
 	for b.Loop() {
 		b.StopTimer()
 		up := startUpstream(b, true, wan)
-		up.SeedImage(b, benchRepo, benchTag, imageLayers, imageLayerSize)
+		up.Seed(b, benchRepo, benchTag, imageLayers, imageLayerSize)
 		m := servertest.Start(b, up.URL())
 		var (
 			wg    sync.WaitGroup
@@ -520,14 +553,15 @@ func BenchmarkColdPullDocker(b *testing.B) {
 		b.Run(c.name, func(b *testing.B) {
 			var cold, direct, login, manifest, dmanifest, cpu, dcpu time.Duration
 			var upBytes, unique int64
+			var wt wireTimes
 			n := 0
 			for b.Loop() {
 				b.StopTimer()
 				up := startUpstream(b, true, wan)
-				up.SeedImage(b, dockerRepo, benchTag, dockerLayers, dockerLayerSize)
+				up.Seed(b, dockerRepo, benchTag, dockerLayers, dockerLayerSize)
 				m := servertest.Start(b, up.URL(), c.opts...)
 				if c.running {
-					up.SeedImage(b, warmRepo, benchTag, 1, 1<<10)
+					up.Seed(b, warmRepo, benchTag, 1, 1<<10)
 					pullWith(b, m.Host(), warmRepo, c.parallel)
 					m.WaitIdle()
 				}
@@ -538,6 +572,7 @@ func BenchmarkColdPullDocker(b *testing.B) {
 					dcpu += cpuTime() - c0
 					direct += d
 					dmanifest += d - res.BlobsAt + res.ManifestAt
+					wt.add(res)
 				}
 				if directFirst {
 					pullDirect()
@@ -572,6 +607,7 @@ func BenchmarkColdPullDocker(b *testing.B) {
 			b.ReportMetric(ms(cpu)/float64(n), "cpu-ms/pull")
 			b.ReportMetric(ms(dcpu)/float64(n), "direct-cpu-ms/pull")
 			b.ReportMetric(ms(cpu-dcpu)/float64(n), "mirror-cpu-ms/pull")
+			wt.report(b)
 		})
 	}
 }
