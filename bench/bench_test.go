@@ -531,7 +531,10 @@ func pullWith(b *testing.B, host, repo string, parallel int) (PullResult, time.D
 // start until the mirror is idle (blobs stored), direct-cpu-ms/pull the
 // same for the direct pull, and mirror-cpu-ms/pull their difference: what
 // the mirror costs, which moves much less with the machine's load than
-// wall time. The -noahead variants turn fetching ahead off: the mirror
+// wall time. With the upstream in a process of its own
+// (BENCH_UPSTREAM_PROC), upstream-cpu-ms/pull and
+// direct-upstream-cpu-ms/pull are that process's CPU time for either pull
+// (the mirror's background work included). The -noahead variants turn fetching ahead off: the mirror
 // relies on its background fill alone. The -running variants pull the
 // image through a mirror that has served another image of the same
 // upstream just before (untimed): the image is cold, the mirror is not
@@ -557,7 +560,8 @@ func BenchmarkColdPullDocker(b *testing.B) {
 		{"all-direct", 0, nil, false, true},
 	} {
 		b.Run(c.name, func(b *testing.B) {
-			var cold, direct, login, manifest, dmanifest, cpu, dcpu time.Duration
+			var cold, direct, login, manifest, dmanifest, cpu, dcpu, upcpu, dupcpu time.Duration
+			upCPUKnown := placement().process
 			var upBytes, unique int64
 			var wt wireTimes
 			n := 0
@@ -572,10 +576,12 @@ func BenchmarkColdPullDocker(b *testing.B) {
 					m.WaitIdle()
 				}
 				directFirst := n%2 == 0
+				upCPU := func() time.Duration { d, _ := up.CPU(); return d }
 				pullDirect := func() {
-					c0 := cpuTime()
+					c0, u0 := cpuTime(), upCPU()
 					res, d := pullWith(b, up.Host(), dockerRepo, c.parallel)
 					dcpu += cpuTime() - c0
+					dupcpu += upCPU() - u0
 					direct += d
 					dmanifest += d - res.BlobsAt + res.ManifestAt
 					wt.add(res)
@@ -584,7 +590,7 @@ func BenchmarkColdPullDocker(b *testing.B) {
 					pullDirect()
 				}
 				up.ResetCounts()
-				c0 := cpuTime()
+				c0, u0 := cpuTime(), upCPU()
 				b.StartTimer()
 				host := m.Host()
 				if c.direct {
@@ -597,6 +603,7 @@ func BenchmarkColdPullDocker(b *testing.B) {
 				manifest += d - res.BlobsAt + res.ManifestAt
 				m.WaitIdle()
 				cpu += cpuTime() - c0
+				upcpu += upCPU() - u0
 				upBytes += up.BlobBytes()
 				unique += UniqueBytes(res.Blobs)
 				if !directFirst {
@@ -617,6 +624,10 @@ func BenchmarkColdPullDocker(b *testing.B) {
 			b.ReportMetric(ms(cpu)/float64(n), "cpu-ms/pull")
 			b.ReportMetric(ms(dcpu)/float64(n), "direct-cpu-ms/pull")
 			b.ReportMetric(ms(cpu-dcpu)/float64(n), "mirror-cpu-ms/pull")
+			if upCPUKnown {
+				b.ReportMetric(ms(upcpu)/float64(n), "upstream-cpu-ms/pull")
+				b.ReportMetric(ms(dupcpu)/float64(n), "direct-upstream-cpu-ms/pull")
+			}
 			wt.report(b)
 		})
 	}

@@ -44,6 +44,9 @@ func TestUpstreamProcess(t *testing.T) {
 	if p, tok, b := up.Count(http.MethodGet, fixture.KindPing), up.Count("", fixture.KindToken), up.Count(http.MethodGet, fixture.KindBlob); p != 1 || tok != 1 || b != 3 {
 		t.Errorf("pings %d, tokens %d, blob GETs %d; want 1, 1, 3", p, tok, b)
 	}
+	if cpu, ok := up.CPU(); !ok || cpu <= 0 {
+		t.Errorf("upstream CPU %v, %v", cpu, ok)
+	}
 	up.ResetCounts()
 	if n := up.RequestCount(); n != 0 {
 		t.Errorf("%d requests after ResetCounts", n)

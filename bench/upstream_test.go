@@ -38,6 +38,9 @@ type benchUpstream interface {
 	ResetCounts()
 	// RequestCount is how many requests the upstream received.
 	RequestCount() int
+	// CPU is the CPU time the upstream's process has used so far, and
+	// false if it is this process (then it cannot be told apart).
+	CPU() (time.Duration, bool)
 	Stop()
 }
 
@@ -49,6 +52,8 @@ func (u inProcess) Seed(tb testing.TB, repo, tag string, layers int, size int64)
 }
 
 func (u inProcess) RequestCount() int { return len(u.Requests()) }
+
+func (inProcess) CPU() (time.Duration, bool) { return 0, false }
 
 // upstreamPlacement is where the upstream runs, from BENCH_UPSTREAM_PROC:
 // empty, in this process; "any", in a process of its own on any core; a
@@ -124,6 +129,7 @@ type reply struct {
 	Pid       int                     `json:"pid,omitempty"`
 	Records   []fixture.RequestRecord `json:"records,omitempty"`
 	BlobBytes int64                   `json:"blob_bytes,omitempty"`
+	CPU       time.Duration           `json:"cpu,omitempty"` // the process's, so far
 }
 
 // upstreamProcess is the upstream in the helper process.
@@ -229,6 +235,10 @@ func (u *upstreamProcess) RequestCount() int { return len(u.mustCall(command{Op:
 func (u *upstreamProcess) BlobBytes() int64  { return u.mustCall(command{Op: "counts"}).BlobBytes }
 func (u *upstreamProcess) ResetCounts()      { u.mustCall(command{Op: "reset"}) }
 
+func (u *upstreamProcess) CPU() (time.Duration, bool) {
+	return u.mustCall(command{Op: "counts"}).CPU, true
+}
+
 // Stop ends the process: closing its command pipe makes it stop the
 // upstream and exit (how it ended is kept in exit). Stop is idempotent.
 func (u *upstreamProcess) Stop() {
@@ -301,7 +311,7 @@ func TestUpstreamHelperProcess(t *testing.T) {
 				seeded = true
 			}()
 		case "counts":
-			r.Records, r.BlobBytes = up.Requests(), up.BlobBytes()
+			r.Records, r.BlobBytes, r.CPU = up.Requests(), up.BlobBytes(), cpuTime()
 		case "reset":
 			up.ResetCounts()
 		default:
