@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -78,6 +79,9 @@ func pingHost(ctx context.Context, host string) error {
 func TestUpstreamProcessPinned(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a process")
+	}
+	if runtime.GOOS != "linux" {
+		t.Skip("pinning needs Linux")
 	}
 	raw, err := os.ReadFile("/proc/self/status")
 	if err != nil {
