@@ -19,6 +19,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -86,15 +87,6 @@ type profile struct {
 
 var profiles = []profile{{"hub", true}, {"open", false}}
 
-func startUpstream(b *testing.B, auth bool, th fixture.Throttle) *fixture.Upstream {
-	b.Helper()
-	opts := []fixture.Option{fixture.WithThrottle(th)}
-	if auth {
-		opts = append(opts, fixture.WithTokenAuth())
-	}
-	return fixture.StartUpstream(b, opts...)
-}
-
 var wan = fixture.Throttle{Latency: wanLatency, BytesPerSec: wanRate}
 
 // pull does what `docker pull` does on the wire against host, with a fresh
@@ -124,13 +116,50 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 // mbps is a throughput in MB/s (10^6 bytes per second).
 func mbps(bytes int64, d time.Duration) float64 { return float64(bytes) / 1e6 / d.Seconds() }
 
+// wireTimes gathers the blob GETs of the direct pulls as their client saw
+// them (BlobTime): how long the upstream took to answer (its emulated round
+// trip, 20 or 50 ms, plus its own time) and the rate of each body (the
+// emulated per-connection pace): what BENCH_UPSTREAM_PROC changes.
+type wireTimes struct{ waits, rates []float64 }
+
+func (w *wireTimes) add(res PullResult) {
+	for _, t := range res.Times {
+		w.waits = append(w.waits, ms(t.Wait))
+		if t.Bytes >= 1<<20 { // a small body's rate is its first write's
+			w.rates = append(w.rates, t.Rate()/(1<<20))
+		}
+	}
+}
+
+// report adds direct-blob-wait-ms (median), direct-blob-wait-max-ms and
+// direct-blob-MiBps (the median body's rate).
+func (w *wireTimes) report(b *testing.B) {
+	if len(w.waits) == 0 {
+		return
+	}
+	b.ReportMetric(median(w.waits), "direct-blob-wait-ms")
+	b.ReportMetric(slices.Max(w.waits), "direct-blob-wait-max-ms")
+	if len(w.rates) > 0 {
+		b.ReportMetric(median(w.rates), "direct-blob-MiBps")
+	}
+}
+
+// median of xs (not modified).
+func median(xs []float64) float64 {
+	s := slices.Sorted(slices.Values(xs))
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
 // BenchmarkDirectPull pulls the image straight from the throttled
 // upstream: the baseline of BenchmarkColdPull.
 func BenchmarkDirectPull(b *testing.B) {
 	for _, p := range profiles {
 		b.Run(p.name, func(b *testing.B) {
 			up := startUpstream(b, p.auth, wan)
-			up.SeedImage(b, benchRepo, benchTag, imageLayers, imageLayerSize)
+			up.Seed(b, benchRepo, benchTag, imageLayers, imageLayerSize)
 			var total time.Duration
 			var bytes int64
 			n := 0
@@ -158,16 +187,18 @@ func BenchmarkColdPull(b *testing.B) {
 			var cold, direct time.Duration
 			var upBytes, unique int64
 			var pings, tokens int
+			var wt wireTimes
 			n := 0
 			for b.Loop() {
 				b.StopTimer()
 				up := startUpstream(b, p.auth, wan)
-				up.SeedImage(b, benchRepo, benchTag, imageLayers, imageLayerSize)
+				up.Seed(b, benchRepo, benchTag, imageLayers, imageLayerSize)
 				m := servertest.Start(b, up.URL())
 				directFirst := n%2 == 0
 				if directFirst {
-					_, d := pull(b, up.Host(), true)
+					r, d := pull(b, up.Host(), true)
 					direct += d
+					wt.add(r)
 					up.ResetCounts()
 				}
 
@@ -185,8 +216,9 @@ func BenchmarkColdPull(b *testing.B) {
 				tokens += up.Count("", fixture.KindToken)
 
 				if !directFirst {
-					_, d := pull(b, up.Host(), true)
+					r, d := pull(b, up.Host(), true)
 					direct += d
+					wt.add(r)
 				}
 				m.Stop()
 				up.Stop()
@@ -199,6 +231,7 @@ func BenchmarkColdPull(b *testing.B) {
 			b.ReportMetric(float64(upBytes)/float64(unique), "upstream-bytes/unique")
 			b.ReportMetric(float64(pings)/float64(n), "upstream-pings/pull")
 			b.ReportMetric(float64(tokens)/float64(n), "upstream-tokens/pull")
+			wt.report(b)
 		})
 	}
 }
@@ -209,14 +242,14 @@ func BenchmarkColdPull(b *testing.B) {
 // measured). upstream-reqs/pull must be 0.
 func BenchmarkWarmPull(b *testing.B) {
 	up := startUpstream(b, true, wan)
-	up.SeedImage(b, benchRepo, benchTag, imageLayers, imageLayerSize)
+	up.Seed(b, benchRepo, benchTag, imageLayers, imageLayerSize)
 	m := servertest.Start(b, up.URL())
 	pull(b, m.Host(), true)
 	m.WaitIdle()
 	if res, _ := pull(b, m.Host(), true); res.Misses != 0 {
 		b.Fatalf("%d blobs were not cache hits on a warm mirror", res.Misses)
 	}
-	reqs := len(up.Requests())
+	reqs := up.RequestCount()
 
 	var total time.Duration
 	var bytes int64
@@ -229,7 +262,7 @@ func BenchmarkWarmPull(b *testing.B) {
 	}
 	b.ReportMetric(mbps(bytes, total), "MB/s")
 	b.ReportMetric(ms(total)/float64(n), "ms/pull")
-	b.ReportMetric(float64(len(up.Requests())-reqs)/float64(n), "upstream-reqs/pull")
+	b.ReportMetric(float64(up.RequestCount()-reqs)/float64(n), "upstream-reqs/pull")
 }
 
 // The blob of the warm blob benchmarks and the number of parallel clients.
@@ -414,7 +447,7 @@ func BenchmarkHerd16(b *testing.B) {
 	for b.Loop() {
 		b.StopTimer()
 		up := startUpstream(b, true, wan)
-		up.SeedImage(b, benchRepo, benchTag, imageLayers, imageLayerSize)
+		up.Seed(b, benchRepo, benchTag, imageLayers, imageLayerSize)
 		m := servertest.Start(b, up.URL())
 		var (
 			wg    sync.WaitGroup
@@ -498,60 +531,79 @@ func pullWith(b *testing.B, host, repo string, parallel int) (PullResult, time.D
 // start until the mirror is idle (blobs stored), direct-cpu-ms/pull the
 // same for the direct pull, and mirror-cpu-ms/pull their difference: what
 // the mirror costs, which moves much less with the machine's load than
-// wall time. The -noahead variants turn fetching ahead off: the mirror
+// wall time. With the upstream in a process of its own
+// (BENCH_UPSTREAM_PROC), upstream-cpu-ms/pull and
+// direct-upstream-cpu-ms/pull are that process's CPU time for either pull
+// (the mirror's background work included). The -noahead variants turn fetching ahead off: the mirror
 // relies on its background fill alone. The -running variants pull the
 // image through a mirror that has served another image of the same
 // upstream just before (untimed): the image is cold, the mirror is not
 // (it knows the upstream's challenge, as a mirror in service does), while
 // the direct client does what each docker pull does, ping included.
+// all-direct pairs a direct pull with a direct pull (the mirror idle): the
+// benchmark's own run-to-run spread, to read x-direct against.
 func BenchmarkColdPullDocker(b *testing.B) {
 	for _, c := range []struct {
 		name     string
 		parallel int
 		opts     []proxy.Option
 		running  bool
+		// direct: the timed pull is a second direct one, not through
+		// the mirror: x-direct is then the benchmark's noise floor.
+		direct bool
 	}{
-		{"p3", 3, nil, false}, {"all", 0, nil, false},
+		{"p3", 3, nil, false, false}, {"all", 0, nil, false, false},
 		// The same without fetching ahead: the mirror as it was.
-		{"p3-noahead", 3, []proxy.Option{proxy.WithFetchAhead(false)}, false},
-		{"all-noahead", 0, []proxy.Option{proxy.WithFetchAhead(false)}, false},
-		{"p3-running", 3, nil, true}, {"all-running", 0, nil, true},
+		{"p3-noahead", 3, []proxy.Option{proxy.WithFetchAhead(false)}, false, false},
+		{"all-noahead", 0, []proxy.Option{proxy.WithFetchAhead(false)}, false, false},
+		{"p3-running", 3, nil, true, false}, {"all-running", 0, nil, true, false},
+		{"all-direct", 0, nil, false, true},
 	} {
 		b.Run(c.name, func(b *testing.B) {
-			var cold, direct, login, manifest, dmanifest, cpu, dcpu time.Duration
+			var cold, direct, login, manifest, dmanifest, cpu, dcpu, upcpu, dupcpu time.Duration
+			upCPUKnown := placement().process
 			var upBytes, unique int64
+			var wt wireTimes
 			n := 0
 			for b.Loop() {
 				b.StopTimer()
 				up := startUpstream(b, true, wan)
-				up.SeedImage(b, dockerRepo, benchTag, dockerLayers, dockerLayerSize)
+				up.Seed(b, dockerRepo, benchTag, dockerLayers, dockerLayerSize)
 				m := servertest.Start(b, up.URL(), c.opts...)
 				if c.running {
-					up.SeedImage(b, warmRepo, benchTag, 1, 1<<10)
+					up.Seed(b, warmRepo, benchTag, 1, 1<<10)
 					pullWith(b, m.Host(), warmRepo, c.parallel)
 					m.WaitIdle()
 				}
 				directFirst := n%2 == 0
+				upCPU := func() time.Duration { d, _ := up.CPU(); return d }
 				pullDirect := func() {
-					c0 := cpuTime()
+					c0, u0 := cpuTime(), upCPU()
 					res, d := pullWith(b, up.Host(), dockerRepo, c.parallel)
 					dcpu += cpuTime() - c0
+					dupcpu += upCPU() - u0
 					direct += d
 					dmanifest += d - res.BlobsAt + res.ManifestAt
+					wt.add(res)
 				}
 				if directFirst {
 					pullDirect()
 				}
 				up.ResetCounts()
-				c0 := cpuTime()
+				c0, u0 := cpuTime(), upCPU()
 				b.StartTimer()
-				res, d := pullWith(b, m.Host(), dockerRepo, c.parallel)
+				host := m.Host()
+				if c.direct {
+					host = up.Host()
+				}
+				res, d := pullWith(b, host, dockerRepo, c.parallel)
 				b.StopTimer()
 				cold += d
 				login += d - res.BlobsAt
 				manifest += d - res.BlobsAt + res.ManifestAt
 				m.WaitIdle()
 				cpu += cpuTime() - c0
+				upcpu += upCPU() - u0
 				upBytes += up.BlobBytes()
 				unique += UniqueBytes(res.Blobs)
 				if !directFirst {
@@ -572,6 +624,11 @@ func BenchmarkColdPullDocker(b *testing.B) {
 			b.ReportMetric(ms(cpu)/float64(n), "cpu-ms/pull")
 			b.ReportMetric(ms(dcpu)/float64(n), "direct-cpu-ms/pull")
 			b.ReportMetric(ms(cpu-dcpu)/float64(n), "mirror-cpu-ms/pull")
+			if upCPUKnown {
+				b.ReportMetric(ms(upcpu)/float64(n), "upstream-cpu-ms/pull")
+				b.ReportMetric(ms(dupcpu)/float64(n), "direct-upstream-cpu-ms/pull")
+			}
+			wt.report(b)
 		})
 	}
 }

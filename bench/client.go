@@ -20,8 +20,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -116,6 +118,45 @@ func (c *Client) Blob(ctx context.Context, dgst string, verify bool) (int64, str
 	return Fetch(ctx, c.hc, c.base+"/v2/"+c.repo+"/blobs/"+dgst, verifyDigest(dgst, verify))
 }
 
+// BlobTime is how one blob GET went on the wire, as the client saw it.
+type BlobTime struct {
+	// Wait is from the request written to the response's first byte: the
+	// server's time to answer plus one round trip (the emulated WAN's
+	// latency, for a throttled upstream).
+	Wait time.Duration
+	// Body is from the response's first byte to its last.
+	Body  time.Duration
+	Bytes int64
+}
+
+// Rate is the body's bytes per second (0 if it took no measurable time).
+func (t BlobTime) Rate() float64 {
+	if t.Body <= 0 {
+		return 0
+	}
+	return float64(t.Bytes) / t.Body.Seconds()
+}
+
+// timedBlob is Blob, also returning its BlobTime.
+func (c *Client) timedBlob(ctx context.Context, dgst string, verify bool) (int64, string, BlobTime, error) {
+	var bt BlobTime
+	// The hooks run on the transport's goroutines (the request can be
+	// answered before its write is reported): atomics, as nanoseconds
+	// since start.
+	start := time.Now()
+	var wrote, first atomic.Int64
+	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		WroteRequest:         func(httptrace.WroteRequestInfo) { wrote.Store(int64(time.Since(start)) + 1) },
+		GotFirstResponseByte: func() { first.Store(int64(time.Since(start)) + 1) },
+	})
+	n, cache, err := Fetch(ctx, c.hc, c.base+"/v2/"+c.repo+"/blobs/"+dgst, verifyDigest(dgst, verify))
+	w, f := wrote.Load(), first.Load()
+	if w != 0 && f != 0 {
+		bt = BlobTime{Wait: time.Duration(f - w), Body: time.Since(start) - time.Duration(f-1), Bytes: n}
+	}
+	return n, cache, bt, err
+}
+
 func verifyDigest(dgst string, verify bool) string {
 	if verify {
 		return dgst
@@ -194,6 +235,8 @@ type PullResult struct {
 	// ManifestAt and BlobsAt are when, from the start of Pull, the image
 	// manifest was in hand and the last blob was read.
 	ManifestAt, BlobsAt time.Duration
+	// Times has one entry per blob GET, in the order they ended.
+	Times []BlobTime
 }
 
 // Pull pulls ref (a tag or digest): the manifest (resolving an index to
@@ -250,10 +293,11 @@ func (c *Client) Pull(ctx context.Context, ref string, parallel int, verify bool
 		wg.Go(func() {
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			n, cache, err := c.Blob(ctx, d.Digest.String(), verify)
+			n, cache, bt, err := c.timedBlob(ctx, d.Digest.String(), verify)
 			mu.Lock()
 			defer mu.Unlock()
 			res.Bytes += n
+			res.Times = append(res.Times, bt)
 			if err == nil && n != d.Size {
 				err = fmt.Errorf("blob %s: %d bytes, manifest says %d", d.Digest, n, d.Size)
 			}
