@@ -49,8 +49,11 @@ type Index struct {
 	clock func() time.Time
 	// writeLimits, if not nil, replace the default write limits (tests).
 	writeLimits *writeLimits
-	// mapped bounds the resident mapped pages (mapped.go).
-	mapped *mappedWatch
+	// mapped bounds the resident mapped pages (mapped.go); branches are
+	// the branch pages its releases keep mapped, and full reads' too
+	// (mapped_branches.go).
+	mapped   *mappedWatch
+	branches branchCache
 	// log is where slow writes are logged (commits.go); slowCommits
 	// counts them (tests).
 	log         atomic.Pointer[slog.Logger]

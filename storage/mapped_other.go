@@ -8,6 +8,9 @@ import bolt "go.etcd.io/bbolt"
 // mapped_linux.go).
 func (ix *Index) releaseMapped(*bolt.Tx) {}
 
+// releaseKept is releaseMapped.
+func (ix *Index) releaseKept(*bolt.Tx) {}
+
 // releaseLeaves is releaseMapped.
 func (ix *Index) releaseLeaves(*bolt.Tx, *branchCache) int { return 0 }
 
