@@ -141,6 +141,7 @@ func OpenIndex(path string) (*Index, error) {
 		return nil, fmt.Errorf("index %s: %w", path, err)
 	}
 	ix := &Index{db: db, accessed: map[digest.Digest]time.Time{}}
+	ix.adviseMapped()
 	if err := ix.countStored(); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("index %s: %w", path, err)

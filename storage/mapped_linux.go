@@ -69,6 +69,26 @@ func (ix *Index) releaseKept(tx *bolt.Tx) {
 	dropRanges(gaps(start, start, end, uintptr(ix.db.Info().PageSize), runs))
 }
 
+// adviseMapping marks the index's mapping [start, start+n) MADV_NOHUGEPAGE:
+// the page cache holds the file in large folios (up to 2 MiB where it
+// was written in large writes), and a fault on a PMD-sized one would map
+// all of it with one PMD entry, which a later drop of part of it
+// (releaseLeaves' gaps) would unmap whole, the branch pages it is meant
+// to keep included. Marked so, faults map folios page by page, and drops
+// are exact. Errors are ignored.
+func adviseMapping(start, n uintptr) {
+	_, _, _ = syscall.Syscall(syscall.SYS_MADVISE, start, n, unix.MADV_NOHUGEPAGE)
+}
+
+// adviseMapped applies adviseMapping to the index's mapping as it is now
+// (at open, before the first read).
+func (ix *Index) adviseMapped() {
+	start := ix.db.Info().Data
+	if end, ok := mappingEnd(start); ok && end > start {
+		adviseMapping(start, end-start)
+	}
+}
+
 // populateBatch is how many pages populate maps before it drops what
 // their faults mapped around them: a fault maps up to a large folio
 // (~128 KiB measured at 100k images), so at most ~16 MiB at a time.
@@ -95,6 +115,7 @@ func (ix *Index) releaseLeaves(tx *bolt.Tx, c *branchCache) (kept int) {
 	ps := uintptr(info.PageSize)
 	if c.base != start {
 		c.mapped = false // remapped: nothing of the old mapping is mapped
+		adviseMapping(start, end-start)
 	}
 	if c.txid != tx.ID() || c.runs == nil || !c.mapped {
 		var known []pageRun
@@ -121,7 +142,7 @@ func (ix *Index) releaseLeaves(tx *bolt.Tx, c *branchCache) (kept int) {
 		}
 		c.fileReads += w.fileReads
 		c.mappedReads += w.mappedReads
-		c.touched += populate(data, start, ps, runs, known)
+		c.touched += populate(data, start, ps, runs, known, populateBatch, nil)
 		c.txid, c.runs, c.base, c.mapped = tx.ID(), runs, start, true
 	}
 	for _, r := range c.runs {
@@ -132,12 +153,13 @@ func (ix *Index) releaseLeaves(tx *bolt.Tx, c *branchCache) (kept int) {
 }
 
 // populate maps the pages of runs that known does not name by reading a
-// byte of each through the mapping data (at start), populateBatch pages
-// at a time, dropping what each batch's faults mapped around them (the
-// gaps between runs, from the end of the last batch to the end of this
-// one) before the next. It returns the sum of the bytes read, so that
-// the reads are not optimised away.
-func populate(data []byte, start, ps uintptr, runs, known []pageRun) (sum int) {
+// byte of each through the mapping data (at start), batch pages at a
+// time, dropping what each batch's faults mapped around them (the gaps
+// between runs, from the end of the last batch to the end of this one)
+// before the next, then calling after (if not nil: tests). The last
+// batch's gaps are left to the caller. It returns the sum of the bytes
+// read, so that the reads are not optimised away.
+func populate(data []byte, start, ps uintptr, runs, known []pageRun, batch int, after func()) (sum int) {
 	from, touched := start, 0
 	for i, r := range runs {
 		if !contains(known, r.first, r.n) {
@@ -146,10 +168,13 @@ func populate(data []byte, start, ps uintptr, runs, known []pageRun) (sum int) {
 			}
 			touched += int(r.n)
 		}
-		if touched >= populateBatch && i < len(runs)-1 {
+		if touched >= batch && i < len(runs)-1 {
 			to := start + uintptr(r.first+r.n)*ps
 			dropRanges(gaps(start, from, to, ps, runs[:i+1]))
 			from, touched = to, 0
+			if after != nil {
+				after()
+			}
 		}
 	}
 	return sum

@@ -16,3 +16,6 @@ func (ix *Index) releaseLeaves(*bolt.Tx, *branchCache) int { return 0 }
 
 // residentFileBytes is not known here: no watcher runs.
 func residentFileBytes() (int64, bool) { return 0, false }
+
+// adviseMapped does nothing here (see mapped_linux.go).
+func (ix *Index) adviseMapped() {}
