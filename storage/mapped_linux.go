@@ -26,6 +26,7 @@ func (ix *Index) releaseMapped(*bolt.Tx) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.mapped = false
+	ix.leaves.publish(start, nil)
 	_, _, _ = syscall.Syscall(syscall.SYS_MADVISE, start, end-start, syscall.MADV_DONTNEED)
 }
 
@@ -144,6 +145,7 @@ func (ix *Index) releaseLeaves(tx *bolt.Tx, c *branchCache) (kept int) {
 		c.mappedReads += w.mappedReads
 		c.touched += populate(data, start, ps, runs, known, populateBatch, nil)
 		c.txid, c.runs, c.base, c.mapped = tx.ID(), runs, start, true
+		ix.leaves.publish(start, runs)
 	}
 	for _, r := range c.runs {
 		kept += int(r.n)
