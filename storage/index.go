@@ -148,8 +148,9 @@ func OpenIndex(path string) (*Index, error) {
 		db.Close()
 		return nil, fmt.Errorf("index %s: %w", path, err)
 	}
+	// Before the watcher, which publishes its branch pages to it.
+	ix.leaves = readLeaves(path)
 	ix.mapped = ix.watchMapped()
-	ix.leaves = readLeaves(ix.mapped, path)
 	return ix, nil
 }
 

@@ -209,11 +209,11 @@ func (r *leafReader) close() error {
 	return r.f.Close()
 }
 
-// readLeaves returns a leafReader of the index file at path, nil if the
-// index has no watcher (then nothing drops its leaves: bbolt reads them
-// mapped) or the file cannot be opened.
-func readLeaves(w *mappedWatch, path string) *leafReader {
-	if w == nil {
+// readLeaves returns a leafReader of the index file at path, nil where
+// no watcher runs (the platform does not tell RssFile: nothing drops the
+// leaves, and bbolt reads them mapped) or the file cannot be opened.
+func readLeaves(path string) *leafReader {
+	if _, ok := residentFileBytes(); !ok {
 		return nil
 	}
 	f, err := os.Open(path)
