@@ -20,10 +20,10 @@ import (
 // it in: ~4–5 µs, and the fault maps the page cache's whole large folio
 // around it (~94 KiB of RssFile per lookup measured at 100k). leafReader
 // reads the leaf with pread instead (a lookup took the same time either
-// way, 14–16 µs, but maps nothing): the
-// branch pages it knows are mapped through the mapping, any other page
-// from the file, each page interpreted by its own header (bbolt's layout:
-// mapped_branches.go), as bbolt's Bucket.Get searches it. Anything it
+// way, 14–16 µs, but maps nothing): the branch pages it knows are mapped
+// through the mapping, any other page from the file, each page
+// interpreted by its own header (bbolt's layout: mapped_branches.go), as
+// bbolt's Bucket.Get searches it. Anything it
 // does not expect (an inline bucket, a page whose header does not name
 // it, a short read) falls back to bbolt's Get. A small index (under
 // leafReadMin) stays mapped whole: bbolt's Get reads it for free.
