@@ -7,6 +7,7 @@ import (
 	mrand "math/rand/v2"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"runtime"
 	"runtime/debug"
 	"slices"
@@ -238,6 +239,16 @@ func BenchmarkScaleLatency(b *testing.B) {
 	}
 }
 
+// logLine logs a line of the benchmark's figures, also on stderr: a
+// benchmark's log is cut at 10 lines, and the 100k figures come after
+// the 1k ones.
+func logLine(b *testing.B, format string, args ...any) {
+	b.Helper()
+	line := fmt.Sprintf(format, args...)
+	b.Log(line)
+	fmt.Fprintln(os.Stderr, line)
+}
+
 // reportScaleLatency logs and reports BenchmarkScaleLatency's figures.
 func reportScaleLatency(b *testing.B, sizes []int, got map[int][]latencyRound) {
 	first := got[sizes[0]]
@@ -255,7 +266,7 @@ func reportScaleLatency(b *testing.B, sizes []int, got map[int][]latencyRound) {
 			heaps = append(heaps, r.heap)
 			gcs = append(gcs, r.gcs)
 		}
-		b.Logf("images=%d: each round: RssFile after the requests %.0f MiB, peak during them %.0f MiB; heap at the end %.0f MiB, GC cycles so far %d", n, files, peaks, heaps, gcs)
+		logLine(b, "images=%d: each round: RssFile after the requests %.0f MiB, peak during them %.0f MiB; heap at the end %.0f MiB, GC cycles so far %d", n, files, peaks, heaps, gcs)
 		for _, name := range names {
 			var p50s []float64
 			var pooled latencies
@@ -269,7 +280,7 @@ func reportScaleLatency(b *testing.B, sizes []int, got map[int][]latencyRound) {
 				cpu += p.cpu / time.Duration(len(got[n]))
 			}
 			slices.Sort(p50s)
-			b.Logf("images=%-6d %-34s p50 %6.1f µs [rounds %6.1f–%6.1f, median %6.1f], p99 %7.1f µs, %.2f minflt/call, CPU %6.1f µs/call",
+			logLine(b, "images=%-6d %-34s p50 %6.1f µs [rounds %6.1f–%6.1f, median %6.1f], p99 %7.1f µs, %.2f minflt/call, CPU %6.1f µs/call",
 				n, name, us(pooled.pct(0.5)), p50s[0], p50s[len(p50s)-1], p50s[len(p50s)/2], us(pooled.pct(0.99)), faults, us(cpu))
 		}
 	}
@@ -287,7 +298,7 @@ func reportScaleLatency(b *testing.B, sizes []int, got map[int][]latencyRound) {
 			b.ReportMetric(us(pooled.pct(0.99)), fmt.Sprintf("%s-p99-µs/images=%d", short, n))
 			if n != sizes[0] {
 				b.ReportMetric(ratios[len(ratios)/2], fmt.Sprintf("%s-p50-ratio/images=%d", short, n))
-				b.Logf("images=%d %s p50 / images=%d's, per round: %.3f", n, short, sizes[0], ratios)
+				logLine(b, "images=%d %s p50 / images=%d's, per round: %.3f", n, short, sizes[0], ratios)
 			}
 		}
 	}

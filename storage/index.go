@@ -49,8 +49,13 @@ type Index struct {
 	clock func() time.Time
 	// writeLimits, if not nil, replace the default write limits (tests).
 	writeLimits *writeLimits
-	// mapped bounds the resident mapped pages (mapped.go).
-	mapped *mappedWatch
+	// mapped bounds the resident mapped pages (mapped.go); branches are
+	// the branch pages its releases keep mapped, and full reads' too
+	// (mapped_branches.go).
+	mapped   *mappedWatch
+	branches branchCache
+	// leaves reads lookups' leaves from the file (mapped_lookup.go).
+	leaves *leafReader
 	// log is where slow writes are logged (commits.go); slowCommits
 	// counts them (tests).
 	log         atomic.Pointer[slog.Logger]
@@ -138,10 +143,13 @@ func OpenIndex(path string) (*Index, error) {
 		return nil, fmt.Errorf("index %s: %w", path, err)
 	}
 	ix := &Index{db: db, accessed: map[digest.Digest]time.Time{}}
+	ix.adviseMapped()
 	if err := ix.countStored(); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("index %s: %w", path, err)
 	}
+	// Before the watcher, which publishes its branch pages to it.
+	ix.leaves = readLeaves(path)
 	ix.mapped = ix.watchMapped()
 	return ix, nil
 }
@@ -202,7 +210,7 @@ func (ix *Index) StoredBytes() int64 { return ix.stored.Load() }
 // Close flushes pending access times and closes the database.
 func (ix *Index) Close() error {
 	ix.mapped.stop()
-	return errors.Join(ix.Flush(), ix.db.Close())
+	return errors.Join(ix.Flush(), ix.db.Close(), ix.leaves.close())
 }
 
 // Ping checks that the database answers a read.
@@ -264,10 +272,20 @@ func put(tx *bolt.Tx, bucket, key []byte, v any) error {
 	return tx.Bucket(bucket).Put(key, raw)
 }
 
+// view reads one record in a read transaction of its own (lookup).
 func view[T any](ix *Index, bucket, key []byte) (v T, ok bool, err error) {
 	err = ix.db.View(func(tx *bolt.Tx) error {
-		v, ok, err = get[T](tx, bucket, key)
-		return err
+		raw, done := ix.lookup(tx, bucket, key)
+		defer done()
+		if raw == nil {
+			return nil
+		}
+		ok = true
+		if err := json.Unmarshal(raw, &v); err != nil {
+			ok = false
+			return fmt.Errorf("index: corrupt %s entry %q: %w", bucket, key, err)
+		}
+		return nil
 	})
 	return v, ok, err
 }
@@ -502,7 +520,9 @@ func (ix *Index) Link(host, repo string, dgst digest.Digest) error {
 func (ix *Index) Linked(host, repo string, dgst digest.Digest) (bool, error) {
 	var ok bool
 	err := ix.db.View(func(tx *bolt.Tx) error {
-		ok = tx.Bucket(bucketLinks).Get(linkKey(host, repo, dgst)) != nil
+		raw, done := ix.lookup(tx, bucketLinks, linkKey(host, repo, dgst))
+		ok = raw != nil
+		done()
 		return nil
 	})
 	if ok || err != nil || ix.records == nil {

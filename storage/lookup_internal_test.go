@@ -82,7 +82,7 @@ func minorFaults() int64 {
 	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
 		return 0
 	}
-	return ru.Minflt
+	return int64(ru.Minflt)
 }
 
 // BenchmarkLookup measures the index's part of a manifest by tag (the tag,

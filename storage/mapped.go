@@ -8,42 +8,94 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// releaseEvery is how many bytes of records a read of every record
-// reads between two releases of the mapped pages: it bounds the index's
-// resident pages such a read adds (a little more than this: the pages
-// also hold the tree's branches and free space).
-const releaseEvery = 4 << 20
+// A read of every record (start-up's count, `ls`, the collection, the
+// eviction's model) reads the index through bbolt's mapping, which would
+// leave all of it resident at once (RssFile: at 100k images, ~900 MiB).
+// The releaser drops the mapped pages as the read goes (releaseKept: all
+// but the branch pages the watcher keeps). It used to drop them every 4
+// MiB of records, but the records of one bucket are spread over the file
+// and each fault maps a large folio around its page (~128 KiB), so 4 MiB
+// of records mapped 100–225 MiB between two releases at 100k. It now
+// looks at the process's RssFile every releaseCheckEvery bytes of records
+// (/proc/self/statm, ~10 µs) and drops the pages once it grew
+// fullReadBudget since the read began or last dropped them: what is
+// mapped is bounded, not what is read.
+const (
+	// releaseCheckEvery is how many bytes of records the releaser reads
+	// between two looks at RssFile.
+	releaseCheckEvery = 128 << 10
+	// fullReadBudget is how much RssFile may grow during a full read
+	// before the releaser drops the pages.
+	fullReadBudget = 16 << 20
+	// releaseEvery is how many bytes of records it reads between two
+	// releases where RssFile is not known.
+	releaseEvery = 4 << 20
+)
 
-// releaser releases a read transaction's mapped pages (releaseMapped) as
-// a read of many records goes, after every releaseEvery bytes, and when
-// it is done: a read of every record of a 100k-image index would
-// otherwise leave all of it resident at once. A nil releaser does
+// releaser releases a read transaction's mapped pages (releaseKept) as
+// a read of many records goes, and when it is done. A nil releaser does
 // nothing.
 type releaser struct {
 	ix *Index
 	tx *bolt.Tx
 	n  int
+	// base is RssFile when the read began or last released (ok: known).
+	base int64
+	ok   bool
+	// budget is fullReadBudget (tests set less).
+	budget int64
+	// releases counts the releases during the read (tests).
+	releases int
 }
 
 // releaser returns a releaser for a read transaction of ix.
-func (ix *Index) releaser(tx *bolt.Tx) *releaser { return &releaser{ix: ix, tx: tx} }
+func (ix *Index) releaser(tx *bolt.Tx) *releaser {
+	r := &releaser{ix: ix, tx: tx, budget: fullReadBudget}
+	r.base, r.ok = residentFileBytes()
+	return r
+}
 
 // read counts a record read.
 func (r *releaser) read(k, v []byte) {
 	if r == nil {
 		return
 	}
-	if r.n += len(k) + len(v); r.n >= releaseEvery {
-		r.n = 0
-		r.ix.releaseMapped(r.tx)
+	r.n += len(k) + len(v)
+	if !r.ok {
+		if r.n >= releaseEvery {
+			r.n = 0
+			r.release()
+		}
+		return
 	}
+	if r.n < releaseCheckEvery {
+		return
+	}
+	r.n = 0
+	n, ok := residentFileBytes()
+	switch {
+	case !ok:
+	case n < r.base:
+		r.base = n // released by another read, the watcher or the kernel
+	case n-r.base >= r.budget:
+		r.release()
+		if n, ok := residentFileBytes(); ok {
+			r.base = n
+		}
+	}
+}
+
+// release releases the pages now.
+func (r *releaser) release() {
+	r.releases++
+	r.ix.releaseKept(r.tx)
 }
 
 // done releases the pages once the read is over (still inside the
 // transaction).
 func (r *releaser) done() {
 	if r != nil {
-		r.ix.releaseMapped(r.tx)
+		r.release()
 	}
 }
 
@@ -52,12 +104,16 @@ func (r *releaser) done() {
 // whole large folios where the file has them), so random lookups over a
 // large index make most of it resident within seconds: at 100k images,
 // ~570 MiB after 4,000 pulls. madvise(MADV_RANDOM), which bbolt sets,
-// does not stop it. A watcher bounds it instead: when the process's
-// file-backed resident memory has grown by mappedBudget since the index
-// last dropped its pages, it drops them again, in a read transaction,
-// all but the hot buckets' branch pages (releaseLeaves: a lookup then
-// faults its leaf alone, not every level of the tree; mapped_branches.go).
-// What the requests use faults back in from the page cache.
+// does not stop it, nor does MADV_NOHUGEPAGE (measured: ~105 KiB mapped
+// per random touch of the 100k index either way). A request's lookups
+// on a large index read their leaf from the file (mapped_lookup.go);
+// other lookups and writes still fault. A watcher bounds what they map:
+// when the process's file-backed resident memory has grown by
+// mappedBudget since the index last dropped its pages, it drops them
+// again, in a read transaction, all but the hot buckets' branch pages
+// (releaseLeaves: a lookup then faults its leaf alone, not every level
+// of the tree; mapped_branches.go). What is used faults back in from the
+// page cache.
 //
 // A fault maps up to a whole large folio of the page cache (~100 KiB per
 // lookup at 100k images on a copied index), so between two looks the
@@ -82,8 +138,6 @@ type mappedWatch struct {
 	done   sync.WaitGroup
 	// releases counts the releases it made (tests).
 	releases atomic.Int64
-	// branches are the branch pages a release keeps (releaseLeaves).
-	branches branchCache
 }
 
 // watchMapped starts the watcher of ix's mapped pages, if the platform
@@ -131,7 +185,7 @@ func (w *mappedWatch) check(ix *Index, base int64) int64 {
 // memory after (base if it cannot).
 func (w *mappedWatch) release(ix *Index, base int64) int64 {
 	if ix.db.View(func(tx *bolt.Tx) error {
-		ix.releaseLeaves(tx, &w.branches)
+		ix.releaseLeaves(tx, &ix.branches)
 		return nil
 	}) != nil {
 		return base

@@ -3,6 +3,7 @@ package storage
 import (
 	"bufio"
 	"bytes"
+	"io"
 	"os"
 	"strconv"
 	"syscall"
@@ -13,33 +14,96 @@ import (
 )
 
 // releaseMapped drops the index's mapped pages from the process's page
-// tables (madvise MADV_DONTNEED) during and after a read of every record:
-// bbolt maps the whole file read-only and shared, so such a read leaves
-// all of it resident (counted in RSS as RssFile: at 100k images, hundreds
-// of MiB). The pages stay in the kernel's page cache; a later read of one
-// faults it back in without reading the disk. Nothing is lost: bbolt
-// never writes through the mapping (it writes the file), so its pages are
-// never dirty. Called inside a transaction, whose read lock on the mapping
-// keeps bbolt from remapping it meanwhile; other transactions reading it
-// at the same time only fault their pages back in. The range is the whole
-// mapping as /proc/self/maps has it (pages above the last transaction's
-// end can be resident too), never more: MADV_DONTNEED on the memory after
-// it would drop the Go heap's pages. Errors are ignored: this only returns
-// memory.
+// tables (madvise MADV_DONTNEED), all of them: see releaseKept for why.
+// The branch pages the watcher kept are no longer known to be mapped.
 func (ix *Index) releaseMapped(*bolt.Tx) {
 	start := ix.db.Info().Data
 	end, ok := mappingEnd(start)
 	if !ok || end <= start {
 		return
 	}
+	c := &ix.branches
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.mapped = false
+	ix.leaves.publish(start, nil)
 	_, _, _ = syscall.Syscall(syscall.SYS_MADVISE, start, end-start, syscall.MADV_DONTNEED)
 }
 
-// releaseLeaves is releaseMapped, but keeps the pages lookups read on
-// their way to a leaf mapped (branchRuns): it drops the gaps between
-// them. It returns the pages it kept. c keeps the runs of the last
-// snapshot it walked, reused while no write has committed since.
+// releaseKept drops the index's mapped pages from the process's page
+// tables (madvise MADV_DONTNEED) during and after a read of every record,
+// but the branch pages the watcher last kept (releaseLeaves): bbolt maps
+// the whole file read-only and shared, so such a read leaves all of it
+// resident (counted in RSS as RssFile: at 100k images, hundreds of MiB).
+// The pages stay in the kernel's page cache; a later read of one faults
+// it back in without reading the disk. Nothing is lost: bbolt never
+// writes through the mapping (it writes the file), so its pages are never
+// dirty. Called inside a transaction, whose read lock on the mapping
+// keeps bbolt from remapping it meanwhile; other transactions reading it
+// at the same time only fault their pages back in. The range is the whole
+// mapping as /proc/self/maps has it (pages above the last transaction's
+// end can be resident too), never more: MADV_DONTNEED on the memory after
+// it would drop the Go heap's pages. With no branch pages known it drops
+// everything; while the watcher releases it does nothing (that release
+// drops the same pages). Errors are ignored: this only returns memory.
+func (ix *Index) releaseKept(tx *bolt.Tx) {
+	c := &ix.branches
+	if !c.mu.TryLock() {
+		return
+	}
+	runs := c.runs
+	if c.base != ix.db.Info().Data {
+		runs = nil // the file was remapped since: nothing is mapped
+	}
+	c.mu.Unlock()
+	if runs == nil {
+		ix.releaseMapped(tx)
+		return
+	}
+	start := ix.db.Info().Data
+	end, ok := mappingEnd(start)
+	if !ok || end <= start {
+		return
+	}
+	// Without the lock: a walk meanwhile only makes the kept runs stale,
+	// and keeping or dropping the wrong pages is safe.
+	dropRanges(gaps(start, start, end, uintptr(ix.db.Info().PageSize), runs))
+}
+
+// adviseMapping marks the index's mapping [start, start+n) MADV_NOHUGEPAGE:
+// the page cache holds the file in large folios (up to 2 MiB where it
+// was written in large writes), and a fault on a PMD-sized one would map
+// all of it with one PMD entry, which a later drop of part of it
+// (releaseLeaves' gaps) would unmap whole, the branch pages it is meant
+// to keep included. Marked so, faults map folios page by page, and drops
+// are exact. Errors are ignored.
+func adviseMapping(start, n uintptr) {
+	_, _, _ = syscall.Syscall(syscall.SYS_MADVISE, start, n, unix.MADV_NOHUGEPAGE)
+}
+
+// adviseMapped applies adviseMapping to the index's mapping as it is now
+// (at open, before the first read).
+func (ix *Index) adviseMapped() {
+	start := ix.db.Info().Data
+	if end, ok := mappingEnd(start); ok && end > start {
+		adviseMapping(start, end-start)
+	}
+}
+
+// populateBatch is how many pages populate maps before it drops what
+// their faults mapped around them: a fault maps up to a large folio
+// (~128 KiB measured at 100k images), so at most ~16 MiB at a time.
+const populateBatch = 128
+
+// releaseLeaves is releaseKept, but keeps the pages lookups read on
+// their way to a leaf mapped (branchRuns), walking them if a write has
+// committed since the last walk, and mapping those not mapped yet: it
+// drops the gaps between them. It returns the pages it kept. c keeps the
+// runs of the last snapshot it walked, reused while no write has
+// committed since.
 func (ix *Index) releaseLeaves(tx *bolt.Tx, c *branchCache) (kept int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	info := ix.db.Info()
 	start := info.Data
 	end, ok := mappingEnd(start)
@@ -50,26 +114,94 @@ func (ix *Index) releaseLeaves(tx *bolt.Tx, c *branchCache) (kept int) {
 	// inside the transaction that keeps bbolt from remapping it.
 	data := unsafe.Slice((*byte)(*(*unsafe.Pointer)(unsafe.Pointer(&start))), tx.Size())
 	ps := uintptr(info.PageSize)
-	var gaps []syscall.Iovec
-	gap := func(from, to uintptr) {
-		if to > from {
-			iov := syscall.Iovec{Base: (*byte)(*(*unsafe.Pointer)(unsafe.Pointer(&from)))}
-			iov.SetLen(int(to - from))
-			gaps = append(gaps, iov)
-		}
+	if c.base != start {
+		c.mapped = false // remapped: nothing of the old mapping is mapped
+		adviseMapping(start, end-start)
 	}
-	from := start
-	if c.txid != tx.ID() || c.runs == nil {
-		c.txid, c.runs = tx.ID(), branchRuns(tx, data, info.PageSize, hotBuckets)
+	if c.txid != tx.ID() || c.runs == nil || !c.mapped {
+		var known []pageRun
+		if c.mapped {
+			known = c.runs
+		}
+		var f *os.File
+		opened := false
+		w := branchWalk{data: data, known: known, pageSize: uint64(ps), file: func() io.ReaderAt {
+			if !opened {
+				opened = true
+				if g, err := os.Open(ix.db.Path()); err == nil {
+					f = g
+				}
+			}
+			if f == nil {
+				return nil
+			}
+			return f
+		}}
+		runs := branchRuns(tx, &w, hotBuckets)
+		if f != nil {
+			f.Close()
+		}
+		c.fileReads += w.fileReads
+		c.mappedReads += w.mappedReads
+		c.touched += populate(data, start, ps, runs, known, populateBatch, nil)
+		c.txid, c.runs, c.base, c.mapped = tx.ID(), runs, start, true
+		ix.leaves.publish(start, runs)
 	}
 	for _, r := range c.runs {
-		gap(from, start+uintptr(r.first)*ps)
-		from = start + uintptr(r.first+r.n)*ps
 		kept += int(r.n)
 	}
-	gap(from, end)
-	dropRanges(gaps)
+	dropRanges(gaps(start, start, end, ps, c.runs))
 	return kept
+}
+
+// populate maps the pages of runs that known does not name by reading a
+// byte of each through the mapping data (at start), batch pages at a
+// time, dropping what each batch's faults mapped around them (the gaps
+// between runs, from the end of the last batch to the end of this one)
+// before the next, then calling after (if not nil: tests). The last
+// batch's gaps are left to the caller. It returns the sum of the bytes
+// read, so that the reads are not optimised away.
+func populate(data []byte, start, ps uintptr, runs, known []pageRun, batch int, after func()) (sum int) {
+	from, touched := start, 0
+	for i, r := range runs {
+		if !contains(known, r.first, r.n) {
+			for id := r.first; id < r.first+r.n; id++ {
+				sum += int(data[uintptr(id)*ps])
+			}
+			touched += int(r.n)
+		}
+		if touched >= batch && i < len(runs)-1 {
+			to := start + uintptr(r.first+r.n)*ps
+			dropRanges(gaps(start, from, to, ps, runs[:i+1]))
+			from, touched = to, 0
+			if after != nil {
+				after()
+			}
+		}
+	}
+	return sum
+}
+
+// gaps returns the ranges of [from, to) between runs (pages of the
+// mapping at base, page size ps).
+func gaps(base, from, to, ps uintptr, runs []pageRun) []syscall.Iovec {
+	var out []syscall.Iovec
+	add := func(lo, hi uintptr) {
+		lo, hi = max(lo, from), min(hi, to)
+		if hi > lo {
+			iov := syscall.Iovec{Base: (*byte)(*(*unsafe.Pointer)(unsafe.Pointer(&lo)))}
+			iov.SetLen(int(hi - lo))
+			out = append(out, iov)
+		}
+	}
+	at := from
+	for _, r := range runs {
+		lo, hi := base+uintptr(r.first)*ps, base+uintptr(r.first+r.n)*ps
+		add(at, lo)
+		at = max(at, hi)
+	}
+	add(at, to)
+	return out
 }
 
 // iovMax is how many ranges one process_madvise takes (UIO_MAXIOV).

@@ -234,15 +234,15 @@ func TestMappedWatch(t *testing.T) {
 		t.Errorf("after the release %d KiB resident (was %d)", after, resident)
 	}
 	// What lookups read on their way to a leaf stays mapped.
-	if len(w.branches.runs) < 2 {
-		t.Errorf("the release kept %d runs of pages: no branch pages", len(w.branches.runs))
+	if len(ix.branches.runs) < 2 {
+		t.Errorf("the release kept %d runs of pages: no branch pages", len(ix.branches.runs))
 	}
 	fi, err := os.Stat(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	present := presentPages(t, ix.db.Info().Data, int(fi.Size())/os.Getpagesize())
-	for _, r := range w.branches.runs {
+	for _, r := range ix.branches.runs {
 		for id := r.first; id < r.first+r.n; id++ {
 			if !present[id] {
 				t.Fatalf("page %d of the kept runs %v is not mapped after the release", id, r)

@@ -8,8 +8,14 @@ import bolt "go.etcd.io/bbolt"
 // mapped_linux.go).
 func (ix *Index) releaseMapped(*bolt.Tx) {}
 
+// releaseKept is releaseMapped.
+func (ix *Index) releaseKept(*bolt.Tx) {}
+
 // releaseLeaves is releaseMapped.
 func (ix *Index) releaseLeaves(*bolt.Tx, *branchCache) int { return 0 }
 
 // residentFileBytes is not known here: no watcher runs.
 func residentFileBytes() (int64, bool) { return 0, false }
+
+// adviseMapped does nothing here (see mapped_linux.go).
+func (ix *Index) adviseMapped() {}
