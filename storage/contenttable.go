@@ -555,19 +555,5 @@ func readTags(tx *bolt.Tx, rel *releaser, in *Interner, pins map[string]bool, sr
 // Index.ForgetRooted does). At 100k images a table is ~25 MiB, and
 // reading it again ~32 while its slices grow.
 func (ix *Index) RootsView(in *Interner, t *ContentTable, tag func(key []byte, d digest.Digest)) (*ContentView, error) {
-	v := &ContentView{Table: t}
-	err := ix.db.View(func(tx *bolt.Tx) error {
-		rel := ix.releaser(tx)
-		defer rel.done()
-		d, err := rootDigestsRel(tx, tag, rel, in)
-		if err != nil {
-			return err
-		}
-		v.Roots = Roots{Digests: d, Version: tx.ID()}
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	return v, nil
+	return ix.contentView(in, t, tag)
 }

@@ -196,7 +196,16 @@ type ContentView struct {
 // is called with each tag's key and digest (key is valid only during the
 // call). The roots' digests are interned in in (which may be nil).
 func (ix *Index) ContentView(in *Interner, tag func(key []byte, d digest.Digest)) (*ContentView, error) {
-	v := &ContentView{Table: &ContentTable{}}
+	return ix.contentView(in, nil, tag)
+}
+
+// contentView reads the roots, and the content records unless t (read
+// before: RootsView) has them.
+func (ix *Index) contentView(in *Interner, t *ContentTable, tag func(key []byte, d digest.Digest)) (*ContentView, error) {
+	v := &ContentView{Table: t}
+	if t == nil {
+		v.Table = &ContentTable{}
+	}
 	err := ix.db.View(func(tx *bolt.Tx) error {
 		rel := ix.releaser(tx)
 		defer rel.done()
@@ -205,6 +214,9 @@ func (ix *Index) ContentView(in *Interner, tag func(key []byte, d digest.Digest)
 			return err
 		}
 		v.Roots = Roots{Digests: d, Version: tx.ID()}
+		if t != nil {
+			return nil
+		}
 		return v.Table.read(tx, rel)
 	})
 	if err != nil {
