@@ -91,15 +91,7 @@ func TestEvictModelWithoutTags(t *testing.T) {
 // whole.
 func TestLifecycleSHA512(t *testing.T) {
 	ctx := t.Context()
-	ix, err := storage.OpenIndex(filepath.Join(t.TempDir(), "index.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ix.Close() })
-	store, err := storage.OpenDriverStore(ctx, "inmemory", map[string]any{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ix, store := openIndexStore(t)
 	put := func(data []byte) digest.Digest {
 		d := digest.SHA512.FromBytes(data)
 		if err := store.Put(ctx, "library/app", d, int64(len(data)), bytes.NewReader(data)); err != nil {
@@ -442,4 +434,20 @@ func TestIDNodeSize(t *testing.T) {
 	if n := unsafe.Sizeof(idNode{}); n > 64 {
 		t.Errorf("idNode is %d bytes, want at most 64", n)
 	}
+}
+
+// openIndexStore opens an index in a temporary directory and an
+// in-memory store, closed when the test ends.
+func openIndexStore(t *testing.T) (*storage.Index, *storage.DriverStore) {
+	t.Helper()
+	ix, err := storage.OpenIndex(filepath.Join(t.TempDir(), "index.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ix.Close() })
+	store, err := storage.OpenDriverStore(t.Context(), "inmemory", map[string]any{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ix, store
 }

@@ -3,7 +3,6 @@ package lifecycle
 import (
 	"bytes"
 	"fmt"
-	"path/filepath"
 	"runtime"
 	"testing"
 	"time"
@@ -20,15 +19,7 @@ import (
 // string per tag (round 7's code), ~760 now.
 func TestModelMemoryPerImage(t *testing.T) {
 	ctx := t.Context()
-	ix, err := storage.OpenIndex(filepath.Join(t.TempDir(), "index.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ix.Close() })
-	store, err := storage.OpenDriverStore(ctx, "inmemory", map[string]any{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ix, store := openIndexStore(t)
 	const n = 500
 	type blob struct {
 		d    digest.Digest
