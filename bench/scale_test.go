@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/docker-mirror/docker-mirror/config"
+	"github.com/docker-mirror/docker-mirror/gchold"
 	"github.com/docker-mirror/docker-mirror/lifecycle"
 	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/server"
@@ -226,7 +227,9 @@ func resetPeakRSS() { _ = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) 
 // (mapped files: the index) sampled every 5 ms, logged per step. The cache is built untimed; it is not pulled.
 // BENCH_SCALE_CACHE=DIR keeps the built cache in DIR for the next runs
 // (see synthCache); BENCH_SCALE_MEMORY_LIMIT=SIZE sets the runtime's
-// soft memory limit, as memory_limit does.
+// soft memory limit, as memory_limit does; the GC percent is lowered
+// while a pass runs as serve lowers it (pass_gc_percent's default;
+// BENCH_SCALE_PASS_GC_PERCENT=N sets it, 0 leaves it alone).
 func BenchmarkScale(b *testing.B) {
 	for _, n := range scaleSizes(b) {
 		b.Run(fmt.Sprintf("images=%d", n), func(b *testing.B) {
@@ -249,6 +252,17 @@ func BenchmarkScale(b *testing.B) {
 					defer debug.SetMemoryLimit(debug.SetMemoryLimit(int64(z)))
 					b.Logf("memory limit %s", z)
 				}
+				// pass_gc_percent, as serve applies it (server.New does
+				// not); BENCH_SCALE_PASS_GC_PERCENT overrides its default.
+				if v := os.Getenv("BENCH_SCALE_PASS_GC_PERCENT"); v != "" {
+					p, err := strconv.Atoi(v)
+					if err != nil {
+						b.Fatalf("BENCH_SCALE_PASS_GC_PERCENT: %v", err)
+					}
+					cfg.PassGCPercent = p
+				}
+				hold := gchold.New(cfg.PassGCPercent)
+				b.Logf("GC percent while a pass runs: %d (0: unchanged)", hold.Percent())
 				// The build's garbage is not the server's: return it to
 				// the OS before measuring.
 				debug.FreeOSMemory()
@@ -258,7 +272,7 @@ func BenchmarkScale(b *testing.B) {
 
 				ctx := context.Background()
 				start := time.Now()
-				srv, err := server.New(ctx, cfg, server.WithLogger(scaleLogger(b)))
+				srv, err := server.New(ctx, cfg, server.WithLogger(scaleLogger(b)), server.WithGCHold(hold))
 				if err == nil {
 					err = srv.Start(ctx)
 				}

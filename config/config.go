@@ -90,6 +90,12 @@ type Config struct {
 	// it, instead of letting the heap grow to twice what is live. It
 	// bounds the GC's headroom, not what the mirror needs to hold.
 	MemoryLimit Size `yaml:"memory_limit,omitempty"`
+	// PassGCPercent, if > 0, is the GC percent (GOGC) while a long pass
+	// of the cache lifecycle runs (a collection, an eviction, an image
+	// list's build): lower than the default 100, the heap grows less past
+	// what the pass holds live, at the cost of more GC cycles during it.
+	// A GOGC already as low, or off, is left alone; 0 disables it.
+	PassGCPercent int `yaml:"pass_gc_percent"`
 	// EvictAfter, if > 0, evicts images not pulled for that long.
 	EvictAfter Duration `yaml:"evict_after,omitempty"`
 	// Destination, if its URL is set, is the registry mirrored content is
@@ -307,8 +313,14 @@ func Default() Config {
 		LogLevel:        "info",
 		MaxBlobSize:     DefaultMaxBlobSize,
 		Referrers:       true,
+		PassGCPercent:   DefaultPassGCPercent,
 	}
 }
+
+// DefaultPassGCPercent is the default of pass_gc_percent: at 100k
+// images it keeps the eviction's peak RSS under 256 MiB (see
+// docs/performance.md, "Round 9: memory").
+const DefaultPassGCPercent = 50
 
 // MinMemoryLimit is the smallest memory_limit accepted: below it the
 // runtime alone would keep the GC running without pause.
@@ -745,6 +757,9 @@ func (c Config) Validate() error {
 	}
 	if c.MemoryLimit != 0 && c.MemoryLimit < MinMemoryLimit {
 		return fmt.Errorf("memory_limit: %s is too small: at least %s, or 0 for none", c.MemoryLimit, MinMemoryLimit)
+	}
+	if c.PassGCPercent < 0 {
+		return fmt.Errorf("pass_gc_percent: must not be negative, got %d (0: off)", c.PassGCPercent)
 	}
 	if c.EvictAfter < 0 {
 		return fmt.Errorf("evict_after: must not be negative, got %q", c.EvictAfter)

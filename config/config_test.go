@@ -97,6 +97,7 @@ func TestParseFull(t *testing.T) {
 		Storage:         map[string]map[string]any{"inmemory": {}},
 		MaxBlobSize:     config.DefaultMaxBlobSize,
 		Referrers:       true,
+		PassGCPercent:   config.DefaultPassGCPercent,
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Fatalf("Parse(full) =\n%+v\nwant\n%+v", c, want)
@@ -136,7 +137,7 @@ func TestParseStorage(t *testing.T) {
 }
 
 func TestParseUnknownKeys(t *testing.T) {
-	known := "(known keys: auth, cluster, concurrency, data, destination, evict_after, header_timeout, listen, log_format, log_level, max_blob_size, max_size, memory_limit, platforms, prefetch_max_images, readyz_fail_when_full, referrers, shutdown_timeout, storage, sync, tag_ttl, tls_cert, tls_key, upstream, upstream_timeout, upstreams)"
+	known := "(known keys: auth, cluster, concurrency, data, destination, evict_after, header_timeout, listen, log_format, log_level, max_blob_size, max_size, memory_limit, pass_gc_percent, platforms, prefetch_max_images, readyz_fail_when_full, referrers, shutdown_timeout, storage, sync, tag_ttl, tls_cert, tls_key, upstream, upstream_timeout, upstreams)"
 	for _, tt := range []struct{ yaml, want string }{
 		{"listn: :5000\n", "config file: line 1: listn: unknown key " + known},
 		{"listen: :5000\ntagttl: 1m\n", "config file: line 2: tagttl: unknown key " + known},
@@ -237,6 +238,8 @@ func TestBadValues(t *testing.T) {
 		{"max_blob_size", `max_blob_size: -1GiB`, `"-1GiB"`},
 		{"memory_limit", `memory_limit: lots`, `"lots"`},
 		{"memory_limit", `memory_limit: 1MiB`, `1MiB`},
+		{"pass_gc_percent", `pass_gc_percent: -1`, `-1`},
+		{"pass_gc_percent", `pass_gc_percent: off`, `"off"`},
 		{"concurrency", `concurrency: 0`, `0`},
 		{"concurrency", `concurrency: -3`, `-3`},
 		{"concurrency", `concurrency: 257`, `257`},
@@ -555,7 +558,7 @@ func TestBindFlags(t *testing.T) {
 	config.Bind(fs)
 	var names []string
 	fs.VisitAll(func(f *flag.Flag) { names = append(names, f.Name) })
-	want := []string{"cluster-peer", "cluster-peers-dns", "cluster-secret-file", "cluster-self", "concurrency", "config", "data", "destination", "evict-after", "header-timeout", "listen", "log-format", "log-level", "max-blob-size", "max-size", "memory-limit", "platform", "prefetch-max-images", "readyz-fail-when-full", "referrers", "shutdown-timeout", "tag-ttl", "tls-cert", "tls-key", "upstream", "upstream-timeout"}
+	want := []string{"cluster-peer", "cluster-peers-dns", "cluster-secret-file", "cluster-self", "concurrency", "config", "data", "destination", "evict-after", "header-timeout", "listen", "log-format", "log-level", "max-blob-size", "max-size", "memory-limit", "pass-gc-percent", "platform", "prefetch-max-images", "readyz-fail-when-full", "referrers", "shutdown-timeout", "tag-ttl", "tls-cert", "tls-key", "upstream", "upstream-timeout"}
 	if !slices.Equal(names, want) {
 		t.Fatalf("flags = %q, want %q", names, want)
 	}
@@ -854,6 +857,33 @@ func TestMemoryLimit(t *testing.T) {
 	}
 }
 
+// pass_gc_percent comes from the file, the flag or the environment, as
+// a number; its default is DefaultPassGCPercent, and 0 is off.
+func TestPassGCPercent(t *testing.T) {
+	if c := mustResolve(t, nil, nil); c.PassGCPercent != config.DefaultPassGCPercent {
+		t.Errorf("default pass_gc_percent = %d, want %d", c.PassGCPercent, config.DefaultPassGCPercent)
+	}
+	for _, tt := range []struct {
+		args []string
+		env  map[string]string
+		want int
+	}{
+		{args: []string{"--config", writeFile(t, "pass_gc_percent: 30\n")}, want: 30},
+		{args: []string{"--pass-gc-percent", "20"}, want: 20},
+		{args: []string{"--pass-gc-percent", "20"}, env: map[string]string{"DOCKER_MIRROR_PASS_GC_PERCENT": "70"}, want: 70},
+		{args: []string{"--pass-gc-percent", "0"}, want: 0},
+	} {
+		if c := mustResolve(t, tt.args, tt.env); c.PassGCPercent != tt.want {
+			t.Errorf("%q %v: pass_gc_percent = %d, want %d", tt.args, tt.env, c.PassGCPercent, tt.want)
+		}
+	}
+	for _, bad := range []string{"-5", "half", ""} {
+		if _, err := resolve(t, []string{"--pass-gc-percent", bad}, nil); err == nil || !strings.Contains(err.Error(), "pass") {
+			t.Errorf("--pass-gc-percent %q: error %v, want one naming the key", bad, err)
+		}
+	}
+}
+
 // readyz_fail_when_full is a boolean key, flag (given alone means true)
 // and environment variable; a bad value is named with its setting.
 func TestReadyzFailWhenFull(t *testing.T) {
@@ -1017,6 +1047,7 @@ func TestEveryFlagHasItsVariable(t *testing.T) {
 		"max-size":              "10GiB",
 		"max-blob-size":         "1GiB",
 		"memory-limit":          "448MiB",
+		"pass-gc-percent":       "25",
 		"evict-after":           "720h",
 		"readyz-fail-when-full": "true",
 		"tls-cert":              "/etc/tls.crt",

@@ -116,6 +116,14 @@ var keys = []key{
 		c.MemoryLimit = z
 		return err
 	})},
+	{name: "pass_gc_percent", usage: "GC percent (GOGC) while a collection, an eviction or an image list runs: less memory for more GC work during them (0: off; a lower GOGC stands)", set: one(func(c *Config, v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return fmt.Errorf("invalid number %q", v)
+		}
+		c.PassGCPercent = n
+		return nil
+	})},
 	{name: "evict_after", usage: "evict images not pulled for this long, e.g. 720h (0: never)", set: durationKey(func(c *Config) *Duration { return &c.EvictAfter })},
 	{name: "readyz_fail_when_full", usage: "make /readyz fail while the store is full (by default the mirror stays ready and serves what it holds)", boolean: true,
 		set: boolKey(func(c *Config) *bool { return &c.ReadyzFailWhenFull })},
@@ -204,7 +212,7 @@ func defaultStrings() map[string]string {
 	return map[string]string{
 		"listen": d.Listen, "data": d.Data, "upstream": d.Upstream, "upstream_timeout": d.UpstreamTimeout.String(), "tag_ttl": d.TagTTL.String(),
 		"platform": strings.Join(d.Platforms, ","), "concurrency": strconv.Itoa(d.Concurrency), "prefetch_max_images": strconv.Itoa(d.MaxJobImages),
-		"shutdown_timeout": d.ShutdownTimeout.String(), "header_timeout": d.HeaderTimeout.String(), "log_format": d.LogFormat, "log_level": d.LogLevel, "destination": "none", "tls_cert": "none", "tls_key": "none", "max_size": "0", "evict_after": "0", "max_blob_size": "20GiB", "memory_limit": "0",
+		"shutdown_timeout": d.ShutdownTimeout.String(), "header_timeout": d.HeaderTimeout.String(), "log_format": d.LogFormat, "log_level": d.LogLevel, "destination": "none", "tls_cert": "none", "tls_key": "none", "max_size": "0", "evict_after": "0", "max_blob_size": "20GiB", "memory_limit": "0", "pass_gc_percent": strconv.Itoa(d.PassGCPercent),
 		"readyz_fail_when_full": strconv.FormatBool(d.ReadyzFailWhenFull),
 		"referrers":             strconv.FormatBool(d.Referrers),
 		"cluster_self":          "none", "cluster_peer": "none", "cluster_peers_dns": "none", "cluster_secret_file": "none",

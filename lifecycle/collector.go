@@ -51,6 +51,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/docker-mirror/docker-mirror/gchold"
 	"github.com/docker-mirror/docker-mirror/storage"
 )
 
@@ -88,6 +89,11 @@ type Options struct {
 	// removes: with several replicas on one store, each removes only the
 	// digests it owns (nil: all of them).
 	Owned func(digest.Digest) bool
+	// GCHold, if set, lowers the GC's percent while a long pass runs (a
+	// collection, an eviction, an image list's build and visit): a pass
+	// builds most of the process's heap, and the GC's headroom over it
+	// is most of the process's peak. nil leaves the percent alone.
+	GCHold *gchold.Hold
 }
 
 // Collector runs the cache lifecycle on an embedded store and its index.
@@ -271,11 +277,13 @@ func (c *Collector) Pass(ctx context.Context, p Policy) (Report, error) {
 		if !due {
 			return Report{StoredBefore: c.index.StoredBytes(), StoredAfter: c.index.StoredBytes()}, nil
 		}
+		defer c.opts.GCHold.Enter()()
 		c.lastCollect = now
 		r, err := c.collect(ctx, nil, nil, nil)
 		c.opts.Metrics.observe("collect", "gc", r, err)
 		return r, err
 	}
+	defer c.opts.GCHold.Enter()()
 	r, collected, err := c.evict(ctx, p.MaxSize, p.EvictAfter, now, func(evicted bool) bool {
 		return evicted || due || (p.MaxSize > 0 && c.index.StoredBytes() > p.MaxSize)
 	})

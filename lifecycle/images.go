@@ -15,6 +15,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/docker-mirror/docker-mirror/gchold"
 	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/storage"
 )
@@ -220,6 +221,7 @@ func (m *model) keptSize() int64 {
 
 // Images lists the cached images, sorted by name, tags and digest.
 func (c *Collector) Images(ctx context.Context) ([]Image, error) {
+	defer c.opts.GCHold.Enter()()
 	l, err := c.ListImages(ctx)
 	if err != nil {
 		return nil, err
@@ -235,13 +237,17 @@ func (c *Collector) Images(ctx context.Context) ([]Image, error) {
 // ImageList is the cached images as read once (Collector.ListImages):
 // an Image is made as each is visited, so that a caller that writes or
 // copies them one by one never holds them all (at 100k images, ~45 MiB).
-type ImageList struct{ m *model }
+type ImageList struct {
+	m    *model
+	hold *gchold.Hold
+}
 
 // ListImages reads the cached images, to be visited in order by Each.
 // The list reads nothing more: it does not change with the cache.
 func (c *Collector) ListImages(ctx context.Context) (*ImageList, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	defer c.opts.GCHold.Enter()()
 	if err := c.refresh(ctx); err != nil {
 		return nil, err
 	}
@@ -253,7 +259,7 @@ func (c *Collector) ListImages(ctx context.Context) (*ImageList, error) {
 		return nil, err
 	}
 	m.refs = nil // counted: the images' last pulls are known
-	return &ImageList{m}, nil
+	return &ImageList{m: m, hold: c.opts.GCHold}, nil
 }
 
 // Len is the number of images.
@@ -263,6 +269,7 @@ func (l *ImageList) Len() int { return len(l.m.images) }
 // Images lists them), each a new Image; it stops at fn's first error and
 // returns it. It may be called again.
 func (l *ImageList) Each(fn func(Image) error) error {
+	defer l.hold.Enter()() // the caller builds its own list from the images meanwhile
 	for _, i := range l.m.images {
 		if err := fn(l.m.image(i)); err != nil {
 			return err

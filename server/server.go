@@ -22,6 +22,7 @@ import (
 
 	"github.com/docker-mirror/docker-mirror/cluster"
 	"github.com/docker-mirror/docker-mirror/config"
+	"github.com/docker-mirror/docker-mirror/gchold"
 	"github.com/docker-mirror/docker-mirror/lease"
 	"github.com/docker-mirror/docker-mirror/lifecycle"
 	"github.com/docker-mirror/docker-mirror/metrics"
@@ -82,6 +83,9 @@ type options struct {
 	// leases' store and add to their options (WithLeaseObjects).
 	leaseObjects lease.Objects
 	leaseOptions []lease.Option
+	// gcHold lowers the GC percent while the lifecycle's passes run
+	// (WithGCHold).
+	gcHold *gchold.Hold
 }
 
 // Option configures New.
@@ -109,6 +113,12 @@ func WithStore(open StoreOpener) Option { return func(o *options) { o.openStore 
 func WithProxyOptions(opts ...proxy.Option) Option {
 	return func(o *options) { o.proxyOptions = append(o.proxyOptions, opts...) }
 }
+
+// WithGCHold hands the lifecycle the process's GC hold (serve makes it
+// from pass_gc_percent): its passes lower the GC percent while they run.
+// Default none: a server in a test or a benchmark leaves the process's
+// percent alone.
+func WithGCHold(h *gchold.Hold) Option { return func(o *options) { o.gcHold = h } }
 
 // WithVersion sets the version the start-up line names.
 func WithVersion(v string) Option { return func(o *options) { o.version = v } }
@@ -205,7 +215,7 @@ func New(ctx context.Context, cfg config.Config, opts ...Option) (_ *Server, err
 		return nil, err
 	}
 	s.Metrics.Register(gauges(cfg, s.Proxy)...)
-	lo := lifecycle.Options{Grace: lifecycle.DefaultGrace, Guard: inUse, Log: o.log, Metrics: lm, Now: o.now}
+	lo := lifecycle.Options{Grace: lifecycle.DefaultGrace, Guard: inUse, Log: o.log, Metrics: lm, Now: o.now, GCHold: o.gcHold}
 	if s.Cluster != nil {
 		// Replicas share the store: each digest is collected by its owner.
 		lo.Owned = func(d digest.Digest) bool { return s.Cluster.Owns(d.String()) }

@@ -31,3 +31,14 @@ func TestMemoryLimitTooSmall(t *testing.T) {
 		t.Errorf("exit %d, stderr %q; want %d and one line naming memory_limit: 1MiB", code, stderr, exitUsage)
 	}
 }
+
+// pass_gc_percent makes the process's GC hold: the percent while a pass
+// runs, none at 0.
+func TestPassGCHold(t *testing.T) {
+	if h := passGCHold(config.Config{}); h != nil {
+		t.Errorf("pass_gc_percent: 0 made a hold of %d%%, want none", h.Percent())
+	}
+	if h := passGCHold(config.Config{PassGCPercent: 40}); h.Percent() != 40 {
+		t.Errorf("pass_gc_percent: 40 made a hold of %d%%, want 40", h.Percent())
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"syscall"
 
 	"github.com/docker-mirror/docker-mirror/config"
+	"github.com/docker-mirror/docker-mirror/gchold"
 	"github.com/docker-mirror/docker-mirror/server"
 )
 
@@ -34,7 +35,8 @@ func serveCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	// Whatever can fail the start (the TLS pair, the data directory, the
 	// index, the htpasswd file, the port) fails before the server
 	// answers, each with one line and exit 1: nothing listens silently.
-	srv, err := server.New(ctx, cfg, server.WithLogger(log), server.WithVersion(versionString()))
+	srv, err := server.New(ctx, cfg, server.WithLogger(log), server.WithVersion(versionString()),
+		server.WithGCHold(passGCHold(cfg)))
 	if err != nil {
 		fmt.Fprintf(stderr, "docker-mirror serve: %s\n", oneLine(err))
 		return 1
@@ -63,6 +65,11 @@ func applyMemoryLimit(cfg config.Config) {
 		debug.SetMemoryLimit(int64(cfg.MemoryLimit))
 	}
 }
+
+// passGCHold is the process's GC hold of pass_gc_percent (nil if 0):
+// the lifecycle's passes lower the GC percent while they run. Made once,
+// like the memory limit: the percent is the process's.
+func passGCHold(cfg config.Config) *gchold.Hold { return gchold.New(cfg.PassGCPercent) }
 
 func newLogger(cfg config.Config, w io.Writer) *slog.Logger {
 	var level slog.Level
