@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"slices"
 	"time"
 
@@ -57,8 +56,9 @@ func (mk *marker) has(d digest.Digest) bool {
 	return ok && mk.marked.has(id)
 }
 
-// mark marks what roots and the digests the proxy holds keep.
-func (mk *marker) mark(ctx context.Context, roots map[digest.Digest]bool) error {
+// mark marks what roots (nil: none) and the digests the proxy holds
+// keep.
+func (mk *marker) mark(ctx context.Context, roots *storage.RootSet) error {
 	if mk.holder != nil {
 		var held []digest.Digest
 		for _, d := range mk.holder.Held() {
@@ -68,29 +68,48 @@ func (mk *marker) mark(ctx context.Context, roots map[digest.Digest]bool) error 
 				mk.marked.blobs.add(mk.g.ids.id(d)) // a blob being served: not read as a manifest
 			}
 		}
-		if err := mk.walk(ctx, held); err != nil {
-			return err
+		for _, d := range held {
+			if err := mk.walkDigest(ctx, d); err != nil {
+				return err
+			}
 		}
 	}
-	return mk.walk(ctx, slices.Collect(maps.Keys(roots)))
+	// The roots in the table are its identifiers (mk.g.ids numbers the
+	// table's digests alike): no string is made of them.
+	var err error
+	roots.EachID(func(id int) {
+		if err == nil && !mk.drop.hasID(mk.g.ids, int32(id)) {
+			err = mk.walkID(ctx, int32(id))
+		}
+	})
+	if err != nil {
+		return err
+	}
+	roots.EachOther(func(d digest.Digest) {
+		if err == nil {
+			err = mk.walkDigest(ctx, d)
+		}
+	})
+	return err
 }
 
-func (mk *marker) walk(ctx context.Context, roots []digest.Digest) error {
-	for _, d := range roots {
-		if mk.drop.has(d) || d.Validate() != nil {
-			continue
-		}
-		id := mk.g.ids.id(d)
-		if mk.seen.has(id) {
-			continue
-		}
-		mk.seen.add(id)
-		mk.stale = true
-		if err := mk.g.walk(ctx, id, &mk.marked); err != nil {
-			return err
-		}
+// walkDigest marks what the root d keeps, unless it is dropped or not a
+// digest.
+func (mk *marker) walkDigest(ctx context.Context, d digest.Digest) error {
+	if mk.drop.has(d) || d.Validate() != nil {
+		return nil
 	}
-	return nil
+	return mk.walkID(ctx, mk.g.ids.id(d))
+}
+
+// walkID marks what the root numbered id keeps, once.
+func (mk *marker) walkID(ctx context.Context, id int32) error {
+	if mk.seen.has(id) {
+		return nil
+	}
+	mk.seen.add(id)
+	mk.stale = true
+	return mk.g.walk(ctx, id, &mk.marked)
 }
 
 // refresh reads again the marked manifests that were missing: a fill
@@ -141,12 +160,12 @@ func (mk *marker) update(ctx context.Context, ix *storage.Index) error {
 	if err != nil {
 		return err
 	}
-	var roots map[digest.Digest]bool
+	var roots *storage.RootSet
 	if v != mk.roots.Version {
-		if mk.roots, err = ix.Roots(); err != nil {
+		if mk.roots, err = ix.RootsIn(mk.g.ids.table); err != nil {
 			return err
 		}
-		roots = mk.roots.Digests
+		roots = mk.roots.Set
 	}
 	if err := mk.mark(ctx, roots); err != nil {
 		return err
@@ -193,15 +212,15 @@ func (c *Collector) collect(ctx context.Context, table *storage.ContentTable, dr
 		return r, err
 	}
 	g.referrers = listed
-	// The roots' digests are strings (the index checks a batch against
-	// them), one per root; the content records are a table, and every
-	// other digest the pass keeps is an identifier into it.
-	tag := func(key []byte, d digest.Digest) { addReferrerTag(g, key, d) }
+	// The content records are a table, and every digest the pass keeps
+	// is an identifier into it, the roots too (the index checks a batch
+	// against them); only digests without records are strings.
+	tag := func(key, d []byte) { addReferrerTag(g, key, d) }
 	var view *storage.ContentView
 	if table != nil {
-		view, err = c.index.RootsView(&storage.Interner{}, table, tag)
+		view, err = c.index.RootsView(table, tag)
 	} else {
-		view, err = c.index.ContentView(&storage.Interner{}, tag)
+		view, err = c.index.ContentView(tag)
 	}
 	if err != nil {
 		return r, err
@@ -218,7 +237,7 @@ func (c *Collector) collect(ctx context.Context, table *storage.ContentTable, dr
 		_, ok, err := c.index.Manifest(d)
 		return ok || err != nil // unsure: walked, which reads it
 	}
-	if err := mk.mark(ctx, view.Digests); err != nil {
+	if err := mk.mark(ctx, view.Roots.Set); err != nil {
 		return r, err
 	}
 	stored := &storedFiles{ids: ids}
@@ -370,13 +389,14 @@ func (c *Collector) sweep(ctx context.Context, batch []digest.Digest, mk *marker
 const deleters = 8
 
 // addReferrerTag adds to g a tag of the referrers tag schema or of
-// cosign's (key "host/repo:sha256-<hex>[.sig]"), naming d.
-func addReferrerTag(g *graph, key []byte, d digest.Digest) {
+// cosign's (key "host/repo:sha256-<hex>[.sig]"), naming dgst.
+func addReferrerTag(g *graph, key, dgst []byte) {
 	colon := bytes.LastIndexByte(key, ':')
 	if colon < 0 || !bytes.Contains(key[colon:], []byte("-")) {
-		return // not a referrer tag: no string made of its key
+		return // not a referrer tag: no string made of its key or digest
 	}
 	_, _, tag, ok := storage.ParseTagKey(string(key))
+	d := digest.Digest(dgst)
 	if !ok || d.Validate() != nil {
 		return
 	}

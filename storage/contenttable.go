@@ -554,6 +554,6 @@ func readTags(tx *bolt.Tx, rel *releaser, in *Interner, pins map[string]bool, sr
 // collection must check what it removes against the index again (as
 // Index.ForgetRooted does). At 100k images a table is ~25 MiB, and
 // reading it again ~32 while its slices grow.
-func (ix *Index) RootsView(in *Interner, t *ContentTable, tag func(key []byte, d digest.Digest)) (*ContentView, error) {
-	return ix.contentView(in, t, tag)
+func (ix *Index) RootsView(t *ContentTable, tag func(key, dgst []byte)) (*ContentView, error) {
+	return ix.contentView(t, tag)
 }

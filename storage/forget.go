@@ -153,7 +153,7 @@ func (ix *Index) ForgetRooted(dgsts []digest.Digest, roots Roots, fallback bool,
 func (ix *Index) forget(dgsts []digest.Digest, given Roots, strict bool, keep func(digest.Digest, ContentEntry) bool) (ForgetResult, error) {
 	var res ForgetResult
 	var freed int64
-	var roots map[digest.Digest]bool
+	var roots *RootSet
 	// gone indexes out by digest; rooted: a tag or mirror record may name
 	// what goes.
 	var gone map[digest.Digest]int
@@ -166,13 +166,13 @@ func (ix *Index) forget(dgsts []digest.Digest, given Roots, strict bool, keep fu
 			res.Forgotten, freed, rooted = nil, 0, false
 			gone, unshare = map[digest.Digest]int{}, map[string][][]byte{}
 			res.Version = tx.ID()
-			roots = given.Digests
+			roots = given.Set
 			if roots == nil || tx.ID() != given.Version+1 {
 				if strict {
 					return ErrStaleRoots
 				}
 				var err error
-				if roots, err = rootDigests(tx, nil); err != nil {
+				if roots, err = readRoots(tx, nil, nil, nil); err != nil {
 					return err
 				}
 			}
@@ -194,7 +194,7 @@ func (ix *Index) forget(dgsts []digest.Digest, given Roots, strict bool, keep fu
 			} else if ok {
 				e.Manifest = &rec
 			}
-			e.Rooted = roots[d]
+			e.Rooted = roots.Has(d)
 			if keep != nil && keep(d, e) {
 				return 0, nil
 			}

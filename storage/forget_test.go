@@ -48,8 +48,8 @@ func TestForgetRooted(t *testing.T) {
 
 	roots, err = ix.Roots()
 	must(t, err)
-	if !roots.Digests[fresh] {
-		t.Fatalf("roots %v lack the tagged digest", roots.Digests)
+	if !roots.Has(fresh) || roots.Has(old) {
+		t.Fatalf("roots (%d) lack the tagged digest, or have the forgotten one", roots.Set.Len())
 	}
 	res, err = ix.ForgetRooted([]digest.Digest{fresh}, roots, false, nil)
 	must(t, err)

@@ -110,16 +110,25 @@ func readAllRel[T any](tx *bolt.Tx, bucket []byte, rel *releaser, fn func(key st
 // read in one transaction.
 func (ix *Index) RootDigests() (map[digest.Digest]bool, error) {
 	r, err := ix.Roots()
-	return r.Digests, err
+	if err != nil {
+		return nil, err
+	}
+	out := map[digest.Digest]bool{}
+	r.Set.Each(func(d digest.Digest) { out[d] = true })
+	return out, nil
 }
 
 // Roots are the digests that keep content in the cache (named by tags,
 // mirror records and pins) as one version of the index has them.
 type Roots struct {
-	Digests map[digest.Digest]bool
+	// Set holds the digests.
+	Set *RootSet
 	// Version is the index's version they were read from (Version).
 	Version int
 }
+
+// Has reports whether d is a root (false for the zero Roots).
+func (r Roots) Has(d digest.Digest) bool { return r.Set.Has(d) }
 
 // Version identifies the index's current state: every write to the index
 // makes a new one (it is bbolt's last committed transaction).
@@ -132,14 +141,22 @@ func (ix *Index) Version() (int, error) {
 	return tx.ID(), nil
 }
 
-// Roots reads the roots, and the version they are of.
-func (ix *Index) Roots() (Roots, error) {
+// Roots reads the roots, and the version they are of, as digest
+// strings: see RootsIn for a collection's.
+func (ix *Index) Roots() (Roots, error) { return ix.RootsIn(nil) }
+
+// RootsIn reads the roots, and the version they are of; those with
+// records in t (if not nil) are kept as their identifiers in t, a bit
+// each, the others as strings (at 100k images, the roots as a map of
+// strings with their interner were ~14 MiB; as bits of the content
+// table ~13 KiB).
+func (ix *Index) RootsIn(t *ContentTable) (Roots, error) {
 	var r Roots
 	err := ix.db.View(func(tx *bolt.Tx) error {
 		rel := ix.releaser(tx)
 		defer rel.done()
-		d, err := rootDigestsRel(tx, nil, rel, nil)
-		r = Roots{Digests: d, Version: tx.ID()}
+		s, err := readRoots(tx, t, nil, rel)
+		r = Roots{Set: s, Version: tx.ID()}
 		return err
 	})
 	return r, err
@@ -193,31 +210,29 @@ type ContentView struct {
 }
 
 // ContentView reads the roots and the content records; tag, if not nil,
-// is called with each tag's key and digest (key is valid only during the
-// call). The roots' digests are interned in in (which may be nil).
-func (ix *Index) ContentView(in *Interner, tag func(key []byte, d digest.Digest)) (*ContentView, error) {
-	return ix.contentView(in, nil, tag)
+// is called with each tag's key and digest (both valid only during the
+// call). The roots are kept as identifiers in the table (RootsIn).
+func (ix *Index) ContentView(tag func(key, dgst []byte)) (*ContentView, error) {
+	return ix.contentView(nil, tag)
 }
 
 // contentView reads the roots, and the content records unless t (read
 // before: RootsView) has them.
-func (ix *Index) contentView(in *Interner, t *ContentTable, tag func(key []byte, d digest.Digest)) (*ContentView, error) {
+func (ix *Index) contentView(t *ContentTable, tag func(key, dgst []byte)) (*ContentView, error) {
 	v := &ContentView{Table: t}
-	if t == nil {
-		v.Table = &ContentTable{}
-	}
 	err := ix.db.View(func(tx *bolt.Tx) error {
 		rel := ix.releaser(tx)
 		defer rel.done()
-		d, err := rootDigestsRel(tx, tag, rel, in)
-		if err != nil {
-			return err
+		if t == nil {
+			// The table first: the roots are its identifiers.
+			v.Table = &ContentTable{}
+			if err := v.Table.read(tx, rel); err != nil {
+				return err
+			}
 		}
-		v.Roots = Roots{Digests: d, Version: tx.ID()}
-		if t != nil {
-			return nil
-		}
-		return v.Table.read(tx, rel)
+		s, err := readRoots(tx, v.Table, tag, rel)
+		v.Roots = Roots{Set: s, Version: tx.ID()}
+		return err
 	})
 	if err != nil {
 		return nil, err
@@ -225,35 +240,31 @@ func (ix *Index) contentView(in *Interner, t *ContentTable, tag func(key []byte,
 	return v, nil
 }
 
-// rootDigests reads the roots in tx; tag, if not nil, is told each tag.
-func rootDigests(tx *bolt.Tx, tag func(key []byte, d digest.Digest)) (map[digest.Digest]bool, error) {
-	return rootDigestsRel(tx, tag, nil, nil)
-}
-
-// rootDigestsRel is rootDigests telling rel (if not nil) what it read,
-// the digests interned in in (which may be nil).
-func rootDigestsRel(tx *bolt.Tx, tag func(key []byte, d digest.Digest), rel *releaser, in *Interner) (map[digest.Digest]bool, error) {
-	roots := map[digest.Digest]bool{}
-	pinnedTags := map[string]bool{}
+// readRoots reads the roots in tx into a set on t (which may be nil);
+// tag, if not nil, is told each tag, and rel (if not nil) what was read.
+func readRoots(tx *bolt.Tx, t *ContentTable, tag func(key, dgst []byte), rel *releaser) (*RootSet, error) {
+	s := newRootSet(t)
 	if err := readAll(tx, bucketPins, func(k string, _ PinRecord) {
+		// A pinned tag pins what the tag names: a root already.
 		if d, err := digest.Parse(k); err == nil {
-			roots[in.Digest(d)] = true
-		} else {
-			pinnedTags[k] = true
+			s.addBytes([]byte(d))
 		}
 	}); err != nil {
 		return nil, err
 	}
 	// Every tag: its digest is read without decoding the record where it
-	// can be.
+	// can be; the tags of an image are next to each other, and usually
+	// name one digest: looked up once.
+	var last []byte
 	err := tx.Bucket(bucketTags).ForEach(func(k, raw []byte) error {
 		rel.read(k, raw)
-		d, err := internTagDigest(k, raw, in)
+		d, err := tagDigestOf(k, raw)
 		if err != nil {
 			return err
 		}
-		if _, dup := roots[d]; !dup {
-			roots[d] = true
+		if !bytes.Equal(d, last) {
+			s.addBytes(d)
+			last = append(last[:0], d...)
 		}
 		if tag != nil {
 			tag(k, d)
@@ -265,10 +276,10 @@ func rootDigestsRel(tx *bolt.Tx, tag func(key []byte, d digest.Digest), rel *rel
 	}
 	err = tx.Bucket(bucketMirrors).ForEach(func(k, _ []byte) error {
 		rel.read(k, nil)
-		roots[in.Digest(mirrorDigest(k))] = true
+		s.addBytes(mirrorDigestBytes(k))
 		return nil
 	})
-	return roots, err
+	return s, err
 }
 
 // tagDigest reads the digest of a tag record as this index writes it
@@ -279,17 +290,18 @@ func tagDigest(raw []byte) (digest.Digest, bool) {
 	return digest.Digest(b), ok
 }
 
-// internTagDigest is the interned digest of the tag record raw under key
-// k: read in place where it can be (tagDigestBytes), else decoded.
-func internTagDigest(k, raw []byte, in *Interner) (digest.Digest, error) {
+// tagDigestOf is the digest of the tag record raw under key k, read in
+// place where it can be (tagDigestBytes: valid while raw is), else
+// decoded.
+func tagDigestOf(k, raw []byte) ([]byte, error) {
 	if b, ok := tagDigestBytes(raw); ok {
-		return digest.Digest(in.Bytes(b)), nil
+		return b, nil
 	}
 	var v TagRecord
 	if err := json.Unmarshal(raw, &v); err != nil {
-		return "", fmt.Errorf("index: corrupt %s entry %q: %w", bucketTags, k, err)
+		return nil, fmt.Errorf("index: corrupt %s entry %q: %w", bucketTags, k, err)
 	}
-	return in.Digest(v.Digest), nil
+	return []byte(v.Digest), nil
 }
 
 // tagDigestBytes is tagDigest in place: the digest's bytes in raw.
@@ -308,9 +320,12 @@ func tagDigestBytes(raw []byte) ([]byte, bool) {
 // mirrorDigest is the digest of a mirrors key: "host/repo@digest" (or a
 // bare digest, as indexes written before mirror states were kept per
 // repository have it).
-func mirrorDigest(k []byte) digest.Digest {
+func mirrorDigest(k []byte) digest.Digest { return digest.Digest(mirrorDigestBytes(k)) }
+
+// mirrorDigestBytes is mirrorDigest in place: the digest's bytes in k.
+func mirrorDigestBytes(k []byte) []byte {
 	if at := bytes.LastIndexByte(k, '@'); at >= 0 {
-		return digest.Digest(k[at+1:])
+		return k[at+1:]
 	}
-	return digest.Digest(k)
+	return k
 }
