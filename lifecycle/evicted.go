@@ -15,38 +15,77 @@ import (
 // kept compactly until the report is made (images), after the
 // collection: at 100k images, 50k Images (a digest string, a string
 // per tag, platform lists) were ~26 MiB through the collection's peak;
-// these are ~9.
+// rows of ~180 bytes ~9 MiB (round 8); these are ~6.
 type evictedImages struct {
 	rows []evictedImage
 	// names are the repositories, each once.
 	names   []imageName
 	nameIDs map[imageName]int32
+	// values are the media types, states and platform lists (as one
+	// string each), each once: there are few of them.
+	values   []string
+	valueIDs map[string]int32
+	// locs are the last pulls' locations, each once.
+	locs []*time.Location
 }
 
-// evictedImage is an Image: its digest's 32 bytes (other digests as
-// strings), its lists one string each (see joinTag).
+// evictedImage is an Image in 104 bytes: its sha256 digest's 32 bytes,
+// its tags one string (see joinTag), its other strings and its last
+// pull's location indexes (180 bytes with a string each). An image that
+// does not fit (another digest, a list that would not come back whole)
+// is kept as itself (exact).
 type evictedImage struct {
-	name               int32
-	sha                [32]byte
-	other              digest.Digest
-	tags               string
-	platforms, leftOut string
-	mediaType, state   string
-	size               int64
-	manifests, blobs   int32
-	lastPull           time.Time
-	pinned             bool
-	// exact is the image itself if a list would not come back whole
-	// from its string (an empty element: not seen in practice).
-	exact *Image
+	sha      [32]byte
+	tags     string
+	size     int64
+	lastPull int64 // storage.UnixNano
+	// exact is the image itself, if it does not fit the row.
+	exact                             *Image
+	name                              int32
+	mediaType, state, platforms, left int32 // values
+	manifests, blobs                  int32
+	loc                               uint8 // locs
+	pinned                            bool
 }
 
 func (ev *evictedImages) grow(n int) { ev.rows = slices.Grow(ev.rows, n) }
 
 func (ev *evictedImages) len() int { return len(ev.rows) }
 
+// value is s's index in ev.values.
+func (ev *evictedImages) value(s string) int32 {
+	id, ok := ev.valueIDs[s]
+	if !ok {
+		if ev.valueIDs == nil {
+			ev.valueIDs = map[string]int32{}
+		}
+		id = int32(len(ev.values))
+		ev.values = append(ev.values, s)
+		ev.valueIDs[s] = id
+	}
+	return id
+}
+
+// location is l's index in ev.locs; false if there are too many.
+func (ev *evictedImages) location(l *time.Location) (uint8, bool) {
+	if i := slices.Index(ev.locs, l); i >= 0 {
+		return uint8(i), true
+	}
+	if len(ev.locs) > 255 {
+		return 0, false
+	}
+	ev.locs = append(ev.locs, l)
+	return uint8(len(ev.locs) - 1), true
+}
+
 // add adds im.
 func (ev *evictedImages) add(im Image) {
+	k, sha := storage.SHA256Key(im.Digest)
+	loc, locOK := ev.location(im.LastPull.Location())
+	if !sha || !locOK || !joins(im.Tags) || !joins(im.Platforms) || !joins(im.PlatformsLeftOut) {
+		ev.rows = append(ev.rows, evictedImage{exact: &im})
+		return
+	}
 	n := imageName{im.Upstream, im.Repo}
 	id, ok := ev.nameIDs[n]
 	if !ok {
@@ -57,19 +96,11 @@ func (ev *evictedImages) add(im Image) {
 		ev.names = append(ev.names, n)
 		ev.nameIDs[n] = id
 	}
-	row := evictedImage{name: id, tags: joinList(im.Tags), platforms: joinList(im.Platforms), leftOut: joinList(im.PlatformsLeftOut),
-		mediaType: im.MediaType, state: im.State, size: im.Size, manifests: int32(im.Manifests), blobs: int32(im.Blobs),
-		lastPull: im.LastPull, pinned: im.Pinned}
-	if !joins(im.Tags) || !joins(im.Platforms) || !joins(im.PlatformsLeftOut) {
-		ev.rows = append(ev.rows, evictedImage{exact: &im})
-		return
-	}
-	if k, ok := storage.SHA256Key(im.Digest); ok {
-		row.sha = k
-	} else {
-		row.other = im.Digest
-	}
-	ev.rows = append(ev.rows, row)
+	ev.rows = append(ev.rows, evictedImage{sha: k, name: id, tags: joinList(im.Tags),
+		platforms: ev.value(joinList(im.Platforms)), left: ev.value(joinList(im.PlatformsLeftOut)),
+		mediaType: ev.value(im.MediaType), state: ev.value(im.State), size: im.Size,
+		manifests: int32(im.Manifests), blobs: int32(im.Blobs),
+		lastPull: storage.UnixNano(im.LastPull), loc: loc, pinned: im.Pinned})
 }
 
 // images are the images added, in order (nil if none).
@@ -85,13 +116,16 @@ func (ev *evictedImages) images() []Image {
 			continue
 		}
 		n := ev.names[row.name]
-		d := row.other
-		if d == "" {
-			d = digest.NewDigestFromEncoded(digest.SHA256, hex.EncodeToString(row.sha[:]))
+		var lastPull time.Time
+		if row.lastPull != 0 {
+			lastPull = time.Unix(0, row.lastPull).In(ev.locs[row.loc])
 		}
-		out[i] = Image{Upstream: n.upstream, Repo: n.repo, Tags: splitTags(row.tags), Digest: d, MediaType: row.mediaType,
-			Platforms: splitTags(row.platforms), PlatformsLeftOut: splitTags(row.leftOut), Size: row.size,
-			Manifests: int(row.manifests), Blobs: int(row.blobs), LastPull: row.lastPull, State: row.state, Pinned: row.pinned}
+		out[i] = Image{Upstream: n.upstream, Repo: n.repo, Tags: splitTags(row.tags),
+			Digest:    digest.NewDigestFromEncoded(digest.SHA256, hex.EncodeToString(row.sha[:])),
+			MediaType: ev.values[row.mediaType], Platforms: splitTags(ev.values[row.platforms]),
+			PlatformsLeftOut: splitTags(ev.values[row.left]), Size: row.size,
+			Manifests: int(row.manifests), Blobs: int(row.blobs), LastPull: lastPull,
+			State: ev.values[row.state], Pinned: row.pinned}
 	}
 	ev.rows = nil
 	return out
