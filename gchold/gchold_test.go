@@ -143,13 +143,20 @@ func TestHoldOff(t *testing.T) {
 func TestHoldProcess(t *testing.T) {
 	prior := debug.SetGCPercent(120)
 	t.Cleanup(func() { debug.SetGCPercent(prior) })
+	// memory_limit is the operator's too: a pass leaves it as it is.
+	priorLimit := debug.SetMemoryLimit(448 << 20)
+	t.Cleanup(func() { debug.SetMemoryLimit(priorLimit) })
 	if got := (gchold.Process{}).GCPercent(); got != 120 {
 		t.Fatalf("Process.GCPercent() = %d, want 120", got)
 	}
 	h := gchold.New(30)
 	leave := h.Enter()
 	inPass := debug.SetGCPercent(30)
+	limitInPass := debug.SetMemoryLimit(-1)
 	leave()
+	if limitInPass != 448<<20 {
+		t.Errorf("memory limit %d while a pass ran, want memory_limit's %d", limitInPass, 448<<20)
+	}
 	if inPass != 30 {
 		t.Errorf("GC percent %d while a pass ran, want 30", inPass)
 	}
