@@ -75,10 +75,17 @@ func (mk *marker) mark(ctx context.Context, roots *storage.RootSet) error {
 		}
 	}
 	// The roots in the table are its identifiers (mk.g.ids numbers the
-	// table's digests alike): no string is made of them.
+	// table's digests alike, roots.Table() is mk.g.ids.table): no string
+	// is made of its sha256 digests. Its others (sha512, or keys that are
+	// not digests: upper-case hex) are checked as strings, as any root.
 	var err error
 	roots.EachID(func(id int) {
-		if err == nil && !mk.drop.hasID(mk.g.ids, int32(id)) {
+		if err != nil {
+			return
+		}
+		if _, sha := roots.Table().Key(id); !sha {
+			err = mk.walkDigest(ctx, roots.Table().Digest(id))
+		} else if !mk.drop.hasID(mk.g.ids, int32(id)) {
 			err = mk.walkID(ctx, int32(id))
 		}
 	})
