@@ -174,6 +174,15 @@ func (ix *Index) ReadImageRecords(in *Interner, tag func(*TagInfo)) (*ImageRecor
 	return r, nil
 }
 
+// ReadImageTableFills is ReadImageTableRaw giving each fill record to fill
+// (with the table, after every tag, in key order: as ImageTable.Fills
+// would list them) instead of keeping them all: at 100k images the fill
+// records as FillEntry values are ~15 MiB, which the image model, folding
+// each into its image, need not hold at once. ImageTable.Fills is nil.
+func (ix *Index) ReadImageTableFills(in *Interner, tag func(*TagInfo), fill func(*ContentTable, *FillEntry)) (*ImageTable, error) {
+	return ix.readImageTable(in, true, tag, fill)
+}
+
 // parseTagKeyBytes is ParseTagKey on bytes, without allocating.
 func parseTagKeyBytes(key []byte) (host, repo, tag []byte, ok bool) {
 	host, rest, ok := bytes.Cut(key, []byte{'/'})
