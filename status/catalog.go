@@ -48,8 +48,8 @@ type Image struct {
 // ~20): an Image is made for the images a request shows.
 type catalogSnapshot struct {
 	rows []row
-	// tags are the rows' tags (tagBlocks).
-	tags tagBlocks
+	// tags are the rows' tags (packedTags).
+	tags packedTags
 	// names are the repositories ("upstream/repo"), with their parts;
 	// strs the media types and states, lists the platform lists, each
 	// once.
@@ -413,7 +413,7 @@ func (c *catalog) images(ctx context.Context) (int, func(fn func(*lifecycle.Imag
 }
 
 // packTags joins tags into one string, each followed by tagEnd: how a
-// row's tags are kept (compressed: tagBlocks).
+// row's tags are kept (compressed: packedTags).
 func packTags(tags []string) string {
 	n := 0
 	for _, t := range tags {

@@ -70,7 +70,7 @@ func TestPackTagsAndCosignSuffix(t *testing.T) {
 		rows = append(rows, tags)
 	}
 	rows = append(rows, []string{"1.27", "latest", "sha256-abc.sig"})
-	var tb tagBlocks
+	var tb packedTags
 	p := newTagPacker(&tb)
 	for _, tags := range rows {
 		p.add(tags)

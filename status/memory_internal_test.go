@@ -14,7 +14,7 @@ import (
 )
 
 // The image list is kept for the life of the process; its tags are kept
-// front-coded in one array (tagBlocks), not as one string an image.
+// front-coded in one array (packedTags), not as one string an image.
 // Images of 10 tags, 10 images a repository: 249 bytes an image kept
 // with a string of tags each (round 8's code), ~168 now.
 func TestCatalogMemoryPerImage(t *testing.T) {

@@ -14,21 +14,21 @@ import "fmt"
 // cost with the strings (flate-compressed blocks were 2x smaller still,
 // but made a filter of 100k rows 3–8x slower).
 
-// tagBlocks are the list's tags, row by row (rows are added in order).
-type tagBlocks struct {
+// packedTags are the list's tags, row by row (rows are added in order).
+type packedTags struct {
 	// data holds the rows' front-coded tags; ends[i] is where row i's
 	// end in it (row i starts where row i-1 ends).
 	data []byte
 	ends []uint32
 }
 
-// tagPacker adds rows' tags to a tagBlocks.
+// tagPacker adds rows' tags to a packedTags.
 type tagPacker struct {
-	t   *tagBlocks
+	t   *packedTags
 	err error
 }
 
-func newTagPacker(t *tagBlocks) *tagPacker { return &tagPacker{t: t} }
+func newTagPacker(t *packedTags) *tagPacker { return &tagPacker{t: t} }
 
 // add adds the next row's tags.
 func (p *tagPacker) add(tags []string) {
@@ -56,14 +56,14 @@ func (p *tagPacker) done() error {
 	return p.err
 }
 
-// tagReader decodes a tagBlocks' rows into its buffer (not safe for
+// tagReader decodes a packedTags' rows into its buffer (not safe for
 // concurrent use; one per request).
 type tagReader struct {
-	t   *tagBlocks
+	t   *packedTags
 	buf []byte
 }
 
-func (t *tagBlocks) reader() *tagReader { return &tagReader{t: t} }
+func (t *packedTags) reader() *tagReader { return &tagReader{t: t} }
 
 // packed returns row's tags packed (see packTags): valid until the next
 // call.
