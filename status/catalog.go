@@ -413,7 +413,7 @@ func (c *catalog) images(ctx context.Context) (int, func(fn func(*lifecycle.Imag
 }
 
 // packTags joins tags into one string, each followed by tagEnd: how a
-// row's tags are kept (compressed: packedTags).
+// row's tags read back (kept front-coded: packedTags).
 func packTags(tags []string) string {
 	n := 0
 	for _, t := range tags {
