@@ -421,11 +421,3 @@ func count(r *Report, manifest bool, size int64) {
 	}
 	r.BytesFreed += size
 }
-
-func keys[V any](m map[digest.Digest]V) []digest.Digest {
-	out := make([]digest.Digest, 0, len(m))
-	for d := range m {
-		out = append(out, d)
-	}
-	return out
-}

@@ -317,7 +317,34 @@ func (c *Collector) model(ctx context.Context, platforms, tags bool) (*model, er
 		}
 		return &m.entries[i]
 	}
-	recs, err := c.index.ReadImageTableRaw(in, func(t *storage.TagInfo) {
+	// The fill records come after the tags, each folded into its entry as
+	// it is read (at 100k images, ~15 MiB as a list).
+	stateIDs := map[string]uint8{"": 0}
+	platformIDs := map[string]int32{"": 0}
+	fillEntry := func(table *storage.ContentTable, me *storage.FillEntry) {
+		if m.ids == nil {
+			m.ids = newDigestIDs(table)
+		}
+		if !oci.ValidDigest(me.Digest) {
+			return
+		}
+		st, ok := stateIDs[me.State]
+		if !ok {
+			st = uint8(len(m.states))
+			stateIDs[me.State] = st
+			m.states = append(m.states, me.State)
+		}
+		joined := strings.Join(me.Platforms, "\x00")
+		pl, ok := platformIDs[joined]
+		if !ok {
+			pl = int32(len(m.platforms))
+			platformIDs[joined] = pl
+			m.platforms = append(m.platforms, me.Platforms)
+		}
+		e := get(imageKey{nameID(me.Upstream, me.Repo), m.ids.id(me.Digest)})
+		e.fill = fill{updatedAt: storage.UnixNano(me.UpdatedAt), platforms: pl, state: st, ok: true}
+	}
+	recs, err := c.index.ReadImageTableFills(in, func(t *storage.TagInfo) {
 		if m.ids == nil {
 			m.ids = newDigestIDs(t.Table)
 		}
@@ -348,7 +375,7 @@ func (c *Collector) model(ctx context.Context, platforms, tags bool) (*model, er
 			subject = in.Digest(subject)
 			g.referrers[subject] = append(g.referrers[subject], m.ids.digest(id))
 		}
-	})
+	}, fillEntry)
 	if err != nil {
 		return nil, err
 	}
@@ -357,29 +384,6 @@ func (c *Collector) model(ctx context.Context, platforms, tags bool) (*model, er
 		m.ids = newDigestIDs(recs.Content)
 	}
 	ids := m.ids
-	stateIDs := map[string]uint8{"": 0}
-	platformIDs := map[string]int32{"": 0}
-	for _, me := range recs.Fills {
-		if !oci.ValidDigest(me.Digest) {
-			continue
-		}
-		st, ok := stateIDs[me.State]
-		if !ok {
-			st = uint8(len(m.states))
-			stateIDs[me.State] = st
-			m.states = append(m.states, me.State)
-		}
-		joined := strings.Join(me.Platforms, "\x00")
-		pl, ok := platformIDs[joined]
-		if !ok {
-			pl = int32(len(m.platforms))
-			platformIDs[joined] = pl
-			m.platforms = append(m.platforms, me.Platforms)
-		}
-		e := get(imageKey{nameID(me.Upstream, me.Repo), ids.id(me.Digest)})
-		e.fill = fill{updatedAt: storage.UnixNano(me.UpdatedAt), platforms: pl, state: st, ok: true}
-	}
-	recs.Fills = nil // in the entries now
 	// Pinned digests: their images are pinned; one without an image
 	// is one, named after its first holder.
 	pinned := map[int32]bool{}

@@ -32,10 +32,11 @@ func (c *Collector) Verify(ctx context.Context) (Report, error) {
 
 func (c *Collector) verify(ctx context.Context) (Report, error) {
 	r := Report{DryRun: c.opts.DryRun, StoredBefore: c.index.StoredBytes()}
-	recs, err := c.index.ReadImageRecords(nil, nil) // no tags: not needed
+	recs, err := c.index.ReadImageTable(nil, nil) // no tags: not needed
 	if err != nil {
 		return r, err
 	}
+	content := recs.Content
 	var contents []storage.StoredContent
 	if err := c.store.Walk(ctx, func(sc storage.StoredContent) error {
 		contents = append(contents, sc)
@@ -50,7 +51,7 @@ func (c *Collector) verify(ctx context.Context) (Report, error) {
 	var corrupt []digest.Digest
 	buf := make([]byte, 1<<20)
 	for _, sc := range contents {
-		_, manifest := recs.Manifests[sc.Digest]
+		manifest := content.IsManifest(sc.Digest)
 		ok, err := c.rehash(ctx, sc.Digest, buf)
 		if errors.Is(err, storage.ErrNotFound) {
 			continue // removed meanwhile
@@ -81,22 +82,22 @@ func (c *Collector) verify(ctx context.Context) (Report, error) {
 
 	// Index entries naming content the store does not hold.
 	var missing []digest.Digest
-	checked := map[digest.Digest]bool{}
-	for _, ds := range [][]digest.Digest{keys(recs.Blobs), keys(recs.Manifests)} {
-		for _, d := range ds {
-			if found[d] || checked[d] {
-				continue
-			}
-			checked[d] = true
-			if _, err := c.store.Stat(ctx, "", d); !errors.Is(err, storage.ErrNotFound) {
-				if err != nil {
-					return r, err
-				}
-				continue // stored meanwhile
-			}
-			c.opts.Log.Warn("indexed content is missing from the store", "digest", d, "dry_run", c.opts.DryRun)
-			missing = append(missing, d)
+	for id := range content.Len() {
+		if !content.Recorded(id) { // a last pull only
+			continue
 		}
+		d := content.Digest(id)
+		if found[d] {
+			continue
+		}
+		if _, err := c.store.Stat(ctx, "", d); !errors.Is(err, storage.ErrNotFound) {
+			if err != nil {
+				return r, err
+			}
+			continue // stored meanwhile
+		}
+		c.opts.Log.Warn("indexed content is missing from the store", "digest", d, "dry_run", c.opts.DryRun)
+		missing = append(missing, d)
 	}
 	r.Missing = len(missing)
 	r.MissingContent = missing
@@ -128,7 +129,7 @@ func (c *Collector) verify(ctx context.Context) (Report, error) {
 			return r, err
 		}
 	}
-	err = c.resetMirrors(ctx, recs, removed, &r)
+	err = c.resetMirrors(ctx, recs.Fills, removed, &r)
 	r.StoredAfter = c.index.StoredBytes()
 	return r, err
 }
@@ -164,12 +165,12 @@ func (r readerOnly) Read(p []byte) (int, error) {
 
 // resetMirrors sets the complete mirror records whose images lost content
 // back to partial.
-func (c *Collector) resetMirrors(ctx context.Context, recs *storage.ImageRecords, removed map[digest.Digest]bool, r *Report) error {
+func (c *Collector) resetMirrors(ctx context.Context, fills []storage.FillEntry, removed map[digest.Digest]bool, r *Report) error {
 	if len(removed) == 0 {
 		return nil
 	}
 	g := newGraph(c.store)
-	for _, me := range recs.Fills {
+	for _, me := range fills {
 		d := me.Digest
 		if me.State != storage.FillComplete || removed[d] {
 			continue

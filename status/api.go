@@ -94,7 +94,7 @@ func (h *Handler) images(r *http.Request) (Page, error) {
 	if err != nil {
 		return Page{}, err
 	}
-	return cat.page(q, sort, page, n), nil
+	return cat.page(q, sort, page, n)
 }
 
 func (h *Handler) apiImages(w http.ResponseWriter, r *http.Request) error {
@@ -169,7 +169,10 @@ func (h *Handler) detail(r *http.Request) (*Detail, error) {
 	if err != nil {
 		return nil, err
 	}
-	ims := cat.repository(name)
+	ims, err := cat.repository(name)
+	if err != nil {
+		return nil, err
+	}
 	if len(ims) == 0 {
 		return nil, errcode.New(errcode.NameUnknown, "no cached image %q", name)
 	}

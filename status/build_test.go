@@ -64,7 +64,10 @@ func BenchmarkFirstVisit(b *testing.B) {
 				cpu0 := cpuTime()
 				c := &catalog{list: col, index: ix, maxAge: time.Minute, now: time.Now} // a fresh start
 				s, err := c.get(ctx)
-				if err != nil || len(s.page("", SortSize, 1, 50).Images) != 50 {
+				if err != nil {
+					b.Fatal(err)
+				}
+				if pg, err := s.page("", SortSize, 1, 50); err != nil || len(pg.Images) != 50 {
 					b.Fatal(err)
 				}
 				cpu += cpuTime() - cpu0

@@ -44,10 +44,12 @@ type Image struct {
 // catalogSnapshot is the image list as built once, in the three orders
 // the page offers, so that a request only filters and pages. It is kept
 // for the life of the process, compactly (at 100k images an Image each
-// with its strings was ~55 MiB; a row is ~120 bytes and its tags): an
-// Image is made for the images a request shows.
+// with its strings was ~55 MiB; a row is ~100 bytes, its tags compressed
+// ~20): an Image is made for the images a request shows.
 type catalogSnapshot struct {
 	rows []row
+	// tags are the rows' tags (packedTags).
+	tags packedTags
 	// names are the repositories ("upstream/repo"), with their parts;
 	// strs the media types and states, lists the platform lists, each
 	// once.
@@ -65,10 +67,9 @@ type catalogSnapshot struct {
 	gen uint64
 }
 
-// row is an image of the list (see Image).
+// row is an image of the list (see Image); its tags are in
+// catalogSnapshot.tags.
 type row struct {
-	// tags are its tags, each followed by tagEnd.
-	tags        string
 	lastPull    time.Time
 	size, pulls int64
 	dg          [32]byte
@@ -79,12 +80,17 @@ type row struct {
 	pinned, signed, attested         bool
 }
 
-// tagEnd ends each tag in row.tags: a tag is letters, digits, '_', '.'
-// and '-'.
+// tagEnd ends each tag in a row's packed tags (packTags): a tag is
+// letters, digits, '_', '.' and '-'.
 const tagEnd = '\x00'
 
-// image is row i as the page and the API show it (a new Image).
-func (s *catalogSnapshot) image(i int32) *Image {
+// image is row i as the page and the API show it (a new Image), its tags
+// read with tr.
+func (s *catalogSnapshot) image(tr *tagReader, i int32) (*Image, error) {
+	tags, err := tr.packed(i)
+	if err != nil {
+		return nil, err
+	}
 	r := &s.rows[i]
 	im := &Image{Name: s.names[r.name], Pulls: r.pulls, ReferrerTypes: s.refTypes[i], Signed: r.signed, Attested: r.attested}
 	im.Image = lifecycle.Image{
@@ -97,24 +103,29 @@ func (s *catalogSnapshot) image(i int32) *Image {
 	} else {
 		im.Digest = digest.NewDigestFromEncoded(digest.SHA256, hex.EncodeToString(r.dg[:]))
 	}
-	if r.tags != "" {
-		im.Tags = strings.Split(r.tags[:len(r.tags)-1], string(tagEnd))
+	if len(tags) > 0 {
+		im.Tags = strings.Split(string(tags[:len(tags)-1]), string(tagEnd))
 	}
-	return im
+	return im, nil
 }
 
 // images are rows as the page and the API show them.
-func (s *catalogSnapshot) images(rows []int32) []*Image {
+func (s *catalogSnapshot) images(rows []int32) ([]*Image, error) {
 	out := make([]*Image, len(rows))
+	tr := s.tags.reader()
 	for i, r := range rows {
-		out[i] = s.image(r)
+		var err error
+		if out[i], err = s.image(tr, r); err != nil {
+			return nil, err
+		}
 	}
-	return out
+	return out, nil
 }
 
 // snapshotBuilder interns what rows share while a list is built.
 type snapshotBuilder struct {
 	s     *catalogSnapshot
+	tags  *tagPacker
 	names map[string]int32
 	strs  map[string]int32
 	lists map[string]int32
@@ -122,7 +133,7 @@ type snapshotBuilder struct {
 
 func newSnapshotBuilder(s *catalogSnapshot) *snapshotBuilder {
 	s.strs, s.lists = []string{""}, [][]string{nil}
-	return &snapshotBuilder{s: s, names: map[string]int32{}, strs: map[string]int32{"": 0}, lists: map[string]int32{"": 0}}
+	return &snapshotBuilder{s: s, tags: newTagPacker(&s.tags), names: map[string]int32{}, strs: map[string]int32{"": 0}, lists: map[string]int32{"": 0}}
 }
 
 func (b *snapshotBuilder) name(im *lifecycle.Image) int32 {
@@ -165,11 +176,12 @@ func (b *snapshotBuilder) list(v []string) int32 {
 	return id
 }
 
-// add adds im as row i.
+// add adds im as row i (rows are added in order).
 func (b *snapshotBuilder) add(i int32, im *lifecycle.Image) *row {
 	r := &b.s.rows[i]
+	b.tags.add(im.Tags)
 	*r = row{
-		tags: packTags(im.Tags), lastPull: im.LastPull, size: im.Size,
+		lastPull: im.LastPull, size: im.Size,
 		name: b.name(im), manifests: int32(im.Manifests), blobs: int32(im.Blobs),
 		media: b.str(im.MediaType), state: b.str(im.State), platforms: b.list(im.Platforms), leftOut: b.list(im.PlatformsLeftOut),
 		pinned: im.Pinned,
@@ -346,9 +358,13 @@ func (c *catalog) load(ctx context.Context) (*catalogSnapshot, error) {
 			r.attested = r.attested || tags[key{im.Upstream, im.Repo, cosign + ".att"}] || tags[key{im.Upstream, im.Repo, cosign + ".sbom"}]
 		}
 	})
+	if err == nil {
+		err = b.tags.done()
+	}
 	if err != nil {
 		return nil, err
 	}
+	s.rows = slices.Clip(s.rows)
 	s.byName = make([]int32, len(s.rows))
 	for i := range s.byName {
 		s.byName[i] = int32(i)
@@ -396,9 +412,8 @@ func (c *catalog) images(ctx context.Context) (int, func(fn func(*lifecycle.Imag
 	}, nil
 }
 
-// packTags joins tags into one string, each followed by tagEnd: at
-// 100k images (1M tags) a string each is ~25 MiB more, for the life of
-// the list.
+// packTags joins tags into one string, each followed by tagEnd: how a
+// row's tags read back (kept front-coded: packedTags).
 func packTags(tags []string) string {
 	n := 0
 	for _, t := range tags {
@@ -458,7 +473,7 @@ type Page struct {
 
 // page filters the list by q (a case-insensitive substring of the name or
 // a tag), in the order sort names, and cuts page (1-based) of n.
-func (s *catalogSnapshot) page(q, sort string, page, n int) Page {
+func (s *catalogSnapshot) page(q, sort string, page, n int) (Page, error) {
 	order := s.byName
 	switch sort {
 	case SortSize:
@@ -472,10 +487,16 @@ func (s *catalogSnapshot) page(q, sort string, page, n int) Page {
 	lq := strings.ToLower(q)
 	out := Page{Query: q, Sort: sort, N: n}
 	skip := (page - 1) * n
-	var buf []byte
+	var hits []bool
+	if lq != "" {
+		var err error
+		if hits, err = s.matching(lq); err != nil {
+			return Page{}, err
+		}
+	}
 	var shown []int32
 	for _, i := range order {
-		if lq != "" && !s.matches(&buf, i, lq) {
+		if hits != nil && !hits[i] {
 			continue
 		}
 		if out.Total >= skip && len(shown) < n {
@@ -483,26 +504,39 @@ func (s *catalogSnapshot) page(q, sort string, page, n int) Page {
 		}
 		out.Total++
 	}
-	out.Images = s.images(shown)
+	var err error
+	if out.Images, err = s.images(shown); err != nil {
+		return Page{}, err
+	}
 	out.Pages = max(1, (out.Total+n-1)/n)
 	out.Page = page
-	return out
+	return out, nil
 }
 
-// matches reports whether lq (lower-cased) is in row i's name and tags,
-// space-separated and lower-cased. They are joined in *buf, not kept: at
-// 100k images a kept copy per image is ~15 MiB, for a filter typed now
-// and then.
-func (s *catalogSnapshot) matches(buf *[]byte, i int32, lq string) bool {
-	r := &s.rows[i]
-	return matches(buf, s.names[r.name], r.tags, lq)
+// matching tells, by row, whether lq (lower-cased) is in the row's name
+// and tags, space-separated and lower-cased. The rows are read in order:
+// each tag block is decoded once. Name and tags are joined in a buffer,
+// not kept: at 100k images a kept copy per image is ~15 MiB, for a filter
+// typed now and then.
+func (s *catalogSnapshot) matching(lq string) ([]bool, error) {
+	hits := make([]bool, len(s.rows))
+	tr := s.tags.reader()
+	var buf []byte
+	for i := range s.rows {
+		tags, err := tr.packed(int32(i))
+		if err != nil {
+			return nil, err
+		}
+		hits[i] = matches(&buf, s.names[s.rows[i].name], tags, lq)
+	}
+	return hits, nil
 }
 
 // matches reports whether lq (lower-cased) is in name and the packed
 // tags (see packTags), space-separated and lower-cased.
-func matches(buf *[]byte, name, tags string, lq string) bool {
+func matches(buf *[]byte, name string, tags []byte, lq string) bool {
 	b := append(append((*buf)[:0], name...), ' ')
-	b = append(b, strings.TrimSuffix(tags, string(tagEnd))...)
+	b = append(b, bytes.TrimSuffix(tags, []byte{tagEnd})...)
 	*buf = b
 	for i, c := range b[len(name)+1:] {
 		if c == tagEnd {
@@ -523,7 +557,7 @@ func matches(buf *[]byte, name, tags string, lq string) bool {
 }
 
 // repository returns the images of one repository ("host/repo").
-func (s *catalogSnapshot) repository(name string) []*Image {
+func (s *catalogSnapshot) repository(name string) ([]*Image, error) {
 	var rows []int32
 	i, _ := slices.BinarySearchFunc(s.byName, name, func(r int32, name string) int { return cmp.Compare(s.names[s.rows[r].name], name) })
 	for ; i < len(s.byName) && s.names[s.rows[s.byName[i]].name] == name; i++ {

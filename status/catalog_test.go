@@ -3,6 +3,8 @@ package status
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"math/rand/v2"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -33,21 +35,69 @@ func TestImageMatches(t *testing.T) {
 		want := strings.ToLower(im.name + " " + strings.Join(im.tags, " "))
 		for _, q := range queries {
 			lq := strings.ToLower(q)
-			if got := matches(&buf, im.name, packTags(im.tags), lq); got != strings.Contains(want, lq) {
+			if got := matches(&buf, im.name, []byte(packTags(im.tags)), lq); got != strings.Contains(want, lq) {
 				t.Errorf("%s matches %q: %v, want %v", im.name, lq, got, !got)
 			}
 		}
 	}
 }
 
-// The list keeps an image's tags in one string, and of its tags only
-// cosign's in the map that tells signed images.
+// The list keeps its images' tags front-coded in one array, and of its
+// tags only cosign's in the map that tells signed images: every row's
+// tags read back as they were given, in any order, with rows without
+// tags, an empty tag, tags sharing more than 255 bytes and rows of
+// hundreds of tags.
 func TestPackTagsAndCosignSuffix(t *testing.T) {
-	for _, tags := range [][]string{{"1.27", "latest", "sha256-abc.sig"}, {"v1"}, nil} {
-		s := &catalogSnapshot{rows: []row{{tags: packTags(tags)}}, names: []string{""}, upstreams: []string{""}, repos: []string{""}, strs: []string{""}, lists: [][]string{nil}}
-		if got := s.image(0).Tags; !slices.Equal(got, tags) || (tags == nil) != (got == nil) {
-			t.Errorf("tags %q packed and unpacked: %q", tags, got)
+	rng := rand.New(rand.NewPCG(1, 2))
+	var rows [][]string
+	for i := range 3000 {
+		var tags []string
+		switch {
+		case i%7 == 3: // none
+		case i == 5:
+			tags = []string{""}
+		case i%1000 == 11: // many, sharing long prefixes
+			for k := range 600 {
+				tags = append(tags, fmt.Sprintf("long-%d-%d", i, k))
+			}
+		case i == 12:
+			tags = []string{strings.Repeat("a", 300) + "1", strings.Repeat("a", 300) + "2", strings.Repeat("a", 300), "b"}
+		default:
+			for k := range rng.IntN(12) + 1 {
+				tags = append(tags, fmt.Sprintf("v%d.%d", i, k))
+			}
 		}
+		rows = append(rows, tags)
+	}
+	rows = append(rows, []string{"1.27", "latest", "sha256-abc.sig"})
+	var tb packedTags
+	p := newTagPacker(&tb)
+	for _, tags := range rows {
+		p.add(tags)
+	}
+	if err := p.done(); err != nil {
+		t.Fatal(err)
+	}
+	s := &catalogSnapshot{rows: make([]row, len(rows)), tags: tb, names: []string{""}, upstreams: []string{""}, repos: []string{""}, strs: []string{""}, lists: [][]string{nil}}
+	check := func(tr *tagReader, i int) {
+		t.Helper()
+		im, err := s.image(tr, int32(i))
+		if err != nil {
+			t.Fatalf("row %d: %v", i, err)
+		}
+		if want := rows[i]; !slices.Equal(im.Tags, want) || (want == nil) != (im.Tags == nil) {
+			t.Fatalf("row %d: tags %q packed and unpacked: %q", i, want, im.Tags)
+		}
+	}
+	tr := tb.reader()
+	for i := range rows {
+		check(tr, i)
+	}
+	for _, i := range rng.Perm(len(rows)) {
+		check(tr, i)
+	}
+	if _, err := tr.packed(int32(len(rows))); err == nil {
+		t.Error("a row past the end has tags")
 	}
 	for tag, want := range map[string]bool{"sha256-abc.sig": true, "sha256-abc.att": true, "sha256-abc.sbom": true, "v1": false, "sha256-abc": false, "1.0-sig": false} {
 		if cosignSuffix(tag) != want {
@@ -106,7 +156,10 @@ func TestCatalogKeepsEveryImage(t *testing.T) {
 		sort string
 		want []int
 	}{{SortName, []int{0, 1, 2, 3}}, {SortSize, []int{0, 1, 2, 3}}, {SortPulled, []int{2, 0, 1, 3}}} {
-		pg := s.page("", order.sort, 1, 10)
+		pg, err := s.page("", order.sort, 1, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
 		if pg.Total != len(ims) || len(pg.Images) != len(ims) {
 			t.Fatalf("%s: %d of %d images", order.sort, len(pg.Images), pg.Total)
 		}
@@ -116,10 +169,10 @@ func TestCatalogKeepsEveryImage(t *testing.T) {
 			}
 		}
 	}
-	if got := s.repository("ghcr.io/o/tool"); len(got) != 2 || got[0].Digest != upper || got[1].Digest != sha512 {
+	if got, err := s.repository("ghcr.io/o/tool"); err != nil || len(got) != 2 || got[0].Digest != upper || got[1].Digest != sha512 {
 		t.Errorf("repository ghcr.io/o/tool: %v", got)
 	}
-	if pg := s.page("LATEST", SortName, 1, 10); pg.Total != 1 || pg.Images[0].Digest != a {
+	if pg, err := s.page("LATEST", SortName, 1, 10); err != nil || pg.Total != 1 || pg.Images[0].Digest != a {
 		t.Errorf("filtered: %+v", pg)
 	}
 }

@@ -287,7 +287,7 @@ type ImageTable struct {
 // Digests and names are interned in in (which may be nil); the table's
 // digests are not strings.
 func (ix *Index) ReadImageTable(in *Interner, tag func(*TagInfo)) (*ImageTable, error) {
-	return ix.readImageTable(in, false, tag)
+	return ix.readImageTable(in, false, tag, nil)
 }
 
 // ReadImageTableRaw is ReadImageTable without a string per tag nor
@@ -296,10 +296,13 @@ func (ix *Index) ReadImageTable(in *Interner, tag func(*TagInfo)) (*ImageTable, 
 // in TagInfo.Table. At 100k images the interned digests are ~10 MiB
 // the image model need not keep, and its tags (1M) one string an image.
 func (ix *Index) ReadImageTableRaw(in *Interner, tag func(*TagInfo)) (*ImageTable, error) {
-	return ix.readImageTable(in, true, tag)
+	return ix.readImageTable(in, true, tag, nil)
 }
 
-func (ix *Index) readImageTable(in *Interner, raw bool, tag func(*TagInfo)) (*ImageTable, error) {
+// readImageTable reads the table; with fill, the fill records are given
+// to it after the tags instead of kept in ImageTable.Fills
+// (ReadImageTableFills).
+func (ix *Index) readImageTable(in *Interner, raw bool, tag func(*TagInfo), fill func(*ContentTable, *FillEntry)) (*ImageTable, error) {
 	if in == nil {
 		in = &Interner{}
 	}
@@ -313,14 +316,21 @@ func (ix *Index) readImageTable(in *Interner, raw bool, tag func(*TagInfo)) (*Im
 		if err := r.Content.read(tx, rel); err != nil {
 			return err
 		}
-		var err error
-		if r.Fills, err = readFills(tx, rel, in, raw); err != nil {
-			return err
+		if fill == nil {
+			var err error
+			if r.Fills, err = readFills(tx, rel, in, raw); err != nil {
+				return err
+			}
 		}
-		if tag == nil {
+		if tag != nil {
+			if err := readTags(tx, rel, in, r.Pins, tagSource{table: r.Content, raw: raw}, tag); err != nil {
+				return err
+			}
+		}
+		if fill == nil {
 			return nil
 		}
-		return readTags(tx, rel, in, r.Pins, tagSource{table: r.Content, raw: raw}, tag)
+		return eachFill(tx, rel, in, raw, func(f *FillEntry) { fill(r.Content, f) })
 	})
 	if err != nil {
 		return nil, err
@@ -489,15 +499,23 @@ func readPins(tx *bolt.Tx, pins map[string]bool, firstHolder map[digest.Digest]s
 // unless raw (a caller that looks them up in a table and drops them).
 func readFills(tx *bolt.Tx, rel *releaser, in *Interner, raw bool) ([]FillEntry, error) {
 	var fills []FillEntry
-	err := readAllRel(tx, bucketMirrors, rel, func(k string, v FillRecord) {
+	err := eachFill(tx, rel, in, raw, func(f *FillEntry) { fills = append(fills, *f) })
+	return slices.Clip(fills), err
+}
+
+// eachFill calls fn with each fill record in key order (see readFills);
+// the entry is valid during the call.
+func eachFill(tx *bolt.Tx, rel *releaser, in *Interner, raw bool, fn func(*FillEntry)) error {
+	var f FillEntry
+	return readAllRel(tx, bucketMirrors, rel, func(k string, v FillRecord) {
 		v.Upstream, v.Repo, v.State = in.String(v.Upstream), in.String(v.Repo), in.String(v.State)
 		d := mirrorDigest([]byte(k))
 		if !raw {
 			d = in.Digest(d)
 		}
-		fills = append(fills, FillEntry{Digest: d, FillRecord: v})
+		f = FillEntry{Digest: d, FillRecord: v}
+		fn(&f)
 	})
-	return slices.Clip(fills), err
 }
 
 // tagSource is what readTags sets in each TagInfo: the records read

@@ -137,3 +137,60 @@ func TestReadImageRecords(t *testing.T) {
 		t.Errorf("without tags: %+v, %v", bare, err)
 	}
 }
+
+// TestReadImageTableFills checks that the fill records given one by one
+// are those ReadImageTableRaw lists, in its order, each after every tag,
+// with the table; and that none is kept.
+func TestReadImageTableFills(t *testing.T) {
+	ix := newIndex(t)
+	for i := range 40 {
+		d := digest.FromString(fmt.Sprintf("manifest %d", i))
+		repo := fmt.Sprintf("library/app%d", i%7)
+		var fill *storage.FillRecord
+		if i%3 != 2 {
+			fill = &storage.FillRecord{Upstream: "docker.io", Repo: repo, State: []string{storage.FillComplete, storage.FillPartial}[i%2],
+				Platforms: []string{"linux/amd64", fmt.Sprintf("linux/arm/v%d", i%3)}[:1+i%2], UpdatedAt: t0.Add(time.Duration(i) * time.Minute)}
+		}
+		tag := fmt.Sprintf("v%d", i)
+		if i%5 == 4 {
+			tag = "" // a fill record alone
+		}
+		if err := ix.RecordManifest(storage.ManifestEntry{Upstream: "docker.io", Repo: repo, Digest: d,
+			Record: storage.ManifestRecord{MediaType: "application/vnd.oci.image.manifest.v1+json", Size: int64(100 + i), FetchedAt: t0},
+			Tag:    tag, Fill: fill}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := ix.ReadImageTableRaw(nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(want.Fills) < 20 {
+		t.Fatalf("%d fill records", len(want.Fills))
+	}
+	tags, tagsWant := 0, 0
+	if _, err := ix.ReadImageTableRaw(nil, func(*storage.TagInfo) { tagsWant++ }); err != nil {
+		t.Fatal(err)
+	}
+	var got []storage.FillEntry
+	tab, err := ix.ReadImageTableFills(nil, func(*storage.TagInfo) {
+		tags++
+		if len(got) > 0 {
+			t.Error("a tag after a fill record")
+		}
+	}, func(ct *storage.ContentTable, f *storage.FillEntry) {
+		if ct == nil || ct.Len() != want.Content.Len() {
+			t.Error("a fill record without the table")
+		}
+		got = append(got, *f)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tags != tagsWant || tab.Fills != nil {
+		t.Errorf("%d tags (want %d), %d fills kept", tags, tagsWant, len(tab.Fills))
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want.Fills) {
+		t.Errorf("fills given:\n%v\nwant\n%v", got, want.Fills)
+	}
+}

@@ -22,6 +22,10 @@ type writeLimits struct {
 	hold time.Duration
 	// now is the clock hold is measured with (tests give their own).
 	now func() time.Time
+	// mapped, if > 0, is the budget of the releaser that counts the
+	// items' lookups (see lookupWeight; default fullReadBudget: tests
+	// set less).
+	mapped int64
 }
 
 // The default write limits keep each write of a pass well under 100 ms.
@@ -92,6 +96,7 @@ func (ix *Index) writeSome(n, from int, w batchWrite) (to int, held time.Duratio
 	// What the filesystem changed meanwhile (a sweep's removals) is
 	// synced now, not by this transaction's commit under the lock.
 	ix.flushFS()
+	var rel *releaser
 	held, err = ix.update(func(tx *bolt.Tx, b *budget) error {
 		to = from
 		if w.begin != nil {
@@ -99,11 +104,16 @@ func (ix *Index) writeSome(n, from int, w batchWrite) (to int, held time.Duratio
 				return err
 			}
 		}
+		rel = ix.releaser(tx)
+		if b.lim.mapped > 0 {
+			rel.budget = b.lim.mapped
+		}
 		for to < n {
 			keys, err := w.item(tx, to)
 			if err != nil {
 				return err
 			}
+			rel.lookedUp(max(keys, 1))
 			to++
 			if b.spend(keys) {
 				break
@@ -114,10 +124,53 @@ func (ix *Index) writeSome(n, from int, w batchWrite) (to int, held time.Duratio
 		}
 		return nil
 	})
+	ix.releaseCommitted(rel)
 	if err == nil && w.committed != nil {
 		err = w.committed(from, to)
 	}
 	return to, held, err
+}
+
+// releaseCommitted releases the index's mapped pages after a batch's
+// commit if RssFile grew rel's budget since rel last released: the commit
+// faults every page the transaction changed back in (bbolt reads each
+// one's header as it frees it), up to the write limits' 256 pages, ~30
+// MiB at 100k images, which the next transaction's releaser would not
+// count. A nil rel does nothing.
+func (ix *Index) releaseCommitted(rel *releaser) {
+	if rel == nil || !rel.ok {
+		return
+	}
+	if n, ok := residentFileBytes(); !ok || n-rel.base < rel.budget {
+		return
+	}
+	_ = ix.db.View(func(tx *bolt.Tx) error {
+		ix.releaseKept(tx)
+		return nil
+	})
+}
+
+// A batch's items read the tree through bbolt's mapping (its Get and Put
+// fault each key's leaf in, and the kernel maps a large folio around it,
+// ~100 KiB), and thousands of random keys (Flush's access times, an
+// eviction's unroots) are scattered over thousands of leaves: at 100k
+// images, a Flush of ~4,000 access times mapped ~65 MiB between two of
+// the watcher's looks. writeSome counts each key an item writes as a
+// lookup of a releaser (releaseKept within the write transaction is safe:
+// bbolt never writes a page of the snapshot it modifies, and a dropped
+// page faults back in from the page cache).
+//
+// lookupWeight is the bytes of records a lookup counts as in a releaser:
+// it looks at RssFile every releaseCheckEvery/lookupWeight lookups (16,
+// ~1.6 MiB of faults between two looks).
+const lookupWeight = releaseCheckEvery / 16
+
+// lookedUp counts n lookups through the mapping (see lookupWeight).
+func (r *releaser) lookedUp(n int) {
+	if r != nil {
+		r.n += n * lookupWeight
+		r.read(nil, nil) // nothing more: read's checks
+	}
 }
 
 // writeAll writes all n items in as many transactions as the write

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -146,19 +145,22 @@ func openData(ctx context.Context, cfg config.Config, cmd string, clean bool) (*
 // content the store holds (one digest is enough): an index of a
 // destination registry's data directory names none of it.
 func holdsSome(ctx context.Context, cfg config.Config, store storage.Store, index *storage.Index) error {
-	recs, err := index.ReadImageRecords(nil, nil)
+	recs, err := index.ReadImageTable(nil, nil)
 	if err != nil {
 		return err
 	}
-	n := 0
-	for _, ds := range [][]digest.Digest{slices.Collect(maps.Keys(recs.Manifests)), slices.Collect(maps.Keys(recs.Blobs))} {
-		for _, d := range ds {
-			n++
-			if _, err := store.Stat(ctx, "", d); err == nil {
-				return nil
-			} else if !errors.Is(err, storage.ErrNotFound) {
-				return err
-			}
+	content := recs.Content
+	n := 0 // the manifest and blob records
+	for id := range content.Len() {
+		info := content.Info(id)
+		if !info.Manifest && !info.Blob {
+			continue // a last pull only
+		}
+		n += b2i(info.Manifest) + b2i(info.Blob)
+		if _, err := store.Stat(ctx, "", content.Digest(id)); err == nil {
+			return nil
+		} else if !errors.Is(err, storage.ErrNotFound) {
+			return err
 		}
 	}
 	if n == 0 {
@@ -166,6 +168,14 @@ func holdsSome(ctx context.Context, cfg config.Config, store storage.Store, inde
 	}
 	return fmt.Errorf("%w: the index in %s does not record its store (an older version wrote it) and the embedded store holds none of the %d digests it names: "+
 		"if it is a --destination server's, pass --destination URL; if the store was lost, remove %s", errUsage, cfg.Data, n, server.IndexPath(cfg))
+}
+
+// b2i is 1 for true.
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // adminError prints an offline command's error and returns its exit code.
@@ -319,10 +329,21 @@ func verifyDestination(ctx context.Context, cfg config.Config, repair bool, stdo
 	}
 	// The records without tags or links (the offline index does not
 	// change meanwhile); each digest's holders are read when checked.
-	recs, err := index.ReadImageRecords(nil, nil)
+	recs, err := index.ReadImageTable(nil, nil)
 	if err != nil {
 		return adminError("verify", err, stderr)
 	}
+	var manifestDigests, blobDigests []digest.Digest // a digest with both records is a manifest
+	for id := range recs.Content.Len() {
+		switch info := recs.Content.Info(id); {
+		case info.Manifest:
+			manifestDigests = append(manifestDigests, recs.Content.Digest(id))
+		case info.Blob:
+			blobDigests = append(blobDigests, recs.Content.Digest(id))
+		}
+	}
+	slices.Sort(manifestDigests) // the table orders canonical sha256 digests first
+	slices.Sort(blobDigests)
 	ms, _ := store.(storage.ManifestStore)
 	var missing []digest.Digest
 	var blobs, manifests, unlinked int
@@ -358,16 +379,13 @@ func verifyDestination(ctx context.Context, cfg config.Config, repair bool, stdo
 		missing = append(missing, d)
 		return nil
 	}
-	for _, d := range slices.Sorted(maps.Keys(recs.Manifests)) {
+	for _, d := range manifestDigests {
 		manifests++
 		if err := check(d, true); err != nil {
 			return adminError("verify", err, stderr)
 		}
 	}
-	for _, d := range slices.Sorted(maps.Keys(recs.Blobs)) {
-		if _, ok := recs.Manifests[d]; ok {
-			continue
-		}
+	for _, d := range blobDigests {
 		blobs++
 		if err := check(d, false); err != nil {
 			return adminError("verify", err, stderr)
