@@ -165,12 +165,6 @@ func scaleLatencyRound(b *testing.B, dir string, n, k int, upURL string, seed ui
 		files = append(files, storeFile(dir, img.manifest))
 	}
 	out := latencyRound{parts: map[string]latencyPart{}, warm: warmCache(b, dir, files)}
-	if os.Getenv("BENCH_SCALE_GC_OFF") != "" {
-		// An experiment: no GC cycle during the requests (they allocate
-		// tens of MiB at most), to tell the GC's part of their cost.
-		runtime.GC()
-		defer debug.SetGCPercent(debug.SetGCPercent(-1))
-	}
 	gc0 := readGCCounters()
 	sampler := startRSSSampler()
 	reqs := map[string]func() (time.Duration, error){"GET manifest by tag": c.manifest, "GET blob": c.blob}
@@ -201,9 +195,6 @@ func scaleLatencyRound(b *testing.B, dir string, n, k int, upURL string, seed ui
 	out.gcCPU, out.cpu = (gc1.gcCPU-gc0.gcCPU)/time.Duration(2*k), (gc1.cpu-gc0.cpu)/time.Duration(2*k)
 	out.reqGCs, out.liveHeap = gc1.cycles-gc0.cycles, float64(gc1.live)/(1<<20)
 	scaleProfile(b, fmt.Sprintf("latency-%d", n))
-	if os.Getenv("BENCH_SCALE_GC_OFF") != "" {
-		debug.SetGCPercent(100)
-	}
 	for name, p := range got {
 		out.parts[name] = *p
 	}
@@ -274,6 +265,12 @@ func scaleLatencyRound(b *testing.B, dir string, n, k int, upURL string, seed ui
 // the median over rounds of the ratio of each size's p50 to the first
 // size's (the same round: the fairest comparison on a shared machine).
 // BENCH_SCALE_CACHE keeps the caches between runs (see scaleCache).
+// Each round first reads the files it will read and the index into the
+// page cache (warmCache), and logs the GC's CPU per request and the live
+// heap during its requests; the rounds run under a pprof label images=N,
+// so that a CPU profile (-test.cpuprofile) splits by size, and with
+// BENCH_SCALE_PROFILE set each round writes a heap profile at the end of
+// its requests.
 // One server runs at a time: the mapped-pages watcher of one index would
 // otherwise drop the pages of the other's.
 func BenchmarkScaleLatency(b *testing.B) {
