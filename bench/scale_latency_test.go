@@ -75,9 +75,10 @@ type latencyRound struct {
 	// took (warmCache).
 	warm time.Duration
 	// During the requests: the GC's CPU (the runtime's estimate, all of
-	// its classes: background workers, assists, pauses) and the process's
-	// whole CPU, per request, the GC cycles completed, and the live heap
-	// the last of them marked (MiB).
+	// its classes: background workers, assists, pauses) and the CPU time
+	// available to the process (GOMAXPROCS times the wall time: the
+	// runtime's /cpu/classes/total), per request, the GC cycles
+	// completed, and the live heap the last of them marked (MiB).
 	gcCPU, cpu time.Duration
 	reqGCs     uint64
 	liveHeap   float64
@@ -393,7 +394,7 @@ func reportScaleLatency(b *testing.B, sizes []int, got map[int][]latencyRound) {
 			gcCPU, cpu = append(gcCPU, us(r.gcCPU)), append(cpu, us(r.cpu))
 			reqGCs, live = append(reqGCs, r.reqGCs), append(live, r.liveHeap)
 		}
-		logLine(b, "images=%d: each round's requests: GC CPU %.1f µs/request of the runtime's CPU %.1f µs/request, GC cycles %d, live heap %.0f MiB", n, gcCPU, cpu, reqGCs, live)
+		logLine(b, "images=%d: each round's requests: GC CPU %.1f µs/request of %.1f µs/request available (GOMAXPROCS × wall time), GC cycles %d, live heap %.0f MiB", n, gcCPU, cpu, reqGCs, live)
 		for _, name := range names {
 			var p50s []float64
 			var pooled latencies
