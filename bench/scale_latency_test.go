@@ -78,7 +78,10 @@ type latencyRound struct {
 	// its classes: background workers, assists, pauses) and the CPU time
 	// available to the process (GOMAXPROCS times the wall time: the
 	// runtime's /cpu/classes/total), per request, the GC cycles
-	// completed, and the live heap the last of them marked (MiB).
+	// completed, and the live heap the last of them marked (MiB). The
+	// runtime takes its CPU figures at each GC cycle's end, so they cover
+	// the cycles that ended during the requests (from the one before):
+	// per request they are approximate, their ratio is the GC's share.
 	gcCPU, cpu time.Duration
 	reqGCs     uint64
 	liveHeap   float64
@@ -387,14 +390,17 @@ func reportScaleLatency(b *testing.B, sizes []int, got map[int][]latencyRound) {
 			warm = append(warm, r.warm.Round(time.Millisecond))
 		}
 		logLine(b, "images=%d: each round: its files and the index read into the page cache first in %v", n, warm)
-		var gcCPU, cpu []float64
+		var gcCPU, cpu, share []float64
 		var reqGCs []uint64
 		var live []float64
 		for _, r := range got[n] {
 			gcCPU, cpu = append(gcCPU, us(r.gcCPU)), append(cpu, us(r.cpu))
+			if r.cpu > 0 {
+				share = append(share, 100*float64(r.gcCPU)/float64(r.cpu))
+			}
 			reqGCs, live = append(reqGCs, r.reqGCs), append(live, r.liveHeap)
 		}
-		logLine(b, "images=%d: each round's requests: GC CPU %.1f µs/request of %.1f µs/request available (GOMAXPROCS × wall time), GC cycles %d, live heap %.0f MiB", n, gcCPU, cpu, reqGCs, live)
+		logLine(b, "images=%d: each round's requests: GC CPU %.1f µs/request of %.1f µs/request available (GOMAXPROCS × wall time; the GC's share %.1f%%), GC cycles %d, live heap %.0f MiB", n, gcCPU, cpu, share, reqGCs, live)
 		for _, name := range names {
 			var p50s []float64
 			var pooled latencies
