@@ -8,9 +8,13 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"runtime/metrics"
+	"runtime/pprof"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -18,6 +22,7 @@ import (
 
 	"github.com/docker-mirror/docker-mirror/config"
 	"github.com/docker-mirror/docker-mirror/server"
+	"github.com/docker-mirror/docker-mirror/storage"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
 	"github.com/docker-mirror/docker-mirror/tests/servertest"
 )
@@ -66,6 +71,39 @@ type latencyRound struct {
 	// Go heap (MiB) and gcs the GC cycles so far at the end of the round.
 	rssFile, rssFilePeak, heap float64
 	gcs                        uint32
+	// warm is how long reading what the round reads into the page cache
+	// took (warmCache).
+	warm time.Duration
+	// During the requests: the GC's CPU (the runtime's estimate, all of
+	// its classes: background workers, assists, pauses) and the CPU time
+	// available to the process (GOMAXPROCS times the wall time: the
+	// runtime's /cpu/classes/total), per request, the GC cycles
+	// completed, and the live heap the last of them marked (MiB). The
+	// runtime takes its CPU figures at each GC cycle's end, so they cover
+	// the cycles that ended during the requests (from the one before):
+	// per request they are approximate, their ratio is the GC's share.
+	gcCPU, cpu time.Duration
+	reqGCs     uint64
+	liveHeap   float64
+}
+
+// gcCounters reads the runtime's GC figures that scaleLatencyRound reports.
+type gcCounters struct {
+	gcCPU, cpu time.Duration
+	cycles     uint64
+	live       uint64
+}
+
+func readGCCounters() gcCounters {
+	s := []metrics.Sample{
+		{Name: "/cpu/classes/gc/total:cpu-seconds"},
+		{Name: "/cpu/classes/total:cpu-seconds"},
+		{Name: "/gc/cycles/total:gc-cycles"},
+		{Name: "/gc/heap/live:bytes"},
+	}
+	metrics.Read(s)
+	sec := func(v metrics.Value) time.Duration { return time.Duration(v.Float64() * float64(time.Second)) }
+	return gcCounters{gcCPU: sec(s[0].Value), cpu: sec(s[1].Value), cycles: s[2].Value.Uint64(), live: s[3].Value.Uint64()}
 }
 
 // scaleLatencyRound starts a server on the cache in dir (n images),
@@ -93,7 +131,8 @@ func scaleLatencyRound(b *testing.B, dir string, n, k int, upURL string, seed ui
 	}()
 	hs := httptest.NewServer(srv.Handler())
 	defer hs.Close()
-	rng := mrand.New(mrand.NewPCG(seed, uint64(n)))
+	pcg := mrand.NewPCG(seed, uint64(n))
+	rng := mrand.New(pcg)
 	c := &scaleClient{hc: &http.Client{Transport: NewTransport(4)}, base: hs.URL, n: n, rng: rng}
 	measure(b, 200, c.manifest) // warm up the connection and the page cache
 	measure(b, 100, c.blob)
@@ -123,7 +162,14 @@ func scaleLatencyRound(b *testing.B, dir string, n, k int, upURL string, seed ui
 		return imgs
 	}
 
-	out := latencyRound{parts: map[string]latencyPart{}}
+	// What this round reads, into the page cache (warmCache): the
+	// requests' files, the parts' manifests, the index.
+	files, drawn := roundFiles(b, srv.Index, dir, n, k, *pcg)
+	for _, img := range pool {
+		files = append(files, storeFile(dir, img.manifest))
+	}
+	out := latencyRound{parts: map[string]latencyPart{}, warm: warmCache(b, dir, files)}
+	gc0 := readGCCounters()
 	sampler := startRSSSampler()
 	reqs := map[string]func() (time.Duration, error){"GET manifest by tag": c.manifest, "GET blob": c.blob}
 	got := map[string]*latencyPart{}
@@ -144,6 +190,15 @@ func scaleLatencyRound(b *testing.B, dir string, n, k int, upURL string, seed ui
 			p.cpu += (cpuTime() - cpu) / time.Duration(k)
 		}
 	}
+	gc1 := readGCCounters()
+	if *pcg != drawn {
+		// The client drew what roundFiles drew only if its generator
+		// ends where roundFiles' copy ended.
+		b.Fatal("the requests drew other images than roundFiles warmed")
+	}
+	out.gcCPU, out.cpu = (gc1.gcCPU-gc0.gcCPU)/time.Duration(2*k), (gc1.cpu-gc0.cpu)/time.Duration(2*k)
+	out.reqGCs, out.liveHeap = gc1.cycles-gc0.cycles, float64(gc1.live)/(1<<20)
+	scaleProfile(b, fmt.Sprintf("latency-%d", n))
 	for name, p := range got {
 		out.parts[name] = *p
 	}
@@ -214,6 +269,12 @@ func scaleLatencyRound(b *testing.B, dir string, n, k int, upURL string, seed ui
 // the median over rounds of the ratio of each size's p50 to the first
 // size's (the same round: the fairest comparison on a shared machine).
 // BENCH_SCALE_CACHE keeps the caches between runs (see scaleCache).
+// Each round first reads the files it will read and the index into the
+// page cache (warmCache), and logs the GC's CPU per request and the live
+// heap during its requests; the rounds run under a pprof label images=N,
+// so that a CPU profile (-test.cpuprofile) splits by size, and with
+// BENCH_SCALE_PROFILE set each round writes a heap profile at the end of
+// its requests.
 // One server runs at a time: the mapped-pages watcher of one index would
 // otherwise drop the pages of the other's.
 func BenchmarkScaleLatency(b *testing.B) {
@@ -231,12 +292,69 @@ func BenchmarkScaleLatency(b *testing.B) {
 		for r := range rounds {
 			for j := range sizes {
 				n := sizes[(j+r)%len(sizes)]
-				got[n] = append(got[n], scaleLatencyRound(b, dirs[n], n, k, up.URL(), uint64(r+1)))
+				// Labelled by size, for a CPU profile (-test.cpuprofile;
+				// pprof -tagfocus images=N).
+				pprof.Do(context.Background(), pprof.Labels("images", strconv.Itoa(n)), func(context.Context) {
+					got[n] = append(got[n], scaleLatencyRound(b, dirs[n], n, k, up.URL(), uint64(r+1)))
+				})
 			}
 		}
 		b.StartTimer()
 		reportScaleLatency(b, sizes, got)
 	}
+}
+
+// warmCache reads the index in dir and the stored files at paths into
+// the page cache, so that what a round reads is there at every size, as
+// the 1k cache's few files always are. This machine's kernel pages out
+// file pages that no mapping holds and nothing read for about a minute
+// (DAMON's `pageout` of unmapped pages): at 100k images (400,000 files,
+// a 960 MB index whose leaves the requests read with pread) a third of a
+// random sample of the files had nothing resident, and a hit on one read
+// the disk (~100–200 µs), which no size of the index accounts for (round
+// 9). It returns how long that took.
+func warmCache(b *testing.B, dir string, paths []string) time.Duration {
+	start := time.Now()
+	for _, path := range append(paths, filepath.Join(dir, "index.db")) {
+		f, err := os.Open(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		_, err = io.Copy(io.Discard, f)
+		f.Close()
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	return time.Since(start)
+}
+
+// storeFile is where the cache in dir stores dgst's bytes.
+func storeFile(dir string, dgst digest.Digest) string {
+	hex := dgst.Encoded()
+	return filepath.Join(dir, "blobs", string(dgst.Algorithm()), hex[:2], hex, "data")
+}
+
+// roundFiles returns the stored files the requests of a round will read:
+// k manifests by tag and k blobs, drawn as scaleClient draws them from a
+// copy of its generator's state (checked once they ran: see
+// scaleLatencyRound: the state after them is end), the manifests'
+// digests looked up in ix.
+func roundFiles(b *testing.B, ix *storage.Index, dir string, n, k int, state mrand.PCG) (paths []string, end mrand.PCG) {
+	rng := mrand.New(&state)
+	paths = make([]string, 0, 2*k)
+	for range k {
+		i := rng.IntN(n)
+		repo, _ := synthImage(i)
+		rec, ok, err := ix.Tag(synthHost, repo, fmt.Sprintf("v%d-%d", i, rng.IntN(synthTags)))
+		if err != nil || !ok {
+			b.Fatalf("image %d: %v %v", i, ok, err)
+		}
+		paths = append(paths, storeFile(dir, rec.Digest))
+		i = rng.IntN(n)
+		paths = append(paths, storeFile(dir, digest.FromBytes(synthBlob(i, rng.IntN(synthLayers)))))
+	}
+	return paths, state
 }
 
 // logLine logs a line of the benchmark's figures, also on stderr: a
@@ -267,6 +385,22 @@ func reportScaleLatency(b *testing.B, sizes []int, got map[int][]latencyRound) {
 			gcs = append(gcs, r.gcs)
 		}
 		logLine(b, "images=%d: each round: RssFile after the requests %.0f MiB, peak during them %.0f MiB; heap at the end %.0f MiB, GC cycles so far %d", n, files, peaks, heaps, gcs)
+		var warm []time.Duration
+		for _, r := range got[n] {
+			warm = append(warm, r.warm.Round(time.Millisecond))
+		}
+		logLine(b, "images=%d: each round: its files and the index read into the page cache first in %v", n, warm)
+		var gcCPU, cpu, share []float64
+		var reqGCs []uint64
+		var live []float64
+		for _, r := range got[n] {
+			gcCPU, cpu = append(gcCPU, us(r.gcCPU)), append(cpu, us(r.cpu))
+			if r.cpu > 0 {
+				share = append(share, 100*float64(r.gcCPU)/float64(r.cpu))
+			}
+			reqGCs, live = append(reqGCs, r.reqGCs), append(live, r.liveHeap)
+		}
+		logLine(b, "images=%d: each round's requests: GC CPU %.1f µs/request of %.1f µs/request available (GOMAXPROCS × wall time; the GC's share %.1f%%), GC cycles %d, live heap %.0f MiB", n, gcCPU, cpu, share, reqGCs, live)
 		for _, name := range names {
 			var p50s []float64
 			var pooled latencies
