@@ -54,14 +54,20 @@ func (ev *evictedImages) len() int { return len(ev.rows) }
 
 // value is s's index in ev.values.
 func (ev *evictedImages) value(s string) int32 {
-	id, ok := ev.valueIDs[s]
+	return intern(&ev.valueIDs, &ev.values, s)
+}
+
+// intern returns k's index in *list, appending it (and noting its index
+// in *ids) the first time.
+func intern[K comparable](ids *map[K]int32, list *[]K, k K) int32 {
+	id, ok := (*ids)[k]
 	if !ok {
-		if ev.valueIDs == nil {
-			ev.valueIDs = map[string]int32{}
+		if *ids == nil {
+			*ids = map[K]int32{}
 		}
-		id = int32(len(ev.values))
-		ev.values = append(ev.values, s)
-		ev.valueIDs[s] = id
+		id = int32(len(*list))
+		*list = append(*list, k)
+		(*ids)[k] = id
 	}
 	return id
 }
@@ -87,15 +93,7 @@ func (ev *evictedImages) add(im Image) {
 		return
 	}
 	n := imageName{im.Upstream, im.Repo}
-	id, ok := ev.nameIDs[n]
-	if !ok {
-		if ev.nameIDs == nil {
-			ev.nameIDs = map[imageName]int32{}
-		}
-		id = int32(len(ev.names))
-		ev.names = append(ev.names, n)
-		ev.nameIDs[n] = id
-	}
+	id := intern(&ev.nameIDs, &ev.names, n)
 	ev.rows = append(ev.rows, evictedImage{sha: k, name: id, tags: joinList(im.Tags),
 		platforms: ev.value(joinList(im.Platforms)), left: ev.value(joinList(im.PlatformsLeftOut)),
 		mediaType: ev.value(im.MediaType), state: ev.value(im.State), size: im.Size,

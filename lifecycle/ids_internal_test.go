@@ -20,15 +20,7 @@ import (
 // manifests not stored; and a collector of it.
 func tagIndex(t *testing.T) (c *Collector, ix *storage.Index, a, b digest.Digest) {
 	t.Helper()
-	ix, err := storage.OpenIndex(filepath.Join(t.TempDir(), "index.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ix.Close() })
-	store, err := storage.OpenDriverStore(t.Context(), "inmemory", map[string]any{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ix, store := openIndexStore(t)
 	a, b = digest.FromString("a"), digest.FromString("b")
 	sig := digest.FromString("signature of a")
 	for _, m := range []struct {
