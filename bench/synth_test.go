@@ -20,8 +20,11 @@ import (
 // A synthetic cache, written straight to a data directory (store files and
 // bbolt index) as the mirror would have left it after pulling images one
 // by one: every image is a linux/amd64 OCI manifest with a config and
-// synthLayers layers of its own, synthTags tags, links, a complete fill
-// record and a last pull. 100k images are 300k blobs and 1M tags.
+// synthLayers layers of its own, synthTags tags (each with its manifest's
+// media type and size, as this version records a tag: a cache built before
+// has tags without, which a hit reads the manifest's record for), links, a
+// complete fill record and a last pull. 100k images are 300k blobs and 1M
+// tags.
 const (
 	synthLayers    = 2
 	synthTags      = 10
@@ -142,7 +145,8 @@ func buildSynthCache(tb testing.TB, dir string, n int) int64 {
 						return err
 					}
 				}
-				if err := put("manifests", md.String(), js(storage.ManifestRecord{MediaType: v1.MediaTypeImageManifest, Size: int64(len(man)), FetchedAt: now})); err != nil {
+				mrec := storage.ManifestRecord{MediaType: v1.MediaTypeImageManifest, Size: int64(len(man)), FetchedAt: now}
+				if err := put("manifests", md.String(), js(mrec)); err != nil {
 					return err
 				}
 				if err := link(md); err != nil {
@@ -157,7 +161,7 @@ func buildSynthCache(tb testing.TB, dir string, n int) int64 {
 				}
 				for k := range synthTags {
 					tag := fmt.Sprintf("v%d-%d", i, k)
-					if err := put("tags", storage.TagKey(synthHost, repo, tag), js(storage.TagRecord{Digest: md, FetchedAt: now, CheckedAt: now})); err != nil {
+					if err := put("tags", storage.TagKey(synthHost, repo, tag), js(storage.NewTagRecord(md, mrec, now))); err != nil {
 						return err
 					}
 				}

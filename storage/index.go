@@ -83,6 +83,75 @@ type TagRecord struct {
 	FetchedAt time.Time     `json:"fetched_at"`
 	// CheckedAt is when the upstream last confirmed the digest.
 	CheckedAt time.Time `json:"checked_at"`
+	// Type and Size describe the manifest Digest names as its
+	// ManifestRecord does (see Manifest), so that serving a tag reads one
+	// record, not two: at 100k images each lookup is a read of a leaf
+	// from the file. Type numbers the media type (manifestTypes) to keep
+	// the record short (a million tags at 100k images). Both are zero in
+	// a record written before they were kept, or for a media type without
+	// a number: the ManifestRecord is read then. Versions that do not
+	// know them ignore them (JSON), and keep the digest first.
+	Type uint8 `json:"type,omitempty"`
+	Size int64 `json:"size,omitempty"`
+}
+
+// Manifest returns the media type and size of the manifest the tag names
+// as the tag's record holds them; ok is false if it holds none (an older
+// record: read the ManifestRecord).
+func (r TagRecord) Manifest() (mediaType string, size int64, ok bool) {
+	mt := manifestTypeName(r.Type)
+	if mt == "" || r.Size <= 0 {
+		return "", 0, false
+	}
+	return mt, r.Size, true
+}
+
+// NewTagRecord is the record of a tag pointing at the manifest dgst,
+// recorded as m, fetched and confirmed at t: with the manifest's media
+// type and size where the type has a number (see TagRecord).
+func NewTagRecord(dgst digest.Digest, m ManifestRecord, t time.Time) TagRecord {
+	rec := TagRecord{Digest: dgst, FetchedAt: t, CheckedAt: t}
+	rec.withManifest(m)
+	return rec
+}
+
+// withManifest sets the manifest's type and size in r from its record m,
+// if its media type has a number.
+func (r *TagRecord) withManifest(m ManifestRecord) {
+	if n := manifestTypeNumber(m.MediaType); n != 0 && m.Size > 0 {
+		r.Type, r.Size = n, m.Size
+	}
+}
+
+// manifestTypes are the media types a tag record names by number (its
+// "type"), the number being the index: numbers are on disk, so a number
+// is never reused or moved, and new types are added at the end. Other
+// types (schema 1, artifacts, vendors' types) are read from the
+// ManifestRecord.
+var manifestTypes = [...]string{
+	1: "application/vnd.oci.image.index.v1+json",
+	2: "application/vnd.oci.image.manifest.v1+json",
+	3: "application/vnd.docker.distribution.manifest.list.v2+json",
+	4: "application/vnd.docker.distribution.manifest.v2+json",
+}
+
+// manifestTypeNumber is mt's number in a tag record (0: none).
+func manifestTypeNumber(mt string) uint8 {
+	for i, name := range manifestTypes {
+		if i > 0 && name == mt {
+			return uint8(i)
+		}
+	}
+	return 0
+}
+
+// manifestTypeName is the media type numbered n in a tag record ("":
+// none, or a number this version does not know).
+func manifestTypeName(n uint8) string {
+	if int(n) >= len(manifestTypes) {
+		return ""
+	}
+	return manifestTypes[n]
 }
 
 // ManifestRecord describes a stored manifest.
@@ -360,6 +429,14 @@ func (ix *Index) TouchTag(host, repo, tag string, t time.Time) error {
 			return err
 		}
 		rec.CheckedAt = t
+		if _, _, known := rec.Manifest(); !known {
+			// Written by an older version: its manifest's type and size
+			// are added now, once, so that its hits read one record.
+			// (A record that cannot be read leaves it as it was.)
+			if m, found, err := get[ManifestRecord](tx, bucketManifests, []byte(rec.Digest)); err == nil && found {
+				rec.withManifest(m)
+			}
+		}
 		return put(tx, bucketTags, tagKey(host, repo, tag), rec)
 	})
 	if err != nil || !ok {
@@ -414,8 +491,7 @@ func (ix *Index) RecordManifest(e ManifestEntry) error {
 			return err
 		}
 		if e.Tag != "" {
-			t := e.Record.FetchedAt
-			if err := put(tx, bucketTags, tagKey(e.Upstream, e.Repo, e.Tag), TagRecord{Digest: e.Digest, FetchedAt: t, CheckedAt: t}); err != nil {
+			if err := put(tx, bucketTags, tagKey(e.Upstream, e.Repo, e.Tag), NewTagRecord(e.Digest, e.Record, e.Record.FetchedAt)); err != nil {
 				return err
 			}
 		}
@@ -446,8 +522,7 @@ func (ix *Index) RecordManifest(e ManifestEntry) error {
 		}
 	}
 	if e.Tag != "" {
-		t := e.Record.FetchedAt
-		return ix.sharePut(bucketTags, tagKey(e.Upstream, e.Repo, e.Tag), TagRecord{Digest: e.Digest, FetchedAt: t, CheckedAt: t})
+		return ix.sharePut(bucketTags, tagKey(e.Upstream, e.Repo, e.Tag), NewTagRecord(e.Digest, e.Record, e.Record.FetchedAt))
 	}
 	return nil
 }
