@@ -660,11 +660,13 @@ func (p *Proxy) resumeIfPartial(ctx context.Context, t target, m *storedManifest
 	if p.fills.running(fillKey(t, m.digest)) {
 		return
 	}
-	rec, ok, err := p.index.Fill(t.host(), t.repo, m.digest)
+	// Most hits' fills are complete: FillComplete answers those from
+	// memory, without the lookup.
+	complete, ok, err := p.index.FillComplete(t.host(), t.repo, m.digest)
 	if err != nil || !ok {
 		return
 	}
-	m.complete = rec.State == storage.FillComplete
+	m.complete = complete
 	if !m.complete {
 		p.enqueueFill(ctx, t, m.digest)
 	}

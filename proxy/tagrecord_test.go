@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -139,5 +140,55 @@ func TestStaleTagWithTypeRevalidates(t *testing.T) {
 	rec, ok, err := f.index.Tag(DefaultHost, "library/app", "v1")
 	if mt, size, known := rec.Manifest(); err != nil || !ok || rec.Digest != digest.Digest(moved.Digest) || !known || mt != moved.MediaType || size != int64(len(moved.Manifest)) {
 		t.Fatalf("tag record after it moved: %+v %v %v", rec, ok, err)
+	}
+}
+
+// A hit's fill check answers a complete fill from memory
+// (storage.Index.FillComplete), and a fill made partial since (as the
+// verification does when a blob is missing) is resumed by the next hit all
+// the same, whether the fill was remembered by an earlier hit's check or by
+// the start-up scan (ResumeFills), by tag and by digest.
+func TestHitResumesAFillMadePartialAfterItWasRemembered(t *testing.T) {
+	for _, by := range []string{"tag", "digest"} {
+		for _, from := range []string{"hit", "start-up scan"} {
+			t.Run("by "+by+" after a "+from, func(t *testing.T) {
+				f, body, mt, d := pulledImage(t)
+				path := "/v2/library/app/manifests/v1"
+				if by == "digest" {
+					path = "/v2/library/app/manifests/" + d.String()
+				}
+				// Served by the handler itself: once it returns, its fill
+				// check has started (over HTTP the client may have the
+				// answer before), and waitIdle waits for it.
+				hit := func() {
+					t.Helper()
+					rec := httptest.NewRecorder()
+					req := httptest.NewRequestWithContext(t.Context(), http.MethodGet, path, nil)
+					req.Header.Set("Accept", mt)
+					f.p.Handler().ServeHTTP(rec, req)
+					if rec.Code != http.StatusOK || rec.Body.String() != string(body) || rec.Header().Get(cacheHeader) != "hit" {
+						t.Fatalf("GET %s: %d %s %q", path, rec.Code, rec.Header().Get(cacheHeader), rec.Body.String())
+					}
+					f.waitIdle(t)
+				}
+				if from == "hit" {
+					hit()
+				} else if err := f.p.ResumeFills(t.Context()); err != nil {
+					t.Fatal(err)
+				}
+				if c, ok, err := f.index.FillComplete(DefaultHost, "library/app", d); err != nil || !ok || !c {
+					t.Fatalf("fill before: %v %v %v, want complete", c, ok, err)
+				}
+				before := time.Now()
+				if err := f.index.PutFill(d, storage.FillRecord{Upstream: DefaultHost, Repo: "library/app", State: storage.FillPartial, UpdatedAt: before}); err != nil {
+					t.Fatal(err)
+				}
+				hit()
+				rec, ok, err := f.index.Fill(DefaultHost, "library/app", d)
+				if err != nil || !ok || rec.State != storage.FillComplete || !rec.UpdatedAt.After(before) {
+					t.Fatalf("fill after the hit: %+v %v %v, want it resumed and complete\n%s", rec, ok, err, f.logs.String())
+				}
+			})
+		}
 	}
 }

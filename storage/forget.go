@@ -38,6 +38,7 @@ func (ix *Index) DeleteFill(host, repo string, dgst digest.Digest) error {
 	if err := ix.shareDelete(bucketMirrors, linkKey(host, repo, dgst)); err != nil {
 		return err
 	}
+	defer ix.fills.forget(linkKey(host, repo, dgst))
 	return ix.write(func(tx *bolt.Tx) error { return deleteFill(tx, host, repo, dgst) })
 }
 
@@ -232,6 +233,7 @@ func (ix *Index) forget(dgsts []digest.Digest, given Roots, strict bool, keep fu
 		committed: func(int, int) error {
 			wrote = true
 			ix.stored.Add(-freed)
+			ix.fills.forget(unshare[string(bucketMirrors)]...)
 			// What names the content goes before the content's own
 			// records, as it did locally.
 			for _, b := range [][]byte{bucketTags, bucketMirrors, bucketLinks, bucketAccess, bucketManifests, bucketBlobs} {

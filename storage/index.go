@@ -56,6 +56,9 @@ type Index struct {
 	branches branchCache
 	// leaves reads lookups' leaves from the file (mapped_lookup.go).
 	leaves *leafReader
+	// fills remembers the fill records read complete (FillComplete);
+	// every write of a fill record forgets its key there.
+	fills *completeFills
 	// log is where slow writes are logged (commits.go); slowCommits
 	// counts them (tests).
 	log         atomic.Pointer[slog.Logger]
@@ -69,7 +72,7 @@ var (
 	bucketManifests = []byte("manifests") // digest -> ManifestRecord
 	bucketBlobs     = []byte("blobs")     // digest -> BlobRecord
 	bucketLinks     = []byte("links")     // "host/repo@digest" -> ""
-	bucketMirrors   = []byte("mirrors")   // "host/repo@digest" -> FillRecord
+	bucketMirrors   = []byte("mirrors")   // "host/repo@digest" -> FillRecord; a write forgets its key in ix.fills
 	bucketHolders   = []byte("holders")   // "digest\x00host/repo" -> "": links by digest
 	bucketBodies    = []byte("bodies")    // digest -> manifest bytes, for registry destinations
 	bucketPins      = []byte("pins")      // digest or "host/repo:tag" -> PinRecord
@@ -211,7 +214,7 @@ func OpenIndex(path string) (*Index, error) {
 		db.Close()
 		return nil, fmt.Errorf("index %s: %w", path, err)
 	}
-	ix := &Index{db: db, accessed: map[digest.Digest]time.Time{}}
+	ix := &Index{db: db, accessed: map[digest.Digest]time.Time{}, fills: newCompleteFills()}
 	ix.adviseMapped()
 	if err := ix.countStored(); err != nil {
 		db.Close()
@@ -501,6 +504,9 @@ func (ix *Index) RecordManifest(e ManifestEntry) error {
 		}
 		return nil
 	})
+	if fillAdded {
+		ix.fills.forget(linkKey(e.Upstream, e.Repo, e.Digest))
+	}
 	if err != nil {
 		return err
 	}
@@ -623,6 +629,7 @@ func (ix *Index) PutFill(dgst digest.Digest, rec FillRecord) error {
 	err := ix.write(func(tx *bolt.Tx) error {
 		return put(tx, bucketMirrors, linkKey(rec.Upstream, rec.Repo, dgst), rec)
 	})
+	ix.fills.forget(linkKey(rec.Upstream, rec.Repo, dgst))
 	if err != nil {
 		return err
 	}
@@ -636,15 +643,24 @@ type FillEntry struct {
 }
 
 // IncompleteFills returns the manifests whose mirroring has not finished,
-// e.g. because the process stopped; they are resumed at start.
+// e.g. because the process stopped; they are resumed at start. The
+// complete ones it reads are remembered (up to maxFillBase), so that
+// FillComplete answers for them without a lookup.
 func (ix *Index) IncompleteFills() ([]FillEntry, error) {
 	var out []FillEntry
+	var complete []uint64
+	epoch := ix.fills.begin()
 	err := ix.db.View(func(tx *bolt.Tx) error {
 		rel := ix.releaser(tx) // a read of every record: see releaser
 		defer rel.done()
 		return tx.Bucket(bucketMirrors).ForEach(func(k, v []byte) error {
 			rel.read(k, v)
+			// (Only the state can hold this: a JSON string has no bare
+			// quote, and the index writes each field once.)
 			if bytes.Contains(v, []byte(`"state":"`+FillComplete+`"`)) {
+				if len(complete) < maxFillBase {
+					complete = append(complete, ix.fills.hash(k))
+				}
 				return nil // most records, skipped without decoding them
 			}
 			var rec FillRecord
@@ -658,6 +674,9 @@ func (ix *Index) IncompleteFills() ([]FillEntry, error) {
 			return nil
 		})
 	})
+	if err == nil {
+		ix.fills.install(epoch, complete)
+	}
 	return out, err
 }
 

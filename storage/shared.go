@@ -39,6 +39,7 @@ const TagRecheck = 15 * time.Second
 func (ix *Index) ShareRecords(records Records, now func() time.Time) {
 	ix.records = records
 	ix.clock = now
+	ix.fills.disable() // other replicas' writes do not pass it
 }
 
 // now is the shared index's clock.

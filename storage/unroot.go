@@ -97,6 +97,7 @@ func (ix *Index) UnrootImagesTimed(us []Unroot) (longest time.Duration, err erro
 			return 1, nil
 		},
 		committed: func(int, int) error {
+			ix.fills.forget(fills...)
 			if err := ix.shareDelete(bucketTags, tags...); err != nil {
 				return err
 			}
