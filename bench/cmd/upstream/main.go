@@ -211,7 +211,9 @@ func (l *streamLayer) Compressed() (io.ReadCloser, error)   { return io.NopClose
 func (l *streamLayer) Uncompressed() (io.ReadCloser, error) { return io.NopCloser(l.reader()), nil }
 
 // pacedWriter sends a response body no faster than rate bytes per second
-// (0: unlimited), in chunks of at most 64 KiB, flushing each.
+// (0: unlimited), in chunks of 1/20 s of the link but at most 64 KiB or
+// 5 ms of the link, whichever is more (tests/fixture's paceChunk: one timer
+// and one write per 5 ms of a fast link, not per 64 KiB), flushing each.
 type pacedWriter struct {
 	http.ResponseWriter
 	rc      *http.ResponseController
@@ -230,7 +232,7 @@ func (w *pacedWriter) Write(p []byte) (int, error) {
 		w.start = time.Now()
 		_ = w.rc.Flush()
 	}
-	chunk := int(min(max(w.rate/20, 512), 64<<10))
+	chunk := int(min(max(w.rate/20, 512), max(64<<10, min(w.rate/200, 1<<20))))
 	total := 0
 	for len(p) > 0 {
 		c := p[:min(chunk, len(p))]
