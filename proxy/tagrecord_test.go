@@ -102,11 +102,7 @@ func TestTagHitOfAMissingManifestRefetches(t *testing.T) {
 	if err := f.store.Delete(t.Context(), "library/app", d); err != nil {
 		t.Fatal(err)
 	}
-	f.request(t, http.MethodGet, "/v2/library/app/manifests/v1", body, mt, "miss")
-	f.waitIdle(t)
-	if n := f.manifestRequests("library/app", "v1"); n != 2 {
-		t.Errorf("the upstream was asked for the tag %d times, want 2", n)
-	}
+	refetchedByTag(t, f, body, mt)
 	f.request(t, http.MethodGet, "/v2/library/app/manifests/v1", body, mt, "hit")
 }
 
@@ -120,11 +116,7 @@ func TestTagHitOfAForgottenManifestRefetches(t *testing.T) {
 	if err := f.store.Delete(t.Context(), "library/app", d); err != nil {
 		t.Fatal(err)
 	}
-	f.request(t, http.MethodGet, "/v2/library/app/manifests/v1", body, mt, "miss")
-	f.waitIdle(t)
-	if n := f.manifestRequests("library/app", "v1"); n != 2 {
-		t.Errorf("the upstream was asked for the tag %d times, want 2", n)
-	}
+	refetchedByTag(t, f, body, mt)
 }
 
 // A stale tag whose record holds its manifest's type is still
@@ -190,5 +182,16 @@ func TestHitResumesAFillMadePartialAfterItWasRemembered(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// refetchedByTag checks that a pull of library/app:v1 misses and asks the
+// upstream for the tag a second time (pulledImage asked the first).
+func refetchedByTag(t *testing.T, f *writesFixture, body []byte, mt string) {
+	t.Helper()
+	f.request(t, http.MethodGet, "/v2/library/app/manifests/v1", body, mt, "miss")
+	f.waitIdle(t)
+	if n := f.manifestRequests("library/app", "v1"); n != 2 {
+		t.Errorf("the upstream was asked for the tag %d times, want 2", n)
 	}
 }

@@ -16,6 +16,8 @@ import (
 	"github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/docker-mirror/docker-mirror/oci"
 )
 
 // Index is the bbolt database of what the mirror holds: tags, manifests,
@@ -132,10 +134,10 @@ func (r *TagRecord) withManifest(m ManifestRecord) {
 // types (schema 1, artifacts, vendors' types) are read from the
 // ManifestRecord.
 var manifestTypes = [...]string{
-	1: "application/vnd.oci.image.index.v1+json",
-	2: "application/vnd.oci.image.manifest.v1+json",
-	3: "application/vnd.docker.distribution.manifest.list.v2+json",
-	4: "application/vnd.docker.distribution.manifest.v2+json",
+	1: oci.MediaTypeOCIIndex,
+	2: oci.MediaTypeOCIManifest,
+	3: oci.MediaTypeDockerList,
+	4: oci.MediaTypeDockerManifest,
 }
 
 // manifestTypeNumber is mt's number in a tag record (0: none).
