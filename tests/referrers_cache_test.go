@@ -49,6 +49,28 @@ func pushReferrer(t *testing.T, host, repo, artifactType string, subject v1.Desc
 	return d.String()
 }
 
+// referrersRegistry is an in-memory registry that serves the referrers API.
+func referrersRegistry() http.Handler {
+	return registry.New(registry.WithReferrersSupport(true), registry.Logger(log.New(io.Discard, "", 0)))
+}
+
+// pushSubject pushes a random image as library/signed:1 to the registry at
+// host and returns its descriptor: the subject the tests attach referrers to.
+func pushSubject(t *testing.T, host string) v1.Descriptor {
+	t.Helper()
+	img, err := random.Image(1024, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, _ := name.ParseReference(host+"/library/signed:1", name.Insecure)
+	if err := remote.Write(r, img); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := img.Digest()
+	size, _ := img.Size()
+	return v1.Descriptor{MediaType: types.OCIManifestSchema1, Digest: d, Size: size}
+}
+
 // referrerDigests checks a referrers answer is an OCI index and returns
 // the digests it lists, sorted.
 func referrerDigests(t *testing.T, r response) []string {
@@ -100,20 +122,11 @@ func wantReferrers(t *testing.T, r response, cache string, filtered bool, digest
 // mirror, also to a cached unfiltered list; HEAD answers the same headers;
 // a subject never seen with the upstream down is a 404 with an empty index.
 func TestReferrersCached(t *testing.T) {
-	up := httptest.NewServer(registry.New(registry.WithReferrersSupport(true), registry.Logger(log.New(io.Discard, "", 0))))
+	up := httptest.NewServer(referrersRegistry())
 	t.Cleanup(up.Close)
 	host := strings.TrimPrefix(up.URL, "http://")
-	img, err := random.Image(1024, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	imgRef, _ := name.ParseReference(host+"/library/signed:1", name.Insecure)
-	if err := remote.Write(imgRef, img); err != nil {
-		t.Fatal(err)
-	}
-	imgDigest, _ := img.Digest()
-	imgSize, _ := img.Size()
-	subject := v1.Descriptor{MediaType: types.OCIManifestSchema1, Digest: imgDigest, Size: imgSize}
+	subject := pushSubject(t, host)
+	imgDigest := subject.Digest
 	sig := pushReferrer(t, host, "library/signed", sigType, subject)
 	sbom := pushReferrer(t, host, "library/signed", sbomType, subject)
 

@@ -4,8 +4,6 @@ package tests
 
 import (
 	"encoding/json"
-	"io"
-	"log"
 	"net/http/httptest"
 	"os"
 	"os/exec"
@@ -14,13 +12,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/random"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/docker-mirror/docker-mirror/tests/servertest"
 )
@@ -67,20 +58,11 @@ func runClient(t *testing.T, home, bin string, args ...string) string {
 // mirror with the upstream down.
 func TestReferrersAndCatalogOfflineClients(t *testing.T) {
 	oras, regctl := offlineClientBin(t, "oras"), offlineClientBin(t, "regctl")
-	up := httptest.NewServer(registry.New(registry.WithReferrersSupport(true), registry.Logger(log.New(io.Discard, "", 0))))
+	up := httptest.NewServer(referrersRegistry())
 	t.Cleanup(up.Close)
 	host := strings.TrimPrefix(up.URL, "http://")
-	img, err := random.Image(1024, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	imgRef, _ := name.ParseReference(host+"/library/signed:1", name.Insecure)
-	if err := remote.Write(imgRef, img); err != nil {
-		t.Fatal(err)
-	}
-	imgDigest, _ := img.Digest()
-	imgSize, _ := img.Size()
-	subject := v1.Descriptor{MediaType: types.OCIManifestSchema1, Digest: imgDigest, Size: imgSize}
+	subject := pushSubject(t, host)
+	imgDigest := subject.Digest
 	sig := pushReferrer(t, host, "library/signed", sigType, subject)
 	sbom := pushReferrer(t, host, "library/signed", sbomType, subject)
 

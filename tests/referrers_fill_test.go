@@ -2,8 +2,6 @@ package tests
 
 import (
 	"encoding/json"
-	"io"
-	"log"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -13,12 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/proxy"
@@ -260,22 +254,14 @@ func (c *countingHandler) reset() {
 // referrer is kept as part of its subject's image. Evicting the image
 // takes them along.
 func TestFillStoresReferrersFromTheAPI(t *testing.T) {
-	counter := &countingHandler{h: registry.New(registry.WithReferrersSupport(true), registry.Logger(log.New(io.Discard, "", 0)))}
+	counter := &countingHandler{h: referrersRegistry()}
 	counter.reset()
 	up := httptest.NewServer(counter)
 	t.Cleanup(up.Close)
 	host := strings.TrimPrefix(up.URL, "http://")
-	img, err := random.Image(1024, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	imgRef, _ := name.ParseReference(host+"/library/signed:1", name.Insecure)
-	if err := remote.Write(imgRef, img); err != nil {
-		t.Fatal(err)
-	}
-	imgDigest, _ := img.Digest()
-	imgSize, _ := img.Size()
-	sig := pushReferrer(t, host, "library/signed", sigType, v1.Descriptor{MediaType: types.OCIManifestSchema1, Digest: imgDigest, Size: imgSize})
+	subject := pushSubject(t, host)
+	imgDigest := subject.Digest
+	sig := pushReferrer(t, host, "library/signed", sigType, subject)
 	counter.reset()
 
 	m := servertest.Start(t, up.URL)

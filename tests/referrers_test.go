@@ -2,15 +2,12 @@ package tests
 
 import (
 	"encoding/json"
-	"io"
-	"log"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
@@ -26,26 +23,18 @@ import (
 // mirror, and then pulled like any manifest. An upstream without the API
 // gives a 404, which tells clients to fall back to the tag schema.
 func TestReferrers(t *testing.T) {
-	up := httptest.NewServer(registry.New(registry.WithReferrersSupport(true), registry.Logger(log.New(io.Discard, "", 0))))
+	up := httptest.NewServer(referrersRegistry())
 	t.Cleanup(up.Close)
 	host := strings.TrimPrefix(up.URL, "http://")
-	img, err := random.Image(1024, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	imgRef, _ := name.ParseReference(host+"/library/signed:1", name.Insecure)
-	if err := remote.Write(imgRef, img); err != nil {
-		t.Fatal(err)
-	}
-	imgDigest, _ := img.Digest()
-	imgSize, _ := img.Size()
+	subject := pushSubject(t, host)
+	imgDigest := subject.Digest
 	sig, err := random.Image(64, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
 	sig = mutate.MediaType(sig, types.OCIManifestSchema1)
 	sig = mutate.ConfigMediaType(sig, "application/vnd.example.signature.v1+json")
-	sig = mutate.Subject(sig, v1.Descriptor{MediaType: types.OCIManifestSchema1, Digest: imgDigest, Size: imgSize}).(v1.Image)
+	sig = mutate.Subject(sig, subject).(v1.Image)
 	sigDigest, _ := sig.Digest()
 	sigRef, _ := name.ParseReference(host+"/library/signed@"+sigDigest.String(), name.Insecure)
 	if err := remote.Write(sigRef, sig); err != nil {
