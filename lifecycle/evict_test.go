@@ -160,39 +160,12 @@ func startGated(t *testing.T, up *fixture.Upstream, block string) (*httptest.Ser
 // image no one can pull by tag, kept in place of those that can). Once
 // mirrored, and past the grace period, it is evicted whole.
 func TestEvictSparesImageBeingMirrored(t *testing.T) {
-	up := fixture.StartUpstream(t)
-	seeded := up.SeedImage(t, "library/app", "v1", 2, 8<<10)
-	im := single("app", "v1", seeded)
-	gated, g := startGated(t, up, seeded.Layers[1])
-	inUse := lifecycle.NewInUse()
-	m := servertest.StartWithStore(t, gated.URL, func(ix *storage.Index) (storage.Store, error) {
-		return storage.OpenDriverStore(context.Background(), "filesystem", map[string]any{"rootdirectory": filepath.Dir(ix.Path())})
-	}, proxy.WithContentGuard(inUse))
-	t.Cleanup(g.Open) // before the mirror stops: it waits for the mirroring
-	e := &env{up: up, m: m, store: m.Store.(*storage.DriverStore)}
-	// As the server runs it: a grace period, and the guard the proxy holds.
-	col := e.collector(lifecycle.Options{Grace: lifecycle.DefaultGrace, Guard: inUse})
-
-	if status, _, _ := get(t, m.URL()+"/v2/app/manifests/v1"); status != http.StatusOK {
-		t.Fatalf("pull: status %d", status)
-	}
-	<-g.reached // the background mirror waits for a layer
-	r, err := col.Evict(t.Context(), 1, 0, m.Clock.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if r.ImagesEvicted != 0 {
-		t.Errorf("evicted %+v while it was being mirrored", r.Evicted)
-	}
-	g.Open()
-	m.WaitIdle()
-	list := images(t, col)
-	if len(list) != 1 || list[0].Digest.String() != im.digest || strings.Join(list[0].Tags, ",") != "v1" || list[0].State != storage.FillComplete {
-		t.Fatalf("images after the mirror: %+v, want app:v1 complete", list)
-	}
+	mi := startMirroring(t)
+	m, col := mi.m, mi.col
+	mi.wantSparedUntilDone(t)
 
 	m.Clock.Advance(lifecycle.DefaultGrace + time.Minute)
-	r, err = col.Evict(t.Context(), 1, 0, m.Clock.Now())
+	r, err := col.Evict(t.Context(), 1, 0, m.Clock.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -202,7 +175,7 @@ func TestEvictSparesImageBeingMirrored(t *testing.T) {
 	if list := images(t, col); len(list) != 0 {
 		t.Errorf("images after eviction: %+v", list)
 	}
-	if _, ok, _ := m.Index.Fill("docker.io", "library/app", digest.Digest(im.digest)); ok {
+	if _, ok, _ := m.Index.Fill("docker.io", "library/app", digest.Digest(mi.im.digest)); ok {
 		t.Error("the evicted image's mirror record survived")
 	}
 }
@@ -267,6 +240,27 @@ func TestEvictSparesImageInUse(t *testing.T) {
 // image whose mirroring outlasts the grace period (so its partial mirror
 // record no longer spares it) is not evicted half-mirrored.
 func TestEvictSparesLongMirror(t *testing.T) {
+	mi := startMirroring(t)
+	mi.m.Clock.Advance(lifecycle.DefaultGrace + time.Minute)
+	mi.wantSparedUntilDone(t)
+	mi.wantStored(t, true, mi.im.content()...)
+}
+
+// mirroring is a mirror whose background mirroring of app:v1 is held at
+// the image's second layer: the pull answered, the mirror not done.
+type mirroring struct {
+	*env
+	im  image
+	g   *gate
+	col *lifecycle.Collector
+}
+
+// startMirroring pulls app:v1 through a mirror whose upstream holds the
+// image's second layer, and returns once the background mirror waits for
+// it. Its collector has what the server gives it: a grace period, and the
+// guard the proxy holds.
+func startMirroring(t *testing.T) mirroring {
+	t.Helper()
 	up := fixture.StartUpstream(t)
 	seeded := up.SeedImage(t, "library/app", "v1", 2, 8<<10)
 	im := single("app", "v1", seeded)
@@ -287,21 +281,27 @@ func TestEvictSparesLongMirror(t *testing.T) {
 	case <-time.After(time.Minute):
 		t.Fatal("the background mirror never asked for the gated layer")
 	}
-	m.Clock.Advance(lifecycle.DefaultGrace + time.Minute)
-	r, err := col.Evict(t.Context(), 1, 0, m.Clock.Now())
+	return mirroring{env: e, im: im, g: g, col: col}
+}
+
+// wantSparedUntilDone evicts down to 1 byte while the mirroring is held,
+// wants nothing evicted, then lets the mirror finish and wants app:v1
+// complete.
+func (mi mirroring) wantSparedUntilDone(t *testing.T) {
+	t.Helper()
+	r, err := mi.col.Evict(t.Context(), 1, 0, mi.m.Clock.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
 	if r.ImagesEvicted != 0 {
 		t.Errorf("evicted %+v while it was being mirrored", r.Evicted)
 	}
-	g.Open()
-	m.WaitIdle()
-	list := images(t, col)
-	if len(list) != 1 || list[0].Digest.String() != im.digest || strings.Join(list[0].Tags, ",") != "v1" || list[0].State != storage.FillComplete {
+	mi.g.Open()
+	mi.m.WaitIdle()
+	list := images(t, mi.col)
+	if len(list) != 1 || list[0].Digest.String() != mi.im.digest || strings.Join(list[0].Tags, ",") != "v1" || list[0].State != storage.FillComplete {
 		t.Fatalf("images after the mirror: %+v, want app:v1 complete", list)
 	}
-	e.wantStored(t, true, im.content()...)
 }
 
 // The collection that follows an eviction takes the content records its
