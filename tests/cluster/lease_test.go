@@ -117,9 +117,7 @@ func testLeasesHerd(t *testing.T, store storeFor, objects func(map[string]map[st
 // replicas fetch as they do without leases.
 func TestWithoutConditionalWrites(t *testing.T) {
 	up := fixture.StartUpstream(t)
-	data := make([]byte, 64<<10)
-	rand.Read(data)
-	blob := up.PushBlob(t, "library/plain", data)
+	blob := pushRandomBlob(t, up, "library/plain", 64<<10)
 	s3 := leasetest.Start(t, false)
 	rs := startClusterWith(t, 2, up, sharedDir, nil, func(int) []server.Option {
 		return []server.Option{server.WithLeaseObjects(s3.Objects("leases"))}
@@ -146,9 +144,7 @@ func TestWithoutConditionalWrites(t *testing.T) {
 // the lease expires, then one takes it over and fetches the blob.
 func TestDeadLeaseHolderTakenOver(t *testing.T) {
 	up := fixture.StartUpstream(t)
-	data := make([]byte, 128<<10)
-	rand.Read(data)
-	blob := up.PushBlob(t, "library/dead", data)
+	blob := pushRandomBlob(t, up, "library/dead", 128<<10)
 	s3 := leasetest.Start(t, true)
 	clock := servertest.NewClock()
 	held := make(chan string, 1)
@@ -203,9 +199,7 @@ func TestDeadLeaseHolderTakenOver(t *testing.T) {
 // the lease and fetches the blob at once, not after the lease's expiry.
 func TestFailedHolderReleasesLease(t *testing.T) {
 	up := fixture.StartUpstream(t)
-	data := make([]byte, 128<<10)
-	rand.Read(data)
-	blob := up.PushBlob(t, "library/fail", data)
+	blob := pushRandomBlob(t, up, "library/fail", 128<<10)
 	s3 := leasetest.Start(t, true)
 	held := make(chan string, 1)
 	rs := startClusterWith(t, 2, up, sharedDir, selfOnly, func(int) []server.Option {
@@ -256,4 +250,13 @@ func TestFailedHolderReleasesLease(t *testing.T) {
 	if keys := s3.Keys(); len(keys) != 0 {
 		t.Errorf("leases left after every fetch ended: %v", keys)
 	}
+}
+
+// pushRandomBlob pushes size random bytes to repo upstream and returns
+// their digest.
+func pushRandomBlob(t *testing.T, up *fixture.Upstream, repo string, size int) string {
+	t.Helper()
+	data := make([]byte, size)
+	rand.Read(data)
+	return up.PushBlob(t, repo, data)
 }
