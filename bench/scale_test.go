@@ -226,10 +226,15 @@ func resetPeakRSS() { _ = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) 
 // the cache excluded): VmHWM, and the peaks of RssAnon (heap) and RssFile
 // (mapped files: the index) sampled every 5 ms, logged per step. The cache is built untimed; it is not pulled.
 // BENCH_SCALE_CACHE=DIR keeps the built cache in DIR for the next runs
-// (see synthCache); BENCH_SCALE_MEMORY_LIMIT=SIZE sets the runtime's
+// (see synthCache: each run's copy of the index is written back before
+// the start, untimed); BENCH_SCALE_MEMORY_LIMIT=SIZE sets the runtime's
 // soft memory limit, as memory_limit does; the GC percent is lowered
 // while a pass runs as serve lowers it (pass_gc_percent's default;
-// BENCH_SCALE_PASS_GC_PERCENT=N sets it, 0 leaves it alone).
+// BENCH_SCALE_PASS_GC_PERCENT=N sets it, 0 leaves it alone). The GC's
+// CPU time and cycles during the collection and the eviction are
+// reported; BENCH_SCALE_CPUPROFILE=PREFIX writes CPU profiles of the
+// start-up, the collection and the eviction to PREFIX-start, -gc and
+// -evict.
 func BenchmarkScale(b *testing.B) {
 	for _, n := range scaleSizes(b) {
 		b.Run(fmt.Sprintf("images=%d", n), func(b *testing.B) {
@@ -271,12 +276,14 @@ func BenchmarkScale(b *testing.B) {
 				b.StartTimer()
 
 				ctx := context.Background()
+				startProfiled := scaleCPUProfile(b, "start")
 				start := time.Now()
 				srv, err := server.New(ctx, cfg, server.WithLogger(scaleLogger(b)), server.WithGCHold(hold))
 				if err == nil {
 					err = srv.Start(ctx)
 				}
 				startup := time.Since(start)
+				startProfiled()
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -319,6 +326,8 @@ func BenchmarkScale(b *testing.B) {
 				c.hot = hot
 				var gcWrite, evictWrite time.Duration
 				sampler.Phase("gc")
+				gcProfiled := scaleCPUProfile(b, "gc")
+				gcCPU := readGCCPU()
 				gc, gcPulls := during(b, c, func() error {
 					r, err := srv.Collector.Collect(ctx)
 					gcWrite = r.LongestWrite
@@ -327,9 +336,13 @@ func BenchmarkScale(b *testing.B) {
 					}
 					return err
 				})
+				gcCPU = readGCCPU().since(gcCPU)
+				gcProfiled()
 				var evicted int
 				sampler.Phase("evict")
 				evictProfiled := scalePeakProfile(b, "evict")
+				evictCPUProfiled := scaleCPUProfile(b, "evict")
+				evictCPU := readGCCPU()
 				evict, evictPulls := during(b, c, func() error {
 					r, err := srv.Collector.Evict(ctx, total/2, 0, time.Now())
 					// Blobs the latency runs served are within the grace
@@ -342,6 +355,8 @@ func BenchmarkScale(b *testing.B) {
 					return err
 				})
 				b.StopTimer()
+				evictCPU = readGCCPU().since(evictCPU)
+				evictCPUProfiled()
 				evictProfiled()
 				logIndexSize(b, dir, "after the eviction")
 				rss := peakRSS()
@@ -373,6 +388,10 @@ func BenchmarkScale(b *testing.B) {
 				b.ReportMetric(us(evictPulls.pct(0.5)), "pull-p50-during-evict-µs")
 				b.ReportMetric(us(evictPulls.pct(0.99)), "pull-p99-during-evict-µs")
 				b.ReportMetric(ms(evictPulls.pct(1)), "pull-max-during-evict-ms")
+				b.ReportMetric(gcCPU.gc, "gc-cpu-during-gc-s")
+				b.ReportMetric(gcCPU.cycles, "gc-cycles-during-gc")
+				b.ReportMetric(evictCPU.gc, "gc-cpu-during-evict-s")
+				b.ReportMetric(evictCPU.cycles, "gc-cycles-during-evict")
 				b.ReportMetric(ms(gcWrite), "gc-longest-write-ms")
 				b.ReportMetric(ms(evictWrite), "evict-longest-write-ms")
 				b.ReportMetric(ms(statusJSON), "status-json-ms")
@@ -402,6 +421,45 @@ func scaleProfile(b *testing.B, step string) {
 	if err := pprof.WriteHeapProfile(f); err != nil {
 		b.Fatal(err)
 	}
+}
+
+// scaleCPUProfile writes a CPU profile of a step to
+// BENCH_SCALE_CPUPROFILE-step if that is set; call the function it
+// returns when the step ends.
+func scaleCPUProfile(b *testing.B, step string) func() {
+	prefix := os.Getenv("BENCH_SCALE_CPUPROFILE")
+	if prefix == "" {
+		return func() {}
+	}
+	f, err := os.Create(prefix + "-" + step)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		b.Fatal(err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}
+}
+
+// gcWork is the GC's CPU time (the runtime's estimate: background
+// workers, assists paid by allocating goroutines and pauses, in CPU
+// seconds) and its cycles, from the process's start.
+type gcWork struct{ gc, cycles float64 }
+
+// readGCCPU reads gcWork from runtime/metrics.
+func readGCCPU() gcWork {
+	s := []metrics.Sample{{Name: "/cpu/classes/gc/total:cpu-seconds"}, {Name: "/gc/cycles/total:gc-cycles"}}
+	metrics.Read(s)
+	return gcWork{gc: s[0].Value.Float64(), cycles: float64(s[1].Value.Uint64())}
+}
+
+// since is the GC work done from w0 to w.
+func (w gcWork) since(w0 gcWork) gcWork {
+	return gcWork{gc: w.gc - w0.gc, cycles: w.cycles - w0.cycles}
 }
 
 // scalePeakProfile writes the heap profile at the live heap's peak
@@ -481,7 +539,24 @@ func synthCache(b *testing.B, dir string, n int) int64 {
 	if out, err := exec.Command("cp", filepath.Join(built, "index.db"), dir).CombinedOutput(); err != nil {
 		b.Fatalf("copying the built index: %v: %s", err, out)
 	}
+	syncIndex(b, dir)
 	return total
+}
+
+// syncIndex writes the copied index in dir back before the start: the
+// copy leaves ~1 GB of the page cache dirty at 100k, and the start's
+// first commit (its fsync) would write it all, which a restart of a
+// server never finds (round 10, at 100k: a start of 830–906 ms, 30–89
+// written back).
+func syncIndex(b *testing.B, dir string) {
+	f, err := os.Open(filepath.Join(dir, "index.db"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		b.Fatal(err)
+	}
 }
 
 // BenchmarkScaleMemory measures the live heap the lifecycle's passes hold
@@ -652,4 +727,92 @@ func logIndexSize(b *testing.B, dir, when string) {
 	if fi, err := os.Stat(filepath.Join(dir, "index.db")); err == nil {
 		b.Logf("index.db %s: %d bytes", when, fi.Size())
 	}
+}
+
+// BenchmarkScaleStart measures a start on a synthetic cache
+// (BENCH_SCALE_IMAGES, BENCH_SCALE_CACHE as BenchmarkScale), each
+// iteration on a fresh copy of its index (see startCache): server.New and Start (startup-ms, as
+// BenchmarkScale's), the first manifest answered (first-answer-ms, from
+// the start on: what a client waits for), and the stored total known
+// (stored-known-ms: StoredBytes returns, which the lifecycle's passes,
+// the status page and the stored-bytes gauge read). With
+// BENCH_SCALE_CPUPROFILE=PREFIX, the first iteration's start is
+// profiled to PREFIX-start.
+func BenchmarkScaleStart(b *testing.B) {
+	for _, n := range scaleSizes(b) {
+		b.Run(fmt.Sprintf("images=%d", n), func(b *testing.B) {
+			var startup, first, known time.Duration
+			iter := 0
+			for b.Loop() {
+				b.StopTimer()
+				dir := b.TempDir()
+				startCache(b, dir, n)
+				up := fixture.StartUpstream(b)
+				cfg := servertest.Config(b, dir, []servertest.Upstream{{Host: "docker.io", URL: up.URL()}})
+				cfg.TagTTL = config.Duration(1000 * time.Hour)
+				profiled := func() {}
+				if iter == 0 {
+					profiled = scaleCPUProfile(b, "start")
+				}
+				iter++
+				ctx, cancel := context.WithCancel(context.Background())
+				b.StartTimer()
+
+				start := time.Now()
+				srv, err := server.New(ctx, cfg, server.WithLogger(scaleLogger(b)))
+				if err == nil {
+					err = srv.Start(ctx)
+				}
+				startup += time.Since(start)
+				if err != nil {
+					b.Fatal(err)
+				}
+				hs := httptest.NewServer(srv.Handler())
+				c := &scaleClient{hc: &http.Client{Transport: NewTransport(1)}, base: hs.URL, n: n, rng: mrand.New(mrand.NewPCG(2, uint64(iter)))}
+				if _, err := c.manifest(); err != nil {
+					b.Fatal(err)
+				}
+				first += time.Since(start)
+				if srv.Index.StoredBytes() <= 0 {
+					b.Fatal("nothing stored")
+				}
+				known += time.Since(start)
+
+				b.StopTimer()
+				profiled()
+				hs.Close()
+				cancel()
+				if err := srv.Close(); err != nil {
+					b.Error(err)
+				}
+				b.StartTimer()
+			}
+			b.ReportMetric(ms(startup)/float64(iter), "startup-ms")
+			b.ReportMetric(ms(first)/float64(iter), "first-answer-ms")
+			b.ReportMetric(ms(known)/float64(iter), "stored-known-ms")
+		})
+	}
+}
+
+// startCache puts a synthetic cache of n images in dir for a start: a
+// copy of the index, and the store's files from BENCH_SCALE_START_STORE
+// if that is set (a directory holding a copy of the built cache's blobs,
+// e.g. `cp -al`; dir's blobs link to it), else copied as synthCache
+// copies them. A start and one pull write nothing in the store, and
+// linking and removing 300k files costs minutes an iteration.
+func startCache(b *testing.B, dir string, n int) {
+	store := os.Getenv("BENCH_SCALE_START_STORE")
+	base := os.Getenv("BENCH_SCALE_CACHE")
+	if store == "" || base == "" {
+		synthCache(b, dir, n)
+		return
+	}
+	built := filepath.Join(base, fmt.Sprintf("images-%d", n))
+	if err := os.Symlink(filepath.Join(store, "blobs"), filepath.Join(dir, "blobs")); err != nil {
+		b.Fatal(err)
+	}
+	if out, err := exec.Command("cp", "-r", filepath.Join(built, storage.OwnDir), filepath.Join(built, "index.db"), dir).CombinedOutput(); err != nil {
+		b.Fatalf("copying the built index: %v: %s", err, out)
+	}
+	syncIndex(b, dir)
 }

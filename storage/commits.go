@@ -82,8 +82,8 @@ func (p commitPhases) other() time.Duration {
 // write lock over 100 ms, with where their time went); nil: nowhere.
 func (ix *Index) SetLogger(l *slog.Logger) { ix.log.Store(l) }
 
-// update runs fn in a write transaction given the index's write limits,
-// and returns how long the transaction held the write lock: from when
+// update runs fn in a write transaction given the index's write limits
+// (stamped: stored.go), and returns how long the transaction held the write lock: from when
 // fn starts (bbolt takes the lock before) to the end of the commit, on
 // the limits' clock. A transaction that held it over slowCommit is logged
 // with its phases.
@@ -110,6 +110,9 @@ func (ix *Index) update(fn func(tx *bolt.Tx, b *budget) error) (held time.Durati
 		}
 	}()
 	if err := fn(tx, &budget{lim: lim, tx: tx, start: start}); err != nil {
+		return lim.now().Sub(start), err
+	}
+	if err := stampStored(tx); err != nil {
 		return lim.now().Sub(start), err
 	}
 	p.work = lim.now().Sub(start)

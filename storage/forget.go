@@ -153,7 +153,6 @@ func (ix *Index) ForgetRooted(dgsts []digest.Digest, roots Roots, fallback bool,
 
 func (ix *Index) forget(dgsts []digest.Digest, given Roots, strict bool, keep func(digest.Digest, ContentEntry) bool) (ForgetResult, error) {
 	var res ForgetResult
-	var freed int64
 	var roots *RootSet
 	// gone indexes out by digest; rooted: a tag or mirror record may name
 	// what goes.
@@ -164,7 +163,7 @@ func (ix *Index) forget(dgsts []digest.Digest, given Roots, strict bool, keep fu
 	wrote := false // committed
 	done, held, err := ix.writeSome(len(dgsts), 0, batchWrite{
 		begin: func(tx *bolt.Tx) error {
-			res.Forgotten, freed, rooted = nil, 0, false
+			res.Forgotten, rooted = nil, false
 			gone, unshare = map[digest.Digest]int{}, map[string][][]byte{}
 			res.Version = tx.ID()
 			roots = given.Set
@@ -207,7 +206,7 @@ func (ix *Index) forget(dgsts []digest.Digest, given Roots, strict bool, keep fu
 			if e.Manifest != nil {
 				f.Size += e.Manifest.Size
 			}
-			links, err := forget(tx, d)
+			links, err := ix.forgetEntries(tx, d)
 			if err != nil {
 				return 0, err
 			}
@@ -217,7 +216,6 @@ func (ix *Index) forget(dgsts []digest.Digest, given Roots, strict bool, keep fu
 			}
 			gone[d] = len(res.Forgotten)
 			res.Forgotten = append(res.Forgotten, f)
-			freed += f.Size
 			// Its records, and a link and a holder per repository.
 			return 1 + 2*len(links), nil
 		},
@@ -232,7 +230,6 @@ func (ix *Index) forget(dgsts []digest.Digest, given Roots, strict bool, keep fu
 		},
 		committed: func(int, int) error {
 			wrote = true
-			ix.stored.Add(-freed)
 			ix.fills.forget(unshare[string(bucketMirrors)]...)
 			// What names the content goes before the content's own
 			// records, as it did locally.
@@ -294,14 +291,17 @@ func forgetRoots(tx *bolt.Tx, gone map[digest.Digest]int, out []Forgotten, unsha
 	return nil
 }
 
-// forget deletes the entries of one digest, but not the tags and mirror
+// forgetEntries deletes the entries of one digest, but not the tags and mirror
 // states naming it. It returns the link keys it deleted.
-func forget(tx *bolt.Tx, d digest.Digest) ([][]byte, error) {
+func (ix *Index) forgetEntries(tx *bolt.Tx, d digest.Digest) ([][]byte, error) {
 	key := []byte(d)
-	for _, b := range [][]byte{bucketBlobs, bucketManifests, bucketBodies} {
-		if err := tx.Bucket(b).Delete(key); err != nil {
+	for _, b := range [][]byte{bucketBlobs, bucketManifests} {
+		if err := ix.deleteContent(tx, b, key); err != nil {
 			return nil, err
 		}
+	}
+	if err := tx.Bucket(bucketBodies).Delete(key); err != nil {
+		return nil, err
 	}
 	if b := tx.Bucket(bucketAccess); b != nil {
 		if err := b.Delete(key); err != nil {

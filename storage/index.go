@@ -204,13 +204,20 @@ func OpenIndex(path string) (*Index, error) {
 		db.Close()
 		return nil, fmt.Errorf("index %s: %w", path, err)
 	}
+	var stored storedRecord
+	var trusted bool
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, b := range allBuckets {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
 		}
-		return migrate(tx)
+		if err := migrate(tx); err != nil {
+			return err
+		}
+		var err error
+		stored, trusted, err = openStored(tx)
+		return err
 	})
 	if err != nil {
 		db.Close()
@@ -218,45 +225,19 @@ func OpenIndex(path string) (*Index, error) {
 	}
 	ix := &Index{db: db, accessed: map[digest.Digest]time.Time{}, fills: newCompleteFills()}
 	ix.adviseMapped()
-	if err := ix.countStored(); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("index %s: %w", path, err)
+	ix.stored.Store(stored.bytes)
+	if !trusted {
+		// Written by a version without the record, or changed by one
+		// since (stored.go): summed once.
+		if err := ix.countStored(); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("index %s: %w", path, err)
+		}
 	}
 	// Before the watcher, which publishes its branch pages to it.
 	ix.leaves = readLeaves(path)
 	ix.mapped = ix.watchMapped()
 	return ix, nil
-}
-
-// countStored sums the sizes of the indexed blobs and manifests.
-func (ix *Index) countStored() error {
-	return ix.db.View(func(tx *bolt.Tx) error {
-		rel := ix.releaser(tx) // a read of every record: see releaser
-		defer rel.done()
-		var total int64
-		for _, b := range [][]byte{bucketBlobs, bucketManifests} {
-			err := tx.Bucket(b).ForEach(func(k, v []byte) error {
-				rel.read(k, v)
-				if n, ok := recordSize(v); ok {
-					total += n // the fast path: no JSON decoding at start-up
-					return nil
-				}
-				var rec struct {
-					Size int64 `json:"size"`
-				}
-				if err := json.Unmarshal(v, &rec); err != nil {
-					return fmt.Errorf("corrupt %s entry %q: %w", b, k, err)
-				}
-				total += rec.Size
-				return nil
-			})
-			if err != nil {
-				return err
-			}
-		}
-		ix.stored.Store(total)
-		return nil
-	})
 }
 
 // recordSize reads the size of a blob or manifest record as this index
@@ -278,7 +259,8 @@ func recordSize(v []byte) (int64, bool) {
 	return n, err == nil
 }
 
-// StoredBytes is the total size of the indexed blobs and manifests.
+// StoredBytes is the total size of the indexed blobs and manifests (kept
+// in the index: stored.go).
 func (ix *Index) StoredBytes() int64 { return ix.stored.Load() }
 
 // Close flushes pending access times and closes the database.
@@ -339,6 +321,9 @@ func get[T any](tx *bolt.Tx, bucket, key []byte) (T, bool, error) {
 }
 
 func put(tx *bolt.Tx, bucket, key []byte, v any) error {
+	if isContent(bucket) {
+		return fmt.Errorf("index: a %s record written without the stored total (putContent)", bucket)
+	}
 	raw, err := json.Marshal(v)
 	if err != nil {
 		return err
@@ -481,15 +466,11 @@ type ManifestEntry struct {
 // RecordManifest records a stored manifest, its link to the repository,
 // and optionally a tag pointing at it and its initial mirror state.
 func (ix *Index) RecordManifest(e ManifestEntry) error {
-	var added int64
 	var fillAdded bool
 	err := ix.write(func(tx *bolt.Tx) error {
 		key := []byte(e.Digest)
-		added, fillAdded = 0, false
-		if tx.Bucket(bucketManifests).Get(key) == nil {
-			added = e.Record.Size
-		}
-		if err := put(tx, bucketManifests, key, e.Record); err != nil {
+		fillAdded = false
+		if err := ix.putContentRecord(tx, bucketManifests, key, e.Record); err != nil {
 			return err
 		}
 		if err := link(tx, e.Upstream, e.Repo, e.Digest); err != nil {
@@ -512,7 +493,6 @@ func (ix *Index) RecordManifest(e ManifestEntry) error {
 	if err != nil {
 		return err
 	}
-	ix.grew(added)
 	if ix.records == nil {
 		return nil
 	}
@@ -568,13 +548,8 @@ func (ix *Index) Blob(dgst digest.Digest) (BlobRecord, bool, error) {
 // RecordBlob records a stored blob and its link to an upstream repository.
 // Concurrent calls are coalesced into one transaction.
 func (ix *Index) RecordBlob(host, repo string, dgst digest.Digest, size int64, t time.Time) error {
-	var added int64
-	err := ix.db.Batch(func(tx *bolt.Tx) error {
-		added = 0 // Batch may run this again; the last run counts
-		if tx.Bucket(bucketBlobs).Get([]byte(dgst)) == nil {
-			added = size
-		}
-		if err := put(tx, bucketBlobs, []byte(dgst), BlobRecord{Size: size, FetchedAt: t, LastAccess: t}); err != nil {
+	err := ix.batch(func(tx *bolt.Tx) error {
+		if err := ix.putContentRecord(tx, bucketBlobs, []byte(dgst), BlobRecord{Size: size, FetchedAt: t, LastAccess: t}); err != nil {
 			return err
 		}
 		return link(tx, host, repo, dgst)
@@ -582,7 +557,6 @@ func (ix *Index) RecordBlob(host, repo string, dgst digest.Digest, size int64, t
 	if err != nil {
 		return err
 	}
-	ix.grew(added)
 	if err := ix.sharePut(bucketBlobs, []byte(dgst), BlobRecord{Size: size, FetchedAt: t, LastAccess: t}); err != nil {
 		return err
 	}
@@ -591,7 +565,7 @@ func (ix *Index) RecordBlob(host, repo string, dgst digest.Digest, size int64, t
 
 // Link records that dgst belongs to an upstream repository.
 func (ix *Index) Link(host, repo string, dgst digest.Digest) error {
-	if err := ix.db.Batch(func(tx *bolt.Tx) error { return link(tx, host, repo, dgst) }); err != nil {
+	if err := ix.batch(func(tx *bolt.Tx) error { return link(tx, host, repo, dgst) }); err != nil {
 		return err
 	}
 	return ix.sharePut(bucketLinks, linkKey(host, repo, dgst), struct{}{})
@@ -723,7 +697,7 @@ func (ix *Index) FlushTimed() (longest time.Duration, err error) {
 				return 0, nil // a manifest, or an unreadable entry: nothing to update
 			}
 			rec.LastAccess = todo[i].v
-			return 1, put(tx, bucketBlobs, d, rec)
+			return 1, ix.putContentRecord(tx, bucketBlobs, d, rec)
 		},
 	})
 	return max(longest, held), err

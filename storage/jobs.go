@@ -59,7 +59,7 @@ func (j *Job) Finished() bool { return j.State == JobDone || j.State == JobFaile
 // PutJob records a whole job: its header and every image. It is for a
 // new job; UpdateJob records its changes.
 func (ix *Index) PutJob(j *Job) error {
-	if err := ix.db.Update(func(tx *bolt.Tx) error { return putJobTx(tx, j) }); err != nil {
+	if err := ix.write(func(tx *bolt.Tx) error { return putJobTx(tx, j) }); err != nil {
 		return err
 	}
 	return ix.sharePut(bucketJobs, []byte(j.ID), j)
@@ -99,7 +99,7 @@ func (ix *Index) UpdateJob(j *Job, changed map[int]JobImage) error {
 		share = share || img.State == JobDone || img.State == JobFailed
 	}
 	var whole *Job
-	err := ix.db.Update(func(tx *bolt.Tx) error {
+	err := ix.write(func(tx *bolt.Tx) error {
 		if err := updateJob(tx, j, changed); err != nil {
 			return err
 		}

@@ -36,7 +36,7 @@ func (ix *Index) Pin(ref string, rec PinRecord) error {
 	if err != nil {
 		return err
 	}
-	err = ix.db.Update(func(tx *bolt.Tx) error {
+	err = ix.write(func(tx *bolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(bucketPins)
 		if err != nil {
 			return err
@@ -59,7 +59,7 @@ func (ix *Index) Unpin(ref string) error {
 	if err != nil {
 		return err
 	}
-	err = ix.db.Update(func(tx *bolt.Tx) error {
+	err = ix.write(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketPins)
 		if b == nil {
 			return nil

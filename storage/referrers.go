@@ -45,7 +45,7 @@ func (ix *Index) Referrers(host, repo string, subject digest.Digest, artifactTyp
 
 // PutReferrers records a referrers answer.
 func (ix *Index) PutReferrers(host, repo string, subject digest.Digest, artifactType string, rec ReferrersRecord) error {
-	return ix.db.Update(func(tx *bolt.Tx) error {
+	return ix.write(func(tx *bolt.Tx) error {
 		return put(tx, bucketReferrers, referrersKey(host, repo, subject, artifactType), rec)
 	})
 }
@@ -53,7 +53,7 @@ func (ix *Index) PutReferrers(host, repo string, subject digest.Digest, artifact
 // TouchReferrers records that the upstream confirmed a referrers answer at t.
 func (ix *Index) TouchReferrers(host, repo string, subject digest.Digest, artifactType string, t time.Time) error {
 	key := referrersKey(host, repo, subject, artifactType)
-	return ix.db.Update(func(tx *bolt.Tx) error {
+	return ix.write(func(tx *bolt.Tx) error {
 		rec, ok, err := get[ReferrersRecord](tx, bucketReferrers, key)
 		if err != nil || !ok {
 			return err
@@ -78,7 +78,7 @@ func (ix *Index) DeleteReferrers(host, repo string, subject digest.Digest) error
 		// Nothing to forget, as for most subjects: no write, no sync.
 		return err
 	}
-	return ix.db.Update(func(tx *bolt.Tx) error { return deleteReferrers(tx, prefix) })
+	return ix.write(func(tx *bolt.Tx) error { return deleteReferrers(tx, prefix) })
 }
 
 // deleteReferrers deletes the referrers answers whose keys start with

@@ -128,51 +128,35 @@ func viewShared[T any](ix *Index, bucket, key []byte) (T, bool, error) {
 // database, as its writer recorded it (links both ways; the stored total
 // counting a new blob or manifest).
 func (ix *Index) adopt(bucket, key, raw []byte) error {
-	var added int64
-	err := ix.db.Update(func(tx *bolt.Tx) error {
-		added = 0
-		var err error
-		added, err = adoptTx(tx, bucket, key, raw)
-		return err
-	})
-	if err == nil {
-		ix.stored.Add(added)
-	}
-	return err
+	return ix.write(func(tx *bolt.Tx) error { return ix.adoptTx(tx, bucket, key, raw) })
 }
 
-// adoptTx writes one shared record in tx and returns the bytes it adds to
-// the stored total.
-func adoptTx(tx *bolt.Tx, bucket, key, raw []byte) (int64, error) {
+// adoptTx writes one shared record in tx.
+func (ix *Index) adoptTx(tx *bolt.Tx, bucket, key, raw []byte) error {
 	switch string(bucket) {
 	case string(bucketLinks):
 		host, repo, dgst, ok := parseLinkKey(string(key))
 		if !ok {
-			return 0, nil
+			return nil
 		}
-		return 0, link(tx, host, repo, dgst)
+		return link(tx, host, repo, dgst)
 	case string(bucketBlobs), string(bucketManifests):
 		var rec struct {
 			Size int64 `json:"size"`
 		}
 		if err := json.Unmarshal(raw, &rec); err != nil {
-			return 0, nil
+			return nil
 		}
-		b := tx.Bucket(bucket)
-		var added int64
-		cur := b.Get(key)
-		if cur == nil {
-			added = rec.Size
-		} else if string(bucket) == string(bucketBlobs) {
+		if cur := tx.Bucket(bucket).Get(key); cur != nil && string(bucket) == string(bucketBlobs) {
 			raw = keepLastAccess(cur, raw)
 		}
-		return added, b.Put(key, raw)
+		return ix.putContent(tx, bucket, key, raw)
 	}
 	b, err := tx.CreateBucketIfNotExists(bucket)
 	if err != nil {
-		return 0, err
+		return err
 	}
-	return 0, b.Put(key, raw)
+	return b.Put(key, raw)
 }
 
 // parseLinkKey splits a linkKey into its parts.
@@ -272,9 +256,9 @@ func (ix *Index) Refresh(ctx context.Context) error {
 			return err
 		}
 		for chunk := range slices.Chunk(recs, 1000) {
-			err := ix.db.Update(func(tx *bolt.Tx) error {
+			err := ix.write(func(tx *bolt.Tx) error {
 				for _, r := range chunk {
-					if _, err := adoptTx(tx, bucket, r.key, r.raw); err != nil {
+					if err := ix.adoptTx(tx, bucket, r.key, r.raw); err != nil {
 						return err
 					}
 				}
@@ -285,7 +269,10 @@ func (ix *Index) Refresh(ctx context.Context) error {
 			}
 		}
 	}
-	return ix.countStored()
+	// Adopting and pruning changed the stored total as they went; a sum
+	// checks it (and corrects it, were it ever off).
+	_, err := ix.checkStored()
+	return err
 }
 
 // prune drops the local records of a prunable kind that the bucket does
@@ -296,7 +283,7 @@ func (ix *Index) prune(bucket []byte, inBucket map[string]bool) error {
 		return nil
 	}
 	cutoff := ix.now().Add(-PruneAge)
-	return ix.db.Update(func(tx *bolt.Tx) error {
+	return ix.write(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucket)
 		if b == nil {
 			return nil
@@ -312,7 +299,11 @@ func (ix *Index) prune(bucket []byte, inBucket map[string]bool) error {
 			return err
 		}
 		for _, k := range gone {
-			if err := b.Delete(k); err != nil {
+			del := b.Delete
+			if isContent(bucket) {
+				del = func(k []byte) error { return ix.deleteContent(tx, bucket, k) }
+			}
+			if err := del(k); err != nil {
 				return err
 			}
 		}
