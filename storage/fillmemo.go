@@ -16,8 +16,9 @@ import (
 //
 // It errs only one way: a key it holds was complete when read, and every
 // write of a fill record (RecordManifest adding one, PutFill, DeleteFill,
-// Forget, UnrootImages) forgets its key once committed (forget), so a
-// partial record is never answered complete. A write is seen by a check
+// Forget, UnrootImages) forgets its key once committed (forget): they all
+// write through fillWrites, which hands the forget to the transaction
+// (fillwrites.go), so a partial record is never answered complete. A write is seen by a check
 // that runs after it returns; one that runs during it may see the state
 // before it, as a check just before it would have. A key read complete is
 // kept only if no write forgot a key since before the read began (epoch):

@@ -38,18 +38,18 @@ func (ix *Index) DeleteFill(host, repo string, dgst digest.Digest) error {
 	if err := ix.shareDelete(bucketMirrors, linkKey(host, repo, dgst)); err != nil {
 		return err
 	}
-	defer ix.fills.forget(linkKey(host, repo, dgst))
-	return ix.write(func(tx *bolt.Tx) error { return deleteFill(tx, host, repo, dgst) })
+	return ix.write(func(tx *bolt.Tx) error { return ix.fillWrites(tx).deleteFill(host, repo, dgst) })
 }
 
-func deleteFill(tx *bolt.Tx, host, repo string, dgst digest.Digest) error {
-	b := tx.Bucket(bucketMirrors)
-	if err := b.Delete(linkKey(host, repo, dgst)); err != nil {
+// deleteFill deletes the mirror state of a manifest in an upstream
+// repository.
+func (w fillWrites) deleteFill(host, repo string, dgst digest.Digest) error {
+	if err := w.delete(linkKey(host, repo, dgst)); err != nil {
 		return err
 	}
 	// A state recorded before they were kept per repository.
-	if rec, ok, err := get[FillRecord](tx, bucketMirrors, []byte(dgst)); err == nil && ok && rec.Upstream == host && rec.Repo == repo {
-		return b.Delete([]byte(dgst))
+	if rec, ok, err := get[FillRecord](w.tx, bucketMirrors, []byte(dgst)); err == nil && ok && rec.Upstream == host && rec.Repo == repo {
+		return w.delete([]byte(dgst))
 	}
 	return nil
 }
@@ -228,12 +228,11 @@ func (ix *Index) forget(dgsts []digest.Digest, given Roots, strict bool, keep fu
 				// has tags).
 				return nil
 			}
-			return forgetRoots(tx, gone, res.Forgotten, unshare)
+			return forgetRoots(tx, ix.fillWrites(tx), gone, res.Forgotten, unshare)
 		},
 		committed: func(int, int) error {
 			wrote = true
 			ix.stored.Add(-freed)
-			ix.fills.forget(unshare[string(bucketMirrors)]...)
 			// What names the content goes before the content's own
 			// records, as it did locally.
 			for _, b := range [][]byte{bucketTags, bucketMirrors, bucketLinks, bucketAccess, bucketManifests, bucketBlobs} {
@@ -259,7 +258,7 @@ func (ix *Index) forget(dgsts []digest.Digest, given Roots, strict bool, keep fu
 // forgetRoots deletes the tags and mirror records naming what a
 // transaction forgets (gone: its index in out, by digest), noting the
 // tags in out and both in unshare.
-func forgetRoots(tx *bolt.Tx, gone map[digest.Digest]int, out []Forgotten, unshare map[string][][]byte) error {
+func forgetRoots(tx *bolt.Tx, fills fillWrites, gone map[digest.Digest]int, out []Forgotten, unshare map[string][][]byte) error {
 	var stale [][]byte
 	c := tx.Bucket(bucketTags).Cursor()
 	for k, v := c.First(); k != nil; k, v = c.Next() {
@@ -279,14 +278,17 @@ func forgetRoots(tx *bolt.Tx, gone map[digest.Digest]int, out []Forgotten, unsha
 	}
 	unshare[string(bucketTags)] = stale
 	var mirrors [][]byte
-	c = tx.Bucket(bucketMirrors).Cursor()
-	for k, _ := c.First(); k != nil; k, _ = c.Next() {
+	err := fillRecordsOf(tx).ForEach(func(k, _ []byte) error {
 		if _, ok := gone[mirrorDigest(k)]; ok {
 			mirrors = append(mirrors, bytes.Clone(k))
 		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	for _, k := range mirrors {
-		if err := tx.Bucket(bucketMirrors).Delete(k); err != nil {
+		if err := fills.delete(k); err != nil {
 			return err
 		}
 	}

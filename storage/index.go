@@ -74,7 +74,7 @@ var (
 	bucketManifests = []byte("manifests") // digest -> ManifestRecord
 	bucketBlobs     = []byte("blobs")     // digest -> BlobRecord
 	bucketLinks     = []byte("links")     // "host/repo@digest" -> ""
-	bucketMirrors   = []byte("mirrors")   // "host/repo@digest" -> FillRecord; a write forgets its key in ix.fills
+	bucketMirrors   = []byte("mirrors")   // "host/repo@digest" -> FillRecord; written only by fillWrites
 	bucketHolders   = []byte("holders")   // "digest\x00host/repo" -> "": links by digest
 	bucketBodies    = []byte("bodies")    // digest -> manifest bytes, for registry destinations
 	bucketPins      = []byte("pins")      // digest or "host/repo:tag" -> PinRecord
@@ -500,15 +500,13 @@ func (ix *Index) RecordManifest(e ManifestEntry) error {
 				return err
 			}
 		}
-		if mkey := linkKey(e.Upstream, e.Repo, e.Digest); e.Fill != nil && tx.Bucket(bucketMirrors).Get(mkey) == nil {
+		fills := ix.fillWrites(tx)
+		if mkey := linkKey(e.Upstream, e.Repo, e.Digest); e.Fill != nil && fills.get(mkey) == nil {
 			fillAdded = true
-			return put(tx, bucketMirrors, mkey, e.Fill)
+			return fills.put(mkey, *e.Fill)
 		}
 		return nil
 	})
-	if fillAdded {
-		ix.fills.forget(linkKey(e.Upstream, e.Repo, e.Digest))
-	}
 	if err != nil {
 		return err
 	}
@@ -629,9 +627,8 @@ func (ix *Index) Fill(host, repo string, dgst digest.Digest) (FillRecord, bool, 
 // upstream repository rec names.
 func (ix *Index) PutFill(dgst digest.Digest, rec FillRecord) error {
 	err := ix.write(func(tx *bolt.Tx) error {
-		return put(tx, bucketMirrors, linkKey(rec.Upstream, rec.Repo, dgst), rec)
+		return ix.fillWrites(tx).put(linkKey(rec.Upstream, rec.Repo, dgst), rec)
 	})
-	ix.fills.forget(linkKey(rec.Upstream, rec.Repo, dgst))
 	if err != nil {
 		return err
 	}
@@ -655,7 +652,7 @@ func (ix *Index) IncompleteFills() ([]FillEntry, error) {
 	err := ix.db.View(func(tx *bolt.Tx) error {
 		rel := ix.releaser(tx) // a read of every record: see releaser
 		defer rel.done()
-		return tx.Bucket(bucketMirrors).ForEach(func(k, v []byte) error {
+		return fillRecordsOf(tx).ForEach(func(k, v []byte) error {
 			rel.read(k, v)
 			// (Only the state can hold this: a JSON string has no bare
 			// quote, and the index writes each field once.)
