@@ -1,7 +1,6 @@
 package storage
 
 import (
-	"bytes"
 	"encoding/json"
 
 	bolt "go.etcd.io/bbolt"
@@ -58,10 +57,7 @@ func (w fillWrites) delete(key []byte) error {
 func (w fillWrites) get(key []byte) []byte { return w.b.Get(key) }
 
 // forgetOnCommit forgets key in the memo once the transaction commits.
-func (w fillWrites) forgetOnCommit(key []byte) {
-	k := bytes.Clone(key) // key may live in the transaction's pages
-	w.tx.OnCommit(func() { w.ix.fills.forget(k) })
-}
+func (w fillWrites) forgetOnCommit(key []byte) { w.ix.fills.forgetOnCommit(w.tx, key) }
 
 // fillRecords reads tx's fill records: what the bucket offers but its
 // writes.

@@ -207,7 +207,7 @@ func (ix *Index) forget(dgsts []digest.Digest, given Roots, strict bool, keep fu
 			if e.Manifest != nil {
 				f.Size += e.Manifest.Size
 			}
-			links, err := forget(tx, d)
+			links, err := forget(tx, ix.links, d)
 			if err != nil {
 				return 0, err
 			}
@@ -297,8 +297,9 @@ func forgetRoots(tx *bolt.Tx, fills fillWrites, gone map[digest.Digest]int, out 
 }
 
 // forget deletes the entries of one digest, but not the tags and mirror
-// states naming it. It returns the link keys it deleted.
-func forget(tx *bolt.Tx, d digest.Digest) ([][]byte, error) {
+// states naming it. It returns the link keys it deleted, each forgotten
+// in memo once tx commits.
+func forget(tx *bolt.Tx, memo *keyMemo, d digest.Digest) ([][]byte, error) {
 	key := []byte(d)
 	for _, b := range [][]byte{bucketBlobs, bucketManifests, bucketBodies} {
 		if err := tx.Bucket(b).Delete(key); err != nil {
@@ -325,6 +326,7 @@ func forget(tx *bolt.Tx, d digest.Digest) ([][]byte, error) {
 		if err := tx.Bucket(bucketLinks).Delete(lk); err != nil {
 			return nil, err
 		}
+		memo.forgetOnCommit(tx, lk)
 		links = append(links, lk)
 		// The referrers lists of content no longer held go with it, so
 		// that they do not pile up for ever.

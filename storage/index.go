@@ -60,7 +60,10 @@ type Index struct {
 	leaves *leafReader
 	// fills remembers the fill records read complete (FillComplete);
 	// every write of a fill record forgets its key there.
-	fills *completeFills
+	fills *keyMemo
+	// links remembers the links read (Linked; linkmemo.go); the deletion
+	// of one forgets its key there.
+	links *keyMemo
 	// log is where slow writes are logged (commits.go); slowCommits
 	// counts them (tests).
 	log         atomic.Pointer[slog.Logger]
@@ -216,7 +219,8 @@ func OpenIndex(path string) (*Index, error) {
 		db.Close()
 		return nil, fmt.Errorf("index %s: %w", path, err)
 	}
-	ix := &Index{db: db, accessed: map[digest.Digest]time.Time{}, fills: newCompleteFills()}
+	ix := &Index{db: db, accessed: map[digest.Digest]time.Time{}, fills: newCompleteFills(),
+		links: newKeyMemo(maxLinkBase, maxLinkAdded)}
 	ix.adviseMapped()
 	if err := ix.countStored(); err != nil {
 		db.Close()
@@ -599,13 +603,21 @@ func (ix *Index) Link(host, repo string, dgst digest.Digest) error {
 // an upstream repository; content is served only to repositories it is
 // linked to, so repositories and upstreams never see each other's content.
 func (ix *Index) Linked(host, repo string, dgst digest.Digest) (bool, error) {
+	key := linkKey(host, repo, dgst)
+	if ix.links.has(key) {
+		return true, nil
+	}
+	epoch := ix.links.begin()
 	var ok bool
 	err := ix.db.View(func(tx *bolt.Tx) error {
-		raw, done := ix.lookup(tx, bucketLinks, linkKey(host, repo, dgst))
+		raw, done := ix.lookup(tx, bucketLinks, key)
 		ok = raw != nil
 		done()
 		return nil
 	})
+	if ok {
+		ix.links.add(epoch, key)
+	}
 	if ok || err != nil || ix.records == nil {
 		return ok, err
 	}
