@@ -256,6 +256,12 @@ func (s *Server) Start(ctx context.Context) error {
 	if err := s.Proxy.ResumeJobs(ctx); err != nil {
 		return err
 	}
+	// Blob hits then find their link in memory (storage/linkmemo.go).
+	s.background.Go(func() {
+		if err := s.Index.RememberLinks(ctx); err != nil && ctx.Err() == nil {
+			s.opts.log.Warn("reading the links to remember them", "error", err)
+		}
+	})
 	s.runCluster(ctx)
 	if s.cfg.Sync.Interval > 0 {
 		sync := proxy.Sync{Images: s.cfg.Sync.Images, Platforms: s.cfg.Sync.Platforms, Pin: s.cfg.Sync.Pin}

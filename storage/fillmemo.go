@@ -1,14 +1,20 @@
 package storage
 
 import (
+	"bytes"
 	"hash/maphash"
 	"slices"
 	"sync"
 
 	"github.com/opencontainers/go-digest"
+	bolt "go.etcd.io/bbolt"
 )
 
-// completeFills remembers which fill records (bucketMirrors) read as
+// keyMemo remembers a set of keys read present, as 64-bit hashes: the
+// fill records read complete (Index.fills, below) and the links read
+// (Index.links, linkmemo.go).
+//
+// The fill memo remembers which fill records (bucketMirrors) read as
 // complete, so that a manifest hit's check of its fill (FillComplete,
 // after its answer) costs no index lookup: at 100k images a lookup reads
 // a leaf from the file, ~8 µs, on every hit of every image, almost all of
@@ -16,8 +22,9 @@ import (
 //
 // It errs only one way: a key it holds was complete when read, and every
 // write of a fill record (RecordManifest adding one, PutFill, DeleteFill,
-// Forget, UnrootImages) forgets its key once committed (forget), so a
-// partial record is never answered complete. A write is seen by a check
+// Forget, UnrootImages) forgets its key once committed (forget): they all
+// write through fillWrites, which hands the forget to the transaction
+// (fillwrites.go), so a partial record is never answered complete. A write is seen by a check
 // that runs after it returns; one that runs during it may see the state
 // before it, as a check just before it would have. A key read complete is
 // kept only if no write forgot a key since before the read began (epoch):
@@ -29,7 +36,7 @@ import (
 //
 // On a shared index it is off: another replica's writes reach the local
 // records without passing here (adopt, Refresh).
-type completeFills struct {
+type keyMemo struct {
 	seed maphash.Seed
 
 	mu  sync.Mutex
@@ -41,6 +48,8 @@ type completeFills struct {
 	base []uint64
 	// added holds the keys read complete since, at most maxAdded.
 	added map[uint64]struct{}
+	// maxBase and maxAdded bound base and added.
+	maxBase, maxAdded int
 }
 
 const (
@@ -52,18 +61,23 @@ const (
 	maxFillAdded = 16 << 10
 )
 
-func newCompleteFills() *completeFills {
-	return &completeFills{seed: maphash.MakeSeed(), added: map[uint64]struct{}{}}
+// newCompleteFills returns the memo of complete fills.
+func newCompleteFills() *keyMemo { return newKeyMemo(maxFillBase, maxFillAdded) }
+
+// newKeyMemo returns an empty memo of at most maxBase keys from a scan
+// and maxAdded from lookups.
+func newKeyMemo(maxBase, maxAdded int) *keyMemo {
+	return &keyMemo{seed: maphash.MakeSeed(), added: map[uint64]struct{}{}, maxBase: maxBase, maxAdded: maxAdded}
 }
 
 // hash is key's hash; never 0, which forget may write in base.
-func (c *completeFills) hash(key []byte) uint64 {
+func (c *keyMemo) hash(key []byte) uint64 {
 	return maphash.Bytes(c.seed, key) | 1
 }
 
 // has reports whether key's record was read complete and not written
 // since.
-func (c *completeFills) has(key []byte) bool {
+func (c *keyMemo) has(key []byte) bool {
 	h := c.hash(key)
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -79,7 +93,7 @@ func (c *completeFills) has(key []byte) bool {
 
 // begin returns the epoch to give add or install for a read that begins
 // now.
-func (c *completeFills) begin() uint64 {
+func (c *keyMemo) begin() uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.epoch
@@ -87,11 +101,11 @@ func (c *completeFills) begin() uint64 {
 
 // add keeps key, read complete by a read that began at epoch, unless a
 // write forgot a key since or the memo is full.
-func (c *completeFills) add(epoch uint64, key []byte) {
+func (c *keyMemo) add(epoch uint64, key []byte) {
 	h := c.hash(key)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.off || c.epoch != epoch || len(c.added) >= maxFillAdded {
+	if c.off || c.epoch != epoch || len(c.added) >= c.maxAdded {
 		return
 	}
 	c.added[h] = struct{}{}
@@ -100,9 +114,9 @@ func (c *completeFills) add(epoch uint64, key []byte) {
 // install keeps the keys (hashes) a full read that began at epoch found
 // complete, in place of those kept before, unless a write forgot a key
 // since. It sorts hashes.
-func (c *completeFills) install(epoch uint64, hashes []uint64) {
+func (c *keyMemo) install(epoch uint64, hashes []uint64) {
 	slices.Sort(hashes)
-	hashes = slices.Compact(hashes)
+	hashes = slices.Clip(slices.Compact(hashes[:min(len(hashes), c.maxBase)]))
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.off || c.epoch != epoch {
@@ -113,7 +127,7 @@ func (c *completeFills) install(epoch uint64, hashes []uint64) {
 
 // forget drops keys, whose records were written: call it once the write
 // is committed.
-func (c *completeFills) forget(keys ...[]byte) {
+func (c *keyMemo) forget(keys ...[]byte) {
 	if len(keys) == 0 {
 		return
 	}
@@ -137,8 +151,15 @@ func (c *completeFills) forget(keys ...[]byte) {
 	}
 }
 
+// forgetOnCommit forgets key once tx commits (bbolt's OnCommit: after a
+// successful commit, before Commit returns; never if tx rolls back).
+func (c *keyMemo) forgetOnCommit(tx *bolt.Tx, key []byte) {
+	k := bytes.Clone(key) // key may live in the transaction's pages
+	tx.OnCommit(func() { c.forget(k) })
+}
+
 // disable turns the memo off for good (a shared index).
-func (c *completeFills) disable() {
+func (c *keyMemo) disable() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.off, c.base, c.added = true, nil, nil

@@ -38,18 +38,18 @@ func (ix *Index) DeleteFill(host, repo string, dgst digest.Digest) error {
 	if err := ix.shareDelete(bucketMirrors, linkKey(host, repo, dgst)); err != nil {
 		return err
 	}
-	defer ix.fills.forget(linkKey(host, repo, dgst))
-	return ix.write(func(tx *bolt.Tx) error { return deleteFill(tx, host, repo, dgst) })
+	return ix.write(func(tx *bolt.Tx) error { return ix.fillWrites(tx).deleteFill(host, repo, dgst) })
 }
 
-func deleteFill(tx *bolt.Tx, host, repo string, dgst digest.Digest) error {
-	b := tx.Bucket(bucketMirrors)
-	if err := b.Delete(linkKey(host, repo, dgst)); err != nil {
+// deleteFill deletes the mirror state of a manifest in an upstream
+// repository.
+func (w fillWrites) deleteFill(host, repo string, dgst digest.Digest) error {
+	if err := w.delete(linkKey(host, repo, dgst)); err != nil {
 		return err
 	}
 	// A state recorded before they were kept per repository.
-	if rec, ok, err := get[FillRecord](tx, bucketMirrors, []byte(dgst)); err == nil && ok && rec.Upstream == host && rec.Repo == repo {
-		return b.Delete([]byte(dgst))
+	if rec, ok, err := get[FillRecord](w.tx, bucketMirrors, []byte(dgst)); err == nil && ok && rec.Upstream == host && rec.Repo == repo {
+		return w.delete([]byte(dgst))
 	}
 	return nil
 }
@@ -226,11 +226,10 @@ func (ix *Index) forget(dgsts []digest.Digest, given Roots, strict bool, keep fu
 				// has tags).
 				return nil
 			}
-			return forgetRoots(tx, gone, res.Forgotten, unshare)
+			return forgetRoots(tx, ix.fillWrites(tx), gone, res.Forgotten, unshare)
 		},
 		committed: func(int, int) error {
 			wrote = true
-			ix.fills.forget(unshare[string(bucketMirrors)]...)
 			// What names the content goes before the content's own
 			// records, as it did locally.
 			for _, b := range [][]byte{bucketTags, bucketMirrors, bucketLinks, bucketAccess, bucketManifests, bucketBlobs} {
@@ -256,7 +255,7 @@ func (ix *Index) forget(dgsts []digest.Digest, given Roots, strict bool, keep fu
 // forgetRoots deletes the tags and mirror records naming what a
 // transaction forgets (gone: its index in out, by digest), noting the
 // tags in out and both in unshare.
-func forgetRoots(tx *bolt.Tx, gone map[digest.Digest]int, out []Forgotten, unshare map[string][][]byte) error {
+func forgetRoots(tx *bolt.Tx, fills fillWrites, gone map[digest.Digest]int, out []Forgotten, unshare map[string][][]byte) error {
 	var stale [][]byte
 	c := tx.Bucket(bucketTags).Cursor()
 	for k, v := c.First(); k != nil; k, v = c.Next() {
@@ -276,14 +275,17 @@ func forgetRoots(tx *bolt.Tx, gone map[digest.Digest]int, out []Forgotten, unsha
 	}
 	unshare[string(bucketTags)] = stale
 	var mirrors [][]byte
-	c = tx.Bucket(bucketMirrors).Cursor()
-	for k, _ := c.First(); k != nil; k, _ = c.Next() {
+	err := fillRecordsOf(tx).ForEach(func(k, _ []byte) error {
 		if _, ok := gone[mirrorDigest(k)]; ok {
 			mirrors = append(mirrors, bytes.Clone(k))
 		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	for _, k := range mirrors {
-		if err := tx.Bucket(bucketMirrors).Delete(k); err != nil {
+		if err := fills.delete(k); err != nil {
 			return err
 		}
 	}
@@ -292,7 +294,8 @@ func forgetRoots(tx *bolt.Tx, gone map[digest.Digest]int, out []Forgotten, unsha
 }
 
 // forgetEntries deletes the entries of one digest, but not the tags and mirror
-// states naming it. It returns the link keys it deleted.
+// states naming it. It returns the link keys it deleted, each forgotten in
+// the links' memo once tx commits.
 func (ix *Index) forgetEntries(tx *bolt.Tx, d digest.Digest) ([][]byte, error) {
 	key := []byte(d)
 	for _, b := range [][]byte{bucketBlobs, bucketManifests} {
@@ -323,6 +326,7 @@ func (ix *Index) forgetEntries(tx *bolt.Tx, d digest.Digest) ([][]byte, error) {
 		if err := tx.Bucket(bucketLinks).Delete(lk); err != nil {
 			return nil, err
 		}
+		ix.links.forgetOnCommit(tx, lk)
 		links = append(links, lk)
 		// The referrers lists of content no longer held go with it, so
 		// that they do not pile up for ever.

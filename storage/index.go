@@ -60,7 +60,10 @@ type Index struct {
 	leaves *leafReader
 	// fills remembers the fill records read complete (FillComplete);
 	// every write of a fill record forgets its key there.
-	fills *completeFills
+	fills *keyMemo
+	// links remembers the links read (Linked; linkmemo.go); the deletion
+	// of one forgets its key there.
+	links *keyMemo
 	// log is where slow writes are logged (commits.go); slowCommits
 	// counts them (tests).
 	log         atomic.Pointer[slog.Logger]
@@ -74,7 +77,7 @@ var (
 	bucketManifests = []byte("manifests") // digest -> ManifestRecord
 	bucketBlobs     = []byte("blobs")     // digest -> BlobRecord
 	bucketLinks     = []byte("links")     // "host/repo@digest" -> ""
-	bucketMirrors   = []byte("mirrors")   // "host/repo@digest" -> FillRecord; a write forgets its key in ix.fills
+	bucketMirrors   = []byte("mirrors")   // "host/repo@digest" -> FillRecord; written only by fillWrites
 	bucketHolders   = []byte("holders")   // "digest\x00host/repo" -> "": links by digest
 	bucketBodies    = []byte("bodies")    // digest -> manifest bytes, for registry destinations
 	bucketPins      = []byte("pins")      // digest or "host/repo:tag" -> PinRecord
@@ -223,7 +226,8 @@ func OpenIndex(path string) (*Index, error) {
 		db.Close()
 		return nil, fmt.Errorf("index %s: %w", path, err)
 	}
-	ix := &Index{db: db, accessed: map[digest.Digest]time.Time{}, fills: newCompleteFills()}
+	ix := &Index{db: db, accessed: map[digest.Digest]time.Time{}, fills: newCompleteFills(),
+		links: newKeyMemo(maxLinkBase, maxLinkAdded)}
 	ix.adviseMapped()
 	ix.stored.Store(stored.bytes)
 	if !trusted {
@@ -481,15 +485,13 @@ func (ix *Index) RecordManifest(e ManifestEntry) error {
 				return err
 			}
 		}
-		if mkey := linkKey(e.Upstream, e.Repo, e.Digest); e.Fill != nil && tx.Bucket(bucketMirrors).Get(mkey) == nil {
+		fills := ix.fillWrites(tx)
+		if mkey := linkKey(e.Upstream, e.Repo, e.Digest); e.Fill != nil && fills.get(mkey) == nil {
 			fillAdded = true
-			return put(tx, bucketMirrors, mkey, e.Fill)
+			return fills.put(mkey, *e.Fill)
 		}
 		return nil
 	})
-	if fillAdded {
-		ix.fills.forget(linkKey(e.Upstream, e.Repo, e.Digest))
-	}
 	if err != nil {
 		return err
 	}
@@ -575,13 +577,21 @@ func (ix *Index) Link(host, repo string, dgst digest.Digest) error {
 // an upstream repository; content is served only to repositories it is
 // linked to, so repositories and upstreams never see each other's content.
 func (ix *Index) Linked(host, repo string, dgst digest.Digest) (bool, error) {
+	key := linkKey(host, repo, dgst)
+	if ix.links.has(key) {
+		return true, nil
+	}
+	epoch := ix.links.begin()
 	var ok bool
 	err := ix.db.View(func(tx *bolt.Tx) error {
-		raw, done := ix.lookup(tx, bucketLinks, linkKey(host, repo, dgst))
+		raw, done := ix.lookup(tx, bucketLinks, key)
 		ok = raw != nil
 		done()
 		return nil
 	})
+	if ok {
+		ix.links.add(epoch, key)
+	}
 	if ok || err != nil || ix.records == nil {
 		return ok, err
 	}
@@ -603,9 +613,8 @@ func (ix *Index) Fill(host, repo string, dgst digest.Digest) (FillRecord, bool, 
 // upstream repository rec names.
 func (ix *Index) PutFill(dgst digest.Digest, rec FillRecord) error {
 	err := ix.write(func(tx *bolt.Tx) error {
-		return put(tx, bucketMirrors, linkKey(rec.Upstream, rec.Repo, dgst), rec)
+		return ix.fillWrites(tx).put(linkKey(rec.Upstream, rec.Repo, dgst), rec)
 	})
-	ix.fills.forget(linkKey(rec.Upstream, rec.Repo, dgst))
 	if err != nil {
 		return err
 	}
@@ -629,7 +638,7 @@ func (ix *Index) IncompleteFills() ([]FillEntry, error) {
 	err := ix.db.View(func(tx *bolt.Tx) error {
 		rel := ix.releaser(tx) // a read of every record: see releaser
 		defer rel.done()
-		return tx.Bucket(bucketMirrors).ForEach(func(k, v []byte) error {
+		return fillRecordsOf(tx).ForEach(func(k, v []byte) error {
 			rel.read(k, v)
 			// (Only the state can hold this: a JSON string has no bare
 			// quote, and the index writes each field once.)

@@ -40,6 +40,7 @@ func (ix *Index) ShareRecords(records Records, now func() time.Time) {
 	ix.records = records
 	ix.clock = now
 	ix.fills.disable() // other replicas' writes do not pass it
+	ix.links.disable()
 }
 
 // now is the shared index's clock.

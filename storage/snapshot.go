@@ -274,7 +274,7 @@ func readRoots(tx *bolt.Tx, t *ContentTable, tag func(key, dgst []byte), rel *re
 	if err != nil {
 		return nil, err
 	}
-	err = tx.Bucket(bucketMirrors).ForEach(func(k, _ []byte) error {
+	err = fillRecordsOf(tx).ForEach(func(k, _ []byte) error {
 		rel.read(k, nil)
 		s.addBytes(mirrorDigestBytes(k))
 		return nil

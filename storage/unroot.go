@@ -80,7 +80,7 @@ func (ix *Index) UnrootImagesTimed(us []Unroot) (longest time.Duration, err erro
 		item: func(tx *bolt.Tx, i int) (int, error) {
 			o := ops[i]
 			if f := o.fill; f != nil {
-				if err := deleteFill(tx, f.Upstream, f.Repo, f.Digest); err != nil {
+				if err := ix.fillWrites(tx).deleteFill(f.Upstream, f.Repo, f.Digest); err != nil {
 					return 0, fmt.Errorf("evicting %s/%s@%s: %w", f.Upstream, f.Repo, f.Digest, err)
 				}
 				fills = append(fills, linkKey(f.Upstream, f.Repo, f.Digest))
@@ -97,7 +97,6 @@ func (ix *Index) UnrootImagesTimed(us []Unroot) (longest time.Duration, err erro
 			return 1, nil
 		},
 		committed: func(int, int) error {
-			ix.fills.forget(fills...)
 			if err := ix.shareDelete(bucketTags, tags...); err != nil {
 				return err
 			}
