@@ -523,6 +523,11 @@ func (p *Proxy) startManifest(ctx context.Context, t target, ref oci.Ref, fill b
 				done(err)
 			}
 		}()
+		if fill && p.fetchAhead && !viaPeer {
+			// The blobs follow the manifest, all at once: their
+			// connections open while the handshake waits on the upstream.
+			t.up.Warm(int(p.upstreamConns))
+		}
 		up, err := p.upstreamManifest(ctx, t, ref, viaPeer)
 		if errors.Is(err, upstream.ErrInvalid) {
 			p.metrics.UpstreamErrors.WithLabelValues(t.host(), "digest").Inc()

@@ -190,6 +190,18 @@ func DefaultTransport() *http.Transport {
 	return t
 }
 
+// Warm opens up to n connections to the upstream ahead of the requests
+// that will need them (Guard.Warm): the proxy calls it as a cold pull's
+// manifest is asked for, for the blobs it will fetch at once after it.
+// Without a guard (the client is given no dialer of its own) it does
+// nothing.
+func (c *Client) Warm(n int) {
+	if c.guard == nil {
+		return
+	}
+	c.guard.Warm(hostPort(&url.URL{Scheme: c.scheme, Host: c.registry.RegistryStr()}), n)
+}
+
 // Host is the name clients use for this upstream, e.g. "docker.io".
 func (c *Client) Host() string { return c.host }
 
