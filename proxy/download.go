@@ -652,10 +652,11 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 			}
 			v.Write(buf[:m])
 			n += int64(m)
-			if errors.Is(rerr, io.EOF) || n == size {
-				// The last bytes: made readable below, with the
-				// verification, in one step (one wake-up of the
-				// readers, who get them whole).
+			if errors.Is(rerr, io.EOF) {
+				// The last bytes (net/http returns the end of a body
+				// of known length with them): made readable below,
+				// with the verification, in one step, one wake-up of
+				// the readers rather than two.
 				break
 			}
 			dl.update(func() { dl.written = n })
