@@ -215,3 +215,41 @@ func waitReadable(t *testing.T, c net.Conn) {
 		t.Fatal(err)
 	}
 }
+
+// A manifest GET with BlobsFollow(n) opens n connections for the blobs,
+// after the handshake (the ping saw one connection: its own), and the
+// manifest's answer is not held up for them.
+func TestManifestBlobsFollowWarmsAfterTheHandshake(t *testing.T) {
+	var atPing atomic.Int32
+	var conns *atomic.Int32
+	srv, c0 := countingServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v2/" {
+			atPing.Store(conns.Load())
+			return
+		}
+		w.Header().Set("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+		io.WriteString(w, `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}`)
+	}), nil)
+	conns = c0
+	addr := srv.Listener.Addr().String()
+	g, opened := warmGuard(addr)
+	base := DefaultTransport()
+	base.DialContext = g.DialContext
+	defer base.CloseIdleConnections()
+	c, err := New("example.test", srv.URL, WithTransport(base), WithGuard(g))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Manifest(context.Background(), "library/app", oci.Ref{Tag: "v1"}, BlobsFollow(3)); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		<-opened
+	}
+	if got := atPing.Load(); got != 1 {
+		t.Errorf("the ping arrived with %d connections open, want 1: warmed before the handshake", got)
+	}
+	if got := parkedTo(g, addr); got != 3 {
+		t.Errorf("%d connections parked after a manifest with BlobsFollow(3), want 3", got)
+	}
+}
