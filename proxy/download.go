@@ -652,6 +652,13 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 			}
 			v.Write(buf[:m])
 			n += int64(m)
+			if errors.Is(rerr, io.EOF) {
+				// The last bytes (net/http returns the end of a body
+				// of known length with them): made readable below,
+				// with the verification, in one step, one wake-up of
+				// the readers rather than two.
+				break
+			}
 			dl.update(func() { dl.written = n })
 		}
 		if errors.Is(rerr, io.EOF) {
@@ -686,7 +693,7 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 			"upstream %s sent %d bytes for blob %s that do not match its digest", t.host(), n, dl.dgst).WithStatus(http.StatusBadGateway))
 		return
 	}
-	dl.update(func() { dl.verified = true })
+	dl.update(func() { dl.written, dl.verified = n, true })
 	endStream()
 	if !fromStore {
 		// Readers have every byte now; the store's fsyncs and the

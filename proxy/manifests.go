@@ -523,7 +523,13 @@ func (p *Proxy) startManifest(ctx context.Context, t target, ref oci.Ref, fill b
 				done(err)
 			}
 		}()
-		up, err := p.upstreamManifest(ctx, t, ref, viaPeer)
+		var opts []upstream.ManifestOption
+		if fill && p.fetchAhead {
+			// The blobs follow the manifest, all at once (fetching
+			// ahead), within the upstream's budget.
+			opts = append(opts, upstream.BlobsFollow(int(p.upstreamConns)))
+		}
+		up, err := p.upstreamManifest(ctx, t, ref, viaPeer, opts...)
 		if errors.Is(err, upstream.ErrInvalid) {
 			p.metrics.UpstreamErrors.WithLabelValues(t.host(), "digest").Inc()
 		}

@@ -73,13 +73,13 @@ func ownerKey(t target, ref oci.Ref) string {
 
 // upstreamManifest fetches a manifest through its owner if viaPeer, else
 // (or when the owner cannot answer) from the upstream.
-func (p *Proxy) upstreamManifest(ctx context.Context, t target, ref oci.Ref, viaPeer bool) (*upstream.Manifest, error) {
+func (p *Proxy) upstreamManifest(ctx context.Context, t target, ref oci.Ref, viaPeer bool, opts ...upstream.ManifestOption) (*upstream.Manifest, error) {
 	if viaPeer {
 		if m, ok, err := p.peers.Manifest(ctx, ownerKey(t, ref), t.host(), t.repo, ref); ok {
 			return m, err
 		}
 	}
-	return t.up.Manifest(ctx, t.repo, ref)
+	return t.up.Manifest(ctx, t.repo, ref, opts...)
 }
 
 // fillFromPeer has the owner of a blob the background mirror needs fetch

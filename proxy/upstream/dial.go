@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -34,6 +35,13 @@ type Guard struct {
 	others map[string]bool
 	// lookup resolves a host; net.DefaultResolver's, replaced in tests.
 	lookup func(ctx context.Context, network, host string) ([]netip.Addr, error)
+	// warm holds the connections opened ahead of the requests that will
+	// need them (Warm).
+	warm warmConns
+	// proxied: the transport may send requests through an HTTP proxy
+	// (Proxy), so it may never dial the upstream itself: nothing is
+	// opened ahead.
+	proxied atomic.Bool
 }
 
 // NewGuard returns a guard allowing the addresses in allowed (host[:port])
@@ -120,8 +128,20 @@ func (g *Guard) check(ctx context.Context, addr string) ([]netip.Addr, error) {
 }
 
 // DialContext connects to addr if the guard allows it: an allowed address
-// as it is, another at the public address its host resolved to.
+// as it is, another at the public address its host resolved to. A
+// connection to addr opened ahead (Warm) and still open is handed out
+// first.
 func (g *Guard) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	if network == "tcp" {
+		if c := g.warm.take(addr); c != nil {
+			return c, nil
+		}
+	}
+	return g.connect(ctx, network, addr)
+}
+
+// connect is DialContext without the connections opened ahead.
+func (g *Guard) connect(ctx context.Context, network, addr string) (net.Conn, error) {
 	addrs, err := g.check(ctx, addr)
 	if err != nil {
 		return nil, err
@@ -141,6 +161,9 @@ func (g *Guard) DialContext(ctx context.Context, network, addr string) (net.Conn
 // proxy whatever the proxy reaches. A request not proxied is left to
 // DialContext.
 func (g *Guard) Proxy(next func(*http.Request) (*url.URL, error)) func(*http.Request) (*url.URL, error) {
+	if next != nil {
+		g.proxied.Store(true)
+	}
 	return func(req *http.Request) (*url.URL, error) {
 		if next == nil {
 			return nil, nil

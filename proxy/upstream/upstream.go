@@ -190,6 +190,28 @@ func DefaultTransport() *http.Transport {
 	return t
 }
 
+// ManifestOption is an option of a manifest request (Manifest).
+type ManifestOption func(*manifestOptions)
+
+type manifestOptions struct{ blobsFollow int }
+
+// BlobsFollow tells Manifest that up to n blob downloads from the upstream
+// follow the manifest at once (the proxy fetching a cold image's blobs
+// ahead): once the handshake is done (ping and token: connections opened
+// alongside would slow it), n connections are opened (Warm) while the
+// manifest's own request waits for its answer.
+func BlobsFollow(n int) ManifestOption { return func(o *manifestOptions) { o.blobsFollow = n } }
+
+// Warm opens up to n connections to the upstream ahead of the requests
+// that will need them (Guard.Warm). Without a guard (the client is given
+// no dialer of its own) it does nothing.
+func (c *Client) Warm(n int) {
+	if c.guard == nil {
+		return
+	}
+	c.guard.Warm(hostPort(&url.URL{Scheme: c.scheme, Host: c.registry.RegistryStr()}), n)
+}
+
 // Host is the name clients use for this upstream, e.g. "docker.io".
 func (c *Client) Host() string { return c.host }
 
@@ -429,6 +451,13 @@ func (c *Client) url(repo, kind, ref string) string {
 // do sends a request for repo and returns the response if its status is
 // one of ok; otherwise it closes the body and returns the mapped error.
 func (c *Client) do(ctx context.Context, repo string, req *http.Request, r call, ok ...int) (*http.Response, error) {
+	return c.doWarming(ctx, repo, req, r, 0, ok...)
+}
+
+// doWarming is do, and once the handshake is done (the transport is
+// ready), as the request goes out, it opens warm connections for the
+// requests that follow (Warm).
+func (c *Client) doWarming(ctx context.Context, repo string, req *http.Request, r call, warm int, ok ...int) (*http.Response, error) {
 	if err := c.backingOff(r); err != nil {
 		return nil, err
 	}
@@ -438,6 +467,9 @@ func (c *Client) do(ctx context.Context, repo string, req *http.Request, r call,
 			c.noteAnswer(nil, err)
 		}
 		return nil, err
+	}
+	if warm > 0 {
+		c.Warm(warm)
 	}
 	resp, err := c.send(ctx, t, req, r)
 	if err != nil {
@@ -582,14 +614,18 @@ type Manifest struct {
 // Manifest fetches a manifest by tag or digest. The digest is computed from
 // the body and checked against the requested digest and against the
 // upstream's Docker-Content-Digest header.
-func (c *Client) Manifest(ctx context.Context, repo string, ref oci.Ref) (*Manifest, error) {
+func (c *Client) Manifest(ctx context.Context, repo string, ref oci.Ref, opts ...ManifestOption) (*Manifest, error) {
+	var o manifestOptions
+	for _, f := range opts {
+		f(&o)
+	}
 	req, err := http.NewRequest(http.MethodGet, c.url(repo, "manifests", ref.String()), nil)
 	if err != nil {
 		return nil, err
 	}
 	req.Header.Set("Accept", oci.Accept)
 	r := call{KindManifest, fmt.Sprintf("manifest %s:%s", repo, ref)}
-	resp, err := c.do(ctx, repo, req, r, http.StatusOK)
+	resp, err := c.doWarming(ctx, repo, req, r, o.blobsFollow, http.StatusOK)
 	if err != nil {
 		return nil, err
 	}
