@@ -628,10 +628,14 @@ type FillEntry struct {
 }
 
 // IncompleteFills returns the manifests whose mirroring has not finished,
-// e.g. because the process stopped; they are resumed at start. The
+// e.g. because the process stopped; they are resumed at start. It waits
+// for the mapped-page watcher's first release (waitFirstRelease). The
 // complete ones it reads are remembered (up to maxFillBase), so that
 // FillComplete answers for them without a lookup.
 func (ix *Index) IncompleteFills() ([]FillEntry, error) {
+	// A start reads them right after the open (in the background): not
+	// beside the watcher's first walk.
+	ix.mapped.waitFirstRelease()
 	var out []FillEntry
 	var complete []uint64
 	epoch := ix.fills.begin()
