@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"runtime"
 	"sync"
 
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
@@ -121,10 +120,4 @@ func (p *Proxy) startFetchAhead(ctx context.Context, t target, m *storedManifest
 		}
 		_ = g.Wait()
 	}()
-	// The client asks for these blobs next, and the upstream's round trip
-	// is the longest part of each: let their requests go out first, before
-	// the caller answers the client and writes the manifest (on two busy
-	// cores they waited ~2 ms for a thread otherwise; the client's own
-	// requests for them have a round trip to spare).
-	runtime.Gosched()
 }
