@@ -248,20 +248,20 @@ func (s *Server) Handler() http.Handler {
 // image meanwhile starts its fill itself, and the resume's is then the
 // same one (fills are one per image).
 func (s *Server) Start(ctx context.Context) error {
+	// Two full reads of the index, one after the other: side by side
+	// their mapped pages would add up (the RSS bound at 100k images).
 	s.background.Go(func() {
 		if err := s.Proxy.ResumeFills(ctx); err != nil {
 			s.opts.log.Error("resuming interrupted fills; they resume on the next pull or restart", "error", err)
+		}
+		// Blob hits then find their link in memory (storage/linkmemo.go).
+		if err := s.Index.RememberLinks(ctx); err != nil && ctx.Err() == nil {
+			s.opts.log.Warn("reading the links to remember them", "error", err)
 		}
 	})
 	if err := s.Proxy.ResumeJobs(ctx); err != nil {
 		return err
 	}
-	// Blob hits then find their link in memory (storage/linkmemo.go).
-	s.background.Go(func() {
-		if err := s.Index.RememberLinks(ctx); err != nil && ctx.Err() == nil {
-			s.opts.log.Warn("reading the links to remember them", "error", err)
-		}
-	})
 	s.runCluster(ctx)
 	if s.cfg.Sync.Interval > 0 {
 		sync := proxy.Sync{Images: s.cfg.Sync.Images, Platforms: s.cfg.Sync.Platforms, Pin: s.cfg.Sync.Pin}

@@ -36,11 +36,13 @@ const (
 // RememberLinks reads every link so that Linked answers for them without
 // an index lookup (see maxLinkBase). It stops early, remembering none,
 // when ctx ends. Meant for the start-up's background work; a write
-// deleting a link meanwhile makes it remember none.
+// deleting a link meanwhile makes it remember none. It waits for the
+// mapped-page watcher's first release, as IncompleteFills does.
 func (ix *Index) RememberLinks(ctx context.Context) error {
 	if ix.records != nil {
 		return nil // the memo is off (ShareRecords)
 	}
+	ix.mapped.waitFirstRelease() // as IncompleteFills: not beside the watcher's first walk
 	var hashes []uint64
 	epoch := ix.links.begin()
 	err := ix.db.View(func(tx *bolt.Tx) error {
