@@ -44,6 +44,27 @@ func warmGuard(addr string) (*Guard, chan struct{}) {
 	return g, opened
 }
 
+// warmClient is a client of srv whose dials go through a guard that
+// signals each connection it opens ahead.
+func warmClient(t *testing.T, srv *httptest.Server) (*Client, *Guard, chan struct{}) {
+	t.Helper()
+	g, opened := warmGuard(srv.Listener.Addr().String())
+	base := DefaultTransport()
+	base.DialContext = g.DialContext
+	t.Cleanup(base.CloseIdleConnections)
+	c, err := New("example.test", srv.URL, WithTransport(base), WithGuard(g))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, g, opened
+}
+
+// writeManifest answers an empty OCI image manifest.
+func writeManifest(w http.ResponseWriter) {
+	w.Header().Set("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+	io.WriteString(w, `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}`)
+}
+
 func parkedTo(g *Guard, addr string) int {
 	g.warm.mu.Lock()
 	defer g.warm.mu.Unlock()
@@ -173,18 +194,10 @@ func TestClientWarmsItsUpstream(t *testing.T) {
 		if r.URL.Path == "/v2/" {
 			return
 		}
-		w.Header().Set("Content-Type", "application/vnd.oci.image.manifest.v1+json")
-		io.WriteString(w, `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}`)
+		writeManifest(w)
 	}), nil)
 	addr := srv.Listener.Addr().String()
-	g, opened := warmGuard(addr)
-	base := DefaultTransport()
-	base.DialContext = g.DialContext
-	defer base.CloseIdleConnections()
-	c, err := New("example.test", srv.URL, WithTransport(base), WithGuard(g))
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, g, opened := warmClient(t, srv)
 	c.Warm(1)
 	<-opened
 	if parkedTo(g, addr) != 1 {
@@ -227,19 +240,11 @@ func TestManifestBlobsFollowWarmsAfterTheHandshake(t *testing.T) {
 			atPing.Store(conns.Load())
 			return
 		}
-		w.Header().Set("Content-Type", "application/vnd.oci.image.manifest.v1+json")
-		io.WriteString(w, `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}`)
+		writeManifest(w)
 	}), nil)
 	conns = c0
 	addr := srv.Listener.Addr().String()
-	g, opened := warmGuard(addr)
-	base := DefaultTransport()
-	base.DialContext = g.DialContext
-	defer base.CloseIdleConnections()
-	c, err := New("example.test", srv.URL, WithTransport(base), WithGuard(g))
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, g, opened := warmClient(t, srv)
 	if _, err := c.Manifest(context.Background(), "library/app", oci.Ref{Tag: "v1"}, BlobsFollow(3)); err != nil {
 		t.Fatal(err)
 	}
