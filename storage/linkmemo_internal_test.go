@@ -16,6 +16,27 @@ func checkLinked(t *testing.T, ix *Index, repo string, d digest.Digest, want boo
 	}
 }
 
+// remember records d's links to repos and has the memo read them: by a
+// scan (RememberLinks), or by a lookup of each (from "lookup").
+func remember(t *testing.T, ix *Index, from string, d digest.Digest, repos ...string) {
+	t.Helper()
+	at := time.Date(2026, 12, 3, 23, 0, 0, 0, time.UTC)
+	for _, repo := range repos {
+		if err := ix.RecordBlob("docker.io", repo, d, 5, at); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if from == "scan" {
+		if err := ix.RememberLinks(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	for _, repo := range repos {
+		checkLinked(t, ix, repo, d, true)
+	}
+}
+
 // deleteLinkBehindTheMemo deletes a link as no code of the index does:
 // without telling the memo, so that a Linked still true answers from it.
 func deleteLinkBehindTheMemo(t *testing.T, ix *Index, repo string, d digest.Digest) {
@@ -31,21 +52,11 @@ func deleteLinkBehindTheMemo(t *testing.T, ix *Index, repo string, d digest.Dige
 // lookup read, and looks up the others: a repository the blob is not
 // linked to is never answered linked.
 func TestLinkedRemembersTheLinks(t *testing.T) {
-	at := time.Date(2026, 12, 3, 23, 0, 0, 0, time.UTC)
 	for _, from := range []string{"scan", "lookup"} {
 		t.Run(from, func(t *testing.T) {
 			ix := openTestIndex(t)
 			d := digest.FromString("layer")
-			if err := ix.RecordBlob("docker.io", "library/a", d, 5, at); err != nil {
-				t.Fatal(err)
-			}
-			if from == "scan" {
-				if err := ix.RememberLinks(context.Background()); err != nil {
-					t.Fatal(err)
-				}
-			} else {
-				checkLinked(t, ix, "library/a", d, true)
-			}
+			remember(t, ix, from, d, "library/a")
 			checkLinked(t, ix, "library/b", d, false)
 			deleteLinkBehindTheMemo(t, ix, "library/a", d)
 			checkLinked(t, ix, "library/a", d, true) // from memory
@@ -58,24 +69,11 @@ func TestLinkedRemembersTheLinks(t *testing.T) {
 // once committed: a blob forgotten is linked to no repository, whether
 // its link was remembered by the scan or by a lookup.
 func TestForgetForgetsTheLinks(t *testing.T) {
-	at := time.Date(2026, 12, 3, 23, 0, 0, 0, time.UTC)
 	for _, from := range []string{"scan", "lookup"} {
 		t.Run(from, func(t *testing.T) {
 			ix := openTestIndex(t)
 			d := digest.FromString("layer")
-			for _, repo := range []string{"library/a", "library/b"} {
-				if err := ix.RecordBlob("docker.io", repo, d, 5, at); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if from == "scan" {
-				if err := ix.RememberLinks(context.Background()); err != nil {
-					t.Fatal(err)
-				}
-			} else {
-				checkLinked(t, ix, "library/a", d, true)
-				checkLinked(t, ix, "library/b", d, true)
-			}
+			remember(t, ix, from, d, "library/a", "library/b")
 			for _, repo := range []string{"library/a", "library/b"} {
 				if !ix.links.has(linkKey("docker.io", repo, d)) {
 					t.Fatalf("%s's link not remembered", repo)
