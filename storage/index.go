@@ -289,14 +289,6 @@ func linkKey(host, repo string, dgst digest.Digest) []byte {
 	return []byte(host + "/" + repo + "@" + dgst.String())
 }
 
-// link records that dgst belongs to an upstream repository, both ways.
-func link(tx *bolt.Tx, host, repo string, dgst digest.Digest) error {
-	if err := tx.Bucket(bucketLinks).Put(linkKey(host, repo, dgst), nil); err != nil {
-		return err
-	}
-	return tx.Bucket(bucketHolders).Put([]byte(dgst.String()+"\x00"+host+"/"+repo), nil)
-}
-
 // Holders lists the upstream repositories ("host/repo") dgst is linked to,
 // e.g. to mount a blob from one of them in a registry destination.
 func (ix *Index) Holders(dgst digest.Digest) ([]string, error) {

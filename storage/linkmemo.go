@@ -11,8 +11,9 @@ package storage
 // images, in the server's background) and by lookups that found one since.
 //
 // Like the fill memo it errs one way only, here towards serving: a link
-// is only ever deleted with its content (forget), which forgets its key
-// once committed, so a link deleted is never answered present. A key it
+// is only ever deleted with its content (forget, through unlink in
+// linkwrites.go), which forgets its key once committed, so a link
+// deleted is never answered present. A key it
 // does not hold is looked up. Two keys sharing a hash under the memo's
 // random seed (a chance of about n/2⁶⁴ per request for an unlinked
 // repository, n the links held: ~2·10⁻¹⁴ at 100k images) would serve a

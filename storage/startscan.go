@@ -128,7 +128,7 @@ func (ix *Index) readFills(ctx context.Context, tx *bolt.Tx, rel *releaser) (inc
 func (ix *Index) readLinks(ctx context.Context, tx *bolt.Tx, rel *releaser) ([]uint64, error) {
 	var hashes []uint64
 	n := 0
-	err := tx.Bucket(bucketLinks).ForEach(func(k, v []byte) error {
+	err := linkRecordsOf(tx).ForEach(func(k, v []byte) error {
 		rel.read(k, v)
 		if n%scanCheckEvery == 0 && ctx.Err() != nil {
 			return ctx.Err()
