@@ -380,9 +380,12 @@ func (p *Proxy) countFill(kind string) func(error) {
 func (p *Proxy) WaitIdle(ctx context.Context) error { return p.work.wait(ctx) }
 
 // ResumeFills restarts the background fill of every index whose
-// mirroring did not finish, e.g. because the process was stopped.
+// mirroring did not finish, e.g. because the process was stopped. Its
+// read of the index is the start-up's one full read (ScanAtStart: the
+// index's memos of complete fills and of links are read in the same
+// pass).
 func (p *Proxy) ResumeFills(ctx context.Context) error {
-	pending, err := p.index.IncompleteFills()
+	pending, err := p.index.ScanAtStart(ctx)
 	if err != nil {
 		return err
 	}

@@ -243,20 +243,18 @@ func (s *Server) Handler() http.Handler {
 
 // Start resumes the fills and prefetch jobs an earlier run left unfinished
 // and starts the configured sync; all stop when ctx ends. The fills are
-// resumed in the background: finding them reads every mirror record
-// (~0.1 s at 100k images), which no request waits for; a pull of an
+// resumed in the background: finding them reads every mirror record,
+// with every link for the index's memo of them (~0.25 s at 100k images),
+// which no request waits for; a pull of an
 // image meanwhile starts its fill itself, and the resume's is then the
 // same one (fills are one per image).
 func (s *Server) Start(ctx context.Context) error {
-	// Two full reads of the index, one after the other: side by side
-	// their mapped pages would add up (the RSS bound at 100k images).
+	// One full read of the index (the fill records and the links, for
+	// the fills to resume and the memos that answer hits:
+	// storage.Index.ScanAtStart).
 	s.background.Go(func() {
-		if err := s.Proxy.ResumeFills(ctx); err != nil {
+		if err := s.Proxy.ResumeFills(ctx); err != nil && ctx.Err() == nil {
 			s.opts.log.Error("resuming interrupted fills; they resume on the next pull or restart", "error", err)
-		}
-		// Blob hits then find their link in memory (storage/linkmemo.go).
-		if err := s.Index.RememberLinks(ctx); err != nil && ctx.Err() == nil {
-			s.opts.log.Warn("reading the links to remember them", "error", err)
 		}
 	})
 	if err := s.Proxy.ResumeJobs(ctx); err != nil {

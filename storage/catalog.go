@@ -18,7 +18,7 @@ type Repository struct {
 func (ix *Index) Repositories() ([]Repository, error) {
 	var out []Repository
 	err := ix.db.View(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bucketLinks).Cursor()
+		c := linkRecordsOf(tx).Cursor()
 		for k, _ := c.First(); k != nil; {
 			at := bytes.LastIndexByte(k, '@')
 			host, repo, ok := bytes.Cut(k[:max(at, 0)], []byte("/"))

@@ -319,14 +319,10 @@ func (ix *Index) forgetEntries(tx *bolt.Tx, d digest.Digest) ([][]byte, error) {
 	}
 	var links [][]byte
 	for _, k := range holders {
-		if err := tx.Bucket(bucketHolders).Delete(k); err != nil {
+		lk, err := ix.unlink(tx, d, string(k[len(prefix):]))
+		if err != nil {
 			return nil, err
 		}
-		lk := []byte(string(k[len(prefix):]) + "@" + d.String())
-		if err := tx.Bucket(bucketLinks).Delete(lk); err != nil {
-			return nil, err
-		}
-		ix.links.forgetOnCommit(tx, lk)
 		links = append(links, lk)
 		// The referrers lists of content no longer held go with it, so
 		// that they do not pile up for ever.

@@ -289,14 +289,6 @@ func linkKey(host, repo string, dgst digest.Digest) []byte {
 	return []byte(host + "/" + repo + "@" + dgst.String())
 }
 
-// link records that dgst belongs to an upstream repository, both ways.
-func link(tx *bolt.Tx, host, repo string, dgst digest.Digest) error {
-	if err := tx.Bucket(bucketLinks).Put(linkKey(host, repo, dgst), nil); err != nil {
-		return err
-	}
-	return tx.Bucket(bucketHolders).Put([]byte(dgst.String()+"\x00"+host+"/"+repo), nil)
-}
-
 // Holders lists the upstream repositories ("host/repo") dgst is linked to,
 // e.g. to mount a blob from one of them in a registry destination.
 func (ix *Index) Holders(dgst digest.Digest) ([]string, error) {
@@ -625,48 +617,6 @@ func (ix *Index) PutFill(dgst digest.Digest, rec FillRecord) error {
 type FillEntry struct {
 	Digest digest.Digest
 	FillRecord
-}
-
-// IncompleteFills returns the manifests whose mirroring has not finished,
-// e.g. because the process stopped; they are resumed at start. It waits
-// for the mapped-page watcher's first release (waitFirstRelease). The
-// complete ones it reads are remembered (up to maxFillBase), so that
-// FillComplete answers for them without a lookup.
-func (ix *Index) IncompleteFills() ([]FillEntry, error) {
-	// A start reads them right after the open (in the background): not
-	// beside the watcher's first walk.
-	ix.mapped.waitFirstRelease()
-	var out []FillEntry
-	var complete []uint64
-	epoch := ix.fills.begin()
-	err := ix.db.View(func(tx *bolt.Tx) error {
-		rel := ix.releaser(tx) // a read of every record: see releaser
-		defer rel.done()
-		return fillRecordsOf(tx).ForEach(func(k, v []byte) error {
-			rel.read(k, v)
-			// (Only the state can hold this: a JSON string has no bare
-			// quote, and the index writes each field once.)
-			if bytes.Contains(v, []byte(`"state":"`+FillComplete+`"`)) {
-				if len(complete) < maxFillBase {
-					complete = append(complete, ix.fills.hash(k))
-				}
-				return nil // most records, skipped without decoding them
-			}
-			var rec FillRecord
-			if err := json.Unmarshal(v, &rec); err != nil {
-				return fmt.Errorf("index: corrupt mirror entry %q: %w", k, err)
-			}
-			at := bytes.LastIndexByte(k, '@')
-			if rec.State != FillComplete && at >= 0 {
-				out = append(out, FillEntry{Digest: digest.Digest(k[at+1:]), FillRecord: rec})
-			}
-			return nil
-		})
-	})
-	if err == nil {
-		ix.fills.install(epoch, complete)
-	}
-	return out, err
 }
 
 // Touch notes that dgst was served at t. It is written on the next Flush.

@@ -1,11 +1,5 @@
 package storage
 
-import (
-	"context"
-
-	bolt "go.etcd.io/bbolt"
-)
-
 // A blob hit's one index lookup is its link (Linked: is the blob served
 // to this repository?). At 100k images the links bucket holds 400k keys
 // in ~90 MiB of leaves, 5 levels deep, and the lookup reads its leaf from
@@ -13,12 +7,13 @@ import (
 // of a blob hit's difference between the two. Index.links remembers the
 // links as 64-bit hashes (keyMemo, 8 bytes each: 3.2 MB at 100k images,
 // at most maxLinkBase from the scan), read by one scan of the bucket
-// after start (RememberLinks, ~0.25 s at 100k images, in the server's
-// background) and by lookups that found one since.
+// after start (ScanAtStart, with the fill records: ~0.25 s at 100k
+// images, in the server's background) and by lookups that found one since.
 //
 // Like the fill memo it errs one way only, here towards serving: a link
-// is only ever deleted with its content (forget), which forgets its key
-// once committed, so a link deleted is never answered present. A key it
+// is only ever deleted with its content (forget, through unlink in
+// linkwrites.go), which forgets its key once committed, so a link
+// deleted is never answered present. A key it
 // does not hold is looked up. Two keys sharing a hash under the memo's
 // random seed (a chance of about n/2⁶⁴ per request for an unlinked
 // repository, n the links held: ~2·10⁻¹⁴ at 100k images) would serve a
@@ -32,35 +27,3 @@ const (
 	// maxLinkAdded bounds the links added by lookups after it.
 	maxLinkAdded = 16 << 10
 )
-
-// RememberLinks reads every link so that Linked answers for them without
-// an index lookup (see maxLinkBase). It stops early, remembering none,
-// when ctx ends. Meant for the start-up's background work; a write
-// deleting a link meanwhile makes it remember none. It waits for the
-// mapped-page watcher's first release, as IncompleteFills does.
-func (ix *Index) RememberLinks(ctx context.Context) error {
-	if ix.records != nil {
-		return nil // the memo is off (ShareRecords)
-	}
-	ix.mapped.waitFirstRelease() // as IncompleteFills: not beside the watcher's first walk
-	var hashes []uint64
-	epoch := ix.links.begin()
-	err := ix.db.View(func(tx *bolt.Tx) error {
-		rel := ix.releaser(tx) // a read of every record: see releaser
-		defer rel.done()
-		return tx.Bucket(bucketLinks).ForEach(func(k, v []byte) error {
-			rel.read(k, v)
-			if len(hashes)%4096 == 0 && ctx.Err() != nil {
-				return ctx.Err()
-			}
-			if len(hashes) < maxLinkBase {
-				hashes = append(hashes, ix.links.hash(k))
-			}
-			return nil
-		})
-	})
-	if err == nil {
-		ix.links.install(epoch, hashes)
-	}
-	return err
-}

@@ -44,14 +44,19 @@ type releaser struct {
 	ok   bool
 	// budget is fullReadBudget (tests set less).
 	budget int64
-	// releases counts the releases during the read (tests).
+	// rss reads RssFile: residentFileBytes (tests fake it).
+	rss func() (int64, bool)
+	// releases counts the releases during the read (tests); busy, if
+	// not nil, is called when a release finds the branch cache busy
+	// (tests).
 	releases int
+	busy     func()
 }
 
 // releaser returns a releaser for a read transaction of ix.
 func (ix *Index) releaser(tx *bolt.Tx) *releaser {
-	r := &releaser{ix: ix, tx: tx, budget: fullReadBudget}
-	r.base, r.ok = residentFileBytes()
+	r := &releaser{ix: ix, tx: tx, budget: fullReadBudget, rss: residentFileBytes}
+	r.base, r.ok = r.rss()
 	return r
 }
 
@@ -64,7 +69,7 @@ func (r *releaser) read(k, v []byte) {
 	if !r.ok {
 		if r.n >= releaseEvery {
 			r.n = 0
-			r.release()
+			r.release(false)
 		}
 		return
 	}
@@ -72,30 +77,50 @@ func (r *releaser) read(k, v []byte) {
 		return
 	}
 	r.n = 0
-	n, ok := residentFileBytes()
+	n, ok := r.rss()
 	switch {
 	case !ok:
 	case n < r.base:
 		r.base = n // released by another read, the watcher or the kernel
 	case n-r.base >= r.budget:
-		r.release()
-		if n, ok := residentFileBytes(); ok {
+		if !r.release(false) {
+			// The watcher is walking its branch pages (its first walk
+			// at start takes ~0.1 s at 100k images): the base stays,
+			// so that the next look, releaseCheckEvery on, tries again.
+			// Moving it up to n would let the read map another budget
+			// before it tried (the start's scans reached RssFile 116–178
+			// MiB at 100k so).
+			return
+		}
+		if n, ok := r.rss(); ok {
 			r.base = n
 		}
 	}
 }
 
-// release releases the pages now.
-func (r *releaser) release() {
+// release releases the pages now and reports whether it did: it does
+// not while the watcher walks the branch pages (releaseKept), unless
+// wait, when it waits for the walk to end.
+func (r *releaser) release(wait bool) bool {
+	if !r.ix.releaseKept(r.tx, false) {
+		if r.busy != nil {
+			r.busy()
+		}
+		if !wait {
+			return false
+		}
+		r.ix.releaseKept(r.tx, true)
+	}
 	r.releases++
-	r.ix.releaseKept(r.tx)
+	return true
 }
 
 // done releases the pages once the read is over (still inside the
-// transaction).
+// transaction), waiting for a walk of the watcher's to end: the read
+// has no later look to try again at.
 func (r *releaser) done() {
 	if r != nil {
-		r.release()
+		r.release(true)
 	}
 }
 
@@ -205,9 +230,10 @@ func (w *mappedWatch) release(ix *Index, base int64) int64 {
 // waitFirstRelease waits for the watcher's first release, or its stop; a
 // nil watcher does not wait. That release walks the hot buckets' branch
 // pages (~100 ms at 100k images) holding the branch cache, and a full
-// read's releases meanwhile are skipped (releaseKept): a full read begun
-// beside it maps what it reads until the walk ends (the fills' resume at
-// start: RssFile 116–178 MiB at 100k).
+// read's releases meanwhile wait for it (releaser.read tries again at its
+// next look): a full read begun beside it maps what it reads until the
+// walk ends (the fills' resume at start, before the releases were tried
+// again: RssFile 116–178 MiB at 100k).
 func (w *mappedWatch) waitFirstRelease() {
 	if w == nil {
 		return

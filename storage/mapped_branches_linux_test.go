@@ -236,7 +236,7 @@ func TestBranchWalkReadsTheFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := ix.db.View(func(tx *bolt.Tx) error {
-		ix.releaseKept(tx)
+		ix.releaseKept(tx, false)
 		known := ix.branches.runs
 		pages := int(tx.Size()) / ps
 		for _, b := range hotBuckets {

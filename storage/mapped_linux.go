@@ -44,12 +44,17 @@ func (ix *Index) releaseMapped(*bolt.Tx) {
 // mapping as /proc/self/maps has it (pages above the last transaction's
 // end can be resident too), never more: MADV_DONTNEED on the memory after
 // it would drop the Go heap's pages. With no branch pages known it drops
-// everything; while the watcher releases it does nothing (that release
-// drops the same pages). Errors are ignored: this only returns memory.
-func (ix *Index) releaseKept(tx *bolt.Tx) {
+// everything. While the watcher releases (walking the branch pages) it
+// does nothing and returns false, unless wait, when it waits for that
+// release to end (the walk never waits for a transaction: it reads in a
+// transaction of its own, begun before it locked the branch cache).
+// Errors are ignored: this only returns memory.
+func (ix *Index) releaseKept(tx *bolt.Tx, wait bool) bool {
 	c := &ix.branches
-	if !c.mu.TryLock() {
-		return
+	if wait {
+		c.mu.Lock()
+	} else if !c.mu.TryLock() {
+		return false
 	}
 	runs := c.runs
 	if c.base != ix.db.Info().Data {
@@ -58,16 +63,17 @@ func (ix *Index) releaseKept(tx *bolt.Tx) {
 	c.mu.Unlock()
 	if runs == nil {
 		ix.releaseMapped(tx)
-		return
+		return true
 	}
 	start := ix.db.Info().Data
 	end, ok := mappingEnd(start)
 	if !ok || end <= start {
-		return
+		return true
 	}
 	// Without the lock: a walk meanwhile only makes the kept runs stale,
 	// and keeping or dropping the wrong pages is safe.
 	dropRanges(gaps(start, start, end, uintptr(ix.db.Info().PageSize), runs))
+	return true
 }
 
 // adviseMapping marks the index's mapping [start, start+n) MADV_NOHUGEPAGE:

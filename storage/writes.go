@@ -145,7 +145,7 @@ func (ix *Index) releaseCommitted(rel *releaser) {
 		return
 	}
 	_ = ix.db.View(func(tx *bolt.Tx) error {
-		ix.releaseKept(tx)
+		ix.releaseKept(tx, false) // (a walk meanwhile drops the same pages)
 		return nil
 	})
 }

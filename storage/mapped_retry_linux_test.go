@@ -1,0 +1,72 @@
+package storage
+
+import (
+	"testing"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// A full read whose release finds the watcher walking its branch pages
+// (the branch cache locked) keeps its base and tries again at its next
+// look, instead of moving the base up and reading another budget before
+// it tries: RssFile faked, the walk stood for by the cache's lock.
+func TestFullReadRetriesAReleaseTheWalkHeld(t *testing.T) {
+	ix := openTestIndex(t)
+	ix.mapped.stop() // the real watcher: its walks would take the lock too
+	err := ix.db.View(func(tx *bolt.Tx) error {
+		rss := int64(100 << 20)
+		r := ix.releaser(tx)
+		r.rss = func() (int64, bool) { return rss, true }
+		r.base, r.ok = rss, true
+		busy := 0
+		r.busy = func() { busy++ }
+		look := func() { r.read(make([]byte, releaseCheckEvery), nil) }
+
+		ix.branches.mu.Lock() // the watcher walks
+		rss += r.budget       // the read mapped its budget
+		look()
+		if r.releases != 0 || busy != 1 {
+			t.Fatalf("with the walk holding the cache: %d releases, %d found busy; want 0, 1", r.releases, busy)
+		}
+		if r.base != 100<<20 {
+			t.Fatalf("the base moved to %d MiB on a skipped release", r.base>>20)
+		}
+		ix.branches.mu.Unlock() // the walk ends
+		look()
+		if r.releases != 1 {
+			t.Fatalf("the next look did not release (%d releases)", r.releases)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A full read's last release (done) waits for a walk holding the branch
+// cache, and then releases: the read has no later look to try again at.
+func TestFullReadsLastReleaseWaitsForTheWalk(t *testing.T) {
+	ix := openTestIndex(t)
+	ix.mapped.stop()
+	err := ix.db.View(func(tx *bolt.Tx) error {
+		r := ix.releaser(tx)
+		found := make(chan struct{})
+		r.busy = func() { close(found) }
+		ix.branches.mu.Lock() // the watcher walks
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			r.done()
+		}()
+		<-found                 // done found the walk
+		ix.branches.mu.Unlock() // which ends
+		<-done
+		if r.releases != 1 {
+			t.Fatalf("done made %d releases, want 1", r.releases)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

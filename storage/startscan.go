@@ -1,0 +1,143 @@
+package storage
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"github.com/opencontainers/go-digest"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// A start reads two buckets in full, in the server's background: the
+// fill records (the interrupted fills to resume, and the complete ones
+// for the fill memo) and the links (the link memo, linkmemo.go). They
+// are read in one pass, ScanAtStart: one read transaction, one wait for
+// the mapped-page watcher's first release, one releaser whose budget
+// spans both buckets and one release at its end (two reads had two of
+// each: at 100k images ~0.1 s more of CPU, see docs/performance.md,
+// "Round 12: start-up and memory").
+
+// scanCheckEvery is how many records a scan reads between two looks at
+// its context.
+const scanCheckEvery = 4096
+
+// ScanAtStart is the start-up's read of the index: it returns the
+// manifests whose mirroring has not finished (IncompleteFills), and
+// remembers the complete fills and, but on a shared index, the links
+// (RememberLinks), all in one read transaction. It waits for the
+// mapped-page watcher's first release (waitFirstRelease). It stops
+// early, remembering nothing, when ctx ends.
+func (ix *Index) ScanAtStart(ctx context.Context) ([]FillEntry, error) {
+	return ix.scanAtStart(ctx, true, ix.records == nil)
+}
+
+// IncompleteFills returns the manifests whose mirroring has not finished,
+// e.g. because the process stopped; they are resumed at start. It waits
+// for the mapped-page watcher's first release (waitFirstRelease). The
+// complete ones it reads are remembered (up to maxFillBase), so that
+// FillComplete answers for them without a lookup.
+func (ix *Index) IncompleteFills() ([]FillEntry, error) {
+	return ix.scanAtStart(context.Background(), true, false)
+}
+
+// RememberLinks reads every link so that Linked answers for them without
+// an index lookup (see maxLinkBase). It stops early, remembering none,
+// when ctx ends; a write deleting a link meanwhile makes it remember
+// none. It waits for the mapped-page watcher's first release. A start
+// reads the links with the fills instead (ScanAtStart).
+func (ix *Index) RememberLinks(ctx context.Context) error {
+	if ix.records != nil {
+		return nil // the memo is off (ShareRecords)
+	}
+	_, err := ix.scanAtStart(ctx, false, true)
+	return err
+}
+
+// scanAtStart reads the fill records (fills) and the links (links) in
+// one read transaction and installs what it read in the memos.
+func (ix *Index) scanAtStart(ctx context.Context, fills, links bool) ([]FillEntry, error) {
+	// A start reads them right after the open (in the background): not
+	// beside the watcher's first walk, which would skip the releases.
+	ix.mapped.waitFirstRelease()
+	// Epochs before the read: a forget committed during it discards it.
+	fillEpoch, linkEpoch := ix.fills.begin(), ix.links.begin()
+	var incomplete []FillEntry
+	var complete, linked []uint64
+	err := ix.db.View(func(tx *bolt.Tx) error {
+		rel := ix.releaser(tx) // a read of every record: see releaser
+		defer rel.done()
+		var err error
+		if fills {
+			incomplete, complete, err = ix.readFills(ctx, tx, rel)
+			if err != nil {
+				return err
+			}
+		}
+		if links {
+			linked, err = ix.readLinks(ctx, tx, rel)
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if fills {
+		ix.fills.install(fillEpoch, complete)
+	}
+	if links {
+		ix.links.install(linkEpoch, linked)
+	}
+	return incomplete, nil
+}
+
+// readFills reads every fill record of tx: the incomplete ones, and the
+// hashes of the complete ones (at most maxFillBase).
+func (ix *Index) readFills(ctx context.Context, tx *bolt.Tx, rel *releaser) (incomplete []FillEntry, complete []uint64, err error) {
+	n := 0
+	err = fillRecordsOf(tx).ForEach(func(k, v []byte) error {
+		rel.read(k, v)
+		if n%scanCheckEvery == 0 && ctx.Err() != nil {
+			return ctx.Err()
+		}
+		n++
+		// (Only the state can hold this: a JSON string has no bare
+		// quote, and the index writes each field once.)
+		if bytes.Contains(v, []byte(`"state":"`+FillComplete+`"`)) {
+			if len(complete) < maxFillBase {
+				complete = append(complete, ix.fills.hash(k))
+			}
+			return nil // most records, skipped without decoding them
+		}
+		var rec FillRecord
+		if err := json.Unmarshal(v, &rec); err != nil {
+			return fmt.Errorf("index: corrupt mirror entry %q: %w", k, err)
+		}
+		at := bytes.LastIndexByte(k, '@')
+		if rec.State != FillComplete && at >= 0 {
+			incomplete = append(incomplete, FillEntry{Digest: digest.Digest(k[at+1:]), FillRecord: rec})
+		}
+		return nil
+	})
+	return incomplete, complete, err
+}
+
+// readLinks reads every link of tx, as hashes (at most maxLinkBase).
+func (ix *Index) readLinks(ctx context.Context, tx *bolt.Tx, rel *releaser) ([]uint64, error) {
+	var hashes []uint64
+	n := 0
+	err := linkRecordsOf(tx).ForEach(func(k, v []byte) error {
+		rel.read(k, v)
+		if n%scanCheckEvery == 0 && ctx.Err() != nil {
+			return ctx.Err()
+		}
+		n++
+		if len(hashes) < maxLinkBase {
+			hashes = append(hashes, ix.links.hash(k))
+		}
+		return nil
+	})
+	return hashes, err
+}
