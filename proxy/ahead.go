@@ -2,7 +2,10 @@ package proxy
 
 import (
 	"context"
+	"net/http/httptrace"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sync/errgroup"
@@ -59,6 +62,8 @@ func (p *Proxy) acquireBudget(ctx context.Context, t target, dl *download) (rele
 	if sem.TryAcquire(1) {
 		return func() { sem.Release(1) }, nil
 	}
+	// Queued: fetching ahead waits no longer for this request.
+	noteRequested(ctx)
 	actx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {
@@ -82,37 +87,53 @@ func (p *Proxy) acquireBudget(ctx context.Context, t target, dl *download) (rele
 // are the mirror's own: a client hanging up does not cancel them, and a
 // client asking for one of them joins it. Counted in p.work from the
 // start, so WaitIdle waits for them.
-func (p *Proxy) startFetchAhead(ctx context.Context, t target, m *storedManifest) {
+//
+// The channel returned (nil if nothing was started) is closed once every
+// blob has its upstream request on its way (written), is queued for the
+// upstream's budget, or needs no request (stored, joined, failed): the
+// manifest's own store write and record, and the background fill after
+// them, wait for it (afterRequests), so that they do not compete with the
+// blobs' requests for the CPU in the burst that follows a manifest.
+func (p *Proxy) startFetchAhead(ctx context.Context, t target, m *storedManifest) <-chan struct{} {
 	if !p.fetchAhead || oci.IsIndex(m.mediaType) {
-		return
+		return nil
 	}
 	doc, _, err := oci.ParseManifest(m.body, m.mediaType)
 	if err != nil || doc.Config == nil {
-		return
+		return nil
 	}
 	blobs := make([]v1.Descriptor, 0, 1+len(doc.Layers))
-	blobs = append(blobs, *doc.Config)
-	blobs = append(blobs, doc.Layers...)
-	if !p.work.start() {
-		return
+	for _, b := range append([]v1.Descriptor{*doc.Config}, doc.Layers...) {
+		if len(b.URLs) == 0 && b.Digest.Validate() == nil {
+			blobs = append(blobs, b)
+		}
 	}
+	if len(blobs) == 0 || !p.work.start() {
+		return nil
+	}
+	requested := make(chan struct{})
+	var pending atomic.Int64
+	pending.Store(int64(len(blobs)))
 	ctx, cancel := p.detach(ctx, p.fillTimeout)
 	go func() {
 		defer p.work.done()
 		defer cancel()
 		var g errgroup.Group
 		for _, b := range blobs {
-			if len(b.URLs) > 0 || b.Digest.Validate() != nil {
-				continue
-			}
+			sent := sync.OnceFunc(func() {
+				if pending.Add(-1) == 0 {
+					close(requested)
+				}
+			})
 			g.Go(func() error {
+				defer sent() // whatever happened, it is not on its way any more
 				// Recorded: stored already (the fill or the client links
 				// it). A cheap look in the index, not the store, which
 				// may be remote: this runs on every image manifest GET.
 				if _, ok, err := p.index.Blob(b.Digest); err != nil || ok {
 					return nil
 				}
-				if err := p.storeListed(ctx, t, b.Digest, b.Size); err != nil {
+				if err := p.storeListed(withRequested(ctx, sent), t, b.Digest, b.Size); err != nil {
 					p.log.Debug("fetching ahead", "upstream", t.host(), "repo", t.repo, "digest", b.Digest, "error", err)
 				}
 				return nil
@@ -120,4 +141,60 @@ func (p *Proxy) startFetchAhead(ctx context.Context, t target, m *storedManifest
 		}
 		_ = g.Wait()
 	}()
+	return requested
+}
+
+// maxRequestsWait bounds how long a manifest's store write and record wait
+// for the requests of the blobs fetched ahead (afterRequests): a request
+// that cannot be sent (an upstream that does not accept connections) must
+// not keep the manifest out of the index for long.
+const maxRequestsWait = time.Second
+
+// afterRequests waits until requested (from startFetchAhead) is closed,
+// maxRequestsWait has passed, or ctx is done; at once if requested is nil.
+func afterRequests(ctx context.Context, requested <-chan struct{}) {
+	if requested == nil {
+		return
+	}
+	timer := time.NewTimer(maxRequestsWait)
+	defer timer.Stop()
+	select {
+	case <-requested:
+	case <-timer.C:
+	case <-ctx.Done():
+	}
+}
+
+// requestedKey is the context key of the func a download fetched ahead
+// calls once its upstream request is on its way (withRequested).
+type requestedKey struct{}
+
+// withRequested returns ctx carrying sent, which noteRequested calls: a
+// download started with it (newDownload keeps ctx's values) calls it once
+// its upstream request has been written, or it waits for the upstream's
+// budget, or it ends; a taker that joins a running download or finds the
+// blob stored calls it at once.
+func withRequested(ctx context.Context, sent func()) context.Context {
+	return context.WithValue(ctx, requestedKey{}, sent)
+}
+
+// noteRequested calls ctx's func of withRequested, if any (it is
+// idempotent).
+func noteRequested(ctx context.Context) {
+	if sent, ok := ctx.Value(requestedKey{}).(func()); ok {
+		sent()
+	}
+}
+
+// tracingRequested returns ctx with an HTTP client trace that calls ctx's
+// func of withRequested once the request is written; ctx itself if it has
+// none.
+func tracingRequested(ctx context.Context) context.Context {
+	sent, ok := ctx.Value(requestedKey{}).(func())
+	if !ok {
+		return ctx
+	}
+	return httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		WroteRequest: func(httptrace.WroteRequestInfo) { sent() },
+	})
 }

@@ -380,6 +380,7 @@ func (p *Proxy) startBlob(ctx context.Context, t target, dgst digest.Digest, w b
 				if !w.mirror {
 					dl.hurry() // a client waits for it now
 				}
+				noteRequested(ctx) // its request is its starter's
 				return dl, leave, false, nil
 			}
 			continue // abandoned or ended meanwhile
@@ -387,6 +388,7 @@ func (p *Proxy) startBlob(ctx context.Context, t target, dgst digest.Digest, w b
 		// Stat outside the lock: with a registry destination or S3 it is a
 		// network round trip, and one slow store must not stall every miss.
 		if _, err := p.store.Stat(ctx, t.storeRepo(), dgst); err == nil {
+			noteRequested(ctx)
 			return nil, nil, true, nil
 		}
 		dl, leave, err := p.newDownload(ctx, t, dgst, w)
@@ -600,6 +602,9 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 		fail(err)
 	}
 
+	// Fetching ahead waits for the request (noteRequested): on any
+	// return before it is written, too.
+	defer noteRequested(ctx)
 	unlease, fromStore, err := p.leaseBlob(ctx, t, dl.dgst)
 	if err != nil {
 		fail(err)
@@ -618,8 +623,9 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 			return
 		}
 		defer release()
-		body, size, err = t.up.Blob(ctx, t.repo, dl.dgst, 0)
+		body, size, err = t.up.Blob(tracingRequested(ctx), t.repo, dl.dgst, 0)
 	}
+	noteRequested(ctx)
 	if err != nil {
 		fail(err)
 		return

@@ -542,10 +542,11 @@ func (p *Proxy) startManifest(ctx context.Context, t target, ref oci.Ref, fill b
 				WithStatus(http.StatusBadGateway)
 		}
 		aheadOf := fill && doc.Config != nil
+		var requested <-chan struct{}
 		if aheadOf {
 			// The client asks for its blobs next: start them now, before
 			// the store and index writes, not after.
-			p.startFetchAhead(ctx, t, &storedManifest{body: up.Body, mediaType: mt, digest: up.Digest})
+			requested = p.startFetchAhead(ctx, t, &storedManifest{body: up.Body, mediaType: mt, digest: up.Digest})
 		}
 		if err := p.destinationReachable(ctx, t, up.Digest); err != nil {
 			return nil, fmt.Errorf("storing manifest %s: %w", up.Digest, err)
@@ -589,6 +590,10 @@ func (p *Proxy) startManifest(ctx context.Context, t target, ref oci.Ref, fill b
 		p.writes.add(w, keys...)
 		go func() {
 			defer p.work.done()
+			// The store write, the record's commit and the fill it
+			// starts come once the blobs' requests are on their way:
+			// clients are answered from p.writes meanwhile.
+			afterRequests(wctx, requested)
 			write(true)
 		}()
 		return w, nil
