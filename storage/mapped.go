@@ -83,13 +83,17 @@ func (r *releaser) read(k, v []byte) {
 	case n < r.base:
 		r.base = n // released by another read, the watcher or the kernel
 	case n-r.base >= r.budget:
-		if !r.release(false) {
+		if !r.release(false) && !r.tx.Writable() {
 			// The watcher is walking its branch pages (its first walk
 			// at start takes ~0.1 s at 100k images): the base stays,
 			// so that the next look, releaseCheckEvery on, tries again.
 			// Moving it up to n would let the read map another budget
 			// before it tried (the start's scans reached RssFile 116–178
-			// MiB at 100k so).
+			// MiB at 100k so). A write transaction's (writeSome's
+			// lookups) moves it as before: its retries' releases under
+			// the write lock held eviction batches 110–485 ms at 100k
+			// (docs/performance.md, "Round 12: start-up and memory"),
+			// and the walk, when it ends, drops the same pages.
 			return
 		}
 		if n, ok := r.rss(); ok {
@@ -117,10 +121,12 @@ func (r *releaser) release(wait bool) bool {
 
 // done releases the pages once the read is over (still inside the
 // transaction), waiting for a walk of the watcher's to end: the read
-// has no later look to try again at.
+// has no later look to try again at. In a write transaction (a sum of
+// the stored total that cannot trust its record) it does not wait: the
+// write lock is not held for a walk.
 func (r *releaser) done() {
 	if r != nil {
-		r.release(true)
+		r.release(!r.tx.Writable())
 	}
 }
 

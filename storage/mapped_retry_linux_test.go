@@ -70,3 +70,35 @@ func TestFullReadsLastReleaseWaitsForTheWalk(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// In a write transaction a release that finds the watcher walking is
+// not retried (the base moves up, as before) and the last release does
+// not wait for the walk: the write lock is not held for either (were
+// done to wait, this test would hang on the lock it holds itself).
+func TestAWritesReleaseDoesNotWaitForTheWalk(t *testing.T) {
+	ix := openTestIndex(t)
+	ix.mapped.stop()
+	err := ix.db.Update(func(tx *bolt.Tx) error {
+		rss := int64(100 << 20)
+		r := ix.releaser(tx)
+		r.rss = func() (int64, bool) { return rss, true }
+		r.base, r.ok = rss, true
+		busy := 0
+		r.busy = func() { busy++ }
+		ix.branches.mu.Lock() // the watcher walks
+		defer ix.branches.mu.Unlock()
+		rss += r.budget
+		r.lookedUp(releaseCheckEvery / lookupWeight)
+		if r.releases != 0 || busy != 1 || r.base != rss {
+			t.Fatalf("a look in a write: %d releases, %d found busy, base %d MiB; want 0, 1, %d", r.releases, busy, r.base>>20, rss>>20)
+		}
+		r.done()
+		if r.releases != 0 || busy != 2 {
+			t.Fatalf("done in a write: %d releases, %d found busy; want 0, 2", r.releases, busy)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
