@@ -81,8 +81,12 @@ func TestHotLeavesServeRepeatedLookups(t *testing.T) {
 	if got := lookups(bucketTags, tags); got != int64(len(tags)) {
 		t.Fatalf("second lookups read %d pages from the file, want %d (a leaf is kept on its second read)", got, len(tags))
 	}
+	hits := r.hotLeavesOf(bucketTags).hits
 	if got := lookups(bucketTags, append(tags, between...)); got != 0 {
 		t.Fatalf("third lookups read %d pages from the file, want 0 (kept)", got)
+	}
+	if got := r.hotLeavesOf(bucketTags).hits - hits; got != int64(len(tags)+len(between)) {
+		t.Fatalf("%d lookups answered from the kept leaves, want %d", got, len(tags)+len(between))
 	}
 	for range 3 {
 		if got := lookups(bucketLinks, links); got != int64(len(links)) {
