@@ -135,7 +135,10 @@ func scaleLatencyRound(b *testing.B, dir string, n, k int, upURL string, seed ui
 	defer hs.Close()
 	pcg := mrand.NewPCG(seed, uint64(n))
 	rng := mrand.New(pcg)
-	c := &scaleClient{hc: &http.Client{Transport: NewTransport(4)}, base: hs.URL, n: n, rng: rng}
+	// BENCH_SCALE_HOT draws the requests from the first images only, as
+	// a real mirror's pulls are skewed (roundFiles draws the same).
+	hot := min(int(envInt("BENCH_SCALE_HOT", 0)), n)
+	c := &scaleClient{hc: &http.Client{Transport: NewTransport(4)}, base: hs.URL, n: n, rng: rng, hot: hot}
 	measure(b, 200, c.manifest) // warm up the connection and the page cache
 	measure(b, 100, c.blob)
 
@@ -166,7 +169,7 @@ func scaleLatencyRound(b *testing.B, dir string, n, k int, upURL string, seed ui
 
 	// What this round reads, into the page cache (warmCache): the
 	// requests' files, the parts' manifests, the index.
-	files, drawn := roundFiles(b, srv.Index, dir, n, k, *pcg)
+	files, drawn := roundFiles(b, srv.Index, dir, n, hot, k, *pcg)
 	for _, img := range pool {
 		files = append(files, storeFile(dir, img.manifest))
 	}
@@ -277,7 +280,9 @@ func scaleLatencyRound(b *testing.B, dir string, n, k int, upURL string, seed ui
 // p99, with minor page faults per call; it reports the pooled p50/p99 and
 // the median over rounds of the ratio of each size's p50 to the first
 // size's (the same round: the fairest comparison on a shared machine).
-// BENCH_SCALE_CACHE keeps the caches between runs (see scaleCache).
+// BENCH_SCALE_CACHE keeps the caches between runs (see scaleCache);
+// BENCH_SCALE_HOT=N draws the requests from the first N images alone (a
+// skewed draw, as a real mirror's pulls are; the parts are drawn from all).
 // Each round first reads the files it will read and the index into the
 // page cache (warmCache), and logs the GC's CPU per request and the live
 // heap during its requests; the rounds run under a pprof label images=N,
@@ -345,13 +350,16 @@ func storeFile(dir string, dgst digest.Digest) string {
 }
 
 // roundFiles returns the stored files the requests of a round will read:
-// k manifests by tag and k blobs, drawn as scaleClient draws them from a
-// copy of its generator's state (checked once they ran: see
-// scaleLatencyRound: the state after them is end), the manifests'
-// digests looked up in ix.
-func roundFiles(b *testing.B, ix *storage.Index, dir string, n, k int, state mrand.PCG) (paths []string, end mrand.PCG) {
+// k manifests by tag and k blobs, drawn as scaleClient draws them (from
+// the first hot of the n images if hot > 0) from a copy of its
+// generator's state (checked once they ran: see scaleLatencyRound: the
+// state after them is end), the manifests' digests looked up in ix.
+func roundFiles(b *testing.B, ix *storage.Index, dir string, n, hot, k int, state mrand.PCG) (paths []string, end mrand.PCG) {
 	rng := mrand.New(&state)
 	paths = make([]string, 0, 2*k)
+	if hot > 0 {
+		n = hot
+	}
 	for range k {
 		i := rng.IntN(n)
 		repo, _ := synthImage(i)

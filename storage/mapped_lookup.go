@@ -91,7 +91,9 @@ type leafReader struct {
 	known atomic.Pointer[mappedRuns]
 	// roots is the buckets' roots in the last snapshot looked up.
 	roots atomic.Pointer[bucketRoots]
-	bufs  sync.Pool
+	// hot is the leaves last read of hotBucketsKept (hotleaves.go).
+	hot  []*hotLeaves
+	bufs sync.Pool
 	// fileReads counts the pages read from the file (tests).
 	fileReads atomic.Int64
 }
@@ -125,6 +127,7 @@ func (r *leafReader) get(tx *bolt.Tx, bucket, key []byte) (v []byte, ok bool, do
 		bp = new([]byte)
 	}
 	done = func() { r.bufs.Put(bp) }
+	hot := r.hotLeavesOf(bucket)
 	id := root
 	for range 64 {
 		off := id * ps
@@ -141,6 +144,9 @@ func (r *leafReader) get(tx *bolt.Tx, bucket, key []byte) (v []byte, ok bool, do
 				return nil, false, done
 			}
 			p = unsafe.Slice((*byte)(*(*unsafe.Pointer)(unsafe.Pointer(&start))), n)
+		} else if leaf, kept := hot.get(tx.ID(), id, (*bp)[:0]); kept {
+			*bp = leaf
+			p = leaf // a leaf kept in memory (hotleaves.go)
 		} else {
 			buf := slices.Grow((*bp)[:0], int(ps))[:ps]
 			if _, err := r.f.ReadAt(buf, int64(off)); err != nil {
@@ -158,6 +164,9 @@ func (r *leafReader) get(tx *bolt.Tx, bucket, key []byte) (v []byte, ok bool, do
 			*bp = buf
 			r.fileReads.Add(1)
 			p = buf
+			if len(buf) == int(ps) {
+				hot.keep(tx.ID(), id, buf)
+			}
 		}
 		if binary.LittleEndian.Uint64(p) != id {
 			return nil, false, done // not the page it should be
@@ -277,6 +286,9 @@ func (r *leafReader) close() error {
 	if r == nil {
 		return nil
 	}
+	for _, h := range r.hot {
+		h.free()
+	}
 	return r.f.Close()
 }
 
@@ -291,7 +303,7 @@ func readLeaves(path string) *leafReader {
 	if err != nil {
 		return nil
 	}
-	return &leafReader{f: f, min: leafReadMin}
+	return &leafReader{f: f, min: leafReadMin, hot: newHotLeaves(hotBucketsKept)}
 }
 
 // lookup returns key's value in bucket (tx.Bucket(bucket).Get(key)),
