@@ -319,7 +319,7 @@ func Default() Config {
 
 // DefaultPassGCPercent is the default of pass_gc_percent: at 100k
 // images it keeps the eviction's peak RSS under 256 MiB (see
-// docs/performance.md, "Round 9: memory").
+// docs/performance-rounds.md, "Round 9: memory").
 const DefaultPassGCPercent = 50
 
 // MinMemoryLimit is the smallest memory_limit accepted: below it the

@@ -168,7 +168,7 @@ func (g *countingGuard) Claim(digest.Digest) (func(), bool) {
 
 // The sweep claims one batch at a time and releases it once its content
 // is removed: a batch's store removals never run while the index forgets
-// the next (they would slow its commits; see docs/performance.md, Round 4:
+// the next (they would slow its commits; see docs/performance-rounds.md, Round 4:
 // writes). Every claim is released and everything removed when Collect
 // returns.
 func TestCollectSweepsOneBatchAtATime(t *testing.T) {
