@@ -92,7 +92,7 @@ func (r *releaser) read(k, v []byte) {
 			// MiB at 100k so). A write transaction's (writeSome's
 			// lookups) moves it as before: its retries' releases under
 			// the write lock held eviction batches 110–485 ms at 100k
-			// (docs/performance.md, "Round 12: start-up and memory"),
+			// (docs/performance-rounds.md, "Round 12: start-up and memory"),
 			// and the walk, when it ends, drops the same pages.
 			return
 		}

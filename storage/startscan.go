@@ -17,7 +17,7 @@ import (
 // are read in one pass, ScanAtStart: one read transaction, one wait for
 // the mapped-page watcher's first release, one releaser whose budget
 // spans both buckets and one release at its end (two reads had two of
-// each: at 100k images ~0.1 s more of CPU, see docs/performance.md,
+// each: at 100k images ~0.1 s more of CPU, see docs/performance-rounds.md,
 // "Round 12: start-up and memory").
 
 // scanCheckEvery is how many records a scan reads between two looks at
