@@ -29,6 +29,21 @@ type fullStore struct {
 	*storage.DriverStore
 	full  atomic.Bool
 	quota atomic.Bool
+	// held, while set, holds every blob write (Ingest) until it is
+	// closed: the blobs a manifest miss fetches ahead may otherwise find
+	// the disk full before the manifest is answered, and the store is
+	// then known to be full when the test expects the first miss.
+	held atomic.Pointer[chan struct{}]
+}
+
+// holdIngests holds every blob write until the returned func is called.
+func (s *fullStore) holdIngests() (release func()) {
+	c := make(chan struct{})
+	s.held.Store(&c)
+	return func() {
+		s.held.Store(nil)
+		close(c)
+	}
 }
 
 func (s *fullStore) noSpace(op string) error {
@@ -47,6 +62,13 @@ func (s *fullStore) Put(ctx context.Context, repo string, dgst digest.Digest, si
 }
 
 func (s *fullStore) Ingest(ctx context.Context, repo string, dgst digest.Digest, size int64, path string) error {
+	if c := s.held.Load(); c != nil {
+		select {
+		case <-*c:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	if s.full.Load() {
 		return s.noSpace("sync")
 	}
@@ -102,7 +124,9 @@ func TestStoreFull(t *testing.T) {
 	// counted, and the store is known to be full from then on.
 	store.full.Store(true)
 	failed := `docker_mirror_fill_duration_seconds_count{kind="manifest",result="error"}`
+	release := store.holdIngests()
 	wantManifest(t, get(t, m.URL()+"/v2/team/fresh/manifests/v1"), fresh.Manifest, fresh.MediaType)
+	release()
 	m.WaitIdle()
 	if _, ok, err := m.Index.Tag("docker.io", "team/fresh", "v1"); err != nil || ok {
 		t.Fatalf("tag recorded on a full store: %v %v", ok, err)
@@ -177,7 +201,9 @@ func TestStoreFull(t *testing.T) {
 	// So does space freed by eviction.
 	store.full.Store(true)
 	other := up.SeedImage(t, "team/other", "v1", 1, 1<<10)
+	release = store.holdIngests()
 	wantManifest(t, get(t, m.URL()+"/v2/team/other/manifests/"+other.Digest), other.Manifest, other.MediaType)
+	release()
 	m.WaitIdle() // its write finds the disk full
 	wantStoreFull(t, get(t, m.URL()+"/v2/team/other/manifests/"+other.Digest))
 	wantStoreFullGauge(t, m, 1)
@@ -221,7 +247,9 @@ func TestStoreFullFailsReadiness(t *testing.T) {
 	store.full.Store(true)
 	// The first miss is answered before its write finds the disk full;
 	// from then on the store is known to be full.
+	release := store.holdIngests()
 	wantManifest(t, get(t, hs.URL+"/v2/team/app/manifests/v1"), img.Manifest, img.MediaType)
+	release()
 	if err := srv.Proxy.WaitIdle(t.Context()); err != nil {
 		t.Fatal(err)
 	}
