@@ -28,8 +28,9 @@ const scanCheckEvery = 4096
 // manifests whose mirroring has not finished (IncompleteFills), and
 // remembers the complete fills and, but on a shared index, the links
 // (RememberLinks), all in one read transaction. It waits for the
-// mapped-page watcher's first release (waitFirstRelease). It stops
-// early, remembering nothing, when ctx ends.
+// mapped-page watcher's first release (waitFirstRelease). The complete
+// fills are remembered as soon as they are read, before the links. It
+// stops early when ctx ends, remembering nothing it had not read whole.
 func (ix *Index) ScanAtStart(ctx context.Context) ([]FillEntry, error) {
 	return ix.scanAtStart(ctx, true, ix.records == nil)
 }
@@ -75,6 +76,10 @@ func (ix *Index) scanAtStart(ctx context.Context, fills, links bool) ([]FillEntr
 			if err != nil {
 				return err
 			}
+			// Hits find their fill complete in memory from now on, not
+			// once the links are read too (~0.3 s more at 100k images,
+			// in which every manifest hit looked its fill up).
+			ix.fills.install(fillEpoch, complete)
 		}
 		if links {
 			linked, err = ix.readLinks(ctx, tx, rel)
@@ -83,9 +88,6 @@ func (ix *Index) scanAtStart(ctx context.Context, fills, links bool) ([]FillEntr
 	})
 	if err != nil {
 		return nil, err
-	}
-	if fills {
-		ix.fills.install(fillEpoch, complete)
 	}
 	if links {
 		ix.links.install(linkEpoch, linked)
