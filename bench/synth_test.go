@@ -51,7 +51,8 @@ var synthBuckets = []string{"tags", "manifests", "blobs", "links", "mirrors", "h
 
 // buildSynthCache writes a cache of n images into dir (the mirror's
 // --data) and returns the total bytes stored. Writes go through one bbolt
-// transaction per 2,000 images without fsync, then one sync.
+// transaction per 2,000 images without fsync, then one sync; then the
+// index is opened once (its stored total summed and stamped).
 func buildSynthCache(tb testing.TB, dir string, n int) int64 {
 	tb.Helper()
 	db, err := bolt.Open(filepath.Join(dir, "index.db"), 0o600, &bolt.Options{NoSync: true})
@@ -178,6 +179,22 @@ func buildSynthCache(tb testing.TB, dir string, n int) int64 {
 		tb.Fatal(werr)
 	}
 	if err := db.Sync(); err != nil {
+		tb.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		tb.Fatal(err)
+	}
+	// A server's index carries the stored total, stamped by its last
+	// write: opened once, as a server would be before its restart, the
+	// cache's first open sums the records here, not in a timed start.
+	ix, err := storage.OpenIndex(filepath.Join(dir, "index.db"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if got := ix.StoredBytes(); got != total {
+		tb.Fatalf("the index sums %d stored bytes, the build wrote %d", got, total)
+	}
+	if err := ix.Close(); err != nil {
 		tb.Fatal(err)
 	}
 	return total
