@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"runtime/metrics"
 	"strconv"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -48,6 +49,8 @@ type commitPhases struct {
 	// CPU, a GC or the disk.
 	used usage
 	gcs  uint64
+	// by is the function that asked for the write (writer).
+	by string
 }
 
 // usage is a thread's CPU time and page faults (threadUsage).
@@ -130,6 +133,7 @@ func (ix *Index) update(fn func(tx *bolt.Tx, b *budget) error) (held time.Durati
 		p.gcs = gcCycles() - gcs
 		p.grew = ix.fileSize() - size
 		p.free = ix.db.Stats().FreePageN
+		p.by = writer()
 		ix.logSlow(p, err)
 	}
 	return p.held(), err
@@ -142,6 +146,28 @@ func (ix *Index) write(fn func(tx *bolt.Tx) error) error {
 	return err
 }
 
+// writeHelpers are the functions between a write's caller and update.
+var writeHelpers = map[string]bool{
+	"(*Index).update": true, "(*Index).write": true, "(*Index).writeSome": true, "(*Index).writeAll": true,
+}
+
+// writer names the function that asked for the write update is running
+// ("storage.(*Index).flushPullTimes"): a slow write's log says which it
+// was, since every kind of write waits for the same lock. Called only for
+// a slow one (a stack walk).
+func writer() string {
+	pcs := make([]uintptr, 16)
+	frames := runtime.CallersFrames(pcs[:runtime.Callers(2, pcs)])
+	for {
+		f, more := frames.Next()
+		name := f.Function[strings.LastIndex(f.Function, "/")+1:]
+		helper := strings.HasPrefix(name, "storage.") && writeHelpers[strings.SplitN(strings.TrimPrefix(name, "storage."), ".func", 2)[0]]
+		if !helper || !more {
+			return name
+		}
+	}
+}
+
 // logSlow logs a write transaction that held the write lock over
 // slowCommit.
 func (ix *Index) logSlow(p commitPhases, err error) {
@@ -152,6 +178,7 @@ func (ix *Index) logSlow(p commitPhases, err error) {
 	}
 	ms := func(d time.Duration) string { return fmt.Sprintf("%.1fms", float64(d)/float64(time.Millisecond)) }
 	attrs := []slog.Attr{
+		slog.String("by", p.by),
 		slog.String("held", ms(p.held())), slog.String("work", ms(p.work)), slog.String("commit", ms(p.commit)),
 		slog.String("rebalance", ms(p.rebalance)), slog.String("spill", ms(p.spill)),
 		slog.String("write_and_sync", ms(p.write)), slog.String("other", ms(p.other())),
