@@ -146,6 +146,7 @@ func measure(b *testing.B, k int, f func() (time.Duration, error)) latencies {
 // latencies meanwhile (sequential, so that a pull waiting for the index's
 // write lock shows in them).
 func during(b *testing.B, c *scaleClient, f func() error) (time.Duration, latencies) {
+	stalls := newStallWatch(b)
 	stop := make(chan struct{})
 	var lat latencies
 	var wg sync.WaitGroup
@@ -157,7 +158,9 @@ func during(b *testing.B, c *scaleClient, f func() error) (time.Duration, latenc
 				return
 			default:
 			}
+			done := stalls.watch("a pull during a pass")
 			d, err := c.manifest()
+			done()
 			if err != nil {
 				perr = err
 				return
