@@ -60,17 +60,17 @@ func fillTags(t *testing.T, ix *Index, from, n int) {
 	}
 }
 
-// filledIndex opens an index of n tags (fillTags), closed when the test
-// ends, and returns it and its path.
+// filledIndex opens a copy of an index of n tags (fillTags), closed when
+// the test ends, and returns it and its path.
 func filledIndex(t *testing.T, n int) (*Index, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "index.db")
+	copyFilled(t, n, path)
 	ix, err := OpenIndex(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ix.Close() })
-	fillTags(t, ix, 0, n)
 	return ix, path
 }
 
