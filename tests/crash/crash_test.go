@@ -99,8 +99,9 @@ func TestCrashLoop(t *testing.T) {
 	t.Logf("%d of %d kills left temporary files behind; %d manifests and tags served before the final run; now %d images, %d KiB upstream",
 		leftoverRounds, *flagRounds, len(served), len(cat.images), cat.size()>>10)
 
-	// The final run: no kill.
-	p := startMirror(t, logs, data, up.URL())
+	// The final run: no kill. At info, it logs when it resumes the
+	// unfinished mirrors (below).
+	p := startMirror(t, logs, data, up.URL(), "--log-level", "info")
 	if left := stillThere(last.leftovers); len(left) > 0 {
 		t.Errorf("leftovers of the last kill still there after the restart: %v", left)
 	}
@@ -111,7 +112,12 @@ func TestCrashLoop(t *testing.T) {
 	// No client asks for anything until the resumed mirrors are done:
 	// whatever a round served and the index recorded at the kill had its
 	// mirror recorded with it, so with the upstream stopped it must all be
-	// stored now.
+	// stored now. The start queues the unfinished mirrors only after its
+	// read of the index, in the background: until then the mirror looks
+	// idle (under load, long enough for the wait below to end at once).
+	if len(last.partial) > 0 {
+		p.waitLog("resuming interrupted fills", 2*time.Minute)
+	}
 	p.waitIdle(2 * time.Minute)
 	up.Stop()
 	for key := range served {

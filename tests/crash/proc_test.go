@@ -288,6 +288,24 @@ func (p *mirrorProc) waitIdle(within time.Duration) {
 	}
 }
 
+// waitLog waits until the child has logged a line containing msg.
+func (p *mirrorProc) waitLog(msg string, within time.Duration) {
+	p.t.Helper()
+	deadline := time.Now().Add(within)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for !strings.Contains(p.log(), msg) {
+		if time.Now().After(deadline) {
+			p.t.Fatalf("docker-mirror did not log %q within %v\nlog:\n%s", msg, within, p.log())
+		}
+		select {
+		case <-p.exited:
+			p.t.Fatalf("docker-mirror exited: %v\nlog:\n%s", p.state, p.log())
+		case <-tick.C:
+		}
+	}
+}
+
 // busy returns the mirror queue length plus the fills in progress.
 func (p *mirrorProc) busy() (int, error) {
 	m, err := p.metrics()
