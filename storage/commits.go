@@ -147,11 +147,6 @@ func (ix *Index) write(fn func(tx *bolt.Tx) error) error {
 	return err
 }
 
-// writeHelpers are the functions between a write's caller and update.
-var writeHelpers = map[string]bool{
-	"(*Index).update": true, "(*Index).write": true, "(*Index).writeSome": true, "(*Index).writeAll": true,
-}
-
 // writer names the function that asked for the write update is running
 // ("storage.(*Index).flushPullTimes"): a slow write's log says which it
 // was, since every kind of write waits for the same lock. Called only for
@@ -162,8 +157,14 @@ func writer() string {
 	for {
 		f, more := frames.Next()
 		name := f.Function[strings.LastIndex(f.Function, "/")+1:]
-		helper := strings.HasPrefix(name, "storage.") && writeHelpers[strings.SplitN(strings.TrimPrefix(name, "storage."), ".func", 2)[0]]
-		if !helper || !more {
+		fn, _, _ := strings.Cut(name, ".func") // a closure: its function's
+		switch fn {
+		case "storage.(*Index).update", "storage.(*Index).write", "storage.(*Index).writeSome", "storage.(*Index).writeAll":
+			// the helpers between a write's caller and update
+		default:
+			return name
+		}
+		if !more {
 			return name
 		}
 	}
