@@ -267,36 +267,34 @@ func (p *mirrorProc) errorLines() []string {
 // and no fill is in progress in the same scrape.
 func (p *mirrorProc) waitIdle(within time.Duration) {
 	p.t.Helper()
-	deadline := time.Now().Add(within)
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	var last string
-	for {
+	p.waitUntil("idle", within, func() (bool, string) {
 		busy, err := p.busy()
-		if err == nil && busy == 0 {
-			return
-		}
-		last = fmt.Sprintf("busy=%d err=%v", busy, err)
-		if time.Now().After(deadline) {
-			p.t.Fatalf("docker-mirror not idle within %v (%s)\nlog:\n%s", within, last, p.log())
-		}
-		select {
-		case <-p.exited:
-			p.t.Fatalf("docker-mirror exited: %v\nlog:\n%s", p.state, p.log())
-		case <-tick.C:
-		}
-	}
+		return err == nil && busy == 0, fmt.Sprintf("busy=%d err=%v", busy, err)
+	})
 }
 
 // waitLog waits until the child has logged a line containing msg.
 func (p *mirrorProc) waitLog(msg string, within time.Duration) {
 	p.t.Helper()
+	p.waitUntil(fmt.Sprintf("logging %q", msg), within, func() (bool, string) {
+		return strings.Contains(p.log(), msg), "not yet"
+	})
+}
+
+// waitUntil polls done every 20 ms until it reports true, failing the
+// test if the child exits or within passes (with what done last said).
+func (p *mirrorProc) waitUntil(what string, within time.Duration, done func() (bool, string)) {
+	p.t.Helper()
 	deadline := time.Now().Add(within)
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
-	for !strings.Contains(p.log(), msg) {
+	for {
+		ok, last := done()
+		if ok {
+			return
+		}
 		if time.Now().After(deadline) {
-			p.t.Fatalf("docker-mirror did not log %q within %v\nlog:\n%s", msg, within, p.log())
+			p.t.Fatalf("docker-mirror not %s within %v (%s)\nlog:\n%s", what, within, last, p.log())
 		}
 		select {
 		case <-p.exited:
