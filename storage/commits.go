@@ -112,7 +112,7 @@ func (ix *Index) update(fn func(tx *bolt.Tx, b *budget) error) (held time.Durati
 			_ = tx.Rollback() // fn failed or panicked
 		}
 	}()
-	if err := fn(tx, &budget{lim: lim, tx: tx, start: start, hold: lim.holdAfter(time.Duration(ix.lastCommit.Load()))}); err != nil {
+	if err := fn(tx, &budget{lim: lim, tx: tx, start: start}); err != nil {
 		return lim.now().Sub(start), err
 	}
 	if err := stampStored(tx); err != nil {
@@ -123,7 +123,6 @@ func (ix *Index) update(fn func(tx *bolt.Tx, b *budget) error) (held time.Durati
 	committed = true
 	err = tx.Commit()
 	p.commit = lim.now().Sub(start) - p.work
-	ix.lastCommit.Store(int64(p.commit))
 	st := tx.Stats()
 	p.rebalance, p.spill, p.write = st.GetRebalanceTime(), st.GetSpillTime(), st.GetWriteTime()
 	p.nodes, p.pages = st.GetNodeCount(), st.GetPageCount()

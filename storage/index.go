@@ -68,10 +68,6 @@ type Index struct {
 	// counts them (tests).
 	log         atomic.Pointer[slog.Logger]
 	slowCommits atomic.Int64
-	// lastCommit is how long the last write transaction's commit took
-	// (a time.Duration): the next pass transaction's work is sized by it
-	// (writeLimits.target).
-	lastCommit atomic.Int64
 	// fsFlushes counts flushFS's calls (tests).
 	fsFlushes atomic.Int64
 }

@@ -20,10 +20,6 @@ type writeLimits struct {
 	// hold is how long a transaction takes more work: past it, it
 	// commits what it did.
 	hold time.Duration
-	// target, if > 0, is what a transaction's work and commit should
-	// take together: after a commit that took c, the next transaction
-	// works at most target-c (at least minWriteHold), less than hold.
-	target time.Duration
 	// now is the clock hold is measured with (tests give their own).
 	now func() time.Time
 	// mapped, if > 0, is the budget of the releaser that counts the
@@ -39,41 +35,19 @@ type writeLimits struct {
 // transaction is bounded by the pages it changes: 256 (1 MiB), a few
 // milliseconds of work, are ~256 digests of a collection (scattered over
 // the tree) but thousands of an eviction's tags (side by side in a few
-// pages). 50 ms leaves room for the commit on a loaded machine, and less
-// is taken after a slow commit (defaultWriteTarget).
+// pages). 50 ms leaves room for the commit on a loaded machine.
 const (
 	defaultWriteKeys  = 4096
 	defaultWritePages = 256
 	defaultWriteHold  = 50 * time.Millisecond
-	// The commit's two fdatasyncs wait for whatever else the disk is
-	// writing: beside other benchmarks' writes they took up to 119 ms at
-	// 100k images (docs/performance-rounds.md, rounds 12–14), and 50 ms
-	// of work before such a commit held the lock over 100 ms. So a
-	// transaction after a slow commit works less, but not under 20 ms:
-	// every commit writes the whole freelist (~700 KiB at 100k after an
-	// eviction's first passes), and many small commits on a slow disk
-	// would slow it further (at most 2.5 times the commits).
-	defaultWriteTarget = 90 * time.Millisecond
-	minWriteHold       = 20 * time.Millisecond
 )
-
-// holdAfter is how long a transaction may work when the last commit took
-// last (see writeLimits.target).
-func (l writeLimits) holdAfter(last time.Duration) time.Duration {
-	if l.target <= 0 {
-		return l.hold
-	}
-	return min(l.hold, max(minWriteHold, l.target-last))
-}
 
 // budget is what is left of one transaction's limits.
 type budget struct {
 	lim   writeLimits
 	tx    *bolt.Tx
 	start time.Time
-	// hold is how long this transaction may work (lim.holdAfter).
-	hold time.Duration
-	keys int
+	keys  int
 }
 
 // spend counts keys written; it reports whether the transaction should
@@ -81,7 +55,7 @@ type budget struct {
 // long enough).
 func (b *budget) spend(keys int) bool {
 	b.keys += keys
-	if b.keys >= b.lim.keys || b.lim.now().Sub(b.start) >= b.hold {
+	if b.keys >= b.lim.keys || b.lim.now().Sub(b.start) >= b.lim.hold {
 		return true
 	}
 	// bbolt makes a node of each page a transaction changes.
@@ -95,7 +69,7 @@ func (ix *Index) limits() writeLimits {
 	if ix.writeLimits != nil {
 		return *ix.writeLimits
 	}
-	return writeLimits{keys: defaultWriteKeys, pages: defaultWritePages, hold: defaultWriteHold, target: defaultWriteTarget, now: time.Now}
+	return writeLimits{keys: defaultWriteKeys, pages: defaultWritePages, hold: defaultWriteHold, now: time.Now}
 }
 
 // batchWrite is a write of many items (tags, digests, access times) in

@@ -4,12 +4,10 @@ import (
 	"fmt"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"testing"
 	"time"
 
 	"github.com/opencontainers/go-digest"
-	bolt "go.etcd.io/bbolt"
 )
 
 func openTestIndex(t *testing.T) *Index {
@@ -134,35 +132,6 @@ func TestUnrootImagesTimeLimit(t *testing.T) {
 		t.Errorf("longest write %v, want it measured", longest)
 	}
 	wantUnrooted(t, ix, us)
-}
-
-// A pass's transaction after a slow commit works less, so that its work
-// and its commit stay within the target: each key takes one 10 ms tick
-// (as does each commit here), 5 fit in the 50 ms hold after a 10 ms
-// commit, 3 after a 65 ms one (25 ms left of 90), and 2 after an 89 ms
-// one (the least: 20 ms).
-func TestWriteAfterSlowCommitWorksLess(t *testing.T) {
-	ix := openTestIndex(t)
-	ix.writeLimits = &writeLimits{keys: 1000, hold: 50 * time.Millisecond, target: 90 * time.Millisecond, now: tickingClock(10 * time.Millisecond)}
-	w := batchWrite{item: func(tx *bolt.Tx, i int) (int, error) {
-		return 1, tx.Bucket(bucketBodies).Put([]byte(strconv.Itoa(i)), []byte("v"))
-	}}
-	for _, c := range []struct {
-		last time.Duration
-		want int
-	}{{0, 5}, {10 * time.Millisecond, 5}, {65 * time.Millisecond, 3}, {89 * time.Millisecond, 2}, {time.Second, 2}} {
-		ix.lastCommit.Store(int64(c.last))
-		to, _, err := ix.writeSome(100, 0, w)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if to != c.want {
-			t.Errorf("after a commit of %v: %d keys in a transaction, want %d", c.last, to, c.want)
-		}
-		if got := time.Duration(ix.lastCommit.Load()); got != 10*time.Millisecond {
-			t.Errorf("the commit took one tick, recorded %v", got)
-		}
-	}
 }
 
 // blobs records n blobs, each linked from one repository.
