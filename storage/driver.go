@@ -214,7 +214,7 @@ func (s *DriverStore) Open(ctx context.Context, _ string, dgst digest.Digest, of
 		return nil, err
 	}
 	if s.root != "" {
-		f, err := os.Open(s.filePath(dgst))
+		f, err := openStoredFile(s.filePath(dgst))
 		if err != nil {
 			return nil, fileErr(err, dgst)
 		}
@@ -248,7 +248,7 @@ func (s *DriverStore) ReadSmall(ctx context.Context, dgst digest.Digest, limit i
 	if err := dgst.Validate(); err != nil {
 		return nil, err
 	}
-	f, err := os.Open(s.filePath(dgst))
+	f, err := openStoredFile(s.filePath(dgst))
 	if err != nil {
 		return nil, fileErr(err, dgst)
 	}
