@@ -43,7 +43,7 @@ func TestStoredReadsKeepAccessTime(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	read := func() bool { // whether the access time moved
+	moved := func() bool { // whether the access time moved
 		t.Helper()
 		fi, err := os.Stat(path)
 		if err != nil {
@@ -60,7 +60,7 @@ func TestStoredReadsKeepAccessTime(t *testing.T) {
 		_, _ = io.ReadAll(f)
 		f.Close()
 	}
-	if !read() {
+	if !moved() {
 		t.Skip("this filesystem does not update access times on reads")
 	}
 
@@ -74,14 +74,14 @@ func TestStoredReadsKeepAccessTime(t *testing.T) {
 	if !bytes.Equal(got, blob) {
 		t.Fatalf("Open read %q", got)
 	}
-	if read() {
+	if moved() {
 		t.Errorf("reading through Open updated the stored file's access time")
 	}
 	stale()
 	if got, err := s.ReadSmall(t.Context(), d, 1<<10); err != nil || !bytes.Equal(got, blob) {
 		t.Fatalf("ReadSmall: %q, %v", got, err)
 	}
-	if read() {
+	if moved() {
 		t.Errorf("ReadSmall updated the stored file's access time")
 	}
 }
