@@ -3,7 +3,6 @@ package storage_test
 import (
 	"bytes"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -24,18 +23,9 @@ func TestStoredReadsKeepAccessTime(t *testing.T) {
 	s := openFilesystem(t, root)
 	blob := []byte("read me often")
 	d := digest.FromBytes(blob)
-	if err := s.Put(t.Context(), "test/repo", d, int64(len(blob)), bytes.NewReader(blob)); err != nil {
-		t.Fatal(err)
-	}
-	var path string
-	if err := filepath.WalkDir(root, func(p string, e fs.DirEntry, err error) error {
-		if err == nil && e.Name() == "data" && filepath.Base(filepath.Dir(p)) == d.Encoded() {
-			path = p
-		}
-		return err
-	}); err != nil || path == "" {
-		t.Fatalf("the stored file of %s not found under %s: %v", d, root, err)
-	}
+	must(t, s.Put(t.Context(), "test/repo", d, int64(len(blob)), bytes.NewReader(blob)))
+	// The filesystem driver's layout (blobPath under its root).
+	path := filepath.Join(root, "blobs", "sha256", d.Encoded()[:2], d.Encoded(), "data")
 	old := time.Now().Add(-48 * time.Hour).Truncate(time.Second)
 	stale := func() {
 		t.Helper()
