@@ -1,10 +1,12 @@
 package bench
 
 import (
+	"fmt"
 	"os"
 	"strconv"
 	"strings"
 	"sync"
+	"testing"
 	"time"
 )
 
@@ -47,6 +49,9 @@ type rssSampler struct {
 	stop chan struct{}
 	done sync.WaitGroup
 
+	// dump, if not nil, catches the mapped pages' peaks in the act.
+	dump *rssDump
+
 	mu     sync.Mutex
 	peak   rssSample
 	phase  string
@@ -54,8 +59,8 @@ type rssSampler struct {
 	byName map[string]rssSample
 }
 
-func startRSSSampler() *rssSampler {
-	s := &rssSampler{stop: make(chan struct{}), byName: map[string]rssSample{}}
+func startRSSSampler(dump *rssDump) *rssSampler {
+	s := &rssSampler{stop: make(chan struct{}), byName: map[string]rssSample{}, dump: dump}
 	s.Phase("start")
 	s.done.Go(func() {
 		t := time.NewTicker(5 * time.Millisecond)
@@ -78,6 +83,9 @@ func (s *rssSampler) sample() {
 	defer s.mu.Unlock()
 	s.peak = maxSample(s.peak, r)
 	s.byName[s.phase] = maxSample(s.byName[s.phase], r)
+	if s.dump != nil {
+		s.dump.check(s.phase, r) // under mu: the phase stays
+	}
 }
 
 func maxSample(a, b rssSample) rssSample {
@@ -102,4 +110,76 @@ func (s *rssSampler) Stop() (rssSample, []string, map[string]rssSample) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.peak, s.phases, s.byName
+}
+
+// rssDump catches a peak of the mapped pages in the act: with
+// BENCH_SCALE_RSS_DUMP set to a file prefix, a sample whose RssFile is
+// over BENCH_SCALE_RSS_DUMP_MIB (default 110) and 8 MiB over the last
+// dump's writes the stacks of every goroutine and thread, and the
+// mappings with over 1 MiB resident, to prefix-N. A peak's figure says
+// that the pages were mapped; only what ran then says which read mapped
+// them.
+type rssDump struct {
+	prefix string
+	mib    float64
+	last   float64
+	n      int
+}
+
+// newRSSDump returns the dump BENCH_SCALE_RSS_DUMP asks for, or nil.
+func newRSSDump(b *testing.B) *rssDump {
+	prefix := os.Getenv("BENCH_SCALE_RSS_DUMP")
+	if prefix == "" {
+		return nil
+	}
+	d := &rssDump{prefix: prefix, mib: 110}
+	if v := os.Getenv("BENCH_SCALE_RSS_DUMP_MIB"); v != "" {
+		mib, err := strconv.ParseFloat(v, 64)
+		if err != nil || mib <= 0 {
+			b.Fatalf("BENCH_SCALE_RSS_DUMP_MIB: bad value %q", v)
+		}
+		d.mib = mib
+	}
+	return d
+}
+
+// check dumps the process if r is a new peak of the mapped pages over
+// the threshold.
+func (d *rssDump) check(phase string, r rssSample) {
+	if r.file < d.mib || r.file < d.last+8 {
+		return
+	}
+	d.last = r.file
+	d.n++
+	name := fmt.Sprintf("%s-%d", d.prefix, d.n)
+	header := fmt.Sprintf("phase %s: VmRSS %.1f MiB, RssAnon %.1f, RssFile %.1f\n%s", phase, r.rss, r.anon, r.file, residentMappings())
+	if err := dumpProcess(name, header); err != nil {
+		fmt.Fprintf(os.Stderr, "rss dump: %v\n", err)
+		return
+	}
+	fmt.Fprintf(os.Stderr, "rss dump: phase %s, RssFile %.1f MiB: %s\n", phase, r.file, name)
+}
+
+// residentMappings lists the process's mappings with over 1 MiB
+// resident (/proc/self/smaps), one a line: resident KiB and the mapping.
+func residentMappings() string {
+	raw, err := os.ReadFile("/proc/self/smaps")
+	if err != nil {
+		return err.Error()
+	}
+	var out strings.Builder
+	var mapping string
+	for _, l := range strings.Split(string(raw), "\n") {
+		f := strings.Fields(l)
+		switch {
+		case len(f) == 0:
+		case !strings.HasSuffix(f[0], ":"):
+			mapping = l
+		case f[0] == "Rss:" && len(f) > 1:
+			if kb, _ := strconv.Atoi(f[1]); kb > 1024 {
+				fmt.Fprintf(&out, "%8d KiB %s\n", kb, mapping)
+			}
+		}
+	}
+	return out.String()
 }

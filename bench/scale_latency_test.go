@@ -175,7 +175,7 @@ func scaleLatencyRound(b *testing.B, dir string, n, k int, upURL string, seed ui
 	}
 	out := latencyRound{parts: map[string]latencyPart{}, warm: warmCache(b, dir, files)}
 	gc0 := readGCCounters()
-	sampler := startRSSSampler()
+	sampler := startRSSSampler(nil)
 	reqs := map[string]func() (time.Duration, error){"GET manifest by tag": c.manifest, "GET blob": c.blob}
 	got := map[string]*latencyPart{}
 	for range k {

@@ -237,7 +237,9 @@ func resetPeakRSS() { _ = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) 
 // CPU time and cycles during the collection and the eviction are
 // reported; BENCH_SCALE_CPUPROFILE=PREFIX writes CPU profiles of the
 // start-up, the collection and the eviction to PREFIX-start, -gc and
-// -evict.
+// -evict. BENCH_SCALE_STALL (stallWatch) and BENCH_SCALE_RSS_DUMP
+// (rssDump) write the stacks of a slow pull and of a peak of the mapped
+// pages.
 func BenchmarkScale(b *testing.B) {
 	for _, n := range scaleSizes(b) {
 		b.Run(fmt.Sprintf("images=%d", n), func(b *testing.B) {
@@ -275,7 +277,7 @@ func BenchmarkScale(b *testing.B) {
 				// the OS before measuring.
 				debug.FreeOSMemory()
 				resetPeakRSS()
-				sampler := startRSSSampler()
+				sampler := startRSSSampler(newRSSDump(b))
 				b.StartTimer()
 
 				ctx := context.Background()

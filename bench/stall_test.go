@@ -62,13 +62,23 @@ func (w *stallWatch) watch(what string) func() {
 // dump writes the process's goroutines and threads to the next file.
 func (w *stallWatch) dump(what string, start time.Time) {
 	name := fmt.Sprintf("%s-%d", w.prefix, w.n.Add(1))
-	f, err := os.Create(name)
-	if err != nil {
+	header := fmt.Sprintf("%s running for %v (from %s)", what, time.Since(start), start.Format(time.RFC3339Nano))
+	if err := dumpProcess(name, header); err != nil {
 		fmt.Fprintf(os.Stderr, "stall: %v\n", err)
 		return
 	}
+	fmt.Fprintf(os.Stderr, "stall: %s running for %v: %s\n", what, time.Since(start), name)
+}
+
+// dumpProcess writes header, the load and pressure-stall figures, every
+// thread's kernel stack and state, and every goroutine's stack to name.
+func dumpProcess(name, header string) error {
+	f, err := os.Create(name)
+	if err != nil {
+		return err
+	}
 	defer f.Close()
-	fmt.Fprintf(f, "%s running for %v (from %s)\n\n", what, time.Since(start), start.Format(time.RFC3339Nano))
+	fmt.Fprintf(f, "%s\n\n", header)
 	for _, file := range []string{"loadavg", "pressure/io", "pressure/memory", "pressure/cpu"} {
 		if raw, err := os.ReadFile(filepath.Join("/proc", file)); err == nil {
 			fmt.Fprintf(f, "/proc/%s: %s", file, raw)
@@ -84,6 +94,5 @@ func (w *stallWatch) dump(what string, start time.Time) {
 		fmt.Fprintf(f, "\nthread %s: %s\n", filepath.Base(t), strings.Join(parts, "\n"))
 	}
 	fmt.Fprintln(f)
-	_ = pprof.Lookup("goroutine").WriteTo(f, 2)
-	fmt.Fprintf(os.Stderr, "stall: %s running for %v: %s\n", what, time.Since(start), name)
+	return pprof.Lookup("goroutine").WriteTo(f, 2)
 }
