@@ -94,7 +94,14 @@ func (r *releaser) read(k, v []byte) {
 			// the write lock held eviction batches 110–485 ms at 100k
 			// (docs/performance-rounds.md, "Round 12: start-up and memory"),
 			// and the walk, when it ends, drops the same pages.
-			return
+			if n-r.base < 2*r.budget {
+				return
+			}
+			// Twice the budget mapped and the walk not over (slowed by
+			// a loaded machine: the collection's read of the content
+			// records mapped 35–90 MiB over its budget while one ran):
+			// the read waits for it.
+			r.release(true)
 		}
 		if n, ok := r.rss(); ok {
 			r.base = n

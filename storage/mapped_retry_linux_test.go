@@ -43,6 +43,48 @@ func TestFullReadRetriesAReleaseTheWalkHeld(t *testing.T) {
 	}
 }
 
+// A full read that has mapped twice its budget while the watcher walks
+// waits for the walk to end, and releases, instead of mapping on: a walk
+// slowed by a loaded machine let the collection's read map tens of MiB
+// more.
+func TestFullReadWaitsForTheWalkPastTwiceItsBudget(t *testing.T) {
+	ix := openTestIndex(t)
+	ix.mapped.stop()
+	err := ix.db.View(func(tx *bolt.Tx) error {
+		rss := int64(100 << 20)
+		r := ix.releaser(tx)
+		r.rss = func() (int64, bool) { return rss, true }
+		r.base, r.ok = rss, true
+		found := make(chan struct{}, 2)
+		r.busy = func() { found <- struct{}{} }
+		look := func() { r.read(make([]byte, releaseCheckEvery), nil) }
+
+		ix.branches.mu.Lock() // the watcher walks
+		rss += 2*r.budget - 1
+		look() // under twice the budget: on, as before
+		if r.releases != 0 || len(found) != 1 {
+			t.Fatalf("under twice the budget: %d releases, %d found busy; want 0, 1", r.releases, len(found))
+		}
+		<-found
+		rss++
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			look()
+		}()
+		<-found                 // the look found the walk
+		ix.branches.mu.Unlock() // which ends
+		<-done
+		if r.releases != 1 || r.base != rss {
+			t.Fatalf("after the walk: %d releases, base %d MiB; want 1, %d", r.releases, r.base>>20, rss>>20)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
 // A full read's last release (done) waits for a walk holding the branch
 // cache, and then releases: the read has no later look to try again at.
 func TestFullReadsLastReleaseWaitsForTheWalk(t *testing.T) {
