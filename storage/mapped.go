@@ -83,26 +83,19 @@ func (r *releaser) read(k, v []byte) {
 	case n < r.base:
 		r.base = n // released by another read, the watcher or the kernel
 	case n-r.base >= r.budget:
-		if !r.release(false) && !r.tx.Writable() {
-			// The watcher is walking its branch pages (its first walk
-			// at start takes ~0.1 s at 100k images): the base stays,
-			// so that the next look, releaseCheckEvery on, tries again.
-			// Moving it up to n would let the read map another budget
-			// before it tried (the start's scans reached RssFile 116–178
-			// MiB at 100k so). A write transaction's (writeSome's
-			// lookups) moves it as before: its retries' releases under
-			// the write lock held eviction batches 110–485 ms at 100k
-			// (docs/performance-rounds.md, "Round 12: start-up and memory"),
-			// and the walk, when it ends, drops the same pages.
-			if n-r.base < 2*r.budget {
-				return
-			}
-			// Twice the budget mapped and the walk not over (slowed by
-			// a loaded machine: the collection's read of the content
-			// records mapped 35–90 MiB over its budget while one ran):
-			// the read waits for it.
-			r.release(true)
-		}
+		// While the watcher walks its branch pages (its first walk at
+		// start takes ~0.1 s at 100k images, longer on a loaded
+		// machine) a release finds the branch cache busy. A read waits
+		// for the walk to end: going on, it mapped what it read
+		// meanwhile (the collection's and the eviction's reads of the
+		// content records: the index's resident pages 72–79 MiB at
+		// 100k, against ~37 its budget and the kept branch pages
+		// allow). A write transaction (writeSome's lookups) does not:
+		// its waits under the write lock held eviction batches 110–485
+		// ms at 100k (docs/performance-rounds.md, "Round 12: start-up
+		// and memory"); its base moves up, and the walk, when it ends,
+		// drops the same pages.
+		r.release(!r.tx.Writable())
 		if n, ok := r.rss(); ok {
 			r.base = n
 		}

@@ -7,10 +7,11 @@ import (
 )
 
 // A full read whose release finds the watcher walking its branch pages
-// (the branch cache locked) keeps its base and tries again at its next
-// look, instead of moving the base up and reading another budget before
-// it tries: RssFile faked, the walk stood for by the cache's lock.
-func TestFullReadRetriesAReleaseTheWalkHeld(t *testing.T) {
+// (the branch cache locked) waits for the walk to end, and releases,
+// instead of mapping on (a walk slowed by a loaded machine let the
+// collection's read map tens of MiB more): RssFile faked, the walk stood
+// for by the cache's lock.
+func TestFullReadWaitsForTheWalk(t *testing.T) {
 	ix := openTestIndex(t)
 	ix.mapped.stop() // the real watcher: its walks would take the lock too
 	err := ix.db.View(func(tx *bolt.Tx) error {
@@ -18,55 +19,17 @@ func TestFullReadRetriesAReleaseTheWalkHeld(t *testing.T) {
 		r := ix.releaser(tx)
 		r.rss = func() (int64, bool) { return rss, true }
 		r.base, r.ok = rss, true
-		busy := 0
-		r.busy = func() { busy++ }
-		look := func() { r.read(make([]byte, releaseCheckEvery), nil) }
-
-		ix.branches.mu.Lock() // the watcher walks
-		rss += r.budget       // the read mapped its budget
-		look()
-		if r.releases != 0 || busy != 1 {
-			t.Fatalf("with the walk holding the cache: %d releases, %d found busy; want 0, 1", r.releases, busy)
-		}
-		if r.base != 100<<20 {
-			t.Fatalf("the base moved to %d MiB on a skipped release", r.base>>20)
-		}
-		ix.branches.mu.Unlock() // the walk ends
-		look()
-		if r.releases != 1 {
-			t.Fatalf("the next look did not release (%d releases)", r.releases)
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-}
-
-// A full read that has mapped twice its budget while the watcher walks
-// waits for the walk to end, and releases, instead of mapping on: a walk
-// slowed by a loaded machine let the collection's read map tens of MiB
-// more.
-func TestFullReadWaitsForTheWalkPastTwiceItsBudget(t *testing.T) {
-	ix := openTestIndex(t)
-	ix.mapped.stop()
-	err := ix.db.View(func(tx *bolt.Tx) error {
-		rss := int64(100 << 20)
-		r := ix.releaser(tx)
-		r.rss = func() (int64, bool) { return rss, true }
-		r.base, r.ok = rss, true
-		found := make(chan struct{}, 2)
+		found := make(chan struct{}, 1)
 		r.busy = func() { found <- struct{}{} }
 		look := func() { r.read(make([]byte, releaseCheckEvery), nil) }
 
 		ix.branches.mu.Lock() // the watcher walks
-		rss += 2*r.budget - 1
-		look() // under twice the budget: on, as before
-		if r.releases != 0 || len(found) != 1 {
-			t.Fatalf("under twice the budget: %d releases, %d found busy; want 0, 1", r.releases, len(found))
+		rss += r.budget - 1
+		look() // under the budget: no release tried
+		if r.releases != 0 || len(found) != 0 {
+			t.Fatalf("under the budget: %d releases, %d found busy; want 0, 0", r.releases, len(found))
 		}
-		<-found
-		rss++
+		rss++ // the read mapped its budget
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
