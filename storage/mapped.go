@@ -236,10 +236,10 @@ func (w *mappedWatch) release(ix *Index, base int64) int64 {
 // waitFirstRelease waits for the watcher's first release, or its stop; a
 // nil watcher does not wait. That release walks the hot buckets' branch
 // pages (~100 ms at 100k images) holding the branch cache, and a full
-// read's releases meanwhile wait for it (releaser.read tries again at its
-// next look): a full read begun beside it maps what it reads until the
-// walk ends (the fills' resume at start, before the releases were tried
-// again: RssFile 116–178 MiB at 100k).
+// read's releases meanwhile wait for it (releaser.read): a full read
+// begun beside it would wait once it had mapped its budget (before a
+// read's releases were tried again, the fills' resume at start mapped
+// what it read until the walk ended: RssFile 116–178 MiB at 100k).
 func (w *mappedWatch) waitFirstRelease() {
 	if w == nil {
 		return
