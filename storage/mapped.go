@@ -89,8 +89,8 @@ func (r *releaser) read(k, v []byte) {
 		// for the walk to end: going on, it mapped what it read
 		// meanwhile (the collection's and the eviction's reads of the
 		// content records: the index's resident pages 72–79 MiB at
-		// 100k, against ~37 its budget and the kept branch pages
-		// allow). A write transaction (writeSome's lookups) does not:
+		// 100k, where the kept branch pages are ~21 MiB and a read's
+		// budget 16). A write transaction (writeSome's lookups) does not:
 		// its waits under the write lock held eviction batches 110–485
 		// ms at 100k (docs/performance-rounds.md, "Round 12: start-up
 		// and memory"); its base moves up, and the walk, when it ends,
