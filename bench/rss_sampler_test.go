@@ -116,9 +116,10 @@ func (s *rssSampler) Stop() (rssSample, []string, map[string]rssSample) {
 // BENCH_SCALE_RSS_DUMP set to a file prefix, a sample whose RssFile is
 // over BENCH_SCALE_RSS_DUMP_MIB (default 110) and 8 MiB over the last
 // dump's writes the stacks of every goroutine and thread, and the
-// mappings with over 1 MiB resident, to prefix-N. A peak's figure says
-// that the pages were mapped; only what ran then says which read mapped
-// them.
+// mappings with over 1 MiB resident, to prefix-N (read as the dump is
+// written, a few ms after the sample: a release meanwhile shows there).
+// A peak's figure says that the pages were mapped; only what ran then
+// says which read mapped them.
 type rssDump struct {
 	prefix string
 	mib    float64
