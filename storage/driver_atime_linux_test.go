@@ -24,8 +24,7 @@ func TestStoredReadsKeepAccessTime(t *testing.T) {
 	blob := []byte("read me often")
 	d := digest.FromBytes(blob)
 	must(t, s.Put(t.Context(), "test/repo", d, int64(len(blob)), bytes.NewReader(blob)))
-	// The filesystem driver's layout (blobPath under its root).
-	path := filepath.Join(root, "blobs", "sha256", d.Encoded()[:2], d.Encoded(), "data")
+	path := filepath.Join(storedDir(root, d), "data")
 	old := time.Now().Add(-48 * time.Hour).Truncate(time.Second)
 	stale := func() {
 		t.Helper()

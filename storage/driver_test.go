@@ -296,6 +296,12 @@ func TestDriverStoreReadSmall(t *testing.T) {
 	}
 }
 
+// storedDir is the directory where the filesystem driver under root
+// keeps d (the driver's blobPath).
+func storedDir(root string, d digest.Digest) string {
+	return filepath.Join(root, "blobs", "sha256", d.Encoded()[:2], d.Encoded())
+}
+
 // Delete on the filesystem driver removes a blob's directory; a directory
 // holding more than the blob's data goes whole too, and deleting what is
 // not there is no error.
@@ -308,7 +314,7 @@ func TestFilesystemDelete(t *testing.T) {
 		if err := s.Put(ctx, "", d, int64(len(body)), strings.NewReader(body)); err != nil {
 			t.Fatal(err)
 		}
-		return d, filepath.Join(root, "blobs", "sha256", d.Encoded()[:2], d.Encoded())
+		return d, storedDir(root, d)
 	}
 	plain, plainDir := put("plain")
 	extra, extraDir := put("extra")
