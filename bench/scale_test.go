@@ -341,6 +341,7 @@ func BenchmarkScale(b *testing.B) {
 				sampler.Phase("gc")
 				gcProfiled := scaleCPUProfile(b, "gc")
 				gcCPU := readGCCPU()
+				gcWrites := srv.Index.WriteTotals()
 				gc, gcPulls := during(b, c, func() error {
 					r, err := srv.Collector.Collect(ctx)
 					gcWrite = r.LongestWrite
@@ -350,12 +351,14 @@ func BenchmarkScale(b *testing.B) {
 					return err
 				})
 				gcCPU = readGCCPU().since(gcCPU)
+				gcWrote := wrote(gcWrites, srv.Index.WriteTotals())
 				gcProfiled()
 				var evicted int
 				sampler.Phase("evict")
 				evictProfiled := scalePeakProfile(b, "evict")
 				evictCPUProfiled := scaleCPUProfile(b, "evict")
 				evictCPU := readGCCPU()
+				evictWrites := srv.Index.WriteTotals()
 				evict, evictPulls := during(b, c, func() error {
 					r, err := srv.Collector.Evict(ctx, total/2, 0, time.Now())
 					// Blobs the latency runs served are within the grace
@@ -368,6 +371,7 @@ func BenchmarkScale(b *testing.B) {
 					return err
 				})
 				b.StopTimer()
+				evictWrote := wrote(evictWrites, srv.Index.WriteTotals())
 				evictCPU = readGCCPU().since(evictCPU)
 				evictCPUProfiled()
 				evictProfiled()
@@ -408,6 +412,8 @@ func BenchmarkScale(b *testing.B) {
 				b.ReportMetric(evictCPU.cycles, "gc-cycles-during-evict")
 				b.ReportMetric(ms(gcWrite), "gc-longest-write-ms")
 				b.ReportMetric(ms(evictWrite), "evict-longest-write-ms")
+				gcWrote.report(b, "gc")
+				evictWrote.report(b, "evict")
 				b.ReportMetric(ms(statusJSON), "status-json-ms")
 				b.ReportMetric(rss, "peak-RSS-MiB")
 				b.ReportMetric(peak.anon, "peak-RssAnon-MiB")
@@ -829,4 +835,22 @@ func startCache(b *testing.B, dir string, n int) {
 		b.Fatalf("copying the built index: %v: %s", err, out)
 	}
 	syncIndex(b, dir)
+}
+
+// passWrites is what a pass's write transactions (and the pulls' beside
+// it) committed: the difference of the index's totals.
+type passWrites storage.WriteTotals
+
+func wrote(before, after storage.WriteTotals) passWrites {
+	return passWrites{Commits: after.Commits - before.Commits, Pages: after.Pages - before.Pages, Held: after.Held - before.Held}
+}
+
+// report reports the commits, the pages each wrote on average and the
+// time they held the write lock in all.
+func (w passWrites) report(b *testing.B, pass string) {
+	b.ReportMetric(float64(w.Commits), pass+"-commits")
+	if w.Commits > 0 {
+		b.ReportMetric(float64(w.Pages)/float64(w.Commits), pass+"-pages-per-commit")
+	}
+	b.ReportMetric(w.Held.Seconds(), pass+"-write-held-s")
 }

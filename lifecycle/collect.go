@@ -22,7 +22,7 @@ import (
 func (c *Collector) Collect(ctx context.Context) (Report, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	defer c.opts.GCHold.Enter()()
+	defer c.enterPass()()
 	if err := c.refresh(ctx); err != nil {
 		return Report{}, err
 	}

@@ -277,13 +277,13 @@ func (c *Collector) Pass(ctx context.Context, p Policy) (Report, error) {
 		if !due {
 			return Report{StoredBefore: c.index.StoredBytes(), StoredAfter: c.index.StoredBytes()}, nil
 		}
-		defer c.opts.GCHold.Enter()()
+		defer c.enterPass()()
 		c.lastCollect = now
 		r, err := c.collect(ctx, nil, nil, nil)
 		c.opts.Metrics.observe("collect", "gc", r, err)
 		return r, err
 	}
-	defer c.opts.GCHold.Enter()()
+	defer c.enterPass()()
 	r, collected, err := c.evict(ctx, p.MaxSize, p.EvictAfter, now, func(evicted bool) bool {
 		return evicted || due || (p.MaxSize > 0 && c.index.StoredBytes() > p.MaxSize)
 	})
@@ -292,6 +292,19 @@ func (c *Collector) Pass(ctx context.Context, p Policy) (Report, error) {
 	}
 	c.opts.Metrics.observe("evict", "evict", r, err)
 	return r, err
+}
+
+// enterPass begins a pass that writes the index (a collection, an
+// eviction): the GC's hold, and the index's pass, whose commits leave
+// bbolt's freelist out (storage.Index.BeginPass). The func it returns
+// ends both.
+func (c *Collector) enterPass() (exit func()) {
+	leave := c.opts.GCHold.Enter()
+	end := c.index.BeginPass()
+	return func() {
+		end()
+		leave()
+	}
 }
 
 // recent reports whether any of the times is within the grace period.

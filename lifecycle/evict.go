@@ -23,7 +23,7 @@ import (
 func (c *Collector) Evict(ctx context.Context, maxSize int64, evictAfter time.Duration, now time.Time) (Report, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	defer c.opts.GCHold.Enter()()
+	defer c.enterPass()()
 	if err := c.refresh(ctx); err != nil {
 		return Report{}, err
 	}

@@ -9,6 +9,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -19,6 +20,7 @@ import (
 	"github.com/docker-mirror/docker-mirror/lifecycle"
 	"github.com/docker-mirror/docker-mirror/proxy"
 	"github.com/docker-mirror/docker-mirror/storage"
+	"github.com/docker-mirror/docker-mirror/storage/storetest"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
 	"github.com/docker-mirror/docker-mirror/tests/servertest"
 )
@@ -328,4 +330,40 @@ func TestEvictKeepsWhatIsPulledDuringIt(t *testing.T) {
 	}
 	e.up.Stop()
 	e.wantPull(t, d)
+}
+
+// freelistProbe is a Guard that reads, at each claim, whether the
+// index's last commit wrote bbolt's freelist.
+type freelistProbe struct {
+	t       *testing.T
+	path    string
+	mu      sync.Mutex
+	written []bool
+}
+
+func (p *freelistProbe) Claim(digest.Digest) (func(), bool) {
+	w := storetest.FreelistWritten(p.t, p.path)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.written = append(p.written, w)
+	return func() {}, true
+}
+
+// An eviction is a pass of the index (storage.Index.BeginPass): the
+// commits removing its victims leave bbolt's freelist out, and once it
+// is over the freelist is written.
+func TestEvictIsAPassOfTheIndex(t *testing.T) {
+	e := newEnv(t)
+	seedThree(t, e)
+	probe := &freelistProbe{t: t, path: e.m.Index.Path()}
+	r, err := e.collector(lifecycle.Options{Guard: probe}).Evict(t.Context(), 1, 0, e.m.Clock.Now())
+	if err != nil || r.ImagesEvicted != 3 {
+		t.Fatalf("evict: %+v, %v", r, err)
+	}
+	if len(probe.written) == 0 || slices.Contains(probe.written, true) {
+		t.Errorf("freelist written at the collection's claims: %v, want false after the victims' commits", probe.written)
+	}
+	if !storetest.FreelistWritten(t, e.m.Index.Path()) {
+		t.Error("the freelist was not written at the eviction's end")
+	}
 }

@@ -22,7 +22,7 @@ var (
 func (c *Collector) EvictImage(ctx context.Context, upstream, repo string, dgst digest.Digest) (Report, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	defer c.opts.GCHold.Enter()() // the model of every image, and a collection
+	defer c.enterPass()() // the model of every image, and a collection
 	r := Report{DryRun: c.opts.DryRun, StoredBefore: c.index.StoredBytes()}
 	longest, err := c.index.FlushTimed()
 	r.LongestWrite = longest

@@ -41,7 +41,7 @@ type commitPhases struct {
 	// grew is how much the file grew (bytes).
 	grew int64
 	// free is the freelist's size (pages) after the commit: all of it is
-	// written by every commit.
+	// written by every commit outside a pass (BeginPass).
 	free int
 	// used is what the thread running the transaction spent meanwhile
 	// (CPU, page faults), gcs the GC cycles that ended meanwhile: a
@@ -99,6 +99,7 @@ func (ix *Index) update(fn func(tx *bolt.Tx, b *budget) error) (held time.Durati
 	if err != nil {
 		return 0, err
 	}
+	ix.skipFreelist(tx)
 	// On one thread, so that its CPU time is the transaction's.
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
@@ -126,6 +127,11 @@ func (ix *Index) update(fn func(tx *bolt.Tx, b *budget) error) (held time.Durati
 	st := tx.Stats()
 	p.rebalance, p.spill, p.write = st.GetRebalanceTime(), st.GetSpillTime(), st.GetWriteTime()
 	p.nodes, p.pages = st.GetNodeCount(), st.GetPageCount()
+	if err == nil {
+		ix.commits.Add(1)
+		ix.pagesWritten.Add(p.pages)
+		ix.held.Add(int64(p.held()))
+	}
 	if p.held() > slowCommit {
 		if u, ok := threadUsage(); ok && usedOK {
 			p.used = u.sub(used)
@@ -137,6 +143,25 @@ func (ix *Index) update(fn func(tx *bolt.Tx, b *budget) error) (held time.Durati
 		ix.logSlow(p, err)
 	}
 	return p.held(), err
+}
+
+// WriteTotals add up the index's committed write transactions (all but
+// the batched ones of bbolt's Batch, a few keys each): a benchmark reads
+// what a pass wrote from two of them.
+type WriteTotals struct {
+	// Commits is how many committed.
+	Commits int64
+	// Pages is how many pages their commits wrote: the pages each changed
+	// and bbolt's freelist (BeginPass), not the meta page.
+	Pages int64
+	// Held is how long they held the write lock, in all.
+	Held time.Duration
+}
+
+// WriteTotals returns the totals of the index's write transactions since
+// it was opened.
+func (ix *Index) WriteTotals() WriteTotals {
+	return WriteTotals{Commits: ix.commits.Load(), Pages: ix.pagesWritten.Load(), Held: time.Duration(ix.held.Load())}
 }
 
 // write runs fn in a write transaction, as update does (logged if slow),

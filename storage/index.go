@@ -68,6 +68,12 @@ type Index struct {
 	// counts them (tests).
 	log         atomic.Pointer[slog.Logger]
 	slowCommits atomic.Int64
+	// commits, pagesWritten and held add up the commits of update
+	// (WriteTotals).
+	commits, pagesWritten, held atomic.Int64
+	// passes counts the passes running (BeginPass): their commits leave
+	// bbolt's freelist out.
+	passes atomic.Int32
 	// fsFlushes counts flushFS's calls (tests).
 	fsFlushes atomic.Int64
 }
@@ -270,7 +276,7 @@ func (ix *Index) StoredBytes() int64 { return ix.stored.Load() }
 // Close flushes pending access times and closes the database.
 func (ix *Index) Close() error {
 	ix.mapped.stop()
-	return errors.Join(ix.Flush(), ix.db.Close(), ix.leaves.close())
+	return errors.Join(ix.Flush(), ix.syncFreelist(), ix.db.Close(), ix.leaves.close())
 }
 
 // Ping checks that the database answers a read.

@@ -1,0 +1,125 @@
+package storage_test
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/docker-mirror/docker-mirror/storage/storetest"
+)
+
+// A pass's commits, and other writes' meanwhile, leave bbolt's freelist
+// out; the end of the last pass running writes it, and ending twice is
+// ending once.
+func TestPassLeavesTheFreelistOut(t *testing.T) {
+	ix := newIndex(t)
+	path := ix.Path()
+	write := func(i int) {
+		t.Helper()
+		recordTag(t, ix, hub, "library/a", fmt.Sprint("v", i), digest.FromString(fmt.Sprint(i)), t0)
+	}
+	want := func(written bool, when string) {
+		t.Helper()
+		if got := storetest.FreelistWritten(t, path); got != written {
+			t.Fatalf("%s: freelist written %v, want %v", when, got, written)
+		}
+	}
+	write(0)
+	want(true, "a write outside a pass")
+
+	end := ix.BeginPass()
+	write(1)
+	want(false, "a write in a pass")
+	other := ix.BeginPass()
+	end()
+	want(false, "one of two passes ended")
+	write(2)
+	want(false, "a write in the pass still running")
+	other()
+	want(true, "the last pass ended")
+	other()
+	end()
+	write(3)
+	want(true, "a write after the passes, each ended twice")
+
+	end = ix.BeginPass()
+	end()
+	want(true, "a pass that wrote nothing ended")
+}
+
+// A crash during a pass leaves an index whose last commit has no
+// freelist: it opens (bbolt rebuilds the freelist from the pages and
+// writes it), serves every record committed, and passes bbolt's check.
+func TestCrashDuringPassOpensClean(t *testing.T) {
+	ix := newIndex(t)
+	const n = 200
+	for i := range n {
+		recordTag(t, ix, hub, "library/a", fmt.Sprint("v", i), digest.FromString(fmt.Sprint(i)), t0)
+	}
+	end := ix.BeginPass()
+	defer end()
+	for i := range n / 2 { // frees pages, which the freelist must then hold
+		must(t, ix.DeleteTag(hub, "library/a", fmt.Sprint("v", i)))
+	}
+	// What a crash leaves: the file as its last commit synced it.
+	crashed := filepath.Join(t.TempDir(), "index.db")
+	copyFile(t, ix.Path(), crashed)
+	if storetest.FreelistWritten(t, crashed) {
+		t.Fatal("the pass's last commit wrote the freelist")
+	}
+
+	again := openIndex(t, crashed)
+	for i := range n {
+		_, ok, err := again.Tag(hub, "library/a", fmt.Sprint("v", i))
+		if err != nil || ok != (i >= n/2) {
+			t.Fatalf("tag v%d after the crash: found %v, error %v", i, ok, err)
+		}
+	}
+	if !storetest.FreelistWritten(t, crashed) {
+		t.Error("the open after the crash did not write the freelist")
+	}
+	recordTag(t, again, hub, "library/b", "v1", digest.FromString("b"), t0)
+	must(t, again.Close())
+
+	db, err := bolt.Open(crashed, 0o600, &bolt.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	must(t, db.View(func(tx *bolt.Tx) error {
+		for err := range tx.Check() {
+			t.Errorf("bbolt check after the crash: %v", err)
+		}
+		return nil
+	}))
+}
+
+// An index closed during a pass writes the freelist first: the next open
+// reads it rather than every page.
+func TestCloseDuringPassWritesTheFreelist(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "index.db")
+	ix := openIndex(t, path)
+	end := ix.BeginPass()
+	recordTag(t, ix, hub, "library/a", "v1", digest.FromString("a"), t0)
+	must(t, ix.Close())
+	if !storetest.FreelistWritten(t, path) {
+		t.Error("closed during a pass without writing the freelist")
+	}
+	end() // on a closed index: logged, not fatal
+	if !storetest.FreelistWritten(t, path) {
+		t.Error("the end of the pass after the close changed the file")
+	}
+}
+
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	must(t, os.WriteFile(to, b, 0o600))
+}
