@@ -10,16 +10,17 @@ import (
 
 // BeginPass tells the index that a pass of the cache's lifecycle (a
 // collection, an eviction) begins: until end is called, its commits, and
-// every other write's meanwhile, leave bbolt's freelist out, and end's
-// commit writes it. Passes may overlap; the last end writes it.
+// every other write's meanwhile, leave bbolt's freelist out, and end
+// writes it if any did (a commit of its own). Passes may overlap; the
+// last end writes it.
 //
 // bbolt writes its whole freelist with every commit: at 100k images,
 // after an eviction, ~98k free pages, ~185 pages of it (~740 KiB)
 // beside the 150–263 pages an eviction's transaction changed, written and
 // fdatasynced while the write lock is held, every pull's record waiting
 // behind it. A pass commits hundreds of transactions in a row, each
-// bounded in time so that pulls go on (writes.go): the freelist was the
-// larger part of what they wrote.
+// bounded in time so that pulls go on (writes.go): the freelist was
+// about half of what they wrote.
 //
 // The price is a crash during a pass: the file's last commit then names
 // no freelist, and the next open rebuilds it by reading every page of
@@ -34,30 +35,40 @@ func (ix *Index) BeginPass() (end func()) {
 		if ix.passes.Add(-1) > 0 {
 			return // another pass still writes: its end writes the freelist
 		}
-		if err := ix.write(func(*bolt.Tx) error { return nil }); err != nil {
+		if err := ix.syncFreelist(); err != nil {
 			ix.logFreelist(err)
 		}
 	})
 }
 
-// skipFreelist sets whether the write transaction tx is about to commit
-// leaves the freelist out: while a pass runs (BeginPass). tx holds the
-// write lock, which orders every write of the setting with the commits
-// that read it.
+// skipFreelist sets whether the commit of the write transaction tx leaves
+// the freelist out: while a pass runs (BeginPass). tx holds the write
+// lock, which orders every write of the setting with the commits that
+// read it.
 func (ix *Index) skipFreelist(tx *bolt.Tx) {
-	tx.DB().NoFreelistSync = ix.passes.Load() > 0
+	skip := ix.passes.Load() > 0
+	tx.DB().NoFreelistSync = skip
+	if skip {
+		ix.freelistSkipped.Store(true)
+	}
 }
 
-// syncFreelist writes the freelist if a pass has not ended (the index is
-// closed under it): the next open then reads it rather than every page.
+// syncFreelist writes the freelist if a commit may have left it out since
+// it was last written: at a pass's end, and when the index is closed
+// (under a pass, if one runs), so that the next open reads it rather than
+// every page.
 func (ix *Index) syncFreelist() error {
-	if ix.passes.Load() == 0 {
-		return nil // the last pass's end wrote it
+	if !ix.freelistSkipped.Swap(false) {
+		return nil
 	}
-	return ix.write(func(tx *bolt.Tx) error {
+	err := ix.write(func(tx *bolt.Tx) error {
 		tx.DB().NoFreelistSync = false
 		return nil
 	})
+	if err != nil {
+		ix.freelistSkipped.Store(true)
+	}
+	return err
 }
 
 // logFreelist logs a failed write of the freelist at a pass's end: the
@@ -65,6 +76,6 @@ func (ix *Index) syncFreelist() error {
 // the next open a read of the whole index, not data.
 func (ix *Index) logFreelist(err error) {
 	if l := ix.log.Load(); l != nil {
-		l.LogAttrs(context.Background(), slog.LevelWarn, "index: writing the freelist after a pass", slog.String("error", err.Error()))
+		l.LogAttrs(context.Background(), slog.LevelWarn, "index: the freelist could not be written after a pass (the next write writes it)", slog.String("error", err.Error()))
 	}
 }

@@ -46,9 +46,13 @@ func TestPassLeavesTheFreelistOut(t *testing.T) {
 	write(3)
 	want(true, "a write after the passes, each ended twice")
 
+	before := ix.WriteTotals().Commits
 	end = ix.BeginPass()
 	end()
 	want(true, "a pass that wrote nothing ended")
+	if n := ix.WriteTotals().Commits - before; n != 0 {
+		t.Errorf("a pass that wrote nothing committed %d times", n)
+	}
 }
 
 // A crash during a pass leaves an index whose last commit has no

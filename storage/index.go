@@ -72,8 +72,10 @@ type Index struct {
 	// (WriteTotals).
 	commits, pagesWritten, held atomic.Int64
 	// passes counts the passes running (BeginPass): their commits leave
-	// bbolt's freelist out.
-	passes atomic.Int32
+	// bbolt's freelist out. freelistSkipped says a commit may have left it
+	// out since it was last written.
+	passes          atomic.Int32
+	freelistSkipped atomic.Bool
 	// fsFlushes counts flushFS's calls (tests).
 	fsFlushes atomic.Int64
 }
