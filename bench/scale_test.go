@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	mrand "math/rand/v2"
@@ -30,6 +31,7 @@ import (
 	"github.com/docker-mirror/docker-mirror/storage"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
 	"github.com/docker-mirror/docker-mirror/tests/servertest"
+	bolt "go.etcd.io/bbolt"
 )
 
 // scaleSizes are the cache sizes (images) of BenchmarkScale:
@@ -579,6 +581,28 @@ func syncIndex(b *testing.B, dir string) {
 	}
 }
 
+// crashDuringPass leaves the index in dir as a crash during a pass of the
+// lifecycle leaves it (storage.Index.BeginPass): its last commit has no
+// freelist. Its pages stay in the page cache, as after the crash of a
+// process, unless cold.
+func crashDuringPass(b *testing.B, dir string, cold bool) {
+	path := filepath.Join(dir, "index.db")
+	db, err := bolt.Open(path, 0o600, &bolt.Options{NoFreelistSync: true})
+	if err == nil {
+		err = db.Update(func(*bolt.Tx) error { return nil })
+		err = errors.Join(err, db.Close())
+	}
+	if err != nil {
+		b.Fatal(err)
+	}
+	syncIndex(b, dir)
+	if cold {
+		if out, err := exec.Command("dd", "if="+path, "iflag=nocache", "count=0").CombinedOutput(); err != nil {
+			b.Fatalf("dropping the index's pages: %v: %s", err, out)
+		}
+	}
+}
+
 // BenchmarkScaleMemory measures the live heap the lifecycle's passes hold
 // on a synthetic cache (BENCH_MEM_IMAGES images, default 10,000): ls
 // (Collector.Images), a collection with nothing to collect, and an
@@ -757,7 +781,10 @@ func logIndexSize(b *testing.B, dir, when string) {
 // (stored-known-ms: StoredBytes returns, which the lifecycle's passes,
 // the status page and the stored-bytes gauge read). With
 // BENCH_SCALE_CPUPROFILE=PREFIX, the first iteration's start is
-// profiled to PREFIX-start.
+// profiled to PREFIX-start. With BENCH_SCALE_START_CRASHED=1, each copy is
+// left as a crash during a pass leaves it (crashDuringPass): the start
+// rebuilds bbolt's freelist first; =cold also drops the copy's pages from
+// the page cache (GNU dd's nocache), as a crash of the machine would.
 func BenchmarkScaleStart(b *testing.B) {
 	for _, n := range scaleSizes(b) {
 		b.Run(fmt.Sprintf("images=%d", n), func(b *testing.B) {
@@ -767,6 +794,10 @@ func BenchmarkScaleStart(b *testing.B) {
 				b.StopTimer()
 				dir := b.TempDir()
 				startCache(b, dir, n)
+				switch crashed := os.Getenv("BENCH_SCALE_START_CRASHED"); crashed {
+				case "1", "cold":
+					crashDuringPass(b, dir, crashed == "cold")
+				}
 				up := fixture.StartUpstream(b)
 				cfg := servertest.Config(b, dir, []servertest.Upstream{{Host: "docker.io", URL: up.URL()}})
 				cfg.TagTTL = config.Duration(1000 * time.Hour)
