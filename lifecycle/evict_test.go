@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -335,17 +336,18 @@ func TestEvictKeepsWhatIsPulledDuringIt(t *testing.T) {
 // freelistProbe is a Guard that reads, at each claim, whether the
 // index's last commit wrote bbolt's freelist.
 type freelistProbe struct {
-	t       *testing.T
 	path    string
 	mu      sync.Mutex
 	written []bool
+	err     error
 }
 
 func (p *freelistProbe) Claim(digest.Digest) (func(), bool) {
-	w := storetest.FreelistWritten(p.t, p.path)
+	w, err := storetest.FreelistWritten(p.path)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.written = append(p.written, w)
+	p.err = errors.Join(p.err, err)
 	return func() {}, true
 }
 
@@ -355,15 +357,18 @@ func (p *freelistProbe) Claim(digest.Digest) (func(), bool) {
 func TestEvictIsAPassOfTheIndex(t *testing.T) {
 	e := newEnv(t)
 	seedThree(t, e)
-	probe := &freelistProbe{t: t, path: e.m.Index.Path()}
+	probe := &freelistProbe{path: e.m.Index.Path()}
 	r, err := e.collector(lifecycle.Options{Guard: probe}).Evict(t.Context(), 1, 0, e.m.Clock.Now())
 	if err != nil || r.ImagesEvicted != 3 {
 		t.Fatalf("evict: %+v, %v", r, err)
 	}
+	if probe.err != nil {
+		t.Fatal(probe.err)
+	}
 	if len(probe.written) == 0 || slices.Contains(probe.written, true) {
 		t.Errorf("freelist written at the collection's claims: %v, want false after the victims' commits", probe.written)
 	}
-	if !storetest.FreelistWritten(t, e.m.Index.Path()) {
-		t.Error("the freelist was not written at the eviction's end")
+	if written, err := storetest.FreelistWritten(e.m.Index.Path()); err != nil || !written {
+		t.Errorf("the freelist written at the eviction's end: %v, %v", written, err)
 	}
 }

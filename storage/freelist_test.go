@@ -24,7 +24,7 @@ func TestPassLeavesTheFreelistOut(t *testing.T) {
 	}
 	want := func(written bool, when string) {
 		t.Helper()
-		if got := storetest.FreelistWritten(t, path); got != written {
+		if got := freelistWritten(t, path); got != written {
 			t.Fatalf("%s: freelist written %v, want %v", when, got, written)
 		}
 	}
@@ -72,7 +72,7 @@ func TestCrashDuringPassOpensClean(t *testing.T) {
 	// What a crash leaves: the file as its last commit synced it.
 	crashed := filepath.Join(t.TempDir(), "index.db")
 	copyFile(t, ix.Path(), crashed)
-	if storetest.FreelistWritten(t, crashed) {
+	if freelistWritten(t, crashed) {
 		t.Fatal("the pass's last commit wrote the freelist")
 	}
 
@@ -83,7 +83,7 @@ func TestCrashDuringPassOpensClean(t *testing.T) {
 			t.Fatalf("tag v%d after the crash: found %v, error %v", i, ok, err)
 		}
 	}
-	if !storetest.FreelistWritten(t, crashed) {
+	if !freelistWritten(t, crashed) {
 		t.Error("the open after the crash did not write the freelist")
 	}
 	recordTag(t, again, hub, "library/b", "v1", digest.FromString("b"), t0)
@@ -110,13 +110,22 @@ func TestCloseDuringPassWritesTheFreelist(t *testing.T) {
 	end := ix.BeginPass()
 	recordTag(t, ix, hub, "library/a", "v1", digest.FromString("a"), t0)
 	must(t, ix.Close())
-	if !storetest.FreelistWritten(t, path) {
+	if !freelistWritten(t, path) {
 		t.Error("closed during a pass without writing the freelist")
 	}
 	end() // on a closed index: logged, not fatal
-	if !storetest.FreelistWritten(t, path) {
+	if !freelistWritten(t, path) {
 		t.Error("the end of the pass after the close changed the file")
 	}
+}
+
+func freelistWritten(t *testing.T, path string) bool {
+	t.Helper()
+	written, err := storetest.FreelistWritten(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return written
 }
 
 func copyFile(t *testing.T, from, to string) {

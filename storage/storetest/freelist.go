@@ -2,8 +2,8 @@ package storetest
 
 import (
 	"encoding/binary"
+	"fmt"
 	"os"
-	"testing"
 )
 
 // FreelistWritten reports whether the last commit of the bbolt file at
@@ -17,11 +17,10 @@ import (
 // id (8), little-endian on the platforms this runs on; the meta with the
 // higher transaction id is the last commit's, and a freelist id of all
 // ones says it has none.
-func FreelistWritten(t testing.TB, path string) bool {
-	t.Helper()
+func FreelistWritten(path string) (bool, error) {
 	f, err := os.ReadFile(path)
 	if err != nil {
-		t.Fatal(err)
+		return false, err
 	}
 	const (
 		header    = 16
@@ -33,15 +32,15 @@ func FreelistWritten(t testing.TB, path string) bool {
 	)
 	le := binary.LittleEndian
 	if len(f) < header+64 || le.Uint32(f[header:]) != magicWord {
-		t.Fatalf("%s: not a bbolt file", path)
+		return false, fmt.Errorf("%s: not a bbolt file", path)
 	}
 	size := int(le.Uint32(f[sizeAt:]))
 	if len(f) < size+header+64 || le.Uint32(f[size+header:]) != magicWord {
-		t.Fatalf("%s: no second meta page at %d", path, size)
+		return false, fmt.Errorf("%s: no second meta page at %d", path, size)
 	}
 	last := 0
 	if le.Uint64(f[size+txidAt:]) > le.Uint64(f[txidAt:]) {
 		last = size
 	}
-	return le.Uint64(f[last+freeAt:]) != noFreeID
+	return le.Uint64(f[last+freeAt:]) != noFreeID, nil
 }
