@@ -21,7 +21,6 @@ import (
 	"github.com/docker-mirror/docker-mirror/lifecycle"
 	"github.com/docker-mirror/docker-mirror/proxy"
 	"github.com/docker-mirror/docker-mirror/storage"
-	"github.com/docker-mirror/docker-mirror/storage/storetest"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
 	"github.com/docker-mirror/docker-mirror/tests/servertest"
 )
@@ -343,7 +342,7 @@ type freelistProbe struct {
 }
 
 func (p *freelistProbe) Claim(digest.Digest) (func(), bool) {
-	w, err := storetest.FreelistWritten(p.path)
+	w, err := storage.FreelistWritten(p.path)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.written = append(p.written, w)
@@ -368,7 +367,7 @@ func TestEvictIsAPassOfTheIndex(t *testing.T) {
 	if len(probe.written) == 0 || slices.Contains(probe.written, true) {
 		t.Errorf("freelist written at the collection's claims: %v, want false after the victims' commits", probe.written)
 	}
-	if written, err := storetest.FreelistWritten(e.m.Index.Path()); err != nil || !written {
+	if written, err := storage.FreelistWritten(e.m.Index.Path()); err != nil || !written {
 		t.Errorf("the freelist written at the eviction's end: %v, %v", written, err)
 	}
 }

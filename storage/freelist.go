@@ -2,7 +2,10 @@ package storage
 
 import (
 	"context"
+	"encoding/binary"
+	"fmt"
 	"log/slog"
+	"os"
 	"sync"
 
 	bolt "go.etcd.io/bbolt"
@@ -78,4 +81,57 @@ func (ix *Index) logFreelist(err error) {
 	if l := ix.log.Load(); l != nil {
 		l.LogAttrs(context.Background(), slog.LevelWarn, "index: the freelist could not be written after a pass (the next write writes it)", slog.String("error", err.Error()))
 	}
+}
+
+// FreelistWritten reports whether the last commit of the bbolt file at
+// path wrote bbolt's freelist, as its meta page says: the index leaves it
+// out while a pass runs (BeginPass), so a crash during one leaves a file
+// without it.
+//
+// bbolt's on-disk layout (go.etcd.io/bbolt, internal/common): two meta
+// pages at the file's start, each a 16-byte page header then magic,
+// version, page size and flags (4 bytes each), the root bucket (16), the
+// freelist's page id (8), the high-water page id (8) and the transaction
+// id (8), in the machine's byte order (little-endian wherever this is
+// built); the meta with the higher transaction id is the last commit's,
+// and a freelist id of all ones says it has none.
+func FreelistWritten(path string) (bool, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	const (
+		header   = 16
+		metaSize = 64
+		sizeAt   = 8
+		freeAt   = 32
+		txidAt   = 48
+		noFree   = ^uint64(0)
+		magic    = 0xED0CDAED
+	)
+	le := binary.LittleEndian
+	meta := func(at int64) ([]byte, error) {
+		m := make([]byte, metaSize)
+		if _, err := f.ReadAt(m, at+header); err != nil {
+			return nil, fmt.Errorf("%s: reading a meta page: %w", path, err)
+		}
+		if le.Uint32(m) != magic {
+			return nil, fmt.Errorf("%s: not a bbolt file", path)
+		}
+		return m, nil
+	}
+	first, err := meta(0)
+	if err != nil {
+		return false, err
+	}
+	second, err := meta(int64(le.Uint32(first[sizeAt:])))
+	if err != nil {
+		return false, err
+	}
+	last := first
+	if le.Uint64(second[txidAt:]) > le.Uint64(first[txidAt:]) {
+		last = second
+	}
+	return le.Uint64(last[freeAt:]) != noFree, nil
 }

@@ -4,12 +4,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
+	"github.com/docker-mirror/docker-mirror/storage"
 	"github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
-
-	"github.com/docker-mirror/docker-mirror/storage/storetest"
 )
 
 // A pass's commits, and other writes' meanwhile, leave bbolt's freelist
@@ -121,7 +121,7 @@ func TestCloseDuringPassWritesTheFreelist(t *testing.T) {
 
 func freelistWritten(t *testing.T, path string) bool {
 	t.Helper()
-	written, err := storetest.FreelistWritten(path)
+	written, err := storage.FreelistWritten(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,4 +135,17 @@ func copyFile(t *testing.T, from, to string) {
 		t.Fatal(err)
 	}
 	must(t, os.WriteFile(to, b, 0o600))
+}
+
+// FreelistWritten names the file it cannot read as a bbolt file.
+func TestFreelistWrittenRefusesOtherFiles(t *testing.T) {
+	dir := t.TempDir()
+	short, other := filepath.Join(dir, "short"), filepath.Join(dir, "other")
+	must(t, os.WriteFile(short, []byte("bbolt?"), 0o600))
+	must(t, os.WriteFile(other, make([]byte, 8192), 0o600))
+	for _, path := range []string{short, other, filepath.Join(dir, "missing")} {
+		if written, err := storage.FreelistWritten(path); err == nil || !strings.Contains(err.Error(), path) {
+			t.Errorf("FreelistWritten(%s) = %v, %v; want an error naming it", path, written, err)
+		}
+	}
 }

@@ -204,6 +204,12 @@ type FillRecord struct {
 // OpenIndex opens (creating if needed) the bbolt index at path. It fails
 // fast if another process holds it.
 func OpenIndex(path string) (*Index, error) {
+	if written, err := FreelistWritten(path); err == nil && !written {
+		// A crash during a pass (BeginPass): bbolt's open reads every
+		// page to rebuild the freelist, in the tree's order, a page
+		// per fault. Read ahead, in the file's order.
+		readAhead(path)
+	}
 	db, err := bolt.Open(path, 0o600, openOptions(path))
 	if err != nil {
 		if errors.Is(err, berrors.ErrTimeout) {

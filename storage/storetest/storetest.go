@@ -1,5 +1,5 @@
 // Package storetest is the conformance suite every storage.Store
-// implementation must pass, and what tests read of the index's file.
+// implementation must pass.
 package storetest
 
 import (

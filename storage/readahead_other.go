@@ -1,0 +1,6 @@
+//go:build !linux
+
+package storage
+
+// readAhead does nothing on this platform.
+func readAhead(string) {}
