@@ -783,7 +783,8 @@ func logIndexSize(b *testing.B, dir, when string) {
 // BENCH_SCALE_CPUPROFILE=PREFIX, the first iteration's start is
 // profiled to PREFIX-start. With BENCH_SCALE_START_CRASHED=1, each copy is
 // left as a crash during a pass leaves it (crashDuringPass): the start
-// rebuilds bbolt's freelist first; =cold also drops the copy's pages from
+// rebuilds bbolt's freelist first (its walk maps every page of the index:
+// peak-RSS-MiB, the process's VmHWM); =cold also drops the copy's pages from
 // the page cache (GNU dd's nocache), as a crash of the machine would.
 func BenchmarkScaleStart(b *testing.B) {
 	for _, n := range scaleSizes(b) {
@@ -841,6 +842,7 @@ func BenchmarkScaleStart(b *testing.B) {
 			b.ReportMetric(ms(startup)/float64(iter), "startup-ms")
 			b.ReportMetric(ms(first)/float64(iter), "first-answer-ms")
 			b.ReportMetric(ms(known)/float64(iter), "stored-known-ms")
+			b.ReportMetric(peakRSS(), "peak-RSS-MiB")
 		})
 	}
 }
