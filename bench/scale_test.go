@@ -583,9 +583,8 @@ func syncIndex(b *testing.B, dir string) {
 
 // crashDuringPass leaves the index in dir as a crash during a pass of the
 // lifecycle leaves it (storage.Index.BeginPass): its last commit has no
-// freelist. Its pages stay in the page cache, as after the crash of a
-// process, unless cold.
-func crashDuringPass(b *testing.B, dir string, cold bool) {
+// freelist.
+func crashDuringPass(b *testing.B, dir string) {
 	path := filepath.Join(dir, "index.db")
 	db, err := bolt.Open(path, 0o600, &bolt.Options{NoFreelistSync: true})
 	if err == nil {
@@ -596,10 +595,13 @@ func crashDuringPass(b *testing.B, dir string, cold bool) {
 		b.Fatal(err)
 	}
 	syncIndex(b, dir)
-	if cold {
-		if out, err := exec.Command("dd", "if="+path, "iflag=nocache", "count=0").CombinedOutput(); err != nil {
-			b.Fatalf("dropping the index's pages: %v: %s", err, out)
-		}
+}
+
+// dropPages drops the file at path from the page cache (its pages are
+// clean: written and synced).
+func dropPages(b *testing.B, path string) {
+	if out, err := exec.Command("dd", "if="+path, "iflag=nocache", "count=0").CombinedOutput(); err != nil {
+		b.Fatalf("dropping the pages of %s: %v: %s", path, err, out)
 	}
 }
 
@@ -784,8 +786,9 @@ func logIndexSize(b *testing.B, dir, when string) {
 // profiled to PREFIX-start. With BENCH_SCALE_START_CRASHED=1, each copy is
 // left as a crash during a pass leaves it (crashDuringPass): the start
 // rebuilds bbolt's freelist first (its walk maps every page of the index:
-// peak-RSS-MiB, the process's VmHWM); =cold also drops the copy's pages from
-// the page cache (GNU dd's nocache), as a crash of the machine would.
+// peak-RSS-MiB, the process's VmHWM). With BENCH_SCALE_START_COLD=1, the
+// copy's pages are dropped from the page cache (GNU dd's nocache), as
+// after a reboot.
 func BenchmarkScaleStart(b *testing.B) {
 	for _, n := range scaleSizes(b) {
 		b.Run(fmt.Sprintf("images=%d", n), func(b *testing.B) {
@@ -795,9 +798,11 @@ func BenchmarkScaleStart(b *testing.B) {
 				b.StopTimer()
 				dir := b.TempDir()
 				startCache(b, dir, n)
-				switch crashed := os.Getenv("BENCH_SCALE_START_CRASHED"); crashed {
-				case "1", "cold":
-					crashDuringPass(b, dir, crashed == "cold")
+				if os.Getenv("BENCH_SCALE_START_CRASHED") == "1" {
+					crashDuringPass(b, dir)
+				}
+				if os.Getenv("BENCH_SCALE_START_COLD") == "1" {
+					dropPages(b, filepath.Join(dir, "index.db"))
 				}
 				up := fixture.StartUpstream(b)
 				cfg := servertest.Config(b, dir, []servertest.Upstream{{Host: "docker.io", URL: up.URL()}})

@@ -207,7 +207,7 @@ func OpenIndex(path string) (*Index, error) {
 	if written, err := FreelistWritten(path); err == nil && !written {
 		// A crash during a pass (BeginPass): bbolt's open reads every
 		// page to rebuild the freelist, in the tree's order, a page
-		// per fault. Read ahead, in the file's order.
+		// per fault. Read the file first, in its order.
 		readAhead(path)
 	}
 	db, err := bolt.Open(path, 0o600, openOptions(path))
