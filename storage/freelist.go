@@ -26,12 +26,13 @@ import (
 // about half of what they wrote.
 //
 // The price is a crash during a pass: the file's last commit then names
-// no freelist, and the next open rebuilds it by reading every page of
-// the index (bbolt's freepages) and writes it back, before the index
-// serves; the pages that read maps are released by the mapped-pages
-// watcher's first release (mapped.go). Nothing is lost or torn: the
-// freelist is bbolt's record of unused pages, and a commit that skips
-// it is as atomic as one that writes it.
+// no freelist, and the next open rebuilds it by walking every page of
+// the index (bbolt's freepages, in bolt.Open; OpenIndex reads the file
+// ahead of it) and writes it back, before the index serves: at 100k
+// images ~0.9 s, ~2.4 s cold, the whole file mapped for the moment of
+// the open (docs/performance-rounds.md, Round 16). Nothing is lost or
+// torn: the freelist is bbolt's record of unused pages, and a commit
+// that skips it is as atomic as one that writes it.
 func (ix *Index) BeginPass() (end func()) {
 	ix.passes.Add(1)
 	return sync.OnceFunc(func() {

@@ -7,9 +7,10 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/docker-mirror/docker-mirror/storage"
 	"github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/docker-mirror/docker-mirror/storage"
 )
 
 // A pass's commits, and other writes' meanwhile, leave bbolt's freelist
