@@ -4,8 +4,12 @@ import (
 	"io"
 	"log/slog"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/docker-mirror/docker-mirror/storage"
 )
 
 // The gauges alert rules compare against: max_size as configured, and
@@ -46,4 +50,51 @@ func grepReady(s string) string {
 		}
 	}
 	return "no docker_mirror_ready"
+}
+
+// The index's writes are counted at scrape time: a write adds one commit,
+// the pages it wrote and the time it held the write lock.
+func TestIndexWriteMetrics(t *testing.T) {
+	srv, err := New(t.Context(), testConfig(t), WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	scrape := func() map[string]float64 {
+		t.Helper()
+		rec := httptest.NewRecorder()
+		srv.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+		got := map[string]float64{}
+		for _, l := range strings.Split(rec.Body.String(), "\n") {
+			name, v, ok := strings.Cut(l, " ")
+			if !ok || !strings.HasPrefix(name, "docker_mirror_index_") {
+				continue
+			}
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("metric line %q: %v", l, err)
+			}
+			got[name] = f
+		}
+		return got
+	}
+	before := scrape()
+	if err := srv.Index.Pin("docker.io/library/a:v1", storage.PinRecord{PinnedAt: time.Now(), Reason: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	after := scrape()
+	for _, name := range []string{"docker_mirror_index_commits_total", "docker_mirror_index_pages_written_total", "docker_mirror_index_write_lock_seconds_total", "docker_mirror_index_slow_writes_total"} {
+		if _, ok := after[name]; !ok {
+			t.Errorf("no %s", name)
+		}
+	}
+	if d := after["docker_mirror_index_commits_total"] - before["docker_mirror_index_commits_total"]; d != 1 {
+		t.Errorf("a write added %v commits, want 1", d)
+	}
+	if d := after["docker_mirror_index_pages_written_total"] - before["docker_mirror_index_pages_written_total"]; d < 1 {
+		t.Errorf("a write added %v pages written", d)
+	}
+	if d := after["docker_mirror_index_write_lock_seconds_total"] - before["docker_mirror_index_write_lock_seconds_total"]; d <= 0 {
+		t.Errorf("a write added %v s of the write lock", d)
+	}
 }

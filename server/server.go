@@ -214,7 +214,7 @@ func New(ctx context.Context, cfg config.Config, opts ...Option) (_ *Server, err
 	if s.Proxy, err = proxy.New(s.Store, s.Index, ups, append(popts, o.proxyOptions...)...); err != nil {
 		return nil, err
 	}
-	s.Metrics.Register(gauges(cfg, s.Proxy)...)
+	s.Metrics.Register(gauges(cfg, s.Proxy, s.Index)...)
 	lo := lifecycle.Options{Grace: lifecycle.DefaultGrace, Guard: inUse, Log: o.log, Metrics: lm, Now: o.now, GCHold: o.gcHold}
 	if s.Cluster != nil {
 		// Replicas share the store: each digest is collected by its owner.

@@ -146,8 +146,8 @@ func (ix *Index) update(fn func(tx *bolt.Tx, b *budget) error) (held time.Durati
 }
 
 // WriteTotals add up the index's committed write transactions (all but
-// the batched ones of bbolt's Batch, a few keys each): a benchmark reads
-// what a pass wrote from two of them.
+// the batched ones of bbolt's Batch, a few keys each): the metrics of the
+// index's writes, and what a pass wrote (the difference of two).
 type WriteTotals struct {
 	// Commits is how many committed.
 	Commits int64
@@ -156,12 +156,14 @@ type WriteTotals struct {
 	Pages int64
 	// Held is how long they held the write lock, in all.
 	Held time.Duration
+	// Slow is how many held it over 100 ms (each logged: SetLogger).
+	Slow int64
 }
 
 // WriteTotals returns the totals of the index's write transactions since
 // it was opened.
 func (ix *Index) WriteTotals() WriteTotals {
-	return WriteTotals{Commits: ix.commits.Load(), Pages: ix.pagesWritten.Load(), Held: time.Duration(ix.held.Load())}
+	return WriteTotals{Commits: ix.commits.Load(), Pages: ix.pagesWritten.Load(), Held: time.Duration(ix.held.Load()), Slow: ix.slowCommits.Load()}
 }
 
 // write runs fn in a write transaction, as update does (logged if slow),

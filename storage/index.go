@@ -65,7 +65,7 @@ type Index struct {
 	// of one forgets its key there.
 	links *keyMemo
 	// log is where slow writes are logged (commits.go); slowCommits
-	// counts them (tests).
+	// counts them (WriteTotals).
 	log         atomic.Pointer[slog.Logger]
 	slowCommits atomic.Int64
 	// commits, pagesWritten and held add up the commits of update
