@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"fmt"
-	"os"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -174,11 +172,9 @@ func (ix *Index) forget(dgsts []digest.Digest, given Roots, strict bool, keep fu
 					return ErrStaleRoots
 				}
 				var err error
-				t0 := time.Now()
 				if roots, err = readRoots(tx, nil, nil, nil); err != nil {
 					return err
 				}
-				fmt.Fprintf(os.Stderr, "FALLBACK readRoots under the write lock: %v\n", time.Since(t0))
 			}
 			return nil
 		},
