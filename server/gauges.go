@@ -20,26 +20,18 @@ const readyTimeout = 5 * time.Second
 // long they hold its write lock, which every write waits for). They are
 // read at scrape time.
 func gauges(cfg config.Config, p *proxy.Proxy, ix *storage.Index) []prometheus.Collector {
-	writes := func(f func(storage.WriteTotals) float64) func() float64 {
-		return func() float64 { return f(ix.WriteTotals()) }
+	writes := func(name, help string, f func(storage.WriteTotals) float64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return f(ix.WriteTotals()) })
 	}
 	return []prometheus.Collector{
-		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "docker_mirror_index_commits_total",
-			Help: "Write transactions the index committed.",
-		}, writes(func(w storage.WriteTotals) float64 { return float64(w.Commits) })),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "docker_mirror_index_pages_written_total",
-			Help: "Pages of the index file (of its page size, 4 KiB on most systems) its commits wrote.",
-		}, writes(func(w storage.WriteTotals) float64 { return float64(w.Pages) })),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "docker_mirror_index_write_lock_seconds_total",
-			Help: "Time the index's write transactions held its write lock, which every other write waits for.",
-		}, writes(func(w storage.WriteTotals) float64 { return w.Held.Seconds() })),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "docker_mirror_index_slow_writes_total",
-			Help: "Index writes that held the write lock over 100 ms (each logged as a slow index write).",
-		}, writes(func(w storage.WriteTotals) float64 { return float64(w.Slow) })),
+		writes("docker_mirror_index_commits_total", "Write transactions the index committed.",
+			func(w storage.WriteTotals) float64 { return float64(w.Commits) }),
+		writes("docker_mirror_index_pages_written_total", "Pages of the index file (of its page size, 4 KiB on most systems) its commits wrote.",
+			func(w storage.WriteTotals) float64 { return float64(w.Pages) }),
+		writes("docker_mirror_index_write_lock_seconds_total", "Time the index's write transactions held its write lock, which every other write waits for.",
+			func(w storage.WriteTotals) float64 { return w.Held.Seconds() }),
+		writes("docker_mirror_index_slow_writes_total", "Index writes that held the write lock over 100 ms (each logged as a slow index write).",
+			func(w storage.WriteTotals) float64 { return float64(w.Slow) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "docker_mirror_store_max_size_bytes",
 			Help: "The store's size limit (max_size); 0: no limit.",
