@@ -1,7 +1,6 @@
 package server
 
 import (
-	"io"
 	"log/slog"
 	"net/http/httptest"
 	"strconv"
@@ -22,13 +21,7 @@ func TestAlertGauges(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer srv.Close()
-	scrape := func() string {
-		rec := httptest.NewRecorder()
-		srv.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
-		b, _ := io.ReadAll(rec.Body)
-		return string(b)
-	}
-	got := scrape()
+	got := scrape(srv)
 	for _, want := range []string{"\ndocker_mirror_store_max_size_bytes 1.048576e+07\n", "\ndocker_mirror_ready 1\n"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("metrics lack %q", strings.TrimSpace(want))
@@ -38,9 +31,16 @@ func TestAlertGauges(t *testing.T) {
 	if err := srv.Index.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if got := scrape(); !strings.Contains(got, "\ndocker_mirror_ready 0\n") {
+	if got := scrape(srv); !strings.Contains(got, "\ndocker_mirror_ready 0\n") {
 		t.Errorf("with the index closed: %s", grepReady(got))
 	}
+}
+
+// scrape returns what srv's /metrics answers.
+func scrape(srv *Server) string {
+	rec := httptest.NewRecorder()
+	srv.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	return rec.Body.String()
 }
 
 func grepReady(s string) string {
@@ -60,12 +60,10 @@ func TestIndexWriteMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer srv.Close()
-	scrape := func() map[string]float64 {
+	indexWrites := func() map[string]float64 {
 		t.Helper()
-		rec := httptest.NewRecorder()
-		srv.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 		got := map[string]float64{}
-		for _, l := range strings.Split(rec.Body.String(), "\n") {
+		for _, l := range strings.Split(scrape(srv), "\n") {
 			name, v, ok := strings.Cut(l, " ")
 			if !ok || !strings.HasPrefix(name, "docker_mirror_index_") {
 				continue
@@ -78,11 +76,11 @@ func TestIndexWriteMetrics(t *testing.T) {
 		}
 		return got
 	}
-	before := scrape()
+	before := indexWrites()
 	if err := srv.Index.Pin("docker.io/library/a:v1", storage.PinRecord{PinnedAt: time.Now(), Reason: "test"}); err != nil {
 		t.Fatal(err)
 	}
-	after := scrape()
+	after := indexWrites()
 	for _, name := range []string{"docker_mirror_index_commits_total", "docker_mirror_index_pages_written_total", "docker_mirror_index_write_lock_seconds_total", "docker_mirror_index_slow_writes_total"} {
 		if _, ok := after[name]; !ok {
 			t.Errorf("no %s", name)
