@@ -7,6 +7,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/metrics"
+	"runtime/trace"
 	"strconv"
 	"strings"
 	"time"
@@ -95,8 +96,14 @@ func (ix *Index) update(fn func(tx *bolt.Tx, b *budget) error) (held time.Durati
 	var p commitPhases
 	begin := time.Now()
 	size := ix.fileSize()
+	// A region of the runtime's execution trace, from before the write
+	// lock to the commit's end: a trace (go tool trace, or the flight
+	// recorder of the bench's BENCH_SCALE_TRACE) shows where a slow
+	// write's goroutine waited (for a P, a CPU, a system call).
+	region := trace.StartRegion(context.Background(), "index write")
 	tx, err := ix.db.Begin(true)
 	if err != nil {
+		region.End()
 		return 0, err
 	}
 	ix.skipFreelist(tx)
@@ -111,6 +118,7 @@ func (ix *Index) update(fn func(tx *bolt.Tx, b *budget) error) (held time.Durati
 	defer func() {
 		if !committed {
 			_ = tx.Rollback() // fn failed or panicked
+			region.End()
 		}
 	}()
 	if err := fn(tx, &budget{lim: lim, tx: tx, start: start}); err != nil {
@@ -123,6 +131,7 @@ func (ix *Index) update(fn func(tx *bolt.Tx, b *budget) error) (held time.Durati
 	p.reads = ix.db.Stats().OpenTxN
 	committed = true
 	err = tx.Commit()
+	region.End()
 	p.commit = lim.now().Sub(start) - p.work
 	st := tx.Stats()
 	p.rebalance, p.spill, p.write = st.GetRebalanceTime(), st.GetSpillTime(), st.GetWriteTime()

@@ -58,6 +58,9 @@ type Index struct {
 	branches branchCache
 	// leaves reads lookups' leaves from the file (mapped_lookup.go).
 	leaves *leafReader
+	// statm tells the process's resident file-backed memory, which the
+	// watcher and full reads look at (mapped_linux.go).
+	statm *statm
 	// fills remembers the fill records read complete (FillComplete);
 	// every write of a fill record forgets its key there.
 	fills *keyMemo
@@ -252,6 +255,7 @@ func OpenIndex(path string) (*Index, error) {
 			return nil, fmt.Errorf("index %s: %w", path, err)
 		}
 	}
+	ix.statm = openStatm()
 	// Before the watcher, which publishes its branch pages to it.
 	ix.leaves = readLeaves(path)
 	ix.mapped = ix.watchMapped()
@@ -284,7 +288,7 @@ func (ix *Index) StoredBytes() int64 { return ix.stored.Load() }
 // Close flushes pending access times and closes the database.
 func (ix *Index) Close() error {
 	ix.mapped.stop()
-	return errors.Join(ix.Flush(), ix.syncFreelist(), ix.db.Close(), ix.leaves.close())
+	return errors.Join(ix.Flush(), ix.syncFreelist(), ix.db.Close(), ix.leaves.close(), ix.statm.close())
 }
 
 // Ping checks that the database answers a read.

@@ -17,7 +17,7 @@ import (
 // and each fault maps a large folio around its page (~128 KiB), so 4 MiB
 // of records mapped 100–225 MiB between two releases at 100k. It now
 // looks at the process's RssFile every releaseCheckEvery bytes of records
-// (/proc/self/statm, ~10 µs) and drops the pages once it grew
+// (/proc/self/statm, kept open: statm) and drops the pages once it grew
 // fullReadBudget since the read began or last dropped them: what is
 // mapped is bounded, not what is read.
 const (
@@ -44,7 +44,7 @@ type releaser struct {
 	ok   bool
 	// budget is fullReadBudget (tests set less).
 	budget int64
-	// rss reads RssFile: residentFileBytes (tests fake it).
+	// rss reads RssFile: the index's statm (tests fake it).
 	rss func() (int64, bool)
 	// releases counts the releases during the read (tests); busy, if
 	// not nil, is called when a release finds the branch cache busy
@@ -55,7 +55,7 @@ type releaser struct {
 
 // releaser returns a releaser for a read transaction of ix.
 func (ix *Index) releaser(tx *bolt.Tx) *releaser {
-	r := &releaser{ix: ix, tx: tx, budget: fullReadBudget, rss: residentFileBytes}
+	r := &releaser{ix: ix, tx: tx, budget: fullReadBudget, rss: ix.statm.rssFile}
 	r.base, r.ok = r.rss()
 	return r
 }
@@ -151,7 +151,7 @@ func (r *releaser) done() {
 // requests overshoot the budget: looking every 50 ms, RssFile peaked at
 // 150–310 MiB at 100k. Every 10 ms, with half the budget (the branch
 // pages kept, ~21 MiB at 100k, count in the base), it peaks at 70–110.
-// A look reads /proc/self/statm (~10 µs).
+// A look reads /proc/self/statm (statm: a pread).
 const (
 	// mappedBudget is how much the resident mapped pages may grow before
 	// they are dropped.
@@ -177,7 +177,7 @@ type mappedWatch struct {
 // watchMapped starts the watcher of ix's mapped pages, if the platform
 // tells its resident file-backed memory (nil otherwise).
 func (ix *Index) watchMapped() *mappedWatch {
-	if _, ok := residentFileBytes(); !ok {
+	if _, ok := ix.statm.rssFile(); !ok {
 		return nil
 	}
 	w := &mappedWatch{budget: mappedBudget, stopc: make(chan struct{}), walked: make(chan struct{})}
@@ -203,7 +203,7 @@ func (ix *Index) watchMapped() *mappedWatch {
 // check releases ix's mapped pages if the resident file-backed memory is
 // w.budget over base, and returns the new base.
 func (w *mappedWatch) check(ix *Index, base int64) int64 {
-	n, ok := residentFileBytes()
+	n, ok := ix.statm.rssFile()
 	if !ok {
 		return base
 	}
@@ -226,7 +226,7 @@ func (w *mappedWatch) release(ix *Index, base int64) int64 {
 		return base
 	}
 	w.releases.Add(1)
-	n, ok := residentFileBytes()
+	n, ok := ix.statm.rssFile()
 	if !ok {
 		return base
 	}

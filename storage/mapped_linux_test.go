@@ -270,3 +270,68 @@ func (ix *Index) releaseAll(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestStatmReadsAnew checks that the kept-open /proc/self/statm tells
+// RssFile as it is now, not as it was at the first read: a file mapped
+// and read in between shows.
+func TestStatmReadsAnew(t *testing.T) {
+	s := openStatm()
+	if s == nil {
+		t.Skip("no /proc/self/statm")
+	}
+	defer s.close()
+	before, ok := s.rssFile()
+	if !ok {
+		t.Fatal("no RssFile in /proc/self/statm")
+	}
+	const size = 8 << 20
+	path := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(path, make([]byte, size), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	data, err := syscall.Mmap(int(f.Fd()), 0, size, syscall.PROT_READ, syscall.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Munmap(data)
+	sum := 0
+	for i := 0; i < size; i += os.Getpagesize() {
+		sum += int(data[i])
+	}
+	after, ok := s.rssFile()
+	if !ok || after-before < size/2 {
+		t.Fatalf("RssFile %d -> %d (ok %v) after mapping %d bytes (sum %d)", before, after, ok, size, sum)
+	}
+	if fresh, _ := residentFileBytes(); fresh-after > size/4 || after-fresh > size/4 {
+		t.Errorf("kept open: %d, opened anew: %d", after, fresh)
+	}
+}
+
+// BenchmarkStatm compares a look at RssFile through the kept-open file
+// with one that opens it anew.
+func BenchmarkStatm(b *testing.B) {
+	b.Run("kept", func(b *testing.B) {
+		s := openStatm()
+		if s == nil {
+			b.Skip("no /proc/self/statm")
+		}
+		defer s.close()
+		for b.Loop() {
+			if _, ok := s.rssFile(); !ok {
+				b.Fatal("no RssFile")
+			}
+		}
+	})
+	b.Run("anew", func(b *testing.B) {
+		for b.Loop() {
+			if _, ok := residentFileBytes(); !ok {
+				b.Fatal("no RssFile")
+			}
+		}
+	})
+}

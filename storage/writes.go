@@ -141,7 +141,7 @@ func (ix *Index) releaseCommitted(rel *releaser) {
 	if rel == nil || !rel.ok {
 		return
 	}
-	if n, ok := residentFileBytes(); !ok || n-rel.base < rel.budget {
+	if n, ok := ix.statm.rssFile(); !ok || n-rel.base < rel.budget {
 		return
 	}
 	_ = ix.db.View(func(tx *bolt.Tx) error {
