@@ -241,7 +241,8 @@ func resetPeakRSS() { _ = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) 
 // start-up, the collection and the eviction to PREFIX-start, -gc and
 // -evict. BENCH_SCALE_STALL (stallWatch) and BENCH_SCALE_RSS_DUMP
 // (rssDump) write the stacks of a slow pull and of a peak of the mapped
-// pages.
+// pages; BENCH_SCALE_TRACE (flight) the execution trace of the index's
+// slow writes, summed up in the log.
 func BenchmarkScale(b *testing.B) {
 	for _, n := range scaleSizes(b) {
 		b.Run(fmt.Sprintf("images=%d", n), func(b *testing.B) {
@@ -756,14 +757,19 @@ func liveHeap() uint64 {
 // (e.g. the index's slow writes, with where their time went) go to the
 // benchmark's log, the rest nowhere.
 func scaleLogger(b *testing.B) *slog.Logger {
-	return slog.New(slog.NewTextHandler(benchLogWriter{b}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	return slog.New(slog.NewTextHandler(benchLogWriter{b, scaleFlight(b)}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 }
 
-// benchLogWriter writes each log line to b.Log.
-type benchLogWriter struct{ b *testing.B }
+// benchLogWriter writes each log line to b.Log, and shows the index's
+// slow writes to flight (if not nil: BENCH_SCALE_TRACE).
+type benchLogWriter struct {
+	b      *testing.B
+	flight *flight
+}
 
 func (w benchLogWriter) Write(p []byte) (int, error) {
 	w.b.Log(strings.TrimSuffix(string(p), "\n"))
+	w.flight.slowWrote(w.b, p)
 	return len(p), nil
 }
 
