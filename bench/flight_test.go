@@ -84,9 +84,10 @@ func (f *flight) slowWrote(b *testing.B, line []byte) {
 // goState is a state a goroutine entered in the trace, when, and the
 // function of ours or bbolt's that made it enter it.
 type goState struct {
-	at    xtrace.Time
-	state xtrace.GoState
-	by    string
+	at     xtrace.Time
+	state  xtrace.GoState
+	by     string
+	reason string
 }
 
 // writeTrace is where the goroutine of an "index write" region (storage's
@@ -96,6 +97,10 @@ type writeTrace struct {
 	total time.Duration
 	in    map[xtrace.GoState]time.Duration
 	off   []offP
+	// assist is the time it spent assisting the GC (while running);
+	// preempted, how many times the scheduler took its P.
+	assist    time.Duration
+	preempted int
 }
 
 // offP is a stretch of a goroutine off a P, and what it called last (ourFrame).
@@ -113,6 +118,9 @@ func traceSlowWrite(r io.Reader) (writeTrace, error) {
 	}
 	states := map[xtrace.GoID][]goState{}
 	begun := map[xtrace.GoID]xtrace.Time{}
+	// The goroutines' GC assists: begun, and done ([begin, end) pairs).
+	assisting := map[xtrace.GoID]xtrace.Time{}
+	assists := map[xtrace.GoID][][2]xtrace.Time{}
 	var g xtrace.GoID
 	var from, to xtrace.Time
 	for {
@@ -135,6 +143,18 @@ func traceSlowWrite(r io.Reader) (writeTrace, error) {
 				}
 				delete(begun, ev.Goroutine())
 			}
+		case xtrace.EventRangeBegin, xtrace.EventRangeActive, xtrace.EventRangeEnd:
+			rg := ev.Range()
+			if rg.Name != "GC mark assist" || rg.Scope.Kind != xtrace.ResourceGoroutine {
+				continue
+			}
+			id := rg.Scope.Goroutine()
+			if ev.Kind() != xtrace.EventRangeEnd {
+				assisting[id] = ev.Time()
+			} else if t0, ok := assisting[id]; ok {
+				assists[id] = append(assists[id], [2]xtrace.Time{t0, ev.Time()})
+				delete(assisting, id)
+			}
 		case xtrace.EventStateTransition:
 			st := ev.StateTransition()
 			if st.Resource.Kind != xtrace.ResourceGoroutine {
@@ -142,7 +162,7 @@ func traceSlowWrite(r io.Reader) (writeTrace, error) {
 			}
 			_, next := st.Goroutine()
 			id := st.Resource.Goroutine()
-			states[id] = append(states[id], goState{at: ev.Time(), state: next, by: ourFrame(ev.Stack())})
+			states[id] = append(states[id], goState{at: ev.Time(), state: next, by: ourFrame(ev.Stack()), reason: st.Reason})
 		}
 	}
 	if to == 0 {
@@ -168,10 +188,18 @@ func traceSlowWrite(r io.Reader) (writeTrace, error) {
 		}
 		if s.at > from {
 			add(s.at)
+			if s.reason == "preempted" {
+				w.preempted++
+			}
 		}
 		cur = s
 	}
 	add(to)
+	for _, a := range assists[g] {
+		if lo, hi := max(a[0], from), min(a[1], to); hi > lo {
+			w.assist += hi.Sub(lo)
+		}
+	}
 	slices.SortFunc(w.off, func(a, b offP) int { return int(b.d - a.d) })
 	return w, nil
 }
@@ -179,8 +207,8 @@ func traceSlowWrite(r io.Reader) (writeTrace, error) {
 func (w writeTrace) String() string {
 	ms := func(d time.Duration) string { return fmt.Sprintf("%.1fms", float64(d)/1e6) }
 	var sb strings.Builder
-	fmt.Fprintf(&sb, "longest index write %s: running %s, runnable %s, syscall %s, waiting %s; longest off a P:",
-		ms(w.total), ms(w.in[xtrace.GoRunning]), ms(w.in[xtrace.GoRunnable]), ms(w.in[xtrace.GoSyscall]), ms(w.in[xtrace.GoWaiting]))
+	fmt.Fprintf(&sb, "longest index write %s: running %s (GC assist %s), runnable %s (preempted %d times), syscall %s, waiting %s; longest off a P:",
+		ms(w.total), ms(w.in[xtrace.GoRunning]), ms(w.assist), ms(w.in[xtrace.GoRunnable]), w.preempted, ms(w.in[xtrace.GoSyscall]), ms(w.in[xtrace.GoWaiting]))
 	for _, s := range w.off[:min(3, len(w.off))] {
 		fmt.Fprintf(&sb, " %s %s", s.state, ms(s.d))
 		if s.by != "" {
