@@ -15,6 +15,8 @@ import (
 	"time"
 
 	xtrace "golang.org/x/exp/trace"
+
+	"github.com/docker-mirror/docker-mirror/storage"
 )
 
 // flight is a flight recorder of the runtime's execution trace, started
@@ -81,12 +83,12 @@ func (f *flight) slowWrote(b *testing.B, line []byte) {
 	b.Logf("trace %s: %s", path, w)
 }
 
-// goState is a state a goroutine entered in the trace, when, and the
-// function of ours or bbolt's that made it enter it.
+// goState is a state a goroutine entered in the trace, when, why, and
+// the stack that entered it (read only for the stretches reported).
 type goState struct {
 	at     xtrace.Time
 	state  xtrace.GoState
-	by     string
+	stack  xtrace.Stack
 	reason string
 }
 
@@ -133,11 +135,11 @@ func traceSlowWrite(r io.Reader) (writeTrace, error) {
 		}
 		switch ev.Kind() {
 		case xtrace.EventRegionBegin:
-			if ev.Region().Type == "index write" {
+			if ev.Region().Type == storage.WriteRegion {
 				begun[ev.Goroutine()] = ev.Time()
 			}
 		case xtrace.EventRegionEnd:
-			if t0, ok := begun[ev.Goroutine()]; ok && ev.Region().Type == "index write" {
+			if t0, ok := begun[ev.Goroutine()]; ok && ev.Region().Type == storage.WriteRegion {
 				if ev.Time().Sub(t0) > to.Sub(from) {
 					g, from, to = ev.Goroutine(), t0, ev.Time()
 				}
@@ -162,11 +164,11 @@ func traceSlowWrite(r io.Reader) (writeTrace, error) {
 			}
 			_, next := st.Goroutine()
 			id := st.Resource.Goroutine()
-			states[id] = append(states[id], goState{at: ev.Time(), state: next, by: ourFrame(ev.Stack()), reason: st.Reason})
+			states[id] = append(states[id], goState{at: ev.Time(), state: next, stack: ev.Stack(), reason: st.Reason})
 		}
 	}
 	if to == 0 {
-		return writeTrace{}, fmt.Errorf("no index write in the trace")
+		return writeTrace{}, fmt.Errorf("no %s region in the trace", storage.WriteRegion)
 	}
 	w := writeTrace{total: to.Sub(from), in: map[xtrace.GoState]time.Duration{}}
 	// In the region the goroutine is running (it began it).
@@ -179,7 +181,7 @@ func traceSlowWrite(r io.Reader) (writeTrace, error) {
 		d := until.Sub(start)
 		w.in[cur.state] += d
 		if cur.state != xtrace.GoRunning {
-			w.off = append(w.off, offP{d, cur.state, cur.by})
+			w.off = append(w.off, offP{d, cur.state, ourFrame(cur.stack)})
 		}
 	}
 	for _, s := range states[g] {
@@ -255,7 +257,7 @@ func TestTraceSlowWrite(t *testing.T) {
 	go func() {
 		defer close(done)
 		other := trace.StartRegion(context.Background(), "other")
-		region := trace.StartRegion(context.Background(), "index write")
+		region := trace.StartRegion(context.Background(), storage.WriteRegion)
 		_ = f.Sync()
 		region.End()
 		_ = f.Sync()

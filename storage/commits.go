@@ -15,6 +15,10 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
+// WriteRegion is the type of the execution trace's region (runtime/trace)
+// of each index write: from before the write lock to the commit's end.
+const WriteRegion = "index write"
+
 // slowCommit is how long a write transaction may hold bbolt's write lock
 // (its work and its commit) before it is logged: every other write, a
 // pull's record included, waits that long.
@@ -100,7 +104,7 @@ func (ix *Index) update(fn func(tx *bolt.Tx, b *budget) error) (held time.Durati
 	// lock to the commit's end: a trace (go tool trace, or the flight
 	// recorder of the bench's BENCH_SCALE_TRACE) shows where a slow
 	// write's goroutine waited (for a P, a CPU, a system call).
-	region := trace.StartRegion(context.Background(), "index write")
+	region := trace.StartRegion(context.Background(), WriteRegion)
 	tx, err := ix.db.Begin(true)
 	if err != nil {
 		region.End()

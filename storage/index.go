@@ -257,7 +257,7 @@ func OpenIndex(path string) (*Index, error) {
 	}
 	ix.statm = openStatm()
 	// Before the watcher, which publishes its branch pages to it.
-	ix.leaves = readLeaves(path)
+	ix.leaves = readLeaves(path, ix.statm)
 	ix.mapped = ix.watchMapped()
 	return ix, nil
 }

@@ -306,10 +306,10 @@ func openStatm() *statm {
 }
 
 // rssFile is the process's resident file-backed memory (residentFileBytes);
-// a nil statm reads the file anew.
+// a nil statm (the file could not be opened) does not know it.
 func (s *statm) rssFile() (int64, bool) {
 	if s == nil {
-		return residentFileBytes()
+		return 0, false
 	}
 	var buf [128]byte
 	n, err := unix.Pread(s.fd, buf[:], 0)

@@ -293,10 +293,10 @@ func (r *leafReader) close() error {
 }
 
 // readLeaves returns a leafReader of the index file at path, nil where
-// no watcher runs (the platform does not tell RssFile: nothing drops the
-// leaves, and bbolt reads them mapped) or the file cannot be opened.
-func readLeaves(path string) *leafReader {
-	if _, ok := residentFileBytes(); !ok {
+// no watcher runs (s does not tell RssFile: nothing drops the leaves, and
+// bbolt reads them mapped) or the file cannot be opened.
+func readLeaves(path string, s *statm) *leafReader {
+	if _, ok := s.rssFile(); !ok {
 		return nil
 	}
 	f, err := os.Open(path)

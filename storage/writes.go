@@ -31,11 +31,11 @@ type writeLimits struct {
 // The default write limits keep each write of a pass well under 100 ms.
 // Every commit writes the pages the transaction changed (and, outside a
 // pass, bbolt's whole freelist: BeginPass), then syncs twice: what costs
-// is the number of commits more than their size. So a
-// transaction is bounded by the pages it changes: 256 (1 MiB), a few
-// milliseconds of work, are ~256 digests of a collection (scattered over
-// the tree) but thousands of an eviction's tags (side by side in a few
-// pages). 50 ms leaves room for the commit on a loaded machine.
+// is the number of commits more than their size. So a transaction is
+// bounded by the pages it changes: 256 (1 MiB), a few milliseconds of
+// work, are ~256 digests of a collection (scattered over the tree) but
+// thousands of an eviction's tags (side by side in a few pages). 50 ms
+// leaves room for the commit on a loaded machine.
 const (
 	defaultWriteKeys  = 4096
 	defaultWritePages = 256
