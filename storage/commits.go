@@ -16,7 +16,7 @@ import (
 )
 
 // WriteRegion is the type of the execution trace's region (runtime/trace)
-// of each index write: from before the write lock to the commit's end.
+// of each index write: from before the write lock to its release in the commit.
 const WriteRegion = "index write"
 
 // slowCommit is how long a write transaction may hold bbolt's write lock
@@ -91,9 +91,9 @@ func (p commitPhases) other() time.Duration {
 func (ix *Index) SetLogger(l *slog.Logger) { ix.log.Store(l) }
 
 // update runs fn in a write transaction given the index's write limits
-// (stamped: stored.go), and returns how long the transaction held the write lock: from when
-// fn starts (bbolt takes the lock before) to the end of the commit, on
-// the limits' clock. A transaction that held it over slowCommit is logged
+// (stamped: stored.go), and returns how long the transaction held the
+// write lock: from when fn starts (bbolt takes the lock before) to the
+// lock's release in the commit, on the limits' clock. A transaction that held it over slowCommit is logged
 // with its phases.
 func (ix *Index) update(fn func(tx *bolt.Tx, b *budget) error) (held time.Duration, err error) {
 	lim := ix.limits()
@@ -101,7 +101,7 @@ func (ix *Index) update(fn func(tx *bolt.Tx, b *budget) error) (held time.Durati
 	begin := time.Now()
 	size := ix.fileSize()
 	// A region of the runtime's execution trace, from before the write
-	// lock to the commit's end: a trace (go tool trace, or the flight
+	// lock to its release: a trace (go tool trace, or the flight
 	// recorder of the bench's BENCH_SCALE_TRACE) shows where a slow
 	// write's goroutine waited (for a P, a CPU, a system call).
 	region := trace.StartRegion(context.Background(), WriteRegion)
@@ -118,6 +118,14 @@ func (ix *Index) update(fn func(tx *bolt.Tx, b *budget) error) (held time.Durati
 	gcs := gcCycles()
 	start := lim.now()
 	p.wait = time.Since(begin)
+	// The first of the commit's handlers: bbolt runs them in order once
+	// it has released the write lock, so the hold ends here and not after
+	// the handlers the transaction's writes register (memos' forgets).
+	var unlocked time.Time
+	tx.OnCommit(func() {
+		unlocked = lim.now()
+		region.End()
+	})
 	committed := false
 	defer func() {
 		if !committed {
@@ -134,9 +142,11 @@ func (ix *Index) update(fn func(tx *bolt.Tx, b *budget) error) (held time.Durati
 	p.work = lim.now().Sub(start)
 	p.reads = ix.db.Stats().OpenTxN
 	committed = true
-	err = tx.Commit()
-	region.End()
-	p.commit = lim.now().Sub(start) - p.work
+	if err = tx.Commit(); err != nil {
+		region.End()
+		unlocked = lim.now()
+	}
+	p.commit = unlocked.Sub(start) - p.work
 	st := tx.Stats()
 	p.rebalance, p.spill, p.write = st.GetRebalanceTime(), st.GetSpillTime(), st.GetWriteTime()
 	p.nodes, p.pages = st.GetNodeCount(), st.GetPageCount()

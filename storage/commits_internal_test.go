@@ -77,6 +77,37 @@ func TestSlowWriteLogged(t *testing.T) {
 	}
 }
 
+// The hold ends when bbolt releases the write lock: a commit handler the
+// transaction registered (a memo's forget) runs after it and is not held
+// time, though Commit returns only after it. The clock steps 10 ms a read
+// and the handler reads it 50 times: held is the work's and the commit's
+// step each, not the handler's 500 ms.
+func TestHeldEndsAtUnlock(t *testing.T) {
+	ix := openTestIndex(t)
+	clock := tickingClock(10 * time.Millisecond)
+	ix.writeLimits = &writeLimits{keys: 1000, hold: time.Hour, now: clock}
+	var handlerRan bool
+	before := ix.WriteTotals().Held
+	held, err := ix.update(func(tx *bolt.Tx, _ *budget) error {
+		tx.OnCommit(func() {
+			for range 50 {
+				clock()
+			}
+			handlerRan = true
+		})
+		return tx.Bucket(bucketBodies).Put([]byte("k"), []byte("v"))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !handlerRan || held != 20*time.Millisecond {
+		t.Fatalf("held %v (handler ran: %v); want 20ms, the commit handler's time left out", held, handlerRan)
+	}
+	if got := ix.WriteTotals().Held - before; got != held {
+		t.Fatalf("write totals held %v, want %v", got, held)
+	}
+}
+
 // A pass's writes sync the filesystem before each transaction (outside
 // the write lock), once per transaction: 10 keys at 3 per transaction are
 // 4 transactions and 4 flushes; a single write flushes nothing.
