@@ -5,8 +5,11 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"runtime"
+	"runtime/pprof"
 	"runtime/trace"
 	"slices"
 	"strings"
@@ -50,8 +53,21 @@ func scaleFlight(b *testing.B) *flight {
 		return nil
 	}
 	b.Cleanup(rec.Stop)
+	// The CPU profiler's samples go into the execution trace too: what a
+	// write computed, not only that it ran. A millisecond of CPU a
+	// sample (the default is ten; StartCPUProfile, asking for the
+	// default, prints that it cannot change the rate, and keeps this).
+	runtime.SetCPUProfileRate(cpuSampleHz)
+	if err := pprof.StartCPUProfile(io.Discard); err != nil {
+		b.Logf("BENCH_SCALE_TRACE: no CPU samples in the traces: %v", err)
+	} else {
+		b.Cleanup(pprof.StopCPUProfile)
+	}
 	return &flight{rec: rec, prefix: prefix}
 }
+
+// cpuSampleHz is the CPU profiler's rate while the recorder runs.
+const cpuSampleHz = 1000
 
 // slowWrote is called with each log line: a slow index write's has the
 // recorder's window written out and summed up in b's log.
@@ -103,6 +119,9 @@ type writeTrace struct {
 	// preempted, how many times the scheduler took its P.
 	assist    time.Duration
 	preempted int
+	// samples counts the CPU profiler's samples of the goroutine in the
+	// region by where they were taken (ourFrame).
+	samples map[string]int
 }
 
 // offP is a stretch of a goroutine off a P, and what it called last (ourFrame).
@@ -123,6 +142,14 @@ func traceSlowWrite(r io.Reader) (writeTrace, error) {
 	// The goroutines' GC assists: begun, and done ([begin, end) pairs).
 	assisting := map[xtrace.GoID]xtrace.Time{}
 	assists := map[xtrace.GoID][][2]xtrace.Time{}
+	// The CPU samples of every goroutine (which is the region's is known
+	// only at the end).
+	type sample struct {
+		g     xtrace.GoID
+		at    xtrace.Time
+		stack xtrace.Stack
+	}
+	var samples []sample
 	var g xtrace.GoID
 	var from, to xtrace.Time
 	for {
@@ -134,6 +161,8 @@ func traceSlowWrite(r io.Reader) (writeTrace, error) {
 			return writeTrace{}, err
 		}
 		switch ev.Kind() {
+		case xtrace.EventStackSample:
+			samples = append(samples, sample{ev.Goroutine(), ev.Time(), ev.Stack()})
 		case xtrace.EventRegionBegin:
 			if ev.Region().Type == storage.WriteRegion {
 				begun[ev.Goroutine()] = ev.Time()
@@ -170,7 +199,12 @@ func traceSlowWrite(r io.Reader) (writeTrace, error) {
 	if to == 0 {
 		return writeTrace{}, fmt.Errorf("no %s region in the trace", storage.WriteRegion)
 	}
-	w := writeTrace{total: to.Sub(from), in: map[xtrace.GoState]time.Duration{}}
+	w := writeTrace{total: to.Sub(from), in: map[xtrace.GoState]time.Duration{}, samples: map[string]int{}}
+	for _, s := range samples {
+		if s.g == g && s.at >= from && s.at <= to {
+			w.samples[ourFrame(s.stack)]++
+		}
+	}
 	// In the region the goroutine is running (it began it).
 	cur := goState{at: from, state: xtrace.GoRunning}
 	add := func(until xtrace.Time) {
@@ -217,7 +251,31 @@ func (w writeTrace) String() string {
 			fmt.Fprintf(&sb, " (%s)", s.by)
 		}
 	}
+	fmt.Fprintf(&sb, "; CPU samples %d:", w.sampled())
+	for _, at := range w.sampledMost(5) {
+		fmt.Fprintf(&sb, " %s %d", at, w.samples[at])
+	}
 	return sb.String()
+}
+
+// sampled is how many CPU samples the region's goroutine had.
+func (w writeTrace) sampled() (n int) {
+	for _, c := range w.samples {
+		n += c
+	}
+	return n
+}
+
+// sampledMost names the n places with the most CPU samples, most first.
+func (w writeTrace) sampledMost(n int) []string {
+	at := slices.Collect(maps.Keys(w.samples))
+	slices.SortFunc(at, func(a, b string) int {
+		if c := w.samples[b] - w.samples[a]; c != 0 {
+			return c
+		}
+		return strings.Compare(a, b)
+	})
+	return at[:min(n, len(at))]
 }
 
 // ourFrame names the innermost frame of a stack in this module or bbolt,
@@ -240,10 +298,16 @@ func ourFrame(st xtrace.Stack) string {
 }
 
 // TestTraceSlowWrite reads a trace of an "index write" region whose
-// goroutine makes a system call: its states add up to the region, the
-// system call is a stretch off a P named after its caller, and a longer
-// region of another type is not the one read.
+// goroutine makes a system call and computes: its states add up to the
+// region, the system call is a stretch off a P named after its caller,
+// the CPU profiler's samples name the computation, and a longer region
+// of another type is not the one read.
 func TestTraceSlowWrite(t *testing.T) {
+	runtime.SetCPUProfileRate(cpuSampleHz)
+	sampling := pprof.StartCPUProfile(io.Discard) == nil // not if go test -cpuprofile
+	if sampling {
+		defer pprof.StopCPUProfile()
+	}
 	var buf bytes.Buffer
 	if err := trace.Start(&buf); err != nil {
 		t.Skip(err) // another trace runs (go test -trace)
@@ -259,6 +323,11 @@ func TestTraceSlowWrite(t *testing.T) {
 		other := trace.StartRegion(context.Background(), "other")
 		region := trace.StartRegion(context.Background(), storage.WriteRegion)
 		_ = f.Sync()
+		if sampling {
+			// 30 ms of CPU: ~30 samples, the profiler's clock being
+			// the thread's CPU time.
+			spinCPU(30 * time.Millisecond)
+		}
 		region.End()
 		_ = f.Sync()
 		other.End()
@@ -285,4 +354,28 @@ func TestTraceSlowWrite(t *testing.T) {
 	if syncs != 1 {
 		t.Errorf("%d system calls named after their caller in the region, want 1: %v", syncs, w)
 	}
+	if !sampling {
+		return
+	}
+	spun := 0
+	for at, n := range w.samples {
+		if strings.HasPrefix(at, "bench.spinCPU") || strings.HasPrefix(at, "bench.cpuTime") {
+			spun += n
+		}
+	}
+	if spun == 0 {
+		t.Errorf("no CPU sample of the region names its computation: %v", w)
+	}
+}
+
+// spinCPU computes until the process has used d more CPU (at once if it
+// cannot tell).
+func spinCPU(d time.Duration) (x int) {
+	end := cpuTime() + d
+	for cpuTime() < end && end > d {
+		for i := range 100_000 {
+			x ^= i * i
+		}
+	}
+	return x
 }
