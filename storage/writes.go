@@ -105,6 +105,7 @@ func (ix *Index) writeSome(n, from int, w batchWrite) (to int, held time.Duratio
 			}
 		}
 		rel = ix.releaser(tx)
+		rel.commitFirst = true
 		if b.lim.mapped > 0 {
 			rel.budget = b.lim.mapped
 		}
@@ -115,7 +116,7 @@ func (ix *Index) writeSome(n, from int, w batchWrite) (to int, held time.Duratio
 			}
 			rel.lookedUp(max(keys, 1))
 			to++
-			if b.spend(keys) {
+			if b.spend(keys) || rel.over {
 				break
 			}
 		}
@@ -132,11 +133,12 @@ func (ix *Index) writeSome(n, from int, w batchWrite) (to int, held time.Duratio
 }
 
 // releaseCommitted releases the index's mapped pages after a batch's
-// commit if RssFile grew rel's budget since rel last released: the commit
-// faults every page the transaction changed back in (bbolt reads each
-// one's header as it frees it), up to the write limits' 256 pages, ~30
-// MiB at 100k images, which the next transaction's releaser would not
-// count. A nil rel does nothing.
+// commit if RssFile grew rel's budget since the transaction began: its
+// items' lookups (the releaser ended the transaction for them: over), or
+// the commit, which faults every page the transaction changed back in
+// (bbolt reads each one's header as it frees it), up to the write limits'
+// 256 pages, ~30 MiB at 100k images, which the next transaction's
+// releaser would not count. A nil rel does nothing.
 func (ix *Index) releaseCommitted(rel *releaser) {
 	if rel == nil || !rel.ok {
 		return
@@ -156,9 +158,10 @@ func (ix *Index) releaseCommitted(rel *releaser) {
 // eviction's unroots) are scattered over thousands of leaves: at 100k
 // images, a Flush of ~4,000 access times mapped ~65 MiB between two of
 // the watcher's looks. writeSome counts each key an item writes as a
-// lookup of a releaser (releaseKept within the write transaction is safe:
-// bbolt never writes a page of the snapshot it modifies, and a dropped
-// page faults back in from the page cache).
+// lookup of a releaser, and once RssFile grew the releaser's budget the
+// transaction commits and releaseCommitted drops the pages: a release
+// inside the transaction would hold the write lock meanwhile (11–17 ms
+// traced on a loaded machine: docs/performance-rounds.md, "Round 18").
 //
 // lookupWeight is the bytes of records a lookup counts as in a releaser:
 // it looks at RssFile every releaseCheckEvery/lookupWeight lookups (16,
