@@ -58,14 +58,16 @@ type commitPhases struct {
 	by string
 }
 
-// usage is a thread's CPU time and page faults (threadUsage).
+// usage is a thread's CPU time (of it, in the kernel: system calls, page
+// faults), page faults and the times the OS took its CPU from it
+// (threadUsage).
 type usage struct {
-	cpu            time.Duration
-	minflt, majflt int64
+	cpu, sys               time.Duration
+	minflt, majflt, nivcsw int64
 }
 
 func (u usage) sub(v usage) usage {
-	return usage{cpu: u.cpu - v.cpu, minflt: u.minflt - v.minflt, majflt: u.majflt - v.majflt}
+	return usage{cpu: u.cpu - v.cpu, sys: u.sys - v.sys, minflt: u.minflt - v.minflt, majflt: u.majflt - v.majflt, nivcsw: u.nivcsw - v.nivcsw}
 }
 
 // gcCycles is how many GC cycles have ended.
@@ -237,7 +239,9 @@ func (ix *Index) logSlow(p commitPhases, err error) {
 		slog.Int64("changed_pages", p.nodes), slog.Int64("allocated_pages", p.pages),
 		slog.Int("free_pages", p.free), slog.Int64("file_grew_bytes", p.grew),
 		slog.Int("open_read_transactions", p.reads),
-		slog.String("cpu", ms(p.used.cpu)), slog.Int64("minor_faults", p.used.minflt), slog.Int64("major_faults", p.used.majflt),
+		slog.String("cpu", ms(p.used.cpu)), slog.String("system_cpu", ms(p.used.sys)),
+		slog.Int64("minor_faults", p.used.minflt), slog.Int64("major_faults", p.used.majflt),
+		slog.Int64("involuntary_switches", p.used.nivcsw),
 		slog.Uint64("gc_cycles", p.gcs),
 	}
 	if err != nil {

@@ -59,7 +59,7 @@ func TestSlowWriteLogged(t *testing.T) {
 		t.Fatalf("want one slow write logged, got %d: %q", ix.slowCommits.Load(), got)
 	}
 	for _, want := range []string{"level=WARN", "slow index write", "by=storage.(*Index).PutManifestBody", "held=120.0ms", "work=60.0ms", "commit=60.0ms",
-		"spill=", "write_and_sync=", "other=", "lock_wait=", "changed_pages=", "free_pages=", "file_grew_bytes=", "open_read_transactions=", "cpu=", "minor_faults=", "gc_cycles="} {
+		"spill=", "write_and_sync=", "other=", "lock_wait=", "changed_pages=", "free_pages=", "file_grew_bytes=", "open_read_transactions=", "cpu=", "system_cpu=", "minor_faults=", "involuntary_switches=", "gc_cycles="} {
 		if !strings.Contains(got, want) {
 			t.Errorf("log lacks %q: %s", want, got)
 		}

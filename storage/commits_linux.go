@@ -9,10 +9,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// threadUsage is the calling thread's CPU time and page faults so far
-// (ok false if unknown): with the goroutine locked to its thread, what a
-// write transaction spent on the CPU, as against waiting for one or for
-// the disk.
+// threadUsage is the calling thread's CPU time, page faults and
+// involuntary context switches so far (ok false if unknown): with the
+// goroutine locked to its thread, what a write transaction spent on the
+// CPU, as against waiting for one or for the disk.
 func threadUsage() (u usage, ok bool) {
 	var ru syscall.Rusage
 	const rusageThread = 1 // RUSAGE_THREAD
@@ -21,8 +21,10 @@ func threadUsage() (u usage, ok bool) {
 	}
 	return usage{
 		cpu:    time.Duration(ru.Utime.Nano() + ru.Stime.Nano()),
+		sys:    time.Duration(ru.Stime.Nano()),
 		minflt: int64(ru.Minflt),
 		majflt: int64(ru.Majflt),
+		nivcsw: int64(ru.Nivcsw),
 	}, true
 }
 
