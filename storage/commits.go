@@ -16,7 +16,8 @@ import (
 )
 
 // WriteRegion is the type of the execution trace's region (runtime/trace)
-// of each index write: from before the write lock to its release in the commit.
+// of each index write: from before the write lock to its release in the
+// commit.
 const WriteRegion = "index write"
 
 // slowCommit is how long a write transaction may hold bbolt's write lock
@@ -95,8 +96,8 @@ func (ix *Index) SetLogger(l *slog.Logger) { ix.log.Store(l) }
 // update runs fn in a write transaction given the index's write limits
 // (stamped: stored.go), and returns how long the transaction held the
 // write lock: from when fn starts (bbolt takes the lock before) to the
-// lock's release in the commit, on the limits' clock. A transaction that held it over slowCommit is logged
-// with its phases.
+// lock's release in the commit, on the limits' clock. A transaction that
+// held it over slowCommit is logged with its phases.
 func (ix *Index) update(fn func(tx *bolt.Tx, b *budget) error) (held time.Duration, err error) {
 	lim := ix.limits()
 	var p commitPhases
