@@ -3,6 +3,7 @@
 package bench
 
 import (
+	"runtime"
 	"syscall"
 	"time"
 )
@@ -12,6 +13,17 @@ func cpuTime() time.Duration {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
 		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// threadCPU is the user+system CPU time the calling thread has used so
+// far (Linux's RUSAGE_THREAD); elsewhere the process's (cpuTime).
+func threadCPU() time.Duration {
+	const rusageThread = 1
+	var ru syscall.Rusage
+	if runtime.GOOS != "linux" || syscall.Getrusage(rusageThread, &ru) != nil {
+		return cpuTime()
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -368,11 +368,13 @@ func TestTraceSlowWrite(t *testing.T) {
 	}
 }
 
-// spinCPU computes until the process has used d more CPU (at once if it
-// cannot tell).
+// spinCPU computes until its thread has used d more CPU (at once if it
+// cannot tell): the profiler's clock, whatever else the process runs.
 func spinCPU(d time.Duration) (x int) {
-	end := cpuTime() + d
-	for cpuTime() < end && end > d {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	end := threadCPU() + d
+	for threadCPU() < end && end > d {
 		for i := range 100_000 {
 			x ^= i * i
 		}
