@@ -359,7 +359,7 @@ func TestTraceSlowWrite(t *testing.T) {
 	}
 	spun := 0
 	for at, n := range w.samples {
-		if strings.HasPrefix(at, "bench.spinCPU") || strings.HasPrefix(at, "bench.cpuTime") {
+		if strings.HasPrefix(at, "bench.spinCPU") || strings.HasPrefix(at, "bench.threadCPU") {
 			spun += n
 		}
 	}
