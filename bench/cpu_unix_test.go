@@ -10,22 +10,28 @@ import (
 
 // cpuTime is the user+system CPU time this process has used so far.
 func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	d, _ := usedCPU(syscall.RUSAGE_SELF)
+	return d
 }
 
 // threadCPU is the user+system CPU time the calling thread has used so
 // far (Linux's RUSAGE_THREAD); elsewhere the process's (cpuTime).
 func threadCPU() time.Duration {
 	const rusageThread = 1
-	var ru syscall.Rusage
-	if runtime.GOOS != "linux" || syscall.Getrusage(rusageThread, &ru) != nil {
+	if runtime.GOOS != "linux" {
 		return cpuTime()
 	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	d, _ := usedCPU(rusageThread)
+	return d
+}
+
+// usedCPU is the user+system CPU time getrusage gives for who.
+func usedCPU(who int) (time.Duration, bool) {
+	var ru syscall.Rusage
+	if syscall.Getrusage(who, &ru) != nil {
+		return 0, false
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), true
 }
 
 // minorFaults is the process's minor page faults so far.
