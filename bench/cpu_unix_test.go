@@ -18,11 +18,12 @@ func cpuTime() time.Duration {
 // far (Linux's RUSAGE_THREAD); elsewhere the process's (cpuTime).
 func threadCPU() time.Duration {
 	const rusageThread = 1
-	if runtime.GOOS != "linux" {
-		return cpuTime()
+	if runtime.GOOS == "linux" {
+		if d, ok := usedCPU(rusageThread); ok {
+			return d
+		}
 	}
-	d, _ := usedCPU(rusageThread)
-	return d
+	return cpuTime()
 }
 
 // usedCPU is the user+system CPU time getrusage gives for who.
