@@ -23,10 +23,20 @@ func (e *fileError) Error() string {
 		fmt.Fprintf(&b, "line %d: ", e.line)
 	}
 	if e.key != "" {
-		b.WriteString(e.key + ": ")
+		b.WriteString(keyText(e.key) + ": ")
 	}
 	b.WriteString(e.msg)
 	return b.String()
+}
+
+// keyText is a key path as an error shows it: as it is, or quoted if it
+// holds a character that does not print (a newline would break the
+// message's one line).
+func keyText(key string) string {
+	if strings.IndexFunc(key, func(r rune) bool { return !strconv.IsPrint(r) }) >= 0 {
+		return strconv.Quote(key)
+	}
+	return key
 }
 
 // yamlSyntax is the shape of yaml.v3's syntax errors.

@@ -40,6 +40,9 @@ func TestConfigErrorMessages(t *testing.T) {
 		{name: "negative duration", file: "evict_after: -1s\n", want: `config FILE: line 1: evict_after: must not be negative, got "-1s"`},
 
 		// upstreams.HOST.*: the key path, the line of the key, no value.
+		// A key that does not print (here a newline) is quoted: the error stays on one line.
+		{name: "key on two lines", file: "\"a\\nb\": 1\n", want: `config FILE: line 1: "a\nb": unknown key (known keys: auth, cluster, concurrency, data, destination, evict_after, header_timeout, listen, log_format, log_level, max_blob_size, max_size, memory_limit, pass_gc_percent, platforms, prefetch_max_images, readyz_fail_when_full, referrers, shutdown_timeout, storage, sync, tag_ttl, tls_cert, tls_key, upstream, upstream_timeout, upstreams)`},
+
 		{name: "upstreams misspelt key", file: ghcr + "    pasword: hunter2\n", want: `config FILE: line 6: upstreams.ghcr.io.pasword: unknown key ` + upstreamKeys},
 		{name: "upstreams misspelt key, flow", file: "upstreams: {ghcr.io: {url: https://ghcr.io, password: hunter2, usernme: bot}}\n", want: `config FILE: line 1: upstreams.ghcr.io.usernme: unknown key ` + upstreamKeys},
 		{name: "upstreams duplicate key", file: ghcr + "    password: hunter2\n", want: `config FILE: line 6: upstreams.ghcr.io.password: already defined at line 5`},
