@@ -92,8 +92,9 @@ func (p *Proxy) acquireBudget(ctx context.Context, t target, dl *download) (rele
 // blob has its upstream request on its way (written), is queued for the
 // upstream's budget, or needs no request (stored, joined, failed): the
 // manifest's own store write and record, and the background fill after
-// them, wait for it (afterRequests), so that they do not compete with the
-// blobs' requests for the CPU in the burst that follows a manifest.
+// them, and the client's answer wait for it (afterRequests), so that they
+// do not compete with the blobs' requests for the CPU in the burst that
+// follows a manifest.
 func (p *Proxy) startFetchAhead(ctx context.Context, t target, m *storedManifest) <-chan struct{} {
 	if !p.fetchAhead || oci.IsIndex(m.mediaType) {
 		return nil
@@ -150,13 +151,19 @@ func (p *Proxy) startFetchAhead(ctx context.Context, t target, m *storedManifest
 // not keep the manifest out of the index for long.
 const maxRequestsWait = time.Second
 
+// maxAnswerWait bounds how long a client's answer with a manifest waits
+// for the requests of its blobs fetched ahead: a few ms when the upstream
+// takes connections, and a client is not kept waiting long when it does
+// not.
+const maxAnswerWait = 50 * time.Millisecond
+
 // afterRequests waits until requested (from startFetchAhead) is closed,
-// maxRequestsWait has passed, or ctx is done; at once if requested is nil.
-func afterRequests(ctx context.Context, requested <-chan struct{}) {
+// max has passed, or ctx is done; at once if requested is nil.
+func afterRequests(ctx context.Context, requested <-chan struct{}, max time.Duration) {
 	if requested == nil {
 		return
 	}
-	timer := time.NewTimer(maxRequestsWait)
+	timer := time.NewTimer(max)
 	defer timer.Stop()
 	select {
 	case <-requested:

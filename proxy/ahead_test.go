@@ -32,6 +32,9 @@ type heldUpstream struct {
 
 	mu   sync.Mutex
 	gets map[digest.Digest]int
+
+	// via, if set, is the mirror's transport to it (newAheadProxy).
+	via http.RoundTripper
 }
 
 func startHeldUpstream(t *testing.T) *heldUpstream {
@@ -105,7 +108,11 @@ func newAheadProxy(t *testing.T, h *heldUpstream, opts ...Option) (*Proxy, targe
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { index.Close() })
-	up, err := upstream.New(DefaultHost, h.srv.URL)
+	var upOpts []upstream.Option
+	if h.via != nil {
+		upOpts = append(upOpts, upstream.WithTransport(h.via))
+	}
+	up, err := upstream.New(DefaultHost, h.srv.URL, upOpts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -234,5 +241,64 @@ func TestManifestRecordedWhileItsBlobsAreHeld(t *testing.T) {
 	}
 	if rec, ok, err := p.index.Fill(tg.host(), tg.repo, m.digest); err != nil || !ok || rec.State != storage.FillComplete {
 		t.Errorf("fill record %+v %v %v; want complete", rec, ok, err)
+	}
+}
+
+// gatedTransport holds every blob request before it is written until
+// release is closed, reporting each one on arrived.
+type gatedTransport struct {
+	base    http.RoundTripper
+	arrived chan struct{}
+	release chan struct{}
+}
+
+func (g *gatedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if strings.Contains(r.URL.Path, "/blobs/") {
+		g.arrived <- struct{}{}
+		select {
+		case <-g.release:
+		case <-r.Context().Done():
+			return nil, r.Context().Err()
+		}
+	}
+	return g.base.RoundTrip(r)
+}
+
+// A client's answer with a manifest comes once the requests of its blobs
+// fetched ahead are written, not before: here they are held before they
+// are written, and the answer waits for them.
+func TestManifestAnsweredOnceItsBlobsAreRequested(t *testing.T) {
+	h := startHeldUpstream(t)
+	gate := &gatedTransport{base: upstream.DefaultTransport(), arrived: make(chan struct{}, 16), release: make(chan struct{})}
+	h.via = gate
+	p, tg := newAheadProxy(t, h)
+	p.answerWait = time.Hour // the bound is not what this tests
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	answered := make(chan error, 1)
+	go func() {
+		_, err := p.fetchManifestAnswer(ctx, tg, oci.Ref{Tag: "v1"}, true)
+		answered <- err
+	}()
+	for range h.blobs {
+		recvWithin(t, gate.arrived, "a blob fetched ahead never reached the transport")
+	}
+	select {
+	case err := <-answered:
+		t.Fatalf("answered (error %v) before the blobs' requests were written", err)
+	default:
+	}
+	close(gate.release)
+	if err := recvWithin(t, answered, "never answered once the blobs' requests were written"); err != nil {
+		t.Fatal(err)
+	}
+	h.open()
+	if err := p.WaitIdle(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for d := range h.blobs {
+		if n := h.getsOf(d); n != 1 {
+			t.Errorf("blob %s fetched %d times, want 1", d, n)
+		}
 	}
 }

@@ -593,9 +593,13 @@ func (p *Proxy) startManifest(ctx context.Context, t target, ref oci.Ref, fill b
 			// The store write, the record's commit and the fill it
 			// starts come once the blobs' requests are on their way:
 			// clients are answered from p.writes meanwhile.
-			afterRequests(wctx, requested)
+			afterRequests(wctx, requested, maxRequestsWait)
 			write(true)
 		}()
+		// So does the answer: the client's requests for the blobs would
+		// only join them, and, sent later, they no longer compete with
+		// the blobs' requests for the CPU.
+		afterRequests(ctx, requested, p.answerWait)
 		return w, nil
 	})
 }

@@ -87,10 +87,12 @@ type Proxy struct {
 
 	// fetchAhead starts every blob of an image manifest a client gets
 	// (ahead.go); upstreamConns is the per-upstream budget of downloads
-	// the mirror starts for itself, held in budgets.
+	// the mirror starts for itself, held in budgets; answerWait bounds
+	// how long a manifest's answer waits for its blobs' requests.
 	fetchAhead    bool
 	upstreamConns int64
 	budgets       *budgets
+	answerWait    time.Duration
 
 	// stop is closed by Close; it cancels every background fill.
 	stop      chan struct{}
@@ -260,6 +262,7 @@ func New(store storage.Store, index *storage.Index, upstreams []*upstream.Client
 		redirects:       newRedirects(),
 		fetchAhead:      true,
 		upstreamConns:   DefaultUpstreamConnections,
+		answerWait:      maxAnswerWait,
 	}
 	for _, u := range upstreams {
 		p.upstreams[u.Host()] = u
