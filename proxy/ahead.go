@@ -158,12 +158,12 @@ const maxRequestsWait = time.Second
 const maxAnswerWait = 50 * time.Millisecond
 
 // afterRequests waits until requested (from startFetchAhead) is closed,
-// max has passed, or ctx is done; at once if requested is nil.
-func afterRequests(ctx context.Context, requested <-chan struct{}, max time.Duration) {
+// limit has passed, or ctx is done; at once if requested is nil.
+func afterRequests(ctx context.Context, requested <-chan struct{}, limit time.Duration) {
 	if requested == nil {
 		return
 	}
-	timer := time.NewTimer(max)
+	timer := time.NewTimer(limit)
 	defer timer.Stop()
 	select {
 	case <-requested:
