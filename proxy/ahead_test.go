@@ -96,6 +96,21 @@ func (h *heldUpstream) getsOf(d digest.Digest) int {
 	return h.gets[d]
 }
 
+// openAndSettle releases h's blobs, waits for p's work, and checks each
+// blob was fetched once.
+func (h *heldUpstream) openAndSettle(t *testing.T, ctx context.Context, p *Proxy) {
+	t.Helper()
+	h.open()
+	if err := p.WaitIdle(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for d := range h.blobs {
+		if n := h.getsOf(d); n != 1 {
+			t.Errorf("blob %s fetched %d times, want 1", d, n)
+		}
+	}
+}
+
 // newAheadProxy is a mirror of h with fetching ahead on and opts.
 func newAheadProxy(t *testing.T, h *heldUpstream, opts ...Option) (*Proxy, target) {
 	t.Helper()
@@ -230,15 +245,7 @@ func TestManifestRecordedWhileItsBlobsAreHeld(t *testing.T) {
 	for range h.blobs {
 		recvWithin(t, h.arrived, "a blob fetched ahead never reached the upstream")
 	}
-	h.open()
-	if err := p.WaitIdle(ctx); err != nil {
-		t.Fatal(err)
-	}
-	for d := range h.blobs {
-		if n := h.getsOf(d); n != 1 {
-			t.Errorf("blob %s fetched %d times, want 1", d, n)
-		}
-	}
+	h.openAndSettle(t, ctx, p)
 	if rec, ok, err := p.index.Fill(tg.host(), tg.repo, m.digest); err != nil || !ok || rec.State != storage.FillComplete {
 		t.Errorf("fill record %+v %v %v; want complete", rec, ok, err)
 	}
@@ -292,13 +299,5 @@ func TestManifestAnsweredOnceItsBlobsAreRequested(t *testing.T) {
 	if err := recvWithin(t, answered, "never answered once the blobs' requests were written"); err != nil {
 		t.Fatal(err)
 	}
-	h.open()
-	if err := p.WaitIdle(ctx); err != nil {
-		t.Fatal(err)
-	}
-	for d := range h.blobs {
-		if n := h.getsOf(d); n != 1 {
-			t.Errorf("blob %s fetched %d times, want 1", d, n)
-		}
-	}
+	h.openAndSettle(t, ctx, p)
 }
