@@ -368,7 +368,7 @@ func (p *Proxy) readStored(ctx context.Context, t target, dgst digest.Digest, re
 	if err != nil {
 		return nil, err
 	}
-	body, err := p.readManifest(ctx, t, dgst)
+	body, err := p.readManifest(ctx, t, dgst, rec.Size)
 	release()
 	if err != nil {
 		return nil, err
@@ -403,7 +403,11 @@ func (p *Proxy) dropManifest(ctx context.Context, t target, dgst digest.Digest, 
 
 // readManifest reads a manifest's bytes: from the store, or for a
 // registry destination from the index until it has been pushed there.
-func (p *Proxy) readManifest(ctx context.Context, t target, dgst digest.Digest) ([]byte, error) {
+// With its recorded size (size > 0) it reads that many bytes at once, one
+// system call where io.ReadAll's growing reads take several: the caller
+// checks them against the size and the digest, so a short file is caught
+// there, and bytes after the recorded ones are never served.
+func (p *Proxy) readManifest(ctx context.Context, t target, dgst digest.Digest, size int64) ([]byte, error) {
 	if ms, ok := p.store.(storage.ManifestStore); ok {
 		body, found, err := p.index.ManifestBody(dgst)
 		if err != nil || found {
@@ -416,7 +420,15 @@ func (p *Proxy) readManifest(ctx context.Context, t target, dgst digest.Digest) 
 		return nil, err
 	}
 	defer rc.Close()
-	return io.ReadAll(io.LimitReader(rc, oci.MaxManifestSize+1))
+	if size <= 0 || size > oci.MaxManifestSize {
+		return io.ReadAll(io.LimitReader(rc, oci.MaxManifestSize+1))
+	}
+	b := make([]byte, size)
+	n, err := io.ReadFull(rc, b)
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		err = nil // short: the caller's size check says so
+	}
+	return b[:n], err
 }
 
 // writeManifest stores a manifest's exact bytes by digest. A registry

@@ -157,7 +157,7 @@ func (p *Proxy) StoredManifest(ctx context.Context, host, repo string, dgst dige
 	if !ok {
 		return nil, errcode.New(errcode.NameUnknown, "no upstream %q", host)
 	}
-	return p.readManifest(ctx, target{up: up, repo: repo, name: repo}, dgst)
+	return p.readManifest(ctx, target{up: up, repo: repo, name: repo}, dgst, 0)
 }
 
 // crossOrigin tells requests a browser sends for another site (by

@@ -302,6 +302,55 @@ func TestBadManifestsRefused(t *testing.T) {
 	wantManifest(t, get(t, m.URL()+"/v2/badm/manifests/1"), img.Manifest, img.MediaType)
 }
 
+// A stored manifest is read as the size its record holds: a file cut
+// short is never served (with the upstream up it is fetched again), and
+// bytes after the recorded ones are never sent, the recorded ones being
+// the manifest's (they hash to its digest).
+func TestStoredManifestReadAsRecorded(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		alter func([]byte) []byte
+		// served: the stored bytes still serve the manifest as a hit.
+		served bool
+	}{
+		{"cut short", func(b []byte) []byte { return b[:len(b)-1] }, false},
+		{"bytes after it", func(b []byte) []byte { return append(b, []byte("\n{}")...) }, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			up := fixture.StartUpstream(t)
+			img := up.SeedImage(t, "library/rec", "1", 1, 1<<10)
+			root := t.TempDir()
+			m := servertest.StartWithStore(t, up.URL(), func(*storage.Index) (storage.Store, error) {
+				return storage.OpenDriverStore(context.Background(), "filesystem", map[string]any{"rootdirectory": root})
+			})
+			byTag, byDigest := m.URL()+"/v2/rec/manifests/1", m.URL()+"/v2/rec/manifests/"+img.Digest
+			wantManifest(t, get(t, byTag), img.Manifest, img.MediaType)
+			m.WaitIdle()
+			hex := strings.TrimPrefix(img.Digest, "sha256:")
+			file := filepath.Join(root, "blobs", "sha256", hex[:2], hex, "data")
+			if err := os.WriteFile(file, c.alter(bytes.Clone(img.Manifest)), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			up.ResetCounts()
+			for i, url := range []string{byTag, byDigest} {
+				r := get(t, url)
+				wantManifest(t, r, img.Manifest, img.MediaType)
+				want := "hit" // the stored bytes, or the ones fetched again
+				if i == 0 && !c.served {
+					want = "miss"
+				}
+				if r.header.Get("X-Cache") != want {
+					t.Errorf("%s: X-Cache %q, want %s", url, r.header.Get("X-Cache"), want)
+				}
+				m.WaitIdle()
+			}
+			if n, want := up.Count(http.MethodGet, fixture.KindManifest), map[bool]int{true: 0, false: 1}[c.served]; n != want {
+				t.Errorf("%d upstream manifest GETs, want %d", n, want)
+			}
+		})
+	}
+}
+
 // A stored manifest is verified again whenever it is read: bytes on disk
 // that no longer hash to their digest (same length, still valid JSON) are
 // never served, by tag or by digest, on GET or HEAD. With the upstream down
