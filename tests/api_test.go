@@ -302,6 +302,22 @@ func TestBadManifestsRefused(t *testing.T) {
 	wantManifest(t, get(t, m.URL()+"/v2/badm/manifests/1"), img.Manifest, img.MediaType)
 }
 
+// pulledOnDisk pulls library/<repo>:1 through a mirror on a filesystem
+// store and waits for its fill; file is where the manifest is stored.
+func pulledOnDisk(t *testing.T, repo string) (up *fixture.Upstream, img *fixture.Image, m *servertest.Server, file string) {
+	t.Helper()
+	up = fixture.StartUpstream(t)
+	img = up.SeedImage(t, "library/"+repo, "1", 1, 1<<10)
+	root := t.TempDir()
+	m = servertest.StartWithStore(t, up.URL(), func(*storage.Index) (storage.Store, error) {
+		return storage.OpenDriverStore(context.Background(), "filesystem", map[string]any{"rootdirectory": root})
+	})
+	wantManifest(t, get(t, m.URL()+"/v2/"+repo+"/manifests/1"), img.Manifest, img.MediaType)
+	m.WaitIdle()
+	hex := strings.TrimPrefix(img.Digest, "sha256:")
+	return up, img, m, filepath.Join(root, "blobs", "sha256", hex[:2], hex, "data")
+}
+
 // A stored manifest is read as the size its record holds: a file cut
 // short is never served (with the upstream up it is fetched again), and
 // bytes after the recorded ones are never sent, the recorded ones being
@@ -317,17 +333,8 @@ func TestStoredManifestReadAsRecorded(t *testing.T) {
 		{"bytes after it", func(b []byte) []byte { return append(b, []byte("\n{}")...) }, true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			up := fixture.StartUpstream(t)
-			img := up.SeedImage(t, "library/rec", "1", 1, 1<<10)
-			root := t.TempDir()
-			m := servertest.StartWithStore(t, up.URL(), func(*storage.Index) (storage.Store, error) {
-				return storage.OpenDriverStore(context.Background(), "filesystem", map[string]any{"rootdirectory": root})
-			})
+			up, img, m, file := pulledOnDisk(t, "rec")
 			byTag, byDigest := m.URL()+"/v2/rec/manifests/1", m.URL()+"/v2/rec/manifests/"+img.Digest
-			wantManifest(t, get(t, byTag), img.Manifest, img.MediaType)
-			m.WaitIdle()
-			hex := strings.TrimPrefix(img.Digest, "sha256:")
-			file := filepath.Join(root, "blobs", "sha256", hex[:2], hex, "data")
 			if err := os.WriteFile(file, c.alter(bytes.Clone(img.Manifest)), 0o644); err != nil {
 				t.Fatal(err)
 			}
@@ -356,15 +363,8 @@ func TestStoredManifestReadAsRecorded(t *testing.T) {
 // never served, by tag or by digest, on GET or HEAD. With the upstream down
 // that is an error; with it up, what is served hashes to the digest.
 func TestCorruptStoredManifestNeverServed(t *testing.T) {
-	up := fixture.StartUpstream(t)
-	img := up.SeedImage(t, "library/rot", "1", 1, 1<<10)
-	root := t.TempDir()
-	m := servertest.StartWithStore(t, up.URL(), func(*storage.Index) (storage.Store, error) {
-		return storage.OpenDriverStore(context.Background(), "filesystem", map[string]any{"rootdirectory": root})
-	})
+	up, img, m, file := pulledOnDisk(t, "rot")
 	byTag, byDigest := m.URL()+"/v2/rot/manifests/1", m.URL()+"/v2/rot/manifests/"+img.Digest
-	wantManifest(t, get(t, byTag), img.Manifest, img.MediaType)
-	m.WaitIdle()
 	r := get(t, byDigest)
 	wantManifest(t, r, img.Manifest, img.MediaType)
 	if r.header.Get("X-Cache") != "hit" {
@@ -374,8 +374,6 @@ func TestCorruptStoredManifestNeverServed(t *testing.T) {
 	// Rot one byte of the stored manifest: its first 'a' (inside a JSON
 	// string, a key or a media type) becomes 'A', so the length and the
 	// syntax stay the same.
-	hex := strings.TrimPrefix(img.Digest, "sha256:")
-	file := filepath.Join(root, "blobs", "sha256", hex[:2], hex, "data")
 	b, err := os.ReadFile(file)
 	if err != nil || !bytes.Equal(b, img.Manifest) {
 		t.Fatalf("stored manifest at %s: %v (%d bytes, want the upstream's %d)", file, err, len(b), len(img.Manifest))
