@@ -423,12 +423,7 @@ func (p *Proxy) readManifest(ctx context.Context, t target, dgst digest.Digest, 
 	if size <= 0 || size > oci.MaxManifestSize {
 		return io.ReadAll(io.LimitReader(rc, oci.MaxManifestSize+1))
 	}
-	b := make([]byte, size)
-	n, err := io.ReadFull(rc, b)
-	if errors.Is(err, io.ErrUnexpectedEOF) {
-		err = nil // short: the caller's size check says so
-	}
-	return b[:n], err
+	return storage.ReadAtMost(rc, size) // short: the caller's size check says so
 }
 
 // writeManifest stores a manifest's exact bytes by digest. A registry

@@ -3,7 +3,6 @@ package storage
 import (
 	"os"
 	"path/filepath"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -14,9 +13,8 @@ import (
 // goroutine locked to its thread, what a write transaction spent on the
 // CPU, as against waiting for one or for the disk.
 func threadUsage() (u usage, ok bool) {
-	var ru syscall.Rusage
-	const rusageThread = 1 // RUSAGE_THREAD
-	if syscall.Getrusage(rusageThread, &ru) != nil {
+	var ru unix.Rusage
+	if unix.Getrusage(unix.RUSAGE_THREAD, &ru) != nil {
 		return u, false
 	}
 	return usage{

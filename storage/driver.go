@@ -263,12 +263,19 @@ func (s *DriverStore) ReadSmall(ctx context.Context, dgst digest.Digest, limit i
 	if err != nil {
 		return nil, err
 	}
-	b := make([]byte, min(fi.Size(), limit))
-	n, err := io.ReadFull(f, b)
+	return ReadAtMost(f, min(fi.Size(), limit))
+}
+
+// ReadAtMost reads n bytes of r, or up to its end if it has fewer, into
+// one buffer of n: for a file, one read system call, where io.ReadAll's
+// reads grow from 512 bytes. Bytes after the n are not read.
+func ReadAtMost(r io.Reader, n int64) ([]byte, error) {
+	b := make([]byte, n)
+	got, err := io.ReadFull(r, b)
 	if errors.Is(err, io.ErrUnexpectedEOF) {
-		err = nil // shorter than its size said: what is there
+		err = nil // shorter: what is there
 	}
-	return b[:n], err
+	return b[:got], err
 }
 
 // filePath is dgst's data file under the filesystem driver's root. Reads
