@@ -3,7 +3,6 @@
 package bench
 
 import (
-	"runtime"
 	"syscall"
 	"time"
 )
@@ -12,18 +11,6 @@ import (
 func cpuTime() time.Duration {
 	d, _ := usedCPU(syscall.RUSAGE_SELF)
 	return d
-}
-
-// threadCPU is the user+system CPU time the calling thread has used so
-// far (Linux's RUSAGE_THREAD); elsewhere the process's (cpuTime).
-func threadCPU() time.Duration {
-	const rusageThread = 1
-	if runtime.GOOS == "linux" {
-		if d, ok := usedCPU(rusageThread); ok {
-			return d
-		}
-	}
-	return cpuTime()
 }
 
 // usedCPU is the user+system CPU time getrusage gives for who.
