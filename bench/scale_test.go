@@ -886,15 +886,19 @@ func startCache(b *testing.B, dir string, n int) {
 type passWrites storage.WriteTotals
 
 func wrote(before, after storage.WriteTotals) passWrites {
-	return passWrites{Commits: after.Commits - before.Commits, Pages: after.Pages - before.Pages, Held: after.Held - before.Held}
+	return passWrites{Commits: after.Commits - before.Commits, Pages: after.Pages - before.Pages, Held: after.Held - before.Held,
+		CPU: after.CPU - before.CPU, Faults: after.Faults - before.Faults}
 }
 
-// report reports the commits, the pages each wrote on average and the
-// time they held the write lock in all.
+// report reports the commits, the pages each wrote on average, the time
+// they held the write lock in all, and the CPU time and page faults of
+// their threads meanwhile.
 func (w passWrites) report(b *testing.B, pass string) {
 	b.ReportMetric(float64(w.Commits), pass+"-commits")
 	if w.Commits > 0 {
 		b.ReportMetric(float64(w.Pages)/float64(w.Commits), pass+"-pages-per-commit")
 	}
 	b.ReportMetric(w.Held.Seconds(), pass+"-write-held-s")
+	b.ReportMetric(w.CPU.Seconds(), pass+"-write-cpu-s")
+	b.ReportMetric(float64(w.Faults), pass+"-write-faults")
 }

@@ -153,15 +153,17 @@ func (ix *Index) update(fn func(tx *bolt.Tx, b *budget) error) (held time.Durati
 	st := tx.Stats()
 	p.rebalance, p.spill, p.write = st.GetRebalanceTime(), st.GetSpillTime(), st.GetWriteTime()
 	p.nodes, p.pages = st.GetNodeCount(), st.GetPageCount()
+	if u, ok := threadUsage(); ok && usedOK {
+		p.used = u.sub(used)
+	}
 	if err == nil {
 		ix.commits.Add(1)
 		ix.pagesWritten.Add(p.pages)
 		ix.held.Add(int64(p.held()))
+		ix.heldCPU.Add(int64(p.used.cpu))
+		ix.heldFaults.Add(p.used.minflt)
 	}
 	if p.held() > slowCommit {
-		if u, ok := threadUsage(); ok && usedOK {
-			p.used = u.sub(used)
-		}
 		p.gcs = gcCycles() - gcs
 		p.grew = ix.fileSize() - size
 		p.free = ix.db.Stats().FreePageN
@@ -184,12 +186,19 @@ type WriteTotals struct {
 	Held time.Duration
 	// Slow is how many held it over 100 ms (each logged: SetLogger).
 	Slow int64
+	// CPU and Faults are what the threads running them spent meanwhile:
+	// CPU time, and minor page faults (a fault of the index's mapping
+	// under the write lock: see prefault). Zero where the platform does
+	// not tell a thread's usage.
+	CPU    time.Duration
+	Faults int64
 }
 
 // WriteTotals returns the totals of the index's write transactions since
 // it was opened.
 func (ix *Index) WriteTotals() WriteTotals {
-	return WriteTotals{Commits: ix.commits.Load(), Pages: ix.pagesWritten.Load(), Held: time.Duration(ix.held.Load()), Slow: ix.slowCommits.Load()}
+	return WriteTotals{Commits: ix.commits.Load(), Pages: ix.pagesWritten.Load(), Held: time.Duration(ix.held.Load()), Slow: ix.slowCommits.Load(),
+		CPU: time.Duration(ix.heldCPU.Load()), Faults: ix.heldFaults.Load()}
 }
 
 // write runs fn in a write transaction, as update does (logged if slow),

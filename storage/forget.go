@@ -219,6 +219,7 @@ func (ix *Index) forget(dgsts []digest.Digest, given Roots, strict bool, keep fu
 			// Its records, and a link and a holder per repository.
 			return 1 + 2*len(links), nil
 		},
+		touch: func(tx *bolt.Tx, i int) int { return touchEntries(tx, dgsts[i]) },
 		end: func(tx *bolt.Tx) error {
 			if !rooted {
 				// No tag or mirror record names what goes: the buckets
@@ -291,6 +292,29 @@ func forgetRoots(tx *bolt.Tx, fills fillWrites, gone map[digest.Digest]int, out 
 	}
 	unshare[string(bucketMirrors)] = mirrors
 	return nil
+}
+
+// touchEntries reads what forget's item for d reads (its records, and
+// forgetEntries' keys), to fault their leaves in before the write lock
+// (prefault). It returns how many lookups it made.
+func touchEntries(tx *bolt.Tx, d digest.Digest) (lookups int) {
+	key := []byte(d)
+	for _, name := range [][]byte{bucketBlobs, bucketManifests, bucketBodies, bucketAccess} {
+		if b := tx.Bucket(name); b != nil {
+			b.Get(key)
+			lookups++
+		}
+	}
+	prefix := []byte(d.String() + "\x00")
+	links, refs := linkRecordsOf(tx).Cursor(), tx.Bucket(bucketReferrers).Cursor()
+	c := tx.Bucket(bucketHolders).Cursor()
+	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+		holder := string(k[len(prefix):])
+		links.Seek([]byte(holder + "@" + d.String()))
+		refs.Seek([]byte(holder + "@" + d.String() + "\x00"))
+		lookups += 2
+	}
+	return lookups + 1
 }
 
 // forgetEntries deletes the entries of one digest, but not the tags and mirror

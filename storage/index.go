@@ -71,9 +71,11 @@ type Index struct {
 	// counts them (WriteTotals).
 	log         atomic.Pointer[slog.Logger]
 	slowCommits atomic.Int64
-	// commits, pagesWritten and held add up the commits of update
+	// commits, pagesWritten and held add up the commits of update, and
+	// heldCPU and heldFaults what their threads spent meanwhile
 	// (WriteTotals).
 	commits, pagesWritten, held atomic.Int64
+	heldCPU, heldFaults         atomic.Int64
 	// passes counts the passes running (BeginPass): their commits leave
 	// bbolt's freelist out. freelistSkipped says a commit may have left it
 	// out since it was last written.

@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"cmp"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -87,6 +88,10 @@ type batchWrite struct {
 	// committed, if not nil, runs after each commit, outside the write
 	// lock, given the items the transaction took: [from, to).
 	committed func(from, to int) error
+	// touch, if not nil, reads what item i will read, in a read
+	// transaction before the write lock (prefault), and returns how many
+	// lookups it made.
+	touch func(tx *bolt.Tx, i int) (lookups int)
 }
 
 // writeSome writes items from, from+1, ... of n in one transaction,
@@ -96,6 +101,9 @@ func (ix *Index) writeSome(n, from int, w batchWrite) (to int, held time.Duratio
 	// What the filesystem changed meanwhile (a sweep's removals) is
 	// synced now, not by this transaction's commit under the lock.
 	ix.flushFS()
+	lim := ix.limits()
+	mapped := cmp.Or(lim.mapped, fullReadBudget)
+	touched, touchedOK := ix.prefault(n, from, w.touch, mapped/2, 2*cmp.Or(int(lim.pages), lim.keys))
 	var rel *releaser
 	held, err = ix.update(func(tx *bolt.Tx, b *budget) error {
 		to = from
@@ -106,8 +114,10 @@ func (ix *Index) writeSome(n, from int, w batchWrite) (to int, held time.Duratio
 		}
 		rel = ix.releaser(tx)
 		rel.commitFirst = true
-		if b.lim.mapped > 0 {
-			rel.budget = b.lim.mapped
+		rel.budget = mapped
+		if touchedOK && rel.ok {
+			// What the prefault mapped counts in the transaction's budget.
+			rel.base = min(rel.base, touched)
 		}
 		for to < n {
 			keys, err := w.item(tx, to)
@@ -130,6 +140,44 @@ func (ix *Index) writeSome(n, from int, w batchWrite) (to int, held time.Duratio
 		err = w.committed(from, to)
 	}
 	return to, held, err
+}
+
+// A batch's items fault in the leaves they read (see lookupWeight), and
+// on this project's machine a fault is dear: an eviction's forgets at
+// 100k images took ~43 faults per transaction, ~4.7 s of CPU in all
+// under the write lock (~40 µs a fault; in a CPU profile of
+// BenchmarkScale, bbolt's Page.FastCheck, the first read of a page: ~17%
+// of the time the lock was held), and a fault is where this guest's
+// hypervisor may keep the CPU for ~100 ms (docs/performance-rounds.md,
+// "Round 18"). prefault reads what the next transaction's items will
+// read (the batch's touch) in a read transaction, before the write lock,
+// so that the faults are taken there and the transaction finds its
+// leaves mapped. It reads at most most lookups (about what a transaction
+// takes: read again, mapped, they cost little), and stops once RssFile
+// grew budget (half the transaction's: what it maps counts in the
+// transaction's releaser, so a batch maps no more than before). It
+// returns RssFile before it; ok is false if it read nothing (no touch,
+// or RssFile unknown, where what it maps could not be bounded).
+func (ix *Index) prefault(n, from int, touch func(*bolt.Tx, int) int, budget int64, most int) (base int64, ok bool) {
+	if touch == nil || from >= n {
+		return 0, false
+	}
+	_ = ix.db.View(func(tx *bolt.Tx) error {
+		rel := ix.releaser(tx)
+		if !rel.ok {
+			return nil
+		}
+		// As a batch's transaction: past its budget it only says so.
+		rel.commitFirst, rel.budget = true, budget
+		base, ok = rel.base, true
+		for i, looked := from, 0; i < n && looked < most && !rel.over; i++ {
+			k := max(touch(tx, i), 1)
+			rel.lookedUp(k)
+			looked += k
+		}
+		return nil
+	})
+	return base, ok
 }
 
 // releaseCommitted releases the index's mapped pages after a batch's
