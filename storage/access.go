@@ -52,6 +52,7 @@ func (ix *Index) flushPullTimes() (time.Duration, error) {
 			b, err = tx.CreateBucketIfNotExists(bucketAccess)
 			return err
 		},
+		touch: touchKey(bucketAccess, func(i int) []byte { return []byte(todo[i].k) }),
 		item: func(_ *bolt.Tx, i int) (int, error) {
 			d, t := todo[i].k, todo[i].v
 			var cur time.Time

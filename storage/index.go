@@ -673,6 +673,7 @@ func (ix *Index) FlushTimed() (longest time.Duration, err error) {
 	ix.mu.Unlock()
 	todo := pairs(pending)
 	held, err = ix.writeAll(len(todo), batchWrite{
+		touch: touchKey(bucketBlobs, func(i int) []byte { return []byte(todo[i].k) }),
 		item: func(tx *bolt.Tx, i int) (int, error) {
 			d := []byte(todo[i].k)
 			rec, ok, err := get[BlobRecord](tx, bucketBlobs, d)

@@ -54,6 +54,7 @@ func (ix *Index) flushPullCounts() (time.Duration, error) {
 			b, err = tx.CreateBucketIfNotExists(bucketPulls)
 			return err
 		},
+		touch: touchKey(bucketPulls, func(i int) []byte { return []byte(todo[i].k) }),
 		item: func(_ *bolt.Tx, i int) (int, error) {
 			var cur int64
 			if raw := b.Get([]byte(todo[i].k)); raw != nil {

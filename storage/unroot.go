@@ -96,6 +96,17 @@ func (ix *Index) UnrootImagesTimed(us []Unroot) (longest time.Duration, err erro
 			}
 			return 1, nil
 		},
+		touch: func(tx *bolt.Tx, i int) int {
+			o := ops[i]
+			if o.fill == nil {
+				tx.Bucket(bucketTags).Get(o.key)
+				return 1
+			}
+			fills := fillRecordsOf(tx)
+			fills.Get(o.key)
+			fills.Get([]byte(o.fill.Digest)) // a state of before repositories
+			return 2
+		},
 		committed: func(int, int) error {
 			if err := ix.shareDelete(bucketTags, tags...); err != nil {
 				return err

@@ -180,6 +180,17 @@ func (ix *Index) prefault(n, from int, touch func(*bolt.Tx, int) int, budget int
 	return base, ok
 }
 
+// touchKey returns a batch's touch for items that each read key(i) in
+// bucket (and write it).
+func touchKey(bucket []byte, key func(i int) []byte) func(*bolt.Tx, int) int {
+	return func(tx *bolt.Tx, i int) int {
+		if b := tx.Bucket(bucket); b != nil {
+			b.Get(key(i))
+		}
+		return 1
+	}
+}
+
 // releaseCommitted releases the index's mapped pages after a batch's
 // commit if RssFile grew rel's budget since the transaction began: its
 // items' lookups (the releaser ended the transaction for them: over), or

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"runtime"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -185,4 +187,94 @@ func TestForgetFaultsBeforeTheWriteLock(t *testing.T) {
 	if done == 40 {
 		t.Errorf("the budget did not end the transaction: the test cannot tell")
 	}
+}
+
+// TestBatchesFaultBeforeTheWriteLock checks that a flush's and an
+// eviction's unroots fault in the leaves they write before the write
+// lock, as a forget does: of the page faults the calling thread takes in
+// the call, the write transactions take few. Without the reads first they
+// take nearly all.
+func TestBatchesFaultBeforeTheWriteLock(t *testing.T) {
+	if _, ok := residentFileBytes(); !ok {
+		t.Skip("no /proc/self/statm")
+	}
+	// faults runs write on this goroutine's thread, the index's pages
+	// released first, and returns the thread's page faults in it and
+	// those under the write lock.
+	faults := func(t *testing.T, ix *Index, write func() error) (all, locked int64) {
+		ix.releaseAll(t)
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		u0, ok := threadUsage()
+		if !ok {
+			t.Skip("no thread usage")
+		}
+		w0 := ix.WriteTotals()
+		if err := write(); err != nil {
+			t.Fatal(err)
+		}
+		u1, _ := threadUsage()
+		return u1.minflt - u0.minflt, ix.WriteTotals().Faults - w0.Faults
+	}
+	check := func(t *testing.T, ix *Index, write func() error) {
+		all, locked := faults(t, ix, write)
+		t.Logf("page faults: %d, %d of them under the write lock", all, locked)
+		if all < 100 {
+			t.Fatalf("%d page faults in all: the test cannot tell", all)
+		}
+		if locked > all/2 {
+			t.Errorf("%d of %d page faults under the write lock", locked, all)
+		}
+	}
+	order := rand.New(rand.NewPCG(1, 2))
+
+	t.Run("flush", func(t *testing.T) {
+		ix := openTestIndex(t)
+		ix.mapped.stop()
+		// ~3 MiB of blob records, written in key order (quicker).
+		var ds []digest.Digest
+		for i := range 30_000 {
+			ds = append(ds, digest.FromString(fmt.Sprint("blob ", i)))
+		}
+		slices.Sort(ds)
+		now := time.Now()
+		if err := ix.db.Update(func(tx *bolt.Tx) error {
+			for _, d := range ds {
+				if err := ix.putContentRecord(tx, bucketBlobs, []byte(d), BlobRecord{Size: 10, FetchedAt: now, LastAccess: now}); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		// Their last pulls, in bulk: the buckets of the manifests' pulls
+		// and counts fill up as much as the blobs'.
+		for _, d := range ds {
+			ix.TouchManifest(d, now)
+			ix.CountPull(d)
+		}
+		if err := ix.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		order.Shuffle(len(ds), func(i, j int) { ds[i], ds[j] = ds[j], ds[i] })
+		later := now.Add(time.Hour)
+		for _, d := range ds[:300] {
+			ix.Touch(d, later)
+			ix.TouchManifest(d, later)
+			ix.CountPull(d)
+		}
+		check(t, ix, ix.Flush)
+	})
+
+	t.Run("unroot", func(t *testing.T) {
+		ix, _ := filledIndex(t, 60_000) // tags "library/r{i/100}:v{i}" naming digest i
+		ix.mapped.stop()
+		var us []Unroot
+		for _, i := range order.Perm(60_000)[:300] {
+			us = append(us, Unroot{Upstream: "docker.io", Repo: fmt.Sprintf("library/r%d", i/100),
+				Digest: digest.FromString(strconv.Itoa(i)), Tags: []string{fmt.Sprintf("v%d", i)}})
+		}
+		check(t, ix, func() error { return ix.UnrootImages(us) })
+	})
 }
