@@ -104,7 +104,7 @@ func (ix *Index) UnrootImagesTimed(us []Unroot) (longest time.Duration, err erro
 			}
 			fills := fillRecordsOf(tx)
 			fills.Get(o.key)
-			fills.Get([]byte(o.fill.Digest)) // a state of before repositories
+			fills.Get([]byte(o.fill.Digest)) // a state recorded before they were kept per repository
 			return 2
 		},
 		committed: func(int, int) error {
