@@ -94,28 +94,8 @@ func TestForgetFaultsBeforeTheWriteLock(t *testing.T) {
 	if _, ok := residentFileBytes(); !ok {
 		t.Skip("no /proc/self/statm")
 	}
-	// ~10 MiB of blob records, links and holders, written in key order
-	// (in any other, the race detector takes ~30 s over bbolt's inserts).
 	const n = 30_000
-	var ds []digest.Digest
-	for i := range n {
-		ds = append(ds, digest.FromString(fmt.Sprint("blob ", i)))
-	}
-	slices.Sort(ds)
-	now := time.Now()
-	if err := ix.db.Update(func(tx *bolt.Tx) error {
-		for _, d := range ds {
-			if err := ix.putContentRecord(tx, bucketBlobs, []byte(d), BlobRecord{Size: 10, FetchedAt: now, LastAccess: now}); err != nil {
-				return err
-			}
-			if err := link(tx, "docker.io", "library/r", d); err != nil {
-				return err
-			}
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	ds := recordBlobsInOrder(t, ix, n)
 	roots, err := ix.Roots()
 	if err != nil {
 		t.Fatal(err)
@@ -193,7 +173,9 @@ func TestForgetFaultsBeforeTheWriteLock(t *testing.T) {
 // eviction's unroots fault in the leaves they write before the write
 // lock, as a forget does: of the page faults the calling thread takes in
 // the call, the write transactions take few. Without the reads first they
-// take nearly all.
+// take nearly all (94–99% measured). A transaction's own heap faults (new
+// spans, the race detector's shadow) count too: up to 29% measured with
+// the reads first, under load; the test fails past 3/4.
 func TestBatchesFaultBeforeTheWriteLock(t *testing.T) {
 	if _, ok := residentFileBytes(); !ok {
 		t.Skip("no /proc/self/statm")
@@ -222,7 +204,7 @@ func TestBatchesFaultBeforeTheWriteLock(t *testing.T) {
 		if all < 100 {
 			t.Fatalf("%d page faults in all: the test cannot tell", all)
 		}
-		if locked > all/2 {
+		if locked > all*3/4 {
 			t.Errorf("%d of %d page faults under the write lock", locked, all)
 		}
 	}
@@ -231,23 +213,8 @@ func TestBatchesFaultBeforeTheWriteLock(t *testing.T) {
 	t.Run("flush", func(t *testing.T) {
 		ix := openTestIndex(t)
 		ix.mapped.stop()
-		// ~3 MiB of blob records, written in key order (quicker).
-		var ds []digest.Digest
-		for i := range 30_000 {
-			ds = append(ds, digest.FromString(fmt.Sprint("blob ", i)))
-		}
-		slices.Sort(ds)
+		ds := recordBlobsInOrder(t, ix, 30_000)
 		now := time.Now()
-		if err := ix.db.Update(func(tx *bolt.Tx) error {
-			for _, d := range ds {
-				if err := ix.putContentRecord(tx, bucketBlobs, []byte(d), BlobRecord{Size: 10, FetchedAt: now, LastAccess: now}); err != nil {
-					return err
-				}
-			}
-			return nil
-		}); err != nil {
-			t.Fatal(err)
-		}
 		// Their last pulls, in bulk: the buckets of the manifests' pulls
 		// and counts fill up as much as the blobs'.
 		for _, d := range ds {
@@ -277,4 +244,32 @@ func TestBatchesFaultBeforeTheWriteLock(t *testing.T) {
 		}
 		check(t, ix, func() error { return ix.UnrootImages(us) })
 	})
+}
+
+// recordBlobsInOrder records n blobs (~10 MiB of records, links and
+// holders at 30,000) in one transaction, in key order: in any other the
+// race detector takes ~30 s over bbolt's inserts. It returns their
+// digests, sorted.
+func recordBlobsInOrder(t *testing.T, ix *Index, n int) []digest.Digest {
+	t.Helper()
+	var ds []digest.Digest
+	for i := range n {
+		ds = append(ds, digest.FromString(fmt.Sprint("blob ", i)))
+	}
+	slices.Sort(ds)
+	now := time.Now()
+	if err := ix.db.Update(func(tx *bolt.Tx) error {
+		for _, d := range ds {
+			if err := ix.putContentRecord(tx, bucketBlobs, []byte(d), BlobRecord{Size: 10, FetchedAt: now, LastAccess: now}); err != nil {
+				return err
+			}
+			if err := link(tx, "docker.io", "library/r", d); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return ds
 }
