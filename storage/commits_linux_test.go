@@ -3,10 +3,13 @@ package storage
 import (
 	"bytes"
 	"fmt"
+	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
+	bolt "go.etcd.io/bbolt"
+	"golang.org/x/sys/unix"
 )
 
 // mapping returns the start and end of the index's mapping of its file.
@@ -56,5 +59,42 @@ func TestIndexMapsRoomToGrow(t *testing.T) {
 	o := openOptions(path)
 	if o.InitialMmapSize != int(max(2*grown, minMapped)) {
 		t.Fatalf("options for a %d-byte index: %+v", grown, o)
+	}
+}
+
+// TestWriteTotalsCountTheLocksUsage checks WriteTotals' CPU and Faults: a
+// write transaction that faults in 8 MiB of fresh memory (2,048 pages,
+// huge pages refused) under the lock counts at least those faults, and
+// some CPU; a read outside any write counts nothing.
+func TestWriteTotalsCountTheLocksUsage(t *testing.T) {
+	ix := openTestIndex(t)
+	const size = 8 << 20
+	mem, err := unix.Mmap(-1, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANON)
+	if err != nil {
+		t.Skip(err)
+	}
+	defer unix.Munmap(mem)
+	_ = unix.Madvise(mem, unix.MADV_NOHUGEPAGE)
+	before := ix.WriteTotals()
+	if err := ix.db.View(func(*bolt.Tx) error { mem[0] = 1; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if got := ix.WriteTotals(); got != before {
+		t.Fatalf("a read changed the write totals: %+v, then %+v", before, got)
+	}
+	if err := ix.write(func(*bolt.Tx) error {
+		for i := 0; i < size; i += os.Getpagesize() {
+			mem[i] = 1
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	after := ix.WriteTotals()
+	if n := after.Faults - before.Faults; n < size/int64(os.Getpagesize())-1 {
+		t.Errorf("Faults grew %d in a write that faulted in %d pages", n, size/os.Getpagesize()-1)
+	}
+	if after.CPU <= before.CPU {
+		t.Errorf("CPU did not grow (%v) in a write that faulted in %d MiB", after.CPU-before.CPU, size>>20)
 	}
 }
