@@ -30,6 +30,10 @@ func gauges(cfg config.Config, p *proxy.Proxy, ix *storage.Index) []prometheus.C
 			func(w storage.WriteTotals) float64 { return float64(w.Pages) }),
 		writes("docker_mirror_index_write_lock_seconds_total", "Time the index's write transactions held its write lock, which every other write waits for.",
 			func(w storage.WriteTotals) float64 { return w.Held.Seconds() }),
+		writes("docker_mirror_index_write_lock_cpu_seconds_total", "CPU time the threads holding the index's write lock used meanwhile: the rest of the time held is spent waiting (for the disk's syncs, or for a CPU).",
+			func(w storage.WriteTotals) float64 { return w.CPU.Seconds() }),
+		writes("docker_mirror_index_write_lock_page_faults_total", "Minor page faults the threads holding the index's write lock took meanwhile (the index file's pages first read through its mapping, fresh memory).",
+			func(w storage.WriteTotals) float64 { return float64(w.Faults) }),
 		writes("docker_mirror_index_slow_writes_total", "Index writes that held the write lock over 100 ms (each logged as a slow index write).",
 			func(w storage.WriteTotals) float64 { return float64(w.Slow) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
