@@ -206,6 +206,11 @@ func serveBlob(w http.ResponseWriter, r *http.Request, dgst digest.Digest, size 
 	}
 	defer rc.Close()
 	w.WriteHeader(status)
+	// The headers leave now, the body open: else net/http reads the
+	// body's first 512 bytes through this process (to sniff a type this
+	// answer sets) and sends them with the headers before it hands the
+	// rest to sendfile, a read and a copy more per blob.
+	_ = http.NewResponseController(w).Flush()
 	var src io.Reader = rc
 	if br, ok := rc.(*blobReader); ok {
 		// Bounded itself, so that io.Copy reaches its WriteTo.
