@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -45,11 +46,16 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 	}
 	release := sync.OnceFunc(held)
 	defer release()
-	size, ok, err := p.storedBlob(ctx, t, dgst)
+	size, f, ok, err := p.openStoredBlob(ctx, t, dgst)
 	if err != nil {
 		return err
 	}
 	if ok {
+		defer func() {
+			if f != nil {
+				f.Close() // not handed to serveBlob: a HEAD, a redirect
+			}
+		}()
 		w.Header().Set(cacheHeader, "hit")
 		p.index.Touch(dgst, p.now())
 		if p.redirectBlob(w, r, t, dgst) {
@@ -58,7 +64,18 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 		return serveBlob(w, r, dgst, size, func(off int64) (io.ReadCloser, error) {
 			// Once open, the file survives its removal: let go of it then.
 			defer release()
-			return p.store.Open(ctx, t.storeRepo(), dgst, off)
+			if f == nil {
+				return p.store.Open(ctx, t.storeRepo(), dgst, off)
+			}
+			rc := f
+			f = nil // serveBlob closes it
+			if off > 0 {
+				if _, err := rc.Seek(off, io.SeekStart); err != nil {
+					rc.Close()
+					return nil, err
+				}
+			}
+			return rc, nil
 		})
 	}
 	release()
@@ -133,10 +150,35 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 	return serveBlob(w, r, dgst, size, func(off int64) (io.ReadCloser, error) { return p.store.Open(ctx, t.storeRepo(), dgst, off) })
 }
 
-// storedBlob reports whether dgst is stored and may be served for t: it
-// must be linked to t's repository, or the upstream must confirm that the
-// repository has it (content of one repository is never handed out for
-// another on the strength of its digest alone).
+// openStoredBlob is storedBlob for a hit about to be served: where the
+// store's content is in local files (storage.FileOpener), the blob's file
+// is opened to learn its size, and returned open (f), so that its path is
+// looked up once; else f is nil, and the blob is opened once served.
+func (p *Proxy) openStoredBlob(ctx context.Context, t target, dgst digest.Digest) (size int64, f *os.File, ok bool, err error) {
+	fo, local := p.store.(storage.FileOpener)
+	if !local {
+		size, ok, err = p.storedBlob(ctx, t, dgst)
+		return size, nil, ok, err
+	}
+	f, size, err = fo.OpenFile(dgst)
+	switch {
+	case errors.Is(err, storage.ErrNotLocal):
+		size, ok, err = p.storedBlob(ctx, t, dgst)
+		return size, nil, ok, err
+	case errors.Is(err, storage.ErrNotFound):
+		return 0, nil, false, nil
+	case err != nil:
+		return 0, nil, false, err
+	}
+	if ok, err = p.mayServe(ctx, t, dgst, size); !ok || err != nil {
+		f.Close()
+		return 0, nil, ok, err
+	}
+	return size, f, true, nil
+}
+
+// storedBlob reports whether dgst is stored and may be served for t
+// (mayServe), and its size.
 func (p *Proxy) storedBlob(ctx context.Context, t target, dgst digest.Digest) (int64, bool, error) {
 	size, err := p.store.Stat(ctx, t.storeRepo(), dgst)
 	if errors.Is(err, storage.ErrNotFound) {
@@ -145,18 +187,30 @@ func (p *Proxy) storedBlob(ctx context.Context, t target, dgst digest.Digest) (i
 	if err != nil {
 		return 0, false, err
 	}
+	ok, err := p.mayServe(ctx, t, dgst, size)
+	if !ok || err != nil {
+		return 0, ok, err
+	}
+	return size, true, nil
+}
+
+// mayServe reports whether the stored blob dgst, of size bytes, may be
+// served for t: it must be linked to t's repository, or the upstream must
+// confirm that the repository has it (content of one repository is never
+// handed out for another on the strength of its digest alone).
+func (p *Proxy) mayServe(ctx context.Context, t target, dgst digest.Digest, size int64) (bool, error) {
 	linked, err := p.index.Linked(t.host(), t.repo, dgst)
 	if err != nil || linked {
-		return size, linked, err
+		return linked, err
 	}
 	if p.vouched(t, dgst, false) != nil {
 		// Stored by this repository's download, which records it.
-		return size, true, nil
+		return true, nil
 	}
 	if _, err := t.up.HeadBlob(ctx, t.repo, dgst); err != nil {
-		return 0, false, err
+		return false, err
 	}
-	return size, true, p.adoptBlob(t, dgst, size)
+	return true, p.adoptBlob(t, dgst, size)
 }
 
 // adoptBlob links a stored blob to t's repository, and records it if the

@@ -41,6 +41,7 @@ type DriverStore struct {
 var (
 	_ Store        = (*DriverStore)(nil)
 	_ FileIngester = (*DriverStore)(nil)
+	_ FileOpener   = (*DriverStore)(nil)
 )
 
 const (
@@ -232,6 +233,29 @@ func (s *DriverStore) Open(ctx context.Context, _ string, dgst digest.Digest, of
 		return nil, s.readErr(err, dgst)
 	}
 	return rc, nil
+}
+
+// OpenFile implements FileOpener for the filesystem driver: the file
+// open, and its size from it (fstat), where Stat's own lookup of its path
+// costs as much as the open's (a blob hit's two system calls of ~3 µs on
+// a virtual machine, one of them a stat walking the path again).
+func (s *DriverStore) OpenFile(dgst digest.Digest) (*os.File, int64, error) {
+	if s.root == "" {
+		return nil, 0, ErrNotLocal
+	}
+	if err := dgst.Validate(); err != nil {
+		return nil, 0, err
+	}
+	f, err := openStoredFile(s.filePath(dgst))
+	if err != nil {
+		return nil, 0, fileErr(err, dgst)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, 0, err
+	}
+	return f, fi.Size(), nil
 }
 
 // ReadSmall returns up to limit bytes of dgst's content, for small

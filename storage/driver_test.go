@@ -296,6 +296,34 @@ func TestDriverStoreReadSmall(t *testing.T) {
 	}
 }
 
+// OpenFile opens a stored file of the filesystem store with its size, as
+// Stat and Open would find it; missing content is ErrNotFound, a store
+// of another driver ErrNotLocal.
+func TestDriverStoreOpenFile(t *testing.T) {
+	body := []byte("a blob read from its file")
+	d := digest.FromBytes(body)
+	s := openFilesystem(t, t.TempDir())
+	must(t, s.Put(t.Context(), "library/a", d, int64(len(body)), bytes.NewReader(body)))
+	f, size, err := s.OpenFile(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(f)
+	f.Close()
+	if err != nil || size != int64(len(body)) || !bytes.Equal(got, body) {
+		t.Errorf("OpenFile = %q, size %d, %v; want %q, %d", got, size, err, body, len(body))
+	}
+	if _, _, err := s.OpenFile(digest.FromString("missing")); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("OpenFile(missing) = %v, want ErrNotFound", err)
+	}
+	if _, _, err := s.OpenFile("sha256:../../etc"); err == nil || errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("OpenFile of an invalid digest: %v", err)
+	}
+	if _, _, err := storage.NewDriverStore(inmemory.New()).OpenFile(d); !errors.Is(err, storage.ErrNotLocal) {
+		t.Errorf("inmemory OpenFile = %v, want ErrNotLocal", err)
+	}
+}
+
 // storedDir is the directory where the filesystem driver under root
 // keeps d (the driver's blobPath).
 func storedDir(root string, d digest.Digest) string {

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"os"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -57,6 +58,18 @@ type FileIngester interface {
 
 // ErrNotIngestible: the store cannot move that file into place.
 var ErrNotIngestible = errors.New("file cannot be moved into the store")
+
+// FileOpener is implemented by stores that may keep content in local
+// files: OpenFile opens dgst's file and returns its size, one lookup of
+// its path where Stat then Open take two (a blob hit's). It returns
+// ErrNotLocal when the store's content is not in local files (the caller
+// then uses Stat and Open), ErrNotFound when it has no such content.
+type FileOpener interface {
+	OpenFile(dgst digest.Digest) (*os.File, int64, error)
+}
+
+// ErrNotLocal: the store's content is not in local files.
+var ErrNotLocal = errors.New("store content is not in local files")
 
 // ManifestStore is implemented by stores that keep manifests apart from
 // blobs, as registries do. The proxy keeps the manifests it fetched in the
