@@ -46,14 +46,14 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 	}
 	release := sync.OnceFunc(held)
 	defer release()
-	size, f, ok, err := p.openStoredBlob(ctx, t, dgst)
+	size, f, ok, err := p.openStoredBlob(ctx, t, dgst, r.Method == http.MethodGet)
 	if err != nil {
 		return err
 	}
 	if ok {
 		defer func() {
 			if f != nil {
-				f.Close() // not handed to serveBlob: a HEAD, a redirect
+				f.Close() // not handed to serveBlob: a redirect
 			}
 		}()
 		w.Header().Set(cacheHeader, "hit")
@@ -150,13 +150,14 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 	return serveBlob(w, r, dgst, size, func(off int64) (io.ReadCloser, error) { return p.store.Open(ctx, t.storeRepo(), dgst, off) })
 }
 
-// openStoredBlob is storedBlob for a hit about to be served: where the
-// store's content is in local files (storage.FileOpener), the blob's file
-// is opened to learn its size, and returned open (f), so that its path is
-// looked up once; else f is nil, and the blob is opened once served.
-func (p *Proxy) openStoredBlob(ctx context.Context, t target, dgst digest.Digest) (size int64, f *os.File, ok bool, err error) {
+// openStoredBlob is storedBlob for a hit whose body is to be sent (get):
+// where the store's content is in local files (storage.FileOpener), the
+// blob's file is opened to learn its size, and returned open (f), so that
+// its path is looked up once; else f is nil, and the blob is opened once
+// served (a HEAD's Stat is one system call, an open three).
+func (p *Proxy) openStoredBlob(ctx context.Context, t target, dgst digest.Digest, get bool) (size int64, f *os.File, ok bool, err error) {
 	fo, local := p.store.(storage.FileOpener)
-	if !local {
+	if !local || !get {
 		size, ok, err = p.storedBlob(ctx, t, dgst)
 		return size, nil, ok, err
 	}

@@ -14,11 +14,12 @@ import (
 	"github.com/docker-mirror/docker-mirror/tests/servertest"
 )
 
-// A blob hit opens the blob's file once, to learn its size and to serve
-// it: every answer closes it, whether it sends the file (GET, a Range),
-// sends none of it (HEAD) or refuses the blob to a repository it is not
-// linked to. The file descriptors this process holds on stored blobs,
-// once every handler has returned, must be none.
+// A blob GET that hits opens the blob's file once, to learn its size and
+// to serve it: every answer closes it, whether it sends the file (a GET,
+// a Range), sends none of it (a Range past its end, a HEAD, which only
+// stats it) or refuses the blob to a repository it is not linked to. The
+// file descriptors this process holds on stored blobs, once every
+// handler has returned, must be none.
 func TestBlobHitsCloseTheirFiles(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	img := up.SeedImage(t, "library/files", "v1", 3, 64<<10)
@@ -40,6 +41,9 @@ func TestBlobHitsCloseTheirFiles(t *testing.T) {
 		}
 		if r := do(t, http.MethodGet, url, map[string]string{"Range": "bytes=100-"}); r.status != http.StatusPartialContent || !bytes.Equal(r.body, whole[100:]) {
 			t.Fatalf("GET %s from byte 100: %d, %d bytes", b, r.status, len(r.body))
+		}
+		if r := do(t, http.MethodGet, url, map[string]string{"Range": "bytes=" + strconv.Itoa(len(whole)) + "-"}); r.status != http.StatusRequestedRangeNotSatisfiable {
+			t.Fatalf("GET %s past its end: %d, want 416", b, r.status)
 		}
 		// Stored, but not for this repository, which the upstream says
 		// does not have it.
