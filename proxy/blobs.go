@@ -53,7 +53,7 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 	if ok {
 		defer func() {
 			if f != nil {
-				f.Close() // not handed to serveBlob: a redirect
+				f.Close() // never opened by serveBlob: a redirect, a Range past the end
 			}
 		}()
 		w.Header().Set(cacheHeader, "hit")
@@ -154,7 +154,8 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 // where the store's content is in local files (storage.FileOpener), the
 // blob's file is opened to learn its size, and returned open (f), so that
 // its path is looked up once; else f is nil, and the blob is opened once
-// served (a HEAD's Stat is one system call, an open three).
+// served (a HEAD only stats it: one system call, where an open, its fstat
+// and its close are four).
 func (p *Proxy) openStoredBlob(ctx context.Context, t target, dgst digest.Digest, get bool) (size int64, f *os.File, ok bool, err error) {
 	fo, local := p.store.(storage.FileOpener)
 	if !local || !get {
