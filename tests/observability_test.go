@@ -15,9 +15,11 @@ import (
 	"github.com/docker-mirror/docker-mirror/tests/servertest"
 )
 
-// scrape reads /metrics into "name{labels}" -> value.
+// scrape reads /metrics into "name{labels}" -> value, once every request
+// before it has been counted.
 func scrape(t *testing.T, m *servertest.Server) map[string]float64 {
 	t.Helper()
+	m.WaitRequests()
 	r := get(t, m.URL()+"/metrics")
 	if r.status != http.StatusOK {
 		t.Fatalf("/metrics: %d", r.status)

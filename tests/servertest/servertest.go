@@ -8,6 +8,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
 	"sync"
 	"testing"
@@ -79,6 +80,51 @@ type Server struct {
 	Store   storage.Store
 	http    *httptest.Server
 	cancel  context.CancelFunc
+	// handling counts the requests the handler is running (WaitRequests).
+	handling handling
+}
+
+// handling counts the requests a handler is running. A client has its
+// whole answer before the handler returns, and the handler's account of
+// the request (its metrics, its log line) comes after: a test reads those
+// once the count is back to none.
+type handling struct {
+	mu sync.Mutex
+	n  int
+	// idle is closed when n falls to 0 (nil: none running yet).
+	idle chan struct{}
+}
+
+// wrap counts h's requests.
+func (c *handling) wrap(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c.mu.Lock()
+		if c.n == 0 {
+			c.idle = make(chan struct{})
+		}
+		c.n++
+		c.mu.Unlock()
+		defer func() {
+			c.mu.Lock()
+			if c.n--; c.n == 0 {
+				close(c.idle)
+			}
+			c.mu.Unlock()
+		}()
+		h.ServeHTTP(w, r)
+	})
+}
+
+// done returns a channel closed once no request is running.
+func (c *handling) done() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.n == 0 {
+		closed := make(chan struct{})
+		close(closed)
+		return closed
+	}
+	return c.idle
 }
 
 // Start runs a mirror of upstreamURL (as docker.io) with the given options
@@ -166,7 +212,7 @@ func (m *Server) start() {
 	}
 	m.Server, m.cancel = srv, cancel
 	m.Proxy, m.Metrics, m.Index, m.Store = srv.Proxy, srv.Metrics, srv.Index, srv.Store
-	m.http = httptest.NewServer(srv.Handler())
+	m.http = httptest.NewServer(m.handling.wrap(srv.Handler()))
 }
 
 // Host is the mirror's "127.0.0.1:PORT".
@@ -185,6 +231,18 @@ func (m *Server) WaitIdle() {
 	defer cancel()
 	if err := m.Proxy.WaitIdle(ctx); err != nil {
 		m.tb.Fatalf("background fill did not finish: %v", err)
+	}
+}
+
+// WaitRequests waits until no request to the mirror is being handled,
+// e.g. before its metrics are read: a client's last answer is complete
+// before its handler has counted it.
+func (m *Server) WaitRequests() {
+	m.tb.Helper()
+	select {
+	case <-m.handling.done():
+	case <-time.After(2 * time.Minute):
+		m.tb.Fatal("requests to the mirror were still being handled after 2 minutes")
 	}
 }
 
