@@ -12,7 +12,6 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/gorilla/mux"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/docker-mirror/docker-mirror/proxy/errcode"
@@ -22,14 +21,14 @@ import (
 // digestRoute resolves the target and parses the digest of a
 // /v2/<name>/<kind>/<digest> route.
 func (p *Proxy) digestRoute(r *http.Request) (target, digest.Digest, error) {
-	vars := mux.Vars(r)
-	t, err := p.resolve(r, vars["name"])
+	path := repoPathOf(r)
+	t, err := p.resolve(r, path.name)
 	if err != nil {
 		return target{}, "", err
 	}
-	dgst, err := digest.Parse(vars["digest"])
+	dgst, err := digest.Parse(path.last)
 	if err != nil {
-		return target{}, "", errcode.New(errcode.DigestInvalid, "invalid digest %q", vars["digest"])
+		return target{}, "", errcode.New(errcode.DigestInvalid, "invalid digest %q", path.last)
 	}
 	return t, dgst, nil
 }

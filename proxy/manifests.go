@@ -10,7 +10,6 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/gorilla/mux"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/docker-mirror/docker-mirror/oci"
@@ -43,17 +42,17 @@ type storedManifest struct {
 
 func (p *Proxy) manifest(w http.ResponseWriter, r *http.Request) error {
 	r = p.markForwarded(r)
-	vars := mux.Vars(r)
-	t, err := p.resolve(r, vars["name"])
+	path := repoPathOf(r)
+	t, err := p.resolve(r, path.name)
 	if err != nil {
 		return err
 	}
-	ref, err := oci.ParseRef(vars["reference"])
+	ref, err := oci.ParseRef(path.last)
 	switch {
 	case errors.Is(err, oci.ErrDigestInvalid):
-		return errcode.New(errcode.DigestInvalid, "invalid digest %q", vars["reference"])
+		return errcode.New(errcode.DigestInvalid, "invalid digest %q", path.last)
 	case err != nil:
-		return errcode.New(errcode.TagInvalid, "invalid tag %q", vars["reference"])
+		return errcode.New(errcode.TagInvalid, "invalid tag %q", path.last)
 	}
 	var m *storedManifest
 	// hits are the manifests read from the cache for this answer (an

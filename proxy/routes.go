@@ -44,16 +44,28 @@ func (p *Proxy) Handler(extra ...func(*mux.Router)) http.Handler {
 	// Every write of the distribution API is refused: this is a read-only mirror.
 	// (A matcher, not Methods: a GET of an unknown /v2/ path must stay a
 	// 404, which clients such as the referrers fallback rely on.)
-	r.PathPrefix("/v2/").MatcherFunc(isWrite).Handler(p.serve("write", pull, p.unsupported))
+	// (isWrite first: a GET, the usual request, fails it without the
+	// path's regular expression.)
+	r.NewRoute().MatcherFunc(isWrite).PathPrefix("/v2/").Handler(p.serve("write", pull, p.unsupported))
 	r.Handle("/v2/", p.serve("base", pull, p.base)).Methods(http.MethodGet, http.MethodHead)
 	// Before the name routes: no repository is named _catalog (a name
 	// component starts with a letter or digit), and a route of its own
 	// keeps it that way.
 	r.Handle("/v2/_catalog", p.serve("catalog", pull, p.catalog)).Methods(http.MethodGet, http.MethodHead)
-	r.Handle("/v2/{name:.+}/manifests/{reference}", p.serve("manifest", pull, p.manifest)).Methods(http.MethodGet, http.MethodHead)
-	r.Handle("/v2/{name:.+}/blobs/{digest}", p.serve("blob", pull, p.blob)).Methods(http.MethodGet, http.MethodHead)
-	r.Handle("/v2/{name:.+}/tags/list", p.serve("tags", pull, p.tags)).Methods(http.MethodGet, http.MethodHead)
-	r.Handle("/v2/{name:.+}/referrers/{digest}", p.serve("referrers", pull, p.referrers)).Methods(http.MethodGet, http.MethodHead)
+	// A repository's routes match by parseRepoPath, not by templates'
+	// regular expressions; each is named after the template it stands for.
+	for _, route := range []struct {
+		kind, name, label string
+		h                 handlerFunc
+	}{
+		{kindManifests, "/v2/{name}/manifests/{reference}", "manifest", p.manifest},
+		{kindBlobs, "/v2/{name}/blobs/{digest}", "blob", p.blob},
+		{kindTags, "/v2/{name}/tags/list", "tags", p.tags},
+		{kindReferrers, "/v2/{name}/referrers/{digest}", "referrers", p.referrers},
+	} {
+		r.NewRoute().Name(route.name).MatcherFunc(repoRoute(route.kind)).Methods(http.MethodGet, http.MethodHead).
+			Handler(p.serve(route.label, pull, route.h))
+	}
 	r.Handle("/prefetch", p.serve("prefetch", admin, sameOrigin(p.postPrefetch))).Methods(http.MethodPost)
 	r.Handle("/prefetch", p.serve("prefetch", admin, p.listPrefetch)).Methods(http.MethodGet)
 	r.Handle("/prefetch/{id}", p.serve("prefetch", admin, p.getPrefetch)).Methods(http.MethodGet)

@@ -10,8 +10,6 @@ import (
 	"sort"
 	"strconv"
 
-	"github.com/gorilla/mux"
-
 	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/proxy/errcode"
 	"github.com/docker-mirror/docker-mirror/proxy/upstream"
@@ -20,7 +18,7 @@ import (
 // tags lists a repository's tags from the upstream, or from the tags the
 // index knows when the upstream cannot answer. n and last page the list.
 func (p *Proxy) tags(w http.ResponseWriter, r *http.Request) error {
-	t, err := p.resolve(r, mux.Vars(r)["name"])
+	t, err := p.resolve(r, repoPathOf(r).name)
 	if err != nil {
 		return err
 	}

@@ -145,6 +145,10 @@ func TestErrors(t *testing.T) {
 		{"blob delete", "DELETE", "/v2/err/blobs/" + img.Layers[0], 405, "UNSUPPORTED", false},
 		{"patch", "PATCH", "/v2/err/blobs/uploads/x", 405, "UNSUPPORTED", false},
 		{"catalog bad page size", "GET", "/v2/_catalog?n=-1", 400, "PAGINATION_NUMBER_INVALID", false},
+		// The route is the path's last two segments; the name is all before.
+		{"name that is a route's word", "GET", "/v2/blobs/manifests/nope", 404, "MANIFEST_UNKNOWN", true},
+		{"no such endpoint", "GET", "/v2/err/tags/other", 404, "NAME_UNKNOWN", false},
+		{"no such method", "OPTIONS", "/v2/err/manifests/1", 405, "UNSUPPORTED", false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
