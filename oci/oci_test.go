@@ -209,7 +209,8 @@ func TestPlatformPatterns(t *testing.T) {
 	}
 }
 
-// ValidDigest agrees with digest.Validate, on its fast path and off it.
+// ValidDigest and ValidateDigest agree with digest.Validate, on their fast
+// path and off it.
 func TestValidDigest(t *testing.T) {
 	hex := strings.Repeat("0123456789abcdef", 4)
 	for _, d := range []digest.Digest{
@@ -228,6 +229,9 @@ func TestValidDigest(t *testing.T) {
 	} {
 		if got, want := ValidDigest(d), d.Validate() == nil; got != want {
 			t.Errorf("ValidDigest(%q) = %v, Validate says %v", d, got, want)
+		}
+		if got, want := ValidateDigest(d), d.Validate(); !errors.Is(got, want) {
+			t.Errorf("ValidateDigest(%q) = %v, Validate says %v", d, got, want)
 		}
 	}
 }

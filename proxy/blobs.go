@@ -14,6 +14,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/proxy/errcode"
 	"github.com/docker-mirror/docker-mirror/storage"
 )
@@ -26,8 +27,8 @@ func (p *Proxy) digestRoute(r *http.Request) (target, digest.Digest, error) {
 	if err != nil {
 		return target{}, "", err
 	}
-	dgst, err := digest.Parse(path.last)
-	if err != nil {
+	dgst := digest.Digest(path.last)
+	if err := oci.ValidateDigest(dgst); err != nil {
 		return target{}, "", errcode.New(errcode.DigestInvalid, "invalid digest %q", path.last)
 	}
 	return t, dgst, nil

@@ -15,6 +15,7 @@ import (
 
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/distribution/distribution/v3/registry/storage/driver/factory"
+	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/opencontainers/go-digest"
 
 	// The storage drivers selectable in the configuration.
@@ -164,7 +165,7 @@ func (s *DriverStore) CleanLegacyUploads(ctx context.Context) error {
 }
 
 // blobPath is where dgst is kept. The digest has been validated by
-// digest.Parse, so its parts are safe path components.
+// oci.ValidateDigest, so its parts are safe path components.
 func blobPath(dgst digest.Digest) string {
 	hex := dgst.Encoded()
 	return path.Join(blobsRoot, string(dgst.Algorithm()), hex[:2], hex, "data")
@@ -191,7 +192,7 @@ func (s *DriverStore) readErr(err error, dgst digest.Digest) error {
 
 // Stat implements Store.
 func (s *DriverStore) Stat(ctx context.Context, _ string, dgst digest.Digest) (int64, error) {
-	if err := dgst.Validate(); err != nil {
+	if err := oci.ValidateDigest(dgst); err != nil {
 		return 0, err
 	}
 	if s.root != "" {
@@ -211,7 +212,7 @@ func (s *DriverStore) Stat(ctx context.Context, _ string, dgst digest.Digest) (i
 // Open implements Store. With the filesystem driver the reader is an
 // *os.File, so serving it can use sendfile.
 func (s *DriverStore) Open(ctx context.Context, _ string, dgst digest.Digest, offset int64) (io.ReadCloser, error) {
-	if err := dgst.Validate(); err != nil {
+	if err := oci.ValidateDigest(dgst); err != nil {
 		return nil, err
 	}
 	if s.root != "" {
@@ -243,7 +244,7 @@ func (s *DriverStore) OpenFile(dgst digest.Digest) (*os.File, int64, error) {
 	if s.root == "" {
 		return nil, 0, ErrNotLocal
 	}
-	if err := dgst.Validate(); err != nil {
+	if err := oci.ValidateDigest(dgst); err != nil {
 		return nil, 0, err
 	}
 	f, err := openStoredFile(s.filePath(dgst))
@@ -272,7 +273,7 @@ func (s *DriverStore) ReadSmall(ctx context.Context, dgst digest.Digest, limit i
 		defer rc.Close()
 		return io.ReadAll(io.LimitReader(rc, limit))
 	}
-	if err := dgst.Validate(); err != nil {
+	if err := oci.ValidateDigest(dgst); err != nil {
 		return nil, err
 	}
 	f, err := openStoredFile(s.filePath(dgst))
@@ -321,7 +322,7 @@ func fileErr(err error, dgst digest.Digest) error {
 
 // Put implements Store. A write that finds no space fails with ErrFull.
 func (s *DriverStore) Put(ctx context.Context, repo string, dgst digest.Digest, size int64, r io.Reader) (err error) {
-	if err := dgst.Validate(); err != nil {
+	if err := oci.ValidateDigest(dgst); err != nil {
 		return err
 	}
 	defer func() { err = MarkFull(err) }()
@@ -426,7 +427,7 @@ func (s *DriverStore) Ingest(ctx context.Context, _ string, dgst digest.Digest, 
 		return ErrNotIngestible
 	}
 	defer func() { err = MarkFull(err) }()
-	if err := dgst.Validate(); err != nil {
+	if err := oci.ValidateDigest(dgst); err != nil {
 		return err
 	}
 	f, err := os.Open(path)
@@ -459,7 +460,7 @@ func (s *DriverStore) Ingest(ctx context.Context, _ string, dgst digest.Digest, 
 
 // Delete implements Store.
 func (s *DriverStore) Delete(ctx context.Context, _ string, dgst digest.Digest) error {
-	if err := dgst.Validate(); err != nil {
+	if err := oci.ValidateDigest(dgst); err != nil {
 		return err
 	}
 	if s.root != "" && s.removeBlobDir(dgst) {
