@@ -43,9 +43,8 @@ func (p *Proxy) Handler(extra ...func(*mux.Router)) http.Handler {
 	pull, admin := access.Puller, access.Admin
 	// Every write of the distribution API is refused: this is a read-only mirror.
 	// (A matcher, not Methods: a GET of an unknown /v2/ path must stay a
-	// 404, which clients such as the referrers fallback rely on.)
-	// (isWrite first: a GET, the usual request, fails it without the
-	// path's regular expression.)
+	// 404, which clients such as the referrers fallback rely on. It comes
+	// before the path's: a GET, the usual request, fails it first.)
 	r.NewRoute().MatcherFunc(isWrite).PathPrefix("/v2/").Handler(p.serve("write", pull, p.unsupported))
 	r.Handle("/v2/", p.serve("base", pull, p.base)).Methods(http.MethodGet, http.MethodHead)
 	// Before the name routes: no repository is named _catalog (a name
