@@ -75,7 +75,7 @@ func TestParseRepoPath(t *testing.T) {
 // FuzzRepoPath checks parseRepoPath against the templates it replaced.
 func FuzzRepoPath(f *testing.F) {
 	for _, s := range []string{"/v2/library/nginx/manifests/latest", "/v2/a/blobs/b/manifests/c", "/v2/a/tags/list",
-		"/v2//referrers/x", "/v2/a/manifests/", "/v2/a\n/blobs/b", "/v2/\xff/tags/list"} {
+		"/v2//referrers/x", "/v2/a/manifests/", "/v2/a/referrers/sha256:x", "/v2/\xff/tags/list"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, path string) {
