@@ -105,7 +105,7 @@ func (p *Proxy) startFetchAhead(ctx context.Context, t target, m *storedManifest
 	}
 	blobs := make([]v1.Descriptor, 0, 1+len(doc.Layers))
 	for _, b := range append([]v1.Descriptor{*doc.Config}, doc.Layers...) {
-		if len(b.URLs) == 0 && b.Digest.Validate() == nil {
+		if len(b.URLs) == 0 && oci.ValidDigest(b.Digest) {
 			blobs = append(blobs, b)
 		}
 	}

@@ -187,7 +187,7 @@ func (p *Proxy) referrersList(ctx context.Context, t target, subject digest.Dige
 	}
 	out := idx.Manifests[:0]
 	for _, d := range idx.Manifests {
-		if d.Digest.Validate() == nil && d.Digest != subject {
+		if oci.ValidDigest(d.Digest) && d.Digest != subject {
 			out = append(out, d)
 		}
 	}
@@ -293,7 +293,7 @@ func isFallbackTag(tag string) bool {
 	for i := range len(tag) {
 		if tag[i] == '-' {
 			d := digest.Digest(tag[:i] + ":" + tag[i+1:])
-			return d.Validate() == nil && referrersTag(d) == tag
+			return oci.ValidDigest(d) && referrersTag(d) == tag
 		}
 	}
 	return false

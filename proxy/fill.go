@@ -336,7 +336,7 @@ func (p *Proxy) fillBlobs(ctx context.Context, t target, doc oci.Manifest, prog 
 // only once t's upstream confirms it has the blob: a manifest is not proof
 // that its registry holds (or would serve us) what it lists.
 func (p *Proxy) ensureBlob(ctx context.Context, t target, dgst digest.Digest, size int64) error {
-	if err := dgst.Validate(); err != nil {
+	if err := oci.ValidateDigest(dgst); err != nil {
 		return fmt.Errorf("manifest lists an invalid blob digest %q: %w", dgst, err)
 	}
 	if size <= 0 {

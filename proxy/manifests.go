@@ -303,7 +303,7 @@ func (p *Proxy) revalidate(ctx context.Context, t target, tag string) (digest.Di
 // manifestByDigest answers a digest from the store (or from memory while
 // it is being written), or fetches it.
 func (p *Proxy) manifestByDigest(ctx context.Context, t target, dgst digest.Digest, h http.Header) (*storedManifest, error) {
-	if err := dgst.Validate(); err != nil {
+	if err := oci.ValidateDigest(dgst); err != nil {
 		return nil, errcode.New(errcode.DigestInvalid, "invalid digest %q: %v", dgst, err)
 	}
 	if m := p.writing(t, oci.Ref{Digest: dgst}); m != nil {

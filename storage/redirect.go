@@ -3,6 +3,7 @@ package storage
 import (
 	"net/http"
 
+	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -17,7 +18,7 @@ var _ Redirector = (*DriverStore)(nil)
 
 // RedirectURL implements Redirector with the driver's RedirectURL.
 func (s *DriverStore) RedirectURL(r *http.Request, _ string, dgst digest.Digest) (string, error) {
-	if err := dgst.Validate(); err != nil {
+	if err := oci.ValidateDigest(dgst); err != nil {
 		return "", err
 	}
 	return s.driver.RedirectURL(r, blobPath(dgst))

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
 )
@@ -116,11 +117,11 @@ func (ix *Index) ReferrerDigests() (map[digest.Digest][]digest.Digest, error) {
 					Digest digest.Digest `json:"digest"`
 				} `json:"manifests"`
 			}
-			if subject.Validate() != nil || json.Unmarshal(rec.Body, &idx) != nil {
+			if !oci.ValidDigest(subject) || json.Unmarshal(rec.Body, &idx) != nil {
 				return
 			}
 			for _, m := range idx.Manifests {
-				if m.Digest.Validate() == nil && !slices.Contains(out[subject], m.Digest) {
+				if oci.ValidDigest(m.Digest) && !slices.Contains(out[subject], m.Digest) {
 					out[subject] = append(out[subject], m.Digest)
 				}
 			}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -52,7 +53,7 @@ func contentDigest(p string) (digest.Digest, bool) {
 		return "", false
 	}
 	d := digest.NewDigestFromEncoded(digest.Algorithm(parts[0]), parts[2])
-	if d.Validate() != nil || blobPath(d) != p {
+	if !oci.ValidDigest(d) || blobPath(d) != p {
 		return "", false
 	}
 	return d, true
