@@ -103,8 +103,15 @@ func buildSynthCache(tb testing.TB, dir string, n int) int64 {
 		total += int64(len(data))
 		return d
 	}
+	// Each record as the index writes it: JSON, a tag's in binary.
 	js := func(v any) []byte {
-		b, err := json.Marshal(v)
+		var b []byte
+		var err error
+		if r, ok := v.(storage.TagRecord); ok {
+			b, err = r.MarshalBinary()
+		} else {
+			b, err = json.Marshal(v)
+		}
 		if err != nil {
 			tb.Fatal(err)
 		}

@@ -161,7 +161,11 @@ func synthCache(tb testing.TB, n int) (*storage.DriverStore, *storage.Index) {
 			set("manifests", md.String(), js(storage.ManifestRecord{MediaType: oci.MediaTypeOCIManifest, Size: int64(len(man)), FetchedAt: now}))
 			link(repo, md)
 			set("mirrors", "docker.io/"+repo+"@"+md.String(), js(storage.FillRecord{Upstream: "docker.io", Repo: repo, State: storage.FillComplete, Platforms: []string{"linux/amd64"}, UpdatedAt: now}))
-			set("tags", storage.TagKey("docker.io", repo, "v1"), js(storage.TagRecord{Digest: md, FetchedAt: now}))
+			tag, err := storage.TagRecord{Digest: md, FetchedAt: now}.MarshalBinary() // as the index writes it
+			if err != nil {
+				return err
+			}
+			set("tags", storage.TagKey("docker.io", repo, "v1"), tag)
 		}
 		return werr
 	})

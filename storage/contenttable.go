@@ -531,30 +531,22 @@ type tagSource struct {
 func readTags(tx *bolt.Tx, rel *releaser, in *Interner, pins map[string]bool, src tagSource, tag func(*TagInfo)) error {
 	var t TagInfo
 	// Only the times are decoded; the digest is read from the record
-	// where it can be (tagDigestBytes), its key split in place.
-	var times struct {
-		FetchedAt time.Time `json:"fetched_at"`
-		CheckedAt time.Time `json:"checked_at"`
-	}
+	// where it can be (tagDigestOf), its key split in place.
 	return tx.Bucket(bucketTags).ForEach(func(k, raw []byte) error {
 		rel.read(k, raw)
-		times.FetchedAt, times.CheckedAt = time.Time{}, time.Time{}
-		if err := json.Unmarshal(raw, &times); err != nil {
+		fetched, checked, err := tagTimes(raw)
+		if err != nil {
 			return fmt.Errorf("index: corrupt %s entry %q: %w", bucketTags, k, err)
 		}
-		rd, ok := tagDigestBytes(raw)
-		if !ok {
-			var v TagRecord
-			if err := json.Unmarshal(raw, &v); err != nil {
-				return fmt.Errorf("index: corrupt %s entry %q: %w", bucketTags, k, err)
-			}
-			rd = []byte(v.Digest)
+		rd, err := tagDigestOf(k, raw)
+		if err != nil {
+			return err
 		}
 		var d digest.Digest
 		if !src.raw {
 			d = digest.Digest(in.Bytes(rd))
 		}
-		t = TagInfo{Key: k, Digest: d, RawDigest: rd, FetchedAt: times.FetchedAt, CheckedAt: times.CheckedAt, Pinned: pins[string(k)], Records: src.recs, Table: src.table}
+		t = TagInfo{Key: k, Digest: d, RawDigest: rd, FetchedAt: fetched, CheckedAt: checked, Pinned: pins[string(k)], Records: src.recs, Table: src.table}
 		if host, repo, tg, ok := parseTagKeyBytes(k); ok {
 			t.Upstream, t.Repo, t.RawTag, t.OK = in.Bytes(host), in.Bytes(repo), tg, true
 			if !src.raw {

@@ -2,7 +2,6 @@ package storage
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"time"
 
@@ -260,11 +259,15 @@ func forgetRoots(tx *bolt.Tx, fills fillWrites, gone map[digest.Digest]int, out 
 	var stale [][]byte
 	c := tx.Bucket(bucketTags).Cursor()
 	for k, v := c.First(); k != nil; k, v = c.Next() {
-		var rec TagRecord
-		if err := json.Unmarshal(v, &rec); err != nil {
-			continue
+		d, ok := tagDigestBytes(v)
+		if !ok {
+			var rec TagRecord
+			if rec.UnmarshalBinary(v) != nil {
+				continue
+			}
+			d = []byte(rec.Digest)
 		}
-		if i, ok := gone[rec.Digest]; ok {
+		if i, ok := gone[digest.Digest(d)]; ok {
 			stale = append(stale, bytes.Clone(k))
 			out[i].Tags = append(out[i].Tags, string(k))
 		}

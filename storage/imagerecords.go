@@ -2,8 +2,6 @@ package storage
 
 import (
 	"bytes"
-	"encoding/json"
-	"fmt"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -207,13 +205,9 @@ func (ix *Index) ReadTagDigests(fn func(key, d []byte)) error {
 		defer rel.done()
 		return tx.Bucket(bucketTags).ForEach(func(k, raw []byte) error {
 			rel.read(k, raw)
-			d, ok := tagDigestBytes(raw)
-			if !ok {
-				var v TagRecord
-				if err := json.Unmarshal(raw, &v); err != nil {
-					return fmt.Errorf("index: corrupt %s entry %q: %w", bucketTags, k, err)
-				}
-				d = []byte(v.Digest)
+			d, err := tagDigestOf(k, raw)
+			if err != nil {
+				return err
 			}
 			fn(k, d)
 			return nil

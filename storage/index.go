@@ -16,8 +16,6 @@ import (
 	"github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
-
-	"github.com/docker-mirror/docker-mirror/oci"
 )
 
 // Index is the bbolt database of what the mirror holds: tags, manifests,
@@ -97,83 +95,6 @@ var (
 	bucketAccess    = []byte("access")    // manifest digest -> time of its last pull
 	allBuckets      = [][]byte{bucketTags, bucketManifests, bucketBlobs, bucketLinks, bucketMirrors, bucketJobs, bucketJobImages, bucketHolders, bucketBodies, bucketPins, bucketAccess, bucketReferrers}
 )
-
-// TagRecord is what a tag pointed to upstream, and when.
-type TagRecord struct {
-	Digest    digest.Digest `json:"digest"`
-	FetchedAt time.Time     `json:"fetched_at"`
-	// CheckedAt is when the upstream last confirmed the digest.
-	CheckedAt time.Time `json:"checked_at"`
-	// Type and Size describe the manifest Digest names as its
-	// ManifestRecord does (see Manifest), so that serving a tag reads one
-	// record, not two: at 100k images each lookup is a read of a leaf
-	// from the file. Type numbers the media type (manifestTypes) to keep
-	// the record short (a million tags at 100k images). Both are zero in
-	// a record written before they were kept, or for a media type without
-	// a number: the ManifestRecord is read then. Versions that do not
-	// know them ignore them (JSON), and keep the digest first.
-	Type uint8 `json:"type,omitempty"`
-	Size int64 `json:"size,omitempty"`
-}
-
-// Manifest returns the media type and size of the manifest the tag names
-// as the tag's record holds them; ok is false if it holds none (an older
-// record: read the ManifestRecord).
-func (r TagRecord) Manifest() (mediaType string, size int64, ok bool) {
-	mt := manifestTypeName(r.Type)
-	if mt == "" || r.Size <= 0 {
-		return "", 0, false
-	}
-	return mt, r.Size, true
-}
-
-// NewTagRecord is the record of a tag pointing at the manifest dgst,
-// recorded as m, fetched and confirmed at t: with the manifest's media
-// type and size where the type has a number (see TagRecord).
-func NewTagRecord(dgst digest.Digest, m ManifestRecord, t time.Time) TagRecord {
-	rec := TagRecord{Digest: dgst, FetchedAt: t, CheckedAt: t}
-	rec.withManifest(m)
-	return rec
-}
-
-// withManifest sets the manifest's type and size in r from its record m,
-// if its media type has a number.
-func (r *TagRecord) withManifest(m ManifestRecord) {
-	if n := manifestTypeNumber(m.MediaType); n != 0 && m.Size > 0 {
-		r.Type, r.Size = n, m.Size
-	}
-}
-
-// manifestTypes are the media types a tag record names by number (its
-// "type"), the number being the index: numbers are on disk, so a number
-// is never reused or moved, and new types are added at the end. Other
-// types (schema 1, artifacts, vendors' types) are read from the
-// ManifestRecord.
-var manifestTypes = [...]string{
-	1: oci.MediaTypeOCIIndex,
-	2: oci.MediaTypeOCIManifest,
-	3: oci.MediaTypeDockerList,
-	4: oci.MediaTypeDockerManifest,
-}
-
-// manifestTypeNumber is mt's number in a tag record (0: none).
-func manifestTypeNumber(mt string) uint8 {
-	for i, name := range manifestTypes {
-		if i > 0 && name == mt {
-			return uint8(i)
-		}
-	}
-	return 0
-}
-
-// manifestTypeName is the media type numbered n in a tag record ("":
-// none, or a number this version does not know).
-func manifestTypeName(n uint8) string {
-	if int(n) >= len(manifestTypes) {
-		return ""
-	}
-	return manifestTypes[n]
-}
 
 // ManifestRecord describes a stored manifest.
 type ManifestRecord struct {
@@ -330,7 +251,7 @@ func get[T any](tx *bolt.Tx, bucket, key []byte) (T, bool, error) {
 	if raw == nil {
 		return v, false, nil
 	}
-	if err := json.Unmarshal(raw, &v); err != nil {
+	if err := unmarshal(raw, &v); err != nil {
 		return v, false, fmt.Errorf("index: corrupt %s entry %q: %w", bucket, key, err)
 	}
 	return v, true, nil
@@ -340,11 +261,29 @@ func put(tx *bolt.Tx, bucket, key []byte, v any) error {
 	if isContent(bucket) {
 		return fmt.Errorf("index: a %s record written without the stored total (putContent)", bucket)
 	}
-	raw, err := json.Marshal(v)
+	raw, err := marshal(v)
 	if err != nil {
 		return err
 	}
 	return tx.Bucket(bucket).Put(key, raw)
+}
+
+// marshal encodes a record of the index: a tag's in its binary form,
+// any other as JSON.
+func marshal(v any) ([]byte, error) {
+	if r, ok := v.(TagRecord); ok {
+		return r.MarshalBinary()
+	}
+	return json.Marshal(v)
+}
+
+// unmarshal decodes a record of the index into v, a pointer: a tag's in
+// either of its forms (TagRecord.UnmarshalBinary), any other as JSON.
+func unmarshal(raw []byte, v any) error {
+	if r, ok := v.(*TagRecord); ok {
+		return r.UnmarshalBinary(raw)
+	}
+	return json.Unmarshal(raw, v)
 }
 
 // view reads one record in a read transaction of its own (lookup).
@@ -356,7 +295,7 @@ func view[T any](ix *Index, bucket, key []byte) (v T, ok bool, err error) {
 			return nil
 		}
 		ok = true
-		if err := json.Unmarshal(raw, &v); err != nil {
+		if err := unmarshal(raw, &v); err != nil {
 			ok = false
 			return fmt.Errorf("index: corrupt %s entry %q: %w", bucket, key, err)
 		}
@@ -383,7 +322,7 @@ func (ix *Index) Tag(host, repo, tag string) (TagRecord, bool, error) {
 		return rec, ok, err
 	}
 	var shared TagRecord
-	if json.Unmarshal(raw, &shared) != nil || !shared.CheckedAt.After(rec.CheckedAt) {
+	if shared.UnmarshalBinary(raw) != nil || !shared.CheckedAt.After(rec.CheckedAt) {
 		return rec, ok, nil
 	}
 	return shared, true, ix.adopt(bucketTags, key, raw)
@@ -411,11 +350,11 @@ func (ix *Index) TagsOf(host, repo string, dgst digest.Digest) ([]string, error)
 	err := ix.db.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketTags).Cursor()
 		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
-			var rec TagRecord
-			if err := json.Unmarshal(v, &rec); err != nil {
-				return fmt.Errorf("index: corrupt tag entry %q: %w", k, err)
+			d, err := tagDigestOf(k, v)
+			if err != nil {
+				return err
 			}
-			if rec.Digest == dgst {
+			if string(d) == string(dgst) {
 				tags = append(tags, string(k[len(prefix):]))
 			}
 		}

@@ -22,9 +22,13 @@ const (
 	// SchemaUnversioned is the layout of indexes written before the index
 	// had a version: no meta bucket. It is migrated in place when opened.
 	SchemaUnversioned = 1
-	// Schema is the layout this version writes: the meta bucket holds the
-	// schema version and the store's identity.
-	Schema = 2
+	// SchemaJSONTags is the layout of indexes whose tag records are all
+	// JSON, which versions before schema 3 read and write: the meta bucket
+	// holds the schema version and the store's identity.
+	SchemaJSONTags = 2
+	// Schema is the layout this version writes: schema 2's, with tag
+	// records in their binary form (tagrecord.go).
+	Schema = 3
 )
 
 // ErrNewerSchema is returned by OpenIndex for an index written by a newer
@@ -40,6 +44,12 @@ var migrations = map[int]func(tx *bolt.Tx) error{
 		_, err := tx.CreateBucketIfNotExists(bucketMeta)
 		return err
 	},
+	// Version 3 writes tag records in binary. The records already there
+	// stay JSON, which this version reads, until they are written again:
+	// the upgrade rewrites nothing, and only the version, which keeps an
+	// older docker-mirror from reading a binary record as a corrupt one,
+	// changes.
+	SchemaJSONTags: func(*bolt.Tx) error { return nil },
 }
 
 // schemaOf reads an index's schema version.

@@ -3,6 +3,7 @@ package storage_test
 import (
 	"errors"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
@@ -131,5 +132,58 @@ func TestOpenRefusesNewerSchema(t *testing.T) {
 		return nil
 	}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// An index of schema 2 (every tag record JSON) opens as schema 3 with
+// nothing rewritten: its tags read as before, through the lookup and the
+// passes' scans, beside the binary records this version then writes.
+func TestOpenMigratesJSONTagIndex(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "index.db")
+	blob, manifest := digest.FromString("layer"), digest.FromString("manifest")
+	writeUnversioned(t, path, blob, manifest)
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucket([]byte("meta"))
+		if err == nil {
+			err = b.Put([]byte("schema"), []byte("2"))
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	ix := openIndex(t, path)
+	defer ix.Close()
+	if v, err := ix.SchemaVersion(); err != nil || v != 3 {
+		t.Fatalf("schema after the migration = %d, %v; want 3", v, err)
+	}
+	other := digest.FromString("other manifest")
+	if err := ix.RecordManifest(storage.ManifestEntry{Upstream: hub, Repo: "library/app", Digest: other, Tag: "v2",
+		Record: storage.ManifestRecord{MediaType: "application/vnd.oci.image.manifest.v1+json", Size: 200, FetchedAt: t0}}); err != nil {
+		t.Fatal(err)
+	}
+	for tag, want := range map[string]digest.Digest{"v1": manifest, "v2": other} {
+		if rec, ok, err := ix.Tag(hub, "library/app", tag); err != nil || !ok || rec.Digest != want || !rec.FetchedAt.Equal(t0) {
+			t.Errorf("tag %s = %+v, %v, %v", tag, rec, ok, err)
+		}
+	}
+	if roots, err := ix.RootDigests(); err != nil || !roots[manifest] || !roots[other] {
+		t.Errorf("roots = %v, %v", roots, err)
+	}
+	snap, err := ix.Snapshot()
+	if err != nil || snap.Tags[hub+"/library/app:v1"].Digest != manifest || snap.Tags[hub+"/library/app:v2"].Digest != other {
+		t.Errorf("snapshot's tags = %v, %v", snap.Tags, err)
+	}
+	var got []string
+	if err := ix.ReadTagDigests(func(k, d []byte) { got = append(got, string(k)+"="+string(d)) }); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{hub + "/library/app:v1=" + manifest.String(), hub + "/library/app:v2=" + other.String()}; !slices.Equal(got, want) {
+		t.Errorf("ReadTagDigests = %v, want %v", got, want)
 	}
 }

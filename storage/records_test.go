@@ -1,6 +1,7 @@
 package storage_test
 
 import (
+	"encoding/json"
 	"errors"
 	"path/filepath"
 	"testing"
@@ -81,6 +82,15 @@ func TestIndexSharedRecords(t *testing.T) {
 	}
 	if rec, ok, err := b.Tag("docker.io", "library/x", "v1"); err != nil || !ok || rec.Digest != m {
 		t.Fatalf("b.Tag = %v %v %v; want %s", rec, ok, err, m)
+	}
+	// The bucket keeps the tag in JSON, which replicas of every version
+	// read (the local index keeps it in binary).
+	raw, err := r.Get(t.Context(), "tags", "docker.io/library/x:v1")
+	var shared struct {
+		Digest digest.Digest `json:"digest"`
+	}
+	if err != nil || json.Unmarshal(raw, &shared) != nil || shared.Digest != m {
+		t.Errorf("the bucket's tag record = %q, %v; want JSON naming %s", raw, err, m)
 	}
 	if rec, ok, err := b.Manifest(m); err != nil || !ok || rec.Size != 10 {
 		t.Fatalf("b.Manifest = %v %v %v", rec, ok, err)

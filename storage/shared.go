@@ -63,6 +63,7 @@ func (ix *Index) sharePut(bucket, key []byte, v any) error {
 	if ix.records == nil {
 		return nil
 	}
+	// JSON, whatever the local form: replicas of every version read it.
 	raw, err := json.Marshal(v)
 	if err != nil {
 		return err
@@ -119,7 +120,7 @@ func viewShared[T any](ix *Index, bucket, key []byte) (T, bool, error) {
 	if err != nil || !found {
 		return v, false, err
 	}
-	if err := json.Unmarshal(raw, &v); err != nil {
+	if err := unmarshal(raw, &v); err != nil {
 		return v, false, fmt.Errorf("shared records: corrupt %s record %q: %w", bucket, key, err)
 	}
 	return v, true, ix.adopt(bucket, key, raw)
@@ -198,7 +199,7 @@ const PruneAge = 10 * time.Minute
 var prunable = map[string]func(raw []byte) time.Time{
 	string(bucketTags): func(raw []byte) time.Time {
 		var r TagRecord
-		_ = json.Unmarshal(raw, &r)
+		_ = r.UnmarshalBinary(raw)
 		return latestTime(r.FetchedAt, r.CheckedAt)
 	},
 	string(bucketMirrors): func(raw []byte) time.Time {

@@ -2,7 +2,6 @@ package storage
 
 import (
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"time"
 
@@ -97,7 +96,7 @@ func readAllRel[T any](tx *bolt.Tx, bucket []byte, rel *releaser, fn func(key st
 	return b.ForEach(func(k, raw []byte) error {
 		rel.read(k, raw)
 		var v T
-		if err := json.Unmarshal(raw, &v); err != nil {
+		if err := unmarshal(raw, &v); err != nil {
 			return fmt.Errorf("index: corrupt %s entry %q: %w", bucket, k, err)
 		}
 		fn(string(k), v)
@@ -280,41 +279,6 @@ func readRoots(tx *bolt.Tx, t *ContentTable, tag func(key, dgst []byte), rel *re
 		return nil
 	})
 	return s, err
-}
-
-// tagDigest reads the digest of a tag record as this index writes it
-// ({"digest":"sha256:...",...}) without decoding it; ok is false for
-// anything else, which is then decoded.
-func tagDigest(raw []byte) (digest.Digest, bool) {
-	b, ok := tagDigestBytes(raw)
-	return digest.Digest(b), ok
-}
-
-// tagDigestOf is the digest of the tag record raw under key k, read in
-// place where it can be (tagDigestBytes: valid while raw is), else
-// decoded.
-func tagDigestOf(k, raw []byte) ([]byte, error) {
-	if b, ok := tagDigestBytes(raw); ok {
-		return b, nil
-	}
-	var v TagRecord
-	if err := json.Unmarshal(raw, &v); err != nil {
-		return nil, fmt.Errorf("index: corrupt %s entry %q: %w", bucketTags, k, err)
-	}
-	return []byte(v.Digest), nil
-}
-
-// tagDigestBytes is tagDigest in place: the digest's bytes in raw.
-func tagDigestBytes(raw []byte) ([]byte, bool) {
-	rest, ok := bytes.CutPrefix(raw, []byte(`{"digest":"`))
-	if !ok {
-		return nil, false
-	}
-	end := bytes.IndexByte(rest, '"')
-	if end < 0 || bytes.IndexByte(rest[:end], '\\') >= 0 {
-		return nil, false
-	}
-	return rest[:end], true
 }
 
 // mirrorDigest is the digest of a mirrors key: "host/repo@digest" (or a

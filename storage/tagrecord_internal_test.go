@@ -1,7 +1,10 @@
 package storage
 
 import (
+	"bytes"
+	"encoding/binary"
 	"encoding/json"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -95,12 +98,12 @@ func TestTagRecordOlderForm(t *testing.T) {
 	}
 }
 
-// An older version reads this version's tag records as its own: the
-// same digest and times (the new fields are ignored), the digest still
-// first (tagDigest, which the passes read it with), and this version's
-// whole-record readers (readTags' times) too. The record grows by at most
-// 24 bytes (a million tags at 100k images).
-func TestTagRecordReadByOlderVersion(t *testing.T) {
+// The shared records keep a tag in JSON, which every version reads as its
+// own: an older replica on the same bucket reads this version's records
+// (the same digest and times, the new fields ignored), the digest still
+// first (tagDigest). The JSON grows by at most 24 bytes over an older
+// version's.
+func TestTagRecordJSONReadByOlderVersion(t *testing.T) {
 	at := time.Date(2026, 12, 3, 18, 0, 0, 123456789, time.UTC)
 	d := digest.FromString("m")
 	for _, size := range []int64{1, 2 << 20} {
@@ -122,6 +125,203 @@ func TestTagRecordReadByOlderVersion(t *testing.T) {
 		}
 		if grew := len(raw) - len(oldRaw); grew <= 0 || grew > 24 {
 			t.Errorf("record %s grew by %d bytes over %s, want 1–24", raw, grew, oldRaw)
+		}
+	}
+}
+
+// tagRecordCases are tag records of every shape: times zero, in UTC, in
+// another zone, before the epoch; sizes zero and large; digests of other
+// algorithms and none.
+func tagRecordCases() []TagRecord {
+	at := time.Date(2026, 12, 5, 15, 4, 5, 123456789, time.UTC)
+	east := time.FixedZone("east", 5*3600+1800)
+	return []TagRecord{
+		NewTagRecord(digest.FromString("m"), ManifestRecord{MediaType: ociManifest, Size: 1234, FetchedAt: at}, at),
+		{Digest: digest.FromString("old"), FetchedAt: at, CheckedAt: at.Add(time.Hour)},
+		{},
+		{Digest: digest.SHA512.FromString("x"), Type: 3, Size: 1 << 40, FetchedAt: at.In(east), CheckedAt: time.Date(1960, 1, 2, 3, 4, 5, 999999999, time.UTC)},
+		{Digest: "sha256:not-a-digest-but-kept", Type: 250, Size: -3, FetchedAt: time.Unix(0, 1), CheckedAt: time.Unix(-1, 0)},
+	}
+}
+
+// sameTagRecord says whether two tag records hold the same: digest, type,
+// size and the same instants (a zone is not kept).
+func sameTagRecord(a, b TagRecord) bool {
+	return a.Digest == b.Digest && a.Type == b.Type && a.Size == b.Size && a.FetchedAt.Equal(b.FetchedAt) && a.CheckedAt.Equal(b.CheckedAt)
+}
+
+// A tag record's binary form reads back as the record, at most 100 bytes
+// for a sha256 digest (its JSON ~175–200); its digest and times read alone
+// (tagDigestBytes in place, tagTimes) as the whole; its JSON reads through
+// the same decoder.
+func TestTagRecordBinary(t *testing.T) {
+	for _, rec := range tagRecordCases() {
+		raw, err := rec.MarshalBinary()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got TagRecord
+		if err := got.UnmarshalBinary(raw); err != nil || !sameTagRecord(got, rec) {
+			t.Errorf("%+v: read back as %+v, %v", rec, got, err)
+		}
+		if d, ok := tagDigestBytes(raw); !ok || string(d) != string(rec.Digest) || (len(d) > 0 && &d[0] != &raw[1+len(binary.AppendUvarint(nil, uint64(len(d))))]) {
+			t.Errorf("%+v: tagDigestBytes = %q %v, want the digest in place", rec, d, ok)
+		}
+		if f, c, err := tagTimes(raw); err != nil || !f.Equal(rec.FetchedAt) || !c.Equal(rec.CheckedAt) {
+			t.Errorf("%+v: tagTimes = %v %v %v", rec, f, c, err)
+		}
+		js, err := json.Marshal(rec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rec.Digest.Validate() == nil && rec.Digest.Algorithm() == digest.SHA256 && len(raw) > 100 {
+			t.Errorf("%+v: binary %d bytes (JSON %d), want at most 100", rec, len(raw), len(js))
+		}
+		got = TagRecord{Digest: "left over", Size: 9}
+		if err := got.UnmarshalBinary(js); err != nil || !sameTagRecord(got, rec) {
+			t.Errorf("%s: read as %+v, %v", js, got, err)
+		}
+	}
+}
+
+// A binary record cut short, or with a byte more, or with nanoseconds out
+// of range, is refused, never read as another record.
+func TestTagRecordBinaryMalformed(t *testing.T) {
+	for _, rec := range tagRecordCases() {
+		raw, err := rec.MarshalBinary()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for n := 1; n < len(raw); n++ {
+			var got TagRecord
+			if err := got.UnmarshalBinary(raw[:n]); err == nil {
+				t.Errorf("%+v cut to %d of %d bytes read as %+v", rec, n, len(raw), got)
+			}
+			if _, ok := tagDigestBytes(raw[:n]); ok && n < len(raw) {
+				t.Errorf("%+v cut to %d bytes: tagDigestBytes read it", rec, n)
+			}
+		}
+		var got TagRecord
+		if err := got.UnmarshalBinary(append(raw, 0)); err == nil {
+			t.Errorf("%+v with a byte more read as %+v", rec, got)
+		}
+	}
+	// A digest longer than the record; nanoseconds of 1e9.
+	for _, raw := range [][]byte{{tagBinary, 200, 1}, {tagBinary, 0, 0, 0, 0, 0x80, 0x94, 0xeb, 0xdc, 0x03, 0, 0}} {
+		var got TagRecord
+		if err := got.UnmarshalBinary(raw); err == nil {
+			t.Errorf("% x read as %+v", raw, got)
+		}
+	}
+}
+
+// FuzzTagRecord: any bytes either fail to read as a tag record or read as
+// one whose binary form reads back the same, with tagDigestBytes and
+// tagTimes agreeing with the whole.
+func FuzzTagRecord(f *testing.F) {
+	for _, rec := range tagRecordCases() {
+		raw, err := rec.MarshalBinary()
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(raw)
+		js, err := json.Marshal(rec)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(js)
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		var rec TagRecord
+		if rec.UnmarshalBinary(raw) != nil {
+			return
+		}
+		if isTagBinary(raw) {
+			d, ok := tagDigestBytes(raw)
+			if !ok || string(d) != string(rec.Digest) {
+				t.Fatalf("% x: tagDigestBytes = %q %v, the record %q", raw, d, ok, rec.Digest)
+			}
+			if f, c, err := tagTimes(raw); err != nil || !f.Equal(rec.FetchedAt) || !c.Equal(rec.CheckedAt) {
+				t.Fatalf("% x: tagTimes = %v %v %v, the record %+v", raw, f, c, err, rec)
+			}
+		}
+		again, err := rec.MarshalBinary()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var back TagRecord
+		if err := back.UnmarshalBinary(again); err != nil || !sameTagRecord(back, rec) {
+			t.Fatalf("% x read as %+v; its binary form read back as %+v, %v", raw, rec, back, err)
+		}
+	})
+}
+
+// The index writes a tag in binary (its shared record in JSON); a JSON
+// record read from an index written before schema 3 is written in binary
+// when touched, and reads the same.
+func TestTagRecordWrittenBinary(t *testing.T) {
+	ix := openTestIndex(t)
+	at := time.Date(2026, 12, 5, 15, 0, 0, 0, time.UTC)
+	d := digest.FromString("m")
+	if err := ix.RecordManifest(ManifestEntry{Upstream: "docker.io", Repo: "library/a", Digest: d, Tag: "new",
+		Record: ManifestRecord{MediaType: ociManifest, Size: 77, FetchedAt: at}}); err != nil {
+		t.Fatal(err)
+	}
+	old, err := json.Marshal(TagRecord{Digest: d, FetchedAt: at, CheckedAt: at})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ix.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketTags).Put(tagKey("docker.io", "library/a", "old"), old)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	raw := func(tag string) []byte {
+		var v []byte
+		if err := ix.db.View(func(tx *bolt.Tx) error {
+			v = bytes.Clone(tx.Bucket(bucketTags).Get(tagKey("docker.io", "library/a", tag)))
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	if v := raw("new"); !isTagBinary(v) {
+		t.Fatalf("a recorded tag is %q, want the binary form", v)
+	}
+	if tags, err := ix.TagsOf("docker.io", "library/a", d); err != nil || !slices.Equal(tags, []string{"new", "old"}) {
+		t.Errorf("TagsOf = %v %v, want both forms", tags, err)
+	}
+	if err := ix.TouchTag("docker.io", "library/a", "old", at.Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if v := raw("old"); !isTagBinary(v) {
+		t.Fatalf("a touched JSON tag is %q, want the binary form", v)
+	}
+	rec, ok, err := ix.Tag("docker.io", "library/a", "old")
+	if err != nil || !ok || rec.Digest != d || !rec.FetchedAt.Equal(at) || !rec.CheckedAt.Equal(at.Add(time.Minute)) {
+		t.Fatalf("touched: Tag = %+v %v %v", rec, ok, err)
+	}
+	if mt, size, known := rec.Manifest(); !known || mt != ociManifest || size != 77 {
+		t.Errorf("touched: Manifest() = %q %d %v", mt, size, known)
+	}
+}
+
+// Refresh ages a local tag record of either form by its latest time.
+func TestTagRecordPruneAge(t *testing.T) {
+	at := time.Date(2026, 12, 5, 15, 0, 0, 0, time.UTC)
+	rec := TagRecord{Digest: digest.FromString("m"), FetchedAt: at, CheckedAt: at.Add(time.Hour)}
+	bin, err := rec.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := json.Marshal(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, raw := range [][]byte{bin, js} {
+		if got := prunable[string(bucketTags)](raw); !got.Equal(rec.CheckedAt) {
+			t.Errorf("%q aged by %v, want %v", raw, got, rec.CheckedAt)
 		}
 	}
 }

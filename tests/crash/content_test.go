@@ -411,13 +411,11 @@ func inspect(t testing.TB, data string, cat *catalog) *snapshot {
 		}
 		if b := tx.Bucket([]byte("tags")); b != nil {
 			if err := b.ForEach(func(k, v []byte) error {
-				var rec struct {
-					Digest string `json:"digest"`
-				}
-				if err := json.Unmarshal(v, &rec); err != nil {
+				var rec storage.TagRecord
+				if err := rec.UnmarshalBinary(v); err != nil {
 					return fmt.Errorf("tags entry %q: %v", k, err)
 				}
-				s.tags[string(k)] = rec.Digest
+				s.tags[string(k)] = rec.Digest.String()
 				return nil
 			}); err != nil {
 				return err
