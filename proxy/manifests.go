@@ -403,7 +403,8 @@ func (p *Proxy) dropManifest(ctx context.Context, t target, dgst digest.Digest, 
 // readManifest reads a manifest's bytes: from the store, or for a
 // registry destination from the index until it has been pushed there.
 // With its recorded size (size > 0) it reads that many bytes at once, one
-// system call where io.ReadAll's growing reads take several: the caller
+// system call where io.ReadAll's growing reads take several (and from a
+// store that can, storage.SizedReader, without an os.File): the caller
 // checks them against the size and the digest, so a short file is caught
 // there, and bytes after the recorded ones are never served.
 func (p *Proxy) readManifest(ctx context.Context, t target, dgst digest.Digest, size int64) ([]byte, error) {
@@ -414,12 +415,16 @@ func (p *Proxy) readManifest(ctx context.Context, t target, dgst digest.Digest, 
 		}
 		return ms.Manifest(ctx, t.storeRepo(), dgst)
 	}
+	known := size > 0 && size <= oci.MaxManifestSize
+	if sr, ok := p.store.(storage.SizedReader); ok && known {
+		return sr.ReadSized(ctx, t.storeRepo(), dgst, size)
+	}
 	rc, err := p.store.Open(ctx, t.storeRepo(), dgst, 0)
 	if err != nil {
 		return nil, err
 	}
 	defer rc.Close()
-	if size <= 0 || size > oci.MaxManifestSize {
+	if !known {
 		return io.ReadAll(io.LimitReader(rc, oci.MaxManifestSize+1))
 	}
 	return storage.ReadAtMost(rc, size) // short: the caller's size check says so

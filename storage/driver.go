@@ -43,6 +43,7 @@ var (
 	_ Store        = (*DriverStore)(nil)
 	_ FileIngester = (*DriverStore)(nil)
 	_ FileOpener   = (*DriverStore)(nil)
+	_ SizedReader  = (*DriverStore)(nil)
 )
 
 const (
@@ -276,19 +277,29 @@ func (s *DriverStore) ReadSmall(ctx context.Context, dgst digest.Digest, limit i
 	if err := oci.ValidateDigest(dgst); err != nil {
 		return nil, err
 	}
-	f, err := openStoredFile(s.filePath(dgst))
-	if err != nil {
-		return nil, fileErr(err, dgst)
-	}
-	defer f.Close()
 	// One read of the file's size, not io.ReadAll's growing reads (five
 	// system calls for a 1.5 KB manifest, each dear on a virtual
 	// machine): the lifecycle reads every manifest this way.
-	fi, err := f.Stat()
-	if err != nil {
+	b, err := readStoredFile(s.filePath(dgst), -1, limit)
+	return b, fileErr(err, dgst)
+}
+
+// ReadSized implements SizedReader: with the filesystem driver, the file
+// opened, read and closed without an os.File (readStoredFile).
+func (s *DriverStore) ReadSized(ctx context.Context, repo string, dgst digest.Digest, size int64) ([]byte, error) {
+	if s.root == "" {
+		rc, err := s.Open(ctx, repo, dgst, 0)
+		if err != nil {
+			return nil, err
+		}
+		defer rc.Close()
+		return ReadAtMost(rc, size)
+	}
+	if err := oci.ValidateDigest(dgst); err != nil {
 		return nil, err
 	}
-	return ReadAtMost(f, min(fi.Size(), limit))
+	b, err := readStoredFile(s.filePath(dgst), size, size)
+	return b, fileErr(err, dgst)
 }
 
 // ReadAtMost reads n bytes of r, or up to its end if it has fewer, into

@@ -12,7 +12,7 @@ import (
 	"github.com/opencontainers/go-digest"
 )
 
-// Serving a stored file (Open, ReadSmall) leaves its access time as it
+// Serving a stored file (Open, ReadSmall, ReadSized) leaves its access time as it
 // was: an update dirties the inode, which the index's next commit then
 // writes to the journal with its fdatasync. The test first checks that
 // this filesystem updates access times on a plain read at all (relatime:
@@ -72,5 +72,12 @@ func TestStoredReadsKeepAccessTime(t *testing.T) {
 	}
 	if moved() {
 		t.Errorf("ReadSmall updated the stored file's access time")
+	}
+	stale()
+	if got, err := s.ReadSized(t.Context(), "test/repo", d, int64(len(blob))); err != nil || !bytes.Equal(got, blob) {
+		t.Fatalf("ReadSized: %q, %v", got, err)
+	}
+	if moved() {
+		t.Errorf("ReadSized updated the stored file's access time")
 	}
 }

@@ -265,9 +265,9 @@ func TestIngest(t *testing.T) {
 	}
 }
 
-// ReadSmall reads what Open reads, up to its limit, on the filesystem
-// (straight from the file) as on another driver; missing content is
-// ErrNotFound.
+// ReadSmall reads what Open reads, up to its limit, and ReadSized its
+// first size bytes (fewer if it is shorter), on the filesystem (straight
+// from the file) as on another driver; missing content is ErrNotFound.
 func TestDriverStoreReadSmall(t *testing.T) {
 	body := []byte(`{"schemaVersion":2}`)
 	d := digest.FromBytes(body)
@@ -291,6 +291,18 @@ func TestDriverStoreReadSmall(t *testing.T) {
 			}
 			if _, err := s.ReadSmall(t.Context(), "sha256:../../etc", 1<<20); err == nil {
 				t.Error("ReadSmall of an invalid digest succeeded")
+			}
+			for _, size := range []int{len(body), 5, len(body) + 10} {
+				got, err := s.ReadSized(t.Context(), "library/a", d, int64(size))
+				if want := body[:min(size, len(body))]; err != nil || !bytes.Equal(got, want) {
+					t.Errorf("ReadSized(%d) = %q, %v; want %q", size, got, err, want)
+				}
+			}
+			if _, err := s.ReadSized(t.Context(), "library/a", missing, 10); !errors.Is(err, storage.ErrNotFound) {
+				t.Errorf("ReadSized(missing) = %v, want ErrNotFound", err)
+			}
+			if _, err := s.ReadSized(t.Context(), "library/a", "sha256:../../etc", 10); err == nil {
+				t.Error("ReadSized of an invalid digest succeeded")
 			}
 		})
 	}

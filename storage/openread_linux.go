@@ -44,3 +44,44 @@ func openRead(path string, flags int) (int, error) {
 		}
 	}
 }
+
+// readStoredFile reads a stored file into one buffer: its first size
+// bytes if size >= 0 (fewer if it is shorter), else as many as fstat
+// says it has, up to limit. The file is opened (as openStoredFile does),
+// read and closed with system calls alone: an os.File would add its
+// fcntl (NewFile checks the descriptor's flags), its cleanup and its
+// close's bookkeeping, ~3.5 µs of a 1.5 KB manifest's ~12.5 µs read on
+// the project's machine.
+func readStoredFile(path string, size, limit int64) ([]byte, error) {
+	fd, err := openRead(path, unix.O_NOATIME)
+	if errors.Is(err, fs.ErrPermission) {
+		fd, err = openRead(path, 0)
+	}
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
+	}
+	defer unix.Close(fd)
+	if size < 0 {
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
+			return nil, &fs.PathError{Op: "fstat", Path: path, Err: err}
+		}
+		size = min(st.Size, limit)
+	}
+	b := make([]byte, size)
+	got := 0
+	for got < len(b) {
+		n, err := unix.Pread(fd, b[got:], int64(got))
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return nil, &fs.PathError{Op: "read", Path: path, Err: err}
+		}
+		if n == 0 {
+			break // shorter: what is there
+		}
+		got += n
+	}
+	return b[:got], nil
+}

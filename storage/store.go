@@ -68,6 +68,15 @@ type FileOpener interface {
 	OpenFile(dgst digest.Digest) (*os.File, int64, error)
 }
 
+// SizedReader is implemented by stores that read stored content of a
+// known size into one buffer more cheaply than Open and a read (a
+// manifest hit's, whose size its record holds): ReadSized returns the
+// first size bytes of dgst's content, fewer if it is shorter (the caller
+// checks the length and the digest), or ErrNotFound.
+type SizedReader interface {
+	ReadSized(ctx context.Context, repo string, dgst digest.Digest, size int64) ([]byte, error)
+}
+
 // ErrNotLocal: the store's content is not in local files.
 var ErrNotLocal = errors.New("store content is not in local files")
 
