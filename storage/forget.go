@@ -259,13 +259,9 @@ func forgetRoots(tx *bolt.Tx, fills fillWrites, gone map[digest.Digest]int, out 
 	var stale [][]byte
 	c := tx.Bucket(bucketTags).Cursor()
 	for k, v := c.First(); k != nil; k, v = c.Next() {
-		d, ok := tagDigestBytes(v)
-		if !ok {
-			var rec TagRecord
-			if rec.UnmarshalBinary(v) != nil {
-				continue
-			}
-			d = []byte(rec.Digest)
+		d, err := tagDigestOf(k, v)
+		if err != nil {
+			continue
 		}
 		if i, ok := gone[digest.Digest(d)]; ok {
 			stale = append(stale, bytes.Clone(k))
