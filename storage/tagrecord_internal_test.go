@@ -52,9 +52,10 @@ func TestTagRecordCarriesItsManifest(t *testing.T) {
 	}
 }
 
-// A tag record written by an older version (no type or size) reads as it
-// did, with Manifest not known; TouchTag adds its manifest's type and size
-// then, and keeps them in a record that has them.
+// A tag record written by an older version (JSON, no type or size) reads
+// as it did, with Manifest not known; TouchTag writes it in binary with
+// its manifest's type and size then, and keeps them in a record that has
+// them.
 func TestTagRecordOlderForm(t *testing.T) {
 	ix := openTestIndex(t)
 	at := time.Date(2026, 12, 3, 18, 0, 0, 0, time.UTC)
@@ -63,15 +64,7 @@ func TestTagRecordOlderForm(t *testing.T) {
 		Record: ManifestRecord{MediaType: ociIndex, Size: 321, FetchedAt: at}}); err != nil {
 		t.Fatal(err)
 	}
-	old, err := json.Marshal(oldTagRecord{Digest: d, FetchedAt: at, CheckedAt: at})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ix.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketTags).Put(tagKey("docker.io", "library/a", "old"), old)
-	}); err != nil {
-		t.Fatal(err)
-	}
+	putJSONTag(t, ix, "old", oldTagRecord{Digest: d, FetchedAt: at, CheckedAt: at})
 	rec, ok, err := ix.Tag("docker.io", "library/a", "old")
 	if err != nil || !ok || rec.Digest != d || !rec.FetchedAt.Equal(at) || !rec.CheckedAt.Equal(at) {
 		t.Fatalf("old record: Tag = %+v %v %v", rec, ok, err)
@@ -82,6 +75,9 @@ func TestTagRecordOlderForm(t *testing.T) {
 	later := at.Add(time.Hour)
 	if err := ix.TouchTag("docker.io", "library/a", "old", later); err != nil {
 		t.Fatal(err)
+	}
+	if v := rawTag(t, ix, "old"); !isTagBinary(v) {
+		t.Fatalf("a touched JSON record is %q, want the binary form", v)
 	}
 	for range 2 {
 		rec, ok, err = ix.Tag("docker.io", "library/a", "old")
@@ -256,9 +252,7 @@ func FuzzTagRecord(f *testing.F) {
 	})
 }
 
-// The index writes a tag in binary (its shared record in JSON); a JSON
-// record read from an index written before schema 3 is written in binary
-// when touched, and reads the same.
+// The index writes a tag in binary; TagsOf reads both forms.
 func TestTagRecordWrittenBinary(t *testing.T) {
 	ix := openTestIndex(t)
 	at := time.Date(2026, 12, 5, 15, 0, 0, 0, time.UTC)
@@ -267,44 +261,41 @@ func TestTagRecordWrittenBinary(t *testing.T) {
 		Record: ManifestRecord{MediaType: ociManifest, Size: 77, FetchedAt: at}}); err != nil {
 		t.Fatal(err)
 	}
-	old, err := json.Marshal(TagRecord{Digest: d, FetchedAt: at, CheckedAt: at})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ix.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketTags).Put(tagKey("docker.io", "library/a", "old"), old)
-	}); err != nil {
-		t.Fatal(err)
-	}
-	raw := func(tag string) []byte {
-		var v []byte
-		if err := ix.db.View(func(tx *bolt.Tx) error {
-			v = bytes.Clone(tx.Bucket(bucketTags).Get(tagKey("docker.io", "library/a", tag)))
-			return nil
-		}); err != nil {
-			t.Fatal(err)
-		}
-		return v
-	}
-	if v := raw("new"); !isTagBinary(v) {
+	putJSONTag(t, ix, "old", TagRecord{Digest: d, FetchedAt: at, CheckedAt: at})
+	if v := rawTag(t, ix, "new"); !isTagBinary(v) {
 		t.Fatalf("a recorded tag is %q, want the binary form", v)
 	}
 	if tags, err := ix.TagsOf("docker.io", "library/a", d); err != nil || !slices.Equal(tags, []string{"new", "old"}) {
 		t.Errorf("TagsOf = %v %v, want both forms", tags, err)
 	}
-	if err := ix.TouchTag("docker.io", "library/a", "old", at.Add(time.Minute)); err != nil {
+}
+
+// putJSONTag writes v's JSON as the record of docker.io/library/a's tag,
+// as an index of schema 2 or older holds it.
+func putJSONTag(t *testing.T, ix *Index, tag string, v any) {
+	t.Helper()
+	raw, err := json.Marshal(v)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if v := raw("old"); !isTagBinary(v) {
-		t.Fatalf("a touched JSON tag is %q, want the binary form", v)
+	if err := ix.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketTags).Put(tagKey("docker.io", "library/a", tag), raw)
+	}); err != nil {
+		t.Fatal(err)
 	}
-	rec, ok, err := ix.Tag("docker.io", "library/a", "old")
-	if err != nil || !ok || rec.Digest != d || !rec.FetchedAt.Equal(at) || !rec.CheckedAt.Equal(at.Add(time.Minute)) {
-		t.Fatalf("touched: Tag = %+v %v %v", rec, ok, err)
+}
+
+// rawTag is the record of docker.io/library/a's tag as stored.
+func rawTag(t *testing.T, ix *Index, tag string) []byte {
+	t.Helper()
+	var v []byte
+	if err := ix.db.View(func(tx *bolt.Tx) error {
+		v = bytes.Clone(tx.Bucket(bucketTags).Get(tagKey("docker.io", "library/a", tag)))
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
-	if mt, size, known := rec.Manifest(); !known || mt != ociManifest || size != 77 {
-		t.Errorf("touched: Manifest() = %q %d %v", mt, size, known)
-	}
+	return v
 }
 
 // Refresh ages a local tag record of either form by its latest time.
