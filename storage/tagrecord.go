@@ -16,9 +16,9 @@ import (
 // The index keeps a tag record in a binary form (schema 3), which a lookup
 // decodes without encoding/json (a fifth of a tag's lookup) and which is
 // about half the size of its JSON (~95 bytes against ~175–200; a million
-// tags at 100k images, more of them on each leaf read). Records written before
-// are JSON, read as they are until written again; the shared records stay
-// JSON, which every version reads (sharePut).
+// tags at 100k images, more of them on each leaf read). Records written
+// before are JSON, read as they are until written again; the shared
+// records stay JSON, which every version reads (sharePut).
 //
 // The binary form: the byte tagBinary (never the first byte of JSON),
 // the digest's length (uvarint) and its string ("sha256:<hex>", so that
