@@ -531,14 +531,10 @@ type tagSource struct {
 func readTags(tx *bolt.Tx, rel *releaser, in *Interner, pins map[string]bool, src tagSource, tag func(*TagInfo)) error {
 	var t TagInfo
 	// Only the times are decoded; the digest is read from the record
-	// where it can be (tagDigestOf), its key split in place.
+	// where it can be, its key split in place.
 	return tx.Bucket(bucketTags).ForEach(func(k, raw []byte) error {
 		rel.read(k, raw)
-		fetched, checked, err := tagTimes(raw)
-		if err != nil {
-			return fmt.Errorf("index: corrupt %s entry %q: %w", bucketTags, k, err)
-		}
-		rd, err := tagDigestOf(k, raw)
+		rd, fetched, checked, err := tagDigestAndTimes(k, raw)
 		if err != nil {
 			return err
 		}

@@ -178,19 +178,26 @@ func parseTagBinary(raw []byte) (d []byte, rec TagRecord, err error) {
 	return d, rec, nil
 }
 
-// tagTimes reads a tag record's times alone (readTags: the digest is read
-// in place).
-func tagTimes(raw []byte) (fetched, checked time.Time, err error) {
+// tagDigestAndTimes reads the tag record raw under key k as readTags
+// needs it: its digest in place where it can be (as tagDigestOf), its
+// times, and nothing else decoded.
+func tagDigestAndTimes(k, raw []byte) (d []byte, fetched, checked time.Time, err error) {
 	if isTagBinary(raw) {
-		_, rec, err := parseTagBinary(raw)
-		return rec.FetchedAt, rec.CheckedAt, err
+		d, rec, err := parseTagBinary(raw)
+		if err != nil {
+			return nil, fetched, checked, fmt.Errorf("index: corrupt %s entry %q: %w", bucketTags, k, err)
+		}
+		return d, rec.FetchedAt, rec.CheckedAt, nil
 	}
 	var times struct {
 		FetchedAt time.Time `json:"fetched_at"`
 		CheckedAt time.Time `json:"checked_at"`
 	}
-	err = json.Unmarshal(raw, &times)
-	return times.FetchedAt, times.CheckedAt, err
+	if err := json.Unmarshal(raw, &times); err != nil {
+		return nil, fetched, checked, fmt.Errorf("index: corrupt %s entry %q: %w", bucketTags, k, err)
+	}
+	d, err = tagDigestOf(k, raw)
+	return d, times.FetchedAt, times.CheckedAt, err
 }
 
 // tagDigest reads the digest of a tag record without decoding the rest:

@@ -148,8 +148,8 @@ func sameTagRecord(a, b TagRecord) bool {
 
 // A tag record's binary form reads back as the record, at most 100 bytes
 // for a sha256 digest (its JSON ~175–200); its digest and times read alone
-// (tagDigestBytes in place, tagTimes) as the whole; its JSON reads through
-// the same decoder.
+// (tagDigestBytes in place, tagDigestAndTimes) as the whole; its JSON
+// reads through the same decoders.
 func TestTagRecordBinary(t *testing.T) {
 	for _, rec := range tagRecordCases() {
 		raw, err := rec.MarshalBinary()
@@ -163,8 +163,8 @@ func TestTagRecordBinary(t *testing.T) {
 		if d, ok := tagDigestBytes(raw); !ok || string(d) != string(rec.Digest) || (len(d) > 0 && &d[0] != &raw[1+len(binary.AppendUvarint(nil, uint64(len(d))))]) {
 			t.Errorf("%+v: tagDigestBytes = %q %v, want the digest in place", rec, d, ok)
 		}
-		if f, c, err := tagTimes(raw); err != nil || !f.Equal(rec.FetchedAt) || !c.Equal(rec.CheckedAt) {
-			t.Errorf("%+v: tagTimes = %v %v %v", rec, f, c, err)
+		if d, f, c, err := tagDigestAndTimes(nil, raw); err != nil || string(d) != string(rec.Digest) || !f.Equal(rec.FetchedAt) || !c.Equal(rec.CheckedAt) {
+			t.Errorf("%+v: tagDigestAndTimes = %q %v %v %v", rec, d, f, c, err)
 		}
 		js, err := json.Marshal(rec)
 		if err != nil {
@@ -172,6 +172,9 @@ func TestTagRecordBinary(t *testing.T) {
 		}
 		if rec.Digest.Validate() == nil && rec.Digest.Algorithm() == digest.SHA256 && len(raw) > 100 {
 			t.Errorf("%+v: binary %d bytes (JSON %d), want at most 100", rec, len(raw), len(js))
+		}
+		if d, f, c, err := tagDigestAndTimes(nil, js); err != nil || string(d) != string(rec.Digest) || !f.Equal(rec.FetchedAt) || !c.Equal(rec.CheckedAt) {
+			t.Errorf("%s: tagDigestAndTimes = %q %v %v %v", js, d, f, c, err)
 		}
 		got = TagRecord{Digest: "left over", Size: 9}
 		if err := got.UnmarshalBinary(js); err != nil || !sameTagRecord(got, rec) {
@@ -213,7 +216,7 @@ func TestTagRecordBinaryMalformed(t *testing.T) {
 
 // FuzzTagRecord: any bytes either fail to read as a tag record or read as
 // one whose binary form reads back the same, with tagDigestBytes and
-// tagTimes agreeing with the whole.
+// tagDigestAndTimes agreeing with the whole.
 func FuzzTagRecord(f *testing.F) {
 	for _, rec := range tagRecordCases() {
 		raw, err := rec.MarshalBinary()
@@ -237,8 +240,8 @@ func FuzzTagRecord(f *testing.F) {
 			if !ok || string(d) != string(rec.Digest) {
 				t.Fatalf("% x: tagDigestBytes = %q %v, the record %q", raw, d, ok, rec.Digest)
 			}
-			if f, c, err := tagTimes(raw); err != nil || !f.Equal(rec.FetchedAt) || !c.Equal(rec.CheckedAt) {
-				t.Fatalf("% x: tagTimes = %v %v %v, the record %+v", raw, f, c, err, rec)
+			if d, f, c, err := tagDigestAndTimes(nil, raw); err != nil || string(d) != string(rec.Digest) || !f.Equal(rec.FetchedAt) || !c.Equal(rec.CheckedAt) {
+				t.Fatalf("% x: tagDigestAndTimes = %q %v %v %v, the record %+v", raw, d, f, c, err, rec)
 			}
 		}
 		again, err := rec.MarshalBinary()
