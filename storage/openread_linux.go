@@ -24,14 +24,24 @@ import (
 // hit opens a stored file: this halves the open's cost (~12.5 to ~6.7 µs
 // with its close on the project's machine).
 func openStoredFile(path string) (*os.File, error) {
+	fd, err := openStoredFD(path)
+	if err != nil {
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), path), nil
+}
+
+// openStoredFD opens a stored file's descriptor as openStoredFile says:
+// without updating its access time where the file allows it.
+func openStoredFD(path string) (int, error) {
 	fd, err := openRead(path, unix.O_NOATIME)
 	if errors.Is(err, fs.ErrPermission) {
 		fd, err = openRead(path, 0)
 	}
 	if err != nil {
-		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
+		return -1, &fs.PathError{Op: "open", Path: path, Err: err}
 	}
-	return os.NewFile(uintptr(fd), path), nil
+	return fd, nil
 }
 
 // openRead opens path read-only (close-on-exec) with the extra flags,
@@ -53,12 +63,9 @@ func openRead(path string, flags int) (int, error) {
 // close's bookkeeping, ~3.5 µs of a 1.5 KB manifest's ~12.5 µs read on
 // the project's machine.
 func readStoredFile(path string, size, limit int64) ([]byte, error) {
-	fd, err := openRead(path, unix.O_NOATIME)
-	if errors.Is(err, fs.ErrPermission) {
-		fd, err = openRead(path, 0)
-	}
+	fd, err := openStoredFD(path)
 	if err != nil {
-		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
+		return nil, err
 	}
 	defer unix.Close(fd)
 	if size < 0 {

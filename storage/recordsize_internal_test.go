@@ -38,7 +38,7 @@ func TestRecordSize(t *testing.T) {
 	}
 }
 
-// tagDigest reads the digest of the tag records the index writes, and
+// tagDigestBytes reads the digest of the tag records the index writes, and
 // declines anything else (decoded instead).
 func TestTagDigest(t *testing.T) {
 	d := "sha256:" + strings.Repeat("ab", 32)
@@ -46,12 +46,12 @@ func TestTagDigest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, ok := tagDigest(raw); !ok || got.String() != d {
-		t.Errorf("tagDigest(%s) = %s, %v", raw, got, ok)
+	if got, ok := tagDigestBytes(raw); !ok || string(got) != d {
+		t.Errorf("tagDigestBytes(%s) = %s, %v", raw, got, ok)
 	}
 	for _, raw := range []string{`{}`, `{"fetched_at":"x","digest":"` + d + `"}`, `{"digest":"sha256:a\"b"}`, `{"digest":"unterminated`} {
-		if got, ok := tagDigest([]byte(raw)); ok {
-			t.Errorf("tagDigest(%s) = %s, want it declined", raw, got)
+		if got, ok := tagDigestBytes([]byte(raw)); ok {
+			t.Errorf("tagDigestBytes(%s) = %s, want it declined", raw, got)
 		}
 	}
 }

@@ -3,8 +3,9 @@ package storage
 import (
 	"net/http"
 
-	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/docker-mirror/docker-mirror/oci"
 )
 
 // Redirector is implemented by stores that can let a client fetch content

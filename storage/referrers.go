@@ -7,9 +7,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/docker-mirror/docker-mirror/oci"
 )
 
 // bucketReferrers keeps the referrers answers the proxy served:

@@ -200,13 +200,6 @@ func tagDigestAndTimes(k, raw []byte) (d []byte, fetched, checked time.Time, err
 	return d, times.FetchedAt, times.CheckedAt, err
 }
 
-// tagDigest reads the digest of a tag record without decoding the rest:
-// ok is false for a record it cannot read so, which is then decoded.
-func tagDigest(raw []byte) (digest.Digest, bool) {
-	b, ok := tagDigestBytes(raw)
-	return digest.Digest(b), ok
-}
-
 // tagDigestOf is the digest of the tag record raw under key k, read in
 // place where it can be (tagDigestBytes: valid while raw is), else
 // decoded.
@@ -221,9 +214,10 @@ func tagDigestOf(k, raw []byte) ([]byte, error) {
 	return []byte(v.Digest), nil
 }
 
-// tagDigestBytes is tagDigest in place: the digest's bytes in raw, in a
-// binary record or in JSON as this index wrote it
-// ({"digest":"sha256:...",...}).
+// tagDigestBytes reads the digest of a tag record in place, without
+// decoding the rest: the digest's bytes in raw, in a binary record or in
+// JSON as this index wrote it ({"digest":"sha256:...",...}); ok is false
+// for a record it cannot read so, which is then decoded.
 func tagDigestBytes(raw []byte) ([]byte, bool) {
 	if isTagBinary(raw) {
 		d, _, err := parseTagBinary(raw)

@@ -97,7 +97,7 @@ func TestTagRecordOlderForm(t *testing.T) {
 // The shared records keep a tag in JSON, which every version reads as its
 // own: an older replica on the same bucket reads this version's records
 // (the same digest and times, the new fields ignored), the digest still
-// first (tagDigest). The JSON grows by at most 24 bytes over an older
+// first (tagDigestBytes). The JSON grows by at most 24 bytes over an older
 // version's.
 func TestTagRecordJSONReadByOlderVersion(t *testing.T) {
 	at := time.Date(2026, 12, 3, 18, 0, 0, 123456789, time.UTC)
@@ -112,8 +112,8 @@ func TestTagRecordJSONReadByOlderVersion(t *testing.T) {
 		if err := json.Unmarshal(raw, &old); err != nil || old.Digest != d || !old.FetchedAt.Equal(at) || !old.CheckedAt.Equal(at) {
 			t.Fatalf("%s read as an older version: %+v %v", raw, old, err)
 		}
-		if got, ok := tagDigest(raw); !ok || got != d {
-			t.Errorf("tagDigest(%s) = %s %v", raw, got, ok)
+		if got, ok := tagDigestBytes(raw); !ok || string(got) != string(d) {
+			t.Errorf("tagDigestBytes(%s) = %s %v", raw, got, ok)
 		}
 		oldRaw, err := json.Marshal(old)
 		if err != nil {

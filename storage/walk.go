@@ -8,8 +8,9 @@ import (
 	"time"
 
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
-	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/docker-mirror/docker-mirror/oci"
 )
 
 // StoredContent is one piece of content found in a DriverStore.
