@@ -7,7 +7,6 @@ import (
 	"io"
 	"io/fs"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -156,7 +155,7 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 // its path is looked up once; else f is nil, and the blob is opened once
 // served (a HEAD only stats it: one system call, where an open, its fstat
 // and its close are four).
-func (p *Proxy) openStoredBlob(ctx context.Context, t target, dgst digest.Digest, get bool) (size int64, f *os.File, ok bool, err error) {
+func (p *Proxy) openStoredBlob(ctx context.Context, t target, dgst digest.Digest, get bool) (size int64, f storage.File, ok bool, err error) {
 	fo, local := p.store.(storage.FileOpener)
 	if !local || !get {
 		size, ok, err = p.storedBlob(ctx, t, dgst)

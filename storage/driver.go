@@ -32,6 +32,8 @@ type DriverStore struct {
 	// root is the filesystem driver's root directory, if that is the
 	// driver: files can then be moved into place (Ingest).
 	root string
+	// blobs is root's blobs directory, cleaned once (filePath).
+	blobs string
 	// inPlace: the driver's writes stay invisible until Commit (an object
 	// store's multipart upload), so content is written at its final key
 	// and committed once verified: no temporary object, no server-side
@@ -107,7 +109,7 @@ func OpenDriverStore(ctx context.Context, name string, params map[string]any) (*
 	}
 	s := NewDriverStore(d)
 	if root, ok := params["rootdirectory"].(string); ok && name == "filesystem" {
-		s.root = root
+		s.root, s.blobs = root, filepath.Join(root, filepath.FromSlash(blobsRoot))
 	}
 	if s.inPlace {
 		// Nothing to clean: its writes leave nothing visible, and other
@@ -210,8 +212,8 @@ func (s *DriverStore) Stat(ctx context.Context, _ string, dgst digest.Digest) (i
 	return fi.Size(), nil
 }
 
-// Open implements Store. With the filesystem driver the reader is an
-// *os.File, so serving it can use sendfile.
+// Open implements Store. With the filesystem driver the reader is a
+// File, so serving it can use sendfile.
 func (s *DriverStore) Open(ctx context.Context, _ string, dgst digest.Digest, offset int64) (io.ReadCloser, error) {
 	if err := oci.ValidateDigest(dgst); err != nil {
 		return nil, err
@@ -241,23 +243,18 @@ func (s *DriverStore) Open(ctx context.Context, _ string, dgst digest.Digest, of
 // open, and its size read from it (fstat), one walk of its path where
 // Stat and Open take two (a stat of a stored file's path ~7 µs on the
 // project's virtual machine, an fstat ~3).
-func (s *DriverStore) OpenFile(dgst digest.Digest) (*os.File, int64, error) {
+func (s *DriverStore) OpenFile(dgst digest.Digest) (File, int64, error) {
 	if s.root == "" {
 		return nil, 0, ErrNotLocal
 	}
 	if err := oci.ValidateDigest(dgst); err != nil {
 		return nil, 0, err
 	}
-	f, err := openStoredFile(s.filePath(dgst))
+	f, size, err := openStoredSized(s.filePath(dgst))
 	if err != nil {
 		return nil, 0, fileErr(err, dgst)
 	}
-	fi, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, 0, err
-	}
-	return f, fi.Size(), nil
+	return f, size, nil
 }
 
 // ReadSmall returns up to limit bytes of dgst's content, for small
@@ -317,9 +314,13 @@ func ReadAtMost(r io.Reader, n int64) ([]byte, error) {
 // filePath is dgst's data file under the filesystem driver's root. Reads
 // (Stat, Open, ReadSmall) go straight to it: on a blob hit, the driver's
 // per-call path checks and semaphore cost more than the open itself. The
-// path is the one the driver writes (blobPath under its root).
+// path is the one the driver writes (blobPath under its root), joined
+// by hand from a digest its caller has validated: filepath.Join's
+// cleaning of the whole path was ~1.5 µs of a ~30 µs blob hit.
 func (s *DriverStore) filePath(dgst digest.Digest) string {
-	return filepath.Join(s.root, filepath.FromSlash(blobPath(dgst)))
+	hex := dgst.Encoded()
+	sep := string(filepath.Separator)
+	return s.blobs + sep + string(dgst.Algorithm()) + sep + hex[:2] + sep + hex + sep + "data"
 }
 
 // fileErr is the error of a read of dgst's data file: ErrNotFound if it

@@ -183,8 +183,9 @@ func TestCleanUploadsInmemory(t *testing.T) {
 	}
 }
 
-// The filesystem driver's reader is an *os.File, so serving it can use
-// sendfile.
+// The filesystem driver's reader is a storage.File (a syscall.Conn, as
+// net's sendfile takes it) at the offset asked, so serving it can use
+// sendfile (storage's TestStoredFileSentWithSendfile shows it does).
 func TestFilesystemOpenIsFile(t *testing.T) {
 	s := openFilesystem(t, t.TempDir())
 	blob := []byte("sendfile me")
@@ -197,8 +198,11 @@ func TestFilesystemOpenIsFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer rc.Close()
-	if _, ok := rc.(*os.File); !ok {
-		t.Fatalf("Open returned %T, want *os.File", rc)
+	if _, ok := rc.(storage.File); !ok {
+		t.Fatalf("Open returned %T, want a storage.File", rc)
+	}
+	if got, err := io.ReadAll(rc); err != nil || !bytes.Equal(got, blob[3:]) {
+		t.Errorf("Open at 3 read %q, %v; want %q", got, err, blob[3:])
 	}
 }
 

@@ -7,7 +7,7 @@ import (
 	"context"
 	"errors"
 	"io"
-	"os"
+	"syscall"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -65,7 +65,16 @@ var ErrNotIngestible = errors.New("file cannot be moved into the store")
 // ErrNotLocal when the store's content is not in local files (the caller
 // then uses Stat and Open), ErrNotFound when it has no such content.
 type FileOpener interface {
-	OpenFile(dgst digest.Digest) (*os.File, int64, error)
+	OpenFile(dgst digest.Digest) (File, int64, error)
+}
+
+// File is a stored file open for reading. It is a syscall.Conn, so that
+// copying it (or an io.LimitedReader of it) to a TCP connection sends it
+// from the page cache with sendfile, from its current offset, as it would
+// an *os.File (which is one).
+type File interface {
+	io.ReadSeekCloser
+	syscall.Conn
 }
 
 // SizedReader is implemented by stores that read stored content of a
