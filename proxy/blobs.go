@@ -231,10 +231,8 @@ func (p *Proxy) adoptBlob(t target, dgst digest.Digest, size int64) error {
 // size means unknown: the body is then sent whole, without a length.
 func serveBlob(w http.ResponseWriter, r *http.Request, dgst digest.Digest, size int64, open func(off int64) (io.ReadCloser, error)) error {
 	h := w.Header()
-	h.Set("Docker-Content-Digest", dgst.String())
-	h.Set("Content-Type", "application/octet-stream")
-	h.Set("ETag", `"`+dgst.String()+`"`)
-	h.Set("Cache-Control", "max-age=31536000")
+	setHeaders(h, headerDigest, dgst.String(), headerContentType, "application/octet-stream",
+		headerETag, `"`+dgst.String()+`"`, headerCacheControl, "max-age=31536000")
 	status, start, length := http.StatusOK, int64(0), size
 	if size >= 0 {
 		h.Set("Accept-Ranges", "bytes")

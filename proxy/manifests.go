@@ -81,11 +81,8 @@ func (p *Proxy) manifest(w http.ResponseWriter, r *http.Request) error {
 	}
 	hits = append(hits, m)
 	p.notePull(m, r.Method == http.MethodGet)
-	h := w.Header()
-	h.Set("Content-Type", m.mediaType)
-	h.Set("Docker-Content-Digest", m.digest.String())
-	h.Set("Content-Length", strconv.Itoa(len(m.body)))
-	h.Set("ETag", `"`+m.digest.String()+`"`)
+	setHeaders(w.Header(), headerContentType, m.mediaType, headerDigest, m.digest.String(),
+		headerContentLength, strconv.Itoa(len(m.body)), headerETag, `"`+m.digest.String()+`"`)
 	if r.Method == http.MethodGet {
 		_, err = w.Write(m.body)
 	}

@@ -1,0 +1,29 @@
+package proxy
+
+import "net/http"
+
+// The headers every hit sets, by their canonical keys (headers_test.go
+// checks them), which setHeaders stores as they are.
+const (
+	headerAPIVersion    = "Docker-Distribution-Api-Version"
+	headerNoSniff       = "X-Content-Type-Options"
+	headerDigest        = "Docker-Content-Digest"
+	headerContentType   = "Content-Type"
+	headerContentLength = "Content-Length"
+	headerETag          = "Etag"
+	headerCacheControl  = "Cache-Control"
+)
+
+// setHeaders sets each key of kv (key, value, key, value...: canonical
+// keys, the header... constants) to its value. Header.Set canonicalizes
+// each key and allocates each value's slice: for the dozen headers of a
+// hit, ~2 µs of a ~30 µs answer. Here the values share one allocation,
+// each slice capped at its own value, so that an Add to one key copies it
+// rather than overwrite the next.
+func setHeaders(h http.Header, kv ...string) {
+	vals := make([]string, len(kv)/2)
+	for i := range vals {
+		vals[i] = kv[2*i+1]
+		h[kv[2*i]] = vals[i : i+1 : i+1]
+	}
+}
