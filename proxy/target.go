@@ -4,8 +4,7 @@ import (
 	"net/http"
 	"strings"
 
-	"github.com/distribution/reference"
-
+	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/proxy/errcode"
 	"github.com/docker-mirror/docker-mirror/proxy/upstream"
 )
@@ -71,7 +70,7 @@ func checkHubName(host, repo string) error {
 // parameter containerd sends, else a first path component that is a host,
 // else docker.io. Only configured upstreams are ever reached.
 func (p *Proxy) resolve(r *http.Request, name string) (target, error) {
-	if _, err := reference.WithName(name); err != nil {
+	if !oci.ValidName(name) {
 		return target{}, errcode.New(errcode.NameInvalid, "invalid repository name %q", name)
 	}
 	host, repo := DefaultHost, name
