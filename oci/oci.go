@@ -5,6 +5,8 @@
 package oci
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"strings"
 
@@ -115,7 +117,7 @@ func ParseRef(s string) (Ref, error) {
 // ValidTag reports whether s is a well-formed tag: the distribution
 // spec's grammar, [a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}, checked by hand
 // rather than by a regular expression (every manifest request by tag
-// checks one; oci_test.go's fuzzer holds the two to the same answers).
+// checks one; names_test.go's fuzzer holds the two to the same answers).
 func ValidTag(s string) bool {
 	if len(s) == 0 || len(s) > 128 || s[0] == '.' || s[0] == '-' {
 		return false
@@ -138,7 +140,7 @@ func alnum(c byte) bool {
 // (domain or [IPv6], with an optional port) and a path of lower-case
 // components joined by '.', '_', "__" or dashes, the path at most 255
 // bytes. Checked by hand, as that function's regular expression took ~1
-// µs of every request (oci_test.go's fuzzer holds the two to the same
+// µs of every request (names_test.go's fuzzer holds the two to the same
 // answers). As that expression does, a first component that is a valid
 // host is taken as one whenever the rest is a valid path.
 func ValidName(name string) bool {
@@ -244,6 +246,22 @@ func ValidDigest(d digest.Digest) bool {
 		return true
 	}
 	return d.Validate() == nil
+}
+
+// Matches reports whether body hashes to d, as d.Algorithm().FromBytes(body)
+// == d says, without go-digest's digester for sha256: its allocations and
+// its fmt.Sprintf("%x") cost more than hashing a manifest of a few KB
+// (every manifest hit checks the bytes it serves). A malformed digest,
+// or one of an algorithm this build cannot compute, matches nothing.
+func Matches(d digest.Digest, body []byte) bool {
+	const prefix = "sha256:"
+	if len(d) == len(prefix)+64 && d[:len(prefix)] == prefix {
+		sum := sha256.Sum256(body)
+		var hexed [64]byte
+		hex.Encode(hexed[:], sum[:])
+		return string(hexed[:]) == string(d[len(prefix):])
+	}
+	return d.Validate() == nil && d.Algorithm().FromBytes(body) == d
 }
 
 // ValidateDigest is d.Validate() with ValidDigest's fast path: nil for a

@@ -1,6 +1,7 @@
 package oci
 
 import (
+	_ "crypto/sha512" // digest.SHA512 (TestMatches)
 	"errors"
 	"strings"
 	"testing"
@@ -232,6 +233,33 @@ func TestValidDigest(t *testing.T) {
 		}
 		if got, want := ValidateDigest(d), d.Validate(); !errors.Is(got, want) {
 			t.Errorf("ValidateDigest(%q) = %v, Validate says %v", d, got, want)
+		}
+	}
+}
+
+// Matches answers as go-digest's FromBytes does, for sha256 (its own
+// path) and other algorithms, and matches nothing it cannot compute.
+func TestMatches(t *testing.T) {
+	body := []byte(`{"schemaVersion":2}`)
+	other := []byte(`{"schemaVersion":3}`)
+	for _, alg := range []digest.Algorithm{digest.SHA256, digest.SHA512} {
+		d := alg.FromBytes(body)
+		if !Matches(d, body) {
+			t.Errorf("%s: Matches(FromBytes(body), body) = false", alg)
+		}
+		if Matches(d, other) {
+			t.Errorf("%s: Matches(FromBytes(body), other) = true", alg)
+		}
+		if Matches(digest.NewDigestFromEncoded(alg, strings.ToUpper(d.Encoded())), body) {
+			t.Errorf("%s: an upper-case digest matched (FromBytes never makes one)", alg)
+		}
+		if Matches(d[:len(d)-1], body) || Matches(d+"0", body) {
+			t.Errorf("%s: a digest cut short or too long matched", alg)
+		}
+	}
+	for _, d := range []digest.Digest{"", "sha256:", "md5:0123", digest.Digest("sha256:" + strings.Repeat("0", 65))} {
+		if Matches(d, body) {
+			t.Errorf("Matches(%q) = true", d)
 		}
 	}
 }

@@ -369,7 +369,7 @@ func (p *Proxy) readStored(ctx context.Context, t target, dgst digest.Digest, re
 	if err != nil {
 		return nil, err
 	}
-	if int64(len(body)) != rec.Size || dgst.Algorithm().FromBytes(body) != dgst {
+	if int64(len(body)) != rec.Size || !oci.Matches(dgst, body) {
 		// Never served, and removed so that the next fetch stores the
 		// upstream's bytes again: a corrupt copy reads as a missing one.
 		p.log.Error("stored manifest is corrupt; removing it", "digest", dgst, "repo", t.storeRepo())
