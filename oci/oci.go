@@ -1,7 +1,8 @@
 // Package oci is docker-mirror's model of what it serves: the manifest
 // media types and the Accept list, the manifest size limit, one manifest
-// type with what it references, platform patterns, and a reference parsed
-// once into a tag or a digest. It knows nothing of HTTP or storage.
+// type with what it references, platform patterns, a reference parsed
+// once into a tag or a digest, and the checks of names, tags and digests
+// every request makes. It knows nothing of HTTP or storage.
 package oci
 
 import (

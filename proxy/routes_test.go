@@ -52,8 +52,8 @@ func TestRepoFirstSkipsTable(t *testing.T) {
 	for _, r := range routeCases() {
 		before := tabled
 		rf.ServeHTTP(httptest.NewRecorder(), r)
-		rp, ok := parseRepoPath(r.URL.EscapedPath())
-		direct := ok && rp.kind != "" && (r.Method == http.MethodGet || r.Method == http.MethodHead) &&
+		_, ok := parseRepoPath(r.URL.EscapedPath())
+		direct := ok && (r.Method == http.MethodGet || r.Method == http.MethodHead) &&
 			!strings.Contains(r.URL.Path, "/.") && !strings.Contains(r.URL.Path, "//")
 		if got := tabled == before; got != direct {
 			t.Errorf("%s %s: served without the table %t, want %t", r.Method, r.URL.Path, got, direct)

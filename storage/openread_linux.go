@@ -65,6 +65,8 @@ type storedFile struct {
 	reads int
 }
 
+var _ File = (*storedFile)(nil)
+
 // errReadOnly is a write to a stored file's descriptor.
 var errReadOnly = errors.New("stored file is open for reading only")
 

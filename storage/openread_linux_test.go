@@ -9,7 +9,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"syscall"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
@@ -154,10 +153,6 @@ func TestStoredFileUse(t *testing.T) {
 		t.Errorf("openStoredFile(missing) = %v, want fs.ErrNotExist", err)
 	}
 }
-
-// The stored file is an *os.File's equal where serving needs one: net's
-// sendfile takes it as a syscall.Conn.
-var _ syscall.Conn = (*storedFile)(nil)
 
 // filePath, joined by hand, is the path the filesystem driver writes
 // (blobPath under its root), whatever the root's spelling.
