@@ -197,7 +197,7 @@ func (p *Proxy) manifestByTag(ctx context.Context, t target, tag string, h http.
 			return nil, ctx.Err()
 		}
 	}
-	rec, ok, err := p.index.Tag(t.host(), t.repo, tag)
+	rec, ok, err := p.index.TagHit(t.host(), t.repo, tag)
 	if err != nil {
 		return nil, err
 	}
@@ -248,7 +248,7 @@ func (p *Proxy) tagHeld(t target, tag string) (bool, error) {
 	if p.writing(t, oci.Ref{Tag: tag}) != nil {
 		return true, nil
 	}
-	_, ok, err := p.index.Tag(t.host(), t.repo, tag)
+	_, ok, err := p.index.TagHit(t.host(), t.repo, tag)
 	return ok, err
 }
 

@@ -64,6 +64,8 @@ type Server struct {
 	Cluster *cluster.Cluster
 	// background counts the goroutines Start and Serve began.
 	background sync.WaitGroup
+	// scanned is closed once Start's full read of the index has ended.
+	scanned chan struct{}
 }
 
 // StoreOpener opens the store of a server on its index; the name says
@@ -135,7 +137,7 @@ func New(ctx context.Context, cfg config.Config, opts ...Option) (_ *Server, err
 	for _, opt := range opts {
 		opt(&o)
 	}
-	s := &Server{cfg: cfg, opts: o}
+	s := &Server{cfg: cfg, opts: o, scanned: make(chan struct{})}
 	if cfg.TLSCert != "" {
 		if s.certs, err = newCertReloader(cfg.TLSCert, cfg.TLSKey); err != nil {
 			return nil, err
@@ -244,15 +246,16 @@ func (s *Server) Handler() http.Handler {
 // Start resumes the fills and prefetch jobs an earlier run left unfinished
 // and starts the configured sync; all stop when ctx ends. The fills are
 // resumed in the background: finding them reads every mirror record,
-// with every link for the index's memo of them (~0.25 s at 100k images),
-// which no request waits for; a pull of an
-// image meanwhile starts its fill itself, and the resume's is then the
+// with every link and tag for the index's memos of them (~1 s at 100k
+// images), which no request waits for (Scanned tells its end); a pull of
+// an image meanwhile starts its fill itself, and the resume's is then the
 // same one (fills are one per image).
 func (s *Server) Start(ctx context.Context) error {
-	// One full read of the index (the fill records and the links, for
-	// the fills to resume and the memos that answer hits:
+	// One full read of the index (the fill records, the links and the
+	// tags, for the fills to resume and the memos that answer hits:
 	// storage.Index.ScanAtStart).
 	s.background.Go(func() {
+		defer close(s.scanned)
 		if err := s.Proxy.ResumeFills(ctx); err != nil && ctx.Err() == nil {
 			s.opts.log.Error("resuming interrupted fills; they resume on the next pull or restart", "error", err)
 		}
@@ -267,6 +270,11 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 	return nil
 }
+
+// Scanned is closed once the full read of the index Start began has
+// ended (or failed): hits are answered from the index's memos from then
+// on (benchmarks wait for it).
+func (s *Server) Scanned() <-chan struct{} { return s.scanned }
 
 // Serve starts the server's background work and the cache lifecycle, and
 // answers on ln until ctx ends, then shuts down gracefully within the

@@ -532,7 +532,7 @@ func readTags(tx *bolt.Tx, rel *releaser, in *Interner, pins map[string]bool, sr
 	var t TagInfo
 	// Only the times are decoded; the digest is read from the record
 	// where it can be, its key split in place.
-	return tx.Bucket(bucketTags).ForEach(func(k, raw []byte) error {
+	return tagRecordsOf(tx).ForEach(func(k, raw []byte) error {
 		rel.read(k, raw)
 		rd, fetched, checked, err := tagDigestAndTimes(k, raw)
 		if err != nil {

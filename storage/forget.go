@@ -14,7 +14,7 @@ import (
 func (ix *Index) DeleteTagIf(host, repo, tag string, dgst digest.Digest) (bool, error) {
 	var deleted bool
 	err := ix.write(func(tx *bolt.Tx) (err error) {
-		deleted, err = deleteTagIf(tx, host, repo, tag, dgst)
+		deleted, err = deleteTagIf(tx, ix.tagWrites(tx), host, repo, tag, dgst)
 		return err
 	})
 	if err != nil || !deleted {
@@ -23,12 +23,12 @@ func (ix *Index) DeleteTagIf(host, repo, tag string, dgst digest.Digest) (bool, 
 	return deleted, ix.shareDelete(bucketTags, tagKey(host, repo, tag))
 }
 
-func deleteTagIf(tx *bolt.Tx, host, repo, tag string, dgst digest.Digest) (bool, error) {
+func deleteTagIf(tx *bolt.Tx, tags tagWrites, host, repo, tag string, dgst digest.Digest) (bool, error) {
 	rec, ok, err := get[TagRecord](tx, bucketTags, tagKey(host, repo, tag))
 	if err != nil || !ok || rec.Digest != dgst {
 		return false, err
 	}
-	return true, tx.Bucket(bucketTags).Delete(tagKey(host, repo, tag))
+	return true, tags.delete(tagKey(host, repo, tag))
 }
 
 // DeleteFill forgets the mirror state of a manifest in an upstream
@@ -226,7 +226,7 @@ func (ix *Index) forget(dgsts []digest.Digest, given Roots, strict bool, keep fu
 				// has tags).
 				return nil
 			}
-			return forgetRoots(tx, ix.fillWrites(tx), gone, res.Forgotten, unshare)
+			return forgetRoots(tx, ix.tagWrites(tx), ix.fillWrites(tx), gone, res.Forgotten, unshare)
 		},
 		committed: func(int, int) error {
 			wrote = true
@@ -255,9 +255,9 @@ func (ix *Index) forget(dgsts []digest.Digest, given Roots, strict bool, keep fu
 // forgetRoots deletes the tags and mirror records naming what a
 // transaction forgets (gone: its index in out, by digest), noting the
 // tags in out and both in unshare.
-func forgetRoots(tx *bolt.Tx, fills fillWrites, gone map[digest.Digest]int, out []Forgotten, unshare map[string][][]byte) error {
+func forgetRoots(tx *bolt.Tx, tags tagWrites, fills fillWrites, gone map[digest.Digest]int, out []Forgotten, unshare map[string][][]byte) error {
 	var stale [][]byte
-	c := tx.Bucket(bucketTags).Cursor()
+	c := tagRecordsOf(tx).Cursor()
 	for k, v := c.First(); k != nil; k, v = c.Next() {
 		d, err := tagDigestOf(k, v)
 		if err != nil {
@@ -269,7 +269,7 @@ func forgetRoots(tx *bolt.Tx, fills fillWrites, gone map[digest.Digest]int, out 
 		}
 	}
 	for _, k := range stale {
-		if err := tx.Bucket(bucketTags).Delete(k); err != nil {
+		if err := tags.delete(k); err != nil {
 			return err
 		}
 	}

@@ -203,7 +203,7 @@ func (ix *Index) ReadTagDigests(fn func(key, d []byte)) error {
 	return ix.db.View(func(tx *bolt.Tx) error {
 		rel := ix.releaser(tx)
 		defer rel.done()
-		return tx.Bucket(bucketTags).ForEach(func(k, raw []byte) error {
+		return tagRecordsOf(tx).ForEach(func(k, raw []byte) error {
 			rel.read(k, raw)
 			d, err := tagDigestOf(k, raw)
 			if err != nil {

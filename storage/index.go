@@ -65,6 +65,9 @@ type Index struct {
 	// links remembers the links read (Linked; linkmemo.go); the deletion
 	// of one forgets its key there.
 	links *keyMemo
+	// tags remembers the tag records as a hit reads them (TagHit;
+	// tagmemo.go); every write of one forgets its key there.
+	tags *tagMemo
 	// log is where slow writes are logged (commits.go); slowCommits
 	// counts them (WriteTotals).
 	log         atomic.Pointer[slog.Logger]
@@ -167,7 +170,7 @@ func OpenIndex(path string) (*Index, error) {
 		return nil, fmt.Errorf("index %s: %w", path, err)
 	}
 	ix := &Index{db: db, accessed: map[digest.Digest]time.Time{}, fills: newCompleteFills(),
-		links: newKeyMemo(maxLinkBase, maxLinkAdded)}
+		links: newKeyMemo(maxLinkBase, maxLinkAdded), tags: newTagMemo()}
 	ix.adviseMapped()
 	ix.stored.Store(stored.bytes)
 	if !trusted {
@@ -217,7 +220,7 @@ func (ix *Index) Close() error {
 // Ping checks that the database answers a read.
 func (ix *Index) Ping() error {
 	return ix.db.View(func(tx *bolt.Tx) error {
-		if tx.Bucket(bucketTags) == nil {
+		if !tagRecordsOf(tx).exists() {
 			return errors.New("index: tags bucket missing")
 		}
 		return nil
@@ -312,7 +315,28 @@ func view[T any](ix *Index, bucket, key []byte) (v T, ok bool, err error) {
 // less, and with the upstream down the newest digest any replica saw is
 // served).
 func (ix *Index) Tag(host, repo, tag string) (TagRecord, bool, error) {
+	return ix.tag(tagKey(host, repo, tag))
+}
+
+// TagHit returns what serving a tag reads of its record (Tag): its
+// Digest, Type, Size and CheckedAt, FetchedAt left zero. The tag memo
+// answers for the tags it holds without an index lookup (tagmemo.go).
+func (ix *Index) TagHit(host, repo, tag string) (TagRecord, bool, error) {
 	key := tagKey(host, repo, tag)
+	if rec, ok := ix.tags.get(key); ok {
+		return rec, true, nil
+	}
+	epoch := ix.tags.begin()
+	rec, ok, err := ix.tag(key)
+	if ok && err == nil {
+		ix.tags.add(epoch, key, rec)
+	}
+	rec.FetchedAt = time.Time{}
+	return rec, ok, err
+}
+
+// tag is Tag of the tag whose key is key.
+func (ix *Index) tag(key []byte) (TagRecord, bool, error) {
 	rec, ok, err := viewShared[TagRecord](ix, bucketTags, key)
 	if !ok || err != nil || ix.records == nil || ix.now().Sub(rec.CheckedAt) < TagRecheck {
 		return rec, ok, err
@@ -333,7 +357,7 @@ func (ix *Index) Tags(host, repo string) ([]string, error) {
 	prefix := []byte(host + "/" + repo + ":")
 	var tags []string
 	err := ix.db.View(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bucketTags).Cursor()
+		c := tagRecordsOf(tx).Cursor()
 		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
 			tags = append(tags, string(k[len(prefix):]))
 		}
@@ -348,7 +372,7 @@ func (ix *Index) TagsOf(host, repo string, dgst digest.Digest) ([]string, error)
 	prefix := []byte(host + "/" + repo + ":")
 	var tags []string
 	err := ix.db.View(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bucketTags).Cursor()
+		c := tagRecordsOf(tx).Cursor()
 		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
 			d, err := tagDigestOf(k, v)
 			if err != nil {
@@ -382,7 +406,7 @@ func (ix *Index) TouchTag(host, repo, tag string, t time.Time) error {
 				rec.withManifest(m)
 			}
 		}
-		return put(tx, bucketTags, tagKey(host, repo, tag), rec)
+		return ix.tagWrites(tx).put(tagKey(host, repo, tag), rec)
 	})
 	if err != nil || !ok {
 		return err
@@ -393,7 +417,7 @@ func (ix *Index) TouchTag(host, repo, tag string, t time.Time) error {
 // DeleteTag forgets a tag (the upstream says it no longer exists).
 func (ix *Index) DeleteTag(host, repo, tag string) error {
 	err := ix.write(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketTags).Delete(tagKey(host, repo, tag))
+		return ix.tagWrites(tx).delete(tagKey(host, repo, tag))
 	})
 	if err != nil {
 		return err
@@ -432,7 +456,7 @@ func (ix *Index) RecordManifest(e ManifestEntry) error {
 			return err
 		}
 		if e.Tag != "" {
-			if err := put(tx, bucketTags, tagKey(e.Upstream, e.Repo, e.Tag), NewTagRecord(e.Digest, e.Record, e.Record.FetchedAt)); err != nil {
+			if err := ix.tagWrites(tx).put(tagKey(e.Upstream, e.Repo, e.Tag), NewTagRecord(e.Digest, e.Record, e.Record.FetchedAt)); err != nil {
 				return err
 			}
 		}

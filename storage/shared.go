@@ -41,6 +41,7 @@ func (ix *Index) ShareRecords(records Records, now func() time.Time) {
 	ix.clock = now
 	ix.fills.disable() // other replicas' writes do not pass it
 	ix.links.disable()
+	ix.tags.disable()
 }
 
 // now is the shared index's clock.

@@ -255,7 +255,7 @@ func readRoots(tx *bolt.Tx, t *ContentTable, tag func(key, dgst []byte), rel *re
 	// can be; the tags of an image are next to each other, and usually
 	// name one digest: looked up once.
 	var last []byte
-	err := tx.Bucket(bucketTags).ForEach(func(k, raw []byte) error {
+	err := tagRecordsOf(tx).ForEach(func(k, raw []byte) error {
 		rel.read(k, raw)
 		d, err := tagDigestOf(k, raw)
 		if err != nil {

@@ -11,14 +11,15 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// A start reads two buckets in full, in the server's background: the
+// A start reads three buckets in full, in the server's background: the
 // fill records (the interrupted fills to resume, and the complete ones
-// for the fill memo) and the links (the link memo, linkmemo.go). They
-// are read in one pass, ScanAtStart: one read transaction, one wait for
-// the mapped-page watcher's first release, one releaser whose budget
-// spans both buckets and one release at its end (two reads had two of
-// each: at 100k images ~0.1 s more of CPU, see docs/performance-rounds.md,
-// "Round 12: start-up and memory").
+// for the fill memo), the links (the link memo, linkmemo.go) and the
+// tags (the tag memo, tagmemo.go). They are read in one pass,
+// ScanAtStart: one read transaction, one wait for the mapped-page
+// watcher's first release, one releaser whose budget spans the buckets
+// and one release at its end (two reads had two of each: at 100k images
+// ~0.1 s more of CPU, see docs/performance-rounds.md, "Round 12: start-up
+// and memory").
 
 // scanCheckEvery is how many records a scan reads between two looks at
 // its context.
@@ -26,8 +27,8 @@ const scanCheckEvery = 4096
 
 // ScanAtStart is the start-up's read of the index: it returns the
 // manifests whose mirroring has not finished (IncompleteFills), and
-// remembers the complete fills and, but on a shared index, the links
-// (RememberLinks), all in one read transaction. It waits for the
+// remembers the complete fills and, but on a shared index, the links and
+// the tags (RememberLinks), all in one read transaction. It waits for the
 // mapped-page watcher's first release (waitFirstRelease). The complete
 // fills are remembered as soon as they are read, before the links. It
 // stops early when ctx ends, remembering nothing it had not read whole.
@@ -44,11 +45,12 @@ func (ix *Index) IncompleteFills() ([]FillEntry, error) {
 	return ix.scanAtStart(context.Background(), true, false)
 }
 
-// RememberLinks reads every link so that Linked answers for them without
-// an index lookup (see maxLinkBase). It stops early, remembering none,
-// when ctx ends; a write deleting a link meanwhile makes it remember
-// none. It waits for the mapped-page watcher's first release. A start
-// reads the links with the fills instead (ScanAtStart).
+// RememberLinks reads every link and tag so that Linked and TagHit answer
+// for them without an index lookup (see maxLinkBase, maxTagBase). It
+// stops early, remembering none, when ctx ends; a write deleting a link
+// meanwhile makes it remember no link. It waits for the mapped-page
+// watcher's first release. A start reads them with the fills instead
+// (ScanAtStart).
 func (ix *Index) RememberLinks(ctx context.Context) error {
 	if ix.records != nil {
 		return nil // the memo is off (ShareRecords)
@@ -57,16 +59,23 @@ func (ix *Index) RememberLinks(ctx context.Context) error {
 	return err
 }
 
-// scanAtStart reads the fill records (fills) and the links (links) in
-// one read transaction and installs what it read in the memos.
+// scanAtStart reads the fill records (fills), and the links and the tags
+// (links), in one read transaction and installs what it read in the
+// memos.
 func (ix *Index) scanAtStart(ctx context.Context, fills, links bool) ([]FillEntry, error) {
 	// A start reads them right after the open (in the background): not
 	// beside the watcher's first walk, which would skip the releases.
 	ix.mapped.waitFirstRelease()
 	// Epochs before the read: a forget committed during it discards it.
 	fillEpoch, linkEpoch := ix.fills.begin(), ix.links.begin()
+	if links {
+		// The tags forgotten from now on are forgotten in what it reads.
+		ix.tags.beginScan()
+		defer ix.tags.endScan()
+	}
 	var incomplete []FillEntry
 	var complete, linked []uint64
+	var tags *tagTableBuilder
 	err := ix.db.View(func(tx *bolt.Tx) error {
 		rel := ix.releaser(tx) // a read of every record: see releaser
 		defer rel.done()
@@ -82,7 +91,10 @@ func (ix *Index) scanAtStart(ctx context.Context, fills, links bool) ([]FillEntr
 			ix.fills.install(fillEpoch, complete)
 		}
 		if links {
-			linked, err = ix.readLinks(ctx, tx, rel)
+			if linked, err = ix.readLinks(ctx, tx, rel); err != nil {
+				return err
+			}
+			tags, err = ix.readTags(ctx, tx, rel)
 		}
 		return err
 	})
@@ -91,8 +103,29 @@ func (ix *Index) scanAtStart(ctx context.Context, fills, links bool) ([]FillEntr
 	}
 	if links {
 		ix.links.install(linkEpoch, linked)
+		t, err := tags.table()
+		if err != nil {
+			return nil, err
+		}
+		ix.tags.install(t)
 	}
 	return incomplete, nil
+}
+
+// readTags reads every tag record of tx for the tag memo.
+func (ix *Index) readTags(ctx context.Context, tx *bolt.Tx, rel *releaser) (*tagTableBuilder, error) {
+	b := newTagTableBuilder(ix.tags)
+	n := 0
+	err := tagRecordsOf(tx).ForEach(func(k, v []byte) error {
+		rel.read(k, v)
+		if n%scanCheckEvery == 0 && ctx.Err() != nil {
+			return ctx.Err()
+		}
+		n++
+		b.add(k, v)
+		return nil
+	})
+	return b, err
 }
 
 // readFills reads every fill record of tx: the incomplete ones, and the

@@ -87,7 +87,7 @@ func (ix *Index) UnrootImagesTimed(us []Unroot) (longest time.Duration, err erro
 				return 1, nil
 			}
 			u := o.u
-			deleted, err := deleteTagIf(tx, u.Upstream, u.Repo, o.tag, u.Digest)
+			deleted, err := deleteTagIf(tx, ix.tagWrites(tx), u.Upstream, u.Repo, o.tag, u.Digest)
 			if err != nil {
 				return 0, fmt.Errorf("evicting %s/%s:%s: %w", u.Upstream, u.Repo, o.tag, err)
 			}
@@ -99,7 +99,7 @@ func (ix *Index) UnrootImagesTimed(us []Unroot) (longest time.Duration, err erro
 		touch: func(tx *bolt.Tx, i int) int {
 			o := ops[i]
 			if o.fill == nil {
-				tx.Bucket(bucketTags).Get(o.key)
+				tagRecordsOf(tx).Get(o.key)
 				return 1
 			}
 			fills := fillRecordsOf(tx)

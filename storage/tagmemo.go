@@ -1,0 +1,455 @@
+package storage
+
+import (
+	"encoding/hex"
+	"hash/maphash"
+	"slices"
+	"sync"
+	"time"
+	"unsafe"
+
+	"github.com/opencontainers/go-digest"
+	bolt "go.etcd.io/bbolt"
+)
+
+// A manifest hit by tag reads the tag's record. At 100k images the tags
+// bucket holds a million records, and the lookup reads its leaf from the
+// file (mapped_lookup.go) after a deeper descent: ~5–7 µs more than at 1k
+// images, which keeps that hit ~6–10% slower at 100k on a uniform draw
+// (hot leaves, hotleaves.go, help a skewed one only). Index.tags
+// remembers every tag's record as a hit reads it (TagHit): the manifest's
+// digest, type and size, and when the upstream last confirmed it. The
+// start's full read fills it (ScanAtStart), lookups since add to it.
+//
+// What it keeps, outside the Go heap (reserveRegion: the collector
+// neither scans it nor grows its goal by it): per tag a 64-bit hash of
+// its key under a random seed, its CheckedAt and a manifest's number
+// (20 bytes), per manifest named its sha256 digest, type and size (41
+// bytes), and a table of where each hash's top 16 bits start (256 KiB):
+// ~25 MiB at 100k images (a million tags, ~100k manifests), at most
+// maxTagBase tags. A lookup hashes the key, reads its start, and searches
+// the ~16 hashes that follow: a few cache lines, at any size.
+//
+// Like the fill memo it is kept true by its writers: every write of a tag
+// record goes through tagWrites, which forgets its key once committed
+// (tagwrites.go), and a lookup's record is kept only if no forget came
+// between its read and its add (epoch). The start's read is long (~1 s at
+// 100k images) and pulls write tags meanwhile: the keys forgotten during
+// it are logged and forgotten in what it read before it is installed.
+// Two tags whose keys share a hash are both left out of the start's read
+// (found as it sorts); a tag looked up whose hash another one holds is
+// answered with the other's record, a chance of about n/2⁶⁴ per lookup
+// (n the tags held: ~5·10⁻¹⁴ at 100k images), the same bet the link memo
+// makes. The manifest served is still read and checked against its
+// digest. Records the memo cannot hold exactly (a digest other than
+// sha256, a media type without a number, a time outside int64
+// nanoseconds) are looked up each time. Off on a shared index, whose
+// records other replicas write.
+type tagMemo struct {
+	seed maphash.Seed
+
+	mu  sync.Mutex
+	off bool
+	// epoch counts the forgets: a lookup's record is kept only if none
+	// came between its read and its add.
+	epoch uint64
+	// scanning is set from a full read's begin to its install; forgotten
+	// logs the hashes forgotten meanwhile (lost: more than maxTagLog).
+	scanning  bool
+	forgotten []uint64
+	lost      bool
+	// base is what the last full read found; added the records read by
+	// lookups since, at most maxTagAdded.
+	base  *tagTable
+	added map[uint64]tagEntry
+	// hits counts the lookups answered here (tests).
+	hits int64
+}
+
+const (
+	// maxTagBase bounds the tags kept from a full read (~50 MiB).
+	maxTagBase = 2 << 20
+	// maxTagAdded bounds the tags added by lookups after it (~72 bytes
+	// each in a map).
+	maxTagAdded = 16 << 10
+	// maxTagLog bounds the forgets logged during a full read; beyond, it
+	// is dropped.
+	maxTagLog = 64 << 10
+)
+
+// Numbers of a tag in tagTable.manifests that name no manifest.
+const (
+	// tagForgotten: written since the table was read; looked up.
+	tagForgotten = ^uint32(0)
+	// tagShared: its hash is another tag's too; looked up, never added.
+	tagShared = ^uint32(0) - 1
+)
+
+// tagEntry is a record a lookup added.
+type tagEntry struct {
+	digest  [32]byte
+	checked int64
+	size    int64
+	typ     uint8
+}
+
+// newTagMemo returns an empty tag memo.
+func newTagMemo() *tagMemo {
+	return &tagMemo{seed: maphash.MakeSeed(), added: map[uint64]tagEntry{}}
+}
+
+// hash is key's hash.
+func (m *tagMemo) hash(key []byte) uint64 { return maphash.Bytes(m.seed, key) }
+
+// get returns key's record as a hit reads it (FetchedAt zero), if held.
+func (m *tagMemo) get(key []byte) (TagRecord, bool) {
+	h := m.hash(key)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.off {
+		return TagRecord{}, false
+	}
+	if e, ok := m.added[h]; ok {
+		m.hits++
+		return tagRecordOf(&e.digest, e.checked, e.typ, e.size), true
+	}
+	t := m.base
+	if t == nil {
+		return TagRecord{}, false
+	}
+	i := t.find(h)
+	if i < 0 || t.manifests[i] >= tagShared {
+		return TagRecord{}, false
+	}
+	n := t.manifests[i]
+	m.hits++
+	return tagRecordOf(&t.digests[n], t.checked[i], t.types[n], t.sizes[n]), true
+}
+
+// begin returns the epoch to give add for a read that begins now.
+func (m *tagMemo) begin() uint64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.epoch
+}
+
+// add keeps key's record rec, read by a lookup that began at epoch,
+// unless a write forgot a key since, the memo is full, or it cannot hold
+// rec exactly.
+func (m *tagMemo) add(epoch uint64, key []byte, rec TagRecord) {
+	e, ok := tagEntryOf(rec.Digest, rec.CheckedAt, rec.Type, rec.Size)
+	if !ok {
+		return
+	}
+	m.addHash(epoch, m.hash(key), e)
+}
+
+// addHash is add of the key whose hash is h, its record as e.
+func (m *tagMemo) addHash(epoch uint64, h uint64, e tagEntry) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.off || m.epoch != epoch || len(m.added) >= maxTagAdded {
+		return
+	}
+	if t := m.base; t != nil {
+		if i := t.find(h); i >= 0 && t.manifests[i] == tagShared {
+			return
+		}
+	}
+	m.added[h] = e
+}
+
+// forget drops keys, whose records were written: call it once the write
+// is committed.
+func (m *tagMemo) forget(keys ...[]byte) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.epoch++
+	for _, k := range keys {
+		h := m.hash(k)
+		delete(m.added, h)
+		if t := m.base; t != nil {
+			if i := t.find(h); i >= 0 && t.manifests[i] != tagShared {
+				t.manifests[i] = tagForgotten
+			}
+		}
+		if m.scanning {
+			if len(m.forgotten) < maxTagLog {
+				m.forgotten = append(m.forgotten, h)
+			} else {
+				m.lost = true
+			}
+		}
+	}
+}
+
+// forgetOnCommit forgets key once tx commits (bbolt's OnCommit: after a
+// successful commit, before Commit returns; never if tx rolls back).
+func (m *tagMemo) forgetOnCommit(tx *bolt.Tx, key []byte) {
+	k := append([]byte(nil), key...) // key may live in the transaction's pages
+	tx.OnCommit(func() { m.forget(k) })
+}
+
+// beginScan starts logging the forgets, for a full read that begins now
+// (ended by install or endScan).
+func (m *tagMemo) beginScan() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.scanning, m.forgotten, m.lost = true, nil, false
+}
+
+// endScan stops logging the forgets of a full read that installs
+// nothing.
+func (m *tagMemo) endScan() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.scanning, m.forgotten = false, nil
+}
+
+// install makes t, read by a full read begun with beginScan, the memo's
+// base, with the keys forgotten since the read began forgotten in it. It
+// frees t instead if the memo is off or the log was lost.
+func (m *tagMemo) install(t *tagTable) {
+	m.mu.Lock()
+	old := t
+	if !m.off && m.scanning && !m.lost {
+		for _, h := range m.forgotten {
+			if i := t.find(h); i >= 0 && t.manifests[i] != tagShared {
+				t.manifests[i] = tagForgotten
+			}
+		}
+		old, m.base = m.base, t
+	}
+	m.scanning, m.forgotten = false, nil
+	m.mu.Unlock()
+	old.free() // no lookup reads it: they all hold mu
+}
+
+// disable turns the memo off for good (a shared index).
+func (m *tagMemo) disable() {
+	m.mu.Lock()
+	old := m.base
+	m.off, m.base, m.added = true, nil, nil
+	m.epoch++
+	m.mu.Unlock()
+	old.free()
+}
+
+// held reports how many tags the memo holds and the bytes of its base
+// (tests, benchmarks).
+func (m *tagMemo) held() (tags int, bytes int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	tags = len(m.added)
+	if t := m.base; t != nil {
+		for _, n := range t.manifests {
+			if n < tagShared {
+				tags++
+			}
+		}
+		bytes = len(t.mem)
+	}
+	return tags, bytes
+}
+
+// tagTable is a full read's tags, sorted by hash, in a region outside
+// the Go heap (see tagMemo).
+type tagTable struct {
+	mem []byte
+	// starts[p] is the first tag whose hash's top 16 bits are p or more.
+	starts []uint32
+	// Per tag: its hash, CheckedAt (Unix nanoseconds) and manifest's
+	// number (or tagForgotten, tagShared).
+	hashes    []uint64
+	checked   []int64
+	manifests []uint32
+	// Per manifest: its sha256 digest, size and type.
+	digests [][32]byte
+	sizes   []int64
+	types   []uint8
+}
+
+// find returns the index of the tag whose hash is h, -1 if none.
+func (t *tagTable) find(h uint64) int {
+	p := h >> 48
+	lo, hi := t.starts[p], t.starts[p+1]
+	i, ok := slices.BinarySearch(t.hashes[lo:hi], h)
+	if !ok {
+		return -1
+	}
+	return int(lo) + i
+}
+
+// free unmaps t's region (nil: nothing).
+func (t *tagTable) free() {
+	if t != nil {
+		freeRegion(t.mem)
+	}
+}
+
+// tagTableBuilder collects a full read's tags for a tagTable.
+type tagTableBuilder struct {
+	memo *tagMemo
+	tags []tagSlot
+	// numbers numbers the manifests named, in the order of digests.
+	numbers map[[32]byte]uint32
+	digests [][32]byte
+	sizes   []int64
+	types   []uint8
+}
+
+// tagSlot is one tag as the builder collects it.
+type tagSlot struct {
+	hash     uint64
+	checked  int64
+	manifest uint32
+}
+
+// newTagTableBuilder returns a builder for m's table.
+func newTagTableBuilder(m *tagMemo) *tagTableBuilder {
+	return &tagTableBuilder{memo: m, numbers: map[[32]byte]uint32{}}
+}
+
+// add collects the tag record raw under key k, if the memo can hold it
+// and is not full; it reads nothing of raw after it returns.
+func (b *tagTableBuilder) add(k, raw []byte) {
+	if len(b.tags) >= maxTagBase || !isTagBinary(raw) {
+		return
+	}
+	d, rec, err := parseTagBinary(raw)
+	if err != nil {
+		return
+	}
+	e, ok := tagEntryOf(d, rec.CheckedAt, rec.Type, rec.Size)
+	if !ok {
+		return
+	}
+	n, seen := b.numbers[e.digest]
+	if !seen {
+		n = uint32(len(b.digests))
+		b.numbers[e.digest] = n
+		b.digests = append(b.digests, e.digest)
+		b.sizes = append(b.sizes, e.size)
+		b.types = append(b.types, e.typ)
+	}
+	b.tags = append(b.tags, tagSlot{hash: b.memo.hash(k), checked: e.checked, manifest: n})
+}
+
+// table sorts what add collected into a tagTable in a region of its own.
+func (b *tagTableBuilder) table() (*tagTable, error) {
+	slices.SortFunc(b.tags, func(x, y tagSlot) int {
+		switch {
+		case x.hash < y.hash:
+			return -1
+		case x.hash > y.hash:
+			return 1
+		}
+		return 0
+	})
+	n, m := len(b.tags), len(b.digests)
+	const starts = 1<<16 + 1
+	// 8-byte columns first, then 4-byte, then bytes: each aligned.
+	size := n*8 + n*8 + m*8 + starts*4 + n*4 + m*32 + m
+	mem, err := reserveRegion(max(size, 1))
+	if err != nil {
+		return nil, err
+	}
+	t := &tagTable{mem: mem}
+	off := 0
+	t.hashes = carve[uint64](mem, &off, n)
+	t.checked = carve[int64](mem, &off, n)
+	t.sizes = carve[int64](mem, &off, m)
+	t.starts = carve[uint32](mem, &off, starts)
+	t.manifests = carve[uint32](mem, &off, n)
+	t.digests = carve[[32]byte](mem, &off, m)
+	t.types = carve[uint8](mem, &off, m)
+	for i, s := range b.tags {
+		t.hashes[i], t.checked[i], t.manifests[i] = s.hash, s.checked, s.manifest
+		if i > 0 && s.hash == b.tags[i-1].hash {
+			t.manifests[i], t.manifests[i-1] = tagShared, tagShared
+		}
+	}
+	copy(t.sizes, b.sizes)
+	copy(t.digests, b.digests)
+	copy(t.types, b.types)
+	p := 0
+	for i, h := range t.hashes {
+		for ; p <= int(h>>48); p++ {
+			t.starts[p] = uint32(i)
+		}
+	}
+	for ; p < starts; p++ {
+		t.starts[p] = uint32(n)
+	}
+	return t, nil
+}
+
+// carve returns n values of type T from mem at *off, and moves *off past
+// them. mem is a region (page-aligned), and each column's offset a
+// multiple of its values' alignment.
+func carve[T any](mem []byte, off *int, n int) []T {
+	if n == 0 {
+		return nil
+	}
+	s := unsafe.Slice((*T)(unsafe.Pointer(&mem[*off])), n)
+	*off += n * int(unsafe.Sizeof(s[0]))
+	return s
+}
+
+// tagEntryOf is a record of the manifest d, confirmed at checked, of
+// type typ and size size, as the memo keeps it; ok is false if it cannot
+// keep it exactly.
+func tagEntryOf[T ~string | ~[]byte](d T, checked time.Time, typ uint8, size int64) (e tagEntry, ok bool) {
+	sum, ok := sha256Of(d)
+	if !ok || manifestTypeName(typ) == "" || size <= 0 {
+		return e, false
+	}
+	ns := checked.UnixNano()
+	if !time.Unix(0, ns).Equal(checked) {
+		return e, false // outside int64 nanoseconds
+	}
+	return tagEntry{digest: sum, checked: ns, size: size, typ: typ}, true
+}
+
+// sha256Of returns the bytes of a sha256 digest as this index writes it:
+// "sha256:" and 64 lower-case hex digits (any other would not read back
+// the same from its bytes).
+func sha256Of[T ~string | ~[]byte](d T) (sum [32]byte, ok bool) {
+	const prefix = "sha256:"
+	if len(d) != len(prefix)+2*len(sum) {
+		return sum, false
+	}
+	for i := range len(prefix) {
+		if d[i] != prefix[i] {
+			return sum, false
+		}
+	}
+	for i := range sum {
+		hi, okh := hexit(d[len(prefix)+2*i])
+		lo, okl := hexit(d[len(prefix)+2*i+1])
+		if !okh || !okl {
+			return sum, false
+		}
+		sum[i] = hi<<4 | lo
+	}
+	return sum, true
+}
+
+// hexit is the value of a lower-case hex digit.
+func hexit(c byte) (byte, bool) {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0', true
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10, true
+	}
+	return 0, false
+}
+
+// tagRecordOf is the record a hit reads, from what the memo keeps.
+func tagRecordOf(d *[32]byte, checked int64, typ uint8, size int64) TagRecord {
+	var b [7 + 64]byte
+	copy(b[:], "sha256:")
+	hex.Encode(b[7:], d[:])
+	return TagRecord{Digest: digest.Digest(b[:]), CheckedAt: time.Unix(0, checked).UTC(), Type: typ, Size: size}
+}
