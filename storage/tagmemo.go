@@ -47,14 +47,18 @@ import (
 // records other replicas write.
 type tagMemo struct {
 	seed maphash.Seed
+	// scan is held by a full read from beginScan to endScan: one at a
+	// time, each with its own log.
+	scan sync.Mutex
 
 	mu  sync.Mutex
 	off bool
 	// epoch counts the forgets: a lookup's record is kept only if none
 	// came between its read and its add.
 	epoch uint64
-	// scanning is set from a full read's begin to its install; forgotten
-	// logs the hashes forgotten meanwhile (lost: more than maxTagLog).
+	// scanning is set from a full read's beginScan to its endScan;
+	// forgotten logs the hashes forgotten meanwhile (lost: more than
+	// maxTagLog).
 	scanning  bool
 	forgotten []uint64
 	lost      bool
@@ -190,25 +194,27 @@ func (m *tagMemo) forgetOnCommit(tx *bolt.Tx, key []byte) {
 	tx.OnCommit(func() { m.forget(k) })
 }
 
-// beginScan starts logging the forgets, for a full read that begins now
-// (ended by install or endScan).
+// beginScan starts logging the forgets, for a full read that begins now;
+// it waits for any other to end. Call endScan after it, installed or not.
 func (m *tagMemo) beginScan() {
+	m.scan.Lock()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.scanning, m.forgotten, m.lost = true, nil, false
 }
 
-// endScan stops logging the forgets of a full read that installs
-// nothing.
+// endScan stops logging the forgets of a full read.
 func (m *tagMemo) endScan() {
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	m.scanning, m.forgotten = false, nil
+	m.mu.Unlock()
+	m.scan.Unlock()
 }
 
-// install makes t, read by a full read begun with beginScan, the memo's
-// base, with the keys forgotten since the read began forgotten in it. It
-// frees t instead if the memo is off or the log was lost.
+// install makes t, read by the full read begun with beginScan, the
+// memo's base, with the keys forgotten since the read began forgotten in
+// it (and after, as in any base). It frees t instead if the memo is off
+// or the log was lost.
 func (m *tagMemo) install(t *tagTable) {
 	m.mu.Lock()
 	old := t
@@ -220,7 +226,6 @@ func (m *tagMemo) install(t *tagTable) {
 		}
 		old, m.base = m.base, t
 	}
-	m.scanning, m.forgotten = false, nil
 	m.mu.Unlock()
 	old.free() // no lookup reads it: they all hold mu
 }
@@ -292,7 +297,7 @@ type tagTableBuilder struct {
 	memo *tagMemo
 	tags []tagSlot
 	// numbers numbers the manifests named, in the order of digests.
-	numbers map[[32]byte]uint32
+	numbers map[tagManifest]uint32
 	digests [][32]byte
 	sizes   []int64
 	types   []uint8
@@ -305,9 +310,17 @@ type tagSlot struct {
 	manifest uint32
 }
 
+// tagManifest is a manifest as tags name it: records of the same digest
+// written at different times may say different types.
+type tagManifest struct {
+	digest [32]byte
+	size   int64
+	typ    uint8
+}
+
 // newTagTableBuilder returns a builder for m's table.
 func newTagTableBuilder(m *tagMemo) *tagTableBuilder {
-	return &tagTableBuilder{memo: m, numbers: map[[32]byte]uint32{}}
+	return &tagTableBuilder{memo: m, numbers: map[tagManifest]uint32{}}
 }
 
 // add collects the tag record raw under key k, if the memo can hold it
@@ -324,10 +337,11 @@ func (b *tagTableBuilder) add(k, raw []byte) {
 	if !ok {
 		return
 	}
-	n, seen := b.numbers[e.digest]
+	named := tagManifest{e.digest, e.size, e.typ}
+	n, seen := b.numbers[named]
 	if !seen {
 		n = uint32(len(b.digests))
-		b.numbers[e.digest] = n
+		b.numbers[named] = n
 		b.digests = append(b.digests, e.digest)
 		b.sizes = append(b.sizes, e.size)
 		b.types = append(b.types, e.typ)

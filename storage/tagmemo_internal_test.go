@@ -101,16 +101,30 @@ func TestTagMemoRemembersTheTags(t *testing.T) {
 		}
 		unknown := TagRecord{Digest: digest.FromString("y"), Size: 1, FetchedAt: memoTime, CheckedAt: memoTime}
 		raw, _ = unknown.MarshalBinary()
-		return b.Put(tagKey("docker.io", "library/untyped", "v"), raw)
+		if err := b.Put(tagKey("docker.io", "library/untyped", "v"), raw); err != nil {
+			return err
+		}
+		// One digest, recorded with two types at two times: each tag
+		// keeps its own.
+		for tag, typ := range map[string]uint8{"oci": 2, "docker": 4} {
+			rec := TagRecord{Digest: digest.FromString("z"), Type: typ, Size: 1, FetchedAt: memoTime, CheckedAt: memoTime}
+			raw, _ = rec.MarshalBinary()
+			if err := b.Put(tagKey("docker.io", "library/types", tag), raw); err != nil {
+				return err
+			}
+		}
+		return nil
 	}); err != nil {
 		t.Fatal(err)
 	}
 	if err := ix.RememberLinks(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if n, _ := ix.tags.held(); n != 50 {
-		t.Fatalf("the memo holds %d tags, want the 50 it can hold", n)
+	if n, _ := ix.tags.held(); n != 52 {
+		t.Fatalf("the memo holds %d tags, want the 52 it can hold", n)
 	}
+	checkTagHit(t, ix, "library/types", "oci", true)
+	checkTagHit(t, ix, "library/types", "docker", true)
 	for i := range 50 {
 		checkTagHit(t, ix, fmt.Sprint("library/r", i%5), fmt.Sprint("v", i), true)
 	}
@@ -203,6 +217,7 @@ func TestTagMemoScanSeesWritesDuringIt(t *testing.T) {
 	table, err := b.table()
 	mustDo(t, err)
 	ix.tags.install(table)
+	ix.tags.endScan()
 	if rec, ok, err := ix.TagHit("docker.io", "library/a", "v1"); err != nil || !ok || rec.Digest != moved {
 		t.Fatalf("TagHit after a write during the read = %v, %v, %v; want %s", rec.Digest, ok, err, moved)
 	}
@@ -216,6 +231,7 @@ func TestTagMemoScanSeesWritesDuringIt(t *testing.T) {
 	empty, err := newTagTableBuilder(ix.tags).table()
 	mustDo(t, err)
 	ix.tags.install(empty)
+	ix.tags.endScan()
 	checkTagHit(t, ix, "library/a", "v2", true)
 }
 
@@ -242,6 +258,7 @@ func TestTagTableSharedHashes(t *testing.T) {
 	table, err := b.table()
 	mustDo(t, err)
 	m.install(table)
+	m.endScan()
 	for h, want := range map[uint64]uint32{5: 0, ^uint64(0): 0, 7 << 48: tagShared} {
 		i := table.find(h)
 		if i < 0 || table.manifests[i] != want {
