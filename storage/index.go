@@ -214,6 +214,7 @@ func (ix *Index) StoredBytes() int64 { return ix.stored.Load() }
 // Close flushes pending access times and closes the database.
 func (ix *Index) Close() error {
 	ix.mapped.stop()
+	ix.tags.disable() // its memory is outside the Go heap
 	return errors.Join(ix.Flush(), ix.syncFreelist(), ix.db.Close(), ix.leaves.close(), ix.statm.close())
 }
 

@@ -99,15 +99,14 @@ func (ix *Index) scanAtStart(ctx context.Context, fills, links bool) ([]FillEntr
 		return err
 	})
 	if err != nil {
+		if tags != nil {
+			tags.free()
+		}
 		return nil, err
 	}
 	if links {
 		ix.links.install(linkEpoch, linked)
-		t, err := tags.table()
-		if err != nil {
-			return nil, err
-		}
-		ix.tags.install(t)
+		ix.tags.install(tags.table())
 	}
 	return incomplete, nil
 }
@@ -122,8 +121,7 @@ func (ix *Index) readTags(ctx context.Context, tx *bolt.Tx, rel *releaser) (*tag
 			return ctx.Err()
 		}
 		n++
-		b.add(k, v)
-		return nil
+		return b.add(k, v)
 	})
 	return b, err
 }

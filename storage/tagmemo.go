@@ -1,7 +1,11 @@
 package storage
 
 import (
+	"cmp"
+	"encoding/binary"
 	"encoding/hex"
+	"errors"
+	"fmt"
 	"hash/maphash"
 	"slices"
 	"sync"
@@ -122,12 +126,13 @@ func (m *tagMemo) get(key []byte) (TagRecord, bool) {
 		return TagRecord{}, false
 	}
 	i := t.find(h)
-	if i < 0 || t.manifests[i] >= tagShared {
+	if i < 0 || t.tags.s[i].manifest >= tagShared {
 		return TagRecord{}, false
 	}
-	n := t.manifests[i]
+	slot := t.tags.s[i]
+	n := slot.manifest
 	m.hits++
-	return tagRecordOf(&t.digests[n], t.checked[i], t.types[n], t.sizes[n]), true
+	return tagRecordOf(&t.digests.s[n], slot.checked, t.types.s[n], t.sizes.s[n]), true
 }
 
 // begin returns the epoch to give add for a read that begins now.
@@ -156,7 +161,7 @@ func (m *tagMemo) addHash(epoch uint64, h uint64, e tagEntry) {
 		return
 	}
 	if t := m.base; t != nil {
-		if i := t.find(h); i >= 0 && t.manifests[i] == tagShared {
+		if i := t.find(h); i >= 0 && t.tags.s[i].manifest == tagShared {
 			return
 		}
 	}
@@ -173,8 +178,8 @@ func (m *tagMemo) forget(keys ...[]byte) {
 		h := m.hash(k)
 		delete(m.added, h)
 		if t := m.base; t != nil {
-			if i := t.find(h); i >= 0 && t.manifests[i] != tagShared {
-				t.manifests[i] = tagForgotten
+			if i := t.find(h); i >= 0 && t.tags.s[i].manifest != tagShared {
+				t.tags.s[i].manifest = tagForgotten
 			}
 		}
 		if m.scanning {
@@ -220,8 +225,8 @@ func (m *tagMemo) install(t *tagTable) {
 	old := t
 	if !m.off && m.scanning && !m.lost {
 		for _, h := range m.forgotten {
-			if i := t.find(h); i >= 0 && t.manifests[i] != tagShared {
-				t.manifests[i] = tagForgotten
+			if i := t.find(h); i >= 0 && t.tags.s[i].manifest != tagShared {
+				t.tags.s[i].manifest = tagForgotten
 			}
 		}
 		old, m.base = m.base, t
@@ -230,7 +235,8 @@ func (m *tagMemo) install(t *tagTable) {
 	old.free() // no lookup reads it: they all hold mu
 }
 
-// disable turns the memo off for good (a shared index).
+// disable turns the memo off for good (a shared index, a closed one)
+// and frees its table.
 func (m *tagMemo) disable() {
 	m.mu.Lock()
 	old := m.base
@@ -247,167 +253,215 @@ func (m *tagMemo) held() (tags int, bytes int) {
 	defer m.mu.Unlock()
 	tags = len(m.added)
 	if t := m.base; t != nil {
-		for _, n := range t.manifests {
-			if n < tagShared {
+		for _, s := range t.tags.s {
+			if s.manifest < tagShared {
 				tags++
 			}
 		}
-		bytes = len(t.mem)
+		bytes = len(t.tags.mem) + 4*len(t.starts) + len(t.digests.mem) + len(t.sizes.mem) + len(t.types.mem)
 	}
 	return tags, bytes
 }
 
-// tagTable is a full read's tags, sorted by hash, in a region outside
-// the Go heap (see tagMemo).
+// tagTable is a full read's tags, sorted by hash, and the manifests they
+// name, in columns outside the Go heap (see tagMemo).
 type tagTable struct {
-	mem []byte
+	tags column[tagSlot]
 	// starts[p] is the first tag whose hash's top 16 bits are p or more.
 	starts []uint32
-	// Per tag: its hash, CheckedAt (Unix nanoseconds) and manifest's
-	// number (or tagForgotten, tagShared).
-	hashes    []uint64
-	checked   []int64
-	manifests []uint32
 	// Per manifest: its sha256 digest, size and type.
-	digests [][32]byte
-	sizes   []int64
-	types   []uint8
+	digests column[[32]byte]
+	sizes   column[int64]
+	types   column[uint8]
 }
 
-// find returns the index of the tag whose hash is h, -1 if none.
-func (t *tagTable) find(h uint64) int {
-	p := h >> 48
-	lo, hi := t.starts[p], t.starts[p+1]
-	i, ok := slices.BinarySearch(t.hashes[lo:hi], h)
-	if !ok {
-		return -1
-	}
-	return int(lo) + i
-}
-
-// free unmaps t's region (nil: nothing).
-func (t *tagTable) free() {
-	if t != nil {
-		freeRegion(t.mem)
-	}
-}
-
-// tagTableBuilder collects a full read's tags for a tagTable.
-type tagTableBuilder struct {
-	memo *tagMemo
-	tags []tagSlot
-	// numbers numbers the manifests named, in the order of digests.
-	numbers map[tagManifest]uint32
-	digests [][32]byte
-	sizes   []int64
-	types   []uint8
-}
-
-// tagSlot is one tag as the builder collects it.
+// tagSlot is a tag: its key's hash, CheckedAt (Unix nanoseconds) and its
+// manifest's number (or tagForgotten, tagShared).
 type tagSlot struct {
 	hash     uint64
 	checked  int64
 	manifest uint32
 }
 
-// tagManifest is a manifest as tags name it: records of the same digest
-// written at different times may say different types.
-type tagManifest struct {
-	digest [32]byte
-	size   int64
-	typ    uint8
+// find returns the index of the tag whose hash is h, -1 if none.
+func (t *tagTable) find(h uint64) int {
+	p := h >> 48
+	lo, hi := t.starts[p], t.starts[p+1]
+	i, ok := slices.BinarySearchFunc(t.tags.s[lo:hi], h, func(s tagSlot, h uint64) int { return cmp.Compare(s.hash, h) })
+	if !ok {
+		return -1
+	}
+	return int(lo) + i
+}
+
+// free unmaps t's columns (nil: nothing).
+func (t *tagTable) free() {
+	if t != nil {
+		t.tags.free()
+		t.digests.free()
+		t.sizes.free()
+		t.types.free()
+	}
+}
+
+// tagTableBuilder collects a full read's tags into the columns of a
+// tagTable. Nothing of it is in the Go heap: a million tags there would
+// raise the collector's goal by their size, and the requests after the
+// read would then allocate fresh pages, a page fault every few requests,
+// until the next collection.
+type tagTableBuilder struct {
+	memo *tagMemo
+	t    tagTable
+	// numbers is an open-addressed set of the manifests collected (their
+	// number + 1; 0: empty), by their digests' first 8 bytes.
+	numbers column[uint32]
 }
 
 // newTagTableBuilder returns a builder for m's table.
 func newTagTableBuilder(m *tagMemo) *tagTableBuilder {
-	return &tagTableBuilder{memo: m, numbers: map[tagManifest]uint32{}}
+	return &tagTableBuilder{memo: m}
 }
 
 // add collects the tag record raw under key k, if the memo can hold it
-// and is not full; it reads nothing of raw after it returns.
-func (b *tagTableBuilder) add(k, raw []byte) {
-	if len(b.tags) >= maxTagBase || !isTagBinary(raw) {
-		return
+// and is not full; it reads nothing of raw after it returns. It fails
+// only if memory cannot be mapped.
+func (b *tagTableBuilder) add(k, raw []byte) error {
+	if len(b.t.tags.s) >= maxTagBase || !isTagBinary(raw) {
+		return nil
 	}
 	d, rec, err := parseTagBinary(raw)
 	if err != nil {
-		return
+		return nil
 	}
 	e, ok := tagEntryOf(d, rec.CheckedAt, rec.Type, rec.Size)
 	if !ok {
-		return
+		return nil
 	}
-	named := tagManifest{e.digest, e.size, e.typ}
-	n, seen := b.numbers[named]
-	if !seen {
-		n = uint32(len(b.digests))
-		b.numbers[named] = n
-		b.digests = append(b.digests, e.digest)
-		b.sizes = append(b.sizes, e.size)
-		b.types = append(b.types, e.typ)
+	n, err := b.number(e)
+	if err != nil {
+		return err
 	}
-	b.tags = append(b.tags, tagSlot{hash: b.memo.hash(k), checked: e.checked, manifest: n})
+	return b.t.tags.append(tagSlot{hash: b.memo.hash(k), checked: e.checked, manifest: n})
 }
 
-// table sorts what add collected into a tagTable in a region of its own.
-func (b *tagTableBuilder) table() (*tagTable, error) {
-	slices.SortFunc(b.tags, func(x, y tagSlot) int {
-		switch {
-		case x.hash < y.hash:
-			return -1
-		case x.hash > y.hash:
-			return 1
-		}
-		return 0
-	})
-	n, m := len(b.tags), len(b.digests)
-	const starts = 1<<16 + 1
-	// 8-byte columns first, then 4-byte, then bytes: each aligned.
-	size := n*8 + n*8 + m*8 + starts*4 + n*4 + m*32 + m
-	mem, err := reserveRegion(max(size, 1))
-	if err != nil {
-		return nil, err
-	}
-	t := &tagTable{mem: mem}
-	off := 0
-	t.hashes = carve[uint64](mem, &off, n)
-	t.checked = carve[int64](mem, &off, n)
-	t.sizes = carve[int64](mem, &off, m)
-	t.starts = carve[uint32](mem, &off, starts)
-	t.manifests = carve[uint32](mem, &off, n)
-	t.digests = carve[[32]byte](mem, &off, m)
-	t.types = carve[uint8](mem, &off, m)
-	for i, s := range b.tags {
-		t.hashes[i], t.checked[i], t.manifests[i] = s.hash, s.checked, s.manifest
-		if i > 0 && s.hash == b.tags[i-1].hash {
-			t.manifests[i], t.manifests[i-1] = tagShared, tagShared
+// number returns the number of e's manifest (digest, size and type:
+// records of one digest written at different times may say different
+// types), collecting it if it is new.
+func (b *tagTableBuilder) number(e tagEntry) (uint32, error) {
+	if 2*(len(b.t.digests.s)+1) > len(b.numbers.s) {
+		if err := b.rehash(max(2*len(b.numbers.s), 1<<12)); err != nil {
+			return 0, err
 		}
 	}
-	copy(t.sizes, b.sizes)
-	copy(t.digests, b.digests)
-	copy(t.types, b.types)
+	i := b.slot(e.digest, e.size, e.typ)
+	if n := b.numbers.s[i]; n != 0 {
+		return n - 1, nil
+	}
+	n := uint32(len(b.t.digests.s))
+	if err := errors.Join(b.t.digests.append(e.digest), b.t.sizes.append(e.size), b.t.types.append(e.typ)); err != nil {
+		return 0, err
+	}
+	b.numbers.s[i] = n + 1
+	return n, nil
+}
+
+// slot returns where the manifest is in numbers, or the empty slot it
+// would take.
+func (b *tagTableBuilder) slot(d [32]byte, size int64, typ uint8) int {
+	mask := len(b.numbers.s) - 1
+	for i := int(binary.LittleEndian.Uint64(d[:])) & mask; ; i = (i + 1) & mask {
+		n := b.numbers.s[i]
+		if n == 0 || b.t.digests.s[n-1] == d && b.t.sizes.s[n-1] == size && b.t.types.s[n-1] == typ {
+			return i
+		}
+	}
+}
+
+// rehash makes numbers size slots (a power of two) and puts the
+// manifests collected in them.
+func (b *tagTableBuilder) rehash(size int) error {
+	b.numbers.free()
+	b.numbers = column[uint32]{}
+	if err := b.numbers.grow(size); err != nil {
+		return err
+	}
+	b.numbers.s = b.numbers.s[:size]
+	for n, d := range b.t.digests.s {
+		b.numbers.s[b.slot(d, b.t.sizes.s[n], b.t.types.s[n])] = uint32(n) + 1
+	}
+	return nil
+}
+
+// table sorts what add collected into a tagTable, which takes its
+// columns; the builder is done.
+func (b *tagTableBuilder) table() *tagTable {
+	b.numbers.free()
+	t := b.t
+	tags := t.tags.s
+	slices.SortFunc(tags, func(x, y tagSlot) int { return cmp.Compare(x.hash, y.hash) })
+	for i := 1; i < len(tags); i++ {
+		if tags[i].hash == tags[i-1].hash {
+			tags[i].manifest, tags[i-1].manifest = tagShared, tagShared
+		}
+	}
+	t.starts = make([]uint32, 1<<16+1)
 	p := 0
-	for i, h := range t.hashes {
-		for ; p <= int(h>>48); p++ {
+	for i, s := range tags {
+		for ; p <= int(s.hash>>48); p++ {
 			t.starts[p] = uint32(i)
 		}
 	}
-	for ; p < starts; p++ {
-		t.starts[p] = uint32(n)
+	for ; p < len(t.starts); p++ {
+		t.starts[p] = uint32(len(tags))
 	}
-	return t, nil
+	return &t
 }
 
-// carve returns n values of type T from mem at *off, and moves *off past
-// them. mem is a region (page-aligned), and each column's offset a
-// multiple of its values' alignment.
-func carve[T any](mem []byte, off *int, n int) []T {
-	if n == 0 {
-		return nil
+// free unmaps what the builder collected, for a read that installs
+// nothing.
+func (b *tagTableBuilder) free() {
+	b.numbers.free()
+	b.t.free()
+}
+
+// column is a growing array of T outside the Go heap, in a region
+// (reserveRegion) that is resident as far as it is filled.
+type column[T any] struct {
+	mem []byte
+	s   []T
+}
+
+// append adds v, moving the column to a region twice as large when full.
+func (c *column[T]) append(v T) error {
+	if len(c.s) == cap(c.s) {
+		if err := c.grow(max(2*cap(c.s), 1<<12)); err != nil {
+			return err
+		}
 	}
-	s := unsafe.Slice((*T)(unsafe.Pointer(&mem[*off])), n)
-	*off += n * int(unsafe.Sizeof(s[0]))
-	return s
+	c.s = append(c.s, v) // within the capacity: never moved to the heap
+	return nil
+}
+
+// grow moves the column to a region of n values.
+func (c *column[T]) grow(n int) error {
+	var zero T
+	mem, err := reserveRegion(n * int(unsafe.Sizeof(zero)))
+	if err != nil {
+		return fmt.Errorf("index: memory for the tag memo: %w", err)
+	}
+	s := unsafe.Slice((*T)(unsafe.Pointer(unsafe.SliceData(mem))), n)[:len(c.s)]
+	copy(s, c.s)
+	c.free()
+	c.mem, c.s = mem, s
+	return nil
+}
+
+// free unmaps the column's region.
+func (c *column[T]) free() {
+	if c.mem != nil {
+		freeRegion(c.mem)
+		c.mem, c.s = nil, nil
+	}
 }
 
 // tagEntryOf is a record of the manifest d, confirmed at checked, of

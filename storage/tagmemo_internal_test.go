@@ -214,9 +214,7 @@ func TestTagMemoScanSeesWritesDuringIt(t *testing.T) {
 		return err
 	}))
 	moved := recordTag(t, ix, "library/a", "v1", "moved", memoTime.Add(time.Hour))
-	table, err := b.table()
-	mustDo(t, err)
-	ix.tags.install(table)
+	ix.tags.install(b.table())
 	ix.tags.endScan()
 	if rec, ok, err := ix.TagHit("docker.io", "library/a", "v1"); err != nil || !ok || rec.Digest != moved {
 		t.Fatalf("TagHit after a write during the read = %v, %v, %v; want %s", rec.Digest, ok, err, moved)
@@ -228,9 +226,7 @@ func TestTagMemoScanSeesWritesDuringIt(t *testing.T) {
 	ix.tags.mu.Lock()
 	ix.tags.lost = true
 	ix.tags.mu.Unlock()
-	empty, err := newTagTableBuilder(ix.tags).table()
-	mustDo(t, err)
-	ix.tags.install(empty)
+	ix.tags.install(newTagTableBuilder(ix.tags).table())
 	ix.tags.endScan()
 	checkTagHit(t, ix, "library/a", "v2", true)
 }
@@ -252,16 +248,19 @@ func TestTagMemoAddAfterForget(t *testing.T) {
 func TestTagTableSharedHashes(t *testing.T) {
 	m := newTagMemo()
 	b := newTagTableBuilder(m)
-	b.digests, b.sizes, b.types = make([][32]byte, 1), []int64{1}, []uint8{2}
-	b.tags = []tagSlot{{hash: 7 << 48, manifest: 0}, {hash: 5, manifest: 0}, {hash: 7 << 48, manifest: 0}, {hash: ^uint64(0), manifest: 0}}
+	if n, err := b.number(tagEntry{size: 1, typ: 2}); err != nil || n != 0 {
+		t.Fatalf("number = %d, %v", n, err)
+	}
+	for _, h := range []uint64{7 << 48, 5, 7 << 48, ^uint64(0)} {
+		mustDo(t, b.t.tags.append(tagSlot{hash: h}))
+	}
 	m.beginScan()
-	table, err := b.table()
-	mustDo(t, err)
+	table := b.table()
 	m.install(table)
 	m.endScan()
 	for h, want := range map[uint64]uint32{5: 0, ^uint64(0): 0, 7 << 48: tagShared} {
 		i := table.find(h)
-		if i < 0 || table.manifests[i] != want {
+		if i < 0 || table.tags.s[i].manifest != want {
 			t.Fatalf("hash %x: at %d, want its manifest %d", h, i, want)
 		}
 	}
@@ -350,5 +349,39 @@ func mustDo(t *testing.T, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A full read of more tags and manifests than the builder's first
+// columns and set hold (they grow, the set is rehashed) answers each tag
+// as Tag reads it.
+func TestTagMemoManyManifests(t *testing.T) {
+	ix := openTestIndex(t)
+	const tags, manifests = 9000, 5000
+	mustDo(t, ix.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketTags)
+		for i := range tags {
+			m := i % manifests
+			rec := TagRecord{Digest: digest.FromString(fmt.Sprint("manifest ", m)), Type: uint8(1 + m%4), Size: int64(100 + m),
+				FetchedAt: memoTime, CheckedAt: memoTime.Add(time.Duration(i) * time.Millisecond)}
+			raw, _ := rec.MarshalBinary()
+			if err := b.Put(tagKey("docker.io", fmt.Sprint("library/r", i%13), fmt.Sprint("v", i)), raw); err != nil {
+				return err
+			}
+		}
+		return nil
+	}))
+	mustDo(t, ix.RememberLinks(context.Background()))
+	if n, _ := ix.tags.held(); n != tags {
+		t.Fatalf("the memo holds %d tags, want %d", n, tags)
+	}
+	ix.tags.mu.Lock()
+	named := len(ix.tags.base.digests.s)
+	ix.tags.mu.Unlock()
+	if named != manifests {
+		t.Fatalf("the memo names %d manifests, want %d", named, manifests)
+	}
+	for i := range tags {
+		checkTagHit(t, ix, fmt.Sprint("library/r", i%13), fmt.Sprint("v", i), true)
 	}
 }
