@@ -28,11 +28,12 @@ import (
 // What it keeps, outside the Go heap (reserveRegion: the collector
 // neither scans it nor grows its goal by it): per tag a 64-bit hash of
 // its key under a random seed, its CheckedAt and a manifest's number
-// (20 bytes), per manifest named its sha256 digest, type and size (41
+// (24 bytes), per manifest named its sha256 digest, type and size (41
 // bytes), and a table of where each hash's top 16 bits start (256 KiB):
-// ~25 MiB at 100k images (a million tags, ~100k manifests), at most
+// ~28 MiB at 100k images (a million tags, 100k manifests), at most
 // maxTagBase tags. A lookup hashes the key, reads its start, and searches
-// the ~16 hashes that follow: a few cache lines, at any size.
+// the ~16 tags that follow: a few cache lines, at any size (~1 µs at
+// 100k images in the server, against ~7 µs for the index's lookup).
 //
 // Like the fill memo it is kept true by its writers: every write of a tag
 // record goes through tagWrites, which forgets its key once committed
@@ -75,7 +76,7 @@ type tagMemo struct {
 }
 
 const (
-	// maxTagBase bounds the tags kept from a full read (~50 MiB).
+	// maxTagBase bounds the tags kept from a full read (48 MiB of them).
 	maxTagBase = 2 << 20
 	// maxTagAdded bounds the tags added by lookups after it (~72 bytes
 	// each in a map).
@@ -85,7 +86,7 @@ const (
 	maxTagLog = 64 << 10
 )
 
-// Numbers of a tag in tagTable.manifests that name no manifest.
+// Manifest numbers of a tag (tagSlot.manifest) that name no manifest.
 const (
 	// tagForgotten: written since the table was read; looked up.
 	tagForgotten = ^uint32(0)
