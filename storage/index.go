@@ -320,8 +320,9 @@ func (ix *Index) Tag(host, repo, tag string) (TagRecord, bool, error) {
 }
 
 // TagHit returns what serving a tag reads of its record (Tag): its
-// Digest, Type, Size and CheckedAt, FetchedAt left zero. The tag memo
-// answers for the tags it holds without an index lookup (tagmemo.go).
+// Digest, Type, Size, and CheckedAt floored to the second (a tag looks at
+// most a second older); FetchedAt is left zero. The tag memo answers for
+// the tags it holds without an index lookup (tagmemo.go).
 func (ix *Index) TagHit(host, repo, tag string) (TagRecord, bool, error) {
 	key := tagKey(host, repo, tag)
 	if rec, ok := ix.tags.get(key); ok {
@@ -332,7 +333,7 @@ func (ix *Index) TagHit(host, repo, tag string) (TagRecord, bool, error) {
 	if ok && err == nil {
 		ix.tags.add(epoch, key, rec)
 	}
-	rec.FetchedAt = time.Time{}
+	rec.FetchedAt, rec.CheckedAt = time.Time{}, rec.CheckedAt.Truncate(time.Second)
 	return rec, ok, err
 }
 

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"math"
 	"slices"
 	"sync"
 	"time"
@@ -27,10 +28,12 @@ import (
 //
 // What it keeps, outside the Go heap (reserveRegion: the collector
 // neither scans it nor grows its goal by it): per tag a 64-bit hash of
-// its key under a random seed, its CheckedAt and a manifest's number
-// (24 bytes), per manifest named its sha256 digest, type and size (41
-// bytes), and a table of where each hash's top 16 bits start (256 KiB):
-// ~28 MiB at 100k images (a million tags, 100k manifests), at most
+// its key under a random seed, its CheckedAt in seconds (floored: a tag
+// looks at most a second older, and is revalidated that much sooner) and
+// a manifest's number (16 bytes), per manifest named its sha256 digest,
+// type and size (41 bytes), and a table of where each hash's top 16 bits
+// start (256 KiB): ~20 MiB at 100k images (a million tags, 100k
+// manifests), at most
 // maxTagBase tags. A lookup hashes the key, reads its start, and searches
 // the ~16 tags that follow: a few cache lines, at any size (~1 µs at
 // 100k images in the server, against ~7 µs for the index's lookup).
@@ -46,9 +49,9 @@ import (
 // answered with the other's record, a chance of about n/2⁶⁴ per lookup
 // (n the tags held: ~5·10⁻¹⁴ at 100k images), the same bet the link memo
 // makes. The manifest served is still read and checked against its
-// digest. Records the memo cannot hold exactly (a digest other than
-// sha256, a media type without a number, a time outside int64
-// nanoseconds) are looked up each time. Off on a shared index, whose
+// digest. Records the memo cannot hold (a digest other than sha256, a
+// media type without a number, a check before 1970 or after 2106) are
+// looked up each time. Off on a shared index, whose
 // records other replicas write.
 type tagMemo struct {
 	seed maphash.Seed
@@ -76,7 +79,7 @@ type tagMemo struct {
 }
 
 const (
-	// maxTagBase bounds the tags kept from a full read (48 MiB of them).
+	// maxTagBase bounds the tags kept from a full read (32 MiB of them).
 	maxTagBase = 2 << 20
 	// maxTagAdded bounds the tags added by lookups after it (~72 bytes
 	// each in a map).
@@ -97,7 +100,7 @@ const (
 // tagEntry is a record a lookup added.
 type tagEntry struct {
 	digest  [32]byte
-	checked int64
+	checked uint32
 	size    int64
 	typ     uint8
 }
@@ -110,7 +113,7 @@ func newTagMemo() *tagMemo {
 // hash is key's hash.
 func (m *tagMemo) hash(key []byte) uint64 { return maphash.Bytes(m.seed, key) }
 
-// get returns key's record as a hit reads it (FetchedAt zero), if held.
+// get returns key's record as a hit reads it (TagHit), if held.
 func (m *tagMemo) get(key []byte) (TagRecord, bool) {
 	h := m.hash(key)
 	m.mu.Lock()
@@ -276,11 +279,11 @@ type tagTable struct {
 	types   column[uint8]
 }
 
-// tagSlot is a tag: its key's hash, CheckedAt (Unix nanoseconds) and its
+// tagSlot is a tag: its key's hash, CheckedAt (Unix seconds) and its
 // manifest's number (or tagForgotten, tagShared).
 type tagSlot struct {
 	hash     uint64
-	checked  int64
+	checked  uint32
 	manifest uint32
 }
 
@@ -467,17 +470,17 @@ func (c *column[T]) free() {
 
 // tagEntryOf is a record of the manifest d, confirmed at checked, of
 // type typ and size size, as the memo keeps it; ok is false if it cannot
-// keep it exactly.
+// keep it.
 func tagEntryOf[T ~string | ~[]byte](d T, checked time.Time, typ uint8, size int64) (e tagEntry, ok bool) {
 	sum, ok := sha256Of(d)
 	if !ok || manifestTypeName(typ) == "" || size <= 0 {
 		return e, false
 	}
-	ns := checked.UnixNano()
-	if !time.Unix(0, ns).Equal(checked) {
-		return e, false // outside int64 nanoseconds
+	sec := checked.Unix()
+	if sec < 0 || sec > math.MaxUint32 {
+		return e, false
 	}
-	return tagEntry{digest: sum, checked: ns, size: size, typ: typ}, true
+	return tagEntry{digest: sum, checked: uint32(sec), size: size, typ: typ}, true
 }
 
 // sha256Of returns the bytes of a sha256 digest as this index writes it:
@@ -516,9 +519,9 @@ func hexit(c byte) (byte, bool) {
 }
 
 // tagRecordOf is the record a hit reads, from what the memo keeps.
-func tagRecordOf(d *[32]byte, checked int64, typ uint8, size int64) TagRecord {
+func tagRecordOf(d *[32]byte, checked uint32, typ uint8, size int64) TagRecord {
 	var b [7 + 64]byte
 	copy(b[:], "sha256:")
 	hex.Encode(b[7:], d[:])
-	return TagRecord{Digest: digest.Digest(b[:]), CheckedAt: time.Unix(0, checked).UTC(), Type: typ, Size: size}
+	return TagRecord{Digest: digest.Digest(b[:]), CheckedAt: time.Unix(int64(checked), 0).UTC(), Type: typ, Size: size}
 }

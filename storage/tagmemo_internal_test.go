@@ -54,14 +54,15 @@ func recordTag(t *testing.T, ix *Index, repo, tag, name string, at time.Time) di
 }
 
 // checkTagHit fails t unless TagHit answers repo:tag as Tag reads it
-// (FetchedAt aside), and from the memo when fromMemo.
+// (FetchedAt aside, CheckedAt to the second), and from the memo when
+// fromMemo.
 func checkTagHit(t *testing.T, ix *Index, repo, tag string, fromMemo bool) {
 	t.Helper()
 	want, wantOK, err := ix.Tag("docker.io", repo, tag)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want.FetchedAt = time.Time{}
+	want.FetchedAt, want.CheckedAt = time.Time{}, want.CheckedAt.Truncate(time.Second)
 	hits := ix.tags.hitCount()
 	got, ok, err := ix.TagHit("docker.io", repo, tag)
 	if err != nil || ok != wantOK || !got.CheckedAt.Equal(want.CheckedAt) || got.Digest != want.Digest ||
@@ -82,8 +83,8 @@ func (m *tagMemo) hitCount() int64 {
 
 // The start's read fills the memo with every tag it can hold exactly, and
 // TagHit answers those from it as Tag reads them; the others (a JSON
-// record, a digest other than sha256, a media type without a number) are
-// looked up each time. A tag not recorded is not found.
+// record, a digest other than sha256, a media type without a number, a
+// check before 1970) are looked up each time. A tag not recorded is not found.
 func TestTagMemoRemembersTheTags(t *testing.T) {
 	ix := openTestIndex(t)
 	for i := range 50 {
@@ -102,6 +103,11 @@ func TestTagMemoRemembersTheTags(t *testing.T) {
 		unknown := TagRecord{Digest: digest.FromString("y"), Size: 1, FetchedAt: memoTime, CheckedAt: memoTime}
 		raw, _ = unknown.MarshalBinary()
 		if err := b.Put(tagKey("docker.io", "library/untyped", "v"), raw); err != nil {
+			return err
+		}
+		ancient := TagRecord{Digest: digest.FromString("w"), Type: 2, Size: 1, FetchedAt: memoTime, CheckedAt: time.Unix(-5, 0).UTC()}
+		raw, _ = ancient.MarshalBinary()
+		if err := b.Put(tagKey("docker.io", "library/ancient", "v"), raw); err != nil {
 			return err
 		}
 		// One digest, recorded with two types at two times: each tag
@@ -128,7 +134,7 @@ func TestTagMemoRemembersTheTags(t *testing.T) {
 	for i := range 50 {
 		checkTagHit(t, ix, fmt.Sprint("library/r", i%5), fmt.Sprint("v", i), true)
 	}
-	for _, tag := range [][2]string{{"library/json", "old"}, {"library/sha512", "v"}, {"library/untyped", "v"}} {
+	for _, tag := range [][2]string{{"library/json", "old"}, {"library/sha512", "v"}, {"library/untyped", "v"}, {"library/ancient", "v"}} {
 		checkTagHit(t, ix, tag[0], tag[1], false)
 		checkTagHit(t, ix, tag[0], tag[1], false) // not added either
 	}
