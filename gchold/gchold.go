@@ -12,7 +12,9 @@
 // before it. The operator's setting stands when it is already as low or
 // lower, or off (GOGC=off, which leaves the pace to the memory limit).
 // The soft memory limit (memory_limit, GOMEMLIMIT) is left alone: the GC
-// runs at whichever of the two asks first.
+// runs at whichever of the two asks first. What else gives memory up for
+// the passes' sake watches the Hold (Watch): told when the first pass
+// enters and when the last leaves.
 package gchold
 
 import (
@@ -70,6 +72,8 @@ type Hold struct {
 	// last out; lowered says the first pass in did lower it.
 	prior   int
 	lowered bool
+	// busy and idle are Watch's.
+	busy, idle func()
 }
 
 // New returns a Hold that lowers the process's GC percent to percent
@@ -92,6 +96,19 @@ func (h *Hold) Percent() int {
 	return h.percent
 }
 
+// Watch has busy called when the first pass enters (before Enter
+// returns) and idle when the last leaves (before its leave returns),
+// each with the Hold's lock held: neither may enter a pass. Call it once,
+// before passes run.
+func (h *Hold) Watch(busy, idle func()) {
+	if h == nil {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.busy, h.idle = busy, idle
+}
+
 // Enter marks a pass as running, lowering the GC percent if it is the
 // first; call leave (once; later calls do nothing) when the pass ends.
 func (h *Hold) Enter() (leave func()) {
@@ -106,6 +123,9 @@ func (h *Hold) Enter() (leave func()) {
 		if h.lowered {
 			h.prior = h.rt.SetGCPercent(h.percent)
 		}
+		if h.busy != nil {
+			h.busy()
+		}
 	}
 	h.running++
 	var once sync.Once
@@ -117,8 +137,14 @@ func (h *Hold) leave() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.running--
-	if h.running == 0 && h.lowered {
+	if h.running > 0 {
+		return
+	}
+	if h.lowered {
 		h.rt.SetGCPercent(h.prior)
 		h.lowered = false
+	}
+	if h.idle != nil {
+		h.idle()
 	}
 }

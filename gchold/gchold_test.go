@@ -169,3 +169,29 @@ func TestHoldProcess(t *testing.T) {
 	}
 	debug.SetGCPercent(120)
 }
+
+// Watch's busy runs when the first of overlapping passes enters and idle
+// when the last leaves, once each per stretch of passes, whatever the
+// percent in force; a nil Hold calls neither.
+func TestHoldWatch(t *testing.T) {
+	for _, start := range []int{100, 20, -1} {
+		h := gchold.NewFor(newFake(start), 50)
+		var calls []string
+		h.Watch(func() { calls = append(calls, "busy") }, func() { calls = append(calls, "idle") })
+		a := h.Enter()
+		b := h.Enter()
+		a()
+		a() // a second call does nothing
+		if want := []string{"busy"}; !slices.Equal(calls, want) {
+			t.Fatalf("GOGC %d, a pass still running: calls %v, want %v", start, calls, want)
+		}
+		b()
+		h.Enter()()
+		if want := []string{"busy", "idle", "busy", "idle"}; !slices.Equal(calls, want) {
+			t.Fatalf("GOGC %d: calls %v, want %v", start, calls, want)
+		}
+	}
+	var nilHold *gchold.Hold
+	nilHold.Watch(func() { t.Fatal("busy on a nil Hold") }, func() { t.Fatal("idle on a nil Hold") })
+	nilHold.Enter()()
+}

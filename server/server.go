@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"time"
@@ -66,6 +67,8 @@ type Server struct {
 	background sync.WaitGroup
 	// scanned is closed once Start's full read of the index has ended.
 	scanned chan struct{}
+	// stopTagReads ends what watchPasses began (Close).
+	stopTagReads context.CancelFunc
 }
 
 // StoreOpener opens the store of a server on its index; the name says
@@ -254,6 +257,9 @@ func (s *Server) Start(ctx context.Context) error {
 	// One full read of the index (the fill records, the links and the
 	// tags, for the fills to resume and the memos that answer hits:
 	// storage.Index.ScanAtStart).
+	if !s.Index.Shared() {
+		s.watchPasses(ctx, s.opts.gcHold, s.Index)
+	}
 	s.background.Go(func() {
 		defer close(s.scanned)
 		if err := s.Proxy.ResumeFills(ctx); err != nil && ctx.Err() == nil {
@@ -269,6 +275,46 @@ func (s *Server) Start(ctx context.Context) error {
 		s.background.Go(func() { s.Proxy.RunSync(ctx, sync, time.Duration(s.cfg.Sync.Interval)) })
 	}
 	return nil
+}
+
+// watchPasses frees the index's tag memo while the lifecycle's passes run
+// (a collection, an eviction, an image list: their heap is the process's
+// peak; storage.Index.ReleaseTags), and reads it again once the last has
+// ended, after handing their heap back to the system (debug.FreeOSMemory:
+// the read would otherwise come on top of it). Hits look their tags up in
+// the index meanwhile, as they did before the memo. Without a GC hold
+// (pass_gc_percent 0) the memo stays through the passes.
+func (s *Server) watchPasses(ctx context.Context, h *gchold.Hold, tags tagMemory) {
+	if h == nil {
+		return
+	}
+	ctx, s.stopTagReads = context.WithCancel(ctx)
+	idle := make(chan struct{}, 1)
+	h.Watch(tags.ReleaseTags, func() {
+		select {
+		case idle <- struct{}{}:
+		default: // a read is due already
+		}
+	})
+	s.background.Go(func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-idle:
+			}
+			debug.FreeOSMemory()
+			if err := tags.RememberTags(ctx); err != nil && ctx.Err() == nil {
+				s.opts.log.Warn("reading the tags for the index's memo after a pass; hits look them up meanwhile", "error", err)
+			}
+		}
+	})
+}
+
+// tagMemory is the index's tag memo as watchPasses frees and reads it.
+type tagMemory interface {
+	ReleaseTags()
+	RememberTags(ctx context.Context) error
 }
 
 // Scanned is closed once the full read of the index Start began has
@@ -382,6 +428,9 @@ func (s *Server) Close() error {
 	}
 	if s.Proxy != nil {
 		s.Proxy.Close()
+	}
+	if s.stopTagReads != nil {
+		s.stopTagReads()
 	}
 	s.background.Wait()
 	if s.Index == nil {

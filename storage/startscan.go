@@ -113,9 +113,12 @@ func (ix *Index) scanAtStart(ctx context.Context, fills, links bool) ([]FillEntr
 
 // readTags reads every tag record of tx for the tag memo.
 func (ix *Index) readTags(ctx context.Context, tx *bolt.Tx, rel *releaser) (*tagTableBuilder, error) {
-	b := newTagTableBuilder(ix.tags)
+	b, err := newTagTableBuilder(ix.tags)
+	if err != nil {
+		return nil, err
+	}
 	n := 0
-	err := tagRecordsOf(tx).ForEach(func(k, v []byte) error {
+	err = tagRecordsOf(tx).ForEach(func(k, v []byte) error {
 		rel.read(k, v)
 		if n%scanCheckEvery == 0 && ctx.Err() != nil {
 			return ctx.Err()
@@ -173,4 +176,38 @@ func (ix *Index) readLinks(ctx context.Context, tx *bolt.Tx, rel *releaser) ([]u
 		return nil
 	})
 	return hashes, err
+}
+
+// ReleaseTags frees the tag memo's table until RememberTags reads it
+// again: hits ask the index for their tags meanwhile. The server releases
+// it while the lifecycle's passes run, whose heap is the process's peak.
+func (ix *Index) ReleaseTags() { ix.tags.release() }
+
+// RememberTags reads every tag for the tag memo (TagHit), as the start's
+// full read does; nothing on a shared index. A release (ReleaseTags)
+// during it leaves the memo without a table. It waits for the mapped-page
+// watcher's first release.
+func (ix *Index) RememberTags(ctx context.Context) error {
+	if ix.records != nil {
+		return nil // the memo is off (ShareRecords)
+	}
+	ix.mapped.waitFirstRelease()
+	ix.tags.beginScan()
+	defer ix.tags.endScan()
+	var b *tagTableBuilder
+	err := ix.db.View(func(tx *bolt.Tx) error {
+		rel := ix.releaser(tx) // a read of every record: see releaser
+		defer rel.done()
+		var err error
+		b, err = ix.readTags(ctx, tx, rel)
+		return err
+	})
+	if err != nil {
+		if b != nil {
+			b.free()
+		}
+		return err
+	}
+	ix.tags.install(b.table())
+	return nil
 }

@@ -61,6 +61,12 @@ type tagMemo struct {
 
 	mu  sync.Mutex
 	off bool
+	// released says the table is released (ReleaseTags) until the next
+	// full read that begins after it; a read begun before installs
+	// nothing. held is how many tags the last table held (a read's first
+	// size).
+	released bool
+	held     int
 	// epoch counts the forgets: a lookup's record is kept only if none
 	// came between its read and its add.
 	epoch uint64
@@ -209,7 +215,7 @@ func (m *tagMemo) beginScan() {
 	m.scan.Lock()
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.scanning, m.forgotten, m.lost = true, nil, false
+	m.scanning, m.forgotten, m.lost, m.released = true, nil, false, false
 }
 
 // endScan stops logging the forgets of a full read.
@@ -227,16 +233,34 @@ func (m *tagMemo) endScan() {
 func (m *tagMemo) install(t *tagTable) {
 	m.mu.Lock()
 	old := t
-	if !m.off && m.scanning && !m.lost {
+	if !m.off && m.scanning && !m.lost && !m.released {
 		for _, h := range m.forgotten {
 			if i := t.find(h); i >= 0 && t.tags.s[i].manifest != tagShared {
 				t.tags.s[i].manifest = tagForgotten
 			}
 		}
-		old, m.base = m.base, t
+		old, m.base, m.held = m.base, t, len(t.tags.s)
 	}
 	m.mu.Unlock()
 	old.free() // no lookup reads it: they all hold mu
+}
+
+// release frees the table until a full read that begins after it
+// installs another; lookups meanwhile ask the index, and add to the
+// memo as they do beside a table.
+func (m *tagMemo) release() {
+	m.mu.Lock()
+	old := m.base
+	m.base, m.released = nil, true
+	m.mu.Unlock()
+	old.free()
+}
+
+// sizeHint is how many tags the last table held.
+func (m *tagMemo) sizeHint() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.held
 }
 
 // disable turns the memo off for good (a shared index, a closed one)
@@ -250,9 +274,9 @@ func (m *tagMemo) disable() {
 	old.free()
 }
 
-// held reports how many tags the memo holds and the bytes of its base
-// (tests, benchmarks).
-func (m *tagMemo) held() (tags int, bytes int) {
+// holds reports how many tags the memo holds and the bytes of its base
+// (tests).
+func (m *tagMemo) holds() (tags int, bytes int) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	tags = len(m.added)
@@ -321,9 +345,16 @@ type tagTableBuilder struct {
 	numbers column[uint32]
 }
 
-// newTagTableBuilder returns a builder for m's table.
-func newTagTableBuilder(m *tagMemo) *tagTableBuilder {
-	return &tagTableBuilder{memo: m}
+// newTagTableBuilder returns a builder for m's table, sized for as many
+// tags as its last one held (no copies as it grows to about that).
+func newTagTableBuilder(m *tagMemo) (*tagTableBuilder, error) {
+	b := &tagTableBuilder{memo: m}
+	if n := min(m.sizeHint(), maxTagBase); n > 0 {
+		if err := b.t.tags.grow(n + n/16); err != nil {
+			return nil, err
+		}
+	}
+	return b, nil
 }
 
 // add collects the tag record raw under key k, if the memo can hold it

@@ -126,7 +126,7 @@ func TestTagMemoRemembersTheTags(t *testing.T) {
 	if err := ix.RememberLinks(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if n, _ := ix.tags.held(); n != 52 {
+	if n, _ := ix.tags.holds(); n != 52 {
 		t.Fatalf("the memo holds %d tags, want the 52 it can hold", n)
 	}
 	checkTagHit(t, ix, "library/types", "oci", true)
@@ -232,7 +232,9 @@ func TestTagMemoScanSeesWritesDuringIt(t *testing.T) {
 	ix.tags.mu.Lock()
 	ix.tags.lost = true
 	ix.tags.mu.Unlock()
-	ix.tags.install(newTagTableBuilder(ix.tags).table())
+	b, err := newTagTableBuilder(ix.tags)
+	mustDo(t, err)
+	ix.tags.install(b.table())
 	ix.tags.endScan()
 	checkTagHit(t, ix, "library/a", "v2", true)
 }
@@ -253,7 +255,8 @@ func TestTagMemoAddAfterForget(t *testing.T) {
 // lookup never adds either: each is looked up every time.
 func TestTagTableSharedHashes(t *testing.T) {
 	m := newTagMemo()
-	b := newTagTableBuilder(m)
+	b, err := newTagTableBuilder(m)
+	mustDo(t, err)
 	if n, err := b.number(tagEntry{size: 1, typ: 2}); err != nil || n != 0 {
 		t.Fatalf("number = %d, %v", n, err)
 	}
@@ -378,7 +381,7 @@ func TestTagMemoManyManifests(t *testing.T) {
 		return nil
 	}))
 	mustDo(t, ix.RememberLinks(context.Background()))
-	if n, _ := ix.tags.held(); n != tags {
+	if n, _ := ix.tags.holds(); n != tags {
 		t.Fatalf("the memo holds %d tags, want %d", n, tags)
 	}
 	ix.tags.mu.Lock()
@@ -389,5 +392,48 @@ func TestTagMemoManyManifests(t *testing.T) {
 	}
 	for i := range tags {
 		checkTagHit(t, ix, fmt.Sprint("library/r", i%13), fmt.Sprint("v", i), true)
+	}
+}
+
+// A released memo answers from the index (the same records), a read
+// begun before the release installs nothing, and RememberTags reads the
+// table again, sized as the last one.
+func TestTagMemoReleased(t *testing.T) {
+	ix := openTestIndex(t)
+	for i := range 30 {
+		recordTag(t, ix, "library/a", fmt.Sprint("v", i), fmt.Sprint("image ", i), memoTime)
+	}
+	mustDo(t, ix.RememberTags(context.Background()))
+	checkTagHit(t, ix, "library/a", "v1", true)
+	ix.ReleaseTags()
+	if n, bytes := ix.tags.holds(); n != 0 || bytes != 0 {
+		t.Fatalf("released, the memo holds %d tags in %d bytes", n, bytes)
+	}
+	checkTagHit(t, ix, "library/a", "v1", false)
+	checkTagHit(t, ix, "library/a", "v1", true) // added by the lookup
+	checkTagHit(t, ix, "library/a", "v2", false)
+
+	// A read begun before a release installs nothing.
+	ix.tags.beginScan()
+	var b *tagTableBuilder
+	mustDo(t, ix.db.View(func(tx *bolt.Tx) error {
+		rel := ix.releaser(tx)
+		defer rel.done()
+		var err error
+		b, err = ix.readTags(context.Background(), tx, rel)
+		return err
+	}))
+	if got := cap(b.t.tags.s); got < 30 {
+		t.Fatalf("a read after a table of 30 tags starts with room for %d", got)
+	}
+	ix.ReleaseTags()
+	ix.tags.install(b.table())
+	ix.tags.endScan()
+	checkTagHit(t, ix, "library/a", "v3", false)
+
+	mustDo(t, ix.RememberTags(context.Background()))
+	checkTagHit(t, ix, "library/a", "v3", true)
+	if n, _ := ix.tags.holds(); n != 30+3 { // the table's, and the three lookups added
+		t.Fatalf("the memo holds %d tags, want 33", n)
 	}
 }

@@ -1,0 +1,92 @@
+package server
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"testing"
+
+	"github.com/docker-mirror/docker-mirror/gchold"
+)
+
+// fixedGC is a GC percent that stays as set.
+type fixedGC struct {
+	mu      sync.Mutex
+	percent int
+}
+
+func (f *fixedGC) GCPercent() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.percent
+}
+
+func (f *fixedGC) SetGCPercent(p int) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	prev := f.percent
+	f.percent = p
+	return prev
+}
+
+// tagMemoCalls records what watchPasses asks of the tag memo.
+type tagMemoCalls struct {
+	mu       sync.Mutex
+	released int
+	read     chan struct{}
+}
+
+func (c *tagMemoCalls) ReleaseTags() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.released++
+}
+
+func (c *tagMemoCalls) RememberTags(context.Context) error {
+	c.read <- struct{}{}
+	return nil
+}
+
+func (c *tagMemoCalls) releases() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.released
+}
+
+// While passes hold the GC percent the tag memo is released, once for
+// overlapping passes, and read again after the last ends; Close ends the
+// reader.
+func TestPassesReleaseTheTagMemo(t *testing.T) {
+	s := &Server{opts: options{log: slog.New(slog.DiscardHandler)}}
+	hold := gchold.NewFor(&fixedGC{percent: 100}, 50)
+	tags := &tagMemoCalls{read: make(chan struct{})}
+	s.watchPasses(t.Context(), hold, tags)
+
+	first := hold.Enter()
+	second := hold.Enter()
+	if n := tags.releases(); n != 1 {
+		t.Fatalf("released %d times by two passes, want once", n)
+	}
+	first()
+	select {
+	case <-tags.read:
+		t.Fatal("read again while a pass runs")
+	default:
+	}
+	second()
+	<-tags.read // the last pass out: read again
+	hold.Enter()()
+	<-tags.read
+	if n := tags.releases(); n != 2 {
+		t.Fatalf("released %d times, want 2", n)
+	}
+	s.stopTagReads()
+	s.background.Wait()
+
+	// Without a hold nothing is released, nothing read.
+	s = &Server{}
+	s.watchPasses(t.Context(), nil, tags)
+	if s.stopTagReads != nil {
+		t.Fatal("a reader started without a hold")
+	}
+}
