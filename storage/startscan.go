@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	"github.com/opencontainers/go-digest"
@@ -24,6 +25,9 @@ import (
 // scanCheckEvery is how many records a scan reads between two looks at
 // its context.
 const scanCheckEvery = 4096
+
+// errReleased stops a read of the tags the memo would discard.
+var errReleased = errors.New("the tag memo was released")
 
 // ScanAtStart is the start-up's read of the index: it returns the
 // manifests whose mirroring has not finished (IncompleteFills), and
@@ -106,12 +110,16 @@ func (ix *Index) scanAtStart(ctx context.Context, fills, links bool) ([]FillEntr
 	}
 	if links {
 		ix.links.install(linkEpoch, linked)
+	}
+	if tags != nil {
 		ix.tags.install(tags.table())
 	}
 	return incomplete, nil
 }
 
-// readTags reads every tag record of tx for the tag memo.
+// readTags reads every tag record of tx for the tag memo. It stops early,
+// with no builder and no error, if the memo is released meanwhile (a
+// pass began: ReleaseTags), which would discard what it read.
 func (ix *Index) readTags(ctx context.Context, tx *bolt.Tx, rel *releaser) (*tagTableBuilder, error) {
 	b, err := newTagTableBuilder(ix.tags)
 	if err != nil {
@@ -123,9 +131,16 @@ func (ix *Index) readTags(ctx context.Context, tx *bolt.Tx, rel *releaser) (*tag
 		if n%scanCheckEvery == 0 && ctx.Err() != nil {
 			return ctx.Err()
 		}
+		if n%scanCheckEvery == 0 && ix.tags.isReleased() {
+			return errReleased
+		}
 		n++
 		return b.add(k, v)
 	})
+	if errors.Is(err, errReleased) {
+		b.free()
+		return nil, nil
+	}
 	return b, err
 }
 
@@ -208,6 +223,8 @@ func (ix *Index) RememberTags(ctx context.Context) error {
 		}
 		return err
 	}
-	ix.tags.install(b.table())
+	if b != nil {
+		ix.tags.install(b.table())
+	}
 	return nil
 }

@@ -256,6 +256,14 @@ func (m *tagMemo) release() {
 	old.free()
 }
 
+// isReleased reports whether the memo was released since the full read
+// running began (beginScan).
+func (m *tagMemo) isReleased() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.released
+}
+
 // sizeHint is how many tags the last table held.
 func (m *tagMemo) sizeHint() int {
 	m.mu.Lock()

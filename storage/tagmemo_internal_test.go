@@ -431,6 +431,21 @@ func TestTagMemoReleased(t *testing.T) {
 	ix.tags.endScan()
 	checkTagHit(t, ix, "library/a", "v3", false)
 
+	// A read the release finds running stops.
+	ix.tags.beginScan()
+	ix.ReleaseTags()
+	mustDo(t, ix.db.View(func(tx *bolt.Tx) error {
+		rel := ix.releaser(tx)
+		defer rel.done()
+		var err error
+		b, err = ix.readTags(context.Background(), tx, rel)
+		return err
+	}))
+	ix.tags.endScan()
+	if b != nil {
+		t.Fatal("a read of a released memo went on")
+	}
+
 	mustDo(t, ix.RememberTags(context.Background()))
 	checkTagHit(t, ix, "library/a", "v3", true)
 	if n, _ := ix.tags.holds(); n != 30+3 { // the table's, and the three lookups added
