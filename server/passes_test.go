@@ -33,6 +33,7 @@ func (f *fixedGC) SetGCPercent(p int) int {
 type tagMemoCalls struct {
 	mu       sync.Mutex
 	released int
+	resumed  int
 	read     chan struct{}
 }
 
@@ -42,15 +43,21 @@ func (c *tagMemoCalls) ReleaseTags() {
 	c.released++
 }
 
+func (c *tagMemoCalls) ResumeTags() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.resumed++
+}
+
 func (c *tagMemoCalls) RememberTags(context.Context) error {
 	c.read <- struct{}{}
 	return nil
 }
 
-func (c *tagMemoCalls) releases() int {
+func (c *tagMemoCalls) calls() (released, resumed int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.released
+	return c.released, c.resumed
 }
 
 // While passes hold the GC percent the tag memo is released, once for
@@ -64,8 +71,8 @@ func TestPassesReleaseTheTagMemo(t *testing.T) {
 
 	first := hold.Enter()
 	second := hold.Enter()
-	if n := tags.releases(); n != 1 {
-		t.Fatalf("released %d times by two passes, want once", n)
+	if released, resumed := tags.calls(); released != 1 || resumed != 0 {
+		t.Fatalf("two passes running: released %d times, resumed %d; want once, never", released, resumed)
 	}
 	first()
 	select {
@@ -74,11 +81,14 @@ func TestPassesReleaseTheTagMemo(t *testing.T) {
 	default:
 	}
 	second()
-	<-tags.read // the last pass out: read again
+	if released, resumed := tags.calls(); released != 1 || resumed != 1 {
+		t.Fatalf("the last pass out: released %d times, resumed %d; want once each", released, resumed)
+	}
+	<-tags.read // and read again
 	hold.Enter()()
 	<-tags.read
-	if n := tags.releases(); n != 2 {
-		t.Fatalf("released %d times, want 2", n)
+	if released, resumed := tags.calls(); released != 2 || resumed != 2 {
+		t.Fatalf("released %d times, resumed %d; want twice each", released, resumed)
 	}
 	s.stopTagReads()
 	s.background.Wait()

@@ -279,9 +279,10 @@ func (s *Server) Start(ctx context.Context) error {
 
 // watchPasses frees the index's tag memo while the lifecycle's passes run
 // (a collection, an eviction, an image list: their heap is the process's
-// peak; storage.Index.ReleaseTags), and reads it again once the last has
-// ended, after handing their heap back to the system (debug.FreeOSMemory:
-// the read would otherwise come on top of it). Hits look their tags up in
+// peak; storage.Index.ReleaseTags, which keeps any read from filling it
+// again until ResumeTags), and reads it again once the last has ended,
+// after handing their heap back to the system (debug.FreeOSMemory: the
+// read would otherwise come on top of it). Hits look their tags up in
 // the index meanwhile, as they did before the memo. Without a GC hold
 // (pass_gc_percent 0) the memo stays through the passes.
 func (s *Server) watchPasses(ctx context.Context, h *gchold.Hold, tags tagMemory) {
@@ -291,6 +292,7 @@ func (s *Server) watchPasses(ctx context.Context, h *gchold.Hold, tags tagMemory
 	ctx, s.stopTagReads = context.WithCancel(ctx)
 	idle := make(chan struct{}, 1)
 	h.Watch(tags.ReleaseTags, func() {
+		tags.ResumeTags()
 		select {
 		case idle <- struct{}{}:
 		default: // a read is due already
@@ -314,6 +316,7 @@ func (s *Server) watchPasses(ctx context.Context, h *gchold.Hold, tags tagMemory
 // tagMemory is the index's tag memo as watchPasses frees and reads it.
 type tagMemory interface {
 	ReleaseTags()
+	ResumeTags()
 	RememberTags(ctx context.Context) error
 }
 

@@ -118,8 +118,8 @@ func (ix *Index) scanAtStart(ctx context.Context, fills, links bool) ([]FillEntr
 }
 
 // readTags reads every tag record of tx for the tag memo. It stops early,
-// with no builder and no error, if the memo is released meanwhile (a
-// pass began: ReleaseTags), which would discard what it read.
+// with no builder and no error, if the memo is released (a pass runs:
+// ReleaseTags), which would discard what it read.
 func (ix *Index) readTags(ctx context.Context, tx *bolt.Tx, rel *releaser) (*tagTableBuilder, error) {
 	b, err := newTagTableBuilder(ix.tags)
 	if err != nil {
@@ -193,15 +193,20 @@ func (ix *Index) readLinks(ctx context.Context, tx *bolt.Tx, rel *releaser) ([]u
 	return hashes, err
 }
 
-// ReleaseTags frees the tag memo's table until RememberTags reads it
-// again: hits ask the index for their tags meanwhile. The server releases
-// it while the lifecycle's passes run, whose heap is the process's peak.
+// ReleaseTags frees the tag memo's table, and keeps full reads (the
+// start's, RememberTags) from reading another, until ResumeTags: hits ask
+// the index for their tags meanwhile. The server releases it while the
+// lifecycle's passes run, whose heap is the process's peak.
 func (ix *Index) ReleaseTags() { ix.tags.release() }
 
+// ResumeTags lets full reads fill the tag memo again (after ReleaseTags):
+// RememberTags does.
+func (ix *Index) ResumeTags() { ix.tags.resume() }
+
 // RememberTags reads every tag for the tag memo (TagHit), as the start's
-// full read does; nothing on a shared index. A release (ReleaseTags)
-// during it leaves the memo without a table. It waits for the mapped-page
-// watcher's first release.
+// full read does; nothing on a shared index, or while the memo is
+// released (ReleaseTags, until ResumeTags: it stops if released during
+// it). It waits for the mapped-page watcher's first release.
 func (ix *Index) RememberTags(ctx context.Context) error {
 	if ix.records != nil {
 		return nil // the memo is off (ShareRecords)

@@ -61,10 +61,9 @@ type tagMemo struct {
 
 	mu  sync.Mutex
 	off bool
-	// released says the table is released (ReleaseTags) until the next
-	// full read that begins after it; a read begun before installs
-	// nothing. held is how many tags the last table held (a read's first
-	// size).
+	// released says the table is released (ReleaseTags) until
+	// ResumeTags: a full read meanwhile stops, installing nothing. held
+	// is how many tags the last table held (a read's first size).
 	released bool
 	held     int
 	// epoch counts the forgets: a lookup's record is kept only if none
@@ -215,7 +214,7 @@ func (m *tagMemo) beginScan() {
 	m.scan.Lock()
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.scanning, m.forgotten, m.lost, m.released = true, nil, false, false
+	m.scanning, m.forgotten, m.lost = true, nil, false
 }
 
 // endScan stops logging the forgets of a full read.
@@ -245,9 +244,9 @@ func (m *tagMemo) install(t *tagTable) {
 	old.free() // no lookup reads it: they all hold mu
 }
 
-// release frees the table until a full read that begins after it
-// installs another; lookups meanwhile ask the index, and add to the
-// memo as they do beside a table.
+// release frees the table, and keeps full reads from installing another
+// until resume; lookups meanwhile ask the index, and add to the memo as
+// they do beside a table.
 func (m *tagMemo) release() {
 	m.mu.Lock()
 	old := m.base
@@ -256,8 +255,15 @@ func (m *tagMemo) release() {
 	old.free()
 }
 
-// isReleased reports whether the memo was released since the full read
-// running began (beginScan).
+// resume lets full reads install a table again (after release).
+func (m *tagMemo) resume() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.released = false
+}
+
+// isReleased reports whether the memo is released (release, until
+// resume).
 func (m *tagMemo) isReleased() bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -395,8 +395,9 @@ func TestTagMemoManyManifests(t *testing.T) {
 	}
 }
 
-// A released memo answers from the index (the same records), a read
-// begun before the release installs nothing, and RememberTags reads the
+// A released memo answers from the index (the same records); a read
+// begun before the release installs nothing, one running stops, and
+// none installs until the memo is resumed; RememberTags then reads the
 // table again, sized as the last one.
 func TestTagMemoReleased(t *testing.T) {
 	ix := openTestIndex(t)
@@ -412,43 +413,42 @@ func TestTagMemoReleased(t *testing.T) {
 	checkTagHit(t, ix, "library/a", "v1", false)
 	checkTagHit(t, ix, "library/a", "v1", true) // added by the lookup
 	checkTagHit(t, ix, "library/a", "v2", false)
+	mustDo(t, ix.RememberTags(context.Background()))
+	checkTagHit(t, ix, "library/a", "v3", false) // released: nothing read
+	ix.ResumeTags()
 
+	read := func() *tagTableBuilder {
+		var b *tagTableBuilder
+		mustDo(t, ix.db.View(func(tx *bolt.Tx) error {
+			rel := ix.releaser(tx)
+			defer rel.done()
+			var err error
+			b, err = ix.readTags(context.Background(), tx, rel)
+			return err
+		}))
+		return b
+	}
 	// A read begun before a release installs nothing.
 	ix.tags.beginScan()
-	var b *tagTableBuilder
-	mustDo(t, ix.db.View(func(tx *bolt.Tx) error {
-		rel := ix.releaser(tx)
-		defer rel.done()
-		var err error
-		b, err = ix.readTags(context.Background(), tx, rel)
-		return err
-	}))
+	b := read()
 	if got := cap(b.t.tags.s); got < 30 {
 		t.Fatalf("a read after a table of 30 tags starts with room for %d", got)
 	}
 	ix.ReleaseTags()
 	ix.tags.install(b.table())
 	ix.tags.endScan()
-	checkTagHit(t, ix, "library/a", "v3", false)
-
-	// A read the release finds running stops.
+	checkTagHit(t, ix, "library/a", "v4", false)
+	// One the release finds running stops.
 	ix.tags.beginScan()
-	ix.ReleaseTags()
-	mustDo(t, ix.db.View(func(tx *bolt.Tx) error {
-		rel := ix.releaser(tx)
-		defer rel.done()
-		var err error
-		b, err = ix.readTags(context.Background(), tx, rel)
-		return err
-	}))
-	ix.tags.endScan()
-	if b != nil {
+	if b := read(); b != nil {
 		t.Fatal("a read of a released memo went on")
 	}
+	ix.tags.endScan()
 
+	ix.ResumeTags()
 	mustDo(t, ix.RememberTags(context.Background()))
-	checkTagHit(t, ix, "library/a", "v3", true)
-	if n, _ := ix.tags.holds(); n != 30+3 { // the table's, and the three lookups added
-		t.Fatalf("the memo holds %d tags, want 33", n)
+	checkTagHit(t, ix, "library/a", "v5", true)
+	if n, _ := ix.tags.holds(); n != 30+4 { // the table's, and the four lookups added
+		t.Fatalf("the memo holds %d tags, want 34", n)
 	}
 }
