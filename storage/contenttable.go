@@ -246,7 +246,7 @@ func SHA256KeyBytes(d []byte) ([32]byte, bool) { return sha256Key(d) }
 // sha256Key is the 32 bytes of a canonical sha256 digest string
 // ("sha256:" and 64 lower-case hex digits); ok is false for anything
 // else, kept as a string.
-func sha256Key[S string | []byte](s S) (k [32]byte, ok bool) {
+func sha256Key[S ~string | ~[]byte](s S) (k [32]byte, ok bool) {
 	const prefix = "sha256:"
 	if len(s) != len(prefix)+64 || string(s[:len(prefix)]) != prefix {
 		return k, false

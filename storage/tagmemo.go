@@ -517,7 +517,7 @@ func (c *column[T]) free() {
 // type typ and size size, as the memo keeps it; ok is false if it cannot
 // keep it.
 func tagEntryOf[T ~string | ~[]byte](d T, checked time.Time, typ uint8, size int64) (e tagEntry, ok bool) {
-	sum, ok := sha256Of(d)
+	sum, ok := sha256Key(d)
 	if !ok || manifestTypeName(typ) == "" || size <= 0 {
 		return e, false
 	}
@@ -526,41 +526,6 @@ func tagEntryOf[T ~string | ~[]byte](d T, checked time.Time, typ uint8, size int
 		return e, false
 	}
 	return tagEntry{digest: sum, checked: uint32(sec), size: size, typ: typ}, true
-}
-
-// sha256Of returns the bytes of a sha256 digest as this index writes it:
-// "sha256:" and 64 lower-case hex digits (any other would not read back
-// the same from its bytes).
-func sha256Of[T ~string | ~[]byte](d T) (sum [32]byte, ok bool) {
-	const prefix = "sha256:"
-	if len(d) != len(prefix)+2*len(sum) {
-		return sum, false
-	}
-	for i := range len(prefix) {
-		if d[i] != prefix[i] {
-			return sum, false
-		}
-	}
-	for i := range sum {
-		hi, okh := hexit(d[len(prefix)+2*i])
-		lo, okl := hexit(d[len(prefix)+2*i+1])
-		if !okh || !okl {
-			return sum, false
-		}
-		sum[i] = hi<<4 | lo
-	}
-	return sum, true
-}
-
-// hexit is the value of a lower-case hex digit.
-func hexit(c byte) (byte, bool) {
-	switch {
-	case '0' <= c && c <= '9':
-		return c - '0', true
-	case 'a' <= c && c <= 'f':
-		return c - 'a' + 10, true
-	}
-	return 0, false
 }
 
 // tagRecordOf is the record a hit reads, from what the memo keeps.

@@ -211,14 +211,7 @@ func TestTagMemoScanSeesWritesDuringIt(t *testing.T) {
 	recordTag(t, ix, "library/a", "v1", "first", memoTime)
 	recordTag(t, ix, "library/a", "v2", "first", memoTime)
 	ix.tags.beginScan()
-	var b *tagTableBuilder
-	mustDo(t, ix.db.View(func(tx *bolt.Tx) error {
-		rel := ix.releaser(tx)
-		defer rel.done()
-		var err error
-		b, err = ix.readTags(context.Background(), tx, rel)
-		return err
-	}))
+	b := readTagsNow(t, ix)
 	moved := recordTag(t, ix, "library/a", "v1", "moved", memoTime.Add(time.Hour))
 	ix.tags.install(b.table())
 	ix.tags.endScan()
@@ -417,20 +410,9 @@ func TestTagMemoReleased(t *testing.T) {
 	checkTagHit(t, ix, "library/a", "v3", false) // released: nothing read
 	ix.ResumeTags()
 
-	read := func() *tagTableBuilder {
-		var b *tagTableBuilder
-		mustDo(t, ix.db.View(func(tx *bolt.Tx) error {
-			rel := ix.releaser(tx)
-			defer rel.done()
-			var err error
-			b, err = ix.readTags(context.Background(), tx, rel)
-			return err
-		}))
-		return b
-	}
 	// A read begun before a release installs nothing.
 	ix.tags.beginScan()
-	b := read()
+	b := readTagsNow(t, ix)
 	if got := cap(b.t.tags.s); got < 30 {
 		t.Fatalf("a read after a table of 30 tags starts with room for %d", got)
 	}
@@ -440,7 +422,7 @@ func TestTagMemoReleased(t *testing.T) {
 	checkTagHit(t, ix, "library/a", "v4", false)
 	// One the release finds running stops.
 	ix.tags.beginScan()
-	if b := read(); b != nil {
+	if b := readTagsNow(t, ix); b != nil {
 		t.Fatal("a read of a released memo went on")
 	}
 	ix.tags.endScan()
@@ -451,4 +433,19 @@ func TestTagMemoReleased(t *testing.T) {
 	if n, _ := ix.tags.holds(); n != 30+4 { // the table's, and the four lookups added
 		t.Fatalf("the memo holds %d tags, want 34", n)
 	}
+}
+
+// readTagsNow reads the tags for the memo as a full read does (begun by
+// the caller's beginScan).
+func readTagsNow(t *testing.T, ix *Index) *tagTableBuilder {
+	t.Helper()
+	var b *tagTableBuilder
+	mustDo(t, ix.db.View(func(tx *bolt.Tx) error {
+		rel := ix.releaser(tx)
+		defer rel.done()
+		var err error
+		b, err = ix.readTags(context.Background(), tx, rel)
+		return err
+	}))
+	return b
 }
