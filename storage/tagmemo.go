@@ -153,7 +153,7 @@ func (m *tagMemo) begin() uint64 {
 
 // add keeps key's record rec, read by a lookup that began at epoch,
 // unless a write forgot a key since, the memo is full, or it cannot hold
-// rec exactly.
+// rec.
 func (m *tagMemo) add(epoch uint64, key []byte, rec TagRecord) {
 	e, ok := tagEntryOf(rec.Digest, rec.CheckedAt, rec.Type, rec.Size)
 	if !ok {
@@ -228,7 +228,7 @@ func (m *tagMemo) endScan() {
 // install makes t, read by the full read begun with beginScan, the
 // memo's base, with the keys forgotten since the read began forgotten in
 // it (and after, as in any base). It frees t instead if the memo is off
-// or the log was lost.
+// or released, or the log was lost.
 func (m *tagMemo) install(t *tagTable) {
 	m.mu.Lock()
 	old := t
