@@ -12,29 +12,10 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/docker-mirror/docker-mirror/gchold"
+	"github.com/docker-mirror/docker-mirror/gchold/gcholdtest"
 	"github.com/docker-mirror/docker-mirror/lifecycle"
 	"github.com/docker-mirror/docker-mirror/storage"
 )
-
-// fakePercent is a GC percent of its own (the process's is left alone).
-type fakePercent struct {
-	mu      sync.Mutex
-	percent int
-}
-
-func (f *fakePercent) GCPercent() int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.percent
-}
-
-func (f *fakePercent) SetGCPercent(p int) int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	prev := f.percent
-	f.percent = p
-	return prev
-}
 
 // readProbe is a storage driver that calls probe before every read: a
 // pass reads the manifests of the images it lists, keeps or removes.
@@ -61,7 +42,7 @@ func TestPassesHoldTheGCPercent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rt := &fakePercent{percent: 100}
+	rt := gcholdtest.NewPercent(100)
 	var mu sync.Mutex
 	var seen []int // the percent at each read of the pass under test
 	observe := func() {

@@ -7,27 +7,8 @@ import (
 	"testing"
 
 	"github.com/docker-mirror/docker-mirror/gchold"
+	"github.com/docker-mirror/docker-mirror/gchold/gcholdtest"
 )
-
-// fixedGC is a GC percent that stays as set.
-type fixedGC struct {
-	mu      sync.Mutex
-	percent int
-}
-
-func (f *fixedGC) GCPercent() int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.percent
-}
-
-func (f *fixedGC) SetGCPercent(p int) int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	prev := f.percent
-	f.percent = p
-	return prev
-}
 
 // tagMemoCalls records what watchPasses asks of the tag memo.
 type tagMemoCalls struct {
@@ -65,7 +46,7 @@ func (c *tagMemoCalls) calls() (released, resumed int) {
 // reader.
 func TestPassesReleaseTheTagMemo(t *testing.T) {
 	s := &Server{opts: options{log: slog.New(slog.DiscardHandler)}}
-	hold := gchold.NewFor(&fixedGC{percent: 100}, 50)
+	hold := gchold.NewFor(gcholdtest.NewPercent(100), 50)
 	tags := &tagMemoCalls{read: make(chan struct{})}
 	s.watchPasses(t.Context(), hold, tags)
 
