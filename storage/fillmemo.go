@@ -151,11 +151,16 @@ func (c *keyMemo) forget(keys ...[]byte) {
 	}
 }
 
-// forgetOnCommit forgets key once tx commits (bbolt's OnCommit: after a
-// successful commit, before Commit returns; never if tx rolls back).
-func (c *keyMemo) forgetOnCommit(tx *bolt.Tx, key []byte) {
+// forgetter is a memo whose keys a write makes stale: keyMemo and tagMemo.
+type forgetter interface{ forget(keys ...[]byte) }
+
+// forgetOnCommit makes m forget key once tx commits (bbolt's OnCommit:
+// after a successful commit, before Commit returns; never if tx rolls
+// back), so that no lookup between the write and the commit re-adds it
+// for good.
+func forgetOnCommit(tx *bolt.Tx, m forgetter, key []byte) {
 	k := bytes.Clone(key) // key may live in the transaction's pages
-	tx.OnCommit(func() { c.forget(k) })
+	tx.OnCommit(func() { m.forget(k) })
 }
 
 // disable turns the memo off for good (a shared index).

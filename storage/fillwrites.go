@@ -40,7 +40,7 @@ func (w fillWrites) put(key []byte, rec FillRecord) error {
 	if err := w.b.Put(key, raw); err != nil {
 		return err
 	}
-	w.forgetOnCommit(key)
+	forgetOnCommit(w.tx, w.ix.fills, key)
 	return nil
 }
 
@@ -49,15 +49,12 @@ func (w fillWrites) delete(key []byte) error {
 	if err := w.b.Delete(key); err != nil {
 		return err
 	}
-	w.forgetOnCommit(key)
+	forgetOnCommit(w.tx, w.ix.fills, key)
 	return nil
 }
 
 // get reads key's record as the transaction sees it (nil: none).
 func (w fillWrites) get(key []byte) []byte { return w.b.Get(key) }
-
-// forgetOnCommit forgets key in the memo once the transaction commits.
-func (w fillWrites) forgetOnCommit(key []byte) { w.ix.fills.forgetOnCommit(w.tx, key) }
 
 // fillRecords reads tx's fill records: what the bucket offers but its
 // writes.

@@ -36,7 +36,7 @@ func (ix *Index) unlink(tx *bolt.Tx, dgst digest.Digest, holder string) ([]byte,
 	if err := tx.Bucket(bucketLinks).Delete(key); err != nil {
 		return nil, err
 	}
-	ix.links.forgetOnCommit(tx, key)
+	forgetOnCommit(tx, ix.links, key)
 	return key, nil
 }
 

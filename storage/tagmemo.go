@@ -14,7 +14,6 @@ import (
 	"unsafe"
 
 	"github.com/opencontainers/go-digest"
-	bolt "go.etcd.io/bbolt"
 )
 
 // A manifest hit by tag reads the tag's record. At 100k images the tags
@@ -199,13 +198,6 @@ func (m *tagMemo) forget(keys ...[]byte) {
 			}
 		}
 	}
-}
-
-// forgetOnCommit forgets key once tx commits (bbolt's OnCommit: after a
-// successful commit, before Commit returns; never if tx rolls back).
-func (m *tagMemo) forgetOnCommit(tx *bolt.Tx, key []byte) {
-	k := append([]byte(nil), key...) // key may live in the transaction's pages
-	tx.OnCommit(func() { m.forget(k) })
 }
 
 // beginScan starts logging the forgets, for a full read that begins now;

@@ -38,7 +38,7 @@ func (w tagWrites) put(key []byte, rec TagRecord) error {
 	if err := w.b.Put(key, raw); err != nil {
 		return err
 	}
-	w.ix.tags.forgetOnCommit(w.tx, key)
+	forgetOnCommit(w.tx, w.ix.tags, key)
 	return nil
 }
 
@@ -47,7 +47,7 @@ func (w tagWrites) delete(key []byte) error {
 	if err := w.b.Delete(key); err != nil {
 		return err
 	}
-	w.ix.tags.forgetOnCommit(w.tx, key)
+	forgetOnCommit(w.tx, w.ix.tags, key)
 	return nil
 }
 
