@@ -55,8 +55,26 @@ type commitPhases struct {
 	// CPU, a GC or the disk.
 	used usage
 	gcs  uint64
+	// disk is what the index's disk did from before the write lock to
+	// after the commit: another's I/O queued before the commit's flush
+	// shows here.
+	disk diskIO
 	// by is the function that asked for the write (writer).
 	by string
+}
+
+// diskIO is a reading of the index's disk's counters (diskStat): the
+// requests it completed, and those in flight.
+type diskIO struct {
+	reads, writes, discards, flushes, inFlight uint64
+	// ok is false where the counters are unknown.
+	ok bool
+}
+
+// since is what the disk completed from d to e; in flight is d's.
+func (e diskIO) since(d diskIO) diskIO {
+	return diskIO{reads: e.reads - d.reads, writes: e.writes - d.writes, discards: e.discards - d.discards,
+		flushes: e.flushes - d.flushes, inFlight: d.inFlight, ok: e.ok && d.ok}
 }
 
 // usage is a thread's CPU time (of it, in the kernel: system calls, page
@@ -103,6 +121,7 @@ func (ix *Index) update(fn func(tx *bolt.Tx, b *budget) error) (held time.Durati
 	var p commitPhases
 	begin := time.Now()
 	size := ix.fileSize()
+	disk := ix.disk.read()
 	// A region of the runtime's execution trace, from before the write
 	// lock to its release: a trace (go tool trace, or the flight
 	// recorder of the bench's BENCH_SCALE_TRACE) shows where a slow
@@ -164,6 +183,7 @@ func (ix *Index) update(fn func(tx *bolt.Tx, b *budget) error) (held time.Durati
 		ix.heldFaults.Add(p.used.minflt)
 	}
 	if p.held() > slowCommit {
+		p.disk = ix.disk.read().since(disk)
 		p.gcs = gcCycles() - gcs
 		p.grew = ix.fileSize() - size
 		p.free = ix.db.Stats().FreePageN
@@ -253,6 +273,11 @@ func (ix *Index) logSlow(p commitPhases, err error) {
 		slog.Int64("minor_faults", p.used.minflt), slog.Int64("major_faults", p.used.majflt),
 		slog.Int64("involuntary_switches", p.used.nivcsw),
 		slog.Uint64("gc_cycles", p.gcs),
+	}
+	if d := p.disk; d.ok {
+		attrs = append(attrs, slog.Uint64("disk_reads", d.reads), slog.Uint64("disk_writes", d.writes),
+			slog.Uint64("disk_discards", d.discards), slog.Uint64("disk_flushes", d.flushes),
+			slog.Uint64("disk_in_flight", d.inFlight))
 	}
 	if err != nil {
 		attrs = append(attrs, slog.String("error", err.Error()))

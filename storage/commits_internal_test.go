@@ -64,6 +64,12 @@ func TestSlowWriteLogged(t *testing.T) {
 			t.Errorf("log lacks %q: %s", want, got)
 		}
 	}
+	// What the disk did meanwhile, where its counters are known.
+	for _, field := range []string{"disk_reads=", "disk_writes=", "disk_discards=", "disk_flushes=", "disk_in_flight="} {
+		if ix.disk.read().ok != strings.Contains(got, field) {
+			t.Errorf("the disk's counters known: %v; log has %q: %v: %s", ix.disk.read().ok, field, !ix.disk.read().ok, got)
+		}
+	}
 
 	// A pass's write names the pass, not the helpers between it and the
 	// transaction.

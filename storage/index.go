@@ -59,6 +59,9 @@ type Index struct {
 	// statm tells the process's resident file-backed memory, which the
 	// watcher and full reads look at (mapped_linux.go).
 	statm *statm
+	// disk tells what the index's disk did during a slow write
+	// (diskstat_linux.go).
+	disk *diskStat
 	// fills remembers the fill records read complete (FillComplete);
 	// every write of a fill record forgets its key there.
 	fills *keyMemo
@@ -182,6 +185,7 @@ func OpenIndex(path string) (*Index, error) {
 		}
 	}
 	ix.statm = openStatm()
+	ix.disk = openDiskStat(path)
 	// Before the watcher, which publishes its branch pages to it.
 	ix.leaves = readLeaves(path, ix.statm)
 	ix.mapped = ix.watchMapped()
@@ -215,7 +219,7 @@ func (ix *Index) StoredBytes() int64 { return ix.stored.Load() }
 func (ix *Index) Close() error {
 	ix.mapped.stop()
 	ix.tags.disable() // its memory is outside the Go heap
-	return errors.Join(ix.Flush(), ix.syncFreelist(), ix.db.Close(), ix.leaves.close(), ix.statm.close())
+	return errors.Join(ix.Flush(), ix.syncFreelist(), ix.db.Close(), ix.leaves.close(), ix.statm.close(), ix.disk.close())
 }
 
 // Ping checks that the database answers a read.
