@@ -4,8 +4,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	bolt "go.etcd.io/bbolt"
 )
 
 // The indexes of n tags (fillTags) the mapped-pages tests start from are
@@ -72,6 +77,23 @@ func copyFilled(t *testing.T, n int, path string) {
 		}
 	}
 	if err := out.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// fillTags writes n tag records (~100 bytes each) in one transaction.
+func fillTags(t *testing.T, ix *Index, from, n int) {
+	t.Helper()
+	now := time.Now()
+	if err := ix.db.Update(func(tx *bolt.Tx) error {
+		for i := from; i < from+n; i++ {
+			d := digest.FromString(strconv.Itoa(i))
+			if err := put(tx, bucketTags, tagKey("docker.io", fmt.Sprintf("library/r%d", i/100), fmt.Sprintf("v%d", i)), TagRecord{Digest: d, FetchedAt: now, CheckedAt: now}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -10,7 +10,6 @@ import (
 	"sync"
 	"syscall"
 	"testing"
-	"time"
 	"unsafe"
 
 	"github.com/opencontainers/go-digest"
@@ -41,23 +40,6 @@ func mappedRSS(t *testing.T, path string) int {
 		}
 	}
 	return kb
-}
-
-// fillTags writes n tag records (~100 bytes each) in one transaction.
-func fillTags(t *testing.T, ix *Index, from, n int) {
-	t.Helper()
-	now := time.Now()
-	if err := ix.db.Update(func(tx *bolt.Tx) error {
-		for i := from; i < from+n; i++ {
-			d := digest.FromString(strconv.Itoa(i))
-			if err := put(tx, bucketTags, tagKey("docker.io", fmt.Sprintf("library/r%d", i/100), fmt.Sprintf("v%d", i)), TagRecord{Digest: d, FetchedAt: now, CheckedAt: now}); err != nil {
-				return err
-			}
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // filledIndex opens a copy of an index of n tags (fillTags), closed when
