@@ -7,45 +7,14 @@ import (
 	"testing"
 
 	"github.com/docker-mirror/docker-mirror/gchold"
+	"github.com/docker-mirror/docker-mirror/gchold/gcholdtest"
 )
-
-// fakeRuntime is a GC percent that remembers every value it was set to.
-type fakeRuntime struct {
-	mu      sync.Mutex
-	percent int
-	history []int // the percents in force, in order
-}
-
-func newFake(percent int) *fakeRuntime {
-	return &fakeRuntime{percent: percent, history: []int{percent}}
-}
-
-func (f *fakeRuntime) GCPercent() int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.percent
-}
-
-func (f *fakeRuntime) SetGCPercent(p int) int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	prev := f.percent
-	f.percent = p
-	f.history = append(f.history, p)
-	return prev
-}
-
-func (f *fakeRuntime) seen() []int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return slices.Clone(f.history)
-}
 
 // Nested and overlapping passes: the first in lowers the percent, it
 // stays lowered while any pass runs, and the last out restores the prior
 // value, once.
 func TestHoldNestedAndOverlapping(t *testing.T) {
-	rt := newFake(100)
+	rt := gcholdtest.NewPercent(100)
 	h := gchold.NewFor(rt, 40)
 	leaveA := h.Enter()
 	if got := rt.GCPercent(); got != 40 {
@@ -63,14 +32,14 @@ func TestHoldNestedAndOverlapping(t *testing.T) {
 		t.Fatalf("percent %d while the last pass still runs, want 40", got)
 	}
 	leaveB()
-	if got, want := rt.seen(), []int{100, 40, 100}; !slices.Equal(got, want) {
+	if got, want := rt.Seen(), []int{100, 40, 100}; !slices.Equal(got, want) {
 		t.Fatalf("percents in force %v, want %v: lowered once, restored once", got, want)
 	}
 	// A later pass lowers it again, from what is then in force.
 	rt.SetGCPercent(150)
 	leave := h.Enter()
 	leave()
-	if got, want := rt.seen(), []int{100, 40, 100, 150, 40, 150}; !slices.Equal(got, want) {
+	if got, want := rt.Seen(), []int{100, 40, 100, 150, 40, 150}; !slices.Equal(got, want) {
 		t.Fatalf("percents in force %v, want %v", got, want)
 	}
 }
@@ -78,14 +47,14 @@ func TestHoldNestedAndOverlapping(t *testing.T) {
 // The operator's setting stands when it is off or already as low.
 func TestHoldLeavesOperatorsSetting(t *testing.T) {
 	for _, prior := range []int{-1, 10, 40} {
-		rt := newFake(prior)
+		rt := gcholdtest.NewPercent(prior)
 		h := gchold.NewFor(rt, 40)
 		leave := h.Enter()
 		if got := rt.GCPercent(); got != prior {
 			t.Errorf("GOGC=%d: percent %d while a pass runs, want it left alone", prior, got)
 		}
 		leave()
-		if got := rt.seen(); !slices.Equal(got, []int{prior}) {
+		if got := rt.Seen(); !slices.Equal(got, []int{prior}) {
 			t.Errorf("GOGC=%d: percents in force %v, want it never set", prior, got)
 		}
 	}
@@ -94,7 +63,7 @@ func TestHoldLeavesOperatorsSetting(t *testing.T) {
 // Passes entering and leaving at once: every pass runs at the lowered
 // percent, and the prior one is back after the last.
 func TestHoldConcurrentPasses(t *testing.T) {
-	rt := newFake(100)
+	rt := gcholdtest.NewPercent(100)
 	h := gchold.NewFor(rt, 25)
 	var wg sync.WaitGroup
 	errs := make(chan int, 64)
@@ -115,7 +84,7 @@ func TestHoldConcurrentPasses(t *testing.T) {
 	if got := rt.GCPercent(); got != 100 {
 		t.Errorf("percent %d after every pass, want 100", got)
 	}
-	h2 := rt.seen()
+	h2 := rt.Seen()
 	if h2[len(h2)-1] != 100 || len(h2)%2 != 1 {
 		t.Errorf("percents in force %v: want lowered and restored in pairs, ending at 100", h2)
 	}
@@ -123,13 +92,13 @@ func TestHoldConcurrentPasses(t *testing.T) {
 
 // No hold (a percent of 0, or nil): nothing is changed.
 func TestHoldOff(t *testing.T) {
-	rt := newFake(100)
+	rt := gcholdtest.NewPercent(100)
 	h := gchold.NewFor(rt, 0)
 	if h != nil {
 		t.Fatalf("NewFor(rt, 0) = %v, want nil (off)", h)
 	}
 	h.Enter()()
-	if got := rt.seen(); !slices.Equal(got, []int{100}) {
+	if got := rt.Seen(); !slices.Equal(got, []int{100}) {
 		t.Errorf("percents in force %v, want never set", got)
 	}
 	if h.Percent() != 0 {
@@ -175,7 +144,7 @@ func TestHoldProcess(t *testing.T) {
 // percent in force; a nil Hold calls neither.
 func TestHoldWatch(t *testing.T) {
 	for _, start := range []int{100, 20, -1} {
-		h := gchold.NewFor(newFake(start), 50)
+		h := gchold.NewFor(gcholdtest.NewPercent(start), 50)
 		var calls []string
 		h.Watch(func() { calls = append(calls, "busy") }, func() { calls = append(calls, "idle") })
 		a := h.Enter()
