@@ -238,8 +238,8 @@ func resetPeakRSS() { _ = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) 
 // BENCH_SCALE_PASS_GC_PERCENT=N sets it, 0 leaves it alone). The GC's
 // CPU time and cycles during the collection and the eviction are
 // reported; BENCH_SCALE_CPUPROFILE=PREFIX writes CPU profiles of the
-// start-up, the collection and the eviction to PREFIX-start, -gc and
-// -evict. BENCH_SCALE_STALL (stallWatch) and BENCH_SCALE_RSS_DUMP
+// start-up, ls, the status list, the collection and the eviction to
+// PREFIX-start, -ls, -status, -gc and -evict. BENCH_SCALE_STALL (stallWatch) and BENCH_SCALE_RSS_DUMP
 // (rssDump) write the stacks of a slow pull and of a peak of the mapped
 // pages; BENCH_SCALE_TRACE (flight) the execution trace of the index's
 // slow writes, summed up in the log.
@@ -306,9 +306,11 @@ func BenchmarkScale(b *testing.B) {
 
 				sampler.Phase("ls")
 				lsProfiled := scalePeakProfile(b, "ls")
+				lsCPU := scaleCPUProfile(b, "ls")
 				start = time.Now()
 				images, err := srv.Collector.Images(ctx)
 				ls := time.Since(start)
+				lsCPU()
 				lsProfiled()
 				if err != nil || len(images) != n {
 					b.Fatalf("ls: %d images, error %v", len(images), err)
@@ -317,11 +319,13 @@ func BenchmarkScale(b *testing.B) {
 				// (Collector.Images, pulls, referrers, three orders).
 				scaleProfile(b, "ls")
 				sampler.Phase("status")
+				statusCPU := scaleCPUProfile(b, "status")
 				start = time.Now()
 				if err := getStatusImages(hs.URL, n); err != nil {
 					b.Fatal(err)
 				}
 				statusJSON := time.Since(start)
+				statusCPU()
 				scaleProfile(b, "status")
 				// The pulls during the passes ask for pinned images only:
 				// the eviction must keep them.
