@@ -56,6 +56,9 @@ func (c *Collector) referrersGraph() (*graph, error) {
 // schema ("sha256-<hex>") or of cosign's ("sha256-<hex>.sig", ".att",
 // ".sbom") names.
 func referrerTagSubject(tag string) (digest.Digest, bool) {
+	if !mayNameSubject(tag) {
+		return "", false
+	}
 	base, suffix, _ := strings.Cut(tag, ".")
 	switch suffix {
 	case "", "sig", "att", "sbom":
@@ -69,6 +72,11 @@ func referrerTagSubject(tag string) (digest.Digest, bool) {
 	d := digest.Digest(alg + ":" + hex)
 	return d, oci.ValidDigest(d)
 }
+
+// mayNameSubject is false for a tag too short for referrerTagSubject to
+// find a subject in (an algorithm's name and a 64-digit hex, the shortest
+// digest): most tags, which then cost no string.
+func mayNameSubject[S string | []byte](tag S) bool { return len(tag) >= len("sha256-")+64 }
 
 func newGraph(store *storage.DriverStore) *graph {
 	return &graph{store: store, nodes: map[digest.Digest]*node{}}
@@ -99,7 +107,7 @@ func (g *graph) parse(ctx context.Context, d digest.Digest) (*node, error) {
 		n.missing = true
 	case err != nil:
 		return nil, fmt.Errorf("reading manifest %s: %w", d, err)
-	case !d.Algorithm().Available() || d.Algorithm().FromBytes(body) != d:
+	case !oci.Matches(d, body):
 		n.corrupt = true
 	default:
 		var doc oci.Manifest

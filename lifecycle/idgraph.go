@@ -24,9 +24,12 @@ import (
 
 // digestIDs numbers digests: those of the content table first, then, as
 // they are met, the others (stored files without records, digests
-// manifests name that have none).
+// manifests name that have none). It is safe for concurrent use (the
+// model's manifests are read while the index is: Collector.model); the
+// table's digests, nearly all, are numbered without a lock.
 type digestIDs struct {
 	table  *storage.ContentTable
+	mu     sync.Mutex
 	extra  map[digest.Digest]int32
 	extras []digest.Digest
 }
@@ -40,13 +43,20 @@ func (x *digestIDs) lookup(d digest.Digest) (int32, bool) {
 	if i, ok := x.table.ID(d); ok {
 		return int32(i), true
 	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
 	id, ok := x.extra[d]
 	return id, ok
 }
 
 // id returns d's identifier, giving it one if it has none.
 func (x *digestIDs) id(d digest.Digest) int32 {
-	if id, ok := x.lookup(d); ok {
+	if i, ok := x.table.ID(d); ok {
+		return int32(i)
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if id, ok := x.extra[d]; ok {
 		return id
 	}
 	id := int32(x.table.Len() + len(x.extras))
@@ -87,6 +97,8 @@ func (x *digestIDs) digest(id int32) digest.Digest {
 	if int(id) < x.table.Len() {
 		return x.table.Digest(int(id))
 	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
 	return x.extras[int(id)-x.table.Len()]
 }
 
@@ -106,7 +118,11 @@ func (x *digestIDs) compare(a, b int32) int {
 }
 
 // n is the number of identifiers given.
-func (x *digestIDs) n() int { return x.table.Len() + len(x.extras) }
+func (x *digestIDs) n() int {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.table.Len() + len(x.extras)
+}
 
 // recorded reports whether id has a manifest or blob record.
 func (x *digestIDs) recorded(id int32) bool {
@@ -190,7 +206,13 @@ type idGraph struct {
 	// children's platforms (interned in platforms) and, if keepConfig,
 	// the config (what the image model shows; a collection does not).
 	details, keepConfig bool
-	platforms           storage.Interner
+	// configPlatforms are the platforms of the configs loadAhead read
+	// (keepConfig), by identifier: "" for none.
+	configPlatforms map[int32]string
+	// mu guards platforms, and nodes and configPlatforms while loadAhead
+	// runs.
+	mu        sync.Mutex
+	platforms storage.Interner
 }
 
 // newIDGraph numbers g's referrers; g's nodes are not used.
@@ -241,9 +263,11 @@ func (ig *idGraph) number(p *node) *idNode {
 	var d nodeDetail
 	if len(p.platforms) > 0 {
 		d.platforms = make([]childPlatform, 0, len(p.platforms))
+		ig.mu.Lock()
 		for dg, pl := range p.platforms {
 			d.platforms = append(d.platforms, childPlatform{id: ig.ids.id(dg), platform: ig.platforms.String(pl)})
 		}
+		ig.mu.Unlock()
 	}
 	if ig.keepConfig && p.config != "" {
 		d.config = ig.ids.id(p.config) + 1
@@ -255,50 +279,40 @@ func (ig *idGraph) number(p *node) *idNode {
 }
 
 // loadAll loads every manifest a walk from roots would reach (children
-// of indexes and referrers), one level at a time with up to
-// parallelReads reads at once, so that the walks then find them loaded:
-// one read after another, 10,000 images wait 10,000 times on the store.
-// A few long-lived readers, not a goroutine per manifest (each would
-// grow its stack anew to decode one); each node is numbered as soon as
-// it is read, its strings not waiting for the whole level. It fails as
-// load does, on a store failure.
+// of indexes and referrers), one level at a time, parallelReads at once,
+// so that the walks then find them loaded: one read after another,
+// 10,000 images wait 10,000 times on the store. Each node is numbered as
+// soon as it is read, its strings not waiting for the whole level. It
+// fails as load does, on a store failure.
 func (ig *idGraph) loadAll(ctx context.Context, roots []int32) error {
 	var seen idSet
 	var level []int32
-	add := func(ids []int32) {
+	var add func(ids []int32)
+	add = func(ids []int32) {
 		for _, id := range ids {
-			if _, loaded := ig.nodes[id]; !loaded && !seen.has(id) {
-				seen.add(id)
-				level = append(level, id)
+			if seen.has(id) {
+				continue
 			}
+			seen.add(id)
+			if n, loaded := ig.nodes[id]; loaded { // by loadAhead: what it reaches may not be
+				add(n.manifests)
+				add(ig.referrers[id])
+				continue
+			}
+			level = append(level, id)
 		}
 	}
 	add(roots)
 	for len(level) > 0 {
 		nodes := make([]*idNode, len(level))
-		// ids is not safe for concurrent use: it is read and numbers
-		// under numbering; the reads and the parsing run in parallel.
-		var numbering sync.Mutex
-		eg, ectx := errgroup.WithContext(ctx)
-		var next atomic.Int64
-		for range min(parallelReads, len(level)) {
-			eg.Go(func() error {
-				for i := int(next.Add(1) - 1); i < len(level); i = int(next.Add(1) - 1) {
-					numbering.Lock()
-					d := ig.ids.digest(level[i])
-					numbering.Unlock()
-					p, err := ig.g.parse(ectx, d)
-					if err != nil {
-						return err
-					}
-					numbering.Lock()
-					nodes[i] = ig.number(p)
-					numbering.Unlock()
-				}
-				return nil
-			})
-		}
-		if err := eg.Wait(); err != nil {
+		if err := eachParallel(ctx, len(level), func(ctx context.Context, i int) error {
+			p, err := ig.g.parse(ctx, ig.ids.digest(level[i]))
+			if err != nil {
+				return err
+			}
+			nodes[i] = ig.number(p)
+			return nil
+		}); err != nil {
 			return err
 		}
 		if err := ctx.Err(); err != nil {
@@ -315,6 +329,74 @@ func (ig *idGraph) loadAll(ctx context.Context, roots []int32) error {
 		}
 	}
 	return nil
+}
+
+// loadAhead starts loading, parallelReads at once, the manifests given to
+// ahead and the children of the indexes among them, while its caller goes
+// on: the image model gives it the roots as it reads them from the index
+// (one goroutine, ~40% of a listing's time at 100k images), so that
+// loadAll then finds them loaded. With keepConfig, it also reads the
+// platform of the config of each manifest given that is not an index (an
+// image's platform, when its mirror record has none: readConfigPlatforms).
+// done stops it and waits for its reads; ahead must not be called
+// afterwards. A read that fails is left for loadAll to fail on; ig.nodes
+// must not be used until done returns. done may be called again.
+func (ig *idGraph) loadAhead(ctx context.Context) (ahead func(id int32), done func()) {
+	ch := make(chan int32, 4*parallelReads)
+	var claimed idSet // under ig.mu
+	claim := func(id int32) bool {
+		ig.mu.Lock()
+		defer ig.mu.Unlock()
+		first := !claimed.has(id)
+		claimed.add(id)
+		return first
+	}
+	var load func(id int32, root bool)
+	load = func(id int32, root bool) {
+		if !claim(id) || ctx.Err() != nil {
+			return
+		}
+		p, err := ig.g.parse(ctx, ig.ids.digest(id))
+		if err != nil {
+			return
+		}
+		n := ig.number(p)
+		var platform string
+		config := n.config() - 1
+		if root && config >= 0 && len(n.manifests) == 0 {
+			platform = ig.g.configPlatform(ctx, p.config)
+		}
+		ig.mu.Lock()
+		ig.nodes[id] = n
+		if root && config >= 0 && len(n.manifests) == 0 {
+			if ig.configPlatforms == nil {
+				ig.configPlatforms = map[int32]string{}
+			}
+			ig.configPlatforms[config] = ig.platforms.String(platform)
+		}
+		ig.mu.Unlock()
+		for _, c := range n.manifests {
+			load(c, false)
+		}
+	}
+	var wg sync.WaitGroup
+	for range parallelReads {
+		wg.Go(func() {
+			for id := range ch {
+				load(id, true)
+			}
+		})
+	}
+	var sent idSet // a root's tags come one after another: sent once
+	return func(id int32) {
+			if !sent.has(id) {
+				sent.add(id)
+				ch <- id
+			}
+		}, sync.OnceFunc(func() {
+			close(ch)
+			wg.Wait()
+		})
 }
 
 // reachIDs is what root keeps (graph.reach): its manifests, sorted, and
@@ -383,7 +465,27 @@ func (ig *idGraph) walk(ctx context.Context, root int32, m *marks) error {
 	return nil
 }
 
-// parallelReads bounds the manifests loadAll reads at once: enough to
-// keep a disk's queue or an object store's connections busy, few enough
-// not to crowd out the requests the mirror is serving.
+// parallelReads bounds the files loadAll and readConfigPlatforms read at
+// once: enough to keep a disk's queue or an object store's connections
+// busy, few enough not to crowd out the requests the mirror is serving.
 const parallelReads = 16
+
+// eachParallel calls fn for 0..n-1 from up to parallelReads long-lived
+// goroutines (not one per call: each would grow its stack anew to decode
+// one file), and returns the first error, which cancels the ctx the
+// others are given.
+func eachParallel(ctx context.Context, n int, fn func(ctx context.Context, i int) error) error {
+	eg, ectx := errgroup.WithContext(ctx)
+	var next atomic.Int64
+	for range min(parallelReads, n) {
+		eg.Go(func() error {
+			for i := int(next.Add(1) - 1); i < n; i = int(next.Add(1) - 1) {
+				if err := fn(ectx, i); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	return eg.Wait()
+}

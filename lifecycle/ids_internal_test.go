@@ -449,3 +449,80 @@ func openIndexStore(t *testing.T) (*storage.Index, *storage.DriverStore) {
 	}
 	return ix, store
 }
+
+// An image that is not an index and has no platform in its mirror record
+// shows its config's: the configs are read in parallel (more images than
+// parallelReads), as the tags are read from the index (loadAhead) or
+// after (an image only pinned), each image given its own config's
+// platform; an image in two repositories shares its config's; a config
+// without "os", or not stored, gives none.
+func TestImagesConfigPlatforms(t *testing.T) {
+	ctx := t.Context()
+	ix, store := openIndexStore(t)
+	put := func(data []byte) digest.Digest {
+		d := digest.FromBytes(data)
+		if err := store.Put(ctx, "library/app", d, int64(len(data)), bytes.NewReader(data)); err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	manifest := func(cfg digest.Digest, n int) digest.Digest {
+		return put([]byte(fmt.Sprintf(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",`+
+			`"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":%q,"size":%d},"layers":[]}`, cfg, n)))
+	}
+	record := func(repo string, d digest.Digest, tag string) {
+		if err := ix.RecordManifest(storage.ManifestEntry{Upstream: "docker.io", Repo: repo, Digest: d, Tag: tag,
+			Record: storage.ManifestRecord{MediaType: "application/vnd.oci.image.manifest.v1+json", Size: 100}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := map[digest.Digest]string{}
+	n := 3*parallelReads + 5
+	for i := range n {
+		variant := fmt.Sprintf("v%d", i) // a platform per image
+		cfg := put([]byte(fmt.Sprintf(`{"architecture":"arm","os":"linux","variant":%q}`, variant)))
+		d := manifest(cfg, 40)
+		record("library/app", d, fmt.Sprintf("t%d", i))
+		want[d] = "linux/arm/" + variant
+	}
+	shared := put([]byte(`{"architecture":"s390x","os":"linux"}`))
+	both := manifest(shared, 37)
+	record("library/one", both, "latest")
+	record("library/two", both, "latest")
+	noOS := manifest(put([]byte(`{"architecture":"amd64"}`)), 24)
+	record("library/noos", noOS, "latest")
+	gone := manifest(digest.FromString("a config never stored"), 2)
+	record("library/gone", gone, "latest")
+	pinned := manifest(put([]byte(`{"architecture":"ppc64le","os":"linux"}`)), 39)
+	record("library/pinned", pinned, "latest")
+	if err := ix.DeleteTag("docker.io", "library/pinned", "latest"); err != nil {
+		t.Fatal(err)
+	}
+	c := New(store, ix, Options{})
+	if err := c.Pin(pinned.String(), "test"); err != nil {
+		t.Fatal(err)
+	}
+
+	list, err := c.Images(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != n+5 {
+		t.Fatalf("%d images, want %d", len(list), n+5)
+	}
+	for _, im := range list {
+		var w []string
+		switch {
+		case im.Digest == both:
+			w = []string{"linux/s390x"}
+		case im.Digest == pinned:
+			w = []string{"linux/ppc64le"}
+		case im.Digest == noOS || im.Digest == gone:
+		default:
+			w = []string{want[im.Digest]}
+		}
+		if !slices.Equal(im.Platforms, w) {
+			t.Errorf("%s@%s: platforms %q, want %q", im.Name(), im.Digest, im.Platforms, w)
+		}
+	}
+}

@@ -1,11 +1,9 @@
 package lifecycle
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
-	"io"
 	"maps"
 	"slices"
 	"sort"
@@ -317,14 +315,26 @@ func (c *Collector) model(ctx context.Context, platforms, tags bool) (*model, er
 		}
 		return &m.entries[i]
 	}
+	// The manifests are read from the store as their roots are read from
+	// the index (loadAhead), once the content table is known.
+	var ig *idGraph
+	ahead, doneAhead := func(int32) {}, func() {}
+	defer func() { doneAhead() }() // on a failed read
+	start := func(table *storage.ContentTable) {
+		if m.ids != nil {
+			return
+		}
+		m.ids = newDigestIDs(table)
+		ig = newIDGraph(g, m.ids)
+		ig.details, ig.keepConfig = true, platforms
+		ahead, doneAhead = ig.loadAhead(ctx)
+	}
 	// The fill records come after the tags, each folded into its entry as
 	// it is read (at 100k images, ~15 MiB as a list).
 	stateIDs := map[string]uint8{"": 0}
 	platformIDs := map[string]int32{"": 0}
 	fillEntry := func(table *storage.ContentTable, me *storage.FillEntry) {
-		if m.ids == nil {
-			m.ids = newDigestIDs(table)
-		}
+		start(table)
 		if !oci.ValidDigest(me.Digest) {
 			return
 		}
@@ -343,11 +353,10 @@ func (c *Collector) model(ctx context.Context, platforms, tags bool) (*model, er
 		}
 		e := get(imageKey{nameID(me.Upstream, me.Repo), m.ids.id(me.Digest)})
 		e.fill = fill{updatedAt: storage.UnixNano(me.UpdatedAt), platforms: pl, state: st, ok: true}
+		ahead(e.id)
 	}
 	recs, err := c.index.ReadImageTableFills(in, func(t *storage.TagInfo) {
-		if m.ids == nil {
-			m.ids = newDigestIDs(t.Table)
-		}
+		start(t.Table)
 		if !t.OK {
 			return
 		}
@@ -358,7 +367,7 @@ func (c *Collector) model(ctx context.Context, platforms, tags bool) (*model, er
 		e := get(imageKey{nameID(t.Upstream, t.Repo), id})
 		var subject digest.Digest
 		var artifact bool
-		if bytes.IndexByte(t.RawTag, '-') >= 0 { // no string made for the others
+		if mayNameSubject(t.RawTag) { // no string made for the others
 			subject, artifact = referrerTagSubject(string(t.RawTag))
 		}
 		if !artifact {
@@ -372,17 +381,17 @@ func (c *Collector) model(ctx context.Context, platforms, tags bool) (*model, er
 			e.pinned = true
 		}
 		if artifact {
-			subject = in.Digest(subject)
-			g.referrers[subject] = append(g.referrers[subject], m.ids.digest(id))
+			s := m.ids.id(subject)
+			ig.referrers[s] = append(ig.referrers[s], id)
 		}
+		ahead(id)
 	}, fillEntry)
+	doneAhead()
 	if err != nil {
 		return nil, err
 	}
 	m.recs = recs
-	if m.ids == nil {
-		m.ids = newDigestIDs(recs.Content)
-	}
+	start(recs.Content)
 	ids := m.ids
 	// Pinned digests: their images are pinned; one without an image
 	// is one, named after its first holder.
@@ -426,9 +435,7 @@ func (c *Collector) model(ctx context.Context, platforms, tags bool) (*model, er
 		}
 	}
 	rootSeen = nil
-	ig := newIDGraph(g, ids)
 	g.referrers = nil // numbered in ig
-	ig.details, ig.keepConfig = true, platforms
 	if err := ig.loadAll(ctx, roots); err != nil {
 		return nil, err
 	}
@@ -485,6 +492,8 @@ func (c *Collector) model(ctx context.Context, platforms, tags bool) (*model, er
 			m.refs[id]++
 		}
 	}
+	// The images whose platform only their config says, by config.
+	byConfig := map[int32][]int32{}
 	for _, i := range listed {
 		e := &m.entries[i]
 		m.notePulls(i)
@@ -502,13 +511,11 @@ func (c *Collector) model(ctx context.Context, platforms, tags bool) (*model, er
 			m.indexRoots[i] = root
 		}
 		if platforms && root.config() != 0 && len(root.manifests) == 0 && len(m.platforms[e.fill.platforms]) == 0 {
-			if p := c.configPlatform(ctx, ids.digest(root.config()-1)); p != "" {
-				if m.configs == nil {
-					m.configs = map[int32]string{}
-				}
-				m.configs[i] = p
-			}
+			byConfig[root.config()-1] = append(byConfig[root.config()-1], i)
 		}
+	}
+	if err := readConfigPlatforms(ctx, m, ig, byConfig); err != nil {
+		return nil, err
 	}
 	m.images = listed
 	if tags {
@@ -524,7 +531,10 @@ func (c *Collector) model(ctx context.Context, platforms, tags bool) (*model, er
 			if a.imageKey == b.imageKey {
 				return 0
 			}
-			return cmp.Or(cmp.Compare(full[a.name], full[b.name]), strings.Compare(a.tags, b.tags), cmp.Compare(m.digest(a), m.digest(b)))
+			if c := cmp.Or(cmp.Compare(full[a.name], full[b.name]), strings.Compare(a.tags, b.tags)); c != 0 {
+				return c
+			}
+			return cmp.Compare(m.digest(a), m.digest(b)) // only on a tie: a digest is a new string
 		})
 	}
 	return m, nil
@@ -621,18 +631,59 @@ func (m *model) image(i int32) Image {
 	return im
 }
 
+// readConfigPlatforms sets m.configs: the platform of each config of
+// byConfig (config identifier to the entries it is the config of), as
+// loadAhead read it, else read now, parallelReads at once as loadAll
+// reads manifests (one after another, at 100k single-platform images, a
+// third of `ls`'s time waited on them).
+func readConfigPlatforms(ctx context.Context, m *model, ig *idGraph, byConfig map[int32][]int32) error {
+	if len(byConfig) == 0 {
+		return nil
+	}
+	configs := slices.Sorted(maps.Keys(byConfig))
+	found := make([]string, len(configs))
+	var unread []int
+	var ds []digest.Digest
+	for k, id := range configs {
+		if p, ok := ig.configPlatforms[id]; ok {
+			found[k] = p
+			continue
+		}
+		unread = append(unread, k)
+		ds = append(ds, m.ids.digest(id))
+	}
+	if err := eachParallel(ctx, len(unread), func(ctx context.Context, u int) error {
+		found[unread[u]] = ig.g.configPlatform(ctx, ds[u])
+		return nil
+	}); err != nil {
+		return err
+	}
+	for k, id := range configs {
+		if found[k] == "" {
+			continue
+		}
+		if m.configs == nil {
+			m.configs = map[int32]string{}
+		}
+		p := ig.platforms.String(found[k]) // a few platforms, shared by many images
+		for _, i := range byConfig[id] {
+			m.configs[i] = p
+		}
+	}
+	return ctx.Err()
+}
+
 // maxConfigSize bounds what is read of an image config for its platform.
 const maxConfigSize = 16 << 20
 
 // configPlatform reads an image config's platform, or returns "".
-func (c *Collector) configPlatform(ctx context.Context, d digest.Digest) string {
-	rc, err := c.store.Open(ctx, "", d, 0)
+func (g *graph) configPlatform(ctx context.Context, d digest.Digest) string {
+	b, err := g.store.ReadSmall(ctx, d, maxConfigSize)
 	if err != nil {
 		return ""
 	}
-	defer rc.Close()
 	var cfg v1.Platform
-	if err := json.NewDecoder(io.LimitReader(rc, maxConfigSize)).Decode(&cfg); err != nil || cfg.OS == "" {
+	if err := json.Unmarshal(b, &cfg); err != nil || cfg.OS == "" {
 		return ""
 	}
 	return oci.PlatformString(&cfg)

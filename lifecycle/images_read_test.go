@@ -29,9 +29,10 @@ func (d failingReads) Reader(ctx context.Context, path string, offset int64) (io
 	return d.StorageDriver.Reader(ctx, path, offset)
 }
 
-// The list reads the manifests under each image (here an index's
-// children) several at once; a store failure on any of them fails the
-// list rather than showing a partial image, as reading one by one did.
+// The list reads the manifests under each image (here an index and its
+// children) several at once, the first of them while it reads the index;
+// a store failure on any of them fails the list rather than showing a
+// partial image, as reading one by one did.
 func TestImagesStoreFailure(t *testing.T) {
 	e := newEnv(t)
 	a, _, _ := seedThree(t, e)
@@ -42,11 +43,13 @@ func TestImagesStoreFailure(t *testing.T) {
 			break
 		}
 	}
-	hex := child[strings.Index(child, ":")+1:]
-	failing := storage.NewDriverStore(failingReads{e.store.Driver(), hex})
-	col := lifecycle.New(failing, e.m.Index, lifecycle.Options{Now: e.m.Clock.Now})
-	if list, err := col.Images(t.Context()); !errors.Is(err, errDisk) || !strings.Contains(err.Error(), child) {
-		t.Fatalf("Images = %d images, %v; want the failure reading %s", len(list), err, child)
+	for _, d := range []string{a.digest, child} {
+		hex := d[strings.Index(d, ":")+1:]
+		failing := storage.NewDriverStore(failingReads{e.store.Driver(), hex})
+		col := lifecycle.New(failing, e.m.Index, lifecycle.Options{Now: e.m.Clock.Now})
+		if list, err := col.Images(t.Context()); !errors.Is(err, errDisk) || !strings.Contains(err.Error(), d) {
+			t.Fatalf("Images = %d images, %v; want the failure reading %s", len(list), err, d)
+		}
 	}
 	// The same store answering lists all three.
 	if list := images(t, lifecycle.New(storage.NewDriverStore(e.store.Driver()), e.m.Index, lifecycle.Options{Now: e.m.Clock.Now})); len(list) != 3 {
