@@ -338,11 +338,15 @@ func (ig *idGraph) loadAll(ctx context.Context, roots []int32) error {
 // loadAll then finds them loaded. With keepConfig, it also reads the
 // platform of the config of each manifest given that is not an index (an
 // image's platform, when its mirror record has none: readConfigPlatforms).
-// done stops it and waits for its reads; ahead must not be called
-// afterwards. A read that fails is left for loadAll to fail on; ig.nodes
-// must not be used until done returns. done may be called again.
+// ahead never waits for the reads (the index's read transaction must not
+// stay open while a slow store answers: a writer meanwhile cannot reuse
+// the pages it frees). done stops it and waits for its reads; ahead must
+// not be called afterwards. A read that fails is left for loadAll to fail
+// on; ig.nodes must not be used until done returns. done may be called
+// again.
 func (ig *idGraph) loadAhead(ctx context.Context) (ahead func(id int32), done func()) {
-	ch := make(chan int32, 4*parallelReads)
+	var q idQueue
+	q.ready.L = &q.mu
 	var claimed idSet // under ig.mu
 	claim := func(id int32) bool {
 		ig.mu.Lock()
@@ -382,7 +386,7 @@ func (ig *idGraph) loadAhead(ctx context.Context) (ahead func(id int32), done fu
 	var wg sync.WaitGroup
 	for range parallelReads {
 		wg.Go(func() {
-			for id := range ch {
+			for id, ok := q.next(); ok; id, ok = q.next() {
 				load(id, true)
 			}
 		})
@@ -391,12 +395,50 @@ func (ig *idGraph) loadAhead(ctx context.Context) (ahead func(id int32), done fu
 	return func(id int32) {
 			if !sent.has(id) {
 				sent.add(id)
-				ch <- id
+				q.push(id)
 			}
 		}, sync.OnceFunc(func() {
-			close(ch)
+			q.close()
 			wg.Wait()
 		})
+}
+
+// idQueue is a queue of identifiers without a bound (4 bytes each), so
+// that pushing never waits; its ready.L must be &mu.
+type idQueue struct {
+	mu     sync.Mutex
+	ready  sync.Cond
+	ids    []int32
+	closed bool
+}
+
+func (q *idQueue) push(id int32) {
+	q.mu.Lock()
+	q.ids = append(q.ids, id)
+	q.mu.Unlock()
+	q.ready.Signal()
+}
+
+// next waits for an identifier; ok is false once the queue is closed
+// and empty.
+func (q *idQueue) next() (id int32, ok bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for len(q.ids) == 0 && !q.closed {
+		q.ready.Wait()
+	}
+	if len(q.ids) == 0 {
+		return 0, false
+	}
+	id, q.ids = q.ids[0], q.ids[1:]
+	return id, true
+}
+
+func (q *idQueue) close() {
+	q.mu.Lock()
+	q.closed = true
+	q.mu.Unlock()
+	q.ready.Broadcast()
 }
 
 // reachIDs is what root keeps (graph.reach): its manifests, sorted, and

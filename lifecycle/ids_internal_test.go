@@ -526,3 +526,32 @@ func TestImagesConfigPlatforms(t *testing.T) {
 		}
 	}
 }
+
+// An idQueue hands out what was pushed, in order, to readers that wait
+// for it, and ends them once closed and drained.
+func TestIDQueue(t *testing.T) {
+	var q idQueue
+	q.ready.L = &q.mu
+	got := make(chan int32)
+	go func() {
+		defer close(got)
+		for id, ok := q.next(); ok; id, ok = q.next() {
+			got <- id
+		}
+	}()
+	q.push(1) // the reader may be waiting already
+	if id := <-got; id != 1 {
+		t.Fatalf("got %d, want 1", id)
+	}
+	for id := int32(2); id <= 5; id++ {
+		q.push(id)
+	}
+	q.close()
+	var rest []int32
+	for id := range got {
+		rest = append(rest, id)
+	}
+	if !slices.Equal(rest, []int32{2, 3, 4, 5}) {
+		t.Errorf("got %v after closing, want 2 3 4 5", rest)
+	}
+}
