@@ -3,7 +3,10 @@ package storage
 import (
 	"context"
 	"errors"
+	"io/fs"
+	"os"
 	"path"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -27,6 +30,9 @@ type StoredContent struct {
 // are not content (leftovers with unexpected names) are skipped. An error
 // from fn stops the walk and is returned.
 func (s *DriverStore) Walk(ctx context.Context, fn func(StoredContent) error) error {
+	if s.root != "" {
+		return walkFiles(ctx, s.blobs, fn)
+	}
 	err := s.driver.Walk(ctx, blobsRoot, func(fi storagedriver.FileInfo) error {
 		if fi.IsDir() {
 			return ctx.Err()
@@ -58,4 +64,83 @@ func contentDigest(p string) (digest.Digest, bool) {
 		return "", false
 	}
 	return d, true
+}
+
+// walkFiles is Walk of the filesystem driver's blobs directory, read
+// directly: a directory read for each algorithm and prefix directory, and
+// one stat for each content's data file. The driver's walk lists and
+// stats every directory and file on its way, ~six system calls a content
+// (at 100k images, 300k of them: two thirds of a collection's CPU). What
+// it counts as content is the same: a regular file <alg>/<hex[:2]>/<hex>/data
+// of a valid digest. A directory or file removed during the walk is not
+// content.
+func walkFiles(ctx context.Context, blobs string, fn func(StoredContent) error) error {
+	algs, err := readDir(blobs)
+	if err != nil {
+		return err
+	}
+	for _, alg := range algs {
+		if !alg.IsDir() {
+			continue
+		}
+		algDir := filepath.Join(blobs, alg.Name())
+		prefixes, err := readDir(algDir)
+		if err != nil {
+			return err
+		}
+		for _, prefix := range prefixes {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if !prefix.IsDir() || len(prefix.Name()) != 2 {
+				continue
+			}
+			dir := filepath.Join(algDir, prefix.Name())
+			entries, err := readDir(dir)
+			if err != nil {
+				return err
+			}
+			for _, e := range entries {
+				hex := e.Name()
+				if !e.IsDir() || !strings.HasPrefix(hex, prefix.Name()) {
+					continue
+				}
+				d := digest.NewDigestFromEncoded(digest.Algorithm(alg.Name()), hex)
+				if !oci.ValidDigest(d) {
+					continue
+				}
+				fi, err := os.Stat(filepath.Join(dir, hex, "data"))
+				if errors.Is(err, fs.ErrNotExist) {
+					continue
+				}
+				if err != nil {
+					return err
+				}
+				if !fi.Mode().IsRegular() {
+					continue
+				}
+				if err := fn(StoredContent{Digest: d, Size: fi.Size(), ModTime: fi.ModTime()}); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// readDir is dir's entries, unsorted; none if dir does not exist.
+func readDir(dir string) ([]fs.DirEntry, error) {
+	f, err := os.Open(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	entries, err := f.ReadDir(-1)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil // removed meanwhile
+	}
+	return entries, err
 }

@@ -1,6 +1,8 @@
 package storage_test
 
 import (
+	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -28,28 +30,69 @@ func TestDriverStoreWalk(t *testing.T) {
 		must(t, s.Put(ctx, "r", d, int64(len(body)), strings.NewReader(body)))
 		want[d] = int64(len(body))
 	}
-	// Stray files are not content.
-	must(t, os.MkdirAll(filepath.Join(root, "blobs", "sha256", "zz"), 0o755))
-	must(t, os.WriteFile(filepath.Join(root, "blobs", "sha256", "zz", "junk"), []byte("x"), 0o644))
-	must(t, os.WriteFile(filepath.Join(root, "blobs", "README"), []byte("x"), 0o644))
-
-	got := map[digest.Digest]int64{}
-	before := time.Now().Add(-time.Hour)
-	err := s.Walk(ctx, func(sc storage.StoredContent) error {
-		got[sc.Digest] = sc.Size
-		if sc.ModTime.Before(before) {
-			t.Errorf("%s: ModTime %v", sc.Digest, sc.ModTime)
-		}
-		return nil
-	})
-	must(t, err)
-	if len(got) != len(want) {
-		t.Fatalf("Walk = %v, want %v", got, want)
+	// Stray files are not content: a file where a directory belongs, a
+	// content directory under another prefix, without data, with a
+	// directory as data, a name that is no digest, an unknown algorithm.
+	blobs := filepath.Join(root, "blobs")
+	hex := digest.FromString("stray").Encoded()
+	other := "00"
+	if hex[:2] == other {
+		other = "01"
 	}
-	for d, n := range want {
-		if got[d] != n {
-			t.Errorf("Walk: %s has size %d, want %d", d, got[d], n)
+	must(t, os.MkdirAll(filepath.Join(blobs, "sha256", "zz"), 0o755))
+	must(t, os.WriteFile(filepath.Join(blobs, "sha256", "zz", "junk"), []byte("x"), 0o644))
+	must(t, os.WriteFile(filepath.Join(blobs, "README"), []byte("x"), 0o644))
+	must(t, os.WriteFile(filepath.Join(blobs, "sha256", "junk"), []byte("x"), 0o644))
+	must(t, os.MkdirAll(filepath.Join(blobs, "sha256", other, hex), 0o755))
+	must(t, os.WriteFile(filepath.Join(blobs, "sha256", other, hex, "data"), []byte("x"), 0o644))
+	must(t, os.MkdirAll(filepath.Join(blobs, "sha256", hex[:2], hex), 0o755))
+	noData := digest.FromString("no data").Encoded()
+	must(t, os.MkdirAll(filepath.Join(blobs, "sha256", noData[:2], noData, "data", "x"), 0o755))
+	notHex := hex[:2] + "not-a-digest"
+	must(t, os.MkdirAll(filepath.Join(blobs, "sha256", hex[:2], notHex), 0o755))
+	must(t, os.WriteFile(filepath.Join(blobs, "sha256", hex[:2], notHex, "data"), []byte("x"), 0o644))
+	must(t, os.MkdirAll(filepath.Join(blobs, "md5", hex[:2], hex), 0o755))
+	must(t, os.WriteFile(filepath.Join(blobs, "md5", hex[:2], hex, "data"), []byte("x"), 0o644))
+
+	// The store reads the directories itself; the driver's own walk (a
+	// store on the driver alone) is the oracle.
+	before := time.Now().Add(-time.Hour)
+	for name, s := range map[string]*storage.DriverStore{"filesystem": s, "driver": storage.NewDriverStore(s.Driver())} {
+		got := map[digest.Digest]int64{}
+		err := s.Walk(ctx, func(sc storage.StoredContent) error {
+			got[sc.Digest] = sc.Size
+			if sc.ModTime.Before(before) {
+				t.Errorf("%s: %s: ModTime %v", name, sc.Digest, sc.ModTime)
+			}
+			return nil
+		})
+		must(t, err)
+		if len(got) != len(want) {
+			t.Fatalf("%s: Walk = %v, want %v", name, got, want)
 		}
+		for d, n := range want {
+			if got[d] != n {
+				t.Errorf("%s: Walk: %s has size %d, want %d", name, d, got[d], n)
+			}
+		}
+	}
+}
+
+// A walk stops at its function's first error, and at the context's end.
+func TestDriverStoreWalkStops(t *testing.T) {
+	s := openFilesystem(t, t.TempDir())
+	ctx, cancel := context.WithCancel(t.Context())
+	for _, body := range []string{"one", "two", "three"} {
+		must(t, s.Put(ctx, "r", digest.FromString(body), int64(len(body)), strings.NewReader(body)))
+	}
+	errStop := errors.New("stop")
+	calls := 0
+	if err := s.Walk(ctx, func(storage.StoredContent) error { calls++; return errStop }); !errors.Is(err, errStop) || calls != 1 {
+		t.Errorf("Walk = %v after %d calls, want the function's error after 1", err, calls)
+	}
+	cancel()
+	if err := s.Walk(ctx, func(storage.StoredContent) error { return nil }); !errors.Is(err, context.Canceled) {
+		t.Errorf("Walk with its context canceled = %v", err)
 	}
 }
 
