@@ -12,7 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/distribution/distribution/v3/registry/storage/driver/factory"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/net/http/httpproxy"
@@ -67,11 +66,7 @@ func OpenEmbeddedStore(ctx context.Context, cfg config.Config, clean bool) (*sto
 	if clean {
 		return storage.OpenDriverStore(ctx, driver, params)
 	}
-	d, err := factory.Create(ctx, driver, params)
-	if err != nil {
-		return nil, fmt.Errorf("storage %s: %w", driver, err)
-	}
-	return storage.NewDriverStore(d), nil
+	return storage.CreateDriverStore(ctx, driver, params)
 }
 
 // proxyOptions are the proxy settings cfg makes: tag TTL, platforms,

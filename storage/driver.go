@@ -103,6 +103,32 @@ func (s *DriverStore) Driver() storagedriver.StorageDriver { return s.driver }
 // parameters and returns a Store on it, with leftovers of interrupted writes
 // removed.
 func OpenDriverStore(ctx context.Context, name string, params map[string]any) (*DriverStore, error) {
+	s, err := CreateDriverStore(ctx, name, params)
+	if err != nil {
+		return nil, err
+	}
+	if s.inPlace {
+		// Nothing to clean: its writes leave nothing visible, and other
+		// replicas on the same bucket may be writing now. One listing
+		// says at start whether the bucket answers and the credentials
+		// work, instead of at the first pull.
+		if _, err := s.driver.List(ctx, "/"); err != nil && !errors.As(err, new(storagedriver.PathNotFoundError)) {
+			return nil, fmt.Errorf("storage %s: %w", name, err)
+		}
+		return s, nil
+	}
+	if err := s.CleanUploads(ctx); err != nil {
+		return nil, fmt.Errorf("storage %s: removing interrupted uploads: %w", name, err)
+	}
+	return s, nil
+}
+
+// CreateDriverStore is OpenDriverStore leaving the store as it is:
+// nothing removed, nothing listed (the offline commands, beside a server
+// that may be writing). With the filesystem driver, the store reads its
+// files directly where that is cheaper than the driver (ReadSmall, Walk),
+// as OpenDriverStore's does.
+func CreateDriverStore(ctx context.Context, name string, params map[string]any) (*DriverStore, error) {
 	d, err := factory.Create(ctx, name, params)
 	if err != nil {
 		return nil, fmt.Errorf("storage %s: %w", name, err)
@@ -110,19 +136,6 @@ func OpenDriverStore(ctx context.Context, name string, params map[string]any) (*
 	s := NewDriverStore(d)
 	if root, ok := params["rootdirectory"].(string); ok && name == "filesystem" {
 		s.root, s.blobs = root, filepath.Join(root, filepath.FromSlash(blobsRoot))
-	}
-	if s.inPlace {
-		// Nothing to clean: its writes leave nothing visible, and other
-		// replicas on the same bucket may be writing now. One listing
-		// says at start whether the bucket answers and the credentials
-		// work, instead of at the first pull.
-		if _, err := d.List(ctx, "/"); err != nil && !errors.As(err, new(storagedriver.PathNotFoundError)) {
-			return nil, fmt.Errorf("storage %s: %w", name, err)
-		}
-		return s, nil
-	}
-	if err := s.CleanUploads(ctx); err != nil {
-		return nil, fmt.Errorf("storage %s: removing interrupted uploads: %w", name, err)
 	}
 	return s, nil
 }

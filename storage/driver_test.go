@@ -99,6 +99,19 @@ func TestOpenDriverStoreRemovesInterruptedUploads(t *testing.T) {
 		}
 	}
 
+	// The offline commands' store leaves them (a server may be writing)
+	// and reads the stored content as a server's does.
+	asIs, err := storage.CreateDriverStore(t.Context(), "filesystem", map[string]any{"rootdirectory": root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if files := uploadFiles(t, root); len(files) != 2 {
+		t.Fatalf("CreateDriverStore: uploads %v, want both left", files)
+	}
+	if got, err := asIs.ReadSmall(t.Context(), d, 1<<20); err != nil || !bytes.Equal(got, blob) {
+		t.Fatalf("CreateDriverStore: ReadSmall = %q, %v", got, err)
+	}
+
 	s = openFilesystem(t, root)
 	if files := uploadFiles(t, root); len(files) > 0 {
 		t.Fatalf("OpenDriverStore left interrupted uploads: %v", files)
