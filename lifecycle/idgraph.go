@@ -206,11 +206,7 @@ type idGraph struct {
 	// children's platforms (interned in platforms) and, if keepConfig,
 	// the config (what the image model shows; a collection does not).
 	details, keepConfig bool
-	// configPlatforms are the platforms of the configs loadAhead read
-	// (keepConfig), by identifier: "" for none.
-	configPlatforms map[int32]string
-	// mu guards platforms, and nodes and configPlatforms while loadAhead
-	// runs.
+	// mu guards platforms, and nodes while loadAhead runs.
 	mu        sync.Mutex
 	platforms storage.Interner
 }
@@ -335,10 +331,7 @@ func (ig *idGraph) loadAll(ctx context.Context, roots []int32) error {
 // ahead and the children of the indexes among them, while its caller goes
 // on: the image model gives it the roots as it reads them from the index
 // (one goroutine, ~40% of a listing's time at 100k images), so that
-// loadAll then finds them loaded. With keepConfig, it also reads the
-// platform of the config of each manifest given that is not an index (an
-// image's platform, when its mirror record has none: readConfigPlatforms).
-// ahead never waits for the reads (the index's read transaction must not
+// loadAll then finds them loaded. ahead never waits for the reads (the index's read transaction must not
 // stay open while a slow store answers: a writer meanwhile cannot reuse
 // the pages it frees). done stops it and waits for its reads; ahead must
 // not be called afterwards. A read that fails is left for loadAll to fail
@@ -355,8 +348,8 @@ func (ig *idGraph) loadAhead(ctx context.Context) (ahead func(id int32), done fu
 		claimed.add(id)
 		return first
 	}
-	var load func(id int32, root bool)
-	load = func(id int32, root bool) {
+	var load func(id int32)
+	load = func(id int32) {
 		if !claim(id) || ctx.Err() != nil {
 			return
 		}
@@ -365,29 +358,18 @@ func (ig *idGraph) loadAhead(ctx context.Context) (ahead func(id int32), done fu
 			return
 		}
 		n := ig.number(p)
-		var platform string
-		config := n.config() - 1
-		if root && config >= 0 && len(n.manifests) == 0 {
-			platform = ig.g.configPlatform(ctx, p.config)
-		}
 		ig.mu.Lock()
 		ig.nodes[id] = n
-		if root && config >= 0 && len(n.manifests) == 0 {
-			if ig.configPlatforms == nil {
-				ig.configPlatforms = map[int32]string{}
-			}
-			ig.configPlatforms[config] = ig.platforms.String(platform)
-		}
 		ig.mu.Unlock()
 		for _, c := range n.manifests {
-			load(c, false)
+			load(c)
 		}
 	}
 	var wg sync.WaitGroup
 	for range parallelReads {
 		wg.Go(func() {
 			for id, ok := q.next(); ok; id, ok = q.next() {
-				load(id, true)
+				load(id)
 			}
 		})
 	}

@@ -452,10 +452,9 @@ func openIndexStore(t *testing.T) (*storage.Index, *storage.DriverStore) {
 
 // An image that is not an index and has no platform in its mirror record
 // shows its config's: the configs are read in parallel (more images than
-// parallelReads), as the tags are read from the index (loadAhead) or
-// after (an image only pinned), each image given its own config's
-// platform; an image in two repositories shares its config's; a config
-// without "os", or not stored, gives none.
+// parallelReads), each image given its own config's platform (an image
+// only pinned too); an image in two repositories shares its config's; a
+// config without "os", or not stored, gives none.
 func TestImagesConfigPlatforms(t *testing.T) {
 	ctx := t.Context()
 	ix, store := openIndexStore(t)

@@ -632,28 +632,23 @@ func (m *model) image(i int32) Image {
 }
 
 // readConfigPlatforms sets m.configs: the platform of each config of
-// byConfig (config identifier to the entries it is the config of), as
-// loadAhead read it, else read now, parallelReads at once as loadAll
-// reads manifests (one after another, at 100k single-platform images, a
-// third of `ls`'s time waited on them).
+// byConfig (config identifier to the entries it is the config of), read
+// parallelReads at once as loadAll reads manifests (one after another, at
+// 100k single-platform images, a third of `ls`'s time waited on them).
+// They are read once the fill records are (after the tags): an image
+// whose record names its platforms needs no config.
 func readConfigPlatforms(ctx context.Context, m *model, ig *idGraph, byConfig map[int32][]int32) error {
 	if len(byConfig) == 0 {
 		return nil
 	}
 	configs := slices.Sorted(maps.Keys(byConfig))
-	found := make([]string, len(configs))
-	var unread []int
-	var ds []digest.Digest
+	ds := make([]digest.Digest, len(configs))
 	for k, id := range configs {
-		if p, ok := ig.configPlatforms[id]; ok {
-			found[k] = p
-			continue
-		}
-		unread = append(unread, k)
-		ds = append(ds, m.ids.digest(id))
+		ds[k] = m.ids.digest(id)
 	}
-	if err := eachParallel(ctx, len(unread), func(ctx context.Context, u int) error {
-		found[unread[u]] = ig.g.configPlatform(ctx, ds[u])
+	found := make([]string, len(configs))
+	if err := eachParallel(ctx, len(configs), func(ctx context.Context, k int) error {
+		found[k] = ig.g.configPlatform(ctx, ds[k])
 		return nil
 	}); err != nil {
 		return err
