@@ -331,12 +331,12 @@ func (ig *idGraph) loadAll(ctx context.Context, roots []int32) error {
 // ahead and the children of the indexes among them, while its caller goes
 // on: the image model gives it the roots as it reads them from the index
 // (one goroutine, ~40% of a listing's time at 100k images), so that
-// loadAll then finds them loaded. ahead never waits for the reads (the index's read transaction must not
-// stay open while a slow store answers: a writer meanwhile cannot reuse
-// the pages it frees). done stops it and waits for its reads; ahead must
-// not be called afterwards. A read that fails is left for loadAll to fail
-// on; ig.nodes must not be used until done returns. done may be called
-// again.
+// loadAll then finds them loaded. ahead never waits for the reads: the
+// index's read transaction must not stay open while a slow store answers
+// (a writer meanwhile cannot reuse the pages it frees). done stops it and
+// waits for its reads; ahead must not be called afterwards. A read that
+// fails is left for loadAll to fail on; ig.nodes must not be used until
+// done returns. done may be called again.
 func (ig *idGraph) loadAhead(ctx context.Context) (ahead func(id int32), done func()) {
 	var q idQueue
 	q.ready.L = &q.mu
