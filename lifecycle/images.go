@@ -642,13 +642,9 @@ func readConfigPlatforms(ctx context.Context, m *model, ig *idGraph, byConfig ma
 		return nil
 	}
 	configs := slices.Sorted(maps.Keys(byConfig))
-	ds := make([]digest.Digest, len(configs))
-	for k, id := range configs {
-		ds[k] = m.ids.digest(id)
-	}
 	found := make([]string, len(configs))
 	if err := eachParallel(ctx, len(configs), func(ctx context.Context, k int) error {
-		found[k] = ig.g.configPlatform(ctx, ds[k])
+		found[k] = ig.g.configPlatform(ctx, m.ids.digest(configs[k]))
 		return nil
 	}); err != nil {
 		return err

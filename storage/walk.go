@@ -71,9 +71,8 @@ func contentDigest(p string) (digest.Digest, bool) {
 // one stat for each content's data file. The driver's walk lists and
 // stats every directory and file on its way, ~six system calls a content
 // (at 100k images, 300k of them: two thirds of a collection's CPU). What
-// it counts as content is the same: a regular file <alg>/<hex[:2]>/<hex>/data
-// of a valid digest. A directory or file removed during the walk is not
-// content.
+// it counts as content is the same (contentDigest, and a regular file). A
+// directory or file removed during the walk is not content.
 func walkFiles(ctx context.Context, blobs string, fn func(StoredContent) error) error {
 	algs, err := readDir(blobs)
 	if err != nil {
@@ -92,7 +91,7 @@ func walkFiles(ctx context.Context, blobs string, fn func(StoredContent) error) 
 			if err := ctx.Err(); err != nil {
 				return err
 			}
-			if !prefix.IsDir() || len(prefix.Name()) != 2 {
+			if !prefix.IsDir() {
 				continue
 			}
 			dir := filepath.Join(algDir, prefix.Name())
@@ -101,15 +100,14 @@ func walkFiles(ctx context.Context, blobs string, fn func(StoredContent) error) 
 				return err
 			}
 			for _, e := range entries {
-				hex := e.Name()
-				if !e.IsDir() || !strings.HasPrefix(hex, prefix.Name()) {
+				if !e.IsDir() {
 					continue
 				}
-				d := digest.NewDigestFromEncoded(digest.Algorithm(alg.Name()), hex)
-				if !oci.ValidDigest(d) {
+				d, ok := contentDigest(path.Join(blobsRoot, alg.Name(), prefix.Name(), e.Name(), "data"))
+				if !ok {
 					continue
 				}
-				fi, err := os.Stat(filepath.Join(dir, hex, "data"))
+				fi, err := os.Stat(filepath.Join(dir, e.Name(), "data"))
 				if errors.Is(err, fs.ErrNotExist) {
 					continue
 				}
