@@ -426,6 +426,9 @@ func parseFile(r io.Reader) (_ Config, lines map[string]int, err error) {
 			return Config{}, nil, &fileError{line: v.Line, key: name, msg: fmt.Sprintf("invalid value %s (want %s)", nodeText(v), f.want)}
 		}
 	}
+	if err := checkText(root, ""); err != nil {
+		return Config{}, nil, err
+	}
 	return c, lines, hubConflict(c, lines)
 }
 

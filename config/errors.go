@@ -5,6 +5,8 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"gopkg.in/yaml.v3"
 )
@@ -51,6 +53,47 @@ func yamlError(err error) error {
 		return &fileError{line: line, msg: "invalid YAML: " + m[2]}
 	}
 	return &fileError{msg: "invalid YAML: " + strings.TrimPrefix(msg, "yaml: ")}
+}
+
+// checkText refuses a key or value holding a control character (a line
+// break, a tab): no path, name, URL or password holds one, and where one
+// appears it is a quoting mistake. (yaml.v3 also writes a value of line
+// breaks only as a block that reads back empty.) The value is not echoed,
+// as it may be a password; the key path and the line are.
+func checkText(n *yaml.Node, path string) error {
+	control := func(n *yaml.Node, path, what string) error {
+		i := strings.IndexFunc(n.Value, unicode.IsControl)
+		if i < 0 {
+			return nil
+		}
+		r, _ := utf8.DecodeRuneInString(n.Value[i:])
+		return &fileError{line: n.Line, key: path, msg: fmt.Sprintf("invalid %s: control character %U at byte %d (a line break or tab in a value is a quoting mistake)", what, r, i)}
+	}
+	switch n.Kind {
+	case yaml.ScalarNode:
+		return control(n, path, "value")
+	case yaml.SequenceNode:
+		for i, e := range n.Content {
+			if err := checkText(e, fmt.Sprintf("%s[%d]", path, i)); err != nil {
+				return err
+			}
+		}
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k := n.Content[i]
+			key := redactURL(k.Value)
+			if path != "" {
+				key = path + "." + key
+			}
+			if err := control(k, key, "key"); err != nil {
+				return err
+			}
+			if err := checkText(n.Content[i+1], key); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // collectLines records in lines the line of every key of the mapping n,
