@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
@@ -316,6 +317,16 @@ func (ix *Index) readImageTable(in *Interner, raw bool, tag func(*TagInfo), fill
 		if err := r.Content.read(tx, rel); err != nil {
 			return err
 		}
+		// The last pulls not yet flushed go in before the tags: a digest
+		// without records gets an ID then, and the IDs the callbacks
+		// see stay those of the table returned. (The map is copied: no
+		// lock of the index is held in its read transaction.)
+		ix.mu.Lock()
+		pulled := maps.Clone(ix.pulled)
+		ix.mu.Unlock()
+		for d, t := range pulled {
+			r.Content.notePull(d, t)
+		}
 		if fill == nil {
 			var err error
 			if r.Fills, err = readFills(tx, rel, in, raw); err != nil {
@@ -334,11 +345,6 @@ func (ix *Index) readImageTable(in *Interner, raw bool, tag func(*TagInfo), fill
 	})
 	if err != nil {
 		return nil, err
-	}
-	ix.mu.Lock()
-	defer ix.mu.Unlock()
-	for d, t := range ix.pulled {
-		r.Content.notePull(d, t)
 	}
 	return r, nil
 }

@@ -16,7 +16,8 @@ import (
 // the same index: every digest's records (sha256, sha512 and a sha256
 // digest in upper-case hex, kept as strings; a digest that is a manifest
 // and a blob; a blob with a last pull; last pulls flushed and not, of a
-// digest without records too; the newest time a collection looks at),
+// digest without records too, whose ID the callbacks see; the newest
+// time a collection looks at),
 // the fills, pins and first holders, and the tags.
 func TestReadImageTable(t *testing.T) {
 	ix := newIndex(t)
@@ -64,11 +65,13 @@ func TestReadImageTable(t *testing.T) {
 	if err := ix.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	// Not flushed: later than the flushed one, and a digest of its own.
+	// Not flushed: later than the flushed one, and digests of their own,
+	// one first in the table (every ID after it moves when it goes in).
+	first := digest.Digest("sha256:" + strings.Repeat("0", 64))
 	for _, pull := range []struct {
 		d  digest.Digest
 		at time.Time
-	}{{ds[1], t0.Add(2 * time.Hour)}, {ds[3], t0.Add(3 * time.Hour)}, {digest.SHA512.FromString("pulled"), t0.Add(4 * time.Hour)}, {digest.FromString("blob 2"), t0.Add(5 * time.Hour)}, {ds[2], t0.Add(6 * time.Hour)}} {
+	}{{ds[1], t0.Add(2 * time.Hour)}, {first, t0.Add(time.Hour)}, {ds[3], t0.Add(3 * time.Hour)}, {digest.SHA512.FromString("pulled"), t0.Add(4 * time.Hour)}, {digest.FromString("blob 2"), t0.Add(5 * time.Hour)}, {ds[2], t0.Add(6 * time.Hour)}} {
 		if err := ix.TouchManifest(pull.d, pull.at); err != nil {
 			t.Fatal(err)
 		}
@@ -86,11 +89,13 @@ func TestReadImageTable(t *testing.T) {
 		t.Fatal(err)
 	}
 	var table *storage.ContentTable
+	ids := map[digest.Digest]int{} // as the callback sees them
 	tab, err := ix.ReadImageTable(nil, func(ti *storage.TagInfo) {
 		if string(ti.RawDigest) != string(ti.Digest) {
 			t.Errorf("%s: raw digest %s", ti.Digest, ti.RawDigest)
 		}
 		table = ti.Table
+		ids[ti.Digest], _ = ti.Table.ID(ti.Digest)
 		ti.Key, ti.RawDigest, ti.RawTag, ti.Table = nil, nil, nil, nil
 		gotTags = append(gotTags, *ti)
 	})
@@ -119,8 +124,16 @@ func TestReadImageTable(t *testing.T) {
 	for _, m := range []map[digest.Digest]bool{keySet(recs.Manifests), keySet(recs.Blobs), keySet(recs.Access)} {
 		maps.Copy(all, m)
 	}
-	if tab.Content.Len() != len(all) || len(all) != len(ds)*2+2 {
-		t.Errorf("%d digests in the table, %d with records, want %d", tab.Content.Len(), len(all), len(ds)*2+2)
+	if tab.Content.Len() != len(all) || len(all) != len(ds)*2+3 {
+		t.Errorf("%d digests in the table, %d with records, want %d", tab.Content.Len(), len(all), len(ds)*2+3)
+	}
+	if id, ok := tab.Content.ID(first); !ok || id != 0 {
+		t.Errorf("%s: ID %d, %v; want 0", first, id, ok)
+	}
+	for d, id := range ids {
+		if got, ok := tab.Content.ID(d); !ok || got != id {
+			t.Errorf("%s: ID %d in the callback, %d (%v) in the table returned", d, id, got, ok)
+		}
 	}
 	for d := range all {
 		got, ok := tab.Content.Lookup(d)

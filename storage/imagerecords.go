@@ -78,8 +78,9 @@ type TagInfo struct {
 	// Records are the other records, read before the tags: complete
 	// except for the manifests' last pulls not yet flushed (Access).
 	Records *ImageRecords
-	// Table, from ReadImageTable, is the content records, read before
-	// the tags (the manifests' last pulls not yet flushed aside).
+	// Table, from ReadImageTable, is the content records with the
+	// manifests' last pulls not yet flushed, read before the tags: an ID
+	// looked up in it during the call is the ID in the table returned.
 	Table *ContentTable
 }
 
