@@ -77,6 +77,33 @@ func TestEvictModelWithoutTags(t *testing.T) {
 	}
 }
 
+// A last pull not yet flushed, of a digest without records that sorts
+// first, takes an identifier in the content table before the tags are
+// read: the model's images keep their digests (the identifiers the tags'
+// callbacks looked up are the table's).
+func TestModelUnflushedPullWithoutRecords(t *testing.T) {
+	c, ix, a, b := tagIndex(t)
+	if err := ix.TouchManifest(digest.Digest("sha256:"+strings.Repeat("0", 64)), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	for _, details := range []bool{false, true} {
+		m, err := c.model(t.Context(), details, details)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []digest.Digest
+		for _, i := range m.images {
+			got = append(got, m.digest(&m.entries[i]))
+		}
+		slices.Sort(got)
+		want := []digest.Digest{a, b}
+		slices.Sort(want)
+		if !slices.Equal(got, want) {
+			t.Errorf("details %v: images %v, want %v", details, got, want)
+		}
+	}
+}
+
 // Digests other than sha256 (sha512) are the identifiers' fallback (kept
 // as strings): a sha512 image is listed, kept by a collection that removes
 // the unreferenced sha512 blobs (recorded or only stored), and evicted
