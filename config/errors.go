@@ -61,13 +61,13 @@ func yamlError(err error) error {
 // breaks only as a block that reads back empty.) The value is not echoed,
 // as it may be a password; the key path and the line are.
 func checkText(n *yaml.Node, path string) error {
-	control := func(n *yaml.Node, path, what string) error {
-		i := strings.IndexFunc(n.Value, unicode.IsControl)
+	control := func(s *yaml.Node, key, what string) error {
+		i := strings.IndexFunc(s.Value, unicode.IsControl)
 		if i < 0 {
 			return nil
 		}
-		r, _ := utf8.DecodeRuneInString(n.Value[i:])
-		return &fileError{line: n.Line, key: path, msg: fmt.Sprintf("invalid %s: control character %U at byte %d (a line break or tab in a value is a quoting mistake)", what, r, i)}
+		r, _ := utf8.DecodeRuneInString(s.Value[i:])
+		return &fileError{line: s.Line, key: key, msg: fmt.Sprintf("invalid %s: control character %U at byte %d (a line break or tab in a value is a quoting mistake)", what, r, i)}
 	}
 	switch n.Kind {
 	case yaml.ScalarNode:

@@ -319,8 +319,8 @@ func (ix *Index) readImageTable(in *Interner, raw bool, tag func(*TagInfo), fill
 		}
 		// The last pulls not yet flushed go in before the tags: a digest
 		// without records gets an ID then, and the IDs the callbacks
-		// see stay those of the table returned. (The map is copied: no
-		// lock of the index is held in its read transaction.)
+		// see stay those of the table returned. (The map is copied: the
+		// pulls noting theirs meanwhile do not wait on the inserts.)
 		ix.mu.Lock()
 		pulled := maps.Clone(ix.pulled)
 		ix.mu.Unlock()
