@@ -67,7 +67,7 @@ func checkText(n *yaml.Node, path string) error {
 			return nil
 		}
 		r, _ := utf8.DecodeRuneInString(s.Value[i:])
-		return &fileError{line: s.Line, key: key, msg: fmt.Sprintf("invalid %s: control character %U at byte %d (a line break or tab in a value is a quoting mistake)", what, r, i)}
+		return &fileError{line: s.Line, key: key, msg: fmt.Sprintf("invalid %s: control character %U at byte %d (keys and values hold none; check the quoting)", what, r, i)}
 	}
 	switch n.Kind {
 	case yaml.ScalarNode:

@@ -45,10 +45,10 @@ func TestConfigErrorMessages(t *testing.T) {
 
 		// A control character in a key or value is a quoting mistake; the
 		// value is not echoed (it may be a password).
-		{name: "data of a line break", file: "data: \"\\n\"\n", want: `config FILE: line 1: data: invalid value: control character U+000A at byte 0 (a line break or tab in a value is a quoting mistake)`},
-		{name: "password with a tab", file: "upstreams:\n  ghcr.io:\n    url: https://ghcr.io\n    password: \"hunter\\t2\"\n", want: `config FILE: line 4: upstreams.ghcr.io.password: invalid value: control character U+0009 at byte 6 (a line break or tab in a value is a quoting mistake)`},
-		{name: "storage parameter key of a line break", file: "storage:\n  s3:\n    bucket: b\n    \"\\n\": x\n", want: `config FILE: line 4: "storage.s3.\n": invalid key: control character U+000A at byte 0 (a line break or tab in a value is a quoting mistake)`},
-		{name: "platform with a carriage return", file: "platforms: [\"linux/amd64\\r\"]\n", want: `config FILE: line 1: platforms[0]: invalid value: control character U+000D at byte 11 (a line break or tab in a value is a quoting mistake)`},
+		{name: "data of a line break", file: "data: \"\\n\"\n", want: `config FILE: line 1: data: invalid value: control character U+000A at byte 0 (keys and values hold none; check the quoting)`},
+		{name: "password with a tab", file: "upstreams:\n  ghcr.io:\n    url: https://ghcr.io\n    password: \"hunter\\t2\"\n", want: `config FILE: line 4: upstreams.ghcr.io.password: invalid value: control character U+0009 at byte 6 (keys and values hold none; check the quoting)`},
+		{name: "storage parameter key of a line break", file: "storage:\n  s3:\n    bucket: b\n    \"\\n\": x\n", want: `config FILE: line 4: "storage.s3.\n": invalid key: control character U+000A at byte 0 (keys and values hold none; check the quoting)`},
+		{name: "platform with a carriage return", file: "platforms: [\"linux/amd64\\r\"]\n", want: `config FILE: line 1: platforms[0]: invalid value: control character U+000D at byte 11 (keys and values hold none; check the quoting)`},
 
 		{name: "upstreams misspelt key", file: ghcr + "    pasword: hunter2\n", want: `config FILE: line 6: upstreams.ghcr.io.pasword: unknown key ` + upstreamKeys},
 		{name: "upstreams misspelt key, flow", file: "upstreams: {ghcr.io: {url: https://ghcr.io, password: hunter2, usernme: bot}}\n", want: `config FILE: line 1: upstreams.ghcr.io.usernme: unknown key ` + upstreamKeys},
