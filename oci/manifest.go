@@ -37,9 +37,9 @@ type Manifest struct {
 }
 
 // ParseManifest parses a manifest and settles the media type it is served
-// with, which is always a manifest media type (IsManifestMediaType): the
-// one declared (a Content-Type) if it is one; else the document's own
-// mediaType if that is one; else, only when the declared type is one of
+// with, which is always a manifest media type (IsManifestMediaType)
+// without parameters: the one declared (a Content-Type) if it is one;
+// else the document's own mediaType if that is one; else, only when the declared type is one of
 // the generic types registries really send for manifests (none,
 // application/json, text/plain, application/octet-stream), what the
 // document's shape says (an OCI manifest may omit mediaType). Anything
@@ -60,7 +60,8 @@ func ParseManifest(body []byte, declared string) (Manifest, string, error) {
 		if !IsManifestMediaType(m.MediaType) {
 			return m, "", fmt.Errorf("manifest declares media type %q, which is not a manifest's", m.MediaType)
 		}
-		return m, m.MediaType, nil
+		own, _, _ := strings.Cut(m.MediaType, ";") // served bare, as a declared type is
+		return m, strings.TrimSpace(own), nil
 	}
 	switch strings.ToLower(mt) {
 	case "", "application/json", "text/plain", "application/octet-stream":

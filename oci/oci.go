@@ -45,6 +45,9 @@ const (
 func IsManifestMediaType(mt string) bool {
 	mt, _, _ = strings.Cut(mt, ";")
 	mt = strings.ToLower(strings.TrimSpace(mt))
+	if !validMediaType(mt) {
+		return false
+	}
 	switch mt {
 	case MediaTypeOCIIndex, MediaTypeOCIManifest, MediaTypeDockerList, MediaTypeDockerManifest,
 		MediaTypeDockerSchema1Signed, MediaTypeDockerSchema1, MediaTypeOCIArtifactManifest:
@@ -63,6 +66,33 @@ func IsManifestMediaType(mt string) bool {
 		}
 	}
 	return false
+}
+
+// validMediaType reports whether mt (in lower case) is a type and a
+// subtype of RFC 6838's restricted names: nothing else is sent as a
+// Content-Type (a control character or a space from an upstream's
+// manifest would make an invalid header, or one that says more).
+func validMediaType(mt string) bool {
+	typ, sub, ok := strings.Cut(mt, "/")
+	return ok && restrictedName(typ) && restrictedName(sub)
+}
+
+// restrictedName reports whether s is an RFC 6838 restricted name in
+// lower case: a letter or digit, then up to 126 of those or !#$&-^_.+.
+func restrictedName(s string) bool {
+	if s == "" || len(s) > 127 {
+		return false
+	}
+	for i := range len(s) {
+		c := s[i]
+		switch {
+		case 'a' <= c && c <= 'z', '0' <= c && c <= '9':
+		case i > 0 && strings.IndexByte("!#$&-^_.+", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // Accept is the Accept header asked of registries: every manifest type

@@ -86,6 +86,8 @@ func TestParseManifestRefusesNonManifestTypes(t *testing.T) {
 		{image, "Application/VND.OCI.Image.Manifest.v1+JSON", "Application/VND.OCI.Image.Manifest.v1+JSON"},
 		// The generic types registries send: the shape decides.
 		{image, "application/octet-stream", MediaTypeOCIManifest},
+		// The body's type is served bare, as a declared one is.
+		{withType(" " + MediaTypeOCIManifest + `; x=\"a\nb\"`), "", MediaTypeOCIManifest},
 	}
 	for _, c := range ok {
 		_, mt, err := ParseManifest([]byte(c.body), c.declared)
@@ -105,6 +107,7 @@ func TestParseManifestRefusesNonManifestTypes(t *testing.T) {
 		{withType("text/html"), "application/json"},
 		{withType("text/html"), "text/html"},
 		{withType("application/vnd.oci.image.config.v1+json"), ""},
+		{withType(`application/vnd.evil\r\nx.manifest.v1+json`), ""},
 	}
 	for _, c := range bad {
 		if _, mt, err := ParseManifest([]byte(c.body), c.declared); err == nil {
@@ -129,6 +132,10 @@ func TestIsManifestMediaType(t *testing.T) {
 		"", "text/html", "application/json", "text/plain", "application/octet-stream", "image/svg+xml",
 		"application/vnd.oci.image.config.v1+json", "application/vnd.docker.container.image.v1+json",
 		"application/vnd.in-toto+json", "application/vnd.manifest+xml", "text/vnd.oci.image.manifest.v1+json",
+		// Not a type and subtype of restricted names: nothing a header
+		// could carry as it is, or that says more than a type.
+		"application/vnd.a b.manifest.v1+json", "application/vnd.a\x00.manifest.v1+json", "application/vnd.a\n.index+json",
+		"application/vnd.x.manifest.v1+json/x", "application/vnd.é.manifest.v1+json", "/vnd.x.manifest+json",
 	} {
 		if IsManifestMediaType(mt) {
 			t.Errorf("IsManifestMediaType(%q) = true", mt)
@@ -262,4 +269,40 @@ func TestMatches(t *testing.T) {
 			t.Errorf("Matches(%q) = true", d)
 		}
 	}
+}
+
+// FuzzParseManifest: whatever an upstream sends, a manifest accepted is
+// served with a manifest media type that is a bare, printable header
+// value (no parameters, spaces or control characters), and its blob
+// digests are valid, each once.
+func FuzzParseManifest(f *testing.F) {
+	f.Add([]byte(`{"schemaVersion":2,"mediaType":"`+MediaTypeOCIIndex+`","manifests":[{"digest":"`+digest.FromString("a").String()+`"}]}`), "")
+	f.Add([]byte(`{"schemaVersion":2,"config":{"digest":"`+digest.FromString("c").String()+`"},"layers":[{"digest":"x"}]}`), "application/json")
+	f.Add([]byte(`{"schemaVersion":1,"fsLayers":[{"blobSum":"`+digest.FromString("l").String()+`"}]}`), "text/plain")
+	f.Add([]byte(`{"mediaType":"application/vnd.x.manifest.v1+json; a=b"}`), "text/html")
+	f.Add([]byte(`{}`), MediaTypeDockerManifest+"; charset=utf-8")
+	f.Fuzz(func(t *testing.T, body []byte, declared string) {
+		m, mt, err := ParseManifest(body, declared)
+		if err != nil {
+			if err.Error() == "" {
+				t.Fatal("empty error")
+			}
+			return
+		}
+		if !IsManifestMediaType(mt) {
+			t.Fatalf("ParseManifest(%q, %q) settled %q, not a manifest media type", body, declared, mt)
+		}
+		for i := range len(mt) {
+			if c := mt[i]; c <= ' ' || c >= 0x7f || c == ';' {
+				t.Fatalf("ParseManifest(%q, %q) settled %q: byte %q is not for a bare media type", body, declared, mt, c)
+			}
+		}
+		seen := map[digest.Digest]bool{}
+		for _, d := range m.BlobDigests() {
+			if !ValidDigest(d) || seen[d] {
+				t.Fatalf("ParseManifest(%q): blob digest %q invalid or repeated", body, d)
+			}
+			seen[d] = true
+		}
+	})
 }

@@ -71,6 +71,41 @@ func TestManifestServedAsHTMLTakesBodyMediaType(t *testing.T) {
 	}
 }
 
+// The media type a manifest's body names is served bare: parameters
+// (here one holding a control character, which no header may carry) are
+// left out; a type that is not made of a media type's characters is no
+// manifest type, and the manifest is refused as a bad upstream answer.
+func TestManifestBodyMediaTypeServedBare(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	m := servertest.Start(t, up.URL())
+	manifest := func(mt string) []byte {
+		return []byte(`{"schemaVersion":2,"mediaType":"` + mt + `","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"` +
+			digest.FromString("config").String() + `","size":6},"layers":[]}`)
+	}
+	withParam := manifest(`application/vnd.oci.image.manifest.v1+json; x=\"a\u0001b\"`)
+	up.SetFault(fixture.Fault{Method: http.MethodGet, Kind: fixture.KindManifest, PathContains: "/manifests/param",
+		Status: http.StatusOK, Header: http.Header{"Content-Type": {"application/json"}}, Body: withParam})
+	wantManifest(t, get(t, m.URL()+"/v2/team/bare/manifests/param"), withParam, "application/vnd.oci.image.manifest.v1+json")
+	up.ClearFault()
+	m.WaitIdle()
+	hit := get(t, m.URL()+"/v2/team/bare/manifests/"+digest.FromBytes(withParam).String())
+	wantManifest(t, hit, withParam, "application/vnd.oci.image.manifest.v1+json")
+
+	broken := manifest(`application/vnd.a\r\nX-Injected: 1.manifest.v1+json`)
+	up.SetFault(fixture.Fault{Method: http.MethodGet, Kind: fixture.KindManifest, PathContains: "/manifests/broken",
+		Status: http.StatusOK, Header: http.Header{"Content-Type": {"application/json"}}, Body: broken})
+	defer up.ClearFault()
+	r := get(t, m.URL()+"/v2/team/bare/manifests/broken")
+	wantError(t, r, http.StatusBadGateway, "UNAVAILABLE")
+	if r.header.Get("X-Injected") != "" {
+		t.Errorf("a header from the manifest's media type: %q", r.header)
+	}
+	m.WaitIdle()
+	if _, ok, err := m.Index.Manifest(digest.FromBytes(broken)); err != nil || ok {
+		t.Errorf("manifest recorded: %v %v", ok, err)
+	}
+}
+
 // A manifest recorded with a non-manifest type (by a version that took
 // any Content-Type) is never served with it: the type is settled again
 // from the body, and a body that names none is fetched again.
