@@ -39,13 +39,13 @@ type Manifest struct {
 // ParseManifest parses a manifest and settles the media type it is served
 // with, which is always a manifest media type (IsManifestMediaType)
 // without parameters: the one declared (a Content-Type) if it is one;
-// else the document's own mediaType if that is one; else, only when the declared type is one of
-// the generic types registries really send for manifests (none,
-// application/json, text/plain, application/octet-stream), what the
-// document's shape says (an OCI manifest may omit mediaType). Anything
-// else (text/html, image/svg+xml, a config's type...) is an error: such a
-// manifest would be handed to clients, and browsers, as something it is
-// not.
+// else the document's own mediaType if that is one; else, only when the
+// declared type is one of the generic types registries really send for
+// manifests (none, application/json, text/plain,
+// application/octet-stream), what the document's shape says (an OCI
+// manifest may omit mediaType). Anything else (text/html, image/svg+xml,
+// a config's type...) is an error: such a manifest would be handed to
+// clients, and browsers, as something it is not.
 func ParseManifest(body []byte, declared string) (Manifest, string, error) {
 	var m Manifest
 	if err := json.Unmarshal(body, &m); err != nil {

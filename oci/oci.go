@@ -42,6 +42,8 @@ const (
 // layers, in-toto statements). Generic types (application/json,
 // text/plain, application/octet-stream) are not manifest types: they say
 // nothing of what the manifest is (ParseManifest settles those by shape).
+// A type and subtype not made of RFC 6838's restricted names (a space, a
+// control character) is none either.
 func IsManifestMediaType(mt string) bool {
 	mt, _, _ = strings.Cut(mt, ";")
 	mt = strings.ToLower(strings.TrimSpace(mt))
