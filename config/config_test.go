@@ -505,6 +505,9 @@ func TestResolveErrors(t *testing.T) {
 		{env: map[string]string{"DOCKER_MIRROR_LOG_LEVEL": "loud"}, want: []string{"log_level", `"loud"`}},
 		{args: []string{"--max-blob-size", "big"}, want: []string{"--max-blob-size", `"big"`}},
 		{env: map[string]string{"DOCKER_MIRROR_MAX_BLOB_SIZE": "0"}, want: []string{"max_blob_size", "0"}},
+		// A control character, as in the file: the value is not echoed.
+		{args: []string{"--data", "/srv/mirror\n"}, want: []string{"--data: invalid value: control character U+000A at byte 11"}},
+		{env: map[string]string{"DOCKER_MIRROR_DATA": "/srv/mirror\r"}, want: []string{"DOCKER_MIRROR_DATA: invalid value: control character U+000D at byte 11"}},
 		// An environment variable fixes a bad flag: only the result counts.
 		{args: []string{"--log-level", "trace"}, env: map[string]string{"DOCKER_MIRROR_LOG_LEVEL": "info"}},
 	} {

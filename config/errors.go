@@ -55,6 +55,18 @@ func yamlError(err error) error {
 	return &fileError{msg: "invalid YAML: " + strings.TrimPrefix(msg, "yaml: ")}
 }
 
+// controlChar names the first control character in s, if it holds one:
+// no key or value of a configuration does, from a file, a flag or a
+// variable.
+func controlChar(s string) error {
+	i := strings.IndexFunc(s, unicode.IsControl)
+	if i < 0 {
+		return nil
+	}
+	r, _ := utf8.DecodeRuneInString(s[i:])
+	return fmt.Errorf("control character %U at byte %d (keys and values hold none; check the quoting)", r, i)
+}
+
 // checkText refuses a key or value holding a control character (a line
 // break, a tab): no path, name, URL or password holds one, and where one
 // appears it is a quoting mistake. (yaml.v3 also writes a value of line
@@ -62,12 +74,10 @@ func yamlError(err error) error {
 // as it may be a password; the key path and the line are.
 func checkText(n *yaml.Node, path string) error {
 	control := func(s *yaml.Node, key, what string) error {
-		i := strings.IndexFunc(s.Value, unicode.IsControl)
-		if i < 0 {
-			return nil
+		if err := controlChar(s.Value); err != nil {
+			return &fileError{line: s.Line, key: key, msg: "invalid " + what + ": " + err.Error()}
 		}
-		r, _ := utf8.DecodeRuneInString(s.Value[i:])
-		return &fileError{line: s.Line, key: key, msg: fmt.Sprintf("invalid %s: control character %U at byte %d (keys and values hold none; check the quoting)", what, r, i)}
+		return nil
 	}
 	switch n.Kind {
 	case yaml.ScalarNode:

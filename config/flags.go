@@ -205,6 +205,18 @@ func Bind(fs *flag.FlagSet) *Flags {
 	return f
 }
 
+// checkValues refuses a flag's or a variable's values holding a control
+// character, as the file's are refused (checkText); the value is not
+// echoed (a variable may hold a secret).
+func checkValues(vals []string) error {
+	for _, v := range vals {
+		if err := controlChar(v); err != nil {
+			return fmt.Errorf("invalid value: %w", err)
+		}
+	}
+	return nil
+}
+
 func flagName(key string) string { return strings.ReplaceAll(key, "_", "-") }
 
 func defaultStrings() map[string]string {
@@ -245,6 +257,9 @@ func (f *Flags) Resolve(lookup func(string) (string, bool)) (Config, error) {
 	}
 	for _, k := range keys {
 		if vals, ok := f.values[k.name]; ok {
+			if err := checkValues(vals); err != nil {
+				return Config{}, fmt.Errorf("--%s: %w", flagName(k.name), err)
+			}
 			if err := k.set(&c, vals); err != nil {
 				return Config{}, fmt.Errorf("--%s: %w", flagName(k.name), err)
 			}
@@ -272,6 +287,9 @@ func (f *Flags) Resolve(lookup func(string) (string, bool)) (Config, error) {
 			for i := range vals {
 				vals[i] = strings.TrimSpace(vals[i])
 			}
+		}
+		if err := checkValues(vals); err != nil {
+			return Config{}, fmt.Errorf("%s: %w", env, err)
 		}
 		if err := k.set(&c, vals); err != nil {
 			return Config{}, fmt.Errorf("%s: %w", env, err)
