@@ -922,16 +922,21 @@ func (u Upstream) ResolvePassword(host string, lookup func(string) (string, bool
 		if !ok {
 			return "", fmt.Errorf("upstreams.%s.password_env: %s is not set", host, u.PasswordEnv)
 		}
-		return v, nil
+		return secretText(v), nil
 	case u.PasswordFile != "":
 		b, err := os.ReadFile(u.PasswordFile)
 		if err != nil {
 			return "", fmt.Errorf("upstreams.%s.password_file: %w", host, err)
 		}
-		return strings.TrimRight(string(b), "\r\n"), nil
+		return secretText(string(b)), nil
 	}
 	return u.Password, nil
 }
+
+// secretText is a password read from a file or a variable without its
+// line end: a file ends with one, and so does a variable filled from
+// one (a Kubernetes secret made with --from-file).
+func secretText(s string) string { return strings.TrimRight(s, "\r\n") }
 
 // validateDestination checks a registry URL with a path prefix. Errors
 // show the URL without its userinfo.

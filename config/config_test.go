@@ -685,7 +685,7 @@ sync:
 	if err := fs.Parse([]string{"--destination", "http://127.0.0.1:5001/mirror"}); err != nil {
 		t.Fatal(err)
 	}
-	env := map[string]string{"DOCKER_MIRROR_DESTINATION_PASSWORD": "s3cret"}
+	env := map[string]string{"DOCKER_MIRROR_DESTINATION_PASSWORD": "s3cret\r\n"} // its line end dropped
 	c, err = f.Resolve(func(k string) (string, bool) { v, ok := env[k]; return v, ok })
 	if err != nil {
 		t.Fatal(err)

@@ -297,7 +297,7 @@ func (f *Flags) Resolve(lookup func(string) (string, bool)) (Config, error) {
 		o.record(k, vals, env)
 	}
 	if v, ok := lookup(passwordEnv); ok {
-		c.Destination.Password = v
+		c.Destination.Password = secretText(v)
 	}
 	if err := c.Validate(); err != nil {
 		return Config{}, o.explain(err)

@@ -37,7 +37,7 @@ func TestUpstreamCredentialSources(t *testing.T) {
 	t.Setenv("DOCKER_CONFIG", dockerConfig)
 	passwordFile := filepath.Join(t.TempDir(), "password")
 	os.WriteFile(passwordFile, []byte("s3cret\n"), 0o600)
-	env := map[string]string{"HUB_PASSWORD": "s3cret"}
+	env := map[string]string{"HUB_PASSWORD": "s3cret", "HUB_PASSWORD_FROM_FILE": "s3cret\n"}
 	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
 
 	for _, c := range []struct {
@@ -47,6 +47,7 @@ func TestUpstreamCredentialSources(t *testing.T) {
 	}{
 		{"docker config", config.Upstream{DockerConfig: true}, nil},
 		{"password_env", config.Upstream{Username: "bot", PasswordEnv: "HUB_PASSWORD"}, nil},
+		{"password_env with a line end", config.Upstream{Username: "bot", PasswordEnv: "HUB_PASSWORD_FROM_FILE"}, nil},
 		{"password_file", config.Upstream{Username: "bot", PasswordFile: passwordFile}, nil},
 		{"wrong password", config.Upstream{Username: "bot", Password: "wrong"}, upstream.ErrAuth},
 		{"anonymous", config.Upstream{}, upstream.ErrAuth},
