@@ -376,9 +376,10 @@ func (p *Proxy) readStored(ctx context.Context, t target, dgst digest.Digest, re
 		return nil, p.dropManifest(ctx, t, dgst, fmt.Errorf("stored manifest %s is corrupt (%w)", dgst, storage.ErrDigestMismatch))
 	}
 	mt := rec.MediaType
-	if !oci.IsManifestMediaType(mt) {
-		// Recorded by a version that took any Content-Type (text/html...):
-		// the type is settled from the body, or the manifest fetched again.
+	if !oci.IsManifestMediaType(mt) || strings.Contains(mt, ";") {
+		// Recorded by a version that took any Content-Type (text/html...),
+		// or the body's type with its parameters: the type is settled
+		// (bare) from the body, or the manifest fetched again.
 		if _, mt, err = oci.ParseManifest(body, mt); err != nil {
 			p.log.Warn("stored manifest has no manifest media type; removing it", "digest", dgst, "media_type", rec.MediaType)
 			return nil, p.dropManifest(ctx, t, dgst, fmt.Errorf("stored manifest %s: %w", dgst, err))

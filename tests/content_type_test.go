@@ -90,6 +90,18 @@ func TestManifestBodyMediaTypeServedBare(t *testing.T) {
 	m.WaitIdle()
 	hit := get(t, m.URL()+"/v2/team/bare/manifests/"+digest.FromBytes(withParam).String())
 	wantManifest(t, hit, withParam, "application/vnd.oci.image.manifest.v1+json")
+	// Recorded with the parameter (as a version before this one did):
+	// served bare all the same.
+	d := digest.FromBytes(withParam)
+	rec, ok, err := m.Index.Manifest(d)
+	if err != nil || !ok {
+		t.Fatalf("manifest not recorded: %v", err)
+	}
+	rec.MediaType = "application/vnd.oci.image.manifest.v1+json; x=\"a\x01b\""
+	if err := m.Index.RecordManifest(storage.ManifestEntry{Upstream: "docker.io", Repo: "team/bare", Digest: d, Record: rec}); err != nil {
+		t.Fatal(err)
+	}
+	wantManifest(t, get(t, m.URL()+"/v2/team/bare/manifests/"+d.String()), withParam, "application/vnd.oci.image.manifest.v1+json")
 
 	broken := manifest(`application/vnd.a\r\nX-Injected: 1.manifest.v1+json`)
 	up.SetFault(fixture.Fault{Method: http.MethodGet, Kind: fixture.KindManifest, PathContains: "/manifests/broken",
