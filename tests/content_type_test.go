@@ -88,19 +88,11 @@ func TestManifestBodyMediaTypeServedBare(t *testing.T) {
 	wantManifest(t, get(t, m.URL()+"/v2/team/bare/manifests/param"), withParam, "application/vnd.oci.image.manifest.v1+json")
 	up.ClearFault()
 	m.WaitIdle()
-	hit := get(t, m.URL()+"/v2/team/bare/manifests/"+digest.FromBytes(withParam).String())
-	wantManifest(t, hit, withParam, "application/vnd.oci.image.manifest.v1+json")
+	d := digest.FromBytes(withParam)
+	wantManifest(t, get(t, m.URL()+"/v2/team/bare/manifests/"+d.String()), withParam, "application/vnd.oci.image.manifest.v1+json")
 	// Recorded with the parameter (as a version before this one did):
 	// served bare all the same.
-	d := digest.FromBytes(withParam)
-	rec, ok, err := m.Index.Manifest(d)
-	if err != nil || !ok {
-		t.Fatalf("manifest not recorded: %v", err)
-	}
-	rec.MediaType = "application/vnd.oci.image.manifest.v1+json; x=\"a\x01b\""
-	if err := m.Index.RecordManifest(storage.ManifestEntry{Upstream: "docker.io", Repo: "team/bare", Digest: d, Record: rec}); err != nil {
-		t.Fatal(err)
-	}
+	recordMediaType(t, m, "team/bare", d, "application/vnd.oci.image.manifest.v1+json; x=\"a\x01b\"")
 	wantManifest(t, get(t, m.URL()+"/v2/team/bare/manifests/"+d.String()), withParam, "application/vnd.oci.image.manifest.v1+json")
 
 	broken := manifest(`application/vnd.a\r\nX-Injected: 1.manifest.v1+json`)
@@ -127,15 +119,7 @@ func TestStoredNonManifestTypeIsNotServed(t *testing.T) {
 	m := servertest.Start(t, up.URL())
 	wantManifest(t, get(t, m.URL()+"/v2/team/old/manifests/"+img.Digest), img.Manifest, img.MediaType)
 	m.WaitIdle()
-	d := digestOf(t, img.Digest)
-	rec, ok, err := m.Index.Manifest(d)
-	if err != nil || !ok {
-		t.Fatalf("manifest not recorded: %v", err)
-	}
-	rec.MediaType = "text/html"
-	if err := m.Index.RecordManifest(storage.ManifestEntry{Upstream: "docker.io", Repo: "team/old", Digest: d, Record: rec}); err != nil {
-		t.Fatal(err)
-	}
+	recordMediaType(t, m, "team/old", digestOf(t, img.Digest), "text/html")
 	before := up.Count(http.MethodGet, fixture.KindManifest)
 	hit := get(t, m.URL()+"/v2/team/old/manifests/"+img.Digest)
 	wantManifest(t, hit, img.Manifest, img.MediaType)
@@ -153,17 +137,25 @@ func TestStoredNonManifestTypeIsNotServed(t *testing.T) {
 	defer up.ClearFault()
 	wantManifest(t, get(t, m.URL()+"/v2/team/old/manifests/"+bare.String()), body, "application/vnd.oci.image.manifest.v1+json")
 	m.WaitIdle()
-	if rec, ok, err = m.Index.Manifest(bare); err != nil || !ok {
-		t.Fatalf("manifest not recorded: %v", err)
-	}
-	rec.MediaType = "text/html"
-	if err := m.Index.RecordManifest(storage.ManifestEntry{Upstream: "docker.io", Repo: "team/old", Digest: bare, Record: rec}); err != nil {
-		t.Fatal(err)
-	}
+	recordMediaType(t, m, "team/old", bare, "text/html")
 	again := get(t, m.URL()+"/v2/team/old/manifests/"+bare.String())
 	wantManifest(t, again, body, "application/vnd.oci.image.manifest.v1+json")
 	if again.header.Get("X-Cache") != "miss" {
 		t.Errorf("X-Cache %q, want miss (fetched again)", again.header.Get("X-Cache"))
+	}
+}
+
+// recordMediaType records docker.io/repo's manifest d again with media
+// type mt, as a version that kept another type would have.
+func recordMediaType(t *testing.T, m *servertest.Server, repo string, d digest.Digest, mt string) {
+	t.Helper()
+	rec, ok, err := m.Index.Manifest(d)
+	if err != nil || !ok {
+		t.Fatalf("manifest %s not recorded: %v", d, err)
+	}
+	rec.MediaType = mt
+	if err := m.Index.RecordManifest(storage.ManifestEntry{Upstream: "docker.io", Repo: repo, Digest: d, Record: rec}); err != nil {
+		t.Fatal(err)
 	}
 }
 
