@@ -41,7 +41,7 @@ var (
 		return err
 	}
 	callTags answerCall = func(ctx context.Context, c *upstream.Client) error {
-		_, _, err := c.Tags(ctx, "library/nginx", 0, "")
+		_, err := c.Tags(ctx, "library/nginx", nil)
 		return err
 	}
 	callReferrers answerCall = func(ctx context.Context, c *upstream.Client) error {

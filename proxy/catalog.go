@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"net/url"
 	"slices"
 	"strconv"
 
@@ -39,12 +38,8 @@ func (p *Proxy) catalog(w http.ResponseWriter, r *http.Request) error {
 	}
 	slices.Sort(names)
 	names = slices.Compact(names)
-	names, more := page(names, n, q.Get("last"))
-	if more && len(names) > 0 {
-		next := url.Values{"last": {names[len(names)-1]}}
-		if n > 0 {
-			next.Set("n", strconv.Itoa(n))
-		}
+	names, next := page(names, n, q.Get("last"))
+	if next != nil {
 		w.Header().Set("Link", fmt.Sprintf(`</v2/_catalog?%s>; rel="next"`, next.Encode()))
 	}
 	body, err := json.Marshal(struct {

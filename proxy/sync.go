@@ -3,11 +3,13 @@ package proxy
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"path"
 	"sort"
 	"strings"
 	"time"
 
+	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/storage"
 )
 
@@ -58,6 +60,10 @@ func (p *Proxy) SyncOnce(ctx context.Context, s Sync) (*storage.Job, error) {
 	return p.StartPrefetch(ctx, PrefetchRequest{Images: images, Platforms: s.Platforms, Pin: s.Pin}, "sync")
 }
 
+// maxTagPages bounds the pages of one tag list ExpandTags reads: 10,000
+// pages of up to 1,000 tags, and no upstream's tokens can keep it reading.
+const maxTagPages = 10000
+
 // ExpandTags turns "name:pattern" into one reference per matching tag
 // upstream ("name:*" for all of them); a reference without a pattern is
 // returned as it is.
@@ -76,21 +82,35 @@ func (p *Proxy) ExpandTags(ctx context.Context, entry string) ([]string, error) 
 		return nil, err
 	}
 	var out []string
-	last := ""
-	for {
-		tags, more, err := im.t.up.Tags(ctx, im.t.repo, 1000, last)
+	skipped := 0
+	seen := map[string]bool{}
+	for query := (url.Values{"n": {"1000"}}); query != nil; {
+		// An upstream whose Link leads back to a page already read
+		// would keep the loop going for ever.
+		if key := query.Encode(); seen[key] {
+			return nil, fmt.Errorf("tags of %s: upstream %s lists page %q again", im.t.repo, im.t.host(), key)
+		} else if len(seen) == maxTagPages {
+			return nil, fmt.Errorf("tags of %s: upstream %s lists over %d pages", im.t.repo, im.t.host(), maxTagPages)
+		} else {
+			seen[key] = true
+		}
+		pg, err := im.t.up.Tags(ctx, im.t.repo, query)
 		if err != nil {
 			return nil, err
 		}
-		for _, tag := range tags {
+		for _, tag := range pg.Tags {
+			if !oci.ValidTag(tag) {
+				skipped++ // would fail the whole job it is in
+				continue
+			}
 			if ok, _ := path.Match(pattern, tag); ok {
 				out = append(out, name+":"+tag)
 			}
 		}
-		if !more || len(tags) == 0 {
-			break
-		}
-		last = tags[len(tags)-1]
+		query = pg.Next
+	}
+	if skipped > 0 {
+		p.log.Warn("tags the upstream lists are not valid tags; skipped", "upstream", im.t.host(), "repo", im.t.repo, "skipped", skipped)
 	}
 	sort.Strings(out)
 	return out, nil

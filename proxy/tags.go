@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/url"
 	"slices"
@@ -29,8 +30,13 @@ func (p *Proxy) tags(w http.ResponseWriter, r *http.Request) error {
 			return errcode.New(errcode.PaginationNumber, "invalid page size n=%q", s)
 		}
 	}
-	last := q.Get("last")
-	tags, more, err := t.up.Tags(r.Context(), t.repo, n, last)
+	// The upstream's page is the one the client's query asks for: its n
+	// and last, or the upstream's own token, which the mirror's Link
+	// passes on as the upstream's Link gave it.
+	upQuery := maps.Clone(q)
+	delete(upQuery, "ns")
+	pg, err := t.up.Tags(r.Context(), t.repo, upQuery)
+	tags, next := pg.Tags, pg.Next
 	w.Header().Set(cacheHeader, "miss") // the upstream's list: tag lists are not cached
 	if err != nil {
 		if errors.Is(err, upstream.ErrNotFound) {
@@ -49,16 +55,12 @@ func (p *Proxy) tags(w http.ResponseWriter, r *http.Request) error {
 		}
 		p.log.Warn("listing cached tags: upstream failed", "upstream", t.host(), "repo", t.repo, "error", err)
 		w.Header().Set(cacheHeader, "stale")
-		tags, more = page(cached, n, last)
+		tags, next = page(cached, n, q.Get("last"))
 	}
 	if tags == nil {
 		tags = []string{}
 	}
-	if more && len(tags) > 0 {
-		next := url.Values{"last": {tags[len(tags)-1]}}
-		if n > 0 {
-			next.Set("n", strconv.Itoa(n))
-		}
+	if next != nil {
 		if ns := q.Get("ns"); ns != "" {
 			next.Set("ns", ns)
 		}
@@ -71,9 +73,9 @@ func (p *Proxy) tags(w http.ResponseWriter, r *http.Request) error {
 	}{t.name, tags})
 }
 
-// page returns the tags after last, at most n of them (0: all), and
-// whether more follow. tags must be sorted.
-func page(tags []string, n int, last string) ([]string, bool) {
+// page returns the tags after last, at most n of them (0: all), and the
+// query of the next page (nil: none). tags must be sorted.
+func page(tags []string, n int, last string) ([]string, url.Values) {
 	i := 0
 	if last != "" {
 		i = sort.SearchStrings(tags, last)
@@ -83,7 +85,8 @@ func page(tags []string, n int, last string) ([]string, bool) {
 	}
 	tags = tags[i:]
 	if n > 0 && len(tags) > n {
-		return tags[:n], true
+		tags = tags[:n]
+		return tags, url.Values{"n": {strconv.Itoa(n)}, "last": {tags[n-1]}}
 	}
-	return tags, false
+	return tags, nil
 }

@@ -87,7 +87,7 @@ func TestRetryAfterBackOff(t *testing.T) {
 				_, err = c.HeadManifest(ctx, "library/x", v1)
 				wantRetryAfter(t, err, strconv.Itoa(secs))
 				clock.Advance(tc.backoff - 500*time.Millisecond - time.Nanosecond)
-				_, _, err = c.Tags(ctx, "library/x", 0, "")
+				_, err = c.Tags(ctx, "library/x", nil)
 				wantRetryAfter(t, err, "1")
 				if n := r.asked.Load(); n != 1 {
 					t.Fatalf("the upstream was asked %d times while backing off, want once", n)

@@ -25,7 +25,7 @@ func TestStatusErrors(t *testing.T) {
 	getBlob := func(c *Client) error { _, _, err := c.Blob(t.Context(), "library/x", blob, 0); return err }
 	headBlob := func(c *Client) error { _, err := c.HeadBlob(t.Context(), "library/x", blob); return err }
 	blobFrom := func(c *Client) error { _, _, err := c.Blob(t.Context(), "library/x", blob, 5); return err }
-	tags := func(c *Client) error { _, _, err := c.Tags(t.Context(), "library/x", 0, ""); return err }
+	tags := func(c *Client) error { _, err := c.Tags(t.Context(), "library/x", nil); return err }
 	cases := []struct {
 		name     string
 		call     func(*Client) error

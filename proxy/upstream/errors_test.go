@@ -50,7 +50,7 @@ var errCalls = []errCall{
 		return err
 	}},
 	{"tags", KindTags, false, func(ctx context.Context, c *Client) error {
-		_, _, err := c.Tags(ctx, errTestRepo, 0, "")
+		_, err := c.Tags(ctx, errTestRepo, nil)
 		return err
 	}},
 	{"referrers", KindReferrers, false, func(ctx context.Context, c *Client) error {
@@ -439,9 +439,14 @@ func TestErrorInvalidAnswer(t *testing.T) {
 			return err
 		}},
 		{"tags not JSON", nil, "tags!", KindTags, func(ctx context.Context, c *Client) error {
-			_, _, err := c.Tags(ctx, errTestRepo, 0, "")
+			_, err := c.Tags(ctx, errTestRepo, nil)
 			return err
 		}},
+		{"tags with a next page's Link not in <>", map[string]string{"Link": `/v2/library/x/tags/list?last=a; rel="next"`}, `{"tags":["a"]}`, KindTags,
+			func(ctx context.Context, c *Client) error {
+				_, err := c.Tags(ctx, errTestRepo, nil)
+				return err
+			}},
 		{"referrers not JSON", nil, "[", KindReferrers, func(ctx context.Context, c *Client) error {
 			_, _, err := c.Referrers(ctx, errTestRepo, errTestDigest, "")
 			return err

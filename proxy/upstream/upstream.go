@@ -767,37 +767,98 @@ func (c *Client) Referrers(ctx context.Context, repo string, dgst digest.Digest,
 	return body, resp.Header.Get("OCI-Filters-Applied"), nil
 }
 
-// Tags returns one page of a repository's tags, at most n (0: the
-// upstream's default) after last, and whether the upstream has more.
-func (c *Client) Tags(ctx context.Context, repo string, n int, last string) ([]string, bool, error) {
-	q := url.Values{}
-	if n > 0 {
-		q.Set("n", strconv.Itoa(n))
-	}
-	if last != "" {
-		q.Set("last", last)
-	}
+// TagPage is one page of a repository's tags as the upstream listed it.
+type TagPage struct {
+	Tags []string
+	// Next is the query of the next page's request, taken from the
+	// upstream's Link header (its n and last, or a token of its own, as
+	// some registries send in last); nil on the last page.
+	Next url.Values
+}
+
+// Tags returns one page of a repository's tags: the page query asks for
+// (n and last, or a TagPage's Next; nil: the first page).
+func (c *Client) Tags(ctx context.Context, repo string, query url.Values) (TagPage, error) {
 	u := c.url(repo, "tags", "list")
-	if len(q) > 0 {
-		u += "?" + q.Encode()
+	if len(query) > 0 {
+		u += "?" + query.Encode()
 	}
 	req, err := http.NewRequest(http.MethodGet, u, nil)
 	if err != nil {
-		return nil, false, err
+		return TagPage{}, err
 	}
 	r := call{KindTags, "tags of " + repo}
 	resp, err := c.do(ctx, repo, req, r, http.StatusOK)
 	if err != nil {
-		return nil, false, err
+		return TagPage{}, err
 	}
 	defer resp.Body.Close()
 	var list struct {
 		Tags []string `json:"tags"`
 	}
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(&list); err != nil {
-		return nil, false, c.invalid(r, "%s: %v", r.what, err)
+		return TagPage{}, c.invalid(r, "%s: %v", r.what, err)
 	}
-	return list.Tags, strings.Contains(resp.Header.Get("Link"), `rel="next"`), nil
+	next, err := nextPage(resp.Header.Values("Link"))
+	if err != nil {
+		return TagPage{}, c.invalid(r, "%s: %v", r.what, err)
+	}
+	return TagPage{Tags: list.Tags, Next: next}, nil
+}
+
+// nextPage reads the query of the next page from Link headers such as
+// `</v2/library/redis/tags/list?last=7.2&n=100>; rel="next"` (RFC 8288).
+// Only the query is taken and sent to the upstream's own list, so a Link
+// cannot send the mirror elsewhere. nil: no next page.
+func nextPage(links []string) (url.Values, error) {
+	for _, h := range links {
+		for rest := strings.TrimSpace(h); rest != ""; {
+			target, after, ok := linkTarget(rest)
+			if !ok {
+				return nil, fmt.Errorf("header Link %q: a link's URL is not in <>", h)
+			}
+			params, next, _ := strings.Cut(after, ",")
+			rest = strings.TrimSpace(next)
+			if !isNextRel(params) {
+				continue
+			}
+			u, err := url.Parse(target)
+			if err != nil {
+				return nil, fmt.Errorf("header Link %q: %v", h, err)
+			}
+			q, err := url.ParseQuery(u.RawQuery)
+			if err != nil {
+				return nil, fmt.Errorf("header Link %q: %v", h, err)
+			}
+			return q, nil
+		}
+	}
+	return nil, nil
+}
+
+// linkTarget splits `<url>; params, ...` at the URL's end.
+func linkTarget(s string) (target, after string, ok bool) {
+	s, ok = strings.CutPrefix(s, "<")
+	if !ok {
+		return "", "", false
+	}
+	return strings.Cut(s, ">")
+}
+
+// isNextRel tells whether a link's parameters (`; rel="next"`) name the
+// next page.
+func isNextRel(params string) bool {
+	for p := range strings.SplitSeq(params, ";") {
+		k, v, _ := strings.Cut(p, "=")
+		if strings.EqualFold(strings.TrimSpace(k), "rel") {
+			for rel := range strings.FieldsSeq(strings.Trim(strings.TrimSpace(v), `"`)) {
+				if strings.EqualFold(rel, "next") {
+					return true
+				}
+			}
+		}
+	}
+	return false
 }
 
 // invalid describes a malformed answer.
