@@ -70,6 +70,11 @@ func IsManifestMediaType(mt string) bool {
 	return false
 }
 
+// ValidArtifactType reports whether s can be an artifactType, as the
+// referrers API filters by: a media type (RFC 6838's type/subtype of
+// restricted names, in any case) without parameters.
+func ValidArtifactType(s string) bool { return validMediaType(strings.ToLower(s)) }
+
 // validMediaType reports whether mt (in lower case) is a type and a
 // subtype of RFC 6838's restricted names: nothing else is sent as a
 // Content-Type (a control character or a space from an upstream's

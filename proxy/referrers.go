@@ -13,6 +13,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/docker-mirror/docker-mirror/oci"
+	"github.com/docker-mirror/docker-mirror/proxy/errcode"
 	"github.com/docker-mirror/docker-mirror/proxy/upstream"
 	"github.com/docker-mirror/docker-mirror/storage"
 )
@@ -49,8 +50,14 @@ func (p *Proxy) referrers(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	artifactType := r.URL.Query().Get(filterArtifactType)
+	if artifactType != "" && !oci.ValidArtifactType(artifactType) {
+		// It could match nothing, and a key made of it could be too long
+		// for the index.
+		return errcode.New(errcode.Unsupported, "invalid artifactType %.80q: not a media type (type/subtype)", artifactType).WithStatus(http.StatusBadRequest)
+	}
 	h := w.Header()
-	ans, err := p.referrersOf(r.Context(), t, dgst, r.URL.Query().Get(filterArtifactType), h)
+	ans, err := p.referrersOf(r.Context(), t, dgst, artifactType, h)
 	status := http.StatusOK
 	switch {
 	case errors.Is(err, errReferrersUnknown):

@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -174,6 +175,35 @@ func TestReferrersCached(t *testing.T) {
 	if h := do(t, http.MethodHead, never, nil); h.status != http.StatusNotFound || len(h.body) != 0 {
 		t.Fatalf("HEAD never-seen referrers offline: %d %q", h.status, h.body)
 	}
+}
+
+// An artifactType that is not a media type is refused with 400
+// UNSUPPORTED before the index or the upstream is asked (one too long for
+// an index key was a 500); a media type in any case is a filter.
+func TestReferrersBadArtifactType(t *testing.T) {
+	var asked atomic.Int64
+	reg := referrersRegistry()
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.URL.Path, "/referrers/") {
+			asked.Add(1)
+		}
+		reg.ServeHTTP(w, r)
+	}))
+	t.Cleanup(up.Close)
+	host := strings.TrimPrefix(up.URL, "http://")
+	subject := pushSubject(t, host)
+	sig := pushReferrer(t, host, "library/signed", sigType, subject)
+	asked.Store(0) // the push asked, for the subject
+	m := servertest.Start(t, up.URL)
+	u := m.URL() + "/v2/signed/referrers/" + subject.Digest.String() + "?artifactType="
+	for _, bad := range []string{strings.Repeat("a", 40000), "application/" + strings.Repeat("x", 40000), "bad type/x", "application/x\x01", "application", "application/x;v=1", "/x", "application/"} {
+		wantError(t, get(t, u+url.QueryEscape(bad)), http.StatusBadRequest, "UNSUPPORTED")
+	}
+	if n := asked.Load(); n != 0 {
+		t.Errorf("the upstream was asked %d times for a bad artifactType", n)
+	}
+	wantReferrers(t, get(t, u+url.QueryEscape(sigType)), "miss", true, sig)
+	wantReferrers(t, get(t, u+url.QueryEscape(strings.ToUpper(sigType))), "miss", true)
 }
 
 // artifactManifest is an OCI artifact manifest of artifactType whose
