@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"path"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/docker-mirror/docker-mirror/oci"
+	"github.com/docker-mirror/docker-mirror/proxy/errcode"
 	"github.com/docker-mirror/docker-mirror/storage"
 )
 
@@ -60,6 +62,40 @@ func (p *Proxy) SyncOnce(ctx context.Context, s Sync) (*storage.Job, error) {
 	return p.StartPrefetch(ctx, PrefetchRequest{Images: images, Platforms: s.Platforms, Pin: s.Pin}, "sync")
 }
 
+// CheckSync checks a sync's images as its runs read them: references to
+// a configured upstream, and tag patterns path.Match reads. One entry
+// that is not would fail every run, each only with a warning in the log.
+func (p *Proxy) CheckSync(s Sync) error {
+	for _, entry := range s.Images {
+		name, pattern, ok := tagPattern(entry)
+		if ok {
+			if _, err := path.Match(pattern, ""); err != nil {
+				return fmt.Errorf("%q: invalid tag pattern %q: %w", entry, pattern, err)
+			}
+			entry = name
+		}
+		if _, err := p.parseImage(entry); err != nil {
+			var e *errcode.Error
+			if errors.As(err, &e) {
+				return errors.New(e.Message) // the message alone names the reference
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// tagPattern splits "name:pattern", a tag with *, ? or [ in it, into its
+// name and pattern; ok is false for another reference.
+func tagPattern(entry string) (name, pattern string, ok bool) {
+	slash := strings.LastIndexByte(entry, '/')
+	colon := strings.LastIndexByte(entry, ':')
+	if colon <= slash || !strings.ContainsAny(entry[colon+1:], "*?[") {
+		return "", "", false
+	}
+	return entry[:colon], entry[colon+1:], true
+}
+
 // maxTagPages bounds the pages of one tag list ExpandTags reads: 10,000
 // pages of up to 1,000 tags, and no upstream's tokens can keep it reading.
 const maxTagPages = 10000
@@ -68,12 +104,10 @@ const maxTagPages = 10000
 // upstream ("name:*" for all of them); a reference without a pattern is
 // returned as it is.
 func (p *Proxy) ExpandTags(ctx context.Context, entry string) ([]string, error) {
-	slash := strings.LastIndexByte(entry, '/')
-	colon := strings.LastIndexByte(entry, ':')
-	if colon <= slash || !strings.ContainsAny(entry[colon+1:], "*?[") {
+	name, pattern, ok := tagPattern(entry)
+	if !ok {
 		return []string{entry}, nil
 	}
-	name, pattern := entry[:colon], entry[colon+1:]
 	if _, err := path.Match(pattern, ""); err != nil {
 		return nil, fmt.Errorf("invalid tag pattern %q: %w", pattern, err)
 	}

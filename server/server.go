@@ -219,6 +219,11 @@ func New(ctx context.Context, cfg config.Config, opts ...Option) (_ *Server, err
 	if s.Proxy, err = proxy.New(s.Store, s.Index, ups, append(popts, o.proxyOptions...)...); err != nil {
 		return nil, err
 	}
+	if cfg.Sync.Interval > 0 {
+		if err := s.Proxy.CheckSync(syncOf(cfg)); err != nil {
+			return nil, fmt.Errorf("sync.images: %w", err)
+		}
+	}
 	s.Metrics.Register(gauges(cfg, s.Proxy, s.Index)...)
 	lo := lifecycle.Options{Grace: lifecycle.DefaultGrace, Guard: inUse, Log: o.log, Metrics: lm, Now: o.now, GCHold: o.gcHold}
 	if s.Cluster != nil {
@@ -271,10 +276,14 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 	s.runCluster(ctx)
 	if s.cfg.Sync.Interval > 0 {
-		sync := proxy.Sync{Images: s.cfg.Sync.Images, Platforms: s.cfg.Sync.Platforms, Pin: s.cfg.Sync.Pin}
-		s.background.Go(func() { s.Proxy.RunSync(ctx, sync, time.Duration(s.cfg.Sync.Interval)) })
+		s.background.Go(func() { s.Proxy.RunSync(ctx, syncOf(s.cfg), time.Duration(s.cfg.Sync.Interval)) })
 	}
 	return nil
+}
+
+// syncOf is the configured sync.
+func syncOf(cfg config.Config) proxy.Sync {
+	return proxy.Sync{Images: cfg.Sync.Images, Platforms: cfg.Sync.Platforms, Pin: cfg.Sync.Pin}
 }
 
 // watchPasses frees the index's tag memo while the lifecycle's passes run

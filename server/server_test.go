@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/docker-mirror/docker-mirror/config"
 	"github.com/docker-mirror/docker-mirror/storage"
@@ -96,6 +97,40 @@ func TestNewFailsCleanly(t *testing.T) {
 		t.Fatalf("index left locked after a failed New: %v", err)
 	}
 	ix.Close()
+}
+
+// A sync whose images a run could not read is refused at the start, in
+// one line naming the entry, instead of each run failing with a warning;
+// the same images with the sync off, or read as they are, start.
+func TestNewChecksTheSyncsImages(t *testing.T) {
+	for _, c := range []struct{ image, says string }{
+		{"library/redis:[7", `"library/redis:[7": invalid tag pattern "[7"`},
+		{"Redis:7", `invalid image reference "Redis:7"`},
+		{"quay.io/org/app:1", `upstream "quay.io" is not configured`},
+		{"docker.io/ghcr.io/app:1.*", `"ghcr.io" is a registry host`},
+	} {
+		cfg := testConfig(t)
+		cfg.Sync.Interval = config.Duration(time.Hour)
+		cfg.Sync.Images = []string{"nginx:1.27", c.image}
+		_, err := New(t.Context(), cfg)
+		if err == nil || strings.Contains(err.Error(), "\n") || !strings.HasPrefix(err.Error(), "sync.images: ") || !strings.Contains(err.Error(), c.says) {
+			t.Errorf("sync of %q: error %v, want one line starting sync.images: and saying %s", c.image, err, c.says)
+		}
+	}
+	for _, interval := range []time.Duration{0, time.Hour} {
+		cfg := testConfig(t)
+		cfg.Sync.Interval = config.Duration(interval)
+		cfg.Sync.Images = []string{"nginx:1.27", "library/redis:7.*", "ghcr.io/org/app@sha256:" + strings.Repeat("0", 64)}
+		cfg.Upstreams = map[string]config.Upstream{"ghcr.io": {URL: "http://127.0.0.1:1"}}
+		if interval == 0 {
+			cfg.Sync.Images = append(cfg.Sync.Images, "Redis:7")
+		}
+		s, err := New(t.Context(), cfg)
+		if err != nil {
+			t.Fatalf("sync every %s: %v", interval, err)
+		}
+		s.Close()
+	}
 }
 
 // The start-up line and whatever else a server logs while it starts,
