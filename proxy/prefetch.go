@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -29,9 +30,18 @@ const maxPrefetchBody = 1 << 20
 
 func (p *Proxy) postPrefetch(w http.ResponseWriter, r *http.Request) error {
 	var req PrefetchRequest
-	dec := json.NewDecoder(io.LimitReader(r.Body, maxPrefetchBody))
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxPrefetchBody))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
+	err := dec.Decode(&req)
+	if err == nil && dec.Decode(&struct{}{}) != io.EOF {
+		// A second object would be dropped unread.
+		err = errors.New("the body must be one JSON object")
+	}
+	var tooLarge *http.MaxBytesError
+	if errors.As(err, &tooLarge) {
+		return errcode.New(errcode.InvalidRequest, "invalid prefetch request: the body is over %d bytes", tooLarge.Limit).WithStatus(http.StatusRequestEntityTooLarge)
+	}
+	if err != nil {
 		return errcode.New(errcode.InvalidRequest, "invalid prefetch request: %v", err)
 	}
 	job, err := p.StartPrefetch(r.Context(), req, "prefetch")

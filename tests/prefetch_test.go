@@ -59,11 +59,17 @@ func TestPrefetch(t *testing.T) {
 		{`{"images": ["multi"], "platforms": ["linux/x86_64"]}`, `unknown architecture \"x86_64\"`},
 		{`{"imagez": ["multi"]}`, "imagez"},
 		{`not json`, "invalid"},
+		{`{"images": ["multi"]} {"images": ["area51/jenkins"]}`, "one JSON object"},
+		{`{"images": ["multi"], "pin": true}]`, "one JSON object"},
 	} {
 		r := postPrefetch(t, m, bad.body)
 		if r.status != http.StatusBadRequest || !strings.Contains(string(r.body), bad.names) {
-			t.Errorf("POST %s: %d %s; want 400 naming %q", bad.body, r.status, r.body, bad.names)
+			t.Errorf("POST %.200s: %d %s; want 400 naming %q", bad.body, r.status, r.body, bad.names)
 		}
+	}
+	huge := `{"images": ["multi"], "platforms": ["` + strings.Repeat("linux/amd64", 100000) + `"]}`
+	if r := postPrefetch(t, m, huge); r.status != http.StatusRequestEntityTooLarge || !strings.Contains(string(r.body), "over 1048576 bytes") {
+		t.Errorf("POST of %d bytes: %d %s; want 413 naming the limit", len(huge), r.status, r.body)
 	}
 	if n := up.Count("", ""); n != 0 {
 		t.Fatalf("invalid prefetches reached the upstream %d times", n)
