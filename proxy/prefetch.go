@@ -30,19 +30,8 @@ const maxPrefetchBody = 1 << 20
 
 func (p *Proxy) postPrefetch(w http.ResponseWriter, r *http.Request) error {
 	var req PrefetchRequest
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxPrefetchBody))
-	dec.DisallowUnknownFields()
-	err := dec.Decode(&req)
-	if err == nil && dec.Decode(&struct{}{}) != io.EOF {
-		// A second object would be dropped unread.
-		err = errors.New("the body must be one JSON object")
-	}
-	var tooLarge *http.MaxBytesError
-	if errors.As(err, &tooLarge) {
-		return errcode.New(errcode.InvalidRequest, "invalid prefetch request: the body is over %d bytes", tooLarge.Limit).WithStatus(http.StatusRequestEntityTooLarge)
-	}
-	if err != nil {
-		return errcode.New(errcode.InvalidRequest, "invalid prefetch request: %v", err)
+	if err := ReadJSON(w, r, maxPrefetchBody, "prefetch request", &req); err != nil {
+		return err
 	}
 	job, err := p.StartPrefetch(r.Context(), req, "prefetch")
 	if err != nil {
@@ -75,6 +64,27 @@ func (p *Proxy) listPrefetch(w http.ResponseWriter, _ *http.Request) error {
 	return WriteJSON(w, http.StatusOK, struct {
 		Jobs []*storage.Job `json:"jobs"`
 	}{list})
+}
+
+// ReadJSON reads a request's body, one JSON object of at most limit
+// bytes without unknown fields, into v: the one reader of the mirror's
+// JSON APIs. Its errors are INVALID_REQUEST naming what (413 over limit).
+func ReadJSON(w http.ResponseWriter, r *http.Request, limit int64, what string, v any) error {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, limit))
+	dec.DisallowUnknownFields()
+	err := dec.Decode(v)
+	if err == nil && dec.Decode(&struct{}{}) != io.EOF {
+		// A second object would be dropped unread.
+		err = errors.New("the body must be one JSON object")
+	}
+	var tooLarge *http.MaxBytesError
+	if errors.As(err, &tooLarge) {
+		return errcode.New(errcode.InvalidRequest, "invalid %s: the body is over %d bytes", what, tooLarge.Limit).WithStatus(http.StatusRequestEntityTooLarge)
+	}
+	if err != nil {
+		return errcode.New(errcode.InvalidRequest, "invalid %s: %v", what, err)
+	}
+	return nil
 }
 
 // WriteJSON answers v as indented JSON with the given status: the one

@@ -2,10 +2,8 @@ package status
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"slices"
@@ -269,10 +267,8 @@ func (h *Handler) action(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	var req ActionRequest
-	dec := json.NewDecoder(io.LimitReader(r.Body, maxActionBody))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		return errcode.New(errcode.InvalidRequest, "invalid request: %v", err)
+	if err := proxy.ReadJSON(w, r, maxActionBody, "request", &req); err != nil {
+		return err
 	}
 	if err := req.Digest.Validate(); err != nil {
 		return errcode.New(errcode.DigestInvalid, "invalid digest %q", req.Digest)

@@ -407,7 +407,8 @@ func TestActions(t *testing.T) {
 	if a := act("pin", "sha256:"+strings.Repeat("0", 64), nil); a.status != http.StatusNotFound {
 		t.Errorf("pinning what is not cached: %d %s", a.status, a.body)
 	}
-	for _, bad := range []string{`{}`, `{"upstream": "docker.io", "repo": "x", "digest": "sha256:nope"}`, `not json`} {
+	ok := `{"upstream": "docker.io", "repo": "x", "digest": "` + m.small.Digest + `"}`
+	for _, bad := range []string{`{}`, `{"upstream": "docker.io", "repo": "x", "digest": "sha256:nope"}`, `not json`, ok + ` {}`, ok + `]`} {
 		if a := send(t, http.MethodPost, m.URL()+"/api/v1/actions/pin", bad, nil); a.status != http.StatusBadRequest {
 			t.Errorf("pin %s: %d %s", bad, a.status, a.body)
 		}
