@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/docker-mirror/docker-mirror/lifecycle"
@@ -370,4 +371,43 @@ func TestEvictIsAPassOfTheIndex(t *testing.T) {
 	if written, err := storage.FreelistWritten(e.m.Index.Path()); err != nil || !written {
 		t.Errorf("the freelist written at the eviction's end: %v, %v", written, err)
 	}
+}
+
+// On a store several replicas share, an eviction an admin asks for (the
+// status page's button) reads every replica's records first, as every
+// pass does: a layer the evicted image shares with an image another
+// replica fetched since this one last read the records stays, and that
+// replica serves its image whole with the upstream down.
+func TestEvictImageKeepsWhatAnotherReplicaRecorded(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	base := randomBytes(8 << 10)
+	baseD := up.PushBlob(t, "library/x", base)
+	up.PushBlob(t, "library/y", base)
+	x := seedOnLayer(t, up, "library/x", "v1", baseD, len(base))
+	y := seedOnLayer(t, up, "library/y", "v1", baseD, len(base))
+
+	// Two replicas on one store, their records shared beside it.
+	root := t.TempDir()
+	records := storage.NewDriverRecords(inmemory.New())
+	onShared := func(ix *storage.Index) (storage.Store, error) {
+		ix.ShareRecords(records, nil)
+		return storage.OpenDriverStore(context.Background(), "filesystem", map[string]any{"rootdirectory": root})
+	}
+	a := servertest.StartWithStore(t, up.URL(), onShared)
+	b := servertest.StartWithStore(t, up.URL(), onShared)
+	ea := &env{up: up, m: a, store: a.Store.(*storage.DriverStore)}
+	eb := &env{up: up, m: b, store: b.Store.(*storage.DriverStore)}
+	ea.pull(t, x)
+	eb.pull(t, y)
+
+	r, err := a.Server.Collector.EvictImage(t.Context(), "docker.io", "library/x", digest.Digest(x.digest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.ImagesEvicted != 1 {
+		t.Fatalf("report %+v, want x evicted", r)
+	}
+	ea.wantStored(t, true, baseD)
+	up.Stop()
+	eb.wantPull(t, y)
 }

@@ -23,6 +23,11 @@ func (c *Collector) EvictImage(ctx context.Context, upstream, repo string, dgst 
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	defer c.enterPass()() // the model of every image, and a collection
+	// On a shared bucket, what another replica recorded since the last
+	// pass keeps what it shares with this image, as in every pass.
+	if err := c.refresh(ctx); err != nil {
+		return Report{}, err
+	}
 	r := Report{DryRun: c.opts.DryRun, StoredBefore: c.index.StoredBytes()}
 	longest, err := c.index.FlushTimed()
 	r.LongestWrite = longest
