@@ -5,6 +5,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/hex"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -486,7 +487,10 @@ func (s *catalogSnapshot) page(q, sort string, page, n int) (Page, error) {
 	q = strings.TrimSpace(q)
 	lq := strings.ToLower(q)
 	out := Page{Query: q, Sort: sort, N: n}
-	skip := (page - 1) * n
+	skip := math.MaxInt // a page so far that its start overflows: none shown
+	if page-1 <= math.MaxInt/n {
+		skip = (page - 1) * n
+	}
 	var hits []bool
 	if lq != "" {
 		var err error

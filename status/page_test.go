@@ -122,6 +122,23 @@ func TestPageContent(t *testing.T) {
 	}
 }
 
+// A page past the last shows no image, however far past: a page number
+// whose first image's position overflows does not wrap around to the
+// first page.
+func TestImagesPagePastTheEnd(t *testing.T) {
+	_, h := pageServer(t, synthetic(3))
+	for _, page := range []string{"3", "4611686018427387905", "9223372036854775807"} {
+		rec := serveGet(t, h, "/api/v1/images?n=2&page="+page)
+		var p status.Page
+		if err := json.Unmarshal(rec.Body.Bytes(), &p); err != nil || rec.Code != http.StatusOK {
+			t.Fatalf("page %s: %d %s", page, rec.Code, rec.Body)
+		}
+		if p.Total != 3 || len(p.Images) != 0 {
+			t.Errorf("page %s of 2: %d images of %d, want none", page, len(p.Images), p.Total)
+		}
+	}
+}
+
 // Paging and filtering 10,000 images: the list is read once (and again
 // every ImagesMaxAge); a request filters, sorts and pages a copy in memory.
 func BenchmarkImagesPage(b *testing.B) {
