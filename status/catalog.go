@@ -211,6 +211,7 @@ type catalog struct {
 	mu       sync.Mutex
 	cur      *catalogSnapshot
 	building chan struct{} // non-nil while a build runs; closed when it ends
+	starts   int           // builds begun
 	err      error         // the last build's error
 	bg       sync.WaitGroup
 	closed   bool
@@ -252,22 +253,32 @@ func (c *catalog) peek() *catalogSnapshot {
 	return c.cur
 }
 
-// refresh builds the list now (or waits for the build running) and
-// returns it: after an action, the page must show its effect.
+// refresh builds the list now and returns it: after an action, the page
+// must show its effect. A build already running began before the call,
+// maybe before the action: refresh waits for it and builds again (one
+// build begun meanwhile, by another caller, will do).
 func (c *catalog) refresh(ctx context.Context) (*catalogSnapshot, error) {
 	c.mu.Lock()
-	ch := c.building
-	if ch == nil {
-		ch = c.startLocked()
-		c.mu.Unlock()
-		c.build(ctx, ch)
-	} else {
+	before := c.starts
+	for {
+		ch := c.building
+		if ch == nil {
+			ch = c.startLocked()
+			c.mu.Unlock()
+			c.build(ctx, ch)
+			break
+		}
+		fresh := c.starts > before // the running build began after the call
 		c.mu.Unlock()
 		select {
 		case <-ch:
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
+		if fresh {
+			break
+		}
+		c.mu.Lock()
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -280,6 +291,7 @@ func (c *catalog) refresh(ctx context.Context) (*catalogSnapshot, error) {
 func (c *catalog) startLocked() chan struct{} {
 	ch := make(chan struct{})
 	c.building = ch
+	c.starts++
 	return ch
 }
 

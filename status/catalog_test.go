@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -175,4 +176,50 @@ func TestCatalogKeepsEveryImage(t *testing.T) {
 	if pg, err := s.page("LATEST", SortName, 1, 10); err != nil || pg.Total != 1 || pg.Images[0].Digest != a {
 		t.Errorf("filtered: %+v", pg)
 	}
+}
+
+// heldList lists images one build at a time: each call of Images waits
+// for a list on next and answers it.
+type heldList struct{ next chan listed }
+
+func (h heldList) Images(context.Context) ([]lifecycle.Image, error) { return <-h.next, nil }
+
+// A refresh (after an admin's action) that finds a build running, begun
+// before the action, waits for it and builds again: the list it returns,
+// and keeps, is read after the action.
+func TestRefreshAfterARunningBuild(t *testing.T) {
+	ix, err := storage.OpenIndex(filepath.Join(t.TempDir(), "index.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ix.Close() })
+	before := listed{{Upstream: "docker.io", Repo: "library/app", Digest: digest.FromString("a")}}
+	after := listed{{Upstream: "docker.io", Repo: "library/app", Digest: digest.FromString("a"), Pinned: true}}
+	synctest.Test(t, func(t *testing.T) {
+		h := heldList{next: make(chan listed)}
+		c := &catalog{list: h, index: ix, maxAge: time.Hour, now: time.Now}
+		go func() { _, _ = c.refresh(t.Context()) }() // a build begun before the action
+		synctest.Wait()                               // it waits for its list
+		var got *catalogSnapshot
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			got, err = c.refresh(t.Context()) // the action's
+		}()
+		synctest.Wait() // the action's refresh waits for the running build
+		h.next <- before
+		select {
+		case <-done:
+			t.Fatal("the action's refresh returned the list of a build begun before it")
+		case h.next <- after:
+		}
+		<-done
+		if err != nil {
+			t.Fatal(err)
+		}
+		pg, err := got.page("", SortName, 1, 10)
+		if err != nil || len(pg.Images) != 1 || !pg.Images[0].Pinned {
+			t.Fatalf("the action's refresh listed %+v (%v), want the pinned image", pg.Images, err)
+		}
+	})
 }
