@@ -252,7 +252,12 @@ func (c *Cluster) Peers() []PeerState {
 
 // Down reports whether u is a peer this replica has marked down (a
 // failed connection or probe): a lease it holds need not be waited out.
+// u is normalised as the peers are: a lease names its holder as that
+// replica's own configuration spells it.
 func (c *Cluster) Down(u string) bool {
+	if n, err := parseURL(u); err == nil {
+		u = n
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	p, ok := c.peers[u]

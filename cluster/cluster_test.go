@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -225,4 +226,26 @@ func TestRunProbesOnTicks(t *testing.T) {
 	}
 	cancel()
 	<-done
+}
+
+// TestDownKnowsAPeerByItsOwnSpelling: a lease names its holder by the URL
+// the holder was configured with (cluster.self), which may be spelled
+// otherwise than this replica's peers list has it (a trailing slash,
+// upper case): a holder marked down is down under either spelling.
+func TestDownKnowsAPeerByItsOwnSpelling(t *testing.T) {
+	dead := httptest.NewServer(http.NotFoundHandler())
+	dead.Close()
+	c, err := New("http://self:5000", []string{dead.URL}, quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Probe(context.Background())
+	for _, u := range []string{dead.URL, dead.URL + "/", strings.Replace(dead.URL, "http://", "HTTP://", 1)} {
+		if !c.Down(u) {
+			t.Errorf("Down(%q) = false for a peer marked down: its lease is waited out", u)
+		}
+	}
+	if c.Down("http://self:5000/") || c.Down("http://other:5000") {
+		t.Error("Down is true for this replica or a replica it does not know")
+	}
 }
