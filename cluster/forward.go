@@ -357,7 +357,7 @@ func (c *Cluster) Manifest(ctx context.Context, key, host, repo string, ref oci.
 		switch {
 		case errors.As(err, &down):
 			if ctx.Err() != nil {
-				return nil, true, ctx.Err()
+				return nil, true, timedOut(ctx, u, down.err)
 			}
 			c.markDown(u, down.err)
 			continue
@@ -376,6 +376,18 @@ func (c *Cluster) Manifest(ctx context.Context, key, host, repo string, ref oci.
 		c.metrics.count("manifest", "fallback")
 	}
 	return nil, false, nil
+}
+
+// timedOut is the error of a fetch through the replica at u that ctx
+// ended: past its deadline, a gateway timeout, as for an upstream that
+// does not answer in time (a bare context error is answered 500
+// UNKNOWN); cancelled, ctx's error.
+func timedOut(ctx context.Context, u string, err error) error {
+	if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return ctx.Err()
+	}
+	return errcode.Wrap(errcode.Unavailable, fmt.Errorf("%w: %w", upstream.ErrUnavailable, err), "replica %s did not answer in time", u).
+		WithStatus(http.StatusGatewayTimeout)
 }
 
 // errFetchHere: the owner's answer is no reason to fail, but fetch here.

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -207,5 +208,22 @@ func TestManifestThroughTheOwner(t *testing.T) {
 	var e *errcode.Error
 	if !ok || !errors.As(err, &e) || e.Code != errcode.ManifestUnknown || !errors.Is(err, upstream.ErrNotFound) {
 		t.Fatalf("404: ok %v, err %v; want MANIFEST_UNKNOWN wrapping upstream.ErrNotFound", ok, err)
+	}
+}
+
+// TestManifestOwnerSilentUntilTheDeadline: an owner that does not answer
+// before the fetch's deadline (a wedged replica, a connection to a dead
+// node) is a gateway timeout, as an upstream that does not answer is;
+// never a bare context error, which clients see as 500 UNKNOWN.
+func TestManifestOwnerSilentUntilTheDeadline(t *testing.T) {
+	s, _ := owner(t, func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() })
+	c := newTwo(t, s.URL)
+	_, d := ownedBy(t, c, s.URL)
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	_, ok, err := c.Manifest(ctx, d.String(), "docker.io", "library/x", oci.Ref{Digest: d})
+	var e *errcode.Error
+	if !ok || !errors.As(err, &e) || e.Status() != http.StatusGatewayTimeout || !errors.Is(err, upstream.ErrUnavailable) {
+		t.Fatalf("ok %v, err %v; want a 504 wrapping upstream.ErrUnavailable", ok, err)
 	}
 }
