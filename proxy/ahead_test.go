@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -114,15 +113,7 @@ func (h *heldUpstream) openAndSettle(t *testing.T, ctx context.Context, p *Proxy
 // newAheadProxy is a mirror of h with fetching ahead on and opts.
 func newAheadProxy(t *testing.T, h *heldUpstream, opts ...Option) (*Proxy, target) {
 	t.Helper()
-	mem, err := storage.OpenDriverStore(t.Context(), "inmemory", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	index, err := storage.OpenIndex(filepath.Join(t.TempDir(), "index.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { index.Close() })
+	mem, index := memStore(t)
 	var upOpts []upstream.Option
 	if h.via != nil {
 		upOpts = append(upOpts, upstream.WithTransport(h.via))

@@ -16,7 +16,6 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/docker-mirror/docker-mirror/proxy/upstream"
-	"github.com/docker-mirror/docker-mirror/storage"
 )
 
 // blobUpstream is a registry that serves one blob to anyone.
@@ -44,15 +43,7 @@ func blobUpstream(t *testing.T, body []byte) string {
 func TestSpoolFull(t *testing.T) {
 	body := []byte(strings.Repeat("layer bytes ", 1000))
 	d := digest.FromBytes(body)
-	store, err := storage.OpenDriverStore(t.Context(), "inmemory", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	index, err := storage.OpenIndex(filepath.Join(t.TempDir(), "index.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer index.Close()
+	store, index := memStore(t)
 	up, err := upstream.New(DefaultHost, blobUpstream(t, body))
 	if err != nil {
 		t.Fatal(err)

@@ -3,6 +3,7 @@ package proxy
 import (
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -13,6 +14,7 @@ import (
 	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/proxy/errcode"
 	"github.com/docker-mirror/docker-mirror/proxy/upstream"
+	"github.com/docker-mirror/docker-mirror/storage"
 )
 
 func TestParseRange(t *testing.T) {
@@ -57,6 +59,22 @@ func FuzzParseRange(f *testing.F) {
 			t.Fatalf("parseRange(%q, %d) = %d, %d: outside the blob", h, size, s, n)
 		}
 	})
+}
+
+// memStore is a store in memory and an index in a directory of the
+// test's, closed when it ends.
+func memStore(t *testing.T) (*storage.DriverStore, *storage.Index) {
+	t.Helper()
+	store, err := storage.OpenDriverStore(t.Context(), "inmemory", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	index, err := storage.OpenIndex(filepath.Join(t.TempDir(), "index.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = index.Close() })
+	return store, index
 }
 
 func testProxy(t testing.TB) *Proxy {

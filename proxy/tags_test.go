@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -15,7 +14,6 @@ import (
 	"testing"
 
 	"github.com/docker-mirror/docker-mirror/proxy/upstream"
-	"github.com/docker-mirror/docker-mirror/storage"
 )
 
 // tagLister is an upstream that lists tags in pages of three, and links
@@ -68,15 +66,7 @@ func listerProxy(t *testing.T, lister http.Handler) *Proxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	store, err := storage.OpenDriverStore(t.Context(), "inmemory", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	index, err := storage.OpenIndex(filepath.Join(t.TempDir(), "index.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = index.Close() })
+	store, index := memStore(t)
 	p, err := New(store, index, []*upstream.Client{up}, WithLogger(slog.New(slog.DiscardHandler)))
 	if err != nil {
 		t.Fatal(err)

@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -93,15 +92,8 @@ type writesFixture struct {
 func newWritesFixture(t *testing.T) *writesFixture {
 	t.Helper()
 	f := &writesFixture{up: fixture.StartUpstream(t), logs: &fixture.LogBuffer{}}
-	mem, err := storage.OpenDriverStore(t.Context(), "inmemory", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.store = &gatedStore{Store: mem}
-	if f.index, err = storage.OpenIndex(filepath.Join(t.TempDir(), "index.db")); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = f.index.Close() })
+	mem, index := memStore(t)
+	f.store, f.index = &gatedStore{Store: mem}, index
 	up, err := upstream.New(DefaultHost, f.up.URL())
 	if err != nil {
 		t.Fatal(err)
