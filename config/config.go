@@ -863,6 +863,11 @@ func (u Upstream) validate(host string) error {
 	if !strings.ContainsAny(host, ".:") && host != "localhost" {
 		return fmt.Errorf("upstreams: invalid host %q: not a host name (want a dot or a port, e.g. %s.local or %s:5000, or localhost): %s/app would be the Docker Hub namespace %s", host, host, host, host, host)
 	}
+	if oci.IsDockerHubAlias(host) {
+		// Clients' requests for it go to docker.io's: what is set here
+		// (credentials, above all) would never be used.
+		return fmt.Errorf("upstreams: %q is Docker Hub: configure it as upstreams.docker.io", host)
+	}
 	key := "upstreams." + host
 	if u.URL == "" && host != DockerHubHost {
 		return fmt.Errorf("%s.url: missing", key)

@@ -111,6 +111,16 @@ const Accept = MediaTypeOCIIndex + ", " + MediaTypeDockerList + ", " + MediaType
 const AcceptAny = Accept + ", " + MediaTypeOCIArtifactManifest + ", " + MediaTypeDockerSchema1Signed +
 	", " + MediaTypeDockerSchema1 + ", */*"
 
+// IsDockerHubAlias reports whether host is another name of docker.io:
+// clients (and Docker's config.json) name Docker Hub so too.
+func IsDockerHubAlias(host string) bool {
+	switch host {
+	case "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com":
+		return true
+	}
+	return false
+}
+
 // MaxManifestSize is the largest manifest read from an upstream, a
 // destination or the store (distribution's limit).
 const MaxManifestSize = 4 << 20

@@ -33,12 +33,9 @@ func StoreRepo(host, repo string) string {
 	return host + "/" + repo
 }
 
-// dockerHubAliases are other names clients use for docker.io.
-var dockerHubAliases = map[string]bool{"index.docker.io": true, "registry-1.docker.io": true, "registry.hub.docker.com": true}
-
 // canonicalHost maps Docker Hub's aliases to docker.io.
 func canonicalHost(h string) string {
-	if dockerHubAliases[h] {
+	if oci.IsDockerHubAlias(h) {
 		return DefaultHost
 	}
 	return h
