@@ -866,7 +866,7 @@ func (u Upstream) validate(host string) error {
 	if oci.IsDockerHubAlias(host) {
 		// Clients' requests for it go to docker.io's: what is set here
 		// (credentials, above all) would never be used.
-		return fmt.Errorf("upstreams: %q is Docker Hub: configure it as upstreams.docker.io", host)
+		return fmt.Errorf("upstreams: %q is Docker Hub: configure it as docker.io (upstreams.docker.io, or a bare --upstream URL)", host)
 	}
 	key := "upstreams." + host
 	if u.URL == "" && host != DockerHubHost {

@@ -50,7 +50,7 @@ func TestConfigErrorMessages(t *testing.T) {
 		{name: "storage parameter key of a line break", file: "storage:\n  s3:\n    bucket: b\n    \"\\n\": x\n", want: `config FILE: line 4: "storage.s3.\n": invalid key: control character U+000A at byte 0 (keys and values hold none; check the quoting)`},
 		{name: "platform with a carriage return", file: "platforms: [\"linux/amd64\\r\"]\n", want: `config FILE: line 1: platforms[0]: invalid value: control character U+000D at byte 11 (keys and values hold none; check the quoting)`},
 
-		{name: "upstreams of a Docker Hub alias", file: "upstreams:\n  index.docker.io:\n    username: bot\n    password_env: HUB_TOKEN\n", want: `config FILE: line 1: upstreams: "index.docker.io" is Docker Hub: configure it as upstreams.docker.io`},
+		{name: "upstreams of a Docker Hub alias", file: "upstreams:\n  index.docker.io:\n    username: bot\n    password_env: HUB_TOKEN\n", want: `config FILE: line 1: upstreams: "index.docker.io" is Docker Hub: configure it as docker.io (upstreams.docker.io, or a bare --upstream URL)`},
 		{name: "upstreams misspelt key", file: ghcr + "    pasword: hunter2\n", want: `config FILE: line 6: upstreams.ghcr.io.pasword: unknown key ` + upstreamKeys},
 		{name: "upstreams misspelt key, flow", file: "upstreams: {ghcr.io: {url: https://ghcr.io, password: hunter2, usernme: bot}}\n", want: `config FILE: line 1: upstreams.ghcr.io.usernme: unknown key ` + upstreamKeys},
 		{name: "upstreams duplicate key", file: ghcr + "    password: hunter2\n", want: `config FILE: line 6: upstreams.ghcr.io.password: already defined at line 5`},
