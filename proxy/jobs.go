@@ -90,10 +90,8 @@ func (p *Proxy) runJob(ctx context.Context, job *storage.Job) {
 	p.jobs.mu.Lock()
 	p.jobs.live[job.ID] = job
 	p.jobs.mu.Unlock()
-	ctx, cancel := p.detach(ctx, p.fillTimeout)
 	go func() {
 		defer p.work.done()
-		defer cancel()
 		defer func() {
 			p.jobs.mu.Lock()
 			delete(p.jobs.live, job.ID)
@@ -107,10 +105,9 @@ func (p *Proxy) runJob(ctx context.Context, job *storage.Job) {
 				continue // resumed job: done before the restart
 			}
 			if err := p.prefetchImage(ctx, job, i, pats); err != nil {
-				if ctx.Err() != nil || p.closing() {
+				if p.closing() {
 					// Shutting down: the job stays unfinished and resumes at
-					// start. (Close is seen by the downloads, which then fail,
-					// possibly before this job's own context is cancelled.)
+					// start.
 					return
 				}
 				failed = true
@@ -157,8 +154,10 @@ func (p *Proxy) setImage(job *storage.Job, i int, f func(img *storage.JobImage))
 }
 
 // prefetchImage mirrors one image of a job and keeps its progress in the
-// job.
+// job. The image has the time of one fill: a job of many takes longer.
 func (p *Proxy) prefetchImage(ctx context.Context, job *storage.Job, i int, pats []oci.Platform) error {
+	ctx, cancel := p.detach(ctx, p.fillTimeout)
+	defer cancel()
 	p.setImage(job, i, func(img *storage.JobImage) { img.State, img.Error = storage.JobRunning, "" })
 	got, err := p.Copy(ctx, job.Images[i].Image, pats, func(s Progress) {
 		p.jobs.mu.Lock()

@@ -3,12 +3,22 @@ package proxy
 import (
 	"fmt"
 	"io"
+	"log"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"path/filepath"
+	"strings"
 	"testing"
+	"testing/synctest"
+	"time"
 
 	"github.com/docker-mirror/docker-mirror/proxy/upstream"
 	"github.com/docker-mirror/docker-mirror/storage"
+	gname "github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
 
 // benchProxy is a proxy on a fresh index, for the job records.
@@ -61,4 +71,76 @@ func BenchmarkJobStateChanges(b *testing.B) {
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/image")
 		})
 	}
+}
+
+// inProcess is a transport that answers from a handler in the process:
+// no network, so a synctest bubble's clock moves whenever the handler
+// waits.
+type inProcess struct{ h http.Handler }
+
+func (t inProcess) RoundTrip(r *http.Request) (*http.Response, error) {
+	rec := httptest.NewRecorder()
+	sr := r.Clone(r.Context())
+	if sr.Body == nil {
+		sr.Body = http.NoBody // as a server's request has
+	}
+	t.h.ServeHTTP(rec, sr)
+	resp := rec.Result()
+	resp.Request = r
+	return resp, nil
+}
+
+// A prefetch job gives each image the time of one fill, not the whole
+// job: three images of 40 minutes each (on a bubble's clock) all finish,
+// though the job takes two hours against a fill timeout of one. Before,
+// the job stopped at the hour and was shown running until a restart.
+func TestPrefetchJobLongerThanAFill(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+		for _, name := range []string{"a", "b", "c"} {
+			img, err := random.Image(512, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ref, err := gname.ParseReference("registry.test/library/"+name+":1", gname.Insecure)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := remote.Write(ref, img, remote.WithTransport(inProcess{reg})); err != nil {
+				t.Fatal(err)
+			}
+		}
+		slow := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/manifests/1") {
+				time.Sleep(40 * time.Minute) // an image that takes long
+			}
+			reg.ServeHTTP(w, r)
+		})
+		up, err := upstream.New(DefaultHost, "http://registry.test", upstream.WithTransport(inProcess{slow}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		store, index := memStore(t)
+		p, err := New(store, index, []*upstream.Client{up}, WithSpoolDir(t.TempDir()), WithFillTimeout(time.Hour),
+			WithReferrers(false), WithLogger(slog.New(slog.DiscardHandler)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p.Close()
+		job, err := p.StartPrefetch(t.Context(), PrefetchRequest{Images: []string{"a:1", "b:1", "c:1"}}, "prefetch")
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The bubble's clock: three hours pass at once, as soon as every
+		// goroutine waits for them; the job's go by meanwhile.
+		time.Sleep(3 * time.Hour)
+		synctest.Wait()
+		got, err := p.Job(job.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.State != storage.JobDone {
+			t.Fatalf("job %s after two hours of one-hour fills; images: %+v", got.State, got.Images)
+		}
+	})
 }
