@@ -82,10 +82,15 @@ func (c *Cluster) sign(req *http.Request) {
 // content, and what the upstream said of it (not found, rate limited),
 // which asking the upstream here would only repeat. Any other answer
 // (5xx, a refused credential, a misconfigured peer) is a reason to fetch
-// here instead: a duplicate fetch at worst, never a failed pull.
-func passedOn(status int) bool {
-	switch status {
-	case http.StatusOK, http.StatusPartialContent, http.StatusNotFound, http.StatusRequestedRangeNotSatisfiable, http.StatusTooManyRequests:
+// here instead: a duplicate fetch at worst, never a failed pull. So is a
+// 404 the owner found before any lookup (X-Cache: none): a name it does
+// not serve, such as an upstream only this replica's configuration has
+// yet, in the middle of a rolling change of it.
+func passedOn(resp *http.Response) bool {
+	switch resp.StatusCode {
+	case http.StatusNotFound:
+		return resp.Header.Get(cacheHeader) != "none"
+	case http.StatusOK, http.StatusPartialContent, http.StatusRequestedRangeNotSatisfiable, http.StatusTooManyRequests:
 		return true
 	}
 	return false
@@ -128,7 +133,7 @@ func (c *Cluster) ServeBlob(w http.ResponseWriter, r *http.Request, dgst digest.
 			c.markDown(u, err)
 			continue
 		}
-		if !passedOn(resp.StatusCode) {
+		if !passedOn(resp) {
 			resp.Body.Close()
 			c.log.Warn("cluster owner refused a blob; fetching it here", "owner", u, "digest", dgst, "status", resp.StatusCode)
 			break
@@ -443,7 +448,7 @@ func (c *Cluster) manifestFrom(ctx context.Context, u, host, repo string, ref oc
 // ownerError is an owner's answer other than 200: what the upstream said
 // (404, 429) as the mirror answers it, anything else errFetchHere.
 func ownerError(resp *http.Response, kind upstream.Kind, u string) error {
-	if !passedOn(resp.StatusCode) {
+	if !passedOn(resp) {
 		return fmt.Errorf("%w: %s answered %d", errFetchHere, u, resp.StatusCode)
 	}
 	var body struct {
@@ -586,9 +591,10 @@ func (c *Cluster) Revalidate(ctx context.Context, key, host, repo, tag string) (
 	return "", false, nil
 }
 
-// staleHeader is the mirror's X-Cache header: "stale" says the owner
-// served its record without reaching the upstream.
-const staleHeader = "X-Cache"
+// cacheHeader is the mirror's X-Cache header: "stale" says the owner
+// served its record without reaching the upstream, "none" that it
+// answered without a lookup (a name it refused).
+const cacheHeader = "X-Cache"
 
 func (c *Cluster) revalidateAt(ctx context.Context, u, host, repo, tag string) (digest.Digest, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodHead, peerURL(u, host, repo, "manifests", tag), nil)
@@ -605,7 +611,7 @@ func (c *Cluster) revalidateAt(ctx context.Context, u, host, repo, tag string) (
 	if resp.StatusCode != http.StatusOK {
 		return "", ownerError(resp, upstream.KindManifest, u)
 	}
-	if resp.Header.Get(staleHeader) == "stale" {
+	if resp.Header.Get(cacheHeader) == "stale" {
 		return "", fmt.Errorf("%w: owner %s could not reach the upstream either", upstream.ErrUnavailable, u)
 	}
 	d, err := digest.Parse(resp.Header.Get("Docker-Content-Digest"))

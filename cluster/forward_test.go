@@ -121,18 +121,25 @@ func TestServeBlobWhenTheOwnerFails(t *testing.T) {
 	for _, tt := range []struct {
 		name       string
 		status     int
+		cache      string // the owner's X-Cache
 		dead       bool
 		wantServed bool
 		wantDown   bool
 	}{
 		{name: "5xx: fetched here, owner stays up", status: http.StatusServiceUnavailable},
 		{name: "401: fetched here", status: http.StatusUnauthorized},
-		{name: "404: passed on", status: http.StatusNotFound, wantServed: true},
+		{name: "404: passed on", status: http.StatusNotFound, cache: "miss", wantServed: true},
+		{name: "404 before any lookup (a name the owner does not serve): fetched here", status: http.StatusNotFound, cache: "none"},
 		{name: "429: passed on", status: http.StatusTooManyRequests, wantServed: true},
 		{name: "connection refused: fetched here, owner down", dead: true, wantDown: true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			s, _ := owner(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(tt.status) })
+			s, _ := owner(t, func(w http.ResponseWriter, r *http.Request) {
+				if tt.cache != "" {
+					w.Header().Set("X-Cache", tt.cache)
+				}
+				w.WriteHeader(tt.status)
+			})
 			c := newTwo(t, s.URL)
 			_, d := ownedBy(t, c, s.URL)
 			if tt.dead {
@@ -181,8 +188,13 @@ func TestManifestThroughTheOwner(t *testing.T) {
 			w.Header().Set("Docker-Content-Digest", digest.FromString("other").String())
 			w.Write(body)
 		case "404":
+			w.Header().Set("X-Cache", "miss")
 			w.WriteHeader(http.StatusNotFound)
 			w.Write([]byte(`{"errors":[{"code":"MANIFEST_UNKNOWN","message":"no v1 upstream"}]}`))
+		case "not configured":
+			w.Header().Set("X-Cache", "none")
+			w.WriteHeader(http.StatusNotFound)
+			w.Write([]byte(`{"errors":[{"code":"NAME_UNKNOWN","message":"upstream \"ghcr.io\" is not configured on this mirror"}]}`))
 		}
 	})
 	c := newTwo(t, s.URL)
@@ -208,6 +220,12 @@ func TestManifestThroughTheOwner(t *testing.T) {
 	var e *errcode.Error
 	if !ok || !errors.As(err, &e) || e.Code != errcode.ManifestUnknown || !errors.Is(err, upstream.ErrNotFound) {
 		t.Fatalf("404: ok %v, err %v; want MANIFEST_UNKNOWN wrapping upstream.ErrNotFound", ok, err)
+	}
+	// An owner whose configuration lacks the upstream (a rolling change
+	// of it) refuses the name before any lookup: not the upstream's 404.
+	answer.Store("not configured")
+	if _, ok, err := c.Manifest(ctx, tag, "ghcr.io", "o/app", oci.Ref{Tag: "v1"}); ok || err != nil {
+		t.Fatalf("an owner without the upstream: ok %v, err %v; want it fetched here", ok, err)
 	}
 }
 
