@@ -8,10 +8,13 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
 	"net/url"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -962,5 +965,60 @@ func TestDestinationRefusesWrites(t *testing.T) {
 	}
 	if has := destHas(t, dest, "area51/jenkins", "manifests", img.Digest); has {
 		t.Error("the read-only destination holds the manifest")
+	}
+}
+
+// A blob the destination holds but fails to send (its HEAD is answered,
+// its GET is a 503): the client's error carries none of the blob answer's
+// caching headers, which would let a cache in front of the mirror keep
+// the failure for a year under the blob's ETag.
+func TestDestinationBlobReadFailureIsNotCacheable(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "area51/jenkins", "2.4", 1, 8<<10)
+	dest := startDest(t)
+	target, err := url.Parse(dest.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var failGets atomic.Bool
+	back := httputil.NewSingleHostReverseProxy(target)
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if failGets.Load() && r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/sha256:") {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = io.WriteString(w, `{"errors":[{"code":"UNAVAILABLE","message":"storage backend down"}]}`)
+			return
+		}
+		back.ServeHTTP(w, r)
+	}))
+	t.Cleanup(front.Close)
+	m := servertest.StartWithStore(t, up.URL(), func(*storage.Index) (storage.Store, error) {
+		s, err := destination.New(front.URL+"/"+destPrefix, destination.WithCredentials(destUser, destPassword))
+		if err != nil {
+			return nil, err
+		}
+		t.Cleanup(s.CloseIdleConnections)
+		return s, nil
+	})
+	cranePull(t, ref(t, m, "area51/jenkins:2.4"))
+	m.WaitIdle()
+	layer := img.Layers[0]
+	wantDestBlob(t, dest, "area51/jenkins", layer)
+
+	failGets.Store(true)
+	for _, rng := range []string{"", "bytes=10-"} {
+		h := map[string]string{}
+		if rng != "" {
+			h["Range"] = rng
+		}
+		r := do(t, http.MethodGet, m.URL()+"/v2/area51/jenkins/blobs/"+layer, h)
+		if r.status != http.StatusServiceUnavailable {
+			t.Fatalf("blob the destination fails to send, Range %q: status %d %s; want 503", rng, r.status, r.body)
+		}
+		for _, k := range []string{"Cache-Control", "Etag", "Content-Range", "Accept-Ranges"} {
+			if v, ok := r.header[k]; ok {
+				t.Errorf("503 for a blob the destination fails to send, Range %q: %s %q, set for the blob's answer", rng, k, v)
+			}
+		}
 	}
 }

@@ -148,12 +148,16 @@ type entry struct {
 func Write(w http.ResponseWriter, err error) int {
 	e := As(err)
 	h := w.Header()
+	// Headers set for the answer this error replaces describe content it
+	// does not send: a cache in front would keep the error for the
+	// content's lifetime (Cache-Control) under its ETag.
+	for _, k := range []string{"Content-Length", "Docker-Content-Digest", "Etag", "Cache-Control", "Content-Range", "Accept-Ranges"} {
+		h.Del(k)
+	}
 	for k, vs := range e.Header {
 		h[k] = vs
 	}
 	h.Set("Content-Type", "application/json")
-	h.Del("Content-Length")
-	h.Del("Docker-Content-Digest")
 	st := e.Status()
 	w.WriteHeader(st)
 	_ = json.NewEncoder(w).Encode(body{Errors: []entry{{Code: e.Code, Message: e.Message, Detail: e.Detail}}})

@@ -224,6 +224,8 @@ func TestWrite(t *testing.T) {
 			// Headers set for a success that turned into an error.
 			rec.Header().Set("Content-Length", "1234")
 			rec.Header().Set("Docker-Content-Digest", "sha256:abc")
+			rec.Header().Set("Etag", `"sha256:abc"`)
+			rec.Header().Set("Cache-Control", "max-age=31536000")
 			rec.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
 			if got := Write(rec, tc.err); got != tc.wantStatus {
 				t.Errorf("Write returned %d; want %d", got, tc.wantStatus)
@@ -236,7 +238,7 @@ func TestWrite(t *testing.T) {
 			if ct := h.Get("Content-Type"); ct != "application/json" {
 				t.Errorf("Content-Type %q; want application/json", ct)
 			}
-			for _, k := range []string{"Content-Length", "Docker-Content-Digest"} {
+			for _, k := range []string{"Content-Length", "Docker-Content-Digest", "Etag", "Cache-Control"} {
 				if v, ok := h[k]; ok {
 					t.Errorf("%s %q left from before the error", k, v)
 				}
