@@ -395,12 +395,37 @@ func (p *Proxy) storeListed(ctx context.Context, t target, dgst digest.Digest, s
 			return p.index.Link(t.host(), t.repo, dgst)
 		}
 		derr := dl.failure()
+		if derr == nil && dl.t.storeRepo() != t.storeRepo() {
+			// Stored for the repository that started the download: a
+			// store that keeps blobs per repository (a registry
+			// destination) has it there only.
+			if err := p.copyStored(ctx, dl.t, t, dgst); err != nil {
+				return fmt.Errorf("blob %s not stored: %w", dgst, err)
+			}
+			return p.index.Link(t.host(), t.repo, dgst)
+		}
 		if try == 0 && errors.Is(derr, storage.ErrDigestMismatch) {
 			// Fetch it once more: a corrupt answer is often a passing fault.
 			continue
 		}
 		return errors.Join(fmt.Errorf("blob %s not stored", dgst), derr)
 	}
+}
+
+// copyStored puts a blob stored for from's repository into to's, read
+// back from the store (a registry destination mounts it instead of
+// uploading it again), not from the upstream.
+func (p *Proxy) copyStored(ctx context.Context, from, to target, dgst digest.Digest) error {
+	size, err := p.store.Stat(ctx, from.storeRepo(), dgst)
+	if err != nil {
+		return err
+	}
+	rc, err := p.store.Open(ctx, from.storeRepo(), dgst, 0)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	return p.noteWrite(p.store.Put(ctx, to.storeRepo(), dgst, size, rc))
 }
 
 // adoptListed links a stored blob, of stored bytes, that a manifest of t

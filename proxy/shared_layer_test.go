@@ -1,0 +1,110 @@
+package proxy
+
+import (
+	"bytes"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/docker-mirror/docker-mirror/proxy/upstream"
+	"github.com/docker-mirror/docker-mirror/storage"
+	"github.com/docker-mirror/docker-mirror/storage/destination"
+	"github.com/docker-mirror/docker-mirror/tests/fixture"
+)
+
+// A layer two repositories share, downloaded for one of them while the
+// fill of the other needs it: the fill shares the download (the upstream
+// sends the layer once), and a registry destination, which keeps blobs
+// per repository, ends up with it in both.
+func TestFillSharingAnotherRepositorysDownloadStoresItThere(t *testing.T) {
+	layer := bytes.Repeat([]byte("shared base layer "), 1<<12)
+	d := digest.FromBytes(layer)
+	started, release := make(chan struct{}), make(chan struct{})
+	var releaseOnce sync.Once
+	open := func() { releaseOnce.Do(func() { close(release) }) }
+	defer open()
+	var gets atomic.Int32 // upstream GETs of the layer
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.HasSuffix(r.URL.Path, "/blobs/"+d.String()) {
+			if r.URL.Path != "/v2/" {
+				http.NotFound(w, r)
+			}
+			return
+		}
+		gets.Add(1)
+		w.Header().Set("Content-Length", strconv.Itoa(len(layer)))
+		_, _ = w.Write(layer[:1024])
+		http.NewResponseController(w).Flush()
+		close(started)
+		<-release // the download streams until the test lets it end
+		_, _ = w.Write(layer[1024:])
+	}))
+	defer srv.Close()
+	dest := fixture.StartDestination(t, nil)
+	store, err := destination.New(dest.URL() + "/mirror")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.CloseIdleConnections()
+	index, err := storage.OpenIndex(filepath.Join(t.TempDir(), "index.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer index.Close()
+	up, err := upstream.New(DefaultHost, srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := New(store, index, []*upstream.Client{up}, WithSpoolDir(t.TempDir()), WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+
+	size := int64(len(layer))
+	a := target{up: up, repo: "library/python", name: "python"}
+	b := target{up: up, repo: "library/node", name: "node"}
+	// python's fill downloads the layer.
+	dl, leave, _, err := p.startBlob(t.Context(), a, d, blobWant{listed: true, mirror: true, size: size})
+	if err != nil {
+		t.Fatal(err)
+	}
+	recv(t, started, "the layer's download")
+	// node's fill needs it meanwhile: it joins the download.
+	joined := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		done <- p.ensureBlob(withRequested(t.Context(), sync.OnceFunc(func() { close(joined) })), b, d, size)
+	}()
+	recv(t, joined, "node's fill to join the download")
+	open()
+	recv(t, dl.finished, "the download to end")
+	leave()
+	if ferr := recvWithin(t, done, "node's fill"); ferr != nil {
+		t.Errorf("node's fill, sharing python's download: %v", ferr)
+	}
+	for _, repo := range []string{"library/python", "library/node"} {
+		if got, err := store.Stat(t.Context(), repo, d); err != nil || got != size {
+			t.Errorf("destination's %s: Stat = %d, %v; want the layer", repo, got, err)
+		}
+	}
+	if linked, err := index.Linked(DefaultHost, "library/node", d); err != nil || !linked {
+		t.Errorf("layer linked to node: %v, %v", linked, err)
+	}
+	for _, r := range dest.Requests() {
+		if r.IsUpload() && strings.HasPrefix(r.Path, "/v2/mirror/library/node/") && r.Method != http.MethodPost {
+			t.Errorf("layer uploaded to node (%+v); want it mounted from python", r)
+		}
+	}
+	if n := gets.Load(); n != 1 {
+		t.Errorf("%d upstream GETs of the layer; want 1", n)
+	}
+}
