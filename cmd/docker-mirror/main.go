@@ -96,3 +96,15 @@ func parseFlags(fs *flag.FlagSet, args []string, synopsis string, stdout, stderr
 	}
 	return 0, true
 }
+
+// flagAmong returns the first of a command's arguments that is a flag:
+// the flag parser stops at the first argument, so a flag after it would
+// be taken for an image (no image reference starts with '-').
+func flagAmong(args []string) (string, bool) {
+	for _, a := range args {
+		if len(a) > 1 && a[0] == '-' {
+			return a, true
+		}
+	}
+	return "", false
+}

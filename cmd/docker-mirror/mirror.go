@@ -44,6 +44,10 @@ func mirrorCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 		return exitUsage
 	}
 	images := fs.Args()
+	if f, ok := flagAmong(images); ok {
+		fmt.Fprintf(stderr, "docker-mirror mirror: flag %q after the images: give the flags before IMAGE...\n", f)
+		return exitUsage
+	}
 	cfg, err := flags.Resolve(os.LookupEnv)
 	switch {
 	case err != nil:

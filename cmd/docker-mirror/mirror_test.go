@@ -592,3 +592,28 @@ func (w *statusWriter) Write(p []byte) (int, error) {
 	}
 	return w.ResponseWriter.Write(p)
 }
+
+// A flag after the images (the Go flag parser stops at the first image)
+// is refused, naming it, before anything is copied: taken for an image,
+// a trailing --dry-run copied everything, and a trailing --platform
+// copied every platform.
+func TestMirrorCommandFlagAfterImages(t *testing.T) {
+	e := newMirrorEnv(t)
+	for _, args := range [][]string{
+		{"hello-world", "--dry-run"},
+		{"hello-world", "--platform", "linux/arm64"},
+	} {
+		code, stdout, stderr := e.mirror(t, args...)
+		if code != 2 || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, `"`+args[1]+`"`) {
+			t.Errorf("%v: exit %d, stderr %q; want 2 and one line naming %s\nstdout:\n%s", args, code, stderr, args[1], stdout)
+		}
+	}
+	if w := writes(e.dest.Requests()); len(w) != 0 {
+		t.Errorf("the destination was written to: %d requests", len(w))
+	}
+	// prefetch asks no server either.
+	code, stdout, stderr := runCmd(t, context.Background(), "prefetch", "--server", "http://127.0.0.1:1", "hello-world", "--platform", "linux/arm64")
+	if code != 2 || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, `"--platform"`) {
+		t.Errorf("prefetch: exit %d, stderr %q; want 2 and one line naming --platform\nstdout:\n%s", code, stderr, stdout)
+	}
+}

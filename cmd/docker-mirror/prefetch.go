@@ -52,6 +52,10 @@ func prefetchCommand(ctx context.Context, args []string, stdout, stderr io.Write
 		fmt.Fprintln(stderr, "docker-mirror prefetch: no images to prefetch")
 		return exitUsage
 	}
+	if f, ok := flagAmong(fs.Args()); ok {
+		fmt.Fprintf(stderr, "docker-mirror prefetch: flag %q after the images: give the flags before IMAGE...\n", f)
+		return exitUsage
+	}
 	base := strings.TrimRight(*server, "/")
 	job, err := postJob(ctx, base, proxy.PrefetchRequest{Images: fs.Args(), Platforms: platforms})
 	if err != nil {
