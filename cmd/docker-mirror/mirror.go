@@ -71,10 +71,11 @@ func mirrorCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 		d = newDisplay(stdout)
 		logOut = d.logTo(stderr)
 	}
-	log := newLogger(cfg, logOut)
-	if cfg.LogLevel == "info" {
-		log = slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	logCfg := cfg
+	if logCfg.LogLevel == "info" {
+		logCfg.LogLevel = "warn" // the default: the display says what info lines would; the format stays
 	}
+	log := newLogger(logCfg, logOut)
 	failed, err := mirrorImages(ctx, cfg, log, images, mirrorOptions{allTags: *allTags, jobs: *jobs, display: d}, stdout)
 	if err != nil {
 		fmt.Fprintf(stderr, "docker-mirror mirror: %v\n", err)

@@ -617,3 +617,27 @@ func TestMirrorCommandFlagAfterImages(t *testing.T) {
 		t.Errorf("prefetch: exit %d, stderr %q; want 2 and one line naming --platform\nstdout:\n%s", code, stderr, stdout)
 	}
 }
+
+// --log-format json applies to mirror's log lines (its warnings) as it
+// does to serve's: they were written as text at the default log level.
+func TestMirrorCommandLogFormatJSON(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	up.SeedMultiArch(t, "library/hello-world", "latest", fixture.OCI)
+	dest := fixture.StartDestination(t, nil, fixture.WithCompleteIndexes())
+	code, stdout, stderr := runCmd(t, context.Background(), "mirror", "-d", dest.URL()+"/mirror", "--upstream", up.URL(),
+		"--log-format", "json", "--platform", "linux/amd64", "hello-world")
+	if code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+	warned := false
+	for _, l := range strings.Split(strings.TrimSpace(stderr), "\n") {
+		var rec struct{ Level, Msg string }
+		if err := json.Unmarshal([]byte(l), &rec); err != nil {
+			t.Errorf("a log line that is not JSON: %q", l)
+		}
+		warned = warned || strings.HasPrefix(rec.Msg, "destination requires every platform")
+	}
+	if !warned {
+		t.Errorf("no warning that the destination requires every platform:\n%s", stderr)
+	}
+}
