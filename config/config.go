@@ -957,8 +957,35 @@ func validateDestination(s string) error {
 	if u.RawQuery != "" || u.Fragment != "" {
 		return fmt.Errorf("invalid URL %q: only scheme://host[:port][/prefix] is allowed", shown)
 	}
+	return validatePrefix(shown, u)
+}
+
+// validatePrefix checks a destination's path prefix as the destination
+// store does (storage/destination.New), so that a bad one is a bad
+// value (exit 2, naming where it came from), not a failed start.
+func validatePrefix(shown string, u *url.URL) error {
+	if u.RawPath != "" {
+		return fmt.Errorf("invalid URL %q: path %q must not be percent-encoded", shown, u.RawPath)
+	}
+	prefix := strings.TrimSuffix(strings.TrimPrefix(u.Path, "/"), "/")
+	if prefix == "" {
+		return nil
+	}
+	for c := range strings.SplitSeq(prefix, "/") {
+		if !oci.ValidName(c) { // one component: no host
+			return fmt.Errorf("invalid URL %q: path component %q is not a valid repository name component "+
+				"(lowercase letters and digits, separated by '.', '_', '__' or dashes)", shown, c)
+		}
+	}
+	if len(prefix) >= maxRepoName {
+		return fmt.Errorf("invalid URL %q: prefix %q leaves no room for repository names (at most %d characters in all)", shown, prefix, maxRepoName)
+	}
 	return nil
 }
+
+// maxRepoName is the longest repository name, prefix included
+// (reference.RepositoryNameTotalLengthMax).
+const maxRepoName = 255
 
 // redactURL returns s, a URL or something meant to be one (it need not
 // parse), with its userinfo replaced by "xxxxx", for errors and logs: the

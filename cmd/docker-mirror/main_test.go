@@ -58,6 +58,8 @@ func TestBadInputExitsTwoWithOneLine(t *testing.T) {
 		{[]string{"serve", "extra"}, []string{"extra"}},
 		{[]string{"frobnicate"}, []string{"frobnicate"}},
 		{[]string{"prefetch", "--platform", "bogus", "nginx"}, []string{`invalid value "bogus" for flag -platform: invalid platform "bogus": unknown OS "bogus"`}},
+		{[]string{"mirror", "-d", "http://127.0.0.1:1/Mirror", "hello-world"}, []string{"--destination", `"http://127.0.0.1:1/Mirror"`, `"Mirror"`}},
+		{[]string{"mirror", "-d", "http://127.0.0.1:1/a%2Fb", "hello-world"}, []string{"--destination", `"http://127.0.0.1:1/a%2Fb"`, "percent-encoded"}},
 	}
 	for _, c := range cases {
 		code, _, stderr := runCmd(t, context.Background(), c.args...)
