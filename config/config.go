@@ -971,21 +971,11 @@ func validatePrefix(shown string, u *url.URL) error {
 	if prefix == "" {
 		return nil
 	}
-	for c := range strings.SplitSeq(prefix, "/") {
-		if !oci.ValidName(c) { // one component: no host
-			return fmt.Errorf("invalid URL %q: path component %q is not a valid repository name component "+
-				"(lowercase letters and digits, separated by '.', '_', '__' or dashes)", shown, c)
-		}
-	}
-	if len(prefix) >= maxRepoName {
-		return fmt.Errorf("invalid URL %q: prefix %q leaves no room for repository names (at most %d characters in all)", shown, prefix, maxRepoName)
+	if err := oci.CheckPrefix(prefix); err != nil {
+		return fmt.Errorf("invalid URL %q: %w", shown, err)
 	}
 	return nil
 }
-
-// maxRepoName is the longest repository name, prefix included
-// (reference.RepositoryNameTotalLengthMax).
-const maxRepoName = 255
 
 // redactURL returns s, a URL or something meant to be one (it need not
 // parse), with its userinfo replaced by "xxxxx", for errors and logs: the

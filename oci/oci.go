@@ -9,6 +9,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"strings"
 
 	"github.com/opencontainers/go-digest"
@@ -196,6 +197,22 @@ func ValidName(name string) bool {
 		return len(rest) <= maxPathLength
 	}
 	return validPath(name) && len(name) <= maxPathLength
+}
+
+// CheckPrefix checks a path prefix repositories are kept under (a
+// registry destination's, e.g. "mirror" in nexus.example.com/mirror): made
+// of repository name components, and leaving room for a name after it.
+func CheckPrefix(prefix string) error {
+	for c := range strings.SplitSeq(prefix, "/") {
+		if !validPathComponent(c) {
+			return fmt.Errorf("path component %q is not a valid repository name component "+
+				"(lowercase letters and digits, separated by '.', '_', '__' or dashes)", c)
+		}
+	}
+	if len(prefix) >= maxPathLength {
+		return fmt.Errorf("prefix %q leaves no room for repository names (at most %d characters in all)", prefix, maxPathLength)
+	}
+	return nil
 }
 
 // maxPathLength is reference.RepositoryNameTotalLengthMax.

@@ -39,6 +39,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/storage"
 )
 
@@ -155,15 +156,8 @@ func New(rawURL string, opts ...Option) (*Store, error) {
 	}
 	prefix := strings.TrimSuffix(strings.TrimPrefix(u.Path, "/"), "/")
 	if prefix != "" {
-		for c := range strings.SplitSeq(prefix, "/") {
-			if !pathComponent.MatchString(c) {
-				return nil, fmt.Errorf("destination %q: path component %q is not a valid repository name component "+
-					"(lowercase letters and digits, separated by '.', '_', '__' or dashes)", shown, c)
-			}
-		}
-		if len(prefix) >= reference.RepositoryNameTotalLengthMax {
-			return nil, fmt.Errorf("destination %q: prefix %q leaves no room for repository names (at most %d characters in all)",
-				shown, prefix, reference.RepositoryNameTotalLengthMax)
+		if err := oci.CheckPrefix(prefix); err != nil {
+			return nil, fmt.Errorf("destination %q: %w", shown, err)
 		}
 	}
 	var nopts []name.Option
