@@ -236,6 +236,18 @@ func (p *Proxy) manifestByTag(ctx context.Context, t target, tag string, h http.
 				return cached, nil
 			}
 			// The tag moved: fetch what it points to now.
+			h.Set(cacheHeader, "miss")
+			m, err := p.fetchManifestAnswer(ctx, t, oci.Ref{Tag: tag}, opts.fill)
+			if err == nil || errors.Is(err, upstream.ErrNotFound) || ctx.Err() != nil {
+				return m, err
+			}
+			// The upstream said where the tag points now (a HEAD, which
+			// Docker Hub answers over its pull limit too) but did not give
+			// it (a GET refused with 429, failing): the cached digest is
+			// served, as when the revalidation itself fails.
+			p.log.Warn("serving cached tag: fetching the manifest it moved to failed", "upstream", t.host(), "repo", t.repo, "tag", tag, "digest", rec.Digest, "moved_to", d, "error", err)
+			h.Set(cacheHeader, "stale")
+			return cached, nil
 		}
 	}
 	h.Set(cacheHeader, "miss")

@@ -189,3 +189,38 @@ func TestPerUpstreamTagTTL(t *testing.T) {
 	m.Clock.Advance(30 * time.Minute)
 	check("after 62 minutes", map[string]int{"docker.io": 1, "ghcr.io": 1, "local.test": 1})
 }
+
+// A tag that moved upstream, whose new manifest the upstream then refuses
+// (Docker Hub over its pull limit still answers HEADs, which it does not
+// count, and refuses GETs with 429; or a failing GET), is served from the
+// cache as stale, as when the revalidation itself fails: the client is
+// not refused what the mirror holds. Once the upstream answers, the new
+// manifest is served.
+func TestMovedTagServedStaleWhenItsFetchFails(t *testing.T) {
+	for _, status := range []int{http.StatusTooManyRequests, http.StatusServiceUnavailable} {
+		t.Run(http.StatusText(status), func(t *testing.T) {
+			up := fixture.StartUpstream(t)
+			first := up.SeedImage(t, "library/app", "stable", 1, 1<<10)
+			m := servertest.Start(t, up.URL(), proxy.WithTagTTL(time.Minute))
+			url := m.URL() + "/v2/app/manifests/stable"
+			wantManifest(t, get(t, url), first.Manifest, first.MediaType)
+			m.WaitIdle()
+
+			second := up.SeedImage(t, "library/app", "stable", 1, 1<<10)
+			m.Clock.Advance(2 * time.Minute)
+			up.ResetCounts()
+			up.SetFault(fixture.Fault{Method: http.MethodGet, Kind: fixture.KindManifest, Status: status, Header: http.Header{"Retry-After": {"0"}}})
+			r := get(t, url)
+			wantManifest(t, r, first.Manifest, first.MediaType)
+			if c := r.header.Get("X-Cache"); c != "stale" {
+				t.Errorf("X-Cache %q, want stale", c)
+			}
+			if h, g := up.Count(http.MethodHead, fixture.KindManifest), up.Count(http.MethodGet, fixture.KindManifest); h != 1 || g != 1 {
+				t.Errorf("%d HEADs and %d GETs upstream, want 1 and 1", h, g)
+			}
+
+			up.ClearFault() // and no back-off (Retry-After: 0)
+			wantManifest(t, get(t, url), second.Manifest, second.MediaType)
+		})
+	}
+}
