@@ -53,7 +53,7 @@ func (p *Proxy) Copy(ctx context.Context, ref string, pats []oci.Platform, onPro
 	if err != nil {
 		return Progress{}, err
 	}
-	m, err := p.fetchManifest(ctx, im.t, im.ref, false)
+	m, err := p.copySource(ctx, im.t, im.ref)
 	if err != nil {
 		return Progress{}, err
 	}
@@ -95,6 +95,30 @@ func (p *Proxy) Copy(ctx context.Context, ref string, pats []oci.Platform, onPro
 	}
 	prog.update(func() {})
 	return prog.snapshot(), nil
+}
+
+// copySource is the manifest a copy starts from: by digest, the one the
+// mirror holds, if it does; by tag, the one it holds if the upstream
+// confirms the tag still points to it, with a HEAD (Docker Hub counts
+// GETs against its pull limit, not HEADs: a sync of tags that did not
+// move costs no pull); else the one fetched now.
+func (p *Proxy) copySource(ctx context.Context, t target, ref oci.Ref) (*storedManifest, error) {
+	if ref.IsDigest() {
+		return p.ensureManifest(ctx, t, ref.Digest)
+	}
+	rec, ok, err := p.index.TagHit(t.host(), t.repo, ref.Tag)
+	if err != nil {
+		return nil, err
+	}
+	if ok {
+		if held, err := p.loadTagged(ctx, t, rec); err == nil {
+			if d, err := p.revalidateTag(ctx, t, ref.Tag); err == nil && d == rec.Digest {
+				return held, p.index.TouchTag(t.host(), t.repo, ref.Tag, p.now())
+			}
+			// Moved, gone or not answered: the GET says which.
+		}
+	}
+	return p.fetchManifest(ctx, t, ref, false)
 }
 
 // pin keeps an image out of eviction: by its tag (whatever the tag points

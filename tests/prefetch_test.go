@@ -190,6 +190,54 @@ func TestPrefetchSharesFetchesWithPulls(t *testing.T) {
 	}
 }
 
+// prefetchDone runs a prefetch of images to its end.
+func prefetchDone(t *testing.T, m *servertest.Server, images ...string) storage.Job {
+	t.Helper()
+	body, _ := json.Marshal(proxy.PrefetchRequest{Images: images})
+	r := postPrefetch(t, m, string(body))
+	if r.status != http.StatusAccepted {
+		t.Fatalf("POST %s: %d %s", body, r.status, r.body)
+	}
+	m.WaitIdle()
+	return job(t, m, r.header.Get("Location"))
+}
+
+// Prefetching (or syncing) what the mirror holds costs no pull: a tag is
+// checked with a HEAD (Docker Hub does not count those) and its manifest
+// fetched only if the tag moved; a digest held is not asked for at all.
+func TestPrefetchAgainCostsNoPull(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	ma := up.SeedMultiArch(t, "library/multi", "v1", fixture.OCI)
+	up.SeedImage(t, "area51/jenkins", "2.4", 1, 4<<10)
+	next := up.SeedImage(t, "area51/jenkins", "2.5", 1, 4<<10)
+	m := servertest.Start(t, up.URL())
+	images := []string{"multi:v1", "area51/jenkins:2.4", "library/multi@" + ma.Digest}
+	if j := prefetchDone(t, m, images...); j.State != storage.JobDone {
+		t.Fatalf("first prefetch: %+v", j)
+	}
+
+	up.ResetCounts()
+	if j := prefetchDone(t, m, images...); j.State != storage.JobDone {
+		t.Fatalf("second prefetch: %+v", j)
+	}
+	if n := up.Count(http.MethodGet, fixture.KindManifest); n != 0 {
+		t.Errorf("prefetching held images again: %d manifest GETs, want none", n)
+	}
+	if n := up.Count(http.MethodGet, fixture.KindBlob); n != 0 {
+		t.Errorf("prefetching held images again: %d blob GETs, want none", n)
+	}
+
+	up.Tag(t, "area51/jenkins", next.Digest, "2.4") // the tag moves
+	up.ResetCounts()
+	if j := prefetchDone(t, m, "area51/jenkins:2.4"); j.State != storage.JobDone || j.Images[0].Digest != next.Digest {
+		t.Fatalf("prefetch of a moved tag: %+v, want %s", j, next.Digest)
+	}
+	if n := up.Count(http.MethodGet, fixture.KindManifest); n != 1 {
+		t.Errorf("prefetch of a moved tag: %d manifest GETs, want 1", n)
+	}
+	wantManifest(t, get(t, m.URL()+"/v2/area51/jenkins/manifests/2.4"), next.Manifest, next.MediaType)
+}
+
 // wantImageFrom is wantImage through another address of the mirror, its
 // base URL.
 func wantImageFrom(t testing.TB, base, repo string, img *fixture.Image) {
