@@ -80,6 +80,9 @@ type Policy struct {
 	log     *slog.Logger
 	now     func() time.Time
 	compare func(hash, password []byte) error
+	// reloading: an admin missing from the file is no user (it was
+	// removed) rather than an error (reloadedFile).
+	reloading bool
 }
 
 // Option configures a Policy.
@@ -140,7 +143,10 @@ func Load(htpasswd string, admins []string, anonymousPull bool, opts ...Option) 
 	}
 	for _, a := range admins {
 		if _, ok := p.users[a]; !ok {
-			return nil, fmt.Errorf("auth.admins: %q is not a user of %s", a, htpasswd)
+			if !p.reloading {
+				return nil, fmt.Errorf("auth.admins: %q is not a user of %s", a, htpasswd)
+			}
+			p.log.Warn("an admin is not a user of the reloaded htpasswd file: nobody can sign in as them", "admin", a, "file", htpasswd)
 		}
 	}
 	// The dummy costs what the dearest entry costs (the default cost for an

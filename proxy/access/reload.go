@@ -3,6 +3,7 @@ package access
 import (
 	"net/http"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 )
@@ -87,13 +88,23 @@ func (f *File) ReloadIfChanged() (reloaded bool, err error) {
 
 // load reads the file into a new policy and swaps it in; f.mu is held.
 func (f *File) load() error {
-	p, err := Load(f.path, f.admins, f.anonymousPull, f.opts...)
+	opts := f.opts
+	if f.policy.Load() != nil {
+		opts = append(slices.Clip(opts), reloadedFile)
+	}
+	p, err := Load(f.path, f.admins, f.anonymousPull, opts...)
 	if err != nil {
 		return err
 	}
 	f.policy.Store(p)
 	return nil
 }
+
+// reloadedFile marks a reload: an admin removed from the file loses
+// access as any user does. (At start an admin who is no user is a
+// mistake in the configuration, refused; on a reload, refusing the file
+// would keep the removed admin's password valid.)
+func reloadedFile(p *Policy) { p.reloading = true }
 
 // sameVersion reports whether two looks at a file saw the same version of
 // it (both nil: missing both times).

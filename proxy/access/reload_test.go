@@ -129,3 +129,32 @@ func TestFileReloadIfChanged(t *testing.T) {
 	check("fixed", true, false)
 	wantCheck(t, f.Check(request("bob", "bob-pw"), User), errcode.Unauthorized)
 }
+
+// An admin removed from the file loses access like any user: the reload
+// takes the new file (the other changes in it too) instead of failing
+// and keeping the removed admin's password valid.
+func TestReloadRemovesAnAdmin(t *testing.T) {
+	t.Parallel()
+	alice, bob := hash(t, "alice-pw"), hash(t, "bob-pw")
+	path := writeHtpasswd(t, "alice:"+alice, "bob:"+bob, "carol:"+hash(t, "carol-pw"))
+	f, err := LoadFile(path, []string{"alice", "bob"}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantCheck(t, f.Check(request("alice", "alice-pw"), Admin), "")
+
+	rewrite(t, path, time.Now(), "bob:"+bob)
+	if err := f.Reload(); err != nil {
+		t.Fatalf("Reload after removing an admin: %v", err)
+	}
+	wantCheck(t, f.Check(request("alice", "alice-pw"), Admin), errcode.Unauthorized)
+	wantCheck(t, f.Check(request("carol", "carol-pw"), User), errcode.Unauthorized)
+	wantCheck(t, f.Check(request("bob", "bob-pw"), Admin), "")
+
+	// Added back, she is an admin again.
+	rewrite(t, path, time.Now().Add(time.Second), "alice:"+alice, "bob:"+bob)
+	if err := f.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	wantCheck(t, f.Check(request("alice", "alice-pw"), Admin), "")
+}
