@@ -450,6 +450,41 @@ func TestMirrorCommandWrongPassword(t *testing.T) {
 	}
 }
 
+// prefetch signs in with the credentials of --server's URL (an admin's,
+// on a mirror with auth) and never shows the password: not when the
+// answer is no registry error (a load balancer's page), nor when the URL
+// is refused.
+func TestPrefetchCommandHidesServerPassword(t *testing.T) {
+	const password = "adm1n-pa55-never-shown"
+	var got string
+	lb := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if u, p, ok := r.BasicAuth(); ok {
+			got = u + ":" + p
+		}
+		http.Error(w, "<html>502 Bad Gateway</html>", http.StatusBadGateway)
+	}))
+	defer lb.Close()
+	u, _ := url.Parse(lb.URL)
+	u.User = url.UserPassword("ops", password)
+	code, stdout, stderr := runCmd(t, context.Background(), "prefetch", "--server", u.String(), "hello-world")
+	if code != 1 || !strings.Contains(stderr, "502") {
+		t.Errorf("exit %d, stderr %q; want 1 and the status", code, stderr)
+	}
+	if got != "ops:"+password {
+		t.Errorf("the server got credentials %q", got)
+	}
+	for _, server := range []string{"ops:" + password + "@127.0.0.1:5000", "ftp://ops:" + password + "@127.0.0.1:5000"} {
+		if code, _, e := runCmd(t, context.Background(), "prefetch", "--server", server, "hello-world"); code != 2 || !strings.Contains(e, "--server") {
+			t.Errorf("--server %s: exit %d, stderr %q; want 2 naming --server", server, code, e)
+		} else {
+			stderr += e
+		}
+	}
+	if strings.Contains(stdout+stderr, password) {
+		t.Errorf("the password is shown:\n%s%s", stdout, stderr)
+	}
+}
+
 // prefetch asks a running mirror for a job, follows it to the end and
 // exits 0 when every image is done; non-zero naming a bad image.
 func TestPrefetchCommand(t *testing.T) {

@@ -45,7 +45,7 @@ func prefetchCommand(ctx context.Context, args []string, stdout, stderr io.Write
 		return exitUsage
 	}
 	if u, err := url.Parse(*server); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		fmt.Fprintf(stderr, "docker-mirror prefetch: --server: invalid URL %q\n", *server)
+		fmt.Fprintf(stderr, "docker-mirror prefetch: --server: invalid URL %q\n", hideUserinfo(*server))
 		return exitUsage
 	}
 	if fs.NArg() == 0 {
@@ -148,11 +148,26 @@ func doJob(r *http.Request, want int) (*storage.Job, error) {
 		if json.Unmarshal(raw, &e) == nil && len(e.Errors) > 0 {
 			return nil, fmt.Errorf("%s: %s", e.Errors[0].Code, e.Errors[0].Message)
 		}
-		return nil, fmt.Errorf("%s %s: %s", r.Method, r.URL, resp.Status)
+		return nil, fmt.Errorf("%s %s: %s", r.Method, r.URL.Redacted(), resp.Status)
 	}
 	var job storage.Job
 	if err := json.Unmarshal(raw, &job); err != nil {
-		return nil, fmt.Errorf("%s %s: %w", r.Method, r.URL, err)
+		return nil, fmt.Errorf("%s %s: %w", r.Method, r.URL.Redacted(), err)
 	}
 	return &job, nil
+}
+
+// hideUserinfo returns --server's value for an error with its userinfo
+// (the credentials prefetch signs in with) replaced by "xxxxx", even if it
+// does not parse: everything before the last "@" after the scheme.
+func hideUserinfo(s string) string {
+	start := 0
+	if i := strings.Index(s, "://"); i >= 0 {
+		start = i + len("://")
+	}
+	at := strings.LastIndex(s[start:], "@")
+	if at < 0 {
+		return s
+	}
+	return s[:start] + "xxxxx" + s[start+at:]
 }
