@@ -24,6 +24,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/docker-mirror/docker-mirror/redact"
+
 	"gopkg.in/yaml.v3"
 
 	"github.com/docker-mirror/docker-mirror/oci"
@@ -393,7 +395,7 @@ func parseFile(r io.Reader) (_ Config, lines map[string]int, err error) {
 		name := k.Value
 		f, ok := fields[name]
 		if !ok {
-			return Config{}, nil, &fileError{line: k.Line, key: redactURL(name), msg: "unknown key (known keys: " + strings.Join(fileKeys(), ", ") + ")"}
+			return Config{}, nil, &fileError{line: k.Line, key: redact.URL(name), msg: "unknown key (known keys: " + strings.Join(fileKeys(), ", ") + ")"}
 		}
 		if line, dup := seen[name]; dup {
 			return Config{}, nil, &fileError{line: k.Line, key: name, msg: fmt.Sprintf("already defined at line %d", line)}
@@ -445,7 +447,7 @@ func hubConflict(c Config, lines map[string]int) error {
 	if !ok {
 		line = lines["upstreams.docker.io"] // a bare URL
 	}
-	return &fileError{line: line, key: "upstreams.docker.io.url", msg: fmt.Sprintf("%q, but upstream (line %d) is %q: two URLs for docker.io; give one", redactURL(hub), upLine, redactURL(c.Upstream))}
+	return &fileError{line: line, key: "upstreams.docker.io.url", msg: fmt.Sprintf("%q, but upstream (line %d) is %q: two URLs for docker.io; give one", redact.URL(hub), upLine, redact.URL(c.Upstream))}
 }
 
 // decodeStrict decodes a node into ptr, rejecting unknown keys of nested
@@ -583,7 +585,7 @@ func checkMapping(n *yaml.Node, path string, elem func(key string) (reflect.Type
 		}
 		// A key is shown, but a host key such as user:password@host is
 		// redacted.
-		key := path + "." + redactURL(k.Value)
+		key := path + "." + redact.URL(k.Value)
 		if line, dup := seen[k.Value]; dup {
 			return &fileError{line: k.Line, key: key, msg: fmt.Sprintf("already defined at line %d", line)}
 		}
@@ -651,7 +653,7 @@ func describeType(t reflect.Type) string {
 func nodeText(n *yaml.Node) string {
 	var s string
 	if n.Kind == yaml.ScalarNode {
-		s = strconv.Quote(redactURL(n.Value))
+		s = strconv.Quote(redact.URL(n.Value))
 	} else {
 		c := *n
 		c.Style |= yaml.FlowStyle
@@ -836,7 +838,7 @@ func (c Config) validateCluster() error {
 // validatePeerURL checks the URL a replica is reached at: http(s), a host
 // and a port, nothing else.
 func validatePeerURL(s string) error {
-	shown := redactURL(s)
+	shown := redact.URL(s)
 	u, err := url.Parse(s)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "" {
 		return fmt.Errorf("invalid URL %q (want http[s]://HOST:PORT)", shown)
@@ -854,7 +856,7 @@ var upstreamHost = regexp.MustCompile(`^([a-z0-9]([a-z0-9-]*[a-z0-9])?\.)*[a-z0-
 
 func (u Upstream) validate(host string) error {
 	if !upstreamHost.MatchString(host) {
-		return fmt.Errorf("upstreams: invalid host %q (want e.g. ghcr.io or registry.local:5000)", redactURL(host))
+		return fmt.Errorf("upstreams: invalid host %q (want e.g. ghcr.io or registry.local:5000)", redact.URL(host))
 	}
 	// Clients name an upstream by putting its host in front of a
 	// repository; a key without a dot or a port (other than localhost) is
@@ -946,7 +948,7 @@ func secretText(s string) string { return strings.TrimRight(s, "\r\n") }
 // validateDestination checks a registry URL with a path prefix. Errors
 // show the URL without its userinfo.
 func validateDestination(s string) error {
-	shown := redactURL(s)
+	shown := redact.URL(s)
 	u, err := url.Parse(s)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return fmt.Errorf("invalid URL %q (want http[s]://HOST[:PORT][/PREFIX])", shown)
@@ -977,23 +979,6 @@ func validatePrefix(shown string, u *url.URL) error {
 	return nil
 }
 
-// redactURL returns s, a URL or something meant to be one (it need not
-// parse), with its userinfo replaced by "xxxxx", for errors and logs: the
-// user name too, which may be a token (https://TOKEN@host). Everything up
-// to the last "@" after the scheme counts as userinfo, so that a password
-// holding "/", "?" or "#" does not leak either.
-func redactURL(s string) string {
-	start := 0
-	if i := strings.Index(s, "://"); i >= 0 {
-		start = i + len("://")
-	}
-	at := strings.LastIndex(s[start:], "@")
-	if at < 0 {
-		return s
-	}
-	return s[:start] + "xxxxx" + s[start+at:]
-}
-
 // userinfoInText finds the userinfo of URLs in a longer text.
 var userinfoInText = regexp.MustCompile(`://[^\s'"]*@`)
 
@@ -1017,7 +1002,7 @@ func validPort(port string) bool {
 // validateURL checks an upstream URL. Errors show it without its
 // userinfo.
 func validateURL(s string) error {
-	shown := redactURL(s)
+	shown := redact.URL(s)
 	u, err := url.Parse(s)
 	if err != nil {
 		return fmt.Errorf("invalid URL %q", shown)

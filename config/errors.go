@@ -8,6 +8,8 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/docker-mirror/docker-mirror/redact"
+
 	"gopkg.in/yaml.v3"
 )
 
@@ -91,7 +93,7 @@ func checkText(n *yaml.Node, path string) error {
 	case yaml.MappingNode:
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k := n.Content[i]
-			key := redactURL(k.Value)
+			key := redact.URL(k.Value)
 			if path != "" {
 				key = path + "." + key
 			}

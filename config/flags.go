@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/docker-mirror/docker-mirror/redact"
 )
 
 // key is one setting that can come from a flag and an environment variable.
@@ -61,7 +63,7 @@ var keys = []key{
 					host, u = DockerHubHost, v
 				}
 				if prev, dup := given[host]; dup && prev != u {
-					return fmt.Errorf("two URLs for %s, %q and %q; give one", redactURL(host), redactURL(prev), redactURL(u))
+					return fmt.Errorf("two URLs for %s, %q and %q; give one", redact.URL(host), redact.URL(prev), redact.URL(u))
 				}
 				given[host] = u
 				if host == DockerHubHost {

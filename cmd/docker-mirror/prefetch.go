@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/docker-mirror/docker-mirror/redact"
+
 	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/proxy"
 	"github.com/docker-mirror/docker-mirror/storage"
@@ -45,7 +47,7 @@ func prefetchCommand(ctx context.Context, args []string, stdout, stderr io.Write
 		return exitUsage
 	}
 	if u, err := url.Parse(*server); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		fmt.Fprintf(stderr, "docker-mirror prefetch: --server: invalid URL %q\n", hideUserinfo(*server))
+		fmt.Fprintf(stderr, "docker-mirror prefetch: --server: invalid URL %q\n", redact.URL(*server))
 		return exitUsage
 	}
 	if fs.NArg() == 0 {
@@ -155,19 +157,4 @@ func doJob(r *http.Request, want int) (*storage.Job, error) {
 		return nil, fmt.Errorf("%s %s: %w", r.Method, r.URL.Redacted(), err)
 	}
 	return &job, nil
-}
-
-// hideUserinfo returns --server's value for an error with its userinfo
-// (the credentials prefetch signs in with) replaced by "xxxxx", even if it
-// does not parse: everything before the last "@" after the scheme.
-func hideUserinfo(s string) string {
-	start := 0
-	if i := strings.Index(s, "://"); i >= 0 {
-		start = i + len("://")
-	}
-	at := strings.LastIndex(s[start:], "@")
-	if at < 0 {
-		return s
-	}
-	return s[:start] + "xxxxx" + s[start+at:]
 }

@@ -31,6 +31,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/docker-mirror/docker-mirror/redact"
+
 	"github.com/distribution/reference"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -137,7 +139,7 @@ func New(rawURL string, opts ...Option) (*Store, error) {
 	if err != nil {
 		// url.Error repeats the URL, credentials included: name a
 		// redacted form instead.
-		return nil, fmt.Errorf("destination %q: invalid URL", redactURL(rawURL))
+		return nil, fmt.Errorf("destination %q: invalid URL", redact.URL(rawURL))
 	}
 	shown := u.Redacted()
 	switch {
@@ -188,22 +190,6 @@ func New(rawURL string, opts ...Option) (*Store, error) {
 		s.base = DefaultTransport()
 	}
 	return s, nil
-}
-
-// redactURL hides a password in a URL that does not parse.
-func redactURL(raw string) string {
-	at := strings.LastIndex(raw, "@")
-	if at < 0 {
-		return raw
-	}
-	start := 0
-	if i := strings.Index(raw[:at], "://"); i >= 0 {
-		start = i + 3
-	}
-	if colon := strings.Index(raw[start:at], ":"); colon >= 0 {
-		return raw[:start+colon+1] + "xxxxx" + raw[at:]
-	}
-	return raw
 }
 
 // DefaultTransport returns the HTTP transport a Store uses unless given
