@@ -2,6 +2,7 @@ package tests
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"log"
 	"net/http"
@@ -305,4 +306,63 @@ func TestReferrersOfflineFromCachedFallbackTag(t *testing.T) {
 	m.WaitIdle()
 	up.Stop()
 	wantReferrers(t, get(t, m.URL()+"/v2/plain/referrers/"+img.Digest), "stale", false, sig["digest"].(string))
+}
+
+// pagingReferrers serves the referrers API of h one entry a page, each
+// page but the last naming the next in a Link header, as the OCI
+// distribution spec lets a registry do with a long list.
+func pagingReferrers(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.Contains(r.URL.Path, "/referrers/") {
+			h.ServeHTTP(w, r)
+			return
+		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, r)
+		var idx map[string]json.RawMessage
+		var entries []json.RawMessage
+		if err := json.Unmarshal(rec.Body.Bytes(), &idx); err != nil || json.Unmarshal(idx["manifests"], &entries) != nil {
+			w.WriteHeader(http.StatusInternalServerError)
+			return
+		}
+		// In one order on every page (the registry lists them as it finds them).
+		slices.SortFunc(entries, func(a, b json.RawMessage) int { return strings.Compare(string(a), string(b)) })
+		page := 0
+		if p := r.URL.Query().Get("page"); p != "" {
+			fmt.Sscan(p, &page)
+		}
+		if page < len(entries)-1 {
+			w.Header().Set("Link", fmt.Sprintf(`<%s?page=%d>; rel="next"`, r.URL.Path, page+1))
+		}
+		idx["manifests"], _ = json.Marshal(entries[min(page, len(entries)):min(page+1, len(entries))])
+		body, _ := json.Marshal(idx)
+		w.Header().Set("Content-Type", oci.MediaTypeOCIIndex)
+		w.Write(body)
+	})
+}
+
+// An upstream that pages its referrers list (a Link header to the next
+// page): the mirror answers the whole list, and a fill stores every
+// referrer, not only the first page's.
+func TestReferrersPaged(t *testing.T) {
+	up := httptest.NewServer(pagingReferrers(referrersRegistry()))
+	t.Cleanup(up.Close)
+	host := strings.TrimPrefix(up.URL, "http://")
+	subject := pushSubject(t, host)
+	sig := pushReferrer(t, host, "library/signed", sigType, subject)
+	sbom := pushReferrer(t, host, "library/signed", sbomType, subject)
+
+	m := servertest.Start(t, up.URL)
+	u := m.URL() + "/v2/signed/referrers/" + subject.Digest.String()
+	wantReferrers(t, get(t, u), "miss", false, sig, sbom)
+	m.WaitIdle()
+
+	up.Close()
+	m.Clock.Advance(2 * time.Minute)
+	wantReferrers(t, get(t, u), "stale", false, sig, sbom)
+	for _, d := range []string{sig, sbom} {
+		if r := get(t, m.URL()+"/v2/signed/manifests/"+d); r.status != http.StatusOK || sha(r.body) != d {
+			t.Errorf("referrer %s offline: %d", d, r.status)
+		}
+	}
 }

@@ -732,39 +732,114 @@ func (c *Client) HeadBlob(ctx context.Context, repo string, dgst digest.Digest) 
 	return resp.ContentLength, nil
 }
 
+// maxReferrersPages bounds the pages of one referrers list followed, so
+// that a Link that never ends (or leads back) cannot loop.
+const maxReferrersPages = 100
+
 // Referrers returns the OCI referrers index of a manifest (optionally
 // filtered by artifactType) and the upstream's OCI-Filters-Applied header.
+// A list the upstream pages (a Link header to the next page, as the OCI
+// distribution spec allows) is read to its end and returned as one index.
 // An upstream without the referrers API answers 404: ErrNotFound.
 func (c *Client) Referrers(ctx context.Context, repo string, dgst digest.Digest, artifactType string) ([]byte, string, error) {
-	u := c.url(repo, "referrers", dgst.String())
+	r := call{KindReferrers, fmt.Sprintf("referrers of %s@%s", repo, dgst)}
+	query := url.Values{}
 	if artifactType != "" {
-		u += "?" + url.Values{"artifactType": {artifactType}}.Encode()
+		query.Set("artifactType", artifactType)
+	}
+	var (
+		first   map[string]json.RawMessage
+		body    []byte
+		entries []json.RawMessage
+		filters string
+		size    int
+		page    int
+	)
+	for ; query != nil; page++ {
+		if page == maxReferrersPages {
+			return nil, "", c.invalid(r, "%s go on for more than %d pages", r.what, maxReferrersPages)
+		}
+		p, err := c.fetchReferrersPage(ctx, repo, dgst, query, r)
+		if err != nil {
+			return nil, "", err
+		}
+		if size += len(p.body); size > oci.MaxManifestSize {
+			return nil, "", c.invalid(r, "%s are over the %d byte limit", r.what, oci.MaxManifestSize)
+		}
+		if page == 0 {
+			first, body, filters = p.index, p.body, p.filters
+		} else if p.filters != filters {
+			// Filtered on some pages only: the mirror filters them all.
+			filters = ""
+		}
+		entries = append(entries, p.entries...)
+		query = p.next
+		if query != nil && artifactType != "" && !query.Has("artifactType") {
+			query.Set("artifactType", artifactType)
+		}
+	}
+	if page == 1 {
+		return body, filters, nil // one page: its bytes as they are
+	}
+	list, err := json.Marshal(entries)
+	if err != nil {
+		return nil, "", err
+	}
+	if first == nil { // a first page of "null"
+		first = map[string]json.RawMessage{"schemaVersion": json.RawMessage(`2`), "mediaType": json.RawMessage(`"` + oci.MediaTypeOCIIndex + `"`)}
+	}
+	first["manifests"] = list
+	if body, err = json.Marshal(first); err != nil {
+		return nil, "", err
+	}
+	return body, filters, nil
+}
+
+// referrersPage is one page of a referrers list.
+type referrersPage struct {
+	body    []byte
+	index   map[string]json.RawMessage // its fields, kept as sent
+	entries []json.RawMessage
+	filters string     // its OCI-Filters-Applied header
+	next    url.Values // the query of the next page; nil on the last
+}
+
+// fetchReferrersPage fetches the page of a referrers list that query names.
+func (c *Client) fetchReferrersPage(ctx context.Context, repo string, dgst digest.Digest, query url.Values, r call) (referrersPage, error) {
+	u := c.url(repo, "referrers", dgst.String())
+	if len(query) > 0 {
+		u += "?" + query.Encode()
 	}
 	req, err := http.NewRequest(http.MethodGet, u, nil)
 	if err != nil {
-		return nil, "", err
+		return referrersPage{}, err
 	}
 	req.Header.Set("Accept", "application/vnd.oci.image.index.v1+json")
-	r := call{KindReferrers, fmt.Sprintf("referrers of %s@%s", repo, dgst)}
 	resp, err := c.do(ctx, repo, req, r, http.StatusOK)
 	if err != nil {
-		return nil, "", err
+		return referrersPage{}, err
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, oci.MaxManifestSize+1))
 	if err != nil {
-		return nil, "", c.transportError(r, err)
+		return referrersPage{}, c.transportError(r, err)
 	}
 	if len(body) > oci.MaxManifestSize {
-		return nil, "", c.invalid(r, "%s are over the %d byte limit", r.what, oci.MaxManifestSize)
+		return referrersPage{}, c.invalid(r, "%s are over the %d byte limit", r.what, oci.MaxManifestSize)
 	}
-	var idx struct {
-		Manifests []json.RawMessage `json:"manifests"`
+	p := referrersPage{body: body, filters: resp.Header.Get("OCI-Filters-Applied")}
+	if err := json.Unmarshal(body, &p.index); err != nil {
+		return referrersPage{}, c.invalid(r, "%s: %v", r.what, err)
 	}
-	if err := json.Unmarshal(body, &idx); err != nil {
-		return nil, "", c.invalid(r, "%s: %v", r.what, err)
+	if raw, ok := p.index["manifests"]; ok {
+		if err := json.Unmarshal(raw, &p.entries); err != nil {
+			return referrersPage{}, c.invalid(r, "%s: manifests: %v", r.what, err)
+		}
 	}
-	return body, resp.Header.Get("OCI-Filters-Applied"), nil
+	if p.next, err = nextPage(resp.Header.Values("Link")); err != nil {
+		return referrersPage{}, c.invalid(r, "%s: %v", r.what, err)
+	}
+	return p, nil
 }
 
 // TagPage is one page of a repository's tags as the upstream listed it.
