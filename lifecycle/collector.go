@@ -290,7 +290,12 @@ func (c *Collector) Pass(ctx context.Context, p Policy) (Report, error) {
 	if collected {
 		c.lastCollect = now
 	}
-	c.opts.Metrics.observe("evict", "evict", r, err)
+	op, reason := "evict", "evict"
+	if collected && r.ImagesEvicted == 0 {
+		// Nothing evicted: what went was unreferenced already.
+		op, reason = "collect", "gc"
+	}
+	c.opts.Metrics.observe(op, reason, r, err)
 	return r, err
 }
 

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -464,5 +465,36 @@ func TestManifestStoresUnderTheGuard(t *testing.T) {
 	m.WaitIdle()
 	if _, ok, _ := m.Index.Manifest(d); !ok {
 		t.Error("not recorded once released")
+	}
+}
+
+// With --evict-after set every pass is an eviction; one that evicts
+// nothing and runs the periodic collection counts it as a collection
+// (reason gc), not as removals after an eviction no one made.
+func TestPassCollectionWithoutEvictionCountsAsGC(t *testing.T) {
+	e := newEnv(t)
+	a := single("a", "v1", e.up.SeedImage(t, "library/a", "v1", 2, 8<<10))
+	e.pull(t, a)
+	if err := e.m.Index.DeleteTag("docker.io", "library/a", "v1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.m.Index.DeleteFill("docker.io", "library/a", digest.Digest(a.digest)); err != nil {
+		t.Fatal(err)
+	}
+	e.m.Clock.Advance(lifecycle.DefaultGrace + time.Second) // a's content is past the grace period
+	p := lifecycle.Policy{EvictAfter: 24 * time.Hour, CollectEvery: lifecycle.DefaultCollectEvery}
+	r, err := e.m.Server.Collector.Pass(t.Context(), p)
+	if err != nil || r.ImagesEvicted != 0 || r.ManifestsRemoved != 1 {
+		t.Fatalf("Pass = %+v, %v; want a's manifest collected, nothing evicted", r, err)
+	}
+	_, body, _ := get(t, e.m.URL()+"/metrics")
+	for _, want := range []string{
+		`docker_mirror_removed_content_total{kind="manifest",reason="gc"} 1`,
+		`docker_mirror_removed_content_total{kind="blob",reason="gc"} 3`,
+		`docker_mirror_lifecycle_runs_total{operation="collect",result="ok"} 1`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %q", want)
+		}
 	}
 }
