@@ -61,6 +61,11 @@ import (
 // what a pull is using is the Guard's to protect.
 const DefaultGrace = time.Minute
 
+// SharedGrace is the grace period on a store replicas share: another
+// replica's work in progress (a prefetch by digest, whose image is
+// recorded at its end) is not this one's guard's to protect.
+const SharedGrace = 10 * time.Minute
+
 // DefaultCollectEvery is how often the server collects when no eviction
 // asks for it (Policy.CollectEvery).
 const DefaultCollectEvery = 10 * time.Minute

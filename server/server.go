@@ -225,7 +225,11 @@ func New(ctx context.Context, cfg config.Config, opts ...Option) (_ *Server, err
 		}
 	}
 	s.Metrics.Register(gauges(cfg, s.Proxy, s.Index)...)
-	lo := lifecycle.Options{Grace: lifecycle.DefaultGrace, Guard: inUse, Log: o.log, Metrics: lm, Now: o.now, GCHold: o.gcHold}
+	grace := lifecycle.DefaultGrace
+	if s.Index.Shared() {
+		grace = lifecycle.SharedGrace
+	}
+	lo := lifecycle.Options{Grace: grace, Guard: inUse, Log: o.log, Metrics: lm, Now: o.now, GCHold: o.gcHold}
 	if s.Cluster != nil {
 		// Replicas share the store: each digest is collected by its owner.
 		lo.Owned = func(d digest.Digest) bool { return s.Cluster.Owns(d.String()) }

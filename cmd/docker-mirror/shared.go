@@ -38,7 +38,7 @@ func withSharedCollector(ctx context.Context, cfg config.Config, opts lifecycle.
 	index.ShareRecords(storage.NewDriverRecords(store.Driver()), nil)
 	// Replicas may be writing: what they wrote in the last minutes may
 	// not be recorded yet, and is never collected.
-	opts.Grace = max(opts.Grace, lifecycle.DefaultGrace)
+	opts.Grace = max(opts.Grace, lifecycle.SharedGrace)
 	err = fn(lifecycle.New(store, index, opts), index)
 	return true, errors.Join(err, index.Close())
 }
