@@ -65,6 +65,8 @@ type view struct {
 	Status *Status
 	Page   Page
 	Detail *Detail
+	// Evict: evicting is offered (not with a registry destination).
+	Evict bool
 	// Ago formats a time relative to the status's now.
 	now time.Time
 }
@@ -115,7 +117,7 @@ func (h *Handler) overviewPage(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 	}
-	return render(w, r, "overview", view{Title: "docker-mirror", Status: s, Page: pg, now: s.Now})
+	return render(w, r, "overview", view{Title: "docker-mirror", Status: s, Page: pg, Evict: h.d.Collector != nil, now: s.Now})
 }
 
 func (h *Handler) imagePage(w http.ResponseWriter, r *http.Request) error {
@@ -127,7 +129,7 @@ func (h *Handler) imagePage(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	return render(w, r, "image", view{Title: d.Name + " · docker-mirror", Status: s, Detail: d, now: s.Now})
+	return render(w, r, "image", view{Title: d.Name + " · docker-mirror", Status: s, Detail: d, Evict: h.d.Collector != nil, now: s.Now})
 }
 
 // contentSecurity lets the page load its own files only: no inline script

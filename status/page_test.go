@@ -96,7 +96,7 @@ func TestPageContent(t *testing.T) {
 	m.fill(t, nil)
 	a := send(t, http.MethodGet, m.URL()+"/", "", nil)
 	body := string(a.body)
-	for _, want := range []string{"docker.io/library/multi", "docker.io/area51/jenkins", `id="hit-ratio">66.7%`, "left out: windows/amd64", m.job, "state-done", `data-action="unpin"`, `id="prefetch-form"`} {
+	for _, want := range []string{"docker.io/library/multi", "docker.io/area51/jenkins", `id="hit-ratio">66.7%`, "left out: windows/amd64", m.job, "state-done", `data-action="unpin"`, `data-action="evict"`, `id="prefetch-form"`} {
 		if !strings.Contains(body, want) {
 			t.Errorf("page lacks %q", want)
 		}
@@ -258,5 +258,23 @@ func TestImageListCache(t *testing.T) {
 	serveGet(t, hd, "/api/v1/images") // far out of date: read before answering
 	if n := l.reads(); n != 3 {
 		t.Fatalf("far out of date: %d reads, want 3", n)
+	}
+}
+
+// Without a collector (a registry destination) evicting is not offered:
+// an admin sees Pin, not an Evict button that would answer 405.
+func TestPageOffersNoEvictWithoutCollector(t *testing.T) {
+	_, h := pageServer(t, synthetic(1))
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/api/v1/actions/evict",
+		strings.NewReader(`{"upstream": "docker.io", "repo": "team000/app00000", "digest": "`+digest.FromString("0").String()+`"}`)))
+	if rec.Code != http.StatusMethodNotAllowed {
+		t.Fatalf("evict without a collector: %d %s", rec.Code, rec.Body)
+	}
+	for _, path := range []string{"/", "/images/docker.io/team000/app00000"} {
+		body := serveGet(t, h, path).Body.String()
+		if !strings.Contains(body, `data-action="pin"`) || strings.Contains(body, `data-action="evict"`) {
+			t.Errorf("GET %s: want a pin button and no evict button\n%s", path, body)
+		}
 	}
 }
