@@ -29,7 +29,9 @@ func (c *destCheck) state(ctx context.Context) Destination {
 	if !c.last.At.IsZero() && now.Sub(c.last.At) < destCheckEvery {
 		return c.last
 	}
-	ctx, cancel := context.WithTimeout(ctx, destTimeout)
+	// Not the request's cancellation: its result is kept for every request
+	// in the next destCheckEvery, not only the one that went away.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), destTimeout)
 	defer cancel()
 	c.last = Destination{Status: "ok", At: now}
 	if err := c.check(ctx); err != nil {

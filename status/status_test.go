@@ -549,3 +549,25 @@ func TestDestinationWiring(t *testing.T) {
 		t.Errorf("stopped destination: %+v", s.Destination)
 	}
 }
+
+// A request that goes away while the destination is checked (a browser
+// leaving the page mid-refresh) does not leave the destination shown as
+// unreachable, "context canceled", until the next check 15s later.
+func TestDestinationCheckOutlivesItsRequest(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	m := servertest.Start(t, up.URL())
+	h := status.New(status.Deps{Proxy: m.Proxy, Index: m.Index, Now: m.Clock.Now, DestinationName: "registry dest.example.com/mirror",
+		Destination: func(ctx context.Context) error { return ctx.Err() }}) // as a request to the registry fails
+	t.Cleanup(h.Close)
+	hd := m.Proxy.Handler(h.Routes)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	hd.ServeHTTP(httptest.NewRecorder(), httptest.NewRequestWithContext(ctx, http.MethodGet, "/api/v1/status", nil))
+	var s status.Status
+	if err := json.Unmarshal(serveGet(t, hd, "/api/v1/status").Body.Bytes(), &s); err != nil {
+		t.Fatal(err)
+	}
+	if s.Destination == nil || s.Destination.Status != "ok" {
+		t.Errorf("destination %+v after a request went away, want ok", s.Destination)
+	}
+}
