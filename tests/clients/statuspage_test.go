@@ -329,3 +329,43 @@ func TestStatusPageBrowser(t *testing.T) {
 		t.Errorf("the page reported errors:\n%s", strings.Join(e, "\n"))
 	}
 }
+
+// An admin's action on an image's page shows its effect there: pinned, the
+// image offers Unpin (the page's refresh after an action swapped in only
+// the overview's parts, so the image's page kept a disabled Pin button).
+func TestStatusPageImageAction(t *testing.T) {
+	exe := requireChromium(t)
+	up := fixture.StartUpstream(t)
+	up.SeedMultiArch(t, "library/webapp", "1.0", fixture.OCI)
+	m := servertest.Start(t, up.URL()) // no auth: everyone is an admin
+	req, err := http.NewRequest(http.MethodGet, m.URL()+"/v2/library/webapp/manifests/1.0", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Accept", "application/vnd.oci.image.index.v1+json")
+	resp, err := (&http.Client{Timeout: time.Minute}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("pull: %d", resp.StatusCode)
+	}
+	m.WaitIdle()
+
+	tab, errs := browser(t, exe)
+	do(t, tab, chromedp.Navigate(m.URL()+"/images/docker.io/library/webapp"), chromedp.WaitVisible(chromedp.CSS(`section.image button[data-action="pin"]`)))
+	do(t, tab, chromedp.Click(chromedp.CSS(`section.image button[data-action="pin"]`)), chromedp.WaitVisible(chromedp.CSS("#notice")))
+	ctx, cancel := context.WithTimeout(tab, 20*time.Second)
+	defer cancel()
+	if err := chromedp.Do(ctx, chromedp.WaitVisible(chromedp.CSS(`section.image button[data-action="unpin"]`))); err != nil {
+		actions := run(t, tab, chromedp.OuterHTML(chromedp.CSS("section.image .actions")))
+		t.Fatalf("after Pin on the image's page, no Unpin button (%v); notice %q, actions %s", err, run(t, tab, chromedp.Text(chromedp.CSS("#notice"))), actions)
+	}
+	if badges := run(t, tab, chromedp.Text(chromedp.CSS("section.image h3 + p"))); !strings.Contains(badges, "pinned") {
+		t.Errorf("after Pin: %q lacks pinned", badges)
+	}
+	if e := errs.take(); len(e) > 0 {
+		t.Errorf("the page reported errors:\n%s", strings.Join(e, "\n"))
+	}
+}
