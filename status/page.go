@@ -188,7 +188,7 @@ func humanBytes(n int64) string {
 		return fmt.Sprintf("%d B", n)
 	}
 	f, u := float64(n), 0
-	for f >= unit*0.995 && u < 6 {
+	for (f >= unit*0.995 || f <= -unit*0.995) && u < 6 { // negative: a size an upstream gave
 		f /= unit
 		u++
 	}

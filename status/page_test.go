@@ -278,3 +278,42 @@ func TestPageOffersNoEvictWithoutCollector(t *testing.T) {
 		}
 	}
 }
+
+// A size an upstream gives is shown whatever it is: an index entry of a
+// platform left out (never fetched, so never checked) with a negative
+// size does not fail the image's page.
+func TestImagePageNegativeSize(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	multi := up.SeedMultiArch(t, "library/multi", "v1", fixture.OCI)
+	var idx map[string]any
+	if err := json.Unmarshal(multi.Index, &idx); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range idx["manifests"].([]any) {
+		e := e.(map[string]any)
+		if p, _ := e["platform"].(map[string]any); p["os"] == "windows" {
+			e["size"] = -4096
+		}
+	}
+	raw, err := json.Marshal(idx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	up.PutManifest(t, "library/multi", "v1", multi.MediaType, raw)
+	m := servertest.Start(t, up.URL())
+	h := status.New(status.Deps{Proxy: m.Proxy, Index: m.Index, Now: m.Clock.Now})
+	t.Cleanup(h.Close)
+	hd := m.Proxy.Handler(h.Routes)
+	req := httptest.NewRequest(http.MethodGet, "/v2/library/multi/manifests/v1", nil)
+	req.Header.Set("Accept", multi.MediaType)
+	rec := httptest.NewRecorder()
+	hd.ServeHTTP(rec, req)
+	if rec.Code != http.StatusOK {
+		t.Fatalf("pull: %d %s", rec.Code, rec.Body)
+	}
+	m.WaitIdle()
+	rec = serveGet(t, hd, "/images/docker.io/library/multi")
+	if rec.Code != http.StatusOK || !strings.Contains(rec.Body.String(), "-4.0 KiB") {
+		t.Errorf("GET the image's page: %d %s", rec.Code, rec.Body)
+	}
+}
