@@ -464,3 +464,37 @@ func TestErrorInvalidAnswer(t *testing.T) {
 		})
 	}
 }
+
+// challengingTransport answers the ping with a bearer challenge whose
+// token realm is on the registry itself, and waits for every other
+// request (the token's first) to be cancelled.
+type challengingTransport struct{}
+
+func (challengingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.URL.Path == "/v2/" {
+		h := http.Header{"Www-Authenticate": {`Bearer realm="https://registry.test/token",service="registry.test"`}}
+		return &http.Response{StatusCode: http.StatusUnauthorized, Header: h, Body: http.NoBody, Request: r}, nil
+	}
+	<-r.Context().Done()
+	return nil, r.Context().Err()
+}
+
+// TestErrorTimeoutTokenServer: a token server that does not answer fails
+// the request after the client's timeout, as a timeout (the mirror
+// answers 504, or serves what it holds), like a registry that does not
+// answer; not after the handshake's own minute, as unreachable.
+func TestErrorTimeoutTokenServer(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		c := errClient(t, "https://registry.test", WithTransport(challengingTransport{}), WithTimeout(10*time.Second))
+		start := time.Now()
+		ue := asError(t, errCalls[0].do(t.Context(), c), "ErrUnavailable")
+		if !ue.Timeout || ue.Status != 0 || !ue.Temporary() || ue.Kind != KindPing {
+			t.Errorf("got Timeout %v Status %d Temporary %v Kind %d; want true 0 true %d: %v",
+				ue.Timeout, ue.Status, ue.Temporary(), ue.Kind, KindPing, ue)
+		}
+		if waited := time.Since(start); waited != 10*time.Second {
+			t.Errorf("failed after %s of the bubble's clock; want the 10s timeout", waited)
+		}
+	})
+}

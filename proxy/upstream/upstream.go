@@ -359,8 +359,17 @@ func (c *Client) authorize(ctx context.Context, repo string, pa *pingAnswer) (ht
 		return t, nil
 	}
 	scope := "repository:" + repo + ":" + transport.PullScope
-	tok, err := transport.Exchange(ctx, c.registry, c.auth, c.base, []string{scope}, &pr)
+	// The token server is the upstream's too: it has the client's timeout
+	// to answer, as the ping and every request have.
+	xctx, cancel := context.WithTimeoutCause(ctx, c.timeout, errTimeout)
+	defer cancel()
+	tok, err := transport.Exchange(xctx, c.registry, c.auth, c.base, []string{scope}, &pr)
 	if err != nil {
+		if errors.Is(context.Cause(xctx), errTimeout) {
+			e := c.newError(ping.kind, ping.what, 0, ErrUnavailable, err, "upstream %s's token server did not answer within %s", c.host, c.timeout)
+			e.Timeout = true
+			return nil, e
+		}
 		return nil, c.transportError(ping, err)
 	}
 	t, err := transport.FromToken(c.registry, c.auth, c.base, &pr, tok)
