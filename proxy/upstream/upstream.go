@@ -372,6 +372,12 @@ func (c *Client) authorize(ctx context.Context, repo string, pa *pingAnswer) (ht
 		}
 		return nil, c.transportError(ping, err)
 	}
+	if tok.Token == "" {
+		// An answer in the OAuth2 form names it access_token only, and
+		// FromToken reads token: the requests would go without it, each
+		// refused once and the token asked for again.
+		tok.Token = tok.AccessToken
+	}
 	t, err := transport.FromToken(c.registry, c.auth, c.base, &pr, tok)
 	if err != nil {
 		return nil, c.transportError(ping, err)
