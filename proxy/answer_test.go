@@ -215,10 +215,8 @@ func TestRegistryError(t *testing.T) {
 			wantCode: errcode.TooManyRequests, wantStatus: 429, wantRetry: "120", wantIs: upstream.ErrUnavailable},
 		{name: "429 without Retry-After", err: answered(callTags, 429, nil, ""), wantCode: errcode.TooManyRequests, wantStatus: 429},
 		{name: "backing off after a 429", err: backingOff, wantCode: errcode.TooManyRequests, wantStatus: 429, wantRetry: "300"},
-		// The token endpoint's 429 is passed on without its Retry-After:
-		// upstream.transportError keeps none (and does not back off).
-		// Want "30" here once it does.
-		{name: "token 429", err: tokenRefused(429), wantCode: errcode.TooManyRequests, wantStatus: 429},
+		// The token endpoint's 429 is passed on with its Retry-After.
+		{name: "token 429", err: tokenRefused(429), wantCode: errcode.TooManyRequests, wantStatus: 429, wantRetry: "30"},
 		{name: "416", err: answered(callBlob, 416, nil, ""), wantCode: errcode.RangeInvalid, wantStatus: 416, wantIs: upstream.ErrInvalid},
 
 		// An upstream that is slow, answers badly or is down: the gateway fails.

@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"fmt"
 	"net/http"
 	"strconv"
 	"sync/atomic"
@@ -156,6 +157,44 @@ func TestRetryAfterOnPing(t *testing.T) {
 	wantRetryAfter(t, err, "20")
 	if p, n := r.pings.Load(), r.asked.Load(); p != 1 || n != 0 {
 		t.Fatalf("%d pings and %d requests while backing off, want 1 and 0", p, n)
+	}
+	clock.Advance(20 * time.Second)
+	if _, err := c.Manifest(t.Context(), "library/x", v1); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRetryAfterOnToken: a 429 answering the token request of the
+// handshake backs off too, for its Retry-After: the rate-limited token
+// server is not asked again for every request meanwhile, and clients are
+// told when to come back.
+func TestRetryAfterOnToken(t *testing.T) {
+	clock := newFakeClock()
+	var tokens atomic.Int64
+	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		if req.URL.Path == "/token" {
+			if tokens.Add(1) == 1 {
+				w.Header().Set("Retry-After", "30")
+				w.WriteHeader(http.StatusTooManyRequests)
+				return
+			}
+			_, _ = w.Write([]byte(`{"token":"t"}`))
+			return
+		}
+		w.Header().Set("Content-Type", ociManifest)
+		_, _ = w.Write(manifestA)
+	}, func(w http.ResponseWriter, req *http.Request) {
+		w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="http://%s/token",service="test"`, req.Host))
+		w.WriteHeader(http.StatusUnauthorized)
+	})
+	c := r.client(t, WithClock(clock.Now))
+	_, err := c.Manifest(t.Context(), "library/x", v1)
+	wantRetryAfter(t, err, "30")
+	clock.Advance(10 * time.Second)
+	_, err = c.Manifest(t.Context(), "library/x", v1)
+	wantRetryAfter(t, err, "20")
+	if p, n := r.pings.Load(), tokens.Load(); p != 1 || n != 1 {
+		t.Fatalf("%d pings and %d token requests while backing off, want 1 and 1", p, n)
 	}
 	clock.Advance(20 * time.Second)
 	if _, err := c.Manifest(t.Context(), "library/x", v1); err != nil {

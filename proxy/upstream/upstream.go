@@ -358,12 +358,15 @@ func (c *Client) authorize(ctx context.Context, repo string, pa *pingAnswer) (ht
 		}
 		return t, nil
 	}
+	// go-containerregistry keeps no header of a token server's answer:
+	// its 429's Retry-After is noted on the way.
+	base := tokenLimits{c.base, c}
 	scope := "repository:" + repo + ":" + transport.PullScope
 	// The token server is the upstream's too: it has the client's timeout
 	// to answer, as the ping and every request have.
 	xctx, cancel := context.WithTimeoutCause(ctx, c.timeout, errTimeout)
 	defer cancel()
-	tok, err := transport.Exchange(xctx, c.registry, c.auth, c.base, []string{scope}, &pr)
+	tok, err := transport.Exchange(xctx, c.registry, c.auth, base, []string{scope}, &pr)
 	if err != nil {
 		if errors.Is(context.Cause(xctx), errTimeout) {
 			e := c.newError(ping.kind, ping.what, 0, ErrUnavailable, err, "upstream %s's token server did not answer within %s", c.host, c.timeout)
@@ -378,11 +381,28 @@ func (c *Client) authorize(ctx context.Context, repo string, pa *pingAnswer) (ht
 		// refused once and the token asked for again.
 		tok.Token = tok.AccessToken
 	}
-	t, err := transport.FromToken(c.registry, c.auth, c.base, &pr, tok)
+	t, err := transport.FromToken(c.registry, c.auth, base, &pr, tok)
 	if err != nil {
 		return nil, c.transportError(ping, err)
 	}
 	return t, nil
+}
+
+// tokenLimits is the transport of a bearer upstream's requests and token
+// requests: a 429 backs off for its Retry-After, which a token server's
+// answer would otherwise lose (go-containerregistry's error keeps only its
+// status). A registry's own 429 is noted again by statusError, the same.
+type tokenLimits struct {
+	http.RoundTripper
+	c *Client
+}
+
+func (t tokenLimits) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := t.RoundTripper.RoundTrip(req)
+	if err == nil && resp.StatusCode == http.StatusTooManyRequests {
+		t.c.backOff(resp.Header.Get("Retry-After"))
+	}
+	return resp, err
 }
 
 // trustRealm lets the guard reach the token realm of the upstream's own
@@ -453,7 +473,14 @@ func (c *Client) transportError(r call, err error) error {
 		case http.StatusForbidden:
 			return c.newError(r.kind, r.what, te.StatusCode, ErrAuth, err, "upstream %s denied access", c.host)
 		case http.StatusTooManyRequests:
-			return c.newError(r.kind, r.what, te.StatusCode, ErrUnavailable, err, "upstream %s rate-limited the request", c.host)
+			// A token server's 429, whose Retry-After tokenLimits
+			// noted: the seconds left of the back-off are passed on.
+			e := c.newError(r.kind, r.what, te.StatusCode, ErrUnavailable, err, "upstream %s rate-limited the request", c.host)
+			var b *Error
+			if errors.As(c.backingOff(r), &b) {
+				e.RetryAfter = b.RetryAfter
+			}
+			return e
 		}
 	}
 	return c.newError(r.kind, r.what, 0, ErrUnavailable, err, "upstream %s unreachable", c.host)
