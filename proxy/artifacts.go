@@ -98,6 +98,7 @@ func (p *Proxy) storeReferrers(ctx context.Context, t target, subjects []digest.
 	}
 	for depth := 0; depth < maxReferrerDepth && len(subjects) > 0; depth++ {
 		var next []digest.Digest
+		var retag []artifact
 		g, gctx := errgroup.WithContext(ctx)
 		g.SetLimit(referrerListings)
 		for _, subject := range subjects {
@@ -108,12 +109,13 @@ func (p *Proxy) storeReferrers(ctx context.Context, t target, subjects []digest.
 				}
 				for _, a := range found {
 					if !claim(a.digest) {
-						// Stored already, under another subject or name:
-						// a tag still names it.
+						// Stored under another subject or name, possibly
+						// still being stored by this level: a tag still
+						// names it, pushed once the level is done.
 						if a.tag != "" {
-							if err := p.publishArtifactTag(gctx, t, a); err != nil {
-								return err
-							}
+							mu.Lock()
+							retag = append(retag, a)
+							mu.Unlock()
 						}
 						continue
 					}
@@ -130,6 +132,11 @@ func (p *Proxy) storeReferrers(ctx context.Context, t target, subjects []digest.
 		}
 		if err := g.Wait(); err != nil {
 			return err
+		}
+		for _, a := range retag {
+			if err := p.publishArtifactTag(ctx, t, a); err != nil {
+				return err
+			}
 		}
 		subjects = next
 	}

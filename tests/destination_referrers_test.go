@@ -1,8 +1,12 @@
 package tests
 
 import (
+	"context"
 	"encoding/json"
+	"io"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -11,7 +15,11 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/opencontainers/go-digest"
 
+	"github.com/docker-mirror/docker-mirror/oci"
+	"github.com/docker-mirror/docker-mirror/storage"
+	"github.com/docker-mirror/docker-mirror/storage/destination"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
 )
 
@@ -93,4 +101,85 @@ func TestDestinationKeepsOwnFallbackTag(t *testing.T) {
 			t.Errorf("the upstream's fallback tag was pushed to a destination with the referrers API: %s %s", req.Method, req.Path)
 		}
 	}
+}
+
+// sharedArtifactStore holds the upload of a cosign artifact's layer (the
+// artifact is tagged for two subjects, and its first subject's fill
+// stores it) until the fill of the second subject has passed it: the
+// upload of that subject's next artifact, or the push of the shared
+// artifact's tag under the second subject's name, releases it.
+type sharedArtifactStore struct {
+	*destination.Store
+	first, held, next digest.Digest // first: the second subject's artifact before the shared one
+	secondTag         string        // the shared artifact's tag for the second subject
+
+	heldOnce, releaseOnce sync.Once
+	reached, release      chan struct{}
+	early                 atomic.Bool // the tag was pushed while the layer was held
+}
+
+func (s *sharedArtifactStore) Put(ctx context.Context, repo string, dgst digest.Digest, size int64, r io.Reader) error {
+	switch dgst {
+	case s.first:
+		// The second subject claims the shared artifact after this one:
+		// only once the first subject is storing it.
+		<-s.reached
+	case s.held:
+		s.heldOnce.Do(func() { close(s.reached) })
+		<-s.release
+	case s.next:
+		s.releaseOnce.Do(func() { close(s.release) })
+	}
+	return s.Store.Put(ctx, repo, dgst, size, r)
+}
+
+func (s *sharedArtifactStore) PutManifest(ctx context.Context, repo, ref, mediaType string, body []byte) error {
+	if ref == s.secondTag {
+		s.releaseOnce.Do(func() {
+			s.early.Store(true)
+			close(s.release)
+		})
+	}
+	return s.Store.PutManifest(ctx, repo, ref, mediaType, body)
+}
+
+// The same cosign artifact tagged for two subjects of an image (one
+// `cosign attach sbom` of the index and of a platform) is stored once,
+// by the first subject's fill, and its tag for the second subject is
+// pushed only once it is stored: not while its layer is still being
+// uploaded, which the destination refuses and which failed the whole
+// fill (the image's tag never reached the destination).
+func TestDestinationSharedCosignArtifact(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	const repo = "library/signed"
+	ma := up.SeedMultiArch(t, repo, "1", fixture.OCI)
+	amd64 := ma.Platforms["linux/amd64"].Digest
+	shared := pushArtifact(t, up, repo, cosignTag(ma.Digest, "sbom"), sbomType, "the sbom")
+	if again := pushArtifact(t, up, repo, cosignTag(amd64, "att"), sbomType, "the sbom"); again.digest != shared.digest {
+		t.Fatalf("the artifact tagged twice has digests %s and %s", shared.digest, again.digest)
+	}
+	before := pushArtifact(t, up, repo, cosignTag(amd64, "sig"), "application/vnd.dev.cosign.artifact.sig.v1+json", "signature")
+	after := pushArtifact(t, up, repo, cosignTag(amd64, "sbom"), sbomType, "another sbom")
+	dest := startDest(t)
+	var gate *sharedArtifactStore
+	setup := &destSetup{password: destPassword, wrap: func(s *destination.Store) storage.Store {
+		gate = &sharedArtifactStore{
+			Store: s, first: digest.Digest(before.layer), held: digest.Digest(shared.layer), next: digest.Digest(after.layer),
+			secondTag: cosignTag(amd64, "att"), reached: make(chan struct{}), release: make(chan struct{}),
+		}
+		return gate
+	}}
+	m := startDestMirror(t, up, dest, setup)
+	t.Cleanup(func() { gate.releaseOnce.Do(func() { close(gate.release) }) }) // before the mirror stops
+
+	cranePull(t, ref(t, m.Server, "signed:1"), remote.WithPlatform(linuxAMD64))
+	m.WaitIdle()
+	if gate.early.Load() {
+		t.Errorf("tag %s pushed while its artifact's layer was still being uploaded", gate.secondTag)
+	}
+	for _, tag := range []string{cosignTag(ma.Digest, "sbom"), cosignTag(amd64, "att")} {
+		wantDestManifest(t, dest, repo, tag, shared.raw, oci.MediaTypeOCIManifest)
+	}
+	wantDestManifest(t, dest, repo, cosignTag(amd64, "sbom"), after.raw, oci.MediaTypeOCIManifest)
+	wantDestManifest(t, dest, repo, "1", ma.Index, ma.MediaType)
 }
