@@ -131,7 +131,11 @@ func (p *Proxy) completeFill(ctx context.Context, t target, m *storedManifest, p
 	}
 	for _, tag := range tags {
 		if err := p.publishTag(ctx, t, tag, m); err != nil {
-			return err
+			// Not complete while the destination lacks a tag: partial, the
+			// next pull resumes the fill, which pushes the tags again.
+			return errors.Join(err, p.index.PutFill(m.digest, storage.FillRecord{
+				Upstream: t.host(), Repo: t.repo, State: storage.FillPartial, Platforms: platforms, UpdatedAt: p.now(),
+			}))
 		}
 	}
 	return nil

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -1021,4 +1022,49 @@ func TestDestinationBlobReadFailureIsNotCacheable(t *testing.T) {
 			}
 		}
 	}
+}
+
+// tagRefusingStore fails the first push of a tag, as a destination that
+// answers one request 503 does.
+type tagRefusingStore struct {
+	*destination.Store
+	tag     string
+	refused atomic.Bool
+}
+
+func (s *tagRefusingStore) PutManifest(ctx context.Context, repo, ref, mediaType string, body []byte) error {
+	if ref == s.tag && s.refused.CompareAndSwap(false, true) {
+		return fmt.Errorf("destination answered 503 Service Unavailable (manifest %s:%s): %w", repo, ref, storage.ErrUnavailable)
+	}
+	return s.Store.PutManifest(ctx, repo, ref, mediaType, body)
+}
+
+// A tag the destination refused once, at the end of a mirror whose
+// content all reached it, is pushed by the next pull: the mirror is not
+// recorded complete without it (which left the destination without the
+// tag for good, every later pull a hit that pushed nothing).
+func TestDestinationTagPushFailsOnce(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	ma := up.SeedMultiArch(t, "library/hello-world", "latest", fixture.OCI)
+	dest := startDest(t)
+	var refusing *tagRefusingStore
+	setup := &destSetup{password: destPassword, wrap: func(s *destination.Store) storage.Store {
+		refusing = &tagRefusingStore{Store: s, tag: "latest"}
+		return refusing
+	}}
+	m := startDestMirror(t, up, dest, setup)
+
+	cranePull(t, ref(t, m.Server, "hello-world:latest"), remote.WithPlatform(linuxAMD64))
+	m.WaitIdle()
+	if !refusing.refused.Load() {
+		t.Fatal("the tag was never pushed")
+	}
+	if rec, ok, _ := m.Index.Fill(proxy.DefaultHost, "library/hello-world", digestOf(t, ma.Digest)); ok && rec.State == storage.FillComplete {
+		t.Error("the index says hello-world is mirrored completely, but its tag is not at the destination")
+	}
+
+	cranePull(t, ref(t, m.Server, "hello-world:latest"), remote.WithPlatform(linuxAMD64))
+	m.WaitIdle()
+	wantDestManifest(t, dest, "library/hello-world", "latest", ma.Index, ma.MediaType)
+	wantDestMultiArch(t, dest, "library/hello-world", ma)
 }
