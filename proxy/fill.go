@@ -131,14 +131,19 @@ func (p *Proxy) completeFill(ctx context.Context, t target, m *storedManifest, p
 	}
 	for _, tag := range tags {
 		if err := p.publishTag(ctx, t, tag, m); err != nil {
-			// Not complete while the destination lacks a tag: partial, the
-			// next pull resumes the fill, which pushes the tags again.
-			return errors.Join(err, p.index.PutFill(m.digest, storage.FillRecord{
-				Upstream: t.host(), Repo: t.repo, State: storage.FillPartial, Platforms: platforms, UpdatedAt: p.now(),
-			}))
+			return errors.Join(err, p.reopenFill(t, m.digest, platforms))
 		}
 	}
 	return nil
+}
+
+// reopenFill records as partial the fill of a manifest whose tag the
+// destination did not take: not complete while it lacks the tag, and the
+// next pull resumes the fill, whose end pushes the tags again.
+func (p *Proxy) reopenFill(t target, dgst digest.Digest, platforms []string) error {
+	return p.index.PutFill(dgst, storage.FillRecord{
+		Upstream: t.host(), Repo: t.repo, State: storage.FillPartial, Platforms: platforms, UpdatedAt: p.now(),
+	})
 }
 
 // publishTag points a tag at a manifest in a registry destination. The

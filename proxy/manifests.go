@@ -666,6 +666,7 @@ func (p *Proxy) recordManifest(ctx context.Context, t target, m *storedManifest,
 		// A tag moved to content mirrored already: point it there now.
 		if rec, ok, err := p.index.Fill(t.host(), t.repo, m.digest); err == nil && ok && rec.State == storage.FillComplete {
 			if err := p.publishTag(ctx, t, entry.Tag, m); err != nil {
+				err = errors.Join(err, p.reopenFill(t, m.digest, rec.Platforms))
 				if answered {
 					p.log.Warn("pointing a moved tag at its mirrored content", "upstream", t.host(), "repo", t.repo, "tag", entry.Tag, "digest", m.digest, "error", err)
 				}

@@ -1024,16 +1024,17 @@ func TestDestinationBlobReadFailureIsNotCacheable(t *testing.T) {
 	}
 }
 
-// tagRefusingStore fails the first push of a tag, as a destination that
-// answers one request 503 does.
+// tagRefusingStore fails the next push of a tag once armed, as a
+// destination that answers one request 503 does.
 type tagRefusingStore struct {
 	*destination.Store
-	tag     string
-	refused atomic.Bool
+	tag            string
+	armed, refused atomic.Bool
 }
 
 func (s *tagRefusingStore) PutManifest(ctx context.Context, repo, ref, mediaType string, body []byte) error {
-	if ref == s.tag && s.refused.CompareAndSwap(false, true) {
+	if ref == s.tag && s.armed.CompareAndSwap(true, false) {
+		s.refused.Store(true)
 		return fmt.Errorf("destination answered 503 Service Unavailable (manifest %s:%s): %w", repo, ref, storage.ErrUnavailable)
 	}
 	return s.Store.PutManifest(ctx, repo, ref, mediaType, body)
@@ -1050,6 +1051,7 @@ func TestDestinationTagPushFailsOnce(t *testing.T) {
 	var refusing *tagRefusingStore
 	setup := &destSetup{password: destPassword, wrap: func(s *destination.Store) storage.Store {
 		refusing = &tagRefusingStore{Store: s, tag: "latest"}
+		refusing.armed.Store(true)
 		return refusing
 	}}
 	m := startDestMirror(t, up, dest, setup)
@@ -1067,4 +1069,43 @@ func TestDestinationTagPushFailsOnce(t *testing.T) {
 	m.WaitIdle()
 	wantDestManifest(t, dest, "library/hello-world", "latest", ma.Index, ma.MediaType)
 	wantDestMultiArch(t, dest, "library/hello-world", ma)
+}
+
+// A tag that moved upstream to an image mirrored already, whose push the
+// destination refused once, is pushed by the next pull: the tag at the
+// destination went on naming the old image for good, every later pull a
+// hit on the new one, recorded complete, that pushed nothing.
+func TestDestinationMovedTagPushFailsOnce(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	const repo = "area51/jenkins"
+	old := up.SeedImage(t, repo, "2.4", 1, 8<<10)
+	next := up.SeedImage(t, repo, "2.5", 1, 8<<10)
+	dest := startDest(t)
+	var refusing *tagRefusingStore
+	setup := &destSetup{password: destPassword, wrap: func(s *destination.Store) storage.Store {
+		refusing = &tagRefusingStore{Store: s, tag: "2.4"}
+		return refusing
+	}}
+	m := startDestMirror(t, up, dest, setup)
+	for _, tag := range []string{"2.4", "2.5"} {
+		cranePull(t, ref(t, m.Server, repo+":"+tag))
+		m.WaitIdle()
+	}
+	wantDestManifest(t, dest, repo, "2.4", old.Manifest, old.MediaType)
+
+	// 2.4 moves to 2.5's image; the mirror sees it once the tag expires.
+	up.PutManifest(t, repo, "2.4", next.MediaType, next.Manifest)
+	refusing.armed.Store(true)
+	m.Clock.Advance(24 * time.Hour)
+	if got := cranePull(t, ref(t, m.Server, repo+":2.4")); got != next.Digest {
+		t.Fatalf("pulled %s, want %s", got, next.Digest)
+	}
+	m.WaitIdle()
+	if !refusing.refused.Load() {
+		t.Fatal("the moved tag was never pushed")
+	}
+
+	cranePull(t, ref(t, m.Server, repo+":2.4"))
+	m.WaitIdle()
+	wantDestManifest(t, dest, repo, "2.4", next.Manifest, next.MediaType)
 }
