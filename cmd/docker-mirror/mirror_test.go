@@ -276,6 +276,21 @@ func TestMirrorCommand(t *testing.T) {
 }
 
 // The original tool's form: docker-mirror -d DEST IMAGE...
+// An upstream whose host has a port (registry.local:5000) is mirrored
+// into a destination under its host with the port joined by '_': a
+// repository name has no ':'. (It failed: "component "127.0.0.1:5000" is
+// not a valid repository name component".)
+func TestMirrorCommandUpstreamWithAPort(t *testing.T) {
+	e := newMirrorEnv(t)
+	host := strings.TrimPrefix(e.up.URL(), "http://")
+	code, stdout, stderr := runCmd(t, context.Background(), "mirror", "--config", e.config, "-d", e.dest.URL()+"/mirror",
+		"--upstream", e.up.URL(), "--upstream", host+"="+e.up.URL(), host+"/area51/jenkins:2.4")
+	if code != 0 {
+		t.Fatalf("exit %d\nstdout %s\nstderr %s", code, stdout, stderr)
+	}
+	wantAt(t, e.dest, strings.Replace(host, ":", "_", 1)+"/area51/jenkins", "2.4", e.single.Manifest, e.single.MediaType)
+}
+
 func TestMirrorCommandLegacyForm(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	ma := up.SeedMultiArch(t, "library/hello-world", "latest", fixture.Docker)

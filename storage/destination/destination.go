@@ -239,8 +239,16 @@ func (s *Store) CloseIdleConnections() {
 	}
 }
 
-// path returns the repository path of repo at the destination.
+// path returns the repository path of repo at the destination. A
+// repository of an upstream whose host has a port is named with it
+// (registry.local:5000/app), and a repository name has no ':': the port
+// is joined with '_' (registry.local_5000/app), which no host name has.
 func (s *Store) path(repo string) string {
+	if first, rest, ok := strings.Cut(repo, "/"); ok {
+		if host, port, ok := strings.Cut(first, ":"); ok && port != "" && strings.Trim(port, "0123456789") == "" {
+			repo = host + "_" + port + "/" + rest
+		}
+	}
 	if s.prefix == "" {
 		return repo
 	}
@@ -252,12 +260,12 @@ func (s *Store) repository(repo string) (name.Repository, error) {
 	if repo == "" {
 		return name.Repository{}, fmt.Errorf("destination %s: empty repository name", s)
 	}
-	for c := range strings.SplitSeq(repo, "/") {
+	p := s.path(repo)
+	for c := range strings.SplitSeq(strings.TrimPrefix(p, s.prefix+"/"), "/") {
 		if !pathComponent.MatchString(c) {
 			return name.Repository{}, fmt.Errorf("destination %s: repository %q: component %q is not a valid repository name component", s, repo, c)
 		}
 	}
-	p := s.path(repo)
 	if len(p) > reference.RepositoryNameTotalLengthMax {
 		return name.Repository{}, fmt.Errorf("destination %s: repository %q: %q is longer than %d characters", s, repo, p, reference.RepositoryNameTotalLengthMax)
 	}

@@ -226,7 +226,7 @@ func TestInvalidRepository(t *testing.T) {
 	d := newDestination(t, nil)
 	s := newStore(t, d.URL()+"/mirror")
 	dg := digest.FromString("x")
-	for _, repo := range []string{"", "Library/nginx", "library//nginx", "../etc", "library/nginx/", "a:b", strings.Repeat("a/", 130) + "a"} {
+	for _, repo := range []string{"", "Library/nginx", "library//nginx", "../etc", "library/nginx/", "a:b", "a:b/x", "a:5000", "a/b:5000/x", strings.Repeat("a/", 130) + "a"} {
 		if err := s.Put(t.Context(), repo, dg, 1, strings.NewReader("x")); err == nil {
 			t.Errorf("Put to repository %q succeeded", repo)
 		}
