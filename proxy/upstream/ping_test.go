@@ -5,6 +5,8 @@ import (
 	"net/http"
 	"sync/atomic"
 	"testing"
+
+	"github.com/google/go-containerregistry/pkg/authn"
 )
 
 // TestPingSharedByRepositories: the handshakes of other repositories reuse
@@ -72,5 +74,56 @@ func TestAccessTokenOnly(t *testing.T) {
 	}
 	if n, m := tokens.Load(), refused.Load(); n != 1 || m != 0 {
 		t.Fatalf("%d token requests and %d requests refused for want of the token, want 1 and 0", n, m)
+	}
+}
+
+// rotatingKeychain is a credential helper whose password changes.
+type rotatingKeychain struct{ password atomic.Value }
+
+func (k *rotatingKeychain) Resolve(authn.Resource) (authn.Authenticator, error) {
+	return &authn.Basic{Username: "bot", Password: k.password.Load().(string)}, nil
+}
+
+// TestKeychainCredentialsRenewed: credentials from a keychain (Docker's
+// config.json and its credential helpers, docker_config) are asked for at
+// each token request: once the helper's password has rotated (ECR's last
+// 12 hours) and the registry refuses the old token, the new password gets
+// the next one. Read once at start, the old password was refused until a
+// restart.
+func TestKeychainCredentialsRenewed(t *testing.T) {
+	kc := &rotatingKeychain{}
+	kc.password.Store("first")
+	var current, token atomic.Value // the password the token server takes; the token the registry takes
+	current.Store("first")
+	token.Store("t1")
+	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		if req.URL.Path == "/token" {
+			if _, pw, ok := req.BasicAuth(); !ok || pw != current.Load().(string) {
+				w.WriteHeader(http.StatusUnauthorized)
+				return
+			}
+			fmt.Fprintf(w, `{"token":%q}`, token.Load())
+			return
+		}
+		if req.Header.Get("Authorization") != "Bearer "+token.Load().(string) {
+			w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="http://%s/token",service="test",scope="repository:library/x:pull"`, req.Host))
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	}, func(w http.ResponseWriter, req *http.Request) {
+		w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="http://%s/token",service="test"`, req.Host))
+		w.WriteHeader(http.StatusUnauthorized)
+	})
+	c := r.client(t, WithKeychain(kc))
+	if _, err := c.HeadManifest(t.Context(), "library/x", v1); err != nil {
+		t.Fatal(err)
+	}
+	// The helper renews its password; the old one and its token expire.
+	kc.password.Store("second")
+	current.Store("second")
+	token.Store("t2")
+	if _, err := c.HeadManifest(t.Context(), "library/x", v1); err != nil {
+		t.Fatalf("after the password rotated: %v", err)
 	}
 }

@@ -166,11 +166,33 @@ func New(host, rawURL string, opts ...Option) (*Client, error) {
 		if err != nil {
 			return nil, fmt.Errorf("upstream %s: %w", host, err)
 		}
-		if c.auth, err = c.keychain.Resolve(reg); err != nil {
+		auth, err := c.keychain.Resolve(reg)
+		if err != nil {
 			return nil, fmt.Errorf("upstream %s: reading credentials: %w", host, err)
 		}
+		if auth != authn.Anonymous {
+			auth = keychainAuth{c.keychain, reg}
+		}
+		c.auth = auth
 	}
 	return c, nil
+}
+
+// keychainAuth asks the keychain for a registry's credentials whenever
+// they are needed (each token request): a credential helper's, such as
+// ECR's that last 12 hours, are the ones it has renewed, not the start's.
+type keychainAuth struct {
+	kc  authn.Keychain
+	reg name.Registry
+}
+
+// Authorization returns the keychain's credentials of the registry now.
+func (a keychainAuth) Authorization() (*authn.AuthConfig, error) {
+	auth, err := a.kc.Resolve(a.reg)
+	if err != nil {
+		return nil, err
+	}
+	return auth.Authorization()
 }
 
 // DefaultTransport returns the HTTP transport upstream clients use unless
