@@ -77,11 +77,44 @@ func TestAccessTokenOnly(t *testing.T) {
 	}
 }
 
-// rotatingKeychain is a credential helper whose password changes.
-type rotatingKeychain struct{ password atomic.Value }
+// rotatingKeychain is a credential helper whose password changes; it
+// counts the times it is asked.
+type rotatingKeychain struct {
+	password atomic.Value
+	asked    atomic.Int64
+}
 
 func (k *rotatingKeychain) Resolve(authn.Resource) (authn.Authenticator, error) {
+	k.asked.Add(1)
 	return &authn.Basic{Username: "bot", Password: k.password.Load().(string)}, nil
+}
+
+// TestKeychainBasicAsksOnce: an upstream of basic auth gets the keychain's
+// credentials with every request, asked of the keychain (a credential
+// helper, a process to run) once per repository, not per request.
+func TestKeychainBasicAsksOnce(t *testing.T) {
+	kc := &rotatingKeychain{}
+	kc.password.Store("pw")
+	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		if u, pw, ok := req.BasicAuth(); !ok || u != "bot" || pw != "pw" {
+			w.Header().Set("WWW-Authenticate", `Basic realm="test"`)
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	}, func(w http.ResponseWriter, req *http.Request) {
+		w.Header().Set("WWW-Authenticate", `Basic realm="test"`)
+		w.WriteHeader(http.StatusUnauthorized)
+	})
+	c := r.client(t, WithKeychain(kc))
+	for range 3 {
+		if _, err := c.HeadManifest(t.Context(), "library/x", v1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := kc.asked.Load(); n != 2 {
+		t.Errorf("the keychain was asked %d times for 3 requests, want 2 (at start, at the handshake)", n)
+	}
 }
 
 // TestKeychainCredentialsRenewed: credentials from a keychain (Docker's

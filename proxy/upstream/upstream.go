@@ -374,7 +374,17 @@ func (c *Client) authorize(ctx context.Context, repo string, pa *pingAnswer) (ht
 	pr := pa.challenge
 	pr.Parameters = maps.Clone(pa.challenge.Parameters)
 	if !strings.EqualFold(pr.Scheme, "bearer") {
-		t, err := transport.FromToken(c.registry, c.auth, c.base, &pr, nil)
+		auth := c.auth
+		if _, ok := auth.(keychainAuth); ok {
+			// Basic: the credentials go with every request, asked of
+			// the keychain once for the repository's transport.
+			cfg, err := authn.Authorization(ctx, auth)
+			if err != nil {
+				return nil, c.transportError(ping, err)
+			}
+			auth = authn.FromConfig(*cfg)
+		}
+		t, err := transport.FromToken(c.registry, auth, c.base, &pr, nil)
 		if err != nil {
 			return nil, c.transportError(ping, err)
 		}
