@@ -1,7 +1,6 @@
 package upstream
 
 import (
-	"fmt"
 	"net/http"
 	"strconv"
 	"sync/atomic"
@@ -183,10 +182,7 @@ func TestRetryAfterOnToken(t *testing.T) {
 		}
 		w.Header().Set("Content-Type", ociManifest)
 		_, _ = w.Write(manifestA)
-	}, func(w http.ResponseWriter, req *http.Request) {
-		w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="http://%s/token",service="test"`, req.Host))
-		w.WriteHeader(http.StatusUnauthorized)
-	})
+	}, bearerPing)
 	c := r.client(t, WithClock(clock.Now))
 	_, err := c.Manifest(t.Context(), "library/x", v1)
 	wantRetryAfter(t, err, "30")

@@ -170,10 +170,7 @@ func TestRefusedCredentialsNotRetried(t *testing.T) {
 			tokens.Add(1)
 		}
 		w.WriteHeader(http.StatusUnauthorized)
-	}, func(w http.ResponseWriter, req *http.Request) {
-		w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="http://%s/token",service="test"`, req.Host))
-		w.WriteHeader(http.StatusUnauthorized)
-	})
+	}, bearerPing)
 	c := r.client(t, WithClock(clock.Now))
 	try := func(pings, toks int64) {
 		t.Helper()

@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"sync"
@@ -73,4 +74,19 @@ func startRegistry(t *testing.T, answer http.HandlerFunc, ping ...http.HandlerFu
 func (r *registry) client(t *testing.T, opts ...Option) *Client {
 	t.Helper()
 	return errClient(t, r.srv.URL, append([]Option{WithTransport(r.srv.Client().Transport)}, opts...)...)
+}
+
+// bearerPing answers the ping as a registry with a token server at its
+// /token does.
+func bearerPing(w http.ResponseWriter, req *http.Request) { challenge(w, req, "") }
+
+// challenge answers 401 naming the registry's token server at /token, and
+// scope if not empty.
+func challenge(w http.ResponseWriter, req *http.Request, scope string) {
+	h := fmt.Sprintf(`Bearer realm="http://%s/token",service="test"`, req.Host)
+	if scope != "" {
+		h += fmt.Sprintf(`,scope=%q`, scope)
+	}
+	w.Header().Set("WWW-Authenticate", h)
+	w.WriteHeader(http.StatusUnauthorized)
 }

@@ -22,10 +22,7 @@ func TestPingSharedByRepositories(t *testing.T) {
 		}
 		tokens.Add(1)
 		fmt.Fprintf(w, `{"token":"t-%s"}`, req.URL.Query().Get("scope"))
-	}, func(w http.ResponseWriter, req *http.Request) {
-		w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="http://%s/token",service="test"`, req.Host))
-		w.WriteHeader(http.StatusUnauthorized)
-	})
+	}, bearerPing)
 	c := r.client(t, WithClock(clock.Now))
 	want := func(repo string, pings, toks int64) {
 		t.Helper()
@@ -59,15 +56,11 @@ func TestAccessTokenOnly(t *testing.T) {
 		}
 		if req.Header.Get("Authorization") != "Bearer t-repository:library/x:pull" {
 			refused.Add(1)
-			w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="http://%s/token",service="test",scope="repository:library/x:pull"`, req.Host))
-			w.WriteHeader(http.StatusUnauthorized)
+			challenge(w, req, "repository:library/x:pull")
 			return
 		}
 		w.WriteHeader(http.StatusOK)
-	}, func(w http.ResponseWriter, req *http.Request) {
-		w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="http://%s/token",service="test"`, req.Host))
-		w.WriteHeader(http.StatusUnauthorized)
-	})
+	}, bearerPing)
 	c := r.client(t)
 	if _, err := c.HeadManifest(t.Context(), "library/x", v1); err != nil {
 		t.Fatal(err)
@@ -139,15 +132,11 @@ func TestKeychainCredentialsRenewed(t *testing.T) {
 			return
 		}
 		if req.Header.Get("Authorization") != "Bearer "+token.Load().(string) {
-			w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="http://%s/token",service="test",scope="repository:library/x:pull"`, req.Host))
-			w.WriteHeader(http.StatusUnauthorized)
+			challenge(w, req, "repository:library/x:pull")
 			return
 		}
 		w.WriteHeader(http.StatusOK)
-	}, func(w http.ResponseWriter, req *http.Request) {
-		w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="http://%s/token",service="test"`, req.Host))
-		w.WriteHeader(http.StatusUnauthorized)
-	})
+	}, bearerPing)
 	c := r.client(t, WithKeychain(kc))
 	if _, err := c.HeadManifest(t.Context(), "library/x", v1); err != nil {
 		t.Fatal(err)
