@@ -5,7 +5,6 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -13,7 +12,6 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/docker-mirror/docker-mirror/proxy/upstream"
-	"github.com/docker-mirror/docker-mirror/storage"
 )
 
 // A download goes on while anyone wants it, a client reading it or a fill
@@ -36,24 +34,7 @@ func TestDownloadCancelledWhenTheLastTakerLeaves(t *testing.T) {
 		ended <- struct{}{}
 	}))
 	defer srv.Close()
-	mem, err := storage.OpenDriverStore(ctx, "inmemory", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	index, err := storage.OpenIndex(filepath.Join(t.TempDir(), "index.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer index.Close()
-	up, err := upstream.New(DefaultHost, srv.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := New(mem, index, []*upstream.Client{up}, WithSpoolDir(t.TempDir()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	p, up, _ := testMirror(t, nil, srv.URL)
 	tg := target{up: up, repo: "library/x", name: "x"}
 	dgst := digest.FromString("held")
 	recv := func(ch <-chan struct{}, what string) {

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -75,6 +76,28 @@ func memStore(t *testing.T) (*storage.DriverStore, *storage.Index) {
 	}
 	t.Cleanup(func() { _ = index.Close() })
 	return store, index
+}
+
+// testMirror is a mirror of the upstream at url as docker.io, on store
+// (nil: one in memory) and an index of its own, with a spool directory
+// and no log, closed when the test ends; opts come after those.
+func testMirror(t *testing.T, store storage.Store, url string, opts ...Option) (*Proxy, *upstream.Client, *storage.Index) {
+	t.Helper()
+	mem, index := memStore(t)
+	if store == nil {
+		store = mem
+	}
+	up, err := upstream.New(DefaultHost, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := New(store, index, []*upstream.Client{up},
+		append([]Option{WithSpoolDir(t.TempDir()), WithLogger(slog.New(slog.DiscardHandler))}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	return p, up, index
 }
 
 func testProxy(t testing.TB) *Proxy {

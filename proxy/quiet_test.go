@@ -5,7 +5,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -14,7 +13,6 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/docker-mirror/docker-mirror/proxy/upstream"
 	"github.com/docker-mirror/docker-mirror/storage"
 )
 
@@ -48,24 +46,11 @@ func TestVerifiedBlobStoredOnceDownloadsAreQuiet(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	index, err := storage.OpenIndex(filepath.Join(dir, "index.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer index.Close()
-	up, err := upstream.New(DefaultHost, srv.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := New(store, index, []*upstream.Client{up}, WithSpoolDir(t.TempDir()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	p, up, index := testMirror(t, store, srv.URL)
 	front := httptest.NewServer(p.Handler())
 	defer func() {
 		release()
 		front.Close()
-		p.Close()
 	}()
 	waiting := make(chan struct{})
 	p.blobs.quiet.wait = time.Hour // only the end of the other download ends the wait

@@ -2,10 +2,8 @@ package proxy
 
 import (
 	"bytes"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -14,8 +12,6 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/docker-mirror/docker-mirror/proxy/upstream"
-	"github.com/docker-mirror/docker-mirror/storage"
 	"github.com/docker-mirror/docker-mirror/storage/destination"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
 )
@@ -54,20 +50,7 @@ func TestFillSharingAnotherRepositorysDownloadStoresItThere(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer store.CloseIdleConnections()
-	index, err := storage.OpenIndex(filepath.Join(t.TempDir(), "index.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer index.Close()
-	up, err := upstream.New(DefaultHost, srv.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := New(store, index, []*upstream.Client{up}, WithSpoolDir(t.TempDir()), WithLogger(slog.New(slog.DiscardHandler)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	p, up, index := testMirror(t, store, srv.URL)
 
 	size := int64(len(layer))
 	a := target{up: up, repo: "library/python", name: "python"}

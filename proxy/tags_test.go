@@ -3,7 +3,6 @@ package proxy
 import (
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -12,8 +11,6 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
-
-	"github.com/docker-mirror/docker-mirror/proxy/upstream"
 )
 
 // tagLister is an upstream that lists tags in pages of three, and links
@@ -62,16 +59,7 @@ func listerProxy(t *testing.T, lister http.Handler) *Proxy {
 	t.Helper()
 	srv := httptest.NewServer(lister)
 	t.Cleanup(srv.Close)
-	up, err := upstream.New(DefaultHost, srv.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	store, index := memStore(t)
-	p, err := New(store, index, []*upstream.Client{up}, WithLogger(slog.New(slog.DiscardHandler)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(p.Close)
+	p, _, _ := testMirror(t, nil, srv.URL)
 	return p
 }
 
