@@ -237,7 +237,9 @@ const DockerHubHost = "docker.io"
 // Destination is a registry that receives the mirrored content under a
 // path prefix, e.g. https://nexus.example.com/mirror.
 type Destination struct {
-	// URL is the registry and prefix; http:// means plain HTTP.
+	// URL is the registry and prefix, http[s]://HOST[:PORT][/PREFIX]
+	// (http:// means plain HTTP), or HOST[:PORT][/PREFIX] as Docker names
+	// a registry: see WithScheme.
 	URL      string `yaml:"url"`
 	Username string `yaml:"username,omitempty"`
 	// Password may also come from DOCKER_MIRROR_DESTINATION_PASSWORD.
@@ -945,12 +947,52 @@ func (u Upstream) ResolvePassword(host string, lookup func(string) (string, bool
 // one (a Kubernetes secret made with --from-file).
 func secretText(s string) string { return strings.TrimRight(s, "\r\n") }
 
-// validateDestination checks a registry URL with a path prefix. Errors
-// show the URL without its userinfo.
+// WithScheme is the destination's URL with its scheme. URL may name the
+// registry as Docker does, HOST[:PORT][/PREFIX] (mirror -d
+// nexus.example.com/mirror): that one is reached with https, or with
+// plain http on a loopback host (localhost, 127.0.0.0/8, ::1), as Docker
+// reaches one. Such a HOST has a dot or a port, or is localhost: Docker
+// takes any other first component for a Docker Hub namespace, so it is
+// left without a scheme, for validation to refuse.
+func (d Destination) WithScheme() string { return withScheme(d.URL) }
+
+func withScheme(s string) string {
+	if s == "" || strings.Contains(s, "://") {
+		return s
+	}
+	host, _, _ := strings.Cut(s, "/")
+	if !strings.ContainsAny(host, ".:") && host != "localhost" {
+		return s
+	}
+	if loopback(host) {
+		return "http://" + s
+	}
+	return "https://" + s
+}
+
+// loopback reports whether a registry's HOST[:PORT] is on this machine.
+func loopback(hostport string) bool {
+	host := hostport
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		host = h
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(strings.Trim(host, "[]"))
+	return ip != nil && ip.IsLoopback()
+}
+
+// validateDestination checks a registry URL with a path prefix, or a
+// registry named without a scheme (withScheme). Errors show the value as
+// given, without its userinfo.
 func validateDestination(s string) error {
 	shown := redact.URL(s)
-	u, err := url.Parse(s)
+	u, err := url.Parse(withScheme(s))
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		if !strings.Contains(s, "://") {
+			return fmt.Errorf("invalid destination %q (want HOST[:PORT][/PREFIX], HOST with a dot or a port, or localhost; or http[s]://HOST[:PORT][/PREFIX])", shown)
+		}
 		return fmt.Errorf("invalid URL %q (want http[s]://HOST[:PORT][/PREFIX])", shown)
 	}
 	if u.User != nil {

@@ -695,6 +695,47 @@ sync:
 	}
 }
 
+// A destination may be named as Docker names a registry (mirror -d
+// nexus.example.com/mirror, the form of the original tool): https, or
+// plain http on a loopback host; a first component that Docker would
+// take for a Docker Hub namespace is refused, naming the value.
+func TestDestinationWithoutScheme(t *testing.T) {
+	for given, want := range map[string]string{
+		"nexus.example.com/mirror":      "https://nexus.example.com/mirror",
+		"nexus.example.com:8443":        "https://nexus.example.com:8443",
+		"registry.local:5000/a/b":       "https://registry.local:5000/a/b",
+		"localhost:5000/mirror":         "http://localhost:5000/mirror",
+		"localhost/mirror":              "http://localhost/mirror",
+		"127.0.0.1:5000/mirror":         "http://127.0.0.1:5000/mirror",
+		"127.1.2.3:5000":                "http://127.1.2.3:5000",
+		"[::1]:5000/mirror":             "http://[::1]:5000/mirror",
+		"10.0.0.5:5000/mirror":          "https://10.0.0.5:5000/mirror",
+		"http://10.0.0.5:5000/mirror":   "http://10.0.0.5:5000/mirror",
+		"https://localhost:5000/mirror": "https://localhost:5000/mirror",
+	} {
+		c := config.Default()
+		c.Destination.URL = given
+		if err := c.Validate(); err != nil {
+			t.Errorf("%q: %v", given, err)
+		}
+		if got := c.Destination.WithScheme(); got != want {
+			t.Errorf("%q: WithScheme() = %q, want %q", given, got, want)
+		}
+	}
+	for given, want := range map[string]string{
+		"mirror/images":          `destination: invalid destination "mirror/images" (want HOST[:PORT][/PREFIX], HOST with a dot or a port, or localhost; or http[s]://HOST[:PORT][/PREFIX])`,
+		"bad::dest/x":            `destination: invalid destination "bad::dest/x" (want HOST[:PORT][/PREFIX], HOST with a dot or a port, or localhost; or http[s]://HOST[:PORT][/PREFIX])`,
+		"nexus.example.com/UP":   `destination: invalid URL "nexus.example.com/UP"`,
+		"u:hunter2@nexus.x.io/m": `destination: invalid URL "xxxxx@nexus.x.io/m": credentials do not belong in the URL`,
+	} {
+		c := config.Default()
+		c.Destination.URL = given
+		if err := c.Validate(); err == nil || !strings.HasPrefix(err.Error(), want) {
+			t.Errorf("%q: %v, want %s", given, err, want)
+		}
+	}
+}
+
 // An upstream's key is the host clients put in front of a name, so it must
 // be one: "myreg" would be read as the Docker Hub namespace of
 // myreg/app. Keys that look like hosts (a dot, a port or localhost) are

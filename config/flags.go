@@ -131,7 +131,7 @@ var keys = []key{
 		set: boolKey(func(c *Config) *bool { return &c.ReadyzFailWhenFull })},
 	{name: "tls_cert", usage: "TLS certificate file (PEM) to serve HTTPS; SIGHUP reloads it", set: stringKey(func(c *Config) *string { return &c.TLSCert })},
 	{name: "tls_key", usage: "TLS private key file (PEM)", set: stringKey(func(c *Config) *string { return &c.TLSKey })},
-	{name: "destination", usage: "registry URL and prefix to mirror into and serve from, e.g. https://nexus.example.com/mirror (http:// = plain HTTP; default: the embedded store)",
+	{name: "destination", usage: "registry URL and prefix to mirror into and serve from, e.g. https://nexus.example.com/mirror or nexus.example.com/mirror (http:// = plain HTTP, as is a loopback host without a scheme; default: the embedded store)",
 		set: stringKey(func(c *Config) *string { return &c.Destination.URL })},
 	{name: "referrers", usage: "store each image's signatures, attestations and SBOMs (referrers, cosign's .sig/.att/.sbom tags) with every fill", boolean: true,
 		set: boolKey(func(c *Config) *bool { return &c.Referrers })},

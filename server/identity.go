@@ -16,7 +16,7 @@ import (
 // the data directory; the bucket and prefix of s3).
 func StoreIdentity(cfg config.Config) storage.StoreIdentity {
 	if cfg.Destination.URL != "" {
-		return storage.StoreIdentity{Kind: storage.KindRegistry, Location: strings.TrimRight(cfg.Destination.URL, "/")}
+		return storage.StoreIdentity{Kind: storage.KindRegistry, Location: strings.TrimRight(cfg.Destination.WithScheme(), "/")}
 	}
 	driver, params := cfg.StorageDriver()
 	param := func(k string) string {

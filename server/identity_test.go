@@ -23,6 +23,8 @@ func TestStoreIdentity(t *testing.T) {
 		{"filesystem elsewhere", map[string]map[string]any{"filesystem": {"rootdirectory": other}}, "", storage.StoreIdentity{Kind: "filesystem", Location: other}},
 		{"s3", map[string]map[string]any{"s3": {"bucket": "cache", "region": "eu-west-1", "rootdirectory": "/mirror/"}}, "", storage.StoreIdentity{Kind: "s3aws", Location: "s3://cache/mirror"}},
 		{"destination", nil, "https://registry.example.com/mirror/", storage.StoreIdentity{Kind: storage.KindRegistry, Location: "https://registry.example.com/mirror"}},
+		// Named without a scheme, the same registry: the same identity.
+		{"destination without a scheme", nil, "registry.example.com/mirror", storage.StoreIdentity{Kind: storage.KindRegistry, Location: "https://registry.example.com/mirror"}},
 	} {
 		cfg := config.Default()
 		cfg.Data, cfg.Storage, cfg.Destination.URL = data, c.storage, c.dest

@@ -51,7 +51,7 @@ func OpenStore(ctx context.Context, cfg config.Config, index *storage.Index) (st
 	if cfg.Destination.Username != "" || cfg.Destination.Password != "" {
 		opts = append(opts, destination.WithCredentials(cfg.Destination.Username, cfg.Destination.Password))
 	}
-	s, err := destination.New(cfg.Destination.URL, opts...)
+	s, err := destination.New(cfg.Destination.WithScheme(), opts...)
 	if err != nil {
 		return nil, "", fmt.Errorf("destination: %w", err)
 	}

@@ -296,7 +296,9 @@ func TestMirrorCommandLegacyForm(t *testing.T) {
 	ma := up.SeedMultiArch(t, "library/hello-world", "latest", fixture.Docker)
 	dest := fixture.StartDestination(t, nil)
 	t.Setenv("DOCKER_MIRROR_UPSTREAM", up.URL())
-	code, stdout, stderr := runCmd(t, context.Background(), "-d", dest.URL()+"/mirror", "hello-world")
+	// The original tool's destination, too: a registry named as Docker
+	// names one, without a scheme (plain http on this loopback host).
+	code, stdout, stderr := runCmd(t, context.Background(), "-d", strings.TrimPrefix(dest.URL(), "http://")+"/mirror", "hello-world")
 	if code != 0 {
 		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
 	}
