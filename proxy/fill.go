@@ -421,10 +421,15 @@ func (p *Proxy) storeListed(ctx context.Context, t target, dgst digest.Digest, s
 	}
 }
 
-// copyStored puts a blob stored for from's repository into to's, read
-// back from the store (a registry destination mounts it instead of
-// uploading it again), not from the upstream.
+// copyStored puts a blob stored for from's repository into to's, not
+// from the upstream: mounted where the store can (a registry destination),
+// else read back from the store.
 func (p *Proxy) copyStored(ctx context.Context, from, to target, dgst digest.Digest) error {
+	if m, ok := p.store.(storage.Mounter); ok {
+		if err := m.Mount(ctx, to.storeRepo(), from.storeRepo(), dgst); !errors.Is(err, storage.ErrNotMounted) {
+			return p.noteWrite(err)
+		}
+	}
 	size, err := p.store.Stat(ctx, from.storeRepo(), dgst)
 	if err != nil {
 		return err

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,8 +21,14 @@ import (
 // A layer two repositories share, downloaded for one of them while the
 // fill of the other needs it: the fill shares the download (the upstream
 // sends the layer once), and a registry destination, which keeps blobs
-// per repository, ends up with it in both.
+// per repository, ends up with it in both: mounted, or, from a
+// destination that does not mount blobs, read back and uploaded.
 func TestFillSharingAnotherRepositorysDownloadStoresItThere(t *testing.T) {
+	t.Run("mounted", func(t *testing.T) { fillSharingADownload(t, true) })
+	t.Run("without mounts", func(t *testing.T) { fillSharingADownload(t, false) })
+}
+
+func fillSharingADownload(t *testing.T, mounts bool) {
 	layer := bytes.Repeat([]byte("shared base layer "), 1<<12)
 	d := digest.FromBytes(layer)
 	started, release := make(chan struct{}), make(chan struct{})
@@ -45,7 +53,22 @@ func TestFillSharingAnotherRepositorysDownloadStoresItThere(t *testing.T) {
 	}))
 	defer srv.Close()
 	dest := fixture.StartDestination(t, nil)
-	store, err := destination.New(dest.URL() + "/mirror")
+	destURL := dest.URL()
+	if !mounts {
+		// A destination that answers every mount with an upload session.
+		u, _ := url.Parse(destURL)
+		rp := httputil.NewSingleHostReverseProxy(u)
+		front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			q := r.URL.Query()
+			q.Del("mount")
+			q.Del("from")
+			r.URL.RawQuery = q.Encode()
+			rp.ServeHTTP(w, r)
+		}))
+		defer front.Close()
+		destURL = front.URL
+	}
+	store, err := destination.New(destURL + "/mirror")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,10 +105,19 @@ func TestFillSharingAnotherRepositorysDownloadStoresItThere(t *testing.T) {
 	if linked, err := index.Linked(DefaultHost, "library/node", d); err != nil || !linked {
 		t.Errorf("layer linked to node: %v, %v", linked, err)
 	}
+	uploaded := false
 	for _, r := range dest.Requests() {
-		if r.IsUpload() && strings.HasPrefix(r.Path, "/v2/mirror/library/node/") && r.Method != http.MethodPost {
+		uploaded = uploaded || r.IsUpload() && strings.HasPrefix(r.Path, "/v2/mirror/library/node/") && r.Method == http.MethodPut
+		if mounts && r.IsUpload() && strings.HasPrefix(r.Path, "/v2/mirror/library/node/") && r.Method != http.MethodPost {
 			t.Errorf("layer uploaded to node (%+v); want it mounted from python", r)
 		}
+		// A mount moves no bytes: the layer is not read back either.
+		if mounts && r.Method == http.MethodGet && strings.HasSuffix(r.Path, "/blobs/"+d.String()) {
+			t.Errorf("layer read back from the destination (%+v); want it mounted without its bytes", r)
+		}
+	}
+	if !mounts && !uploaded {
+		t.Errorf("no upload to node from a destination that does not mount")
 	}
 	if n := gets.Load(); n != 1 {
 		t.Errorf("%d upstream GETs of the layer; want 1", n)

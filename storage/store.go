@@ -59,6 +59,18 @@ type FileIngester interface {
 // ErrNotIngestible: the store cannot move that file into place.
 var ErrNotIngestible = errors.New("file cannot be moved into the store")
 
+// Mounter is implemented by stores that keep blobs per repository and
+// can put one stored for a repository into another without its bytes (a
+// registry's cross-repository mount). Mount returns an error wrapping
+// ErrNotMounted when the store did not mount it: the caller then copies
+// the content.
+type Mounter interface {
+	Mount(ctx context.Context, repo, from string, dgst digest.Digest) error
+}
+
+// ErrNotMounted: the store did not mount that blob.
+var ErrNotMounted = errors.New("blob not mounted")
+
 // FileOpener is implemented by stores that may keep content in local
 // files: OpenFile opens dgst's file and returns its size, one lookup of
 // its path where Stat then Open take two (a blob hit's). It returns

@@ -191,6 +191,48 @@ func (s *Store) Put(ctx context.Context, repo string, dgst digest.Digest, size i
 	return nil
 }
 
+// Mount implements storage.Mounter: it mounts dgst into repo from the
+// repository from (after a HEAD: a blob repo has is left as it is),
+// moving no bytes. A destination that answers the mount with an upload
+// session instead (it does not have the blob in from, or does not mount)
+// has the session cancelled, and the error wraps storage.ErrNotMounted.
+func (s *Store) Mount(ctx context.Context, repo, from string, dgst digest.Digest) error {
+	dst, err := s.blobTarget(repo, dgst)
+	if err != nil {
+		return err
+	}
+	src, err := s.repository(from)
+	if err != nil {
+		return err
+	}
+	l := &remote.MountableLayer{Layer: contentless{&blobLayer{dgst: dgst, size: -1}}, Reference: src.Digest(dgst.String())}
+	t, err := s.transport(ctx, dst.Scope(transport.PushScope), src.Scope(transport.PullScope))
+	if err != nil {
+		return err
+	}
+	sess := &uploadSession{}
+	err = remote.WriteLayer(dst, l,
+		remote.WithContext(context.WithValue(ctx, sessionKey{}, sess)),
+		remote.WithTransport(t),
+		remote.WithRetryPredicate(func(error) bool { return false }))
+	if err != nil {
+		s.abort(ctx, t, sess)
+		what := fmt.Sprintf("mount of blob %s from %s to %s", dgst, src.RepositoryStr(), dst.RepositoryStr())
+		if errors.Is(err, storage.ErrNotMounted) {
+			return fmt.Errorf("destination %s: %s: %w", s, what, err)
+		}
+		return s.fail(err, what)
+	}
+	s.remember(repo, dgst)
+	return nil
+}
+
+// contentless is the layer of a Mount: it has no content to upload.
+type contentless struct{ *blobLayer }
+
+// Compressed implements v1.Layer: there is no content.
+func (contentless) Compressed() (io.ReadCloser, error) { return nil, storage.ErrNotMounted }
+
 // Delete implements storage.Store. Deleting a blob the repository does not
 // have is not an error; a destination that does not allow deleting blobs
 // gives an error wrapping errors.ErrUnsupported.

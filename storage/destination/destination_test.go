@@ -496,6 +496,57 @@ func TestCrossRepositoryMount(t *testing.T) {
 	}
 }
 
+// TestMount: Mount puts a blob of one repository into another without its
+// bytes; a blob the source lacks is not mounted (ErrNotMounted), and the
+// upload session the destination opened instead is cancelled.
+func TestMount(t *testing.T) {
+	t.Parallel()
+	d := newDestination(t, map[string]string{testUser: testPassword})
+	s := newStore(t, d.URL()+"/mirror", destination.WithCredentials(testUser, testPassword))
+	blob := content(200<<10, 4)
+	dg := digest.FromBytes(blob)
+	if err := s.Put(t.Context(), "team-a/app", dg, int64(len(blob)), bytes.NewReader(blob)); err != nil {
+		t.Fatal(err)
+	}
+	d.requests()
+	if err := s.Mount(t.Context(), "team-b/app", "team-a/app", dg); err != nil {
+		t.Fatalf("Mount: %v", err)
+	}
+	reqs := d.requests()
+	checkMounted(t, reqs, dg, "mirror/team-a/app")
+	for _, r := range reqs {
+		if r.Method == http.MethodGet && strings.Contains(r.Path, "/blobs/sha256:") {
+			t.Errorf("Mount read the blob: %+v", r)
+		}
+	}
+	if got, err := directBlob(t, d.Host()+"/mirror/team-b/app@"+dg.String(), true); err != nil || !bytes.Equal(got, blob) {
+		t.Fatalf("mounted blob read directly: %d bytes, %v", len(got), err)
+	}
+	// Held already: only asked about.
+	if err := s.Mount(t.Context(), "team-b/app", "team-a/app", dg); err != nil {
+		t.Fatalf("Mount again: %v", err)
+	}
+	if ups := uploads(d.requests()); len(ups) != 0 {
+		t.Errorf("upload requests for a blob held already: %+v", ups)
+	}
+
+	missing := digest.FromString("not in team-a")
+	err := s.Mount(t.Context(), "team-c/app", "team-a/app", missing)
+	if !errors.Is(err, storage.ErrNotMounted) {
+		t.Fatalf("Mount of a blob the source lacks: %v; want ErrNotMounted", err)
+	}
+	var methods []string
+	for _, r := range uploads(d.requests()) {
+		methods = append(methods, r.Method)
+	}
+	if want := []string{http.MethodPost, http.MethodDelete}; !slices.Equal(methods, want) {
+		t.Errorf("upload requests of a mount refused: %v, want %v (the session cancelled)", methods, want)
+	}
+	if _, err := s.Stat(t.Context(), "team-c/app", missing); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("Stat after a refused mount: %v; want ErrNotFound", err)
+	}
+}
+
 // TestMountTokenAuth: with Bearer tokens, the mount's token covers pulling
 // from the source repository too.
 func TestMountTokenAuth(t *testing.T) {
