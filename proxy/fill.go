@@ -442,6 +442,47 @@ func (p *Proxy) copyStored(ctx context.Context, from, to target, dgst digest.Dig
 	return p.noteWrite(p.store.Put(ctx, to.storeRepo(), dgst, size, rc))
 }
 
+// mountHeld puts dgst, stored for another repository of a store that
+// keeps blobs per repository (a registry destination), into t's by a
+// mount, so that it is not fetched from the upstream again; false if no
+// other repository holds it, or the store did not mount it. The blob is
+// vouched for first as a stored blob is: a blob a manifest of t's
+// upstream lists (listed) that this upstream gave us already, or one
+// t's upstream confirms t's repository has (a HEAD); then linked to t.
+func (p *Proxy) mountHeld(ctx context.Context, t target, dgst digest.Digest, listed bool) bool {
+	m, ok := p.store.(storage.Mounter)
+	if !ok {
+		return false
+	}
+	holders, err := p.index.Holders(dgst)
+	if err != nil {
+		return false
+	}
+	from := ""
+	vouched := false
+	for _, h := range holders {
+		host, repo, _ := strings.Cut(h, "/")
+		if sr := StoreRepo(host, repo); sr != t.storeRepo() && from == "" {
+			from = sr
+		}
+		vouched = vouched || listed && host == t.host()
+	}
+	rec, held, err := p.index.Blob(dgst)
+	if from == "" || !held || err != nil {
+		return false
+	}
+	if !vouched {
+		if _, err := t.up.HeadBlob(ctx, t.repo, dgst); err != nil {
+			return false // fetched, and refused, as any missing blob
+		}
+	}
+	if err := m.Mount(ctx, t.storeRepo(), from, dgst); err != nil {
+		p.log.Debug("blob not mounted: fetching it", "blob", dgst, "repository", t.storeRepo(), "from", from, "err", err)
+		return false
+	}
+	return p.adoptBlob(t, dgst, rec.Size) == nil
+}
+
 // adoptListed links a stored blob, of stored bytes, that a manifest of t
 // lists with a declared size (-1: none). A manifest of the same upstream
 // vouches for a blob that upstream gave us already; for a blob only other

@@ -620,9 +620,16 @@ func TestDestinationMountsSharedLayers(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			dest.ResetRequests()
+			up.ResetCounts()
 			c.copy(t)
 			m.WaitIdle()
 			wantDestImage(t, dest, c.repo, derived)
+			// Held at the destination already: not fetched again.
+			for _, b := range c.shared {
+				if n := up.BlobBytesFor(b); n != 0 {
+					t.Errorf("blob %s held at the destination fetched again from the upstream (%d bytes)", b, n)
+				}
+			}
 			reqs := dest.Requests()
 			mounted := map[string]bool{}
 			for _, r := range reqs {
