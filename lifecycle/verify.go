@@ -16,7 +16,8 @@ import (
 // Verify rehashes every stored blob and manifest, streaming it, and
 // removes the corrupt ones from the store and the index, with the tags
 // that named a corrupt manifest. Index entries of content missing from the
-// store are removed too. Images whose content was removed go back to the
+// store are removed too. Images whose content was removed (their own, or
+// their signatures', attestations' or SBOMs') go back to the
 // partial mirror state, so the next pull mirrors them again. In a dry run
 // it only reports.
 func (c *Collector) Verify(ctx context.Context) (Report, error) {
@@ -106,6 +107,16 @@ func (c *Collector) verify(ctx context.Context) (Report, error) {
 		return r, nil
 	}
 
+	// The images that a removed signature, attestation or SBOM belongs
+	// to are found through the referrers lists and tags as they are
+	// before the removal, which takes the tags of a corrupt manifest.
+	g, err := c.referrersGraph()
+	if err != nil {
+		return r, err
+	}
+	if err := c.index.ReadTagDigests(func(key, d []byte) { addReferrerTag(g, key, d) }); err != nil {
+		return r, err
+	}
 	removed := map[digest.Digest]bool{}
 	for batch := range slices.Chunk(append(corrupt, missing...), batchSize) {
 		claimed, release := c.claim(batch)
@@ -129,7 +140,7 @@ func (c *Collector) verify(ctx context.Context) (Report, error) {
 			return r, err
 		}
 	}
-	err = c.resetMirrors(ctx, recs.Fills, removed, &r)
+	err = c.resetMirrors(ctx, g, recs.Fills, removed, &r)
 	r.StoredAfter = c.index.StoredBytes()
 	return r, err
 }
@@ -164,12 +175,12 @@ func (r readerOnly) Read(p []byte) (int, error) {
 }
 
 // resetMirrors sets the complete mirror records whose images lost content
-// back to partial.
-func (c *Collector) resetMirrors(ctx context.Context, fills []storage.FillEntry, removed map[digest.Digest]bool, r *Report) error {
+// back to partial: what g reaches from an image, its referrers and cosign
+// tags' artifacts too.
+func (c *Collector) resetMirrors(ctx context.Context, g *graph, fills []storage.FillEntry, removed map[digest.Digest]bool, r *Report) error {
 	if len(removed) == 0 {
 		return nil
 	}
-	g := newGraph(c.store)
 	for _, me := range fills {
 		d := me.Digest
 		if me.State != storage.FillComplete || removed[d] {
