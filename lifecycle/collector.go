@@ -263,7 +263,8 @@ func (c *Collector) Run(ctx context.Context, ticks <-chan time.Time, wake <-chan
 // Pass is one run of the server's lifecycle at the collector's clock: it
 // evicts by p (if p.EvictAfter is set, or the store is over p.MaxSize),
 // and collects if it evicted something, if the store is over p.MaxSize,
-// or if the last collection by Pass is p.CollectEvery old. The eviction
+// or if the last collection by Pass that succeeded is p.CollectEvery old
+// (a failed one is tried again on the next pass). The eviction
 // reads the index and the images' manifests; the collection lists the
 // whole store.
 func (c *Collector) Pass(ctx context.Context, p Policy) (Report, error) {
@@ -283,8 +284,10 @@ func (c *Collector) Pass(ctx context.Context, p Policy) (Report, error) {
 			return Report{StoredBefore: c.index.StoredBytes(), StoredAfter: c.index.StoredBytes()}, nil
 		}
 		defer c.enterPass()()
-		c.lastCollect = now
 		r, err := c.collect(ctx, nil, nil, nil)
+		if err == nil {
+			c.lastCollect = now // a failed one is tried again on the next pass
+		}
 		c.opts.Metrics.observe("collect", "gc", r, err)
 		return r, err
 	}
@@ -292,7 +295,7 @@ func (c *Collector) Pass(ctx context.Context, p Policy) (Report, error) {
 	r, collected, err := c.evict(ctx, p.MaxSize, p.EvictAfter, now, func(evicted bool) bool {
 		return evicted || due || (p.MaxSize > 0 && c.index.StoredBytes() > p.MaxSize)
 	})
-	if collected {
+	if collected && err == nil {
 		c.lastCollect = now
 	}
 	op, reason := "evict", "evict"

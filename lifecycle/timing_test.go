@@ -3,15 +3,18 @@ package lifecycle_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/docker-mirror/docker-mirror/lifecycle"
@@ -497,4 +500,48 @@ func TestPassCollectionWithoutEvictionCountsAsGC(t *testing.T) {
 			t.Errorf("metrics lack %q", want)
 		}
 	}
+}
+
+// failingWalk is a storage driver whose Walk (a store's listing) fails
+// while fail is set.
+type failingWalk struct {
+	storagedriver.StorageDriver
+	fail *atomic.Bool
+}
+
+func (d failingWalk) Walk(ctx context.Context, path string, f storagedriver.WalkFn, opts ...func(*storagedriver.WalkOptions)) error {
+	if d.fail.Load() {
+		return errors.New("listing failed")
+	}
+	return d.StorageDriver.Walk(ctx, path, f, opts...)
+}
+
+// A pass whose collection fails (the store's listing) is no collection:
+// the next pass collects, rather than waiting CollectEvery for the next
+// try.
+func TestPassRetriesAFailedCollection(t *testing.T) {
+	e := newEnv(t)
+	a := single("a", "v1", e.up.SeedImage(t, "library/a", "v1", 2, 8<<10))
+	e.pull(t, a)
+	if err := e.m.Index.DeleteTag("docker.io", "library/a", "v1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.m.Index.DeleteFill("docker.io", "library/a", digest.Digest(a.digest)); err != nil {
+		t.Fatal(err)
+	}
+	e.m.Clock.Advance(lifecycle.DefaultGrace + time.Second) // a's content is past the grace period
+	fail := &atomic.Bool{}
+	fail.Store(true)
+	store := storage.NewDriverStore(failingWalk{e.store.Driver(), fail})
+	col := lifecycle.New(store, e.m.Index, lifecycle.Options{Now: e.m.Clock.Now, Grace: lifecycle.DefaultGrace})
+	p := lifecycle.Policy{CollectEvery: lifecycle.DefaultCollectEvery}
+	if _, err := col.Pass(t.Context(), p); err == nil {
+		t.Fatal("a pass whose listing of the store fails succeeded")
+	}
+	fail.Store(false)
+	e.m.Clock.Advance(time.Minute) // the next tick
+	if r, err := col.Pass(t.Context(), p); err != nil || r.BlobsRemoved != 3 || r.ManifestsRemoved != 1 {
+		t.Fatalf("pass after a failed collection = %+v, %v; want a's manifest and 3 blobs removed", r, err)
+	}
+	e.wantStored(t, false, a.content()...)
 }
