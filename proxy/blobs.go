@@ -60,11 +60,14 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 		if p.redirectBlob(w, r, t, dgst) {
 			return nil
 		}
-		return serveBlob(w, r, dgst, size, func(off int64) (io.ReadCloser, error) {
+		gone := false // removed since its stat
+		err := serveBlob(w, r, dgst, size, func(off int64) (io.ReadCloser, error) {
 			// Once open, the file survives its removal: let go of it then.
 			defer release()
 			if f == nil {
-				return p.store.Open(ctx, t.storeRepo(), dgst, off)
+				rc, err := p.store.Open(ctx, t.storeRepo(), dgst, off)
+				gone = errors.Is(err, storage.ErrNotFound)
+				return rc, err
 			}
 			rc := f
 			f = nil // serveBlob closes it
@@ -76,6 +79,15 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 			}
 			return rc, nil
 		})
+		if !gone {
+			return err
+		}
+		// Another replica collected it from the shared store since its
+		// stat (this one's guard covers only its own passes): a miss,
+		// answered afresh.
+		for _, h := range []string{"Content-Length", "Content-Range", "Accept-Ranges"} {
+			w.Header().Del(h)
+		}
 	}
 	release()
 	w.Header().Set(cacheHeader, "miss")
