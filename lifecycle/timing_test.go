@@ -545,3 +545,37 @@ func TestPassRetriesAFailedCollection(t *testing.T) {
 	}
 	e.wantStored(t, false, a.content()...)
 }
+
+// cancelAtDelete is a storage driver that ends a context once it has
+// removed something: an operator's ^C landing just after a repair's
+// removals.
+type cancelAtDelete struct {
+	storagedriver.StorageDriver
+	cancel context.CancelFunc
+}
+
+func (d cancelAtDelete) Delete(ctx context.Context, path string) error {
+	err := d.StorageDriver.Delete(ctx, path)
+	d.cancel()
+	return err
+}
+
+// A repair interrupted once it has removed corrupt content still leaves
+// the image that lost it partial, so that the next pull mirrors it again:
+// a rerun finds nothing more to remove, and would never set it back.
+func TestVerifyInterruptedAfterRemovalLeavesImagePartial(t *testing.T) {
+	e := newEnv(t)
+	_, b, _ := seedThree(t, e)
+	flipByte(t, e.path(b.blobs[1]))
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	store := storage.NewDriverStore(cancelAtDelete{e.store.Driver(), cancel})
+	_, _ = lifecycle.New(store, e.m.Index, lifecycle.Options{Now: e.m.Clock.Now}).Verify(ctx) // cut short: its error is the cancellation's
+	e.wantStored(t, false, b.blobs[1])
+	if _, err := e.collector(lifecycle.Options{}).Verify(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if rec, _, _ := e.m.Index.Fill("docker.io", "library/b", digest.Digest(b.digest)); rec.State != storage.FillPartial {
+		t.Errorf("b's mirror state is %q after its corrupt layer was removed, want partial", rec.State)
+	}
+}

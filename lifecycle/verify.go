@@ -117,8 +117,19 @@ func (c *Collector) verify(ctx context.Context) (Report, error) {
 	if err := c.index.ReadTagDigests(func(key, d []byte) { addReferrerTag(g, key, d) }); err != nil {
 		return r, err
 	}
+	// The images losing content go back to partial before it is removed:
+	// a repair cut short after a removal leaves none complete (a rerun
+	// finds nothing more to remove).
+	doomed := append(corrupt, missing...)
 	removed := map[digest.Digest]bool{}
-	for batch := range slices.Chunk(append(corrupt, missing...), batchSize) {
+	for _, d := range doomed {
+		removed[d] = true
+	}
+	if err := c.resetMirrors(ctx, g, recs.Fills, removed, &r); err != nil {
+		r.StoredAfter = c.index.StoredBytes()
+		return r, err
+	}
+	for batch := range slices.Chunk(doomed, batchSize) {
 		claimed, release := c.claim(batch)
 		r.Kept += len(batch) - len(claimed)
 		gone, err := c.index.Forget(claimed, nil)
@@ -129,7 +140,6 @@ func (c *Collector) verify(ctx context.Context) (Report, error) {
 						break
 					}
 				}
-				removed[f.Digest] = true
 				r.TagsRemoved += len(f.Tags)
 				count(&r, f.Manifest, size[f.Digest])
 			}
@@ -140,9 +150,8 @@ func (c *Collector) verify(ctx context.Context) (Report, error) {
 			return r, err
 		}
 	}
-	err = c.resetMirrors(ctx, g, recs.Fills, removed, &r)
 	r.StoredAfter = c.index.StoredBytes()
-	return r, err
+	return r, nil
 }
 
 // rehash reports whether stored content matches its digest.
@@ -174,8 +183,8 @@ func (r readerOnly) Read(p []byte) (int, error) {
 	return r.r.Read(p)
 }
 
-// resetMirrors sets the complete mirror records whose images lost content
-// back to partial: what g reaches from an image, its referrers and cosign
+// resetMirrors sets the complete mirror records whose images lose content
+// (removed) back to partial: what g reaches from an image, its referrers and cosign
 // tags' artifacts too.
 func (c *Collector) resetMirrors(ctx context.Context, g *graph, fills []storage.FillEntry, removed map[digest.Digest]bool, r *Report) error {
 	if len(removed) == 0 {
