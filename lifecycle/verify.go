@@ -106,6 +106,10 @@ func (c *Collector) verify(ctx context.Context) (Report, error) {
 		r.StoredAfter = r.StoredBefore
 		return r, nil
 	}
+	if len(corrupt)+len(missing) == 0 {
+		r.StoredAfter = c.index.StoredBytes()
+		return r, nil
+	}
 
 	// The images that a removed signature, attestation or SBOM belongs
 	// to are found through the referrers lists and tags as they are
@@ -187,9 +191,6 @@ func (r readerOnly) Read(p []byte) (int, error) {
 // (removed) back to partial: what g reaches from an image, its referrers and cosign
 // tags' artifacts too.
 func (c *Collector) resetMirrors(ctx context.Context, g *graph, fills []storage.FillEntry, removed map[digest.Digest]bool, r *Report) error {
-	if len(removed) == 0 {
-		return nil
-	}
 	for _, me := range fills {
 		d := me.Digest
 		if me.State != storage.FillComplete || removed[d] {
