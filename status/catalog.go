@@ -239,7 +239,33 @@ func (c *catalog) get(ctx context.Context) (*catalogSnapshot, error) {
 	if cur != nil && age < staleFor*c.maxAge {
 		return cur, nil
 	}
-	return c.refresh(ctx)
+	return c.current(ctx)
+}
+
+// current returns the list of the build running, or of one begun now if
+// none runs: a visitor, unlike an action (refresh), may take a build begun
+// before its request, so that visitors arriving together share one.
+func (c *catalog) current(ctx context.Context) (*catalogSnapshot, error) {
+	c.mu.Lock()
+	ch := c.building
+	if ch == nil {
+		ch = c.startLocked()
+		c.mu.Unlock()
+		c.build(ctx, ch)
+	} else {
+		c.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cur == nil {
+		return nil, c.err
+	}
+	return c.cur, nil
 }
 
 // staleFor is how many times maxAge a list is served while it is rebuilt.

@@ -223,3 +223,41 @@ func TestRefreshAfterARunningBuild(t *testing.T) {
 		}
 	})
 }
+
+// Visitors of a page whose list was never read (or is far out of date)
+// wait for one build together: those who came while it ran take its list,
+// no second build follows it (each would wait for both, and at 100k
+// images a build takes seconds).
+func TestVisitorsShareABuild(t *testing.T) {
+	ix, err := storage.OpenIndex(filepath.Join(t.TempDir(), "index.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ix.Close() })
+	ims := listed{{Upstream: "docker.io", Repo: "library/app", Digest: digest.FromString("a")}}
+	synctest.Test(t, func(t *testing.T) {
+		h := heldList{next: make(chan listed)}
+		c := &catalog{list: h, index: ix, maxAge: time.Hour, now: time.Now}
+		defer c.close()
+		errs := make(chan error, 3)
+		for range 3 {
+			go func() {
+				_, err := c.get(t.Context())
+				errs <- err
+			}()
+		}
+		synctest.Wait() // one build waits for its list, the other visitors for it
+		h.next <- ims
+		synctest.Wait()
+		select {
+		case h.next <- ims:
+			t.Error("a second build followed the one the visitors waited for")
+		default:
+		}
+		for range 3 {
+			if err := <-errs; err != nil {
+				t.Error(err)
+			}
+		}
+	})
+}
