@@ -321,9 +321,11 @@ func (c *catalog) startLocked() chan struct{} {
 	return ch
 }
 
-// build builds the list and publishes it; ch is closed when done.
+// build builds the list and publishes it; ch is closed when done. It
+// runs without ctx's cancellation: others wait for the same build, and the
+// caller whose request began it leaving must not fail theirs.
 func (c *catalog) build(ctx context.Context, ch chan struct{}) {
-	snap, err := c.load(ctx)
+	snap, err := c.load(context.WithoutCancel(ctx))
 	c.mu.Lock()
 	if err == nil {
 		c.cur = snap

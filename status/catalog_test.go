@@ -261,3 +261,60 @@ func TestVisitorsShareABuild(t *testing.T) {
 		}
 	})
 }
+
+// leavingList is a heldList that gives up when its caller's context ends,
+// as the collector's listing does.
+type leavingList struct{ next chan listed }
+
+func (h leavingList) Images(ctx context.Context) ([]lifecycle.Image, error) {
+	select {
+	case l := <-h.next:
+		return l, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// The visitor whose request began the build leaving (a closed tab) does
+// not fail the others waiting for it with "context canceled": the build
+// is theirs too.
+func TestVisitorLeavingMidBuild(t *testing.T) {
+	ix, err := storage.OpenIndex(filepath.Join(t.TempDir(), "index.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ix.Close() })
+	ims := listed{{Upstream: "docker.io", Repo: "library/app", Digest: digest.FromString("a")}}
+	synctest.Test(t, func(t *testing.T) {
+		h := leavingList{next: make(chan listed)}
+		c := &catalog{list: h, index: ix, maxAge: time.Hour, now: time.Now}
+		defer c.close()
+		ctx, leave := context.WithCancel(t.Context())
+		first := make(chan error, 1)
+		go func() {
+			_, err := c.get(ctx)
+			first <- err
+		}()
+		synctest.Wait() // its build waits for the list
+		errs := make(chan error, 2)
+		for range 2 {
+			go func() {
+				_, err := c.get(t.Context())
+				errs <- err
+			}()
+		}
+		synctest.Wait() // the others wait for that build
+		leave()
+		synctest.Wait()
+		select {
+		case h.next <- ims: // the build still runs
+		default:
+		}
+		for range 2 {
+			if err := <-errs; err != nil {
+				t.Errorf("a visitor who stayed: %v", err)
+			}
+		}
+		<-first
+	})
+}
