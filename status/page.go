@@ -121,15 +121,24 @@ func (h *Handler) overviewPage(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (h *Handler) imagePage(w http.ResponseWriter, r *http.Request) error {
-	d, err := h.detail(r)
-	if err != nil {
-		return err
+	// The script's refresh (?live=1) swaps in the page's header only: the
+	// repository's manifests are not read (a store read each).
+	var d *Detail
+	if r.URL.Query().Get("live") == "" {
+		var err error
+		if d, err = h.detail(r); err != nil {
+			return err
+		}
 	}
 	s, err := h.status(r.Context(), r)
 	if err != nil {
 		return err
 	}
-	return render(w, r, "image", view{Title: d.Name + " · docker-mirror", Status: s, Detail: d, Evict: h.d.Collector != nil, now: s.Now})
+	title := "docker-mirror"
+	if d != nil {
+		title = d.Name + " · " + title
+	}
+	return render(w, r, "image", view{Title: title, Status: s, Detail: d, Evict: h.d.Collector != nil, now: s.Now})
 }
 
 // contentSecurity lets the page load its own files only: no inline script

@@ -11,9 +11,11 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/opencontainers/go-digest"
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/docker-mirror/docker-mirror/lifecycle"
@@ -569,5 +571,58 @@ func TestDestinationCheckOutlivesItsRequest(t *testing.T) {
 	}
 	if s.Destination == nil || s.Destination.Status != "ok" {
 		t.Errorf("destination %+v after a request went away, want ok", s.Destination)
+	}
+}
+
+// readCounting is a store that counts the content it is asked to read.
+type readCounting struct {
+	storage.Store
+	mu    sync.Mutex
+	reads int
+}
+
+func (s *readCounting) Open(ctx context.Context, repo string, dgst digest.Digest, offset int64) (io.ReadCloser, error) {
+	s.mu.Lock()
+	s.reads++
+	s.mu.Unlock()
+	return s.Store.Open(ctx, repo, dgst, offset)
+}
+
+func (s *readCounting) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.reads
+}
+
+// An image's page left open refreshes itself every 5 s (?live=1), and
+// swaps in no more than the uptime: the refresh reads none of the
+// repository's manifests from the store (with S3, a GET each, per open
+// tab, every 5 s).
+func TestImagePageLiveRefreshReadsNoManifest(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	up.SeedMultiArch(t, "library/multi", "v1", fixture.OCI)
+	store := &readCounting{}
+	m := servertest.StartWithStore(t, up.URL(), func(*storage.Index) (storage.Store, error) {
+		s, err := storage.OpenDriverStore(context.Background(), "filesystem", map[string]any{"rootdirectory": t.TempDir()})
+		store.Store = s
+		return store, err
+	})
+	if a := send(t, http.MethodGet, m.URL()+"/v2/library/multi/manifests/v1", "", map[string]string{"Accept": manifestAccept}); a.status != 200 {
+		t.Fatalf("pull: %d %s", a.status, a.body)
+	}
+	m.WaitIdle()
+	if a := send(t, http.MethodGet, m.URL()+"/images/docker.io/library/multi", "", nil); a.status != 200 || !strings.Contains(string(a.body), `id="uptime"`) {
+		t.Fatalf("image page: %d %s", a.status, a.body)
+	}
+	before := store.count()
+	if before == 0 {
+		t.Fatal("the image's page read no manifest: the count proves nothing")
+	}
+	a := send(t, http.MethodGet, m.URL()+"/images/docker.io/library/multi?live=1", "", nil)
+	if a.status != 200 || !strings.Contains(string(a.body), `id="uptime"`) {
+		t.Fatalf("live refresh: %d %s", a.status, a.body)
+	}
+	if n := store.count() - before; n != 0 {
+		t.Errorf("a live refresh of the image's page read %d manifests from the store", n)
 	}
 }
