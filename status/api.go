@@ -244,7 +244,8 @@ func (h *Handler) imageDetail(ctx context.Context, im *Image) ImageDetail {
 }
 
 // ActionRequest is the body of POST /api/v1/actions/{pin,unpin,evict}:
-// the image, as the image list names it.
+// the image, as the image list names it (an unpin may name no upstream
+// and repository: a pinned digest of which nothing is cached).
 type ActionRequest struct {
 	Upstream string        `json:"upstream"`
 	Repo     string        `json:"repo"`
@@ -273,11 +274,14 @@ func (h *Handler) action(w http.ResponseWriter, r *http.Request) error {
 	if err := req.Digest.Validate(); err != nil {
 		return errcode.New(errcode.DigestInvalid, "invalid digest %q", req.Digest)
 	}
-	if req.Upstream == "" || req.Repo == "" {
-		return errcode.New(errcode.InvalidRequest, "upstream and repo are required")
-	}
 	ctx := r.Context()
 	action := mux.Vars(r)["action"]
+	// A digest pinned with nothing of it cached is listed under no
+	// repository: unpinning it needs none.
+	unnamed := req.Upstream == "" && req.Repo == ""
+	if (req.Upstream == "" || req.Repo == "") && !(unnamed && action == "unpin") {
+		return errcode.New(errcode.InvalidRequest, "upstream and repo are required")
+	}
 	res := ActionResult{Action: action, Image: req.Upstream + "/" + req.Repo + "@" + req.Digest.String()}
 	switch action {
 	case "pin":
@@ -296,11 +300,14 @@ func (h *Handler) action(w http.ResponseWriter, r *http.Request) error {
 	case "unpin":
 		// The digest's pin, and those of the repository's tags naming it
 		// (a prefetch with pin pins the tag).
-		tags, err := h.d.Index.TagsOf(req.Upstream, req.Repo, req.Digest)
-		if err != nil {
-			return err
-		}
 		refs := []string{req.Digest.String()}
+		var tags []string
+		if req.Repo != "" {
+			var err error
+			if tags, err = h.d.Index.TagsOf(req.Upstream, req.Repo, req.Digest); err != nil {
+				return err
+			}
+		}
 		for _, t := range tags {
 			refs = append(refs, storage.TagKey(req.Upstream, req.Repo, t))
 		}

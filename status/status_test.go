@@ -626,3 +626,30 @@ func TestImagePageLiveRefreshReadsNoManifest(t *testing.T) {
 		t.Errorf("a live refresh of the image's page read %d manifests from the store", n)
 	}
 }
+
+// A digest pinned with nothing of it cached (a prefetch by digest with
+// pin, refused upstream) is listed, pinned, under no repository; its
+// Unpin button sends what the list names, and unpins it.
+func TestUnpinWhatIsNotCached(t *testing.T) {
+	m := startMirror(t)
+	d := digest.FromString("never fetched")
+	if err := m.Index.Pin(d.String(), storage.PinRecord{PinnedAt: time.Now(), Reason: "prefetch"}); err != nil {
+		t.Fatal(err)
+	}
+	pg := getJSON[status.Page](t, m.URL()+"/api/v1/images", nil)
+	i := slices.IndexFunc(pg.Images, func(im *status.Image) bool { return im.Digest == d })
+	if i < 0 || !pg.Images[i].Pinned {
+		t.Fatalf("the pinned digest is not listed pinned: %+v", pg.Images)
+	}
+	im := pg.Images[i]
+	body, err := json.Marshal(status.ActionRequest{Upstream: im.Upstream, Repo: im.Repo, Digest: im.Digest})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := send(t, http.MethodPost, m.URL()+"/api/v1/actions/unpin", string(body), map[string]string{"Content-Type": "application/json"}); a.status != http.StatusOK {
+		t.Fatalf("unpin of %s: %d %s", body, a.status, a.body)
+	}
+	if pins, err := m.Index.Pins(); err != nil || len(pins) != 0 {
+		t.Errorf("pins after the unpin: %v %v", pins, err)
+	}
+}
