@@ -129,3 +129,30 @@ func TestPutReferrer(t *testing.T) {
 		}
 	})
 }
+
+// A referrer of a subject named by a sha512 digest is kept under the
+// referrers tag schema's tag, "<alg>-<hex>" with the hex cut to 64
+// characters (a tag has at most 128), where clients and the proxy look for
+// it: not under "sha512-<128 hex>", which is no tag at all.
+func TestPutReferrerOfASha512Subject(t *testing.T) {
+	t.Parallel()
+	subject := digest.SHA512.FromString("a subject named by its sha512 digest")
+	sig := fmt.Appendf(nil, `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","artifactType":"application/vnd.example.sig","config":{"mediaType":"application/vnd.oci.empty.v1+json","size":2,"digest":%q},"layers":[],"subject":{"mediaType":"application/vnd.oci.image.manifest.v1+json","size":7,"digest":%q}}`,
+		digest.FromBytes(emptyJSON), subject)
+	d := fixture.StartDestination(t, nil)
+	s := newStore(t, d.URL()+"/mirror")
+	if err := s.Put(t.Context(), "library/app", digest.FromBytes(emptyJSON), 2, bytes.NewReader(emptyJSON)); err != nil {
+		t.Fatal(err)
+	}
+	tag := "sha512-" + subject.Encoded()[:64]
+	if got := destination.FallbackTag(subject); got != tag {
+		t.Errorf("FallbackTag(%s) = %q (%d characters), want %q", subject, got, len(got), tag)
+	}
+	if err := s.PutReferrer(t.Context(), "library/app", subject, "", sig); err != nil {
+		t.Fatalf("PutReferrer: %v", err)
+	}
+	got := getIndex(t, d, "/v2/mirror/library/app/manifests/"+tag)
+	if len(got) != 1 || !strings.Contains(string(got[0]), digest.FromBytes(sig).String()) {
+		t.Fatalf("fallback index %s entries %s; want the signature", tag, got)
+	}
+}
