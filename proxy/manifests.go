@@ -225,8 +225,10 @@ func (p *Proxy) manifestByTag(ctx context.Context, t target, tag string, h http.
 				p.resumeHit(ctx, t, cached, opts.checkAfter)
 				return cached, nil
 			case errors.Is(err, upstream.ErrNotFound):
-				// The upstream says the tag is gone: so is it here.
-				if derr := p.index.DeleteTag(t.host(), t.repo, tag); derr != nil {
+				// The upstream says the tag is gone: so is it here, unless
+				// a fill recorded it anew meanwhile (it names another
+				// digest than the one checked).
+				if _, derr := p.index.DeleteTagIf(t.host(), t.repo, tag, rec.Digest); derr != nil {
 					return nil, derr
 				}
 				return nil, err
