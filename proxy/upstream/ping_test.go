@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"sync/atomic"
@@ -147,5 +148,47 @@ func TestKeychainCredentialsRenewed(t *testing.T) {
 	token.Store("t2")
 	if _, err := c.HeadManifest(t.Context(), "library/x", v1); err != nil {
 		t.Fatalf("after the password rotated: %v", err)
+	}
+}
+
+// TestKeychainBasicCredentialsRenewed: an upstream of basic auth (ECR,
+// whose challenge is Basic) that refuses the credentials a repository's
+// transport was made with, once the keychain's helper has renewed them
+// (ECR's last 12 hours), is asked again with the keychain's credentials
+// of now, in the same request. Kept in the transport, the old password
+// was refused for that repository until a restart. Refused again, the
+// answer is the upstream's refusal.
+func TestKeychainBasicCredentialsRenewed(t *testing.T) {
+	kc := &rotatingKeychain{}
+	kc.password.Store("first")
+	var current atomic.Value // the password the registry takes
+	current.Store("first")
+	basic := func(w http.ResponseWriter) {
+		w.Header().Set("WWW-Authenticate", `Basic realm="test"`)
+		w.WriteHeader(http.StatusUnauthorized)
+	}
+	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		if u, pw, ok := req.BasicAuth(); !ok || u != "bot" || pw != current.Load().(string) {
+			basic(w)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	}, func(w http.ResponseWriter, req *http.Request) { basic(w) })
+	c := r.client(t, WithKeychain(kc))
+	if _, err := c.HeadManifest(t.Context(), "library/x", v1); err != nil {
+		t.Fatal(err)
+	}
+	// The helper renews its password; the old one expires.
+	kc.password.Store("second")
+	current.Store("second")
+	for i := range 2 {
+		if _, err := c.HeadManifest(t.Context(), "library/x", v1); err != nil {
+			t.Fatalf("request %d after the password rotated: %v", i+1, err)
+		}
+	}
+	// Credentials the upstream refuses however fresh: its refusal.
+	current.Store("third")
+	if _, err := c.HeadManifest(t.Context(), "library/x", v1); !errors.Is(err, ErrAuth) {
+		t.Fatalf("credentials refused: %v, want ErrAuth", err)
 	}
 }

@@ -375,11 +375,12 @@ func (c *Client) authorize(ctx context.Context, repo string, pa *pingAnswer) (ht
 	pr.Parameters = maps.Clone(pa.challenge.Parameters)
 	if !strings.EqualFold(pr.Scheme, "bearer") {
 		auth := c.auth
+		var cfg *authn.AuthConfig
 		if _, ok := auth.(keychainAuth); ok {
 			// Basic: the credentials go with every request, asked of
 			// the keychain once for the repository's transport.
-			cfg, err := authn.Authorization(ctx, auth)
-			if err != nil {
+			var err error
+			if cfg, err = authn.Authorization(ctx, auth); err != nil {
 				return nil, c.transportError(ping, err)
 			}
 			auth = authn.FromConfig(*cfg)
@@ -387,6 +388,9 @@ func (c *Client) authorize(ctx context.Context, repo string, pa *pingAnswer) (ht
 		t, err := transport.FromToken(c.registry, auth, c.base, &pr, nil)
 		if err != nil {
 			return nil, c.transportError(ping, err)
+		}
+		if cfg != nil {
+			return &keychainBasic{RoundTripper: t, cfg: *cfg}, nil
 		}
 		return t, nil
 	}
@@ -418,6 +422,35 @@ func (c *Client) authorize(ctx context.Context, repo string, pa *pingAnswer) (ht
 		return nil, c.transportError(ping, err)
 	}
 	return t, nil
+}
+
+// keychainBasic is the transport of a basic-auth upstream's repository
+// whose credentials are the keychain's: cfg, as they were when it was
+// made.
+type keychainBasic struct {
+	http.RoundTripper
+	cfg authn.AuthConfig
+}
+
+// renewed reports whether resp, sent with t, refuses credentials that the
+// keychain has renewed since t was made (a credential helper's, such as
+// ECR's, whose challenge is Basic and whose password lasts 12 hours):
+// then t is dropped, and a new transport sends the ones of now. Asked
+// only of a refusal, the keychain is not run for every request, and
+// credentials it has not renewed are not sent again.
+func (c *Client) renewed(ctx context.Context, repo string, t http.RoundTripper, resp *http.Response) bool {
+	kb, ok := t.(*keychainBasic)
+	if !ok || (resp.StatusCode != http.StatusUnauthorized && resp.StatusCode != http.StatusForbidden) {
+		return false
+	}
+	cfg, err := authn.Authorization(ctx, c.auth)
+	if err != nil || *cfg == kb.cfg {
+		return false
+	}
+	if cur, ok := c.transports.Peek(repo); ok && cur == t {
+		c.transports.Remove(repo)
+	}
+	return true
 }
 
 // tokenLimits is the transport of a bearer upstream's requests and token
@@ -546,6 +579,13 @@ func (c *Client) doWarming(ctx context.Context, repo string, req *http.Request, 
 		c.Warm(warm)
 	}
 	resp, err := c.send(ctx, t, req, r)
+	if err == nil && c.renewed(ctx, repo, t, resp) {
+		// Sent once more, with the credentials of now.
+		resp.Body.Close()
+		if t, err = c.transport(ctx, repo); err == nil {
+			resp, err = c.send(ctx, t, req, r)
+		}
+	}
 	if err != nil {
 		if ctx.Err() == nil {
 			c.noteAnswer(nil, err)
