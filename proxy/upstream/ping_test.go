@@ -192,3 +192,35 @@ func TestKeychainBasicCredentialsRenewed(t *testing.T) {
 		t.Fatalf("credentials refused: %v, want ErrAuth", err)
 	}
 }
+
+// TestOpenPingCredentialsSent: an upstream whose ping answers 200 to
+// anyone (zot or Nexus with anonymous access to some repositories) but
+// whose other repositories take Basic credentials gets the configured
+// ones with every request, as go-containerregistry sends them after an
+// open ping: sent with none, every pull of such a repository was refused.
+// Without credentials configured, nothing is sent.
+func TestOpenPingCredentialsSent(t *testing.T) {
+	var sent atomic.Int64
+	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		if req.Header.Get("Authorization") != "" {
+			sent.Add(1)
+		}
+		if u, pw, ok := req.BasicAuth(); req.URL.Path != "/v2/public/x/manifests/v1" && (!ok || u != "bot" || pw != "pw") {
+			w.Header().Set("WWW-Authenticate", `Basic realm="test"`)
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	})
+	c := r.client(t, WithAuth(&authn.Basic{Username: "bot", Password: "pw"}))
+	if _, err := c.HeadManifest(t.Context(), "private/x", v1); err != nil {
+		t.Fatalf("with credentials: %v", err)
+	}
+	anon := r.client(t)
+	if _, err := anon.HeadManifest(t.Context(), "public/x", v1); err != nil {
+		t.Fatalf("anonymous, a public repository: %v", err)
+	}
+	if n := sent.Load(); n != 1 {
+		t.Errorf("%d requests carried credentials, want 1 (the one with credentials configured)", n)
+	}
+}

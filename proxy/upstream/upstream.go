@@ -362,17 +362,23 @@ func (c *Client) pingNow(ctx context.Context) (*pingAnswer, error) {
 }
 
 // authorize returns repo's transport after the ping's answer pa: the base
-// transport for an open upstream, else one built from pa's challenge
-// (asking go-containerregistry to ping again would cost a round trip),
-// with a pull token for repo from a bearer upstream.
+// transport for an open upstream without credentials, else one built from
+// pa's challenge (asking go-containerregistry to ping again would cost a
+// round trip), with a pull token for repo from a bearer upstream. An open
+// upstream with credentials gets them with every request, as Basic (as
+// go-containerregistry does): one open to anyone (zot, Nexus with
+// anonymous access to some repositories) may still want them for others.
 func (c *Client) authorize(ctx context.Context, repo string, pa *pingAnswer) (http.RoundTripper, error) {
-	if pa.open {
+	if pa.open && c.auth == authn.Anonymous {
 		return c.base, nil
 	}
 	ping := call{KindPing, "registry ping"}
 	// A copy per repository: the transports must not share the map.
 	pr := pa.challenge
 	pr.Parameters = maps.Clone(pa.challenge.Parameters)
+	if pa.open {
+		pr.Scheme = "Basic"
+	}
 	if !strings.EqualFold(pr.Scheme, "bearer") {
 		auth := c.auth
 		var cfg *authn.AuthConfig
