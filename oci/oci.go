@@ -350,3 +350,13 @@ func (r Ref) String() string {
 	}
 	return r.Tag
 }
+
+// ReferrersTag is the tag under which a registry without the referrers
+// API keeps the referrers of subject (distribution-spec's referrers tag
+// schema): "<alg>-<hex>", the algorithm cut to 32 characters and the hex
+// to 64 (a tag has at most 128: a sha512 digest's whole hex would make
+// none).
+func ReferrersTag(subject digest.Digest) string {
+	alg, hex := subject.Algorithm().String(), subject.Encoded()
+	return alg[:min(len(alg), 32)] + "-" + hex[:min(len(hex), 64)]
+}

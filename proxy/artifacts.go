@@ -160,7 +160,7 @@ func (p *Proxy) artifactsOf(ctx context.Context, t target, subject digest.Digest
 		p.log.Warn("listing referrers failed; not storing them", "upstream", t.host(), "repo", t.repo, "subject", subject, "error", err)
 	}
 	for _, suffix := range cosignSuffixes {
-		tag := referrersTag(subject) + "." + suffix
+		tag := oci.ReferrersTag(subject) + "." + suffix
 		m, fetched, err := p.cosignTag(ctx, t, tag)
 		switch {
 		case err == nil && m != nil:
@@ -300,7 +300,7 @@ func isFallbackTag(tag string) bool {
 	for i := range len(tag) {
 		if tag[i] == '-' {
 			d := digest.Digest(tag[:i] + ":" + tag[i+1:])
-			return oci.ValidDigest(d) && referrersTag(d) == tag
+			return oci.ValidDigest(d) && oci.ReferrersTag(d) == tag
 		}
 	}
 	return false

@@ -162,7 +162,7 @@ func (p *Proxy) cachedReferrers(ctx context.Context, t target, subject digest.Di
 			}
 		}
 	}
-	tag := referrersTag(subject)
+	tag := oci.ReferrersTag(subject)
 	if ok, err := p.tagHeld(t, tag); err != nil || !ok {
 		return nil
 	}
@@ -235,7 +235,7 @@ func noReferrersAPI(err error) bool {
 // referrers fill, not by an image fill of the index.
 func (p *Proxy) referrersFromTag(ctx context.Context, t target, subject digest.Digest, artifactType string) (*referrersAnswer, error) {
 	h := http.Header{}
-	m, err := p.artifactTag(ctx, t, referrersTag(subject), h)
+	m, err := p.artifactTag(ctx, t, oci.ReferrersTag(subject), h)
 	if err != nil {
 		return nil, err
 	}
@@ -262,13 +262,6 @@ func referrersFromIndex(m *storedManifest, artifactType string) (*referrersAnswe
 		return nil, err
 	}
 	return &referrersAnswer{body: body, filtered: artifactType != "", fromTag: true}, nil
-}
-
-// referrersTag is the referrers tag schema's tag for subject: "<alg>-<hex>",
-// the algorithm cut to 32 characters and the hex to 64.
-func referrersTag(subject digest.Digest) string {
-	alg, hex := subject.Algorithm().String(), subject.Encoded()
-	return alg[:min(len(alg), 32)] + "-" + hex[:min(len(hex), 64)]
 }
 
 // filterApplied reports whether an OCI-Filters-Applied value names filter.

@@ -17,14 +17,8 @@ import (
 )
 
 // FallbackTag is the tag under which a registry without the referrers API
-// keeps the referrers of subject (OCI distribution-spec, "referrers tag
-// schema"): "<alg>-<hex>", e.g. "sha256-<hex>", the algorithm cut to 32
-// characters and the hex to 64 as the schema says (a tag has at most 128:
-// a sha512 digest's whole hex would make none).
-func FallbackTag(subject digest.Digest) string {
-	alg, hex := subject.Algorithm().String(), subject.Encoded()
-	return alg[:min(len(alg), 32)] + "-" + hex[:min(len(hex), 64)]
-}
+// keeps the referrers of subject: oci.ReferrersTag.
+func FallbackTag(subject digest.Digest) string { return oci.ReferrersTag(subject) }
 
 // PutReferrer pushes body, a manifest that refers to subject (its
 // subject field), by digest as PutManifest does, and makes it findable as
