@@ -656,6 +656,43 @@ func TestDestinationMountsSharedLayers(t *testing.T) {
 	}
 }
 
+// A blob the destination holds for one repository is not put into
+// another for a client that asks it there, unless the upstream says that
+// repository has it: no content of one repository is handed out, or
+// copied, for another on the strength of its digest alone.
+func TestDestinationHeldBlobNotMountedUnvouched(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	a := up.SeedImage(t, "library/a", "v1", 1, 4<<10)
+	up.SeedImage(t, "library/b", "v1", 1, 4<<10)
+	dest := startDest(t)
+	m := startDestMirror(t, up, dest, nil)
+	cranePull(t, ref(t, m.Server, "library/a:v1"))
+	m.WaitIdle()
+	layer := a.Layers[0]
+	if !destHas(t, dest, "library/a", "blobs", layer) {
+		t.Fatalf("a's layer not at the destination")
+	}
+	r := get(t, m.URL()+"/v2/library/b/blobs/"+layer)
+	if r.status != http.StatusNotFound {
+		t.Fatalf("a's layer asked in b, which the upstream lacks: %d %s", r.status, r.body)
+	}
+	if destHas(t, dest, "library/b", "blobs", layer) {
+		t.Errorf("a's layer put into b at the destination, which the upstream says lacks it")
+	}
+	// Where the upstream has it too, it is mounted, not fetched.
+	seedDerivedCopy(t, up, a, "library/a", "library/c", "v1")
+	r = get(t, m.URL()+"/v2/library/c/blobs/"+layer)
+	if r.status != http.StatusOK || sha(r.body) != layer {
+		t.Fatalf("a's layer asked in c: %d", r.status)
+	}
+	if n := up.BlobBytesFor(layer); n != 0 {
+		t.Errorf("a's layer fetched again for c (%d bytes); want it mounted", n)
+	}
+	if !destHas(t, dest, "library/c", "blobs", layer) {
+		t.Errorf("a's layer not in c at the destination")
+	}
+}
+
 // seedDerivedCopy pushes img (in fromRepo upstream) to repo:tag too.
 func seedDerivedCopy(t *testing.T, up *fixture.Upstream, img *fixture.Image, fromRepo, repo, tag string) {
 	t.Helper()
