@@ -208,6 +208,12 @@ func (c *Cluster) relay(w http.ResponseWriter, r *http.Request, resp *http.Respo
 	var sent int64
 	for {
 		src := &readErrors{r: body}
+		if end >= 0 {
+			// A replica resuming a range may send past its end (a 200
+			// of the whole blob, read from the offset on): never more
+			// than the client asked for.
+			src.r = io.LimitReader(body, end-start-sent)
+		}
 		n, err := io.Copy(out, src)
 		body.Close()
 		sent += n

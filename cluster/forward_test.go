@@ -245,3 +245,36 @@ func TestManifestOwnerSilentUntilTheDeadline(t *testing.T) {
 		t.Fatalf("ok %v, err %v; want a 504 wrapping upstream.ErrUnavailable", ok, err)
 	}
 }
+
+// TestServeBlobResumedRangeStopsAtItsEnd: a client's Range the owner
+// answered 206 breaks mid-body, and the replica that resumes it answers
+// 200 with the whole blob (a download of unknown size ignores a Range).
+// The client gets the bytes of its range and not one past them: net/http
+// refuses a write past the Content-Length, so bytes past the range cut
+// the answer short.
+func TestServeBlobResumedRangeStopsAtItsEnd(t *testing.T) {
+	var body []byte
+	self := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write(body) // 200, whole, no length: a Range ignored
+	}))
+	t.Cleanup(self.Close)
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Range", fmt.Sprintf("bytes 2-4/%d", len(body)))
+		w.Header().Set("Content-Length", "3")
+		w.WriteHeader(http.StatusPartialContent)
+		w.Write(body[2:3])
+		w.(http.Flusher).Flush()
+		panic(http.ErrAbortHandler) // cut mid-body
+	}))
+	t.Cleanup(s.Close)
+	c, err := New(self.URL, []string{s.URL}, quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, d := ownedBy(t, c, s.URL) // 6 bytes or more: the range ends before the blob
+	w := httptest.NewRecorder()
+	served, err := c.ServeBlob(w, blobRequest(d, "Range", "bytes=2-4"), d)
+	if !served || err != nil || w.Code != http.StatusPartialContent || w.Body.String() != string(body[2:5]) {
+		t.Fatalf("served %v, err %v, answer %d %q; want 206 %q (bytes 2-4)", served, err, w.Code, w.Body.String(), body[2:5])
+	}
+}
