@@ -260,6 +260,9 @@ func (c *Cluster) resume(r *http.Request, dgst digest.Digest, tried map[string]b
 		}
 		resp, err := c.client.Do(req)
 		if err != nil {
+			if ctx.Err() != nil {
+				return nil, "", ctx.Err() // the client left: nothing to say of u
+			}
 			if u != c.self {
 				c.markDown(u, err)
 			}

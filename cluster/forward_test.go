@@ -278,3 +278,50 @@ func TestServeBlobResumedRangeStopsAtItsEnd(t *testing.T) {
 		t.Fatalf("served %v, err %v, answer %d %q; want 206 %q (bytes 2-4)", served, err, w.Code, w.Body.String(), body[2:5])
 	}
 }
+
+// TestServeBlobResumeClientGoneLeavesPeersUp: a client that hangs up
+// while its blob is being resumed through the next replica says nothing
+// of that replica: it stays up and keeps its share of misses.
+func TestServeBlobResumeClientGoneLeavesPeersUp(t *testing.T) {
+	var body []byte
+	reached := make(chan struct{})
+	next := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(reached)
+		<-r.Context().Done() // answers nothing before the client is gone
+	}))
+	t.Cleanup(next.Close)
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		w.Write(body[:1])
+		w.(http.Flusher).Flush()
+		panic(http.ErrAbortHandler) // cut mid-body
+	}))
+	t.Cleanup(s.Close)
+	c, err := New("http://self.test:5000", []string{s.URL, next.URL}, quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d digest.Digest
+	for i := 0; d == ""; i++ {
+		if i == 1000 {
+			t.Fatal("no digest owned by the peer with the other next in line")
+		}
+		b := []byte(fmt.Sprintf("blob %d", i))
+		if o := c.Owners(digest.FromBytes(b).String()); o[0] == s.URL && o[1] == next.URL {
+			body, d = b, digest.FromBytes(b)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		<-reached
+		cancel()
+	}()
+	served, err := c.ServeBlob(httptest.NewRecorder(), blobRequest(d).WithContext(ctx), d)
+	if !served || err == nil {
+		t.Fatalf("served %v, err %v; want served with an error", served, err)
+	}
+	if !peerUp(c, next.URL) {
+		t.Fatalf("%s marked down because a client hung up while it was asked to resume: %+v", next.URL, c.Peers())
+	}
+}
