@@ -227,7 +227,11 @@ func (p *Proxy) manifestByTag(ctx context.Context, t target, tag string, h http.
 			case errors.Is(err, upstream.ErrNotFound):
 				// The upstream says the tag is gone: so is it here, unless
 				// a fill recorded it anew meanwhile (it names another
-				// digest than the one checked).
+				// digest than the one checked). The answer is the
+				// upstream's (a replica that asked this one takes it as
+				// such, not as a name refused before any lookup, which it
+				// would ask the upstream about again).
+				h.Set(cacheHeader, "miss")
 				if _, derr := p.index.DeleteTagIf(t.host(), t.repo, tag, rec.Digest); derr != nil {
 					return nil, derr
 				}

@@ -57,3 +57,47 @@ func TestStaleTagRevalidatedByOwner(t *testing.T) {
 		t.Errorf("stale tag revalidated with %d upstream HEADs across %d replicas, want 1", n, len(rs))
 	}
 }
+
+// TestStaleTagGoneUpstreamAskedOnce: a stale tag the upstream no longer
+// has is asked of the upstream once, by its owner, whose "not found" the
+// other replicas take as the upstream's: not a reason to ask it again.
+func TestStaleTagGoneUpstreamAskedOnce(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/gone", "v1", 1, 1024)
+	clock := servertest.NewClock()
+	rs := startClusterWith(t, 2, up, sharedDir, nil, func(int) []server.Option {
+		return []server.Option{server.WithClock(clock.Now)}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for _, r := range rs {
+		st, _, raw, err := get(ctx, r.url+"/v2/library/gone/manifests/v1", nil)
+		if err != nil || st != http.StatusOK || sha(raw) != img.Digest {
+			t.Fatalf("%s: tag: status %d, err %v", r.url, st, err)
+		}
+		r.waitIdle(t)
+	}
+	asked := func() int {
+		n := 0
+		for _, rec := range up.Requests() {
+			if rec.Kind == fixture.KindManifest && strings.HasSuffix(rec.Path, "/manifests/v1") {
+				n++
+			}
+		}
+		return n
+	}
+	before := asked()
+	clock.Advance(time.Duration(rs[0].cfg.TagTTL) + time.Minute)
+	up.SetFault(fixture.Fault{Kind: fixture.KindManifest, PathContains: "/manifests/v1", Status: http.StatusNotFound})
+	via := rs[0]
+	if o := owner(rs, "docker.io/library/gone:v1"); o == via {
+		via = rs[1]
+	}
+	st, _, _, err := get(ctx, via.url+"/v2/library/gone/manifests/v1", nil)
+	if err != nil || st != http.StatusNotFound {
+		t.Fatalf("%s: tag gone upstream: status %d, err %v; want 404", via.url, st, err)
+	}
+	if n := asked() - before; n != 1 {
+		t.Errorf("a stale tag gone upstream was asked of the upstream %d times, want 1 (by its owner)", n)
+	}
+}
