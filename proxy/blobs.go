@@ -91,7 +91,10 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 	}
 	release()
 	w.Header().Set(cacheHeader, "miss")
-	if p.peers != nil {
+	// A download streaming here already (fetched while its owner was
+	// down, or for a replica that thinks this one owns it) is joined: the
+	// owner would fetch the blob from the upstream again.
+	if p.peers != nil && !p.blobs.streaming(dgst) {
 		if served, err := p.peers.ServeBlob(w, r, dgst); served || err != nil {
 			return err
 		}

@@ -110,6 +110,19 @@ func (d *downloads) running(dgst digest.Digest) *download {
 	return nil
 }
 
+// streaming reports whether a download of dgst is running and its bytes
+// are coming (the upstream answered, or the store another replica filled):
+// not one still waiting for another replica's lease.
+func (d *downloads) streaming(dgst digest.Digest) bool {
+	dl := d.running(dgst)
+	if dl == nil {
+		return false
+	}
+	dl.mu.Lock()
+	defer dl.mu.Unlock()
+	return dl.started
+}
+
 // maxResumes bounds how often a blob download cut mid-stream is resumed
 // with a Range request.
 const maxResumes = 3

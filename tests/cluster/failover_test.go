@@ -204,36 +204,51 @@ func TestReplicasThatDisagree(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	// Both replicas miss the blob at once; the first upstream answer is
-	// held until the other has been served.
+	// Both replicas miss the blob at once: the first upstream answer is
+	// held until both clients have bytes in hand (through a download of
+	// their own, or the other's, which one that forwarded a request
+	// already streams then joins).
 	gate := up.GateBlob(blob, 64<<10)
-	errs := make(chan error, 2)
+	var bodies []io.ReadCloser
 	for _, r := range rs {
-		go func() {
-			st, _, body, err := get(ctx, r.url+"/v2/library/loop/blobs/"+blob, nil)
-			if err == nil && (st != http.StatusOK || sha(body) != blob) {
-				err = fmt.Errorf("status %d, digest %s", st, sha(body))
-			}
-			errs <- err
-		}()
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.url+"/v2/library/loop/blobs/"+blob, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s: status %d", r.url, resp.StatusCode)
+		}
+		bodies = append(bodies, resp.Body)
 	}
-	<-gate.Reached()
-	if err := <-errs; err != nil {
-		t.Fatal(err)
+	heads := make([][]byte, len(bodies))
+	for i, b := range bodies {
+		heads[i] = make([]byte, 1024)
+		if _, err := io.ReadFull(b, heads[i]); err != nil {
+			t.Fatal(err)
+		}
 	}
 	gate.Open()
-	if err := <-errs; err != nil {
-		t.Fatal(err)
+	for i, b := range bodies {
+		rest, err := io.ReadAll(b)
+		if got := sha(append(heads[i], rest...)); err != nil || got != blob {
+			t.Fatalf("%s: err %v, digest %s", rs[i].url, err, got)
+		}
 	}
 	if n := blobGets(up, blob); n > 2 {
 		t.Errorf("blob fetched %d times upstream, want at most 2", n)
 	}
-	for _, r := range rs {
-		if v := r.metric(t, "docker_mirror_cluster_forwarded_total", map[string]string{"kind": "blob"}); v != 1 {
-			t.Errorf("%s forwarded %v blob requests, want 1 (its own client's; the other's is served here)", r.url, v)
+	for i, r := range rs {
+		fwd := r.metric(t, "docker_mirror_cluster_forwarded_total", map[string]string{"kind": "blob"})
+		if fwd > 1 {
+			t.Errorf("%s forwarded %v blob requests, want at most 1 (its own client's; the other's is served here)", r.url, fwd)
 		}
-		if v := r.metric(t, "docker_mirror_cluster_served_for_peers_total", nil); v != 1 {
-			t.Errorf("%s served %v forwarded requests, want 1", r.url, v)
+		if v := rs[1-i].metric(t, "docker_mirror_cluster_served_for_peers_total", nil); v != fwd {
+			t.Errorf("%s served %v forwarded requests, %s forwarded %v", rs[1-i].url, v, r.url, fwd)
 		}
 	}
 
@@ -258,5 +273,62 @@ func TestReplicasThatDisagree(t *testing.T) {
 	}
 	if v := b.metric(t, "docker_mirror_cluster_forwarded_total", map[string]string{"kind": "manifest"}); v != 0 {
 		t.Errorf("b forwarded %v manifest requests, want 0 (a's tag is served where it lands)", v)
+	}
+}
+
+// TestRunningDownloadJoinedNotForwarded: a replica already downloading a
+// blob it does not own (it fetched it while the owner was down, or for a
+// replica that thinks it owns it) gives its next client that download,
+// as the background mirror does, instead of sending the client to the
+// owner, which would fetch the blob from the upstream once more.
+func TestRunningDownloadJoinedNotForwarded(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	data := make([]byte, 256<<10)
+	rand.Read(data)
+	blob := up.PushBlob(t, "library/running", data)
+	rs := startCluster(t, 2, up, sharedDir, nil)
+	via := rs[0]
+	if owner(rs, blob) == via {
+		via = rs[1]
+	}
+	gate := up.GateBlob(blob, 64<<10)
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	// A request another replica forwarded: served here, downloading the
+	// blob here.
+	first := make(chan error, 1)
+	go func() {
+		st, _, body, err := get(ctx, via.url+"/v2/library/running/blobs/"+blob, map[string]string{cluster.HopHeader: "http://other.test:5000"})
+		if err == nil && (st != http.StatusOK || sha(body) != blob) {
+			err = fmt.Errorf("status %d, digest %s", st, sha(body))
+		}
+		first <- err
+	}()
+	<-gate.Reached()
+
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, via.url+"/v2/library/running/blobs/"+blob, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	head := make([]byte, 1024)
+	if _, err := io.ReadFull(resp.Body, head); err != nil {
+		t.Fatal(err)
+	}
+	if n := blobGets(up, blob); n != 1 {
+		t.Errorf("blob fetched %d times upstream while this replica was downloading it, want 1", n)
+	}
+	gate.Open()
+	rest, err := io.ReadAll(resp.Body)
+	if err != nil || sha(append(head, rest...)) != blob {
+		t.Fatalf("second client: err %v, digest %s", err, sha(append(head, rest...)))
+	}
+	if err := <-first; err != nil {
+		t.Fatal(err)
 	}
 }
