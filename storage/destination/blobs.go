@@ -160,12 +160,7 @@ func (s *Store) Put(ctx context.Context, repo string, dgst digest.Digest, size i
 		return err
 	}
 	sess := &uploadSession{}
-	err = remote.WriteLayer(dst, l,
-		remote.WithContext(context.WithValue(ctx, sessionKey{}, sess)),
-		remote.WithTransport(t),
-		// The body streams once: a retry could only fail, and hide why.
-		remote.WithRetryPredicate(func(error) bool { return false }))
-	if err != nil {
+	if err := writeLayer(ctx, t, dst, l, sess); err != nil {
 		// The HTTP client may still be reading the body: let it read no
 		// more of r, which is the caller's again.
 		rerr := layer.body.stop()
@@ -211,11 +206,7 @@ func (s *Store) Mount(ctx context.Context, repo, from string, dgst digest.Digest
 		return err
 	}
 	sess := &uploadSession{}
-	err = remote.WriteLayer(dst, l,
-		remote.WithContext(context.WithValue(ctx, sessionKey{}, sess)),
-		remote.WithTransport(t),
-		remote.WithRetryPredicate(func(error) bool { return false }))
-	if err != nil {
+	if err := writeLayer(ctx, t, dst, l, sess); err != nil {
 		s.abort(ctx, t, sess)
 		what := fmt.Sprintf("mount of blob %s from %s to %s", dgst, src.RepositoryStr(), dst.RepositoryStr())
 		if errors.Is(err, storage.ErrNotMounted) {
@@ -225,6 +216,17 @@ func (s *Store) Mount(ctx context.Context, repo, from string, dgst digest.Digest
 	}
 	s.remember(repo, dgst)
 	return nil
+}
+
+// writeLayer writes l to dst through t: a HEAD, then the mount of a
+// mountable layer, else an upload, whose session is noted in sess (for
+// abort). It is never retried: a body streams once, and a retry could
+// only fail, and hide why.
+func writeLayer(ctx context.Context, t http.RoundTripper, dst name.Repository, l v1.Layer, sess *uploadSession) error {
+	return remote.WriteLayer(dst, l,
+		remote.WithContext(context.WithValue(ctx, sessionKey{}, sess)),
+		remote.WithTransport(t),
+		remote.WithRetryPredicate(func(error) bool { return false }))
 }
 
 // contentless is the layer of a Mount: it has no content to upload.
