@@ -53,7 +53,14 @@ type Cluster struct {
 
 	mu    sync.Mutex
 	peers map[string]*peer // by URL, self excluded
+	// left holds when each peer the name stopped listing left (a pod
+	// removed, or killed): it is down for a lease it held, so that the
+	// others need not wait that lease out.
+	left map[string]time.Time
 }
+
+// leftFor is how long a peer that left is remembered as down.
+const leftFor = 10 * time.Minute
 
 // peer is what this replica knows of another.
 type peer struct {
@@ -144,6 +151,7 @@ func New(self string, peers []string, opts ...Option) (*Cluster, error) {
 		probeTTL: 5 * time.Second,
 		metrics:  newMetrics(),
 		peers:    map[string]*peer{},
+		left:     map[string]time.Time{},
 	}
 	for _, o := range opts {
 		o(c)
@@ -251,17 +259,20 @@ func (c *Cluster) Peers() []PeerState {
 }
 
 // Down reports whether u is a peer this replica has marked down (a
-// failed connection or probe): a lease it holds need not be waited out.
-// u is normalised as the peers are: a lease names its holder as that
-// replica's own configuration spells it.
+// failed connection or probe), or one that left the DNS name: a lease it
+// holds need not be waited out. u is normalised as the peers are: a lease
+// names its holder as that replica's own configuration spells it.
 func (c *Cluster) Down(u string) bool {
 	if n, err := parseURL(u); err == nil {
 		u = n
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	p, ok := c.peers[u]
-	return ok && !p.up
+	if p, ok := c.peers[u]; ok {
+		return !p.up
+	}
+	_, gone := c.left[u]
+	return gone
 }
 
 // markDown takes a peer out of the hashing at once, e.g. after a failed
@@ -355,11 +366,18 @@ func (c *Cluster) Refresh(ctx context.Context) error {
 	}
 	c.mu.Lock()
 	var joined, left []string
+	now := c.now()
+	for u, at := range c.left {
+		if found[u] || now.Sub(at) > leftFor {
+			delete(c.left, u)
+		}
+	}
 	for u, p := range c.peers {
 		if p.dns && !found[u] {
 			p.dns = false
 			if !p.static {
 				delete(c.peers, u)
+				c.left[u] = now
 				left = append(left, u)
 			}
 		}

@@ -170,6 +170,33 @@ func TestRefreshDNS(t *testing.T) {
 	}
 }
 
+// A peer that left the DNS name (a pod removed or killed) is down for the
+// leases it held: the others take them over at once rather than wait out
+// their TTL with their clients (lease.WithHolderDown). One that comes
+// back is up again; one never seen is not called down.
+func TestPeerThatLeftIsDown(t *testing.T) {
+	answers := [][]string{{"10.0.0.1", "10.0.0.2"}, {"10.0.0.2"}, {"10.0.0.1", "10.0.0.2"}}
+	var calls atomic.Int32
+	resolve := func(context.Context, string) ([]string, error) { return answers[int(calls.Add(1))-1], nil }
+	c, err := New("http://10.0.0.9:5000", nil, WithPeersDNS("mirror-peers.ci.svc", "5000"), WithResolver(resolve), quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	const gone = "http://10.0.0.1:5000"
+	for i, want := range []bool{false, true, false} {
+		if err := c.Refresh(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if got := c.Down(gone); got != want {
+			t.Errorf("lookup %d (%v): Down(%s) = %v, want %v", i+1, answers[i], gone, got, want)
+		}
+	}
+	if c.Down("http://10.0.0.7:5000") || c.Down("http://10.0.0.2:5000") {
+		t.Error("a replica never seen, or one listed, is called down")
+	}
+}
+
 func TestSecret(t *testing.T) {
 	c, err := New("http://self:5000", nil, WithSecret("s3cret"), quiet())
 	if err != nil {
