@@ -50,16 +50,12 @@ func (p *Proxy) getPrefetch(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (p *Proxy) listPrefetch(w http.ResponseWriter, _ *http.Request) error {
-	list, err := p.index.Jobs(50)
+	list, err := p.Jobs(50)
 	if err != nil {
 		return err
 	}
-	for i, j := range list {
-		if !j.Finished() {
-			if live, err := p.Job(j.ID); err == nil {
-				list[i] = live
-			}
-		}
+	if list == nil {
+		list = []*storage.Job{} // none: an empty list, not null
 	}
 	return WriteJSON(w, http.StatusOK, struct {
 		Jobs []*storage.Job `json:"jobs"`
