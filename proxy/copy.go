@@ -2,7 +2,9 @@ package proxy
 
 import (
 	"context"
+	"fmt"
 	"net/http"
+	"strings"
 
 	"github.com/distribution/reference"
 
@@ -73,6 +75,9 @@ func (p *Proxy) Copy(ctx context.Context, ref string, pats []oci.Platform, onPro
 	if configured {
 		pats = p.platformsFor(im.t)
 	}
+	if err := noPlatformMatches(ref, m.body, m.mediaType, pats); err != nil {
+		return prog.snapshot(), err
+	}
 	platforms, err := p.copyImage(ctx, im.t, m, pats, prog)
 	if err != nil {
 		return prog.snapshot(), err
@@ -95,6 +100,37 @@ func (p *Proxy) Copy(ctx context.Context, ref string, pats []oci.Platform, onPro
 	}
 	prog.update(func() {})
 	return prog.snapshot(), nil
+}
+
+// noPlatformMatches refuses a copy for platforms (pats, asked for or
+// configured) of which the index body has none: it would store the index
+// alone and say done. (A pull's background mirror of such an index,
+// which the client pulls as it likes, is no copy.)
+// An image, or an index of artifacts only, has no platforms to refuse.
+func noPlatformMatches(ref string, body []byte, mediaType string, pats []oci.Platform) error {
+	if !oci.IsIndex(mediaType) {
+		return nil
+	}
+	doc, _, err := oci.ParseManifest(body, mediaType)
+	if err != nil {
+		return err
+	}
+	if _, names := selectChildren(doc.Manifests, pats); len(names) > 0 {
+		return nil
+	}
+	var has, asked []string
+	for _, d := range doc.Manifests {
+		if d.Platform != nil && !oci.IsAttestation(d) {
+			has = append(has, oci.PlatformString(d.Platform))
+		}
+	}
+	if len(has) == 0 {
+		return nil
+	}
+	for _, pat := range pats {
+		asked = append(asked, pat.String())
+	}
+	return fmt.Errorf("%s has no platform matching %s (it has %s)", ref, strings.Join(asked, ", "), strings.Join(has, ", "))
 }
 
 // copySource is the manifest a copy starts from: by digest, the one the

@@ -42,6 +42,9 @@ func (p *Proxy) Plan(ctx context.Context, ref string, pats []oci.Platform) (Plan
 	if err != nil {
 		return Plan{}, err
 	}
+	if err := noPlatformMatches(ref, m.Body, m.MediaType, pats); err != nil {
+		return Plan{}, err
+	}
 	plan := Plan{Digest: m.Digest.String(), Manifests: 1}
 	doc, mt, err := oci.ParseManifest(m.Body, m.MediaType)
 	if err != nil {

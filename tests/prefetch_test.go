@@ -130,6 +130,24 @@ func TestPrefetchPlatforms(t *testing.T) {
 	}
 }
 
+// Platforms an index has none of fail the image, naming what it has: it
+// would otherwise be stored alone and said done.
+func TestPrefetchPlatformsNoneMatch(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	up.SeedMultiArch(t, "library/multi", "v1", fixture.Docker)
+	m := servertest.Start(t, up.URL())
+	r := postPrefetch(t, m, `{"images": ["multi:v1"], "platforms": ["linux/s390x", "darwin/*"]}`)
+	m.WaitIdle()
+	j := job(t, m, r.header.Get("Location"))
+	im := j.Images[0]
+	if want := "multi:v1 has no platform matching linux/s390x/*, darwin/*/* (it has "; im.State != storage.JobFailed || !strings.HasPrefix(im.Error, want) || !strings.Contains(im.Error, "linux/arm64") {
+		t.Fatalf("job image %+v; want it failed: %s... linux/arm64 ...", im, want)
+	}
+	if n := up.Count("", fixture.KindBlob); n != 0 {
+		t.Errorf("%d blob requests for platforms the image lacks", n)
+	}
+}
+
 // A prefetch and live pulls of the same image at the same time fetch each
 // blob once. The upstream holds every blob (after its first byte) until
 // the prefetch has asked for them all; only then do the pulls start, and

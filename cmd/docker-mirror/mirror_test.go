@@ -322,6 +322,23 @@ func TestMirrorCommandPlatform(t *testing.T) {
 	}
 }
 
+// A platform the image lacks fails it, in a copy and in a dry run,
+// naming the platforms it has; nothing is pushed.
+func TestMirrorCommandPlatformNoneMatch(t *testing.T) {
+	e := newMirrorEnv(t)
+	for _, args := range [][]string{{"--platform", "linux/s390x", "hello-world"}, {"--dry-run", "--platform", "linux/s390x", "hello-world"}} {
+		code, stdout, stderr := e.mirror(t, args...)
+		if code != 1 || !strings.Contains(stdout+stderr, "hello-world has no platform matching linux/s390x/* (it has linux/amd64, ") {
+			t.Errorf("%v: exit %d\nstdout:\n%s\nstderr:\n%s", args, code, stdout, stderr)
+		}
+	}
+	for _, r := range e.dest.Requests() {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			t.Errorf("pushed to the destination: %+v", r)
+		}
+	}
+}
+
 // --all-tags copies every tag of the repository.
 func TestMirrorCommandAllTags(t *testing.T) {
 	e := newMirrorEnv(t)
