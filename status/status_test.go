@@ -4,11 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"html"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -651,5 +653,31 @@ func TestUnpinWhatIsNotCached(t *testing.T) {
 	}
 	if pins, err := m.Index.Pins(); err != nil || len(pins) != 0 {
 		t.Errorf("pins after the unpin: %v %v", pins, err)
+	}
+}
+
+// A digest pinned with nothing of it cached is listed under no repository:
+// the overview gives it no link to a repository's page (it linked to
+// /images/, which answers 404), and every link it gives leads to a page.
+func TestPinnedNotCachedHasNoDeadLink(t *testing.T) {
+	m := startMirror(t)
+	m.fill(t, nil)
+	d := digest.FromString("never fetched")
+	if err := m.Index.Pin(d.String(), storage.PinRecord{PinnedAt: time.Now(), Reason: "prefetch"}); err != nil {
+		t.Fatal(err)
+	}
+	a := send(t, http.MethodGet, m.URL()+"/", "", nil)
+	body := string(a.body)
+	if a.status != http.StatusOK || !strings.Contains(body, `data-digest="`+d.String()+`"`) {
+		t.Fatalf("GET /: %d, the pinned digest not listed:\n%s", a.status, body)
+	}
+	links := regexp.MustCompile(`href="(/images/[^"]*)"`).FindAllStringSubmatch(body, -1)
+	if len(links) == 0 {
+		t.Fatal("the overview links to no image's page")
+	}
+	for _, l := range links {
+		if a := send(t, http.MethodGet, m.URL()+html.UnescapeString(l[1]), "", nil); a.status != http.StatusOK {
+			t.Errorf("the overview links to %s, which answers %d %s", l[1], a.status, a.body)
+		}
 	}
 }
