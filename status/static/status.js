@@ -22,6 +22,15 @@
     }
     const resp = await fetch(url, { headers: { Accept: "text/html" }, cache: "no-store" });
     if (!resp.ok) {
+      const images = document.getElementById("images");
+      if (all && resp.status === 404 && images) {
+        // An image's page after its repository's last image went
+        // (evicted): the page answers 404, nothing of it is left to show.
+        const none = document.createElement("p");
+        none.className = "none";
+        none.textContent = "Nothing of this repository is cached any more.";
+        images.replaceChildren(none);
+      }
       return;
     }
     const doc = new DOMParser().parseFromString(await resp.text(), "text/html");

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -19,10 +20,12 @@ import (
 
 	cdplog "github.com/chromedp/cdproto/log"
 	"github.com/chromedp/cdproto/network"
+	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/docker-mirror/docker-mirror/lifecycle"
 	"github.com/docker-mirror/docker-mirror/proxy"
 	"github.com/docker-mirror/docker-mirror/proxy/access"
 	"github.com/docker-mirror/docker-mirror/storage"
@@ -366,6 +369,68 @@ func TestStatusPageImageAction(t *testing.T) {
 		t.Errorf("after Pin: %q lacks pinned", badges)
 	}
 	if e := errs.take(); len(e) > 0 {
+		t.Errorf("the page reported errors:\n%s", strings.Join(e, "\n"))
+	}
+}
+
+// Evicting the last image of a repository on its page shows it gone: the
+// page no longer lists the image and its buttons (the refresh after the
+// action got the repository's page's 404, and silently kept them, next to
+// "evict: done").
+func TestStatusPageEvictLastImage(t *testing.T) {
+	exe := requireChromium(t)
+	up := fixture.StartUpstream(t)
+	im := up.SeedImage(t, "library/webapp", "1.0", 1, 4<<10)
+	m := servertest.Start(t, up.URL()) // no auth: everyone is an admin
+	req, err := http.NewRequest(http.MethodGet, m.URL()+"/v2/library/webapp/manifests/1.0", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Accept", "application/vnd.oci.image.manifest.v1+json")
+	resp, err := (&http.Client{Timeout: time.Minute}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("pull: %d", resp.StatusCode)
+	}
+	m.WaitIdle()
+	m.Clock.Advance(lifecycle.DefaultGrace + time.Minute) // past the collection's grace
+
+	tab, errs := browser(t, exe)
+	// The evict button asks for confirmation: yes.
+	dialogs := chromedp.Events(tab, page.JavascriptDialogOpening)
+	go func() {
+		for _, err := range dialogs {
+			if err != nil {
+				return
+			}
+			if _, err := chromedp.Call(tab, page.HandleJavaScriptDialog, page.HandleJavaScriptDialogParams{Accept: true}); err != nil {
+				return
+			}
+		}
+	}()
+	evict := chromedp.CSS(`section.image[data-digest="` + im.Digest + `"] button[data-action="evict"]`)
+	do(t, tab, chromedp.Navigate(m.URL()+"/images/docker.io/library/webapp"), chromedp.WaitVisible(evict))
+	do(t, tab, chromedp.Click(evict), chromedp.WaitVisible(chromedp.CSS("#notice")))
+	ctx, cancel := context.WithTimeout(tab, 20*time.Second)
+	defer cancel()
+	if err := chromedp.Do(ctx, chromedp.WaitVisible(chromedp.CSS("#images p.none"))); err != nil {
+		t.Fatalf("after evicting the repository's last image, its page does not show it gone (%v); notice %q, images %s",
+			err, run(t, tab, chromedp.Text(chromedp.CSS("#notice"))), run(t, tab, chromedp.OuterHTML(chromedp.CSS("#images"))))
+	}
+	if notice := run(t, tab, chromedp.Text(chromedp.CSS("#notice"))); !strings.Contains(notice, "evict: done") {
+		t.Errorf("notice %q", notice)
+	}
+	if left := run(t, tab, chromedp.Nodes(chromedp.CSSAll("section.image, button[data-action]"), chromedp.AtLeast(0))); len(left) != 0 {
+		t.Errorf("after the eviction the page still shows %d images and buttons", len(left))
+	}
+	// The refresh's 404 is the answer expected: the browser logs it.
+	e := slices.DeleteFunc(errs.take(), func(s string) bool {
+		return strings.Contains(s, "status of 404") && strings.HasSuffix(s, m.URL()+"/images/docker.io/library/webapp")
+	})
+	if len(e) > 0 {
 		t.Errorf("the page reported errors:\n%s", strings.Join(e, "\n"))
 	}
 }
