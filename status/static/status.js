@@ -44,10 +44,15 @@
     }
   }
 
+  // One auto-refresh at a time: an answer can be slow (a destination
+  // check, a first image list), and refreshes piling up would take the
+  // browser's connections to the mirror, the actions' too.
   const auto = document.getElementById("autorefresh");
+  let refreshing = false;
   setInterval(function () {
-    if (auto && auto.checked && document.visibilityState === "visible") {
-      refresh(false).catch(function () {});
+    if (!refreshing && auto && auto.checked && document.visibilityState === "visible") {
+      refreshing = true;
+      refresh(false).catch(function () {}).finally(function () { refreshing = false; });
     }
   }, refreshEvery);
 

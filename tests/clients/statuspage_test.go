@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"image/png"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -431,6 +432,129 @@ func TestStatusPageEvictLastImage(t *testing.T) {
 		return strings.Contains(s, "status of 404") && strings.HasSuffix(s, m.URL()+"/images/docker.io/library/webapp")
 	})
 	if len(e) > 0 {
+		t.Errorf("the page reported errors:\n%s", strings.Join(e, "\n"))
+	}
+}
+
+// liveHold holds the page's auto-refreshes (?live=1) until released, and
+// counts how many are held at once.
+type liveHold struct {
+	next    http.Handler
+	release chan struct{}
+	arrived chan struct{} // one send per refresh that arrives
+
+	mu        sync.Mutex
+	held, max int
+}
+
+func (l *liveHold) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Query().Get("live") == "" {
+		l.next.ServeHTTP(w, r)
+		return
+	}
+	l.mu.Lock()
+	l.held++
+	l.max = max(l.max, l.held)
+	l.mu.Unlock()
+	select {
+	case l.arrived <- struct{}{}:
+	default:
+	}
+	select {
+	case <-l.release:
+	case <-r.Context().Done():
+	}
+	l.mu.Lock()
+	l.held--
+	l.mu.Unlock()
+	l.next.ServeHTTP(w, r)
+}
+
+func (l *liveHold) most() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.max
+}
+
+// The page's auto-refresh starts no refresh while one is running: a slow
+// answer (a destination check, a first image list) held refreshes piled up
+// (one more every 5 s), until they took the browser's 6 connections to the
+// mirror and an admin's action waited behind them. The page's timer is
+// driven by the test: its ticks are called, each while the first refresh
+// is held.
+func TestStatusPageRefreshesOneAtATime(t *testing.T) {
+	exe := requireChromium(t)
+	up := fixture.StartUpstream(t)
+	im := up.SeedImage(t, "library/webapp", "1.0", 1, 4<<10)
+	m := servertest.Start(t, up.URL()) // no auth: everyone is an admin
+	req, err := http.NewRequest(http.MethodGet, m.URL()+"/v2/library/webapp/manifests/1.0", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Accept", "application/vnd.oci.image.manifest.v1+json")
+	resp, err := (&http.Client{Timeout: time.Minute}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("pull: %d", resp.StatusCode)
+	}
+	m.WaitIdle()
+	hold := &liveHold{next: m.Server.Handler(), release: make(chan struct{}), arrived: make(chan struct{}, 1)}
+	front := httptest.NewServer(hold)
+	t.Cleanup(front.Close)
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			close(hold.release)
+		}
+	}
+	defer release()
+
+	tab, errs := browser(t, exe)
+	// The page's setInterval keeps its function for the test to call.
+	if _, err := chromedp.Call(tab, page.AddScriptToEvaluateOnNewDocument, page.AddScriptToEvaluateOnNewDocumentParams{
+		Source: `window.ticks = []; window.setInterval = function (f) { window.ticks.push(f); return 0; };`,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	pin := chromedp.CSS(`td.actions[data-digest="` + im.Digest + `"] button[data-action="pin"]`)
+	do(t, tab, chromedp.Navigate(front.URL+"/"), chromedp.WaitVisible(pin))
+	if n := run(t, tab, chromedp.Evaluate[int](`window.ticks.length`)); n != 1 {
+		t.Fatalf("the page set %d intervals, want 1", n)
+	}
+	// Six ticks of the timer (30 s) while the first refresh is held.
+	run(t, tab, chromedp.Evaluate[int](`for (let i = 0; i < 6; i++) { window.ticks[0](); } 0`))
+	select {
+	case <-hold.arrived:
+	case <-tab.Done():
+		t.Fatal("no refresh arrived")
+	}
+	ctx, cancel := context.WithTimeout(tab, 20*time.Second)
+	defer cancel()
+	if err := chromedp.Do(ctx, chromedp.Click(pin), chromedp.WaitVisible(chromedp.CSS("#notice"))); err != nil {
+		t.Fatalf("with a slow refresh, the Pin action got no answer (%v): %d refreshes held at once", err, hold.most())
+	}
+	if notice := run(t, tab, chromedp.Text(chromedp.CSS("#notice"))); !strings.Contains(notice, "pin: done") {
+		t.Errorf("notice %q", notice)
+	}
+	// Once the refresh is answered (its uptime swapped in), the next tick
+	// refreshes again.
+	run(t, tab, chromedp.Evaluate[int](`document.getElementById("uptime").dataset.old = "1"; 0`))
+	release()
+	do(t, tab, chromedp.WaitReady(chromedp.CSS(`#uptime:not([data-old])`)))
+	run(t, tab, chromedp.Evaluate[int](`window.ticks[0](); 0`))
+	select {
+	case <-hold.arrived:
+	case <-tab.Done():
+		t.Fatal("no refresh after the first was answered")
+	}
+	if n := hold.most(); n != 1 {
+		t.Errorf("%d refreshes held at once, want 1", n)
+	}
+	if e := errs.take(); len(e) > 0 {
 		t.Errorf("the page reported errors:\n%s", strings.Join(e, "\n"))
 	}
 }
