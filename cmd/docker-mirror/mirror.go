@@ -130,11 +130,7 @@ func mirrorImages(ctx context.Context, cfg config.Config, log *slog.Logger, imag
 			refs = append(refs, im)
 			continue
 		}
-		name := im
-		if i := strings.LastIndexAny(im, ":@"); i > strings.LastIndexByte(im, '/') {
-			name = im[:i]
-		}
-		tags, err := p.ExpandTags(ctx, name+":*")
+		tags, err := p.ExpandTags(ctx, repository(im)+":*")
 		if err != nil {
 			fmt.Fprintf(out, "%s: listing tags: %v\n", im, err)
 			failed = append(failed, im)
@@ -170,6 +166,17 @@ func mirrorImages(ctx context.Context, cfg config.Config, log *slog.Logger, imag
 		}
 	}
 	return failed, nil
+}
+
+// repository is an image reference without its digest and tag:
+// "nginx:1.27@sha256:..." is "nginx" (the digest's own colon is no tag's),
+// "localhost:5000/app:1" is "localhost:5000/app".
+func repository(im string) string {
+	name, _, _ := strings.Cut(im, "@")
+	if i := strings.LastIndexByte(name, ':'); i > strings.LastIndexByte(name, '/') {
+		name = name[:i]
+	}
+	return name
 }
 
 func printPlan(ctx context.Context, p *proxy.Proxy, ref string, out io.Writer) error {

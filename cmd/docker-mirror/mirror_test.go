@@ -362,6 +362,26 @@ func TestMirrorCommandAllTags(t *testing.T) {
 	}
 }
 
+// --all-tags takes the repository of an image given by digest (or by tag
+// and digest), as of one given by tag.
+func TestMirrorCommandAllTagsOfADigestReference(t *testing.T) {
+	e := newMirrorEnv(t)
+	older := e.up.SeedImage(t, "library/hello-world", "1.0", 1, 4<<10)
+	for _, im := range []string{"hello-world@" + e.hello.Digest, "hello-world:latest@" + e.hello.Digest} {
+		code, stdout, stderr := e.mirror(t, "--all-tags", im)
+		if code != 0 {
+			t.Fatalf("--all-tags %s: exit %d\nstdout:\n%s\nstderr:\n%s", im, code, stdout, stderr)
+		}
+		for _, tag := range []string{"latest", "1.0"} {
+			if !strings.Contains(stdout, "hello-world:"+tag+": done ") {
+				t.Errorf("--all-tags %s: stdout does not report tag %s:\n%s", im, tag, stdout)
+			}
+		}
+	}
+	wantMultiArchAt(t, e.dest, "library/hello-world", e.hello, linuxPlatforms...)
+	wantAt(t, e.dest, "library/hello-world", "1.0", older.Manifest, older.MediaType)
+}
+
 // --dry-run copies nothing and says what it would copy.
 func TestMirrorCommandDryRun(t *testing.T) {
 	e := newMirrorEnv(t)
