@@ -115,7 +115,10 @@ func mirrorImages(ctx context.Context, cfg config.Config, log *slog.Logger, imag
 	}
 	defer os.RemoveAll(tmp)
 	cfg.Data = tmp
-	cfg.TLSCert, cfg.TLSKey = "", "" // no server: a serve config's certificate is not needed
+	// No server: what only a server uses (its certificate, its clients'
+	// htpasswd file, its sync, its cluster's peers) is neither read nor run.
+	cfg.TLSCert, cfg.TLSKey = "", ""
+	cfg.Auth, cfg.Sync, cfg.Cluster = config.Auth{}, config.Sync{}, config.Cluster{}
 	srv, err := server.New(ctx, cfg, server.WithLogger(log))
 	if err != nil {
 		return nil, err

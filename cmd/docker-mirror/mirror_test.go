@@ -16,6 +16,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -728,5 +729,39 @@ func TestMirrorCommandLogFormatJSON(t *testing.T) {
 	}
 	if !warned {
 		t.Errorf("no warning that the destination requires every platform:\n%s", stderr)
+	}
+}
+
+// mirror takes a serve configuration for its upstreams and destination:
+// what only a server uses (its clients' htpasswd file, its sync, its
+// cluster) is neither read nor run. The htpasswd file and the cluster
+// secret, readable by the service's user only, were opened (and the
+// copy failed), the sync's images checked, and the copies sent to the
+// cluster's peers.
+func TestMirrorCommandServeConfig(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "area51/jenkins", "2.4", 1, 4<<10)
+	dest := fixture.StartDestination(t, nil)
+	var peerRequests atomic.Int64
+	peer := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		peerRequests.Add(1)
+		http.Error(w, "not a replica", http.StatusServiceUnavailable)
+	}))
+	defer peer.Close()
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "readable-by-the-service-only")
+	cfg := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(cfg, []byte("auth:\n  htpasswd: "+missing+"\n"+
+		"sync:\n  interval: 6h\n  images: [ghcr.io/owner/app:1]\n"+
+		"cluster:\n  self: http://127.0.0.1:9\n  peers: ["+peer.URL+"]\n  secret_file: "+missing+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, stdout, stderr := runCmd(t, context.Background(), "mirror", "--config", cfg, "-d", dest.URL()+"/mirror", "--upstream", up.URL(), "area51/jenkins:2.4")
+	if code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+	wantAt(t, dest, "area51/jenkins", "2.4", img.Manifest, img.MediaType)
+	if n := peerRequests.Load(); n != 0 {
+		t.Errorf("the cluster's peer got %d requests", n)
 	}
 }
