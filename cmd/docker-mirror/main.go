@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"strings"
 	"syscall"
 )
 
@@ -47,7 +48,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stderr, usage)
 		return exitUsage
 	}
-	switch args[0] {
+	cmd := args[0]
+	if strings.HasPrefix(cmd, "-") {
+		cmd, _, _ = strings.Cut(cmd, "=") // -d=DEST is -d DEST
+	}
+	switch cmd {
 	case "serve":
 		return serveCommand(ctx, args[1:], stdout, stderr)
 	case "mirror":

@@ -308,6 +308,15 @@ func TestMirrorCommandLegacyForm(t *testing.T) {
 		t.Errorf("stdout:\n%s", stdout)
 	}
 	wantPlain(t, stdout+stderr)
+	// The flag with its value after '=', as flags may be given.
+	for i, d := range []string{"-d=", "--destination="} {
+		prefix := fmt.Sprint(i)
+		code, stdout, stderr := runCmd(t, context.Background(), d+dest.URL()+"/mirror/"+prefix, "hello-world")
+		if code != 0 {
+			t.Fatalf("%s: exit %d\nstdout:\n%s\nstderr:\n%s", d, code, stdout, stderr)
+		}
+		wantAt(t, dest, prefix+"/library/hello-world", "latest", ma.Index, ma.MediaType)
+	}
 }
 
 // --platform narrows the copy to one platform (and its attestation).
