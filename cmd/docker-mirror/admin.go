@@ -26,7 +26,8 @@ import (
 
 // The offline commands work on a stopped server's data directory (the
 // index is exclusive: with the server running they fail at once, saying
-// so). They read --data, --config and the storage settings as serve does.
+// so). They read --data, --config and the storage settings as serve does,
+// and apply memory_limit and pass_gc_percent to their passes.
 
 // adminUsage is the part of the usage text about the offline commands.
 const adminUsage = `  docker-mirror ls --data DIR [--json]
@@ -58,6 +59,7 @@ func adminCommand(name, synopsis string, args []string, stdout, stderr io.Writer
 		fmt.Fprintf(stderr, "docker-mirror %s: %v\n", name, err)
 		return cfg, exitUsage, false
 	}
+	applyMemoryLimit(cfg) // the passes build the heap a server's do
 	return cfg, 0, true
 }
 
@@ -227,7 +229,7 @@ func gcCommand(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	}
 	var r lifecycle.Report
 	var images int
-	err := withCollector(ctx, cfg, "gc", !dryRun, lifecycle.Options{Grace: grace, DryRun: dryRun, Log: adminLogger(cfg, stderr)},
+	err := withCollector(ctx, cfg, "gc", !dryRun, lifecycle.Options{Grace: grace, DryRun: dryRun, Log: adminLogger(cfg, stderr), GCHold: passGCHold(cfg)},
 		func(c *lifecycle.Collector, _ *storage.Index) error {
 			var err error
 			if r, err = c.Collect(ctx); err != nil {
@@ -268,7 +270,7 @@ func verifyCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 		return verifyDestination(ctx, cfg, repair, stdout, stderr)
 	}
 	var r lifecycle.Report
-	err := withCollector(ctx, cfg, "verify", repair, lifecycle.Options{DryRun: !repair, Log: adminLogger(cfg, stderr)},
+	err := withCollector(ctx, cfg, "verify", repair, lifecycle.Options{DryRun: !repair, Log: adminLogger(cfg, stderr), GCHold: passGCHold(cfg)},
 		func(c *lifecycle.Collector, _ *storage.Index) error {
 			var err error
 			r, err = c.Verify(ctx)
@@ -421,7 +423,7 @@ func lsCommand(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	}
 	var list *lifecycle.ImageList
 	var stored int64
-	err := withCollector(ctx, cfg, "ls", false, lifecycle.Options{Log: adminLogger(cfg, stderr)},
+	err := withCollector(ctx, cfg, "ls", false, lifecycle.Options{Log: adminLogger(cfg, stderr), GCHold: passGCHold(cfg)},
 		func(c *lifecycle.Collector, index *storage.Index) error {
 			var err error
 			list, err = c.ListImages(ctx)

@@ -9,12 +9,15 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/docker-mirror/docker-mirror/gchold"
 	"github.com/docker-mirror/docker-mirror/lifecycle"
 	"github.com/docker-mirror/docker-mirror/storage"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
@@ -235,5 +238,53 @@ func TestAdminBadUsage(t *testing.T) {
 		if code, out, _ := runAdmin(t, cmd, "--help"); code != 0 || !strings.Contains(out, "Usage: docker-mirror "+cmd) || !strings.Contains(out, "-data") {
 			t.Errorf("%s --help: exit %d, %q", cmd, code, out)
 		}
+	}
+}
+
+// percentAtCollect is stderr for gc --log-level debug: it records the GC
+// percent in force when the collection logs a removal.
+type percentAtCollect struct {
+	mu       sync.Mutex
+	percents []int
+}
+
+func (w *percentAtCollect) Write(p []byte) (int, error) {
+	if bytes.Contains(p, []byte("msg=collected")) {
+		w.mu.Lock()
+		w.percents = append(w.percents, gchold.Process{}.GCPercent())
+		w.mu.Unlock()
+	}
+	return len(p), nil
+}
+
+// The offline commands apply memory_limit and pass_gc_percent as serve
+// does: their passes (gc's collection, ls's image list) build the same
+// heap as the server's. Both were accepted and ignored.
+func TestAdminMemorySettings(t *testing.T) {
+	oldLimit := debug.SetMemoryLimit(-1)
+	t.Cleanup(func() { debug.SetMemoryLimit(oldLimit) })
+	oldPercent := debug.SetGCPercent(100)
+	t.Cleanup(func() { debug.SetGCPercent(oldPercent) })
+	dir, _, _ := dataDir(t)
+	junk := make([]byte, 2048)
+	rand.Read(junk)
+	jd := digest.FromBytes(junk).String()
+	if err := os.MkdirAll(filepath.Dir(blobFile(dir, jd)), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(blobFile(dir, jd), junk, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	stderr := &percentAtCollect{}
+	code := run(context.Background(), []string{"gc", "--data", dir, "--log-level", "debug", "--pass-gc-percent", "7", "--memory-limit", "448MiB"}, &out, stderr)
+	if code != 0 || !strings.HasPrefix(out.String(), "gc: removed 1 blob") {
+		t.Fatalf("gc: exit %d, %q", code, out.String())
+	}
+	if len(stderr.percents) != 1 || stderr.percents[0] != 7 {
+		t.Errorf("GC percents while gc removed the blob %v; want [7] (--pass-gc-percent 7)", stderr.percents)
+	}
+	if got := debug.SetMemoryLimit(-1); got != 448<<20 {
+		t.Errorf("memory limit %d after gc --memory-limit 448MiB; want %d", got, 448<<20)
 	}
 }
