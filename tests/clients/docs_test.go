@@ -24,6 +24,7 @@ import (
 
 	"github.com/gorilla/mux"
 	"golang.org/x/crypto/bcrypt"
+	"gopkg.in/yaml.v3"
 
 	"github.com/docker-mirror/docker-mirror/config"
 	"github.com/docker-mirror/docker-mirror/proxy"
@@ -484,5 +485,62 @@ func TestAlertRulesUseExistingMetrics(t *testing.T) {
 		if !metrics[m[1]] {
 			t.Errorf("alerts.yaml uses %s, which docker-mirror does not have", m[1])
 		}
+	}
+}
+
+// yamlBlock is a fenced YAML example of a Markdown file.
+var yamlBlock = regexp.MustCompile("(?s)```yaml\n(.*?)```")
+
+// Every configuration the docs show (a ```yaml block of a Markdown file,
+// a YAML file under docs/examples) is one the configuration accepts: its
+// keys exist and, taken together, its values validate. A block none of
+// whose top-level keys is a configuration key is another program's
+// (Kubernetes, k3s, Prometheus) and is skipped.
+func TestDocsConfigExamplesAreValid(t *testing.T) {
+	top := map[string]bool{}
+	ct := reflect.TypeFor[config.Config]()
+	for i := range ct.NumField() {
+		name, _, _ := strings.Cut(ct.Field(i).Tag.Get("yaml"), ",")
+		if name != "" && name != "-" {
+			top[name] = true
+		}
+	}
+	d := docs(t)
+	checked := 0
+	for _, name := range slices.Sorted(maps.Keys(d)) {
+		text := d[name]
+		var examples []string
+		switch {
+		case strings.HasSuffix(name, ".md"):
+			for _, m := range yamlBlock.FindAllStringSubmatch(text, -1) {
+				examples = append(examples, m[1])
+			}
+		case strings.HasSuffix(name, ".yaml"), strings.HasSuffix(name, ".yml"):
+			examples = append(examples, text)
+		}
+		for _, ex := range examples {
+			var keys map[string]any
+			if yaml.Unmarshal([]byte(ex), &keys) != nil {
+				continue // not a mapping: not a configuration
+			}
+			ours := false
+			for k := range keys {
+				ours = ours || top[k]
+			}
+			if !ours {
+				continue
+			}
+			checked++
+			c, err := config.Parse(strings.NewReader(ex))
+			if err == nil {
+				err = c.Validate()
+			}
+			if err != nil {
+				t.Errorf("%s: an example configuration is refused: %v\n%s", name, err, ex)
+			}
+		}
+	}
+	if checked < 5 {
+		t.Fatalf("only %d example configurations found in the docs", checked)
 	}
 }
