@@ -21,6 +21,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/gorilla/mux"
 	"golang.org/x/crypto/bcrypt"
@@ -542,5 +543,72 @@ func TestDocsConfigExamplesAreValid(t *testing.T) {
 	}
 	if checked < 5 {
 		t.Fatalf("only %d example configurations found in the docs", checked)
+	}
+}
+
+// TestDocsFlagDefaults: the default the configuration tables give a flag
+// (operations.md's, and the README's serve flags) is the one serve has, as
+// its --help says it. Only a backticked default is compared (`30s`, `4`);
+// words such as "none" or "no limit" are prose. Durations compare by value
+// (`1m` is `1m0s`).
+func TestDocsFlagDefaults(t *testing.T) {
+	d := docs(t)
+	fs, _ := serveFlags()
+	defaultRE := regexp.MustCompile(`\(default ([^;]*);`)
+	flagRE := regexp.MustCompile("`--([a-z0-9-]+)")
+	same := func(doc, code string) bool {
+		if doc == code {
+			return true
+		}
+		a, err1 := time.ParseDuration(doc)
+		b, err2 := time.ParseDuration(code)
+		return err1 == nil && err2 == nil && a == b
+	}
+	tables := map[string]struct {
+		header       string
+		defaultIndex int
+	}{
+		"docs/operations.md": {"\n| flag | environment | file key | default | meaning |", 4},
+		"README.md":          {"\n| flag | default | meaning |", 2},
+	}
+	for name, tb := range tables {
+		_, rest, ok := strings.Cut(d[name], tb.header)
+		if !ok {
+			t.Fatalf("%s has no table %q", name, strings.TrimSpace(tb.header))
+		}
+		rows := 0
+		for i, line := range strings.Split(rest, "\n") {
+			if i == 0 || strings.HasPrefix(line, "| ---") {
+				continue
+			}
+			if !strings.HasPrefix(line, "|") {
+				break
+			}
+			cells := strings.Split(line, "|")
+			if len(cells) <= tb.defaultIndex {
+				t.Fatalf("%s: a row with too few cells: %s", name, line)
+			}
+			m := backticked.FindStringSubmatch(cells[tb.defaultIndex])
+			if m == nil {
+				continue
+			}
+			for _, f := range flagRE.FindAllStringSubmatch(cells[1], -1) {
+				fl := fs.Lookup(f[1])
+				if fl == nil {
+					continue // TestDocsFlagsBothWays says so
+				}
+				dm := defaultRE.FindStringSubmatch(fl.Usage)
+				if dm == nil {
+					continue
+				}
+				rows++
+				if !same(m[1], dm[1]) {
+					t.Errorf("%s gives --%s the default %q; serve's is %q", name, f[1], m[1], dm[1])
+				}
+			}
+		}
+		if rows < 10 {
+			t.Fatalf("%s: only %d defaults compared", name, rows)
+		}
 	}
 }
