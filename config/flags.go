@@ -21,7 +21,11 @@ type key struct {
 	// fileKey is the key of the file when it is not name (platforms); its
 	// variable, DOCKER_MIRROR_<FILEKEY>, works as well as the flag's.
 	fileKey string
-	set     func(c *Config, vals []string) error
+	// path is the key path of the file when the key is in a block
+	// (cluster.peers): what Validate's errors name, so that they can name
+	// the flag or variable that set it.
+	path string
+	set  func(c *Config, vals []string) error
 }
 
 func one(f func(c *Config, v string) error) func(*Config, []string) error {
@@ -135,13 +139,13 @@ var keys = []key{
 		set: stringKey(func(c *Config) *string { return &c.Destination.URL })},
 	{name: "referrers", usage: "store each image's signatures, attestations and SBOMs (referrers, cosign's .sig/.att/.sbom tags) with every fill", boolean: true,
 		set: boolKey(func(c *Config) *bool { return &c.Referrers })},
-	{name: "cluster_self", usage: "URL the other replicas reach this one at, e.g. http://10.0.0.5:5000 (enables the cluster; see docs/scale-out.md)",
+	{name: "cluster_self", path: "cluster.self", usage: "URL the other replicas reach this one at, e.g. http://10.0.0.5:5000 (enables the cluster; see docs/scale-out.md)",
 		set: stringKey(func(c *Config) *string { return &c.Cluster.Self })},
-	{name: "cluster_peer", usage: "URL of another replica sharing the store (repeatable)", list: true,
+	{name: "cluster_peer", path: "cluster.peers", usage: "URL of another replica sharing the store (repeatable)", list: true,
 		set: func(c *Config, vals []string) error { c.Cluster.Peers = slices.Clone(vals); return nil }},
-	{name: "cluster_peers_dns", usage: "NAME:PORT whose DNS addresses are the replicas (a Kubernetes headless Service), resolved again periodically",
+	{name: "cluster_peers_dns", path: "cluster.peers_dns", usage: "NAME:PORT whose DNS addresses are the replicas (a Kubernetes headless Service), resolved again periodically",
 		set: stringKey(func(c *Config) *string { return &c.Cluster.PeersDNS })},
-	{name: "cluster_secret_file", usage: "file holding the secret the replicas share (needed with auth.htpasswd)",
+	{name: "cluster_secret_file", path: "cluster.secret_file", usage: "file holding the secret the replicas share (needed with auth.htpasswd)",
 		set: stringKey(func(c *Config) *string { return &c.Cluster.SecretFile })},
 }
 
@@ -155,8 +159,11 @@ func (k key) envNames() []string {
 	return names
 }
 
-// fileKeyOrName is the file key k sets.
+// fileKeyOrName is the file key k sets (its key path, in a block).
 func (k key) fileKeyOrName() string {
+	if k.path != "" {
+		return k.path
+	}
 	if k.fileKey != "" {
 		return k.fileKey
 	}
