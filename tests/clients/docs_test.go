@@ -318,9 +318,10 @@ func liveNames(t *testing.T) (routes, families map[string]bool) {
 		t.Fatal(err)
 	}
 	m := servertest.Start(t, up.URL(), proxy.WithAccess(pol, access.Admin))
-	router := m.Proxy.Routes()
+	// The production table: the proxy's routes and the status page's.
+	router := m.Proxy.Routes(m.Server.Status.Routes)
 	vars := regexp.MustCompile(`\{([a-z]+)(:[^}]*)?\}`)
-	sample := map[string]string{"name": "library/doc", "reference": "latest", "digest": "sha256:" + strings.Repeat("0", 64)}
+	sample := map[string]string{"name": "library/doc", "reference": "latest", "digest": "sha256:" + strings.Repeat("0", 64), "action": "pin"}
 	var reqs []*http.Request
 	err = router.Walk(func(r *mux.Route, _ *mux.Router, _ []*mux.Route) error {
 		tmpl, err := r.GetPathTemplate()
@@ -350,7 +351,7 @@ func liveNames(t *testing.T) (routes, families map[string]bool) {
 		t.Fatal(err)
 	}
 	reqs = append(reqs, httptest.NewRequest(http.MethodGet, "/no/such/endpoint", nil), httptest.NewRequest(http.MethodPut, "/prefetch", nil))
-	handler := m.Proxy.Handler()
+	handler := m.Server.Handler()
 	for _, r := range reqs {
 		handler.ServeHTTP(httptest.NewRecorder(), r)
 	}
