@@ -686,6 +686,12 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 		if rerr == nil {
 			continue
 		}
+		if v.Verified() {
+			// Cut after its last byte (a chunked body that lost only its
+			// end): the bytes in hand are the blob, and a resume from
+			// its end would be answered 416.
+			break
+		}
 		if ctx.Err() != nil || resumes == maxResumes || fromStore {
 			fail(errcode.Wrap(errcode.Unavailable, fmt.Errorf("%w: %w", upstream.ErrUnavailable, rerr), "upstream %s: blob %s cut after %d bytes", t.host(), dl.dgst, n).WithStatus(http.StatusBadGateway))
 			return
