@@ -659,6 +659,12 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 	var n int64
 	for resumes := 0; ; {
 		m, rerr := body.Read(buf)
+		if errors.Is(rerr, io.EOF) && size >= 0 && n+int64(m) < size {
+			// A resume answered with part of the rest (a 206 may hold a
+			// subset of the range asked for): not the end of the blob,
+			// go on from where it stopped.
+			rerr = io.ErrUnexpectedEOF
+		}
 		if n+int64(m) > dl.limit {
 			// Never spooled: an endless or oversized body stops here.
 			refuse(n + int64(m))

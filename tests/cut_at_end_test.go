@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -32,5 +33,48 @@ func TestChunkedBlobCutAfterLastByteServed(t *testing.T) {
 	}
 	if n := blobGets(up, layer); n != 1 {
 		t.Errorf("%d upstream GETs of the blob, want 1 (nothing to resume)", n)
+	}
+}
+
+// capRanges is an upstream front that answers a Range request with a
+// subset of the range asked for (at most cap bytes), as RFC 9110 lets a
+// server do: the 206's Content-Range says which bytes it holds.
+func capRanges(up http.Handler, limit int64) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if rng := r.Header.Get("Range"); rng != "" {
+			var first int64
+			if _, err := fmt.Sscanf(rng, "bytes=%d-", &first); err == nil {
+				r.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", first, first+limit-1))
+			}
+		}
+		up.ServeHTTP(w, r)
+	})
+}
+
+// A blob download cut mid-stream is resumed; an upstream that answers the
+// resume with a subset of the rest (a 206 whose Content-Range ends short
+// of the blob) is asked again from where that ended: the client gets the
+// whole blob, not a body the mirror took for complete and then found
+// corrupt.
+func TestBlobResumeAnsweredWithPartOfTheRest(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/capped", "1", 1, 512<<10)
+	front := httptest.NewServer(capRanges(up, 300<<10))
+	t.Cleanup(front.Close)
+	m := servertest.Start(t, front.URL)
+	layer := img.Layers[0]
+	size := blobSizes(t, img)[layer]
+	if size <= 400<<10 {
+		t.Fatalf("the layer is %d bytes: the test needs one resume to leave some of it", size)
+	}
+
+	up.SetFault(fixture.Fault{Kind: fixture.KindBlob, Method: http.MethodGet, Cut: true, CutAfter: 100 << 10, Times: 1})
+	wantBlob(t, m, "capped", layer)
+	m.WaitIdle()
+	if _, err := m.Store.Stat(t.Context(), "library/capped", digestOf(t, layer)); err != nil {
+		t.Fatalf("the blob was not stored: %v", err)
+	}
+	if n := blobGets(up, layer); n != 3 {
+		t.Errorf("%d upstream GETs of the blob, want 3 (the cut one, two resumes)", n)
 	}
 }
