@@ -724,7 +724,9 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 			"upstream %s sent %d bytes for blob %s that do not match its digest", t.host(), n, dl.dgst).WithStatus(http.StatusBadGateway))
 		return
 	}
-	dl.update(func() { dl.written, dl.verified = n, true })
+	// Its size is known now, also if the upstream did not say it: readers
+	// from now on get its length, and the ranges they ask for.
+	dl.update(func() { dl.size, dl.written, dl.verified = n, n, true })
 	endStream()
 	if !fromStore {
 		// Readers have every byte now; the store's fsyncs and the
