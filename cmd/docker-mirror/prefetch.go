@@ -26,7 +26,7 @@ const pollInterval = 500 * time.Millisecond
 // follows the job: docker-mirror prefetch --server URL IMAGE...
 func prefetchCommand(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("prefetch", flag.ContinueOnError)
-	server := fs.String("server", "http://127.0.0.1:5000", "URL of the running docker-mirror")
+	server := fs.String("server", "http://127.0.0.1:5000", "URL of the running docker-mirror; with auth, an admin's credentials in it: http://USER:PASSWORD@HOST:PORT")
 	var platforms []string
 	fs.Func("platform", "platform pattern to prefetch (repeatable; default: the server's)", func(v string) error {
 		if _, err := oci.ParsePlatform(v); err != nil {
