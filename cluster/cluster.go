@@ -18,7 +18,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"net"
@@ -70,6 +72,14 @@ type peer struct {
 	up     bool
 	since  time.Time
 	err    string // why it is down
+	// downed is closed when the peer is marked down, and made anew when
+	// it is up again: requests to it in flight end then (Cluster.do).
+	downed chan struct{}
+}
+
+// newPeer is a peer found up at now.
+func newPeer(u string, now time.Time) *peer {
+	return &peer{url: u, up: true, since: now, downed: make(chan struct{})}
 }
 
 // PeerState is a read-only view of one replica, for status pages.
@@ -169,7 +179,8 @@ func New(self string, peers []string, opts ...Option) (*Cluster, error) {
 		if pu == c.self {
 			continue
 		}
-		c.peers[pu] = &peer{url: pu, static: true, up: true, since: c.now()}
+		c.peers[pu] = newPeer(pu, c.now())
+		c.peers[pu].static = true
 		c.metrics.peerUp.WithLabelValues(pu).Set(1)
 	}
 	return c, nil
@@ -288,6 +299,11 @@ func (c *Cluster) setState(u string, up bool, why error) {
 	changed := ok && p.up != up
 	if changed {
 		p.up, p.since = up, c.now()
+		if up {
+			p.downed = make(chan struct{})
+		} else {
+			close(p.downed)
+		}
 	}
 	if ok {
 		p.err = ""
@@ -306,6 +322,55 @@ func (c *Cluster) setState(u string, up bool, why error) {
 		c.metrics.peerUp.WithLabelValues(u).Set(0)
 		c.log.Warn("cluster peer down: its share of misses goes to the next replica", "peer", u, "error", why)
 	}
+}
+
+// errPeerMarkedDown ends a request to a peer marked down meanwhile.
+var errPeerMarkedDown = errors.New("replica marked down while it was asked")
+
+// do sends req to the peer u. It is cancelled once u is marked down (its
+// probe, or another request, failed): a replica that takes connections
+// and answers nothing must not hold a client for ever; the caller goes on
+// as for a failed connection (the next replica, or a fetch here). The
+// answer's body must be closed.
+func (c *Cluster) do(req *http.Request, u string) (*http.Response, error) {
+	c.mu.Lock()
+	var downed chan struct{}
+	if p, ok := c.peers[u]; ok {
+		downed = p.downed
+	}
+	c.mu.Unlock()
+	if downed == nil {
+		return c.client.Do(req) // this replica, over HTTP
+	}
+	ctx, cancel := context.WithCancelCause(req.Context())
+	done := make(chan struct{})
+	go func() {
+		select {
+		case <-downed:
+			cancel(errPeerMarkedDown)
+		case <-done:
+		}
+	}()
+	end := sync.OnceFunc(func() { close(done); cancel(nil) })
+	resp, err := c.client.Do(req.WithContext(ctx))
+	if err != nil {
+		end()
+		return nil, err
+	}
+	resp.Body = &endingBody{ReadCloser: resp.Body, end: end}
+	return resp, nil
+}
+
+// endingBody calls end once closed.
+type endingBody struct {
+	io.ReadCloser
+	end func()
+}
+
+func (b *endingBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.end()
+	return err
 }
 
 // Probe asks every peer's /readyz, at once: a peer that answers 200 is
@@ -385,7 +450,7 @@ func (c *Cluster) Refresh(ctx context.Context) error {
 	for u := range found {
 		p, ok := c.peers[u]
 		if !ok {
-			p = &peer{url: u, up: true, since: c.now()}
+			p = newPeer(u, c.now())
 			c.peers[u] = p
 			joined = append(joined, u)
 		}

@@ -125,7 +125,7 @@ func (c *Cluster) ServeBlob(w http.ResponseWriter, r *http.Request, dgst digest.
 		if err != nil {
 			return false, err
 		}
-		resp, err := c.client.Do(req)
+		resp, err := c.do(req, u)
 		if err != nil {
 			if ctx.Err() != nil {
 				return true, ctx.Err()
@@ -258,7 +258,7 @@ func (c *Cluster) resume(r *http.Request, dgst digest.Digest, tried map[string]b
 		if err != nil {
 			return nil, "", err
 		}
-		resp, err := c.client.Do(req)
+		resp, err := c.do(req, u)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, "", ctx.Err() // the client left: nothing to say of u
@@ -425,7 +425,7 @@ func (c *Cluster) manifestFrom(ctx context.Context, u, host, repo string, ref oc
 	}
 	req.Header.Set("Accept", oci.Accept)
 	c.sign(req)
-	resp, err := c.client.Do(req)
+	resp, err := c.do(req, u)
 	if err != nil {
 		return nil, peerDown{err}
 	}
@@ -537,7 +537,7 @@ func (c *Cluster) fillFrom(ctx context.Context, u, host, repo string, dgst diges
 		return err
 	}
 	c.sign(req)
-	resp, err := c.client.Do(req)
+	resp, err := c.do(req, u)
 	if err != nil {
 		return peerDown{err}
 	}
@@ -612,7 +612,7 @@ func (c *Cluster) revalidateAt(ctx context.Context, u, host, repo, tag string) (
 	}
 	req.Header.Set("Accept", oci.Accept)
 	c.sign(req)
-	resp, err := c.client.Do(req)
+	resp, err := c.do(req, u)
 	if err != nil {
 		return "", peerDown{err}
 	}

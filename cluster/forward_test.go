@@ -325,3 +325,32 @@ func TestServeBlobResumeClientGoneLeavesPeersUp(t *testing.T) {
 		t.Fatalf("%s marked down because a client hung up while it was asked to resume: %+v", next.URL, c.Peers())
 	}
 }
+
+// A blob's owner that takes the request and answers nothing (hung) holds
+// the client only until it is marked down (here by a probe that fails):
+// then the client's blob is fetched here instead.
+func TestServeBlobOwnerHungUntilMarkedDown(t *testing.T) {
+	reached := make(chan struct{}, 1)
+	s, _ := owner(t, func(w http.ResponseWriter, r *http.Request) {
+		reached <- struct{}{}
+		<-r.Context().Done() // answers nothing
+	})
+	c := newTwo(t, s.URL)
+	_, d := ownedBy(t, c, s.URL)
+	type result struct {
+		served bool
+		err    error
+	}
+	done := make(chan result, 1)
+	go func() {
+		served, err := c.ServeBlob(httptest.NewRecorder(), blobRequest(d), d)
+		done <- result{served, err}
+	}()
+	<-reached
+	failed, cancel := context.WithCancel(context.Background())
+	cancel()
+	c.Probe(failed) // the owner's probe fails: it is marked down
+	if got := <-done; got.served || got.err != nil {
+		t.Fatalf("served %v, err %v; want the blob left to this replica to fetch", got.served, got.err)
+	}
+}
