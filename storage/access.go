@@ -46,7 +46,8 @@ func (ix *Index) flushPullTimes() (time.Duration, error) {
 	todo := pairs(pending)
 	var b *bolt.Bucket
 	wrote := map[digest.Digest]time.Time{}
-	return ix.writeAll(len(todo), batchWrite{
+	flushed := 0 // todo[:flushed] are committed
+	held, err := ix.writeAll(len(todo), batchWrite{
 		begin: func(tx *bolt.Tx) (err error) {
 			clear(wrote)
 			b, err = tx.CreateBucketIfNotExists(bucketAccess)
@@ -75,7 +76,8 @@ func (ix *Index) flushPullTimes() (time.Duration, error) {
 		// shutdown) a time the bucket misses only makes the image look
 		// older to the other replicas until its next pull; this
 		// replica's index has it.
-		committed: func(int, int) error {
+		committed: func(_, to int) error {
+			flushed = to
 			for dgst, t := range wrote {
 				if ix.sharePut(bucketAccess, []byte(dgst), t) != nil {
 					break
@@ -84,6 +86,26 @@ func (ix *Index) flushPullTimes() (time.Duration, error) {
 			return nil
 		},
 	})
+	if err != nil {
+		// Not lost: written on the next flush.
+		ix.mu.Lock()
+		if ix.pulled == nil {
+			ix.pulled = map[digest.Digest]time.Time{}
+		}
+		requeue(ix.pulled, todo[flushed:])
+		ix.mu.Unlock()
+	}
+	return held, err
+}
+
+// requeue puts back in pending the times of a flush that were not
+// written, where no later one was noted meanwhile.
+func requeue(pending map[digest.Digest]time.Time, todo []pair[digest.Digest, time.Time]) {
+	for _, p := range todo {
+		if cur, ok := pending[p.k]; !ok || p.v.After(cur) {
+			pending[p.k] = p.v
+		}
+	}
 }
 
 // ManifestAccess returns the last pull TouchManifest noted for a

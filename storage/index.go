@@ -641,6 +641,7 @@ func (ix *Index) FlushTimed() (longest time.Duration, err error) {
 	ix.accessed = map[digest.Digest]time.Time{}
 	ix.mu.Unlock()
 	todo := pairs(pending)
+	flushed := 0 // todo[:flushed] are committed
 	held, err = ix.writeAll(len(todo), batchWrite{
 		touch: touchKey(bucketBlobs, func(i int) []byte { return []byte(todo[i].k) }),
 		item: func(tx *bolt.Tx, i int) (int, error) {
@@ -652,7 +653,17 @@ func (ix *Index) FlushTimed() (longest time.Duration, err error) {
 			rec.LastAccess = todo[i].v
 			return 1, ix.putContentRecord(tx, bucketBlobs, d, rec)
 		},
+		committed: func(_, to int) error {
+			flushed = to
+			return nil
+		},
 	})
+	if err != nil {
+		// Not lost: written on the next flush.
+		ix.mu.Lock()
+		requeue(ix.accessed, todo[flushed:])
+		ix.mu.Unlock()
+	}
 	return max(longest, held), err
 }
 
