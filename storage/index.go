@@ -647,8 +647,11 @@ func (ix *Index) FlushTimed() (longest time.Duration, err error) {
 		item: func(tx *bolt.Tx, i int) (int, error) {
 			d := []byte(todo[i].k)
 			rec, ok, err := get[BlobRecord](tx, bucketBlobs, d)
-			if err != nil || !ok {
-				return 0, nil // a manifest, or an unreadable entry: nothing to update
+			if err != nil || !ok || !todo[i].v.After(rec.LastAccess) {
+				// A manifest, an unreadable entry, or a time older than
+				// the one written (by a flush that ended first): nothing
+				// to update.
+				return 0, nil
 			}
 			rec.LastAccess = todo[i].v
 			return 1, ix.putContentRecord(tx, bucketBlobs, d, rec)

@@ -388,6 +388,11 @@ func TestIndexTouchFlush(t *testing.T) {
 	if _, ok, _ := ix.Manifest(m); !ok {
 		t.Fatal("Flush lost a manifest")
 	}
+	// A time older than the one recorded (a flush that failed, whose
+	// times were put back, ending after a later one) never moves it back.
+	ix.Touch(a, t1)
+	must(t, ix.Flush())
+	checkLastAccess(t, ix, a, t2)
 	// Flushed times are not written again.
 	must(t, ix.RecordBlob(hub, "r", a, 1, t0))
 	must(t, ix.Flush())
