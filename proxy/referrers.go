@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -114,6 +115,12 @@ func (p *Proxy) referrersOf(ctx context.Context, t target, subject digest.Digest
 			if err := p.index.DeleteReferrers(t.host(), t.repo, subject); err != nil {
 				return nil, err
 			}
+		} else if err := p.index.TouchReferrers(t.host(), t.repo, subject, "", time.Time{}); err != nil {
+			// A filtered view new or changed may list what the cached
+			// whole list does not (added since): that is due, so that
+			// the referrers fill this miss starts, which reads it, asks
+			// anew and stores what is listed now.
+			return nil, err
 		}
 		nrec := storage.ReferrersRecord{Body: fresh.body, Filtered: fresh.filtered, FromTag: fresh.fromTag, FetchedAt: now, CheckedAt: now}
 		if err := p.index.PutReferrers(t.host(), t.repo, subject, artifactType, nrec); err != nil {

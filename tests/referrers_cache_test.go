@@ -366,3 +366,33 @@ func TestReferrersPaged(t *testing.T) {
 		}
 	}
 }
+
+// A referrer added upstream after the whole list was cached, first seen
+// through a filtered query: what that answer lists is stored, so that it
+// is there when the upstream is not. The fill the answer started read the
+// cached (older) whole list, so the new SBOM was listed offline but its
+// manifest and blobs were never stored.
+func TestReferrersFilteredMissStoresWhatItLists(t *testing.T) {
+	up := httptest.NewServer(referrersRegistry())
+	t.Cleanup(up.Close)
+	host := strings.TrimPrefix(up.URL, "http://")
+	subject := pushSubject(t, host)
+	sig := pushReferrer(t, host, "library/signed", sigType, subject)
+
+	m := servertest.Start(t, up.URL)
+	u := m.URL() + "/v2/signed/referrers/" + subject.Digest.String()
+	wantReferrers(t, get(t, u), "miss", false, sig)
+	m.WaitIdle()
+
+	sbom := pushReferrer(t, host, "library/signed", sbomType, subject)
+	bySBOM := u + "?" + url.Values{"artifactType": {sbomType}}.Encode()
+	wantReferrers(t, get(t, bySBOM), "miss", true, sbom)
+	m.WaitIdle()
+
+	up.Close()
+	m.Clock.Advance(2 * time.Minute)
+	wantReferrers(t, get(t, bySBOM), "stale", true, sbom)
+	if r := get(t, m.URL()+"/v2/signed/manifests/"+sbom); r.status != http.StatusOK || sha(r.body) != sbom {
+		t.Fatalf("the SBOM listed offline is not served: %d %s", r.status, r.body)
+	}
+}
