@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"sync"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
@@ -60,6 +61,12 @@ func (p *Proxy) enqueueReferrersFill(ctx context.Context, t target, subject dige
 		err := p.storeReferrers(ctx, t, []digest.Digest{subject}, nil)
 		if err != nil {
 			p.log.Warn("storing referrers incomplete", "upstream", t.host(), "repo", t.repo, "subject", subject, "error", err)
+			// The list is due at once, and the answer that confirms it
+			// tries the fill again (referrersOf): else it is served, and
+			// offline too, naming what was never stored.
+			if terr := p.index.TouchReferrers(t.host(), t.repo, subject, "", time.Time{}); terr != nil {
+				err = errors.Join(err, terr)
+			}
 		}
 		return err
 	})

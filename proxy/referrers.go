@@ -38,6 +38,9 @@ type referrersAnswer struct {
 	filtered bool // the artifactType filter was applied
 	fromTag  bool // built from the referrers tag schema
 	stale    bool // built from a fallback tag the upstream did not confirm
+	// refill: confirmed by the upstream, while what it lists is owed a
+	// store (the fill it started failed): the fill is tried again.
+	refill bool
 }
 
 // referrers answers the OCI referrers API (signatures, attestations and
@@ -65,7 +68,7 @@ func (p *Proxy) referrers(w http.ResponseWriter, r *http.Request) error {
 		ans, status = &referrersAnswer{body: emptyReferrers}, http.StatusNotFound
 	case err != nil:
 		return err
-	case h.Get(cacheHeader) == "miss" && p.referrersFor(t):
+	case (h.Get(cacheHeader) == "miss" || ans.refill) && p.referrersFor(t):
 		// A list not seen before: what it names is stored in the
 		// background, so that it is there when the upstream is not.
 		p.enqueueReferrersFill(r.Context(), t, dgst)
@@ -107,7 +110,10 @@ func (p *Proxy) referrersOf(ctx context.Context, t target, subject digest.Digest
 				return nil, err
 			}
 			h.Set(cacheHeader, "revalidated")
-			return recordAnswer(rec), nil
+			ans := recordAnswer(rec)
+			// Never confirmed: its fill failed (enqueueReferrersFill).
+			ans.refill = rec.CheckedAt.IsZero()
+			return ans, nil
 		}
 		if artifactType == "" {
 			// The whole list changed: filtered views of the old one are

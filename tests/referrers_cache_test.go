@@ -396,3 +396,53 @@ func TestReferrersFilteredMissStoresWhatItLists(t *testing.T) {
 		t.Fatalf("the SBOM listed offline is not served: %d %s", r.status, r.body)
 	}
 }
+
+// A referrer whose copy fails (its blob refused for a while) is stored
+// once the upstream gives it: the list served again retries what its
+// first fill could not store. The list was cached, hit and revalidated
+// from then on without a fill, so the signature it listed offline had no
+// blob.
+func TestReferrersFillRetriedAfterFailure(t *testing.T) {
+	var refuse atomic.Bool
+	var layer atomic.Value
+	layer.Store("")
+	reg := referrersRegistry()
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if l := layer.Load().(string); refuse.Load() && l != "" && strings.HasSuffix(r.URL.Path, "/blobs/"+l) {
+			http.Error(w, "refused", http.StatusNotFound)
+			return
+		}
+		reg.ServeHTTP(w, r)
+	}))
+	t.Cleanup(up.Close)
+	host := strings.TrimPrefix(up.URL, "http://")
+	subject := pushSubject(t, host)
+	sig := pushReferrer(t, host, "library/signed", sigType, subject)
+	sr, _ := name.ParseReference(host+"/library/signed@"+sig, name.Insecure)
+	img, err := remote.Image(sr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls, _ := img.Layers()
+	d, _ := ls[0].Digest()
+	layer.Store(d.String())
+
+	m := servertest.Start(t, up.URL)
+	u := m.URL() + "/v2/signed/referrers/" + subject.Digest.String()
+	refuse.Store(true)
+	wantReferrers(t, get(t, u), "miss", false, sig)
+	m.WaitIdle() // the fill fails: the signature's blob is refused
+	refuse.Store(false)
+
+	get(t, u)
+	m.Clock.Advance(2 * time.Minute)
+	get(t, u)
+	m.WaitIdle()
+
+	up.Close()
+	m.Clock.Advance(2 * time.Minute)
+	wantReferrers(t, get(t, u), "stale", false, sig)
+	if r := get(t, m.URL()+"/v2/signed/blobs/"+d.String()); r.status != http.StatusOK || sha(r.body) != d.String() {
+		t.Fatalf("the listed signature's blob offline: %d %s", r.status, r.body)
+	}
+}
