@@ -29,12 +29,17 @@ type Sync struct {
 	Pin bool
 }
 
-// RunSync runs s now and then every interval until ctx ends.
+// RunSync runs s now and then every interval until ctx ends. A run is
+// skipped while a sync job is still going (the last run, longer than the
+// interval, or one a restart left unfinished and ResumeJobs resumed): a
+// second beside it would go over the same images again.
 func (p *Proxy) RunSync(ctx context.Context, s Sync, interval time.Duration) {
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	for {
-		if _, err := p.SyncOnce(ctx, s); err != nil {
+		if p.syncRunning() {
+			p.log.Info("sync: the last run has not finished; this one is skipped")
+		} else if _, err := p.SyncOnce(ctx, s); err != nil {
 			p.log.Warn("sync", "error", err)
 		}
 		select {
@@ -44,6 +49,21 @@ func (p *Proxy) RunSync(ctx context.Context, s Sync, interval time.Duration) {
 		}
 	}
 }
+
+// syncRunning reports whether a sync job is running.
+func (p *Proxy) syncRunning() bool {
+	p.jobs.mu.Lock()
+	defer p.jobs.mu.Unlock()
+	for _, j := range p.jobs.live {
+		if j.Trigger == syncTrigger {
+			return true
+		}
+	}
+	return false
+}
+
+// syncTrigger is the Trigger of the sync's jobs.
+const syncTrigger = "sync"
 
 // SyncOnce expands s's tag patterns and starts one prefetch job for the
 // resulting images.
@@ -59,7 +79,7 @@ func (p *Proxy) SyncOnce(ctx context.Context, s Sync) (*storage.Job, error) {
 	if len(images) == 0 {
 		return nil, fmt.Errorf("sync: no tag matches %q", s.Images)
 	}
-	return p.StartPrefetch(ctx, PrefetchRequest{Images: images, Platforms: s.Platforms, Pin: s.Pin}, "sync")
+	return p.StartPrefetch(ctx, PrefetchRequest{Images: images, Platforms: s.Platforms, Pin: s.Pin}, syncTrigger)
 }
 
 // CheckSync checks a sync's images as its runs read them: references to

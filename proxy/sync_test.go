@@ -1,0 +1,120 @@
+package proxy
+
+import (
+	"context"
+	"io"
+	"log"
+	"log/slog"
+	"net/http"
+	"strings"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/docker-mirror/docker-mirror/proxy/upstream"
+	"github.com/docker-mirror/docker-mirror/storage"
+	gname "github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+)
+
+// slowSyncProxy is a mirror (on a synctest bubble's clock) of an upstream
+// holding library/a:1, whose manifest takes 90 minutes to send.
+func slowSyncProxy(t *testing.T) *Proxy {
+	t.Helper()
+	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	img, err := random.Image(512, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := gname.ParseReference("registry.test/library/a:1", gname.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, img, remote.WithTransport(inProcess{reg})); err != nil {
+		t.Fatal(err)
+	}
+	slow := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/manifests/1") {
+			time.Sleep(90 * time.Minute)
+		}
+		reg.ServeHTTP(w, r)
+	})
+	up, err := upstream.New(DefaultHost, "http://registry.test", upstream.WithTransport(inProcess{slow}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, index := memStore(t)
+	p, err := New(store, index, []*upstream.Client{up}, WithSpoolDir(t.TempDir()), WithFillTimeout(3*time.Hour),
+		WithReferrers(false), WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// unfinishedSyncJobs counts the sync jobs recorded as queued or running.
+func unfinishedSyncJobs(t *testing.T, p *Proxy) int {
+	t.Helper()
+	jobs, err := p.index.Jobs(100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, j := range jobs {
+		if j.Trigger == "sync" && !j.Finished() {
+			n++
+		}
+	}
+	return n
+}
+
+// A sync run is not started while the last one is still going: one that
+// takes longer than the interval, or one a restart left unfinished and
+// ResumeJobs resumed. Before, each tick (and each start) began another
+// job over the same images beside it.
+func TestSyncRunsOneAtATime(t *testing.T) {
+	t.Run("longer than the interval", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			p := slowSyncProxy(t)
+			defer p.Close()
+			ctx, cancel := context.WithCancel(t.Context())
+			defer cancel()
+			go p.RunSync(ctx, Sync{Images: []string{"a:1"}}, time.Hour)
+			// The first run's image takes 90 minutes: the tick at one
+			// hour comes while it runs.
+			time.Sleep(61 * time.Minute)
+			synctest.Wait()
+			if n := unfinishedSyncJobs(t, p); n != 1 {
+				t.Errorf("%d sync jobs running after the first tick, want 1", n)
+			}
+			cancel()
+		})
+	})
+	t.Run("resumed at start", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			p := slowSyncProxy(t)
+			defer p.Close()
+			// A sync job the last process left running.
+			job := &storage.Job{ID: newJobID(p.now()), Trigger: "sync", State: storage.JobRunning,
+				Images: []storage.JobImage{{Image: "a:1", State: storage.JobRunning}}, CreatedAt: p.now(), UpdatedAt: p.now()}
+			if err := p.index.PutJob(job); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(t.Context())
+			defer cancel()
+			// As server.Start does: the unfinished jobs, then the sync.
+			if err := p.ResumeJobs(ctx); err != nil {
+				t.Fatal(err)
+			}
+			go p.RunSync(ctx, Sync{Images: []string{"a:1"}}, time.Hour)
+			time.Sleep(time.Minute)
+			synctest.Wait()
+			if n := unfinishedSyncJobs(t, p); n != 1 {
+				t.Errorf("%d sync jobs running after a restart, want 1 (the resumed one)", n)
+			}
+			cancel()
+		})
+	})
+}
