@@ -66,15 +66,25 @@ func (p *Proxy) syncRunning() bool {
 const syncTrigger = "sync"
 
 // SyncOnce expands s's tag patterns and starts one prefetch job for the
-// resulting images.
+// resulting images. An entry whose tags cannot be listed (its repository
+// removed upstream, its upstream down) is left out with a warning, as an
+// image that cannot be fetched fails alone: the others are synced.
 func (p *Proxy) SyncOnce(ctx context.Context, s Sync) (*storage.Job, error) {
 	var images []string
+	var errs []error
 	for _, entry := range s.Images {
 		expanded, err := p.ExpandTags(ctx, entry)
 		if err != nil {
-			return nil, fmt.Errorf("sync %q: %w", entry, err)
+			errs = append(errs, fmt.Errorf("sync %q: %w", entry, err))
+			continue
 		}
 		images = append(images, expanded...)
+	}
+	if len(images) == 0 && len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	for _, err := range errs {
+		p.log.Warn("sync: entry left out of this run", "error", err)
 	}
 	if len(images) == 0 {
 		return nil, fmt.Errorf("sync: no tag matches %q", s.Images)

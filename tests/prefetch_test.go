@@ -333,3 +333,28 @@ func TestSyncExpandsTagPatterns(t *testing.T) {
 		t.Error("a bad pattern was accepted")
 	}
 }
+
+// A sync entry whose tag list cannot be read (its repository removed
+// upstream) fails alone: the other entries are synced all the same, as a
+// plain reference that cannot be fetched fails only its own image. Before,
+// every run failed whole with a warning and nothing was synced.
+func TestSyncGoesOnPastAnEntryWhoseTagsFail(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	single := up.SeedImage(t, "library/nginx", "1.27", 1, 4<<10)
+	m := servertest.Start(t, up.URL())
+
+	j, err := m.Proxy.SyncOnce(t.Context(), proxy.Sync{Images: []string{"team/gone:7.*", "nginx:1.27"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.WaitIdle()
+	done := job(t, m, "/prefetch/"+j.ID)
+	if done.State != storage.JobDone || len(done.Images) != 1 || done.Images[0].Image != "nginx:1.27" {
+		t.Fatalf("sync job %+v", done)
+	}
+	up.Stop()
+	wantImage(t, m, "nginx", single)
+	if _, err := m.Proxy.SyncOnce(t.Context(), proxy.Sync{Images: []string{"team/gone:7.*"}}); err == nil {
+		t.Error("a sync of nothing but a missing repository's tags succeeded")
+	}
+}
