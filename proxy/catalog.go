@@ -17,7 +17,7 @@ import (
 // It is read from the index alone, so it works with every upstream down.
 func (p *Proxy) catalog(w http.ResponseWriter, r *http.Request) error {
 	q := r.URL.Query()
-	n := 0
+	n := -1 // no n: all of them
 	if s := q.Get("n"); s != "" {
 		var err error
 		if n, err = strconv.Atoi(s); err != nil || n < 0 {

@@ -24,7 +24,7 @@ func (p *Proxy) tags(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	q := r.URL.Query()
-	n := 0
+	n := -1 // no n: all of them
 	if s := q.Get("n"); s != "" {
 		if n, err = strconv.Atoi(s); err != nil || n < 0 {
 			return errcode.New(errcode.PaginationNumber, "invalid page size n=%q", s)
@@ -73,8 +73,9 @@ func (p *Proxy) tags(w http.ResponseWriter, r *http.Request) error {
 	}{t.name, tags})
 }
 
-// page returns the tags after last, at most n of them (0: all), and the
-// query of the next page (nil: none). tags must be sorted.
+// page returns the tags after last, at most n of them (n < 0: all), and
+// the query of the next page (nil: none). tags must be sorted. n=0 asks
+// for none, and has no next page, as the distribution registry answers.
 func page(tags []string, n int, last string) ([]string, url.Values) {
 	i := 0
 	if last != "" {
@@ -84,6 +85,9 @@ func page(tags []string, n int, last string) ([]string, url.Values) {
 		}
 	}
 	tags = tags[i:]
+	if n == 0 {
+		return tags[:0], nil
+	}
 	if n > 0 && len(tags) > n {
 		tags = tags[:n]
 		return tags, url.Values{"n": {strconv.Itoa(n)}, "last": {tags[n-1]}}

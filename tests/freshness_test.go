@@ -224,3 +224,31 @@ func TestMovedTagServedStaleWhenItsFetchFails(t *testing.T) {
 		})
 	}
 }
+
+// n=0 asks for no tags, as the upstream answers it (the distribution
+// registry and go-containerregistry's list none): so does the mirror's
+// list of cached tags with the upstream down, and its catalog. Before,
+// both took 0 for "no limit" and listed everything.
+func TestTagsAndCatalogPageOfZero(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/zero", "a", 1, 1<<10)
+	up.Tag(t, "library/zero", img.Digest, "b")
+	m := servertest.Start(t, up.URL())
+	for _, tag := range []string{"a", "b"} {
+		get(t, m.URL()+"/v2/zero/manifests/"+tag)
+	}
+	m.WaitIdle()
+	want := `{"name":"zero","tags":[]}` + "\n"
+	if r := get(t, m.URL()+"/v2/zero/tags/list?n=0"); r.status != 200 || string(r.body) != want {
+		t.Fatalf("upstream's n=0: %d %s", r.status, r.body)
+	}
+	up.Stop()
+	r := get(t, m.URL()+"/v2/zero/tags/list?n=0")
+	if r.status != 200 || string(r.body) != want || r.header.Get("Link") != "" || r.header.Get("X-Cache") != "stale" {
+		t.Errorf("cached tags, n=0: %d %s %v", r.status, r.body, r.header)
+	}
+	r = get(t, m.URL()+"/v2/_catalog?n=0")
+	if r.status != 200 || string(r.body) != `{"repositories":[]}` || r.header.Get("Link") != "" {
+		t.Errorf("catalog, n=0: %d %s %v", r.status, r.body, r.header)
+	}
+}
