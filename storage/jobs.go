@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -57,12 +58,64 @@ type JobImage struct {
 func (j *Job) Finished() bool { return j.State == JobDone || j.State == JobFailed }
 
 // PutJob records a whole job: its header and every image. It is for a
-// new job; UpdateJob records its changes.
+// new job; UpdateJob records its changes. The finished jobs older than
+// the newest KeptJobs go: a sync every few minutes must not grow the
+// index for ever.
 func (ix *Index) PutJob(j *Job) error {
-	if err := ix.write(func(tx *bolt.Tx) error { return putJobTx(tx, j) }); err != nil {
+	var gone [][]byte
+	err := ix.write(func(tx *bolt.Tx) error {
+		if err := putJobTx(tx, j); err != nil {
+			return err
+		}
+		var err error
+		gone, err = pruneJobsTx(tx)
+		return err
+	})
+	if err != nil {
 		return err
 	}
-	return ix.sharePut(bucketJobs, []byte(j.ID), j)
+	if err := ix.sharePut(bucketJobs, []byte(j.ID), j); err != nil {
+		return err
+	}
+	return ix.shareDelete(bucketJobs, gone...)
+}
+
+// KeptJobs is how many finished jobs the index keeps, the newest.
+const KeptJobs = 200
+
+// pruneJobsTx removes the finished jobs older than the newest KeptJobs
+// finished ones, and returns their IDs. Unfinished jobs stay: they are
+// resumed at start.
+func pruneJobsTx(tx *bolt.Tx) ([][]byte, error) {
+	var gone [][]byte
+	finished := 0
+	c := tx.Bucket(bucketJobs).Cursor()
+	for k, v := c.Last(); k != nil; k, v = c.Prev() {
+		var h struct {
+			State string `json:"state"`
+		}
+		if err := json.Unmarshal(v, &h); err != nil {
+			return nil, fmt.Errorf("index: corrupt job %q: %w", k, err)
+		}
+		if h.State != JobDone && h.State != JobFailed {
+			continue
+		}
+		if finished++; finished > KeptJobs {
+			gone = append(gone, bytes.Clone(k))
+		}
+	}
+	imgs := tx.Bucket(bucketJobImages)
+	for _, k := range gone {
+		if err := tx.Bucket(bucketJobs).Delete(k); err != nil {
+			return nil, err
+		}
+		if imgs.Bucket(k) != nil {
+			if err := imgs.DeleteBucket(k); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return gone, nil
 }
 
 // putJobTx records a whole job in tx.

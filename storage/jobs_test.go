@@ -74,3 +74,45 @@ func TestJobRecordsSurviveReopen(t *testing.T) {
 		t.Errorf("unknown job: %v %v", ok, err)
 	}
 }
+
+// A new job prunes the finished jobs older than the newest KeptJobs (a
+// sync every few minutes adds one a run, with up to a thousand images
+// each); an unfinished one stays, whatever its age: a start resumes it.
+func TestOldFinishedJobsPruned(t *testing.T) {
+	ix := openIndex(t, filepath.Join(t.TempDir(), "index.db"))
+	defer ix.Close()
+	id := func(i int) string { return fmt.Sprintf("20250304T%06d-aaaaaaaaaa", i) }
+	put := func(i int, state string) {
+		t.Helper()
+		j := &storage.Job{ID: id(i), Trigger: "sync", State: state, Images: []storage.JobImage{{Image: "x", State: state}}, CreatedAt: t0, UpdatedAt: t0}
+		if err := ix.PutJob(j); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put(0, storage.JobRunning) // left by a crash
+	const extra = 5
+	for i := 1; i <= storage.KeptJobs+extra; i++ {
+		put(i, storage.JobDone)
+	}
+	put(storage.KeptJobs+extra+1, storage.JobQueued)
+	jobs, err := ix.Jobs(10 * storage.KeptJobs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(jobs) != storage.KeptJobs+2 {
+		t.Errorf("%d jobs kept, want %d finished and the 2 unfinished", len(jobs), storage.KeptJobs)
+	}
+	for i := 1; i <= extra; i++ {
+		if _, ok, err := ix.Job(id(i)); ok || err != nil {
+			t.Errorf("job %s, among the oldest finished, kept (%v)", id(i), err)
+		}
+	}
+	for _, i := range []int{0, extra + 1, storage.KeptJobs + extra} {
+		if j, ok, err := ix.Job(id(i)); !ok || err != nil || len(j.Images) != 1 {
+			t.Errorf("job %s lost: %v %v", id(i), ok, err)
+		}
+	}
+	if un, err := ix.UnfinishedJobs(); err != nil || len(un) != 2 {
+		t.Errorf("unfinished jobs %d, %v; want the 2", len(un), err)
+	}
+}
