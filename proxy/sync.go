@@ -32,12 +32,16 @@ type Sync struct {
 // RunSync runs s now and then every interval until ctx ends. A run is
 // skipped while a sync job is still going (the last run, longer than the
 // interval, or one a restart left unfinished and ResumeJobs resumed): a
-// second beside it would go over the same images again.
+// second beside it would go over the same images again. In a cluster,
+// only the replica that owns the sync runs it (each would start the same
+// job); if it is down, the next in hash order does.
 func (p *Proxy) RunSync(ctx context.Context, s Sync, interval time.Duration) {
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	for {
-		if p.syncRunning() {
+		if p.peers != nil && !p.peers.Owns(syncKey) {
+			p.log.Debug("sync: another replica of the cluster runs it")
+		} else if p.syncRunning() {
 			p.log.Info("sync: the last run has not finished; this one is skipped")
 		} else if _, err := p.SyncOnce(ctx, s); err != nil {
 			p.log.Warn("sync", "error", err)
@@ -61,6 +65,9 @@ func (p *Proxy) syncRunning() bool {
 	}
 	return false
 }
+
+// syncKey decides which replica of a cluster runs the sync.
+const syncKey = "sync"
 
 // syncTrigger is the Trigger of the sync's jobs.
 const syncTrigger = "sync"

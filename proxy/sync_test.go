@@ -11,6 +11,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/proxy/upstream"
 	"github.com/docker-mirror/docker-mirror/storage"
 	gname "github.com/google/go-containerregistry/pkg/name"
@@ -21,7 +22,7 @@ import (
 
 // slowSyncProxy is a mirror (on a synctest bubble's clock) of an upstream
 // holding library/a:1, whose manifest takes 90 minutes to send.
-func slowSyncProxy(t *testing.T) *Proxy {
+func slowSyncProxy(t *testing.T, opts ...Option) *Proxy {
 	t.Helper()
 	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
 	img, err := random.Image(512, 1)
@@ -46,8 +47,8 @@ func slowSyncProxy(t *testing.T) *Proxy {
 		t.Fatal(err)
 	}
 	store, index := memStore(t)
-	p, err := New(store, index, []*upstream.Client{up}, WithSpoolDir(t.TempDir()), WithFillTimeout(3*time.Hour),
-		WithReferrers(false), WithLogger(slog.New(slog.DiscardHandler)))
+	p, err := New(store, index, []*upstream.Client{up}, append([]Option{WithSpoolDir(t.TempDir()), WithFillTimeout(3 * time.Hour),
+		WithReferrers(false), WithLogger(slog.New(slog.DiscardHandler))}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,4 +118,41 @@ func TestSyncRunsOneAtATime(t *testing.T) {
 			cancel()
 		})
 	})
+}
+
+// owning is a cluster in which this replica owns every key, or none.
+type owning struct {
+	Peers
+	owns bool
+}
+
+func (o owning) Owns(string) bool { return o.owns }
+
+// Manifest lets this replica fetch every manifest itself.
+func (owning) Manifest(context.Context, string, string, string, oci.Ref) (*upstream.Manifest, bool, error) {
+	return nil, false, nil
+}
+
+// In a cluster, only the replica that owns the sync runs it: every
+// replica started the same job, each run.
+func TestSyncRunsOnItsOwner(t *testing.T) {
+	for _, owns := range []bool{true, false} {
+		synctest.Test(t, func(t *testing.T) {
+			p := slowSyncProxy(t, WithPeers(owning{owns: owns}))
+			defer p.Close()
+			ctx, cancel := context.WithCancel(t.Context())
+			defer cancel()
+			go p.RunSync(ctx, Sync{Images: []string{"a:1"}}, time.Hour)
+			time.Sleep(time.Minute)
+			synctest.Wait()
+			want := 0
+			if owns {
+				want = 1
+			}
+			if n := unfinishedSyncJobs(t, p); n != want {
+				t.Errorf("owns the sync %v: %d sync jobs running, want %d", owns, n, want)
+			}
+			cancel()
+		})
+	}
 }
