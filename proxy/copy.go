@@ -104,9 +104,9 @@ func (p *Proxy) Copy(ctx context.Context, ref string, pats []oci.Platform, onPro
 
 // noPlatformMatches refuses a copy for platforms (pats, asked for or
 // configured) of which the index body has none: it would store the index
-// alone and say done. (A pull's background mirror of such an index,
-// which the client pulls as it likes, is no copy.)
-// An image, or an index of artifacts only, has no platforms to refuse.
+// alone and say done. An image, or an index of artifacts only, has no
+// platforms to refuse. (A pull's background mirror of such an index, whose
+// client pulls what it likes, is no copy.)
 func noPlatformMatches(ref string, body []byte, mediaType string, pats []oci.Platform) error {
 	if !oci.IsIndex(mediaType) {
 		return nil

@@ -477,7 +477,7 @@ func (p *Proxy) mountHeld(ctx context.Context, t target, dgst digest.Digest, lis
 		}
 	}
 	if err := m.Mount(ctx, t.storeRepo(), from, dgst); err != nil {
-		p.log.Debug("blob not mounted: fetching it", "blob", dgst, "repository", t.storeRepo(), "from", from, "err", err)
+		p.log.Debug("blob not mounted: fetching it", "blob", dgst, "repository", t.storeRepo(), "from", from, "error", err)
 		return false
 	}
 	return p.adoptBlob(t, dgst, rec.Size) == nil
