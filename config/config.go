@@ -678,14 +678,20 @@ func nodeText(n *yaml.Node) string {
 }
 
 // StorageDriver returns the name and parameters of the configured storage
-// driver; the default is the filesystem driver rooted at Data.
+// driver; the default is the filesystem driver rooted at Data, and so is
+// the filesystem driver without a rootdirectory (not distribution's
+// /var/lib/registry).
 func (c Config) StorageDriver() (string, map[string]any) {
 	for name, params := range c.Storage {
+		params = maps.Clone(params)
 		if params == nil {
 			params = map[string]any{}
 		}
 		if name == "s3" {
 			name = "s3aws" // distribution's registered name for the s3 driver
+		}
+		if name == "filesystem" && params["rootdirectory"] == nil {
+			params["rootdirectory"] = c.Data
 		}
 		return name, params
 	}

@@ -124,6 +124,10 @@ func TestParseStorage(t *testing.T) {
 		{"storage: {filesystem: {rootdirectory: /srv/blobs}}", "filesystem", map[string]any{"rootdirectory": "/srv/blobs"}},
 		{"data: /d\nstorage: {}", "filesystem", map[string]any{"rootdirectory": "/d"}},
 		{"data: /d\nstorage:", "filesystem", map[string]any{"rootdirectory": "/d"}},
+		// The filesystem driver without its root keeps it under data, not
+		// at distribution's /var/lib/registry.
+		{"data: /d\nstorage: {filesystem: {maxthreads: 50}}", "filesystem", map[string]any{"rootdirectory": "/d", "maxthreads": 50}},
+		{"data: /d\nstorage: {filesystem: }", "filesystem", map[string]any{"rootdirectory": "/d"}},
 	} {
 		c := parse(t, tt.yaml)
 		if err := c.Validate(); err != nil {
