@@ -896,6 +896,13 @@ func (u Upstream) validate(host string) error {
 	if sources > 1 {
 		return fmt.Errorf("%s: give one of password, password_env, password_file, docker_config", key)
 	}
+	// The upstream clients log in only with a username: a password alone
+	// would be read and never sent.
+	for _, p := range []struct{ name, value string }{{"password", u.Password}, {"password_env", u.PasswordEnv}, {"password_file", u.PasswordFile}} {
+		if p.value != "" && u.Username == "" {
+			return fmt.Errorf("%s.username: missing: %s is sent only with a username", key, p.name)
+		}
+	}
 	if u.TagTTL != nil && *u.TagTTL < 0 {
 		return fmt.Errorf("%s.tag_ttl: must not be negative, got %q", key, *u.TagTTL)
 	}
