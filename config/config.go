@@ -906,6 +906,10 @@ func (u Upstream) validate(host string) error {
 	if u.TagTTL != nil && *u.TagTTL < 0 {
 		return fmt.Errorf("%s.tag_ttl: must not be negative, got %q", key, *u.TagTTL)
 	}
+	if u.Platforms != nil && len(u.Platforms) == 0 {
+		// An empty list would leave the global platforms in force.
+		return fmt.Errorf("%s.platforms: at least one pattern is needed, got %q", key, u.Platforms)
+	}
 	if _, err := oci.ParsePlatforms(u.Platforms); err != nil {
 		return fmt.Errorf("%s.platforms: %w", key, err)
 	}

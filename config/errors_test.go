@@ -60,6 +60,9 @@ func TestConfigErrorMessages(t *testing.T) {
 		{name: "upstreams list as a string", file: ghcr + "    platforms: linux/amd64\n", want: `config FILE: line 6: upstreams.ghcr.io.platforms: want a list of strings`},
 		{name: "upstreams list item", file: ghcr + "    platforms:\n      - linux/amd64\n      - [hunter2]\n", want: `config FILE: line 8: upstreams.ghcr.io.platforms[1]: invalid value (want a string)`},
 		{name: "upstreams platform", file: ghcr + "    platforms: [bogus]\n", want: `config FILE: line 6: upstreams.ghcr.io.platforms: invalid platform "bogus": ` + badOS},
+		// An empty list would not override the global platforms: refused
+		// as the global one is.
+		{name: "upstreams platforms empty", file: ghcr + "    platforms: []\n", want: `config FILE: line 6: upstreams.ghcr.io.platforms: at least one pattern is needed, got []`},
 		{name: "upstreams allow_hosts", file: ghcr + "    allow_hosts: [\"minio internal\"]\n", want: `config FILE: line 6: upstreams.ghcr.io.allow_hosts: invalid address "minio internal" (want HOST or HOST:PORT, e.g. minio.internal:9000)`},
 		{name: "upstreams missing url", file: "upstreams:\n  ghcr.io:\n    username: bot\n", want: `config FILE: line 2: upstreams.ghcr.io.url: missing`},
 		{name: "upstreams two passwords", file: ghcr + "    password_env: HUB\n", want: `config FILE: line 2: upstreams.ghcr.io: give one of password, password_env, password_file, docker_config`},
