@@ -214,12 +214,14 @@ func (p *Proxy) copyImage(ctx context.Context, t target, m *storedManifest, pats
 	return names, p.storeReferrers(ctx, t, subjects, prog)
 }
 
-// fillChildren copies child manifests of an index with their blobs.
+// fillChildren copies child manifests of an index with their blobs. A
+// child that fails does not cancel the others: each is stored, and pulls
+// by digest, on its own.
 func (p *Proxy) fillChildren(ctx context.Context, t target, children []v1.Descriptor, prog *progress) error {
-	g, gctx := errgroup.WithContext(ctx)
+	var g errgroup.Group
 	for _, c := range children {
 		g.Go(func() error {
-			if err := p.fillChild(gctx, t, c.Digest, prog); err != nil {
+			if err := p.fillChild(ctx, t, c.Digest, prog); err != nil {
 				return err
 			}
 			if !oci.IsAttestation(c) && c.Platform != nil {
