@@ -314,13 +314,15 @@ func (p *Proxy) ensureManifest(ctx context.Context, t target, dgst digest.Digest
 }
 
 // fillBlobs stores an image's config and layers. Foreign layers (with
-// URLs, e.g. Windows base layers) are left to their own hosts.
+// URLs, e.g. Windows base layers) are left to their own hosts. A blob
+// that fails does not cancel the others: what is stored need not be
+// fetched again when the fill resumes.
 func (p *Proxy) fillBlobs(ctx context.Context, t target, doc oci.Manifest, prog *progress) error {
 	blobs := append(doc.Layers[:len(doc.Layers):len(doc.Layers)], doc.Blobs...)
 	if doc.Config != nil {
 		blobs = append([]v1.Descriptor{*doc.Config}, blobs...)
 	}
-	g, gctx := errgroup.WithContext(ctx)
+	var g errgroup.Group
 	for _, b := range blobs {
 		if len(b.URLs) > 0 {
 			continue
@@ -329,7 +331,7 @@ func (p *Proxy) fillBlobs(ctx context.Context, t target, doc oci.Manifest, prog 
 		// but each platform waits for it: its manifest needs it stored.
 		counted := prog.blob(b.Digest, b.Size)
 		g.Go(func() error {
-			if err := p.ensureBlob(gctx, t, b.Digest, b.Size); err != nil {
+			if err := p.ensureBlob(ctx, t, b.Digest, b.Size); err != nil {
 				return err
 			}
 			if counted {

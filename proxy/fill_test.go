@@ -140,3 +140,100 @@ func TestFillOfIndexStoresOtherChildrenWhenOneFails(t *testing.T) {
 		}
 	})
 }
+
+// A layer of a platform the background fill could not fetch (refused
+// once) does not cancel the download of that platform's other layers:
+// the fill the next pull resumes fetches only the refused one, and the
+// upstream sends each of the others once. Before, they were cut off and
+// downloaded again from the start.
+func TestFillOfImageKeepsOtherLayersWhenOneFails(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+		img, err := random.Image(2048, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		idx := mutate.AppendManifests(empty.Index, mutate.IndexAddendum{Add: img, Descriptor: ggcrv1.Descriptor{
+			Platform: &ggcrv1.Platform{OS: "linux", Architecture: "arm64"},
+		}})
+		ref, err := gname.ParseReference("registry.test/library/app:1", gname.Insecure)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := remote.WriteIndex(ref, idx, remote.WithTransport(inProcess{reg})); err != nil {
+			t.Fatal(err)
+		}
+		layers, err := img.Layers()
+		if err != nil {
+			t.Fatal(err)
+		}
+		refused, err := layers[0].Digest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		held, err := layers[1].Digest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		release := make(chan struct{})
+		var refusedOnce atomic.Bool
+		var heldGETs atomic.Int32
+		front := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			switch {
+			case r.Method != http.MethodGet:
+			case strings.HasSuffix(r.URL.Path, "/blobs/"+refused.String()) && refusedOnce.CompareAndSwap(false, true):
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(http.StatusForbidden)
+				_, _ = io.WriteString(w, `{"errors":[{"code":"DENIED","message":"not now"}]}`)
+				return
+			case strings.HasSuffix(r.URL.Path, "/blobs/"+held.String()):
+				heldGETs.Add(1)
+				// Held until the other layer has failed.
+				select {
+				case <-release:
+				case <-r.Context().Done():
+					return
+				}
+			}
+			reg.ServeHTTP(w, r)
+		})
+		up, err := upstream.New(DefaultHost, "http://registry.test", upstream.WithTransport(inProcess{front}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		store, index := memStore(t)
+		p, err := New(store, index, []*upstream.Client{up}, WithSpoolDir(t.TempDir()),
+			WithReferrers(false), WithLogger(slog.New(slog.DiscardHandler)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p.Close()
+		pull := func() {
+			rec := httptest.NewRecorder()
+			p.Handler().ServeHTTP(rec, httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/v2/library/app/manifests/1", nil))
+			if rec.Code != http.StatusOK {
+				t.Fatalf("GET the index: %d %s", rec.Code, rec.Body)
+			}
+		}
+		pull()
+		synctest.Wait() // the first layer was refused; the second is held
+		close(release)
+		if err := p.WaitIdle(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		pull() // resumes the fill
+		if err := p.WaitIdle(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		d, err := idx.Digest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rec, ok, err := index.Fill(DefaultHost, "library/app", digest.Digest(d.String())); err != nil || !ok || rec.State != storage.FillComplete {
+			t.Fatalf("fill record of the index after the second pull: %+v %v %v, want complete", rec, ok, err)
+		}
+		if n := heldGETs.Load(); n != 1 {
+			t.Errorf("the upstream was asked for the layer not refused %d times, want once", n)
+		}
+	})
+}
