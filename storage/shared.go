@@ -72,7 +72,7 @@ func (ix *Index) sharePut(bucket, key []byte, v any) error {
 	ctx, cancel := recordsContext()
 	defer cancel()
 	if err := ix.records.Put(ctx, string(bucket), string(key), raw); err != nil {
-		return fmt.Errorf("shared records: writing %s %q: %w", bucket, key, err)
+		return fmt.Errorf("shared records: writing %s %q: %w: %w", bucket, key, ErrUnavailable, err)
 	}
 	return nil
 }
@@ -86,7 +86,7 @@ func (ix *Index) shareDelete(bucket []byte, keys ...[]byte) error {
 	defer cancel()
 	for _, k := range keys {
 		if err := ix.records.Delete(ctx, string(bucket), string(k)); err != nil {
-			return fmt.Errorf("shared records: deleting %s %q: %w", bucket, k, err)
+			return fmt.Errorf("shared records: deleting %s %q: %w: %w", bucket, k, ErrUnavailable, err)
 		}
 	}
 	return nil

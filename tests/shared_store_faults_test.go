@@ -1,0 +1,79 @@
+package tests
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/docker-mirror/docker-mirror/config"
+	"github.com/docker-mirror/docker-mirror/proxy"
+	"github.com/docker-mirror/docker-mirror/storage/s3test"
+	"github.com/docker-mirror/docker-mirror/tests/fixture"
+	"github.com/docker-mirror/docker-mirror/tests/servertest"
+)
+
+// slowDownS3 is an S3 endpoint in front of a real one that, while
+// failing is set, answers the writes (PUTs) of the mirror's records with
+// S3's 503 SlowDown, as S3 does when a prefix gets more writes than it
+// takes; every other request passes.
+type slowDownS3 struct {
+	next    http.Handler
+	failing atomic.Bool
+}
+
+func startSlowDownS3(t *testing.T, s3srv *s3test.Server) (*slowDownS3, string) {
+	t.Helper()
+	u, err := url.Parse(s3srv.Endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &slowDownS3{next: httputil.NewSingleHostReverseProxy(u)}
+	srv := httptest.NewServer(f)
+	t.Cleanup(srv.Close)
+	return f, srv.URL
+}
+
+func (f *slowDownS3) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if f.failing.Load() && r.Method == http.MethodPut && strings.Contains(r.URL.Path, "/records/") {
+		w.Header().Set("Content-Type", "application/xml")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = w.Write([]byte(`<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>`))
+		return
+	}
+	f.next.ServeHTTP(w, r)
+}
+
+// A blob stored for one repository and asked for by another that the
+// upstream confirms has it is linked to that one too, a record written to
+// the bucket. When S3 refuses that write (503 SlowDown), the client is
+// answered 503 UNAVAILABLE, as for any failure of the bucket (clients retry
+// or fall back), never 500 as if the mirror were broken.
+func TestSharedBucketRecordWriteRefusedIsUnavailable(t *testing.T) {
+	s3srv, bucket, _ := sharedBucket(t)
+	faults, endpoint := startSlowDownS3(t, s3srv)
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/app", "v1", 1, 4<<10)
+	layer := img.Layers[0]
+	up.PushBlob(t, "library/other", blobOf(t, up, "library/app", layer))
+	m := servertest.StartConfigured(t, []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}, func(c *config.Config) {
+		c.Storage = s3srv.Storage(bucket)
+		c.Storage["s3"]["regionendpoint"] = endpoint
+	})
+	wantManifest(t, get(t, m.URL()+"/v2/library/app/manifests/v1"), img.Manifest, img.MediaType)
+	m.WaitIdle()
+	if r := get(t, m.URL()+"/v2/library/app/blobs/"+layer); r.status != http.StatusOK || sha(r.body) != layer {
+		t.Fatalf("stored blob: status %d", r.status)
+	}
+
+	faults.failing.Store(true)
+	wantError(t, get(t, m.URL()+"/v2/library/other/blobs/"+layer), http.StatusServiceUnavailable, "UNAVAILABLE")
+
+	faults.failing.Store(false)
+	if r := get(t, m.URL()+"/v2/library/other/blobs/"+layer); r.status != http.StatusOK || sha(r.body) != layer {
+		t.Errorf("once S3 takes writes again: status %d", r.status)
+	}
+}
