@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"syscall"
+	"time"
 
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/distribution/distribution/v3/registry/storage/driver/factory"
@@ -395,7 +396,16 @@ func (s *DriverStore) Put(ctx context.Context, repo string, dgst digest.Digest, 
 // upload aborted) and nothing appears. Concurrent writes of one digest
 // commit the same bytes.
 func (s *DriverStore) putInPlace(ctx context.Context, dgst digest.Digest, size int64, r io.Reader) (err error) {
-	w, err := s.driver.Writer(ctx, blobPath(dgst), false)
+	// The writer's requests end with ctx until its commit, not during it:
+	// the driver's Commit aborts a failed completion on the writer's
+	// context, and refuses a Cancel once begun, so a completion cut off
+	// by ctx would leave the upload and its parts behind. The commit is
+	// bounded by commitTimeout instead.
+	wctx, wcancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer wcancel()
+	stop := context.AfterFunc(ctx, wcancel)
+	defer stop()
+	w, err := s.driver.Writer(wctx, blobPath(dgst), false)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
@@ -421,12 +431,21 @@ func (s *DriverStore) putInPlace(ctx context.Context, dgst digest.Digest, size i
 	if !v.Verified() {
 		return fmt.Errorf("%s: %w", dgst, ErrDigestMismatch)
 	}
-	if err := w.Commit(ctx); err != nil {
+	if !stop() {
+		return ctx.Err() // ended: the upload is cancelled
+	}
+	defer time.AfterFunc(commitTimeout, wcancel).Stop()
+	if err := w.Commit(wctx); err != nil {
 		return fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	committed = true
 	return nil
 }
+
+// commitTimeout bounds the completion of a write on an object store
+// (its last part and the completion of its multipart upload), which its
+// caller's context does not end.
+const commitTimeout = 10 * time.Minute
 
 // readErrs remembers the error its reader returned, to tell a failing
 // source from a failing store.

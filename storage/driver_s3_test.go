@@ -5,10 +5,16 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
 
+	"github.com/aws/aws-sdk-go/aws"
+	"github.com/aws/aws-sdk-go/service/s3"
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/distribution/distribution/v3/registry/storage/driver/factory"
 	"github.com/opencontainers/go-digest"
@@ -175,5 +181,74 @@ func TestOpenDriverStoreS3WipesNothing(t *testing.T) {
 	}
 	if keys := srv.Keys(t, bucket); len(keys) != 1 {
 		t.Errorf("after a start the bucket holds %v; want the other replica's object", keys)
+	}
+}
+
+// failComplete is an S3 endpoint in front of a real one that fails each
+// CompleteMultipartUpload (a POST naming an uploadId) with a 500, the
+// first one only once release is closed; reached is closed when that one
+// arrives.
+type failComplete struct {
+	next             http.Handler
+	reached, release chan struct{}
+	once             sync.Once
+}
+
+func (f *failComplete) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodPost && r.URL.Query().Has("uploadId") {
+		_, _ = io.Copy(io.Discard, r.Body)
+		f.once.Do(func() {
+			close(f.reached)
+			<-f.release
+		})
+		w.Header().Set("Content-Type", "application/xml")
+		w.WriteHeader(http.StatusInternalServerError)
+		_, _ = w.Write([]byte(`<?xml version="1.0" encoding="UTF-8"?><Error><Code>InternalError</Code><Message>We encountered an internal error. Please try again.</Message></Error>`))
+		return
+	}
+	f.next.ServeHTTP(w, r)
+}
+
+// A write whose context ends while S3 completes its upload (a fill that
+// reaches its timeout at its very end), and whose completion then fails,
+// leaves no incomplete multipart upload behind: its parts would be billed
+// until a lifecycle rule aborts them, or for ever without one.
+func TestDriverStoreS3CommitCutLeavesNoUpload(t *testing.T) {
+	srv := s3test.Start(t)
+	bucket := srv.NewBucket(t)
+	u, err := url.Parse(srv.Endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fail := &failComplete{next: httputil.NewSingleHostReverseProxy(u), reached: make(chan struct{}), release: make(chan struct{})}
+	front := httptest.NewServer(fail)
+	t.Cleanup(front.Close)
+	params := srv.Params(bucket)
+	params["regionendpoint"] = front.URL
+	s, err := storage.OpenDriverStore(t.Context(), "s3aws", params)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := []byte("content whose upload is being completed")
+	d := digest.FromBytes(b)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- s.Put(ctx, "r", d, int64(len(b)), bytes.NewReader(b)) }()
+	select {
+	case <-fail.reached:
+		cancel()
+		close(fail.release)
+	case err := <-done:
+		t.Fatalf("Put ended before completing its upload: %v", err)
+	}
+	if err := <-done; err == nil {
+		t.Fatal("Put whose completion failed succeeded")
+	}
+	out, err := srv.Client().ListMultipartUploads(&s3.ListMultipartUploadsInput{Bucket: aws.String(bucket)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(out.Uploads) != 0 {
+		t.Errorf("after a write cut off while completing, the bucket has %d incomplete multipart uploads; want none", len(out.Uploads))
 	}
 }
