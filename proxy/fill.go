@@ -161,7 +161,29 @@ func (p *Proxy) publishTag(ctx context.Context, t target, tag string, m *storedM
 	if err := ms.PutManifest(ctx, t.storeRepo(), tag, m.mediaType, m.body); err != nil {
 		return fmt.Errorf("pushing tag %s:%s: %w", t.storeRepo(), tag, err)
 	}
-	return nil
+	return p.settleTag(ctx, t, tag, m.digest)
+}
+
+// settleTag pushes a tag again if it moved while it was pushed: the push
+// of the manifest the index names now may have reached the destination
+// first, and the one just made would leave the tag on the old manifest
+// until it moved again. The manifest it names now is pushed only if it is
+// mirrored completely (a tag is pushed last); else the end of its mirror
+// pushes it.
+func (p *Proxy) settleTag(ctx context.Context, t target, tag string, pushed digest.Digest) error {
+	rec, ok, err := p.index.Tag(t.host(), t.repo, tag)
+	if err != nil || !ok || rec.Digest == pushed {
+		return err
+	}
+	fill, ok, err := p.index.Fill(t.host(), t.repo, rec.Digest)
+	if err != nil || !ok || fill.State != storage.FillComplete {
+		return err
+	}
+	m, err := p.loadManifest(ctx, t, rec.Digest)
+	if err != nil {
+		return err
+	}
+	return p.publishTag(ctx, t, tag, m)
 }
 
 // copyImage stores everything a stored manifest needs: for an index, each

@@ -1153,3 +1153,86 @@ func TestDestinationMovedTagPushFailsOnce(t *testing.T) {
 	m.WaitIdle()
 	wantDestManifest(t, dest, repo, "2.4", next.Manifest, next.MediaType)
 }
+
+// tagHoldingStore holds the push of one tag naming one manifest, once
+// armed, until released, and reports each push of the tag it let through.
+type tagHoldingStore struct {
+	*destination.Store
+	tag  string
+	body []byte
+	// armed is set until the held push has been taken.
+	armed             atomic.Bool
+	reached, released chan struct{}
+	pushed            chan []byte
+}
+
+func (s *tagHoldingStore) PutManifest(ctx context.Context, repo, ref, mediaType string, body []byte) error {
+	if ref == s.tag && bytes.Equal(body, s.body) && s.armed.CompareAndSwap(true, false) {
+		close(s.reached)
+		<-s.released
+	}
+	err := s.Store.PutManifest(ctx, repo, ref, mediaType, body)
+	if ref == s.tag && err == nil {
+		select {
+		case s.pushed <- body:
+		default:
+		}
+	}
+	return err
+}
+
+// A tag that moved upstream while the mirror of the image it named was
+// pushing it to the destination ends at the destination on the image the
+// index names: the old image's late push of the tag, after the moved
+// tag's, left the destination's tag on the old image (until the tag moved
+// again) while every pull through the mirror got the new one.
+func TestDestinationTagMovedDuringItsPush(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	const repo = "area51/jenkins"
+	old := up.SeedImage(t, repo, "2.4", 1, 8<<10)
+	next := up.SeedImage(t, repo, "2.5", 1, 8<<10)
+	dest := startDest(t)
+	holding := &tagHoldingStore{tag: "2.4", body: old.Manifest,
+		reached: make(chan struct{}), released: make(chan struct{}), pushed: make(chan []byte, 8)}
+	t.Cleanup(func() {
+		select {
+		case <-holding.released:
+		default:
+			close(holding.released)
+		}
+	})
+	setup := &destSetup{password: destPassword, wrap: func(s *destination.Store) storage.Store {
+		holding.Store = s
+		return holding
+	}}
+	m := startDestMirror(t, up, dest, setup)
+	cranePull(t, ref(t, m.Server, repo+":2.5"))
+	m.WaitIdle()
+
+	// The old image's mirror holds its push of 2.4 ...
+	holding.armed.Store(true)
+	cranePull(t, ref(t, m.Server, repo+":2.4"))
+	<-holding.reached
+
+	// ... while 2.4 moves to 2.5's image, mirrored already, and the
+	// mirror pushes it there.
+	up.PutManifest(t, repo, "2.4", next.MediaType, next.Manifest)
+	m.Clock.Advance(24 * time.Hour)
+	if got := cranePull(t, ref(t, m.Server, repo+":2.4")); got != next.Digest {
+		t.Fatalf("pulled %s, want %s", got, next.Digest)
+	}
+	// Pushed twice: by the pull that saw the tag move, and at the end of
+	// the mirror of 2.5's image that pull resumed.
+	for range 2 {
+		if got := <-holding.pushed; !bytes.Equal(got, next.Manifest) {
+			t.Fatalf("pushed 2.4 as %s, want %s", sha(got), next.Digest)
+		}
+	}
+	close(holding.released)
+	m.WaitIdle()
+
+	if rec, ok, err := m.Index.Tag(proxy.DefaultHost, repo, "2.4"); err != nil || !ok || rec.Digest != digestOf(t, next.Digest) {
+		t.Fatalf("index: 2.4 is %v %v %v, want %s", rec.Digest, ok, err, next.Digest)
+	}
+	wantDestManifest(t, dest, repo, "2.4", next.Manifest, next.MediaType)
+}
