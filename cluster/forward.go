@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strings"
 
 	"github.com/opencontainers/go-digest"
 
@@ -413,8 +414,14 @@ type peerDown struct{ err error }
 func (p peerDown) Error() string { return p.err.Error() }
 
 // peerURL is the URL of a repository's content at a peer: the ns query
-// names the upstream, as containerd's does.
+// names the upstream, as containerd's does. A repository whose first
+// component is its upstream's host gets that host in front: with ns, a
+// first component naming the same host is read as a path prefix (as
+// containerd sends with override_path).
 func peerURL(u, host, repo, kind, ref string) string {
+	if first, _, ok := strings.Cut(repo, "/"); ok && first == host {
+		repo = host + "/" + repo
+	}
 	return u + "/v2/" + repo + "/" + kind + "/" + ref + "?" + url.Values{"ns": {host}}.Encode()
 }
 

@@ -354,3 +354,19 @@ func TestServeBlobOwnerHungUntilMarkedDown(t *testing.T) {
 		t.Fatalf("served %v, err %v; want the blob left to this replica to fetch", got.served, got.err)
 	}
 }
+
+// A repository is named to a peer so that the peer resolves it to the same
+// one: also one whose first component is its upstream's host, which with
+// ns alone would be read as a path prefix.
+func TestPeerURLNamesTheRepository(t *testing.T) {
+	for _, c := range []struct{ host, repo, want string }{
+		{"docker.io", "library/nginx", "http://p/v2/library/nginx/manifests/1?ns=docker.io"},
+		{"ghcr.io", "owner/app", "http://p/v2/owner/app/manifests/1?ns=ghcr.io"},
+		{"ghcr.io", "ghcr.io/app", "http://p/v2/ghcr.io/ghcr.io/app/manifests/1?ns=ghcr.io"},
+		{"ghcr.io", "quay.io/app", "http://p/v2/quay.io/app/manifests/1?ns=ghcr.io"},
+	} {
+		if got := peerURL("http://p", c.host, c.repo, "manifests", "1"); got != c.want {
+			t.Errorf("peerURL(%s, %s) = %s, want %s", c.host, c.repo, got, c.want)
+		}
+	}
+}

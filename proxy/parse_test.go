@@ -196,7 +196,13 @@ func TestResolveHubNamesAreNotHosts(t *testing.T) {
 		{"/?ns=index.docker.io", "myreg.local/app", "", "", errcode.NameInvalid},
 		{"/?ns=docker.io", "localhost/app", "", "", errcode.NameInvalid},
 		{"/?ns=docker.io", "localhost:5000/app", "", "", errcode.NameInvalid},
-		{"/?ns=docker.io", "docker.io/library/app", "", "", errcode.NameInvalid},
+		{"/?ns=docker.io", "docker.io/myreg.local/app", "", "", errcode.NameInvalid},
+		{"/?ns=docker.io", "myreg.local/docker.io/app", "", "", errcode.NameInvalid},
+		// ns and a path prefix naming the same registry (containerd's
+		// override_path): the prefix is not part of the repository.
+		{"/?ns=docker.io", "docker.io/library/app", DefaultHost, "library/app", ""},
+		{"/?ns=docker.io", "index.docker.io/app", DefaultHost, "library/app", ""},
+		{"/?ns=myreg.local", "myreg.local/app", "myreg.local", "myreg.local/app", ""},
 		{"/", "docker.io/myreg.local/app", "", "", errcode.NameInvalid},
 		{"/", "docker.io/localhost/app", "", "", errcode.NameInvalid},
 		{"/", "index.docker.io/myreg.local/app", "", "", errcode.NameInvalid},

@@ -64,8 +64,8 @@ func checkHubName(host, repo string) error {
 }
 
 // resolve finds the upstream and repository a request names: the ns query
-// parameter containerd sends, else a first path component that is a host,
-// else docker.io. Only configured upstreams are ever reached.
+// parameter containerd sends (after a first path component naming the same
+// host), else a first path component that is a host, else docker.io. Only configured upstreams are ever reached.
 func (p *Proxy) resolve(r *http.Request, name string) (target, error) {
 	if !oci.ValidName(name) {
 		return target{}, errcode.New(errcode.NameInvalid, "invalid repository name %q", name)
@@ -73,6 +73,13 @@ func (p *Proxy) resolve(r *http.Request, name string) (target, error) {
 	host, repo := DefaultHost, name
 	if ns := r.URL.Query().Get("ns"); ns != "" {
 		host = canonicalHost(ns)
+		// containerd sends ns to a mirror also when the mirror's path
+		// names the registry (hosts.toml [host."http://mirror/v2/ghcr.io"]
+		// with override_path): a first component naming the same registry
+		// is that prefix, as it is without ns.
+		if first, rest, ok := strings.Cut(name, "/"); ok && looksLikeHost(first) && canonicalHost(first) == host {
+			repo = rest
+		}
 	} else if first, rest, ok := strings.Cut(name, "/"); ok && looksLikeHost(first) {
 		host, repo = canonicalHost(first), rest
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/docker-mirror/docker-mirror/proxy"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
 	"github.com/docker-mirror/docker-mirror/tests/servertest"
 )
@@ -44,13 +45,24 @@ type throughMirror struct {
 
 func startThroughMirror(t *testing.T) *throughMirror {
 	t.Helper()
+	return startThroughMirrorOf(t)
+}
+
+// startThroughMirrorOf is startThroughMirror whose upstream fixture is
+// also every host of others (e.g. ghcr.io), besides docker.io.
+func startThroughMirrorOf(t *testing.T, others ...string) *throughMirror {
+	t.Helper()
 	tm := &throughMirror{
 		up:      fixture.StartUpstream(t),
 		log:     &RequestLog{},
 		fetched: map[string]string{},
 		pulled:  map[string]string{},
 	}
-	tm.m = servertest.Start(t, tm.up.URL())
+	ups := []servertest.Upstream{{Host: proxy.DefaultHost, URL: tm.up.URL()}}
+	for _, h := range others {
+		ups = append(ups, servertest.Upstream{Host: h, URL: tm.up.URL()})
+	}
+	tm.m = servertest.StartUpstreams(t, ups, nil)
 	front := httptest.NewServer(tm.log.Wrap(tm.m.Proxy.Handler()))
 	t.Cleanup(front.Close)
 	tm.Host = strings.TrimPrefix(front.URL, "http://")
@@ -455,6 +467,48 @@ func TestThroughMirror(t *testing.T) {
 	})
 
 	t.Logf("blobs the upstream sent: %d (each once)", len(tm.fetched))
+}
+
+// TestContainerdMirrorPathPrefix pulls with containerd through hosts.toml
+// files that name the mirror with the registry as a path prefix
+// ([host."http://MIRROR/v2/ghcr.io"] with override_path, the way path-based
+// proxy caches are configured): containerd then sends the prefix in the
+// path and ?ns=REGISTRY too, which name the same registry, and the mirror
+// must answer as for either alone, not refuse the name (containerd would go
+// on to the registry itself, and fail offline).
+func TestContainerdMirrorPathPrefix(t *testing.T) {
+	RequireRoot(t)
+	RequireBinary(t, "containerd")
+	tm := startThroughMirrorOf(t, "ghcr.io")
+	alpha := tm.seed(t, "alpha", "latest", fixture.OCI)
+	app := tm.up.SeedMultiArch(t, "owner/app", "v1", fixture.Docker)
+	c := StartContainerd(t, "")
+	hosts := filepath.Join(c.Dir, "certs.d-prefix")
+	for _, registry := range []string{"docker.io", "ghcr.io"} {
+		writeFile(t, filepath.Join(hosts, registry, "hosts.toml"), `[host."http://`+tm.Host+`/v2/`+registry+`"]
+  capabilities = ["pull", "resolve"]
+  override_path = true
+`)
+	}
+
+	ref := "docker.io/" + tagRef("", alpha)
+	reqs := tm.step(t, "containerd", "ctr images pull --platform linux/arm64 "+ref+" (mirror at /v2/docker.io)", stepOpts{}, func() {
+		expectEqual(t, "digest", c.PullWithHosts(t, hosts, ref, "linux/arm64"), alpha.Digest)
+	})
+	expectQuery(t, reqs, "ns=docker.io")
+	expectFetched(t, reqs, "GET", "/v2/docker.io/"+alpha.Repo+"/manifests/"+alpha.Platforms["linux/arm64"].Digest)
+
+	ref = "ghcr.io/owner/app:v1"
+	reqs = tm.step(t, "containerd", "ctr images pull "+ref+" (mirror at /v2/ghcr.io)", stepOpts{}, func() {
+		expectEqual(t, "digest", c.PullWithHosts(t, hosts, ref, ""), app.Digest)
+	})
+	expectQuery(t, reqs, "ns=ghcr.io")
+	expectFetched(t, reqs, "GET", "/v2/ghcr.io/owner/app/manifests/"+app.Platforms[hostPlatform()].Digest)
+
+	ref = "ghcr.io/owner/app@" + app.Digest
+	tm.step(t, "containerd", "ctr images pull --platform linux/arm64 "+ref+" (mirror at /v2/ghcr.io, by digest)", stepOpts{}, func() {
+		expectEqual(t, "digest", c.PullWithHosts(t, hosts, ref, "linux/arm64"), app.Digest)
+	})
 }
 
 // indexEntry is what a client must keep of an index entry.
