@@ -64,8 +64,9 @@ func checkHubName(host, repo string) error {
 }
 
 // resolve finds the upstream and repository a request names: the ns query
-// parameter containerd sends (after a first path component naming the same
-// host), else a first path component that is a host, else docker.io. Only configured upstreams are ever reached.
+// parameter containerd sends (after a first path component naming the
+// same host), else a first path component that is a host, else
+// docker.io. Only configured upstreams are ever reached.
 func (p *Proxy) resolve(r *http.Request, name string) (target, error) {
 	if !oci.ValidName(name) {
 		return target{}, errcode.New(errcode.NameInvalid, "invalid repository name %q", name)
