@@ -178,7 +178,7 @@ func (p *Proxy) readyz(w http.ResponseWriter, r *http.Request) error {
 func (p *Proxy) serve(route string, level access.Level, h handlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		rec := &recorder{ResponseWriter: w}
+		rec := &recorder{ResponseWriter: w, head: r.Method == http.MethodHead}
 		// Browsers must take every answer for the type it declares (the
 		// nosniff): a manifest, blob or error body sniffed as HTML or
 		// script would run on the mirror's origin.
@@ -287,6 +287,9 @@ type recorder struct {
 	status int
 	bytes  int64
 	wrote  bool
+	// head: the answer to a HEAD, whose body net/http drops (it reports
+	// the writes done all the same): no bytes are sent.
+	head bool
 }
 
 func (r *recorder) WriteHeader(s int) {
@@ -299,14 +302,18 @@ func (r *recorder) WriteHeader(s int) {
 func (r *recorder) Write(b []byte) (int, error) {
 	r.wrote = true
 	n, err := r.ResponseWriter.Write(b)
-	r.bytes += int64(n)
+	if !r.head {
+		r.bytes += int64(n)
+	}
 	return n, err
 }
 
 func (r *recorder) ReadFrom(src io.Reader) (int64, error) {
 	r.wrote = true
 	n, err := io.Copy(r.ResponseWriter, src)
-	r.bytes += n
+	if !r.head {
+		r.bytes += n
+	}
 	return n, err
 }
 
