@@ -1,13 +1,19 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"testing"
+	"time"
 
+	"github.com/opencontainers/go-digest"
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/docker-mirror/docker-mirror/storage"
 )
 
 // logLines is a slog handler that hands each record to its channel.
@@ -72,5 +78,48 @@ func TestHeadAnswerCountsNoBytes(t *testing.T) {
 		if got := counterValue(t, p.metrics.ServedBytes.WithLabelValues(c.route)); got != 0 {
 			t.Errorf("HEAD %s (%d): docker_mirror_served_bytes_total{route=%q} = %v, want 0", c.path, resp.StatusCode, c.route, got)
 		}
+	}
+}
+
+// A client that hangs up in the middle of a blob it is served from the
+// cache went away: the access line says 499 at DEBUG, as for one that
+// leaves a download, not a 200 whose response broke (WARN). From a store
+// in files the body goes by sendfile, from one in memory by a copy.
+func TestClientGoneMidBlobIs499(t *testing.T) {
+	for _, driver := range []string{"filesystem", "inmemory"} {
+		t.Run(driver, func(t *testing.T) {
+			store, err := storage.OpenDriverStore(t.Context(), driver, map[string]any{"rootdirectory": t.TempDir()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			lines := make(logLines, 16)
+			p, up, _ := testMirror(t, store, "http://127.0.0.1:1", WithLogger(slog.New(lines)))
+			tg := target{up: up, repo: "library/x", name: "x"}
+			body := bytes.Repeat([]byte("0123456789abcdef"), 4<<20) // 64 MiB: more than the sockets' buffers hold
+			d := digest.FromBytes(body)
+			if err := p.store.Put(t.Context(), tg.storeRepo(), d, int64(len(body)), bytes.NewReader(body)); err != nil {
+				t.Fatal(err)
+			}
+			if err := p.index.RecordBlob(tg.host(), tg.repo, d, int64(len(body)), time.Now()); err != nil {
+				t.Fatal(err)
+			}
+			srv := httptest.NewServer(p.Handler())
+			defer srv.Close()
+			resp, err := srv.Client().Get(srv.URL + "/v2/x/blobs/" + d.String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.StatusCode != http.StatusOK || resp.Header.Get(cacheHeader) != "hit" {
+				t.Fatalf("status %d, X-Cache %q: want a 200 hit", resp.StatusCode, resp.Header.Get(cacheHeader))
+			}
+			if _, err := io.ReadFull(resp.Body, make([]byte, 1024)); err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close() // before the end: the connection is closed
+			level, attrs := lines.accessLine(t)
+			if got := attrs["status"].Int64(); got != 499 || level != slog.LevelDebug {
+				t.Errorf("client gone mid-body: access line status=%d at %s (error %q), want 499 at DEBUG", got, level, attrs["error"])
+			}
+		})
 	}
 }

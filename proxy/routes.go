@@ -5,9 +5,12 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"os"
 	"path"
 	"strconv"
+	"syscall"
 	"time"
 	"unicode/utf8"
 
@@ -194,8 +197,10 @@ func (p *Proxy) serve(route string, level access.Level, h handlerFunc) http.Hand
 		attrs = append(attrs, slog.String("method", clip(r.Method, maxLoggedMethod)), slog.String("path", clip(r.URL.Path, maxLoggedPath)), slog.String("route", route))
 		if err != nil {
 			switch {
-			case r.Context().Err() != nil && errors.Is(err, context.Canceled):
-				// The client went away: nothing to answer.
+			case r.Context().Err() != nil && errors.Is(err, context.Canceled),
+				rec.wrote && (r.Context().Err() != nil || writeToClientFailed(r, err)):
+				// The client went away: nothing to answer. (Mid-body, the
+				// error is the failed write to its connection.)
 				rec.status = 499
 				level = slog.LevelDebug
 			case rec.wrote:
@@ -234,6 +239,30 @@ func (p *Proxy) serve(route string, level access.Level, h handlerFunc) http.Hand
 		}
 		p.log.LogAttrs(r.Context(), level, "request", attrs...)
 	})
+}
+
+// writeToClientFailed reports whether err is a failed write to r's
+// connection: its client went away mid-body. net/http's copy of a body to
+// the connection (sendfile, or a plain copy) does not cancel the request's
+// context when it fails, as its other writes do.
+func writeToClientFailed(r *http.Request, err error) bool {
+	for {
+		var oe *net.OpError
+		if !errors.As(err, &oe) {
+			return false
+		}
+		if oe.Addr != nil && oe.Addr.String() == r.RemoteAddr {
+			if oe.Op == "write" {
+				return true
+			}
+			// sendfile's own error, not one of the source it read
+			// (wrapped in the same "readfrom").
+			if se, ok := oe.Err.(*os.SyscallError); ok && (errors.Is(se.Err, syscall.EPIPE) || errors.Is(se.Err, syscall.ECONNRESET)) {
+				return true
+			}
+		}
+		err = oe.Err
+	}
 }
 
 // What an access-log line copies from a request is bounded: a client
