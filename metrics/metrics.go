@@ -4,6 +4,8 @@
 package metrics
 
 import (
+	"context"
+	"errors"
 	"io"
 	"net/http"
 	"strconv"
@@ -127,7 +129,11 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	resp, err := t.base.RoundTrip(req)
 	if err != nil {
 		t.m.UpstreamRequests.WithLabelValues(t.upstream, "error").Inc()
-		t.m.UpstreamErrors.WithLabelValues(t.upstream, "network").Inc()
+		// A request the mirror cancelled (its client hung up) is no
+		// failure of the upstream; one past its deadline is.
+		if !errors.Is(req.Context().Err(), context.Canceled) {
+			t.m.UpstreamErrors.WithLabelValues(t.upstream, "network").Inc()
+		}
 		return nil, err
 	}
 	t.m.UpstreamRequests.WithLabelValues(t.upstream, strconv.Itoa(resp.StatusCode)).Inc()
