@@ -45,7 +45,8 @@ type Manifest struct {
 // application/octet-stream), what the document's shape says (an OCI
 // manifest may omit mediaType). Anything else (text/html, image/svg+xml,
 // a config's type...) is an error: such a manifest would be handed to
-// clients, and browsers, as something it is not.
+// clients, and browsers, as something it is not. So is a body of the
+// other kind than its type (sameKind): an image served as an index.
 func ParseManifest(body []byte, declared string) (Manifest, string, error) {
 	var m Manifest
 	if err := json.Unmarshal(body, &m); err != nil {
@@ -54,6 +55,9 @@ func ParseManifest(body []byte, declared string) (Manifest, string, error) {
 	mt, _, _ := strings.Cut(declared, ";")
 	mt = strings.TrimSpace(mt)
 	if IsManifestMediaType(mt) {
+		if err := m.sameKind(mt); err != nil {
+			return m, "", err
+		}
 		return m, mt, nil
 	}
 	if m.MediaType != "" {
@@ -61,7 +65,11 @@ func ParseManifest(body []byte, declared string) (Manifest, string, error) {
 			return m, "", fmt.Errorf("manifest declares media type %q, which is not a manifest's", m.MediaType)
 		}
 		own, _, _ := strings.Cut(m.MediaType, ";") // served bare, as a declared type is
-		return m, strings.TrimSpace(own), nil
+		own = strings.TrimSpace(own)
+		if err := m.sameKind(own); err != nil {
+			return m, "", err
+		}
+		return m, own, nil
 	}
 	switch strings.ToLower(mt) {
 	case "", "application/json", "text/plain", "application/octet-stream":
@@ -78,6 +86,24 @@ func ParseManifest(body []byte, declared string) (Manifest, string, error) {
 	default:
 		return m, "", errors.New("manifest of unknown type")
 	}
+}
+
+// sameKind checks that a manifest served as mt is of mt's kind, as
+// clients check (containerd's images.validateMediaType): an index's body
+// names no image type and has no config or layers; an image's names no
+// index type and lists no manifests. A manifest of the other kind than
+// its type says would be recorded, filled and served as what it is not.
+func (m Manifest) sameKind(mt string) error {
+	mt = strings.ToLower(mt)
+	own, _, _ := strings.Cut(m.MediaType, ";")
+	own = strings.ToLower(strings.TrimSpace(own))
+	switch {
+	case IsIndex(mt) && (m.Config != nil || len(m.Layers) > 0 || own == MediaTypeOCIManifest || own == MediaTypeDockerManifest):
+		return fmt.Errorf("manifest served as index type %q is an image (its body names %q, or has a config or layers)", mt, own)
+	case (mt == MediaTypeOCIManifest || mt == MediaTypeDockerManifest) && (len(m.Manifests) > 0 || IsIndex(own)):
+		return fmt.Errorf("manifest served as image type %q is an index (its body names %q, or lists manifests)", mt, own)
+	}
+	return nil
 }
 
 // IsIndex reports whether the manifest lists other manifests.

@@ -108,6 +108,13 @@ func TestParseManifestRefusesNonManifestTypes(t *testing.T) {
 		{withType("text/html"), "text/html"},
 		{withType("application/vnd.oci.image.config.v1+json"), ""},
 		{withType(`application/vnd.evil\r\nx.manifest.v1+json`), ""},
+		// A body of the other kind than its type says (as containerd
+		// refuses it): an image served as an index, an index as an image.
+		{image, MediaTypeOCIIndex},
+		{withType(MediaTypeOCIManifest), MediaTypeDockerList},
+		{`{"schemaVersion":2,"manifests":[{}]}`, MediaTypeOCIManifest},
+		{`{"schemaVersion":2,"mediaType":"` + MediaTypeDockerList + `","manifests":[]}`, MediaTypeDockerManifest},
+		{`{"schemaVersion":2,"mediaType":"` + MediaTypeOCIIndex + `","config":{}}`, ""},
 	}
 	for _, c := range bad {
 		if _, mt, err := ParseManifest([]byte(c.body), c.declared); err == nil {
