@@ -735,6 +735,14 @@ type Manifest struct {
 // the body and checked against the requested digest and against the
 // upstream's Docker-Content-Digest header.
 func (c *Client) Manifest(ctx context.Context, repo string, ref oci.Ref, opts ...ManifestOption) (*Manifest, error) {
+	if ref.IsDigest() {
+		// A digest a manifest lists (an index's child) is the upstream's
+		// word: one of an algorithm this build cannot compute, or no
+		// digest at all, would panic when the body is hashed.
+		if err := oci.ValidateDigest(ref.Digest); err != nil {
+			return nil, fmt.Errorf("manifest %s@%s: %w", repo, ref.Digest, err)
+		}
+	}
 	var o manifestOptions
 	for _, f := range opts {
 		f(&o)
