@@ -50,3 +50,30 @@ func TestIndexChildWithUnusableDigestDoesNotCrash(t *testing.T) {
 		})
 	}
 }
+
+// A client that cannot read an index gets its linux/amd64 image: when the
+// upstream's index names that image by a digest of an unregistered
+// algorithm, the client was answered 400 DIGEST_INVALID, blaming the tag
+// it asked for. It is the upstream's bad answer: 502 UNAVAILABLE.
+func TestIndexDefaultPlatformWithUnusableDigestIsBadGateway(t *testing.T) {
+	index := []byte(`{"schemaVersion":2,"mediaType":"` + oci.MediaTypeOCIIndex + `","manifests":[{"mediaType":"` + oci.MediaTypeOCIManifest +
+		`","digest":"blake3:` + strings.Repeat("a", 64) + `","size":10,"platform":{"os":"linux","architecture":"amd64"}}]}`)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v2/library/app/manifests/v1" {
+			w.Header().Set("Content-Type", oci.MediaTypeOCIIndex)
+			_, _ = w.Write(index)
+		}
+	}))
+	defer srv.Close()
+	p, _, _ := testMirror(t, nil, srv.URL)
+	rec := httptest.NewRecorder()
+	req := httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/v2/library/app/manifests/v1", nil)
+	req.Header.Set("Accept", oci.MediaTypeDockerManifest)
+	p.Handler().ServeHTTP(rec, req)
+	if err := p.WaitIdle(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if rec.Code != http.StatusBadGateway || !strings.Contains(rec.Body.String(), `"UNAVAILABLE"`) {
+		t.Errorf("GET v1 (no index accepted): %d %s; want 502 UNAVAILABLE", rec.Code, rec.Body)
+	}
+}

@@ -163,6 +163,12 @@ func (p *Proxy) defaultPlatform(ctx context.Context, t target, m *storedManifest
 	}
 	for _, d := range doc.Manifests {
 		if d.Platform != nil && d.Platform.OS == "linux" && d.Platform.Architecture == "amd64" {
+			if err := oci.ValidateDigest(d.Digest); err != nil {
+				// The upstream's index is at fault, not the client's request.
+				return nil, errcode.Wrap(errcode.Unavailable, fmt.Errorf("%w: %w", upstream.ErrInvalid, err),
+					"upstream %s sent an index for %s naming its linux/amd64 image by an invalid digest", t.host(), t.name).
+					WithStatus(http.StatusBadGateway)
+			}
 			return p.manifestByDigest(ctx, t, d.Digest, h)
 		}
 	}
