@@ -426,6 +426,13 @@ func peerURL(u, host, repo, kind, ref string) string {
 }
 
 func (c *Cluster) manifestFrom(ctx context.Context, u, host, repo string, ref oci.Ref) (*upstream.Manifest, error) {
+	if ref.IsDigest() {
+		// An upstream's word (an index's child): one this build cannot
+		// compute would panic when the answer is hashed.
+		if err := oci.ValidateDigest(ref.Digest); err != nil {
+			return nil, fmt.Errorf("manifest %s@%s: %w", repo, ref.Digest, err)
+		}
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, peerURL(u, host, repo, "manifests", ref.String()), nil)
 	if err != nil {
 		return nil, err

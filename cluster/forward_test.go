@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -367,6 +368,30 @@ func TestPeerURLNamesTheRepository(t *testing.T) {
 	} {
 		if got := peerURL("http://p", c.host, c.repo, "manifests", "1"); got != c.want {
 			t.Errorf("peerURL(%s, %s) = %s, want %s", c.host, c.repo, got, c.want)
+		}
+	}
+}
+
+// A manifest asked by a digest this build cannot compute (an upstream's
+// index naming a child by blake3, or by no digest at all) is an error,
+// not a panic of the whole mirror when the owner's answer is hashed.
+func TestManifestByUnusableDigest(t *testing.T) {
+	s, _ := owner(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", oci.MediaTypeOCIManifest)
+		w.Write([]byte(`{"schemaVersion":2}`))
+	})
+	c := newTwo(t, s.URL)
+	for _, d := range []digest.Digest{"blake3:" + digest.Digest(strings.Repeat("a", 64)), "nocolon"} {
+		ref := oci.Ref{Digest: d}
+		for k := 0; k < 1000; k++ { // a key the peer owns
+			key := fmt.Sprintf("%s#%d", d, k)
+			if c.Owners(key)[0] != s.URL {
+				continue
+			}
+			if _, _, err := c.Manifest(context.Background(), key, "ghcr.io", "o/app", ref); err == nil {
+				t.Errorf("manifest by %q: no error", d)
+			}
+			break
 		}
 	}
 }

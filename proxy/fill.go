@@ -313,6 +313,9 @@ func (p *Proxy) fillChild(ctx context.Context, t target, dgst digest.Digest, pro
 }
 
 func (p *Proxy) ensureManifest(ctx context.Context, t target, dgst digest.Digest) (*storedManifest, error) {
+	if err := oci.ValidateDigest(dgst); err != nil {
+		return nil, fmt.Errorf("manifest lists an invalid manifest digest %q: %w", dgst, err)
+	}
 	stored := func() *storedManifest {
 		if linked, err := p.index.Linked(t.host(), t.repo, dgst); err == nil && linked {
 			if m, err := p.loadManifest(ctx, t, dgst); err == nil {
