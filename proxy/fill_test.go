@@ -3,7 +3,6 @@ package proxy
 import (
 	"io"
 	"log"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -21,7 +20,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
-	"github.com/docker-mirror/docker-mirror/proxy/upstream"
 	"github.com/docker-mirror/docker-mirror/storage"
 )
 
@@ -95,16 +93,7 @@ func TestFillOfIndexStoresOtherChildrenWhenOneFails(t *testing.T) {
 			}
 			reg.ServeHTTP(w, r)
 		})
-		up, err := upstream.New(DefaultHost, "http://registry.test", upstream.WithTransport(inProcess{front}))
-		if err != nil {
-			t.Fatal(err)
-		}
-		store, index := memStore(t)
-		p, err := New(store, index, []*upstream.Client{up}, WithSpoolDir(t.TempDir()),
-			WithReferrers(false), WithLogger(slog.New(slog.DiscardHandler)))
-		if err != nil {
-			t.Fatal(err)
-		}
+		p := inProcessMirror(t, front)
 		defer p.Close()
 		get := func(path string) *httptest.ResponseRecorder {
 			rec := httptest.NewRecorder()
@@ -124,7 +113,7 @@ func TestFillOfIndexStoresOtherChildrenWhenOneFails(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if rec, ok, err := index.Fill(DefaultHost, "library/app", digest.Digest(d.String())); err != nil || !ok || rec.State != storage.FillPartial {
+		if rec, ok, err := p.index.Fill(DefaultHost, "library/app", digest.Digest(d.String())); err != nil || !ok || rec.State != storage.FillPartial {
 			t.Errorf("fill record of the index: %+v %v %v, want partial", rec, ok, err)
 		}
 		down.Store(true)
@@ -197,16 +186,7 @@ func TestFillOfImageKeepsOtherLayersWhenOneFails(t *testing.T) {
 			}
 			reg.ServeHTTP(w, r)
 		})
-		up, err := upstream.New(DefaultHost, "http://registry.test", upstream.WithTransport(inProcess{front}))
-		if err != nil {
-			t.Fatal(err)
-		}
-		store, index := memStore(t)
-		p, err := New(store, index, []*upstream.Client{up}, WithSpoolDir(t.TempDir()),
-			WithReferrers(false), WithLogger(slog.New(slog.DiscardHandler)))
-		if err != nil {
-			t.Fatal(err)
-		}
+		p := inProcessMirror(t, front)
 		defer p.Close()
 		pull := func() {
 			rec := httptest.NewRecorder()
@@ -229,7 +209,7 @@ func TestFillOfImageKeepsOtherLayersWhenOneFails(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if rec, ok, err := index.Fill(DefaultHost, "library/app", digest.Digest(d.String())); err != nil || !ok || rec.State != storage.FillComplete {
+		if rec, ok, err := p.index.Fill(DefaultHost, "library/app", digest.Digest(d.String())); err != nil || !ok || rec.State != storage.FillComplete {
 			t.Fatalf("fill record of the index after the second pull: %+v %v %v, want complete", rec, ok, err)
 		}
 		if n := heldGETs.Load(); n != 1 {

@@ -90,6 +90,23 @@ func (t inProcess) RoundTrip(r *http.Request) (*http.Response, error) {
 	return resp, nil
 }
 
+// inProcessMirror is a mirror, with referrers off, of Docker Hub as the
+// handler h answers it in the process (inProcess).
+func inProcessMirror(t *testing.T, h http.Handler, opts ...Option) *Proxy {
+	t.Helper()
+	up, err := upstream.New(DefaultHost, "http://registry.test", upstream.WithTransport(inProcess{h}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, index := memStore(t)
+	p, err := New(store, index, []*upstream.Client{up}, append([]Option{WithSpoolDir(t.TempDir()),
+		WithReferrers(false), WithLogger(slog.New(slog.DiscardHandler))}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 // A prefetch job gives each image the time of one fill, not the whole
 // job: three images of 40 minutes each (on a bubble's clock) all finish,
 // though the job takes two hours against a fill timeout of one. Before,
@@ -116,16 +133,7 @@ func TestPrefetchJobLongerThanAFill(t *testing.T) {
 			}
 			reg.ServeHTTP(w, r)
 		})
-		up, err := upstream.New(DefaultHost, "http://registry.test", upstream.WithTransport(inProcess{slow}))
-		if err != nil {
-			t.Fatal(err)
-		}
-		store, index := memStore(t)
-		p, err := New(store, index, []*upstream.Client{up}, WithSpoolDir(t.TempDir()), WithFillTimeout(time.Hour),
-			WithReferrers(false), WithLogger(slog.New(slog.DiscardHandler)))
-		if err != nil {
-			t.Fatal(err)
-		}
+		p := inProcessMirror(t, slow, WithFillTimeout(time.Hour))
 		defer p.Close()
 		job, err := p.StartPrefetch(t.Context(), PrefetchRequest{Images: []string{"a:1", "b:1", "c:1"}}, "prefetch")
 		if err != nil {

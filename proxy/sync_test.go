@@ -4,7 +4,6 @@ import (
 	"context"
 	"io"
 	"log"
-	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
@@ -42,17 +41,7 @@ func slowSyncProxy(t *testing.T, opts ...Option) *Proxy {
 		}
 		reg.ServeHTTP(w, r)
 	})
-	up, err := upstream.New(DefaultHost, "http://registry.test", upstream.WithTransport(inProcess{slow}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	store, index := memStore(t)
-	p, err := New(store, index, []*upstream.Client{up}, append([]Option{WithSpoolDir(t.TempDir()), WithFillTimeout(3 * time.Hour),
-		WithReferrers(false), WithLogger(slog.New(slog.DiscardHandler))}, opts...)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
+	return inProcessMirror(t, slow, append([]Option{WithFillTimeout(3 * time.Hour)}, opts...)...)
 }
 
 // unfinishedSyncJobs counts the sync jobs recorded as queued or running.
