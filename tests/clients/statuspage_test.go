@@ -334,19 +334,15 @@ func TestStatusPageBrowser(t *testing.T) {
 	}
 }
 
-// An admin's action on an image's page shows its effect there: pinned, the
-// image offers Unpin (the page's refresh after an action swapped in only
-// the overview's parts, so the image's page kept a disabled Pin button).
-func TestStatusPageImageAction(t *testing.T) {
-	exe := requireChromium(t)
-	up := fixture.StartUpstream(t)
-	up.SeedMultiArch(t, "library/webapp", "1.0", fixture.OCI)
-	m := servertest.Start(t, up.URL()) // no auth: everyone is an admin
+// pullWebapp pulls library/webapp:1.0 through m, accepting accept, and
+// waits for its background mirror.
+func pullWebapp(t *testing.T, m *servertest.Server, accept string) {
+	t.Helper()
 	req, err := http.NewRequest(http.MethodGet, m.URL()+"/v2/library/webapp/manifests/1.0", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	req.Header.Set("Accept", "application/vnd.oci.image.index.v1+json")
+	req.Header.Set("Accept", accept)
 	resp, err := (&http.Client{Timeout: time.Minute}).Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -356,6 +352,17 @@ func TestStatusPageImageAction(t *testing.T) {
 		t.Fatalf("pull: %d", resp.StatusCode)
 	}
 	m.WaitIdle()
+}
+
+// An admin's action on an image's page shows its effect there: pinned, the
+// image offers Unpin (the page's refresh after an action swapped in only
+// the overview's parts, so the image's page kept a disabled Pin button).
+func TestStatusPageImageAction(t *testing.T) {
+	exe := requireChromium(t)
+	up := fixture.StartUpstream(t)
+	up.SeedMultiArch(t, "library/webapp", "1.0", fixture.OCI)
+	m := servertest.Start(t, up.URL()) // no auth: everyone is an admin
+	pullWebapp(t, m, "application/vnd.oci.image.index.v1+json")
 
 	tab, errs := browser(t, exe)
 	do(t, tab, chromedp.Navigate(m.URL()+"/images/docker.io/library/webapp"), chromedp.WaitVisible(chromedp.CSS(`section.image button[data-action="pin"]`)))
@@ -383,20 +390,7 @@ func TestStatusPageEvictLastImage(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	im := up.SeedImage(t, "library/webapp", "1.0", 1, 4<<10)
 	m := servertest.Start(t, up.URL()) // no auth: everyone is an admin
-	req, err := http.NewRequest(http.MethodGet, m.URL()+"/v2/library/webapp/manifests/1.0", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Accept", "application/vnd.oci.image.manifest.v1+json")
-	resp, err := (&http.Client{Timeout: time.Minute}).Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Fatalf("pull: %d", resp.StatusCode)
-	}
-	m.WaitIdle()
+	pullWebapp(t, m, "application/vnd.oci.image.manifest.v1+json")
 	m.Clock.Advance(lifecycle.DefaultGrace + time.Minute) // past the collection's grace
 
 	tab, errs := browser(t, exe)
@@ -487,20 +481,7 @@ func TestStatusPageRefreshesOneAtATime(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	im := up.SeedImage(t, "library/webapp", "1.0", 1, 4<<10)
 	m := servertest.Start(t, up.URL()) // no auth: everyone is an admin
-	req, err := http.NewRequest(http.MethodGet, m.URL()+"/v2/library/webapp/manifests/1.0", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Accept", "application/vnd.oci.image.manifest.v1+json")
-	resp, err := (&http.Client{Timeout: time.Minute}).Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Fatalf("pull: %d", resp.StatusCode)
-	}
-	m.WaitIdle()
+	pullWebapp(t, m, "application/vnd.oci.image.manifest.v1+json")
 	hold := &liveHold{next: m.Server.Handler(), release: make(chan struct{}), arrived: make(chan struct{}, 1)}
 	front := httptest.NewServer(hold)
 	t.Cleanup(front.Close)
