@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -123,6 +125,10 @@ type transport struct {
 	m        *Metrics
 	upstream string
 	base     http.RoundTripper
+
+	mu     sync.Mutex
+	seen   int         // rate-limit figures noted so far
+	expiry *time.Timer // ends the last ones once their window has passed
 }
 
 func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -140,23 +146,65 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests {
 		t.m.UpstreamErrors.WithLabelValues(t.upstream, "status").Inc()
 	}
-	if v, ok := rateLimit(resp.Header.Get("Ratelimit-Remaining")); ok {
-		t.m.RateLimitRemaining.WithLabelValues(t.upstream).Set(v)
-	}
-	if v, ok := rateLimit(resp.Header.Get("Ratelimit-Limit")); ok {
-		t.m.RateLimitLimit.WithLabelValues(t.upstream).Set(v)
+	if v, window, ok := rateLimit(resp.Header.Get("Ratelimit-Remaining")); ok {
+		limit, _, hasLimit := rateLimit(resp.Header.Get("Ratelimit-Limit"))
+		t.noteRateLimit(v, limit, hasLimit, window)
 	}
 	resp.Body = &countingBody{ReadCloser: resp.Body, c: t.m.UpstreamBytes.WithLabelValues(t.upstream)}
 	return resp, nil
 }
 
-// rateLimit parses Docker Hub's "100;w=21600" rate-limit header value.
-func rateLimit(h string) (float64, bool) {
-	if h == "" {
-		return 0, false
+// noteRateLimit records the upstream's rate-limit figures, and removes
+// them once their window (0: none given) has passed without newer ones:
+// a mirror that then asks the upstream nothing (it serves hits, or holds
+// off after a 429) would otherwise show "no pulls left"
+// (DockerMirrorRateLimited) for ever, long after the allowance refilled.
+func (t *transport) noteRateLimit(remaining, limit float64, hasLimit bool, window time.Duration) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.m.RateLimitRemaining.WithLabelValues(t.upstream).Set(remaining)
+	if hasLimit {
+		t.m.RateLimitLimit.WithLabelValues(t.upstream).Set(limit)
 	}
-	n, err := strconv.ParseFloat(strings.TrimSpace(strings.SplitN(h, ";", 2)[0]), 64)
-	return n, err == nil
+	t.seen++
+	if t.expiry != nil {
+		t.expiry.Stop()
+		t.expiry = nil
+	}
+	if window <= 0 {
+		return
+	}
+	seen := t.seen
+	t.expiry = time.AfterFunc(window, func() {
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		if t.seen == seen { // none newer
+			t.m.RateLimitRemaining.DeleteLabelValues(t.upstream)
+			t.m.RateLimitLimit.DeleteLabelValues(t.upstream)
+		}
+	})
+}
+
+// rateLimit parses Docker Hub's "100;w=21600" rate-limit header value:
+// the number and its window (0 if none).
+func rateLimit(h string) (float64, time.Duration, bool) {
+	if h == "" {
+		return 0, 0, false
+	}
+	num, params, _ := strings.Cut(h, ";")
+	n, err := strconv.ParseFloat(strings.TrimSpace(num), 64)
+	if err != nil {
+		return 0, 0, false
+	}
+	var window time.Duration
+	for p := range strings.SplitSeq(params, ";") {
+		if k, v, ok := strings.Cut(strings.TrimSpace(p), "="); ok && k == "w" {
+			if s, err := strconv.Atoi(v); err == nil && s > 0 {
+				window = time.Duration(s) * time.Second
+			}
+		}
+	}
+	return n, window, true
 }
 
 type countingBody struct {

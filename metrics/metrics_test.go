@@ -6,7 +6,10 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"testing"
+	"testing/synctest"
+	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 )
 
@@ -52,3 +55,58 @@ func TestTransportCancelledIsNoUpstreamError(t *testing.T) {
 		t.Errorf("a request the upstream failed: upstream_errors_total{reason=network} = %v, want 1", got)
 	}
 }
+
+// The rate-limit figures last their window ("0;w=21600": six hours) and
+// no longer: a mirror that asks the upstream nothing more (its pulls are
+// hits, or it holds off after a 429) no longer says "no pulls left" for
+// ever, firing DockerMirrorRateLimited long after the allowance refilled.
+// Newer figures start the window again.
+func TestRateLimitFiguresExpireWithTheirWindow(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := New()
+		remaining := "0;w=21600"
+		base := roundTripper(func(r *http.Request) (*http.Response, error) {
+			h := http.Header{}
+			h.Set("Ratelimit-Remaining", remaining)
+			h.Set("Ratelimit-Limit", "100;w=21600")
+			return &http.Response{StatusCode: http.StatusTooManyRequests, Header: h, Body: http.NoBody, Request: r}, nil
+		})
+		client := &http.Client{Transport: m.Transport("docker.io", base)}
+		pull := func() {
+			t.Helper()
+			resp, err := client.Get("http://registry.test/v2/library/x/manifests/1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+		}
+		series := func() int {
+			ch := make(chan prometheus.Metric, 4)
+			m.RateLimitRemaining.Collect(ch)
+			m.RateLimitLimit.Collect(ch)
+			return len(ch)
+		}
+		pull()
+		var g dto.Metric
+		if err := m.RateLimitRemaining.WithLabelValues("docker.io").Write(&g); err != nil || g.GetGauge().GetValue() != 0 || series() != 2 {
+			t.Fatalf("after a 429: remaining %v (%v), %d series; want 0 and both", g.GetGauge().GetValue(), err, series())
+		}
+		time.Sleep(5 * time.Hour)
+		remaining = "3;w=21600"
+		pull() // newer figures: a new window
+		time.Sleep(5 * time.Hour)
+		synctest.Wait()
+		if n := series(); n != 2 {
+			t.Fatalf("5 hours into the newer figures' window: %d series, want 2", n)
+		}
+		time.Sleep(time.Hour + time.Second)
+		synctest.Wait()
+		if n := series(); n != 0 {
+			t.Errorf("past the window: %d rate-limit series, want none", n)
+		}
+	})
+}
+
+type roundTripper func(*http.Request) (*http.Response, error)
+
+func (f roundTripper) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
