@@ -809,6 +809,9 @@ func TestDestinationDown(t *testing.T) {
 	}
 	up.Stop()
 	wantIndexTruthful(t, m, "library/hello-world", ma)
+	// The fills those requests resumed fail with the upstream down: they
+	// end before it is back (one the later pull joined would fail it).
+	m.WaitIdle()
 	up.Restart()
 	// What was mirrored before is intact.
 	wantDestImage(t, dest, "area51/jenkins", done)
