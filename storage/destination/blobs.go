@@ -344,7 +344,7 @@ func (s *Store) abort(ctx context.Context, t http.RoundTripper, sess *uploadSess
 	if err != nil {
 		return
 	}
-	resp, err := (&http.Client{Transport: t}).Do(req)
+	resp, err := (&http.Client{Transport: t, CheckRedirect: sameMethod}).Do(req)
 	if err != nil {
 		return
 	}

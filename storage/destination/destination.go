@@ -308,7 +308,7 @@ func (s *Store) do(ctx context.Context, req *http.Request, what string, scopes .
 	if err != nil {
 		return nil, err
 	}
-	resp, err := (&http.Client{Transport: t}).Do(req.WithContext(ctx))
+	resp, err := (&http.Client{Transport: t, CheckRedirect: sameMethod}).Do(req.WithContext(ctx))
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("destination %s: %s: %w", s, what, ctx.Err())
@@ -316,6 +316,22 @@ func (s *Store) do(ctx context.Context, req *http.Request, what string, scopes .
 		return nil, s.fail(err, what)
 	}
 	return resp, nil
+}
+
+// sameMethod is the redirect policy of the Store's requests: Go's default
+// one, except that a redirect is not followed with another method. The
+// client follows a 301, 302 or 303 to a PUT or DELETE with a GET (a front
+// end sending http:// to https://, or to a canonical host, answers so),
+// whose 200 would pass for the write's success: the redirect is the
+// answer instead.
+func sameMethod(req *http.Request, via []*http.Request) error {
+	if req.Method != via[0].Method {
+		return http.ErrUseLastResponse
+	}
+	if len(via) >= 10 {
+		return errors.New("stopped after 10 redirects")
+	}
+	return nil
 }
 
 // hookTransport is the transport beneath authentication. It refuses plain
