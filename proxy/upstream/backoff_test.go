@@ -49,6 +49,8 @@ func TestRetryAfterBackOff(t *testing.T) {
 		{"HTTP date", date(300 * time.Second), 300 * time.Second},
 		{"seconds over the cap", "86400", time.Hour},
 		{"HTTP date over the cap", date(48 * time.Hour), time.Hour},
+		{"seconds past time.Duration", "10000000000", time.Hour},
+		{"seconds past int64", "99999999999999999999", time.Hour},
 		{"none", "", DefaultBackoff},
 		{"unparsable", "soon", DefaultBackoff},
 		{"negative", "-5", DefaultBackoff},

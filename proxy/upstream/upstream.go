@@ -675,8 +675,11 @@ func (c *Client) backingOff(r call) error {
 // backOff leaves the upstream alone for the Retry-After of a 429 answer.
 func (c *Client) backOff(retryAfter string) {
 	d := DefaultBackoff
-	if n, err := strconv.Atoi(strings.TrimSpace(retryAfter)); err == nil && n >= 0 {
-		d = time.Duration(n) * time.Second
+	// Seconds beyond the cap are the cap: multiplied out, a number of
+	// seconds past time.Duration's range would wrap to no back-off at
+	// all, and one past int64's is still a number of seconds.
+	if n, err := strconv.ParseInt(strings.TrimSpace(retryAfter), 10, 64); (err == nil || errors.Is(err, strconv.ErrRange)) && n >= 0 {
+		d = min(time.Duration(n), maxBackoff/time.Second) * time.Second
 	} else if t, err := http.ParseTime(retryAfter); err == nil {
 		d = t.Sub(c.now())
 	}
