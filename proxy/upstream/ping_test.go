@@ -224,3 +224,35 @@ func TestOpenPingCredentialsSent(t *testing.T) {
 		t.Errorf("%d requests carried credentials, want 1 (the one with credentials configured)", n)
 	}
 }
+
+// TestExpiredTokenRenewedWithItsScope: once a repository's token has
+// expired, the token asked for in its place is for the repository's pull
+// scope even when the registry's refusal names no scope (a challenge of
+// realm and service only): made without it, the repository's transport
+// asked for a token of no scope, which the registry refused, for every
+// request, until a restart.
+func TestExpiredTokenRenewedWithItsScope(t *testing.T) {
+	var gen atomic.Int64 // the tokens' generation the registry takes
+	gen.Store(1)
+	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		if req.URL.Path == "/token" {
+			fmt.Fprintf(w, `{"token":"t%d-%s"}`, gen.Load(), req.URL.Query().Get("scope"))
+			return
+		}
+		if req.Header.Get("Authorization") != fmt.Sprintf("Bearer t%d-repository:library/x:pull", gen.Load()) {
+			challenge(w, req, "") // no scope, as some registries refuse
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	}, bearerPing)
+	c := r.client(t)
+	if _, err := c.HeadManifest(t.Context(), "library/x", v1); err != nil {
+		t.Fatal(err)
+	}
+	gen.Store(2) // the token expires
+	for i := range 2 {
+		if _, err := c.HeadManifest(t.Context(), "library/x", v1); err != nil {
+			t.Fatalf("request %d after the token expired: %v", i+1, err)
+		}
+	}
+}

@@ -402,8 +402,8 @@ func (c *Client) authorize(ctx context.Context, repo string, pa *pingAnswer) (ht
 	}
 	// go-containerregistry keeps no header of a token server's answer:
 	// its 429's Retry-After is noted on the way.
-	base := tokenLimits{c.base, c}
 	scope := "repository:" + repo + ":" + transport.PullScope
+	base := tokenLimits{c.base, c, scope}
 	// The token server is the upstream's too: it has the client's timeout
 	// to answer, as the ping and every request have.
 	xctx, cancel := context.WithTimeoutCause(ctx, c.timeout, errTimeout)
@@ -463,15 +463,33 @@ func (c *Client) renewed(ctx context.Context, repo string, t http.RoundTripper, 
 // requests: a 429 backs off for its Retry-After, which a token server's
 // answer would otherwise lose (go-containerregistry's error keeps only its
 // status). A registry's own 429 is noted again by statusError, the same.
+//
+// It also gives the repository's scope to the registry's refusal of an
+// expired token that names none (a challenge of realm and service only):
+// go-containerregistry's transport made from a token (FromToken) knows no
+// scope of its own, and asks for a new token with the scopes of the
+// refusal only, which a token of no scope would be refused again for
+// every request.
 type tokenLimits struct {
 	http.RoundTripper
-	c *Client
+	c     *Client
+	scope string
 }
 
 func (t tokenLimits) RoundTrip(req *http.Request) (*http.Response, error) {
 	resp, err := t.RoundTripper.RoundTrip(req)
-	if err == nil && resp.StatusCode == http.StatusTooManyRequests {
+	if err != nil {
+		return resp, err
+	}
+	switch resp.StatusCode {
+	case http.StatusTooManyRequests:
 		t.c.backOff(resp.Header.Get("Retry-After"))
+	case http.StatusUnauthorized:
+		h := resp.Header.Get("WWW-Authenticate")
+		if pr := parseChallenge(h); req.URL.Host == t.c.registry.RegistryStr() &&
+			strings.EqualFold(pr.Scheme, "bearer") && pr.Parameters["scope"] == "" {
+			resp.Header.Set("WWW-Authenticate", fmt.Sprintf("%s,scope=%q", h, t.scope))
+		}
 	}
 	return resp, err
 }
