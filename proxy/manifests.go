@@ -230,7 +230,7 @@ func (p *Proxy) manifestByTag(ctx context.Context, t target, tag string, h http.
 				h.Set(cacheHeader, "revalidated")
 				p.resumeHit(ctx, t, cached, opts.checkAfter)
 				return cached, nil
-			case errors.Is(err, upstream.ErrNotFound):
+			case errors.Is(err, upstream.ErrNotFound) && !pingNotFound(err):
 				// The upstream says the tag is gone: so is it here, unless
 				// a fill recorded it anew meanwhile (it names another
 				// digest than the one checked). The answer is the
@@ -264,6 +264,15 @@ func (p *Proxy) manifestByTag(ctx context.Context, t target, tag string, h http.
 	}
 	h.Set(cacheHeader, "miss")
 	return p.fetchManifestAnswer(ctx, t, oci.Ref{Tag: tag}, opts.fill)
+}
+
+// pingNotFound reports whether err is the upstream's 404 to the ping
+// (GET /v2/) that starts a repository's handshake: no answer about any
+// tag (a reverse proxy in front of it misrouting, a maintenance page), so
+// a cached tag is served, not forgotten.
+func pingNotFound(err error) bool {
+	var ue *upstream.Error
+	return errors.Is(err, upstream.ErrNotFound) && errors.As(err, &ue) && ue.Kind == upstream.KindPing
 }
 
 // tagHeld reports whether the mirror holds a tag of t: recorded, or
