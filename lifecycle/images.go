@@ -50,11 +50,16 @@ type Image struct {
 	// Manifests and Blobs count the indexed content it keeps.
 	Manifests int `json:"manifests"`
 	Blobs     int `json:"blobs"`
-	// LastPull is the latest of: its tags' fetch and revalidation, and,
+	// LastPull is the latest of: its tags' fetch and revalidation, the
+	// recorded pulls (Index.TouchManifest) of its root manifest, and,
 	// for the manifests and blobs no other image keeps, their fetch,
-	// recorded pulls (Index.TouchManifest) and last access (a shared base
-	// layer says nothing about which image was pulled). If that leaves
-	// nothing, the shared content's times count.
+	// recorded pulls and last access (a shared base layer says nothing
+	// about which image was pulled). If that leaves nothing, the shared
+	// content's times count. A pull of its root counts even if another
+	// image keeps it (the same image in another repository, an index
+	// listing it): that image keeps all this one does, and a client
+	// pulling this one through a tag the upstream cannot revalidate (an
+	// outage) would otherwise find it evicted, its tag gone.
 	LastPull time.Time `json:"last_pull"`
 	// State is its mirror state (partial, complete), StateMissing,
 	// StateCorrupt, or empty if none is recorded.
@@ -541,10 +546,10 @@ func (c *Collector) model(ctx context.Context, platforms, tags bool) (*model, er
 }
 
 // notePulls makes the last pull of image i (its tags' times so far) the
-// latest of: those and, for the manifests and blobs no other image keeps,
-// their fetch, recorded pulls and last access; if that leaves nothing,
-// those of the shared ones (see Image.LastPull). m.refs must count the
-// images.
+// latest of: those, its root manifest's recorded pulls and, for the
+// manifests and blobs no other image keeps, their fetch, recorded pulls
+// and last access; if that leaves nothing, those of the shared ones (see
+// Image.LastPull). m.refs must count the images.
 func (m *model) notePulls(i int32) {
 	e := &m.entries[i]
 	var shared time.Time
@@ -567,7 +572,11 @@ func (m *model) notePulls(i int32) {
 			note(m.refs[id], rec.LastAccess)
 		}
 		if k < int(e.nManifests) {
-			note(m.refs[id], rec.Pulled)
+			refs := m.refs[id]
+			if id == e.id {
+				refs = 1 // its root: a pull of it is one of this image
+			}
+			note(refs, rec.Pulled)
 		}
 	}
 	if e.lastPull.IsZero() {

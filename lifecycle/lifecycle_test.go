@@ -929,6 +929,12 @@ func TestEvictSameDigestInTwoRepositories(t *testing.T) {
 	if r, err := col.Evict(t.Context(), list[1].Size, 0, e.m.Clock.Now()); err != nil || r.ImagesEvicted != 0 {
 		t.Fatalf("Evict to the size of one = %+v, %v", r, err)
 	}
+	// A pull of either is one of the manifest both have as their root:
+	// by age, they go together; y's tag pinned, x goes alone.
+	if err := col.Pin(storage.TagKey("docker.io", "library/y", "v1"), "test"); err != nil {
+		t.Fatal(err)
+	}
+	e.m.Clock.Advance(time.Hour)
 	r, err := col.Evict(t.Context(), 0, 30*time.Minute, e.m.Clock.Now())
 	if err != nil {
 		t.Fatal(err)
@@ -1066,4 +1072,41 @@ func TestImagesPinOnly(t *testing.T) {
 		ic.Manifests != len(c.manifests) || ic.Blobs != len(c.blobs) || !slices.Equal(ic.Platforms, []string{"linux/amd64"}) {
 		t.Errorf("pinned image c = %+v", ic)
 	}
+}
+
+// An image pulled while its upstream is down (the tag served from the
+// cache, not revalidated) counts as pulled, even though the same image in
+// another repository keeps its root manifest: evict_after keeps it, and
+// its next pull is still served.
+func TestEvictAfterCountsPullOfSharedRootDuringOutage(t *testing.T) {
+	e := newEnv(t)
+	im := e.up.SeedImage(t, "library/x", "v1", 2, 4<<10)
+	for _, d := range im.Blobs() {
+		status, body, _ := get(t, e.up.URL()+"/v2/library/x/blobs/"+d)
+		if status != http.StatusOK {
+			t.Fatalf("upstream blob %s: %d", d, status)
+		}
+		e.up.PushBlob(t, "library/y", body)
+	}
+	e.up.PutManifest(t, "library/y", "v1", im.MediaType, im.Manifest)
+	x, y := single("x", "v1", im), single("y", "v1", im)
+	e.pull(t, x)
+	e.m.Clock.Advance(time.Hour)
+	e.pull(t, y)
+	e.up.Stop()
+	e.m.Clock.Advance(2 * time.Hour)
+	e.wantPull(t, x) // from the cache: the tag cannot be revalidated
+
+	col := e.collector(lifecycle.Options{})
+	if ix := findImage(t, images(t, col), im.Digest); ix.Repo != "library/x" || !ix.LastPull.Equal(e.m.Clock.Now()) {
+		t.Errorf("x's last pull = %v, want now (%v)", ix.LastPull, e.m.Clock.Now())
+	}
+	r, err := col.Evict(t.Context(), 0, 90*time.Minute, e.m.Clock.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.ImagesEvicted != 0 {
+		t.Errorf("evicted %+v, pulled just now", r.Evicted)
+	}
+	e.wantPull(t, x)
 }
