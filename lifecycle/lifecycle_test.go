@@ -1110,3 +1110,60 @@ func TestEvictAfterCountsPullOfSharedRootDuringOutage(t *testing.T) {
 	}
 	e.wantPull(t, x)
 }
+
+// A client that cannot read an index, pulling a tag of one while the
+// upstream is down, is answered its linux/amd64 image: that is a pull of
+// the index's image too, even though another image (the same platform's
+// image under a tag of its own) keeps that child. evict_after keeps it.
+func TestEvictAfterCountsPullThroughIndexDuringOutage(t *testing.T) {
+	e := newEnv(t)
+	ma := e.up.SeedMultiArch(t, "library/a", "v1", fixture.OCI)
+	a := multi(ma)
+	a.repo = "a"
+	child := ma.Platforms["linux/amd64"]
+	for _, d := range child.Blobs() {
+		status, body, _ := get(t, e.up.URL()+"/v2/library/a/blobs/"+d)
+		if status != http.StatusOK {
+			t.Fatalf("upstream blob %s: %d", d, status)
+		}
+		e.up.PushBlob(t, "library/a-amd64", body)
+	}
+	e.up.PutManifest(t, "library/a-amd64", "v1", child.MediaType, child.Manifest)
+	e.pull(t, a)
+	e.pull(t, single("a-amd64", "v1", child))
+	e.up.Stop()
+	e.m.Clock.Advance(2 * time.Hour)
+	pullAmd64 := func() {
+		t.Helper()
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, e.m.URL()+"/v2/a/manifests/v1", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Accept", child.MediaType)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusOK || sha(body) != child.Digest {
+			t.Fatalf("a:v1 as a single image: status %d, digest %s, want %s (%.200s)", resp.StatusCode, sha(body), child.Digest, body)
+		}
+	}
+	pullAmd64() // from the cache: the tag cannot be revalidated
+
+	col := e.collector(lifecycle.Options{})
+	if ia := findImage(t, images(t, col), a.digest); !ia.LastPull.Equal(e.m.Clock.Now()) {
+		t.Errorf("a's last pull = %v, want now (%v)", ia.LastPull, e.m.Clock.Now())
+	}
+	r, err := col.Evict(t.Context(), 0, 90*time.Minute, e.m.Clock.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, im := range r.Evicted {
+		if im.Digest.String() == a.digest {
+			t.Errorf("evicted a, pulled just now: %+v", r.Evicted)
+		}
+	}
+	pullAmd64()
+}

@@ -73,10 +73,15 @@ func (p *Proxy) manifest(w http.ResponseWriter, r *http.Request) error {
 			// A client that cannot read an index gets the linux/amd64
 			// image, as distribution answers such clients.
 			hits = append(hits, m)
+			index := m
 			if m, err = p.defaultPlatform(r.Context(), t, m, w.Header()); err != nil {
 				p.resumeHits(r.Context(), t, hits)
 				return err
 			}
+			// A pull of the index's image, for eviction: the child may
+			// be another image's too (its pull then says nothing of
+			// which); counted as one pull, the child's.
+			p.notePull(index, false)
 		}
 	}
 	hits = append(hits, m)
