@@ -8,6 +8,7 @@ package config
 
 import (
 	"bytes"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -204,6 +205,10 @@ type Upstream struct {
 	AllowHosts []string `yaml:"allow_hosts,omitempty"`
 	// Referrers overrides the global referrers setting for this upstream.
 	Referrers *bool `yaml:"referrers,omitempty"`
+	// CAFile is a PEM file of certificates this upstream's TLS is also
+	// trusted with, beside the system's: a registry signed by a private
+	// certificate authority.
+	CAFile string `yaml:"ca_file,omitempty"`
 }
 
 // UnmarshalYAML takes a bare URL or the mapping.
@@ -244,6 +249,9 @@ type Destination struct {
 	Username string `yaml:"username,omitempty"`
 	// Password may also come from DOCKER_MIRROR_DESTINATION_PASSWORD.
 	Password string `yaml:"password,omitempty"`
+	// CAFile is a PEM file of certificates the destination's TLS is also
+	// trusted with, beside the system's.
+	CAFile string `yaml:"ca_file,omitempty"`
 }
 
 // Cluster is the membership of a replica in a group of replicas sharing
@@ -957,6 +965,42 @@ func (u Upstream) ResolvePassword(host string, lookup func(string) (string, bool
 		return secretText(string(b)), nil
 	}
 	return u.Password, nil
+}
+
+// RootCAs returns the certificates the upstream's TLS is trusted with:
+// the system's and those of ca_file, or nil (the system's alone) without
+// one.
+func (u Upstream) RootCAs(host string) (*x509.CertPool, error) {
+	return rootCAs("upstreams."+host+".ca_file", u.CAFile)
+}
+
+// RootCAs returns the certificates the destination's TLS is trusted
+// with: the system's and those of ca_file, or nil (the system's alone)
+// without one.
+func (d Destination) RootCAs() (*x509.CertPool, error) {
+	return rootCAs("destination.ca_file", d.CAFile)
+}
+
+// rootCAs adds the PEM certificates of file to the system's; key names
+// the setting in errors. A file holding none is refused: with it, the
+// registry it was meant for would fail every request on an unknown
+// authority.
+func rootCAs(key, file string) (*x509.CertPool, error) {
+	if file == "" {
+		return nil, nil
+	}
+	pem, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", key, err)
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		pool = x509.NewCertPool() // no system store: the file's alone
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s: %q holds no PEM certificate", key, file)
+	}
+	return pool, nil
 }
 
 // secretText is a password read from a file or a variable without its

@@ -565,7 +565,7 @@ func TestBindFlags(t *testing.T) {
 	config.Bind(fs)
 	var names []string
 	fs.VisitAll(func(f *flag.Flag) { names = append(names, f.Name) })
-	want := []string{"cluster-peer", "cluster-peers-dns", "cluster-secret-file", "cluster-self", "concurrency", "config", "data", "destination", "evict-after", "header-timeout", "listen", "log-format", "log-level", "max-blob-size", "max-size", "memory-limit", "pass-gc-percent", "platform", "prefetch-max-images", "readyz-fail-when-full", "referrers", "shutdown-timeout", "tag-ttl", "tls-cert", "tls-key", "upstream", "upstream-timeout"}
+	want := []string{"cluster-peer", "cluster-peers-dns", "cluster-secret-file", "cluster-self", "concurrency", "config", "data", "destination", "destination-ca-file", "evict-after", "header-timeout", "listen", "log-format", "log-level", "max-blob-size", "max-size", "memory-limit", "pass-gc-percent", "platform", "prefetch-max-images", "readyz-fail-when-full", "referrers", "shutdown-timeout", "tag-ttl", "tls-cert", "tls-key", "upstream", "upstream-timeout"}
 	if !slices.Equal(names, want) {
 		t.Fatalf("flags = %q, want %q", names, want)
 	}
@@ -1101,6 +1101,7 @@ func TestEveryFlagHasItsVariable(t *testing.T) {
 		"tls-cert":              "/etc/tls.crt",
 		"tls-key":               "/etc/tls.key",
 		"destination":           "https://registry.example/mirror",
+		"destination-ca-file":   "/etc/docker-mirror/ca.pem",
 		"referrers":             "false",
 		"cluster-self":          "http://10.0.0.5:5000", "cluster-peer": "http://10.0.0.6:5000", "cluster-peers-dns": "mirror-peers:5000", "cluster-secret-file": "/etc/docker-mirror/secret",
 	}

@@ -13,7 +13,7 @@ import (
 // destination, storage, auth, sync) is not echoed.
 func TestConfigErrorMessages(t *testing.T) {
 	const (
-		upstreamKeys = "(known keys: url, username, password, password_env, password_file, docker_config, tag_ttl, platforms, allow_hosts, referrers)"
+		upstreamKeys = "(known keys: url, username, password, password_env, password_file, docker_config, tag_ttl, platforms, allow_hosts, referrers, ca_file)"
 		badOS        = `unknown OS "bogus" (want os/arch[/variant] such as linux/amd64, * as wildcard; OS one of aix, android, darwin, dragonfly, freebsd, hurd, illumos, ios, js, linux, netbsd, openbsd, plan9, solaris, wasi, wasip1, windows, zos)`
 		ghcr         = "upstreams:\n  ghcr.io:\n    url: https://ghcr.io\n    username: bot\n    password: hunter2\n"
 	)
@@ -66,7 +66,7 @@ func TestConfigErrorMessages(t *testing.T) {
 		{name: "upstreams allow_hosts", file: ghcr + "    allow_hosts: [\"minio internal\"]\n", want: `config FILE: line 6: upstreams.ghcr.io.allow_hosts: invalid address "minio internal" (want HOST or HOST:PORT, e.g. minio.internal:9000)`},
 		{name: "upstreams missing url", file: "upstreams:\n  ghcr.io:\n    username: bot\n", want: `config FILE: line 2: upstreams.ghcr.io.url: missing`},
 		{name: "upstreams two passwords", file: ghcr + "    password_env: HUB\n", want: `config FILE: line 2: upstreams.ghcr.io: give one of password, password_env, password_file, docker_config`},
-		{name: "upstreams block as a list", file: "upstreams:\n  ghcr.io: [https://ghcr.io, hunter2]\n", want: `config FILE: line 2: upstreams.ghcr.io: want a mapping of url, username, password, password_env, password_file, docker_config, tag_ttl, platforms, allow_hosts, referrers`},
+		{name: "upstreams block as a list", file: "upstreams:\n  ghcr.io: [https://ghcr.io, hunter2]\n", want: `config FILE: line 2: upstreams.ghcr.io: want a mapping of url, username, password, password_env, password_file, docker_config, tag_ttl, platforms, allow_hosts, referrers, ca_file`},
 		{name: "upstreams as a list", file: "upstreams: [hunter2]\n", want: `config FILE: line 1: upstreams: want a mapping`},
 		{name: "upstreams url with userinfo", file: "upstreams:\n  ghcr.io:\n    url: https://bot:hunter2@ghcr.io\n", want: `config FILE: line 3: upstreams.ghcr.io.url: invalid URL "https://xxxxx@ghcr.io": credentials do not belong in the URL; give them as upstreams.HOST.username and password (or password_env, password_file)`},
 
@@ -86,8 +86,8 @@ func TestConfigErrorMessages(t *testing.T) {
 		{name: "auth needs htpasswd", file: "auth:\n  admins: [ops]\n", want: `config FILE: line 1: auth.htpasswd: needed for auth.admins and auth.metrics`},
 
 		// destination.*
-		{name: "destination misspelt key", file: "destination:\n  url: https://registry.example/mirror\n  password: hunter2\n  pasword: hunter2\n", want: `config FILE: line 4: destination.pasword: unknown key (known keys: url, username, password)`},
-		{name: "destination as a list", file: "destination: [hunter2]\n", want: `config FILE: line 1: destination: want a mapping of url, username, password`},
+		{name: "destination misspelt key", file: "destination:\n  url: https://registry.example/mirror\n  password: hunter2\n  pasword: hunter2\n", want: `config FILE: line 4: destination.pasword: unknown key (known keys: url, username, password, ca_file)`},
+		{name: "destination as a list", file: "destination: [hunter2]\n", want: `config FILE: line 1: destination: want a mapping of url, username, password, ca_file`},
 		{name: "destination url", file: "destination:\n  url: ftp://registry.example\n", want: `config FILE: line 1: destination: invalid URL "ftp://registry.example" (want http[s]://HOST[:PORT][/PREFIX])`},
 
 		// sync.*

@@ -137,6 +137,8 @@ var keys = []key{
 	{name: "tls_key", usage: "TLS private key file (PEM)", set: stringKey(func(c *Config) *string { return &c.TLSKey })},
 	{name: "destination", usage: "registry URL and prefix to mirror into and serve from, e.g. https://nexus.example.com/mirror or nexus.example.com/mirror (http:// = plain HTTP, as is a loopback host without a scheme; default: the embedded store)",
 		set: stringKey(func(c *Config) *string { return &c.Destination.URL })},
+	{name: "destination_ca_file", path: "destination.ca_file", usage: "PEM file of certificates to trust, beside the system's, for the destination's TLS (a registry signed by a private certificate authority)",
+		set: stringKey(func(c *Config) *string { return &c.Destination.CAFile })},
 	{name: "referrers", usage: "store each image's signatures, attestations and SBOMs (referrers, cosign's .sig/.att/.sbom tags) with every fill", boolean: true,
 		set: boolKey(func(c *Config) *bool { return &c.Referrers })},
 	{name: "cluster_self", path: "cluster.self", usage: "URL the other replicas reach this one at, e.g. http://10.0.0.5:5000 (enables the cluster; see docs/scale-out.md)",
@@ -233,7 +235,7 @@ func defaultStrings() map[string]string {
 	return map[string]string{
 		"listen": d.Listen, "data": d.Data, "upstream": d.Upstream, "upstream_timeout": d.UpstreamTimeout.String(), "tag_ttl": d.TagTTL.String(),
 		"platform": strings.Join(d.Platforms, ","), "concurrency": strconv.Itoa(d.Concurrency), "prefetch_max_images": strconv.Itoa(d.MaxJobImages),
-		"shutdown_timeout": d.ShutdownTimeout.String(), "header_timeout": d.HeaderTimeout.String(), "log_format": d.LogFormat, "log_level": d.LogLevel, "destination": "none", "tls_cert": "none", "tls_key": "none", "max_size": "0", "evict_after": "0", "max_blob_size": "20GiB", "memory_limit": "0", "pass_gc_percent": strconv.Itoa(d.PassGCPercent),
+		"shutdown_timeout": d.ShutdownTimeout.String(), "header_timeout": d.HeaderTimeout.String(), "log_format": d.LogFormat, "log_level": d.LogLevel, "destination": "none", "destination_ca_file": "none", "tls_cert": "none", "tls_key": "none", "max_size": "0", "evict_after": "0", "max_blob_size": "20GiB", "memory_limit": "0", "pass_gc_percent": strconv.Itoa(d.PassGCPercent),
 		"readyz_fail_when_full": strconv.FormatBool(d.ReadyzFailWhenFull),
 		"referrers":             strconv.FormatBool(d.Referrers),
 		"cluster_self":          "none", "cluster_peer": "none", "cluster_peers_dns": "none", "cluster_secret_file": "none",

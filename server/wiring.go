@@ -3,6 +3,7 @@ package server
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"maps"
 	"net"
@@ -50,6 +51,15 @@ func OpenStore(ctx context.Context, cfg config.Config, index *storage.Index) (st
 	})}
 	if cfg.Destination.Username != "" || cfg.Destination.Password != "" {
 		opts = append(opts, destination.WithCredentials(cfg.Destination.Username, cfg.Destination.Password))
+	}
+	cas, err := cfg.Destination.RootCAs()
+	if err != nil {
+		return nil, "", err
+	}
+	if cas != nil {
+		t := destination.DefaultTransport()
+		t.TLSClientConfig = &tls.Config{RootCAs: cas}
+		opts = append(opts, destination.WithTransport(t))
 	}
 	s, err := destination.New(cfg.Destination.WithScheme(), opts...)
 	if err != nil {
@@ -145,6 +155,13 @@ func Upstreams(cfg config.Config, m *metrics.Metrics, lookup func(string) (strin
 		allowed := append(append([]string{addrs[host]}, u.AllowHosts...), proxies...)
 		guard := upstream.NewGuard(allowed, others)
 		base := upstream.DefaultTransport()
+		cas, err := u.RootCAs(host)
+		if err != nil {
+			return nil, err
+		}
+		if cas != nil {
+			base.TLSClientConfig = &tls.Config{RootCAs: cas}
+		}
 		base.DialContext = guard.DialContext
 		base.Proxy = nil
 		if proxyFor != nil {

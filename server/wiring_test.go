@@ -2,7 +2,9 @@ package server
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/base64"
+	"encoding/pem"
 	"errors"
 	"io"
 	"log/slog"
@@ -11,6 +13,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 
@@ -165,4 +168,59 @@ func wiredProxy(t *testing.T, cfg config.Config, opts ...Option) string {
 	hs := httptest.NewServer(srv.Handler())
 	t.Cleanup(hs.Close)
 	return hs.URL
+}
+
+// An upstream whose certificate a private authority signed is reached
+// once its ca_file names that authority, and refused on an unknown
+// authority without it; a ca_file that cannot be read, or holds no
+// certificate, is refused naming the key.
+func TestUpstreamCAFile(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/private", "1", 1, 1<<10)
+	front := httptest.NewTLSServer(up) // the upstream behind a private authority's certificate
+	t.Cleanup(front.Close)
+	caFile := writePEM(t, front.Certificate())
+	notPEM := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(notPEM, []byte("not a certificate\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	manifest := func(caFile string) error {
+		t.Helper()
+		cfg := config.Default()
+		cfg.Upstreams = map[string]config.Upstream{"docker.io": {URL: front.URL, CAFile: caFile}}
+		clients, err := Upstreams(cfg, metrics.New(), func(string) (string, bool) { return "", false })
+		if err != nil {
+			return err
+		}
+		m, err := clients[0].Manifest(context.Background(), "library/private", oci.Ref{Tag: "1"})
+		if err == nil && m.Digest.String() != img.Digest {
+			t.Fatalf("manifest %s, want %s", m.Digest, img.Digest)
+		}
+		return err
+	}
+	if err := manifest(caFile); err != nil {
+		t.Fatalf("with ca_file: %v", err)
+	}
+	var unknown x509.UnknownAuthorityError
+	if err := manifest(""); !errors.As(err, &unknown) {
+		t.Errorf("without ca_file: %v, want an unknown authority", err)
+	}
+	for file, want := range map[string]string{
+		filepath.Join(t.TempDir(), "missing.pem"): "upstreams.docker.io.ca_file: open ",
+		notPEM: "upstreams.docker.io.ca_file: \"" + notPEM + "\" holds no PEM certificate",
+	} {
+		if err := manifest(file); err == nil || !strings.HasPrefix(err.Error(), want) {
+			t.Errorf("ca_file %s: %v, want %q...", file, err, want)
+		}
+	}
+}
+
+// writePEM writes cert to a PEM file and returns its path.
+func writePEM(t *testing.T, cert *x509.Certificate) string {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(file, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return file
 }

@@ -774,3 +774,36 @@ func TestMirrorCommandServeConfig(t *testing.T) {
 		t.Errorf("the cluster's peer got %d requests", n)
 	}
 }
+
+// A destination whose certificate a private authority signed takes the
+// copy once --destination-ca-file names that authority; without it the
+// image fails on the unknown authority.
+func TestMirrorCommandDestinationCAFile(t *testing.T) {
+	e := newMirrorEnv(t)
+	dest := fixture.StartDestination(t, map[string]string{destUser: destPassword}, fixture.WithTLS())
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(caFile, dest.CertificatePEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	mirror := func(args ...string) (int, string, string) {
+		return runCmd(t, context.Background(), append([]string{"mirror", "--config", e.config, "-d", dest.URL() + "/mirror", "--upstream", e.up.URL()}, args...)...)
+	}
+	code, stdout, stderr := mirror("area51/jenkins:2.4")
+	if code == 0 || !strings.Contains(stdout, "x509: certificate signed by unknown authority") {
+		t.Errorf("without the authority: exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+	if code, stdout, stderr := mirror("--destination-ca-file", caFile, "area51/jenkins:2.4"); code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+	req, _ := http.NewRequest(http.MethodGet, dest.URL()+"/v2/mirror/area51/jenkins/manifests/2.4", nil)
+	req.SetBasicAuth(destUser, destPassword)
+	req.Header.Set("Accept", e.single.MediaType)
+	resp, err := dest.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if got := resp.Header.Get("Docker-Content-Digest"); resp.StatusCode != http.StatusOK || got != e.single.Digest {
+		t.Errorf("destination's manifest: %s, digest %q; want %s", resp.Status, got, e.single.Digest)
+	}
+}

@@ -526,6 +526,7 @@ func TestOperationsDoc(t *testing.T) {
 		"cluster-peer":        "cluster.peers",
 		"cluster-peers-dns":   "cluster.peers_dns",
 		"cluster-secret-file": "cluster.secret_file",
+		"destination-ca-file": "destination.ca_file",
 	}
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	config.Bind(fs)
