@@ -10,6 +10,7 @@ import (
 	"os"
 	"path"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 	"unicode/utf8"
@@ -107,7 +108,12 @@ func (p *Proxy) table(repo map[string]http.Handler, extra ...func(*mux.Router)) 
 	// (A matcher, not Methods: a GET of an unknown /v2/ path must stay a
 	// 404, which clients such as the referrers fallback rely on. It comes
 	// before the path's: a GET, the usual request, fails it first.)
-	r.NewRoute().MatcherFunc(isWrite).PathPrefix("/v2/").Handler(p.serve("write", pull, p.unsupported))
+	write := r.NewRoute().MatcherFunc(isWrite).PathPrefix("/v2/")
+	unsupported := func(_ http.ResponseWriter, req *http.Request) error {
+		return errcode.New(errcode.Unsupported, "%s is not supported: docker-mirror is a read-only pull-through cache", req.Method).
+			WithHeader("Allow", allowed(r, write, req))
+	}
+	write.Handler(p.serve("write", pull, unsupported))
 	r.Handle("/v2/", p.serve("base", pull, p.base)).Methods(http.MethodGet, http.MethodHead)
 	// Before the name routes: no repository is named _catalog (a name
 	// component starts with a letter or digit), and a route of its own
@@ -136,8 +142,25 @@ func (p *Proxy) table(repo map[string]http.Handler, extra ...func(*mux.Router)) 
 	r.NotFoundHandler = p.serve("notfound", pull, func(w http.ResponseWriter, r *http.Request) error {
 		return errcode.New(errcode.NameUnknown, "no such endpoint: %s %s", r.Method, r.URL.Path).WithStatus(http.StatusNotFound)
 	})
-	r.MethodNotAllowedHandler = p.serve("method", pull, p.unsupported)
+	r.MethodNotAllowedHandler = p.serve("method", pull, unsupported)
 	return r
+}
+
+// allowed lists the methods table serves req's path with, for the Allow
+// header a 405 must carry (RFC 9110): GET and HEAD for a registry route,
+// none for a path only a write would use (an upload's). write, the route
+// refusing writes, serves none.
+func allowed(table *mux.Router, write *mux.Route, req *http.Request) string {
+	var methods []string
+	for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodPost} {
+		try := req.WithContext(req.Context()) // a copy whose method may change
+		try.Method = m
+		var match mux.RouteMatch
+		if table.Match(try, &match) && match.MatchErr == nil && match.Route != write {
+			methods = append(methods, m)
+		}
+	}
+	return strings.Join(methods, ", ")
 }
 
 func isWrite(r *http.Request, _ *mux.RouteMatch) bool {
@@ -146,10 +169,6 @@ func isWrite(r *http.Request, _ *mux.RouteMatch) bool {
 		return true
 	}
 	return false
-}
-
-func (p *Proxy) unsupported(_ http.ResponseWriter, r *http.Request) error {
-	return errcode.New(errcode.Unsupported, "%s is not supported: docker-mirror is a read-only pull-through cache", r.Method)
 }
 
 func (p *Proxy) base(w http.ResponseWriter, _ *http.Request) error {

@@ -173,6 +173,38 @@ func TestErrors(t *testing.T) {
 	}
 }
 
+// A 405 says which methods its path is served with (RFC 9110's Allow,
+// which a 405 must carry): GET and HEAD for a repository's routes, none
+// for an upload's, and the mirror's own routes' methods.
+func TestMethodNotAllowedSaysAllow(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/err", "1", 1, 1<<10)
+	m := servertest.Start(t, up.URL())
+	cases := []struct{ method, path, allow string }{
+		{"PUT", "/v2/err/manifests/1", "GET, HEAD"},
+		{"DELETE", "/v2/err/blobs/" + img.Layers[0], "GET, HEAD"},
+		{"DELETE", "/v2/", "GET, HEAD"},
+		{"PUT", "/v2/_catalog", "GET, HEAD"},
+		{"OPTIONS", "/v2/err/tags/list", "GET, HEAD"},
+		{"POST", "/v2/err/blobs/uploads/", ""},
+		{"PATCH", "/v2/err/blobs/uploads/x", ""},
+		{"PUT", "/metrics", "GET"},
+		{"DELETE", "/prefetch", "GET, POST"},
+	}
+	for _, c := range cases {
+		t.Run(c.method+" "+c.path, func(t *testing.T) {
+			r := do(t, c.method, m.URL()+c.path, nil)
+			wantError(t, r, http.StatusMethodNotAllowed, "UNSUPPORTED")
+			if got, ok := r.header["Allow"]; !ok || len(got) != 1 || got[0] != c.allow {
+				t.Errorf("Allow %q (present: %v), want %q", got, ok, c.allow)
+			}
+		})
+	}
+	if n := len(up.Requests()); n > 0 {
+		t.Errorf("the upstream was asked %v", up.Requests())
+	}
+}
+
 // Upstream failures with nothing cached: 429 passes on with Retry-After,
 // 5xx is a 502, an unreachable upstream a 503; never a 404 or a 500.
 func TestUpstreamFailuresWithoutCache(t *testing.T) {
