@@ -35,6 +35,10 @@ Run 'docker-mirror COMMAND --help' for every option of a command.
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// The first signal starts a graceful stop; a second one ends the
+	// process at once (the signals' default), rather than leaving it to
+	// wait out the shutdown timeout for clients that are not reading.
+	context.AfterFunc(ctx, stop)
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)

@@ -137,3 +137,53 @@ func waitRefused(t testing.TB, addr string, within time.Duration) {
 		<-tick.C
 	}
 }
+
+// A second SIGTERM during a graceful shutdown ends the process at once:
+// an operator (or a Ctrl-C pressed twice) need not wait out the shutdown
+// timeout for a client that is not reading, nor reach for SIGKILL. The
+// data directory then starts as after any crash, and the blob whose
+// download it cut is served whole.
+func TestSecondSignalStopsAtOnce(t *testing.T) {
+	binary(t)
+	up := fixture.StartUpstream(t)
+	const repo = "crash/held"
+	img := up.SeedImage(t, repo, "v1", 1, 1<<20)
+	cat := newCatalog()
+	cat.addSingle(t, up, repo, "v1", img)
+	layer := cat.byDigest[img.Layers[0]]
+
+	data, logs := t.TempDir(), t.TempDir()
+	p := startMirror(t, logs, data, up.URL(), "--shutdown-timeout", "1h")
+	// The download stops part-way until the test ends: the client's
+	// request stays in flight, and a graceful shutdown waits for it.
+	gate := up.GateBlob(layer.digest, 256<<10)
+	tr := &http.Transport{Proxy: nil, DisableCompression: true}
+	defer tr.CloseIdleConnections()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, p.URL()+"/v2/"+repo+"/blobs/"+layer.digest, nil)
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		t.Fatalf("GET blob: %v", err)
+	}
+	defer resp.Body.Close()
+	<-gate.Reached()
+
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatalf("SIGTERM: %v", err)
+	}
+	waitRefused(t, p.addr, 30*time.Second) // the first is taken: shutting down
+	// The second: the process ends now, not in an hour (the bound only
+	// guards against a hang).
+	p.terminate(time.Minute)
+	gate.Open()
+
+	p = startMirror(t, logs, data, up.URL(), "--shutdown-timeout", "5m")
+	c := newChecker(t, p, cat)
+	if !c.fetch(context.Background(), "blobs", layer.digest, layer) {
+		t.Errorf("the blob is not served whole after the restart\nlog:\n%s", p.log())
+	}
+	if code := p.terminate(time.Minute); code != 0 {
+		t.Errorf("exit status %d after SIGTERM, want 0\nlog:\n%s", code, p.log())
+	}
+}
