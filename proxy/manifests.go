@@ -143,22 +143,26 @@ func (p *Proxy) notePull(m *storedManifest, get bool) {
 }
 
 // accepts reports whether a request's Accept headers allow mediaType. No
-// Accept header, or a wildcard, accepts anything.
+// Accept header (or one listing nothing), or a wildcard, accepts
+// anything. As registries read it (RFC 9110), a media type may be
+// written in any case and an empty list element (a trailing comma) names
+// none: it does not make a list of image types accept an index.
 func accepts(h http.Header, mediaType string) bool {
-	values := h.Values("Accept")
-	if len(values) == 0 {
-		return true
-	}
-	for _, v := range values {
+	listed := false
+	for _, v := range h.Values("Accept") {
 		for _, a := range strings.Split(v, ",") {
 			a, _, _ = strings.Cut(a, ";")
 			a = strings.TrimSpace(a)
-			if a == mediaType || a == "*/*" || a == "" {
+			if a == "" {
+				continue
+			}
+			if strings.EqualFold(a, mediaType) || a == "*/*" {
 				return true
 			}
+			listed = true
 		}
 	}
-	return false
+	return !listed
 }
 
 func (p *Proxy) defaultPlatform(ctx context.Context, t target, m *storedManifest, h http.Header) (*storedManifest, error) {

@@ -496,3 +496,28 @@ func TestAcceptNegotiation(t *testing.T) {
 	r = do(t, http.MethodGet, m.URL()+"/v2/multi/manifests/"+ma.Digest, map[string]string{"Accept": amd.MediaType})
 	wantManifest(t, r, ma.Index, ma.MediaType)
 }
+
+// Accept is read as registries read it (RFC 9110): media types in any
+// case, empty list elements ignored. A client that cannot read an index
+// gets the linux/amd64 image for a tag however it spells that.
+func TestAcceptReadAsRegistriesDo(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	ma := up.SeedMultiArch(t, "library/multi", "v1", fixture.Docker)
+	m := servertest.Start(t, up.URL())
+	amd := ma.Platforms["linux/amd64"]
+	for _, accept := range []string{
+		amd.MediaType + ", ",
+		amd.MediaType + ",,",
+		" , " + amd.MediaType,
+	} {
+		r := do(t, http.MethodGet, m.URL()+"/v2/multi/manifests/v1", map[string]string{"Accept": accept})
+		wantManifest(t, r, amd.Manifest, amd.MediaType)
+	}
+	for _, accept := range []string{
+		strings.ToUpper(ma.MediaType),
+		"Application/Vnd.Docker.Distribution.Manifest.List.V2+Json; q=1",
+	} {
+		r := do(t, http.MethodGet, m.URL()+"/v2/multi/manifests/v1", map[string]string{"Accept": accept})
+		wantManifest(t, r, ma.Index, ma.MediaType)
+	}
+}
