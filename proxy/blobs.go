@@ -137,6 +137,12 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 	endStream := p.blobs.quiet.stream()
 	err = serveBlob(w, r, dgst, size, func(off int64) (io.ReadCloser, error) { return dl.open(ctx, off) })
 	endStream()
+	if err == nil && w.Header().Get("Content-Range") != "" {
+		// Answered a range, not gone: its client (a lazy puller, a
+		// resume) asks for the next one soon, which must not start the
+		// blob over from its first byte.
+		p.blobs.keep(dl)
+	}
 	if !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}

@@ -158,6 +158,11 @@ type download struct {
 	// and cancelled, so an upstream body nobody reads is not spooled.
 	wants     int
 	abandoned bool
+	// kept: a client was answered a range of the blob, and the rest is
+	// wanted too: a lazy puller (stargz, soci) reads a blob a range at a
+	// time, one after the other, and the next range is the download's.
+	// Guarded by downloads.mu; a kept download is never abandoned.
+	kept bool
 
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced whenever the state below changes
@@ -430,7 +435,7 @@ func (d *downloads) leaver(dl *download) func() {
 	return sync.OnceFunc(func() {
 		d.mu.Lock()
 		dl.wants--
-		abandon := dl.wants == 0 && !dl.isVerified()
+		abandon := dl.wants == 0 && !dl.kept && !dl.isVerified()
 		if abandon {
 			dl.abandoned = true
 			if d.m[dl.dgst] == dl {
@@ -442,6 +447,13 @@ func (d *downloads) leaver(dl *download) func() {
 			dl.cancel()
 		}
 	})
+}
+
+// keep lets dl run to its end whoever leaves it (kept).
+func (d *downloads) keep(dl *download) {
+	d.mu.Lock()
+	dl.kept = true
+	d.mu.Unlock()
 }
 
 func (d *downloads) wasAbandoned(dl *download) bool {

@@ -57,11 +57,9 @@ func TestBlobRangeAndHead(t *testing.T) {
 	if full.status != http.StatusOK || int64(len(full.body)) != size || sha(full.body) != layer {
 		t.Fatalf("GET: %d, %d bytes", full.status, len(full.body))
 	}
-	// The range client left before the end, so that download was
-	// cancelled (nobody else wanted it) and this GET made another; the
-	// client has every byte once the digest verified, a moment before the
-	// blob is moved into the store and recorded. The hits below need it
-	// recorded.
+	// The range client's download went on after it left
+	// (TestSequentialRangesOnAMissFetchTheBlobOnce); the hits below need
+	// it recorded.
 	m.WaitIdle()
 	if string(missRange.body) != string(full.body[10:20]) {
 		t.Fatal("range on a miss returned the wrong bytes")
