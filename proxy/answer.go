@@ -70,6 +70,10 @@ func upstreamAnswer(ue *upstream.Error, err error) *errcode.Error {
 			e = e.WithHeader("Retry-After", ue.RetryAfter)
 		}
 		return e
+	case ue.Status == http.StatusServiceUnavailable && ue.RetryAfter != "":
+		// Down for a while, and saying how long: passed on as such.
+		return errcode.Wrap(errcode.Unavailable, err, "%s", ue.Reason).
+			WithStatus(http.StatusServiceUnavailable).WithHeader("Retry-After", ue.RetryAfter)
 	case ue.Status == http.StatusRequestedRangeNotSatisfiable:
 		return errcode.Wrap(errcode.RangeInvalid, err, "%s", ue.Reason)
 	case ue.Timeout:

@@ -121,31 +121,34 @@ func unreachable(t *testing.T) error {
 	return callManifest(t.Context(), c)
 }
 
-// backingOff returns the error of a request while the client backs off
-// from an upstream that answered 429 with Retry-After.
-func backingOff(t *testing.T) error {
-	var n atomic.Int32
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/v2/" {
-			return
+// backingOffFrom returns the maker of the error of a request while the
+// client backs off from an upstream that answered status (429, 503) with
+// Retry-After.
+func backingOffFrom(status int) func(*testing.T) error {
+	return func(t *testing.T) error {
+		var n atomic.Int32
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/v2/" {
+				return
+			}
+			n.Add(1)
+			w.Header().Set("Retry-After", "300")
+			w.WriteHeader(status)
+		}))
+		defer srv.Close()
+		c, err := upstream.New("docker.io", srv.URL)
+		if err != nil {
+			t.Fatal(err)
 		}
-		n.Add(1)
-		w.Header().Set("Retry-After", "300")
-		w.WriteHeader(http.StatusTooManyRequests)
-	}))
-	defer srv.Close()
-	c, err := upstream.New("docker.io", srv.URL)
-	if err != nil {
-		t.Fatal(err)
+		if err := callManifest(t.Context(), c); err == nil {
+			t.Fatalf("the %d request succeeded", status)
+		}
+		err = callBlob(t.Context(), c)
+		if got := n.Load(); got != 1 {
+			t.Fatalf("the upstream was asked %d times; want 1", got)
+		}
+		return err
 	}
-	if err := callManifest(t.Context(), c); err == nil {
-		t.Fatal("the 429 request succeeded")
-	}
-	err = callBlob(t.Context(), c)
-	if got := n.Load(); got != 1 {
-		t.Fatalf("the upstream was asked %d times; want 1", got)
-	}
-	return err
 }
 
 // tokenRefused returns the error of a request to an upstream whose token
@@ -214,7 +217,7 @@ func TestRegistryError(t *testing.T) {
 		{name: "429 with Retry-After", err: answered(callManifest, 429, map[string]string{"Retry-After": "120"}, ""),
 			wantCode: errcode.TooManyRequests, wantStatus: 429, wantRetry: "120", wantIs: upstream.ErrUnavailable},
 		{name: "429 without Retry-After", err: answered(callTags, 429, nil, ""), wantCode: errcode.TooManyRequests, wantStatus: 429},
-		{name: "backing off after a 429", err: backingOff, wantCode: errcode.TooManyRequests, wantStatus: 429, wantRetry: "300"},
+		{name: "backing off after a 429", err: backingOffFrom(http.StatusTooManyRequests), wantCode: errcode.TooManyRequests, wantStatus: 429, wantRetry: "300"},
 		// The token endpoint's 429 is passed on with its Retry-After.
 		{name: "token 429", err: tokenRefused(429), wantCode: errcode.TooManyRequests, wantStatus: 429, wantRetry: "30"},
 		{name: "416", err: answered(callBlob, 416, nil, ""), wantCode: errcode.RangeInvalid, wantStatus: 416, wantIs: upstream.ErrInvalid},
@@ -224,6 +227,10 @@ func TestRegistryError(t *testing.T) {
 		{name: "500", err: answered(callManifest, 500, nil, ""), wantCode: errcode.Unavailable, wantStatus: 502, wantIs: upstream.ErrUnavailable},
 		{name: "502", err: answered(callBlob, 502, nil, "bad gateway"), wantCode: errcode.Unavailable, wantStatus: 502},
 		{name: "503", err: answered(callTags, 503, nil, ""), wantCode: errcode.Unavailable, wantStatus: 502},
+		// One that says when to come back is unavailable, not broken.
+		{name: "503 with Retry-After", err: answered(callManifest, 503, map[string]string{"Retry-After": "120"}, ""),
+			wantCode: errcode.Unavailable, wantStatus: 503, wantRetry: "120", wantIs: upstream.ErrUnavailable},
+		{name: "backing off after a 503", err: backingOffFrom(http.StatusServiceUnavailable), wantCode: errcode.Unavailable, wantStatus: 503, wantRetry: "300"},
 		{name: "ping 500", err: func(t *testing.T) error { return upstreamFailure(t, callBlob, 500, 200, nil, "") },
 			wantCode: errcode.Unavailable, wantStatus: 502},
 		{name: "invalid manifest", err: answered(callManifestByDigest, 200, nil, `{"schemaVersion":2}`),

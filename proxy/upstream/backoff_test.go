@@ -116,16 +116,16 @@ func TestRetryAfterKeepsLongest(t *testing.T) {
 	clock := newFakeClock()
 	c := errClient(t, "http://127.0.0.1:1", WithClock(clock.Now))
 	x := call{KindManifest, "x"}
-	c.backOff("600")
-	c.backOff("5")
+	c.backOff("600", http.StatusTooManyRequests)
+	c.backOff("5", http.StatusTooManyRequests)
 	ue := wantRetryAfter(t, c.backingOff(x), "600")
 	if ue.Kind != KindManifest || ue.What != "x" ||
 		ue.Reason != "upstream docker.io is rate-limiting us; not asking for x for 600s" {
 		t.Fatalf("Kind %d What %q Reason %q: not of the call backing off", ue.Kind, ue.What, ue.Reason)
 	}
-	c.backOff(clock.Now().Add(2 * time.Hour).Format(http.TimeFormat))
+	c.backOff(clock.Now().Add(2*time.Hour).Format(http.TimeFormat), http.StatusTooManyRequests)
 	wantRetryAfter(t, c.backingOff(x), "3600")
-	c.backOff("")
+	c.backOff("", http.StatusTooManyRequests)
 	wantRetryAfter(t, c.backingOff(x), "3600")
 	clock.Advance(time.Hour)
 	if err := c.backingOff(x); err != nil {
@@ -197,5 +197,62 @@ func TestRetryAfterOnToken(t *testing.T) {
 	clock.Advance(20 * time.Second)
 	if _, err := c.Manifest(t.Context(), "library/x", v1); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestRetryAfterOn503: a 503 with Retry-After (Docker Hub and GHCR answer
+// so under load) is honoured as a 429's is: the upstream is not asked
+// again before it, and every request meanwhile fails at once as a 503 with
+// the seconds left. A 503 without Retry-After backs off not at all.
+func TestRetryAfterOn503(t *testing.T) {
+	for _, tc := range []struct {
+		name, retryAfter string
+		backoff          time.Duration
+	}{
+		{"seconds", "120", 120 * time.Second},
+		{"none", "", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			clock := newFakeClock()
+			var n atomic.Int64
+			r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+				if n.Add(1) == 1 { // unavailable once, then served
+					if tc.retryAfter != "" {
+						w.Header().Set("Retry-After", tc.retryAfter)
+					}
+					w.WriteHeader(http.StatusServiceUnavailable)
+					return
+				}
+				w.Header().Set("Content-Type", ociManifest)
+				_, _ = w.Write(manifestA)
+			})
+			c := r.client(t, WithClock(clock.Now))
+			ctx := t.Context()
+			want503 := func(err error, retryAfter string) {
+				t.Helper()
+				ue := asError(t, err, "ErrUnavailable")
+				if ue.Status != http.StatusServiceUnavailable || !ue.Temporary() || ue.RetryAfter != retryAfter {
+					t.Fatalf("Status %d Temporary %v RetryAfter %q, want 503 true %q: %v", ue.Status, ue.Temporary(), ue.RetryAfter, retryAfter, err)
+				}
+			}
+
+			_, err := c.Manifest(ctx, "library/x", v1)
+			want503(err, tc.retryAfter)
+			if tc.backoff > 0 {
+				clock.Advance(tc.backoff - time.Second)
+				_, _, err = c.Blob(ctx, "library/x", digest.FromBytes(manifestB), 0)
+				want503(err, "1")
+				if n := r.asked.Load(); n != 1 {
+					t.Fatalf("the upstream was asked %d times while backing off, want once", n)
+				}
+				clock.Advance(time.Second)
+			}
+			if _, err := c.Manifest(ctx, "library/x", v1); err != nil {
+				t.Fatalf("after the back-off: %v", err)
+			}
+			if n := r.asked.Load(); n != 2 {
+				t.Fatalf("the upstream was asked %d times, want 2", n)
+			}
+		})
 	}
 }

@@ -63,12 +63,15 @@ type Client struct {
 	// request could lock the account.
 	refused *lru.Cache[string, refusal]
 
-	// retryAt is when a rate-limiting upstream may be asked again: until
-	// then requests fail at once instead of adding to the limit.
-	retryMu sync.Mutex
-	retryAt time.Time
-	now     func() time.Time
-	timeout time.Duration
+	// retryAt is when a rate-limiting upstream, or one that said it is
+	// unavailable until then, may be asked again: until then requests
+	// fail at once instead of adding to its load. retryStatus is the
+	// status (429 or 503) that set it, which those failures answer.
+	retryMu     sync.Mutex
+	retryAt     time.Time
+	retryStatus int
+	now         func() time.Time
+	timeout     time.Duration
 	// guard, if set, is the dial guard of base, to which the token realm
 	// of the upstream's own challenge on its own host is added.
 	guard *Guard
@@ -483,7 +486,7 @@ func (t tokenLimits) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	switch resp.StatusCode {
 	case http.StatusTooManyRequests:
-		t.c.backOff(resp.Header.Get("Retry-After"))
+		t.c.backOff(resp.Header.Get("Retry-After"), http.StatusTooManyRequests)
 	case http.StatusUnauthorized:
 		h := resp.Header.Get("WWW-Authenticate")
 		if pr := parseChallenge(h); req.URL.Host == t.c.registry.RegistryStr() &&
@@ -676,22 +679,28 @@ func (b *cancelOnClose) Close() error {
 	return err
 }
 
-// backingOff fails while a rate limit's Retry-After has not passed.
+// backingOff fails while the Retry-After of a 429 (or a 503) has not
+// passed, with that status.
 func (c *Client) backingOff(r call) error {
 	c.retryMu.Lock()
-	wait := c.retryAt.Sub(c.now())
+	wait, status := c.retryAt.Sub(c.now()), c.retryStatus
 	c.retryMu.Unlock()
 	if wait <= 0 {
 		return nil
 	}
 	secs := int((wait + time.Second - 1) / time.Second)
-	e := c.newError(r.kind, r.what, http.StatusTooManyRequests, ErrUnavailable, nil, "upstream %s is rate-limiting us; not asking for %s for %ds", c.host, r.what, secs)
+	why := "is rate-limiting us"
+	if status == http.StatusServiceUnavailable {
+		why = "said it is unavailable"
+	}
+	e := c.newError(r.kind, r.what, status, ErrUnavailable, nil, "upstream %s %s; not asking for %s for %ds", c.host, why, r.what, secs)
 	e.RetryAfter = strconv.Itoa(secs)
 	return e
 }
 
-// backOff leaves the upstream alone for the Retry-After of a 429 answer.
-func (c *Client) backOff(retryAfter string) {
+// backOff leaves the upstream alone for the Retry-After of an answer of
+// status (429, or a 503 that says when to come back).
+func (c *Client) backOff(retryAfter string, status int) {
 	d := DefaultBackoff
 	// Seconds beyond the cap are the cap: multiplied out, a number of
 	// seconds past time.Duration's range would wrap to no back-off at
@@ -704,7 +713,7 @@ func (c *Client) backOff(retryAfter string) {
 	d = min(max(d, 0), maxBackoff)
 	c.retryMu.Lock()
 	if until := c.now().Add(d); until.After(c.retryAt) {
-		c.retryAt = until
+		c.retryAt, c.retryStatus = until, status
 	}
 	c.retryMu.Unlock()
 }
@@ -733,8 +742,15 @@ func (c *Client) statusError(resp *http.Response, r call) error {
 		e = c.newError(r.kind, r.what, st, ErrAuth, nil, "upstream %s answered %d for %s%s", c.host, st, r.what, upMsg)
 	case st == http.StatusTooManyRequests:
 		ra := resp.Header.Get("Retry-After")
-		c.backOff(ra)
+		c.backOff(ra, st)
 		e = c.newError(r.kind, r.what, st, ErrUnavailable, nil, "upstream %s rate-limited %s%s", c.host, r.what, upMsg)
+		e.RetryAfter = ra
+	case st == http.StatusServiceUnavailable && resp.Header.Get("Retry-After") != "":
+		// Overloaded, and saying when to come back (Docker Hub, GHCR):
+		// asking again sooner only adds to its load.
+		ra := resp.Header.Get("Retry-After")
+		c.backOff(ra, st)
+		e = c.newError(r.kind, r.what, st, ErrUnavailable, nil, "upstream %s answered 503 for %s%s", c.host, r.what, upMsg)
 		e.RetryAfter = ra
 	case st == http.StatusRequestedRangeNotSatisfiable:
 		e = c.newError(r.kind, r.what, st, ErrInvalid, nil, "upstream %s: range not satisfiable for %s", c.host, r.what)
