@@ -252,12 +252,20 @@ func (p *Proxy) adoptBlob(t target, dgst digest.Digest, size int64) error {
 // size means unknown: the body is then sent whole, without a length.
 func serveBlob(w http.ResponseWriter, r *http.Request, dgst digest.Digest, size int64, open func(off int64) (io.ReadCloser, error)) error {
 	h := w.Header()
+	etag := `"` + dgst.String() + `"`
 	setHeaders(h, headerDigest, dgst.String(), headerContentType, "application/octet-stream",
-		headerETag, `"`+dgst.String()+`"`, headerCacheControl, "max-age=31536000")
+		headerETag, etag, headerCacheControl, "max-age=31536000")
+	if noneMatch(r.Header.Get("If-None-Match"), etag) {
+		w.WriteHeader(http.StatusNotModified)
+		return nil
+	}
 	status, start, length := http.StatusOK, int64(0), size
 	if size >= 0 {
 		h.Set("Accept-Ranges", "bytes")
-		if rng := r.Header.Get("Range"); rng != "" {
+		// A range of another validator's content (If-Range: another
+		// ETag, or a date: this answer has no Last-Modified) would be
+		// spliced into bytes it is not part of: the whole blob instead.
+		if rng, ifr := r.Header.Get("Range"), r.Header.Get("If-Range"); rng != "" && (ifr == "" || ifr == etag) {
 			s, n, ok, err := parseRange(rng, size)
 			if err != nil {
 				return errcode.New(errcode.RangeInvalid, "range %q not satisfiable for a blob of %d bytes", rng, size).

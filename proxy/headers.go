@@ -1,6 +1,9 @@
 package proxy
 
-import "net/http"
+import (
+	"net/http"
+	"strings"
+)
 
 // The headers every hit sets, by their canonical keys (headers_test.go
 // checks them), which setHeaders stores as they are.
@@ -26,4 +29,21 @@ func setHeaders(h http.Header, kv ...string) {
 		vals[i] = kv[2*i+1]
 		h[kv[2*i]] = vals[i : i+1 : i+1]
 	}
+}
+
+// noneMatch reports whether an If-None-Match header value (entity tags,
+// or "*") names etag, compared weakly (RFC 9110 13.1.2): the client (a
+// cache in front of the mirror revalidating) holds that content already
+// and is answered 304 Not Modified, without it.
+func noneMatch(h, etag string) bool {
+	if h == "" {
+		return false
+	}
+	for tag := range strings.SplitSeq(h, ",") {
+		tag = strings.TrimSpace(tag)
+		if tag == "*" || strings.TrimPrefix(tag, "W/") == etag {
+			return true
+		}
+	}
+	return false
 }

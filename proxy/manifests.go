@@ -86,9 +86,12 @@ func (p *Proxy) manifest(w http.ResponseWriter, r *http.Request) error {
 	}
 	hits = append(hits, m)
 	p.notePull(m, r.Method == http.MethodGet)
+	etag := `"` + m.digest.String() + `"`
 	setHeaders(w.Header(), headerContentType, m.mediaType, headerDigest, m.digest.String(),
-		headerContentLength, strconv.Itoa(len(m.body)), headerETag, `"`+m.digest.String()+`"`)
-	if r.Method == http.MethodGet {
+		headerContentLength, strconv.Itoa(len(m.body)), headerETag, etag)
+	if noneMatch(r.Header.Get("If-None-Match"), etag) {
+		w.WriteHeader(http.StatusNotModified) // the tag names what the client holds
+	} else if r.Method == http.MethodGet {
 		_, err = w.Write(m.body)
 	}
 	// The answer first: the fill's check (an index lookup, a page fault

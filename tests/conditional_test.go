@@ -1,0 +1,59 @@
+package tests
+
+import (
+	"net/http"
+	"testing"
+
+	"github.com/docker-mirror/docker-mirror/tests/fixture"
+	"github.com/docker-mirror/docker-mirror/tests/servertest"
+)
+
+// A cache in front of the mirror revalidating what it holds (If-None-Match
+// with the ETag the mirror sent) is answered 304 without the body; a
+// client resuming with If-Range gets the range only while its validator is
+// still the blob's ETag, else the whole blob (RFC 9110 13.1.2, 13.1.5).
+func TestConditionalRequests(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/cond", "1", 1, 64<<10)
+	m := servertest.Start(t, up.URL())
+	layer := img.Layers[0]
+	blobURL, manifestURL := m.URL()+"/v2/cond/blobs/"+layer, m.URL()+"/v2/cond/manifests/1"
+	wantManifest(t, get(t, manifestURL), img.Manifest, img.MediaType)
+	m.WaitIdle()
+	full := get(t, blobURL)
+	if full.status != http.StatusOK || sha(full.body) != layer {
+		t.Fatalf("GET: %d, digest %s", full.status, sha(full.body))
+	}
+	etag := full.header.Get("ETag")
+
+	cases := []struct {
+		name, method, url string
+		header            map[string]string
+		status            int
+		body              []byte
+	}{
+		{"blob If-None-Match its ETag", http.MethodGet, blobURL, map[string]string{"If-None-Match": etag}, http.StatusNotModified, nil},
+		{"blob If-None-Match weak, in a list", http.MethodGet, blobURL, map[string]string{"If-None-Match": `"x", W/` + etag}, http.StatusNotModified, nil},
+		{"blob If-None-Match *", http.MethodHead, blobURL, map[string]string{"If-None-Match": "*"}, http.StatusNotModified, nil},
+		{"blob If-None-Match another", http.MethodGet, blobURL, map[string]string{"If-None-Match": `"sha256:other"`}, http.StatusOK, full.body},
+		{"blob If-Range its ETag", http.MethodGet, blobURL, map[string]string{"Range": "bytes=10-19", "If-Range": etag}, http.StatusPartialContent, full.body[10:20]},
+		{"blob If-Range another", http.MethodGet, blobURL, map[string]string{"Range": "bytes=10-19", "If-Range": `"cdn-etag-1"`}, http.StatusOK, full.body},
+		{"blob If-Range a date", http.MethodGet, blobURL, map[string]string{"Range": "bytes=10-19", "If-Range": "Sun, 06 Dec 2026 10:00:00 GMT"}, http.StatusOK, full.body},
+		{"manifest If-None-Match its ETag", http.MethodGet, manifestURL, map[string]string{"Accept": manifestAccept, "If-None-Match": `"` + img.Digest + `"`}, http.StatusNotModified, nil},
+		{"manifest If-None-Match another", http.MethodGet, manifestURL, map[string]string{"Accept": manifestAccept, "If-None-Match": `"sha256:other"`}, http.StatusOK, img.Manifest},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			r := do(t, c.method, c.url, c.header)
+			if r.err != nil || r.status != c.status {
+				t.Fatalf("status %d (err %v), want %d", r.status, r.err, c.status)
+			}
+			if c.method == http.MethodGet && string(r.body) != string(c.body) {
+				t.Fatalf("%d bytes, want %d", len(r.body), len(c.body))
+			}
+			if c.status == http.StatusNotModified && (r.header.Get("ETag") == "" || r.header.Get("Docker-Content-Digest") == "") {
+				t.Fatalf("304 without its ETag and digest: %v", r.header)
+			}
+		})
+	}
+}
