@@ -256,3 +256,40 @@ func TestRetryAfterOn503(t *testing.T) {
 		})
 	}
 }
+
+// TestRetryAfterOn503FromToken: a token server's 503 with Retry-After
+// backs off too, as its 429 does: it is not asked again for every request
+// meanwhile, and clients are told when to come back.
+func TestRetryAfterOn503FromToken(t *testing.T) {
+	clock := newFakeClock()
+	var tokens atomic.Int64
+	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		if req.URL.Path == "/token" {
+			if tokens.Add(1) == 1 {
+				w.Header().Set("Retry-After", "30")
+				w.WriteHeader(http.StatusServiceUnavailable)
+				return
+			}
+			_, _ = w.Write([]byte(`{"token":"t"}`))
+			return
+		}
+		w.Header().Set("Content-Type", ociManifest)
+		_, _ = w.Write(manifestA)
+	}, bearerPing)
+	c := r.client(t, WithClock(clock.Now))
+	for _, want := range []string{"30", "20"} {
+		_, err := c.Manifest(t.Context(), "library/x", v1)
+		ue := asError(t, err, "ErrUnavailable")
+		if ue.Status != http.StatusServiceUnavailable || ue.RetryAfter != want {
+			t.Fatalf("Status %d RetryAfter %q, want 503 %q: %v", ue.Status, ue.RetryAfter, want, err)
+		}
+		clock.Advance(10 * time.Second)
+	}
+	if n := tokens.Load(); n != 1 {
+		t.Fatalf("%d token requests while backing off, want 1", n)
+	}
+	clock.Advance(20 * time.Second)
+	if _, err := c.Manifest(t.Context(), "library/x", v1); err != nil {
+		t.Fatal(err)
+	}
+}

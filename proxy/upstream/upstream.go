@@ -463,8 +463,8 @@ func (c *Client) renewed(ctx context.Context, repo string, t http.RoundTripper, 
 }
 
 // tokenLimits is the transport of a bearer upstream's requests and token
-// requests: a 429 backs off for its Retry-After, which a token server's
-// answer would otherwise lose (go-containerregistry's error keeps only its
+// requests: a 429 (or a 503 with one) backs off for its Retry-After, which
+// a token server's answer would otherwise lose (go-containerregistry's error keeps only its
 // status). A registry's own 429 is noted again by statusError, the same.
 //
 // It also gives the repository's scope to the registry's refusal of an
@@ -487,6 +487,10 @@ func (t tokenLimits) RoundTrip(req *http.Request) (*http.Response, error) {
 	switch resp.StatusCode {
 	case http.StatusTooManyRequests:
 		t.c.backOff(resp.Header.Get("Retry-After"), http.StatusTooManyRequests)
+	case http.StatusServiceUnavailable:
+		if ra := resp.Header.Get("Retry-After"); ra != "" {
+			t.c.backOff(ra, http.StatusServiceUnavailable) // as statusError does
+		}
 	case http.StatusUnauthorized:
 		h := resp.Header.Get("WWW-Authenticate")
 		if pr := parseChallenge(h); req.URL.Host == t.c.registry.RegistryStr() &&
@@ -573,6 +577,15 @@ func (c *Client) transportError(r call, err error) error {
 				e.RetryAfter = b.RetryAfter
 			}
 			return e
+		case http.StatusServiceUnavailable:
+			// A token server's 503: one with a Retry-After backs off
+			// (tokenLimits), and the seconds left are passed on.
+			var b *Error
+			if errors.As(c.backingOff(r), &b) {
+				e := c.newError(r.kind, r.what, te.StatusCode, ErrUnavailable, err, "upstream %s answered 503 for a token", c.host)
+				e.RetryAfter = b.RetryAfter
+				return e
+			}
 		}
 	}
 	return c.newError(r.kind, r.what, 0, ErrUnavailable, err, "upstream %s unreachable", c.host)
