@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"testing"
+	"time"
 
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
 	"github.com/docker-mirror/docker-mirror/tests/servertest"
@@ -48,5 +49,34 @@ func TestSequentialRangesOnAMissFetchTheBlobOnce(t *testing.T) {
 	}
 	if n, b := blobGets(up, layer), up.BlobBytesFor(layer); n != 1 || b != size {
 		t.Fatalf("the upstream was asked %d times for the blob and sent %d bytes, want once and %d", n, b, size)
+	}
+}
+
+// An upstream that stops sending a blob's body mid-way, its connection
+// still open (a stalled CDN node, a load balancer holding a dead backend's
+// stream), is taken as cut once it has sent nothing for the upstream
+// timeout: the download resumes from where it stopped, and the client
+// waiting for it gets the whole blob, not a pull hung until the fill's
+// hour is up.
+func TestStalledBlobBodyResumed(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/stall", "1", 1, 256<<10)
+	m := servertest.StartUpstreams(t, []servertest.Upstream{{Host: "docker.io", URL: up.URL(), Timeout: 300 * time.Millisecond}}, nil)
+	layer := img.Layers[0]
+	up.GateBlob(layer, 64<<10) // held until the test ends
+	ctx, cancel := context.WithTimeout(t.Context(), watchdog)
+	defer cancel()
+
+	s := openStream(t, ctx, "client", m.URL()+"/v2/stall/blobs/"+layer)
+	if err := s.readRest(); err != nil {
+		t.Fatalf("the client got %d bytes, then %v", len(s.got), err)
+	}
+	if sha(s.got) != layer {
+		t.Fatalf("%d bytes hashing to %s", len(s.got), sha(s.got))
+	}
+	// (Not counted: on a loaded machine a pause of the timeout's 300 ms
+	// between two of the resume's writes is a stall too, and resumed.)
+	if n := blobGets(up, layer); n < 2 {
+		t.Errorf("%d upstream GETs of the blob, want the stalled one and a resume", n)
 	}
 }

@@ -644,12 +644,18 @@ func (c *Client) doWarming(ctx context.Context, repo string, req *http.Request, 
 	return nil, err
 }
 
-// errTimeout ends a request whose answer took longer than the timeout.
-var errTimeout = errors.New("no answer in time")
+// errTimeout ends a request whose answer took longer than the timeout;
+// errStalled one whose body then sent nothing for as long.
+var (
+	errTimeout = errors.New("no answer in time")
+	errStalled = errors.New("body stalled")
+)
 
 // send sends req, failing if no response headers arrive within the
 // client's timeout: an upstream that hangs must not hang the clients
-// waiting for it. The body may then take as long as it takes.
+// waiting for it. The body may then take as long as it takes, as long as
+// it keeps coming: one that sends nothing for the timeout fails its read,
+// as a cut connection does (a blob download then resumes from there).
 func (c *Client) send(ctx context.Context, t http.RoundTripper, req *http.Request, r call) (*http.Response, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	timer := time.AfterFunc(c.timeout, func() { cancel(errTimeout) })
@@ -668,25 +674,42 @@ func (c *Client) send(ctx context.Context, t http.RoundTripper, req *http.Reques
 		}
 		return nil, c.transportError(r, err)
 	}
-	resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel, received: &c.health.received}
+	b := &cancelOnClose{ReadCloser: resp.Body, ctx: ctx, cancel: cancel, received: &c.health.received, timeout: c.timeout, r: r, c: c}
+	b.idle = time.AfterFunc(c.timeout, func() { cancel(errStalled) })
+	resp.Body = b
 	return resp, nil
 }
 
-// cancelOnClose releases a request's context with its body, and counts
-// the bytes read for State.
+// cancelOnClose releases a request's context with its body, counts the
+// bytes read for State, and cancels the request once its body has sent
+// nothing for timeout (idle).
 type cancelOnClose struct {
 	io.ReadCloser
+	ctx      context.Context
 	cancel   context.CancelCauseFunc
 	received *atomic.Int64
+	timeout  time.Duration
+	idle     *time.Timer
+	r        call
+	c        *Client
 }
 
 func (b *cancelOnClose) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	b.received.Add(int64(n))
+	if n > 0 {
+		b.idle.Reset(b.timeout)
+	}
+	if err != nil && errors.Is(context.Cause(b.ctx), errStalled) {
+		e := b.c.newError(b.r.kind, b.r.what, 0, ErrUnavailable, err, "upstream %s sent nothing of %s for %s", b.c.host, b.r.what, b.timeout)
+		e.Timeout = true
+		return n, e
+	}
 	return n, err
 }
 
 func (b *cancelOnClose) Close() error {
+	b.idle.Stop()
 	err := b.ReadCloser.Close()
 	b.cancel(nil)
 	return err
