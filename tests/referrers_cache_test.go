@@ -207,6 +207,44 @@ func TestReferrersBadArtifactType(t *testing.T) {
 	wantReferrers(t, get(t, u+url.QueryEscape(strings.ToUpper(sigType))), "miss", true)
 }
 
+// A referrers answer that is not an OCI index (JSON null, an empty
+// object, an image manifest) is the upstream's bad answer: 502
+// UNAVAILABLE, and nothing is recorded, so that the upstream's next good
+// answer is the one served (X-Cache: miss), not the bad one.
+func TestReferrersNotAnIndexIsBadGateway(t *testing.T) {
+	var bad atomic.Value
+	reg := referrersRegistry()
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if b, _ := bad.Load().(string); b != "" && strings.Contains(r.URL.Path, "/referrers/") {
+			w.Header().Set("Content-Type", oci.MediaTypeOCIIndex)
+			io.WriteString(w, b)
+			return
+		}
+		reg.ServeHTTP(w, r)
+	}))
+	t.Cleanup(up.Close)
+	host := strings.TrimPrefix(up.URL, "http://")
+	subject := pushSubject(t, host)
+	sig := pushReferrer(t, host, "library/signed", sigType, subject)
+	for _, body := range []string{
+		`null`, `{}`, `{"schemaVersion":2}`,
+		`{"schemaVersion":2,"mediaType":"` + oci.MediaTypeOCIManifest + `","config":{},"layers":[]}`,
+		`{"schemaVersion":2,"mediaType":"` + oci.MediaTypeOCIManifest + `","manifests":[]}`,
+	} {
+		m := servertest.Start(t, up.URL)
+		u := m.URL() + "/v2/signed/referrers/" + subject.Digest.String()
+		bad.Store(body)
+		r := get(t, u)
+		bad.Store("")
+		if r.status != http.StatusBadGateway {
+			t.Errorf("referrers answered %s upstream: %d %q, want 502", body, r.status, r.body)
+			continue
+		}
+		wantError(t, r, http.StatusBadGateway, "UNAVAILABLE")
+		wantReferrers(t, get(t, u), "miss", false, sig)
+	}
+}
+
 // artifactManifest is an OCI artifact manifest of artifactType whose
 // subject is the image sub, with one layer, pushed by digest to a fixture
 // upstream (which has no referrers API). It returns its descriptor as the

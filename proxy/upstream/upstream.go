@@ -986,9 +986,6 @@ func (c *Client) Referrers(ctx context.Context, repo string, dgst digest.Digest,
 	if err != nil {
 		return nil, "", err
 	}
-	if first == nil { // a first page of "null"
-		first = map[string]json.RawMessage{"schemaVersion": json.RawMessage(`2`), "mediaType": json.RawMessage(`"` + oci.MediaTypeOCIIndex + `"`)}
-	}
 	first["manifests"] = list
 	if body, err = json.Marshal(first); err != nil {
 		return nil, "", err
@@ -1032,7 +1029,17 @@ func (c *Client) fetchReferrersPage(ctx context.Context, repo string, dgst diges
 	if err := json.Unmarshal(body, &p.index); err != nil {
 		return referrersPage{}, c.invalid(r, "%s: %v", r.what, err)
 	}
-	if raw, ok := p.index["manifests"]; ok {
+	// Anything but an image index (JSON null, {}, an image manifest) would
+	// be served, and kept, as one.
+	var mediaType string
+	if raw, ok := p.index["mediaType"]; ok && json.Unmarshal(raw, &mediaType) != nil || ok && mediaType != oci.MediaTypeOCIIndex {
+		return referrersPage{}, c.invalid(r, "%s: not an image index (mediaType %s)", r.what, raw)
+	}
+	raw, ok := p.index["manifests"]
+	if !ok && mediaType == "" {
+		return referrersPage{}, c.invalid(r, "%s: not an image index (no mediaType, no manifests)", r.what)
+	}
+	if ok {
 		if err := json.Unmarshal(raw, &p.entries); err != nil {
 			return referrersPage{}, c.invalid(r, "%s: manifests: %v", r.what, err)
 		}
