@@ -134,7 +134,7 @@ func (p *Proxy) referrersOf(ctx context.Context, t target, subject digest.Digest
 		}
 		h.Set(cacheHeader, "miss")
 		return fresh, nil
-	case errors.Is(err, upstream.ErrNotFound):
+	case errors.Is(err, upstream.ErrNotFound) && !pingNotFound(err):
 		// No referrers API and no fallback tag: the upstream's 404 tells
 		// clients to try the tag schema themselves. What was listed before
 		// is gone: so is it here, also once the upstream is down.
@@ -153,7 +153,7 @@ func (p *Proxy) referrersOf(ctx context.Context, t target, subject digest.Digest
 		return ans, nil
 	}
 	var ue *upstream.Error
-	if errors.As(err, &ue) && ue.Temporary() && ue.Status != http.StatusTooManyRequests {
+	if pingNotFound(err) || errors.As(err, &ue) && ue.Temporary() && ue.Status != http.StatusTooManyRequests {
 		p.log.Warn("referrers never seen and the upstream failed; answering 404", "upstream", t.host(), "repo", t.repo, "subject", subject, "error", err)
 		h.Set(cacheHeader, "miss")
 		return nil, errReferrersUnknown
@@ -205,7 +205,7 @@ func (p *Proxy) fetchReferrers(ctx context.Context, t target, subject digest.Dig
 		body, filters, err := t.up.Referrers(ctx, t.repo, subject, artifactType)
 		if noReferrersAPI(err) {
 			ans, terr := p.referrersFromTag(ctx, t, subject, artifactType)
-			if errors.Is(terr, upstream.ErrNotFound) {
+			if errors.Is(terr, upstream.ErrNotFound) && !pingNotFound(terr) {
 				// Neither the API nor the tag: nothing refers to subject.
 				// The mirror serves the API for such an upstream, so it
 				// answers as a registry with the API does (200, an empty
@@ -236,9 +236,10 @@ func (p *Proxy) fetchReferrers(ctx context.Context, t target, subject digest.Dig
 // noReferrersAPI reports whether an upstream's answer to the referrers
 // API says it has none: 404, or 400 or 405 as some registries answer a
 // route they do not know (clients fall back to the tag schema on these).
+// The 404 of the ping that starts a handshake says nothing of the API.
 func noReferrersAPI(err error) bool {
 	var ue *upstream.Error
-	return errors.Is(err, upstream.ErrNotFound) ||
+	return errors.Is(err, upstream.ErrNotFound) && !pingNotFound(err) ||
 		errors.As(err, &ue) && (ue.Status == http.StatusBadRequest || ue.Status == http.StatusMethodNotAllowed)
 }
 

@@ -245,6 +245,44 @@ func TestReferrersNotAnIndexIsBadGateway(t *testing.T) {
 	}
 }
 
+// An upstream whose /v2/ answers 404 (a reverse proxy in front of it
+// misrouting, a maintenance page) has said nothing of any subject's
+// referrers: a mirror started meanwhile serves the list it holds and
+// keeps it, also for when the upstream is down after; a list never seen
+// is a 404 with an empty index, which sends clients to the tag schema.
+// Before, the ping's 404 was taken for "no referrers API and no fallback
+// tag": the signature's list was answered empty and recorded so.
+func TestPingNotFoundKeepsCachedReferrers(t *testing.T) {
+	reg := referrersRegistry()
+	var broken atomic.Bool
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if broken.Load() && r.URL.Path == "/v2/" {
+			http.NotFound(w, r)
+			return
+		}
+		reg.ServeHTTP(w, r)
+	}))
+	t.Cleanup(up.Close)
+	host := strings.TrimPrefix(up.URL, "http://")
+	subject := pushSubject(t, host)
+	sig := pushReferrer(t, host, "library/signed", sigType, subject)
+	m := servertest.Start(t, up.URL)
+	u := func() string { return m.URL() + "/v2/signed/referrers/" + subject.Digest.String() }
+	wantReferrers(t, get(t, u()), "miss", false, sig)
+	m.WaitIdle()
+
+	broken.Store(true)
+	m.Restart()
+	m.Clock.Advance(2 * time.Minute) // past the tag TTL
+	wantReferrers(t, get(t, u()), "stale", false, sig)
+	m.WaitIdle()
+	if r := get(t, m.URL()+"/v2/signed/referrers/"+sha([]byte("never seen"))); r.status != http.StatusNotFound || len(referrerDigests(t, r)) != 0 {
+		t.Errorf("never-seen referrers, /v2/ answering 404: %d %s; want 404 with an empty index", r.status, r.body)
+	}
+	up.Close()
+	wantReferrers(t, get(t, u()), "stale", false, sig)
+}
+
 // artifactManifest is an OCI artifact manifest of artifactType whose
 // subject is the image sub, with one layer, pushed by digest to a fixture
 // upstream (which has no referrers API). It returns its descriptor as the
