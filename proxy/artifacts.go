@@ -45,6 +45,9 @@ var cosignSuffixes = []string{"sig", "att", "sbom"}
 // kindReferrer is the metrics kind of an artifact listed as a referrer.
 const kindReferrer = "referrer"
 
+// errArtifactGone: the upstream does not have an artifact's manifest.
+var errArtifactGone = errors.New("artifact not upstream")
+
 // artifact is a supply-chain artifact of a subject: a referrer, or one of
 // cosign's tags.
 type artifact struct {
@@ -82,9 +85,10 @@ func (p *Proxy) enqueueReferrersFill(ctx context.Context, t target, subject dige
 // after its subject and made findable as one (its referrers API or the
 // fallback tag it keeps), and each cosign tag is pushed as it is.
 // Nothing is done when t's upstream has referrers turned off. A missing
-// tag is normal; a list or tag the upstream cannot give is logged and
-// skipped (the image is complete without it); an artifact found that
-// cannot be stored fails the fill.
+// tag is normal; a list or tag the upstream cannot give, and a listed
+// manifest it does not have, are logged and skipped (the image is
+// complete without them); an artifact found that cannot be stored fails
+// the fill.
 func (p *Proxy) storeReferrers(ctx context.Context, t target, subjects []digest.Digest, prog *progress) error {
 	if !p.referrersFor(t) {
 		return nil
@@ -126,7 +130,15 @@ func (p *Proxy) storeReferrers(ctx context.Context, t target, subjects []digest.
 						}
 						continue
 					}
-					if err := p.storeArtifact(gctx, t, a); err != nil {
+					err := p.storeArtifact(gctx, t, a)
+					if errors.Is(err, errArtifactGone) {
+						// A dangling entry (a signature deleted, its fallback
+						// tag index left as it was): failing for it would keep
+						// the image partial for ever, fetched again each pull.
+						p.log.Warn("a listed referrer is not upstream; not storing it", "upstream", t.host(), "repo", t.repo, "subject", subject, "digest", a.digest, "error", err)
+						continue
+					}
+					if err != nil {
 						return fmt.Errorf("%s %s of %s: %w", a.kind, a.digest, subject, err)
 					}
 					prog.referrer()
@@ -253,6 +265,9 @@ func (p *Proxy) storeArtifact(ctx context.Context, t target, a artifact) error {
 		return err
 	}
 	m, err := p.ensureManifest(ctx, t, a.digest)
+	if errors.Is(err, upstream.ErrNotFound) && !pingNotFound(err) {
+		return fmt.Errorf("%w: %w", errArtifactGone, err)
+	}
 	if err != nil {
 		return err
 	}

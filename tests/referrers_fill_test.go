@@ -13,6 +13,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/opencontainers/go-digest"
 
 	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/proxy"
@@ -219,6 +220,43 @@ func TestFillWithoutReferrers(t *testing.T) {
 		if strings.HasPrefix(k, "docker_mirror_referrers_fetched_total") && v != 0 {
 			t.Errorf("%s = %v, want 0", k, v)
 		}
+	}
+}
+
+// A referrers list may name a manifest the upstream no longer has (a
+// signature deleted, the fallback tag index its client kept left as it
+// was): the fill stores the rest and completes, as with a missing tag.
+// Before, the image's fill failed on it and stayed partial for ever:
+// every pull fetched the gone manifest again, and a registry destination
+// never got the image's tag.
+func TestFillCompletesPastAGoneReferrer(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	const repo = "library/plain"
+	img := up.SeedImage(t, repo, "1", 1, 1<<10)
+	sig := artifactManifest(t, up, repo, sigType, "signature", img)
+	gone := artifactManifest(t, up, repo, sbomType, "sbom", img)
+	fallback, err := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": oci.MediaTypeOCIIndex, "manifests": []any{sig, gone}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	up.PutManifest(t, repo, oci.ReferrersTag(digest.Digest(img.Digest)), oci.MediaTypeOCIIndex, fallback)
+	up.Delete(t, repo, gone["digest"].(string))
+	up.ResetCounts()
+
+	m := servertest.Start(t, up.URL())
+	for range 2 {
+		cranePull(t, ref(t, m, "plain:1"))
+		m.WaitIdle()
+	}
+	if complete, ok, err := m.Index.FillComplete("docker.io", repo, digest.Digest(img.Digest)); err != nil || !ok || !complete {
+		t.Errorf("image fill complete %v (recorded %v, %v), want complete", complete, ok, err)
+	}
+	if n := requestsTo(up, http.MethodGet, "/v2/"+repo+"/manifests/"+gone["digest"].(string)); n != 1 {
+		t.Errorf("the gone referrer was asked for %d times in two pulls, want 1", n)
+	}
+	up.Stop()
+	if r := get(t, m.URL()+"/v2/plain/manifests/"+sig["digest"].(string)); r.status != http.StatusOK || sha(r.body) != sig["digest"] {
+		t.Errorf("the signature offline: %d %s", r.status, r.body)
 	}
 }
 
