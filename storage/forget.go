@@ -205,11 +205,12 @@ func (ix *Index) forget(dgsts []digest.Digest, given Roots, strict bool, keep fu
 			if e.Manifest != nil {
 				f.Size += e.Manifest.Size
 			}
-			links, err := ix.forgetEntries(tx, d)
+			links, refs, err := ix.forgetEntries(tx, d)
 			if err != nil {
 				return 0, err
 			}
 			unshare[string(bucketLinks)] = append(unshare[string(bucketLinks)], links...)
+			unshare[string(bucketReferrers)] = append(unshare[string(bucketReferrers)], refs...)
 			for _, b := range [][]byte{bucketBlobs, bucketManifests, bucketAccess} {
 				unshare[string(b)] = append(unshare[string(b)], []byte(d))
 			}
@@ -232,7 +233,7 @@ func (ix *Index) forget(dgsts []digest.Digest, given Roots, strict bool, keep fu
 			wrote = true
 			// What names the content goes before the content's own
 			// records, as it did locally.
-			for _, b := range [][]byte{bucketTags, bucketMirrors, bucketLinks, bucketAccess, bucketManifests, bucketBlobs} {
+			for _, b := range [][]byte{bucketTags, bucketMirrors, bucketReferrers, bucketLinks, bucketAccess, bucketManifests, bucketBlobs} {
 				if err := ix.shareDelete(b, unshare[string(b)]...); err != nil {
 					return err
 				}
@@ -318,20 +319,21 @@ func touchEntries(tx *bolt.Tx, d digest.Digest) (lookups int) {
 
 // forgetEntries deletes the entries of one digest, but not the tags and mirror
 // states naming it. It returns the link keys it deleted, each forgotten in
-// the links' memo once tx commits.
-func (ix *Index) forgetEntries(tx *bolt.Tx, d digest.Digest) ([][]byte, error) {
+// the links' memo once tx commits, and the keys of the referrers lists of
+// the digest it deleted.
+func (ix *Index) forgetEntries(tx *bolt.Tx, d digest.Digest) (links, refs [][]byte, err error) {
 	key := []byte(d)
 	for _, b := range [][]byte{bucketBlobs, bucketManifests} {
 		if err := ix.deleteContent(tx, b, key); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	if err := tx.Bucket(bucketBodies).Delete(key); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if b := tx.Bucket(bucketAccess); b != nil {
 		if err := b.Delete(key); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	prefix := []byte(d.String() + "\x00")
@@ -340,18 +342,19 @@ func (ix *Index) forgetEntries(tx *bolt.Tx, d digest.Digest) ([][]byte, error) {
 	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
 		holders = append(holders, bytes.Clone(k))
 	}
-	var links [][]byte
 	for _, k := range holders {
 		lk, err := ix.unlink(tx, d, string(k[len(prefix):]))
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		links = append(links, lk)
 		// The referrers lists of content no longer held go with it, so
 		// that they do not pile up for ever.
-		if err := deleteReferrers(tx, []byte(string(k[len(prefix):])+"@"+d.String()+"\x00")); err != nil {
-			return nil, err
+		rk, err := deleteReferrers(tx, []byte(string(k[len(prefix):])+"@"+d.String()+"\x00"))
+		if err != nil {
+			return nil, nil, err
 		}
+		refs = append(refs, rk...)
 	}
-	return links, nil
+	return links, refs, nil
 }

@@ -15,7 +15,8 @@ import (
 
 // bucketReferrers keeps the referrers answers the proxy served:
 // "host/repo@subject\x00artifactType" -> ReferrersRecord (artifactType is
-// empty for the unfiltered list).
+// empty for the unfiltered list). On a shared store they are shared: what
+// they list is kept with its subject by every replica's collection.
 var bucketReferrers = []byte("referrers")
 
 // ReferrersRecord is a referrers answer (an OCI image index listing the
@@ -42,27 +43,36 @@ func referrersKey(host, repo string, subject digest.Digest, artifactType string)
 // Referrers returns the referrers answer recorded for subject in an
 // upstream repository, with the artifactType filter ("" for none).
 func (ix *Index) Referrers(host, repo string, subject digest.Digest, artifactType string) (ReferrersRecord, bool, error) {
-	return view[ReferrersRecord](ix, bucketReferrers, referrersKey(host, repo, subject, artifactType))
+	return viewShared[ReferrersRecord](ix, bucketReferrers, referrersKey(host, repo, subject, artifactType))
 }
 
 // PutReferrers records a referrers answer.
 func (ix *Index) PutReferrers(host, repo string, subject digest.Digest, artifactType string, rec ReferrersRecord) error {
-	return ix.write(func(tx *bolt.Tx) error {
-		return put(tx, bucketReferrers, referrersKey(host, repo, subject, artifactType), rec)
-	})
+	key := referrersKey(host, repo, subject, artifactType)
+	if err := ix.write(func(tx *bolt.Tx) error { return put(tx, bucketReferrers, key, rec) }); err != nil {
+		return err
+	}
+	return ix.sharePut(bucketReferrers, key, rec)
 }
 
 // TouchReferrers records that the upstream confirmed a referrers answer at t.
 func (ix *Index) TouchReferrers(host, repo string, subject digest.Digest, artifactType string, t time.Time) error {
 	key := referrersKey(host, repo, subject, artifactType)
-	return ix.write(func(tx *bolt.Tx) error {
-		rec, ok, err := get[ReferrersRecord](tx, bucketReferrers, key)
+	var rec ReferrersRecord
+	var ok bool
+	err := ix.write(func(tx *bolt.Tx) error {
+		var err error
+		rec, ok, err = get[ReferrersRecord](tx, bucketReferrers, key)
 		if err != nil || !ok {
 			return err
 		}
 		rec.CheckedAt = t
 		return put(tx, bucketReferrers, key, rec)
 	})
+	if err != nil || !ok {
+		return err
+	}
+	return ix.sharePut(bucketReferrers, key, rec)
 }
 
 // DeleteReferrers forgets every referrers answer of subject in an
@@ -80,12 +90,21 @@ func (ix *Index) DeleteReferrers(host, repo string, subject digest.Digest) error
 		// Nothing to forget, as for most subjects: no write, no sync.
 		return err
 	}
-	return ix.write(func(tx *bolt.Tx) error { return deleteReferrers(tx, prefix) })
+	var keys [][]byte
+	err = ix.write(func(tx *bolt.Tx) (err error) {
+		keys, err = deleteReferrers(tx, prefix)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	return ix.shareDelete(bucketReferrers, keys...)
 }
 
 // deleteReferrers deletes the referrers answers whose keys start with
-// prefix ("host/repo@subject\x00": every filter of one subject).
-func deleteReferrers(tx *bolt.Tx, prefix []byte) error {
+// prefix ("host/repo@subject\x00": every filter of one subject), and
+// returns their keys.
+func deleteReferrers(tx *bolt.Tx, prefix []byte) ([][]byte, error) {
 	b := tx.Bucket(bucketReferrers)
 	var keys [][]byte
 	c := b.Cursor()
@@ -94,10 +113,10 @@ func deleteReferrers(tx *bolt.Tx, prefix []byte) error {
 	}
 	for _, k := range keys {
 		if err := b.Delete(k); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	return nil
+	return keys, nil
 }
 
 // ReferrerDigests returns, by subject, the digests the recorded referrers

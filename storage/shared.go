@@ -26,7 +26,7 @@ const recordsTimeout = 30 * time.Second
 // sharedKinds are the index buckets Refresh reads from the shared records,
 // in this order. Jobs are shared too, but read one by one (Job): a
 // replica must not take another's running jobs for its own to resume.
-var sharedKinds = [][]byte{bucketBlobs, bucketManifests, bucketLinks, bucketTags, bucketMirrors, bucketPins, bucketAccess}
+var sharedKinds = [][]byte{bucketBlobs, bucketManifests, bucketLinks, bucketTags, bucketMirrors, bucketPins, bucketAccess, bucketReferrers}
 
 // TagRecheck is how old a tag's local record may be before a shared
 // index compares it with the bucket's.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -232,5 +233,38 @@ func TestSharedBucketS3Unreachable(t *testing.T) {
 	}
 	if r := get(t, m.URL()+"/readyz"); r.status != http.StatusServiceUnavailable {
 		t.Errorf("/readyz with S3 down: %d", r.status)
+	}
+}
+
+// A collection on one replica keeps the signatures another replica stored
+// with an image it filled (the referrers its upstream's API listed), and
+// the other replica then serves that list too, with the upstream down.
+// Before, the referrers lists were each replica's own: the collection on
+// the replica that had not filled the image removed the signature from
+// the bucket, and the one that had listed it but answered 503 for it.
+func TestSharedBucketCollectionKeepsOtherReplicasReferrers(t *testing.T) {
+	_, _, onBucket := sharedBucket(t)
+	up := httptest.NewServer(referrersRegistry())
+	t.Cleanup(up.Close)
+	host := strings.TrimPrefix(up.URL, "http://")
+	subject := pushSubject(t, host)
+	sig := pushReferrer(t, host, "library/signed", sigType, subject)
+	ups := []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL}}
+	a := servertest.StartConfigured(t, ups, onBucket)
+	b := servertest.StartConfigured(t, ups, onBucket)
+	cranePull(t, ref(t, a, "signed:1"))
+	a.WaitIdle()
+	up.Close()
+
+	b.Clock.Advance(lifecycle.DefaultGrace + 2*time.Hour) // past a shared store's grace period
+	if _, err := b.Server.Collector.Collect(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []*servertest.Server{a, b} {
+		m.Clock.Advance(time.Hour) // past the tag TTL: the upstream is asked, and fails
+		wantReferrers(t, get(t, m.URL()+"/v2/signed/referrers/"+subject.Digest.String()), "stale", false, sig)
+		if r := get(t, m.URL()+"/v2/signed/manifests/"+sig); r.status != http.StatusOK || sha(r.body) != sig {
+			t.Errorf("the signature after another replica's collection: %d %s", r.status, r.body)
+		}
 	}
 }
