@@ -15,6 +15,7 @@ import (
 
 	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/proxy/upstream"
+	"github.com/docker-mirror/docker-mirror/storage"
 )
 
 // What hangs off an image (signatures, attestations, SBOMs) is stored with
@@ -85,10 +86,10 @@ func (p *Proxy) enqueueReferrersFill(ctx context.Context, t target, subject dige
 // after its subject and made findable as one (its referrers API or the
 // fallback tag it keeps), and each cosign tag is pushed as it is.
 // Nothing is done when t's upstream has referrers turned off. A missing
-// tag is normal; a list or tag the upstream cannot give, and a listed
-// manifest it does not have, are logged and skipped (the image is
-// complete without them); an artifact found that cannot be stored fails
-// the fill.
+// tag is normal; a list or tag the upstream cannot give is logged and
+// skipped (the image is complete without it); an artifact found that
+// cannot be stored fails the fill, unless the upstream does not have it
+// or a registry destination refuses its manifest itself (artifactSkipped).
 func (p *Proxy) storeReferrers(ctx context.Context, t target, subjects []digest.Digest, prog *progress) error {
 	if !p.referrersFor(t) {
 		return nil
@@ -131,11 +132,7 @@ func (p *Proxy) storeReferrers(ctx context.Context, t target, subjects []digest.
 						continue
 					}
 					err := p.storeArtifact(gctx, t, a)
-					if errors.Is(err, errArtifactGone) {
-						// A dangling entry (a signature deleted, its fallback
-						// tag index left as it was): failing for it would keep
-						// the image partial for ever, fetched again each pull.
-						p.log.Warn("a listed referrer is not upstream; not storing it", "upstream", t.host(), "repo", t.repo, "subject", subject, "digest", a.digest, "error", err)
+					if p.artifactSkipped(t, a, err) {
 						continue
 					}
 					if err != nil {
@@ -153,13 +150,34 @@ func (p *Proxy) storeReferrers(ctx context.Context, t target, subjects []digest.
 			return err
 		}
 		for _, a := range retag {
-			if err := p.publishArtifactTag(ctx, t, a); err != nil {
+			if err := p.publishArtifactTag(ctx, t, a); err != nil && !p.artifactSkipped(t, a, err) {
 				return err
 			}
 		}
 		subjects = next
 	}
 	return nil
+}
+
+// artifactSkipped reports whether err, storing artifact a, leaves a out
+// of its image, and logs it: a listed referrer the upstream does not have
+// (a signature deleted, a fallback tag index left naming it), or whose
+// manifest a registry destination refuses itself (one older than
+// image-spec 1.1 refuses a subject field). The image is complete without
+// it: a fill failed for it would be tried again, and fail again, on every
+// pull, its tag never pushed.
+func (p *Proxy) artifactSkipped(t target, a artifact, err error) bool {
+	var msg string
+	switch {
+	case errors.Is(err, errArtifactGone):
+		msg = "a listed referrer is not upstream; not storing it"
+	case errors.Is(err, storage.ErrManifestRefused):
+		msg = "the destination refuses an artifact's manifest; not storing it there"
+	default:
+		return false
+	}
+	p.log.Warn(msg, "upstream", t.host(), "repo", t.repo, "artifact", a.digest, "kind", a.kind, "subject", a.subject, "error", err)
+	return true
 }
 
 // artifactsOf finds the artifacts of subject upstream (or in the cache

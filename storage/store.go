@@ -25,6 +25,10 @@ var (
 	// ErrMissingReferences: a registry refused a manifest because content
 	// it references (blobs, child manifests) is not there.
 	ErrMissingReferences = errors.New("manifest references content the store does not hold")
+	// ErrManifestRefused: a registry refused a manifest itself, not for
+	// what it lacks (a registry older than image-spec 1.1 refusing a
+	// subject or artifactType field): pushing it again will not help.
+	ErrManifestRefused = errors.New("manifest refused by the store")
 )
 
 // Store keeps mirrored content by digest: blobs, and manifests too unless

@@ -1,9 +1,11 @@
 package tests
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"io"
+	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,6 +20,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/docker-mirror/docker-mirror/oci"
+	"github.com/docker-mirror/docker-mirror/proxy"
 	"github.com/docker-mirror/docker-mirror/storage"
 	"github.com/docker-mirror/docker-mirror/storage/destination"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
@@ -182,4 +185,62 @@ func TestDestinationSharedCosignArtifact(t *testing.T) {
 	}
 	wantDestManifest(t, dest, repo, cosignTag(amd64, "sbom"), after.raw, oci.MediaTypeOCIManifest)
 	wantDestManifest(t, dest, repo, "1", ma.Index, ma.MediaType)
+}
+
+// refusingSubjects is the front end of a registry older than image-spec
+// 1.1: it refuses a manifest with a subject field, 400 MANIFEST_INVALID.
+// refused counts the refusals.
+func refusingSubjects(refused *atomic.Int32) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodPut && strings.Contains(r.URL.Path, "/manifests/") {
+				body, err := io.ReadAll(r.Body)
+				if err != nil {
+					return
+				}
+				if bytes.Contains(body, []byte(`"subject"`)) {
+					refused.Add(1)
+					w.Header().Set("Content-Type", "application/json")
+					w.WriteHeader(http.StatusBadRequest)
+					_, _ = io.WriteString(w, `{"errors":[{"code":"MANIFEST_INVALID","message":"manifest invalid","detail":"unknown field subject"}]}`)
+					return
+				}
+				r.Body = io.NopCloser(bytes.NewReader(body))
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
+}
+
+// A destination that refuses manifests with a subject (a registry older
+// than image-spec 1.1) still gets the image: its platforms, its cosign
+// signature and, last, its tag; the referrer it refuses is left out, and
+// the mirror does not push it again on every pull.
+func TestDestinationRefusingSubjectsGetsTheImage(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	s := seedSignedImage(t, up)
+	var refused atomic.Int32
+	dest := fixture.StartDestination(t, map[string]string{destUser: destPassword}, fixture.WithFrontEnd(refusingSubjects(&refused)))
+	m := startDestMirror(t, up, dest, nil)
+
+	cranePull(t, ref(t, m.Server, "signed:1"), remote.WithPlatform(linuxAMD64))
+	m.WaitIdle()
+	if refused.Load() == 0 {
+		t.Fatal("the referrer with a subject was never pushed")
+	}
+	rec, ok, err := m.Index.Fill(proxy.DefaultHost, "library/signed", digestOf(t, s.ma.Digest))
+	if err != nil || !ok || rec.State != storage.FillComplete {
+		t.Errorf("fill state = %+v %v %v, want complete", rec, ok, err)
+	}
+	wantDestManifest(t, dest, "library/signed", cosignTag(s.ma.Digest, "sig"), s.sig.raw, oci.MediaTypeOCIManifest)
+	wantDestManifest(t, dest, "library/signed", "1", s.ma.Index, s.ma.MediaType)
+
+	before := refused.Load()
+	for range 2 {
+		cranePull(t, ref(t, m.Server, "signed:1"), remote.WithPlatform(linuxAMD64))
+		m.WaitIdle()
+	}
+	if n := refused.Load() - before; n != 0 {
+		t.Errorf("two more pulls pushed the refused referrer %d more times", n)
+	}
 }

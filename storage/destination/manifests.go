@@ -69,6 +69,9 @@ func (s *Store) putManifest(ctx context.Context, repo, ref, mediaType string, bo
 		if missingReferences(err, body) {
 			return nil, fmt.Errorf("%w: %w", storage.ErrMissingReferences, err)
 		}
+		if refused(err) {
+			return nil, fmt.Errorf("%w: %w", storage.ErrManifestRefused, err)
+		}
 		return nil, err
 	}
 	drainClose(resp.Body)
@@ -158,6 +161,15 @@ func missingReferences(err error, body []byte) bool {
 		}
 	}
 	return false
+}
+
+// refused reports whether err, a destination's refusal of a manifest
+// body that references nothing missing, refuses the manifest itself: 400
+// (MANIFEST_INVALID: a field it does not know, such as subject) or 415
+// (its media type).
+func refused(err error) bool {
+	var te *transport.Error
+	return errors.As(err, &te) && (te.StatusCode == http.StatusBadRequest || te.StatusCode == http.StatusUnsupportedMediaType)
 }
 
 // references returns the digests a manifest references: an index's
