@@ -206,22 +206,7 @@ func (p *Proxy) copyImage(ctx context.Context, t target, m *storedManifest, pats
 		}
 		return nil, p.storeReferrers(ctx, t, []digest.Digest{m.digest}, prog)
 	}
-	children, names := selectChildren(doc.Manifests, pats)
-	prog.platforms(len(names))
-	if err := p.fillChildren(ctx, t, children, prog); err != nil {
-		return nil, err
-	}
-	err = p.pushManifest(ctx, t, m)
-	if errors.Is(err, storage.ErrMissingReferences) {
-		// The destination stores an index only with all its children: copy
-		// the platforms not selected too, so the digest stays the same.
-		p.log.Warn("destination requires every platform of an index; copying the others too",
-			"upstream", t.host(), "repo", t.repo, "digest", m.digest)
-		if err := p.fillChildren(ctx, t, doc.Manifests, nil); err != nil {
-			return nil, err
-		}
-		err = p.pushManifest(ctx, t, m)
-	}
+	children, names, err := p.copyIndex(ctx, t, m, doc, pats, 0, prog)
 	if err != nil {
 		return nil, err
 	}
@@ -236,14 +221,48 @@ func (p *Proxy) copyImage(ctx context.Context, t target, m *storedManifest, pats
 	return names, p.storeReferrers(ctx, t, subjects, prog)
 }
 
-// fillChildren copies child manifests of an index with their blobs. A
-// child that fails does not cancel the others: each is stored, and pulls
-// by digest, on its own.
-func (p *Proxy) fillChildren(ctx context.Context, t target, children []v1.Descriptor, prog *progress) error {
+// maxIndexDepth bounds how deep indexes that list indexes are followed.
+const maxIndexDepth = 4
+
+// copyIndex stores an index whose doc is parsed already (depth levels
+// below the image's root): the children whose platform matches pats
+// (every child if pats is nil), each with all it needs, then the index
+// itself. It returns the children copied and the platforms matched.
+func (p *Proxy) copyIndex(ctx context.Context, t target, m *storedManifest, doc oci.Manifest, pats []oci.Platform, depth int, prog *progress) ([]v1.Descriptor, []string, error) {
+	children, names := doc.Manifests, []string(nil)
+	if pats != nil {
+		children, names = selectChildren(doc.Manifests, pats)
+	}
+	prog.platforms(len(names))
+	if err := p.fillChildren(ctx, t, children, pats, depth, prog); err != nil {
+		return nil, nil, err
+	}
+	err := p.pushManifest(ctx, t, m)
+	if errors.Is(err, storage.ErrMissingReferences) {
+		// The destination stores an index only with all its children: copy
+		// the platforms not selected too, so the digest stays the same.
+		p.log.Warn("destination requires every platform of an index; copying the others too",
+			"upstream", t.host(), "repo", t.repo, "digest", m.digest)
+		if err := p.fillChildren(ctx, t, doc.Manifests, nil, depth, nil); err != nil {
+			return nil, nil, err
+		}
+		err = p.pushManifest(ctx, t, m)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	return children, names, nil
+}
+
+// fillChildren copies child manifests of an index with their blobs; a
+// child that is an index itself has its children matching pats copied
+// (every one if pats is nil). A child that fails does not cancel the
+// others: each is stored, and pulls by digest, on its own.
+func (p *Proxy) fillChildren(ctx context.Context, t target, children []v1.Descriptor, pats []oci.Platform, depth int, prog *progress) error {
 	var g errgroup.Group
 	for _, c := range children {
 		g.Go(func() error {
-			if err := p.fillChild(ctx, t, c.Digest, prog); err != nil {
+			if err := p.fillChild(ctx, t, c.Digest, pats, depth, prog); err != nil {
 				return err
 			}
 			if !oci.IsAttestation(c) && c.Platform != nil {
@@ -293,8 +312,10 @@ func matchAny(pats []oci.Platform, q *v1.Platform) bool {
 	return false
 }
 
-// fillChild stores a child manifest and all its blobs.
-func (p *Proxy) fillChild(ctx context.Context, t target, dgst digest.Digest, prog *progress) error {
+// fillChild stores a child manifest of an index depth levels below the
+// image's root, and all it needs: an image's blobs; an index's children
+// (image-spec lets an index list indexes) that match pats.
+func (p *Proxy) fillChild(ctx context.Context, t target, dgst digest.Digest, pats []oci.Platform, depth int, prog *progress) error {
 	m, err := p.ensureManifest(ctx, t, dgst)
 	if err != nil {
 		return err
@@ -304,7 +325,11 @@ func (p *Proxy) fillChild(ctx context.Context, t target, dgst digest.Digest, pro
 		return err
 	}
 	if oci.IsIndex(m.mediaType) {
-		return fmt.Errorf("manifest %s: nested indexes are not mirrored eagerly", dgst)
+		if depth+1 > maxIndexDepth {
+			return fmt.Errorf("manifest %s: an index nested more than %d deep", dgst, maxIndexDepth)
+		}
+		_, _, err := p.copyIndex(ctx, t, m, doc, pats, depth+1, prog)
+		return err
 	}
 	if err := p.fillBlobs(ctx, t, doc, prog); err != nil {
 		return err

@@ -29,6 +29,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/proxy"
 	"github.com/docker-mirror/docker-mirror/storage"
 	"github.com/docker-mirror/docker-mirror/storage/destination"
@@ -1238,4 +1239,35 @@ func TestDestinationTagMovedDuringItsPush(t *testing.T) {
 		t.Fatalf("index: 2.4 is %v %v %v, want %s", rec.Digest, ok, err, next.Digest)
 	}
 	wantDestManifest(t, dest, repo, "2.4", next.Manifest, next.MediaType)
+}
+
+// An index may list another index (image-spec: a manifests entry of the
+// index media type). Pulling an outer index that lists a multi-arch index
+// (an entry with no platform of its own) mirrors it whole: the inner index
+// with every linux platform, then the outer index and its tag, and the
+// fill is complete.
+func TestDestinationNestedIndex(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	ma := up.SeedMultiArch(t, "library/nested", "inner", fixture.OCI)
+	outer, err := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": oci.MediaTypeOCIIndex, "manifests": []any{
+		map[string]any{"mediaType": ma.MediaType, "digest": ma.Digest, "size": len(ma.Index)},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	outerDigest := up.PutManifest(t, "library/nested", "outer", oci.MediaTypeOCIIndex, outer)
+	dest := startDest(t)
+	m := startDestMirror(t, up, dest, nil)
+
+	wantManifest(t, get(t, m.URL()+"/v2/library/nested/manifests/outer"), outer, oci.MediaTypeOCIIndex)
+	m.WaitIdle()
+	rec, ok, err := m.Index.Fill(proxy.DefaultHost, "library/nested", digestOf(t, outerDigest))
+	if err != nil || !ok || rec.State != storage.FillComplete {
+		t.Errorf("outer index fill state = %+v %v %v, want complete", rec, ok, err)
+	}
+	wantDestManifest(t, dest, "library/nested", ma.Digest, ma.Index, ma.MediaType)
+	for _, p := range destLinuxPlatforms {
+		wantDestImage(t, dest, "library/nested", ma.Platforms[p])
+	}
+	wantDestManifest(t, dest, "library/nested", "outer", outer, oci.MediaTypeOCIIndex)
 }
