@@ -1271,3 +1271,31 @@ func TestDestinationNestedIndex(t *testing.T) {
 	}
 	wantDestManifest(t, dest, "library/nested", "outer", outer, oci.MediaTypeOCIIndex)
 }
+
+// A destination behind a front end limiting request bodies to 1 MiB (nginx's
+// default client_max_body_size, common before Harbor and Nexus) gets a
+// layer of 3 MiB in chunks under the limit, as registry clients send them:
+// the image is complete there, and the next pull is a hit that fetches
+// nothing from the upstream.
+func TestDestinationBodyLimit(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/big", "1", 1, 3<<20)
+	var refused atomic.Int32
+	dest := fixture.StartDestination(t, map[string]string{destUser: destPassword}, fixture.WithFrontEnd(fixture.LimitBodies(1<<20, &refused)))
+	m := startDestMirror(t, up, dest, nil)
+
+	cranePull(t, ref(t, m.Server, "big:1"))
+	m.WaitIdle()
+	rec, ok, err := m.Index.Fill(proxy.DefaultHost, "library/big", digestOf(t, img.Digest))
+	if err != nil || !ok || rec.State != storage.FillComplete {
+		t.Errorf("fill state = %+v %v %v (%d bodies refused), want complete", rec, ok, err, refused.Load())
+	}
+
+	up.ResetCounts()
+	cranePull(t, ref(t, m.Server, "big:1"))
+	m.WaitIdle()
+	if n := up.BlobBytes(); n != 0 {
+		t.Errorf("the second pull fetched %d blob bytes from the upstream", n)
+	}
+	wantDestImage(t, dest, "library/big", img)
+}

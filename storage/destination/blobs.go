@@ -2,11 +2,13 @@ package destination
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"sync"
 	"time"
 
@@ -132,9 +134,13 @@ func (s *Store) Open(ctx context.Context, repo string, dgst digest.Digest, offse
 // if the repository already has the blob; else a cross-repository mount if
 // the Store knows, or its MountSources hint, another repository of the
 // destination that may have it; else an upload that streams r (POST, PATCH
-// with the size as Content-Length when known, PUT ?digest=). The content
-// is verified as it streams, and its last byte is held back until r has
-// ended and matched the digest and size, so wrong content never reaches
+// with the size as Content-Length when known, PUT ?digest=). Once a front
+// end has refused such a PATCH as too large (413), the content goes in
+// PATCHes of a few MiB instead, halved while they are refused
+// (putChunked); the blob refused is sent so at once if r can be read
+// again (a file), else that Put fails. The content is verified as it
+// streams, and its last byte is held back until r has ended and matched
+// the digest and size, so wrong content never reaches
 // the destination whole: the PUT that would commit it is never sent, and
 // the error wraps storage.ErrDigestMismatch. A failed upload's session is
 // then cancelled with a DELETE, best effort: distribution refuses to cancel
@@ -147,11 +153,24 @@ func (s *Store) Put(ctx context.Context, repo string, dgst digest.Digest, size i
 	if size < 0 {
 		size = -1
 	}
+	// A file can be read again from here if a front end refuses its
+	// content in one request.
+	again := func() io.Reader { return nil }
+	if ra, ok := r.(io.ReaderAt); ok && size >= 0 {
+		if sk, ok := r.(io.Seeker); ok {
+			if start, err := sk.Seek(0, io.SeekCurrent); err == nil {
+				// A section, not r: the HTTP client may still be reading r.
+				again = func() io.Reader { return io.NewSectionReader(ra, start, size) }
+			}
+		}
+	}
 	layer := &blobLayer{dgst: dgst, size: size, body: newVerifier(r, dgst, size)}
 	var l v1.Layer = layer
+	var src *name.Repository
 	scopes := []string{dst.Scope(transport.PushScope)}
 	if from := s.mountSource(ctx, repo, dgst); from != "" {
-		src := s.registry.Repo(s.path(from))
+		r := s.registry.Repo(s.path(from))
+		src = &r
 		l = &remote.MountableLayer{Layer: layer, Reference: src.Digest(dgst.String())}
 		scopes = append(scopes, src.Scope(transport.PullScope))
 	}
@@ -160,7 +179,24 @@ func (s *Store) Put(ctx context.Context, repo string, dgst digest.Digest, size i
 		return err
 	}
 	sess := &uploadSession{}
-	if err := writeLayer(ctx, t, dst, l, sess); err != nil {
+	if s.chunk.Load() > 0 {
+		err = s.putChunked(ctx, t, dst, src, layer, sess)
+	} else {
+		err = writeLayer(ctx, t, dst, l, sess)
+		if tooLarge(err) {
+			// A front end limits request bodies (nginx's
+			// client_max_body_size): from now on blobs go in chunks,
+			// this one too if it can be read again.
+			s.chunk.CompareAndSwap(0, firstChunk)
+			if again := again(); again != nil && layer.body.stop() == nil {
+				s.abort(ctx, t, sess)
+				layer = &blobLayer{dgst: dgst, size: size, body: newVerifier(again, dgst, size)}
+				sess = &uploadSession{}
+				err = s.putChunked(ctx, t, dst, src, layer, sess)
+			}
+		}
+	}
+	if err != nil {
 		// The HTTP client may still be reading the body: let it read no
 		// more of r, which is the caller's again.
 		rerr := layer.body.stop()
@@ -216,6 +252,144 @@ func (s *Store) Mount(ctx context.Context, repo, from string, dgst digest.Digest
 	}
 	s.remember(repo, dgst)
 	return nil
+}
+
+// Sizes of the PATCHes of a chunked upload: the first, and the least a
+// front end's refusal halves it to.
+const (
+	firstChunk = 4 << 20
+	minChunk   = 64 << 10
+)
+
+// tooLarge reports whether err is a refusal of a request's body as too
+// large: 413, which a front end such as nginx answers past its
+// client_max_body_size.
+func tooLarge(err error) bool {
+	var te *transport.Error
+	return errors.As(err, &te) && te.StatusCode == http.StatusRequestEntityTooLarge
+}
+
+// putChunked writes l to dst through t as registry clients do past a
+// front end that limits request bodies: a HEAD, then a POST (mounting the
+// blob from src if set) and, unless the blob was there or mounted, its
+// content in PATCHes of at most the Store's chunk size, each refused as
+// too large sent again in halves (the smaller size kept for later
+// uploads), and a PUT ?digest= that commits it. The session is noted in
+// sess. A refusal is returned as a *transport.Error.
+func (s *Store) putChunked(ctx context.Context, t http.RoundTripper, dst name.Repository, src *name.Repository, l *blobLayer, sess *uploadSession) error {
+	client := &http.Client{Transport: t, CheckRedirect: sameMethod}
+	send := func(req *http.Request, ok ...int) (*http.Response, error) {
+		resp, err := client.Do(req.WithContext(ctx))
+		if err != nil {
+			return nil, err
+		}
+		if err := transport.CheckError(resp, ok...); err != nil {
+			drainClose(resp.Body)
+			return nil, err
+		}
+		drainClose(resp.Body)
+		return resp, nil
+	}
+	head, err := http.NewRequest(http.MethodHead, s.url(dst, "blobs", l.dgst.String()), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := send(head, http.StatusOK, http.StatusNotFound)
+	if err != nil || resp.StatusCode == http.StatusOK {
+		return err
+	}
+	start, err := url.Parse(s.url(dst, "blobs", "uploads/"))
+	if err != nil {
+		return err
+	}
+	if src != nil {
+		start.RawQuery = url.Values{"mount": {l.dgst.String()}, "from": {src.RepositoryStr()}}.Encode()
+	}
+	post, err := http.NewRequest(http.MethodPost, start.String(), nil)
+	if err != nil {
+		return err
+	}
+	if resp, err = send(post, http.StatusCreated, http.StatusAccepted); err != nil || resp.StatusCode == http.StatusCreated {
+		return err // or mounted
+	}
+	// next moves the session to the Location of resp, the answer to req.
+	next := func(req *http.Request, resp *http.Response) error {
+		loc, err := req.URL.Parse(resp.Header.Get("Location"))
+		if err != nil || resp.Header.Get("Location") == "" {
+			return fmt.Errorf("no upload location in the answer to %s %s", req.Method, req.URL.Redacted())
+		}
+		sess.set(loc.String())
+		return nil
+	}
+	if err := next(post, resp); err != nil {
+		return err
+	}
+	body, err := l.Compressed()
+	if err != nil {
+		return err
+	}
+	var patch func(b []byte, off int64) error
+	patch = func(b []byte, off int64) error {
+		req, err := http.NewRequest(http.MethodPatch, sess.get(), bytes.NewReader(b))
+		if err != nil {
+			return err
+		}
+		req.Header.Set("Content-Type", "application/octet-stream")
+		req.Header.Set("Content-Range", fmt.Sprintf("%d-%d", off, off+int64(len(b))-1))
+		resp, err := send(req, http.StatusAccepted, http.StatusNoContent, http.StatusCreated)
+		if tooLarge(err) && len(b) > minChunk {
+			half := len(b) / 2
+			s.shrinkChunk(int64(half))
+			if err := patch(b[:half], off); err != nil {
+				return err
+			}
+			return patch(b[half:], off+int64(half))
+		}
+		if err != nil {
+			return err
+		}
+		return next(req, resp)
+	}
+	buf := make([]byte, s.chunk.Load())
+	var off int64
+	for {
+		n, err := io.ReadFull(body, buf[:min(int64(len(buf)), s.chunk.Load())])
+		if n > 0 {
+			if err := patch(buf[:n], off); err != nil {
+				return err
+			}
+			off += int64(n)
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+	}
+	commit, err := url.Parse(sess.get())
+	if err != nil {
+		return err
+	}
+	q := commit.Query()
+	q.Set("digest", l.dgst.String())
+	commit.RawQuery = q.Encode()
+	put, err := http.NewRequest(http.MethodPut, commit.String(), http.NoBody)
+	if err != nil {
+		return err
+	}
+	_, err = send(put, http.StatusCreated, http.StatusNoContent)
+	return err
+}
+
+// shrinkChunk lowers the size of upload chunks to n, unless it is lower.
+func (s *Store) shrinkChunk(n int64) {
+	for {
+		c := s.chunk.Load()
+		if c <= n || s.chunk.CompareAndSwap(c, n) {
+			return
+		}
+	}
 }
 
 // writeLayer writes l to dst through t: a HEAD, then the mount of a

@@ -9,9 +9,10 @@
 //
 // Authentication (anonymous, Basic, or Bearer tokens per repository and
 // scope) is go-containerregistry's transport; blob uploads are its
-// remote.WriteLayer with a layer that streams and verifies the content, so
-// content that does not match its digest is never committed. Manifests are
-// written with their exact bytes.
+// remote.WriteLayer (or PATCHes in chunks, past a front end that refuses
+// large request bodies) with a layer that streams and verifies the
+// content, so content that does not match its digest is never committed.
+// Manifests are written with their exact bytes.
 //
 // Errors wrap storage.ErrUnavailable when the destination cannot be
 // reached, fails (5xx) or refuses access, the latter also wrapping ErrAuth;
@@ -29,6 +30,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/docker-mirror/docker-mirror/redact"
@@ -114,6 +116,11 @@ type Store struct {
 
 	// fallbackMu serialises the updates of referrers fallback tags.
 	fallbackMu sync.Mutex
+
+	// chunk is the size of the PATCHes blobs are uploaded in once a
+	// front end has refused an upload's body as too large (413): 0 until
+	// then, when a blob's content is sent in one.
+	chunk atomic.Int64
 }
 
 // Bounds of the Store's caches.

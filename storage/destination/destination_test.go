@@ -44,6 +44,7 @@ type destConfig struct {
 	users    map[string]string // if set, Basic auth with these passwords
 	noDelete bool              // deleting blobs is disabled
 	tls      bool              // serve HTTPS
+	frontEnd func(http.Handler) http.Handler
 }
 
 // newDestination starts a registry; with users, it requires Basic auth
@@ -61,6 +62,9 @@ func newDestinationConfig(t *testing.T, c destConfig) *destRegistry {
 	}
 	if c.tls {
 		opts = append(opts, fixture.WithTLS())
+	}
+	if c.frontEnd != nil {
+		opts = append(opts, fixture.WithFrontEnd(c.frontEnd))
 	}
 	return &destRegistry{fixture.StartDestination(t, c.users, opts...)}
 }

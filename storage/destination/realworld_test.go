@@ -3,15 +3,18 @@ package destination_test
 import (
 	"bytes"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"sync/atomic"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
 
 	"github.com/docker-mirror/docker-mirror/storage"
+	"github.com/docker-mirror/docker-mirror/tests/fixture"
 )
 
 // TestDeleteRedirected: a destination behind a front end that answers
@@ -48,4 +51,47 @@ func TestDeleteRedirected(t *testing.T) {
 	if err != nil && !errors.Is(err, storage.ErrUnavailable) {
 		t.Errorf("Delete answered with a 301: %v; want an error wrapping ErrUnavailable", err)
 	}
+}
+
+// onlyReader hides every method of its reader but Read: content that
+// cannot be read again.
+type onlyReader struct{ r io.Reader }
+
+func (o onlyReader) Read(p []byte) (int, error) { return o.r.Read(p) }
+
+// TestBodyLimit: behind a front end that refuses request bodies over 1 MiB
+// with 413 (nginx's default client_max_body_size), a blob of 3 MiB goes in
+// chunks under the limit: at once when its content can be read again, and
+// every later one too, which can be read once only; wrong content sent in
+// chunks is still never committed.
+func TestBodyLimit(t *testing.T) {
+	t.Parallel()
+	var refused atomic.Int32
+	d := newDestinationConfig(t, destConfig{frontEnd: fixture.LimitBodies(1<<20, &refused)})
+	s := newStore(t, d.URL()+"/mirror")
+	first, second := content(3<<20, 1), content(3<<20, 2)
+	if err := s.Put(t.Context(), "library/x", digest.FromBytes(first), int64(len(first)), bytes.NewReader(first)); err != nil {
+		t.Fatalf("Put of a blob over the limit: %v", err)
+	}
+	if refused.Load() == 0 {
+		t.Fatal("the front end refused nothing")
+	}
+	for _, size := range []int64{int64(len(second)), -1} {
+		if err := s.Put(t.Context(), "library/y", digest.FromBytes(second), size, onlyReader{bytes.NewReader(second)}); err != nil {
+			t.Fatalf("Put of a blob read once, size %d: %v", size, err)
+		}
+	}
+	for repo, want := range map[string][]byte{"library/x": first, "library/y": second} {
+		if got, err := directBlob(t, d.Host()+"/mirror/"+repo+"@"+digest.FromBytes(want).String(), false); err != nil || !bytes.Equal(got, want) {
+			t.Errorf("%s read directly: %d bytes, %v", repo, len(got), err)
+		}
+	}
+	third := content(3<<20, 3)
+	wrong := bytes.Clone(third)
+	wrong[len(wrong)-1] ^= 0xff
+	dg := digest.FromBytes(third)
+	if err := s.Put(t.Context(), "library/z", dg, int64(len(wrong)), onlyReader{bytes.NewReader(wrong)}); !errors.Is(err, storage.ErrDigestMismatch) {
+		t.Fatalf("Put of wrong content: %v; want ErrDigestMismatch", err)
+	}
+	directMissing(t, d.Host()+"/mirror/library/z@"+dg.String(), false)
 }
