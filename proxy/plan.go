@@ -3,6 +3,8 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
+	"slices"
 
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
@@ -53,20 +55,40 @@ func (p *Proxy) Plan(ctx context.Context, ref string, pats []oci.Platform) (Plan
 	images := []oci.Manifest{doc}
 	if oci.IsIndex(mt) {
 		images = nil
-		var children []v1.Descriptor
-		children, plan.Platforms = selectChildren(doc.Manifests, pats)
-		for _, c := range children {
-			cm, err := im.t.up.Manifest(ctx, im.t.repo, oci.Ref{Digest: c.Digest})
-			if err != nil {
-				return Plan{}, err
+		// An index's children, and those of an index it lists, as a copy
+		// goes (copyIndex).
+		var add func(doc oci.Manifest, depth int) error
+		add = func(doc oci.Manifest, depth int) error {
+			children, names := selectChildren(doc.Manifests, pats)
+			plan.Platforms = append(plan.Platforms, names...)
+			for _, c := range children {
+				cm, err := im.t.up.Manifest(ctx, im.t.repo, oci.Ref{Digest: c.Digest})
+				if err != nil {
+					return err
+				}
+				cdoc, cmt, err := oci.ParseManifest(cm.Body, cm.MediaType)
+				if err != nil {
+					return err
+				}
+				plan.Manifests++
+				switch {
+				case !oci.IsIndex(cmt):
+					images = append(images, cdoc)
+				case depth+1 > maxIndexDepth:
+					return fmt.Errorf("manifest %s: an index nested more than %d deep", c.Digest, maxIndexDepth)
+				default:
+					if err := add(cdoc, depth+1); err != nil {
+						return err
+					}
+				}
 			}
-			cdoc, _, err := oci.ParseManifest(cm.Body, cm.MediaType)
-			if err != nil {
-				return Plan{}, err
-			}
-			images = append(images, cdoc)
-			plan.Manifests++
+			return nil
 		}
+		if err := add(doc, 0); err != nil {
+			return Plan{}, err
+		}
+		slices.Sort(plan.Platforms)
+		plan.Platforms = slices.Compact(plan.Platforms)
 	}
 	seen := map[digest.Digest]bool{}
 	for _, d := range images {

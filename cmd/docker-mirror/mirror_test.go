@@ -26,6 +26,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/storage"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
 	"github.com/docker-mirror/docker-mirror/tests/servertest"
@@ -806,4 +807,38 @@ func TestMirrorCommandDestinationCAFile(t *testing.T) {
 	if got := resp.Header.Get("Docker-Content-Digest"); resp.StatusCode != http.StatusOK || got != e.single.Digest {
 		t.Errorf("destination's manifest: %s, digest %q; want %s", resp.Status, got, e.single.Digest)
 	}
+}
+
+// An index that lists another index (image-spec allows it) is copied
+// whole, and a dry run says so: the inner index's linux platforms, every
+// manifest and blob they need.
+func TestMirrorCommandNestedIndex(t *testing.T) {
+	e := newMirrorEnv(t)
+	outer, err := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": oci.MediaTypeOCIIndex, "manifests": []any{
+		map[string]any{"mediaType": e.hello.MediaType, "digest": e.hello.Digest, "size": len(e.hello.Index)},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	outerDigest := e.up.PutManifest(t, "library/hello-world", "outer", oci.MediaTypeOCIIndex, outer)
+	var imgs []*fixture.Image
+	for _, p := range linuxPlatforms {
+		imgs = append(imgs, e.hello.Platforms[p])
+	}
+	for i := range e.hello.Attestations {
+		imgs = append(imgs, &e.hello.Attestations[i].Image)
+	}
+	code, stdout, stderr := e.mirror(t, "--dry-run", "hello-world:outer")
+	want := fmt.Sprintf("hello-world:outer: %s (linux/amd64, linux/arm/v7, linux/arm64): 8 manifests; would copy %d blobs", outerDigest, uniqueBlobs(imgs...))
+	if code != 0 || !strings.Contains(stdout, want) {
+		t.Errorf("dry run: exit %d, output does not say %q:\n%s\nstderr:\n%s", code, want, stdout, stderr)
+	}
+	if code, stdout, stderr := e.mirror(t, "hello-world:outer"); code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+	wantAt(t, e.dest, "library/hello-world", e.hello.Digest, e.hello.Index, e.hello.MediaType)
+	for _, img := range imgs {
+		wantImageAt(t, e.dest, "library/hello-world", img)
+	}
+	wantAt(t, e.dest, "library/hello-world", "outer", outer, oci.MediaTypeOCIIndex)
 }
