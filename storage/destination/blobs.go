@@ -278,8 +278,9 @@ func tooLarge(err error) bool {
 // sess. A refusal is returned as a *transport.Error.
 func (s *Store) putChunked(ctx context.Context, t http.RoundTripper, dst name.Repository, src *name.Repository, l *blobLayer, sess *uploadSession) error {
 	client := &http.Client{Transport: t, CheckRedirect: sameMethod}
+	fctx := context.WithValue(ctx, freshBodies{}, true)
 	send := func(req *http.Request, ok ...int) (*http.Response, error) {
-		resp, err := client.Do(req.WithContext(ctx))
+		resp, err := client.Do(req.WithContext(fctx))
 		if err != nil {
 			return nil, err
 		}
@@ -350,10 +351,12 @@ func (s *Store) putChunked(ctx context.Context, t http.RoundTripper, dst name.Re
 		}
 		return next(req, resp)
 	}
-	buf := make([]byte, s.chunk.Load())
 	var off int64
 	for {
-		n, err := io.ReadFull(body, buf[:min(int64(len(buf)), s.chunk.Load())])
+		// A buffer per chunk: a send the transport gave up on (a 401
+		// answered early) may still be reading the last one.
+		buf := make([]byte, s.chunk.Load())
+		n, err := io.ReadFull(body, buf)
 		if n > 0 {
 			if err := patch(buf[:n], off); err != nil {
 				return err

@@ -315,7 +315,7 @@ func (s *Store) do(ctx context.Context, req *http.Request, what string, scopes .
 	if err != nil {
 		return nil, err
 	}
-	resp, err := (&http.Client{Transport: t, CheckRedirect: sameMethod}).Do(req.WithContext(ctx))
+	resp, err := (&http.Client{Transport: t, CheckRedirect: sameMethod}).Do(req.WithContext(context.WithValue(ctx, freshBodies{}, true)))
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("destination %s: %s: %w", s, what, ctx.Err())
@@ -341,9 +341,14 @@ func sameMethod(req *http.Request, via []*http.Request) error {
 	return nil
 }
 
+// freshBodies is the context key that marks the requests of a Store
+// (not go-containerregistry's) whose body GetBody gives again, cheaply.
+type freshBodies struct{}
+
 // hookTransport is the transport beneath authentication. It refuses plain
 // HTTP to an https:// destination (go-containerregistry would fall back to
 // it for private and loopback addresses, sending the credentials in clear),
+// gives each send of a request marked with freshBodies a body of its own,
 // and notes upload sessions so a failed Put can abort them.
 type hookTransport struct {
 	inner http.RoundTripper
@@ -357,6 +362,18 @@ func (h *hookTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			_ = req.Body.Close()
 		}
 		return nil, fmt.Errorf("refusing plain HTTP to %s: the destination is https://", h.store.host)
+	}
+	if req.GetBody != nil && req.Body != nil && req.Body != http.NoBody && req.Context().Value(freshBodies{}) != nil {
+		// A body of its own for each send: go-containerregistry's bearer
+		// transport sends a request again, same body, after a 401 for an
+		// expired token, while the first send may still be reading it.
+		body, err := req.GetBody()
+		_ = req.Body.Close()
+		if err != nil {
+			return nil, err
+		}
+		req = req.Clone(req.Context())
+		req.Body = body
 	}
 	resp, err := h.inner.RoundTrip(req)
 	if err != nil {

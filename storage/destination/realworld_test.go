@@ -3,17 +3,21 @@ package destination_test
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
 
 	"github.com/docker-mirror/docker-mirror/storage"
+	"github.com/docker-mirror/docker-mirror/storage/destination"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
 )
 
@@ -94,4 +98,75 @@ func TestBodyLimit(t *testing.T) {
 		t.Fatalf("Put of wrong content: %v; want ErrDigestMismatch", err)
 	}
 	directMissing(t, d.Host()+"/mirror/library/z@"+dg.String(), false)
+}
+
+// expiringTokens is the front end of a registry with bearer tokens that
+// expire during a long push: its token server, at /token, hands out a new
+// token each time, and a token is good for one write (a PATCH, a chunk of
+// an upload, or a PUT) only; asked again, the registry answers 401 with
+// its challenge, as for an expired token.
+func expiringTokens(next http.Handler) http.Handler {
+	var mu sync.Mutex
+	issued, spent := map[string]bool{}, map[string]bool{}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/token" {
+			mu.Lock()
+			tok := fmt.Sprintf("t%d", len(issued)+1)
+			issued[tok] = true
+			mu.Unlock()
+			w.Header().Set("Content-Type", "application/json")
+			fmt.Fprintf(w, `{"token":%q}`, tok)
+			return
+		}
+		tok, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		mu.Lock()
+		ok := issued[tok] && !spent[tok]
+		if ok && (r.Method == http.MethodPatch || r.Method == http.MethodPut) {
+			spent[tok] = true
+		}
+		mu.Unlock()
+		if !ok {
+			w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="http://%s/token",service="registry"`, r.Host))
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusUnauthorized)
+			_, _ = io.WriteString(w, `{"errors":[{"code":"UNAUTHORIZED","message":"token expired"}]}`)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// TestTokenExpiringDuringPush: a push to a registry whose bearer token
+// expires while it goes (Harbor's last 30 minutes) goes on with a new
+// token: an upload in chunks (behind a front end that limits request
+// bodies), and a manifest, each request with a body sent again whole.
+func TestTokenExpiringDuringPush(t *testing.T) {
+	t.Parallel()
+	var refused atomic.Int32
+	limit := fixture.LimitBodies(1<<20, &refused)
+	d := newDestinationConfig(t, destConfig{frontEnd: func(h http.Handler) http.Handler { return expiringTokens(limit(h)) }})
+	s := newStore(t, d.URL()+"/mirror", destination.WithCredentials(testUser, testPassword))
+	config := content(4<<10, 0)
+	if err := s.Put(t.Context(), "library/x", digest.FromBytes(config), int64(len(config)), bytes.NewReader(config)); err != nil {
+		t.Fatalf("Put of a config: %v", err)
+	}
+	m := fmt.Appendf(nil, `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","size":%d,"digest":%q},"layers":[]}`,
+		len(config), digest.FromBytes(config))
+	for _, ref := range []string{digest.FromBytes(m).String(), "v1"} {
+		if err := s.PutManifest(t.Context(), "library/x", ref, "", m); err != nil {
+			t.Errorf("PutManifest %s: %v", ref, err)
+		}
+	}
+	for i, repo := range []string{"library/x", "library/y"} {
+		b := content(3<<20, byte(i+1))
+		if err := s.Put(t.Context(), repo, digest.FromBytes(b), int64(len(b)), bytes.NewReader(b)); err != nil {
+			t.Fatalf("Put to %s: %v", repo, err)
+		}
+		if got, err := directBlob(t, d.Host()+"/mirror/"+repo+"@"+digest.FromBytes(b).String(), false); err != nil || !bytes.Equal(got, b) {
+			t.Errorf("%s read directly: %d bytes, %v", repo, len(got), err)
+		}
+	}
+	if refused.Load() == 0 {
+		t.Error("the front end refused no body: nothing went in chunks")
+	}
 }
