@@ -564,7 +564,22 @@ func (l *blobLayer) Compressed() (io.ReadCloser, error) {
 		return nil, errors.New("blob content can be read only once")
 	}
 	l.used = true
-	return io.NopCloser(l.body), nil
+	return io.NopCloser(&serialReader{r: l.body}), nil
+}
+
+// serialReader reads r one Read at a time. go-containerregistry's bearer
+// transport sends a request refused 401 (an expired token) again with the
+// same body, while the first send may still be reading it: the two sends
+// then fail, short of bytes, rather than race on a verifier.
+type serialReader struct {
+	mu sync.Mutex
+	r  io.Reader
+}
+
+func (s *serialReader) Read(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.r.Read(p)
 }
 
 // Uncompressed implements v1.Layer; it is not supported.

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -101,11 +102,12 @@ func TestBodyLimit(t *testing.T) {
 }
 
 // expiringTokens is the front end of a registry with bearer tokens that
-// expire during a long push: its token server, at /token, hands out a new
-// token each time, and a token is good for one write (a PATCH, a chunk of
-// an upload, or a PUT) only; asked again, the registry answers 401 with
-// its challenge, as for an expired token.
-func expiringTokens(next http.Handler) http.Handler {
+// expire during a push: its token server, at /token, hands out a new
+// token each time, and a token is good for one request of the given
+// methods (writes: a POST starting an upload, a PATCH, a chunk of one, a
+// PUT) only; asked again, the registry answers 401 with its challenge,
+// as for an expired token.
+func expiringTokens(next http.Handler, methods ...string) http.Handler {
 	var mu sync.Mutex
 	issued, spent := map[string]bool{}, map[string]bool{}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -121,7 +123,7 @@ func expiringTokens(next http.Handler) http.Handler {
 		tok, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		mu.Lock()
 		ok := issued[tok] && !spent[tok]
-		if ok && (r.Method == http.MethodPatch || r.Method == http.MethodPut) {
+		if ok && slices.Contains(methods, r.Method) {
 			spent[tok] = true
 		}
 		mu.Unlock()
@@ -144,7 +146,7 @@ func TestTokenExpiringDuringPush(t *testing.T) {
 	t.Parallel()
 	var refused atomic.Int32
 	limit := fixture.LimitBodies(1<<20, &refused)
-	d := newDestinationConfig(t, destConfig{frontEnd: func(h http.Handler) http.Handler { return expiringTokens(limit(h)) }})
+	d := newDestinationConfig(t, destConfig{frontEnd: func(h http.Handler) http.Handler { return expiringTokens(limit(h), http.MethodPatch, http.MethodPut) }})
 	s := newStore(t, d.URL()+"/mirror", destination.WithCredentials(testUser, testPassword))
 	config := content(4<<10, 0)
 	if err := s.Put(t.Context(), "library/x", digest.FromBytes(config), int64(len(config)), bytes.NewReader(config)); err != nil {
@@ -168,5 +170,29 @@ func TestTokenExpiringDuringPush(t *testing.T) {
 	}
 	if refused.Load() == 0 {
 		t.Error("the front end refused no body: nothing went in chunks")
+	}
+}
+
+// TestTokenExpiringBeforeUpload: a token that expires between the POST
+// that starts an upload and the PATCH that sends the blob whole has the
+// PATCH refused 401 and sent again, same body, while the first send may
+// still be reading it: the Put may fail, but never with the two sends
+// racing on its content, nor with wrong content kept.
+func TestTokenExpiringBeforeUpload(t *testing.T) {
+	t.Parallel()
+	d := newDestinationConfig(t, destConfig{frontEnd: func(h http.Handler) http.Handler {
+		return expiringTokens(h, http.MethodPost, http.MethodPatch, http.MethodPut)
+	}})
+	s := newStore(t, d.URL()+"/mirror", destination.WithCredentials(testUser, testPassword))
+	for i := range 3 {
+		b := content(2<<20, byte(i))
+		ref := d.Host() + "/mirror/library/x@" + digest.FromBytes(b).String()
+		if err := s.Put(t.Context(), "library/x", digest.FromBytes(b), int64(len(b)), bytes.NewReader(b)); err != nil {
+			directMissing(t, ref, false)
+			continue
+		}
+		if got, err := directBlob(t, ref, false); err != nil || !bytes.Equal(got, b) {
+			t.Errorf("blob %d read directly: %d bytes, %v", i, len(got), err)
+		}
 	}
 }
