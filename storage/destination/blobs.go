@@ -169,8 +169,8 @@ func (s *Store) Put(ctx context.Context, repo string, dgst digest.Digest, size i
 	var src *name.Repository
 	scopes := []string{dst.Scope(transport.PushScope)}
 	if from := s.mountSource(ctx, repo, dgst); from != "" {
-		r := s.registry.Repo(s.path(from))
-		src = &r
+		fromRepo := s.registry.Repo(s.path(from))
+		src = &fromRepo
 		l = &remote.MountableLayer{Layer: layer, Reference: src.Digest(dgst.String())}
 		scopes = append(scopes, src.Scope(transport.PullScope))
 	}
