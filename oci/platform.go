@@ -77,13 +77,63 @@ func (p Platform) String() string {
 
 func matchPart(pattern, v string) bool { return pattern == "*" || pattern == v }
 
-// Matches reports whether the pattern matches an image's platform.
+// Matches reports whether the pattern matches an image's platform. The
+// architecture and variant are compared as containerd compares them
+// (platforms.Normalize): an image's arm64 without a variant is arm64/v8,
+// arm without one is arm/v7, amd64 without one amd64/v1, and aarch64,
+// x86_64, armhf name arm64, amd64, arm/v7. Else linux/arm64/v8 would miss
+// the arm64 images that name no variant (ko's, jib's), and linux/arm/v7
+// the arm ones.
 func (p Platform) Matches(q *v1.Platform) bool {
 	if q == nil {
 		return false
 	}
-	return matchPart(p.OS, q.OS) && matchPart(p.Architecture, q.Architecture) &&
-		(p.Variant == "" || matchPart(p.Variant, q.Variant))
+	arch, variant := normalizeArch(q.Architecture, q.Variant)
+	if !matchPart(p.OS, q.OS) || !matchPart(p.Architecture, arch) {
+		return false
+	}
+	if p.Variant == "" || p.Variant == "*" {
+		return true
+	}
+	_, want := normalizeArch(arch, p.Variant)
+	return want == variant
+}
+
+// normalizeArch is containerd's normalization of an architecture and its
+// variant: the default variant of an architecture is written one way
+// (none for arm64 and amd64, v7 for arm), and aliases by Go's name.
+func normalizeArch(arch, variant string) (string, string) {
+	arch, variant = strings.ToLower(arch), strings.ToLower(variant)
+	switch arch {
+	case "i386":
+		return "386", ""
+	case "x86_64", "x86-64", "amd64":
+		if variant == "v1" {
+			variant = ""
+		}
+		return "amd64", variant
+	case "aarch64", "arm64":
+		switch variant {
+		case "8", "v8", "v8.0":
+			variant = ""
+		case "9", "v9", "v9.0":
+			variant = "v9"
+		}
+		return "arm64", variant
+	case "armhf":
+		return "arm", "v7"
+	case "armel":
+		return "arm", "v6"
+	case "arm":
+		switch variant {
+		case "", "7":
+			variant = "v7"
+		case "5", "6", "8":
+			variant = "v" + variant
+		}
+		return "arm", variant
+	}
+	return arch, variant
 }
 
 // PlatformString formats an image's platform as os/arch[/variant]
