@@ -363,14 +363,23 @@ func (p *Proxy) ensureManifest(ctx context.Context, t target, dgst digest.Digest
 	return p.fetchManifest(ctx, t, oci.Ref{Digest: dgst}, false)
 }
 
-// fillBlobs stores an image's config and layers. Foreign layers (with
-// URLs, e.g. Windows base layers) are left to their own hosts. A blob
-// that fails does not cancel the others: what is stored need not be
-// fetched again when the fill resumes.
+// fillBlobs stores an image's config and layers, a schema 1 manifest's
+// included. Foreign layers (with URLs, e.g. Windows base layers) are left
+// to their own hosts. A blob that fails does not cancel the others: what
+// is stored need not be fetched again when the fill resumes.
 func (p *Proxy) fillBlobs(ctx context.Context, t target, doc oci.Manifest, prog *progress) error {
 	blobs := append(doc.Layers[:len(doc.Layers):len(doc.Layers)], doc.Blobs...)
 	if doc.Config != nil {
 		blobs = append([]v1.Descriptor{*doc.Config}, blobs...)
+	}
+	listed := map[digest.Digest]bool{}
+	for _, l := range doc.FSLayers {
+		// Sizes undeclared; a layer is listed once per history entry
+		// (the empty one many times).
+		if !listed[l.BlobSum] {
+			listed[l.BlobSum] = true
+			blobs = append(blobs, v1.Descriptor{Digest: l.BlobSum})
+		}
 	}
 	var g errgroup.Group
 	for _, b := range blobs {

@@ -96,6 +96,9 @@ func (p *Proxy) Plan(ctx context.Context, ref string, pats []oci.Platform) (Plan
 		if d.Config != nil {
 			blobs = append([]v1.Descriptor{*d.Config}, blobs...)
 		}
+		for _, l := range d.FSLayers { // schema 1: sizes undeclared
+			blobs = append(blobs, v1.Descriptor{Digest: l.BlobSum})
+		}
 		for _, b := range blobs {
 			if seen[b.Digest] || len(b.URLs) > 0 {
 				continue
