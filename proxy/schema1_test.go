@@ -1,8 +1,10 @@
 package proxy
 
 import (
+	"encoding/base64"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -64,6 +66,56 @@ func TestCopySchema1StoresItsLayers(t *testing.T) {
 		p.Handler().ServeHTTP(rec, httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/v2/library/old/blobs/"+digest.FromBytes(l).String(), nil))
 		if rec.Code != http.StatusOK || rec.Body.String() != string(l) {
 			t.Errorf("GET layer %s with the upstream down: %d %.200s; want 200 and its bytes", digest.FromBytes(l), rec.Code, rec.Body)
+		}
+	}
+}
+
+// A signed Docker schema 1 manifest, as a registry of the distribution
+// 2.x line serves one it holds: its digest is the hash of its payload
+// without the signatures, not of the bytes sent. It cannot be served
+// under its digest: the client is answered 502 with an error that says
+// so, by tag and by digest, rather than that the upstream's digest does
+// not match its body, which reads as corruption or tampering. Nothing of
+// it is recorded.
+func TestSignedSchema1IsRefusedClearly(t *testing.T) {
+	payload := []byte("{\n   \"schemaVersion\": 1,\n   \"name\": \"library/old\",\n   \"tag\": \"v1\",\n   \"architecture\": \"amd64\",\n" +
+		"   \"fsLayers\": [\n      {\n         \"blobSum\": \"" + digest.FromString("layer").String() + "\"\n      }\n   ],\n" +
+		"   \"history\": [\n      {\n         \"v1Compatibility\": \"{}\"\n      }\n   ]\n}")
+	// libtrust's JWS: the payload up to its closing "\n}", the signatures,
+	// and the tail again; formatLength and formatTail say how to cut.
+	protected := base64.RawURLEncoding.EncodeToString([]byte(`{"formatLength":` + strconv.Itoa(len(payload)-2) +
+		`,"formatTail":"` + base64.RawURLEncoding.EncodeToString([]byte("\n}")) + `","time":"2016-01-01T00:00:00Z"}`))
+	signed := append(payload[:len(payload)-2:len(payload)-2], []byte(",\n   \"signatures\": [\n      {\n         \"header\": {\"alg\": \"ES256\"},\n"+
+		"         \"signature\": \"c2lnbmF0dXJl\",\n         \"protected\": \""+protected+"\"\n      }\n   ]\n}")...)
+	canonical := digest.FromBytes(payload)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/v2/":
+		case "/v2/library/old/manifests/v1", "/v2/library/old/manifests/" + canonical.String():
+			w.Header().Set("Content-Type", oci.MediaTypeDockerSchema1Signed)
+			w.Header().Set("Docker-Content-Digest", canonical.String())
+			_, _ = w.Write(signed)
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	defer srv.Close()
+	p, _, ix := testMirror(t, nil, srv.URL)
+	for _, ref := range []string{"v1", canonical.String()} {
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/v2/library/old/manifests/"+ref, nil)
+		req.Header.Set("Accept", oci.MediaTypeDockerSchema1Signed)
+		p.Handler().ServeHTTP(rec, req)
+		if rec.Code != http.StatusBadGateway || !strings.Contains(rec.Body.String(), "signed Docker schema 1 manifest") {
+			t.Errorf("GET old:%s: %d %s; want 502 saying it is a signed Docker schema 1 manifest", ref, rec.Code, rec.Body)
+		}
+	}
+	if err := p.WaitIdle(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []digest.Digest{canonical, digest.FromBytes(signed)} {
+		if m, ok, err := ix.Manifest(d); err != nil || ok {
+			t.Errorf("manifest %s recorded: %+v %v %v", d, m, ok, err)
 		}
 	}
 }

@@ -846,13 +846,35 @@ func (c *Client) Manifest(ctx context.Context, repo string, ref oci.Ref, opts ..
 		alg = ref.Digest.Algorithm()
 	}
 	got := alg.FromBytes(body)
+	var mismatch string
 	if ref.IsDigest() && got != ref.Digest {
-		return nil, c.invalid(r, "%s: body digest is %s", r.what, got)
+		mismatch = fmt.Sprintf("body digest is %s", got)
+	} else if h, err := digest.Parse(resp.Header.Get("Docker-Content-Digest")); err == nil && h.Algorithm() == alg && h != got {
+		mismatch = fmt.Sprintf("Docker-Content-Digest %s does not match body digest %s", h, got)
 	}
-	if h, err := digest.Parse(resp.Header.Get("Docker-Content-Digest")); err == nil && h.Algorithm() == alg && h != got {
-		return nil, c.invalid(r, "%s: Docker-Content-Digest %s does not match body digest %s", r.what, h, got)
+	switch {
+	case mismatch != "" && signedSchema1(resp.Header.Get("Content-Type"), body):
+		// Not corrupt: distribution 2.x names it by its payload's digest.
+		return nil, c.invalid(r, "%s is a signed Docker schema 1 manifest, named by the digest of its payload without "+
+			"the signatures, not of its bytes (%s): schema 1 is deprecated and not mirrored; push the image again with a current client", r.what, mismatch)
+	case mismatch != "":
+		return nil, c.invalid(r, "%s: %s", r.what, mismatch)
 	}
 	return &Manifest{Body: body, MediaType: resp.Header.Get("Content-Type"), Digest: got}, nil
+}
+
+// signedSchema1 reports whether a manifest is a signed Docker schema 1
+// one (libtrust's JWS): declared so, or a schema 1 body with signatures.
+func signedSchema1(contentType string, body []byte) bool {
+	mt, _, _ := strings.Cut(contentType, ";")
+	if strings.EqualFold(strings.TrimSpace(mt), oci.MediaTypeDockerSchema1Signed) {
+		return true
+	}
+	var m struct {
+		SchemaVersion int               `json:"schemaVersion"`
+		Signatures    []json.RawMessage `json:"signatures"`
+	}
+	return json.Unmarshal(body, &m) == nil && m.SchemaVersion == 1 && len(m.Signatures) > 0
 }
 
 // Descriptor is what a HEAD request tells of a manifest or blob.
