@@ -92,7 +92,7 @@ func (p *Proxy) Plan(ctx context.Context, ref string, pats []oci.Platform) (Plan
 	}
 	seen := map[digest.Digest]bool{}
 	for _, d := range images {
-		blobs := d.Layers
+		blobs := append(d.Layers[:len(d.Layers):len(d.Layers)], d.Blobs...) // as fillBlobs copies them
 		if d.Config != nil {
 			blobs = append([]v1.Descriptor{*d.Config}, blobs...)
 		}
