@@ -137,14 +137,23 @@ func (m Manifest) BlobDigests() []digest.Digest {
 }
 
 // BlobDescriptors returns the config, layers and artifact blobs with
-// their sizes (schema 1 layers have none and are left out).
+// their sizes, then the schema 1 layers, each once (they are listed once
+// per history entry, the empty one many times), of size 0: undeclared.
 func (m Manifest) BlobDescriptors() []v1.Descriptor {
 	var out []v1.Descriptor
 	if m.Config != nil {
 		out = append(out, *m.Config)
 	}
 	out = append(out, m.Layers...)
-	return append(out, m.Blobs...)
+	out = append(out, m.Blobs...)
+	listed := map[digest.Digest]bool{}
+	for _, l := range m.FSLayers {
+		if !listed[l.BlobSum] {
+			listed[l.BlobSum] = true
+			out = append(out, v1.Descriptor{Digest: l.BlobSum})
+		}
+	}
+	return out
 }
 
 // IsAttestation reports whether an index entry is a buildx attestation

@@ -368,19 +368,7 @@ func (p *Proxy) ensureManifest(ctx context.Context, t target, dgst digest.Digest
 // to their own hosts. A blob that fails does not cancel the others: what
 // is stored need not be fetched again when the fill resumes.
 func (p *Proxy) fillBlobs(ctx context.Context, t target, doc oci.Manifest, prog *progress) error {
-	blobs := append(doc.Layers[:len(doc.Layers):len(doc.Layers)], doc.Blobs...)
-	if doc.Config != nil {
-		blobs = append([]v1.Descriptor{*doc.Config}, blobs...)
-	}
-	listed := map[digest.Digest]bool{}
-	for _, l := range doc.FSLayers {
-		// Sizes undeclared; a layer is listed once per history entry
-		// (the empty one many times).
-		if !listed[l.BlobSum] {
-			listed[l.BlobSum] = true
-			blobs = append(blobs, v1.Descriptor{Digest: l.BlobSum})
-		}
-	}
+	blobs := doc.BlobDescriptors()
 	var g errgroup.Group
 	for _, b := range blobs {
 		if len(b.URLs) > 0 {

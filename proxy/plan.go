@@ -7,7 +7,6 @@ import (
 	"slices"
 
 	"github.com/opencontainers/go-digest"
-	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/storage"
@@ -92,14 +91,7 @@ func (p *Proxy) Plan(ctx context.Context, ref string, pats []oci.Platform) (Plan
 	}
 	seen := map[digest.Digest]bool{}
 	for _, d := range images {
-		blobs := append(d.Layers[:len(d.Layers):len(d.Layers)], d.Blobs...) // as fillBlobs copies them
-		if d.Config != nil {
-			blobs = append([]v1.Descriptor{*d.Config}, blobs...)
-		}
-		for _, l := range d.FSLayers { // schema 1: sizes undeclared
-			blobs = append(blobs, v1.Descriptor{Digest: l.BlobSum})
-		}
-		for _, b := range blobs {
+		for _, b := range d.BlobDescriptors() { // as fillBlobs copies them
 			if seen[b.Digest] || len(b.URLs) > 0 {
 				continue
 			}
