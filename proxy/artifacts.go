@@ -76,6 +76,32 @@ func (p *Proxy) enqueueReferrersFill(ctx context.Context, t target, subject dige
 	})
 }
 
+// ArtifactsRecheck is how often an image still pulled, whose tag the
+// upstream confirms, has its artifacts looked for again: a signature or
+// an attestation added after the image was cached (signed once CI has
+// pushed it) is stored while the upstream is there, for when it is not.
+const ArtifactsRecheck = 15 * time.Minute
+
+// maxArtifactChecks bounds the images whose last recheck is remembered;
+// one forgotten is rechecked at its next revalidation.
+const maxArtifactChecks = 1 << 14
+
+// recheckArtifacts looks for the artifacts of the image dgst (the root a
+// tag names) again in the background, if referrers are stored for t and
+// it was not done in the last ArtifactsRecheck: what a fill found is
+// cached, so only what is new, or stale, is asked of the upstream.
+func (p *Proxy) recheckArtifacts(ctx context.Context, t target, dgst digest.Digest) {
+	if !p.referrersFor(t) {
+		return
+	}
+	key, now := fillKey(t, dgst), p.now()
+	if last, ok := p.artifactChecks.Get(key); ok && now.Sub(last) < ArtifactsRecheck {
+		return
+	}
+	p.artifactChecks.Add(key, now)
+	p.enqueueReferrersFill(ctx, t, dgst)
+}
+
 // storeReferrers stores, with their blobs, the artifacts of subjects (an
 // image's index and platform manifests, already stored): their referrers
 // (the referrers API's list, or the sha256-<hex> fallback tag's) and

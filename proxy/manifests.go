@@ -241,6 +241,7 @@ func (p *Proxy) manifestByTag(ctx context.Context, t target, tag string, h http.
 				}
 				h.Set(cacheHeader, "revalidated")
 				p.resumeHit(ctx, t, cached, opts.checkAfter)
+				p.recheckArtifacts(ctx, t, rec.Digest)
 				return cached, nil
 			case errors.Is(err, upstream.ErrNotFound) && !pingNotFound(err):
 				// The upstream says the tag is gone: so is it here, unless

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/semaphore"
@@ -67,8 +68,11 @@ type Proxy struct {
 	// writes are the manifests answered and not yet recorded.
 	writes          manifestWrites
 	referrerFlights singleflight.Group // per "host/repo@subject\x00artifactType"
-	blobs           *downloads
-	fills           *fillQueue
+	// artifactChecks: when each recently revalidated image last had its
+	// artifacts looked for again (recheckArtifacts), by fillKey.
+	artifactChecks *lru.Cache[string, time.Time]
+	blobs          *downloads
+	fills          *fillQueue
 	// work counts everything that runs beyond its request.
 	work *activity
 	jobs jobs
@@ -239,6 +243,10 @@ func WithMaxBlobSize(n int64) Option { return func(p *Proxy) { p.maxBlobSize = n
 // upstreams, keyed by the host clients name them with. docker.io must be
 // among them.
 func New(store storage.Store, index *storage.Index, upstreams []*upstream.Client, opts ...Option) (*Proxy, error) {
+	artifactChecks, err := lru.New[string, time.Time](maxArtifactChecks)
+	if err != nil {
+		return nil, err
+	}
 	p := &Proxy{
 		store:           store,
 		index:           index,
@@ -260,6 +268,7 @@ func New(store storage.Store, index *storage.Index, upstreams []*upstream.Client
 		jobs:            jobs{live: map[string]*storage.Job{}},
 		maxJobImages:    DefaultPrefetchMaxImages,
 		redirects:       newRedirects(),
+		artifactChecks:  artifactChecks,
 		fetchAhead:      true,
 		upstreamConns:   DefaultUpstreamConnections,
 		answerWait:      maxAnswerWait,

@@ -395,3 +395,53 @@ func TestPrefetchStoresReferrers(t *testing.T) {
 	m.Clock.Advance(time.Hour)
 	wantSignedOffline(t, m, s)
 }
+
+// An image signed after the mirror cached it (a signature, and an SBOM
+// in its fallback tag, pushed once CI has pushed the image) has them
+// stored at a later pull that finds its tag unchanged upstream, so that
+// they verify through the mirror once the upstream is down; a pull
+// within ArtifactsRecheck of that look asks for nothing more.
+func TestArtifactsAddedAfterCachingAreStored(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	const repo = "library/signed"
+	ma := up.SeedMultiArch(t, repo, "1", fixture.OCI)
+	m := servertest.Start(t, up.URL())
+	cranePull(t, ref(t, m, "signed:1"), remote.WithPlatform(linuxAMD64))
+	m.WaitIdle()
+
+	sig := pushArtifact(t, up, repo, cosignTag(ma.Digest, "sig"), "application/vnd.dev.cosign.artifact.sig.v1+json", "signature")
+	sbom := pushArtifact(t, up, repo, "", sbomType, "sbom", ma.MediaType, ma.Digest, len(ma.Index))
+	idx, err := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": oci.MediaTypeOCIIndex, "manifests": []any{
+		map[string]any{"mediaType": oci.MediaTypeOCIManifest, "digest": sbom.digest, "size": len(sbom.raw), "artifactType": sbomType},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	up.PutManifest(t, repo, strings.Replace(ma.Digest, ":", "-", 1), oci.MediaTypeOCIIndex, idx)
+
+	m.Clock.Advance(proxy.ArtifactsRecheck) // past the tag's TTL, and the fill's look
+	cranePull(t, ref(t, m, "signed:1"), remote.WithPlatform(linuxAMD64))
+	m.WaitIdle()
+	m.Clock.Advance(2 * time.Minute) // past the tag's TTL again, not the recheck's
+	up.ResetCounts()
+	cranePull(t, ref(t, m, "signed:1"), remote.WithPlatform(linuxAMD64))
+	m.WaitIdle()
+	for _, r := range up.Requests() {
+		if r.Method != http.MethodHead || r.Path != "/v2/"+repo+"/manifests/1" {
+			t.Errorf("a pull within the recheck asked the upstream %s %s; want only the tag's HEAD", r.Method, r.Path)
+		}
+	}
+
+	up.Stop()
+	u := m.URL() + "/v2/signed/"
+	wantReferrers(t, get(t, u+"referrers/"+ma.Digest), "stale", false, sbom.digest)
+	for _, a := range []struct {
+		ref string
+		art pushedArtifact
+	}{{cosignTag(ma.Digest, "sig"), sig}, {sbom.digest, sbom}} {
+		wantManifest(t, get(t, u+"manifests/"+a.ref), a.art.raw, oci.MediaTypeOCIManifest)
+		if r := get(t, u+"blobs/"+a.art.layer); r.status != http.StatusOK || sha(r.body) != a.art.layer {
+			t.Errorf("blob %s of %s offline: %d", a.art.layer, a.ref, r.status)
+		}
+	}
+}
