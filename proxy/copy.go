@@ -60,13 +60,27 @@ func (p *Proxy) Copy(ctx context.Context, ref string, pats []oci.Platform, onPro
 		return Progress{}, err
 	}
 	// Held until the copy is recorded: by digest, nothing makes the image
-	// a root before the end, and the cache lifecycle keeps what a held
-	// digest references.
+	// a root before the end (on a store of its own, below), and the cache
+	// lifecycle keeps what a held digest references.
 	release, err := p.hold(ctx, m.digest)
 	if err != nil {
 		return Progress{}, err
 	}
 	defer release()
+	// The hold is this replica's: on a shared store another replica's
+	// collection sees only the bucket's records, and removes what a copy
+	// outlasting the grace period stored first. There, the image is
+	// recorded as a pull by digest records it from the start.
+	opened := false
+	if im.ref.IsDigest() && p.index.Shared() {
+		if _, ok, err := p.index.Fill(im.t.host(), im.t.repo, m.digest); err == nil && !ok {
+			if err := p.index.PutFill(m.digest, storage.FillRecord{Upstream: im.t.host(), Repo: im.t.repo,
+				State: storage.FillPartial, UpdatedAt: p.now()}); err != nil {
+				return Progress{}, err
+			}
+			opened = true
+		}
+	}
 	prog := &progress{digest: m.digest.String()}
 	if onProgress != nil {
 		prog.changed = func() { onProgress(prog.snapshot()) }
@@ -91,7 +105,7 @@ func (p *Proxy) Copy(ctx context.Context, ref string, pats []oci.Platform, onPro
 		if err := p.publishTag(ctx, im.t, im.ref.Tag, m); err != nil {
 			return prog.snapshot(), err
 		}
-	} else if _, ok, err := p.index.Fill(im.t.host(), im.t.repo, m.digest); err == nil && !ok {
+	} else if rec, ok, err := p.index.Fill(im.t.host(), im.t.repo, m.digest); err == nil && (!ok || opened && rec.State == storage.FillPartial) {
 		// Recorded like a pull by digest, so the cache keeps it.
 		if err := p.index.PutFill(m.digest, storage.FillRecord{Upstream: im.t.host(), Repo: im.t.repo,
 			State: storage.FillPartial, Platforms: platforms, UpdatedAt: p.now()}); err != nil {

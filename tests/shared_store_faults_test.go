@@ -19,10 +19,12 @@ import (
 // slowDownS3 is an S3 endpoint in front of a real one that, while
 // failing is set, answers the writes (PUTs) of the mirror's records with
 // S3's 503 SlowDown, as S3 does when a prefix gets more writes than it
-// takes; every other request passes.
+// takes; every other request passes. written, if set, is told the path
+// of each record write that passed, once S3 has answered it.
 type slowDownS3 struct {
 	next    http.Handler
 	failing atomic.Bool
+	written atomic.Pointer[func(path string)]
 }
 
 func startSlowDownS3(t *testing.T, s3srv *s3test.Server) (*slowDownS3, string) {
@@ -38,13 +40,17 @@ func startSlowDownS3(t *testing.T, s3srv *s3test.Server) (*slowDownS3, string) {
 }
 
 func (f *slowDownS3) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if f.failing.Load() && r.Method == http.MethodPut && strings.Contains(r.URL.Path, "/records/") {
+	record := r.Method == http.MethodPut && strings.Contains(r.URL.Path, "/records/")
+	if f.failing.Load() && record {
 		w.Header().Set("Content-Type", "application/xml")
 		w.WriteHeader(http.StatusServiceUnavailable)
 		_, _ = w.Write([]byte(`<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>`))
 		return
 	}
 	f.next.ServeHTTP(w, r)
+	if written := f.written.Load(); written != nil && record {
+		(*written)(r.URL.Path)
+	}
 }
 
 // A blob stored for one repository and asked for by another that the

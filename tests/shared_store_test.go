@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -266,5 +267,69 @@ func TestSharedBucketCollectionKeepsOtherReplicasReferrers(t *testing.T) {
 		if r := get(t, m.URL()+"/v2/signed/manifests/"+sig); r.status != http.StatusOK || sha(r.body) != sig {
 			t.Errorf("the signature after another replica's collection: %d %s", r.status, r.body)
 		}
+	}
+}
+
+// A prefetch by digest on one replica that outlasts a shared store's grace
+// period (a large image, a slow upstream) keeps what it stored meanwhile
+// from another replica's collection: its copy is held on its own replica
+// only, so on the bucket it must be a root from its start, as a pull by
+// digest's fill is. Before, it was one only at its end: the other
+// replica's collection removed the manifest and config the copy had
+// recorded more than ten minutes before, the job then said done, and the
+// image was served by neither replica with the upstream down.
+func TestSharedBucketCollectionKeepsAnotherReplicasLongPrefetch(t *testing.T) {
+	s3srv, bucket, _ := sharedBucket(t)
+	front, endpoint := startSlowDownS3(t, s3srv)
+	onFront := func(c *config.Config) {
+		c.Storage = s3srv.Storage(bucket)
+		c.Storage["s3"]["regionendpoint"] = endpoint
+	}
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/big", "v1", 2, 4<<10)
+	ups := []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}
+	a := servertest.StartConfigured(t, ups, onFront)
+	b := servertest.StartConfigured(t, ups, onFront)
+
+	// The manifest's and the config's records in the bucket, then the
+	// last layer held mid-body: the copy is under way.
+	manifestRecorded, configRecorded := make(chan struct{}), make(chan struct{})
+	var once [2]sync.Once
+	written := func(path string) {
+		switch {
+		case strings.Contains(path, "/records/manifests/") && strings.Contains(path, img.Digest[len("sha256:"):]):
+			once[0].Do(func() { close(manifestRecorded) })
+		case strings.Contains(path, "/records/blobs/") && strings.Contains(path, img.Config[len("sha256:"):]):
+			once[1].Do(func() { close(configRecorded) })
+		}
+	}
+	front.written.Store(&written)
+	gate := up.GateBlob(img.Layers[1], 1)
+	r := postPrefetch(t, a, `{"images": ["big@`+img.Digest+`"]}`)
+	if r.status != http.StatusAccepted {
+		t.Fatalf("POST /prefetch: %d %s", r.status, r.body)
+	}
+	awaitReached(t, gate, img.Layers[1])
+	wait(t, t.Context(), manifestRecorded, "the manifest's record")
+	wait(t, t.Context(), configRecorded, "the config's record")
+
+	// Eleven minutes into the copy, b collects.
+	b.Clock.Advance(lifecycle.SharedGrace + time.Minute)
+	rep, err := b.Server.Collector.Collect(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.ManifestsRemoved != 0 || rep.BlobsRemoved != 0 {
+		t.Errorf("the other replica's collection removed %d manifests and %d blobs of the copy under way", rep.ManifestsRemoved, rep.BlobsRemoved)
+	}
+
+	gate.Open()
+	a.WaitIdle()
+	if j := job(t, a, r.header.Get("Location")); j.State != storage.JobDone {
+		t.Fatalf("job %+v", j)
+	}
+	up.Stop()
+	for _, m := range []*servertest.Server{a, b} {
+		wantImage(t, m, "library/big", img)
 	}
 }
