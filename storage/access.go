@@ -74,8 +74,9 @@ func (ix *Index) flushPullTimes() (time.Duration, error) {
 		// latest (a replica writing an older time loses at most a
 		// minute). Best effort: with the bucket unreachable (or at
 		// shutdown) a time the bucket misses only makes the image look
-		// older to the other replicas until its next pull; this
-		// replica's index has it.
+		// older to the other replicas until this replica's next
+		// Refresh writes it there (if the bucket has an older one) or
+		// its next pull; this replica's index keeps it.
 		committed: func(_, to int) error {
 			flushed = to
 			for dgst, t := range wrote {

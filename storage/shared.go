@@ -154,6 +154,17 @@ func (ix *Index) adoptTx(tx *bolt.Tx, bucket, key, raw []byte) error {
 			raw = keepLastAccess(cur, raw)
 		}
 		return ix.putContent(tx, bucket, key, raw)
+	case string(bucketAccess):
+		// A pull is recorded here first: a later one than the bucket's
+		// (its write there refused) stays, and Refresh writes it there.
+		b, err := tx.CreateBucketIfNotExists(bucket)
+		if err != nil {
+			return err
+		}
+		if _, later := laterPull(b.Get(key), raw); later {
+			return nil
+		}
+		return b.Put(key, raw)
 	}
 	b, err := tx.CreateBucketIfNotExists(bucket)
 	if err != nil {
@@ -244,11 +255,10 @@ func (ix *Index) Refresh(ctx context.Context) error {
 		return nil
 	}
 	for _, bucket := range sharedKinds {
-		type rec struct{ key, raw []byte }
-		var recs []rec
+		var recs []sharedRecord
 		inBucket := map[string]bool{}
 		err := ix.records.Walk(ctx, string(bucket), func(key string, value []byte) error {
-			recs = append(recs, rec{[]byte(key), value})
+			recs = append(recs, sharedRecord{[]byte(key), value})
 			inBucket[key] = true
 			return nil
 		})
@@ -268,6 +278,11 @@ func (ix *Index) Refresh(ctx context.Context) error {
 				return nil
 			})
 			if err != nil {
+				return err
+			}
+		}
+		if string(bucket) == string(bucketAccess) {
+			if err := ix.shareLaterPulls(recs); err != nil {
 				return err
 			}
 		}
@@ -327,4 +342,47 @@ func keepLastAccess(local, raw []byte) []byte {
 		return raw
 	}
 	return out
+}
+
+// laterPull reports whether the pull time local (an access record, nil if
+// none) is later than the shared record raw's, and returns it.
+func laterPull(local, raw []byte) (time.Time, bool) {
+	var l, r time.Time
+	if local == nil || json.Unmarshal(local, &l) != nil || json.Unmarshal(raw, &r) != nil {
+		return l, false
+	}
+	return l, l.After(r)
+}
+
+// sharedRecord is a record as read from the shared records.
+type sharedRecord struct{ key, raw []byte }
+
+// shareLaterPulls writes to the shared records the pull times this
+// replica holds later than the bucket's (recs, as read there): a flush's
+// write the bucket refused, which the other replicas' evictions would not
+// count otherwise. Best effort, as the flush: on a failure the rest waits
+// for the next Refresh.
+func (ix *Index) shareLaterPulls(recs []sharedRecord) error {
+	var later []pair[string, time.Time]
+	err := ix.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketAccess)
+		if b == nil {
+			return nil
+		}
+		for _, r := range recs {
+			if t, ok := laterPull(b.Get(r.key), r.raw); ok {
+				later = append(later, pair[string, time.Time]{string(r.key), t})
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, p := range later {
+		if ix.sharePut(bucketAccess, []byte(p.k), p.v) != nil {
+			break
+		}
+	}
+	return nil
 }

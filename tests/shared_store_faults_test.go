@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/docker-mirror/docker-mirror/config"
 	"github.com/docker-mirror/docker-mirror/proxy"
@@ -81,5 +82,56 @@ func TestSharedBucketRecordWriteRefusedIsUnavailable(t *testing.T) {
 	faults.failing.Store(false)
 	if r := get(t, m.URL()+"/v2/library/other/blobs/"+layer); r.status != http.StatusOK || sha(r.body) != layer {
 		t.Errorf("once S3 takes writes again: status %d", r.status)
+	}
+}
+
+// A pull whose time S3 refused to take (503 SlowDown when the replica
+// flushed it) is still a pull: the replica that served it keeps it in its
+// index through the reading of the bucket's records that every eviction
+// begins with, and writes it to the bucket then, so that the other
+// replicas count it too. Before, the bucket's older time replaced it: an
+// image pulled a minute before was evicted as not pulled for an hour, by
+// both replicas.
+func TestSharedBucketPullTimeRefusedNotLost(t *testing.T) {
+	s3srv, bucket, onBucket := sharedBucket(t)
+	faults, endpoint := startSlowDownS3(t, s3srv)
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/app", "v1", 1, 4<<10)
+	ups := []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}
+	a := servertest.StartConfigured(t, ups, func(c *config.Config) {
+		c.Storage = s3srv.Storage(bucket)
+		c.Storage["s3"]["regionendpoint"] = endpoint
+	})
+	b := servertest.StartConfigured(t, ups, onBucket)
+	wantManifest(t, get(t, a.URL()+"/v2/library/app/manifests/v1"), img.Manifest, img.MediaType)
+	a.WaitIdle()
+	if err := a.Index.Flush(); err != nil { // the first pull's time, in the bucket
+		t.Fatal(err)
+	}
+
+	// Two hours later, a pull (by digest: no tag revalidated) that S3
+	// refuses to record.
+	a.Clock.Advance(2 * time.Hour)
+	b.Clock.Advance(2 * time.Hour)
+	faults.failing.Store(true)
+	wantManifest(t, get(t, a.URL()+"/v2/library/app/manifests/"+img.Digest), img.Manifest, img.MediaType)
+	if err := a.Index.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	faults.failing.Store(false)
+
+	// a first: its eviction's reading of the bucket writes the time there.
+	for _, r := range []struct {
+		name string
+		m    *servertest.Server
+	}{{"a, which served the pull,", a}, {"b", b}} {
+		name, m := r.name, r.m
+		rep, err := m.Server.Collector.Evict(t.Context(), 0, time.Hour, m.Clock.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.ImagesEvicted != 0 {
+			t.Errorf("replica %s evicted %d images; the image was pulled just now", name, rep.ImagesEvicted)
+		}
 	}
 }
