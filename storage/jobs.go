@@ -145,21 +145,19 @@ func putJobTx(tx *bolt.Tx, j *Job) error {
 // of changed, by position. The other images' records are not touched, so
 // a change costs the same whatever the number of images.
 func (ix *Index) UpdateJob(j *Job, changed map[int]JobImage) error {
-	// The shared copy follows the states, not every byte of progress:
-	// rewriting the whole job for each would cost as much as the job.
-	share := ix.records != nil && j.State != JobRunning
-	for _, img := range changed {
-		share = share || img.State == JobDone || img.State == JobFailed
-	}
+	// The shared copy follows the states (the job's and its images'),
+	// not every byte of progress: rewriting the whole job for each would
+	// cost as much as the job.
 	var whole *Job
 	err := ix.write(func(tx *bolt.Tx) error {
-		if err := updateJob(tx, j, changed); err != nil {
+		whole = nil
+		moved, err := updateJob(tx, j, changed)
+		if err != nil {
 			return err
 		}
-		if !share {
+		if ix.records == nil || !moved && j.State != JobDone && j.State != JobFailed {
 			return nil
 		}
-		var err error
 		whole, err = readJob(tx, []byte(j.ID), tx.Bucket(bucketJobs).Get([]byte(j.ID)))
 		return err
 	})
@@ -171,34 +169,45 @@ func (ix *Index) UpdateJob(j *Job, changed map[int]JobImage) error {
 	return ix.sharePut(bucketJobs, []byte(j.ID), whole)
 }
 
-// updateJob records UpdateJob's changes in tx.
-func updateJob(tx *bolt.Tx, j *Job, changed map[int]JobImage) error {
+// updateJob records UpdateJob's changes in tx; moved says whether the
+// job's state or an image's changed.
+func updateJob(tx *bolt.Tx, j *Job, changed map[int]JobImage) (moved bool, err error) {
+	var was struct {
+		State string `json:"state"`
+	}
+	if raw := tx.Bucket(bucketJobs).Get([]byte(j.ID)); raw == nil || json.Unmarshal(raw, &was) != nil || was.State != j.State {
+		moved = true
+	}
 	b := tx.Bucket(bucketJobImages).Bucket([]byte(j.ID))
 	if b == nil {
 		// Recorded before images had records of their own: move
 		// them out of the header once.
 		old, _, err := get[Job](tx, bucketJobs, []byte(j.ID))
 		if err != nil {
-			return err
+			return false, err
 		}
 		if b, err = tx.Bucket(bucketJobImages).CreateBucket([]byte(j.ID)); err != nil {
-			return err
+			return false, err
 		}
 		for i, img := range old.Images {
 			if err := putJobImage(b, i, img); err != nil {
-				return err
+				return false, err
 			}
 		}
 	}
 	if err := putJobHeader(tx, j); err != nil {
-		return err
+		return false, err
 	}
 	for i, img := range changed {
+		var cur JobImage
+		if raw := b.Get(binary.BigEndian.AppendUint64(nil, uint64(i))); raw == nil || json.Unmarshal(raw, &cur) != nil || cur.State != img.State {
+			moved = true
+		}
 		if err := putJobImage(b, i, img); err != nil {
-			return err
+			return false, err
 		}
 	}
-	return nil
+	return moved, nil
 }
 
 // putJobHeader records a job without its images.

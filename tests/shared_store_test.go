@@ -333,3 +333,34 @@ func TestSharedBucketCollectionKeepsAnotherReplicasLongPrefetch(t *testing.T) {
 		wantImage(t, m, "library/big", img)
 	}
 }
+
+// A prefetch job running on one replica reads as running on the others
+// too (a client polling GET /prefetch/ID through a load balancer), its
+// images' states as the replica running it has them, not as queued until
+// they end.
+func TestSharedBucketRunningJobReadOnAnotherReplica(t *testing.T) {
+	_, _, onBucket := sharedBucket(t)
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/app", "v1", 1, 4<<10)
+	ups := []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}
+	a := servertest.StartConfigured(t, ups, onBucket)
+	b := servertest.StartConfigured(t, ups, onBucket)
+	gate := up.GateBlob(img.Layers[0], 1)
+	r := postPrefetch(t, a, `{"images": ["app:v1"]}`)
+	if r.status != http.StatusAccepted {
+		t.Fatalf("POST /prefetch: %d %s", r.status, r.body)
+	}
+	awaitReached(t, gate, img.Layers[0])
+	onA, onB := job(t, a, r.header.Get("Location")), job(t, b, r.header.Get("Location"))
+	if onA.State != storage.JobRunning || onA.Images[0].State != storage.JobRunning {
+		t.Fatalf("the job on the replica running it: %+v", onA)
+	}
+	if onB.State != onA.State || len(onB.Images) != 1 || onB.Images[0].State != onA.Images[0].State {
+		t.Errorf("the job on the other replica: state %q, images %+v; the replica running it says %q, %+v", onB.State, onB.Images, onA.State, onA.Images)
+	}
+	gate.Open()
+	a.WaitIdle()
+	if j := job(t, b, r.header.Get("Location")); j.State != storage.JobDone {
+		t.Errorf("the job done, on the other replica: %+v", j)
+	}
+}
