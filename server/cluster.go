@@ -28,13 +28,20 @@ func WithClusterOptions(opts ...cluster.Option) Option {
 
 // newCluster makes the cluster cfg describes (nil without one) and the
 // proxy options that route misses through it; with client auth, the
-// shared secret lets replicas pull from each other.
-func newCluster(cfg config.Config, o options, m *metrics.Metrics, auth *access.File) (*cluster.Cluster, []proxy.Option, error) {
+// shared secret lets replicas pull from each other; with a certificate
+// (certs), the replicas' connections to each other trust it
+// (certReloader.peerTLS).
+func newCluster(cfg config.Config, o options, m *metrics.Metrics, auth *access.File, certs *certReloader) (*cluster.Cluster, []proxy.Option, error) {
 	cc := cfg.Cluster
 	if !cc.Enabled() {
 		return nil, nil, nil
 	}
 	opts := []cluster.Option{cluster.WithClock(o.now), cluster.WithLogger(o.log)}
+	if certs != nil {
+		t := cluster.DefaultTransport()
+		t.TLSClientConfig = certs.peerTLS()
+		opts = append(opts, cluster.WithTransport(t))
+	}
 	if cc.PeersDNS != "" {
 		host, port, err := net.SplitHostPort(cc.PeersDNS)
 		if err != nil {

@@ -204,7 +204,7 @@ func New(ctx context.Context, cfg config.Config, opts ...Option) (_ *Server, err
 		return nil, err
 	}
 	var copts []proxy.Option
-	if s.Cluster, copts, err = newCluster(cfg, o, s.Metrics, s.auth); err != nil {
+	if s.Cluster, copts, err = newCluster(cfg, o, s.Metrics, s.auth, s.certs); err != nil {
 		return nil, err
 	}
 	popts = append(popts, copts...)

@@ -141,3 +141,36 @@ func TestNewFailsOnBadTLSPair(t *testing.T) {
 		})
 	}
 }
+
+// Replicas trust each other's certificate by their own (peerTLS), not by
+// the address dialled: a peer serving the same certificate is trusted,
+// one serving a certificate this replica's chain does not vouch for is
+// not, whatever it names.
+func TestPeerTLSTrustsOnlyTheReplicasCertificate(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	otherCert, otherKey := filepath.Join(dir, "other-cert.pem"), filepath.Join(dir, "other-key.pem")
+	writeCert(t, certFile, keyFile, "mirror")
+	writeCert(t, otherCert, otherKey, "mirror")
+	own, err := newCertReloader(certFile, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := newCertReloader(otherCert, otherKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := func(r *certReloader) tls.ConnectionState {
+		c, _ := r.getCertificate(nil)
+		return tls.ConnectionState{PeerCertificates: []*x509.Certificate{c.Leaf}}
+	}
+	if err := own.verifyPeer(state(own)); err != nil {
+		t.Errorf("a peer serving the same certificate was refused: %v", err)
+	}
+	if err := own.verifyPeer(state(other)); err == nil {
+		t.Error("a peer serving a certificate of another authority was trusted")
+	}
+	if err := own.verifyPeer(tls.ConnectionState{}); err == nil {
+		t.Error("a peer without a certificate was trusted")
+	}
+}

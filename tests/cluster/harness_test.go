@@ -104,7 +104,8 @@ func startClusterWith(t *testing.T, n int, up *fixture.Upstream, store storeFor,
 	return rs
 }
 
-// start runs the replica's server on ln.
+// start runs the replica's server on ln (HTTPS if its configuration
+// has a certificate).
 func (r *replica) start(t *testing.T, ln net.Listener) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -120,6 +121,10 @@ func (r *replica) start(t *testing.T, ln net.Listener) {
 	}
 	r.srv, r.cancel, r.dead = srv, cancel, false
 	r.hs = &http.Server{Handler: srv.Handler()}
+	if r.cfg.TLSCert != "" {
+		go func() { _ = r.hs.ServeTLS(ln, r.cfg.TLSCert, r.cfg.TLSKey) }()
+		return
+	}
 	go func() { _ = r.hs.Serve(ln) }()
 }
 
