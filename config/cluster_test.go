@@ -59,6 +59,9 @@ func TestClusterBadValues(t *testing.T) {
 		{"cluster: {self: http://a:5000, peers: [http://b:5000]}", []string{"cluster", "share"}},
 		{sharedStore + "auth: {htpasswd: /etc/htpasswd}\ncluster: {self: http://a:5000, peers: [http://b:5000]}", []string{"cluster.secret_file", "auth.htpasswd"}},
 		{sharedStore + "cluster: {self: http://a:5000, peer: [http://b:5000]}", []string{"cluster.peer", "line"}},
+		// The replica serves HTTPS only: the others cannot reach it at
+		// http:// (nor each other, found by peers_dns with self's scheme).
+		{sharedStore + "tls_cert: /etc/tls.crt\ntls_key: /etc/tls.key\ncluster: {self: http://a:5000, peers_dns: 'peers:5000'}", []string{"cluster.self", `"http://a:5000"`, "tls_cert", "https://"}},
 	} {
 		c, err := config.Parse(strings.NewReader(tt.yaml))
 		if err == nil {

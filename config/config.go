@@ -826,6 +826,11 @@ func (c Config) validateCluster() error {
 	if err := validatePeerURL(cl.Self); err != nil {
 		return fmt.Errorf("cluster.self: %w", err)
 	}
+	if u, _ := url.Parse(cl.Self); c.TLSCert != "" && u.Scheme == "http" {
+		// The listener speaks TLS only: a peer's plain request gets a
+		// 400, and peers_dns's members take self's scheme.
+		return fmt.Errorf("cluster.self: %q is plain HTTP, but tls_cert makes this replica serve HTTPS only: the other replicas cannot reach it (nor, by peers_dns, each other); give its https:// URL", redact.URL(cl.Self))
+	}
 	seen := map[string]bool{}
 	for _, p := range cl.Peers {
 		if err := validatePeerURL(p); err != nil {
