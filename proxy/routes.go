@@ -3,12 +3,14 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"path"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -207,7 +209,7 @@ func (p *Proxy) serve(route string, level access.Level, h handlerFunc) http.Hand
 		setHeaders(rec.Header(), headerAPIVersion, "registry/2.0", headerNoSniff, "nosniff", cacheHeader, cacheNone)
 		err := p.access.Check(r, level)
 		if err == nil {
-			err = h(rec, r)
+			err = p.call(h, rec, r)
 		}
 		level := slog.LevelInfo
 		// Attributes, not alternating arguments: slog would box each value
@@ -258,6 +260,26 @@ func (p *Proxy) serve(route string, level access.Level, h handlerFunc) http.Hand
 		}
 		p.log.LogAttrs(r.Context(), level, "request", attrs...)
 	})
+}
+
+// call runs h, turning a panic (a bug) into an error the adapter answers
+// as any other: a 500 UNKNOWN, or a broken connection once headers are
+// out, with its access line and count. Left to net/http, a panic closes
+// the connection with no answer at all. The stack goes to the log.
+func (p *Proxy) call(h handlerFunc, w http.ResponseWriter, r *http.Request) (err error) {
+	defer func() {
+		v := recover()
+		if v == nil {
+			return
+		}
+		if v == http.ErrAbortHandler { // a deliberate abort: net/http's to handle
+			panic(v)
+		}
+		p.log.Error("handler panicked", "method", clip(r.Method, maxLoggedMethod), "path", clip(r.URL.Path, maxLoggedPath),
+			"panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+		err = fmt.Errorf("panic: %v", v)
+	}()
+	return h(w, r)
 }
 
 // writeToClientFailed reports whether err is a failed write to r's
