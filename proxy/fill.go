@@ -468,7 +468,12 @@ func (p *Proxy) storeListed(ctx context.Context, t target, dgst digest.Digest, s
 			// Fetch it once more: a corrupt answer is often a passing fault.
 			continue
 		}
-		return errors.Join(fmt.Errorf("blob %s not stored", dgst), derr)
+		if derr == nil {
+			return fmt.Errorf("blob %s not stored", dgst)
+		}
+		// One line: a reason on a line of its own reads as another
+		// message where it is shown (mirror's output, a prefetch job).
+		return fmt.Errorf("blob %s not stored: %w", dgst, derr)
 	}
 }
 

@@ -842,3 +842,34 @@ func TestMirrorCommandNestedIndex(t *testing.T) {
 	}
 	wantAt(t, e.dest, "library/hello-world", "outer", outer, oci.MediaTypeOCIIndex)
 }
+
+// harborProjectMissing is a front end answering each write as Harbor does
+// to a push into a project that does not exist.
+func harborProjectMissing(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet || r.Method == http.MethodHead {
+			next.ServeHTTP(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusNotFound)
+		_, _ = w.Write([]byte(`{"errors":[{"code":"NOT_FOUND","message":"project mirror not found"}]}`))
+	})
+}
+
+// An image the destination refuses fails on one line that says why, the
+// destination's own words included, not on a line "blob ... not stored"
+// with the reason on the next one, which reads as another message.
+func TestMirrorCommandRefusalOnOneLine(t *testing.T) {
+	e := newMirrorEnv(t)
+	e.dest = fixture.StartDestination(t, map[string]string{destUser: destPassword}, fixture.WithFrontEnd(harborProjectMissing))
+	code, stdout, stderr := e.mirror(t, "area51/jenkins:2.4")
+	if code != 1 {
+		t.Fatalf("exit %d; want 1\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+	m := regexp.MustCompile(`(?m)^area51/jenkins:2\.4: failed: (.*)$`).FindStringSubmatch(stdout)
+	if m == nil || !strings.Contains(m[1], "project mirror not found") {
+		t.Errorf("no line \"area51/jenkins:2.4: failed: ...\" saying \"project mirror not found\":\nstdout:\n%s", stdout)
+	}
+	wantNoPassword(t, stdout, stderr)
+}
