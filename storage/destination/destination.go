@@ -438,12 +438,11 @@ func (s *Store) statusError(status int, what string, cause error) error {
 	case status == http.StatusTooManyRequests || status >= 500:
 		return &destError{msg: fmt.Sprintf("destination %s answered %d %s (%s)", s.host, status, http.StatusText(status), what), err: cause}
 	}
-	// Any other refusal (e.g. 405: the registry takes no writes) also
-	// means the destination cannot do its job: unavailable, with the reason.
-	if cause != nil {
-		return fmt.Errorf("destination %s (%s): %w", s.host, what, fmt.Errorf("%w: %w", storage.ErrUnavailable, cause))
-	}
-	return fmt.Errorf("destination %s answered %d %s (%s): %w", s.host, status, http.StatusText(status), what, storage.ErrUnavailable)
+	// Any other refusal (e.g. 405: the registry takes no writes; 404 to a
+	// push: Harbor's project does not exist) also means the destination
+	// cannot do its job: unavailable, but worded as the refusal it is,
+	// with the status and the destination's own words, not as an outage.
+	return &destError{msg: fmt.Sprintf("destination %s refused %s (%d %s)", s.host, what, status, http.StatusText(status)), err: cause}
 }
 
 // checkStatus returns nil if resp's status is one of ok; otherwise it

@@ -858,3 +858,44 @@ func TestHTTPS(t *testing.T) {
 		t.Fatalf("requests in plain HTTP to an https:// destination: %+v", reqs)
 	}
 }
+
+// TestRefusalSaysRefused: a destination refusing a write for good (Harbor
+// answering 404 NOT_FOUND to a push into a project that does not exist)
+// is still no store to write to (storage.ErrUnavailable), but its error
+// says the destination refused the write, with its status and its own
+// words, not "store unavailable", which reads as an outage to wait out.
+func TestRefusalSaysRefused(t *testing.T) {
+	t.Parallel()
+	d := newDestinationConfig(t, destConfig{frontEnd: func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodGet || r.Method == http.MethodHead {
+				next.ServeHTTP(w, r)
+				return
+			}
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusNotFound)
+			_, _ = w.Write([]byte(`{"errors":[{"code":"NOT_FOUND","message":"project mirror not found"}]}`))
+		})
+	}})
+	s := newStore(t, d.URL()+"/mirror")
+	blob := []byte("blob")
+	dg := digest.FromBytes(blob)
+	for what, err := range map[string]error{
+		"Put":         s.Put(t.Context(), "library/x", dg, int64(len(blob)), bytes.NewReader(blob)),
+		"PutManifest": s.PutManifest(t.Context(), "library/x", "v1", "application/vnd.oci.image.index.v1+json", []byte(`{"schemaVersion":2}`)),
+	} {
+		if !errors.Is(err, storage.ErrUnavailable) {
+			t.Errorf("%s: %v; want storage.ErrUnavailable", what, err)
+			continue
+		}
+		msg := err.Error()
+		for _, want := range []string{"destination " + d.Host() + " refused", "404 Not Found", "project mirror not found"} {
+			if !strings.Contains(msg, want) {
+				t.Errorf("%s: error %q does not say %q", what, msg, want)
+			}
+		}
+		if strings.Contains(msg, storage.ErrUnavailable.Error()) {
+			t.Errorf("%s: error %q says %q", what, msg, storage.ErrUnavailable)
+		}
+	}
+}
