@@ -298,6 +298,10 @@ func (s *Store) transport(ctx context.Context, scopes ...string) (http.RoundTrip
 		defer cancel()
 		t, err := transport.NewWithContext(hctx, s.registry, s.auth, &hookTransport{inner: s.base, store: s}, scopes)
 		if err != nil {
+			if pingNotFound(err) {
+				return nil, &destError{msg: fmt.Sprintf("destination %s answered 404 Not Found to GET /v2/: no registry API there "+
+					"(is it the registry's address? Nexus, for one, serves a Docker repository's on a connector port of its own)", s.host), err: err}
+			}
 			return nil, s.fail(err, "authentication handshake")
 		}
 		s.transports.Add(key, t)
@@ -307,6 +311,14 @@ func (s *Store) transport(ctx context.Context, scopes ...string) (http.RoundTrip
 		return nil, err
 	}
 	return v.(http.RoundTripper), nil
+}
+
+// pingNotFound reports whether err, a failed handshake, is a 404 to the
+// ping of the registry API's /v2/, which every registry answers 200 or
+// 401: the destination's address is not a registry's.
+func pingNotFound(err error) bool {
+	var te *transport.Error
+	return errors.As(err, &te) && te.StatusCode == http.StatusNotFound && te.Request != nil && te.Request.URL.Path == "/v2/"
 }
 
 // do sends a request with the transport for scopes.

@@ -899,3 +899,40 @@ func TestRefusalSaysRefused(t *testing.T) {
 		}
 	}
 }
+
+// TestNotARegistry: a destination URL with no registry API behind it
+// (Nexus's web address, whose Docker API is on a connector port of its
+// own; a web server's) answers the API's /v2/ 404 with a page: the error
+// says so, not that the destination refused an authentication
+// handshake, and is still storage.ErrUnavailable.
+func TestNotARegistry(t *testing.T) {
+	t.Parallel()
+	web := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html")
+		w.WriteHeader(http.StatusNotFound)
+		_, _ = w.Write([]byte("<html><body>Not Found</body></html>"))
+	}))
+	t.Cleanup(web.Close)
+	s := newStore(t, web.URL+"/repository/docker-hosted")
+	blob := []byte("blob")
+	dg := digest.FromBytes(blob)
+	_, statErr := s.Stat(t.Context(), "library/x", dg)
+	for what, err := range map[string]error{
+		"Stat": statErr,
+		"Put":  s.Put(t.Context(), "library/x", dg, int64(len(blob)), bytes.NewReader(blob)),
+	} {
+		if !errors.Is(err, storage.ErrUnavailable) || errors.Is(err, storage.ErrNotFound) {
+			t.Errorf("%s: %v; want storage.ErrUnavailable", what, err)
+			continue
+		}
+		msg := err.Error()
+		for _, want := range []string{"destination " + strings.TrimPrefix(web.URL, "http://") + " answered 404 Not Found to GET /v2/", "no registry API"} {
+			if !strings.Contains(msg, want) {
+				t.Errorf("%s: error %q does not say %q", what, msg, want)
+			}
+		}
+		if strings.Contains(msg, "handshake") {
+			t.Errorf("%s: error %q blames an authentication handshake", what, msg)
+		}
+	}
+}
