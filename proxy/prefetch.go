@@ -73,6 +73,14 @@ func ReadJSON(w http.ResponseWriter, r *http.Request, limit int64, what string, 
 		// A second object would be dropped unread.
 		err = errors.New("the body must be one JSON object")
 	}
+	switch {
+	case errors.Is(err, io.EOF):
+		// encoding/json's own words, "EOF" and "unexpected EOF", say
+		// nothing to someone who forgot curl's -d.
+		err = errors.New("the body is empty: want one JSON object")
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		err = errors.New("the body ends inside its JSON object")
+	}
 	var tooLarge *http.MaxBytesError
 	if errors.As(err, &tooLarge) {
 		return errcode.New(errcode.InvalidRequest, "invalid %s: the body is over %d bytes", what, tooLarge.Limit).WithStatus(http.StatusRequestEntityTooLarge)

@@ -61,6 +61,9 @@ func TestPrefetch(t *testing.T) {
 		{`not json`, "invalid"},
 		{`{"images": ["multi"]} {"images": ["area51/jenkins"]}`, "one JSON object"},
 		{`{"images": ["multi"], "pin": true}]`, "one JSON object"},
+		// curl -X POST without -d, and a body cut short: said "EOF".
+		{``, "the body is empty"},
+		{`{"images": ["multi"]`, "the body ends inside its JSON object"},
 	} {
 		r := postPrefetch(t, m, bad.body)
 		if r.status != http.StatusBadRequest || !strings.Contains(string(r.body), bad.names) {
