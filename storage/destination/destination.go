@@ -302,6 +302,12 @@ func (s *Store) transport(ctx context.Context, scopes ...string) (http.RoundTrip
 				return nil, &destError{msg: fmt.Sprintf("destination %s answered 404 Not Found to GET /v2/: no registry API there "+
 					"(is it the registry's address? Nexus, for one, serves a Docker repository's on a connector port of its own)", s.host), err: err}
 			}
+			if host := otherHost(err, s.host); host != "" {
+				// The destination answered its ping; the host that did not
+				// is the token service its challenge named (Harbor's
+				// external_url), which is what needs fixing.
+				return nil, &destError{msg: fmt.Sprintf("destination %s answered, but its token service %s is unreachable (authentication handshake)", s.host, host), err: err}
+			}
 			return nil, s.fail(err, "authentication handshake")
 		}
 		s.transports.Add(key, t)
@@ -319,6 +325,21 @@ func (s *Store) transport(ctx context.Context, scopes ...string) (http.RoundTrip
 func pingNotFound(err error) bool {
 	var te *transport.Error
 	return errors.As(err, &te) && te.StatusCode == http.StatusNotFound && te.Request != nil && te.Request.URL.Path == "/v2/"
+}
+
+// otherHost returns the host of the request a failed handshake, err,
+// could not reach, if it is neither host nor a ping of /v2/ (a redirected
+// one); else "".
+func otherHost(err error, host string) string {
+	var ue *url.Error
+	if !errors.As(err, &ue) {
+		return ""
+	}
+	u, perr := url.Parse(ue.URL)
+	if perr != nil || u.Host == host || u.Path == "/v2/" {
+		return ""
+	}
+	return u.Host
 }
 
 // do sends a request with the transport for scopes.

@@ -936,3 +936,37 @@ func TestNotARegistry(t *testing.T) {
 		}
 	}
 }
+
+// TestTokenServiceUnreachable: a destination whose token service cannot
+// be reached (Harbor whose external_url names a host its clients cannot
+// reach: its challenge's realm) is not itself unreachable: the error names
+// the token service's address, the destination's answered challenge, and
+// is still storage.ErrUnavailable.
+func TestTokenServiceUnreachable(t *testing.T) {
+	t.Parallel()
+	gone := httptest.NewServer(http.NotFoundHandler())
+	// By name: go-containerregistry refuses a realm at another IP
+	// literal that is private (as loopback is).
+	tokenHost := strings.Replace(strings.TrimPrefix(gone.URL, "http://"), "127.0.0.1", "localhost", 1)
+	realm := "http://" + tokenHost + "/service/token"
+	gone.Close()
+	reg := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="%s",service="harbor-registry"`, realm))
+		http.Error(w, `{"errors":[{"code":"UNAUTHORIZED","message":"unauthorized"}]}`, http.StatusUnauthorized)
+	}))
+	t.Cleanup(reg.Close)
+	s := newStore(t, reg.URL+"/mirror", destination.WithCredentials(testUser, testPassword))
+	_, err := s.Stat(t.Context(), "library/x", digest.FromString("x"))
+	if !errors.Is(err, storage.ErrUnavailable) {
+		t.Fatalf("Stat: %v; want storage.ErrUnavailable", err)
+	}
+	host := strings.TrimPrefix(reg.URL, "http://")
+	msg := err.Error()
+	if want := "token service " + tokenHost; !strings.Contains(msg, want) {
+		t.Errorf("error %q does not name the %s", msg, want)
+	}
+	if strings.Contains(msg, "destination "+host+" unreachable") {
+		t.Errorf("error %q says the destination, which answered, is unreachable", msg)
+	}
+	checkNoPassword(t, "Stat", err)
+}
