@@ -3,6 +3,7 @@ package upstream
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -497,4 +498,28 @@ func TestErrorTimeoutTokenServer(t *testing.T) {
 			t.Errorf("failed after %s of the bubble's clock; want the 10s timeout", waited)
 		}
 	})
+}
+
+// TestErrorTokenServerUnreachable: an upstream whose token server cannot
+// be reached (auth.docker.io blocked by a firewall that lets
+// registry-1.docker.io through) fails as unavailable, with a reason that
+// names the token server, not "upstream docker.io unreachable": the
+// upstream answered.
+func TestErrorTokenServerUnreachable(t *testing.T) {
+	t.Parallel()
+	gone := httptest.NewServer(http.NotFoundHandler())
+	tokenHost := strings.Replace(strings.TrimPrefix(gone.URL, "http://"), "127.0.0.1", "localhost", 1)
+	gone.Close()
+	r := startRegistry(t, func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNotFound) },
+		func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="http://%s/token",service="test"`, tokenHost))
+			w.WriteHeader(http.StatusUnauthorized)
+		})
+	ue := asError(t, errCalls[0].do(t.Context(), r.client(t)), "ErrUnavailable")
+	if !strings.Contains(ue.Reason, "token server "+tokenHost) || strings.Contains(ue.Reason, "docker.io unreachable") {
+		t.Errorf("Reason %q; want it to name the token server %s, unreachable", ue.Reason, tokenHost)
+	}
+	if !ue.Temporary() || ue.Kind != KindPing {
+		t.Errorf("Temporary %v Kind %d; want true %d", ue.Temporary(), ue.Kind, KindPing)
+	}
 }

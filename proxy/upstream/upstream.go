@@ -418,6 +418,15 @@ func (c *Client) authorize(ctx context.Context, repo string, pa *pingAnswer) (ht
 			e.Timeout = true
 			return nil, e
 		}
+		var ue *url.Error
+		if errors.As(err, &ue) && !errors.Is(err, context.Canceled) {
+			// The token server is a host of its own (auth.docker.io), which
+			// a firewall may block while the upstream answered: it is the
+			// one to name.
+			if u, perr := url.Parse(ue.URL); perr == nil {
+				return nil, c.newError(ping.kind, ping.what, 0, ErrUnavailable, err, "upstream %s's token server %s unreachable", c.host, u.Host)
+			}
+		}
 		return nil, c.transportError(ping, err)
 	}
 	if tok.Token == "" {
