@@ -188,6 +188,30 @@ func (n *idNode) config() int32 {
 	return n.detail.config
 }
 
+// platformsWithin is the platforms of an index's children and, for a
+// child that is an index itself (image-spec lets an index list indexes;
+// the fill copies them, see proxy's maxIndexDepth), of its children:
+// such an index's own entries name no platform. The nodes must be loaded
+// (loadAll); a child not read adds nothing.
+func (ig *idGraph) platformsWithin(root *idNode) []childPlatform {
+	out := slices.Clip(root.platforms()) // an append copies: the node's stay as read
+	seen := idSet{}
+	var add func(n *idNode)
+	add = func(n *idNode) {
+		for _, c := range n.manifests {
+			child := ig.nodes[c]
+			if seen.has(c) || child == nil || len(child.manifests) == 0 {
+				continue // an image, or not read
+			}
+			seen.add(c)
+			out = append(out, child.platforms()...)
+			add(child)
+		}
+	}
+	add(root)
+	return out
+}
+
 // childPlatform is an index's child and its platform.
 type childPlatform struct {
 	id       int32

@@ -39,10 +39,12 @@ type Image struct {
 	Digest    digest.Digest `json:"digest"`
 	MediaType string        `json:"media_type,omitempty"`
 	// Platforms stored: those its mirror record lists, else those of the
-	// stored children of an index, or the config's of an image.
+	// stored children of an index (and of the indexes it lists), or the
+	// config's of an image.
 	Platforms []string `json:"platforms,omitempty"`
-	// PlatformsLeftOut are the platforms of an index's entries whose
-	// manifests are not stored (attestations aside), sorted.
+	// PlatformsLeftOut are the platforms of an index's entries (and of
+	// the indexes it lists) whose manifests are not stored (attestations
+	// aside), sorted.
 	PlatformsLeftOut []string `json:"platforms_left_out,omitempty"`
 	// Size is the indexed size of its manifests and blobs; content shared
 	// with other images counts in each.
@@ -162,11 +164,12 @@ type model struct {
 	// lists, each once (platforms[0] is none).
 	states    []string
 	platforms [][]string
-	// indexRoots are the root manifests of the images that are indexes
-	// (their children's platforms), by entry; an image model read with
-	// platforms keeps each image's config's platform in configs.
-	indexRoots map[int32]*idNode
-	configs    map[int32]string
+	// indexPlatforms are the platforms of the children of the images
+	// that are indexes, and of the indexes those list, by entry; an
+	// image model read with platforms keeps each image's config's
+	// platform in configs.
+	indexPlatforms map[int32][]childPlatform
+	configs        map[int32]string
 }
 
 // all is what e keeps: its manifests and blobs (not to be modified).
@@ -298,7 +301,7 @@ func (c *Collector) model(ctx context.Context, platforms, tags bool) (*model, er
 		return nil, err
 	}
 	in := &storage.Interner{}
-	m := &model{folded: map[int32][]int32{}, states: []string{""}, platforms: [][]string{nil}, indexRoots: map[int32]*idNode{}}
+	m := &model{folded: map[int32][]int32{}, states: []string{""}, platforms: [][]string{nil}, indexPlatforms: map[int32][]childPlatform{}}
 	byKey := map[imageKey]int32{}
 	nameIDs := map[imageName]int32{}
 	nameID := func(upstream, repo string) int32 {
@@ -512,8 +515,8 @@ func (c *Collector) model(ctx context.Context, platforms, tags bool) (*model, er
 		if root == nil {
 			continue
 		}
-		if len(root.platforms()) > 0 {
-			m.indexRoots[i] = root
+		if ps := ig.platformsWithin(root); len(ps) > 0 {
+			m.indexPlatforms[i] = ps
 		}
 		if platforms && root.config() != 0 && len(root.manifests) == 0 && len(m.platforms[e.fill.platforms]) == 0 {
 			byConfig[root.config()-1] = append(byConfig[root.config()-1], i)
@@ -610,10 +613,10 @@ func (m *model) image(i int32) Image {
 	case e.fill.ok:
 		im.State = m.states[e.fill.state]
 	}
-	root := m.indexRoots[i]
-	if root != nil {
+	children := m.indexPlatforms[i]
+	if children != nil {
 		left := map[string]bool{}
-		for _, p := range root.platforms() {
+		for _, p := range children {
 			if !m.isManifest(p.id) {
 				left[p.platform] = true
 			}
@@ -624,9 +627,9 @@ func (m *model) image(i int32) Image {
 		im.Platforms = slices.Clone(ps)
 		return im
 	}
-	if root != nil {
+	if children != nil {
 		seen := map[string]bool{}
-		for _, p := range root.platforms() {
+		for _, p := range children {
 			if m.isManifest(p.id) && !seen[p.platform] {
 				seen[p.platform] = true
 				im.Platforms = append(im.Platforms, p.platform)
