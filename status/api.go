@@ -154,8 +154,13 @@ type BlobInfo struct {
 	From []string `json:"from,omitempty"`
 }
 
-// maxDetailManifests bounds the index entries an image's page reads.
-const maxDetailManifests = 100
+// maxDetailManifests bounds the index entries an image's page reads;
+// maxDetailDepth, how deep it follows indexes listing indexes (as deep as
+// the fill copies them).
+const (
+	maxDetailManifests = 100
+	maxDetailDepth     = 4
+)
 
 // detail reads the repository the request names.
 func (h *Handler) detail(r *http.Request) (*Detail, error) {
@@ -215,27 +220,46 @@ func (h *Handler) imageDetail(ctx context.Context, im *Image) ImageDetail {
 	}
 	addBlobs(m)
 	left := map[string]bool{}
-	for i, c := range m.Manifests {
-		if i == maxDetailManifests {
-			d.Truncated = true
-			break
-		}
-		info := ManifestInfo{Digest: c.Digest, MediaType: c.MediaType, Size: c.Size, Attestation: oci.IsAttestation(c)}
-		if c.Platform != nil && !info.Attestation {
-			info.Platform = oci.PlatformString(c.Platform)
-		}
-		if rec, ok, _ := h.d.Index.Manifest(c.Digest); ok {
-			info.Stored, info.FetchedAt = true, rec.FetchedAt
-			if body, err := h.d.Proxy.StoredManifest(ctx, im.Upstream, im.Repo, c.Digest); err == nil {
-				if cm, _, err := oci.ParseManifest(body, c.MediaType); err == nil {
-					addBlobs(cm)
-				}
+	// An index's entries, and those of the indexes it lists (image-spec
+	// lets an index list indexes; the fill mirrors them, 4 deep at most),
+	// each inner index once.
+	opened := map[digest.Digest]bool{im.Digest: true}
+	var addEntries func(m oci.Manifest, depth int)
+	addEntries = func(m oci.Manifest, depth int) {
+		for _, c := range m.Manifests {
+			if d.Truncated {
+				return
 			}
-		} else if info.Platform != "" {
-			left[info.Platform] = true
+			if len(d.Manifests) > maxDetailManifests {
+				d.Truncated = true
+				return
+			}
+			info := ManifestInfo{Digest: c.Digest, MediaType: c.MediaType, Size: c.Size, Attestation: oci.IsAttestation(c)}
+			if c.Platform != nil && !info.Attestation {
+				info.Platform = oci.PlatformString(c.Platform)
+			}
+			var inner *oci.Manifest // a stored index's
+			if rec, ok, _ := h.d.Index.Manifest(c.Digest); ok {
+				info.Stored, info.FetchedAt = true, rec.FetchedAt
+				if body, err := h.d.Proxy.StoredManifest(ctx, im.Upstream, im.Repo, c.Digest); err == nil {
+					if cm, mt, err := oci.ParseManifest(body, c.MediaType); err == nil {
+						addBlobs(cm)
+						if oci.IsIndex(mt) {
+							inner = &cm
+						}
+					}
+				}
+			} else if info.Platform != "" {
+				left[info.Platform] = true
+			}
+			d.Manifests = append(d.Manifests, info)
+			if inner != nil && depth < maxDetailDepth && !opened[c.Digest] {
+				opened[c.Digest] = true
+				addEntries(*inner, depth+1)
+			}
 		}
-		d.Manifests = append(d.Manifests, info)
 	}
+	addEntries(m, 0)
 	for p := range left {
 		d.LeftOut = append(d.LeftOut, p)
 	}
