@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -227,23 +228,32 @@ const maxIndexDepth = 4
 // copyIndex stores an index whose doc is parsed already (depth levels
 // below the image's root): the children whose platform matches pats
 // (every child if pats is nil), each with all it needs, then the index
-// itself. It returns the children copied and the platforms matched.
+// itself. It returns the children copied and the platforms matched, those
+// of the indexes it lists included (sorted, each once).
 func (p *Proxy) copyIndex(ctx context.Context, t target, m *storedManifest, doc oci.Manifest, pats []oci.Platform, depth int, prog *progress) ([]v1.Descriptor, []string, error) {
 	children, names := doc.Manifests, []string(nil)
 	if pats != nil {
 		children, names = selectChildren(doc.Manifests, pats)
 	}
 	prog.platforms(len(names))
-	if err := p.fillChildren(ctx, t, children, pats, depth, prog); err != nil {
+	nested, err := p.fillChildren(ctx, t, children, pats, depth, prog)
+	if err != nil {
 		return nil, nil, err
 	}
-	err := p.pushManifest(ctx, t, m)
+	if len(nested) > 0 {
+		// An index's entries naming an index have no platform: the
+		// image's are those the inner index matched.
+		names = append(names, nested...)
+		slices.Sort(names)
+		names = slices.Compact(names)
+	}
+	err = p.pushManifest(ctx, t, m)
 	if errors.Is(err, storage.ErrMissingReferences) {
 		// The destination stores an index only with all its children: copy
 		// the platforms not selected too, so the digest stays the same.
 		p.log.Warn("destination requires every platform of an index; copying the others too",
 			"upstream", t.host(), "repo", t.repo, "digest", m.digest)
-		if err := p.fillChildren(ctx, t, doc.Manifests, nil, depth, nil); err != nil {
+		if _, err := p.fillChildren(ctx, t, doc.Manifests, nil, depth, nil); err != nil {
 			return nil, nil, err
 		}
 		err = p.pushManifest(ctx, t, m)
@@ -257,21 +267,29 @@ func (p *Proxy) copyIndex(ctx context.Context, t target, m *storedManifest, doc 
 // fillChildren copies child manifests of an index with their blobs; a
 // child that is an index itself has its children matching pats copied
 // (every one if pats is nil). A child that fails does not cancel the
-// others: each is stored, and pulls by digest, on its own.
-func (p *Proxy) fillChildren(ctx context.Context, t target, children []v1.Descriptor, pats []oci.Platform, depth int, prog *progress) error {
+// others: each is stored, and pulls by digest, on its own. It returns the
+// platforms matched in the children that are indexes.
+func (p *Proxy) fillChildren(ctx context.Context, t target, children []v1.Descriptor, pats []oci.Platform, depth int, prog *progress) ([]string, error) {
 	var g errgroup.Group
+	var mu sync.Mutex
+	var nested []string
 	for _, c := range children {
 		g.Go(func() error {
-			if err := p.fillChild(ctx, t, c.Digest, pats, depth, prog); err != nil {
+			names, err := p.fillChild(ctx, t, c.Digest, pats, depth, prog)
+			if err != nil {
 				return err
 			}
 			if !oci.IsAttestation(c) && c.Platform != nil {
 				prog.platformDone(oci.PlatformString(c.Platform))
 			}
+			mu.Lock()
+			nested = append(nested, names...)
+			mu.Unlock()
 			return nil
 		})
 	}
-	return g.Wait()
+	err := g.Wait()
+	return nested, err
 }
 
 // selectChildren picks the entries of an index to mirror: those whose
@@ -314,27 +332,28 @@ func matchAny(pats []oci.Platform, q *v1.Platform) bool {
 
 // fillChild stores a child manifest of an index depth levels below the
 // image's root, and all it needs: an image's blobs; an index's children
-// (image-spec lets an index list indexes) that match pats.
-func (p *Proxy) fillChild(ctx context.Context, t target, dgst digest.Digest, pats []oci.Platform, depth int, prog *progress) error {
+// (image-spec lets an index list indexes) that match pats, whose
+// platforms it returns.
+func (p *Proxy) fillChild(ctx context.Context, t target, dgst digest.Digest, pats []oci.Platform, depth int, prog *progress) ([]string, error) {
 	m, err := p.ensureManifest(ctx, t, dgst)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	doc, _, err := oci.ParseManifest(m.body, m.mediaType)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if oci.IsIndex(m.mediaType) {
 		if depth+1 > maxIndexDepth {
-			return fmt.Errorf("manifest %s: an index nested more than %d deep", dgst, maxIndexDepth)
+			return nil, fmt.Errorf("manifest %s: an index nested more than %d deep", dgst, maxIndexDepth)
 		}
-		_, _, err := p.copyIndex(ctx, t, m, doc, pats, depth+1, prog)
-		return err
+		_, names, err := p.copyIndex(ctx, t, m, doc, pats, depth+1, prog)
+		return names, err
 	}
 	if err := p.fillBlobs(ctx, t, doc, prog); err != nil {
-		return err
+		return nil, err
 	}
-	return p.pushManifest(ctx, t, m)
+	return nil, p.pushManifest(ctx, t, m)
 }
 
 func (p *Proxy) ensureManifest(ctx context.Context, t target, dgst digest.Digest) (*storedManifest, error) {
