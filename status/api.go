@@ -200,6 +200,9 @@ func (h *Handler) imageDetail(ctx context.Context, im *Image) ImageDetail {
 			info := BlobInfo{Digest: b.Digest, Size: b.Size}
 			if rec, ok, _ := h.d.Index.Blob(b.Digest); ok {
 				info.Stored, info.FetchedAt = true, rec.FetchedAt
+				if info.Size <= 0 && rec.Size > 0 {
+					info.Size = rec.Size // a schema 1 layer's: undeclared
+				}
 			}
 			info.From, _ = h.d.Index.Holders(b.Digest)
 			d.Blobs = append(d.Blobs, info)
