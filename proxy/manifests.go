@@ -615,7 +615,10 @@ func (p *Proxy) startManifest(ctx context.Context, t target, ref oci.Ref, fill b
 			Upstream: t.host(), Repo: t.repo, Digest: up.Digest, Tag: ref.Tag,
 			Record: storage.ManifestRecord{MediaType: mt, Size: int64(len(up.Body)), FetchedAt: p.now()},
 		}
-		if fill && (oci.IsIndex(mt) || doc.Config != nil) {
+		// An image without a config (a Docker schema 1 image's layers,
+		// an OCI artifact manifest's files) is mirrored too: as the copy
+		// does, the fill stores the blobs it lists.
+		if fill && (oci.IsIndex(mt) || doc.Config != nil || len(doc.BlobDigests()) > 0) {
 			entry.Fill = &storage.FillRecord{Upstream: t.host(), Repo: t.repo, State: storage.FillPartial, UpdatedAt: p.now()}
 		}
 		w := newManifestWrite(&storedManifest{body: up.Body, mediaType: mt, digest: up.Digest, fetchedAhead: aheadOf && p.fetchAhead}, entry.Record.FetchedAt)

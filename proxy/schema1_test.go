@@ -15,19 +15,19 @@ import (
 	"github.com/docker-mirror/docker-mirror/storage"
 )
 
-// Mirroring a Docker schema 1 image (an old registry's, served as
-// stored) stores its layers, the fsLayers' blobSums, and its plan lists
-// them: before, the copy stored the manifest alone and recorded the image
-// complete, and with the upstream down its layers could not be pulled.
-func TestCopySchema1StoresItsLayers(t *testing.T) {
-	layers := [][]byte{[]byte("schema 1 layer one"), []byte("schema 1 layer two")}
+// schema1Upstream serves an unsigned Docker schema 1 image,
+// library/old:v1 (its manifest by tag and digest, and its two layers), on
+// 127.0.0.1 until the test ends, or 503 to everything while down is set.
+func schema1Upstream(t *testing.T) (url string, manifest []byte, layers [][]byte, down *atomic.Bool) {
+	t.Helper()
+	layers = [][]byte{[]byte("schema 1 layer one"), []byte("schema 1 layer two")}
 	var sums []string
 	for _, l := range layers {
 		sums = append(sums, `{"blobSum":"`+digest.FromBytes(l).String()+`"}`)
 	}
-	manifest := []byte(`{"schemaVersion":1,"name":"library/old","tag":"v1","architecture":"amd64","fsLayers":[` + strings.Join(sums, ",") +
+	manifest = []byte(`{"schemaVersion":1,"name":"library/old","tag":"v1","architecture":"amd64","fsLayers":[` + strings.Join(sums, ",") +
 		`],"history":[{"v1Compatibility":"{}"},{"v1Compatibility":"{}"}]}`)
-	var down atomic.Bool
+	down = &atomic.Bool{}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if down.Load() {
 			http.Error(w, "down", http.StatusServiceUnavailable)
@@ -36,7 +36,7 @@ func TestCopySchema1StoresItsLayers(t *testing.T) {
 		switch r.URL.Path {
 		case "/v2/":
 			return
-		case "/v2/library/old/manifests/v1":
+		case "/v2/library/old/manifests/v1", "/v2/library/old/manifests/" + digest.FromBytes(manifest).String():
 			w.Header().Set("Content-Type", oci.MediaTypeDockerSchema1)
 			_, _ = w.Write(manifest)
 			return
@@ -49,13 +49,55 @@ func TestCopySchema1StoresItsLayers(t *testing.T) {
 		}
 		http.NotFound(w, r)
 	}))
-	defer srv.Close()
-	p, _, ix := testMirror(t, nil, srv.URL)
+	t.Cleanup(srv.Close)
+	return srv.URL, manifest, layers, down
+}
+
+// Mirroring a Docker schema 1 image (an old registry's, served as
+// stored) stores its layers, the fsLayers' blobSums, and its plan lists
+// them: before, the copy stored the manifest alone and recorded the image
+// complete, and with the upstream down its layers could not be pulled.
+func TestCopySchema1StoresItsLayers(t *testing.T) {
+	url, manifest, layers, down := schema1Upstream(t)
+	p, _, ix := testMirror(t, nil, url)
 	if plan, err := p.Plan(t.Context(), "old:v1", nil); err != nil || len(plan.Blobs) != len(layers) {
 		t.Errorf("plan of old:v1: %+v %v; want its %d layers", plan, err, len(layers))
 	}
 	if _, err := p.Copy(t.Context(), "old:v1", nil, nil); err != nil {
 		t.Fatalf("mirror old:v1: %v", err)
+	}
+	if f, ok, err := ix.Fill(DefaultHost, "library/old", digest.FromBytes(manifest)); err != nil || !ok || f.State != storage.FillComplete {
+		t.Errorf("fill record: %+v %v %v; want complete", f, ok, err)
+	}
+	down.Store(true)
+	for _, l := range layers {
+		rec := httptest.NewRecorder()
+		p.Handler().ServeHTTP(rec, httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/v2/library/old/blobs/"+digest.FromBytes(l).String(), nil))
+		if rec.Code != http.StatusOK || rec.Body.String() != string(l) {
+			t.Errorf("GET layer %s with the upstream down: %d %.200s; want 200 and its bytes", digest.FromBytes(l), rec.Code, rec.Body)
+		}
+	}
+}
+
+// A client's pull of a Docker schema 1 image by tag mirrors it whole in
+// the background, as it does an OCI or Docker image: its layers are
+// stored whether or not the client asks for them (it has those it shares
+// with images it holds), and its mirror record says complete. Before, no
+// record was made for a manifest without a config, nothing was filled,
+// and with the upstream down each layer the client had not pulled
+// failed 502.
+func TestPullOfSchema1MirrorsItsLayers(t *testing.T) {
+	url, manifest, layers, down := schema1Upstream(t)
+	p, _, ix := testMirror(t, nil, url)
+	rec := httptest.NewRecorder()
+	req := httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/v2/library/old/manifests/v1", nil)
+	req.Header.Set("Accept", oci.MediaTypeDockerSchema1)
+	p.Handler().ServeHTTP(rec, req)
+	if rec.Code != http.StatusOK || rec.Body.String() != string(manifest) {
+		t.Fatalf("GET old:v1: %d %.200s", rec.Code, rec.Body)
+	}
+	if err := p.WaitIdle(t.Context()); err != nil {
+		t.Fatal(err)
 	}
 	if f, ok, err := ix.Fill(DefaultHost, "library/old", digest.FromBytes(manifest)); err != nil || !ok || f.State != storage.FillComplete {
 		t.Errorf("fill record: %+v %v %v; want complete", f, ok, err)
