@@ -149,6 +149,9 @@ type BlobInfo struct {
 	Size      int64         `json:"size"`
 	Stored    bool          `json:"stored"`
 	FetchedAt time.Time     `json:"fetched_at,omitzero"`
+	// Foreign: a layer with URLs (a Windows base layer) the mirror leaves
+	// to its own hosts, where clients fetch it; not stored, not missing.
+	Foreign bool `json:"foreign,omitempty"`
 	// From lists the upstream repositories ("host/repo") it was fetched
 	// for or confirmed in.
 	From []string `json:"from,omitempty"`
@@ -197,7 +200,7 @@ func (h *Handler) imageDetail(ctx context.Context, im *Image) ImageDetail {
 				continue
 			}
 			seen[b.Digest] = true
-			info := BlobInfo{Digest: b.Digest, Size: b.Size}
+			info := BlobInfo{Digest: b.Digest, Size: b.Size, Foreign: len(b.URLs) > 0}
 			if rec, ok, _ := h.d.Index.Blob(b.Digest); ok {
 				info.Stored, info.FetchedAt = true, rec.FetchedAt
 				if info.Size <= 0 && rec.Size > 0 {
