@@ -40,7 +40,7 @@ type Image struct {
 	MediaType string        `json:"media_type,omitempty"`
 	// Platforms stored: those its mirror record lists, else those of the
 	// stored children of an index (and of the indexes it lists), or the
-	// config's of an image.
+	// config's of an image (a schema 1 image's manifest's).
 	Platforms []string `json:"platforms,omitempty"`
 	// PlatformsLeftOut are the platforms of an index's entries (and of
 	// the indexes it lists) whose manifests are not stored (attestations
@@ -520,6 +520,9 @@ func (c *Collector) model(ctx context.Context, platforms, tags bool) (*model, er
 		}
 		if platforms && root.config() != 0 && len(root.manifests) == 0 && len(m.platforms[e.fill.platforms]) == 0 {
 			byConfig[root.config()-1] = append(byConfig[root.config()-1], i)
+		} else if platforms && root.config() == 0 && len(m.platforms[e.fill.platforms]) == 0 && isSchema1(m.info(e.id).MediaType) {
+			// A schema 1 manifest has no config: it names its platform itself.
+			byConfig[e.id] = append(byConfig[e.id], i)
 		}
 	}
 	if err := readConfigPlatforms(ctx, m, ig, byConfig); err != nil {
@@ -644,9 +647,10 @@ func (m *model) image(i int32) Image {
 }
 
 // readConfigPlatforms sets m.configs: the platform of each config of
-// byConfig (config identifier to the entries it is the config of), read
-// parallelReads at once as loadAll reads manifests (one after another, at
-// 100k single-platform images, a third of `ls`'s time waited on them).
+// byConfig (config identifier, or a schema 1 root manifest's, to the
+// entries it is the config of), read parallelReads at once as loadAll
+// reads manifests (one after another, at 100k single-platform images, a
+// third of `ls`'s time waited on them).
 // They are read once the fill records are (after the tags): an image
 // whose record names its platforms needs no config.
 func readConfigPlatforms(ctx context.Context, m *model, ig *idGraph, byConfig map[int32][]int32) error {
@@ -679,17 +683,32 @@ func readConfigPlatforms(ctx context.Context, m *model, ig *idGraph, byConfig ma
 // maxConfigSize bounds what is read of an image config for its platform.
 const maxConfigSize = 16 << 20
 
-// configPlatform reads an image config's platform, or returns "".
+// configPlatform reads an image config's platform, or a Docker schema 1
+// manifest's, or returns "".
 func (g *graph) configPlatform(ctx context.Context, d digest.Digest) string {
 	b, err := g.store.ReadSmall(ctx, d, maxConfigSize)
 	if err != nil {
 		return ""
 	}
-	var cfg v1.Platform
-	if err := json.Unmarshal(b, &cfg); err != nil || cfg.OS == "" {
+	var cfg struct {
+		v1.Platform
+		SchemaVersion int `json:"schemaVersion"` // a manifest's: a config has none
+	}
+	if err := json.Unmarshal(b, &cfg); err != nil {
 		return ""
 	}
-	return oci.PlatformString(&cfg)
+	if cfg.SchemaVersion == 1 && cfg.OS == "" && cfg.Architecture != "" {
+		cfg.OS = "linux" // schema 1 names the architecture only: its images are Linux's
+	}
+	if cfg.OS == "" {
+		return ""
+	}
+	return oci.PlatformString(&cfg.Platform)
+}
+
+// isSchema1 reports whether a manifest media type is Docker's schema 1.
+func isSchema1(mediaType string) bool {
+	return mediaType == oci.MediaTypeDockerSchema1 || mediaType == oci.MediaTypeDockerSchema1Signed
 }
 
 // Tags kept as one string: joined by a NUL byte, which no tag holds
