@@ -190,7 +190,7 @@ func (n *idNode) config() int32 {
 
 // platformsWithin is the platforms of an index's children and, for a
 // child that is an index itself (image-spec lets an index list indexes;
-// the fill copies them, see proxy's maxIndexDepth), of its children:
+// the fill copies them, see proxy's MaxIndexDepth), of its children:
 // such an index's own entries name no platform. The nodes must be loaded
 // (loadAll); a child not read adds nothing.
 func (ig *idGraph) platformsWithin(root *idNode) []childPlatform {

@@ -222,8 +222,9 @@ func (p *Proxy) copyImage(ctx context.Context, t target, m *storedManifest, pats
 	return names, p.storeReferrers(ctx, t, subjects, prog)
 }
 
-// maxIndexDepth bounds how deep indexes that list indexes are followed.
-const maxIndexDepth = 4
+// MaxIndexDepth bounds how deep indexes that list indexes are mirrored
+// (and shown: the status page follows them as deep).
+const MaxIndexDepth = 4
 
 // copyIndex stores an index whose doc is parsed already (depth levels
 // below the image's root): the children whose platform matches pats
@@ -344,8 +345,8 @@ func (p *Proxy) fillChild(ctx context.Context, t target, dgst digest.Digest, pat
 		return nil, err
 	}
 	if oci.IsIndex(m.mediaType) {
-		if depth+1 > maxIndexDepth {
-			return nil, fmt.Errorf("manifest %s: an index nested more than %d deep", dgst, maxIndexDepth)
+		if depth+1 > MaxIndexDepth {
+			return nil, fmt.Errorf("manifest %s: an index nested more than %d deep", dgst, MaxIndexDepth)
 		}
 		_, names, err := p.copyIndex(ctx, t, m, doc, pats, depth+1, prog)
 		return names, err

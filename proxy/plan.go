@@ -73,8 +73,8 @@ func (p *Proxy) Plan(ctx context.Context, ref string, pats []oci.Platform) (Plan
 				switch {
 				case !oci.IsIndex(cmt):
 					images = append(images, cdoc)
-				case depth+1 > maxIndexDepth:
-					return fmt.Errorf("manifest %s: an index nested more than %d deep", c.Digest, maxIndexDepth)
+				case depth+1 > MaxIndexDepth:
+					return fmt.Errorf("manifest %s: an index nested more than %d deep", c.Digest, MaxIndexDepth)
 				default:
 					if err := add(cdoc, depth+1); err != nil {
 						return err

@@ -157,13 +157,8 @@ type BlobInfo struct {
 	From []string `json:"from,omitempty"`
 }
 
-// maxDetailManifests bounds the index entries an image's page reads;
-// maxDetailDepth, how deep it follows indexes listing indexes (as deep as
-// the fill copies them).
-const (
-	maxDetailManifests = 100
-	maxDetailDepth     = 4
-)
+// maxDetailManifests bounds the index entries an image's page reads.
+const maxDetailManifests = 100
 
 // detail reads the repository the request names.
 func (h *Handler) detail(r *http.Request) (*Detail, error) {
@@ -259,7 +254,7 @@ func (h *Handler) imageDetail(ctx context.Context, im *Image) ImageDetail {
 				left[info.Platform] = true
 			}
 			d.Manifests = append(d.Manifests, info)
-			if inner != nil && depth < maxDetailDepth && !opened[c.Digest] {
+			if inner != nil && depth < proxy.MaxIndexDepth && !opened[c.Digest] {
 				opened[c.Digest] = true
 				addEntries(*inner, depth+1)
 			}
