@@ -112,7 +112,7 @@ var keys = []key{
 		c.MaxSize = z
 		return err
 	})},
-	{name: "max_blob_size", usage: "largest blob downloaded when no manifest declares its size, e.g. 20GiB; an upstream that sends more is cut off", set: one(func(c *Config, v string) error {
+	{name: "max_blob_size", usage: "largest blob downloaded, e.g. 20GiB, whatever size a manifest declares; an upstream that says or sends more is cut off", set: one(func(c *Config, v string) error {
 		z, err := ParseSize(v)
 		c.MaxBlobSize = z
 		return err

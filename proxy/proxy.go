@@ -53,8 +53,8 @@ type Proxy struct {
 	// fetches bounds the background fill's parallel upstream fetches.
 	fetches     *semaphore.Weighted
 	fillTimeout time.Duration
-	// maxBlobSize bounds one blob download (and its spool file) when no
-	// manifest declares the blob's size.
+	// maxBlobSize bounds one blob download (and its spool file), a size a
+	// manifest declares included: a smaller declared size bounds it more.
 	maxBlobSize int64
 	// manifestTimeout bounds one upstream manifest request.
 	manifestTimeout time.Duration
