@@ -83,7 +83,7 @@ var keys = []key{
 			}
 			return nil
 		}},
-	{name: "upstream_timeout", usage: "how long an upstream may take to start answering before clients get 504", set: durationKey(func(c *Config) *Duration { return &c.UpstreamTimeout })},
+	{name: "upstream_timeout", usage: "how long an upstream may take to start answering before clients get 504; a blob body that sends nothing for as long is resumed", set: durationKey(func(c *Config) *Duration { return &c.UpstreamTimeout })},
 	{name: "tag_ttl", usage: "how long a tag's digest is trusted before revalidating upstream; 0 = every pull", set: durationKey(func(c *Config) *Duration { return &c.TagTTL })},
 	{name: "platform", fileKey: "platforms", usage: "platform pattern mirrored eagerly, e.g. linux/* or linux/arm64 (repeatable)", list: true,
 		set: func(c *Config, vals []string) error { c.Platforms = slices.Clone(vals); return nil }},
@@ -104,7 +104,7 @@ var keys = []key{
 		return nil
 	})},
 	{name: "header_timeout", usage: "how long a client may take to send its request headers (slow clients are cut off)", set: durationKey(func(c *Config) *Duration { return &c.HeaderTimeout })},
-	{name: "shutdown_timeout", usage: "how long in-flight requests may finish on SIGINT/SIGTERM", set: durationKey(func(c *Config) *Duration { return &c.ShutdownTimeout })},
+	{name: "shutdown_timeout", usage: "how long in-flight requests may finish on SIGINT/SIGTERM (a second signal stops at once)", set: durationKey(func(c *Config) *Duration { return &c.ShutdownTimeout })},
 	{name: "log_format", usage: "log format: text or json", set: stringKey(func(c *Config) *string { return &c.LogFormat })},
 	{name: "log_level", usage: "log level: debug, info, warn or error", set: stringKey(func(c *Config) *string { return &c.LogLevel })},
 	{name: "max_size", usage: "keep the embedded store under this size by evicting the least recently pulled images, e.g. 50GiB (0: no limit)", set: one(func(c *Config, v string) error {
