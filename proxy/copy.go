@@ -118,8 +118,8 @@ func (p *Proxy) Copy(ctx context.Context, ref string, pats []oci.Platform, onPro
 
 // noPlatformMatches refuses a copy for platforms (pats, asked for or
 // configured) of which the index body has none: it would store the index
-// alone and say done. An image, or an index of artifacts only, has no
-// platforms to refuse. (A pull's background mirror of such an index, whose
+// alone and say done. An image, an index of artifacts only, or one listing
+// an index (whose platforms it does not name), has no platforms to refuse. (A pull's background mirror of such an index, whose
 // client pulls what it likes, is no copy.)
 func noPlatformMatches(ref string, body []byte, mediaType string, pats []oci.Platform) error {
 	if !oci.IsIndex(mediaType) {
@@ -134,6 +134,11 @@ func noPlatformMatches(ref string, body []byte, mediaType string, pats []oci.Pla
 	}
 	var has, asked []string
 	for _, d := range doc.Manifests {
+		if d.Platform == nil && oci.IsIndex(d.MediaType) {
+			// An index it lists may have them: what it holds is known
+			// only once it is fetched, and the copy follows it.
+			return nil
+		}
 		if d.Platform != nil && !oci.IsAttestation(d) {
 			has = append(has, oci.PlatformString(d.Platform))
 		}

@@ -873,3 +873,27 @@ func TestMirrorCommandRefusalOnOneLine(t *testing.T) {
 	}
 	wantNoPassword(t, stdout, stderr)
 }
+
+// An index naming one platform beside an index it lists, whose platforms
+// it cannot name, is copied for a platform only the inner index has: the
+// README says a multi-arch image fails for --platform patterns it has none
+// of, and this one has it. Before, the copy looked at the outer index
+// alone and failed "has no platform matching linux/arm64/* (it has
+// linux/amd64)".
+func TestMirrorCommandPlatformInNestedIndex(t *testing.T) {
+	e := newMirrorEnv(t)
+	amd := e.hello.Platforms["linux/amd64"]
+	outer, err := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": oci.MediaTypeOCIIndex, "manifests": []any{
+		map[string]any{"mediaType": amd.MediaType, "digest": amd.Digest, "size": len(amd.Manifest), "platform": map[string]any{"os": "linux", "architecture": "amd64"}},
+		map[string]any{"mediaType": e.hello.MediaType, "digest": e.hello.Digest, "size": len(e.hello.Index)},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.up.PutManifest(t, "library/hello-world", "mixed", oci.MediaTypeOCIIndex, outer)
+	if code, stdout, stderr := e.mirror(t, "--platform", "linux/arm64", "hello-world:mixed"); code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+	wantImageAt(t, e.dest, "library/hello-world", e.hello.Platforms["linux/arm64"])
+	wantAt(t, e.dest, "library/hello-world", "mixed", outer, oci.MediaTypeOCIIndex)
+}
