@@ -3,7 +3,11 @@ package storage
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"hash/fnv"
+	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"sync"
@@ -102,39 +106,103 @@ func FreelistWritten(path string) (bool, error) {
 		return false, err
 	}
 	defer f.Close()
+	m, err := lastCommit(f, path)
+	if err != nil {
+		return false, err
+	}
+	return m.freelist != ^uint64(0), nil
+}
+
+// metaPage is what a bbolt meta page says of its commit.
+type metaPage struct {
+	pageSize, freelist, pgid, txid uint64
+	valid                          bool // bbolt's version, and its checksum matches
+}
+
+// lastCommit reads the meta page of the last commit of the bbolt file f:
+// of the two, the valid one with the higher transaction id, as bbolt's
+// open picks it (FreelistWritten's comment has the layout; the high-water
+// page id follows the freelist's, and an FNV-1a checksum of what precedes
+// it follows the transaction id).
+func lastCommit(f *os.File, path string) (metaPage, error) {
 	const (
 		header   = 16
 		metaSize = 64
 		sizeAt   = 8
 		freeAt   = 32
+		pgidAt   = 40
 		txidAt   = 48
-		noFree   = ^uint64(0)
+		sumAt    = 56
+		version  = 2
 		magic    = 0xED0CDAED
 	)
 	le := binary.LittleEndian
-	meta := func(at int64) ([]byte, error) {
+	meta := func(at int64) (metaPage, error) {
 		m := make([]byte, metaSize)
 		if _, err := f.ReadAt(m, at+header); err != nil {
-			return nil, fmt.Errorf("%s: reading a meta page: %w", path, err)
+			return metaPage{}, fmt.Errorf("%s: reading a meta page: %w", path, err)
 		}
 		if le.Uint32(m) != magic {
-			return nil, fmt.Errorf("%s: not a bbolt file", path)
+			return metaPage{}, fmt.Errorf("%s: not a bbolt file", path)
 		}
-		return m, nil
+		h := fnv.New64a()
+		h.Write(m[:sumAt])
+		return metaPage{pageSize: uint64(le.Uint32(m[sizeAt:])), freelist: le.Uint64(m[freeAt:]),
+			pgid: le.Uint64(m[pgidAt:]), txid: le.Uint64(m[txidAt:]),
+			valid: le.Uint32(m[4:]) == version && h.Sum64() == le.Uint64(m[sumAt:])}, nil
 	}
 	first, err := meta(0)
 	if err != nil {
-		return false, err
+		return metaPage{}, err
 	}
-	second, err := meta(int64(le.Uint32(first[sizeAt:])))
+	second, err := meta(int64(first.pageSize))
 	if err != nil {
-		return false, err
+		return metaPage{}, err
 	}
 	last := first
-	if le.Uint64(second[txidAt:]) > le.Uint64(first[txidAt:]) {
+	if second.valid && (!first.valid || second.txid > first.txid) {
 		last = second
 	}
-	return le.Uint64(last[freeAt:]) != noFree, nil
+	if !last.valid {
+		return metaPage{}, fmt.Errorf("%s: both meta pages are damaged", path)
+	}
+	return last, nil
+}
+
+// checkIndexFile refuses, before bbolt maps it, an index file that bbolt
+// would fail to open or would read past the end of: bbolt maps more than
+// the file holds, and a page its last commit names beyond the file's end
+// (a file cut short: a disk that filled, a copy that stopped) kills the
+// process with SIGBUS, no error returned. A missing or empty file is
+// bbolt's to create.
+func checkIndexFile(path string) error {
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("index %s: %w", path, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("index %s: %w", path, err)
+	}
+	if fi.Size() == 0 {
+		return nil
+	}
+	const remedy = "move it aside and start again: the mirror makes a new index, and fills it again as images are pulled"
+	m, err := lastCommit(f, path)
+	switch {
+	case errors.Is(err, io.EOF):
+		return fmt.Errorf("index %s is cut short (%d bytes, not even its header): %s", path, fi.Size(), remedy)
+	case err != nil:
+		return fmt.Errorf("index %s is damaged or not an index (%v): %s", path, err, remedy)
+	}
+	if need := m.pgid * m.pageSize; uint64(fi.Size()) < need {
+		return fmt.Errorf("index %s is cut short (%d bytes, its last commit needs %d: the disk filled, or a copy stopped): %s", path, fi.Size(), need, remedy)
+	}
+	return nil
 }
 
 // readAhead reads the file at path into the page cache, in its order, in

@@ -136,6 +136,9 @@ type FillRecord struct {
 // OpenIndex opens (creating if needed) the bbolt index at path. It fails
 // fast if another process holds it.
 func OpenIndex(path string) (*Index, error) {
+	if err := checkIndexFile(path); err != nil {
+		return nil, err
+	}
 	if written, err := FreelistWritten(path); err == nil && !written {
 		// A crash during a pass (BeginPass): bbolt's open reads every
 		// page to rebuild the freelist, in the tree's order, a page

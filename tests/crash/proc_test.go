@@ -103,6 +103,9 @@ var starts struct {
 	n int
 }
 
+// tryStart starts the child once; if it is not ready, the error says why
+// and p, if not nil, is the child that failed (exited, or killed at the
+// test's end).
 func tryStart(t testing.TB, bin, logDir, data, upstream string, extra []string) (*mirrorProc, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -149,9 +152,9 @@ func tryStart(t testing.TB, bin, logDir, data, upstream string, extra []string) 
 	})
 	if err := p.waitReady(30 * time.Second); err != nil {
 		if strings.Contains(p.log(), "address already in use") {
-			return nil, fmt.Errorf("%w: %v", errListen, err)
+			return p, fmt.Errorf("%w: %v", errListen, err)
 		}
-		return nil, fmt.Errorf("%v\nlog:\n%s", err, p.log())
+		return p, fmt.Errorf("%v\nlog:\n%s", err, p.log())
 	}
 	return p, nil
 }
