@@ -78,6 +78,17 @@ func claimData(cfg config.Config) (legacy bool, err error) {
 	return false, writeMarker(cfg)
 }
 
+// indexLost reports whether cfg.Data is the mirror's (its marker) but its
+// index is missing or empty (deleted, or a disk that filled as it was
+// made): the index is made at the first start, right after the marker.
+func indexLost(cfg config.Config) bool {
+	if _, err := os.Stat(MarkerPath(cfg)); err != nil {
+		return false
+	}
+	fi, err := os.Stat(IndexPath(cfg))
+	return errors.Is(err, fs.ErrNotExist) || err == nil && fi.Size() == 0
+}
+
 // readNames returns up to n names of the entries of dir.
 func readNames(dir string, n int) ([]string, error) {
 	f, err := os.Open(dir)

@@ -1,8 +1,10 @@
 package server
 
 import (
+	"bytes"
 	"errors"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -133,6 +135,41 @@ func TestNewMigratesOldLayout(t *testing.T) {
 	for _, kept := range []string{"tmp/keep.txt", "_uploads/keep.txt"} {
 		if _, err := os.Stat(filepath.Join(cfg.Data, kept)); err != nil {
 			t.Errorf("%s, not the mirror's, was removed: %v", kept, err)
+		}
+	}
+}
+
+// A data directory of the mirror's whose index.db was deleted, or left
+// empty, starts on a new index, and says so once, naming the file: what
+// the store holds is unknown to it. A new directory's first start says
+// nothing of the kind.
+func TestNewSaysTheIndexWasLost(t *testing.T) {
+	for _, lose := range []string{"deleted", "empty"} {
+		cfg := testConfig(t)
+		var logs bytes.Buffer
+		s, err := New(t.Context(), cfg, WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Close()
+		if strings.Contains(logs.String(), "index.db") {
+			t.Errorf("%s: a new directory's first start spoke of its index: %s", lose, logs.String())
+		}
+		if lose == "deleted" {
+			err = os.Remove(IndexPath(cfg))
+		} else {
+			err = os.Truncate(IndexPath(cfg), 0)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		logs.Reset()
+		if s, err = New(t.Context(), cfg, WithLogger(slog.New(slog.NewTextHandler(&logs, nil)))); err != nil {
+			t.Fatalf("%s: %v", lose, err)
+		}
+		s.Close()
+		if n := strings.Count(logs.String(), "level=WARN"); n != 1 || !strings.Contains(logs.String(), IndexPath(cfg)) {
+			t.Errorf("%s index: logged %d warnings, want one naming %s:\n%s", lose, n, IndexPath(cfg), logs.String())
 		}
 	}
 }

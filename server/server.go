@@ -152,6 +152,7 @@ func New(ctx context.Context, cfg config.Config, opts ...Option) (_ *Server, err
 			return nil, err
 		}
 	}
+	lost := indexLost(cfg) // before claimData, which marks a new directory
 	legacy, err := claimData(cfg)
 	if err != nil {
 		return nil, err
@@ -160,6 +161,10 @@ func New(ctx context.Context, cfg config.Config, opts ...Option) (_ *Server, err
 		return nil, err
 	}
 	s.Index.SetLogger(o.log)
+	if lost {
+		o.log.Warn("the data directory's index was missing or empty: started with a new, empty one; what the store holds is unknown to it and is fetched again as it is pulled (to keep it, stop the mirror and restore index.db from a backup)",
+			"index", IndexPath(cfg))
+	}
 	defer func() {
 		if err != nil {
 			s.Close()
