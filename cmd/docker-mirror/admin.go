@@ -69,8 +69,15 @@ func adminCommand(name, synopsis string, args []string, stdout, stderr io.Writer
 // judges an index against a store it does not describe.
 func openIndex(cfg config.Config, cmd string) (*storage.Index, storage.StoreIdentity, error) {
 	path := server.IndexPath(cfg)
-	if _, err := os.Stat(path); err != nil {
+	fi, err := os.Stat(path)
+	if err != nil {
 		return nil, storage.StoreIdentity{}, fmt.Errorf("%w: no index at %s: is --data the server's data directory? (%w)", errUsage, path, err)
+	}
+	if fi.Size() == 0 {
+		// Lost (a disk that filled as it was made): opened, it would be a
+		// new empty index, and gc would take every stored file for
+		// unreferenced and remove it.
+		return nil, storage.StoreIdentity{}, fmt.Errorf("%w: the index %s is empty (0 bytes): the store's content is unknown to it; restore it from a backup", errUsage, path)
 	}
 	index, err := storage.OpenIndex(path)
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"io"
+	"io/fs"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -211,6 +212,38 @@ func TestAdminLockedIndex(t *testing.T) {
 	code, _, stderr := runAdmin(t, "gc", "--data", dir)
 	if code != 1 || !strings.Contains(stderr, "locked by another process") || !strings.Contains(stderr, "stop the server") || strings.Count(stderr, "\n") != 1 {
 		t.Fatalf("gc on a locked index: exit %d, %q", code, stderr)
+	}
+}
+
+// An index left empty (a disk that filled as it was made) is refused by
+// the offline commands: opened, it would be a new empty index, and gc
+// would remove every stored file as unreferenced.
+func TestAdminEmptyIndex(t *testing.T) {
+	dir, _, _ := dataDir(t)
+	index := filepath.Join(dir, "index.db")
+	if err := os.Truncate(index, 0); err != nil {
+		t.Fatal(err)
+	}
+	stored := func() int {
+		n := 0
+		filepath.WalkDir(filepath.Join(dir, "blobs"), func(_ string, d fs.DirEntry, err error) error {
+			if err == nil && !d.IsDir() {
+				n++
+			}
+			return nil
+		})
+		return n
+	}
+	before := stored()
+	for _, args := range [][]string{{"gc", "--grace", "0s"}, {"verify", "--repair"}, {"ls"}} {
+		cmd := args[0]
+		code, out, stderr := runAdmin(t, append(args, "--data", dir)...)
+		if code != 2 || out != "" || !strings.Contains(stderr, "is empty (0 bytes)") || strings.Count(stderr, "\n") != 1 {
+			t.Errorf("%s on an empty index: exit %d, stdout %q, stderr %q", cmd, code, out, stderr)
+		}
+	}
+	if after := stored(); before == 0 || after != before {
+		t.Errorf("stored files: %d before, %d after", before, after)
 	}
 }
 
