@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -198,6 +199,60 @@ func TestRefusedCredentialsNotRetried(t *testing.T) {
 	try(3, 3)
 	if n := r.asked.Load() - tokens.Load(); n != 0 {
 		t.Fatalf("%d manifest requests went out without a token", n)
+	}
+}
+
+// TestRefusedRenewalNotRetried: once a repository's token has expired and
+// the token server refuses the credentials it is renewed with (a password
+// or access token revoked, or rotated, while the mirror runs), they are
+// not tried again for authRetryAfter, as the handshake's refusal is not:
+// every request sent them again, however many a client retried. Then they
+// are, and once the token server takes them, the repository is pulled.
+func TestRefusedRenewalNotRetried(t *testing.T) {
+	clock := newFakeClock()
+	var password, token atomic.Value // the password the token server takes; the token the registry takes
+	password.Store("pw")
+	token.Store("t1")
+	var tokens, refused atomic.Int64
+	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		if req.URL.Path == "/token" {
+			tokens.Add(1)
+			if u, pw, ok := req.BasicAuth(); !ok || u != "bot" || pw != password.Load().(string) {
+				refused.Add(1)
+				w.WriteHeader(http.StatusUnauthorized)
+				return
+			}
+			fmt.Fprintf(w, `{"token":%q}`, token.Load())
+			return
+		}
+		if req.Header.Get("Authorization") != "Bearer "+token.Load().(string) {
+			challenge(w, req, "repository:library/x:pull")
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	}, bearerPing)
+	c := r.client(t, WithClock(clock.Now), WithAuth(&authn.Basic{Username: "bot", Password: "pw"}))
+	if _, err := c.HeadManifest(t.Context(), "library/x", v1); err != nil {
+		t.Fatal(err)
+	}
+	// The password is revoked; the token expires.
+	password.Store("new")
+	token.Store("t2")
+	for i := range 3 {
+		_, err := c.HeadManifest(t.Context(), "library/x", v1)
+		if ue := asError(t, err, "ErrAuth"); ue.Status != http.StatusUnauthorized {
+			t.Fatalf("request %d: status %d, want 401: %v", i+1, ue.Status, err)
+		}
+	}
+	if n := refused.Load(); n != 1 {
+		t.Fatalf("the refused credentials were sent %d times for 3 requests within %s, want 1", n, authRetryAfter)
+	}
+	// The configuration's password is right again (a restart would take
+	// a new one; here the old one is restored).
+	password.Store("pw")
+	clock.Advance(authRetryAfter)
+	if _, err := c.HeadManifest(t.Context(), "library/x", v1); err != nil {
+		t.Fatalf("after %s: %v", authRetryAfter, err)
 	}
 }
 

@@ -256,7 +256,7 @@ func (c *Client) transport(ctx context.Context, repo string) (http.RoundTripper,
 		defer cancel()
 		t, err := c.handshake(ctx, repo)
 		if errors.Is(err, ErrAuth) {
-			c.refused.Add(repo, refusal{err: err, until: c.now().Add(authRetryAfter)})
+			c.refuse(repo, nil, err)
 		}
 		if err != nil {
 			return nil, err
@@ -268,6 +268,17 @@ func (c *Client) transport(ctx context.Context, repo string) (http.RoundTripper,
 		return nil, err
 	}
 	return v.(http.RoundTripper), nil
+}
+
+// refuse remembers that the upstream refused our credentials for repo,
+// until authRetryAfter from now, and drops repo's transport t (if not
+// nil) whose expired token they were refused for: the handshake after
+// that asks again.
+func (c *Client) refuse(repo string, t http.RoundTripper, err error) {
+	c.refused.Add(repo, refusal{err: err, until: c.now().Add(authRetryAfter)})
+	if cur, ok := c.transports.Peek(repo); ok && t != nil && cur == t {
+		c.transports.Remove(repo)
+	}
 }
 
 // pingTTL is how long the upstream's answer to a ping is reused. The
@@ -636,6 +647,13 @@ func (c *Client) doWarming(ctx context.Context, repo string, req *http.Request, 
 		}
 	}
 	if err != nil {
+		if errors.Is(err, ErrAuth) {
+			// The token server refused the credentials an expired
+			// token was to be renewed with (revoked, or rotated):
+			// sent again with every request, they could lock the
+			// account, as a handshake's refusal could.
+			c.refuse(repo, t, err)
+		}
 		if ctx.Err() == nil {
 			c.noteAnswer(nil, err)
 		}
