@@ -202,6 +202,44 @@ func TestRefusedCredentialsNotRetried(t *testing.T) {
 	}
 }
 
+// TestAnonymousRefusalSaysSo: GHCR's token server gives anyone a token of
+// a public repository and refuses one of a private repository (401)
+// without credentials. With none configured, the refusal says that the
+// upstream refused anonymous access and how to give credentials, not that
+// it refused "our credentials", which sent the operator looking for
+// credentials that were never configured. With credentials, it still
+// says they were refused.
+func TestAnonymousRefusalSaysSo(t *testing.T) {
+	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		switch {
+		case req.URL.Path == "/token" && req.URL.Query().Get("scope") == "repository:owner/public:pull":
+			fmt.Fprint(w, `{"token":"anon"}`)
+		case req.URL.Path == "/token":
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusUnauthorized)
+			fmt.Fprint(w, `{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}`)
+		case req.Header.Get("Authorization") == "Bearer anon":
+			w.WriteHeader(http.StatusOK)
+		default:
+			challenge(w, req, "repository:owner/public:pull")
+		}
+	}, bearerPing)
+	anon := r.client(t)
+	if _, err := anon.HeadManifest(t.Context(), "owner/public", v1); err != nil {
+		t.Fatalf("a public repository: %v", err)
+	}
+	_, err := anon.HeadManifest(t.Context(), "owner/private", v1)
+	ue := asError(t, err, "ErrAuth")
+	if ue.Status != http.StatusUnauthorized || !strings.Contains(ue.Reason, "anonymous") ||
+		!strings.Contains(ue.Reason, "upstreams.docker.io") || strings.Contains(ue.Reason, "our credentials") {
+		t.Errorf("anonymous: status %d, Reason %q; want 401 saying anonymous access was refused, and naming upstreams.docker.io", ue.Status, ue.Reason)
+	}
+	_, err = r.client(t, WithAuth(&authn.Basic{Username: "bot", Password: "pw"})).HeadManifest(t.Context(), "owner/private", v1)
+	if ue := asError(t, err, "ErrAuth"); !strings.Contains(ue.Reason, "refused our credentials") {
+		t.Errorf("with credentials: Reason %q; want it to say they were refused", ue.Reason)
+	}
+}
+
 // TestRefusedRenewalNotRetried: once a repository's token has expired and
 // the token server refuses the credentials it is renewed with (a password
 // or access token revoked, or rotated, while the mirror runs), they are

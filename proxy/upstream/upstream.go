@@ -585,6 +585,12 @@ func (c *Client) transportError(r call, err error) error {
 	if errors.As(err, &te) {
 		switch te.StatusCode {
 		case http.StatusUnauthorized:
+			if c.auth == authn.Anonymous {
+				// None were sent: the operator must not be sent
+				// looking for credentials never configured.
+				return c.newError(r.kind, r.what, te.StatusCode, ErrAuth, err,
+					"upstream %s refused anonymous access: a private repository needs credentials (upstreams.%s.username and a password), or it does not exist", c.host, c.host)
+			}
 			return c.newError(r.kind, r.what, te.StatusCode, ErrAuth, err, "upstream %s refused our credentials", c.host)
 		case http.StatusForbidden:
 			return c.newError(r.kind, r.what, te.StatusCode, ErrAuth, err, "upstream %s denied access", c.host)
