@@ -202,6 +202,68 @@ func TestRefusedCredentialsNotRetried(t *testing.T) {
 	}
 }
 
+// TestRefusedBasicCredentialsNotRetried: an upstream of basic auth
+// (distribution with htpasswd, Nexus, Artifactory, which can lock an
+// account after failed logins) that refuses our credentials with a 401
+// is not sent them again for authRetryAfter, as a token server that
+// refuses them is not: they went with every request, however many a
+// client retried. Then they are.
+func TestRefusedBasicCredentialsNotRetried(t *testing.T) {
+	clock := newFakeClock()
+	var sent atomic.Int64 // requests that carried credentials
+	basic := func(w http.ResponseWriter) {
+		w.Header().Set("WWW-Authenticate", `Basic realm="test"`)
+		w.WriteHeader(http.StatusUnauthorized)
+	}
+	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		if _, _, ok := req.BasicAuth(); ok {
+			sent.Add(1)
+		}
+		basic(w) // the password is wrong
+	}, func(w http.ResponseWriter, req *http.Request) { basic(w) })
+	c := r.client(t, WithClock(clock.Now), WithAuth(&authn.Basic{Username: "bot", Password: "wrong"}))
+	for i := range 3 {
+		_, err := c.HeadManifest(t.Context(), "library/x", v1)
+		if ue := asError(t, err, "ErrAuth"); ue.Status != http.StatusUnauthorized {
+			t.Fatalf("request %d: status %d, want 401: %v", i+1, ue.Status, err)
+		}
+	}
+	if n := sent.Load(); n != 1 {
+		t.Fatalf("the refused credentials were sent %d times for 3 requests within %s, want 1", n, authRetryAfter)
+	}
+	clock.Advance(authRetryAfter)
+	if _, err := c.HeadManifest(t.Context(), "library/x", v1); !errors.Is(err, ErrAuth) {
+		t.Fatalf("after %s: %v, want ErrAuth", authRetryAfter, err)
+	}
+	if n := sent.Load(); n != 2 {
+		t.Fatalf("after %s the credentials were sent %d times in all, want 2", authRetryAfter, n)
+	}
+
+	// A 401 from a host the upstream redirected to (its blob storage,
+	// which gets no credentials) is no refusal of ours.
+	storage := startRegistry(t, func(w http.ResponseWriter, req *http.Request) { w.WriteHeader(http.StatusUnauthorized) })
+	var asked atomic.Int64
+	ok := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		if u, pw, ok := req.BasicAuth(); !ok || u != "bot" || pw != "pw" {
+			basic(w)
+			return
+		}
+		asked.Add(1)
+		if strings.Contains(req.URL.Path, "/blobs/") {
+			http.Redirect(w, req, storage.srv.URL+"/blob", http.StatusTemporaryRedirect)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	}, func(w http.ResponseWriter, req *http.Request) { basic(w) })
+	c = ok.client(t, WithClock(clock.Now), WithAuth(&authn.Basic{Username: "bot", Password: "pw"}))
+	if _, _, err := c.Blob(t.Context(), "library/x", digest.FromString("x"), 0); !errors.Is(err, ErrAuth) {
+		t.Fatalf("the blob storage's 401: %v, want ErrAuth", err)
+	}
+	if _, err := c.HeadManifest(t.Context(), "library/x", v1); err != nil || asked.Load() != 2 {
+		t.Fatalf("after the blob storage's 401: %v, %d requests reached the upstream, want none refused and 2", err, asked.Load())
+	}
+}
+
 // TestAnonymousRefusalSaysSo: GHCR's token server gives anyone a token of
 // a public repository and refuses one of a private repository (401)
 // without credentials. With none configured, the refusal says that the

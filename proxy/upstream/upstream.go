@@ -412,6 +412,9 @@ func (c *Client) authorize(ctx context.Context, repo string, pa *pingAnswer) (ht
 		if cfg != nil {
 			return &keychainBasic{RoundTripper: t, cfg: *cfg}, nil
 		}
+		if auth != authn.Anonymous {
+			return basicCreds{t}, nil
+		}
 		return t, nil
 	}
 	// go-containerregistry keeps no header of a token server's answer:
@@ -459,6 +462,21 @@ func (c *Client) authorize(ctx context.Context, repo string, pa *pingAnswer) (ht
 type keychainBasic struct {
 	http.RoundTripper
 	cfg authn.AuthConfig
+}
+
+// basicCreds is the transport of a repository of an upstream that gets
+// our credentials (not the keychain's) with every request: one of basic
+// auth, or an open one (authorize).
+type basicCreds struct{ http.RoundTripper }
+
+// sendsBasic reports whether t sends our credentials with every request,
+// so that a 401 to it refuses them.
+func sendsBasic(t http.RoundTripper) bool {
+	switch t.(type) {
+	case *keychainBasic, basicCreds:
+		return true
+	}
+	return false
 }
 
 // renewed reports whether resp, sent with t, refuses credentials that the
@@ -673,6 +691,13 @@ func (c *Client) doWarming(ctx context.Context, repo string, req *http.Request, 
 	}
 	defer resp.Body.Close()
 	err = c.statusError(resp, r)
+	if resp.StatusCode == http.StatusUnauthorized && sendsBasic(t) && resp.Request.URL.Host == c.registry.RegistryStr() {
+		// Our credentials went with the request and were refused (by
+		// the upstream, not a host it redirected to, which got none):
+		// sent again with every request, they could lock the account
+		// (an Artifactory can), as a token server's could.
+		c.refuse(repo, t, err)
+	}
 	c.noteAnswer(resp, err)
 	return nil, err
 }
