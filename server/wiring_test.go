@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -154,6 +155,92 @@ func TestWiringGuardsUpstreamDials(t *testing.T) {
 			}
 		})
 	}
+}
+
+// An upstream named by its IP address whose token server is beside it, on
+// another port of the same address (a registry with docker_auth on :5001),
+// is pulled from with the token it gives, as the README says of a token
+// server on another port of the upstream's own host: go-containerregistry
+// refuses a realm on a private address other than the registry's own
+// host:port, which failed every pull, whatever the dial guard allowed.
+// A token server on another private address that allow_hosts names is
+// reached too; one it does not name is still refused.
+func TestTokenServerBesideAnUpstreamNamedByAddress(t *testing.T) {
+	var tokens, gen atomic.Int64 // the tokens given; their generation, which the registry takes
+	token := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if u, pw, ok := r.BasicAuth(); !ok || u != "bot" || pw != "s3cret" {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		tokens.Add(1)
+		fmt.Fprintf(w, `{"token":"tok%d"}`, gen.Load())
+	})
+	tokenSrv := httptest.NewServer(token)
+	t.Cleanup(tokenSrv.Close)
+	// Another token server on another address: 127.0.0.2 is the
+	// loopback too.
+	ln, err := net.Listen("tcp", "127.0.0.2:0")
+	if err != nil {
+		t.Skipf("no 127.0.0.2: %v", err)
+	}
+	otherSrv := &httptest.Server{Listener: ln, Config: &http.Server{Handler: token}}
+	otherSrv.Start()
+	t.Cleanup(otherSrv.Close)
+	var realm atomic.Value
+	realm.Store(tokenSrv.URL + "/token")
+	reg := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != fmt.Sprintf("Bearer tok%d", gen.Load()) {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="`+realm.Load().(string)+`",service="registry"`)
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		w.Header().Set("Docker-Content-Digest", "sha256:"+strings.Repeat("0", 64))
+	}))
+	t.Cleanup(reg.Close)
+	lookup := func(string) (string, bool) { return "", false }
+	client := func(t *testing.T, u config.Upstream) *upstream.Client {
+		t.Helper()
+		cfg := config.Default()
+		u.URL, u.Username, u.Password = reg.URL, "bot", "s3cret"
+		cfg.Upstreams = map[string]config.Upstream{"registry.internal:5000": u}
+		clients, err := Upstreams(cfg, metrics.New(), lookup)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range clients {
+			if c.Host() == "registry.internal:5000" {
+				return c
+			}
+		}
+		t.Fatal("no client of registry.internal:5000")
+		return nil
+	}
+	head := func(t *testing.T, c *upstream.Client) error {
+		_, err := c.HeadManifest(t.Context(), "team/app", oci.Ref{Tag: "1"})
+		return err
+	}
+	t.Run("another port of its address", func(t *testing.T) {
+		c := client(t, config.Upstream{})
+		if err := head(t, c); err != nil || tokens.Load() != 1 {
+			t.Fatalf("%v, %d tokens; want the manifest, with 1 token", err, tokens.Load())
+		}
+		gen.Add(1) // the token expires
+		if err := head(t, c); err != nil || tokens.Load() != 2 {
+			t.Fatalf("once the token expired: %v, %d tokens; want the manifest, with 2 tokens", err, tokens.Load())
+		}
+	})
+	realm.Store(otherSrv.URL + "/token")
+	t.Run("another address in allow_hosts", func(t *testing.T) {
+		if err := head(t, client(t, config.Upstream{AllowHosts: []string{otherSrv.Listener.Addr().String()}})); err != nil {
+			t.Fatalf("%v; want the manifest", err)
+		}
+	})
+	t.Run("another address not in allow_hosts", func(t *testing.T) {
+		before := tokens.Load()
+		if err := head(t, client(t, config.Upstream{})); err == nil || tokens.Load() != before {
+			t.Fatalf("%v, %d tokens given; want a token server on a private address the configuration does not name refused, and not asked", err, tokens.Load()-before)
+		}
+	})
 }
 
 // wiredProxy serves the server New builds for cfg, as serve runs it, on

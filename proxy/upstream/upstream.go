@@ -19,6 +19,7 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
@@ -420,7 +421,10 @@ func (c *Client) authorize(ctx context.Context, repo string, pa *pingAnswer) (ht
 	// go-containerregistry keeps no header of a token server's answer:
 	// its 429's Retry-After is noted on the way.
 	scope := "repository:" + repo + ":" + transport.PullScope
-	base := tokenLimits{c.base, c, scope}
+	base := tokenLimits{RoundTripper: c.base, c: c, scope: scope}
+	if realm, standIn, ok := c.standInRealm(pr.Parameters["realm"]); ok {
+		pr.Parameters["realm"], base.realm = standIn, realm
+	}
 	// The token server is the upstream's too: it has the client's timeout
 	// to answer, as the ping and every request have.
 	xctx, cancel := context.WithTimeoutCause(ctx, c.timeout, errTimeout)
@@ -438,6 +442,9 @@ func (c *Client) authorize(ctx context.Context, repo string, pa *pingAnswer) (ht
 			// a firewall may block while the upstream answered: it is the
 			// one to name.
 			if u, perr := url.Parse(ue.URL); perr == nil {
+				if base.realm != nil && u.Path == standInPath {
+					u = base.realm
+				}
 				return nil, c.newError(ping.kind, ping.what, 0, ErrUnavailable, err, "upstream %s's token server %s unreachable", c.host, u.Host)
 			}
 		}
@@ -511,13 +518,23 @@ func (c *Client) renewed(ctx context.Context, repo string, t http.RoundTripper, 
 // scope of its own, and asks for a new token with the scopes of the
 // refusal only, which a token of no scope would be refused again for
 // every request.
+//
+// A token server that go-containerregistry is given a stand-in for
+// (standInRealm) is sent the requests made to the stand-in: realm.
 type tokenLimits struct {
 	http.RoundTripper
 	c     *Client
 	scope string
+	realm *url.URL // the token server standing behind standInPath, or nil
 }
 
 func (t tokenLimits) RoundTrip(req *http.Request) (*http.Response, error) {
+	toRealm := t.realm != nil && req.URL.Host == t.c.registry.RegistryStr() && req.URL.Path == standInPath
+	if toRealm {
+		req = req.Clone(req.Context())
+		req.URL.Scheme, req.URL.Host, req.URL.Path, req.URL.RawPath = t.realm.Scheme, t.realm.Host, t.realm.Path, t.realm.RawPath
+		req.Host = ""
+	}
 	resp, err := t.RoundTripper.RoundTrip(req)
 	if err != nil {
 		return resp, err
@@ -531,7 +548,7 @@ func (t tokenLimits) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 	case http.StatusUnauthorized:
 		h := resp.Header.Get("WWW-Authenticate")
-		if pr := parseChallenge(h); req.URL.Host == t.c.registry.RegistryStr() &&
+		if pr := parseChallenge(h); !toRealm && req.URL.Host == t.c.registry.RegistryStr() &&
 			strings.EqualFold(pr.Scheme, "bearer") && pr.Parameters["scope"] == "" {
 			resp.Header.Set("WWW-Authenticate", fmt.Sprintf("%s,scope=%q", h, t.scope))
 		}
@@ -559,6 +576,35 @@ func (c *Client) trustRealm(realm string) {
 		return
 	}
 	c.guard.learn(hostPort(u))
+}
+
+// standInPath is the path, on the upstream's own host, of the stand-in
+// realm of a token server on a private address (standInRealm).
+const standInPath = "/.docker-mirror/token-realm"
+
+// standInRealm returns, for a token realm on a private address (an IP
+// literal) that the dial guard allows (a token server on another port of
+// the upstream's own address, learned from its challenge, or on an
+// allow_hosts address), the realm and a stand-in for it on the upstream's
+// own host:port, which tokenLimits sends on to it. go-containerregistry
+// refuses a realm on a private address other than the registry's own
+// host:port, which would fail every pull from such an upstream; the
+// guard, which checks every address dialled, decides instead. Any other
+// realm is left to go-containerregistry as it is.
+func (c *Client) standInRealm(realm string) (*url.URL, string, bool) {
+	if c.guard == nil {
+		return nil, "", false
+	}
+	u, err := url.Parse(realm)
+	if err != nil || u.Host == c.registry.RegistryStr() || u.User != nil ||
+		(u.Scheme != "https" && (u.Scheme != "http" || c.scheme != "http")) {
+		return nil, "", false
+	}
+	if _, err := netip.ParseAddr(u.Hostname()); err != nil || !c.guard.allows(hostPort(u)) {
+		return nil, "", false
+	}
+	standIn := url.URL{Scheme: c.scheme, Host: c.registry.RegistryStr(), Path: standInPath, RawQuery: u.RawQuery}
+	return u, standIn.String(), true
 }
 
 // parseChallenge reads a WWW-Authenticate header such as
