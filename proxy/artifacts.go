@@ -94,11 +94,9 @@ func (p *Proxy) recheckArtifacts(ctx context.Context, t target, dgst digest.Dige
 	if !p.referrersFor(t) {
 		return
 	}
-	key, now := fillKey(t, dgst), p.now()
-	if last, ok := p.artifactChecks.Get(key); ok && now.Sub(last) < ArtifactsRecheck {
+	if last, ok := p.artifactChecks.Get(fillKey(t, dgst)); ok && p.now().Sub(last) < ArtifactsRecheck {
 		return
 	}
-	p.artifactChecks.Add(key, now)
 	p.enqueueReferrersFill(ctx, t, dgst)
 }
 
@@ -120,11 +118,21 @@ func (p *Proxy) storeReferrers(ctx context.Context, t target, subjects []digest.
 	if !p.referrersFor(t) {
 		return nil
 	}
+	looked := p.now()
 	var mu sync.Mutex
 	seen := map[digest.Digest]bool{}
 	for _, s := range subjects {
 		seen[s] = true
 	}
+	defer func(subjects []digest.Digest) {
+		if ctx.Err() == nil {
+			// Looked for just now: a revalidation need not look again
+			// before ArtifactsRecheck (recheckArtifacts).
+			for _, s := range subjects {
+				p.artifactChecks.Add(fillKey(t, s), looked)
+			}
+		}
+	}(subjects)
 	claim := func(d digest.Digest) bool {
 		mu.Lock()
 		defer mu.Unlock()

@@ -155,7 +155,7 @@ func TestPerUpstreamTagTTL(t *testing.T) {
 		{Host: proxy.DefaultHost, URL: hub.URL()},
 		{Host: "ghcr.io", URL: ghcr.URL(), TagTTL: &hour},
 		{Host: "local.test", URL: local.URL(), TagTTL: &zero},
-	}, nil, proxy.WithTagTTL(time.Minute))
+	}, nil, proxy.WithTagTTL(time.Minute), proxy.WithReferrers(false)) // only the tags' HEADs counted
 	type pull struct {
 		up  *fixture.Upstream
 		url string
