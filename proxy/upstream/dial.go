@@ -130,14 +130,19 @@ func (g *Guard) check(ctx context.Context, addr string) ([]netip.Addr, error) {
 // DialContext connects to addr if the guard allows it: an allowed address
 // as it is, another at the public address its host resolved to. A
 // connection to addr opened ahead (Warm) and still open is handed out
-// first.
+// first. The connection knows whether the transport holds it idle (Warm
+// counts those).
 func (g *Guard) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
 	if network == "tcp" {
 		if c := g.warm.take(addr); c != nil {
-			return c, nil
+			return g.warm.track(addr, c), nil
 		}
 	}
-	return g.connect(ctx, network, addr)
+	c, err := g.connect(ctx, network, addr)
+	if err != nil {
+		return nil, err
+	}
+	return g.warm.track(addr, c), nil
 }
 
 // connect is DialContext without the connections opened ahead.

@@ -763,7 +763,11 @@ var (
 func (c *Client) send(ctx context.Context, t http.RoundTripper, req *http.Request, r call) (*http.Response, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	timer := time.AfterFunc(c.timeout, func() { cancel(errTimeout) })
-	resp, err := (&http.Client{Transport: t}).Do(req.WithContext(ctx))
+	rctx := ctx
+	if c.guard != nil {
+		rctx = traceIdle(ctx) // the guard's idle connections, for Warm
+	}
+	resp, err := (&http.Client{Transport: t}).Do(req.WithContext(rctx))
 	timer.Stop()
 	if err != nil {
 		cause := context.Cause(ctx)

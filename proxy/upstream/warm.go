@@ -3,7 +3,9 @@ package upstream
 import (
 	"context"
 	"net"
+	"net/http/httptrace"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -22,11 +24,15 @@ import (
 const parkFor = 10 * time.Second
 
 // warmConns holds, per address, the connections opened ahead and not yet
-// taken, and how many are being opened.
+// taken, how many are being opened, and how many the transport holds idle.
 type warmConns struct {
 	mu      sync.Mutex
 	parked  map[string][]*parkedConn
 	opening map[string]int
+	// idle counts the connections the guard dialed that the transport
+	// keeps idle for the next request (trackedConn): those serve the
+	// requests that follow, and need nothing opened ahead.
+	idle map[string]int
 	// opened, if set (tests), is called once each connection Warm
 	// opens is parked or has failed to open.
 	opened func()
@@ -38,7 +44,7 @@ type parkedConn struct {
 }
 
 // Warm opens, in the background and through the guard, connections to addr
-// (host:port) until n are open or being opened and not taken; DialContext
+// (host:port) until n are idle, open or being opened and not taken; DialContext
 // hands them out before it dials. One not taken within parkFor is closed.
 // Nothing is opened where a connection cannot be checked to be still open
 // before it is handed out (canPeek), nor for a transport that may reach
@@ -49,7 +55,7 @@ func (g *Guard) Warm(addr string, n int) {
 	}
 	w := &g.warm
 	w.mu.Lock()
-	more := n - len(w.parked[addr]) - w.opening[addr]
+	more := n - len(w.parked[addr]) - w.opening[addr] - w.idle[addr]
 	if more > 0 {
 		if w.opening == nil {
 			w.opening = map[string]int{}
@@ -122,4 +128,71 @@ func (w *warmConns) take(addr string) net.Conn {
 		}
 		pc.Close()
 	}
+}
+
+// trackedConn is a connection the guard dialed (or handed out from those
+// opened ahead), which knows whether the transport holds it idle: the
+// client's requests say so (traceIdle).
+type trackedConn struct {
+	net.Conn
+	w    *warmConns
+	addr string
+	// idle and closed are guarded by w.mu.
+	idle, closed bool
+}
+
+func (w *warmConns) track(addr string, c net.Conn) net.Conn {
+	return &trackedConn{Conn: c, w: w, addr: addr}
+}
+
+// setIdle notes that the transport has put c in its idle pool (or taken
+// it out).
+func (c *trackedConn) setIdle(idle bool) {
+	w := c.w
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if c.closed || c.idle == idle {
+		return
+	}
+	c.idle = idle
+	if w.idle == nil {
+		w.idle = map[string]int{}
+	}
+	if idle {
+		w.idle[c.addr]++
+	} else {
+		w.idle[c.addr]--
+	}
+}
+
+func (c *trackedConn) Close() error {
+	c.setIdle(false)
+	c.w.mu.Lock()
+	c.closed = true
+	c.w.mu.Unlock()
+	return c.Conn.Close()
+}
+
+// traceIdle returns ctx with an HTTP client trace that tells the
+// connection a request is sent on (if the guard dialed it) when the
+// transport takes it and when it puts it back idle, for Warm's count.
+func traceIdle(ctx context.Context) context.Context {
+	var conn atomic.Pointer[trackedConn]
+	return httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		GotConn: func(info httptrace.GotConnInfo) {
+			c := info.Conn
+			if tc, ok := c.(interface{ NetConn() net.Conn }); ok {
+				c = tc.NetConn() // TLS
+			}
+			if tc, ok := c.(*trackedConn); ok {
+				tc.setIdle(false)
+				conn.Store(tc)
+			}
+		},
+		PutIdleConn: func(err error) {
+			if tc := conn.Load(); tc != nil && err == nil {
+				tc.setIdle(true)
+			}
+		},
+	})
 }

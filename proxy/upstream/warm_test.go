@@ -8,9 +8,13 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
+
+	"github.com/opencontainers/go-digest"
 
 	"github.com/docker-mirror/docker-mirror/oci"
 )
@@ -229,8 +233,9 @@ func waitReadable(t *testing.T, c net.Conn) {
 	}
 }
 
-// A manifest GET with BlobsFollow(n) opens n connections for the blobs,
-// after the handshake (the ping saw one connection: its own), and the
+// A manifest GET with BlobsFollow(n) has n connections ready for the
+// blobs: the handshake's, idle again once the manifest is in, and n-1
+// opened after the handshake (the ping saw one connection: its own); the
 // manifest's answer is not held up for them.
 func TestManifestBlobsFollowWarmsAfterTheHandshake(t *testing.T) {
 	var atPing atomic.Int32
@@ -248,13 +253,81 @@ func TestManifestBlobsFollowWarmsAfterTheHandshake(t *testing.T) {
 	if _, err := c.Manifest(context.Background(), "library/app", oci.Ref{Tag: "v1"}, BlobsFollow(3)); err != nil {
 		t.Fatal(err)
 	}
-	for range 3 {
+	for range 2 {
 		<-opened
 	}
 	if got := atPing.Load(); got != 1 {
 		t.Errorf("the ping arrived with %d connections open, want 1: warmed before the handshake", got)
 	}
-	if got := parkedTo(g, addr); got != 3 {
-		t.Errorf("%d connections parked after a manifest with BlobsFollow(3), want 3", got)
+	if got := parkedTo(g, addr); got != 2 {
+		t.Errorf("%d connections parked after a manifest with BlobsFollow(3), want 2 (and the handshake's, idle)", got)
+	}
+}
+
+// A cold pull's manifest warms connections for its blobs only where the
+// transport has none idle: once a pull has left n connections idle, the
+// next one's BlobsFollow(n) opens none (the blobs' requests take the
+// idle ones, and connections opened ahead would be closed unused,
+// pull after pull).
+func TestWarmCountsIdleConnections(t *testing.T) {
+	const n = 3
+	arrived, release := make(chan struct{}, n), make(chan struct{}, n)
+	srv, conns := countingServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.URL.Path == "/v2/":
+		case strings.Contains(r.URL.Path, "/manifests/"):
+			writeManifest(w)
+		default:
+			arrived <- struct{}{}
+			<-release // every blob request holds its connection until all are in
+			io.WriteString(w, "ok")
+		}
+	}), nil)
+	addr := srv.Listener.Addr().String()
+	c, g, opened := warmClient(t, srv)
+	ctx := context.Background()
+	blobs := func() {
+		done := make(chan error, n)
+		for i := range n {
+			go func() {
+				body, _, err := c.Blob(ctx, "library/app", digest.FromString(strconv.Itoa(i)), 0)
+				if err == nil {
+					_, err = io.ReadAll(body)
+					body.Close()
+				}
+				done <- err
+			}()
+		}
+		for range n {
+			<-arrived // n requests at once, on n connections
+		}
+		for range n {
+			release <- struct{}{}
+		}
+		for range n {
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if _, err := c.Manifest(ctx, "library/app", oci.Ref{Tag: "v1"}, BlobsFollow(n)); err != nil {
+		t.Fatal(err)
+	}
+	g.warm.mu.Lock()
+	opening := g.warm.opening[addr]
+	g.warm.mu.Unlock()
+	for range opening {
+		<-opened
+	}
+	blobs()
+	before := conns.Load()
+	if _, err := c.Manifest(ctx, "library/app", oci.Ref{Tag: "v1"}, BlobsFollow(n)); err != nil {
+		t.Fatal(err)
+	}
+	g.warm.mu.Lock()
+	opening = g.warm.opening[addr]
+	g.warm.mu.Unlock()
+	if warmed := opening + parkedTo(g, addr); warmed+int(before) > n+1 {
+		t.Errorf("the second pull's manifest, with %d connections open, warmed %d more for its %d blobs", before, warmed, n)
 	}
 }
