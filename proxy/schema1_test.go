@@ -6,51 +6,25 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
 
 	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/storage"
+	"github.com/docker-mirror/docker-mirror/tests/fixture"
 )
 
-// schema1Upstream serves an unsigned Docker schema 1 image,
-// library/old:v1 (its manifest by tag and digest, and its two layers), on
-// 127.0.0.1 until the test ends, or 503 to everything while down is set.
-func schema1Upstream(t *testing.T) (url string, manifest []byte, layers [][]byte, down *atomic.Bool) {
+// wantLayersServed checks that p serves each of up's layers, whole.
+func wantLayersServed(t *testing.T, p *Proxy, up *fixture.Schema1Upstream) {
 	t.Helper()
-	layers = [][]byte{[]byte("schema 1 layer one"), []byte("schema 1 layer two")}
-	var sums []string
-	for _, l := range layers {
-		sums = append(sums, `{"blobSum":"`+digest.FromBytes(l).String()+`"}`)
+	for _, l := range up.Layers {
+		rec := httptest.NewRecorder()
+		p.Handler().ServeHTTP(rec, httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/v2/library/old/blobs/"+digest.FromBytes(l).String(), nil))
+		if rec.Code != http.StatusOK || rec.Body.String() != string(l) {
+			t.Errorf("GET layer %s with the upstream down: %d %.200s; want 200 and its bytes", digest.FromBytes(l), rec.Code, rec.Body)
+		}
 	}
-	manifest = []byte(`{"schemaVersion":1,"name":"library/old","tag":"v1","architecture":"amd64","fsLayers":[` + strings.Join(sums, ",") +
-		`],"history":[{"v1Compatibility":"{}"},{"v1Compatibility":"{}"}]}`)
-	down = &atomic.Bool{}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if down.Load() {
-			http.Error(w, "down", http.StatusServiceUnavailable)
-			return
-		}
-		switch r.URL.Path {
-		case "/v2/":
-			return
-		case "/v2/library/old/manifests/v1", "/v2/library/old/manifests/" + digest.FromBytes(manifest).String():
-			w.Header().Set("Content-Type", oci.MediaTypeDockerSchema1)
-			_, _ = w.Write(manifest)
-			return
-		}
-		for _, l := range layers {
-			if r.URL.Path == "/v2/library/old/blobs/"+digest.FromBytes(l).String() {
-				_, _ = w.Write(l)
-				return
-			}
-		}
-		http.NotFound(w, r)
-	}))
-	t.Cleanup(srv.Close)
-	return srv.URL, manifest, layers, down
 }
 
 // Mirroring a Docker schema 1 image (an old registry's, served as
@@ -58,25 +32,19 @@ func schema1Upstream(t *testing.T) (url string, manifest []byte, layers [][]byte
 // them: before, the copy stored the manifest alone and recorded the image
 // complete, and with the upstream down its layers could not be pulled.
 func TestCopySchema1StoresItsLayers(t *testing.T) {
-	url, manifest, layers, down := schema1Upstream(t)
-	p, _, ix := testMirror(t, nil, url)
-	if plan, err := p.Plan(t.Context(), "old:v1", nil); err != nil || len(plan.Blobs) != len(layers) {
-		t.Errorf("plan of old:v1: %+v %v; want its %d layers", plan, err, len(layers))
+	up := fixture.StartSchema1Upstream(t)
+	p, _, ix := testMirror(t, nil, up.URL)
+	if plan, err := p.Plan(t.Context(), "old:v1", nil); err != nil || len(plan.Blobs) != len(up.Layers) {
+		t.Errorf("plan of old:v1: %+v %v; want its %d layers", plan, err, len(up.Layers))
 	}
 	if _, err := p.Copy(t.Context(), "old:v1", nil, nil); err != nil {
 		t.Fatalf("mirror old:v1: %v", err)
 	}
-	if f, ok, err := ix.Fill(DefaultHost, "library/old", digest.FromBytes(manifest)); err != nil || !ok || f.State != storage.FillComplete {
+	if f, ok, err := ix.Fill(DefaultHost, "library/old", digest.FromBytes(up.Manifest)); err != nil || !ok || f.State != storage.FillComplete {
 		t.Errorf("fill record: %+v %v %v; want complete", f, ok, err)
 	}
-	down.Store(true)
-	for _, l := range layers {
-		rec := httptest.NewRecorder()
-		p.Handler().ServeHTTP(rec, httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/v2/library/old/blobs/"+digest.FromBytes(l).String(), nil))
-		if rec.Code != http.StatusOK || rec.Body.String() != string(l) {
-			t.Errorf("GET layer %s with the upstream down: %d %.200s; want 200 and its bytes", digest.FromBytes(l), rec.Code, rec.Body)
-		}
-	}
+	up.Down.Store(true)
+	wantLayersServed(t, p, up)
 }
 
 // A client's pull of a Docker schema 1 image by tag mirrors it whole in
@@ -87,29 +55,23 @@ func TestCopySchema1StoresItsLayers(t *testing.T) {
 // and with the upstream down each layer the client had not pulled
 // failed 502.
 func TestPullOfSchema1MirrorsItsLayers(t *testing.T) {
-	url, manifest, layers, down := schema1Upstream(t)
-	p, _, ix := testMirror(t, nil, url)
+	up := fixture.StartSchema1Upstream(t)
+	p, _, ix := testMirror(t, nil, up.URL)
 	rec := httptest.NewRecorder()
 	req := httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/v2/library/old/manifests/v1", nil)
 	req.Header.Set("Accept", oci.MediaTypeDockerSchema1)
 	p.Handler().ServeHTTP(rec, req)
-	if rec.Code != http.StatusOK || rec.Body.String() != string(manifest) {
+	if rec.Code != http.StatusOK || rec.Body.String() != string(up.Manifest) {
 		t.Fatalf("GET old:v1: %d %.200s", rec.Code, rec.Body)
 	}
 	if err := p.WaitIdle(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	if f, ok, err := ix.Fill(DefaultHost, "library/old", digest.FromBytes(manifest)); err != nil || !ok || f.State != storage.FillComplete {
+	if f, ok, err := ix.Fill(DefaultHost, "library/old", digest.FromBytes(up.Manifest)); err != nil || !ok || f.State != storage.FillComplete {
 		t.Errorf("fill record: %+v %v %v; want complete", f, ok, err)
 	}
-	down.Store(true)
-	for _, l := range layers {
-		rec := httptest.NewRecorder()
-		p.Handler().ServeHTTP(rec, httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/v2/library/old/blobs/"+digest.FromBytes(l).String(), nil))
-		if rec.Code != http.StatusOK || rec.Body.String() != string(l) {
-			t.Errorf("GET layer %s with the upstream down: %d %.200s; want 200 and its bytes", digest.FromBytes(l), rec.Code, rec.Body)
-		}
-	}
+	up.Down.Store(true)
+	wantLayersServed(t, p, up)
 }
 
 // A signed Docker schema 1 manifest, as a registry of the distribution

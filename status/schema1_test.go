@@ -2,14 +2,13 @@ package status_test
 
 import (
 	"net/http"
-	"net/http/httptest"
-	"strings"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
 
 	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/status"
+	"github.com/docker-mirror/docker-mirror/tests/fixture"
 	"github.com/docker-mirror/docker-mirror/tests/servertest"
 )
 
@@ -17,31 +16,8 @@ import (
 // stored layers' sizes: its manifest declares none (fsLayers name a
 // blobSum only), and the page showed "0 B" for every layer.
 func TestImageDetailSchema1LayerSizes(t *testing.T) {
-	layers := [][]byte{[]byte("schema 1 layer one, the longer"), []byte("schema 1 layer two")}
-	var sums []string
-	for _, l := range layers {
-		sums = append(sums, `{"blobSum":"`+digest.FromBytes(l).String()+`"}`)
-	}
-	manifest := []byte(`{"schemaVersion":1,"name":"library/old","tag":"v1","architecture":"amd64","fsLayers":[` + strings.Join(sums, ",") +
-		`],"history":[{"v1Compatibility":"{}"},{"v1Compatibility":"{}"}]}`)
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch r.URL.Path {
-		case "/v2/":
-			return
-		case "/v2/library/old/manifests/v1", "/v2/library/old/manifests/" + digest.FromBytes(manifest).String():
-			w.Header().Set("Content-Type", oci.MediaTypeDockerSchema1)
-			_, _ = w.Write(manifest)
-			return
-		}
-		for _, l := range layers {
-			if r.URL.Path == "/v2/library/old/blobs/"+digest.FromBytes(l).String() {
-				_, _ = w.Write(l)
-				return
-			}
-		}
-		http.NotFound(w, r)
-	}))
-	defer up.Close()
+	up := fixture.StartSchema1Upstream(t)
+	layers := up.Layers
 	m := servertest.Start(t, up.URL)
 	pull := func(path string) {
 		t.Helper()
