@@ -219,12 +219,21 @@ type farHost struct {
 	conns atomic.Int64
 }
 
-func startFarHost(t *testing.T) *farHost {
+func startFarHost(t *testing.T) *farHost { return startFarHostOn(t, "127.0.0.1") }
+
+// startFarHostOn starts a farHost listening on ip.
+func startFarHostOn(t *testing.T, ip string) *farHost {
 	t.Helper()
 	f := &farHost{}
 	f.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "the mirror must not reach this host", http.StatusTeapot)
 	}))
+	l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+	if err != nil {
+		t.Fatalf("listen on %s: %v", ip, err)
+	}
+	f.srv.Listener.Close()
+	f.srv.Listener = l
 	f.srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
 		if s == http.StateNew {
 			f.conns.Add(1)
@@ -317,11 +326,18 @@ func TestUnconfiguredHostsAreNeverReached(t *testing.T) {
 
 	// A token realm on another host: the upstream's challenge names it, or
 	// its token endpoint redirects there. Credentials are configured, so
-	// following would hand them over. (go-containerregistry itself refuses
-	// a realm on a private IP literal; a name that resolves to one, such
-	// as localhost, is left to the mirror's dial guard.)
+	// following would hand them over. (A realm on another port of the
+	// upstream's own address is its token server beside it, which it
+	// reaches: the address here is another one, 127.0.0.2. A name that
+	// resolves to a private address, such as localhost, is the dial
+	// guard's to refuse.)
+	other := startFarHostOn(t, "127.0.0.2")
 	creds := authn.FromConfig(authn.AuthConfig{Username: "puller", Password: "realm-secret"})
-	for via, realm := range map[string]string{"127.0.0.1": far.srv.URL + "/token", "localhost": "http://localhost:" + far.port() + "/token"} {
+	for via, f := range map[string]struct {
+		far   *farHost
+		realm string
+	}{"127.0.0.2": {other, other.srv.URL + "/token"}, "localhost": {far, "http://localhost:" + far.port() + "/token"}} {
+		far, realm := f.far, f.realm
 		t.Run("realm on "+via, func(t *testing.T) {
 			up := fixture.StartUpstream(t)
 			up.SeedImage(t, "library/app", "v1", 1, 4<<10)
