@@ -1,6 +1,7 @@
 package lifecycle_test
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"strings"
@@ -191,4 +192,48 @@ func TestCollectSweepsOneBatchAtATime(t *testing.T) {
 	for _, d := range junk {
 		e.wantStored(t, false, d.String())
 	}
+}
+
+// acquireAtClaim is a Guard over an InUse that, at the sweep's first claim
+// of target, has the proxy acquire target first: a pull that starts using
+// content after the collection marked it unreferenced.
+type acquireAtClaim struct {
+	u       *lifecycle.InUse
+	target  digest.Digest
+	once    sync.Once
+	release func()
+}
+
+func (g *acquireAtClaim) Claim(d digest.Digest) (func(), bool) {
+	if d == g.target {
+		g.once.Do(func() {
+			var err error
+			if g.release, err = g.u.Acquire(context.Background(), d); err != nil {
+				panic(err)
+			}
+		})
+	}
+	return g.u.Claim(d)
+}
+
+// Content a pull starts using between the marking and the sweep is not
+// removed: the sweep claims each digest, and skips those in use.
+func TestCollectSparesContentAcquiredAfterMarking(t *testing.T) {
+	e := newEnv(t)
+	seedThree(t, e)
+	junk := storeJunkBefore(t, e, "sha256:f", 2)
+	guard := &acquireAtClaim{u: lifecycle.NewInUse(), target: junk[0]}
+	r, err := e.collector(lifecycle.Options{Guard: guard}).Collect(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if guard.release == nil {
+		t.Fatal("the sweep never claimed the junk in use")
+	}
+	guard.release()
+	if r.BlobsRemoved != 1 {
+		t.Errorf("Collect = %+v, want only the junk not in use removed", r)
+	}
+	e.wantStored(t, true, junk[0].String())
+	e.wantStored(t, false, junk[1].String())
 }
