@@ -133,7 +133,7 @@ var keys = []key{
 	{name: "evict_after", usage: "evict images not pulled for this long, e.g. 720h (0: never)", set: durationKey(func(c *Config) *Duration { return &c.EvictAfter })},
 	{name: "readyz_fail_when_full", usage: "make /readyz fail while the store is full (by default the mirror stays ready and serves what it holds)", boolean: true,
 		set: boolKey(func(c *Config) *bool { return &c.ReadyzFailWhenFull })},
-	{name: "tls_cert", usage: "TLS certificate file (PEM) to serve HTTPS; SIGHUP reloads it", set: stringKey(func(c *Config) *string { return &c.TLSCert })},
+	{name: "tls_cert", usage: "TLS certificate file (PEM) to serve HTTPS; reloaded when it or the key changes, and on SIGHUP", set: stringKey(func(c *Config) *string { return &c.TLSCert })},
 	{name: "tls_key", usage: "TLS private key file (PEM)", set: stringKey(func(c *Config) *string { return &c.TLSKey })},
 	{name: "destination", usage: "registry URL and prefix to mirror into and serve from, e.g. https://nexus.example.com/mirror or nexus.example.com/mirror (http:// = plain HTTP, as is a loopback host without a scheme; default: the embedded store)",
 		set: stringKey(func(c *Config) *string { return &c.Destination.URL })},

@@ -142,7 +142,7 @@ func New(ctx context.Context, cfg config.Config, opts ...Option) (_ *Server, err
 	}
 	s := &Server{cfg: cfg, opts: o, scanned: make(chan struct{})}
 	if cfg.TLSCert != "" {
-		if s.certs, err = newCertReloader(cfg.TLSCert, cfg.TLSKey); err != nil {
+		if s.certs, err = newCertReloader(cfg.TLSCert, cfg.TLSKey, o.log); err != nil {
 			return nil, err
 		}
 	}

@@ -6,27 +6,83 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"slices"
 	"sync"
 )
 
-// certReloader serves a certificate it can reload from its files, so a
-// renewed certificate takes effect on SIGHUP without a restart.
+// certReloader serves a certificate it reloads from its files when they
+// change (checked at each TLS handshake: cert-manager and certbot renew
+// the files in place, and nothing sends a container a SIGHUP), and on
+// SIGHUP, without a restart.
 type certReloader struct {
 	certFile, keyFile string
+	log               *slog.Logger
 	mu                sync.RWMutex
 	cert              *tls.Certificate
+
+	// checkMu serialises reloads; seen is the files as last loaded or
+	// tried (nil: missing), so that a change is acted on, and a pair
+	// that fails to load is reported, once.
+	checkMu sync.Mutex
+	seen    [2]os.FileInfo
 }
 
-func newCertReloader(certFile, keyFile string) (*certReloader, error) {
-	c := &certReloader{certFile: certFile, keyFile: keyFile}
+func newCertReloader(certFile, keyFile string, log *slog.Logger) (*certReloader, error) {
+	c := &certReloader{certFile: certFile, keyFile: keyFile, log: log}
 	return c, c.reload()
 }
 
-// reload reads the files again; on error the current certificate stays.
-// Errors name the key and the file at fault.
+// reload reads the files again (on SIGHUP); on error the current
+// certificate stays. Errors name the key and the file at fault.
 func (c *certReloader) reload() error {
+	c.checkMu.Lock()
+	defer c.checkMu.Unlock()
+	// Stat before reading: a change made while reading is seen again by
+	// the next handshake.
+	c.seen = c.stat()
+	return c.load()
+}
+
+// reloadIfChanged reloads the files if either changed (its size,
+// modification time or identity: a Kubernetes secret's files are swapped
+// by a symlink) since they were last loaded or tried. A pair that fails
+// to load (caught half-written: a new certificate beside the old key) is
+// logged once and the current certificate stays, until the files change
+// again.
+func (c *certReloader) reloadIfChanged() {
+	files := c.stat()
+	c.checkMu.Lock()
+	defer c.checkMu.Unlock()
+	if sameFile(c.seen[0], files[0]) && sameFile(c.seen[1], files[1]) {
+		return
+	}
+	c.seen = files
+	if err := c.load(); err != nil {
+		c.log.Error("reloading the changed TLS certificate; keeping the current one", "error", err)
+		return
+	}
+	c.log.Info("reloaded the changed TLS certificate", "cert", c.certFile)
+}
+
+func (c *certReloader) stat() [2]os.FileInfo {
+	cert, _ := os.Stat(c.certFile)
+	key, _ := os.Stat(c.keyFile)
+	return [2]os.FileInfo{cert, key}
+}
+
+// sameFile reports whether two looks at a file saw the same version of
+// it (both nil: missing both times).
+func sameFile(a, b os.FileInfo) bool {
+	if a == nil || b == nil {
+		return a == nil && b == nil
+	}
+	return os.SameFile(a, b) && a.Size() == b.Size() && a.ModTime().Equal(b.ModTime())
+}
+
+// load reads the files into the certificate served; c.checkMu is held.
+func (c *certReloader) load() error {
 	certPEM, err := os.ReadFile(c.certFile)
 	if err != nil {
 		return fmt.Errorf("tls_cert: %w", err)
@@ -45,7 +101,9 @@ func (c *certReloader) reload() error {
 	return nil
 }
 
+// getCertificate returns the certificate of the files as they are now.
 func (c *certReloader) getCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	c.reloadIfChanged()
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	return c.cert, nil

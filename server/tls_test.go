@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"log/slog"
 	"math/big"
 	"net"
 	"net/http"
@@ -49,6 +50,19 @@ func writeCert(t *testing.T, certFile, keyFile, cn string) *x509.CertPool {
 	return pool
 }
 
+// servedName connects to addr over HTTPS (a new connection, a new
+// handshake), trusting pool, and returns the common name of the
+// certificate served.
+func servedName(addr string, pool *x509.CertPool) (string, error) {
+	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, DisableKeepAlives: true}}
+	resp, err := c.Get("https://" + addr + "/v2/")
+	if err != nil {
+		return "", err
+	}
+	resp.Body.Close()
+	return resp.TLS.PeerCertificates[0].Subject.CommonName, nil
+}
+
 // serve answers HTTPS with --tls-cert/--tls-key, and SIGHUP makes it pick
 // up a renewed certificate.
 func TestServeTLSAndReload(t *testing.T) {
@@ -65,16 +79,7 @@ func TestServeTLSAndReload(t *testing.T) {
 		}
 	}()
 
-	peer := func(pool *x509.CertPool) (string, error) {
-		c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, DisableKeepAlives: true}}
-		resp, err := c.Get("https://" + addr + "/v2/")
-		if err != nil {
-			return "", err
-		}
-		resp.Body.Close()
-		return resp.TLS.PeerCertificates[0].Subject.CommonName, nil
-	}
-	if cn, err := peer(pool); err != nil || cn != "first" {
+	if cn, err := servedName(addr, pool); err != nil || cn != "first" {
 		t.Fatalf("HTTPS: %q, %v", cn, err)
 	}
 	pool2 := writeCert(t, certFile, keyFile, "second")
@@ -82,7 +87,7 @@ func TestServeTLSAndReload(t *testing.T) {
 	// second, it has finished reloading for the first.
 	hup <- syscall.SIGHUP
 	hup <- syscall.SIGHUP
-	if cn, err := peer(pool2); err != nil || cn != "second" {
+	if cn, err := servedName(addr, pool2); err != nil || cn != "second" {
 		t.Fatalf("after SIGHUP: %q, %v; want the renewed certificate", cn, err)
 	}
 }
@@ -91,7 +96,7 @@ func TestCertReloaderKeepsCertOnBadFiles(t *testing.T) {
 	dir := t.TempDir()
 	certFile, keyFile := filepath.Join(dir, "c.pem"), filepath.Join(dir, "k.pem")
 	writeCert(t, certFile, keyFile, "ok")
-	r, err := newCertReloader(certFile, keyFile)
+	r, err := newCertReloader(certFile, keyFile, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +108,7 @@ func TestCertReloaderKeepsCertOnBadFiles(t *testing.T) {
 	if leaf, _ := x509.ParseCertificate(c.Certificate[0]); leaf.Subject.CommonName != "ok" {
 		t.Fatal("the good certificate was dropped")
 	}
-	if _, err := newCertReloader(filepath.Join(dir, "none"), keyFile); err == nil {
+	if _, err := newCertReloader(filepath.Join(dir, "none"), keyFile, slog.New(slog.DiscardHandler)); err == nil {
 		t.Fatal("a missing certificate was accepted")
 	}
 }
@@ -152,11 +157,11 @@ func TestPeerTLSTrustsOnlyTheReplicasCertificate(t *testing.T) {
 	otherCert, otherKey := filepath.Join(dir, "other-cert.pem"), filepath.Join(dir, "other-key.pem")
 	writeCert(t, certFile, keyFile, "mirror")
 	writeCert(t, otherCert, otherKey, "mirror")
-	own, err := newCertReloader(certFile, keyFile)
+	own, err := newCertReloader(certFile, keyFile, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
-	other, err := newCertReloader(otherCert, otherKey)
+	other, err := newCertReloader(otherCert, otherKey, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,5 +177,49 @@ func TestPeerTLSTrustsOnlyTheReplicasCertificate(t *testing.T) {
 	}
 	if err := own.verifyPeer(tls.ConnectionState{}); err == nil {
 		t.Error("a peer without a certificate was trusted")
+	}
+}
+
+// TestRenewedCertificateServedWithoutSignal: a certificate renewed on disk
+// (cert-manager writing a Kubernetes secret's new files, certbot's deploy
+// of a renewal) is served from the next handshake on, with no SIGHUP,
+// which nothing sends in a container; a pair caught half-written (the
+// certificate new, the key still the old one's) keeps the current one
+// until the key follows.
+func TestRenewedCertificateServedWithoutSignal(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	pool := writeCert(t, certFile, keyFile, "first")
+	cfg := testConfig(t)
+	cfg.TLSCert, cfg.TLSKey = certFile, keyFile
+	addr, _ := startServe(t, cfg, nil)
+	if cn, err := servedName(addr, pool); err != nil || cn != "first" {
+		t.Fatalf("HTTPS: %q, %v", cn, err)
+	}
+
+	// Half-written: the new certificate beside the old key.
+	next := t.TempDir()
+	nextCert, nextKey := filepath.Join(next, "cert.pem"), filepath.Join(next, "key.pem")
+	pool2 := writeCert(t, nextCert, nextKey, "second")
+	copyFile(t, nextCert, certFile)
+	if cn, err := servedName(addr, pool); err != nil || cn != "first" {
+		t.Fatalf("with the key not yet renewed: %q, %v; want the current certificate kept", cn, err)
+	}
+	copyFile(t, nextKey, keyFile)
+	if cn, err := servedName(addr, pool2); err != nil || cn != "second" {
+		t.Fatalf("after the renewal on disk: %q, %v; want the renewed certificate, without a SIGHUP", cn, err)
+	}
+}
+
+// copyFile writes the content of from over to, as a renewal rewrites a
+// file in place.
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(to, b, 0o600); err != nil {
+		t.Fatal(err)
 	}
 }
