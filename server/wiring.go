@@ -171,6 +171,10 @@ func Upstreams(cfg config.Config, m *metrics.Metrics, lookup func(string) (strin
 		switch {
 		case u.DockerConfig:
 			opts = append(opts, upstream.WithKeychain(authn.DefaultKeychain))
+		case u.PasswordFile != "":
+			// Read as a keychain is, when credentials are needed: a
+			// password rotated in the file is the one sent next.
+			opts = append(opts, upstream.WithKeychain(passwordFile{host: host, u: u}))
 		case u.Username != "":
 			password, err := u.ResolvePassword(host, lookup)
 			if err != nil {
@@ -271,4 +275,23 @@ func newStatus(s *Server) *statuspage.Handler {
 		}
 	}
 	return statuspage.New(d)
+}
+
+// passwordFile is the keychain of an upstream whose password is in its
+// password_file: the file is read at each token request (and, for a
+// registry of basic auth, when the upstream refuses the password read
+// before), so that a password rotated in the file (a Kubernetes secret
+// updated in its volume) is used without a restart.
+type passwordFile struct {
+	host string
+	u    config.Upstream
+}
+
+// Resolve returns the username and the password in the file now.
+func (p passwordFile) Resolve(authn.Resource) (authn.Authenticator, error) {
+	password, err := p.u.ResolvePassword(p.host, nil)
+	if err != nil {
+		return nil, err
+	}
+	return authn.FromConfig(authn.AuthConfig{Username: p.u.Username, Password: password}), nil
 }

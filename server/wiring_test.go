@@ -311,3 +311,44 @@ func writePEM(t *testing.T, cert *x509.Certificate) string {
 	}
 	return file
 }
+
+// TestPasswordFileRotated: a password rotated in upstreams.HOST.password_file
+// (a Kubernetes secret updated in its volume, as the upstream's token is
+// rotated) is the one sent from the next token request on: read only at
+// start, the old one was sent with every renewal once the upstream stopped
+// taking it, and every pull was refused until a restart.
+func TestPasswordFileRotated(t *testing.T) {
+	up := fixture.StartTokenAuthUpstream(t, map[string]string{"bot": "old"})
+	img := up.SeedImage(t, "library/private", "1", 1, 1<<10)
+	passwordFile := filepath.Join(t.TempDir(), "password")
+	if err := os.WriteFile(passwordFile, []byte("old\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := config.Default()
+	cfg.Upstream = up.URL()
+	cfg.Upstreams = map[string]config.Upstream{"docker.io": {URL: up.URL(), Username: "bot", PasswordFile: passwordFile}}
+	clients, err := Upstreams(cfg, metrics.New(), func(string) (string, bool) { return "", false })
+	if err != nil {
+		t.Fatal(err)
+	}
+	pull := func() error {
+		m, err := clients[0].Manifest(t.Context(), "library/private", oci.Ref{Tag: "1"})
+		if err == nil && m.Digest.String() != img.Digest {
+			return fmt.Errorf("digest %s, want %s", m.Digest, img.Digest)
+		}
+		return err
+	}
+	if err := pull(); err != nil {
+		t.Fatalf("with the first password: %v", err)
+	}
+	// Rotated: the upstream takes the new password only, the file holds
+	// it, and the token issued for the old one has expired.
+	up.SetPassword("bot", "new")
+	if err := os.WriteFile(passwordFile, []byte("new\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	up.ExpireTokens()
+	if err := pull(); err != nil {
+		t.Fatalf("after the password was rotated in its file: %v", err)
+	}
+}
