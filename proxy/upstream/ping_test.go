@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"testing"
 
@@ -71,8 +72,8 @@ func TestAccessTokenOnly(t *testing.T) {
 	}
 }
 
-// rotatingKeychain is a credential helper whose password changes; it
-// counts the times it is asked.
+// rotatingKeychain is a credential helper whose password changes (none
+// until one is stored: anonymous); it counts the times it is asked.
 type rotatingKeychain struct {
 	password atomic.Value
 	asked    atomic.Int64
@@ -80,7 +81,11 @@ type rotatingKeychain struct {
 
 func (k *rotatingKeychain) Resolve(authn.Resource) (authn.Authenticator, error) {
 	k.asked.Add(1)
-	return &authn.Basic{Username: "bot", Password: k.password.Load().(string)}, nil
+	pw, _ := k.password.Load().(string)
+	if pw == "" {
+		return authn.Anonymous, nil
+	}
+	return &authn.Basic{Username: "bot", Password: pw}, nil
 }
 
 // TestKeychainBasicAsksOnce: an upstream of basic auth gets the keychain's
@@ -190,6 +195,63 @@ func TestKeychainBasicCredentialsRenewed(t *testing.T) {
 	current.Store("third")
 	if _, err := c.HeadManifest(t.Context(), "library/x", v1); !errors.Is(err, ErrAuth) {
 		t.Fatalf("credentials refused: %v, want ErrAuth", err)
+	}
+}
+
+// TestKeychainCredentialsAddedAfterStart: credentials that reach the
+// keychain after the start (docker login run once the mirror runs, a
+// config.json written by a sidecar that fetches ECR's) are sent once the
+// upstream's refusal of anonymous access has been waited out
+// (authRetryAfter), to a bearer upstream and to one of basic auth. The
+// keychain was asked at the start only, found none, and every pull went
+// anonymous, and was refused, until a restart.
+func TestKeychainCredentialsAddedAfterStart(t *testing.T) {
+	bearer := func(w http.ResponseWriter, req *http.Request) {
+		switch {
+		case req.URL.Path == "/token":
+			if _, pw, ok := req.BasicAuth(); !ok || pw != "pw" {
+				w.WriteHeader(http.StatusUnauthorized)
+				return
+			}
+			fmt.Fprint(w, `{"token":"t"}`)
+		case req.Header.Get("Authorization") == "Bearer t":
+			w.WriteHeader(http.StatusOK)
+		default:
+			challenge(w, req, "repository:owner/private:pull")
+		}
+	}
+	basicChallenge := func(w http.ResponseWriter, req *http.Request) {
+		w.Header().Set("WWW-Authenticate", `Basic realm="test"`)
+		w.WriteHeader(http.StatusUnauthorized)
+	}
+	basic := func(w http.ResponseWriter, req *http.Request) {
+		if _, pw, ok := req.BasicAuth(); !ok || pw != "pw" {
+			basicChallenge(w, req)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	}
+	for _, c := range []struct {
+		name         string
+		answer, ping http.HandlerFunc
+	}{
+		{"bearer", bearer, bearerPing},
+		{"basic", basic, basicChallenge},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			kc := &rotatingKeychain{}
+			clock := newFakeClock()
+			cl := startRegistry(t, c.answer, c.ping).client(t, WithKeychain(kc), WithClock(clock.Now))
+			_, err := cl.HeadManifest(t.Context(), "owner/private", v1)
+			if ue := asError(t, err, "ErrAuth"); c.name == "bearer" && !strings.Contains(ue.Reason, "anonymous") {
+				t.Errorf("no credentials in the keychain yet: Reason %q; want it to say anonymous access was refused", ue.Reason)
+			}
+			kc.password.Store("pw")
+			clock.Advance(authRetryAfter)
+			if _, err := cl.HeadManifest(t.Context(), "owner/private", v1); err != nil {
+				t.Fatalf("after credentials reached the keychain: %v", err)
+			}
+		})
 	}
 }
 

@@ -170,14 +170,13 @@ func New(host, rawURL string, opts ...Option) (*Client, error) {
 		if err != nil {
 			return nil, fmt.Errorf("upstream %s: %w", host, err)
 		}
-		auth, err := c.keychain.Resolve(reg)
-		if err != nil {
+		// Asked now so that a keychain that cannot be read fails the
+		// start; asked again whenever credentials are needed, even if it
+		// has none now: they may come later (docker login).
+		if _, err := c.keychain.Resolve(reg); err != nil {
 			return nil, fmt.Errorf("upstream %s: reading credentials: %w", host, err)
 		}
-		if auth != authn.Anonymous {
-			auth = keychainAuth{c.keychain, reg}
-		}
-		c.auth = auth
+		c.auth = keychainAuth{c.keychain, reg}
 	}
 	return c, nil
 }
@@ -197,6 +196,16 @@ func (a keychainAuth) Authorization() (*authn.AuthConfig, error) {
 		return nil, err
 	}
 	return auth.Authorization()
+}
+
+// anonymous reports whether our requests go without credentials: none
+// configured, or none in the keychain now.
+func (c *Client) anonymous() bool {
+	if ka, ok := c.auth.(keychainAuth); ok {
+		cfg, err := ka.Authorization()
+		return err == nil && *cfg == (authn.AuthConfig{})
+	}
+	return c.auth == authn.Anonymous
 }
 
 // DefaultTransport returns the HTTP transport upstream clients use unless
@@ -649,7 +658,7 @@ func (c *Client) transportError(r call, err error) error {
 	if errors.As(err, &te) {
 		switch te.StatusCode {
 		case http.StatusUnauthorized:
-			if c.auth == authn.Anonymous {
+			if c.anonymous() {
 				// None were sent: the operator must not be sent
 				// looking for credentials never configured.
 				return c.newError(r.kind, r.what, te.StatusCode, ErrAuth, err,
