@@ -296,6 +296,14 @@ func TestAnonymousRefusalSaysSo(t *testing.T) {
 		!strings.Contains(ue.Reason, "upstreams.docker.io") || strings.Contains(ue.Reason, "our credentials") {
 		t.Errorf("anonymous: status %d, Reason %q; want 401 saying anonymous access was refused, and naming upstreams.docker.io", ue.Status, ue.Reason)
 	}
+	// docker_config finding none (docker login run as another user than
+	// the mirror's): the advice is about Docker's config, not a
+	// username and password the operator chose not to give.
+	_, err = r.client(t, WithKeychain(&rotatingKeychain{})).HeadManifest(t.Context(), "owner/private", v1)
+	if ue := asError(t, err, "ErrAuth"); !strings.Contains(ue.Reason, "anonymous") ||
+		!strings.Contains(ue.Reason, "docker_config") || strings.Contains(ue.Reason, "username") {
+		t.Errorf("docker_config without credentials: Reason %q; want it to say anonymous access was refused and that docker_config found none", ue.Reason)
+	}
 	_, err = r.client(t, WithAuth(&authn.Basic{Username: "bot", Password: "pw"})).HeadManifest(t.Context(), "owner/private", v1)
 	if ue := asError(t, err, "ErrAuth"); !strings.Contains(ue.Reason, "refused our credentials") {
 		t.Errorf("with credentials: Reason %q; want it to say they were refused", ue.Reason)

@@ -659,6 +659,13 @@ func (c *Client) transportError(r call, err error) error {
 		switch te.StatusCode {
 		case http.StatusUnauthorized:
 			if c.anonymous() {
+				if c.keychain != nil {
+					// docker_config found none: most often Docker's
+					// config of another user (docker login run as
+					// root, the mirror a service user).
+					return c.newError(r.kind, r.what, te.StatusCode, ErrAuth, err,
+						"upstream %s refused anonymous access: docker_config found no credentials for %s in Docker's config of the user the mirror runs as ($DOCKER_CONFIG, else ~/.docker/config.json), or the repository does not exist", c.host, c.host)
+				}
 				// None were sent: the operator must not be sent
 				// looking for credentials never configured.
 				return c.newError(r.kind, r.what, te.StatusCode, ErrAuth, err,
