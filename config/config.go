@@ -113,7 +113,8 @@ type Config struct {
 	// another mirror; by default the mirror stays ready and serves what
 	// it holds.
 	ReadyzFailWhenFull bool `yaml:"readyz_fail_when_full,omitempty"`
-	// TLSCert and TLSKey, if set, serve HTTPS; SIGHUP reloads them.
+	// TLSCert and TLSKey, if set, serve HTTPS; they are reloaded when
+	// either file changes, and on SIGHUP.
 	TLSCert string `yaml:"tls_cert,omitempty"`
 	TLSKey  string `yaml:"tls_key,omitempty"`
 	// Referrers makes every fill (on a miss, prefetch, sync, mirror) also
