@@ -133,6 +133,9 @@ func (c *certReloader) verifyPeer(cs tls.ConnectionState) error {
 	if len(cs.PeerCertificates) == 0 {
 		return errors.New("the peer sent no certificate")
 	}
+	// The files as they are now: peers that renewed serve the new chain
+	// whether or not a client has made this replica load it yet.
+	c.reloadIfChanged()
 	c.mu.RLock()
 	own := c.cert
 	c.mu.RUnlock()

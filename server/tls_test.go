@@ -223,3 +223,29 @@ func copyFile(t *testing.T, from, to string) {
 		t.Fatal(err)
 	}
 }
+
+// TestPeerTLSFollowsARenewedCertificate: a replica checks its peers by
+// its certificate as the files hold it now, not as it was last served: a
+// renewal that changes the chain (cert-manager's self-signed issuer makes
+// a new certificate each time, shared by every replica through one
+// secret) would otherwise have the peers that renewed refused, as long as
+// no client's handshake had made this replica load the new files, and
+// every miss fetched here.
+func TestPeerTLSFollowsARenewedCertificate(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	writeCert(t, certFile, keyFile, "mirror")
+	own, err := newCertReloader(certFile, keyFile, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeCert(t, certFile, keyFile, "mirror") // renewed: a new self-signed certificate
+	renewed, err := newCertReloader(certFile, keyFile, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := renewed.getCertificate(nil)
+	if err := own.verifyPeer(tls.ConnectionState{PeerCertificates: []*x509.Certificate{c.Leaf}}); err != nil {
+		t.Errorf("a peer serving the renewed certificate of the same files was refused: %v", err)
+	}
+}
