@@ -163,6 +163,11 @@ type download struct {
 	// time, one after the other, and the next range is the download's.
 	// Guarded by downloads.mu; a kept download is never abandoned.
 	kept bool
+	// spoolLeft: the download verified the blob but did not store it (the
+	// store refused or is full), and takers were still in: they may not
+	// have opened the spool file yet, which the last to leave removes.
+	// Guarded by downloads.mu.
+	spoolLeft bool
 
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced whenever the state below changes
@@ -442,9 +447,13 @@ func (d *downloads) leaver(dl *download) func() {
 				delete(d.m, dl.dgst)
 			}
 		}
+		removeSpool := dl.wants == 0 && dl.spoolLeft
 		d.mu.Unlock()
 		if abandon {
 			dl.cancel()
+		}
+		if removeSpool {
+			os.Remove(dl.path)
 		}
 	})
 }
@@ -561,6 +570,13 @@ func (p *Proxy) storeSpooled(ctx context.Context, t target, dl *download, f *os.
 	return p.store.Put(ctx, t.storeRepo(), dl.dgst, size, f)
 }
 
+// storeBlob is storeSpooled, whose refusal is remembered (noteRefusal).
+func (p *Proxy) storeBlob(ctx context.Context, t target, dl *download, f *os.File, size int64) error {
+	err := p.storeSpooled(ctx, t, dl, f, size)
+	p.noteRefusal(t, err)
+	return err
+}
+
 // tooLarge is the error of a blob dgst from host that is said or sent to
 // be at least n bytes, over limit: the size a manifest declared for it
 // (declared), which means the upstream does not serve what it lists, or
@@ -593,9 +609,15 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 		if p.blobs.m[dl.dgst] == dl {
 			delete(p.blobs.m, dl.dgst)
 		}
+		// A blob verified but not stored is served to the takers in
+		// from its spool file, which they may not have opened yet.
+		dl.spoolLeft = !stored && dl.wants > 0 && dl.isVerified()
+		spoolLeft := dl.spoolLeft
 		p.blobs.mu.Unlock()
 		f.Close()
-		os.Remove(dl.path)
+		if !spoolLeft {
+			os.Remove(dl.path)
+		}
 		var err error
 		dl.update(func() {
 			if !stored && dl.err == nil {
@@ -756,9 +778,14 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 	defer unhold()
 	if fromStore {
 		// Stored by the replica that fetched it.
-	} else if err := p.noteWrite(p.storeSpooled(ctx, t, dl, f, n)); err != nil {
-		// Readers have the whole blob already; a client that comes for
-		// the spool file once it is gone gets this error.
+	} else if err := p.writesRefused(t); err != nil {
+		// Readers have the whole blob; the store would refuse it again.
+		dl.update(func() { dl.err = fmt.Errorf("storing blob %s: %w", dl.dgst, err) })
+		p.log.Debug("blob served, not stored: the store refuses writes", "digest", dl.dgst, "error", err)
+		return
+	} else if err := p.noteWrite(p.storeBlob(ctx, t, dl, f, n)); err != nil {
+		// Readers have the whole blob already, in the spool file left
+		// for them (spoolLeft).
 		dl.update(func() { dl.err = fmt.Errorf("storing blob %s: %w", dl.dgst, err) })
 		p.log.Error("storing blob", "digest", dl.dgst, "error", err)
 		return

@@ -63,6 +63,12 @@ func (q *fillQueue) Len() int {
 // for an index, every child whose platform matches the configured patterns
 // and the attestations of those; for each image, its config and layers.
 func (p *Proxy) enqueueFill(ctx context.Context, t target, dgst digest.Digest) {
+	if err := p.writesRefused(t); err != nil {
+		// It would fetch the image's blobs to have them refused: the
+		// next pull once the refusal is old tries again.
+		p.log.Debug("not mirroring: the store refuses writes", "upstream", t.host(), "repo", t.repo, "digest", dgst, "error", err)
+		return
+	}
 	p.background(ctx, fillKey(t, dgst), func(ctx context.Context) error {
 		err := p.fillImage(ctx, t, dgst)
 		if err != nil {
@@ -446,6 +452,11 @@ func (p *Proxy) storeListed(ctx context.Context, t target, dgst digest.Digest, s
 	if size <= 0 {
 		size = -1 // not declared
 	}
+	if err := p.writesRefused(t); err != nil {
+		// Not fetched to be refused: a client asking for the blob gets
+		// it streamed from the upstream.
+		return fmt.Errorf("blob %s not stored: %w", dgst, err)
+	}
 	if p.viaPeer(ctx, dgst.String()) && p.blobs.running(dgst) == nil {
 		noteRequested(ctx) // another replica's, not an upstream request
 		if ok, err := p.fillFromPeer(ctx, t, dgst, size); ok {
@@ -503,6 +514,7 @@ func (p *Proxy) storeListed(ctx context.Context, t target, dgst digest.Digest, s
 func (p *Proxy) copyStored(ctx context.Context, from, to target, dgst digest.Digest) error {
 	if m, ok := p.store.(storage.Mounter); ok {
 		if err := m.Mount(ctx, to.storeRepo(), from.storeRepo(), dgst); !errors.Is(err, storage.ErrNotMounted) {
+			p.noteRefusal(to, err)
 			return p.noteWrite(err)
 		}
 	}
@@ -515,7 +527,9 @@ func (p *Proxy) copyStored(ctx context.Context, from, to target, dgst digest.Dig
 		return err
 	}
 	defer rc.Close()
-	return p.noteWrite(p.store.Put(ctx, to.storeRepo(), dgst, size, rc))
+	err = p.store.Put(ctx, to.storeRepo(), dgst, size, rc)
+	p.noteRefusal(to, err)
+	return p.noteWrite(err)
 }
 
 // mountHeld puts dgst, stored for another repository of a store that

@@ -118,7 +118,9 @@ func (p *Proxy) fillFromPeer(ctx context.Context, t target, dgst digest.Digest, 
 	if got, err := p.store.Stat(ctx, t.storeRepo(), dgst); err == nil {
 		return true, p.adoptBlob(t, dgst, got)
 	}
-	if err := p.noteWrite(p.storeFile(ctx, t, dgst, f, n)); err != nil {
+	err = p.storeFile(ctx, t, dgst, f, n)
+	p.noteRefusal(t, err)
+	if err := p.noteWrite(err); err != nil {
 		return true, fmt.Errorf("storing blob %s: %w", dgst, err)
 	}
 	return true, p.adoptBlob(t, dgst, n)

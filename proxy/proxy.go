@@ -62,6 +62,8 @@ type Proxy struct {
 	// /readyz fail meanwhile.
 	full              fullness
 	readyFailWhenFull bool
+	// refusals are the store's refusals to store content (refused.go).
+	refusals *writeRefusals
 
 	tagFlights      singleflight.Group // per "host/repo:tag"
 	manifestFlights singleflight.Group // per "host/repo@digest" and "host/repo:tag"
@@ -247,9 +249,14 @@ func New(store storage.Store, index *storage.Index, upstreams []*upstream.Client
 	if err != nil {
 		return nil, err
 	}
+	refused, err := lru.New[string, writeRefusal](maxWriteRefusals)
+	if err != nil {
+		return nil, err
+	}
 	p := &Proxy{
 		store:           store,
 		index:           index,
+		refusals:        &writeRefusals{byRepo: refused},
 		access:          (*access.Policy)(nil), // everyone in, until WithAccess
 		upstreams:       map[string]*upstream.Client{},
 		log:             slog.Default(),
@@ -295,6 +302,14 @@ func New(store storage.Store, index *storage.Index, upstreams []*upstream.Client
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "docker_mirror_store_size_bytes", Help: "Total size of the stored blobs and manifests.",
 		}, func() float64 { return float64(p.index.StoredBytes()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "docker_mirror_store_refuses_writes", Help: "1 while the store is believed to refuse writes: it refused one (a read-only registry destination, a quota used up, credentials that may not push) within the last minute, and none has succeeded since; misses are served without being stored.",
+		}, func() float64 {
+			if p.WritesRefused() != nil {
+				return 1
+			}
+			return 0
+		}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "docker_mirror_store_full", Help: "1 while the store is full: the last write found no space (ENOSPC, EDQUOT) and none has succeeded or been freed since.",
 		}, func() float64 {

@@ -108,6 +108,10 @@ type Store struct {
 	Total uint64 `json:"total_bytes"`
 	// Full: the last write found no space.
 	Full bool `json:"full"`
+	// RefusesWrites is the store's refusal to store content, while it is
+	// believed (a read-only registry destination, a quota used up):
+	// misses are then served without being stored.
+	RefusesWrites string `json:"refuses_writes,omitempty"`
 }
 
 // Upstream is an upstream's state, with a one-word summary.
@@ -164,6 +168,9 @@ func (h *Handler) status(ctx context.Context, r *http.Request) (*Status, error) 
 	s := &Status{Version: h.d.Version, Now: now, Started: p.Started(), Uptime: now.Sub(p.Started()).Seconds(),
 		Downloads: p.Downloads(), FillQueue: p.FillQueue(), Failures: p.Failures(), Admin: h.admin(r)}
 	s.Store = Store{Kind: h.d.StoreKind, Used: h.d.Index.StoredBytes(), MaxSize: h.d.MaxSize, Full: p.StoreFull()}
+	if err := p.WritesRefused(); err != nil {
+		s.Store.RefusesWrites = err.Error()
+	}
 	if h.d.DataDir != "" {
 		s.Store.Free, s.Store.Total = diskSpace(h.d.DataDir)
 	}

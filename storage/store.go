@@ -29,6 +29,10 @@ var (
 	// what it lacks (a registry older than image-spec 1.1 refusing a
 	// subject or artifactType field): pushing it again will not help.
 	ErrManifestRefused = errors.New("manifest refused by the store")
+	// ErrWriteRefused: the store refused to store content for a reason
+	// trying again soon will not change (a read-only registry, a quota
+	// used up, credentials that may read but not write).
+	ErrWriteRefused = errors.New("store refuses writes")
 )
 
 // Store keeps mirrored content by digest: blobs, and manifests too unless

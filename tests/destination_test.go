@@ -1299,3 +1299,63 @@ func TestDestinationBodyLimit(t *testing.T) {
 	}
 	wantDestImage(t, dest, "library/big", img)
 }
+
+// A destination that refuses every write (read-only here; a quota used up
+// or a 403 on every push alike) is not asked again with every pull: the
+// refusal is remembered for a while, during which pulls are streamed from
+// the upstream without a fill bound to fail, so the upstream sends each
+// blob a client pulls once, and no more, and the destination gets no
+// uploads; the metrics and the status say why. Once the while is over, a
+// pull tries the destination again.
+func TestDestinationRefusingWritesNotRetried(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	ma := up.SeedMultiArch(t, "library/hello-world", "latest", fixture.OCI)
+	dest := fixture.StartDestination(t, map[string]string{destUser: destPassword}, fixture.WithReadOnly())
+	m := startDestMirror(t, up, dest, nil)
+	pull := func() {
+		t.Helper()
+		if got := cranePull(t, ref(t, m.Server, "hello-world:latest"), remote.WithPlatform(linuxAMD64)); got != ma.Platforms["linux/amd64"].Digest {
+			t.Fatalf("pulled %s", got)
+		}
+		m.WaitIdle()
+	}
+	pull()
+	if uploadsOf(dest.Requests()) == nil {
+		t.Fatal("the first pull tried no upload")
+	}
+
+	up.ResetCounts()
+	dest.ResetRequests()
+	pull()
+	var want int64
+	for _, n := range blobSizes(t, ma.Platforms["linux/amd64"]) {
+		want += n
+	}
+	if got := up.BlobBytes(); got != want {
+		t.Errorf("the upstream sent %d blob bytes for a pull of %d: the refusal was not remembered", got, want)
+	}
+	if u := uploadsOf(dest.Requests()); len(u) != 0 {
+		t.Errorf("the destination was sent %d uploads again, e.g. %+v", len(u), u[0])
+	}
+	if got := scrape(t, m.Server)["docker_mirror_store_refuses_writes"]; got != 1 {
+		t.Errorf("docker_mirror_store_refuses_writes = %v, want 1", got)
+	}
+	var st struct {
+		Store struct {
+			RefusesWrites string `json:"refuses_writes"`
+		}
+	}
+	if err := json.Unmarshal(get(t, m.URL()+"/api/v1/status").body, &st); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(st.Store.RefusesWrites, "destination "+dest.Host()) {
+		t.Errorf("the status's store.refuses_writes = %q, want the destination's refusal", st.Store.RefusesWrites)
+	}
+
+	m.Clock.Advance(time.Hour)
+	dest.ResetRequests()
+	pull()
+	if uploadsOf(dest.Requests()) == nil {
+		t.Error("the destination was not tried again once the refusal was old")
+	}
+}

@@ -176,7 +176,7 @@ func (s *Store) Put(ctx context.Context, repo string, dgst digest.Digest, size i
 	}
 	t, err := s.transport(ctx, scopes...)
 	if err != nil {
-		return err
+		return writeRefused(err)
 	}
 	sess := &uploadSession{}
 	if s.chunk.Load() > 0 {
@@ -209,7 +209,7 @@ func (s *Store) Put(ctx context.Context, repo string, dgst digest.Digest, size i
 		if ctx.Err() != nil {
 			return fmt.Errorf("destination %s: %s: %w", s, what, ctx.Err())
 		}
-		return s.fail(err, what)
+		return writeRefused(s.fail(err, what))
 	}
 	s.remember(repo, dgst)
 	if !layer.opened() {
@@ -239,7 +239,7 @@ func (s *Store) Mount(ctx context.Context, repo, from string, dgst digest.Digest
 	l := &remote.MountableLayer{Layer: contentless{&blobLayer{dgst: dgst, size: -1}}, Reference: src.Digest(dgst.String())}
 	t, err := s.transport(ctx, dst.Scope(transport.PushScope), src.Scope(transport.PullScope))
 	if err != nil {
-		return err
+		return writeRefused(err)
 	}
 	sess := &uploadSession{}
 	if err := writeLayer(ctx, t, dst, l, sess); err != nil {
@@ -248,7 +248,7 @@ func (s *Store) Mount(ctx context.Context, repo, from string, dgst digest.Digest
 		if errors.Is(err, storage.ErrNotMounted) {
 			return fmt.Errorf("destination %s: %s: %w", s, what, err)
 		}
-		return s.fail(err, what)
+		return writeRefused(s.fail(err, what))
 	}
 	s.remember(repo, dgst)
 	return nil

@@ -422,11 +422,14 @@ func (h *hookTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 }
 
 // destError is an error of a destination that is unavailable: it wraps
-// storage.ErrUnavailable, ErrAuth if auth is set, and the cause.
+// storage.ErrUnavailable, ErrAuth if auth is set, storage.ErrWriteRefused
+// if refused is, and the cause.
 type destError struct {
-	msg  string
-	auth bool
-	err  error
+	msg     string
+	auth    bool
+	refused bool
+	status  int // the destination's answer; 0 if none
+	err     error
 }
 
 func (e *destError) Error() string {
@@ -440,6 +443,9 @@ func (e *destError) Unwrap() []error {
 	errs := []error{storage.ErrUnavailable}
 	if e.auth {
 		errs = append(errs, ErrAuth)
+	}
+	if e.refused {
+		errs = append(errs, storage.ErrWriteRefused)
 	}
 	if e.err != nil {
 		errs = append(errs, e.err)
@@ -459,6 +465,12 @@ func (s *Store) fail(err error, what string) error {
 // statusError maps an unexpected status of the destination; cause, if
 // not nil, has the details (a *transport.Error).
 func (s *Store) statusError(status int, what string, cause error) error {
+	e := s.statusMessage(status, what, cause)
+	e.status = status
+	return e
+}
+
+func (s *Store) statusMessage(status int, what string, cause error) *destError {
 	switch {
 	case status == http.StatusUnauthorized:
 		who := "anonymous access"
@@ -476,6 +488,23 @@ func (s *Store) statusError(status int, what string, cause error) error {
 	// cannot do its job: unavailable, but worded as the refusal it is,
 	// with the status and the destination's own words, not as an outage.
 	return &destError{msg: fmt.Sprintf("destination %s refused %s (%d %s)", s.host, what, status, http.StatusText(status)), err: cause}
+}
+
+// writeRefused marks err, a write's failure, as the destination's refusal
+// to store (storage.ErrWriteRefused) if it answered with a client error
+// other than 408 and 429: 401 and 403 (credentials that may not push, a
+// quota used up), 404 (no such project), 405 (a read-only registry).
+// Those are answered again to every write until someone changes the
+// destination; a 5xx, a 429 or no answer is passing.
+func writeRefused(err error) error {
+	e, ok := err.(*destError)
+	if !ok || e.status < 400 || e.status >= 500 || e.status == http.StatusRequestTimeout || e.status == http.StatusTooManyRequests {
+		return err
+	}
+	// A copy: a handshake's error is shared by its concurrent callers.
+	c := *e
+	c.refused = true
+	return &c
 }
 
 // checkStatus returns nil if resp's status is one of ok; otherwise it
