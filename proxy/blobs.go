@@ -100,6 +100,11 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	if r.Method == http.MethodHead {
+		if size, ok := p.downloadingSize(ctx, t, dgst); ok {
+			// The upstream said it already: asked again, it may be
+			// rate-limiting (or down) since.
+			return serveBlob(w, r, dgst, size, nil)
+		}
 		size, err := t.up.HeadBlob(ctx, t.repo, dgst)
 		if err != nil {
 			return err
@@ -168,6 +173,22 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 		return fmt.Errorf("blob %s: %w", dgst, err)
 	}
 	return serveBlob(w, r, dgst, size, func(off int64) (io.ReadCloser, error) { return p.store.Open(ctx, t.storeRepo(), dgst, off) })
+}
+
+// downloadingSize returns the size of dgst if a download t may share
+// (mayJoin) is running and the upstream said its size.
+func (p *Proxy) downloadingSize(ctx context.Context, t target, dgst digest.Digest) (int64, bool) {
+	dl := p.blobs.running(dgst)
+	if dl == nil {
+		return 0, false
+	}
+	dl.mu.Lock()
+	started, size := dl.started, dl.size
+	dl.mu.Unlock()
+	if !started || size < 0 || p.mayJoin(ctx, t, dl, blobWant{size: -1}) != nil {
+		return 0, false
+	}
+	return size, true
 }
 
 // openStoredBlob is storedBlob for a hit whose body is to be sent (get):

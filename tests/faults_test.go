@@ -3,6 +3,7 @@ package tests
 import (
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -179,5 +180,32 @@ func TestOversizedManifestRefused(t *testing.T) {
 	}
 	if m.Index.StoredBytes() != 0 {
 		t.Errorf("%d bytes stored", m.Index.StoredBytes())
+	}
+}
+
+// A HEAD of a blob the mirror is downloading is answered from the
+// download, whose size the upstream has said: not with the rate limit the
+// upstream has imposed since, which the download does not need.
+func TestHeadOfDownloadingBlobDuringBackoff(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/slow", "1", 1, 256<<10)
+	m := servertest.Start(t, up.URL())
+	layer := img.Layers[0]
+	gate := up.GateBlob(layer, 16<<10)
+	got := make(chan response, 1)
+	go func() { got <- get(t, m.URL()+"/v2/slow/blobs/"+layer) }()
+	<-gate.Reached()
+
+	up.SetFault(fixture.Fault{Status: http.StatusTooManyRequests, Header: http.Header{"Retry-After": {"120"}}})
+	wantError(t, get(t, m.URL()+"/v2/slow/manifests/other"), http.StatusTooManyRequests, "TOOMANYREQUESTS")
+	h := do(t, http.MethodHead, m.URL()+"/v2/slow/blobs/"+layer, nil)
+	size := strconv.FormatInt(blobSizes(t, img)[layer], 10)
+	if h.status != http.StatusOK || h.header.Get("Content-Length") != size || h.header.Get("Docker-Content-Digest") != layer {
+		t.Errorf("HEAD of a blob downloading: %d %q %s", h.status, h.header.Get("Content-Length"), h.body)
+	}
+	gate.Open()
+	up.ClearFault()
+	if r := <-got; r.status != http.StatusOK || sha(r.body) != layer {
+		t.Errorf("GET of the blob: %d, %d bytes", r.status, len(r.body))
 	}
 }
