@@ -321,8 +321,10 @@ func findingsNote(findings int, repair bool) string {
 // index of its data directory names: each manifest and blob in a
 // repository the index links it to. Manifests still waiting in the index
 // to be pushed are not asked for. With repair, the entries of what is
-// missing are removed from the index (tags naming it with them), so the
-// next pull fetches it again; nothing is removed from the registry.
+// missing are removed from the index (tags naming it with them), and the
+// images mirrored completely in the repositories that held it go back to
+// partial, so the next pull fetches it again; nothing is removed from the
+// registry.
 func verifyDestination(ctx context.Context, cfg config.Config, repair bool, stdout, stderr io.Writer) int {
 	index, _, err := openIndex(cfg, "verify")
 	if err != nil {
@@ -355,6 +357,7 @@ func verifyDestination(ctx context.Context, cfg config.Config, repair bool, stdo
 	slices.Sort(blobDigests)
 	ms, _ := store.(storage.ManifestStore)
 	var missing []digest.Digest
+	lostRepos := map[string]bool{} // "host/repo" that held something missing
 	var blobs, manifests, unlinked int
 	check := func(d digest.Digest, manifest bool) error {
 		if manifest {
@@ -386,6 +389,9 @@ func verifyDestination(ctx context.Context, cfg config.Config, repair bool, stdo
 			}
 		}
 		missing = append(missing, d)
+		for _, hr := range repos {
+			lostRepos[hr] = true
+		}
 		return nil
 	}
 	for _, d := range manifestDigests {
@@ -404,6 +410,22 @@ func verifyDestination(ctx context.Context, cfg config.Config, repair bool, stdo
 		fmt.Fprintf(stdout, "missing: %s\n", d)
 	}
 	if repair && len(missing) > 0 {
+		// The images that lose content go back to partial first, as
+		// the embedded store's repair does: a complete one is never
+		// mirrored again. Which image (or signature, or attestation of
+		// it) lists the content would take reading every manifest from
+		// the registry; the images of the repositories that held it are
+		// all reset, and mirroring again one that lost nothing costs a
+		// HEAD per blob.
+		for _, f := range recs.Fills {
+			if f.State != storage.FillComplete || !lostRepos[f.Upstream+"/"+f.Repo] {
+				continue
+			}
+			f.State, f.UpdatedAt = storage.FillPartial, time.Now()
+			if err := index.PutFill(f.Digest, f.FillRecord); err != nil {
+				return adminError("verify", err, stderr)
+			}
+		}
 		if _, err := index.Forget(missing, nil); err != nil {
 			return adminError("verify", err, stderr)
 		}

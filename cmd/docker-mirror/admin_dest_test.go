@@ -21,12 +21,19 @@ import (
 
 // destDataDir runs a --destination server (the production wiring, from a
 // configuration), pulls an image through it, stops it, and returns its
-// data directory, the destination's --destination value and the image.
+// data directory and the destination's --destination value.
 func destDataDir(t *testing.T) (dir, destURL string) {
+	dir, destURL, _, _ = destServerRun(t)
+	return dir, destURL
+}
+
+// destServerRun is destDataDir, which also returns the destination and
+// the image pulled (library/app:v1).
+func destServerRun(t *testing.T) (dir, destURL string, dest *fixture.Destination, img *fixture.Image) {
 	t.Helper()
 	up := fixture.StartUpstream(t)
-	img := up.SeedImage(t, "library/app", "v1", 2, 4<<10)
-	dest := fixture.StartDestination(t, nil)
+	img = up.SeedImage(t, "library/app", "v1", 2, 4<<10)
+	dest = fixture.StartDestination(t, nil)
 	destURL = dest.URL() + "/mirror"
 	cfg := config.Default()
 	cfg.Data = t.TempDir()
@@ -58,7 +65,7 @@ func destDataDir(t *testing.T) (dir, destURL string) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	return cfg.Data, destURL
+	return cfg.Data, destURL, dest, img
 }
 
 // indexCounts opens a data directory's index and counts its tags, blob
@@ -142,6 +149,52 @@ func TestAdminOnDestinationDataDir(t *testing.T) {
 	unchanged("verify --destination --repair")
 	if code, out, _ := runAdmin(t, "verify", "--data", dir, "--destination", destURL); code != 0 {
 		t.Fatalf("verify --destination after the repair: exit %d, %q", code, out)
+	}
+}
+
+// A blob the registry lost (its garbage collection, a retention policy, an
+// operator's delete) and verify --destination --repair removed from the
+// index takes the image it belongs to out of the complete mirror state, as
+// verify --repair does on the embedded store: the next pull mirrors it
+// again, rather than trust an image the registry no longer holds whole.
+func TestAdminVerifyDestinationRepairReopensTheImage(t *testing.T) {
+	dir, destURL, dest, img := destServerRun(t)
+	state := func() string {
+		t.Helper()
+		ix, err := storage.OpenIndex(filepath.Join(dir, "index.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ix.Close()
+		rec, ok, err := ix.Fill("docker.io", "library/app", digest.Digest(img.Digest))
+		if err != nil || !ok {
+			t.Fatalf("the image's mirror record: %v, %v", ok, err)
+		}
+		return rec.State
+	}
+	if got := state(); got != storage.FillComplete {
+		t.Fatalf("mirror state %q after the pull, want complete", got)
+	}
+	lost := img.Layers[1]
+	req, err := http.NewRequest(http.MethodDelete, dest.URL()+"/v2/mirror/library/app/blobs/"+lost, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := dest.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("DELETE of the layer at the destination: %s", resp.Status)
+	}
+
+	code, out, _ := runAdmin(t, "verify", "--data", dir, "--destination", destURL, "--repair")
+	if code != 1 || !strings.Contains(out, "missing: "+lost) {
+		t.Fatalf("verify --destination --repair: exit %d, %q", code, out)
+	}
+	if got := state(); got != storage.FillPartial {
+		t.Errorf("mirror state %q after the repair removed one of its layers, want partial", got)
 	}
 }
 
