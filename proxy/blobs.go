@@ -85,9 +85,7 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 		// Another replica collected it from the shared store since its
 		// stat (this one's guard covers only its own passes): a miss,
 		// answered afresh.
-		for _, h := range []string{"Content-Length", "Content-Range", "Accept-Ranges"} {
-			w.Header().Del(h)
-		}
+		unsetBlobHeaders(w)
 	}
 	release()
 	w.Header().Set(cacheHeader, "miss")
@@ -114,21 +112,41 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 		}
 		return serveBlob(w, r, dgst, size, nil)
 	}
-	dl, leave, stored, err := p.startBlob(ctx, t, dgst, blobWant{size: -1})
-	if err != nil {
-		return err
-	}
-	if stored {
+	var (
+		dl    *download
+		leave func()
+	)
+	for try := 0; ; try++ {
+		var stored bool
+		dl, leave, stored, err = p.startBlob(ctx, t, dgst, blobWant{size: -1})
+		if err != nil {
+			return err
+		}
+		if !stored {
+			break
+		}
 		// Stored meanwhile, maybe for another repository: served only as
 		// any stored blob is.
 		size, ok, err := p.storedBlob(ctx, t, dgst)
 		if err != nil {
 			return err
 		}
-		if !ok {
+		if ok {
+			gone := false
+			err := serveBlob(w, r, dgst, size, func(off int64) (io.ReadCloser, error) {
+				rc, err := p.store.Open(ctx, t.storeRepo(), dgst, off)
+				gone = errors.Is(err, storage.ErrNotFound)
+				return rc, err
+			})
+			if !gone {
+				return err
+			}
+			unsetBlobHeaders(w)
+		}
+		if try > 0 {
 			return fmt.Errorf("blob %s: %w", dgst, storage.ErrNotFound)
 		}
-		return serveBlob(w, r, dgst, size, func(off int64) (io.ReadCloser, error) { return p.store.Open(ctx, t.storeRepo(), dgst, off) })
+		// Removed since it was found (an eviction): fetched again.
 	}
 	// This client reads the download: once it stops (done or gone) and
 	// nobody else does, the download is cancelled.
@@ -173,6 +191,14 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 		return fmt.Errorf("blob %s: %w", dgst, err)
 	}
 	return serveBlob(w, r, dgst, size, func(off int64) (io.ReadCloser, error) { return p.store.Open(ctx, t.storeRepo(), dgst, off) })
+}
+
+// unsetBlobHeaders takes back the headers serveBlob set for a stored blob
+// it could not open, before the blob is answered another way.
+func unsetBlobHeaders(w http.ResponseWriter) {
+	for _, h := range []string{"Content-Length", "Content-Range", "Accept-Ranges"} {
+		w.Header().Del(h)
+	}
 }
 
 // downloadingSize returns the size of dgst if a download t may share
