@@ -328,7 +328,7 @@ func (p *Proxy) storeArtifact(ctx context.Context, t target, a artifact) error {
 		return err
 	}
 	if oci.IsIndex(m.mediaType) {
-		_, err = p.fillChildren(ctx, t, doc.Manifests, nil, 0, nil)
+		_, _, err = p.fillChildren(ctx, t, doc.Manifests, nil, 0, nil)
 	} else {
 		err = p.fillBlobs(ctx, t, doc, nil)
 	}

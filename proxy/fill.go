@@ -217,8 +217,9 @@ func (p *Proxy) copyImage(ctx context.Context, t target, m *storedManifest, pats
 	if err != nil {
 		return nil, err
 	}
-	// The index and its platforms' images; buildx's attestation entries
-	// are not subjects signatures are made for.
+	// The index and its platforms' images, those of the indexes it lists
+	// included; buildx's attestation entries are not subjects signatures
+	// are made for.
 	subjects := []digest.Digest{m.digest}
 	for _, c := range children {
 		if !oci.IsAttestation(c) {
@@ -235,7 +236,8 @@ const MaxIndexDepth = 4
 // copyIndex stores an index whose doc is parsed already (depth levels
 // below the image's root): the children whose platform matches pats
 // (every child if pats is nil), each with all it needs, then the index
-// itself. It returns the children copied and the platforms matched, those
+// itself. It returns the children copied, and those of the indexes it
+// lists (whose artifacts are stored too), and the platforms matched, those
 // of the indexes it lists included (sorted, each once).
 func (p *Proxy) copyIndex(ctx context.Context, t target, m *storedManifest, doc oci.Manifest, pats []oci.Platform, depth int, prog *progress) ([]v1.Descriptor, []string, error) {
 	children, names := doc.Manifests, []string(nil)
@@ -243,7 +245,7 @@ func (p *Proxy) copyIndex(ctx context.Context, t target, m *storedManifest, doc 
 		children, names = selectChildren(doc.Manifests, pats)
 	}
 	prog.platforms(len(names))
-	nested, err := p.fillChildren(ctx, t, children, pats, depth, prog)
+	nested, inner, err := p.fillChildren(ctx, t, children, pats, depth, prog)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -260,7 +262,7 @@ func (p *Proxy) copyIndex(ctx context.Context, t target, m *storedManifest, doc 
 		// the platforms not selected too, so the digest stays the same.
 		p.log.Warn("destination requires every platform of an index; copying the others too",
 			"upstream", t.host(), "repo", t.repo, "digest", m.digest)
-		if _, err := p.fillChildren(ctx, t, doc.Manifests, nil, depth, nil); err != nil {
+		if _, _, err := p.fillChildren(ctx, t, doc.Manifests, nil, depth, nil); err != nil {
 			return nil, nil, err
 		}
 		err = p.pushManifest(ctx, t, m)
@@ -268,21 +270,23 @@ func (p *Proxy) copyIndex(ctx context.Context, t target, m *storedManifest, doc 
 	if err != nil {
 		return nil, nil, err
 	}
-	return children, names, nil
+	return append(slices.Clip(children), inner...), names, nil
 }
 
 // fillChildren copies child manifests of an index with their blobs; a
 // child that is an index itself has its children matching pats copied
 // (every one if pats is nil). A child that fails does not cancel the
 // others: each is stored, and pulls by digest, on its own. It returns the
-// platforms matched in the children that are indexes.
-func (p *Proxy) fillChildren(ctx context.Context, t target, children []v1.Descriptor, pats []oci.Platform, depth int, prog *progress) ([]string, error) {
+// platforms matched in the children that are indexes, and the entries
+// those copied (at every depth).
+func (p *Proxy) fillChildren(ctx context.Context, t target, children []v1.Descriptor, pats []oci.Platform, depth int, prog *progress) ([]string, []v1.Descriptor, error) {
 	var g errgroup.Group
 	var mu sync.Mutex
 	var nested []string
+	var inner []v1.Descriptor
 	for _, c := range children {
 		g.Go(func() error {
-			names, err := p.fillChild(ctx, t, c.Digest, pats, depth, prog)
+			copied, names, err := p.fillChild(ctx, t, c.Digest, pats, depth, prog)
 			if err != nil {
 				return err
 			}
@@ -291,12 +295,13 @@ func (p *Proxy) fillChildren(ctx context.Context, t target, children []v1.Descri
 			}
 			mu.Lock()
 			nested = append(nested, names...)
+			inner = append(inner, copied...)
 			mu.Unlock()
 			return nil
 		})
 	}
 	err := g.Wait()
-	return nested, err
+	return nested, inner, err
 }
 
 // selectChildren picks the entries of an index to mirror: those whose
@@ -339,28 +344,27 @@ func matchAny(pats []oci.Platform, q *v1.Platform) bool {
 
 // fillChild stores a child manifest of an index depth levels below the
 // image's root, and all it needs: an image's blobs; an index's children
-// (image-spec lets an index list indexes) that match pats, whose
-// platforms it returns.
-func (p *Proxy) fillChild(ctx context.Context, t target, dgst digest.Digest, pats []oci.Platform, depth int, prog *progress) ([]string, error) {
+// (image-spec lets an index list indexes) that match pats, which it
+// returns (at every depth) with their platforms.
+func (p *Proxy) fillChild(ctx context.Context, t target, dgst digest.Digest, pats []oci.Platform, depth int, prog *progress) ([]v1.Descriptor, []string, error) {
 	m, err := p.ensureManifest(ctx, t, dgst)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	doc, _, err := oci.ParseManifest(m.body, m.mediaType)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if oci.IsIndex(m.mediaType) {
 		if depth+1 > MaxIndexDepth {
-			return nil, fmt.Errorf("manifest %s: an index nested more than %d deep", dgst, MaxIndexDepth)
+			return nil, nil, fmt.Errorf("manifest %s: an index nested more than %d deep", dgst, MaxIndexDepth)
 		}
-		_, names, err := p.copyIndex(ctx, t, m, doc, pats, depth+1, prog)
-		return names, err
+		return p.copyIndex(ctx, t, m, doc, pats, depth+1, prog)
 	}
 	if err := p.fillBlobs(ctx, t, doc, prog); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return nil, p.pushManifest(ctx, t, m)
+	return nil, nil, p.pushManifest(ctx, t, m)
 }
 
 func (p *Proxy) ensureManifest(ctx context.Context, t target, dgst digest.Digest) (*storedManifest, error) {

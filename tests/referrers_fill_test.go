@@ -445,3 +445,58 @@ func TestArtifactsAddedAfterCachingAreStored(t *testing.T) {
 		}
 	}
 }
+
+// An image whose index lists an index (image-spec allows it; some build
+// tools nest a platform index under a top one) has the cosign signatures
+// and referrers of the inner index's platform manifests stored with it, as
+// a flat index's are: `cosign verify image@<platform digest>` through the
+// mirror finds them with the upstream down, also after a collection.
+// Before, only the outer
+// index's own entries were looked at, and they were never fetched.
+func TestFillStoresArtifactsOfNestedIndexPlatforms(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	const repo = "library/nested"
+	inner := up.SeedMultiArch(t, repo, "inner", fixture.OCI)
+	outer, err := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": oci.MediaTypeOCIIndex, "manifests": []any{
+		map[string]any{"mediaType": inner.MediaType, "digest": inner.Digest, "size": len(inner.Index)},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	up.PutManifest(t, repo, "outer", oci.MediaTypeOCIIndex, outer)
+	amd64 := inner.Platforms["linux/amd64"]
+	sig := pushArtifact(t, up, repo, cosignTag(amd64.Digest, "sig"), "application/vnd.dev.cosign.artifact.sig.v1+json", "signature")
+	sbom := pushArtifact(t, up, repo, "", sbomType, "sbom", amd64.MediaType, amd64.Digest, len(amd64.Manifest))
+	fallback, err := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": oci.MediaTypeOCIIndex, "manifests": []any{
+		map[string]any{"mediaType": oci.MediaTypeOCIManifest, "digest": sbom.digest, "size": len(sbom.raw), "artifactType": sbomType},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	up.PutManifest(t, repo, oci.ReferrersTag(digest.Digest(amd64.Digest)), oci.MediaTypeOCIIndex, fallback)
+
+	m := servertest.Start(t, up.URL())
+	wantManifest(t, get(t, m.URL()+"/v2/nested/manifests/outer"), outer, oci.MediaTypeOCIIndex)
+	m.WaitIdle()
+	up.Stop()
+	m.Clock.Advance(time.Hour) // past the tag TTL and the collection's grace period
+	if _, err := m.Server.Collector.Collect(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+
+	u := m.URL() + "/v2/nested/"
+	wantReferrers(t, get(t, u+"referrers/"+amd64.Digest), "stale", false, sbom.digest)
+	for _, a := range []struct {
+		ref string
+		art pushedArtifact
+	}{{cosignTag(amd64.Digest, "sig"), sig}, {sbom.digest, sbom}} {
+		r := get(t, u+"manifests/"+a.ref)
+		if r.status != http.StatusOK || sha(r.body) != a.art.digest {
+			t.Errorf("%s of the inner index's linux/amd64 offline: %d %s", a.ref, r.status, r.body)
+			continue
+		}
+		if r := get(t, u+"blobs/"+a.art.layer); r.status != http.StatusOK || sha(r.body) != a.art.layer {
+			t.Errorf("blob %s of %s offline: %d", a.art.layer, a.ref, r.status)
+		}
+	}
+}
