@@ -62,18 +62,25 @@ type artifact struct {
 // served for the first time names, as a fill would.
 func (p *Proxy) enqueueReferrersFill(ctx context.Context, t target, subject digest.Digest) {
 	p.background(ctx, fillKey(t, subject)+" referrers", func(ctx context.Context) error {
-		err := p.storeReferrers(ctx, t, []digest.Digest{subject}, nil)
-		if err != nil {
-			p.log.Warn("storing referrers incomplete", "upstream", t.host(), "repo", t.repo, "subject", subject, "error", err)
-			// The list is due at once, and the answer that confirms it
-			// tries the fill again (referrersOf): else it is served, and
-			// offline too, naming what was never stored.
-			if terr := p.index.TouchReferrers(t.host(), t.repo, subject, "", time.Time{}); terr != nil {
+		return p.storeReferrersOrDue(ctx, t, []digest.Digest{subject})
+	})
+}
+
+// storeReferrersOrDue stores the artifacts of subjects (storeReferrers); if it
+// fails, their referrers lists are due at once, and the answer that
+// confirms one tries the fill again (referrersOf): else it is served, and
+// offline too, naming what was never stored.
+func (p *Proxy) storeReferrersOrDue(ctx context.Context, t target, subjects []digest.Digest) error {
+	err := p.storeReferrers(ctx, t, subjects, nil)
+	if err != nil {
+		p.log.Warn("storing referrers incomplete", "upstream", t.host(), "repo", t.repo, "subject", subjects[0], "error", err)
+		for _, s := range subjects {
+			if terr := p.index.TouchReferrers(t.host(), t.repo, s, "", time.Time{}); terr != nil {
 				err = errors.Join(err, terr)
 			}
 		}
-		return err
-	})
+	}
+	return err
 }
 
 // ArtifactsRecheck is how often an image still pulled, whose tag the
@@ -87,9 +94,10 @@ const ArtifactsRecheck = 15 * time.Minute
 const maxArtifactChecks = 1 << 14
 
 // recheckArtifacts looks for the artifacts of the image dgst (the root a
-// tag names) again in the background, if referrers are stored for t and
-// it was not done in the last ArtifactsRecheck: what a fill found is
-// cached, so only what is new, or stale, is asked of the upstream.
+// tag names) and of its stored platform manifests again in the
+// background, if referrers are stored for t and it was not done in the
+// last ArtifactsRecheck: what a fill found is cached, so only what is
+// new, or stale, is asked of the upstream.
 func (p *Proxy) recheckArtifacts(ctx context.Context, t target, dgst digest.Digest) {
 	if !p.referrersFor(t) {
 		return
@@ -97,7 +105,55 @@ func (p *Proxy) recheckArtifacts(ctx context.Context, t target, dgst digest.Dige
 	if last, ok := p.artifactChecks.Get(fillKey(t, dgst)); ok && p.now().Sub(last) < ArtifactsRecheck {
 		return
 	}
-	p.enqueueReferrersFill(ctx, t, dgst)
+	p.background(ctx, fillKey(t, dgst)+" referrers", func(ctx context.Context) error {
+		subjects, err := p.imageSubjects(ctx, t, dgst)
+		if err != nil {
+			p.log.Warn("rechecking artifacts failed", "upstream", t.host(), "repo", t.repo, "digest", dgst, "error", err)
+			return err
+		}
+		return p.storeReferrersOrDue(ctx, t, subjects)
+	})
+}
+
+// imageSubjects returns the manifests of the stored image dgst whose
+// artifacts a fill stores (copyImage): dgst and, for an index, the
+// children of the configured platforms stored in t, those of the indexes
+// it lists included; not the attestation entries.
+func (p *Proxy) imageSubjects(ctx context.Context, t target, dgst digest.Digest) ([]digest.Digest, error) {
+	subjects := []digest.Digest{dgst}
+	var add func(dgst digest.Digest, depth int) error
+	add = func(dgst digest.Digest, depth int) error {
+		m, err := p.loadManifest(ctx, t, dgst)
+		if err != nil {
+			return err
+		}
+		if !oci.IsIndex(m.mediaType) {
+			return nil
+		}
+		doc, _, err := oci.ParseManifest(m.body, m.mediaType)
+		if err != nil {
+			return err
+		}
+		children, _ := selectChildren(doc.Manifests, p.platformsFor(t))
+		for _, c := range children {
+			if oci.IsAttestation(c) {
+				continue
+			}
+			if linked, err := p.index.Linked(t.host(), t.repo, c.Digest); err != nil {
+				return err
+			} else if !linked {
+				continue // not mirrored (yet)
+			}
+			subjects = append(subjects, c.Digest)
+			if oci.IsIndex(c.MediaType) && depth < MaxIndexDepth {
+				if err := add(c.Digest, depth+1); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
+	return subjects, add(dgst, 0)
 }
 
 // storeReferrers stores, with their blobs, the artifacts of subjects (an

@@ -500,3 +500,78 @@ func TestFillStoresArtifactsOfNestedIndexPlatforms(t *testing.T) {
 		}
 	}
 }
+
+// A platform manifest signed or attested after the mirror cached its
+// image (cosign sign --recursive, cosign attest image@<platform digest>,
+// run once CI has pushed the image) has that stored at a later pull that
+// finds the image's tag unchanged upstream, as the index's own are, so
+// that it verifies through the mirror once the upstream is down. Before,
+// the recheck looked for the index's artifacts only.
+func TestPlatformArtifactsAddedAfterCachingAreStored(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	const repo = "library/signed"
+	ma := up.SeedMultiArch(t, repo, "1", fixture.OCI)
+	m := servertest.Start(t, up.URL())
+	cranePull(t, ref(t, m, "signed:1"), remote.WithPlatform(linuxAMD64))
+	m.WaitIdle()
+
+	amd64 := ma.Platforms["linux/amd64"]
+	att := pushArtifact(t, up, repo, cosignTag(amd64.Digest, "att"), "application/vnd.dsse.envelope.v1+json", "attestation")
+	sbom := pushArtifact(t, up, repo, "", sbomType, "sbom", amd64.MediaType, amd64.Digest, len(amd64.Manifest))
+	idx, err := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": oci.MediaTypeOCIIndex, "manifests": []any{
+		map[string]any{"mediaType": oci.MediaTypeOCIManifest, "digest": sbom.digest, "size": len(sbom.raw), "artifactType": sbomType},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	up.PutManifest(t, repo, oci.ReferrersTag(digest.Digest(amd64.Digest)), oci.MediaTypeOCIIndex, idx)
+
+	m.Clock.Advance(proxy.ArtifactsRecheck) // past the tag's TTL, and the fill's look
+	cranePull(t, ref(t, m, "signed:1"), remote.WithPlatform(linuxAMD64))
+	m.WaitIdle()
+
+	up.Stop()
+	m.Clock.Advance(time.Hour) // past the tag TTL
+	u := m.URL() + "/v2/signed/"
+	wantReferrers(t, get(t, u+"referrers/"+amd64.Digest), "stale", false, sbom.digest)
+	for _, a := range []struct {
+		ref string
+		art pushedArtifact
+	}{{cosignTag(amd64.Digest, "att"), att}, {sbom.digest, sbom}} {
+		wantManifest(t, get(t, u+"manifests/"+a.ref), a.art.raw, oci.MediaTypeOCIManifest)
+		if r := get(t, u+"blobs/"+a.art.layer); r.status != http.StatusOK || sha(r.body) != a.art.layer {
+			t.Errorf("blob %s of %s offline: %d", a.art.layer, a.ref, r.status)
+		}
+	}
+}
+
+// So is one of a platform manifest an inner index lists (an index that
+// lists an index).
+func TestNestedPlatformArtifactsAddedAfterCachingAreStored(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	const repo = "library/nested"
+	inner := up.SeedMultiArch(t, repo, "inner", fixture.OCI)
+	outer, err := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": oci.MediaTypeOCIIndex, "manifests": []any{
+		map[string]any{"mediaType": inner.MediaType, "digest": inner.Digest, "size": len(inner.Index)},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	up.PutManifest(t, repo, "outer", oci.MediaTypeOCIIndex, outer)
+	m := servertest.Start(t, up.URL())
+	u := m.URL() + "/v2/nested/"
+	wantManifest(t, get(t, u+"manifests/outer"), outer, oci.MediaTypeOCIIndex)
+	m.WaitIdle()
+
+	amd64 := inner.Platforms["linux/amd64"]
+	sig := pushArtifact(t, up, repo, cosignTag(amd64.Digest, "sig"), "application/vnd.dev.cosign.artifact.sig.v1+json", "signature")
+	m.Clock.Advance(proxy.ArtifactsRecheck) // past the tag's TTL, and the fill's look
+	wantManifest(t, get(t, u+"manifests/outer"), outer, oci.MediaTypeOCIIndex)
+	m.WaitIdle()
+
+	up.Stop()
+	wantManifest(t, get(t, u+"manifests/"+cosignTag(amd64.Digest, "sig")), sig.raw, oci.MediaTypeOCIManifest)
+	if r := get(t, u+"blobs/"+sig.layer); r.status != http.StatusOK || sha(r.body) != sig.layer {
+		t.Errorf("blob %s of the signature offline: %d", sig.layer, r.status)
+	}
+}
