@@ -49,6 +49,11 @@ const kindReferrer = "referrer"
 // errArtifactGone: the upstream does not have an artifact's manifest.
 var errArtifactGone = errors.New("artifact not upstream")
 
+// errArtifactBlobGone: the upstream does not have what an artifact's
+// manifest lists (a blob, an index's child): a registry that does not
+// check an artifact's blobs took it so, or lost them since.
+var errArtifactBlobGone = errors.New("artifact's content not upstream")
+
 // artifact is a supply-chain artifact of a subject: a referrer, or one of
 // cosign's tags.
 type artifact struct {
@@ -169,7 +174,8 @@ func (p *Proxy) imageSubjects(ctx context.Context, t target, dgst digest.Digest)
 // tag is normal; a list or tag the upstream cannot give is logged and
 // skipped (the image is complete without it); an artifact found that
 // cannot be stored fails the fill, unless the upstream does not have it
-// or a registry destination refuses its manifest itself (artifactSkipped).
+// or its blobs, or a registry destination refuses its manifest itself
+// (artifactSkipped).
 func (p *Proxy) storeReferrers(ctx context.Context, t target, subjects []digest.Digest, prog *progress) error {
 	if !p.referrersFor(t) {
 		return nil
@@ -223,6 +229,16 @@ func (p *Proxy) storeReferrers(ctx context.Context, t target, subjects []digest.
 					}
 					err := p.storeArtifact(gctx, t, a)
 					if p.artifactSkipped(t, a, err) {
+						if errors.Is(err, errArtifactBlobGone) && a.tag == "" {
+							// Its content may come yet (a registry's
+							// replicas catching up): the list is due, and
+							// the answer that confirms it tries again
+							// (referrersOf); a cosign tag's is looked
+							// for again by the recheck.
+							if err := p.index.TouchReferrers(t.host(), t.repo, subject, "", time.Time{}); err != nil {
+								return err
+							}
+						}
 						continue
 					}
 					if err != nil {
@@ -251,9 +267,9 @@ func (p *Proxy) storeReferrers(ctx context.Context, t target, subjects []digest.
 
 // artifactSkipped reports whether err, storing artifact a, leaves a out
 // of its image, and logs it: a listed referrer the upstream does not have
-// (a signature deleted, a fallback tag index left naming it), or whose
-// manifest a registry destination refuses itself (one older than
-// image-spec 1.1 refuses a subject field). The image is complete without
+// (a signature deleted, a fallback tag index left naming it) or whose
+// blobs it does not have, or whose manifest a registry destination refuses
+// itself (one older than image-spec 1.1 refuses a subject field). The image is complete without
 // it: a fill failed for it would be tried again, and fail again, on every
 // pull, its tag never pushed.
 func (p *Proxy) artifactSkipped(t target, a artifact, err error) bool {
@@ -261,6 +277,8 @@ func (p *Proxy) artifactSkipped(t target, a artifact, err error) bool {
 	switch {
 	case errors.Is(err, errArtifactGone):
 		msg = "a listed referrer is not upstream; not storing it"
+	case errors.Is(err, errArtifactBlobGone):
+		msg = "an artifact's content is not upstream; leaving the artifact out of its image"
 	case errors.Is(err, storage.ErrManifestRefused):
 		msg = "the destination refuses an artifact's manifest; not storing it there"
 	default:
@@ -387,6 +405,9 @@ func (p *Proxy) storeArtifact(ctx context.Context, t target, a artifact) error {
 		_, _, err = p.fillChildren(ctx, t, doc.Manifests, nil, 0, nil)
 	} else {
 		err = p.fillBlobs(ctx, t, doc, nil)
+	}
+	if errors.Is(err, upstream.ErrNotFound) && !pingNotFound(err) {
+		return fmt.Errorf("%w: %w", errArtifactBlobGone, err)
 	}
 	if err != nil {
 		return err

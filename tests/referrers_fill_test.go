@@ -260,6 +260,53 @@ func TestFillCompletesPastAGoneReferrer(t *testing.T) {
 	}
 }
 
+// An artifact whose blob the upstream does not have (a signature or an
+// SBOM pushed to a registry that does not check an artifact's blobs, or
+// whose blob it has since lost) is left out of its image, as an artifact
+// gone is: the image's fill completes, and the artifact is looked for
+// again as the image's artifacts are (a referrer's list is due at once).
+// Before, the fill failed on it and
+// stayed partial for ever: every pull asked for the missing blob again,
+// and a registry destination never got the image's tag.
+func TestFillCompletesPastAnArtifactsMissingBlob(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	const repo = "library/plain"
+	img := up.SeedImage(t, repo, "1", 1, 1<<10)
+	sig := pushArtifact(t, up, repo, cosignTag(img.Digest, "sig"), "application/vnd.dev.cosign.artifact.sig.v1+json", "signature")
+	up.SetFault(fixture.Fault{Status: http.StatusNotFound, PathContains: sig.layer})
+	up.ResetCounts()
+
+	m := servertest.Start(t, up.URL())
+	for range 2 {
+		cranePull(t, ref(t, m, "plain:1"))
+		m.WaitIdle()
+	}
+	if complete, ok, err := m.Index.FillComplete("docker.io", repo, digest.Digest(img.Digest)); err != nil || !ok || !complete {
+		t.Errorf("image fill complete %v (recorded %v, %v), want complete", complete, ok, err)
+	}
+	if n := requestsTo(up, http.MethodGet, "/v2/"+repo+"/blobs/"+sig.layer); n != 1 {
+		t.Errorf("the signature's missing blob was asked for %d times in two pulls, want 1", n)
+	}
+
+	// Into a registry destination: the image's tag is pushed.
+	dest := startDest(t)
+	dm := startDestMirror(t, up, dest, nil)
+	cranePull(t, ref(t, dm.Server, "plain:1"))
+	dm.WaitIdle()
+	wantDestManifest(t, dest, repo, "1", img.Manifest, img.MediaType)
+
+	// The blob there at last (a registry's replicas caught up): the
+	// recheck of a later pull stores it.
+	up.ClearFault()
+	m.Clock.Advance(proxy.ArtifactsRecheck)
+	cranePull(t, ref(t, m, "plain:1"))
+	m.WaitIdle()
+	up.Stop()
+	if r := get(t, m.URL()+"/v2/plain/blobs/"+sig.layer); r.status != http.StatusOK || sha(r.body) != sig.layer {
+		t.Errorf("the signature's blob offline once the upstream had it: %d", r.status)
+	}
+}
+
 // countingHandler counts the requests h receives by "METHOD PATH".
 type countingHandler struct {
 	h  http.Handler
