@@ -79,7 +79,39 @@ func (p *Proxy) upstreamManifest(ctx context.Context, t target, ref oci.Ref, via
 			return m, err
 		}
 	}
+	if m := p.storedCopy(ctx, t, ref); m != nil {
+		return m, nil
+	}
 	return t.up.Manifest(ctx, t.repo, ref, opts...)
+}
+
+// storedCopy returns ref's manifest as the store holds it, if the proxy
+// reads manifests from the store (WithManifestsFromStore) and the store
+// has it, verified; else nil, and the upstream is asked. A tag's digest is
+// asked of the upstream with a HEAD (which Docker Hub does not count as a
+// pull): a tag that moved is fetched.
+func (p *Proxy) storedCopy(ctx context.Context, t target, ref oci.Ref) *upstream.Manifest {
+	ms, ok := p.store.(storage.ManifestStore)
+	if !p.manifestsFromStore || !ok {
+		return nil
+	}
+	dgst := ref.Digest
+	if !ref.IsDigest() {
+		d, err := p.revalidate(ctx, t, ref.Tag)
+		if err != nil {
+			return nil // the GET answers it
+		}
+		dgst = d
+	}
+	body, err := ms.Manifest(ctx, t.storeRepo(), dgst)
+	if err != nil || !oci.Matches(dgst, body) {
+		return nil
+	}
+	_, mt, err := oci.ParseManifest(body, "")
+	if err != nil {
+		return nil
+	}
+	return &upstream.Manifest{Body: body, MediaType: mt, Digest: dgst}
 }
 
 // fillFromPeer has the owner of a blob the background mirror needs fetch

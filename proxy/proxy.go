@@ -58,6 +58,10 @@ type Proxy struct {
 	maxBlobSize int64
 	// manifestTimeout bounds one upstream manifest request.
 	manifestTimeout time.Duration
+	// manifestsFromStore: a manifest to fetch is read back from a store
+	// that holds manifests, if there, rather than asked of the upstream
+	// (WithManifestsFromStore).
+	manifestsFromStore bool
 	// full says whether the store is full; readyFailWhenFull makes
 	// /readyz fail meanwhile.
 	full              fullness
@@ -240,6 +244,14 @@ func WithPrefetchMaxImages(n int) Option { return func(p *Proxy) { p.maxJobImage
 // nothing is kept. A layer a manifest lists is also held to the size the
 // manifest declares.
 func WithMaxBlobSize(n int64) Option { return func(p *Proxy) { p.maxBlobSize = n } }
+
+// WithManifestsFromStore has a manifest the index does not hold read back
+// from the store by digest, if the store holds manifests (a registry
+// destination) and has it, before the upstream is asked; a tag's digest
+// is asked with a HEAD. For the mirror command, whose index is thrown
+// away after each run: a run again costs the upstream no manifest GET,
+// which Docker Hub counts as a pull.
+func WithManifestsFromStore() Option { return func(p *Proxy) { p.manifestsFromStore = true } }
 
 // New returns a proxy serving from store and index, filling from the given
 // upstreams, keyed by the host clients name them with. docker.io must be

@@ -119,7 +119,9 @@ func mirrorImages(ctx context.Context, cfg config.Config, log *slog.Logger, imag
 	// htpasswd file, its sync, its cluster's peers) is neither read nor run.
 	cfg.TLSCert, cfg.TLSKey = "", ""
 	cfg.Auth, cfg.Sync, cfg.Cluster = config.Auth{}, config.Sync{}, config.Cluster{}
-	srv, err := server.New(ctx, cfg, server.WithLogger(log))
+	// Manifests the destination holds from an earlier run are read back
+	// from it, not fetched again: each GET counts as a Docker Hub pull.
+	srv, err := server.New(ctx, cfg, server.WithLogger(log), server.WithProxyOptions(proxy.WithManifestsFromStore()))
 	if err != nil {
 		return nil, err
 	}

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -14,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -896,4 +898,74 @@ func TestMirrorCommandPlatformInNestedIndex(t *testing.T) {
 	}
 	wantImageAt(t, e.dest, "library/hello-world", e.hello.Platforms["linux/arm64"])
 	wantAt(t, e.dest, "library/hello-world", "mixed", outer, oci.MediaTypeOCIIndex)
+}
+
+// Mirroring again what the destination already holds (a mirror run from
+// cron) costs the upstream no manifest GET: Docker Hub counts each as a
+// pull, against the rate limit the mirror is there to spare. The tag is
+// asked for with a HEAD, which Hub does not count, and the manifests
+// under it are read back from the destination by digest.
+func TestMirrorCommandAgainGetsNoManifest(t *testing.T) {
+	e := newMirrorEnv(t)
+	if code, stdout, stderr := e.mirror(t, "hello-world", "area51/jenkins:2.4"); code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+	e.up.ResetCounts()
+	if code, stdout, stderr := e.mirror(t, "hello-world", "area51/jenkins:2.4"); code != 0 {
+		t.Fatalf("second run: exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+	var gets []string
+	for _, r := range e.up.Requests() {
+		if r.Method == http.MethodGet && r.Kind == fixture.KindManifest {
+			gets = append(gets, r.Path)
+		}
+	}
+	if len(gets) != 0 || e.up.BlobBytes() != 0 {
+		t.Errorf("mirroring again what the destination holds: %d manifest GETs upstream %v, %d blob bytes; want none", len(gets), gets, e.up.BlobBytes())
+	}
+	wantMultiArchAt(t, e.dest, "library/hello-world", e.hello, linuxPlatforms...)
+	wantAt(t, e.dest, "area51/jenkins", "2.4", e.single.Manifest, e.single.MediaType)
+
+	// The tag moved upstream: the new image is copied.
+	moved := e.up.SeedImage(t, "area51/jenkins", "2.4", 1, 4<<10)
+	if code, stdout, stderr := e.mirror(t, "area51/jenkins:2.4"); code != 0 {
+		t.Fatalf("after the tag moved: exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+	wantImageAt(t, e.dest, "area51/jenkins", moved)
+	wantAt(t, e.dest, "area51/jenkins", "2.4", moved.Manifest, moved.MediaType)
+}
+
+// A manifest the destination answers with other bytes than its digest's
+// (once: a proxy in front of it rewriting JSON) is not taken: the
+// upstream's is fetched, and the copy completes.
+func TestMirrorCommandAgainDestinationManifestDamaged(t *testing.T) {
+	e := newMirrorEnv(t)
+	var damage atomic.Bool
+	e.dest = fixture.StartDestination(t, map[string]string{destUser: destPassword}, fixture.WithFrontEnd(func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method != http.MethodGet || !strings.Contains(r.URL.Path, "/manifests/sha256:") || !damage.CompareAndSwap(true, false) {
+				next.ServeHTTP(w, r)
+				return
+			}
+			rec := httptest.NewRecorder()
+			next.ServeHTTP(rec, r)
+			body := append(rec.Body.Bytes(), ' ')
+			maps.Copy(w.Header(), rec.Header())
+			w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+			w.WriteHeader(rec.Code)
+			_, _ = w.Write(body)
+		})
+	}))
+	if code, stdout, stderr := e.mirror(t, "area51/jenkins:2.4"); code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+	damage.Store(true)
+	e.up.ResetCounts()
+	if code, stdout, stderr := e.mirror(t, "area51/jenkins:2.4"); code != 0 {
+		t.Fatalf("second run: exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+	if n := e.up.Count(http.MethodGet, fixture.KindManifest); n != 1 {
+		t.Errorf("%d manifest GETs upstream; want 1: the destination's copy is not the digest's", n)
+	}
+	wantAt(t, e.dest, "area51/jenkins", "2.4", e.single.Manifest, e.single.MediaType)
 }
