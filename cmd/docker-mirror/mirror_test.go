@@ -540,6 +540,20 @@ func TestPrefetchCommandHidesServerPassword(t *testing.T) {
 	if got != "ops:"+password {
 		t.Errorf("the server got credentials %q", got)
 	}
+	// The password in the environment, not in the command line (which
+	// ps shows); one in the URL wins.
+	got = ""
+	t.Setenv("DOCKER_MIRROR_PREFETCH_PASSWORD", password)
+	u.User = url.User("ops")
+	if code, _, e := runCmd(t, context.Background(), "prefetch", "--server", u.String(), "hello-world"); code != 1 || got != "ops:"+password {
+		t.Errorf("password in DOCKER_MIRROR_PREFETCH_PASSWORD: exit %d, the server got credentials %q; want 1 and ops's", code, got)
+	} else {
+		stderr += e
+	}
+	u.User = url.UserPassword("ops", "in-url")
+	if runCmd(t, context.Background(), "prefetch", "--server", u.String(), "hello-world"); got != "ops:in-url" {
+		t.Errorf("password in the URL and the environment: the server got %q; want the URL's", got)
+	}
 	for _, server := range []string{"ops:" + password + "@127.0.0.1:5000", "ftp://ops:" + password + "@127.0.0.1:5000"} {
 		if code, _, e := runCmd(t, context.Background(), "prefetch", "--server", server, "hello-world"); code != 2 || !strings.Contains(e, "--server") {
 			t.Errorf("--server %s: exit %d, stderr %q; want 2 naming --server", server, code, e)

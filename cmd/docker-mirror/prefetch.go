@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"time"
 
@@ -22,11 +23,16 @@ import (
 // pollInterval is how often the prefetch command asks for its job's state.
 const pollInterval = 500 * time.Millisecond
 
+// prefetchPasswordEnv holds the password of the admin --server names
+// (http://USER@HOST): given there, it is not in the command line, which
+// ps shows to every user of the machine.
+const prefetchPasswordEnv = "DOCKER_MIRROR_PREFETCH_PASSWORD"
+
 // prefetchCommand asks a running docker-mirror to prefetch images and
 // follows the job: docker-mirror prefetch --server URL IMAGE...
 func prefetchCommand(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("prefetch", flag.ContinueOnError)
-	server := fs.String("server", "http://127.0.0.1:5000", "URL of the running docker-mirror; with auth, an admin's credentials in it: http://USER:PASSWORD@HOST:PORT")
+	server := fs.String("server", "http://127.0.0.1:5000", "URL of the running docker-mirror; with auth, an admin's name in it, http://USER@HOST:PORT, the password in $"+prefetchPasswordEnv+" (or in the URL, where ps shows it: http://USER:PASSWORD@HOST:PORT)")
 	var platforms []string
 	fs.Func("platform", "platform pattern to prefetch (repeatable; default: the server's)", func(v string) error {
 		if _, err := oci.ParsePlatform(v); err != nil {
@@ -46,9 +52,15 @@ func prefetchCommand(ctx context.Context, args []string, stdout, stderr io.Write
 		fmt.Fprintf(stderr, "docker-mirror prefetch: %v\n", err)
 		return exitUsage
 	}
-	if u, err := url.Parse(*server); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+	u, err := url.Parse(*server)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		fmt.Fprintf(stderr, "docker-mirror prefetch: --server: invalid URL %q\n", redact.URL(*server))
 		return exitUsage
+	}
+	if pw, ok := os.LookupEnv(prefetchPasswordEnv); ok && u.User != nil {
+		if _, inURL := u.User.Password(); !inURL {
+			u.User = url.UserPassword(u.User.Username(), pw)
+		}
 	}
 	if fs.NArg() == 0 {
 		fmt.Fprintln(stderr, "docker-mirror prefetch: no images to prefetch")
@@ -58,7 +70,7 @@ func prefetchCommand(ctx context.Context, args []string, stdout, stderr io.Write
 		fmt.Fprintf(stderr, "docker-mirror prefetch: flag %q after the images: give the flags before IMAGE...\n", f)
 		return exitUsage
 	}
-	base := strings.TrimRight(*server, "/")
+	base := strings.TrimRight(u.String(), "/")
 	job, err := postJob(ctx, base, proxy.PrefetchRequest{Images: fs.Args(), Platforms: platforms})
 	if err != nil {
 		fmt.Fprintf(stderr, "docker-mirror prefetch: %v\n", err)
