@@ -339,7 +339,22 @@ func (c *Collector) sweep(ctx context.Context, batch []digest.Digest, mk *marker
 	// then it reads them itself, under its write lock. It forgets the
 	// batch in as many transactions as its write limits need.
 	var gone []storage.Forgotten
-	todo := slices.Clone(claimed)
+	// On a shared store another replica may have recorded an image naming
+	// some of this content since the records were read: reused it
+	// (storage.Index.Reuse) or fetched it again. Its records are read again
+	// now, and what was written since is kept, whatever its age (an
+	// eviction's freed content too).
+	written, err := c.index.Recheck(ctx, claimed)
+	if err != nil {
+		return err
+	}
+	todo := slices.DeleteFunc(slices.Clone(claimed), func(d digest.Digest) bool {
+		if written[d] {
+			r.Kept++
+			return true
+		}
+		return false
+	})
 	for try := 0; len(todo) > 0; {
 		if err := mk.update(ctx, c.index); err != nil {
 			return err

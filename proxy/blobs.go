@@ -283,10 +283,15 @@ func (p *Proxy) mayServe(ctx context.Context, t target, dgst digest.Digest, size
 }
 
 // adoptBlob links a stored blob to t's repository, and records it if the
-// index lacks it (a crash between storing and recording it).
+// index lacks it (a crash between storing and recording it). On a shared
+// store the reuse is noted in the bucket, where another replica's
+// collection that read the records before looks before removing it.
 func (p *Proxy) adoptBlob(t target, dgst digest.Digest, size int64) error {
 	if _, ok, err := p.index.Blob(dgst); err != nil || ok {
 		if err != nil {
+			return err
+		}
+		if err := p.index.Reuse(dgst, p.now()); err != nil {
 			return err
 		}
 		return p.index.Link(t.host(), t.repo, dgst)

@@ -371,24 +371,26 @@ func (p *Proxy) ensureManifest(ctx context.Context, t target, dgst digest.Digest
 	if err := oci.ValidateDigest(dgst); err != nil {
 		return nil, fmt.Errorf("manifest lists an invalid manifest digest %q: %w", dgst, err)
 	}
-	stored := func() *storedManifest {
+	stored := func() (*storedManifest, error) {
 		if linked, err := p.index.Linked(t.host(), t.repo, dgst); err == nil && linked {
 			if m, err := p.loadManifest(ctx, t, dgst); err == nil {
-				return m
+				// Reused for the image being filled: noted where another
+				// replica's collection looks (a shared store).
+				return m, p.index.Reuse(dgst, p.now())
 			}
 		}
-		return nil
+		return nil, nil
 	}
-	if m := stored(); m != nil {
-		return m, nil
+	if m, err := stored(); m != nil || err != nil {
+		return m, err
 	}
 	if err := p.fetches.Acquire(ctx, 1); err != nil {
 		return nil, err
 	}
 	defer p.fetches.Release(1)
 	// A client's pull may have fetched it while this waited for its turn.
-	if m := stored(); m != nil {
-		return m, nil
+	if m, err := stored(); m != nil || err != nil {
+		return m, err
 	}
 	return p.fetchManifest(ctx, t, oci.Ref{Digest: dgst}, false)
 }

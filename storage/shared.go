@@ -11,6 +11,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
+	"golang.org/x/sync/errgroup"
 )
 
 // The index on a shared store: every record a replica needs to serve
@@ -385,4 +386,123 @@ func (ix *Index) shareLaterPulls(recs []sharedRecord) error {
 		}
 	}
 	return nil
+}
+
+// Reuse notes that a fill reuses the stored content dgst, recorded
+// already, at t for an image it records, without writing it. On a shared
+// index the content's records in the bucket are written again with t (a
+// blob's last access, a manifest's fetch time): a collection on another
+// replica that read the records before the image was recorded reads them
+// again before it removes the content (Recheck), and keeps it. It does
+// nothing without shared records, or for content the index does not
+// record (the fill records that itself).
+func (ix *Index) Reuse(dgst digest.Digest, t time.Time) error {
+	if ix.records == nil {
+		return nil
+	}
+	if rec, ok, err := view[BlobRecord](ix, bucketBlobs, []byte(dgst)); err != nil {
+		return err
+	} else if ok {
+		rec.LastAccess = t
+		if err := ix.sharePut(bucketBlobs, []byte(dgst), rec); err != nil {
+			return err
+		}
+	}
+	if rec, ok, err := view[ManifestRecord](ix, bucketManifests, []byte(dgst)); err != nil {
+		return err
+	} else if ok {
+		rec.FetchedAt = t
+		return ix.sharePut(bucketManifests, []byte(dgst), rec)
+	}
+	return nil
+}
+
+// rechecks bounds the records Recheck reads at once.
+const rechecks = 8
+
+// Recheck reads again from the shared records the content records of
+// dgsts, which a collection is about to remove, and returns those that
+// another replica wrote since this index last read them (Refresh):
+// content that replica fetched again or reused (Reuse) for an image it
+// records, which the roots the collection read do not show. Those records are adopted, as Refresh would. A
+// record removed meanwhile (another collection) counts for nothing.
+// Without shared records it returns none.
+func (ix *Index) Recheck(ctx context.Context, dgsts []digest.Digest) (map[digest.Digest]bool, error) {
+	if ix.records == nil || len(dgsts) == 0 {
+		return nil, nil
+	}
+	type read struct {
+		bucket []byte
+		dgst   digest.Digest
+		local  time.Time // the newest time of the local record (zero: none)
+		raw    []byte    // the bucket's record, if it is newer
+	}
+	var reads []read
+	err := ix.db.View(func(tx *bolt.Tx) error {
+		for _, d := range dgsts {
+			n := len(reads)
+			for _, bucket := range [][]byte{bucketBlobs, bucketManifests} {
+				if raw := tx.Bucket(bucket).Get([]byte(d)); raw != nil {
+					reads = append(reads, read{bucket: bucket, dgst: d, local: contentTime(bucket, raw)})
+				}
+			}
+			if len(reads) == n {
+				// Recorded by no replica when the records were read: any
+				// record names it now.
+				reads = append(reads, read{bucket: bucketBlobs, dgst: d}, read{bucket: bucketManifests, dgst: d})
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	var eg errgroup.Group
+	eg.SetLimit(rechecks)
+	for i := range reads {
+		r := &reads[i]
+		eg.Go(func() error {
+			rctx, cancel := context.WithTimeout(ctx, recordsTimeout)
+			defer cancel()
+			raw, err := ix.records.Get(rctx, string(r.bucket), string(r.dgst))
+			if errors.Is(err, ErrNotFound) {
+				return nil
+			}
+			if err != nil {
+				return fmt.Errorf("shared records: reading %s %q: %w: %w", r.bucket, r.dgst, ErrUnavailable, err)
+			}
+			if contentTime(r.bucket, raw).After(r.local) {
+				r.raw = raw
+			}
+			return nil
+		})
+	}
+	if err := eg.Wait(); err != nil {
+		return nil, err
+	}
+	written := map[digest.Digest]bool{}
+	for _, r := range reads {
+		if r.raw == nil {
+			continue
+		}
+		if err := ix.adopt(r.bucket, []byte(r.dgst), r.raw); err != nil {
+			return nil, err
+		}
+		written[r.dgst] = true
+	}
+	return written, nil
+}
+
+// contentTime is the newest time a blob or manifest record (JSON, as the
+// bucket and the local database hold them) notes: zero if it cannot be
+// read.
+func contentTime(bucket, raw []byte) time.Time {
+	if bytes.Equal(bucket, bucketBlobs) {
+		var r BlobRecord
+		_ = json.Unmarshal(raw, &r)
+		return latestTime(r.FetchedAt, r.LastAccess)
+	}
+	var r ManifestRecord
+	_ = json.Unmarshal(raw, &r)
+	return r.FetchedAt
 }

@@ -21,11 +21,14 @@ import (
 // failing is set, answers the writes (PUTs) of the mirror's records with
 // S3's 503 SlowDown, as S3 does when a prefix gets more writes than it
 // takes; every other request passes. written, if set, is told the path
-// of each record write that passed, once S3 has answered it.
+// of each record write that passed, once S3 has answered it; requested,
+// if set, is told of every request before it passes (and holds it while
+// it runs).
 type slowDownS3 struct {
-	next    http.Handler
-	failing atomic.Bool
-	written atomic.Pointer[func(path string)]
+	next      http.Handler
+	failing   atomic.Bool
+	written   atomic.Pointer[func(path string)]
+	requested atomic.Pointer[func(r *http.Request)]
 }
 
 func startSlowDownS3(t *testing.T, s3srv *s3test.Server) (*slowDownS3, string) {
@@ -47,6 +50,9 @@ func (f *slowDownS3) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		_, _ = w.Write([]byte(`<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>`))
 		return
+	}
+	if requested := f.requested.Load(); requested != nil {
+		(*requested)(r)
 	}
 	f.next.ServeHTTP(w, r)
 	if written := f.written.Load(); written != nil && record {

@@ -2,11 +2,14 @@ package tests
 
 import (
 	"bytes"
+	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -362,5 +365,138 @@ func TestSharedBucketRunningJobReadOnAnotherReplica(t *testing.T) {
 	a.WaitIdle()
 	if j := job(t, b, r.header.Get("Location")); j.State != storage.JobDone {
 		t.Errorf("the job done, on the other replica: %+v", j)
+	}
+}
+
+// An image no replica records any more (its tag and mirror record gone, as
+// an eviction or a tag moved away leaves it) keeps its content in the
+// bucket until a collection removes it. A replica that pulls it again, or
+// a new image on its config and layers, meanwhile records it and reuses
+// that content without writing it. A collection on another replica that
+// had read the bucket's records just before removed it all the same,
+// being past the grace period: the image just recorded named a manifest,
+// a config and layers no longer stored, and with the upstream down its
+// pulls failed. What another replica recorded or reused since the
+// collection read the records is now kept (and what no image names still
+// goes: the old manifest, once a new one reuses its blobs).
+func TestSharedBucketCollectionKeepsContentAnotherReplicaReuses(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// multi seeds a multi-arch index rather than an image; again
+		// pulls it again, else a new one on the same content (tag v2).
+		multi, again bool
+	}{
+		{"the same image", false, true},
+		{"a new image on its blobs", false, false},
+		{"a new index on its images", true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s3srv, bucket, onBucket := sharedBucket(t)
+			front, endpoint := startSlowDownS3(t, s3srv)
+			up := fixture.StartUpstream(t)
+			// v1 is pulled first; images are those the manifest pulled
+			// last is or names, which must be served in the end.
+			var v1 struct {
+				raw        []byte
+				digest, mt string
+				images     []*fixture.Image
+			}
+			if tc.multi {
+				ma := up.SeedMultiArch(t, "library/app", "v1", fixture.OCI, fixture.WithoutAttestations())
+				v1.raw, v1.digest, v1.mt = ma.Index, ma.Digest, ma.MediaType
+				for platform, img := range ma.Platforms {
+					if strings.HasPrefix(platform, "linux/") {
+						v1.images = append(v1.images, img)
+					}
+				}
+			} else {
+				img := up.SeedImage(t, "library/app", "v1", 2, 4<<10)
+				v1.raw, v1.digest, v1.mt, v1.images = img.Manifest, img.Digest, img.MediaType, []*fixture.Image{img}
+			}
+			pulled, tag, removed := v1.raw, "v1", 0
+			if !tc.again {
+				var doc map[string]any
+				if err := json.Unmarshal(v1.raw, &doc); err != nil {
+					t.Fatal(err)
+				}
+				doc["annotations"] = map[string]string{"rev": "2"}
+				raw, err := json.Marshal(doc)
+				if err != nil {
+					t.Fatal(err)
+				}
+				d := up.PutManifest(t, "library/app", "v2", v1.mt, raw)
+				pulled, tag, removed = raw, "v2", 1 // v1's manifest, which no image names
+				if !tc.multi {
+					v2 := *v1.images[0]
+					v2.Manifest, v2.Digest = raw, d
+					v1.images = []*fixture.Image{&v2}
+				}
+			}
+			ups := []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}
+			a := servertest.StartConfigured(t, ups, onBucket)
+			b := servertest.StartConfigured(t, ups, func(c *config.Config) {
+				c.Storage = s3srv.Storage(bucket)
+				c.Storage["s3"]["regionendpoint"] = endpoint
+			})
+			wantManifest(t, get(t, a.URL()+"/v2/library/app/manifests/v1"), v1.raw, v1.mt)
+			a.WaitIdle()
+			d := digestOf(t, v1.digest)
+			if err := a.Index.UnrootImages([]storage.Unroot{{
+				Upstream: proxy.DefaultHost, Repo: "library/app", Digest: d, Tags: []string{"v1"},
+				Fills: []storage.FillKey{{Upstream: proxy.DefaultHost, Repo: "library/app", Digest: d}},
+			}}); err != nil {
+				t.Fatal(err)
+			}
+
+			// An hour later b collects. Once it has read the records and
+			// listed the content, a pulls, while b's next requests to the
+			// bucket wait.
+			a.Clock.Advance(time.Hour)
+			b.Clock.Advance(time.Hour)
+			next, goOn := make(chan struct{}), make(chan struct{})
+			release := sync.OnceFunc(func() { close(goOn) })
+			defer release() // a failure before the pull's end
+			var listed atomic.Bool
+			var once sync.Once
+			held := func(r *http.Request) {
+				if listed.Load() {
+					once.Do(func() { close(next) })
+					<-goOn
+				} else if r.Method == http.MethodGet && strings.HasPrefix(strings.TrimPrefix(r.URL.Query().Get("prefix"), "/"), "blobs") {
+					listed.Store(true)
+				}
+			}
+			front.requested.Store(&held)
+			type result struct {
+				rep lifecycle.Report
+				err error
+			}
+			collected := make(chan result, 1)
+			go func() {
+				rep, err := b.Server.Collector.Collect(t.Context())
+				collected <- result{rep, err}
+			}()
+			ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+			defer cancel()
+			wait(t, ctx, next, "b's collection going on after its listing")
+			wantManifest(t, get(t, a.URL()+"/v2/library/app/manifests/"+tag), pulled, v1.mt)
+			a.WaitIdle()
+			release()
+			res := <-collected
+			if res.err != nil {
+				t.Fatal(res.err)
+			}
+			if res.rep.BlobsRemoved != 0 || res.rep.ManifestsRemoved != removed {
+				t.Errorf("b's collection removed %d blobs and %d manifests; want %d manifests, and nothing of the image a had just recorded", res.rep.BlobsRemoved, res.rep.ManifestsRemoved, removed)
+			}
+
+			up.Stop()
+			for _, m := range []*servertest.Server{a, b} {
+				wantManifest(t, get(t, m.URL()+"/v2/library/app/manifests/"+tag), pulled, v1.mt)
+				for _, img := range v1.images {
+					wantImage(t, m, "library/app", img)
+				}
+			}
+		})
 	}
 }
