@@ -99,6 +99,11 @@ func (p *Proxy) runJob(ctx context.Context, job *storage.Job) {
 		}()
 		pats, _ := oci.ParsePlatforms(job.Platforms) // validated when queued; nil: each upstream's own
 		p.setJob(job, func() { job.State = storage.JobRunning })
+		stopBeat := func() {}
+		if p.index.Shared() {
+			stopBeat = p.beatJob(job)
+			defer stopBeat()
+		}
 		failed := false
 		for i := range job.Images {
 			if job.Images[i].State == storage.JobDone {
@@ -116,6 +121,7 @@ func (p *Proxy) runJob(ctx context.Context, job *storage.Job) {
 				p.setImage(job, i, func(img *storage.JobImage) { img.State, img.Error = storage.JobFailed, err.Error() })
 			}
 		}
+		stopBeat() // a beat's copy must not come after the end's
 		p.setJob(job, func() {
 			job.State = storage.JobDone
 			if failed {
@@ -123,6 +129,39 @@ func (p *Proxy) runJob(ctx context.Context, job *storage.Job) {
 			}
 		})
 	}()
+}
+
+// beatJob rewrites the shared copy of a running job every p.jobBeat,
+// however long an image takes: the other replicas read a job left
+// unrewritten as lost (its replica died). The func it returns stops it.
+func (p *Proxy) beatJob(job *storage.Job) (stop func()) {
+	done, stopped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(stopped)
+		t := time.NewTicker(p.jobBeat)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-p.stop:
+				return
+			case <-t.C:
+			}
+			p.jobs.mu.Lock()
+			job.UpdatedAt = p.now()
+			h := *job
+			h.Images = nil
+			p.jobs.mu.Unlock()
+			if err := p.index.BeatJob(&h); err != nil {
+				p.log.Warn("recording prefetch job", "job", job.ID, "error", err)
+			}
+		}
+	}()
+	return sync.OnceFunc(func() {
+		close(done)
+		<-stopped
+	})
 }
 
 // setJob changes a job's header under the lock and records it.

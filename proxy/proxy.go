@@ -53,6 +53,8 @@ type Proxy struct {
 	// fetches bounds the background fill's parallel upstream fetches.
 	fetches     *semaphore.Weighted
 	fillTimeout time.Duration
+	// jobBeat is how often a running job's shared copy is rewritten.
+	jobBeat time.Duration
 	// maxBlobSize bounds one blob download (and its spool file), a size a
 	// manifest declares included: a smaller declared size bounds it more.
 	maxBlobSize int64
@@ -231,6 +233,11 @@ func WithReadyzFailWhenFull(fail bool) Option { return func(p *Proxy) { p.readyF
 // that started it hangs up (default 1h).
 func WithFillTimeout(d time.Duration) Option { return func(p *Proxy) { p.fillTimeout = d } }
 
+// WithJobBeat sets how often a running prefetch job's copy in a shared
+// store is rewritten, progress or none (default storage.JobBeat): the
+// other replicas read a job not rewritten for storage.JobLost as lost.
+func WithJobBeat(d time.Duration) Option { return func(p *Proxy) { p.jobBeat = d } }
+
 // DefaultPrefetchMaxImages is how many images a prefetch job may hold
 // unless WithPrefetchMaxImages says otherwise.
 const DefaultPrefetchMaxImages = 1000
@@ -278,6 +285,7 @@ func New(store storage.Store, index *storage.Index, upstreams []*upstream.Client
 		fillReferrers:   true,
 		fetches:         semaphore.NewWeighted(4),
 		fillTimeout:     time.Hour,
+		jobBeat:         storage.JobBeat,
 		maxBlobSize:     DefaultMaxBlobSize,
 		manifestTimeout: time.Minute,
 		blobs:           newDownloads(),

@@ -141,10 +141,28 @@ func putJobTx(tx *bolt.Tx, j *Job) error {
 	return nil
 }
 
+// JobBeat is how often the replica running a job rewrites its shared
+// copy while it runs, progress or none: the other replicas tell a job
+// still running from one whose replica is gone by it (JobLost).
+const JobBeat = time.Minute
+
+// JobLost is how long an unfinished job's shared copy may go without a
+// rewrite before the other replicas read it as lost: its replica stopped
+// or died in the middle of it (a few beats, and clocks that differ).
+const JobLost = 10 * JobBeat
+
 // UpdateJob records a job's header (j.Images is ignored) and the images
 // of changed, by position. The other images' records are not touched, so
 // a change costs the same whatever the number of images.
 func (ix *Index) UpdateJob(j *Job, changed map[int]JobImage) error {
+	return ix.updateJob(j, changed, false)
+}
+
+// BeatJob is UpdateJob of a running job's header that also rewrites its
+// shared copy, as the job's state changing would (JobBeat).
+func (ix *Index) BeatJob(j *Job) error { return ix.updateJob(j, nil, true) }
+
+func (ix *Index) updateJob(j *Job, changed map[int]JobImage, share bool) error {
 	// The shared copy follows the states (the job's and its images'),
 	// not every byte of progress: rewriting the whole job for each would
 	// cost as much as the job.
@@ -155,7 +173,7 @@ func (ix *Index) UpdateJob(j *Job, changed map[int]JobImage) error {
 		if err != nil {
 			return err
 		}
-		if ix.records == nil || !moved && j.State != JobDone && j.State != JobFailed {
+		if ix.records == nil || !moved && !share && j.State != JobDone && j.State != JobFailed {
 			return nil
 		}
 		whole, err = readJob(tx, []byte(j.ID), tx.Bucket(bucketJobs).Get([]byte(j.ID)))
@@ -265,7 +283,25 @@ func (ix *Index) Job(id string) (*Job, bool, error) {
 	if err := json.Unmarshal(raw, &shared); err != nil {
 		return j, false, fmt.Errorf("shared records: corrupt job %q: %w", id, err)
 	}
+	if !shared.Finished() && ix.now().Sub(shared.UpdatedAt) > JobLost {
+		shared.lost()
+	}
 	return &shared, true, nil
+}
+
+// lost marks a job another replica left unfinished, not updated for
+// JobLost, as failed: its replica stopped or died in the middle of it,
+// and a client polling it must not wait for ever. Should the replica come
+// back with its data, it resumes the job, which then reads as running
+// again.
+func (j *Job) lost() {
+	j.State = JobFailed
+	for i := range j.Images {
+		if img := &j.Images[i]; img.State != JobDone && img.State != JobFailed {
+			img.State = JobFailed
+			img.Error = fmt.Sprintf("lost: the replica running the job stopped updating it at %s (stopped or died); prefetch it again", j.UpdatedAt.UTC().Format(time.RFC3339))
+		}
+	}
 }
 
 // localJob reads a job from the local database.

@@ -500,3 +500,89 @@ func TestSharedBucketCollectionKeepsContentAnotherReplicaReuses(t *testing.T) {
 		})
 	}
 }
+
+// A prefetch job whose replica stops in the middle of it for good (scaled
+// down, or replaced by one with an empty data directory, which resumes
+// nothing) is not left reading as running for ever on the other replicas,
+// where a client polling GET /prefetch/ID through a load balancer waits
+// for it to end: once its replica has not updated it for a while,
+// it reads as failed, its unfinished images saying that it was lost.
+func TestSharedBucketJobOfAStoppedReplicaReadsAsLost(t *testing.T) {
+	_, _, onBucket := sharedBucket(t)
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/app", "v1", 1, 4<<10)
+	ups := []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}
+	a := servertest.StartConfigured(t, ups, onBucket)
+	b := servertest.StartConfigured(t, ups, onBucket)
+	gate := up.GateBlob(img.Layers[0], 1)
+	r := postPrefetch(t, a, `{"images": ["app:v1"]}`)
+	if r.status != http.StatusAccepted {
+		t.Fatalf("POST /prefetch: %d %s", r.status, r.body)
+	}
+	awaitReached(t, gate, img.Layers[0])
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		a.Stop()
+	}()
+	gate.Open()
+	wait(t, t.Context(), stopped, "a's stop")
+
+	if j := job(t, b, r.header.Get("Location")); j.State != storage.JobRunning {
+		t.Fatalf("the job just after its replica stopped: %+v; want it running still (its replica may come back)", j)
+	}
+	b.Clock.Advance(time.Hour)
+	j := job(t, b, r.header.Get("Location"))
+	if j.State != storage.JobFailed || len(j.Images) != 1 || j.Images[0].State != storage.JobFailed || !strings.Contains(j.Images[0].Error, "lost") {
+		t.Errorf("the job of a replica stopped %v ago: state %q, images %+v; want it failed, lost", time.Hour, j.State, j.Images)
+	}
+}
+
+// A prefetch job whose image takes long (here held mid-download) reads as
+// running on the other replicas however long it takes: its replica
+// rewrites its shared copy while it runs, progress or none, so that it is
+// not taken for the job of a replica that is gone
+// (TestSharedBucketJobOfAStoppedReplicaReadsAsLost).
+func TestSharedBucketLongJobNotReadAsLost(t *testing.T) {
+	s3srv, bucket, onBucket := sharedBucket(t)
+	front, endpoint := startSlowDownS3(t, s3srv)
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/app", "v1", 1, 4<<10)
+	ups := []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}
+	a := servertest.StartConfigured(t, ups, func(c *config.Config) {
+		c.Storage = s3srv.Storage(bucket)
+		c.Storage["s3"]["regionendpoint"] = endpoint
+	}, proxy.WithJobBeat(10*time.Millisecond))
+	b := servertest.StartConfigured(t, ups, onBucket)
+	gate := up.GateBlob(img.Layers[0], 1)
+	defer gate.Open()
+	r := postPrefetch(t, a, `{"images": ["app:v1"]}`)
+	if r.status != http.StatusAccepted {
+		t.Fatalf("POST /prefetch: %d %s", r.status, r.body)
+	}
+	awaitReached(t, gate, img.Layers[0])
+
+	// An hour into the download; the second write of the job's copy
+	// since began after the clock moved.
+	a.Clock.Advance(time.Hour)
+	b.Clock.Advance(time.Hour)
+	rewritten := make(chan struct{})
+	var writes atomic.Int32
+	written := func(path string) {
+		if strings.Contains(path, "/records/jobs/") && writes.Add(1) == 2 {
+			close(rewritten)
+		}
+	}
+	front.written.Store(&written)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	wait(t, ctx, rewritten, "the job's copy rewritten")
+	if j := job(t, b, r.header.Get("Location")); j.State != storage.JobRunning || len(j.Images) != 1 || j.Images[0].State != storage.JobRunning {
+		t.Errorf("a job an hour into its image, on the other replica: state %q, images %+v; want it running", j.State, j.Images)
+	}
+	gate.Open()
+	a.WaitIdle()
+	if j := job(t, b, r.header.Get("Location")); j.State != storage.JobDone {
+		t.Errorf("the job done, on the other replica: %+v", j)
+	}
+}
