@@ -328,11 +328,16 @@ func (p *Proxy) revalidate(ctx context.Context, t target, tag string) (digest.Di
 		ctx, cancel := p.detach(ctx, p.manifestTimeout)
 		defer cancel()
 		d, err := t.up.HeadManifest(ctx, t.repo, oci.Ref{Tag: tag})
-		if err != nil {
+		notFound := errors.Is(err, upstream.ErrNotFound) && !pingNotFound(err)
+		if err != nil && !notFound {
 			return "", err
 		}
-		if d.Digest == "" {
-			// No Docker-Content-Digest: only a GET can tell.
+		if notFound || d.Digest == "" {
+			// No Docker-Content-Digest: only a GET can tell. Nor can a
+			// HEAD's 404 alone, which forgets the tag: a Nexus or
+			// Artifactory proxy repository answers it for a tag its
+			// HEAD does not fetch from its own remote, and its GET
+			// (a direct pull's) serves.
 			m, err := t.up.Manifest(ctx, t.repo, oci.Ref{Tag: tag})
 			if err != nil {
 				return "", err

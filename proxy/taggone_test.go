@@ -34,7 +34,13 @@ func TestTagGoneUpstreamKeepsATagRecordedMeanwhile(t *testing.T) {
 	}
 	rp := httputil.NewSingleHostReverseProxy(target)
 	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if armed.Load() && r.Method == http.MethodHead && r.URL.Path == "/v2/library/app/manifests/v1" {
+		if armed.Load() && r.URL.Path == "/v2/library/app/manifests/v1" {
+			if r.Method != http.MethodHead {
+				// The tag is gone: its GET says so too.
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(http.StatusNotFound)
+				return
+			}
 			// A concurrent fill records the tag where it points now.
 			if err := index.RecordManifest(storage.ManifestEntry{Upstream: DefaultHost, Repo: "library/app", Digest: digest.Digest(moved.Digest), Tag: "v1",
 				Record: storage.ManifestRecord{MediaType: moved.MediaType, Size: int64(len(moved.Manifest)), FetchedAt: time.Now()}}); err != nil {

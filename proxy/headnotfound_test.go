@@ -1,0 +1,58 @@
+package proxy
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"sync/atomic"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/docker-mirror/docker-mirror/tests/fixture"
+)
+
+// An upstream that answers a tag's HEAD 404 while its GET answers the
+// manifest (a Nexus or Artifactory proxy repository, whose HEAD does not
+// fetch from its own remote) still has the tag: a revalidation does not
+// forget it, and the pull that asked is answered, as a direct pull (a
+// GET) would be.
+func TestRevalidationHeadNotFoundAskedByGet(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/app", "v1", 1, 1<<10)
+	target, err := url.Parse(up.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var armed atomic.Bool
+	rp := httputil.NewSingleHostReverseProxy(target)
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if armed.Load() && r.Method == http.MethodHead && r.URL.Path == "/v2/library/app/manifests/v1" {
+			w.WriteHeader(http.StatusNotFound)
+			return
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(front.Close)
+	p, _, ix := testMirror(t, nil, front.URL, WithTagTTL(0))
+	pull := func() {
+		t.Helper()
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/v2/library/app/manifests/v1", nil)
+		req.Header.Set("Accept", img.MediaType)
+		p.Handler().ServeHTTP(rec, req)
+		if rec.Code != http.StatusOK || rec.Body.String() != string(img.Manifest) {
+			t.Fatalf("GET v1: %d %s; want 200 and the manifest", rec.Code, rec.Body)
+		}
+		if err := p.WaitIdle(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pull()
+	armed.Store(true)
+	pull()
+	if rec, ok, err := ix.Tag(DefaultHost, "library/app", "v1"); err != nil || !ok || rec.Digest != digest.Digest(img.Digest) {
+		t.Fatalf("tag record after a HEAD answered 404 and a GET the manifest: %+v %v %v; want it kept", rec, ok, err)
+	}
+}
