@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -381,6 +382,42 @@ func TestBlobOffsetWrongContentRange(t *testing.T) {
 			})
 			if _, _, err := r.client(t).Blob(t.Context(), "library/x", digest.FromString(content), 5); !errors.Is(err, ErrInvalid) {
 				t.Fatalf("Content-Range %q: err %v, want ErrInvalid", cr, err)
+			}
+		})
+	}
+}
+
+// TestRedirectTargetFailureAskedAgain: a blob the upstream sends from its
+// storage (a signed URL of S3, GCS or a CDN) whose storage fails once (a
+// signed URL expired by the time it was followed, 403, as GCS answers; a
+// 500 or 503 that S3 asks to be retried) is asked of the upstream again,
+// once, which signs a new URL: the pull does not fail for it (a client
+// answered DENIED does not even retry).
+func TestRedirectTargetFailureAskedAgain(t *testing.T) {
+	for _, status := range []int{http.StatusForbidden, http.StatusInternalServerError, http.StatusServiceUnavailable} {
+		t.Run(strconv.Itoa(status), func(t *testing.T) {
+			var served atomic.Int64
+			storage := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+				if served.Add(1) == 1 {
+					w.WriteHeader(status)
+					return
+				}
+				fmt.Fprint(w, "blob")
+			})
+			up := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+				http.Redirect(w, req, fmt.Sprintf("%s/blob?sig=%d", storage.srv.URL, served.Load()), http.StatusTemporaryRedirect)
+			})
+			c := up.client(t)
+			body, _, err := c.Blob(t.Context(), "library/x", digest.FromString("blob"), 0)
+			if err != nil {
+				t.Fatalf("a blob whose storage failed once: %v", err)
+			}
+			defer body.Close()
+			if b, err := io.ReadAll(body); err != nil || string(b) != "blob" {
+				t.Fatalf("body %q, %v", b, err)
+			}
+			if n := up.asked.Load(); n != 2 {
+				t.Errorf("the upstream was asked %d times, want 2 (a new URL for the failed one)", n)
 			}
 		})
 	}

@@ -21,6 +21,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -732,6 +733,11 @@ func (c *Client) doWarming(ctx context.Context, repo string, req *http.Request, 
 			resp, err = c.send(ctx, t, req, r)
 		}
 	}
+	if err == nil && c.storageFailed(resp, ok) {
+		// Asked once more: the upstream signs a new URL of its storage.
+		resp.Body.Close()
+		resp, err = c.send(ctx, t, req, r)
+	}
 	if err != nil {
 		if errors.Is(err, ErrAuth) {
 			// The token server refused the credentials an expired
@@ -762,6 +768,25 @@ func (c *Client) doWarming(ctx context.Context, repo string, req *http.Request, 
 	}
 	c.noteAnswer(resp, err)
 	return nil, err
+}
+
+// storageFailed reports whether resp is a failure of the host the
+// upstream redirected the request to (its storage: a signed URL of S3,
+// GCS or a CDN), not of the upstream itself, that asking the upstream
+// again may not meet: a signed URL that expired before it was followed
+// (403, as GCS answers), a 5xx that S3 asks to be retried. A 429, or a
+// 503 saying when to come back, is not asked again sooner.
+func (c *Client) storageFailed(resp *http.Response, ok []int) bool {
+	if resp.Request.URL.Host == c.registry.RegistryStr() || slices.Contains(ok, resp.StatusCode) {
+		return false
+	}
+	switch st := resp.StatusCode; {
+	case st == http.StatusTooManyRequests, st == http.StatusServiceUnavailable && resp.Header.Get("Retry-After") != "":
+		return false
+	case st == http.StatusForbidden, st >= 500:
+		return true
+	}
+	return false
 }
 
 // errTimeout ends a request whose answer took longer than the timeout;
