@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 )
@@ -316,5 +317,43 @@ func TestExpiredTokenRenewedWithItsScope(t *testing.T) {
 		if _, err := c.HeadManifest(t.Context(), "library/x", v1); err != nil {
 			t.Fatalf("request %d after the token expired: %v", i+1, err)
 		}
+	}
+}
+
+// TestOpenPingThenChallenged: an upstream whose ping was once answered 200
+// (a captive portal's or a maintenance page's, in front of it; a registry
+// open to anyone until its operator required tokens) and that now
+// challenges every request gets the token its challenge asks for: the
+// repositories handshaken while it looked open are not sent without one
+// for good.
+func TestOpenPingThenChallenged(t *testing.T) {
+	clock := newFakeClock()
+	var challenging atomic.Bool
+	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		switch {
+		case !challenging.Load():
+			w.WriteHeader(http.StatusOK)
+		case req.URL.Path == "/token":
+			fmt.Fprint(w, `{"token":"anon"}`)
+		case req.Header.Get("Authorization") == "Bearer anon":
+			w.WriteHeader(http.StatusOK)
+		default:
+			challenge(w, req, "repository:library/x:pull")
+		}
+	}, func(w http.ResponseWriter, req *http.Request) {
+		if challenging.Load() {
+			bearerPing(w, req)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	})
+	c := r.client(t, WithClock(clock.Now))
+	if _, err := c.HeadManifest(t.Context(), "library/x", v1); err != nil {
+		t.Fatalf("while open: %v", err)
+	}
+	challenging.Store(true)
+	clock.Advance(time.Hour)
+	if _, err := c.HeadManifest(t.Context(), "library/x", v1); err != nil {
+		t.Fatalf("an hour after the upstream began to challenge: %v", err)
 	}
 }

@@ -395,7 +395,7 @@ func (c *Client) pingNow(ctx context.Context) (*pingAnswer, error) {
 // anonymous access to some repositories) may still want them for others.
 func (c *Client) authorize(ctx context.Context, repo string, pa *pingAnswer) (http.RoundTripper, error) {
 	if pa.open && c.auth == authn.Anonymous {
-		return c.base, nil
+		return openTransport{c.base}, nil
 	}
 	ping := call{KindPing, "registry ping"}
 	// A copy per repository: the transports must not share the map.
@@ -479,6 +479,32 @@ func (c *Client) authorize(ctx context.Context, repo string, pa *pingAnswer) (ht
 type keychainBasic struct {
 	http.RoundTripper
 	cfg authn.AuthConfig
+}
+
+// openTransport is the transport of a repository of an upstream whose
+// ping was answered 200, without credentials: the base transport as it is.
+type openTransport struct{ http.RoundTripper }
+
+// challenged reports whether resp, sent with t, is the upstream's own
+// challenge (a 401 with WWW-Authenticate) to a request t sent as to an
+// open upstream: its ping was answered 200 by a captive portal or a
+// maintenance page in front of it, or it has since been made to require
+// tokens. Then t is dropped and the ping's answer forgotten, so that the
+// next handshake pings again and gets the token the challenge asks for;
+// t would otherwise be kept, and every request sent without a token, until
+// a restart.
+func (c *Client) challenged(repo string, t http.RoundTripper, resp *http.Response) bool {
+	if _, ok := t.(openTransport); !ok || resp.StatusCode != http.StatusUnauthorized ||
+		resp.Header.Get("WWW-Authenticate") == "" || resp.Request.URL.Host != c.registry.RegistryStr() {
+		return false
+	}
+	if cur, ok := c.transports.Peek(repo); ok && cur == t {
+		c.transports.Remove(repo)
+	}
+	c.pingMu.Lock()
+	c.pinged = nil
+	c.pingMu.Unlock()
+	return true
 }
 
 // basicCreds is the transport of a repository of an upstream that gets
@@ -728,6 +754,13 @@ func (c *Client) doWarming(ctx context.Context, repo string, req *http.Request, 
 	resp, err := c.send(ctx, t, req, r)
 	if err == nil && c.renewed(ctx, repo, t, resp) {
 		// Sent once more, with the credentials of now.
+		resp.Body.Close()
+		if t, err = c.transport(ctx, repo); err == nil {
+			resp, err = c.send(ctx, t, req, r)
+		}
+	}
+	if err == nil && c.challenged(repo, t, resp) {
+		// Sent once more, after a handshake that heeds the challenge.
 		resp.Body.Close()
 		if t, err = c.transport(ctx, repo); err == nil {
 			resp, err = c.send(ctx, t, req, r)
