@@ -15,6 +15,7 @@ import (
 
 	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/proxy/errcode"
+	"github.com/docker-mirror/docker-mirror/proxy/upstream"
 	"github.com/docker-mirror/docker-mirror/storage"
 )
 
@@ -276,10 +277,27 @@ func (p *Proxy) mayServe(ctx context.Context, t target, dgst digest.Digest, size
 		// Stored by this repository's download, which records it.
 		return true, nil
 	}
-	if _, err := t.up.HeadBlob(ctx, t.repo, dgst); err != nil {
+	if err := p.upstreamHasBlob(ctx, t, dgst); err != nil {
 		return false, err
 	}
 	return true, p.adoptBlob(t, dgst, size)
+}
+
+// upstreamHasBlob asks the upstream whether t's repository has dgst: a
+// HEAD, and if that says 404, a GET whose body is not read. A HEAD's 404
+// alone does not tell: a Nexus or Artifactory proxy repository answers it
+// for a blob its HEAD does not fetch from its own remote, and its GET (a
+// direct pull's) serves.
+func (p *Proxy) upstreamHasBlob(ctx context.Context, t target, dgst digest.Digest) error {
+	_, err := t.up.HeadBlob(ctx, t.repo, dgst)
+	if !errors.Is(err, upstream.ErrNotFound) || pingNotFound(err) {
+		return err
+	}
+	body, _, err := t.up.Blob(ctx, t.repo, dgst, 0)
+	if err != nil {
+		return err
+	}
+	return body.Close()
 }
 
 // adoptBlob links a stored blob to t's repository, and records it if the

@@ -1,10 +1,12 @@
 package proxy
 
 import (
+	"bytes"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"strings"
 	"sync/atomic"
 	"testing"
 
@@ -54,5 +56,45 @@ func TestRevalidationHeadNotFoundAskedByGet(t *testing.T) {
 	pull()
 	if rec, ok, err := ix.Tag(DefaultHost, "library/app", "v1"); err != nil || !ok || rec.Digest != digest.Digest(img.Digest) {
 		t.Fatalf("tag record after a HEAD answered 404 and a GET the manifest: %+v %v %v; want it kept", rec, ok, err)
+	}
+}
+
+// A blob stored for one repository, asked for another whose upstream
+// answers the blob's HEAD 404 but its GET with the blob (the proxy
+// repositories above) is served: the HEAD alone does not tell
+// that the repository lacks it, as a direct pull would not be told.
+func TestSharedBlobHeadNotFoundAskedByGet(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	layer := bytes.Repeat([]byte("shared base layer "), 1<<10)
+	d := up.PushBlob(t, "library/a", layer)
+	up.PushBlob(t, "library/b", layer)
+	target, err := url.Parse(up.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var headsRefused atomic.Int64
+	rp := httputil.NewSingleHostReverseProxy(target)
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodHead && strings.Contains(r.URL.Path, "/blobs/") {
+			headsRefused.Add(1)
+			w.WriteHeader(http.StatusNotFound)
+			return
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(front.Close)
+	p, _, _ := testMirror(t, nil, front.URL)
+	for _, repo := range []string{"a", "b"} {
+		rec := httptest.NewRecorder()
+		p.Handler().ServeHTTP(rec, httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/v2/library/"+repo+"/blobs/"+d, nil))
+		if rec.Code != http.StatusOK || !bytes.Equal(rec.Body.Bytes(), layer) {
+			t.Fatalf("GET library/%s's blob: %d %.200s; want 200 and the blob", repo, rec.Code, rec.Body)
+		}
+		if err := p.WaitIdle(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if headsRefused.Load() == 0 {
+		t.Fatal("the stored blob was served for library/b without asking the upstream: the test shows nothing")
 	}
 }
