@@ -30,10 +30,17 @@ func (p *Proxy) parseImage(s string) (image, error) {
 	if !ok {
 		return image{}, errcode.New(errcode.NameUnknown, "image %q: upstream %q is not configured on this mirror", s, host).WithStatus(http.StatusBadRequest)
 	}
-	if err := checkHubName(host, reference.Path(named)); err != nil {
+	repo := reference.Path(named)
+	if err := checkHubName(host, repo); err != nil {
 		return image{}, err
 	}
-	im := image{t: target{up: up, repo: reference.Path(named), name: reference.Path(named)}, ref: oci.Ref{Tag: "latest"}}
+	if host == DefaultHost && !strings.Contains(repo, "/") {
+		// An official image through another of Docker Hub's names
+		// (registry-1.docker.io/nginx), as resolve names it:
+		// ParseNormalizedNamed adds library/ for docker.io only.
+		repo = "library/" + repo
+	}
+	im := image{t: target{up: up, repo: repo, name: repo}, ref: oci.Ref{Tag: "latest"}}
 	if c, ok := named.(reference.Canonical); ok {
 		im.ref = oci.Ref{Digest: c.Digest()}
 	} else if tg, ok := named.(reference.Tagged); ok {

@@ -330,3 +330,18 @@ func TestAccepts(t *testing.T) {
 		t.Error("second Accept header ignored")
 	}
 }
+
+// Docker Hub's other names in a reference prefetch, sync or the mirror
+// command take name its official images as docker.io does: nginx is
+// library/nginx through registry-1.docker.io and registry.hub.docker.com
+// too (reference.ParseNormalizedNamed adds library/ for docker.io and
+// index.docker.io only), not a repository nginx Docker Hub does not have.
+func TestParseImageHubAliasesOfficialImages(t *testing.T) {
+	p := multiProxy(t)
+	for _, ref := range []string{"nginx:1", "index.docker.io/nginx:1", "registry-1.docker.io/nginx:1", "registry.hub.docker.com/nginx:1"} {
+		im, err := p.parseImage(ref)
+		if err != nil || im.t.host() != DefaultHost || im.t.repo != "library/nginx" || im.ref.Tag != "1" {
+			t.Errorf("parseImage(%q) = %+v %+v, %v; want docker.io's library/nginx:1", ref, im.t, im.ref, err)
+		}
+	}
+}
