@@ -357,3 +357,30 @@ func TestOpenPingThenChallenged(t *testing.T) {
 		t.Fatalf("an hour after the upstream began to challenge: %v", err)
 	}
 }
+
+// TestPingChallengesSchemesItCannotAnswerFirst: an upstream whose ping
+// challenges with a scheme the mirror cannot answer first and Bearer
+// after it (a registry behind single sign-on: Negotiate, then its token
+// server) gets the token the Bearer challenge names, as docker and crane
+// get it, instead of being sent every request without one.
+func TestPingChallengesSchemesItCannotAnswerFirst(t *testing.T) {
+	negotiateFirst := func(w http.ResponseWriter, req *http.Request, scope string) {
+		w.Header().Add("WWW-Authenticate", "Negotiate")
+		w.Header().Add("WWW-Authenticate", fmt.Sprintf(`Bearer realm="http://%s/token",service="test"%s`, req.Host, scope))
+		w.WriteHeader(http.StatusUnauthorized)
+	}
+	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		switch {
+		case req.URL.Path == "/token":
+			fmt.Fprint(w, `{"token":"anon"}`)
+		case req.Header.Get("Authorization") == "Bearer anon":
+			w.WriteHeader(http.StatusOK)
+		default:
+			negotiateFirst(w, req, `,scope="repository:library/x:pull"`)
+		}
+	}, func(w http.ResponseWriter, req *http.Request) { negotiateFirst(w, req, "") })
+	c := r.client(t)
+	if _, err := c.HeadManifest(t.Context(), "library/x", v1); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -375,7 +375,7 @@ func (c *Client) pingNow(ctx context.Context) (*pingAnswer, error) {
 	case http.StatusOK:
 		return &pingAnswer{open: true, at: at}, nil
 	case http.StatusUnauthorized:
-		pr := parseChallenge(resp.Header.Get("WWW-Authenticate"))
+		pr := pickChallenge(resp.Header.Values("WWW-Authenticate"))
 		pr.Insecure = c.scheme == "http"
 		if strings.EqualFold(pr.Scheme, "bearer") && resp.Request.URL.Host == c.registry.RegistryStr() {
 			c.trustRealm(pr.Parameters["realm"])
@@ -641,6 +641,24 @@ func (c *Client) standInRealm(realm string) (*url.URL, string, bool) {
 	}
 	standIn := url.URL{Scheme: c.scheme, Host: c.registry.RegistryStr(), Path: standInPath, RawQuery: u.RawQuery}
 	return u, standIn.String(), true
+}
+
+// pickChallenge returns the first of a ping's challenges (one per
+// WWW-Authenticate header) that the mirror can answer, Bearer or Basic,
+// as docker and go-containerregistry pick it: a registry behind single
+// sign-on may send Negotiate first. None: the first.
+func pickChallenge(headers []string) transport.Challenge {
+	for _, h := range headers {
+		pr := parseChallenge(h)
+		if strings.EqualFold(pr.Scheme, "bearer") || strings.EqualFold(pr.Scheme, "basic") {
+			return pr
+		}
+	}
+	var first string
+	if len(headers) > 0 {
+		first = headers[0]
+	}
+	return parseChallenge(first)
 }
 
 // parseChallenge reads a WWW-Authenticate header such as
