@@ -60,9 +60,12 @@ func upstreamAnswer(ue *upstream.Error, err error) *errcode.Error {
 			code = c
 		}
 		return errcode.Wrap(code, err, "%s", ue.Reason)
-	case ue.Status == http.StatusUnauthorized:
+	// A 401 or 403 of the upstream's storage (ue.Storage) refused the
+	// URL the upstream sent us to, not our credentials or the client's:
+	// the gateway failing, 502, below.
+	case ue.Status == http.StatusUnauthorized && ue.Storage == "":
 		return errcode.Wrap(errcode.Unauthorized, err, "%s", ue.Reason)
-	case ue.Status == http.StatusForbidden:
+	case ue.Status == http.StatusForbidden && ue.Storage == "":
 		return errcode.Wrap(errcode.Denied, err, "%s", ue.Reason)
 	case ue.Status == http.StatusTooManyRequests:
 		e := errcode.Wrap(errcode.TooManyRequests, err, "%s", ue.Reason)

@@ -241,7 +241,8 @@ func TestRefusedBasicCredentialsNotRetried(t *testing.T) {
 	}
 
 	// A 401 from a host the upstream redirected to (its blob storage,
-	// which gets no credentials) is no refusal of ours.
+	// which gets no credentials) is no refusal of ours: the upstream's
+	// gateway failing.
 	storage := startRegistry(t, func(w http.ResponseWriter, req *http.Request) { w.WriteHeader(http.StatusUnauthorized) })
 	var asked atomic.Int64
 	ok := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
@@ -257,8 +258,8 @@ func TestRefusedBasicCredentialsNotRetried(t *testing.T) {
 		w.WriteHeader(http.StatusOK)
 	}, func(w http.ResponseWriter, req *http.Request) { basic(w) })
 	c = ok.client(t, WithClock(clock.Now), WithAuth(&authn.Basic{Username: "bot", Password: "pw"}))
-	if _, _, err := c.Blob(t.Context(), "library/x", digest.FromString("x"), 0); !errors.Is(err, ErrAuth) {
-		t.Fatalf("the blob storage's 401: %v, want ErrAuth", err)
+	if _, _, err := c.Blob(t.Context(), "library/x", digest.FromString("x"), 0); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("the blob storage's 401: %v, want ErrUnavailable", err)
 	}
 	if _, err := c.HeadManifest(t.Context(), "library/x", v1); err != nil || asked.Load() != 2 {
 		t.Fatalf("after the blob storage's 401: %v, %d requests reached the upstream, want none refused and 2", err, asked.Load())

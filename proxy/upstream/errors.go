@@ -53,6 +53,10 @@ type Error struct {
 	// RetryAfter is the Retry-After to pass on to clients: the upstream's
 	// own, or the seconds left of our back-off.
 	RetryAfter string
+	// Storage is the host the upstream redirected the request to (its
+	// storage: a signed S3, GCS or CDN URL) when the answer was that
+	// host's, not the upstream's own.
+	Storage string
 	// Timeout: the upstream did not start answering in time.
 	Timeout bool
 	// Reason describes the failure for people (and clients).

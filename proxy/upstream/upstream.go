@@ -974,6 +974,13 @@ func (c *Client) statusError(resp *http.Response, r call) error {
 	switch {
 	case st == http.StatusNotFound:
 		e = c.newError(r.kind, r.what, st, ErrNotFound, nil, "%s not found upstream %s%s", r.what, c.host, upMsg)
+	case (st == http.StatusUnauthorized || st == http.StatusForbidden) && resp.Request.URL.Host != c.registry.RegistryStr():
+		// Its storage (a signed URL the upstream redirected to), which
+		// got no credentials of ours, refused the URL even signed anew:
+		// the upstream's gateway failing, not our access refused.
+		e = c.newError(r.kind, r.what, st, ErrUnavailable, nil, "upstream %s's storage %s answered %d for %s (its signed URL refused: expired, or the clocks disagree)",
+			c.host, resp.Request.URL.Host, st, r.what)
+		e.Storage = resp.Request.URL.Host
 	case st == http.StatusUnauthorized || st == http.StatusForbidden:
 		e = c.newError(r.kind, r.what, st, ErrAuth, nil, "upstream %s answered %d for %s%s", c.host, st, r.what, upMsg)
 	case st == http.StatusTooManyRequests:
