@@ -3,6 +3,8 @@ package upstream
 import (
 	"bytes"
 	"net/http"
+	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
@@ -91,5 +93,22 @@ func TestManifestDigestChecks(t *testing.T) {
 				t.Fatalf("got %s %s (%d bytes), want %s %s (%d bytes)", m.Digest, m.MediaType, len(m.Body), want, ociManifest, len(tc.body))
 			}
 		})
+	}
+}
+
+// TestManifestShorterThanItsLength: a manifest whose body ends before the
+// Content-Length the upstream sent (a proxy in front of it cutting the
+// answer) is the upstream's answer cut short, and said so: not "upstream
+// unreachable", which sends the operator to check a network that works.
+func TestManifestShorterThanItsLength(t *testing.T) {
+	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		w.Header().Set("Content-Type", ociManifest)
+		w.Header().Set("Content-Length", strconv.Itoa(len(manifestA)+100))
+		_, _ = w.Write(manifestA)
+	})
+	_, err := r.client(t).Manifest(t.Context(), "library/x", v1)
+	ue := asError(t, err, "ErrUnavailable")
+	if strings.Contains(ue.Reason, "unreachable") || !strings.Contains(ue.Reason, strconv.Itoa(len(manifestA))) {
+		t.Errorf("Reason %q; want it to say the answer was cut after %d bytes, not that the upstream is unreachable", ue.Reason, len(manifestA))
 	}
 }

@@ -1042,6 +1042,11 @@ func (c *Client) Manifest(ctx context.Context, repo string, ref oci.Ref, opts ..
 		return nil, c.invalid(r, "%s is %d bytes, over the %d byte limit", r.what, resp.ContentLength, oci.MaxManifestSize)
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, oci.MaxManifestSize+1))
+	if errors.Is(err, io.ErrUnexpectedEOF) && resp.ContentLength > 0 {
+		// It answered, and its answer ended early (a proxy in front of
+		// it cutting it): not a network that cannot reach it.
+		return nil, c.newError(r.kind, r.what, 0, ErrUnavailable, err, "upstream %s cut %s short: %d of the %d bytes its Content-Length said", c.host, r.what, len(body), resp.ContentLength)
+	}
 	if err != nil {
 		return nil, c.transportError(r, err)
 	}
