@@ -153,7 +153,7 @@ type Status struct {
 	Images      int                `json:"images"`
 	Downloads   []proxy.Download   `json:"downloads"`
 	FillQueue   []proxy.QueuedFill `json:"fill_queue"`
-	Jobs        []*storage.Job     `json:"jobs"`
+	Jobs        []Job              `json:"jobs"`
 	Failures    []proxy.Failure    `json:"failures"`
 	// Admin: the caller may use the actions.
 	Admin bool `json:"admin"`
@@ -161,6 +161,42 @@ type Status struct {
 
 // jobsShown is how many recent jobs the status lists.
 const jobsShown = 20
+
+// jobImagesShown is how many images of a job the status lists: a job may
+// hold prefetch_max_images (1,000 by default), and the page reloads the
+// jobs every 5 seconds.
+const jobImagesShown = 10
+
+// Job is a prefetch or sync job as the status shows it: its images
+// counted by state, and the first jobImagesShown of them, those not done
+// first (GET /prefetch/<id> lists them all).
+type Job struct {
+	*storage.Job
+	Images []storage.JobImage `json:"images"`
+	// ImagesTotal counts the job's images; ImageStates counts them by
+	// state.
+	ImagesTotal int            `json:"images_total"`
+	ImageStates map[string]int `json:"image_states"`
+}
+
+// summarize returns j as the status shows it.
+func summarize(j *storage.Job) Job {
+	out := Job{Job: j, Images: []storage.JobImage{}, ImagesTotal: len(j.Images), ImageStates: map[string]int{}}
+	for _, im := range j.Images {
+		out.ImageStates[im.State]++
+	}
+	for _, done := range []bool{false, true} {
+		for _, im := range j.Images {
+			if len(out.Images) == jobImagesShown {
+				return out
+			}
+			if (im.State == storage.JobDone) == done {
+				out.Images = append(out.Images, im)
+			}
+		}
+	}
+	return out
+}
 
 // status collects the state of everything.
 func (h *Handler) status(ctx context.Context, r *http.Request) (*Status, error) {
@@ -187,12 +223,13 @@ func (h *Handler) status(ctx context.Context, r *http.Request) (*Status, error) 
 	if h.d.Peers != nil {
 		s.Peers = h.d.Peers()
 	}
-	var err error
-	if s.Jobs, err = p.Jobs(jobsShown); err != nil {
+	jobs, err := p.Jobs(jobsShown)
+	if err != nil {
 		return nil, err
 	}
-	if s.Jobs == nil {
-		s.Jobs = []*storage.Job{}
+	s.Jobs = make([]Job, len(jobs))
+	for i, j := range jobs {
+		s.Jobs[i] = summarize(j)
 	}
 	cat := h.catalog.peek()
 	if cat == nil {
