@@ -24,7 +24,7 @@ const maxWriteRefusals = 1024
 
 // writeRefusals remembers, per repository of the store, its last refusal
 // to store content and until when it is believed; last is the latest of
-// them, which the status and the metrics show.
+// them not since forgotten, which the status and the metrics show.
 type writeRefusals struct {
 	byRepo *lru.Cache[string, writeRefusal]
 	mu     sync.Mutex
@@ -48,7 +48,15 @@ func (p *Proxy) noteRefusal(t target, err error) {
 			r.byRepo.Remove(repo)
 			r.mu.Lock()
 			if r.last.repo == repo {
+				// Another repository's refusal may still be believed (its
+				// misses still not stored): that one is shown now.
 				r.last = writeRefusal{}
+				now := p.now()
+				for _, ref := range r.byRepo.Values() {
+					if ref.repo != repo && now.Before(ref.until) && ref.until.After(r.last.until) {
+						r.last = ref
+					}
+				}
 			}
 			r.mu.Unlock()
 		}
