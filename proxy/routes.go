@@ -245,14 +245,19 @@ func (p *Proxy) serve(route string, level access.Level, h handlerFunc) http.Hand
 		elapsed := time.Since(start)
 		attrs = append(attrs, slog.Int("status", rec.status), slog.Int64("bytes", rec.bytes), slog.Duration("duration", elapsed))
 		c := rec.Header().Get(cacheHeader)
-		p.traffic.record(p.now(), route, c, rec.bytes)
 		attrs = append(attrs, slog.String("cache", c))
-		if c != cacheNone {
-			p.metrics.Cache.WithLabelValues(route, c).Inc()
+		// A request another replica forwarded is its client's, counted
+		// there: counted here too, the cluster's hits, misses and bytes
+		// served would add up to twice what clients asked.
+		if p.peers == nil || !p.peers.Forwarded(r) {
+			p.traffic.record(p.now(), route, c, rec.bytes)
+			if c != cacheNone {
+				p.metrics.Cache.WithLabelValues(route, c).Inc()
+			}
+			p.metrics.ServedBytes.WithLabelValues(route).Add(float64(rec.bytes))
 		}
 		p.metrics.Requests.WithLabelValues(route, methodLabel(r.Method), statusLabel(rec.status)).Inc()
 		p.metrics.RequestDuration.WithLabelValues(route).Observe(elapsed.Seconds())
-		p.metrics.ServedBytes.WithLabelValues(route).Add(float64(rec.bytes))
 		if route == routeMetrics && rec.status < 400 {
 			// A scrape every few seconds would drown the log; the
 			// requests metric still counts them, and refusals are logged.
