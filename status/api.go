@@ -58,22 +58,30 @@ const (
 	maxPageSize     = 500
 )
 
-// listQuery reads q, sort, page and n.
-func listQuery(r *http.Request) (q, sort string, page, n int, err error) {
+// pageQuery reads page and n.
+func pageQuery(r *http.Request) (page, n int, err error) {
 	v := r.URL.Query()
-	q, sort = v.Get("q"), v.Get("sort")
 	page, n = 1, defaultPageSize
 	if s := v.Get("page"); s != "" {
 		if page, err = strconv.Atoi(s); err != nil || page < 1 {
-			return "", "", 0, 0, errcode.New(errcode.PaginationNumber, "invalid page %q", s)
+			return 0, 0, errcode.New(errcode.PaginationNumber, "invalid page %q", s)
 		}
 	}
 	if s := v.Get("n"); s != "" {
 		if n, err = strconv.Atoi(s); err != nil || n < 1 {
-			return "", "", 0, 0, errcode.New(errcode.PaginationNumber, "invalid n %q", s)
+			return 0, 0, errcode.New(errcode.PaginationNumber, "invalid n %q", s)
 		}
 		n = min(n, maxPageSize)
 	}
+	return page, n, nil
+}
+
+// listQuery reads q, sort, page and n.
+func listQuery(r *http.Request) (q, sort string, page, n int, err error) {
+	if page, n, err = pageQuery(r); err != nil {
+		return "", "", 0, 0, err
+	}
+	q, sort = r.URL.Query().Get("q"), r.URL.Query().Get("sort")
 	switch sort {
 	case "", SortName, SortSize, SortPulled:
 	default:
@@ -111,12 +119,19 @@ func (h *Handler) apiImage(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, http.StatusOK, d)
 }
 
-// Detail is a repository's cached images with their content.
+// Detail is a repository's cached images with their content, a page of
+// them: a repository of a CI's builds may hold thousands.
 type Detail struct {
 	Name     string        `json:"name"`
 	Upstream string        `json:"upstream"`
 	Repo     string        `json:"repo"`
 	Images   []ImageDetail `json:"images"`
+	// Total counts the repository's images; Page (from 1) of Pages shows
+	// N of them.
+	Total int `json:"total"`
+	Page  int `json:"page"`
+	Pages int `json:"pages"`
+	N     int `json:"n"`
 }
 
 // ImageDetail is an image with its manifests and blobs.
@@ -166,6 +181,10 @@ func (h *Handler) detail(r *http.Request) (*Detail, error) {
 	if err != nil {
 		return nil, errcode.New(errcode.NameInvalid, "invalid name")
 	}
+	page, n, err := pageQuery(r)
+	if err != nil {
+		return nil, err
+	}
 	cat, err := h.catalog.get(r.Context())
 	if err != nil {
 		return nil, err
@@ -177,8 +196,12 @@ func (h *Handler) detail(r *http.Request) (*Detail, error) {
 	if len(ims) == 0 {
 		return nil, errcode.New(errcode.NameUnknown, "no cached image %q", name)
 	}
-	d := &Detail{Name: name, Upstream: ims[0].Upstream, Repo: ims[0].Repo}
-	for _, im := range ims {
+	d := &Detail{Name: name, Upstream: ims[0].Upstream, Repo: ims[0].Repo, Images: []ImageDetail{},
+		Total: len(ims), Page: page, Pages: (len(ims) + n - 1) / n, N: n}
+	if page-1 > (len(ims)-1)/n {
+		return d, nil // past the last page
+	}
+	for _, im := range ims[(page-1)*n : min(page*n, len(ims))] {
 		d.Images = append(d.Images, h.imageDetail(r.Context(), im))
 	}
 	return d, nil
