@@ -142,7 +142,7 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		return nil, err
 	}
-	t.m.UpstreamRequests.WithLabelValues(t.upstream, strconv.Itoa(resp.StatusCode)).Inc()
+	t.m.UpstreamRequests.WithLabelValues(t.upstream, statusLabel(resp.StatusCode)).Inc()
 	if resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests {
 		t.m.UpstreamErrors.WithLabelValues(t.upstream, "status").Inc()
 	}
@@ -152,6 +152,16 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	resp.Body = &countingBody{ReadCloser: resp.Body, c: t.m.UpstreamBytes.WithLabelValues(t.upstream)}
 	return resp, nil
+}
+
+// statusLabel is an upstream's status as a metric label: one outside the
+// defined classes (net/http takes 100 to 999) is "other", so that an
+// upstream (a CDN, a broken proxy before it) adds no series of its own.
+func statusLabel(s int) string {
+	if s < 100 || s > 599 {
+		return "other"
+	}
+	return strconv.Itoa(s)
 }
 
 // noteRateLimit records the upstream's rate-limit figures, and removes

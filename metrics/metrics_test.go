@@ -110,3 +110,31 @@ func TestRateLimitFiguresExpireWithTheirWindow(t *testing.T) {
 type roundTripper func(*http.Request) (*http.Response, error)
 
 func (f roundTripper) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// An upstream's status outside the defined classes (a CDN's or a broken
+// proxy's 600 to 999) counts as "other": each would add series of its
+// own to docker_mirror_upstream_requests_total, as the mirror's own
+// answers' odd statuses do not to http_requests_total.
+func TestUpstreamOddStatusesShareASeries(t *testing.T) {
+	m := New()
+	status := 0
+	base := roundTripper(func(r *http.Request) (*http.Response, error) {
+		return &http.Response{StatusCode: status, Header: http.Header{}, Body: http.NoBody, Request: r}, nil
+	})
+	client := &http.Client{Transport: m.Transport("docker.io", base)}
+	for _, status = range []int{600, 777, 999, 200} {
+		resp, err := client.Get("http://registry.test/v2/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	ch := make(chan prometheus.Metric, 8)
+	m.UpstreamRequests.Collect(ch)
+	if n := len(ch); n != 2 {
+		t.Errorf("%d upstream_requests_total series, want 2 (200 and other)", n)
+	}
+	if got := counterValue(t, m.UpstreamRequests.WithLabelValues("docker.io", "other")); got != 3 {
+		t.Errorf(`upstream_requests_total{status="other"} = %v, want 3`, got)
+	}
+}
