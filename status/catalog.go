@@ -271,12 +271,22 @@ func (c *catalog) current(ctx context.Context) (*catalogSnapshot, error) {
 // staleFor is how many times maxAge a list is served while it is rebuilt.
 const staleFor = 4
 
-// peek returns the current list without reading it again (nil if it was
-// never read): for figures that may lag, such as the image count.
-func (c *catalog) peek() *catalogSnapshot {
+// latest returns the current list without waiting for a read (nil if it
+// was never read): for figures that may lag, such as the image count. As
+// get, it has a list out of date read again in the background: else the
+// status, polled by scripts and by the page's refresh, would show the
+// first read's figures for ever.
+func (c *catalog) latest() *catalogSnapshot {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.cur
+	cur := c.cur
+	if cur != nil && c.building == nil && !c.closed && c.now().Sub(cur.built) >= c.maxAge {
+		if gen, err := c.index.Generation(); err == nil && gen != cur.gen {
+			ch := c.startLocked()
+			c.bg.Go(func() { c.build(context.Background(), ch) })
+		}
+	}
+	return cur
 }
 
 // refresh builds the list now and returns it: after an action, the page

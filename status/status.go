@@ -231,7 +231,7 @@ func (h *Handler) status(ctx context.Context, r *http.Request) (*Status, error) 
 	for i, j := range jobs {
 		s.Jobs[i] = summarize(j)
 	}
-	cat := h.catalog.peek()
+	cat := h.catalog.latest()
 	if cat == nil {
 		if cat, err = h.catalog.get(ctx); err != nil {
 			return nil, err
