@@ -72,9 +72,26 @@ func (p *Proxy) repoHandlers() map[string]http.Handler {
 	h := map[string]handlerFunc{kindManifests: p.manifest, kindBlobs: p.blob, kindTags: p.tags, kindReferrers: p.referrers}
 	repo := make(map[string]http.Handler, len(repoRoutes))
 	for _, route := range repoRoutes {
-		repo[route.kind] = p.serve(route.label, access.Puller, h[route.kind])
+		repo[route.kind] = p.serve(route.label, access.Puller, echoNamespace(h[route.kind]))
 	}
 	return repo
+}
+
+// headerNamespace answers a request scoped by ns (resolve) with its value,
+// as the distribution spec says a proxy using ns should.
+const headerNamespace = "OCI-Namespace"
+
+// echoNamespace is h, its answers (errors too) carrying the request's ns
+// in OCI-Namespace.
+func echoNamespace(h handlerFunc) handlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		if r.URL.RawQuery != "" { // most requests (Docker's) have none: nothing to parse
+			if ns := r.URL.Query().Get("ns"); ns != "" {
+				w.Header().Set(headerNamespace, ns)
+			}
+		}
+		return h(w, r)
+	}
 }
 
 // repoFirst serves a repository's GET and HEAD requests (nearly every

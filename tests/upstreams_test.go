@@ -116,6 +116,41 @@ func TestUpstreamRouting(t *testing.T) {
 	}
 }
 
+// A request scoped by ns answers with its value in OCI-Namespace, as the
+// distribution spec says a proxy using ns should, on every route and on
+// an error too; a request without ns has none.
+func TestNamespaceEchoed(t *testing.T) {
+	hub := fixture.StartUpstream(t)
+	ghcr := fixture.StartUpstream(t)
+	img := ghcr.SeedImage(t, "owner/app", "v1", 1, 4<<10)
+	m := servertest.StartUpstreams(t, []servertest.Upstream{
+		{Host: "docker.io", URL: hub.URL()},
+		{Host: "ghcr.io", URL: ghcr.URL()},
+	}, nil)
+	base := m.URL() + "/v2/owner/app"
+	for _, c := range []struct{ method, path string }{
+		{http.MethodGet, "/manifests/v1"},
+		{http.MethodHead, "/manifests/v1"},
+		{http.MethodGet, "/manifests/" + img.Digest},
+		{http.MethodGet, "/blobs/" + img.Layers[0]},
+		{http.MethodHead, "/blobs/" + img.Config},
+		{http.MethodGet, "/tags/list"},
+		{http.MethodGet, "/referrers/" + img.Digest},
+		{http.MethodGet, "/manifests/nosuchtag"},
+	} {
+		r := do(t, c.method, base+c.path+"?ns=ghcr.io", map[string]string{"Accept": manifestAccept})
+		if r.err != nil || r.status == 0 {
+			t.Fatalf("%s %s?ns=ghcr.io: %v", c.method, c.path, r.err)
+		}
+		if got := r.header.Values("OCI-Namespace"); len(got) != 1 || got[0] != "ghcr.io" {
+			t.Errorf("%s %s?ns=ghcr.io: %d, OCI-Namespace %q, want ghcr.io", c.method, c.path, r.status, got)
+		}
+	}
+	if r := get(t, m.URL()+"/v2/ghcr.io/owner/app/manifests/v1"); r.status != http.StatusOK || r.header.Get("OCI-Namespace") != "" {
+		t.Errorf("without ns: %d, OCI-Namespace %q, want none", r.status, r.header.Get("OCI-Namespace"))
+	}
+}
+
 // Content cached from one upstream is never served for another's names,
 // even under the same repository name and by digest, and the other
 // upstream is not asked for it either; it is served for its own names with
