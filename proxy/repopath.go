@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"net/http"
+	"net/url"
 	"strings"
 
 	"github.com/gorilla/mux"
@@ -65,10 +66,27 @@ func parseRepoPath(escaped string) (repoPath, bool) {
 }
 
 // repoPathOf is the repoPath of a request the route table gave to a
-// handler of a repository's route.
+// handler of a repository's route, its name and last part unescaped: a
+// client may percent-encode them (JavaScript's encodeURIComponent writes
+// a digest's colon as %3A), and distribution serves such a path as its
+// unescaped form. What unescapes to no valid name or reference is refused
+// as such by the handler.
 func repoPathOf(r *http.Request) repoPath {
 	p, _ := parseRepoPath(r.URL.EscapedPath())
+	p.name, p.last = unescape(p.name), unescape(p.last)
 	return p
+}
+
+// unescape is s with its percent-encoding undone; s as it is if it has
+// none (nearly every request) or an invalid one.
+func unescape(s string) string {
+	if strings.IndexByte(s, '%') < 0 {
+		return s
+	}
+	if u, err := url.PathUnescape(s); err == nil {
+		return u
+	}
+	return s
 }
 
 // repoRoute is the route table's matcher for the paths of one kind.

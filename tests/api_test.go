@@ -171,6 +171,30 @@ func TestErrors(t *testing.T) {
 	}
 }
 
+// A path whose reference or name a client percent-encoded (JavaScript's
+// encodeURIComponent and Python's quote(safe="") write a digest's colon
+// as %3A) is served as its unescaped form, as distribution serves it.
+func TestPercentEncodedPathServed(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/enc", "1", 1, 1<<10)
+	m := servertest.Start(t, up.URL())
+	esc := func(d string) string { return strings.Replace(d, ":", "%3A", 1) }
+	wantManifest(t, get(t, m.URL()+"/v2/enc/manifests/"+esc(img.Digest)), img.Manifest, img.MediaType)
+	wantManifest(t, get(t, m.URL()+"/v2/library%2Fenc/manifests/%31"), img.Manifest, img.MediaType)
+	for _, b := range img.Blobs() {
+		r := get(t, m.URL()+"/v2/enc/blobs/"+esc(b))
+		if r.status != http.StatusOK || sha(r.body) != b {
+			t.Fatalf("blob %s: %d %.200s", esc(b), r.status, r.body)
+		}
+	}
+	if r := get(t, m.URL()+"/v2/enc/referrers/"+esc(img.Digest)); r.status != http.StatusOK {
+		t.Errorf("referrers of %s: %d %.200s", esc(img.Digest), r.status, r.body)
+	}
+	// What unescapes to no valid name or reference is refused as such.
+	wantError(t, get(t, m.URL()+"/v2/enc/blobs/sha256%3Azz"), http.StatusBadRequest, "DIGEST_INVALID")
+	wantError(t, get(t, m.URL()+"/v2/library%2F..%2Fenc/manifests/1"), http.StatusBadRequest, "NAME_INVALID")
+}
+
 // A 405 says which methods its path is served with (RFC 9110's Allow,
 // which a 405 must carry): GET and HEAD for a repository's routes, none
 // for an upload's, and the mirror's own routes' methods.
