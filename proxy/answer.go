@@ -50,8 +50,9 @@ var unknownCode = map[upstream.Kind]errcode.Code{
 // upstreamAnswer is what a client of the mirror is answered when the
 // upstream failed (err wraps ue): a 404 keeps the upstream's own code when
 // it sent one; refused credentials and rate limits are passed on as such
-// (with Retry-After); an upstream that is down, slow or answers badly is
-// the mirror's gateway failing: 503, 504 or 502.
+// (with Retry-After), and so is a 400 whose code says what of the request
+// it refused; an upstream that is down, slow or answers badly is the
+// mirror's gateway failing: 503, 504 or 502.
 func upstreamAnswer(ue *upstream.Error, err error) *errcode.Error {
 	switch {
 	case errors.Is(ue, upstream.ErrNotFound):
@@ -79,6 +80,11 @@ func upstreamAnswer(ue *upstream.Error, err error) *errcode.Error {
 			WithStatus(http.StatusServiceUnavailable).WithHeader("Retry-After", ue.RetryAfter)
 	case ue.Status == http.StatusRequestedRangeNotSatisfiable:
 		return errcode.Wrap(errcode.RangeInvalid, err, "%s", ue.Reason)
+	case ue.Status == http.StatusBadRequest && errcode.Code(ue.Code).Status() == http.StatusBadRequest:
+		// Refused as the client asked it (a page size over the upstream's
+		// limit, a name or tag it does not take), and saying so: the
+		// client's to change, not a gateway failing, which clients retry.
+		return errcode.Wrap(errcode.Code(ue.Code), err, "%s", ue.Reason)
 	case ue.Timeout:
 		return errcode.Wrap(errcode.Unavailable, err, "%s", ue.Reason).WithStatus(http.StatusGatewayTimeout)
 	case ue.Status != 0 || errors.Is(ue, upstream.ErrInvalid):

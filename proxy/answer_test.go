@@ -221,12 +221,20 @@ func TestRegistryError(t *testing.T) {
 		// The token endpoint's 429 is passed on with its Retry-After.
 		{name: "token 429", err: tokenRefused(429), wantCode: errcode.TooManyRequests, wantStatus: 429, wantRetry: "30"},
 		{name: "416", err: answered(callBlob, 416, nil, ""), wantCode: errcode.RangeInvalid, wantStatus: 416, wantIs: upstream.ErrInvalid},
+		// A 400 saying what of the request it refused is passed on.
+		{name: "400 PAGINATION_NUMBER_INVALID", err: answered(callTags, 400, nil, `{"errors":[{"code":"PAGINATION_NUMBER_INVALID","message":"n"}]}`),
+			wantCode: errcode.PaginationNumber, wantStatus: 400},
+		{name: "400 NAME_INVALID", err: answered(callManifest, 400, nil, `{"errors":[{"code":"NAME_INVALID","message":"name"}]}`),
+			wantCode: errcode.NameInvalid, wantStatus: 400},
 
 		// An upstream that is slow, answers badly or is down: the gateway fails.
 		{name: "timeout", err: timedOut, wantCode: errcode.Unavailable, wantStatus: 504, wantIs: upstream.ErrUnavailable},
 		{name: "500", err: answered(callManifest, 500, nil, ""), wantCode: errcode.Unavailable, wantStatus: 502, wantIs: upstream.ErrUnavailable},
 		{name: "502", err: answered(callBlob, 502, nil, "bad gateway"), wantCode: errcode.Unavailable, wantStatus: 502},
 		{name: "503", err: answered(callTags, 503, nil, ""), wantCode: errcode.Unavailable, wantStatus: 502},
+		{name: "400 without a code", err: answered(callTags, 400, nil, "bad request"), wantCode: errcode.Unavailable, wantStatus: 502},
+		{name: "400 with a code not of a 400", err: answered(callBlob, 400, nil, `{"errors":[{"code":"DENIED","message":"?"}]}`),
+			wantCode: errcode.Unavailable, wantStatus: 502},
 		// One that says when to come back is unavailable, not broken.
 		{name: "503 with Retry-After", err: answered(callManifest, 503, map[string]string{"Retry-After": "120"}, ""),
 			wantCode: errcode.Unavailable, wantStatus: 503, wantRetry: "120", wantIs: upstream.ErrUnavailable},

@@ -276,6 +276,37 @@ func TestUpstreamFailuresWithoutCache(t *testing.T) {
 	})
 }
 
+// An upstream that refuses the request as the client made it (400 with
+// an OCI code of the client's input: a page size over its limit, a name or
+// tag it does not take) is answered so, with its code and message: the
+// client's to change, not a gateway failing (a 502, which clients retry).
+// A 400 without such a code is still the upstream answering badly.
+func TestUpstreamRefusalOfTheRequestPassedOn(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/refuse", "1", 1, 1<<10)
+	m := servertest.Start(t, up.URL())
+	refusal := func(kind, code, msg string) fixture.Fault {
+		return fixture.Fault{Kind: kind, Status: http.StatusBadRequest, Header: http.Header{"Content-Type": {"application/json"}},
+			Body: []byte(`{"errors":[{"code":"` + code + `","message":"` + msg + `"}]}`)}
+	}
+	for _, c := range []struct {
+		kind, path, code, msg string
+	}{
+		{fixture.KindTags, "/v2/refuse/tags/list?n=5000", "PAGINATION_NUMBER_INVALID", "n must be no larger than 1000"},
+		{fixture.KindManifest, "/v2/refuse/manifests/1", "NAME_INVALID", "repository name not allowed"},
+		{fixture.KindBlob, "/v2/refuse/blobs/" + img.Layers[0], "DIGEST_INVALID", "digest algorithm not allowed"},
+	} {
+		up.SetFault(refusal(c.kind, c.code, c.msg))
+		r := get(t, m.URL()+c.path)
+		wantError(t, r, http.StatusBadRequest, c.code)
+		if !strings.Contains(string(r.body), c.msg) {
+			t.Errorf("%s: the answer does not say the upstream's reason %q: %s", c.path, c.msg, r.body)
+		}
+	}
+	up.SetFault(fixture.Fault{Kind: fixture.KindTags, Status: http.StatusBadRequest, Body: []byte("bad request")})
+	wantError(t, get(t, m.URL()+"/v2/refuse/tags/list"), http.StatusBadGateway, "UNAVAILABLE")
+}
+
 // A blob whose upstream bytes do not match its digest is neither stored nor
 // served as a complete, successful response; a later good fetch works. The
 // upstream holds the corrupt body just before its last byte, so the client
