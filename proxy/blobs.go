@@ -98,7 +98,10 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 	}
-	if r.Method == http.MethodHead {
+	// A GET whose If-None-Match names the blob (a cache in front
+	// revalidating) is answered 304, no body: as a HEAD, the upstream is
+	// asked only whether the repository has it, not for its bytes.
+	if r.Method == http.MethodHead || noneMatch(r.Header.Get("If-None-Match"), `"`+dgst.String()+`"`) {
 		if size, ok := p.downloadingSize(ctx, t, dgst); ok {
 			// The upstream said it already: asked again, it may be
 			// rate-limiting (or down) since.

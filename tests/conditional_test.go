@@ -2,6 +2,7 @@ package tests
 
 import (
 	"net/http"
+	"strings"
 	"testing"
 
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
@@ -56,4 +57,26 @@ func TestConditionalRequests(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A cache in front revalidating a blob the mirror does not hold (evicted
+// since, or never fetched through this replica) is answered 304 once the
+// upstream confirms the repository has it (a HEAD), without a byte of the
+// blob fetched for an answer that sends none.
+func TestConditionalGetOfUncachedBlobFetchesNothing(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/cond", "1", 1, 64<<10)
+	m := servertest.Start(t, up.URL())
+	layer := img.Layers[0]
+	r := do(t, http.MethodGet, m.URL()+"/v2/cond/blobs/"+layer, map[string]string{"If-None-Match": `"` + layer + `"`})
+	if r.err != nil || r.status != http.StatusNotModified || len(r.body) != 0 || r.header.Get("Docker-Content-Digest") != layer {
+		t.Fatalf("status %d (err %v), %d bytes, digest %q: want a 304 of %s", r.status, r.err, len(r.body), r.header.Get("Docker-Content-Digest"), layer)
+	}
+	m.WaitIdle()
+	if n, b := blobGets(up, layer), up.BlobBytesFor(layer); n != 0 || b != 0 {
+		t.Errorf("the upstream was asked for the blob %d times (%d bytes sent) for a 304", n, b)
+	}
+	// Not in the upstream's repository: unknown, as without the condition.
+	missing := "sha256:" + strings.Repeat("0", 64)
+	wantError(t, do(t, http.MethodGet, m.URL()+"/v2/cond/blobs/"+missing, map[string]string{"If-None-Match": `"` + missing + `"`}), http.StatusNotFound, "BLOB_UNKNOWN")
 }
