@@ -26,14 +26,20 @@ func newRedirects() redirects {
 
 // WithBlobRedirects, if on, answers GETs of stored blobs with a 307 to a
 // presigned URL of the store (S3), so that the bytes flow from the bucket
-// to the client, not through the mirror. HEAD, Range requests, and stores
-// that give no URL (filesystem) are answered as without it.
+// to the client, not through the mirror. HEAD, Range requests, a GET whose
+// If-None-Match names the blob (a 304), and stores that give no URL
+// (filesystem) are answered as without it.
 func WithBlobRedirects(on bool) Option { return func(p *Proxy) { p.redirects.enabled = on } }
 
 // redirectBlob answers a GET of a stored blob with a redirect when it can,
 // and reports whether it did.
 func (p *Proxy) redirectBlob(w http.ResponseWriter, r *http.Request, t target, dgst digest.Digest) bool {
 	if !p.redirects.enabled || r.Method != http.MethodGet || r.Header.Get("Range") != "" {
+		return false
+	}
+	if noneMatch(r.Header.Get("If-None-Match"), `"`+dgst.String()+`"`) {
+		// A 304 from the mirror: the bucket's ETag is not the digest, and
+		// it would send the whole blob to a cache revalidating.
 		return false
 	}
 	rd, ok := p.store.(storage.Redirector)

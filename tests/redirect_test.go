@@ -83,8 +83,14 @@ func TestBlobRedirect(t *testing.T) {
 	if rr.status != http.StatusPartialContent || len(rr.body) != 10 {
 		t.Errorf("Range: status %d, %d bytes; want 206 and 10", rr.status, len(rr.body))
 	}
+	// A cache revalidating (If-None-Match: its ETag) is answered 304 by
+	// the mirror: sent to the bucket, whose ETag is not the digest, it
+	// would get the whole blob again.
+	if c := do(t, http.MethodGet, blobURL, map[string]string{"If-None-Match": `"` + layer + `"`}); c.status != http.StatusNotModified || len(c.body) != 0 {
+		t.Errorf("If-None-Match its ETag: status %d, %d bytes; want 304 and none", c.status, len(c.body))
+	}
 	if got := redirectMetric(t, m); got != "2" {
-		t.Errorf("docker_mirror_blob_redirects_total = %s; HEAD and Range must not redirect", got)
+		t.Errorf("docker_mirror_blob_redirects_total = %s; HEAD, Range and If-None-Match must not redirect", got)
 	}
 
 	// Off by default: the same bucket, served by the mirror.
