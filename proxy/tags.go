@@ -35,6 +35,13 @@ func (p *Proxy) tags(w http.ResponseWriter, r *http.Request) error {
 	// passes on as the upstream's Link gave it.
 	upQuery := maps.Clone(q)
 	delete(upQuery, "ns")
+	if n == 0 {
+		// None asked for, and none answered (the spec's n=0): the upstream
+		// is asked for one, which every registry takes (some refuse n=0,
+		// some page as they like whatever n says), to learn that the
+		// repository exists.
+		upQuery.Set("n", "1")
+	}
 	pg, err := t.up.Tags(r.Context(), t.repo, upQuery)
 	tags, next := pg.Tags, pg.Next
 	w.Header().Set(cacheHeader, "miss") // the upstream's list: tag lists are not cached
@@ -56,6 +63,9 @@ func (p *Proxy) tags(w http.ResponseWriter, r *http.Request) error {
 		p.log.Warn("listing cached tags: upstream failed", "upstream", t.host(), "repo", t.repo, "error", err)
 		w.Header().Set(cacheHeader, "stale")
 		tags, next = page(cached, n, q.Get("last"))
+	}
+	if n == 0 {
+		tags, next = nil, nil
 	}
 	if tags == nil {
 		tags = []string{}

@@ -138,3 +138,24 @@ func TestTagsPagedWithTheUpstreamsTokens(t *testing.T) {
 		t.Errorf("got %q, want %q", got, want)
 	}
 }
+
+// n=0 asks for no tags: the answer is an empty list without a Link, as
+// the distribution spec says, also from an upstream that pages as it
+// likes whatever n says.
+func TestTagsZeroPageIsEmpty(t *testing.T) {
+	lister := &tagLister{tags: []string{"a", "b", "c", "d", "e"}}
+	srv := httptest.NewServer(listerProxy(t, lister).Handler())
+	t.Cleanup(srv.Close)
+	resp, err := http.Get(srv.URL + "/v2/app/tags/list?n=0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var list struct{ Tags []string }
+	if err := json.NewDecoder(resp.Body).Decode(&list); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d, %v", resp.StatusCode, err)
+	}
+	if len(list.Tags) != 0 || list.Tags == nil || resp.Header.Get("Link") != "" {
+		t.Errorf("tags %q, Link %q: want an empty list and no Link", list.Tags, resp.Header.Get("Link"))
+	}
+}
