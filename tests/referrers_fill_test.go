@@ -56,6 +56,47 @@ func pushArtifact(t *testing.T, up *fixture.Upstream, repo, ref, artifactType, c
 	return pushedArtifact{digest: up.PutManifest(t, repo, ref, oci.MediaTypeOCIManifest, raw), raw: raw, layer: layer}
 }
 
+// nestIndex pushes under tag an OCI index whose one entry is inner, an
+// index (image-spec lets an index list indexes), and returns its bytes.
+func nestIndex(t *testing.T, up *fixture.Upstream, repo, tag string, inner *fixture.MultiArch) []byte {
+	t.Helper()
+	outer, err := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": oci.MediaTypeOCIIndex, "manifests": []any{
+		map[string]any{"mediaType": inner.MediaType, "digest": inner.Digest, "size": len(inner.Index)},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	up.PutManifest(t, repo, tag, oci.MediaTypeOCIIndex, outer)
+	return outer
+}
+
+// putReferrersFallback pushes subject's referrers list as an upstream
+// without the referrers API keeps it (the tag schema's fallback index),
+// listing art, of artifactType.
+func putReferrersFallback(t *testing.T, up *fixture.Upstream, repo, subject, artifactType string, art pushedArtifact) {
+	t.Helper()
+	idx, err := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": oci.MediaTypeOCIIndex, "manifests": []any{
+		map[string]any{"mediaType": oci.MediaTypeOCIManifest, "digest": art.digest, "size": len(art.raw), "artifactType": artifactType},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	up.PutManifest(t, repo, oci.ReferrersTag(digest.Digest(subject)), oci.MediaTypeOCIIndex, idx)
+}
+
+// wantArtifactsOffline checks that each artifact of arts, by its key (a
+// cosign tag or its digest), and its layer are served under u
+// (http://mirror/v2/REPO/) as pushed.
+func wantArtifactsOffline(t *testing.T, u string, arts map[string]pushedArtifact) {
+	t.Helper()
+	for ref, a := range arts {
+		wantManifest(t, get(t, u+"manifests/"+ref), a.raw, oci.MediaTypeOCIManifest)
+		if r := get(t, u+"blobs/"+a.layer); r.status != http.StatusOK || sha(r.body) != a.layer {
+			t.Errorf("blob %s of %s offline: %d", a.layer, ref, r.status)
+		}
+	}
+}
+
 // cosignTag is cosign's tag of kind (sig, att, sbom) for subject.
 func cosignTag(subject, kind string) string {
 	return strings.Replace(subject, ":", "-", 1) + "." + kind
@@ -482,15 +523,7 @@ func TestArtifactsAddedAfterCachingAreStored(t *testing.T) {
 	up.Stop()
 	u := m.URL() + "/v2/signed/"
 	wantReferrers(t, get(t, u+"referrers/"+ma.Digest), "stale", false, sbom.digest)
-	for _, a := range []struct {
-		ref string
-		art pushedArtifact
-	}{{cosignTag(ma.Digest, "sig"), sig}, {sbom.digest, sbom}} {
-		wantManifest(t, get(t, u+"manifests/"+a.ref), a.art.raw, oci.MediaTypeOCIManifest)
-		if r := get(t, u+"blobs/"+a.art.layer); r.status != http.StatusOK || sha(r.body) != a.art.layer {
-			t.Errorf("blob %s of %s offline: %d", a.art.layer, a.ref, r.status)
-		}
-	}
+	wantArtifactsOffline(t, u, map[string]pushedArtifact{cosignTag(ma.Digest, "sig"): sig, sbom.digest: sbom})
 }
 
 // An image whose index lists an index (image-spec allows it; some build
@@ -504,23 +537,11 @@ func TestFillStoresArtifactsOfNestedIndexPlatforms(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	const repo = "library/nested"
 	inner := up.SeedMultiArch(t, repo, "inner", fixture.OCI)
-	outer, err := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": oci.MediaTypeOCIIndex, "manifests": []any{
-		map[string]any{"mediaType": inner.MediaType, "digest": inner.Digest, "size": len(inner.Index)},
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	up.PutManifest(t, repo, "outer", oci.MediaTypeOCIIndex, outer)
+	outer := nestIndex(t, up, repo, "outer", inner)
 	amd64 := inner.Platforms["linux/amd64"]
 	sig := pushArtifact(t, up, repo, cosignTag(amd64.Digest, "sig"), "application/vnd.dev.cosign.artifact.sig.v1+json", "signature")
 	sbom := pushArtifact(t, up, repo, "", sbomType, "sbom", amd64.MediaType, amd64.Digest, len(amd64.Manifest))
-	fallback, err := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": oci.MediaTypeOCIIndex, "manifests": []any{
-		map[string]any{"mediaType": oci.MediaTypeOCIManifest, "digest": sbom.digest, "size": len(sbom.raw), "artifactType": sbomType},
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	up.PutManifest(t, repo, oci.ReferrersTag(digest.Digest(amd64.Digest)), oci.MediaTypeOCIIndex, fallback)
+	putReferrersFallback(t, up, repo, amd64.Digest, sbomType, sbom)
 
 	m := servertest.Start(t, up.URL())
 	wantManifest(t, get(t, m.URL()+"/v2/nested/manifests/outer"), outer, oci.MediaTypeOCIIndex)
@@ -533,19 +554,7 @@ func TestFillStoresArtifactsOfNestedIndexPlatforms(t *testing.T) {
 
 	u := m.URL() + "/v2/nested/"
 	wantReferrers(t, get(t, u+"referrers/"+amd64.Digest), "stale", false, sbom.digest)
-	for _, a := range []struct {
-		ref string
-		art pushedArtifact
-	}{{cosignTag(amd64.Digest, "sig"), sig}, {sbom.digest, sbom}} {
-		r := get(t, u+"manifests/"+a.ref)
-		if r.status != http.StatusOK || sha(r.body) != a.art.digest {
-			t.Errorf("%s of the inner index's linux/amd64 offline: %d %s", a.ref, r.status, r.body)
-			continue
-		}
-		if r := get(t, u+"blobs/"+a.art.layer); r.status != http.StatusOK || sha(r.body) != a.art.layer {
-			t.Errorf("blob %s of %s offline: %d", a.art.layer, a.ref, r.status)
-		}
-	}
+	wantArtifactsOffline(t, u, map[string]pushedArtifact{cosignTag(amd64.Digest, "sig"): sig, sbom.digest: sbom})
 }
 
 // A platform manifest signed or attested after the mirror cached its
@@ -565,13 +574,7 @@ func TestPlatformArtifactsAddedAfterCachingAreStored(t *testing.T) {
 	amd64 := ma.Platforms["linux/amd64"]
 	att := pushArtifact(t, up, repo, cosignTag(amd64.Digest, "att"), "application/vnd.dsse.envelope.v1+json", "attestation")
 	sbom := pushArtifact(t, up, repo, "", sbomType, "sbom", amd64.MediaType, amd64.Digest, len(amd64.Manifest))
-	idx, err := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": oci.MediaTypeOCIIndex, "manifests": []any{
-		map[string]any{"mediaType": oci.MediaTypeOCIManifest, "digest": sbom.digest, "size": len(sbom.raw), "artifactType": sbomType},
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	up.PutManifest(t, repo, oci.ReferrersTag(digest.Digest(amd64.Digest)), oci.MediaTypeOCIIndex, idx)
+	putReferrersFallback(t, up, repo, amd64.Digest, sbomType, sbom)
 
 	m.Clock.Advance(proxy.ArtifactsRecheck) // past the tag's TTL, and the fill's look
 	cranePull(t, ref(t, m, "signed:1"), remote.WithPlatform(linuxAMD64))
@@ -581,15 +584,7 @@ func TestPlatformArtifactsAddedAfterCachingAreStored(t *testing.T) {
 	m.Clock.Advance(time.Hour) // past the tag TTL
 	u := m.URL() + "/v2/signed/"
 	wantReferrers(t, get(t, u+"referrers/"+amd64.Digest), "stale", false, sbom.digest)
-	for _, a := range []struct {
-		ref string
-		art pushedArtifact
-	}{{cosignTag(amd64.Digest, "att"), att}, {sbom.digest, sbom}} {
-		wantManifest(t, get(t, u+"manifests/"+a.ref), a.art.raw, oci.MediaTypeOCIManifest)
-		if r := get(t, u+"blobs/"+a.art.layer); r.status != http.StatusOK || sha(r.body) != a.art.layer {
-			t.Errorf("blob %s of %s offline: %d", a.art.layer, a.ref, r.status)
-		}
-	}
+	wantArtifactsOffline(t, u, map[string]pushedArtifact{cosignTag(amd64.Digest, "att"): att, sbom.digest: sbom})
 }
 
 // So is one of a platform manifest an inner index lists (an index that
@@ -598,13 +593,7 @@ func TestNestedPlatformArtifactsAddedAfterCachingAreStored(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	const repo = "library/nested"
 	inner := up.SeedMultiArch(t, repo, "inner", fixture.OCI)
-	outer, err := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": oci.MediaTypeOCIIndex, "manifests": []any{
-		map[string]any{"mediaType": inner.MediaType, "digest": inner.Digest, "size": len(inner.Index)},
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	up.PutManifest(t, repo, "outer", oci.MediaTypeOCIIndex, outer)
+	outer := nestIndex(t, up, repo, "outer", inner)
 	m := servertest.Start(t, up.URL())
 	u := m.URL() + "/v2/nested/"
 	wantManifest(t, get(t, u+"manifests/outer"), outer, oci.MediaTypeOCIIndex)
@@ -617,8 +606,5 @@ func TestNestedPlatformArtifactsAddedAfterCachingAreStored(t *testing.T) {
 	m.WaitIdle()
 
 	up.Stop()
-	wantManifest(t, get(t, u+"manifests/"+cosignTag(amd64.Digest, "sig")), sig.raw, oci.MediaTypeOCIManifest)
-	if r := get(t, u+"blobs/"+sig.layer); r.status != http.StatusOK || sha(r.body) != sig.layer {
-		t.Errorf("blob %s of the signature offline: %d", sig.layer, r.status)
-	}
+	wantArtifactsOffline(t, u, map[string]pushedArtifact{cosignTag(amd64.Digest, "sig"): sig})
 }
