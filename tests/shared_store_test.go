@@ -337,6 +337,20 @@ func TestSharedBucketCollectionKeepsAnotherReplicasLongPrefetch(t *testing.T) {
 	}
 }
 
+// heldPrefetch has replica a prefetch app:v1 (img, one layer) and holds
+// the job in its layer's download; it returns the job's location and the
+// gate that holds it.
+func heldPrefetch(t *testing.T, a *servertest.Server, up *fixture.Upstream, img *fixture.Image) (string, *fixture.Gate) {
+	t.Helper()
+	gate := up.GateBlob(img.Layers[0], 1)
+	r := postPrefetch(t, a, `{"images": ["app:v1"]}`)
+	if r.status != http.StatusAccepted {
+		t.Fatalf("POST /prefetch: %d %s", r.status, r.body)
+	}
+	awaitReached(t, gate, img.Layers[0])
+	return r.header.Get("Location"), gate
+}
+
 // A prefetch job running on one replica reads as running on the others
 // too (a client polling GET /prefetch/ID through a load balancer), its
 // images' states as the replica running it has them, not as queued until
@@ -348,13 +362,8 @@ func TestSharedBucketRunningJobReadOnAnotherReplica(t *testing.T) {
 	ups := []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}
 	a := servertest.StartConfigured(t, ups, onBucket)
 	b := servertest.StartConfigured(t, ups, onBucket)
-	gate := up.GateBlob(img.Layers[0], 1)
-	r := postPrefetch(t, a, `{"images": ["app:v1"]}`)
-	if r.status != http.StatusAccepted {
-		t.Fatalf("POST /prefetch: %d %s", r.status, r.body)
-	}
-	awaitReached(t, gate, img.Layers[0])
-	onA, onB := job(t, a, r.header.Get("Location")), job(t, b, r.header.Get("Location"))
+	location, gate := heldPrefetch(t, a, up, img)
+	onA, onB := job(t, a, location), job(t, b, location)
 	if onA.State != storage.JobRunning || onA.Images[0].State != storage.JobRunning {
 		t.Fatalf("the job on the replica running it: %+v", onA)
 	}
@@ -363,7 +372,7 @@ func TestSharedBucketRunningJobReadOnAnotherReplica(t *testing.T) {
 	}
 	gate.Open()
 	a.WaitIdle()
-	if j := job(t, b, r.header.Get("Location")); j.State != storage.JobDone {
+	if j := job(t, b, location); j.State != storage.JobDone {
 		t.Errorf("the job done, on the other replica: %+v", j)
 	}
 }
@@ -514,12 +523,7 @@ func TestSharedBucketJobOfAStoppedReplicaReadsAsLost(t *testing.T) {
 	ups := []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}
 	a := servertest.StartConfigured(t, ups, onBucket)
 	b := servertest.StartConfigured(t, ups, onBucket)
-	gate := up.GateBlob(img.Layers[0], 1)
-	r := postPrefetch(t, a, `{"images": ["app:v1"]}`)
-	if r.status != http.StatusAccepted {
-		t.Fatalf("POST /prefetch: %d %s", r.status, r.body)
-	}
-	awaitReached(t, gate, img.Layers[0])
+	location, gate := heldPrefetch(t, a, up, img)
 	stopped := make(chan struct{})
 	go func() {
 		defer close(stopped)
@@ -528,11 +532,11 @@ func TestSharedBucketJobOfAStoppedReplicaReadsAsLost(t *testing.T) {
 	gate.Open()
 	wait(t, t.Context(), stopped, "a's stop")
 
-	if j := job(t, b, r.header.Get("Location")); j.State != storage.JobRunning {
+	if j := job(t, b, location); j.State != storage.JobRunning {
 		t.Fatalf("the job just after its replica stopped: %+v; want it running still (its replica may come back)", j)
 	}
 	b.Clock.Advance(time.Hour)
-	j := job(t, b, r.header.Get("Location"))
+	j := job(t, b, location)
 	if j.State != storage.JobFailed || len(j.Images) != 1 || j.Images[0].State != storage.JobFailed || !strings.Contains(j.Images[0].Error, "lost") {
 		t.Errorf("the job of a replica stopped %v ago: state %q, images %+v; want it failed, lost", time.Hour, j.State, j.Images)
 	}
@@ -554,13 +558,8 @@ func TestSharedBucketLongJobNotReadAsLost(t *testing.T) {
 		c.Storage["s3"]["regionendpoint"] = endpoint
 	}, proxy.WithJobBeat(10*time.Millisecond))
 	b := servertest.StartConfigured(t, ups, onBucket)
-	gate := up.GateBlob(img.Layers[0], 1)
+	location, gate := heldPrefetch(t, a, up, img)
 	defer gate.Open()
-	r := postPrefetch(t, a, `{"images": ["app:v1"]}`)
-	if r.status != http.StatusAccepted {
-		t.Fatalf("POST /prefetch: %d %s", r.status, r.body)
-	}
-	awaitReached(t, gate, img.Layers[0])
 
 	// An hour into the download; the second write of the job's copy
 	// since began after the clock moved.
@@ -577,12 +576,12 @@ func TestSharedBucketLongJobNotReadAsLost(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	wait(t, ctx, rewritten, "the job's copy rewritten")
-	if j := job(t, b, r.header.Get("Location")); j.State != storage.JobRunning || len(j.Images) != 1 || j.Images[0].State != storage.JobRunning {
+	if j := job(t, b, location); j.State != storage.JobRunning || len(j.Images) != 1 || j.Images[0].State != storage.JobRunning {
 		t.Errorf("a job an hour into its image, on the other replica: state %q, images %+v; want it running", j.State, j.Images)
 	}
 	gate.Open()
 	a.WaitIdle()
-	if j := job(t, b, r.header.Get("Location")); j.State != storage.JobDone {
+	if j := job(t, b, location); j.State != storage.JobDone {
 		t.Errorf("the job done, on the other replica: %+v", j)
 	}
 }
