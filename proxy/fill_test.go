@@ -50,6 +50,24 @@ func platformIndex(t *testing.T, reg http.Handler, repo, tag string, platforms .
 	return idx, imgs
 }
 
+// pushImage pushes a random image of n layers to the in-process registry
+// reg as registry.test/ref ("library/app:1") and returns it.
+func pushImage(t *testing.T, reg http.Handler, ref string, n int) ggcrv1.Image {
+	t.Helper()
+	img, err := random.Image(512, int64(n))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := gname.ParseReference("registry.test/"+ref, gname.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(r, img, remote.WithTransport(inProcess{reg})); err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
 // One platform of an index that cannot be mirrored (its manifest gone
 // upstream) does not stop the background fill of the others: they are
 // stored, and pull with the upstream down. Before, the first child's

@@ -15,10 +15,7 @@ import (
 
 	"github.com/docker-mirror/docker-mirror/proxy/upstream"
 	"github.com/docker-mirror/docker-mirror/storage"
-	gname "github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
-	"github.com/google/go-containerregistry/pkg/v1/random"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
 
 // benchProxy is a proxy on a fresh index, for the job records.
@@ -115,17 +112,7 @@ func TestPrefetchJobLongerThanAFill(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
 		for _, name := range []string{"a", "b", "c"} {
-			img, err := random.Image(512, 1)
-			if err != nil {
-				t.Fatal(err)
-			}
-			ref, err := gname.ParseReference("registry.test/library/"+name+":1", gname.Insecure)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := remote.Write(ref, img, remote.WithTransport(inProcess{reg})); err != nil {
-				t.Fatal(err)
-			}
+			pushImage(t, reg, "library/"+name+":1", 1)
 		}
 		slow := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/manifests/1") {

@@ -10,10 +10,7 @@ import (
 	"testing"
 	"testing/synctest"
 
-	gname "github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
-	"github.com/google/go-containerregistry/pkg/v1/random"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/docker-mirror/docker-mirror/proxy/upstream"
 	"github.com/docker-mirror/docker-mirror/storage"
@@ -31,17 +28,7 @@ func TestWritesRefusedShownWhileAnyRepositoryIsRefused(t *testing.T) {
 		reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
 		layers := map[string][]string{}
 		for name, n := range map[string]int{"y": 1, "x": 2} {
-			img, err := random.Image(512, int64(n))
-			if err != nil {
-				t.Fatal(err)
-			}
-			ref, err := gname.ParseReference("registry.test/library/"+name+":1", gname.Insecure)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := remote.Write(ref, img, remote.WithTransport(inProcess{reg})); err != nil {
-				t.Fatal(err)
-			}
+			img := pushImage(t, reg, "library/"+name+":1", n)
 			ls, err := img.Layers()
 			if err != nil {
 				t.Fatal(err)

@@ -13,10 +13,7 @@ import (
 	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/proxy/upstream"
 	"github.com/docker-mirror/docker-mirror/storage"
-	gname "github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
-	"github.com/google/go-containerregistry/pkg/v1/random"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
 
 // slowSyncProxy is a mirror (on a synctest bubble's clock) of an upstream
@@ -24,17 +21,7 @@ import (
 func slowSyncProxy(t *testing.T, opts ...Option) *Proxy {
 	t.Helper()
 	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
-	img, err := random.Image(512, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ref, err := gname.ParseReference("registry.test/library/a:1", gname.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(ref, img, remote.WithTransport(inProcess{reg})); err != nil {
-		t.Fatal(err)
-	}
+	pushImage(t, reg, "library/a:1", 1)
 	slow := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/manifests/1") {
 			time.Sleep(90 * time.Minute)
