@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"strings"
 	"sync/atomic"
 	"testing"
 
@@ -71,5 +72,11 @@ func TestPingNotFoundKeepsCachedTags(t *testing.T) {
 	}
 	if rec, ok, err := index.Tag(DefaultHost, "library/app", "v1"); err != nil || !ok || rec.Digest != digest.Digest(img.Digest) {
 		t.Errorf("tag record after /v2/ answered 404: %+v %v %v; want it kept", rec, ok, err)
+	}
+	// So does its list of tags: the cached ones, as with the upstream down.
+	rec := httptest.NewRecorder()
+	start().Handler().ServeHTTP(rec, httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/v2/library/app/tags/list", nil))
+	if rec.Code != http.StatusOK || !strings.Contains(rec.Body.String(), `"v1"`) || rec.Header().Get("X-Cache") != "stale" {
+		t.Errorf("tags list after a restart, /v2/ answering 404: %d %s (X-Cache %q); want the cached tags, stale", rec.Code, rec.Body, rec.Header().Get("X-Cache"))
 	}
 }

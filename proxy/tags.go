@@ -46,9 +46,11 @@ func (p *Proxy) tags(w http.ResponseWriter, r *http.Request) error {
 	tags, next := pg.Tags, pg.Next
 	w.Header().Set(cacheHeader, "miss") // the upstream's list: tag lists are not cached
 	if err != nil {
-		if errors.Is(err, upstream.ErrNotFound) {
+		if errors.Is(err, upstream.ErrNotFound) && !pingNotFound(err) {
 			return err
 		}
+		// Down, or its /v2/ answering 404 (a maintenance page), which says
+		// nothing of the repository: the tags the mirror holds.
 		cached, cerr := p.index.Tags(t.host(), t.repo)
 		// Tags pulled just now and not yet recorded are the mirror's too
 		// (keyed "host/repo:tag": the key of an empty tag is the prefix).
