@@ -495,16 +495,38 @@ func (s *Store) statusMessage(status int, what string, cause error) *destError {
 // other than 408 and 429: 401 and 403 (credentials that may not push, a
 // quota used up), 404 (no such project), 405 (a read-only registry).
 // Those are answered again to every write until someone changes the
-// destination; a 5xx, a 429 or no answer is passing.
+// destination; a 5xx, a 429 or no answer is passing, and so is a refusal
+// of one upload's session (uploadFailed).
 func writeRefused(err error) error {
 	e, ok := err.(*destError)
-	if !ok || e.status < 400 || e.status >= 500 || e.status == http.StatusRequestTimeout || e.status == http.StatusTooManyRequests {
+	if !ok || e.status < 400 || e.status >= 500 || e.status == http.StatusRequestTimeout || e.status == http.StatusTooManyRequests ||
+		uploadFailed(e) {
 		return err
 	}
 	// A copy: a handshake's error is shared by its concurrent callers.
 	c := *e
 	c.refused = true
 	return &c
+}
+
+// uploadFailed reports whether e refused one upload, not the writes: its
+// session lost (404 BLOB_UPLOAD_UNKNOWN: purged, or a replica behind a
+// load balancer that does not share uploads), its state or a chunk's
+// range refused (BLOB_UPLOAD_INVALID, 416). The next upload may go in.
+func uploadFailed(e *destError) bool {
+	if e.status == http.StatusRequestedRangeNotSatisfiable {
+		return true
+	}
+	var te *transport.Error
+	if !errors.As(e.err, &te) {
+		return false
+	}
+	for _, d := range te.Errors {
+		if d.Code == transport.BlobUploadUnknownErrorCode || d.Code == transport.BlobUploadInvalidErrorCode {
+			return true
+		}
+	}
+	return false
 }
 
 // checkStatus returns nil if resp's status is one of ok; otherwise it

@@ -970,3 +970,51 @@ func TestTokenServiceUnreachable(t *testing.T) {
 	}
 	checkNoPassword(t, "Stat", err)
 }
+
+// TestUploadSessionLostIsNoRefusal: an upload whose session the
+// destination lost (404 BLOB_UPLOAD_UNKNOWN: its upload purged, or a
+// replica behind a load balancer that does not share its upload
+// directory), or whose chunk it refused for its range (416), failed that
+// upload only: the next one goes in. It is not the destination's refusal
+// to store (storage.ErrWriteRefused), which has the repository's misses
+// served without being stored for a minute.
+func TestUploadSessionLostIsNoRefusal(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		status int
+		code   string
+	}{
+		{http.StatusNotFound, "BLOB_UPLOAD_UNKNOWN"},
+		{http.StatusBadRequest, "BLOB_UPLOAD_INVALID"},
+		{http.StatusRequestedRangeNotSatisfiable, "BLOB_UPLOAD_INVALID"},
+	} {
+		t.Run(fmt.Sprint(tt.status, " ", tt.code), func(t *testing.T) {
+			var fail atomic.Bool
+			fail.Store(true)
+			d := newDestinationConfig(t, destConfig{frontEnd: func(next http.Handler) http.Handler {
+				return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					if r.Method != http.MethodPut || !strings.Contains(r.URL.Path, "/blobs/uploads/") || !fail.CompareAndSwap(true, false) {
+						next.ServeHTTP(w, r)
+						return
+					}
+					w.Header().Set("Content-Type", "application/json")
+					w.WriteHeader(tt.status)
+					_, _ = fmt.Fprintf(w, `{"errors":[{"code":%q,"message":"the upload failed"}]}`, tt.code)
+				})
+			}})
+			s := newStore(t, d.URL()+"/mirror")
+			blob := content(4<<10, 9)
+			dg := digest.FromBytes(blob)
+			err := s.Put(t.Context(), "library/x", dg, int64(len(blob)), bytes.NewReader(blob))
+			if err == nil {
+				t.Fatal("Put with the session lost: no error")
+			}
+			if errors.Is(err, storage.ErrWriteRefused) {
+				t.Errorf("Put with the session lost: %v; is storage.ErrWriteRefused, a refusal to store", err)
+			}
+			if err := s.Put(t.Context(), "library/x", dg, int64(len(blob)), bytes.NewReader(blob)); err != nil {
+				t.Errorf("Put again: %v", err)
+			}
+		})
+	}
+}
