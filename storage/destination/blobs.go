@@ -179,6 +179,9 @@ func (s *Store) Put(ctx context.Context, repo string, dgst digest.Digest, size i
 		return writeRefused(err)
 	}
 	sess := &uploadSession{}
+	// chunkedNext: refused as too large in one request, this blob could
+	// not be sent again in chunks, as the next ones are.
+	chunkedNext := false
 	if s.chunk.Load() > 0 {
 		err = s.putChunked(ctx, t, dst, src, layer, sess)
 	} else {
@@ -193,6 +196,8 @@ func (s *Store) Put(ctx context.Context, repo string, dgst digest.Digest, size i
 				layer = &blobLayer{dgst: dgst, size: size, body: newVerifier(again, dgst, size)}
 				sess = &uploadSession{}
 				err = s.putChunked(ctx, t, dst, src, layer, sess)
+			} else {
+				chunkedNext = true
 			}
 		}
 	}
@@ -208,6 +213,9 @@ func (s *Store) Put(ctx context.Context, repo string, dgst digest.Digest, size i
 		}
 		if ctx.Err() != nil {
 			return fmt.Errorf("destination %s: %s: %w", s, what, ctx.Err())
+		}
+		if chunkedNext {
+			return s.fail(err, what) // not refused: the next upload goes in chunks
 		}
 		return writeRefused(s.fail(err, what))
 	}

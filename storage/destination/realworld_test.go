@@ -101,6 +101,30 @@ func TestBodyLimit(t *testing.T) {
 	directMissing(t, d.Host()+"/mirror/library/z@"+dg.String(), false)
 }
 
+// TestBodyLimitReadOnceIsNoRefusal: the first blob over a front end's body
+// limit (413) whose content cannot be read again fails, but the later
+// ones go in chunks: its failure is not the destination's refusal to
+// store (storage.ErrWriteRefused), which has the repository's misses
+// served unstored for a minute.
+func TestBodyLimitReadOnceIsNoRefusal(t *testing.T) {
+	t.Parallel()
+	var refused atomic.Int32
+	d := newDestinationConfig(t, destConfig{frontEnd: fixture.LimitBodies(1<<20, &refused)})
+	s := newStore(t, d.URL()+"/mirror")
+	blob := content(3<<20, 4)
+	dg := digest.FromBytes(blob)
+	err := s.Put(t.Context(), "library/x", dg, int64(len(blob)), onlyReader{bytes.NewReader(blob)})
+	if err == nil {
+		t.Fatal("first Put over the body limit, read once: no error")
+	}
+	if errors.Is(err, storage.ErrWriteRefused) {
+		t.Errorf("first Put over the body limit, read once: %v; is storage.ErrWriteRefused, a refusal to store", err)
+	}
+	if err := s.Put(t.Context(), "library/x", dg, int64(len(blob)), onlyReader{bytes.NewReader(blob)}); err != nil {
+		t.Errorf("Put again, in chunks: %v", err)
+	}
+}
+
 // expiringTokens is the front end of a registry with bearer tokens that
 // expire during a push: its token server, at /token, hands out a new
 // token each time, and a token is good for one request of the given
