@@ -108,6 +108,14 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 			return serveBlob(w, r, dgst, size, nil)
 		}
 		size, err := t.up.HeadBlob(ctx, t.repo, dgst)
+		if r.Method == http.MethodGet && errors.Is(err, upstream.ErrNotFound) && !pingNotFound(err) {
+			// A HEAD's 404 alone does not tell (upstreamHasBlob): the
+			// GET a direct pull would make does, its body not read.
+			var body io.ReadCloser
+			if body, size, err = t.up.Blob(ctx, t.repo, dgst, 0); err == nil {
+				err = body.Close()
+			}
+		}
 		if err != nil {
 			return err
 		}

@@ -98,3 +98,40 @@ func TestSharedBlobHeadNotFoundAskedByGet(t *testing.T) {
 		t.Fatal("the stored blob was served for library/b without asking the upstream: the test shows nothing")
 	}
 }
+
+// A conditional GET (If-None-Match: its ETag, a cache in front
+// revalidating) of a blob the mirror does not hold, through an upstream
+// that answers the blob's HEAD 404 but its GET with the blob (the proxy
+// repositories above), is answered 304, as a direct GET would be: the
+// HEAD's 404 alone does not tell, and a 404 has the cache drop the blob.
+func TestConditionalBlobHeadNotFoundAskedByGet(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	layer := bytes.Repeat([]byte("revalidated layer "), 1<<10)
+	d := up.PushBlob(t, "library/a", layer)
+	target, err := url.Parse(up.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var headsRefused atomic.Int64
+	rp := httputil.NewSingleHostReverseProxy(target)
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodHead && strings.Contains(r.URL.Path, "/blobs/") {
+			headsRefused.Add(1)
+			w.WriteHeader(http.StatusNotFound)
+			return
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(front.Close)
+	p, _, _ := testMirror(t, nil, front.URL)
+	rec := httptest.NewRecorder()
+	req := httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/v2/library/a/blobs/"+d, nil)
+	req.Header.Set("If-None-Match", `"`+d+`"`)
+	p.Handler().ServeHTTP(rec, req)
+	if rec.Code != http.StatusNotModified {
+		t.Fatalf("conditional GET of the blob: %d %.200s; want 304", rec.Code, rec.Body)
+	}
+	if headsRefused.Load() == 0 {
+		t.Fatal("the upstream was not asked with a HEAD: the test shows nothing")
+	}
+}
