@@ -483,7 +483,8 @@ func (dl *download) isVerified() bool {
 // stored blob (ensureBlob). Anything else, another repository or another
 // upstream asking by digest, is asked of t's own upstream first: content
 // of one upstream is never handed out for another on the strength of its
-// digest alone, not even while it is still downloading.
+// digest alone, not even while it is still downloading. A HEAD's 404 is
+// asked again with a GET (upstreamHasBlob), as for a stored blob.
 func (p *Proxy) mayJoin(ctx context.Context, t target, dl *download, w blobWant) error {
 	if dl.t.host() == t.host() && (dl.t.repo == t.repo || w.listed) {
 		return nil
@@ -491,8 +492,7 @@ func (p *Proxy) mayJoin(ctx context.Context, t target, dl *download, w blobWant)
 	if linked, err := p.index.Linked(t.host(), t.repo, dl.dgst); err != nil || linked {
 		return err
 	}
-	_, err := t.up.HeadBlob(ctx, t.repo, dl.dgst)
-	return err
+	return p.upstreamHasBlob(ctx, t, dl.dgst)
 }
 
 // vouched returns dgst's download if its bytes are verified (stored, or

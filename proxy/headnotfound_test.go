@@ -7,6 +7,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -133,5 +134,59 @@ func TestConditionalBlobHeadNotFoundAskedByGet(t *testing.T) {
 	}
 	if headsRefused.Load() == 0 {
 		t.Fatal("the upstream was not asked with a HEAD: the test shows nothing")
+	}
+}
+
+// A blob being downloaded for one repository, asked for another whose
+// upstream answers the blob's HEAD 404 but its GET with the blob (the
+// proxy repositories above), is served from the download: the HEAD alone
+// does not tell that the repository lacks it, as it does not once the
+// blob is stored (TestSharedBlobHeadNotFoundAskedByGet).
+func TestDownloadingBlobHeadNotFoundAskedByGet(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	layer := bytes.Repeat([]byte("shared base layer, downloading "), 1<<10)
+	d := up.PushBlob(t, "library/a", layer)
+	up.PushBlob(t, "library/b", layer)
+	target, err := url.Parse(up.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	reached, release := make(chan struct{}), make(chan struct{})
+	var releaseOnce sync.Once
+	rp := httputil.NewSingleHostReverseProxy(target)
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.Method == http.MethodHead && strings.Contains(r.URL.Path, "/blobs/"):
+			// b's blob asked while a's download waits: it may go on.
+			releaseOnce.Do(func() { close(release) })
+			w.WriteHeader(http.StatusNotFound)
+			return
+		case r.Method == http.MethodGet && r.URL.Path == "/v2/library/a/blobs/"+d:
+			close(reached)
+			<-release
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(front.Close)
+	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) })
+	p, _, _ := testMirror(t, nil, front.URL)
+	get := func(repo string) *httptest.ResponseRecorder {
+		rec := httptest.NewRecorder()
+		p.Handler().ServeHTTP(rec, httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/v2/library/"+repo+"/blobs/"+d, nil))
+		return rec
+	}
+	first := make(chan *httptest.ResponseRecorder, 1)
+	go func() { first <- get("a") }()
+	<-reached
+	rec := get("b")
+	releaseOnce.Do(func() { close(release) })
+	if rec.Code != http.StatusOK || !bytes.Equal(rec.Body.Bytes(), layer) {
+		t.Errorf("GET library/b's blob while library/a's download ran: %d %.200s; want 200 and the blob", rec.Code, rec.Body)
+	}
+	if rec := <-first; rec.Code != http.StatusOK {
+		t.Errorf("GET library/a's blob: %d", rec.Code)
+	}
+	if err := p.WaitIdle(t.Context()); err != nil {
+		t.Fatal(err)
 	}
 }
