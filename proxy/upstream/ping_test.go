@@ -384,3 +384,37 @@ func TestPingChallengesSchemesItCannotAnswerFirst(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestOpenPingRepositoryChallengedOnItsOwn: an upstream whose ping answers
+// 200 just now and one of whose repositories challenges (a private one of
+// a registry open to anyone for the others) is not pinged again, and the
+// request not sent again, for every request of that repository: the
+// ping's answer is that fresh, and the challenge the repository's own.
+// Each refused request cost the upstream a ping and the request twice,
+// and had every repository's next handshake ping again.
+func TestOpenPingRepositoryChallengedOnItsOwn(t *testing.T) {
+	clock := newFakeClock()
+	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		switch {
+		case req.URL.Path == "/token":
+			w.WriteHeader(http.StatusUnauthorized) // no token for anonymous pulls
+		case strings.HasPrefix(req.URL.Path, "/v2/owner/private/"):
+			challenge(w, req, "repository:owner/private:pull")
+		default:
+			w.WriteHeader(http.StatusOK)
+		}
+	}, func(w http.ResponseWriter, req *http.Request) { w.WriteHeader(http.StatusOK) })
+	c := r.client(t, WithClock(clock.Now))
+	const tries = 3
+	for range tries {
+		if _, err := c.HeadManifest(t.Context(), "owner/private", v1); err == nil {
+			t.Fatal("the private repository answered")
+		}
+	}
+	if n := r.pings.Load(); n != 1 {
+		t.Errorf("%d pings for %d requests of a repository that challenges while the ping answers 200; want 1", n, tries)
+	}
+	if n := r.asked.Load(); n != tries {
+		t.Errorf("the upstream was asked %d times for %d requests; want %d", n, tries, tries)
+	}
+}

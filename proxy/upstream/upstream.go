@@ -395,7 +395,7 @@ func (c *Client) pingNow(ctx context.Context) (*pingAnswer, error) {
 // anonymous access to some repositories) may still want them for others.
 func (c *Client) authorize(ctx context.Context, repo string, pa *pingAnswer) (http.RoundTripper, error) {
 	if pa.open && c.auth == authn.Anonymous {
-		return openTransport{c.base}, nil
+		return openTransport{c.base, pa.at}, nil
 	}
 	ping := call{KindPing, "registry ping"}
 	// A copy per repository: the transports must not share the map.
@@ -482,8 +482,12 @@ type keychainBasic struct {
 }
 
 // openTransport is the transport of a repository of an upstream whose
-// ping was answered 200, without credentials: the base transport as it is.
-type openTransport struct{ http.RoundTripper }
+// ping was answered 200 (at pinged), without credentials: the base
+// transport as it is.
+type openTransport struct {
+	http.RoundTripper
+	pinged time.Time
+}
 
 // challenged reports whether resp, sent with t, is the upstream's own
 // challenge (a 401 with WWW-Authenticate) to a request t sent as to an
@@ -492,10 +496,15 @@ type openTransport struct{ http.RoundTripper }
 // tokens. Then t is dropped and the ping's answer forgotten, so that the
 // next handshake pings again and gets the token the challenge asks for;
 // t would otherwise be kept, and every request sent without a token, until
-// a restart.
+// a restart. A ping answered 200 less than authRetryAfter ago is not asked
+// again: the challenge is then the repository's own (a private one of a
+// registry open to others), and each of its requests would cost a ping
+// and a second request.
 func (c *Client) challenged(repo string, t http.RoundTripper, resp *http.Response) bool {
-	if _, ok := t.(openTransport); !ok || resp.StatusCode != http.StatusUnauthorized ||
-		resp.Header.Get("WWW-Authenticate") == "" || resp.Request.URL.Host != c.registry.RegistryStr() {
+	ot, ok := t.(openTransport)
+	if !ok || resp.StatusCode != http.StatusUnauthorized ||
+		resp.Header.Get("WWW-Authenticate") == "" || resp.Request.URL.Host != c.registry.RegistryStr() ||
+		c.now().Sub(ot.pinged) < authRetryAfter {
 		return false
 	}
 	if cur, ok := c.transports.Peek(repo); ok && cur == t {
