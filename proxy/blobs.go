@@ -107,14 +107,12 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 			// rate-limiting (or down) since.
 			return serveBlob(w, r, dgst, size, nil)
 		}
-		size, err := t.up.HeadBlob(ctx, t.repo, dgst)
-		if r.Method == http.MethodGet && errors.Is(err, upstream.ErrNotFound) && !pingNotFound(err) {
-			// A HEAD's 404 alone does not tell (upstreamHasBlob): the
-			// GET a direct pull would make does, its body not read.
-			var body io.ReadCloser
-			if body, size, err = t.up.Blob(ctx, t.repo, dgst, 0); err == nil {
-				err = body.Close()
-			}
+		var size int64
+		if r.Method == http.MethodGet {
+			// Answered as the GET a direct pull would make would be.
+			size, err = p.upstreamHasBlob(ctx, t, dgst)
+		} else {
+			size, err = t.up.HeadBlob(ctx, t.repo, dgst)
 		}
 		if err != nil {
 			return err
@@ -288,27 +286,27 @@ func (p *Proxy) mayServe(ctx context.Context, t target, dgst digest.Digest, size
 		// Stored by this repository's download, which records it.
 		return true, nil
 	}
-	if err := p.upstreamHasBlob(ctx, t, dgst); err != nil {
+	if _, err := p.upstreamHasBlob(ctx, t, dgst); err != nil {
 		return false, err
 	}
 	return true, p.adoptBlob(t, dgst, size)
 }
 
-// upstreamHasBlob asks the upstream whether t's repository has dgst: a
+// upstreamHasBlob asks the upstream whether t's repository has dgst, and its size: a
 // HEAD, and if that says 404, a GET whose body is not read. A HEAD's 404
 // alone does not tell: a Nexus or Artifactory proxy repository answers it
 // for a blob its HEAD does not fetch from its own remote, and its GET (a
 // direct pull's) serves.
-func (p *Proxy) upstreamHasBlob(ctx context.Context, t target, dgst digest.Digest) error {
-	_, err := t.up.HeadBlob(ctx, t.repo, dgst)
+func (p *Proxy) upstreamHasBlob(ctx context.Context, t target, dgst digest.Digest) (size int64, err error) {
+	size, err = t.up.HeadBlob(ctx, t.repo, dgst)
 	if !errors.Is(err, upstream.ErrNotFound) || pingNotFound(err) {
-		return err
+		return size, err
 	}
-	body, _, err := t.up.Blob(ctx, t.repo, dgst, 0)
+	body, size, err := t.up.Blob(ctx, t.repo, dgst, 0)
 	if err != nil {
-		return err
+		return 0, err
 	}
-	return body.Close()
+	return size, body.Close()
 }
 
 // adoptBlob links a stored blob to t's repository, and records it if the

@@ -492,7 +492,8 @@ func (p *Proxy) mayJoin(ctx context.Context, t target, dl *download, w blobWant)
 	if linked, err := p.index.Linked(t.host(), t.repo, dl.dgst); err != nil || linked {
 		return err
 	}
-	return p.upstreamHasBlob(ctx, t, dl.dgst)
+	_, err := p.upstreamHasBlob(ctx, t, dl.dgst)
+	return err
 }
 
 // vouched returns dgst's download if its bytes are verified (stored, or
