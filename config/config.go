@@ -1068,6 +1068,10 @@ func validateDestination(s string) error {
 	if u.RawQuery != "" || u.Fragment != "" {
 		return fmt.Errorf("invalid URL %q: only scheme://host[:port][/prefix] is allowed", shown)
 	}
+	if !validAddress(u.Host) {
+		// An empty host would be dialled as this machine.
+		return fmt.Errorf("invalid URL %q: bad host or port (want a host and a port of 1..65535)", shown)
+	}
 	return validatePrefix(shown, u)
 }
 
@@ -1127,6 +1131,10 @@ func validateURL(s string) error {
 	}
 	if strings.Trim(u.Path, "/") != "" || u.RawQuery != "" || u.ForceQuery || u.Fragment != "" {
 		return fmt.Errorf("invalid URL %q: only scheme://host[:port] is allowed", shown)
+	}
+	if !validAddress(u.Host) {
+		// An empty host would be dialled as this machine.
+		return fmt.Errorf("invalid URL %q: bad host or port (want a host and a port of 1..65535)", shown)
 	}
 	return nil
 }

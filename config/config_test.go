@@ -1229,3 +1229,32 @@ func TestSizeString(t *testing.T) {
 		}
 	}
 }
+
+// A registry URL whose host is empty or whose port is no port (a
+// templated https://${HOST}:5000 with HOST unset, a typo of :50000) is
+// refused at start, naming the key and the value: accepted, the mirror
+// started and failed every pull, and an empty host dialled this machine.
+func TestURLHostAndPortChecked(t *testing.T) {
+	for _, tt := range []struct{ yaml, key, value string }{
+		{`upstream: "https://:5000"`, "upstream", `"https://:5000"`},
+		{`upstream: "https://registry.example:99999"`, "upstream", `"https://registry.example:99999"`},
+		{`upstream: "https://registry.example:0"`, "upstream", `"https://registry.example:0"`},
+		{`upstreams: {ghcr.io: "https://ghcr.io:70000"}`, "upstreams.ghcr.io.url", `"https://ghcr.io:70000"`},
+		{`upstreams: {ghcr.io: "https://:443"}`, "upstreams.ghcr.io.url", `"https://:443"`},
+		{`destination: {url: "https://:5000/mirror"}`, "destination", `"https://:5000/mirror"`},
+		{`destination: {url: "https://nexus.example.com:99999/mirror"}`, "destination", `"https://nexus.example.com:99999/mirror"`},
+		{`destination: {url: "nexus.example.com:0/mirror"}`, "destination", `"nexus.example.com:0/mirror"`},
+	} {
+		c, err := config.Parse(strings.NewReader(tt.yaml + "\n"))
+		if err == nil {
+			err = c.Validate()
+		}
+		if err == nil {
+			t.Errorf("%s: accepted", tt.yaml)
+			continue
+		}
+		if msg := err.Error(); !strings.Contains(msg, tt.key) || !strings.Contains(msg, tt.value) {
+			t.Errorf("%s: error %q does not name %s and %s", tt.yaml, msg, tt.key, tt.value)
+		}
+	}
+}
