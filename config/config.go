@@ -442,7 +442,21 @@ func parseFile(r io.Reader) (_ Config, lines map[string]int, err error) {
 	if err := checkText(root, ""); err != nil {
 		return Config{}, nil, err
 	}
-	return c, lines, hubConflict(c, lines)
+	if err := hubConflict(c, lines); err != nil {
+		return Config{}, nil, err
+	}
+	return c, lines, syncInterval(c, lines)
+}
+
+// syncInterval refuses sync.images without sync.interval: its default, 0,
+// disables the sync, so the images would never be synced, and nothing
+// would say so. An interval of 0 written out pauses the sync.
+func syncInterval(c Config, lines map[string]int) error {
+	line, ok := lines["sync.images"]
+	if _, set := lines["sync.interval"]; !ok || set || len(c.Sync.Images) == 0 {
+		return nil
+	}
+	return &fileError{line: line, key: "sync.interval", msg: "missing: sync.images are synced every interval, e.g. interval: 1h (0: the sync paused)"}
 }
 
 // hubConflict refuses a file that names docker.io's URL twice, as

@@ -1258,3 +1258,25 @@ func TestURLHostAndPortChecked(t *testing.T) {
 		}
 	}
 }
+
+// sync.images without sync.interval never ran: the interval's default, 0,
+// disables the sync, and nothing said so. It is refused, naming the key
+// missing; an interval of 0 written out still disables the sync.
+func TestSyncImagesWithoutInterval(t *testing.T) {
+	for _, s := range []string{
+		"sync:\n  images: [\"nginx:1.27\"]\n",
+		"sync: {images: [\"nginx:1.27\"], pin: true}\n",
+	} {
+		_, err := config.Parse(strings.NewReader(s))
+		if err == nil || !strings.Contains(err.Error(), "sync.interval") || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%q: %v, want one line naming sync.interval", s, err)
+		}
+	}
+	c, err := config.Parse(strings.NewReader("sync:\n  interval: 0\n  images: [\"nginx:1.27\"]\n"))
+	if err == nil {
+		err = c.Validate()
+	}
+	if err != nil {
+		t.Errorf("sync paused with interval 0: %v", err)
+	}
+}
