@@ -111,3 +111,27 @@ func TestDocsCommandFlagsBothWays(t *testing.T) {
 		}
 	}
 }
+
+// TestReadmeServeFlags: the README's table of serve's flags names every
+// flag serve has, as `--name`: it is where a user looks for them.
+func TestReadmeServeFlags(t *testing.T) {
+	readme := readDocs(t)["README.md"]
+	_, rest, ok := strings.Cut(readme, "\n| flag | default | meaning |")
+	if !ok {
+		t.Fatal("README.md has no table of serve's flags (| flag | default | meaning |)")
+	}
+	var table strings.Builder
+	for i, line := range strings.Split(rest, "\n") {
+		if i > 0 && !strings.HasPrefix(line, "|") {
+			break
+		}
+		table.WriteString(line + "\n")
+	}
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	config.Bind(fs)
+	fs.VisitAll(func(f *flag.Flag) {
+		if !strings.Contains(table.String(), "`--"+f.Name) {
+			t.Errorf("--%s is not in the README's table of serve's flags", f.Name)
+		}
+	})
+}
