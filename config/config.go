@@ -481,7 +481,9 @@ func decodeStrict(n *yaml.Node, ptr any) error {
 	if reflect.TypeOf(ptr).Elem().Kind() != reflect.Struct {
 		return n.Decode(ptr)
 	}
-	raw, err := yaml.Marshal(n)
+	// Encoded alone, an alias to an anchor outside n (platforms: &p
+	// [...], then sync.platforms: *p) would name an unknown anchor.
+	raw, err := yaml.Marshal(withoutAliases(n, 0))
 	if err != nil {
 		return err
 	}
@@ -491,6 +493,26 @@ func decodeStrict(n *yaml.Node, ptr any) error {
 		return err
 	}
 	return nil
+}
+
+// withoutAliases returns a copy of n with each alias replaced by a copy
+// of what it names. The blocks it is used on were checked against their
+// types (checkBlock), which nest no deeper than a few levels: past depth
+// 64, an alias is left as it is, for the decoder to refuse.
+func withoutAliases(n *yaml.Node, depth int) *yaml.Node {
+	if depth > 64 {
+		return n
+	}
+	for n.Kind == yaml.AliasNode && n.Alias != nil {
+		n = n.Alias
+	}
+	c := *n
+	c.Anchor = ""
+	c.Content = make([]*yaml.Node, len(n.Content))
+	for i, e := range n.Content {
+		c.Content[i] = withoutAliases(e, depth+1)
+	}
+	return &c
 }
 
 // fileField is a key of the configuration file: a pointer to its field of

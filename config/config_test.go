@@ -1280,3 +1280,37 @@ func TestSyncImagesWithoutInterval(t *testing.T) {
 		t.Errorf("sync paused with interval 0: %v", err)
 	}
 }
+
+// An alias in a block (sync, upstreams, auth, ...) to an anchor written
+// elsewhere in the file, as YAML allows, was refused: "sync: invalid
+// value (want a value)". It is read as the value it names.
+func TestAnchorsAcrossBlocks(t *testing.T) {
+	c := parse(t, `
+platforms: &plat [linux/amd64, linux/arm64]
+tag_ttl: &ttl 5m
+sync:
+  interval: 1h
+  images: [nginx]
+  platforms: *plat
+upstreams:
+  ghcr.io:
+    url: https://ghcr.io
+    platforms: *plat
+    tag_ttl: *ttl
+destination:
+  url: &dest https://nexus.example.com/mirror
+cluster:
+  self: http://10.0.0.5:5000
+  peers: [http://10.0.0.6:5000]
+`)
+	if !slices.Equal(c.Sync.Platforms, []string{"linux/amd64", "linux/arm64"}) {
+		t.Errorf("sync.platforms = %q", c.Sync.Platforms)
+	}
+	gh := c.Upstreams["ghcr.io"]
+	if !slices.Equal(gh.Platforms, []string{"linux/amd64", "linux/arm64"}) || gh.TagTTL == nil || time.Duration(*gh.TagTTL) != 5*time.Minute {
+		t.Errorf("upstreams.ghcr.io = %+v", gh)
+	}
+	if err := c.Validate(); err != nil {
+		t.Error(err)
+	}
+}
