@@ -32,6 +32,12 @@ func serveCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	log := newLogger(cfg, stderr)
 	applyMemoryLimit(cfg)
+	// From here on a SIGHUP (systemctl reload right after the start) is
+	// kept for the server, which reloads once it serves: unhandled, it
+	// would end the process without a word.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	// Whatever can fail the start (the TLS pair, the data directory, the
 	// index, the htpasswd file, the port) fails before the server
 	// answers, each with one line and exit 1: nothing listens silently.
@@ -47,9 +53,6 @@ func serveCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		fmt.Fprintf(stderr, "docker-mirror serve: %s\n", oneLine(err)) // net.Listen names the address
 		return 1
 	}
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	if err := serve(ctx, srv, ln, hup); err != nil {
 		log.Error("docker-mirror stopped", "error", err)
 		return 1

@@ -15,6 +15,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -144,4 +146,37 @@ func writeConfig(t *testing.T, text string) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// A SIGHUP that arrives while serve starts (systemctl reload right after
+// systemctl start, while the store is checked) is kept for the server,
+// which reloads once it serves: it used to end the process at once, with
+// no word, as the signal's default does. Here the start waits on an S3
+// bucket, which is sent the signal's time to arrive and then refuses.
+func TestHangupDuringStartDoesNotKill(t *testing.T) {
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	s3 := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		once.Do(func() { close(entered) })
+		<-release
+		w.WriteHeader(http.StatusForbidden)
+		w.Write([]byte(`<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>`))
+	}))
+	defer s3.Close()
+	cfg := writeConfig(t, "storage:\n  s3: {region: us-east-1, bucket: b, forcepathstyle: true, accesskey: AKIAEXAMPLE, secretkey: x, regionendpoint: "+s3.URL+"}\n")
+	go func() {
+		<-entered
+		// Delivered to the process as systemctl reload sends it; without
+		// a handler it would end the test binary.
+		if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+			t.Error(err)
+		}
+		close(release)
+	}()
+	code, _, stderr := runCmd(t, context.Background(), "serve", "--listen", "127.0.0.1:0", "--data", filepath.Join(t.TempDir(), "data"),
+		"--upstream", "http://127.0.0.1:1", "--config", cfg)
+	if code != 1 || !strings.Contains(stderr, "AccessDenied") {
+		t.Errorf("exit %d, %q; want the bucket's refusal", code, stderr)
+	}
 }
