@@ -805,6 +805,10 @@ func (c Config) Validate() error {
 		if err := validateDestination(c.Destination.URL); err != nil {
 			return fmt.Errorf("destination: %w", err)
 		}
+		if c.Destination.Password != "" && c.Destination.Username == "" {
+			// Sent with an empty username, which registries refuse.
+			return fmt.Errorf("destination.username: missing: the password (destination.password or %s) is sent only with a username", passwordEnv)
+		}
 		if len(c.Storage) > 0 {
 			names := slices.Sorted(maps.Keys(c.Storage))
 			return fmt.Errorf("storage, destination: give one: with a destination, mirrored content is kept in that registry and storage.%s would not be used", strings.Join(names, ", storage."))

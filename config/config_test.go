@@ -686,7 +686,7 @@ sync:
 	}
 	fs := flag.NewFlagSet("t", flag.ContinueOnError)
 	f := config.Bind(fs)
-	if err := fs.Parse([]string{"--destination", "http://127.0.0.1:5001/mirror"}); err != nil {
+	if err := fs.Parse([]string{"--config", writeFile(t, "destination:\n  username: bot\n"), "--destination", "http://127.0.0.1:5001/mirror"}); err != nil {
 		t.Fatal(err)
 	}
 	env := map[string]string{"DOCKER_MIRROR_DESTINATION_PASSWORD": "s3cret\r\n"} // its line end dropped
@@ -1312,5 +1312,27 @@ cluster:
 	}
 	if err := c.Validate(); err != nil {
 		t.Error(err)
+	}
+}
+
+// A destination password without a username (DOCKER_MIRROR_DESTINATION_PASSWORD
+// set for mirror -d, where no flag gives the username) was sent with an
+// empty one, which registries refuse: every push failed on the
+// destination's refusal. It is refused at start, as an upstream's is,
+// naming destination.username and never the password.
+func TestDestinationPasswordNeedsUsername(t *testing.T) {
+	env := map[string]string{"DOCKER_MIRROR_DESTINATION_PASSWORD": "hunter2"}
+	for _, args := range [][]string{
+		{"--destination", "https://nexus.example.com/mirror"},
+		{"--config", writeFile(t, "destination:\n  url: https://nexus.example.com/mirror\n  password: hunter2\n")},
+	} {
+		_, err := resolve(t, args, env)
+		if err == nil || !strings.Contains(err.Error(), "destination.username") || strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("%q: %v, want an error naming destination.username without the password", args, err)
+		}
+	}
+	c := mustResolve(t, []string{"--config", writeFile(t, "destination:\n  url: https://nexus.example.com/mirror\n  username: bot\n")}, env)
+	if c.Destination.Username != "bot" || c.Destination.Password != "hunter2" {
+		t.Errorf("destination %+v", c.Destination)
 	}
 }

@@ -35,7 +35,8 @@ func mirrorCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 			"Copies each image (every linux platform by default) from its upstream into DEST:\n"+
 			"hello-world -> DEST/PREFIX/library/hello-world, ghcr.io/o/app -> DEST/PREFIX/ghcr.io/o/app.\n"+
 			"http://HOST:PORT/PREFIX means a plain-HTTP destination. The password comes from\n"+
-			"DOCKER_MIRROR_DESTINATION_PASSWORD or the config file.\n\nFlags:\n")
+			"DOCKER_MIRROR_DESTINATION_PASSWORD or the config file, the username (needed with\n"+
+			"it) from the config file: destination: {username: NAME}.\n\nFlags:\n")
 		fs.PrintDefaults()
 		return 0
 	}
