@@ -754,6 +754,11 @@ func (c Config) Validate() error {
 	if c.Data == "" {
 		return fmt.Errorf("data: invalid directory %q (must not be empty)", c.Data)
 	}
+	if strings.HasPrefix(c.Data, "~") {
+		// Only a shell expands it: taken as it is, the cache would be
+		// kept in a directory named "~" in the working directory.
+		return fmt.Errorf("data: invalid directory %q: ~ is not expanded here; give the full path", c.Data)
+	}
 	if err := validateURL(c.Upstream); err != nil {
 		return fmt.Errorf("upstream: %w", err)
 	}

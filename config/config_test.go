@@ -1336,3 +1336,24 @@ func TestDestinationPasswordNeedsUsername(t *testing.T) {
 		t.Errorf("destination %+v", c.Destination)
 	}
 }
+
+// A data directory written ~/mirror (in the file, or a variable of a
+// systemd unit or a compose file, which no shell expands) made a
+// directory named "~" in the working directory and kept the cache there;
+// it is refused, naming the key and the value.
+func TestDataTildeRefused(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{args: []string{"--config", writeFile(t, "data: ~/mirror\n")}, want: "line 1: data"},
+		{env: map[string]string{"DOCKER_MIRROR_DATA": "~/mirror"}, want: "DOCKER_MIRROR_DATA: data"},
+		{args: []string{"--data", "~mirror/data"}, want: "--data: data"},
+	} {
+		_, err := resolve(t, tt.args, tt.env)
+		if err == nil || !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), `"~`) {
+			t.Errorf("%q %v: %v, want an error naming %s and the value", tt.args, tt.env, err, tt.want)
+		}
+	}
+}
