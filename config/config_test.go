@@ -1357,3 +1357,14 @@ func TestDataTildeRefused(t *testing.T) {
 		}
 	}
 }
+
+// A --config naming a directory (a mount of the configuration's
+// directory, not its file) was reported as "invalid YAML: input error";
+// the error says it is a directory.
+func TestConfigFileIsADirectory(t *testing.T) {
+	dir := t.TempDir()
+	_, err := resolve(t, []string{"--config", dir}, nil)
+	if err == nil || !strings.Contains(err.Error(), dir+": is a directory") || strings.Contains(err.Error(), "YAML") {
+		t.Errorf("error %v; want one saying %s is a directory", err, dir)
+	}
+}

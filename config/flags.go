@@ -257,6 +257,11 @@ func (f *Flags) Resolve(lookup func(string) (string, bool)) (Config, error) {
 		if err != nil {
 			return Config{}, fmt.Errorf("config: %w", err)
 		}
+		if fi, err := r.Stat(); err == nil && fi.IsDir() {
+			// Read, it would be "invalid YAML".
+			r.Close()
+			return Config{}, fmt.Errorf("config %s: is a directory (want the configuration file in it)", file)
+		}
 		c, o.lines, err = parseFile(r)
 		r.Close()
 		if err != nil {
