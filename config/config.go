@@ -465,7 +465,7 @@ func syncInterval(c Config, lines map[string]int) error {
 func hubConflict(c Config, lines map[string]int) error {
 	hub := c.Upstreams[DockerHubHost].URL
 	upLine, ok := lines["upstream"]
-	if !ok || hub == "" || hub == c.Upstream {
+	if !ok || hub == "" || sameURL(hub, c.Upstream) {
 		return nil
 	}
 	line, ok := lines["upstreams.docker.io.url"]
@@ -474,6 +474,10 @@ func hubConflict(c Config, lines map[string]int) error {
 	}
 	return &fileError{line: line, key: "upstreams.docker.io.url", msg: fmt.Sprintf("%q, but upstream (line %d) is %q: two URLs for docker.io; give one", redact.URL(hub), upLine, redact.URL(c.Upstream))}
 }
+
+// sameURL reports whether two upstream URLs name the same registry as
+// written: one may end with a slash (validateURL takes no other path).
+func sameURL(a, b string) bool { return strings.TrimRight(a, "/") == strings.TrimRight(b, "/") }
 
 // decodeStrict decodes a node into ptr, rejecting unknown keys of nested
 // mappings too (yaml.Node.Decode alone ignores them).

@@ -1368,3 +1368,18 @@ func TestConfigFileIsADirectory(t *testing.T) {
 		t.Errorf("error %v; want one saying %s is a directory", err, dir)
 	}
 }
+
+// docker.io's URL given twice, once with a trailing slash (upstream and
+// upstreams.docker.io.url, or --upstream twice), was refused as two URLs
+// for docker.io; it is one URL, and taken.
+func TestSameUpstreamURLWithSlash(t *testing.T) {
+	if _, err := config.Parse(strings.NewReader("upstream: https://hub.example.com\nupstreams:\n  docker.io:\n    url: https://hub.example.com/\n    username: bot\n    password: x\n")); err != nil {
+		t.Errorf("file: %v", err)
+	}
+	if _, err := resolve(t, []string{"--upstream", "ghcr.io=https://ghcr.io", "--upstream", "ghcr.io=https://ghcr.io/"}, nil); err != nil {
+		t.Errorf("flags: %v", err)
+	}
+	if _, err := resolve(t, []string{"--upstream", "ghcr.io=https://ghcr.io", "--upstream", "ghcr.io=https://ghcr.example.com"}, nil); err == nil {
+		t.Error("two URLs for ghcr.io accepted")
+	}
+}

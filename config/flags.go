@@ -66,7 +66,7 @@ var keys = []key{
 				if !ok {
 					host, u = DockerHubHost, v
 				}
-				if prev, dup := given[host]; dup && prev != u {
+				if prev, dup := given[host]; dup && !sameURL(prev, u) {
 					return fmt.Errorf("two URLs for %s, %q and %q; give one", redact.URL(host), redact.URL(prev), redact.URL(u))
 				}
 				given[host] = u
