@@ -99,11 +99,36 @@ func parseFlags(fs *flag.FlagSet, args []string, synopsis string, stdout, stderr
 		fmt.Fprintf(stderr, "docker-mirror %s: %v\n", fs.Name(), err)
 		return exitUsage, false
 	}
+	if msg, ok := boolValueApart(fs, args); ok {
+		fmt.Fprintf(stderr, "docker-mirror %s: %s\n", fs.Name(), msg)
+		return exitUsage, false
+	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "docker-mirror %s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
 		return exitUsage, false
 	}
 	return 0, true
+}
+
+// boolValueApart finds a boolean flag given its value as the next
+// argument (--referrers false): the flag parser takes the flag alone as
+// true and stops at the value, which would be taken for an argument (an
+// image), the opposite of what was meant. args are the arguments fs
+// parsed.
+func boolValueApart(fs *flag.FlagSet, args []string) (string, bool) {
+	rest := fs.Args()
+	i := len(args) - len(rest) - 1 // the last argument the parser read
+	if len(rest) == 0 || i < 0 || (rest[0] != "true" && rest[0] != "false") {
+		return "", false
+	}
+	f := fs.Lookup(strings.TrimLeft(args[i], "-"))
+	if f == nil || !strings.HasPrefix(args[i], "-") || strings.Contains(args[i], "=") {
+		return "", false // a flag's value, or "--"
+	}
+	if b, ok := f.Value.(interface{ IsBoolFlag() bool }); !ok || !b.IsBoolFlag() {
+		return "", false
+	}
+	return fmt.Sprintf("%s %s: a boolean flag takes its value after =: %s=%s", args[i], rest[0], args[i], rest[0]), true
 }
 
 // flagAmong returns the first of a command's arguments that is a flag:

@@ -217,3 +217,41 @@ func TestServeCutsSlowClients(t *testing.T) {
 		t.Fatalf("the slow connection was not closed by the server: %v", err)
 	}
 }
+
+// A boolean flag's value given apart (--referrers false, as --tag-ttl 5m
+// is written) was not its value: the flag parser took --referrers alone as
+// true and "false" as the first argument, so mirror turned the referrers on
+// and failed on an image named "false", and serve said only "unexpected
+// argument". The command now exits 2 saying to write --referrers=false.
+func TestBooleanFlagValueApart(t *testing.T) {
+	for _, args := range [][]string{
+		{"serve", "--referrers", "false"},
+		{"serve", "--listen", "127.0.0.1:0", "-readyz-fail-when-full", "true"},
+		{"mirror", "-d", "127.0.0.1:1/mirror", "--upstream", "http://127.0.0.1:1", "--referrers", "false", "hello-world"},
+		{"ls", "--json", "false"},
+	} {
+		code, _, stderr := runCmd(t, context.Background(), args...)
+		flag, value := args[len(args)-2], args[len(args)-1]
+		if args[0] == "mirror" {
+			flag, value = args[len(args)-3], args[len(args)-2]
+		}
+		want := flag + "=" + value
+		if code != exitUsage || !strings.Contains(stderr, want) || strings.Count(strings.TrimSpace(stderr), "\n") > 0 {
+			t.Errorf("%q: exit %d, %q; want 2 and one line saying %s", args, code, stderr, want)
+		}
+	}
+}
+
+// What is not a boolean flag's value apart is left to the usual checks.
+func TestBooleanFlagValueApartOnlyThen(t *testing.T) {
+	for _, args := range [][]string{
+		{"serve", "--tag-ttl", "5m", "false"},
+		{"serve", "--", "false"},
+		{"serve", "--referrers=true", "false"},
+	} {
+		code, _, stderr := runCmd(t, context.Background(), args...)
+		if code != exitUsage || !strings.Contains(stderr, `unexpected argument "false"`) {
+			t.Errorf("%q: exit %d, %q", args, code, stderr)
+		}
+	}
+}

@@ -44,6 +44,10 @@ func mirrorCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 		fmt.Fprintf(stderr, "docker-mirror mirror: %v\n", err)
 		return exitUsage
 	}
+	if msg, ok := boolValueApart(fs, args); ok {
+		fmt.Fprintf(stderr, "docker-mirror mirror: %s\n", msg)
+		return exitUsage
+	}
 	images := fs.Args()
 	if f, ok := flagAmong(images); ok {
 		fmt.Fprintf(stderr, "docker-mirror mirror: flag %q after the images: give the flags before IMAGE...\n", f)
