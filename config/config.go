@@ -372,12 +372,18 @@ func parseFile(r io.Reader) (_ Config, lines map[string]int, err error) {
 		}
 		return Config{}, nil, yamlError(err)
 	}
-	var extra yaml.Node
-	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+	for {
+		var extra yaml.Node
+		err := dec.Decode(&extra)
+		if errors.Is(err, io.EOF) {
+			break
+		}
 		if err != nil {
 			return Config{}, nil, yamlError(err)
 		}
-		return Config{}, nil, &fileError{line: extra.Line, msg: "only one YAML document is allowed"}
+		if !emptyDocument(&extra) { // a trailing --- is no second document
+			return Config{}, nil, &fileError{line: extra.Line, msg: "only one YAML document is allowed"}
+		}
 	}
 	root := &doc
 	if root.Kind == yaml.DocumentNode && len(root.Content) == 1 {
@@ -457,6 +463,15 @@ func syncInterval(c Config, lines map[string]int) error {
 		return nil
 	}
 	return &fileError{line: line, key: "sync.interval", msg: "missing: sync.images are synced every interval, e.g. interval: 1h (0: the sync paused)"}
+}
+
+// emptyDocument reports whether a document holds nothing: what follows
+// a last ---, or comments alone.
+func emptyDocument(n *yaml.Node) bool {
+	if n.Kind == yaml.DocumentNode && len(n.Content) == 1 {
+		n = n.Content[0]
+	}
+	return n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null" && n.Value == ""
 }
 
 // hubConflict refuses a file that names docker.io's URL twice, as

@@ -1383,3 +1383,22 @@ func TestSameUpstreamURLWithSlash(t *testing.T) {
 		t.Error("two URLs for ghcr.io accepted")
 	}
 }
+
+// A file ending with a document separator (---, as generators write
+// between documents), perhaps followed by comments, holds one document
+// and an empty one: it was refused as "only one YAML document is
+// allowed". The empty one is ignored; a second document with keys is not.
+func TestTrailingDocumentSeparator(t *testing.T) {
+	for _, s := range []string{
+		"---\nlisten: \":1\"\n---\n",
+		"listen: \":1\"\n---\n# the end\n",
+		"listen: \":1\"\n---\n---\n",
+	} {
+		if c := parse(t, s); c.Listen != ":1" {
+			t.Errorf("%q: listen %q", s, c.Listen)
+		}
+	}
+	if _, err := config.Parse(strings.NewReader("listen: \":1\"\n---\n---\nlisten: \":2\"\n")); err == nil || !strings.Contains(err.Error(), "only one YAML document") {
+		t.Errorf("a second document with keys: %v", err)
+	}
+}
