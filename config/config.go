@@ -409,6 +409,9 @@ func parseFile(r io.Reader) (_ Config, lines map[string]int, err error) {
 		if k.Kind != yaml.ScalarNode {
 			return Config{}, nil, &fileError{line: k.Line, msg: "invalid key " + nodeText(k) + " (want a name)"}
 		}
+		if k.ShortTag() == mergeTag {
+			return Config{}, nil, &fileError{line: k.Line, key: k.Value, msg: mergeRefused}
+		}
 		name := k.Value
 		f, ok := fields[name]
 		if !ok {
@@ -637,6 +640,13 @@ func checkValue(n *yaml.Node, t reflect.Type, path string) error {
 	return nil
 }
 
+// mergeTag is the tag of a merge key (<<: *defaults).
+const mergeTag = "!!merge"
+
+// mergeRefused says why a merge key is refused: the checks of keys and
+// lines read the file's mappings as they are written.
+const mergeRefused = "merge keys (<<) are not taken: write the keys out (an alias, *name, is taken as a whole value)"
+
 // checkMapping checks the entries of a mapping node: each key once, known
 // to elem, which returns the type of its value.
 func checkMapping(n *yaml.Node, path string, elem func(key string) (reflect.Type, error)) error {
@@ -652,6 +662,10 @@ func checkMapping(n *yaml.Node, path string, elem func(key string) (reflect.Type
 		// A key is shown, but a host key such as user:password@host is
 		// redacted.
 		key := path + "." + redact.URL(k.Value)
+		if t, err := elem(k.Value); k.ShortTag() == mergeTag && (err != nil || t.Kind() != reflect.Interface) {
+			// A driver's free-form parameters take it: the decoder merges.
+			return &fileError{line: k.Line, key: key, msg: mergeRefused}
+		}
 		if line, dup := seen[k.Value]; dup {
 			return &fileError{line: k.Line, key: key, msg: fmt.Sprintf("already defined at line %d", line)}
 		}

@@ -1402,3 +1402,24 @@ func TestTrailingDocumentSeparator(t *testing.T) {
 		t.Errorf("a second document with keys: %v", err)
 	}
 }
+
+// A merge key (<<: *defaults, to share an upstream's credentials) was
+// refused as an unknown key, or as the upstream host "<<"; the error now
+// says that merge keys are not taken, and where.
+func TestMergeKeyRefusedSayingSo(t *testing.T) {
+	for _, tt := range []struct{ yaml, key string }{
+		{"upstreams:\n  ghcr.io: &g {url: https://ghcr.io, username: bot, password_env: T}\n  quay.io:\n    <<: *g\n    url: https://quay.io\n", "line 4: upstreams.quay.io.<<"},
+		{"upstreams:\n  <<: {ghcr.io: https://ghcr.io}\n", "line 2: upstreams.<<"},
+		{"sync: &s {interval: 1h, images: [nginx]}\n<<: *s\n", "line 2: <<"},
+	} {
+		_, err := config.Parse(strings.NewReader(tt.yaml))
+		if err == nil || !strings.Contains(err.Error(), tt.key+": merge keys (<<) are not taken") {
+			t.Errorf("%q: %v, want %s: merge keys ...", tt.yaml, err, tt.key)
+		}
+	}
+	// A storage driver's parameters, free-form, are merged as before.
+	c := parse(t, "storage:\n  s3:\n    <<: {region: us-east-1, bucket: shared}\n    bucket: mine\n")
+	if _, params := c.StorageDriver(); params["region"] != "us-east-1" || params["bucket"] != "mine" {
+		t.Errorf("storage.s3 = %v", params)
+	}
+}
