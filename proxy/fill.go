@@ -582,7 +582,7 @@ func (p *Proxy) mountHeld(ctx context.Context, t target, dgst digest.Digest, lis
 // adoptListed links a stored blob, of stored bytes, that a manifest of t
 // lists with a declared size (-1: none). A manifest of the same upstream
 // vouches for a blob that upstream gave us already; for a blob only other
-// upstreams gave us, t's upstream is asked (a HEAD) first.
+// upstreams gave us, t's upstream is asked first (upstreamHasBlob).
 func (p *Proxy) adoptListed(ctx context.Context, t target, dgst digest.Digest, stored, declared int64) error {
 	if declared >= 0 && stored > declared {
 		return tooLarge(t.host(), dgst, declared, true, stored)
@@ -601,7 +601,7 @@ func (p *Proxy) adoptListed(ctx context.Context, t target, dgst digest.Digest, s
 		ok = dl.failure() == nil
 	}
 	if !ok {
-		if _, err := t.up.HeadBlob(ctx, t.repo, dgst); err != nil {
+		if _, err := p.upstreamHasBlob(ctx, t, dgst); err != nil {
 			return err
 		}
 	}

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -13,6 +14,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/docker-mirror/docker-mirror/proxy/upstream"
+	"github.com/docker-mirror/docker-mirror/storage"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
 )
 
@@ -188,5 +191,68 @@ func TestDownloadingBlobHeadNotFoundAskedByGet(t *testing.T) {
 	}
 	if err := p.WaitIdle(t.Context()); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// An image's fill through an upstream that answers a blob's HEAD 404 but
+// its GET with the blob (the proxy repositories above), of a layer stored
+// already for another upstream, links it and completes: the HEAD alone
+// does not tell that the repository lacks the layer, as it does not for a
+// client's GET of it (TestSharedBlobHeadNotFoundAskedByGet).
+func TestFillOfBlobStoredForAnotherUpstreamHeadNotFoundAskedByGet(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/app", "v1", 2, 4<<10)
+	target, err := url.Parse(up.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var headsRefused atomic.Int64
+	rp := httputil.NewSingleHostReverseProxy(target)
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodHead && strings.Contains(r.URL.Path, "/blobs/") {
+			headsRefused.Add(1)
+			w.WriteHeader(http.StatusNotFound)
+			return
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(front.Close)
+	const nexus = "nexus.example"
+	nx, err := upstream.New(nexus, front.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hub, err := upstream.New(DefaultHost, up.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, ix := memStore(t)
+	p, err := New(store, ix, []*upstream.Client{hub, nx}, WithSpoolDir(t.TempDir()), WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	for _, path := range []string{"/v2/library/app/manifests/v1", "/v2/" + nexus + "/library/app/manifests/v1"} {
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequestWithContext(t.Context(), http.MethodGet, path, nil)
+		req.Header.Set("Accept", img.MediaType)
+		p.Handler().ServeHTTP(rec, req)
+		if rec.Code != http.StatusOK || rec.Body.String() != string(img.Manifest) {
+			t.Fatalf("GET %s: %d %.200s; want 200 and the manifest", path, rec.Code, rec.Body)
+		}
+		if err := p.WaitIdle(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if headsRefused.Load() == 0 {
+		t.Fatal("the stored layers were linked without asking the upstream: the test shows nothing")
+	}
+	if rec, ok, err := ix.Fill(nexus, "library/app", digest.Digest(img.Digest)); err != nil || !ok || rec.State != storage.FillComplete {
+		t.Errorf("fill record of %s's image: %+v %v %v; want it complete", nexus, rec, ok, err)
+	}
+	for _, b := range img.Blobs() {
+		if linked, err := ix.Linked(nexus, "library/app", digest.Digest(b)); err != nil || !linked {
+			t.Errorf("blob %s linked to %s's repository: %v, %v; want it linked", b, nexus, linked, err)
+		}
 	}
 }
