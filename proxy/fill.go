@@ -544,7 +544,8 @@ func (p *Proxy) copyStored(ctx context.Context, from, to target, dgst digest.Dig
 // other repository holds it, or the store did not mount it. The blob is
 // vouched for first as a stored blob is: a blob a manifest of t's
 // upstream lists (listed) that this upstream gave us already, or one
-// t's upstream confirms t's repository has (a HEAD); then linked to t.
+// t's upstream confirms t's repository has (upstreamHasBlob); then
+// linked to t.
 func (p *Proxy) mountHeld(ctx context.Context, t target, dgst digest.Digest, listed bool) bool {
 	m, ok := p.store.(storage.Mounter)
 	if !ok {
@@ -568,7 +569,7 @@ func (p *Proxy) mountHeld(ctx context.Context, t target, dgst digest.Digest, lis
 		return false
 	}
 	if !vouched {
-		if _, err := t.up.HeadBlob(ctx, t.repo, dgst); err != nil {
+		if _, err := p.upstreamHasBlob(ctx, t, dgst); err != nil {
 			return false // fetched, and refused, as any missing blob
 		}
 	}

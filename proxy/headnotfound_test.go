@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/docker-mirror/docker-mirror/proxy/upstream"
 	"github.com/docker-mirror/docker-mirror/storage"
+	"github.com/docker-mirror/docker-mirror/storage/destination"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
 )
 
@@ -254,5 +256,81 @@ func TestFillOfBlobStoredForAnotherUpstreamHeadNotFoundAskedByGet(t *testing.T) 
 		if linked, err := ix.Linked(nexus, "library/app", digest.Digest(b)); err != nil || !linked {
 			t.Errorf("blob %s linked to %s's repository: %v, %v; want it linked", b, nexus, linked, err)
 		}
+	}
+}
+
+// A blob a registry destination holds for one repository, asked for
+// another whose upstream answers the blob's HEAD 404 but its GET with the
+// blob (the proxy repositories above), is mounted into it from the
+// first and served from there: the HEAD alone does not tell that the
+// repository lacks it, and taking it so had the blob downloaded from the
+// upstream again, bytes the destination held already. The upstream's
+// body for the second repository is corrupt here, to show that it is not
+// the one served.
+func TestHeldBlobHeadNotFoundMountedAfterAGet(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	layer := bytes.Repeat([]byte("shared base layer, held "), 1<<10)
+	d := up.PushBlob(t, "library/a", layer)
+	up.PushBlob(t, "library/b", layer)
+	target, err := url.Parse(up.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var headsRefused atomic.Int64
+	rp := httputil.NewSingleHostReverseProxy(target)
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodHead && strings.Contains(r.URL.Path, "/blobs/") {
+			headsRefused.Add(1)
+			w.WriteHeader(http.StatusNotFound)
+			return
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(front.Close)
+	dest := fixture.StartDestination(t, nil)
+	store, err := destination.New(dest.URL() + "/mirror")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(store.CloseIdleConnections)
+	p, _, _ := testMirror(t, store, front.URL)
+	srv := httptest.NewServer(p.Handler())
+	t.Cleanup(srv.Close)
+	for _, repo := range []string{"a", "b"} {
+		if repo == "b" {
+			up.SetFault(fixture.Fault{Method: http.MethodGet, PathContains: "/library/b/blobs/", Corrupt: true})
+		}
+		resp, err := srv.Client().Get(srv.URL + "/v2/library/" + repo + "/blobs/" + d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusOK || !bytes.Equal(body, layer) {
+			t.Fatalf("GET library/%s's blob: %d %.200s, %v; want 200 and the blob", repo, resp.StatusCode, body, err)
+		}
+		if err := p.WaitIdle(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if headsRefused.Load() == 0 {
+		t.Fatal("library/b's blob was taken without asking the upstream: the test shows nothing")
+	}
+	if got, err := store.Stat(t.Context(), "library/b", digest.Digest(d)); err != nil || got != int64(len(layer)) {
+		t.Errorf("destination's library/b: Stat = %d, %v; want the blob", got, err)
+	}
+	mounted := false
+	for _, r := range dest.Requests() {
+		if !r.IsUpload() || !strings.HasPrefix(r.Path, "/v2/mirror/library/b/") {
+			continue
+		}
+		if r.Method == http.MethodPost && strings.Contains(r.Query, "mount=") && r.Status == http.StatusCreated {
+			mounted = true
+		} else if r.Method != http.MethodPost {
+			t.Errorf("blob uploaded to library/b (%+v); want it mounted from library/a", r)
+		}
+	}
+	if !mounted {
+		t.Error("blob not mounted into library/b from library/a")
 	}
 }
