@@ -121,9 +121,10 @@ func (p *Proxy) recheckArtifacts(ctx context.Context, t target, dgst digest.Dige
 }
 
 // imageSubjects returns the manifests of the stored image dgst whose
-// artifacts a fill stores (copyImage): dgst and, for an index, the
-// children of the configured platforms stored in t, those of the indexes
-// it lists included; not the attestation entries.
+// artifacts a fill stores (copyImage): dgst and, for an index, its
+// children stored in t, whatever platforms the fill that stored them
+// took, those of the indexes it lists included; not the attestation
+// entries.
 func (p *Proxy) imageSubjects(ctx context.Context, t target, dgst digest.Digest) ([]digest.Digest, error) {
 	subjects := []digest.Digest{dgst}
 	var add func(dgst digest.Digest, depth int) error
@@ -139,8 +140,9 @@ func (p *Proxy) imageSubjects(ctx context.Context, t target, dgst digest.Digest)
 		if err != nil {
 			return err
 		}
-		children, _ := selectChildren(doc.Manifests, p.platformsFor(t))
-		for _, c := range children {
+		// Every child stored in t, not the configured platforms': a
+		// prefetch job's own platforms may have stored others.
+		for _, c := range doc.Manifests {
 			if oci.IsAttestation(c) {
 				continue
 			}

@@ -608,3 +608,40 @@ func TestNestedPlatformArtifactsAddedAfterCachingAreStored(t *testing.T) {
 	up.Stop()
 	wantArtifactsOffline(t, u, map[string]pushedArtifact{cosignTag(amd64.Digest, "sig"): sig})
 }
+
+// A platform a prefetch job stored by its own platforms, not the
+// configured ones (POST /prefetch {"platforms": ["linux/arm64"]} on a
+// mirror of linux/amd64), signed after it was stored, has its signature
+// stored at a later pull that finds the image's tag unchanged upstream,
+// as a configured platform's is, so that it verifies through the mirror
+// once the upstream is down.
+func TestPrefetchedPlatformArtifactsAddedAfterCachingAreStored(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	const repo = "library/signed"
+	ma := up.SeedMultiArch(t, repo, "1", fixture.OCI)
+	amd64, err := oci.ParsePlatforms([]string{"linux/amd64"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := servertest.Start(t, up.URL(), proxy.WithPlatforms(amd64))
+	r := postPrefetch(t, m, `{"images": ["signed:1"], "platforms": ["linux/arm64"]}`)
+	if r.status != http.StatusAccepted {
+		t.Fatalf("POST /prefetch: %d %s", r.status, r.body)
+	}
+	m.WaitIdle()
+	if j := job(t, m, r.header.Get("Location")); len(j.Images) != 1 || j.Images[0].State != storage.JobDone {
+		t.Fatalf("job %+v; want the image done", j)
+	}
+
+	arm64 := ma.Platforms["linux/arm64"]
+	sig := pushArtifact(t, up, repo, cosignTag(arm64.Digest, "sig"), "application/vnd.dev.cosign.artifact.sig.v1+json", "signature")
+	m.Clock.Advance(proxy.ArtifactsRecheck) // past the tag's TTL, and the fill's look
+	u := m.URL() + "/v2/signed/"
+	wantManifest(t, get(t, u+"manifests/1"), ma.Index, ma.MediaType)
+	m.WaitIdle()
+
+	up.Stop()
+	m.Clock.Advance(time.Hour) // past the tag TTL
+	wantManifest(t, get(t, u+"manifests/"+arm64.Digest), arm64.Manifest, arm64.MediaType)
+	wantArtifactsOffline(t, u, map[string]pushedArtifact{cosignTag(arm64.Digest, "sig"): sig})
+}
