@@ -296,16 +296,36 @@ func TestRunningDownloadJoinedNotForwarded(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	// A request another replica forwarded: served here, downloading the
-	// blob here.
-	first := make(chan error, 1)
+	// blob here. Its first bytes say the download runs here (the gate's
+	// reached says only that the upstream sent them).
+	first, streaming := make(chan error, 1), make(chan struct{})
 	go func() {
-		st, _, body, err := get(ctx, via.url+"/v2/library/running/blobs/"+blob, map[string]string{cluster.HopHeader: "http://other.test:5000"})
-		if err == nil && (st != http.StatusOK || sha(body) != blob) {
-			err = fmt.Errorf("status %d, digest %s", st, sha(body))
-		}
-		first <- err
+		started := sync.OnceFunc(func() { close(streaming) })
+		first <- func() error {
+			defer started() // a failure's too
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, via.url+"/v2/library/running/blobs/"+blob, nil)
+			if err != nil {
+				return err
+			}
+			req.Header.Set(cluster.HopHeader, "http://other.test:5000")
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				return err
+			}
+			defer resp.Body.Close()
+			head := make([]byte, 1024)
+			if _, err := io.ReadFull(resp.Body, head); err != nil {
+				return err
+			}
+			started()
+			rest, err := io.ReadAll(resp.Body)
+			if err != nil || resp.StatusCode != http.StatusOK || sha(append(head, rest...)) != blob {
+				return fmt.Errorf("status %d, digest %s, %v", resp.StatusCode, sha(append(head, rest...)), err)
+			}
+			return nil
+		}()
 	}()
-	<-gate.Reached()
+	<-streaming
 
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, via.url+"/v2/library/running/blobs/"+blob, nil)
 	if err != nil {
