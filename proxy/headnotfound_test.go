@@ -65,6 +65,30 @@ func TestRevalidationHeadNotFoundAskedByGet(t *testing.T) {
 	}
 }
 
+// headNotFoundFront serves up behind a front answering every blob HEAD
+// 404 while GETs serve the blobs, as a Nexus or Artifactory proxy
+// repository does for a blob its HEAD does not fetch from its remote; it
+// returns the front's URL and the count of HEADs it so answered.
+func headNotFoundFront(t *testing.T, up *fixture.Upstream) (string, *atomic.Int64) {
+	t.Helper()
+	target, err := url.Parse(up.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var heads atomic.Int64
+	rp := httputil.NewSingleHostReverseProxy(target)
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodHead && strings.Contains(r.URL.Path, "/blobs/") {
+			heads.Add(1)
+			w.WriteHeader(http.StatusNotFound)
+			return
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(front.Close)
+	return front.URL, &heads
+}
+
 // A blob stored for one repository, asked for another whose upstream
 // answers the blob's HEAD 404 but its GET with the blob (the proxy
 // repositories above) is served: the HEAD alone does not tell
@@ -74,22 +98,8 @@ func TestSharedBlobHeadNotFoundAskedByGet(t *testing.T) {
 	layer := bytes.Repeat([]byte("shared base layer "), 1<<10)
 	d := up.PushBlob(t, "library/a", layer)
 	up.PushBlob(t, "library/b", layer)
-	target, err := url.Parse(up.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	var headsRefused atomic.Int64
-	rp := httputil.NewSingleHostReverseProxy(target)
-	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodHead && strings.Contains(r.URL.Path, "/blobs/") {
-			headsRefused.Add(1)
-			w.WriteHeader(http.StatusNotFound)
-			return
-		}
-		rp.ServeHTTP(w, r)
-	}))
-	t.Cleanup(front.Close)
-	p, _, _ := testMirror(t, nil, front.URL)
+	frontURL, headsRefused := headNotFoundFront(t, up)
+	p, _, _ := testMirror(t, nil, frontURL)
 	for _, repo := range []string{"a", "b"} {
 		rec := httptest.NewRecorder()
 		p.Handler().ServeHTTP(rec, httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/v2/library/"+repo+"/blobs/"+d, nil))
@@ -114,22 +124,8 @@ func TestConditionalBlobHeadNotFoundAskedByGet(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	layer := bytes.Repeat([]byte("revalidated layer "), 1<<10)
 	d := up.PushBlob(t, "library/a", layer)
-	target, err := url.Parse(up.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	var headsRefused atomic.Int64
-	rp := httputil.NewSingleHostReverseProxy(target)
-	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodHead && strings.Contains(r.URL.Path, "/blobs/") {
-			headsRefused.Add(1)
-			w.WriteHeader(http.StatusNotFound)
-			return
-		}
-		rp.ServeHTTP(w, r)
-	}))
-	t.Cleanup(front.Close)
-	p, _, _ := testMirror(t, nil, front.URL)
+	frontURL, headsRefused := headNotFoundFront(t, up)
+	p, _, _ := testMirror(t, nil, frontURL)
 	rec := httptest.NewRecorder()
 	req := httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/v2/library/a/blobs/"+d, nil)
 	req.Header.Set("If-None-Match", `"`+d+`"`)
@@ -204,23 +200,9 @@ func TestDownloadingBlobHeadNotFoundAskedByGet(t *testing.T) {
 func TestFillOfBlobStoredForAnotherUpstreamHeadNotFoundAskedByGet(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	img := up.SeedImage(t, "library/app", "v1", 2, 4<<10)
-	target, err := url.Parse(up.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	var headsRefused atomic.Int64
-	rp := httputil.NewSingleHostReverseProxy(target)
-	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodHead && strings.Contains(r.URL.Path, "/blobs/") {
-			headsRefused.Add(1)
-			w.WriteHeader(http.StatusNotFound)
-			return
-		}
-		rp.ServeHTTP(w, r)
-	}))
-	t.Cleanup(front.Close)
+	frontURL, headsRefused := headNotFoundFront(t, up)
 	const nexus = "nexus.example"
-	nx, err := upstream.New(nexus, front.URL)
+	nx, err := upstream.New(nexus, frontURL)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -272,28 +254,14 @@ func TestHeldBlobHeadNotFoundMountedAfterAGet(t *testing.T) {
 	layer := bytes.Repeat([]byte("shared base layer, held "), 1<<10)
 	d := up.PushBlob(t, "library/a", layer)
 	up.PushBlob(t, "library/b", layer)
-	target, err := url.Parse(up.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	var headsRefused atomic.Int64
-	rp := httputil.NewSingleHostReverseProxy(target)
-	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodHead && strings.Contains(r.URL.Path, "/blobs/") {
-			headsRefused.Add(1)
-			w.WriteHeader(http.StatusNotFound)
-			return
-		}
-		rp.ServeHTTP(w, r)
-	}))
-	t.Cleanup(front.Close)
+	frontURL, headsRefused := headNotFoundFront(t, up)
 	dest := fixture.StartDestination(t, nil)
 	store, err := destination.New(dest.URL() + "/mirror")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(store.CloseIdleConnections)
-	p, _, _ := testMirror(t, store, front.URL)
+	p, _, _ := testMirror(t, store, frontURL)
 	srv := httptest.NewServer(p.Handler())
 	t.Cleanup(srv.Close)
 	for _, repo := range []string{"a", "b"} {
