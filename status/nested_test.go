@@ -7,7 +7,6 @@ import (
 	"testing"
 
 	"github.com/docker-mirror/docker-mirror/oci"
-	"github.com/docker-mirror/docker-mirror/status"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
 	"github.com/docker-mirror/docker-mirror/tests/servertest"
 )
@@ -32,18 +31,7 @@ func TestImageDetailNestedIndex(t *testing.T) {
 	}
 	m.WaitIdle()
 
-	d := getJSON[status.Detail](t, m.URL()+"/api/v1/images/docker.io/library/nested", nil)
-	if len(d.Images) != 1 {
-		t.Fatalf("detail %+v", d)
-	}
-	im := d.Images[0]
-	stored, platforms := 0, map[string]bool{}
-	for _, mf := range im.Manifests {
-		if mf.Stored {
-			stored++
-		}
-		platforms[mf.Platform] = mf.Stored
-	}
+	im, stored, platforms := soleImage(t, m.URL()+"/api/v1/images/docker.io/library/nested")
 	// Both indexes, three linux images and their attestations; windows left out.
 	if stored != 8 || !platforms["linux/arm/v7"] || platforms["windows/amd64"] || !slices.Equal(im.LeftOut, []string{"windows/amd64"}) {
 		t.Errorf("manifests %+v, left out %v; want both indexes, 3 linux images and their attestations stored, windows/amd64 left out", im.Manifests, im.LeftOut)

@@ -202,18 +202,7 @@ func TestAPI(t *testing.T) {
 		}
 	}
 
-	d := getJSON[status.Detail](t, m.URL()+"/api/v1/images/docker.io/library/multi", nil)
-	if len(d.Images) != 1 {
-		t.Fatalf("detail %+v", d)
-	}
-	im := d.Images[0]
-	stored, platforms := 0, map[string]bool{}
-	for _, mf := range im.Manifests {
-		if mf.Stored {
-			stored++
-		}
-		platforms[mf.Platform] = mf.Stored
-	}
+	im, stored, platforms := soleImage(t, m.URL()+"/api/v1/images/docker.io/library/multi")
 	// The index, three linux images and their attestations; windows left out.
 	if stored != 7 || !platforms["linux/arm/v7"] || platforms["windows/amd64"] || len(im.LeftOut) != 1 || im.LeftOut[0] != "windows/amd64" {
 		t.Errorf("manifests %+v, left out %v", im.Manifests, im.LeftOut)
@@ -680,4 +669,23 @@ func TestPinnedNotCachedHasNoDeadLink(t *testing.T) {
 			t.Errorf("the overview links to %s, which answers %d %s", l[1], a.status, a.body)
 		}
 	}
+}
+
+// soleImage reads the detail of a repository holding one image, at url
+// (GET /api/v1/images/<name>), and counts its manifests stored, with
+// whether each platform's is.
+func soleImage(t *testing.T, url string) (im status.ImageDetail, stored int, platforms map[string]bool) {
+	t.Helper()
+	d := getJSON[status.Detail](t, url, nil)
+	if len(d.Images) != 1 {
+		t.Fatalf("detail %+v", d)
+	}
+	im, platforms = d.Images[0], map[string]bool{}
+	for _, mf := range im.Manifests {
+		if mf.Stored {
+			stored++
+		}
+		platforms[mf.Platform] = mf.Stored
+	}
+	return im, stored, platforms
 }
