@@ -29,21 +29,15 @@ import (
 func TestRevalidationHeadNotFoundAskedByGet(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	img := up.SeedImage(t, "library/app", "v1", 1, 1<<10)
-	target, err := url.Parse(up.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
 	var armed atomic.Bool
-	rp := httputil.NewSingleHostReverseProxy(target)
-	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if armed.Load() && r.Method == http.MethodHead && r.URL.Path == "/v2/library/app/manifests/v1" {
-			w.WriteHeader(http.StatusNotFound)
-			return
+	front := frontOf(t, up, func(w http.ResponseWriter, r *http.Request) bool {
+		if !armed.Load() || r.Method != http.MethodHead || r.URL.Path != "/v2/library/app/manifests/v1" {
+			return false
 		}
-		rp.ServeHTTP(w, r)
-	}))
-	t.Cleanup(front.Close)
-	p, _, ix := testMirror(t, nil, front.URL, WithTagTTL(0))
+		w.WriteHeader(http.StatusNotFound)
+		return true
+	})
+	p, _, ix := testMirror(t, nil, front, WithTagTTL(0))
 	pull := func() {
 		t.Helper()
 		rec := httptest.NewRecorder()
@@ -65,28 +59,39 @@ func TestRevalidationHeadNotFoundAskedByGet(t *testing.T) {
 	}
 }
 
+// frontOf serves up behind a front that lets answer take a request first
+// (it returns whether it answered it), and returns the front's URL.
+func frontOf(t *testing.T, up *fixture.Upstream, answer func(w http.ResponseWriter, r *http.Request) bool) string {
+	t.Helper()
+	target, err := url.Parse(up.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp := httputil.NewSingleHostReverseProxy(target)
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !answer(w, r) {
+			rp.ServeHTTP(w, r)
+		}
+	}))
+	t.Cleanup(front.Close)
+	return front.URL
+}
+
 // headNotFoundFront serves up behind a front answering every blob HEAD
 // 404 while GETs serve the blobs, as a Nexus or Artifactory proxy
 // repository does for a blob its HEAD does not fetch from its remote; it
 // returns the front's URL and the count of HEADs it so answered.
 func headNotFoundFront(t *testing.T, up *fixture.Upstream) (string, *atomic.Int64) {
 	t.Helper()
-	target, err := url.Parse(up.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
 	var heads atomic.Int64
-	rp := httputil.NewSingleHostReverseProxy(target)
-	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodHead && strings.Contains(r.URL.Path, "/blobs/") {
-			heads.Add(1)
-			w.WriteHeader(http.StatusNotFound)
-			return
+	return frontOf(t, up, func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method != http.MethodHead || !strings.Contains(r.URL.Path, "/blobs/") {
+			return false
 		}
-		rp.ServeHTTP(w, r)
-	}))
-	t.Cleanup(front.Close)
-	return front.URL, &heads
+		heads.Add(1)
+		w.WriteHeader(http.StatusNotFound)
+		return true
+	}), &heads
 }
 
 // A blob stored for one repository, asked for another whose upstream
@@ -148,29 +153,23 @@ func TestDownloadingBlobHeadNotFoundAskedByGet(t *testing.T) {
 	layer := bytes.Repeat([]byte("shared base layer, downloading "), 1<<10)
 	d := up.PushBlob(t, "library/a", layer)
 	up.PushBlob(t, "library/b", layer)
-	target, err := url.Parse(up.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
 	reached, release := make(chan struct{}), make(chan struct{})
 	var releaseOnce sync.Once
-	rp := httputil.NewSingleHostReverseProxy(target)
-	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	front := frontOf(t, up, func(w http.ResponseWriter, r *http.Request) bool {
 		switch {
 		case r.Method == http.MethodHead && strings.Contains(r.URL.Path, "/blobs/"):
 			// b's blob asked while a's download waits: it may go on.
 			releaseOnce.Do(func() { close(release) })
 			w.WriteHeader(http.StatusNotFound)
-			return
+			return true
 		case r.Method == http.MethodGet && r.URL.Path == "/v2/library/a/blobs/"+d:
 			close(reached)
 			<-release
 		}
-		rp.ServeHTTP(w, r)
-	}))
-	t.Cleanup(front.Close)
+		return false
+	})
 	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) })
-	p, _, _ := testMirror(t, nil, front.URL)
+	p, _, _ := testMirror(t, nil, front)
 	get := func(repo string) *httptest.ResponseRecorder {
 		rec := httptest.NewRecorder()
 		p.Handler().ServeHTTP(rec, httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/v2/library/"+repo+"/blobs/"+d, nil))

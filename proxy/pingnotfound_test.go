@@ -4,8 +4,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -25,23 +23,17 @@ import (
 func TestPingNotFoundKeepsCachedTags(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	img := up.SeedImage(t, "library/app", "v1", 1, 1<<10)
-	target, err := url.Parse(up.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	rp := httputil.NewSingleHostReverseProxy(target)
 	var broken atomic.Bool
-	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if broken.Load() && r.URL.Path == "/v2/" {
-			http.NotFound(w, r)
-			return
+	front := frontOf(t, up, func(w http.ResponseWriter, r *http.Request) bool {
+		if !broken.Load() || r.URL.Path != "/v2/" {
+			return false
 		}
-		rp.ServeHTTP(w, r)
-	}))
-	t.Cleanup(front.Close)
+		http.NotFound(w, r)
+		return true
+	})
 	store, index := memStore(t)
 	start := func() *Proxy {
-		c, err := upstream.New(DefaultHost, front.URL)
+		c, err := upstream.New(DefaultHost, front)
 		if err != nil {
 			t.Fatal(err)
 		}
