@@ -320,46 +320,27 @@ func TestAnonymousRefusalSaysSo(t *testing.T) {
 // are, and once the token server takes them, the repository is pulled.
 func TestRefusedRenewalNotRetried(t *testing.T) {
 	clock := newFakeClock()
-	var password, token atomic.Value // the password the token server takes; the token the registry takes
-	password.Store("pw")
-	token.Store("t1")
-	var tokens, refused atomic.Int64
-	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
-		if req.URL.Path == "/token" {
-			tokens.Add(1)
-			if u, pw, ok := req.BasicAuth(); !ok || u != "bot" || pw != password.Load().(string) {
-				refused.Add(1)
-				w.WriteHeader(http.StatusUnauthorized)
-				return
-			}
-			fmt.Fprintf(w, `{"token":%q}`, token.Load())
-			return
-		}
-		if req.Header.Get("Authorization") != "Bearer "+token.Load().(string) {
-			challenge(w, req, "repository:library/x:pull")
-			return
-		}
-		w.WriteHeader(http.StatusOK)
-	}, bearerPing)
+	rt := newRotatingToken("pw", "t1")
+	r := startRegistry(t, rt.serve, bearerPing)
 	c := r.client(t, WithClock(clock.Now), WithAuth(&authn.Basic{Username: "bot", Password: "pw"}))
 	if _, err := c.HeadManifest(t.Context(), "library/x", v1); err != nil {
 		t.Fatal(err)
 	}
 	// The password is revoked; the token expires.
-	password.Store("new")
-	token.Store("t2")
+	rt.password.Store("new")
+	rt.token.Store("t2")
 	for i := range 3 {
 		_, err := c.HeadManifest(t.Context(), "library/x", v1)
 		if ue := asError(t, err, "ErrAuth"); ue.Status != http.StatusUnauthorized {
 			t.Fatalf("request %d: status %d, want 401: %v", i+1, ue.Status, err)
 		}
 	}
-	if n := refused.Load(); n != 1 {
+	if n := rt.refused.Load(); n != 1 {
 		t.Fatalf("the refused credentials were sent %d times for 3 requests within %s, want 1", n, authRetryAfter)
 	}
 	// The configuration's password is right again (a restart would take
 	// a new one; here the old one is restored).
-	password.Store("pw")
+	rt.password.Store("pw")
 	clock.Advance(authRetryAfter)
 	if _, err := c.HeadManifest(t.Context(), "library/x", v1); err != nil {
 		t.Fatalf("after %s: %v", authRetryAfter, err)

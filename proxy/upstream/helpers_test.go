@@ -90,3 +90,38 @@ func challenge(w http.ResponseWriter, req *http.Request, scope string) {
 	w.Header().Set("WWW-Authenticate", h)
 	w.WriteHeader(http.StatusUnauthorized)
 }
+
+// rotatingToken is a registry of bearer auth (its answer for
+// startRegistry, with bearerPing) whose token server takes user "bot"
+// with password and gives token, both changed by the tests (a password
+// revoked or rotated, a token expired); it counts the token requests and
+// those refused.
+type rotatingToken struct {
+	password, token atomic.Value
+	tokens, refused atomic.Int64
+}
+
+func newRotatingToken(password, token string) *rotatingToken {
+	rt := &rotatingToken{}
+	rt.password.Store(password)
+	rt.token.Store(token)
+	return rt
+}
+
+func (rt *rotatingToken) serve(w http.ResponseWriter, req *http.Request) {
+	if req.URL.Path == "/token" {
+		rt.tokens.Add(1)
+		if u, pw, ok := req.BasicAuth(); !ok || u != "bot" || pw != rt.password.Load().(string) {
+			rt.refused.Add(1)
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		fmt.Fprintf(w, `{"token":%q}`, rt.token.Load())
+		return
+	}
+	if req.Header.Get("Authorization") != "Bearer "+rt.token.Load().(string) {
+		challenge(w, req, "repository:library/x:pull")
+		return
+	}
+	w.WriteHeader(http.StatusOK)
+}

@@ -126,32 +126,16 @@ func TestKeychainBasicAsksOnce(t *testing.T) {
 func TestKeychainCredentialsRenewed(t *testing.T) {
 	kc := &rotatingKeychain{}
 	kc.password.Store("first")
-	var current, token atomic.Value // the password the token server takes; the token the registry takes
-	current.Store("first")
-	token.Store("t1")
-	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
-		if req.URL.Path == "/token" {
-			if _, pw, ok := req.BasicAuth(); !ok || pw != current.Load().(string) {
-				w.WriteHeader(http.StatusUnauthorized)
-				return
-			}
-			fmt.Fprintf(w, `{"token":%q}`, token.Load())
-			return
-		}
-		if req.Header.Get("Authorization") != "Bearer "+token.Load().(string) {
-			challenge(w, req, "repository:library/x:pull")
-			return
-		}
-		w.WriteHeader(http.StatusOK)
-	}, bearerPing)
+	rt := newRotatingToken("first", "t1")
+	r := startRegistry(t, rt.serve, bearerPing)
 	c := r.client(t, WithKeychain(kc))
 	if _, err := c.HeadManifest(t.Context(), "library/x", v1); err != nil {
 		t.Fatal(err)
 	}
 	// The helper renews its password; the old one and its token expire.
 	kc.password.Store("second")
-	current.Store("second")
-	token.Store("t2")
+	rt.password.Store("second")
+	rt.token.Store("t2")
 	if _, err := c.HeadManifest(t.Context(), "library/x", v1); err != nil {
 		t.Fatalf("after the password rotated: %v", err)
 	}
