@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"errors"
-	"sync"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -23,16 +22,12 @@ const writeRetryAfter = time.Minute
 const maxWriteRefusals = 1024
 
 // writeRefusals remembers, per repository of the store, its last refusal
-// to store content and until when it is believed; last is the latest of
-// them not since forgotten, which the status and the metrics show.
+// to store content and until when it is believed.
 type writeRefusals struct {
 	byRepo *lru.Cache[string, writeRefusal]
-	mu     sync.Mutex
-	last   writeRefusal
 }
 
 type writeRefusal struct {
-	repo  string
 	err   error
 	until time.Time
 }
@@ -41,31 +36,11 @@ type writeRefusal struct {
 // store: a refusal (storage.ErrWriteRefused) is remembered for
 // writeRetryAfter; a write that succeeded forgets it.
 func (p *Proxy) noteRefusal(t target, err error) {
-	r, repo := p.refusals, t.storeRepo()
 	switch {
 	case err == nil:
-		if r.byRepo.Contains(repo) {
-			r.byRepo.Remove(repo)
-			r.mu.Lock()
-			if r.last.repo == repo {
-				// Another repository's refusal may still be believed (its
-				// misses still not stored): that one is shown now.
-				r.last = writeRefusal{}
-				now := p.now()
-				for _, ref := range r.byRepo.Values() {
-					if ref.repo != repo && now.Before(ref.until) && ref.until.After(r.last.until) {
-						r.last = ref
-					}
-				}
-			}
-			r.mu.Unlock()
-		}
+		p.refusals.byRepo.Remove(t.storeRepo())
 	case errors.Is(err, storage.ErrWriteRefused):
-		ref := writeRefusal{repo: repo, err: err, until: p.now().Add(writeRetryAfter)}
-		r.byRepo.Add(repo, ref)
-		r.mu.Lock()
-		r.last = ref
-		r.mu.Unlock()
+		p.refusals.byRepo.Add(t.storeRepo(), writeRefusal{err: err, until: p.now().Add(writeRetryAfter)})
 	}
 }
 
@@ -80,14 +55,16 @@ func (p *Proxy) writesRefused(t target) error {
 	return ref.err
 }
 
-// WritesRefused returns the store's latest refusal to store content, if
-// it is still believed (see writesRefused), else nil.
+// WritesRefused returns the store's latest refusal to store content that
+// is still believed (see writesRefused), of any repository, else nil: for
+// the status and the metrics, read at each look.
 func (p *Proxy) WritesRefused() error {
-	r := p.refusals
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.last.err != nil && !p.now().Before(r.last.until) {
-		r.last = writeRefusal{}
+	now := p.now()
+	var last writeRefusal
+	for _, ref := range p.refusals.byRepo.Values() {
+		if now.Before(ref.until) && ref.until.After(last.until) {
+			last = ref
+		}
 	}
-	return r.last.err
+	return last.err
 }
