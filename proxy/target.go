@@ -33,8 +33,12 @@ func StoreRepo(host, repo string) string {
 	return host + "/" + repo
 }
 
-// canonicalHost maps Docker Hub's aliases to docker.io.
+// canonicalHost maps Docker Hub's aliases to docker.io, and a host in
+// any case to its lower-case name, as upstreams are configured: host
+// names are case-insensitive, and an image reference (so containerd's ns)
+// may spell one with capitals.
 func canonicalHost(h string) string {
+	h = strings.ToLower(h)
 	if oci.IsDockerHubAlias(h) {
 		return DefaultHost
 	}

@@ -116,6 +116,38 @@ func TestUpstreamRouting(t *testing.T) {
 	}
 }
 
+// A registry's host is named in any case (host names are case-insensitive;
+// containerd sends ns as the image reference spells it, and a reference's
+// host may have capitals: GHCR.io/owner/app): each spelling reaches the
+// configured upstream, Docker Hub's aliases too.
+func TestUpstreamHostInAnyCase(t *testing.T) {
+	hub := fixture.StartUpstream(t)
+	ghcr := fixture.StartUpstream(t)
+	hubImg := hub.SeedImage(t, "library/app", "v1", 1, 4<<10)
+	ghcrImg := ghcr.SeedImage(t, "owner/app", "v1", 1, 4<<10)
+	m := servertest.StartUpstreams(t, []servertest.Upstream{
+		{Host: "docker.io", URL: hub.URL()},
+		{Host: "ghcr.io", URL: ghcr.URL()},
+	}, nil)
+	cases := []struct {
+		name, query string
+		img         *fixture.Image
+	}{
+		{"owner/app", "?ns=GHCR.io", ghcrImg},
+		{"GHCR.IO/owner/app", "", ghcrImg},
+		{"GHCR.io/owner/app", "?ns=ghcr.IO", ghcrImg},
+		{"library/app", "?ns=Docker.IO", hubImg},
+		{"app", "?ns=Index.Docker.IO", hubImg},
+		{"Docker.io/library/app", "", hubImg},
+	}
+	for _, c := range cases {
+		t.Run(c.name+c.query, func(t *testing.T) {
+			wantManifest(t, get(t, m.URL()+"/v2/"+c.name+"/manifests/v1"+c.query), c.img.Manifest, c.img.MediaType)
+			wantImageAt(t, m, c.name, c.query, c.img)
+		})
+	}
+}
+
 // A request scoped by ns answers with its value in OCI-Namespace, as the
 // distribution spec says a proxy using ns should, on every route and on
 // an error too; a request without ns has none.
