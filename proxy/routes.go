@@ -133,7 +133,12 @@ func (p *Proxy) table(repo map[string]http.Handler, extra ...func(*mux.Router)) 
 			WithHeader("Allow", allowed(r, write, req))
 	}
 	write.Handler(p.serve("write", pull, unsupported))
-	r.Handle("/v2/", p.serve("base", pull, p.base)).Methods(http.MethodGet, http.MethodHead)
+	base := p.serve("base", pull, p.base)
+	r.Handle("/v2/", base).Methods(http.MethodGet, http.MethodHead)
+	// Without its slash too, as registries answer it (distribution
+	// redirects it, go-containerregistry's serves it): a client's or a
+	// monitor's check of /v2 is not an unknown endpoint.
+	r.Handle("/v2", base).Methods(http.MethodGet, http.MethodHead)
 	// Before the name routes: no repository is named _catalog (a name
 	// component starts with a letter or digit), and a route of its own
 	// keeps it that way.

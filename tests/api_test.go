@@ -18,13 +18,17 @@ import (
 	"github.com/docker-mirror/docker-mirror/tests/servertest"
 )
 
+// The version check answers at /v2/, and at /v2 as distribution (a
+// redirect to /v2/) and go-containerregistry's registry answer it.
 func TestBaseEndpoint(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	m := servertest.Start(t, up.URL())
-	for _, method := range []string{http.MethodGet, http.MethodHead} {
-		r := do(t, method, m.URL()+"/v2/", nil)
-		if r.status != http.StatusOK || r.header.Get("Docker-Distribution-API-Version") != "registry/2.0" {
-			t.Fatalf("%s /v2/: %d %v", method, r.status, r.header)
+	for _, path := range []string{"/v2/", "/v2"} {
+		for _, method := range []string{http.MethodGet, http.MethodHead} {
+			r := do(t, method, m.URL()+path, nil)
+			if r.status != http.StatusOK || r.header.Get("Docker-Distribution-API-Version") != "registry/2.0" {
+				t.Errorf("%s %s: %d %v %s", method, path, r.status, r.header, r.body)
+			}
 		}
 	}
 }
