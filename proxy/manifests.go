@@ -74,9 +74,17 @@ func (p *Proxy) manifest(w http.ResponseWriter, r *http.Request) error {
 			// image, as distribution answers such clients.
 			hits = append(hits, m)
 			index := m
-			if m, err = p.defaultPlatform(r.Context(), t, m, w.Header()); err != nil {
+			// X-Cache says how the tag was answered (revalidated,
+			// stale), which the image's lookup by digest, a hit
+			// either way, would overwrite; unless the image itself
+			// had to be fetched.
+			child := http.Header{}
+			if m, err = p.defaultPlatform(r.Context(), t, m, child); err != nil {
 				p.resumeHits(r.Context(), t, hits)
 				return err
+			}
+			if c := child.Get(cacheHeader); c == "miss" {
+				w.Header().Set(cacheHeader, c)
 			}
 			// A pull of the index's image, for eviction: the child may
 			// be another image's too (its pull then says nothing of

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/docker-mirror/docker-mirror/proxy"
 	"github.com/docker-mirror/docker-mirror/proxy/access"
@@ -63,6 +64,44 @@ func TestXCacheOnEveryResponse(t *testing.T) {
 	up.SetFault(fixture.Fault{Status: http.StatusServiceUnavailable})
 	if r := get(t, m.URL()+"/v2/xc/tags/list"); r.status != 200 || r.header.Get("X-Cache") != "stale" {
 		t.Errorf("tags with the upstream down: status %d, X-Cache %q, want 200 stale", r.status, r.header.Get("X-Cache"))
+	}
+}
+
+// A client that cannot read an index is answered its linux/amd64 image
+// for a tag, and X-Cache says how the tag was answered: revalidated after
+// the TTL, stale with the upstream down; not the image's own lookup by
+// digest, a hit either way.
+func TestXCacheOfTagAnsweredWithItsPlatform(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	ma := up.SeedMultiArch(t, "library/multi", "v1", fixture.Docker)
+	m := servertest.Start(t, up.URL(), proxy.WithTagTTL(time.Minute))
+	amd := ma.Platforms["linux/amd64"]
+	url := m.URL() + "/v2/multi/manifests/v1"
+	accept := map[string]string{"Accept": amd.MediaType}
+	wantManifest(t, do(t, http.MethodGet, url, accept), amd.Manifest, amd.MediaType)
+	m.WaitIdle()
+	for _, c := range []struct {
+		method, cache string
+		after         time.Duration
+		down          bool
+	}{
+		{http.MethodGet, "hit", 0, false},
+		{http.MethodGet, "revalidated", 2 * time.Minute, false},
+		{http.MethodHead, "revalidated", 2 * time.Minute, false},
+		{http.MethodHead, "stale", 2 * time.Minute, true},
+		{http.MethodGet, "stale", 0, true},
+	} {
+		m.Clock.Advance(c.after)
+		if c.down {
+			up.Stop()
+		}
+		r := do(t, c.method, url, accept)
+		if r.status != http.StatusOK || r.header.Get("Docker-Content-Digest") != amd.Digest {
+			t.Fatalf("%s (%s): %d %s %.200s", c.method, c.cache, r.status, r.header.Get("Docker-Content-Digest"), r.body)
+		}
+		if got := r.header.Get("X-Cache"); got != c.cache {
+			t.Errorf("%s answered %s: X-Cache %q", c.method, c.cache, got)
+		}
 	}
 }
 
