@@ -89,20 +89,22 @@ func (p *Proxy) storeReferrersOrDue(ctx context.Context, t target, subjects []di
 }
 
 // ArtifactsRecheck is how often an image still pulled, whose tag the
-// upstream confirms, has its artifacts looked for again: a signature or
+// upstream confirms or pulled by digest, has its artifacts looked for
+// again: a signature or
 // an attestation added after the image was cached (signed once CI has
 // pushed it) is stored while the upstream is there, for when it is not.
 const ArtifactsRecheck = 15 * time.Minute
 
 // maxArtifactChecks bounds the images whose last recheck is remembered;
-// one forgotten is rechecked at its next revalidation.
+// one forgotten is rechecked at its next revalidation, or its next pull
+// by digest.
 const maxArtifactChecks = 1 << 14
 
 // recheckArtifacts looks for the artifacts of the image dgst (the root a
-// tag names) and of its stored platform manifests again in the
-// background, if referrers are stored for t and it was not done in the
-// last ArtifactsRecheck: what a fill found is cached, so only what is
-// new, or stale, is asked of the upstream.
+// tag names, or a manifest pulled by digest) and of its stored platform
+// manifests again in the background, if referrers are stored for t and
+// it was not done in the last ArtifactsRecheck: what a fill found is
+// cached, so only what is new, or stale, is asked of the upstream.
 func (p *Proxy) recheckArtifacts(ctx context.Context, t target, dgst digest.Digest) {
 	if !p.referrersFor(t) {
 		return

@@ -113,6 +113,13 @@ func (p *Proxy) manifest(w http.ResponseWriter, r *http.Request) error {
 		go func() {
 			defer p.work.done()
 			p.resumeHits(ctx, t, hits)
+			if ref.IsDigest() && m.resume {
+				// Pinned by digest, nothing revalidates it: its artifacts
+				// are looked for again here, as a tag's are when the
+				// upstream confirms it, so that one added after it was
+				// cached verifies offline too.
+				p.recheckArtifacts(ctx, t, m.digest)
+			}
 			if get && !m.fetchedAhead && !m.complete {
 				// The client asks for the blobs next, a few at a time:
 				// start them all now.

@@ -645,3 +645,30 @@ func TestPrefetchedPlatformArtifactsAddedAfterCachingAreStored(t *testing.T) {
 	wantManifest(t, get(t, u+"manifests/"+arm64.Digest), arm64.Manifest, arm64.MediaType)
 	wantArtifactsOffline(t, u, map[string]pushedArtifact{cosignTag(arm64.Digest, "sig"): sig})
 }
+
+// An image pulled only by digest (repo@sha256:..., as Kubernetes pulls a
+// pinned image), signed and attested after the mirror cached it, has
+// those stored at a later pull past ArtifactsRecheck, as an image pulled
+// by a tag the upstream confirms has: `cosign verify repo@sha256:...`
+// through the mirror finds them once the upstream is down.
+func TestDigestPulledArtifactsAddedAfterCachingAreStored(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	const repo = "library/signed"
+	ma := up.SeedMultiArch(t, repo, "1", fixture.OCI)
+	m := servertest.Start(t, up.URL())
+	pinned := "signed@" + ma.Digest
+	cranePull(t, ref(t, m, pinned), remote.WithPlatform(linuxAMD64))
+	m.WaitIdle()
+
+	amd64 := ma.Platforms["linux/amd64"]
+	sig := pushArtifact(t, up, repo, cosignTag(ma.Digest, "sig"), "application/vnd.dev.cosign.artifact.sig.v1+json", "signature")
+	att := pushArtifact(t, up, repo, cosignTag(amd64.Digest, "att"), "application/vnd.dsse.envelope.v1+json", "attestation")
+
+	m.Clock.Advance(proxy.ArtifactsRecheck) // past the fill's look
+	cranePull(t, ref(t, m, pinned), remote.WithPlatform(linuxAMD64))
+	m.WaitIdle()
+
+	up.Stop()
+	u := m.URL() + "/v2/signed/"
+	wantArtifactsOffline(t, u, map[string]pushedArtifact{cosignTag(ma.Digest, "sig"): sig, cosignTag(amd64.Digest, "att"): att})
+}
