@@ -64,9 +64,10 @@ type artifact struct {
 }
 
 // enqueueReferrersFill stores in the background what a referrers list
-// served for the first time names, as a fill would.
+// served for the first time names, as a fill would; once more after the
+// one running, which may have read the list before it changed.
 func (p *Proxy) enqueueReferrersFill(ctx context.Context, t target, subject digest.Digest) {
-	p.background(ctx, fillKey(t, subject)+" referrers", func(ctx context.Context) error {
+	p.backgroundAgain(ctx, fillKey(t, subject)+" referrers", func(ctx context.Context) error {
 		return p.storeReferrersOrDue(ctx, t, []digest.Digest{subject})
 	})
 }

@@ -21,7 +21,9 @@ import (
 // fillQueue tracks the background fills, one per manifest in a
 // repository ("repo@digest").
 type fillQueue struct {
-	mu   sync.Mutex
+	mu sync.Mutex
+	// jobs holds the running jobs' keys, each true if it is to run once
+	// more when it ends (backgroundAgain).
 	jobs map[string]bool
 }
 
@@ -29,27 +31,37 @@ func newFillQueue() *fillQueue { return &fillQueue{jobs: map[string]bool{}} }
 
 func fillKey(t target, dgst digest.Digest) string { return t.storeRepo() + "@" + dgst.String() }
 
-// add registers a job; false if one for key runs already.
-func (q *fillQueue) add(key string) bool {
+// add registers a job; false if one for key runs already, which is then
+// marked to run once more if again is set.
+func (q *fillQueue) add(key string, again bool) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.jobs[key] {
+	if _, ok := q.jobs[key]; ok {
+		q.jobs[key] = q.jobs[key] || again
 		return false
 	}
-	q.jobs[key] = true
+	q.jobs[key] = false
 	return true
 }
 
-func (q *fillQueue) done(key string) {
+// done ends a job, unless it is marked to run once more: then it stays
+// registered, unmarked, and done reports true.
+func (q *fillQueue) done(key string) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if q.jobs[key] {
+		q.jobs[key] = false
+		return true
+	}
 	delete(q.jobs, key)
+	return false
 }
 
 func (q *fillQueue) running(key string) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return q.jobs[key]
+	_, ok := q.jobs[key]
+	return ok
 }
 
 // Len is the number of jobs queued or running.
@@ -83,19 +95,42 @@ func (p *Proxy) enqueueFill(ctx context.Context, t target, dgst digest.Digest) {
 // background runs fn as the fill job key, unless one runs already: on a
 // context detached from ctx, counted in work and in the fill queue.
 func (p *Proxy) background(ctx context.Context, key string, fn func(context.Context) error) {
+	p.runBackground(ctx, key, false, fn)
+}
+
+// backgroundAgain runs fn as background does; if the job key runs
+// already, that job runs once more after it ends: what it read may be
+// older than what asks for it now (a referrers list changed upstream).
+// The jobs sharing a key do the same work, or more (a recheck of the
+// image whose root is the subject).
+func (p *Proxy) backgroundAgain(ctx context.Context, key string, fn func(context.Context) error) {
+	p.runBackground(ctx, key, true, fn)
+}
+
+func (p *Proxy) runBackground(ctx context.Context, key string, again bool, fn func(context.Context) error) {
 	if !p.work.start() {
 		return
 	}
-	if !p.fills.add(key) {
+	if !p.fills.add(key, again) {
 		p.work.done()
 		return
 	}
-	ctx, cancel := p.detach(ctx, p.fillTimeout)
 	go func() {
 		defer p.work.done()
-		defer p.fills.done(key)
-		defer cancel()
-		_ = fn(ctx) // fn logs its failure
+		for {
+			fctx, cancel := p.detach(ctx, p.fillTimeout)
+			_ = fn(fctx) // fn logs its failure
+			cancel()
+			if !p.fills.done(key) {
+				return
+			}
+			select {
+			case <-p.stop: // shutting down: not again
+				p.fills.done(key)
+				return
+			default:
+			}
+		}
 	}()
 }
 

@@ -672,3 +672,42 @@ func TestDigestPulledArtifactsAddedAfterCachingAreStored(t *testing.T) {
 	u := m.URL() + "/v2/signed/"
 	wantArtifactsOffline(t, u, map[string]pushedArtifact{cosignTag(ma.Digest, "sig"): sig, cosignTag(amd64.Digest, "att"): att})
 }
+
+// A referrers list that changed upstream while the fill of the list
+// before it still runs (an SBOM pushed while a signature's blob is still
+// downloading) has what it adds stored once that fill ends, not dropped
+// because a fill of the subject's referrers runs already: the list, cached
+// and confirmed after, would never fill it again, and the SBOM would be
+// missing once the upstream is down.
+func TestReferrersChangedDuringTheirFillAreStored(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	const repo = "library/signed"
+	ma := up.SeedMultiArch(t, repo, "1", fixture.OCI)
+	sig := pushArtifact(t, up, repo, "", sigType, "signature", ma.MediaType, ma.Digest, len(ma.Index))
+	putReferrersFallback(t, up, repo, ma.Digest, sigType, sig)
+	m := servertest.Start(t, up.URL())
+	gate := up.GateBlob(sig.layer, 1)
+	u := m.URL() + "/v2/signed/"
+	wantReferrers(t, get(t, u+"referrers/"+ma.Digest), "miss", false, sig.digest)
+	<-gate.Reached() // the fill of the list runs
+
+	sbom := pushArtifact(t, up, repo, "", sbomType, "sbom", ma.MediaType, ma.Digest, len(ma.Index))
+	idx, err := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": oci.MediaTypeOCIIndex, "manifests": []any{
+		map[string]any{"mediaType": oci.MediaTypeOCIManifest, "digest": sig.digest, "size": len(sig.raw), "artifactType": sigType},
+		map[string]any{"mediaType": oci.MediaTypeOCIManifest, "digest": sbom.digest, "size": len(sbom.raw), "artifactType": sbomType},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	up.PutManifest(t, repo, oci.ReferrersTag(digest.Digest(ma.Digest)), oci.MediaTypeOCIIndex, idx)
+	m.Clock.Advance(time.Hour) // past the list's TTL
+	wantReferrers(t, get(t, u+"referrers/"+ma.Digest), "miss", false, sig.digest, sbom.digest)
+	gate.Open()
+	m.WaitIdle()
+
+	m.Clock.Advance(time.Hour) // confirmed unchanged
+	wantReferrers(t, get(t, u+"referrers/"+ma.Digest), "revalidated", false, sig.digest, sbom.digest)
+	m.WaitIdle()
+	up.Stop()
+	wantArtifactsOffline(t, u, map[string]pushedArtifact{sig.digest: sig, sbom.digest: sbom})
+}
