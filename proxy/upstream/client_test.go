@@ -266,6 +266,54 @@ func TestRefusedBasicCredentialsNotRetried(t *testing.T) {
 	}
 }
 
+// TestRefusedCredentialsNotRetriedForOtherRepositories: a token server
+// (Docker Hub's, Harbor's) or a registry of basic auth (Nexus,
+// Artifactory) that refuses our credentials with a 401 refuses them
+// whatever the repository: a wrong password. Pulling other repositories
+// within authRetryAfter does not send them again, each a failed login
+// toward a lock of the account; they fail at once with the refusal.
+// Without credentials a 401 is the repository's own (a private one of a
+// public registry), and another repository is still asked.
+func TestRefusedCredentialsNotRetriedForOtherRepositories(t *testing.T) {
+	repos := []string{"library/a", "library/b", "team/app/api", "library/c"}
+	t.Run("token", func(t *testing.T) {
+		rt := newRotatingToken("pw", "t1")
+		r := startRegistry(t, rt.serve, bearerPing)
+		c := r.client(t, WithClock(newFakeClock().Now), WithAuth(&authn.Basic{Username: "bot", Password: "typo"}))
+		for _, repo := range repos {
+			_, err := c.HeadManifest(t.Context(), repo, v1)
+			if ue := asError(t, err, "ErrAuth"); ue.Status != http.StatusUnauthorized {
+				t.Fatalf("%s: status %d, want 401: %v", repo, ue.Status, err)
+			}
+		}
+		if n := rt.refused.Load(); n != 1 {
+			t.Fatalf("the refused credentials were sent to the token server %d times for %d repositories within %s, want 1", n, len(repos), authRetryAfter)
+		}
+	})
+	t.Run("basic", func(t *testing.T) {
+		var sent atomic.Int64
+		basic := func(w http.ResponseWriter, req *http.Request) {
+			if _, _, ok := req.BasicAuth(); ok {
+				sent.Add(1)
+			}
+			w.Header().Set("WWW-Authenticate", `Basic realm="test"`)
+			w.WriteHeader(http.StatusUnauthorized)
+		}
+		r := startRegistry(t, basic, basic)
+		c := r.client(t, WithClock(newFakeClock().Now), WithAuth(&authn.Basic{Username: "bot", Password: "typo"}))
+		for i, repo := range repos {
+			_, err := c.HeadManifest(t.Context(), repo, v1)
+			ue := asError(t, err, "ErrAuth")
+			if ue.Status != http.StatusUnauthorized || i > 0 && strings.Contains(ue.Reason, repos[0]) {
+				t.Fatalf("%s: status %d, Reason %q; want 401, not naming %s: %v", repo, ue.Status, ue.Reason, repos[0], err)
+			}
+		}
+		if n := sent.Load(); n != 1 {
+			t.Fatalf("the refused credentials were sent %d times for %d repositories within %s, want 1", n, len(repos), authRetryAfter)
+		}
+	})
+}
+
 // TestAnonymousRefusalSaysSo: GHCR's token server gives anyone a token of
 // a public repository and refuses one of a private repository (401)
 // without credentials. With none configured, the refusal says that the

@@ -64,6 +64,11 @@ type Client struct {
 	// our credentials for, until when: retrying wrong credentials on every
 	// request could lock the account.
 	refused *lru.Cache[string, refusal]
+	// credsRefused is the last refusal of our credentials themselves (a
+	// 401 to them: a wrong password), which holds for every repository;
+	// guarded by refusedMu.
+	refusedMu    sync.Mutex
+	credsRefused refusal
 
 	// retryAt is when a rate-limiting upstream, or one that said it is
 	// unavailable until then, may be asked again: until then requests
@@ -261,6 +266,12 @@ func (c *Client) transport(ctx context.Context, repo string) (http.RoundTripper,
 	if refused && c.now().Before(ref.until) {
 		return nil, ref.err
 	}
+	c.refusedMu.Lock()
+	all := c.credsRefused
+	c.refusedMu.Unlock()
+	if c.now().Before(all.until) {
+		return nil, all.err
+	}
 	v, err, _ := c.creating.Do(repo, func() (any, error) {
 		// The handshake must not die with the first client that asked.
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
@@ -284,9 +295,23 @@ func (c *Client) transport(ctx context.Context, repo string) (http.RoundTripper,
 // refuse remembers that the upstream refused our credentials for repo,
 // until authRetryAfter from now, and drops repo's transport t (if not
 // nil) whose expired token they were refused for: the handshake after
-// that asks again.
+// that asks again. A 401 to credentials we sent refuses them for every
+// repository (a wrong password): sent again for each repository pulled,
+// each would be a failed login toward a lock of the account (Docker Hub,
+// Harbor, Nexus). Without credentials, a 401 is the repository's own (a
+// private one of a public registry).
 func (c *Client) refuse(repo string, t http.RoundTripper, err error) {
-	c.refused.Add(repo, refusal{err: err, until: c.now().Add(authRetryAfter)})
+	r := refusal{err: err, until: c.now().Add(authRetryAfter)}
+	c.refused.Add(repo, r)
+	var ue *Error
+	if errors.As(err, &ue) && ue.Status == http.StatusUnauthorized && !c.anonymous() {
+		// Said of the upstream, not of the request refused (another
+		// repository's manifest).
+		e := c.newError(KindPing, "registry ping", ue.Status, ErrAuth, err, "upstream %s refused our credentials; not sending them again for %s", c.host, authRetryAfter)
+		c.refusedMu.Lock()
+		c.credsRefused = refusal{err: e, until: r.until}
+		c.refusedMu.Unlock()
+	}
 	if cur, ok := c.transports.Peek(repo); ok && t != nil && cur == t {
 		c.transports.Remove(repo)
 	}
