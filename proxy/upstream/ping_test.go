@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -400,5 +402,58 @@ func TestOpenPingRepositoryChallengedOnItsOwn(t *testing.T) {
 	}
 	if n := r.asked.Load(); n != tries {
 		t.Errorf("the upstream was asked %d times for %d requests; want %d", n, tries, tries)
+	}
+}
+
+// fileKeychain gives user "bot" the password in a file, read whenever
+// asked, as the mirror's password_file is.
+type fileKeychain struct{ path string }
+
+func (k fileKeychain) Resolve(authn.Resource) (authn.Authenticator, error) {
+	b, err := os.ReadFile(k.path)
+	if err != nil {
+		return nil, fmt.Errorf("upstreams.docker.io.password_file: %w", err)
+	}
+	return &authn.Basic{Username: "bot", Password: string(b)}, nil
+}
+
+// TestCredentialsUnreadableNotUnreachable: credentials that cannot be
+// read when a request needs them (a password_file removed, or its
+// secret's volume unmounted, after the start) are the mirror's own
+// failure, said so: the error was "upstream docker.io unreachable", and
+// the status page showed the upstream unreachable, which sent the
+// operator looking at the network while the upstream was never asked.
+func TestCredentialsUnreadableNotUnreachable(t *testing.T) {
+	rt := newRotatingToken("pw", "t1")
+	basic := func(w http.ResponseWriter, req *http.Request) {
+		w.Header().Set("WWW-Authenticate", `Basic realm="test"`)
+		w.WriteHeader(http.StatusUnauthorized)
+	}
+	for _, c := range []struct {
+		name         string
+		answer, ping http.HandlerFunc
+	}{
+		{"bearer", rt.serve, bearerPing},
+		{"basic", basic, basic},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "password")
+			if err := os.WriteFile(path, []byte("pw"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			r := startRegistry(t, c.answer, c.ping)
+			cl := r.client(t, WithKeychain(fileKeychain{path}))
+			if err := os.Remove(path); err != nil {
+				t.Fatal(err)
+			}
+			_, err := cl.HeadManifest(t.Context(), "library/x", v1)
+			ue := asError(t, err, "ErrUnavailable")
+			if strings.Contains(ue.Reason, "unreachable") || !strings.Contains(ue.Reason, "credentials") || !strings.Contains(err.Error(), "password_file") {
+				t.Errorf("Reason %q (error %q); want it to say the credentials could not be read, the error naming password_file, and not that the upstream is unreachable", ue.Reason, err)
+			}
+			if st := cl.State(); st.Unreachable {
+				t.Errorf("State: Unreachable, want not: the upstream answered (last error %q)", st.LastError)
+			}
+		})
 	}
 }

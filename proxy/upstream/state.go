@@ -85,9 +85,11 @@ func (c *Client) noteAnswer(resp *http.Response, err error) {
 		return
 	}
 	// No answer at all: a network error or a timeout (an Error without a
-	// status); a refused token or a 429 in the handshake is an answer.
+	// status); a refused token or a 429 in the handshake is an answer,
+	// and credentials that could not be read asked nothing.
 	var ue *Error
-	h.unreachable = resp == nil && errors.As(err, &ue) && ue.Status == 0 && errors.Is(err, ErrUnavailable)
+	h.unreachable = resp == nil && errors.As(err, &ue) && ue.Status == 0 && errors.Is(err, ErrUnavailable) &&
+		!errors.As(err, new(credentialsError))
 	h.lastErr, h.lastErrAt = err.Error(), c.now()
 }
 

@@ -199,10 +199,23 @@ type keychainAuth struct {
 func (a keychainAuth) Authorization() (*authn.AuthConfig, error) {
 	auth, err := a.kc.Resolve(a.reg)
 	if err != nil {
-		return nil, err
+		return nil, credentialsError{err}
 	}
-	return auth.Authorization()
+	cfg, err := auth.Authorization()
+	if err != nil {
+		return nil, credentialsError{err}
+	}
+	return cfg, nil
 }
+
+// credentialsError is a failure to read our credentials when a request
+// needs them (a password_file removed, a credential helper failing): the
+// mirror's own, with the upstream not asked, not the upstream unreachable.
+type credentialsError struct{ err error }
+
+func (e credentialsError) Error() string { return e.err.Error() }
+
+func (e credentialsError) Unwrap() error { return e.err }
 
 // anonymous reports whether our requests go without credentials: none
 // configured, or none in the keychain now.
@@ -772,6 +785,9 @@ func (c *Client) transportError(r call, err error) error {
 				return e
 			}
 		}
+	}
+	if errors.As(err, new(credentialsError)) {
+		return c.newError(r.kind, r.what, 0, ErrUnavailable, err, "upstream %s not asked: our credentials for it could not be read", c.host)
 	}
 	return c.newError(r.kind, r.what, 0, ErrUnavailable, err, "upstream %s unreachable", c.host)
 }
