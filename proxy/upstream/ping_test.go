@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/http"
@@ -453,6 +454,33 @@ func TestCredentialsUnreadableNotUnreachable(t *testing.T) {
 			}
 			if st := cl.State(); st.Unreachable {
 				t.Errorf("State: Unreachable, want not: the upstream answered (last error %q)", st.LastError)
+			}
+		})
+	}
+}
+
+// TestDockerHubCredentialsUnderOtherNames: docker_config finds Docker
+// Hub's credentials under Docker's own key (https://index.docker.io/v1/,
+// docker login's) and under registry-1.docker.io, which docker login
+// registry-1.docker.io writes (the host of docker.io's upstream URL,
+// which an operator logs in to). Only Docker's key was found: with the
+// other, every pull went anonymous (Docker Hub's lower pull limit,
+// private repositories refused).
+func TestDockerHubCredentialsUnderOtherNames(t *testing.T) {
+	for _, key := range []string{"https://index.docker.io/v1/", "registry-1.docker.io"} {
+		t.Run(key, func(t *testing.T) {
+			dir := t.TempDir()
+			auth := base64.StdEncoding.EncodeToString([]byte("bot:pw"))
+			cfg := fmt.Sprintf(`{"auths":{%q:{"auth":%q}}}`, key, auth)
+			if err := os.WriteFile(filepath.Join(dir, "config.json"), []byte(cfg), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			t.Setenv("HOME", t.TempDir())
+			t.Setenv("DOCKER_CONFIG", dir)
+			rt := newRotatingToken("pw", "t1")
+			r := startRegistry(t, rt.serve, bearerPing)
+			if _, err := r.client(t, WithKeychain(authn.DefaultKeychain)).HeadManifest(t.Context(), "library/x", v1); err != nil {
+				t.Fatalf("credentials under %q: %v", key, err)
 			}
 		})
 	}

@@ -182,7 +182,10 @@ func New(host, rawURL string, opts ...Option) (*Client, error) {
 		if _, err := c.keychain.Resolve(reg); err != nil {
 			return nil, fmt.Errorf("upstream %s: reading credentials: %w", host, err)
 		}
-		c.auth = keychainAuth{c.keychain, reg}
+		c.auth = keychainAuth{kc: c.keychain, reg: reg}
+		if reg.RegistryStr() == name.DefaultRegistry {
+			c.auth = keychainAuth{kc: c.keychain, reg: reg, aliases: dockerHubKeys}
+		}
 	}
 	return c, nil
 }
@@ -193,11 +196,34 @@ func New(host, rawURL string, opts ...Option) (*Client, error) {
 type keychainAuth struct {
 	kc  authn.Keychain
 	reg name.Registry
+	// aliases are other keys the registry's credentials may be stored
+	// under, asked in turn when the keychain has none for reg.
+	aliases []authn.Resource
 }
+
+// dockerHubKeys are the keys besides Docker's own (https://index.docker.io/v1/,
+// which the keychain asks for docker.io, and for index.docker.io) that
+// Docker Hub's credentials are stored under: registry-1.docker.io by
+// docker login registry-1.docker.io, the host of docker.io's upstream
+// URL, which an operator logs in to. (docker.io, as podman login writes
+// it, the keychain maps to Docker's key: it cannot be asked for.)
+var dockerHubKeys = []authn.Resource{configKey("registry-1.docker.io")}
+
+// configKey is a key of a Docker config's auths, as a keychain's resource.
+type configKey string
+
+func (k configKey) String() string      { return string(k) }
+func (k configKey) RegistryStr() string { return string(k) }
 
 // Authorization returns the keychain's credentials of the registry now.
 func (a keychainAuth) Authorization() (*authn.AuthConfig, error) {
 	auth, err := a.kc.Resolve(a.reg)
+	for _, k := range a.aliases {
+		if err != nil || auth != authn.Anonymous {
+			break
+		}
+		auth, err = a.kc.Resolve(k)
+	}
 	if err != nil {
 		return nil, credentialsError{err}
 	}
