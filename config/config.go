@@ -1031,7 +1031,9 @@ func validAddress(a string) bool {
 }
 
 // ResolvePassword returns the upstream's password from wherever it is
-// given.
+// given. An empty variable or file is an error, as an unset one is: most
+// often a secret that did not reach it (docker compose's ${VAR} of a
+// variable not set), and sent, every pull is refused as a wrong password.
 // Errors name the source, never the password.
 func (u Upstream) ResolvePassword(host string, lookup func(string) (string, bool)) (string, error) {
 	switch {
@@ -1040,11 +1042,17 @@ func (u Upstream) ResolvePassword(host string, lookup func(string) (string, bool
 		if !ok {
 			return "", fmt.Errorf("upstreams.%s.password_env: %s is not set", host, u.PasswordEnv)
 		}
+		if secretText(v) == "" {
+			return "", fmt.Errorf("upstreams.%s.password_env: %s is empty", host, u.PasswordEnv)
+		}
 		return secretText(v), nil
 	case u.PasswordFile != "":
 		b, err := os.ReadFile(u.PasswordFile)
 		if err != nil {
 			return "", fmt.Errorf("upstreams.%s.password_file: %w", host, err)
+		}
+		if secretText(string(b)) == "" {
+			return "", fmt.Errorf("upstreams.%s.password_file: %s is empty", host, u.PasswordFile)
 		}
 		return secretText(string(b)), nil
 	}

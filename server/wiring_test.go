@@ -86,6 +86,34 @@ func TestUpstreamCredentialSources(t *testing.T) {
 	}
 }
 
+// TestEmptyUpstreamPasswordRefused: a password_env whose variable is set
+// but empty (docker compose's `HUB_TOKEN=${HUB_TOKEN}` with HUB_TOKEN not
+// set on the host, a CI secret missing) or an empty password_file stops
+// the start naming it, as an unset variable does: the mirror started, sent
+// the username with an empty password, and every pull was refused as if
+// the password were wrong (each a failed login of the account).
+func TestEmptyUpstreamPasswordRefused(t *testing.T) {
+	empty := filepath.Join(t.TempDir(), "password")
+	if err := os.WriteFile(empty, []byte("\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	lookup := func(k string) (string, bool) { return "", k == "HUB_TOKEN" }
+	for _, c := range []struct {
+		up   config.Upstream
+		want string
+	}{
+		{config.Upstream{Username: "bot", PasswordEnv: "HUB_TOKEN"}, "upstreams.docker.io.password_env: HUB_TOKEN is empty"},
+		{config.Upstream{Username: "bot", PasswordFile: empty}, "upstreams.docker.io.password_file: " + empty + " is empty"},
+	} {
+		cfg := config.Default()
+		c.up.URL = "https://registry-1.docker.io"
+		cfg.Upstreams = map[string]config.Upstream{"docker.io": c.up}
+		if _, err := Upstreams(cfg, metrics.New(), lookup); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%+v: error %v, want one saying %q", c.up, err, c.want)
+		}
+	}
+}
+
 // The server's own wiring installs the dial guard: an upstream that sends
 // the proxy elsewhere on the loopback (a token realm, a redirect) does
 // not get it there, and the client gets an error. The proxy is built by
