@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -483,5 +484,49 @@ func TestDockerHubCredentialsUnderOtherNames(t *testing.T) {
 				t.Fatalf("credentials under %q: %v", key, err)
 			}
 		})
+	}
+}
+
+// TestExpiredTokenRenewedOnceForConcurrentRequests: when a repository's
+// token expires under load, the requests refused for it at once (every
+// blob of a pull, many clients) renew it with one token request, not one
+// each: go-containerregistry renews per request, and a token server that
+// counts logins (Docker Hub's, which rate-limits them; one that locks an
+// account on a burst) got one from each. The old token's requests are
+// held until all have arrived, so that all are refused together.
+func TestExpiredTokenRenewedOnceForConcurrentRequests(t *testing.T) {
+	const n = 8
+	rt := newRotatingToken("pw", "t1")
+	var arrived sync.WaitGroup
+	arrived.Add(n)
+	release := make(chan struct{})
+	var expired atomic.Bool
+	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		if expired.Load() && req.URL.Path != "/token" && req.Header.Get("Authorization") == "Bearer t1" {
+			arrived.Done()
+			<-release
+		}
+		rt.serve(w, req)
+	}, bearerPing)
+	c := r.client(t, WithClock(newFakeClock().Now), WithAuth(&authn.Basic{Username: "bot", Password: "pw"}))
+	if _, err := c.HeadManifest(t.Context(), "library/x", v1); err != nil {
+		t.Fatal(err)
+	}
+	rt.token.Store("t2")
+	expired.Store(true)
+	before := rt.tokens.Load()
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() {
+			if _, err := c.HeadManifest(t.Context(), "library/x", v1); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	arrived.Wait()
+	close(release)
+	wg.Wait()
+	if got := rt.tokens.Load() - before; got != 1 {
+		t.Errorf("%d token requests renewed the expired token of %d requests at once, want 1", got, n)
 	}
 }

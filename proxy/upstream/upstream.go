@@ -11,7 +11,10 @@
 package upstream
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -69,6 +72,9 @@ type Client struct {
 	// guarded by refusedMu.
 	refusedMu    sync.Mutex
 	credsRefused refusal
+	// tokens keeps the token server's latest answers, by request, for
+	// tokenReuse (tokenLimits).
+	tokens *lru.Cache[string, tokenAnswer]
 
 	// retryAt is when a rate-limiting upstream, or one that said it is
 	// unavailable until then, may be asked again: until then requests
@@ -161,6 +167,7 @@ func New(host, rawURL string, opts ...Option) (*Client, error) {
 		auth:       authn.Anonymous,
 		transports: mustLRU[http.RoundTripper](),
 		refused:    mustLRU[refusal](),
+		tokens:     mustLRU[tokenAnswer](),
 		now:        time.Now,
 		timeout:    DefaultTimeout,
 	}
@@ -499,6 +506,9 @@ func (c *Client) authorize(ctx context.Context, repo string, pa *pingAnswer) (ht
 	if realm, standIn, ok := c.standInRealm(pr.Parameters["realm"]); ok {
 		pr.Parameters["realm"], base.realm = standIn, realm
 	}
+	if u, err := url.Parse(pr.Parameters["realm"]); err == nil {
+		base.tokenAt = u.Scheme + "://" + u.Host + u.EscapedPath()
+	}
 	// The token server is the upstream's too: it has the client's timeout
 	// to answer, as the ping and every request have.
 	xctx, cancel := context.WithTimeoutCause(ctx, c.timeout, errTimeout)
@@ -630,14 +640,107 @@ func (c *Client) renewed(ctx context.Context, repo string, t http.RoundTripper, 
 //
 // A token server that go-containerregistry is given a stand-in for
 // (standInRealm) is sent the requests made to the stand-in: realm.
+//
+// A token request (a GET of tokenAt, the realm go-containerregistry is
+// given) is sent once for the same ones made meanwhile, and its answer
+// reused for tokenReuse (shareToken).
 type tokenLimits struct {
 	http.RoundTripper
-	c     *Client
-	scope string
-	realm *url.URL // the token server standing behind standInPath, or nil
+	c       *Client
+	scope   string
+	realm   *url.URL // the token server standing behind standInPath, or nil
+	tokenAt string   // the realm's URL without its query
 }
 
+// tokenAnswer is a token server's answer, kept for the same requests.
+type tokenAnswer struct {
+	status int
+	header http.Header
+	body   []byte
+	at     time.Time
+	token  string // the token it gives
+}
+
+// tokenReuse is how long a token server's answer serves the same token
+// requests, unless the registry refuses its token: a repository's token
+// that expires under load is refused at once to each request sent with it
+// (every blob of a pull, many clients), and go-containerregistry renews
+// it for each, one login per request.
+const tokenReuse = 5 * time.Second
+
+// maxTokenAnswer bounds a token server's answer read to be shared.
+const maxTokenAnswer = 1 << 20
+
 func (t tokenLimits) RoundTrip(req *http.Request) (*http.Response, error) {
+	u := *req.URL
+	u.RawQuery = ""
+	if req.Method != http.MethodGet || t.tokenAt == "" || u.String() != t.tokenAt {
+		return t.roundTrip(req)
+	}
+	return t.shareToken(req)
+}
+
+// shareToken sends a token request once for the same ones (URL and
+// credentials) made meanwhile, and answers them again from its answer
+// for tokenReuse. One whose shared request was canceled (by the caller
+// that sent it, leaving) sends its own.
+func (t tokenLimits) shareToken(req *http.Request) (*http.Response, error) {
+	// The credentials by their hash: the key is kept.
+	creds := sha256.Sum256([]byte(req.Header.Get("Authorization")))
+	key := "\x00token " + req.URL.String() + " " + hex.EncodeToString(creds[:])
+	if a, ok := t.c.tokens.Get(key); ok && t.c.now().Sub(a.at) < tokenReuse {
+		return a.response(req), nil
+	}
+	v, err, shared := t.c.creating.Do(key, func() (any, error) {
+		resp, err := t.roundTrip(req)
+		if err != nil {
+			return nil, err
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(io.LimitReader(resp.Body, maxTokenAnswer))
+		if err != nil {
+			return nil, err
+		}
+		a := tokenAnswer{status: resp.StatusCode, header: resp.Header, body: body, at: t.c.now()}
+		var tok transport.Token
+		if a.status == http.StatusOK && json.Unmarshal(body, &tok) == nil {
+			if a.token = tok.Token; a.token == "" {
+				a.token = tok.AccessToken
+			}
+			t.c.tokens.Add(key, a)
+		}
+		return a, nil
+	})
+	if err != nil && shared && errors.Is(err, context.Canceled) && req.Context().Err() == nil {
+		return t.roundTrip(req)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return v.(tokenAnswer).response(req), nil
+}
+
+// forgetToken drops the token server's answers that gave tok, which the
+// registry refused (expired): the renewal that follows must ask anew.
+func (c *Client) forgetToken(tok string) {
+	for _, k := range c.tokens.Keys() {
+		if a, ok := c.tokens.Peek(k); ok && a.token == tok {
+			c.tokens.Remove(k)
+		}
+	}
+}
+
+// response is the answer to req, a body of its own.
+func (a tokenAnswer) response(req *http.Request) *http.Response {
+	return &http.Response{
+		Status: fmt.Sprintf("%d %s", a.status, http.StatusText(a.status)), StatusCode: a.status,
+		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: a.header.Clone(), Body: io.NopCloser(bytes.NewReader(a.body)), ContentLength: int64(len(a.body)),
+		Request: req,
+	}
+}
+
+func (t tokenLimits) roundTrip(req *http.Request) (*http.Response, error) {
 	toRealm := t.realm != nil && req.URL.Host == t.c.registry.RegistryStr() && req.URL.Path == standInPath
 	if toRealm {
 		req = req.Clone(req.Context())
@@ -656,6 +759,9 @@ func (t tokenLimits) RoundTrip(req *http.Request) (*http.Response, error) {
 			t.c.backOff(ra, http.StatusServiceUnavailable) // as statusError does
 		}
 	case http.StatusUnauthorized:
+		if tok, ok := strings.CutPrefix(req.Header.Get("Authorization"), "Bearer "); ok && !toRealm && req.URL.Host == t.c.registry.RegistryStr() {
+			t.c.forgetToken(tok)
+		}
 		h := resp.Header.Get("WWW-Authenticate")
 		if pr := parseChallenge(h); !toRealm && req.URL.Host == t.c.registry.RegistryStr() &&
 			strings.EqualFold(pr.Scheme, "bearer") && pr.Parameters["scope"] == "" {
