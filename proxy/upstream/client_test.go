@@ -7,8 +7,10 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -451,4 +453,54 @@ func TestRedirectTargetFailureAskedAgain(t *testing.T) {
 			}
 		})
 	}
+}
+
+// loginTransport is a registry at https://registry.test whose token
+// server (its /token) refuses every login (a wrong password), each once
+// gate is closed; it counts the logins.
+type loginTransport struct {
+	gate   chan struct{}
+	logins *atomic.Int64
+}
+
+func (l loginTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.URL.Path == "/token" {
+		l.logins.Add(1)
+		<-l.gate
+		return &http.Response{StatusCode: http.StatusUnauthorized, Header: http.Header{}, Body: http.NoBody, Request: r}, nil
+	}
+	h := http.Header{"Www-Authenticate": {`Bearer realm="https://registry.test/token",service="registry.test"`}}
+	return &http.Response{StatusCode: http.StatusUnauthorized, Header: h, Body: http.NoBody, Request: r}, nil
+}
+
+// TestConcurrentFirstLoginsOneAtATime: credentials the upstream has not
+// taken yet are tried by one token request at a time: a cold start of
+// many repositories at once (a prefetch, a CI fleet) with a mistyped
+// password sent one login per repository, all before the first refusal
+// was known, each a failed login toward the lock of the account. The
+// others wait for its answer, and then fail with its refusal.
+func TestConcurrentFirstLoginsOneAtATime(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const n = 6
+		var logins atomic.Int64
+		lt := loginTransport{gate: make(chan struct{}), logins: &logins}
+		c := errClient(t, "https://registry.test", WithTransport(lt), WithAuth(&authn.Basic{Username: "bot", Password: "typo"}))
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Go(func() {
+				if _, err := c.HeadManifest(t.Context(), fmt.Sprintf("team/app%d", i), v1); !errors.Is(err, ErrAuth) {
+					t.Errorf("team/app%d: %v, want ErrAuth", i, err)
+				}
+			})
+		}
+		synctest.Wait()
+		if got := logins.Load(); got != 1 {
+			t.Errorf("%d logins with credentials not yet taken were under way at once for %d repositories, want 1", got, n)
+		}
+		close(lt.gate)
+		wg.Wait()
+		if got := logins.Load(); got != 1 {
+			t.Errorf("%d logins for %d repositories in all, want 1 (the others failing with its refusal)", got, n)
+		}
+	})
 }

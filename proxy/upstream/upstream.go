@@ -72,6 +72,12 @@ type Client struct {
 	// guarded by refusedMu.
 	refusedMu    sync.Mutex
 	credsRefused refusal
+	// firstLogin, closed when it ends, is the token request with our
+	// credentials the others wait for until the upstream has taken them
+	// (loggedIn): login. Guarded by loginMu.
+	loginMu    sync.Mutex
+	firstLogin chan struct{}
+	loggedIn   atomic.Bool
 	// tokens keeps the token server's latest answers, by request, for
 	// tokenReuse (tokenLimits).
 	tokens *lru.Cache[string, tokenAnswer]
@@ -312,11 +318,8 @@ func (c *Client) transport(ctx context.Context, repo string) (http.RoundTripper,
 	if refused && c.now().Before(ref.until) {
 		return nil, ref.err
 	}
-	c.refusedMu.Lock()
-	all := c.credsRefused
-	c.refusedMu.Unlock()
-	if c.now().Before(all.until) {
-		return nil, all.err
+	if err := c.credentialsRefused(); err != nil {
+		return nil, err
 	}
 	v, err, _ := c.creating.Do(repo, func() (any, error) {
 		// The handshake must not die with the first client that asked.
@@ -338,6 +341,54 @@ func (c *Client) transport(ctx context.Context, repo string) (http.RoundTripper,
 	return v.(http.RoundTripper), nil
 }
 
+// credentialsRefused returns the upstream's refusal of our credentials
+// themselves, if it is recent (refuse), else nil.
+func (c *Client) credentialsRefused() error {
+	c.refusedMu.Lock()
+	all := c.credsRefused
+	c.refusedMu.Unlock()
+	if c.now().Before(all.until) {
+		return all.err
+	}
+	return nil
+}
+
+// login admits a token request with our credentials. While the upstream
+// has not taken them yet (loggedIn), the first one goes alone and the
+// others wait for its answer: many repositories pulled at once with a
+// wrong password (a cold start, a prefetch) cost one failed login, not
+// one each, the others failing with its refusal; any other answer lets
+// them go. release ends the first one's turn, once its refusal, if any,
+// is recorded.
+func (c *Client) login(ctx context.Context) (release func(), err error) {
+	if c.loggedIn.Load() || c.anonymous() {
+		return func() {}, nil
+	}
+	c.loginMu.Lock()
+	if first := c.firstLogin; first != nil {
+		c.loginMu.Unlock()
+		select {
+		case <-first:
+		case <-ctx.Done():
+			return nil, context.Cause(ctx)
+		}
+		return func() {}, c.credentialsRefused()
+	}
+	if err := c.credentialsRefused(); err != nil {
+		c.loginMu.Unlock()
+		return nil, err
+	}
+	first := make(chan struct{})
+	c.firstLogin = first
+	c.loginMu.Unlock()
+	return func() {
+		c.loginMu.Lock()
+		c.firstLogin = nil
+		c.loginMu.Unlock()
+		close(first)
+	}, nil
+}
+
 // refuse remembers that the upstream refused our credentials for repo,
 // until authRetryAfter from now, and drops repo's transport t (if not
 // nil) whose expired token they were refused for: the handshake after
@@ -357,6 +408,7 @@ func (c *Client) refuse(repo string, t http.RoundTripper, err error) {
 		c.refusedMu.Lock()
 		c.credsRefused = refusal{err: e, until: r.until}
 		c.refusedMu.Unlock()
+		c.loggedIn.Store(false)
 	}
 	if cur, ok := c.transports.Peek(repo); ok && t != nil && cur == t {
 		c.transports.Remove(repo)
@@ -509,31 +561,27 @@ func (c *Client) authorize(ctx context.Context, repo string, pa *pingAnswer) (ht
 	if u, err := url.Parse(pr.Parameters["realm"]); err == nil {
 		base.tokenAt = u.Scheme + "://" + u.Host + u.EscapedPath()
 	}
+	release, err := c.login(ctx)
+	if err != nil {
+		return nil, err
+	}
 	// The token server is the upstream's too: it has the client's timeout
 	// to answer, as the ping and every request have.
 	xctx, cancel := context.WithTimeoutCause(ctx, c.timeout, errTimeout)
 	defer cancel()
 	tok, err := transport.Exchange(xctx, c.registry, c.auth, base, []string{scope}, &pr)
 	if err != nil {
-		if errors.Is(context.Cause(xctx), errTimeout) {
-			e := c.newError(ping.kind, ping.what, 0, ErrUnavailable, err, "upstream %s's token server did not answer within %s", c.host, c.timeout)
-			e.Timeout = true
-			return nil, e
+		err = c.exchangeError(xctx, base, err)
+		if errors.Is(err, ErrAuth) {
+			c.refuse(repo, nil, err) // before the logins waiting are let go
 		}
-		var ue *url.Error
-		if errors.As(err, &ue) && !errors.Is(err, context.Canceled) {
-			// The token server is a host of its own (auth.docker.io), which
-			// a firewall may block while the upstream answered: it is the
-			// one to name.
-			if u, perr := url.Parse(ue.URL); perr == nil {
-				if base.realm != nil && u.Path == standInPath {
-					u = base.realm
-				}
-				return nil, c.newError(ping.kind, ping.what, 0, ErrUnavailable, err, "upstream %s's token server %s unreachable", c.host, u.Host)
-			}
-		}
-		return nil, c.transportError(ping, err)
+		release()
+		return nil, err
 	}
+	if !c.anonymous() {
+		c.loggedIn.Store(true)
+	}
+	release()
 	if tok.Token == "" {
 		// An answer in the OAuth2 form names it access_token only, and
 		// FromToken reads token: the requests would go without it, each
@@ -545,6 +593,30 @@ func (c *Client) authorize(ctx context.Context, repo string, pa *pingAnswer) (ht
 		return nil, c.transportError(ping, err)
 	}
 	return t, nil
+}
+
+// exchangeError maps the failure of a token request sent on xctx
+// through base.
+func (c *Client) exchangeError(xctx context.Context, base tokenLimits, err error) error {
+	ping := call{KindPing, "registry ping"}
+	if errors.Is(context.Cause(xctx), errTimeout) {
+		e := c.newError(ping.kind, ping.what, 0, ErrUnavailable, err, "upstream %s's token server did not answer within %s", c.host, c.timeout)
+		e.Timeout = true
+		return e
+	}
+	var ue *url.Error
+	if errors.As(err, &ue) && !errors.Is(err, context.Canceled) {
+		// The token server is a host of its own (auth.docker.io), which
+		// a firewall may block while the upstream answered: it is the
+		// one to name.
+		if u, perr := url.Parse(ue.URL); perr == nil {
+			if base.realm != nil && u.Path == standInPath {
+				u = base.realm
+			}
+			return c.newError(ping.kind, ping.what, 0, ErrUnavailable, err, "upstream %s's token server %s unreachable", c.host, u.Host)
+		}
+	}
+	return c.transportError(ping, err)
 }
 
 // keychainBasic is the transport of a basic-auth upstream's repository
