@@ -504,3 +504,51 @@ func TestConcurrentFirstLoginsOneAtATime(t *testing.T) {
 		}
 	})
 }
+
+// basicLoginTransport is a registry of basic auth at https://registry.test
+// that refuses every request carrying credentials (a wrong password),
+// each once gate is closed; it counts them.
+type basicLoginTransport struct {
+	gate chan struct{}
+	sent *atomic.Int64
+}
+
+func (l basicLoginTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if _, _, ok := r.BasicAuth(); ok {
+		l.sent.Add(1)
+		<-l.gate
+	}
+	h := http.Header{"Www-Authenticate": {`Basic realm="test"`}}
+	return &http.Response{StatusCode: http.StatusUnauthorized, Header: h, Body: http.NoBody, Request: r}, nil
+}
+
+// TestConcurrentFirstBasicLoginsOneAtATime: a registry of basic auth
+// (Nexus, Artifactory) gets credentials it has not taken yet with one
+// request at a time, as a token server does (TestConcurrentFirstLoginsOneAtATime):
+// many repositories pulled at once with a mistyped password sent them
+// with every first request, all before the first refusal was known.
+func TestConcurrentFirstBasicLoginsOneAtATime(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const n = 6
+		var sent atomic.Int64
+		lt := basicLoginTransport{gate: make(chan struct{}), sent: &sent}
+		c := errClient(t, "https://registry.test", WithTransport(lt), WithAuth(&authn.Basic{Username: "bot", Password: "typo"}))
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Go(func() {
+				if _, err := c.HeadManifest(t.Context(), fmt.Sprintf("team/app%d", i), v1); !errors.Is(err, ErrAuth) {
+					t.Errorf("team/app%d: %v, want ErrAuth", i, err)
+				}
+			})
+		}
+		synctest.Wait()
+		if got := sent.Load(); got != 1 {
+			t.Errorf("%d requests carried credentials not yet taken at once for %d repositories, want 1", got, n)
+		}
+		close(lt.gate)
+		wg.Wait()
+		if got := sent.Load(); got != 1 {
+			t.Errorf("%d requests carried the refused credentials for %d repositories in all, want 1", got, n)
+		}
+	})
+}

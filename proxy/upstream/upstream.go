@@ -353,15 +353,16 @@ func (c *Client) credentialsRefused() error {
 	return nil
 }
 
-// login admits a token request with our credentials. While the upstream
-// has not taken them yet (loggedIn), the first one goes alone and the
-// others wait for its answer: many repositories pulled at once with a
-// wrong password (a cold start, a prefetch) cost one failed login, not
-// one each, the others failing with its refusal; any other answer lets
-// them go. release ends the first one's turn, once its refusal, if any,
-// is recorded.
-func (c *Client) login(ctx context.Context) (release func(), err error) {
-	if c.loggedIn.Load() || c.anonymous() {
+// login admits a request with our credentials: a token request, or a
+// request to a registry of basic auth. While the upstream has not taken
+// them yet (loggedIn), the first one goes alone and the others wait for
+// its answer: many repositories pulled at once with a wrong password (a
+// cold start, a prefetch) cost one failed login, not one each, the others
+// failing with its refusal; any other answer lets them go. release ends
+// the first one's turn, once its refusal, if any, is recorded. Without
+// credentials (anonymous) every request goes at once.
+func (c *Client) login(ctx context.Context, anonymous bool) (release func(), err error) {
+	if c.loggedIn.Load() || anonymous {
 		return func() {}, nil
 	}
 	c.loginMu.Lock()
@@ -561,7 +562,7 @@ func (c *Client) authorize(ctx context.Context, repo string, pa *pingAnswer) (ht
 	if u, err := url.Parse(pr.Parameters["realm"]); err == nil {
 		base.tokenAt = u.Scheme + "://" + u.Host + u.EscapedPath()
 	}
-	release, err := c.login(ctx)
+	release, err := c.login(ctx, c.anonymous())
 	if err != nil {
 		return nil, err
 	}
@@ -1020,6 +1021,20 @@ func (c *Client) doWarming(ctx context.Context, repo string, req *http.Request, 
 		}
 		return nil, err
 	}
+	if sendsBasic(t) {
+		// Our credentials go with the request: the first to send them
+		// goes alone until the upstream has taken them (login), and
+		// its refusal, if any, is recorded before the others go.
+		kb, ok := t.(*keychainBasic)
+		release, err := c.login(ctx, ok && kb.cfg == authn.AuthConfig{})
+		if err != nil {
+			if ctx.Err() == nil {
+				c.noteAnswer(nil, err)
+			}
+			return nil, err
+		}
+		defer release()
+	}
 	if warm > 0 {
 		c.Warm(warm)
 	}
@@ -1055,6 +1070,9 @@ func (c *Client) doWarming(ctx context.Context, repo string, req *http.Request, 
 			c.noteAnswer(nil, err)
 		}
 		return nil, err
+	}
+	if sendsBasic(t) && resp.StatusCode != http.StatusUnauthorized {
+		c.loggedIn.Store(true)
 	}
 	for _, s := range ok {
 		if resp.StatusCode == s {
