@@ -1423,3 +1423,18 @@ func TestMergeKeyRefusedSayingSo(t *testing.T) {
 		t.Errorf("storage.s3 = %v", params)
 	}
 }
+
+// An empty DOCKER_MIRROR_CONFIG (a compose file's ${CONFIG_FILE} with the
+// variable unset) won over --config and silently dropped the file: the
+// mirror ran on the defaults, its upstreams and credentials gone, where
+// every other empty variable is refused naming it. It is refused too.
+func TestEmptyConfigVariableRefused(t *testing.T) {
+	file := writeFile(t, "listen: \":6003\"\n")
+	c, err := resolve(t, []string{"--config", file}, map[string]string{"DOCKER_MIRROR_CONFIG": ""})
+	if err == nil || !strings.HasPrefix(err.Error(), "DOCKER_MIRROR_CONFIG: ") {
+		t.Fatalf("--config %s with DOCKER_MIRROR_CONFIG empty: listen %q, error %v; want it refused naming DOCKER_MIRROR_CONFIG", file, c.Listen, err)
+	}
+	if _, err := resolve(t, nil, map[string]string{"DOCKER_MIRROR_CONFIG": " "}); err == nil {
+		t.Errorf("DOCKER_MIRROR_CONFIG blank: no error")
+	}
+}

@@ -249,6 +249,10 @@ func (f *Flags) Resolve(lookup func(string) (string, bool)) (Config, error) {
 	c := Default()
 	file := f.file
 	if v, ok := lookup(configEnv); ok {
+		if strings.TrimSpace(v) == "" {
+			// Taken as no file, it would drop --config's silently.
+			return Config{}, fmt.Errorf("%s: empty (name the configuration file, or unset it)", configEnv)
+		}
 		file = v // the environment wins over flags, for --config too
 	}
 	o := origins{file: file, setBy: map[string]string{}}
