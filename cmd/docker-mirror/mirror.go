@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 
 	"golang.org/x/sync/errgroup"
@@ -46,6 +47,10 @@ func mirrorCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 	}
 	if msg, ok := boolValueApart(fs, args); ok {
 		fmt.Fprintf(stderr, "docker-mirror mirror: %s\n", msg)
+		return exitUsage
+	}
+	if f, ok := serveOnlySet(fs); ok {
+		fmt.Fprintf(stderr, "docker-mirror mirror: --%s: only serve takes it (mirror runs no server and keeps no store); leave it out\n", f)
 		return exitUsage
 	}
 	images := fs.Args()
@@ -91,6 +96,24 @@ func mirrorCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 		return 1
 	}
 	return 0
+}
+
+// serveOnly are the flags only a server uses. Given to mirror they were
+// silently ignored; in a config file mirror shares with serve they are
+// left alone.
+var serveOnly = []string{"listen", "data", "max-size", "evict-after", "tls-cert", "tls-key",
+	"shutdown-timeout", "header-timeout", "readyz-fail-when-full", "prefetch-max-images",
+	"cluster-self", "cluster-peer", "cluster-peers-dns", "cluster-secret-file"}
+
+// serveOnlySet returns the first serve-only flag set on the command line.
+func serveOnlySet(fs *flag.FlagSet) (string, bool) {
+	var set string
+	fs.Visit(func(f *flag.Flag) {
+		if set == "" && slices.Contains(serveOnly, f.Name) {
+			set = f.Name
+		}
+	})
+	return set, set != ""
 }
 
 // defaultJobs is how many images mirror copies at the same time. Each

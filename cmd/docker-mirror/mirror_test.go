@@ -983,3 +983,26 @@ func TestMirrorCommandAgainDestinationManifestDamaged(t *testing.T) {
 	}
 	wantAt(t, e.dest, "area51/jenkins", "2.4", e.single.Manifest, e.single.MediaType)
 }
+
+// A flag only a server uses, given to mirror (--max-size to bound what it
+// copies, --listen, --data), was silently ignored: the copy ran as if it
+// were not given. It is refused, exit 2, on one line naming it, and
+// nothing is copied; the same keys in a config file are still left alone
+// (TestMirrorCommandServeConfig).
+func TestMirrorCommandServeOnlyFlag(t *testing.T) {
+	e := newMirrorEnv(t)
+	for _, args := range [][]string{
+		{"--max-size", "10GiB", "hello-world"},
+		{"--listen", ":6000", "hello-world"},
+		{"--data", t.TempDir(), "hello-world"},
+		{"--evict-after", "24h", "hello-world"},
+	} {
+		code, stdout, stderr := e.mirror(t, args...)
+		if code != 2 || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, args[0]) {
+			t.Errorf("%v: exit %d, stderr %q; want 2 and one line naming %s\nstdout:\n%s", args, code, stderr, args[0], stdout)
+		}
+	}
+	if w := writes(e.dest.Requests()); len(w) != 0 {
+		t.Errorf("the destination was written to: %d requests", len(w))
+	}
+}
