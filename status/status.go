@@ -141,26 +141,36 @@ type Traffic struct {
 
 // Status is the answer of GET /api/v1/status.
 type Status struct {
-	Version     string             `json:"version"`
-	Now         time.Time          `json:"now"`
-	Started     time.Time          `json:"started"`
-	Uptime      float64            `json:"uptime_seconds"`
-	Store       Store              `json:"store"`
-	Traffic     Traffic            `json:"traffic"`
-	Upstreams   []Upstream         `json:"upstreams"`
-	Destination *Destination       `json:"destination,omitempty"`
-	Peers       []PeerState        `json:"peers,omitempty"`
-	Images      int                `json:"images"`
-	Downloads   []proxy.Download   `json:"downloads"`
-	FillQueue   []proxy.QueuedFill `json:"fill_queue"`
-	Jobs        []Job              `json:"jobs"`
-	Failures    []proxy.Failure    `json:"failures"`
+	Version     string       `json:"version"`
+	Now         time.Time    `json:"now"`
+	Started     time.Time    `json:"started"`
+	Uptime      float64      `json:"uptime_seconds"`
+	Store       Store        `json:"store"`
+	Traffic     Traffic      `json:"traffic"`
+	Upstreams   []Upstream   `json:"upstreams"`
+	Destination *Destination `json:"destination,omitempty"`
+	Peers       []PeerState  `json:"peers,omitempty"`
+	Images      int          `json:"images"`
+	// Downloads are the oldest activityShown blob downloads in progress,
+	// of DownloadsTotal; FillQueue the first activityShown background
+	// fills, of FillQueueTotal.
+	Downloads      []proxy.Download   `json:"downloads"`
+	DownloadsTotal int                `json:"downloads_total"`
+	FillQueue      []proxy.QueuedFill `json:"fill_queue"`
+	FillQueueTotal int                `json:"fill_queue_total"`
+	Jobs           []Job              `json:"jobs"`
+	Failures       []proxy.Failure    `json:"failures"`
 	// Admin: the caller may use the actions.
 	Admin bool `json:"admin"`
 }
 
 // jobsShown is how many recent jobs the status lists.
 const jobsShown = 20
+
+// activityShown is how many downloads and queued fills the status lists:
+// a burst of misses runs hundreds, and the page reloads them every 5
+// seconds.
+const activityShown = 10
 
 // jobImagesShown is how many images of a job the status lists: a job may
 // hold prefetch_max_images (1,000 by default), and the page reloads the
@@ -203,6 +213,8 @@ func (h *Handler) status(ctx context.Context, r *http.Request) (*Status, error) 
 	p, now := h.d.Proxy, h.d.Now()
 	s := &Status{Version: h.d.Version, Now: now, Started: p.Started(), Uptime: now.Sub(p.Started()).Seconds(),
 		Downloads: p.Downloads(), FillQueue: p.FillQueue(), Failures: p.Failures(), Admin: h.admin(r)}
+	s.DownloadsTotal, s.FillQueueTotal = len(s.Downloads), len(s.FillQueue)
+	s.Downloads, s.FillQueue = s.Downloads[:min(len(s.Downloads), activityShown)], s.FillQueue[:min(len(s.FillQueue), activityShown)]
 	s.Store = Store{Kind: h.d.StoreKind, Used: h.d.Index.StoredBytes(), MaxSize: h.d.MaxSize, Full: p.StoreFull()}
 	if err := p.WritesRefused(); err != nil {
 		s.Store.RefusesWrites = err.Error()
