@@ -54,6 +54,10 @@ func adminCommand(name, synopsis string, args []string, stdout, stderr io.Writer
 	if code, ok := parseFlags(fs, args, synopsis, stdout, stderr); !ok {
 		return cfg, code, false
 	}
+	if f, ok := serveOnlySet(fs, "data"); ok {
+		fmt.Fprintf(stderr, "docker-mirror %s: --%s: only serve takes it (%s works on a stopped server's --data); leave it out\n", name, f, name)
+		return cfg, exitUsage, false
+	}
 	cfg, err := flags.Resolve(os.LookupEnv)
 	if err != nil {
 		fmt.Fprintf(stderr, "docker-mirror %s: %v\n", name, err)

@@ -321,3 +321,24 @@ func TestAdminMemorySettings(t *testing.T) {
 		t.Errorf("memory limit %d after gc --memory-limit 448MiB; want %d", got, 448<<20)
 	}
 }
+
+// gc --max-size 1GiB (or --evict-after 720h), as if gc evicted down to
+// it, removed only the unreferenced content and said "2 images kept", the
+// flag silently ignored: the offline commands bind every flag of serve.
+// A flag only a server uses is refused, exit 2, on one line naming it,
+// before the data directory is opened.
+func TestAdminServeOnlyFlag(t *testing.T) {
+	dir, _, _ := dataDir(t)
+	for _, args := range [][]string{
+		{"gc", "--data", dir, "--max-size", "1GiB"},
+		{"gc", "--data", dir, "--evict-after", "720h"},
+		{"ls", "--data", dir, "--listen", ":6000"},
+		{"verify", "--data", dir, "--tls-cert", "/etc/cert.pem"},
+	} {
+		flag := args[3]
+		code, out, stderr := runAdmin(t, args...)
+		if code != 2 || out != "" || !strings.Contains(stderr, flag) || strings.Count(stderr, "\n") != 1 {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q; want 2 and one line naming %s", args, code, out, stderr, flag)
+		}
+	}
+}

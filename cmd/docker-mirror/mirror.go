@@ -98,18 +98,20 @@ func mirrorCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 	return 0
 }
 
-// serveOnly are the flags only a server uses. Given to mirror they were
-// silently ignored; in a config file mirror shares with serve they are
-// left alone.
+// serveOnly are the flags only a server uses (mirror and the offline
+// commands bind every flag of serve). Given to another command they were
+// silently ignored; in a config file it shares with serve they are left
+// alone.
 var serveOnly = []string{"listen", "data", "max-size", "evict-after", "tls-cert", "tls-key",
 	"shutdown-timeout", "header-timeout", "readyz-fail-when-full", "prefetch-max-images",
 	"cluster-self", "cluster-peer", "cluster-peers-dns", "cluster-secret-file"}
 
-// serveOnlySet returns the first serve-only flag set on the command line.
-func serveOnlySet(fs *flag.FlagSet) (string, bool) {
+// serveOnlySet returns the first serve-only flag set on the command line,
+// but for those the command takes (except).
+func serveOnlySet(fs *flag.FlagSet, except ...string) (string, bool) {
 	var set string
 	fs.Visit(func(f *flag.Flag) {
-		if set == "" && slices.Contains(serveOnly, f.Name) {
+		if set == "" && slices.Contains(serveOnly, f.Name) && !slices.Contains(except, f.Name) {
 			set = f.Name
 		}
 	})
