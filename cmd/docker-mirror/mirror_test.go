@@ -1006,3 +1006,32 @@ func TestMirrorCommandServeOnlyFlag(t *testing.T) {
 		t.Errorf("the destination was written to: %d requests", len(w))
 	}
 }
+
+// A destination whose proxy refuses writes with a large HTML page (a
+// WAF's or a gateway's 403, no OCI error body) had the whole page, up to
+// 64 KiB, in the image's "failed:" line, in the status's
+// store.refuses_writes and in each failure. Its words are cut, saying how
+// much was cut.
+func TestMirrorCommandLongRefusalCut(t *testing.T) {
+	e := newMirrorEnv(t)
+	page := "<html><body>" + strings.Repeat("<p>Request blocked by the web application firewall.</p>\n", 1000) + "</body></html>"
+	e.dest = fixture.StartDestination(t, map[string]string{destUser: destPassword}, fixture.WithFrontEnd(func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodGet || r.Method == http.MethodHead {
+				next.ServeHTTP(w, r)
+				return
+			}
+			w.Header().Set("Content-Type", "text/html")
+			w.WriteHeader(http.StatusForbidden)
+			_, _ = w.Write([]byte(page))
+		})
+	}))
+	code, stdout, stderr := e.mirror(t, "area51/jenkins:2.4")
+	if code != 1 {
+		t.Fatalf("exit %d; want 1\nstderr:\n%s", code, stderr)
+	}
+	m := regexp.MustCompile(`(?m)^area51/jenkins:2\.4: failed: (.*)$`).FindStringSubmatch(stdout)
+	if m == nil || !strings.Contains(m[1], "Request blocked") || len(stdout) > 4<<10 {
+		t.Errorf("stdout: %d bytes, %d lines; want the destination's words cut, to at most %d bytes\n%.1000s", len(stdout), strings.Count(stdout, "\n"), 4<<10, stdout)
+	}
+}
