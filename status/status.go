@@ -13,6 +13,7 @@ package status
 import (
 	"context"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/docker-mirror/docker-mirror/lifecycle"
@@ -68,6 +69,7 @@ type Handler struct {
 	d       Deps
 	catalog *catalog
 	dest    *destCheck
+	jobs    jobSummaries
 }
 
 // New returns the status page of a mirror.
@@ -191,7 +193,9 @@ type Job struct {
 
 // summarize returns j as the status shows it.
 func summarize(j *storage.Job) Job {
-	out := Job{Job: j, Images: []storage.JobImage{}, ImagesTotal: len(j.Images), ImageStates: map[string]int{}}
+	header := *j
+	header.Images = nil // shown as out.Images
+	out := Job{Job: &header, Images: []storage.JobImage{}, ImagesTotal: len(j.Images), ImageStates: map[string]int{}}
 	for _, im := range j.Images {
 		out.ImageStates[im.State]++
 	}
@@ -206,6 +210,43 @@ func summarize(j *storage.Job) Job {
 		}
 	}
 	return out
+}
+
+// jobSummaries keeps the summaries of the finished jobs the status lists,
+// by ID: a finished job does not change, and reading one whole decodes
+// every image (1,000 a job), each poll of every open page.
+type jobSummaries struct {
+	mu sync.Mutex
+	m  map[string]Job
+}
+
+// recentJobs returns the latest jobsShown jobs summarized: those running
+// with their live progress, the finished ones read once.
+func (h *Handler) recentJobs() ([]Job, error) {
+	headers, err := h.d.Index.JobHeaders(jobsShown)
+	if err != nil {
+		return nil, err
+	}
+	h.jobs.mu.Lock()
+	defer h.jobs.mu.Unlock()
+	kept := make(map[string]Job, len(headers))
+	out := make([]Job, len(headers))
+	for i, hd := range headers {
+		if c, ok := h.jobs.m[hd.ID]; ok && hd.Finished() && c.State == hd.State && c.UpdatedAt.Equal(hd.UpdatedAt) {
+			out[i], kept[hd.ID] = c, c
+			continue
+		}
+		j, err := h.d.Proxy.Job(hd.ID) // live progress, or the whole record
+		if err != nil {
+			j = hd
+		}
+		out[i] = summarize(j)
+		if j.Finished() {
+			kept[hd.ID] = out[i]
+		}
+	}
+	h.jobs.m = kept
+	return out, nil
 }
 
 // status collects the state of everything.
@@ -235,14 +276,11 @@ func (h *Handler) status(ctx context.Context, r *http.Request) (*Status, error) 
 	if h.d.Peers != nil {
 		s.Peers = h.d.Peers()
 	}
-	jobs, err := p.Jobs(jobsShown)
+	jobs, err := h.recentJobs()
 	if err != nil {
 		return nil, err
 	}
-	s.Jobs = make([]Job, len(jobs))
-	for i, j := range jobs {
-		s.Jobs[i] = summarize(j)
-	}
+	s.Jobs = jobs
 	cat := h.catalog.latest()
 	if cat == nil {
 		if cat, err = h.catalog.get(ctx); err != nil {

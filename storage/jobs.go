@@ -339,6 +339,26 @@ func (ix *Index) Jobs(limit int) ([]*Job, error) {
 	return out, err
 }
 
+// JobHeaders returns up to limit jobs, newest first, without reading
+// their images (a job recorded with its images in its header has them):
+// what a caller that keeps the finished jobs it read needs to see which
+// changed.
+func (ix *Index) JobHeaders(limit int) ([]*Job, error) {
+	var out []*Job
+	err := ix.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketJobs).Cursor()
+		for k, v := c.Last(); k != nil && len(out) < limit; k, v = c.Prev() {
+			var j Job
+			if err := json.Unmarshal(v, &j); err != nil {
+				return fmt.Errorf("index: corrupt job %q: %w", k, err)
+			}
+			out = append(out, &j)
+		}
+		return nil
+	})
+	return out, err
+}
+
 // UnfinishedJobs returns the jobs that were queued or running, e.g. when
 // the process stopped; they are resumed at start.
 func (ix *Index) UnfinishedJobs() ([]*Job, error) {
