@@ -1438,3 +1438,33 @@ func TestEmptyConfigVariableRefused(t *testing.T) {
 		t.Errorf("DOCKER_MIRROR_CONFIG blank: no error")
 	}
 }
+
+// An empty variable of a key whose value is a name (a compose file's
+// DOCKER_MIRROR_DESTINATION: ${DEST} with DEST unset) cleared the file's
+// setting silently: the mirror stored into ./data instead of the
+// destination registry, or served plain HTTP where the file names a TLS
+// pair, where an empty DOCKER_MIRROR_TAG_TTL is refused naming it. Every
+// empty variable is refused so.
+func TestEmptyVariableRefused(t *testing.T) {
+	dir := t.TempDir()
+	for _, f := range []string{"cert.pem", "key.pem"} {
+		if err := os.WriteFile(filepath.Join(dir, f), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	file := writeFile(t, "destination:\n  url: https://registry.example.com/mirror\n")
+	tls := writeFile(t, "tls_cert: "+filepath.Join(dir, "cert.pem")+"\ntls_key: "+filepath.Join(dir, "key.pem")+"\n")
+	for _, tt := range []struct {
+		file string
+		env  map[string]string
+	}{
+		{file, map[string]string{"DOCKER_MIRROR_DESTINATION": ""}},
+		{file, map[string]string{"DOCKER_MIRROR_DESTINATION_CA_FILE": " "}},
+		{tls, map[string]string{"DOCKER_MIRROR_TLS_CERT": "", "DOCKER_MIRROR_TLS_KEY": ""}},
+	} {
+		c, err := resolve(t, []string{"--config", tt.file}, tt.env)
+		if err == nil || !strings.Contains(err.Error(), "DOCKER_MIRROR_") || !strings.Contains(err.Error(), "empty") {
+			t.Errorf("%v: destination %q, TLS %q, error %v; want it refused naming the variable", tt.env, c.Destination.URL, c.TLSCert, err)
+		}
+	}
+}

@@ -301,6 +301,12 @@ func (f *Flags) Resolve(lookup func(string) (string, bool)) (Config, error) {
 		if env == "" {
 			continue
 		}
+		if strings.TrimSpace(v) == "" && !k.list {
+			// A name's key set empty is none: the file's setting would
+			// be dropped silently (a compose file's ${VAR} unset). A
+			// list refuses its empty element itself.
+			return Config{}, fmt.Errorf("%s: empty (give a value, or unset it)", env)
+		}
 		vals := []string{v}
 		if k.list {
 			vals = strings.Split(v, ",")
