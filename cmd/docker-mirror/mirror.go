@@ -73,6 +73,7 @@ func mirrorCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 		fmt.Fprintf(stderr, "docker-mirror mirror: --jobs: invalid value %d (want 1 or more)\n", *jobs)
 		return exitUsage
 	}
+	applyMemoryLimit(cfg) // a copy of many images builds the heap a server's fills do
 	var d display
 	logOut := stderr
 	if !*dryRun {

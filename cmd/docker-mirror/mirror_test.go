@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -1033,5 +1034,21 @@ func TestMirrorCommandLongRefusalCut(t *testing.T) {
 	m := regexp.MustCompile(`(?m)^area51/jenkins:2\.4: failed: (.*)$`).FindStringSubmatch(stdout)
 	if m == nil || !strings.Contains(m[1], "Request blocked") || len(stdout) > 4<<10 {
 		t.Errorf("stdout: %d bytes, %d lines; want the destination's words cut, to at most %d bytes\n%.1000s", len(stdout), strings.Count(stdout, "\n"), 4<<10, stdout)
+	}
+}
+
+// mirror --memory-limit 448MiB (a copy of many images in a container
+// with little memory) was ignored: mirror set no memory limit, as serve
+// and the offline commands do.
+func TestMirrorCommandMemoryLimit(t *testing.T) {
+	old := debug.SetMemoryLimit(-1)
+	t.Cleanup(func() { debug.SetMemoryLimit(old) })
+	e := newMirrorEnv(t)
+	code, stdout, stderr := e.mirror(t, "--memory-limit", "448MiB", "area51/jenkins:2.4")
+	if code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+	if got := debug.SetMemoryLimit(-1); got != 448<<20 {
+		t.Errorf("memory limit %d after mirror --memory-limit 448MiB; want %d", got, 448<<20)
 	}
 }
