@@ -92,7 +92,11 @@ func parseFlags(fs *flag.FlagSet, args []string, synopsis string, stdout, stderr
 	if errors.Is(err, flag.ErrHelp) {
 		fs.SetOutput(stdout)
 		fmt.Fprintf(stdout, "Usage: %s\n\nFlags:\n", synopsis)
-		fs.PrintDefaults()
+		if fs.Name() == "serve" {
+			fs.PrintDefaults()
+		} else {
+			printFlags(fs, "data") // the offline commands work on --data
+		}
 		return 0, false
 	}
 	if err != nil {

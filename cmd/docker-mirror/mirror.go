@@ -38,7 +38,7 @@ func mirrorCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 			"http://HOST:PORT/PREFIX means a plain-HTTP destination. The password comes from\n"+
 			"DOCKER_MIRROR_DESTINATION_PASSWORD or the config file, the username (needed with\n"+
 			"it) from the config file: destination: {username: NAME}.\n\nFlags:\n")
-		fs.PrintDefaults()
+		printFlags(fs)
 		return 0
 	}
 	if err != nil {
@@ -117,6 +117,20 @@ func serveOnlySet(fs *flag.FlagSet, except ...string) (string, bool) {
 		}
 	})
 	return set, set != ""
+}
+
+// printFlags prints the help of fs's flags but those only serve takes
+// (serveOnly, but for except), which the command refuses.
+func printFlags(fs *flag.FlagSet, except ...string) {
+	shown := flag.NewFlagSet(fs.Name(), flag.ContinueOnError)
+	shown.SetOutput(fs.Output())
+	fs.VisitAll(func(f *flag.Flag) {
+		if !slices.Contains(serveOnly, f.Name) || slices.Contains(except, f.Name) {
+			shown.Var(f.Value, f.Name, f.Usage)
+			shown.Lookup(f.Name).DefValue = f.DefValue
+		}
+	})
+	shown.PrintDefaults()
 }
 
 // defaultJobs is how many images mirror copies at the same time. Each

@@ -1052,3 +1052,24 @@ func TestMirrorCommandMemoryLimit(t *testing.T) {
 		t.Errorf("memory limit %d after mirror --memory-limit 448MiB; want %d", got, 448<<20)
 	}
 }
+
+// mirror --help, gc --help, ls --help and verify --help listed every
+// flag of serve, those only a server takes (--listen, --max-size,
+// --cluster-self, ...) among them, which they refuse
+// (TestMirrorCommandServeOnlyFlag, TestAdminServeOnlyFlag).
+func TestHelpListsNoServeOnlyFlag(t *testing.T) {
+	for _, cmd := range []string{"mirror", "gc", "ls", "verify"} {
+		code, stdout, _ := runCmd(t, context.Background(), cmd, "--help")
+		if code != 0 || !strings.Contains(stdout, "-upstream") {
+			t.Fatalf("%s --help: exit %d\n%s", cmd, code, stdout)
+		}
+		for _, f := range serveOnly {
+			if f == "data" && cmd != "mirror" {
+				continue
+			}
+			if regexp.MustCompile(`(?m)^\s+-` + f + `\b`).MatchString(stdout) {
+				t.Errorf("%s --help lists -%s, which it refuses", cmd, f)
+			}
+		}
+	}
+}
