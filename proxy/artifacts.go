@@ -97,8 +97,7 @@ func (p *Proxy) storeReferrersOrDue(ctx context.Context, t target, subjects []di
 const ArtifactsRecheck = 15 * time.Minute
 
 // maxArtifactChecks bounds the images whose last recheck is remembered;
-// one forgotten is rechecked at its next revalidation, or its next pull
-// by digest.
+// one forgotten counts from its manifest's fetch, when its fill looked.
 const maxArtifactChecks = 1 << 14
 
 // recheckArtifacts looks for the artifacts of the image dgst (the root a
@@ -110,7 +109,16 @@ func (p *Proxy) recheckArtifacts(ctx context.Context, t target, dgst digest.Dige
 	if !p.referrersFor(t) {
 		return
 	}
-	if last, ok := p.artifactChecks.Get(fillKey(t, dgst)); ok && p.now().Sub(last) < ArtifactsRecheck {
+	last, ok := p.artifactChecks.Get(fillKey(t, dgst))
+	if !ok {
+		// Not remembered (a restart, or more images than remembered):
+		// the fill that fetched the manifest looked then, so a pull
+		// just after a restart asks the upstream nothing new.
+		if rec, found, err := p.index.Manifest(dgst); err == nil && found {
+			last = rec.FetchedAt
+		}
+	}
+	if p.now().Sub(last) < ArtifactsRecheck {
 		return
 	}
 	p.background(ctx, fillKey(t, dgst)+" referrers", func(ctx context.Context) error {
