@@ -1,7 +1,12 @@
-// Package redact hides credentials in text meant for errors and logs.
+// Package redact makes text meant for errors and logs fit to show:
+// credentials hidden, and another party's words on one bounded line.
 package redact
 
-import "strings"
+import (
+	"strconv"
+	"strings"
+	"unicode/utf8"
+)
 
 // URL returns s, a URL or something meant to be one (it need not parse),
 // with its userinfo replaced by "xxxxx": the user name too, which may be
@@ -18,4 +23,20 @@ func URL(s string) string {
 		return s
 	}
 	return s[:start] + "xxxxx" + s[start+at:]
+}
+
+// Line returns s, words another party chose (an upstream's error
+// message, a gateway's HTML page), on one line and cut to at most max
+// bytes on a UTF-8 boundary, saying how much was cut: it is shown in the
+// status page's failures, stored with a job, and printed by the CLI.
+func Line(s string, max int) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) <= max {
+		return s
+	}
+	cut := max
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "...[truncated " + strconv.Itoa(len(s)-cut) + " bytes]"
 }

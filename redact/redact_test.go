@@ -17,3 +17,21 @@ func TestURL(t *testing.T) {
 		}
 	}
 }
+
+func TestLine(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		max  int
+		want string
+	}{
+		{"short", 10, "short"},
+		{"<html>\n  <body>denied</body>\n</html>\n", 100, "<html> <body>denied</body> </html>"},
+		{"abcdefghij", 4, "abcd...[truncated 6 bytes]"},
+		// Not in the middle of a character: é is two bytes.
+		{"abcé", 4, "abc...[truncated 2 bytes]"},
+	} {
+		if got := Line(c.in, c.max); got != c.want {
+			t.Errorf("Line(%q, %d) = %q, want %q", c.in, c.max, got, c.want)
+		}
+	}
+}

@@ -30,7 +30,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -41,6 +40,7 @@ import (
 
 	"github.com/docker-mirror/docker-mirror/httprange"
 	"github.com/docker-mirror/docker-mirror/oci"
+	"github.com/docker-mirror/docker-mirror/redact"
 )
 
 // MaxConnsPerHost caps the connections to one upstream host.
@@ -1239,7 +1239,7 @@ func (c *Client) statusError(resp *http.Response, r call) error {
 	_ = json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&body)
 	var code, msg, upMsg string
 	if len(body.Errors) > 0 {
-		code, msg = body.Errors[0].Code, clipMessage(body.Errors[0].Message)
+		code, msg = body.Errors[0].Code, redact.Line(body.Errors[0].Message, maxMessage)
 		upMsg = ": " + msg
 	}
 	st := resp.StatusCode
@@ -1281,19 +1281,6 @@ func (c *Client) statusError(resp *http.Response, r call) error {
 // shown in the status page's failures, its upstream's last error and a
 // job's images, and stored with the job.
 const maxMessage = 1 << 10
-
-// clipMessage returns msg cut to maxMessage bytes (on a UTF-8 boundary),
-// saying how much was cut.
-func clipMessage(msg string) string {
-	if len(msg) <= maxMessage {
-		return msg
-	}
-	cut := maxMessage
-	for cut > 0 && !utf8.RuneStart(msg[cut]) {
-		cut--
-	}
-	return msg[:cut] + "...[truncated " + strconv.Itoa(len(msg)-cut) + " bytes]"
-}
 
 // Manifest is a manifest as the upstream sent it.
 type Manifest struct {

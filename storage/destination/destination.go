@@ -28,12 +28,10 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"github.com/docker-mirror/docker-mirror/redact"
 
@@ -438,7 +436,7 @@ func (e *destError) Error() string {
 	if e.err == nil {
 		return e.msg
 	}
-	return e.msg + ": " + causeText(e.err)
+	return e.msg + ": " + redact.Line(e.err.Error(), maxCause)
 }
 
 // maxCause bounds the text of a destination error's cause: a gateway's
@@ -446,20 +444,6 @@ func (e *destError) Error() string {
 // body that is not an OCI error whole), shown in the status page's
 // failures and store.refuses_writes and in mirror's "failed:" line.
 const maxCause = 1 << 10
-
-// causeText returns err's text on one line, cut to maxCause bytes (on a
-// UTF-8 boundary), saying how much was cut.
-func causeText(err error) string {
-	s := strings.Join(strings.Fields(err.Error()), " ")
-	if len(s) <= maxCause {
-		return s
-	}
-	cut := maxCause
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut] + "...[truncated " + strconv.Itoa(len(s)-cut) + " bytes]"
-}
 
 func (e *destError) Unwrap() []error {
 	errs := []error{storage.ErrUnavailable}
