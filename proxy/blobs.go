@@ -249,7 +249,11 @@ func (p *Proxy) openStoredBlob(ctx context.Context, t target, dgst digest.Digest
 	case err != nil:
 		return 0, nil, false, err
 	}
-	if ok, err = p.mayServe(ctx, t, dgst, size); !ok || err != nil {
+	ok, err = p.wholeBlob(ctx, t, dgst, size)
+	if ok && err == nil {
+		ok, err = p.mayServe(ctx, t, dgst, size)
+	}
+	if !ok || err != nil {
 		f.Close()
 		return 0, nil, ok, err
 	}
@@ -266,11 +270,30 @@ func (p *Proxy) storedBlob(ctx context.Context, t target, dgst digest.Digest) (i
 	if err != nil {
 		return 0, false, err
 	}
-	ok, err := p.mayServe(ctx, t, dgst, size)
+	ok, err := p.wholeBlob(ctx, t, dgst, size)
+	if ok && err == nil {
+		ok, err = p.mayServe(ctx, t, dgst, size)
+	}
 	if !ok || err != nil {
 		return 0, ok, err
 	}
 	return size, true, nil
+}
+
+// wholeBlob reports whether the stored blob dgst, of size bytes, has the
+// size its record holds. One cut short (a disk error, a file cut by hand)
+// would be served whole-looking and hash wrong at its client on every
+// pull: it is removed, and reads as missing, so that it is fetched again.
+func (p *Proxy) wholeBlob(ctx context.Context, t target, dgst digest.Digest, size int64) (bool, error) {
+	recorded, ok, err := p.index.BlobSize(dgst)
+	if err != nil || !ok || recorded == size {
+		return err == nil, err
+	}
+	p.log.Error("stored blob is not the size recorded; removing it", "digest", dgst, "size", size, "recorded", recorded)
+	if err := p.store.Delete(ctx, t.storeRepo(), dgst); err != nil {
+		return false, fmt.Errorf("removing blob %s: %w", dgst, err)
+	}
+	return false, nil
 }
 
 // mayServe reports whether the stored blob dgst, of size bytes, may be

@@ -531,6 +531,25 @@ func (ix *Index) Blob(dgst digest.Digest) (BlobRecord, bool, error) {
 	return viewShared[BlobRecord](ix, bucketBlobs, []byte(dgst))
 }
 
+// BlobSize returns the size of a stored blob as its record in this index
+// holds it (ok is false if it has none, or one that cannot be read), read
+// without decoding the whole record: a blob hit checks its file against
+// it.
+func (ix *Index) BlobSize(dgst digest.Digest) (size int64, ok bool, err error) {
+	err = ix.db.View(func(tx *bolt.Tx) error {
+		raw, done := ix.lookup(tx, bucketBlobs, []byte(dgst))
+		defer done()
+		if raw == nil {
+			return nil
+		}
+		var bad error
+		size, bad = recordSizeOf(raw)
+		ok = bad == nil // an unreadable record says nothing of the file
+		return nil
+	})
+	return size, ok, err
+}
+
 // RecordBlob records a stored blob and its link to an upstream repository.
 // Concurrent calls are coalesced into one transaction.
 func (ix *Index) RecordBlob(host, repo string, dgst digest.Digest, size int64, t time.Time) error {

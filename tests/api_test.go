@@ -451,6 +451,44 @@ func TestStoredManifestReadAsRecorded(t *testing.T) {
 	}
 }
 
+// A stored blob whose file is shorter than its record (cut by a disk
+// error, or by hand) is never served as a hit, which a client would find
+// to hash wrong at its last byte, pull after pull: it is fetched again, and
+// the next pulls are hits of the whole blob.
+func TestStoredBlobCutShortFetchedAgain(t *testing.T) {
+	up, img, m, file := pulledOnDisk(t, "cut")
+	layer := img.Layers[0]
+	url := m.URL() + "/v2/cut/blobs/" + layer
+	hex := strings.TrimPrefix(layer, "sha256:") // stored beside the manifest
+	file = filepath.Join(filepath.Dir(filepath.Dir(filepath.Dir(file))), hex[:2], hex, "data")
+	whole, err := os.ReadFile(file)
+	if err != nil || sha(whole) != layer {
+		t.Fatalf("stored layer at %s: %v", file, err)
+	}
+	if err := os.WriteFile(file, whole[:len(whole)/2], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	up.ResetCounts()
+	r := get(t, url)
+	if r.status != http.StatusOK || sha(r.body) != layer {
+		t.Fatalf("GET of the cut blob: %d, %d bytes hashing to %s, want the %d bytes of %s", r.status, len(r.body), sha(r.body), len(whole), layer)
+	}
+	if n := up.Count(http.MethodGet, fixture.KindBlob); n != 1 {
+		t.Errorf("%d upstream blob GETs, want 1", n)
+	}
+	m.WaitIdle()
+	if got, err := os.ReadFile(file); err != nil || !bytes.Equal(got, whole) {
+		t.Errorf("stored layer after the refetch: %v, %d bytes, want the %d of the blob", err, len(got), len(whole))
+	}
+	up.Stop()
+	for _, method := range []string{http.MethodGet, http.MethodHead} {
+		r := do(t, method, url, nil)
+		if r.status != http.StatusOK || r.header.Get("Content-Length") != strconv.Itoa(len(whole)) || r.header.Get("X-Cache") != "hit" {
+			t.Errorf("%s after the refetch, upstream down: %d, Content-Length %s, X-Cache %q", method, r.status, r.header.Get("Content-Length"), r.header.Get("X-Cache"))
+		}
+	}
+}
+
 // A stored manifest is verified again whenever it is read: bytes on disk
 // that no longer hash to their digest (same length, still valid JSON) are
 // never served, by tag or by digest, on GET or HEAD. With the upstream down
