@@ -284,10 +284,21 @@ func (p *Proxy) storedBlob(ctx context.Context, t target, dgst digest.Digest) (i
 // size its record holds. One cut short (a disk error, a file cut by hand)
 // would be served whole-looking and hash wrong at its client on every
 // pull: it is removed, and reads as missing, so that it is fetched again.
+// A blob found whole is not looked up again while it keeps that size
+// (wholeBlobs): a hit costs no index read for it.
 func (p *Proxy) wholeBlob(ctx context.Context, t target, dgst digest.Digest, size int64) (bool, error) {
+	if s, ok := p.wholeBlobs.Get(dgst); ok && s == size {
+		return true, nil
+	}
 	recorded, ok, err := p.index.BlobSize(dgst)
-	if err != nil || !ok || recorded == size {
-		return err == nil, err
+	if err != nil {
+		return false, err
+	}
+	if !ok || recorded == size {
+		if ok {
+			p.wholeBlobs.Add(dgst, size)
+		}
+		return true, nil
 	}
 	p.log.Error("stored blob is not the size recorded; removing it", "digest", dgst, "size", size, "recorded", recorded)
 	if err := p.store.Delete(ctx, t.storeRepo(), dgst); err != nil {
@@ -295,6 +306,9 @@ func (p *Proxy) wholeBlob(ctx context.Context, t target, dgst digest.Digest, siz
 	}
 	return false, nil
 }
+
+// maxWholeBlobs bounds the blobs wholeBlob remembers as whole.
+const maxWholeBlobs = 1 << 14
 
 // mayServe reports whether the stored blob dgst, of size bytes, may be
 // served for t: it must be linked to t's repository, or the upstream must

@@ -79,8 +79,11 @@ type Proxy struct {
 	// artifactChecks: when each recently revalidated image last had its
 	// artifacts looked for again (recheckArtifacts), by fillKey.
 	artifactChecks *lru.Cache[string, time.Time]
-	blobs          *downloads
-	fills          *fillQueue
+	// wholeBlobs: the stored blobs whose size was found to be their
+	// record's (wholeBlob), and that size.
+	wholeBlobs *lru.Cache[digest.Digest, int64]
+	blobs      *downloads
+	fills      *fillQueue
 	// work counts everything that runs beyond its request.
 	work *activity
 	jobs jobs
@@ -272,6 +275,10 @@ func New(store storage.Store, index *storage.Index, upstreams []*upstream.Client
 	if err != nil {
 		return nil, err
 	}
+	wholeBlobs, err := lru.New[digest.Digest, int64](maxWholeBlobs)
+	if err != nil {
+		return nil, err
+	}
 	p := &Proxy{
 		store:           store,
 		index:           index,
@@ -296,6 +303,7 @@ func New(store storage.Store, index *storage.Index, upstreams []*upstream.Client
 		maxJobImages:    DefaultPrefetchMaxImages,
 		redirects:       newRedirects(),
 		artifactChecks:  artifactChecks,
+		wholeBlobs:      wholeBlobs,
 		fetchAhead:      true,
 		upstreamConns:   DefaultUpstreamConnections,
 		answerWait:      maxAnswerWait,
