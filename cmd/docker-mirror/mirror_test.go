@@ -1073,3 +1073,56 @@ func TestHelpListsNoServeOnlyFlag(t *testing.T) {
 		}
 	}
 }
+
+// prefetch follows its job through the server's restart (a rolling
+// upgrade): polls that get no answer, or a 503 from the load balancer
+// before it, are asked again, and the job's end is reported as if
+// nothing happened; a job the server does not know ends it at once.
+func TestPrefetchCommandFollowsThroughARestart(t *testing.T) {
+	const id = "20261206T190000-aaaaaaaaaa"
+	job := func(state string) []byte {
+		b, _ := json.Marshal(storage.Job{ID: id, State: state, Images: []storage.JobImage{{Image: "hello-world", State: state}}})
+		return b
+	}
+	var polls atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost {
+			w.WriteHeader(http.StatusAccepted)
+			w.Write(job(storage.JobRunning))
+			return
+		}
+		switch polls.Add(1) {
+		case 1:
+			http.Error(w, "<html>503 Service Unavailable</html>", http.StatusServiceUnavailable)
+		case 2: // the server gone: no answer
+			conn, _, _ := w.(http.Hijacker).Hijack()
+			conn.Close()
+		case 3:
+			w.Write(job(storage.JobRunning))
+		default:
+			w.Write(job(storage.JobDone))
+		}
+	}))
+	defer srv.Close()
+	code, stdout, stderr := runCmd(t, context.Background(), "prefetch", "--server", srv.URL, "hello-world")
+	if code != 0 || !strings.Contains(stdout, "hello-world: done") {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+	if n := strings.Count(stderr, "asking again"); n != 1 {
+		t.Errorf("stderr says %d times that it asks again, want once:\n%s", n, stderr)
+	}
+
+	unknown := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost {
+			w.WriteHeader(http.StatusAccepted)
+			w.Write(job(storage.JobRunning))
+			return
+		}
+		w.WriteHeader(http.StatusNotFound)
+		w.Write([]byte(`{"errors":[{"code":"JOB_UNKNOWN","message":"no prefetch job"}]}`))
+	}))
+	defer unknown.Close()
+	if code, _, stderr := runCmd(t, context.Background(), "prefetch", "--server", unknown.URL, "hello-world"); code != 1 || !strings.Contains(stderr, "JOB_UNKNOWN") {
+		t.Errorf("job unknown: exit %d, stderr %q; want 1 naming JOB_UNKNOWN", code, stderr)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -22,6 +23,11 @@ import (
 
 // pollInterval is how often the prefetch command asks for its job's state.
 const pollInterval = 500 * time.Millisecond
+
+// maxPollFailures is how many polls in a row may fail for want of an
+// answer (transient) before the prefetch command stops following its job:
+// a minute's.
+const maxPollFailures = int(time.Minute / pollInterval)
 
 // prefetchPasswordEnv holds the password of the admin --server names
 // (http://USER@HOST): given there, it is not in the command line, which
@@ -79,6 +85,7 @@ func prefetchCommand(ctx context.Context, args []string, stdout, stderr io.Write
 	fmt.Fprintf(stdout, "prefetch job %s\n", job.ID)
 	d := newDisplay(stdout)
 	reported := map[string]bool{}
+	failures := 0 // polls failed in a row
 	for {
 		for _, im := range job.Images {
 			pr := proxy.Progress{Digest: im.Digest, PlatformsTotal: im.PlatformsTotal, PlatformsDone: im.PlatformsDone, BytesTotal: im.BytesTotal, BytesDone: im.BytesDone}
@@ -103,10 +110,22 @@ func prefetchCommand(ctx context.Context, args []string, stdout, stderr io.Write
 			return 1
 		case <-time.After(pollInterval):
 		}
-		if job, err = getJob(ctx, base, job.ID); err != nil {
+		next, err := getJob(ctx, base, job.ID)
+		if err != nil && transient(err) && failures < maxPollFailures && ctx.Err() == nil {
+			// The server restarting (a rolling upgrade) or a load
+			// balancer's hiccup: the job goes on in the server, and
+			// is followed again once it answers.
+			if failures == 0 {
+				fmt.Fprintf(stderr, "docker-mirror prefetch: asking for job %s: %v; asking again\n", job.ID, err)
+			}
+			failures++
+			continue
+		}
+		if err != nil {
 			fmt.Fprintf(stderr, "docker-mirror prefetch: %v\n", err)
 			return 1
 		}
+		job, failures = next, 0
 	}
 	d.wait()
 	var failed []string
@@ -160,13 +179,30 @@ func doJob(r *http.Request, want int) (*storage.Job, error) {
 			Errors []struct{ Code, Message string } `json:"errors"`
 		}
 		if json.Unmarshal(raw, &e) == nil && len(e.Errors) > 0 {
-			return nil, fmt.Errorf("%s: %s", e.Errors[0].Code, e.Errors[0].Message)
+			return nil, statusError{resp.StatusCode, fmt.Sprintf("%s: %s", e.Errors[0].Code, e.Errors[0].Message)}
 		}
-		return nil, fmt.Errorf("%s %s: %s", r.Method, r.URL.Redacted(), resp.Status)
+		return nil, statusError{resp.StatusCode, fmt.Sprintf("%s %s: %s", r.Method, r.URL.Redacted(), resp.Status)}
 	}
 	var job storage.Job
 	if err := json.Unmarshal(raw, &job); err != nil {
-		return nil, fmt.Errorf("%s %s: %w", r.Method, r.URL.Redacted(), err)
+		return nil, statusError{resp.StatusCode, fmt.Sprintf("%s %s: %v", r.Method, r.URL.Redacted(), err)}
 	}
 	return &job, nil
+}
+
+// statusError is the server's answer of an unexpected status, or one
+// that does not read as a job.
+type statusError struct {
+	status int
+	msg    string
+}
+
+func (e statusError) Error() string { return e.msg }
+
+// transient reports whether err, a request's to the server, may pass by
+// itself: no answer, or the server (or a load balancer before it) busy or
+// unavailable.
+func transient(err error) bool {
+	var se statusError
+	return !errors.As(err, &se) || se.status == http.StatusTooManyRequests || se.status >= 500
 }
