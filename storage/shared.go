@@ -155,7 +155,16 @@ func (ix *Index) adoptTx(tx *bolt.Tx, bucket, key, raw []byte) error {
 			raw = keepLastAccess(cur, raw)
 		}
 		return ix.putContent(tx, bucket, key, raw)
+	case string(bucketPins):
+		if json.Unmarshal(raw, new(PinRecord)) != nil {
+			// Unreadable, but a pin all the same: its key is what keeps
+			// the image out of eviction.
+			raw = []byte("{}")
+		}
 	case string(bucketAccess):
+		if json.Unmarshal(raw, new(time.Time)) != nil {
+			return nil // unreadable: see readable
+		}
 		// A pull is recorded here first: a later one than the bucket's
 		// (its write there refused) stays, and Refresh writes it there.
 		b, err := tx.CreateBucketIfNotExists(bucket)
@@ -167,11 +176,33 @@ func (ix *Index) adoptTx(tx *bolt.Tx, bucket, key, raw []byte) error {
 		}
 		return b.Put(key, raw)
 	}
+	if !readable(bucket, raw) {
+		return nil
+	}
 	b, err := tx.CreateBucketIfNotExists(bucket)
 	if err != nil {
 		return err
 	}
 	return b.Put(key, raw)
+}
+
+// readable reports whether a shared record of a kind the collection
+// reads whole (tags, mirror states, referrers answers) can be read. One
+// that cannot (truncated, or encoded otherwise by another version) is not
+// adopted, as an unreadable content record or pull time is not: in the
+// local database it would fail every collection and eviction of every
+// replica, each reading the whole bucket first, for as long as it is
+// there. What it alone kept is collected, and fetched again if asked for.
+func readable(bucket, raw []byte) bool {
+	switch string(bucket) {
+	case string(bucketTags):
+		return new(TagRecord).UnmarshalBinary(raw) == nil
+	case string(bucketMirrors):
+		return json.Unmarshal(raw, new(FillRecord)) == nil
+	case string(bucketReferrers):
+		return json.Unmarshal(raw, new(ReferrersRecord)) == nil
+	}
+	return true
 }
 
 // parseLinkKey splits a linkKey into its parts.

@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"bytes"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -9,6 +10,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/aws/aws-sdk-go/aws"
+	"github.com/aws/aws-sdk-go/service/s3"
 
 	"github.com/docker-mirror/docker-mirror/config"
 	"github.com/docker-mirror/docker-mirror/proxy"
@@ -139,5 +143,61 @@ func TestSharedBucketPullTimeRefusedNotLost(t *testing.T) {
 		if rep.ImagesEvicted != 0 {
 			t.Errorf("replica %s evicted %d images; the image was pulled just now", name, rep.ImagesEvicted)
 		}
+	}
+}
+
+// A record in the bucket that no replica can read (truncated, or written
+// otherwise by another version) is one record lost, not the cluster's
+// collection: every replica reads the bucket's records before it collects
+// or evicts, and one unreadable tag, mirror state, pull time or referrers
+// answer stopped them all, on every run, the bucket growing past max_size.
+// The others' images are kept, content nobody records is removed, and a
+// pin whose record cannot be read still keeps its image.
+func TestSharedBucketUnreadableRecordStopsNoCollection(t *testing.T) {
+	s3srv, bucket, onBucket := sharedBucket(t)
+	up := fixture.StartUpstream(t)
+	x := up.SeedImage(t, "library/x", "v1", 1, 4<<10)
+	ups := []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}
+	a := servertest.StartConfigured(t, ups, onBucket)
+	b := servertest.StartConfigured(t, ups, onBucket)
+	wantManifest(t, get(t, a.URL()+"/v2/library/x/manifests/v1"), x.Manifest, x.MediaType)
+	a.WaitIdle()
+
+	other := "sha256_3A" + strings.Repeat("ab", 32) // a digest, escaped as keys are
+	for _, key := range []string{
+		"tags/docker.io/library/y_3Av1",
+		"mirrors/docker.io/library/y_40" + other,
+		"access/" + other,
+		"referrers/docker.io/library/y_40" + other + "_00",
+		"pins/" + strings.ReplaceAll(strings.ReplaceAll(x.Digest, "_", "_5F"), ":", "_3A"),
+	} {
+		if _, err := s3srv.Client().PutObject(&s3.PutObjectInput{
+			Bucket: aws.String(bucket), Key: aws.String("records/" + key), Body: strings.NewReader(`{"digest":"sha2`),
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stray := []byte("stray blob no replica recorded")
+	strayDigest := digestOf(t, sha(stray))
+	if err := b.Store.Put(t.Context(), "", strayDigest, int64(len(stray)), bytes.NewReader(stray)); err != nil {
+		t.Fatal(err)
+	}
+
+	b.Clock.Advance(time.Hour) // past the grace period
+	rep, err := b.Server.Collector.Collect(t.Context())
+	if err != nil {
+		t.Fatalf("collection beside an unreadable record: %v", err)
+	}
+	if rep.BlobsRemoved != 1 || rep.ManifestsRemoved != 0 {
+		t.Errorf("collection removed %d blobs and %d manifests; want the stray blob only", rep.BlobsRemoved, rep.ManifestsRemoved)
+	}
+	// Past every image's last pull and over any size: only the pin keeps x.
+	if rep, err := b.Server.Collector.Evict(t.Context(), 1, time.Minute, b.Clock.Now()); err != nil || rep.ImagesEvicted != 0 {
+		t.Fatalf("eviction beside an unreadable record: %d images evicted, %v; want the pinned image kept", rep.ImagesEvicted, err)
+	}
+	up.Stop()
+	for _, m := range []*servertest.Server{a, b} {
+		wantManifest(t, get(t, m.URL()+"/v2/library/x/manifests/v1"), x.Manifest, x.MediaType)
+		wantImage(t, m, "library/x", x)
 	}
 }
