@@ -112,7 +112,8 @@ func (ix *Index) shareGet(bucket, key []byte) ([]byte, bool, error) {
 }
 
 // viewShared reads a record locally, and on a local miss from the shared
-// records, keeping what it finds in the local database.
+// records, keeping what it finds in the local database; a shared record
+// that cannot be read is a miss.
 func viewShared[T any](ix *Index, bucket, key []byte) (T, bool, error) {
 	v, ok, err := view[T](ix, bucket, key)
 	if ok || err != nil || ix.records == nil {
@@ -123,7 +124,12 @@ func viewShared[T any](ix *Index, bucket, key []byte) (T, bool, error) {
 		return v, false, err
 	}
 	if err := unmarshal(raw, &v); err != nil {
-		return v, false, fmt.Errorf("shared records: corrupt %s record %q: %w", bucket, key, err)
+		// Unreadable (truncated, or written in another form by another
+		// version): a miss, which the caller fetches and records again,
+		// rather than an error on every replica without a record of its
+		// own for as long as it is there.
+		var zero T
+		return zero, false, nil
 	}
 	return v, true, ix.adopt(bucket, key, raw)
 }

@@ -201,3 +201,30 @@ func TestSharedBucketUnreadableRecordStopsNoCollection(t *testing.T) {
 		wantImage(t, m, "library/x", x)
 	}
 }
+
+// A tag whose record in the bucket no replica can read is a miss on a
+// replica that has no record of its own (one started with an empty data
+// directory): fetched from the upstream and recorded again, where it
+// answered 500 (Docker then pulled from Docker Hub) on every such replica
+// for as long as the record was there.
+func TestSharedBucketUnreadableTagRecordIsAMiss(t *testing.T) {
+	s3srv, bucket, onBucket := sharedBucket(t)
+	up := fixture.StartUpstream(t)
+	x := up.SeedImage(t, "library/x", "v1", 1, 4<<10)
+	ups := []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}
+	a := servertest.StartConfigured(t, ups, onBucket)
+	wantManifest(t, get(t, a.URL()+"/v2/library/x/manifests/v1"), x.Manifest, x.MediaType)
+	a.WaitIdle()
+	if _, err := s3srv.Client().PutObject(&s3.PutObjectInput{
+		Bucket: aws.String(bucket), Key: aws.String("records/tags/docker.io/library/x_3Av1"), Body: strings.NewReader(`{"digest":"sha2`),
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	b := servertest.StartConfigured(t, ups, onBucket)
+	wantManifest(t, get(t, b.URL()+"/v2/library/x/manifests/v1"), x.Manifest, x.MediaType)
+	b.WaitIdle()
+	c := servertest.StartConfigured(t, ups, onBucket)
+	up.Stop()
+	wantManifest(t, get(t, c.URL()+"/v2/library/x/manifests/v1"), x.Manifest, x.MediaType)
+}
