@@ -3,6 +3,7 @@ package lease_test
 import (
 	"context"
 	"encoding/json"
+	"net/http/httptest"
 	"sync"
 	"testing"
 	"time"
@@ -23,6 +24,26 @@ func TestProbe(t *testing.T) {
 		if keys := srv.Keys(); len(keys) != 0 {
 			t.Errorf("probe left %v", keys)
 		}
+	}
+}
+
+// An S3-compatible server behind a certificate the system does not trust
+// (a MinIO with a self-signed one), which the storage reaches with the s3
+// driver's skipverify: the leases reach it too. They did not (the probe
+// failed on the certificate), and the cluster ran without leases.
+func TestProbeSkipVerify(t *testing.T) {
+	srv := leasetest.Start(t, true)
+	front := httptest.NewTLSServer(srv)
+	t.Cleanup(front.Close)
+	objs, err := lease.NewS3(map[string]any{
+		"accesskey": "test", "secretkey": "test", "region": "us-east-1", "bucket": "b",
+		"regionendpoint": front.URL, "forcepathstyle": true, "skipverify": true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := lease.Probe(context.Background(), objs, "records/leases/probe"); err != nil || !ok {
+		t.Fatalf("probe with skipverify = %v, %v; want conditional writes found", ok, err)
 	}
 }
 

@@ -3,6 +3,7 @@ package lease
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -30,7 +31,7 @@ var _ Objects = (*S3)(nil)
 // NewS3 returns the objects of the bucket the s3 storage driver's
 // parameters (the configuration's `storage: {s3: ...}`) name, with the
 // same endpoint, region and credentials (the environment's when the
-// parameters have no keys).
+// parameters have no keys), and the same TLS checks (skipverify).
 func NewS3(params map[string]any) (*S3, error) {
 	str := func(k string) string {
 		if v, ok := params[k]; ok && v != nil {
@@ -58,6 +59,13 @@ func NewS3(params map[string]any) (*S3, error) {
 	}
 	if ep := str("regionendpoint"); ep != "" {
 		cfg.Endpoint = aws.String(ep)
+	}
+	if flag("skipverify", false) {
+		// As the driver does: the storage reaches the endpoint this way,
+		// so must the leases.
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.TLSClientConfig = &tls.Config{InsecureSkipVerify: true}
+		cfg.HTTPClient = &http.Client{Transport: t}
 	}
 	if ak, sk := str("accesskey"), str("secretkey"); ak != "" || sk != "" {
 		cfg.Credentials = credentials.NewStaticCredentials(ak, sk, str("sessiontoken"))
