@@ -348,6 +348,16 @@ func (c *Collector) sweep(ctx context.Context, batch []digest.Digest, mk *marker
 	if err != nil {
 		return err
 	}
+	// A manifest written since keeps what it names too: the replica
+	// reuses it before its blobs and child manifests, whose records may
+	// not be written again yet.
+	for d := range written {
+		if mk.isManifest(d) {
+			if err := mk.walkDigest(ctx, d); err != nil {
+				return err
+			}
+		}
+	}
 	todo := slices.DeleteFunc(slices.Clone(claimed), func(d digest.Digest) bool {
 		if written[d] {
 			r.Kept++

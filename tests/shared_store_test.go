@@ -585,3 +585,108 @@ func TestSharedBucketLongJobNotReadAsLost(t *testing.T) {
 		t.Errorf("the job done, on the other replica: %+v", j)
 	}
 }
+
+// A manifest another replica reuses for an image it records keeps what it
+// needs with it: a collection whose recheck of the records finds the
+// manifest written again (storage.Index.Reuse) keeps the manifest's blobs
+// too, though that replica has not written their records again yet (it
+// reuses the manifest first, then its blobs). Before, the collection kept
+// the manifest and removed its layers, and the image, recorded complete by
+// the other replica a moment later, could not be pulled with the upstream
+// down.
+func TestSharedBucketCollectionKeepsBlobsOfAManifestAnotherReplicaReuses(t *testing.T) {
+	s3srv, bucket, _ := sharedBucket(t)
+	frontA, endpointA := startSlowDownS3(t, s3srv)
+	frontB, endpointB := startSlowDownS3(t, s3srv)
+	up := fixture.StartUpstream(t)
+	ma := up.SeedMultiArch(t, "library/app", "v1", fixture.OCI, fixture.WithoutAttestations())
+	var doc map[string]any
+	if err := json.Unmarshal(ma.Index, &doc); err != nil {
+		t.Fatal(err)
+	}
+	doc["annotations"] = map[string]string{"rev": "2"}
+	v2, err := json.Marshal(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	up.PutManifest(t, "library/app", "v2", ma.MediaType, v2) // a new index on v1's images
+	ups := []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}
+	on := func(endpoint string) func(*config.Config) {
+		return func(c *config.Config) {
+			c.Storage = s3srv.Storage(bucket)
+			c.Storage["s3"]["regionendpoint"] = endpoint
+		}
+	}
+	a := servertest.StartConfigured(t, ups, on(endpointA))
+	b := servertest.StartConfigured(t, ups, on(endpointB))
+	wantManifest(t, get(t, a.URL()+"/v2/library/app/manifests/v1"), ma.Index, ma.MediaType)
+	a.WaitIdle()
+	d := digestOf(t, ma.Digest)
+	if err := a.Index.UnrootImages([]storage.Unroot{{
+		Upstream: proxy.DefaultHost, Repo: "library/app", Digest: d, Tags: []string{"v1"},
+		Fills: []storage.FillKey{{Upstream: proxy.DefaultHost, Repo: "library/app", Digest: d}},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	a.Clock.Advance(time.Hour)
+	b.Clock.Advance(time.Hour)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+
+	// b collects; once it has read the records and listed the content,
+	// its next requests to the bucket wait.
+	listedB, goB := make(chan struct{}), make(chan struct{})
+	releaseB := sync.OnceFunc(func() { close(goB) })
+	defer releaseB() // a failure before the end
+	var listed atomic.Bool
+	var onceB sync.Once
+	heldB := func(r *http.Request) {
+		if listed.Load() {
+			onceB.Do(func() { close(listedB) })
+			<-goB
+		} else if r.Method == http.MethodGet && strings.HasPrefix(strings.TrimPrefix(r.URL.Query().Get("prefix"), "/"), "blobs") {
+			listed.Store(true)
+		}
+	}
+	frontB.requested.Store(&heldB)
+	collected := make(chan error, 1)
+	go func() {
+		_, err := b.Server.Collector.Collect(t.Context())
+		collected <- err
+	}()
+	wait(t, ctx, listedB, "b's collection going on after its listing")
+
+	// a pulls v2; once its fill has written the amd64 image's manifest
+	// record again, its next requests to the bucket wait while b's
+	// collection goes on.
+	amd := ma.Platforms["linux/amd64"]
+	reusedKey := "/records/manifests/" + strings.ReplaceAll(amd.Digest, ":", "_3A")
+	var reused atomic.Bool
+	reusedA, goA := make(chan struct{}), make(chan struct{})
+	releaseA := sync.OnceFunc(func() { close(goA) })
+	defer releaseA()
+	var onceA sync.Once
+	written := func(path string) {
+		if strings.HasSuffix(path, reusedKey) {
+			reused.Store(true)
+		}
+	}
+	heldA := func(*http.Request) {
+		if reused.Load() {
+			onceA.Do(func() { close(reusedA) })
+			<-goA
+		}
+	}
+	frontA.written.Store(&written)
+	frontA.requested.Store(&heldA)
+	wantManifest(t, get(t, a.URL()+"/v2/library/app/manifests/v2"), v2, ma.MediaType)
+	wait(t, ctx, reusedA, "a's fill going on after reusing the amd64 image's manifest")
+	releaseB()
+	if err := <-collected; err != nil {
+		t.Fatal(err)
+	}
+	up.Stop()
+	releaseA()
+	a.WaitIdle()
+	wantImage(t, a, "library/app", amd)
+}
