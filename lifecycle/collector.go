@@ -272,6 +272,18 @@ func (c *Collector) Pass(ctx context.Context, p Policy) (Report, error) {
 	defer c.mu.Unlock()
 	now := c.opts.Now()
 	due := p.CollectEvery <= 0 || c.lastCollect.IsZero() || !now.Before(c.lastCollect.Add(p.CollectEvery))
+	if !due && p.EvictAfter <= 0 && p.MaxSize > 0 && c.index.Shared() {
+		// Reading the records is a request per record: a listing of
+		// the content (one per 1,000) tells first whether the bucket
+		// can be over the limit at all.
+		listed, err := c.listedBytes(ctx)
+		if err != nil {
+			return Report{}, err
+		}
+		if listed <= p.MaxSize {
+			return Report{StoredBefore: listed, StoredAfter: listed}, nil
+		}
+	}
 	if due || p.EvictAfter > 0 || p.MaxSize > 0 {
 		// On a shared bucket, roots and totals are every replica's.
 		if err := c.refresh(ctx); err != nil {
@@ -351,6 +363,20 @@ func (c *Collector) claim(ds []digest.Digest) ([]digest.Digest, func()) {
 // index before the index is read as a whole: roots, pins, pull times and
 // sizes are then the bucket's, not this replica's (nothing to do on a
 // store of one process).
+// listedBytes is the size of all content in the store, as listed: what
+// the records count and what none does yet.
+func (c *Collector) listedBytes(ctx context.Context) (int64, error) {
+	var n int64
+	err := c.store.Walk(ctx, func(sc storage.StoredContent) error {
+		n += sc.Size
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("listing the store: %w", err)
+	}
+	return n, nil
+}
+
 func (c *Collector) refresh(ctx context.Context) error {
 	if err := c.index.Refresh(ctx); err != nil {
 		return fmt.Errorf("reading the records other replicas share: %w", err)

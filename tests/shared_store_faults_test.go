@@ -15,6 +15,7 @@ import (
 	"github.com/aws/aws-sdk-go/service/s3"
 
 	"github.com/docker-mirror/docker-mirror/config"
+	"github.com/docker-mirror/docker-mirror/lifecycle"
 	"github.com/docker-mirror/docker-mirror/proxy"
 	"github.com/docker-mirror/docker-mirror/storage/s3test"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
@@ -227,4 +228,46 @@ func TestSharedBucketUnreadableTagRecordIsAMiss(t *testing.T) {
 	c := servertest.StartConfigured(t, ups, onBucket)
 	up.Stop()
 	wantManifest(t, get(t, c.URL()+"/v2/library/x/manifests/v1"), x.Manifest, x.MediaType)
+}
+
+// A replica with max_size on a bucket under it reads no records: every
+// minute's pass, with nothing to evict, read every record in the bucket
+// (one GET each: at 100k images, hundreds of thousands of requests a
+// minute from each replica, billed), where a listing of the content tells
+// the bucket is under its limit. The collection every ten minutes still
+// reads them.
+func TestSharedBucketUnderMaxSizeReadsNoRecords(t *testing.T) {
+	s3srv, bucket, _ := sharedBucket(t)
+	front, endpoint := startSlowDownS3(t, s3srv)
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/app", "v1", 2, 4<<10)
+	m := servertest.StartConfigured(t, []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}, func(c *config.Config) {
+		c.Storage = s3srv.Storage(bucket)
+		c.Storage["s3"]["regionendpoint"] = endpoint
+	})
+	wantManifest(t, get(t, m.URL()+"/v2/library/app/manifests/v1"), img.Manifest, img.MediaType)
+	m.WaitIdle()
+	policy := lifecycle.Policy{MaxSize: 1 << 30, CollectEvery: lifecycle.DefaultCollectEvery}
+	if _, err := m.Server.Collector.Pass(t.Context(), policy); err != nil { // the collection due at start
+		t.Fatal(err)
+	}
+
+	var reads atomic.Int64
+	count := func(r *http.Request) {
+		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/records/") {
+			reads.Add(1)
+		}
+	}
+	front.requested.Store(&count)
+	m.Clock.Advance(time.Minute)
+	rep, err := m.Server.Collector.Pass(t.Context(), policy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := reads.Load(); n != 0 {
+		t.Errorf("a pass with the bucket under max_size read %d records; want none", n)
+	}
+	if rep.ImagesEvicted != 0 || rep.BlobsRemoved != 0 || rep.ManifestsRemoved != 0 {
+		t.Errorf("a pass under max_size removed something: %+v", rep)
+	}
 }
