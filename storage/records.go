@@ -7,8 +7,10 @@ import (
 	"path"
 	"strconv"
 	"strings"
+	"sync"
 
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+	"golang.org/x/sync/errgroup"
 )
 
 // Records keeps an Index's records where every replica on a shared store
@@ -73,10 +75,18 @@ func (r *DriverRecords) Delete(ctx context.Context, kind, key string) error {
 	return err
 }
 
+// walkReads bounds the records Walk reads at once: each is a request,
+// and a bucket of 100k images holds hundreds of thousands of records.
+const walkReads = 16
+
 // Walk implements Records. A record deleted while walking is skipped.
+// Records are read several at once; fn is called with one at a time.
 func (r *DriverRecords) Walk(ctx context.Context, kind string, fn func(key string, value []byte) error) error {
 	root := path.Join(RecordsRoot, kind)
-	err := r.driver.Walk(ctx, root, func(fi storagedriver.FileInfo) error {
+	eg, gctx := errgroup.WithContext(ctx)
+	eg.SetLimit(walkReads)
+	var mu sync.Mutex // fn's
+	err := r.driver.Walk(gctx, root, func(fi storagedriver.FileInfo) error {
 		if fi.IsDir() {
 			return nil
 		}
@@ -84,15 +94,24 @@ func (r *DriverRecords) Walk(ctx context.Context, kind string, fn func(key strin
 		if err != nil {
 			return nil // not a record of ours
 		}
-		value, err := r.driver.GetContent(ctx, fi.Path())
-		if errors.As(err, new(storagedriver.PathNotFoundError)) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		return fn(key, value)
+		p := fi.Path()
+		eg.Go(func() error {
+			value, err := r.driver.GetContent(gctx, p)
+			if errors.As(err, new(storagedriver.PathNotFoundError)) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			return fn(key, value)
+		})
+		return gctx.Err()
 	})
+	if werr := eg.Wait(); werr != nil {
+		return werr // the first failure, which cancelled the listing
+	}
 	if errors.As(err, new(storagedriver.PathNotFoundError)) {
 		return nil
 	}

@@ -2,6 +2,7 @@ package tests
 
 import (
 	"bytes"
+	"context"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -269,5 +270,51 @@ func TestSharedBucketUnderMaxSizeReadsNoRecords(t *testing.T) {
 	}
 	if rep.ImagesEvicted != 0 || rep.BlobsRemoved != 0 || rep.ManifestsRemoved != 0 {
 		t.Errorf("a pass under max_size removed something: %+v", rep)
+	}
+}
+
+// A replica reads the bucket's records (every collection, on every
+// replica) several at once: each is a GET, and read one after another, a
+// bucket of 100k images' records (hundreds of thousands) took longer than
+// the ten minutes between collections. Here the first read is held until a
+// second one runs beside it.
+func TestSharedBucketRecordsReadInParallel(t *testing.T) {
+	s3srv, bucket, _ := sharedBucket(t)
+	front, endpoint := startSlowDownS3(t, s3srv)
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/app", "v1", 2, 4<<10)
+	m := servertest.StartConfigured(t, []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}, func(c *config.Config) {
+		c.Storage = s3srv.Storage(bucket)
+		c.Storage["s3"]["regionendpoint"] = endpoint
+	})
+	wantManifest(t, get(t, m.URL()+"/v2/library/app/manifests/v1"), img.Manifest, img.MediaType)
+	m.WaitIdle()
+
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	var reads atomic.Int64
+	second := make(chan struct{})
+	held := func(r *http.Request) {
+		if r.Method != http.MethodGet || !strings.Contains(r.URL.Path, "/records/blobs/") {
+			return
+		}
+		switch reads.Add(1) {
+		case 1:
+			select {
+			case <-second:
+			case <-ctx.Done():
+			}
+		case 2:
+			close(second)
+		}
+	}
+	front.requested.Store(&held)
+	if err := m.Index.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-second:
+	default:
+		t.Fatal("the blobs' records were read one at a time: a second read never ran while the first was held")
 	}
 }
