@@ -123,9 +123,16 @@ func (d *downloads) streaming(dgst digest.Digest) bool {
 	return dl.started
 }
 
-// maxResumes bounds how often a blob download cut mid-stream is resumed
-// with a Range request.
-const maxResumes = 3
+// maxResumes bounds how often in a row a blob download cut mid-stream is
+// resumed with a Range request without bringing resumeProgress bytes: a
+// resume that brought as many counts afresh, so that a link cutting every
+// connection after a while (a proxy's limit per connection) still
+// delivers a blob larger than a few connections carry, and one that cuts
+// after a few bytes each time does not cost a request per few bytes.
+const (
+	maxResumes     = 3
+	resumeProgress = 64 << 10
+)
 
 // DefaultMaxBlobSize is the largest blob the mirror downloads unless
 // configured otherwise (WithMaxBlobSize).
@@ -691,7 +698,7 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 	bp := p.blobs.bufs.Get().(*[]byte)
 	defer p.blobs.bufs.Put(bp)
 	buf := *bp
-	var n int64
+	var n, resumedAt int64
 	for resumes := 0; ; {
 		m, rerr := body.Read(buf)
 		if errors.Is(rerr, io.EOF) && size >= 0 && n+int64(m) < size {
@@ -733,12 +740,15 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 			// its end would be answered 416.
 			break
 		}
+		if n-resumedAt >= resumeProgress {
+			resumes = 0 // the last connection brought its share: cut after a while, not failing
+		}
 		if ctx.Err() != nil || resumes == maxResumes || fromStore {
 			fail(errcode.Wrap(errcode.Unavailable, fmt.Errorf("%w: %w", upstream.ErrUnavailable, rerr), "upstream %s: blob %s cut after %d bytes", t.host(), dl.dgst, n).WithStatus(http.StatusBadGateway))
 			return
 		}
 		// The connection broke: go on from where it stopped.
-		resumes++
+		resumes, resumedAt = resumes+1, n
 		p.log.Warn("blob download cut; resuming", "upstream", t.host(), "digest", dl.dgst, "offset", n, "attempt", resumes, "error", rerr)
 		body.Close()
 		var total int64

@@ -34,12 +34,70 @@ func TestBlobCutMidStreamResumes(t *testing.T) {
 	wantBlob(t, m, "cut", layer)
 }
 
-// When the retry budget runs out, the client's connection is closed before
-// the declared length, and nothing partial is stored.
+// A link that cuts every connection after a while (a proxy's or a load
+// balancer's limit per connection) still delivers a blob larger than what
+// passes in a few connections: each resume that brought bytes counts
+// afresh, and the download goes on until the blob is whole, each byte sent
+// once.
+func TestBlobCutRepeatedlyWithProgressResumes(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/cutoften", "1", 1, 1<<20)
+	m := servertest.Start(t, up.URL())
+	layer := img.Layers[0]
+	size := blobSizes(t, img)[layer]
+	if size <= 600<<10 {
+		t.Fatalf("the layer is %d bytes: the test needs more than six cuts of 100 KiB", size)
+	}
+
+	up.SetFault(fixture.Fault{Kind: fixture.KindBlob, Method: http.MethodGet, Cut: true, CutAfter: 100 << 10, Times: 6})
+	wantBlob(t, m, "cutoften", layer)
+	m.WaitIdle()
+	if n := blobGets(up, layer); n != 7 {
+		t.Errorf("%d upstream GETs of the blob, want 7 (one cut six times, resumed six times)", n)
+	}
+	if n := up.BlobBytesFor(layer); n != size {
+		t.Errorf("upstream sent %d bytes of a blob of %d: the resumes did not start where the cuts were", n, size)
+	}
+	up.Stop()
+	wantBlob(t, m, "cutoften", layer)
+}
+
+// cutResumes is an upstream front that answers every resume (a request
+// with a Range) with its headers alone, then closes the connection: a
+// resume that brings nothing.
+func cutResumes(up http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Range") != "" {
+			w = cutAtBody{w}
+		}
+		up.ServeHTTP(w, r)
+	})
+}
+
+// cutAtBody is a ResponseWriter that sends the headers and closes the
+// connection at the first byte of the body.
+type cutAtBody struct{ http.ResponseWriter }
+
+func (w cutAtBody) Write([]byte) (int, error) {
+	rc := http.NewResponseController(w.ResponseWriter)
+	_ = rc.Flush()
+	if conn, _, err := rc.Hijack(); err == nil {
+		conn.Close()
+	}
+	return 0, http.ErrHijacked
+}
+
+func (w cutAtBody) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// When the retry budget runs out (resumes that bring nothing), the
+// client's connection is closed before the declared length, and nothing
+// partial is stored.
 func TestBlobCutBeyondRetriesAbortsClient(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	img := up.SeedImage(t, "library/cut", "1", 1, 512<<10)
-	m := servertest.Start(t, up.URL())
+	front := httptest.NewServer(cutResumes(up))
+	t.Cleanup(front.Close)
+	m := servertest.Start(t, front.URL)
 	layer := img.Layers[0]
 
 	up.SetFault(fixture.Fault{Kind: fixture.KindBlob, Method: http.MethodGet, Cut: true, CutAfter: 100 << 10})
@@ -48,6 +106,9 @@ func TestBlobCutBeyondRetriesAbortsClient(t *testing.T) {
 		t.Fatalf("a cut blob was answered as a complete 200 (%d bytes)", len(r.body))
 	}
 	m.WaitIdle()
+	if n := blobGets(up, layer); n != 4 {
+		t.Errorf("%d upstream GETs of the blob, want 4 (the cut one, three resumes that brought nothing)", n)
+	}
 	if _, err := m.Store.Stat(t.Context(), "library/cut", digestOf(t, layer)); err == nil {
 		t.Fatal("a partial blob was stored")
 	}
@@ -85,9 +146,9 @@ func (w *noLength) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 func TestChunkedBlobCutBeyondRetriesAbortsClient(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	img := up.SeedImage(t, "library/cut", "1", 1, 512<<10)
-	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	front := httptest.NewServer(cutResumes(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		up.ServeHTTP(&noLength{ResponseWriter: w}, r)
-	}))
+	})))
 	t.Cleanup(front.Close)
 	m := servertest.Start(t, front.URL)
 	layer := img.Layers[0]
