@@ -585,6 +585,21 @@ func (p *Proxy) storeBlob(ctx context.Context, t target, dl *download, f *os.Fil
 	return err
 }
 
+// passing reports whether an upstream's failure to answer a request may
+// not meet the same request sent again at once: unreachable, a 5xx, no
+// answer in time. Not a rate limit, nor an answer saying when to come
+// back (the client backs off), nor a refusal or a 404.
+func passing(err error) bool {
+	var ue *upstream.Error
+	return errors.As(err, &ue) && ue.Temporary() && ue.Status != http.StatusTooManyRequests && ue.RetryAfter == ""
+}
+
+// failedBody is the body of a request that failed: its read is the error.
+type failedBody struct{ err error }
+
+func (b failedBody) Read([]byte) (int, error) { return 0, b.err }
+func (b failedBody) Close() error             { return nil }
+
 // tooLarge is the error of a blob dgst from host that is said or sent to
 // be at least n bytes, over limit: the size a manifest declared for it
 // (declared), which means the upstream does not serve what it lists, or
@@ -753,6 +768,13 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 		body.Close()
 		var total int64
 		body, total, err = t.up.Blob(ctx, t.repo, dl.dgst, n)
+		if err != nil && passing(err) {
+			// The resume failed itself (a load balancer's 502 while the
+			// server that cut it is replaced): one that brought nothing,
+			// asked again within the same budget.
+			body = failedBody{err}
+			continue
+		}
 		if err != nil {
 			body = io.NopCloser(strings.NewReader(""))
 			fail(err)

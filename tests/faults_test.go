@@ -5,6 +5,7 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -60,6 +61,38 @@ func TestBlobCutRepeatedlyWithProgressResumes(t *testing.T) {
 	}
 	up.Stop()
 	wantBlob(t, m, "cutoften", layer)
+}
+
+// A resume that fails itself (a load balancer's 502 while the server that
+// cut the connection is replaced) is a resume that brought nothing: asked
+// again, within the same budget, not the end of the download.
+func TestBlobResumeFailingOnceAskedAgain(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/lb", "1", 1, 512<<10)
+	var failed atomic.Int32
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Range") != "" && failed.Add(1) == 1 {
+			w.WriteHeader(http.StatusBadGateway)
+			return
+		}
+		up.ServeHTTP(w, r)
+	}))
+	t.Cleanup(front.Close)
+	m := servertest.Start(t, front.URL)
+	layer := img.Layers[0]
+	size := blobSizes(t, img)[layer]
+
+	up.SetFault(fixture.Fault{Kind: fixture.KindBlob, Method: http.MethodGet, Cut: true, CutAfter: 100 << 10, Times: 1})
+	wantBlob(t, m, "lb", layer)
+	m.WaitIdle()
+	if n := failed.Load(); n != 2 {
+		t.Errorf("%d resumes asked, want 2 (one refused, one answered)", n)
+	}
+	if n := up.BlobBytesFor(layer); n != size {
+		t.Errorf("upstream sent %d bytes of a blob of %d: the resume did not start where the cut was", n, size)
+	}
+	up.Stop()
+	wantBlob(t, m, "lb", layer)
 }
 
 // cutResumes is an upstream front that answers every resume (a request
