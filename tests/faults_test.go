@@ -303,3 +303,32 @@ func TestHeadOfDownloadingBlobDuringBackoff(t *testing.T) {
 		t.Errorf("GET of the blob: %d, %d bytes", r.status, len(r.body))
 	}
 }
+
+// A blob download cut while the upstream rate-limits (a 429 to another
+// pull's manifest, as Docker Hub limits manifests, not blobs) is resumed
+// all the same: the resume goes on with a request the upstream took
+// before, and the client gets the whole blob, each byte sent once, not
+// an aborted body for a limit the blob never met.
+func TestBlobCutDuringBackoffResumes(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/slowcut", "1", 1, 512<<10)
+	m := servertest.Start(t, up.URL())
+	layer := img.Layers[0]
+	size := blobSizes(t, img)[layer]
+	up.SetFault(fixture.Fault{Kind: fixture.KindBlob, Method: http.MethodGet, Cut: true, CutAfter: 100 << 10, Times: 1})
+	gate := up.GateBlob(layer, 16<<10)
+	got := make(chan response, 1)
+	go func() { got <- get(t, m.URL()+"/v2/slowcut/blobs/"+layer) }()
+	<-gate.Reached()
+
+	up.SetFault(fixture.Fault{Kind: fixture.KindManifest, Status: http.StatusTooManyRequests, Header: http.Header{"Retry-After": {"120"}}, Times: 1})
+	wantError(t, get(t, m.URL()+"/v2/slowcut/manifests/other"), http.StatusTooManyRequests, "TOOMANYREQUESTS")
+	gate.Open()
+	if r := <-got; r.err != nil || r.status != http.StatusOK || sha(r.body) != layer {
+		t.Fatalf("GET of a blob cut during a back-off: %d, %d bytes, %v", r.status, len(r.body), r.err)
+	}
+	m.WaitIdle()
+	if n := up.BlobBytesFor(layer); n != size {
+		t.Errorf("upstream sent %d bytes of a blob of %d", n, size)
+	}
+}

@@ -1012,7 +1012,9 @@ func (c *Client) do(ctx context.Context, repo string, req *http.Request, r call,
 // ready), as the request goes out, it opens warm connections for the
 // requests that follow (Warm).
 func (c *Client) doWarming(ctx context.Context, repo string, req *http.Request, r call, warm int, ok ...int) (*http.Response, error) {
-	if err := c.backingOff(r); err != nil {
+	// A blob's resume (Blob from an offset, after its body was cut) goes
+	// on with a request the upstream took: the back-off holds new ones.
+	if err := c.backingOff(r); err != nil && (r.kind != KindBlob || req.Header.Get("Range") == "") {
 		return nil, err
 	}
 	t, err := c.transport(ctx, repo)
@@ -1396,7 +1398,8 @@ func (c *Client) HeadManifest(ctx context.Context, repo string, ref oci.Ref) (De
 
 // Blob opens a blob from offset. It returns the body and the blob's whole
 // size (-1 if the upstream did not say). The body is not verified here: the
-// caller hashes it as it streams.
+// caller hashes it as it streams. A read from an offset (a resume) is sent
+// while the upstream's Retry-After holds other requests back.
 func (c *Client) Blob(ctx context.Context, repo string, dgst digest.Digest, offset int64) (io.ReadCloser, int64, error) {
 	req, err := http.NewRequest(http.MethodGet, c.url(repo, "blobs", dgst.String()), nil)
 	if err != nil {
