@@ -1,9 +1,12 @@
 package upstream
 
 import (
+	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -549,6 +552,51 @@ func TestConcurrentFirstBasicLoginsOneAtATime(t *testing.T) {
 		wg.Wait()
 		if got := sent.Load(); got != 1 {
 			t.Errorf("%d requests carried the refused credentials for %d repositories in all, want 1", got, n)
+		}
+	})
+}
+
+// TestUpstreamTimeoutOverAMinute: an upstream timeout set over a minute
+// (--upstream-timeout 2m, for a Nexus or Artifactory proxy that fetches a
+// large blob from its own remote before it answers) is the one that
+// applies: the default transport's own wait for response headers cut such
+// a request at 60 s, whatever the setting. On the bubble's clock, over an
+// in-memory connection.
+func TestUpstreamTimeoutOverAMinute(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const content = "blob"
+		tr := DefaultTransport()
+		tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
+			srv, cli := net.Pipe()
+			go func() {
+				defer srv.Close()
+				br := bufio.NewReader(srv)
+				for {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					if req.URL.Path != "/v2/" {
+						<-time.After(90 * time.Second) // fetching it from its own remote
+					}
+					resp := &http.Response{StatusCode: http.StatusOK, ProtoMajor: 1, ProtoMinor: 1, Header: http.Header{},
+						ContentLength: int64(len(content)), Body: io.NopCloser(strings.NewReader(content))}
+					if err := resp.Write(srv); err != nil {
+						return
+					}
+				}
+			}()
+			return cli, nil
+		}
+		defer tr.CloseIdleConnections()
+		c := errClient(t, "http://registry.test", WithTransport(tr), WithTimeout(2*time.Minute))
+		body, _, err := c.Blob(t.Context(), "library/x", digest.FromString(content), 0)
+		if err != nil {
+			t.Fatalf("a blob answered after 90 s, with a timeout of 2 minutes: %v", err)
+		}
+		defer body.Close()
+		if b, err := io.ReadAll(body); err != nil || string(b) != content {
+			t.Fatalf("body %q, %v", b, err)
 		}
 	})
 }

@@ -268,15 +268,16 @@ func (c *Client) anonymous() bool {
 }
 
 // DefaultTransport returns the HTTP transport upstream clients use unless
-// given another: http.DefaultTransport's settings, more idle connections
-// per host, and a bound on waiting for response headers.
+// given another: http.DefaultTransport's settings and more idle
+// connections per host. The wait for response headers is the Client's own
+// timeout (WithTimeout), not bounded here as well: a bound of the
+// transport's would cut a longer timeout short.
 func DefaultTransport() *http.Transport {
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	// An unreachable upstream must fail in seconds, not minutes: clients
 	// are waiting, and cached content can answer them instead.
 	t.DialContext = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
 	t.TLSHandshakeTimeout = 10 * time.Second
-	t.ResponseHeaderTimeout = 2 * DefaultTimeout // a backstop; Client's own timeout applies first
 	t.MaxIdleConnsPerHost = 32
 	// However many clients miss at once, an upstream sees at most this
 	// many connections from us; further requests wait for one.
