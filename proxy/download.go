@@ -784,6 +784,16 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 			fail(errcode.New(errcode.Unavailable, "upstream %s: blob %s changed size from %d to %d while resuming", t.host(), dl.dgst, size, total).WithStatus(http.StatusBadGateway))
 			return
 		}
+		if size < 0 && total >= 0 {
+			// The resume says the size the first answer did not: the end
+			// of a 206 holding part of the rest is not the blob's end.
+			if total > dl.limit {
+				refuse(total)
+				return
+			}
+			size = total
+			dl.update(func() { dl.size = size })
+		}
 	}
 	if (size >= 0 && n != size) || !v.Verified() {
 		p.metrics.UpstreamErrors.WithLabelValues(t.host(), "digest").Inc()

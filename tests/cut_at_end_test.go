@@ -78,3 +78,33 @@ func TestBlobResumeAnsweredWithPartOfTheRest(t *testing.T) {
 		t.Errorf("%d upstream GETs of the blob, want 3 (the cut one, two resumes)", n)
 	}
 }
+
+// A blob the upstream sends without a length, cut mid-stream, is resumed;
+// the resume's 206 says the blob's size, and holds a subset of the rest:
+// the download goes on from where that ended, not taking the end of the
+// subset for the end of a blob it now knows the size of. The client gets
+// the whole blob, each byte sent once.
+func TestChunkedBlobResumeAnsweredWithPartOfTheRest(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/chunkcap", "1", 1, 512<<10)
+	front := httptest.NewServer(capRanges(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		up.ServeHTTP(&noLength{ResponseWriter: w}, r)
+	}), 300<<10))
+	t.Cleanup(front.Close)
+	m := servertest.Start(t, front.URL)
+	layer := img.Layers[0]
+	size := blobSizes(t, img)[layer]
+	if size <= 400<<10 {
+		t.Fatalf("the layer is %d bytes: the test needs one resume to leave some of it", size)
+	}
+
+	up.SetFault(fixture.Fault{Kind: fixture.KindBlob, Method: http.MethodGet, Cut: true, CutAfter: 100 << 10, Times: 1})
+	wantBlob(t, m, "chunkcap", layer)
+	m.WaitIdle()
+	if _, err := m.Store.Stat(t.Context(), "library/chunkcap", digestOf(t, layer)); err != nil {
+		t.Fatalf("the blob was not stored: %v", err)
+	}
+	if n := up.BlobBytesFor(layer); n != size {
+		t.Errorf("upstream sent %d bytes of a blob of %d", n, size)
+	}
+}
