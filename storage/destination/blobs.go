@@ -279,8 +279,9 @@ func tooLarge(err error) bool {
 
 // putChunked writes l to dst through t as registry clients do past a
 // front end that limits request bodies: a HEAD, then a POST (mounting the
-// blob from src if set) and, unless the blob was there or mounted, its
-// content in PATCHes of at most the Store's chunk size, each refused as
+// blob from src if set, again without if the mount is refused) and,
+// unless the blob was there or mounted, its content in PATCHes of at most
+// the Store's chunk size, each refused as
 // too large sent again in halves (the smaller size kept for later
 // uploads), and a PUT ?digest= that commits it. The session is noted in
 // sess. A refusal is returned as a *transport.Error.
@@ -318,7 +319,18 @@ func (s *Store) putChunked(ctx context.Context, t http.RoundTripper, dst name.Re
 	if err != nil {
 		return err
 	}
-	if resp, err = send(post, http.StatusCreated, http.StatusAccepted); err != nil || resp.StatusCode == http.StatusCreated {
+	resp, err = send(post, http.StatusCreated, http.StatusAccepted)
+	if err != nil && src != nil {
+		// A mount refused (Harbor's 403 where the source is not the
+		// account's to read) is no refusal of the upload: start one
+		// without it, as go-containerregistry's WriteLayer does.
+		start.RawQuery = ""
+		if post, err = http.NewRequest(http.MethodPost, start.String(), nil); err != nil {
+			return err
+		}
+		resp, err = send(post, http.StatusCreated, http.StatusAccepted)
+	}
+	if err != nil || resp.StatusCode == http.StatusCreated {
 		return err // or mounted
 	}
 	// next moves the session to the Location of resp, the answer to req.

@@ -220,3 +220,47 @@ func TestTokenExpiringBeforeUpload(t *testing.T) {
 		}
 	}
 }
+
+// TestBodyLimitMountRefused: a destination that refuses a cross-repository
+// mount (403 to POST ?mount=&from=: Harbor's answer when the account may
+// not read the source) gets the blob uploaded instead, as
+// go-containerregistry's upload does, in chunks too (past a front end
+// that limits request bodies), and is not taken to refuse writes.
+func TestBodyLimitMountRefused(t *testing.T) {
+	t.Parallel()
+	var refused, mounts atomic.Int32
+	limit := fixture.LimitBodies(1<<20, &refused)
+	d := newDestinationConfig(t, destConfig{frontEnd: func(next http.Handler) http.Handler {
+		next = limit(next)
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodPost && r.URL.Query().Get("mount") != "" {
+				mounts.Add(1)
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(http.StatusForbidden)
+				_, _ = io.WriteString(w, `{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}`)
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	}})
+	s := newStore(t, d.URL()+"/mirror")
+	blob := content(3<<20, 5)
+	dg := digest.FromBytes(blob)
+	if err := s.Put(t.Context(), "library/x", dg, int64(len(blob)), bytes.NewReader(blob)); err != nil {
+		t.Fatalf("Put of a blob over the limit: %v", err)
+	}
+	if refused.Load() == 0 {
+		t.Fatal("the front end refused nothing")
+	}
+	for _, repo := range []string{"library/y", "library/z"} {
+		if err := s.Put(t.Context(), repo, dg, int64(len(blob)), onlyReader{bytes.NewReader(blob)}); err != nil {
+			t.Fatalf("Put to %s, its mount refused: %v", repo, err)
+		}
+		if got, err := directBlob(t, d.Host()+"/mirror/"+repo+"@"+dg.String(), false); err != nil || !bytes.Equal(got, blob) {
+			t.Errorf("%s read directly: %d bytes, %v", repo, len(got), err)
+		}
+	}
+	if mounts.Load() == 0 {
+		t.Error("no mount was tried")
+	}
+}
