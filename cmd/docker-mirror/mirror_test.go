@@ -1126,3 +1126,29 @@ func TestPrefetchCommandFollowsThroughARestart(t *testing.T) {
 		t.Errorf("job unknown: exit %d, stderr %q; want 1 naming JOB_UNKNOWN", code, stderr)
 	}
 }
+
+// Interrupted (ctrl-C) while it asks for the job's state, prefetch says
+// it stopped following the job, which goes on in the server, as it does
+// when interrupted between two asks: not "context canceled", which reads
+// as the job's end.
+func TestPrefetchCommandInterruptedWhilePolling(t *testing.T) {
+	const id = "20261206T190000-abcdefghij"
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusAccepted)
+			_ = json.NewEncoder(w).Encode(storage.Job{ID: id, State: storage.JobRunning,
+				Images: []storage.JobImage{{Image: "hello-world", State: storage.JobRunning}}})
+			return
+		}
+		cancel() // the user's ctrl-C, while the poll waits for its answer
+		<-r.Context().Done()
+	}))
+	defer srv.Close()
+	code, stdout, stderr := runCmd(t, ctx, "prefetch", "--server", srv.URL, "hello-world")
+	if code != 1 || !strings.Contains(stderr, "stopped following job "+id+"; it goes on in the server") {
+		t.Errorf("exit %d; want 1, saying the job goes on\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+}

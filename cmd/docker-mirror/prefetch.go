@@ -106,12 +106,16 @@ func prefetchCommand(ctx context.Context, args []string, stdout, stderr io.Write
 		}
 		select {
 		case <-ctx.Done():
-			fmt.Fprintf(stderr, "docker-mirror prefetch: stopped following job %s; it goes on in the server\n", job.ID)
-			return 1
 		case <-time.After(pollInterval):
 		}
 		next, err := getJob(ctx, base, job.ID)
-		if err != nil && transient(err) && failures < maxPollFailures && ctx.Err() == nil {
+		if ctx.Err() != nil {
+			// Interrupted, between two asks or during one: the job is
+			// the server's, not ended by the interruption.
+			fmt.Fprintf(stderr, "docker-mirror prefetch: stopped following job %s; it goes on in the server\n", job.ID)
+			return 1
+		}
+		if err != nil && transient(err) && failures < maxPollFailures {
 			// The server restarting (a rolling upgrade) or a load
 			// balancer's hiccup: the job goes on in the server, and
 			// is followed again once it answers.
