@@ -67,8 +67,57 @@ func (s *Store) Stat(ctx context.Context, repo string, dgst digest.Digest) (int6
 }
 
 // Open implements storage.Store: it streams the blob with a GET request,
-// asking for the bytes from offset on with a Range header.
+// asking for the bytes from offset on with a Range header. A body that
+// sends nothing for the Store's idle timeout fails its read, with an
+// error wrapping storage.ErrUnavailable.
 func (s *Store) Open(ctx context.Context, repo string, dgst digest.Digest, offset int64) (io.ReadCloser, error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	rc, err := s.open(ctx, repo, dgst, offset)
+	if err != nil || rc == http.NoBody {
+		cancel(nil)
+		return rc, err
+	}
+	b := &idleBody{ReadCloser: rc, ctx: ctx, cancel: cancel, what: fmt.Sprintf("blob %s@%s", s.path(repo), dgst), s: s}
+	b.idle = time.AfterFunc(s.idle, func() { cancel(errStalled) })
+	return b, nil
+}
+
+// errStalled ends a blob read whose body sent nothing for the idle timeout.
+var errStalled = errors.New("body stalled")
+
+// idleBody is the body of a blob read: it cancels the read once it has
+// sent nothing for the Store's idle timeout (a destination, or a front
+// end, that holds the connection open and sends no more would otherwise
+// hold its reader for ever), and releases it when closed.
+type idleBody struct {
+	io.ReadCloser
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	idle   *time.Timer
+	what   string
+	s      *Store
+}
+
+func (b *idleBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if n > 0 {
+		b.idle.Reset(b.s.idle)
+	}
+	if err != nil && err != io.EOF && errors.Is(context.Cause(b.ctx), errStalled) {
+		return n, &destError{msg: fmt.Sprintf("destination %s sent nothing of %s for %s", b.s.host, b.what, b.s.idle), err: err}
+	}
+	return n, err
+}
+
+func (b *idleBody) Close() error {
+	b.idle.Stop()
+	err := b.ReadCloser.Close()
+	b.cancel(nil)
+	return err
+}
+
+// open is Open without the idle timeout; ctx ends with the body.
+func (s *Store) open(ctx context.Context, repo string, dgst digest.Digest, offset int64) (io.ReadCloser, error) {
 	r, err := s.blobTarget(repo, dgst)
 	if err != nil {
 		return nil, err

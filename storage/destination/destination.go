@@ -83,6 +83,13 @@ func WithTransport(rt http.RoundTripper) Option {
 	return func(s *Store) { s.base = rt }
 }
 
+// WithIdleTimeout bounds how long the body of a blob read (Open) may send
+// nothing before the read fails, as a cut connection does (default: a
+// minute, as long as the destination may take to answer at all).
+func WithIdleTimeout(d time.Duration) Option {
+	return func(s *Store) { s.idle = d }
+}
+
 // WithMountSources sets a hint consulted by Put, after the repositories
 // the Store itself has seen a blob in, to find a repository to mount the
 // blob from.
@@ -101,6 +108,7 @@ type Store struct {
 	auth     authn.Authenticator
 	base     http.RoundTripper
 	sources  MountSources
+	idle     time.Duration // see WithIdleTimeout
 
 	// transports caches one authenticated transport per set of scopes: a
 	// bearer token is scoped to repositories and actions, and
@@ -187,6 +195,7 @@ func New(rawURL string, opts ...Option) (*Store, error) {
 		prefix:     prefix,
 		registry:   reg,
 		auth:       authn.Anonymous,
+		idle:       time.Minute,
 		transports: transports,
 		known:      map[digest.Digest]string{},
 	}

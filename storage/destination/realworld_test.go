@@ -14,6 +14,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -262,5 +263,40 @@ func TestBodyLimitMountRefused(t *testing.T) {
 	}
 	if mounts.Load() == 0 {
 		t.Error("no mount was tried")
+	}
+}
+
+// TestOpenStalled: a blob read whose body stops coming (the destination,
+// or a front end, keeps the connection open and sends nothing more) fails
+// once it has sent nothing for the idle timeout, as the destination being
+// unavailable, instead of holding the client's pull (docker and
+// containerd wait on a body for ever) and the fill reading it.
+func TestOpenStalled(t *testing.T) {
+	t.Parallel()
+	d := newDestinationConfig(t, destConfig{frontEnd: func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method != http.MethodGet || !strings.Contains(r.URL.Path, "/blobs/sha256:") {
+				next.ServeHTTP(w, r)
+				return
+			}
+			w.Header().Set("Content-Length", "1000")
+			_, _ = w.Write(make([]byte, 100))
+			_ = http.NewResponseController(w).Flush()
+			<-r.Context().Done() // stalled until the reader goes away
+		})
+	}})
+	s := newStore(t, d.URL()+"/mirror", destination.WithIdleTimeout(50*time.Millisecond))
+	dg := digest.FromBytes(content(1000, 1))
+	rc, err := s.Open(t.Context(), "library/x", dg, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	got, err := io.ReadAll(rc)
+	if !errors.Is(err, storage.ErrUnavailable) || !strings.Contains(err.Error(), "sent nothing") {
+		t.Fatalf("read of a stalled blob: %d bytes, %v; want an error wrapping ErrUnavailable saying it sent nothing", len(got), err)
+	}
+	if len(got) != 100 {
+		t.Errorf("read %d bytes before the stall; want the 100 sent", len(got))
 	}
 }
