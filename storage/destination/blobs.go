@@ -77,18 +77,26 @@ func (s *Store) Open(ctx context.Context, repo string, dgst digest.Digest, offse
 		cancel(nil)
 		return rc, err
 	}
-	b := &idleBody{ReadCloser: rc, ctx: ctx, cancel: cancel, what: fmt.Sprintf("blob %s@%s", s.path(repo), dgst), s: s}
-	b.idle = time.AfterFunc(s.idle, func() { cancel(errStalled) })
-	return b, nil
+	return s.watch(ctx, cancel, rc, fmt.Sprintf("blob %s@%s", s.path(repo), dgst)), nil
 }
 
-// errStalled ends a blob read whose body sent nothing for the idle timeout.
+// watch returns rc, the body of a request of ctx, failing its read once
+// it has sent nothing for the Store's idle timeout; cancel ends ctx, when
+// the body is closed or stalled.
+func (s *Store) watch(ctx context.Context, cancel context.CancelCauseFunc, rc io.ReadCloser, what string) io.ReadCloser {
+	b := &idleBody{ReadCloser: rc, ctx: ctx, cancel: cancel, what: what, s: s}
+	b.idle = time.AfterFunc(s.idle, func() { cancel(errStalled) })
+	return b
+}
+
+// errStalled ends a read whose body sent nothing for the idle timeout.
 var errStalled = errors.New("body stalled")
 
-// idleBody is the body of a blob read: it cancels the read once it has
-// sent nothing for the Store's idle timeout (a destination, or a front
-// end, that holds the connection open and sends no more would otherwise
-// hold its reader for ever), and releases it when closed.
+// idleBody is the body of a read (a blob, a manifest): it cancels the
+// read once it has sent nothing for the Store's idle timeout (a
+// destination, or a front end, that holds the connection open and sends
+// no more would otherwise hold its reader for ever), and releases it when
+// closed.
 type idleBody struct {
 	io.ReadCloser
 	ctx    context.Context

@@ -83,9 +83,10 @@ func WithTransport(rt http.RoundTripper) Option {
 	return func(s *Store) { s.base = rt }
 }
 
-// WithIdleTimeout bounds how long the body of a blob read (Open) may send
-// nothing before the read fails, as a cut connection does (default: a
-// minute, as long as the destination may take to answer at all).
+// WithIdleTimeout bounds how long the body of a blob or manifest read
+// (Open, Manifest) may send nothing before the read fails, as a cut
+// connection does (default: a minute, as long as the destination may take
+// to answer at all).
 func WithIdleTimeout(d time.Duration) Option {
 	return func(s *Store) { s.idle = d }
 }

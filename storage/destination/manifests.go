@@ -97,6 +97,8 @@ func (s *Store) Manifest(ctx context.Context, repo string, dgst digest.Digest) (
 		return nil, err
 	}
 	req.Header.Set("Accept", oci.AcceptAny)
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 	resp, err := s.do(ctx, req, what, r.Scope(transport.PushScope))
 	if err != nil {
 		return nil, err
@@ -108,12 +110,16 @@ func (s *Store) Manifest(ctx context.Context, repo string, dgst digest.Digest) (
 	if err := s.checkStatus(resp, what, http.StatusOK); err != nil {
 		return nil, err
 	}
+	resp.Body = s.watch(ctx, cancel, resp.Body, what)
 	defer resp.Body.Close()
 	if resp.ContentLength > oci.MaxManifestSize {
 		return nil, fmt.Errorf("destination %s: %s is %d bytes, over the %d byte limit", s, what, resp.ContentLength, oci.MaxManifestSize)
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, oci.MaxManifestSize+1))
 	if err != nil {
+		if errors.Is(context.Cause(ctx), errStalled) {
+			return nil, err // the body's own words
+		}
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("destination %s: %s: %w", s, what, ctx.Err())
 		}

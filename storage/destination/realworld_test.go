@@ -273,18 +273,7 @@ func TestBodyLimitMountRefused(t *testing.T) {
 // containerd wait on a body for ever) and the fill reading it.
 func TestOpenStalled(t *testing.T) {
 	t.Parallel()
-	d := newDestinationConfig(t, destConfig{frontEnd: func(next http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.Method != http.MethodGet || !strings.Contains(r.URL.Path, "/blobs/sha256:") {
-				next.ServeHTTP(w, r)
-				return
-			}
-			w.Header().Set("Content-Length", "1000")
-			_, _ = w.Write(make([]byte, 100))
-			_ = http.NewResponseController(w).Flush()
-			<-r.Context().Done() // stalled until the reader goes away
-		})
-	}})
+	d := newDestinationConfig(t, destConfig{frontEnd: stallGets("/blobs/sha256:")})
 	s := newStore(t, d.URL()+"/mirror", destination.WithIdleTimeout(50*time.Millisecond))
 	dg := digest.FromBytes(content(1000, 1))
 	rc, err := s.Open(t.Context(), "library/x", dg, 0)
@@ -298,5 +287,37 @@ func TestOpenStalled(t *testing.T) {
 	}
 	if len(got) != 100 {
 		t.Errorf("read %d bytes before the stall; want the 100 sent", len(got))
+	}
+}
+
+// stallGets is a front end that answers a GET whose path has part with
+// 100 of its announced 1000 bytes, then holds the connection open,
+// sending nothing more, until the client goes away.
+func stallGets(part string) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method != http.MethodGet || !strings.Contains(r.URL.Path, part) {
+				next.ServeHTTP(w, r)
+				return
+			}
+			w.Header().Set("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+			w.Header().Set("Content-Length", "1000")
+			_, _ = w.Write(make([]byte, 100))
+			_ = http.NewResponseController(w).Flush()
+			<-r.Context().Done()
+		})
+	}
+}
+
+// TestManifestStalled: a manifest read whose body stops coming fails, as
+// a blob read's does (TestOpenStalled), instead of holding the client's
+// pull of the manifest for ever.
+func TestManifestStalled(t *testing.T) {
+	t.Parallel()
+	d := newDestinationConfig(t, destConfig{frontEnd: stallGets("/manifests/sha256:")})
+	s := newStore(t, d.URL()+"/mirror", destination.WithIdleTimeout(50*time.Millisecond))
+	_, err := s.Manifest(t.Context(), "library/x", digest.FromBytes(content(1000, 1)))
+	if !errors.Is(err, storage.ErrUnavailable) || !strings.Contains(err.Error(), "sent nothing") {
+		t.Fatalf("read of a stalled manifest: %v; want an error wrapping ErrUnavailable saying it sent nothing", err)
 	}
 }
