@@ -28,8 +28,8 @@ type PlannedBlob struct {
 	Stored bool
 }
 
-// Plan reads an image's manifests from the upstream, without storing
-// anything, and lists the blobs mirroring it with pats (nil: the configured
+// Plan reads an image's manifests from the upstream (or the store, where
+// the proxy reads them back from it), without storing anything, and lists the blobs mirroring it with pats (nil: the configured
 // platforms) would copy, each marked if the store has it already.
 func (p *Proxy) Plan(ctx context.Context, ref string, pats []oci.Platform) (Plan, error) {
 	im, err := p.parseImage(ref)
@@ -39,7 +39,9 @@ func (p *Proxy) Plan(ctx context.Context, ref string, pats []oci.Platform) (Plan
 	if pats == nil {
 		pats = p.platformsFor(im.t)
 	}
-	m, err := im.t.up.Manifest(ctx, im.t.repo, im.ref)
+	// Read back from the store, as a copy reads them, where it holds them
+	// (WithManifestsFromStore): each upstream GET counts as a pull.
+	m, err := p.upstreamManifest(ctx, im.t, im.ref, false)
 	if err != nil {
 		return Plan{}, err
 	}
@@ -61,7 +63,7 @@ func (p *Proxy) Plan(ctx context.Context, ref string, pats []oci.Platform) (Plan
 			children, names := selectChildren(doc.Manifests, pats)
 			plan.Platforms = append(plan.Platforms, names...)
 			for _, c := range children {
-				cm, err := im.t.up.Manifest(ctx, im.t.repo, oci.Ref{Digest: c.Digest})
+				cm, err := p.upstreamManifest(ctx, im.t, oci.Ref{Digest: c.Digest}, false)
 				if err != nil {
 					return err
 				}

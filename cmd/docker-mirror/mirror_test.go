@@ -950,6 +950,24 @@ func TestMirrorCommandAgainGetsNoManifest(t *testing.T) {
 	wantAt(t, e.dest, "area51/jenkins", "2.4", moved.Manifest, moved.MediaType)
 }
 
+// A dry run of what the destination holds reads the manifests back from
+// it, as a copy does: it asks the upstream a HEAD per tag and no manifest
+// GET, each of which Docker Hub counts against its pull limit.
+func TestMirrorCommandDryRunGetsNoManifest(t *testing.T) {
+	e := newMirrorEnv(t)
+	if code, stdout, stderr := e.mirror(t, "hello-world", "area51/jenkins:2.4"); code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+	e.up.ResetCounts()
+	code, stdout, stderr := e.mirror(t, "--dry-run", "hello-world", "area51/jenkins:2.4")
+	if code != 0 || strings.Count(stdout, "would copy 0 blobs") != 2 {
+		t.Fatalf("dry run: exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+	if n := e.up.Count(http.MethodGet, fixture.KindManifest); n != 0 {
+		t.Errorf("a dry run of what the destination holds: %d manifest GETs upstream; want none", n)
+	}
+}
+
 // A manifest the destination answers with other bytes than its digest's
 // (once: a proxy in front of it rewriting JSON) is not taken: the
 // upstream's is fetched, and the copy completes.
