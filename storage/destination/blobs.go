@@ -72,12 +72,29 @@ func (s *Store) Stat(ctx context.Context, repo string, dgst digest.Digest) (int6
 // error wrapping storage.ErrUnavailable.
 func (s *Store) Open(ctx context.Context, repo string, dgst digest.Digest, offset int64) (io.ReadCloser, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
-	rc, err := s.open(ctx, repo, dgst, offset)
+	rc, skip, err := s.open(ctx, repo, dgst, offset)
 	if err != nil || rc == http.NoBody {
 		cancel(nil)
 		return rc, err
 	}
-	return s.watch(ctx, cancel, rc, fmt.Sprintf("blob %s@%s", s.path(repo), dgst)), nil
+	what := fmt.Sprintf("blob %s@%s", s.path(repo), dgst)
+	rc = s.watch(ctx, cancel, rc, what)
+	if skip > 0 {
+		// The destination ignored Range: skip to the offset.
+		n, err := io.CopyN(io.Discard, rc, skip)
+		if err != nil {
+			rc.Close()
+			var de *destError
+			switch {
+			case err == io.EOF:
+				return nil, fmt.Errorf("destination %s: %s: offset %d is beyond its %d bytes", s, what, offset, n)
+			case errors.As(err, &de):
+				return nil, err // stalled
+			}
+			return nil, s.fail(err, what)
+		}
+	}
+	return rc, nil
 }
 
 // watch returns rc, the body of a request of ctx, failing its read once
@@ -124,51 +141,41 @@ func (b *idleBody) Close() error {
 	return err
 }
 
-// open is Open without the idle timeout; ctx ends with the body.
-func (s *Store) open(ctx context.Context, repo string, dgst digest.Digest, offset int64) (io.ReadCloser, error) {
+// open is Open without the idle timeout; ctx ends with the body. skip is
+// how much of the body comes before offset: all of it, or none.
+func (s *Store) open(ctx context.Context, repo string, dgst digest.Digest, offset int64) (rc io.ReadCloser, skip int64, err error) {
 	r, err := s.blobTarget(repo, dgst)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if offset < 0 {
-		return nil, fmt.Errorf("destination %s: negative offset %d", s, offset)
+		return nil, 0, fmt.Errorf("destination %s: negative offset %d", s, offset)
 	}
 	what := fmt.Sprintf("blob %s@%s", r.RepositoryStr(), dgst)
 	req, err := http.NewRequest(http.MethodGet, s.url(r, "blobs", dgst.String()), nil)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if offset > 0 {
 		req.Header.Set("Range", fmt.Sprintf("bytes=%d-", offset))
 	}
 	resp, err := s.do(ctx, req, what, r.Scope(transport.PushScope))
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	switch resp.StatusCode {
 	case http.StatusNotFound:
 		drainClose(resp.Body)
-		return nil, s.notFound(what)
+		return nil, 0, s.notFound(what)
 	case http.StatusOK:
-		if offset > 0 {
-			// The destination ignored Range: skip to the offset.
-			n, err := io.CopyN(io.Discard, resp.Body, offset)
-			if err != nil {
-				resp.Body.Close()
-				if err == io.EOF {
-					return nil, fmt.Errorf("destination %s: %s: offset %d is beyond its %d bytes", s, what, offset, n)
-				}
-				return nil, s.fail(err, what)
-			}
-		}
-		return resp.Body, nil
+		return resp.Body, offset, nil // the destination ignored Range
 	case http.StatusPartialContent:
 		if cr, ok := httprange.Parse(resp.Header.Get("Content-Range")); !ok || cr.First != offset {
 			resp.Body.Close()
-			return nil, fmt.Errorf("destination %s: %s: asked for bytes from %d, got Content-Range %q",
+			return nil, 0, fmt.Errorf("destination %s: %s: asked for bytes from %d, got Content-Range %q",
 				s, what, offset, resp.Header.Get("Content-Range"))
 		}
-		return resp.Body, nil
+		return resp.Body, 0, nil
 	case http.StatusRequestedRangeNotSatisfiable:
 		drainClose(resp.Body)
 		// An offset at the very end is valid and reads nothing.
@@ -176,14 +183,14 @@ func (s *Store) open(ctx context.Context, repo string, dgst digest.Digest, offse
 		if cr, ok := httprange.Parse(resp.Header.Get("Content-Range")); ok && cr.Total >= 0 {
 			size = cr.Total
 		} else if size, err = s.Stat(ctx, repo, dgst); err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		if offset == size {
-			return http.NoBody, nil
+			return http.NoBody, 0, nil
 		}
-		return nil, fmt.Errorf("destination %s: %s: offset %d is beyond its %d bytes", s, what, offset, size)
+		return nil, 0, fmt.Errorf("destination %s: %s: offset %d is beyond its %d bytes", s, what, offset, size)
 	}
-	return nil, s.checkStatus(resp, what)
+	return nil, 0, s.checkStatus(resp, what)
 }
 
 // Put implements storage.Store. It uses go-containerregistry's

@@ -288,6 +288,13 @@ func TestOpenStalled(t *testing.T) {
 	if len(got) != 100 {
 		t.Errorf("read %d bytes before the stall; want the 100 sent", len(got))
 	}
+	// Range ignored (200, the whole blob): the skip to the offset stalls.
+	if rc, err := s.Open(t.Context(), "library/x", dg, 500); !errors.Is(err, storage.ErrUnavailable) || !strings.Contains(err.Error(), "sent nothing") {
+		if err == nil {
+			rc.Close()
+		}
+		t.Fatalf("Open at 500 of a stalled blob: %v; want an error wrapping ErrUnavailable saying it sent nothing", err)
+	}
 }
 
 // stallGets is a front end that answers a GET whose path has part with
