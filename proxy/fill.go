@@ -81,8 +81,18 @@ func (p *Proxy) enqueueFill(ctx context.Context, t target, dgst digest.Digest) {
 		p.log.Debug("not mirroring: the store refuses writes", "upstream", t.host(), "repo", t.repo, "digest", dgst, "error", err)
 		return
 	}
+	if err := p.manifestRefused(t, dgst); err != nil {
+		// The client is served from the index meanwhile.
+		p.log.Debug("not mirroring: the store refused the manifest", "upstream", t.host(), "repo", t.repo, "digest", dgst, "error", err)
+		return
+	}
 	p.background(ctx, fillKey(t, dgst), func(ctx context.Context) error {
 		err := p.fillImage(ctx, t, dgst)
+		if errors.Is(err, errRefusedLately) {
+			// A manifest it lists: its refusal is on the status already.
+			p.log.Debug("background fill incomplete: the store refused a manifest", "upstream", t.host(), "repo", t.repo, "digest", dgst, "error", err)
+			return err
+		}
 		if err != nil {
 			p.log.Warn("background fill incomplete; it resumes on the next pull or restart",
 				"upstream", t.host(), "repo", t.repo, "digest", dgst, "error", err)
@@ -382,6 +392,9 @@ func matchAny(pats []oci.Platform, q *v1.Platform) bool {
 // (image-spec lets an index list indexes) that match pats, which it
 // returns (at every depth) with their platforms.
 func (p *Proxy) fillChild(ctx context.Context, t target, dgst digest.Digest, pats []oci.Platform, depth int, prog *progress) ([]v1.Descriptor, []string, error) {
+	if err := p.manifestRefused(t, dgst); err != nil {
+		return nil, nil, err // its blobs not checked again to be refused
+	}
 	m, err := p.ensureManifest(ctx, t, dgst)
 	if err != nil {
 		return nil, nil, err

@@ -508,13 +508,19 @@ func (p *Proxy) writeManifest(ctx context.Context, t target, m *storedManifest) 
 }
 
 // pushManifest sends a manifest to a registry destination by digest, once
-// everything it references is stored there.
+// everything it references is stored there; not while the destination's
+// refusal of it is remembered (manifestRefused).
 func (p *Proxy) pushManifest(ctx context.Context, t target, m *storedManifest) error {
 	ms, ok := p.store.(storage.ManifestStore)
 	if !ok {
 		return nil
 	}
-	if err := ms.PutManifest(ctx, t.storeRepo(), m.digest.String(), m.mediaType, m.body); err != nil {
+	if err := p.manifestRefused(t, m.digest); err != nil {
+		return err
+	}
+	err := ms.PutManifest(ctx, t.storeRepo(), m.digest.String(), m.mediaType, m.body)
+	p.noteManifestRefusal(t, m.digest, err)
+	if err != nil {
 		return err
 	}
 	// From now on it is served from the destination.

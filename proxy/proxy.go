@@ -275,6 +275,10 @@ func New(store storage.Store, index *storage.Index, upstreams []*upstream.Client
 	if err != nil {
 		return nil, err
 	}
+	refusedManifests, err := lru.New[string, writeRefusal](maxWriteRefusals)
+	if err != nil {
+		return nil, err
+	}
 	wholeBlobs, err := lru.New[digest.Digest, int64](maxWholeBlobs)
 	if err != nil {
 		return nil, err
@@ -282,7 +286,7 @@ func New(store storage.Store, index *storage.Index, upstreams []*upstream.Client
 	p := &Proxy{
 		store:           store,
 		index:           index,
-		refusals:        &writeRefusals{byRepo: refused},
+		refusals:        &writeRefusals{byRepo: refused, byManifest: refusedManifests},
 		access:          (*access.Policy)(nil), // everyone in, until WithAccess
 		upstreams:       map[string]*upstream.Client{},
 		log:             slog.Default(),

@@ -2,9 +2,11 @@ package proxy
 
 import (
 	"errors"
+	"fmt"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/opencontainers/go-digest"
 
 	"github.com/docker-mirror/docker-mirror/storage"
 )
@@ -22,9 +24,11 @@ const writeRetryAfter = time.Minute
 const maxWriteRefusals = 1024
 
 // writeRefusals remembers, per repository of the store, its last refusal
-// to store content and until when it is believed.
+// to store content and until when it is believed; and per repository and
+// manifest digest, its refusal of that manifest itself.
 type writeRefusals struct {
-	byRepo *lru.Cache[string, writeRefusal]
+	byRepo     *lru.Cache[string, writeRefusal]
+	byManifest *lru.Cache[string, writeRefusal]
 }
 
 type writeRefusal struct {
@@ -67,4 +71,43 @@ func (p *Proxy) WritesRefused() error {
 		}
 	}
 	return last.err
+}
+
+// errRefusedLately marks a manifest not sent to the store because the
+// store refused it (storage.ErrManifestRefused) within the last
+// writeRetryAfter: a fill failing for it adds no failure to the status
+// again.
+var errRefusedLately = errors.New("refused by the store within the last minute; not sent again yet")
+
+// manifestRefusalKey names a manifest of t's repository of the store.
+// By digest, not media type: a registry may refuse a manifest for what it
+// holds (older than image-spec 1.1, a subject field) and take others of
+// its media type.
+func manifestRefusalKey(t target, dgst digest.Digest) string {
+	return t.storeRepo() + "@" + dgst.String()
+}
+
+// noteManifestRefusal records the outcome of a push of t's manifest dgst
+// to the store: its refusal (storage.ErrManifestRefused) is remembered
+// for writeRetryAfter, as a refusal of every write is (noteRefusal); a
+// push that succeeded forgets it.
+func (p *Proxy) noteManifestRefusal(t target, dgst digest.Digest, err error) {
+	switch {
+	case err == nil:
+		p.refusals.byManifest.Remove(manifestRefusalKey(t, dgst))
+	case errors.Is(err, storage.ErrManifestRefused):
+		p.refusals.byManifest.Add(manifestRefusalKey(t, dgst), writeRefusal{err: err, until: p.now().Add(writeRetryAfter)})
+	}
+}
+
+// manifestRefused returns the store's refusal of t's manifest dgst,
+// marked errRefusedLately, if it came within the last writeRetryAfter
+// and no push of it has succeeded since, else nil: the image is not sent
+// again meanwhile, its blobs not checked, only to be refused again.
+func (p *Proxy) manifestRefused(t target, dgst digest.Digest) error {
+	ref, ok := p.refusals.byManifest.Get(manifestRefusalKey(t, dgst))
+	if !ok || !p.now().Before(ref.until) {
+		return nil
+	}
+	return fmt.Errorf("manifest %s %w: %w", dgst, errRefusedLately, ref.err)
 }

@@ -1359,3 +1359,64 @@ func TestDestinationRefusingWritesNotRetried(t *testing.T) {
 		t.Error("the destination was not tried again once the refusal was old")
 	}
 }
+
+// refusingOCIIndexes is the front end of a registry without OCI index
+// support (an old Nexus or ECR): it refuses an OCI index, 400
+// MANIFEST_INVALID.
+func refusingOCIIndexes(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPut && strings.Contains(r.URL.Path, "/manifests/") &&
+			strings.HasPrefix(r.Header.Get("Content-Type"), oci.MediaTypeOCIIndex) {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusBadRequest)
+			_, _ = io.WriteString(w, `{"errors":[{"code":"MANIFEST_INVALID","message":"manifest invalid","detail":"unsupported media type"}]}`)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// A destination that refuses an image's manifest itself (an OCI index to
+// a registry without OCI index support) is not sent the image again with
+// every pull, nor does each pull add a failure to the status: the
+// refusal is remembered for a while, as a refusal of every write is, and
+// the client is served from the index meanwhile. Once the while is over,
+// a pull tries the destination again.
+func TestDestinationRefusingManifestNotRetried(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	ma := up.SeedMultiArch(t, "library/hello-world", "latest", fixture.OCI)
+	dest := fixture.StartDestination(t, map[string]string{destUser: destPassword}, fixture.WithFrontEnd(refusingOCIIndexes))
+	m := startDestMirror(t, up, dest, nil)
+	amd64 := ma.Platforms["linux/amd64"]
+	// sent counts what a pull asked the destination besides what serving
+	// the client needs (a GET, and a HEAD, of each blob it pulls).
+	sent := func() int {
+		t.Helper()
+		if got := cranePull(t, ref(t, m.Server, "hello-world:latest"), remote.WithPlatform(linuxAMD64)); got != amd64.Digest {
+			t.Fatalf("pulled %s", got)
+		}
+		m.WaitIdle()
+		n := -len(blobSizes(t, amd64))
+		for _, r := range dest.TakeRequests() {
+			if r.Method != http.MethodGet {
+				n++
+			}
+		}
+		return n
+	}
+	counts := []int{sent(), sent(), sent()}
+	if counts[0] <= 0 {
+		t.Fatalf("the first pull sent the destination nothing of the image: %v", counts)
+	}
+	if counts[1] != 0 || counts[2] != 0 {
+		t.Errorf("requests to the destination per pull beyond serving it = %v, want the refused image sent once", counts)
+	}
+	if f := m.Proxy.Failures(); len(f) != 1 {
+		t.Errorf("%d failures on the status after three pulls, want the refusal once: %+v", len(f), f)
+	}
+
+	m.Clock.Advance(time.Hour)
+	if n := sent(); n <= 0 {
+		t.Error("the destination was not tried again once the refusal was old")
+	}
+}
