@@ -103,6 +103,7 @@ func (s *Store) Open(ctx context.Context, repo string, dgst digest.Digest, offse
 func (s *Store) watch(ctx context.Context, cancel context.CancelCauseFunc, rc io.ReadCloser, what string) io.ReadCloser {
 	b := &idleBody{ReadCloser: rc, ctx: ctx, cancel: cancel, what: what, s: s}
 	b.idle = time.AfterFunc(s.idle, func() { cancel(errStalled) })
+	b.idle.Stop() // armed while a read waits on the destination
 	return b
 }
 
@@ -124,10 +125,11 @@ type idleBody struct {
 }
 
 func (b *idleBody) Read(p []byte) (int, error) {
+	// Only the wait on the destination counts: a reader that does not
+	// read for a while (its client slow) leaves the body idle, not stalled.
+	b.idle.Reset(b.s.idle)
 	n, err := b.ReadCloser.Read(p)
-	if n > 0 {
-		b.idle.Reset(b.s.idle)
-	}
+	b.idle.Stop()
 	if err != nil && err != io.EOF && errors.Is(context.Cause(b.ctx), errStalled) {
 		return n, &destError{msg: fmt.Sprintf("destination %s sent nothing of %s for %s", b.s.host, b.what, b.s.idle), err: err}
 	}
