@@ -359,10 +359,6 @@ func (c *Collector) claim(ds []digest.Digest) ([]digest.Digest, func()) {
 	return got, claims.Release
 }
 
-// refresh reads every replica's records from a shared store into the
-// index before the index is read as a whole: roots, pins, pull times and
-// sizes are then the bucket's, not this replica's (nothing to do on a
-// store of one process).
 // listedBytes is the size of all content in the store, as listed: what
 // the records count and what none does yet.
 func (c *Collector) listedBytes(ctx context.Context) (int64, error) {
@@ -377,6 +373,10 @@ func (c *Collector) listedBytes(ctx context.Context) (int64, error) {
 	return n, nil
 }
 
+// refresh reads every replica's records from a shared store into the
+// index before the index is read as a whole: roots, pins, pull times and
+// sizes are then the bucket's, not this replica's (nothing to do on a
+// store of one process).
 func (c *Collector) refresh(ctx context.Context) error {
 	if err := c.index.Refresh(ctx); err != nil {
 		return fmt.Errorf("reading the records other replicas share: %w", err)
