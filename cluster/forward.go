@@ -37,20 +37,22 @@ const trustedPeer ctxKey = iota
 // Handler wraps the replica's handler: a request carrying the shared
 // secret is marked as coming from a peer (TrustPeers lets it pull), and
 // the secret is taken off it before anything else sees the request. With
-// a secret, the hop header of a request without it is taken off too: a
-// client sending it would have its misses fetched here rather than
+// a secret, the hop header of a request without a secret is taken off
+// too: a client sending it would have its misses fetched here rather than
 // through their owner, and counted as served for a peer, not as its own.
+// Beside another secret (a replica's whose secret changed before or after
+// this one's) it stays: forwarded again, the request could go round in
+// circles between replicas that disagree on its owner.
 func (c *Cluster) Handler(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		trusted := false
-		if s, ok := r.Header[secretHeader]; ok {
+		s, signed := r.Header[secretHeader]
+		if signed {
 			r.Header.Del(secretHeader)
 			if c.secret != "" && len(s) == 1 && subtle.ConstantTimeCompare([]byte(s[0]), []byte(c.secret)) == 1 {
 				r = r.WithContext(context.WithValue(r.Context(), trustedPeer, true))
-				trusted = true
 			}
 		}
-		if c.secret != "" && !trusted {
+		if c.secret != "" && !signed {
 			r.Header.Del(HopHeader)
 		}
 		if c.Forwarded(r) {
