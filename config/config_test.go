@@ -1468,3 +1468,19 @@ func TestEmptyVariableRefused(t *testing.T) {
 		}
 	}
 }
+
+// An empty DOCKER_MIRROR_DESTINATION_PASSWORD (a compose file's
+// ${DEST_PASSWORD} with the variable unset) replaced the file's
+// destination.password with none: the mirror started, sent the username
+// with an empty password, and every write to the destination was refused,
+// where every other empty variable is refused naming it. It is refused
+// too.
+func TestEmptyDestinationPasswordVariableRefused(t *testing.T) {
+	file := writeFile(t, "destination:\n  url: https://registry.example.com/mirror\n  username: mirror\n  password: s3cret\n")
+	for _, v := range []string{"", "\n"} {
+		c, err := resolve(t, []string{"--config", file}, map[string]string{"DOCKER_MIRROR_DESTINATION_PASSWORD": v})
+		if err == nil || !strings.Contains(err.Error(), "DOCKER_MIRROR_DESTINATION_PASSWORD") || !strings.Contains(err.Error(), "empty") {
+			t.Errorf("DOCKER_MIRROR_DESTINATION_PASSWORD %q: password %q, error %v; want it refused naming the variable", v, c.Destination.Password, err)
+		}
+	}
+}

@@ -323,6 +323,10 @@ func (f *Flags) Resolve(lookup func(string) (string, bool)) (Config, error) {
 		o.record(k, vals, env)
 	}
 	if v, ok := lookup(passwordEnv); ok {
+		if secretText(v) == "" {
+			// Taken as none, it would drop the file's password silently.
+			return Config{}, fmt.Errorf("%s: empty (give a value, or unset it)", passwordEnv)
+		}
 		c.Destination.Password = secretText(v)
 	}
 	if err := c.Validate(); err != nil {
