@@ -24,10 +24,13 @@ import (
 // pollInterval is how often the prefetch command asks for its job's state.
 const pollInterval = 500 * time.Millisecond
 
-// maxPollFailures is how many polls in a row may fail for want of an
-// answer (transient) before the prefetch command stops following its job:
-// a minute's.
-const maxPollFailures = int(time.Minute / pollInterval)
+// pollGiveUp is how long the prefetch command goes on asking for its
+// job's state while it gets no answer (transient) before it stops
+// following the job; pollTimeout bounds one ask.
+const (
+	pollGiveUp  = time.Minute
+	pollTimeout = 20 * time.Second
+)
 
 // prefetchPasswordEnv holds the password of the admin --server names
 // (http://USER@HOST): given there, it is not in the command line, which
@@ -85,7 +88,7 @@ func prefetchCommand(ctx context.Context, args []string, stdout, stderr io.Write
 	fmt.Fprintf(stdout, "prefetch job %s\n", job.ID)
 	d := newDisplay(stdout)
 	reported := map[string]bool{}
-	failures := 0 // polls failed in a row
+	var failing time.Time // since when the polls fail (zero: the last was answered)
 	for {
 		for _, im := range job.Images {
 			pr := proxy.Progress{Digest: im.Digest, PlatformsTotal: im.PlatformsTotal, PlatformsDone: im.PlatformsDone, BytesTotal: im.BytesTotal, BytesDone: im.BytesDone}
@@ -108,28 +111,32 @@ func prefetchCommand(ctx context.Context, args []string, stdout, stderr io.Write
 		case <-ctx.Done():
 		case <-time.After(pollInterval):
 		}
-		next, err := getJob(ctx, base, job.ID)
+		pctx, cancel := context.WithTimeout(ctx, pollTimeout)
+		next, err := getJob(pctx, base, job.ID)
+		cancel()
 		if ctx.Err() != nil {
 			// Interrupted, between two asks or during one: the job is
 			// the server's, not ended by the interruption.
 			fmt.Fprintf(stderr, "docker-mirror prefetch: stopped following job %s; it goes on in the server\n", job.ID)
 			return 1
 		}
-		if err != nil && transient(err) && failures < maxPollFailures {
+		if err != nil && transient(err) {
 			// The server restarting (a rolling upgrade) or a load
 			// balancer's hiccup: the job goes on in the server, and
 			// is followed again once it answers.
-			if failures == 0 {
+			if failing.IsZero() {
+				failing = time.Now()
 				fmt.Fprintf(stderr, "docker-mirror prefetch: asking for job %s: %v; asking again\n", job.ID, err)
 			}
-			failures++
-			continue
+			if time.Since(failing) < pollGiveUp {
+				continue
+			}
 		}
 		if err != nil {
 			fmt.Fprintf(stderr, "docker-mirror prefetch: %v\n", err)
 			return 1
 		}
-		job, failures = next, 0
+		job, failing = next, time.Time{}
 	}
 	d.wait()
 	var failed []string
