@@ -37,7 +37,9 @@ type slowDownS3 struct {
 	requested atomic.Pointer[func(r *http.Request)]
 }
 
-func startSlowDownS3(t *testing.T, s3srv *s3test.Server) (*slowDownS3, string) {
+// startSlowDownS3 starts a slowDownS3 before s3srv, and returns it with
+// the configuration of a replica on bucket that reaches it through it.
+func startSlowDownS3(t *testing.T, s3srv *s3test.Server, bucket string) (*slowDownS3, func(*config.Config)) {
 	t.Helper()
 	u, err := url.Parse(s3srv.Endpoint)
 	if err != nil {
@@ -46,7 +48,10 @@ func startSlowDownS3(t *testing.T, s3srv *s3test.Server) (*slowDownS3, string) {
 	f := &slowDownS3{next: httputil.NewSingleHostReverseProxy(u)}
 	srv := httptest.NewServer(f)
 	t.Cleanup(srv.Close)
-	return f, srv.URL
+	return f, func(c *config.Config) {
+		c.Storage = s3srv.Storage(bucket)
+		c.Storage["s3"]["regionendpoint"] = srv.URL
+	}
 }
 
 func (f *slowDownS3) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -73,15 +78,12 @@ func (f *slowDownS3) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // or fall back), never 500 as if the mirror were broken.
 func TestSharedBucketRecordWriteRefusedIsUnavailable(t *testing.T) {
 	s3srv, bucket, _ := sharedBucket(t)
-	faults, endpoint := startSlowDownS3(t, s3srv)
+	faults, onFront := startSlowDownS3(t, s3srv, bucket)
 	up := fixture.StartUpstream(t)
 	img := up.SeedImage(t, "library/app", "v1", 1, 4<<10)
 	layer := img.Layers[0]
 	up.PushBlob(t, "library/other", blobOf(t, up, "library/app", layer))
-	m := servertest.StartConfigured(t, []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}, func(c *config.Config) {
-		c.Storage = s3srv.Storage(bucket)
-		c.Storage["s3"]["regionendpoint"] = endpoint
-	})
+	m := servertest.StartConfigured(t, []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}, onFront)
 	wantManifest(t, get(t, m.URL()+"/v2/library/app/manifests/v1"), img.Manifest, img.MediaType)
 	m.WaitIdle()
 	if r := get(t, m.URL()+"/v2/library/app/blobs/"+layer); r.status != http.StatusOK || sha(r.body) != layer {
@@ -106,14 +108,11 @@ func TestSharedBucketRecordWriteRefusedIsUnavailable(t *testing.T) {
 // both replicas.
 func TestSharedBucketPullTimeRefusedNotLost(t *testing.T) {
 	s3srv, bucket, onBucket := sharedBucket(t)
-	faults, endpoint := startSlowDownS3(t, s3srv)
+	faults, onFront := startSlowDownS3(t, s3srv, bucket)
 	up := fixture.StartUpstream(t)
 	img := up.SeedImage(t, "library/app", "v1", 1, 4<<10)
 	ups := []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}
-	a := servertest.StartConfigured(t, ups, func(c *config.Config) {
-		c.Storage = s3srv.Storage(bucket)
-		c.Storage["s3"]["regionendpoint"] = endpoint
-	})
+	a := servertest.StartConfigured(t, ups, onFront)
 	b := servertest.StartConfigured(t, ups, onBucket)
 	wantManifest(t, get(t, a.URL()+"/v2/library/app/manifests/v1"), img.Manifest, img.MediaType)
 	a.WaitIdle()
@@ -239,13 +238,10 @@ func TestSharedBucketUnreadableTagRecordIsAMiss(t *testing.T) {
 // reads them.
 func TestSharedBucketUnderMaxSizeReadsNoRecords(t *testing.T) {
 	s3srv, bucket, _ := sharedBucket(t)
-	front, endpoint := startSlowDownS3(t, s3srv)
+	front, onFront := startSlowDownS3(t, s3srv, bucket)
 	up := fixture.StartUpstream(t)
 	img := up.SeedImage(t, "library/app", "v1", 2, 4<<10)
-	m := servertest.StartConfigured(t, []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}, func(c *config.Config) {
-		c.Storage = s3srv.Storage(bucket)
-		c.Storage["s3"]["regionendpoint"] = endpoint
-	})
+	m := servertest.StartConfigured(t, []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}, onFront)
 	wantManifest(t, get(t, m.URL()+"/v2/library/app/manifests/v1"), img.Manifest, img.MediaType)
 	m.WaitIdle()
 	policy := lifecycle.Policy{MaxSize: 1 << 30, CollectEvery: lifecycle.DefaultCollectEvery}
@@ -280,13 +276,10 @@ func TestSharedBucketUnderMaxSizeReadsNoRecords(t *testing.T) {
 // second one runs beside it.
 func TestSharedBucketRecordsReadInParallel(t *testing.T) {
 	s3srv, bucket, _ := sharedBucket(t)
-	front, endpoint := startSlowDownS3(t, s3srv)
+	front, onFront := startSlowDownS3(t, s3srv, bucket)
 	up := fixture.StartUpstream(t)
 	img := up.SeedImage(t, "library/app", "v1", 2, 4<<10)
-	m := servertest.StartConfigured(t, []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}, func(c *config.Config) {
-		c.Storage = s3srv.Storage(bucket)
-		c.Storage["s3"]["regionendpoint"] = endpoint
-	})
+	m := servertest.StartConfigured(t, []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}, onFront)
 	wantManifest(t, get(t, m.URL()+"/v2/library/app/manifests/v1"), img.Manifest, img.MediaType)
 	m.WaitIdle()
 

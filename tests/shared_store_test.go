@@ -283,11 +283,7 @@ func TestSharedBucketCollectionKeepsOtherReplicasReferrers(t *testing.T) {
 // image was served by neither replica with the upstream down.
 func TestSharedBucketCollectionKeepsAnotherReplicasLongPrefetch(t *testing.T) {
 	s3srv, bucket, _ := sharedBucket(t)
-	front, endpoint := startSlowDownS3(t, s3srv)
-	onFront := func(c *config.Config) {
-		c.Storage = s3srv.Storage(bucket)
-		c.Storage["s3"]["regionendpoint"] = endpoint
-	}
+	front, onFront := startSlowDownS3(t, s3srv, bucket)
 	up := fixture.StartUpstream(t)
 	img := up.SeedImage(t, "library/big", "v1", 2, 4<<10)
 	ups := []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}
@@ -401,7 +397,7 @@ func TestSharedBucketCollectionKeepsContentAnotherReplicaReuses(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s3srv, bucket, onBucket := sharedBucket(t)
-			front, endpoint := startSlowDownS3(t, s3srv)
+			front, onFront := startSlowDownS3(t, s3srv, bucket)
 			up := fixture.StartUpstream(t)
 			// v1 is pulled first; images are those the manifest pulled
 			// last is or names, which must be served in the end.
@@ -443,10 +439,7 @@ func TestSharedBucketCollectionKeepsContentAnotherReplicaReuses(t *testing.T) {
 			}
 			ups := []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}
 			a := servertest.StartConfigured(t, ups, onBucket)
-			b := servertest.StartConfigured(t, ups, func(c *config.Config) {
-				c.Storage = s3srv.Storage(bucket)
-				c.Storage["s3"]["regionendpoint"] = endpoint
-			})
+			b := servertest.StartConfigured(t, ups, onFront)
 			wantManifest(t, get(t, a.URL()+"/v2/library/app/manifests/v1"), v1.raw, v1.mt)
 			a.WaitIdle()
 			d := digestOf(t, v1.digest)
@@ -549,14 +542,11 @@ func TestSharedBucketJobOfAStoppedReplicaReadsAsLost(t *testing.T) {
 // (TestSharedBucketJobOfAStoppedReplicaReadsAsLost).
 func TestSharedBucketLongJobNotReadAsLost(t *testing.T) {
 	s3srv, bucket, onBucket := sharedBucket(t)
-	front, endpoint := startSlowDownS3(t, s3srv)
+	front, onFront := startSlowDownS3(t, s3srv, bucket)
 	up := fixture.StartUpstream(t)
 	img := up.SeedImage(t, "library/app", "v1", 1, 4<<10)
 	ups := []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}
-	a := servertest.StartConfigured(t, ups, func(c *config.Config) {
-		c.Storage = s3srv.Storage(bucket)
-		c.Storage["s3"]["regionendpoint"] = endpoint
-	}, proxy.WithJobBeat(10*time.Millisecond))
+	a := servertest.StartConfigured(t, ups, onFront, proxy.WithJobBeat(10*time.Millisecond))
 	b := servertest.StartConfigured(t, ups, onBucket)
 	location, gate := heldPrefetch(t, a, up, img)
 	defer gate.Open()
@@ -596,8 +586,8 @@ func TestSharedBucketLongJobNotReadAsLost(t *testing.T) {
 // down.
 func TestSharedBucketCollectionKeepsBlobsOfAManifestAnotherReplicaReuses(t *testing.T) {
 	s3srv, bucket, _ := sharedBucket(t)
-	frontA, endpointA := startSlowDownS3(t, s3srv)
-	frontB, endpointB := startSlowDownS3(t, s3srv)
+	frontA, onA := startSlowDownS3(t, s3srv, bucket)
+	frontB, onB := startSlowDownS3(t, s3srv, bucket)
 	up := fixture.StartUpstream(t)
 	ma := up.SeedMultiArch(t, "library/app", "v1", fixture.OCI, fixture.WithoutAttestations())
 	var doc map[string]any
@@ -611,14 +601,8 @@ func TestSharedBucketCollectionKeepsBlobsOfAManifestAnotherReplicaReuses(t *test
 	}
 	up.PutManifest(t, "library/app", "v2", ma.MediaType, v2) // a new index on v1's images
 	ups := []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}
-	on := func(endpoint string) func(*config.Config) {
-		return func(c *config.Config) {
-			c.Storage = s3srv.Storage(bucket)
-			c.Storage["s3"]["regionendpoint"] = endpoint
-		}
-	}
-	a := servertest.StartConfigured(t, ups, on(endpointA))
-	b := servertest.StartConfigured(t, ups, on(endpointB))
+	a := servertest.StartConfigured(t, ups, onA)
+	b := servertest.StartConfigured(t, ups, onB)
 	wantManifest(t, get(t, a.URL()+"/v2/library/app/manifests/v1"), ma.Index, ma.MediaType)
 	a.WaitIdle()
 	d := digestOf(t, ma.Digest)
