@@ -34,7 +34,7 @@ var (
 		return err
 	}
 	callBlob answerCall = func(ctx context.Context, c *upstream.Client) error {
-		rc, _, err := c.Blob(ctx, "library/nginx", answerDigest, 0)
+		rc, _, err := c.Blob(ctx, "library/nginx", answerDigest, 5)
 		if err == nil {
 			rc.Close()
 		}

@@ -40,7 +40,7 @@ var errCalls = []errCall{
 		return err
 	}},
 	{"blob", KindBlob, false, func(ctx context.Context, c *Client) error {
-		rc, _, err := c.Blob(ctx, errTestRepo, errTestDigest, 0)
+		rc, _, err := c.Blob(ctx, errTestRepo, errTestDigest, 10)
 		if err == nil {
 			rc.Close()
 		}
