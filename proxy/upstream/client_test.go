@@ -600,3 +600,55 @@ func TestUpstreamTimeoutOverAMinute(t *testing.T) {
 		}
 	})
 }
+
+// leavingLoginTransport is basicLoginTransport whose requests carrying
+// credentials also end when their caller leaves.
+type leavingLoginTransport basicLoginTransport
+
+func (l leavingLoginTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if _, _, ok := r.BasicAuth(); ok {
+		l.sent.Add(1)
+		select {
+		case <-l.gate:
+		case <-r.Context().Done():
+			return nil, r.Context().Err()
+		}
+	}
+	h := http.Header{"Www-Authenticate": {`Basic realm="test"`}}
+	return &http.Response{StatusCode: http.StatusUnauthorized, Header: h, Body: http.NoBody, Request: r}, nil
+}
+
+// TestFirstBasicLoginLeavingLetsOneGo: the first request with credentials
+// not yet taken, whose client hung up before the registry answered, let
+// every request waiting for its answer go at once, each a failed login
+// toward the lock of the account; one of them now goes alone in its place.
+func TestFirstBasicLoginLeavingLetsOneGo(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const n = 6
+		var sent atomic.Int64
+		lt := leavingLoginTransport{gate: make(chan struct{}), sent: &sent}
+		c := errClient(t, "https://registry.test", WithTransport(lt), WithAuth(&authn.Basic{Username: "bot", Password: "typo"}))
+		ctx, hangUp := context.WithCancel(t.Context())
+		var wg sync.WaitGroup
+		wg.Go(func() { _, _ = c.HeadManifest(ctx, "team/first", v1) })
+		synctest.Wait()
+		for i := range n {
+			wg.Go(func() {
+				if _, err := c.HeadManifest(t.Context(), fmt.Sprintf("team/app%d", i), v1); !errors.Is(err, ErrAuth) {
+					t.Errorf("team/app%d: %v, want ErrAuth", i, err)
+				}
+			})
+		}
+		synctest.Wait()
+		hangUp()
+		synctest.Wait()
+		if got := sent.Load(); got != 2 {
+			t.Errorf("%d requests carried credentials not yet taken, the first one's client gone, want 2 (it, and one in its place)", got)
+		}
+		close(lt.gate)
+		wg.Wait()
+		if got := sent.Load(); got != 2 {
+			t.Errorf("%d requests carried the refused credentials in all, want 2", got)
+		}
+	})
+}

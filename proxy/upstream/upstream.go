@@ -73,11 +73,11 @@ type Client struct {
 	// guarded by refusedMu.
 	refusedMu    sync.Mutex
 	credsRefused refusal
-	// firstLogin, closed when it ends, is the token request with our
+	// firstLogin, done when it ends, is the token request with our
 	// credentials the others wait for until the upstream has taken them
 	// (loggedIn): login. Guarded by loginMu.
 	loginMu    sync.Mutex
-	firstLogin chan struct{}
+	firstLogin *loginTurn
 	loggedIn   atomic.Bool
 	// tokens keeps the token server's latest answers, by request, for
 	// tokenReuse (tokenLimits).
@@ -367,29 +367,45 @@ func (c *Client) login(ctx context.Context, anonymous bool) (release func(), err
 	if c.loggedIn.Load() || anonymous {
 		return func() {}, nil
 	}
-	c.loginMu.Lock()
-	if first := c.firstLogin; first != nil {
+	for {
+		c.loginMu.Lock()
+		first := c.firstLogin
+		if first == nil {
+			break
+		}
 		c.loginMu.Unlock()
 		select {
-		case <-first:
+		case <-first.done:
 		case <-ctx.Done():
 			return nil, context.Cause(ctx)
 		}
-		return func() {}, c.credentialsRefused()
+		if !first.left || c.loggedIn.Load() {
+			return func() {}, c.credentialsRefused()
+		}
+		// Its client left before the answer: one of the others goes in
+		// its place, alone, not all at once.
 	}
 	if err := c.credentialsRefused(); err != nil {
 		c.loginMu.Unlock()
 		return nil, err
 	}
-	first := make(chan struct{})
+	first := &loginTurn{done: make(chan struct{})}
 	c.firstLogin = first
 	c.loginMu.Unlock()
 	return func() {
 		c.loginMu.Lock()
 		c.firstLogin = nil
+		first.left = ctx.Err() != nil
 		c.loginMu.Unlock()
-		close(first)
+		close(first.done)
 	}, nil
+}
+
+// loginTurn is the first login's turn (login): done is closed when it
+// ends, left set before if it ended because its caller left.
+type loginTurn struct {
+	done chan struct{}
+	left bool
 }
 
 // refuse remembers that the upstream refused our credentials for repo,
