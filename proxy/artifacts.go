@@ -127,7 +127,22 @@ func (p *Proxy) recheckArtifacts(ctx context.Context, t target, dgst digest.Dige
 			p.log.Warn("rechecking artifacts failed", "upstream", t.host(), "repo", t.repo, "digest", dgst, "error", err)
 			return err
 		}
-		return p.storeReferrersOrDue(ctx, t, subjects)
+		// Looked for by this recheck: the pull of a platform manifest by
+		// digest that follows the tag's starts no recheck of its own.
+		looked := p.now()
+		for _, s := range subjects[1:] {
+			p.artifactChecks.Add(fillKey(t, s), looked)
+		}
+		err = p.storeReferrersOrDue(ctx, t, subjects)
+		if ctx.Err() != nil {
+			// Not looked for after all: still due (storeReferrers).
+			for _, s := range subjects[1:] {
+				if last, ok := p.artifactChecks.Peek(fillKey(t, s)); ok && last.Equal(looked) {
+					p.artifactChecks.Remove(fillKey(t, s))
+				}
+			}
+		}
+		return err
 	})
 }
 

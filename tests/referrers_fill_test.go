@@ -711,3 +711,39 @@ func TestReferrersChangedDuringTheirFillAreStored(t *testing.T) {
 	up.Stop()
 	wantArtifactsOffline(t, u, map[string]pushedArtifact{sig.digest: sig, sbom.digest: sbom})
 }
+
+// A tag pull whose artifacts are rechecked (their last look older than
+// ArtifactsRecheck) asks the upstream once for those of each platform
+// manifest: the recheck of the root covers them, and the pull of the
+// platform manifest by digest that follows while it runs starts no
+// recheck of its own.
+func TestTagPullRechecksItsPlatformsOnce(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	const repo = "library/signed"
+	ma := up.SeedMultiArch(t, repo, "1", fixture.OCI)
+	m := servertest.Start(t, up.URL())
+	cranePull(t, ref(t, m, "signed:1"), remote.WithPlatform(linuxAMD64))
+	m.WaitIdle()
+
+	amd64 := ma.Platforms["linux/amd64"]
+	sig := pushArtifact(t, up, repo, cosignTag(ma.Digest, "sig"), "application/vnd.dev.cosign.artifact.sig.v1+json", "signature")
+	gate := up.GateBlob(sig.layer, 1)
+	m.Clock.Advance(proxy.ArtifactsRecheck) // past the fill's look
+	up.ResetCounts()
+	u := m.URL() + "/v2/signed/"
+	get(t, u+"manifests/1")
+	<-gate.Reached() // the recheck of the image runs
+	get(t, u+"manifests/"+amd64.Digest)
+	gate.Open()
+	m.WaitIdle()
+
+	n := 0
+	for _, r := range up.Requests() {
+		if strings.HasSuffix(r.Path, "/manifests/"+cosignTag(amd64.Digest, "sig")) {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("%d requests for the platform manifest's signature tag on one warm pull, want 1", n)
+	}
+}
