@@ -652,3 +652,31 @@ func TestFirstBasicLoginLeavingLetsOneGo(t *testing.T) {
 		}
 	})
 }
+
+// TestRevokedCredentialsNotSentForAnotherRepositorysRenewal: credentials
+// the token server refused (revoked) are not sent again within
+// authRetryAfter by the renewal of another repository's expired token:
+// its transport, made before the refusal, renewed with them, a failed
+// login for each repository pulled before, toward the lock of the
+// account.
+func TestRevokedCredentialsNotSentForAnotherRepositorysRenewal(t *testing.T) {
+	rt := newRotatingToken("pw", "t1")
+	r := startRegistry(t, rt.serve, bearerPing)
+	c := r.client(t, WithClock(newFakeClock().Now), WithAuth(&authn.Basic{Username: "bot", Password: "pw"}))
+	repos := []string{"library/a", "library/b", "library/c"}
+	for _, repo := range repos {
+		if _, err := c.HeadManifest(t.Context(), repo, v1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rt.password.Store("revoked")
+	rt.token.Store("t2") // t1 expired
+	for _, repo := range repos {
+		if _, err := c.HeadManifest(t.Context(), repo, v1); !errors.Is(err, ErrAuth) {
+			t.Errorf("%s: %v, want ErrAuth", repo, err)
+		}
+	}
+	if n := rt.refused.Load(); n != 1 {
+		t.Errorf("the revoked credentials were sent to the token server %d times for %d repositories within %s, want 1", n, len(repos), authRetryAfter)
+	}
+}

@@ -765,7 +765,15 @@ const maxTokenAnswer = 1 << 20
 func (t tokenLimits) RoundTrip(req *http.Request) (*http.Response, error) {
 	u := *req.URL
 	u.RawQuery = ""
-	if req.Method != http.MethodGet || t.tokenAt == "" || u.String() != t.tokenAt {
+	if t.tokenAt == "" || u.String() != t.tokenAt {
+		return t.roundTrip(req)
+	}
+	// A token request: the renewal of an expired token sends our
+	// credentials, not with them while the upstream refuses them.
+	if err := t.c.credentialsRefused(); err != nil {
+		return nil, err
+	}
+	if req.Method != http.MethodGet {
 		return t.roundTrip(req)
 	}
 	return t.shareToken(req)
