@@ -680,3 +680,53 @@ func TestRevokedCredentialsNotSentForAnotherRepositorysRenewal(t *testing.T) {
 		t.Errorf("the revoked credentials were sent to the token server %d times for %d repositories within %s, want 1", n, len(repos), authRetryAfter)
 	}
 }
+
+// hangingLoginTransport is loginTransport whose token server does not
+// answer the first login (it hangs until the request's timeout), and
+// refuses the others once gate is closed.
+type hangingLoginTransport struct {
+	gate   chan struct{}
+	logins *atomic.Int64
+}
+
+func (l hangingLoginTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.URL.Path == "/token" {
+		if l.logins.Add(1) == 1 {
+			<-r.Context().Done()
+			return nil, r.Context().Err()
+		}
+		<-l.gate
+		return &http.Response{StatusCode: http.StatusUnauthorized, Header: http.Header{}, Body: http.NoBody, Request: r}, nil
+	}
+	h := http.Header{"Www-Authenticate": {`Bearer realm="https://registry.test/token",service="registry.test"`}}
+	return &http.Response{StatusCode: http.StatusUnauthorized, Header: h, Body: http.NoBody, Request: r}, nil
+}
+
+// TestFirstLoginUnansweredLetsOneGo: the first token request with
+// credentials not yet taken, which the token server did not answer in
+// time, let every login waiting for it go at once, each a failed login
+// toward the lock of the account; one of them now goes alone in its
+// place, and the others fail with its refusal. On the bubble's clock.
+func TestFirstLoginUnansweredLetsOneGo(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const n = 6
+		var logins atomic.Int64
+		lt := hangingLoginTransport{gate: make(chan struct{}), logins: &logins}
+		c := errClient(t, "https://registry.test", WithTransport(lt), WithAuth(&authn.Basic{Username: "bot", Password: "typo"}))
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Go(func() { _, _ = c.HeadManifest(t.Context(), fmt.Sprintf("team/app%d", i), v1) })
+		}
+		synctest.Wait()
+		time.Sleep(DefaultTimeout) // the first login's time to be answered passes
+		synctest.Wait()
+		if got := logins.Load(); got != 2 {
+			t.Errorf("%d logins under way for %d repositories, the first unanswered, want 2 (it, and one in its place)", got, n)
+		}
+		close(lt.gate)
+		wg.Wait()
+		if got := logins.Load(); got != 2 {
+			t.Errorf("%d logins for %d repositories in all, want 2", got, n)
+		}
+	})
+}

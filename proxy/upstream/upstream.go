@@ -360,12 +360,14 @@ func (c *Client) credentialsRefused() error {
 // them yet (loggedIn), the first one goes alone and the others wait for
 // its answer: many repositories pulled at once with a wrong password (a
 // cold start, a prefetch) cost one failed login, not one each, the others
-// failing with its refusal; any other answer lets them go. release ends
-// the first one's turn, once its refusal, if any, is recorded. Without
-// credentials (anonymous) every request goes at once.
-func (c *Client) login(ctx context.Context, anonymous bool) (release func(), err error) {
+// failing with its refusal; any other answer lets them go, and no answer
+// (its caller gone, no answer in time) lets one of them go in its place.
+// release ends the first one's turn, once its refusal, if any, is
+// recorded, saying whether the upstream answered. Without credentials
+// (anonymous) every request goes at once.
+func (c *Client) login(ctx context.Context, anonymous bool) (release func(answered bool), err error) {
 	if c.loggedIn.Load() || anonymous {
-		return func() {}, nil
+		return func(bool) {}, nil
 	}
 	for {
 		c.loginMu.Lock()
@@ -379,11 +381,11 @@ func (c *Client) login(ctx context.Context, anonymous bool) (release func(), err
 		case <-ctx.Done():
 			return nil, context.Cause(ctx)
 		}
-		if !first.left || c.loggedIn.Load() {
-			return func() {}, c.credentialsRefused()
+		if first.answered || c.loggedIn.Load() {
+			return func(bool) {}, c.credentialsRefused()
 		}
-		// Its client left before the answer: one of the others goes in
-		// its place, alone, not all at once.
+		// No answer (its client left, or none came in time): one of the
+		// others goes in its place, alone, not all at once.
 	}
 	if err := c.credentialsRefused(); err != nil {
 		c.loginMu.Unlock()
@@ -392,20 +394,20 @@ func (c *Client) login(ctx context.Context, anonymous bool) (release func(), err
 	first := &loginTurn{done: make(chan struct{})}
 	c.firstLogin = first
 	c.loginMu.Unlock()
-	return func() {
+	return func(answered bool) {
 		c.loginMu.Lock()
 		c.firstLogin = nil
-		first.left = ctx.Err() != nil
+		first.answered = answered && ctx.Err() == nil
 		c.loginMu.Unlock()
 		close(first.done)
 	}, nil
 }
 
 // loginTurn is the first login's turn (login): done is closed when it
-// ends, left set before if it ended because its caller left.
+// ends, answered set before if the upstream answered it.
 type loginTurn struct {
-	done chan struct{}
-	left bool
+	done     chan struct{}
+	answered bool
 }
 
 // refuse remembers that the upstream refused our credentials for repo,
@@ -594,13 +596,14 @@ func (c *Client) authorize(ctx context.Context, repo string, pa *pingAnswer) (ht
 		if errors.Is(err, ErrAuth) {
 			c.refuse(repo, nil, err) // before the logins waiting are let go
 		}
-		release()
+		var ue *Error
+		release(errors.As(err, &ue) && ue.Status != 0)
 		return nil, err
 	}
 	if !c.anonymous() {
 		c.loggedIn.Store(true)
 	}
-	release()
+	release(true)
 	if tok.Token == "" {
 		// An answer in the OAuth2 form names it access_token only, and
 		// FromToken reads token: the requests would go without it, each
@@ -1049,6 +1052,7 @@ func (c *Client) doWarming(ctx context.Context, repo string, req *http.Request, 
 		}
 		return nil, err
 	}
+	var answered bool // by the upstream, to the request sent (login)
 	if sendsBasic(t) {
 		// Our credentials go with the request: the first to send them
 		// goes alone until the upstream has taken them (login), and
@@ -1061,7 +1065,7 @@ func (c *Client) doWarming(ctx context.Context, repo string, req *http.Request, 
 			}
 			return nil, err
 		}
-		defer release()
+		defer func() { release(answered) }()
 	}
 	if warm > 0 {
 		c.Warm(warm)
@@ -1086,6 +1090,7 @@ func (c *Client) doWarming(ctx context.Context, repo string, req *http.Request, 
 		resp.Body.Close()
 		resp, err = c.send(ctx, t, req, r)
 	}
+	answered = err == nil
 	if err != nil {
 		if errors.Is(err, ErrAuth) {
 			// The token server refused the credentials an expired
