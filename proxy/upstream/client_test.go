@@ -730,3 +730,32 @@ func TestFirstLoginUnansweredLetsOneGo(t *testing.T) {
 		}
 	})
 }
+
+// TestCredentialsRefusalSaidOnce: the refusal of our credentials that the
+// logins waiting for the first one fail with is the first one's, said
+// once: each of them recorded it again as a refusal of its own, wrapping
+// it, and the status page's last error, and each failure after, said
+// "refused our credentials; not sending them again" once per login that
+// waited.
+func TestCredentialsRefusalSaidOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const n = 6
+		var logins atomic.Int64
+		lt := loginTransport{gate: make(chan struct{}), logins: &logins}
+		c := errClient(t, "https://registry.test", WithTransport(lt), WithAuth(&authn.Basic{Username: "bot", Password: "typo"}))
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Go(func() { _, _ = c.HeadManifest(t.Context(), fmt.Sprintf("team/app%d", i), v1) })
+		}
+		synctest.Wait()
+		close(lt.gate)
+		wg.Wait()
+		_, err := c.HeadManifest(t.Context(), "team/other", v1)
+		if !errors.Is(err, ErrAuth) {
+			t.Fatalf("%v, want ErrAuth", err)
+		}
+		if got := strings.Count(err.Error(), "not sending them again"); got != 1 {
+			t.Errorf("the refusal said %d times: %v", got, err)
+		}
+	})
+}

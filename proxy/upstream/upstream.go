@@ -248,6 +248,14 @@ func (a keychainAuth) Authorization() (*authn.AuthConfig, error) {
 	return cfg, nil
 }
 
+// credsRefusal is the cause of the upstream's refusal of our credentials
+// themselves (refuse): a request failed with it records no refusal again.
+type credsRefusal struct{ err error }
+
+func (e credsRefusal) Error() string { return e.err.Error() }
+
+func (e credsRefusal) Unwrap() error { return e.err }
+
 // credentialsError is a failure to read our credentials when a request
 // needs them (a password_file removed, a credential helper failing): the
 // mirror's own, with the upstream not asked, not the upstream unreachable.
@@ -422,10 +430,11 @@ func (c *Client) refuse(repo string, t http.RoundTripper, err error) {
 	r := refusal{err: err, until: c.now().Add(authRetryAfter)}
 	c.refused.Add(repo, r)
 	var ue *Error
-	if errors.As(err, &ue) && ue.Status == http.StatusUnauthorized && !c.anonymous() {
+	if errors.As(err, &ue) && ue.Status == http.StatusUnauthorized && !errors.As(err, new(credsRefusal)) && !c.anonymous() {
 		// Said of the upstream, not of the request refused (another
-		// repository's manifest).
-		e := c.newError(KindPing, "registry ping", ue.Status, ErrAuth, err, "upstream %s refused our credentials; not sending them again for %s", c.host, authRetryAfter)
+		// repository's manifest); not of a request failed with the
+		// refusal itself (a login that waited for it).
+		e := c.newError(KindPing, "registry ping", ue.Status, ErrAuth, credsRefusal{err}, "upstream %s refused our credentials; not sending them again for %s", c.host, authRetryAfter)
 		c.refusedMu.Lock()
 		c.credsRefused = refusal{err: e, until: r.until}
 		c.refusedMu.Unlock()
