@@ -767,7 +767,7 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 		p.log.Warn("blob download cut; resuming", "upstream", t.host(), "digest", dl.dgst, "offset", n, "attempt", resumes, "error", rerr)
 		body.Close()
 		var total int64
-		body, total, err = t.up.Blob(ctx, t.repo, dl.dgst, n)
+		body, total, err = t.up.Blob(upstream.Resuming(ctx), t.repo, dl.dgst, n)
 		if err != nil && passing(err) {
 			// The resume failed itself (a load balancer's 502 while the
 			// server that cut it is replaced): one that brought nothing,

@@ -1049,9 +1049,9 @@ func (c *Client) do(ctx context.Context, repo string, req *http.Request, r call,
 // ready), as the request goes out, it opens warm connections for the
 // requests that follow (Warm).
 func (c *Client) doWarming(ctx context.Context, repo string, req *http.Request, r call, warm int, ok ...int) (*http.Response, error) {
-	// A blob's resume (Blob from an offset, after its body was cut) goes
-	// on with a request the upstream took: the back-off holds new ones.
-	if err := c.backingOff(r); err != nil && (r.kind != KindBlob || req.Header.Get("Range") == "") {
+	// A blob's resume (Resuming) goes on with a request the upstream
+	// took: the back-off holds new ones.
+	if err := c.backingOff(r); err != nil && (r.kind != KindBlob || ctx.Value(resumingKey{}) == nil) {
 		return nil, err
 	}
 	t, err := c.transport(ctx, repo)
@@ -1435,10 +1435,20 @@ func (c *Client) HeadManifest(ctx context.Context, repo string, ref oci.Ref) (De
 	return d, nil
 }
 
+// resumingKey marks the context of a blob's resume (Resuming).
+type resumingKey struct{}
+
+// Resuming returns ctx for a Blob that resumes a download whose body was
+// cut: it goes on with a request the upstream took, and is sent while
+// the upstream's Retry-After holds other requests back.
+func Resuming(ctx context.Context) context.Context {
+	return context.WithValue(ctx, resumingKey{}, true)
+}
+
 // Blob opens a blob from offset. It returns the body and the blob's whole
 // size (-1 if the upstream did not say). The body is not verified here: the
-// caller hashes it as it streams. A read from an offset (a resume) is sent
-// while the upstream's Retry-After holds other requests back.
+// caller hashes it as it streams. A resume (Resuming) is sent while the
+// upstream's Retry-After holds other requests back.
 func (c *Client) Blob(ctx context.Context, repo string, dgst digest.Digest, offset int64) (io.ReadCloser, int64, error) {
 	req, err := http.NewRequest(http.MethodGet, c.url(repo, "blobs", dgst.String()), nil)
 	if err != nil {
