@@ -759,3 +759,42 @@ func TestCredentialsRefusalSaidOnce(t *testing.T) {
 		}
 	})
 }
+
+// gatewayLoginTransport is basicLoginTransport behind a gateway that
+// answers the first request carrying credentials itself, 502, the
+// registry behind it down.
+type gatewayLoginTransport basicLoginTransport
+
+func (l gatewayLoginTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if _, _, ok := r.BasicAuth(); ok && l.sent.Add(1) == 1 {
+		return &http.Response{StatusCode: http.StatusBadGateway, Header: http.Header{}, Body: http.NoBody, Request: r}, nil
+	}
+	return basicLoginTransport{gate: l.gate, sent: new(atomic.Int64)}.RoundTrip(r)
+}
+
+// TestGatewayFailureIsNoLogin: a gateway's 502 to the first request with
+// credentials (the registry behind it down) was taken for the registry
+// taking them: the requests after it, many repositories at once with a
+// mistyped password, each sent them, each a failed login toward the lock
+// of the account; the first of them now goes alone, as before any login.
+func TestGatewayFailureIsNoLogin(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const n = 6
+		var sent atomic.Int64
+		lt := gatewayLoginTransport{gate: make(chan struct{}), sent: &sent}
+		c := errClient(t, "https://registry.test", WithTransport(lt), WithAuth(&authn.Basic{Username: "bot", Password: "typo"}))
+		if _, err := c.HeadManifest(t.Context(), "team/first", v1); err == nil {
+			t.Fatal("a 502 answered as a manifest")
+		}
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Go(func() { _, _ = c.HeadManifest(t.Context(), fmt.Sprintf("team/app%d", i), v1) })
+		}
+		synctest.Wait()
+		if got := sent.Load(); got != 2 {
+			t.Errorf("%d requests carried credentials not yet taken, after a gateway's 502, want 2 (it, and one after)", got)
+		}
+		close(lt.gate)
+		wg.Wait()
+	})
+}

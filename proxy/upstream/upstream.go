@@ -1113,7 +1113,7 @@ func (c *Client) doWarming(ctx context.Context, repo string, req *http.Request, 
 		}
 		return nil, err
 	}
-	if sendsBasic(t) && resp.StatusCode != http.StatusUnauthorized {
+	if sendsBasic(t) && takesCredentials(resp.StatusCode) {
 		c.loggedIn.Store(true)
 	}
 	for _, s := range ok {
@@ -1133,6 +1133,14 @@ func (c *Client) doWarming(ctx context.Context, repo string, req *http.Request, 
 	}
 	c.noteAnswer(resp, err)
 	return nil, err
+}
+
+// takesCredentials reports whether an answer of status to a request with
+// our credentials says the upstream took them: not a refusal, nor a
+// failure (a gateway's 502 with the registry behind it down) or a rate
+// limit answered before they were looked at.
+func takesCredentials(status int) bool {
+	return status != http.StatusUnauthorized && status != http.StatusTooManyRequests && status < 500
 }
 
 // storageFailed reports whether resp is a failure of the host the
