@@ -477,35 +477,57 @@ func (l loginTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 }
 
 // TestConcurrentFirstLoginsOneAtATime: credentials the upstream has not
-// taken yet are tried by one token request at a time: a cold start of
-// many repositories at once (a prefetch, a CI fleet) with a mistyped
-// password sent one login per repository, all before the first refusal
-// was known, each a failed login toward the lock of the account. The
-// others wait for its answer, and then fail with its refusal.
+// taken yet are tried by one login at a time, a token request or, on a
+// registry of basic auth (Nexus, Artifactory), a request carrying them: a
+// cold start of many repositories at once (a prefetch, a CI fleet) with a
+// mistyped password sent one login per repository, all before the first
+// refusal was known, each a failed login toward the lock of the account.
+// The others wait for its answer, and then fail with its refusal.
 func TestConcurrentFirstLoginsOneAtATime(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		const n = 6
-		var logins atomic.Int64
-		lt := loginTransport{gate: make(chan struct{}), logins: &logins}
-		c := errClient(t, "https://registry.test", WithTransport(lt), WithAuth(&authn.Basic{Username: "bot", Password: "typo"}))
-		var wg sync.WaitGroup
-		for i := range n {
-			wg.Go(func() {
-				if _, err := c.HeadManifest(t.Context(), fmt.Sprintf("team/app%d", i), v1); !errors.Is(err, ErrAuth) {
-					t.Errorf("team/app%d: %v, want ErrAuth", i, err)
+	for _, tc := range []struct {
+		name      string
+		transport func(gate chan struct{}, logins *atomic.Int64) http.RoundTripper
+	}{
+		{"token server", func(gate chan struct{}, logins *atomic.Int64) http.RoundTripper {
+			return loginTransport{gate: gate, logins: logins}
+		}},
+		{"basic auth", func(gate chan struct{}, logins *atomic.Int64) http.RoundTripper {
+			return basicLoginTransport{gate: gate, sent: logins}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				const n = 6
+				var logins atomic.Int64
+				gate := make(chan struct{})
+				c := errClient(t, "https://registry.test", WithTransport(tc.transport(gate, &logins)), WithAuth(&authn.Basic{Username: "bot", Password: "typo"}))
+				wg := headRepos(t, c, n, true)
+				synctest.Wait()
+				if got := logins.Load(); got != 1 {
+					t.Errorf("%d logins with credentials not yet taken were under way at once for %d repositories, want 1", got, n)
+				}
+				close(gate)
+				wg.Wait()
+				if got := logins.Load(); got != 1 {
+					t.Errorf("%d logins for %d repositories in all, want 1 (the others failing with its refusal)", got, n)
 				}
 			})
-		}
-		synctest.Wait()
-		if got := logins.Load(); got != 1 {
-			t.Errorf("%d logins with credentials not yet taken were under way at once for %d repositories, want 1", got, n)
-		}
-		close(lt.gate)
-		wg.Wait()
-		if got := logins.Load(); got != 1 {
-			t.Errorf("%d logins for %d repositories in all, want 1 (the others failing with its refusal)", got, n)
-		}
-	})
+		})
+	}
+}
+
+// headRepos asks c for the manifest v1 of team/app0 to team/app(n-1), all
+// at once, each wanting ErrAuth if wantRefused; the caller waits for them.
+func headRepos(t *testing.T, c *Client, n int, wantRefused bool) *sync.WaitGroup {
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			if _, err := c.HeadManifest(t.Context(), fmt.Sprintf("team/app%d", i), v1); wantRefused && !errors.Is(err, ErrAuth) {
+				t.Errorf("team/app%d: %v, want ErrAuth", i, err)
+			}
+		})
+	}
+	return &wg
 }
 
 // basicLoginTransport is a registry of basic auth at https://registry.test
@@ -523,37 +545,6 @@ func (l basicLoginTransport) RoundTrip(r *http.Request) (*http.Response, error) 
 	}
 	h := http.Header{"Www-Authenticate": {`Basic realm="test"`}}
 	return &http.Response{StatusCode: http.StatusUnauthorized, Header: h, Body: http.NoBody, Request: r}, nil
-}
-
-// TestConcurrentFirstBasicLoginsOneAtATime: a registry of basic auth
-// (Nexus, Artifactory) gets credentials it has not taken yet with one
-// request at a time, as a token server does (TestConcurrentFirstLoginsOneAtATime):
-// many repositories pulled at once with a mistyped password sent them
-// with every first request, all before the first refusal was known.
-func TestConcurrentFirstBasicLoginsOneAtATime(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		const n = 6
-		var sent atomic.Int64
-		lt := basicLoginTransport{gate: make(chan struct{}), sent: &sent}
-		c := errClient(t, "https://registry.test", WithTransport(lt), WithAuth(&authn.Basic{Username: "bot", Password: "typo"}))
-		var wg sync.WaitGroup
-		for i := range n {
-			wg.Go(func() {
-				if _, err := c.HeadManifest(t.Context(), fmt.Sprintf("team/app%d", i), v1); !errors.Is(err, ErrAuth) {
-					t.Errorf("team/app%d: %v, want ErrAuth", i, err)
-				}
-			})
-		}
-		synctest.Wait()
-		if got := sent.Load(); got != 1 {
-			t.Errorf("%d requests carried credentials not yet taken at once for %d repositories, want 1", got, n)
-		}
-		close(lt.gate)
-		wg.Wait()
-		if got := sent.Load(); got != 1 {
-			t.Errorf("%d requests carried the refused credentials for %d repositories in all, want 1", got, n)
-		}
-	})
 }
 
 // TestUpstreamTimeoutOverAMinute: an upstream timeout set over a minute
@@ -629,18 +620,13 @@ func TestFirstBasicLoginLeavingLetsOneGo(t *testing.T) {
 		lt := leavingLoginTransport{gate: make(chan struct{}), sent: &sent}
 		c := errClient(t, "https://registry.test", WithTransport(lt), WithAuth(&authn.Basic{Username: "bot", Password: "typo"}))
 		ctx, hangUp := context.WithCancel(t.Context())
-		var wg sync.WaitGroup
-		wg.Go(func() { _, _ = c.HeadManifest(ctx, "team/first", v1) })
+		var leaving sync.WaitGroup
+		leaving.Go(func() { _, _ = c.HeadManifest(ctx, "team/first", v1) })
 		synctest.Wait()
-		for i := range n {
-			wg.Go(func() {
-				if _, err := c.HeadManifest(t.Context(), fmt.Sprintf("team/app%d", i), v1); !errors.Is(err, ErrAuth) {
-					t.Errorf("team/app%d: %v, want ErrAuth", i, err)
-				}
-			})
-		}
+		wg := headRepos(t, c, n, true)
 		synctest.Wait()
 		hangUp()
+		leaving.Wait()
 		synctest.Wait()
 		if got := sent.Load(); got != 2 {
 			t.Errorf("%d requests carried credentials not yet taken, the first one's client gone, want 2 (it, and one in its place)", got)
@@ -713,10 +699,7 @@ func TestFirstLoginUnansweredLetsOneGo(t *testing.T) {
 		var logins atomic.Int64
 		lt := hangingLoginTransport{gate: make(chan struct{}), logins: &logins}
 		c := errClient(t, "https://registry.test", WithTransport(lt), WithAuth(&authn.Basic{Username: "bot", Password: "typo"}))
-		var wg sync.WaitGroup
-		for i := range n {
-			wg.Go(func() { _, _ = c.HeadManifest(t.Context(), fmt.Sprintf("team/app%d", i), v1) })
-		}
+		wg := headRepos(t, c, n, false)
 		synctest.Wait()
 		time.Sleep(DefaultTimeout) // the first login's time to be answered passes
 		synctest.Wait()
@@ -743,10 +726,7 @@ func TestCredentialsRefusalSaidOnce(t *testing.T) {
 		var logins atomic.Int64
 		lt := loginTransport{gate: make(chan struct{}), logins: &logins}
 		c := errClient(t, "https://registry.test", WithTransport(lt), WithAuth(&authn.Basic{Username: "bot", Password: "typo"}))
-		var wg sync.WaitGroup
-		for i := range n {
-			wg.Go(func() { _, _ = c.HeadManifest(t.Context(), fmt.Sprintf("team/app%d", i), v1) })
-		}
+		wg := headRepos(t, c, n, false)
 		synctest.Wait()
 		close(lt.gate)
 		wg.Wait()
@@ -786,10 +766,7 @@ func TestGatewayFailureIsNoLogin(t *testing.T) {
 		if _, err := c.HeadManifest(t.Context(), "team/first", v1); err == nil {
 			t.Fatal("a 502 answered as a manifest")
 		}
-		var wg sync.WaitGroup
-		for i := range n {
-			wg.Go(func() { _, _ = c.HeadManifest(t.Context(), fmt.Sprintf("team/app%d", i), v1) })
-		}
+		wg := headRepos(t, c, n, false)
 		synctest.Wait()
 		if got := sent.Load(); got != 2 {
 			t.Errorf("%d requests carried credentials not yet taken, after a gateway's 502, want 2 (it, and one after)", got)
