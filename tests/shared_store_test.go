@@ -20,6 +20,7 @@ import (
 	"github.com/docker-mirror/docker-mirror/storage/s3test"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
 	"github.com/docker-mirror/docker-mirror/tests/servertest"
+	"github.com/opencontainers/go-digest"
 )
 
 // sharedBucket starts an S3 server (versitygw; the test skips without it)
@@ -420,15 +421,7 @@ func TestSharedBucketCollectionKeepsContentAnotherReplicaReuses(t *testing.T) {
 			}
 			pulled, tag, removed := v1.raw, "v1", 0
 			if !tc.again {
-				var doc map[string]any
-				if err := json.Unmarshal(v1.raw, &doc); err != nil {
-					t.Fatal(err)
-				}
-				doc["annotations"] = map[string]string{"rev": "2"}
-				raw, err := json.Marshal(doc)
-				if err != nil {
-					t.Fatal(err)
-				}
+				raw := annotated(t, v1.raw)
 				d := up.PutManifest(t, "library/app", "v2", v1.mt, raw)
 				pulled, tag, removed = raw, "v2", 1 // v1's manifest, which no image names
 				if !tc.multi {
@@ -443,12 +436,7 @@ func TestSharedBucketCollectionKeepsContentAnotherReplicaReuses(t *testing.T) {
 			wantManifest(t, get(t, a.URL()+"/v2/library/app/manifests/v1"), v1.raw, v1.mt)
 			a.WaitIdle()
 			d := digestOf(t, v1.digest)
-			if err := a.Index.UnrootImages([]storage.Unroot{{
-				Upstream: proxy.DefaultHost, Repo: "library/app", Digest: d, Tags: []string{"v1"},
-				Fills: []storage.FillKey{{Upstream: proxy.DefaultHost, Repo: "library/app", Digest: d}},
-			}}); err != nil {
-				t.Fatal(err)
-			}
+			unrootV1(t, a, d)
 
 			// An hour later b collects. Once it has read the records and
 			// listed the content, a pulls, while b's next requests to the
@@ -590,15 +578,7 @@ func TestSharedBucketCollectionKeepsBlobsOfAManifestAnotherReplicaReuses(t *test
 	frontB, onB := startSlowDownS3(t, s3srv, bucket)
 	up := fixture.StartUpstream(t)
 	ma := up.SeedMultiArch(t, "library/app", "v1", fixture.OCI, fixture.WithoutAttestations())
-	var doc map[string]any
-	if err := json.Unmarshal(ma.Index, &doc); err != nil {
-		t.Fatal(err)
-	}
-	doc["annotations"] = map[string]string{"rev": "2"}
-	v2, err := json.Marshal(doc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	v2 := annotated(t, ma.Index)
 	up.PutManifest(t, "library/app", "v2", ma.MediaType, v2) // a new index on v1's images
 	ups := []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}
 	a := servertest.StartConfigured(t, ups, onA)
@@ -606,12 +586,7 @@ func TestSharedBucketCollectionKeepsBlobsOfAManifestAnotherReplicaReuses(t *test
 	wantManifest(t, get(t, a.URL()+"/v2/library/app/manifests/v1"), ma.Index, ma.MediaType)
 	a.WaitIdle()
 	d := digestOf(t, ma.Digest)
-	if err := a.Index.UnrootImages([]storage.Unroot{{
-		Upstream: proxy.DefaultHost, Repo: "library/app", Digest: d, Tags: []string{"v1"},
-		Fills: []storage.FillKey{{Upstream: proxy.DefaultHost, Repo: "library/app", Digest: d}},
-	}}); err != nil {
-		t.Fatal(err)
-	}
+	unrootV1(t, a, d)
 	a.Clock.Advance(time.Hour)
 	b.Clock.Advance(time.Hour)
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
@@ -673,4 +648,32 @@ func TestSharedBucketCollectionKeepsBlobsOfAManifestAnotherReplicaReuses(t *test
 	releaseA()
 	a.WaitIdle()
 	wantImage(t, a, "library/app", amd)
+}
+
+// annotated returns the manifest or index raw with an annotation added:
+// another digest naming the same content.
+func annotated(t *testing.T, raw []byte) []byte {
+	t.Helper()
+	var doc map[string]any
+	if err := json.Unmarshal(raw, &doc); err != nil {
+		t.Fatal(err)
+	}
+	doc["annotations"] = map[string]string{"rev": "2"}
+	out, err := json.Marshal(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// unrootV1 drops m's records of library/app:v1, the image d, as an
+// eviction's first step does: what it alone names is then collectable.
+func unrootV1(t *testing.T, m *servertest.Server, d digest.Digest) {
+	t.Helper()
+	if err := m.Index.UnrootImages([]storage.Unroot{{
+		Upstream: proxy.DefaultHost, Repo: "library/app", Digest: d, Tags: []string{"v1"},
+		Fills: []storage.FillKey{{Upstream: proxy.DefaultHost, Repo: "library/app", Digest: d}},
+	}}); err != nil {
+		t.Fatal(err)
+	}
 }
