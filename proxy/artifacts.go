@@ -91,9 +91,9 @@ func (p *Proxy) storeReferrersOrDue(ctx context.Context, t target, subjects []di
 
 // ArtifactsRecheck is how often an image still pulled, whose tag the
 // upstream confirms or pulled by digest, has its artifacts looked for
-// again: a signature or
-// an attestation added after the image was cached (signed once CI has
-// pushed it) is stored while the upstream is there, for when it is not.
+// again: a signature or an attestation added after the image was cached
+// (signed once CI has pushed it) is stored while the upstream is there,
+// for when it is not.
 const ArtifactsRecheck = 15 * time.Minute
 
 // maxArtifactChecks bounds the images whose last recheck is remembered;

@@ -135,8 +135,9 @@ func (p *Proxy) runBackground(ctx context.Context, key string, again bool, fn fu
 				return
 			}
 			select {
-			case <-p.stop: // shutting down: not again
-				p.fills.done(key)
+			case <-p.stop: // shutting down: not again, however often marked
+				for p.fills.done(key) {
+				}
 				return
 			default:
 			}
