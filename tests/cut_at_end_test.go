@@ -58,22 +58,7 @@ func capRanges(up http.Handler, limit int64) http.Handler {
 // corrupt.
 func TestBlobResumeAnsweredWithPartOfTheRest(t *testing.T) {
 	up := fixture.StartUpstream(t)
-	img := up.SeedImage(t, "library/capped", "1", 1, 512<<10)
-	front := httptest.NewServer(capRanges(up, 300<<10))
-	t.Cleanup(front.Close)
-	m := servertest.Start(t, front.URL)
-	layer := img.Layers[0]
-	size := blobSizes(t, img)[layer]
-	if size <= 400<<10 {
-		t.Fatalf("the layer is %d bytes: the test needs one resume to leave some of it", size)
-	}
-
-	up.SetFault(fixture.Fault{Kind: fixture.KindBlob, Method: http.MethodGet, Cut: true, CutAfter: 100 << 10, Times: 1})
-	wantBlob(t, m, "capped", layer)
-	m.WaitIdle()
-	if _, err := m.Store.Stat(t.Context(), "library/capped", digestOf(t, layer)); err != nil {
-		t.Fatalf("the blob was not stored: %v", err)
-	}
+	layer, _ := pullCutThroughCap(t, up, "capped", up)
 	if n := blobGets(up, layer); n != 3 {
 		t.Errorf("%d upstream GETs of the blob, want 3 (the cut one, two resumes)", n)
 	}
@@ -86,10 +71,23 @@ func TestBlobResumeAnsweredWithPartOfTheRest(t *testing.T) {
 // the whole blob, each byte sent once.
 func TestChunkedBlobResumeAnsweredWithPartOfTheRest(t *testing.T) {
 	up := fixture.StartUpstream(t)
-	img := up.SeedImage(t, "library/chunkcap", "1", 1, 512<<10)
-	front := httptest.NewServer(capRanges(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	layer, size := pullCutThroughCap(t, up, "chunkcap", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		up.ServeHTTP(&noLength{ResponseWriter: w}, r)
-	}), 300<<10))
+	}))
+	if n := up.BlobBytesFor(layer); n != size {
+		t.Errorf("upstream sent %d bytes of a blob of %d", n, size)
+	}
+}
+
+// pullCutThroughCap seeds library/NAME:1 in up, a layer of 512 KiB, and
+// pulls that layer through a mirror whose upstream is served by (up, or
+// a front of it) behind capRanges of 300 KiB, its first GET cut after
+// 100 KiB; the client must get it whole, and the mirror store it. It
+// returns the layer and its size.
+func pullCutThroughCap(t *testing.T, up *fixture.Upstream, name string, served http.Handler) (string, int64) {
+	t.Helper()
+	img := up.SeedImage(t, "library/"+name, "1", 1, 512<<10)
+	front := httptest.NewServer(capRanges(served, 300<<10))
 	t.Cleanup(front.Close)
 	m := servertest.Start(t, front.URL)
 	layer := img.Layers[0]
@@ -97,14 +95,11 @@ func TestChunkedBlobResumeAnsweredWithPartOfTheRest(t *testing.T) {
 	if size <= 400<<10 {
 		t.Fatalf("the layer is %d bytes: the test needs one resume to leave some of it", size)
 	}
-
 	up.SetFault(fixture.Fault{Kind: fixture.KindBlob, Method: http.MethodGet, Cut: true, CutAfter: 100 << 10, Times: 1})
-	wantBlob(t, m, "chunkcap", layer)
+	wantBlob(t, m, name, layer)
 	m.WaitIdle()
-	if _, err := m.Store.Stat(t.Context(), "library/chunkcap", digestOf(t, layer)); err != nil {
+	if _, err := m.Store.Stat(t.Context(), "library/"+name, digestOf(t, layer)); err != nil {
 		t.Fatalf("the blob was not stored: %v", err)
 	}
-	if n := up.BlobBytesFor(layer); n != size {
-		t.Errorf("upstream sent %d bytes of a blob of %d", n, size)
-	}
+	return layer, size
 }
