@@ -66,6 +66,12 @@ func (p *Proxy) Copy(ctx context.Context, ref string, pats []oci.Platform, onPro
 	if err != nil {
 		return Progress{}, err
 	}
+	if err := p.manifestRefused(im.t, m.digest); err != nil {
+		// As a pull's fill (enqueueFill): its platforms' blobs are not
+		// checked, nor their manifests pushed, for the root to be
+		// refused again.
+		return Progress{Digest: m.digest.String()}, err
+	}
 	// Held until the copy is recorded: by digest, nothing makes the image
 	// a root before the end (on a store of its own, below), and the cache
 	// lifecycle keeps what a held digest references.

@@ -1420,3 +1420,30 @@ func TestDestinationRefusingManifestNotRetried(t *testing.T) {
 		t.Error("the destination was not tried again once the refusal was old")
 	}
 }
+
+// A prefetch of an image whose manifest the destination refused within
+// the last minute sends the destination nothing of it again: the refusal
+// is believed for the image's root as a pull's fill believes it. Before,
+// each prefetch HEADed every blob of every platform and PUT each
+// platform's manifest again, only for the index to be refused again.
+func TestPrefetchOfRefusedManifestNotRetried(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	up.SeedMultiArch(t, "library/hello-world", "latest", fixture.OCI)
+	dest := fixture.StartDestination(t, map[string]string{destUser: destPassword}, fixture.WithFrontEnd(refusingOCIIndexes))
+	m := startDestMirror(t, up, dest, nil)
+	if j := prefetchDone(t, m.Server, "hello-world"); j.State != storage.JobFailed {
+		t.Fatalf("first prefetch: %+v, want it failed on the refused index", j)
+	}
+	dest.ResetRequests()
+	j := prefetchDone(t, m.Server, "hello-world")
+	if j.State != storage.JobFailed || !strings.Contains(j.Images[0].Error, "refused by the store within the last minute") {
+		t.Errorf("second prefetch: %+v, want it failed on the refusal remembered", j)
+	}
+	var sent []string
+	for _, r := range dest.Requests() {
+		sent = append(sent, r.Method+" "+r.Path)
+	}
+	if len(sent) != 0 {
+		t.Errorf("the second prefetch sent the destination %d requests, want none: %v", len(sent), sent)
+	}
+}
