@@ -134,7 +134,7 @@ func (p *Proxy) startFetchAhead(ctx context.Context, t target, m *storedManifest
 				if _, ok, err := p.index.Blob(b.Digest); err != nil || ok {
 					return nil
 				}
-				if err := p.storeListed(withRequested(ctx, sent), t, b.Digest, b.Size); err != nil {
+				if err := p.storeListed(withRequested(ctx, sent), t, b.Digest, b.Size, nil); err != nil {
 					p.log.Debug("fetching ahead", "upstream", t.host(), "repo", t.repo, "digest", b.Digest, "error", err)
 				}
 				return nil

@@ -226,9 +226,10 @@ func (dl *download) failure() error {
 // wait waits until the download has finished (stored or failed). A waiter
 // that knows the blob's size from a manifest (declared >= 0) stops waiting, with
 // an error, as soon as the upstream says or sends more: that is not the
-// blob the manifest lists.
-func (dl *download) wait(ctx context.Context, declared int64) error {
-	if declared < 0 || (dl.declared && dl.limit <= declared) {
+// blob the manifest lists. written, if not nil, is told the bytes in so
+// far as they grow (a copy's progress).
+func (dl *download) wait(ctx context.Context, declared int64, written func(int64)) error {
+	if written == nil && (declared < 0 || (dl.declared && dl.limit <= declared)) {
 		// Nothing to watch as it grows (the download itself stops at
 		// the declared size): wake only once it has finished, not at
 		// every read of its body.
@@ -241,10 +242,13 @@ func (dl *download) wait(ctx context.Context, declared int64) error {
 	}
 	for {
 		dl.mu.Lock()
-		size, written, ch := dl.size, dl.written, dl.changed
+		size, n, ch := dl.size, dl.written, dl.changed
 		dl.mu.Unlock()
-		if declared >= 0 && (size > declared || written > declared) {
-			return tooLarge(dl.t.host(), dl.dgst, declared, true, max(size, written))
+		if declared >= 0 && (size > declared || n > declared) {
+			return tooLarge(dl.t.host(), dl.dgst, declared, true, max(size, n))
+		}
+		if written != nil {
+			written(n)
 		}
 		select {
 		case <-dl.finished:

@@ -97,7 +97,7 @@ func TestWaitRefusesMoreThanDeclared(t *testing.T) {
 		dl, _ := newTestDownload(t)
 		dl.t = target{up: up, repo: "library/x"}
 		dl.update(func() { dl.size, dl.written = tc.size, tc.written })
-		err := dl.wait(readCtx(t), 4)
+		err := dl.wait(readCtx(t), 4, nil)
 		if !errors.Is(err, upstream.ErrInvalid) || !strings.Contains(err.Error(), "4 bytes its manifest declares") {
 			t.Errorf("%s: wait = %v; want the declared size refused", tc.name, err)
 		}

@@ -458,12 +458,16 @@ func (p *Proxy) fillBlobs(ctx context.Context, t target, doc oci.Manifest, prog 
 		// A layer shared by several platforms counts once in the progress,
 		// but each platform waits for it: its manifest needs it stored.
 		counted := prog.blob(b.Digest, b.Size)
+		var written func(int64)
+		if counted && prog != nil {
+			written = func(n int64) { prog.blobWritten(b.Digest, n) }
+		}
 		g.Go(func() error {
-			if err := p.ensureBlob(ctx, t, b.Digest, b.Size); err != nil {
+			if err := p.ensureBlob(ctx, t, b.Digest, b.Size, written); err != nil {
 				return err
 			}
 			if counted {
-				prog.blobDone(b.Size)
+				prog.blobDone(b.Digest, b.Size)
 			}
 			return nil
 		})
@@ -475,8 +479,9 @@ func (p *Proxy) fillBlobs(ctx context.Context, t target, doc oci.Manifest, prog 
 // unless it is stored, sharing a download in progress, and links it to t's
 // repository. A blob stored or downloading for another upstream is linked
 // only once t's upstream confirms it has the blob: a manifest is not proof
-// that its registry holds (or would serve us) what it lists.
-func (p *Proxy) ensureBlob(ctx context.Context, t target, dgst digest.Digest, size int64) error {
+// that its registry holds (or would serve us) what it lists. written, if
+// not nil, is told the bytes of a download in so far as they come.
+func (p *Proxy) ensureBlob(ctx context.Context, t target, dgst digest.Digest, size int64, written func(int64)) error {
 	if err := oci.ValidateDigest(dgst); err != nil {
 		return fmt.Errorf("manifest lists an invalid blob digest %q: %w", dgst, err)
 	}
@@ -497,13 +502,13 @@ func (p *Proxy) ensureBlob(ctx context.Context, t target, dgst digest.Digest, si
 		return err
 	}
 	defer p.fetches.Release(1)
-	return p.storeListed(ctx, t, dgst, size)
+	return p.storeListed(ctx, t, dgst, size, written)
 }
 
 // storeListed is ensureBlob without the fill's bound on parallel fetches
 // (fetching ahead starts every blob of an image at once): the upstream
 // connections are bounded by the budget of t's upstream instead.
-func (p *Proxy) storeListed(ctx context.Context, t target, dgst digest.Digest, size int64) error {
+func (p *Proxy) storeListed(ctx context.Context, t target, dgst digest.Digest, size int64, written func(int64)) error {
 	if size <= 0 {
 		size = -1 // not declared
 	}
@@ -532,7 +537,7 @@ func (p *Proxy) storeListed(ctx context.Context, t target, dgst digest.Digest, s
 		}
 		// The fill wants the download: it goes on while the fill waits,
 		// whether or not a client reads it.
-		err = dl.wait(ctx, size)
+		err = dl.wait(ctx, size, written)
 		leave()
 		if err != nil {
 			return err

@@ -14,9 +14,13 @@ type progress struct {
 	platformsDone  []string
 	bytesTotal     int64
 	bytesDone      int64
-	referrers      int
-	seen           map[digest.Digest]bool
-	digest         string
+	// partial holds the bytes in so far of the blobs on their way, and
+	// partialSum their sum: a large layer's bytes show as they come.
+	partial    map[digest.Digest]int64
+	partialSum int64
+	referrers  int
+	seen       map[digest.Digest]bool
+	digest     string
 	// changed, if set, is called after every change (without the lock).
 	changed func()
 }
@@ -29,7 +33,8 @@ type Progress struct {
 	// to copy and those copied (1 and none for a single image).
 	PlatformsTotal int
 	PlatformsDone  []string
-	// BytesTotal and BytesDone count the blobs' bytes, each blob once.
+	// BytesTotal and BytesDone count the blobs' bytes, each blob once;
+	// BytesDone those of a blob on its way as they come.
 	BytesTotal int64
 	BytesDone  int64
 	// Referrers counts the signatures, attestations and SBOMs stored
@@ -79,7 +84,26 @@ func (g *progress) blob(d digest.Digest, size int64) bool {
 	return fresh
 }
 
-func (g *progress) blobDone(size int64) { g.update(func() { g.bytesDone += size }) }
+// blobWritten counts the n bytes of blob d in so far, for a blob this
+// copy counted (blob).
+func (g *progress) blobWritten(d digest.Digest, n int64) {
+	g.update(func() {
+		if g.partial == nil {
+			g.partial = map[digest.Digest]int64{}
+		}
+		g.partialSum += n - g.partial[d]
+		g.partial[d] = n
+	})
+}
+
+// blobDone counts blob d, of size bytes, stored.
+func (g *progress) blobDone(d digest.Digest, size int64) {
+	g.update(func() {
+		g.partialSum -= g.partial[d]
+		delete(g.partial, d)
+		g.bytesDone += size
+	})
+}
 
 // referrer counts a supply-chain artifact stored with the image.
 func (g *progress) referrer() { g.update(func() { g.referrers++ }) }
@@ -95,7 +119,7 @@ func (g *progress) snapshot() Progress {
 		PlatformsTotal: g.platformsTotal,
 		PlatformsDone:  append([]string(nil), g.platformsDone...),
 		BytesTotal:     g.bytesTotal,
-		BytesDone:      g.bytesDone,
+		BytesDone:      min(g.bytesDone+g.partialSum, max(g.bytesTotal, g.bytesDone)),
 		Referrers:      g.referrers,
 	}
 }

@@ -88,7 +88,7 @@ func fillSharingADownload(t *testing.T, mounts bool) {
 	joined := make(chan struct{})
 	done := make(chan error, 1)
 	go func() {
-		done <- p.ensureBlob(withRequested(t.Context(), sync.OnceFunc(func() { close(joined) })), b, d, size)
+		done <- p.ensureBlob(withRequested(t.Context(), sync.OnceFunc(func() { close(joined) })), b, d, size, nil)
 	}()
 	recv(t, joined, "node's fill to join the download")
 	open()
