@@ -834,7 +834,11 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 		// Readers have the whole blob already, in the spool file left
 		// for them (spoolLeft).
 		dl.update(func() { dl.err = fmt.Errorf("storing blob %s: %w", dl.dgst, err) })
-		p.log.Error("storing blob", "digest", dl.dgst, "error", err)
+		if ctx.Err() == nil {
+			// Not when its takers left, or the process stops (mirror's
+			// ctrl-C): nothing went wrong with the store.
+			p.log.Error("storing blob", "digest", dl.dgst, "error", err)
+		}
 		return
 	}
 	if err := p.index.RecordBlob(t.host(), t.repo, dl.dgst, n, p.now()); err != nil {

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -18,7 +20,8 @@ import (
 // called from several goroutines.
 type display interface {
 	update(image string, p proxy.Progress)
-	// done ends an image; a failure is shown with its reason.
+	// done ends an image; a failure is shown with its reason, an
+	// interruption (context.Canceled) as such.
 	done(image string, p proxy.Progress, err error)
 	// logTo returns where log lines meant for w go while the display runs:
 	// above the bars when w is the terminal they are drawn on, so that a
@@ -89,6 +92,10 @@ func (b *bars) update(image string, p proxy.Progress) {
 
 func (b *bars) done(image string, p proxy.Progress, err error) {
 	bar := b.bar(image)
+	if errors.Is(err, context.Canceled) {
+		bar.Abort(false)
+		return
+	}
 	if err != nil {
 		// The reason goes above the bars: a bar has no room for it.
 		fmt.Fprintf(b.p, "%s: failed: %v\n", image, err)
@@ -121,6 +128,10 @@ func (l *lines) update(image string, p proxy.Progress) {
 func (l *lines) done(image string, p proxy.Progress, err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if errors.Is(err, context.Canceled) {
+		fmt.Fprintf(l.w, "%s: interrupted\n", image)
+		return
+	}
 	if err != nil {
 		fmt.Fprintf(l.w, "%s: failed: %v\n", image, err)
 		return

@@ -34,14 +34,42 @@ Run 'docker-mirror COMMAND --help' for every option of a command.
 `
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	// The first signal starts a graceful stop; a second one ends the
-	// process at once (the signals' default), rather than leaving it to
-	// wait out the shutdown timeout for clients that are not reading.
-	context.AfterFunc(ctx, stop)
+	ctx, cancel := context.WithCancelCause(context.Background())
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		s := <-sigs
+		// The first signal starts a graceful stop; a second one ends the
+		// process at once (the signals' default), rather than leaving it
+		// to wait out the shutdown timeout for clients that are not
+		// reading.
+		signal.Stop(sigs)
+		cancel(interrupted{s})
+	}()
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	stop()
+	signal.Stop(sigs)
 	os.Exit(code)
+}
+
+// interrupted is the cause of run's context once a signal (ctrl-C's
+// SIGINT, SIGTERM) stopped the command.
+type interrupted struct{ sig os.Signal }
+
+func (i interrupted) Error() string { return i.sig.String() + " signal received" }
+
+// signalled returns the exit status of a command a signal stopped (ctx's
+// cause interrupted): 128 plus the signal's number, as a shell gives a
+// program the signal ended (130 for ctrl-C), so that a script tells an
+// interruption from a failure.
+func signalled(ctx context.Context) (int, bool) {
+	var i interrupted
+	if !errors.As(context.Cause(ctx), &i) {
+		return 0, false
+	}
+	if n, ok := i.sig.(syscall.Signal); ok {
+		return 128 + int(n), true
+	}
+	return 1, true
 }
 
 // exitUsage is the exit status for a bad command line or configuration.

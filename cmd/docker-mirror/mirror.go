@@ -88,6 +88,12 @@ func mirrorCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 	}
 	log := newLogger(logCfg, logOut)
 	failed, err := mirrorImages(ctx, cfg, log, images, mirrorOptions{allTags: *allTags, jobs: *jobs, display: d}, stdout)
+	if code, ok := signalled(ctx); ok {
+		// Not each image's "context canceled": what was copied stays,
+		// and a run again copies only the rest.
+		fmt.Fprintf(stderr, "docker-mirror mirror: interrupted (%v)\n", context.Cause(ctx))
+		return code
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "docker-mirror mirror: %v\n", err)
 		return 1
@@ -204,6 +210,9 @@ func mirrorImages(ctx context.Context, cfg config.Config, log *slog.Logger, imag
 	for i, ref := range refs {
 		g.Go(func() error {
 			got, err := p.Copy(ctx, ref, nil, func(pr proxy.Progress) { d.update(ref, pr) })
+			if err != nil && ctx.Err() != nil {
+				err = ctx.Err() // interrupted, whatever it cut short; shown as such
+			}
 			d.done(ref, got, err)
 			errs[i] = err
 			return nil // one image's failure does not stop the others

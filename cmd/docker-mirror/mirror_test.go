@@ -1148,10 +1148,11 @@ func TestPrefetchCommandFollowsThroughARestart(t *testing.T) {
 // Interrupted (ctrl-C) while it asks for the job's state, prefetch says
 // it stopped following the job, which goes on in the server, as it does
 // when interrupted between two asks: not "context canceled", which reads
-// as the job's end.
+// as the job's end; it exits 130, as mirror interrupted does.
 func TestPrefetchCommandInterruptedWhilePolling(t *testing.T) {
 	const id = "20261206T190000-abcdefghij"
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancelCause := context.WithCancelCause(context.Background())
+	cancel := func() { cancelCause(interrupted{os.Interrupt}) }
 	defer cancel()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodPost {
@@ -1166,7 +1167,26 @@ func TestPrefetchCommandInterruptedWhilePolling(t *testing.T) {
 	}))
 	defer srv.Close()
 	code, stdout, stderr := runCmd(t, ctx, "prefetch", "--server", srv.URL, "hello-world")
-	if code != 1 || !strings.Contains(stderr, "stopped following job "+id+"; it goes on in the server") {
-		t.Errorf("exit %d; want 1, saying the job goes on\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	if code != 130 || !strings.Contains(stderr, "stopped following job "+id+"; it goes on in the server") {
+		t.Errorf("exit %d; want 130, saying the job goes on\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+}
+
+// Interrupted by ctrl-C (SIGINT), mirror exits 130, as a program a
+// signal stopped does (128 + the signal), which scripts tell from a
+// failure; it says it was interrupted, not that every image "failed:
+// context canceled". Before, it exited 1, listing each image as failed.
+func TestMirrorCommandInterruptedExits130(t *testing.T) {
+	e := newMirrorEnv(t)
+	gate := e.up.GateBlob(e.hello.SharedLayer, 0)
+	ctx, cancel := context.WithCancelCause(t.Context())
+	defer cancel(nil)
+	go func() {
+		<-gate.Reached()
+		cancel(interrupted{os.Interrupt}) // the user's ctrl-C, while a layer comes
+	}()
+	code, stdout, stderr := runCmd(t, ctx, "mirror", "--config", e.config, "-d", e.dest.URL()+"/mirror", "--upstream", e.up.URL(), "hello-world")
+	if code != 130 || !strings.Contains(stderr, "interrupted") || strings.Contains(stderr+stdout, "context canceled") {
+		t.Errorf("exit %d; want 130, saying it was interrupted\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
 	}
 }

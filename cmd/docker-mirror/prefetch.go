@@ -118,6 +118,9 @@ func prefetchCommand(ctx context.Context, args []string, stdout, stderr io.Write
 			// Interrupted, between two asks or during one: the job is
 			// the server's, not ended by the interruption.
 			fmt.Fprintf(stderr, "docker-mirror prefetch: stopped following job %s; it goes on in the server\n", job.ID)
+			if code, ok := signalled(ctx); ok {
+				return code
+			}
 			return 1
 		}
 		if err != nil && transient(err) {
