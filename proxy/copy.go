@@ -62,6 +62,11 @@ func (p *Proxy) Copy(ctx context.Context, ref string, pats []oci.Platform, onPro
 	if err != nil {
 		return Progress{}, err
 	}
+	if err := p.writesRefused(im.t); err != nil {
+		// Refused of late: nothing is sent to the store to be refused
+		// again (a HEAD per blob of every platform), nor fetched for it.
+		return Progress{}, fmt.Errorf("%s not copied: %w", ref, err)
+	}
 	m, err := p.copySource(ctx, im.t, im.ref)
 	if err != nil {
 		return Progress{}, err

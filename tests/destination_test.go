@@ -1447,3 +1447,30 @@ func TestPrefetchOfRefusedManifestNotRetried(t *testing.T) {
 		t.Errorf("the second prefetch sent the destination %d requests, want none: %v", len(sent), sent)
 	}
 }
+
+// A prefetch of an image into a repository the destination refused to
+// store content in within the last minute (read-only, a quota used up)
+// fails at once, naming the refusal, and sends the destination nothing:
+// not a HEAD per blob of every platform, each found missing only to be
+// refused again.
+func TestPrefetchIntoRefusingDestinationSendsNothing(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	up.SeedMultiArch(t, "library/hello-world", "latest", fixture.OCI)
+	dest := fixture.StartDestination(t, map[string]string{destUser: destPassword}, fixture.WithReadOnly())
+	m := startDestMirror(t, up, dest, nil)
+	if j := prefetchDone(t, m.Server, "hello-world"); j.State != storage.JobFailed {
+		t.Fatalf("first prefetch: %+v, want it failed on the refusal", j)
+	}
+	dest.ResetRequests()
+	j := prefetchDone(t, m.Server, "hello-world")
+	if j.State != storage.JobFailed || !strings.Contains(j.Images[0].Error, "read-only") && !strings.Contains(j.Images[0].Error, "refuse") {
+		t.Errorf("second prefetch: %+v, want it failed on the refusal remembered", j)
+	}
+	var sent []string
+	for _, r := range dest.Requests() {
+		sent = append(sent, r.Method+" "+r.Path)
+	}
+	if len(sent) != 0 {
+		t.Errorf("the second prefetch sent the destination %d requests, want none: %v", len(sent), sent)
+	}
+}
