@@ -35,7 +35,7 @@ func newDisplay(w io.Writer) display {
 	if isTerminal(w) {
 		return &bars{p: mpb.New(mpb.WithOutput(w), mpb.WithWidth(40)), bars: map[string]*mpb.Bar{}}
 	}
-	return &lines{w: w, platforms: map[string]int{}}
+	return &lines{w: w, platforms: map[string]int{}, shown: map[string]int64{}}
 }
 
 func isTerminal(w io.Writer) bool {
@@ -109,20 +109,31 @@ func (b *bars) done(image string, p proxy.Progress, err error) {
 
 func (b *bars) wait() { b.p.Wait() }
 
-// lines prints a line when an image's platform completes, and when it ends.
+// lines prints a line when an image's platform completes, as its bytes
+// come (linesStep), and when it ends.
 type lines struct {
 	mu        sync.Mutex
 	w         io.Writer
 	platforms map[string]int
+	shown     map[string]int64 // the bytes done of each image's last line
 }
+
+// linesStep is how many bytes more than its last line shows an image's
+// next line waits for: a tenth of its bytes, at least 64 MiB (a small
+// image prints no more than its platforms) and at most 256 MiB, so that a
+// layer of gigabytes coming slowly does not leave a CI job's log silent
+// for long (CI systems stop a job that prints nothing for ten minutes).
+func linesStep(total int64) int64 { return min(max(total/10, 64<<20), 256<<20) }
 
 func (l *lines) update(image string, p proxy.Progress) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if len(p.PlatformsDone) > l.platforms[image] {
-		l.platforms[image] = len(p.PlatformsDone)
-		fmt.Fprintf(l.w, "%s: %d/%d platforms, %s of %s\n", image, len(p.PlatformsDone), p.PlatformsTotal, size(p.BytesDone), size(p.BytesTotal))
+	platform := len(p.PlatformsDone) > l.platforms[image]
+	if !platform && p.BytesDone-l.shown[image] < linesStep(p.BytesTotal) {
+		return
 	}
+	l.platforms[image], l.shown[image] = len(p.PlatformsDone), p.BytesDone
+	fmt.Fprintf(l.w, "%s: %d/%d platforms, %s of %s\n", image, len(p.PlatformsDone), p.PlatformsTotal, size(p.BytesDone), size(p.BytesTotal))
 }
 
 func (l *lines) done(image string, p proxy.Progress, err error) {
