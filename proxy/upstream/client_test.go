@@ -775,3 +775,76 @@ func TestGatewayFailureIsNoLogin(t *testing.T) {
 		wg.Wait()
 	})
 }
+
+// TestRewrittenCredentialsTriedAtOnce: credentials the keychain gives
+// anew (a password_file rewritten, a credential helper's renewal) are
+// not the ones the upstream refused, nor the ones it took. A password
+// mistyped, then put right in the file, was still refused, unsent, for
+// every repository for authRetryAfter; a password rotated to one the
+// upstream does not take yet went out from every repository pulled at
+// once, each a failed login toward the lock of the account, as if the
+// upstream had taken it.
+func TestRewrittenCredentialsTriedAtOnce(t *testing.T) {
+	t.Run("put right", func(t *testing.T) {
+		kc := &rotatingKeychain{}
+		kc.password.Store("typo")
+		rt := newRotatingToken("pw", "t1")
+		r := startRegistry(t, rt.serve, bearerPing)
+		c := r.client(t, WithClock(newFakeClock().Now), WithKeychain(kc))
+		if _, err := c.HeadManifest(t.Context(), "library/x", v1); !errors.Is(err, ErrAuth) {
+			t.Fatalf("a mistyped password: %v, want ErrAuth", err)
+		}
+		kc.password.Store("pw") // the file put right
+		for _, repo := range []string{"library/y", "library/x"} {
+			if _, err := c.HeadManifest(t.Context(), repo, v1); err != nil {
+				t.Errorf("%s with the password put right: %v", repo, err)
+			}
+		}
+	})
+	t.Run("rotated", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			const n = 6
+			kc := &rotatingKeychain{}
+			kc.password.Store("pw")
+			var logins atomic.Int64
+			lt := rotatedLoginTransport{gate: make(chan struct{}), logins: &logins}
+			c := errClient(t, "https://registry.test", WithTransport(lt), WithKeychain(kc))
+			if _, err := c.HeadManifest(t.Context(), "team/first", v1); err != nil {
+				t.Fatal(err)
+			}
+			kc.password.Store("next") // not taken yet
+			wg := headRepos(t, c, n, true)
+			synctest.Wait()
+			if got := logins.Load(); got != 1 {
+				t.Errorf("%d logins with credentials not yet taken were under way at once for %d repositories, want 1", got, n)
+			}
+			close(lt.gate)
+			wg.Wait()
+		})
+	})
+}
+
+// rotatedLoginTransport is a registry at https://registry.test whose
+// token server takes user "bot" with password "pw" and refuses any other
+// password once gate is closed, counting those logins; any token opens
+// every repository.
+type rotatedLoginTransport struct {
+	gate   chan struct{}
+	logins *atomic.Int64
+}
+
+func (l rotatedLoginTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.URL.Path == "/token" {
+		if _, pw, _ := r.BasicAuth(); pw == "pw" {
+			return &http.Response{StatusCode: http.StatusOK, Header: http.Header{}, Body: io.NopCloser(strings.NewReader(`{"token":"t"}`)), Request: r}, nil
+		}
+		l.logins.Add(1)
+		<-l.gate
+		return &http.Response{StatusCode: http.StatusUnauthorized, Header: http.Header{}, Body: http.NoBody, Request: r}, nil
+	}
+	if r.Header.Get("Authorization") == "Bearer t" {
+		return &http.Response{StatusCode: http.StatusOK, Header: http.Header{}, Body: http.NoBody, Request: r}, nil
+	}
+	h := http.Header{"Www-Authenticate": {`Bearer realm="https://registry.test/token",service="registry.test"`}}
+	return &http.Response{StatusCode: http.StatusUnauthorized, Header: h, Body: http.NoBody, Request: r}, nil
+}

@@ -75,10 +75,11 @@ type Client struct {
 	credsRefused refusal
 	// firstLogin, done when it ends, is the token request with our
 	// credentials the others wait for until the upstream has taken them
-	// (loggedIn): login. Guarded by loginMu.
+	// (loggedIn, the credsKey of those it took): login. Guarded by
+	// loginMu.
 	loginMu    sync.Mutex
 	firstLogin *loginTurn
-	loggedIn   atomic.Bool
+	loggedIn   atomic.Pointer[string]
 	// tokens keeps the token server's latest answers, by request, for
 	// tokenReuse (tokenLimits).
 	tokens *lru.Cache[string, tokenAnswer]
@@ -102,6 +103,9 @@ type Client struct {
 type refusal struct {
 	err   error
 	until time.Time
+	// creds is the credsKey of the credentials refused: others (a
+	// password_file put right) are not refused with them.
+	creds string
 }
 
 // maxTransports bounds the transports (and refusals) kept: one per
@@ -275,6 +279,37 @@ func (c *Client) anonymous() bool {
 	return c.auth == authn.Anonymous
 }
 
+// credsKey names credentials, by their hash, in a refusal and as the ones
+// the upstream took (loggedIn): "" for none.
+func credsKey(cfg authn.AuthConfig) string {
+	if cfg == (authn.AuthConfig{}) {
+		return ""
+	}
+	b, _ := json.Marshal(cfg)
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+// credsNow returns the credsKey of our credentials now (the keychain's,
+// asked again): "" for none, or if they cannot be read (the request that
+// needs them fails for it).
+func (c *Client) credsNow(ctx context.Context) string {
+	if c.auth == authn.Anonymous {
+		return ""
+	}
+	cfg, err := authn.Authorization(ctx, c.auth)
+	if err != nil {
+		return ""
+	}
+	return credsKey(*cfg)
+}
+
+// isLoggedIn reports whether the upstream took the credentials of key.
+func (c *Client) isLoggedIn(key string) bool {
+	k := c.loggedIn.Load()
+	return k != nil && *k == key
+}
+
 // DefaultTransport returns the HTTP transport upstream clients use unless
 // given another: http.DefaultTransport's settings and more idle
 // connections per host. The wait for response headers is the Client's own
@@ -324,11 +359,7 @@ func (c *Client) transport(ctx context.Context, repo string) (http.RoundTripper,
 	if t, ok := c.transports.Get(repo); ok {
 		return t, nil
 	}
-	ref, refused := c.refused.Get(repo)
-	if refused && c.now().Before(ref.until) {
-		return nil, ref.err
-	}
-	if err := c.credentialsRefused(); err != nil {
+	if err := c.refusedNow(ctx, repo); err != nil {
 		return nil, err
 	}
 	v, err, _ := c.creating.Do(repo, func() (any, error) {
@@ -337,7 +368,7 @@ func (c *Client) transport(ctx context.Context, repo string) (http.RoundTripper,
 		defer cancel()
 		t, err := c.handshake(ctx, repo)
 		if errors.Is(err, ErrAuth) {
-			c.refuse(repo, nil, err)
+			c.refuse(repo, nil, err, c.credsNow(ctx))
 		}
 		if err != nil {
 			return nil, err
@@ -351,13 +382,37 @@ func (c *Client) transport(ctx context.Context, repo string) (http.RoundTripper,
 	return v.(http.RoundTripper), nil
 }
 
-// credentialsRefused returns the upstream's refusal of our credentials
-// themselves, if it is recent (refuse), else nil.
-func (c *Client) credentialsRefused() error {
+// refusedNow returns the refusal of repo, or of our credentials
+// themselves (only those if repo is ""), if recent and of the
+// credentials of now: others (a password_file put right) are tried at
+// once. The keychain is asked only while there is a refusal.
+func (c *Client) refusedNow(ctx context.Context, repo string) error {
+	var ref refusal
+	var refused bool
+	if repo != "" {
+		ref, refused = c.refused.Get(repo)
+		refused = refused && c.now().Before(ref.until)
+	}
 	c.refusedMu.Lock()
 	all := c.credsRefused
 	c.refusedMu.Unlock()
-	if c.now().Before(all.until) {
+	if !refused && !c.now().Before(all.until) {
+		return nil
+	}
+	creds := c.credsNow(ctx)
+	if refused && ref.creds == creds {
+		return ref.err
+	}
+	return c.credentialsRefused(creds)
+}
+
+// credentialsRefused returns the upstream's refusal of the credentials
+// of key (credsKey), if it is recent (refuse), else nil.
+func (c *Client) credentialsRefused(key string) error {
+	c.refusedMu.Lock()
+	all := c.credsRefused
+	c.refusedMu.Unlock()
+	if c.now().Before(all.until) && all.creds == key {
 		return all.err
 	}
 	return nil
@@ -372,9 +427,10 @@ func (c *Client) credentialsRefused() error {
 // (its caller gone, no answer in time) lets one of them go in its place.
 // release ends the first one's turn, once its refusal, if any, is
 // recorded, saying whether the upstream answered. Without credentials
-// (anonymous) every request goes at once.
-func (c *Client) login(ctx context.Context, anonymous bool) (release func(answered bool), err error) {
-	if c.loggedIn.Load() || anonymous {
+// (creds, their credsKey, empty) every request goes at once; credentials
+// other than the ones taken (rotated in the keychain) go alone again.
+func (c *Client) login(ctx context.Context, creds string) (release func(answered bool), err error) {
+	if creds == "" || c.isLoggedIn(creds) {
 		return func(bool) {}, nil
 	}
 	for {
@@ -389,17 +445,18 @@ func (c *Client) login(ctx context.Context, anonymous bool) (release func(answer
 		case <-ctx.Done():
 			return nil, context.Cause(ctx)
 		}
-		if first.answered || c.loggedIn.Load() {
-			return func(bool) {}, c.credentialsRefused()
+		if first.answered && first.creds == creds || c.isLoggedIn(creds) {
+			return func(bool) {}, c.credentialsRefused(creds)
 		}
-		// No answer (its client left, or none came in time): one of the
-		// others goes in its place, alone, not all at once.
+		// No answer (its client left, or none came in time), or an
+		// answer to other credentials: one of the others goes in its
+		// place, alone, not all at once.
 	}
-	if err := c.credentialsRefused(); err != nil {
+	if err := c.credentialsRefused(creds); err != nil {
 		c.loginMu.Unlock()
 		return nil, err
 	}
-	first := &loginTurn{done: make(chan struct{})}
+	first := &loginTurn{done: make(chan struct{}), creds: creds}
 	c.firstLogin = first
 	c.loginMu.Unlock()
 	return func(answered bool) {
@@ -411,34 +468,39 @@ func (c *Client) login(ctx context.Context, anonymous bool) (release func(answer
 	}, nil
 }
 
-// loginTurn is the first login's turn (login): done is closed when it
-// ends, answered set before if the upstream answered it.
+// loginTurn is the first login's turn (login), with the credentials of
+// creds: done is closed when it ends, answered set before if the
+// upstream answered it.
 type loginTurn struct {
 	done     chan struct{}
+	creds    string
 	answered bool
 }
 
-// refuse remembers that the upstream refused our credentials for repo,
-// until authRetryAfter from now, and drops repo's transport t (if not
+// refuse remembers that the upstream refused our credentials for repo
+// (creds, their credsKey), until authRetryAfter from now, and drops
+// repo's transport t (if not
 // nil) whose expired token they were refused for: the handshake after
 // that asks again. A 401 to credentials we sent refuses them for every
 // repository (a wrong password): sent again for each repository pulled,
 // each would be a failed login toward a lock of the account (Docker Hub,
 // Harbor, Nexus). Without credentials, a 401 is the repository's own (a
 // private one of a public registry).
-func (c *Client) refuse(repo string, t http.RoundTripper, err error) {
-	r := refusal{err: err, until: c.now().Add(authRetryAfter)}
+func (c *Client) refuse(repo string, t http.RoundTripper, err error, creds string) {
+	r := refusal{err: err, until: c.now().Add(authRetryAfter), creds: creds}
 	c.refused.Add(repo, r)
 	var ue *Error
-	if errors.As(err, &ue) && ue.Status == http.StatusUnauthorized && !errors.As(err, new(credsRefusal)) && !c.anonymous() {
+	if errors.As(err, &ue) && ue.Status == http.StatusUnauthorized && !errors.As(err, new(credsRefusal)) && creds != "" {
 		// Said of the upstream, not of the request refused (another
 		// repository's manifest); not of a request failed with the
 		// refusal itself (a login that waited for it).
 		e := c.newError(KindPing, "registry ping", ue.Status, ErrAuth, credsRefusal{err}, "upstream %s refused our credentials; not sending them again for %s", c.host, authRetryAfter)
 		c.refusedMu.Lock()
-		c.credsRefused = refusal{err: e, until: r.until}
+		c.credsRefused = refusal{err: e, until: r.until, creds: creds}
 		c.refusedMu.Unlock()
-		c.loggedIn.Store(false)
+		if c.isLoggedIn(creds) {
+			c.loggedIn.Store(nil)
+		}
 	}
 	if cur, ok := c.transports.Peek(repo); ok && t != nil && cur == t {
 		c.transports.Remove(repo)
@@ -591,7 +653,17 @@ func (c *Client) authorize(ctx context.Context, repo string, pa *pingAnswer) (ht
 	if u, err := url.Parse(pr.Parameters["realm"]); err == nil {
 		base.tokenAt = u.Scheme + "://" + u.Host + u.EscapedPath()
 	}
-	release, err := c.login(ctx, c.anonymous())
+	// The credentials read once: the ones sent are the ones the login's
+	// turn, its refusal or its success are of.
+	cfg, err := authn.Authorization(ctx, c.auth)
+	if err != nil {
+		return nil, c.transportError(ping, err)
+	}
+	creds, auth := credsKey(*cfg), c.auth
+	if creds != "" {
+		auth = authn.FromConfig(*cfg)
+	}
+	release, err := c.login(ctx, creds)
 	if err != nil {
 		return nil, err
 	}
@@ -599,18 +671,18 @@ func (c *Client) authorize(ctx context.Context, repo string, pa *pingAnswer) (ht
 	// to answer, as the ping and every request have.
 	xctx, cancel := context.WithTimeoutCause(ctx, c.timeout, errTimeout)
 	defer cancel()
-	tok, err := transport.Exchange(xctx, c.registry, c.auth, base, []string{scope}, &pr)
+	tok, err := transport.Exchange(xctx, c.registry, auth, base, []string{scope}, &pr)
 	if err != nil {
 		err = c.exchangeError(xctx, base, err)
 		if errors.Is(err, ErrAuth) {
-			c.refuse(repo, nil, err) // before the logins waiting are let go
+			c.refuse(repo, nil, err, creds) // before the logins waiting are let go
 		}
 		var ue *Error
 		release(errors.As(err, &ue) && ue.Status != 0)
 		return nil, err
 	}
-	if !c.anonymous() {
-		c.loggedIn.Store(true)
+	if creds != "" {
+		c.loggedIn.Store(&creds)
 	}
 	release(true)
 	if tok.Token == "" {
@@ -782,7 +854,7 @@ func (t tokenLimits) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	// A token request: the renewal of an expired token sends our
 	// credentials, not with them while the upstream refuses them.
-	if err := t.c.credentialsRefused(); err != nil {
+	if err := t.c.refusedNow(req.Context(), ""); err != nil {
 		return nil, err
 	}
 	if req.Method != http.MethodGet {
@@ -1066,8 +1138,7 @@ func (c *Client) doWarming(ctx context.Context, repo string, req *http.Request, 
 		// Our credentials go with the request: the first to send them
 		// goes alone until the upstream has taken them (login), and
 		// its refusal, if any, is recorded before the others go.
-		kb, ok := t.(*keychainBasic)
-		release, err := c.login(ctx, ok && kb.cfg == authn.AuthConfig{})
+		release, err := c.login(ctx, c.basicCreds(ctx, t))
 		if err != nil {
 			if ctx.Err() == nil {
 				c.noteAnswer(nil, err)
@@ -1106,15 +1177,18 @@ func (c *Client) doWarming(ctx context.Context, repo string, req *http.Request, 
 			// token was to be renewed with (revoked, or rotated):
 			// sent again with every request, they could lock the
 			// account, as a handshake's refusal could.
-			c.refuse(repo, t, err)
+			c.refuse(repo, t, err, c.credsNow(ctx))
 		}
 		if ctx.Err() == nil {
 			c.noteAnswer(nil, err)
 		}
 		return nil, err
 	}
-	if sendsBasic(t) && takesCredentials(resp.StatusCode) {
-		c.loggedIn.Store(true)
+	// The credentials of t, the transport the answer is to (after a
+	// renewal, not the ones the login's turn was taken with).
+	basic := c.basicCreds(ctx, t)
+	if basic != "" && takesCredentials(resp.StatusCode) {
+		c.loggedIn.Store(&basic)
 	}
 	for _, s := range ok {
 		if resp.StatusCode == s {
@@ -1129,10 +1203,22 @@ func (c *Client) doWarming(ctx context.Context, repo string, req *http.Request, 
 		// the upstream, not a host it redirected to, which got none):
 		// sent again with every request, they could lock the account
 		// (an Artifactory can), as a token server's could.
-		c.refuse(repo, t, err)
+		c.refuse(repo, t, err, basic)
 	}
 	c.noteAnswer(resp, err)
 	return nil, err
+}
+
+// basicCreds returns the credsKey of the credentials t sends with every
+// request: "" if none (sendsBasic).
+func (c *Client) basicCreds(ctx context.Context, t http.RoundTripper) string {
+	switch t := t.(type) {
+	case *keychainBasic:
+		return credsKey(t.cfg)
+	case basicCreds:
+		return c.credsNow(ctx)
+	}
+	return ""
 }
 
 // takesCredentials reports whether an answer of status to a request with
