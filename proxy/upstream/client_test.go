@@ -848,3 +848,44 @@ func (l rotatedLoginTransport) RoundTrip(r *http.Request) (*http.Response, error
 	h := http.Header{"Www-Authenticate": {`Bearer realm="https://registry.test/token",service="registry.test"`}}
 	return &http.Response{StatusCode: http.StatusUnauthorized, Header: h, Body: http.NoBody, Request: r}, nil
 }
+
+// TestTokenRefusedForOneRepositoryOnly: a token server that answers 401
+// to credentials it takes for other repositories, for a repository they
+// have no access to (or that does not exist), refused them for every
+// repository for authRetryAfter: one pull of a repository not the
+// user's failed every pull. Credentials the token server took are asked
+// once more, with no repository's scope (as docker login checks them):
+// taken, the refusal is the repository's own; refused, every
+// repository's.
+func TestTokenRefusedForOneRepositoryOnly(t *testing.T) {
+	rt := newRotatingToken("pw", "t1")
+	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		if req.URL.Path == "/token" && req.URL.Query().Get("scope") == "repository:other/private:pull" {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		rt.serve(w, req)
+	}, bearerPing)
+	c := r.client(t, WithClock(newFakeClock().Now), WithAuth(&authn.Basic{Username: "bot", Password: "pw"}))
+	if _, err := c.HeadManifest(t.Context(), "library/a", v1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.HeadManifest(t.Context(), "other/private", v1); !errors.Is(err, ErrAuth) {
+		t.Fatalf("a repository the token server refuses: %v, want ErrAuth", err)
+	}
+	if _, err := c.HeadManifest(t.Context(), "library/b", v1); err != nil {
+		t.Errorf("another repository, after one the token server refused: %v", err)
+	}
+	// A password revoked: every repository's.
+	rt.password.Store("new")
+	if _, err := c.HeadManifest(t.Context(), "library/c", v1); !errors.Is(err, ErrAuth) {
+		t.Fatalf("a revoked password: %v, want ErrAuth", err)
+	}
+	before := rt.tokens.Load()
+	if _, err := c.HeadManifest(t.Context(), "library/d", v1); !errors.Is(err, ErrAuth) {
+		t.Fatalf("a revoked password: %v, want ErrAuth", err)
+	}
+	if n := rt.tokens.Load() - before; n != 0 {
+		t.Errorf("the revoked password was sent %d times more, want none within %s", n, authRetryAfter)
+	}
+}

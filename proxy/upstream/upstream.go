@@ -260,6 +260,14 @@ func (e credsRefusal) Error() string { return e.err.Error() }
 
 func (e credsRefusal) Unwrap() error { return e.err }
 
+// repoRefusal is the cause of a token server's refusal of credentials it
+// takes, for one repository (takenStill): not a refusal of them.
+type repoRefusal struct{ err error }
+
+func (e repoRefusal) Error() string { return e.err.Error() }
+
+func (e repoRefusal) Unwrap() error { return e.err }
+
 // credentialsError is a failure to read our credentials when a request
 // needs them (a password_file removed, a credential helper failing): the
 // mirror's own, with the upstream not asked, not the upstream unreachable.
@@ -490,7 +498,7 @@ func (c *Client) refuse(repo string, t http.RoundTripper, err error, creds strin
 	r := refusal{err: err, until: c.now().Add(authRetryAfter), creds: creds}
 	c.refused.Add(repo, r)
 	var ue *Error
-	if errors.As(err, &ue) && ue.Status == http.StatusUnauthorized && !errors.As(err, new(credsRefusal)) && creds != "" {
+	if errors.As(err, &ue) && ue.Status == http.StatusUnauthorized && !errors.As(err, new(credsRefusal)) && !errors.As(err, new(repoRefusal)) && creds != "" {
 		// Said of the upstream, not of the request refused (another
 		// repository's manifest); not of a request failed with the
 		// refusal itself (a login that waited for it).
@@ -674,10 +682,16 @@ func (c *Client) authorize(ctx context.Context, repo string, pa *pingAnswer) (ht
 	tok, err := transport.Exchange(xctx, c.registry, auth, base, []string{scope}, &pr)
 	if err != nil {
 		err = c.exchangeError(xctx, base, err)
-		if errors.Is(err, ErrAuth) {
+		var ue *Error
+		switch {
+		case errors.As(err, &ue) && ue.Status == http.StatusUnauthorized && c.isLoggedIn(creds) && c.takenStill(xctx, auth, base, &pr):
+			// Credentials the token server takes, refused for repo: a
+			// repository they have no access to, not a wrong password.
+			err = c.newError(ping.kind, ping.what, ue.Status, ErrAuth, repoRefusal{err}, "upstream %s's token server refused our credentials for %s, which it takes: they have no access to it, or it does not exist", c.host, repo)
+			c.refuse(repo, nil, err, creds)
+		case errors.Is(err, ErrAuth):
 			c.refuse(repo, nil, err, creds) // before the logins waiting are let go
 		}
-		var ue *Error
 		release(errors.As(err, &ue) && ue.Status != 0)
 		return nil, err
 	}
@@ -696,6 +710,20 @@ func (c *Client) authorize(ctx context.Context, repo string, pa *pingAnswer) (ht
 		return nil, c.transportError(ping, err)
 	}
 	return t, nil
+}
+
+// takenStill reports whether the token server still takes the
+// credentials of auth, which it took before and has just refused for a
+// repository's scope: asked once more with no scope, as docker login
+// checks them. Some token servers (unlike Docker Hub's, which gives a
+// token of no access) refuse a repository the user has no access to with
+// a 401, as they refuse a wrong password.
+func (c *Client) takenStill(xctx context.Context, auth authn.Authenticator, base tokenLimits, pr *transport.Challenge) bool {
+	// Sent, not answered from an earlier answer (shareToken) given
+	// before a revocation.
+	base.tokenAt = ""
+	_, err := transport.Exchange(xctx, c.registry, auth, base, nil, pr)
+	return err == nil
 }
 
 // exchangeError maps the failure of a token request sent on xctx
