@@ -826,23 +826,28 @@ func TestRewrittenCredentialsTriedAtOnce(t *testing.T) {
 
 // rotatedLoginTransport is a registry at https://registry.test whose
 // token server takes user "bot" with password "pw" and refuses any other
-// password once gate is closed, counting those logins; any token opens
-// every repository.
+// password once gate is closed, counting those logins; its token (token,
+// if set, else "t") opens every repository.
 type rotatedLoginTransport struct {
 	gate   chan struct{}
 	logins *atomic.Int64
+	token  *atomic.Value
 }
 
 func (l rotatedLoginTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	tok := "t"
+	if l.token != nil {
+		tok = l.token.Load().(string)
+	}
 	if r.URL.Path == "/token" {
 		if _, pw, _ := r.BasicAuth(); pw == "pw" {
-			return &http.Response{StatusCode: http.StatusOK, Header: http.Header{}, Body: io.NopCloser(strings.NewReader(`{"token":"t"}`)), Request: r}, nil
+			return &http.Response{StatusCode: http.StatusOK, Header: http.Header{}, Body: io.NopCloser(strings.NewReader(`{"token":"` + tok + `"}`)), Request: r}, nil
 		}
 		l.logins.Add(1)
 		<-l.gate
 		return &http.Response{StatusCode: http.StatusUnauthorized, Header: http.Header{}, Body: http.NoBody, Request: r}, nil
 	}
-	if r.Header.Get("Authorization") == "Bearer t" {
+	if r.Header.Get("Authorization") == "Bearer "+tok {
 		return &http.Response{StatusCode: http.StatusOK, Header: http.Header{}, Body: http.NoBody, Request: r}, nil
 	}
 	h := http.Header{"Www-Authenticate": {`Bearer realm="https://registry.test/token",service="registry.test"`}}
@@ -888,4 +893,35 @@ func TestTokenRefusedForOneRepositoryOnly(t *testing.T) {
 	if n := rt.tokens.Load() - before; n != 0 {
 		t.Errorf("the revoked password was sent %d times more, want none within %s", n, authRetryAfter)
 	}
+}
+
+// TestRotatedCredentialsRenewOneAtATime: the renewals of expired tokens
+// are logins as the handshakes are: a password rotated in the keychain
+// to one the upstream does not take yet, the tokens of the repositories
+// pulled before expiring at once (Docker Hub's last 5 minutes), went out
+// from every repository at once, each a failed login toward the lock of
+// the account. One goes alone; the others fail with its refusal.
+func TestRotatedCredentialsRenewOneAtATime(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const n = 6
+		kc := &rotatingKeychain{}
+		kc.password.Store("pw")
+		var logins atomic.Int64
+		lt := rotatedLoginTransport{gate: make(chan struct{}), logins: &logins, token: new(atomic.Value)}
+		lt.token.Store("t")
+		c := errClient(t, "https://registry.test", WithTransport(lt), WithKeychain(kc))
+		headRepos(t, c, n, false).Wait()
+		lt.token.Store("t2") // t expired
+		kc.password.Store("next")
+		wg := headRepos(t, c, n, true)
+		synctest.Wait()
+		if got := logins.Load(); got != 1 {
+			t.Errorf("%d renewals with credentials not yet taken were under way at once for %d repositories, want 1", got, n)
+		}
+		close(lt.gate)
+		wg.Wait()
+		if got := logins.Load(); got != 1 {
+			t.Errorf("%d renewals with credentials not yet taken for %d repositories in all, want 1", got, n)
+		}
+	})
 }

@@ -391,16 +391,12 @@ func (c *Client) transport(ctx context.Context, repo string) (http.RoundTripper,
 }
 
 // refusedNow returns the refusal of repo, or of our credentials
-// themselves (only those if repo is ""), if recent and of the
-// credentials of now: others (a password_file put right) are tried at
-// once. The keychain is asked only while there is a refusal.
+// themselves, if recent and of the credentials of now: others (a
+// password_file put right) are tried at once. The keychain is asked only
+// while there is a refusal.
 func (c *Client) refusedNow(ctx context.Context, repo string) error {
-	var ref refusal
-	var refused bool
-	if repo != "" {
-		ref, refused = c.refused.Get(repo)
-		refused = refused && c.now().Before(ref.until)
-	}
+	ref, refused := c.refused.Get(repo)
+	refused = refused && c.now().Before(ref.until)
 	c.refusedMu.Lock()
 	all := c.credsRefused
 	c.refusedMu.Unlock()
@@ -654,7 +650,7 @@ func (c *Client) authorize(ctx context.Context, repo string, pa *pingAnswer) (ht
 	// go-containerregistry keeps no header of a token server's answer:
 	// its 429's Retry-After is noted on the way.
 	scope := "repository:" + repo + ":" + transport.PullScope
-	base := tokenLimits{RoundTripper: c.base, c: c, scope: scope}
+	base := tokenLimits{RoundTripper: c.base, c: c, repo: repo, scope: scope}
 	if realm, standIn, ok := c.standInRealm(pr.Parameters["realm"]); ok {
 		pr.Parameters["realm"], base.realm = standIn, realm
 	}
@@ -676,8 +672,9 @@ func (c *Client) authorize(ctx context.Context, repo string, pa *pingAnswer) (ht
 		return nil, err
 	}
 	// The token server is the upstream's too: it has the client's timeout
-	// to answer, as the ping and every request have.
-	xctx, cancel := context.WithTimeoutCause(ctx, c.timeout, errTimeout)
+	// to answer, as the ping and every request have. Its login's turn is
+	// this one's (loginHeld).
+	xctx, cancel := context.WithTimeoutCause(context.WithValue(ctx, loginHeld{}, true), c.timeout, errTimeout)
 	defer cancel()
 	tok, err := transport.Exchange(xctx, c.registry, auth, base, []string{scope}, &pr)
 	if err != nil {
@@ -850,6 +847,7 @@ func (c *Client) renewed(ctx context.Context, repo string, t http.RoundTripper, 
 type tokenLimits struct {
 	http.RoundTripper
 	c       *Client
+	repo    string
 	scope   string
 	realm   *url.URL // the token server standing behind standInPath, or nil
 	tokenAt string   // the realm's URL without its query
@@ -880,11 +878,41 @@ func (t tokenLimits) RoundTrip(req *http.Request) (*http.Response, error) {
 	if t.tokenAt == "" || u.String() != t.tokenAt {
 		return t.roundTrip(req)
 	}
-	// A token request: the renewal of an expired token sends our
-	// credentials, not with them while the upstream refuses them.
-	if err := t.c.refusedNow(req.Context(), ""); err != nil {
+	if req.Context().Value(loginHeld{}) != nil {
+		// A handshake's, which took its login's turn (authorize).
+		return t.tokenRequest(req)
+	}
+	// The renewal of an expired token sends our credentials: not while
+	// the upstream refuses them, and as a login (login), alone while
+	// the upstream has not taken them (rotated in the keychain), its
+	// refusal recorded before the others go.
+	creds := t.c.credsNow(req.Context())
+	if err := t.c.credentialsRefused(creds); err != nil {
 		return nil, err
 	}
+	release, err := t.c.login(req.Context(), creds)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := t.tokenRequest(req)
+	if err == nil && creds != "" {
+		switch resp.StatusCode {
+		case http.StatusOK:
+			t.c.loggedIn.Store(&creds)
+		case http.StatusUnauthorized:
+			t.c.refuse(t.repo, nil, t.c.newError(KindPing, "registry ping", resp.StatusCode, ErrAuth, nil, "upstream %s refused our credentials", t.c.host), creds)
+		}
+	}
+	release(err == nil)
+	return resp, err
+}
+
+// loginHeld marks the context of a token request whose login's turn its
+// sender took (login).
+type loginHeld struct{}
+
+// tokenRequest sends a token request: shared if a GET (shareToken).
+func (t tokenLimits) tokenRequest(req *http.Request) (*http.Response, error) {
 	if req.Method != http.MethodGet {
 		return t.roundTrip(req)
 	}
