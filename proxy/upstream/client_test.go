@@ -925,3 +925,53 @@ func TestRotatedCredentialsRenewOneAtATime(t *testing.T) {
 		}
 	})
 }
+
+// TestRepositoryRefusalNotFailing: Docker Hub answers 401 to an anonymous
+// pull of a repository that does not exist or is private (a name
+// mistyped, a CI's `docker pull app:cache || docker build`), its token
+// server having given a token: the repository's answer, as a 404 is, not
+// the upstream failing. It was noted as the upstream's last error, and
+// the status page showed docker.io "failing" until another request
+// succeeded. Credentials refused with the request (basic auth) still are
+// the upstream failing.
+func TestRepositoryRefusalNotFailing(t *testing.T) {
+	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		switch {
+		case req.URL.Path == "/token":
+			fmt.Fprint(w, `{"token":"anon"}`)
+		case req.Header.Get("Authorization") == "Bearer anon" && strings.HasPrefix(req.URL.Path, "/v2/library/x/"):
+			w.WriteHeader(http.StatusOK)
+		default:
+			w.Header().Set("Content-Type", "application/json")
+			h := fmt.Sprintf(`Bearer realm="http://%s/token",service="test",scope="repository:other/nope:pull",error="insufficient_scope"`, req.Host)
+			w.Header().Set("WWW-Authenticate", h)
+			w.WriteHeader(http.StatusUnauthorized)
+			fmt.Fprint(w, `{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}`)
+		}
+	}, bearerPing)
+	clock := newFakeClock()
+	c := r.client(t, WithClock(clock.Now))
+	if _, err := c.HeadManifest(t.Context(), "library/x", v1); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(time.Second)
+	if _, err := c.HeadManifest(t.Context(), "other/nope", v1); !errors.Is(err, ErrAuth) {
+		t.Fatalf("a repository that does not exist: %v, want ErrAuth", err)
+	}
+	if st := c.State(); st.LastErrorAt.After(st.LastOK) || st.Unreachable {
+		t.Errorf("after an anonymous pull of a repository that does not exist: last error at %v, last OK at %v, unreachable %v (%q): the upstream failing",
+			st.LastErrorAt, st.LastOK, st.Unreachable, st.LastError)
+	}
+
+	basic := func(w http.ResponseWriter, req *http.Request) {
+		w.Header().Set("WWW-Authenticate", `Basic realm="test"`)
+		w.WriteHeader(http.StatusUnauthorized)
+	}
+	b := startRegistry(t, basic, basic).client(t, WithClock(clock.Now), WithAuth(&authn.Basic{Username: "bot", Password: "typo"}))
+	if _, err := b.HeadManifest(t.Context(), "library/x", v1); !errors.Is(err, ErrAuth) {
+		t.Fatalf("a wrong password: %v, want ErrAuth", err)
+	}
+	if st := b.State(); !st.LastErrorAt.After(st.LastOK) {
+		t.Errorf("after a wrong password: last error at %v, last OK at %v: want the upstream failing", st.LastErrorAt, st.LastOK)
+	}
+}

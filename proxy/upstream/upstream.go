@@ -1261,8 +1261,25 @@ func (c *Client) doWarming(ctx context.Context, repo string, req *http.Request, 
 		// (an Artifactory can), as a token server's could.
 		c.refuse(repo, t, err, basic)
 	}
+	if c.refusesRepository(t, resp) {
+		// The repository's answer, as a 404 is: the upstream is fine.
+		c.noteAnswer(resp, nil)
+		return nil, err
+	}
 	c.noteAnswer(resp, err)
 	return nil, err
+}
+
+// refusesRepository reports whether resp, sent with t, is the upstream's
+// refusal of a repository (a private one, or one that does not exist, as
+// Docker Hub answers without credentials), not of our credentials: its
+// own 403, or its 401 to a request that carried none of ours but a
+// token (or none, anonymous) the token server gave for it.
+func (c *Client) refusesRepository(t http.RoundTripper, resp *http.Response) bool {
+	if resp.Request.URL.Host != c.registry.RegistryStr() {
+		return false // its storage's
+	}
+	return resp.StatusCode == http.StatusForbidden || resp.StatusCode == http.StatusUnauthorized && !sendsBasic(t)
 }
 
 // basicCreds returns the credsKey of the credentials t sends with every
