@@ -975,3 +975,66 @@ func TestRepositoryRefusalNotFailing(t *testing.T) {
 		t.Errorf("after a wrong password: last error at %v, last OK at %v: want the upstream failing", st.LastErrorAt, st.LastOK)
 	}
 }
+
+// slowRenewalTransport is a registry at https://registry.test whose
+// token server gives token "t" to the first token request, does not
+// answer the second (it hangs until its caller gives up, and ends as
+// net/http does, with the cause of its context), and gives "t2" to the
+// others; "t" has expired once expired is set.
+type slowRenewalTransport struct {
+	tokens  *atomic.Int64
+	expired *atomic.Bool
+}
+
+func (l slowRenewalTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	ok := func(body string) *http.Response {
+		return &http.Response{StatusCode: http.StatusOK, Header: http.Header{}, Body: io.NopCloser(strings.NewReader(body)), Request: r}
+	}
+	if r.URL.Path == "/token" {
+		switch l.tokens.Add(1) {
+		case 1:
+			return ok(`{"token":"t"}`), nil
+		case 2:
+			<-r.Context().Done()
+			return nil, context.Cause(r.Context())
+		}
+		return ok(`{"token":"t2"}`), nil
+	}
+	if want := "Bearer t"; l.expired.Load() && r.Header.Get("Authorization") == want+"2" || !l.expired.Load() && r.Header.Get("Authorization") == want {
+		return ok(""), nil
+	}
+	h := http.Header{"Www-Authenticate": {`Bearer realm="https://registry.test/token",service="registry.test"`}}
+	return &http.Response{StatusCode: http.StatusUnauthorized, Header: h, Body: http.NoBody, Request: r}, nil
+}
+
+// TestSharedRenewalTimingOutFailsOnlyItsOwn: a token request shared by
+// the renewals of concurrent requests (shareToken) ends with its
+// sender's request when that one's time to be answered runs out: the
+// others, whose own time had not, failed with it, as the upstream
+// unreachable. They now send their own. On the bubble's clock.
+func TestSharedRenewalTimingOutFailsOnlyItsOwn(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var tokens atomic.Int64
+		var expired atomic.Bool
+		c := errClient(t, "https://registry.test", WithTransport(slowRenewalTransport{tokens: &tokens, expired: &expired}))
+		if _, err := c.HeadManifest(t.Context(), "library/x", v1); err != nil {
+			t.Fatal(err)
+		}
+		expired.Store(true)
+		first := make(chan error, 1)
+		go func() { _, err := c.HeadManifest(t.Context(), "library/x", v1); first <- err }()
+		synctest.Wait()
+		time.Sleep(DefaultTimeout / 2)
+		second := make(chan error, 1)
+		go func() { _, err := c.HeadManifest(t.Context(), "library/x", v1); second <- err }()
+		if err := <-first; err == nil {
+			t.Fatal("a renewal the token server did not answer: no error")
+		}
+		if err := <-second; err != nil {
+			t.Errorf("a request whose renewal shared the first one's, with time left: %v", err)
+		}
+		if st := c.State(); st.Unreachable {
+			t.Errorf("State: Unreachable (%q), want not", st.LastError)
+		}
+	})
+}

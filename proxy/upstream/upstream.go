@@ -921,8 +921,9 @@ func (t tokenLimits) tokenRequest(req *http.Request) (*http.Response, error) {
 
 // shareToken sends a token request once for the same ones (URL and
 // credentials) made meanwhile, and answers them again from its answer
-// for tokenReuse. One whose shared request was canceled (by the caller
-// that sent it, leaving) sends its own.
+// for tokenReuse. One whose shared request ended with the caller that
+// sent it (leaving, or its own time to be answered run out) shares
+// another, or sends it.
 func (t tokenLimits) shareToken(req *http.Request) (*http.Response, error) {
 	// The credentials by their hash: the key is kept.
 	creds := sha256.Sum256([]byte(req.Header.Get("Authorization")))
@@ -933,12 +934,12 @@ func (t tokenLimits) shareToken(req *http.Request) (*http.Response, error) {
 	v, err, shared := t.c.creating.Do(key, func() (any, error) {
 		resp, err := t.roundTrip(req)
 		if err != nil {
-			return nil, err
+			return nil, senderGone(req, err)
 		}
 		defer resp.Body.Close()
 		body, err := io.ReadAll(io.LimitReader(resp.Body, maxTokenAnswer))
 		if err != nil {
-			return nil, err
+			return nil, senderGone(req, err)
 		}
 		a := tokenAnswer{status: resp.StatusCode, header: resp.Header, body: body, at: t.c.now()}
 		var tok transport.Token
@@ -950,13 +951,30 @@ func (t tokenLimits) shareToken(req *http.Request) (*http.Response, error) {
 		}
 		return a, nil
 	})
-	if err != nil && shared && errors.Is(err, context.Canceled) && req.Context().Err() == nil {
-		return t.roundTrip(req)
+	if err != nil && shared && errors.As(err, new(senderLeft)) && req.Context().Err() == nil {
+		return t.shareToken(req)
 	}
 	if err != nil {
 		return nil, err
 	}
 	return v.(tokenAnswer).response(req), nil
+}
+
+// senderLeft is the failure of a shared token request that ended with
+// its sender's context (shareToken), not the token server's answer.
+type senderLeft struct{ err error }
+
+func (e senderLeft) Error() string { return e.err.Error() }
+
+func (e senderLeft) Unwrap() error { return e.err }
+
+// senderGone returns err, req's failure, as a senderLeft if req's
+// context ended.
+func senderGone(req *http.Request, err error) error {
+	if req.Context().Err() != nil {
+		return senderLeft{err}
+	}
+	return err
 }
 
 // forgetToken drops the token server's answers that gave tok, which the
