@@ -530,3 +530,36 @@ func TestExpiredTokenRenewedOnceForConcurrentRequests(t *testing.T) {
 		t.Errorf("%d token requests renewed the expired token of %d requests at once, want 1", got, n)
 	}
 }
+
+// TestUnusableChallengeNotUnreachable: an upstream whose challenge names
+// no token server, or one the mirror will not send a token request to (a
+// private address other than its own, a scheme other than https, as an
+// https registry's token server behind a proxy that rewrote its URL to
+// http), answered: the mirror cannot follow its challenge. The error
+// said "upstream docker.io unreachable", and the status page showed it
+// unreachable, which sent the operator looking at the network; it now
+// says the challenge cannot be followed, the upstream's answer invalid.
+func TestUnusableChallengeNotUnreachable(t *testing.T) {
+	for _, tc := range []struct{ name, challenge string }{
+		{"no realm", `Bearer service="test"`},
+		{"private realm", `Bearer realm="http://10.255.255.1/token",service="test"`},
+		{"realm of another scheme", `Bearer realm="ftp://auth.example.com/token",service="test"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) { w.WriteHeader(http.StatusOK) },
+				func(w http.ResponseWriter, req *http.Request) {
+					w.Header().Set("WWW-Authenticate", tc.challenge)
+					w.WriteHeader(http.StatusUnauthorized)
+				})
+			c := r.client(t)
+			_, err := c.HeadManifest(t.Context(), "library/x", v1)
+			ue := asError(t, err, "ErrInvalid")
+			if strings.Contains(ue.Reason, "unreachable") || !strings.Contains(ue.Reason, "challenge") {
+				t.Errorf("Reason %q; want it to say the challenge cannot be followed, not that the upstream is unreachable", ue.Reason)
+			}
+			if st := c.State(); st.Unreachable {
+				t.Errorf("State: Unreachable, want not: the upstream answered (last error %q)", st.LastError)
+			}
+		})
+	}
+}

@@ -676,7 +676,23 @@ func (c *Client) authorize(ctx context.Context, repo string, pa *pingAnswer) (ht
 	// this one's (loginHeld).
 	xctx, cancel := context.WithTimeoutCause(context.WithValue(ctx, loginHeld{}, true), c.timeout, errTimeout)
 	defer cancel()
-	tok, err := transport.Exchange(xctx, c.registry, auth, base, []string{scope}, &pr)
+	var sent bool // a token request went out
+	exchange := roundTripFunc(func(req *http.Request) (*http.Response, error) {
+		sent = true
+		return base.RoundTrip(req)
+	})
+	tok, err := transport.Exchange(xctx, c.registry, auth, exchange, []string{scope}, &pr)
+	if err != nil && !sent && xctx.Err() == nil {
+		// Refused before any request (go-containerregistry's check of
+		// the realm: none, a private address, a scheme not https): the
+		// upstream answered, with a challenge the mirror cannot follow.
+		release(true)
+		realm := "names no token server"
+		if r := pr.Parameters["realm"]; r != "" {
+			realm = fmt.Sprintf("names token server %q", r)
+		}
+		return nil, c.newError(ping.kind, ping.what, 0, ErrInvalid, err, "upstream %s's challenge cannot be followed: it %s", c.host, realm)
+	}
 	if err != nil {
 		err = c.exchangeError(xctx, base, err)
 		var ue *Error
@@ -722,6 +738,11 @@ func (c *Client) takenStill(xctx context.Context, auth authn.Authenticator, base
 	_, err := transport.Exchange(xctx, c.registry, auth, base, nil, pr)
 	return err == nil
 }
+
+// roundTripFunc is a function as an http.RoundTripper.
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(req *http.Request) (*http.Response, error) { return f(req) }
 
 // exchangeError maps the failure of a token request sent on xctx
 // through base.
