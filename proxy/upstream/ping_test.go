@@ -563,3 +563,50 @@ func TestUnusableChallengeNotUnreachable(t *testing.T) {
 		})
 	}
 }
+
+// TestOpenPingThenChallengedWithCredentials: an upstream whose ping was
+// answered 200 (a maintenance page in front of it) and that now
+// challenges for a token gets one, with credentials configured as
+// without: its repositories' transports, made as for an open registry,
+// sent the credentials as Basic, and the registry's challenge for a
+// token was taken for a refusal of them, for every repository, until
+// the ping was asked again.
+func TestOpenPingThenChallengedWithCredentials(t *testing.T) {
+	clock := newFakeClock()
+	var challenging atomic.Bool
+	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		switch {
+		case !challenging.Load():
+			w.WriteHeader(http.StatusOK)
+		case req.URL.Path == "/token":
+			if u, pw, ok := req.BasicAuth(); !ok || u != "bot" || pw != "pw" {
+				w.WriteHeader(http.StatusUnauthorized)
+				return
+			}
+			fmt.Fprint(w, `{"token":"t"}`)
+		case req.Header.Get("Authorization") == "Bearer t":
+			w.WriteHeader(http.StatusOK)
+		default:
+			challenge(w, req, "repository:library/x:pull")
+		}
+	}, func(w http.ResponseWriter, req *http.Request) {
+		if challenging.Load() {
+			bearerPing(w, req)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	})
+	c := r.client(t, WithClock(clock.Now), WithAuth(&authn.Basic{Username: "bot", Password: "pw"}))
+	for _, repo := range []string{"library/x", "library/y"} {
+		if _, err := c.HeadManifest(t.Context(), repo, v1); err != nil {
+			t.Fatalf("%s while open: %v", repo, err)
+		}
+	}
+	challenging.Store(true)
+	clock.Advance(time.Hour)
+	for _, repo := range []string{"library/x", "library/y"} {
+		if _, err := c.HeadManifest(t.Context(), repo, v1); err != nil {
+			t.Errorf("%s an hour after the upstream began to challenge: %v", repo, err)
+		}
+	}
+}

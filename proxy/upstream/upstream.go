@@ -639,11 +639,15 @@ func (c *Client) authorize(ctx context.Context, repo string, pa *pingAnswer) (ht
 		if err != nil {
 			return nil, c.transportError(ping, err)
 		}
+		var pinged time.Time // of the open ping it was made after
+		if pa.open {
+			pinged = pa.at
+		}
 		if cfg != nil {
-			return &keychainBasic{RoundTripper: t, cfg: *cfg}, nil
+			return &keychainBasic{RoundTripper: t, cfg: *cfg, pinged: pinged}, nil
 		}
 		if auth != authn.Anonymous {
-			return basicCreds{t}, nil
+			return basicCreds{t, pinged}, nil
 		}
 		return t, nil
 	}
@@ -770,10 +774,12 @@ func (c *Client) exchangeError(xctx context.Context, base tokenLimits, err error
 
 // keychainBasic is the transport of a basic-auth upstream's repository
 // whose credentials are the keychain's: cfg, as they were when it was
-// made.
+// made; pinged is when the ping it was made after was answered 200 (an
+// open upstream), if it was.
 type keychainBasic struct {
 	http.RoundTripper
-	cfg authn.AuthConfig
+	cfg    authn.AuthConfig
+	pinged time.Time
 }
 
 // openTransport is the transport of a repository of an upstream whose
@@ -795,12 +801,26 @@ type openTransport struct {
 // again: the challenge is then the repository's own (a private one of a
 // registry open to others), and each of its requests would cost a ping
 // and a second request.
+//
+// So is a challenge for a token (not Basic) to a request that carried our
+// credentials as Basic, as to an open upstream: not a refusal of them.
 func (c *Client) challenged(repo string, t http.RoundTripper, resp *http.Response) bool {
-	ot, ok := t.(openTransport)
-	if !ok || resp.StatusCode != http.StatusUnauthorized ||
+	var pinged time.Time
+	switch t := t.(type) {
+	case openTransport:
+		pinged = t.pinged
+	case basicCreds:
+		pinged = t.pinged
+	case *keychainBasic:
+		pinged = t.pinged
+	}
+	if pinged.IsZero() || resp.StatusCode != http.StatusUnauthorized ||
 		resp.Header.Get("WWW-Authenticate") == "" || resp.Request.URL.Host != c.registry.RegistryStr() ||
-		c.now().Sub(ot.pinged) < authRetryAfter {
+		c.now().Sub(pinged) < authRetryAfter {
 		return false
+	}
+	if _, open := t.(openTransport); !open && !strings.EqualFold(pickChallenge(resp.Header.Values("WWW-Authenticate")).Scheme, "bearer") {
+		return false // a registry of basic auth refusing them
 	}
 	if cur, ok := c.transports.Peek(repo); ok && cur == t {
 		c.transports.Remove(repo)
@@ -813,8 +833,12 @@ func (c *Client) challenged(repo string, t http.RoundTripper, resp *http.Respons
 
 // basicCreds is the transport of a repository of an upstream that gets
 // our credentials (not the keychain's) with every request: one of basic
-// auth, or an open one (authorize).
-type basicCreds struct{ http.RoundTripper }
+// auth, or an open one (authorize), whose ping was answered 200 at
+// pinged.
+type basicCreds struct {
+	http.RoundTripper
+	pinged time.Time
+}
 
 // sendsBasic reports whether t sends our credentials with every request,
 // so that a 401 to it refuses them.
