@@ -610,3 +610,40 @@ func TestOpenPingThenChallengedWithCredentials(t *testing.T) {
 		}
 	}
 }
+
+// TestUnreadableTokenNotUnreachable: a token server that answers a token
+// request 200 with no token in a form it could be read (a maintenance
+// page, a captive portal's, a proxy's error page answered 200) answered:
+// the error said "upstream docker.io unreachable: invalid character '<'",
+// and the status page showed it unreachable. It is the upstream's answer
+// invalid, at the handshake and at a token's renewal.
+func TestUnreadableTokenNotUnreachable(t *testing.T) {
+	var broken atomic.Bool
+	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		switch {
+		case req.URL.Path == "/token" && broken.Load():
+			fmt.Fprint(w, "<html>down for maintenance</html>")
+		case req.URL.Path == "/token":
+			fmt.Fprint(w, `{"token":"t"}`)
+		case req.Header.Get("Authorization") == "Bearer t" && !broken.Load():
+			w.WriteHeader(http.StatusOK)
+		default:
+			challenge(w, req, "")
+		}
+	}, bearerPing)
+	c := r.client(t)
+	if _, err := c.HeadManifest(t.Context(), "library/x", v1); err != nil {
+		t.Fatal(err)
+	}
+	broken.Store(true) // and "t" expired
+	for _, repo := range []string{"library/x", "library/y"} {
+		_, err := c.HeadManifest(t.Context(), repo, v1)
+		ue := asError(t, err, "ErrInvalid")
+		if strings.Contains(ue.Reason, "unreachable") || !strings.Contains(ue.Reason, "token") {
+			t.Errorf("%s: Reason %q; want it to say the token server's answer could not be read, not that the upstream is unreachable", repo, ue.Reason)
+		}
+		if st := c.State(); st.Unreachable {
+			t.Errorf("%s: State: Unreachable, want not: the upstream answered (last error %q)", repo, st.LastError)
+		}
+	}
+}

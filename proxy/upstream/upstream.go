@@ -757,6 +757,9 @@ func (c *Client) exchangeError(xctx context.Context, base tokenLimits, err error
 		e.Timeout = true
 		return e
 	}
+	if e := invalidAnswer(err); e != nil {
+		return e
+	}
 	var ue *url.Error
 	if errors.As(err, &ue) && !errors.Is(err, context.Canceled) {
 		// The token server is a host of its own (auth.docker.io), which
@@ -770,6 +773,18 @@ func (c *Client) exchangeError(xctx context.Context, base tokenLimits, err error
 		}
 	}
 	return c.transportError(ping, err)
+}
+
+// invalidAnswer returns the upstream's invalid answer that err, a
+// failure of a request through our transports, wraps (a token server's
+// unreadable token: tokenLimits), else nil: it answered, and is not to
+// be mapped as unreachable.
+func invalidAnswer(err error) *Error {
+	var e *Error
+	if errors.As(err, &e) && errors.Is(e, ErrInvalid) {
+		return e
+	}
+	return nil
 }
 
 // keychainBasic is the transport of a basic-auth upstream's repository
@@ -988,7 +1003,12 @@ func (t tokenLimits) shareToken(req *http.Request) (*http.Response, error) {
 		}
 		a := tokenAnswer{status: resp.StatusCode, header: resp.Header, body: body, at: t.c.now()}
 		var tok transport.Token
-		if a.status == http.StatusOK && json.Unmarshal(body, &tok) == nil {
+		if a.status == http.StatusOK {
+			if err := json.Unmarshal(body, &tok); err != nil {
+				// A page answered 200 (a maintenance page, a captive
+				// portal's): the token server answered, badly.
+				return nil, t.c.newError(KindPing, "registry ping", 0, ErrInvalid, err, "upstream %s's token server answered a token request with no token it could read", t.c.host)
+			}
 			if a.token = tok.Token; a.token == "" {
 				a.token = tok.AccessToken
 			}
@@ -1179,6 +1199,9 @@ type call struct {
 func (c *Client) transportError(r call, err error) error {
 	if errors.Is(err, context.Canceled) {
 		return err
+	}
+	if e := invalidAnswer(err); e != nil {
+		return e
 	}
 	var te *transport.Error
 	if errors.As(err, &te) {
