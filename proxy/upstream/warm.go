@@ -36,6 +36,9 @@ type warmConns struct {
 	// opened, if set (tests), is called once each connection Warm
 	// opens is parked or has failed to open.
 	opened func()
+	// idled, if set (tests), is called each time the transport puts a
+	// connection back idle.
+	idled func()
 }
 
 type parkedConn struct {
@@ -160,6 +163,9 @@ func (c *trackedConn) setIdle(idle bool) {
 	}
 	if idle {
 		w.idle[c.addr]++
+		if w.idled != nil {
+			w.idled()
+		}
 	} else {
 		w.idle[c.addr]--
 	}
