@@ -16,23 +16,45 @@ import (
 // serving a manifest rarely costs a disk write.
 const AccessGranularity = time.Minute
 
+// SharedPullIdle is how old the last pull a shared index records for a
+// manifest must be for its next pull to be written to the shared records
+// at once (TouchManifest) rather than at the next flush. An image pulled
+// at least this often costs its hits no write; one pulled again after
+// longer is the least recently pulled in every other replica's view, the
+// first their evictions take, until this replica's flush.
+const SharedPullIdle = 5 * time.Minute
+
 // TouchManifest notes that a manifest was served at t: the eviction's
 // least-recently-pulled order uses it. Like Touch, it costs no disk write
 // on the request's path, and no read either: the time is kept in memory,
 // and Flush (every 30 s in a server, before an eviction or ls, and on
 // Close) writes it if the recorded time is older than AccessGranularity.
 // (Reading the recorded time here cost every first pull of a manifest a
-// lookup: a page fault at 100k images.)
+// lookup: a page fault at 100k images.) On a shared index the first pull
+// noted since a flush reads the recorded time, and if it is older than
+// SharedPullIdle writes t to the shared records before it returns: the
+// other replicas' evictions, reading the bucket's pull times, then spare
+// the image this replica is serving (a hit on a shared store reads the
+// bucket anyway: the local lookup is small beside it).
 func (ix *Index) TouchManifest(dgst digest.Digest, t time.Time) error {
 	ix.mu.Lock()
-	defer ix.mu.Unlock()
 	if ix.pulled == nil {
 		ix.pulled = map[digest.Digest]time.Time{}
 	}
-	if prev, ok := ix.pulled[dgst]; !ok || t.Sub(prev) >= AccessGranularity {
+	prev, noted := ix.pulled[dgst]
+	if !noted || t.Sub(prev) >= AccessGranularity {
 		ix.pulled[dgst] = t
 	}
-	return nil
+	ix.mu.Unlock()
+	if noted || ix.records == nil {
+		return nil
+	}
+	recorded, err := ix.recordedAccess(dgst)
+	if err != nil || t.Sub(recorded) < SharedPullIdle {
+		return err
+	}
+	// Noted all the same: on a failure the flush writes it.
+	return ix.sharePut(bucketAccess, []byte(dgst), t)
 }
 
 // flushPullTimes writes the last pulls TouchManifest noted, in

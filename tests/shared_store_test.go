@@ -677,3 +677,67 @@ func unrootV1(t *testing.T, m *servertest.Server, d digest.Digest) {
 		t.Fatal(err)
 	}
 }
+
+// An image pulled again on one replica after a long idle spell is no
+// longer the least recently pulled for the other replicas' evictions:
+// its first pull after the spell writes its time to the bucket at once.
+// Before, the replica serving it wrote the time at its next flush (every
+// 30 s), and another replica's eviction under max_size meanwhile took
+// the image for the oldest and removed it while it was being pulled: with
+// the upstream down, its pulls then failed.
+func TestSharedBucketEvictionSparesImagePulledAfterIdle(t *testing.T) {
+	s3srv, bucket, onBucket := sharedBucket(t)
+	frontB, onB := startSlowDownS3(t, s3srv, bucket)
+	up := fixture.StartUpstream(t)
+	x := up.SeedImage(t, "library/x", "v1", 1, 4<<10)
+	y := up.SeedImage(t, "library/y", "v1", 1, 4<<10)
+	ups := []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}
+	a := servertest.StartConfigured(t, ups, onBucket)
+	b := servertest.StartConfigured(t, ups, onB)
+	wantImage(t, a, "library/x", x)
+	a.WaitIdle()
+	a.Clock.Advance(5 * time.Minute) // y pulled after x
+	wantImage(t, a, "library/y", y)
+	a.WaitIdle()
+	if err := a.Index.Flush(); err != nil { // both pulls' times, in the bucket
+		t.Fatal(err)
+	}
+	stored := a.Index.StoredBytes()
+
+	// An hour later x, the older, is pulled on b (by digest: no tag
+	// revalidated), and a evicts one image to get under max_size.
+	a.Clock.Advance(time.Hour)
+	b.Clock.Advance(time.Hour)
+	wantImage(t, b, "library/x", x)
+	rep, err := a.Server.Collector.Evict(t.Context(), stored-1, 0, a.Clock.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Evicted) != 1 || rep.Evicted[0].Digest.String() != y.Digest {
+		var got []string
+		for _, im := range rep.Evicted {
+			got = append(got, im.Name()+"@"+im.Digest.String())
+		}
+		t.Errorf("a evicted %v; want library/y only (x was pulled on b just now)", got)
+	}
+	up.Stop()
+	wantImage(t, b, "library/x", x)
+
+	// Pulled again within a few minutes, after b's flush: a hit writes
+	// no pull time to the bucket, the flush does.
+	if err := b.Index.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	var writes atomic.Int64
+	count := func(path string) {
+		if strings.Contains(path, "/records/access/") {
+			writes.Add(1)
+		}
+	}
+	frontB.written.Store(&count)
+	b.Clock.Advance(2 * time.Minute)
+	wantManifest(t, get(t, b.URL()+"/v2/library/x/manifests/"+x.Digest), x.Manifest, x.MediaType)
+	if n := writes.Load(); n != 0 {
+		t.Errorf("a pull two minutes after the last wrote %d pull times to the bucket; want none", n)
+	}
+}
