@@ -45,7 +45,23 @@ func (c *Collector) evict(ctx context.Context, maxSize int64, evictAfter time.Du
 	// but for its content table: the collection that follows takes it
 	// rather than read the records again. The report's images are kept
 	// compactly until the collection is over (evicted).
+	kept := r.Kept
 	p, err := c.plan(ctx, maxSize, evictAfter, now, &r)
+	// On a shared bucket, a victim another replica pulled since the
+	// records were read (an image it serves again after an idle spell)
+	// is no victim: the choice is made again with its pull.
+	for range replans {
+		if err != nil || !c.index.Shared() {
+			break
+		}
+		var pulled bool
+		if pulled, err = c.index.RecheckPulls(ctx, p.victimManifests()); err != nil || !pulled {
+			break
+		}
+		p.release()
+		r.Kept = kept
+		p, err = c.plan(ctx, maxSize, evictAfter, now, &r)
+	}
 	defer p.release()
 	defer func() { r.Evicted = p.evicted.images() }()
 	if err != nil {
@@ -152,6 +168,24 @@ type evictPlan struct {
 
 // release releases the claims (once).
 func (p *evictPlan) release() { p.claims.Release() }
+
+// replans bounds how many times an eviction chooses its victims again
+// for pulls made since it read the records (see evict): each choice reads
+// the model of every image.
+const replans = 2
+
+// victimManifests are the digests of the victims' manifests, whose
+// recorded pulls make their last pull.
+func (p *evictPlan) victimManifests() []digest.Digest {
+	var out []digest.Digest
+	for _, i := range p.victims {
+		e := &p.m.entries[i]
+		for _, id := range p.m.all(e)[:e.nManifests] {
+			out = append(out, p.m.ids.digest(id))
+		}
+	}
+	return out
+}
 
 // plan reads the images and chooses the victims (see Evict), adding them
 // to p.evicted (the report's images, made after the collection).

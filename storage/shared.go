@@ -543,3 +543,58 @@ func contentTime(bucket, raw []byte) time.Time {
 	_ = json.Unmarshal(raw, &r)
 	return r.FetchedAt
 }
+
+// RecheckPulls reads again from the shared records the last pulls of the
+// manifests dgsts, those of the images an eviction is about to remove,
+// and adopts the ones later than the index holds: pulls another replica
+// wrote since this index last read them (Refresh), of an image it is
+// serving (TouchManifest writes the first pull after an idle spell at
+// once). It reports whether there was any. Without shared records it
+// reports none.
+func (ix *Index) RecheckPulls(ctx context.Context, dgsts []digest.Digest) (bool, error) {
+	if ix.records == nil || len(dgsts) == 0 {
+		return false, nil
+	}
+	later := make([][]byte, len(dgsts))
+	var eg errgroup.Group
+	eg.SetLimit(rechecks)
+	for i, d := range dgsts {
+		eg.Go(func() error {
+			rctx, cancel := context.WithTimeout(ctx, recordsTimeout)
+			defer cancel()
+			raw, err := ix.records.Get(rctx, string(bucketAccess), string(d))
+			if errors.Is(err, ErrNotFound) {
+				return nil
+			}
+			if err != nil {
+				return fmt.Errorf("shared records: reading %s %q: %w: %w", bucketAccess, d, ErrUnavailable, err)
+			}
+			var shared time.Time
+			if json.Unmarshal(raw, &shared) != nil {
+				return nil // unreadable: see readable
+			}
+			local, err := ix.recordedAccess(d)
+			if err != nil {
+				return err
+			}
+			if shared.After(local) {
+				later[i] = raw
+			}
+			return nil
+		})
+	}
+	if err := eg.Wait(); err != nil {
+		return false, err
+	}
+	pulled := false
+	for i, raw := range later {
+		if raw == nil {
+			continue
+		}
+		if err := ix.adopt(bucketAccess, []byte(dgsts[i]), raw); err != nil {
+			return false, err
+		}
+		pulled = true
+	}
+	return pulled, nil
+}

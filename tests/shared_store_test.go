@@ -694,32 +694,16 @@ func TestSharedBucketEvictionSparesImagePulledAfterIdle(t *testing.T) {
 	ups := []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}
 	a := servertest.StartConfigured(t, ups, onBucket)
 	b := servertest.StartConfigured(t, ups, onB)
-	wantImage(t, a, "library/x", x)
-	a.WaitIdle()
-	a.Clock.Advance(5 * time.Minute) // y pulled after x
-	wantImage(t, a, "library/y", y)
-	a.WaitIdle()
-	if err := a.Index.Flush(); err != nil { // both pulls' times, in the bucket
-		t.Fatal(err)
-	}
-	stored := a.Index.StoredBytes()
+	stored := pullOlderThenNewer(t, a, b, x, y)
 
 	// An hour later x, the older, is pulled on b (by digest: no tag
 	// revalidated), and a evicts one image to get under max_size.
-	a.Clock.Advance(time.Hour)
-	b.Clock.Advance(time.Hour)
 	wantImage(t, b, "library/x", x)
 	rep, err := a.Server.Collector.Evict(t.Context(), stored-1, 0, a.Clock.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rep.Evicted) != 1 || rep.Evicted[0].Digest.String() != y.Digest {
-		var got []string
-		for _, im := range rep.Evicted {
-			got = append(got, im.Name()+"@"+im.Digest.String())
-		}
-		t.Errorf("a evicted %v; want library/y only (x was pulled on b just now)", got)
-	}
+	wantEvicted(t, rep, y)
 	up.Stop()
 	wantImage(t, b, "library/x", x)
 
@@ -740,4 +724,89 @@ func TestSharedBucketEvictionSparesImagePulledAfterIdle(t *testing.T) {
 	if n := writes.Load(); n != 0 {
 		t.Errorf("a pull two minutes after the last wrote %d pull times to the bucket; want none", n)
 	}
+}
+
+// pullOlderThenNewer has a pull x (library/x:v1), then y (library/y:v1) 5
+// minutes later, and writes both pulls' times to the bucket; it advances
+// a's and b's clocks an hour past them and returns what a stores.
+func pullOlderThenNewer(t *testing.T, a, b *servertest.Server, x, y *fixture.Image) int64 {
+	t.Helper()
+	wantImage(t, a, "library/x", x)
+	a.WaitIdle()
+	a.Clock.Advance(5 * time.Minute)
+	wantImage(t, a, "library/y", y)
+	a.WaitIdle()
+	if err := a.Index.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	a.Clock.Advance(time.Hour)
+	b.Clock.Advance(time.Hour)
+	return a.Index.StoredBytes()
+}
+
+// wantEvicted fails t unless rep evicted img alone.
+func wantEvicted(t *testing.T, rep lifecycle.Report, img *fixture.Image) {
+	t.Helper()
+	if len(rep.Evicted) != 1 || rep.Evicted[0].Digest.String() != img.Digest {
+		var got []string
+		for _, im := range rep.Evicted {
+			got = append(got, im.Name()+"@"+im.Digest.String())
+		}
+		t.Errorf("evicted %v; want %s only", got, img.Digest)
+	}
+}
+
+// An image pulled on one replica while another's eviction reads the
+// bucket's records is spared too: the eviction reads its victims' pull
+// times again before it removes them, and chooses again if one was pulled
+// since. Before, the pull time b wrote once a had read the pull times
+// came too late: a evicted the image b was serving, and with the upstream
+// down b's pulls of it failed.
+func TestSharedBucketEvictionRereadsItsVictimsPulls(t *testing.T) {
+	s3srv, bucket, onBucket := sharedBucket(t)
+	frontA, onA := startSlowDownS3(t, s3srv, bucket)
+	up := fixture.StartUpstream(t)
+	x := up.SeedImage(t, "library/x", "v1", 1, 4<<10)
+	y := up.SeedImage(t, "library/y", "v1", 1, 4<<10)
+	ups := []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}
+	a := servertest.StartConfigured(t, ups, onA)
+	b := servertest.StartConfigured(t, ups, onBucket)
+	stored := pullOlderThenNewer(t, a, b, x, y)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+
+	// a's eviction waits once it has read the pull times (it lists the
+	// referrers answers next).
+	readA, goA := make(chan struct{}), make(chan struct{})
+	releaseA := sync.OnceFunc(func() { close(goA) })
+	defer releaseA()
+	var onceA sync.Once
+	held := func(r *http.Request) {
+		if r.Method == http.MethodGet && strings.Contains(r.URL.Query().Get("prefix"), "records/referrers") {
+			onceA.Do(func() {
+				close(readA)
+				<-goA
+			})
+		}
+	}
+	frontA.requested.Store(&held)
+	type result struct {
+		rep lifecycle.Report
+		err error
+	}
+	evicted := make(chan result, 1)
+	go func() {
+		rep, err := a.Server.Collector.Evict(t.Context(), stored-1, 0, a.Clock.Now())
+		evicted <- result{rep, err}
+	}()
+	wait(t, ctx, readA, "a's eviction reading the referrers after the pull times")
+	wantImage(t, b, "library/x", x)
+	releaseA()
+	res := <-evicted
+	if res.err != nil {
+		t.Fatal(res.err)
+	}
+	wantEvicted(t, res.rep, y)
+	up.Stop()
+	wantImage(t, b, "library/x", x)
 }
