@@ -598,3 +598,44 @@ func (ix *Index) RecheckPulls(ctx context.Context, dgsts []digest.Digest) (bool,
 	}
 	return pulled, nil
 }
+
+// shareDeleteTagsNaming removes from the shared records the tag records
+// tags names (key, and the digest the local record named), each only
+// while it names that digest: another replica may have written it since
+// this index read it, naming the image the tag moved to, and that record
+// is adopted instead (the local one is gone). Each costs a GET beside
+// its DELETE, rechecks of them at once.
+func (ix *Index) shareDeleteTagsNaming(tags []pair[string, digest.Digest]) error {
+	if ix.records == nil || len(tags) == 0 {
+		return nil
+	}
+	moved := make([][]byte, len(tags))
+	var eg errgroup.Group
+	eg.SetLimit(rechecks)
+	for i, tg := range tags {
+		eg.Go(func() error {
+			raw, found, err := ix.shareGet(bucketTags, []byte(tg.k))
+			if err != nil || !found {
+				return err
+			}
+			var rec TagRecord
+			if rec.UnmarshalBinary(raw) == nil && rec.Digest != tg.v {
+				moved[i] = raw
+				return nil
+			}
+			return ix.shareDelete(bucketTags, []byte(tg.k))
+		})
+	}
+	if err := eg.Wait(); err != nil {
+		return err
+	}
+	for i, raw := range moved {
+		if raw == nil {
+			continue
+		}
+		if err := ix.adopt(bucketTags, []byte(tags[i].k), raw); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -71,7 +71,8 @@ func (ix *Index) UnrootImagesTimed(us []Unroot) (longest time.Duration, err erro
 		}
 		return bytes.Compare(a.key, b.key)
 	})
-	var tags, fills [][]byte // deleted: their shared records go too
+	var tags []pair[string, digest.Digest] // deleted: their shared records go too, if they name the digest still
+	var fills [][]byte
 	return ix.writeAll(len(ops), batchWrite{
 		begin: func(*bolt.Tx) error {
 			tags, fills = nil, nil
@@ -92,7 +93,7 @@ func (ix *Index) UnrootImagesTimed(us []Unroot) (longest time.Duration, err erro
 				return 0, fmt.Errorf("evicting %s/%s:%s: %w", u.Upstream, u.Repo, o.tag, err)
 			}
 			if deleted {
-				tags = append(tags, tagKey(u.Upstream, u.Repo, o.tag))
+				tags = append(tags, pair[string, digest.Digest]{string(o.key), u.Digest})
 			}
 			return 1, nil
 		},
@@ -108,7 +109,7 @@ func (ix *Index) UnrootImagesTimed(us []Unroot) (longest time.Duration, err erro
 			return 2
 		},
 		committed: func(int, int) error {
-			if err := ix.shareDelete(bucketTags, tags...); err != nil {
+			if err := ix.shareDeleteTagsNaming(tags); err != nil {
 				return err
 			}
 			return ix.shareDelete(bucketMirrors, fills...)

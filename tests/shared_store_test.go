@@ -810,3 +810,61 @@ func TestSharedBucketEvictionRereadsItsVictimsPulls(t *testing.T) {
 	up.Stop()
 	wantImage(t, b, "library/x", x)
 }
+
+// A tag another replica moved while an eviction ran is not removed with
+// the image it named before: the eviction removes a tag's record from the
+// bucket only while it names the image evicted. Before, a evicted the
+// image the tag had named when it read the records, and deleted the
+// bucket's record, which b had just written naming the new image: no
+// replica without a record of its own then knew the tag, and with the
+// upstream down its pulls failed.
+func TestSharedBucketEvictionKeepsTagAnotherReplicaMoved(t *testing.T) {
+	s3srv, bucket, onBucket := sharedBucket(t)
+	frontA, onA := startSlowDownS3(t, s3srv, bucket)
+	up := fixture.StartUpstream(t)
+	old := up.SeedImage(t, "library/x", "v1", 1, 4<<10)
+	ups := []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}
+	a := servertest.StartConfigured(t, ups, onA)
+	b := servertest.StartConfigured(t, ups, onBucket)
+	wantManifest(t, get(t, a.URL()+"/v2/library/x/manifests/v1"), old.Manifest, old.MediaType)
+	a.WaitIdle()
+	if err := a.Index.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	a.Clock.Advance(2 * time.Hour)
+	b.Clock.Advance(2 * time.Hour)
+	moved := up.SeedImage(t, "library/x", "v1", 1, 4<<10) // v1 moves upstream
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+
+	// a's eviction waits once it has read the tags (it lists the mirror
+	// records next).
+	readA, goA := make(chan struct{}), make(chan struct{})
+	releaseA := sync.OnceFunc(func() { close(goA) })
+	defer releaseA()
+	var onceA sync.Once
+	held := func(r *http.Request) {
+		if r.Method == http.MethodGet && strings.Contains(r.URL.Query().Get("prefix"), "records/mirrors") {
+			onceA.Do(func() {
+				close(readA)
+				<-goA
+			})
+		}
+	}
+	frontA.requested.Store(&held)
+	evicted := make(chan error, 1)
+	go func() {
+		_, err := a.Server.Collector.Evict(t.Context(), 0, time.Hour, a.Clock.Now())
+		evicted <- err
+	}()
+	wait(t, ctx, readA, "a's eviction listing the mirror records after the tags")
+	wantManifest(t, get(t, b.URL()+"/v2/library/x/manifests/v1"), moved.Manifest, moved.MediaType)
+	b.WaitIdle()
+	releaseA()
+	if err := <-evicted; err != nil {
+		t.Fatal(err)
+	}
+	up.Stop()
+	c := servertest.StartConfigured(t, ups, onBucket)
+	wantManifest(t, get(t, c.URL()+"/v2/library/x/manifests/v1"), moved.Manifest, moved.MediaType)
+}
