@@ -47,15 +47,18 @@ func (c *Collector) evict(ctx context.Context, maxSize int64, evictAfter time.Du
 	// compactly until the collection is over (evicted).
 	kept := r.Kept
 	p, err := c.plan(ctx, maxSize, evictAfter, now, &r)
-	// On a shared bucket, a victim another replica pulled since the
-	// records were read (an image it serves again after an idle spell)
-	// is no victim: the choice is made again with its pull.
+	// On a shared bucket, a victim another replica pulled (an image it
+	// serves again after an idle spell) or pinned since the records were
+	// read is no victim: the choice is made again with its pull or pin.
 	for range replans {
 		if err != nil || !c.index.Shared() {
 			break
 		}
-		var pulled bool
-		if pulled, err = c.index.RecheckPulls(ctx, p.victimManifests()); err != nil || !pulled {
+		var pulled, pinned bool
+		if pulled, err = c.index.RecheckPulls(ctx, p.victimManifests()); err != nil {
+			break
+		}
+		if pinned, err = c.index.RecheckPins(ctx, p.victimPins()); err != nil || !pulled && !pinned {
 			break
 		}
 		p.release()
@@ -170,9 +173,27 @@ type evictPlan struct {
 func (p *evictPlan) release() { p.claims.Release() }
 
 // replans bounds how many times an eviction chooses its victims again
-// for pulls made since it read the records (see evict): each choice reads
-// the model of every image.
+// for pulls or pins made since it read the records (see evict): each
+// choice reads the model of every image.
 const replans = 2
+
+// victimPins are the pins that would keep the victims: their digests and
+// tags.
+func (p *evictPlan) victimPins() []string {
+	var out []string
+	for _, i := range p.victims {
+		e := &p.m.entries[i]
+		n := p.m.name(e)
+		out = append(out, p.m.digest(e).String())
+		if n.upstream == "" {
+			continue
+		}
+		for _, tag := range splitTags(e.tags) {
+			out = append(out, storage.TagKey(n.upstream, n.repo, tag))
+		}
+	}
+	return out
+}
 
 // victimManifests are the digests of the victims' manifests, whose
 // recorded pulls make their last pull.

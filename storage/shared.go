@@ -639,3 +639,53 @@ func (ix *Index) shareDeleteTagsNaming(tags []pair[string, digest.Digest]) error
 	}
 	return nil
 }
+
+// RecheckPins reads again from the shared records the pins refs (digests
+// or TagKeys: those of the images an eviction is about to remove), and
+// adopts those the index does not hold: pins another replica set since
+// this index last read them (Refresh). It reports whether there was any.
+// Without shared records it reports none.
+func (ix *Index) RecheckPins(ctx context.Context, refs []string) (bool, error) {
+	if ix.records == nil || len(refs) == 0 {
+		return false, nil
+	}
+	pins, err := ix.Pins()
+	if err != nil {
+		return false, err
+	}
+	set := make([][]byte, len(refs))
+	var eg errgroup.Group
+	eg.SetLimit(rechecks)
+	for i, ref := range refs {
+		if _, ok := pins[ref]; ok {
+			continue
+		}
+		eg.Go(func() error {
+			rctx, cancel := context.WithTimeout(ctx, recordsTimeout)
+			defer cancel()
+			raw, err := ix.records.Get(rctx, string(bucketPins), ref)
+			if errors.Is(err, ErrNotFound) {
+				return nil
+			}
+			if err != nil {
+				return fmt.Errorf("shared records: reading %s %q: %w: %w", bucketPins, ref, ErrUnavailable, err)
+			}
+			set[i] = raw
+			return nil
+		})
+	}
+	if err := eg.Wait(); err != nil {
+		return false, err
+	}
+	pinned := false
+	for i, raw := range set {
+		if raw == nil {
+			continue
+		}
+		if err := ix.adopt(bucketPins, []byte(refs[i]), raw); err != nil {
+			return false, err
+		}
+		pinned = true
+	}
+	return pinned, nil
+}

@@ -868,3 +868,66 @@ func TestSharedBucketEvictionKeepsTagAnotherReplicaMoved(t *testing.T) {
 	c := servertest.StartConfigured(t, ups, onBucket)
 	wantManifest(t, get(t, c.URL()+"/v2/library/x/manifests/v1"), moved.Manifest, moved.MediaType)
 }
+
+// An image pinned on one replica (a prefetch with "pin") while another's
+// eviction reads the bucket's records is not evicted: the eviction reads
+// its victims' pins again before it removes them. Before, a pin written
+// once the eviction had read the pins came too late: the pinned image was
+// evicted, and with the upstream down its pulls failed.
+func TestSharedBucketEvictionRereadsItsVictimsPins(t *testing.T) {
+	s3srv, bucket, onBucket := sharedBucket(t)
+	frontA, onA := startSlowDownS3(t, s3srv, bucket)
+	up := fixture.StartUpstream(t)
+	x := up.SeedImage(t, "library/x", "v1", 1, 4<<10)
+	ups := []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}
+	a := servertest.StartConfigured(t, ups, onA)
+	b := servertest.StartConfigured(t, ups, onBucket)
+	wantManifest(t, get(t, a.URL()+"/v2/library/x/manifests/v1"), x.Manifest, x.MediaType)
+	a.WaitIdle()
+	if err := a.Index.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	a.Clock.Advance(2 * time.Hour)
+	b.Clock.Advance(2 * time.Hour)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+
+	// a's eviction waits once it has read the pins (it lists the pull
+	// times next).
+	readA, goA := make(chan struct{}), make(chan struct{})
+	releaseA := sync.OnceFunc(func() { close(goA) })
+	defer releaseA()
+	var onceA sync.Once
+	held := func(r *http.Request) {
+		if r.Method == http.MethodGet && strings.Contains(r.URL.Query().Get("prefix"), "records/access") {
+			onceA.Do(func() {
+				close(readA)
+				<-goA
+			})
+		}
+	}
+	frontA.requested.Store(&held)
+	type result struct {
+		rep lifecycle.Report
+		err error
+	}
+	evicted := make(chan result, 1)
+	go func() {
+		rep, err := a.Server.Collector.Evict(t.Context(), 0, time.Hour, a.Clock.Now())
+		evicted <- result{rep, err}
+	}()
+	wait(t, ctx, readA, "a's eviction listing the pull times after the pins")
+	if err := b.Index.Pin(storage.TagKey(proxy.DefaultHost, "library/x", "v1"), storage.PinRecord{PinnedAt: b.Clock.Now(), Reason: "prefetch"}); err != nil {
+		t.Fatal(err)
+	}
+	releaseA()
+	res := <-evicted
+	if res.err != nil {
+		t.Fatal(res.err)
+	}
+	if res.rep.ImagesEvicted != 0 {
+		t.Errorf("a evicted %d images; the only one was pinned on b meanwhile", res.rep.ImagesEvicted)
+	}
+	up.Stop()
+	wantImage(t, b, "library/x", x)
+}
