@@ -115,7 +115,7 @@ func (p *Proxy) startFetchAhead(ctx context.Context, t target, m *storedManifest
 	requested := make(chan struct{})
 	var pending atomic.Int64
 	pending.Store(int64(len(blobs)))
-	ctx, cancel := p.detach(ctx, p.fillTimeout)
+	ctx, cancel := p.detachIdle(ctx, p.fillTimeout)
 	go func() {
 		defer p.work.done()
 		defer cancel()

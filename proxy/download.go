@@ -538,7 +538,7 @@ func (p *Proxy) newDownload(ctx context.Context, t target, dgst digest.Digest, w
 		p.work.done()
 		return nil, nil, p.noteFull(fmt.Errorf("spooling blob: %w", err))
 	}
-	fctx, cancel := p.detach(ctx, p.fillTimeout)
+	fctx, cancel := p.detachIdle(ctx, p.fillTimeout)
 	dl := &download{dgst: dgst, path: f.Name(), t: t, limit: p.maxBlobSize, cancel: cancel, wants: 1, begun: p.now(),
 		changed: make(chan struct{}), finished: make(chan struct{}), hurried: make(chan struct{})}
 	if !w.mirror {
@@ -738,6 +738,7 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 			}
 			v.Write(buf[:m])
 			n += int64(m)
+			progressed(ctx)
 			if errors.Is(rerr, io.EOF) {
 				// The last bytes (net/http returns the end of a body
 				// of known length with them): made readable below,

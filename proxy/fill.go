@@ -128,7 +128,7 @@ func (p *Proxy) runBackground(ctx context.Context, key string, again bool, fn fu
 	go func() {
 		defer p.work.done()
 		for {
-			fctx, cancel := p.detach(ctx, p.fillTimeout)
+			fctx, cancel := p.detachIdle(ctx, p.fillTimeout)
 			_ = fn(fctx) // fn logs its failure
 			cancel()
 			if !p.fills.done(key) {

@@ -195,7 +195,7 @@ func (p *Proxy) setImage(job *storage.Job, i int, f func(img *storage.JobImage))
 // prefetchImage mirrors one image of a job and keeps its progress in the
 // job. The image has the time of one fill: a job of many takes longer.
 func (p *Proxy) prefetchImage(ctx context.Context, job *storage.Job, i int, pats []oci.Platform) error {
-	ctx, cancel := p.detach(ctx, p.fillTimeout)
+	ctx, cancel := p.detachIdle(ctx, p.fillTimeout)
 	defer cancel()
 	p.setImage(job, i, func(img *storage.JobImage) { img.State, img.Error = storage.JobRunning, "" })
 	got, err := p.Copy(ctx, job.Images[i].Image, pats, func(s Progress) {

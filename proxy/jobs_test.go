@@ -91,7 +91,13 @@ func (t inProcess) RoundTrip(r *http.Request) (*http.Response, error) {
 // handler h answers it in the process (inProcess).
 func inProcessMirror(t *testing.T, h http.Handler, opts ...Option) *Proxy {
 	t.Helper()
-	up, err := upstream.New(DefaultHost, "http://registry.test", upstream.WithTransport(inProcess{h}))
+	return transportMirror(t, inProcess{h}, opts...)
+}
+
+// transportMirror is inProcessMirror of the upstream rt answers for.
+func transportMirror(t *testing.T, rt http.RoundTripper, opts ...Option) *Proxy {
+	t.Helper()
+	up, err := upstream.New(DefaultHost, "http://registry.test", upstream.WithTransport(rt))
 	if err != nil {
 		t.Fatal(err)
 	}

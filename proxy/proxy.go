@@ -232,8 +232,10 @@ func WithSpoolDir(dir string) Option { return func(p *Proxy) { p.blobs.dir = dir
 // says the store is full either way).
 func WithReadyzFailWhenFull(fail bool) Option { return func(p *Proxy) { p.readyFailWhenFull = fail } }
 
-// WithFillTimeout bounds one upstream fill, which goes on after the client
-// that started it hangs up (default 1h).
+// WithFillTimeout ends an upstream fill (a blob download, an image's
+// mirror, fetching ahead), which goes on after the client that started it
+// hangs up, once it has made no progress for d (default 1h): a download
+// whose bytes keep coming is not cut, however long it takes.
 func WithFillTimeout(d time.Duration) Option { return func(p *Proxy) { p.fillTimeout = d } }
 
 // WithJobBeat sets how often a running prefetch job's copy in a shared
@@ -377,12 +379,17 @@ func (p *Proxy) closing() bool {
 // detach returns a context for work that must outlive the request that
 // started it (a fill that other clients share, background fill): it
 // keeps ctx's values, is not cancelled with it, and ends on Close or after
-// timeout.
+// timeout (0: none).
 func (p *Proxy) detach(ctx context.Context, timeout time.Duration) (context.Context, context.CancelFunc) {
 	// Work that outlives a request another replica forwarded is this
 	// replica's own: its misses go to their owners.
-	ctx = context.WithValue(ctx, forwardedKey{}, false)
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
+	ctx = context.WithoutCancel(context.WithValue(ctx, forwardedKey{}, false))
+	var cancel context.CancelFunc
+	if timeout > 0 {
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+	} else {
+		ctx, cancel = context.WithCancel(ctx)
+	}
 	go func() {
 		select {
 		case <-p.stop:
@@ -391,6 +398,44 @@ func (p *Proxy) detach(ctx context.Context, timeout time.Duration) (context.Cont
 		}
 	}()
 	return ctx, cancel
+}
+
+// progressKey is the context key of the func a detachIdle context's work
+// calls when it progresses (progressed).
+type progressKey struct{}
+
+// errNoProgress ends work detached by detachIdle that did not progress.
+var errNoProgress = errors.New("no progress within the fill timeout")
+
+// detachIdle is detach for work that may take long while it moves (a fill,
+// a blob download): it ends after timeout without progress (progressed),
+// not after timeout in all, so that a large layer over a slow link
+// arrives as long as its bytes keep coming. Progress of work detached from
+// it counts as its own.
+func (p *Proxy) detachIdle(ctx context.Context, timeout time.Duration) (context.Context, context.CancelFunc) {
+	outer, _ := ctx.Value(progressKey{}).(func())
+	ctx, cancelDetached := p.detach(ctx, 0)
+	ctx, cancel := context.WithCancelCause(ctx)
+	idle := time.AfterFunc(timeout, func() { cancel(errNoProgress) })
+	ctx = context.WithValue(ctx, progressKey{}, func() {
+		idle.Reset(timeout)
+		if outer != nil {
+			outer()
+		}
+	})
+	return ctx, func() {
+		idle.Stop()
+		cancel(context.Canceled)
+		cancelDetached()
+	}
+}
+
+// progressed tells the work ctx was detached for by detachIdle, and the
+// work that detached it, that it progressed.
+func progressed(ctx context.Context) {
+	if f, ok := ctx.Value(progressKey{}).(func()); ok {
+		f()
+	}
 }
 
 // shared runs fn once for all concurrent callers with the same key, and
