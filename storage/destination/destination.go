@@ -78,7 +78,9 @@ func WithCredentials(username, password string) Option {
 
 // WithTransport sets the HTTP transport beneath authentication (default:
 // a clone of http.DefaultTransport with more idle connections per host and
-// a bound on waiting for response headers).
+// a bound on waiting for response headers). The commit of an upload is
+// not held to an *http.Transport's bound: a destination may verify the
+// blob before it answers.
 func WithTransport(rt http.RoundTripper) Option {
 	return func(s *Store) { s.base = rt }
 }
@@ -108,8 +110,11 @@ type Store struct {
 	username string
 	auth     authn.Authenticator
 	base     http.RoundTripper
-	sources  MountSources
-	idle     time.Duration // see WithIdleTimeout
+	// commits is base for the commits of uploads, without its bound on
+	// waiting for an answer (if it is an *http.Transport with one).
+	commits http.RoundTripper
+	sources MountSources
+	idle    time.Duration // see WithIdleTimeout
 
 	// transports caches one authenticated transport per set of scopes: a
 	// bearer token is scoped to repositories and actions, and
@@ -206,6 +211,16 @@ func New(rawURL string, opts ...Option) (*Store, error) {
 	if s.base == nil {
 		s.base = DefaultTransport()
 	}
+	s.commits = s.base
+	if t, ok := s.base.(*http.Transport); ok && t.ResponseHeaderTimeout > 0 {
+		// A destination may verify a blob before it answers its upload's
+		// commit (distribution hashing it again, an S3 backend copying it
+		// into place): minutes for a large one. Its caller's context
+		// bounds that wait instead.
+		c := t.Clone()
+		c.ResponseHeaderTimeout = 0
+		s.commits = c
+	}
 	return s, nil
 }
 
@@ -251,8 +266,10 @@ func (s *Store) Repository(repo string) (string, error) {
 // CloseIdleConnections closes the idle connections of the transport
 // beneath authentication, if it has that method.
 func (s *Store) CloseIdleConnections() {
-	if c, ok := s.base.(interface{ CloseIdleConnections() }); ok {
-		c.CloseIdleConnections()
+	for _, t := range []http.RoundTripper{s.base, s.commits} {
+		if c, ok := t.(interface{ CloseIdleConnections() }); ok {
+			c.CloseIdleConnections()
+		}
 	}
 }
 
@@ -418,7 +435,11 @@ func (h *hookTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		req = req.Clone(req.Context())
 		req.Body = body
 	}
-	resp, err := h.inner.RoundTrip(req)
+	inner := h.inner
+	if req.Method == http.MethodPut && strings.Contains(req.URL.Path, "/blobs/uploads/") && req.URL.Query().Has("digest") {
+		inner = h.store.commits
+	}
+	resp, err := inner.RoundTrip(req)
 	if err != nil {
 		return nil, err
 	}
