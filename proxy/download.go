@@ -134,6 +134,12 @@ const (
 	resumeProgress = 64 << 10
 )
 
+// resumeWait is how long a resume that failed itself waits before the
+// next one, doubled at each one after: a load balancer's 502 while the
+// server that cut the download is replaced lasts seconds, which resumes
+// at once would spend their budget within.
+const resumeWait = time.Second
+
 // DefaultMaxBlobSize is the largest blob the mirror downloads unless
 // configured otherwise (WithMaxBlobSize).
 const DefaultMaxBlobSize = 20 << 30
@@ -776,8 +782,16 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 		if err != nil && passing(err) {
 			// The resume failed itself (a load balancer's 502 while the
 			// server that cut it is replaced): one that brought nothing,
-			// asked again within the same budget.
+			// asked again within the same budget, after a wait.
 			body = failedBody{err}
+			if resumes < maxResumes {
+				wait := time.NewTimer(resumeWait << (resumes - 1))
+				select {
+				case <-wait.C:
+				case <-ctx.Done():
+					wait.Stop()
+				}
+			}
 			continue
 		}
 		if err != nil {

@@ -1,11 +1,16 @@
 package proxy
 
 import (
+	"bytes"
+	"fmt"
 	"io"
 	"log"
 	"net/http"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
+	"testing/iotest"
 	"testing/synctest"
 	"time"
 
@@ -75,6 +80,98 @@ func TestDownloadLongerThanTheFillTimeout(t *testing.T) {
 		}
 		if _, err := p.store.Stat(t.Context(), StoreRepo(DefaultHost, "library/a"), digest.Digest(d.String())); err != nil {
 			t.Fatalf("layer not stored: %v", err)
+		}
+	})
+}
+
+// blippingResumes answers as its transport does, but cuts each blob's
+// first GET halfway, and answers 502 to the resumes of the next two
+// seconds (on a synctest bubble's clock): a load balancer while the
+// server that cut the connection is replaced.
+type blippingResumes struct {
+	rt      http.RoundTripper
+	mu      sync.Mutex
+	cutAt   map[string]time.Time
+	refused int
+}
+
+func (b *blippingResumes) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.Method != http.MethodGet || !strings.Contains(r.URL.Path, "/blobs/") {
+		return b.rt.RoundTrip(r)
+	}
+	b.mu.Lock()
+	at, cut := b.cutAt[r.URL.Path]
+	if !cut {
+		b.cutAt[r.URL.Path] = time.Now()
+	}
+	blip := cut && r.Header.Get("Range") != "" && time.Since(at) < 2*time.Second
+	if blip {
+		b.refused++
+	}
+	b.mu.Unlock()
+	if blip {
+		return &http.Response{StatusCode: http.StatusBadGateway, Header: http.Header{}, Body: http.NoBody, Request: r}, nil
+	}
+	whole := r.Clone(r.Context())
+	whole.Header.Del("Range")
+	resp, err := b.rt.RoundTrip(whole)
+	if err != nil {
+		return nil, err
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	if r.Header.Get("Range") != "" {
+		// The resume, from where the cut was (pkg/registry answers
+		// only a Range with its end).
+		var from int
+		if _, err := fmt.Sscanf(r.Header.Get("Range"), "bytes=%d-", &from); err != nil || from >= len(body) {
+			return nil, fmt.Errorf("resume asked %q of %d bytes", r.Header.Get("Range"), len(body))
+		}
+		resp.StatusCode, resp.ContentLength = http.StatusPartialContent, int64(len(body)-from)
+		resp.Header.Set("Content-Length", strconv.Itoa(len(body)-from))
+		resp.Header.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", from, len(body)-1, len(body)))
+		resp.Body = io.NopCloser(bytes.NewReader(body[from:]))
+		return resp, nil
+	}
+	if cut {
+		resp.Body = io.NopCloser(bytes.NewReader(body))
+		return resp, nil
+	}
+	resp.Body = io.NopCloser(io.MultiReader(bytes.NewReader(body[:len(body)/2]), iotest.ErrReader(io.ErrUnexpectedEOF)))
+	return resp, nil
+}
+
+// A resume answered 502 (a load balancer replacing the server that cut
+// the download) is asked again after a wait, not at once: the blobs cut
+// halfway, whose resumes meet 502s for two seconds, are stored, and the
+// prefetch is done. Before, the three resumes went within the same
+// instant, each met the 502, and the download was lost with what it had.
+func TestResumeBacksOffAfterBadGateway(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+		pushImage(t, reg, "library/a:1", 1)
+		blips := &blippingResumes{rt: inProcess{reg}, cutAt: map[string]time.Time{}}
+		p := transportMirror(t, blips)
+		defer p.Close()
+		job, err := p.StartPrefetch(t.Context(), PrefetchRequest{Images: []string{"a:1"}}, "prefetch")
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Minute)
+		synctest.Wait()
+		got, err := p.Job(job.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.State != storage.JobDone {
+			t.Fatalf("prefetch %s, want done; images: %+v", got.State, got.Images)
+		}
+		blips.mu.Lock()
+		defer blips.mu.Unlock()
+		if len(blips.cutAt) != 2 || blips.refused == 0 {
+			t.Fatalf("%d blobs cut, %d resumes refused: the test cut nothing", len(blips.cutAt), blips.refused)
 		}
 	})
 }
