@@ -195,6 +195,40 @@ type download struct {
 	finished chan struct{} // closed once stored (or failed) and gone from the registry
 	// begun is when the download started, for its rate (status page).
 	begun time.Time
+	// followers are the progress funcs (detachIdle) of the work that
+	// joined the download, waiting for it without having started it:
+	// its bytes are their progress too.
+	followers map[*func()]struct{}
+}
+
+// follow counts the download's progress as that of the work ctx belongs
+// to (detachIdle), until the func it returns is called.
+func (dl *download) follow(ctx context.Context) (unfollow func()) {
+	f := progressOf(ctx)
+	if f == nil {
+		return func() {}
+	}
+	key := &f
+	dl.mu.Lock()
+	if dl.followers == nil {
+		dl.followers = map[*func()]struct{}{}
+	}
+	dl.followers[key] = struct{}{}
+	dl.mu.Unlock()
+	return func() {
+		dl.mu.Lock()
+		delete(dl.followers, key)
+		dl.mu.Unlock()
+	}
+}
+
+// progressed tells the download's followers that it progressed.
+func (dl *download) progressed() {
+	dl.mu.Lock()
+	defer dl.mu.Unlock()
+	for f := range dl.followers {
+		(*f)()
+	}
 }
 
 // notify wakes readers; callers hold dl.mu.
@@ -421,7 +455,8 @@ func (p *Proxy) startBlob(ctx context.Context, t target, dgst digest.Digest, w b
 					dl.hurry() // a client waits for it now
 				}
 				noteRequested(ctx) // its request is its starter's
-				return dl, leave, false, nil
+				unfollow := dl.follow(ctx)
+				return dl, func() { unfollow(); leave() }, false, nil
 			}
 			continue // abandoned or ended meanwhile
 		}
@@ -745,6 +780,7 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 			v.Write(buf[:m])
 			n += int64(m)
 			progressed(ctx)
+			dl.progressed()
 			if errors.Is(rerr, io.EOF) {
 				// The last bytes (net/http returns the end of a body
 				// of known length with them): made readable below,

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"strings"
 	"sync"
@@ -172,6 +173,52 @@ func TestResumeBacksOffAfterBadGateway(t *testing.T) {
 		defer blips.mu.Unlock()
 		if len(blips.cutAt) != 2 || blips.refused == 0 {
 			t.Fatalf("%d blobs cut, %d resumes refused: the test cut nothing", len(blips.cutAt), blips.refused)
+		}
+	})
+}
+
+// The mirror of an image waiting for a layer another pull started
+// downloading is not cut while that download's bytes keep coming: a
+// client's GET of an 83-minute layer starts it, then the image is pulled,
+// and its mirror completes. Before, the mirror, which had not started the
+// download, saw no progress of its own and was cut at the hour, the
+// image left partial (and, in a registry destination, without its tag).
+func TestFillWaitingForAnotherPullsDownload(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+		img := pushImage(t, reg, "library/a:1", 1)
+		p := transportMirror(t, trickling{inProcess{reg}}, WithFillTimeout(time.Hour))
+		defer p.Close()
+		get := func(path string) *httptest.ResponseRecorder {
+			rec := httptest.NewRecorder()
+			p.Handler().ServeHTTP(rec, httptest.NewRequestWithContext(t.Context(), http.MethodGet, path, nil))
+			return rec
+		}
+		layers, err := img.Layers()
+		if err != nil {
+			t.Fatal(err)
+		}
+		layer, err := layers[0].Digest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		pulled := make(chan int, 1)
+		go func() { pulled <- get("/v2/library/a/blobs/" + layer.String()).Code }()
+		synctest.Wait() // the client's download is under way
+		if rec := get("/v2/library/a/manifests/1"); rec.Code != http.StatusOK {
+			t.Fatalf("GET the manifest: %d %s", rec.Code, rec.Body)
+		}
+		time.Sleep(3 * time.Hour)
+		synctest.Wait()
+		if code := <-pulled; code != http.StatusOK {
+			t.Fatalf("GET the layer: %d", code)
+		}
+		d, err := img.Digest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rec, ok, err := p.index.Fill(DefaultHost, "library/a", digest.Digest(d.String())); err != nil || !ok || rec.State != storage.FillComplete {
+			t.Fatalf("fill record of the image: %+v %v %v, want complete", rec, ok, err)
 		}
 	})
 }

@@ -418,7 +418,9 @@ func (p *Proxy) detachIdle(ctx context.Context, timeout time.Duration) (context.
 	ctx, cancel := context.WithCancelCause(ctx)
 	idle := time.AfterFunc(timeout, func() { cancel(errNoProgress) })
 	ctx = context.WithValue(ctx, progressKey{}, func() {
-		idle.Reset(timeout)
+		if ctx.Err() == nil { // ended: not armed again
+			idle.Reset(timeout)
+		}
 		if outer != nil {
 			outer()
 		}
@@ -433,9 +435,15 @@ func (p *Proxy) detachIdle(ctx context.Context, timeout time.Duration) (context.
 // progressed tells the work ctx was detached for by detachIdle, and the
 // work that detached it, that it progressed.
 func progressed(ctx context.Context) {
-	if f, ok := ctx.Value(progressKey{}).(func()); ok {
+	if f := progressOf(ctx); f != nil {
 		f()
 	}
+}
+
+// progressOf returns the func progressed calls for ctx, or nil.
+func progressOf(ctx context.Context) func() {
+	f, _ := ctx.Value(progressKey{}).(func())
+	return f
 }
 
 // shared runs fn once for all concurrent callers with the same key, and
