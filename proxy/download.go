@@ -620,8 +620,30 @@ func (p *Proxy) storeSpooled(ctx context.Context, t target, dl *download, f *os.
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return err
 	}
-	return p.store.Put(ctx, t.storeRepo(), dl.dgst, size, f)
+	return p.store.Put(ctx, t.storeRepo(), dl.dgst, size, storeReader{f, func() { progressed(ctx); dl.progressed() }})
 }
+
+// storeReader is a spool file read into the store: each read is progress
+// of the download (and of the work waiting for it), so that an upload to
+// a slow store is not cut by the fill timeout while it moves.
+type storeReader struct {
+	f        *os.File
+	progress func()
+}
+
+func (r storeReader) Read(b []byte) (int, error) {
+	r.progress()
+	return r.f.Read(b)
+}
+
+// ReadAt lets the store read it again (a registry destination's upload
+// sent again in chunks).
+func (r storeReader) ReadAt(b []byte, off int64) (int, error) {
+	r.progress()
+	return r.f.ReadAt(b, off)
+}
+
+func (r storeReader) Seek(off int64, whence int) (int64, error) { return r.f.Seek(off, whence) }
 
 // storeBlob is storeSpooled, whose refusal is remembered (noteRefusal).
 func (p *Proxy) storeBlob(ctx context.Context, t target, dl *download, f *os.File, size int64) error {

@@ -91,17 +91,21 @@ func (t inProcess) RoundTrip(r *http.Request) (*http.Response, error) {
 // handler h answers it in the process (inProcess).
 func inProcessMirror(t *testing.T, h http.Handler, opts ...Option) *Proxy {
 	t.Helper()
-	return transportMirror(t, inProcess{h}, opts...)
+	return transportMirror(t, inProcess{h}, nil, opts...)
 }
 
-// transportMirror is inProcessMirror of the upstream rt answers for.
-func transportMirror(t *testing.T, rt http.RoundTripper, opts ...Option) *Proxy {
+// transportMirror is inProcessMirror of the upstream rt answers for, on
+// store (nil: one in memory).
+func transportMirror(t *testing.T, rt http.RoundTripper, store storage.Store, opts ...Option) *Proxy {
 	t.Helper()
 	up, err := upstream.New(DefaultHost, "http://registry.test", upstream.WithTransport(rt))
 	if err != nil {
 		t.Fatal(err)
 	}
-	store, index := memStore(t)
+	mem, index := memStore(t)
+	if store == nil {
+		store = mem
+	}
 	p, err := New(store, index, []*upstream.Client{up}, append([]Option{WithSpoolDir(t.TempDir()),
 		WithReferrers(false), WithLogger(slog.New(slog.DiscardHandler))}, opts...)...)
 	if err != nil {

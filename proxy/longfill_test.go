@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"log"
@@ -56,7 +57,7 @@ func TestDownloadLongerThanTheFillTimeout(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
 		img := pushImage(t, reg, "library/a:1", 1)
-		p := transportMirror(t, trickling{inProcess{reg}}, WithFillTimeout(time.Hour))
+		p := transportMirror(t, trickling{inProcess{reg}}, nil, WithFillTimeout(time.Hour))
 		defer p.Close()
 		job, err := p.StartPrefetch(t.Context(), PrefetchRequest{Images: []string{"a:1"}}, "prefetch")
 		if err != nil {
@@ -154,7 +155,7 @@ func TestResumeBacksOffAfterBadGateway(t *testing.T) {
 		reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
 		pushImage(t, reg, "library/a:1", 1)
 		blips := &blippingResumes{rt: inProcess{reg}, cutAt: map[string]time.Time{}}
-		p := transportMirror(t, blips)
+		p := transportMirror(t, blips, nil)
 		defer p.Close()
 		job, err := p.StartPrefetch(t.Context(), PrefetchRequest{Images: []string{"a:1"}}, "prefetch")
 		if err != nil {
@@ -187,7 +188,7 @@ func TestFillWaitingForAnotherPullsDownload(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
 		img := pushImage(t, reg, "library/a:1", 1)
-		p := transportMirror(t, trickling{inProcess{reg}}, WithFillTimeout(time.Hour))
+		p := transportMirror(t, trickling{inProcess{reg}}, nil, WithFillTimeout(time.Hour))
 		defer p.Close()
 		get := func(path string) *httptest.ResponseRecorder {
 			rec := httptest.NewRecorder()
@@ -219,6 +220,74 @@ func TestFillWaitingForAnotherPullsDownload(t *testing.T) {
 		}
 		if rec, ok, err := p.index.Fill(DefaultHost, "library/a", digest.Digest(d.String())); err != nil || !ok || rec.State != storage.FillComplete {
 			t.Fatalf("fill record of the image: %+v %v %v, want complete", rec, ok, err)
+		}
+	})
+}
+
+// slowPutStore stores as its Store does, but reads the blob slow as
+// trickle sends it: a registry destination over a slow uplink. It stops
+// once its context ends, as an upload does.
+type slowPutStore struct {
+	storage.Store
+	slow digest.Digest
+}
+
+func (s slowPutStore) Put(ctx context.Context, repo string, dgst digest.Digest, size int64, r io.Reader) error {
+	if dgst != s.slow {
+		return s.Store.Put(ctx, repo, dgst, size, r)
+	}
+	b, err := io.ReadAll(&trickle{rc: io.NopCloser(ctxReader{ctx, r}), piece: max(1, size/200)})
+	if err != nil {
+		return err
+	}
+	return s.Store.Put(ctx, repo, dgst, size, bytes.NewReader(b))
+}
+
+// ctxReader reads r until ctx ends.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
+
+// A blob whose store takes longer than the fill timeout to take it (an
+// 83-minute upload to a registry destination), its bytes going all along,
+// is stored, and its prefetch done. Before, the download, done with the
+// upstream, saw no progress while it stored the blob, and was cut at the
+// hour, the upload lost.
+func TestStoreLongerThanTheFillTimeout(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+		img := pushImage(t, reg, "library/a:1", 1)
+		layers, err := img.Layers()
+		if err != nil {
+			t.Fatal(err)
+		}
+		layer, err := layers[0].Digest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		mem, _ := memStore(t)
+		p := transportMirror(t, inProcess{reg}, slowPutStore{mem, digest.Digest(layer.String())}, WithFillTimeout(time.Hour))
+		defer p.Close()
+		job, err := p.StartPrefetch(t.Context(), PrefetchRequest{Images: []string{"a:1"}}, "prefetch")
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(3 * time.Hour)
+		synctest.Wait()
+		got, err := p.Job(job.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.State != storage.JobDone {
+			t.Fatalf("prefetch %s, want done; images: %+v", got.State, got.Images)
 		}
 	})
 }
