@@ -198,36 +198,37 @@ type download struct {
 	// followers are the progress funcs (detachIdle) of the work that
 	// joined the download, waiting for it without having started it:
 	// its bytes are their progress too.
-	followers map[*func()]struct{}
+	followers map[*idleClock]int
 }
 
 // follow counts the download's progress as that of the work ctx belongs
 // to (detachIdle), until the func it returns is called.
 func (dl *download) follow(ctx context.Context) (unfollow func()) {
-	f := progressOf(ctx)
-	if f == nil {
+	c := clockOf(ctx)
+	if c == nil {
 		return func() {}
 	}
-	key := &f
 	dl.mu.Lock()
 	if dl.followers == nil {
-		dl.followers = map[*func()]struct{}{}
+		dl.followers = map[*idleClock]int{}
 	}
-	dl.followers[key] = struct{}{}
+	dl.followers[c]++
 	dl.mu.Unlock()
-	return func() {
+	return sync.OnceFunc(func() {
 		dl.mu.Lock()
-		delete(dl.followers, key)
+		if dl.followers[c]--; dl.followers[c] == 0 {
+			delete(dl.followers, c)
+		}
 		dl.mu.Unlock()
-	}
+	})
 }
 
 // progressed tells the download's followers that it progressed.
 func (dl *download) progressed() {
 	dl.mu.Lock()
 	defer dl.mu.Unlock()
-	for f := range dl.followers {
-		(*f)()
+	for c := range dl.followers {
+		c.progressed()
 	}
 }
 
@@ -754,7 +755,10 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 		// Another replica fetched it: read it from the store instead.
 		body, size, err = p.openStored(ctx, t, dl.dgst)
 	} else {
+		// Waiting its turn is not idleness.
+		resume := pauseIdle(ctx)
 		release, berr := p.acquireBudget(ctx, t, dl)
+		resume()
 		if berr != nil {
 			fail(berr)
 			return

@@ -291,3 +291,30 @@ func TestStoreLongerThanTheFillTimeout(t *testing.T) {
 		}
 	})
 }
+
+// A download the mirror queued for its upstream's connection budget is
+// not cut for the time it waits there: an image of three blobs, each 83
+// minutes over a budget of one connection, is prefetched whole, the last
+// blob waiting almost three hours for its turn. Before, a download queued
+// for an hour was cut before it began, and the prefetch failed.
+func TestQueuedDownloadNotCutWhileWaiting(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+		pushImage(t, reg, "library/a:1", 2)
+		p := transportMirror(t, trickling{inProcess{reg}}, nil, WithFillTimeout(time.Hour), WithUpstreamConnections(1))
+		defer p.Close()
+		job, err := p.StartPrefetch(t.Context(), PrefetchRequest{Images: []string{"a:1"}}, "prefetch")
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(6 * time.Hour)
+		synctest.Wait()
+		got, err := p.Job(job.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.State != storage.JobDone {
+			t.Fatalf("prefetch %s, want done; images: %+v", got.State, got.Images)
+		}
+	})
+}

@@ -400,12 +400,67 @@ func (p *Proxy) detach(ctx context.Context, timeout time.Duration) (context.Cont
 	return ctx, cancel
 }
 
-// progressKey is the context key of the func a detachIdle context's work
-// calls when it progresses (progressed).
+// progressKey is the context key of the idleClock of a detachIdle
+// context.
 type progressKey struct{}
 
 // errNoProgress ends work detached by detachIdle that did not progress.
 var errNoProgress = errors.New("no progress within the fill timeout")
+
+// idleClock ends the work of a detachIdle context once it has not
+// progressed for its timeout; the work that detached it (outer) progresses
+// with it.
+type idleClock struct {
+	done    <-chan struct{} // the context's
+	timeout time.Duration
+	timer   *time.Timer
+	outer   *idleClock
+	mu      sync.Mutex
+	paused  int
+}
+
+// progressed restarts the clock and those of the work outside it.
+func (c *idleClock) progressed() {
+	for ; c != nil; c = c.outer {
+		c.mu.Lock()
+		if c.paused == 0 && !c.ended() {
+			c.timer.Reset(c.timeout)
+		}
+		c.mu.Unlock()
+	}
+}
+
+// ended reports whether its context has ended: its timer is not armed
+// again.
+func (c *idleClock) ended() bool {
+	select {
+	case <-c.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// pause stops the clock and those of the work outside it until resume
+// is called: the work waits its turn (a download queued for its
+// upstream's budget), which is not idleness.
+func (c *idleClock) pause() (resume func()) {
+	for o := c; o != nil; o = o.outer {
+		o.mu.Lock()
+		o.paused++
+		o.timer.Stop()
+		o.mu.Unlock()
+	}
+	return sync.OnceFunc(func() {
+		for o := c; o != nil; o = o.outer {
+			o.mu.Lock()
+			if o.paused--; o.paused == 0 && !o.ended() {
+				o.timer.Reset(o.timeout)
+			}
+			o.mu.Unlock()
+		}
+	})
+}
 
 // detachIdle is detach for work that may take long while it moves (a fill,
 // a blob download): it ends after timeout without progress (progressed),
@@ -413,20 +468,13 @@ var errNoProgress = errors.New("no progress within the fill timeout")
 // arrives as long as its bytes keep coming. Progress of work detached from
 // it counts as its own.
 func (p *Proxy) detachIdle(ctx context.Context, timeout time.Duration) (context.Context, context.CancelFunc) {
-	outer, _ := ctx.Value(progressKey{}).(func())
+	outer, _ := ctx.Value(progressKey{}).(*idleClock)
 	ctx, cancelDetached := p.detach(ctx, 0)
 	ctx, cancel := context.WithCancelCause(ctx)
-	idle := time.AfterFunc(timeout, func() { cancel(errNoProgress) })
-	ctx = context.WithValue(ctx, progressKey{}, func() {
-		if ctx.Err() == nil { // ended: not armed again
-			idle.Reset(timeout)
-		}
-		if outer != nil {
-			outer()
-		}
-	})
-	return ctx, func() {
-		idle.Stop()
+	c := &idleClock{done: ctx.Done(), timeout: timeout, outer: outer}
+	c.timer = time.AfterFunc(timeout, func() { cancel(errNoProgress) })
+	return context.WithValue(ctx, progressKey{}, c), func() {
+		c.timer.Stop()
 		cancel(context.Canceled)
 		cancelDetached()
 	}
@@ -435,15 +483,23 @@ func (p *Proxy) detachIdle(ctx context.Context, timeout time.Duration) (context.
 // progressed tells the work ctx was detached for by detachIdle, and the
 // work that detached it, that it progressed.
 func progressed(ctx context.Context) {
-	if f := progressOf(ctx); f != nil {
-		f()
+	if c := clockOf(ctx); c != nil {
+		c.progressed()
 	}
 }
 
-// progressOf returns the func progressed calls for ctx, or nil.
-func progressOf(ctx context.Context) func() {
-	f, _ := ctx.Value(progressKey{}).(func())
-	return f
+// pauseIdle pauses ctx's idleClock, if it has one (idleClock.pause).
+func pauseIdle(ctx context.Context) (resume func()) {
+	if c := clockOf(ctx); c != nil {
+		return c.pause()
+	}
+	return func() {}
+}
+
+// clockOf returns the idleClock of a detachIdle context, or nil.
+func clockOf(ctx context.Context) *idleClock {
+	c, _ := ctx.Value(progressKey{}).(*idleClock)
+	return c
 }
 
 // shared runs fn once for all concurrent callers with the same key, and
