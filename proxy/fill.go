@@ -433,7 +433,7 @@ func (p *Proxy) ensureManifest(ctx context.Context, t target, dgst digest.Digest
 	if m, err := stored(); m != nil || err != nil {
 		return m, err
 	}
-	if err := p.fetches.Acquire(ctx, 1); err != nil {
+	if err := p.acquireFetch(ctx); err != nil {
 		return nil, err
 	}
 	defer p.fetches.Release(1)
@@ -498,11 +498,21 @@ func (p *Proxy) ensureBlob(ctx context.Context, t target, dgst digest.Digest, si
 	if got, err := p.store.Stat(ctx, t.storeRepo(), dgst); err == nil {
 		return p.adoptListed(ctx, t, dgst, got, size)
 	}
-	if err := p.fetches.Acquire(ctx, 1); err != nil {
+	if err := p.acquireFetch(ctx); err != nil {
 		return err
 	}
 	defer p.fetches.Release(1)
 	return p.storeListed(ctx, t, dgst, size, written)
+}
+
+// acquireFetch waits for a turn among the fill's parallel fetches
+// (release it with p.fetches.Release(1)). Waiting for it, while the
+// fetches of other images hold every turn, is not idleness: the fill
+// timeout is paused meanwhile.
+func (p *Proxy) acquireFetch(ctx context.Context) error {
+	resume := pauseIdle(ctx)
+	defer resume()
+	return p.fetches.Acquire(ctx, 1)
 }
 
 // storeListed is ensureBlob without the fill's bound on parallel fetches

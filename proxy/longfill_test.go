@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/registry"
+	ggcrv1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/docker-mirror/docker-mirror/storage"
@@ -315,6 +316,40 @@ func TestQueuedDownloadNotCutWhileWaiting(t *testing.T) {
 		}
 		if got.State != storage.JobDone {
 			t.Fatalf("prefetch %s, want done; images: %+v", got.State, got.Images)
+		}
+	})
+}
+
+// The mirror of an image waiting for the fill's bound on parallel
+// fetches, which the layers of another image hold, is not cut for the
+// time it waits: an image of four 83-minute layers is pulled, then one of
+// one layer, whose mirror waits for the first's layers for over an hour;
+// both mirrors complete. Before, the second was cut at the hour, the
+// image left partial.
+func TestFillNotCutWhileWaitingForFetches(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+		imgs := map[string]ggcrv1.Image{"a": pushImage(t, reg, "library/a:1", 4), "b": pushImage(t, reg, "library/b:1", 1)}
+		p := transportMirror(t, trickling{inProcess{reg}}, nil, WithFillTimeout(time.Hour), WithFetchAhead(false))
+		defer p.Close()
+		for _, name := range []string{"a", "b"} {
+			rec := httptest.NewRecorder()
+			p.Handler().ServeHTTP(rec, httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/v2/library/"+name+"/manifests/1", nil))
+			if rec.Code != http.StatusOK {
+				t.Fatalf("GET %s's manifest: %d %s", name, rec.Code, rec.Body)
+			}
+			synctest.Wait()
+		}
+		time.Sleep(6 * time.Hour)
+		synctest.Wait()
+		for name, img := range imgs {
+			d, err := img.Digest()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rec, ok, err := p.index.Fill(DefaultHost, "library/"+name, digest.Digest(d.String())); err != nil || !ok || rec.State != storage.FillComplete {
+				t.Errorf("fill record of %s: %+v %v %v, want complete", name, rec, ok, err)
+			}
 		}
 	})
 }
