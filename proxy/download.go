@@ -720,6 +720,7 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 		close(dl.finished)
 	}()
 	fail := func(err error) {
+		err = stalled(ctx, err)
 		dl.update(func() { dl.err = err })
 		if ctx.Err() != nil && p.blobs.wasAbandoned(dl) {
 			p.log.Debug("blob download cancelled: nobody wants it any more", "upstream", t.host(), "repo", t.repo, "digest", dl.dgst)

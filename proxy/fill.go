@@ -87,7 +87,7 @@ func (p *Proxy) enqueueFill(ctx context.Context, t target, dgst digest.Digest) {
 		return
 	}
 	p.background(ctx, fillKey(t, dgst), func(ctx context.Context) error {
-		err := p.fillImage(ctx, t, dgst)
+		err := stalled(ctx, p.fillImage(ctx, t, dgst))
 		if errors.Is(err, errRefusedLately) {
 			// A manifest it lists: its refusal is on the status already.
 			p.log.Debug("background fill incomplete: the store refused a manifest", "upstream", t.host(), "repo", t.repo, "digest", dgst, "error", err)

@@ -207,7 +207,7 @@ func (p *Proxy) prefetchImage(ctx context.Context, job *storage.Job, i int, pats
 		p.jobs.mu.Unlock()
 	})
 	if err != nil {
-		return err
+		return stalled(ctx, err)
 	}
 	if job.Pin {
 		if err := p.pin(job.Images[i].Image, job.Trigger); err != nil {

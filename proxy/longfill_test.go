@@ -353,3 +353,51 @@ func TestFillNotCutWhileWaitingForFetches(t *testing.T) {
 		}
 	})
 }
+
+// hungPutStore stores as its Store does, but its Put of one blob reads
+// nothing and ends only with its context: a destination that hangs.
+type hungPutStore struct {
+	storage.Store
+	hung digest.Digest
+}
+
+func (s hungPutStore) Put(ctx context.Context, repo string, dgst digest.Digest, size int64, r io.Reader) error {
+	if dgst == s.hung {
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	return s.Store.Put(ctx, repo, dgst, size, r)
+}
+
+// A fill cut by the fill timeout says that nothing of it moved for that
+// long, not "context canceled", which reads as a client hanging up.
+func TestFillCutForNoProgressSaysSo(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+		img := pushImage(t, reg, "library/a:1", 1)
+		layers, err := img.Layers()
+		if err != nil {
+			t.Fatal(err)
+		}
+		layer, err := layers[0].Digest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		mem, _ := memStore(t)
+		p := transportMirror(t, inProcess{reg}, hungPutStore{mem, digest.Digest(layer.String())}, WithFillTimeout(time.Hour))
+		defer p.Close()
+		job, err := p.StartPrefetch(t.Context(), PrefetchRequest{Images: []string{"a:1"}}, "prefetch")
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(2 * time.Hour)
+		synctest.Wait()
+		got, err := p.Job(job.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.State != storage.JobFailed || !strings.Contains(got.Images[0].Error, "no progress") {
+			t.Fatalf("prefetch %s, want failed for no progress; images: %+v", got.State, got.Images)
+		}
+	})
+}

@@ -496,6 +496,16 @@ func pauseIdle(ctx context.Context) (resume func()) {
 	return func() {}
 }
 
+// stalled is err, of work on ctx, saying why ctx ended if that was for
+// no progress (detachIdle): "context canceled" alone reads as a client
+// hanging up.
+func stalled(ctx context.Context, err error) error {
+	if err != nil && errors.Is(context.Cause(ctx), errNoProgress) && !errors.Is(err, errNoProgress) {
+		return fmt.Errorf("%w: %w", err, errNoProgress)
+	}
+	return err
+}
+
 // clockOf returns the idleClock of a detachIdle context, or nil.
 func clockOf(ctx context.Context) *idleClock {
 	c, _ := ctx.Value(progressKey{}).(*idleClock)
