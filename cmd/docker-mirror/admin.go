@@ -191,8 +191,14 @@ func b2i(b bool) int {
 	return 0
 }
 
-// adminError prints an offline command's error and returns its exit code.
-func adminError(name string, err error, stderr io.Writer) int {
+// adminError prints an offline command's error and returns its exit code:
+// a command a signal (ctrl-C) stopped says it was interrupted and exits
+// as mirror does (130), not with the "context canceled" it failed with.
+func adminError(ctx context.Context, name string, err error, stderr io.Writer) int {
+	if code, ok := signalled(ctx); ok {
+		fmt.Fprintf(stderr, "docker-mirror %s: interrupted (%v)\n", name, context.Cause(ctx))
+		return code
+	}
 	msg := err.Error()
 	code := 1
 	if errors.Is(err, errUsage) {
@@ -251,7 +257,7 @@ func gcCommand(ctx context.Context, args []string, stdout, stderr io.Writer) int
 			return err
 		})
 	if err != nil {
-		return adminError("gc", err, stderr)
+		return adminError(ctx, "gc", err, stderr)
 	}
 	verb := "removed"
 	if dryRun {
@@ -294,7 +300,7 @@ func verifyCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 		fmt.Fprintf(stdout, "missing: %s\n", d)
 	}
 	if err != nil {
-		return adminError("verify", err, stderr)
+		return adminError(ctx, "verify", err, stderr)
 	}
 	summary := fmt.Sprintf("verify: checked %s and %s (%s): %d corrupt", plural(r.BlobsChecked, "blob"),
 		plural(r.ManifestsChecked, "manifest"), humanBytes(r.BytesChecked), r.CorruptFound())
@@ -332,21 +338,21 @@ func findingsNote(findings int, repair bool) string {
 func verifyDestination(ctx context.Context, cfg config.Config, repair bool, stdout, stderr io.Writer) int {
 	index, _, err := openIndex(cfg, "verify")
 	if err != nil {
-		return adminError("verify", err, stderr)
+		return adminError(ctx, "verify", err, stderr)
 	}
 	defer index.Close()
 	store, name, err := server.OpenStore(ctx, cfg, index)
 	if err != nil {
-		return adminError("verify", err, stderr)
+		return adminError(ctx, "verify", err, stderr)
 	}
 	if err := index.SetStore(server.StoreIdentity(cfg)); err != nil { // checked against it: an older index learns its store
-		return adminError("verify", err, stderr)
+		return adminError(ctx, "verify", err, stderr)
 	}
 	// The records without tags or links (the offline index does not
 	// change meanwhile); each digest's holders are read when checked.
 	recs, err := index.ReadImageTable(nil, nil)
 	if err != nil {
-		return adminError("verify", err, stderr)
+		return adminError(ctx, "verify", err, stderr)
 	}
 	var manifestDigests, blobDigests []digest.Digest // a digest with both records is a manifest
 	for id := range recs.Content.Len() {
@@ -401,13 +407,13 @@ func verifyDestination(ctx context.Context, cfg config.Config, repair bool, stdo
 	for _, d := range manifestDigests {
 		manifests++
 		if err := check(d, true); err != nil {
-			return adminError("verify", err, stderr)
+			return adminError(ctx, "verify", err, stderr)
 		}
 	}
 	for _, d := range blobDigests {
 		blobs++
 		if err := check(d, false); err != nil {
-			return adminError("verify", err, stderr)
+			return adminError(ctx, "verify", err, stderr)
 		}
 	}
 	for _, d := range missing {
@@ -427,11 +433,11 @@ func verifyDestination(ctx context.Context, cfg config.Config, repair bool, stdo
 			}
 			f.State, f.UpdatedAt = storage.FillPartial, time.Now()
 			if err := index.PutFill(f.Digest, f.FillRecord); err != nil {
-				return adminError("verify", err, stderr)
+				return adminError(ctx, "verify", err, stderr)
 			}
 		}
 		if _, err := index.Forget(missing, nil); err != nil {
-			return adminError("verify", err, stderr)
+			return adminError(ctx, "verify", err, stderr)
 		}
 	}
 	summary := fmt.Sprintf("verify: checked %s and %s in %s: %d indexed but missing", plural(blobs, "blob"), plural(manifests, "manifest"), name, len(missing))
@@ -464,14 +470,14 @@ func lsCommand(ctx context.Context, args []string, stdout, stderr io.Writer) int
 			return err
 		})
 	if err != nil {
-		return adminError("ls", err, stderr)
+		return adminError(ctx, "ls", err, stderr)
 	}
 	write := writeImageTable
 	if asJSON {
 		write = writeImagesJSON
 	}
 	if err := write(stdout, list.Len(), list.Each, stored); err != nil {
-		return adminError("ls", err, stderr)
+		return adminError(ctx, "ls", err, stderr)
 	}
 	return 0
 }

@@ -342,3 +342,27 @@ func TestAdminServeOnlyFlag(t *testing.T) {
 		}
 	}
 }
+
+// Interrupted by ctrl-C, gc, verify and ls exit 130, as mirror does, a
+// script telling an interruption from a failure (or, for verify, from
+// corrupt content found), saying they were interrupted, not "context
+// canceled"; gc removes nothing it had not finished judging.
+func TestAdminInterruptedExits130(t *testing.T) {
+	dir, img, _ := dataDir(t)
+	for _, cmd := range []string{"gc", "verify", "ls"} {
+		ctx, cancel := context.WithCancelCause(t.Context())
+		cancel(interrupted{os.Interrupt}) // the user's ctrl-C as it starts
+		code, stdout, stderr := runCmd(t, ctx, cmd, "--data", dir)
+		if code != 130 || !strings.Contains(stderr, "interrupted") || strings.Contains(stderr+stdout, "context canceled") {
+			t.Errorf("%s: exit %d; want 130, saying it was interrupted\nstdout:\n%s\nstderr:\n%s", cmd, code, stdout, stderr)
+		}
+	}
+	if code, out, stderr := runAdmin(t, "verify", "--data", dir); code != 0 || !strings.Contains(out, ": 0 corrupt") {
+		t.Fatalf("verify after the interruptions: exit %d, %q %q", code, out, stderr)
+	}
+	for _, d := range append(img.Blobs(), img.Digest) {
+		if _, err := os.Stat(blobFile(dir, d)); err != nil {
+			t.Errorf("lost %s: %v", d, err)
+		}
+	}
+}
