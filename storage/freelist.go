@@ -169,6 +169,9 @@ func lastCommit(f *os.File, path string) (metaPage, error) {
 	return last, nil
 }
 
+// indexRemedy is what to do with an index that cannot be opened.
+const indexRemedy = "move it aside and start again: the mirror makes a new index, and fills it again as images are pulled"
+
 // checkIndexFile refuses, before bbolt maps it, an index file that bbolt
 // would fail to open or would read past the end of: bbolt maps more than
 // the file holds, and a page its last commit names beyond the file's end
@@ -191,16 +194,15 @@ func checkIndexFile(path string) error {
 	if fi.Size() == 0 {
 		return nil
 	}
-	const remedy = "move it aside and start again: the mirror makes a new index, and fills it again as images are pulled"
 	m, err := lastCommit(f, path)
 	switch {
 	case errors.Is(err, io.EOF):
-		return fmt.Errorf("index %s is cut short (%d bytes, not even its header): %s", path, fi.Size(), remedy)
+		return fmt.Errorf("index %s is cut short (%d bytes, not even its header): %s", path, fi.Size(), indexRemedy)
 	case err != nil:
-		return fmt.Errorf("index %s is damaged or not an index (%v): %s", path, err, remedy)
+		return fmt.Errorf("index %s is damaged or not an index (%v): %s", path, err, indexRemedy)
 	}
 	if need := m.pgid * m.pageSize; uint64(fi.Size()) < need {
-		return fmt.Errorf("index %s is cut short (%d bytes, its last commit needs %d: the disk filled, or a copy stopped): %s", path, fi.Size(), need, remedy)
+		return fmt.Errorf("index %s is cut short (%d bytes, its last commit needs %d: the disk filled, or a copy stopped): %s", path, fi.Size(), need, indexRemedy)
 	}
 	return nil
 }

@@ -135,7 +135,7 @@ type FillRecord struct {
 
 // OpenIndex opens (creating if needed) the bbolt index at path. It fails
 // fast if another process holds it.
-func OpenIndex(path string) (*Index, error) {
+func OpenIndex(path string) (ix *Index, err error) {
 	if err := checkIndexFile(path); err != nil {
 		return nil, err
 	}
@@ -145,7 +145,20 @@ func OpenIndex(path string) (*Index, error) {
 		// per fault. Read the file first, in its order.
 		readAhead(path)
 	}
-	db, err := bolt.Open(path, 0o600, openOptions(path))
+	var db *bolt.DB
+	defer func() {
+		// bbolt panics on a page that is not what its parent says
+		// (damaged: a disk's bad sectors, a filesystem's repair zeroing
+		// blocks): refused as a cut-short index is, in one line, not
+		// with a stack trace at start.
+		if r := recover(); r != nil {
+			if db != nil {
+				db.Close()
+			}
+			ix, err = nil, fmt.Errorf("index %s is damaged (%v): %s", path, r, indexRemedy)
+		}
+	}()
+	db, err = bolt.Open(path, 0o600, openOptions(path))
 	if err != nil {
 		if errors.Is(err, berrors.ErrTimeout) {
 			return nil, fmt.Errorf("index %s: locked by another process", path)
@@ -175,7 +188,7 @@ func OpenIndex(path string) (*Index, error) {
 		db.Close()
 		return nil, fmt.Errorf("index %s: %w", path, err)
 	}
-	ix := &Index{db: db, accessed: map[digest.Digest]time.Time{}, fills: newCompleteFills(),
+	ix = &Index{db: db, accessed: map[digest.Digest]time.Time{}, fills: newCompleteFills(),
 		links: newKeyMemo(maxLinkBase, maxLinkAdded), tags: newTagMemo()}
 	ix.adviseMapped()
 	ix.stored.Store(stored.bytes)

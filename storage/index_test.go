@@ -1,6 +1,7 @@
 package storage_test
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -501,5 +502,38 @@ func TestOpenIndexErrors(t *testing.T) {
 		t.Fatal("OpenIndex of a file that is not a database succeeded")
 	} else if !strings.Contains(err.Error(), garbage) {
 		t.Fatalf("OpenIndex error %q does not name %s", err, garbage)
+	}
+}
+
+// An index whose pages past its header were damaged (a disk's bad
+// sectors, a filesystem's repair zeroing blocks) is refused with an error
+// naming it and what to do, as a cut-short one is: bbolt's open panicked
+// reading its freelist, and the server died at start with a stack trace.
+func TestOpenIndexDamaged(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "index.db")
+	ix := openIndex(t, path)
+	for i := range 50 {
+		recordTag(t, ix, hub, "a", fmt.Sprint("t", i), digest.FromString(fmt.Sprint(i)), t0)
+	}
+	must(t, ix.Close())
+	b, err := os.ReadFile(path)
+	must(t, err)
+	const pageSize = 4096
+	for i := 2 * pageSize; i < len(b); i++ { // every page but the two meta pages
+		b[i] = 0xA5
+	}
+	must(t, os.WriteFile(path, b, 0o600))
+	var panicked any
+	func() {
+		defer func() { panicked = recover() }()
+		if ix, err = storage.OpenIndex(path); err == nil {
+			ix.Close()
+			t.Error("OpenIndex of a damaged index succeeded")
+		} else if !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "damaged") || !strings.Contains(err.Error(), "move it aside") {
+			t.Errorf("OpenIndex error %q; want it to say %s is damaged, and what to do", err, path)
+		}
+	}()
+	if panicked != nil {
+		t.Fatalf("OpenIndex of a damaged index panicked: %v", panicked)
 	}
 }
