@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -152,10 +153,11 @@ func OpenIndex(path string) (ix *Index, err error) {
 		// blocks): refused as a cut-short index is, in one line, not
 		// with a stack trace at start.
 		if r := recover(); r != nil {
+			derr := damaged(path, r)
 			if db != nil {
 				db.Close()
 			}
-			ix, err = nil, fmt.Errorf("index %s is damaged (%v): %s", path, r, indexRemedy)
+			ix, err = nil, derr
 		}
 	}()
 	db, err = bolt.Open(path, 0o600, openOptions(path))
@@ -206,6 +208,33 @@ func OpenIndex(path string) (ix *Index, err error) {
 	ix.leaves = readLeaves(path, ix.statm)
 	ix.mapped = ix.watchMapped()
 	return ix, nil
+}
+
+// RecoverDamaged, deferred by a function reading the index, turns a
+// panic of bbolt on a damaged page (a page that is not what its parent
+// says: bad sectors, a block a filesystem's repair zeroed) into *err, an
+// error naming the index and what to do. Other panics go on.
+func (ix *Index) RecoverDamaged(err *error) {
+	if r := recover(); r != nil {
+		*err = errors.Join(*err, damaged(ix.db.Path(), r))
+	}
+}
+
+// damaged is the error of an index at path on whose page bbolt panicked
+// with r, called in the deferred function that recovered r; a panic
+// elsewhere is panicked again.
+func damaged(path string, r any) error {
+	pcs := make([]uintptr, 64)
+	frames := runtime.CallersFrames(pcs[:runtime.Callers(3, pcs)]) // the panicking frames
+	for {
+		f, more := frames.Next()
+		if strings.HasPrefix(f.Function, "go.etcd.io/bbolt.") || strings.HasPrefix(f.Function, "go.etcd.io/bbolt/") {
+			return fmt.Errorf("index %s is damaged (%v): %s", path, r, indexRemedy)
+		}
+		if !more {
+			panic(r)
+		}
+	}
 }
 
 // recordSize reads the size of a blob or manifest record as this index

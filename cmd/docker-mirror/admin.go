@@ -219,8 +219,8 @@ func adminLogger(cfg config.Config, stderr io.Writer) *slog.Logger {
 }
 
 // withCollector opens a data directory, runs fn on a collector of it, and
-// closes it.
-func withCollector(ctx context.Context, cfg config.Config, cmd string, clean bool, opts lifecycle.Options, fn func(*lifecycle.Collector, *storage.Index) error) error {
+// closes it. A damaged page of the index fn comes upon is its error.
+func withCollector(ctx context.Context, cfg config.Config, cmd string, clean bool, opts lifecycle.Options, fn func(*lifecycle.Collector, *storage.Index) error) (err error) {
 	if shared, err := withSharedCollector(ctx, cfg, opts, fn); shared {
 		return err
 	}
@@ -228,8 +228,9 @@ func withCollector(ctx context.Context, cfg config.Config, cmd string, clean boo
 	if err != nil {
 		return err
 	}
-	err = fn(lifecycle.New(store, index, opts), index)
-	return errors.Join(err, index.Close())
+	defer func() { err = errors.Join(err, index.Close()) }()
+	defer index.RecoverDamaged(&err)
+	return fn(lifecycle.New(store, index, opts), index)
 }
 
 // gcCommand removes unreferenced content offline:

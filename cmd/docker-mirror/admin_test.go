@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/docker-mirror/docker-mirror/gchold"
 	"github.com/docker-mirror/docker-mirror/lifecycle"
@@ -363,6 +364,60 @@ func TestAdminInterruptedExits130(t *testing.T) {
 	for _, d := range append(img.Blobs(), img.Digest) {
 		if _, err := os.Stat(blobFile(dir, d)); err != nil {
 			t.Errorf("lost %s: %v", d, err)
+		}
+	}
+}
+
+// A page of the index damaged after the start read it (bad sectors, a
+// block a filesystem's repair zeroed) makes ls, gc and verify say in one
+// line that the index is damaged, naming it, as they do of one damaged
+// where the open reads: not a panic with a stack trace. Each bucket's
+// root page is damaged in turn (the pages open reads are refused there).
+func TestAdminDamagedIndex(t *testing.T) {
+	dir, _, _ := dataDir(t)
+	index := filepath.Join(dir, "index.db")
+	whole, err := os.ReadFile(index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := bolt.Open(index, 0o600, &bolt.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pages := map[string]uint64{} // bucket: its root page (not inline)
+	err = db.View(func(tx *bolt.Tx) error {
+		return tx.ForEach(func(name []byte, b *bolt.Bucket) error {
+			if root := b.Root(); root != 0 {
+				pages[string(name)] = uint64(root)
+			}
+			return nil
+		})
+	})
+	db.Close()
+	if err != nil || len(pages) == 0 {
+		t.Fatalf("bucket root pages %v: %v", pages, err)
+	}
+	pageSize := uint64(os.Getpagesize())
+	for name, pg := range pages {
+		b := bytes.Clone(whole)
+		for i := pg * pageSize; i < (pg+1)*pageSize; i++ {
+			b[i] = 0xA5
+		}
+		if err := os.WriteFile(index, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		for _, cmd := range []string{"ls", "verify", "gc"} {
+			func() {
+				defer func() {
+					if r := recover(); r != nil {
+						t.Errorf("%s with bucket %s's page %d damaged: panic %v", cmd, name, pg, r)
+					}
+				}()
+				code, _, stderr := runAdmin(t, cmd, "--data", dir)
+				if code != 0 && (!strings.Contains(stderr, index+" is damaged") || strings.Count(stderr, "\n") != 1) {
+					t.Errorf("%s with bucket %s's page %d damaged: exit %d, %q", cmd, name, pg, code, stderr)
+				}
+			}()
 		}
 	}
 }
