@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -16,9 +17,11 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/opencontainers/go-digest"
 	"go.uber.org/goleak"
 
@@ -1166,4 +1169,47 @@ func TestEvictAfterCountsPullThroughIndexDuringOutage(t *testing.T) {
 		}
 	}
 	pullAmd64()
+}
+
+// badSectors is the filesystem driver on a disk whose sectors under one
+// file cannot be read: its reads fail with EIO.
+type badSectors struct {
+	storagedriver.StorageDriver
+	bad string // the driver's path of the unreadable file
+}
+
+func (d badSectors) Reader(ctx context.Context, path string, offset int64) (io.ReadCloser, error) {
+	rc, err := d.StorageDriver.Reader(ctx, path, offset)
+	if err != nil || path != d.bad {
+		return rc, err
+	}
+	rc.Close()
+	return io.NopCloser(failingReader{&fs.PathError{Op: "read", Path: path, Err: syscall.EIO}}), nil
+}
+
+// failingReader's reads fail with its error.
+type failingReader struct{ err error }
+
+func (r failingReader) Read([]byte) (int, error) { return 0, r.err }
+
+// A stored layer that cannot be read (bad sectors: EIO) is reported by
+// verify as corrupt, and the rest checked: verify stopped at it, failing
+// with the read's error, and --repair removed nothing, so the server kept
+// serving a layer no client could read to its end.
+func TestVerifyUnreadable(t *testing.T) {
+	e := newEnv(t)
+	_, b, _ := seedThree(t, e)
+	layer := digest.Digest(b.blobs[1])
+	bad := "/blobs/" + string(layer.Algorithm()) + "/" + layer.Encoded()[:2] + "/" + layer.Encoded() + "/data"
+	store := storage.NewDriverStore(badSectors{StorageDriver: e.store.Driver(), bad: bad})
+	col := lifecycle.New(store, e.m.Index, lifecycle.Options{Now: e.m.Clock.Now})
+	r, err := col.Verify(t.Context())
+	if err != nil || r.CorruptBlobs != 1 || !slices.Contains(r.Corrupt, layer) || r.BlobsRemoved != 1 {
+		t.Fatalf("Verify with %s unreadable = %+v, %v; want it corrupt and removed", layer, r, err)
+	}
+	if _, ok, _ := e.m.Index.Blob(layer); ok {
+		t.Error("the unreadable layer's record survived")
+	}
+	e.wantStored(t, false, layer.String())
+	e.wantPull(t, b)
 }

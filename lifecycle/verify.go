@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"syscall"
 
 	"github.com/opencontainers/go-digest"
 
@@ -56,6 +57,13 @@ func (c *Collector) verify(ctx context.Context) (Report, error) {
 		ok, err := c.rehash(ctx, sc.Digest, buf)
 		if errors.Is(err, storage.ErrNotFound) {
 			continue // removed meanwhile
+		}
+		if errors.Is(err, syscall.EIO) {
+			// Unreadable (bad sectors): as useless as corrupt, and
+			// served it fails every client; removed, it is fetched
+			// again. The rest is checked.
+			c.opts.Log.Warn("stored content cannot be read", "digest", sc.Digest, "error", err)
+			ok, err = false, nil
 		}
 		if err != nil {
 			return r, fmt.Errorf("verifying %s: %w", sc.Digest, err)
