@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -17,16 +16,15 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
-	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/opencontainers/go-digest"
 	"go.uber.org/goleak"
 
 	"github.com/docker-mirror/docker-mirror/lifecycle"
 	"github.com/docker-mirror/docker-mirror/storage"
+	"github.com/docker-mirror/docker-mirror/storage/storetest"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
 	"github.com/docker-mirror/docker-mirror/tests/servertest"
 )
@@ -1171,27 +1169,6 @@ func TestEvictAfterCountsPullThroughIndexDuringOutage(t *testing.T) {
 	pullAmd64()
 }
 
-// badSectors is the filesystem driver on a disk whose sectors under one
-// file cannot be read: its reads fail with EIO.
-type badSectors struct {
-	storagedriver.StorageDriver
-	bad string // the driver's path of the unreadable file
-}
-
-func (d badSectors) Reader(ctx context.Context, path string, offset int64) (io.ReadCloser, error) {
-	rc, err := d.StorageDriver.Reader(ctx, path, offset)
-	if err != nil || path != d.bad {
-		return rc, err
-	}
-	rc.Close()
-	return io.NopCloser(failingReader{&fs.PathError{Op: "read", Path: path, Err: syscall.EIO}}), nil
-}
-
-// failingReader's reads fail with its error.
-type failingReader struct{ err error }
-
-func (r failingReader) Read([]byte) (int, error) { return 0, r.err }
-
 // A stored layer that cannot be read (bad sectors: EIO) is reported by
 // verify as corrupt, and the rest checked: verify stopped at it, failing
 // with the read's error, and --repair removed nothing, so the server kept
@@ -1200,8 +1177,9 @@ func TestVerifyUnreadable(t *testing.T) {
 	e := newEnv(t)
 	_, b, _ := seedThree(t, e)
 	layer := digest.Digest(b.blobs[1])
-	bad := "/blobs/" + string(layer.Algorithm()) + "/" + layer.Encoded()[:2] + "/" + layer.Encoded() + "/data"
-	store := storage.NewDriverStore(badSectors{StorageDriver: e.store.Driver(), bad: bad})
+	bad := storetest.NewBadSectors(e.store.Driver())
+	bad.FailBlob(layer)
+	store := storage.NewDriverStore(bad)
 	col := lifecycle.New(store, e.m.Index, lifecycle.Options{Now: e.m.Clock.Now})
 	r, err := col.Verify(t.Context())
 	if err != nil || r.CorruptBlobs != 1 || !slices.Contains(r.Corrupt, layer) || r.BlobsRemoved != 1 {

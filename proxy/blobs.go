@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/opencontainers/go-digest"
 
@@ -80,6 +81,7 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 			}
 			return rc, nil
 		})
+		p.dropUnreadable(ctx, t, dgst, err)
 		if !gone {
 			return err
 		}
@@ -148,6 +150,7 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 				gone = errors.Is(err, storage.ErrNotFound)
 				return rc, err
 			})
+			p.dropUnreadable(ctx, t, dgst, err)
 			if !gone {
 				return err
 			}
@@ -305,6 +308,22 @@ func (p *Proxy) wholeBlob(ctx context.Context, t target, dgst digest.Digest, siz
 		return false, fmt.Errorf("removing blob %s: %w", dgst, err)
 	}
 	return false, nil
+}
+
+// dropUnreadable removes the stored blob dgst if err, the error of
+// serving it, is a read of it that failed (bad sectors: EIO): served, it
+// would be cut short at every pull until verify --repair removed it.
+// Removed, it reads as missing, so that it is fetched again; its client,
+// cut short, asks again.
+func (p *Proxy) dropUnreadable(ctx context.Context, t target, dgst digest.Digest, err error) {
+	if !errors.Is(err, syscall.EIO) {
+		return
+	}
+	p.log.Error("stored blob cannot be read; removing it", "digest", dgst, "error", err)
+	if err := p.store.Delete(context.WithoutCancel(ctx), t.storeRepo(), dgst); err != nil {
+		p.log.Error("removing an unreadable blob", "digest", dgst, "error", err)
+	}
+	p.wholeBlobs.Remove(dgst)
 }
 
 // maxWholeBlobs bounds the blobs wholeBlob remembers as whole.

@@ -1,0 +1,87 @@
+package storetest
+
+import (
+	"context"
+	"io"
+	"io/fs"
+	"path"
+	"strings"
+	"sync"
+	"syscall"
+
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+	"github.com/opencontainers/go-digest"
+)
+
+// BadSectors is a storage driver on a disk whose sectors under one file
+// cannot be read: its reads fail with EIO, as a filesystem's do. Removing
+// the file (or a directory above it) frees the bad sectors: content
+// written there again is read as any other.
+type BadSectors struct {
+	storagedriver.StorageDriver
+
+	mu  sync.Mutex
+	bad string
+}
+
+// NewBadSectors returns d with no bad sectors yet (Fail marks some).
+func NewBadSectors(d storagedriver.StorageDriver) *BadSectors {
+	return &BadSectors{StorageDriver: d}
+}
+
+// Fail makes the reads of the driver's file at p fail with EIO.
+func (d *BadSectors) Fail(p string) {
+	d.mu.Lock()
+	d.bad = p
+	d.mu.Unlock()
+}
+
+// FailBlob makes the reads of the embedded store's copy of dgst fail.
+func (d *BadSectors) FailBlob(dgst digest.Digest) { d.Fail(BlobPath(dgst)) }
+
+// BlobPath is the driver's path of dgst's content in the embedded store
+// (storage.DriverStore).
+func BlobPath(dgst digest.Digest) string {
+	hex := dgst.Encoded()
+	return path.Join("/blobs", string(dgst.Algorithm()), hex[:2], hex, "data")
+}
+
+func (d *BadSectors) isBad(p string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.bad != "" && p == d.bad
+}
+
+// Reader implements storagedriver.StorageDriver.
+func (d *BadSectors) Reader(ctx context.Context, p string, offset int64) (io.ReadCloser, error) {
+	rc, err := d.StorageDriver.Reader(ctx, p, offset)
+	if err != nil || !d.isBad(p) {
+		return rc, err
+	}
+	rc.Close()
+	return io.NopCloser(failingRead{&fs.PathError{Op: "read", Path: p, Err: syscall.EIO}}), nil
+}
+
+// GetContent implements storagedriver.StorageDriver.
+func (d *BadSectors) GetContent(ctx context.Context, p string) ([]byte, error) {
+	if d.isBad(p) {
+		return nil, &fs.PathError{Op: "read", Path: p, Err: syscall.EIO}
+	}
+	return d.StorageDriver.GetContent(ctx, p)
+}
+
+// Delete implements storagedriver.StorageDriver.
+func (d *BadSectors) Delete(ctx context.Context, p string) error {
+	err := d.StorageDriver.Delete(ctx, p)
+	d.mu.Lock()
+	if d.bad == p || strings.HasPrefix(d.bad, p+"/") {
+		d.bad = ""
+	}
+	d.mu.Unlock()
+	return err
+}
+
+// failingRead's reads fail with its error.
+type failingRead struct{ err error }
+
+func (r failingRead) Read([]byte) (int, error) { return 0, r.err }
