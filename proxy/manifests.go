@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/opencontainers/go-digest"
 
@@ -423,8 +424,9 @@ func (p *Proxy) loadManifest(ctx context.Context, t target, dgst digest.Digest) 
 }
 
 // readStored reads the stored manifest dgst, recorded as rec, and checks
-// its bytes against rec's size and the digest: a corrupt copy is removed
-// and reads as missing (storage.ErrNotFound), as does a missing one.
+// its bytes against rec's size and the digest: a corrupt copy, or one
+// that cannot be read, is removed and reads as missing
+// (storage.ErrNotFound), as does a missing one.
 func (p *Proxy) readStored(ctx context.Context, t target, dgst digest.Digest, rec storage.ManifestRecord) (*storedManifest, error) {
 	release, err := p.hold(ctx, dgst)
 	if err != nil {
@@ -432,6 +434,12 @@ func (p *Proxy) readStored(ctx context.Context, t target, dgst digest.Digest, re
 	}
 	body, err := p.readManifest(ctx, t, dgst, rec.Size)
 	release()
+	if errors.Is(err, syscall.EIO) {
+		// Unreadable (bad sectors): as useless as corrupt, and kept it
+		// fails every pull.
+		p.log.Error("stored manifest cannot be read; removing it", "digest", dgst, "repo", t.storeRepo(), "error", err)
+		return nil, p.dropManifest(ctx, t, dgst, fmt.Errorf("stored manifest %s cannot be read (%w)", dgst, err))
+	}
 	if err != nil {
 		return nil, err
 	}

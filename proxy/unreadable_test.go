@@ -13,6 +13,7 @@ import (
 
 	"github.com/docker-mirror/docker-mirror/storage"
 	"github.com/docker-mirror/docker-mirror/storage/storetest"
+	"github.com/docker-mirror/docker-mirror/tests/fixture"
 )
 
 // A stored blob whose reads fail (bad sectors: EIO) is cut short once,
@@ -66,6 +67,30 @@ func TestUnreadableBlobFetchedAgain(t *testing.T) {
 			if code, got, err := get(); code != http.StatusOK || got != string(body) || err != nil {
 				t.Errorf("GET after the stored copy failed a read: %d %v %.200s; want it fetched again", code, err, got)
 			}
+		})
+	}
+}
+
+// A stored manifest whose reads fail (bad sectors: EIO) is removed and
+// fetched again, as a corrupt one is: it was answered 500 at every pull,
+// by digest and by tag, until verify --repair removed it.
+func TestUnreadableManifestFetchedAgain(t *testing.T) {
+	for _, by := range []string{"digest", "tag"} {
+		t.Run(by, func(t *testing.T) {
+			mem, _ := memStore(t)
+			bad := storetest.NewBadSectors(mem.Driver())
+			f := &writesFixture{up: fixture.StartUpstream(t), store: &gatedStore{Store: storage.NewDriverStore(bad)}}
+			f.p, _, f.index = testMirror(t, f.store, f.up.URL())
+			srv := httptest.NewServer(f.p.Handler())
+			defer srv.Close()
+			f.url = srv.URL
+			img := f.up.SeedImage(t, "library/app", "v1", 2, 4<<10)
+			f.request(t, http.MethodGet, "/v2/library/app/manifests/v1", img.Manifest, img.MediaType, "miss")
+			f.waitIdle(t)
+			bad.FailBlob(digest.Digest(img.Digest))
+			ref := map[string]string{"digest": img.Digest, "tag": "v1"}[by]
+			f.request(t, http.MethodGet, "/v2/library/app/manifests/"+ref, img.Manifest, img.MediaType, "")
+			f.request(t, http.MethodGet, "/v2/library/app/manifests/"+ref, img.Manifest, img.MediaType, "")
 		})
 	}
 }
