@@ -304,7 +304,16 @@ func (s *DriverStore) ReadSized(ctx context.Context, repo string, dgst digest.Di
 			return nil, err
 		}
 		defer rc.Close()
-		return ReadAtMost(rc, size)
+		// A read that fails is the store's failure, not content that
+		// ends there: a GET cut mid-body (a connection reset) reads
+		// io.ErrUnexpectedEOF, which ReadAtMost takes for a shorter
+		// file, and its caller for a corrupt copy to remove.
+		src := &readErrs{r: rc}
+		b, err := ReadAtMost(src, size)
+		if src.err != nil {
+			return nil, s.readErr(src.err, dgst)
+		}
+		return b, err
 	}
 	if err := oci.ValidateDigest(dgst); err != nil {
 		return nil, err

@@ -5,12 +5,15 @@ import (
 	"context"
 	"errors"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/aws/aws-sdk-go/aws"
@@ -250,5 +253,61 @@ func TestDriverStoreS3CommitCutLeavesNoUpload(t *testing.T) {
 	}
 	if len(out.Uploads) != 0 {
 		t.Errorf("after a write cut off while completing, the bucket has %d incomplete multipart uploads; want none", len(out.Uploads))
+	}
+}
+
+// cutGets cuts the body of every GET of stored content half way, once
+// armed: the connection closes after half the bytes its Content-Length
+// announced (a connection reset, a load balancer restarting).
+type cutGets struct {
+	next  http.Handler
+	armed atomic.Bool
+}
+
+func (c *cutGets) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet || !c.armed.Load() || !strings.Contains(r.URL.Path, "/blobs/") {
+		c.next.ServeHTTP(w, r)
+		return
+	}
+	rec := httptest.NewRecorder()
+	c.next.ServeHTTP(rec, r)
+	maps.Copy(w.Header(), rec.Header())
+	w.Header().Set("Content-Length", strconv.Itoa(rec.Body.Len()))
+	w.WriteHeader(rec.Code)
+	_, _ = w.Write(rec.Body.Bytes()[:rec.Body.Len()/2])
+	_ = http.NewResponseController(w).Flush()
+	panic(http.ErrAbortHandler)
+}
+
+// A read of stored content whose GET is cut mid-body (a connection reset)
+// fails as the store being unavailable: it returned the bytes before the
+// cut and no error, which the proxy took for a copy cut short on disk, so
+// a manifest hit removed the manifest (with the upstream down, the image
+// was lost) for a transient failure of the bucket.
+func TestDriverStoreS3ReadCutIsUnavailable(t *testing.T) {
+	srv := s3test.Start(t)
+	bucket := srv.NewBucket(t)
+	u, err := url.Parse(srv.Endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cut := &cutGets{next: httputil.NewSingleHostReverseProxy(u)}
+	front := httptest.NewServer(cut)
+	t.Cleanup(front.Close)
+	params := srv.Params(bucket)
+	params["regionendpoint"] = front.URL
+	s, err := storage.OpenDriverStore(t.Context(), "s3aws", params)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := []byte(strings.Repeat(`{"schemaVersion":2}`, 100))
+	d := digest.FromBytes(b)
+	if err := s.Put(t.Context(), "r", d, int64(len(b)), bytes.NewReader(b)); err != nil {
+		t.Fatal(err)
+	}
+	cut.armed.Store(true)
+	got, err := s.ReadSized(t.Context(), "r", d, int64(len(b)))
+	if !errors.Is(err, storage.ErrUnavailable) {
+		t.Errorf("ReadSized of content whose GET was cut = %d of %d bytes, %v; want an error wrapping ErrUnavailable", len(got), len(b), err)
 	}
 }
