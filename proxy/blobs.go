@@ -247,8 +247,8 @@ func (p *Proxy) openStoredBlob(ctx context.Context, t target, dgst digest.Digest
 	case errors.Is(err, storage.ErrNotLocal):
 		size, ok, err = p.storedBlob(ctx, t, dgst)
 		return size, nil, ok, err
-	case errors.Is(err, storage.ErrNotFound):
-		return 0, nil, false, nil
+	case errors.Is(err, storage.ErrNotFound), p.dropUnreadable(ctx, t, dgst, err):
+		return 0, nil, false, nil // fetched again
 	case err != nil:
 		return 0, nil, false, err
 	}
@@ -267,8 +267,8 @@ func (p *Proxy) openStoredBlob(ctx context.Context, t target, dgst digest.Digest
 // (mayServe), and its size.
 func (p *Proxy) storedBlob(ctx context.Context, t target, dgst digest.Digest) (int64, bool, error) {
 	size, err := p.store.Stat(ctx, t.storeRepo(), dgst)
-	if errors.Is(err, storage.ErrNotFound) {
-		return 0, false, nil
+	if errors.Is(err, storage.ErrNotFound) || p.dropUnreadable(ctx, t, dgst, err) {
+		return 0, false, nil // fetched again
 	}
 	if err != nil {
 		return 0, false, err
@@ -311,19 +311,20 @@ func (p *Proxy) wholeBlob(ctx context.Context, t target, dgst digest.Digest, siz
 }
 
 // dropUnreadable removes the stored blob dgst if err, the error of
-// serving it, is a read of it that failed (bad sectors: EIO): served, it
-// would be cut short at every pull until verify --repair removed it.
-// Removed, it reads as missing, so that it is fetched again; its client,
-// cut short, asks again.
-func (p *Proxy) dropUnreadable(ctx context.Context, t target, dgst digest.Digest, err error) {
+// opening or serving it, is a read of it that failed (bad sectors: EIO):
+// kept, it would fail every pull until verify --repair removed it.
+// Removed, it reads as missing, so that it is fetched again (a client cut
+// short mid-body asks again). It reports whether err was such a read.
+func (p *Proxy) dropUnreadable(ctx context.Context, t target, dgst digest.Digest, err error) bool {
 	if !errors.Is(err, syscall.EIO) {
-		return
+		return false
 	}
 	p.log.Error("stored blob cannot be read; removing it", "digest", dgst, "error", err)
 	if err := p.store.Delete(context.WithoutCancel(ctx), t.storeRepo(), dgst); err != nil {
 		p.log.Error("removing an unreadable blob", "digest", dgst, "error", err)
 	}
 	p.wholeBlobs.Remove(dgst)
+	return true
 }
 
 // maxWholeBlobs bounds the blobs wholeBlob remembers as whole.

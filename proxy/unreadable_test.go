@@ -1,12 +1,16 @@
 package proxy
 
 import (
+	"context"
 	"io"
+	"io/fs"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
@@ -91,6 +95,91 @@ func TestUnreadableManifestFetchedAgain(t *testing.T) {
 			ref := map[string]string{"digest": img.Digest, "tag": "v1"}[by]
 			f.request(t, http.MethodGet, "/v2/library/app/manifests/"+ref, img.Manifest, img.MediaType, "")
 			f.request(t, http.MethodGet, "/v2/library/app/manifests/"+ref, img.Manifest, img.MediaType, "")
+		})
+	}
+}
+
+// unopenable is a store whose file of one blob, once armed, cannot be
+// opened or stat'ed (bad sectors under its inode: EIO), until it is
+// removed.
+type unopenable struct {
+	*storage.DriverStore
+	dgst  digest.Digest
+	armed atomic.Bool
+}
+
+func (s *unopenable) eio(dgst digest.Digest) error {
+	if dgst != s.dgst || !s.armed.Load() {
+		return nil
+	}
+	return &fs.PathError{Op: "open", Path: "data", Err: syscall.EIO}
+}
+
+func (s *unopenable) OpenFile(dgst digest.Digest) (storage.File, int64, error) {
+	if err := s.eio(dgst); err != nil {
+		return nil, 0, err
+	}
+	return s.DriverStore.OpenFile(dgst)
+}
+
+func (s *unopenable) Stat(ctx context.Context, repo string, dgst digest.Digest) (int64, error) {
+	if err := s.eio(dgst); err != nil {
+		return 0, err
+	}
+	return s.DriverStore.Stat(ctx, repo, dgst)
+}
+
+func (s *unopenable) Delete(ctx context.Context, repo string, dgst digest.Digest) error {
+	if dgst == s.dgst {
+		s.armed.Store(false)
+	}
+	return s.DriverStore.Delete(ctx, repo, dgst)
+}
+
+// A stored blob whose file cannot be opened or stat'ed (EIO) is removed
+// and fetched again, a GET and a HEAD answered as misses: each was
+// answered 500 at every pull.
+func TestUnopenableBlobFetchedAgain(t *testing.T) {
+	for _, method := range []string{http.MethodGet, http.MethodHead} {
+		t.Run(method, func(t *testing.T) {
+			body := []byte(strings.Repeat("layer bytes ", 1000))
+			d := digest.FromBytes(body)
+			mem, _ := memStore(t)
+			store := &unopenable{DriverStore: mem, dgst: d}
+			p, _, _ := testMirror(t, store, blobUpstream(t, body))
+			srv := httptest.NewServer(p.Handler())
+			defer srv.Close()
+			do := func(method string) (int, string) {
+				t.Helper()
+				req, err := http.NewRequest(method, srv.URL+"/v2/library/app/blobs/"+d.String(), nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer resp.Body.Close()
+				b, err := io.ReadAll(resp.Body)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return resp.StatusCode, string(b)
+			}
+			if code, got := do(http.MethodGet); code != http.StatusOK || got != string(body) {
+				t.Fatalf("first GET: %d %.200s", code, got)
+			}
+			if err := p.WaitIdle(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			store.armed.Store(true)
+			code, got := do(method)
+			if want := map[string]string{http.MethodGet: string(body), http.MethodHead: ""}[method]; code != http.StatusOK || got != want {
+				t.Errorf("%s of a blob whose file cannot be opened: %d %.200s", method, code, got)
+			}
+			if store.armed.Load() {
+				t.Error("the unopenable copy was kept")
+			}
 		})
 	}
 }
