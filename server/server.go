@@ -184,7 +184,7 @@ func New(ctx context.Context, cfg config.Config, opts ...Option) (_ *Server, err
 	if err := s.recordStore(); err != nil {
 		return nil, err
 	}
-	shareRecords(s.Index, s.Store, o.now)
+	shareRecords(cfg, s.Index, s.Store, o.now)
 	if legacy {
 		if ds, ok := s.Store.(*storage.DriverStore); ok {
 			if err := ds.CleanLegacyUploads(ctx); err != nil {
