@@ -184,7 +184,9 @@ func New(ctx context.Context, cfg config.Config, opts ...Option) (_ *Server, err
 	if err := s.recordStore(); err != nil {
 		return nil, err
 	}
-	shareRecords(cfg, s.Index, s.Store, o.now)
+	if err := shareRecords(ctx, cfg, s.Index, s.Store, o.now); err != nil {
+		return nil, err
+	}
 	if legacy {
 		if ds, ok := s.Store.(*storage.DriverStore); ok {
 			if err := ds.CleanLegacyUploads(ctx); err != nil {

@@ -1,6 +1,8 @@
 package server
 
 import (
+	"context"
+	"fmt"
 	"time"
 
 	"github.com/docker-mirror/docker-mirror/config"
@@ -25,9 +27,20 @@ func SharesRecords(cfg config.Config) bool {
 // is one several replicas share (SharesRecords): the index writes them
 // through to the store and reads there what it misses, so a replica
 // serves what another fetched. A filesystem store of one replica keeps
-// them in bbolt only.
-func shareRecords(cfg config.Config, index *storage.Index, store storage.Store, now func() time.Time) {
-	if ds, ok := store.(*storage.DriverStore); ok && (ds.Shared() || SharesRecords(cfg)) {
-		index.ShareRecords(storage.NewDriverRecords(ds.Driver()), now)
+// them in bbolt only. On a shared filesystem the records the index kept
+// only in bbolt before are written to the store first (PublishRecords):
+// an object store's have always been there.
+func shareRecords(ctx context.Context, cfg config.Config, index *storage.Index, store storage.Store, now func() time.Time) error {
+	ds, ok := store.(*storage.DriverStore)
+	if !ok || !ds.Shared() && !SharesRecords(cfg) {
+		return nil
 	}
+	index.ShareRecords(storage.NewDriverRecords(ds.Driver()), now)
+	if ds.Shared() {
+		return nil
+	}
+	if err := index.PublishRecords(ctx); err != nil {
+		return fmt.Errorf("storage: writing the index's records to the shared store: %w", err)
+	}
+	return nil
 }

@@ -689,3 +689,85 @@ func (ix *Index) RecheckPins(ctx context.Context, refs []string) (bool, error) {
 	}
 	return pinned, nil
 }
+
+// keyPublished, in the meta bucket, says that the index's own records
+// have been written to the shared records (PublishRecords).
+var keyPublished = []byte("records-published")
+
+// PublishRecords writes to the shared records every local record of a
+// shared kind they do not hold, once: an index that kept its records in
+// bbolt only (a filesystem store before its replicas shared them, a
+// single mirror made a cluster) would otherwise see them all dropped by
+// its first Refresh (the bucket holds none of them) and the content
+// they kept collected. Later calls do nothing, as does one without
+// shared records.
+func (ix *Index) PublishRecords(ctx context.Context) error {
+	if ix.records == nil {
+		return nil
+	}
+	var done bool
+	err := ix.db.View(func(tx *bolt.Tx) error {
+		if b := tx.Bucket(bucketMeta); b != nil {
+			done = b.Get(keyPublished) != nil
+		}
+		return nil
+	})
+	if err != nil || done {
+		return err
+	}
+	for _, bucket := range sharedKinds {
+		var recs []sharedRecord
+		err := ix.db.View(func(tx *bolt.Tx) error {
+			b := tx.Bucket(bucket)
+			if b == nil {
+				return nil
+			}
+			return b.ForEach(func(k, v []byte) error {
+				recs = append(recs, sharedRecord{bytes.Clone(k), bytes.Clone(v)})
+				return nil
+			})
+		})
+		if err != nil {
+			return err
+		}
+		for _, r := range recs {
+			raw, err := sharedForm(bucket, r.raw)
+			if err != nil {
+				continue // unreadable: not worth sharing (see readable)
+			}
+			_, err = ix.records.Get(ctx, string(bucket), string(r.key))
+			if err == nil {
+				continue // another replica's is as good
+			}
+			if !errors.Is(err, ErrNotFound) {
+				return fmt.Errorf("shared records: reading %s %q: %w", bucket, r.key, err)
+			}
+			if err := ix.records.Put(ctx, string(bucket), string(r.key), raw); err != nil {
+				return fmt.Errorf("shared records: writing %s %q: %w", bucket, r.key, err)
+			}
+		}
+	}
+	return ix.write(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists(bucketMeta)
+		if err != nil {
+			return err
+		}
+		return b.Put(keyPublished, []byte("1"))
+	})
+}
+
+// sharedForm is a local record as the shared records hold it: JSON (a
+// tag's local form may be binary; a link's is empty).
+func sharedForm(bucket, raw []byte) ([]byte, error) {
+	switch string(bucket) {
+	case string(bucketLinks):
+		return []byte("{}"), nil
+	case string(bucketTags):
+		var r TagRecord
+		if err := r.UnmarshalBinary(raw); err != nil {
+			return nil, err
+		}
+		return json.Marshal(r)
+	}
+	return raw, nil
+}

@@ -128,6 +128,18 @@ func (r *replica) start(t *testing.T, ln net.Listener) {
 	go func() { _ = r.hs.Serve(ln) }()
 }
 
+// restart kills the replica and starts it again at the same URL with
+// its data directory.
+func (r *replica) restart(t *testing.T) {
+	t.Helper()
+	r.kill()
+	ln, err := net.Listen("tcp", strings.TrimPrefix(r.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.start(t, ln)
+}
+
 // kill stops a replica abruptly: its listener and every connection close
 // at once, mid-body or not, then its background work ends.
 func (r *replica) kill() {

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/docker-mirror/docker-mirror/config"
 	"github.com/docker-mirror/docker-mirror/server"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
 	"github.com/docker-mirror/docker-mirror/tests/servertest"
@@ -54,5 +55,36 @@ func TestSharedDiskCollectionKeepsAnotherReplicasImage(t *testing.T) {
 		if err := pullImage(ctx, r.url, "library/idle", tag, img); err != nil {
 			t.Errorf("replica %d, upstream down: %v", i, err)
 		}
+	}
+}
+
+// TestSharedDiskUpgradeKeepsRecordedImages: a mirror on a filesystem
+// store, its records in its index only, is made a replica of a cluster on
+// that store (as a shared disk's replicas of a version that did not share
+// them are upgraded): its first collection, hours later, keeps every
+// image it recorded, and serves it with the upstream down.
+func TestSharedDiskUpgradeKeepsRecordedImages(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/old", "v1", 2, 64<<10)
+	clock := servertest.NewClock()
+	rs := startClusterWith(t, 1, up, sharedDir, nil, func(int) []server.Option {
+		return []server.Option{server.WithClock(clock.Now)}
+	}, func(c *config.Config) { c.Cluster = config.Cluster{} })
+	r := rs[0]
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := pullImage(ctx, r.url, "library/old", "v1", img); err != nil {
+		t.Fatal(err)
+	}
+	r.waitIdle(t)
+	r.cfg.Cluster = config.Cluster{Self: r.url, Peers: []string{r.url}}
+	r.restart(t)
+	clock.Advance(3 * time.Hour)
+	if _, err := r.srv.Collector.Collect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	up.Stop()
+	if err := pullImage(ctx, r.url, "library/old", "v1", img); err != nil {
+		t.Errorf("upstream down: %v", err)
 	}
 }
