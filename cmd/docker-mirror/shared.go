@@ -13,13 +13,14 @@ import (
 )
 
 // withSharedCollector runs fn, for gc, verify and ls, on a store several
-// replicas share (S3): the bucket's records are the truth, so the command
+// replicas share (S3, a filesystem store in a cluster: server.SharesRecords):
+// the bucket's records are the truth, so the command
 // reads them into an index of its own in a scratch directory and needs no
 // replica's data directory, nor its lock: it runs beside a running
 // cluster. What it removes it removes from the bucket's records too. It
 // reports false when the store is not shared.
 func withSharedCollector(ctx context.Context, cfg config.Config, opts lifecycle.Options, fn func(*lifecycle.Collector, *storage.Index) error) (bool, error) {
-	if name, _ := cfg.StorageDriver(); !storage.SharedDriver(name) || cfg.Destination.URL != "" {
+	if !server.SharesRecords(cfg) {
 		return false, nil
 	}
 	store, err := server.OpenEmbeddedStore(ctx, cfg, false)

@@ -61,3 +61,61 @@ func TestAdminOnSharedBucket(t *testing.T) {
 		t.Fatalf("after gc and verify the replica answers %s", resp.Status)
 	}
 }
+
+// ls, gc and verify on a shared disk (a filesystem store in a cluster),
+// given the configuration and data directory of a stopped replica that
+// never pulled the image another one serves: they read the records every
+// replica shares, list the image, and remove nothing of it.
+func TestAdminOnSharedDisk(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedMultiArch(t, "library/multi", "v1", fixture.OCI)
+	storage := map[string]map[string]any{"filesystem": {"rootdirectory": t.TempDir()}}
+	peers := []string{"http://127.0.0.1:1", "http://127.0.0.1:2"}
+	ups := []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}
+	m := servertest.StartConfigured(t, ups, func(c *config.Config) {
+		c.Storage, c.Cluster = storage, config.Cluster{Self: peers[0], Peers: peers[:1]}
+	})
+	other := servertest.StartConfigured(t, ups, func(c *config.Config) {
+		c.Storage, c.Cluster = storage, config.Cluster{Self: peers[1], Peers: peers[1:]}
+	})
+	other.Stop()
+	resp, err := http.Get(m.URL() + "/v2/library/multi/manifests/v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	m.WaitIdle()
+
+	raw, err := yaml.Marshal(map[string]any{"data": other.Dir(), "storage": storage,
+		"cluster": map[string]any{"self": peers[1], "peers": peers}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(file, raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out, stderr := runAdmin(t, "ls", "--config", file)
+	if code != 0 || !strings.Contains(out, "docker.io/library/multi:v1") {
+		t.Fatalf("ls on a shared disk: exit %d, %q, %q", code, out, stderr)
+	}
+	for _, cmd := range []string{"gc", "verify"} {
+		code, out, stderr := runAdmin(t, cmd, "--config", file)
+		if code != 0 {
+			t.Fatalf("%s on a shared disk: exit %d, %q, %q", cmd, code, out, stderr)
+		}
+	}
+	up.Stop()
+	for _, p := range []string{"linux/amd64", "linux/arm64", "linux/arm/v7"} {
+		for _, b := range img.BlobsFor(p) {
+			resp, err := http.Get(m.URL() + "/v2/library/multi/blobs/" + b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				t.Errorf("after gc and verify the replica answers %s of %s: %s", b, p, resp.Status)
+			}
+		}
+	}
+}
