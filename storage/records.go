@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -79,6 +80,13 @@ func (r *DriverRecords) Delete(ctx context.Context, kind, key string) error {
 // and a bucket of 100k images holds hundreds of thousands of records.
 const walkReads = 16
 
+// driverTemporary matches the temporary file the filesystem driver's
+// PutContent writes a record to beside its path, then renames into place
+// (path.UUID.tmp): not a record, whether it is being written or a replica
+// killed in between left it (on a shared disk its key would be a tag no
+// upstream has, or a digest that is none).
+var driverTemporary = regexp.MustCompile(`\.[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.tmp$`)
+
 // Walk implements Records. A record deleted while walking is skipped.
 // Records are read several at once; fn is called with one at a time.
 func (r *DriverRecords) Walk(ctx context.Context, kind string, fn func(key string, value []byte) error) error {
@@ -87,7 +95,7 @@ func (r *DriverRecords) Walk(ctx context.Context, kind string, fn func(key strin
 	eg.SetLimit(walkReads)
 	var mu sync.Mutex // fn's
 	err := r.driver.Walk(gctx, root, func(fi storagedriver.FileInfo) error {
-		if fi.IsDir() {
+		if fi.IsDir() || driverTemporary.MatchString(fi.Path()) {
 			return nil
 		}
 		key, err := unescapeKey(strings.TrimPrefix(fi.Path(), root+"/"))

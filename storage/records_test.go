@@ -3,6 +3,7 @@ package storage_test
 import (
 	"encoding/json"
 	"errors"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -184,5 +185,57 @@ func TestIndexRefreshPrunes(t *testing.T) {
 	}
 	if got := b.StoredBytes(); got != 0 {
 		t.Errorf("b holds %d bytes; want the bucket's 0", got)
+	}
+}
+
+// On a filesystem store (a shared disk) the driver writes a record to a
+// temporary file beside it and renames it into place: one a replica
+// killed between the two left behind (or one read before its rename) is
+// not a record. Adopted, it was a tag no upstream has, and a blob record
+// whose key is no digest, which failed every collection of every replica.
+func TestDriverRecordsSkipsInterruptedWritesOnFilesystem(t *testing.T) {
+	ctx := t.Context()
+	dir := t.TempDir()
+	s, err := storage.CreateDriverStore(ctx, "filesystem", map[string]any{"rootdirectory": dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := storage.NewDriverRecords(s.Driver())
+	blob := digest.FromString("layer")
+	tag := storage.TagRecord{Digest: digest.FromString("manifest"), FetchedAt: time.Now()}
+	tagJSON, _ := json.Marshal(tag)
+	blobJSON, _ := json.Marshal(storage.BlobRecord{Size: 5, FetchedAt: time.Now()})
+	if err := r.Put(ctx, "tags", "docker.io/library/idle:v1", tagJSON); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Put(ctx, "blobs", blob.String(), blobJSON); err != nil {
+		t.Fatal(err)
+	}
+	// What the filesystem driver's PutContent leaves when it is cut
+	// between its write and its rename.
+	const leftover = ".0f0e4a57-9c1e-4f0e-8d55-2b8f1b9f4a11.tmp"
+	for p, raw := range map[string][]byte{
+		filepath.Join(dir, "records", "tags", "docker.io", "library", "idle_3Av1"+leftover): tagJSON,
+		filepath.Join(dir, "records", "blobs", "sha256_3A"+blob.Encoded()+leftover):         blobJSON,
+	} {
+		if err := os.WriteFile(p, raw, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for kind, want := range map[string]string{"tags": "docker.io/library/idle:v1", "blobs": blob.String()} {
+		var keys []string
+		if err := r.Walk(ctx, kind, func(k string, _ []byte) error { keys = append(keys, k); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		if len(keys) != 1 || keys[0] != want {
+			t.Errorf("Walk(%s) = %q; want only %q", kind, keys, want)
+		}
+	}
+	ix := openShared(t, r)
+	if err := ix.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if tags, err := ix.Tags("docker.io", "library/idle"); err != nil || len(tags) != 1 || tags[0] != "v1" {
+		t.Errorf("tags after Refresh = %q, %v; want [v1]", tags, err)
 	}
 }
