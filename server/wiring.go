@@ -70,9 +70,22 @@ func OpenStore(ctx context.Context, cfg config.Config, index *storage.Index) (st
 
 // OpenEmbeddedStore opens the embedded store cfg names, for the offline
 // commands: clean removes the leftovers of interrupted writes (as a
-// server does at start); without it nothing in the store changes.
+// server does at start; on a shared disk only those untouched for
+// storage.StaleUpload); without it nothing in the store changes.
 func OpenEmbeddedStore(ctx context.Context, cfg config.Config, clean bool) (*storage.DriverStore, error) {
 	driver, params := cfg.StorageDriver()
+	if clean && driver == "filesystem" && SharesRecords(cfg) {
+		// A shared disk: other replicas may be writing through the
+		// uploads now.
+		s, err := storage.CreateDriverStore(ctx, driver, params)
+		if err != nil {
+			return nil, err
+		}
+		if err := s.CleanStaleUploads(storage.StaleUpload); err != nil {
+			return nil, fmt.Errorf("storage %s: removing interrupted uploads: %w", driver, err)
+		}
+		return s, nil
+	}
 	if clean {
 		return storage.OpenDriverStore(ctx, driver, params)
 	}

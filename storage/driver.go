@@ -151,6 +151,46 @@ func (s *DriverStore) CleanUploads(ctx context.Context) error {
 	return err
 }
 
+// StaleUpload is how long a write in progress on a filesystem several
+// replicas share may go unmodified before a start takes it for one an
+// interrupted replica left (CleanStaleUploads): a write is cut after an
+// hour without progress.
+const StaleUpload = 24 * time.Hour
+
+// CleanStaleUploads removes the temporary files of writes that nothing
+// modified for age, on the filesystem driver (elsewhere it does
+// nothing): on a filesystem several replicas share, a replica starting
+// must leave the others' writes in progress alone.
+func (s *DriverStore) CleanStaleUploads(age time.Duration) error {
+	if s.root == "" {
+		return nil
+	}
+	dir := filepath.Join(s.root, filepath.FromSlash(uploadsRoot))
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	cutoff := time.Now().Add(-age)
+	for _, e := range entries {
+		fi, err := e.Info()
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // done meanwhile
+		}
+		if err != nil {
+			return err
+		}
+		if fi.ModTime().Before(cutoff) {
+			if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // CleanLegacyUploads removes the interrupted uploads older versions left
 // in /_uploads: only the files named as they named them, and the
 // directory if that empties it. Call it only on a store the index proves
