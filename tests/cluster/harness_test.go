@@ -140,6 +140,19 @@ func (r *replica) restart(t *testing.T) {
 	r.start(t, ln)
 }
 
+// restartEmpty kills the replica and starts it again at the same URL
+// with a new, empty data directory (a new pod on the same address).
+func (r *replica) restartEmpty(t *testing.T) {
+	t.Helper()
+	r.kill()
+	ln, err := net.Listen("tcp", strings.TrimPrefix(r.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.cfg.Data = t.TempDir()
+	r.start(t, ln)
+}
+
 // kill stops a replica abruptly: its listener and every connection close
 // at once, mid-body or not, then its background work ends.
 func (r *replica) kill() {

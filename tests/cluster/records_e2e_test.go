@@ -7,9 +7,7 @@ package cluster_test
 
 import (
 	"context"
-	"net"
 	"net/http"
-	"strings"
 	"testing"
 	"time"
 
@@ -55,17 +53,4 @@ func TestEmptyReplicaServesWhatOthersFetched(t *testing.T) {
 			t.Errorf("%s: tag v1: status %d, err %v", r.url, st, err)
 		}
 	}
-}
-
-// restartEmpty kills the replica and starts it again at the same URL
-// with a new, empty data directory (a new pod on the same address).
-func (r *replica) restartEmpty(t *testing.T) {
-	t.Helper()
-	r.kill()
-	ln, err := net.Listen("tcp", strings.TrimPrefix(r.url, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.cfg.Data = t.TempDir()
-	r.start(t, ln)
 }

@@ -88,3 +88,28 @@ func TestSharedDiskUpgradeKeepsRecordedImages(t *testing.T) {
 		t.Errorf("upstream down: %v", err)
 	}
 }
+
+// TestSharedDiskEmptyReplicaServesWhatAnotherFetched: two replicas on one
+// filesystem store; one pulls an image, the upstream goes down, the other
+// comes back with an empty data directory (an emptyDir), and the first
+// dies. The one left serves the image whole from the records the first
+// wrote beside the content, as on a bucket.
+func TestSharedDiskEmptyReplicaServesWhatAnotherFetched(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/empty", "v1", 2, 64<<10)
+	rs := startCluster(t, 2, up, sharedDir, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := pullImage(ctx, rs[0].url, "library/empty", "v1", img); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rs {
+		r.waitIdle(t)
+	}
+	up.Stop()
+	rs[1].restartEmpty(t)
+	rs[0].kill()
+	if err := pullImage(ctx, rs[1].url, "library/empty", "v1", img); err != nil {
+		t.Errorf("upstream down, the other replica gone: %v", err)
+	}
+}
