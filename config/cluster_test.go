@@ -57,6 +57,10 @@ func TestClusterBadValues(t *testing.T) {
 		{sharedStore + "cluster: {self: http://a:5000, peers_dns: 'peers:'}", []string{"cluster.peers_dns", `"peers:"`}},
 		{sharedStore + "cluster: {self: http://a:5000, peers_dns: 'http://peers:5000'}", []string{"cluster.peers_dns", `"http://peers:5000"`}},
 		{"cluster: {self: http://a:5000, peers: [http://b:5000]}", []string{"cluster", "share"}},
+		// A filesystem store without its rootdirectory is under each
+		// replica's own --data, as the default store is.
+		{"storage: {filesystem: {}}\ncluster: {self: http://a:5000, peers: [http://b:5000]}", []string{"cluster", "share", "rootdirectory"}},
+		{"storage: {filesystem: {maxthreads: 100}}\ncluster: {self: http://a:5000, peers: [http://b:5000]}", []string{"cluster", "share", "rootdirectory"}},
 		{sharedStore + "auth: {htpasswd: /etc/htpasswd}\ncluster: {self: http://a:5000, peers: [http://b:5000]}", []string{"cluster.secret_file", "auth.htpasswd"}},
 		{sharedStore + "cluster: {self: http://a:5000, peer: [http://b:5000]}", []string{"cluster.peer", "line"}},
 		// The replica serves HTTPS only: the others cannot reach it at

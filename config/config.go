@@ -929,6 +929,10 @@ func (c Config) validateCluster() error {
 	if len(c.Storage) == 0 && c.Destination.URL == "" {
 		return fmt.Errorf("cluster: replicas need one store they all share (storage: {s3: ...}, or a filesystem rootdirectory on a shared disk); the default store is each replica's own --data")
 	}
+	if fs, ok := c.Storage["filesystem"]; ok && fs["rootdirectory"] == nil && c.Destination.URL == "" {
+		// StorageDriver puts it under --data, each replica's own.
+		return fmt.Errorf("cluster: replicas need one store they all share: storage.filesystem needs a rootdirectory on a shared disk; without one it is each replica's own --data")
+	}
 	if c.Auth.Htpasswd != "" && !c.Auth.AnonymousPull && cl.SecretFile == "" {
 		return fmt.Errorf("cluster.secret_file: needed with auth.htpasswd (unless auth.anonymous_pull): replicas fetch from each other in the background, without a client's credentials")
 	}
