@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"time"
 
@@ -18,7 +19,9 @@ import (
 // the store and the index (with their links), except content within the
 // grace period or claimed by the proxy. Content is marked from the roots
 // (tags, mirror records, pins) through the manifests read from the store:
-// an index's children, and each image's config and layers.
+// an index's children, and each image's config and layers. A manifest the
+// index links that cannot be read keeps what its repositories hold, and is
+// logged (keepUnreadable).
 func (c *Collector) Collect(ctx context.Context) (Report, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -48,6 +51,14 @@ type marker struct {
 	// (refresh); stale says marks were added since it was listed.
 	missing []int32
 	stale   bool
+	// index and log serve keepUnreadable: unread counts the entries of
+	// g.unreadable it has looked at, reported the manifests it reported,
+	// repos the repositories whose content it keeps.
+	index    *storage.Index
+	log      *slog.Logger
+	unread   int
+	reported idSet
+	repos    map[string]bool
 }
 
 // has reports whether d is marked.
@@ -97,7 +108,67 @@ func (mk *marker) mark(ctx context.Context, roots *storage.RootSet) error {
 			err = mk.walkDigest(ctx, d)
 		}
 	})
-	return err
+	if err != nil {
+		return err
+	}
+	return mk.keepUnreadable()
+}
+
+// keepUnreadable keeps everything linked to the repositories of a marked
+// manifest that cannot be read though the index links it (its file lost:
+// a rename a crash undid; or not matching its digest: a bad sector). Read
+// as naming nothing, it would lose its children and layers with it, an
+// image still tagged, even pinned: what it named is not known without
+// its bytes, and what was fetched for its repositories is a superset the
+// index knows. It is reported once a pass; verify --repair removes it, so
+// the next pull fetches it again, and its content is then referenced as
+// any image's. A manifest an index lists that was never fetched (another
+// platform's) is linked nowhere: nothing more is kept for it. Each
+// repository is read once a pass.
+func (mk *marker) keepUnreadable() error {
+	if mk.index == nil {
+		return nil
+	}
+	found := mk.g.unreadable[mk.unread:]
+	mk.unread = len(mk.g.unreadable)
+	for _, id := range found {
+		n := mk.g.nodes[id]
+		if mk.reported.has(id) || !mk.marked.manifests.has(id) || n == nil || !(n.missing || n.corrupt) {
+			continue // reported, or read since (refresh)
+		}
+		mk.reported.add(id)
+		d := mk.g.ids.digest(id)
+		holders, err := mk.index.Holders(d)
+		if err != nil {
+			return err
+		}
+		if len(holders) == 0 {
+			continue
+		}
+		state := "missing from the store"
+		if n.corrupt {
+			state = "not matching its digest"
+		}
+		mk.log.Warn("a cached manifest cannot be read: what its repositories hold is kept; run verify --repair to remove it, and the next pull fetches it again",
+			"digest", d, "manifest", state, "repositories", holders)
+		for _, h := range holders {
+			if mk.repos[h] {
+				continue
+			}
+			if mk.repos == nil {
+				mk.repos = map[string]bool{}
+			}
+			mk.repos[h] = true
+			if err := mk.index.LinkedTo(h, func(b []byte) {
+				if id, ok := mk.g.ids.idBytes(b); ok {
+					mk.marked.blobs.add(id)
+				}
+			}); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // walkDigest marks what the root d keeps, unless it is dropped or not a
@@ -156,7 +227,7 @@ func (mk *marker) refresh(ctx context.Context) error {
 	if !mk.stale {
 		mk.missing = still
 	}
-	return nil
+	return mk.keepUnreadable()
 }
 
 // update marks, before a batch is swept, the roots recorded since the
@@ -237,6 +308,8 @@ func (c *Collector) collect(ctx context.Context, table *storage.ContentTable, dr
 		g:     newIDGraph(g, ids),
 		drop:  drop,
 		roots: view.Roots,
+		index: c.index,
+		log:   c.opts.Log,
 	}
 	g.referrers = nil // numbered in mk.g
 	mk.holder, _ = c.opts.Guard.(Holder)

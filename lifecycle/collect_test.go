@@ -3,6 +3,10 @@ package lifecycle_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -12,6 +16,8 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/docker-mirror/docker-mirror/lifecycle"
+	"github.com/docker-mirror/docker-mirror/storage"
+	"github.com/docker-mirror/docker-mirror/tests/fixture"
 )
 
 // gateGuard is a Guard that runs at once, before the first claim of a
@@ -236,4 +242,71 @@ func TestCollectSparesContentAcquiredAfterMarking(t *testing.T) {
 	}
 	e.wantStored(t, true, junk[0].String())
 	e.wantStored(t, false, junk[1].String())
+}
+
+// An image whose root manifest cannot be read from the store (its file
+// lost: a rename a power cut undid; or not matching its digest: a bad
+// sector) while the index still records it, tagged and pinned, keeps its
+// content: the collection removed all of it, its children and layers, as
+// if nothing named them. It is reported, verify --repair removes the
+// root, and the next pull fetches only the root again. An image no root
+// names is still collected.
+func TestCollectKeepsImageWhoseRootCannotBeRead(t *testing.T) {
+	e := newEnv(t)
+	a, b, c := seedThree(t, e)
+	ctx := t.Context()
+	if err := e.m.Index.DeleteTag("docker.io", "library/b", "v1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.m.Index.DeleteFill("docker.io", "library/b", digest.Digest(b.digest)); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.m.Index.Pin("docker.io/library/a:v1", storage.PinRecord{PinnedAt: e.m.Clock.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(filepath.Dir(e.path(a.digest))); err != nil { // a's index
+		t.Fatal(err)
+	}
+	flipByte(t, e.path(c.digest)) // c's image manifest
+
+	var logged strings.Builder
+	col := e.collector(lifecycle.Options{Log: slog.New(slog.NewTextHandler(&logged, nil))})
+	r, err := col.Collect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.ManifestsRemoved != 1 || r.BlobsRemoved != len(b.blobs) {
+		t.Errorf("Collect = %+v; want b's manifest and its %d blobs removed, nothing else", r, len(b.blobs))
+	}
+	e.wantStored(t, false, b.content()...)
+	for _, im := range []image{a, c} {
+		var rest []string
+		for _, d := range im.content() {
+			if d != im.digest {
+				rest = append(rest, d)
+			}
+		}
+		e.wantStored(t, true, rest...)
+	}
+	for _, d := range []string{a.digest, c.digest} {
+		if !strings.Contains(logged.String(), d) || !strings.Contains(logged.String(), "verify --repair") {
+			t.Errorf("the log does not name %s and the repair: %s", d, logged.String())
+		}
+	}
+
+	// Repaired, then pulled: only the roots are fetched again.
+	if _, err := col.Verify(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.up.ResetCounts()
+	for _, im := range []image{a, c} {
+		e.pull(t, im)
+		e.wantPull(t, im)
+	}
+	if n := e.up.Count(http.MethodGet, fixture.KindBlob); n != 0 {
+		t.Errorf("the pulls after the repair fetched %d blobs again", n)
+	}
+	if r, err := col.Collect(ctx); err != nil || r.ManifestsRemoved+r.BlobsRemoved != 0 {
+		t.Errorf("Collect after the repair = %+v, %v; want nothing removed", r, err)
+	}
 }

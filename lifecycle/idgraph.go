@@ -226,10 +226,13 @@ type idGraph struct {
 	nodes map[int32]*idNode
 	// referrers: g.referrers by identifier.
 	referrers map[int32][]int32
-	// details: the nodes keep whether they are corrupt, an index's
-	// children's platforms (interned in platforms) and, if keepConfig,
+	// details: the nodes keep an index's children's platforms (interned in platforms) and, if keepConfig,
 	// the config (what the image model shows; a collection does not).
 	details, keepConfig bool
+	// unreadable lists the manifests load found missing or corrupt, as
+	// it read them (marker.keepUnreadable); a manifest read again is
+	// listed again.
+	unreadable []int32
 	// mu guards platforms, and nodes while loadAhead runs.
 	mu        sync.Mutex
 	platforms storage.Interner
@@ -258,12 +261,15 @@ func (ig *idGraph) load(ctx context.Context, id int32) (*idNode, error) {
 	}
 	n := ig.number(p)
 	ig.nodes[id] = n
+	if n.missing || n.corrupt {
+		ig.unreadable = append(ig.unreadable, id)
+	}
 	return n, nil
 }
 
 // number is the node read as p, its digests numbered.
 func (ig *idGraph) number(p *node) *idNode {
-	n := &idNode{missing: p.missing}
+	n := &idNode{missing: p.missing, corrupt: p.corrupt}
 	if len(p.manifests) > 0 {
 		n.manifests = make([]int32, len(p.manifests))
 		for i, d := range p.manifests {
@@ -279,7 +285,6 @@ func (ig *idGraph) number(p *node) *idNode {
 	if !ig.details {
 		return n
 	}
-	n.corrupt = p.corrupt
 	var d nodeDetail
 	if len(p.platforms) > 0 {
 		d.platforms = make([]childPlatform, 0, len(p.platforms))

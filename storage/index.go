@@ -298,6 +298,20 @@ func (ix *Index) Holders(dgst digest.Digest) ([]string, error) {
 	return out, err
 }
 
+// LinkedTo calls fn with each digest linked to the upstream repository
+// holder ("host/repo"), in key order: everything fetched for it. dgst is
+// valid during the call only.
+func (ix *Index) LinkedTo(holder string, fn func(dgst []byte)) error {
+	prefix := []byte(holder + "@")
+	return ix.db.View(func(tx *bolt.Tx) error {
+		c := linkRecordsOf(tx).Cursor()
+		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+			fn(k[len(prefix):])
+		}
+		return nil
+	})
+}
+
 func get[T any](tx *bolt.Tx, bucket, key []byte) (T, bool, error) {
 	var v T
 	raw := tx.Bucket(bucket).Get(key)
