@@ -67,6 +67,9 @@ type Server struct {
 	background sync.WaitGroup
 	// scanned is closed once Start's full read of the index has ended.
 	scanned chan struct{}
+	// damaged receives the error of a background read that found the
+	// index damaged (storage.ErrDamaged): Serve stops with it.
+	damaged chan error
 	// stopTagReads ends what watchPasses began (Close).
 	stopTagReads context.CancelFunc
 }
@@ -140,7 +143,7 @@ func New(ctx context.Context, cfg config.Config, opts ...Option) (_ *Server, err
 	for _, opt := range opts {
 		opt(&o)
 	}
-	s := &Server{cfg: cfg, opts: o, scanned: make(chan struct{})}
+	s := &Server{cfg: cfg, opts: o, scanned: make(chan struct{}), damaged: make(chan error, 1)}
 	if cfg.TLSCert != "" {
 		if s.certs, err = newCertReloader(cfg.TLSCert, cfg.TLSKey, o.log); err != nil {
 			return nil, err
@@ -278,7 +281,13 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 	s.background.Go(func() {
 		defer close(s.scanned)
-		if err := s.Proxy.ResumeFills(ctx); err != nil && ctx.Err() == nil {
+		err := s.Proxy.ResumeFills(ctx)
+		switch {
+		case errors.Is(err, storage.ErrDamaged):
+			// A page the open does not read: the start is refused
+			// all the same, only later (Serve).
+			s.failDamaged(err)
+		case err != nil && ctx.Err() == nil:
 			s.opts.log.Error("resuming interrupted fills; they resume on the next pull or restart", "error", err)
 		}
 	})
@@ -290,6 +299,16 @@ func (s *Server) Start(ctx context.Context) error {
 		s.background.Go(func() { s.Proxy.RunSync(ctx, syncOf(s.cfg), time.Duration(s.cfg.Sync.Interval)) })
 	}
 	return nil
+}
+
+// failDamaged stops Serve with err, an index found damaged in the
+// background: serving on, each read of the page would fail, and a pass
+// of the lifecycle reading it would end the process.
+func (s *Server) failDamaged(err error) {
+	select {
+	case s.damaged <- err:
+	default: // one is enough
+	}
 }
 
 // syncOf is the configured sync.
@@ -347,7 +366,8 @@ func (s *Server) Scanned() <-chan struct{} { return s.scanned }
 
 // Serve starts the server's background work and the cache lifecycle, and
 // answers on ln until ctx ends, then shuts down gracefully within the
-// configured timeout. A value on hup (SIGHUP) reloads the TLS certificate
+// configured timeout; it shuts down too, and returns the error, when a
+// read in the background finds the index damaged (storage.ErrDamaged). A value on hup (SIGHUP) reloads the TLS certificate
 // and the htpasswd file; the htpasswd file is also reloaded when it
 // changes.
 func (s *Server) Serve(ctx context.Context, ln net.Listener, hup <-chan os.Signal) error {
@@ -401,10 +421,14 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, hup <-chan os.Signa
 		defer t.Stop()
 		authTicks = t.C
 	}
+	var failed error // the index found damaged
 	for {
 		select {
 		case err := <-errc:
 			return err
+		case err := <-s.damaged:
+			failed = err
+			cancel() // shut down as at ctx's end, and end with err
 		case <-hup:
 			if certs != nil {
 				if err := certs.reload(); err != nil {
@@ -425,9 +449,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, hup <-chan os.Signa
 			sctx, cancel := context.WithTimeout(context.Background(), time.Duration(cfg.ShutdownTimeout))
 			defer cancel()
 			if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-				return err
+				return errors.Join(failed, err)
 			}
-			return nil
+			return failed
 		}
 	}
 }

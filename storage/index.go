@@ -220,6 +220,10 @@ func (ix *Index) RecoverDamaged(err *error) {
 	}
 }
 
+// ErrDamaged is the error of an index on whose page bbolt panicked (see
+// RecoverDamaged): it cannot be used further.
+var ErrDamaged = errors.New("damaged")
+
 // damaged is the error of an index at path on whose page bbolt panicked
 // with r, called in the deferred function that recovered r; a panic
 // elsewhere is panicked again.
@@ -229,7 +233,7 @@ func damaged(path string, r any) error {
 	for {
 		f, more := frames.Next()
 		if strings.HasPrefix(f.Function, "go.etcd.io/bbolt.") || strings.HasPrefix(f.Function, "go.etcd.io/bbolt/") {
-			return fmt.Errorf("index %s is damaged (%v): %s", path, r, indexRemedy)
+			return fmt.Errorf("index %s is %w (%v): %s", path, ErrDamaged, r, indexRemedy)
 		}
 		if !more {
 			panic(r)

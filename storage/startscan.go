@@ -65,8 +65,10 @@ func (ix *Index) RememberLinks(ctx context.Context) error {
 
 // scanAtStart reads the fill records (fills), and the links and the tags
 // (links), in one read transaction and installs what it read in the
-// memos.
-func (ix *Index) scanAtStart(ctx context.Context, fills, links bool) ([]FillEntry, error) {
+// memos. A damaged page it comes upon (the open reads none of these
+// buckets) is an ErrDamaged, not a panic in the server's background.
+func (ix *Index) scanAtStart(ctx context.Context, fills, links bool) (_ []FillEntry, err error) {
+	defer ix.RecoverDamaged(&err)
 	// A start reads them right after the open (in the background): not
 	// beside the watcher's first walk, which would skip the releases.
 	ix.mapped.waitFirstRelease()
@@ -80,7 +82,7 @@ func (ix *Index) scanAtStart(ctx context.Context, fills, links bool) ([]FillEntr
 	var incomplete []FillEntry
 	var complete, linked []uint64
 	var tags *tagTableBuilder
-	err := ix.db.View(func(tx *bolt.Tx) error {
+	err = ix.db.View(func(tx *bolt.Tx) error {
 		rel := ix.releaser(tx) // a read of every record: see releaser
 		defer rel.done()
 		var err error
@@ -206,8 +208,10 @@ func (ix *Index) ResumeTags() { ix.tags.resume() }
 // RememberTags reads every tag for the tag memo (TagHit), as the start's
 // full read does; nothing on a shared index, or while the memo is
 // released (ReleaseTags, until ResumeTags: it stops if released during
-// it). It waits for the mapped-page watcher's first release.
-func (ix *Index) RememberTags(ctx context.Context) error {
+// it). It waits for the mapped-page watcher's first release. A damaged
+// page is an ErrDamaged, as in ScanAtStart.
+func (ix *Index) RememberTags(ctx context.Context) (err error) {
+	defer ix.RecoverDamaged(&err)
 	if ix.records != nil {
 		return nil // the memo is off (ShareRecords)
 	}
@@ -215,7 +219,7 @@ func (ix *Index) RememberTags(ctx context.Context) error {
 	ix.tags.beginScan()
 	defer ix.tags.endScan()
 	var b *tagTableBuilder
-	err := ix.db.View(func(tx *bolt.Tx) error {
+	err = ix.db.View(func(tx *bolt.Tx) error {
 		rel := ix.releaser(tx) // a read of every record: see releaser
 		defer rel.done()
 		var err error

@@ -368,14 +368,18 @@ func TestAdminInterruptedExits130(t *testing.T) {
 	}
 }
 
-// A page of the index damaged after the start read it (bad sectors, a
-// block a filesystem's repair zeroed) makes ls, gc and verify say in one
-// line that the index is damaged, naming it, as they do of one damaged
-// where the open reads: not a panic with a stack trace. Each bucket's
-// root page is damaged in turn (the pages open reads are refused there).
-func TestAdminDamagedIndex(t *testing.T) {
-	dir, _, _ := dataDir(t)
-	index := filepath.Join(dir, "index.db")
+// pageDamager writes an index with one of its pages damaged (a disk's
+// bad sectors, a block a filesystem's repair zeroed).
+type pageDamager struct {
+	index string
+	whole []byte
+	// pages are the buckets' root pages (those not inline), by name.
+	pages map[string]uint64
+}
+
+// bucketPageDamager reads the index at index, closed, to damage it.
+func bucketPageDamager(t *testing.T, index string) *pageDamager {
+	t.Helper()
 	whole, err := os.ReadFile(index)
 	if err != nil {
 		t.Fatal(err)
@@ -384,7 +388,7 @@ func TestAdminDamagedIndex(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pages := map[string]uint64{} // bucket: its root page (not inline)
+	pages := map[string]uint64{}
 	err = db.View(func(tx *bolt.Tx) error {
 		return tx.ForEach(func(name []byte, b *bolt.Bucket) error {
 			if root := b.Root(); root != 0 {
@@ -397,15 +401,33 @@ func TestAdminDamagedIndex(t *testing.T) {
 	if err != nil || len(pages) == 0 {
 		t.Fatalf("bucket root pages %v: %v", pages, err)
 	}
+	return &pageDamager{index: index, whole: whole, pages: pages}
+}
+
+// write writes the index as read, with page pg damaged.
+func (d *pageDamager) write(t *testing.T, pg uint64) {
+	t.Helper()
 	pageSize := uint64(os.Getpagesize())
-	for name, pg := range pages {
-		b := bytes.Clone(whole)
-		for i := pg * pageSize; i < (pg+1)*pageSize; i++ {
-			b[i] = 0xA5
-		}
-		if err := os.WriteFile(index, b, 0o600); err != nil {
-			t.Fatal(err)
-		}
+	b := bytes.Clone(d.whole)
+	for i := pg * pageSize; i < (pg+1)*pageSize; i++ {
+		b[i] = 0xA5
+	}
+	if err := os.WriteFile(d.index, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A page of the index damaged after the start read it (bad sectors, a
+// block a filesystem's repair zeroed) makes ls, gc and verify say in one
+// line that the index is damaged, naming it, as they do of one damaged
+// where the open reads: not a panic with a stack trace. Each bucket's
+// root page is damaged in turn (the pages open reads are refused there).
+func TestAdminDamagedIndex(t *testing.T) {
+	dir, _, _ := dataDir(t)
+	index := filepath.Join(dir, "index.db")
+	damage := bucketPageDamager(t, index)
+	for name, pg := range damage.pages {
+		damage.write(t, pg)
 		for _, cmd := range []string{"ls", "verify", "gc"} {
 			func() {
 				defer func() {

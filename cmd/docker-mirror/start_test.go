@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"math/big"
 	"net"
 	"net/http"
@@ -19,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/opencontainers/go-digest"
 
 	"github.com/docker-mirror/docker-mirror/storage"
 )
@@ -178,5 +181,64 @@ func TestHangupDuringStartDoesNotKill(t *testing.T) {
 		"--upstream", "http://127.0.0.1:1", "--config", cfg)
 	if code != 1 || !strings.Contains(stderr, "AccessDenied") {
 		t.Errorf("exit %d, %q; want the bucket's refusal", code, stderr)
+	}
+}
+
+// A page of the tags, links or fill records damaged (a disk's bad
+// sectors, a block a filesystem's repair zeroed) passes the index's open;
+// the start's full read of them, in the background, met it with a panic in
+// bbolt, and serve died right after starting with a stack trace. serve now
+// stops, saying in one line that the index is damaged, naming it and what
+// to do, as a start does of one damaged where the open reads.
+func TestServeDamagedIndex(t *testing.T) {
+	dir, img, _ := dataDir(t)
+	index := filepath.Join(dir, "index.db")
+	// The image in more repositories: its tags, links and fill records
+	// then fill pages of their own (a few are kept inline in their
+	// bucket's parent).
+	ix, err := storage.OpenIndex(index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, _, err := ix.Manifest(digest.Digest(img.Digest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 64 {
+		repo := fmt.Sprint("library/copy", i)
+		if err := ix.RecordManifest(storage.ManifestEntry{Upstream: "docker.io", Repo: repo, Digest: digest.Digest(img.Digest), Record: rec, Tag: "v1",
+			Fill: &storage.FillRecord{Upstream: "docker.io", Repo: repo, State: storage.FillComplete}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := ix.Close(); err != nil {
+		t.Fatal(err)
+	}
+	damage := bucketPageDamager(t, index)
+	tried := 0
+	for _, name := range []string{"tags", "links", "mirrors"} {
+		pg, ok := damage.pages[name]
+		if !ok {
+			continue // inline in its parent: no page of its own
+		}
+		tried++
+		damage.write(t, pg)
+		// (The deadline only bounds a serve that does not stop: it
+		// then exits 0, and fails below.)
+		ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+		code, _, stderr := runCmd(t, ctx, "serve", "--listen", "127.0.0.1:0", "--data", dir, "--upstream", "http://127.0.0.1:1")
+		cancel()
+		var damaged []string
+		for _, l := range strings.Split(stderr, "\n") {
+			if strings.Contains(l, index+" is damaged") && strings.Contains(l, "move it aside") {
+				damaged = append(damaged, l)
+			}
+		}
+		if code != 1 || len(damaged) != 1 || strings.Contains(stderr, "goroutine ") {
+			t.Errorf("serve with bucket %s's page %d damaged: exit %d, %q; want exit 1 and one line saying %s is damaged", name, pg, code, stderr, index)
+		}
+	}
+	if tried != 3 {
+		t.Fatalf("not all of the tags, links and fill records have a page of their own: %v", damage.pages)
 	}
 }
