@@ -228,13 +228,14 @@ type Policy struct {
 // p.MaxSize; wakes that come during a pass make one more pass, and are
 // ignored while the last pass could not get the store under p.MaxSize,
 // until the next tick), until ctx ends. See Pass. Evictions are logged;
-// failures are logged and do not stop it.
-func (c *Collector) Run(ctx context.Context, ticks <-chan time.Time, wake <-chan struct{}, p Policy) {
+// failures are logged and do not stop it, but for an index found damaged
+// (storage.ErrDamaged), which it returns: each pass would meet it again.
+func (c *Collector) Run(ctx context.Context, ticks <-chan time.Time, wake <-chan struct{}, p Policy) error {
 	stuck := false // the last pass left the store over p.MaxSize
 	for {
 		select {
 		case <-ctx.Done():
-			return
+			return nil
 		case <-ticks:
 		case <-wake:
 			if stuck {
@@ -243,6 +244,9 @@ func (c *Collector) Run(ctx context.Context, ticks <-chan time.Time, wake <-chan
 		}
 		r, err := c.Pass(ctx, p)
 		stuck = err == nil && p.MaxSize > 0 && r.StoredAfter > p.MaxSize
+		if errors.Is(err, storage.ErrDamaged) {
+			return err
+		}
 		if err != nil {
 			if ctx.Err() == nil {
 				c.opts.Log.Warn("cache eviction and collection failed", "error", err)
@@ -266,8 +270,10 @@ func (c *Collector) Run(ctx context.Context, ticks <-chan time.Time, wake <-chan
 // or if the last collection by Pass that succeeded is p.CollectEvery old
 // (a failed one is tried again on the next pass). The eviction
 // reads the index and the images' manifests; the collection lists the
-// whole store.
-func (c *Collector) Pass(ctx context.Context, p Policy) (Report, error) {
+// whole store. A damaged page of the index it reads is an error
+// (storage.ErrDamaged), not a panic in the server's background.
+func (c *Collector) Pass(ctx context.Context, p Policy) (_ Report, err error) {
+	defer c.index.RecoverDamaged(&err)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	now := c.opts.Now()

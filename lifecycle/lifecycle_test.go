@@ -1191,3 +1191,26 @@ func TestVerifyUnreadable(t *testing.T) {
 	e.wantStored(t, false, layer.String())
 	e.wantPull(t, b)
 }
+
+// A page of the index damaged while the server runs (bad sectors under
+// it) made the periodic pass's read of the index panic in bbolt, in the
+// lifecycle's goroutine: the server died with a stack trace. Run now ends
+// with the error, saying the index is damaged, naming it and what to do.
+func TestRunEndsOnDamagedIndex(t *testing.T) {
+	e := newEnv(t)
+	seedThree(t, e)
+	path := e.m.Index.Path()
+	pg, ok := fixture.BucketPages(t, path)["blobs"]
+	if !ok {
+		t.Fatal("the blobs bucket has no page of its own")
+	}
+	fixture.DamagePage(t, path, pg)
+	col := e.collector(lifecycle.Options{})
+	ticks := make(chan time.Time)
+	done := make(chan error, 1)
+	go func() { done <- col.Run(t.Context(), ticks, nil, lifecycle.Policy{}) }()
+	ticks <- time.Time{}
+	if err := <-done; !errors.Is(err, storage.ErrDamaged) || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "move it aside") {
+		t.Fatalf("Run on a damaged index = %v; want it to end saying %s is damaged, and what to do", err, path)
+	}
+}

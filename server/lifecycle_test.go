@@ -2,14 +2,20 @@ package server
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/opencontainers/go-digest"
+
 	"github.com/docker-mirror/docker-mirror/config"
+	"github.com/docker-mirror/docker-mirror/storage"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
 )
 
@@ -110,5 +116,41 @@ func TestLifecycleWakesOnMaxSize(t *testing.T) {
 	}
 	if got := s.Index.StoredBytes(); got > int64(cfg.MaxSize) {
 		t.Errorf("stored %d bytes, over the limit %d", got, int64(cfg.MaxSize))
+	}
+}
+
+// A page of the index damaged while the server runs, which a pass of the
+// lifecycle comes upon, stops Serve with the error saying so (the pass
+// panicked in the lifecycle's goroutine, and the process died with a
+// stack trace).
+func TestLifecycleMeetingADamagedIndexStopsServe(t *testing.T) {
+	cfg := config.Default()
+	cfg.Data = t.TempDir()
+	cfg.Upstream = "http://127.0.0.1:1"
+	s, err := New(t.Context(), cfg, WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	for i := range 50 {
+		if err := s.Index.RecordBlob("docker.io", "library/a", digest.FromString(fmt.Sprint(i)), 10, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pg, ok := fixture.BucketPages(t, s.Index.Path())["blobs"]
+	if !ok {
+		t.Fatal("the blobs have no page of their own")
+	}
+	fixture.DamagePage(t, s.Index.Path(), pg)
+	ticks := make(chan time.Time, 1)
+	ticks <- time.Time{}
+	s.runLifecycle(t.Context(), ticks) // returns once the pass found the damage
+	select {
+	case err := <-s.damaged:
+		if !errors.Is(err, storage.ErrDamaged) || !strings.Contains(err.Error(), s.Index.Path()) {
+			t.Fatalf("Serve is stopped with %v; want the index named damaged", err)
+		}
+	default:
+		t.Fatal("the damaged index does not stop Serve")
 	}
 }

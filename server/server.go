@@ -345,7 +345,12 @@ func (s *Server) watchPasses(ctx context.Context, h *gchold.Hold, tags tagMemory
 			case <-idle:
 			}
 			debug.FreeOSMemory()
-			if err := tags.RememberTags(ctx); err != nil && ctx.Err() == nil {
+			err := tags.RememberTags(ctx)
+			if errors.Is(err, storage.ErrDamaged) {
+				s.failDamaged(err)
+				return
+			}
+			if err != nil && ctx.Err() == nil {
 				s.opts.log.Warn("reading the tags for the index's memo after a pass; hits look them up meanwhile", "error", err)
 			}
 		}
@@ -506,5 +511,7 @@ func (s *Server) runLifecycle(ctx context.Context, ticks <-chan time.Time) {
 		})
 		defer s.Index.OnGrow(nil)
 	}
-	s.Collector.Run(ctx, ticks, wake, policy)
+	if err := s.Collector.Run(ctx, ticks, wake, policy); err != nil {
+		s.failDamaged(err)
+	}
 }

@@ -1,6 +1,7 @@
 package storage_test
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/docker-mirror/docker-mirror/storage"
+	"github.com/docker-mirror/docker-mirror/tests/fixture"
 )
 
 const (
@@ -535,5 +537,24 @@ func TestOpenIndexDamaged(t *testing.T) {
 	}()
 	if panicked != nil {
 		t.Fatalf("OpenIndex of a damaged index panicked: %v", panicked)
+	}
+}
+
+// A page of the tags damaged while the server runs (bad sectors under
+// it) made the read of the tags for the memo after a pass panic in bbolt,
+// in the server's background: the process died with a stack trace. It is
+// now an ErrDamaged naming the index and what to do.
+func TestRememberTagsDamaged(t *testing.T) {
+	ix := newIndex(t)
+	for i := range 50 {
+		recordTag(t, ix, hub, "a", fmt.Sprint("t", i), digest.FromString(fmt.Sprint(i)), t0)
+	}
+	pg, ok := fixture.BucketPages(t, ix.Path())["tags"]
+	if !ok {
+		t.Fatal("the tags have no page of their own")
+	}
+	fixture.DamagePage(t, ix.Path(), pg)
+	if err := ix.RememberTags(t.Context()); !errors.Is(err, storage.ErrDamaged) || !strings.Contains(err.Error(), ix.Path()) || !strings.Contains(err.Error(), "move it aside") {
+		t.Fatalf("RememberTags with the tags' page damaged = %v; want it to say %s is damaged, and what to do", err, ix.Path())
 	}
 }

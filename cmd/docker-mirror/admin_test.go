@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/docker-mirror/docker-mirror/gchold"
 	"github.com/docker-mirror/docker-mirror/lifecycle"
@@ -368,53 +367,32 @@ func TestAdminInterruptedExits130(t *testing.T) {
 	}
 }
 
-// pageDamager writes an index with one of its pages damaged (a disk's
-// bad sectors, a block a filesystem's repair zeroed).
+// pageDamager writes an index with one of its pages damaged, the others
+// as they were.
 type pageDamager struct {
 	index string
 	whole []byte
-	// pages are the buckets' root pages (those not inline), by name.
+	// pages are the buckets' root pages (fixture.BucketPages).
 	pages map[string]uint64
 }
 
-// bucketPageDamager reads the index at index, closed, to damage it.
+// bucketPageDamager reads the index at index to damage it.
 func bucketPageDamager(t *testing.T, index string) *pageDamager {
 	t.Helper()
 	whole, err := os.ReadFile(index)
 	if err != nil {
 		t.Fatal(err)
 	}
-	db, err := bolt.Open(index, 0o600, &bolt.Options{ReadOnly: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pages := map[string]uint64{}
-	err = db.View(func(tx *bolt.Tx) error {
-		return tx.ForEach(func(name []byte, b *bolt.Bucket) error {
-			if root := b.Root(); root != 0 {
-				pages[string(name)] = uint64(root)
-			}
-			return nil
-		})
-	})
-	db.Close()
-	if err != nil || len(pages) == 0 {
-		t.Fatalf("bucket root pages %v: %v", pages, err)
-	}
-	return &pageDamager{index: index, whole: whole, pages: pages}
+	return &pageDamager{index: index, whole: whole, pages: fixture.BucketPages(t, index)}
 }
 
 // write writes the index as read, with page pg damaged.
 func (d *pageDamager) write(t *testing.T, pg uint64) {
 	t.Helper()
-	pageSize := uint64(os.Getpagesize())
-	b := bytes.Clone(d.whole)
-	for i := pg * pageSize; i < (pg+1)*pageSize; i++ {
-		b[i] = 0xA5
-	}
-	if err := os.WriteFile(d.index, b, 0o600); err != nil {
+	if err := os.WriteFile(d.index, d.whole, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	fixture.DamagePage(t, d.index, pg)
 }
 
 // A page of the index damaged after the start read it (bad sectors, a
