@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -16,7 +14,6 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/docker-mirror/docker-mirror/oci"
-	"github.com/docker-mirror/docker-mirror/proxy/errcode"
 	"github.com/docker-mirror/docker-mirror/proxy/upstream"
 	"github.com/docker-mirror/docker-mirror/storage"
 )
@@ -411,28 +408,6 @@ func (p *Proxy) artifactTag(ctx context.Context, t target, tag string, h http.He
 		}
 	}
 	return p.manifestByTag(ctx, t, tag, h, tagOptions{})
-}
-
-// artifactTagOffline turns err, a client's cosign tag (sha256-<hex>.sig,
-// .att, .sbom) failed for want of the upstream (down), into a 404 if the
-// mirror holds the tag's subject in t, whose artifacts its fill looked
-// for (storeReferrers): the tag was absent then, and is not held. cosign
-// reads a 404 as "none" (tree, verify of an image without an
-// attestation); a 503 would fail it. Any other err is returned as it is.
-func (p *Proxy) artifactTagOffline(t target, tag string, err error) error {
-	var ue *upstream.Error
-	if !errors.As(err, &ue) || !ue.Temporary() || ue.Status == http.StatusTooManyRequests || !p.referrersFor(t) {
-		return err
-	}
-	name, suffix, ok := strings.Cut(tag, ".")
-	if !ok || !slices.Contains(cosignSuffixes, suffix) || !isFallbackTag(name) {
-		return err
-	}
-	alg, hex, _ := strings.Cut(name, "-")
-	if linked, lerr := p.index.Linked(t.host(), t.repo, digest.Digest(alg+":"+hex)); lerr != nil || !linked {
-		return err // never mirrored: what it has is unknown
-	}
-	return errcode.Wrap(errcode.ManifestUnknown, err, "%s: no such tag when the mirror looked (the upstream cannot be asked now)", tag)
 }
 
 // storeArtifact stores an artifact: its manifest, and its blobs or, for

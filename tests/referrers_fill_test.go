@@ -747,27 +747,3 @@ func TestTagPullRechecksItsPlatformsOnce(t *testing.T) {
 		t.Errorf("%d requests for the platform manifest's signature tag on one warm pull, want 1", n)
 	}
 }
-
-// With the upstream down, a cosign tag of a mirrored image that the fill
-// looked for and did not find (an image without a signature, or without
-// an attestation) is answered 404 MANIFEST_UNKNOWN, as the upstream
-// answered it: cosign (tree, verify) reads that as "none", not as a
-// failure. Before, it was 503: the mirror forgot the tag was absent.
-func TestMissingCosignTagOfMirroredImageOffline(t *testing.T) {
-	up := fixture.StartUpstream(t)
-	s := seedSignedImage(t, up)
-	m := servertest.Start(t, up.URL())
-	cranePull(t, ref(t, m, "signed:1"), remote.WithPlatform(linuxAMD64))
-	m.WaitIdle()
-	up.Stop()
-	u := m.URL() + "/v2/signed/manifests/"
-	for _, tag := range []string{cosignTag(s.ma.Digest, "att"), cosignTag(s.ma.Digest, "sbom"), cosignTag(s.ma.Platforms["linux/arm64"].Digest, "sig")} {
-		wantError(t, get(t, u+tag), http.StatusNotFound, "MANIFEST_UNKNOWN")
-	}
-	// What it has is still served; a tag of an image never mirrored is
-	// not known absent.
-	wantManifest(t, get(t, u+cosignTag(s.ma.Digest, "sig")), s.sig.raw, oci.MediaTypeOCIManifest)
-	if r := get(t, u+cosignTag(s.ma.Platforms["windows/amd64"].Digest, "sig")); r.status == http.StatusNotFound {
-		t.Errorf("the cosign tag of a platform never mirrored, the upstream down: %d, want no answer of absence", r.status)
-	}
-}
