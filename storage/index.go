@@ -226,19 +226,44 @@ var ErrDamaged = errors.New("damaged")
 
 // damaged is the error of an index at path on whose page bbolt panicked
 // with r, called in the deferred function that recovered r; a panic
-// elsewhere is panicked again.
+// elsewhere is panicked again. The frame that panicked decides, not the
+// frames under it: a reader's function bbolt calls (ForEach, View) has
+// bbolt's frames under it, and its panic is a bug, not damage.
 func damaged(path string, r any) error {
 	pcs := make([]uintptr, 64)
-	frames := runtime.CallersFrames(pcs[:runtime.Callers(3, pcs)]) // the panicking frames
+	frames := runtime.CallersFrames(pcs[:runtime.Callers(3, pcs)])
+	inPanic := false
 	for {
 		f, more := frames.Next()
-		if strings.HasPrefix(f.Function, "go.etcd.io/bbolt.") || strings.HasPrefix(f.Function, "go.etcd.io/bbolt/") {
+		switch {
+		case f.Function == "runtime.gopanic":
+			inPanic = true // the frames after it panicked
+		case !inPanic || stdlibFunc(f.Function):
+			// Not yet the panicking frames, or the runtime's (a fault,
+			// an index out of range) and the standard library's called
+			// by the code that panicked.
+		case strings.HasPrefix(f.Function, "go.etcd.io/bbolt.") || strings.HasPrefix(f.Function, "go.etcd.io/bbolt/"):
 			return fmt.Errorf("index %s is %w (%v): %s", path, ErrDamaged, r, indexRemedy)
+		default:
+			panic(r)
 		}
 		if !more {
 			panic(r)
 		}
 	}
+}
+
+// stdlibFunc reports whether a frame's function (runtime.Frame.Function)
+// is the standard library's: its package path's first element has no
+// dot ("runtime.sigpanic", "internal/bytealg.Compare"), where a module's
+// has one ("go.etcd.io/bbolt.(*Cursor).search"); but for a command's
+// package main ("main.gcCommand.func1").
+func stdlibFunc(name string) bool {
+	if i := strings.Index(name, "/"); i >= 0 {
+		return !strings.Contains(name[:i], ".")
+	}
+	pkg, _, _ := strings.Cut(name, ".")
+	return pkg != "main"
 }
 
 // recordSize reads the size of a blob or manifest record as this index

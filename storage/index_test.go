@@ -558,3 +558,23 @@ func TestRememberTagsDamaged(t *testing.T) {
 		t.Fatalf("RememberTags with the tags' page damaged = %v; want it to say %s is damaged, and what to do", err, ix.Path())
 	}
 }
+
+// A panic of a reader's own code, called by the index from inside a
+// transaction (a bug in a pass's callback), is not taken for a damaged
+// index: RecoverDamaged found bbolt's frames under it, and gc, verify and
+// ls said the index was damaged, telling the operator to move it aside
+// (and so lose its pins and records), where the bug's stack was due.
+func TestRecoverDamagedRepanicsOthers(t *testing.T) {
+	ix := newIndex(t)
+	recordTag(t, ix, hub, "a", "1", digest.FromString("1"), t0)
+	var err error
+	defer func() {
+		if r := recover(); r != "a bug, not damage" {
+			t.Fatalf("a reader's own panic under a read of the index: recovered %v, error %v; want it panicked again", r, err)
+		}
+	}()
+	func() {
+		defer ix.RecoverDamaged(&err)
+		err = ix.ReadTagDigests(func(key, d []byte) { panic("a bug, not damage") })
+	}()
+}
