@@ -151,7 +151,10 @@ func (ix *Index) update(fn func(tx *bolt.Tx, b *budget) error) (held time.Durati
 	committed := false
 	defer func() {
 		if !committed {
-			_ = tx.Rollback() // fn failed or panicked
+			// fn failed or panicked, or the commit panicked (bbolt on a
+			// damaged page, recovered: RecoverDamaged): the write lock
+			// is let go, or nothing could write or close the index.
+			_ = tx.Rollback()
 			region.End()
 		}
 	}()
@@ -163,8 +166,9 @@ func (ix *Index) update(fn func(tx *bolt.Tx, b *budget) error) (held time.Durati
 	}
 	p.work = lim.now().Sub(start)
 	p.reads = ix.db.Stats().OpenTxN
+	err = tx.Commit() // a failure rolls back
 	committed = true
-	if err = tx.Commit(); err != nil {
+	if err != nil {
 		region.End()
 		unlocked = lim.now()
 	}

@@ -1,6 +1,7 @@
 package storage_test
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/docker-mirror/docker-mirror/storage"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
@@ -577,4 +579,67 @@ func TestRecoverDamagedRepanicsOthers(t *testing.T) {
 		defer ix.RecoverDamaged(&err)
 		err = ix.ReadTagDigests(func(key, d []byte) { panic("a bug, not damage") })
 	}()
+}
+
+// A write whose commit comes upon a damaged index (a bucket naming as its
+// page one bbolt has freed: bad sectors) is refused as damaged, and lets
+// go of the index's write lock: bbolt panicked inside the commit, past
+// the rollback, and the index, recovered by RecoverDamaged, could not be
+// closed (gc and verify said nothing, hanging in the Close after it).
+func TestDamagedPageInCommitUnlocks(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "index.db")
+	ix := openIndex(t, path)
+	for i := range 30 {
+		recordTag(t, ix, hub, "a", fmt.Sprint("t", i), digest.FromString(fmt.Sprint(i)), t0)
+	}
+	must(t, ix.Close())
+	db, err := bolt.Open(path, 0o600, nil)
+	must(t, err)
+	var root, freed uint64
+	err = db.View(func(tx *bolt.Tx) error {
+		root = uint64(tx.Bucket([]byte("tags")).Root())
+		for id := 2; ; id++ {
+			info, err := tx.Page(id)
+			if err != nil || info == nil {
+				return err
+			}
+			if info.Type == "free" && freed == 0 {
+				freed = uint64(id)
+			}
+		}
+	})
+	must(t, db.Close())
+	must(t, err)
+	b, err := os.ReadFile(path)
+	must(t, err)
+	// A freed page that held a leaf (an older version of one).
+	ps := uint64(os.Getpagesize())
+	for ; freed*ps < uint64(len(b)); freed++ {
+		h := b[freed*ps:]
+		if binary.LittleEndian.Uint64(h) == freed && binary.LittleEndian.Uint16(h[8:]) == 0x02 {
+			break
+		}
+	}
+	if root == 0 || freed*ps >= uint64(len(b)) {
+		t.Fatalf("tags bucket's page %d, a freed leaf %d: nothing to damage", root, freed)
+	}
+	// The tags bucket names the freed page as its own: a write to it
+	// frees it again at the commit.
+	old := append([]byte("tags"), binary.LittleEndian.AppendUint64(nil, root)...)
+	n := strings.Count(string(b), string(old))
+	b = []byte(strings.ReplaceAll(string(b), string(old), "tags"+string(binary.LittleEndian.AppendUint64(nil, freed))))
+	if n == 0 {
+		t.Fatal("the tags bucket's header not found")
+	}
+	must(t, os.WriteFile(path, b, 0o600))
+
+	ix = openIndex(t, path)
+	func() {
+		defer ix.RecoverDamaged(&err)
+		recordTag(t, ix, hub, "a", "new", digest.FromString("new"), t0)
+	}()
+	if err == nil || !strings.Contains(err.Error(), "damaged") {
+		t.Errorf("a write committing to a damaged index: %v, want it said damaged", err)
+	}
+	must(t, ix.Close()) // hangs on a write lock held
 }
