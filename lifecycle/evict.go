@@ -70,6 +70,7 @@ func (c *Collector) evict(ctx context.Context, maxSize int64, evictAfter time.Du
 	if err != nil {
 		return r, false, err
 	}
+	c.logVictims(p)
 	if !c.opts.DryRun {
 		longest, err = c.unrootVictims(p.m, p.victims)
 		r.LongestWrite = max(r.LongestWrite, longest)
@@ -285,10 +286,7 @@ func (c *Collector) plan(ctx context.Context, maxSize int64, evictAfter time.Dur
 	p.m, p.victims = m, victims
 	p.evicted.grow(len(victims))
 	for _, i := range victims {
-		im := m.image(i)
-		p.evicted.add(im)
-		c.opts.Log.Info("evicting cached image", "image", im.Name(), "tags", im.Tags, "digest", im.Digest,
-			"size", im.Size, "last_pull", im.LastPull, "dry_run", c.opts.DryRun)
+		p.evicted.add(m.image(i))
 		for _, root := range m.roots(i) {
 			if id := m.entries[root].id; m.refs[id] == 0 {
 				p.dropped.addID(m.ids, id)
@@ -296,6 +294,17 @@ func (c *Collector) plan(ctx context.Context, maxSize int64, evictAfter time.Dur
 		}
 	}
 	return p, nil
+}
+
+// logVictims logs the victims of the plan chosen last: not in plan,
+// whose choice an eviction on a shared bucket may make again (evict),
+// sparing a victim it had logged.
+func (c *Collector) logVictims(p *evictPlan) {
+	for _, i := range p.victims {
+		im := p.m.image(i)
+		c.opts.Log.Info("evicting cached image", "image", im.Name(), "tags", im.Tags, "digest", im.Digest,
+			"size", im.Size, "last_pull", im.LastPull, "dry_run", c.opts.DryRun)
+	}
 }
 
 // fullNames are the model's repository names as Image.Name gives them.

@@ -1,10 +1,12 @@
 package lifecycle_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -13,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -410,4 +413,63 @@ func TestEvictImageKeepsWhatAnotherReplicaRecorded(t *testing.T) {
 	ea.wantStored(t, true, baseD)
 	up.Stop()
 	eb.wantPull(t, y)
+}
+
+// pulledMeanwhile is shared records in which another replica pulls an
+// image (its manifest dgst, at at) once armed: what an eviction reads
+// again of its victims' pull times (Get) sees the pull; what it read
+// before (Walk) did not.
+type pulledMeanwhile struct {
+	storage.Records
+	dgst atomic.Pointer[string]
+	at   time.Time
+}
+
+func (r *pulledMeanwhile) Get(ctx context.Context, kind, key string) ([]byte, error) {
+	if d := r.dgst.Load(); d != nil && kind == "access" && key == *d {
+		return json.Marshal(r.at)
+	}
+	return r.Records.Get(ctx, kind, key)
+}
+
+// An eviction on a shared bucket that chose again, a victim pulled on
+// another replica meanwhile, logs as evicted only the images it evicts:
+// it logged the first choice's victims too, the image it spared said
+// evicted in the log the operator reads to learn why an image went.
+func TestReplannedEvictionLogsOnlyItsVictims(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	root := t.TempDir()
+	records := &pulledMeanwhile{Records: storage.NewDriverRecords(inmemory.New())}
+	m := servertest.StartWithStore(t, up.URL(), func(ix *storage.Index) (storage.Store, error) {
+		ix.ShareRecords(records, nil)
+		return storage.OpenDriverStore(context.Background(), "filesystem", map[string]any{"rootdirectory": root})
+	})
+	e := &env{up: up, m: m, store: m.Store.(*storage.DriverStore)}
+	b := single("library/b", "v1", up.SeedImage(t, "library/b", "v1", 2, 8<<10))
+	c := single("library/c", "v1", up.SeedImage(t, "library/c", "v1", 2, 8<<10))
+	b.repo, c.repo = "b", "c"
+	for _, im := range []image{b, c} {
+		e.pull(t, im)
+		e.m.Clock.Advance(time.Hour)
+	}
+	// b, pulled first, is the victim of an eviction to below the size
+	// held, until its pulls are read again.
+	records.at = e.m.Clock.Now()
+	records.dgst.Store(&b.digest)
+	var logs bytes.Buffer
+	col := e.collector(lifecycle.Options{Log: slog.New(slog.NewTextHandler(&logs, nil))})
+	r, err := col.Evict(t.Context(), e.m.Index.StoredBytes()-1, 0, e.m.Clock.Now())
+	if err != nil || r.ImagesEvicted != 1 || string(r.Evicted[0].Digest) != c.digest {
+		t.Fatalf("evict: %+v, %v; want c evicted, b pulled meanwhile", r, err)
+	}
+	logged := false
+	for _, line := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(line, "evicting cached image") && strings.Contains(line, b.digest) {
+			t.Errorf("the image the eviction spared logged as evicted: %s", line)
+		}
+		logged = logged || strings.Contains(line, "evicting cached image") && strings.Contains(line, c.digest)
+	}
+	if !logged {
+		t.Errorf("the image evicted not logged so:\n%s", logs.String())
+	}
 }
