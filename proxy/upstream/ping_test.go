@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"context"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -645,5 +646,61 @@ func TestUnreadableTokenNotUnreachable(t *testing.T) {
 		if st := c.State(); st.Unreachable {
 			t.Errorf("%s: State: Unreachable, want not: the upstream answered (last error %q)", repo, st.LastError)
 		}
+	}
+}
+
+// TestOpenPingThenChallengedBeforeCredentialsTaken: an upstream whose
+// ping was answered 200 (a maintenance page in front of it, answering 503
+// to the rest) and that challenges for a token once it is back, with
+// credentials it had not taken yet, gets one at the next pull. Before,
+// that pull held the first login's turn for its request of them as Basic,
+// and the handshake that heeded the challenge waited for that turn, its
+// own: the pull hung for the handshake's minute and failed, and every
+// other pull with it.
+func TestOpenPingThenChallengedBeforeCredentialsTaken(t *testing.T) {
+	clock := newFakeClock()
+	var back atomic.Bool
+	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		switch {
+		case !back.Load():
+			w.WriteHeader(http.StatusServiceUnavailable)
+		case req.URL.Path == "/token":
+			if u, pw, ok := req.BasicAuth(); !ok || u != "bot" || pw != "pw" {
+				w.WriteHeader(http.StatusUnauthorized)
+				return
+			}
+			fmt.Fprint(w, `{"token":"t"}`)
+		case req.Header.Get("Authorization") == "Bearer t":
+			w.WriteHeader(http.StatusOK)
+		default:
+			challenge(w, req, "repository:library/x:pull")
+		}
+	}, func(w http.ResponseWriter, req *http.Request) {
+		if back.Load() {
+			bearerPing(w, req)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	})
+	c := r.client(t, WithClock(clock.Now), WithAuth(&authn.Basic{Username: "bot", Password: "pw"}))
+	if _, err := c.HeadManifest(t.Context(), "library/x", v1); err == nil {
+		t.Fatal("HEAD under maintenance: no error, want its 503")
+	}
+	back.Store(true)
+	clock.Advance(time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second) // a bound on the test, not a timing
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.HeadManifest(ctx, "library/x", v1)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("HEAD once the upstream is back: %v", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("HEAD once the upstream is back still waiting after 30s: its handshake waits for the login's turn it holds itself")
 	}
 }

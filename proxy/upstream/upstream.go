@@ -1276,18 +1276,20 @@ func (c *Client) doWarming(ctx context.Context, repo string, req *http.Request, 
 		return nil, err
 	}
 	var answered bool // by the upstream, to the request sent (login)
+	release := func() {}
 	if sendsBasic(t) {
 		// Our credentials go with the request: the first to send them
 		// goes alone until the upstream has taken them (login), and
 		// its refusal, if any, is recorded before the others go.
-		release, err := c.login(ctx, c.basicCreds(ctx, t))
+		r, err := c.login(ctx, c.basicCreds(ctx, t))
 		if err != nil {
 			if ctx.Err() == nil {
 				c.noteAnswer(nil, err)
 			}
 			return nil, err
 		}
-		defer func() { release(answered) }()
+		release = sync.OnceFunc(func() { r(answered) })
+		defer release()
 	}
 	if warm > 0 {
 		c.Warm(warm)
@@ -1302,7 +1304,12 @@ func (c *Client) doWarming(ctx context.Context, repo string, req *http.Request, 
 	}
 	if err == nil && c.challenged(repo, t, resp) {
 		// Sent once more, after a handshake that heeds the challenge.
+		// The challenge answered our credentials, not refusing them:
+		// the login's turn ends before that handshake, which takes one
+		// of its own (authorize) and would wait for this one.
 		resp.Body.Close()
+		answered = true
+		release()
 		if t, err = c.transport(ctx, repo); err == nil {
 			resp, err = c.send(ctx, t, req, r)
 		}
