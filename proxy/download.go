@@ -199,6 +199,10 @@ type download struct {
 	// joined the download, waiting for it without having started it:
 	// its bytes are their progress too.
 	followers map[*idleClock]int
+	// queued: the download waits for its upstream's budget; paused holds
+	// the resumes of its followers' clocks, paused meanwhile (queue).
+	queued bool
+	paused map[*idleClock]func()
 }
 
 // follow counts the download's progress as that of the work ctx belongs
@@ -213,14 +217,45 @@ func (dl *download) follow(ctx context.Context) (unfollow func()) {
 		dl.followers = map[*idleClock]int{}
 	}
 	dl.followers[c]++
+	if dl.queued && dl.paused[c] == nil {
+		dl.paused[c] = c.pause()
+	}
 	dl.mu.Unlock()
 	return sync.OnceFunc(func() {
 		dl.mu.Lock()
 		if dl.followers[c]--; dl.followers[c] == 0 {
 			delete(dl.followers, c)
+			if resume := dl.paused[c]; resume != nil {
+				resume()
+				delete(dl.paused, c)
+			}
 		}
 		dl.mu.Unlock()
 	})
+}
+
+// queue pauses the clocks of the work waiting for the download while it
+// waits its turn for its upstream's budget, until the func it returns is
+// called: that of ctx, the download's (and of the work that started it),
+// and of its followers, those now and those joining meanwhile. Waiting
+// its turn is not idleness.
+func (dl *download) queue(ctx context.Context) (resume func()) {
+	own := pauseIdle(ctx)
+	dl.mu.Lock()
+	dl.queued, dl.paused = true, map[*idleClock]func(){}
+	for c := range dl.followers {
+		dl.paused[c] = c.pause()
+	}
+	dl.mu.Unlock()
+	return func() {
+		dl.mu.Lock()
+		for _, r := range dl.paused {
+			r()
+		}
+		dl.queued, dl.paused = false, nil
+		dl.mu.Unlock()
+		own()
+	}
 }
 
 // progressed tells the download's followers that it progressed.
@@ -756,8 +791,7 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 		// Another replica fetched it: read it from the store instead.
 		body, size, err = p.openStored(ctx, t, dl.dgst)
 	} else {
-		// Waiting its turn is not idleness.
-		resume := pauseIdle(ctx)
+		resume := dl.queue(ctx)
 		release, berr := p.acquireBudget(ctx, t, dl)
 		resume()
 		if berr != nil {

@@ -401,3 +401,39 @@ func TestFillCutForNoProgressSaysSo(t *testing.T) {
 		}
 	})
 }
+
+// The mirror of an image waiting for layers that fetching ahead queued
+// for the upstream's connection budget is not cut for the time they wait
+// there: two images pulled over a budget of one connection, each of two
+// 83-minute blobs, the second's waiting almost three hours for the
+// first's; both mirrors complete. Before, the budget's wait paused the
+// clock of the download and of the fetching ahead that started it, not
+// of the mirror waiting for it, which saw no progress and was cut at the
+// hour, the image left partial.
+func TestFillNotCutWhileItsDownloadsAreQueued(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+		imgs := map[string]ggcrv1.Image{"a": pushImage(t, reg, "library/a:1", 1), "b": pushImage(t, reg, "library/b:1", 1)}
+		p := transportMirror(t, trickling{inProcess{reg}}, nil, WithFillTimeout(time.Hour), WithUpstreamConnections(1))
+		defer p.Close()
+		for _, name := range []string{"a", "b"} {
+			rec := httptest.NewRecorder()
+			p.Handler().ServeHTTP(rec, httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/v2/library/"+name+"/manifests/1", nil))
+			if rec.Code != http.StatusOK {
+				t.Fatalf("GET %s's manifest: %d %s", name, rec.Code, rec.Body)
+			}
+			synctest.Wait()
+		}
+		time.Sleep(8 * time.Hour)
+		synctest.Wait()
+		for name, img := range imgs {
+			d, err := img.Digest()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rec, ok, err := p.index.Fill(DefaultHost, "library/"+name, digest.Digest(d.String())); err != nil || !ok || rec.State != storage.FillComplete {
+				t.Errorf("fill record of %s: %+v %v %v, want complete", name, rec, ok, err)
+			}
+		}
+	})
+}
