@@ -801,6 +801,29 @@ func TestRewrittenCredentialsTriedAtOnce(t *testing.T) {
 			}
 		}
 	})
+	t.Run("put right while refused", func(t *testing.T) {
+		// The file is put right while the token server refuses the
+		// typo: the refusal is of the typo, the one sent, not of the
+		// password read after.
+		kc := &rotatingKeychain{}
+		kc.password.Store("typo")
+		rt := newRotatingToken("pw", "t1")
+		r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+			if _, pw, _ := req.BasicAuth(); req.URL.Path == "/token" && pw == "typo" {
+				kc.password.Store("pw")
+			}
+			rt.serve(w, req)
+		}, bearerPing)
+		c := r.client(t, WithClock(newFakeClock().Now), WithKeychain(kc))
+		if _, err := c.HeadManifest(t.Context(), "library/x", v1); !errors.Is(err, ErrAuth) {
+			t.Fatalf("a mistyped password: %v, want ErrAuth", err)
+		}
+		for _, repo := range []string{"library/y", "library/x"} {
+			if _, err := c.HeadManifest(t.Context(), repo, v1); err != nil {
+				t.Errorf("%s with the password put right: %v", repo, err)
+			}
+		}
+	})
 	t.Run("rotated", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			const n = 6

@@ -375,7 +375,7 @@ func (c *Client) transport(ctx context.Context, repo string) (http.RoundTripper,
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 		defer cancel()
 		t, err := c.handshake(ctx, repo)
-		if errors.Is(err, ErrAuth) {
+		if errors.Is(err, ErrAuth) && !c.refusedWith(repo, err) {
 			c.refuse(repo, nil, err, c.credsNow(ctx))
 		}
 		if err != nil {
@@ -388,6 +388,15 @@ func (c *Client) transport(ctx context.Context, repo string) (http.RoundTripper,
 		return nil, err
 	}
 	return v.(http.RoundTripper), nil
+}
+
+// refusedWith reports whether repo's refusal is err itself, recorded
+// (authorize) with the credentials sent: those of now may be others (a
+// password_file put right meanwhile), never sent, and are not refused.
+func (c *Client) refusedWith(repo string, err error) bool {
+	var e *Error
+	ref, ok := c.refused.Peek(repo)
+	return ok && errors.As(err, &e) && ref.err == error(e)
 }
 
 // refusedNow returns the refusal of repo, or of our credentials
