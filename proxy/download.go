@@ -787,6 +787,7 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 	defer unlease()
 	var body io.ReadCloser
 	var size int64
+	releaseBudget := func() {}
 	if fromStore {
 		// Another replica fetched it: read it from the store instead.
 		body, size, err = p.openStored(ctx, t, dl.dgst)
@@ -798,7 +799,8 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 			fail(berr)
 			return
 		}
-		defer release()
+		releaseBudget = sync.OnceFunc(release)
+		defer releaseBudget()
 		body, size, err = t.up.Blob(tracingRequested(ctx), t.repo, dl.dgst, 0)
 	}
 	noteRequested(ctx)
@@ -921,6 +923,10 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 	// from now on get its length, and the ranges they ask for.
 	dl.update(func() { dl.size, dl.written, dl.verified = n, n, true })
 	endStream()
+	// Done with the upstream: its turn goes to the next download, not
+	// held while the store takes the blob (a registry destination's
+	// commit, waited for as long as the fill timeout allows).
+	releaseBudget()
 	if !fromStore {
 		// Readers have every byte now; the store's fsyncs and the
 		// record's commit wait until the other downloads are done.

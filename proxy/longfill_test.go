@@ -437,3 +437,45 @@ func TestFillNotCutWhileItsDownloadsAreQueued(t *testing.T) {
 		}
 	})
 }
+
+// A blob whose store hangs (a registry destination that never answers
+// its upload's commit, waited for as long as the fill timeout allows)
+// does not hold its upstream's connection budget meanwhile: its download
+// is over. An image pulled after one whose layer's store hangs, over a
+// budget of one connection, is mirrored at once. Before, its blobs
+// queued behind the hung store for the fill timeout's hour.
+func TestHungStoreDoesNotHoldTheBudget(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+		a := pushImage(t, reg, "library/a:1", 1)
+		b := pushImage(t, reg, "library/b:1", 1)
+		layers, err := a.Layers()
+		if err != nil {
+			t.Fatal(err)
+		}
+		layer, err := layers[0].Digest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		mem, _ := memStore(t)
+		p := transportMirror(t, inProcess{reg}, hungPutStore{mem, digest.Digest(layer.String())}, WithFillTimeout(time.Hour), WithUpstreamConnections(1))
+		defer p.Close()
+		for _, name := range []string{"a", "b"} {
+			rec := httptest.NewRecorder()
+			p.Handler().ServeHTTP(rec, httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/v2/library/"+name+"/manifests/1", nil))
+			if rec.Code != http.StatusOK {
+				t.Fatalf("GET %s's manifest: %d %s", name, rec.Code, rec.Body)
+			}
+			synctest.Wait()
+		}
+		time.Sleep(10 * time.Minute) // the synctest bubble's clock
+		synctest.Wait()
+		d, err := b.Digest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rec, ok, err := p.index.Fill(DefaultHost, "library/b", digest.Digest(d.String())); err != nil || !ok || rec.State != storage.FillComplete {
+			t.Errorf("fill record of b, 10 minutes after a's layer's store hung: %+v %v %v, want complete", rec, ok, err)
+		}
+	})
+}
