@@ -824,6 +824,32 @@ func TestRewrittenCredentialsTriedAtOnce(t *testing.T) {
 			}
 		}
 	})
+	t.Run("put right while its renewal refused", func(t *testing.T) {
+		// As above, at the renewal of an expired token.
+		kc := &rotatingKeychain{}
+		kc.password.Store("pw")
+		rt := newRotatingToken("pw", "t1")
+		r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+			if _, pw, _ := req.BasicAuth(); req.URL.Path == "/token" && pw == "typo" {
+				kc.password.Store("pw")
+			}
+			rt.serve(w, req)
+		}, bearerPing)
+		c := r.client(t, WithClock(newFakeClock().Now), WithKeychain(kc))
+		if _, err := c.HeadManifest(t.Context(), "library/x", v1); err != nil {
+			t.Fatal(err)
+		}
+		kc.password.Store("typo")
+		rt.token.Store("t2") // t1 expired
+		if _, err := c.HeadManifest(t.Context(), "library/x", v1); !errors.Is(err, ErrAuth) {
+			t.Fatalf("a mistyped password at the renewal: %v, want ErrAuth", err)
+		}
+		for _, repo := range []string{"library/y", "library/x"} {
+			if _, err := c.HeadManifest(t.Context(), repo, v1); err != nil {
+				t.Errorf("%s with the password put right: %v", repo, err)
+			}
+		}
+	})
 	t.Run("rotated", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			const n = 6

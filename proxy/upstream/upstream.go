@@ -969,12 +969,18 @@ func (t tokenLimits) RoundTrip(req *http.Request) (*http.Response, error) {
 		case http.StatusOK:
 			t.c.loggedIn.Store(&creds)
 		case http.StatusUnauthorized:
-			t.c.refuse(t.repo, nil, t.c.newError(KindPing, "registry ping", resp.StatusCode, ErrAuth, nil, "upstream %s refused our credentials", t.c.host), creds)
+			t.c.refuse(t.repo, nil, t.c.newError(KindPing, "registry ping", resp.StatusCode, ErrAuth, renewalRefusal{}, "upstream %s refused our credentials", t.c.host), creds)
 		}
 	}
 	release(err == nil)
 	return resp, err
 }
+
+// renewalRefusal is the cause of a token server's refusal of a token's
+// renewal (tokenLimits), recorded with the credentials it was sent.
+type renewalRefusal struct{}
+
+func (renewalRefusal) Error() string { return "token renewal refused" }
 
 // loginHeld marks the context of a token request whose login's turn its
 // sender took (login).
@@ -1334,8 +1340,15 @@ func (c *Client) doWarming(ctx context.Context, repo string, req *http.Request, 
 			// The token server refused the credentials an expired
 			// token was to be renewed with (revoked, or rotated):
 			// sent again with every request, they could lock the
-			// account, as a handshake's refusal could.
-			c.refuse(repo, t, err, c.credsNow(ctx))
+			// account, as a handshake's refusal could. Of the
+			// credentials sent, as the renewal recorded them: those
+			// of now may be others (a password_file put right
+			// meanwhile), never sent.
+			creds := c.credsNow(ctx)
+			if ref, ok := c.refused.Peek(repo); ok && c.now().Before(ref.until) && errors.As(ref.err, new(renewalRefusal)) {
+				creds = ref.creds
+			}
+			c.refuse(repo, t, err, creds)
 		}
 		if ctx.Err() == nil {
 			c.noteAnswer(nil, err)
