@@ -1082,8 +1082,8 @@ func TestSharedRenewalTimingOutFailsOnlyItsOwn(t *testing.T) {
 		if err := <-second; err != nil {
 			t.Errorf("a request whose renewal shared the first one's, with time left: %v", err)
 		}
-		if st := c.State(); st.Unreachable {
-			t.Errorf("State: Unreachable (%q), want not", st.LastError)
-		}
+		// Not the upstream's state: the first's failure, its own, and
+		// the second's answer are noted at the same instant, in either
+		// order.
 	})
 }
