@@ -49,6 +49,24 @@ func (b *trickle) Read(p []byte) (int, error) {
 
 func (b *trickle) Close() error { return b.rc.Close() }
 
+// prefetchAfter prefetches image through p and returns its job as it
+// stands once the bubble's clock has gone on by d and everything in it
+// waits.
+func prefetchAfter(t *testing.T, p *Proxy, image string, d time.Duration) *storage.Job {
+	t.Helper()
+	job, err := p.StartPrefetch(t.Context(), PrefetchRequest{Images: []string{image}}, "prefetch")
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(d)
+	synctest.Wait()
+	got, err := p.Job(job.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
 // A download whose bytes keep coming is not cut for taking longer than
 // the fill timeout: a layer taking 83 minutes to arrive (a 5 GB layer at
 // 10 Mbit/s) against the default hour is stored, and its prefetch done.
@@ -60,16 +78,7 @@ func TestDownloadLongerThanTheFillTimeout(t *testing.T) {
 		img := pushImage(t, reg, "library/a:1", 1)
 		p := transportMirror(t, trickling{inProcess{reg}}, nil, WithFillTimeout(time.Hour))
 		defer p.Close()
-		job, err := p.StartPrefetch(t.Context(), PrefetchRequest{Images: []string{"a:1"}}, "prefetch")
-		if err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(3 * time.Hour)
-		synctest.Wait()
-		got, err := p.Job(job.ID)
-		if err != nil {
-			t.Fatal(err)
-		}
+		got := prefetchAfter(t, p, "a:1", 3*time.Hour)
 		if got.State != storage.JobDone {
 			t.Fatalf("prefetch %s, want done; images: %+v", got.State, got.Images)
 		}
@@ -158,16 +167,7 @@ func TestResumeBacksOffAfterBadGateway(t *testing.T) {
 		blips := &blippingResumes{rt: inProcess{reg}, cutAt: map[string]time.Time{}}
 		p := transportMirror(t, blips, nil)
 		defer p.Close()
-		job, err := p.StartPrefetch(t.Context(), PrefetchRequest{Images: []string{"a:1"}}, "prefetch")
-		if err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(time.Minute)
-		synctest.Wait()
-		got, err := p.Job(job.ID)
-		if err != nil {
-			t.Fatal(err)
-		}
+		got := prefetchAfter(t, p, "a:1", time.Minute)
 		if got.State != storage.JobDone {
 			t.Fatalf("prefetch %s, want done; images: %+v", got.State, got.Images)
 		}
@@ -277,16 +277,7 @@ func TestStoreLongerThanTheFillTimeout(t *testing.T) {
 		mem, _ := memStore(t)
 		p := transportMirror(t, inProcess{reg}, slowPutStore{mem, digest.Digest(layer.String())}, WithFillTimeout(time.Hour))
 		defer p.Close()
-		job, err := p.StartPrefetch(t.Context(), PrefetchRequest{Images: []string{"a:1"}}, "prefetch")
-		if err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(3 * time.Hour)
-		synctest.Wait()
-		got, err := p.Job(job.ID)
-		if err != nil {
-			t.Fatal(err)
-		}
+		got := prefetchAfter(t, p, "a:1", 3*time.Hour)
 		if got.State != storage.JobDone {
 			t.Fatalf("prefetch %s, want done; images: %+v", got.State, got.Images)
 		}
@@ -304,16 +295,7 @@ func TestQueuedDownloadNotCutWhileWaiting(t *testing.T) {
 		pushImage(t, reg, "library/a:1", 2)
 		p := transportMirror(t, trickling{inProcess{reg}}, nil, WithFillTimeout(time.Hour), WithUpstreamConnections(1))
 		defer p.Close()
-		job, err := p.StartPrefetch(t.Context(), PrefetchRequest{Images: []string{"a:1"}}, "prefetch")
-		if err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(6 * time.Hour)
-		synctest.Wait()
-		got, err := p.Job(job.ID)
-		if err != nil {
-			t.Fatal(err)
-		}
+		got := prefetchAfter(t, p, "a:1", 6*time.Hour)
 		if got.State != storage.JobDone {
 			t.Fatalf("prefetch %s, want done; images: %+v", got.State, got.Images)
 		}
@@ -386,16 +368,7 @@ func TestFillCutForNoProgressSaysSo(t *testing.T) {
 		mem, _ := memStore(t)
 		p := transportMirror(t, inProcess{reg}, hungPutStore{mem, digest.Digest(layer.String())}, WithFillTimeout(time.Hour))
 		defer p.Close()
-		job, err := p.StartPrefetch(t.Context(), PrefetchRequest{Images: []string{"a:1"}}, "prefetch")
-		if err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(2 * time.Hour)
-		synctest.Wait()
-		got, err := p.Job(job.ID)
-		if err != nil {
-			t.Fatal(err)
-		}
+		got := prefetchAfter(t, p, "a:1", 2*time.Hour)
 		if got.State != storage.JobFailed || !strings.Contains(got.Images[0].Error, "no progress") {
 			t.Fatalf("prefetch %s, want failed for no progress; images: %+v", got.State, got.Images)
 		}
