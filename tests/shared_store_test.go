@@ -777,28 +777,10 @@ func TestSharedBucketEvictionRereadsItsVictimsPulls(t *testing.T) {
 
 	// a's eviction waits once it has read the pull times (it lists the
 	// referrers answers next).
-	readA, goA := make(chan struct{}), make(chan struct{})
-	releaseA := sync.OnceFunc(func() { close(goA) })
-	defer releaseA()
-	var onceA sync.Once
-	held := func(r *http.Request) {
-		if r.Method == http.MethodGet && strings.Contains(r.URL.Query().Get("prefix"), "records/referrers") {
-			onceA.Do(func() {
-				close(readA)
-				<-goA
-			})
-		}
-	}
-	frontA.requested.Store(&held)
-	type result struct {
-		rep lifecycle.Report
-		err error
-	}
-	evicted := make(chan result, 1)
-	go func() {
-		rep, err := a.Server.Collector.Evict(t.Context(), stored-1, 0, a.Clock.Now())
-		evicted <- result{rep, err}
-	}()
+	readA, releaseA := holdListing(t, frontA, "referrers")
+	evicted := evictAsync(func() (lifecycle.Report, error) {
+		return a.Server.Collector.Evict(t.Context(), stored-1, 0, a.Clock.Now())
+	})
 	wait(t, ctx, readA, "a's eviction reading the referrers after the pull times")
 	wantImage(t, b, "library/x", x)
 	releaseA()
@@ -839,30 +821,16 @@ func TestSharedBucketEvictionKeepsTagAnotherReplicaMoved(t *testing.T) {
 
 	// a's eviction waits once it has read the tags (it lists the mirror
 	// records next).
-	readA, goA := make(chan struct{}), make(chan struct{})
-	releaseA := sync.OnceFunc(func() { close(goA) })
-	defer releaseA()
-	var onceA sync.Once
-	held := func(r *http.Request) {
-		if r.Method == http.MethodGet && strings.Contains(r.URL.Query().Get("prefix"), "records/mirrors") {
-			onceA.Do(func() {
-				close(readA)
-				<-goA
-			})
-		}
-	}
-	frontA.requested.Store(&held)
-	evicted := make(chan error, 1)
-	go func() {
-		_, err := a.Server.Collector.Evict(t.Context(), 0, time.Hour, a.Clock.Now())
-		evicted <- err
-	}()
+	readA, releaseA := holdListing(t, frontA, "mirrors")
+	evicted := evictAsync(func() (lifecycle.Report, error) {
+		return a.Server.Collector.Evict(t.Context(), 0, time.Hour, a.Clock.Now())
+	})
 	wait(t, ctx, readA, "a's eviction listing the mirror records after the tags")
 	wantManifest(t, get(t, b.URL()+"/v2/library/x/manifests/v1"), moved.Manifest, moved.MediaType)
 	b.WaitIdle()
 	releaseA()
-	if err := <-evicted; err != nil {
-		t.Fatal(err)
+	if res := <-evicted; res.err != nil {
+		t.Fatal(res.err)
 	}
 	up.Stop()
 	c := servertest.StartConfigured(t, ups, onBucket)
@@ -894,28 +862,10 @@ func TestSharedBucketEvictionRereadsItsVictimsPins(t *testing.T) {
 
 	// a's eviction waits once it has read the pins (it lists the pull
 	// times next).
-	readA, goA := make(chan struct{}), make(chan struct{})
-	releaseA := sync.OnceFunc(func() { close(goA) })
-	defer releaseA()
-	var onceA sync.Once
-	held := func(r *http.Request) {
-		if r.Method == http.MethodGet && strings.Contains(r.URL.Query().Get("prefix"), "records/access") {
-			onceA.Do(func() {
-				close(readA)
-				<-goA
-			})
-		}
-	}
-	frontA.requested.Store(&held)
-	type result struct {
-		rep lifecycle.Report
-		err error
-	}
-	evicted := make(chan result, 1)
-	go func() {
-		rep, err := a.Server.Collector.Evict(t.Context(), 0, time.Hour, a.Clock.Now())
-		evicted <- result{rep, err}
-	}()
+	readA, releaseA := holdListing(t, frontA, "access")
+	evicted := evictAsync(func() (lifecycle.Report, error) {
+		return a.Server.Collector.Evict(t.Context(), 0, time.Hour, a.Clock.Now())
+	})
 	wait(t, ctx, readA, "a's eviction listing the pull times after the pins")
 	if err := b.Index.Pin(storage.TagKey(proxy.DefaultHost, "library/x", "v1"), storage.PinRecord{PinnedAt: b.Clock.Now(), Reason: "prefetch"}); err != nil {
 		t.Fatal(err)
@@ -930,4 +880,41 @@ func TestSharedBucketEvictionRereadsItsVictimsPins(t *testing.T) {
 	}
 	up.Stop()
 	wantImage(t, b, "library/x", x)
+}
+
+// holdListing holds, at front, the first listing of the bucket's records
+// of kind (records/<kind>) until release is called (at the latest when
+// the test ends): reached is closed when it comes.
+func holdListing(t *testing.T, front *slowDownS3, kind string) (reached <-chan struct{}, release func()) {
+	r, goOn := make(chan struct{}), make(chan struct{})
+	release = sync.OnceFunc(func() { close(goOn) })
+	t.Cleanup(release)
+	var once sync.Once
+	held := func(req *http.Request) {
+		if req.Method == http.MethodGet && strings.Contains(req.URL.Query().Get("prefix"), "records/"+kind) {
+			once.Do(func() {
+				close(r)
+				<-goOn
+			})
+		}
+	}
+	front.requested.Store(&held)
+	return r, release
+}
+
+// evictResult is what an eviction run by evictAsync returned.
+type evictResult struct {
+	rep lifecycle.Report
+	err error
+}
+
+// evictAsync runs evict in the background: its result comes on the
+// channel.
+func evictAsync(evict func() (lifecycle.Report, error)) <-chan evictResult {
+	done := make(chan evictResult, 1)
+	go func() {
+		rep, err := evict()
+		done <- evictResult{rep, err}
+	}()
+	return done
 }
