@@ -196,14 +196,7 @@ func TestFillWaitingForAnotherPullsDownload(t *testing.T) {
 			p.Handler().ServeHTTP(rec, httptest.NewRequestWithContext(t.Context(), http.MethodGet, path, nil))
 			return rec
 		}
-		layers, err := img.Layers()
-		if err != nil {
-			t.Fatal(err)
-		}
-		layer, err := layers[0].Digest()
-		if err != nil {
-			t.Fatal(err)
-		}
+		layer := firstLayer(t, img)
 		pulled := make(chan int, 1)
 		go func() { pulled <- get("/v2/library/a/blobs/" + layer.String()).Code }()
 		synctest.Wait() // the client's download is under way
@@ -266,16 +259,9 @@ func TestStoreLongerThanTheFillTimeout(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
 		img := pushImage(t, reg, "library/a:1", 1)
-		layers, err := img.Layers()
-		if err != nil {
-			t.Fatal(err)
-		}
-		layer, err := layers[0].Digest()
-		if err != nil {
-			t.Fatal(err)
-		}
+		layer := firstLayer(t, img)
 		mem, _ := memStore(t)
-		p := transportMirror(t, inProcess{reg}, slowPutStore{mem, digest.Digest(layer.String())}, WithFillTimeout(time.Hour))
+		p := transportMirror(t, inProcess{reg}, slowPutStore{mem, layer}, WithFillTimeout(time.Hour))
 		defer p.Close()
 		got := prefetchAfter(t, p, "a:1", 3*time.Hour)
 		if got.State != storage.JobDone {
@@ -314,24 +300,11 @@ func TestFillNotCutWhileWaitingForFetches(t *testing.T) {
 		imgs := map[string]ggcrv1.Image{"a": pushImage(t, reg, "library/a:1", 4), "b": pushImage(t, reg, "library/b:1", 1)}
 		p := transportMirror(t, trickling{inProcess{reg}}, nil, WithFillTimeout(time.Hour), WithFetchAhead(false))
 		defer p.Close()
-		for _, name := range []string{"a", "b"} {
-			rec := httptest.NewRecorder()
-			p.Handler().ServeHTTP(rec, httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/v2/library/"+name+"/manifests/1", nil))
-			if rec.Code != http.StatusOK {
-				t.Fatalf("GET %s's manifest: %d %s", name, rec.Code, rec.Body)
-			}
-			synctest.Wait()
-		}
+		pullManifests(t, p, "a", "b")
 		time.Sleep(6 * time.Hour)
 		synctest.Wait()
 		for name, img := range imgs {
-			d, err := img.Digest()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if rec, ok, err := p.index.Fill(DefaultHost, "library/"+name, digest.Digest(d.String())); err != nil || !ok || rec.State != storage.FillComplete {
-				t.Errorf("fill record of %s: %+v %v %v, want complete", name, rec, ok, err)
-			}
+			wantFilled(t, p, name, img)
 		}
 	})
 }
@@ -357,16 +330,9 @@ func TestFillCutForNoProgressSaysSo(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
 		img := pushImage(t, reg, "library/a:1", 1)
-		layers, err := img.Layers()
-		if err != nil {
-			t.Fatal(err)
-		}
-		layer, err := layers[0].Digest()
-		if err != nil {
-			t.Fatal(err)
-		}
+		layer := firstLayer(t, img)
 		mem, _ := memStore(t)
-		p := transportMirror(t, inProcess{reg}, hungPutStore{mem, digest.Digest(layer.String())}, WithFillTimeout(time.Hour))
+		p := transportMirror(t, inProcess{reg}, hungPutStore{mem, layer}, WithFillTimeout(time.Hour))
 		defer p.Close()
 		got := prefetchAfter(t, p, "a:1", 2*time.Hour)
 		if got.State != storage.JobFailed || !strings.Contains(got.Images[0].Error, "no progress") {
@@ -389,24 +355,11 @@ func TestFillNotCutWhileItsDownloadsAreQueued(t *testing.T) {
 		imgs := map[string]ggcrv1.Image{"a": pushImage(t, reg, "library/a:1", 1), "b": pushImage(t, reg, "library/b:1", 1)}
 		p := transportMirror(t, trickling{inProcess{reg}}, nil, WithFillTimeout(time.Hour), WithUpstreamConnections(1))
 		defer p.Close()
-		for _, name := range []string{"a", "b"} {
-			rec := httptest.NewRecorder()
-			p.Handler().ServeHTTP(rec, httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/v2/library/"+name+"/manifests/1", nil))
-			if rec.Code != http.StatusOK {
-				t.Fatalf("GET %s's manifest: %d %s", name, rec.Code, rec.Body)
-			}
-			synctest.Wait()
-		}
+		pullManifests(t, p, "a", "b")
 		time.Sleep(8 * time.Hour)
 		synctest.Wait()
 		for name, img := range imgs {
-			d, err := img.Digest()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if rec, ok, err := p.index.Fill(DefaultHost, "library/"+name, digest.Digest(d.String())); err != nil || !ok || rec.State != storage.FillComplete {
-				t.Errorf("fill record of %s: %+v %v %v, want complete", name, rec, ok, err)
-			}
+			wantFilled(t, p, name, img)
 		}
 	})
 }
@@ -422,33 +375,53 @@ func TestHungStoreDoesNotHoldTheBudget(t *testing.T) {
 		reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
 		a := pushImage(t, reg, "library/a:1", 1)
 		b := pushImage(t, reg, "library/b:1", 1)
-		layers, err := a.Layers()
-		if err != nil {
-			t.Fatal(err)
-		}
-		layer, err := layers[0].Digest()
-		if err != nil {
-			t.Fatal(err)
-		}
+		layer := firstLayer(t, a)
 		mem, _ := memStore(t)
-		p := transportMirror(t, inProcess{reg}, hungPutStore{mem, digest.Digest(layer.String())}, WithFillTimeout(time.Hour), WithUpstreamConnections(1))
+		p := transportMirror(t, inProcess{reg}, hungPutStore{mem, layer}, WithFillTimeout(time.Hour), WithUpstreamConnections(1))
 		defer p.Close()
-		for _, name := range []string{"a", "b"} {
-			rec := httptest.NewRecorder()
-			p.Handler().ServeHTTP(rec, httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/v2/library/"+name+"/manifests/1", nil))
-			if rec.Code != http.StatusOK {
-				t.Fatalf("GET %s's manifest: %d %s", name, rec.Code, rec.Body)
-			}
-			synctest.Wait()
-		}
+		pullManifests(t, p, "a", "b")
 		time.Sleep(10 * time.Minute) // the synctest bubble's clock
 		synctest.Wait()
-		d, err := b.Digest()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if rec, ok, err := p.index.Fill(DefaultHost, "library/b", digest.Digest(d.String())); err != nil || !ok || rec.State != storage.FillComplete {
-			t.Errorf("fill record of b, 10 minutes after a's layer's store hung: %+v %v %v, want complete", rec, ok, err)
-		}
+		wantFilled(t, p, "b", b) // 10 minutes after a's layer's store hung
 	})
+}
+
+// pullManifests GETs the manifest of library/<name>:1 of each name
+// through p, each followed by what it started until it waits.
+func pullManifests(t *testing.T, p *Proxy, names ...string) {
+	t.Helper()
+	for _, name := range names {
+		rec := httptest.NewRecorder()
+		p.Handler().ServeHTTP(rec, httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/v2/library/"+name+"/manifests/1", nil))
+		if rec.Code != http.StatusOK {
+			t.Fatalf("GET %s's manifest: %d %s", name, rec.Code, rec.Body)
+		}
+		synctest.Wait()
+	}
+}
+
+// wantFilled wants the fill record of img, library/<name>, complete.
+func wantFilled(t *testing.T, p *Proxy, name string, img ggcrv1.Image) {
+	t.Helper()
+	d, err := img.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec, ok, err := p.index.Fill(DefaultHost, "library/"+name, digest.Digest(d.String())); err != nil || !ok || rec.State != storage.FillComplete {
+		t.Errorf("fill record of %s: %+v %v %v, want complete", name, rec, ok, err)
+	}
+}
+
+// firstLayer is the digest of img's first layer.
+func firstLayer(t *testing.T, img ggcrv1.Image) digest.Digest {
+	t.Helper()
+	layers, err := img.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := layers[0].Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return digest.Digest(d.String())
 }
