@@ -575,28 +575,7 @@ func TestUnusableChallengeNotUnreachable(t *testing.T) {
 func TestOpenPingThenChallengedWithCredentials(t *testing.T) {
 	clock := newFakeClock()
 	var challenging atomic.Bool
-	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
-		switch {
-		case !challenging.Load():
-			w.WriteHeader(http.StatusOK)
-		case req.URL.Path == "/token":
-			if u, pw, ok := req.BasicAuth(); !ok || u != "bot" || pw != "pw" {
-				w.WriteHeader(http.StatusUnauthorized)
-				return
-			}
-			fmt.Fprint(w, `{"token":"t"}`)
-		case req.Header.Get("Authorization") == "Bearer t":
-			w.WriteHeader(http.StatusOK)
-		default:
-			challenge(w, req, "repository:library/x:pull")
-		}
-	}, func(w http.ResponseWriter, req *http.Request) {
-		if challenging.Load() {
-			bearerPing(w, req)
-			return
-		}
-		w.WriteHeader(http.StatusOK)
-	})
+	r := startMaintained(t, &challenging, http.StatusOK)
 	c := r.client(t, WithClock(clock.Now), WithAuth(&authn.Basic{Username: "bot", Password: "pw"}))
 	for _, repo := range []string{"library/x", "library/y"} {
 		if _, err := c.HeadManifest(t.Context(), repo, v1); err != nil {
@@ -660,28 +639,7 @@ func TestUnreadableTokenNotUnreachable(t *testing.T) {
 func TestOpenPingThenChallengedBeforeCredentialsTaken(t *testing.T) {
 	clock := newFakeClock()
 	var back atomic.Bool
-	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
-		switch {
-		case !back.Load():
-			w.WriteHeader(http.StatusServiceUnavailable)
-		case req.URL.Path == "/token":
-			if u, pw, ok := req.BasicAuth(); !ok || u != "bot" || pw != "pw" {
-				w.WriteHeader(http.StatusUnauthorized)
-				return
-			}
-			fmt.Fprint(w, `{"token":"t"}`)
-		case req.Header.Get("Authorization") == "Bearer t":
-			w.WriteHeader(http.StatusOK)
-		default:
-			challenge(w, req, "repository:library/x:pull")
-		}
-	}, func(w http.ResponseWriter, req *http.Request) {
-		if back.Load() {
-			bearerPing(w, req)
-			return
-		}
-		w.WriteHeader(http.StatusOK)
-	})
+	r := startMaintained(t, &back, http.StatusServiceUnavailable)
 	c := r.client(t, WithClock(clock.Now), WithAuth(&authn.Basic{Username: "bot", Password: "pw"}))
 	if _, err := c.HeadManifest(t.Context(), "library/x", v1); err == nil {
 		t.Fatal("HEAD under maintenance: no error, want its 503")
@@ -703,4 +661,33 @@ func TestOpenPingThenChallengedBeforeCredentialsTaken(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("HEAD once the upstream is back still waiting after 30s: its handshake waits for the login's turn it holds itself")
 	}
+}
+
+// startMaintained starts a registry behind a maintenance page until back
+// is set: its ping answered 200, its other requests status. Back, it
+// challenges for a token, which its token server gives to bot:pw.
+func startMaintained(t *testing.T, back *atomic.Bool, status int) *registry {
+	t.Helper()
+	return startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		switch {
+		case !back.Load():
+			w.WriteHeader(status)
+		case req.URL.Path == "/token":
+			if u, pw, ok := req.BasicAuth(); !ok || u != "bot" || pw != "pw" {
+				w.WriteHeader(http.StatusUnauthorized)
+				return
+			}
+			fmt.Fprint(w, `{"token":"t"}`)
+		case req.Header.Get("Authorization") == "Bearer t":
+			w.WriteHeader(http.StatusOK)
+		default:
+			challenge(w, req, "repository:library/x:pull")
+		}
+	}, func(w http.ResponseWriter, req *http.Request) {
+		if back.Load() {
+			bearerPing(w, req)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	})
 }
