@@ -33,7 +33,9 @@ func SharesRecords(cfg config.Config) bool {
 func shareRecords(ctx context.Context, cfg config.Config, index *storage.Index, store storage.Store, now func() time.Time) error {
 	ds, ok := store.(*storage.DriverStore)
 	if !ok || !ds.Shared() && !SharesRecords(cfg) {
-		return nil
+		// Records kept in bbolt only from now on: published again if
+		// the index is shared again.
+		return index.ForgetPublished()
 	}
 	index.ShareRecords(storage.NewDriverRecords(ds.Driver()), now)
 	if ds.Shared() {

@@ -756,6 +756,30 @@ func (ix *Index) PublishRecords(ctx context.Context) error {
 	})
 }
 
+// ForgetPublished undoes PublishRecords' once, for an index that runs
+// without shared records: what it records meanwhile is in bbolt only,
+// and a later PublishRecords must write it to the shared records, or
+// their first Refresh drops it. It writes nothing if there is nothing to
+// forget.
+func (ix *Index) ForgetPublished() error {
+	var set bool
+	err := ix.db.View(func(tx *bolt.Tx) error {
+		if b := tx.Bucket(bucketMeta); b != nil {
+			set = b.Get(keyPublished) != nil
+		}
+		return nil
+	})
+	if err != nil || !set {
+		return err
+	}
+	return ix.write(func(tx *bolt.Tx) error {
+		if b := tx.Bucket(bucketMeta); b != nil {
+			return b.Delete(keyPublished)
+		}
+		return nil
+	})
+}
+
 // sharedForm is a local record as the shared records hold it: JSON (a
 // tag's local form may be binary; a link's is empty).
 func sharedForm(bucket, raw []byte) ([]byte, error) {

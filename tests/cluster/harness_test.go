@@ -120,12 +120,15 @@ func (r *replica) start(t *testing.T, ln net.Listener) {
 		t.Fatal(err)
 	}
 	r.srv, r.cancel, r.dead = srv, cancel, false
-	r.hs = &http.Server{Handler: srv.Handler()}
-	if r.cfg.TLSCert != "" {
-		go func() { _ = r.hs.ServeTLS(ln, r.cfg.TLSCert, r.cfg.TLSKey) }()
+	// The goroutines serve this start's server, not r.hs: a restart
+	// replaces it, maybe before they read it.
+	hs := &http.Server{Handler: srv.Handler()}
+	r.hs = hs
+	if cert, key := r.cfg.TLSCert, r.cfg.TLSKey; cert != "" {
+		go func() { _ = hs.ServeTLS(ln, cert, key) }()
 		return
 	}
-	go func() { _ = r.hs.Serve(ln) }()
+	go func() { _ = hs.Serve(ln) }()
 }
 
 // restart kills the replica and starts it again at the same URL with

@@ -113,3 +113,38 @@ func TestSharedDiskEmptyReplicaServesWhatAnotherFetched(t *testing.T) {
 		t.Errorf("upstream down, the other replica gone: %v", err)
 	}
 }
+
+// TestSharedDiskRejoinKeepsWhatItPulledAlone: a replica on a shared disk
+// (its records written there once) run a while as a single mirror on the
+// same store, pulling an image (recorded in its index only, a single
+// mirror shares nothing), then made a replica again: its first
+// collection, hours later, keeps that image, and serves it with the
+// upstream down.
+func TestSharedDiskRejoinKeepsWhatItPulledAlone(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/alone", "v1", 2, 64<<10)
+	clock := servertest.NewClock()
+	rs := startClusterWith(t, 1, up, sharedDir, nil, func(int) []server.Option {
+		return []server.Option{server.WithClock(clock.Now)}
+	})
+	r := rs[0]
+	cluster := r.cfg.Cluster
+	r.cfg.Cluster = config.Cluster{}
+	r.restart(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := pullImage(ctx, r.url, "library/alone", "v1", img); err != nil {
+		t.Fatal(err)
+	}
+	r.waitIdle(t)
+	r.cfg.Cluster = cluster
+	r.restart(t)
+	clock.Advance(3 * time.Hour)
+	if _, err := r.srv.Collector.Collect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	up.Stop()
+	if err := pullImage(ctx, r.url, "library/alone", "v1", img); err != nil {
+		t.Errorf("upstream down: %v", err)
+	}
+}
