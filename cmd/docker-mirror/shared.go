@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+
 	"github.com/docker-mirror/docker-mirror/config"
 	"github.com/docker-mirror/docker-mirror/lifecycle"
 	"github.com/docker-mirror/docker-mirror/server"
@@ -26,6 +28,20 @@ func withSharedCollector(ctx context.Context, cfg config.Config, opts lifecycle.
 	store, err := server.OpenEmbeddedStore(ctx, cfg, false)
 	if err != nil {
 		return true, err
+	}
+	if !store.Shared() {
+		// A shared disk none of whose replicas has written its records
+		// there yet (each does at its first start as a replica): they
+		// are in the replicas' indexes only, and the data directory's
+		// is the truth, as before they were shared. An empty records/
+		// would have every image collected.
+		_, err := store.Driver().Stat(ctx, storage.RecordsRoot)
+		if errors.As(err, new(storagedriver.PathNotFoundError)) {
+			return false, nil
+		}
+		if err != nil {
+			return true, err
+		}
 	}
 	scratch, err := os.MkdirTemp("", "docker-mirror-index-")
 	if err != nil {

@@ -1,11 +1,13 @@
 package main
 
 import (
+	"io/fs"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -117,5 +119,64 @@ func TestAdminOnSharedDisk(t *testing.T) {
 				t.Errorf("after gc and verify the replica answers %s of %s: %s", b, p, resp.Status)
 			}
 		}
+	}
+}
+
+// gc on a filesystem store whose replicas never wrote their records there
+// (a single mirror's store, its configuration just given a cluster: the
+// replica not started since, or still of a version that kept its records
+// in its index only), given a replica's configuration and data
+// directory: it collects by that replica's index, as before the records
+// were shared, and removes none of the images it recorded.
+func TestAdminOnSharedDiskNotYetShared(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	up.SeedMultiArch(t, "library/multi", "v1", fixture.OCI)
+	root := t.TempDir()
+	storage := map[string]map[string]any{"filesystem": {"rootdirectory": root}}
+	m := servertest.StartConfigured(t, []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}},
+		func(c *config.Config) { c.Storage = storage })
+	resp, err := http.Get(m.URL() + "/v2/library/multi/manifests/v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	m.WaitIdle()
+	m.Stop()
+	// Hours old: past any grace period.
+	old := time.Now().Add(-3 * time.Hour)
+	var before int
+	err = filepath.WalkDir(filepath.Join(root, "blobs"), func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			before++
+			err = os.Chtimes(p, old, old)
+		}
+		return err
+	})
+	if err != nil || before == 0 {
+		t.Fatalf("%d blobs stored: %v", before, err)
+	}
+
+	peers := []string{"http://127.0.0.1:1", "http://127.0.0.1:2"}
+	raw, err := yaml.Marshal(map[string]any{"data": m.Dir(), "storage": storage,
+		"cluster": map[string]any{"self": peers[0], "peers": peers}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(file, raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, stderr := runAdmin(t, "gc", "--config", file); code != 0 {
+		t.Fatalf("gc: exit %d, %q, %q", code, out, stderr)
+	}
+	var after int
+	err = filepath.WalkDir(filepath.Join(root, "blobs"), func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			after++
+		}
+		return err
+	})
+	if err != nil || after != before {
+		t.Errorf("gc left %d of the %d blobs and manifests the replica's index records: %v", after, before, err)
 	}
 }
