@@ -40,6 +40,7 @@ type replica struct {
 	opts   []server.Option
 	srv    *server.Server
 	hs     *http.Server
+	ln     net.Listener
 	cancel context.CancelFunc
 	dead   bool
 }
@@ -123,7 +124,7 @@ func (r *replica) start(t *testing.T, ln net.Listener) {
 	// The goroutines serve this start's server, not r.hs: a restart
 	// replaces it, maybe before they read it.
 	hs := &http.Server{Handler: srv.Handler()}
-	r.hs = hs
+	r.hs, r.ln = hs, ln
 	if cert, key := r.cfg.TLSCert, r.cfg.TLSKey; cert != "" {
 		go func() { _ = hs.ServeTLS(ln, cert, key) }()
 		return
@@ -164,6 +165,7 @@ func (r *replica) kill() {
 	}
 	r.dead = true
 	r.hs.Close()
+	r.ln.Close() // its port free at once, even before Serve took it
 	r.cancel()
 	r.srv.Close()
 }
