@@ -169,7 +169,9 @@ func (ix *Index) Store() (StoreIdentity, error) {
 	return id, err
 }
 
-// SetStore records the identity of the store the index describes.
+// SetStore records the identity of the store the index describes. The
+// records PublishRecords wrote are the other store's: a later
+// PublishRecords writes them to this one.
 func (ix *Index) SetStore(id StoreIdentity) error {
 	raw, err := json.Marshal(id)
 	if err != nil {
@@ -178,6 +180,9 @@ func (ix *Index) SetStore(id StoreIdentity) error {
 	return ix.write(func(tx *bolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(bucketMeta)
 		if err != nil {
+			return err
+		}
+		if err := b.Delete(keyPublished); err != nil {
 			return err
 		}
 		return b.Put(keyStore, raw)

@@ -3,6 +3,8 @@ package cluster_test
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -145,6 +147,44 @@ func TestSharedDiskRejoinKeepsWhatItPulledAlone(t *testing.T) {
 	}
 	up.Stop()
 	if err := pullImage(ctx, r.url, "library/alone", "v1", img); err != nil {
+		t.Errorf("upstream down: %v", err)
+	}
+}
+
+// TestSharedDiskMovedKeepsRecordedImages: a replica on a shared disk (its
+// records written there) moved to another shared disk its content was
+// copied to, records left behind (blobs/ alone copied): its first
+// collection there, hours later, keeps every image it recorded, and
+// serves it with the upstream down. Its records are written to the new
+// store as to the first.
+func TestSharedDiskMovedKeepsRecordedImages(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/moved", "v1", 2, 64<<10)
+	clock := servertest.NewClock()
+	rs := startClusterWith(t, 1, up, sharedDir, nil, func(int) []server.Option {
+		return []server.Option{server.WithClock(clock.Now)}
+	})
+	r := rs[0]
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := pullImage(ctx, r.url, "library/moved", "v1", img); err != nil {
+		t.Fatal(err)
+	}
+	r.waitIdle(t)
+	r.kill()
+	from := r.cfg.Storage["filesystem"]["rootdirectory"].(string)
+	to := t.TempDir()
+	if err := os.CopyFS(filepath.Join(to, "blobs"), os.DirFS(filepath.Join(from, "blobs"))); err != nil {
+		t.Fatal(err)
+	}
+	r.cfg.Storage = map[string]map[string]any{"filesystem": {"rootdirectory": to}}
+	r.restart(t)
+	clock.Advance(3 * time.Hour)
+	if _, err := r.srv.Collector.Collect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	up.Stop()
+	if err := pullImage(ctx, r.url, "library/moved", "v1", img); err != nil {
 		t.Errorf("upstream down: %v", err)
 	}
 }
