@@ -226,8 +226,9 @@ type idGraph struct {
 	nodes map[int32]*idNode
 	// referrers: g.referrers by identifier.
 	referrers map[int32][]int32
-	// details: the nodes keep an index's children's platforms (interned in platforms) and, if keepConfig,
-	// the config (what the image model shows; a collection does not).
+	// details: the nodes keep an index's children's platforms (interned
+	// in platforms) and, if keepConfig, the config (what the image model
+	// shows; a collection does not).
 	details, keepConfig bool
 	// unreadable lists the manifests load found missing or corrupt, as
 	// it read them (marker.keepUnreadable); a manifest read again is

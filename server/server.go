@@ -372,9 +372,9 @@ func (s *Server) Scanned() <-chan struct{} { return s.scanned }
 // Serve starts the server's background work and the cache lifecycle, and
 // answers on ln until ctx ends, then shuts down gracefully within the
 // configured timeout; it shuts down too, and returns the error, when a
-// read in the background finds the index damaged (storage.ErrDamaged). A value on hup (SIGHUP) reloads the TLS certificate
-// and the htpasswd file; the htpasswd file is also reloaded when it
-// changes.
+// read in the background finds the index damaged (storage.ErrDamaged).
+// A value on hup (SIGHUP) reloads the TLS certificate and the htpasswd
+// file; the htpasswd file is also reloaded when it changes.
 func (s *Server) Serve(ctx context.Context, ln net.Listener, hup <-chan os.Signal) error {
 	defer ln.Close()
 	ctx, cancel := context.WithCancel(ctx)

@@ -552,51 +552,18 @@ func contentTime(bucket, raw []byte) time.Time {
 // once). It reports whether there was any. Without shared records it
 // reports none.
 func (ix *Index) RecheckPulls(ctx context.Context, dgsts []digest.Digest) (bool, error) {
-	if ix.records == nil || len(dgsts) == 0 {
-		return false, nil
-	}
-	later := make([][]byte, len(dgsts))
-	var eg errgroup.Group
-	eg.SetLimit(rechecks)
+	keys := make([]string, len(dgsts))
 	for i, d := range dgsts {
-		eg.Go(func() error {
-			rctx, cancel := context.WithTimeout(ctx, recordsTimeout)
-			defer cancel()
-			raw, err := ix.records.Get(rctx, string(bucketAccess), string(d))
-			if errors.Is(err, ErrNotFound) {
-				return nil
-			}
-			if err != nil {
-				return fmt.Errorf("shared records: reading %s %q: %w: %w", bucketAccess, d, ErrUnavailable, err)
-			}
-			var shared time.Time
-			if json.Unmarshal(raw, &shared) != nil {
-				return nil // unreadable: see readable
-			}
-			local, err := ix.recordedAccess(d)
-			if err != nil {
-				return err
-			}
-			if shared.After(local) {
-				later[i] = raw
-			}
-			return nil
-		})
+		keys[i] = string(d)
 	}
-	if err := eg.Wait(); err != nil {
-		return false, err
-	}
-	pulled := false
-	for i, raw := range later {
-		if raw == nil {
-			continue
+	return ix.adoptNewer(ctx, bucketAccess, keys, func(key string, raw []byte) (bool, error) {
+		var shared time.Time
+		if json.Unmarshal(raw, &shared) != nil {
+			return false, nil // unreadable: see readable
 		}
-		if err := ix.adopt(bucketAccess, []byte(dgsts[i]), raw); err != nil {
-			return false, err
-		}
-		pulled = true
-	}
-	return pulled, nil
+		local, err := ix.recordedAccess(digest.Digest(key))
+		return shared.After(local), err
+	})
 }
 
 // shareDeleteTagsNaming removes from the shared records the tag records
@@ -653,41 +620,58 @@ func (ix *Index) RecheckPins(ctx context.Context, refs []string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	set := make([][]byte, len(refs))
+	var unpinned []string
+	for _, ref := range refs {
+		if _, ok := pins[ref]; !ok {
+			unpinned = append(unpinned, ref)
+		}
+	}
+	return ix.adoptNewer(ctx, bucketPins, unpinned, func(string, []byte) (bool, error) { return true, nil })
+}
+
+// adoptNewer reads the shared records of bucket at keys, rechecks of
+// them at once, and adopts those newer reports true of (a record the
+// index lacks, or holds older): it reports whether it adopted any.
+// Without shared records it adopts none.
+func (ix *Index) adoptNewer(ctx context.Context, bucket []byte, keys []string, newer func(key string, raw []byte) (bool, error)) (bool, error) {
+	if ix.records == nil || len(keys) == 0 {
+		return false, nil
+	}
+	found := make([][]byte, len(keys))
 	var eg errgroup.Group
 	eg.SetLimit(rechecks)
-	for i, ref := range refs {
-		if _, ok := pins[ref]; ok {
-			continue
-		}
+	for i, key := range keys {
 		eg.Go(func() error {
 			rctx, cancel := context.WithTimeout(ctx, recordsTimeout)
 			defer cancel()
-			raw, err := ix.records.Get(rctx, string(bucketPins), ref)
+			raw, err := ix.records.Get(rctx, string(bucket), key)
 			if errors.Is(err, ErrNotFound) {
 				return nil
 			}
 			if err != nil {
-				return fmt.Errorf("shared records: reading %s %q: %w: %w", bucketPins, ref, ErrUnavailable, err)
+				return fmt.Errorf("shared records: reading %s %q: %w: %w", bucket, key, ErrUnavailable, err)
 			}
-			set[i] = raw
-			return nil
+			ok, err := newer(key, raw)
+			if ok {
+				found[i] = raw
+			}
+			return err
 		})
 	}
 	if err := eg.Wait(); err != nil {
 		return false, err
 	}
-	pinned := false
-	for i, raw := range set {
+	adopted := false
+	for i, raw := range found {
 		if raw == nil {
 			continue
 		}
-		if err := ix.adopt(bucketPins, []byte(refs[i]), raw); err != nil {
+		if err := ix.adopt(bucket, []byte(keys[i]), raw); err != nil {
 			return false, err
 		}
-		pinned = true
+		adopted = true
 	}
-	return pinned, nil
+	return adopted, nil
 }
 
 // keyPublished, in the meta bucket, says that the index's own records
