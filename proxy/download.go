@@ -195,9 +195,9 @@ type download struct {
 	finished chan struct{} // closed once stored (or failed) and gone from the registry
 	// begun is when the download started, for its rate (status page).
 	begun time.Time
-	// followers are the progress funcs (detachIdle) of the work that
-	// joined the download, waiting for it without having started it:
-	// its bytes are their progress too.
+	// followers are the idle clocks (detachIdle) of the work that joined
+	// the download, waiting for it without having started it: its bytes
+	// are their progress too.
 	followers map[*idleClock]int
 	// queued: the download waits for its upstream's budget; paused holds
 	// the resumes of its followers' clocks, paused meanwhile (queue).

@@ -468,7 +468,7 @@ func (c *idleClock) pause() (resume func()) {
 // arrives as long as its bytes keep coming. Progress of work detached from
 // it counts as its own.
 func (p *Proxy) detachIdle(ctx context.Context, timeout time.Duration) (context.Context, context.CancelFunc) {
-	outer, _ := ctx.Value(progressKey{}).(*idleClock)
+	outer := clockOf(ctx)
 	ctx, cancelDetached := p.detach(ctx, 0)
 	ctx, cancel := context.WithCancelCause(ctx)
 	c := &idleClock{done: ctx.Done(), timeout: timeout, outer: outer}
