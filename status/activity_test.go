@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/docker-mirror/docker-mirror/config"
+	"github.com/docker-mirror/docker-mirror/proxy"
 	"github.com/docker-mirror/docker-mirror/status"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
 	"github.com/docker-mirror/docker-mirror/tests/servertest"
@@ -24,8 +25,11 @@ func TestStatusOfManyDownloadsAndFills(t *testing.T) {
 	// so that every one is held at once.
 	const images = 14
 	up := fixture.StartUpstream(t)
+	// Fetching ahead off: a layer is asked for by its image's fill alone,
+	// queued before (fetched ahead, the gate could be reached before the
+	// fill, which starts after the manifest's answer, was queued).
 	m := servertest.StartConfigured(t, []servertest.Upstream{{Host: "docker.io", URL: up.URL()}},
-		func(c *config.Config) { c.Concurrency = 2 * images })
+		func(c *config.Config) { c.Concurrency = 2 * images }, proxy.WithFetchAhead(false))
 	var gates []*fixture.Gate
 	for i := range images {
 		img := up.SeedImage(t, fmt.Sprintf("team/app-%02d", i), "1", 1, 8<<10)
