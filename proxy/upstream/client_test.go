@@ -795,11 +795,7 @@ func TestRewrittenCredentialsTriedAtOnce(t *testing.T) {
 			t.Fatalf("a mistyped password: %v, want ErrAuth", err)
 		}
 		kc.password.Store("pw") // the file put right
-		for _, repo := range []string{"library/y", "library/x"} {
-			if _, err := c.HeadManifest(t.Context(), repo, v1); err != nil {
-				t.Errorf("%s with the password put right: %v", repo, err)
-			}
-		}
+		wantPutRight(t, c)
 	})
 	t.Run("put right while refused", func(t *testing.T) {
 		// The file is put right while the token server refuses the
@@ -808,33 +804,19 @@ func TestRewrittenCredentialsTriedAtOnce(t *testing.T) {
 		kc := &rotatingKeychain{}
 		kc.password.Store("typo")
 		rt := newRotatingToken("pw", "t1")
-		r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
-			if _, pw, _ := req.BasicAuth(); req.URL.Path == "/token" && pw == "typo" {
-				kc.password.Store("pw")
-			}
-			rt.serve(w, req)
-		}, bearerPing)
+		r := startRegistry(t, putRightOnTypo(kc, rt), bearerPing)
 		c := r.client(t, WithClock(newFakeClock().Now), WithKeychain(kc))
 		if _, err := c.HeadManifest(t.Context(), "library/x", v1); !errors.Is(err, ErrAuth) {
 			t.Fatalf("a mistyped password: %v, want ErrAuth", err)
 		}
-		for _, repo := range []string{"library/y", "library/x"} {
-			if _, err := c.HeadManifest(t.Context(), repo, v1); err != nil {
-				t.Errorf("%s with the password put right: %v", repo, err)
-			}
-		}
+		wantPutRight(t, c)
 	})
 	t.Run("put right while its renewal refused", func(t *testing.T) {
 		// As above, at the renewal of an expired token.
 		kc := &rotatingKeychain{}
 		kc.password.Store("pw")
 		rt := newRotatingToken("pw", "t1")
-		r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
-			if _, pw, _ := req.BasicAuth(); req.URL.Path == "/token" && pw == "typo" {
-				kc.password.Store("pw")
-			}
-			rt.serve(w, req)
-		}, bearerPing)
+		r := startRegistry(t, putRightOnTypo(kc, rt), bearerPing)
 		c := r.client(t, WithClock(newFakeClock().Now), WithKeychain(kc))
 		if _, err := c.HeadManifest(t.Context(), "library/x", v1); err != nil {
 			t.Fatal(err)
@@ -844,11 +826,7 @@ func TestRewrittenCredentialsTriedAtOnce(t *testing.T) {
 		if _, err := c.HeadManifest(t.Context(), "library/x", v1); !errors.Is(err, ErrAuth) {
 			t.Fatalf("a mistyped password at the renewal: %v, want ErrAuth", err)
 		}
-		for _, repo := range []string{"library/y", "library/x"} {
-			if _, err := c.HeadManifest(t.Context(), repo, v1); err != nil {
-				t.Errorf("%s with the password put right: %v", repo, err)
-			}
-		}
+		wantPutRight(t, c)
 	})
 	t.Run("rotated", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
@@ -1086,4 +1064,26 @@ func TestSharedRenewalTimingOutFailsOnlyItsOwn(t *testing.T) {
 		// the second's answer are noted at the same instant, in either
 		// order.
 	})
+}
+
+// wantPutRight wants library/y and library/x pulled through c, whose
+// password was put right.
+func wantPutRight(t *testing.T, c *Client) {
+	t.Helper()
+	for _, repo := range []string{"library/y", "library/x"} {
+		if _, err := c.HeadManifest(t.Context(), repo, v1); err != nil {
+			t.Errorf("%s with the password put right: %v", repo, err)
+		}
+	}
+}
+
+// putRightOnTypo serves rt, putting kc's password right as the token
+// server is sent the typo: the file is put right while it refuses it.
+func putRightOnTypo(kc *rotatingKeychain, rt *rotatingToken) http.HandlerFunc {
+	return func(w http.ResponseWriter, req *http.Request) {
+		if _, pw, _ := req.BasicAuth(); req.URL.Path == "/token" && pw == "typo" {
+			kc.password.Store("pw")
+		}
+		rt.serve(w, req)
+	}
 }
