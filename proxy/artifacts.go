@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -14,6 +16,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/docker-mirror/docker-mirror/oci"
+	"github.com/docker-mirror/docker-mirror/proxy/errcode"
 	"github.com/docker-mirror/docker-mirror/proxy/upstream"
 	"github.com/docker-mirror/docker-mirror/storage"
 )
@@ -53,6 +56,10 @@ var errArtifactGone = errors.New("artifact not upstream")
 // manifest lists (a blob, an index's child): a registry that does not
 // check an artifact's blobs took it so, or lost them since.
 var errArtifactBlobGone = errors.New("artifact's content not upstream")
+
+// errArtifactTagListed: the upstream has an artifact's tag (its HEAD
+// answered), but fetching the manifest it names failed.
+var errArtifactTagListed = errors.New("artifact tag upstream")
 
 // artifact is a supply-chain artifact of a subject: a referrer, or one of
 // cosign's tags.
@@ -317,8 +324,10 @@ func (p *Proxy) artifactSkipped(t target, a artifact, err error) bool {
 }
 
 // artifactsOf finds the artifacts of subject upstream (or in the cache
-// while fresh): its referrers, then its cosign tags. Only the end of ctx
-// is an error; other failures are logged and what was found is returned.
+// while fresh): its referrers, then its cosign tags, noting those the
+// upstream answered absent (noteAbsentTags). Only the end of ctx, or the
+// index failing, is an error; other failures are logged and what was
+// found is returned.
 func (p *Proxy) artifactsOf(ctx context.Context, t target, subject digest.Digest) ([]artifact, error) {
 	var out []artifact
 	refs, err := p.referrersList(ctx, t, subject)
@@ -332,20 +341,76 @@ func (p *Proxy) artifactsOf(ctx context.Context, t target, subject digest.Digest
 	default:
 		p.log.Warn("listing referrers failed; not storing them", "upstream", t.host(), "repo", t.repo, "subject", subject, "error", err)
 	}
+	// absent: the tags the upstream answered 404, as most images' are;
+	// present: those it has. A tag whose lookup failed is neither.
+	var absent, present []string
 	for _, suffix := range cosignSuffixes {
 		tag := oci.ReferrersTag(subject) + "." + suffix
 		m, fetched, err := p.cosignTag(ctx, t, tag)
 		switch {
-		case err == nil && m != nil:
-			out = append(out, artifact{digest: m.digest, subject: subject, tag: tag, kind: suffix, fetched: fetched})
 		case err == nil:
+			out = append(out, artifact{digest: m.digest, subject: subject, tag: tag, kind: suffix, fetched: fetched})
+			present = append(present, suffix)
+		case errors.Is(err, upstream.ErrNotFound) && !pingNotFound(err):
+			absent = append(absent, suffix)
+		case errors.Is(err, upstream.ErrNotFound):
+			// The ping's 404 (a maintenance page): nothing said of the tag.
 		case ctx.Err() != nil:
 			return nil, ctx.Err()
 		default:
+			if errors.Is(err, errArtifactTagListed) {
+				present = append(present, suffix) // not absent any more
+			}
 			p.log.Warn("fetching a cosign tag failed; not storing it", "upstream", t.host(), "repo", t.repo, "tag", tag, "error", err)
 		}
 	}
+	if err := p.noteAbsentTags(t, subject, absent, present); err != nil {
+		return nil, err
+	}
 	return out, nil
+}
+
+// noteAbsentTags records the cosign tags of subject the upstream answered
+// 404 (absent), so that they are answered 404 while it cannot be asked
+// (absentArtifactTag), and forgets those it has now (present). Only for a
+// subject held in t: the records go with it (storage.Index.Forget).
+func (p *Proxy) noteAbsentTags(t target, subject digest.Digest, absent, present []string) error {
+	if len(absent) > 0 {
+		if linked, err := p.index.Linked(t.host(), t.repo, subject); err != nil {
+			return err
+		} else if !linked {
+			absent = nil // a referrers request's subject, never mirrored
+		}
+	}
+	return p.noteFull(p.index.SetTagsAbsent(t.host(), t.repo, subject, absent, present, p.now()))
+}
+
+// absentArtifactTag turns err, a client's cosign tag (sha256-<hex>.sig,
+// .att, .sbom) not held, failed for want of the upstream (down, failing,
+// rate-limiting), into 404 MANIFEST_UNKNOWN if the upstream answered 404
+// for it when a fill last looked it up, and the mirror still holds its
+// subject in t (noteAbsentTags): cosign reads that as "none" (tree, the
+// verification of an image without an attestation), where a 503 fails
+// it. A tag never looked up, or whose lookup failed, is not known absent:
+// err is returned as it is, as is any other err.
+func (p *Proxy) absentArtifactTag(t target, tag string, err error) error {
+	var ue *upstream.Error
+	if !(errors.As(err, &ue) && ue.Temporary() || pingNotFound(err)) || !p.referrersFor(t) {
+		return err
+	}
+	name, suffix, ok := strings.Cut(tag, ".")
+	if !ok || !slices.Contains(cosignSuffixes, suffix) || !isFallbackTag(name) {
+		return err
+	}
+	alg, hex, _ := strings.Cut(name, "-")
+	subject := digest.Digest(alg + ":" + hex)
+	if linked, lerr := p.index.Linked(t.host(), t.repo, subject); lerr != nil || !linked {
+		return err
+	}
+	if absent, aerr := p.index.TagAbsent(t.host(), t.repo, subject, suffix); aerr != nil || !absent {
+		return err
+	}
+	return errcode.Wrap(errcode.ManifestUnknown, err, "%s: no such tag when the mirror last looked (the upstream cannot be asked now)", tag)
 }
 
 // referrersList returns the referrers of subject through the referrers
@@ -375,14 +440,11 @@ func (p *Proxy) referrersList(ctx context.Context, t target, subject digest.Dige
 }
 
 // cosignTag returns the manifest a cosign tag names, through the tag
-// cache, and whether it was fetched now; nil if the upstream has no such
-// tag, as for most images.
+// cache, and whether it was fetched now; upstream.ErrNotFound if the
+// upstream has no such tag, as for most images.
 func (p *Proxy) cosignTag(ctx context.Context, t target, tag string) (*storedManifest, bool, error) {
 	h := http.Header{}
 	m, err := p.artifactTag(ctx, t, tag, h)
-	if errors.Is(err, upstream.ErrNotFound) {
-		return nil, false, nil
-	}
 	if err != nil {
 		return nil, false, err
 	}
@@ -393,7 +455,8 @@ func (p *Proxy) cosignTag(ctx context.Context, t target, tag string) (*storedMan
 // referrers fallback tag) through the tag cache, without a background
 // fill of its own. A tag not cached is looked for with a HEAD first: most
 // images have none, and a GET of a manifest counts as a pull on Docker
-// Hub. upstream.ErrNotFound: there is no such tag.
+// Hub. upstream.ErrNotFound: there is no such tag; errArtifactTagListed
+// wraps the failure to read one the upstream has.
 func (p *Proxy) artifactTag(ctx context.Context, t target, tag string, h http.Header) (*storedManifest, error) {
 	cached, err := p.tagHeld(t, tag)
 	if err != nil {
@@ -407,7 +470,11 @@ func (p *Proxy) artifactTag(ctx context.Context, t target, tag string, h http.He
 			return nil, err
 		}
 	}
-	return p.manifestByTag(ctx, t, tag, h, tagOptions{})
+	m, err := p.manifestByTag(ctx, t, tag, h, tagOptions{})
+	if err != nil && !cached {
+		return nil, fmt.Errorf("%w: %w", errArtifactTagListed, err)
+	}
+	return m, err
 }
 
 // storeArtifact stores an artifact: its manifest, and its blobs or, for

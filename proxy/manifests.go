@@ -68,7 +68,7 @@ func (p *Proxy) manifest(w http.ResponseWriter, r *http.Request) error {
 		// A client's tag: the answer first, then the fill's check; a
 		// manifest fetched starts filling.
 		if m, err = p.manifestByTag(r.Context(), t, ref.Tag, w.Header(), tagOptions{fill: true, checkAfter: true}); err != nil {
-			return err
+			return p.absentArtifactTag(t, ref.Tag, err)
 		}
 		if oci.IsIndex(m.mediaType) && !accepts(r.Header, m.mediaType) {
 			// A client that cannot read an index gets the linux/amd64

@@ -307,12 +307,14 @@ func touchEntries(tx *bolt.Tx, d digest.Digest) (lookups int) {
 	}
 	prefix := []byte(d.String() + "\x00")
 	links, refs := linkRecordsOf(tx).Cursor(), tx.Bucket(bucketReferrers).Cursor()
+	absent := tx.Bucket(bucketAbsentTags).Cursor()
 	c := tx.Bucket(bucketHolders).Cursor()
 	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
 		holder := string(k[len(prefix):])
 		links.Seek([]byte(holder + "@" + d.String()))
 		refs.Seek([]byte(holder + "@" + d.String() + "\x00"))
-		lookups += 2
+		absent.Seek(absentTagsPrefix(holder, d))
+		lookups += 3
 	}
 	return lookups + 1
 }
@@ -355,6 +357,11 @@ func (ix *Index) forgetEntries(tx *bolt.Tx, d digest.Digest) (links, refs [][]by
 			return nil, nil, err
 		}
 		refs = append(refs, rk...)
+		// So do its artifact tags found absent: a subject pulled again
+		// has them looked up again.
+		if err := deleteAbsentTags(tx, string(k[len(prefix):]), d); err != nil {
+			return nil, nil, err
+		}
 	}
 	return links, refs, nil
 }

@@ -100,7 +100,7 @@ var (
 	bucketBodies    = []byte("bodies")    // digest -> manifest bytes, for registry destinations
 	bucketPins      = []byte("pins")      // digest or "host/repo:tag" -> PinRecord
 	bucketAccess    = []byte("access")    // manifest digest -> time of its last pull
-	allBuckets      = [][]byte{bucketTags, bucketManifests, bucketBlobs, bucketLinks, bucketMirrors, bucketJobs, bucketJobImages, bucketHolders, bucketBodies, bucketPins, bucketAccess, bucketReferrers}
+	allBuckets      = [][]byte{bucketTags, bucketManifests, bucketBlobs, bucketLinks, bucketMirrors, bucketJobs, bucketJobImages, bucketHolders, bucketBodies, bucketPins, bucketAccess, bucketReferrers, bucketAbsentTags}
 )
 
 // ManifestRecord describes a stored manifest.

@@ -96,3 +96,42 @@ func TestForgetDropsReferrers(t *testing.T) {
 		}
 	}
 }
+
+// Absent artifact tags are kept per repository, subject and suffix,
+// survive a reopen, are forgotten when a lookup finds the tag, and go
+// with their subject.
+func TestAbsentTags(t *testing.T) {
+	path := t.TempDir() + "/index.db"
+	ix := openIndex(t, path)
+	sub, other := digest.FromString("subject"), digest.FromString("other")
+	now := time.Now()
+	must(t, ix.RecordBlob("docker.io", "library/a", sub, 1, now))
+	must(t, ix.RecordBlob("docker.io", "library/a", other, 1, now))
+	must(t, ix.SetTagsAbsent("docker.io", "library/a", sub, []string{"att", "sbom"}, []string{"sig"}, now))
+	must(t, ix.SetTagsAbsent("docker.io", "library/a", other, []string{"att"}, nil, now))
+	must(t, ix.Close())
+
+	ix = openIndex(t, path)
+	absent := func(repo string, d digest.Digest, suffix string) bool {
+		t.Helper()
+		ok, err := ix.TagAbsent("docker.io", repo, d, suffix)
+		must(t, err)
+		return ok
+	}
+	if !absent("library/a", sub, "att") || !absent("library/a", sub, "sbom") || absent("library/a", sub, "sig") || absent("library/b", sub, "att") {
+		t.Fatal("absent tags not as recorded")
+	}
+	must(t, ix.SetTagsAbsent("docker.io", "library/a", sub, []string{"sbom"}, []string{"att"}, now))
+	if absent("library/a", sub, "att") || !absent("library/a", sub, "sbom") {
+		t.Error("a tag found is still absent, or one still absent was forgotten")
+	}
+	if _, err := ix.Forget([]digest.Digest{sub}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if absent("library/a", sub, "sbom") {
+		t.Error("an absent tag kept after its subject was forgotten")
+	}
+	if !absent("library/a", other, "att") {
+		t.Error("another subject's absent tag went too")
+	}
+}

@@ -747,3 +747,103 @@ func TestTagPullRechecksItsPlatformsOnce(t *testing.T) {
 		t.Errorf("%d requests for the platform manifest's signature tag on one warm pull, want 1", n)
 	}
 }
+
+// With the upstream down, or rate-limiting, a cosign tag of a mirrored
+// image that the fill looked for and the upstream answered 404 (an image
+// without a signature, or without an attestation) is answered 404
+// MANIFEST_UNKNOWN, as the upstream answered it, also after a restart:
+// cosign (tree, verify) reads that as "none", not as a failure. Before,
+// it was 503: the mirror forgot the tag was absent. What the fill found
+// absent goes with the image when it is evicted.
+func TestMissingCosignTagOfMirroredImageOffline(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	s := seedSignedImage(t, up)
+	m := servertest.Start(t, up.URL())
+	cranePull(t, ref(t, m, "signed:1"), remote.WithPlatform(linuxAMD64))
+	m.WaitIdle()
+	u := m.URL() + "/v2/signed/manifests/"
+	absent := []string{cosignTag(s.ma.Digest, "att"), cosignTag(s.ma.Digest, "sbom"), cosignTag(s.ma.Platforms["linux/arm64"].Digest, "sig")}
+	up.SetFault(fixture.Fault{Kind: fixture.KindManifest, Status: http.StatusTooManyRequests})
+	for _, tag := range absent {
+		wantError(t, get(t, u+tag), http.StatusNotFound, "MANIFEST_UNKNOWN")
+	}
+	up.ClearFault()
+
+	up.Stop()
+	m.Restart()
+	u = m.URL() + "/v2/signed/manifests/"
+	for _, tag := range absent {
+		wantError(t, get(t, u+tag), http.StatusNotFound, "MANIFEST_UNKNOWN")
+	}
+	// What it has is still served; a tag of an image never mirrored is
+	// not known absent.
+	wantManifest(t, get(t, u+cosignTag(s.ma.Digest, "sig")), s.sig.raw, oci.MediaTypeOCIManifest)
+	if r := get(t, u+cosignTag(s.ma.Platforms["windows/amd64"].Digest, "sig")); r.status == http.StatusNotFound {
+		t.Errorf("the cosign tag of a platform never mirrored, the upstream down: %d, want no answer of absence", r.status)
+	}
+
+	m.Clock.Advance(time.Hour)
+	if rep, err := m.Server.Collector.Evict(t.Context(), 0, time.Minute, m.Clock.Now()); err != nil {
+		t.Fatal(err)
+	} else if rep.ImagesEvicted != 1 {
+		t.Fatalf("evicted %d images, want 1: %+v", rep.ImagesEvicted, rep)
+	}
+	for _, a := range []struct{ subject, suffix string }{{s.ma.Digest, "att"}, {s.ma.Digest, "sbom"}, {s.ma.Platforms["linux/arm64"].Digest, "sig"}} {
+		if ok, err := m.Index.TagAbsent("docker.io", "library/signed", digestOf(t, a.subject), a.suffix); err != nil || ok {
+			t.Errorf("the %s tag of %s still recorded absent after its image was evicted (%v)", a.suffix, a.subject, err)
+		}
+	}
+	for _, tag := range absent {
+		if r := get(t, u+tag); r.status == http.StatusNotFound {
+			t.Errorf("cosign tag %s of an evicted image, the upstream down: %d, want no answer of absence", tag, r.status)
+		}
+	}
+}
+
+// A cosign tag whose lookup failed in the fill (the upstream answered it
+// 500, or rate-limited it) is not known absent: with the upstream down,
+// it is not answered 404, which tells cosign the image has no such
+// artifact though the upstream has it; the mirror never learned.
+func TestCosignTagLookupFailedNotAnsweredAbsentOffline(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	s := seedSignedImage(t, up)
+	att := cosignTag(s.ma.Platforms["linux/amd64"].Digest, "att")
+	up.SetFault(fixture.Fault{Kind: fixture.KindManifest, PathContains: att, Status: http.StatusInternalServerError})
+	m := servertest.Start(t, up.URL())
+	cranePull(t, ref(t, m, "signed:1"), remote.WithPlatform(linuxAMD64))
+	m.WaitIdle()
+	up.Stop()
+	if r := get(t, m.URL()+"/v2/signed/manifests/"+att); r.status == http.StatusNotFound {
+		t.Errorf("a cosign tag the upstream has, whose lookup failed in the fill, the upstream down: %d %s, want no answer of absence", r.status, r.body)
+	}
+}
+
+// A cosign tag the fill found absent, pushed upstream later (an image
+// attested after it was cached), whose manifest the recheck that finds it
+// cannot fetch (a 500 to its GET), is no longer known absent: with the
+// upstream down it is not answered 404, which would tell cosign there is
+// no attestation though the upstream has one.
+func TestCosignTagFoundLaterNotAnsweredAbsentOffline(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	s := seedSignedImage(t, up)
+	m := servertest.Start(t, up.URL())
+	cranePull(t, ref(t, m, "signed:1"), remote.WithPlatform(linuxAMD64))
+	m.WaitIdle()
+
+	att := cosignTag(s.ma.Digest, "att")
+	pushArtifact(t, up, "library/signed", att, "application/vnd.dsse.envelope.v1+json", "attestation")
+	up.SetFault(fixture.Fault{Method: http.MethodGet, Kind: fixture.KindManifest, PathContains: att, Status: http.StatusInternalServerError})
+	up.ResetCounts()
+	m.Clock.Advance(proxy.ArtifactsRecheck) // past the tag's TTL, and the fill's look
+	u := m.URL() + "/v2/signed/manifests/"
+	wantManifest(t, get(t, u+"1"), s.ma.Index, s.ma.MediaType)
+	m.WaitIdle()
+	if n := requestsTo(up, http.MethodHead, "/v2/library/signed/manifests/"+att); n != 1 {
+		t.Fatalf("%d HEADs of %s by the recheck, want 1", n, att)
+	}
+
+	up.Stop()
+	if r := get(t, u+att); r.status == http.StatusNotFound {
+		t.Errorf("a cosign tag the upstream has now, found by a recheck that could not fetch it, the upstream down: %d %s, want no answer of absence", r.status, r.body)
+	}
+}

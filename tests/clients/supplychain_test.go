@@ -241,6 +241,12 @@ func (sc *supplyChain) verifyAll(t *testing.T, host, prefix string) {
 			t.Errorf("cosign verify-attestation printed no attestation:\n%s", out)
 		}
 	})
+	t.Run("cosign download attestation without an .att tag", func(t *testing.T) {
+		// The bundle-format image has none of cosign's classic tags: its
+		// .att is a 404 upstream, which cosign reads as "none", and must
+		// be one through the mirror offline too, not a 503 that fails it.
+		MustRun(t, sc.env, sc.cosign, append(cosignRegistryFlags("download", "attestation"), bundle)...)
+	})
 	t.Run("cosign download sbom", func(t *testing.T) {
 		out := MustRun(t, sc.env, sc.cosign, append(cosignRegistryFlags("download", "sbom"), ref)...)
 		if !strings.Contains(out, "SPDX-2.3") {
