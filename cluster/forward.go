@@ -9,13 +9,13 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"os"
 	"strings"
 
 	"github.com/opencontainers/go-digest"
 
 	"github.com/docker-mirror/docker-mirror/httprange"
 	"github.com/docker-mirror/docker-mirror/oci"
+	"github.com/docker-mirror/docker-mirror/proxy"
 	"github.com/docker-mirror/docker-mirror/proxy/access"
 	"github.com/docker-mirror/docker-mirror/proxy/errcode"
 	"github.com/docker-mirror/docker-mirror/proxy/upstream"
@@ -519,7 +519,7 @@ func ownerError(resp *http.Response, kind upstream.Kind, u string) error {
 // to into, checked against the digest; an owner that sends more than
 // limit bytes is not believed. fetched is false when the caller must
 // fetch it itself: it owns the blob, or no owner could deliver it.
-func (c *Cluster) FillBlob(ctx context.Context, host, repo string, dgst digest.Digest, limit int64, into *os.File) (fetched bool, err error) {
+func (c *Cluster) FillBlob(ctx context.Context, host, repo string, dgst digest.Digest, limit int64, into proxy.Spool) (fetched bool, err error) {
 	asked := false
 	for _, u := range c.Owners(dgst.String()) {
 		if u == c.self {
@@ -549,7 +549,7 @@ func (c *Cluster) FillBlob(ctx context.Context, host, repo string, dgst digest.D
 	return false, nil
 }
 
-func (c *Cluster) fillFrom(ctx context.Context, u, host, repo string, dgst digest.Digest, limit int64, into *os.File) error {
+func (c *Cluster) fillFrom(ctx context.Context, u, host, repo string, dgst digest.Digest, limit int64, into proxy.Spool) error {
 	if err := into.Truncate(0); err != nil {
 		return err
 	}

@@ -425,3 +425,46 @@ func firstLayer(t *testing.T, img ggcrv1.Image) digest.Digest {
 	}
 	return digest.Digest(d.String())
 }
+
+// tricklingOwner is a cluster in which another replica owns every key,
+// and fills blobs as trickling sends them: a large layer coming through
+// its owner over a slow link, its bytes coming all along.
+type tricklingOwner struct {
+	owning
+	reg http.Handler
+}
+
+func (o tricklingOwner) FillBlob(ctx context.Context, host, repo string, dgst digest.Digest, limit int64, into Spool) (bool, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://registry.test/v2/"+repo+"/blobs/"+dgst.String(), nil)
+	if err != nil {
+		return true, err
+	}
+	resp, err := trickling{inProcess{o.reg}}.RoundTrip(req)
+	if err != nil {
+		return true, err
+	}
+	defer resp.Body.Close()
+	_, err = io.Copy(into, ctxReader{ctx, io.LimitReader(resp.Body, limit)})
+	return true, err
+}
+
+// A blob a replica's fill gets through its owner is not cut while the
+// owner's bytes keep coming: an 83-minute layer against the default hour
+// is stored, and its prefetch done. Before, the bytes written by the
+// owner's answer were not the fill's progress, and the hour cut it, every
+// try after starting the same doomed hour from its first byte.
+func TestFillThroughOwnerLongerThanTheFillTimeout(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+		img := pushImage(t, reg, "library/a:1", 1)
+		p := transportMirror(t, inProcess{reg}, nil, WithFillTimeout(time.Hour), WithPeers(tricklingOwner{reg: reg}))
+		defer p.Close()
+		got := prefetchAfter(t, p, "a:1", 3*time.Hour)
+		if got.State != storage.JobDone {
+			t.Fatalf("prefetch %s, want done; images: %+v", got.State, got.Images)
+		}
+		if _, err := p.store.Stat(t.Context(), StoreRepo(DefaultHost, "library/a"), firstLayer(t, img)); err != nil {
+			t.Fatalf("layer not stored: %v", err)
+		}
+	})
+}

@@ -37,8 +37,32 @@ type Peers interface {
 	// FillBlob has a blob's owner fetch it for the background mirror,
 	// and writes the bytes it sends back, at most limit, verified, to
 	// into.
-	FillBlob(ctx context.Context, host, repo string, dgst digest.Digest, limit int64, into *os.File) (fetched bool, err error)
+	FillBlob(ctx context.Context, host, repo string, dgst digest.Digest, limit int64, into Spool) (fetched bool, err error)
 }
+
+// Spool is the file FillBlob writes a blob to; emptied (Truncate and
+// Seek to 0), it takes the bytes of another owner. Its writes are the
+// fill's progress: a layer coming from its owner for longer than the
+// fill timeout is not cut while its bytes keep coming.
+type Spool interface {
+	io.WriteSeeker
+	Truncate(size int64) error
+}
+
+// progressSpool is a spool file whose writes call progress.
+type progressSpool struct {
+	f        *os.File
+	progress func()
+}
+
+func (s progressSpool) Write(b []byte) (int, error) {
+	s.progress()
+	return s.f.Write(b)
+}
+
+func (s progressSpool) Seek(off int64, whence int) (int64, error) { return s.f.Seek(off, whence) }
+
+func (s progressSpool) Truncate(size int64) error { return s.f.Truncate(size) }
 
 // WithPeers makes the proxy fetch the misses other replicas own through
 // them (default: none, every miss is fetched here).
@@ -136,7 +160,7 @@ func (p *Proxy) fillFromPeer(ctx context.Context, t target, dgst digest.Digest, 
 	if size >= 0 {
 		limit = size
 	}
-	ok, err := p.peers.FillBlob(ctx, t.host(), t.repo, dgst, limit, f)
+	ok, err := p.peers.FillBlob(ctx, t.host(), t.repo, dgst, limit, progressSpool{f, func() { progressed(ctx) }})
 	if !ok || err != nil {
 		return ok, err
 	}
