@@ -426,20 +426,26 @@ func firstLayer(t *testing.T, img ggcrv1.Image) digest.Digest {
 	return digest.Digest(d.String())
 }
 
-// tricklingOwner is a cluster in which another replica owns every key,
-// and fills blobs as trickling sends them: a large layer coming through
-// its owner over a slow link, its bytes coming all along.
-type tricklingOwner struct {
+// owner is a cluster in which another replica owns every key, and fills
+// blobs from the registry reg, sending them as trickling does if trickle
+// is set: a large layer coming through its owner over a slow link, its
+// bytes coming all along.
+type owner struct {
 	owning
-	reg http.Handler
+	reg     http.Handler
+	trickle bool
 }
 
-func (o tricklingOwner) FillBlob(ctx context.Context, host, repo string, dgst digest.Digest, limit int64, into Spool) (bool, error) {
+func (o owner) FillBlob(ctx context.Context, host, repo string, dgst digest.Digest, limit int64, into Spool) (bool, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://registry.test/v2/"+repo+"/blobs/"+dgst.String(), nil)
 	if err != nil {
 		return true, err
 	}
-	resp, err := trickling{inProcess{o.reg}}.RoundTrip(req)
+	var rt http.RoundTripper = inProcess{o.reg}
+	if o.trickle {
+		rt = trickling{rt}
+	}
+	resp, err := rt.RoundTrip(req)
 	if err != nil {
 		return true, err
 	}
@@ -457,7 +463,7 @@ func TestFillThroughOwnerLongerThanTheFillTimeout(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
 		img := pushImage(t, reg, "library/a:1", 1)
-		p := transportMirror(t, inProcess{reg}, nil, WithFillTimeout(time.Hour), WithPeers(tricklingOwner{reg: reg}))
+		p := transportMirror(t, inProcess{reg}, nil, WithFillTimeout(time.Hour), WithPeers(owner{reg: reg, trickle: true}))
 		defer p.Close()
 		got := prefetchAfter(t, p, "a:1", 3*time.Hour)
 		if got.State != storage.JobDone {
@@ -465,6 +471,25 @@ func TestFillThroughOwnerLongerThanTheFillTimeout(t *testing.T) {
 		}
 		if _, err := p.store.Stat(t.Context(), StoreRepo(DefaultHost, "library/a"), firstLayer(t, img)); err != nil {
 			t.Fatalf("layer not stored: %v", err)
+		}
+	})
+}
+
+// A blob a replica's fill got through its owner, whose store then takes
+// longer than the fill timeout to take it (an 83-minute upload to a
+// registry destination), its bytes going all along, is stored, and its
+// prefetch done. Before, the upload's reads were not the fill's progress,
+// and the hour cut it, the upload lost.
+func TestStoreThroughOwnerLongerThanTheFillTimeout(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+		img := pushImage(t, reg, "library/a:1", 1)
+		mem, _ := memStore(t)
+		p := transportMirror(t, inProcess{reg}, slowPutStore{mem, firstLayer(t, img)}, WithFillTimeout(time.Hour), WithPeers(owner{reg: reg}))
+		defer p.Close()
+		got := prefetchAfter(t, p, "a:1", 3*time.Hour)
+		if got.State != storage.JobDone {
+			t.Fatalf("prefetch %s, want done; images: %+v", got.State, got.Images)
 		}
 	})
 }

@@ -183,7 +183,8 @@ func (p *Proxy) fillFromPeer(ctx context.Context, t target, dgst digest.Digest, 
 }
 
 // storeFile puts a verified file into the store: moved when the store
-// can take it as it is, else copied.
+// can take it as it is, else copied, each read the fill's progress (a
+// slow store's upload is not cut by the fill timeout while it moves).
 func (p *Proxy) storeFile(ctx context.Context, t target, dgst digest.Digest, f *os.File, size int64) error {
 	if in, ok := p.store.(storage.FileIngester); ok {
 		err := in.Ingest(ctx, t.storeRepo(), dgst, size, f.Name())
@@ -194,5 +195,5 @@ func (p *Proxy) storeFile(ctx context.Context, t target, dgst digest.Digest, f *
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return err
 	}
-	return p.store.Put(ctx, t.storeRepo(), dgst, size, f)
+	return p.store.Put(ctx, t.storeRepo(), dgst, size, storeReader{f, func() { progressed(ctx) }})
 }
