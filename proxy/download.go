@@ -140,6 +140,35 @@ const (
 // at once would spend their budget within.
 const resumeWait = time.Second
 
+// slowWindow and slowestDownload bound how slowly a download may go on
+// (as curl's --speed-limit and --speed-time do): one whose rate over the
+// last slowWindow would bring the rest of the blob in more than
+// slowestDownload is cut. An upstream (or a link) that dribbles a byte
+// at a time keeps its connection and the fill timeout's clock alive, and
+// every client asking for the blob would join it and wait for ever; a
+// large layer over a slow link, its bytes coming all along, still
+// arrives.
+const (
+	slowWindow      = 5 * time.Minute
+	slowestDownload = 24 * time.Hour
+)
+
+// tooSlow is the error of a download of a blob of size bytes (-1: not
+// known), n of them in, that brought got bytes in its last window of d,
+// if at that rate the rest would take longer than slowestDownload; nil
+// if not, or if its size is not known.
+func tooSlow(host string, dgst digest.Digest, size, n, got int64, d time.Duration) error {
+	if size < 0 || got <= 0 {
+		return nil
+	}
+	left := float64(size-n) / float64(got) * d.Seconds()
+	if left <= slowestDownload.Seconds() {
+		return nil
+	}
+	return errcode.Wrap(errcode.Unavailable, upstream.ErrUnavailable,
+		"upstream %s: blob %s too slow: %d bytes in the last %s, at which the %d bytes left would take %.0f hours", host, dgst, got, d, size-n, left/3600).WithStatus(http.StatusBadGateway)
+}
+
 // DefaultMaxBlobSize is the largest blob the mirror downloads unless
 // configured otherwise (WithMaxBlobSize).
 const DefaultMaxBlobSize = 20 << 30
@@ -822,6 +851,8 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 	defer p.blobs.bufs.Put(bp)
 	buf := *bp
 	var n, resumedAt int64
+	// The rate of the last slowWindow (tooSlow): since windowAt, n-windowN bytes.
+	windowAt, windowN := p.now(), int64(0)
 	for resumes := 0; ; {
 		m, rerr := body.Read(buf)
 		if errors.Is(rerr, io.EOF) && size >= 0 && n+int64(m) < size {
@@ -852,6 +883,13 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 				break
 			}
 			dl.update(func() { dl.written = n })
+			if now := p.now(); now.Sub(windowAt) >= slowWindow {
+				if err := tooSlow(t.host(), dl.dgst, size, n, n-windowN, now.Sub(windowAt)); err != nil {
+					fail(err)
+					return
+				}
+				windowAt, windowN = now, n
+			}
 		}
 		if errors.Is(rerr, io.EOF) {
 			break
