@@ -529,7 +529,7 @@ func (p *Proxy) storeListed(ctx context.Context, t target, dgst digest.Digest, s
 	}
 	if p.viaPeer(ctx, dgst.String()) && p.blobs.running(dgst) == nil {
 		noteRequested(ctx) // another replica's, not an upstream request
-		if ok, err := p.fillFromPeer(ctx, t, dgst, size); ok {
+		if ok, err := p.fillFromPeer(ctx, t, dgst, size, written); ok {
 			return err
 		}
 	}

@@ -493,3 +493,22 @@ func TestStoreThroughOwnerLongerThanTheFillTimeout(t *testing.T) {
 		}
 	})
 }
+
+// A prefetch whose layers come through their owner shows their bytes as
+// they come, as it does those of its own downloads: 40 minutes into an
+// 83-minute layer, its job counts some. Before, it counted none until
+// each blob was in.
+func TestPrefetchThroughOwnerShowsItsBytes(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+		pushImage(t, reg, "library/a:1", 1)
+		p := transportMirror(t, inProcess{reg}, nil, WithPeers(owner{reg: reg, trickle: true}))
+		defer p.Close()
+		got := prefetchAfter(t, p, "a:1", 40*time.Minute)
+		if got.State != storage.JobRunning || got.Images[0].BytesDone == 0 {
+			t.Fatalf("prefetch 40 minutes into its layers: %s, images: %+v; want running, with bytes done", got.State, got.Images)
+		}
+		time.Sleep(2 * time.Hour)
+		synctest.Wait()
+	})
+}

@@ -49,20 +49,31 @@ type Spool interface {
 	Truncate(size int64) error
 }
 
-// progressSpool is a spool file whose writes call progress.
+// progressSpool is a spool file whose writes call progress, and tell
+// written (if not nil) the bytes in so far.
 type progressSpool struct {
 	f        *os.File
+	n        int64
 	progress func()
+	written  func(int64)
 }
 
-func (s progressSpool) Write(b []byte) (int, error) {
+func (s *progressSpool) Write(b []byte) (int, error) {
 	s.progress()
-	return s.f.Write(b)
+	m, err := s.f.Write(b)
+	if s.n += int64(m); s.written != nil {
+		s.written(s.n)
+	}
+	return m, err
 }
 
-func (s progressSpool) Seek(off int64, whence int) (int64, error) { return s.f.Seek(off, whence) }
+func (s *progressSpool) Seek(off int64, whence int) (int64, error) { return s.f.Seek(off, whence) }
 
-func (s progressSpool) Truncate(size int64) error { return s.f.Truncate(size) }
+// Truncate empties it for another owner's bytes, which count from there.
+func (s *progressSpool) Truncate(size int64) error {
+	s.n = size
+	return s.f.Truncate(size)
+}
 
 // WithPeers makes the proxy fetch the misses other replicas own through
 // them (default: none, every miss is fetched here).
@@ -147,7 +158,8 @@ func (p *Proxy) storedCopy(ctx context.Context, t target, ref oci.Ref) *upstream
 // that the fill never waits on another replica's write. The owner fetched
 // the blob for t's repository: it vouches for it as the upstream would.
 // ok is false when the blob is this replica's to fetch after all.
-func (p *Proxy) fillFromPeer(ctx context.Context, t target, dgst digest.Digest, size int64) (bool, error) {
+// written, if not nil, is told the bytes in so far as they come.
+func (p *Proxy) fillFromPeer(ctx context.Context, t target, dgst digest.Digest, size int64, written func(int64)) (bool, error) {
 	f, err := p.blobs.create(p.blobs.dir)
 	if err != nil {
 		return false, nil // fetched here, where the spool error is reported
@@ -160,7 +172,7 @@ func (p *Proxy) fillFromPeer(ctx context.Context, t target, dgst digest.Digest, 
 	if size >= 0 {
 		limit = size
 	}
-	ok, err := p.peers.FillBlob(ctx, t.host(), t.repo, dgst, limit, progressSpool{f, func() { progressed(ctx) }})
+	ok, err := p.peers.FillBlob(ctx, t.host(), t.repo, dgst, limit, &progressSpool{f: f, progress: func() { progressed(ctx) }, written: written})
 	if !ok || err != nil {
 		return ok, err
 	}
