@@ -3,12 +3,14 @@ package proxy
 import (
 	"context"
 	"io"
+	"log"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
 
+	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/docker-mirror/docker-mirror/storage"
@@ -75,5 +77,38 @@ func TestMissOfBlobRemovedSinceItsLookup(t *testing.T) {
 	store.armed.Store(true)
 	if code, got := get(); code != http.StatusOK || got != string(body) {
 		t.Errorf("GET of a blob removed between its lookup and its open: %d %.200s", code, got)
+	}
+}
+
+// A layer a prefetch finds stored but that is removed right after (the
+// eviction of another replica sharing the bucket) is fetched again: the
+// prefetch is done. Before, it failed, the blob not found.
+func TestPrefetchOfBlobRemovedSinceItsLookup(t *testing.T) {
+	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	img := pushImage(t, reg, "library/a:1", 1)
+	mem, _ := memStore(t)
+	store := &statThenGone{DriverStore: mem, dgst: firstLayer(t, img)}
+	p := transportMirror(t, inProcess{reg}, store)
+	prefetch := func() *storage.Job {
+		t.Helper()
+		job, err := p.StartPrefetch(t.Context(), PrefetchRequest{Images: []string{"a:1"}}, "prefetch")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.WaitIdle(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		got, err := p.Job(job.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	if got := prefetch(); got.State != storage.JobDone {
+		t.Fatalf("first prefetch: %s; images: %+v", got.State, got.Images)
+	}
+	store.armed.Store(true)
+	if got := prefetch(); got.State != storage.JobDone {
+		t.Fatalf("prefetch of a layer removed between its lookups (%d): %s, want done; images: %+v", store.stats.Load(), got.State, got.Images)
 	}
 }

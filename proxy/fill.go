@@ -540,6 +540,11 @@ func (p *Proxy) storeListed(ctx context.Context, t target, dgst digest.Digest, s
 		}
 		if stored {
 			got, err := p.store.Stat(ctx, t.storeRepo(), dgst)
+			if try == 0 && errors.Is(err, storage.ErrNotFound) {
+				// Removed since it was found (the eviction of another
+				// replica sharing the store): fetched again.
+				continue
+			}
 			if err != nil {
 				return err
 			}
