@@ -179,6 +179,9 @@ type Report struct {
 	// because Verify removed some of their content: the next pull
 	// mirrors them again.
 	FillsReset int `json:"mirrors_reset,omitempty"`
+	// UnreadableRecords lists the index's records Verify found that
+	// cannot be decoded; a repair drops them (storage.DropRecords).
+	UnreadableRecords []storage.UnreadableRecord `json:"unreadable_records,omitempty"`
 
 	// LongestWrite is how long the pass's longest index transaction held
 	// the index's write lock (pulls that record content wait that long).

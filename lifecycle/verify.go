@@ -34,6 +34,35 @@ func (c *Collector) Verify(ctx context.Context) (Report, error) {
 
 func (c *Collector) verify(ctx context.Context) (Report, error) {
 	r := Report{DryRun: c.opts.DryRun, StoredBefore: c.index.StoredBytes()}
+	// A record that cannot be decoded stops every read of its bucket:
+	// found first, and dropped by a repair, which then goes on.
+	bad, err := c.index.UnreadableRecords()
+	if err != nil {
+		return r, err
+	}
+	if r.UnreadableRecords = bad; len(bad) > 0 {
+		for _, u := range bad {
+			c.opts.Log.Warn("index record cannot be read", "bucket", u.Bucket, "key", u.Key, "error", u.Err, "dry_run", c.opts.DryRun)
+		}
+		if c.opts.DryRun {
+			// Nothing past them can be read: the content is checked
+			// once they are dropped.
+			r.StoredAfter = r.StoredBefore
+			return r, nil
+		}
+		if err := c.index.DropRecords(bad); err != nil {
+			return r, err
+		}
+	}
+	// Content whose record was dropped is removed as corrupt content is,
+	// with what names it: its images go back to partial, and its next
+	// pull fetches it again.
+	var dropped []digest.Digest
+	for _, u := range bad {
+		if u.Content() {
+			dropped = append(dropped, digest.Digest(u.Key))
+		}
+	}
 	recs, err := c.index.ReadImageTable(nil, nil) // no tags: not needed
 	if err != nil {
 		return r, err
@@ -114,7 +143,7 @@ func (c *Collector) verify(ctx context.Context) (Report, error) {
 		r.StoredAfter = r.StoredBefore
 		return r, nil
 	}
-	if len(corrupt)+len(missing) == 0 {
+	if len(corrupt)+len(missing)+len(dropped) == 0 {
 		r.StoredAfter = c.index.StoredBytes()
 		return r, nil
 	}
@@ -132,7 +161,7 @@ func (c *Collector) verify(ctx context.Context) (Report, error) {
 	// The images losing content go back to partial before it is removed:
 	// a repair cut short after a removal leaves none complete (a rerun
 	// finds nothing more to remove).
-	doomed := append(corrupt, missing...)
+	doomed := slices.Concat(corrupt, missing, dropped)
 	removed := map[digest.Digest]bool{}
 	for _, d := range doomed {
 		removed[d] = true

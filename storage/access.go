@@ -2,7 +2,6 @@ package storage
 
 import (
 	"encoding/json"
-	"fmt"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -153,7 +152,7 @@ func (ix *Index) recordedAccess(dgst digest.Digest) (time.Time, error) {
 		}
 		if raw := b.Get([]byte(dgst)); raw != nil {
 			if err := json.Unmarshal(raw, &t); err != nil {
-				return fmt.Errorf("index: corrupt access entry %q: %w", dgst, err)
+				return unreadable(bucketAccess, dgst, err)
 			}
 		}
 		return nil

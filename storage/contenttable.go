@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/hex"
 	"encoding/json"
-	"fmt"
 	"maps"
 	"slices"
 	"time"
@@ -427,7 +426,7 @@ func (t *ContentTable) read(tx *bolt.Tx, rel *releaser) error {
 				}
 			}
 			if err != nil {
-				return fmt.Errorf("index: corrupt %s entry %q: %w", s.bucket, s.k, err)
+				return unreadable(s.bucket, s.k, err)
 			}
 		}
 		if !rec.pack(ct) {

@@ -12,6 +12,7 @@ func TestFillRecordsWrittenOnlyHere(t *testing.T) {
 		readers: map[string]bool{
 			"get": true, "viewShared": true, "readAllRel": true,
 			"shareGet": true, "sharePut": true, "shareDelete": true,
+			"unreadable": true, // naming the bucket in an error
 		}}
 	rule.check(t, "write them with fillWrites (it forgets the key in the memo once committed), read them with fillRecordsOf or a reading helper", []string{
 		`func f(tx *bolt.Tx) error { return tx.Bucket(bucketMirrors).Put(k, v) }`,

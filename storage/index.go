@@ -348,7 +348,7 @@ func get[T any](tx *bolt.Tx, bucket, key []byte) (T, bool, error) {
 		return v, false, nil
 	}
 	if err := unmarshal(raw, &v); err != nil {
-		return v, false, fmt.Errorf("index: corrupt %s entry %q: %w", bucket, key, err)
+		return v, false, unreadable(bucket, key, err)
 	}
 	return v, true, nil
 }
@@ -393,7 +393,7 @@ func view[T any](ix *Index, bucket, key []byte) (v T, ok bool, err error) {
 		ok = true
 		if err := unmarshal(raw, &v); err != nil {
 			ok = false
-			return fmt.Errorf("index: corrupt %s entry %q: %w", bucket, key, err)
+			return unreadable(bucket, key, err)
 		}
 		return nil
 	})

@@ -2,7 +2,6 @@ package storage
 
 import (
 	"bytes"
-	"fmt"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -97,7 +96,7 @@ func readAllRel[T any](tx *bolt.Tx, bucket []byte, rel *releaser, fn func(key st
 		rel.read(k, raw)
 		var v T
 		if err := unmarshal(raw, &v); err != nil {
-			return fmt.Errorf("index: corrupt %s entry %q: %w", bucket, k, err)
+			return unreadable(bucket, k, err)
 		}
 		fn(string(k), v)
 		return nil

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 
 	"github.com/opencontainers/go-digest"
 
@@ -166,7 +165,7 @@ func (ix *Index) readFills(ctx context.Context, tx *bolt.Tx, rel *releaser) (inc
 		}
 		var rec FillRecord
 		if err := json.Unmarshal(v, &rec); err != nil {
-			return fmt.Errorf("index: corrupt mirror entry %q: %w", k, err)
+			return unreadable(bucketMirrors, k, err)
 		}
 		at := bytes.LastIndexByte(k, '@')
 		if rec.State != FillComplete && at >= 0 {

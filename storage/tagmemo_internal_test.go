@@ -23,8 +23,9 @@ func TestTagRecordsWrittenOnlyHere(t *testing.T) {
 		readers: map[string]bool{
 			"get": true, "viewShared": true, "readAllRel": true,
 			"shareGet": true, "sharePut": true, "shareDelete": true,
-			"adopt":  true, // a shared index's: the memo is off there
-			"Errorf": true, // naming the bucket in an error
+			"adopt":      true, // a shared index's: the memo is off there
+			"Errorf":     true, // naming the bucket in an error
+			"unreadable": true, // the same
 		}}
 	rule.check(t, "write them with tagWrites (it forgets the key in the memo once committed), read them with tagRecordsOf or a reading helper", []string{
 		`func f(tx *bolt.Tx) error { return tx.Bucket(bucketTags).Put(k, v) }`,

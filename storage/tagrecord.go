@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -185,7 +184,7 @@ func tagDigestAndTimes(k, raw []byte) (d []byte, fetched, checked time.Time, err
 	if isTagBinary(raw) {
 		d, rec, err := parseTagBinary(raw)
 		if err != nil {
-			return nil, fetched, checked, fmt.Errorf("index: corrupt %s entry %q: %w", bucketTags, k, err)
+			return nil, fetched, checked, unreadable(bucketTags, k, err)
 		}
 		return d, rec.FetchedAt, rec.CheckedAt, nil
 	}
@@ -194,7 +193,7 @@ func tagDigestAndTimes(k, raw []byte) (d []byte, fetched, checked time.Time, err
 		CheckedAt time.Time `json:"checked_at"`
 	}
 	if err := json.Unmarshal(raw, &times); err != nil {
-		return nil, fetched, checked, fmt.Errorf("index: corrupt %s entry %q: %w", bucketTags, k, err)
+		return nil, fetched, checked, unreadable(bucketTags, k, err)
 	}
 	d, err = tagDigestOf(k, raw)
 	return d, times.FetchedAt, times.CheckedAt, err
@@ -209,7 +208,7 @@ func tagDigestOf(k, raw []byte) ([]byte, error) {
 	}
 	var v TagRecord
 	if err := v.UnmarshalBinary(raw); err != nil {
-		return nil, fmt.Errorf("index: corrupt %s entry %q: %w", bucketTags, k, err)
+		return nil, unreadable(bucketTags, k, err)
 	}
 	return []byte(v.Digest), nil
 }

@@ -294,6 +294,9 @@ func verifyCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 			r, err = c.Verify(ctx)
 			return err
 		})
+	for _, u := range r.UnreadableRecords {
+		fmt.Fprintf(stdout, "unreadable record: %s\n", u)
+	}
 	for _, d := range r.Corrupt {
 		fmt.Fprintf(stdout, "corrupt: %s\n", d)
 	}
@@ -303,12 +306,20 @@ func verifyCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if err != nil {
 		return adminError(ctx, "verify", err, stderr)
 	}
+	if n := len(r.UnreadableRecords); n > 0 && !repair {
+		// Nothing else could be read past them.
+		fmt.Fprintf(stdout, "verify: %d unreadable index records; the content is checked once they are dropped (nothing removed: run with --repair to drop them)\n", n)
+		return 1
+	}
 	summary := fmt.Sprintf("verify: checked %s and %s (%s): %d corrupt", plural(r.BlobsChecked, "blob"),
 		plural(r.ManifestsChecked, "manifest"), humanBytes(r.BytesChecked), r.CorruptFound())
 	if r.Missing > 0 {
 		summary += fmt.Sprintf(", %d indexed but missing", r.Missing)
 	}
-	findings := r.CorruptFound() + r.Missing
+	if n := len(r.UnreadableRecords); n > 0 {
+		summary += fmt.Sprintf(", %d unreadable index records dropped", n)
+	}
+	findings := r.CorruptFound() + r.Missing + len(r.UnreadableRecords)
 	fmt.Fprintln(stdout, summary+findingsNote(findings, repair))
 	if findings > 0 {
 		return 1

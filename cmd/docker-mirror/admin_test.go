@@ -421,3 +421,45 @@ func TestAdminDamagedIndex(t *testing.T) {
 		}
 	}
 }
+
+// A record of the index whose value cannot be decoded (its pages sound:
+// a bit flipped in it, a write of another program) made ls, gc and
+// verify, --repair included, fail on it, saying nothing of what to do,
+// until the index was thrown away. They now say in one line which record
+// it is and that verify --repair drops it; verify lists it, and --repair
+// drops it (content whose record it was is removed, its image partial),
+// after which ls, gc and verify work again.
+func TestAdminUnreadableRecord(t *testing.T) {
+	for _, bucket := range []string{"tags", "manifests", "blobs", "mirrors", "pins", "access"} {
+		t.Run(bucket, func(t *testing.T) {
+			dir, _, _ := dataDir(t)
+			key := fixture.DamageRecord(t, filepath.Join(dir, "index.db"), bucket, "")
+			for _, args := range [][]string{{"ls"}, {"gc", "--dry-run"}, {"gc"}} {
+				code, _, stderr := runAdmin(t, append(args, "--data", dir)...)
+				if code == 0 {
+					continue // it does not read that bucket
+				}
+				if !strings.Contains(stderr, key) || !strings.Contains(stderr, "verify --repair") || strings.Count(stderr, "\n") != 1 {
+					t.Errorf("%v: exit %d, %q; want one line naming %q and verify --repair", args, code, stderr, key)
+				}
+			}
+			code, out, stderr := runAdmin(t, "verify", "--data", dir)
+			if code != 1 || !strings.Contains(out, "unreadable record: "+bucket+" entry \""+key+"\"") || !strings.Contains(out, "run with --repair") {
+				t.Fatalf("verify: exit %d, %q %q", code, out, stderr)
+			}
+			code, out, stderr = runAdmin(t, "verify", "--data", dir, "--repair")
+			if code != 1 || !strings.Contains(out, "1 unreadable index records dropped") {
+				t.Fatalf("verify --repair: exit %d, %q %q", code, out, stderr)
+			}
+			for _, cmd := range []string{"ls", "gc", "verify"} {
+				if code, out, stderr := runAdmin(t, cmd, "--data", dir); code != 0 {
+					t.Errorf("%s after the repair: exit %d, %q %q", cmd, code, out, stderr)
+				}
+			}
+			// A pin's key says what is pinned: the pin stays, its reason lost.
+			if _, out, _ := runAdmin(t, "ls", "--data", dir); !strings.Contains(strings.Split(out, "\n")[1], " yes") {
+				t.Errorf("ls after the repair: %q; want docker.io/library/multi:v1 pinned still", out)
+			}
+		})
+	}
+}
