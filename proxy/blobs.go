@@ -311,12 +311,14 @@ func (p *Proxy) wholeBlob(ctx context.Context, t target, dgst digest.Digest, siz
 }
 
 // dropUnreadable removes the stored blob dgst if err, the error of
-// opening or serving it, is a read of it that failed (bad sectors: EIO):
-// kept, it would fail every pull until verify --repair removed it.
-// Removed, it reads as missing, so that it is fetched again (a client cut
-// short mid-body asks again). It reports whether err was such a read.
+// opening or serving it, is a read of it that failed (bad sectors: EIO)
+// or was refused (EACCES: a file restored as another user, its mode
+// changed by hand): kept, it would fail every pull until verify --repair
+// removed it. Removed, it reads as missing, so that it is fetched again
+// (a client cut short mid-body asks again). It reports whether err was
+// such a read.
 func (p *Proxy) dropUnreadable(ctx context.Context, t target, dgst digest.Digest, err error) bool {
-	if !errors.Is(err, syscall.EIO) {
+	if !errors.Is(err, syscall.EIO) && !errors.Is(err, fs.ErrPermission) {
 		return false
 	}
 	p.log.Error("stored blob cannot be read; removing it", "digest", dgst, "error", err)

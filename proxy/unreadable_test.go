@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"io"
 	"io/fs"
@@ -100,11 +101,12 @@ func TestUnreadableManifestFetchedAgain(t *testing.T) {
 }
 
 // unopenable is a store whose file of one blob, once armed, cannot be
-// opened or stat'ed (bad sectors under its inode: EIO), until it is
-// removed.
+// opened or stat'ed (bad sectors under its inode: EIO, or errno if set),
+// until it is removed.
 type unopenable struct {
 	*storage.DriverStore
 	dgst  digest.Digest
+	errno syscall.Errno
 	armed atomic.Bool
 }
 
@@ -112,7 +114,7 @@ func (s *unopenable) eio(dgst digest.Digest) error {
 	if dgst != s.dgst || !s.armed.Load() {
 		return nil
 	}
-	return &fs.PathError{Op: "open", Path: "data", Err: syscall.EIO}
+	return &fs.PathError{Op: "open", Path: "data", Err: cmp.Or(s.errno, syscall.EIO)}
 }
 
 func (s *unopenable) OpenFile(dgst digest.Digest) (storage.File, int64, error) {
@@ -136,16 +138,21 @@ func (s *unopenable) Delete(ctx context.Context, repo string, dgst digest.Digest
 	return s.DriverStore.Delete(ctx, repo, dgst)
 }
 
-// A stored blob whose file cannot be opened or stat'ed (EIO) is removed
+// A stored blob whose file cannot be opened or stat'ed (EIO; or EACCES:
+// a file restored as another user, its mode changed by hand) is removed
 // and fetched again, a GET and a HEAD answered as misses: each was
 // answered 500 at every pull.
 func TestUnopenableBlobFetchedAgain(t *testing.T) {
-	for _, method := range []string{http.MethodGet, http.MethodHead} {
-		t.Run(method, func(t *testing.T) {
+	for _, tc := range []struct {
+		method string
+		errno  syscall.Errno
+	}{{http.MethodGet, syscall.EIO}, {http.MethodHead, syscall.EIO}, {http.MethodGet, syscall.EACCES}, {http.MethodHead, syscall.EACCES}} {
+		method := tc.method
+		t.Run(method+" "+tc.errno.Error(), func(t *testing.T) {
 			body := []byte(strings.Repeat("layer bytes ", 1000))
 			d := digest.FromBytes(body)
 			mem, _ := memStore(t)
-			store := &unopenable{DriverStore: mem, dgst: d}
+			store := &unopenable{DriverStore: mem, dgst: d, errno: tc.errno}
 			p, _, _ := testMirror(t, store, blobUpstream(t, body))
 			srv := httptest.NewServer(p.Handler())
 			defer srv.Close()
