@@ -432,6 +432,12 @@ func (ix *Index) TagHit(host, repo, tag string) (TagRecord, bool, error) {
 // tag is Tag of the tag whose key is key.
 func (ix *Index) tag(key []byte) (TagRecord, bool, error) {
 	rec, ok, err := viewShared[TagRecord](ix, bucketTags, key)
+	if errors.Is(err, ErrUnreadableRecord) {
+		// Unreadable (a flipped bit): a miss, which the caller fetches
+		// and records again over it, as a shared one is (viewShared),
+		// rather than an error at every pull of the tag.
+		return TagRecord{}, false, nil
+	}
 	if !ok || err != nil || ix.records == nil || ix.now().Sub(rec.CheckedAt) < TagRecheck {
 		return rec, ok, err
 	}

@@ -60,3 +60,27 @@ func TestOldLayoutDataDirectoryStillServes(t *testing.T) {
 		}
 	}
 }
+
+// A tag whose record in the index cannot be read (its pages sound: a
+// flipped bit in it) is a miss: fetched from the upstream and recorded
+// again, as one in a shared bucket is. It was answered 500 at every pull
+// of the tag (Docker then pulled from Docker Hub) until the index was
+// repaired offline; the other tags were served meanwhile.
+func TestUnreadableTagRecordIsAMiss(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	x := up.SeedImage(t, "library/x", "v1", 1, 4<<10)
+	y := up.SeedImage(t, "library/y", "v1", 1, 4<<10)
+	m := servertest.Start(t, up.URL())
+	wantManifest(t, get(t, m.URL()+"/v2/library/x/manifests/v1"), x.Manifest, x.MediaType)
+	wantManifest(t, get(t, m.URL()+"/v2/library/y/manifests/v1"), y.Manifest, y.MediaType)
+	m.WaitIdle()
+	m.Stop()
+	fixture.DamageRecord(t, filepath.Join(m.Dir(), "index.db"), "tags", storage.TagKey("docker.io", "library/x", "v1"))
+
+	m.Restart()
+	wantManifest(t, get(t, m.URL()+"/v2/library/y/manifests/v1"), y.Manifest, y.MediaType)
+	wantManifest(t, get(t, m.URL()+"/v2/library/x/manifests/v1"), x.Manifest, x.MediaType)
+	m.WaitIdle()
+	up.Stop() // recorded again: served with the upstream down
+	wantManifest(t, get(t, m.URL()+"/v2/library/x/manifests/v1"), x.Manifest, x.MediaType)
+}
