@@ -279,6 +279,59 @@ func (c *Collector) Pass(ctx context.Context, p Policy) (_ Report, err error) {
 	defer c.index.RecoverDamaged(&err)
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	r, err := c.pass(ctx, p)
+	if !errors.Is(err, storage.ErrUnreadableRecord) || c.opts.DryRun {
+		return r, err
+	}
+	// A record that cannot be read (a flipped bit) would fail every
+	// pass, the store growing past max_size: it is dropped, as verify
+	// --repair drops it, and the pass made again.
+	var dropped Report
+	if derr := c.dropUnreadable(ctx, &dropped); derr != nil {
+		return r, errors.Join(err, derr)
+	}
+	r, err = c.pass(ctx, p)
+	r.add(dropped)
+	r.UnreadableRecords, r.FillsReset = dropped.UnreadableRecords, r.FillsReset+dropped.FillsReset
+	return r, err
+}
+
+// dropUnreadable drops the index's records that cannot be decoded, as
+// Verify's repair does (storage.Index.DropRecords), logging each; the
+// content whose record it was is removed, its images going back to
+// partial, and its next pull fetches it again.
+func (c *Collector) dropUnreadable(ctx context.Context, r *Report) error {
+	bad, err := c.index.UnreadableRecords()
+	if err != nil || len(bad) == 0 {
+		return err
+	}
+	for _, u := range bad {
+		c.opts.Log.Warn("index record cannot be read; dropping it", "bucket", u.Bucket, "key", u.Key, "error", u.Err)
+	}
+	if err := c.index.DropRecords(bad); err != nil {
+		return err
+	}
+	r.UnreadableRecords = bad
+	found := map[digest.Digest]bool{}
+	var content []digest.Digest
+	for _, u := range bad {
+		if u.Content() {
+			content = append(content, digest.Digest(u.Key))
+			found[digest.Digest(u.Key)] = true
+		}
+	}
+	if len(content) == 0 {
+		return nil
+	}
+	recs, err := c.index.ReadImageTable(nil, nil)
+	if err != nil {
+		return err
+	}
+	return c.removeContent(ctx, recs.Fills, content, nil, found, r)
+}
+
+// pass is Pass, c.mu held.
+func (c *Collector) pass(ctx context.Context, p Policy) (Report, error) {
 	now := c.opts.Now()
 	due := p.CollectEvery <= 0 || c.lastCollect.IsZero() || !now.Before(c.lastCollect.Add(p.CollectEvery))
 	if !due && p.EvictAfter <= 0 && p.MaxSize > 0 && c.index.Shared() {

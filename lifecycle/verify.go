@@ -148,27 +148,35 @@ func (c *Collector) verify(ctx context.Context) (Report, error) {
 		return r, nil
 	}
 
+	err = c.removeContent(ctx, recs.Fills, slices.Concat(corrupt, missing, dropped), size, found, &r)
+	r.StoredAfter = c.index.StoredBytes()
+	return r, err
+}
+
+// removeContent forgets the digests doomed and removes from the store
+// those found there (of the sizes size), the images losing content (fills:
+// the mirror records) going back to partial first, and adds what it
+// removed to r.
+func (c *Collector) removeContent(ctx context.Context, fills []storage.FillEntry, doomed []digest.Digest, size map[digest.Digest]int64, found map[digest.Digest]bool, r *Report) error {
 	// The images that a removed signature, attestation or SBOM belongs
 	// to are found through the referrers lists and tags as they are
 	// before the removal, which takes the tags of a corrupt manifest.
 	g, err := c.referrersGraph()
 	if err != nil {
-		return r, err
+		return err
 	}
 	if err := c.index.ReadTagDigests(func(key, d []byte) { addReferrerTag(g, key, d) }); err != nil {
-		return r, err
+		return err
 	}
 	// The images losing content go back to partial before it is removed:
 	// a repair cut short after a removal leaves none complete (a rerun
 	// finds nothing more to remove).
-	doomed := slices.Concat(corrupt, missing, dropped)
 	removed := map[digest.Digest]bool{}
 	for _, d := range doomed {
 		removed[d] = true
 	}
-	if err := c.resetMirrors(ctx, g, recs.Fills, removed, &r); err != nil {
-		r.StoredAfter = c.index.StoredBytes()
-		return r, err
+	if err := c.resetMirrors(ctx, g, fills, removed, r); err != nil {
+		return err
 	}
 	for batch := range slices.Chunk(doomed, batchSize) {
 		claimed, release := c.claim(batch)
@@ -177,22 +185,22 @@ func (c *Collector) verify(ctx context.Context) (Report, error) {
 		if err == nil {
 			for _, f := range gone {
 				if size[f.Digest] > 0 || found[f.Digest] {
-					if err = c.store.Delete(ctx, "", f.Digest); err != nil {
+					if err = c.store.Delete(ctx, "", f.Digest); errors.Is(err, storage.ErrNotFound) {
+						err = nil // removed meanwhile
+					} else if err != nil {
 						break
 					}
 				}
 				r.TagsRemoved += len(f.Tags)
-				count(&r, f.Manifest, size[f.Digest])
+				count(r, f.Manifest, size[f.Digest])
 			}
 		}
 		release()
 		if err != nil {
-			r.StoredAfter = c.index.StoredBytes()
-			return r, err
+			return err
 		}
 	}
-	r.StoredAfter = c.index.StoredBytes()
-	return r, nil
+	return nil
 }
 
 // rehash reports whether stored content matches its digest.

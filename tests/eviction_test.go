@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -8,6 +9,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/docker-mirror/docker-mirror/lifecycle"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
 	"github.com/docker-mirror/docker-mirror/tests/servertest"
 )
@@ -88,5 +90,37 @@ func TestEvictionWhilePulling(t *testing.T) {
 	}
 	if kept == 0 || kept == len(images) {
 		t.Errorf("%d of %d images kept; want some evicted and some kept", kept, len(images))
+	}
+}
+
+// A record of the index that cannot be read (its pages sound: a flipped
+// bit in it) is dropped by the running server's pass that meets it, as
+// verify --repair drops it, and the pass goes on: every pass failed on it
+// (a warning a minute), the store growing past max_size, until the index
+// was repaired offline.
+func TestUnreadableRecordStopsNoEviction(t *testing.T) {
+	for _, bucket := range []string{"tags", "manifests", "blobs", "mirrors", "access"} {
+		t.Run(bucket, func(t *testing.T) {
+			up := fixture.StartUpstream(t)
+			x := up.SeedImage(t, "library/x", "v1", 1, 4<<10)
+			y := up.SeedImage(t, "library/y", "v1", 1, 4<<10)
+			m := servertest.Start(t, up.URL())
+			wantManifest(t, get(t, m.URL()+"/v2/library/x/manifests/v1"), x.Manifest, x.MediaType)
+			wantManifest(t, get(t, m.URL()+"/v2/library/y/manifests/v1"), y.Manifest, y.MediaType)
+			m.WaitIdle()
+			m.Stop()
+			fixture.DamageRecord(t, filepath.Join(m.Dir(), "index.db"), bucket, "")
+			m.Restart()
+			m.WaitIdle()
+
+			m.Clock.Advance(time.Hour) // past the grace period
+			rep, err := m.Server.Collector.Pass(t.Context(), lifecycle.Policy{MaxSize: 1, CollectEvery: lifecycle.DefaultCollectEvery})
+			// (An image whose content went with the record is partial,
+			// just now: kept for the grace period.)
+			if err != nil || rep.ImagesEvicted == 0 || len(rep.UnreadableRecords) != 1 {
+				t.Fatalf("a pass over max_size beside an unreadable %s record: %v, %d images evicted, %v dropped; want it dropped and images evicted", bucket, err, rep.ImagesEvicted, rep.UnreadableRecords)
+			}
+			wantImage(t, m, "x", x) // fetched again
+		})
 	}
 }
