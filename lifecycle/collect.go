@@ -321,10 +321,18 @@ func (c *Collector) collect(ctx context.Context, table *storage.ContentTable, dr
 		return r, err
 	}
 	stored := &storedFiles{ids: ids}
-	if err := c.store.Walk(ctx, func(sc storage.StoredContent) error {
+	err = c.store.Walk(ctx, func(sc storage.StoredContent) error {
 		stored.add(ids.id(sc.Digest), sc.Size, sc.ModTime)
 		return nil
-	}); err != nil {
+	})
+	if errors.Is(err, storage.ErrListingIncomplete) {
+		// A directory it cannot read (permission denied, bad sectors):
+		// failing on it, every collection and eviction would, the store
+		// staying past max_size. What the index records is removed by
+		// its path all the same; what the directory holds unrecorded is
+		// kept.
+		c.opts.Log.Warn("listing the store: passed over what cannot be read; content there that the index does not record is kept", "error", err)
+	} else if err != nil {
 		return r, fmt.Errorf("listing the store: %w", err)
 	}
 

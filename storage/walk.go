@@ -3,6 +3,7 @@ package storage
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path"
@@ -28,7 +29,10 @@ type StoredContent struct {
 // Walk calls fn for every blob and manifest in the store, in no particular
 // order; content written during the walk may or may not be seen. Files that
 // are not content (leftovers with unexpected names) are skipped. An error
-// from fn stops the walk and is returned.
+// from fn stops the walk and is returned. In a filesystem store, a
+// directory or file that cannot be read (permission denied, an I/O error)
+// is passed over and the walk goes on: it returns then an error wrapping
+// ErrListingIncomplete, once the rest is listed.
 func (s *DriverStore) Walk(ctx context.Context, fn func(StoredContent) error) error {
 	if s.root != "" {
 		return walkFiles(ctx, s.blobs, fn)
@@ -74,6 +78,7 @@ func contentDigest(p string) (digest.Digest, bool) {
 // it counts as content is the same (contentDigest, and a regular file). A
 // directory or file removed during the walk is not content.
 func walkFiles(ctx context.Context, blobs string, fn func(StoredContent) error) error {
+	var unread []error // what could not be read, passed over
 	algs, err := readDir(blobs)
 	if err != nil {
 		return err
@@ -85,7 +90,8 @@ func walkFiles(ctx context.Context, blobs string, fn func(StoredContent) error) 
 		algDir := filepath.Join(blobs, alg.Name())
 		prefixes, err := readDir(algDir)
 		if err != nil {
-			return err
+			unread = append(unread, err)
+			continue
 		}
 		for _, prefix := range prefixes {
 			if err := ctx.Err(); err != nil {
@@ -97,7 +103,8 @@ func walkFiles(ctx context.Context, blobs string, fn func(StoredContent) error) 
 			dir := filepath.Join(algDir, prefix.Name())
 			entries, err := readDir(dir)
 			if err != nil {
-				return err
+				unread = append(unread, err)
+				continue
 			}
 			for _, e := range entries {
 				if !e.IsDir() {
@@ -112,7 +119,8 @@ func walkFiles(ctx context.Context, blobs string, fn func(StoredContent) error) 
 					continue
 				}
 				if err != nil {
-					return err
+					unread = append(unread, err)
+					continue
 				}
 				if !fi.Mode().IsRegular() {
 					continue
@@ -123,8 +131,15 @@ func walkFiles(ctx context.Context, blobs string, fn func(StoredContent) error) 
 			}
 		}
 	}
+	if len(unread) > 0 {
+		return fmt.Errorf("%w: %w", ErrListingIncomplete, errors.Join(unread...))
+	}
 	return nil
 }
+
+// ErrListingIncomplete is wrapped by the error of a Walk that passed over
+// what it could not read: the rest was listed.
+var ErrListingIncomplete = errors.New("the store's listing is incomplete")
 
 // readDir is dir's entries, unsorted; none if dir does not exist.
 func readDir(dir string) ([]fs.DirEntry, error) {

@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -10,6 +11,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/docker-mirror/docker-mirror/lifecycle"
+	"github.com/docker-mirror/docker-mirror/storage"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
 	"github.com/docker-mirror/docker-mirror/tests/servertest"
 )
@@ -123,4 +125,35 @@ func TestUnreadableRecordStopsNoEviction(t *testing.T) {
 			wantImage(t, m, "x", x) // fetched again
 		})
 	}
+}
+
+// A directory of the store the mirror cannot list (permission denied:
+// restored as another user; a bad sector under it) failed every
+// collection, and so every eviction, the store staying past max_size for
+// as long as it was there: the listing stopped at it. The content the
+// index records is removed all the same (by its path), and what the
+// directory may hold unrecorded is kept, with a warning.
+func TestUnlistableDirectoryStopsNoEviction(t *testing.T) {
+	if os.Geteuid() == 0 {
+		t.Skip("root lists any directory")
+	}
+	up, y, m, file := pulledOnDisk(t, "y")
+	x := up.SeedImage(t, "library/x", "1", 1, 1<<10)
+	wantManifest(t, get(t, m.URL()+"/v2/x/manifests/1"), x.Manifest, x.MediaType)
+	m.WaitIdle()
+	if err := m.Index.Pin(y.Digest, storage.PinRecord{Reason: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Dir(filepath.Dir(file)) // y's manifest's prefix directory
+	if err := os.Chmod(dir, 0o300); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Chmod(dir, 0o755) })
+
+	m.Clock.Advance(time.Hour) // past the grace period
+	rep, err := m.Server.Collector.Pass(t.Context(), lifecycle.Policy{MaxSize: 1, CollectEvery: lifecycle.DefaultCollectEvery})
+	if err != nil || rep.ImagesEvicted != 1 || rep.ManifestsRemoved == 0 {
+		t.Fatalf("a pass over max_size beside a directory it cannot list: %v, %d images evicted, %d manifests removed; want x evicted and removed", err, rep.ImagesEvicted, rep.ManifestsRemoved)
+	}
+	wantManifest(t, get(t, m.URL()+"/v2/y/manifests/1"), y.Manifest, y.MediaType)
 }
