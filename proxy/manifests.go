@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"strconv"
 	"strings"
@@ -434,9 +435,10 @@ func (p *Proxy) readStored(ctx context.Context, t target, dgst digest.Digest, re
 	}
 	body, err := p.readManifest(ctx, t, dgst, rec.Size)
 	release()
-	if errors.Is(err, syscall.EIO) {
-		// Unreadable (bad sectors): as useless as corrupt, and kept it
-		// fails every pull.
+	if errors.Is(err, syscall.EIO) || errors.Is(err, fs.ErrPermission) {
+		// Unreadable (bad sectors; or refused: a file restored as
+		// another user): as useless as corrupt, and kept it fails every
+		// pull.
 		p.log.Error("stored manifest cannot be read; removing it", "digest", dgst, "repo", t.storeRepo(), "error", err)
 		return nil, p.dropManifest(ctx, t, dgst, fmt.Errorf("stored manifest %s cannot be read (%w)", dgst, err))
 	}

@@ -76,28 +76,35 @@ func TestUnreadableBlobFetchedAgain(t *testing.T) {
 	}
 }
 
-// A stored manifest whose reads fail (bad sectors: EIO) is removed and
-// fetched again, as a corrupt one is: it was answered 500 at every pull,
-// by digest and by tag, until verify --repair removed it.
+// A stored manifest whose reads fail (bad sectors: EIO; or EACCES: a
+// file restored as another user) is removed and fetched again, as a
+// corrupt one is: it was answered 500 at every pull, by digest and by
+// tag, until verify --repair removed it.
 func TestUnreadableManifestFetchedAgain(t *testing.T) {
-	for _, by := range []string{"digest", "tag"} {
-		t.Run(by, func(t *testing.T) {
-			mem, _ := memStore(t)
-			bad := storetest.NewBadSectors(mem.Driver())
-			f := &writesFixture{up: fixture.StartUpstream(t), store: &gatedStore{Store: storage.NewDriverStore(bad)}}
-			f.p, _, f.index = testMirror(t, f.store, f.up.URL())
-			srv := httptest.NewServer(f.p.Handler())
-			defer srv.Close()
-			f.url = srv.URL
-			img := f.up.SeedImage(t, "library/app", "v1", 2, 4<<10)
-			f.request(t, http.MethodGet, "/v2/library/app/manifests/v1", img.Manifest, img.MediaType, "miss")
-			f.waitIdle(t)
-			bad.FailBlob(digest.Digest(img.Digest))
-			ref := map[string]string{"digest": img.Digest, "tag": "v1"}[by]
-			f.request(t, http.MethodGet, "/v2/library/app/manifests/"+ref, img.Manifest, img.MediaType, "")
-			f.request(t, http.MethodGet, "/v2/library/app/manifests/"+ref, img.Manifest, img.MediaType, "")
-		})
+	for _, errno := range []syscall.Errno{syscall.EIO, syscall.EACCES} {
+		for _, by := range []string{"digest", "tag"} {
+			t.Run(errno.Error()+" "+by, func(t *testing.T) { unreadableManifestFetchedAgain(t, errno, by) })
+		}
 	}
+}
+
+// unreadableManifestFetchedAgain is one case of TestUnreadableManifestFetchedAgain.
+func unreadableManifestFetchedAgain(t *testing.T, errno syscall.Errno, by string) {
+	mem, _ := memStore(t)
+	bad := storetest.NewBadSectors(mem.Driver())
+	bad.Errno = errno
+	f := &writesFixture{up: fixture.StartUpstream(t), store: &gatedStore{Store: storage.NewDriverStore(bad)}}
+	f.p, _, f.index = testMirror(t, f.store, f.up.URL())
+	srv := httptest.NewServer(f.p.Handler())
+	defer srv.Close()
+	f.url = srv.URL
+	img := f.up.SeedImage(t, "library/app", "v1", 2, 4<<10)
+	f.request(t, http.MethodGet, "/v2/library/app/manifests/v1", img.Manifest, img.MediaType, "miss")
+	f.waitIdle(t)
+	bad.FailBlob(digest.Digest(img.Digest))
+	ref := map[string]string{"digest": img.Digest, "tag": "v1"}[by]
+	f.request(t, http.MethodGet, "/v2/library/app/manifests/"+ref, img.Manifest, img.MediaType, "")
+	f.request(t, http.MethodGet, "/v2/library/app/manifests/"+ref, img.Manifest, img.MediaType, "")
 }
 
 // unopenable is a store whose file of one blob, once armed, cannot be

@@ -19,6 +19,9 @@ import (
 // written there again is read as any other.
 type BadSectors struct {
 	storagedriver.StorageDriver
+	// Errno, if set, is what the reads fail with instead of EIO (EACCES:
+	// a file restored as another user).
+	Errno syscall.Errno
 
 	mu  sync.Mutex
 	bad string
@@ -52,6 +55,15 @@ func (d *BadSectors) isBad(p string) bool {
 	return d.bad != "" && p == d.bad
 }
 
+// failure is the error of op on the bad file p.
+func (d *BadSectors) failure(op, p string) error {
+	errno := d.Errno
+	if errno == 0 {
+		errno = syscall.EIO
+	}
+	return &fs.PathError{Op: op, Path: p, Err: errno}
+}
+
 // Reader implements storagedriver.StorageDriver.
 func (d *BadSectors) Reader(ctx context.Context, p string, offset int64) (io.ReadCloser, error) {
 	rc, err := d.StorageDriver.Reader(ctx, p, offset)
@@ -59,13 +71,13 @@ func (d *BadSectors) Reader(ctx context.Context, p string, offset int64) (io.Rea
 		return rc, err
 	}
 	rc.Close()
-	return io.NopCloser(failingRead{&fs.PathError{Op: "read", Path: p, Err: syscall.EIO}}), nil
+	return io.NopCloser(failingRead{d.failure("read", p)}), nil
 }
 
 // GetContent implements storagedriver.StorageDriver.
 func (d *BadSectors) GetContent(ctx context.Context, p string) ([]byte, error) {
 	if d.isBad(p) {
-		return nil, &fs.PathError{Op: "read", Path: p, Err: syscall.EIO}
+		return nil, d.failure("read", p)
 	}
 	return d.StorageDriver.GetContent(ctx, p)
 }
