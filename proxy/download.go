@@ -141,15 +141,18 @@ const (
 const resumeWait = time.Second
 
 // slowWindow and slowestDownload bound how slowly a download may go on
-// (as curl's --speed-limit and --speed-time do): one whose rate over the
-// last slowWindow would bring the rest of the blob in more than
-// slowestDownload is cut. An upstream (or a link) that dribbles a byte
-// at a time keeps its connection and the fill timeout's clock alive, and
-// every client asking for the blob would join it and wait for ever; a
-// large layer over a slow link, its bytes coming all along, still
-// arrives.
+// (as curl's --speed-limit and --speed-time do): one whose rate, both
+// over the last slowWindow and since it started, would bring the rest of
+// the blob in more than slowestDownload is cut. An upstream (or a link)
+// that dribbles a byte at a time keeps its connection and the fill
+// timeout's clock alive, and every client asking for the blob would join
+// it and wait for ever; a large layer over a slow link, its bytes coming
+// all along, still arrives. The window is an hour, the fill timeout's
+// default, and the rate since the start must agree: a stall the fill
+// timeout lets be, its window's rate judged on the first bytes after it,
+// does not cut a download that went well before it.
 const (
-	slowWindow      = 5 * time.Minute
+	slowWindow      = time.Hour
 	slowestDownload = 24 * time.Hour
 )
 
@@ -851,8 +854,10 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 	defer p.blobs.bufs.Put(bp)
 	buf := *bp
 	var n, resumedAt int64
-	// The rate of the last slowWindow (tooSlow): since windowAt, n-windowN bytes.
-	windowAt, windowN := p.now(), int64(0)
+	// The rate of the last slowWindow (tooSlow): since windowAt, n-windowN
+	// bytes; and since startAt, n.
+	startAt := p.now()
+	windowAt, windowN := startAt, int64(0)
 	for resumes := 0; ; {
 		m, rerr := body.Read(buf)
 		if errors.Is(rerr, io.EOF) && size >= 0 && n+int64(m) < size {
@@ -884,7 +889,7 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 			}
 			dl.update(func() { dl.written = n })
 			if now := p.now(); now.Sub(windowAt) >= slowWindow {
-				if err := tooSlow(t.host(), dl.dgst, size, n, n-windowN, now.Sub(windowAt)); err != nil {
+				if err := tooSlow(t.host(), dl.dgst, size, n, n-windowN, now.Sub(windowAt)); err != nil && tooSlow(t.host(), dl.dgst, size, n, n, now.Sub(startAt)) != nil {
 					fail(err)
 					return
 				}

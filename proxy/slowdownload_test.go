@@ -39,9 +39,10 @@ func (d dribbling) RoundTrip(r *http.Request) (*http.Response, error) {
 // A download that dribbles, a byte every 25 seconds (a 100 KiB layer in
 // a month), fails once its rate says it would take longer than a day,
 // saying so (its config, of 323 bytes, is let go on: two hours), and the
-// next prefetch, the upstream mended, fetches the blob afresh. Before, nothing but max_blob_size bounded it: the prefetch
-// ran for ever, and every client asking for the blob joined it and
-// waited for ever, until a restart.
+// next prefetch, the upstream mended, fetches the blob afresh. Before,
+// nothing but max_blob_size bounded it: the prefetch ran for ever, and
+// every client asking for the blob joined it and waited for ever, until
+// a restart.
 func TestDribblingDownloadFails(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
@@ -66,6 +67,66 @@ func TestDribblingDownloadFails(t *testing.T) {
 		mended.Store(true)
 		if got := prefetchAfter(t, p, "a:1", time.Minute); got.State != storage.JobDone {
 			t.Fatalf("prefetch once the upstream is mended: %s, want done; images: %+v", got.State, got.Images)
+		}
+	})
+}
+
+// stalling answers as its transport does, but stalls each large blob's
+// body (over 1 MiB) half way, on a synctest bubble's clock: 5 minutes
+// before a piece, then 50 more before the rest, which comes at once. An
+// upstream's hiccup, within the fill timeout's hour.
+type stalling struct{ rt http.RoundTripper }
+
+func (s stalling) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := s.rt.RoundTrip(r)
+	if err != nil || r.Method != http.MethodGet || !strings.Contains(r.URL.Path, "/blobs/") || resp.ContentLength <= 1<<20 {
+		return resp, err
+	}
+	resp.Body = &stall{rc: resp.Body, at: resp.ContentLength / 2, pauses: []time.Duration{5 * time.Minute, 50 * time.Minute}}
+	return resp, nil
+}
+
+type stall struct {
+	rc     io.ReadCloser
+	at, n  int64
+	pauses []time.Duration
+}
+
+func (s *stall) Read(p []byte) (int, error) {
+	if s.n >= s.at && len(s.pauses) > 0 {
+		time.Sleep(s.pauses[0])
+		s.pauses = s.pauses[1:]
+	}
+	m, err := s.rc.Read(p[:min(len(p), 32<<10)])
+	s.n += int64(m)
+	return m, err
+}
+
+func (s *stall) Close() error { return s.rc.Close() }
+
+// A download that went well, then stalled within the fill timeout, is not
+// cut for being too slow when its bytes come again: the first piece after
+// a 50-minute stall, alone in its window, would bring the rest of an
+// 4 MiB layer in days, but the rate since the download started would not.
+// Before, a window of 5 minutes judged that piece alone and cut it.
+func TestStalledDownloadNotTooSlow(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+		img, err := random.Image(4<<20, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ref, err := gname.ParseReference("registry.test/library/a:1", gname.Insecure)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := remote.Write(ref, img, remote.WithTransport(inProcess{reg})); err != nil {
+			t.Fatal(err)
+		}
+		p := transportMirror(t, stalling{inProcess{reg}}, nil)
+		defer p.Close()
+		if got := prefetchAfter(t, p, "a:1", 2*time.Hour); got.State != storage.JobDone {
+			t.Fatalf("prefetch of a layer stalled 55 minutes half way: %s, want done; images: %+v", got.State, got.Images)
 		}
 	})
 }
