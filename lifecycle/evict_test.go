@@ -263,7 +263,7 @@ type mirroring struct {
 
 // startMirroring pulls app:v1 through a mirror whose upstream holds the
 // image's second layer, and returns once the background mirror waits for
-// it. Its collector has what the server gives it: a grace period, and the
+// it (the mirror does not fetch ahead, so the fill asks for it first). Its collector has what the server gives it: a grace period, and the
 // guard the proxy holds.
 func startMirroring(t *testing.T) mirroring {
 	t.Helper()
@@ -272,9 +272,13 @@ func startMirroring(t *testing.T) mirroring {
 	im := single("app", "v1", seeded)
 	gated, g := startGated(t, up, seeded.Layers[1])
 	inUse := lifecycle.NewInUse()
+	// Fetching ahead off: the gated layer is asked for by the fill alone,
+	// which holds the image's root first (fetched ahead, the gate could be
+	// reached before the fill, which starts after the manifest's answer,
+	// held it, and an eviction then took the image).
 	m := servertest.StartWithStore(t, gated.URL, func(ix *storage.Index) (storage.Store, error) {
 		return storage.OpenDriverStore(context.Background(), "filesystem", map[string]any{"rootdirectory": filepath.Dir(ix.Path())})
-	}, proxy.WithContentGuard(inUse))
+	}, proxy.WithContentGuard(inUse), proxy.WithFetchAhead(false))
 	t.Cleanup(g.Open) // before the mirror stops: it waits for the mirroring
 	e := &env{up: up, m: m, store: m.Store.(*storage.DriverStore)}
 	col := e.collector(lifecycle.Options{Grace: lifecycle.DefaultGrace, Guard: inUse})
