@@ -99,9 +99,14 @@ func TestRunWakesWhenAPullPassesMaxSize(t *testing.T) {
 
 	gated, g := startGated(t, e.up, seeded.Layers[1])
 	inUse := lifecycle.NewInUse()
+	// Fetching ahead off: app's blobs are recorded after its manifest, so
+	// the pass their growth wakes counts them as app's and evicts old.
+	// (Fetched ahead, they could be recorded before the manifest, which
+	// comes after the answer: that pass found the images' content under
+	// the limit, evicted nothing, and ignored the wakes after it.)
 	m := servertest.StartWithStore(t, gated.URL, func(ix *storage.Index) (storage.Store, error) {
 		return openStore(ix)
-	}, proxy.WithContentGuard(inUse))
+	}, proxy.WithContentGuard(inUse), proxy.WithFetchAhead(false))
 	t.Cleanup(g.Open) // before the mirror stops: it waits for the mirroring
 	e = &env{up: e.up, m: m, store: m.Store.(*storage.DriverStore)}
 
