@@ -263,7 +263,8 @@ type mirroring struct {
 
 // startMirroring pulls app:v1 through a mirror whose upstream holds the
 // image's second layer, and returns once the background mirror waits for
-// it (the mirror does not fetch ahead, so the fill asks for it first). Its collector has what the server gives it: a grace period, and the
+// it (the mirror does not fetch ahead, so the fill asks for it first).
+// Its collector has what the server gives it: a grace period, and the
 // guard the proxy holds.
 func startMirroring(t *testing.T) mirroring {
 	t.Helper()
