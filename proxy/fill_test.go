@@ -50,11 +50,19 @@ func platformIndex(t *testing.T, reg http.Handler, repo, tag string, platforms .
 	return idx, imgs
 }
 
-// pushImage pushes a random image of n layers to the in-process registry
-// reg as registry.test/ref ("library/app:1") and returns it.
+// pushImage pushes a random image of n layers (512 bytes each) to the
+// in-process registry reg as registry.test/ref ("library/app:1") and
+// returns it.
 func pushImage(t *testing.T, reg http.Handler, ref string, n int) ggcrv1.Image {
 	t.Helper()
-	img, err := random.Image(512, int64(n))
+	return pushSized(t, reg, ref, 512, n)
+}
+
+// pushSized pushes to reg, as ref, a random image of n layers of size
+// bytes each.
+func pushSized(t *testing.T, reg http.Handler, ref string, size int64, n int) ggcrv1.Image {
+	t.Helper()
+	img, err := random.Image(size, int64(n))
 	if err != nil {
 		t.Fatal(err)
 	}

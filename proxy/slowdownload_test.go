@@ -10,10 +10,7 @@ import (
 	"testing/synctest"
 	"time"
 
-	gname "github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
-	"github.com/google/go-containerregistry/pkg/v1/random"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/docker-mirror/docker-mirror/storage"
 )
@@ -46,17 +43,7 @@ func (d dribbling) RoundTrip(r *http.Request) (*http.Response, error) {
 func TestDribblingDownloadFails(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
-		img, err := random.Image(100<<10, 1)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ref, err := gname.ParseReference("registry.test/library/a:1", gname.Insecure)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := remote.Write(ref, img, remote.WithTransport(inProcess{reg})); err != nil {
-			t.Fatal(err)
-		}
+		pushSized(t, reg, "library/a:1", 100<<10, 1)
 		var mended atomic.Bool
 		p := transportMirror(t, dribbling{inProcess{reg}, &mended}, nil)
 		defer p.Close()
@@ -112,17 +99,7 @@ func (s *stall) Close() error { return s.rc.Close() }
 func TestStalledDownloadNotTooSlow(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
-		img, err := random.Image(4<<20, 1)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ref, err := gname.ParseReference("registry.test/library/a:1", gname.Insecure)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := remote.Write(ref, img, remote.WithTransport(inProcess{reg})); err != nil {
-			t.Fatal(err)
-		}
+		pushSized(t, reg, "library/a:1", 4<<20, 1)
 		p := transportMirror(t, stalling{inProcess{reg}}, nil)
 		defer p.Close()
 		if got := prefetchAfter(t, p, "a:1", 2*time.Hour); got.State != storage.JobDone {
