@@ -1,7 +1,6 @@
 package storage
 
 import (
-	"bytes"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -84,17 +83,6 @@ func (ix *Index) SetTagsAbsent(host, repo string, subject digest.Digest, absent,
 
 // deleteAbsentTags deletes the absent tags of subject held by holder.
 func deleteAbsentTags(tx *bolt.Tx, holder string, subject digest.Digest) error {
-	prefix := absentTagsPrefix(holder, subject)
-	b := tx.Bucket(bucketAbsentTags)
-	var keys [][]byte
-	c := b.Cursor()
-	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-		keys = append(keys, bytes.Clone(k))
-	}
-	for _, k := range keys {
-		if err := b.Delete(k); err != nil {
-			return err
-		}
-	}
-	return nil
+	_, err := deletePrefixed(tx.Bucket(bucketAbsentTags), absentTagsPrefix(holder, subject))
+	return err
 }

@@ -105,7 +105,12 @@ func (ix *Index) DeleteReferrers(host, repo string, subject digest.Digest) error
 // prefix ("host/repo@subject\x00": every filter of one subject), and
 // returns their keys.
 func deleteReferrers(tx *bolt.Tx, prefix []byte) ([][]byte, error) {
-	b := tx.Bucket(bucketReferrers)
+	return deletePrefixed(tx.Bucket(bucketReferrers), prefix)
+}
+
+// deletePrefixed deletes the keys of b that start with prefix, and
+// returns them.
+func deletePrefixed(b *bolt.Bucket, prefix []byte) ([][]byte, error) {
 	var keys [][]byte
 	c := b.Cursor()
 	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {

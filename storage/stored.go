@@ -201,8 +201,16 @@ func (ix *Index) sumStored(tx *bolt.Tx) (int64, error) {
 // countStored sums the records and writes the stored total's record (an
 // open that cannot trust it: see above).
 func (ix *Index) countStored() error {
+	return ix.countStoredAfter(func(*bolt.Tx) error { return nil })
+}
+
+// countStoredAfter is countStored in the transaction of change, after it.
+func (ix *Index) countStoredAfter(change func(*bolt.Tx) error) error {
 	var total int64
 	err := ix.write(func(tx *bolt.Tx) error {
+		if err := change(tx); err != nil {
+			return err
+		}
 		var err error
 		if total, err = ix.sumStored(tx); err != nil {
 			return err

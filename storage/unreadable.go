@@ -78,8 +78,7 @@ func (ix *Index) UnreadableRecords() ([]UnreadableRecord, error) {
 // content left unreferenced goes at the next collection, and its next
 // pull fetches it again.
 func (ix *Index) DropRecords(recs []UnreadableRecord) error {
-	var total int64
-	err := ix.write(func(tx *bolt.Tx) error {
+	return ix.countStoredAfter(func(tx *bolt.Tx) error {
 		for _, r := range recs {
 			decode := recordDecoders[r.Bucket]
 			b := tx.Bucket([]byte(r.Bucket))
@@ -108,16 +107,8 @@ func (ix *Index) DropRecords(recs []UnreadableRecord) error {
 				return err
 			}
 		}
-		var err error
-		if total, err = ix.sumStored(tx); err != nil {
-			return err
-		}
-		return writeStored(tx, storedRecord{bytes: total, tx: tx.ID()})
+		return nil
 	})
-	if err == nil {
-		ix.stored.Store(total)
-	}
-	return err
 }
 
 // ErrUnreadableRecord is wrapped by the error of a read that met a record
