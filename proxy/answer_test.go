@@ -216,7 +216,8 @@ func TestRegistryError(t *testing.T) {
 		{name: "token 403", err: tokenRefused(403), wantCode: errcode.Denied, wantStatus: 403, wantIs: upstream.ErrAuth},
 		{name: "429 with Retry-After", err: answered(callManifest, 429, map[string]string{"Retry-After": "120"}, ""),
 			wantCode: errcode.TooManyRequests, wantStatus: 429, wantRetry: "120", wantIs: upstream.ErrUnavailable},
-		{name: "429 without Retry-After", err: answered(callTags, 429, nil, ""), wantCode: errcode.TooManyRequests, wantStatus: 429},
+		// Without one (Docker Hub's pull limit), the mirror's own back-off.
+		{name: "429 without Retry-After", err: answered(callTags, 429, nil, ""), wantCode: errcode.TooManyRequests, wantStatus: 429, wantRetry: "10"},
 		{name: "backing off after a 429", err: backingOffFrom(http.StatusTooManyRequests), wantCode: errcode.TooManyRequests, wantStatus: 429, wantRetry: "300"},
 		// The token endpoint's 429 is passed on with its Retry-After.
 		{name: "token 429", err: tokenRefused(429), wantCode: errcode.TooManyRequests, wantStatus: 429, wantRetry: "30"},

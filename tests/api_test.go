@@ -12,7 +12,9 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/docker-mirror/docker-mirror/proxy/upstream"
 	"github.com/docker-mirror/docker-mirror/storage"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
 	"github.com/docker-mirror/docker-mirror/tests/servertest"
@@ -262,6 +264,23 @@ func TestUpstreamFailuresWithoutCache(t *testing.T) {
 			t.Errorf("the upstream was asked %d more times while backing off", n-asked)
 		}
 		_ = m
+	})
+	// Docker Hub's pull limit is a 429 with no Retry-After: the mirror
+	// leaves the upstream alone for its own back-off all the same, and
+	// says so, from the first answer on, as it does while backing off.
+	t.Run("429 without Retry-After", func(t *testing.T) {
+		up, _, urls := start(t)
+		up.SetFault(fixture.Fault{Status: http.StatusTooManyRequests})
+		for _, method := range []string{http.MethodHead, http.MethodGet} {
+			r := do(t, method, urls[0], map[string]string{"Accept": manifestAccept})
+			if r.status != http.StatusTooManyRequests {
+				t.Fatalf("%s: status %d, want 429", method, r.status)
+			}
+			want := strconv.Itoa(int(upstream.DefaultBackoff / time.Second))
+			if ra := r.header.Get("Retry-After"); ra != want {
+				t.Errorf("%s: Retry-After %q, want %s (the mirror's back-off)", method, ra, want)
+			}
+		}
 	})
 	t.Run("5xx", func(t *testing.T) {
 		up, _, urls := start(t)

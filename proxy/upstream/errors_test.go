@@ -153,7 +153,8 @@ func TestErrorStatusAnswers(t *testing.T) {
 			body: `{"errors":[{"code":"TOOMANYREQUESTS","message":"You have reached your pull rate limit."}]}`},
 			wantSentinel: "ErrUnavailable", wantTemporary: true, wantCode: "TOOMANYREQUESTS",
 			wantMessage: "You have reached your pull rate limit.", wantRetry: "120"},
-		{name: "429 without Retry-After", answer: errAnswer{status: 429}, wantSentinel: "ErrUnavailable", wantTemporary: true},
+		// Docker Hub's pull limit: no Retry-After; the back-off's is said.
+		{name: "429 without Retry-After", answer: errAnswer{status: 429}, wantSentinel: "ErrUnavailable", wantTemporary: true, wantRetry: "10"},
 		{name: "416", answer: errAnswer{status: 416}, wantSentinel: "ErrInvalid"},
 		{name: "500", answer: errAnswer{status: 500}, wantSentinel: "ErrUnavailable", wantTemporary: true},
 		{name: "502", answer: errAnswer{status: 502, body: "bad gateway"}, wantSentinel: "ErrUnavailable", wantTemporary: true},
@@ -224,6 +225,7 @@ func TestErrorPingAnswers(t *testing.T) {
 // TestErrorBackOff checks that after a 429 the client leaves the upstream
 // alone for the Retry-After: requests of every kind fail at once, as 429s
 // with the seconds left, and reach the upstream again only when it passed.
+// The 429 itself says the upstream's Retry-After, or the back-off's.
 func TestErrorBackOff(t *testing.T) {
 	t.Parallel()
 	t0 := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
@@ -236,8 +238,10 @@ func TestErrorBackOff(t *testing.T) {
 	}{
 		{"seconds", "120", "120", "120", 120 * time.Second},
 		{"date", t0.Add(time.Minute).Format(http.TimeFormat), t0.Add(time.Minute).Format(http.TimeFormat), "60", time.Minute},
-		{"none", "", "", "10", DefaultBackoff},
-		{"garbage", "soon", "soon", "10", DefaultBackoff},
+		// None (Docker Hub's pull limit), or none that can be read: the
+		// mirror's own back-off is said from the first answer on.
+		{"none", "", "10", "10", DefaultBackoff},
+		{"garbage", "soon", "10", "10", DefaultBackoff},
 		{"capped", "86400", "86400", "3600", time.Hour},
 	}
 	for _, tc := range tests {

@@ -1531,9 +1531,13 @@ func (c *Client) backingOff(r call) error {
 }
 
 // backOff leaves the upstream alone for the Retry-After of an answer of
-// status (429, or a 503 that says when to come back).
-func (c *Client) backOff(retryAfter string, status int) {
+// status (429, or a 503 that says when to come back), and returns the
+// Retry-After to pass on to clients: the upstream's, or, when it sent
+// none that can be read (Docker Hub's pull limit sends none), the
+// seconds of the mirror's own back-off, which it keeps all the same.
+func (c *Client) backOff(retryAfter string, status int) string {
 	d := DefaultBackoff
+	told := true
 	// Seconds beyond the cap are the cap: multiplied out, a number of
 	// seconds past time.Duration's range would wrap to no back-off at
 	// all, and one past int64's is still a number of seconds.
@@ -1541,6 +1545,8 @@ func (c *Client) backOff(retryAfter string, status int) {
 		d = min(time.Duration(n), maxBackoff/time.Second) * time.Second
 	} else if t, err := http.ParseTime(retryAfter); err == nil {
 		d = t.Sub(c.now())
+	} else {
+		told = false
 	}
 	d = min(max(d, 0), maxBackoff)
 	c.retryMu.Lock()
@@ -1548,6 +1554,10 @@ func (c *Client) backOff(retryAfter string, status int) {
 		c.retryAt, c.retryStatus = until, status
 	}
 	c.retryMu.Unlock()
+	if told {
+		return retryAfter
+	}
+	return strconv.Itoa(int((d + time.Second - 1) / time.Second))
 }
 
 // statusError describes an upstream's unexpected answer, with the OCI
@@ -1580,8 +1590,7 @@ func (c *Client) statusError(resp *http.Response, r call) error {
 	case st == http.StatusUnauthorized || st == http.StatusForbidden:
 		e = c.newError(r.kind, r.what, st, ErrAuth, nil, "upstream %s answered %d for %s%s", c.host, st, r.what, upMsg)
 	case st == http.StatusTooManyRequests:
-		ra := resp.Header.Get("Retry-After")
-		c.backOff(ra, st)
+		ra := c.backOff(resp.Header.Get("Retry-After"), st)
 		e = c.newError(r.kind, r.what, st, ErrUnavailable, nil, "upstream %s rate-limited %s%s", c.host, r.what, upMsg)
 		e.RetryAfter = ra
 	case st == http.StatusServiceUnavailable && resp.Header.Get("Retry-After") != "":
