@@ -689,3 +689,26 @@ func soleImage(t *testing.T, url string) (im status.ImageDetail, stored int, pla
 	}
 	return im, stored, platforms
 }
+
+// TestAPIUpstreamRefusingEverything: an upstream that answers 403 to
+// every request (the mirror's address blocked, a licence lapsed) is
+// failing, not one refusing a repository of its own (a private one):
+// the page showed it "ok" while every miss failed.
+func TestAPIUpstreamRefusingEverything(t *testing.T) {
+	m := startMirror(t)
+	h := map[string]string{"Accept": manifestAccept}
+	if a := send(t, http.MethodGet, m.URL()+"/v2/library/multi/manifests/v1", "", h); a.status != http.StatusOK {
+		t.Fatalf("pull before the refusals: %d %s", a.status, a.body)
+	}
+	m.WaitIdle()
+	m.up.SetFault(fixture.Fault{Status: http.StatusForbidden})
+	for _, repo := range []string{"area51/jenkins", "library/private", "library/other"} {
+		if a := send(t, http.MethodGet, m.URL()+"/v2/"+repo+"/manifests/2.4", "", h); a.status != http.StatusForbidden {
+			t.Fatalf("pull of %s refused upstream: %d %s", repo, a.status, a.body)
+		}
+	}
+	u := getJSON[status.Status](t, m.URL()+"/api/v1/status", nil).Upstreams[0]
+	if u.Status != "failing" || !strings.Contains(u.LastError, "403") && !strings.Contains(strings.ToLower(u.LastError), "denied") {
+		t.Errorf("upstream refusing every repository: status %q, last error %q, want failing with its refusal", u.Status, u.LastError)
+	}
+}

@@ -44,6 +44,9 @@ type health struct {
 	lastErrAt, lastOK    time.Time
 	remaining, rateLimit int64
 	received             atomic.Int64
+	// refused is the repository refused (refusesRepository) since the
+	// last expected answer, "" if none.
+	refused string
 }
 
 // State returns how the upstream is doing.
@@ -68,10 +71,27 @@ func (c *Client) State() State {
 // noteAnswer records a request's outcome: resp is the upstream's answer
 // (nil if none came), err the request's error (nil: an expected answer).
 // A 404 is an answer like any other: the upstream is fine.
-func (c *Client) noteAnswer(resp *http.Response, err error) {
+func (c *Client) noteAnswer(resp *http.Response, err error) { c.note(resp, err, "") }
+
+// noteRefusal records the upstream's refusal err of repo
+// (refusesRepository): an answer, as a 404 is, while it is that
+// repository's alone. A refusal of another repository with no expected
+// answer between them, or one while the upstream is failing, is the
+// upstream refusing everything (the mirror's address blocked, a licence
+// lapsed): noted as failing.
+func (c *Client) noteRefusal(resp *http.Response, repo string, err error) { c.note(resp, err, repo) }
+
+// note is noteAnswer, of a refusal of refused if not "".
+func (c *Client) note(resp *http.Response, err error, refused string) {
 	h := &c.health
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	switch {
+	case refused != "" && !h.lastErrAt.After(h.lastOK) && (h.refused == "" || h.refused == refused):
+		h.refused, err = refused, nil // the repository's answer
+	case refused == "" && (err == nil || errors.Is(err, ErrNotFound)):
+		h.refused = ""
+	}
 	if resp != nil {
 		if v, ok := rateLimitHeader(resp.Header.Get("RateLimit-Remaining")); ok {
 			h.remaining = v

@@ -1377,8 +1377,9 @@ func (c *Client) doWarming(ctx context.Context, repo string, req *http.Request, 
 		c.refuse(repo, t, err, basic)
 	}
 	if c.refusesRepository(t, resp) {
-		// The repository's answer, as a 404 is: the upstream is fine.
-		c.noteAnswer(resp, nil)
+		// The repository's answer, as a 404 is: the upstream is fine,
+		// unless it refuses every repository.
+		c.noteRefusal(resp, repo, err)
 		return nil, err
 	}
 	c.noteAnswer(resp, err)
