@@ -13,8 +13,19 @@
     notice.hidden = false;
   }
 
+  // A refresh that got no answer (the mirror down, or restarting behind a
+  // proxy's 502) says so, until the next one is answered: the figures
+  // shown are the last answer's, the upstreams "ok" among them.
+  let answeredAt = new Date();
+  let saidDown = false;
+  function down(e) {
+    say("No answer from the mirror (" + e.message + "): the figures shown are from " + answeredAt.toLocaleTimeString() + ".", true);
+    saidDown = true;
+  }
+
   // refresh re-reads the page and swaps in its live part (health,
   // upstreams, downloads, jobs, failures); the image list and forms stay.
+  // It throws if the page was not answered.
   async function refresh(all) {
     const url = new URL(location.href);
     if (!all) {
@@ -30,8 +41,9 @@
         none.className = "none";
         none.textContent = "Nothing of this repository is cached any more.";
         images.replaceChildren(none);
+        return;
       }
-      return;
+      throw new Error(resp.status + " " + resp.statusText);
     }
     const doc = new DOMParser().parseFromString(await resp.text(), "text/html");
     const ids = all ? ["live", "images", "uptime"] : ["live", "uptime"];
@@ -41,6 +53,11 @@
       if (now && next) {
         now.replaceWith(document.adoptNode(next));
       }
+    }
+    answeredAt = new Date();
+    if (saidDown) {
+      saidDown = false;
+      notice.hidden = true;
     }
   }
 
@@ -52,7 +69,7 @@
   setInterval(function () {
     if (!refreshing && auto && auto.checked && document.visibilityState === "visible") {
       refreshing = true;
-      refresh(false).catch(function () {}).finally(function () { refreshing = false; });
+      refresh(false).catch(down).finally(function () { refreshing = false; });
     }
   }, refreshEvery);
 
@@ -98,11 +115,13 @@
     try {
       await post("/api/v1/actions/" + action, image);
       say(action + ": done for " + image.upstream + "/" + image.repo, false);
-      await refresh(true);
     } catch (e) {
       say(action + " failed: " + e.message, true);
       btn.disabled = false;
+      return;
     }
+    saidDown = false; // the action's notice shown instead
+    await refresh(true).catch(down);
   });
 
   const form = document.getElementById("prefetch-form");
@@ -122,10 +141,12 @@
         const job = await post("/prefetch", req);
         say("Prefetch job " + job.id + " started (" + req.images.length + " images)", false);
         form.reset();
-        await refresh(false);
       } catch (e) {
         say("Prefetch refused: " + e.message, true);
+        return;
       }
+      saidDown = false; // the job's notice shown instead
+      await refresh(false).catch(down);
     });
   }
 })();

@@ -539,3 +539,73 @@ func TestStatusPageRefreshesOneAtATime(t *testing.T) {
 		t.Errorf("the page reported errors:\n%s", strings.Join(e, "\n"))
 	}
 }
+
+// downSwitch answers through next, or, while down, as a mirror that is
+// down does: a reverse proxy's 502 (from is 502) or no answer at all.
+type downSwitch struct {
+	next http.Handler
+	mu   sync.Mutex
+	down int // 0: up; 502: a 502; -1: the connection closed
+}
+
+func (d *downSwitch) set(down int) {
+	d.mu.Lock()
+	d.down = down
+	d.mu.Unlock()
+}
+
+func (d *downSwitch) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	d.mu.Lock()
+	down := d.down
+	d.mu.Unlock()
+	switch down {
+	case 0:
+		d.next.ServeHTTP(w, r)
+	case -1:
+		panic(http.ErrAbortHandler) // the connection closed, no answer
+	default:
+		http.Error(w, "Bad Gateway", down)
+	}
+}
+
+// A page left open while the mirror goes down says so, and says it no
+// more once the mirror is back: its refreshes failed silently, and it went
+// on showing the last figures, the upstreams "ok", as if all were well.
+// The page's timer is driven by the test, as in
+// TestStatusPageRefreshesOneAtATime.
+func TestStatusPageShowsMirrorDown(t *testing.T) {
+	exe := requireChromium(t)
+	up := fixture.StartUpstream(t)
+	up.SeedImage(t, "library/webapp", "1.0", 1, 4<<10)
+	m := servertest.Start(t, up.URL())
+	pullWebapp(t, m, "application/vnd.oci.image.manifest.v1+json")
+	sw := &downSwitch{next: m.Server.Handler()}
+	front := httptest.NewServer(sw)
+	t.Cleanup(front.Close)
+
+	tab, _ := browser(t, exe) // the failed refreshes are logged as errors
+	if _, err := chromedp.Call(tab, page.AddScriptToEvaluateOnNewDocument, page.AddScriptToEvaluateOnNewDocumentParams{
+		Source: `window.ticks = []; window.setInterval = function (f) { window.ticks.push(f); return 0; };`,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	do(t, tab, chromedp.Navigate(front.URL+"/"), chromedp.WaitVisible(chromedp.CSS("#image-list")))
+	for _, down := range []int{-1, http.StatusBadGateway} {
+		sw.set(down)
+		run(t, tab, chromedp.Evaluate[int](`window.ticks[0](); 0`))
+		ctx, cancel := context.WithTimeout(tab, 20*time.Second)
+		err := chromedp.Do(ctx, chromedp.WaitVisible(chromedp.CSS("#notice.error")))
+		cancel()
+		if err != nil {
+			t.Fatalf("mirror down (%d): the page does not say so (%v); notice %q", down, err, run(t, tab, chromedp.OuterHTML(chromedp.CSS("#notice"))))
+		}
+		if notice := run(t, tab, chromedp.Text(chromedp.CSS("#notice"))); !strings.Contains(notice, "No answer from the mirror") {
+			t.Errorf("mirror down (%d): notice %q", down, notice)
+		}
+		// Back: the next refresh swaps in the figures and takes the
+		// notice away.
+		sw.set(0)
+		run(t, tab, chromedp.Evaluate[int](`document.getElementById("uptime").dataset.old = "1"; window.ticks[0](); 0`))
+		do(t, tab, chromedp.WaitReady(chromedp.CSS(`#uptime:not([data-old])`)), chromedp.WaitNotVisible(chromedp.CSS("#notice")))
+	}
+}
