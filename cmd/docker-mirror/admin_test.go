@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"fmt"
 	"io"
 	"io/fs"
 	"net/http"
@@ -45,10 +46,25 @@ func dataDir(t *testing.T) (string, *fixture.Image, time.Time) {
 	up := fixture.StartUpstream(t)
 	ma := up.SeedMultiArch(t, "library/multi", "v1", fixture.OCI)
 	img := up.SeedImage(t, "library/single", "v1", 2, 4<<10)
+	m := pullThrough(t, up, "multi/manifests/v1", "single/manifests/v1")
+	if err := m.Index.Pin(ma.Digest, storage.PinRecord{Reason: "sync"}); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Dir(m.Index.Path())
+	pulled := m.Clock.Now()
+	m.Stop()
+	return dir, img, pulled
+}
+
+// pullThrough pulls refs ("repo/manifests/tag") from up through a mirror
+// whose data directory is laid out as serve's --data, and waits for
+// their background fills.
+func pullThrough(t *testing.T, up *fixture.Upstream, refs ...string) *servertest.Server {
+	t.Helper()
 	m := servertest.StartWithStore(t, up.URL(), func(ix *storage.Index) (storage.Store, error) {
 		return storage.OpenDriverStore(context.Background(), "filesystem", map[string]any{"rootdirectory": filepath.Dir(ix.Path())})
 	})
-	for _, ref := range []string{"multi/manifests/v1", "single/manifests/v1"} {
+	for _, ref := range refs {
 		req, _ := http.NewRequest(http.MethodGet, m.URL()+"/v2/"+ref, nil)
 		req.Header.Set("Accept", "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json")
 		resp, err := http.DefaultClient.Do(req)
@@ -62,13 +78,7 @@ func dataDir(t *testing.T) (string, *fixture.Image, time.Time) {
 		}
 	}
 	m.WaitIdle()
-	if err := m.Index.Pin(ma.Digest, storage.PinRecord{Reason: "sync"}); err != nil {
-		t.Fatal(err)
-	}
-	dir := filepath.Dir(m.Index.Path())
-	pulled := m.Clock.Now()
-	m.Stop()
-	return dir, img, pulled
+	return m
 }
 
 func blobFile(dir, d string) string {
@@ -122,6 +132,33 @@ func TestAdminLs(t *testing.T) {
 		if !im.LastPull.Equal(pulled) {
 			t.Errorf("%s: last pull %v, pulled at %v", im.Repo, im.LastPull, pulled)
 		}
+	}
+}
+
+// An upstream's index names its platforms as it likes: one whose
+// architecture holds a terminal's control sequences (an escape that
+// clears the screen, sets the window's title, or hides the lines above)
+// had them printed raw by ls, run on an admin's terminal. They are now
+// printed escaped, as Go quotes them.
+func TestAdminLsControlCharacters(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/odd", "amd64", 1, 4<<10)
+	index := fmt.Sprintf(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[`+
+		`{"mediaType":%q,"digest":%q,"size":%d,"platform":{"os":"linux","architecture":"amd64\u001b]0;owned\u0007\u001b[2J\r"}}]}`,
+		img.MediaType, img.Digest, len(img.Manifest))
+	up.PutManifest(t, "library/odd", "v1", "application/vnd.oci.image.index.v1+json", []byte(index))
+	m := pullThrough(t, up, "odd/manifests/v1")
+	dir := filepath.Dir(m.Index.Path())
+	m.Stop()
+	code, out, stderr := runAdmin(t, "ls", "--data", dir)
+	if code != 0 {
+		t.Fatalf("ls: exit %d, %s", code, stderr)
+	}
+	if strings.ContainsAny(out, "\x1b\x07\r") {
+		t.Errorf("ls printed the upstream's control characters raw: %q", out)
+	}
+	if !strings.Contains(out, `linux/amd64\x1b]0;owned\a\x1b[2J\r`) {
+		t.Errorf("ls does not show the platform escaped: %q", out)
 	}
 }
 
