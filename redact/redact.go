@@ -5,6 +5,7 @@ package redact
 import (
 	"strconv"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -26,11 +27,11 @@ func URL(s string) string {
 }
 
 // Line returns s, words another party chose (an upstream's error
-// message, a gateway's HTML page), on one line and cut to at most max
+// message, a gateway's HTML page), on one line, Printable, and cut to at most max
 // bytes on a UTF-8 boundary, saying how much was cut: it is shown in the
 // status page's failures, stored with a job, and printed by the CLI.
 func Line(s string, max int) string {
-	s = strings.Join(strings.Fields(s), " ")
+	s = Printable(strings.Join(strings.Fields(s), " "))
 	if len(s) <= max {
 		return s
 	}
@@ -39,4 +40,25 @@ func Line(s string, max int) string {
 		cut--
 	}
 	return s[:cut] + "...[truncated " + strconv.Itoa(len(s)-cut) + " bytes]"
+}
+
+// Printable returns s with the runes a terminal acts on (an escape
+// sequence, a bell, a carriage return) written as Go escapes them:
+// another party's words printed on an admin's terminal must not clear
+// it, set its title or hide the lines above.
+func Printable(s string) string {
+	notPrint := func(r rune) bool { return !unicode.IsPrint(r) }
+	if !strings.ContainsFunc(s, notPrint) {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range s {
+		if !notPrint(r) {
+			b.WriteRune(r)
+			continue
+		}
+		q := strconv.QuoteRune(r)
+		b.WriteString(q[1 : len(q)-1])
+	}
+	return b.String()
 }

@@ -11,10 +11,8 @@ import (
 	"log/slog"
 	"os"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
-	"unicode"
 	"unicode/utf8"
 
 	"github.com/opencontainers/go-digest"
@@ -22,6 +20,7 @@ import (
 	"github.com/docker-mirror/docker-mirror/config"
 	"github.com/docker-mirror/docker-mirror/lifecycle"
 	"github.com/docker-mirror/docker-mirror/proxy"
+	"github.com/docker-mirror/docker-mirror/redact"
 	"github.com/docker-mirror/docker-mirror/server"
 	"github.com/docker-mirror/docker-mirror/storage"
 )
@@ -533,29 +532,8 @@ func lsRow(im lifecycle.Image) []string {
 	if len(im.Tags) > 0 {
 		tags = strings.Join(im.Tags, ",")
 	}
-	return []string{im.Name() + ":" + tags, shortDigest(im.Digest.String()), orDash(printable(strings.Join(im.Platforms, ","))),
+	return []string{im.Name() + ":" + tags, shortDigest(im.Digest.String()), orDash(redact.Printable(strings.Join(im.Platforms, ","))),
 		humanBytes(im.Size), lastPull(im.LastPull), orDash(im.State), yesDash(im.Pinned)}
-}
-
-// printable returns s with the runes a terminal acts on (an escape
-// sequence, a carriage return, a bell) written as Go escapes them: an
-// image's platforms are its upstream's words, printed on an admin's
-// terminal.
-func printable(s string) string {
-	notPrint := func(r rune) bool { return !unicode.IsPrint(r) }
-	if !strings.ContainsFunc(s, notPrint) {
-		return s
-	}
-	var b strings.Builder
-	for _, r := range s {
-		if !notPrint(r) {
-			b.WriteRune(r)
-			continue
-		}
-		q := strconv.QuoteRune(r)
-		b.WriteString(q[1 : len(q)-1])
-	}
-	return b.String()
 }
 
 // lsPadding is the spaces between the table's columns.

@@ -1055,6 +1055,27 @@ func TestMirrorCommandLongRefusalCut(t *testing.T) {
 	}
 }
 
+// An upstream's error message is its own words, and may hold a
+// terminal's control sequences (an escape that clears the screen or sets
+// the window's title): the image's "failed:" line printed them raw, and
+// they acted on the terminal the copy ran in. They are now printed as Go
+// escapes them.
+func TestMirrorCommandErrorControlCharacters(t *testing.T) {
+	e := newMirrorEnv(t)
+	e.up.SetFault(fixture.Fault{Kind: fixture.KindManifest, Status: http.StatusInternalServerError, Message: "down\x1b]0;owned\x07\x1b[2J"})
+	code, stdout, stderr := e.mirror(t, "area51/jenkins:2.4")
+	if code != 1 {
+		t.Fatalf("exit %d; want 1\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+	m := regexp.MustCompile(`(?m)^area51/jenkins:2\.4: failed: (.*)$`).FindStringSubmatch(stdout)
+	if m == nil || !strings.Contains(m[1], `down\x1b]0;owned\a\x1b[2J`) {
+		t.Errorf("no line \"area51/jenkins:2.4: failed: ...\" with the upstream's words escaped:\nstdout: %q", stdout)
+	}
+	if strings.ContainsAny(stdout+stderr, "\x1b\x07") {
+		t.Errorf("the upstream's control characters printed raw:\nstdout: %q\nstderr: %q", stdout, stderr)
+	}
+}
+
 // mirror --memory-limit 448MiB (a copy of many images in a container
 // with little memory) was ignored: mirror set no memory limit, as serve
 // and the offline commands do.
