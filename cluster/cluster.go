@@ -52,6 +52,7 @@ type Cluster struct {
 	client   *http.Client
 	probeTTL time.Duration
 	metrics  *Metrics
+	started  time.Time // Self's Since: up since then
 
 	mu    sync.Mutex
 	peers map[string]*peer // by URL, self excluded
@@ -166,6 +167,7 @@ func New(self string, peers []string, opts ...Option) (*Cluster, error) {
 	for _, o := range opts {
 		o(c)
 	}
+	c.started = c.now()
 	if c.client == nil {
 		c.client = &http.Client{Transport: DefaultTransport()}
 	}
@@ -257,7 +259,7 @@ func (c *Cluster) Peers() []PeerState {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	out := []PeerState{{URL: c.self, Self: true, Up: true, Source: "self"}}
+	out := []PeerState{{URL: c.self, Self: true, Up: true, Since: c.started, Source: "self"}}
 	for _, u := range slices.Sorted(maps.Keys(c.peers)) {
 		p := c.peers[u]
 		src := "static"

@@ -6,13 +6,15 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
 )
 
 // The status page's JSON shows every replica of the cluster: this one
 // marked as such, the others ok, and a killed one unreachable once this
-// replica knows it (here: after a probe), with the error.
+// replica knows it (here: after a probe), with the error; each since
+// when.
 func TestStatusShowsPeers(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	rs := startCluster(t, 3, up, sharedDir, nil)
@@ -25,7 +27,8 @@ func TestStatusShowsPeers(t *testing.T) {
 		var s struct {
 			Peers []struct {
 				Name, State string
-				LastError   string `json:"last_error"`
+				LastError   string    `json:"last_error"`
+				Since       time.Time `json:"since"`
 			}
 		}
 		if err := json.Unmarshal(body, &s); err != nil {
@@ -34,6 +37,11 @@ func TestStatusShowsPeers(t *testing.T) {
 		m := map[string]struct{ State, LastError string }{}
 		for _, p := range s.Peers {
 			m[p.Name] = struct{ State, LastError string }{p.State, p.LastError}
+			// Up since the start, for a replica never down: the page
+			// said "never" of this replica.
+			if p.Since.IsZero() {
+				t.Errorf("%s (%s): no since", p.Name, p.State)
+			}
 		}
 		return m
 	}
