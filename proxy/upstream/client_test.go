@@ -1087,3 +1087,34 @@ func putRightOnTypo(kc *rotatingKeychain, rt *rotatingToken) http.HandlerFunc {
 		rt.serve(w, req)
 	}
 }
+
+// TestRateLimitFiguresExpireWithTheirWindow: the upstream's rate-limit
+// figures are shown (the status page's "rate limit left") until their
+// window has passed without newer ones: a mirror that then asks the
+// upstream nothing (it serves hits) showed Docker Hub's "0 of 100" for
+// ever, long after the allowance refilled, as the metrics did before
+// (metrics.TestRateLimitFiguresExpireWithTheirWindow).
+func TestRateLimitFiguresExpireWithTheirWindow(t *testing.T) {
+	window := 6 * time.Hour
+	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		w.Header().Set("RateLimit-Limit", "100;w=21600")
+		w.Header().Set("RateLimit-Remaining", "0;w=21600")
+		w.WriteHeader(http.StatusOK)
+	})
+	clock := newFakeClock()
+	c := r.client(t, WithClock(clock.Now))
+	if _, err := c.HeadManifest(t.Context(), "library/x", v1); err != nil {
+		t.Fatal(err)
+	}
+	if st := c.State(); st.RateLimitRemaining != 0 || st.RateLimitLimit != 100 {
+		t.Fatalf("after an answer: rate limit %d of %d, want 0 of 100", st.RateLimitRemaining, st.RateLimitLimit)
+	}
+	clock.Advance(window - time.Second)
+	if st := c.State(); st.RateLimitRemaining != 0 {
+		t.Errorf("within the window: rate limit %d of %d, want 0 of 100", st.RateLimitRemaining, st.RateLimitLimit)
+	}
+	clock.Advance(time.Second)
+	if st := c.State(); st.RateLimitRemaining != -1 || st.RateLimitLimit != -1 {
+		t.Errorf("the window passed, no newer figures: rate limit %d of %d, want -1 of -1 (not known)", st.RateLimitRemaining, st.RateLimitLimit)
+	}
+}

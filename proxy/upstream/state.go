@@ -43,7 +43,11 @@ type health struct {
 	lastErr              string
 	lastErrAt, lastOK    time.Time
 	remaining, rateLimit int64
-	received             atomic.Int64
+	// rateLimitEnd is when the rate-limit figures' window (w=) ends, zero
+	// if none was given: past it, with no newer figures, they are not
+	// known (the allowance refilled meanwhile).
+	rateLimitEnd time.Time
+	received     atomic.Int64
 	// refused is the repository refused (refusesRepository) since the
 	// last expected answer, "" if none.
 	refused string
@@ -61,6 +65,9 @@ func (c *Client) State() State {
 		Host: c.host, URL: c.scheme + "://" + c.registry.RegistryStr(),
 		Unreachable: h.unreachable, LastError: h.lastErr, LastErrorAt: h.lastErrAt, LastOK: h.lastOK,
 		RateLimitRemaining: h.remaining, RateLimitLimit: h.rateLimit, BytesReceived: h.received.Load(),
+	}
+	if !h.rateLimitEnd.IsZero() && !c.now().Before(h.rateLimitEnd) {
+		s.RateLimitRemaining, s.RateLimitLimit = -1, -1
 	}
 	if until.After(c.now()) {
 		s.BackoffUntil = until
@@ -93,10 +100,13 @@ func (c *Client) note(resp *http.Response, err error, refused string) {
 		h.refused = ""
 	}
 	if resp != nil {
-		if v, ok := rateLimitHeader(resp.Header.Get("RateLimit-Remaining")); ok {
-			h.remaining = v
+		if v, window, ok := rateLimitHeader(resp.Header.Get("RateLimit-Remaining")); ok {
+			h.remaining, h.rateLimitEnd = v, time.Time{}
+			if window > 0 {
+				h.rateLimitEnd = c.now().Add(window)
+			}
 		}
-		if v, ok := rateLimitHeader(resp.Header.Get("RateLimit-Limit")); ok {
+		if v, _, ok := rateLimitHeader(resp.Header.Get("RateLimit-Limit")); ok {
 			h.rateLimit = v
 		}
 	}
@@ -113,14 +123,26 @@ func (c *Client) note(resp *http.Response, err error, refused string) {
 	h.lastErr, h.lastErrAt = err.Error(), c.now()
 }
 
-// rateLimitHeader parses a "76;w=21600" rate-limit header value.
-func rateLimitHeader(v string) (int64, bool) {
+// rateLimitHeader parses a "76;w=21600" rate-limit header value: the
+// number and its window (0 if none).
+func rateLimitHeader(v string) (int64, time.Duration, bool) {
 	if v == "" {
-		return 0, false
+		return 0, 0, false
 	}
-	first, _, _ := strings.Cut(v, ";")
+	first, params, _ := strings.Cut(v, ";")
 	n, err := strconv.ParseInt(strings.TrimSpace(first), 10, 64)
-	return n, err == nil
+	if err != nil {
+		return 0, 0, false
+	}
+	var window time.Duration
+	for p := range strings.SplitSeq(params, ";") {
+		if k, v, ok := strings.Cut(strings.TrimSpace(p), "="); ok && k == "w" {
+			if s, err := strconv.Atoi(v); err == nil && s > 0 {
+				window = time.Duration(s) * time.Second
+			}
+		}
+	}
+	return n, window, true
 }
 
 // BytesReceived counts the response body bytes read from the upstream.
