@@ -609,3 +609,41 @@ func TestStatusPageShowsMirrorDown(t *testing.T) {
 		do(t, tab, chromedp.WaitReady(chromedp.CSS(`#uptime:not([data-old])`)), chromedp.WaitNotVisible(chromedp.CSS("#notice")))
 	}
 }
+
+// An image's page fits a phone's screen with the longest names a
+// registry takes: a tag of 128 characters and a long repository name,
+// neither with a place to break a line (a tag as a CI writes it). The
+// page was as wide as the tag, the whole page scrolling sideways.
+func TestStatusPageLongNamesFit(t *testing.T) {
+	exe := requireChromium(t)
+	up := fixture.StartUpstream(t)
+	tag := "build_" + strings.Repeat("0123456789abcdef", 8)[:122]
+	repo := "area51/" + strings.Repeat("a", 100)
+	up.SeedImage(t, repo, tag, 1, 4<<10)
+	m := servertest.Start(t, up.URL())
+	req, err := http.NewRequest(http.MethodGet, m.URL()+"/v2/"+repo+"/manifests/"+tag, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Accept", "application/vnd.oci.image.manifest.v1+json")
+	resp, err := (&http.Client{Timeout: time.Minute}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("pull: %d", resp.StatusCode)
+	}
+	m.WaitIdle()
+
+	tab, errs := browser(t, exe)
+	for _, path := range []string{"/", "/images/docker.io/" + repo} {
+		do(t, tab, chromedp.EmulateViewport(390, 844), chromedp.Navigate(m.URL()+path), chromedp.WaitVisible(chromedp.CSS("main")))
+		if w := run(t, tab, chromedp.Evaluate[int]("document.documentElement.scrollWidth")); w > 390 {
+			t.Errorf("%s, a tag of %d characters, on a 390px wide screen is %dpx wide", path, len(tag), w)
+		}
+	}
+	if e := errs.take(); len(e) > 0 {
+		t.Errorf("the page reported errors:\n%s", strings.Join(e, "\n"))
+	}
+}
