@@ -102,12 +102,15 @@ type Options struct {
 }
 
 // Collector runs the cache lifecycle on an embedded store and its index.
-// Its operations run one at a time.
+// Its operations run one at a time; listing the images (ListImages,
+// Images) runs beside them.
 type Collector struct {
 	store *storage.DriverStore
 	index *storage.Index
 	opts  Options
-	mu    sync.Mutex
+	// mu is held by an operation (a pass, an eviction, a collection, a
+	// verification) throughout.
+	mu sync.Mutex
 	// lastCollect is when Pass last collected.
 	lastCollect time.Time
 }

@@ -249,13 +249,23 @@ type ImageList struct {
 }
 
 // ListImages reads the cached images, to be visited in order by Each.
-// The list reads nothing more: it does not change with the cache.
+// The list reads nothing more: it does not change with the cache. It
+// does not wait for a pass that runs: it reads the index as it is (one
+// read transaction) and the manifests, and leaves out the other
+// replicas' records written since the pass read them.
 func (c *Collector) ListImages(ctx context.Context) (*ImageList, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	defer c.opts.GCHold.Enter()()
-	if err := c.refresh(ctx); err != nil {
-		return nil, err
+	// A pass holds c.mu throughout, walking the whole store (minutes on
+	// a large S3 store): the status page and its actions would wait for
+	// it. The shared records are read in only while no pass runs: a
+	// pass read them as it began, and a read meanwhile could bring back
+	// records it is removing.
+	if c.mu.TryLock() {
+		err := c.refresh(ctx)
+		c.mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
 	}
 	if err := c.index.Flush(); err != nil {
 		return nil, err

@@ -1,0 +1,99 @@
+package status_test
+
+import (
+	"context"
+	"net/http"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+
+	"github.com/docker-mirror/docker-mirror/lifecycle"
+	"github.com/docker-mirror/docker-mirror/status"
+	"github.com/docker-mirror/docker-mirror/storage"
+	"github.com/docker-mirror/docker-mirror/tests/fixture"
+	"github.com/docker-mirror/docker-mirror/tests/servertest"
+)
+
+// heldWalk is a storage driver whose listing (Walk), once armed, is held
+// until release is closed: a collection's walk of a large S3 store, which
+// takes minutes. entered is closed when the first armed Walk begins.
+type heldWalk struct {
+	storagedriver.StorageDriver
+	armed   *atomic.Bool
+	once    *sync.Once
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (d heldWalk) Walk(ctx context.Context, path string, f storagedriver.WalkFn, opts ...func(*storagedriver.WalkOptions)) error {
+	if d.armed.Load() {
+		d.once.Do(func() { close(d.entered) })
+		select {
+		case <-d.release:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return d.StorageDriver.Walk(ctx, path, f, opts...)
+}
+
+// startHeldWalk runs a mirror whose embedded store's listing can be held
+// (heldWalk), with jenkins pulled.
+func startHeldWalk(t *testing.T) (*servertest.Server, *fixture.Image, heldWalk) {
+	t.Helper()
+	up := fixture.StartUpstream(t)
+	small := up.SeedImage(t, "area51/jenkins", "2.4", 1, 4<<10)
+	held := heldWalk{armed: &atomic.Bool{}, once: &sync.Once{}, entered: make(chan struct{}), release: make(chan struct{})}
+	m := servertest.StartWithStore(t, up.URL(), func(ix *storage.Index) (storage.Store, error) {
+		ds, err := storage.OpenDriverStore(context.Background(), "filesystem", map[string]any{"rootdirectory": filepath.Dir(ix.Path())})
+		if err != nil {
+			return nil, err
+		}
+		held.StorageDriver = ds.Driver()
+		return storage.NewDriverStore(held), nil
+	})
+	if a := send(t, http.MethodGet, m.URL()+"/v2/area51/jenkins/manifests/2.4", "", map[string]string{"Accept": manifestAccept}); a.status != http.StatusOK {
+		t.Fatalf("pull: %d %s", a.status, a.body)
+	}
+	m.WaitIdle()
+	return m, small, held
+}
+
+// The image list and the admin's actions answer while a lifecycle pass
+// walks the store (minutes on a large S3 store): the list is read from
+// the index, not after the pass. Before, listing took the collector's
+// lock, which a pass holds throughout: the first visit of the page or
+// /api/v1/images, one to a list more than 2 minutes old, and every pin
+// or unpin (which reads the list again) waited for the whole pass.
+func TestImageListDuringAPass(t *testing.T) {
+	m, small, held := startHeldWalk(t)
+	held.armed.Store(true)
+	passed := make(chan error, 1)
+	go func() {
+		_, err := m.Server.Collector.Pass(context.Background(), lifecycle.Policy{})
+		passed <- err
+	}()
+	defer func() {
+		close(held.release)
+		if err := <-passed; err != nil {
+			t.Errorf("pass: %v", err)
+		}
+	}()
+	<-held.entered // the pass walks the store now, holding its lock
+
+	// send fails after a minute: the pass is held until the test ends.
+	p := getJSON[status.Page](t, m.URL()+"/api/v1/images", nil)
+	if p.Total != 1 || p.Images[0].Name != "docker.io/area51/jenkins" {
+		t.Errorf("image list during a pass: %+v", p)
+	}
+	body := `{"upstream": "docker.io", "repo": "area51/jenkins", "digest": "` + small.Digest + `"}`
+	if a := send(t, http.MethodPost, m.URL()+"/api/v1/actions/pin", body, map[string]string{"Content-Type": "application/json"}); a.status != http.StatusOK {
+		t.Fatalf("pin during a pass: %d %s", a.status, a.body)
+	}
+	if p := getJSON[status.Page](t, m.URL()+"/api/v1/images", nil); p.Total != 1 || !p.Images[0].Pinned {
+		t.Errorf("image list after a pin during a pass: %+v", p)
+	}
+}
