@@ -214,7 +214,11 @@ type catalog struct {
 	starts   int           // builds begun
 	err      error         // the last build's error
 	bg       sync.WaitGroup
-	closed   bool
+	// bgCtx is the background builds' context (made with the first),
+	// ended by stopBG at close: nobody waits for their list any more.
+	bgCtx  context.Context
+	stopBG context.CancelFunc
+	closed bool
 }
 
 // get returns the current list: as it is while younger than maxAge or
@@ -232,8 +236,7 @@ func (c *catalog) get(ctx context.Context) (*catalogSnapshot, error) {
 		}
 	}
 	if cur != nil && age >= c.maxAge && age < staleFor*c.maxAge && c.building == nil && !c.closed {
-		ch := c.startLocked()
-		c.bg.Go(func() { c.build(context.Background(), ch) })
+		c.backgroundLocked()
 	}
 	c.mu.Unlock()
 	if cur != nil && age < staleFor*c.maxAge {
@@ -251,7 +254,7 @@ func (c *catalog) current(ctx context.Context) (*catalogSnapshot, error) {
 	if ch == nil {
 		ch = c.startLocked()
 		c.mu.Unlock()
-		c.build(ctx, ch)
+		c.requestBuild(ctx, ch)
 	} else {
 		c.mu.Unlock()
 		select {
@@ -282,8 +285,7 @@ func (c *catalog) latest() *catalogSnapshot {
 	cur := c.cur
 	if cur != nil && c.building == nil && !c.closed && c.now().Sub(cur.built) >= c.maxAge {
 		if gen, err := c.index.Generation(); err == nil && gen != cur.gen {
-			ch := c.startLocked()
-			c.bg.Go(func() { c.build(context.Background(), ch) })
+			c.backgroundLocked()
 		}
 	}
 	return cur
@@ -301,7 +303,7 @@ func (c *catalog) refresh(ctx context.Context) (*catalogSnapshot, error) {
 		if ch == nil {
 			ch = c.startLocked()
 			c.mu.Unlock()
-			c.build(ctx, ch)
+			c.requestBuild(ctx, ch)
 			break
 		}
 		fresh := c.starts > before // the running build began after the call
@@ -324,6 +326,15 @@ func (c *catalog) refresh(ctx context.Context) (*catalogSnapshot, error) {
 	return c.cur, nil
 }
 
+// backgroundLocked begins a build in the background, which close ends.
+func (c *catalog) backgroundLocked() {
+	if c.bgCtx == nil {
+		c.bgCtx, c.stopBG = context.WithCancel(context.Background())
+	}
+	ch, ctx := c.startLocked(), c.bgCtx
+	c.bg.Go(func() { c.build(ctx, ch) })
+}
+
 func (c *catalog) startLocked() chan struct{} {
 	ch := make(chan struct{})
 	c.building = ch
@@ -331,11 +342,11 @@ func (c *catalog) startLocked() chan struct{} {
 	return ch
 }
 
-// build builds the list and publishes it; ch is closed when done. It
-// runs without ctx's cancellation: others wait for the same build, and the
-// caller whose request began it leaving must not fail theirs.
+// build builds the list and publishes it; ch is closed when done. A
+// request's build runs without its cancellation (requestBuild); a
+// background one ends at close.
 func (c *catalog) build(ctx context.Context, ch chan struct{}) {
-	snap, err := c.load(context.WithoutCancel(ctx))
+	snap, err := c.load(ctx)
 	c.mu.Lock()
 	if err == nil {
 		c.cur = snap
@@ -346,10 +357,22 @@ func (c *catalog) build(ctx context.Context, ch chan struct{}) {
 	close(ch)
 }
 
-// close waits for a background build to end; none starts afterwards.
+// requestBuild is build for a request, without ctx's cancellation: others
+// wait for the same build, and the caller whose request began it leaving
+// must not fail theirs.
+func (c *catalog) requestBuild(ctx context.Context, ch chan struct{}) {
+	c.build(context.WithoutCancel(ctx), ch)
+}
+
+// close ends a background build and waits for it; none starts
+// afterwards. It does not wait for the build to read the whole list
+// (minutes on a large S3 store) when the server shuts down.
 func (c *catalog) close() {
 	c.mu.Lock()
 	c.closed = true
+	if c.stopBG != nil {
+		c.stopBG()
+	}
 	c.mu.Unlock()
 	c.bg.Wait()
 }

@@ -318,3 +318,52 @@ func TestVisitorLeavingMidBuild(t *testing.T) {
 		<-first
 	})
 }
+
+// Closing the page (the server shutting down) does not wait for a
+// background read of the list: it ends it. Before, Close waited for it to
+// read every manifest (minutes on a large S3 store) after the last
+// request had been answered, and the index's close with it.
+func TestCloseEndsABackgroundBuild(t *testing.T) {
+	ix, err := storage.OpenIndex(filepath.Join(t.TempDir(), "index.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ix.Close() })
+	ims := listed{{Upstream: "docker.io", Repo: "library/app", Digest: digest.FromString("a")}}
+	synctest.Test(t, func(t *testing.T) {
+		h := leavingList{next: make(chan listed)}
+		now := time.Now()
+		c := &catalog{list: h, index: ix, maxAge: time.Minute, now: func() time.Time { return now }}
+		first := make(chan error, 1)
+		go func() {
+			_, err := c.get(t.Context())
+			first <- err
+		}()
+		synctest.Wait()
+		h.next <- ims
+		if err := <-first; err != nil {
+			t.Fatal(err)
+		}
+		if err := ix.Pin(digest.FromString("pulled").String(), storage.PinRecord{}); err != nil {
+			t.Fatal(err)
+		}
+		now = now.Add(2 * time.Minute) // out of date: answered from the copy, read again in the background
+		if _, err := c.get(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait() // the background build waits for its list
+		closed := make(chan struct{})
+		go func() {
+			c.close()
+			close(closed)
+		}()
+		synctest.Wait()
+		select {
+		case <-closed:
+		default:
+			t.Error("close waited for the background read of the list")
+			h.next <- ims
+			<-closed
+		}
+	})
+}
