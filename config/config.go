@@ -17,6 +17,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path"
 	"reflect"
 	"regexp"
 	"slices"
@@ -25,9 +26,10 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/docker-mirror/docker-mirror/redact"
-
+	"github.com/distribution/reference"
 	"gopkg.in/yaml.v3"
+
+	"github.com/docker-mirror/docker-mirror/redact"
 
 	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/proxy/access"
@@ -888,7 +890,40 @@ func (c Config) Validate() error {
 	if _, err := oci.ParsePlatforms(c.Sync.Platforms); err != nil {
 		return fmt.Errorf("sync.platforms: %w", err)
 	}
+	if c.Sync.Interval > 0 {
+		// The server checks them too, with their upstreams, but only
+		// once it has claimed the data directory: an entry no run could
+		// read is a bad value of the file. Whether its upstream is
+		// configured is left to the server: a flag of serve's may name it.
+		for _, entry := range c.Sync.Images {
+			if err := checkSyncImage(entry); err != nil {
+				return fmt.Errorf("sync.images: %w", err)
+			}
+		}
+	}
 	return c.validateCluster()
+}
+
+// checkSyncImage checks a sync.images entry as a run reads it (the
+// proxy's CheckSync): a reference, whose tag may be a path.Match pattern.
+func checkSyncImage(entry string) error {
+	name := entry
+	slash, colon := strings.LastIndexByte(entry, '/'), strings.LastIndexByte(entry, ':')
+	if colon > slash && strings.ContainsAny(entry[colon+1:], "*?[") {
+		name = entry[:colon]
+		if _, err := path.Match(entry[colon+1:], ""); err != nil {
+			return fmt.Errorf("%q: invalid tag pattern %q: %w", entry, entry[colon+1:], err)
+		}
+	}
+	named, err := reference.ParseNormalizedNamed(name)
+	if err != nil {
+		return fmt.Errorf("invalid image reference %q: %v", name, err)
+	}
+	host := strings.ToLower(reference.Domain(named))
+	if first, _, ok := strings.Cut(reference.Path(named), "/"); ok && (host == DockerHubHost || oci.IsDockerHubAlias(host)) && (strings.ContainsAny(first, ".:") || first == "localhost") {
+		return fmt.Errorf("%q: invalid Docker Hub repository: its first component %q is a registry host, not a Docker Hub namespace", entry, first)
+	}
+	return nil
 }
 
 // validateCluster checks the cluster block: URLs a replica can be reached

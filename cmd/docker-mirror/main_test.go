@@ -255,3 +255,32 @@ func TestBooleanFlagValueApartOnlyThen(t *testing.T) {
 		}
 	}
 }
+
+// A sync.images entry no run could read (an invalid reference, an
+// invalid tag pattern) is a bad value of the file: serve exits 2 with one
+// line naming the file, the line and the entry, before it opens (or
+// makes) the data directory.
+func TestBadSyncImageExitsTwoTouchingNothing(t *testing.T) {
+	for _, c := range []struct{ image, says string }{
+		{"nginx:::", `invalid image reference "nginx:::"`},
+		{"Redis:7", `invalid image reference "Redis:7"`},
+		{"library/redis:[7", `"library/redis:[7": invalid tag pattern "[7"`},
+		{"docker.io/ghcr.io/app:1.*", `"ghcr.io" is a registry host`},
+	} {
+		dir := t.TempDir()
+		data := filepath.Join(dir, "data")
+		file := filepath.Join(dir, "config.yaml")
+		yaml := "listen: 127.0.0.1:0\ndata: " + data + "\nupstream: http://127.0.0.1:1\nsync:\n  interval: 1h\n  images:\n    - nginx:1.27\n    - \"" + c.image + "\"\n"
+		if err := os.WriteFile(file, []byte(yaml), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		code, _, stderr := runCmd(t, context.Background(), "serve", "--config", file)
+		want := "docker-mirror serve: config " + file + ": line 6: sync.images: "
+		if code != exitUsage || strings.Count(strings.TrimSpace(stderr), "\n") != 0 || !strings.HasPrefix(stderr, want) || !strings.Contains(stderr, c.says) {
+			t.Errorf("sync of %q: exit %d, %q; want %d and one line starting %q saying %s", c.image, code, stderr, exitUsage, want, c.says)
+		}
+		if _, err := os.Stat(data); !os.IsNotExist(err) {
+			t.Errorf("sync of %q: the data directory was made or touched (%v)", c.image, err)
+		}
+	}
+}
