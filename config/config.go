@@ -1271,7 +1271,8 @@ func validateURL(s string) error {
 // GB, TB, PB (powers of 1000); KiB, MiB, GiB, TiB, PiB (powers of 1024),
 // also written Ki, Mi, Gi, Ti, Pi as Kubernetes does. A bare K, M, G, T is
 // refused (Kubernetes reads 50G as 50*10^9, Docker as 50*2^30), and so is
-// a lower-case b (50Gb is gigabits) or any other casing.
+// a lower-case b (50Gb is gigabits) or any other casing. A size of less
+// than a byte other than 0 is refused: 0 means no limit.
 type Size int64
 
 var sizeUnits = map[string]int64{
@@ -1303,6 +1304,10 @@ func ParseSize(s string) (Size, error) {
 	v := n * float64(mult)
 	if v >= math.MaxInt64 {
 		return 0, fmt.Errorf("invalid size %q: too large", s)
+	}
+	if v > 0 && v < 1 {
+		// Read as 0, it would be no limit at all (max_size, memory_limit).
+		return 0, fmt.Errorf("invalid size %q: less than a byte (0 means no limit; %s)", s, sizeSyntax)
 	}
 	return Size(v), nil
 }

@@ -1214,6 +1214,29 @@ func TestContradictions(t *testing.T) {
 	}
 }
 
+// A size of less than a byte (max_size: 0.5, --max-size 0.0001KB) was
+// read as 0, which for max_size and memory_limit is no limit at all: the
+// cache grew without bound, and nothing said so. It is refused, naming
+// the value; 0 written out is still no limit.
+func TestSizeBelowOneByteRefused(t *testing.T) {
+	for _, args := range [][]string{
+		{"--max-size", "0.5"},
+		{"--max-size", "0.0001KB"},
+		{"--memory-limit", "0.9B"},
+		{"--config", writeFile(t, "max_size: 0.5\n")},
+	} {
+		c, err := resolve(t, args, nil)
+		if err == nil || !strings.Contains(err.Error(), "less than a byte") || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%q: max_size %d, memory_limit %d, error %v; want one line saying it is less than a byte", args, c.MaxSize, c.MemoryLimit, err)
+		}
+	}
+	for _, in := range []string{"0", "0.0", "0B", "0GiB"} {
+		if z, err := config.ParseSize(in); err != nil || z != 0 {
+			t.Errorf("ParseSize(%q) = %d, %v; want 0", in, z, err)
+		}
+	}
+}
+
 // A size is shown as ParseSize reads it back.
 func TestSizeString(t *testing.T) {
 	for _, tt := range []struct {
