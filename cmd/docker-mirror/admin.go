@@ -241,7 +241,18 @@ func gcCommand(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	var grace time.Duration
 	cfg, code, ok := adminCommand("gc", "docker-mirror gc --data DIR [--dry-run] [--grace DURATION]", args, stdout, stderr, func(fs *flag.FlagSet) {
 		fs.BoolVar(&dryRun, "dry-run", false, "print what would be removed, and remove nothing")
-		fs.DurationVar(&grace, "grace", 0, "keep unreferenced content written or accessed less than this long ago (default 0: remove it all)")
+		fs.Func("grace", "keep unreferenced content written or accessed less than this long ago, a `duration` such as 1h (default 0: remove it all)", func(v string) error {
+			d, err := time.ParseDuration(v)
+			switch {
+			case err != nil:
+				return errors.New("want a duration such as 1h")
+			case d < 0:
+				// Taken as 0, it would remove what it was meant to keep.
+				return errors.New("must not be negative")
+			}
+			grace = d
+			return nil
+		})
 	})
 	if !ok {
 		return code

@@ -198,6 +198,30 @@ func TestAdminGc(t *testing.T) {
 	}
 }
 
+// gc --grace -1h (meant as 1h: keep what was written in the last hour)
+// was taken as no grace at all: everything unreferenced was removed, what
+// was just written too. A negative grace is refused, naming it, and
+// nothing is removed.
+func TestAdminGcNegativeGrace(t *testing.T) {
+	dir, _, _ := dataDir(t)
+	junk := make([]byte, 2048)
+	rand.Read(junk)
+	jd := digest.FromBytes(junk)
+	if err := os.MkdirAll(filepath.Dir(blobFile(dir, jd.String())), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(blobFile(dir, jd.String()), junk, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, stderr := runAdmin(t, "gc", "--data", dir, "--grace", "-1h")
+	if code != exitUsage || out != "" || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, "-grace: must not be negative") || !strings.Contains(stderr, `"-1h"`) {
+		t.Errorf("gc --grace -1h: exit %d, stdout %q, stderr %q; want %d and one line naming --grace and -1h", code, out, stderr, exitUsage)
+	}
+	if _, err := os.Stat(blobFile(dir, jd.String())); err != nil {
+		t.Errorf("gc --grace -1h removed content written just now: %v", err)
+	}
+}
+
 func TestAdminVerify(t *testing.T) {
 	dir, img, _ := dataDir(t)
 	if code, out, stderr := runAdmin(t, "verify", "--data", dir); code != 0 || !strings.Contains(out, ": 0 corrupt") || strings.Count(out, "\n") != 1 {
