@@ -242,6 +242,48 @@ func defaultStrings() map[string]string {
 	}
 }
 
+// CheckEnvironment refuses a variable of environ (NAME=VALUE, as
+// os.Environ gives them) named like a setting's, DOCKER_MIRROR_*, that no
+// setting reads: misspelt (DOCKER_MIRROR_MAXSIZE), it was ignored without
+// a word, as a misspelt key of the file is not, and the server started
+// without the setting (no max_size: a cache without bound). The variables
+// the configuration names (upstreams.HOST.password_env), and those of
+// also (read by a command itself), are known too.
+func (c Config) CheckEnvironment(environ []string, also ...string) error {
+	known := map[string]bool{}
+	for _, n := range knownVariables() {
+		known[n] = true
+	}
+	for _, u := range c.Upstreams {
+		known[u.PasswordEnv] = true
+	}
+	for _, n := range also {
+		known[n] = true
+	}
+	var unknown []string
+	for _, kv := range environ {
+		name, _, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(name, EnvPrefix) && !known[name] {
+			unknown = append(unknown, name)
+		}
+	}
+	if len(unknown) == 0 {
+		return nil
+	}
+	slices.Sort(unknown)
+	return fmt.Errorf("%s: unknown variable (known: %s)", unknown[0], strings.Join(knownVariables(), ", "))
+}
+
+// knownVariables lists the variables of the settings, sorted.
+func knownVariables() []string {
+	names := []string{configEnv, passwordEnv}
+	for _, k := range keys {
+		names = append(names, k.envNames()...)
+	}
+	slices.Sort(names)
+	return names
+}
+
 // Resolve builds the configuration from the defaults, the --config file,
 // the flags that were set and the environment (lookup is os.LookupEnv in
 // production), then validates it. Errors name the key and the bad value.

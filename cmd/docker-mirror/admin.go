@@ -60,6 +60,9 @@ func adminCommand(name, synopsis string, args []string, stdout, stderr io.Writer
 		return cfg, exitUsage, false
 	}
 	cfg, err := flags.Resolve(os.LookupEnv)
+	if err == nil {
+		err = cfg.CheckEnvironment(os.Environ(), prefetchPasswordEnv)
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "docker-mirror %s: %v\n", name, err)
 		return cfg, exitUsage, false

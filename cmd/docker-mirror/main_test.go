@@ -284,3 +284,49 @@ func TestBadSyncImageExitsTwoTouchingNothing(t *testing.T) {
 		}
 	}
 }
+
+// A misspelt variable (DOCKER_MIRROR_MAXSIZE for DOCKER_MIRROR_MAX_SIZE)
+// was silently ignored, as an unknown key of the file is not: the server
+// started with no max_size, its cache growing without bound. A
+// DOCKER_MIRROR_* variable no setting reads is refused, exit 2, naming
+// it, before the data directory is touched; the variables an upstream's
+// password_env names, and the prefetch command's password, are not
+// refused.
+func TestUnknownVariableRefused(t *testing.T) {
+	for _, cmd := range []string{"serve", "ls", "mirror"} {
+		t.Run(cmd, func(t *testing.T) {
+			data := filepath.Join(t.TempDir(), "data")
+			t.Setenv("DOCKER_MIRROR_MAXSIZE", "10GiB")
+			args := []string{cmd, "--data", data, "--upstream", "http://127.0.0.1:1"}
+			switch cmd {
+			case "serve":
+				args = append(args, "--listen", "127.0.0.1:0")
+			case "mirror":
+				args = []string{cmd, "-d", "127.0.0.1:1/mirror", "--upstream", "http://127.0.0.1:1", "hello-world"}
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			cancel() // a serve that starts stops at once
+			code, _, stderr := runCmd(t, ctx, args...)
+			if code != exitUsage || strings.Count(strings.TrimSpace(stderr), "\n") != 0 || !strings.HasPrefix(stderr, "docker-mirror "+cmd+": DOCKER_MIRROR_MAXSIZE: unknown variable") {
+				t.Errorf("exit %d, %q; want %d and one line naming DOCKER_MIRROR_MAXSIZE", code, stderr, exitUsage)
+			}
+			if _, err := os.Stat(data); !os.IsNotExist(err) {
+				t.Errorf("the data directory was made or touched (%v)", err)
+			}
+		})
+	}
+	// Variables docker-mirror reads, though no setting's.
+	dir := t.TempDir()
+	file := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(file, []byte("upstreams:\n  ghcr.io:\n    url: http://127.0.0.1:1\n    username: bot\n    password_env: DOCKER_MIRROR_GHCR_TOKEN\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("DOCKER_MIRROR_GHCR_TOKEN", "secret")
+	t.Setenv("DOCKER_MIRROR_PREFETCH_PASSWORD", "secret")
+	t.Setenv("DOCKER_MIRROR_MAX_SIZE", "10GiB")
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if code, _, stderr := runCmd(t, ctx, "serve", "--config", file, "--data", filepath.Join(dir, "data"), "--listen", "127.0.0.1:0"); code != 0 {
+		t.Errorf("serve with known variables: exit %d, %q", code, stderr)
+	}
+}

@@ -59,6 +59,9 @@ func mirrorCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 		return exitUsage
 	}
 	cfg, err := flags.Resolve(os.LookupEnv)
+	if err == nil {
+		err = cfg.CheckEnvironment(os.Environ(), prefetchPasswordEnv)
+	}
 	switch {
 	case err != nil:
 		fmt.Fprintf(stderr, "docker-mirror mirror: %v\n", err)

@@ -26,6 +26,9 @@ func serveCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return code
 	}
 	cfg, err := flags.Resolve(os.LookupEnv)
+	if err == nil {
+		err = cfg.CheckEnvironment(os.Environ(), prefetchPasswordEnv)
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "docker-mirror serve: %s\n", oneLine(err))
 		return exitUsage
