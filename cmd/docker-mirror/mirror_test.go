@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"net/http"
 	"net/http/httptest"
@@ -1190,6 +1191,27 @@ func TestPrefetchCommandInterruptedWhilePolling(t *testing.T) {
 	code, stdout, stderr := runCmd(t, ctx, "prefetch", "--server", srv.URL, "hello-world")
 	if code != 130 || !strings.Contains(stderr, "stopped following job "+id+"; it goes on in the server") {
 		t.Errorf("exit %d; want 130, saying the job goes on\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+}
+
+// Interrupted (ctrl-C) while the server has not yet answered its job's
+// submission (a busy server, a slow proxy before it), prefetch exited 1
+// with 'Post "http://...": context canceled', read as a failure; it now
+// says it was interrupted, and that the server may have taken the job,
+// and exits 130, as it does once it follows the job.
+func TestPrefetchCommandInterruptedWhileSubmitting(t *testing.T) {
+	ctx, cancelCause := context.WithCancelCause(context.Background())
+	cancel := func() { cancelCause(interrupted{os.Interrupt}) }
+	defer cancel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body) // read whole: the server then sees the client leave
+		cancel()                    // the user's ctrl-C, while the submission waits for its answer
+		<-r.Context().Done()
+	}))
+	defer srv.Close()
+	code, stdout, stderr := runCmd(t, ctx, "prefetch", "--server", srv.URL, "hello-world")
+	if code != 130 || !strings.Contains(stderr, "interrupted") || strings.Contains(stderr+stdout, "context canceled") || strings.Count(stderr, "\n") != 1 {
+		t.Errorf("exit %d; want 130 and one line saying it was interrupted\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
 	}
 }
 

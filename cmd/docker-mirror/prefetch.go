@@ -81,6 +81,12 @@ func prefetchCommand(ctx context.Context, args []string, stdout, stderr io.Write
 	}
 	base := strings.TrimRight(u.String(), "/")
 	job, err := postJob(ctx, base, proxy.PrefetchRequest{Images: fs.Args(), Platforms: platforms})
+	if code, ok := signalled(ctx); ok && err != nil {
+		// Not the request's error: the server may have taken the job
+		// before the interruption, and then runs it.
+		fmt.Fprintf(stderr, "docker-mirror prefetch: interrupted (%v) before the server answered; it may have started the job (GET %s/prefetch lists the jobs)\n", context.Cause(ctx), redact.URL(base))
+		return code
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "docker-mirror prefetch: %v\n", err)
 		return 1
