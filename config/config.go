@@ -757,6 +757,11 @@ func nodeText(n *yaml.Node) string {
 	return s
 }
 
+// storageDrivers are the names of the storage drivers the storage package
+// registers, as the file names them: s3, or distribution's own name of
+// it, s3aws.
+var storageDrivers = []string{"filesystem", "inmemory", "s3", "s3aws"}
+
 // StorageDriver returns the name and parameters of the configured storage
 // driver; the default is the filesystem driver rooted at Data, and so is
 // the filesystem driver without a rootdirectory (not distribution's
@@ -839,6 +844,11 @@ func (c Config) Validate() error {
 	for name := range c.Storage {
 		if strings.TrimSpace(name) == "" {
 			return fmt.Errorf("storage: invalid driver name %q", name)
+		}
+		if !slices.Contains(storageDrivers, name) {
+			// Else the start fails on it, with distribution's words,
+			// once the data directory has been claimed.
+			return fmt.Errorf("storage: unknown driver %q (built in: filesystem, inmemory, s3)", name)
 		}
 	}
 	if c.Destination.URL != "" {

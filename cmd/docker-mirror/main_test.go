@@ -330,3 +330,25 @@ func TestUnknownVariableRefused(t *testing.T) {
 		t.Errorf("serve with known variables: exit %d, %q", code, stderr)
 	}
 }
+
+// A misspelt storage driver (storage: {filesytem: ...}) made serve exit 1
+// with distribution's "StorageDriver not registered: filesytem", after it
+// had made the data directory and its index; it is a bad value of the
+// file: exit 2, one line naming the file, the key, the driver and those
+// built in, nothing touched.
+func TestUnknownStorageDriverExitsTwoTouchingNothing(t *testing.T) {
+	dir := t.TempDir()
+	data := filepath.Join(dir, "data")
+	file := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(file, []byte("listen: 127.0.0.1:0\ndata: "+data+"\nstorage:\n  filesytem:\n    rootdirectory: "+filepath.Join(dir, "store")+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, _, stderr := runCmd(t, context.Background(), "serve", "--config", file)
+	want := "docker-mirror serve: config " + file + `: line 3: storage: unknown driver "filesytem" (built in: filesystem, inmemory, s3)`
+	if code != exitUsage || strings.TrimSpace(stderr) != want {
+		t.Errorf("exit %d, %q; want %d and %q", code, stderr, exitUsage, want)
+	}
+	if _, err := os.Stat(data); !os.IsNotExist(err) {
+		t.Errorf("the data directory was made or touched (%v)", err)
+	}
+}
