@@ -762,6 +762,10 @@ func nodeText(n *yaml.Node) string {
 // it, s3aws.
 var storageDrivers = []string{"filesystem", "inmemory", "s3", "s3aws"}
 
+// driverParameters are the parameters of the drivers whose every one is
+// known here (s3's are many, and its own errors name the missing ones).
+var driverParameters = map[string][]string{"filesystem": {"rootdirectory", "maxthreads"}, "inmemory": {}}
+
 // StorageDriver returns the name and parameters of the configured storage
 // driver; the default is the filesystem driver rooted at Data, and so is
 // the filesystem driver without a rootdirectory (not distribution's
@@ -849,6 +853,15 @@ func (c Config) Validate() error {
 			// Else the start fails on it, with distribution's words,
 			// once the data directory has been claimed.
 			return fmt.Errorf("storage: unknown driver %q (built in: filesystem, inmemory, s3)", name)
+		}
+		if known, ok := driverParameters[name]; ok {
+			// The driver ignores a misspelt one: root_directory would
+			// put the store in the data directory, not on the disk named.
+			for _, p := range slices.Sorted(maps.Keys(c.Storage[name])) {
+				if !slices.Contains(known, p) {
+					return fmt.Errorf("storage.%s.%s: unknown parameter (known: %s)", name, redact.URL(p), strings.Join(known, ", "))
+				}
+			}
 		}
 	}
 	if c.Destination.URL != "" {

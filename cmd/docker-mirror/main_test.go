@@ -352,3 +352,27 @@ func TestUnknownStorageDriverExitsTwoTouchingNothing(t *testing.T) {
 		t.Errorf("the data directory was made or touched (%v)", err)
 	}
 }
+
+// A misspelt parameter of the filesystem driver (root_directory for
+// rootdirectory) was ignored without a word: the store was made in the
+// data directory instead of the disk it named, and filled that one. It is
+// refused, exit 2, one line naming the file, the line, the key and the
+// known ones, nothing touched.
+func TestUnknownFilesystemParameterRefused(t *testing.T) {
+	dir := t.TempDir()
+	data := filepath.Join(dir, "data")
+	file := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(file, []byte("listen: 127.0.0.1:0\ndata: "+data+"\nstorage:\n  filesystem:\n    root_directory: "+filepath.Join(dir, "big-disk")+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // a serve that starts stops at once
+	code, _, stderr := runCmd(t, ctx, "serve", "--config", file)
+	want := "docker-mirror serve: config " + file + ": line 5: storage.filesystem.root_directory: unknown parameter (known: rootdirectory, maxthreads)"
+	if code != exitUsage || strings.TrimSpace(stderr) != want {
+		t.Errorf("exit %d, %q; want %d and %q", code, stderr, exitUsage, want)
+	}
+	if _, err := os.Stat(data); !os.IsNotExist(err) {
+		t.Errorf("the data directory was made or touched (%v)", err)
+	}
+}
