@@ -263,7 +263,7 @@ func (c Config) CheckEnvironment(environ []string, also ...string) error {
 	var unknown []string
 	for _, kv := range environ {
 		name, _, _ := strings.Cut(kv, "=")
-		if strings.HasPrefix(name, EnvPrefix) && !known[name] {
+		if strings.HasPrefix(name, EnvPrefix) && !known[name] && !serviceLink(name) {
 			unknown = append(unknown, name)
 		}
 	}
@@ -272,6 +272,21 @@ func (c Config) CheckEnvironment(environ []string, also ...string) error {
 	}
 	slices.Sort(unknown)
 	return fmt.Errorf("%s: unknown variable (known: %s)", unknown[0], strings.Join(knownVariables(), ", "))
+}
+
+// serviceLink reports whether name is one of the variables Kubernetes
+// gives every pod for each service of its namespace (its service links):
+// for a service named docker-mirror, DOCKER_MIRROR_SERVICE_HOST,
+// DOCKER_MIRROR_SERVICE_PORT[_NAME], DOCKER_MIRROR_PORT and
+// DOCKER_MIRROR_PORT_5000_TCP[_PROTO|_PORT|_ADDR]. Refused, they would
+// stop the mirror starting in the namespace of its own service.
+func serviceLink(name string) bool {
+	rest := strings.TrimPrefix(name, EnvPrefix)
+	if rest == "PORT" || strings.HasPrefix(rest, "SERVICE_HOST") || strings.HasPrefix(rest, "SERVICE_PORT") {
+		return true
+	}
+	port, ok := strings.CutPrefix(rest, "PORT_")
+	return ok && port != "" && port[0] >= '0' && port[0] <= '9'
 }
 
 // knownVariables lists the variables of the settings, sorted.

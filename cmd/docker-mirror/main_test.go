@@ -324,10 +324,15 @@ func TestUnknownVariableRefused(t *testing.T) {
 	t.Setenv("DOCKER_MIRROR_GHCR_TOKEN", "secret")
 	t.Setenv("DOCKER_MIRROR_PREFETCH_PASSWORD", "secret")
 	t.Setenv("DOCKER_MIRROR_MAX_SIZE", "10GiB")
+	// Kubernetes's service links, of a service named docker-mirror in
+	// the mirror's own namespace.
+	for _, v := range []string{"SERVICE_HOST", "SERVICE_PORT", "SERVICE_PORT_HTTP", "PORT", "PORT_5000_TCP", "PORT_5000_TCP_PROTO", "PORT_5000_TCP_PORT", "PORT_5000_TCP_ADDR"} {
+		t.Setenv("DOCKER_MIRROR_"+v, "10.0.0.1")
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	if code, _, stderr := runCmd(t, ctx, "serve", "--config", file, "--data", filepath.Join(dir, "data"), "--listen", "127.0.0.1:0"); code != 0 {
-		t.Errorf("serve with known variables: exit %d, %q", code, stderr)
+		t.Errorf("serve with known variables and Kubernetes's service links: exit %d, %q", code, stderr)
 	}
 }
 
