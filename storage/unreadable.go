@@ -39,6 +39,9 @@ var recordDecoders = map[string]func([]byte) error{
 	string(bucketMirrors):   func(v []byte) error { var r FillRecord; return json.Unmarshal(v, &r) },
 	string(bucketPins):      func(v []byte) error { var r PinRecord; return json.Unmarshal(v, &r) },
 	string(bucketAccess):    func(v []byte) error { var t time.Time; return json.Unmarshal(v, &t) },
+	// The referrers answers: every eviction reads them (the images'
+	// model), as verify's repair does.
+	string(bucketReferrers): func(v []byte) error { var r ReferrersRecord; return json.Unmarshal(v, &r) },
 }
 
 // UnreadableRecords lists the records of the index that cannot be decoded

@@ -101,7 +101,7 @@ func TestEvictionWhilePulling(t *testing.T) {
 // (a warning a minute), the store growing past max_size, until the index
 // was repaired offline.
 func TestUnreadableRecordStopsNoEviction(t *testing.T) {
-	for _, bucket := range []string{"tags", "manifests", "blobs", "mirrors", "access"} {
+	for _, bucket := range []string{"tags", "manifests", "blobs", "mirrors", "access", "referrers"} {
 		t.Run(bucket, func(t *testing.T) {
 			up := fixture.StartUpstream(t)
 			x := up.SeedImage(t, "library/x", "v1", 1, 4<<10)

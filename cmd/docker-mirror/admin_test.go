@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -491,7 +492,7 @@ func TestAdminDamagedIndex(t *testing.T) {
 // drops it (content whose record it was is removed, its image partial),
 // after which ls, gc and verify work again.
 func TestAdminUnreadableRecord(t *testing.T) {
-	for _, bucket := range []string{"tags", "manifests", "blobs", "mirrors", "pins", "access"} {
+	for _, bucket := range []string{"tags", "manifests", "blobs", "mirrors", "pins", "access", "referrers"} {
 		t.Run(bucket, func(t *testing.T) {
 			dir, _, _ := dataDir(t)
 			key := fixture.DamageRecord(t, filepath.Join(dir, "index.db"), bucket, "")
@@ -500,12 +501,12 @@ func TestAdminUnreadableRecord(t *testing.T) {
 				if code == 0 {
 					continue // it does not read that bucket
 				}
-				if !strings.Contains(stderr, key) || !strings.Contains(stderr, "verify --repair") || strings.Count(stderr, "\n") != 1 {
+				if !strings.Contains(stderr, strconv.Quote(key)) || !strings.Contains(stderr, "verify --repair") || strings.Count(stderr, "\n") != 1 {
 					t.Errorf("%v: exit %d, %q; want one line naming %q and verify --repair", args, code, stderr, key)
 				}
 			}
 			code, out, stderr := runAdmin(t, "verify", "--data", dir)
-			if code != 1 || !strings.Contains(out, "unreadable record: "+bucket+" entry \""+key+"\"") || !strings.Contains(out, "run with --repair") {
+			if code != 1 || !strings.Contains(out, "unreadable record: "+bucket+" entry "+strconv.Quote(key)) || !strings.Contains(out, "run with --repair") {
 				t.Fatalf("verify: exit %d, %q %q", code, out, stderr)
 			}
 			code, out, stderr = runAdmin(t, "verify", "--data", dir, "--repair")
