@@ -342,10 +342,13 @@ func (c *Collector) pass(ctx context.Context, p Policy) (Report, error) {
 		// the content (one per 1,000) tells first whether the bucket
 		// can be over the limit at all.
 		listed, err := c.listedBytes(ctx)
-		if err != nil {
+		if err != nil && !errors.Is(err, storage.ErrListingIncomplete) {
 			return Report{}, err
 		}
-		if listed <= p.MaxSize {
+		// A listing that passed over a directory it cannot read (a
+		// shared disk's) cannot tell that the store is under the
+		// limit: the records do.
+		if err == nil && listed <= p.MaxSize {
 			return Report{StoredBefore: listed, StoredAfter: listed}, nil
 		}
 	}

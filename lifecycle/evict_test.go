@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -418,6 +419,48 @@ func TestEvictImageKeepsWhatAnotherReplicaRecorded(t *testing.T) {
 	ea.wantStored(t, true, baseD)
 	up.Stop()
 	eb.wantPull(t, y)
+}
+
+// On a shared disk (a cluster's filesystem store, its records shared
+// beside it), a pass between collections lists the store to learn whether
+// it can be over max_size: a directory it cannot list (permission denied:
+// restored as another user) failed every such pass, and evictions waited
+// for the next collection. An incomplete listing cannot say the store is
+// under the limit: the records are read, and the pass evicts.
+func TestUnlistableDirectoryStopsNoEvictionOnSharedDisk(t *testing.T) {
+	if os.Geteuid() == 0 {
+		t.Skip("root lists any directory")
+	}
+	up := fixture.StartUpstream(t)
+	root := t.TempDir()
+	records := storage.NewDriverRecords(inmemory.New())
+	m := servertest.StartWithStore(t, up.URL(), func(ix *storage.Index) (storage.Store, error) {
+		ix.ShareRecords(records, nil)
+		return storage.OpenDriverStore(context.Background(), "filesystem", map[string]any{"rootdirectory": root})
+	})
+	e := &env{up: up, m: m, store: m.Store.(*storage.DriverStore)}
+	x := single("library/x", "v1", up.SeedImage(t, "library/x", "v1", 1, 8<<10))
+	y := single("library/y", "v1", up.SeedImage(t, "library/y", "v1", 1, 8<<10))
+	x.repo, y.repo = "x", "y"
+	e.pull(t, x)
+	e.pull(t, y)
+	col := e.collector(lifecycle.Options{})
+	policy := lifecycle.Policy{MaxSize: 1 << 40, CollectEvery: lifecycle.DefaultCollectEvery}
+	if _, err := col.Pass(t.Context(), policy); err != nil { // the collection: the next is not due
+		t.Fatal(err)
+	}
+	hex := strings.TrimPrefix(y.digest, "sha256:")
+	dir := filepath.Join(root, "blobs", "sha256", hex[:2]) // y's manifest's prefix directory
+	if err := os.Chmod(dir, 0o300); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Chmod(dir, 0o755) })
+
+	policy.MaxSize = 1
+	r, err := col.Pass(t.Context(), policy)
+	if err != nil || r.ImagesEvicted == 0 {
+		t.Fatalf("a pass over max_size beside a directory it cannot list: %v, %d images evicted; want images evicted", err, r.ImagesEvicted)
+	}
 }
 
 // pulledMeanwhile is shared records in which another replica pulls an
