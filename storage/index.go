@@ -467,7 +467,8 @@ func (ix *Index) Tags(host, repo string) ([]string, error) {
 	return tags, err
 }
 
-// TagsOf lists the tags of an upstream repository that point to dgst.
+// TagsOf lists the tags of an upstream repository that point to dgst; a
+// tag whose record cannot be read is not listed.
 func (ix *Index) TagsOf(host, repo string, dgst digest.Digest) ([]string, error) {
 	prefix := []byte(host + "/" + repo + ":")
 	var tags []string
@@ -475,6 +476,11 @@ func (ix *Index) TagsOf(host, repo string, dgst digest.Digest) ([]string, error)
 		c := tagRecordsOf(tx).Cursor()
 		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
 			d, err := tagDigestOf(k, v)
+			if errors.Is(err, ErrUnreadableRecord) {
+				// Unreadable (a flipped bit): a miss for a pull of that
+				// tag (Tag), not a failure of the repository's others.
+				continue
+			}
 			if err != nil {
 				return err
 			}

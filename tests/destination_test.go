@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -1473,4 +1474,27 @@ func TestPrefetchIntoRefusingDestinationSendsNothing(t *testing.T) {
 	if len(sent) != 0 {
 		t.Errorf("the second prefetch sent the destination %d requests, want none: %v", len(sent), sent)
 	}
+}
+
+// A tag record of the index that cannot be read (its pages sound: a
+// flipped bit) is a miss for a pull of that tag; it stopped, before, the
+// fill of every other image of its repository short of its tags in a
+// registry destination (the fill's end lists the tags naming the image,
+// and failed on it): app:v2 was never tagged there, though mirrored. The
+// tags that can be read are pushed.
+func TestDestinationTagsPushedBesideUnreadableTagRecord(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	up.SeedImage(t, "library/app", "v1", 1, 1<<10)
+	v2 := up.SeedImage(t, "library/app", "v2", 1, 1<<10)
+	dest := startDest(t)
+	m := startDestMirror(t, up, dest, nil)
+	get(t, m.URL()+"/v2/library/app/manifests/v1")
+	m.WaitIdle()
+	m.Stop()
+	fixture.DamageRecord(t, filepath.Join(m.Dir(), "index.db"), "tags", "docker.io/library/app:v1")
+	m.Restart()
+
+	wantManifest(t, get(t, m.URL()+"/v2/library/app/manifests/v2"), v2.Manifest, v2.MediaType)
+	m.WaitIdle()
+	wantDestManifest(t, dest, "library/app", "v2", v2.Manifest, v2.MediaType)
 }
