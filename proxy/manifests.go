@@ -415,6 +415,14 @@ func (p *Proxy) loadTagged(ctx context.Context, t target, tag storage.TagRecord)
 // loadManifest reads a stored manifest and its media type.
 func (p *Proxy) loadManifest(ctx context.Context, t target, dgst digest.Digest) (*storedManifest, error) {
 	rec, ok, err := p.index.Manifest(dgst)
+	if errors.Is(err, storage.ErrUnreadableRecord) {
+		// Unreadable (a flipped bit): dropped, as a pass would drop it
+		// (a registry destination's mirror runs none), and a miss,
+		// fetched and recorded again, rather than an error at every pull
+		// of the image.
+		p.log.Warn("manifest record cannot be read; dropping it and fetching the manifest again", "digest", dgst, "error", err)
+		ok, err = false, p.index.DropRecords([]storage.UnreadableRecord{{Bucket: storage.BucketManifests, Key: dgst.String()}})
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -25,6 +25,9 @@ func (r UnreadableRecord) String() string {
 	return fmt.Sprintf("%s entry %q (%s)", r.Bucket, r.Key, r.Err)
 }
 
+// BucketManifests is the UnreadableRecord.Bucket of a manifest's record.
+const BucketManifests = "manifests"
+
 // Content reports whether the record is a blob's or a manifest's.
 func (r UnreadableRecord) Content() bool {
 	return r.Bucket == string(bucketBlobs) || r.Bucket == string(bucketManifests)

@@ -1498,3 +1498,28 @@ func TestDestinationTagsPushedBesideUnreadableTagRecord(t *testing.T) {
 	m.WaitIdle()
 	wantDestManifest(t, dest, "library/app", "v2", v2.Manifest, v2.MediaType)
 }
+
+// A manifest record of the index that cannot be read (its pages sound: a
+// flipped bit), with a registry destination, whose mirror runs no
+// eviction nor collection to drop it: every pull of the image failed on
+// it (500) until the index was repaired offline. It is a miss, fetched and
+// recorded again.
+func TestDestinationUnreadableManifestRecord(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/app", "v1", 1, 1<<10)
+	dest := startDest(t)
+	m := startDestMirror(t, up, dest, nil)
+	get(t, m.URL()+"/v2/library/app/manifests/v1")
+	m.WaitIdle()
+	m.Stop()
+	fixture.DamageRecord(t, filepath.Join(m.Dir(), "index.db"), "manifests", img.Digest)
+	m.Restart()
+
+	byDigest := m.URL() + "/v2/library/app/manifests/" + img.Digest
+	wantManifest(t, get(t, byDigest), img.Manifest, img.MediaType)
+	m.WaitIdle()
+	// Recorded again: served with the upstream down.
+	up.Stop()
+	wantManifest(t, get(t, byDigest), img.Manifest, img.MediaType)
+	wantManifest(t, get(t, m.URL()+"/v2/library/app/manifests/v1"), img.Manifest, img.MediaType)
+}
