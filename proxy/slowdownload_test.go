@@ -107,3 +107,37 @@ func TestStalledDownloadNotTooSlow(t *testing.T) {
 		}
 	})
 }
+
+// stallingSlow answers as its transport does, but each large blob's body
+// (over 1 MiB) comes in 1,500 pieces 25 s apart (a layer over a slow link,
+// 10 hours) and stalls after its first 150 (past the first hour): 5
+// minutes before a piece, then 50 more.
+type stallingSlow struct{ rt http.RoundTripper }
+
+func (s stallingSlow) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := s.rt.RoundTrip(r)
+	if err != nil || r.Method != http.MethodGet || !strings.Contains(r.URL.Path, "/blobs/") || resp.ContentLength <= 1<<20 {
+		return resp, err
+	}
+	piece := resp.ContentLength / 1500
+	resp.Body = &stall{rc: &trickle{rc: resp.Body, piece: piece}, at: 150 * piece, pauses: []time.Duration{5 * time.Minute, 50 * time.Minute}}
+	return resp, nil
+}
+
+// A slow download that stalled within the fill timeout after its first
+// hour is not cut when its bytes come again: its last hour's rate, most
+// of it the stall, would bring the rest in days, but its rate since it
+// started would not (a mutation dropping the rate since the start is
+// killed here: TestStalledDownloadNotTooSlow's stall ends within the
+// first hour, before any rate is judged).
+func TestStalledSlowDownloadNotTooSlow(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+		pushSized(t, reg, "library/a:1", 4<<20, 1)
+		p := transportMirror(t, stallingSlow{inProcess{reg}}, nil)
+		defer p.Close()
+		if got := prefetchAfter(t, p, "a:1", 12*time.Hour); got.State != storage.JobDone {
+			t.Fatalf("prefetch of a slow layer stalled 55 minutes after its first hour: %s, want done; images: %+v", got.State, got.Images)
+		}
+	})
+}
