@@ -160,7 +160,11 @@ func TestDownloadNobodyReadsIsCancelled(t *testing.T) {
 func TestDownloadAFillWantsOutlivesItsClient(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	img := up.SeedImage(t, "library/kept", "1", 1, 256<<10)
-	m := servertest.Start(t, up.URL())
+	// Fetching ahead off: the layer's download is the fill's alone.
+	// (Fetched ahead, the download is the mirror's own, which a client
+	// hanging up does not cancel either: the test would pass whether or
+	// not the fill kept it.)
+	m := servertest.Start(t, up.URL(), proxy.WithFetchAhead(false))
 	layer := img.Layers[0]
 	gate := up.GateBlob(layer, 64<<10)
 	ctx, cancel := context.WithTimeout(t.Context(), watchdog)
