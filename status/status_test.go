@@ -712,3 +712,26 @@ func TestAPIUpstreamRefusingEverything(t *testing.T) {
 		t.Errorf("upstream refusing every repository: status %q, last error %q, want failing with its refusal", u.Status, u.LastError)
 	}
 }
+
+// TestAPIUpstreamRefusingTwoRepositories: a healthy upstream refusing two
+// repositories in a row (a CI's `docker pull org/a:cache || docker build`
+// for two images not pushed yet, or two private ones: Docker Hub's 401
+// without credentials) is ok, not failing: it answers /v2/ and every
+// other repository as expected.
+func TestAPIUpstreamRefusingTwoRepositories(t *testing.T) {
+	m := startMirror(t)
+	h := map[string]string{"Accept": manifestAccept}
+	if a := send(t, http.MethodGet, m.URL()+"/v2/library/multi/manifests/v1", "", h); a.status != http.StatusOK {
+		t.Fatalf("pull before the refusals: %d %s", a.status, a.body)
+	}
+	m.WaitIdle()
+	m.up.SetFault(fixture.Fault{Status: http.StatusUnauthorized, PathContains: "/ci/"})
+	for _, repo := range []string{"ci/app-a", "ci/app-b", "ci/app-c"} {
+		if a := send(t, http.MethodGet, m.URL()+"/v2/"+repo+"/manifests/cache", "", h); a.status == http.StatusOK {
+			t.Fatalf("pull of %s refused upstream: %d %s", repo, a.status, a.body)
+		}
+	}
+	if u := getJSON[status.Status](t, m.URL()+"/api/v1/status", nil).Upstreams[0]; u.Status != "ok" {
+		t.Errorf("upstream refusing two repositories of its own: status %q, last error %q, want ok", u.Status, u.LastError)
+	}
+}

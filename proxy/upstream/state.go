@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"strconv"
@@ -78,23 +79,38 @@ func (c *Client) State() State {
 // noteAnswer records a request's outcome: resp is the upstream's answer
 // (nil if none came), err the request's error (nil: an expected answer).
 // A 404 is an answer like any other: the upstream is fine.
-func (c *Client) noteAnswer(resp *http.Response, err error) { c.note(resp, err, "") }
+func (c *Client) noteAnswer(resp *http.Response, err error) { c.note(resp, err, "", false) }
 
 // noteRefusal records the upstream's refusal err of repo
 // (refusesRepository): an answer, as a 404 is, while it is that
 // repository's alone. A refusal of another repository with no expected
-// answer between them, or one while the upstream is failing, is the
+// answer between them, or one while the upstream is failing, may be the
 // upstream refusing everything (the mirror's address blocked, a licence
-// lapsed): noted as failing.
-func (c *Client) noteRefusal(resp *http.Response, repo string, err error) { c.note(resp, err, repo) }
+// lapsed), or a CI asking for two private or missing repositories in a
+// row (Docker Hub refuses each without credentials): the upstream is
+// pinged, and the refusal is the repository's if the ping is answered
+// as expected, else noted as failing.
+func (c *Client) noteRefusal(ctx context.Context, resp *http.Response, repo string, err error) {
+	h := &c.health
+	h.mu.Lock()
+	own := !h.lastErrAt.After(h.lastOK) && (h.refused == "" || h.refused == repo)
+	h.mu.Unlock()
+	if !own {
+		// Asked even if the client left: the answer is of the upstream.
+		_, perr := c.pingNow(context.WithoutCancel(ctx))
+		own = perr == nil
+	}
+	c.note(resp, err, repo, own)
+}
 
-// note is noteAnswer, of a refusal of refused if not "".
-func (c *Client) note(resp *http.Response, err error, refused string) {
+// note is noteAnswer, of a refusal of refused if not "", the
+// repository's own if own (noteRefusal).
+func (c *Client) note(resp *http.Response, err error, refused string, own bool) {
 	h := &c.health
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	switch {
-	case refused != "" && !h.lastErrAt.After(h.lastOK) && (h.refused == "" || h.refused == refused):
+	case refused != "" && own:
 		h.refused, err = refused, nil // the repository's answer
 	case refused == "" && (err == nil || errors.Is(err, ErrNotFound)):
 		h.refused = ""

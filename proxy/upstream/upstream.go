@@ -1379,7 +1379,7 @@ func (c *Client) doWarming(ctx context.Context, repo string, req *http.Request, 
 	if c.refusesRepository(t, resp) {
 		// The repository's answer, as a 404 is: the upstream is fine,
 		// unless it refuses every repository.
-		c.noteRefusal(resp, repo, err)
+		c.noteRefusal(ctx, resp, repo, err)
 		return nil, err
 	}
 	c.noteAnswer(resp, err)
