@@ -7,7 +7,11 @@
   const notice = document.getElementById("notice");
   const refreshEvery = 5000;
 
+  // saidDown: the notice shown is down's, which an answered refresh takes
+  // away; any other (an action's refusal) stays.
+  let saidDown = false;
   function say(text, isError) {
+    saidDown = false;
     notice.textContent = text;
     notice.className = isError ? "error" : "";
     notice.hidden = false;
@@ -17,7 +21,6 @@
   // proxy's 502) says so, until the next one is answered: the figures
   // shown are the last answer's, the upstreams "ok" among them.
   let answeredAt = new Date();
-  let saidDown = false;
   function down(e) {
     say("No answer from the mirror (" + e.message + "): the figures shown are from " + answeredAt.toLocaleTimeString() + ".", true);
     saidDown = true;
@@ -120,7 +123,6 @@
       btn.disabled = false;
       return;
     }
-    saidDown = false; // the action's notice shown instead
     await refresh(true).catch(down);
   });
 
@@ -145,7 +147,6 @@
         say("Prefetch refused: " + e.message, true);
         return;
       }
-      saidDown = false; // the job's notice shown instead
       await refresh(false).catch(down);
     });
   }

@@ -647,3 +647,44 @@ func TestStatusPageLongNamesFit(t *testing.T) {
 		t.Errorf("the page reported errors:\n%s", strings.Join(e, "\n"))
 	}
 }
+
+// An action's refusal shown just after the mirror came back, before a
+// refresh said so, stays: the next refresh took the mirror's return for
+// the end of the "No answer" notice and hid the notice, the refusal
+// shown in it, a second after the admin read it, or before.
+func TestStatusPageKeepsAnActionsRefusalAfterMirrorDown(t *testing.T) {
+	exe := requireChromium(t)
+	up := fixture.StartUpstream(t)
+	up.SeedImage(t, "library/webapp", "1.0", 1, 4<<10)
+	m := servertest.Start(t, up.URL()) // no auth: everyone is an admin
+	pullWebapp(t, m, "application/vnd.oci.image.manifest.v1+json")
+	sw := &downSwitch{next: m.Server.Handler()}
+	front := httptest.NewServer(sw)
+	t.Cleanup(front.Close)
+
+	tab, _ := browser(t, exe) // the failed refresh is logged as an error
+	if _, err := chromedp.Call(tab, page.AddScriptToEvaluateOnNewDocument, page.AddScriptToEvaluateOnNewDocumentParams{
+		Source: `window.ticks = []; window.setInterval = function (f) { window.ticks.push(f); return 0; };`,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	do(t, tab, chromedp.Navigate(front.URL+"/"), chromedp.WaitVisible(chromedp.CSS("#prefetch-form")))
+	sw.set(-1)
+	run(t, tab, chromedp.Evaluate[int](`window.ticks[0](); 0`))
+	ctx, cancel := context.WithTimeout(tab, 20*time.Second)
+	defer cancel()
+	if err := chromedp.Do(ctx, chromedp.WaitVisible(chromedp.CSS("#notice.error"))); err != nil {
+		t.Fatalf("mirror down: the page does not say so (%v)", err)
+	}
+	// Back; a prefetch refused before the next refresh.
+	sw.set(0)
+	do(t, tab, chromedp.SetValue(chromedp.CSS("#prefetch-images"), "not!an!image"), chromedp.Click(chromedp.CSS("#prefetch-submit")))
+	if _, err := chromedp.Run(ctx, chromedp.Poll[bool](`document.getElementById("notice").textContent.includes("Prefetch refused")`)); err != nil {
+		t.Fatalf("the prefetch's refusal is not shown (%v): notice %q", err, run(t, tab, chromedp.Text(chromedp.CSS("#notice"))))
+	}
+	run(t, tab, chromedp.Evaluate[int](`document.getElementById("uptime").dataset.old = "1"; window.ticks[0](); 0`))
+	do(t, tab, chromedp.WaitReady(chromedp.CSS(`#uptime:not([data-old])`)))
+	if notice := run(t, tab, chromedp.Evaluate[string](`(n => n.hidden ? "(hidden)" : n.textContent)(document.getElementById("notice"))`)); !strings.Contains(notice, "Prefetch refused") {
+		t.Errorf("after a refresh, the prefetch's refusal is gone: notice %q", notice)
+	}
+}
