@@ -275,6 +275,23 @@ func (c *Collector) ListImages(ctx context.Context) (*ImageList, error) {
 		return nil, err
 	}
 	m.refs = nil // counted: the images' last pulls are known
+	// An eviction or a pass removing images meanwhile (the list does not
+	// wait for them) removes their roots from the store after the index
+	// was read: such an image, its root's record read then and gone from
+	// the index now, is gone, not content the store lost.
+	var gone error
+	m.images = slices.DeleteFunc(m.images, func(i int32) bool {
+		e := &m.entries[i]
+		if e.state != stateMissing || e.pinned || !m.isManifest(e.id) || gone != nil {
+			return false
+		}
+		_, found, err := c.index.Manifest(m.digest(e))
+		gone = err
+		return err == nil && !found
+	})
+	if gone != nil {
+		return nil, gone
+	}
 	return &ImageList{m: m, hold: c.opts.GCHold}, nil
 }
 

@@ -2,13 +2,16 @@ package status_test
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+	"github.com/opencontainers/go-digest"
 
 	"github.com/docker-mirror/docker-mirror/lifecycle"
 	"github.com/docker-mirror/docker-mirror/status"
@@ -20,24 +23,47 @@ import (
 // heldWalk is a storage driver whose listing (Walk), once armed, is held
 // until release is closed: a collection's walk of a large S3 store, which
 // takes minutes. entered is closed when the first armed Walk begins.
+// With read set, the reads (Reader) of paths holding it are held
+// instead of Walk: a slow read of a manifest.
 type heldWalk struct {
 	storagedriver.StorageDriver
 	armed   *atomic.Bool
+	read    *atomic.Pointer[string]
 	once    *sync.Once
 	entered chan struct{}
 	release chan struct{}
 }
 
+// hold waits, if armed, for release.
+func (d heldWalk) hold(ctx context.Context) error {
+	if !d.armed.Load() {
+		return nil
+	}
+	d.once.Do(func() { close(d.entered) })
+	select {
+	case <-d.release:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 func (d heldWalk) Walk(ctx context.Context, path string, f storagedriver.WalkFn, opts ...func(*storagedriver.WalkOptions)) error {
-	if d.armed.Load() {
-		d.once.Do(func() { close(d.entered) })
-		select {
-		case <-d.release:
-		case <-ctx.Done():
-			return ctx.Err()
+	if d.read.Load() == nil {
+		if err := d.hold(ctx); err != nil {
+			return err
 		}
 	}
 	return d.StorageDriver.Walk(ctx, path, f, opts...)
+}
+
+func (d heldWalk) Reader(ctx context.Context, path string, offset int64) (io.ReadCloser, error) {
+	if r := d.read.Load(); r != nil && strings.Contains(path, *r) {
+		if err := d.hold(ctx); err != nil {
+			return nil, err
+		}
+	}
+	return d.StorageDriver.Reader(ctx, path, offset)
 }
 
 // startHeldWalk runs a mirror whose embedded store's listing can be held
@@ -46,7 +72,7 @@ func startHeldWalk(t *testing.T) (*servertest.Server, *fixture.Image, heldWalk) 
 	t.Helper()
 	up := fixture.StartUpstream(t)
 	small := up.SeedImage(t, "area51/jenkins", "2.4", 1, 4<<10)
-	held := heldWalk{armed: &atomic.Bool{}, once: &sync.Once{}, entered: make(chan struct{}), release: make(chan struct{})}
+	held := heldWalk{armed: &atomic.Bool{}, read: &atomic.Pointer[string]{}, once: &sync.Once{}, entered: make(chan struct{}), release: make(chan struct{})}
 	m := servertest.StartWithStore(t, up.URL(), func(ix *storage.Index) (storage.Store, error) {
 		ds, err := storage.OpenDriverStore(context.Background(), "filesystem", map[string]any{"rootdirectory": filepath.Dir(ix.Path())})
 		if err != nil {
@@ -95,5 +121,33 @@ func TestImageListDuringAPass(t *testing.T) {
 	}
 	if p := getJSON[status.Page](t, m.URL()+"/api/v1/images", nil); p.Total != 1 || !p.Images[0].Pinned {
 		t.Errorf("image list after a pin during a pass: %+v", p)
+	}
+}
+
+// An image evicted while the list is read (the list does not wait for a
+// pass or an eviction any more) is not listed as missing: its manifest,
+// read after the eviction removed it, was taken for content the store
+// lost, and the page and /api/v1/images showed the evicted image, state
+// "missing", counted in the total.
+func TestImageListBesideAnEviction(t *testing.T) {
+	m, small, held := startHeldWalk(t)
+	enc := strings.TrimPrefix(small.Digest, "sha256:")
+	held.read.Store(&enc)
+	held.armed.Store(true)
+	listed := make(chan status.Page, 1)
+	go func() {
+		defer close(listed) // getJSON failing the test ends the goroutine
+		listed <- getJSON[status.Page](t, m.URL()+"/api/v1/images", nil)
+	}()
+	<-held.entered // the list read the index, and now reads the manifest
+	held.armed.Store(false)
+	if _, err := m.Server.Collector.EvictImage(context.Background(), "docker.io", "area51/jenkins", digest.Digest(small.Digest)); err != nil {
+		t.Fatalf("evict: %v", err)
+	}
+	close(held.release)
+	if p, ok := <-listed; ok && p.Total != 0 {
+		for _, im := range p.Images {
+			t.Errorf("image list read beside its eviction: %s@%s state %q (total %d), want none", im.Name, im.Digest, im.State, p.Total)
+		}
 	}
 }
