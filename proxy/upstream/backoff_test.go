@@ -139,6 +139,21 @@ func TestRetryAfterKeepsLongest(t *testing.T) {
 	}
 }
 
+// TestRetryAfterWithoutOneDuringALongerBackOff: a 429 without
+// Retry-After (Docker Hub's pull limit) answering a request sent before
+// another's 429 said 600 (concurrent requests) tells its client the
+// back-off in force, not the mirror's own 10 seconds: the client came
+// back after 10 and was refused again.
+func TestRetryAfterWithoutOneDuringALongerBackOff(t *testing.T) {
+	clock := newFakeClock()
+	c := errClient(t, "http://127.0.0.1:1", WithClock(clock.Now))
+	c.backOff("600", http.StatusTooManyRequests)
+	if ra := c.backOff("", http.StatusTooManyRequests); ra != "600" {
+		t.Errorf("Retry-After %q for a 429 without one during a back-off of 600s, want 600", ra)
+	}
+	wantRetryAfter(t, c.backingOff(call{KindManifest, "x"}), "600")
+}
+
 // TestRetryAfterOnPing: a 429 answering the registry ping backs off the
 // same way: its Retry-After is passed on, and the ping is not repeated
 // before it.

@@ -1535,7 +1535,8 @@ func (c *Client) backingOff(r call) error {
 // status (429, or a 503 that says when to come back), and returns the
 // Retry-After to pass on to clients: the upstream's, or, when it sent
 // none that can be read (Docker Hub's pull limit sends none), the
-// seconds of the mirror's own back-off, which it keeps all the same.
+// seconds of the back-off in force (the mirror's own, which it keeps
+// all the same, or a longer one begun by another request's 429).
 func (c *Client) backOff(retryAfter string, status int) string {
 	d := DefaultBackoff
 	told := true
@@ -1551,9 +1552,13 @@ func (c *Client) backOff(retryAfter string, status int) string {
 	}
 	d = min(max(d, 0), maxBackoff)
 	c.retryMu.Lock()
-	if until := c.now().Add(d); until.After(c.retryAt) {
+	now := c.now()
+	if until := now.Add(d); until.After(c.retryAt) {
 		c.retryAt, c.retryStatus = until, status
 	}
+	// Untold, the back-off in force: a longer one another request's 429
+	// began (concurrent requests) holds this client's next request too.
+	d = max(d, c.retryAt.Sub(now))
 	c.retryMu.Unlock()
 	if told {
 		return retryAfter
