@@ -47,18 +47,28 @@ func (c *Collector) evict(ctx context.Context, maxSize int64, evictAfter time.Du
 	// compactly until the collection is over (evicted).
 	kept := r.Kept
 	p, err := c.plan(ctx, maxSize, evictAfter, now, &r)
-	// On a shared bucket, a victim another replica pulled (an image it
-	// serves again after an idle spell) or pinned since the records were
-	// read is no victim: the choice is made again with its pull or pin.
+	// A victim an admin pinned since the records were read (a pin does
+	// not wait for the pass, and is answered as done) is no victim; on a
+	// shared bucket, nor one another replica pulled (an image it serves
+	// again after an idle spell) or pinned: the choice is made again
+	// with its pull or pin.
 	for range replans {
-		if err != nil || !c.index.Shared() {
+		if err != nil {
 			break
 		}
 		var pulled, pinned bool
-		if pulled, err = c.index.RecheckPulls(ctx, p.victimManifests()); err != nil {
+		if pinned, err = c.pinnedSince(p.victimPins()); err != nil {
 			break
 		}
-		if pinned, err = c.index.RecheckPins(ctx, p.victimPins()); err != nil || !pulled && !pinned {
+		if !pinned && c.index.Shared() {
+			if pulled, err = c.index.RecheckPulls(ctx, p.victimManifests()); err != nil {
+				break
+			}
+			if pinned, err = c.index.RecheckPins(ctx, p.victimPins()); err != nil {
+				break
+			}
+		}
+		if !pulled && !pinned {
 			break
 		}
 		p.release()
@@ -194,6 +204,23 @@ func (p *evictPlan) victimPins() []string {
 		}
 	}
 	return out
+}
+
+// pinnedSince reports whether any of refs is pinned in the index now.
+func (c *Collector) pinnedSince(refs []string) (bool, error) {
+	if len(refs) == 0 {
+		return false, nil
+	}
+	pins, err := c.index.Pins()
+	if err != nil {
+		return false, err
+	}
+	for _, ref := range refs {
+		if _, ok := pins[ref]; ok {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // victimManifests are the digests of the victims' manifests, whose

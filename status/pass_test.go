@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/opencontainers/go-digest"
@@ -149,5 +150,36 @@ func TestImageListBesideAnEviction(t *testing.T) {
 		for _, im := range p.Images {
 			t.Errorf("image list read beside its eviction: %s@%s state %q (total %d), want none", im.Name, im.Digest, im.State, p.Total)
 		}
+	}
+}
+
+// A pin answered during a lifecycle pass (the pin no longer waits for
+// the pass) keeps the image: the pass, which had read the pins before
+// it, evicted the image the admin had just been told was pinned (its
+// tags gone: a pull by tag went upstream again).
+func TestPinDuringAPassKeepsTheImage(t *testing.T) {
+	m, small, held := startHeldWalk(t)
+	enc := strings.TrimPrefix(small.Digest, "sha256:")
+	held.read.Store(&enc)
+	held.armed.Store(true)
+	m.Clock.Advance(time.Hour) // not pulled for an hour: evicted by the pass
+	passed := make(chan error, 1)
+	go func() {
+		_, err := m.Server.Collector.Pass(context.Background(), lifecycle.Policy{EvictAfter: time.Minute})
+		passed <- err
+	}()
+	<-held.entered // the pass read the pins, and now reads the manifest
+	held.armed.Store(false)
+	body := `{"upstream": "docker.io", "repo": "area51/jenkins", "digest": "` + small.Digest + `"}`
+	a := send(t, http.MethodPost, m.URL()+"/api/v1/actions/pin", body, map[string]string{"Content-Type": "application/json"})
+	close(held.release)
+	if err := <-passed; err != nil {
+		t.Fatalf("pass: %v", err)
+	}
+	if a.status != http.StatusOK {
+		t.Fatalf("pin during a pass: %d %s", a.status, a.body)
+	}
+	if _, found, err := m.Index.Tag("docker.io", "area51/jenkins", "2.4"); err != nil || !found {
+		t.Errorf("the image pinned during the pass was evicted by it: its tag 2.4 gone (%v)", err)
 	}
 }
