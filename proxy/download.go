@@ -993,7 +993,11 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 		return
 	} else if err := p.noteWrite(p.storeBlob(ctx, t, dl, f, n)); err != nil {
 		// Readers have the whole blob already, in the spool file left
-		// for them (spoolLeft).
+		// for them (spoolLeft). A store cut by the download's own idle
+		// clock says so (stalled), as a download is: the clocks of the
+		// fills and jobs waiting for it run out at the same instant, and
+		// theirs may not be the first to end.
+		err = stalled(ctx, err)
 		dl.update(func() { dl.err = fmt.Errorf("storing blob %s: %w", dl.dgst, err) })
 		if ctx.Err() == nil {
 			// Not when its takers left, or the process stops (mirror's
