@@ -9,10 +9,10 @@ import (
 	"io"
 	"net/http"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
+	"github.com/docker-mirror/docker-mirror/proxy/upstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -146,9 +146,9 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests {
 		t.m.UpstreamErrors.WithLabelValues(t.upstream, "status").Inc()
 	}
-	if v, window, ok := rateLimit(resp.Header.Get("Ratelimit-Remaining")); ok {
-		limit, _, hasLimit := rateLimit(resp.Header.Get("Ratelimit-Limit"))
-		t.noteRateLimit(v, limit, hasLimit, window)
+	if v, window, ok := upstream.ParseRateLimit(resp.Header.Get("Ratelimit-Remaining")); ok {
+		limit, _, hasLimit := upstream.ParseRateLimit(resp.Header.Get("Ratelimit-Limit"))
+		t.noteRateLimit(float64(v), float64(limit), hasLimit, window)
 	}
 	resp.Body = &countingBody{ReadCloser: resp.Body, c: t.m.UpstreamBytes.WithLabelValues(t.upstream)}
 	return resp, nil
@@ -193,28 +193,6 @@ func (t *transport) noteRateLimit(remaining, limit float64, hasLimit bool, windo
 			t.m.RateLimitLimit.DeleteLabelValues(t.upstream)
 		}
 	})
-}
-
-// rateLimit parses Docker Hub's "100;w=21600" rate-limit header value:
-// the number and its window (0 if none).
-func rateLimit(h string) (float64, time.Duration, bool) {
-	if h == "" {
-		return 0, 0, false
-	}
-	num, params, _ := strings.Cut(h, ";")
-	n, err := strconv.ParseFloat(strings.TrimSpace(num), 64)
-	if err != nil {
-		return 0, 0, false
-	}
-	var window time.Duration
-	for p := range strings.SplitSeq(params, ";") {
-		if k, v, ok := strings.Cut(strings.TrimSpace(p), "="); ok && k == "w" {
-			if s, err := strconv.Atoi(v); err == nil && s > 0 {
-				window = time.Duration(s) * time.Second
-			}
-		}
-	}
-	return n, window, true
 }
 
 type countingBody struct {

@@ -116,13 +116,13 @@ func (c *Client) note(resp *http.Response, err error, refused string, own bool) 
 		h.refused = ""
 	}
 	if resp != nil {
-		if v, window, ok := rateLimitHeader(resp.Header.Get("RateLimit-Remaining")); ok {
+		if v, window, ok := ParseRateLimit(resp.Header.Get("RateLimit-Remaining")); ok {
 			h.remaining, h.rateLimitEnd = v, time.Time{}
 			if window > 0 {
 				h.rateLimitEnd = c.now().Add(window)
 			}
 		}
-		if v, _, ok := rateLimitHeader(resp.Header.Get("RateLimit-Limit")); ok {
+		if v, _, ok := ParseRateLimit(resp.Header.Get("RateLimit-Limit")); ok {
 			h.rateLimit = v
 		}
 	}
@@ -139,9 +139,10 @@ func (c *Client) note(resp *http.Response, err error, refused string, own bool) 
 	h.lastErr, h.lastErrAt = err.Error(), c.now()
 }
 
-// rateLimitHeader parses a "76;w=21600" rate-limit header value: the
-// number and its window (0 if none).
-func rateLimitHeader(v string) (int64, time.Duration, bool) {
+// ParseRateLimit parses a "76;w=21600" rate-limit header value (Docker
+// Hub's RateLimit-Remaining and RateLimit-Limit): the number and its
+// window (0 if none).
+func ParseRateLimit(v string) (int64, time.Duration, bool) {
 	if v == "" {
 		return 0, 0, false
 	}
