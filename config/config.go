@@ -29,10 +29,9 @@ import (
 	"github.com/distribution/reference"
 	"gopkg.in/yaml.v3"
 
-	"github.com/docker-mirror/docker-mirror/redact"
-
 	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/proxy/access"
+	"github.com/docker-mirror/docker-mirror/redact"
 )
 
 // Config is the whole configuration of a docker-mirror server.
@@ -931,11 +930,10 @@ func (c Config) Validate() error {
 // proxy's CheckSync): a reference, whose tag may be a path.Match pattern.
 func checkSyncImage(entry string) error {
 	name := entry
-	slash, colon := strings.LastIndexByte(entry, '/'), strings.LastIndexByte(entry, ':')
-	if colon > slash && strings.ContainsAny(entry[colon+1:], "*?[") {
-		name = entry[:colon]
-		if _, err := path.Match(entry[colon+1:], ""); err != nil {
-			return fmt.Errorf("%q: invalid tag pattern %q: %w", entry, entry[colon+1:], err)
+	if n, pattern, ok := oci.TagPattern(entry); ok {
+		name = n
+		if _, err := path.Match(pattern, ""); err != nil {
+			return fmt.Errorf("%q: invalid tag pattern %q: %w", entry, pattern, err)
 		}
 	}
 	named, err := reference.ParseNormalizedNamed(name)

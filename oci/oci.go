@@ -360,3 +360,15 @@ func ReferrersTag(subject digest.Digest) string {
 	alg, hex := subject.Algorithm().String(), subject.Encoded()
 	return alg[:min(len(alg), 32)] + "-" + hex[:min(len(hex), 64)]
 }
+
+// TagPattern splits "name:pattern", a reference whose tag has *, ? or [
+// in it (a sync's entry, matched with path.Match), into its name and
+// pattern; ok is false for another reference.
+func TagPattern(entry string) (name, pattern string, ok bool) {
+	slash := strings.LastIndexByte(entry, '/')
+	colon := strings.LastIndexByte(entry, ':')
+	if colon <= slash || !strings.ContainsAny(entry[colon+1:], "*?[") {
+		return "", "", false
+	}
+	return entry[:colon], entry[colon+1:], true
+}

@@ -7,7 +7,6 @@ import (
 	"net/url"
 	"path"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/docker-mirror/docker-mirror/oci"
@@ -104,7 +103,7 @@ func (p *Proxy) SyncOnce(ctx context.Context, s Sync) (*storage.Job, error) {
 // that is not would fail every run, each only with a warning in the log.
 func (p *Proxy) CheckSync(s Sync) error {
 	for _, entry := range s.Images {
-		name, pattern, ok := tagPattern(entry)
+		name, pattern, ok := oci.TagPattern(entry)
 		if ok {
 			if _, err := path.Match(pattern, ""); err != nil {
 				return fmt.Errorf("%q: invalid tag pattern %q: %w", entry, pattern, err)
@@ -122,17 +121,6 @@ func (p *Proxy) CheckSync(s Sync) error {
 	return nil
 }
 
-// tagPattern splits "name:pattern", a tag with *, ? or [ in it, into its
-// name and pattern; ok is false for another reference.
-func tagPattern(entry string) (name, pattern string, ok bool) {
-	slash := strings.LastIndexByte(entry, '/')
-	colon := strings.LastIndexByte(entry, ':')
-	if colon <= slash || !strings.ContainsAny(entry[colon+1:], "*?[") {
-		return "", "", false
-	}
-	return entry[:colon], entry[colon+1:], true
-}
-
 // maxTagPages bounds the pages of one tag list ExpandTags reads: 10,000
 // pages of up to 1,000 tags, and no upstream's tokens can keep it reading.
 const maxTagPages = 10000
@@ -141,7 +129,7 @@ const maxTagPages = 10000
 // upstream ("name:*" for all of them); a reference without a pattern is
 // returned as it is.
 func (p *Proxy) ExpandTags(ctx context.Context, entry string) ([]string, error) {
-	name, pattern, ok := tagPattern(entry)
+	name, pattern, ok := oci.TagPattern(entry)
 	if !ok {
 		return []string{entry}, nil
 	}
