@@ -165,15 +165,7 @@ func TestAdminLsControlCharacters(t *testing.T) {
 
 func TestAdminGc(t *testing.T) {
 	dir, img, _ := dataDir(t)
-	junk := make([]byte, 2048)
-	rand.Read(junk)
-	jd := digest.FromBytes(junk)
-	if err := os.MkdirAll(filepath.Dir(blobFile(dir, jd.String())), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(blobFile(dir, jd.String()), junk, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	jd := writeJunk(t, dir)
 
 	code, out, stderr := runAdmin(t, "gc", "--data", dir, "--dry-run")
 	if code != 0 || !strings.HasPrefix(out, "gc: would remove 1 blob and 0 manifests (2.0 KiB); 2 images kept") || strings.Count(out, "\n") != 1 {
@@ -205,15 +197,7 @@ func TestAdminGc(t *testing.T) {
 // nothing is removed.
 func TestAdminGcNegativeGrace(t *testing.T) {
 	dir, _, _ := dataDir(t)
-	junk := make([]byte, 2048)
-	rand.Read(junk)
-	jd := digest.FromBytes(junk)
-	if err := os.MkdirAll(filepath.Dir(blobFile(dir, jd.String())), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(blobFile(dir, jd.String()), junk, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	jd := writeJunk(t, dir)
 	code, out, stderr := runAdmin(t, "gc", "--data", dir, "--grace", "-1h")
 	if code != exitUsage || out != "" || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, "-grace: must not be negative") || !strings.Contains(stderr, `"-1h"`) {
 		t.Errorf("gc --grace -1h: exit %d, stdout %q, stderr %q; want %d and one line naming --grace and -1h", code, out, stderr, exitUsage)
@@ -524,4 +508,20 @@ func TestAdminUnreadableRecord(t *testing.T) {
 			}
 		})
 	}
+}
+
+// writeJunk writes a blob of 2 KiB no record names into dir's store, and
+// returns its digest.
+func writeJunk(t *testing.T, dir string) digest.Digest {
+	t.Helper()
+	junk := make([]byte, 2048)
+	rand.Read(junk)
+	jd := digest.FromBytes(junk)
+	if err := os.MkdirAll(filepath.Dir(blobFile(dir, jd.String())), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(blobFile(dir, jd.String()), junk, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return jd
 }
