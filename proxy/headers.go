@@ -15,6 +15,7 @@ const (
 	headerContentLength = "Content-Length"
 	headerETag          = "Etag"
 	headerCacheControl  = "Cache-Control"
+	headerVary          = "Vary"
 )
 
 // setHeaders sets each key of kv (key, value, key, value...: canonical

@@ -99,6 +99,12 @@ func (p *Proxy) manifest(w http.ResponseWriter, r *http.Request) error {
 	etag := `"` + m.digest.String() + `"`
 	setHeaders(w.Header(), headerContentType, m.mediaType, headerDigest, m.digest.String(),
 		headerContentLength, strconv.Itoa(len(m.body)), headerETag, etag)
+	if !ref.IsDigest() {
+		// A tag's answer is the index or its linux/amd64 image, by the
+		// client's Accept: a shared cache in front of the mirror must
+		// not hand one to a client that asked for the other.
+		setHeaders(w.Header(), headerVary, "Accept")
+	}
 	if noneMatch(r.Header.Get("If-None-Match"), etag) {
 		w.WriteHeader(http.StatusNotModified) // the tag names what the client holds
 	} else if r.Method == http.MethodGet {
