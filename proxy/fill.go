@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"sort"
 	"strings"
@@ -602,9 +603,22 @@ func (p *Proxy) copyStored(ctx context.Context, from, to target, dgst digest.Dig
 		return err
 	}
 	defer rc.Close()
-	err = p.store.Put(ctx, to.storeRepo(), dgst, size, rc)
+	// Each read is progress: a large blob's copy over a slow link to the
+	// store is not cut by the fill timeout while it moves.
+	err = p.store.Put(ctx, to.storeRepo(), dgst, size, progressReader{rc, func() { progressed(ctx) }})
 	p.noteRefusal(to, err)
 	return p.noteWrite(err)
+}
+
+// progressReader is r, each read of which calls progress first.
+type progressReader struct {
+	r        io.Reader
+	progress func()
+}
+
+func (r progressReader) Read(b []byte) (int, error) {
+	r.progress()
+	return r.r.Read(b)
 }
 
 // mountHeld puts dgst, stored for another repository of a store that

@@ -16,8 +16,13 @@ import (
 	"testing/synctest"
 	"time"
 
+	gname "github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	ggcrv1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/docker-mirror/docker-mirror/storage"
@@ -510,5 +515,72 @@ func TestPrefetchThroughOwnerShowsItsBytes(t *testing.T) {
 		}
 		time.Sleep(2 * time.Hour)
 		synctest.Wait()
+	})
+}
+
+// repoStore stores as its Store does, but keeps blobs per repository, as
+// a registry destination that does not mount blobs does: a blob put for
+// one repository is not found in another.
+type repoStore struct {
+	storage.Store
+	mu   sync.Mutex
+	held map[string]bool // repository@digest
+}
+
+func (s *repoStore) Stat(ctx context.Context, repo string, dgst digest.Digest) (int64, error) {
+	s.mu.Lock()
+	held := s.held[repo+"@"+dgst.String()]
+	s.mu.Unlock()
+	if !held {
+		return 0, storage.ErrNotFound
+	}
+	return s.Store.Stat(ctx, repo, dgst)
+}
+
+func (s *repoStore) Put(ctx context.Context, repo string, dgst digest.Digest, size int64, r io.Reader) error {
+	if err := s.Store.Put(ctx, repo, dgst, size, r); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.held[repo+"@"+dgst.String()] = true
+	s.mu.Unlock()
+	return nil
+}
+
+// A layer two images share, downloaded for one while the mirror of the
+// other waits for it, is copied into the other's repository of a store
+// keeping blobs per repository (a registry destination that does not
+// mount): that copy, 83 minutes over a slow uplink, its bytes going all
+// along, is not cut by the fill timeout's hour. Before, the copy was no
+// progress to the waiting mirror's clock, which cut it at the hour, the
+// image left partial, and every later fill cut the same way.
+func TestCopyOfStoredBlobLongerThanTheFillTimeout(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+		base := pushImage(t, reg, "library/a:1", 1)
+		top, err := random.Layer(512, types.DockerLayer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := mutate.AppendLayers(base, top)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ref, err := gname.ParseReference("registry.test/library/b:1", gname.Insecure)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := remote.Write(ref, b, remote.WithTransport(inProcess{reg})); err != nil {
+			t.Fatal(err)
+		}
+		mem, _ := memStore(t)
+		store := slowPutStore{&repoStore{Store: mem, held: map[string]bool{}}, firstLayer(t, base)}
+		p := transportMirror(t, inProcess{reg}, store, WithFillTimeout(time.Hour))
+		defer p.Close()
+		pullManifests(t, p, "a", "b")
+		time.Sleep(4 * time.Hour)
+		synctest.Wait()
+		wantFilled(t, p, "a", base)
+		wantFilled(t, p, "b", b)
 	})
 }
