@@ -889,7 +889,14 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 			}
 			dl.update(func() { dl.written = n })
 			if now := p.now(); now.Sub(windowAt) >= slowWindow {
-				if err := tooSlow(t.host(), dl.dgst, size, n, n-windowN, now.Sub(windowAt)); err != nil && tooSlow(t.host(), dl.dgst, size, n, n, now.Sub(startAt)) != nil {
+				// A body of unknown length (chunked) is judged on the
+				// size its manifest declares: a dribble sent chunked
+				// would go on for ever too.
+				want := size
+				if want < 0 && dl.declared {
+					want = dl.limit
+				}
+				if err := tooSlow(t.host(), dl.dgst, want, n, n-windowN, now.Sub(windowAt)); err != nil && tooSlow(t.host(), dl.dgst, want, n, n, now.Sub(startAt)) != nil {
 					fail(err)
 					return
 				}

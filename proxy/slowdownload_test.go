@@ -141,3 +141,40 @@ func TestStalledSlowDownloadNotTooSlow(t *testing.T) {
 		}
 	})
 }
+
+// unsized answers as its transport does, but sends each blob's body
+// without its length (chunked, as some registries and CDNs do).
+type unsized struct{ rt http.RoundTripper }
+
+func (u unsized) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := u.rt.RoundTrip(r)
+	if err != nil || !strings.Contains(r.URL.Path, "/blobs/") {
+		return resp, err
+	}
+	resp.ContentLength = -1
+	resp.Header.Del("Content-Length")
+	return resp, nil
+}
+
+// A download that dribbles, sent chunked (no Content-Length), fails as
+// one of known length does once its rate says it would take longer than
+// a day: the size its manifest declares is what is left to come. Before,
+// a download of unknown size was never judged: the prefetch ran for
+// ever, and every client asking for the blob joined it and waited.
+func TestDribblingChunkedDownloadFails(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+		pushSized(t, reg, "library/a:1", 100<<10, 1)
+		var mended atomic.Bool
+		p := transportMirror(t, unsized{dribbling{inProcess{reg}, &mended}}, nil)
+		defer p.Close()
+		got := prefetchAfter(t, p, "a:1", 3*time.Hour)
+		if got.State != storage.JobFailed || !strings.Contains(got.Images[0].Error, "too slow") {
+			t.Fatalf("prefetch of a chunked layer dribbling a byte every 25 s, 3 hours on: %s, want failed for being too slow; images: %+v", got.State, got.Images)
+		}
+		mended.Store(true)
+		if got := prefetchAfter(t, p, "a:1", time.Minute); got.State != storage.JobDone {
+			t.Fatalf("prefetch once the upstream is mended: %s, want done; images: %+v", got.State, got.Images)
+		}
+	})
+}
