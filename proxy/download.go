@@ -128,7 +128,9 @@ func (d *downloads) streaming(dgst digest.Digest) bool {
 // resume that brought as many counts afresh, so that a link cutting every
 // connection after a while (a proxy's limit per connection) still
 // delivers a blob larger than a few connections carry, and one that cuts
-// after a few bytes each time does not cost a request per few bytes.
+// after a few bytes each time does not cost a request per few bytes. An
+// answer that ended where it said (a 206 holding part of the rest) is
+// no cut: the upstream answers in pieces, each of which counts afresh.
 const (
 	maxResumes     = 3
 	resumeProgress = 64 << 10
@@ -860,10 +862,11 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 	windowAt, windowN := startAt, int64(0)
 	for resumes := 0; ; {
 		m, rerr := body.Read(buf)
-		if errors.Is(rerr, io.EOF) && size >= 0 && n+int64(m) < size {
-			// A resume answered with part of the rest (a 206 may hold a
-			// subset of the range asked for): not the end of the blob,
-			// go on from where it stopped.
+		// partial: a resume answered with part of the rest, all of it (a
+		// 206 may hold a subset of the range asked for): not the end of
+		// the blob, go on from where it stopped.
+		partial := errors.Is(rerr, io.EOF) && size >= 0 && n+int64(m) < size
+		if partial {
 			rerr = io.ErrUnexpectedEOF
 		}
 		if n+int64(m) > dl.limit {
@@ -915,8 +918,11 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 			// its end would be answered 416.
 			break
 		}
-		if n-resumedAt >= resumeProgress {
-			resumes = 0 // the last connection brought its share: cut after a while, not failing
+		if n-resumedAt >= resumeProgress || partial && n > resumedAt {
+			// The last connection brought its share (cut after a while,
+			// not failing), or all its answer held (an upstream that
+			// answers a range in pieces): not a cut that failed.
+			resumes = 0
 		}
 		if ctx.Err() != nil || resumes == maxResumes || fromStore {
 			fail(errcode.Wrap(errcode.Unavailable, fmt.Errorf("%w: %w", upstream.ErrUnavailable, rerr), "upstream %s: blob %s cut after %d bytes", t.host(), dl.dgst, n).WithStatus(http.StatusBadGateway))
@@ -924,7 +930,11 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 		}
 		// The connection broke: go on from where it stopped.
 		resumes, resumedAt = resumes+1, n
-		p.log.Warn("blob download cut; resuming", "upstream", t.host(), "digest", dl.dgst, "offset", n, "attempt", resumes, "error", rerr)
+		if partial {
+			p.log.Debug("blob answer held part of the rest; asking for more", "upstream", t.host(), "digest", dl.dgst, "offset", n)
+		} else {
+			p.log.Warn("blob download cut; resuming", "upstream", t.host(), "digest", dl.dgst, "offset", n, "attempt", resumes, "error", rerr)
+		}
 		body.Close()
 		var total int64
 		body, total, err = t.up.Blob(upstream.Resuming(ctx), t.repo, dl.dgst, n)

@@ -103,3 +103,24 @@ func pullCutThroughCap(t *testing.T, up *fixture.Upstream, name string, served h
 	}
 	return layer, size
 }
+
+// An upstream that answers each Range in small pieces (a 206 of at most
+// 16 KiB, its Content-Range saying so, each answer complete) is followed
+// piece by piece once a download is cut: each short answer brought what
+// it promised, and is not a connection cut for want of progress. Before,
+// three such answers in a row were taken for cuts that brought too
+// little, and the download failed, the client's body cut short.
+func TestBlobResumeAnsweredInSmallPieces(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/pieces", "1", 1, 256<<10)
+	front := httptest.NewServer(capRanges(up, 16<<10))
+	t.Cleanup(front.Close)
+	m := servertest.Start(t, front.URL)
+	layer := img.Layers[0]
+	up.SetFault(fixture.Fault{Kind: fixture.KindBlob, Method: http.MethodGet, Cut: true, CutAfter: 100 << 10, Times: 1})
+	wantBlob(t, m, "pieces", layer)
+	m.WaitIdle()
+	if _, err := m.Store.Stat(t.Context(), "library/pieces", digestOf(t, layer)); err != nil {
+		t.Fatalf("the blob was not stored: %v", err)
+	}
+}
