@@ -32,6 +32,7 @@ import (
 	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/proxy/access"
 	"github.com/docker-mirror/docker-mirror/redact"
+	"github.com/docker-mirror/docker-mirror/storage"
 )
 
 // Config is the whole configuration of a docker-mirror server.
@@ -756,14 +757,50 @@ func nodeText(n *yaml.Node) string {
 	return s
 }
 
-// storageDrivers are the names of the storage drivers the storage package
-// registers, as the file names them: s3, or distribution's own name of
-// it, s3aws.
-var storageDrivers = []string{"filesystem", "inmemory", "s3", "s3aws"}
+// driverName is distribution's name of the storage driver the file names
+// name: s3 is its s3aws.
+func driverName(name string) string {
+	if name == "s3" {
+		return "s3aws"
+	}
+	return name
+}
 
-// driverParameters are the parameters of the drivers whose every one is
-// known here (s3's are many, and its own errors name the missing ones).
-var driverParameters = map[string][]string{"filesystem": {"rootdirectory", "maxthreads"}, "inmemory": {}}
+// builtInDrivers names the storage drivers the store opens
+// (storage.Drivers) as the file names them.
+func builtInDrivers() string {
+	names := storage.Drivers()
+	for i, n := range names {
+		if n == "s3aws" {
+			names[i] = "s3"
+		}
+	}
+	return strings.Join(names, ", ")
+}
+
+// checkDriver checks the configured driver's parameters as the driver
+// reads them (storage.CheckDriver), and names the one it refuses: the
+// parameter without which it takes the others.
+func (c Config) checkDriver() error {
+	name, params := c.StorageDriver()
+	err := storage.CheckDriver(name, params)
+	if err == nil {
+		return nil
+	}
+	var block string
+	for b := range c.Storage {
+		block = "storage." + b
+	}
+	msg := strings.Join(strings.Fields(err.Error()), " ") // one line
+	for _, p := range slices.Sorted(maps.Keys(params)) {
+		rest := maps.Clone(params)
+		delete(rest, p)
+		if storage.CheckDriver(name, rest) == nil {
+			return fmt.Errorf("%s.%s: %s", block, redact.URL(p), msg)
+		}
+	}
+	return fmt.Errorf("%s: %s", block, msg)
+}
 
 // StorageDriver returns the name and parameters of the configured storage
 // driver; the default is the filesystem driver rooted at Data, and so is
@@ -848,18 +885,18 @@ func (c Config) Validate() error {
 		if strings.TrimSpace(name) == "" {
 			return fmt.Errorf("storage: invalid driver name %q", name)
 		}
-		if !slices.Contains(storageDrivers, name) {
+		known, ok := storage.DriverParameters(driverName(name))
+		if !ok {
 			// Else the start fails on it, with distribution's words,
 			// once the data directory has been claimed.
-			return fmt.Errorf("storage: unknown driver %q (built in: filesystem, inmemory, s3)", name)
+			return fmt.Errorf("storage: unknown driver %q (built in: %s)", name, builtInDrivers())
 		}
-		if known, ok := driverParameters[name]; ok {
-			// The driver ignores a misspelt one: root_directory would
-			// put the store in the data directory, not on the disk named.
-			for _, p := range slices.Sorted(maps.Keys(c.Storage[name])) {
-				if !slices.Contains(known, p) {
-					return fmt.Errorf("storage.%s.%s: unknown parameter (known: %s)", name, redact.URL(p), strings.Join(known, ", "))
-				}
+		// The driver ignores a misspelt one: root_directory would put
+		// the store in the data directory, not on the disk named; s3's
+		// encrpyt would keep the content unencrypted.
+		for _, p := range slices.Sorted(maps.Keys(c.Storage[name])) {
+			if !slices.Contains(known, p) {
+				return fmt.Errorf("storage.%s.%s: unknown parameter (known: %s)", name, redact.URL(p), strings.Join(known, ", "))
 			}
 		}
 	}
@@ -874,6 +911,13 @@ func (c Config) Validate() error {
 		if len(c.Storage) > 0 {
 			names := slices.Sorted(maps.Keys(c.Storage))
 			return fmt.Errorf("storage, destination: give one: with a destination, mirrored content is kept in that registry and storage.%s would not be used", strings.Join(names, ", storage."))
+		}
+	}
+	if len(c.Storage) > 0 && c.Destination.URL == "" {
+		// A value the driver refuses (secure: yes, read as a string)
+		// would fail the start once the data directory is claimed.
+		if err := c.checkDriver(); err != nil {
+			return err
 		}
 	}
 	if c.MaxBlobSize <= 0 {

@@ -119,7 +119,7 @@ func TestParseStorage(t *testing.T) {
 	}{
 		{"storage:\n  s3:\n    region: eu-west-1\n    bucket: mirror\n    secure: true\n    chunksize: 10485760\n",
 			"s3aws", map[string]any{"region": "eu-west-1", "bucket": "mirror", "secure": true, "chunksize": 10485760}},
-		{"storage: {s3aws: {bucket: b}}", "s3aws", map[string]any{"bucket": "b"}},
+		{"storage: {s3aws: {bucket: b, region: us-east-1}}", "s3aws", map[string]any{"bucket": "b", "region": "us-east-1"}},
 		{"storage:\n  inmemory:\n", "inmemory", map[string]any{}},
 		{"storage: {filesystem: {rootdirectory: /srv/blobs}}", "filesystem", map[string]any{"rootdirectory": "/srv/blobs"}},
 		{"data: /d\nstorage: {}", "filesystem", map[string]any{"rootdirectory": "/d"}},
@@ -630,7 +630,7 @@ func TestDurationYAML(t *testing.T) {
 
 // A marshalled configuration parses back to the same configuration.
 func TestMarshalRoundTrip(t *testing.T) {
-	for _, c := range []config.Config{config.Default(), parse(t, fullYAML), parse(t, "storage: {s3: {bucket: b, region: r}}")} {
+	for _, c := range []config.Config{config.Default(), parse(t, fullYAML), parse(t, "storage: {s3: {bucket: b, region: us-east-1}}")} {
 		b, err := yaml.Marshal(c)
 		if err != nil {
 			t.Fatal(err)

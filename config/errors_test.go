@@ -108,9 +108,9 @@ func TestConfigErrorMessages(t *testing.T) {
 		{name: "flag upstream host", args: []string{"--upstream", "ghcr.io=ftp://ghcr.io"}, want: `--upstream: upstreams.ghcr.io.url: invalid URL "ftp://ghcr.io": scheme must be http or https`},
 		{name: "variable tls pair", env: map[string]string{"DOCKER_MIRROR_TLS_KEY": "/etc/tls.key"}, want: `config: tls_cert, tls_key (DOCKER_MIRROR_TLS_KEY): give both or neither (got "" and "/etc/tls.key")`},
 		// The cluster's flags set keys of the cluster block: named too.
-		{name: "flag cluster peer", file: "storage:\n  s3: {bucket: b, region: r}\n", args: []string{"--cluster-self", "http://10.0.0.5:5000", "--cluster-peer", "10.0.0.6:5000"},
+		{name: "flag cluster peer", file: "storage:\n  s3: {bucket: b, region: us-east-1}\n", args: []string{"--cluster-self", "http://10.0.0.5:5000", "--cluster-peer", "10.0.0.6:5000"},
 			want: `--cluster-peer: cluster.peers: invalid URL "10.0.0.6:5000" (want http[s]://HOST:PORT)`},
-		{name: "variable cluster peers dns", file: "storage:\n  s3: {bucket: b, region: r}\n", env: map[string]string{"DOCKER_MIRROR_CLUSTER_SELF": "http://10.0.0.5:5000", "DOCKER_MIRROR_CLUSTER_PEERS_DNS": "mirror"},
+		{name: "variable cluster peers dns", file: "storage:\n  s3: {bucket: b, region: us-east-1}\n", env: map[string]string{"DOCKER_MIRROR_CLUSTER_SELF": "http://10.0.0.5:5000", "DOCKER_MIRROR_CLUSTER_PEERS_DNS": "mirror"},
 			want: `DOCKER_MIRROR_CLUSTER_PEERS_DNS: cluster.peers_dns: invalid name "mirror" (want NAME:PORT, e.g. docker-mirror-peers.ci.svc.cluster.local:5000)`},
 		// A flag set another key of the block: the source is not guessed.
 		{name: "flag and file in one block", file: "upstreams:\n  quay.io:\n    username: bot\n", args: []string{"--upstream", "ghcr.io=https://ghcr.io"}, want: `config: upstreams.quay.io.url: missing`},

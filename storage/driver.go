@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"path"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"syscall"
 	"time"
 
@@ -24,6 +26,41 @@ import (
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/s3-aws"
 )
+
+// driverParameters are the parameters each storage driver the store
+// opens (those imported above) takes, by distribution's name of it: the
+// drivers ignore any other, so that a misspelt one would go unnoticed.
+// s3's are those its FromParameters reads.
+func driverParameters() map[string][]string {
+	return map[string][]string{
+		"filesystem": {"rootdirectory", "maxthreads"},
+		"inmemory":   {},
+		"s3aws": {"region", "bucket", "accesskey", "secretkey", "regionendpoint", "forcepathstyle",
+			"rootdirectory", "encrypt", "keyid", "secure", "skipverify", "v4auth", "chunksize",
+			"multipartcopychunksize", "multipartcopymaxconcurrency", "multipartcopythresholdsize",
+			"storageclass", "objectacl", "useragent", "usedualstack", "accelerate", "usefipsendpoint",
+			"redirectendpoint", "loglevel"},
+	}
+}
+
+// Drivers returns the names of the storage drivers the store opens,
+// sorted, as distribution names them (s3aws).
+func Drivers() []string { return slices.Sorted(maps.Keys(driverParameters())) }
+
+// DriverParameters returns the parameters the named driver takes, and
+// false if the store does not open that driver.
+func DriverParameters(name string) ([]string, bool) {
+	params, ok := driverParameters()[name]
+	return params, ok
+}
+
+// CheckDriver reports what the named driver says of its parameters, as
+// OpenDriverStore would, without opening it: no I/O, nothing created (a
+// driver reads its parameters when it is made and is asked nothing).
+func CheckDriver(name string, params map[string]any) error {
+	_, err := factory.Create(context.Background(), name, params)
+	return err
+}
 
 // DriverStore is the embedded Store on a distribution storage driver
 // (filesystem, inmemory, s3...). Content is shared between repositories:

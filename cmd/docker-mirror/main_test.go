@@ -7,9 +7,11 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -379,5 +381,48 @@ func TestUnknownFilesystemParameterRefused(t *testing.T) {
 	}
 	if _, err := os.Stat(data); !os.IsNotExist(err) {
 		t.Errorf("the data directory was made or touched (%v)", err)
+	}
+}
+
+// The s3 driver's parameters were not checked at load: a misspelt one
+// (regoin, encrpyt: true, root_directory) was ignored without a word and
+// the mirror served from the bucket without it (unencrypted, at the
+// bucket's root); a value the driver refuses (secure: yes, read by YAML
+// as a string; a chunksize below S3's 5 MiB parts) made serve exit 1
+// after it had made the data directory and its index, naming neither the
+// file nor the line. Both are refused at load, exit 2, one line naming
+// the file, the line and the key, nothing touched, the bucket not asked.
+func TestS3ParametersCheckedAtLoad(t *testing.T) {
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	var asked atomic.Int64
+	bucket := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		asked.Add(1)
+		w.Header().Set("Content-Type", "application/xml")
+		w.Write([]byte(`<?xml version="1.0" encoding="UTF-8"?><ListBucketResult><Name>b</Name><IsTruncated>false</IsTruncated></ListBucketResult>`))
+	}))
+	defer bucket.Close()
+	for _, c := range []struct{ name, param, want string }{
+		{"misspelt key", "regoin: eu-west-1", "line 9: storage.s3.regoin: unknown parameter (known: "},
+		{"not a boolean", "secure: yes", "line 9: storage.s3.secure: the secure parameter should be a boolean"},
+		{"chunk too small", "chunksize: 1048576", "line 9: storage.s3.chunksize: the chunksize 1048576 parameter should be a number between 5242880 and "},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			data := filepath.Join(dir, "data")
+			file := writeConfig(t, "listen: 127.0.0.1:0\ndata: "+data+"\nstorage:\n  s3:\n    bucket: b\n    accesskey: AKIAEXAMPLE\n    secretkey: hunter2\n    regionendpoint: "+bucket.URL+"\n    "+c.param+"\n")
+			ctx, cancel := context.WithCancel(context.Background())
+			cancel() // a serve that starts stops at once
+			code, _, stderr := runCmd(t, ctx, "serve", "--config", file)
+			want := "docker-mirror serve: config " + file + ": " + c.want
+			if code != exitUsage || !strings.HasPrefix(strings.TrimSpace(stderr), want) || strings.Count(strings.TrimSpace(stderr), "\n") > 0 {
+				t.Errorf("exit %d, %q; want %d and one line starting %q", code, stderr, exitUsage, want)
+			}
+			if _, err := os.Stat(data); !os.IsNotExist(err) {
+				t.Errorf("the data directory was made or touched (%v)", err)
+			}
+			if n := asked.Swap(0); n > 0 {
+				t.Errorf("the bucket was asked %d times", n)
+			}
+		})
 	}
 }
