@@ -3,9 +3,11 @@ package main
 import (
 	"context"
 	"flag"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -134,4 +136,32 @@ func TestReadmeServeFlags(t *testing.T) {
 			t.Errorf("--%s is not in the README's table of serve's flags", f.Name)
 		}
 	})
+}
+
+// The variables the docs set for a test suite (`NAME=VALUE go test ...`)
+// are not refused by the binary the other suites run: a variable under
+// config.EnvPrefix that the configuration does not know stops serve, so
+// the conformance suite's switch, named under that prefix before, set for
+// a run of ./... failed every test of this package that starts serve.
+func TestDocumentedTestSwitchesDoNotStopServe(t *testing.T) {
+	switchRE := regexp.MustCompile(`\b([A-Z][A-Z0-9_]*)=([^\s` + "`" + `]*) go test\b`)
+	set := map[string]string{}
+	for _, d := range readDocs(t) {
+		for _, m := range switchRE.FindAllStringSubmatch(d, -1) {
+			set[m[1]] = m[2]
+		}
+	}
+	if len(set) < 3 {
+		t.Fatalf("the docs set only %v before go test", set)
+	}
+	for name, value := range set {
+		t.Setenv(name, value)
+	}
+	dir := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // a serve that starts stops at once
+	code, _, stderr := runCmd(t, ctx, "serve", "--listen", "127.0.0.1:0", "--data", filepath.Join(dir, "data"), "--upstream", "http://127.0.0.1:1")
+	if code != 0 {
+		t.Errorf("with the docs' test switches set (%v): exit %d, %q", slices.Sorted(maps.Keys(set)), code, stderr)
+	}
 }

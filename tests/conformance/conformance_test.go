@@ -17,11 +17,11 @@ import (
 // Environment variables of this test.
 const (
 	// envRun enables the test ("1"); plain `go test ./...` skips it.
-	envRun = "DOCKER_MIRROR_CONFORMANCE"
+	envRun = "CONFORMANCE"
 	// envResults, if set, is a directory the suite's reports (junit.xml,
 	// report.html, results.yaml) of both runs are copied to, e.g. for CI
 	// artifacts: DIR/mirror and DIR/upstream. The files must not exist yet.
-	envResults = "DOCKER_MIRROR_CONFORMANCE_RESULTS"
+	envResults = "CONFORMANCE_RESULTS"
 )
 
 // Outcomes of a check run through the mirror.

@@ -7,5 +7,5 @@
 // directly against a second upstream, as the baseline each failure is
 // judged against.
 //
-// It runs only with DOCKER_MIRROR_CONFORMANCE=1; see docs/conformance.md.
+// It runs only with CONFORMANCE=1; see docs/conformance.md.
 package conformance
