@@ -713,6 +713,28 @@ func TestAPIUpstreamRefusingEverything(t *testing.T) {
 	}
 }
 
+// TestAPIPrivateUpstreamWithoutCredentials: a private registry the mirror
+// has no credentials for (most answer 401 with a challenge to /v2/, and
+// 401 to every repository) refuses every pull: it is failing, with its
+// refusal, until it serves one. The page showed it "ok" while every pull
+// of it failed, its refusals taken for repositories of their own.
+func TestAPIPrivateUpstreamWithoutCredentials(t *testing.T) {
+	up := fixture.StartTokenAuthUpstream(t, map[string]string{"bot": "secret"})
+	up.SeedImage(t, "team/app", "v1", 1, 1<<10)
+	up.SeedImage(t, "team/tool", "v1", 1, 1<<10)
+	m := servertest.Start(t, up.URL())
+	h := map[string]string{"Accept": manifestAccept}
+	for _, repo := range []string{"team/app", "team/app", "team/tool"} {
+		if a := send(t, http.MethodGet, m.URL()+"/v2/"+repo+"/manifests/v1", "", h); a.status != http.StatusUnauthorized {
+			t.Fatalf("pull of %s without credentials: %d %s", repo, a.status, a.body)
+		}
+	}
+	u := getJSON[status.Status](t, m.URL()+"/api/v1/status", nil).Upstreams[0]
+	if u.Status != "failing" || !strings.Contains(u.LastError, "401") && !strings.Contains(strings.ToLower(u.LastError), "unauthorized") {
+		t.Errorf("private upstream refusing every pull: status %q, last error %q, want failing with its refusal", u.Status, u.LastError)
+	}
+}
+
 // TestAPIUpstreamRefusingTwoRepositories: a healthy upstream refusing two
 // repositories in a row (a CI's `docker pull org/a:cache || docker build`
 // for two images not pushed yet, or two private ones: Docker Hub's 401

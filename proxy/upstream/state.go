@@ -89,13 +89,17 @@ func (c *Client) noteAnswer(resp *http.Response, err error) { c.note(resp, err, 
 // lapsed), or a CI asking for two private or missing repositories in a
 // row (Docker Hub refuses each without credentials): the upstream is
 // pinged, and the refusal is the repository's if the ping is answered
-// as expected, else noted as failing.
+// as expected, else noted as failing. An upstream that has answered no
+// repository as expected since the start is failing: a private registry
+// the mirror has no credentials for refuses every repository, while it
+// answers its ping (a 401 with its challenge) as expected.
 func (c *Client) noteRefusal(ctx context.Context, resp *http.Response, repo string, err error) {
 	h := &c.health
 	h.mu.Lock()
-	own := !h.lastErrAt.After(h.lastOK) && (h.refused == "" || h.refused == repo)
+	served := !h.lastOK.IsZero()
+	own := served && !h.lastErrAt.After(h.lastOK) && (h.refused == "" || h.refused == repo)
 	h.mu.Unlock()
-	if !own {
+	if !own && served {
 		// Asked even if the client left: the answer is of the upstream.
 		_, perr := c.pingNow(context.WithoutCancel(ctx))
 		own = perr == nil
