@@ -20,10 +20,43 @@
   // A refresh that got no answer (the mirror down, or restarting behind a
   // proxy's 502) says so, until the next one is answered: the figures
   // shown are the last answer's, the upstreams "ok" among them.
+  // A refresh the mirror answered with an error (its own 500, an auth
+  // proxy's 401 once the session ran out) says what it got instead: the
+  // mirror is not down.
   let answeredAt = new Date();
   function down(e) {
-    say("No answer from the mirror (" + e.message + "): the figures shown are from " + answeredAt.toLocaleTimeString() + ".", true);
+    const shown = "the figures shown are from " + answeredAt.toLocaleTimeString() + ".";
+    if (e instanceof Answered) {
+      say("The mirror answered " + e.message + "; " + shown, true);
+    } else {
+      say("No answer from the mirror (" + e.message + "): " + shown, true);
+    }
     saidDown = true;
+  }
+
+  // Answered is a refresh's error answer, as the mirror (or a proxy in
+  // front of it that answered in its place) gave it.
+  class Answered extends Error {}
+
+  // failure is the error of a refresh answered resp (not ok): a gateway's
+  // 502, 503 or 504 without the mirror's error body is no answer from the
+  // mirror (down, or restarting); any other is its answer, with the
+  // message of its error body if it has one.
+  async function failure(resp) {
+    const status = resp.status + " " + resp.statusText;
+    let msg = "";
+    try {
+      const data = JSON.parse(await resp.text());
+      if (data.errors && data.errors.length && data.errors[0].message) {
+        msg = data.errors[0].message;
+      }
+    } catch (e) {
+      // not the mirror's error body
+    }
+    if (!msg && [502, 503, 504].includes(resp.status)) {
+      return new Error(status);
+    }
+    return new Answered(msg ? status + ": " + msg : status);
   }
 
   // refresh re-reads the page and swaps in its live part (health,
@@ -46,7 +79,7 @@
         images.replaceChildren(none);
         return;
       }
-      throw new Error(resp.status + " " + resp.statusText);
+      throw await failure(resp);
     }
     const doc = new DOMParser().parseFromString(await resp.text(), "text/html");
     const ids = all ? ["live", "images", "uptime"] : ["live", "uptime"];

@@ -8,6 +8,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"image/png"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -546,25 +547,35 @@ type downSwitch struct {
 	next http.Handler
 	mu   sync.Mutex
 	down int // 0: up; 502: a 502; -1: the connection closed
+	body string
 }
 
-func (d *downSwitch) set(down int) {
+func (d *downSwitch) set(down int) { d.answer(down, "") }
+
+// answer makes the switch answer status with body (the status text if
+// "") instead of the mirror: set's answers, or another's (an auth proxy's
+// 401, the mirror's own 500).
+func (d *downSwitch) answer(status int, body string) {
 	d.mu.Lock()
-	d.down = down
+	d.down, d.body = status, body
 	d.mu.Unlock()
 }
 
 func (d *downSwitch) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	d.mu.Lock()
-	down := d.down
+	down, body := d.down, d.body
 	d.mu.Unlock()
-	switch down {
-	case 0:
+	switch {
+	case down == 0:
 		d.next.ServeHTTP(w, r)
-	case -1:
+	case down == -1:
 		panic(http.ErrAbortHandler) // the connection closed, no answer
+	case body != "":
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(down)
+		io.WriteString(w, body)
 	default:
-		http.Error(w, "Bad Gateway", down)
+		http.Error(w, http.StatusText(down), down)
 	}
 }
 
@@ -604,6 +615,52 @@ func TestStatusPageShowsMirrorDown(t *testing.T) {
 		}
 		// Back: the next refresh swaps in the figures and takes the
 		// notice away.
+		sw.set(0)
+		run(t, tab, chromedp.Evaluate[int](`document.getElementById("uptime").dataset.old = "1"; window.ticks[0](); 0`))
+		do(t, tab, chromedp.WaitReady(chromedp.CSS(`#uptime:not([data-old])`)), chromedp.WaitNotVisible(chromedp.CSS("#notice")))
+	}
+}
+
+// A refresh the mirror answered with an error (an auth proxy's 401 once
+// the session ran out, the mirror's own 500) says what it got, not "No
+// answer from the mirror": the page told the admin the mirror was down
+// while it answered.
+func TestStatusPageSaysWhatTheMirrorAnswered(t *testing.T) {
+	exe := requireChromium(t)
+	up := fixture.StartUpstream(t)
+	up.SeedImage(t, "library/webapp", "1.0", 1, 4<<10)
+	m := servertest.Start(t, up.URL())
+	pullWebapp(t, m, "application/vnd.oci.image.manifest.v1+json")
+	sw := &downSwitch{next: m.Server.Handler()}
+	front := httptest.NewServer(sw)
+	t.Cleanup(front.Close)
+
+	tab, _ := browser(t, exe) // the failed refreshes are logged as errors
+	if _, err := chromedp.Call(tab, page.AddScriptToEvaluateOnNewDocument, page.AddScriptToEvaluateOnNewDocumentParams{
+		Source: `window.ticks = []; window.setInterval = function (f) { window.ticks.push(f); return 0; };`,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	do(t, tab, chromedp.Navigate(front.URL+"/"), chromedp.WaitVisible(chromedp.CSS("#image-list")))
+	for _, c := range []struct {
+		status int
+		body   string
+		want   string
+	}{
+		{http.StatusUnauthorized, "", "The mirror answered 401 Unauthorized"},
+		{http.StatusInternalServerError, `{"errors":[{"code":"UNKNOWN","message":"index: input/output error"}]}`, "The mirror answered 500 Internal Server Error: index: input/output error"},
+	} {
+		sw.answer(c.status, c.body)
+		run(t, tab, chromedp.Evaluate[int](`document.getElementById("notice").hidden = true; window.ticks[0](); 0`))
+		ctx, cancel := context.WithTimeout(tab, 20*time.Second)
+		err := chromedp.Do(ctx, chromedp.WaitVisible(chromedp.CSS("#notice.error")))
+		cancel()
+		if err != nil {
+			t.Fatalf("mirror answering %d: the page does not say so (%v)", c.status, err)
+		}
+		if notice := run(t, tab, chromedp.Text(chromedp.CSS("#notice"))); !strings.Contains(notice, c.want) || strings.Contains(notice, "No answer") {
+			t.Errorf("mirror answering %d: notice %q, want %q", c.status, notice, c.want)
+		}
 		sw.set(0)
 		run(t, tab, chromedp.Evaluate[int](`document.getElementById("uptime").dataset.old = "1"; window.ticks[0](); 0`))
 		do(t, tab, chromedp.WaitReady(chromedp.CSS(`#uptime:not([data-old])`)), chromedp.WaitNotVisible(chromedp.CSS("#notice")))
