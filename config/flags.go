@@ -3,7 +3,9 @@ package config
 import (
 	"flag"
 	"fmt"
+	"net"
 	"os"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -262,8 +264,8 @@ func (c Config) CheckEnvironment(environ []string, also ...string) error {
 	}
 	var unknown []string
 	for _, kv := range environ {
-		name, _, _ := strings.Cut(kv, "=")
-		if strings.HasPrefix(name, EnvPrefix) && !known[name] && !serviceLink(name) {
+		name, value, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(name, EnvPrefix) && !known[name] && !serviceLink(name) && !otherServiceLink(name, value) {
 			unknown = append(unknown, name)
 		}
 	}
@@ -287,6 +289,43 @@ func serviceLink(name string) bool {
 	}
 	port, ok := strings.CutPrefix(rest, "PORT_")
 	return ok && port != "" && port[0] >= '0' && port[0] <= '9'
+}
+
+// linkPort matches the names of a service's per-port links after its
+// prefix: _PORT_5000_TCP and its _PROTO, _PORT and _ADDR.
+var linkPort = regexp.MustCompile(`_PORT_[0-9]+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?$`)
+
+// linkURL is the value of a service's _PORT and _PORT_N_PROTO links.
+var linkURL = regexp.MustCompile(`^(tcp|udp|sctp)://[^/]+:[0-9]+$`)
+
+// otherServiceLink reports whether name=value is a service link of
+// another service whose name starts as the mirror's does
+// (docker-mirror-ghcr: DOCKER_MIRROR_GHCR_SERVICE_HOST...), which
+// Kubernetes gives every pod of the namespace. Those are told by their
+// values too, as Kubernetes writes them (an address, a port, a URL), so
+// that a setting guessed (DOCKER_MIRROR_LISTEN_PORT=5000) is still
+// refused.
+func otherServiceLink(name, value string) bool {
+	isPort := func(v string) bool { n, err := strconv.Atoi(v); return err == nil && n > 0 && n < 65536 }
+	isIP := func(v string) bool { return net.ParseIP(v) != nil }
+	if strings.HasSuffix(name, "_SERVICE_HOST") {
+		return isIP(value)
+	}
+	if strings.HasSuffix(name, "_SERVICE_PORT") || strings.Contains(name, "_SERVICE_PORT_") {
+		return isPort(value)
+	}
+	if m := linkPort.FindStringSubmatch(name); m != nil {
+		switch m[2] {
+		case "_PROTO":
+			return value == strings.ToLower(m[1])
+		case "_PORT":
+			return isPort(value)
+		case "_ADDR":
+			return isIP(value)
+		}
+		return linkURL.MatchString(value)
+	}
+	return strings.HasSuffix(name, "_PORT") && linkURL.MatchString(value)
 }
 
 // knownVariables lists the variables of the settings, sorted.

@@ -338,6 +338,41 @@ func TestUnknownVariableRefused(t *testing.T) {
 	}
 }
 
+// Kubernetes gives every pod the service links of every service of its
+// namespace: another mirror's there (a service named docker-mirror-ghcr,
+// for a second mirror) gives DOCKER_MIRROR_GHCR_SERVICE_HOST and the
+// like, which stopped serve ("unknown variable"), also at the next
+// restart of a mirror that ran before that service was made. They are
+// taken by their values, as Kubernetes writes them; a variable of that
+// name but not of that value (DOCKER_MIRROR_LISTEN_PORT=5000, a setting
+// guessed) is still refused.
+func TestOtherServicesLinksNotRefused(t *testing.T) {
+	links := map[string]string{
+		"SERVICE_HOST":        "10.96.0.12",
+		"SERVICE_PORT":        "5000",
+		"SERVICE_PORT_HTTP":   "5000",
+		"PORT":                "tcp://10.96.0.12:5000",
+		"PORT_5000_TCP":       "tcp://10.96.0.12:5000",
+		"PORT_5000_TCP_PROTO": "tcp",
+		"PORT_5000_TCP_PORT":  "5000",
+		"PORT_5000_TCP_ADDR":  "10.96.0.12",
+	}
+	for v, value := range links {
+		t.Setenv("DOCKER_MIRROR_GHCR_"+v, value)
+	}
+	dir := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // a serve that starts stops at once
+	args := []string{"serve", "--data", filepath.Join(dir, "data"), "--listen", "127.0.0.1:0", "--upstream", "http://127.0.0.1:1"}
+	if code, _, stderr := runCmd(t, ctx, args...); code != 0 {
+		t.Errorf("serve beside the service links of docker-mirror-ghcr: exit %d, %q", code, stderr)
+	}
+	t.Setenv("DOCKER_MIRROR_LISTEN_PORT", "5000")
+	if code, _, stderr := runCmd(t, ctx, args...); code != exitUsage || !strings.HasPrefix(stderr, "docker-mirror serve: DOCKER_MIRROR_LISTEN_PORT: unknown variable") {
+		t.Errorf("DOCKER_MIRROR_LISTEN_PORT=5000: exit %d, %q; want %d, refused", code, stderr, exitUsage)
+	}
+}
+
 // A misspelt storage driver (storage: {filesytem: ...}) made serve exit 1
 // with distribution's "StorageDriver not registered: filesytem", after it
 // had made the data directory and its index; it is a bad value of the
