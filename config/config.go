@@ -899,6 +899,11 @@ func (c Config) Validate() error {
 				return fmt.Errorf("storage.%s.%s: unknown parameter (known: %s)", name, redact.URL(p), strings.Join(known, ", "))
 			}
 		}
+		if root, ok := c.Storage[name]["rootdirectory"].(string); ok && name == "filesystem" && strings.HasPrefix(root, "~") {
+			// As data's: the store would be kept in a directory named
+			// "~" in the working directory.
+			return fmt.Errorf("storage.filesystem.rootdirectory: invalid directory %q: ~ is not expanded here; give the full path", root)
+		}
 	}
 	if c.Destination.URL != "" {
 		if err := validateDestination(c.Destination.URL); err != nil {

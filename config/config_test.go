@@ -1381,6 +1381,19 @@ func TestDataTildeRefused(t *testing.T) {
 	}
 }
 
+// The filesystem driver's root written ~/big-disk (a file no shell
+// expands) made a directory named "~" in the working directory and kept
+// the store there, as a data directory so written did; it is refused,
+// naming the key, the line and the value.
+func TestStorageRootTildeRefused(t *testing.T) {
+	file := writeFile(t, "storage:\n  filesystem:\n    rootdirectory: ~/big-disk\n")
+	_, err := resolve(t, []string{"--config", file}, nil)
+	want := "config " + file + `: line 3: storage.filesystem.rootdirectory: invalid directory "~/big-disk": ~ is not expanded here; give the full path`
+	if err == nil || err.Error() != want {
+		t.Errorf("error %v\nwant  %s", err, want)
+	}
+}
+
 // A --config naming a directory (a mount of the configuration's
 // directory, not its file) was reported as "invalid YAML: input error";
 // the error says it is a directory.
