@@ -2,6 +2,7 @@ package status
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 )
@@ -36,6 +37,17 @@ func (c *destCheck) state(ctx context.Context) Destination {
 	c.last = Destination{Status: "ok", At: now}
 	if err := c.check(ctx); err != nil {
 		c.last.Status, c.last.Error = "unreachable", err.Error()
+		if answered(err) {
+			c.last.Status = "failing" // it answers, with errors
+		}
 	}
 	return c.last
+}
+
+// answered reports whether err carries the destination's answer (a 401,
+// a 500: storage/destination's errors say so with their StatusCode), not
+// the want of one.
+func answered(err error) bool {
+	var sc interface{ StatusCode() int }
+	return errors.As(err, &sc) && sc.StatusCode() != 0
 }

@@ -127,7 +127,7 @@ type Upstream struct {
 // Destination is a registry destination's state.
 type Destination struct {
 	Name   string    `json:"name"`
-	Status string    `json:"status"` // "ok" or "unreachable"
+	Status string    `json:"status"` // "ok", "failing" (it answers, with errors) or "unreachable"
 	Error  string    `json:"error,omitempty"`
 	At     time.Time `json:"checked_at"`
 }

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -540,6 +541,45 @@ func TestDestinationWiring(t *testing.T) {
 	clock.Advance(16 * time.Second)
 	if s = status1(); s.Destination.Status != "unreachable" || s.Destination.Error == "" {
 		t.Errorf("stopped destination: %+v", s.Destination)
+	}
+}
+
+// A destination that answers, but refuses (the mirror's credentials
+// revoked: 401; a quota or a policy: 403) or fails (500), is failing, as
+// an upstream that answers with errors is, not unreachable: the page sent
+// the admin to look at the network while the registry answered.
+func TestDestinationAnsweringErrorsIsFailing(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	var answer atomic.Int32 // 0: the registry answers
+	dest := fixture.StartDestination(t, nil, fixture.WithFrontEnd(func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if code := int(answer.Load()); code != 0 {
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(code)
+				w.Write([]byte(`{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}`))
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	}))
+	cfg := servertest.Config(t, t.TempDir(), []servertest.Upstream{{Host: "docker.io", URL: up.URL()}})
+	cfg.Destination.URL = dest.URL() + "/mirror"
+	clock := servertest.NewClock()
+	srv, err := server.New(context.Background(), cfg, server.WithLogger(servertest.Logger()), server.WithClock(clock.Now))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	for _, code := range []int{http.StatusUnauthorized, http.StatusForbidden, http.StatusInternalServerError} {
+		answer.Store(int32(code))
+		clock.Advance(16 * time.Second)
+		var s status.Status
+		if err := json.Unmarshal(serveGet(t, srv.Handler(), "/api/v1/status").Body.Bytes(), &s); err != nil {
+			t.Fatal(err)
+		}
+		if s.Destination == nil || s.Destination.Status != "failing" || s.Destination.Error == "" {
+			t.Errorf("destination answering %d: %+v, want failing with its error", code, s.Destination)
+		}
 	}
 }
 

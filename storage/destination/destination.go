@@ -476,6 +476,11 @@ func (e *destError) Error() string {
 // failures and store.refuses_writes and in mirror's "failed:" line.
 const maxCause = 1 << 10
 
+// StatusCode is the destination's answer, 0 if none came (it could not
+// be reached): the status page tells a registry that refuses or fails
+// from one that does not answer.
+func (e *destError) StatusCode() int { return e.status }
+
 func (e *destError) Unwrap() []error {
 	errs := []error{storage.ErrUnavailable}
 	if e.auth {
