@@ -261,13 +261,20 @@ func proxyAddr(p string) string {
 	return net.JoinHostPort(u.Hostname(), port)
 }
 
-// newStatus makes the status page of a server: its store, the disk of its
-// data directory, its registry destination if it has one, and in a
-// cluster the other replicas' states.
+// newStatus makes the status page of a server: its store, the disk the
+// cache grows on (the filesystem store's root, which may be a disk of its
+// own, else the data directory's), its registry destination if it has
+// one, and in a cluster the other replicas' states.
 func newStatus(s *Server) *statuspage.Handler {
 	cfg := s.cfg
+	disk := cfg.Data
+	if name, params := cfg.StorageDriver(); name == "filesystem" && cfg.Destination.URL == "" {
+		if root, ok := params["rootdirectory"].(string); ok && root != "" {
+			disk = root
+		}
+	}
 	d := statuspage.Deps{Proxy: s.Proxy, Index: s.Index, Collector: s.Collector, Version: s.opts.version,
-		StoreKind: s.storeName, MaxSize: int64(cfg.MaxSize), DataDir: cfg.Data, Now: s.opts.now}
+		StoreKind: s.storeName, MaxSize: int64(cfg.MaxSize), DataDir: disk, Now: s.opts.now}
 	if cfg.Destination.URL != "" {
 		d.Destination, d.DestinationName = s.Proxy.Ready, s.storeName
 	}

@@ -46,7 +46,8 @@ type Deps struct {
 	Version string
 	// StoreKind names the store, e.g. "filesystem", "s3", "registry
 	// host/prefix"; MaxSize is max_size (0: none); DataDir, if set, is
-	// where free disk space is measured.
+	// where free disk space is measured: the filesystem store's root, else
+	// the data directory.
 	StoreKind string
 	MaxSize   int64
 	DataDir   string
