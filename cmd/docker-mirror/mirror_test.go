@@ -519,6 +519,30 @@ func TestMirrorCommandWrongPassword(t *testing.T) {
 	}
 }
 
+// The password in DOCKER_MIRROR_PREFETCH_PASSWORD goes only with the
+// user --server's URL names: with none (http://mirror:5000), it was
+// ignored without a word, and the job refused as anonymous (401) as if
+// the password were wrong. It is refused as the configuration refuses a
+// password without a username: exit 2, naming both, nothing sent.
+func TestPrefetchPasswordWithoutUserRefused(t *testing.T) {
+	var asked atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		asked.Add(1)
+		w.Header().Set("WWW-Authenticate", `Basic realm="docker-mirror"`)
+		http.Error(w, `{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}`, http.StatusUnauthorized)
+	}))
+	defer srv.Close()
+	t.Setenv("DOCKER_MIRROR_PREFETCH_PASSWORD", "adm1n-pa55")
+	code, _, stderr := runCmd(t, context.Background(), "prefetch", "--server", srv.URL, "hello-world")
+	want := "docker-mirror prefetch: DOCKER_MIRROR_PREFETCH_PASSWORD: set, but --server names no user: the password is sent only with one (http://USER@HOST:PORT)"
+	if code != exitUsage || strings.TrimSpace(stderr) != want {
+		t.Errorf("exit %d, %q; want %d and %q", code, stderr, exitUsage, want)
+	}
+	if n := asked.Load(); n != 0 {
+		t.Errorf("the server was asked %d times", n)
+	}
+}
+
 // prefetch signs in with the credentials of --server's URL (an admin's,
 // on a mirror with auth) and never shows the password: not when the
 // answer is no registry error (a load balancer's page), nor when the URL

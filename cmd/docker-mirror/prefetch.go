@@ -70,6 +70,11 @@ func prefetchCommand(ctx context.Context, args []string, stdout, stderr io.Write
 		if _, inURL := u.User.Password(); !inURL {
 			u.User = url.UserPassword(u.User.Username(), pw)
 		}
+	} else if ok {
+		// Else ignored: the job would be refused as anonymous, as if
+		// the password were wrong.
+		fmt.Fprintf(stderr, "docker-mirror prefetch: %s: set, but --server names no user: the password is sent only with one (http://USER@HOST:PORT)\n", prefetchPasswordEnv)
+		return exitUsage
 	}
 	if fs.NArg() == 0 {
 		fmt.Fprintln(stderr, "docker-mirror prefetch: no images to prefetch")
