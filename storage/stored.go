@@ -204,6 +204,35 @@ func (ix *Index) countStored() error {
 	return ix.countStoredAfter(func(*bolt.Tx) error { return nil })
 }
 
+// sumStoredAfter sums the records in the transaction of change, after
+// it, and corrects the stored total by what the sum finds it off (the
+// records change could not size: DropRecords). The correction is added,
+// as every write's change is (addStored): a sum set as StoredBytes would
+// lose, or count twice, a write beside it (a pull's), whose commit's
+// handlers run on either side of the set. Without a record it is
+// countStoredAfter.
+func (ix *Index) sumStoredAfter(change func(*bolt.Tx) error) error {
+	missing := false
+	err := ix.write(func(tx *bolt.Tx) error {
+		rec, ok := readStored(tx)
+		if missing = !ok; missing {
+			return nil
+		}
+		if err := change(tx); err != nil {
+			return err
+		}
+		total, err := ix.sumStored(tx)
+		if err != nil {
+			return err
+		}
+		return ix.addStored(tx, total-rec.bytes)
+	})
+	if err == nil && missing {
+		return ix.countStoredAfter(change)
+	}
+	return err
+}
+
 // countStoredAfter is countStored in the transaction of change, after it.
 func (ix *Index) countStoredAfter(change func(*bolt.Tx) error) error {
 	var total int64

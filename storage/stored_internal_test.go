@@ -358,3 +358,50 @@ func TestStoredTotalOfASharedIndex(t *testing.T) {
 		t.Errorf("b.StoredBytes after a refresh = %d, want 300 (d1 and d2; d3 pruned)", b.StoredBytes())
 	}
 }
+
+// A drop of an unreadable record (DropRecords: a pull meeting it, a
+// pass) sums the stored total again, while pulls record blobs beside it:
+// a pull's transaction committed before the drop's sum, its handlers
+// (StoredBytes' change) not yet run when the drop sets StoredBytes, was
+// counted twice; one committed after the sum, its handlers run before the
+// drop sets StoredBytes, not at all. StoredBytes must still be the sum of
+// the records afterwards: off, max_size's eviction evicts too much (or
+// too little) until a restart.
+func TestDropRecordsBesideAPullKeepsTheStoredTotal(t *testing.T) {
+	ix := openTestIndex(t)
+	now := time.Now()
+	if err := ix.RecordBlob("docker.io", "library/a", digest.FromString("a"), 1000, now); err != nil {
+		t.Fatal(err)
+	}
+	// A manifest record a bit flip made unreadable.
+	bad := digest.FromString("bad manifest")
+	if err := ix.RecordManifest(manifestEntry("library/a", "v1", bad, 100)); err != nil {
+		t.Fatal(err)
+	}
+	if err := ix.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketManifests).Put([]byte(bad), []byte(`{"size":1`))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// A pull's blob record, its goroutine held between its commit (the
+	// write lock let go) and its handlers, as a preempted one is.
+	committed, release, done := make(chan struct{}), make(chan struct{}), make(chan error)
+	go func() {
+		done <- ix.write(func(tx *bolt.Tx) error {
+			tx.OnCommit(func() { close(committed); <-release })
+			raw, _ := json.Marshal(BlobRecord{Size: 300, FetchedAt: now, LastAccess: now})
+			return ix.putContent(tx, bucketBlobs, []byte(digest.FromString("pulled")), raw)
+		})
+	}()
+	<-committed
+	if err := ix.DropRecords([]UnreadableRecord{{Bucket: BucketManifests, Key: bad.String()}}); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if sum := checkPersisted(t, ix, "a drop beside a pull"); sum != 1300 {
+		t.Errorf("the records sum %d, want 1300", sum)
+	}
+}

@@ -84,7 +84,7 @@ func (ix *Index) UnreadableRecords() ([]UnreadableRecord, error) {
 // content left unreferenced goes at the next collection, and its next
 // pull fetches it again.
 func (ix *Index) DropRecords(recs []UnreadableRecord) error {
-	return ix.countStoredAfter(func(tx *bolt.Tx) error {
+	return ix.sumStoredAfter(func(tx *bolt.Tx) error {
 		for _, r := range recs {
 			decode := recordDecoders[r.Bucket]
 			b := tx.Bucket([]byte(r.Bucket))
