@@ -23,8 +23,10 @@ import (
 // index links that cannot be read keeps what its repositories hold, and is
 // logged (keepUnreadable).
 func (c *Collector) Collect(ctx context.Context) (Report, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	if err := c.lock(ctx); err != nil {
+		return Report{}, err
+	}
+	defer c.unlock()
 	defer c.enterPass()()
 	if err := c.refresh(ctx); err != nil {
 		return Report{}, err

@@ -46,7 +46,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -109,8 +108,9 @@ type Collector struct {
 	index *storage.Index
 	opts  Options
 	// mu is held by an operation (a pass, an eviction, a collection, a
-	// verification) throughout.
-	mu sync.Mutex
+	// verification) throughout: a channel of one, so that an operation
+	// waiting for it ends with its context (lock).
+	mu chan struct{}
 	// lastCollect is when Pass last collected.
 	lastCollect time.Time
 }
@@ -126,8 +126,33 @@ func New(store *storage.DriverStore, index *storage.Index, opts Options) *Collec
 	if opts.Guard == nil {
 		opts.Guard = BusyFunc(nil)
 	}
-	return &Collector{store: store, index: index, opts: opts}
+	return &Collector{store: store, index: index, opts: opts, mu: make(chan struct{}, 1)}
 }
+
+// lock takes c.mu, or fails with ctx: an admin's eviction asked for
+// during a pass (minutes on a large store) ends with its request, not
+// after the pass.
+func (c *Collector) lock(ctx context.Context) error {
+	select {
+	case c.mu <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// tryLock takes c.mu if no operation holds it.
+func (c *Collector) tryLock() bool {
+	select {
+	case c.mu <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
+// unlock lets c.mu go.
+func (c *Collector) unlock() { <-c.mu }
 
 // ErrRegistryDestination is returned by NewForStore for a store that is
 // not the embedded one.
@@ -280,8 +305,10 @@ func (c *Collector) Run(ctx context.Context, ticks <-chan time.Time, wake <-chan
 // (storage.ErrDamaged), not a panic in the server's background.
 func (c *Collector) Pass(ctx context.Context, p Policy) (_ Report, err error) {
 	defer c.index.RecoverDamaged(&err)
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	if err := c.lock(ctx); err != nil {
+		return Report{}, err
+	}
+	defer c.unlock()
 	r, err := c.pass(ctx, p)
 	if !errors.Is(err, storage.ErrUnreadableRecord) || c.opts.DryRun {
 		return r, err

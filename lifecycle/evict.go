@@ -21,8 +21,10 @@ import (
 // is evicted whole: its tags and mirror records leave the index, and the
 // collection removes its manifests and the blobs no kept image references.
 func (c *Collector) Evict(ctx context.Context, maxSize int64, evictAfter time.Duration, now time.Time) (Report, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	if err := c.lock(ctx); err != nil {
+		return Report{}, err
+	}
+	defer c.unlock()
 	defer c.enterPass()()
 	if err := c.refresh(ctx); err != nil {
 		return Report{}, err

@@ -18,10 +18,13 @@ var (
 // EvictImage evicts one image on an admin's request, as Evict evicts the
 // least recently pulled: its tags and mirror records leave the index, and
 // a collection removes what no kept image references. A pinned image, one
-// being mirrored or one in use is refused.
+// being mirrored or one in use is refused. It waits for a pass that runs,
+// or for ctx to end (an admin's request whose client left).
 func (c *Collector) EvictImage(ctx context.Context, upstream, repo string, dgst digest.Digest) (Report, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	if err := c.lock(ctx); err != nil {
+		return Report{}, err
+	}
+	defer c.unlock()
 	defer c.enterPass()() // the model of every image, and a collection
 	// On a shared bucket, what another replica recorded since the last
 	// pass keeps what it shares with this image, as in every pass.

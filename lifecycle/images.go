@@ -260,9 +260,9 @@ func (c *Collector) ListImages(ctx context.Context) (*ImageList, error) {
 	// it. The shared records are read in only while no pass runs: a
 	// pass read them as it began, and a read meanwhile could bring back
 	// records it is removing.
-	if c.mu.TryLock() {
+	if c.tryLock() {
 		err := c.refresh(ctx)
-		c.mu.Unlock()
+		c.unlock()
 		if err != nil {
 			return nil, err
 		}

@@ -22,8 +22,10 @@ import (
 // partial mirror state, so the next pull mirrors them again. In a dry run
 // it only reports.
 func (c *Collector) Verify(ctx context.Context) (Report, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	if err := c.lock(ctx); err != nil {
+		return Report{}, err
+	}
+	defer c.unlock()
 	if err := c.refresh(ctx); err != nil {
 		return Report{}, err
 	}

@@ -2,6 +2,7 @@ package status_test
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"path/filepath"
@@ -181,5 +182,46 @@ func TestPinDuringAPassKeepsTheImage(t *testing.T) {
 	}
 	if _, found, err := m.Index.Tag("docker.io", "area51/jenkins", "2.4"); err != nil || !found {
 		t.Errorf("the image pinned during the pass was evicted by it: its tag 2.4 gone (%v)", err)
+	}
+}
+
+// An admin's eviction asked for during a lifecycle pass (the status
+// page's evict, its client gone: the browser's tab closed, a script's
+// timeout) ends with its request: it waited for the collector's lock,
+// whatever the request's context said, for the whole pass (minutes on a
+// large store), its goroutine left behind the client.
+func TestEvictRequestLeftDuringAPassEndsWithIt(t *testing.T) {
+	m, small, held := startHeldWalk(t)
+	held.armed.Store(true)
+	passed := make(chan error, 1)
+	go func() {
+		_, err := m.Server.Collector.Pass(context.Background(), lifecycle.Policy{})
+		passed <- err
+	}()
+	<-held.entered // the pass walks the store now, holding its lock
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // the request's context once its client left
+	evicted := make(chan error, 1)
+	go func() {
+		_, err := m.Server.Collector.EvictImage(ctx, "docker.io", "area51/jenkins", digest.Digest(small.Digest))
+		evicted <- err
+	}()
+	// A bound on a hang, not a time measured: the pass is held until
+	// released below.
+	select {
+	case err := <-evicted:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("eviction whose request ended during a pass: %v, want context.Canceled", err)
+		}
+	case <-time.After(time.Minute):
+		t.Errorf("an eviction whose request ended waited for the pass (still waiting after a minute)")
+		defer func() { <-evicted }()
+	}
+	close(held.release)
+	if err := <-passed; err != nil {
+		t.Fatalf("pass: %v", err)
+	}
+	if _, found, err := m.Index.Tag("docker.io", "area51/jenkins", "2.4"); err != nil || !found {
+		t.Errorf("the image whose eviction's request ended was evicted after the pass: its tag gone (%v)", err)
 	}
 }
