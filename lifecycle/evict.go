@@ -195,15 +195,22 @@ const replans = 2
 func (p *evictPlan) victimPins() []string {
 	var out []string
 	for _, i := range p.victims {
-		e := &p.m.entries[i]
-		n := p.m.name(e)
-		out = append(out, p.m.digest(e).String())
-		if n.upstream == "" {
-			continue
-		}
-		for _, tag := range splitTags(e.tags) {
-			out = append(out, storage.TagKey(n.upstream, n.repo, tag))
-		}
+		out = p.m.pinRefs(out, i)
+	}
+	return out
+}
+
+// pinRefs appends to out the pins that would keep image i: its digest
+// and its tags.
+func (m *model) pinRefs(out []string, i int32) []string {
+	e := &m.entries[i]
+	n := m.name(e)
+	out = append(out, m.digest(e).String())
+	if n.upstream == "" {
+		return out
+	}
+	for _, tag := range splitTags(e.tags) {
+		out = append(out, storage.TagKey(n.upstream, n.repo, tag))
 	}
 	return out
 }

@@ -72,6 +72,13 @@ func (c *Collector) EvictImage(ctx context.Context, upstream, repo string, dgst 
 			release()
 		}
 	}()
+	// A pin made since the model read the pins (a pin does not wait for
+	// an eviction, and is answered as done) keeps the image.
+	if pinned, err := c.pinnedSince(m.pinRefs(nil, found)); err != nil {
+		return r, err
+	} else if pinned {
+		return r, fmt.Errorf("%s: %w", im.Name(), ErrImagePinned)
+	}
 	freed := &digestSet{} // collected at once, whatever its age
 	for _, id := range m.all(e) {
 		if m.refs[id]--; m.refs[id] == 0 {

@@ -225,3 +225,35 @@ func TestEvictRequestLeftDuringAPassEndsWithIt(t *testing.T) {
 		t.Errorf("the image whose eviction's request ended was evicted after the pass: its tag gone (%v)", err)
 	}
 }
+
+// A pin answered while an admin's eviction of the same image reads the
+// images (an eviction asked for by another admin, or a script, beside a
+// prefetch that pins) keeps the image: the eviction, which had read the
+// pins before, evicted the image the pin's admin had been told was
+// pinned.
+func TestPinDuringAnEvictionKeepsTheImage(t *testing.T) {
+	m, small, held := startHeldWalk(t)
+	enc := strings.TrimPrefix(small.Digest, "sha256:")
+	held.read.Store(&enc)
+	held.armed.Store(true)
+	evicted := make(chan error, 1)
+	go func() {
+		_, err := m.Server.Collector.EvictImage(context.Background(), "docker.io", "area51/jenkins", digest.Digest(small.Digest))
+		evicted <- err
+	}()
+	<-held.entered // the eviction read the pins, and now reads the manifest
+	held.armed.Store(false)
+	body := `{"upstream": "docker.io", "repo": "area51/jenkins", "digest": "` + small.Digest + `"}`
+	a := send(t, http.MethodPost, m.URL()+"/api/v1/actions/pin", body, map[string]string{"Content-Type": "application/json"})
+	close(held.release)
+	err := <-evicted
+	if a.status != http.StatusOK {
+		t.Fatalf("pin during an eviction: %d %s", a.status, a.body)
+	}
+	if !errors.Is(err, lifecycle.ErrImagePinned) {
+		t.Errorf("eviction of an image pinned meanwhile: %v, want %v", err, lifecycle.ErrImagePinned)
+	}
+	if _, found, err := m.Index.Tag("docker.io", "area51/jenkins", "2.4"); err != nil || !found {
+		t.Errorf("the image pinned during its eviction was evicted: its tag 2.4 gone (%v)", err)
+	}
+}
