@@ -357,7 +357,7 @@ func (c *Collector) dropUnreadable(ctx context.Context, r *Report) error {
 	if err != nil {
 		return err
 	}
-	return c.removeContent(ctx, recs.Fills, content, nil, found, r)
+	return c.removeContent(ctx, recs.Fills, content, nil, found, recordedAgain(found), r)
 }
 
 // pass is Pass, c.mu held.

@@ -1214,3 +1214,38 @@ func TestRunEndsOnDamagedIndex(t *testing.T) {
 		t.Fatalf("Run on a damaged index = %v; want it to end saying %s is damaged, and what to do", err, path)
 	}
 }
+
+// An image pulled by digest while a pass drops its manifest's unreadable
+// record (containerd pulls by digest once it has the tag's; the pull,
+// finding no record, fetched the manifest and recorded it again) is kept:
+// the pass then forgot the new record with the tags naming it, and
+// removed the manifest from the store, as it removes the content of the
+// record it dropped; the image just pulled was gone, and with the
+// upstream down its next pull failed.
+func TestPullDuringADropOfItsRecordKeepsTheImage(t *testing.T) {
+	e := newEnv(t)
+	x := single("library/x", "v1", e.up.SeedImage(t, "library/x", "v1", 1, 4<<10))
+	x.repo = "x"
+	e.pull(t, x)
+	e.m.Stop()
+	fixture.DamageRecord(t, filepath.Join(e.m.Dir(), "index.db"), "manifests", x.digest)
+	e.m.Restart()
+	e.store = e.m.Store.(*storage.DriverStore)
+	// The pull comes at the pass's first claim: the record dropped, the
+	// content not yet removed.
+	col := e.collector(lifecycle.Options{Guard: &claimHook{first: func() {
+		if status, body, _ := get(t, e.m.URL()+"/v2/x/manifests/"+x.digest); status != http.StatusOK || sha(body) != x.digest {
+			t.Fatalf("pull of x by digest during the pass: status %d, digest %s", status, sha(body))
+		}
+		e.m.WaitIdle()
+	}}})
+	r, err := col.Pass(t.Context(), lifecycle.Policy{})
+	if err != nil || len(r.UnreadableRecords) != 1 {
+		t.Fatalf("a pass beside an unreadable manifest record: %+v, %v; want it dropped", r, err)
+	}
+	if _, ok, err := e.m.Index.Tag("docker.io", "library/x", "v1"); err != nil || !ok {
+		t.Errorf("x:v1, pulled again during the pass, lost its tag (%v)", err)
+	}
+	e.up.Stop()
+	e.wantPull(t, x)
+}

@@ -150,16 +150,20 @@ func (c *Collector) verify(ctx context.Context) (Report, error) {
 		return r, nil
 	}
 
-	err = c.removeContent(ctx, recs.Fills, slices.Concat(corrupt, missing, dropped), size, found, &r)
+	droppedSet := map[digest.Digest]bool{}
+	for _, d := range dropped {
+		droppedSet[d] = true
+	}
+	err = c.removeContent(ctx, recs.Fills, slices.Concat(corrupt, missing, dropped), size, found, recordedAgain(droppedSet), &r)
 	r.StoredAfter = c.index.StoredBytes()
 	return r, err
 }
 
-// removeContent forgets the digests doomed and removes from the store
-// those found there (of the sizes size), the images losing content (fills:
-// the mirror records) going back to partial first, and adds what it
-// removed to r.
-func (c *Collector) removeContent(ctx context.Context, fills []storage.FillEntry, doomed []digest.Digest, size map[digest.Digest]int64, found map[digest.Digest]bool, r *Report) error {
+// removeContent forgets the digests doomed but those keep (if not nil)
+// keeps, and removes from the store those found there (of the sizes
+// size), the images losing content (fills: the mirror records) going back
+// to partial first, and adds what it removed to r.
+func (c *Collector) removeContent(ctx context.Context, fills []storage.FillEntry, doomed []digest.Digest, size map[digest.Digest]int64, found map[digest.Digest]bool, keep func(digest.Digest, storage.ContentEntry) bool, r *Report) error {
 	// The images that a removed signature, attestation or SBOM belongs
 	// to are found through the referrers lists and tags as they are
 	// before the removal, which takes the tags of a corrupt manifest.
@@ -183,7 +187,7 @@ func (c *Collector) removeContent(ctx context.Context, fills []storage.FillEntry
 	for batch := range slices.Chunk(doomed, batchSize) {
 		claimed, release := c.claim(batch)
 		r.Kept += len(batch) - len(claimed)
-		gone, err := c.index.Forget(claimed, nil)
+		gone, err := c.index.Forget(claimed, keep)
 		if err == nil {
 			for _, f := range gone {
 				if size[f.Digest] > 0 || found[f.Digest] {
@@ -203,6 +207,15 @@ func (c *Collector) removeContent(ctx context.Context, fills []storage.FillEntry
 		}
 	}
 	return nil
+}
+
+// recordedAgain keeps, of dropped (content whose record was dropped as
+// unreadable), what has a record again: a pull that found none fetched
+// and recorded it since the drop, and its tags name it.
+func recordedAgain(dropped map[digest.Digest]bool) func(digest.Digest, storage.ContentEntry) bool {
+	return func(d digest.Digest, e storage.ContentEntry) bool {
+		return dropped[d] && (e.Blob != nil || e.Manifest != nil)
+	}
 }
 
 // rehash reports whether stored content matches its digest.
