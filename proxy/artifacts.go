@@ -209,8 +209,8 @@ func (p *Proxy) imageSubjects(ctx context.Context, t target, dgst digest.Digest)
 // tag is normal; a list or tag the upstream cannot give is logged and
 // skipped (the image is complete without it); an artifact found that
 // cannot be stored fails the fill, unless the upstream does not have it
-// or its blobs, or a registry destination refuses its manifest itself
-// (artifactSkipped).
+// or its blobs, a blob is over max_blob_size, or a registry destination
+// refuses its manifest itself (artifactSkipped).
 func (p *Proxy) storeReferrers(ctx context.Context, t target, subjects []digest.Digest, prog *progress) error {
 	if !p.referrersFor(t) {
 		return nil
@@ -303,8 +303,10 @@ func (p *Proxy) storeReferrers(ctx context.Context, t target, subjects []digest.
 // artifactSkipped reports whether err, storing artifact a, leaves a out
 // of its image, and logs it: a listed referrer the upstream does not have
 // (a signature deleted, a fallback tag index left naming it) or whose
-// blobs it does not have, or whose manifest a registry destination refuses
-// itself (one older than image-spec 1.1 refuses a subject field). The image is complete without
+// blobs it does not have, or whose blob is over the mirror's max_blob_size
+// (a large file attached with oras next to a small image), or whose
+// manifest a registry destination refuses itself (one older than
+// image-spec 1.1 refuses a subject field). The image is complete without
 // it: a fill failed for it would be tried again, and fail again, on every
 // pull, its tag never pushed.
 func (p *Proxy) artifactSkipped(t target, a artifact, err error) bool {
@@ -316,6 +318,8 @@ func (p *Proxy) artifactSkipped(t target, a artifact, err error) bool {
 		msg = "an artifact's content is not upstream; leaving the artifact out of its image"
 	case errors.Is(err, storage.ErrManifestRefused):
 		msg = "the destination refuses an artifact's manifest; not storing it there"
+	case errors.Is(err, errOverMaxBlobSize):
+		msg = "an artifact's blob is over max_blob_size; leaving the artifact out of its image"
 	default:
 		return false
 	}

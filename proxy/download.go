@@ -746,8 +746,12 @@ func tooLarge(host string, dgst digest.Digest, limit int64, declared bool, n int
 		return errcode.Wrap(errcode.Unavailable, upstream.ErrInvalid,
 			"upstream %s: blob %s is larger than the %d bytes its manifest declares (at least %d)", host, dgst, limit, n).WithStatus(http.StatusBadGateway)
 	}
-	return errcode.New(errcode.Denied, "blob %s is larger than this mirror's max_blob_size of %d bytes (at least %d)", dgst, limit, n)
+	return errcode.Wrap(errcode.Denied, errOverMaxBlobSize, "blob %s is larger than this mirror's max_blob_size of %d bytes (at least %d)", dgst, limit, n)
 }
+
+// errOverMaxBlobSize: a blob is over the mirror's max_blob_size, which it
+// refuses to download (tooLarge).
+var errOverMaxBlobSize = errors.New("over max_blob_size")
 
 // countOversized counts a blob larger than its manifest declares as an
 // upstream error; one over max_blob_size is the mirror's own refusal.

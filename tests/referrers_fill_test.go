@@ -847,3 +847,36 @@ func TestCosignTagFoundLaterNotAnsweredAbsentOffline(t *testing.T) {
 		t.Errorf("a cosign tag the upstream has now, found by a recheck that could not fetch it, the upstream down: %d %s, want no answer of absence", r.status, r.body)
 	}
 }
+
+// An artifact whose blob is over the mirror's max_blob_size (an SBOM, a
+// debug-symbols archive or a model attached with oras next to a small
+// image) is left out of its image, logged, as one whose blob the upstream
+// does not have is: the image's fill completes, the blob is not asked for
+// again, and a registry destination gets the image's tag. Before,
+// the fill failed on it and stayed partial for ever.
+func TestFillCompletesPastAnArtifactOverMaxBlobSize(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	const repo = "library/plain"
+	img := up.SeedImage(t, repo, "1", 1, 1<<10)
+	const limit = 16 << 10
+	sbom := pushArtifact(t, up, repo, cosignTag(img.Digest, "sbom"), "application/vnd.dev.cosign.artifact.sbom.v1+json", strings.Repeat("s", 4*limit))
+	up.ResetCounts()
+
+	m := servertest.Start(t, up.URL(), proxy.WithMaxBlobSize(limit))
+	for range 2 {
+		cranePull(t, ref(t, m, "plain:1"))
+		m.WaitIdle()
+	}
+	if complete, ok, err := m.Index.FillComplete("docker.io", repo, digest.Digest(img.Digest)); err != nil || !ok || !complete {
+		t.Errorf("image fill complete %v (recorded %v, %v), want complete", complete, ok, err)
+	}
+	if n := requestsTo(up, http.MethodGet, "/v2/"+repo+"/blobs/"+sbom.layer); n > 1 {
+		t.Errorf("the SBOM's blob over max_blob_size was asked for %d times in two pulls, want at most 1", n)
+	}
+
+	dest := startDest(t)
+	dm := startDestMirror(t, up, dest, nil, proxy.WithMaxBlobSize(limit))
+	cranePull(t, ref(t, dm.Server, "plain:1"))
+	dm.WaitIdle()
+	wantDestManifest(t, dest, repo, "1", img.Manifest, img.MediaType)
+}
