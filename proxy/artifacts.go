@@ -218,6 +218,9 @@ func (p *Proxy) storeReferrers(ctx context.Context, t target, subjects []digest.
 	looked := p.now()
 	var mu sync.Mutex
 	seen := map[digest.Digest]bool{}
+	// left: the artifacts left out of the image (artifactSkipped), whose
+	// other tags are not pushed either.
+	left := map[digest.Digest]bool{}
 	for _, s := range subjects {
 		seen[s] = true
 	}
@@ -264,6 +267,9 @@ func (p *Proxy) storeReferrers(ctx context.Context, t target, subjects []digest.
 					}
 					err := p.storeArtifact(gctx, t, a)
 					if p.artifactSkipped(t, a, err) {
+						mu.Lock()
+						left[a.digest] = true
+						mu.Unlock()
 						if errors.Is(err, errArtifactBlobGone) && a.tag == "" {
 							// Its content may come yet (a registry's
 							// replicas catching up): the list is due, and
@@ -291,6 +297,11 @@ func (p *Proxy) storeReferrers(ctx context.Context, t target, subjects []digest.
 			return err
 		}
 		for _, a := range retag {
+			if left[a.digest] {
+				// Not at the destination: a registry would refuse the
+				// manifest for what it lacks.
+				continue
+			}
 			if err := p.publishArtifactTag(ctx, t, a); err != nil && !p.artifactSkipped(t, a, err) {
 				return err
 			}

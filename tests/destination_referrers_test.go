@@ -244,3 +244,30 @@ func TestDestinationRefusingSubjectsGetsTheImage(t *testing.T) {
 		t.Errorf("two more pulls pushed the refused referrer %d more times", n)
 	}
 }
+
+// One cosign artifact tagged for two subjects of an image (cosign attach
+// sbom of the index and of a platform), left out of the image because the
+// upstream does not have its blob: the second tag is not pushed to the
+// destination either, which would refuse its manifest for the missing
+// blob, and the image's tag is pushed. Before, that push failed the fill,
+// and the destination never got the image's tag.
+func TestDestinationSharedCosignArtifactLeftOut(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	const repo = "library/signed"
+	ma := up.SeedMultiArch(t, repo, "1", fixture.OCI)
+	amd64 := ma.Platforms["linux/amd64"].Digest
+	shared := pushArtifact(t, up, repo, cosignTag(ma.Digest, "sbom"), sbomType, "the sbom")
+	if again := pushArtifact(t, up, repo, cosignTag(amd64, "sbom"), sbomType, "the sbom"); again.digest != shared.digest {
+		t.Fatalf("the artifact tagged twice has digests %s and %s", shared.digest, again.digest)
+	}
+	up.SetFault(fixture.Fault{Status: http.StatusNotFound, PathContains: shared.layer})
+	dest := startDest(t)
+	m := startDestMirror(t, up, dest, nil)
+
+	cranePull(t, ref(t, m.Server, "signed:1"), remote.WithPlatform(linuxAMD64))
+	m.WaitIdle()
+	wantDestManifest(t, dest, repo, "1", ma.Index, ma.MediaType)
+	if complete, ok, err := m.Index.FillComplete("docker.io", repo, digest.Digest(ma.Digest)); err != nil || !ok || !complete {
+		t.Errorf("image fill complete %v (recorded %v, %v), want complete", complete, ok, err)
+	}
+}
