@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -425,5 +426,39 @@ func BenchmarkFilesystemDelete(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// A blob put into the inmemory store from a stream (an upstream's body,
+// read 32 KiB at a time) is copied a few times, not once per read: the
+// driver's writer grows its buffer to the exact size of each write,
+// copying all it holds, so written as it was read a layer of 8 MiB
+// allocated ~1 GiB (measured: 1,036 MiB; now 44), one of 1 GiB ~16 TiB,
+// a pull that never ended.
+func TestDriverStoreInmemoryPutCopiesOnce(t *testing.T) {
+	s, err := storage.OpenDriverStore(t.Context(), "inmemory", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const size = 8 << 20
+	blob := bytes.Repeat([]byte("0123456789abcdef"), size/16)
+	d := digest.FromBytes(blob)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	// Not a bytes.Reader: io.Copy would hand it the writer whole.
+	if err := s.Put(t.Context(), "library/r", d, size, struct{ io.Reader }{bytes.NewReader(blob)}); err != nil {
+		t.Fatal(err)
+	}
+	runtime.ReadMemStats(&after)
+	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 8*size {
+		t.Errorf("a put of %d MiB allocated %d MiB", size>>20, alloc>>20)
+	}
+	rc, err := s.Open(t.Context(), "library/r", d, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	if got, err := io.ReadAll(rc); err != nil || !bytes.Equal(got, blob) {
+		t.Errorf("read back %d bytes, not the blob's (%v)", len(got), err)
 	}
 }
