@@ -8,7 +8,8 @@
 // Membership is this replica (Self), the configured peers and the
 // addresses a DNS name resolves to (a Kubernetes headless Service), read
 // again on every Refresh. A peer is marked down as soon as a connection
-// to it fails and up again when a probe of its /readyz succeeds; a down
+// to it fails (or its answer breaks and its /readyz fails too) and up
+// again when a probe of its /readyz succeeds; a down
 // peer owns nothing, so the next one in hash order takes over. A replica
 // never counts itself down.
 package cluster
@@ -292,6 +293,18 @@ func (c *Cluster) Down(u string) bool {
 // connection; a probe brings it back.
 func (c *Cluster) markDown(u string, why error) {
 	c.setState(u, false, why)
+}
+
+// cutOff handles a peer's answer that broke mid-body: the peer is marked
+// down only if its /readyz fails too. A healthy owner whose own download
+// failed (its upstream cut it beyond resuming) breaks its answer as a
+// dead one does; marked down, its every other answer in flight would be
+// cut (do) and its share of misses fetched from the upstream again
+// elsewhere until the next probe.
+func (c *Cluster) cutOff(ctx context.Context, u string, why error) {
+	if up, err := c.probe(context.WithoutCancel(ctx), u); !up {
+		c.markDown(u, fmt.Errorf("%w; then %w", why, err))
+	}
 }
 
 // setState records a peer's health; a change is logged and counted.

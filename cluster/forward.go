@@ -240,7 +240,7 @@ func (c *Cluster) relay(w http.ResponseWriter, r *http.Request, resp *http.Respo
 			err = fmt.Errorf("%w after %d bytes", io.ErrUnexpectedEOF, sent)
 		}
 		if from != c.self {
-			c.markDown(from, err)
+			c.cutOff(r.Context(), from, err)
 		}
 		c.log.Warn("cluster: blob cut mid-body; resuming through the next replica", "from", from, "digest", dgst, "offset", start+sent, "error", err)
 		if body, from, err = c.resume(r, dgst, tried, start+sent, end); err != nil {
@@ -384,7 +384,7 @@ func (c *Cluster) Manifest(ctx context.Context, key, host, repo string, ref oci.
 			if ctx.Err() != nil {
 				return nil, true, timedOut(ctx, u, down.err)
 			}
-			c.markDown(u, down.err)
+			c.lost(ctx, u, down)
 			continue
 		case errors.Is(err, errFetchHere):
 			c.log.Warn("cluster owner could not answer for a manifest; fetching it here", "owner", u, "key", key, "error", err)
@@ -418,10 +418,24 @@ func timedOut(ctx context.Context, u string, err error) error {
 // errFetchHere: the owner's answer is no reason to fail, but fetch here.
 var errFetchHere = errors.New("owner could not answer")
 
-// peerDown wraps a failed connection to a peer.
-type peerDown struct{ err error }
+// peerDown wraps a failed connection to a peer, or (cut) its answer
+// broken mid-body.
+type peerDown struct {
+	err error
+	cut bool
+}
 
 func (p peerDown) Error() string { return p.err.Error() }
+
+// lost marks the peer u down after down: at once for a failed
+// connection, after a failed probe too for a cut answer (cutOff).
+func (c *Cluster) lost(ctx context.Context, u string, down peerDown) {
+	if down.cut {
+		c.cutOff(ctx, u, down.err)
+		return
+	}
+	c.markDown(u, down.err)
+}
 
 // peerURL is the URL of a repository's content at a peer: the ns query
 // names the upstream, as containerd's does. A repository whose first
@@ -451,7 +465,7 @@ func (c *Cluster) manifestFrom(ctx context.Context, u, host, repo string, ref oc
 	c.sign(req)
 	resp, err := c.do(req, u)
 	if err != nil {
-		return nil, peerDown{err}
+		return nil, peerDown{err: err}
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
@@ -459,7 +473,7 @@ func (c *Cluster) manifestFrom(ctx context.Context, u, host, repo string, ref oc
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, oci.MaxManifestSize+1))
 	if err != nil {
-		return nil, peerDown{err}
+		return nil, peerDown{err: err, cut: true}
 	}
 	if len(body) > oci.MaxManifestSize {
 		return nil, fmt.Errorf("%w: %s sent a manifest over %d bytes", errFetchHere, u, oci.MaxManifestSize)
@@ -533,7 +547,7 @@ func (c *Cluster) FillBlob(ctx context.Context, host, repo string, dgst digest.D
 			if ctx.Err() != nil {
 				return true, ctx.Err()
 			}
-			c.markDown(u, down.err)
+			c.lost(ctx, u, down)
 			continue
 		case errors.Is(err, errFetchHere):
 			c.log.Warn("cluster owner could not deliver a blob; fetching it here", "owner", u, "digest", dgst, "error", err)
@@ -563,7 +577,7 @@ func (c *Cluster) fillFrom(ctx context.Context, u, host, repo string, dgst diges
 	c.sign(req)
 	resp, err := c.do(req, u)
 	if err != nil {
-		return peerDown{err}
+		return peerDown{err: err}
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
@@ -576,7 +590,7 @@ func (c *Cluster) fillFrom(ctx context.Context, u, host, repo string, dgst diges
 		if src.err == nil {
 			return err // the spool's error, not the owner's
 		}
-		return peerDown{err}
+		return peerDown{err: err, cut: true}
 	}
 	if n > limit {
 		return fmt.Errorf("%w: %s sent more than %d bytes for blob %s", errFetchHere, u, limit, dgst)
@@ -608,7 +622,7 @@ func (c *Cluster) Revalidate(ctx context.Context, key, host, repo, tag string) (
 			if ctx.Err() != nil {
 				return "", true, ctx.Err()
 			}
-			c.markDown(u, down.err)
+			c.lost(ctx, u, down)
 			continue
 		case errors.Is(err, errFetchHere):
 			c.log.Warn("cluster owner could not revalidate a tag; asking the upstream here", "owner", u, "key", key, "error", err)
@@ -638,7 +652,7 @@ func (c *Cluster) revalidateAt(ctx context.Context, u, host, repo, tag string) (
 	c.sign(req)
 	resp, err := c.do(req, u)
 	if err != nil {
-		return "", peerDown{err}
+		return "", peerDown{err: err}
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -393,5 +394,112 @@ func TestManifestByUnusableDigest(t *testing.T) {
 			}
 			break
 		}
+	}
+}
+
+// TestServeBlobCutByAHealthyOwnerLeavesItUp: an owner whose own download
+// of one blob failed (its upstream cut it beyond resuming) cuts its
+// answer as a dead one would, but answers its /readyz: it stays up, and
+// another blob it is sending meanwhile goes on from it, not cut and
+// fetched again through the next replica.
+func TestServeBlobCutByAHealthyOwnerLeavesItUp(t *testing.T) {
+	blobs := map[digest.Digest][]byte{}
+	var fromSelf atomic.Int32
+	self := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fromSelf.Add(1)
+		b := blobs[digest.Digest(r.URL.Path[strings.LastIndex(r.URL.Path, "/")+1:])]
+		http.ServeContent(w, r, "", time.Time{}, strings.NewReader(string(b)))
+	}))
+	t.Cleanup(self.Close)
+	var held, cut digest.Digest
+	reached, release := make(chan struct{}), make(chan struct{})
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		d := digest.Digest(r.URL.Path[strings.LastIndex(r.URL.Path, "/")+1:])
+		if r.URL.Path == "/readyz" {
+			return // 200: healthy
+		}
+		b := blobs[d]
+		w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+		w.Write(b[:1])
+		w.(http.Flusher).Flush()
+		if d == cut {
+			panic(http.ErrAbortHandler) // its upstream failed it
+		}
+		close(reached)
+		select {
+		case <-release:
+		case <-r.Context().Done():
+			return
+		}
+		w.Write(b[1:])
+	}))
+	t.Cleanup(s.Close)
+	c, err := New(self.URL, []string{s.URL}, quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; cut == ""; i++ {
+		b := []byte(fmt.Sprintf("blob %d", i))
+		if d := digest.FromBytes(b); c.Owners(d.String())[0] == s.URL {
+			blobs[d] = b
+			if held == "" {
+				held = d
+			} else {
+				cut = d
+			}
+		}
+	}
+	done := make(chan error, 1)
+	w := httptest.NewRecorder()
+	go func() {
+		_, err := c.ServeBlob(w, blobRequest(held), held)
+		done <- err
+	}()
+	<-reached
+	wc := httptest.NewRecorder()
+	if served, err := c.ServeBlob(wc, blobRequest(cut), cut); !served || err != nil || wc.Body.String() != string(blobs[cut]) {
+		t.Fatalf("cut blob: served %v, err %v, body %q", served, err, wc.Body.String())
+	}
+	close(release)
+	if err := <-done; err != nil || w.Body.String() != string(blobs[held]) {
+		t.Fatalf("held blob: err %v, body %q", err, w.Body.String())
+	}
+	if !peerUp(c, s.URL) {
+		t.Errorf("a healthy owner that cut one answer was marked down: %+v", c.Peers())
+	}
+	if n := fromSelf.Load(); n != 1 {
+		t.Errorf("the next replica was asked %d times, want 1 (the cut blob's rest only)", n)
+	}
+}
+
+// TestFillBlobCutByAHealthyOwnerLeavesItUp: the background mirror's blob
+// the owner fails to deliver mid-body (its own download failed) is
+// fetched here, and the owner, answering its /readyz, stays up: its
+// share of misses is not fetched again elsewhere.
+func TestFillBlobCutByAHealthyOwnerLeavesItUp(t *testing.T) {
+	var body []byte
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/readyz" {
+			return // 200: healthy
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		w.Write(body[:1])
+		w.(http.Flusher).Flush()
+		panic(http.ErrAbortHandler) // its upstream failed it
+	}))
+	t.Cleanup(s.Close)
+	c := newTwo(t, s.URL)
+	body, d := ownedBy(t, c, s.URL)
+	f, err := os.CreateTemp(t.TempDir(), "spool")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fetched, err := c.FillBlob(context.Background(), "docker.io", "library/x", d, int64(len(body)), f)
+	if fetched || err != nil {
+		t.Fatalf("fetched %v, err %v; want the blob left to this replica", fetched, err)
+	}
+	if !peerUp(c, s.URL) {
+		t.Errorf("a healthy owner that cut one answer was marked down: %+v", c.Peers())
 	}
 }
