@@ -928,7 +928,11 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 			// answers a range in pieces): not a cut that failed.
 			resumes = 0
 		}
-		if ctx.Err() != nil || resumes == maxResumes || fromStore {
+		if ctx.Err() != nil || resumes == maxResumes {
+			if fromStore {
+				fail(fmt.Errorf("reading blob %s from the store: cut after %d bytes: %w", dl.dgst, n, rerr))
+				return
+			}
 			fail(errcode.Wrap(errcode.Unavailable, fmt.Errorf("%w: %w", upstream.ErrUnavailable, rerr), "upstream %s: blob %s cut after %d bytes", t.host(), dl.dgst, n).WithStatus(http.StatusBadGateway))
 			return
 		}
@@ -941,6 +945,16 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 		}
 		body.Close()
 		var total int64
+		if fromStore {
+			// Another replica's blob, read from the shared store (a
+			// bucket's connection reset mid-read): read on from there,
+			// never from the upstream.
+			body, err = p.store.Open(ctx, t.storeRepo(), dl.dgst, n)
+			if err != nil {
+				body = failedBody{err}
+			}
+			continue
+		}
 		body, total, err = t.up.Blob(upstream.Resuming(ctx), t.repo, dl.dgst, n)
 		if err != nil && passing(err) {
 			// The resume failed itself (a load balancer's 502 while the

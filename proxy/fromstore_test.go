@@ -1,0 +1,98 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/docker-mirror/docker-mirror/lease"
+	"github.com/docker-mirror/docker-mirror/storage"
+)
+
+// heldElsewhere are blob leases another replica always holds: the first
+// Take stores the blob (the holder's fetch, done) before it answers.
+type heldElsewhere struct {
+	store *storage.DriverStore
+	body  []byte
+	once  atomic.Bool
+}
+
+func (h *heldElsewhere) Take(ctx context.Context, name string) (*lease.Held, string, time.Time, error) {
+	if h.once.CompareAndSwap(false, true) {
+		if err := h.store.Put(ctx, "library/app", digest.FromBytes(h.body), int64(len(h.body)), strings.NewReader(string(h.body))); err != nil {
+			return nil, "", time.Time{}, err
+		}
+	}
+	return nil, "http://other.test:5000", time.Now().Add(time.Minute), nil
+}
+
+// cutReads is a store whose first read of a blob breaks after cutAfter
+// bytes, as a bucket's connection reset mid-read does.
+type cutReads struct {
+	*storage.DriverStore
+	cutAfter int64
+	cut      atomic.Bool
+}
+
+func (s *cutReads) Open(ctx context.Context, repo string, dgst digest.Digest, off int64) (io.ReadCloser, error) {
+	rc, err := s.DriverStore.Open(ctx, repo, dgst, off)
+	if err != nil || !s.cut.CompareAndSwap(false, true) {
+		return rc, err
+	}
+	return struct {
+		io.Reader
+		io.Closer
+	}{io.MultiReader(io.LimitReader(rc, s.cutAfter), errReader{errors.New("connection reset by peer")}), rc}, nil
+}
+
+type errReader struct{ err error }
+
+func (r errReader) Read([]byte) (int, error) { return 0, r.err }
+
+// TestBlobFromStoreReadCutResumes: a blob another replica fetched (it
+// held the lease), read from the shared bucket for this replica's client,
+// whose read breaks mid-body (a connection reset, common on S3), is read
+// on from where it broke: the client gets the whole blob, and the
+// upstream is not asked for its bytes.
+func TestBlobFromStoreReadCutResumes(t *testing.T) {
+	body := []byte(strings.Repeat("layer bytes ", 30000))
+	d := digest.FromBytes(body)
+	mem, _ := memStore(t)
+	store := &cutReads{DriverStore: mem, cutAfter: 100 << 10}
+	var gets atomic.Int32
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v2/" {
+			return
+		}
+		if r.Method == http.MethodGet {
+			gets.Add(1)
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		w.Write(body) // nothing for a HEAD
+	}))
+	t.Cleanup(up.Close)
+	p, _, _ := testMirror(t, store, up.URL, WithBlobLeases(&heldElsewhere{store: mem, body: body}))
+	srv := httptest.NewServer(p.Handler())
+	defer srv.Close()
+	resp, err := http.Get(srv.URL + "/v2/library/app/blobs/" + d.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	got, err := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK || err != nil || digest.FromBytes(got) != d {
+		t.Fatalf("status %d, %d of %d bytes, err %v", resp.StatusCode, len(got), len(body), err)
+	}
+	if n := gets.Load(); n != 0 {
+		t.Errorf("upstream asked for the blob's bytes %d times, want 0 (it is in the store)", n)
+	}
+}
