@@ -51,7 +51,9 @@ type Objects interface {
 type record struct {
 	// Holder is the URL of the replica holding the lease.
 	Holder string `json:"holder"`
-	// Until is when the lease expires unless renewed.
+	// Until is when the lease expires unless renewed, by the holder's
+	// clock: for whoever reads the bucket; the other replicas go by
+	// their own clocks (Leases.expiry).
 	Until time.Time `json:"until"`
 }
 
@@ -69,6 +71,16 @@ type Leases struct {
 	prefix  string
 	down    func(holder string) bool
 	taken   *prometheus.CounterVec
+
+	mu   sync.Mutex
+	seen map[string]sighting // by key: the lease objects of others seen
+}
+
+// sighting is when this replica first saw a lease object as its ETag
+// says it is: every renewal changes the ETag.
+type sighting struct {
+	etag string
+	at   time.Time
 }
 
 // Option configures Leases.
@@ -96,7 +108,7 @@ func WithPrefix(p string) Option { return func(l *Leases) { l.prefix = p } }
 // New returns the leases of the replica named holder (its cluster URL),
 // kept in objects.
 func New(objects Objects, holder string, opts ...Option) *Leases {
-	l := &Leases{objects: objects, holder: holder, ttl: DefaultTTL, now: time.Now, log: slog.Default(), prefix: "records/leases/",
+	l := &Leases{objects: objects, holder: holder, ttl: DefaultTTL, now: time.Now, log: slog.Default(), prefix: "records/leases/", seen: map[string]sighting{},
 		taken: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "docker_mirror_cluster_leases_total",
 			Help: "Attempts to take the lease of a blob fetch, by result (taken, took_over: an expired lease taken over, held: another replica holds it, error: the store failed and the blob is fetched without one).",
@@ -151,13 +163,12 @@ func (l *Leases) Take(ctx context.Context, name string) (h *Held, holder string,
 			return nil, "", time.Time{}, err
 		}
 		var rec record
-		if json.Unmarshal(raw, &rec) != nil {
-			rec = record{} // unreadable: as good as expired
-		}
-		live := l.now().Before(rec.Until) && rec.Holder != l.holder && (l.down == nil || !l.down(rec.Holder))
+		readable := json.Unmarshal(raw, &rec) == nil // unreadable: as good as expired
+		until := l.expiry(key, etag)
+		live := readable && l.now().Before(until) && rec.Holder != l.holder && (l.down == nil || !l.down(rec.Holder))
 		if live {
 			l.taken.WithLabelValues("held").Inc()
-			return nil, rec.Holder, rec.Until, nil
+			return nil, rec.Holder, until, nil
 		}
 		// Expired (its holder died or hung), held by a replica the
 		// cluster marked down, or an earlier lease of ours: take it
@@ -171,12 +182,36 @@ func (l *Leases) Take(ctx context.Context, name string) (h *Held, holder string,
 			return nil, "", time.Time{}, err
 		}
 		l.taken.WithLabelValues("took_over").Inc()
-		l.log.Info("blob fetch lease taken over", "key", key, "from", rec.Holder, "expired", rec.Until)
+		l.log.Info("blob fetch lease taken over", "key", key, "from", rec.Holder, "expired", until)
 		return l.hold(key, etag), "", time.Time{}, nil
 	}
 	// Three races lost in a row: somebody holds it now.
 	l.taken.WithLabelValues("held").Inc()
 	return nil, "", l.now().Add(l.ttl), nil
+}
+
+// expiry is when the lease object key, as etag says it is, expires by
+// this replica's clock: a TTL after this replica first saw it so, unless
+// renewed (a new ETag). The holder's Until is by its own clock, which may
+// be minutes off this one's: read here, a clock ahead would take every
+// live lease over at once (a second fetch of each blob), and a holder's
+// clock behind would have its leases taken over as soon as written.
+func (l *Leases) expiry(key, etag string) time.Time {
+	now := l.now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	s, ok := l.seen[key]
+	if !ok || s.etag != etag {
+		s = sighting{etag: etag, at: now}
+		l.seen[key] = s
+	}
+	// The others' are forgotten once long expired (released, taken over).
+	for k, o := range l.seen {
+		if k != key && now.Sub(o.at) > 2*l.ttl {
+			delete(l.seen, k)
+		}
+	}
+	return s.at.Add(l.ttl)
 }
 
 func (l *Leases) body() ([]byte, error) {

@@ -164,3 +164,35 @@ func TestHolderDownTakenOverAtOnce(t *testing.T) {
 	}
 	h.Release()
 }
+
+// TestSkewedClocksKeepALiveLease: replicas whose clocks are minutes apart
+// (one ahead of the holder, one behind it) do not take a live lease over
+// at once, fetching the blob a second time: a lease's age is told by the
+// taker's own clock, from when it first saw the lease as it is. Once its
+// holder stops renewing it, it is taken over a TTL later.
+func TestSkewedClocksKeepALiveLease(t *testing.T) {
+	ctx := context.Background()
+	srv := leasetest.Start(t, true)
+	clock := &fakeClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	skewed := func(d time.Duration) func() time.Time { return func() time.Time { return clock.Now().Add(d) } }
+	a := lease.New(srv.Objects("b"), "http://a", lease.WithClock(clock.Now))
+	ahead := lease.New(srv.Objects("b"), "http://ahead", lease.WithClock(skewed(5*time.Minute)))
+	behind := lease.New(srv.Objects("b"), "http://behind", lease.WithClock(skewed(-5*time.Minute)))
+	ha, _, _, err := a.Take(ctx, "sha256:z")
+	if err != nil || ha == nil {
+		t.Fatalf("a: %v, %v", ha, err)
+	}
+	defer ha.Release()
+	for _, l := range []*lease.Leases{ahead, behind} {
+		if h, holder, _, err := l.Take(ctx, "sha256:z"); err != nil || h != nil || holder != "http://a" {
+			t.Fatalf("a replica whose clock is off by 5 minutes, while a holds the lease: %v %q %v; want it held by a", h, holder, err)
+		}
+	}
+	// a dies (its lease is no longer renewed): a TTL later, it is taken over.
+	clock.Add(lease.DefaultTTL + time.Second)
+	h, _, _, err := ahead.Take(ctx, "sha256:z")
+	if err != nil || h == nil {
+		t.Fatalf("after a TTL unrenewed: %v, %v; want it taken over", h, err)
+	}
+	h.Release()
+}
