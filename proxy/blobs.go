@@ -92,18 +92,20 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 	}
 	release()
 	w.Header().Set(cacheHeader, "miss")
+	// A GET whose If-None-Match names the blob (a cache in front
+	// revalidating) is answered 304, no body: as a HEAD, the upstream is
+	// asked only whether the repository has it, not for its bytes; never
+	// sent to the blob's owner, which would fetch them.
+	unchanged := noneMatch(r.Header.Get("If-None-Match"), `"`+dgst.String()+`"`)
 	// A download streaming here already (fetched while its owner was
 	// down, or for a replica that thinks this one owns it) is joined: the
 	// owner would fetch the blob from the upstream again.
-	if p.peers != nil && !p.blobs.streaming(dgst) {
+	if p.peers != nil && !unchanged && !p.blobs.streaming(dgst) {
 		if served, err := p.peers.ServeBlob(w, r, dgst); served || err != nil {
 			return err
 		}
 	}
-	// A GET whose If-None-Match names the blob (a cache in front
-	// revalidating) is answered 304, no body: as a HEAD, the upstream is
-	// asked only whether the repository has it, not for its bytes.
-	if r.Method == http.MethodHead || noneMatch(r.Header.Get("If-None-Match"), `"`+dgst.String()+`"`) {
+	if r.Method == http.MethodHead || unchanged {
 		if size, ok := p.downloadingSize(ctx, t, dgst); ok {
 			// The upstream said it already: asked again, it may be
 			// rate-limiting (or down) since.
