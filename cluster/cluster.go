@@ -30,6 +30,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -342,11 +343,15 @@ func (c *Cluster) setState(u string, up bool, why error) {
 // errPeerMarkedDown ends a request to a peer marked down meanwhile.
 var errPeerMarkedDown = errors.New("replica marked down while it was asked")
 
-// do sends req to the peer u. It is cancelled once u is marked down (its
-// probe, or another request, failed): a replica that takes connections
-// and answers nothing must not hold a client for ever; the caller goes on
-// as for a failed connection (the next replica, or a fetch here). The
-// answer's body must be closed.
+// do sends req to the peer u. Once u is marked down (its probe, or
+// another request, failed), a request still waiting for its answer ends,
+// and so does an answer whose body brings nothing for the probe timeout:
+// a replica that takes connections and answers nothing must not hold a
+// client for ever; the caller goes on as for a failed connection (the
+// next replica, or a fetch here). An answer still coming goes on: a
+// replica shutting down (its listener closed, its probe refused) finishes
+// the answers in flight, which the next replica would fetch from the
+// upstream again. The answer's body must be closed.
 func (c *Cluster) do(req *http.Request, u string) (*http.Response, error) {
 	c.mu.Lock()
 	var downed chan struct{}
@@ -359,12 +364,25 @@ func (c *Cluster) do(req *http.Request, u string) (*http.Response, error) {
 	}
 	ctx, cancel := context.WithCancelCause(req.Context())
 	done := make(chan struct{})
+	var answered atomic.Bool
+	var read atomic.Int64 // the body's bytes so far
 	go func() {
 		select {
 		case <-downed:
-			cancel(errPeerMarkedDown)
 		case <-done:
+			return
 		}
+		for last := int64(-1); answered.Load() && read.Load() != last; {
+			last = read.Load()
+			t := time.NewTimer(c.probeTTL)
+			select {
+			case <-done:
+				t.Stop()
+				return
+			case <-t.C:
+			}
+		}
+		cancel(errPeerMarkedDown)
 	}()
 	end := sync.OnceFunc(func() { close(done); cancel(nil) })
 	resp, err := c.client.Do(req.WithContext(ctx))
@@ -372,14 +390,22 @@ func (c *Cluster) do(req *http.Request, u string) (*http.Response, error) {
 		end()
 		return nil, err
 	}
-	resp.Body = &endingBody{ReadCloser: resp.Body, end: end}
+	answered.Store(true)
+	resp.Body = &endingBody{ReadCloser: resp.Body, read: &read, end: end}
 	return resp, nil
 }
 
-// endingBody calls end once closed.
+// endingBody counts the bytes read, and calls end once closed.
 type endingBody struct {
 	io.ReadCloser
-	end func()
+	read *atomic.Int64
+	end  func()
+}
+
+func (b *endingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.read.Add(int64(n))
+	return n, err
 }
 
 func (b *endingBody) Close() error {

@@ -503,3 +503,56 @@ func TestFillBlobCutByAHealthyOwnerLeavesItUp(t *testing.T) {
 		t.Errorf("a healthy owner that cut one answer was marked down: %+v", c.Peers())
 	}
 }
+
+// headerSignal is a recorder that closes wrote once its headers are
+// written: the owner's answer is in hand.
+type headerSignal struct {
+	*httptest.ResponseRecorder
+	wrote chan struct{}
+}
+
+func (w headerSignal) WriteHeader(code int) {
+	w.ResponseRecorder.WriteHeader(code)
+	close(w.wrote)
+}
+
+// A blob's owner that stops sending mid-body (hung) is cut once it is
+// marked down and its answer has brought nothing for the probe timeout:
+// the answer of one that is marked down but still sending (shutting
+// down) goes on, a stalled one does not hold the client for ever.
+func TestServeBlobOwnerHungMidBodyCutOnceMarkedDown(t *testing.T) {
+	var body []byte
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/readyz" {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		w.Write(body[:1])
+		w.(http.Flusher).Flush()
+		<-r.Context().Done() // sends nothing more
+	}))
+	t.Cleanup(s.Close)
+	c, err := New("http://self.test:5000", []string{s.URL}, quiet(), WithProbeTimeout(10*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, d := ownedBy(t, c, s.URL)
+	w := headerSignal{httptest.NewRecorder(), make(chan struct{})}
+	type result struct {
+		served bool
+		err    error
+	}
+	done := make(chan result, 1)
+	go func() {
+		served, err := c.ServeBlob(w, blobRequest(d), d)
+		done <- result{served, err}
+	}()
+	<-w.wrote
+	failed, cancel := context.WithCancel(context.Background())
+	cancel()
+	c.Probe(failed) // the owner's probe fails: it is marked down
+	if got := <-done; !got.served || got.err == nil {
+		t.Fatalf("served %v, err %v: want the answer begun broken off (its rest nowhere to be had)", got.served, got.err)
+	}
+}

@@ -352,3 +352,60 @@ func TestRunningDownloadJoinedNotForwarded(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestOwnerDrainingFinishesItsAnswers: the owner of a layer a client
+// reads through another replica is stopped gracefully (SIGTERM: its
+// listener closes, its requests in flight may finish) while the upstream
+// holds the layer half way. The other replica's probe finds it gone and
+// marks it down; the layer still coming from it keeps coming: the client
+// gets it whole from the owner, and the upstream sends it once, not again
+// to the next replica.
+func TestOwnerDrainingFinishesItsAnswers(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/drain", "v1", 1, 1<<20)
+	rs := startCluster(t, 2, up, sharedDir, nil)
+	big := img.Layers[0]
+	o := owner(rs, big)
+	via := rs[0]
+	if via == o {
+		via = rs[1]
+	}
+	gate := up.GateBlob(big, 256<<10)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, via.url+"/v2/library/drain/blobs/"+big, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	head := make([]byte, 1024)
+	if _, err := io.ReadFull(resp.Body, head); err != nil {
+		t.Fatal(err)
+	}
+	<-gate.Reached()
+	// SIGTERM: the listener closes at once, the answers in flight go on.
+	o.ln.Close()
+	drained := make(chan error, 1)
+	go func() { drained <- o.hs.Shutdown(ctx) }()
+	via.srv.Cluster.Probe(ctx)
+	if v := via.metric(t, "docker_mirror_cluster_peer_up", map[string]string{"peer": o.url}); v != 0 {
+		t.Fatalf("peer_up{%s} = %v after its listener closed, want 0", o.url, v)
+	}
+	gate.Open()
+	rest, err := io.ReadAll(resp.Body)
+	if err != nil || sha(append(head, rest...)) != big {
+		t.Fatalf("err %v, digest %s", err, sha(append(head, rest...)))
+	}
+	<-drained
+	if n := blobGets(up, big); n != 1 {
+		t.Errorf("layer fetched %d times upstream, want 1: the draining owner was sending it", n)
+	}
+	if v := via.metric(t, "docker_mirror_cluster_forwarded_total", map[string]string{"kind": "blob", "result": "resumed"}); v != 0 {
+		t.Errorf("resumed forwards = %v, want 0", v)
+	}
+}
