@@ -165,7 +165,12 @@ func (l *Leases) Take(ctx context.Context, name string) (h *Held, holder string,
 		var rec record
 		readable := json.Unmarshal(raw, &rec) == nil // unreadable: as good as expired
 		until := l.expiry(key, etag)
-		live := readable && l.now().Before(until) && rec.Holder != l.holder && (l.down == nil || !l.down(rec.Holder))
+		// A lease its holder's clock says expired more than clocks are
+		// ever off (maxSkew) is long dead (its holder gone in a rolling
+		// update, unknown to the replicas started since): taken over at
+		// once, not waited out a TTL from its first sighting here.
+		now := l.now()
+		live := readable && now.Before(until) && now.Before(rec.Until.Add(maxSkew)) && rec.Holder != l.holder && (l.down == nil || !l.down(rec.Holder))
 		if live {
 			l.taken.WithLabelValues("held").Inc()
 			return nil, rec.Holder, until, nil
@@ -189,6 +194,10 @@ func (l *Leases) Take(ctx context.Context, name string) (h *Held, holder string,
 	l.taken.WithLabelValues("held").Inc()
 	return nil, "", l.now().Add(l.ttl), nil
 }
+
+// maxSkew is the most the replicas' clocks are taken to be apart, as the
+// shared bucket's collection takes it (lifecycle.SharedGrace).
+const maxSkew = 10 * time.Minute
 
 // expiry is when the lease object key, as etag says it is, expires by
 // this replica's clock: a TTL after this replica first saw it so, unless

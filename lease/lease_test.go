@@ -196,3 +196,27 @@ func TestSkewedClocksKeepALiveLease(t *testing.T) {
 	}
 	h.Release()
 }
+
+// TestLongDeadLeaseTakenOverAtOnce: a lease whose holder's expiry is long
+// past (a replica gone in a rolling update, its address unknown to the
+// replicas started since) is taken over at once by a replica that never
+// saw it before, not waited out for a TTL more: its clients would wait
+// minutes for a blob nobody fetches.
+func TestLongDeadLeaseTakenOverAtOnce(t *testing.T) {
+	ctx := context.Background()
+	srv := leasetest.Start(t, true)
+	clock := &fakeClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	gone := lease.New(srv.Objects("b"), "http://gone", lease.WithClock(clock.Now))
+	hg, _, _, err := gone.Take(ctx, "sha256:w")
+	if err != nil || hg == nil {
+		t.Fatalf("gone: %v, %v", hg, err)
+	}
+	defer hg.Release()
+	clock.Add(time.Hour)
+	fresh := lease.New(srv.Objects("b"), "http://fresh", lease.WithClock(clock.Now))
+	h, holder, _, err := fresh.Take(ctx, "sha256:w")
+	if err != nil || h == nil {
+		t.Fatalf("a lease expired an hour ago, seen first: %v %q %v; want it taken over at once", h, holder, err)
+	}
+	h.Release()
+}
