@@ -583,6 +583,39 @@ func TestDestinationAnsweringErrorsIsFailing(t *testing.T) {
 	}
 }
 
+// A destination that answers its /v2/ with 404 (no registry API at that
+// address: Nexus's own port rather than its Docker connector's, an
+// ingress route gone) answered: it is failing, its error saying so, not
+// unreachable, which sent the admin to the network.
+func TestDestinationWithoutRegistryAPIIsFailing(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	var noAPI atomic.Bool
+	dest := fixture.StartDestination(t, nil, fixture.WithFrontEnd(func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if noAPI.Load() {
+				http.NotFound(w, r)
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	}))
+	cfg := servertest.Config(t, t.TempDir(), []servertest.Upstream{{Host: "docker.io", URL: up.URL()}})
+	cfg.Destination.URL = dest.URL() + "/mirror"
+	srv, err := server.New(context.Background(), cfg, server.WithLogger(servertest.Logger()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	noAPI.Store(true)
+	var s status.Status
+	if err := json.Unmarshal(serveGet(t, srv.Handler(), "/api/v1/status").Body.Bytes(), &s); err != nil {
+		t.Fatal(err)
+	}
+	if s.Destination == nil || s.Destination.Status != "failing" || !strings.Contains(s.Destination.Error, "404") {
+		t.Errorf("destination answering 404 to /v2/: %+v, want failing with its answer", s.Destination)
+	}
+}
+
 // A request that goes away while the destination is checked (a browser
 // leaving the page mid-refresh) does not leave the destination shown as
 // unreachable, "context canceled", until the next check 15s later.

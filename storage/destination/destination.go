@@ -326,8 +326,11 @@ func (s *Store) transport(ctx context.Context, scopes ...string) (http.RoundTrip
 		t, err := transport.NewWithContext(hctx, s.registry, s.auth, &hookTransport{inner: s.base, store: s}, scopes)
 		if err != nil {
 			if pingNotFound(err) {
+				// An answer (status): the status page says failing,
+				// not unreachable.
 				return nil, &destError{msg: fmt.Sprintf("destination %s answered 404 Not Found to GET /v2/: no registry API there "+
-					"(is it the registry's address? Nexus, for one, serves a Docker repository's on a connector port of its own)", s.host), err: err}
+					"(is it the registry's address? Nexus, for one, serves a Docker repository's on a connector port of its own)", s.host),
+					status: http.StatusNotFound, err: err}
 			}
 			if host := otherHost(err, s.host); host != "" {
 				// The destination answered its ping; the host that did not
