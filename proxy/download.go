@@ -130,10 +130,13 @@ func (d *downloads) streaming(dgst digest.Digest) bool {
 // delivers a blob larger than a few connections carry, and one that cuts
 // after a few bytes each time does not cost a request per few bytes. An
 // answer that ended where it said (a 206 holding part of the rest) is
-// no cut: the upstream answers in pieces, each of which counts afresh.
+// no cut: the upstream answers in pieces, each of which counts afresh if
+// it brought minPiece bytes; smaller ones count as such cuts, so that an
+// upstream answering a byte at a time is not asked once per byte.
 const (
 	maxResumes     = 3
 	resumeProgress = 64 << 10
+	minPiece       = 4 << 10
 )
 
 // resumeWait is how long a resume that failed itself waits before the
@@ -922,10 +925,11 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 			// its end would be answered 416.
 			break
 		}
-		if n-resumedAt >= resumeProgress || partial && n > resumedAt {
+		if n-resumedAt >= resumeProgress || partial && n-resumedAt >= minPiece {
 			// The last connection brought its share (cut after a while,
-			// not failing), or all its answer held (an upstream that
-			// answers a range in pieces): not a cut that failed.
+			// not failing), or all its answer held, a piece of some
+			// size (an upstream that answers a range in pieces): not a
+			// cut that failed.
 			resumes = 0
 		}
 		if ctx.Err() != nil || resumes == maxResumes {

@@ -124,3 +124,24 @@ func TestBlobResumeAnsweredInSmallPieces(t *testing.T) {
 		t.Fatalf("the blob was not stored: %v", err)
 	}
 }
+
+// An upstream that answers each Range with a byte or a few (a 206 whose
+// Content-Range says so, each answer complete: a broken front end, or a
+// hostile one) is not asked once per byte for the rest of a cut blob: a
+// few such answers in a row fail the download, as cuts that brought too
+// little do. Each was counted afresh: a 1 GiB layer cost a billion
+// requests, until the slow-download rule cut it after an hour.
+func TestBlobResumeAnsweredInBytesStops(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/bytes", "1", 1, 8<<10)
+	front := httptest.NewServer(capRanges(up, 1))
+	t.Cleanup(front.Close)
+	m := servertest.Start(t, front.URL)
+	layer := img.Layers[0]
+	up.SetFault(fixture.Fault{Kind: fixture.KindBlob, Method: http.MethodGet, Cut: true, CutAfter: 1 << 10, Times: 1})
+	get(t, m.URL()+"/v2/bytes/blobs/"+layer)
+	m.WaitIdle()
+	if n := blobGets(up, layer); n > 8 {
+		t.Errorf("%d upstream GETs of the blob answered a byte at a time, want a few (the cut one, and resumes that brought too little)", n)
+	}
+}
