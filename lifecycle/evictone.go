@@ -73,8 +73,14 @@ func (c *Collector) EvictImage(ctx context.Context, upstream, repo string, dgst 
 		}
 	}()
 	// A pin made since the model read the pins (a pin does not wait for
-	// an eviction, and is answered as done) keeps the image.
-	if pinned, err := c.pinnedSince(m.pinRefs(nil, found)); err != nil {
+	// an eviction, and is answered as done) keeps the image: one made
+	// here, or on a shared bucket by another replica, as in Evict.
+	pins := m.pinRefs(nil, found)
+	pinned, err := c.pinnedSince(pins)
+	if err == nil && !pinned && c.index.Shared() {
+		pinned, err = c.index.RecheckPins(ctx, pins)
+	}
+	if err != nil {
 		return r, err
 	} else if pinned {
 		return r, fmt.Errorf("%s: %w", im.Name(), ErrImagePinned)

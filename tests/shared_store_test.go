@@ -882,6 +882,45 @@ func TestSharedBucketEvictionRereadsItsVictimsPins(t *testing.T) {
 	wantImage(t, b, "library/x", x)
 }
 
+// An image pinned on one replica while an admin's eviction of it on
+// another (the status page's evict) reads the bucket's records is not
+// evicted: the eviction reads the image's pins again, in the bucket, as
+// the lifecycle's does. It read them only in its own index: the pin, an
+// answer of its replica, came too late, and the pinned image was evicted.
+func TestSharedBucketEvictImageRereadsItsPins(t *testing.T) {
+	s3srv, bucket, onBucket := sharedBucket(t)
+	frontA, onA := startSlowDownS3(t, s3srv, bucket)
+	up := fixture.StartUpstream(t)
+	x := up.SeedImage(t, "library/x", "v1", 1, 4<<10)
+	ups := []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}
+	a := servertest.StartConfigured(t, ups, onA)
+	b := servertest.StartConfigured(t, ups, onBucket)
+	wantManifest(t, get(t, a.URL()+"/v2/library/x/manifests/v1"), x.Manifest, x.MediaType)
+	a.WaitIdle()
+	if err := a.Index.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+
+	// a's eviction waits once it has read the pins (it lists the pull
+	// times next).
+	readA, releaseA := holdListing(t, frontA, "access")
+	evicted := evictAsync(func() (lifecycle.Report, error) {
+		return a.Server.Collector.EvictImage(t.Context(), proxy.DefaultHost, "library/x", digest.Digest(x.Digest))
+	})
+	wait(t, ctx, readA, "a's eviction listing the pull times after the pins")
+	if err := b.Index.Pin(storage.TagKey(proxy.DefaultHost, "library/x", "v1"), storage.PinRecord{PinnedAt: b.Clock.Now(), Reason: "admin"}); err != nil {
+		t.Fatal(err)
+	}
+	releaseA()
+	if res := <-evicted; !errors.Is(res.err, lifecycle.ErrImagePinned) {
+		t.Errorf("a's eviction of an image pinned on b meanwhile: %+v, %v; want %v", res.rep.Evicted, res.err, lifecycle.ErrImagePinned)
+	}
+	up.Stop()
+	wantImage(t, b, "library/x", x)
+}
+
 // holdListing holds, at front, the first listing of the bucket's records
 // of kind (records/<kind>) until release is called (at the latest when
 // the test ends): reached is closed when it comes.
