@@ -68,7 +68,7 @@ func NewS3(params map[string]any) (*S3, error) {
 		cfg.HTTPClient = &http.Client{Transport: t}
 	}
 	if ak, sk := str("accesskey"), str("secretkey"); ak != "" || sk != "" {
-		cfg.Credentials = credentials.NewStaticCredentials(ak, sk, str("sessiontoken"))
+		cfg.Credentials = credentials.NewStaticCredentials(ak, sk, "") // no session token: the driver takes none, nor does the configuration
 	}
 	sess, err := session.NewSession(cfg)
 	if err != nil {
