@@ -67,7 +67,7 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 			// Once open, the file survives its removal: let go of it then.
 			defer release()
 			if f == nil {
-				rc, err := p.store.Open(ctx, t.storeRepo(), dgst, off)
+				rc, err := p.openServed(ctx, t, dgst, off)
 				gone = errors.Is(err, storage.ErrNotFound)
 				return rc, err
 			}
@@ -148,7 +148,7 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 		if ok {
 			gone := false
 			err := serveBlob(w, r, dgst, size, func(off int64) (io.ReadCloser, error) {
-				rc, err := p.store.Open(ctx, t.storeRepo(), dgst, off)
+				rc, err := p.openServed(ctx, t, dgst, off)
 				gone = errors.Is(err, storage.ErrNotFound)
 				return rc, err
 			})
@@ -190,7 +190,7 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 	// now rather than wait for the record.
 	if dl.isVerified() {
 		if size, err := p.store.Stat(ctx, t.storeRepo(), dgst); err == nil {
-			return serveBlob(w, r, dgst, size, func(off int64) (io.ReadCloser, error) { return p.store.Open(ctx, t.storeRepo(), dgst, off) })
+			return serveBlob(w, r, dgst, size, func(off int64) (io.ReadCloser, error) { return p.openServed(ctx, t, dgst, off) })
 		}
 	}
 	select {
@@ -205,8 +205,64 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return fmt.Errorf("blob %s: %w", dgst, err)
 	}
-	return serveBlob(w, r, dgst, size, func(off int64) (io.ReadCloser, error) { return p.store.Open(ctx, t.storeRepo(), dgst, off) })
+	return serveBlob(w, r, dgst, size, func(off int64) (io.ReadCloser, error) { return p.openServed(ctx, t, dgst, off) })
 }
+
+// openServed opens the stored blob dgst at off, to be served to t's
+// client. A read of an object store (a bucket) that breaks mid-body (a
+// connection reset, common on S3) is reopened where it broke, at most
+// maxResumes times in a row without bringing resumeProgress bytes, so
+// that the client gets its whole answer: cut, it would fail its pull or
+// ask for the whole blob again. A local file is returned as it is, sent
+// by sendfile.
+func (p *Proxy) openServed(ctx context.Context, t target, dgst digest.Digest, off int64) (io.ReadCloser, error) {
+	rc, err := p.store.Open(ctx, t.storeRepo(), dgst, off)
+	if err != nil {
+		return nil, err
+	}
+	if _, local := rc.(storage.File); local {
+		return rc, nil
+	}
+	open := func(off int64) (io.ReadCloser, error) { return p.store.Open(ctx, t.storeRepo(), dgst, off) }
+	return &resumingReader{ctx: ctx, rc: rc, open: open, off: off, from: off}, nil
+}
+
+// resumingReader reads a stored blob from off, reopening it where its
+// read broke (openServed).
+type resumingReader struct {
+	ctx     context.Context
+	rc      io.ReadCloser
+	open    func(off int64) (io.ReadCloser, error)
+	off     int64 // where the next byte is read from
+	from    int64 // where rc was opened
+	resumes int
+}
+
+func (r *resumingReader) Read(b []byte) (int, error) {
+	for {
+		n, err := r.rc.Read(b)
+		r.off += int64(n)
+		if r.off-r.from >= resumeProgress {
+			r.resumes = 0
+		}
+		if err == nil || err == io.EOF || r.ctx.Err() != nil || r.resumes == maxResumes {
+			return n, err
+		}
+		r.rc.Close()
+		r.resumes++
+		rc, oerr := r.open(r.off)
+		if oerr != nil {
+			r.rc = failedBody{err}
+			return n, err
+		}
+		r.rc, r.from = rc, r.off
+		if n > 0 {
+			return n, nil
+		}
+	}
+}
+
+func (r *resumingReader) Close() error { return r.rc.Close() }
 
 // unsetBlobHeaders takes back the headers serveBlob set for a stored blob
 // it could not open, before the blob is answered another way.

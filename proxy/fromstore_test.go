@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -94,5 +95,46 @@ func TestBlobFromStoreReadCutResumes(t *testing.T) {
 	}
 	if n := gets.Load(); n != 0 {
 		t.Errorf("upstream asked for the blob's bytes %d times, want 0 (it is in the store)", n)
+	}
+}
+
+// TestHitFromStoreReadCutResumes: a blob held in an object store (a
+// bucket), whose read for a hit breaks mid-body (a connection reset,
+// common on S3), is read on from where it broke: the client gets the
+// whole blob (or the whole range it asked for) in one answer, and the
+// upstream, down, is not needed.
+func TestHitFromStoreReadCutResumes(t *testing.T) {
+	body := []byte(strings.Repeat("layer bytes ", 30000))
+	d := digest.FromBytes(body)
+	for _, rng := range []string{"", "bytes=1000-"} {
+		t.Run("range="+rng, func(t *testing.T) {
+			mem, _ := memStore(t)
+			store := &cutReads{DriverStore: mem, cutAfter: 100 << 10}
+			p, up, _ := testMirror(t, store, "http://127.0.0.1:1")
+			tg := target{up: up, repo: "library/app", name: "app"}
+			if err := mem.Put(t.Context(), tg.storeRepo(), d, int64(len(body)), bytes.NewReader(body)); err != nil {
+				t.Fatal(err)
+			}
+			if err := p.index.RecordBlob(tg.host(), tg.repo, d, int64(len(body)), time.Now()); err != nil {
+				t.Fatal(err)
+			}
+			srv := httptest.NewServer(p.Handler())
+			defer srv.Close()
+			req, _ := http.NewRequest(http.MethodGet, srv.URL+"/v2/library/app/blobs/"+d.String(), nil)
+			want, status := body, http.StatusOK
+			if rng != "" {
+				req.Header.Set("Range", rng)
+				want, status = body[1000:], http.StatusPartialContent
+			}
+			resp, err := srv.Client().Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			got, err := io.ReadAll(resp.Body)
+			if resp.StatusCode != status || resp.Header.Get(cacheHeader) != "hit" || err != nil || !bytes.Equal(got, want) {
+				t.Fatalf("status %d (X-Cache %q), %d of %d bytes, err %v; want %d, the whole answer", resp.StatusCode, resp.Header.Get(cacheHeader), len(got), len(want), err, status)
+			}
+		})
 	}
 }
