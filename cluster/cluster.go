@@ -75,6 +75,8 @@ type peer struct {
 	up     bool
 	since  time.Time
 	err    string // why it is down
+	// answers: down, it answered its probe (not ready), not unreachable.
+	answers bool
 	// downed is closed when the peer is marked down, and made anew when
 	// it is up again: requests to it in flight end then (Cluster.do).
 	downed chan struct{}
@@ -97,6 +99,9 @@ type PeerState struct {
 	Since time.Time `json:"since"`
 	// Error says why the replica is down.
 	Error string `json:"error,omitempty"`
+	// NotReady: down, but it answers (its /readyz said it is not ready:
+	// its store full, starting, shutting down), not unreachable.
+	NotReady bool `json:"not_ready,omitempty"`
 	// Source is "self", "static" (configured) or "dns".
 	Source string `json:"source"`
 }
@@ -268,7 +273,7 @@ func (c *Cluster) Peers() []PeerState {
 		if !p.static {
 			src = "dns"
 		}
-		out = append(out, PeerState{URL: u, Up: p.up, Since: p.since, Error: p.err, Source: src})
+		out = append(out, PeerState{URL: u, Up: p.up, Since: p.since, Error: p.err, NotReady: !p.up && p.answers, Source: src})
 	}
 	return out
 }
@@ -322,9 +327,9 @@ func (c *Cluster) setState(u string, up bool, why error) {
 		}
 	}
 	if ok {
-		p.err = ""
+		p.err, p.answers = "", false
 		if !up && why != nil {
-			p.err = why.Error()
+			p.err, p.answers = why.Error(), errors.As(why, new(notReadyError))
 		}
 	}
 	c.mu.Unlock()
@@ -447,10 +452,16 @@ func (c *Cluster) probe(ctx context.Context, u string) (bool, error) {
 	}
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return false, fmt.Errorf("/readyz answered %d", resp.StatusCode)
+		return false, notReadyError(resp.StatusCode)
 	}
 	return true, nil
 }
+
+// notReadyError is a probe's answer other than 200: the peer answers,
+// but is not ready.
+type notReadyError int
+
+func (e notReadyError) Error() string { return fmt.Sprintf("/readyz answered %d", int(e)) }
 
 // Refresh resolves peers_dns again: addresses it no longer lists are
 // dropped, new ones join (up). Configured peers stay whatever DNS says. A

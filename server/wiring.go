@@ -286,7 +286,10 @@ func newStatus(s *Server) *statuspage.Handler {
 				if p.Self {
 					st.Name += " (this replica)"
 				}
-				if !p.Up {
+				switch {
+				case p.NotReady:
+					st.State = "not ready"
+				case !p.Up:
 					st.State = "unreachable"
 				}
 				peers = append(peers, st)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -67,4 +68,42 @@ func TestStatusShowsPeers(t *testing.T) {
 	if p := got[rs[1].url]; p.State != "ok" {
 		t.Errorf("%s: %+v, want ok", rs[1].url, p)
 	}
+}
+
+// A replica that answers its /readyz 503 (its store full with
+// fail_when_full, or not ready yet) is shown as not ready, with the
+// answer: it answers, and the page must not send its operator looking
+// for a network fault.
+func TestStatusShowsPeerNotReady(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	notReady := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "not ready: store full", http.StatusServiceUnavailable)
+	}))
+	defer notReady.Close()
+	rs := startCluster(t, 1, up, sharedDir, func(_ int, urls []string) (string, []string) {
+		return urls[0], []string{urls[0], notReady.URL}
+	})
+	rs[0].srv.Cluster.Probe(context.Background())
+	_, _, body, err := get(context.Background(), rs[0].url+"/api/v1/status", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s struct {
+		Peers []struct {
+			Name, State string
+			LastError   string `json:"last_error"`
+		}
+	}
+	if err := json.Unmarshal(body, &s); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range s.Peers {
+		if p.Name == notReady.URL {
+			if p.State != "not ready" || !strings.Contains(p.LastError, "503") {
+				t.Errorf("a peer whose /readyz answers 503: %+v, want not ready, with its answer", p)
+			}
+			return
+		}
+	}
+	t.Fatalf("%s not among the peers %+v", notReady.URL, s.Peers)
 }
