@@ -77,6 +77,9 @@ type peer struct {
 	err    string // why it is down
 	// answers: down, it answered its probe (not ready), not unreachable.
 	answers bool
+	// refuses: its last probe's answer said it does not take this
+	// replica's secret (secretRefusedHeader).
+	refuses bool
 	// downed is closed when the peer is marked down, and made anew when
 	// it is up again: requests to it in flight end then (Cluster.do).
 	downed chan struct{}
@@ -102,6 +105,11 @@ type PeerState struct {
 	// NotReady: down, but it answers (its /readyz said it is not ready:
 	// its store full, starting, shutting down), not unreachable.
 	NotReady bool `json:"not_ready,omitempty"`
+	// SecretRefused: its last probe's answer said it does not take this
+	// replica's cluster secret (another secret, or none): with client
+	// auth on it refuses the requests forwarded to it, and its share of
+	// misses is fetched twice.
+	SecretRefused bool `json:"secret_refused,omitempty"`
 	// Source is "self", "static" (configured) or "dns".
 	Source string `json:"source"`
 }
@@ -273,7 +281,7 @@ func (c *Cluster) Peers() []PeerState {
 		if !p.static {
 			src = "dns"
 		}
-		out = append(out, PeerState{URL: u, Up: p.up, Since: p.since, Error: p.err, NotReady: !p.up && p.answers, Source: src})
+		out = append(out, PeerState{URL: u, Up: p.up, Since: p.since, Error: p.err, NotReady: !p.up && p.answers, SecretRefused: p.refuses, Source: src})
 	}
 	return out
 }
@@ -451,10 +459,26 @@ func (c *Cluster) probe(ctx context.Context, u string) (bool, error) {
 		return false, err
 	}
 	resp.Body.Close()
+	c.noteSecret(u, resp.Header.Get(secretRefusedHeader) != "")
 	if resp.StatusCode != http.StatusOK {
 		return false, notReadyError(resp.StatusCode)
 	}
 	return true, nil
+}
+
+// noteSecret records whether the peer u refuses this replica's secret
+// (refused), as its probe's answer said; a change to refused is logged.
+func (c *Cluster) noteSecret(u string, refused bool) {
+	c.mu.Lock()
+	p, ok := c.peers[u]
+	changed := ok && p.refuses != refused
+	if ok {
+		p.refuses = refused
+	}
+	c.mu.Unlock()
+	if changed && refused {
+		c.log.Warn("cluster peer refuses this replica's cluster secret: requests forwarded to it are not trusted (with client auth, refused and fetched here)", "peer", u)
+	}
 }
 
 // notReadyError is a probe's answer other than 200: the peer answers,

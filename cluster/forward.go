@@ -30,6 +30,11 @@ const HopHeader = "Docker-Mirror-Forwarded"
 // secretHeader carries the shared secret (WithSecret) between replicas.
 const secretHeader = "Docker-Mirror-Cluster-Secret"
 
+// secretRefusedHeader, on an answer to a request carrying a secret that
+// is not this replica's (or to one of a replica without a secret), tells
+// the sender: its requests are not trusted here (a probe shows it).
+const secretRefusedHeader = "Docker-Mirror-Cluster-Secret-Refused"
+
 type ctxKey int
 
 const trustedPeer ctxKey = iota
@@ -50,6 +55,8 @@ func (c *Cluster) Handler(next http.Handler) http.Handler {
 			r.Header.Del(secretHeader)
 			if c.secret != "" && len(s) == 1 && subtle.ConstantTimeCompare([]byte(s[0]), []byte(c.secret)) == 1 {
 				r = r.WithContext(context.WithValue(r.Context(), trustedPeer, true))
+			} else {
+				w.Header().Set(secretRefusedHeader, "1")
 			}
 		}
 		if c.secret != "" && !signed {

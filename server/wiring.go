@@ -291,6 +291,9 @@ func newStatus(s *Server) *statuspage.Handler {
 					st.State = "not ready"
 				case !p.Up:
 					st.State = "unreachable"
+				case p.SecretRefused:
+					st.State = "secret refused"
+					st.LastError = "it does not take this replica's cluster secret: requests forwarded to it are not trusted (with client auth, refused and fetched here)"
 				}
 				peers = append(peers, st)
 			}

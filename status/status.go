@@ -26,7 +26,7 @@ import (
 type PeerState struct {
 	Name      string    `json:"name"`
 	URL       string    `json:"url,omitempty"`
-	State     string    `json:"state"` // "ok", "not ready" (it answers) or "unreachable"
+	State     string    `json:"state"` // "ok", "secret refused", "not ready" (it answers) or "unreachable"
 	LastError string    `json:"last_error,omitempty"`
 	Since     time.Time `json:"since,omitzero"` // when State last changed
 }

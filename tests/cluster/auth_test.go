@@ -2,9 +2,12 @@ package cluster_test
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -75,4 +78,69 @@ func TestClusterWithAuth(t *testing.T) {
 	if fallbacks != 0 {
 		t.Errorf("%v forwards fell back to a local fetch: a replica refused another", fallbacks)
 	}
+}
+
+// TestStatusShowsPeerWithAnotherSecret: a replica whose cluster secret is
+// not this one's (a secret file not updated, a rotation half done) with
+// client auth on refuses every request this replica forwards to it (it
+// does not trust them, and they carry no client credentials): its share
+// of misses is fetched here as well. Its /readyz answers all the same;
+// the status page says it refuses this replica's secret, not "ok".
+func TestStatusShowsPeerWithAnotherSecret(t *testing.T) {
+	dir := t.TempDir()
+	hash, err := bcrypt.GenerateFromPassword([]byte("pw"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	htpasswd, secret, other := filepath.Join(dir, "htpasswd"), filepath.Join(dir, "secret"), filepath.Join(dir, "other")
+	for f, b := range map[string]string{htpasswd: "ci:" + string(hash) + "\n", secret: "s3cret\n", other: "another\n"} {
+		if err := os.WriteFile(f, []byte(b), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	up := fixture.StartUpstream(t)
+	rs := startCluster(t, 2, up, sharedDir, nil, func(c *config.Config) {
+		c.Auth = config.Auth{Htpasswd: htpasswd}
+		c.Cluster.SecretFile = secret
+	})
+	rs[1].cfg.Cluster.SecretFile = other
+	rs[1].restart(t)
+	var dgst string
+	for i := 0; dgst == ""; i++ {
+		if d := up.PushBlob(t, "library/secret", []byte(fmt.Sprintf("blob %d", i))); owner(rs, d) == rs[1] {
+			dgst = d
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	st, _, body, err := get(ctx, "http://ci:pw@"+rs[0].url[len("http://"):]+"/v2/library/secret/blobs/"+dgst, nil)
+	if err != nil || st != http.StatusOK || sha(body) != dgst {
+		t.Fatalf("blob through %s: status %d, err %v", rs[0].url, st, err)
+	}
+	if n := rs[0].metric(t, "docker_mirror_cluster_forwarded_total", map[string]string{"result": "fallback"}); n != 1 {
+		t.Fatalf("%v forwards fell back to a fetch here, want 1: the owner refused the forward", n)
+	}
+	rs[0].srv.Cluster.Probe(context.Background())
+	_, _, body, err = get(ctx, "http://ci:pw@"+rs[0].url[len("http://"):]+"/api/v1/status", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s struct {
+		Peers []struct {
+			Name, State string
+			LastError   string `json:"last_error"`
+		}
+	}
+	if err := json.Unmarshal(body, &s); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range s.Peers {
+		if p.Name == rs[1].url {
+			if p.State == "ok" || !strings.Contains(p.LastError, "secret") {
+				t.Errorf("a peer refusing this replica's secret: %+v, want its state saying so", p)
+			}
+			return
+		}
+	}
+	t.Fatalf("%s not among the peers %+v", rs[1].url, s.Peers)
 }
