@@ -311,3 +311,60 @@ func TestDriverStoreS3ReadCutIsUnavailable(t *testing.T) {
 		t.Errorf("ReadSized of content whose GET was cut = %d of %d bytes, %v; want an error wrapping ErrUnavailable", len(got), len(b), err)
 	}
 }
+
+// fullS3 is an S3 endpoint in front of a real one whose every write
+// (a PUT, or a multipart upload's POST) is refused as a full or
+// over-quota S3-compatible store refuses it: status and code.
+type fullS3 struct {
+	next   http.Handler
+	status int
+	code   string
+	full   atomic.Bool
+}
+
+func (f *fullS3) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !f.full.Load() || (r.Method != http.MethodPut && r.Method != http.MethodPost) {
+		f.next.ServeHTTP(w, r)
+		return
+	}
+	_, _ = io.Copy(io.Discard, r.Body)
+	w.Header().Set("Content-Type", "application/xml")
+	w.WriteHeader(f.status)
+	_, _ = w.Write([]byte(`<?xml version="1.0" encoding="UTF-8"?><Error><Code>` + f.code + `</Code><Message>no room</Message></Error>`))
+}
+
+// A write refused by an S3-compatible store that has no room (MinIO's
+// 507 XMinioStorageFull once its drives pass their free-space threshold,
+// Ceph RGW's QuotaExceeded for a bucket or user quota) is a full store
+// (storage.IsFull), as ENOSPC is on disk: the mirror then says so (507,
+// docker_mirror_store_full, /readyz), not an internal error.
+func TestDriverStoreS3FullIsFull(t *testing.T) {
+	srv := s3test.Start(t)
+	u, err := url.Parse(srv.Endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		status int
+		code   string
+	}{{http.StatusInsufficientStorage, "XMinioStorageFull"}, {http.StatusForbidden, "QuotaExceeded"}} {
+		t.Run(c.code, func(t *testing.T) {
+			bucket := srv.NewBucket(t)
+			full := &fullS3{next: httputil.NewSingleHostReverseProxy(u), status: c.status, code: c.code}
+			front := httptest.NewServer(full)
+			t.Cleanup(front.Close)
+			params := srv.Params(bucket)
+			params["regionendpoint"] = front.URL
+			s, err := storage.OpenDriverStore(t.Context(), "s3aws", params)
+			if err != nil {
+				t.Fatal(err)
+			}
+			full.full.Store(true)
+			b := []byte("content with no room for it")
+			err = s.Put(t.Context(), "r", digest.FromBytes(b), int64(len(b)), bytes.NewReader(b))
+			if err == nil || !storage.IsFull(err) {
+				t.Errorf("Put refused with %d %s = %v; want a full store (storage.IsFull)", c.status, c.code, err)
+			}
+		})
+	}
+}

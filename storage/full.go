@@ -3,13 +3,15 @@ package storage
 import (
 	"errors"
 	"fmt"
+	"net/http"
 	"syscall"
 
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 )
 
 // ErrFull: a write found no space left on the device (ENOSPC) or the
-// disk quota used up (EDQUOT), in the store or in the spool beside it.
+// disk quota used up (EDQUOT), in the store or in the spool beside it, or
+// an S3-compatible store refused it for want of room or quota.
 // Nothing was kept. Wrapping errors say which write failed.
 var ErrFull = errors.New("store full")
 
@@ -29,6 +31,17 @@ func IsFull(err error) bool { return errors.Is(err, ErrFull) || noSpace(err) }
 
 func noSpace(err error) bool {
 	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return true
+	}
+	// An S3-compatible store with no room refuses the write with an
+	// error of its own: MinIO's 507 XMinioStorageFull once its drives
+	// pass their free-space threshold, Ceph RGW's QuotaExceeded for a
+	// bucket's or a user's quota (the SDK's awserr.RequestFailure).
+	var se interface {
+		Code() string
+		StatusCode() int
+	}
+	if errors.As(err, &se) && (se.StatusCode() == http.StatusInsufficientStorage || se.Code() == "XMinioStorageFull" || se.Code() == "QuotaExceeded") {
 		return true
 	}
 	// The drivers' base wraps what the filesystem said (Writer, Move)
