@@ -358,7 +358,8 @@ var errPeerMarkedDown = errors.New("replica marked down while it was asked")
 
 // do sends req to the peer u. Once u is marked down (its probe, or
 // another request, failed), a request still waiting for its answer ends,
-// and so does an answer whose body brings nothing for the probe timeout:
+// and so does an answer whose body brings nothing for the probe timeout
+// while u is still down (up again, a pause is its upstream's, not a hang):
 // a replica that takes connections and answers nothing must not hold a
 // client for ever; the caller goes on as for a failed connection (the
 // next replica, or a fetch here). An answer still coming goes on: a
@@ -380,22 +381,31 @@ func (c *Cluster) do(req *http.Request, u string) (*http.Response, error) {
 	var answered atomic.Bool
 	var read atomic.Int64 // the body's bytes so far
 	go func() {
-		select {
-		case <-downed:
-		case <-done:
+	wait:
+		for {
+			select {
+			case <-downed:
+			case <-done:
+				return
+			}
+			for last := int64(-1); answered.Load() && read.Load() != last; {
+				last = read.Load()
+				t := time.NewTimer(c.probeTTL)
+				select {
+				case <-done:
+					t.Stop()
+					return
+				case <-t.C:
+				}
+				// Up again: its answer pausing is no sign of a hang.
+				if d, up := c.downedOf(u); up {
+					downed = d
+					continue wait
+				}
+			}
+			cancel(errPeerMarkedDown)
 			return
 		}
-		for last := int64(-1); answered.Load() && read.Load() != last; {
-			last = read.Load()
-			t := time.NewTimer(c.probeTTL)
-			select {
-			case <-done:
-				t.Stop()
-				return
-			case <-t.C:
-			}
-		}
-		cancel(errPeerMarkedDown)
 	}()
 	end := sync.OnceFunc(func() { close(done); cancel(nil) })
 	resp, err := c.client.Do(req.WithContext(ctx))
@@ -406,6 +416,17 @@ func (c *Cluster) do(req *http.Request, u string) (*http.Response, error) {
 	answered.Store(true)
 	resp.Body = &endingBody{ReadCloser: resp.Body, read: &read, end: end}
 	return resp, nil
+}
+
+// downedOf returns the channel closed when the peer u is next marked
+// down, and whether it is up now.
+func (c *Cluster) downedOf(u string) (chan struct{}, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if p, ok := c.peers[u]; ok && p.up {
+		return p.downed, true
+	}
+	return nil, false
 }
 
 // endingBody counts the bytes read, and calls end once closed.

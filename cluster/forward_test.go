@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -555,4 +557,68 @@ func TestServeBlobOwnerHungMidBodyCutOnceMarkedDown(t *testing.T) {
 	if got := <-done; !got.served || got.err == nil {
 		t.Fatalf("served %v, err %v: want the answer begun broken off (its rest nowhere to be had)", got.served, got.err)
 	}
+}
+
+// roundTrip is an http.RoundTripper of a function: replicas answering in
+// memory, so that a test runs in a synctest bubble.
+type roundTrip func(*http.Request) (*http.Response, error)
+
+func (f roundTrip) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// TestServeBlobOwnerBackUpNotCutWhenItsAnswerPauses: an answer in flight
+// when its owner was marked down (a probe that failed once: a store
+// briefly unreachable, a probe timed out under load) and that went on
+// while the owner was up again, pausing longer than the probe timeout
+// (the owner's own upstream stalled), goes on: it is not cut as one from
+// a replica still down, and resumed through the next replica, which
+// would fetch the blob from the upstream again.
+func TestServeBlobOwnerBackUpNotCutWhenItsAnswerPauses(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const peer = "http://owner.test:5000"
+		pr, pw := io.Pipe()
+		var body []byte
+		rt := roundTrip(func(r *http.Request) (*http.Response, error) {
+			resp := &http.Response{StatusCode: http.StatusOK, Header: http.Header{}, Body: http.NoBody, Request: r}
+			switch {
+			case r.URL.Host != "owner.test:5000":
+				resp.StatusCode = http.StatusInternalServerError // nowhere else to resume
+			case r.URL.Path != "/readyz":
+				go func() {
+					<-r.Context().Done()
+					pw.CloseWithError(context.Cause(r.Context()))
+				}()
+				resp.ContentLength, resp.Body = int64(len(body)), pr
+			}
+			return resp, nil
+		})
+		c, err := New("http://self.test:5000", []string{peer}, quiet(), WithTransport(rt), WithProbeTimeout(5*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, d := ownedBy(t, c, peer)
+		w := httptest.NewRecorder()
+		done := make(chan error, 1)
+		go func() {
+			_, err := c.ServeBlob(w, blobRequest(d), d)
+			done <- err
+		}()
+		pw.Write(body[:1])
+		c.markDown(peer, errors.New("probe timed out"))
+		c.Probe(context.Background()) // up again
+		if !peerUp(c, peer) {
+			t.Fatal("owner not up again")
+		}
+		time.Sleep(time.Minute) // the owner's upstream stalls
+		synctest.Wait()
+		select {
+		case err := <-done:
+			t.Fatalf("an answer from an owner up again was cut while it paused: %v", err)
+		default:
+		}
+		pw.Write(body[1:])
+		pw.Close()
+		if err := <-done; err != nil || w.Body.String() != string(body) {
+			t.Fatalf("err %v, body %q", err, w.Body.String())
+		}
+	})
 }
