@@ -314,8 +314,13 @@ func (c *Cluster) markDown(u string, why error) {
 // failed (its upstream cut it beyond resuming) breaks its answer as a
 // dead one does; marked down, its every other answer in flight would be
 // cut (do) and its share of misses fetched from the upstream again
-// elsewhere until the next probe.
+// elsewhere until the next probe. One already down (its answer cut for
+// that: it hung) is not probed again: that would hold the client for
+// another probe timeout before its blob is resumed elsewhere.
 func (c *Cluster) cutOff(ctx context.Context, u string, why error) {
+	if c.Down(u) {
+		return
+	}
 	if up, err := c.probe(context.WithoutCancel(ctx), u); !up {
 		c.markDown(u, fmt.Errorf("%w; then %w", why, err))
 	}

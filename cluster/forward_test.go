@@ -622,3 +622,49 @@ func TestServeBlobOwnerBackUpNotCutWhenItsAnswerPauses(t *testing.T) {
 		}
 	})
 }
+
+// TestServeBlobOwnerMarkedDownNotProbedAgainWhenCut: an answer cut
+// because its owner was marked down (it hung: its probe got no answer)
+// is resumed through the next replica at once: the owner is not probed
+// again first, which would hold the client for another probe timeout.
+func TestServeBlobOwnerMarkedDownNotProbedAgainWhenCut(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const peer = "http://owner.test:5000"
+		pr, pw := io.Pipe()
+		var body []byte
+		var probes atomic.Int32
+		rt := roundTrip(func(r *http.Request) (*http.Response, error) {
+			switch {
+			case r.URL.Host != "owner.test:5000":
+				return &http.Response{StatusCode: http.StatusInternalServerError, Header: http.Header{}, Body: http.NoBody, Request: r}, nil
+			case r.URL.Path == "/readyz":
+				probes.Add(1)
+				<-r.Context().Done() // hung
+				return nil, context.Cause(r.Context())
+			}
+			go func() {
+				<-r.Context().Done()
+				pw.CloseWithError(context.Cause(r.Context()))
+			}()
+			return &http.Response{StatusCode: http.StatusOK, Header: http.Header{}, ContentLength: int64(len(body)), Body: pr, Request: r}, nil
+		})
+		c, err := New("http://self.test:5000", []string{peer}, quiet(), WithTransport(rt), WithProbeTimeout(5*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, d := ownedBy(t, c, peer)
+		done := make(chan error, 1)
+		go func() {
+			_, err := c.ServeBlob(httptest.NewRecorder(), blobRequest(d), d)
+			done <- err
+		}()
+		pw.Write(body[:1])
+		c.Probe(context.Background()) // no answer: marked down
+		if err := <-done; err == nil {
+			t.Fatal("a hung owner's answer was not cut")
+		}
+		if n := probes.Load(); n != 1 {
+			t.Errorf("the hung owner was probed %d times, want 1: its answer cut, it was probed again before resuming", n)
+		}
+	})
+}
