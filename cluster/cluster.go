@@ -363,9 +363,10 @@ var errPeerMarkedDown = errors.New("replica marked down while it was asked")
 
 // do sends req to the peer u. Once u is marked down (its probe, or
 // another request, failed), a request still waiting for its answer ends,
-// and so does an answer whose body brings nothing for the probe timeout
-// while u is still down (up again, a pause is its upstream's, not a hang):
-// a replica that takes connections and answers nothing must not hold a
+// and so does an answer a read of which waits on u for the probe timeout,
+// bringing nothing, while u is still down (a body left unread meanwhile,
+// its client slow, is not hung; up again, a pause is its upstream's): a
+// replica that takes connections and answers nothing must not hold a
 // client for ever; the caller goes on as for a failed connection (the
 // next replica, or a fetch here). An answer still coming goes on: a
 // replica shutting down (its listener closed, its probe refused) finishes
@@ -384,7 +385,8 @@ func (c *Cluster) do(req *http.Request, u string) (*http.Response, error) {
 	ctx, cancel := context.WithCancelCause(req.Context())
 	done := make(chan struct{})
 	var answered atomic.Bool
-	var read atomic.Int64 // the body's bytes so far
+	var read atomic.Int64   // the body's bytes so far
+	var waiting atomic.Bool // a read of the body waits on u
 	go func() {
 	wait:
 		for {
@@ -393,8 +395,11 @@ func (c *Cluster) do(req *http.Request, u string) (*http.Response, error) {
 			case <-done:
 				return
 			}
-			for last := int64(-1); answered.Load() && read.Load() != last; {
-				last = read.Load()
+			// Cut once a read has waited on u for the probe timeout,
+			// bringing nothing: a body not read meanwhile (its client
+			// taking its bytes slowly) is not one u hangs.
+			last, stalled := read.Load(), waiting.Load()
+			for answered.Load() {
 				t := time.NewTimer(c.probeTTL)
 				select {
 				case <-done:
@@ -407,6 +412,11 @@ func (c *Cluster) do(req *http.Request, u string) (*http.Response, error) {
 					downed = d
 					continue wait
 				}
+				n, w := read.Load(), waiting.Load()
+				if n == last && stalled && w {
+					break
+				}
+				last, stalled = n, w
 			}
 			cancel(errPeerMarkedDown)
 			return
@@ -419,7 +429,7 @@ func (c *Cluster) do(req *http.Request, u string) (*http.Response, error) {
 		return nil, err
 	}
 	answered.Store(true)
-	resp.Body = &endingBody{ReadCloser: resp.Body, read: &read, end: end}
+	resp.Body = &endingBody{ReadCloser: resp.Body, read: &read, waiting: &waiting, end: end}
 	return resp, nil
 }
 
@@ -434,16 +444,20 @@ func (c *Cluster) downedOf(u string) (chan struct{}, bool) {
 	return nil, false
 }
 
-// endingBody counts the bytes read, and calls end once closed.
+// endingBody counts the bytes read, tells when a read waits, and calls
+// end once closed.
 type endingBody struct {
 	io.ReadCloser
-	read *atomic.Int64
-	end  func()
+	read    *atomic.Int64
+	waiting *atomic.Bool
+	end     func()
 }
 
 func (b *endingBody) Read(p []byte) (int, error) {
+	b.waiting.Store(true)
 	n, err := b.ReadCloser.Read(p)
 	b.read.Add(int64(n))
+	b.waiting.Store(false)
 	return n, err
 }
 

@@ -10,6 +10,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -665,6 +666,73 @@ func TestServeBlobOwnerMarkedDownNotProbedAgainWhenCut(t *testing.T) {
 		}
 		if n := probes.Load(); n != 1 {
 			t.Errorf("the hung owner was probed %d times, want 1: its answer cut, it was probed again before resuming", n)
+		}
+	})
+}
+
+// slowClient is a recorder whose first Write waits for gate, as a write
+// to a client reading slowly does; writing is closed as it starts.
+type slowClient struct {
+	*httptest.ResponseRecorder
+	writing, gate chan struct{}
+	once          *sync.Once
+}
+
+func (w slowClient) Write(p []byte) (int, error) {
+	w.once.Do(func() {
+		close(w.writing)
+		<-w.gate
+	})
+	return w.ResponseRecorder.Write(p)
+}
+
+// TestServeBlobOwnerDownSlowClientNotCut: an answer from an owner marked
+// down (stopping: its listener closed, it finishes its answers) whose
+// client takes its bytes slowly, so that the answer is not read for the
+// probe timeout while the owner has the rest ready, goes on: only a read
+// waiting on the owner that long is a hang. Cut, it was resumed through
+// the next replica, which fetched the blob from the upstream again.
+func TestServeBlobOwnerDownSlowClientNotCut(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const peer = "http://owner.test:5000"
+		pr, pw := io.Pipe()
+		var body []byte
+		rt := roundTrip(func(r *http.Request) (*http.Response, error) {
+			if r.URL.Host != "owner.test:5000" || r.URL.Path == "/readyz" {
+				return &http.Response{StatusCode: http.StatusServiceUnavailable, Header: http.Header{}, Body: http.NoBody, Request: r}, nil
+			}
+			go func() {
+				<-r.Context().Done()
+				pw.CloseWithError(context.Cause(r.Context()))
+			}()
+			go func() { // the owner sends it all, as fast as it is taken
+				pw.Write(body[:3])
+				pw.Write(body[3:])
+				pw.Close()
+			}()
+			return &http.Response{StatusCode: http.StatusOK, Header: http.Header{}, ContentLength: int64(len(body)), Body: pr, Request: r}, nil
+		})
+		c, err := New("http://self.test:5000", []string{peer}, quiet(), WithTransport(rt), WithProbeTimeout(5*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, d := ownedBy(t, c, peer)
+		w := slowClient{httptest.NewRecorder(), make(chan struct{}), make(chan struct{}), new(sync.Once)}
+		done := make(chan error, 1)
+		go func() {
+			_, err := c.ServeBlob(w, blobRequest(d), d)
+			done <- err
+		}()
+		<-w.writing
+		c.Probe(context.Background()) // 503: stopping, marked down
+		if peerUp(c, peer) {
+			t.Fatal("owner still up")
+		}
+		time.Sleep(time.Minute) // the client takes its bytes slowly
+		synctest.Wait()
+		close(w.gate)
+		if err := <-done; err != nil || w.Body.String() != string(body) {
+			t.Fatalf("an answer whose client read slowly, its owner marked down: err %v, body %q; want the whole blob", err, w.Body.String())
 		}
 	})
 }
