@@ -61,6 +61,12 @@ var errArtifactBlobGone = errors.New("artifact's content not upstream")
 // answered), but fetching the manifest it names failed.
 var errArtifactTagListed = errors.New("artifact tag upstream")
 
+// tagPushError: the push of an artifact's tag failed, its manifest and
+// content stored (storeArtifact).
+type tagPushError struct{ error }
+
+func (e tagPushError) Unwrap() error { return e.error }
+
 // artifact is a supply-chain artifact of a subject: a referrer, or one of
 // cosign's tags.
 type artifact struct {
@@ -218,8 +224,9 @@ func (p *Proxy) storeReferrers(ctx context.Context, t target, subjects []digest.
 	looked := p.now()
 	var mu sync.Mutex
 	seen := map[digest.Digest]bool{}
-	// left: the artifacts left out of the image (artifactSkipped), whose
-	// other tags are not pushed either.
+	// left: the artifacts left out of the image (artifactSkipped), not
+	// for the refusal of one tag alone: their other tags are not pushed
+	// either.
 	left := map[digest.Digest]bool{}
 	for _, s := range subjects {
 		seen[s] = true
@@ -267,9 +274,14 @@ func (p *Proxy) storeReferrers(ctx context.Context, t target, subjects []digest.
 					}
 					err := p.storeArtifact(gctx, t, a)
 					if p.artifactSkipped(t, a, err) {
-						mu.Lock()
-						left[a.digest] = true
-						mu.Unlock()
+						if !errors.As(err, new(tagPushError)) {
+							// Not the refusal of this tag alone (a
+							// registry's immutable tags), its manifest
+							// there: its other tags would be refused.
+							mu.Lock()
+							left[a.digest] = true
+							mu.Unlock()
+						}
 						if errors.Is(err, errArtifactBlobGone) && a.tag == "" {
 							// Its content may come yet (a registry's
 							// replicas catching up): the list is due, and
@@ -529,7 +541,10 @@ func (p *Proxy) storeArtifact(ctx context.Context, t target, a artifact) error {
 		if err := p.pushManifest(ctx, t, m); err != nil {
 			return err
 		}
-		return p.publishTag(ctx, t, a.tag, m)
+		if err := p.publishTag(ctx, t, a.tag, m); err != nil {
+			return tagPushError{err}
+		}
+		return nil
 	}
 	rs, ok := p.store.(referrerStore)
 	if !ok {

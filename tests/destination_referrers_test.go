@@ -271,3 +271,81 @@ func TestDestinationSharedCosignArtifactLeftOut(t *testing.T) {
 		t.Errorf("image fill complete %v (recorded %v, %v), want complete", complete, ok, err)
 	}
 }
+
+// heldUntilTagPushed holds the upload of one blob (hold) until the push
+// of tag has been answered, whatever the answer: a fill that uploads
+// hold reaches what follows it only after the fill that pushes tag.
+type heldUntilTagPushed struct {
+	*destination.Store
+	hold   digest.Digest
+	tag    string
+	once   sync.Once
+	pushed chan struct{}
+}
+
+func (s *heldUntilTagPushed) Put(ctx context.Context, repo string, dgst digest.Digest, size int64, r io.Reader) error {
+	if dgst == s.hold {
+		<-s.pushed
+	}
+	return s.Store.Put(ctx, repo, dgst, size, r)
+}
+
+func (s *heldUntilTagPushed) PutManifest(ctx context.Context, repo, ref, mediaType string, body []byte) error {
+	err := s.Store.PutManifest(ctx, repo, ref, mediaType, body)
+	if ref == s.tag {
+		s.once.Do(func() { close(s.pushed) })
+	}
+	return err
+}
+
+// One cosign artifact tagged for two subjects of an image, whose tag for
+// the first is refused by the destination (a registry with immutable
+// tags, ECR's 400 TAG_INVALID, where that tag names an older artifact)
+// while its manifest is taken: its tag for the second subject is still
+// pushed. Before, the refusal of the one tag left the artifact out, and
+// its other tag was never pushed.
+func TestDestinationSharedCosignArtifactOneTagRefused(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	const repo = "library/signed"
+	ma := up.SeedMultiArch(t, repo, "1", fixture.OCI)
+	amd64 := ma.Platforms["linux/amd64"].Digest
+	refusedTag := cosignTag(ma.Digest, "sbom")
+	shared := pushArtifact(t, up, repo, refusedTag, sbomType, "the sbom")
+	if again := pushArtifact(t, up, repo, cosignTag(amd64, "sbom"), sbomType, "the sbom"); again.digest != shared.digest {
+		t.Fatalf("the artifact tagged twice has digests %s and %s", shared.digest, again.digest)
+	}
+	// The platform's signature is stored before its SBOM: held until the
+	// index's SBOM tag was refused, the platform's fill claims the shared
+	// artifact after the index's.
+	sig := pushArtifact(t, up, repo, cosignTag(amd64, "sig"), "application/vnd.dev.cosign.artifact.sig.v1+json", "signature")
+	var refused atomic.Int32
+	dest := fixture.StartDestination(t, map[string]string{destUser: destPassword}, fixture.WithFrontEnd(func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodPut && strings.HasSuffix(r.URL.Path, "/manifests/"+refusedTag) {
+				refused.Add(1)
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(http.StatusBadRequest)
+				_, _ = io.WriteString(w, `{"errors":[{"code":"TAG_INVALID","message":"the image tag already exists and cannot be overwritten because the repository is immutable"}]}`)
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	}))
+	var gate *heldUntilTagPushed
+	setup := &destSetup{password: destPassword, wrap: func(s *destination.Store) storage.Store {
+		gate = &heldUntilTagPushed{Store: s, hold: digest.Digest(sig.layer), tag: refusedTag, pushed: make(chan struct{})}
+		return gate
+	}}
+	m := startDestMirror(t, up, dest, setup)
+	t.Cleanup(func() { gate.once.Do(func() { close(gate.pushed) }) }) // before the mirror stops
+
+	// The index alone: its fill stores every platform and artifact (a
+	// platform pulled by digest would look for its artifacts again).
+	wantManifest(t, get(t, m.URL()+"/v2/signed/manifests/1"), ma.Index, ma.MediaType)
+	m.WaitIdle()
+	if refused.Load() == 0 {
+		t.Fatalf("the tag %s was never pushed", refusedTag)
+	}
+	wantDestManifest(t, dest, repo, "1", ma.Index, ma.MediaType)
+	wantDestManifest(t, dest, repo, cosignTag(amd64, "sbom"), shared.raw, oci.MediaTypeOCIManifest)
+}
