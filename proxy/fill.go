@@ -499,6 +499,13 @@ func (p *Proxy) ensureBlob(ctx context.Context, t target, dgst digest.Digest, si
 	if got, err := p.store.Stat(ctx, t.storeRepo(), dgst); err == nil {
 		return p.adoptListed(ctx, t, dgst, got, size)
 	}
+	if size > p.maxBlobSize {
+		// Refused as its download would be, without asking: an artifact
+		// left out for it (artifactSkipped) is tried again by every
+		// recheck, and a body sent without a length would be read up to
+		// the limit each time.
+		return tooLarge(t.host(), dgst, p.maxBlobSize, false, size)
+	}
 	if err := p.acquireFetch(ctx); err != nil {
 		return err
 	}

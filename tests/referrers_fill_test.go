@@ -880,3 +880,36 @@ func TestFillCompletesPastAnArtifactOverMaxBlobSize(t *testing.T) {
 	dm.WaitIdle()
 	wantDestManifest(t, dest, repo, "1", img.Manifest, img.MediaType)
 }
+
+// An artifact whose manifest declares a blob over the mirror's
+// max_blob_size is left out without asking the upstream for that blob:
+// not by the fill, nor by each recheck of the image's artifacts (every
+// ArtifactsRecheck while it is pulled), which asked for it again, and
+// from an upstream sending it without a length read up to max_blob_size
+// of it to throw away.
+func TestArtifactOverMaxBlobSizeNotAskedFor(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	const repo = "library/plain"
+	img := up.SeedImage(t, repo, "1", 1, 1<<10)
+	const limit = 16 << 10
+	sbom := pushArtifact(t, up, repo, cosignTag(img.Digest, "sbom"), "application/vnd.dev.cosign.artifact.sbom.v1+json", strings.Repeat("s", 4*limit))
+	up.ResetCounts()
+
+	m := servertest.Start(t, up.URL(), proxy.WithMaxBlobSize(limit))
+	cranePull(t, ref(t, m, "plain:1"))
+	m.WaitIdle()
+	for range 2 {
+		m.Clock.Advance(proxy.ArtifactsRecheck) // past the tag's TTL, and the last look
+		wantManifest(t, get(t, m.URL()+"/v2/plain/manifests/1"), img.Manifest, img.MediaType)
+		m.WaitIdle()
+	}
+	if n := requestsTo(up, http.MethodHead, "/v2/"+repo+"/manifests/"+cosignTag(img.Digest, "sbom")); n < 2 {
+		t.Fatalf("the SBOM's tag was looked up %d times, want the fill's and the rechecks'", n)
+	}
+	if n := requestsTo(up, http.MethodGet, "/v2/"+repo+"/blobs/"+sbom.layer); n != 0 {
+		t.Errorf("the SBOM's blob, declared over max_blob_size, was asked for %d times by a fill and two rechecks, want 0", n)
+	}
+	if complete, ok, err := m.Index.FillComplete("docker.io", repo, digest.Digest(img.Digest)); err != nil || !ok || !complete {
+		t.Errorf("image fill complete %v (recorded %v, %v), want complete", complete, ok, err)
+	}
+}
