@@ -145,3 +145,52 @@ func TestBlobResumeAnsweredInBytesStops(t *testing.T) {
 		t.Errorf("%d upstream GETs of the blob answered a byte at a time, want a few (the cut one, and resumes that brought too little)", n)
 	}
 }
+
+// claimsTheRest is an upstream front that answers a Range request with
+// its first piece bytes, as capRanges does, but whose 206 says in its
+// Content-Range that it holds the whole rest of the blob: each answer
+// ends short of what it claims, as a cut one does.
+func claimsTheRest(up http.Handler, piece, size int64) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var first int64
+		if _, err := fmt.Sscanf(r.Header.Get("Range"), "bytes=%d-", &first); err == nil {
+			r.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", first, first+piece-1))
+			w = &claimingWriter{ResponseWriter: w, claim: fmt.Sprintf("bytes %d-%d/%d", first, size-1, size)}
+		}
+		up.ServeHTTP(w, r)
+	})
+}
+
+type claimingWriter struct {
+	http.ResponseWriter
+	claim string
+}
+
+func (w *claimingWriter) WriteHeader(code int) {
+	if code == http.StatusPartialContent {
+		w.Header().Set("Content-Range", w.claim)
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+// An upstream whose answers to a resume end short of the range their
+// Content-Range claims (1 KiB of the rest each) is cut, not answering in
+// pieces: each such answer counts as a cut that brought too little, and
+// the download fails after a few. Before, each counted afresh, and the
+// mirror went on asking, a request per KiB of the blob (per byte, for an
+// upstream sending one), without end on a large blob.
+func TestBlobResumeAnswerShortOfItsRangeIsACut(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/short", "1", 1, 256<<10)
+	layer := img.Layers[0]
+	size := blobSizes(t, img)[layer]
+	front := httptest.NewServer(claimsTheRest(up, 1<<10, size))
+	t.Cleanup(front.Close)
+	m := servertest.Start(t, front.URL)
+	up.SetFault(fixture.Fault{Kind: fixture.KindBlob, Method: http.MethodGet, Cut: true, CutAfter: 100 << 10, Times: 1})
+	get(t, m.URL()+"/v2/short/blobs/"+layer)
+	m.WaitIdle()
+	if n := blobGets(up, layer); n > 5 {
+		t.Errorf("%d upstream GETs of a blob whose resumes each held 1 KiB of the rest they claimed, want at most 5 (the cut one and a few resumes)", n)
+	}
+}

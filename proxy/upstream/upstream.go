@@ -1776,8 +1776,30 @@ func (c *Client) Blob(ctx context.Context, repo string, dgst digest.Digest, offs
 			return nil, 0, c.invalid(r, "answered Content-Range %q to bytes=%d-", resp.Header.Get("Content-Range"), offset)
 		}
 		size = cr.Total
+		// A body that ends short of its range was cut: the caller goes
+		// on from an answer that ended where it said, as from one
+		// holding the whole rest, and one short of it would be taken
+		// for such an answer, again and again.
+		return &rangeBody{ReadCloser: resp.Body, left: cr.Last - cr.First + 1}, size, nil
 	}
 	return resp.Body, size, nil
+}
+
+// rangeBody is a 206's body: its end before the bytes its Content-Range
+// holds (left of them) is io.ErrUnexpectedEOF, as a body cut short of its
+// Content-Length is.
+type rangeBody struct {
+	io.ReadCloser
+	left int64
+}
+
+func (b *rangeBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.left -= int64(n)
+	if errors.Is(err, io.EOF) && b.left > 0 {
+		err = io.ErrUnexpectedEOF
+	}
+	return n, err
 }
 
 // HeadBlob returns a blob's size (-1 if the upstream did not say).
