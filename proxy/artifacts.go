@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -482,26 +483,184 @@ func (p *Proxy) cosignTag(ctx context.Context, t target, tag string) (*storedMan
 // referrers fallback tag) through the tag cache, without a background
 // fill of its own. A tag not cached is looked for with a HEAD first: most
 // images have none, and a GET of a manifest counts as a pull on Docker
-// Hub. upstream.ErrNotFound: there is no such tag; errArtifactTagListed
-// wraps the failure to read one the upstream has.
+// Hub. The HEAD's 404 is taken for "no such tag" unless t's upstream is
+// known to answer it for tags it has (tagHeadTrusted): then the GET says.
+// upstream.ErrNotFound: there is no such tag; errArtifactTagListed wraps
+// the failure to read one the upstream has.
 func (p *Proxy) artifactTag(ctx context.Context, t target, tag string, h http.Header) (*storedManifest, error) {
 	cached, err := p.tagHeld(t, tag)
 	if err != nil {
 		return nil, err
 	}
+	// confirm: t's upstream's HEAD lies, and a 404 it gave, or would
+	// give, is for the GET to confirm or deny.
+	confirm := false
 	if !cached {
-		hctx, cancel := context.WithTimeout(ctx, p.manifestTimeout)
-		_, err := t.up.HeadManifest(hctx, t.repo, oci.Ref{Tag: tag})
-		cancel()
-		if err != nil {
-			return nil, err
+		if confirm = p.tagHeads.get(t.host()) == headLies; !confirm {
+			hctx, cancel := context.WithTimeout(ctx, p.manifestTimeout)
+			_, err := t.up.HeadManifest(hctx, t.repo, oci.Ref{Tag: tag})
+			cancel()
+			if err != nil && (!tagNotFound(err) || p.tagHeadTrusted(ctx, t)) {
+				return nil, err
+			}
+			confirm = err != nil
 		}
 	}
 	m, err := p.manifestByTag(ctx, t, tag, h, tagOptions{})
-	if err != nil && !cached {
+	switch {
+	case err != nil && confirm:
+		// The GET's answer is the truth: a 404 is no such tag, and
+		// another failure says nothing of it.
+		return nil, err
+	case err != nil && !cached:
 		return nil, fmt.Errorf("%w: %w", errArtifactTagListed, err)
 	}
 	return m, err
+}
+
+// tagNotFound reports whether err is the upstream's 404 to a request for
+// a tag, not the ping's.
+func tagNotFound(err error) bool {
+	return errors.Is(err, upstream.ErrNotFound) && !pingNotFound(err)
+}
+
+// headVerdict is what the mirror learned of an upstream's HEAD of a tag.
+type headVerdict int8
+
+const (
+	headUnknown  headVerdict = iota
+	headTruthful             // its 404 is the truth
+	// headLies: it answered 404 for a tag its GET served (a Nexus or
+	// Artifactory proxy repository, for a tag its HEAD does not fetch
+	// from its own remote).
+	headLies
+)
+
+// tagHeads holds, per upstream host, what its HEADs of tags were found
+// to be worth, for the life of the process; the zero value knows nothing.
+type tagHeads struct {
+	mu       sync.Mutex
+	verdicts map[string]headVerdict
+	// probed: the "host/repo" whose tags were tried (tagHeadTrusted),
+	// not tried again.
+	probed map[string]bool
+}
+
+// probe reports whether the repository key is yet to be tried, and
+// notes it tried.
+func (th *tagHeads) probe(key string) bool {
+	th.mu.Lock()
+	defer th.mu.Unlock()
+	if th.probed[key] {
+		return false
+	}
+	if th.probed == nil {
+		th.probed = map[string]bool{}
+	}
+	th.probed[key] = true
+	return true
+}
+
+func (th *tagHeads) get(host string) headVerdict {
+	th.mu.Lock()
+	defer th.mu.Unlock()
+	return th.verdicts[host]
+}
+
+// set records v for host; a HEAD found lying once stays so: one that
+// answered a tag truthfully may lie for another its remote has and it
+// has not.
+func (th *tagHeads) set(host string, v headVerdict) {
+	th.mu.Lock()
+	defer th.mu.Unlock()
+	if th.verdicts == nil {
+		th.verdicts = map[string]headVerdict{}
+	}
+	if th.verdicts[host] != headLies {
+		th.verdicts[host] = v
+	}
+}
+
+// tagHeadTrusted reports whether a 404 of t's upstream to a tag's HEAD is
+// taken for "no such tag". Not known yet, it is found out once per
+// upstream (tried once per repository) with a HEAD of a tag of t's
+// repository the upstream has (headProbeTag): a 200 says its HEAD is
+// truthful (Docker Hub: a missing artifact tag then costs one HEAD and no
+// GET, which would count as a pull); a 404 says it lies, for a tag its
+// own list names, or one a GET serves. Until it is known (no tag found, the upstream failing), the
+// HEAD is taken at its word: a GET of every missing tag would count as a
+// pull on Docker Hub.
+func (p *Proxy) tagHeadTrusted(ctx context.Context, t target) bool {
+	if v := p.tagHeads.get(t.host()); v != headUnknown {
+		return v == headTruthful
+	}
+	v, err := shared(ctx, p.work, &p.tagFlights, "head\x00"+t.host()+"/"+t.repo, func() (headVerdict, error) {
+		if v := p.tagHeads.get(t.host()); v != headUnknown || !p.tagHeads.probe(t.host()+"/"+t.repo) {
+			return v, nil
+		}
+		ctx, cancel := p.detach(ctx, p.manifestTimeout)
+		defer cancel()
+		tag, listed, err := p.headProbeTag(ctx, t)
+		if err != nil || tag == "" {
+			return headUnknown, err
+		}
+		ref := oci.Ref{Tag: tag}
+		_, err = t.up.HeadManifest(ctx, t.repo, ref)
+		switch {
+		case err == nil:
+			p.tagHeads.set(t.host(), headTruthful)
+		case tagNotFound(err) && listed:
+			p.tagHeads.set(t.host(), headLies)
+		case tagNotFound(err):
+			// Gone upstream since, or a HEAD that lies: the GET says.
+			if _, err := t.up.Manifest(ctx, t.repo, ref); err == nil {
+				p.tagHeads.set(t.host(), headLies)
+			}
+		}
+		return p.tagHeads.get(t.host()), nil
+	})
+	return err != nil || v != headLies
+}
+
+// headProbeTag returns a tag of t's repository the upstream has: one its
+// tags list names (listed) that the mirror does not hold, which a proxy
+// repository in front of the registry is then unlikely to hold either
+// (it answers the HEAD of a tag in its cache, so of one the mirror
+// fetched through it, its image's tag, it would say nothing), an image's
+// rather than an artifact's; else, the list refused, one the mirror
+// holds (a 404 to its HEAD then confirmed by a GET). "" if there is none,
+// as when the list names only tags the mirror holds: a proxy repository
+// would answer their HEADs from its cache, telling nothing.
+func (p *Proxy) headProbeTag(ctx context.Context, t target) (tag string, listed bool, err error) {
+	notArtifact := func(tag string) bool {
+		name, _, _ := strings.Cut(tag, ".")
+		return !isFallbackTag(name)
+	}
+	if page, err := t.up.Tags(ctx, t.repo, url.Values{"n": {"100"}}); err == nil {
+		var unheld []string
+		for _, tag := range page.Tags {
+			if held, err := p.tagHeld(t, tag); err != nil {
+				return "", false, err
+			} else if !held {
+				unheld = append(unheld, tag)
+			}
+		}
+		if i := slices.IndexFunc(unheld, notArtifact); i >= 0 {
+			return unheld[i], true, nil
+		}
+		if len(unheld) > 0 {
+			return unheld[0], true, nil
+		}
+		return "", false, nil
+	}
+	tags, err := p.index.Tags(t.host(), t.repo)
+	if err != nil || len(tags) == 0 {
+		return "", false, err
+	}
+	if i := slices.IndexFunc(tags, notArtifact); i >= 0 {
+		return tags[i], false, nil
+	}
+	return tags[0], false, nil
 }
 
 // storeArtifact stores an artifact: its manifest, and its blobs or, for

@@ -368,6 +368,11 @@ func (p *Proxy) revalidate(ctx context.Context, t target, tag string) (digest.Di
 			if err != nil {
 				return "", err
 			}
+			if notFound {
+				// Its HEAD lies: an artifact tag's 404 is asked by GET too
+				// (artifactTag).
+				p.tagHeads.set(t.host(), headLies)
+			}
 			return m.Digest, nil
 		}
 		return d.Digest, nil

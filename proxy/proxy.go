@@ -79,6 +79,9 @@ type Proxy struct {
 	// artifactChecks: when each recently revalidated image last had its
 	// artifacts looked for again (recheckArtifacts), by fillKey.
 	artifactChecks *lru.Cache[string, time.Time]
+	// tagHeads: whether each upstream's HEAD of a tag tells the truth
+	// when it answers 404 (tagHeadTrusted).
+	tagHeads tagHeads
 	// wholeBlobs: the stored blobs whose size was found to be their
 	// record's (wholeBlob), and that size.
 	wholeBlobs *lru.Cache[digest.Digest, int64]

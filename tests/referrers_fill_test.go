@@ -175,6 +175,11 @@ func TestFillStoresReferrersAndCosignTags(t *testing.T) {
 			t.Errorf("missing tag %s: %d HEAD, %d GET upstream; want 1 HEAD and no GET", tag, h, g)
 		}
 	}
+	// Whether the upstream's HEAD of a tag tells the truth is asked with a
+	// HEAD, no GET: the image's tag costs the pull's one GET.
+	if h, g := requestsTo(up, http.MethodHead, base+"manifests/1"), requestsTo(up, http.MethodGet, base+"manifests/1"); h > 1 || g != 1 {
+		t.Errorf("the image's tag: %d HEAD, %d GET upstream; want at most 1 HEAD and 1 GET", h, g)
+	}
 	// Windows is not mirrored: neither are its artifacts looked for.
 	if n := requestsTo(up, http.MethodHead, base+"manifests/"+cosignTag(s.ma.Platforms["windows/amd64"].Digest, "sig")); n != 0 {
 		t.Errorf("cosign tags of an unmirrored platform looked for %d times", n)
@@ -912,4 +917,102 @@ func TestArtifactOverMaxBlobSizeNotAskedFor(t *testing.T) {
 	if complete, ok, err := m.Index.FillComplete("docker.io", repo, digest.Digest(img.Digest)); err != nil || !ok || !complete {
 		t.Errorf("image fill complete %v (recorded %v, %v), want complete", complete, ok, err)
 	}
+}
+
+// tagHeadNotFoundFront serves an upstream behind a front answering the
+// HEAD of a tag 404 until a GET of it went through, as a Nexus or
+// Artifactory proxy repository does for a tag not in its cache, its HEAD
+// not fetching from its own remote; closing it is that repository down.
+type tagHeadNotFoundFront struct {
+	*httptest.Server
+	mu      sync.Mutex
+	fetched map[string]bool // the paths of the tags in its cache
+	// noTagsList: its tags list answers 404, as to a client not allowed it.
+	noTagsList bool
+}
+
+func startTagHeadNotFoundFront(t *testing.T, up *fixture.Upstream) *tagHeadNotFoundFront {
+	t.Helper()
+	target, err := url.Parse(up.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp := httputil.NewSingleHostReverseProxy(target)
+	f := &tagHeadNotFoundFront{fetched: map[string]bool{}}
+	f.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, ref, ok := strings.Cut(r.URL.Path, "/manifests/")
+		f.mu.Lock()
+		cached := f.fetched[r.URL.Path]
+		if ok && r.Method == http.MethodGet {
+			f.fetched[r.URL.Path] = true
+		}
+		noTagsList := f.noTagsList
+		f.mu.Unlock()
+		if ok && r.Method == http.MethodHead && !strings.HasPrefix(ref, "sha256:") && !cached ||
+			noTagsList && strings.HasSuffix(r.URL.Path, "/tags/list") {
+			w.WriteHeader(http.StatusNotFound)
+			return
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(f.Close)
+	return f
+}
+
+// forget empties the front's cache, as its repository's expiry does.
+func (f *tagHeadNotFoundFront) forget() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	clear(f.fetched)
+}
+
+// Through an upstream that answers a tag's HEAD 404 while its GET serves
+// it (startTagHeadNotFoundFront), a signed image's fill stores its
+// cosign tags and the referrers its fallback tag lists, all then served
+// with the upstream down, as through one whose HEAD tells the truth.
+// Before, each HEAD's 404 was taken for "no such tag": the referrers list
+// was served empty, and offline the .sig was answered 404
+// MANIFEST_UNKNOWN, which cosign reads as an unsigned image.
+func TestFillStoresArtifactsThroughAnUpstreamWhoseTagHeadSaysNotFound(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	s := seedSignedImage(t, up)
+	front := startTagHeadNotFoundFront(t, up)
+	m := servertest.Start(t, front.URL)
+
+	cranePull(t, ref(t, m, "signed:1"), remote.WithPlatform(linuxAMD64))
+	m.WaitIdle()
+	const base = "/v2/library/signed/manifests/"
+	for _, tag := range []string{s.fallback, cosignTag(s.ma.Digest, "sig"), cosignTag(s.sig.digest, "sig"), cosignTag(s.ma.Platforms["linux/amd64"].Digest, "att")} {
+		if n := requestsTo(up, http.MethodGet, base+tag); n != 1 {
+			t.Errorf("GET %s: %d upstream requests, want 1", tag, n)
+		}
+	}
+	wantReferrers(t, get(t, m.URL()+"/v2/signed/referrers/"+s.ma.Digest), "hit", false, s.sbom.digest)
+
+	front.Close()
+	m.Clock.Advance(time.Hour) // past the tag TTL
+	wantManifest(t, get(t, m.URL()+"/v2/signed/manifests/"+cosignTag(s.ma.Digest, "sig")), s.sig.raw, oci.MediaTypeOCIManifest)
+	wantSignedOffline(t, m, s)
+}
+
+// An upstream whose tag HEAD a revalidation found lying (it answered 404
+// for a tag its GET served, startTagHeadNotFoundFront) is not taken at
+// its word for a fallback tag either: the referrers of an image no tag of
+// which the mirror holds (asked by digest, oras discover of name@digest),
+// on a mirror whose fills do not store artifacts, list what the fallback
+// tag lists. Before, the HEAD's 404 made the list empty.
+func TestReferrersAfterARevalidationFoundTheTagHeadLying(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	s := seedSignedImage(t, up)
+	img := up.SeedImage(t, "library/app", "v1", 1, 1<<10)
+	front := startTagHeadNotFoundFront(t, up)
+	front.noTagsList = true
+	m := servertest.Start(t, front.URL, proxy.WithReferrers(false))
+	for range 2 {
+		wantManifest(t, get(t, m.URL()+"/v2/app/manifests/v1"), img.Manifest, img.MediaType)
+		m.WaitIdle()
+		m.Clock.Advance(time.Hour) // past the tag TTL: the next pull revalidates
+		front.forget()             // and the front's cache expired
+	}
+	wantReferrers(t, get(t, m.URL()+"/v2/signed/referrers/"+s.ma.Digest), "miss", false, s.sbom.digest)
 }
