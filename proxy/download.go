@@ -693,20 +693,32 @@ func (p *Proxy) storeSpooled(ctx context.Context, t target, dl *download, f *os.
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return err
 	}
-	return p.store.Put(ctx, t.storeRepo(), dl.dgst, size, storeReader{f, func() { progressed(ctx); dl.progressed() }})
+	return p.store.Put(ctx, t.storeRepo(), dl.dgst, size, newStoreReader(f, func() { progressed(ctx); dl.progressed() }))
 }
 
-// storeReader is a spool file read into the store: each read is progress
-// of the download (and of the work waiting for it), so that an upload to
-// a slow store is not cut by the fill timeout while it moves.
-type storeReader struct {
-	f        *os.File
+// progressReader is r, each read of which calls progress first: content
+// read into the store, so that an upload to a slow store is not cut by
+// the fill timeout while it moves.
+type progressReader struct {
+	r        io.Reader
 	progress func()
 }
 
-func (r storeReader) Read(b []byte) (int, error) {
+func (r progressReader) Read(b []byte) (int, error) {
 	r.progress()
-	return r.f.Read(b)
+	return r.r.Read(b)
+}
+
+// storeReader is a spool file read into the store: each read is progress
+// of the download (and of the work waiting for it).
+type storeReader struct {
+	progressReader
+	f *os.File
+}
+
+// newStoreReader reads f, calling progress at each read.
+func newStoreReader(f *os.File, progress func()) storeReader {
+	return storeReader{progressReader{f, progress}, f}
 }
 
 // ReadAt lets the store read it again (a registry destination's upload

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"slices"
 	"sort"
 	"strings"
@@ -615,17 +614,6 @@ func (p *Proxy) copyStored(ctx context.Context, from, to target, dgst digest.Dig
 	err = p.store.Put(ctx, to.storeRepo(), dgst, size, progressReader{rc, func() { progressed(ctx) }})
 	p.noteRefusal(to, err)
 	return p.noteWrite(err)
-}
-
-// progressReader is r, each read of which calls progress first.
-type progressReader struct {
-	r        io.Reader
-	progress func()
-}
-
-func (r progressReader) Read(b []byte) (int, error) {
-	r.progress()
-	return r.r.Read(b)
 }
 
 // mountHeld puts dgst, stored for another repository of a store that

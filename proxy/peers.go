@@ -207,5 +207,5 @@ func (p *Proxy) storeFile(ctx context.Context, t target, dgst digest.Digest, f *
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return err
 	}
-	return p.store.Put(ctx, t.storeRepo(), dgst, size, storeReader{f, func() { progressed(ctx) }})
+	return p.store.Put(ctx, t.storeRepo(), dgst, size, newStoreReader(f, func() { progressed(ctx) }))
 }
