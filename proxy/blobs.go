@@ -209,12 +209,12 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 }
 
 // openServed opens the stored blob dgst at off, to be served to t's
-// client. A read of an object store (a bucket) that breaks mid-body (a
-// connection reset, common on S3) is reopened where it broke, at most
-// maxResumes times in a row without bringing resumeProgress bytes, so
-// that the client gets its whole answer: cut, it would fail its pull or
-// ask for the whole blob again. A local file is returned as it is, sent
-// by sendfile.
+// client (or read into a download for it: openStored). A read of an
+// object store (a bucket) that breaks mid-body (a connection reset,
+// common on S3) is reopened where it broke, at most maxResumes times in
+// a row without bringing resumeProgress bytes, so that the client gets
+// its whole answer: cut, it would fail its pull or ask for the whole blob
+// again. A local file is returned as it is, sent by sendfile.
 func (p *Proxy) openServed(ctx context.Context, t target, dgst digest.Digest, off int64) (io.ReadCloser, error) {
 	rc, err := p.store.Open(ctx, t.storeRepo(), dgst, off)
 	if err != nil {

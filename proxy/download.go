@@ -937,6 +937,12 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 			// its end would be answered 416.
 			break
 		}
+		if fromStore {
+			// Its reader reopened the store where the read broke as
+			// often as a hit's does (openServed): past that, it fails.
+			fail(fmt.Errorf("reading blob %s from the store: cut after %d bytes: %w", dl.dgst, n, rerr))
+			return
+		}
 		if n-resumedAt >= resumeProgress || partial && n-resumedAt >= minPiece {
 			// The last connection brought its share (cut after a while,
 			// not failing), or all its answer held, a piece of some
@@ -945,10 +951,6 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 			resumes = 0
 		}
 		if ctx.Err() != nil || resumes == maxResumes {
-			if fromStore {
-				fail(fmt.Errorf("reading blob %s from the store: cut after %d bytes: %w", dl.dgst, n, rerr))
-				return
-			}
 			fail(errcode.Wrap(errcode.Unavailable, fmt.Errorf("%w: %w", upstream.ErrUnavailable, rerr), "upstream %s: blob %s cut after %d bytes", t.host(), dl.dgst, n).WithStatus(http.StatusBadGateway))
 			return
 		}
@@ -961,16 +963,6 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 		}
 		body.Close()
 		var total int64
-		if fromStore {
-			// Another replica's blob, read from the shared store (a
-			// bucket's connection reset mid-read): read on from there,
-			// never from the upstream.
-			body, err = p.store.Open(ctx, t.storeRepo(), dl.dgst, n)
-			if err != nil {
-				body = failedBody{err}
-			}
-			continue
-		}
 		body, total, err = t.up.Blob(upstream.Resuming(ctx), t.repo, dl.dgst, n)
 		if err != nil && passing(err) {
 			// The resume failed itself (a load balancer's 502 while the

@@ -81,6 +81,8 @@ func (p *Proxy) leaseBlob(ctx context.Context, t target, dgst digest.Digest) (re
 // openStored opens a blob another replica stored, from its start, with
 // its size, if t may have it (storedBlob: linked, or vouched for by t's
 // upstream, as the holder may have fetched it for another repository).
+// A read that breaks is reopened where it broke, as a hit's is
+// (openServed).
 func (p *Proxy) openStored(ctx context.Context, t target, dgst digest.Digest) (io.ReadCloser, int64, error) {
 	size, ok, err := p.storedBlob(ctx, t, dgst)
 	if err != nil {
@@ -89,7 +91,7 @@ func (p *Proxy) openStored(ctx context.Context, t target, dgst digest.Digest) (i
 	if !ok {
 		return nil, 0, fmt.Errorf("blob %s: %w", dgst, storage.ErrNotFound)
 	}
-	rc, err := p.store.Open(ctx, t.storeRepo(), dgst, 0)
+	rc, err := p.openServed(ctx, t, dgst, 0)
 	if err != nil {
 		return nil, 0, fmt.Errorf("blob %s: %w", dgst, err)
 	}
