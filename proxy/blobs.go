@@ -63,11 +63,11 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 			return nil
 		}
 		gone := false // removed since its stat
-		err := serveBlob(w, r, dgst, size, func(off int64) (io.ReadCloser, error) {
+		err := serveBlob(w, r, dgst, size, func(off, n int64) (io.ReadCloser, error) {
 			// Once open, the file survives its removal: let go of it then.
 			defer release()
 			if f == nil {
-				rc, err := p.openServed(ctx, t, dgst, off)
+				rc, err := p.openServed(ctx, t, dgst, off, n)
 				gone = errors.Is(err, storage.ErrNotFound)
 				return rc, err
 			}
@@ -147,8 +147,8 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 		}
 		if ok {
 			gone := false
-			err := serveBlob(w, r, dgst, size, func(off int64) (io.ReadCloser, error) {
-				rc, err := p.openServed(ctx, t, dgst, off)
+			err := serveBlob(w, r, dgst, size, func(off, n int64) (io.ReadCloser, error) {
+				rc, err := p.openServed(ctx, t, dgst, off, n)
 				gone = errors.Is(err, storage.ErrNotFound)
 				return rc, err
 			})
@@ -173,7 +173,7 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 	// Relaying the download counts as streaming: the fsyncs of blobs
 	// verified meanwhile wait until this client has its bytes (quiet.go).
 	endStream := p.blobs.quiet.stream()
-	err = serveBlob(w, r, dgst, size, func(off int64) (io.ReadCloser, error) { return dl.open(ctx, off) })
+	err = serveBlob(w, r, dgst, size, func(off, _ int64) (io.ReadCloser, error) { return dl.open(ctx, off) })
 	endStream()
 	if err == nil && w.Header().Get("Content-Range") != "" {
 		// Answered a range, not gone: its client (a lazy puller, a
@@ -190,7 +190,7 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 	// now rather than wait for the record.
 	if dl.isVerified() {
 		if size, err := p.store.Stat(ctx, t.storeRepo(), dgst); err == nil {
-			return serveBlob(w, r, dgst, size, func(off int64) (io.ReadCloser, error) { return p.openServed(ctx, t, dgst, off) })
+			return serveBlob(w, r, dgst, size, func(off, n int64) (io.ReadCloser, error) { return p.openServed(ctx, t, dgst, off, n) })
 		}
 	}
 	select {
@@ -205,7 +205,7 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return fmt.Errorf("blob %s: %w", dgst, err)
 	}
-	return serveBlob(w, r, dgst, size, func(off int64) (io.ReadCloser, error) { return p.openServed(ctx, t, dgst, off) })
+	return serveBlob(w, r, dgst, size, func(off, n int64) (io.ReadCloser, error) { return p.openServed(ctx, t, dgst, off, n) })
 }
 
 // openServed opens the stored blob dgst at off, to be served to t's
@@ -215,16 +215,32 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 // a row without bringing resumeProgress bytes, so that the client gets
 // its whole answer: cut, it would fail its pull or ask for the whole blob
 // again. A local file is returned as it is, sent by sendfile.
-func (p *Proxy) openServed(ctx context.Context, t target, dgst digest.Digest, off int64) (io.ReadCloser, error) {
-	rc, err := p.store.Open(ctx, t.storeRepo(), dgst, off)
+func (p *Proxy) openServed(ctx context.Context, t target, dgst digest.Digest, off, n int64) (io.ReadCloser, error) {
+	rc, err := p.openPart(ctx, t, dgst, off, n)
 	if err != nil {
 		return nil, err
 	}
 	if _, local := rc.(storage.File); local {
 		return rc, nil
 	}
-	open := func(off int64) (io.ReadCloser, error) { return p.store.Open(ctx, t.storeRepo(), dgst, off) }
+	open := func(at int64) (io.ReadCloser, error) {
+		if n < 0 {
+			return p.openPart(ctx, t, dgst, at, -1)
+		}
+		return p.openPart(ctx, t, dgst, at, n-(at-off))
+	}
 	return &resumingReader{ctx: ctx, rc: rc, open: open, off: off, from: off}, nil
+}
+
+// openPart opens the stored blob dgst at off to read n bytes of it (-1:
+// all to its end). A store that can stop there (storage.RangeOpener: an
+// object store's ranged GET) sends no more: Open asks for all to the end,
+// and a reader closed early has had what its connection held sent.
+func (p *Proxy) openPart(ctx context.Context, t target, dgst digest.Digest, off, n int64) (io.ReadCloser, error) {
+	if ro, ok := p.store.(storage.RangeOpener); ok && n >= 0 {
+		return ro.OpenRange(ctx, t.storeRepo(), dgst, off, n)
+	}
+	return p.store.Open(ctx, t.storeRepo(), dgst, off)
 }
 
 // resumingReader reads a stored blob from off, reopening it where its
@@ -444,9 +460,11 @@ func (p *Proxy) adoptBlob(t target, dgst digest.Digest, size int64) error {
 }
 
 // serveBlob answers a blob request: the headers clients check, a single
-// byte range (206/416) when asked for, and the body from open. A negative
-// size means unknown: the body is then sent whole, without a length.
-func serveBlob(w http.ResponseWriter, r *http.Request, dgst digest.Digest, size int64, open func(off int64) (io.ReadCloser, error)) error {
+// byte range (206/416) when asked for, and the body from open, which is
+// asked for n bytes from off (-1: all to the end, the blob's or a range's
+// that ends with it). A negative size means unknown: the body is then
+// sent whole, without a length.
+func serveBlob(w http.ResponseWriter, r *http.Request, dgst digest.Digest, size int64, open func(off, n int64) (io.ReadCloser, error)) error {
 	h := w.Header()
 	etag := `"` + dgst.String() + `"`
 	setHeaders(h, headerDigest, dgst.String(), headerContentType, "application/octet-stream",
@@ -478,7 +496,11 @@ func serveBlob(w http.ResponseWriter, r *http.Request, dgst digest.Digest, size 
 		w.WriteHeader(status)
 		return nil
 	}
-	rc, err := open(start)
+	want := int64(-1)
+	if length >= 0 && start+length < size {
+		want = length // a range that ends before the blob does
+	}
+	rc, err := open(start, want)
 	if err != nil {
 		return err
 	}

@@ -91,7 +91,7 @@ func (p *Proxy) openStored(ctx context.Context, t target, dgst digest.Digest) (i
 	if !ok {
 		return nil, 0, fmt.Errorf("blob %s: %w", dgst, storage.ErrNotFound)
 	}
-	rc, err := p.openServed(ctx, t, dgst, 0)
+	rc, err := p.openServed(ctx, t, dgst, 0, -1)
 	if err != nil {
 		return nil, 0, fmt.Errorf("blob %s: %w", dgst, err)
 	}

@@ -81,6 +81,9 @@ type DriverStore struct {
 	// (inmemory's grows its buffer to the exact size), so a stream is
 	// passed on in chunks that double (growingWriter).
 	growWrites bool
+	// ranged reads part of an object (OpenRange), on drivers whose
+	// Reader cannot stop before the end (s3); nil elsewhere.
+	ranged rangeReader
 }
 
 var (
@@ -88,6 +91,7 @@ var (
 	_ FileIngester = (*DriverStore)(nil)
 	_ FileOpener   = (*DriverStore)(nil)
 	_ SizedReader  = (*DriverStore)(nil)
+	_ RangeOpener  = (*DriverStore)(nil)
 )
 
 const (
@@ -112,7 +116,8 @@ var legacyUploadName = regexp.MustCompile(`^[A-Z2-7]{26}$`)
 
 // NewDriverStore returns a Store on driver.
 func NewDriverStore(driver storagedriver.StorageDriver) *DriverStore {
-	return &DriverStore{driver: driver, inPlace: commitsInPlace(driver.Name()), growWrites: driver.Name() == "inmemory"}
+	return &DriverStore{driver: driver, inPlace: commitsInPlace(driver.Name()), growWrites: driver.Name() == "inmemory",
+		ranged: s3RangeReader(driver)}
 }
 
 // growingWriter passes writes on to w in chunks at least as large as all
@@ -355,6 +360,22 @@ func (s *DriverStore) Open(ctx context.Context, _ string, dgst digest.Digest, of
 		return f, nil
 	}
 	rc, err := s.driver.Reader(ctx, blobPath(dgst), offset)
+	if err != nil {
+		return nil, s.readErr(err, dgst)
+	}
+	return rc, nil
+}
+
+// OpenRange implements RangeOpener: on S3, a GET of the n bytes only;
+// elsewhere, Open.
+func (s *DriverStore) OpenRange(ctx context.Context, repo string, dgst digest.Digest, offset, n int64) (io.ReadCloser, error) {
+	if s.ranged == nil || n <= 0 {
+		return s.Open(ctx, repo, dgst, offset)
+	}
+	if err := oci.ValidateDigest(dgst); err != nil {
+		return nil, err
+	}
+	rc, err := s.ranged(ctx, blobPath(dgst), offset, n)
 	if err != nil {
 		return nil, s.readErr(err, dgst)
 	}

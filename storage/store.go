@@ -106,6 +106,17 @@ type SizedReader interface {
 	ReadSized(ctx context.Context, repo string, dgst digest.Digest, size int64) ([]byte, error)
 }
 
+// RangeOpener is implemented by stores that can read part of stored
+// content without reading on to its end (an object store's ranged GET):
+// Open reads from offset to the end, and a reader of it closed early has
+// had bytes past the part sent, and its connection lost. OpenRange reads
+// n bytes of dgst's content from offset, or returns ErrNotFound; a
+// reader of a store that cannot stop there goes on past them (the caller
+// reads n).
+type RangeOpener interface {
+	OpenRange(ctx context.Context, repo string, dgst digest.Digest, offset, n int64) (io.ReadCloser, error)
+}
+
 // ErrNotLocal: the store's content is not in local files.
 var ErrNotLocal = errors.New("store content is not in local files")
 

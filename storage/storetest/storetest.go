@@ -45,6 +45,7 @@ func Run(t *testing.T, newStore func(t *testing.T) storage.Store) {
 		{"Delete", testDelete},
 		{"InvalidDigest", testInvalidDigest},
 		{"Large", testLarge},
+		{"OpenRange", testOpenRange},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -124,6 +125,36 @@ func testPutStatOpen(t *testing.T, s storage.Store) {
 		if got := readAt(t, s, d, off); !bytes.Equal(got, want[off:]) {
 			t.Errorf("Open(offset %d) = %q, want %q", off, got, want[off:])
 		}
+	}
+}
+
+// testOpenRange: a store that reads parts of its content
+// (storage.RangeOpener) gives the n bytes asked for first (the caller
+// reads no more), and ErrNotFound for missing content.
+func testOpenRange(t *testing.T, s storage.Store) {
+	ro, ok := s.(storage.RangeOpener)
+	if !ok {
+		t.Skip("not a storage.RangeOpener")
+	}
+	want := []byte("hello, docker-mirror")
+	d := mustPut(t, s, want)
+	for _, c := range []struct{ off, n int64 }{{0, 1}, {0, 5}, {7, 6}, {int64(len(want)) - 1, 1}} {
+		rc, err := ro.OpenRange(t.Context(), testRepo, d, c.off, c.n)
+		if err != nil {
+			t.Fatalf("OpenRange(%d, %d): %v", c.off, c.n, err)
+		}
+		got, err := io.ReadAll(io.LimitReader(rc, c.n))
+		rc.Close()
+		if err != nil || !bytes.Equal(got, want[c.off:c.off+c.n]) {
+			t.Errorf("OpenRange(%d, %d) read %q, %v; want %q", c.off, c.n, got, err, want[c.off:c.off+c.n])
+		}
+	}
+	rc, err := ro.OpenRange(t.Context(), testRepo, digest.FromString("never stored"), 0, 1)
+	if err == nil {
+		rc.Close()
+	}
+	if !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("OpenRange of missing content: %v; want ErrNotFound", err)
 	}
 }
 
