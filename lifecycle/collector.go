@@ -37,8 +37,9 @@
 // With the filesystem driver a removed blob stays readable by a client
 // that opened it before (an open file survives its unlink): serving does
 // not need to hold the digest once the file is open. On drivers without
-// that property (s3) a client in the middle of a download of removed
-// content gets an error; run eviction with a grace period and a guard.
+// that property (s3) serving holds it until its answer ends; a client in
+// the middle of a download of content another process removed (a
+// replica sharing the bucket) gets an error.
 package lifecycle
 
 import (

@@ -101,7 +101,7 @@ func (s *singleClaims) Release() {
 // With the filesystem driver a client that already opened a blob keeps
 // reading it after it is removed (an open file survives its unlink), so the
 // proxy needs to hold a digest only until the content is open, not while it
-// is being sent.
+// is being sent; on an object store (s3) it holds it while it sends it.
 type InUse struct {
 	mu    sync.Mutex
 	users map[digest.Digest]int

@@ -64,13 +64,18 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 		}
 		gone := false // removed since its stat
 		err := serveBlob(w, r, dgst, size, func(off, n int64) (io.ReadCloser, error) {
-			// Once open, the file survives its removal: let go of it then.
-			defer release()
+			// Once open, a file survives its removal: let go of it then.
+			// An object (S3) does not, and a read of it that breaks is
+			// reopened (openServed): held until the answer ends.
 			if f == nil {
 				rc, err := p.openServed(ctx, t, dgst, off, n)
 				gone = errors.Is(err, storage.ErrNotFound)
+				if _, local := rc.(storage.File); local {
+					release()
+				}
 				return rc, err
 			}
+			release()
 			rc := f
 			f = nil // serveBlob closes it
 			if off > 0 {
