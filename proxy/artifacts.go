@@ -514,6 +514,9 @@ func (p *Proxy) artifactTag(ctx context.Context, t target, tag string, h http.He
 		return nil, err
 	case err != nil && !cached:
 		return nil, fmt.Errorf("%w: %w", errArtifactTagListed, err)
+	case confirm:
+		// Served, its HEAD's 404 a lie (or known to be one already).
+		p.tagHeads.set(t.host(), headLies)
 	}
 	return m, err
 }
@@ -534,6 +537,12 @@ const (
 	// Artifactory proxy repository, for a tag its HEAD does not fetch
 	// from its own remote).
 	headLies
+	// headUntestable, of a repository: its upstream refuses its tags
+	// list, and no tag the mirror holds showed the HEAD lying: none can
+	// show it truthful (a proxy repository answers the HEAD of a tag in
+	// its cache, as one fetched through it is), so a GET confirms each
+	// 404, and finds out if it lies.
+	headUntestable
 )
 
 // tagHeads holds, per upstream host, what its HEADs of tags were found
@@ -542,23 +551,31 @@ type tagHeads struct {
 	mu       sync.Mutex
 	verdicts map[string]headVerdict
 	// probed: the "host/repo" whose tags were tried (tagHeadTrusted),
-	// not tried again.
-	probed map[string]bool
+	// not tried again, and what was found of the repository alone:
+	// headUntestable, or headUnknown.
+	probed map[string]headVerdict
 }
 
-// probe reports whether the repository key is yet to be tried, and
-// notes it tried.
-func (th *tagHeads) probe(key string) bool {
+// probe reports whether the repository key is yet to be tried, noting it
+// tried; if it was, what was found of it.
+func (th *tagHeads) probe(key string) (headVerdict, bool) {
 	th.mu.Lock()
 	defer th.mu.Unlock()
-	if th.probed[key] {
-		return false
+	if v, ok := th.probed[key]; ok {
+		return v, false
 	}
 	if th.probed == nil {
-		th.probed = map[string]bool{}
+		th.probed = map[string]headVerdict{}
 	}
-	th.probed[key] = true
-	return true
+	th.probed[key] = headUnknown
+	return headUnknown, true
+}
+
+// untestable notes the repository key headUntestable.
+func (th *tagHeads) untestable(key string) {
+	th.mu.Lock()
+	defer th.mu.Unlock()
+	th.probed[key] = headUntestable
 }
 
 func (th *tagHeads) get(host string) headVerdict {
@@ -584,42 +601,71 @@ func (th *tagHeads) set(host string, v headVerdict) {
 // tagHeadTrusted reports whether a 404 of t's upstream to a tag's HEAD is
 // taken for "no such tag". Not known yet, it is found out once per
 // upstream (tried once per repository) with a HEAD of a tag of t's
-// repository the upstream has (headProbeTag): a 200 says its HEAD is
-// truthful (Docker Hub: a missing artifact tag then costs one HEAD and no
-// GET, which would count as a pull); a 404 says it lies, for a tag its
-// own list names, or one a GET serves. Until it is known (no tag found, the upstream failing), the
-// HEAD is taken at its word: a GET of every missing tag would count as a
-// pull on Docker Hub.
+// repository the upstream has (headProbeTag): of one its tags list names
+// and the mirror does not hold, a 200 says its HEAD is truthful (Docker
+// Hub: a missing artifact tag then costs one HEAD and no GET, which would
+// count as a pull), a 404 that it lies; of one the mirror holds (the list
+// refused), a 404 a GET denies says it lies. Until it is known the HEAD
+// is taken at its word, as a GET of every missing tag would count as a
+// pull on Docker Hub; except in a repository whose list the upstream
+// refuses and whose HEAD no held tag showed lying (headUntestable): there
+// nothing can show it truthful, and the GET says.
 func (p *Proxy) tagHeadTrusted(ctx context.Context, t target) bool {
 	if v := p.tagHeads.get(t.host()); v != headUnknown {
 		return v == headTruthful
 	}
-	v, err := shared(ctx, p.work, &p.tagFlights, "head\x00"+t.host()+"/"+t.repo, func() (headVerdict, error) {
-		if v := p.tagHeads.get(t.host()); v != headUnknown || !p.tagHeads.probe(t.host()+"/"+t.repo) {
+	key := t.host() + "/" + t.repo
+	v, err := shared(ctx, p.work, &p.tagFlights, "head\x00"+key, func() (headVerdict, error) {
+		if v := p.tagHeads.get(t.host()); v != headUnknown {
+			return v, nil
+		}
+		if v, first := p.tagHeads.probe(key); !first {
 			return v, nil
 		}
 		ctx, cancel := p.detach(ctx, p.manifestTimeout)
 		defer cancel()
-		tag, listed, err := p.headProbeTag(ctx, t)
-		if err != nil || tag == "" {
+		probe, err := p.headProbeTag(ctx, t)
+		if err != nil {
 			return headUnknown, err
 		}
-		ref := oci.Ref{Tag: tag}
-		_, err = t.up.HeadManifest(ctx, t.repo, ref)
-		switch {
-		case err == nil:
-			p.tagHeads.set(t.host(), headTruthful)
-		case tagNotFound(err) && listed:
-			p.tagHeads.set(t.host(), headLies)
-		case tagNotFound(err):
-			// Gone upstream since, or a HEAD that lies: the GET says.
-			if _, err := t.up.Manifest(ctx, t.repo, ref); err == nil {
+		if probe.tag != "" {
+			ref := oci.Ref{Tag: probe.tag}
+			_, err = t.up.HeadManifest(ctx, t.repo, ref)
+			switch {
+			case err == nil && probe.listed:
+				p.tagHeads.set(t.host(), headTruthful)
+			case err == nil:
+				// A tag the mirror fetched: a proxy repository answers
+				// it from its cache, telling nothing.
+			case tagNotFound(err) && probe.listed:
 				p.tagHeads.set(t.host(), headLies)
+			case tagNotFound(err):
+				// Gone upstream since, or a HEAD that lies: the GET says.
+				if _, err := t.up.Manifest(ctx, t.repo, ref); err == nil {
+					p.tagHeads.set(t.host(), headLies)
+				}
 			}
 		}
-		return p.tagHeads.get(t.host()), nil
+		v := p.tagHeads.get(t.host())
+		if v == headUnknown && probe.refused {
+			p.tagHeads.untestable(key)
+			return headUntestable, nil
+		}
+		return v, nil
 	})
-	return err != nil || v != headLies
+	return err != nil || v == headTruthful || v == headUnknown
+}
+
+// headProbe is a tag to find out with whether an upstream's HEAD of a tag
+// tells the truth (headProbeTag).
+type headProbe struct {
+	tag string
+	// listed: the upstream's tags list names tag, and the mirror does
+	// not hold it.
+	listed bool
+	// refused: the upstream refused the repository's tags list (401,
+	// 403, 404), as a proxy repository does to a client not allowed it.
+	refused bool
 }
 
 // headProbeTag returns a tag of t's repository the upstream has: one its
@@ -627,40 +673,44 @@ func (p *Proxy) tagHeadTrusted(ctx context.Context, t target) bool {
 // repository in front of the registry is then unlikely to hold either
 // (it answers the HEAD of a tag in its cache, so of one the mirror
 // fetched through it, its image's tag, it would say nothing), an image's
-// rather than an artifact's; else, the list refused, one the mirror
-// holds (a 404 to its HEAD then confirmed by a GET). "" if there is none,
-// as when the list names only tags the mirror holds: a proxy repository
-// would answer their HEADs from its cache, telling nothing.
-func (p *Proxy) headProbeTag(ctx context.Context, t target) (tag string, listed bool, err error) {
+// rather than an artifact's; else, the list refused or failing, one the
+// mirror holds (a 404 to its HEAD then confirmed by a GET). No tag if
+// there is none, as when the list names only tags the mirror holds: a
+// proxy repository would answer their HEADs from its cache, telling
+// nothing.
+func (p *Proxy) headProbeTag(ctx context.Context, t target) (headProbe, error) {
 	notArtifact := func(tag string) bool {
 		name, _, _ := strings.Cut(tag, ".")
 		return !isFallbackTag(name)
 	}
-	if page, err := t.up.Tags(ctx, t.repo, url.Values{"n": {"100"}}); err == nil {
+	page, err := t.up.Tags(ctx, t.repo, url.Values{"n": {"100"}})
+	if err == nil {
 		var unheld []string
 		for _, tag := range page.Tags {
 			if held, err := p.tagHeld(t, tag); err != nil {
-				return "", false, err
+				return headProbe{}, err
 			} else if !held {
 				unheld = append(unheld, tag)
 			}
 		}
 		if i := slices.IndexFunc(unheld, notArtifact); i >= 0 {
-			return unheld[i], true, nil
+			return headProbe{tag: unheld[i], listed: true}, nil
 		}
 		if len(unheld) > 0 {
-			return unheld[0], true, nil
+			return headProbe{tag: unheld[0], listed: true}, nil
 		}
-		return "", false, nil
+		return headProbe{}, nil
 	}
+	probe := headProbe{refused: tagNotFound(err) || errors.Is(err, upstream.ErrAuth)}
 	tags, err := p.index.Tags(t.host(), t.repo)
 	if err != nil || len(tags) == 0 {
-		return "", false, err
+		return probe, err
 	}
+	probe.tag = tags[0]
 	if i := slices.IndexFunc(tags, notArtifact); i >= 0 {
-		return tags[i], false, nil
+		probe.tag = tags[i]
 	}
-	return tags[0], false, nil
+	return probe, nil
 }
 
 // storeArtifact stores an artifact: its manifest, and its blobs or, for

@@ -2,6 +2,7 @@ package tests
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -1015,4 +1016,36 @@ func TestReferrersAfterARevalidationFoundTheTagHeadLying(t *testing.T) {
 		front.forget()             // and the front's cache expired
 	}
 	wantReferrers(t, get(t, m.URL()+"/v2/signed/referrers/"+s.ma.Digest), "miss", false, s.sbom.digest)
+}
+
+// Through an upstream whose HEAD of a tag answers 404 while its GET
+// serves it, and which refuses its tags list (a Nexus or Artifactory
+// proxy repository, to a client not allowed the list), an image pulled
+// by tag, or only by digest (a pinned image), has its cosign tags and the
+// referrers its fallback tag lists stored, all then served with the
+// upstream down. Before, the mirror found the HEAD truthful from its
+// answer for the image's own tag (in the proxy repository's cache, as
+// fetched through it), or held no tag to find out with and took the HEAD
+// at its word: nothing was stored, and offline cosign was told the image
+// is unsigned.
+func TestFillStoresArtifactsThroughAnUpstreamWhoseTagHeadSaysNotFoundAndTagsListRefused(t *testing.T) {
+	for _, byDigest := range []bool{false, true} {
+		t.Run(fmt.Sprintf("by_digest=%v", byDigest), func(t *testing.T) {
+			up := fixture.StartUpstream(t)
+			s := seedSignedImage(t, up)
+			front := startTagHeadNotFoundFront(t, up)
+			front.noTagsList = true
+			m := servertest.Start(t, front.URL)
+
+			pull := "signed:1"
+			if byDigest {
+				pull = "signed@" + s.ma.Digest
+			}
+			cranePull(t, ref(t, m, pull), remote.WithPlatform(linuxAMD64))
+			m.WaitIdle()
+			front.Close()
+			m.Clock.Advance(time.Hour) // past the tag TTL
+			wantSignedOffline(t, m, s)
+		})
+	}
 }
