@@ -370,15 +370,18 @@ func (p *Proxy) artifactsOf(ctx context.Context, t target, subject digest.Digest
 		p.log.Warn("listing referrers failed; not storing them", "upstream", t.host(), "repo", t.repo, "subject", subject, "error", err)
 	}
 	// absent: the tags the upstream answered 404, as most images' are;
-	// present: those it has. A tag whose lookup failed is neither.
-	var absent, present []string
+	// forget: those it has, and those whose lookup it answered with a
+	// failure (a 5xx, a 429), of which its earlier 404 is no longer the
+	// last word. A tag whose lookup got no answer is neither: nothing was
+	// asked.
+	var absent, forget []string
 	for _, suffix := range cosignSuffixes {
 		tag := oci.ReferrersTag(subject) + "." + suffix
 		m, fetched, err := p.cosignTag(ctx, t, tag)
 		switch {
 		case err == nil:
 			out = append(out, artifact{digest: m.digest, subject: subject, tag: tag, kind: suffix, fetched: fetched})
-			present = append(present, suffix)
+			forget = append(forget, suffix)
 		case errors.Is(err, upstream.ErrNotFound) && !pingNotFound(err):
 			absent = append(absent, suffix)
 		case errors.Is(err, upstream.ErrNotFound):
@@ -386,13 +389,14 @@ func (p *Proxy) artifactsOf(ctx context.Context, t target, subject digest.Digest
 		case ctx.Err() != nil:
 			return nil, ctx.Err()
 		default:
-			if errors.Is(err, errArtifactTagListed) {
-				present = append(present, suffix) // not absent any more
+			var ue *upstream.Error
+			if errors.Is(err, errArtifactTagListed) || errors.As(err, &ue) && ue.Status != 0 {
+				forget = append(forget, suffix) // not known absent any more
 			}
 			p.log.Warn("fetching a cosign tag failed; not storing it", "upstream", t.host(), "repo", t.repo, "tag", tag, "error", err)
 		}
 	}
-	if err := p.noteAbsentTags(t, subject, absent, present); err != nil {
+	if err := p.noteAbsentTags(t, subject, absent, forget); err != nil {
 		return nil, err
 	}
 	return out, nil
@@ -400,9 +404,10 @@ func (p *Proxy) artifactsOf(ctx context.Context, t target, subject digest.Digest
 
 // noteAbsentTags records the cosign tags of subject the upstream answered
 // 404 (absent), so that they are answered 404 while it cannot be asked
-// (absentArtifactTag), and forgets those it has now (present). Only for a
-// subject held in t: the records go with it (storage.Index.Forget).
-func (p *Proxy) noteAbsentTags(t target, subject digest.Digest, absent, present []string) error {
+// (absentArtifactTag), and forgets those no longer known absent (forget).
+// Only for a subject held in t: the records go with it
+// (storage.Index.Forget).
+func (p *Proxy) noteAbsentTags(t target, subject digest.Digest, absent, forget []string) error {
 	if len(absent) > 0 {
 		if linked, err := p.index.Linked(t.host(), t.repo, subject); err != nil {
 			return err
@@ -410,7 +415,7 @@ func (p *Proxy) noteAbsentTags(t target, subject digest.Digest, absent, present 
 			absent = nil // a referrers request's subject, never mirrored
 		}
 	}
-	return p.noteFull(p.index.SetTagsAbsent(t.host(), t.repo, subject, absent, present, p.now()))
+	return p.noteFull(p.index.SetTagsAbsent(t.host(), t.repo, subject, absent, forget, p.now()))
 }
 
 // absentArtifactTag turns err, a client's cosign tag (sha256-<hex>.sig,

@@ -31,20 +31,20 @@ func absentTagsPrefix(holder string, subject digest.Digest) []byte {
 }
 
 // TagAbsent reports whether the upstream answered 404 for the artifact
-// tag of subject with suffix (cosign's sig, att, sbom) when it was last
-// looked up, and no lookup found it since.
+// tag of subject with suffix (cosign's sig, att, sbom) the last time a
+// lookup of it got an answer (SetTagsAbsent).
 func (ix *Index) TagAbsent(host, repo string, subject digest.Digest, suffix string) (bool, error) {
 	_, ok, err := view[AbsentTagRecord](ix, bucketAbsentTags, absentTagKey(host, repo, subject, suffix))
 	return ok, err
 }
 
 // SetTagsAbsent records which artifact tags of subject (by suffix) the
-// upstream answered 404 at t, and forgets those of present, which a
-// lookup found: it has them now. Nothing is written if the records say
-// so already, as for most lookups (a subject's rechecks find what its
-// fill found).
-func (ix *Index) SetTagsAbsent(host, repo string, subject digest.Digest, absent, present []string, t time.Time) error {
-	if len(absent)+len(present) == 0 {
+// upstream answered 404 at t, and forgets those of forget, which a lookup
+// found (it has them now) or could not tell of. Nothing is written if the
+// records say so already, as for most lookups (a subject's rechecks find
+// what its fill found).
+func (ix *Index) SetTagsAbsent(host, repo string, subject digest.Digest, absent, forget []string, t time.Time) error {
+	if len(absent)+len(forget) == 0 {
 		return nil
 	}
 	var add, del [][]byte
@@ -55,7 +55,7 @@ func (ix *Index) SetTagsAbsent(host, repo string, subject digest.Digest, absent,
 				add = append(add, k)
 			}
 		}
-		for _, s := range present {
+		for _, s := range forget {
 			if k := absentTagKey(host, repo, subject, s); b.Get(k) != nil {
 				del = append(del, k)
 			}

@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -1048,4 +1049,67 @@ func TestFillStoresArtifactsThroughAnUpstreamWhoseTagHeadSaysNotFoundAndTagsList
 			wantSignedOffline(t, m, s)
 		})
 	}
+}
+
+// A cosign tag a fill found absent, attested upstream later, whose
+// lookup by a recheck the upstream answered with a failure (a 500, a
+// 429) is no longer known absent: with the upstream down it is not
+// answered 404, which tells cosign there is no attestation though the
+// upstream has one. Before, the record of the earlier lookup's 404
+// outlived the lookup that could not tell. One that got no answer at
+// all (the upstream unreachable) keeps it: it asked nothing.
+func TestCosignTagLookupFailingLaterNotAnsweredAbsentOffline(t *testing.T) {
+	for _, status := range []int{http.StatusInternalServerError, http.StatusTooManyRequests} {
+		t.Run(strconv.Itoa(status), func(t *testing.T) {
+			up := fixture.StartUpstream(t)
+			s := seedSignedImage(t, up)
+			m := servertest.Start(t, up.URL())
+			cranePull(t, ref(t, m, "signed:1"), remote.WithPlatform(linuxAMD64))
+			m.WaitIdle()
+			att := cosignTag(s.ma.Digest, "att")
+			if ok, err := m.Index.TagAbsent("docker.io", "library/signed", digestOf(t, s.ma.Digest), "att"); err != nil || !ok {
+				t.Fatalf("%s not recorded absent by the fill (%v)", att, err)
+			}
+
+			pushArtifact(t, up, "library/signed", att, "application/vnd.dsse.envelope.v1+json", "attestation")
+			up.SetFault(fixture.Fault{Kind: fixture.KindManifest, PathContains: att, Status: status})
+			up.ResetCounts()
+			m.Clock.Advance(proxy.ArtifactsRecheck) // past the tag's TTL, and the fill's look
+			u := m.URL() + "/v2/signed/manifests/"
+			wantManifest(t, get(t, u+"1"), s.ma.Index, s.ma.MediaType)
+			m.WaitIdle()
+			if n := requestsTo(up, http.MethodHead, "/v2/library/signed/manifests/"+att); n != 1 {
+				t.Fatalf("%d HEADs of %s by the recheck, want 1", n, att)
+			}
+
+			up.Stop()
+			if r := get(t, u+att); r.status == http.StatusNotFound {
+				t.Errorf("a cosign tag the upstream has now, whose lookup by a recheck failed, the upstream down: %d %s, want no answer of absence", r.status, r.body)
+			}
+		})
+	}
+}
+
+// A cosign tag a fill found absent stays known absent through a recheck
+// whose lookups get no answer (the upstream unreachable, a pinned image
+// pulled by digest meanwhile): offline it is still answered 404
+// MANIFEST_UNKNOWN, as the upstream answered it when last asked.
+func TestCosignTagAbsentKeptThroughARecheckWithoutAnswer(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	s := seedSignedImage(t, up)
+	m := servertest.Start(t, up.URL())
+	pinned := "signed@" + s.ma.Digest
+	cranePull(t, ref(t, m, pinned), remote.WithPlatform(linuxAMD64))
+	m.WaitIdle()
+
+	up.SetFault(fixture.Fault{Drop: true})
+	up.ResetCounts()
+	m.Clock.Advance(proxy.ArtifactsRecheck) // past the fill's look
+	cranePull(t, ref(t, m, pinned), remote.WithPlatform(linuxAMD64))
+	m.WaitIdle()
+	att := cosignTag(s.ma.Digest, "att")
+	if n := requestsTo(up, http.MethodHead, "/v2/library/signed/manifests/"+att); n == 0 {
+		t.Fatalf("the recheck did not look %s up", att)
+	}
+	wantError(t, get(t, m.URL()+"/v2/signed/manifests/"+att), http.StatusNotFound, "MANIFEST_UNKNOWN")
 }
