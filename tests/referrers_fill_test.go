@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/opencontainers/go-digest"
@@ -1112,4 +1113,43 @@ func TestCosignTagAbsentKeptThroughARecheckWithoutAnswer(t *testing.T) {
 		t.Fatalf("the recheck did not look %s up", att)
 	}
 	wantError(t, get(t, m.URL()+"/v2/signed/manifests/"+att), http.StatusNotFound, "MANIFEST_UNKNOWN")
+}
+
+// An upstream with Basic credentials that refuses them the tags list with
+// 401 while they pull (a Nexus or Artifactory repository, to a user not
+// allowed to list) does not have them taken for wrong: neither the fill
+// of an image, whose cosign tags' HEADs answered 404 make it ask for the
+// list (tagHeadTrusted), nor a client listing tags, stops the mirror
+// sending them. Before, it did not send them for 10s: every pull through
+// that upstream meanwhile was answered 401 UNAUTHORIZED.
+func TestTagsListRefusedDoesNotRefuseTheCredentials(t *testing.T) {
+	up := fixture.StartBasicAuthUpstream(t, map[string]string{"puller": basicPassword})
+	up.SeedImage(t, "team/app", "v1", 1, 4<<10)
+	other := up.SeedImage(t, "team/other", "v1", 1, 4<<10)
+	last := up.SeedImage(t, "team/last", "v1", 1, 4<<10)
+	target, err := url.Parse(up.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp := httputil.NewSingleHostReverseProxy(target)
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "/tags/list") {
+			w.Header().Set("WWW-Authenticate", `Basic realm="repository"`)
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(front.Close)
+	m := servertest.StartUpstreams(t, []servertest.Upstream{
+		{Host: "private.example", URL: front.URL, Auth: &authn.Basic{Username: "puller", Password: basicPassword}},
+	}, nil)
+
+	u := m.URL() + "/v2/private.example/team/"
+	get(t, u+"app/manifests/v1")
+	m.WaitIdle()
+	wantManifest(t, get(t, u+"other/manifests/v1"), other.Manifest, other.MediaType)
+	m.WaitIdle()
+	get(t, u+"other/tags/list")
+	wantManifest(t, get(t, u+"last/manifests/v1"), last.Manifest, last.MediaType)
 }
