@@ -78,20 +78,26 @@ func (c *Collector) evict(ctx context.Context, maxSize int64, evictAfter time.Du
 		p, err = c.plan(ctx, maxSize, evictAfter, now, &r)
 	}
 	defer p.release()
-	defer func() { r.Evicted = p.evicted.images() }()
+	// spared: victims a pin made meanwhile kept (unrootVictims).
+	var spared map[storage.FillKey]bool
+	defer func() {
+		r.Evicted = slices.DeleteFunc(p.evicted.images(), func(im Image) bool {
+			return spared[storage.FillKey{Upstream: im.Upstream, Repo: im.Repo, Digest: im.Digest}]
+		})
+	}()
 	if err != nil {
 		return r, false, err
 	}
 	c.logVictims(p)
 	if !c.opts.DryRun {
-		longest, err = c.unrootVictims(p.m, p.victims)
+		longest, spared, err = c.unrootVictims(p.m, p.victims)
 		r.LongestWrite = max(r.LongestWrite, longest)
 		if err != nil {
 			return r, false, err
 		}
 	}
 	p.m, p.victims = nil, nil
-	r.ImagesEvicted = p.evicted.len()
+	r.ImagesEvicted = p.evicted.len() - len(spared)
 	p.release()
 
 	if collect != nil && !collect(r.ImagesEvicted > 0) {
@@ -111,8 +117,10 @@ func (c *Collector) evict(ctx context.Context, maxSize int64, evictAfter time.Du
 // unrootVictims removes the victims from the index (see unroots),
 // unrootChunk images at a time in the order of their repositories and
 // digests: their unroots are made a chunk at a time (at 100k images, all
-// of them at once, ~13 MiB for 50k victims).
-func (c *Collector) unrootVictims(m *model, victims []int32) (time.Duration, error) {
+// of them at once, ~13 MiB for 50k victims). It returns the victims a
+// pin made meanwhile kept (storage.Index.UnrootImagesTimed), by
+// repository and digest.
+func (c *Collector) unrootVictims(m *model, victims []int32) (time.Duration, map[storage.FillKey]bool, error) {
 	names := m.fullNames()
 	victims = slices.Clone(victims)
 	slices.SortFunc(victims, func(i, j int32) int {
@@ -121,19 +129,32 @@ func (c *Collector) unrootVictims(m *model, victims []int32) (time.Duration, err
 	})
 	var longest time.Duration
 	var us []storage.Unroot
+	var spared map[storage.FillKey]bool
 	for chunk := range slices.Chunk(victims, unrootChunk) {
 		us = us[:0]
 		for _, i := range chunk {
 			us = append(us, c.unroots(m, i, m.digest(&m.entries[i]))...)
 		}
-		l, err := c.unrootAll(us, unrootChunk) // a victim may have several
+		l, pinned, err := c.unrootAll(us, unrootChunk) // a victim may have several
 		longest = max(longest, l)
 		if err != nil {
-			return longest, err
+			return longest, spared, err
+		}
+		for _, i := range chunk {
+			e := &m.entries[i]
+			n := m.name(e)
+			k := storage.FillKey{Upstream: n.upstream, Repo: n.repo, Digest: m.digest(e)}
+			if pinned[k] {
+				if spared == nil {
+					spared = map[storage.FillKey]bool{}
+				}
+				spared[k] = true
+				c.opts.Log.Info("kept cached image pinned while it was being evicted", "image", n.name(), "digest", k.Digest)
+			}
 		}
 		clear(us)
 	}
-	return longest, nil
+	return longest, spared, nil
 }
 
 // unrootChunk bounds the images one Index.UnrootImagesTimed removes: it
@@ -144,23 +165,31 @@ const unrootChunk = 2048
 // unrootAll removes what us names from the index, chunk images at a
 // time, in the order of their repositories (the keys' order: the
 // chunks' writes stay side by side, as they were in one call); it
-// returns how long the longest transaction held the write lock.
-func (c *Collector) unrootAll(us []storage.Unroot, chunk int) (time.Duration, error) {
+// returns how long the longest transaction held the write lock, and the
+// unroots a pin kept, by repository and digest.
+func (c *Collector) unrootAll(us []storage.Unroot, chunk int) (time.Duration, map[storage.FillKey]bool, error) {
 	slices.SortFunc(us, func(a, b storage.Unroot) int {
 		return cmp.Or(cmp.Compare(a.Upstream, b.Upstream), cmp.Compare(a.Repo, b.Repo), cmp.Compare(a.Digest, b.Digest))
 	})
 	var longest time.Duration
+	var kept map[storage.FillKey]bool
 	for len(us) > 0 {
 		n := min(len(us), chunk)
-		l, err := c.index.UnrootImagesTimed(us[:n])
+		l, pinned, err := c.index.UnrootImagesTimed(us[:n])
 		longest = max(longest, l)
 		if err != nil {
-			return longest, err
+			return longest, kept, err
+		}
+		for _, i := range pinned {
+			if kept == nil {
+				kept = map[storage.FillKey]bool{}
+			}
+			kept[storage.FillKey{Upstream: us[i].Upstream, Repo: us[i].Repo, Digest: us[i].Digest}] = true
 		}
 		clear(us[:n]) // their tags can go
 		us = us[n:]
 	}
-	return longest, nil
+	return longest, kept, nil
 }
 
 // evictPlan is what an eviction decided: the victims (in the report),
@@ -426,7 +455,9 @@ func (c *Collector) mirroring(m *model, i int32, now time.Time) bool {
 func (c *Collector) unroots(m *model, i int32, d digest.Digest) []storage.Unroot {
 	e := &m.entries[i]
 	n := m.name(e)
-	u := storage.Unroot{Upstream: n.upstream, Repo: n.repo, Digest: d, Tags: splitTags(e.tags)}
+	// A pin made since the pins were read keeps all of it.
+	pins := m.pinRefs(nil, i)
+	u := storage.Unroot{Upstream: n.upstream, Repo: n.repo, Digest: d, Tags: splitTags(e.tags), Pins: pins}
 	for k, r := range m.roots(i) {
 		if f := &m.entries[r]; f.fill.ok && (k == 0 || m.refs[f.id] == 0) {
 			fn, fd := m.name(f), d
@@ -444,7 +475,7 @@ func (c *Collector) unroots(m *model, i int32, d digest.Digest) []storage.Unroot
 		}
 		fn, fd := m.name(f), m.digest(f)
 		for _, tag := range splitTags(f.tags) {
-			us = append(us, storage.Unroot{Upstream: fn.upstream, Repo: fn.repo, Digest: fd, Tags: []string{tag}})
+			us = append(us, storage.Unroot{Upstream: fn.upstream, Repo: fn.repo, Digest: fd, Tags: []string{tag}, Pins: pins})
 		}
 	}
 	return us

@@ -521,3 +521,80 @@ func TestReplannedEvictionLogsOnlyItsVictims(t *testing.T) {
 		t.Errorf("the image evicted not logged so:\n%s", logs.String())
 	}
 }
+
+// onLog is a slog handler that calls at, once, on the first record whose
+// message is msg: a hook at the moment an eviction logs its victim,
+// after its last look at the pins and before it removes the victim's
+// tags.
+type onLog struct {
+	msg  string
+	at   func()
+	once *sync.Once
+}
+
+func (h onLog) Enabled(context.Context, slog.Level) bool { return true }
+func (h onLog) Handle(_ context.Context, r slog.Record) error {
+	if r.Message == h.msg {
+		h.once.Do(h.at)
+	}
+	return nil
+}
+func (h onLog) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h onLog) WithGroup(string) slog.Handler      { return h }
+
+// A pin made while an eviction removes its victim (after the eviction's
+// last look at the pins, before the victim's tags leave the index: a pin
+// does not wait for a pass, and is answered as done) keeps the image
+// whole: its tags and content stay, and it is served with the upstream
+// down. The pin was lost: the image was evicted all the same (pinned by
+// tag: its tag and content gone; by digest: its tag gone). Both an
+// eviction over max_size and an admin's eviction of the image.
+func TestPinDuringEvictionKeepsTheImage(t *testing.T) {
+	evictions := map[string]struct {
+		msg   string
+		evict func(t *testing.T, col *lifecycle.Collector, e *env, b image) (lifecycle.Report, error)
+	}{
+		"max_size": {"evicting cached image", func(t *testing.T, col *lifecycle.Collector, e *env, _ image) (lifecycle.Report, error) {
+			return col.Evict(t.Context(), 1, 0, e.m.Clock.Now())
+		}},
+		"request": {"evicting cached image on request", func(t *testing.T, col *lifecycle.Collector, _ *env, b image) (lifecycle.Report, error) {
+			return col.EvictImage(t.Context(), "docker.io", "library/b", digest.Digest(b.digest))
+		}},
+	}
+	pins := map[string]func(b image) string{
+		"tag":    func(image) string { return storage.TagKey("docker.io", "library/b", "v1") },
+		"digest": func(b image) string { return b.digest },
+	}
+	for name, ev := range evictions {
+		for by, ref := range pins {
+			t.Run(name+"/pinned by "+by, func(t *testing.T) {
+				e := newEnv(t)
+				_, b, _ := seedThree(t, e)
+				pinned := false
+				col := e.collector(lifecycle.Options{Log: slog.New(onLog{msg: ev.msg, once: &sync.Once{}, at: func() {
+					if err := e.m.Index.Pin(ref(b), storage.PinRecord{PinnedAt: e.m.Clock.Now(), Reason: "admin"}); err != nil {
+						t.Error(err)
+					}
+					pinned = true
+				}})})
+				r, err := ev.evict(t, col, e, b)
+				if !pinned {
+					t.Fatalf("no victim logged: %+v, %v", r, err)
+				}
+				if name == "request" && !errors.Is(err, lifecycle.ErrImagePinned) {
+					t.Errorf("EvictImage = %v, want ErrImagePinned", err)
+				} else if name != "request" && err != nil {
+					t.Fatal(err)
+				}
+				for _, im := range r.Evicted {
+					if im.Digest.String() == b.digest {
+						t.Errorf("the image pinned during the eviction reported evicted: %+v", r)
+					}
+				}
+				e.wantStored(t, true, b.content()...)
+				e.up.Stop()
+				e.wantPull(t, b)
+			})
+		}
+	}
+}

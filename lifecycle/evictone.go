@@ -94,10 +94,14 @@ func (c *Collector) EvictImage(ctx context.Context, upstream, repo string, dgst 
 	r.Evicted = append(r.Evicted, im)
 	c.opts.Log.Info("evicting cached image on request", "image", im.Name(), "tags", im.Tags, "digest", im.Digest, "size", im.Size, "dry_run", c.opts.DryRun)
 	if !c.opts.DryRun {
-		longest, err := c.index.UnrootImagesTimed(c.unroots(m, found, im.Digest))
+		longest, spared, err := c.index.UnrootImagesTimed(c.unroots(m, found, im.Digest))
 		r.LongestWrite = max(r.LongestWrite, longest)
 		if err != nil {
 			return r, err
+		}
+		if len(spared) > 0 { // pinned meanwhile
+			r.Evicted = nil
+			return r, fmt.Errorf("%s: %w", im.Name(), ErrImagePinned)
 		}
 	}
 	r.ImagesEvicted = 1

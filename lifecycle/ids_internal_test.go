@@ -282,7 +282,7 @@ func TestUnrootAllChunks(t *testing.T) {
 			Fills: []storage.FillKey{{Upstream: "docker.io", Repo: repo, Digest: d}}})
 	}
 	c := New(nil, ix, Options{})
-	if _, err := c.unrootAll(us, 2); err != nil {
+	if _, _, err := c.unrootAll(us, 2); err != nil {
 		t.Fatal(err)
 	}
 	var tags []string

@@ -18,6 +18,9 @@ type Unroot struct {
 	Digest         digest.Digest
 	Tags           []string
 	Fills          []FillKey
+	// Pins are the pins (digests, TagKeys) that keep the image: while
+	// one is recorded, none of its tags and mirror records are removed.
+	Pins []string
 }
 
 // FillKey names a mirror record: a manifest in an upstream repository.
@@ -33,16 +36,21 @@ type FillKey struct {
 // (a million tags) must neither hold the index's write lock for long nor
 // pay a commit per tag.
 func (ix *Index) UnrootImages(us []Unroot) error {
-	_, err := ix.UnrootImagesTimed(us)
+	_, _, err := ix.UnrootImagesTimed(us)
 	return err
 }
 
 // UnrootImagesTimed is UnrootImages; it also returns how long its longest
-// transaction held the index's write lock.
-func (ix *Index) UnrootImagesTimed(us []Unroot) (longest time.Duration, err error) {
+// transaction held the index's write lock, and the indexes in us of the
+// images it left alone, wholly or in part, for a pin. The pins are read
+// in the transactions that remove: a pin does not wait for an eviction,
+// and one recorded after the eviction last looked at the pins keeps its
+// image all the same (one recorded between two of the transactions,
+// what is left of it).
+func (ix *Index) UnrootImagesTimed(us []Unroot) (longest time.Duration, pinned []int, err error) {
 	// One key each: a transaction may stop in the middle of an image.
 	type op struct {
-		u    *Unroot
+		u    int // in us
 		tag  string
 		fill *FillKey
 		key  []byte
@@ -51,11 +59,11 @@ func (ix *Index) UnrootImagesTimed(us []Unroot) (longest time.Duration, err erro
 	for i := range us {
 		u := &us[i]
 		for _, tag := range u.Tags {
-			ops = append(ops, op{u: u, tag: tag, key: tagKey(u.Upstream, u.Repo, tag)})
+			ops = append(ops, op{u: i, tag: tag, key: tagKey(u.Upstream, u.Repo, tag)})
 		}
 		for j := range u.Fills {
 			f := &u.Fills[j]
-			ops = append(ops, op{u: u, fill: f, key: linkKey(f.Upstream, f.Repo, f.Digest)})
+			ops = append(ops, op{u: i, fill: f, key: linkKey(f.Upstream, f.Repo, f.Digest)})
 		}
 	}
 	// In the order of the keys, the tags, then the mirror records: the
@@ -73,13 +81,26 @@ func (ix *Index) UnrootImagesTimed(us []Unroot) (longest time.Duration, err erro
 	})
 	var tags []pair[string, digest.Digest] // deleted: their shared records go too, if they name the digest still
 	var fills [][]byte
-	return ix.writeAll(len(ops), batchWrite{
+	// spared: by image, whether a pin keeps it, as this transaction
+	// reads the pins (each image's looked up once a transaction).
+	var spared map[int]bool
+	kept := map[int]bool{}
+	longest, err = ix.writeAll(len(ops), batchWrite{
 		begin: func(*bolt.Tx) error {
-			tags, fills = nil, nil
+			tags, fills, spared = nil, nil, map[int]bool{}
 			return nil
 		},
 		item: func(tx *bolt.Tx, i int) (int, error) {
 			o := ops[i]
+			isPinned, ok := spared[o.u]
+			if !ok {
+				isPinned = anyPinned(tx, us[o.u].Pins)
+				spared[o.u] = isPinned
+			}
+			if isPinned {
+				kept[o.u] = true
+				return 0, nil
+			}
 			if f := o.fill; f != nil {
 				if err := ix.fillWrites(tx).deleteFill(f.Upstream, f.Repo, f.Digest); err != nil {
 					return 0, fmt.Errorf("evicting %s/%s@%s: %w", f.Upstream, f.Repo, f.Digest, err)
@@ -87,7 +108,7 @@ func (ix *Index) UnrootImagesTimed(us []Unroot) (longest time.Duration, err erro
 				fills = append(fills, linkKey(f.Upstream, f.Repo, f.Digest))
 				return 1, nil
 			}
-			u := o.u
+			u := &us[o.u]
 			deleted, err := deleteTagIf(tx, ix.tagWrites(tx), u.Upstream, u.Repo, o.tag, u.Digest)
 			if err != nil {
 				return 0, fmt.Errorf("evicting %s/%s:%s: %w", u.Upstream, u.Repo, o.tag, err)
@@ -115,4 +136,23 @@ func (ix *Index) UnrootImagesTimed(us []Unroot) (longest time.Duration, err erro
 			return ix.shareDelete(bucketMirrors, fills...)
 		},
 	})
+	for i := range kept {
+		pinned = append(pinned, i)
+	}
+	slices.Sort(pinned)
+	return longest, pinned, err
+}
+
+// anyPinned reports whether any of refs is pinned in tx.
+func anyPinned(tx *bolt.Tx, refs []string) bool {
+	b := tx.Bucket(bucketPins)
+	if b == nil {
+		return false
+	}
+	for _, ref := range refs {
+		if b.Get([]byte(ref)) != nil {
+			return true
+		}
+	}
+	return false
 }

@@ -121,7 +121,7 @@ func TestUnrootImagesTimeLimit(t *testing.T) {
 	us := unrootImages(t, ix, 6, 4) // 30 keys
 	ix.writeLimits = &writeLimits{keys: 1000, hold: 50 * time.Millisecond, now: tickingClock(10 * time.Millisecond)}
 	before := version(t, ix)
-	longest, err := ix.UnrootImagesTimed(us)
+	longest, _, err := ix.UnrootImagesTimed(us)
 	if err != nil {
 		t.Fatal(err)
 	}
