@@ -598,3 +598,24 @@ func TestPinDuringEvictionKeepsTheImage(t *testing.T) {
 		}
 	}
 }
+
+// An admin's eviction of an image (the status page's button, a POST
+// behind a reverse proxy) whose request ends once it has begun (the
+// proxy's read timeout cut the connection) is carried out whole: the
+// image was left half evicted, its tags gone from the index and its
+// content left in the store, the request answered as failed.
+func TestEvictImageFinishesWhenItsRequestEnds(t *testing.T) {
+	e := newEnv(t)
+	_, b, _ := seedThree(t, e)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	col := e.collector(lifecycle.Options{Log: slog.New(onLog{msg: "evicting cached image on request", once: &sync.Once{}, at: cancel})})
+	r, err := col.EvictImage(ctx, "docker.io", "library/b", digest.Digest(b.digest))
+	if ctx.Err() == nil {
+		t.Fatalf("the eviction logged nothing: %+v, %v", r, err)
+	}
+	if err != nil || r.ImagesEvicted != 1 {
+		t.Errorf("EvictImage = %+v, %v; want b evicted", r, err)
+	}
+	e.wantStored(t, false, b.content()...)
+}

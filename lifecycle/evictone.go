@@ -19,7 +19,10 @@ var (
 // least recently pulled: its tags and mirror records leave the index, and
 // a collection removes what no kept image references. A pinned image, one
 // being mirrored or one in use is refused. It waits for a pass that runs,
-// or for ctx to end (an admin's request whose client left).
+// or for ctx to end (an admin's request whose client left); once it
+// removes the image from the index it finishes, collection included,
+// whatever ctx does: a request cut then (a reverse proxy's timeout) would
+// leave the image untagged and its content stored.
 func (c *Collector) EvictImage(ctx context.Context, upstream, repo string, dgst digest.Digest) (Report, error) {
 	if err := c.lock(ctx); err != nil {
 		return Report{}, err
@@ -91,6 +94,7 @@ func (c *Collector) EvictImage(ctx context.Context, upstream, repo string, dgst 
 			freed.addID(m.ids, id)
 		}
 	}
+	ctx = context.WithoutCancel(ctx) // carried out whole from here (see above)
 	r.Evicted = append(r.Evicted, im)
 	c.opts.Log.Info("evicting cached image on request", "image", im.Name(), "tags", im.Tags, "digest", im.Digest, "size", im.Size, "dry_run", c.opts.DryRun)
 	if !c.opts.DryRun {
