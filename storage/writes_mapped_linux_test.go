@@ -70,18 +70,24 @@ func TestWriteBatchReleasesByMapped(t *testing.T) {
 		}
 		return most * ps, txs, dropped
 	}
-	// Measured: ~2.3 MiB, and ~28 MiB without a budget.
+	// Measured: ~2.3 MiB, and 18.1–28 MiB without a budget (the pages
+	// the kernel maps around a fault vary with the machine).
+	const bound = 4 << 20
 	most, txs, dropped := write(512 << 10)
-	if most > 4<<20 {
+	if most > bound {
 		t.Errorf("committing by RssFile: up to %d KiB mapped", most>>10)
 	}
 	if dropped > 0 {
 		t.Errorf("%d pages released inside the write transactions, under the write lock", dropped)
 	}
+	// The test tells a budget that does not hold only if, without one,
+	// the writes map well over the bound: twice it is the margin (16 MiB,
+	// the figure once checked, was within a few MiB of what is measured).
 	mostAll, txsAll, _ := write(1 << 40)
-	if mostAll < 16<<20 {
-		t.Errorf("without a budget up to %d KiB mapped only: the test cannot tell", mostAll>>10)
+	if mostAll < 2*bound {
+		t.Errorf("without a budget up to %d KiB mapped only, within twice the bound's %d KiB: the test cannot tell", mostAll>>10, bound>>10)
 	}
+	t.Logf("mapped at most %d KiB with a budget, %d KiB without (index %d KiB)", most>>10, mostAll>>10, ix.fileSize()>>10)
 	if txs <= txsAll {
 		t.Errorf("%d transactions with a budget, %d without: the budget did not end any", txs, txsAll)
 	}
