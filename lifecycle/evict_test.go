@@ -619,3 +619,91 @@ func TestEvictImageFinishesWhenItsRequestEnds(t *testing.T) {
 	}
 	e.wantStored(t, false, b.content()...)
 }
+
+// hookedRelease is the proxy's content guard, running after, once, at
+// the first release of dgst for which when is true.
+type hookedRelease struct {
+	*lifecycle.InUse
+	dgst  digest.Digest
+	when  func() bool
+	after func()
+	once  sync.Once
+}
+
+func (g *hookedRelease) Acquire(ctx context.Context, d digest.Digest) (func(), error) {
+	release, err := g.InUse.Acquire(ctx, d)
+	if err != nil || d != g.dgst {
+		return release, err
+	}
+	return func() {
+		release()
+		if g.when() {
+			g.once.Do(g.after)
+		}
+	}, nil
+}
+
+// A prefetch with "pin": true keeps its image out of eviction from the
+// moment the image is recorded: a pass that ran when the copy had let go
+// of the image and before the pin was recorded (the store over max_size
+// with the image just written) evicted it, and the job said done and
+// pinned, the image gone (its tag pin naming nothing).
+func TestPrefetchPinnedImageNeverEvictable(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	app := single("library/app", "v1", up.SeedImage(t, "library/app", "v1", 2, 8<<10))
+	app.repo = "app"
+	var col *lifecycle.Collector
+	var m *servertest.Server
+	evicted := make(chan lifecycle.Report, 1)
+	guard := &hookedRelease{InUse: lifecycle.NewInUse(), dgst: digest.Digest(app.digest)}
+	guard.when = func() bool {
+		rec, ok, err := m.Index.Fill("docker.io", "library/app", digest.Digest(app.digest))
+		return err == nil && ok && rec.State == storage.FillComplete
+	}
+	guard.after = func() {
+		r, err := col.Evict(t.Context(), 1, 0, m.Clock.Now())
+		if err != nil {
+			t.Error(err)
+		}
+		evicted <- r
+	}
+	m = servertest.StartWithStore(t, up.URL(), openStore, proxy.WithContentGuard(guard))
+	e := &env{up: up, m: m, store: m.Store.(*storage.DriverStore)}
+	col = e.collector(lifecycle.Options{Guard: guard.InUse})
+
+	job, err := m.Proxy.StartPrefetch(t.Context(), proxy.PrefetchRequest{Images: []string{"library/app:v1"}, Pin: true}, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.WaitIdle()
+	if job, err = m.Proxy.Job(job.ID); err != nil || job.State != storage.JobDone {
+		t.Fatalf("job %+v, %v", job, err)
+	}
+	select {
+	case r := <-evicted:
+		if r.ImagesEvicted != 0 {
+			t.Errorf("a pass as the prefetch let go of its pinned image evicted %+v", r.Evicted)
+		}
+	default:
+		t.Fatal("no eviction ran once the prefetch had stored its image")
+	}
+	e.wantStored(t, true, app.content()...)
+
+	// A prefetch that fails takes back the pin it made.
+	if job, err = m.Proxy.StartPrefetch(t.Context(), proxy.PrefetchRequest{Images: []string{"library/nope:v1"}, Pin: true}, "test"); err != nil {
+		t.Fatal(err)
+	}
+	m.WaitIdle()
+	if job, err = m.Proxy.Job(job.ID); err != nil || job.State == storage.JobDone {
+		t.Fatalf("job %+v, %v; want it failed", job, err)
+	}
+	pins, err := m.Index.Pins()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := pins[storage.TagKey("docker.io", "library/nope", "v1")]; ok || len(pins) != 1 {
+		t.Errorf("pins %v, want library/app:v1's alone", pins)
+	}
+	up.Stop()
+	e.wantPull(t, app)
+}

@@ -195,15 +195,20 @@ func (p *Proxy) copySource(ctx context.Context, t target, ref oci.Ref) (*storedM
 }
 
 // pin keeps an image out of eviction: by its tag (whatever the tag points
-// to later) or by digest.
-func (p *Proxy) pin(ref, reason string) error {
+// to later) or by digest. unpin takes back the pin if it made it (none
+// was recorded before).
+func (p *Proxy) pin(ref, reason string) (unpin func() error, err error) {
 	im, err := p.parseImage(ref)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	key := im.ref.String()
 	if !im.ref.IsDigest() {
 		key = storage.TagKey(im.t.host(), im.t.repo, im.ref.Tag)
 	}
-	return p.index.Pin(key, storage.PinRecord{PinnedAt: p.now(), Reason: reason})
+	added, err := p.index.PinAdded(key, storage.PinRecord{PinnedAt: p.now(), Reason: reason})
+	if err != nil || !added {
+		return func() error { return nil }, err
+	}
+	return func() error { return p.index.Unpin(key) }, nil
 }

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"slices"
 	"strings"
 	"sync"
@@ -198,6 +199,17 @@ func (p *Proxy) prefetchImage(ctx context.Context, job *storage.Job, i int, pats
 	ctx, cancel := p.detachIdle(ctx, p.fillTimeout)
 	defer cancel()
 	p.setImage(job, i, func(img *storage.JobImage) { img.State, img.Error = storage.JobRunning, "" })
+	// Pinned before the copy: once the copy has recorded the image it
+	// lets go of it, and a pin made after would leave a moment in which
+	// a lifecycle pass may evict it. A copy that fails takes back the
+	// pin it made.
+	unpin := func() error { return nil }
+	if job.Pin {
+		var err error
+		if unpin, err = p.pin(job.Images[i].Image, job.Trigger); err != nil {
+			return err
+		}
+	}
 	got, err := p.Copy(ctx, job.Images[i].Image, pats, func(s Progress) {
 		p.jobs.mu.Lock()
 		img := &job.Images[i]
@@ -207,12 +219,10 @@ func (p *Proxy) prefetchImage(ctx context.Context, job *storage.Job, i int, pats
 		p.jobs.mu.Unlock()
 	})
 	if err != nil {
-		return stalled(ctx, err)
-	}
-	if job.Pin {
-		if err := p.pin(job.Images[i].Image, job.Trigger); err != nil {
-			return err
+		if uerr := unpin(); uerr != nil {
+			err = errors.Join(err, uerr)
 		}
+		return stalled(ctx, err)
 	}
 	p.setImage(job, i, func(img *storage.JobImage) { img.State, img.Digest = storage.JobDone, got.Digest })
 	return nil

@@ -32,9 +32,16 @@ func pinKey(ref string) ([]byte, error) {
 // image manifest), or a TagKey, which pins whatever the tag points to.
 // Pinning again updates the record.
 func (ix *Index) Pin(ref string, rec PinRecord) error {
+	_, err := ix.PinAdded(ref, rec)
+	return err
+}
+
+// PinAdded is Pin; it also reports whether the pin is new: none was
+// recorded for ref before.
+func (ix *Index) PinAdded(ref string, rec PinRecord) (added bool, err error) {
 	key, err := pinKey(ref)
 	if err != nil {
-		return err
+		return false, err
 	}
 	err = ix.write(func(tx *bolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(bucketPins)
@@ -45,12 +52,13 @@ func (ix *Index) Pin(ref string, rec PinRecord) error {
 		if err != nil {
 			return err
 		}
+		added = b.Get(key) == nil
 		return b.Put(key, raw)
 	})
 	if err != nil {
-		return err
+		return false, err
 	}
-	return ix.sharePut(bucketPins, key, rec)
+	return added, ix.sharePut(bucketPins, key, rec)
 }
 
 // Unpin removes a pin; removing a missing pin is not an error.
