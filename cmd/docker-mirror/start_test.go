@@ -15,6 +15,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -176,9 +177,17 @@ func TestHangupDuringStartDoesNotKill(t *testing.T) {
 	cfg := writeConfig(t, "storage:\n  s3: {region: us-east-1, bucket: hangup-start, forcepathstyle: true, accesskey: AKIAEXAMPLE, secretkey: x, regionendpoint: "+s3.URL+"}\n")
 	go func() {
 		<-entered
-		// Delivered to the process as systemctl reload sends it; without
-		// a handler it would end the test binary.
-		if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+		// As systemctl reload sends it; without a handler it would end
+		// the test binary. Sent to this goroutine's own thread, it is
+		// taken before Tgkill returns: sent to the process, it could
+		// wait for a busy machine to run the thread picked for it until
+		// after serve had failed and stopped taking SIGHUP, and end the
+		// test binary all the same (seen once, the whole package's run
+		// ending in 'signal: hangup').
+		runtime.LockOSThread()
+		err := syscall.Tgkill(os.Getpid(), syscall.Gettid(), syscall.SIGHUP)
+		runtime.UnlockOSThread()
+		if err != nil {
 			t.Error(err)
 		}
 		close(release)
