@@ -34,6 +34,22 @@
     saidDown = true;
   }
 
+  // reasons are the reason phrases of the answers a mirror, or a proxy in
+  // front of it, gives the page: HTTP/2 (serve --tls-cert) has none, so
+  // resp.statusText is empty there.
+  const reasons = {
+    400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+    405: "Method Not Allowed", 409: "Conflict", 413: "Content Too Large",
+    429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway",
+    503: "Service Unavailable", 504: "Gateway Timeout", 507: "Insufficient Storage",
+  };
+
+  // statusLine is resp's status and reason phrase ("401 Unauthorized"),
+  // over HTTP/1.1 and HTTP/2 alike.
+  function statusLine(resp) {
+    return (resp.status + " " + (resp.statusText || reasons[resp.status] || "")).trim();
+  }
+
   // Answered is a refresh's error answer, as the mirror (or a proxy in
   // front of it that answered in its place) gave it.
   class Answered extends Error {}
@@ -43,7 +59,7 @@
   // mirror (down, or restarting); any other is its answer, with the
   // message of its error body if it has one.
   async function failure(resp) {
-    const status = resp.status + " " + resp.statusText;
+    const status = statusLine(resp);
     let msg = "";
     try {
       const data = JSON.parse(await resp.text());
@@ -119,7 +135,7 @@
     });
     const data = await resp.json().catch(function () { return {}; });
     if (!resp.ok) {
-      const msg = data.errors && data.errors.length ? data.errors[0].message : resp.statusText;
+      const msg = data.errors && data.errors.length ? data.errors[0].message : statusLine(resp);
       throw new Error(msg);
     }
     return data;

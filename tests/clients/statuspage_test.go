@@ -114,6 +114,7 @@ func browser(t *testing.T, exe string) (context.Context, *browserErrors) {
 		chromedp.Flag("disable-background-networking", true),
 		chromedp.Flag("disable-component-update", true),
 		chromedp.Flag("disable-sync", true),
+		chromedp.Flag("ignore-certificate-errors", true), // httptest's own certificate
 		chromedp.UserDataDir(t.TempDir()),
 		chromedp.WindowSize(1280, 800),
 	)
@@ -634,21 +635,49 @@ func TestStatusPageSaysWhatTheMirrorAnswered(t *testing.T) {
 	sw := &downSwitch{next: m.Server.Handler()}
 	front := httptest.NewServer(sw)
 	t.Cleanup(front.Close)
+	saysWhatTheMirrorAnswered(t, exe, sw, front.URL, "http/1.1")
+}
 
+// The same over HTTP/2 (serve --tls-cert, which a browser reaches with
+// h2): HTTP/2 has no reason phrase, so the page, which showed the
+// answer's statusText, said "The mirror answered 401 ; ..." and an
+// action's refusal without an error body said "pin failed: ", nothing.
+func TestStatusPageSaysWhatTheMirrorAnsweredOverHTTP2(t *testing.T) {
+	exe := requireChromium(t)
+	up := fixture.StartUpstream(t)
+	up.SeedImage(t, "library/webapp", "1.0", 1, 4<<10)
+	m := servertest.Start(t, up.URL())
+	pullWebapp(t, m, "application/vnd.oci.image.manifest.v1+json")
+	sw := &downSwitch{next: m.Server.Handler()}
+	front := httptest.NewUnstartedServer(sw)
+	front.EnableHTTP2 = true
+	front.StartTLS()
+	t.Cleanup(front.Close)
+	saysWhatTheMirrorAnswered(t, exe, sw, front.URL, "h2")
+}
+
+// saysWhatTheMirrorAnswered opens the page at url (through sw, which
+// answers in the mirror's place) over proto, and checks what the page
+// says of a refresh, and of an action, answered with an error.
+func saysWhatTheMirrorAnswered(t *testing.T, exe string, sw *downSwitch, url, proto string) {
+	t.Helper()
 	tab, _ := browser(t, exe) // the failed refreshes are logged as errors
 	if _, err := chromedp.Call(tab, page.AddScriptToEvaluateOnNewDocument, page.AddScriptToEvaluateOnNewDocumentParams{
 		Source: `window.ticks = []; window.setInterval = function (f) { window.ticks.push(f); return 0; };`,
 	}); err != nil {
 		t.Fatal(err)
 	}
-	do(t, tab, chromedp.Navigate(front.URL+"/"), chromedp.WaitVisible(chromedp.CSS("#image-list")))
+	do(t, tab, chromedp.Navigate(url+"/"), chromedp.WaitVisible(chromedp.CSS("#image-list")))
+	if got := run(t, tab, chromedp.Evaluate[string](`performance.getEntriesByType("navigation")[0].nextHopProtocol`)); got != proto {
+		t.Fatalf("the page was served over %q, want %q", got, proto)
+	}
 	for _, c := range []struct {
 		status int
 		body   string
 		want   string
 	}{
-		{http.StatusUnauthorized, "", "The mirror answered 401 Unauthorized"},
-		{http.StatusInternalServerError, `{"errors":[{"code":"UNKNOWN","message":"index: input/output error"}]}`, "The mirror answered 500 Internal Server Error: index: input/output error"},
+		{http.StatusUnauthorized, "", "The mirror answered 401 Unauthorized; "},
+		{http.StatusInternalServerError, `{"errors":[{"code":"UNKNOWN","message":"index: input/output error"}]}`, "The mirror answered 500 Internal Server Error: index: input/output error; "},
 	} {
 		sw.answer(c.status, c.body)
 		run(t, tab, chromedp.Evaluate[int](`document.getElementById("notice").hidden = true; window.ticks[0](); 0`))
@@ -665,6 +694,19 @@ func TestStatusPageSaysWhatTheMirrorAnswered(t *testing.T) {
 		run(t, tab, chromedp.Evaluate[int](`document.getElementById("uptime").dataset.old = "1"; window.ticks[0](); 0`))
 		do(t, tab, chromedp.WaitReady(chromedp.CSS(`#uptime:not([data-old])`)), chromedp.WaitNotVisible(chromedp.CSS("#notice")))
 	}
+	// An action refused by what answers in the mirror's place (an auth
+	// proxy's 403, no error body) says the status.
+	sw.answer(http.StatusForbidden, "")
+	ctx, cancel := context.WithTimeout(tab, 20*time.Second)
+	defer cancel()
+	do(t, tab, chromedp.Click(chromedp.CSS(`button[data-action="pin"]`)))
+	if _, err := chromedp.Run(ctx, chromedp.Poll[bool](`document.getElementById("notice").textContent.includes("pin failed")`)); err != nil {
+		t.Fatalf("the pin's refusal is not shown (%v): notice %q", err, run(t, tab, chromedp.Text(chromedp.CSS("#notice"))))
+	}
+	if notice := run(t, tab, chromedp.Text(chromedp.CSS("#notice"))); notice != "pin failed: 403 Forbidden" {
+		t.Errorf("pin refused 403: notice %q, want %q", notice, "pin failed: 403 Forbidden")
+	}
+	sw.set(0)
 }
 
 // An image's page fits a phone's screen with the longest names a
