@@ -319,6 +319,11 @@ func New(store storage.Store, index *storage.Index, upstreams []*upstream.Client
 	}
 	for _, u := range upstreams {
 		p.upstreams[u.Host()] = u
+		host := u.Host()
+		u.HoldsRepositories(func(except string) (string, bool) {
+			repo, ok, err := index.HeldRepository(host, except)
+			return repo, ok && err == nil
+		})
 	}
 	if _, ok := p.upstreams[DefaultHost]; !ok {
 		return nil, errors.New("proxy: no upstream for docker.io")

@@ -35,3 +35,27 @@ func (ix *Index) Repositories() ([]Repository, error) {
 	})
 	return out, err
 }
+
+// HeldRepository returns a repository of upstream host other than except
+// that has content linked to it, the first in key order; ok is false if
+// there is none.
+func (ix *Index) HeldRepository(host, except string) (repo string, ok bool, err error) {
+	prefix := []byte(host + "/")
+	err = ix.db.View(func(tx *bolt.Tx) error {
+		c := linkRecordsOf(tx).Cursor()
+		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); {
+			at := bytes.LastIndexByte(k, '@')
+			if at < len(prefix) {
+				k, _ = c.Next()
+				continue
+			}
+			if r := string(k[len(prefix):at]); r != except {
+				repo, ok = r, true
+				return nil
+			}
+			k, _ = c.Seek(append(bytes.Clone(k[:at+1]), 0xff))
+		}
+		return nil
+	})
+	return repo, ok, err
+}

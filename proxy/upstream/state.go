@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/docker-mirror/docker-mirror/oci"
 )
 
 // State is how an upstream is doing, as the status page shows it: read
@@ -90,21 +92,59 @@ func (c *Client) noteAnswer(resp *http.Response, err error) { c.note(resp, err, 
 // row (Docker Hub refuses each without credentials): the upstream is
 // pinged, and the refusal is the repository's if the ping is answered
 // as expected, else noted as failing. An upstream that has answered no
-// repository as expected since the start is failing: a private registry
-// the mirror has no credentials for refuses every repository, while it
-// answers its ping (a 401 with its challenge) as expected.
+// repository as expected since the start is failing, unless it answers
+// another repository the mirror holds (answersAnother): a private
+// registry the mirror has no credentials for refuses every repository,
+// while it answers its ping (a 401 with its challenge) as expected.
 func (c *Client) noteRefusal(ctx context.Context, resp *http.Response, repo string, err error) {
 	h := &c.health
 	h.mu.Lock()
 	served := !h.lastOK.IsZero()
 	own := served && !h.lastErrAt.After(h.lastOK) && (h.refused == "" || h.refused == repo)
 	h.mu.Unlock()
-	if !own && served {
+	switch {
+	case !own && served:
 		// Asked even if the client left: the answer is of the upstream.
 		_, perr := c.pingNow(context.WithoutCancel(ctx))
 		own = perr == nil
+	case !served:
+		own = c.answersAnother(ctx, repo)
 	}
 	c.note(resp, err, repo, own)
+}
+
+// HoldsRepositories gives the client held, which returns a repository of
+// this upstream, other than except, that the mirror holds content of (ok
+// false if none): after a restart, before the upstream has answered a
+// request as expected, its refusal of a repository is the repository's
+// own if it answers held's (noteRefusal). Call it before the client is
+// used.
+func (c *Client) HoldsRepositories(held func(except string) (repo string, ok bool)) {
+	c.held.Store(&held)
+}
+
+// probingKey marks the context of answersAnother's request.
+type probingKey struct{}
+
+// answersAnother reports whether the upstream, which has answered no
+// request as expected since the start and refused repo, answers a
+// repository the mirror holds content of (HoldsRepositories) as
+// expected: a HEAD of its latest tag, which a 404 answers too. Then it
+// does not refuse every repository, and repo's refusal is repo's: the
+// upstream, Docker Hub refusing a mistyped name as the first request
+// after a restart, was shown failing until a pull succeeded.
+func (c *Client) answersAnother(ctx context.Context, repo string) bool {
+	held := c.held.Load()
+	if held == nil || ctx.Value(probingKey{}) != nil {
+		return false
+	}
+	other, ok := (*held)(repo)
+	if !ok {
+		return false
+	}
+	// Asked even if the client left: the answer is of the upstream.
+	_, err := c.HeadManifest(context.WithValue(context.WithoutCancel(ctx), probingKey{}, true), other, oci.Ref{Tag: "latest"})
+	return err == nil || errors.Is(err, ErrNotFound)
 }
 
 // note is noteAnswer, of a refusal of refused if not "", the

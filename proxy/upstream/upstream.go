@@ -98,6 +98,8 @@ type Client struct {
 	guard *Guard
 	// health is what State reports.
 	health health
+	// held, if set, is HoldsRepositories' function.
+	held atomic.Pointer[func(except string) (string, bool)]
 }
 
 type refusal struct {
