@@ -110,10 +110,10 @@ type Config struct {
 	Sync Sync `yaml:"sync,omitempty"`
 	// Auth, if its htpasswd file is set, makes clients authenticate.
 	Auth Auth `yaml:"auth,omitempty"`
-	// ReadyzFailWhenFull makes /readyz fail while the store is full (the
-	// last write found no space), so that a load balancer sends pulls to
-	// another mirror; by default the mirror stays ready and serves what
-	// it holds.
+	// ReadyzFailWhenFull makes /readyz fail while the store is full (a
+	// write found no space, or its disk has almost none left), so that a
+	// load balancer sends pulls to another mirror; by default the mirror
+	// stays ready and serves what it holds.
 	ReadyzFailWhenFull bool `yaml:"readyz_fail_when_full,omitempty"`
 	// TLSCert and TLSKey, if set, serve HTTPS; they are reloaded when
 	// either file changes, and on SIGHUP.

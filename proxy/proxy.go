@@ -68,6 +68,8 @@ type Proxy struct {
 	// /readyz fail meanwhile.
 	full              fullness
 	readyFailWhenFull bool
+	// diskFree, if set, measures the store's disk (WithFreeSpace).
+	diskFree func() (uint64, bool)
 	// refusals are the store's refusals to store content (refused.go).
 	refusals *writeRefusals
 
@@ -230,6 +232,13 @@ func WithConcurrency(n int) Option {
 // (default os.TempDir()). Put it on local disk, e.g. under --data.
 func WithSpoolDir(dir string) Option { return func(p *Proxy) { p.blobs.dir = dir } }
 
+// WithFreeSpace gives the proxy free, which returns the free space of the
+// disk the store (and the spool) fills, and whether it could tell
+// (default: not measured). The store counts as full while it is under
+// 64 MiB, and a write's finding no space is forgotten once it has grown by
+// as much.
+func WithFreeSpace(free func() (uint64, bool)) Option { return func(p *Proxy) { p.diskFree = free } }
+
 // WithReadyzFailWhenFull makes /readyz fail while the store is full
 // (default false: the mirror stays ready and serves what it holds; /readyz
 // says the store is full either way).
@@ -353,7 +362,7 @@ func New(store storage.Store, index *storage.Index, upstreams []*upstream.Client
 			return 0
 		}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "docker_mirror_store_full", Help: "1 while the store is full: the last write found no space (ENOSPC, EDQUOT) and none has succeeded or been freed since.",
+			Name: "docker_mirror_store_full", Help: "1 while the store is full: the last write found no space (ENOSPC, EDQUOT) and none has succeeded or been freed since, or the store's disk has less than 64 MiB free.",
 		}, func() float64 {
 			if p.StoreFull() {
 				return 1

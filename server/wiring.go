@@ -108,6 +108,10 @@ func proxyOptions(cfg config.Config, m *metrics.Metrics, auth *access.File) ([]p
 		proxy.WithPrefetchMaxImages(cfg.MaxJobImages),
 		proxy.WithMaxBlobSize(int64(cfg.MaxBlobSize)),
 		proxy.WithReadyzFailWhenFull(cfg.ReadyzFailWhenFull),
+		proxy.WithFreeSpace(func() (uint64, bool) {
+			free, total := statuspage.DiskSpace(storeDisk(cfg))
+			return free, total > 0
+		}),
 		proxy.WithReferrers(cfg.Referrers),
 		proxy.WithBlobRedirects(cfg.StorageRedirect),
 	}
@@ -261,18 +265,25 @@ func proxyAddr(p string) string {
 	return net.JoinHostPort(u.Hostname(), port)
 }
 
+// storeDisk returns a directory on the disk the cache grows on: the
+// filesystem store's root, which may be a disk of its own, else the data
+// directory's (the spool's, and the index's).
+func storeDisk(cfg config.Config) string {
+	if name, params := cfg.StorageDriver(); name == "filesystem" && cfg.Destination.URL == "" {
+		if root, ok := params["rootdirectory"].(string); ok && root != "" {
+			return root
+		}
+	}
+	return cfg.Data
+}
+
 // newStatus makes the status page of a server: its store, the disk the
 // cache grows on (the filesystem store's root, which may be a disk of its
 // own, else the data directory's), its registry destination if it has
 // one, and in a cluster the other replicas' states.
 func newStatus(s *Server) *statuspage.Handler {
 	cfg := s.cfg
-	disk := cfg.Data
-	if name, params := cfg.StorageDriver(); name == "filesystem" && cfg.Destination.URL == "" {
-		if root, ok := params["rootdirectory"].(string); ok && root != "" {
-			disk = root
-		}
-	}
+	disk := storeDisk(cfg)
 	d := statuspage.Deps{Proxy: s.Proxy, Index: s.Index, Collector: s.Collector, Version: s.opts.version,
 		StoreKind: s.storeName, MaxSize: int64(cfg.MaxSize), DataDir: disk, Now: s.opts.now}
 	if cfg.Destination.URL != "" {

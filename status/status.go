@@ -109,7 +109,8 @@ type Store struct {
 	// known).
 	Free  uint64 `json:"free_bytes"`
 	Total uint64 `json:"total_bytes"`
-	// Full: the last write found no space.
+	// Full: the store is full (the last write found no space, or its
+	// disk has almost none left: proxy.Proxy.StoreFull).
 	Full bool `json:"full"`
 	// RefusesWrites is the store's refusal to store content, while it is
 	// believed (a read-only registry destination, a quota used up):
@@ -262,7 +263,7 @@ func (h *Handler) status(ctx context.Context, r *http.Request) (*Status, error) 
 		s.Store.RefusesWrites = err.Error()
 	}
 	if h.d.DataDir != "" {
-		s.Store.Free, s.Store.Total = diskSpace(h.d.DataDir)
+		s.Store.Free, s.Store.Total = DiskSpace(h.d.DataDir)
 	}
 	t := p.Traffic()
 	s.Traffic = Traffic{Traffic: t, HitRatio: t.SinceStart.HitRatio(), HitRatioLastHour: t.LastHour.HitRatio()}

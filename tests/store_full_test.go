@@ -16,6 +16,7 @@ import (
 
 	"github.com/docker-mirror/docker-mirror/config"
 	"github.com/docker-mirror/docker-mirror/lifecycle"
+	"github.com/docker-mirror/docker-mirror/proxy"
 	"github.com/docker-mirror/docker-mirror/server"
 	"github.com/docker-mirror/docker-mirror/storage"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
@@ -112,7 +113,8 @@ func TestStoreFull(t *testing.T) {
 	cached := up.SeedImage(t, "team/cached", "v1", 2, 4<<10)
 	fresh := up.SeedImage(t, "team/fresh", "v1", 2, 4<<10)
 	store, open := newFullStore(t)
-	m := servertest.StartWithStore(t, up.URL(), open)
+	// The disk's free space stays put: a write's ENOSPC is the store's.
+	m := servertest.StartWithStore(t, up.URL(), open, proxy.WithFreeSpace(diskFree(new(atomic.Uint64), 1<<40)))
 	wantImage(t, m, "team/cached", cached)
 	wantManifest(t, get(t, m.URL()+"/v2/team/cached/manifests/v1"), cached.Manifest, cached.MediaType)
 	m.WaitIdle()
@@ -225,6 +227,7 @@ func TestStoreFullFailsReadiness(t *testing.T) {
 	cfg := servertest.Config(t, t.TempDir(), []servertest.Upstream{{Host: "docker.io", URL: up.URL()}})
 	cfg.ReadyzFailWhenFull = true
 	srv, err := server.New(t.Context(), cfg, server.WithLogger(servertest.Logger()),
+		server.WithProxyOptions(proxy.WithFreeSpace(diskFree(new(atomic.Uint64), 1<<40))),
 		server.WithStore(func(context.Context, config.Config, *storage.Index) (storage.Store, string, error) {
 			s, err := open(nil)
 			return s, "full store", err
@@ -263,5 +266,95 @@ func TestStoreFullFailsReadiness(t *testing.T) {
 	wantManifest(t, get(t, hs.URL+"/v2/team/app/manifests/v1"), img.Manifest, img.MediaType)
 	if r := get(t, hs.URL+"/readyz"); r.status != http.StatusOK {
 		t.Fatalf("/readyz after a write succeeded: %d %s", r.status, r.body)
+	}
+}
+
+// diskFree sets free to n and returns a proxy.WithFreeSpace function
+// that reads it: the disk's free space as the test sets it.
+func diskFree(free *atomic.Uint64, n uint64) func() (uint64, bool) {
+	free.Store(n)
+	return func() (uint64, bool) { return free.Load(), true }
+}
+
+// A full disk is known without a write finding it: a mirror restarted on
+// a full disk said ready (and docker_mirror_store_full 0) until its first
+// write failed, and one out of rotation for being full
+// (readyz_fail_when_full), whose disk an operator freed by hand, stayed
+// out: no miss came to find the space, for ever.
+func TestStoreFullKnownWithoutAWrite(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "team/app", "v1", 1, 1<<10)
+	var free atomic.Uint64
+	m := servertest.StartConfigured(t, []servertest.Upstream{{Host: "docker.io", URL: up.URL()}},
+		func(c *config.Config) { c.ReadyzFailWhenFull = true },
+		proxy.WithFreeSpace(diskFree(&free, 1<<30)))
+	wantManifest(t, get(t, m.URL()+"/v2/team/app/manifests/v1"), img.Manifest, img.MediaType)
+	m.WaitIdle()
+	if r := get(t, m.URL()+"/readyz"); r.status != http.StatusOK || strings.Contains(string(r.body), "full") {
+		t.Fatalf("/readyz with room: %d %q", r.status, r.body)
+	}
+
+	// Restarted on a disk filled meanwhile (by the index, the logs,
+	// another program).
+	free.Store(1 << 20)
+	m.Restart()
+	r := get(t, m.URL()+"/readyz")
+	wantError(t, r, http.StatusServiceUnavailable, "UNAVAILABLE")
+	if !strings.Contains(string(r.body), "store full") {
+		t.Errorf("/readyz on a full disk after a restart: %q, want store full", r.body)
+	}
+	wantStoreFullGauge(t, m, 1)
+	// Hits are still served.
+	wantManifest(t, get(t, m.URL()+"/v2/team/app/manifests/v1"), img.Manifest, img.MediaType)
+
+	// Freed by hand: ready again, with no write.
+	free.Store(1 << 30)
+	if r := get(t, m.URL()+"/readyz"); r.status != http.StatusOK || strings.Contains(string(r.body), "full") {
+		t.Fatalf("/readyz once the disk has room: %d %q", r.status, r.body)
+	}
+	wantStoreFullGauge(t, m, 0)
+}
+
+// A write that found no space, on a disk with room for small writes but
+// not that one (a layer larger than what is left), is forgotten once an
+// operator frees space by hand, with no write: the mirror, out of
+// rotation (readyz_fail_when_full), got no miss to find it.
+func TestStoreFullForgottenOnceSpaceIsFreedByHand(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "team/app", "v1", 1, 1<<10)
+	store, open := newFullStore(t)
+	var free atomic.Uint64
+	cfg := servertest.Config(t, t.TempDir(), []servertest.Upstream{{Host: "docker.io", URL: up.URL()}})
+	cfg.ReadyzFailWhenFull = true
+	srv, err := server.New(t.Context(), cfg, server.WithLogger(servertest.Logger()),
+		server.WithProxyOptions(proxy.WithFreeSpace(diskFree(&free, 200<<20))),
+		server.WithStore(func(context.Context, config.Config, *storage.Index) (storage.Store, string, error) {
+			s, err := open(nil)
+			return s, "full store", err
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv.Handler())
+	t.Cleanup(func() {
+		hs.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		_ = srv.Proxy.WaitIdle(ctx)
+		srv.Close()
+	})
+	store.full.Store(true)
+	release := store.holdIngests()
+	wantManifest(t, get(t, hs.URL+"/v2/team/app/manifests/v1"), img.Manifest, img.MediaType)
+	release()
+	if err := srv.Proxy.WaitIdle(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	wantError(t, get(t, hs.URL+"/readyz"), http.StatusServiceUnavailable, "UNAVAILABLE")
+
+	store.full.Store(false)
+	free.Store(10 << 30) // a directory of old files removed
+	if r := get(t, hs.URL+"/readyz"); r.status != http.StatusOK || strings.Contains(string(r.body), "full") {
+		t.Fatalf("/readyz once space was freed by hand: %d %q", r.status, r.body)
 	}
 }
