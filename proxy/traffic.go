@@ -98,6 +98,11 @@ func (t *traffic) record(now time.Time, route, cache string, bytes int64) {
 		t.mu.Unlock()
 	}
 	t.requests.Add(1)
+	if route != "manifest" && route != "blob" {
+		// Tag lists (a miss whenever the upstream answers) and
+		// referrers are not what the hit ratio measures.
+		return
+	}
 	switch cache {
 	case "", cacheNone:
 	case "miss":
