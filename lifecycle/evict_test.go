@@ -707,3 +707,53 @@ func TestPrefetchPinnedImageNeverEvictable(t *testing.T) {
 	up.Stop()
 	e.wantPull(t, app)
 }
+
+// A prefetch with "pin": true whose copy fails takes back only the pin it
+// made: a pin recorded meanwhile by someone else (an admin pinning the
+// image, a sync with pin) is theirs, and stays. The prefetch took back
+// the pin whoever had recorded it since, and the image, pinned by the
+// admin, was evictable.
+func TestPrefetchFailingKeepsAPinMadeMeanwhile(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	im := up.SeedImage(t, "library/app", "v1", 1, 64<<10)
+	m := servertest.StartWithStore(t, up.URL(), openStore)
+	layer := im.Layers[0]
+	// Every answer of the layer is corrupt, so the copy fails; the first
+	// is held until the other pin is recorded.
+	up.SetFault(fixture.Fault{Method: http.MethodGet, Kind: fixture.KindBlob, PathContains: layer, Corrupt: true})
+	gate := up.GateBlob(layer, 1<<10)
+	ref := "library/app@" + im.Digest
+	job, err := m.Proxy.StartPrefetch(t.Context(), proxy.PrefetchRequest{Images: []string{ref}, Pin: true}, "prefetch")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	select {
+	case <-gate.Reached():
+	case <-ctx.Done():
+		t.Fatal("the prefetch never reached the layer")
+	}
+	pins, err := m.Index.Pins()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := pins[im.Digest]; !ok {
+		t.Fatalf("pins %v while the prefetch copies; want %s pinned before the copy", pins, im.Digest)
+	}
+	// The admin pins the image (POST /api/v1/actions/pin).
+	if err := m.Index.Pin(im.Digest, storage.PinRecord{PinnedAt: m.Clock.Now(), Reason: "admin"}); err != nil {
+		t.Fatal(err)
+	}
+	gate.Open()
+	m.WaitIdle()
+	if job, err = m.Proxy.Job(job.ID); err != nil || job.State != storage.JobFailed {
+		t.Fatalf("job %+v, %v; want it failed", job, err)
+	}
+	if pins, err = m.Index.Pins(); err != nil {
+		t.Fatal(err)
+	}
+	if rec, ok := pins[im.Digest]; !ok || rec.Reason != "admin" {
+		t.Errorf("pins %v after the prefetch failed; want the admin's pin of %s kept", pins, im.Digest)
+	}
+}

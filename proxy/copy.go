@@ -196,7 +196,8 @@ func (p *Proxy) copySource(ctx context.Context, t target, ref oci.Ref) (*storedM
 
 // pin keeps an image out of eviction: by its tag (whatever the tag points
 // to later) or by digest. unpin takes back the pin if it made it (none
-// was recorded before).
+// was recorded before) and nobody pinned the image since (an admin, a
+// sync with pin): theirs stays.
 func (p *Proxy) pin(ref, reason string) (unpin func() error, err error) {
 	im, err := p.parseImage(ref)
 	if err != nil {
@@ -206,9 +207,13 @@ func (p *Proxy) pin(ref, reason string) (unpin func() error, err error) {
 	if !im.ref.IsDigest() {
 		key = storage.TagKey(im.t.host(), im.t.repo, im.ref.Tag)
 	}
-	added, err := p.index.PinAdded(key, storage.PinRecord{PinnedAt: p.now(), Reason: reason})
+	rec := storage.PinRecord{PinnedAt: p.now(), Reason: reason}
+	added, err := p.index.PinAdded(key, rec)
 	if err != nil || !added {
 		return func() error { return nil }, err
 	}
-	return func() error { return p.index.Unpin(key) }, nil
+	return func() error {
+		_, err := p.index.UnpinIf(key, rec)
+		return err
+	}, nil
 }

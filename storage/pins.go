@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -78,6 +79,33 @@ func (ix *Index) Unpin(ref string) error {
 		return err
 	}
 	return ix.shareDelete(bucketPins, key)
+}
+
+// UnpinIf removes the pin of ref if its record is still rec: one
+// recorded since (someone else pinning the same reference, which
+// overwrites the record) is theirs and stays. It reports whether it
+// removed the pin.
+func (ix *Index) UnpinIf(ref string, rec PinRecord) (removed bool, err error) {
+	key, err := pinKey(ref)
+	if err != nil {
+		return false, err
+	}
+	raw, err := json.Marshal(rec)
+	if err != nil {
+		return false, err
+	}
+	err = ix.write(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketPins)
+		if b == nil || !bytes.Equal(b.Get(key), raw) {
+			return nil
+		}
+		removed = true
+		return b.Delete(key)
+	})
+	if err != nil || !removed {
+		return false, err
+	}
+	return true, ix.shareDelete(bucketPins, key)
 }
 
 // Pins returns the pins by digest or TagKey.
