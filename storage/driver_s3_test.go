@@ -368,3 +368,37 @@ func TestDriverStoreS3FullIsFull(t *testing.T) {
 		})
 	}
 }
+
+// A store under a rootdirectory of the bucket (a prefix shared with other
+// data) reads a part of a blob (OpenRange: a ranged GET with the s3
+// driver's own client, found by reflection) from the object the driver
+// wrote, under that prefix, as Open does.
+func TestDriverStoreS3OpenRangeUnderRootDirectory(t *testing.T) {
+	srv := s3test.Start(t)
+	bucket := srv.NewBucket(t)
+	params := srv.Params(bucket)
+	params["rootdirectory"] = "/team/mirror"
+	s, err := storage.OpenDriverStore(t.Context(), "s3aws", params)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := bytes.Repeat([]byte("0123456789abcdef"), 4096)
+	d := digest.FromBytes(body)
+	if err := s.Put(t.Context(), "library/app", d, int64(len(body)), bytes.NewReader(body)); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range srv.Keys(t, bucket) {
+		if !strings.HasPrefix(k, "team/mirror/blobs/") {
+			t.Errorf("bucket holds %q: want every key under the rootdirectory", k)
+		}
+	}
+	rc, err := s.OpenRange(t.Context(), "library/app", d, 1000, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil || !bytes.Equal(got, body[1000:1100]) {
+		t.Errorf("OpenRange(1000, 100) read %q, %v; want %q (the range only)", got, err, body[1000:1100])
+	}
+}
