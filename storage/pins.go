@@ -38,7 +38,8 @@ func (ix *Index) Pin(ref string, rec PinRecord) error {
 }
 
 // PinAdded is Pin; it also reports whether the pin is new: none was
-// recorded for ref before.
+// recorded for ref before, here or, on a bucket replicas share, by
+// another replica.
 func (ix *Index) PinAdded(ref string, rec PinRecord) (added bool, err error) {
 	key, err := pinKey(ref)
 	if err != nil {
@@ -58,6 +59,14 @@ func (ix *Index) PinAdded(ref string, rec PinRecord) (added bool, err error) {
 	})
 	if err != nil {
 		return false, err
+	}
+	if added {
+		// Another replica's pin, not read here yet, is not new either.
+		_, found, err := ix.shareGet(bucketPins, key)
+		if err != nil {
+			return false, err
+		}
+		added = !found
 	}
 	return added, ix.sharePut(bucketPins, key, rec)
 }
@@ -83,8 +92,8 @@ func (ix *Index) Unpin(ref string) error {
 
 // UnpinIf removes the pin of ref if its record is still rec: one
 // recorded since (someone else pinning the same reference, which
-// overwrites the record) is theirs and stays. It reports whether it
-// removed the pin.
+// overwrites the record; on a bucket replicas share, another replica) is
+// theirs and stays. It reports whether it removed the pin.
 func (ix *Index) UnpinIf(ref string, rec PinRecord) (removed bool, err error) {
 	key, err := pinKey(ref)
 	if err != nil {
@@ -104,6 +113,10 @@ func (ix *Index) UnpinIf(ref string, rec PinRecord) (removed bool, err error) {
 	})
 	if err != nil || !removed {
 		return false, err
+	}
+	shared, found, err := ix.shareGet(bucketPins, key)
+	if err != nil || !found || !bytes.Equal(shared, raw) {
+		return true, err // another replica's since, or none
 	}
 	return true, ix.shareDelete(bucketPins, key)
 }

@@ -239,3 +239,57 @@ func TestDriverRecordsSkipsInterruptedWritesOnFilesystem(t *testing.T) {
 		t.Errorf("tags after Refresh = %q, %v; want [v1]", tags, err)
 	}
 }
+
+// A prefetch with pin takes back, when its copy fails, only a pin it
+// made (PinAdded said new) and nobody recorded since (UnpinIf): on a
+// bucket replicas share, a pin another replica recorded (an admin's on
+// its status page), before or since, is not this replica's to take back,
+// though its own index has not read it yet. PinAdded said new, and
+// UnpinIf removed the bucket's record, and the image was unpinned on
+// every replica.
+func TestSharedPinOfAnotherReplicaNotTakenBack(t *testing.T) {
+	now := time.Unix(1700000000, 0).UTC()
+	key := storage.TagKey("docker.io", "library/x", "v1")
+	admin := storage.PinRecord{PinnedAt: now, Reason: "admin"}
+	prefetch := storage.PinRecord{PinnedAt: now.Add(time.Second), Reason: "prefetch"}
+	for _, c := range []struct {
+		name  string
+		order func(t *testing.T, a, b *storage.Index)
+	}{
+		{"pinned before", func(t *testing.T, a, b *storage.Index) {
+			if err := a.Pin(key, admin); err != nil {
+				t.Fatal(err)
+			}
+			added, err := b.PinAdded(key, prefetch)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if added {
+				t.Errorf("PinAdded said new a pin another replica recorded")
+				if _, err := b.UnpinIf(key, prefetch); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}},
+		{"pinned since", func(t *testing.T, a, b *storage.Index) {
+			if added, err := b.PinAdded(key, prefetch); err != nil || !added {
+				t.Fatalf("PinAdded = %v, %v; want a new pin", added, err)
+			}
+			if err := a.Pin(key, admin); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := b.UnpinIf(key, prefetch); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := storage.NewDriverRecords(inmemory.New())
+			a, b := openShared(t, r), openShared(t, r)
+			c.order(t, a, b)
+			if raw, err := r.Get(t.Context(), "pins", key); err != nil {
+				t.Errorf("the bucket's pin record = %q, %v; want the image pinned", raw, err)
+			}
+		})
+	}
+}
