@@ -372,8 +372,8 @@ func (p *Proxy) artifactsOf(ctx context.Context, t target, subject digest.Digest
 	// absent: the tags the upstream answered 404, as most images' are;
 	// forget: those it has, and those whose lookup it answered with a
 	// failure (a 5xx, a 429), of which its earlier 404 is no longer the
-	// last word. A tag whose lookup got no answer is neither: nothing was
-	// asked.
+	// last word. A tag whose lookup got no answer (the upstream
+	// unreachable, or not asked while the mirror backs off) is neither.
 	var absent, forget []string
 	for _, suffix := range cosignSuffixes {
 		tag := oci.ReferrersTag(subject) + "." + suffix
@@ -390,7 +390,7 @@ func (p *Proxy) artifactsOf(ctx context.Context, t target, subject digest.Digest
 			return nil, ctx.Err()
 		default:
 			var ue *upstream.Error
-			if errors.Is(err, errArtifactTagListed) || errors.As(err, &ue) && ue.Status != 0 {
+			if errors.Is(err, errArtifactTagListed) || errors.As(err, &ue) && ue.Status != 0 && !ue.NotAsked {
 				forget = append(forget, suffix) // not known absent any more
 			}
 			p.log.Warn("fetching a cosign tag failed; not storing it", "upstream", t.host(), "repo", t.repo, "tag", tag, "error", err)

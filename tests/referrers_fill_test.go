@@ -1153,3 +1153,40 @@ func TestTagsListRefusedDoesNotRefuseTheCredentials(t *testing.T) {
 	get(t, u+"other/tags/list")
 	wantManifest(t, get(t, u+"last/manifests/v1"), last.Manifest, last.MediaType)
 }
+
+// A cosign tag a fill found absent stays known absent through a recheck
+// made while the mirror backs off after the upstream's 429 to another
+// request (Docker Hub's pull limit, hit by a layer): its lookups fail at
+// once, the upstream not asked, so nothing is said of the tag. With the
+// upstream still rate-limiting, cosign is told 404 MANIFEST_UNKNOWN, as
+// the upstream answered when last asked, not 429. Before, the back-off's
+// failure, carrying the 429 it backs off for, was taken for the
+// upstream's answer, and the records were forgotten.
+func TestCosignTagAbsentKeptThroughARecheckWhileBackingOff(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	s := seedSignedImage(t, up)
+	m := servertest.Start(t, up.URL())
+	pinned := "signed@" + s.ma.Digest
+	cranePull(t, ref(t, m, pinned), remote.WithPlatform(linuxAMD64))
+	m.WaitIdle()
+	att := cosignTag(s.ma.Digest, "att")
+	if ok, err := m.Index.TagAbsent("docker.io", "library/signed", digestOf(t, s.ma.Digest), "att"); err != nil || !ok {
+		t.Fatalf("%s not recorded absent by the fill (%v)", att, err)
+	}
+
+	// The pull limit, hit by a pull of another image: the mirror leaves
+	// the upstream alone for an hour.
+	up.SetFault(fixture.Fault{Status: http.StatusTooManyRequests, Header: http.Header{"Retry-After": {"3600"}}})
+	wantError(t, get(t, m.URL()+"/v2/other/manifests/1"), http.StatusTooManyRequests, "TOOMANYREQUESTS")
+	up.ResetCounts()
+	m.Clock.Advance(proxy.ArtifactsRecheck) // past the fill's look, within the back-off
+	cranePull(t, ref(t, m, pinned), remote.WithPlatform(linuxAMD64))
+	m.WaitIdle()
+	if n := len(up.Requests()); n != 0 {
+		t.Fatalf("%d upstream requests while backing off, want none", n)
+	}
+	if ok, err := m.Index.TagAbsent("docker.io", "library/signed", digestOf(t, s.ma.Digest), "att"); err != nil || !ok {
+		t.Errorf("%s no longer recorded absent after a recheck that asked the upstream nothing (%v)", att, err)
+	}
+	wantError(t, get(t, m.URL()+"/v2/signed/manifests/"+att), http.StatusNotFound, "MANIFEST_UNKNOWN")
+}

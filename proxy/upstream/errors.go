@@ -45,8 +45,13 @@ type Error struct {
 	Kind Kind
 	What string
 	// Status is the upstream's HTTP status; 0 when there was no answer
-	// (unreachable, no answer in time, or not asked while backing off).
+	// (unreachable, no answer in time). Not asked while backing off
+	// (NotAsked), the status backed off for (a 429, a 503).
 	Status int
+	// NotAsked: the request was not sent, the mirror backing off after
+	// the upstream's 429 (or 503) to an earlier one: the upstream said
+	// nothing of this one.
+	NotAsked bool
 	// Code and Message are the first OCI error of the upstream's answer,
 	// if it sent one.
 	Code, Message string

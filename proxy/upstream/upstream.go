@@ -1532,6 +1532,7 @@ func (c *Client) backingOff(r call) error {
 	}
 	e := c.newError(r.kind, r.what, status, ErrUnavailable, nil, "upstream %s %s; not asking for %s for %ds", c.host, why, r.what, secs)
 	e.RetryAfter = strconv.Itoa(secs)
+	e.NotAsked = true
 	return e
 }
 
