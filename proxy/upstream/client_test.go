@@ -319,6 +319,36 @@ func TestRefusedCredentialsNotRetriedForOtherRepositories(t *testing.T) {
 	})
 }
 
+// TestRefusedBasicCredentialsNotRetriedForTagsLists: a registry of basic
+// auth that refuses a wrong password with a 401 to a tags list (a client
+// listing tags through the mirror, Renovate polling, the mirror's own
+// probe of an upstream's HEADs) is not sent it again for authRetryAfter,
+// however many lists are asked for: each would be a failed login toward
+// a lock of the account. Only the credentials the upstream has taken (a
+// pull went through) are still sent after a tags list's 401: a Nexus or
+// Artifactory repository answers it to a user that may pull but not list.
+func TestRefusedBasicCredentialsNotRetriedForTagsLists(t *testing.T) {
+	var sent atomic.Int64 // requests that carried credentials
+	basic := func(w http.ResponseWriter, req *http.Request) {
+		if _, _, ok := req.BasicAuth(); ok {
+			sent.Add(1)
+		}
+		w.Header().Set("WWW-Authenticate", `Basic realm="test"`)
+		w.WriteHeader(http.StatusUnauthorized)
+	}
+	r := startRegistry(t, basic, basic) // the password is wrong
+	c := r.client(t, WithClock(newFakeClock().Now), WithAuth(&authn.Basic{Username: "bot", Password: "typo"}))
+	for _, repo := range []string{"library/a", "library/a", "library/b", "team/app"} {
+		_, err := c.Tags(t.Context(), repo, nil)
+		if ue := asError(t, err, "ErrAuth"); ue.Status != http.StatusUnauthorized {
+			t.Fatalf("tags of %s: status %d, want 401: %v", repo, ue.Status, err)
+		}
+	}
+	if n := sent.Load(); n != 1 {
+		t.Fatalf("the refused credentials were sent %d times for 4 tags lists within %s, want 1", n, authRetryAfter)
+	}
+}
+
 // TestAnonymousRefusalSaysSo: GHCR's token server gives anyone a token of
 // a public repository and refuses one of a private repository (401)
 // without credentials. With none configured, the refusal says that the

@@ -1371,13 +1371,14 @@ func (c *Client) doWarming(ctx context.Context, repo string, req *http.Request, 
 	}
 	defer resp.Body.Close()
 	err = c.statusError(resp, r)
-	if resp.StatusCode == http.StatusUnauthorized && sendsBasic(t) && resp.Request.URL.Host == c.registry.RegistryStr() && r.kind != KindTags {
+	if resp.StatusCode == http.StatusUnauthorized && sendsBasic(t) && resp.Request.URL.Host == c.registry.RegistryStr() && (r.kind != KindTags || !c.isLoggedIn(basic)) {
 		// Our credentials went with the request and were refused (by
 		// the upstream, not a host it redirected to, which got none):
 		// sent again with every request, they could lock the account
 		// (an Artifactory can), as a token server's could. Not so a
-		// tags list's 401: a Nexus or Artifactory repository answers it
-		// to a user that may pull but not list.
+		// tags list's 401 to credentials the upstream has taken: a
+		// Nexus or Artifactory repository answers it to a user that
+		// may pull but not list.
 		c.refuse(repo, t, err, basic)
 	}
 	if c.refusesRepository(t, resp) {
