@@ -550,29 +550,42 @@ const (
 	headUntestable
 )
 
+// headProbeAgain is how long what was found of a repository alone
+// (tagHeadTrusted) holds: its tags list refused, or naming no tag to find
+// out with, it is tried again after that, as the mirror's user may have
+// been granted the list since, or the repository tagged anew.
+const headProbeAgain = time.Hour
+
 // tagHeads holds, per upstream host, what its HEADs of tags were found
 // to be worth, for the life of the process; the zero value knows nothing.
 type tagHeads struct {
 	mu       sync.Mutex
 	verdicts map[string]headVerdict
 	// probed: the "host/repo" whose tags were tried (tagHeadTrusted),
-	// not tried again, and what was found of the repository alone:
-	// headUntestable, or headUnknown.
-	probed map[string]headVerdict
+	// not tried again before headProbeAgain, and what was found of the
+	// repository alone: headUntestable, or headUnknown.
+	probed map[string]repoProbe
 }
 
-// probe reports whether the repository key is yet to be tried, noting it
-// tried; if it was, what was found of it.
-func (th *tagHeads) probe(key string) (headVerdict, bool) {
+// repoProbe is what was found of a repository alone (tagHeads.probed),
+// and when it was tried.
+type repoProbe struct {
+	v  headVerdict
+	at time.Time
+}
+
+// probe reports whether the repository key is to be tried, at now, noting
+// it tried; if not, what was found of it.
+func (th *tagHeads) probe(key string, now time.Time) (headVerdict, bool) {
 	th.mu.Lock()
 	defer th.mu.Unlock()
-	if v, ok := th.probed[key]; ok {
-		return v, false
+	if r, ok := th.probed[key]; ok && now.Sub(r.at) < headProbeAgain {
+		return r.v, false
 	}
 	if th.probed == nil {
-		th.probed = map[string]headVerdict{}
+		th.probed = map[string]repoProbe{}
 	}
-	th.probed[key] = headUnknown
+	th.probed[key] = repoProbe{at: now}
 	return headUnknown, true
 }
 
@@ -580,7 +593,9 @@ func (th *tagHeads) probe(key string) (headVerdict, bool) {
 func (th *tagHeads) untestable(key string) {
 	th.mu.Lock()
 	defer th.mu.Unlock()
-	th.probed[key] = headUntestable
+	r := th.probed[key]
+	r.v = headUntestable
+	th.probed[key] = r
 }
 
 func (th *tagHeads) get(host string) headVerdict {
@@ -605,7 +620,8 @@ func (th *tagHeads) set(host string, v headVerdict) {
 
 // tagHeadTrusted reports whether a 404 of t's upstream to a tag's HEAD is
 // taken for "no such tag". Not known yet, it is found out once per
-// upstream (tried once per repository) with a HEAD of a tag of t's
+// upstream (tried once per repository, again after headProbeAgain while
+// it is not known) with a HEAD of a tag of t's
 // repository the upstream has (headProbeTag): of one its tags list names
 // and the mirror does not hold, a 200 says its HEAD is truthful (Docker
 // Hub: a missing artifact tag then costs one HEAD and no GET, which would
@@ -624,7 +640,7 @@ func (p *Proxy) tagHeadTrusted(ctx context.Context, t target) bool {
 		if v := p.tagHeads.get(t.host()); v != headUnknown {
 			return v, nil
 		}
-		if v, first := p.tagHeads.probe(key); !first {
+		if v, first := p.tagHeads.probe(key, p.now()); !first {
 			return v, nil
 		}
 		ctx, cancel := p.detach(ctx, p.manifestTimeout)

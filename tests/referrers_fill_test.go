@@ -1190,3 +1190,47 @@ func TestCosignTagAbsentKeptThroughARecheckWhileBackingOff(t *testing.T) {
 	}
 	wantError(t, get(t, m.URL()+"/v2/signed/manifests/"+att), http.StatusNotFound, "MANIFEST_UNKNOWN")
 }
+
+// A repository whose tags list the upstream refused (to a client not
+// allowed it), which has each 404 of a cosign tag's HEAD confirmed with
+// a GET, is asked for its list again after a while: once the upstream
+// lists its tags (the mirror's user granted the list), its truthful HEAD
+// is found so, and a missing cosign tag costs a HEAD again, no GET, which
+// Docker Hub would count as a pull. Before, the refusal was remembered
+// for the life of the process, and every fill and recheck of an image of
+// that repository GET each missing tag until a restart.
+func TestTagsListRefusedOnceAskedAgain(t *testing.T) {
+	const repo = "library/app"
+	up := fixture.StartUpstream(t)
+	up.SeedMultiArch(t, repo, "1", fixture.OCI)
+	next := up.SeedMultiArch(t, repo, "2", fixture.OCI)
+	up.SeedMultiArch(t, repo, "3", fixture.OCI) // never pulled: a tag to find out with
+	cosignGets := func() int {
+		n := 0
+		for _, r := range up.Requests() {
+			if r.Method == http.MethodGet && strings.Contains(r.Path, "/manifests/sha256-") {
+				n++
+			}
+		}
+		return n
+	}
+	up.SetFault(fixture.Fault{Kind: fixture.KindTags, Status: http.StatusNotFound})
+	m := servertest.Start(t, up.URL())
+	get(t, m.URL()+"/v2/app/manifests/1")
+	m.WaitIdle()
+	if cosignGets() == 0 {
+		t.Fatal("the tags list refused, no 404 of a cosign tag's HEAD was confirmed with a GET")
+	}
+
+	up.ClearFault()
+	up.ResetCounts()
+	m.Clock.Advance(24 * time.Hour)
+	wantManifest(t, get(t, m.URL()+"/v2/app/manifests/2"), next.Index, next.MediaType)
+	m.WaitIdle()
+	if n := up.Count(http.MethodHead, fixture.KindManifest); n == 0 {
+		t.Fatal("the fill of app:2 looked up no cosign tag")
+	}
+	if n := cosignGets(); n != 0 {
+		t.Errorf("%d GETs of missing cosign tags a day after the tags list was refused, the upstream listing them now, want none", n)
+	}
+}
