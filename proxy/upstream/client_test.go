@@ -1033,6 +1033,64 @@ func TestRepositoryRefusalNotFailing(t *testing.T) {
 	}
 }
 
+// TestRefusalProbeBounded: after a restart, a refusal before the upstream
+// has answered anything as expected is checked with a HEAD of a
+// repository the mirror holds (answersAnother). An upstream refusing
+// every repository (a private registry the mirror has no credentials
+// for) got one such HEAD, and a token request, more for every refused
+// client request, doubling the load of a CI hammering it: the probe is
+// asked once at a time and its verdict kept for pingTTL.
+func TestRefusalProbeBounded(t *testing.T) {
+	const held = "held/app"
+	var probes atomic.Int64
+	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		if req.URL.Path == "/token" {
+			fmt.Fprint(w, `{"token":"anon"}`)
+			return
+		}
+		if req.URL.Path == "/v2/"+held+"/manifests/latest" {
+			probes.Add(1)
+		}
+		h := fmt.Sprintf(`Bearer realm="http://%s/token",service="test",error="insufficient_scope"`, req.Host)
+		w.Header().Set("WWW-Authenticate", h)
+		w.WriteHeader(http.StatusUnauthorized)
+	}, bearerPing)
+	clock := newFakeClock()
+	c := r.client(t, WithClock(clock.Now))
+	c.HoldsRepositories(func(except string) (string, bool) { return held, except != held })
+	refuse := func(n int) {
+		t.Helper()
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Go(func() {
+				if _, err := c.HeadManifest(t.Context(), fmt.Sprintf("private/app%d", i), v1); !errors.Is(err, ErrAuth) {
+					t.Errorf("a private repository: %v, want ErrAuth", err)
+				}
+			})
+		}
+		wg.Wait()
+	}
+	refuse(1)
+	one := probes.Load() // a probe's requests (the HEAD sent again after its challenge)
+	if one == 0 {
+		t.Fatal("a refusal after the start: the held repository was not asked")
+	}
+	for range 4 {
+		refuse(1)
+	}
+	if got := probes.Load(); got != one {
+		t.Errorf("5 refusals in a row of an upstream refusing everything: %d requests of a held repository, want %d (one probe)", got, one)
+	}
+	if st := c.State(); !st.LastErrorAt.After(st.LastOK) {
+		t.Errorf("an upstream refusing every repository: last error at %v, last OK at %v: want failing", st.LastErrorAt, st.LastOK)
+	}
+	clock.Advance(pingTTL)
+	refuse(8)
+	if got := probes.Load(); got != 2*one {
+		t.Errorf("8 refusals at once, the verdict %s old: %d requests of a held repository in all, want %d (two probes)", pingTTL, got, 2*one)
+	}
+}
+
 // slowRenewalTransport is a registry at https://registry.test whose
 // token server gives token "t" to the first token request, does not
 // answer the second (it hangs until its caller gives up, and ends as

@@ -54,6 +54,9 @@ type health struct {
 	// refused is the repository refused (refusesRepository) since the
 	// last expected answer, "" if none.
 	refused string
+	// probeRefused is when answersAnother's last probe found the
+	// upstream refusing a held repository too (zero if none did).
+	probeRefused time.Time
 }
 
 // State returns how the upstream is doing.
@@ -126,25 +129,53 @@ func (c *Client) HoldsRepositories(held func(except string) (repo string, ok boo
 // probingKey marks the context of answersAnother's request.
 type probingKey struct{}
 
+// probeKey is the single-flight key of answersAnother's probe: no
+// repository name has a NUL.
+const probeKey = "\x00probe"
+
 // answersAnother reports whether the upstream, which has answered no
 // request as expected since the start and refused repo, answers a
 // repository the mirror holds content of (HoldsRepositories) as
 // expected: a HEAD of its latest tag, which a 404 answers too. Then it
 // does not refuse every repository, and repo's refusal is repo's: the
 // upstream, Docker Hub refusing a mistyped name as the first request
-// after a restart, was shown failing until a pull succeeded.
+// after a restart, was shown failing until a pull succeeded. The probe
+// is asked once for concurrent refusals, and one not answered as
+// expected is the verdict for pingTTL: an upstream refusing every
+// repository got a probe more for each request it refused.
 func (c *Client) answersAnother(ctx context.Context, repo string) bool {
 	held := c.held.Load()
-	if held == nil || ctx.Value(probingKey{}) != nil {
+	if held == nil || ctx.Value(probingKey{}) != nil || c.probeRefusedLately() {
 		return false
 	}
-	other, ok := (*held)(repo)
-	if !ok {
-		return false
-	}
-	// Asked even if the client left: the answer is of the upstream.
-	_, err := c.HeadManifest(context.WithValue(context.WithoutCancel(ctx), probingKey{}, true), other, oci.Ref{Tag: "latest"})
-	return err == nil || errors.Is(err, ErrNotFound)
+	v, _, _ := c.creating.Do(probeKey, func() (any, error) {
+		if c.probeRefusedLately() { // by a probe that ended meanwhile
+			return false, nil
+		}
+		other, ok := (*held)(repo)
+		if !ok {
+			return false, nil
+		}
+		// Asked even if the client left: the answer is of the upstream.
+		_, err := c.HeadManifest(context.WithValue(context.WithoutCancel(ctx), probingKey{}, true), other, oci.Ref{Tag: "latest"})
+		if err == nil || errors.Is(err, ErrNotFound) {
+			return true, nil
+		}
+		c.health.mu.Lock()
+		c.health.probeRefused = c.now()
+		c.health.mu.Unlock()
+		return false, nil
+	})
+	return v.(bool)
+}
+
+// probeRefusedLately reports whether answersAnother's probe was refused
+// less than pingTTL ago.
+func (c *Client) probeRefusedLately() bool {
+	h := &c.health
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return !h.probeRefused.IsZero() && c.now().Sub(h.probeRefused) < pingTTL
 }
 
 // note is noteAnswer, of a refusal of refused if not "", the
