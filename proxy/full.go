@@ -15,7 +15,8 @@ type fullness struct {
 	mu     sync.Mutex
 	full   bool
 	stored int64 // Index.StoredBytes when a write last found no space
-	// free is the disk's free space then, if known (freeKnown).
+	// free is the disk's free space then, if known and the write's
+	// refusal was the disk's (freeKnown).
 	free      uint64
 	freeKnown bool
 }
@@ -35,7 +36,11 @@ func (p *Proxy) noteWrite(err error) error {
 		p.full.full = false
 		p.full.mu.Unlock()
 	case storage.IsFull(err):
+		// Only the disk's own refusal is cleared by its free space: a
+		// quota's (EDQUOT) or an S3-compatible store's is not measured
+		// by it, and the disk gains room as downloads' spool files go.
 		free, known := p.freeSpace()
+		known = known && storage.IsDiskFull(err)
 		p.full.mu.Lock()
 		p.full.full, p.full.stored = true, p.index.StoredBytes()
 		p.full.free, p.full.freeKnown = free, known

@@ -235,8 +235,8 @@ func WithSpoolDir(dir string) Option { return func(p *Proxy) { p.blobs.dir = dir
 // WithFreeSpace gives the proxy free, which returns the free space of the
 // disk the store (and the spool) fills, and whether it could tell
 // (default: not measured). The store counts as full while it is under
-// 64 MiB, and a write's finding no space is forgotten once it has grown by
-// as much.
+// 64 MiB, and a write's finding no space on it (ENOSPC) is forgotten once
+// it has grown by as much.
 func WithFreeSpace(free func() (uint64, bool)) Option { return func(p *Proxy) { p.diskFree = free } }
 
 // WithReadyzFailWhenFull makes /readyz fail while the store is full

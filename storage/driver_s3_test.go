@@ -365,6 +365,9 @@ func TestDriverStoreS3FullIsFull(t *testing.T) {
 			if err == nil || !storage.IsFull(err) {
 				t.Errorf("Put refused with %d %s = %v; want a full store (storage.IsFull)", c.status, c.code, err)
 			}
+			if storage.IsDiskFull(err) {
+				t.Errorf("Put refused with %d %s = %v: storage.IsDiskFull, the local disk's free space taken to measure the bucket", c.status, c.code, err)
+			}
 		})
 	}
 }

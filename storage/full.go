@@ -29,6 +29,18 @@ func MarkFull(err error) error {
 // distribution's storage drivers, which do not unwrap.
 func IsFull(err error) bool { return errors.Is(err, ErrFull) || noSpace(err) }
 
+// IsDiskFull reports whether err is a file system's refusal for want of
+// room on its disk (ENOSPC anywhere in its chain, as IsFull finds it),
+// which that disk's free space measures: not a quota's (EDQUOT, a user's
+// share of a disk that has room), nor an S3-compatible store's.
+func IsDiskFull(err error) bool {
+	if errors.Is(err, syscall.ENOSPC) {
+		return true
+	}
+	var de storagedriver.Error
+	return errors.As(err, &de) && de.Detail != nil && IsDiskFull(de.Detail)
+}
+
 func noSpace(err error) bool {
 	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
 		return true

@@ -20,17 +20,24 @@ func TestIsFull(t *testing.T) {
 	t.Parallel()
 	enospc := &fs.PathError{Op: "write", Path: "/data/x", Err: syscall.ENOSPC}
 	edquot := &fs.PathError{Op: "write", Path: "/data/x", Err: syscall.EDQUOT}
-	for _, err := range []error{
-		storage.ErrFull, enospc, edquot, fmt.Errorf("spooling: %w", enospc),
+	for _, c := range []struct {
+		err  error
+		disk bool // the disk's own refusal (IsDiskFull), not a quota's
+	}{
+		{storage.ErrFull, false}, {enospc, true}, {edquot, false}, {fmt.Errorf("spooling: %w", enospc), true},
 		// What distribution's base driver returns, which does not unwrap.
-		storagedriver.Error{DriverName: "filesystem", Detail: enospc},
-		fmt.Errorf("put: %w", storagedriver.Error{DriverName: "filesystem", Detail: edquot}),
+		{storagedriver.Error{DriverName: "filesystem", Detail: enospc}, true},
+		{fmt.Errorf("put: %w", storagedriver.Error{DriverName: "filesystem", Detail: edquot}), false},
 	} {
+		err := c.err
 		if !storage.IsFull(err) {
 			t.Errorf("IsFull(%v) = false", err)
 		}
 		if m := storage.MarkFull(err); !errors.Is(m, storage.ErrFull) || !strings.Contains(m.Error(), err.Error()) {
 			t.Errorf("MarkFull(%v) = %v", err, m)
+		}
+		if got := storage.IsDiskFull(err); got != c.disk || storage.IsDiskFull(storage.MarkFull(err)) != c.disk {
+			t.Errorf("IsDiskFull(%v) = %v, want %v", err, got, c.disk)
 		}
 	}
 	for _, err := range []error{nil, errors.New("disk on fire"), &fs.PathError{Op: "open", Err: syscall.EACCES},
@@ -40,6 +47,9 @@ func TestIsFull(t *testing.T) {
 		}
 		if storage.MarkFull(err) != err {
 			t.Errorf("MarkFull(%v) changed it", err)
+		}
+		if storage.IsDiskFull(err) {
+			t.Errorf("IsDiskFull(%v) = true", err)
 		}
 	}
 }

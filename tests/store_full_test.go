@@ -25,11 +25,13 @@ import (
 
 // fullStore is the embedded store on a disk that can be made full: while
 // full is set, every write fails as the kernel fails it, with ENOSPC
-// (EDQUOT with quota set), deep in the error chain.
+// (EDQUOT with quota set), deep in the error chain, or as a full
+// S3-compatible store refuses it with bucket set (MinIO's 507).
 type fullStore struct {
 	*storage.DriverStore
-	full  atomic.Bool
-	quota atomic.Bool
+	full   atomic.Bool
+	quota  atomic.Bool
+	bucket atomic.Bool
 	// held, while set, holds every blob write (Ingest) until it is
 	// closed: the blobs a manifest miss fetches ahead may otherwise find
 	// the disk full before the manifest is answered, and the store is
@@ -48,6 +50,9 @@ func (s *fullStore) holdIngests() (release func()) {
 }
 
 func (s *fullStore) noSpace(op string) error {
+	if s.bucket.Load() {
+		return bucketFull{}
+	}
 	errno := syscall.ENOSPC
 	if s.quota.Load() {
 		errno = syscall.EDQUOT
@@ -75,6 +80,16 @@ func (s *fullStore) Ingest(ctx context.Context, repo string, dgst digest.Digest,
 	}
 	return s.DriverStore.Ingest(ctx, repo, dgst, size, path)
 }
+
+// bucketFull is MinIO's refusal of a write once its drives are full, as
+// the S3 SDK's awserr.RequestFailure gives it.
+type bucketFull struct{}
+
+func (bucketFull) Error() string {
+	return "XMinioStorageFull: Storage backend has reached its minimum free drive threshold."
+}
+func (bucketFull) Code() string    { return "XMinioStorageFull" }
+func (bucketFull) StatusCode() int { return http.StatusInsufficientStorage }
 
 // newFullStore returns a fullStore on a filesystem store in a temporary
 // directory, and the opener a test mirror takes.
@@ -356,5 +371,38 @@ func TestStoreFullForgottenOnceSpaceIsFreedByHand(t *testing.T) {
 	free.Store(10 << 30) // a directory of old files removed
 	if r := get(t, hs.URL+"/readyz"); r.status != http.StatusOK || strings.Contains(string(r.body), "full") {
 		t.Fatalf("/readyz once space was freed by hand: %d %q", r.status, r.body)
+	}
+}
+
+// A store's refusal that the disk's free space does not measure, a
+// quota's (EDQUOT: the user's share of a disk with room) or an
+// S3-compatible store's (the bucket is elsewhere; the disk measured is
+// the data directory's), is not forgotten as that disk's free space
+// grows: a spool file of a download removed, another program's files,
+// made the mirror say it had room again (ready, docker_mirror_store_full
+// 0) while every write to the store still failed.
+func TestStoreFullNotForgottenByADiskItIsNotOf(t *testing.T) {
+	for _, refusal := range []string{"quota", "bucket"} {
+		t.Run(refusal, func(t *testing.T) {
+			up := fixture.StartUpstream(t)
+			img := up.SeedImage(t, "team/app", "v1", 1, 1<<10)
+			store, open := newFullStore(t)
+			var free atomic.Uint64
+			m := servertest.StartWithStore(t, up.URL(), open, proxy.WithFreeSpace(diskFree(&free, 10<<30)))
+			store.quota.Store(refusal == "quota")
+			store.bucket.Store(refusal == "bucket")
+			store.full.Store(true)
+			release := store.holdIngests()
+			wantManifest(t, get(t, m.URL()+"/v2/team/app/manifests/v1"), img.Manifest, img.MediaType)
+			release()
+			m.WaitIdle()
+			wantStoreFullGauge(t, m, 1)
+
+			free.Store(20 << 30) // the disk measured has more room
+			wantStoreFullGauge(t, m, 1)
+			if r := get(t, m.URL()+"/readyz"); !strings.Contains(string(r.body), "store full") {
+				t.Errorf("/readyz with the store still refusing for want of room (%s): %d %q, want store full", refusal, r.status, r.body)
+			}
+		})
 	}
 }
