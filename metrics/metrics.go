@@ -68,7 +68,7 @@ func New() *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),
 		}, []string{"route"}),
 		Cache: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "docker_mirror_cache_requests_total", Help: "Manifest and blob answers by kind and cache result (hit, miss, revalidated, stale).",
+			Name: "docker_mirror_cache_requests_total", Help: "Manifest, blob, referrers and tags list answers by kind and cache result (hit, miss, revalidated, stale); the status page's hit ratio counts manifests and blobs only.",
 		}, []string{"kind", "result"}),
 		ServedBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "docker_mirror_served_bytes_total", Help: "Body bytes sent to clients by route.",
