@@ -34,6 +34,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/singleflight"
 )
 
 // Resolver returns the addresses of a host name (net.DefaultResolver's
@@ -54,7 +55,8 @@ type Cluster struct {
 	client   *http.Client
 	probeTTL time.Duration
 	metrics  *Metrics
-	started  time.Time // Self's Since: up since then
+	started  time.Time          // Self's Since: up since then
+	cutProbe singleflight.Group // by peer URL: cutOff's probes
 
 	mu    sync.Mutex
 	peers map[string]*peer // by URL, self excluded
@@ -316,14 +318,19 @@ func (c *Cluster) markDown(u string, why error) {
 // cut (do) and its share of misses fetched from the upstream again
 // elsewhere until the next probe. One already down (its answer cut for
 // that: it hung) is not probed again: that would hold the client for
-// another probe timeout before its blob is resumed elsewhere.
+// another probe timeout before its blob is resumed elsewhere. Answers
+// cut at once (a rolling update breaks every client's blob together)
+// share one probe of their owner.
 func (c *Cluster) cutOff(ctx context.Context, u string, why error) {
 	if c.Down(u) {
 		return
 	}
-	if up, err := c.probe(context.WithoutCancel(ctx), u); !up {
-		c.markDown(u, fmt.Errorf("%w; then %w", why, err))
-	}
+	c.cutProbe.Do(u, func() (any, error) {
+		if up, err := c.probe(context.WithoutCancel(ctx), u); !up {
+			c.markDown(u, fmt.Errorf("%w; then %w", why, err))
+		}
+		return nil, nil
+	})
 }
 
 // setState records a peer's health; a change is logged and counted.

@@ -736,3 +736,56 @@ func TestServeBlobOwnerDownSlowClientNotCut(t *testing.T) {
 		}
 	})
 }
+
+// TestServeBlobCutsAtOnceProbeTheOwnerOnce: many answers of one owner
+// cut at once (a rolling update: every client's blob from it broken
+// together) ask its /readyz once between them, not once each: a hundred
+// clients made a hundred probes of a replica already struggling.
+func TestServeBlobCutsAtOnceProbeTheOwnerOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const peer, cuts = "http://owner.test:5000", 8
+		var probes atomic.Int32
+		answer := make(chan struct{})
+		blobs := map[string][]byte{}
+		rt := roundTrip(func(r *http.Request) (*http.Response, error) {
+			switch {
+			case r.URL.Host != "owner.test:5000":
+				return &http.Response{StatusCode: http.StatusInternalServerError, Header: http.Header{}, Body: http.NoBody, Request: r}, nil
+			case r.URL.Path == "/readyz":
+				probes.Add(1)
+				<-answer
+				return &http.Response{StatusCode: http.StatusOK, Header: http.Header{}, Body: http.NoBody, Request: r}, nil
+			}
+			b := blobs[r.URL.Path[strings.LastIndex(r.URL.Path, "/")+1:]]
+			pr, pw := io.Pipe()
+			go func() {
+				pw.Write(b[:1])
+				pw.CloseWithError(io.ErrUnexpectedEOF) // its upstream failed it
+			}()
+			return &http.Response{StatusCode: http.StatusOK, Header: http.Header{}, ContentLength: int64(len(b)), Body: pr, Request: r}, nil
+		})
+		c, err := New("http://self.test:5000", []string{peer}, quiet(), WithTransport(rt), WithProbeTimeout(5*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; len(blobs) < cuts; i++ {
+			b := []byte(fmt.Sprintf("blob %d", i))
+			if d := digest.FromBytes(b); c.Owners(d.String())[0] == peer {
+				blobs[d.String()] = b
+			}
+		}
+		var wg sync.WaitGroup
+		for d := range blobs {
+			wg.Go(func() { c.ServeBlob(httptest.NewRecorder(), blobRequest(digest.Digest(d)), digest.Digest(d)) })
+		}
+		synctest.Wait() // every answer cut, its owner being probed
+		close(answer)
+		wg.Wait()
+		if n := probes.Load(); n != 1 {
+			t.Errorf("%d answers cut at once probed their owner %d times, want once", cuts, n)
+		}
+		if !peerUp(c, peer) {
+			t.Errorf("the owner, answering its /readyz, was marked down: %+v", c.Peers())
+		}
+	})
+}
