@@ -72,8 +72,9 @@ type Leases struct {
 	down    func(holder string) bool
 	taken   *prometheus.CounterVec
 
-	mu   sync.Mutex
-	seen map[string]sighting // by key: the lease objects of others seen
+	mu    sync.Mutex
+	seen  map[string]sighting // by key: the lease objects of others seen
+	swept time.Time           // when seen was last swept (expiry)
 }
 
 // sighting is when this replica first saw a lease object as its ETag
@@ -214,10 +215,16 @@ func (l *Leases) expiry(key, etag string) time.Time {
 		s = sighting{etag: etag, at: now}
 		l.seen[key] = s
 	}
-	// The others' are forgotten once long expired (released, taken over).
-	for k, o := range l.seen {
-		if k != key && now.Sub(o.at) > 2*l.ttl {
-			delete(l.seen, k)
+	// The others' are forgotten once long expired (released, taken
+	// over), in a sweep once a TTL: a replica waiting on many blobs looks
+	// at each lease every second, and a sweep at each look would cost
+	// every sighting each time.
+	if since := now.Sub(l.swept); since > l.ttl || since < 0 {
+		l.swept = now
+		for k, o := range l.seen {
+			if k != key && now.Sub(o.at) > 2*l.ttl {
+				delete(l.seen, k)
+			}
 		}
 	}
 	return s.at.Add(l.ttl)
