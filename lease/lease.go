@@ -218,11 +218,14 @@ func (l *Leases) expiry(key, etag string) time.Time {
 	// The others' are forgotten once long expired (released, taken
 	// over), in a sweep once a TTL: a replica waiting on many blobs looks
 	// at each lease every second, and a sweep at each look would cost
-	// every sighting each time.
+	// every sighting each time. Not before its holder's own Until is
+	// maxSkew past by any clock maxSkew off this one's: a lease still
+	// there unrenewed is then taken over at once (Take), not waited out
+	// from a new first sighting.
 	if since := now.Sub(l.swept); since > l.ttl || since < 0 {
 		l.swept = now
 		for k, o := range l.seen {
-			if k != key && now.Sub(o.at) > 2*l.ttl {
+			if k != key && now.Sub(o.at) > l.ttl+2*maxSkew {
 				delete(l.seen, k)
 			}
 		}

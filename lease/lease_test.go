@@ -220,3 +220,37 @@ func TestLongDeadLeaseTakenOverAtOnce(t *testing.T) {
 	}
 	h.Release()
 }
+
+// TestUnrenewedLeaseNotForgotten: a lease seen unrenewed, looked at again
+// after a pause (its waiting client gave up, and another pulled the blob
+// later) while the replica looked at other leases, is taken over: it has
+// been unrenewed for more than a TTL by this replica's clock. Its first
+// sighting was forgotten after two TTLs, and the lease waited out for a
+// TTL more, as if just written.
+func TestUnrenewedLeaseNotForgotten(t *testing.T) {
+	ctx := context.Background()
+	srv := leasetest.Start(t, true)
+	clock := &fakeClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	a := lease.New(srv.Objects("b"), "http://a", lease.WithClock(clock.Now))
+	b := lease.New(srv.Objects("b"), "http://b", lease.WithClock(clock.Now))
+	for _, name := range []string{"sha256:v", "sha256:other"} {
+		ha, _, _, err := a.Take(ctx, name)
+		if err != nil || ha == nil {
+			t.Fatalf("a, %s: %v, %v", name, ha, err)
+		}
+		defer ha.Release()
+	}
+	if h, holder, _, err := b.Take(ctx, "sha256:v"); err != nil || h != nil || holder != "http://a" {
+		t.Fatalf("b while a holds it: %v %q %v", h, holder, err)
+	}
+	// a dies; b looks at a's other lease, then at the first again.
+	clock.Add(2*lease.DefaultTTL + time.Second)
+	if _, _, _, err := b.Take(ctx, "sha256:other"); err != nil {
+		t.Fatal(err)
+	}
+	h, holder, until, err := b.Take(ctx, "sha256:v")
+	if err != nil || h == nil {
+		t.Fatalf("a lease unrenewed for two TTLs by b's clock: %v %q until %v, %v; want it taken over", h, holder, until, err)
+	}
+	h.Release()
+}
