@@ -87,6 +87,11 @@ type peer struct {
 	downed chan struct{}
 }
 
+// shown is the peer's state as a status page tells it (up or
+// secret refused; down, not ready or unreachable): since is when it last
+// changed.
+func (p *peer) shown() [3]bool { return [3]bool{p.up, p.up && p.refuses, !p.up && p.answers} }
+
 // newPeer is a peer found up at now.
 func newPeer(u string, now time.Time) *peer {
 	return &peer{url: u, up: true, since: now, downed: make(chan struct{})}
@@ -100,7 +105,8 @@ type PeerState struct {
 	Self bool `json:"self"`
 	// Up: the replica takes its share of misses.
 	Up bool `json:"up"`
-	// Since is when Up last changed (the start, for a replica never down).
+	// Since is when its state (Up, and NotReady or SecretRefused as they
+	// count) last changed (the start, for a replica never down).
 	Since time.Time `json:"since"`
 	// Error says why the replica is down.
 	Error string `json:"error,omitempty"`
@@ -338,18 +344,22 @@ func (c *Cluster) setState(u string, up bool, why error) {
 	c.mu.Lock()
 	p, ok := c.peers[u]
 	changed := ok && p.up != up
-	if changed {
-		p.up, p.since = up, c.now()
-		if up {
-			p.downed = make(chan struct{})
-		} else {
-			close(p.downed)
-		}
-	}
 	if ok {
+		was := p.shown()
+		if changed {
+			p.up = up
+			if up {
+				p.downed = make(chan struct{})
+			} else {
+				close(p.downed)
+			}
+		}
 		p.err, p.answers = "", false
 		if !up && why != nil {
 			p.err, p.answers = why.Error(), errors.As(why, new(notReadyError))
+		}
+		if p.shown() != was {
+			p.since = c.now()
 		}
 	}
 	c.mu.Unlock()
@@ -520,7 +530,11 @@ func (c *Cluster) noteSecret(u string, refused bool) {
 	p, ok := c.peers[u]
 	changed := ok && p.refuses != refused
 	if ok {
+		was := p.shown()
 		p.refuses = refused
+		if p.shown() != was {
+			p.since = c.now()
+		}
 	}
 	c.mu.Unlock()
 	if changed && refused {

@@ -276,3 +276,43 @@ func TestDownKnowsAPeerByItsOwnSpelling(t *testing.T) {
 		t.Error("Down is true for this replica or a replica it does not know")
 	}
 }
+
+// TestPeerSinceIsItsStatesChange: a peer's Since (the status page's
+// "since" beside its state) is when the state shown changed: a peer up
+// for a day whose secret was changed an hour ago is "secret refused"
+// since an hour ago, and one down "not ready" that then stops answering
+// is "unreachable" since then. Since moved only when the peer went up or
+// down: the page said it had refused the secret for a day.
+func TestPeerSinceIsItsStatesChange(t *testing.T) {
+	var refuse, answer atomic.Bool
+	answer.Store(true)
+	p := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !answer.Load() {
+			panic(http.ErrAbortHandler) // no answer: unreachable
+		}
+		if refuse.Load() {
+			w.Header().Set(secretRefusedHeader, "1")
+		}
+	}))
+	t.Cleanup(p.Close)
+	clk := &clock{}
+	clk.t.Store(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
+	c, err := New("http://self:5000", []string{p.URL}, WithClock(clk.now), WithSecret("s"), quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := func() PeerState { return c.Peers()[1] }
+	step := func(what string, change func(), want func(PeerState) bool) {
+		t.Helper()
+		clk.advance(time.Hour)
+		change()
+		c.Probe(context.Background())
+		if st := state(); !want(st) || !st.Since.Equal(clk.now()) {
+			t.Errorf("%s: %+v; want its state since %v", what, st, clk.now())
+		}
+	}
+	step("secret refused", func() { refuse.Store(true) }, func(st PeerState) bool { return st.Up && st.SecretRefused })
+	step("secret taken again", func() { refuse.Store(false) }, func(st PeerState) bool { return st.Up && !st.SecretRefused })
+	c.markDown(p.URL, notReadyError(http.StatusServiceUnavailable))
+	step("not ready, then unreachable", func() { answer.Store(false) }, func(st PeerState) bool { return !st.Up && !st.NotReady })
+}
