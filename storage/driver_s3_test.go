@@ -5,12 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
-	"maps"
 	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -204,9 +199,7 @@ func (f *failComplete) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			close(f.reached)
 			<-f.release
 		})
-		w.Header().Set("Content-Type", "application/xml")
-		w.WriteHeader(http.StatusInternalServerError)
-		_, _ = w.Write([]byte(`<?xml version="1.0" encoding="UTF-8"?><Error><Code>InternalError</Code><Message>We encountered an internal error. Please try again.</Message></Error>`))
+		s3test.WriteError(w, http.StatusInternalServerError, "InternalError", "We encountered an internal error. Please try again.")
 		return
 	}
 	f.next.ServeHTTP(w, r)
@@ -219,16 +212,8 @@ func (f *failComplete) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func TestDriverStoreS3CommitCutLeavesNoUpload(t *testing.T) {
 	srv := s3test.Start(t)
 	bucket := srv.NewBucket(t)
-	u, err := url.Parse(srv.Endpoint)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fail := &failComplete{next: httputil.NewSingleHostReverseProxy(u), reached: make(chan struct{}), release: make(chan struct{})}
-	front := httptest.NewServer(fail)
-	t.Cleanup(front.Close)
-	params := srv.Params(bucket)
-	params["regionendpoint"] = front.URL
-	s, err := storage.OpenDriverStore(t.Context(), "s3aws", params)
+	fail := &failComplete{next: srv.Next(), reached: make(chan struct{}), release: make(chan struct{})}
+	s, err := storage.OpenDriverStore(t.Context(), "s3aws", srv.Front(t, bucket, fail))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -256,29 +241,6 @@ func TestDriverStoreS3CommitCutLeavesNoUpload(t *testing.T) {
 	}
 }
 
-// cutGets cuts the body of every GET of stored content half way, once
-// armed: the connection closes after half the bytes its Content-Length
-// announced (a connection reset, a load balancer restarting).
-type cutGets struct {
-	next  http.Handler
-	armed atomic.Bool
-}
-
-func (c *cutGets) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodGet || !c.armed.Load() || !strings.Contains(r.URL.Path, "/blobs/") {
-		c.next.ServeHTTP(w, r)
-		return
-	}
-	rec := httptest.NewRecorder()
-	c.next.ServeHTTP(rec, r)
-	maps.Copy(w.Header(), rec.Header())
-	w.Header().Set("Content-Length", strconv.Itoa(rec.Body.Len()))
-	w.WriteHeader(rec.Code)
-	_, _ = w.Write(rec.Body.Bytes()[:rec.Body.Len()/2])
-	_ = http.NewResponseController(w).Flush()
-	panic(http.ErrAbortHandler)
-}
-
 // A read of stored content whose GET is cut mid-body (a connection reset)
 // fails as the store being unavailable: it returned the bytes before the
 // cut and no error, which the proxy took for a copy cut short on disk, so
@@ -287,16 +249,8 @@ func (c *cutGets) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func TestDriverStoreS3ReadCutIsUnavailable(t *testing.T) {
 	srv := s3test.Start(t)
 	bucket := srv.NewBucket(t)
-	u, err := url.Parse(srv.Endpoint)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cut := &cutGets{next: httputil.NewSingleHostReverseProxy(u)}
-	front := httptest.NewServer(cut)
-	t.Cleanup(front.Close)
-	params := srv.Params(bucket)
-	params["regionendpoint"] = front.URL
-	s, err := storage.OpenDriverStore(t.Context(), "s3aws", params)
+	cut := &s3test.CutGets{Next: srv.Next()}
+	s, err := storage.OpenDriverStore(t.Context(), "s3aws", srv.Front(t, bucket, cut))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -305,7 +259,7 @@ func TestDriverStoreS3ReadCutIsUnavailable(t *testing.T) {
 	if err := s.Put(t.Context(), "r", d, int64(len(b)), bytes.NewReader(b)); err != nil {
 		t.Fatal(err)
 	}
-	cut.armed.Store(true)
+	cut.Left.Store(1 << 20) // every GET
 	got, err := s.ReadSized(t.Context(), "r", d, int64(len(b)))
 	if !errors.Is(err, storage.ErrUnavailable) {
 		t.Errorf("ReadSized of content whose GET was cut = %d of %d bytes, %v; want an error wrapping ErrUnavailable", len(got), len(b), err)
@@ -328,9 +282,7 @@ func (f *fullS3) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	_, _ = io.Copy(io.Discard, r.Body)
-	w.Header().Set("Content-Type", "application/xml")
-	w.WriteHeader(f.status)
-	_, _ = w.Write([]byte(`<?xml version="1.0" encoding="UTF-8"?><Error><Code>` + f.code + `</Code><Message>no room</Message></Error>`))
+	s3test.WriteError(w, f.status, f.code, "no room")
 }
 
 // A write refused by an S3-compatible store that has no room (MinIO's
@@ -340,22 +292,13 @@ func (f *fullS3) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // docker_mirror_store_full, /readyz), not an internal error.
 func TestDriverStoreS3FullIsFull(t *testing.T) {
 	srv := s3test.Start(t)
-	u, err := url.Parse(srv.Endpoint)
-	if err != nil {
-		t.Fatal(err)
-	}
 	for _, c := range []struct {
 		status int
 		code   string
 	}{{http.StatusInsufficientStorage, "XMinioStorageFull"}, {http.StatusForbidden, "QuotaExceeded"}} {
 		t.Run(c.code, func(t *testing.T) {
-			bucket := srv.NewBucket(t)
-			full := &fullS3{next: httputil.NewSingleHostReverseProxy(u), status: c.status, code: c.code}
-			front := httptest.NewServer(full)
-			t.Cleanup(front.Close)
-			params := srv.Params(bucket)
-			params["regionendpoint"] = front.URL
-			s, err := storage.OpenDriverStore(t.Context(), "s3aws", params)
+			full := &fullS3{next: srv.Next(), status: c.status, code: c.code}
+			s, err := storage.OpenDriverStore(t.Context(), "s3aws", srv.Front(t, srv.NewBucket(t), full))
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -5,10 +5,6 @@ import (
 	"context"
 	"maps"
 	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -44,25 +40,15 @@ type slowDownS3 struct {
 // the configuration of a replica on bucket that reaches it through it.
 func startSlowDownS3(t *testing.T, s3srv *s3test.Server, bucket string) (*slowDownS3, func(*config.Config)) {
 	t.Helper()
-	u, err := url.Parse(s3srv.Endpoint)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := &slowDownS3{next: httputil.NewSingleHostReverseProxy(u)}
-	srv := httptest.NewServer(f)
-	t.Cleanup(srv.Close)
-	return f, func(c *config.Config) {
-		c.Storage = s3srv.Storage(bucket)
-		c.Storage["s3"]["regionendpoint"] = srv.URL
-	}
+	f := &slowDownS3{next: s3srv.Next()}
+	params := s3srv.Front(t, bucket, f)
+	return f, func(c *config.Config) { c.Storage = map[string]map[string]any{"s3": maps.Clone(params)} }
 }
 
 func (f *slowDownS3) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	record := r.Method == http.MethodPut && strings.Contains(r.URL.Path, "/records/")
 	if f.failing.Load() && record {
-		w.Header().Set("Content-Type", "application/xml")
-		w.WriteHeader(http.StatusServiceUnavailable)
-		_, _ = w.Write([]byte(`<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>`))
+		s3test.WriteError(w, http.StatusServiceUnavailable, "SlowDown", "Please reduce your request rate.")
 		return
 	}
 	if requested := f.requested.Load(); requested != nil {
@@ -315,57 +301,28 @@ func TestSharedBucketRecordsReadInParallel(t *testing.T) {
 	}
 }
 
-// cutBlobGetS3 is an S3 endpoint in front of a real one that, once armed,
-// cuts the next GET of stored content half way: the connection closes
-// after half the bytes its Content-Length announced (a connection reset).
-type cutBlobGetS3 struct {
-	next  http.Handler
-	armed atomic.Bool
-}
-
-func (c *cutBlobGetS3) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodGet || !strings.Contains(r.URL.Path, "/blobs/") || !c.armed.CompareAndSwap(true, false) {
-		c.next.ServeHTTP(w, r)
-		return
-	}
-	rec := httptest.NewRecorder()
-	c.next.ServeHTTP(rec, r)
-	maps.Copy(w.Header(), rec.Header())
-	w.Header().Set("Content-Length", strconv.Itoa(rec.Body.Len()))
-	w.WriteHeader(rec.Code)
-	_, _ = w.Write(rec.Body.Bytes()[:rec.Body.Len()/2])
-	_ = http.NewResponseController(w).Flush()
-	panic(http.ErrAbortHandler)
-}
-
 // A layer served as a hit from the bucket, whose GET of it S3 cuts
 // mid-body, reaches its client whole, in one answer, with the upstream
 // down: the read goes on from the bucket where it broke.
 func TestSharedBucketHitReadCutResumes(t *testing.T) {
 	s3srv, bucket, _ := sharedBucket(t)
-	u, err := url.Parse(s3srv.Endpoint)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cut := &cutBlobGetS3{next: httputil.NewSingleHostReverseProxy(u)}
-	front := httptest.NewServer(cut)
-	t.Cleanup(front.Close)
+	cut := &s3test.CutGets{Next: s3srv.Next()}
+	params := s3srv.Front(t, bucket, cut)
 	up := fixture.StartUpstream(t)
 	img := up.SeedImage(t, "library/cut", "v1", 1, 256<<10)
 	m := servertest.StartConfigured(t, []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}, func(c *config.Config) {
-		c.Storage = s3srv.Storage(bucket)
-		c.Storage["s3"]["regionendpoint"] = front.URL
+		c.Storage = map[string]map[string]any{"s3": params}
 	})
 	wantImage(t, m, "library/cut", img)
 	m.WaitIdle()
 	up.Stop()
-	cut.armed.Store(true)
+	cut.Left.Store(1)
 	layer := img.Layers[0]
 	r := get(t, m.URL()+"/v2/library/cut/blobs/"+layer)
 	if r.err != nil || r.status != http.StatusOK || r.header.Get("X-Cache") != "hit" || digest.FromBytes(r.body).String() != layer {
 		t.Fatalf("layer whose read from the bucket was cut: status %d (X-Cache %q), %d bytes, err %v; want the whole layer, a hit", r.status, r.header.Get("X-Cache"), len(r.body), r.err)
 	}
-	if cut.armed.Load() {
+	if cut.Left.Load() != 0 {
 		t.Fatal("the bucket's GET of the layer was not cut: nothing tested")
 	}
 }
