@@ -801,18 +801,8 @@ func TestSharedBucketEvictionRereadsItsVictimsPulls(t *testing.T) {
 // replica without a record of its own then knew the tag, and with the
 // upstream down its pulls failed.
 func TestSharedBucketEvictionKeepsTagAnotherReplicaMoved(t *testing.T) {
-	s3srv, bucket, onBucket := sharedBucket(t)
-	frontA, onA := startSlowDownS3(t, s3srv, bucket)
-	up := fixture.StartUpstream(t)
-	old := up.SeedImage(t, "library/x", "v1", 1, 4<<10)
-	ups := []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}
-	a := servertest.StartConfigured(t, ups, onA)
-	b := servertest.StartConfigured(t, ups, onBucket)
-	wantManifest(t, get(t, a.URL()+"/v2/library/x/manifests/v1"), old.Manifest, old.MediaType)
-	a.WaitIdle()
-	if err := a.Index.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	r := pulledOnA(t)
+	a, b, up := r.a, r.b, r.up
 	a.Clock.Advance(2 * time.Hour)
 	b.Clock.Advance(2 * time.Hour)
 	moved := up.SeedImage(t, "library/x", "v1", 1, 4<<10) // v1 moves upstream
@@ -821,7 +811,7 @@ func TestSharedBucketEvictionKeepsTagAnotherReplicaMoved(t *testing.T) {
 
 	// a's eviction waits once it has read the tags (it lists the mirror
 	// records next).
-	readA, releaseA := holdListing(t, frontA, "mirrors")
+	readA, releaseA := holdListing(t, r.frontA, "mirrors")
 	evicted := evictAsync(func() (lifecycle.Report, error) {
 		return a.Server.Collector.Evict(t.Context(), 0, time.Hour, a.Clock.Now())
 	})
@@ -833,7 +823,7 @@ func TestSharedBucketEvictionKeepsTagAnotherReplicaMoved(t *testing.T) {
 		t.Fatal(res.err)
 	}
 	up.Stop()
-	c := servertest.StartConfigured(t, ups, onBucket)
+	c := servertest.StartConfigured(t, r.ups, r.onBucket)
 	wantManifest(t, get(t, c.URL()+"/v2/library/x/manifests/v1"), moved.Manifest, moved.MediaType)
 }
 
@@ -843,18 +833,8 @@ func TestSharedBucketEvictionKeepsTagAnotherReplicaMoved(t *testing.T) {
 // once the eviction had read the pins came too late: the pinned image was
 // evicted, and with the upstream down its pulls failed.
 func TestSharedBucketEvictionRereadsItsVictimsPins(t *testing.T) {
-	s3srv, bucket, onBucket := sharedBucket(t)
-	frontA, onA := startSlowDownS3(t, s3srv, bucket)
-	up := fixture.StartUpstream(t)
-	x := up.SeedImage(t, "library/x", "v1", 1, 4<<10)
-	ups := []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}
-	a := servertest.StartConfigured(t, ups, onA)
-	b := servertest.StartConfigured(t, ups, onBucket)
-	wantManifest(t, get(t, a.URL()+"/v2/library/x/manifests/v1"), x.Manifest, x.MediaType)
-	a.WaitIdle()
-	if err := a.Index.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	r := pulledOnA(t)
+	a, b, up, x := r.a, r.b, r.up, r.x
 	a.Clock.Advance(2 * time.Hour)
 	b.Clock.Advance(2 * time.Hour)
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
@@ -862,7 +842,7 @@ func TestSharedBucketEvictionRereadsItsVictimsPins(t *testing.T) {
 
 	// a's eviction waits once it has read the pins (it lists the pull
 	// times next).
-	readA, releaseA := holdListing(t, frontA, "access")
+	readA, releaseA := holdListing(t, r.frontA, "access")
 	evicted := evictAsync(func() (lifecycle.Report, error) {
 		return a.Server.Collector.Evict(t.Context(), 0, time.Hour, a.Clock.Now())
 	})
@@ -888,24 +868,14 @@ func TestSharedBucketEvictionRereadsItsVictimsPins(t *testing.T) {
 // the lifecycle's does. It read them only in its own index: the pin, an
 // answer of its replica, came too late, and the pinned image was evicted.
 func TestSharedBucketEvictImageRereadsItsPins(t *testing.T) {
-	s3srv, bucket, onBucket := sharedBucket(t)
-	frontA, onA := startSlowDownS3(t, s3srv, bucket)
-	up := fixture.StartUpstream(t)
-	x := up.SeedImage(t, "library/x", "v1", 1, 4<<10)
-	ups := []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}
-	a := servertest.StartConfigured(t, ups, onA)
-	b := servertest.StartConfigured(t, ups, onBucket)
-	wantManifest(t, get(t, a.URL()+"/v2/library/x/manifests/v1"), x.Manifest, x.MediaType)
-	a.WaitIdle()
-	if err := a.Index.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	r := pulledOnA(t)
+	a, b, up, x := r.a, r.b, r.up, r.x
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 
 	// a's eviction waits once it has read the pins (it lists the pull
 	// times next).
-	readA, releaseA := holdListing(t, frontA, "access")
+	readA, releaseA := holdListing(t, r.frontA, "access")
 	evicted := evictAsync(func() (lifecycle.Report, error) {
 		return a.Server.Collector.EvictImage(t.Context(), proxy.DefaultHost, "library/x", digest.Digest(x.Digest))
 	})
@@ -919,6 +889,36 @@ func TestSharedBucketEvictImageRereadsItsPins(t *testing.T) {
 	}
 	up.Stop()
 	wantImage(t, b, "library/x", x)
+}
+
+// onABucket are two replicas on one bucket, a through a slowDownS3 front
+// (frontA), that a pulled image x through.
+type onABucket struct {
+	a, b     *servertest.Server
+	frontA   *slowDownS3
+	up       *fixture.Upstream
+	ups      []servertest.Upstream
+	onBucket func(*config.Config) // a replica on the bucket
+	x        *fixture.Image       // library/x:v1
+}
+
+// pulledOnA starts two replicas on one bucket and pulls library/x:v1
+// through a; its pull time is in the bucket.
+func pulledOnA(t *testing.T) onABucket {
+	t.Helper()
+	s3srv, bucket, onBucket := sharedBucket(t)
+	frontA, onA := startSlowDownS3(t, s3srv, bucket)
+	up := fixture.StartUpstream(t)
+	x := up.SeedImage(t, "library/x", "v1", 1, 4<<10)
+	ups := []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}
+	a := servertest.StartConfigured(t, ups, onA)
+	b := servertest.StartConfigured(t, ups, onBucket)
+	wantManifest(t, get(t, a.URL()+"/v2/library/x/manifests/v1"), x.Manifest, x.MediaType)
+	a.WaitIdle()
+	if err := a.Index.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return onABucket{a: a, b: b, frontA: frontA, up: up, ups: ups, onBucket: onBucket, x: x}
 }
 
 // holdListing holds, at front, the first listing of the bucket's records
