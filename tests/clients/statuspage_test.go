@@ -480,13 +480,8 @@ func (l *liveHold) most() int {
 // is held.
 func TestStatusPageRefreshesOneAtATime(t *testing.T) {
 	exe := requireChromium(t)
-	up := fixture.StartUpstream(t)
-	im := up.SeedImage(t, "library/webapp", "1.0", 1, 4<<10)
-	m := servertest.Start(t, up.URL()) // no auth: everyone is an admin
-	pullWebapp(t, m, "application/vnd.oci.image.manifest.v1+json")
-	hold := &liveHold{next: m.Server.Handler(), release: make(chan struct{}), arrived: make(chan struct{}, 1)}
-	front := httptest.NewServer(hold)
-	t.Cleanup(front.Close)
+	hold := &liveHold{release: make(chan struct{}), arrived: make(chan struct{}, 1)}
+	im, front := webappBehind(t, func(m http.Handler) http.Handler { hold.next = m; return hold })
 	released := false
 	release := func() {
 		if !released {
@@ -497,14 +492,9 @@ func TestStatusPageRefreshesOneAtATime(t *testing.T) {
 	defer release()
 
 	tab, errs := browser(t, exe)
-	// The page's setInterval keeps its function for the test to call.
-	if _, err := chromedp.Call(tab, page.AddScriptToEvaluateOnNewDocument, page.AddScriptToEvaluateOnNewDocumentParams{
-		Source: `window.ticks = []; window.setInterval = function (f) { window.ticks.push(f); return 0; };`,
-	}); err != nil {
-		t.Fatal(err)
-	}
+	driveTimer(t, tab)
 	pin := chromedp.CSS(`td.actions[data-digest="` + im.Digest + `"] button[data-action="pin"]`)
-	do(t, tab, chromedp.Navigate(front.URL+"/"), chromedp.WaitVisible(pin))
+	do(t, tab, chromedp.Navigate(front+"/"), chromedp.WaitVisible(pin))
 	if n := run(t, tab, chromedp.Evaluate[int](`window.ticks.length`)); n != 1 {
 		t.Fatalf("the page set %d intervals, want 1", n)
 	}
@@ -539,6 +529,32 @@ func TestStatusPageRefreshesOneAtATime(t *testing.T) {
 	}
 	if e := errs.take(); len(e) > 0 {
 		t.Errorf("the page reported errors:\n%s", strings.Join(e, "\n"))
+	}
+}
+
+// webappBehind starts a mirror (no auth: everyone is an admin) that
+// pulled library/webapp:1.0, an image of one platform, behind the handler
+// wrap makes of the mirror's; it returns the image and the front's URL.
+func webappBehind(t *testing.T, wrap func(mirror http.Handler) http.Handler) (*fixture.Image, string) {
+	t.Helper()
+	up := fixture.StartUpstream(t)
+	im := up.SeedImage(t, "library/webapp", "1.0", 1, 4<<10)
+	m := servertest.Start(t, up.URL())
+	pullWebapp(t, m, "application/vnd.oci.image.manifest.v1+json")
+	front := httptest.NewServer(wrap(m.Server.Handler()))
+	t.Cleanup(front.Close)
+	return im, front.URL
+}
+
+// driveTimer makes the page's setInterval keep its function for the test
+// to call (window.ticks[0]() is one tick): the page refreshes when the
+// test says, not every 5 seconds.
+func driveTimer(t *testing.T, tab context.Context) {
+	t.Helper()
+	if _, err := chromedp.Call(tab, page.AddScriptToEvaluateOnNewDocument, page.AddScriptToEvaluateOnNewDocumentParams{
+		Source: `window.ticks = []; window.setInterval = function (f) { window.ticks.push(f); return 0; };`,
+	}); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -587,21 +603,12 @@ func (d *downSwitch) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // TestStatusPageRefreshesOneAtATime.
 func TestStatusPageShowsMirrorDown(t *testing.T) {
 	exe := requireChromium(t)
-	up := fixture.StartUpstream(t)
-	up.SeedImage(t, "library/webapp", "1.0", 1, 4<<10)
-	m := servertest.Start(t, up.URL())
-	pullWebapp(t, m, "application/vnd.oci.image.manifest.v1+json")
-	sw := &downSwitch{next: m.Server.Handler()}
-	front := httptest.NewServer(sw)
-	t.Cleanup(front.Close)
+	sw := &downSwitch{}
+	_, front := webappBehind(t, func(m http.Handler) http.Handler { sw.next = m; return sw })
 
 	tab, _ := browser(t, exe) // the failed refreshes are logged as errors
-	if _, err := chromedp.Call(tab, page.AddScriptToEvaluateOnNewDocument, page.AddScriptToEvaluateOnNewDocumentParams{
-		Source: `window.ticks = []; window.setInterval = function (f) { window.ticks.push(f); return 0; };`,
-	}); err != nil {
-		t.Fatal(err)
-	}
-	do(t, tab, chromedp.Navigate(front.URL+"/"), chromedp.WaitVisible(chromedp.CSS("#image-list")))
+	driveTimer(t, tab)
+	do(t, tab, chromedp.Navigate(front+"/"), chromedp.WaitVisible(chromedp.CSS("#image-list")))
 	for _, down := range []int{-1, http.StatusBadGateway} {
 		sw.set(down)
 		run(t, tab, chromedp.Evaluate[int](`window.ticks[0](); 0`))
@@ -628,14 +635,9 @@ func TestStatusPageShowsMirrorDown(t *testing.T) {
 // while it answered.
 func TestStatusPageSaysWhatTheMirrorAnswered(t *testing.T) {
 	exe := requireChromium(t)
-	up := fixture.StartUpstream(t)
-	up.SeedImage(t, "library/webapp", "1.0", 1, 4<<10)
-	m := servertest.Start(t, up.URL())
-	pullWebapp(t, m, "application/vnd.oci.image.manifest.v1+json")
-	sw := &downSwitch{next: m.Server.Handler()}
-	front := httptest.NewServer(sw)
-	t.Cleanup(front.Close)
-	saysWhatTheMirrorAnswered(t, exe, sw, front.URL, "http/1.1")
+	sw := &downSwitch{}
+	_, front := webappBehind(t, func(m http.Handler) http.Handler { sw.next = m; return sw })
+	saysWhatTheMirrorAnswered(t, exe, sw, front, "http/1.1")
 }
 
 // The same over HTTP/2 (serve --tls-cert, which a browser reaches with
@@ -662,11 +664,7 @@ func TestStatusPageSaysWhatTheMirrorAnsweredOverHTTP2(t *testing.T) {
 func saysWhatTheMirrorAnswered(t *testing.T, exe string, sw *downSwitch, url, proto string) {
 	t.Helper()
 	tab, _ := browser(t, exe) // the failed refreshes are logged as errors
-	if _, err := chromedp.Call(tab, page.AddScriptToEvaluateOnNewDocument, page.AddScriptToEvaluateOnNewDocumentParams{
-		Source: `window.ticks = []; window.setInterval = function (f) { window.ticks.push(f); return 0; };`,
-	}); err != nil {
-		t.Fatal(err)
-	}
+	driveTimer(t, tab)
 	do(t, tab, chromedp.Navigate(url+"/"), chromedp.WaitVisible(chromedp.CSS("#image-list")))
 	if got := run(t, tab, chromedp.Evaluate[string](`performance.getEntriesByType("navigation")[0].nextHopProtocol`)); got != proto {
 		t.Fatalf("the page was served over %q, want %q", got, proto)
@@ -753,21 +751,12 @@ func TestStatusPageLongNamesFit(t *testing.T) {
 // shown in it, a second after the admin read it, or before.
 func TestStatusPageKeepsAnActionsRefusalAfterMirrorDown(t *testing.T) {
 	exe := requireChromium(t)
-	up := fixture.StartUpstream(t)
-	up.SeedImage(t, "library/webapp", "1.0", 1, 4<<10)
-	m := servertest.Start(t, up.URL()) // no auth: everyone is an admin
-	pullWebapp(t, m, "application/vnd.oci.image.manifest.v1+json")
-	sw := &downSwitch{next: m.Server.Handler()}
-	front := httptest.NewServer(sw)
-	t.Cleanup(front.Close)
+	sw := &downSwitch{}
+	_, front := webappBehind(t, func(m http.Handler) http.Handler { sw.next = m; return sw })
 
 	tab, _ := browser(t, exe) // the failed refresh is logged as an error
-	if _, err := chromedp.Call(tab, page.AddScriptToEvaluateOnNewDocument, page.AddScriptToEvaluateOnNewDocumentParams{
-		Source: `window.ticks = []; window.setInterval = function (f) { window.ticks.push(f); return 0; };`,
-	}); err != nil {
-		t.Fatal(err)
-	}
-	do(t, tab, chromedp.Navigate(front.URL+"/"), chromedp.WaitVisible(chromedp.CSS("#prefetch-form")))
+	driveTimer(t, tab)
+	do(t, tab, chromedp.Navigate(front+"/"), chromedp.WaitVisible(chromedp.CSS("#prefetch-form")))
 	sw.set(-1)
 	run(t, tab, chromedp.Evaluate[int](`window.ticks[0](); 0`))
 	ctx, cancel := context.WithTimeout(tab, 20*time.Second)
