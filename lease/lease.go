@@ -45,6 +45,8 @@ type Objects interface {
 	Get(ctx context.Context, key string) ([]byte, string, error)
 	// Delete removes key; a missing key is not an error.
 	Delete(ctx context.Context, key string) error
+	// List returns the keys that begin with prefix.
+	List(ctx context.Context, prefix string) ([]string, error)
 }
 
 // record is a lease object's content.
@@ -231,6 +233,42 @@ func (l *Leases) expiry(key, etag string) time.Time {
 		}
 	}
 	return s.at.Add(l.ttl)
+}
+
+// DropLeftovers removes the leases of this replica's former run (killed
+// while it fetched): call it at start, before any Take. The others would
+// take such a lease for live while this replica is up again under the
+// same name (restarted before their probes saw it down), and wait out
+// its expiry for a blob nobody fetches. A lease another replica took
+// over meanwhile (it saw this one down) is left alone, unless it did so
+// between the read and the removal here: a duplicate fetch at worst.
+func (l *Leases) DropLeftovers(ctx context.Context) error {
+	keys, err := l.objects.List(ctx, l.prefix)
+	if err != nil {
+		return fmt.Errorf("listing blob fetch leases: %w", err)
+	}
+	dropped := 0
+	for _, key := range keys {
+		raw, _, err := l.objects.Get(ctx, key)
+		if errors.Is(err, ErrNotFound) {
+			continue // released meanwhile
+		}
+		if err != nil {
+			return fmt.Errorf("reading blob fetch lease %s: %w", key, err)
+		}
+		var rec record
+		if json.Unmarshal(raw, &rec) != nil || rec.Holder != l.holder {
+			continue
+		}
+		if err := l.objects.Delete(ctx, key); err != nil {
+			return fmt.Errorf("removing blob fetch lease %s: %w", key, err)
+		}
+		dropped++
+	}
+	if dropped > 0 {
+		l.log.Info("blob fetch leases of this replica's former run removed", "leases", dropped)
+	}
+	return nil
 }
 
 func (l *Leases) body() ([]byte, error) {

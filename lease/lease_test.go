@@ -254,3 +254,47 @@ func TestUnrenewedLeaseNotForgotten(t *testing.T) {
 	}
 	h.Release()
 }
+
+func TestDropLeftovers(t *testing.T) {
+	srv := leasetest.Start(t, true)
+	testDropLeftovers(t, srv.Objects("b"))
+}
+
+// TestDropLeftoversVersitygw runs the same on the real S3 server: its
+// listing of the leases is the one a replica reads at start.
+func TestDropLeftoversVersitygw(t *testing.T) {
+	srv := s3test.Start(t)
+	objs, err := lease.NewS3(srv.Params(srv.NewBucket(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testDropLeftovers(t, objs)
+}
+
+// testDropLeftovers: a replica started again drops the leases its former
+// run held (killed, it never released them), and no other's.
+func testDropLeftovers(t *testing.T, objs lease.Objects) {
+	ctx := context.Background()
+	former := lease.New(objs, "http://a")
+	other := lease.New(objs, "http://b")
+	for _, name := range []string{"sha256:1", "sha256:2"} {
+		h, _, _, err := former.Take(ctx, name)
+		if err != nil || h == nil {
+			t.Fatalf("a, %s: %v, %v", name, h, err)
+		}
+		defer h.Release() // ends its renewal: the lease is gone by then
+	}
+	hb, _, _, err := other.Take(ctx, "sha256:3")
+	if err != nil || hb == nil {
+		t.Fatalf("b: %v, %v", hb, err)
+	}
+	defer hb.Release()
+	// a is killed (its leases are never released) and started again.
+	again := lease.New(objs, "http://a")
+	if err := again.DropLeftovers(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if keys, err := objs.List(ctx, "records/leases/"); err != nil || len(keys) != 1 || keys[0] != "records/leases/sha256/3" {
+		t.Fatalf("leases after a's start: %v, %v; want b's only", keys, err)
+	}
+}

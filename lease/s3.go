@@ -148,6 +148,23 @@ func (o *S3) Get(ctx context.Context, key string) ([]byte, string, error) {
 	return b, aws.StringValue(out.ETag), err
 }
 
+// List implements Objects.
+func (o *S3) List(ctx context.Context, prefix string) ([]string, error) {
+	var keys []string
+	in := &s3.ListObjectsV2Input{Bucket: aws.String(o.bucket), Prefix: aws.String(o.objectKey(prefix))}
+	err := o.client.ListObjectsV2PagesWithContext(ctx, in, func(p *s3.ListObjectsV2Output, _ bool) bool {
+		for _, obj := range p.Contents {
+			k := aws.StringValue(obj.Key)
+			if o.root != "" {
+				k = strings.TrimPrefix(k, o.root+"/")
+			}
+			keys = append(keys, k)
+		}
+		return true
+	})
+	return keys, err
+}
+
 // Delete implements Objects.
 func (o *S3) Delete(ctx context.Context, key string) error {
 	_, err := o.client.DeleteObjectWithContext(ctx, &s3.DeleteObjectInput{Bucket: aws.String(o.bucket), Key: aws.String(o.objectKey(key))})

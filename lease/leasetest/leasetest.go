@@ -5,10 +5,12 @@ package leasetest
 
 import (
 	"crypto/sha256"
+	"encoding/xml"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -22,7 +24,8 @@ import (
 )
 
 // Server is a fake S3 on loopback: path-style PUT, GET and DELETE of
-// objects, any bucket, no auth. Conditional writes are honoured unless
+// objects, and listings (ListObjectsV2, in one page), any bucket, no
+// auth. Conditional writes are honoured unless
 // Unconditional is set (a server that ignores them).
 type Server struct {
 	URL string
@@ -69,6 +72,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.objects[key] = body
 		w.Header().Set("ETag", etag(body))
 	case http.MethodGet, http.MethodHead:
+		if r.URL.Query().Get("list-type") == "2" {
+			s.list(w, key, r.URL.Query().Get("prefix"))
+			return
+		}
 		if !exists {
 			fail(w, http.StatusNotFound, "NoSuchKey")
 			return
@@ -81,6 +88,25 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	default:
 		fail(w, http.StatusMethodNotAllowed, "MethodNotAllowed")
 	}
+}
+
+// list answers a listing of bucket's keys under prefix; s.mu is held.
+func (s *Server) list(w http.ResponseWriter, bucket, prefix string) {
+	var keys []string
+	for k := range s.objects {
+		if key, ok := strings.CutPrefix(k, bucket+"/"); ok && strings.HasPrefix(key, prefix) {
+			keys = append(keys, key)
+		}
+	}
+	slices.Sort(keys)
+	w.Header().Set("Content-Type", "application/xml")
+	fmt.Fprintf(w, "<ListBucketResult><Name>%s</Name><KeyCount>%d</KeyCount><IsTruncated>false</IsTruncated>", bucket, len(keys))
+	for _, k := range keys {
+		fmt.Fprint(w, "<Contents><Key>")
+		_ = xml.EscapeText(w, []byte(k))
+		fmt.Fprint(w, "</Key></Contents>")
+	}
+	fmt.Fprint(w, "</ListBucketResult>")
 }
 
 func fail(w http.ResponseWriter, status int, code string) {

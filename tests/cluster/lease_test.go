@@ -264,3 +264,57 @@ func pushRandomBlob(t *testing.T, up *fixture.Upstream, repo string, size int) s
 	rand.Read(data)
 	return up.PushBlob(t, repo, data)
 }
+
+// TestRestartedHolderLeavesNoLease: a replica killed while it held the
+// lease of a blob, and started again at its address before the others'
+// probes saw it down (a container restarted in place: killed for its
+// memory, or by its liveness probe), leaves no lease for the others to
+// wait out: the lease of its former run was live for them (its holder
+// up), and the owner's clients waited for its whole expiry (2 minutes)
+// for a blob nobody fetched.
+func TestRestartedHolderLeavesNoLease(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	s3 := leasetest.Start(t, true)
+	held := make(chan string, 1)
+	rs := startClusterWith(t, 2, up, sharedDir, nil, func(int) []server.Option {
+		return []server.Option{server.WithLeaseObjects(heldSignal{s3.Objects("leases"), held})}
+	})
+	restarted, waiter := rs[0], rs[1]
+	blob := pushRandomBlob(t, up, "library/restart", 64<<10)
+	for owner(rs, blob) != waiter {
+		blob = pushRandomBlob(t, up, "library/restart", 64<<10)
+	}
+	// The lease its former run held when it was killed.
+	former, err := json.Marshal(map[string]any{"holder": restarted.url, "until": time.Now().Add(lease.DefaultTTL)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s3.Put("leases", "records/leases/"+strings.Replace(blob, ":", "/", 1), former)
+	restarted.restart(t)
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	type answer struct {
+		status int
+		body   []byte
+		err    error
+	}
+	done := make(chan answer, 1)
+	go func() {
+		st, _, body, err := get(ctx, waiter.url+"/v2/library/restart/blobs/"+blob, nil)
+		done <- answer{st, body, err}
+	}()
+	select {
+	case key := <-held:
+		cancel()
+		<-done
+		t.Fatalf("the owner waited on lease %s of a replica's former run, the replica up again since", key)
+	case a := <-done:
+		if a.err != nil || a.status != http.StatusOK || sha(a.body) != blob {
+			t.Fatalf("blob: status %d, err %v, digest %s", a.status, a.err, sha(a.body))
+		}
+	}
+	if n := blobGets(up, blob); n != 1 {
+		t.Errorf("blob fetched %d times upstream, want 1", n)
+	}
+}
