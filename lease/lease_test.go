@@ -298,3 +298,58 @@ func testDropLeftovers(t *testing.T, objs lease.Objects) {
 		t.Fatalf("leases after a's start: %v, %v; want b's only", keys, err)
 	}
 }
+
+// releasedAfterRead are lease objects whose first read of a lease is
+// followed at once by its release: its holder (a replica that took an
+// expired lease over, fetched the blob and stored it) deleted it between
+// another's read of it and that one's takeover.
+type releasedAfterRead struct {
+	lease.Objects
+	once sync.Once
+}
+
+func (r *releasedAfterRead) Get(ctx context.Context, key string) ([]byte, string, error) {
+	raw, etag, err := r.Objects.Get(ctx, key)
+	r.once.Do(func() { _ = r.Objects.Delete(ctx, key) })
+	return raw, etag, err
+}
+
+func TestTakeOverOfALeaseReleasedMeanwhile(t *testing.T) {
+	srv := leasetest.Start(t, true)
+	testTakeOverReleasedMeanwhile(t, srv.Objects("b"))
+}
+
+// TestTakeOverOfALeaseReleasedMeanwhileVersitygw runs the same on the
+// real S3 server, which answers a conditional write (If-Match) of a key
+// that is gone 404 NoSuchKey, as AWS S3 does, not 412.
+func TestTakeOverOfALeaseReleasedMeanwhileVersitygw(t *testing.T) {
+	srv := s3test.Start(t)
+	objs, err := lease.NewS3(srv.Params(srv.NewBucket(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testTakeOverReleasedMeanwhile(t, objs)
+}
+
+// testTakeOverReleasedMeanwhile: a replica taking over an expired lease
+// that is released between its read and its takeover (another took it
+// over first, and was done) takes the lease as a new one: it failed as if
+// the store were unreachable, and the replica fetched the blob without a
+// lease, beside another replica that took it.
+func testTakeOverReleasedMeanwhile(t *testing.T, objs lease.Objects) {
+	ctx := context.Background()
+	clock := &fakeClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	dead := lease.New(objs, "http://dead", lease.WithClock(clock.Now))
+	hd, _, _, err := dead.Take(ctx, "sha256:r")
+	if err != nil || hd == nil {
+		t.Fatalf("dead: %v, %v", hd, err)
+	}
+	defer hd.Release()
+	clock.Add(time.Hour) // long expired
+	b := lease.New(&releasedAfterRead{Objects: objs}, "http://b", lease.WithClock(clock.Now))
+	h, holder, _, err := b.Take(ctx, "sha256:r")
+	if err != nil || h == nil {
+		t.Fatalf("a lease released while it was taken over: %v %q %v; want it taken", h, holder, err)
+	}
+	h.Release()
+}

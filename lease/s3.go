@@ -129,9 +129,15 @@ func (o *S3) Create(ctx context.Context, key string, body []byte) (string, error
 	return etag, err
 }
 
-// Replace implements Objects.
+// Replace implements Objects. S3 answers the If-Match of a key that is
+// gone 404 NoSuchKey, not 412: changed all the same.
 func (o *S3) Replace(ctx context.Context, key, etag string, body []byte) (string, error) {
-	return o.put(ctx, key, body, "If-Match", etag)
+	etag, err := o.put(ctx, key, body, "If-Match", etag)
+	var ae awserr.Error
+	if errors.As(err, &ae) && ae.Code() == s3.ErrCodeNoSuchKey {
+		return "", ErrChanged
+	}
+	return etag, err
 }
 
 // Get implements Objects.

@@ -64,7 +64,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				fail(w, http.StatusPreconditionFailed, "PreconditionFailed")
 				return
 			}
-			if m := r.Header.Get("If-Match"); m != "" && (!exists || m != etag(cur)) {
+			if m := r.Header.Get("If-Match"); m != "" && !exists {
+				fail(w, http.StatusNotFound, "NoSuchKey") // as S3 answers it
+				return
+			}
+			if m := r.Header.Get("If-Match"); m != "" && m != etag(cur) {
 				fail(w, http.StatusPreconditionFailed, "PreconditionFailed")
 				return
 			}
