@@ -293,3 +293,44 @@ func TestSharedPinOfAnotherReplicaNotTakenBack(t *testing.T) {
 		})
 	}
 }
+
+// A tag another replica confirmed with its clock ahead (an hour here; a
+// VM whose clock drifted) and that a third replica then read, moved
+// upstream since and recorded so by a replica whose clock is right, is
+// seen moved by the third replica at its next recheck: the confirmation
+// read from the bucket counted as made in the future, newer than any
+// other replica's for the hour, and the third replica served the digest
+// the tag had named before for that hour, the bucket's newer record
+// unread.
+func TestTagConfirmedAheadOfTimeNotKeptOverANewerOne(t *testing.T) {
+	r := storage.NewDriverRecords(inmemory.New())
+	now := time.Unix(1700000000, 0).UTC()
+	open := func(skew time.Duration) *storage.Index {
+		ix, err := storage.OpenIndex(filepath.Join(t.TempDir(), "index.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ix.Close() })
+		ix.ShareRecords(r, func() time.Time { return now.Add(skew) })
+		return ix
+	}
+	ahead, right, reader := open(time.Hour), open(0), open(0)
+	record := func(ix *storage.Index, d digest.Digest, at time.Time) {
+		t.Helper()
+		if err := ix.RecordManifest(storage.ManifestEntry{Upstream: "docker.io", Repo: "library/x", Digest: d, Tag: "v1",
+			Record: storage.ManifestRecord{MediaType: "application/vnd.oci.image.manifest.v1+json", Size: 10, FetchedAt: at}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old, moved := digest.FromString("old"), digest.FromString("moved")
+	record(ahead, old, now.Add(time.Hour))
+	if rec, ok, err := reader.Tag("docker.io", "library/x", "v1"); err != nil || !ok || rec.Digest != old {
+		t.Fatalf("reader, the tag as the replica ahead recorded it: %v %v %v", rec.Digest, ok, err)
+	}
+	now = now.Add(time.Minute)
+	record(right, moved, now)
+	now = now.Add(storage.TagRecheck + time.Second)
+	if rec, ok, err := reader.Tag("docker.io", "library/x", "v1"); err != nil || !ok || rec.Digest != moved {
+		t.Errorf("reader, the tag moved a minute ago: %v %v %v; want %s", rec.Digest, ok, err, moved)
+	}
+}

@@ -161,6 +161,8 @@ func (ix *Index) adoptTx(tx *bolt.Tx, bucket, key, raw []byte) error {
 			raw = keepLastAccess(cur, raw)
 		}
 		return ix.putContent(tx, bucket, key, raw)
+	case string(bucketTags):
+		raw = tagNotAhead(raw, ix.now())
 	case string(bucketPins):
 		if json.Unmarshal(raw, new(PinRecord)) != nil {
 			// Unreadable, but a pin all the same: its key is what keeps
@@ -190,6 +192,31 @@ func (ix *Index) adoptTx(tx *bolt.Tx, bucket, key, raw []byte) error {
 		return err
 	}
 	return b.Put(key, raw)
+}
+
+// tagNotAhead returns the shared tag record raw with its times no later
+// than now: a replica whose clock is ahead of this one's wrote them, and
+// kept as they are, its confirmation would be newer than any other
+// replica's for as long as that clock is ahead (Index.tag keeps the newer
+// of its record and the bucket's), and a tag moved since served as it was.
+func tagNotAhead(raw []byte, now time.Time) []byte {
+	var r TagRecord
+	if r.UnmarshalBinary(raw) != nil || !r.CheckedAt.After(now) && !r.FetchedAt.After(now) {
+		return raw
+	}
+	r.CheckedAt, r.FetchedAt = earliest(r.CheckedAt, now), earliest(r.FetchedAt, now)
+	out, err := json.Marshal(r)
+	if err != nil {
+		return raw
+	}
+	return out
+}
+
+func earliest(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
 }
 
 // readable reports whether a shared record of a kind the collection
