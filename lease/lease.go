@@ -239,15 +239,18 @@ func (l *Leases) expiry(key, etag string) time.Time {
 // while it fetched): call it at start, before any Take. The others would
 // take such a lease for live while this replica is up again under the
 // same name (restarted before their probes saw it down), and wait out
-// its expiry for a blob nobody fetches. A lease another replica took
-// over meanwhile (it saw this one down) is left alone, unless it did so
+// its expiry for a blob nobody fetches. It removes those long dead too
+// (their holder's expiry past by more than clocks are apart, as Take
+// tells them), which a replica killed and never started again under its
+// name left: nothing else does, and each start reads them all. A lease
+// another replica took over meanwhile is left alone, unless it did so
 // between the read and the removal here: a duplicate fetch at worst.
 func (l *Leases) DropLeftovers(ctx context.Context) error {
 	keys, err := l.objects.List(ctx, l.prefix)
 	if err != nil {
 		return fmt.Errorf("listing blob fetch leases: %w", err)
 	}
-	dropped := 0
+	dropped, now := 0, l.now()
 	for _, key := range keys {
 		raw, _, err := l.objects.Get(ctx, key)
 		if errors.Is(err, ErrNotFound) {
@@ -257,8 +260,8 @@ func (l *Leases) DropLeftovers(ctx context.Context) error {
 			return fmt.Errorf("reading blob fetch lease %s: %w", key, err)
 		}
 		var rec record
-		if json.Unmarshal(raw, &rec) != nil || rec.Holder != l.holder {
-			continue
+		if json.Unmarshal(raw, &rec) != nil || rec.Holder != l.holder && !now.After(rec.Until.Add(maxSkew)) {
+			continue // live, or not a lease (another replica's probe)
 		}
 		if err := l.objects.Delete(ctx, key); err != nil {
 			return fmt.Errorf("removing blob fetch lease %s: %w", key, err)
@@ -266,7 +269,7 @@ func (l *Leases) DropLeftovers(ctx context.Context) error {
 		dropped++
 	}
 	if dropped > 0 {
-		l.log.Info("blob fetch leases of this replica's former run removed", "leases", dropped)
+		l.log.Info("blob fetch leases of this replica's former run, or long dead, removed", "leases", dropped)
 	}
 	return nil
 }

@@ -272,11 +272,21 @@ func TestDropLeftoversVersitygw(t *testing.T) {
 }
 
 // testDropLeftovers: a replica started again drops the leases its former
-// run held (killed, it never released them), and no other's.
+// run held (killed, it never released them), and those of replicas long
+// dead (killed, never started again under their name: in Kubernetes, a
+// pod's new address), which nothing else removes; no live one.
 func testDropLeftovers(t *testing.T, objs lease.Objects) {
 	ctx := context.Background()
-	former := lease.New(objs, "http://a")
-	other := lease.New(objs, "http://b")
+	clock := &fakeClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	gone := lease.New(objs, "http://gone", lease.WithClock(clock.Now))
+	hg, _, _, err := gone.Take(ctx, "sha256:0")
+	if err != nil || hg == nil {
+		t.Fatalf("gone: %v, %v", hg, err)
+	}
+	defer hg.Release()
+	clock.Add(time.Hour)
+	former := lease.New(objs, "http://a", lease.WithClock(clock.Now))
+	other := lease.New(objs, "http://b", lease.WithClock(clock.Now))
 	for _, name := range []string{"sha256:1", "sha256:2"} {
 		h, _, _, err := former.Take(ctx, name)
 		if err != nil || h == nil {
@@ -290,12 +300,12 @@ func testDropLeftovers(t *testing.T, objs lease.Objects) {
 	}
 	defer hb.Release()
 	// a is killed (its leases are never released) and started again.
-	again := lease.New(objs, "http://a")
+	again := lease.New(objs, "http://a", lease.WithClock(clock.Now))
 	if err := again.DropLeftovers(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if keys, err := objs.List(ctx, "records/leases/"); err != nil || len(keys) != 1 || keys[0] != "records/leases/sha256/3" {
-		t.Fatalf("leases after a's start: %v, %v; want b's only", keys, err)
+		t.Fatalf("leases after a's start: %v, %v; want b's live one only", keys, err)
 	}
 }
 
