@@ -312,8 +312,13 @@ func (c *Cluster) Down(u string) bool {
 }
 
 // markDown takes a peer out of the hashing at once, e.g. after a failed
-// connection; a probe brings it back.
+// connection; a probe brings it back. A request ended because the peer
+// was marked down (do) tells nothing new of it: its state stays what
+// marked it down (not ready, and why), not its own cancellation.
 func (c *Cluster) markDown(u string, why error) {
+	if errors.Is(why, errPeerMarkedDown) {
+		return
+	}
 	c.setState(u, false, why)
 }
 
@@ -442,6 +447,9 @@ func (c *Cluster) do(req *http.Request, u string) (*http.Response, error) {
 	end := sync.OnceFunc(func() { close(done); cancel(nil) })
 	resp, err := c.client.Do(req.WithContext(ctx))
 	if err != nil {
+		if cause := context.Cause(ctx); errors.Is(cause, errPeerMarkedDown) {
+			err = fmt.Errorf("%w: %w", cause, err)
+		}
 		end()
 		return nil, err
 	}

@@ -789,3 +789,41 @@ func TestServeBlobCutsAtOnceProbeTheOwnerOnce(t *testing.T) {
 		}
 	})
 }
+
+// TestServeBlobEndedByMarkDownKeepsThePeersState: a request to an owner
+// that its probe found not ready (shutting down: /readyz answers 503)
+// while the request waited for its answer ends, and the owner's state
+// stays what its probe found: not ready, and why. The request's end
+// marked it down once more, with its own cancellation as the error: the
+// status page showed the replica "unreachable", "context canceled".
+func TestServeBlobEndedByMarkDownKeepsThePeersState(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const peer = "http://owner.test:5000"
+		rt := roundTrip(func(r *http.Request) (*http.Response, error) {
+			if r.URL.Path == "/readyz" {
+				return &http.Response{StatusCode: http.StatusServiceUnavailable, Header: http.Header{}, Body: http.NoBody, Request: r}, nil
+			}
+			<-r.Context().Done() // no answer yet
+			return nil, r.Context().Err()
+		})
+		c, err := New("http://self.test:5000", []string{peer}, quiet(), WithTransport(rt), WithProbeTimeout(5*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, d := ownedBy(t, c, peer)
+		done := make(chan bool, 1)
+		go func() {
+			served, _ := c.ServeBlob(httptest.NewRecorder(), blobRequest(d), d)
+			done <- served
+		}()
+		synctest.Wait() // the request waits for the owner's answer
+		c.Probe(context.Background())
+		if served := <-done; served {
+			t.Fatal("served by an owner that never answered")
+		}
+		st := c.Peers()[1]
+		if st.Up || !st.NotReady || st.Error != "/readyz answered 503" {
+			t.Errorf("owner found not ready by its probe, after a request to it ended: %+v; want not ready, /readyz answered 503", st)
+		}
+	})
+}
