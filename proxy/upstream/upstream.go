@@ -114,6 +114,10 @@ type refusal struct {
 // repository pulled, the least recently used dropped first.
 const maxTransports = 1024
 
+// handshakeTimeout bounds a repository's handshake (transport): its
+// ping, its token, and its wait for a login's turn (login).
+const handshakeTimeout = time.Minute
+
 // authRetryAfter is how long refused credentials are not tried again.
 const authRetryAfter = 10 * time.Second
 
@@ -374,9 +378,17 @@ func (c *Client) transport(ctx context.Context, repo string) (http.RoundTripper,
 	}
 	v, err, _ := c.creating.Do(repo, func() (any, error) {
 		// The handshake must not die with the first client that asked.
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), handshakeTimeout)
 		defer cancel()
 		t, err := c.handshake(ctx, repo)
+		if err != nil && ctx.Err() != nil && !errors.As(err, new(*Error)) {
+			// Its own deadline passed (a login's turn waited for behind
+			// others the token server did not answer): the upstream's
+			// failure to answer in time, not the mirror's.
+			e := c.newError(KindPing, "registry ping", 0, ErrUnavailable, err, "upstream %s's handshake (its ping and token server) did not end within %s", c.host, handshakeTimeout)
+			e.Timeout = true
+			err = e
+		}
 		if errors.Is(err, ErrAuth) && !c.refusedWith(repo, err) {
 			c.refuse(repo, nil, err, c.credsNow(ctx))
 		}
@@ -763,7 +775,8 @@ func (f roundTripFunc) RoundTrip(req *http.Request) (*http.Response, error) { re
 // through base.
 func (c *Client) exchangeError(xctx context.Context, base tokenLimits, err error) error {
 	ping := call{KindPing, "registry ping"}
-	if errors.Is(context.Cause(xctx), errTimeout) {
+	// Its own time to answer, or the handshake's (transport), ended.
+	if cause := context.Cause(xctx); errors.Is(cause, errTimeout) || errors.Is(cause, context.DeadlineExceeded) {
 		e := c.newError(ping.kind, ping.what, 0, ErrUnavailable, err, "upstream %s's token server did not answer within %s", c.host, c.timeout)
 		e.Timeout = true
 		return e
