@@ -54,3 +54,84 @@ func TestSilentTokenServerIsATimeoutForEveryRepository(t *testing.T) {
 		wg.Wait()
 	})
 }
+
+// TestTokenServerMovedFollowed: an upstream whose challenge now names
+// another token server (realm and service: a Harbor whose external URL
+// changed, a registry that moved its auth), and refuses the tokens of the
+// old one, is asked with a token of the new one: the repositories pulled
+// before kept renewing theirs at the old token server, refused for good,
+// until a restart. Once per request: the new handshake, then the request
+// again.
+func TestTokenServerMovedFollowed(t *testing.T) {
+	var moved atomic.Bool
+	var oldTokens, newTokens atomic.Int64
+	ping := func(w http.ResponseWriter, req *http.Request) {
+		realm, service := "/token", "old"
+		if moved.Load() {
+			realm, service = "/auth/token", "new"
+		}
+		w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="http://%s%s",service=%q`, req.Host, realm, service))
+		w.WriteHeader(http.StatusUnauthorized)
+	}
+	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		switch req.URL.Path {
+		case "/token": // still up, its tokens no longer taken
+			oldTokens.Add(1)
+			fmt.Fprint(w, `{"token":"old"}`)
+			return
+		case "/auth/token":
+			newTokens.Add(1)
+			fmt.Fprint(w, `{"token":"new"}`)
+			return
+		}
+		want := "Bearer old"
+		if moved.Load() {
+			want = "Bearer new"
+		}
+		if req.Header.Get("Authorization") != want {
+			ping(w, req)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	}, ping)
+	c := r.client(t)
+	if _, err := c.HeadManifest(t.Context(), "library/x", v1); err != nil {
+		t.Fatal(err)
+	}
+	moved.Store(true)
+	for i := range 3 {
+		if _, err := c.HeadManifest(t.Context(), "library/x", v1); err != nil {
+			t.Fatalf("request %d after the token server moved: %v", i+1, err)
+		}
+	}
+	if n := oldTokens.Load(); n != 1 {
+		t.Errorf("the old token server was asked %d times, want 1 (before it moved)", n)
+	}
+	if n := newTokens.Load(); n != 1 {
+		t.Errorf("the new token server was asked %d times, want 1", n)
+	}
+}
+
+// TestChallengesDisagreeingStillRefused: a registry whose refusals name
+// another service than its ping's (always, not moved) is asked once more
+// after a new handshake, and its refusal of that is its answer: a 401
+// (a private repository), not the upstream unreachable, nor a loop of
+// handshakes.
+func TestChallengesDisagreeingStillRefused(t *testing.T) {
+	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		if req.URL.Path == "/token" {
+			fmt.Fprint(w, `{"token":"t"}`)
+			return
+		}
+		w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="http://%s/token",service="other"`, req.Host))
+		w.WriteHeader(http.StatusUnauthorized)
+	}, bearerPing)
+	c := r.client(t)
+	_, err := c.HeadManifest(t.Context(), "team/private", v1)
+	if ue := asError(t, err, "ErrAuth"); ue.Status != http.StatusUnauthorized {
+		t.Errorf("status %d, want 401", ue.Status)
+	}
+	if n := r.pings.Load(); n != 2 {
+		t.Errorf("%d pings, want 2 (the handshake, and once more after the refusal naming another service)", n)
+	}
+}

@@ -677,7 +677,8 @@ func (c *Client) authorize(ctx context.Context, repo string, pa *pingAnswer) (ht
 	// go-containerregistry keeps no header of a token server's answer:
 	// its 429's Retry-After is noted on the way.
 	scope := "repository:" + repo + ":" + transport.PullScope
-	base := tokenLimits{RoundTripper: c.base, c: c, repo: repo, scope: scope}
+	base := tokenLimits{RoundTripper: c.base, c: c, repo: repo, scope: scope,
+		challengeRealm: pr.Parameters["realm"], service: pr.Parameters["service"]}
 	if realm, standIn, ok := c.standInRealm(pr.Parameters["realm"]); ok {
 		pr.Parameters["realm"], base.realm = standIn, realm
 	}
@@ -861,13 +862,20 @@ func (c *Client) challenged(repo string, t http.RoundTripper, resp *http.Respons
 	if _, open := t.(openTransport); !open && !strings.EqualFold(pickChallenge(resp.Header.Values("WWW-Authenticate")).Scheme, "bearer") {
 		return false // a registry of basic auth refusing them
 	}
+	c.forgetHandshake(repo, t)
+	return true
+}
+
+// forgetHandshake drops repo's transport t, if it is still the one kept,
+// and the ping's answer it was made after: the next handshake pings
+// again and heeds the upstream's challenge of now.
+func (c *Client) forgetHandshake(repo string, t http.RoundTripper) {
 	if cur, ok := c.transports.Peek(repo); ok && cur == t {
 		c.transports.Remove(repo)
 	}
 	c.pingMu.Lock()
 	c.pinged = nil
 	c.pingMu.Unlock()
-	return true
 }
 
 // basicCreds is the transport of a repository of an upstream that gets
@@ -928,6 +936,10 @@ func (c *Client) renewed(ctx context.Context, repo string, t http.RoundTripper, 
 // A token request (a GET of tokenAt, the realm go-containerregistry is
 // given) is sent once for the same ones made meanwhile, and its answer
 // reused for tokenReuse (shareToken).
+//
+// A refusal naming another token server than the challenge it was made
+// after (challengeRealm and service) fails with errTokenServerMoved:
+// go-containerregistry would renew the token at the old one, for good.
 type tokenLimits struct {
 	http.RoundTripper
 	c       *Client
@@ -935,7 +947,20 @@ type tokenLimits struct {
 	scope   string
 	realm   *url.URL // the token server standing behind standInPath, or nil
 	tokenAt string   // the realm's URL without its query
+	// challengeRealm and service are those of the challenge the
+	// transport was made after.
+	challengeRealm, service string
 }
+
+// errTokenServerMoved is the registry's refusal of a token, naming a
+// token server (realm or service) other than the one the token came
+// from: the request is sent again after a new handshake (doWarming).
+var errTokenServerMoved = errors.New("the upstream's challenge names another token server")
+
+// followedKey marks the context of a request sent again after
+// errTokenServerMoved: a refusal naming another token server once more
+// (a registry whose ping and refusals disagree) is its answer, as is.
+type followedKey struct{}
 
 // tokenAnswer is a token server's answer, kept for the same requests.
 type tokenAnswer struct {
@@ -1115,8 +1140,13 @@ func (t tokenLimits) roundTrip(req *http.Request) (*http.Response, error) {
 			t.c.forgetToken(tok)
 		}
 		h := resp.Header.Get("WWW-Authenticate")
-		if pr := parseChallenge(h); !toRealm && req.URL.Host == t.c.registry.RegistryStr() &&
-			strings.EqualFold(pr.Scheme, "bearer") && pr.Parameters["scope"] == "" {
+		pr := parseChallenge(h)
+		own := !toRealm && req.URL.Host == t.c.registry.RegistryStr() && strings.EqualFold(pr.Scheme, "bearer")
+		if own && (pr.Parameters["realm"] != t.challengeRealm || pr.Parameters["service"] != t.service) && req.Context().Value(followedKey{}) == nil {
+			resp.Body.Close()
+			return nil, errTokenServerMoved
+		}
+		if own && pr.Parameters["scope"] == "" {
 			resp.Header.Set("WWW-Authenticate", fmt.Sprintf("%s,scope=%q", h, t.scope))
 		}
 	}
@@ -1325,6 +1355,14 @@ func (c *Client) doWarming(ctx context.Context, repo string, req *http.Request, 
 		c.Warm(warm)
 	}
 	resp, err := c.send(ctx, t, req, r)
+	if errors.Is(err, errTokenServerMoved) {
+		// Sent once more, after a handshake with the token server the
+		// upstream names now.
+		c.forgetHandshake(repo, t)
+		if t, err = c.transport(ctx, repo); err == nil {
+			resp, err = c.send(context.WithValue(ctx, followedKey{}, true), t, req, r)
+		}
+	}
 	if err == nil && c.renewed(ctx, repo, t, resp) {
 		// Sent once more, with the credentials of now.
 		resp.Body.Close()
