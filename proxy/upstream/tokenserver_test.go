@@ -135,3 +135,38 @@ func TestChallengesDisagreeingStillRefused(t *testing.T) {
 		t.Errorf("%d pings, want 2 (the handshake, and once more after the refusal naming another service)", n)
 	}
 }
+
+// TestExpiredTokenRefusedWithoutChallengeRenewed: a registry that refuses
+// an expired token with a bare 401, no WWW-Authenticate (a gateway in
+// front of it that drops the header), gets a new token once: the mirror
+// sent the expired one with every request of the repository, each
+// answered 401 UNAUTHORIZED, until a restart.
+func TestExpiredTokenRefusedWithoutChallengeRenewed(t *testing.T) {
+	var gen, tokens atomic.Int64
+	gen.Store(1)
+	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		if req.URL.Path == "/token" {
+			tokens.Add(1)
+			fmt.Fprintf(w, `{"token":"t%d"}`, gen.Load())
+			return
+		}
+		if req.Header.Get("Authorization") != fmt.Sprintf("Bearer t%d", gen.Load()) {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	}, bearerPing)
+	c := r.client(t)
+	if _, err := c.HeadManifest(t.Context(), "library/x", v1); err != nil {
+		t.Fatal(err)
+	}
+	gen.Store(2) // the token expires
+	for i := range 3 {
+		if _, err := c.HeadManifest(t.Context(), "library/x", v1); err != nil {
+			t.Fatalf("request %d after the token expired: %v", i+1, err)
+		}
+	}
+	if n := tokens.Load(); n != 2 {
+		t.Errorf("%d token requests, want 2 (the first, and one renewal)", n)
+	}
+}

@@ -928,7 +928,8 @@ func (c *Client) renewed(ctx context.Context, repo string, t http.RoundTripper, 
 // go-containerregistry's transport made from a token (FromToken) knows no
 // scope of its own, and asks for a new token with the scopes of the
 // refusal only, which a token of no scope would be refused again for
-// every request.
+// every request. A refusal of a token with no challenge at all is given
+// the one the transport was made after.
 //
 // A token server that go-containerregistry is given a stand-in for
 // (standInRealm) is sent the requests made to the stand-in: realm.
@@ -1140,6 +1141,14 @@ func (t tokenLimits) roundTrip(req *http.Request) (*http.Response, error) {
 			t.c.forgetToken(tok)
 		}
 		h := resp.Header.Get("WWW-Authenticate")
+		if _, bearer := strings.CutPrefix(req.Header.Get("Authorization"), "Bearer "); h == "" && bearer && !toRealm && req.URL.Host == t.c.registry.RegistryStr() {
+			// A bare 401 to our token (a gateway in front of the
+			// registry dropped its challenge): go-containerregistry
+			// renews a token only when challenged, and would send the
+			// expired one for good.
+			h = fmt.Sprintf("Bearer realm=%q,service=%q", t.challengeRealm, t.service)
+			resp.Header.Set("WWW-Authenticate", h)
+		}
 		pr := parseChallenge(h)
 		own := !toRealm && req.URL.Host == t.c.registry.RegistryStr() && strings.EqualFold(pr.Scheme, "bearer")
 		if own && (pr.Parameters["realm"] != t.challengeRealm || pr.Parameters["service"] != t.service) && req.Context().Value(followedKey{}) == nil {
