@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -168,5 +170,59 @@ func TestExpiredTokenRefusedWithoutChallengeRenewed(t *testing.T) {
 	}
 	if n := tokens.Load(); n != 2 {
 		t.Errorf("%d token requests, want 2 (the first, and one renewal)", n)
+	}
+}
+
+// TestTokenServerFailingNotUnreachable: a token server that answers, with
+// a failure of its own (a 500, a 502 of its gateway, a 404 of a realm
+// moved), is the upstream answering badly, as the token server's
+// unreadable token is: the request failed "upstream unreachable", with no
+// status, and the status page showed the upstream unreachable, sending
+// the operator to look for a network fault. Both at the handshake and at
+// the renewal of an expired token.
+func TestTokenServerFailingNotUnreachable(t *testing.T) {
+	for _, status := range []int{http.StatusInternalServerError, http.StatusBadGateway, http.StatusNotFound} {
+		t.Run(strconv.Itoa(status), func(t *testing.T) {
+			var failing atomic.Bool
+			var gen atomic.Int64
+			gen.Store(1)
+			r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+				if req.URL.Path == "/token" {
+					if failing.Load() {
+						w.WriteHeader(status)
+						return
+					}
+					fmt.Fprintf(w, `{"token":"t%d"}`, gen.Load())
+					return
+				}
+				if req.Header.Get("Authorization") != fmt.Sprintf("Bearer t%d", gen.Load()) {
+					challenge(w, req, "repository:library/x:pull")
+					return
+				}
+				w.WriteHeader(http.StatusOK)
+			}, bearerPing)
+			c := r.client(t)
+			failing.Store(true)
+			check := func(when string, err error) {
+				t.Helper()
+				ue := asError(t, err, "ErrUnavailable")
+				if ue.Status != status || !strings.Contains(ue.Reason, "token server") {
+					t.Errorf("%s: status %d, Reason %q; want %d, saying the token server answered it", when, ue.Status, ue.Reason, status)
+				}
+				if c.State().Unreachable {
+					t.Errorf("%s: the status page shows the upstream unreachable; its token server answered %d", when, status)
+				}
+			}
+			_, err := c.HeadManifest(t.Context(), "library/y", v1)
+			check("handshake", err)
+			failing.Store(false)
+			if _, err := c.HeadManifest(t.Context(), "library/x", v1); err != nil {
+				t.Fatal(err)
+			}
+			failing.Store(true)
+			gen.Store(2) // the token expires
+			_, err = c.HeadManifest(t.Context(), "library/x", v1)
+			check("renewal", err)
+		})
 	}
 }

@@ -1311,6 +1311,9 @@ func (c *Client) transportError(r call, err error) error {
 				return e
 			}
 		}
+		// Any other answer of the token server (a 5xx, a 404 of a realm
+		// moved) is the upstream answering badly, not unreachable.
+		return c.newError(r.kind, r.what, te.StatusCode, ErrUnavailable, err, "upstream %s's token server answered %d", c.host, te.StatusCode)
 	}
 	if errors.As(err, new(credentialsError)) {
 		return c.newError(r.kind, r.what, 0, ErrUnavailable, err, "upstream %s not asked: our credentials for it could not be read", c.host)
