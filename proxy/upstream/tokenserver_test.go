@@ -226,3 +226,54 @@ func TestTokenServerFailingNotUnreachable(t *testing.T) {
 		})
 	}
 }
+
+// rateLimitingTokenServer is a registry at https://registry.test whose
+// token server (its /token) answers 429 with a Retry-After to every
+// token request, each once gate is closed; it counts them.
+type rateLimitingTokenServer struct {
+	gate   chan struct{}
+	logins *atomic.Int64
+}
+
+func (s rateLimitingTokenServer) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.URL.Path == "/token" {
+		s.logins.Add(1)
+		<-s.gate
+		return &http.Response{StatusCode: http.StatusTooManyRequests, Header: http.Header{"Retry-After": {"60"}}, Body: http.NoBody, Request: r}, nil
+	}
+	h := http.Header{"Www-Authenticate": {`Bearer realm="https://registry.test/token",service="registry.test"`}}
+	return &http.Response{StatusCode: http.StatusUnauthorized, Header: h, Body: http.NoBody, Request: r}, nil
+}
+
+// TestLoginsWaitingForARateLimitedOneBackOff: the logins of many
+// repositories pulled at once (credentials not yet taken) that waited for
+// the first one, which the token server answered 429 (Docker Hub's
+// auth.docker.io rate-limiting), were then all sent at once, each
+// another request to a token server that had just asked to be left
+// alone; they fail with its back-off instead, 429 with its Retry-After.
+// On the bubble's clock.
+func TestLoginsWaitingForARateLimitedOneBackOff(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const n = 6
+		var logins atomic.Int64
+		s := rateLimitingTokenServer{gate: make(chan struct{}), logins: &logins}
+		c := errClient(t, "https://registry.test", WithTransport(s), WithAuth(&authn.Basic{Username: "bot", Password: "pw"}))
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Go(func() {
+				repo := fmt.Sprintf("team/app%d", i)
+				_, err := c.HeadManifest(t.Context(), repo, v1)
+				var ue *Error
+				if !errors.As(err, &ue) || ue.Status != http.StatusTooManyRequests || ue.RetryAfter == "" {
+					t.Errorf("%s: %v, want the token server's 429 with a Retry-After", repo, err)
+				}
+			})
+		}
+		synctest.Wait()
+		close(s.gate)
+		wg.Wait()
+		if got := logins.Load(); got != 1 {
+			t.Errorf("%d token requests for %d repositories, the first answered 429, want 1", got, n)
+		}
+	})
+}

@@ -699,6 +699,12 @@ func (c *Client) authorize(ctx context.Context, repo string, pa *pingAnswer) (ht
 	if err != nil {
 		return nil, err
 	}
+	if err := c.backingOff(ping); err != nil {
+		// The login waited for was answered 429 (or 503) with a
+		// Retry-After: this one is not sent until then either.
+		release(false)
+		return nil, err
+	}
 	// The token server is the upstream's too: it has the client's timeout
 	// to answer, as the ping and every request have. Its login's turn is
 	// this one's (loginHeld).
