@@ -277,3 +277,52 @@ func TestLoginsWaitingForARateLimitedOneBackOff(t *testing.T) {
 		}
 	})
 }
+
+// rateLimitedRenewalTransport is rotatedLoginTransport whose token
+// server answers the logins with other passwords 429, with a Retry-After.
+type rateLimitedRenewalTransport rotatedLoginTransport
+
+func (l rateLimitedRenewalTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if _, pw, _ := r.BasicAuth(); r.URL.Path == "/token" && pw != "pw" {
+		l.logins.Add(1)
+		<-l.gate
+		return &http.Response{StatusCode: http.StatusTooManyRequests, Header: http.Header{"Retry-After": {"60"}}, Body: http.NoBody, Request: r}, nil
+	}
+	return rotatedLoginTransport(l).RoundTrip(r)
+}
+
+// TestRenewalsWaitingForARateLimitedOneBackOff: as at the handshake, the
+// renewals of expired tokens with credentials not yet taken (rotated in
+// the keychain) that waited for the first one, answered 429, are not
+// sent: they fail with its back-off. On the bubble's clock.
+func TestRenewalsWaitingForARateLimitedOneBackOff(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const n = 6
+		kc := &rotatingKeychain{}
+		kc.password.Store("pw")
+		var logins atomic.Int64
+		lt := rateLimitedRenewalTransport{gate: make(chan struct{}), logins: &logins, token: new(atomic.Value)}
+		lt.token.Store("t")
+		c := errClient(t, "https://registry.test", WithTransport(lt), WithKeychain(kc))
+		headRepos(t, c, n, false).Wait()
+		lt.token.Store("t2") // t expired
+		kc.password.Store("next")
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Go(func() {
+				repo := fmt.Sprintf("team/app%d", i)
+				_, err := c.HeadManifest(t.Context(), repo, v1)
+				var ue *Error
+				if !errors.As(err, &ue) || ue.Status != http.StatusTooManyRequests || ue.RetryAfter == "" {
+					t.Errorf("%s: %v, want the token server's 429 with a Retry-After", repo, err)
+				}
+			})
+		}
+		synctest.Wait()
+		close(lt.gate)
+		wg.Wait()
+		if got := logins.Load(); got != 1 {
+			t.Errorf("%d renewals for %d repositories, the first answered 429, want 1", got, n)
+		}
+	})
+}

@@ -1010,6 +1010,12 @@ func (t tokenLimits) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := t.c.backingOff(call{KindPing, "registry ping"}); err != nil {
+		// As at the handshake (authorize): not sent until the
+		// Retry-After of the login waited for has passed.
+		release(false)
+		return nil, err
+	}
 	resp, err := t.tokenRequest(req)
 	if err == nil && creds != "" {
 		switch resp.StatusCode {
@@ -1277,6 +1283,11 @@ func (c *Client) transportError(r call, err error) error {
 	}
 	if e := invalidAnswer(err); e != nil {
 		return e
+	}
+	var held *Error
+	if errors.As(err, &held) && held.RetryAfter != "" {
+		// The back-off a renewal was not sent for (tokenLimits).
+		return held
 	}
 	var te *transport.Error
 	if errors.As(err, &te) {
