@@ -449,6 +449,16 @@ func (ix *Index) tag(key []byte) (TagRecord, bool, error) {
 	if shared.UnmarshalBinary(raw) != nil || !shared.CheckedAt.After(rec.CheckedAt) {
 		return rec, ok, nil
 	}
+	now := ix.now()
+	if shared.CheckedAt.After(now) && shared.Digest == rec.Digest {
+		// Written by a replica whose clock is ahead: its time tells
+		// nothing, and most likely it is the record adopted before,
+		// capped then (tagNotAhead). Adopted again, capped now, the tag
+		// would never grow old here; a confirmation of the same digest
+		// costs a revalidation at worst.
+		return rec, ok, nil
+	}
+	shared.CheckedAt, shared.FetchedAt = earliest(shared.CheckedAt, now), earliest(shared.FetchedAt, now)
 	return shared, true, ix.adopt(bucketTags, key, raw)
 }
 

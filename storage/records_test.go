@@ -334,3 +334,44 @@ func TestTagConfirmedAheadOfTimeNotKeptOverANewerOne(t *testing.T) {
 		t.Errorf("reader, the tag moved a minute ago: %v %v %v; want %s", rec.Digest, ok, err, moved)
 	}
 }
+
+// A tag confirmed by a replica whose clock is ahead (an hour here) and
+// read by another grows old on the reader from its first read, and is
+// revalidated there once older than the tag TTL: the reader adopted the
+// bucket's record again at each recheck (every 15 seconds), its time
+// capped at that moment, and answered it with the writer's time, an
+// hour ahead: the tag stayed fresh on the reader, never asked upstream,
+// for the hour the writer's clock was ahead.
+func TestTagConfirmedAheadOfTimeGrowsOld(t *testing.T) {
+	r := storage.NewDriverRecords(inmemory.New())
+	now := time.Unix(1700000000, 0).UTC()
+	open := func(skew time.Duration) *storage.Index {
+		ix, err := storage.OpenIndex(filepath.Join(t.TempDir(), "index.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ix.Close() })
+		ix.ShareRecords(r, func() time.Time { return now.Add(skew) })
+		return ix
+	}
+	ahead, reader := open(time.Hour), open(0)
+	d := digest.FromString("v1")
+	if err := ahead.RecordManifest(storage.ManifestEntry{Upstream: "docker.io", Repo: "library/x", Digest: d, Tag: "v1",
+		Record: storage.ManifestRecord{MediaType: "application/vnd.oci.image.manifest.v1+json", Size: 10, FetchedAt: now.Add(time.Hour)}}); err != nil {
+		t.Fatal(err)
+	}
+	first := now
+	if rec, ok, err := reader.Tag("docker.io", "library/x", "v1"); err != nil || !ok || rec.Digest != d {
+		t.Fatalf("reader's first read: %v %v %v", rec.Digest, ok, err)
+	}
+	for range 3 {
+		now = now.Add(10 * time.Minute)
+		rec, ok, err := reader.Tag("docker.io", "library/x", "v1")
+		if err != nil || !ok || rec.Digest != d {
+			t.Fatalf("reader at %v: %v %v %v", now.Sub(first), rec.Digest, ok, err)
+		}
+		if rec.CheckedAt.After(first) {
+			t.Fatalf("reader at %v: tag checked %v after its first read; want no later than that read (it grows old and is revalidated)", now.Sub(first), rec.CheckedAt.Sub(first))
+		}
+	}
+}
