@@ -453,9 +453,7 @@ func (ix *Index) tag(key []byte) (TagRecord, bool, error) {
 	if shared.CheckedAt.After(now) && shared.Digest == rec.Digest {
 		// Written by a replica whose clock is ahead: its time tells
 		// nothing, and most likely it is the record adopted before,
-		// capped then (tagNotAhead). Adopted again, capped now, the tag
-		// would never grow old here; a confirmation of the same digest
-		// costs a revalidation at worst.
+		// capped then (tagNotAhead, sameTagAhead).
 		return rec, ok, nil
 	}
 	shared.CheckedAt, shared.FetchedAt = earliest(shared.CheckedAt, now), earliest(shared.FetchedAt, now)

@@ -375,3 +375,41 @@ func TestTagConfirmedAheadOfTimeGrowsOld(t *testing.T) {
 		}
 	}
 }
+
+// The same, the record read by the collection's refresh (every replica's
+// records read into the index): each refresh took it again, capped at
+// that moment, and the tag, its record checked again at every
+// collection, never grew old on the reader.
+func TestTagConfirmedAheadOfTimeGrowsOldThroughRefresh(t *testing.T) {
+	r := storage.NewDriverRecords(inmemory.New())
+	now := time.Unix(1700000000, 0).UTC()
+	open := func(skew time.Duration) *storage.Index {
+		ix, err := storage.OpenIndex(filepath.Join(t.TempDir(), "index.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ix.Close() })
+		ix.ShareRecords(r, func() time.Time { return now.Add(skew) })
+		return ix
+	}
+	ahead, reader := open(time.Hour), open(0)
+	d := digest.FromString("v1")
+	if err := ahead.RecordManifest(storage.ManifestEntry{Upstream: "docker.io", Repo: "library/x", Digest: d, Tag: "v1",
+		Record: storage.ManifestRecord{MediaType: "application/vnd.oci.image.manifest.v1+json", Size: 10, FetchedAt: now.Add(time.Hour)}}); err != nil {
+		t.Fatal(err)
+	}
+	first := now
+	for range 3 {
+		if err := reader.Refresh(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		now = now.Add(10 * time.Minute)
+	}
+	rec, ok, err := reader.Tag("docker.io", "library/x", "v1")
+	if err != nil || !ok || rec.Digest != d {
+		t.Fatalf("reader: %v %v %v", rec.Digest, ok, err)
+	}
+	if rec.CheckedAt.After(first) {
+		t.Fatalf("reader at %v: tag checked %v after its first read; want no later than that read (it grows old and is revalidated)", now.Sub(first), rec.CheckedAt.Sub(first))
+	}
+}

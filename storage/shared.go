@@ -162,6 +162,9 @@ func (ix *Index) adoptTx(tx *bolt.Tx, bucket, key, raw []byte) error {
 		}
 		return ix.putContent(tx, bucket, key, raw)
 	case string(bucketTags):
+		if b := tx.Bucket(bucket); b != nil && sameTagAhead(b.Get(key), raw, ix.now()) {
+			return nil // adopted before, capped then: see Index.tag
+		}
 		raw = tagNotAhead(raw, ix.now())
 	case string(bucketPins):
 		if json.Unmarshal(raw, new(PinRecord)) != nil {
@@ -210,6 +213,16 @@ func tagNotAhead(raw []byte, now time.Time) []byte {
 		return raw
 	}
 	return out
+}
+
+// sameTagAhead reports whether the shared tag record raw is ahead of now
+// and names the digest of the local one, cur: most likely the record
+// adopted before, capped then. Adopted again, capped now (at every
+// refresh), the tag would never grow old here; a confirmation of the
+// same digest costs a revalidation at worst.
+func sameTagAhead(cur, raw []byte, now time.Time) bool {
+	var c, r TagRecord
+	return cur != nil && c.UnmarshalBinary(cur) == nil && r.UnmarshalBinary(raw) == nil && r.CheckedAt.After(now) && r.Digest == c.Digest
 }
 
 func earliest(a, b time.Time) time.Time {
