@@ -250,28 +250,43 @@ func (l *Leases) DropLeftovers(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("listing blob fetch leases: %w", err)
 	}
+	// One lease that cannot be read or removed does not keep the others
+	// (this replica's among them) live: the first such error is
+	// returned, once all were tried.
+	var first error
+	failed := func(err error) {
+		if first == nil {
+			first = err
+		}
+	}
 	dropped, now := 0, l.now()
 	for _, key := range keys {
+		if ctx.Err() != nil {
+			failed(ctx.Err())
+			break
+		}
 		raw, _, err := l.objects.Get(ctx, key)
 		if errors.Is(err, ErrNotFound) {
 			continue // released meanwhile
 		}
 		if err != nil {
-			return fmt.Errorf("reading blob fetch lease %s: %w", key, err)
+			failed(fmt.Errorf("reading blob fetch lease %s: %w", key, err))
+			continue
 		}
 		var rec record
 		if json.Unmarshal(raw, &rec) != nil || rec.Holder != l.holder && !now.After(rec.Until.Add(maxSkew)) {
 			continue // live, or not a lease (another replica's probe)
 		}
 		if err := l.objects.Delete(ctx, key); err != nil {
-			return fmt.Errorf("removing blob fetch lease %s: %w", key, err)
+			failed(fmt.Errorf("removing blob fetch lease %s: %w", key, err))
+			continue
 		}
 		dropped++
 	}
 	if dropped > 0 {
 		l.log.Info("blob fetch leases of this replica's former run, or long dead, removed", "leases", dropped)
 	}
-	return nil
+	return first
 }
 
 func (l *Leases) body() ([]byte, error) {

@@ -3,7 +3,10 @@ package lease_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -362,4 +365,53 @@ func testTakeOverReleasedMeanwhile(t *testing.T, objs lease.Objects) {
 		t.Fatalf("a lease released while it was taken over: %v %q %v; want it taken", h, holder, err)
 	}
 	h.Release()
+}
+
+// A lease the start cannot read (an error of the store for that object
+// alone) does not keep the start from removing the others: the removal
+// stopped at the first such error, and the leases of this replica's
+// former run listed after it stayed live for the others, who waited out
+// their expiry (2 minutes) for blobs nobody fetched.
+func TestDropLeftoversPastALeaseItCannotRead(t *testing.T) {
+	srv := leasetest.Start(t, true)
+	objs := srv.Objects("b")
+	ctx := context.Background()
+	other := lease.New(objs, "http://b")
+	hb, _, _, err := other.Take(ctx, "sha256:0")
+	if err != nil || hb == nil {
+		t.Fatalf("b: %v, %v", hb, err)
+	}
+	defer hb.Release()
+	former := lease.New(objs, "http://a")
+	for _, name := range []string{"sha256:1", "sha256:2"} {
+		h, _, _, err := former.Take(ctx, name)
+		if err != nil || h == nil {
+			t.Fatalf("a, %s: %v, %v", name, h, err)
+		}
+		defer h.Release()
+	}
+	// The store refuses the read of b's lease, listed first.
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/records/leases/sha256/0") {
+			w.Header().Set("Content-Type", "application/xml")
+			w.WriteHeader(http.StatusForbidden)
+			fmt.Fprint(w, "<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>")
+			return
+		}
+		srv.ServeHTTP(w, r)
+	}))
+	t.Cleanup(front.Close)
+	through, err := lease.NewS3(map[string]any{
+		"accesskey": "test", "secretkey": "test", "region": "us-east-1", "bucket": "b",
+		"regionendpoint": front.URL, "forcepathstyle": true, "secure": false,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := lease.New(through, "http://a").DropLeftovers(ctx); err == nil {
+		t.Error("DropLeftovers: no error; want the read it could not make")
+	}
+	if keys, err := objs.List(ctx, "records/leases/"); err != nil || len(keys) != 1 || keys[0] != "records/leases/sha256/0" {
+		t.Fatalf("leases after a's start: %v, %v; want b's only", keys, err)
+	}
 }
