@@ -66,8 +66,8 @@ func newLeases(ctx context.Context, cfg config.Config, o options, m *metrics.Met
 	supported.Set(1)
 	l := lease.New(objects, cfg.Cluster.Self, append([]lease.Option{lease.WithClock(o.now), lease.WithLogger(o.log), lease.WithHolderDown(c.Down)}, o.leaseOptions...)...)
 	if err := l.DropLeftovers(pctx); err != nil {
-		// Left, they are taken over at their expiry, as before.
-		o.log.Warn("removing the blob fetch leases of this replica's former run", "error", err)
+		// Those left are taken over at their expiry, as before.
+		o.log.Warn("removing the blob fetch leases of this replica's former run, or long dead", "error", err)
 	}
 	m.Register(l.Collectors()...)
 	return []proxy.Option{proxy.WithBlobLeases(l)}
