@@ -413,3 +413,36 @@ func TestTagConfirmedAheadOfTimeGrowsOldThroughRefresh(t *testing.T) {
 		t.Fatalf("reader at %v: tag checked %v after its first read; want no later than that read (it grows old and is revalidated)", now.Sub(first), rec.CheckedAt.Sub(first))
 	}
 }
+
+// A replica whose own clock was ahead (an hour here) confirmed a tag,
+// and its clock was then set right: the collection's refresh, reading
+// the bucket's copy of that record, brings the tag's time back to the
+// replica's now, so the tag grows old and is revalidated, not kept fresh
+// for the hour.
+func TestTagConfirmedByOwnClockAheadSetRightByRefresh(t *testing.T) {
+	r := storage.NewDriverRecords(inmemory.New())
+	now := time.Unix(1700000000, 0).UTC()
+	skew := time.Hour
+	ix, err := storage.OpenIndex(filepath.Join(t.TempDir(), "index.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ix.Close() })
+	ix.ShareRecords(r, func() time.Time { return now.Add(skew) })
+	d := digest.FromString("v1")
+	if err := ix.RecordManifest(storage.ManifestEntry{Upstream: "docker.io", Repo: "library/x", Digest: d, Tag: "v1",
+		Record: storage.ManifestRecord{MediaType: "application/vnd.oci.image.manifest.v1+json", Size: 10, FetchedAt: now.Add(skew)}}); err != nil {
+		t.Fatal(err)
+	}
+	skew = 0 // set right
+	if err := ix.Refresh(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	rec, ok, err := ix.Tag("docker.io", "library/x", "v1")
+	if err != nil || !ok || rec.Digest != d {
+		t.Fatalf("tag: %v %v %v", rec.Digest, ok, err)
+	}
+	if rec.CheckedAt.After(now) {
+		t.Fatalf("tag checked %v ahead of the clock set right; want no later than the refresh", rec.CheckedAt.Sub(now))
+	}
+}

@@ -216,13 +216,14 @@ func tagNotAhead(raw []byte, now time.Time) []byte {
 }
 
 // sameTagAhead reports whether the shared tag record raw is ahead of now
-// and names the digest of the local one, cur: most likely the record
-// adopted before, capped then. Adopted again, capped now (at every
-// refresh), the tag would never grow old here; a confirmation of the
-// same digest costs a revalidation at worst.
+// and names the digest of the local one, cur, which is not: most likely
+// the record adopted before, capped then. Adopted again, capped now (at
+// every refresh), the tag would never grow old here; a confirmation of
+// the same digest costs a revalidation at worst. A local record ahead
+// too (written while this replica's clock was ahead) is capped.
 func sameTagAhead(cur, raw []byte, now time.Time) bool {
 	var c, r TagRecord
-	return cur != nil && c.UnmarshalBinary(cur) == nil && r.UnmarshalBinary(raw) == nil && r.CheckedAt.After(now) && r.Digest == c.Digest
+	return cur != nil && c.UnmarshalBinary(cur) == nil && r.UnmarshalBinary(raw) == nil && r.CheckedAt.After(now) && r.Digest == c.Digest && !c.CheckedAt.After(now)
 }
 
 func earliest(a, b time.Time) time.Time {
