@@ -12,6 +12,7 @@ import (
 	"testing/synctest"
 
 	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/opencontainers/go-digest"
 )
 
 // silentTokenServer is a registry at https://registry.test whose token
@@ -325,4 +326,54 @@ func TestRenewalsWaitingForARateLimitedOneBackOff(t *testing.T) {
 			t.Errorf("%d renewals for %d repositories, the first answered 429, want 1", got, n)
 		}
 	})
+}
+
+// TestResumeRenewsItsTokenWhileBackingOff: a blob's resume is sent while
+// the upstream's Retry-After holds new requests back (Resuming), and so
+// is the renewal of its expired token, which belongs to it: the resume
+// failed 429, the renewal held back as a new request, and the client's
+// download was cut although the upstream would have sent the rest.
+func TestResumeRenewsItsTokenWhileBackingOff(t *testing.T) {
+	var gen, tokens atomic.Int64
+	var limited atomic.Bool
+	gen.Store(1)
+	const body = "0123456789"
+	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		if req.URL.Path == "/token" {
+			tokens.Add(1)
+			fmt.Fprintf(w, `{"token":"t%d"}`, gen.Load())
+			return
+		}
+		if req.Header.Get("Authorization") != fmt.Sprintf("Bearer t%d", gen.Load()) {
+			challenge(w, req, "repository:library/x:pull")
+			return
+		}
+		if limited.Load() {
+			w.Header().Set("Retry-After", "3600")
+			w.WriteHeader(http.StatusTooManyRequests)
+			return
+		}
+		w.Write([]byte(body))
+	}, bearerPing)
+	c := r.client(t)
+	dgst := digest.FromString(body)
+	rc, _, err := c.Blob(t.Context(), "library/x", dgst, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc.Close()
+	limited.Store(true)
+	if _, err := c.HeadManifest(t.Context(), "library/x", v1); err == nil {
+		t.Fatal("the manifest's 429 was not an error")
+	}
+	limited.Store(false)
+	gen.Store(2) // the token expires
+	rc, _, err = c.Blob(Resuming(t.Context()), "library/x", dgst, 0)
+	if err != nil {
+		t.Fatalf("the resume while backing off: %v", err)
+	}
+	rc.Close()
+	if n := tokens.Load(); n != 2 {
+		t.Errorf("%d token requests, want 2 (the first, and the resume's renewal)", n)
+	}
 }

@@ -1010,9 +1010,11 @@ func (t tokenLimits) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := t.c.backingOff(call{KindPing, "registry ping"}); err != nil {
+	if err := t.c.backingOff(call{KindPing, "registry ping"}); err != nil && req.Context().Value(resumingKey{}) == nil {
 		// As at the handshake (authorize): not sent until the
-		// Retry-After of the login waited for has passed.
+		// Retry-After of the login waited for has passed. Save for a
+		// blob's resume's (Resuming), which the back-off lets go on:
+		// its renewal is part of it.
 		release(false)
 		return nil, err
 	}
