@@ -1206,3 +1206,43 @@ func TestRateLimitFiguresExpireWithTheirWindow(t *testing.T) {
 		t.Errorf("the window passed, no newer figures: rate limit %d of %d, want -1 of -1 (not known)", st.RateLimitRemaining, st.RateLimitLimit)
 	}
 }
+
+// TestTagsListRefusedToTakenCredentialsNotFailing: a tags list's 401 to
+// credentials the upstream has taken (a Nexus or Artifactory repository,
+// to a user that may pull but not list) is the list's refusal, as a 403
+// is the repository's: the status page showed the upstream failing,
+// "refused our credentials", after each list a client polled for, while
+// its pulls went through.
+func TestTagsListRefusedToTakenCredentialsNotFailing(t *testing.T) {
+	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		if u, pw, ok := req.BasicAuth(); !ok || u != "bot" || pw != "pw" {
+			w.Header().Set("WWW-Authenticate", `Basic realm="test"`)
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		if strings.HasSuffix(req.URL.Path, "/tags/list") {
+			w.Header().Set("WWW-Authenticate", `Basic realm="repository"`)
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	}, func(w http.ResponseWriter, req *http.Request) {
+		w.Header().Set("WWW-Authenticate", `Basic realm="test"`)
+		w.WriteHeader(http.StatusUnauthorized)
+	})
+	clock := newFakeClock()
+	c := r.client(t, WithClock(clock.Now), WithAuth(&authn.Basic{Username: "bot", Password: "pw"}))
+	if _, err := c.HeadManifest(t.Context(), "team/app", v1); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(time.Second)
+	if _, err := c.Tags(t.Context(), "team/app", nil); err == nil {
+		t.Fatal("the refused tags list was not an error")
+	}
+	if s := c.State(); s.LastError != "" || s.Unreachable {
+		t.Errorf("after a tags list refused to credentials that pull, the upstream is shown failing: %+v", s)
+	}
+	if _, err := c.HeadManifest(t.Context(), "team/app", v1); err != nil {
+		t.Fatalf("a pull after the tags list's refusal: %v", err)
+	}
+}

@@ -1453,17 +1453,20 @@ func (c *Client) doWarming(ctx context.Context, repo string, req *http.Request, 
 	}
 	defer resp.Body.Close()
 	err = c.statusError(resp, r)
-	if resp.StatusCode == http.StatusUnauthorized && sendsBasic(t) && resp.Request.URL.Host == c.registry.RegistryStr() && (r.kind != KindTags || !c.isLoggedIn(basic)) {
+	// A tags list's 401 to credentials the upstream has taken: a Nexus
+	// or Artifactory repository answers it to a user that may pull but
+	// not list. The list's refusal, as a 403 is the repository's.
+	listRefused := resp.StatusCode == http.StatusUnauthorized && sendsBasic(t) && resp.Request.URL.Host == c.registry.RegistryStr() && r.kind == KindTags && c.isLoggedIn(basic)
+	if resp.StatusCode == http.StatusUnauthorized && sendsBasic(t) && resp.Request.URL.Host == c.registry.RegistryStr() && !listRefused {
 		// Our credentials went with the request and were refused (by
 		// the upstream, not a host it redirected to, which got none):
 		// sent again with every request, they could lock the account
 		// (an Artifactory can), as a token server's could. Not so a
-		// tags list's 401 to credentials the upstream has taken: a
-		// Nexus or Artifactory repository answers it to a user that
-		// may pull but not list.
+		// tags list's 401 to credentials the upstream has taken
+		// (listRefused).
 		c.refuse(repo, t, err, basic)
 	}
-	if c.refusesRepository(t, resp) {
+	if c.refusesRepository(t, resp) || listRefused {
 		// The repository's answer, as a 404 is: the upstream is fine,
 		// unless it refuses every repository.
 		c.noteRefusal(ctx, resp, repo, err)
