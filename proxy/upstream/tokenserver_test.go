@@ -377,3 +377,32 @@ func TestResumeRenewsItsTokenWhileBackingOff(t *testing.T) {
 		t.Errorf("%d token requests, want 2 (the first, and the resume's renewal)", n)
 	}
 }
+
+// TestChallengesDisagreeingFollowedOnce: a registry whose refusals name
+// another service than its ping's, always (not moved), is pinged again
+// after its first such refusal only: each request of a private
+// repository (a client retrying, every repository refused) cost a ping,
+// a token and a request more, and a handshake more for every other
+// repository, the ping's answer forgotten each time.
+func TestChallengesDisagreeingFollowedOnce(t *testing.T) {
+	var tokens atomic.Int64
+	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		if req.URL.Path == "/token" {
+			tokens.Add(1)
+			fmt.Fprint(w, `{"token":"t"}`)
+			return
+		}
+		w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="http://%s/token",service="other"`, req.Host))
+		w.WriteHeader(http.StatusUnauthorized)
+	}, bearerPing)
+	c := r.client(t, WithClock(newFakeClock().Now))
+	for i := range 4 {
+		_, err := c.HeadManifest(t.Context(), "team/private", v1)
+		if ue := asError(t, err, "ErrAuth"); ue.Status != http.StatusUnauthorized {
+			t.Fatalf("request %d: status %d, want 401", i+1, ue.Status)
+		}
+	}
+	if n := r.pings.Load(); n != 2 {
+		t.Errorf("%d pings for 4 requests, want 2 (the handshake, and once more after the first refusal naming another service)", n)
+	}
+}

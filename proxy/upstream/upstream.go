@@ -83,6 +83,10 @@ type Client struct {
 	// tokens keeps the token server's latest answers, by request, for
 	// tokenReuse (tokenLimits).
 	tokens *lru.Cache[string, tokenAnswer]
+	// disagreeing keeps the refusals' challenges found to name another
+	// token server than the ping's after a new handshake (followedKey),
+	// by disagreement: not followed again (tokenLimits).
+	disagreeing *lru.Cache[string, struct{}]
 
 	// retryAt is when a rate-limiting upstream, or one that said it is
 	// unavailable until then, may be asked again: until then requests
@@ -178,15 +182,16 @@ func New(host, rawURL string, opts ...Option) (*Client, error) {
 		return nil, fmt.Errorf("upstream %s: invalid host %q: %w", host, u.Host, err)
 	}
 	c := &Client{
-		host:       host,
-		scheme:     u.Scheme,
-		registry:   reg,
-		auth:       authn.Anonymous,
-		transports: mustLRU[http.RoundTripper](),
-		refused:    mustLRU[refusal](),
-		tokens:     mustLRU[tokenAnswer](),
-		now:        time.Now,
-		timeout:    DefaultTimeout,
+		host:        host,
+		scheme:      u.Scheme,
+		registry:    reg,
+		auth:        authn.Anonymous,
+		transports:  mustLRU[http.RoundTripper](),
+		refused:     mustLRU[refusal](),
+		tokens:      mustLRU[tokenAnswer](),
+		disagreeing: mustLRU[struct{}](),
+		now:         time.Now,
+		timeout:     DefaultTimeout,
 	}
 	c.health.remaining, c.health.rateLimit = -1, -1
 	for _, o := range opts {
@@ -962,6 +967,9 @@ type tokenLimits struct {
 // errTokenServerMoved is the registry's refusal of a token, naming a
 // token server (realm or service) other than the one the token came
 // from: the request is sent again after a new handshake (doWarming).
+// Once the new handshake's ping named the same token server as before
+// (its ping and refusals disagree: Client.disagreeing), such a refusal
+// is its answer, as is.
 var errTokenServerMoved = errors.New("the upstream's challenge names another token server")
 
 // followedKey marks the context of a request sent again after
@@ -1165,9 +1173,17 @@ func (t tokenLimits) roundTrip(req *http.Request) (*http.Response, error) {
 		}
 		pr := parseChallenge(h)
 		own := !toRealm && req.URL.Host == t.c.registry.RegistryStr() && strings.EqualFold(pr.Scheme, "bearer")
-		if own && (pr.Parameters["realm"] != t.challengeRealm || pr.Parameters["service"] != t.service) && req.Context().Value(followedKey{}) == nil {
-			resp.Body.Close()
-			return nil, errTokenServerMoved
+		if own && (pr.Parameters["realm"] != t.challengeRealm || pr.Parameters["service"] != t.service) {
+			// A registry whose ping and refusals disagree, found so
+			// once (followedKey), is not pinged again for each refusal.
+			key := strings.Join([]string{t.challengeRealm, t.service, pr.Parameters["realm"], pr.Parameters["service"]}, "\x00")
+			switch {
+			case req.Context().Value(followedKey{}) != nil:
+				t.c.disagreeing.Add(key, struct{}{})
+			case !t.c.disagreeing.Contains(key):
+				resp.Body.Close()
+				return nil, errTokenServerMoved
+			}
 		}
 		if own && pr.Parameters["scope"] == "" {
 			resp.Header.Set("WWW-Authenticate", fmt.Sprintf("%s,scope=%q", h, t.scope))
