@@ -406,3 +406,39 @@ func TestChallengesDisagreeingFollowedOnce(t *testing.T) {
 		t.Errorf("%d pings for 4 requests, want 2 (the handshake, and once more after the first refusal naming another service)", n)
 	}
 }
+
+// TestTokenServerOnTheRegistrysHostRefusingWithABearerChallenge: a token
+// server on the registry's own host (Harbor's /service/token, Quay's
+// /v2/auth) that refuses a wrong password with a challenge of its own
+// (RFC 6750's Bearer error="invalid_token", no realm) refused our
+// credentials, not a token of another token server: it was taken for a
+// registry whose token server moved, the handshake failed "unreachable",
+// and the refused credentials were sent again with every request, each
+// a failed login toward a lock of the account. They are refused, 401,
+// and not sent again for authRetryAfter.
+func TestTokenServerOnTheRegistrysHostRefusingWithABearerChallenge(t *testing.T) {
+	var logins atomic.Int64
+	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		if req.URL.Path == "/token" {
+			logins.Add(1)
+			if _, pw, _ := req.BasicAuth(); pw != "pw" {
+				w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
+				w.WriteHeader(http.StatusUnauthorized)
+				return
+			}
+			fmt.Fprint(w, `{"token":"t"}`)
+			return
+		}
+		challenge(w, req, "")
+	}, bearerPing)
+	c := r.client(t, WithClock(newFakeClock().Now), WithAuth(&authn.Basic{Username: "bot", Password: "typo"}))
+	for _, repo := range []string{"library/a", "library/a", "library/b"} {
+		_, err := c.HeadManifest(t.Context(), repo, v1)
+		if ue := asError(t, err, "ErrAuth"); ue.Status != http.StatusUnauthorized {
+			t.Fatalf("%s: status %d, want 401: %v", repo, ue.Status, err)
+		}
+	}
+	if n := logins.Load(); n != 1 {
+		t.Errorf("the refused credentials were sent %d times for 3 requests, want 1", n)
+	}
+}

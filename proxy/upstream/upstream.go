@@ -1163,7 +1163,10 @@ func (t tokenLimits) roundTrip(req *http.Request) (*http.Response, error) {
 			t.c.forgetToken(tok)
 		}
 		h := resp.Header.Get("WWW-Authenticate")
-		if _, bearer := strings.CutPrefix(req.Header.Get("Authorization"), "Bearer "); h == "" && bearer && !toRealm && req.URL.Host == t.c.registry.RegistryStr() {
+		// Sent with our token: not a token request (to a token server
+		// on the registry's host), whose 401 refuses our credentials.
+		_, bearer := strings.CutPrefix(req.Header.Get("Authorization"), "Bearer ")
+		if h == "" && bearer && !toRealm && req.URL.Host == t.c.registry.RegistryStr() {
 			// A bare 401 to our token (a gateway in front of the
 			// registry dropped its challenge): go-containerregistry
 			// renews a token only when challenged, and would send the
@@ -1173,7 +1176,7 @@ func (t tokenLimits) roundTrip(req *http.Request) (*http.Response, error) {
 		}
 		pr := parseChallenge(h)
 		own := !toRealm && req.URL.Host == t.c.registry.RegistryStr() && strings.EqualFold(pr.Scheme, "bearer")
-		if own && (pr.Parameters["realm"] != t.challengeRealm || pr.Parameters["service"] != t.service) {
+		if own && bearer && (pr.Parameters["realm"] != t.challengeRealm || pr.Parameters["service"] != t.service) {
 			// A registry whose ping and refusals disagree, found so
 			// once (followedKey), is not pinged again for each refusal.
 			key := strings.Join([]string{t.challengeRealm, t.service, pr.Parameters["realm"], pr.Parameters["service"]}, "\x00")
