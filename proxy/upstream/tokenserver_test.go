@@ -442,3 +442,97 @@ func TestTokenServerOnTheRegistrysHostRefusingWithABearerChallenge(t *testing.T)
 		t.Errorf("the refused credentials were sent %d times for 3 requests, want 1", n)
 	}
 }
+
+// TestBareRefusalRenewedOncePerRetry: a registry (a gateway in front of
+// it) that refuses a repository with a bare 401 (a private repository)
+// gets the repository's token renewed once per authRetryAfter: each
+// request cost a token and the request once more, renewed as if
+// expired, since the bare 401 of an expired token renews it
+// (TestExpiredTokenRefusedWithoutChallengeRenewed). Later, renewed
+// again: access granted meanwhile is not refused for good.
+func TestBareRefusalRenewedOncePerRetry(t *testing.T) {
+	var tokens atomic.Int64
+	var granted atomic.Bool
+	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		if req.URL.Path == "/token" {
+			n := tokens.Add(1)
+			fmt.Fprintf(w, `{"token":"t%d"}`, n)
+			return
+		}
+		// The gateway's refusal, bare, of the tokens given before
+		// access was granted.
+		if !granted.Load() || req.Header.Get("Authorization") != fmt.Sprintf("Bearer t%d", tokens.Load()) {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	}, bearerPing)
+	clock := newFakeClock()
+	c := r.client(t, WithClock(clock.Now))
+	for i := range 3 {
+		_, err := c.HeadManifest(t.Context(), "team/private", v1)
+		if ue := asError(t, err, "ErrAuth"); ue.Status != http.StatusUnauthorized {
+			t.Fatalf("request %d: status %d, want 401", i+1, ue.Status)
+		}
+	}
+	if n, tok := r.asked.Load()-tokens.Load(), tokens.Load(); n != 4 || tok != 2 {
+		t.Errorf("%d requests and %d token requests for 3 refused, want 4 and 2 (the handshake's, and one renewal)", n, tok)
+	}
+	granted.Store(true)
+	clock.Advance(authRetryAfter)
+	if _, err := c.HeadManifest(t.Context(), "team/private", v1); err != nil {
+		t.Fatalf("after access was granted: %v", err)
+	}
+}
+
+// TestExpiredTokenRefusedWithoutChallengeRenewedForEveryRequestInFlight:
+// the requests in flight with a token when it expires (the blobs of a
+// pull), each refused with a bare 401, are each sent again with the
+// renewed token, not only the first: a token the registry took before is
+// renewed whenever so refused (renewBare).
+func TestExpiredTokenRefusedWithoutChallengeRenewedForEveryRequestInFlight(t *testing.T) {
+	const n = 4
+	var gen atomic.Int64
+	gen.Store(1)
+	var mu sync.Mutex
+	arrived, all := 0, make(chan struct{})
+	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		if req.URL.Path == "/token" {
+			fmt.Fprintf(w, `{"token":"t%d"}`, gen.Load())
+			return
+		}
+		if req.Header.Get("Authorization") == "Bearer t1" && gen.Load() == 2 {
+			// Refused once all n are in flight with the expired token.
+			mu.Lock()
+			if arrived++; arrived == n {
+				close(all)
+			}
+			mu.Unlock()
+			select {
+			case <-all:
+			case <-req.Context().Done():
+			}
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		if req.Header.Get("Authorization") != fmt.Sprintf("Bearer t%d", gen.Load()) {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	}, bearerPing)
+	c := r.client(t, WithClock(newFakeClock().Now))
+	if _, err := c.HeadManifest(t.Context(), "library/x", v1); err != nil {
+		t.Fatal(err)
+	}
+	gen.Store(2) // the token expires
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			if _, err := c.HeadManifest(t.Context(), "library/x", v1); err != nil {
+				t.Errorf("request %d in flight when the token expired: %v", i+1, err)
+			}
+		})
+	}
+	wg.Wait()
+}

@@ -87,6 +87,11 @@ type Client struct {
 	// token server than the ping's after a new handshake (followedKey),
 	// by disagreement: not followed again (tokenLimits).
 	disagreeing *lru.Cache[string, struct{}]
+	// took keeps tokens the registry took (answered other than 401);
+	// bareRenewed is when a repository's token the registry never took
+	// was last renewed after its bare 401 (renewBare).
+	took        *lru.Cache[string, struct{}]
+	bareRenewed *lru.Cache[string, time.Time]
 
 	// retryAt is when a rate-limiting upstream, or one that said it is
 	// unavailable until then, may be asked again: until then requests
@@ -190,6 +195,8 @@ func New(host, rawURL string, opts ...Option) (*Client, error) {
 		refused:     mustLRU[refusal](),
 		tokens:      mustLRU[tokenAnswer](),
 		disagreeing: mustLRU[struct{}](),
+		took:        mustLRU[struct{}](),
+		bareRenewed: mustLRU[time.Time](),
 		now:         time.Now,
 		timeout:     DefaultTimeout,
 	}
@@ -1151,6 +1158,9 @@ func (t tokenLimits) roundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		return resp, err
 	}
+	if tok, ok := strings.CutPrefix(req.Header.Get("Authorization"), "Bearer "); ok && resp.StatusCode != http.StatusUnauthorized && !toRealm && req.URL.Host == t.c.registry.RegistryStr() && !t.c.took.Contains(tok) {
+		t.c.took.Add(tok, struct{}{})
+	}
 	switch resp.StatusCode {
 	case http.StatusTooManyRequests:
 		t.c.backOff(resp.Header.Get("Retry-After"), http.StatusTooManyRequests)
@@ -1165,12 +1175,13 @@ func (t tokenLimits) roundTrip(req *http.Request) (*http.Response, error) {
 		h := resp.Header.Get("WWW-Authenticate")
 		// Sent with our token: not a token request (to a token server
 		// on the registry's host), whose 401 refuses our credentials.
-		_, bearer := strings.CutPrefix(req.Header.Get("Authorization"), "Bearer ")
-		if h == "" && bearer && !toRealm && req.URL.Host == t.c.registry.RegistryStr() {
+		tok, bearer := strings.CutPrefix(req.Header.Get("Authorization"), "Bearer ")
+		if h == "" && bearer && !toRealm && req.URL.Host == t.c.registry.RegistryStr() && t.renewBare(tok) {
 			// A bare 401 to our token (a gateway in front of the
 			// registry dropped its challenge): go-containerregistry
 			// renews a token only when challenged, and would send the
-			// expired one for good.
+			// expired one for good. Once per authRetryAfter for the
+			// repository (renewBare).
 			h = fmt.Sprintf("Bearer realm=%q,service=%q", t.challengeRealm, t.service)
 			resp.Header.Set("WWW-Authenticate", h)
 		}
@@ -1193,6 +1204,25 @@ func (t tokenLimits) roundTrip(req *http.Request) (*http.Response, error) {
 		}
 	}
 	return resp, err
+}
+
+// renewBare reports whether the registry's bare 401 to tok, a token of
+// t's repository, is to renew it: always if the registry took tok before
+// (it expired: every request in flight with it renews), else once per
+// authRetryAfter for the repository. A token refused so at once after
+// its renewal is the repository's refusal (a private one behind a
+// gateway), which would otherwise cost a token and the request once more
+// for each request.
+func (t tokenLimits) renewBare(tok string) bool {
+	if t.c.took.Contains(tok) {
+		return true
+	}
+	now := t.c.now()
+	if at, ok := t.c.bareRenewed.Get(t.repo); ok && now.Sub(at) < authRetryAfter {
+		return false
+	}
+	t.c.bareRenewed.Add(t.repo, now)
+	return true
 }
 
 // trustRealm lets the guard reach the token realm of the upstream's own
