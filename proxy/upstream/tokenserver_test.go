@@ -259,17 +259,7 @@ func TestLoginsWaitingForARateLimitedOneBackOff(t *testing.T) {
 		var logins atomic.Int64
 		s := rateLimitingTokenServer{gate: make(chan struct{}), logins: &logins}
 		c := errClient(t, "https://registry.test", WithTransport(s), WithAuth(&authn.Basic{Username: "bot", Password: "pw"}))
-		var wg sync.WaitGroup
-		for i := range n {
-			wg.Go(func() {
-				repo := fmt.Sprintf("team/app%d", i)
-				_, err := c.HeadManifest(t.Context(), repo, v1)
-				var ue *Error
-				if !errors.As(err, &ue) || ue.Status != http.StatusTooManyRequests || ue.RetryAfter == "" {
-					t.Errorf("%s: %v, want the token server's 429 with a Retry-After", repo, err)
-				}
-			})
-		}
+		wg := headReposBackedOff(t, c, n)
 		synctest.Wait()
 		close(s.gate)
 		wg.Wait()
@@ -277,6 +267,23 @@ func TestLoginsWaitingForARateLimitedOneBackOff(t *testing.T) {
 			t.Errorf("%d token requests for %d repositories, the first answered 429, want 1", got, n)
 		}
 	})
+}
+
+// headReposBackedOff HEADs a manifest of n repositories at once, each of
+// which must fail with the token server's 429 and its Retry-After.
+func headReposBackedOff(t *testing.T, c *Client, n int) *sync.WaitGroup {
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			repo := fmt.Sprintf("team/app%d", i)
+			_, err := c.HeadManifest(t.Context(), repo, v1)
+			var ue *Error
+			if !errors.As(err, &ue) || ue.Status != http.StatusTooManyRequests || ue.RetryAfter == "" {
+				t.Errorf("%s: %v, want the token server's 429 with a Retry-After", repo, err)
+			}
+		})
+	}
+	return &wg
 }
 
 // rateLimitedRenewalTransport is rotatedLoginTransport whose token
@@ -308,17 +315,7 @@ func TestRenewalsWaitingForARateLimitedOneBackOff(t *testing.T) {
 		headRepos(t, c, n, false).Wait()
 		lt.token.Store("t2") // t expired
 		kc.password.Store("next")
-		var wg sync.WaitGroup
-		for i := range n {
-			wg.Go(func() {
-				repo := fmt.Sprintf("team/app%d", i)
-				_, err := c.HeadManifest(t.Context(), repo, v1)
-				var ue *Error
-				if !errors.As(err, &ue) || ue.Status != http.StatusTooManyRequests || ue.RetryAfter == "" {
-					t.Errorf("%s: %v, want the token server's 429 with a Retry-After", repo, err)
-				}
-			})
-		}
+		wg := headReposBackedOff(t, c, n)
 		synctest.Wait()
 		close(lt.gate)
 		wg.Wait()
