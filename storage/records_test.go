@@ -294,6 +294,19 @@ func TestSharedPinOfAnotherReplicaNotTakenBack(t *testing.T) {
 	}
 }
 
+// openSkewed opens an index sharing r whose clock is *now plus skew (a
+// replica whose clock is off by skew).
+func openSkewed(t *testing.T, r storage.Records, now *time.Time, skew time.Duration) *storage.Index {
+	t.Helper()
+	ix, err := storage.OpenIndex(filepath.Join(t.TempDir(), "index.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ix.Close() })
+	ix.ShareRecords(r, func() time.Time { return now.Add(skew) })
+	return ix
+}
+
 // A tag another replica confirmed with its clock ahead (an hour here; a
 // VM whose clock drifted) and that a third replica then read, moved
 // upstream since and recorded so by a replica whose clock is right, is
@@ -305,15 +318,7 @@ func TestSharedPinOfAnotherReplicaNotTakenBack(t *testing.T) {
 func TestTagConfirmedAheadOfTimeNotKeptOverANewerOne(t *testing.T) {
 	r := storage.NewDriverRecords(inmemory.New())
 	now := time.Unix(1700000000, 0).UTC()
-	open := func(skew time.Duration) *storage.Index {
-		ix, err := storage.OpenIndex(filepath.Join(t.TempDir(), "index.db"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { ix.Close() })
-		ix.ShareRecords(r, func() time.Time { return now.Add(skew) })
-		return ix
-	}
+	open := func(skew time.Duration) *storage.Index { return openSkewed(t, r, &now, skew) }
 	ahead, right, reader := open(time.Hour), open(0), open(0)
 	record := func(ix *storage.Index, d digest.Digest, at time.Time) {
 		t.Helper()
@@ -345,15 +350,7 @@ func TestTagConfirmedAheadOfTimeNotKeptOverANewerOne(t *testing.T) {
 func TestTagConfirmedAheadOfTimeGrowsOld(t *testing.T) {
 	r := storage.NewDriverRecords(inmemory.New())
 	now := time.Unix(1700000000, 0).UTC()
-	open := func(skew time.Duration) *storage.Index {
-		ix, err := storage.OpenIndex(filepath.Join(t.TempDir(), "index.db"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { ix.Close() })
-		ix.ShareRecords(r, func() time.Time { return now.Add(skew) })
-		return ix
-	}
+	open := func(skew time.Duration) *storage.Index { return openSkewed(t, r, &now, skew) }
 	ahead, reader := open(time.Hour), open(0)
 	d := digest.FromString("v1")
 	if err := ahead.RecordManifest(storage.ManifestEntry{Upstream: "docker.io", Repo: "library/x", Digest: d, Tag: "v1",
@@ -383,15 +380,7 @@ func TestTagConfirmedAheadOfTimeGrowsOld(t *testing.T) {
 func TestTagConfirmedAheadOfTimeGrowsOldThroughRefresh(t *testing.T) {
 	r := storage.NewDriverRecords(inmemory.New())
 	now := time.Unix(1700000000, 0).UTC()
-	open := func(skew time.Duration) *storage.Index {
-		ix, err := storage.OpenIndex(filepath.Join(t.TempDir(), "index.db"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { ix.Close() })
-		ix.ShareRecords(r, func() time.Time { return now.Add(skew) })
-		return ix
-	}
+	open := func(skew time.Duration) *storage.Index { return openSkewed(t, r, &now, skew) }
 	ahead, reader := open(time.Hour), open(0)
 	d := digest.FromString("v1")
 	if err := ahead.RecordManifest(storage.ManifestEntry{Upstream: "docker.io", Repo: "library/x", Digest: d, Tag: "v1",
