@@ -375,6 +375,52 @@ func TestResumeRenewsItsTokenWhileBackingOff(t *testing.T) {
 	}
 }
 
+// TestResumeHandshakesWhileBackingOff: the same, the repository's
+// handshake dropped meanwhile (its transport evicted, or forgotten after a
+// refusal): the resume's new handshake was held back as a new request's
+// and the resume failed 429.
+func TestResumeHandshakesWhileBackingOff(t *testing.T) {
+	var gen atomic.Int64
+	var limited atomic.Bool
+	gen.Store(1)
+	const body = "0123456789"
+	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		if req.URL.Path == "/token" {
+			fmt.Fprintf(w, `{"token":"t%d"}`, gen.Load())
+			return
+		}
+		if req.Header.Get("Authorization") != fmt.Sprintf("Bearer t%d", gen.Load()) {
+			challenge(w, req, "repository:library/x:pull")
+			return
+		}
+		if limited.Load() {
+			w.Header().Set("Retry-After", "3600")
+			w.WriteHeader(http.StatusTooManyRequests)
+			return
+		}
+		w.Write([]byte(body))
+	}, bearerPing)
+	c := r.client(t)
+	dgst := digest.FromString(body)
+	rc, _, err := c.Blob(t.Context(), "library/x", dgst, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc.Close()
+	limited.Store(true)
+	if _, err := c.HeadManifest(t.Context(), "library/x", v1); err == nil {
+		t.Fatal("the manifest's 429 was not an error")
+	}
+	limited.Store(false)
+	gen.Store(2)
+	c.transports.Remove("library/x") // the handshake dropped
+	rc, _, err = c.Blob(Resuming(t.Context()), "library/x", dgst, 0)
+	if err != nil {
+		t.Fatalf("the resume while backing off: %v", err)
+	}
+	rc.Close()
+}
+
 // TestChallengesDisagreeingFollowedOnce: a registry whose refusals name
 // another service than its ping's, always (not moved), is pinged again
 // after its first such refusal only: each request of a private

@@ -711,9 +711,10 @@ func (c *Client) authorize(ctx context.Context, repo string, pa *pingAnswer) (ht
 	if err != nil {
 		return nil, err
 	}
-	if err := c.backingOff(ping); err != nil {
+	if err := c.backingOff(ping); err != nil && ctx.Value(resumingKey{}) == nil {
 		// The login waited for was answered 429 (or 503) with a
-		// Retry-After: this one is not sent until then either.
+		// Retry-After: this one is not sent until then either; a
+		// resume's is, as the resume is (doWarming).
 		release(false)
 		return nil, err
 	}
