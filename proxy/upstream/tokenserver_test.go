@@ -331,6 +331,16 @@ func TestRenewalsWaitingForARateLimitedOneBackOff(t *testing.T) {
 // failed 429, the renewal held back as a new request, and the client's
 // download was cut although the upstream would have sent the rest.
 func TestResumeRenewsItsTokenWhileBackingOff(t *testing.T) {
+	if n := resumeWhileBackingOff(t, false); n != 2 {
+		t.Errorf("%d token requests, want 2 (the first, and the resume's renewal)", n)
+	}
+}
+
+// resumeWhileBackingOff fetches a blob, has a manifest answered 429 (the
+// upstream's Retry-After holding new requests back), expires the token,
+// drops the repository's handshake if dropHandshake, and resumes the
+// blob, which must be answered; it returns the token requests made.
+func resumeWhileBackingOff(t *testing.T, dropHandshake bool) int64 {
 	var gen, tokens atomic.Int64
 	var limited atomic.Bool
 	gen.Store(1)
@@ -365,14 +375,15 @@ func TestResumeRenewsItsTokenWhileBackingOff(t *testing.T) {
 	}
 	limited.Store(false)
 	gen.Store(2) // the token expires
+	if dropHandshake {
+		c.transports.Remove("library/x")
+	}
 	rc, _, err = c.Blob(Resuming(t.Context()), "library/x", dgst, 0)
 	if err != nil {
 		t.Fatalf("the resume while backing off: %v", err)
 	}
 	rc.Close()
-	if n := tokens.Load(); n != 2 {
-		t.Errorf("%d token requests, want 2 (the first, and the resume's renewal)", n)
-	}
+	return tokens.Load()
 }
 
 // TestResumeHandshakesWhileBackingOff: the same, the repository's
@@ -380,45 +391,7 @@ func TestResumeRenewsItsTokenWhileBackingOff(t *testing.T) {
 // refusal): the resume's new handshake was held back as a new request's
 // and the resume failed 429.
 func TestResumeHandshakesWhileBackingOff(t *testing.T) {
-	var gen atomic.Int64
-	var limited atomic.Bool
-	gen.Store(1)
-	const body = "0123456789"
-	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
-		if req.URL.Path == "/token" {
-			fmt.Fprintf(w, `{"token":"t%d"}`, gen.Load())
-			return
-		}
-		if req.Header.Get("Authorization") != fmt.Sprintf("Bearer t%d", gen.Load()) {
-			challenge(w, req, "repository:library/x:pull")
-			return
-		}
-		if limited.Load() {
-			w.Header().Set("Retry-After", "3600")
-			w.WriteHeader(http.StatusTooManyRequests)
-			return
-		}
-		w.Write([]byte(body))
-	}, bearerPing)
-	c := r.client(t)
-	dgst := digest.FromString(body)
-	rc, _, err := c.Blob(t.Context(), "library/x", dgst, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rc.Close()
-	limited.Store(true)
-	if _, err := c.HeadManifest(t.Context(), "library/x", v1); err == nil {
-		t.Fatal("the manifest's 429 was not an error")
-	}
-	limited.Store(false)
-	gen.Store(2)
-	c.transports.Remove("library/x") // the handshake dropped
-	rc, _, err = c.Blob(Resuming(t.Context()), "library/x", dgst, 0)
-	if err != nil {
-		t.Fatalf("the resume while backing off: %v", err)
-	}
-	rc.Close()
+	resumeWhileBackingOff(t, true)
 }
 
 // TestChallengesDisagreeingFollowedOnce: a registry whose refusals name
