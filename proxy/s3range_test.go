@@ -18,14 +18,17 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/docker-mirror/docker-mirror/storage"
+	"github.com/docker-mirror/docker-mirror/storage/destination"
 	"github.com/docker-mirror/docker-mirror/storage/s3test"
+	"github.com/docker-mirror/docker-mirror/tests/fixture"
 )
 
-// s3Sent is an S3 endpoint in front of a real one that counts the body
-// bytes it sends in answer to the GETs of blob content, and the Range
-// each asked for. With cutAfter set, the first such answer breaks after
-// that many bytes of its body (a connection reset).
-type s3Sent struct {
+// blobSent is a store's endpoint (S3's, a destination registry's) in
+// front of a real one that counts the body bytes it sends in answer to
+// the GETs of blob content, and the Range each asked for. With cutAfter
+// set, the first such answer breaks after that many bytes of its body (a
+// connection reset).
+type blobSent struct {
 	next     http.Handler
 	cutAfter int64
 	bytes    atomic.Int64
@@ -34,7 +37,12 @@ type s3Sent struct {
 	done     chan struct{} // one value at the end of each GET of a blob
 }
 
-func (s *s3Sent) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+// newBlobSent returns a blobSent in front of next.
+func newBlobSent(next http.Handler, cutAfter int64) *blobSent {
+	return &blobSent{next: next, cutAfter: cutAfter, done: make(chan struct{}, 16)}
+}
+
+func (s *blobSent) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet || !strings.Contains(r.URL.Path, "/blobs/") {
 		s.next.ServeHTTP(w, r)
 		return
@@ -78,6 +86,66 @@ func (c *countingWriter) Write(b []byte) (int, error) {
 
 func (c *countingWriter) Flush() { http.NewResponseController(c.ResponseWriter).Flush() }
 
+// rangeHit is a Range request for part of a stored blob (a lazy
+// puller's, a resume's), answered from a store behind a blobSent.
+type rangeHit struct {
+	name         string
+	first, last  int64
+	cutAfter     int64
+	wantRequests int
+}
+
+// checkRangeHit stores body in store (behind front), asks the mirror for
+// c's range of it, and checks the answer, and that the store was asked
+// for that range only and sent no more (unless its read was cut).
+func checkRangeHit(t *testing.T, store storage.Store, front *blobSent, body []byte, c rangeHit) {
+	t.Helper()
+	d := digest.FromBytes(body)
+	p, up, _ := testMirror(t, store, "http://127.0.0.1:1")
+	tg := target{up: up, repo: "library/app", name: "app"}
+	if err := store.Put(t.Context(), tg.storeRepo(), d, int64(len(body)), bytes.NewReader(body)); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.index.RecordBlob(tg.host(), tg.repo, d, int64(len(body)), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	msrv := httptest.NewServer(p.Handler())
+	defer msrv.Close()
+	req, _ := http.NewRequest(http.MethodGet, msrv.URL+"/v2/library/app/blobs/"+d.String(), nil)
+	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", c.first, c.last))
+	resp, err := msrv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	length := c.last - c.first + 1
+	if resp.StatusCode != http.StatusPartialContent || err != nil || !bytes.Equal(got, body[c.first:c.last+1]) {
+		t.Fatalf("status %d, %d bytes, err %v; want 206 and the range's %d bytes", resp.StatusCode, len(got), err, length)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	for range c.wantRequests {
+		select {
+		case <-front.done:
+		case <-ctx.Done():
+			t.Fatal("the GETs of the blob from the store did not end")
+		}
+	}
+	front.mu.Lock()
+	ranges := front.ranges
+	front.mu.Unlock()
+	for _, r := range ranges {
+		if !strings.HasSuffix(r, fmt.Sprintf("-%d", c.last)) {
+			t.Errorf("the store was asked for %q; want ranges that end at the range's end, %d", ranges, c.last)
+			break
+		}
+	}
+	if n := front.bytes.Load(); c.cutAfter == 0 && n != length {
+		t.Errorf("the store sent %d bytes of the blob (Range %q) for a range of %d; want the range's only", n, ranges, length)
+	}
+}
+
 // A Range request for part of a blob held in S3 (a lazy puller's, a
 // resume's) asks S3 for that range only: it asked for the rest of the
 // object, from the range's start to the blob's end, and read the range
@@ -92,18 +160,12 @@ func TestHitRangeFromS3ReadsTheRangeOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	body := bytes.Repeat([]byte("0123456789abcdef"), 1<<19) // 8 MiB
-	d := digest.FromBytes(body)
-	for _, c := range []struct {
-		name         string
-		first, last  int64
-		cutAfter     int64
-		wantRequests int
-	}{
+	for _, c := range []rangeHit{
 		{"1KiB", 1 << 20, 1<<20 + 1023, 0, 1},
 		{"read cut", 1 << 20, 1<<20 + 256<<10 - 1, 100 << 10, 2},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			front := &s3Sent{next: httputil.NewSingleHostReverseProxy(u), cutAfter: c.cutAfter, done: make(chan struct{}, 16)}
+			front := newBlobSent(httputil.NewSingleHostReverseProxy(u), c.cutAfter)
 			fsrv := httptest.NewServer(front)
 			t.Cleanup(fsrv.Close)
 			params := srv.Params(srv.NewBucket(t))
@@ -112,49 +174,34 @@ func TestHitRangeFromS3ReadsTheRangeOnly(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			p, up, _ := testMirror(t, store, "http://127.0.0.1:1")
-			tg := target{up: up, repo: "library/app", name: "app"}
-			if err := store.Put(t.Context(), tg.storeRepo(), d, int64(len(body)), bytes.NewReader(body)); err != nil {
-				t.Fatal(err)
-			}
-			if err := p.index.RecordBlob(tg.host(), tg.repo, d, int64(len(body)), time.Now()); err != nil {
-				t.Fatal(err)
-			}
-			msrv := httptest.NewServer(p.Handler())
-			defer msrv.Close()
-			req, _ := http.NewRequest(http.MethodGet, msrv.URL+"/v2/library/app/blobs/"+d.String(), nil)
-			req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", c.first, c.last))
-			resp, err := msrv.Client().Do(req)
+			checkRangeHit(t, store, front, body, c)
+		})
+	}
+}
+
+// A Range request for part of a blob held by a registry destination asks
+// the destination for that range only: as from S3 (above), it asked for
+// the rest of the blob from the range's start, which the destination
+// sent until the mirror closed the connection, for every range of a
+// large layer.
+func TestHitRangeFromDestinationReadsTheRangeOnly(t *testing.T) {
+	body := bytes.Repeat([]byte("0123456789abcdef"), 1<<19) // 8 MiB
+	for _, c := range []rangeHit{
+		{"1KiB", 1 << 20, 1<<20 + 1023, 0, 1},
+		{"read cut", 1 << 20, 1<<20 + 256<<10 - 1, 100 << 10, 2},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var front *blobSent
+			dest := fixture.StartDestination(t, nil, fixture.WithFrontEnd(func(h http.Handler) http.Handler {
+				front = newBlobSent(h, c.cutAfter)
+				return front
+			}))
+			store, err := destination.New(dest.URL() + "/mirror")
 			if err != nil {
 				t.Fatal(err)
 			}
-			got, err := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			length := c.last - c.first + 1
-			if resp.StatusCode != http.StatusPartialContent || err != nil || !bytes.Equal(got, body[c.first:c.last+1]) {
-				t.Fatalf("status %d, %d bytes, err %v; want 206 and the range's %d bytes", resp.StatusCode, len(got), err, length)
-			}
-			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-			defer cancel()
-			for range c.wantRequests {
-				select {
-				case <-front.done:
-				case <-ctx.Done():
-					t.Fatal("the GETs of the blob from S3 did not end")
-				}
-			}
-			front.mu.Lock()
-			ranges := front.ranges
-			front.mu.Unlock()
-			for _, r := range ranges {
-				if !strings.HasSuffix(r, fmt.Sprintf("-%d", c.last)) {
-					t.Errorf("S3 was asked for %q; want ranges that end at the range's end, %d", ranges, c.last)
-					break
-				}
-			}
-			if n := front.bytes.Load(); c.cutAfter == 0 && n != length {
-				t.Errorf("S3 sent %d bytes of the blob (Range %q) for a range of %d; want the range's only", n, ranges, length)
-			}
+			t.Cleanup(store.CloseIdleConnections)
+			checkRangeHit(t, store, front, body, c)
 		})
 	}
 }

@@ -71,8 +71,26 @@ func (s *Store) Stat(ctx context.Context, repo string, dgst digest.Digest) (int6
 // sends nothing for the Store's idle timeout fails its read, with an
 // error wrapping storage.ErrUnavailable.
 func (s *Store) Open(ctx context.Context, repo string, dgst digest.Digest, offset int64) (io.ReadCloser, error) {
+	return s.openRange(ctx, repo, dgst, offset, -1)
+}
+
+// OpenRange implements storage.RangeOpener: as Open, but the Range header
+// ends after n bytes, so that the destination sends no more than the part
+// read (asked for all to the blob's end, it sends what the connection
+// holds before the reader closes it, and the connection is lost). A
+// destination that ignores Range sends the whole blob, skipped to offset
+// as for Open; the caller reads n.
+func (s *Store) OpenRange(ctx context.Context, repo string, dgst digest.Digest, offset, n int64) (io.ReadCloser, error) {
+	if n <= 0 {
+		n = -1
+	}
+	return s.openRange(ctx, repo, dgst, offset, n)
+}
+
+// openRange is Open reading n bytes (-1: all to the end).
+func (s *Store) openRange(ctx context.Context, repo string, dgst digest.Digest, offset, n int64) (io.ReadCloser, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
-	rc, skip, err := s.open(ctx, repo, dgst, offset)
+	rc, skip, err := s.open(ctx, repo, dgst, offset, n)
 	if err != nil || rc == http.NoBody {
 		cancel(nil)
 		return rc, err
@@ -143,9 +161,9 @@ func (b *idleBody) Close() error {
 	return err
 }
 
-// open is Open without the idle timeout; ctx ends with the body. skip is
-// how much of the body comes before offset: all of it, or none.
-func (s *Store) open(ctx context.Context, repo string, dgst digest.Digest, offset int64) (rc io.ReadCloser, skip int64, err error) {
+// open is openRange without the idle timeout; ctx ends with the body.
+// skip is how much of the body comes before offset: all of it, or none.
+func (s *Store) open(ctx context.Context, repo string, dgst digest.Digest, offset, n int64) (rc io.ReadCloser, skip int64, err error) {
 	r, err := s.blobTarget(repo, dgst)
 	if err != nil {
 		return nil, 0, err
@@ -158,7 +176,10 @@ func (s *Store) open(ctx context.Context, repo string, dgst digest.Digest, offse
 	if err != nil {
 		return nil, 0, err
 	}
-	if offset > 0 {
+	switch {
+	case n > 0:
+		req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", offset, offset+n-1))
+	case offset > 0:
 		req.Header.Set("Range", fmt.Sprintf("bytes=%d-", offset))
 	}
 	resp, err := s.do(ctx, req, what, r.Scope(transport.PushScope))

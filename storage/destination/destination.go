@@ -55,6 +55,7 @@ var ErrAuth = errors.New("destination refused access")
 var (
 	_ storage.Store         = (*Store)(nil)
 	_ storage.ManifestStore = (*Store)(nil)
+	_ storage.RangeOpener   = (*Store)(nil)
 )
 
 // MountSources tells a Store which repositories of the destination (names

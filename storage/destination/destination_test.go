@@ -782,8 +782,8 @@ func TestDestinationDown(t *testing.T) {
 	}
 }
 
-// TestOpen reads from offsets, from a registry that honours Range and from
-// one that ignores it.
+// TestOpen reads from offsets, and parts (OpenRange), from a registry that
+// honours Range and from one that ignores it.
 func TestOpen(t *testing.T) {
 	t.Parallel()
 	d := newDestination(t, nil)
@@ -804,6 +804,17 @@ func TestOpen(t *testing.T) {
 			rc.Close()
 			if err != nil || !bytes.Equal(got, blob[off:]) {
 				t.Fatalf("Open(%d), Range ignored %v: read %d bytes, %v; want %d", off, strip, len(got), err, len(blob)-int(off))
+			}
+		}
+		for _, c := range []struct{ off, n int64 }{{0, 1}, {1, 4095}, {50 << 10, 1 << 10}, {int64(len(blob)) - 1, 1}} {
+			rc, err := s.OpenRange(t.Context(), "library/x", dg, c.off, c.n)
+			if err != nil {
+				t.Fatalf("OpenRange(%d, %d), Range ignored %v: %v", c.off, c.n, strip, err)
+			}
+			got, err := io.ReadAll(io.LimitReader(rc, c.n))
+			rc.Close()
+			if err != nil || !bytes.Equal(got, blob[c.off:c.off+c.n]) {
+				t.Fatalf("OpenRange(%d, %d), Range ignored %v: read %d bytes, %v; want the %d from %d", c.off, c.n, strip, len(got), err, c.n, c.off)
 			}
 		}
 		if rc, err := s.Open(t.Context(), "library/x", dg, int64(len(blob))+1); err == nil {
