@@ -109,6 +109,16 @@ func (m Manifest) sameKind(mt string) error {
 // IsIndex reports whether the manifest lists other manifests.
 func (m Manifest) IsIndex() bool { return len(m.Manifests) > 0 || IsIndex(m.MediaType) }
 
+// Type returns the manifest's artifact type as a referrers list names it
+// (the OCI distribution spec): its artifactType, else its config's media
+// type; "" if it has neither.
+func (m Manifest) Type() string {
+	if m.ArtifactType == "" && m.Config != nil {
+		return m.Config.MediaType
+	}
+	return m.ArtifactType
+}
+
 // BlobDigests returns the well-formed digests of every blob the manifest
 // references: config, layers, artifact blobs and schema 1 layers, in that
 // order, each once.

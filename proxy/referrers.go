@@ -170,7 +170,7 @@ func (p *Proxy) cachedReferrers(ctx context.Context, t target, subject digest.Di
 	}
 	if artifactType != "" {
 		if all, ok, err := p.index.Referrers(t.host(), t.repo, subject, ""); err == nil && ok {
-			if body, err := filterReferrers(all.Body, artifactType); err == nil {
+			if body, err := filterReferrers(all.Body, artifactType, p.typeOf(ctx, t)); err == nil {
 				return &referrersAnswer{body: body, filtered: true, fromTag: all.FromTag}
 			}
 		}
@@ -183,7 +183,7 @@ func (p *Proxy) cachedReferrers(ctx context.Context, t target, subject digest.Di
 	if err != nil {
 		return nil
 	}
-	ans, err := referrersFromIndex(m, artifactType)
+	ans, err := referrersFromIndex(m, artifactType, p.typeOf(ctx, t))
 	if err != nil {
 		return nil
 	}
@@ -223,7 +223,7 @@ func (p *Proxy) fetchReferrers(ctx context.Context, t target, subject digest.Dig
 			// An upstream that did not filter leaves it to the client;
 			// the mirror does it, and says so.
 			if !filterApplied(filters, filterArtifactType) {
-				if ans.body, err = filterReferrers(body, artifactType); err != nil {
+				if ans.body, err = filterReferrers(body, artifactType, p.typeOf(ctx, t)); err != nil {
 					return nil, err
 				}
 			}
@@ -253,7 +253,7 @@ func (p *Proxy) referrersFromTag(ctx context.Context, t target, subject digest.D
 	if err != nil {
 		return nil, err
 	}
-	ans, err := referrersFromIndex(m, artifactType)
+	ans, err := referrersFromIndex(m, artifactType, p.typeOf(ctx, t))
 	if err != nil {
 		return nil, err
 	}
@@ -262,8 +262,9 @@ func (p *Proxy) referrersFromTag(ctx context.Context, t target, subject digest.D
 }
 
 // referrersFromIndex turns a referrers tag schema index into a referrers
-// answer: its bytes as they are, or its entries of artifactType.
-func referrersFromIndex(m *storedManifest, artifactType string) (*referrersAnswer, error) {
+// answer: its bytes as they are, or its entries of artifactType (typeOf
+// says the type of an entry that does not: filterReferrers).
+func referrersFromIndex(m *storedManifest, artifactType string, typeOf func(digest.Digest) string) (*referrersAnswer, error) {
 	if artifactType == "" && m.mediaType == oci.MediaTypeOCIIndex {
 		return &referrersAnswer{body: m.body, fromTag: true}, nil
 	}
@@ -271,11 +272,29 @@ func referrersFromIndex(m *storedManifest, artifactType string) (*referrersAnswe
 		// Not the schema's index: nothing listed.
 		return &referrersAnswer{body: emptyReferrers, filtered: artifactType != "", fromTag: true}, nil
 	}
-	body, err := filterReferrers(m.body, artifactType)
+	body, err := filterReferrers(m.body, artifactType, typeOf)
 	if err != nil {
 		return nil, err
 	}
 	return &referrersAnswer{body: body, filtered: artifactType != "", fromTag: true}, nil
+}
+
+// typeOf returns a function that reads the artifact type (oci.Manifest's
+// Type) of t's manifest dgst, an entry of a referrers list that does not
+// say it: stored, or fetched as a client's pull of it would be; "" if it
+// cannot be read.
+func (p *Proxy) typeOf(ctx context.Context, t target) func(dgst digest.Digest) string {
+	return func(dgst digest.Digest) string {
+		m, err := p.manifestByDigest(ctx, t, dgst, http.Header{})
+		if err != nil {
+			return ""
+		}
+		var parsed oci.Manifest
+		if err := json.Unmarshal(m.body, &parsed); err != nil {
+			return ""
+		}
+		return parsed.Type()
+	}
 }
 
 // filterApplied reports whether an OCI-Filters-Applied value names filter.
@@ -296,8 +315,11 @@ type referrersIndex struct {
 }
 
 // filterReferrers returns the OCI index of the entries of body whose
-// artifactType matches (every entry for "").
-func filterReferrers(body []byte, artifactType string) ([]byte, error) {
+// artifactType matches (every entry for ""). An entry without one (the
+// referrers tag schema's index of a client older than image-spec 1.1)
+// has the type of its manifest, which typeOf reads: the API's list names
+// that (artifactType, else config.mediaType), and clients filter on it.
+func filterReferrers(body []byte, artifactType string, typeOf func(digest.Digest) string) ([]byte, error) {
 	var idx referrersIndex
 	if err := json.Unmarshal(body, &idx); err != nil {
 		return nil, err
@@ -305,10 +327,14 @@ func filterReferrers(body []byte, artifactType string) ([]byte, error) {
 	out := referrersIndex{SchemaVersion: 2, MediaType: oci.MediaTypeOCIIndex, Manifests: []json.RawMessage{}}
 	for _, raw := range idx.Manifests {
 		var d struct {
-			ArtifactType string `json:"artifactType"`
+			ArtifactType string        `json:"artifactType"`
+			Digest       digest.Digest `json:"digest"`
 		}
 		if err := json.Unmarshal(raw, &d); err != nil {
 			return nil, err
+		}
+		if artifactType != "" && d.ArtifactType == "" {
+			d.ArtifactType = typeOf(d.Digest)
 		}
 		if artifactType == "" || d.ArtifactType == artifactType {
 			out.Manifests = append(out.Manifests, raw)

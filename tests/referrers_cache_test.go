@@ -289,21 +289,18 @@ func TestPingNotFoundKeepsCachedReferrers(t *testing.T) {
 // referrers tag schema lists it.
 func artifactManifest(t *testing.T, up *fixture.Upstream, repo, artifactType, content string, sub *fixture.Image) map[string]any {
 	t.Helper()
-	empty := up.PushBlob(t, repo, []byte("{}"))
-	layer := up.PushBlob(t, repo, []byte(content))
-	raw, err := json.Marshal(map[string]any{
-		"schemaVersion": 2,
-		"mediaType":     oci.MediaTypeOCIManifest,
-		"artifactType":  artifactType,
-		"config":        map[string]any{"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
-		"layers":        []map[string]any{{"mediaType": "application/octet-stream", "digest": layer, "size": len(content)}},
-		"subject":       map[string]any{"mediaType": sub.MediaType, "digest": sub.Digest, "size": len(sub.Manifest)},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := up.PutManifest(t, repo, sha(raw), oci.MediaTypeOCIManifest, raw)
-	return map[string]any{"mediaType": oci.MediaTypeOCIManifest, "digest": d, "size": len(raw), "artifactType": artifactType}
+	a := pushArtifact(t, up, repo, "", artifactType, content, sub.MediaType, sub.Digest, len(sub.Manifest))
+	return map[string]any{"mediaType": oci.MediaTypeOCIManifest, "digest": a.digest, "size": len(a.raw), "artifactType": artifactType}
+}
+
+// configTypedManifest is as artifactManifest, but of the older shape
+// (cosign's, oras' before image-spec 1.1): no artifactType, its type the
+// config's media type; its descriptor, as clients of that time listed it
+// in the referrers tag schema, has no artifactType either.
+func configTypedManifest(t *testing.T, up *fixture.Upstream, repo, artifactType, content string, sub *fixture.Image) map[string]any {
+	t.Helper()
+	a := pushManifestOf(t, up, repo, "", "", artifactType, content, sub.MediaType, sub.Digest, len(sub.Manifest))
+	return map[string]any{"mediaType": oci.MediaTypeOCIManifest, "digest": a.digest, "size": len(a.raw)}
 }
 
 // An upstream without the referrers API: the answer is built from the
@@ -382,6 +379,34 @@ func TestReferrersOfflineFromCachedFallbackTag(t *testing.T) {
 	m.WaitIdle()
 	up.Stop()
 	wantReferrers(t, get(t, m.URL()+"/v2/plain/referrers/"+img.Digest), "stale", false, sig["digest"].(string))
+}
+
+// The referrers tag schema's index of an older client lists its
+// artifacts without artifactType, their type the config's media type: the
+// answer filtered by artifactType lists those of that type, as the OCI
+// distribution spec's API does (artifactType, else config.mediaType); it
+// listed none, online and offline, and cosign or oras asking for the
+// signatures found no signature.
+func TestReferrersFromFallbackTagFilteredByConfigType(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/plain", "1", 1, 1<<10)
+	sig := configTypedManifest(t, up, "library/plain", sigType, "signature", img)
+	sbom := artifactManifest(t, up, "library/plain", sbomType, "sbom", img)
+	fallback, _ := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": oci.MediaTypeOCIIndex, "manifests": []any{sig, sbom}})
+	up.PutManifest(t, "library/plain", "sha256-"+strings.TrimPrefix(img.Digest, "sha256:"), oci.MediaTypeOCIIndex, fallback)
+	sigDigest, sbomDigest := sig["digest"].(string), sbom["digest"].(string)
+
+	m := servertest.Start(t, up.URL())
+	u := m.URL() + "/v2/plain/referrers/" + img.Digest
+	wantReferrers(t, get(t, u), "miss", false, sigDigest, sbomDigest)
+	wantReferrers(t, get(t, u+"?artifactType="+url.QueryEscape(sigType)), "miss", true, sigDigest)
+	wantReferrers(t, get(t, u+"?artifactType="+url.QueryEscape(sbomType)), "miss", true, sbomDigest)
+	m.WaitIdle()
+	up.Stop()
+	m.Clock.Advance(2 * time.Minute)
+	wantReferrers(t, get(t, u+"?artifactType="+url.QueryEscape(sigType)), "stale", true, sigDigest)
+	// A filter never asked for online: the cached list, filtered here.
+	wantReferrers(t, get(t, u+"?artifactType="+url.QueryEscape("application/vnd.example.other+json")), "stale", true)
 }
 
 // pagingReferrers serves the referrers API of h one entry a page, each

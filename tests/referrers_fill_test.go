@@ -37,14 +37,23 @@ type pushedArtifact struct {
 // with subject (mediaType, digest, size) if subject is not empty.
 func pushArtifact(t *testing.T, up *fixture.Upstream, repo, ref, artifactType, content string, subject ...any) pushedArtifact {
 	t.Helper()
+	return pushManifestOf(t, up, repo, ref, artifactType, "application/vnd.oci.empty.v1+json", content, subject...)
+}
+
+// pushManifestOf is pushArtifact with the config's media type configType,
+// and no artifactType if it is empty.
+func pushManifestOf(t *testing.T, up *fixture.Upstream, repo, ref, artifactType, configType, content string, subject ...any) pushedArtifact {
+	t.Helper()
 	empty := up.PushBlob(t, repo, []byte("{}"))
 	layer := up.PushBlob(t, repo, []byte(content))
 	m := map[string]any{
 		"schemaVersion": 2,
 		"mediaType":     oci.MediaTypeOCIManifest,
-		"artifactType":  artifactType,
-		"config":        map[string]any{"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
+		"config":        map[string]any{"mediaType": configType, "digest": empty, "size": 2},
 		"layers":        []map[string]any{{"mediaType": "application/octet-stream", "digest": layer, "size": len(content)}},
+	}
+	if artifactType != "" {
+		m["artifactType"] = artifactType
 	}
 	if len(subject) == 3 {
 		m["subject"] = map[string]any{"mediaType": subject[0], "digest": subject[1], "size": subject[2]}

@@ -166,10 +166,8 @@ func (s *Store) addToFallback(ctx context.Context, repo string, subject digest.D
 // config's media type) and annotations.
 func referrerDescriptor(mediaType string, body []byte) (v1.Descriptor, error) {
 	var m struct {
-		MediaType    string            `json:"mediaType"`
-		ArtifactType string            `json:"artifactType"`
-		Config       *v1.Descriptor    `json:"config"`
-		Annotations  map[string]string `json:"annotations"`
+		oci.Manifest
+		Annotations map[string]string `json:"annotations"`
 	}
 	if err := json.Unmarshal(body, &m); err != nil {
 		return v1.Descriptor{}, err
@@ -181,11 +179,8 @@ func referrerDescriptor(mediaType string, body []byte) (v1.Descriptor, error) {
 		MediaType:    mediaType,
 		Digest:       digest.FromBytes(body),
 		Size:         int64(len(body)),
-		ArtifactType: m.ArtifactType,
+		ArtifactType: m.Type(),
 		Annotations:  m.Annotations,
-	}
-	if d.ArtifactType == "" && m.Config != nil {
-		d.ArtifactType = m.Config.MediaType
 	}
 	return d, nil
 }
