@@ -52,48 +52,20 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	if ok {
-		defer func() {
-			if f != nil {
-				f.Close() // never opened by serveBlob: a redirect, a Range past the end
-			}
-		}()
 		w.Header().Set(cacheHeader, "hit")
 		p.index.Touch(dgst, p.now())
 		if p.redirectBlob(w, r, t, dgst) {
+			if f != nil {
+				f.Close()
+			}
 			return nil
 		}
-		gone := false // removed since its stat
-		err := serveBlob(w, r, dgst, size, func(off, n int64) (io.ReadCloser, error) {
-			// Once open, a file survives its removal: let go of it then.
-			// An object (S3) does not, and a read of it that breaks is
-			// reopened (openServed): held until the answer ends.
-			if f == nil {
-				rc, err := p.openServed(ctx, t, dgst, off, n)
-				gone = errors.Is(err, storage.ErrNotFound)
-				if _, local := rc.(storage.File); local {
-					release()
-				}
-				return rc, err
-			}
-			release()
-			rc := f
-			f = nil // serveBlob closes it
-			if off > 0 {
-				if _, err := rc.Seek(off, io.SeekStart); err != nil {
-					rc.Close()
-					return nil, err
-				}
-			}
-			return rc, nil
-		})
-		p.dropUnreadable(ctx, t, dgst, err)
-		if !gone {
+		if gone, err := p.serveStored(w, r, t, dgst, size, f, release); !gone {
 			return err
 		}
 		// Another replica collected it from the shared store since its
 		// stat (this one's guard covers only its own passes): a miss,
 		// answered afresh.
-		unsetBlobHeaders(w)
 	}
 	release()
 	w.Header().Set(cacheHeader, "miss")
@@ -151,17 +123,9 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 		if ok {
-			gone := false
-			err := serveBlob(w, r, dgst, size, func(off, n int64) (io.ReadCloser, error) {
-				rc, err := p.openServed(ctx, t, dgst, off, n)
-				gone = errors.Is(err, storage.ErrNotFound)
-				return rc, err
-			})
-			p.dropUnreadable(ctx, t, dgst, err)
-			if !gone {
+			if gone, err := p.serveStored(w, r, t, dgst, size, nil, release); !gone {
 				return err
 			}
-			unsetBlobHeaders(w)
 		}
 		if try > 0 {
 			return fmt.Errorf("blob %s: %w", dgst, storage.ErrNotFound)
@@ -211,6 +175,48 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 		return fmt.Errorf("blob %s: %w", dgst, err)
 	}
 	return serveBlob(w, r, dgst, size, func(off, n int64) (io.ReadCloser, error) { return p.openServed(ctx, t, dgst, off, n) })
+}
+
+// serveStored answers r with the stored blob dgst, of size bytes: from
+// f if it is open (then closed), else opened when the answer's body
+// starts. The blob is held (release lets go of it) until it is open as a
+// file, which survives its removal; an object (S3) does not, and a read
+// of it that breaks is reopened (openServed): held until the answer ends.
+// A blob that cannot be read is removed (dropUnreadable). gone reports
+// that it was removed since its stat: nothing was answered, and the
+// headers serveBlob set are taken back, for an answer another way.
+func (p *Proxy) serveStored(w http.ResponseWriter, r *http.Request, t target, dgst digest.Digest, size int64, f storage.File, release func()) (gone bool, err error) {
+	defer func() {
+		if f != nil {
+			f.Close() // never opened by serveBlob: a Range past the end
+		}
+	}()
+	ctx := r.Context()
+	err = serveBlob(w, r, dgst, size, func(off, n int64) (io.ReadCloser, error) {
+		if f == nil {
+			rc, err := p.openServed(ctx, t, dgst, off, n)
+			gone = errors.Is(err, storage.ErrNotFound)
+			if _, local := rc.(storage.File); local {
+				release()
+			}
+			return rc, err
+		}
+		release()
+		rc := f
+		f = nil // serveBlob closes it
+		if off > 0 {
+			if _, err := rc.Seek(off, io.SeekStart); err != nil {
+				rc.Close()
+				return nil, err
+			}
+		}
+		return rc, nil
+	})
+	p.dropUnreadable(ctx, t, dgst, err)
+	if gone {
+		unsetBlobHeaders(w)
+	}
+	return gone, err
 }
 
 // openServed opens the stored blob dgst at off, to be served to t's
