@@ -8,9 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"testing"
-	"time"
 
-	"github.com/opencontainers/go-digest"
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/docker-mirror/docker-mirror/storage"
@@ -96,13 +94,7 @@ func TestClientGoneMidBlobIs499(t *testing.T) {
 			p, up, _ := testMirror(t, store, "http://127.0.0.1:1", WithLogger(slog.New(lines)))
 			tg := target{up: up, repo: "library/x", name: "x"}
 			body := bytes.Repeat([]byte("0123456789abcdef"), 4<<20) // 64 MiB: more than the sockets' buffers hold
-			d := digest.FromBytes(body)
-			if err := p.store.Put(t.Context(), tg.storeRepo(), d, int64(len(body)), bytes.NewReader(body)); err != nil {
-				t.Fatal(err)
-			}
-			if err := p.index.RecordBlob(tg.host(), tg.repo, d, int64(len(body)), time.Now()); err != nil {
-				t.Fatal(err)
-			}
+			d := storeHit(t, p, tg, p.store, body)
 			srv := httptest.NewServer(p.Handler())
 			defer srv.Close()
 			resp, err := srv.Client().Get(srv.URL + "/v2/x/blobs/" + d.String())

@@ -192,13 +192,8 @@ func TestFetchAheadReportsRequestsSent(t *testing.T) {
 func TestFetchAheadReportsRecordedBlobsAtOnce(t *testing.T) {
 	h := startHeldUpstream(t)
 	p, tg := newAheadProxy(t, h)
-	for d, b := range h.blobs {
-		if err := p.store.Put(t.Context(), tg.storeRepo(), d, int64(len(b)), strings.NewReader(string(b))); err != nil {
-			t.Fatal(err)
-		}
-		if err := p.index.RecordBlob(tg.host(), tg.repo, d, int64(len(b)), time.Now()); err != nil {
-			t.Fatal(err)
-		}
+	for _, b := range h.blobs {
+		storeHit(t, p, tg, p.store, b)
 	}
 	m := &storedManifest{body: h.manifest, mediaType: v1.MediaTypeImageManifest, digest: digest.FromBytes(h.manifest)}
 	recvWithin(t, p.startFetchAhead(t.Context(), tg, m), "fetching ahead of stored blobs never reported")

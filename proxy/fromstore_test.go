@@ -49,10 +49,16 @@ func (s *cutReads) Open(ctx context.Context, repo string, dgst digest.Digest, of
 	if err != nil || !s.cut.CompareAndSwap(false, true) {
 		return rc, err
 	}
+	return cutAfter(rc, s.cutAfter), nil
+}
+
+// cutAfter is rc whose read breaks after n bytes, as a bucket's
+// connection reset mid-read does.
+func cutAfter(rc io.ReadCloser, n int64) io.ReadCloser {
 	return struct {
 		io.Reader
 		io.Closer
-	}{io.MultiReader(io.LimitReader(rc, s.cutAfter), errReader{errors.New("connection reset by peer")}), rc}, nil
+	}{io.MultiReader(io.LimitReader(rc, n), errReader{errors.New("connection reset by peer")}), rc}
 }
 
 type errReader struct{ err error }
@@ -111,13 +117,7 @@ func TestHitFromStoreReadCutResumes(t *testing.T) {
 			mem, _ := memStore(t)
 			store := &cutReads{DriverStore: mem, cutAfter: 100 << 10}
 			p, up, _ := testMirror(t, store, "http://127.0.0.1:1")
-			tg := target{up: up, repo: "library/app", name: "app"}
-			if err := mem.Put(t.Context(), tg.storeRepo(), d, int64(len(body)), bytes.NewReader(body)); err != nil {
-				t.Fatal(err)
-			}
-			if err := p.index.RecordBlob(tg.host(), tg.repo, d, int64(len(body)), time.Now()); err != nil {
-				t.Fatal(err)
-			}
+			storeHit(t, p, target{up: up, repo: "library/app", name: "app"}, mem, body)
 			srv := httptest.NewServer(p.Handler())
 			defer srv.Close()
 			req, _ := http.NewRequest(http.MethodGet, srv.URL+"/v2/library/app/blobs/"+d.String(), nil)

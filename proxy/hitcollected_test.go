@@ -3,14 +3,12 @@ package proxy
 import (
 	"bytes"
 	"context"
-	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -46,10 +44,7 @@ func (s *collectedBeforeReopen) Open(ctx context.Context, repo string, dgst dige
 	if err != nil {
 		return nil, err
 	}
-	return struct {
-		io.Reader
-		io.Closer
-	}{io.MultiReader(io.LimitReader(rc, s.cutAfter), errReader{errors.New("connection reset by peer")}), rc}, nil
+	return cutAfter(rc, s.cutAfter), nil
 }
 
 // A hit read from an object store (S3), whose read breaks mid-body, is
@@ -65,13 +60,7 @@ func TestHitFromStoreHeldUntilItsAnswerEnds(t *testing.T) {
 	guard := lifecycle.NewInUse()
 	store := &collectedBeforeReopen{DriverStore: mem, guard: guard, cutAfter: 100 << 10}
 	p, up, _ := testMirror(t, store, "http://127.0.0.1:1", WithContentGuard(guard))
-	tg := target{up: up, repo: "library/app", name: "app"}
-	if err := mem.Put(t.Context(), tg.storeRepo(), d, int64(len(body)), bytes.NewReader(body)); err != nil {
-		t.Fatal(err)
-	}
-	if err := p.index.RecordBlob(tg.host(), tg.repo, d, int64(len(body)), time.Now()); err != nil {
-		t.Fatal(err)
-	}
+	storeHit(t, p, target{up: up, repo: "library/app", name: "app"}, mem, body)
 	srv := httptest.NewServer(p.Handler())
 	defer srv.Close()
 	resp, err := http.Get(srv.URL + "/v2/library/app/blobs/" + d.String())

@@ -1,12 +1,14 @@
 package proxy
 
 import (
+	"bytes"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/distribution/reference"
 	"github.com/opencontainers/go-digest"
@@ -101,6 +103,21 @@ func testMirror(t *testing.T, store storage.Store, url string, opts ...Option) (
 	}
 	t.Cleanup(p.Close)
 	return p, up, index
+}
+
+// storeHit writes body into store (the one beneath a wrapper whose reads a
+// test breaks, or p's own) as t's blob, recorded and linked as a fill
+// leaves it: its next request is a hit. It returns the blob's digest.
+func storeHit(t *testing.T, p *Proxy, tg target, store storage.Store, body []byte) digest.Digest {
+	t.Helper()
+	d := digest.FromBytes(body)
+	if err := store.Put(t.Context(), tg.storeRepo(), d, int64(len(body)), bytes.NewReader(body)); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.index.RecordBlob(tg.host(), tg.repo, d, int64(len(body)), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	return d
 }
 
 func testProxy(t testing.TB) *Proxy {

@@ -15,8 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/opencontainers/go-digest"
-
 	"github.com/docker-mirror/docker-mirror/storage"
 	"github.com/docker-mirror/docker-mirror/storage/destination"
 	"github.com/docker-mirror/docker-mirror/storage/s3test"
@@ -100,15 +98,8 @@ type rangeHit struct {
 // for that range only and sent no more (unless its read was cut).
 func checkRangeHit(t *testing.T, store storage.Store, front *blobSent, body []byte, c rangeHit) {
 	t.Helper()
-	d := digest.FromBytes(body)
 	p, up, _ := testMirror(t, store, "http://127.0.0.1:1")
-	tg := target{up: up, repo: "library/app", name: "app"}
-	if err := store.Put(t.Context(), tg.storeRepo(), d, int64(len(body)), bytes.NewReader(body)); err != nil {
-		t.Fatal(err)
-	}
-	if err := p.index.RecordBlob(tg.host(), tg.repo, d, int64(len(body)), time.Now()); err != nil {
-		t.Fatal(err)
-	}
+	d := storeHit(t, p, target{up: up, repo: "library/app", name: "app"}, store, body)
 	msrv := httptest.NewServer(p.Handler())
 	defer msrv.Close()
 	req, _ := http.NewRequest(http.MethodGet, msrv.URL+"/v2/library/app/blobs/"+d.String(), nil)
