@@ -841,15 +841,28 @@ func TestCosignTagLookupFailedNotAnsweredAbsentOffline(t *testing.T) {
 // upstream down it is not answered 404, which would tell cosign there is
 // no attestation though the upstream has one.
 func TestCosignTagFoundLaterNotAnsweredAbsentOffline(t *testing.T) {
+	cosignTagRecheckFailingNotAbsentOffline(t, fixture.Fault{Method: http.MethodGet, Status: http.StatusInternalServerError})
+}
+
+// cosignTagRecheckFailingNotAbsentOffline pulls a signed image whose fill
+// finds its .att tag absent, attests it upstream, and has a recheck look
+// it up again with fault on its lookups (its Kind and PathContains set
+// here): once the upstream is down, the tag must not be answered 404.
+func cosignTagRecheckFailingNotAbsentOffline(t *testing.T, fault fixture.Fault) {
+	t.Helper()
 	up := fixture.StartUpstream(t)
 	s := seedSignedImage(t, up)
 	m := servertest.Start(t, up.URL())
 	cranePull(t, ref(t, m, "signed:1"), remote.WithPlatform(linuxAMD64))
 	m.WaitIdle()
-
 	att := cosignTag(s.ma.Digest, "att")
+	if ok, err := m.Index.TagAbsent("docker.io", "library/signed", digestOf(t, s.ma.Digest), "att"); err != nil || !ok {
+		t.Fatalf("%s not recorded absent by the fill (%v)", att, err)
+	}
+
 	pushArtifact(t, up, "library/signed", att, "application/vnd.dsse.envelope.v1+json", "attestation")
-	up.SetFault(fixture.Fault{Method: http.MethodGet, Kind: fixture.KindManifest, PathContains: att, Status: http.StatusInternalServerError})
+	fault.Kind, fault.PathContains = fixture.KindManifest, att
+	up.SetFault(fault)
 	up.ResetCounts()
 	m.Clock.Advance(proxy.ArtifactsRecheck) // past the tag's TTL, and the fill's look
 	u := m.URL() + "/v2/signed/manifests/"
@@ -861,7 +874,7 @@ func TestCosignTagFoundLaterNotAnsweredAbsentOffline(t *testing.T) {
 
 	up.Stop()
 	if r := get(t, u+att); r.status == http.StatusNotFound {
-		t.Errorf("a cosign tag the upstream has now, found by a recheck that could not fetch it, the upstream down: %d %s, want no answer of absence", r.status, r.body)
+		t.Errorf("a cosign tag the upstream has now, whose lookup by a recheck failed (%+v), the upstream down: %d %s, want no answer of absence", fault, r.status, r.body)
 	}
 }
 
@@ -1071,31 +1084,7 @@ func TestFillStoresArtifactsThroughAnUpstreamWhoseTagHeadSaysNotFoundAndTagsList
 func TestCosignTagLookupFailingLaterNotAnsweredAbsentOffline(t *testing.T) {
 	for _, status := range []int{http.StatusInternalServerError, http.StatusTooManyRequests} {
 		t.Run(strconv.Itoa(status), func(t *testing.T) {
-			up := fixture.StartUpstream(t)
-			s := seedSignedImage(t, up)
-			m := servertest.Start(t, up.URL())
-			cranePull(t, ref(t, m, "signed:1"), remote.WithPlatform(linuxAMD64))
-			m.WaitIdle()
-			att := cosignTag(s.ma.Digest, "att")
-			if ok, err := m.Index.TagAbsent("docker.io", "library/signed", digestOf(t, s.ma.Digest), "att"); err != nil || !ok {
-				t.Fatalf("%s not recorded absent by the fill (%v)", att, err)
-			}
-
-			pushArtifact(t, up, "library/signed", att, "application/vnd.dsse.envelope.v1+json", "attestation")
-			up.SetFault(fixture.Fault{Kind: fixture.KindManifest, PathContains: att, Status: status})
-			up.ResetCounts()
-			m.Clock.Advance(proxy.ArtifactsRecheck) // past the tag's TTL, and the fill's look
-			u := m.URL() + "/v2/signed/manifests/"
-			wantManifest(t, get(t, u+"1"), s.ma.Index, s.ma.MediaType)
-			m.WaitIdle()
-			if n := requestsTo(up, http.MethodHead, "/v2/library/signed/manifests/"+att); n != 1 {
-				t.Fatalf("%d HEADs of %s by the recheck, want 1", n, att)
-			}
-
-			up.Stop()
-			if r := get(t, u+att); r.status == http.StatusNotFound {
-				t.Errorf("a cosign tag the upstream has now, whose lookup by a recheck failed, the upstream down: %d %s, want no answer of absence", r.status, r.body)
-			}
+			cosignTagRecheckFailingNotAbsentOffline(t, fixture.Fault{Status: status})
 		})
 	}
 }

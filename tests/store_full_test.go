@@ -238,26 +238,7 @@ func TestStoreFull(t *testing.T) {
 func TestStoreFullFailsReadiness(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	img := up.SeedImage(t, "team/app", "v1", 1, 1<<10)
-	store, open := newFullStore(t)
-	cfg := servertest.Config(t, t.TempDir(), []servertest.Upstream{{Host: "docker.io", URL: up.URL()}})
-	cfg.ReadyzFailWhenFull = true
-	srv, err := server.New(t.Context(), cfg, server.WithLogger(servertest.Logger()),
-		server.WithProxyOptions(proxy.WithFreeSpace(diskFree(new(atomic.Uint64), 1<<40))),
-		server.WithStore(func(context.Context, config.Config, *storage.Index) (storage.Store, string, error) {
-			s, err := open(nil)
-			return s, "full store", err
-		}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(srv.Handler())
-	t.Cleanup(func() {
-		hs.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		_ = srv.Proxy.WaitIdle(ctx)
-		srv.Close()
-	})
+	store, srv, hs := startFullStoreServer(t, up.URL(), diskFree(new(atomic.Uint64), 1<<40))
 
 	if r := get(t, hs.URL+"/readyz"); r.status != http.StatusOK {
 		t.Fatalf("/readyz: %d %s", r.status, r.body)
@@ -282,6 +263,34 @@ func TestStoreFullFailsReadiness(t *testing.T) {
 	if r := get(t, hs.URL+"/readyz"); r.status != http.StatusOK {
 		t.Fatalf("/readyz after a write succeeded: %d %s", r.status, r.body)
 	}
+}
+
+// startFullStoreServer starts the production wiring (server.New) with
+// readyz_fail_when_full on a fullStore, mirroring the upstream at upURL,
+// whose disk's free space freeSpace reads.
+func startFullStoreServer(t *testing.T, upURL string, freeSpace func() (uint64, bool)) (*fullStore, *server.Server, *httptest.Server) {
+	t.Helper()
+	store, open := newFullStore(t)
+	cfg := servertest.Config(t, t.TempDir(), []servertest.Upstream{{Host: "docker.io", URL: upURL}})
+	cfg.ReadyzFailWhenFull = true
+	srv, err := server.New(t.Context(), cfg, server.WithLogger(servertest.Logger()),
+		server.WithProxyOptions(proxy.WithFreeSpace(freeSpace)),
+		server.WithStore(func(context.Context, config.Config, *storage.Index) (storage.Store, string, error) {
+			s, err := open(nil)
+			return s, "full store", err
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv.Handler())
+	t.Cleanup(func() {
+		hs.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		_ = srv.Proxy.WaitIdle(ctx)
+		srv.Close()
+	})
+	return store, srv, hs
 }
 
 // diskFree sets free to n and returns a proxy.WithFreeSpace function
@@ -337,27 +346,8 @@ func TestStoreFullKnownWithoutAWrite(t *testing.T) {
 func TestStoreFullForgottenOnceSpaceIsFreedByHand(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	img := up.SeedImage(t, "team/app", "v1", 1, 1<<10)
-	store, open := newFullStore(t)
 	var free atomic.Uint64
-	cfg := servertest.Config(t, t.TempDir(), []servertest.Upstream{{Host: "docker.io", URL: up.URL()}})
-	cfg.ReadyzFailWhenFull = true
-	srv, err := server.New(t.Context(), cfg, server.WithLogger(servertest.Logger()),
-		server.WithProxyOptions(proxy.WithFreeSpace(diskFree(&free, 200<<20))),
-		server.WithStore(func(context.Context, config.Config, *storage.Index) (storage.Store, string, error) {
-			s, err := open(nil)
-			return s, "full store", err
-		}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(srv.Handler())
-	t.Cleanup(func() {
-		hs.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		_ = srv.Proxy.WaitIdle(ctx)
-		srv.Close()
-	})
+	store, srv, hs := startFullStoreServer(t, up.URL(), diskFree(&free, 200<<20))
 	store.full.Store(true)
 	release := store.holdIngests()
 	wantManifest(t, get(t, hs.URL+"/v2/team/app/manifests/v1"), img.Manifest, img.MediaType)
