@@ -999,13 +999,7 @@ func (f *tagHeadNotFoundFront) forget() {
 // was served empty, and offline the .sig was answered 404
 // MANIFEST_UNKNOWN, which cosign reads as an unsigned image.
 func TestFillStoresArtifactsThroughAnUpstreamWhoseTagHeadSaysNotFound(t *testing.T) {
-	up := fixture.StartUpstream(t)
-	s := seedSignedImage(t, up)
-	front := startTagHeadNotFoundFront(t, up)
-	m := servertest.Start(t, front.URL)
-
-	cranePull(t, ref(t, m, "signed:1"), remote.WithPlatform(linuxAMD64))
-	m.WaitIdle()
+	up, s, front, m := pullSignedThroughTagHeadNotFound(t, false, false)
 	const base = "/v2/library/signed/manifests/"
 	for _, tag := range []string{s.fallback, cosignTag(s.ma.Digest, "sig"), cosignTag(s.sig.digest, "sig"), cosignTag(s.ma.Platforms["linux/amd64"].Digest, "att")} {
 		if n := requestsTo(up, http.MethodGet, base+tag); n != 1 {
@@ -1018,6 +1012,26 @@ func TestFillStoresArtifactsThroughAnUpstreamWhoseTagHeadSaysNotFound(t *testing
 	m.Clock.Advance(time.Hour) // past the tag TTL
 	wantManifest(t, get(t, m.URL()+"/v2/signed/manifests/"+cosignTag(s.ma.Digest, "sig")), s.sig.raw, oci.MediaTypeOCIManifest)
 	wantSignedOffline(t, m, s)
+}
+
+// pullSignedThroughTagHeadNotFound seeds a signed image behind a
+// startTagHeadNotFoundFront (refusing its tags list if noTagsList) and
+// pulls it (by tag, or by its index's digest) through a mirror of the
+// front, whose fill it waits for.
+func pullSignedThroughTagHeadNotFound(t *testing.T, noTagsList, byDigest bool) (*fixture.Upstream, *signedImage, *tagHeadNotFoundFront, *servertest.Server) {
+	t.Helper()
+	up := fixture.StartUpstream(t)
+	s := seedSignedImage(t, up)
+	front := startTagHeadNotFoundFront(t, up)
+	front.noTagsList = noTagsList
+	m := servertest.Start(t, front.URL)
+	pull := "signed:1"
+	if byDigest {
+		pull = "signed@" + s.ma.Digest
+	}
+	cranePull(t, ref(t, m, pull), remote.WithPlatform(linuxAMD64))
+	m.WaitIdle()
+	return up, s, front, m
 }
 
 // An upstream whose tag HEAD a revalidation found lying (it answered 404
@@ -1055,18 +1069,7 @@ func TestReferrersAfterARevalidationFoundTheTagHeadLying(t *testing.T) {
 func TestFillStoresArtifactsThroughAnUpstreamWhoseTagHeadSaysNotFoundAndTagsListRefused(t *testing.T) {
 	for _, byDigest := range []bool{false, true} {
 		t.Run(fmt.Sprintf("by_digest=%v", byDigest), func(t *testing.T) {
-			up := fixture.StartUpstream(t)
-			s := seedSignedImage(t, up)
-			front := startTagHeadNotFoundFront(t, up)
-			front.noTagsList = true
-			m := servertest.Start(t, front.URL)
-
-			pull := "signed:1"
-			if byDigest {
-				pull = "signed@" + s.ma.Digest
-			}
-			cranePull(t, ref(t, m, pull), remote.WithPlatform(linuxAMD64))
-			m.WaitIdle()
+			_, s, front, m := pullSignedThroughTagHeadNotFound(t, true, byDigest)
 			front.Close()
 			m.Clock.Advance(time.Hour) // past the tag TTL
 			wantSignedOffline(t, m, s)
