@@ -281,16 +281,26 @@ func referrersFromIndex(m *storedManifest, artifactType string, typeOf func(dige
 
 // typeOf returns a function that reads the artifact type (oci.Manifest's
 // Type) of t's manifest dgst, an entry of a referrers list that does not
-// say it: stored, or fetched as a client's pull of it would be; "" if it
+// say it: stored for t, else from the upstream, not stored (only the list
+// was asked for: with referrers off, nothing else is kept); "" if it
 // cannot be read.
 func (p *Proxy) typeOf(ctx context.Context, t target) func(dgst digest.Digest) string {
 	return func(dgst digest.Digest) string {
-		m, err := p.manifestByDigest(ctx, t, dgst, http.Header{})
-		if err != nil {
-			return ""
+		var body []byte
+		if linked, err := p.index.Linked(t.host(), t.repo, dgst); err == nil && linked {
+			if m, err := p.loadManifest(ctx, t, dgst); err == nil {
+				body = m.body
+			}
+		}
+		if body == nil {
+			m, err := t.up.Manifest(ctx, t.repo, oci.Ref{Digest: dgst})
+			if err != nil {
+				return ""
+			}
+			body = m.Body
 		}
 		var parsed oci.Manifest
-		if err := json.Unmarshal(m.body, &parsed); err != nil {
+		if err := json.Unmarshal(body, &parsed); err != nil {
 			return ""
 		}
 		return parsed.Type()

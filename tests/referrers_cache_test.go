@@ -23,6 +23,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/docker-mirror/docker-mirror/oci"
+	"github.com/docker-mirror/docker-mirror/proxy"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
 	"github.com/docker-mirror/docker-mirror/tests/servertest"
 )
@@ -388,14 +389,7 @@ func TestReferrersOfflineFromCachedFallbackTag(t *testing.T) {
 // listed none, online and offline, and cosign or oras asking for the
 // signatures found no signature.
 func TestReferrersFromFallbackTagFilteredByConfigType(t *testing.T) {
-	up := fixture.StartUpstream(t)
-	img := up.SeedImage(t, "library/plain", "1", 1, 1<<10)
-	sig := configTypedManifest(t, up, "library/plain", sigType, "signature", img)
-	sbom := artifactManifest(t, up, "library/plain", sbomType, "sbom", img)
-	fallback, _ := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": oci.MediaTypeOCIIndex, "manifests": []any{sig, sbom}})
-	up.PutManifest(t, "library/plain", "sha256-"+strings.TrimPrefix(img.Digest, "sha256:"), oci.MediaTypeOCIIndex, fallback)
-	sigDigest, sbomDigest := sig["digest"].(string), sbom["digest"].(string)
-
+	up, img, sigDigest, sbomDigest := seedUntypedFallback(t)
 	m := servertest.Start(t, up.URL())
 	u := m.URL() + "/v2/plain/referrers/" + img.Digest
 	wantReferrers(t, get(t, u), "miss", false, sigDigest, sbomDigest)
@@ -407,6 +401,38 @@ func TestReferrersFromFallbackTagFilteredByConfigType(t *testing.T) {
 	wantReferrers(t, get(t, u+"?artifactType="+url.QueryEscape(sigType)), "stale", true, sigDigest)
 	// A filter never asked for online: the cached list, filtered here.
 	wantReferrers(t, get(t, u+"?artifactType="+url.QueryEscape("application/vnd.example.other+json")), "stale", true)
+}
+
+// seedUntypedFallback seeds library/plain:1 and its fallback tag index,
+// which lists a signature without artifactType (configTypedManifest) and
+// an SBOM with one, and returns the image and their digests.
+func seedUntypedFallback(t *testing.T) (up *fixture.Upstream, img *fixture.Image, sigDigest, sbomDigest string) {
+	t.Helper()
+	up = fixture.StartUpstream(t)
+	img = up.SeedImage(t, "library/plain", "1", 1, 1<<10)
+	sig := configTypedManifest(t, up, "library/plain", sigType, "signature", img)
+	sbom := artifactManifest(t, up, "library/plain", sbomType, "sbom", img)
+	fallback, _ := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": oci.MediaTypeOCIIndex, "manifests": []any{sig, sbom}})
+	up.PutManifest(t, "library/plain", "sha256-"+strings.TrimPrefix(img.Digest, "sha256:"), oci.MediaTypeOCIIndex, fallback)
+	return up, img, sig["digest"].(string), sbom["digest"].(string)
+}
+
+// With referrers: false, the type of a fallback tag's entry without
+// artifactType is read from the upstream to filter the list, and nothing
+// of it is stored: the mirror keeps only what clients fetch. Reading it
+// as a client's pull of the manifest stored it, fetched its blobs and
+// filled it.
+func TestReferrersFilteredByConfigTypeStoresNothingWithReferrersOff(t *testing.T) {
+	up, img, sigDigest, _ := seedUntypedFallback(t)
+	m := servertest.Start(t, up.URL(), proxy.WithReferrers(false))
+	wantReferrers(t, get(t, m.URL()+"/v2/plain/referrers/"+img.Digest+"?artifactType="+url.QueryEscape(sigType)), "miss", true, sigDigest)
+	m.WaitIdle()
+	if linked, err := m.Index.Linked("docker.io", "library/plain", digestOf(t, sigDigest)); err != nil || linked {
+		t.Errorf("the signature, whose type filtered the list, stored with referrers off: %v %v", linked, err)
+	}
+	if n := up.Count(http.MethodGet, fixture.KindBlob); n != 0 {
+		t.Errorf("%d upstream GETs of blobs for a referrers list, with referrers off; want none", n)
+	}
 }
 
 // pagingReferrers serves the referrers API of h one entry a page, each
