@@ -88,14 +88,7 @@ func TestBlobFromStoreReadCutResumes(t *testing.T) {
 	}))
 	t.Cleanup(up.Close)
 	p, _, _ := testMirror(t, store, up.URL, WithBlobLeases(&heldElsewhere{store: mem, body: body}))
-	srv := httptest.NewServer(p.Handler())
-	defer srv.Close()
-	resp, err := http.Get(srv.URL + "/v2/library/app/blobs/" + d.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	got, err := io.ReadAll(resp.Body)
+	resp, got, err := getBlob(t, p, d, "")
 	if resp.StatusCode != http.StatusOK || err != nil || digest.FromBytes(got) != d {
 		t.Fatalf("status %d, %d of %d bytes, err %v", resp.StatusCode, len(got), len(body), err)
 	}
@@ -118,20 +111,11 @@ func TestHitFromStoreReadCutResumes(t *testing.T) {
 			store := &cutReads{DriverStore: mem, cutAfter: 100 << 10}
 			p, up, _ := testMirror(t, store, "http://127.0.0.1:1")
 			storeHit(t, p, target{up: up, repo: "library/app", name: "app"}, mem, body)
-			srv := httptest.NewServer(p.Handler())
-			defer srv.Close()
-			req, _ := http.NewRequest(http.MethodGet, srv.URL+"/v2/library/app/blobs/"+d.String(), nil)
 			want, status := body, http.StatusOK
 			if rng != "" {
-				req.Header.Set("Range", rng)
 				want, status = body[1000:], http.StatusPartialContent
 			}
-			resp, err := srv.Client().Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer resp.Body.Close()
-			got, err := io.ReadAll(resp.Body)
+			resp, got, err := getBlob(t, p, d, rng)
 			if resp.StatusCode != status || resp.Header.Get(cacheHeader) != "hit" || err != nil || !bytes.Equal(got, want) {
 				t.Fatalf("status %d (X-Cache %q), %d of %d bytes, err %v; want %d, the whole answer", resp.StatusCode, resp.Header.Get(cacheHeader), len(got), len(want), err, status)
 			}

@@ -5,7 +5,6 @@ import (
 	"context"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -61,14 +60,7 @@ func TestHitFromStoreHeldUntilItsAnswerEnds(t *testing.T) {
 	store := &collectedBeforeReopen{DriverStore: mem, guard: guard, cutAfter: 100 << 10}
 	p, up, _ := testMirror(t, store, "http://127.0.0.1:1", WithContentGuard(guard))
 	storeHit(t, p, target{up: up, repo: "library/app", name: "app"}, mem, body)
-	srv := httptest.NewServer(p.Handler())
-	defer srv.Close()
-	resp, err := http.Get(srv.URL + "/v2/library/app/blobs/" + d.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	got, err := io.ReadAll(resp.Body)
+	resp, got, err := getBlob(t, p, d, "")
 	if resp.StatusCode != http.StatusOK || err != nil || !bytes.Equal(got, body) {
 		t.Errorf("status %d, %d of %d bytes, err %v (collected during the answer: %v); want the whole blob", resp.StatusCode, len(got), len(body), err, store.collected.Load())
 	}

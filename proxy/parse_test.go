@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -118,6 +119,29 @@ func storeHit(t *testing.T, p *Proxy, tg target, store storage.Store, body []byt
 		t.Fatal(err)
 	}
 	return d
+}
+
+// getBlob asks p over HTTP for library/app's blob dgst, with rng as its
+// Range header if not empty, and returns the answer and its body read
+// whole (err: the read's).
+func getBlob(t *testing.T, p *Proxy, dgst digest.Digest, rng string) (resp *http.Response, body []byte, err error) {
+	t.Helper()
+	srv := httptest.NewServer(p.Handler())
+	defer srv.Close()
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, srv.URL+"/v2/library/app/blobs/"+dgst.String(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rng != "" {
+		req.Header.Set("Range", rng)
+	}
+	resp, err = srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err = io.ReadAll(resp.Body)
+	return resp, body, err
 }
 
 func testProxy(t testing.TB) *Proxy {

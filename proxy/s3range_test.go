@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -100,16 +99,7 @@ func checkRangeHit(t *testing.T, store storage.Store, front *blobSent, body []by
 	t.Helper()
 	p, up, _ := testMirror(t, store, "http://127.0.0.1:1")
 	d := storeHit(t, p, target{up: up, repo: "library/app", name: "app"}, store, body)
-	msrv := httptest.NewServer(p.Handler())
-	defer msrv.Close()
-	req, _ := http.NewRequest(http.MethodGet, msrv.URL+"/v2/library/app/blobs/"+d.String(), nil)
-	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", c.first, c.last))
-	resp, err := msrv.Client().Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	resp, got, err := getBlob(t, p, d, fmt.Sprintf("bytes=%d-%d", c.first, c.last))
 	length := c.last - c.first + 1
 	if resp.StatusCode != http.StatusPartialContent || err != nil || !bytes.Equal(got, body[c.first:c.last+1]) {
 		t.Fatalf("status %d, %d bytes, err %v; want 206 and the range's %d bytes", resp.StatusCode, len(got), err, length)
