@@ -145,6 +145,31 @@ func seedSignedImage(t *testing.T, up *fixture.Upstream) *signedImage {
 	return s
 }
 
+// pullSigned seeds a signed image (seedSignedImage) and pulls it through a
+// new mirror (pullSignedThrough).
+func pullSigned(t *testing.T, byDigest bool) (*fixture.Upstream, *signedImage, *servertest.Server, string) {
+	t.Helper()
+	up := fixture.StartUpstream(t)
+	s := seedSignedImage(t, up)
+	m, pulled := pullSignedThrough(t, up.URL(), s, byDigest)
+	return up, s, m, pulled
+}
+
+// pullSignedThrough starts a mirror of the upstream at upURL and pulls s's
+// linux/amd64 image through it, by tag or by its index's digest (a pinned
+// image), and waits for its fill; it returns the reference pulled.
+func pullSignedThrough(t *testing.T, upURL string, s *signedImage, byDigest bool) (*servertest.Server, string) {
+	t.Helper()
+	m := servertest.Start(t, upURL)
+	pulled := "signed:1"
+	if byDigest {
+		pulled = "signed@" + s.ma.Digest
+	}
+	cranePull(t, ref(t, m, pulled), remote.WithPlatform(linuxAMD64))
+	m.WaitIdle()
+	return m, pulled
+}
+
 // requestsTo counts the upstream's requests of method to path.
 func requestsTo(up *fixture.Upstream, method, path string) int {
 	n := 0
@@ -163,12 +188,7 @@ func requestsTo(up *fixture.Upstream, method, path string) int {
 // their blobs; missing tags are looked for with a HEAD only. All of it is
 // then served with the upstream down, also after a collection.
 func TestFillStoresReferrersAndCosignTags(t *testing.T) {
-	up := fixture.StartUpstream(t)
-	s := seedSignedImage(t, up)
-	m := servertest.Start(t, up.URL())
-
-	cranePull(t, ref(t, m, "signed:1"), remote.WithPlatform(linuxAMD64))
-	m.WaitIdle()
+	up, s, m, _ := pullSigned(t, false)
 
 	const base = "/v2/library/signed/"
 	for _, p := range []string{
@@ -773,11 +793,7 @@ func TestTagPullRechecksItsPlatformsOnce(t *testing.T) {
 // it was 503: the mirror forgot the tag was absent. What the fill found
 // absent goes with the image when it is evicted.
 func TestMissingCosignTagOfMirroredImageOffline(t *testing.T) {
-	up := fixture.StartUpstream(t)
-	s := seedSignedImage(t, up)
-	m := servertest.Start(t, up.URL())
-	cranePull(t, ref(t, m, "signed:1"), remote.WithPlatform(linuxAMD64))
-	m.WaitIdle()
+	up, s, m, _ := pullSigned(t, false)
 	u := m.URL() + "/v2/signed/manifests/"
 	absent := []string{cosignTag(s.ma.Digest, "att"), cosignTag(s.ma.Digest, "sbom"), cosignTag(s.ma.Platforms["linux/arm64"].Digest, "sig")}
 	up.SetFault(fixture.Fault{Kind: fixture.KindManifest, Status: http.StatusTooManyRequests})
@@ -850,11 +866,7 @@ func TestCosignTagFoundLaterNotAnsweredAbsentOffline(t *testing.T) {
 // here): once the upstream is down, the tag must not be answered 404.
 func cosignTagRecheckFailingNotAbsentOffline(t *testing.T, fault fixture.Fault) {
 	t.Helper()
-	up := fixture.StartUpstream(t)
-	s := seedSignedImage(t, up)
-	m := servertest.Start(t, up.URL())
-	cranePull(t, ref(t, m, "signed:1"), remote.WithPlatform(linuxAMD64))
-	m.WaitIdle()
+	up, s, m, _ := pullSigned(t, false)
 	att := cosignTag(s.ma.Digest, "att")
 	if ok, err := m.Index.TagAbsent("docker.io", "library/signed", digestOf(t, s.ma.Digest), "att"); err != nil || !ok {
 		t.Fatalf("%s not recorded absent by the fill (%v)", att, err)
@@ -1024,13 +1036,7 @@ func pullSignedThroughTagHeadNotFound(t *testing.T, noTagsList, byDigest bool) (
 	s := seedSignedImage(t, up)
 	front := startTagHeadNotFoundFront(t, up)
 	front.noTagsList = noTagsList
-	m := servertest.Start(t, front.URL)
-	pull := "signed:1"
-	if byDigest {
-		pull = "signed@" + s.ma.Digest
-	}
-	cranePull(t, ref(t, m, pull), remote.WithPlatform(linuxAMD64))
-	m.WaitIdle()
+	m, _ := pullSignedThrough(t, front.URL, s, byDigest)
 	return up, s, front, m
 }
 
@@ -1097,12 +1103,7 @@ func TestCosignTagLookupFailingLaterNotAnsweredAbsentOffline(t *testing.T) {
 // pulled by digest meanwhile): offline it is still answered 404
 // MANIFEST_UNKNOWN, as the upstream answered it when last asked.
 func TestCosignTagAbsentKeptThroughARecheckWithoutAnswer(t *testing.T) {
-	up := fixture.StartUpstream(t)
-	s := seedSignedImage(t, up)
-	m := servertest.Start(t, up.URL())
-	pinned := "signed@" + s.ma.Digest
-	cranePull(t, ref(t, m, pinned), remote.WithPlatform(linuxAMD64))
-	m.WaitIdle()
+	up, s, m, pinned := pullSigned(t, true)
 
 	up.SetFault(fixture.Fault{Drop: true})
 	up.ResetCounts()
@@ -1164,12 +1165,7 @@ func TestTagsListRefusedDoesNotRefuseTheCredentials(t *testing.T) {
 // failure, carrying the 429 it backs off for, was taken for the
 // upstream's answer, and the records were forgotten.
 func TestCosignTagAbsentKeptThroughARecheckWhileBackingOff(t *testing.T) {
-	up := fixture.StartUpstream(t)
-	s := seedSignedImage(t, up)
-	m := servertest.Start(t, up.URL())
-	pinned := "signed@" + s.ma.Digest
-	cranePull(t, ref(t, m, pinned), remote.WithPlatform(linuxAMD64))
-	m.WaitIdle()
+	up, s, m, pinned := pullSigned(t, true)
 	att := cosignTag(s.ma.Digest, "att")
 	if ok, err := m.Index.TagAbsent("docker.io", "library/signed", digestOf(t, s.ma.Digest), "att"); err != nil || !ok {
 		t.Fatalf("%s not recorded absent by the fill (%v)", att, err)
