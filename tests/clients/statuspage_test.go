@@ -505,9 +505,13 @@ func TestStatusPageRefreshesOneAtATime(t *testing.T) {
 	case <-tab.Done():
 		t.Fatal("no refresh arrived")
 	}
+	// The action's own refresh (the whole page, not held) swaps in the
+	// image list and the uptime: waited for, so that the uptime swapped
+	// below is the held refresh's.
+	run(t, tab, chromedp.Evaluate[int](`document.getElementById("images").dataset.old = "1"; 0`))
 	ctx, cancel := context.WithTimeout(tab, 20*time.Second)
 	defer cancel()
-	if err := chromedp.Do(ctx, chromedp.Click(pin), chromedp.WaitVisible(chromedp.CSS("#notice"))); err != nil {
+	if err := chromedp.Do(ctx, chromedp.Click(pin), chromedp.WaitVisible(chromedp.CSS("#notice")), chromedp.WaitReady(chromedp.CSS(`#images:not([data-old])`))); err != nil {
 		t.Fatalf("with a slow refresh, the Pin action got no answer (%v): %d refreshes held at once", err, hold.most())
 	}
 	if notice := run(t, tab, chromedp.Text(chromedp.CSS("#notice"))); !strings.Contains(notice, "pin: done") {
