@@ -194,26 +194,26 @@ func (p *Proxy) copySource(ctx context.Context, t target, ref oci.Ref) (*storedM
 	return p.fetchManifest(ctx, t, ref, false)
 }
 
-// pin keeps an image out of eviction: by its tag (whatever the tag points
-// to later) or by digest. unpin takes back the pin if it made it (none
-// was recorded before) and nobody pinned the image since (an admin, a
-// sync with pin): theirs stays.
-func (p *Proxy) pin(ref, reason string) (unpin func() error, err error) {
+// pin keeps an image out of eviction, with rec: by its tag (whatever the
+// tag points to later) or by digest. added reports whether the pin is
+// rec's (none was recorded before, or rec itself: storage.PinAdded).
+// unpin takes back the pin if it is rec's and nobody pinned the image
+// since (an admin, a sync with pin): theirs stays.
+func (p *Proxy) pin(ref string, rec storage.PinRecord) (unpin func() error, added bool, err error) {
 	im, err := p.parseImage(ref)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	key := im.ref.String()
 	if !im.ref.IsDigest() {
 		key = storage.TagKey(im.t.host(), im.t.repo, im.ref.Tag)
 	}
-	rec := storage.PinRecord{PinnedAt: p.now(), Reason: reason}
-	added, err := p.index.PinAdded(key, rec)
+	added, err = p.index.PinAdded(key, rec)
 	if err != nil || !added {
-		return func() error { return nil }, err
+		return func() error { return nil }, false, err
 	}
 	return func() error {
 		_, err := p.index.UnpinIf(key, rec)
 		return err
-	}, nil
+	}, true, nil
 }

@@ -206,7 +206,7 @@ func (p *Proxy) prefetchImage(ctx context.Context, job *storage.Job, i int, pats
 	unpin := func() error { return nil }
 	if job.Pin {
 		var err error
-		if unpin, err = p.pin(job.Images[i].Image, job.Trigger); err != nil {
+		if unpin, err = p.pinImage(job, i); err != nil {
 			return err
 		}
 	}
@@ -226,4 +226,22 @@ func (p *Proxy) prefetchImage(ctx context.Context, job *storage.Job, i int, pats
 	}
 	p.setImage(job, i, func(img *storage.JobImage) { img.State, img.Digest = storage.JobDone, got.Digest })
 	return nil
+}
+
+// pinImage pins image i of a job before its copy. The time of the pin is
+// recorded in the job first (JobImage.PinnedAt), and kept only if the pin
+// is the job's: a copy resumed after a crash pins again with the same
+// record, knows the pin for its own, and takes it back if it fails; one
+// that took the pin for someone else's left it for ever.
+func (p *Proxy) pinImage(job *storage.Job, i int) (unpin func() error, err error) {
+	at := job.Images[i].PinnedAt // set by this goroutine alone
+	if at.IsZero() {
+		at = p.now()
+		p.setImage(job, i, func(img *storage.JobImage) { img.PinnedAt = at })
+	}
+	unpin, added, err := p.pin(job.Images[i].Image, storage.PinRecord{PinnedAt: at, Reason: job.Trigger})
+	if err == nil && !added {
+		p.setImage(job, i, func(img *storage.JobImage) { img.PinnedAt = time.Time{} })
+	}
+	return unpin, err
 }

@@ -37,11 +37,16 @@ func (ix *Index) Pin(ref string, rec PinRecord) error {
 	return err
 }
 
-// PinAdded is Pin; it also reports whether the pin is new: none was
+// PinAdded is Pin; it also reports whether the pin is rec's: none was
 // recorded for ref before, here or, on a bucket replicas share, by
-// another replica.
+// another replica, or the one recorded is rec itself (made by the same
+// caller before a restart, which recorded rec to pin again with).
 func (ix *Index) PinAdded(ref string, rec PinRecord) (added bool, err error) {
 	key, err := pinKey(ref)
+	if err != nil {
+		return false, err
+	}
+	raw, err := json.Marshal(rec)
 	if err != nil {
 		return false, err
 	}
@@ -50,23 +55,20 @@ func (ix *Index) PinAdded(ref string, rec PinRecord) (added bool, err error) {
 		if err != nil {
 			return err
 		}
-		raw, err := json.Marshal(rec)
-		if err != nil {
-			return err
-		}
-		added = b.Get(key) == nil
+		old := b.Get(key)
+		added = old == nil || bytes.Equal(old, raw)
 		return b.Put(key, raw)
 	})
 	if err != nil {
 		return false, err
 	}
 	if added {
-		// Another replica's pin, not read here yet, is not new either.
-		_, found, err := ix.shareGet(bucketPins, key)
+		// Another replica's pin, not read here yet, is not rec's either.
+		shared, found, err := ix.shareGet(bucketPins, key)
 		if err != nil {
 			return false, err
 		}
-		added = !found
+		added = !found || bytes.Equal(shared, raw)
 	}
 	return added, ix.sharePut(bucketPins, key, rec)
 }
