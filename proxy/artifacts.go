@@ -565,7 +565,16 @@ type tagHeads struct {
 	// not tried again before headProbeAgain, and what was found of the
 	// repository alone: headUntestable, or headUnknown.
 	probed map[string]repoProbe
+	// sweepAt is the size of probed at which the entries older than
+	// headProbeAgain go (worth nothing: tried again): twice what was
+	// kept by the last sweep, so a repository costs one sweep of its
+	// entry at most, amortised, and probed holds no more than twice the
+	// repositories tried within headProbeAgain.
+	sweepAt int
 }
+
+// minProbeSweep is the smallest size of tagHeads.probed that is swept.
+const minProbeSweep = 64
 
 // repoProbe is what was found of a repository alone (tagHeads.probed),
 // and when it was tried.
@@ -584,6 +593,14 @@ func (th *tagHeads) probe(key string, now time.Time) (headVerdict, bool) {
 	}
 	if th.probed == nil {
 		th.probed = map[string]repoProbe{}
+	}
+	if len(th.probed) >= max(th.sweepAt, minProbeSweep) {
+		for k, r := range th.probed {
+			if now.Sub(r.at) >= headProbeAgain {
+				delete(th.probed, k)
+			}
+		}
+		th.sweepAt = 2 * len(th.probed)
 	}
 	th.probed[key] = repoProbe{at: now}
 	return headUnknown, true

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -12,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -299,5 +301,34 @@ func TestHeldBlobHeadNotFoundMountedAfterAGet(t *testing.T) {
 	}
 	if !mounted {
 		t.Error("blob not mounted into library/b from library/a")
+	}
+}
+
+// What was found of a repository alone (tagHeads.probed) is kept for
+// headProbeAgain, after which it is tried again, not for the life of the
+// process: a mirror of an upstream whose HEADs are never found out (its
+// tags lists refused, a Nexus or Artifactory repository to a user not
+// allowed to list) kept an entry for every repository ever pulled
+// through it, its memory growing for ever.
+func TestTagHeadsForgetWhatIsTriedAgain(t *testing.T) {
+	var th tagHeads
+	now := time.Now()
+	const perHour = 1000
+	for hour := range 10 {
+		for i := range perHour {
+			key := fmt.Sprintf("nexus.example/hour%d/repo%d", hour, i)
+			if _, first := th.probe(key, now); !first {
+				t.Fatalf("%s tried before", key)
+			}
+			th.untestable(key)
+		}
+		now = now.Add(headProbeAgain)
+	}
+	if n := len(th.probed); n > 2*perHour {
+		t.Errorf("%d repositories tried, %d an hour: %d remembered, want at most %d", 10*perHour, perHour, n, 2*perHour)
+	}
+	// What is remembered still holds.
+	if v, first := th.probe("nexus.example/hour9/repo0", now.Add(-time.Minute)); first || v != headUntestable {
+		t.Errorf("a repository tried 59 minutes ago: %v, tried again %v; want headUntestable, not tried again", v, first)
 	}
 }
