@@ -329,8 +329,8 @@ func New(store storage.Store, index *storage.Index, upstreams []*upstream.Client
 	for _, u := range upstreams {
 		p.upstreams[u.Host()] = u
 		host := u.Host()
-		u.HoldsRepositories(func(except string) (string, bool) {
-			repo, ok, err := index.HeldRepository(host, except)
+		u.HoldsRepositories(func(except []string) (string, bool) {
+			repo, ok, err := index.HeldRepository(host, except...)
 			return repo, ok && err == nil
 		})
 	}

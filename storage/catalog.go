@@ -2,6 +2,7 @@ package storage
 
 import (
 	"bytes"
+	"slices"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -36,10 +37,10 @@ func (ix *Index) Repositories() ([]Repository, error) {
 	return out, err
 }
 
-// HeldRepository returns a repository of upstream host other than except
+// HeldRepository returns a repository of upstream host, none of except,
 // that has content linked to it, the first in key order; ok is false if
 // there is none.
-func (ix *Index) HeldRepository(host, except string) (repo string, ok bool, err error) {
+func (ix *Index) HeldRepository(host string, except ...string) (repo string, ok bool, err error) {
 	prefix := []byte(host + "/")
 	err = ix.db.View(func(tx *bolt.Tx) error {
 		c := linkRecordsOf(tx).Cursor()
@@ -49,7 +50,7 @@ func (ix *Index) HeldRepository(host, except string) (repo string, ok bool, err 
 				k, _ = c.Next()
 				continue
 			}
-			if r := string(k[len(prefix):at]); r != except {
+			if r := string(k[len(prefix):at]); !slices.Contains(except, r) {
 				repo, ok = r, true
 				return nil
 			}

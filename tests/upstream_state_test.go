@@ -71,3 +71,32 @@ func TestRefusalAfterRestartNotFailing(t *testing.T) {
 		t.Errorf("after a restart, an upstream refusing every repository: docker.io %q, want failing", st)
 	}
 }
+
+// After a restart, a refusal is the repository's own if the upstream
+// answers another repository the mirror holds; Docker Hub refuses a
+// repository deleted since (401, as to a private one), and the mirror
+// asked only the first it holds: with that one deleted, every refusal
+// after a restart showed docker.io failing until a pull succeeded. A
+// held repository refused is followed by another (a few at most).
+func TestRefusalAfterRestartNotFailingWithAHeldRepositoryDeleted(t *testing.T) {
+	up := fixture.StartUpstream(t, fixture.WithTokenAuth())
+	gone := up.SeedImage(t, "aaa-gone/app", "v1", 1, 1<<10) // the first held, in key order
+	img := up.SeedImage(t, "team/app", "v1", 1, 1<<10)
+	m := servertest.Start(t, up.URL())
+	wantManifest(t, get(t, m.URL()+"/v2/aaa-gone/app/manifests/v1"), gone.Manifest, gone.MediaType)
+	wantManifest(t, get(t, m.URL()+"/v2/team/app/manifests/v1"), img.Manifest, img.MediaType)
+	m.WaitIdle()
+
+	m.Restart()
+	// Docker Hub's answer to a repository deleted, or private: 401 with
+	// its challenge. Both paths have "gone/".
+	challenge := fmt.Sprintf(`Bearer realm="%s/token",service="%s",error="insufficient_scope"`, up.URL(), fixture.TokenService)
+	up.SetFault(fixture.Fault{Kind: fixture.KindManifest, PathContains: "gone/", Status: http.StatusUnauthorized,
+		Header: http.Header{"Www-Authenticate": {challenge}}})
+	if r := get(t, m.URL()+"/v2/zzz-gone/private/manifests/v1"); r.status != http.StatusUnauthorized {
+		t.Fatalf("a private repository: %d %s, want 401", r.status, r.body)
+	}
+	if st := upstreamStatus(t, m, "docker.io"); st[:3] != "ok " {
+		t.Errorf("after a restart, Docker Hub refusing a private repository, and the first held one deleted: docker.io %q, want ok", st)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -1057,7 +1058,7 @@ func TestRefusalProbeBounded(t *testing.T) {
 	}, bearerPing)
 	clock := newFakeClock()
 	c := r.client(t, WithClock(clock.Now))
-	c.HoldsRepositories(func(except string) (string, bool) { return held, except != held })
+	c.HoldsRepositories(func(except []string) (string, bool) { return held, !slices.Contains(except, held) })
 	refuse := func(n int) {
 		t.Helper()
 		var wg sync.WaitGroup

@@ -117,14 +117,20 @@ func (c *Client) noteRefusal(ctx context.Context, resp *http.Response, repo stri
 }
 
 // HoldsRepositories gives the client held, which returns a repository of
-// this upstream, other than except, that the mirror holds content of (ok
+// this upstream, none of except, that the mirror holds content of (ok
 // false if none): after a restart, before the upstream has answered a
 // request as expected, its refusal of a repository is the repository's
 // own if it answers held's (noteRefusal). Call it before the client is
 // used.
-func (c *Client) HoldsRepositories(held func(except string) (repo string, ok bool)) {
+func (c *Client) HoldsRepositories(held func(except []string) (repo string, ok bool)) {
 	c.held.Store(&held)
 }
+
+// probeRepos is how many held repositories answersAnother asks at most:
+// Docker Hub refuses a repository deleted since it was pulled (401) as
+// it refuses a private one, and a refusal of one held is followed by
+// another.
+const probeRepos = 3
 
 // probingKey marks the context of answersAnother's request.
 type probingKey struct{}
@@ -136,7 +142,9 @@ const probeKey = "\x00probe"
 // answersAnother reports whether the upstream, which has answered no
 // request as expected since the start and refused repo, answers a
 // repository the mirror holds content of (HoldsRepositories) as
-// expected: a HEAD of its latest tag, which a 404 answers too. Then it
+// expected: a HEAD of its latest tag, which a 404 answers too; one
+// refused is followed by another, up to probeRepos (deleted upstream
+// since, it was taken for the upstream refusing everything). Then it
 // does not refuse every repository, and repo's refusal is repo's: the
 // upstream, Docker Hub refusing a mistyped name as the first request
 // after a restart, was shown failing until a pull succeeded. The probe
@@ -152,14 +160,25 @@ func (c *Client) answersAnother(ctx context.Context, repo string) bool {
 		if c.probeRefusedLately() { // by a probe that ended meanwhile
 			return false, nil
 		}
-		other, ok := (*held)(repo)
-		if !ok {
-			return false, nil
-		}
 		// Asked even if the client left: the answer is of the upstream.
-		_, err := c.HeadManifest(context.WithValue(context.WithoutCancel(ctx), probingKey{}, true), other, oci.Ref{Tag: "latest"})
-		if err == nil || errors.Is(err, ErrNotFound) {
-			return true, nil
+		pctx := context.WithValue(context.WithoutCancel(ctx), probingKey{}, true)
+		asked := []string{repo}
+		for range probeRepos {
+			other, ok := (*held)(asked)
+			if !ok {
+				if len(asked) == 1 {
+					return false, nil // none held: nothing said
+				}
+				break
+			}
+			_, err := c.HeadManifest(pctx, other, oci.Ref{Tag: "latest"})
+			if err == nil || errors.Is(err, ErrNotFound) {
+				return true, nil
+			}
+			if !errors.Is(err, ErrAuth) {
+				break // not answered: failing
+			}
+			asked = append(asked, other)
 		}
 		c.health.mu.Lock()
 		c.health.probeRefused = c.now()

@@ -108,7 +108,7 @@ type Client struct {
 	// health is what State reports.
 	health health
 	// held, if set, is HoldsRepositories' function.
-	held atomic.Pointer[func(except string) (string, bool)]
+	held atomic.Pointer[func(except []string) (string, bool)]
 }
 
 type refusal struct {
