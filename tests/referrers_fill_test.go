@@ -1231,3 +1231,62 @@ func TestTagsListRefusedOnceAskedAgain(t *testing.T) {
 		t.Errorf("%d GETs of missing cosign tags a day after the tags list was refused, the upstream listing them now, want none", n)
 	}
 }
+
+// A cosign tag a fill found absent stays known absent through a recheck
+// made while the mirror holds back credentials the upstream refused (a
+// 401 to them for another repository, as an Artifactory answers a
+// repository the user has no access to: not sent again for 10s): its
+// lookups fail at once, the upstream not asked, so nothing is said of
+// the tag. With the upstream down later, cosign is told 404
+// MANIFEST_UNKNOWN, as the upstream answered when last asked. Before,
+// the held refusal, carrying the 401 of the other request, was taken for
+// the upstream's answer to the lookups, and the records were forgotten.
+func TestCosignTagAbsentKeptThroughARecheckWhileCredentialsHeldRefused(t *testing.T) {
+	const host = "private.example"
+	up := fixture.StartBasicAuthUpstream(t, map[string]string{"puller": basicPassword})
+	img := up.SeedImage(t, "team/app", "v1", 1, 4<<10)
+	target, err := url.Parse(up.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp := httputil.NewSingleHostReverseProxy(target)
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/v2/team/private/") {
+			w.Header().Set("WWW-Authenticate", `Basic realm="repository"`)
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(front.Close)
+	m := servertest.StartUpstreams(t, []servertest.Upstream{
+		{Host: host, URL: front.URL, Auth: &authn.Basic{Username: "puller", Password: basicPassword}},
+	}, nil)
+	u := m.URL() + "/v2/" + host + "/team/"
+	wantManifest(t, get(t, u+"app/manifests/"+img.Digest), img.Manifest, img.MediaType)
+	m.WaitRequests()
+	m.WaitIdle()
+	att := cosignTag(img.Digest, "att")
+	if ok, err := m.Index.TagAbsent(host, "team/app", digestOf(t, img.Digest), "att"); err != nil || !ok {
+		t.Fatalf("%s not recorded absent by the fill (%v)", att, err)
+	}
+
+	m.Clock.Advance(proxy.ArtifactsRecheck) // past the fill's look
+	// Our credentials refused for another repository: held back for 10s.
+	wantError(t, get(t, u+"private/manifests/v1"), http.StatusUnauthorized, "UNAUTHORIZED")
+	up.ResetCounts()
+	wantManifest(t, get(t, u+"app/manifests/"+img.Digest), img.Manifest, img.MediaType)
+	m.WaitRequests() // the recheck starts after the answer
+	m.WaitIdle()
+	if n := len(up.Requests()); n != 0 {
+		t.Fatalf("%d upstream requests while our credentials are held back, want none", n)
+	}
+	if ok, err := m.Index.TagAbsent(host, "team/app", digestOf(t, img.Digest), "att"); err != nil || !ok {
+		t.Errorf("%s no longer recorded absent after a recheck that asked the upstream nothing (%v)", att, err)
+	}
+	// Later, the upstream down (a restart forgets the refusal).
+	front.Close()
+	m.Restart()
+	u = m.URL() + "/v2/" + host + "/team/"
+	wantError(t, get(t, u+"app/manifests/"+att), http.StatusNotFound, "MANIFEST_UNKNOWN")
+}

@@ -45,12 +45,14 @@ type Error struct {
 	Kind Kind
 	What string
 	// Status is the upstream's HTTP status; 0 when there was no answer
-	// (unreachable, no answer in time). Not asked while backing off
-	// (NotAsked), the status backed off for (a 429, a 503).
+	// (unreachable, no answer in time). Not asked (NotAsked), the status
+	// of the earlier answer it was held back for (a 429 or 503 backed
+	// off for, a 401 refusing our credentials).
 	Status int
 	// NotAsked: the request was not sent, the mirror backing off after
-	// the upstream's 429 (or 503) to an earlier one: the upstream said
-	// nothing of this one.
+	// the upstream's 429 (or 503) to an earlier one, or holding back
+	// credentials it refused to an earlier one (for 10s): the upstream
+	// said nothing of this one.
 	NotAsked bool
 	// Code and Message are the first OCI error of the upstream's answer,
 	// if it sent one.

@@ -440,21 +440,36 @@ func (c *Client) refusedNow(ctx context.Context, repo string) error {
 	}
 	creds := c.credsNow(ctx)
 	if refused && ref.creds == creds {
-		return ref.err
+		return notAsked(ref.err)
 	}
 	return c.credentialsRefused(creds)
 }
 
 // credentialsRefused returns the upstream's refusal of the credentials
-// of key (credsKey), if it is recent (refuse), else nil.
+// of key (credsKey), if it is recent (refuse), else nil: the failure of
+// a request not sent for it (notAsked).
 func (c *Client) credentialsRefused(key string) error {
 	c.refusedMu.Lock()
 	all := c.credsRefused
 	c.refusedMu.Unlock()
 	if c.now().Before(all.until) && all.creds == key {
-		return all.err
+		return notAsked(all.err)
 	}
 	return nil
+}
+
+// notAsked returns err, the upstream's refusal of an earlier request, as
+// the failure of one not sent for it: a copy marked NotAsked, since the
+// upstream said nothing of this one (a cosign tag's lookup is not
+// answered by it).
+func notAsked(err error) error {
+	var e *Error
+	if !errors.As(err, &e) {
+		return err
+	}
+	held := *e
+	held.NotAsked = true
+	return &held
 }
 
 // login admits a request with our credentials: a token request, or a
