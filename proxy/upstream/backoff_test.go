@@ -122,19 +122,19 @@ func TestRetryAfterKeepsLongest(t *testing.T) {
 	clock := newFakeClock()
 	c := errClient(t, "http://127.0.0.1:1", WithClock(clock.Now))
 	x := call{KindManifest, "x"}
-	c.backOff("600", http.StatusTooManyRequests)
-	c.backOff("5", http.StatusTooManyRequests)
-	ue := wantRetryAfter(t, c.backingOff(x), "600")
+	c.backOff(&c.retry, "600", http.StatusTooManyRequests)
+	c.backOff(&c.retry, "5", http.StatusTooManyRequests)
+	ue := wantRetryAfter(t, c.backingOff(&c.retry, x), "600")
 	if ue.Kind != KindManifest || ue.What != "x" ||
 		ue.Reason != "upstream docker.io is rate-limiting us; not asking for x for 600s" {
 		t.Fatalf("Kind %d What %q Reason %q: not of the call backing off", ue.Kind, ue.What, ue.Reason)
 	}
-	c.backOff(clock.Now().Add(2*time.Hour).Format(http.TimeFormat), http.StatusTooManyRequests)
-	wantRetryAfter(t, c.backingOff(x), "3600")
-	c.backOff("", http.StatusTooManyRequests)
-	wantRetryAfter(t, c.backingOff(x), "3600")
+	c.backOff(&c.retry, clock.Now().Add(2*time.Hour).Format(http.TimeFormat), http.StatusTooManyRequests)
+	wantRetryAfter(t, c.backingOff(&c.retry, x), "3600")
+	c.backOff(&c.retry, "", http.StatusTooManyRequests)
+	wantRetryAfter(t, c.backingOff(&c.retry, x), "3600")
 	clock.Advance(time.Hour)
-	if err := c.backingOff(x); err != nil {
+	if err := c.backingOff(&c.retry, x); err != nil {
 		t.Fatalf("still backing off after the longest Retry-After: %v", err)
 	}
 }
@@ -147,11 +147,11 @@ func TestRetryAfterKeepsLongest(t *testing.T) {
 func TestRetryAfterWithoutOneDuringALongerBackOff(t *testing.T) {
 	clock := newFakeClock()
 	c := errClient(t, "http://127.0.0.1:1", WithClock(clock.Now))
-	c.backOff("600", http.StatusTooManyRequests)
-	if ra := c.backOff("", http.StatusTooManyRequests); ra != "600" {
+	c.backOff(&c.retry, "600", http.StatusTooManyRequests)
+	if ra := c.backOff(&c.retry, "", http.StatusTooManyRequests); ra != "600" {
 		t.Errorf("Retry-After %q for a 429 without one during a back-off of 600s, want 600", ra)
 	}
-	wantRetryAfter(t, c.backingOff(call{KindManifest, "x"}), "600")
+	wantRetryAfter(t, c.backingOff(&c.retry, call{KindManifest, "x"}), "600")
 }
 
 // TestRetryAfterOnPing: a 429 answering the registry ping backs off the

@@ -20,7 +20,8 @@ type State struct {
 	Host string `json:"host"`
 	URL  string `json:"url"`
 	// BackoffUntil, if in the future, is when the rate-limiting upstream
-	// is asked again (its Retry-After).
+	// is asked again (its Retry-After), or its token server, whose back-off
+	// holds back the repositories whose tokens the mirror does not hold.
 	BackoffUntil time.Time `json:"backoff_until,omitzero"`
 	// Unreachable: the last request got no answer (network error or
 	// timeout), and none has succeeded since.
@@ -61,9 +62,10 @@ type health struct {
 
 // State returns how the upstream is doing.
 func (c *Client) State() State {
-	c.retryMu.Lock()
-	until := c.retryAt
-	c.retryMu.Unlock()
+	until := c.retry.end()
+	if t := c.tokenRetry.end(); t.After(until) {
+		until = t // logins held back
+	}
 	h := &c.health
 	h.mu.Lock()
 	defer h.mu.Unlock()

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/opencontainers/go-digest"
@@ -551,4 +552,68 @@ func TestExpiredTokenRefusedWithoutChallengeRenewedForEveryRequestInFlight(t *te
 		})
 	}
 	wg.Wait()
+}
+
+// TestTokenServerRateLimitHoldsBackTokenRequestsOnly: a token server's
+// 429 (auth.docker.io rate-limiting logins, a host of its own) holds
+// back the token requests until its Retry-After, not the requests of the
+// repositories whose tokens the mirror holds, which the registry serves:
+// every manifest and blob of every repository failed 429 at once, the
+// fills of images whose tokens were fetched just before cut short.
+func TestTokenServerRateLimitHoldsBackTokenRequestsOnly(t *testing.T) {
+	var limited atomic.Bool
+	var tokens atomic.Int64
+	const body = "0123456789"
+	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		if req.URL.Path == "/token" {
+			tokens.Add(1)
+			if limited.Load() {
+				w.Header().Set("Retry-After", "60")
+				w.WriteHeader(http.StatusTooManyRequests)
+				return
+			}
+			fmt.Fprint(w, `{"token":"t"}`)
+			return
+		}
+		if req.Header.Get("Authorization") != "Bearer t" {
+			challenge(w, req, "")
+			return
+		}
+		w.Write([]byte(body))
+	}, bearerPing)
+	clock := newFakeClock()
+	c := r.client(t, WithClock(clock.Now))
+	if _, err := c.HeadManifest(t.Context(), "library/x", v1); err != nil {
+		t.Fatal(err)
+	}
+	limited.Store(true)
+	_, err := c.HeadManifest(t.Context(), "team/y", v1)
+	wantRetryAfter(t, err, "60")
+
+	// Held: library/x's token.
+	asked := r.asked.Load()
+	if _, err := c.HeadManifest(t.Context(), "library/x", v1); err != nil {
+		t.Errorf("a manifest of a repository whose token is held, the token server rate-limiting: %v", err)
+	}
+	rc, _, err := c.Blob(t.Context(), "library/x", digest.FromString(body), 0)
+	if err != nil {
+		t.Errorf("a blob of a repository whose token is held, the token server rate-limiting: %v", err)
+	} else {
+		rc.Close()
+	}
+	if n := r.asked.Load() - asked; n != 2 {
+		t.Errorf("the registry was asked %d times for the manifest and blob of a repository whose token is held, want 2", n)
+	}
+	// Not held: no token request until the Retry-After has passed.
+	before := tokens.Load()
+	_, err = c.HeadManifest(t.Context(), "team/z", v1)
+	wantRetryAfter(t, err, "60")
+	if n := tokens.Load() - before; n != 0 {
+		t.Errorf("%d token requests within the token server's Retry-After, want none", n)
+	}
+	limited.Store(false)
+	clock.Advance(time.Minute)
+	if _, err := c.HeadManifest(t.Context(), "team/y", v1); err != nil {
+		t.Errorf("after the token server's Retry-After: %v", err)
+	}
 }

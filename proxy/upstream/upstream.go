@@ -93,15 +93,13 @@ type Client struct {
 	took        *lru.Cache[string, struct{}]
 	bareRenewed *lru.Cache[string, time.Time]
 
-	// retryAt is when a rate-limiting upstream, or one that said it is
-	// unavailable until then, may be asked again: until then requests
-	// fail at once instead of adding to its load. retryStatus is the
-	// status (429 or 503) that set it, which those failures answer.
-	retryMu     sync.Mutex
-	retryAt     time.Time
-	retryStatus int
-	now         func() time.Time
-	timeout     time.Duration
+	// retry is the registry's back-off; tokenRetry its token server's,
+	// which holds back token requests only: the requests of the
+	// repositories whose tokens the mirror holds go on while the token
+	// server (auth.docker.io, a host of its own) rate-limits logins.
+	retry, tokenRetry backoff
+	now               func() time.Time
+	timeout           time.Duration
 	// guard, if set, is the dial guard of base, to which the token realm
 	// of the upstream's own challenge on its own host is added.
 	guard *Guard
@@ -109,6 +107,23 @@ type Client struct {
 	health health
 	// held, if set, is HoldsRepositories' function.
 	held atomic.Pointer[func(except []string) (string, bool)]
+}
+
+// backoff is when a rate-limiting upstream (or token server), or one
+// that said it is unavailable until then, may be asked again: until then
+// requests fail at once instead of adding to its load. status is the
+// status (429 or 503) that set it, which those failures answer.
+type backoff struct {
+	mu     sync.Mutex
+	until  time.Time
+	status int
+}
+
+// end returns when b's back-off ends.
+func (b *backoff) end() time.Time {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.until
 }
 
 type refusal struct {
@@ -582,14 +597,17 @@ type pingAnswer struct {
 // handshake gets repo's transport: an open registry is used as it is; one
 // that challenges gets go-containerregistry's auth transport for repo's
 // pull scope. The ping's answer is the last one if it is at most pingTTL
-// old; a handshake that fails forgets it, so the next one pings again.
+// old; a handshake that fails forgets it, so the next one pings again,
+// unless its token server rate-limits it (a Retry-After): the ping named
+// the token server that answered.
 func (c *Client) handshake(ctx context.Context, repo string) (http.RoundTripper, error) {
 	pa, err := c.ping(ctx)
 	if err != nil {
 		return nil, err
 	}
 	t, err := c.authorize(ctx, repo, pa)
-	if err != nil {
+	var ue *Error
+	if err != nil && !(errors.As(err, &ue) && ue.RetryAfter != "") {
 		c.pingMu.Lock()
 		if c.pinged == pa {
 			c.pinged = nil
@@ -627,7 +645,7 @@ func (c *Client) ping(ctx context.Context) (*pingAnswer, error) {
 
 func (c *Client) pingNow(ctx context.Context) (*pingAnswer, error) {
 	ping := call{KindPing, "registry ping"}
-	if err := c.backingOff(ping); err != nil {
+	if err := c.backingOff(&c.retry, ping); err != nil {
 		return nil, err
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("%s://%s/v2/", c.scheme, c.registry.RegistryStr()), nil)
@@ -726,7 +744,7 @@ func (c *Client) authorize(ctx context.Context, repo string, pa *pingAnswer) (ht
 	if err != nil {
 		return nil, err
 	}
-	if err := c.backingOff(ping); err != nil && ctx.Value(resumingKey{}) == nil {
+	if err := c.backingOff(&c.tokenRetry, ping); err != nil && ctx.Value(resumingKey{}) == nil {
 		// The login waited for was answered 429 (or 503) with a
 		// Retry-After: this one is not sent until then either; a
 		// resume's is, as the resume is (doWarming).
@@ -796,7 +814,7 @@ func (c *Client) authorize(ctx context.Context, repo string, pa *pingAnswer) (ht
 func (c *Client) takenStill(xctx context.Context, auth authn.Authenticator, base tokenLimits, pr *transport.Challenge) bool {
 	// Sent, not answered from an earlier answer (shareToken) given
 	// before a revocation.
-	base.tokenAt = ""
+	base.unshared = true
 	_, err := transport.Exchange(xctx, c.registry, auth, base, nil, pr)
 	return err == nil
 }
@@ -985,6 +1003,8 @@ type tokenLimits struct {
 	// challengeRealm and service are those of the challenge the
 	// transport was made after.
 	challengeRealm, service string
+	// unshared: token requests are sent, not shared (takenStill).
+	unshared bool
 }
 
 // errTokenServerMoved is the registry's refusal of a token, naming a
@@ -1023,7 +1043,7 @@ func (t tokenLimits) RoundTrip(req *http.Request) (*http.Response, error) {
 	u := *req.URL
 	u.RawQuery = ""
 	if t.tokenAt == "" || u.String() != t.tokenAt {
-		return t.roundTrip(req)
+		return t.roundTrip(req, false)
 	}
 	if req.Context().Value(loginHeld{}) != nil {
 		// A handshake's, which took its login's turn (authorize).
@@ -1041,7 +1061,7 @@ func (t tokenLimits) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := t.c.backingOff(call{KindPing, "registry ping"}); err != nil && req.Context().Value(resumingKey{}) == nil {
+	if err := t.c.backingOff(&t.c.tokenRetry, call{KindPing, "registry ping"}); err != nil && req.Context().Value(resumingKey{}) == nil {
 		// As at the handshake (authorize): not sent until the
 		// Retry-After of the login waited for has passed. Save for a
 		// blob's resume's (Resuming), which the back-off lets go on:
@@ -1072,10 +1092,11 @@ func (renewalRefusal) Error() string { return "token renewal refused" }
 // sender took (login).
 type loginHeld struct{}
 
-// tokenRequest sends a token request: shared if a GET (shareToken).
+// tokenRequest sends a token request: shared if a GET (shareToken),
+// unless t is unshared.
 func (t tokenLimits) tokenRequest(req *http.Request) (*http.Response, error) {
-	if req.Method != http.MethodGet {
-		return t.roundTrip(req)
+	if req.Method != http.MethodGet || t.unshared {
+		return t.roundTrip(req, true)
 	}
 	return t.shareToken(req)
 }
@@ -1093,7 +1114,7 @@ func (t tokenLimits) shareToken(req *http.Request) (*http.Response, error) {
 		return a.response(req), nil
 	}
 	v, err, shared := t.c.creating.Do(key, func() (any, error) {
-		resp, err := t.roundTrip(req)
+		resp, err := t.roundTrip(req, true)
 		if err != nil {
 			return nil, senderGone(req, err)
 		}
@@ -1163,7 +1184,10 @@ func (a tokenAnswer) response(req *http.Request) *http.Response {
 	}
 }
 
-func (t tokenLimits) roundTrip(req *http.Request) (*http.Response, error) {
+// roundTrip sends req, a token request if token: its 429 (or 503 with a
+// Retry-After) holds back the token requests (c.tokenRetry), a registry
+// request's every request (c.retry).
+func (t tokenLimits) roundTrip(req *http.Request, token bool) (*http.Response, error) {
 	toRealm := t.realm != nil && req.URL.Host == t.c.registry.RegistryStr() && req.URL.Path == standInPath
 	if toRealm {
 		req = req.Clone(req.Context())
@@ -1177,12 +1201,16 @@ func (t tokenLimits) roundTrip(req *http.Request) (*http.Response, error) {
 	if tok, ok := strings.CutPrefix(req.Header.Get("Authorization"), "Bearer "); ok && resp.StatusCode != http.StatusUnauthorized && !toRealm && req.URL.Host == t.c.registry.RegistryStr() && !t.c.took.Contains(tok) {
 		t.c.took.Add(tok, struct{}{})
 	}
+	b := &t.c.retry
+	if token {
+		b = &t.c.tokenRetry
+	}
 	switch resp.StatusCode {
 	case http.StatusTooManyRequests:
-		t.c.backOff(resp.Header.Get("Retry-After"), http.StatusTooManyRequests)
+		t.c.backOff(b, resp.Header.Get("Retry-After"), http.StatusTooManyRequests)
 	case http.StatusServiceUnavailable:
 		if ra := resp.Header.Get("Retry-After"); ra != "" {
-			t.c.backOff(ra, http.StatusServiceUnavailable) // as statusError does
+			t.c.backOff(b, ra, http.StatusServiceUnavailable) // as statusError does
 		}
 	case http.StatusUnauthorized:
 		if tok, ok := strings.CutPrefix(req.Header.Get("Authorization"), "Bearer "); ok && !toRealm && req.URL.Host == t.c.registry.RegistryStr() {
@@ -1381,7 +1409,7 @@ func (c *Client) transportError(r call, err error) error {
 			// noted: the seconds left of the back-off are passed on.
 			e := c.newError(r.kind, r.what, te.StatusCode, ErrUnavailable, err, "upstream %s rate-limited the request", c.host)
 			var b *Error
-			if errors.As(c.backingOff(r), &b) {
+			if errors.As(c.backingOff(&c.tokenRetry, r), &b) {
 				e.RetryAfter = b.RetryAfter
 			}
 			return e
@@ -1389,7 +1417,7 @@ func (c *Client) transportError(r call, err error) error {
 			// A token server's 503: one with a Retry-After backs off
 			// (tokenLimits), and the seconds left are passed on.
 			var b *Error
-			if errors.As(c.backingOff(r), &b) {
+			if errors.As(c.backingOff(&c.tokenRetry, r), &b) {
 				e := c.newError(r.kind, r.what, te.StatusCode, ErrUnavailable, err, "upstream %s answered 503 for a token", c.host)
 				e.RetryAfter = b.RetryAfter
 				return e
@@ -1421,7 +1449,7 @@ func (c *Client) do(ctx context.Context, repo string, req *http.Request, r call,
 func (c *Client) doWarming(ctx context.Context, repo string, req *http.Request, r call, warm int, ok ...int) (*http.Response, error) {
 	// A blob's resume (Resuming) goes on with a request the upstream
 	// took: the back-off holds new ones.
-	if err := c.backingOff(r); err != nil && (r.kind != KindBlob || ctx.Value(resumingKey{}) == nil) {
+	if err := c.backingOff(&c.retry, r); err != nil && (r.kind != KindBlob || ctx.Value(resumingKey{}) == nil) {
 		return nil, err
 	}
 	t, err := c.transport(ctx, repo)
@@ -1667,33 +1695,38 @@ func (b *cancelOnClose) Close() error {
 	return err
 }
 
-// backingOff fails while the Retry-After of a 429 (or a 503) has not
-// passed, with that status.
-func (c *Client) backingOff(r call) error {
-	c.retryMu.Lock()
-	wait, status := c.retryAt.Sub(c.now()), c.retryStatus
-	c.retryMu.Unlock()
+// backingOff fails while the Retry-After of b's 429 (or 503) has not
+// passed, with that status: b is c.retry, the registry's, or
+// c.tokenRetry, its token server's.
+func (c *Client) backingOff(b *backoff, r call) error {
+	b.mu.Lock()
+	wait, status := b.until.Sub(c.now()), b.status
+	b.mu.Unlock()
 	if wait <= 0 {
 		return nil
 	}
 	secs := int((wait + time.Second - 1) / time.Second)
-	why := "is rate-limiting us"
+	who, why, what := c.host, "is rate-limiting us", r.what
 	if status == http.StatusServiceUnavailable {
 		why = "said it is unavailable"
 	}
-	e := c.newError(r.kind, r.what, status, ErrUnavailable, nil, "upstream %s %s; not asking for %s for %ds", c.host, why, r.what, secs)
+	if b == &c.tokenRetry {
+		who, what = c.host+"'s token server", "a token"
+	}
+	e := c.newError(r.kind, r.what, status, ErrUnavailable, nil, "upstream %s %s; not asking for %s for %ds", who, why, what, secs)
 	e.RetryAfter = strconv.Itoa(secs)
 	e.NotAsked = true
 	return e
 }
 
-// backOff leaves the upstream alone for the Retry-After of an answer of
-// status (429, or a 503 that says when to come back), and returns the
-// Retry-After to pass on to clients: the upstream's, or, when it sent
-// none that can be read (Docker Hub's pull limit sends none), the
-// seconds of the back-off in force (the mirror's own, which it keeps
-// all the same, or a longer one begun by another request's 429).
-func (c *Client) backOff(retryAfter string, status int) string {
+// backOff leaves the upstream (b: c.retry), or its token server (b:
+// c.tokenRetry), alone for the Retry-After of an answer of status (429,
+// or a 503 that says when to come back), and returns the Retry-After to
+// pass on to clients: the upstream's, or, when it sent none that can be
+// read (Docker Hub's pull limit sends none), the seconds of the back-off
+// in force (the mirror's own, which it keeps all the same, or a longer
+// one begun by another request's 429).
+func (c *Client) backOff(b *backoff, retryAfter string, status int) string {
 	d := DefaultBackoff
 	told := true
 	// Seconds beyond the cap are the cap: multiplied out, a number of
@@ -1707,15 +1740,15 @@ func (c *Client) backOff(retryAfter string, status int) string {
 		told = false
 	}
 	d = min(max(d, 0), maxBackoff)
-	c.retryMu.Lock()
+	b.mu.Lock()
 	now := c.now()
-	if until := now.Add(d); until.After(c.retryAt) {
-		c.retryAt, c.retryStatus = until, status
+	if until := now.Add(d); until.After(b.until) {
+		b.until, b.status = until, status
 	}
 	// Untold, the back-off in force: a longer one another request's 429
 	// began (concurrent requests) holds this client's next request too.
-	d = max(d, c.retryAt.Sub(now))
-	c.retryMu.Unlock()
+	d = max(d, b.until.Sub(now))
+	b.mu.Unlock()
 	if told {
 		return retryAfter
 	}
@@ -1752,14 +1785,14 @@ func (c *Client) statusError(resp *http.Response, r call) error {
 	case st == http.StatusUnauthorized || st == http.StatusForbidden:
 		e = c.newError(r.kind, r.what, st, ErrAuth, nil, "upstream %s answered %d for %s%s", c.host, st, r.what, upMsg)
 	case st == http.StatusTooManyRequests:
-		ra := c.backOff(resp.Header.Get("Retry-After"), st)
+		ra := c.backOff(&c.retry, resp.Header.Get("Retry-After"), st)
 		e = c.newError(r.kind, r.what, st, ErrUnavailable, nil, "upstream %s rate-limited %s%s", c.host, r.what, upMsg)
 		e.RetryAfter = ra
 	case st == http.StatusServiceUnavailable && resp.Header.Get("Retry-After") != "":
 		// Overloaded, and saying when to come back (Docker Hub, GHCR):
 		// asking again sooner only adds to its load.
 		ra := resp.Header.Get("Retry-After")
-		c.backOff(ra, st)
+		c.backOff(&c.retry, ra, st)
 		e = c.newError(r.kind, r.what, st, ErrUnavailable, nil, "upstream %s answered 503 for %s%s", c.host, r.what, upMsg)
 		e.RetryAfter = ra
 	case st == http.StatusRequestedRangeNotSatisfiable:
