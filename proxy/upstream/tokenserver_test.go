@@ -617,3 +617,45 @@ func TestTokenServerRateLimitHoldsBackTokenRequestsOnly(t *testing.T) {
 		t.Errorf("after the token server's Retry-After: %v", err)
 	}
 }
+
+// TestTokenServerOnTheRegistrysHostRefusingARegistryToken: as
+// TestTokenServerOnTheRegistrysHostRefusingWithABearerChallenge, with
+// credentials that are a registry token (a Docker config's registrytoken,
+// which go-containerregistry sends to the token server as a Bearer) or an
+// identity token (an OAuth2 refresh token, posted): the token server's
+// refusal of a registry token, a request carrying a Bearer to the
+// registry's host, was taken for the registry naming another token
+// server: every pull failed "unreachable" (503), and the refused token
+// was sent again with every request.
+func TestTokenServerOnTheRegistrysHostRefusingARegistryToken(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		auth authn.Authenticator
+	}{
+		{"registry token", &authn.Bearer{Token: "revoked"}},
+		{"identity token", authn.FromConfig(authn.AuthConfig{Username: "<token>", IdentityToken: "revoked"})},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var logins atomic.Int64
+			r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+				if req.URL.Path == "/token" {
+					logins.Add(1)
+					w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
+					w.WriteHeader(http.StatusUnauthorized)
+					return
+				}
+				challenge(w, req, "")
+			}, bearerPing)
+			c := r.client(t, WithClock(newFakeClock().Now), WithAuth(tc.auth))
+			for _, repo := range []string{"library/a", "library/a", "library/b"} {
+				_, err := c.HeadManifest(t.Context(), repo, v1)
+				if ue := asError(t, err, "ErrAuth"); ue.Status != http.StatusUnauthorized {
+					t.Fatalf("%s: status %d, want 401: %v", repo, ue.Status, err)
+				}
+			}
+			if n := logins.Load(); n != 1 {
+				t.Errorf("the refused credentials were sent %d times for 3 requests, want 1", n)
+			}
+		})
+	}
+}

@@ -1194,11 +1194,15 @@ func (t tokenLimits) roundTrip(req *http.Request, token bool) (*http.Response, e
 		req.URL.Scheme, req.URL.Host, req.URL.Path, req.URL.RawPath = t.realm.Scheme, t.realm.Host, t.realm.Path, t.realm.RawPath
 		req.Host = ""
 	}
+	// A request to the registry itself, with our token: not a token
+	// request, which a token server on the registry's host (Harbor's
+	// /service/token) may be sent with a Bearer too (a registry token).
+	registry := !token && !toRealm && req.URL.Host == t.c.registry.RegistryStr()
 	resp, err := t.RoundTripper.RoundTrip(req)
 	if err != nil {
 		return resp, err
 	}
-	if tok, ok := strings.CutPrefix(req.Header.Get("Authorization"), "Bearer "); ok && resp.StatusCode != http.StatusUnauthorized && !toRealm && req.URL.Host == t.c.registry.RegistryStr() && !t.c.took.Contains(tok) {
+	if tok, ok := strings.CutPrefix(req.Header.Get("Authorization"), "Bearer "); ok && resp.StatusCode != http.StatusUnauthorized && registry && !t.c.took.Contains(tok) {
 		t.c.took.Add(tok, struct{}{})
 	}
 	b := &t.c.retry
@@ -1213,14 +1217,14 @@ func (t tokenLimits) roundTrip(req *http.Request, token bool) (*http.Response, e
 			t.c.backOff(b, ra, http.StatusServiceUnavailable) // as statusError does
 		}
 	case http.StatusUnauthorized:
-		if tok, ok := strings.CutPrefix(req.Header.Get("Authorization"), "Bearer "); ok && !toRealm && req.URL.Host == t.c.registry.RegistryStr() {
+		if tok, ok := strings.CutPrefix(req.Header.Get("Authorization"), "Bearer "); ok && registry {
 			t.c.forgetToken(tok)
 		}
 		h := resp.Header.Get("WWW-Authenticate")
-		// Sent with our token: not a token request (to a token server
-		// on the registry's host), whose 401 refuses our credentials.
+		// Sent with our token (registry): a token request's 401
+		// refuses our credentials.
 		tok, bearer := strings.CutPrefix(req.Header.Get("Authorization"), "Bearer ")
-		if h == "" && bearer && !toRealm && req.URL.Host == t.c.registry.RegistryStr() && t.renewBare(tok) {
+		if h == "" && bearer && registry && t.renewBare(tok) {
 			// A bare 401 to our token (a gateway in front of the
 			// registry dropped its challenge): go-containerregistry
 			// renews a token only when challenged, and would send the
@@ -1230,7 +1234,7 @@ func (t tokenLimits) roundTrip(req *http.Request, token bool) (*http.Response, e
 			resp.Header.Set("WWW-Authenticate", h)
 		}
 		pr := parseChallenge(h)
-		own := !toRealm && req.URL.Host == t.c.registry.RegistryStr() && strings.EqualFold(pr.Scheme, "bearer")
+		own := registry && strings.EqualFold(pr.Scheme, "bearer")
 		if own && bearer && (pr.Parameters["realm"] != t.challengeRealm || pr.Parameters["service"] != t.service) {
 			// A registry whose ping and refusals disagree, found so
 			// once (followedKey), is not pinged again for each refusal.
