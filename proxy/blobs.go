@@ -279,8 +279,11 @@ func (r *resumingReader) Read(b []byte) (int, error) {
 		r.resumes++
 		rc, oerr := r.open(r.off)
 		if oerr != nil {
-			r.rc = failedBody{err}
-			return n, err
+			// Its failure says why the rest cannot be read (the blob
+			// gone, its access refused), not the cut it would have
+			// mended; not tried again.
+			r.rc, r.from, r.resumes = failedBody{oerr}, r.off, maxResumes
+			return n, oerr
 		}
 		r.rc, r.from = rc, r.off
 		if n > 0 {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -120,5 +121,34 @@ func TestHitFromStoreReadCutResumes(t *testing.T) {
 				t.Fatalf("status %d (X-Cache %q), %d of %d bytes, err %v; want %d, the whole answer", resp.StatusCode, resp.Header.Get(cacheHeader), len(got), len(want), err, status)
 			}
 		})
+	}
+}
+
+// TestStoreReadCutReopenFailureIsTheCause: a stored blob's read that
+// breaks mid-body (a connection reset) and whose reopen fails (the blob
+// gone from the bucket meanwhile, its access refused) fails with the
+// reopen's failure, which says why the rest cannot be read: the log and
+// a download reading it from the store said "connection reset by peer",
+// the cut a reopen would have mended. Not reopened again after that.
+func TestStoreReadCutReopenFailureIsTheCause(t *testing.T) {
+	body := strings.Repeat("x", 1000)
+	var opens int
+	r := &resumingReader{
+		ctx: t.Context(),
+		rc:  io.NopCloser(io.MultiReader(strings.NewReader(body[:100]), errReader{errors.New("connection reset by peer")})),
+		open: func(int64) (io.ReadCloser, error) {
+			opens++
+			return nil, fmt.Errorf("blob gone: %w", storage.ErrNotFound)
+		},
+	}
+	got, err := io.ReadAll(r)
+	if len(got) != 100 || !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("read %d bytes, error %v; want 100, the reopen's storage.ErrNotFound", len(got), err)
+	}
+	if _, err := r.Read(make([]byte, 10)); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("read again: %v, want the reopen's storage.ErrNotFound", err)
+	}
+	if opens != 1 {
+		t.Errorf("reopened %d times, want once", opens)
 	}
 }
