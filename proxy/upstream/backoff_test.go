@@ -224,14 +224,20 @@ func TestRetryAfterOnToken(t *testing.T) {
 // TestRetryAfterOn503: a 503 with Retry-After (Docker Hub and GHCR answer
 // so under load) is honoured as a 429's is: the upstream is not asked
 // again before it, and every request meanwhile fails at once as a 503 with
-// the seconds left. A 503 without Retry-After backs off not at all.
+// the seconds left. A 503 without Retry-After backs off not at all. One
+// whose Retry-After cannot be read backs off for DefaultBackoff, as a
+// 429's does, and is passed on with those seconds, not the upstream's
+// words, which clients cannot read either.
 func TestRetryAfterOn503(t *testing.T) {
 	for _, tc := range []struct {
 		name, retryAfter string
 		backoff          time.Duration
+		said             string // the first answer's Retry-After, if not retryAfter
 	}{
-		{"seconds", "120", 120 * time.Second},
-		{"none", "", 0},
+		{"seconds", "120", 120 * time.Second, ""},
+		{"none", "", 0, ""},
+		{"unparsable", "soon", DefaultBackoff, "10"},
+		{"negative", "-5", DefaultBackoff, "10"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			clock := newFakeClock()
@@ -258,7 +264,11 @@ func TestRetryAfterOn503(t *testing.T) {
 			}
 
 			_, err := c.Manifest(ctx, "library/x", v1)
-			want503(err, tc.retryAfter)
+			said := tc.retryAfter
+			if tc.said != "" {
+				said = tc.said
+			}
+			want503(err, said)
 			if tc.backoff > 0 {
 				clock.Advance(tc.backoff - time.Second)
 				_, _, err = c.Blob(ctx, "library/x", digest.FromBytes(manifestB), 0)

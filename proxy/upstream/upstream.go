@@ -1794,9 +1794,10 @@ func (c *Client) statusError(resp *http.Response, r call) error {
 		e.RetryAfter = ra
 	case st == http.StatusServiceUnavailable && resp.Header.Get("Retry-After") != "":
 		// Overloaded, and saying when to come back (Docker Hub, GHCR):
-		// asking again sooner only adds to its load.
-		ra := resp.Header.Get("Retry-After")
-		c.backOff(&c.retry, ra, st)
+		// asking again sooner only adds to its load. Passed on as a
+		// 429's is: one that cannot be read, with the seconds of the
+		// back-off.
+		ra := c.backOff(&c.retry, resp.Header.Get("Retry-After"), st)
 		e = c.newError(r.kind, r.what, st, ErrUnavailable, nil, "upstream %s answered 503 for %s%s", c.host, r.what, upMsg)
 		e.RetryAfter = ra
 	case st == http.StatusRequestedRangeNotSatisfiable:
