@@ -1097,12 +1097,18 @@ func (u Upstream) validate(host string) error {
 	if sources > 1 {
 		return fmt.Errorf("%s: give one of password, password_env, password_file, docker_config", key)
 	}
-	// The upstream clients log in only with a username: a password alone
-	// would be read and never sent.
+	// The upstream clients log in only with a username and a password:
+	// either alone would be read and never sent.
 	for _, p := range []struct{ name, value string }{{"password", u.Password}, {"password_env", u.PasswordEnv}, {"password_file", u.PasswordFile}} {
 		if p.value != "" && u.Username == "" {
 			return fmt.Errorf("%s.username: missing: %s is sent only with a username", key, p.name)
 		}
+	}
+	if u.Username != "" && sources == 0 {
+		return fmt.Errorf("%s.password: missing: username is sent only with a password (password, password_env or password_file)", key)
+	}
+	if u.Username != "" && u.DockerConfig {
+		return fmt.Errorf("%s.username: docker_config takes the username from Docker's config, with the password: give one of them", key)
 	}
 	if u.TagTTL != nil && *u.TagTTL < 0 {
 		return fmt.Errorf("%s.tag_ttl: must not be negative, got %q", key, *u.TagTTL)

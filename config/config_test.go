@@ -1173,7 +1173,7 @@ func TestContradictions(t *testing.T) {
 			want: `config FILE: line 2: upstreams.docker.io.url: "https://b.example", but upstream (line 3) is "https://a.example": two URLs for docker.io; give one`},
 		{name: "userinfo redacted", file: "upstream: https://bot:hunter2@a.example\nupstreams: {docker.io: {url: https://b.example}}\n",
 			want: `config FILE: line 2: upstreams.docker.io.url: "https://b.example", but upstream (line 1) is "https://xxxxx@a.example": two URLs for docker.io; give one`},
-		{name: "the same URL twice", file: "upstream: https://a.example\nupstreams: {docker.io: {url: https://a.example, username: bot}}\n"},
+		{name: "the same URL twice", file: "upstream: https://a.example\nupstreams: {docker.io: {url: https://a.example, username: bot, password_env: HUB_TOKEN}}\n", env: map[string]string{"HUB_TOKEN": "t"}},
 		{name: "upstreams.docker.io.url alone", file: "upstreams: {docker.io: {url: https://b.example}}\n"},
 		{name: "a flag over the file's URL (precedence)", file: "upstreams: {docker.io: {url: https://b.example}}\n", args: []string{"--upstream", "https://a.example"}},
 		{name: "--upstream twice", args: []string{"--upstream", "https://a.example", "--upstream", "https://b.example"},
@@ -1189,6 +1189,12 @@ func TestContradictions(t *testing.T) {
 			want: `config FILE: line 2: upstreams.ghcr.io.username: missing: password_file is sent only with a username`},
 		{name: "docker.io's password without a username", file: "upstreams: {docker.io: {password_env: HUB_TOKEN}}\n",
 			want: `config FILE: line 1: upstreams.docker.io.username: missing: password_env is sent only with a username`},
+		// Username alone: the mirror started, sent no credentials (a
+		// login needs a password), and every private pull was refused.
+		{name: "a username without a password", file: "upstreams:\n  ghcr.io:\n    url: https://ghcr.io\n    username: bot\n",
+			want: `config FILE: line 2: upstreams.ghcr.io.password: missing: username is sent only with a password (password, password_env or password_file)`},
+		{name: "a username with docker_config", file: "upstreams:\n  ghcr.io:\n    url: https://ghcr.io\n    username: bot\n    docker_config: true\n",
+			want: `config FILE: line 4: upstreams.ghcr.io.username: docker_config takes the username from Docker's config, with the password: give one of them`},
 		{name: "storage and destination", file: "storage: {s3: {bucket: b, secretkey: hunter2}}\ndestination: {url: https://registry.example/mirror}\n",
 			want: `config FILE: storage (line 1), destination (line 2): give one: with a destination, mirrored content is kept in that registry and storage.s3 would not be used`},
 		{name: "storage and --destination", file: "storage: {inmemory: {}}\n", args: []string{"--destination", "https://registry.example/mirror"},
