@@ -598,12 +598,15 @@ func (p *Proxy) ResumeFills(ctx context.Context) error {
 	return nil
 }
 
-// Ready reports whether the store and the index can be used.
+// Ready reports whether the store and the index can be used. A store
+// that throttles (S3's 503 SlowDown) answers, at its rate: every replica
+// of a bucket would otherwise leave the load balancer at once, and none
+// would serve what still goes through.
 func (p *Proxy) Ready(ctx context.Context) error {
 	if err := p.index.Ping(); err != nil {
 		return err
 	}
-	if _, err := p.store.Stat(ctx, "docker-mirror/readiness", digest.FromString("readiness probe")); err != nil && !errors.Is(err, storage.ErrNotFound) {
+	if _, err := p.store.Stat(ctx, "docker-mirror/readiness", digest.FromString("readiness probe")); err != nil && !errors.Is(err, storage.ErrNotFound) && !storage.IsThrottled(err) {
 		return fmt.Errorf("store: %w", err)
 	}
 	return nil

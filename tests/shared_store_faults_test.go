@@ -28,12 +28,14 @@ import (
 // takes; every other request passes. written, if set, is told the path
 // of each record write that passed, once S3 has answered it; requested,
 // if set, is told of every request before it passes (and holds it while
-// it runs).
+// it runs). While throttling is set, it answers every request so (a
+// bucket throttling all its prefixes).
 type slowDownS3 struct {
-	next      http.Handler
-	failing   atomic.Bool
-	written   atomic.Pointer[func(path string)]
-	requested atomic.Pointer[func(r *http.Request)]
+	next       http.Handler
+	failing    atomic.Bool
+	throttling atomic.Bool
+	written    atomic.Pointer[func(path string)]
+	requested  atomic.Pointer[func(r *http.Request)]
 }
 
 // startSlowDownS3 starts a slowDownS3 before s3srv, and returns it with
@@ -47,7 +49,7 @@ func startSlowDownS3(t *testing.T, s3srv *s3test.Server, bucket string) (*slowDo
 
 func (f *slowDownS3) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	record := r.Method == http.MethodPut && strings.Contains(r.URL.Path, "/records/")
-	if f.failing.Load() && record {
+	if f.failing.Load() && record || f.throttling.Load() {
 		s3test.WriteError(w, http.StatusServiceUnavailable, "SlowDown", "Please reduce your request rate.")
 		return
 	}
@@ -57,6 +59,31 @@ func (f *slowDownS3) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.next.ServeHTTP(w, r)
 	if written := f.written.Load(); written != nil && record {
 		(*written)(r.URL.Path)
+	}
+}
+
+// A bucket that throttles (503 SlowDown) answers: the replica is ready,
+// as it is while its store is full. /readyz failed, on every replica of
+// the bucket at once, and the load balancer and the others' probes took
+// the whole cluster out, although the bucket still serves (S3 throttles
+// a prefix for a while, at a rate) and the peers' hits and forwarded
+// misses went through. The bucket down still fails it.
+func TestSharedBucketThrottlingStaysReady(t *testing.T) {
+	s3srv, bucket, _ := sharedBucket(t)
+	faults, onFront := startSlowDownS3(t, s3srv, bucket)
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/app", "v1", 1, 4<<10)
+	m := servertest.StartConfigured(t, []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL()}}, onFront)
+	wantManifest(t, get(t, m.URL()+"/v2/library/app/manifests/v1"), img.Manifest, img.MediaType)
+	m.WaitIdle()
+	faults.throttling.Store(true)
+	if r := get(t, m.URL()+"/readyz"); r.status != http.StatusOK {
+		t.Errorf("/readyz with the bucket throttling: %d %q; want 200", r.status, r.body)
+	}
+	faults.throttling.Store(false)
+	s3srv.Stop()
+	if r := get(t, m.URL()+"/readyz"); r.status != http.StatusServiceUnavailable {
+		t.Errorf("/readyz with S3 down: %d; want 503", r.status)
 	}
 }
 
