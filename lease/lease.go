@@ -45,6 +45,10 @@ type Objects interface {
 	Get(ctx context.Context, key string) ([]byte, string, error)
 	// Delete removes key; a missing key is not an error.
 	Delete(ctx context.Context, key string) error
+	// DeleteIf removes key only if its ETag is etag (If-Match);
+	// ErrChanged if it is not. A missing key is not an error, and a
+	// store that ignores the condition removes key as Delete does.
+	DeleteIf(ctx context.Context, key, etag string) error
 	// List returns the keys that begin with prefix.
 	List(ctx context.Context, prefix string) ([]string, error)
 }
@@ -243,8 +247,9 @@ func (l *Leases) expiry(key, etag string) time.Time {
 // (their holder's expiry past by more than clocks are apart, as Take
 // tells them), which a replica killed and never started again under its
 // name left: nothing else does, and each start reads them all. A lease
-// another replica took over meanwhile is left alone, unless it did so
-// between the read and the removal here: a duplicate fetch at worst.
+// another replica took over meanwhile is left alone, even between the
+// read and the removal here where the store honours conditional deletes
+// (elsewhere its fetch loses the lease: a duplicate fetch at worst).
 func (l *Leases) DropLeftovers(ctx context.Context) error {
 	keys, err := l.objects.List(ctx, l.prefix)
 	if err != nil {
@@ -265,7 +270,7 @@ func (l *Leases) DropLeftovers(ctx context.Context) error {
 			failed(ctx.Err())
 			break
 		}
-		raw, _, err := l.objects.Get(ctx, key)
+		raw, etag, err := l.objects.Get(ctx, key)
 		if errors.Is(err, ErrNotFound) {
 			continue // released meanwhile
 		}
@@ -277,7 +282,11 @@ func (l *Leases) DropLeftovers(ctx context.Context) error {
 		if json.Unmarshal(raw, &rec) != nil || rec.Holder != l.holder && !now.After(rec.Until.Add(maxSkew)) {
 			continue // live, or not a lease (another replica's probe)
 		}
-		if err := l.objects.Delete(ctx, key); err != nil {
+		err = l.objects.DeleteIf(ctx, key, etag)
+		if errors.Is(err, ErrChanged) {
+			continue // taken over since it was read: the taker's now
+		}
+		if err != nil {
 			failed(fmt.Errorf("removing blob fetch lease %s: %w", key, err))
 			continue
 		}
@@ -348,7 +357,9 @@ func (h *Held) Release() {
 		if etag != h.etag {
 			return // taken over: not ours to delete
 		}
-		if err := h.l.objects.Delete(ctx, h.key); err != nil {
+		// Conditional too: taken over since it was read, it is not ours
+		// either.
+		if err := h.l.objects.DeleteIf(ctx, h.key, h.etag); err != nil && !errors.Is(err, ErrChanged) {
 			h.l.log.Warn("releasing blob fetch lease", "key", h.key, "error", err)
 		}
 	})

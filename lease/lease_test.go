@@ -415,3 +415,73 @@ func TestDropLeftoversPastALeaseItCannotRead(t *testing.T) {
 		t.Fatalf("leases after a's start: %v, %v; want b's only", keys, err)
 	}
 }
+
+// takenOverAfterRead are lease objects whose first read of a lease is
+// followed at once by another replica taking it over: it saw the
+// lease's holder down (killed, not yet back) and fetches the blob.
+type takenOverAfterRead struct {
+	lease.Objects
+	once  sync.Once
+	other *lease.Leases
+	held  *lease.Held
+}
+
+func (r *takenOverAfterRead) Get(ctx context.Context, key string) ([]byte, string, error) {
+	raw, etag, err := r.Objects.Get(ctx, key)
+	r.once.Do(func() {
+		r.held, _, _, _ = r.other.Take(ctx, strings.Replace(strings.TrimPrefix(key, "records/leases/"), "/", ":", 1))
+	})
+	return raw, etag, err
+}
+
+// A replica started again that reads a lease of its former run, which
+// another replica takes over (it saw the holder down) before the start
+// removes it, leaves it: the start removed it all the same, the other
+// replica's fetch went on without a lease (its renewal found it gone),
+// and a third replica missing the blob took a new lease and fetched it
+// once more.
+func TestDropLeftoversLeavesALeaseTakenOverMeanwhile(t *testing.T) {
+	srv := leasetest.Start(t, true)
+	testDropLeftoversTakenOverMeanwhile(t, srv.Objects("b"))
+}
+
+// TestDropLeftoversLeavesALeaseTakenOverMeanwhileVersitygw runs the same
+// on the real S3 server, which honours If-Match on DELETE as AWS S3 does.
+func TestDropLeftoversLeavesALeaseTakenOverMeanwhileVersitygw(t *testing.T) {
+	srv := s3test.Start(t)
+	objs, err := lease.NewS3(srv.Params(srv.NewBucket(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testDropLeftoversTakenOverMeanwhile(t, objs)
+}
+
+func testDropLeftoversTakenOverMeanwhile(t *testing.T, objs lease.Objects) {
+	ctx := context.Background()
+	former := lease.New(objs, "http://a")
+	h, _, _, err := former.Take(ctx, "sha256:1")
+	if err != nil || h == nil {
+		t.Fatalf("a: %v, %v", h, err)
+	}
+	defer h.Release() // ends its renewal
+	// a is killed, b sees it down, and a starts again.
+	through := &takenOverAfterRead{Objects: objs, other: lease.New(objs, "http://b", lease.WithHolderDown(func(string) bool { return true }))}
+	if err := lease.New(through, "http://a").DropLeftovers(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if through.held == nil {
+		t.Fatal("b did not take a's lease over")
+	}
+	defer through.held.Release()
+	raw, _, err := objs.Get(ctx, "records/leases/sha256/1")
+	if err != nil || !strings.Contains(string(raw), `"http://b"`) {
+		t.Fatalf("the lease b took over, after a's start: %s, %v; want b's", raw, err)
+	}
+	c := lease.New(objs, "http://c")
+	if hc, holder, _, err := c.Take(ctx, "sha256:1"); err != nil || hc != nil || holder != "http://b" {
+		if hc != nil {
+			hc.Release()
+		}
+		t.Fatalf("c's take of the blob b fetches: %v %q, %v; want it held by b", hc, holder, err)
+	}
+}

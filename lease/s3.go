@@ -173,9 +173,24 @@ func (o *S3) List(ctx context.Context, prefix string) ([]string, error) {
 
 // Delete implements Objects.
 func (o *S3) Delete(ctx context.Context, key string) error {
-	_, err := o.client.DeleteObjectWithContext(ctx, &s3.DeleteObjectInput{Bucket: aws.String(o.bucket), Key: aws.String(o.objectKey(key))})
-	if status(err) == http.StatusNotFound {
+	return o.DeleteIf(ctx, key, "")
+}
+
+// DeleteIf implements Objects: AWS S3 honours If-Match on DELETE as on
+// PUT (the SDK's DeleteObjectInput has no field for it either); an empty
+// etag removes key whatever it holds.
+func (o *S3) DeleteIf(ctx context.Context, key, etag string) error {
+	req, _ := o.client.DeleteObjectRequest(&s3.DeleteObjectInput{Bucket: aws.String(o.bucket), Key: aws.String(o.objectKey(key))})
+	req.SetContext(ctx)
+	if etag != "" {
+		req.Handlers.Build.PushBack(func(r *request.Request) { r.HTTPRequest.Header.Set("If-Match", etag) })
+	}
+	err := req.Send()
+	switch status(err) {
+	case http.StatusNotFound:
 		return nil
+	case http.StatusPreconditionFailed:
+		return ErrChanged
 	}
 	return err
 }

@@ -25,7 +25,7 @@ import (
 
 // Server is a fake S3 on loopback: path-style PUT, GET and DELETE of
 // objects, and listings (ListObjectsV2, in one page), any bucket, no
-// auth. Conditional writes are honoured unless
+// auth. Conditional writes and deletes are honoured unless
 // Unconditional is set (a server that ignores them).
 type Server struct {
 	URL string
@@ -87,6 +87,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("ETag", etag(cur))
 		_, _ = w.Write(cur)
 	case http.MethodDelete:
+		if m := r.Header.Get("If-Match"); m != "" && exists && m != etag(cur) && !s.unconditional {
+			fail(w, http.StatusPreconditionFailed, "PreconditionFailed")
+			return
+		}
 		delete(s.objects, key)
 		w.WriteHeader(http.StatusNoContent)
 	default:
