@@ -311,9 +311,15 @@ func (l *Leases) hold(key, etag string) *Held {
 
 // renew extends the lease every third of its TTL, so that a long fetch
 // keeps it; it stops if someone took it over (this replica was thought
-// dead) or once released.
+// dead) or once released. A renewal the store refused (S3 throttling,
+// unreachable for a while) is tried again soon, a second doubling to a
+// twelfth of the TTL: left to the next third, two refused in a row would
+// leave the third renewal to the lease's last moment, when a replica
+// that has waited on it since it was written takes it over.
 func (h *Held) renew() {
-	t := time.NewTicker(h.l.ttl / 3)
+	every := h.l.ttl / 3
+	retry := h.l.ttl / 120
+	t := time.NewTimer(every)
 	defer t.Stop()
 	for {
 		select {
@@ -325,7 +331,7 @@ func (h *Held) renew() {
 		if err != nil {
 			return
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), h.l.ttl/3)
+		ctx, cancel := context.WithTimeout(context.Background(), every)
 		h.mu.Lock()
 		etag, err := h.l.objects.Replace(ctx, h.key, h.etag, body)
 		if err == nil {
@@ -333,9 +339,16 @@ func (h *Held) renew() {
 		}
 		h.mu.Unlock()
 		cancel()
-		if errors.Is(err, ErrChanged) {
+		switch {
+		case err == nil:
+			retry = h.l.ttl / 120
+			t.Reset(every)
+		case errors.Is(err, ErrChanged):
 			h.l.log.Warn("blob fetch lease lost to another replica", "key", h.key)
 			return
+		default:
+			t.Reset(retry)
+			retry = min(2*retry, h.l.ttl/12)
 		}
 	}
 }

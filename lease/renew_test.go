@@ -1,0 +1,103 @@
+package lease_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/docker-mirror/docker-mirror/lease"
+)
+
+// memObjects are lease objects in memory (a synctest bubble's clock moves
+// only while nothing waits on a socket), whose writes fail, as S3's 503
+// SlowDown, until throttledUntil.
+type memObjects struct {
+	mu             sync.Mutex
+	objects        map[string][]byte
+	throttledUntil time.Time
+}
+
+var errSlowDown = fmt.Errorf("SlowDown: Please reduce your request rate. (503)")
+
+func memEtag(b []byte) string { return fmt.Sprintf("%x", sha256.Sum256(b))[:32] }
+
+func (m *memObjects) write(key, etag string, body []byte, create bool) (string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if time.Now().Before(m.throttledUntil) {
+		return "", errSlowDown
+	}
+	cur, ok := m.objects[key]
+	switch {
+	case create && ok:
+		return "", lease.ErrExists
+	case !create && (!ok || memEtag(cur) != etag):
+		return "", lease.ErrChanged
+	}
+	m.objects[key] = body
+	return memEtag(body), nil
+}
+
+func (m *memObjects) Create(_ context.Context, key string, body []byte) (string, error) {
+	return m.write(key, "", body, true)
+}
+
+func (m *memObjects) Replace(_ context.Context, key, etag string, body []byte) (string, error) {
+	return m.write(key, etag, body, false)
+}
+
+func (m *memObjects) Get(_ context.Context, key string) ([]byte, string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	b, ok := m.objects[key]
+	if !ok {
+		return nil, "", lease.ErrNotFound
+	}
+	return b, memEtag(b), nil
+}
+
+func (m *memObjects) Delete(ctx context.Context, key string) error { return m.DeleteIf(ctx, key, "") }
+
+func (m *memObjects) DeleteIf(_ context.Context, key, etag string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if b, ok := m.objects[key]; ok && etag != "" && memEtag(b) != etag {
+		return lease.ErrChanged
+	}
+	delete(m.objects, key)
+	return nil
+}
+
+func (m *memObjects) List(context.Context, string) ([]string, error) { return nil, nil }
+
+// A holder whose renewals the store refused for 80 seconds (S3
+// throttling its writes, 503 SlowDown) renews its lease as soon as the
+// store takes writes again. It tried again only a third of the lease's
+// life later (40 seconds), with two renewals missed: at the lease's last
+// moment, when a replica waiting on it since it was written took it
+// over and fetched the blob a second time.
+func TestLeaseRenewedSoonAfterFailedRenewals(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx := context.Background()
+		objs := &memObjects{objects: map[string][]byte{}}
+		a := lease.New(objs, "http://a")
+		h, _, _, err := a.Take(ctx, "sha256:1")
+		if err != nil || h == nil {
+			t.Fatalf("a: %v, %v", h, err)
+		}
+		defer h.Release()
+		_, written, _ := objs.Get(ctx, "records/leases/sha256/1")
+		objs.mu.Lock()
+		objs.throttledUntil = time.Now().Add(100 * time.Second) // the renewals at 40 s and 80 s fail
+		objs.mu.Unlock()
+		time.Sleep(110 * time.Second)
+		synctest.Wait()
+		if _, etag, err := objs.Get(ctx, "records/leases/sha256/1"); err != nil || etag == written {
+			t.Fatalf("the lease 10 s after the store took writes again, 10 s before its expiry: %v, renewed %v; want renewed", err, etag != written)
+		}
+	})
+}
