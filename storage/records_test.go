@@ -435,3 +435,36 @@ func TestTagConfirmedByOwnClockAheadSetRightByRefresh(t *testing.T) {
 		t.Fatalf("tag checked %v ahead of the clock set right; want no later than the refresh", rec.CheckedAt.Sub(now))
 	}
 }
+
+// A referrers answer (an image's signatures and attestations) confirmed
+// by a replica whose clock is ahead (an hour here) grows old on another
+// replica that reads it, from its first read, through the collection's
+// refreshes, and is revalidated after its TTL there: it was taken as
+// confirmed in the future and kept fresh for that hour plus its TTL, a
+// signature pushed meanwhile not listed by that replica.
+func TestReferrersConfirmedAheadOfTimeGrowOld(t *testing.T) {
+	r := storage.NewDriverRecords(inmemory.New())
+	now := time.Unix(1700000000, 0).UTC()
+	open := func(skew time.Duration) *storage.Index { return openSkewed(t, r, &now, skew) }
+	ahead, reader := open(time.Hour), open(0)
+	subject := digest.FromString("image")
+	body := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}`)
+	at := now.Add(time.Hour) // by the clock of the replica ahead
+	if err := ahead.PutReferrers("docker.io", "library/x", subject, "", storage.ReferrersRecord{Body: body, FetchedAt: at, CheckedAt: at}); err != nil {
+		t.Fatal(err)
+	}
+	first := now
+	for i := range 4 {
+		rec, ok, err := reader.Referrers("docker.io", "library/x", subject, "")
+		if err != nil || !ok {
+			t.Fatalf("reader, read %d: %v %v", i, ok, err)
+		}
+		if rec.CheckedAt.After(first) || rec.FetchedAt.After(first) {
+			t.Fatalf("reader at %v: referrers checked %v after its first read; want no later than that read (they grow old and are revalidated)", now.Sub(first), rec.CheckedAt.Sub(first))
+		}
+		if err := reader.Refresh(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		now = now.Add(10 * time.Minute)
+	}
+}

@@ -123,6 +123,7 @@ func viewShared[T any](ix *Index, bucket, key []byte) (T, bool, error) {
 	if err != nil || !found {
 		return v, false, err
 	}
+	raw = notAhead(bucket, raw, ix.now()) // as adopted: the caller ages it so
 	if err := unmarshal(raw, &v); err != nil {
 		// Unreadable (truncated, or written in another form by another
 		// version): a miss, which the caller fetches and records again,
@@ -166,6 +167,11 @@ func (ix *Index) adoptTx(tx *bolt.Tx, bucket, key, raw []byte) error {
 			return nil // adopted before, capped then: see Index.tag
 		}
 		raw = tagNotAhead(raw, ix.now())
+	case string(bucketReferrers):
+		if b := tx.Bucket(bucket); b != nil && sameReferrersAhead(b.Get(key), raw, ix.now()) {
+			return nil // adopted before, capped then
+		}
+		raw = referrersNotAhead(raw, ix.now())
 	case string(bucketPins):
 		if json.Unmarshal(raw, new(PinRecord)) != nil {
 			// Unreadable, but a pin all the same: its key is what keeps
@@ -224,6 +230,45 @@ func tagNotAhead(raw []byte, now time.Time) []byte {
 func sameTagAhead(cur, raw []byte, now time.Time) bool {
 	var c, r TagRecord
 	return cur != nil && c.UnmarshalBinary(cur) == nil && r.UnmarshalBinary(raw) == nil && r.CheckedAt.After(now) && r.Digest == c.Digest && !c.CheckedAt.After(now)
+}
+
+// notAhead returns the shared record raw of bucket with the times its
+// freshness is judged by no later than now (tagNotAhead,
+// referrersNotAhead).
+func notAhead(bucket, raw []byte, now time.Time) []byte {
+	switch string(bucket) {
+	case string(bucketTags):
+		return tagNotAhead(raw, now)
+	case string(bucketReferrers):
+		return referrersNotAhead(raw, now)
+	}
+	return raw
+}
+
+// referrersNotAhead is tagNotAhead for a referrers answer: confirmed by a
+// replica whose clock is ahead, kept as it is it would stay fresh here
+// for as long as that clock is ahead, a referrer pushed since (a new
+// signature) not listed.
+func referrersNotAhead(raw []byte, now time.Time) []byte {
+	var r ReferrersRecord
+	if json.Unmarshal(raw, &r) != nil || !r.CheckedAt.After(now) && !r.FetchedAt.After(now) {
+		return raw
+	}
+	r.CheckedAt, r.FetchedAt = earliest(r.CheckedAt, now), earliest(r.FetchedAt, now)
+	out, err := json.Marshal(r)
+	if err != nil {
+		return raw
+	}
+	return out
+}
+
+// sameReferrersAhead is sameTagAhead for a referrers answer: the shared
+// one, ahead of now, lists what the local one, not ahead, does; adopted
+// again, capped now at every refresh, it would never grow old here.
+func sameReferrersAhead(cur, raw []byte, now time.Time) bool {
+	var c, r ReferrersRecord
+	return cur != nil && json.Unmarshal(cur, &c) == nil && json.Unmarshal(raw, &r) == nil && r.CheckedAt.After(now) && !c.CheckedAt.After(now) &&
+		c.Filtered == r.Filtered && c.FromTag == r.FromTag && bytes.Equal(c.Body, r.Body)
 }
 
 func earliest(a, b time.Time) time.Time {
