@@ -33,6 +33,11 @@ var ErrChanged = errors.New("object changed")
 // ErrNotFound is the error of reading a key that does not exist.
 var ErrNotFound = errors.New("object not found")
 
+// ErrUnsupported is the error of taking a lease where there are none: the
+// store does not honour conditional writes, or could not be probed yet.
+// The blob is fetched without one.
+var ErrUnsupported = errors.New("no blob fetch leases on this store")
+
 // Objects are the conditional writes of small objects a lease needs.
 type Objects interface {
 	// Create writes key only if it does not exist (If-None-Match: *);

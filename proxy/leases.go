@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -49,6 +50,9 @@ func (p *Proxy) leaseBlob(ctx context.Context, t target, dgst digest.Digest) (re
 	wait := leaseWaitMin
 	for {
 		h, holder, until, err := p.leases.Take(ctx, dgst.String())
+		if errors.Is(err, lease.ErrUnsupported) {
+			return none, false, nil // not yet, or not at all: said at the probe
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return none, false, ctx.Err()

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -316,5 +317,90 @@ func TestRestartedHolderLeavesNoLease(t *testing.T) {
 	}
 	if n := blobGets(up, blob); n != 1 {
 		t.Errorf("blob fetched %d times upstream, want 1", n)
+	}
+}
+
+// unreachableObjects are lease objects that fail every request while
+// down is set: the bucket unreachable (S3 down, a network partition).
+type unreachableObjects struct {
+	lease.Objects
+	down *atomic.Bool
+}
+
+var errUnreachable = errors.New("dial tcp: connect: connection refused")
+
+func (u unreachableObjects) Create(ctx context.Context, key string, body []byte) (string, error) {
+	if u.down.Load() {
+		return "", errUnreachable
+	}
+	return u.Objects.Create(ctx, key, body)
+}
+
+func (u unreachableObjects) Replace(ctx context.Context, key, etag string, body []byte) (string, error) {
+	if u.down.Load() {
+		return "", errUnreachable
+	}
+	return u.Objects.Replace(ctx, key, etag, body)
+}
+
+func (u unreachableObjects) Get(ctx context.Context, key string) ([]byte, string, error) {
+	if u.down.Load() {
+		return nil, "", errUnreachable
+	}
+	return u.Objects.Get(ctx, key)
+}
+
+func (u unreachableObjects) Delete(ctx context.Context, key string) error {
+	if u.down.Load() {
+		return errUnreachable
+	}
+	return u.Objects.Delete(ctx, key)
+}
+
+func (u unreachableObjects) DeleteIf(ctx context.Context, key, etag string) error {
+	if u.down.Load() {
+		return errUnreachable
+	}
+	return u.Objects.DeleteIf(ctx, key, etag)
+}
+
+func (u unreachableObjects) List(ctx context.Context, prefix string) ([]string, error) {
+	if u.down.Load() {
+		return nil, errUnreachable
+	}
+	return u.Objects.List(ctx, prefix)
+}
+
+// TestLeasesAfterBucketUnreachableAtStart: replicas started while the
+// bucket could not be reached (the check of conditional writes failed)
+// take leases once it is back. They ran without leases until restarted,
+// for days maybe: every membership change in the middle of a fill a
+// duplicate upstream fetch, the gauge saying 0 on a store that has them.
+func TestLeasesAfterBucketUnreachableAtStart(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	blob := pushRandomBlob(t, up, "library/late", 64<<10)
+	s3 := leasetest.Start(t, true)
+	var down atomic.Bool
+	down.Store(true)
+	rs := startClusterWith(t, 2, up, sharedDir, selfOnly, func(int) []server.Option {
+		return []server.Option{server.WithLeaseObjects(unreachableObjects{s3.Objects("leases"), &down})}
+	})
+	down.Store(false)
+	for _, r := range rs {
+		wantBlob(t, r.url, "library/late", blob)
+	}
+	for _, r := range rs {
+		if v := r.metric(t, "docker_mirror_cluster_leases_supported", nil); v != 1 {
+			t.Errorf("%s: docker_mirror_cluster_leases_supported %v once the bucket is back, want 1", r.url, v)
+		}
+	}
+	if n := rs[0].metric(t, "docker_mirror_cluster_leases_total", map[string]string{"result": "taken"}); n != 1 {
+		t.Errorf("%s fetched the blob with %v leases taken, want 1", rs[0].url, n)
+	}
+	if n := blobGets(up, blob); n != 1 {
+		t.Errorf("blob fetched %d times upstream, want 1", n)
+	}
+	if keys := s3.Keys(); len(keys) != 0 {
+		t.Errorf("objects left: %v", keys)
 	}
 }
