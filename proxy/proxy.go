@@ -78,6 +78,8 @@ type Proxy struct {
 	// writes are the manifests answered and not yet recorded.
 	writes          manifestWrites
 	referrerFlights singleflight.Group // per "host/repo@subject\x00artifactType"
+	// readiness is the store's lookups for Ready (ready.go).
+	readiness readiness
 	// artifactChecks: when each recently revalidated image last had its
 	// artifacts looked for again (recheckArtifacts), by fillKey.
 	artifactChecks *lru.Cache[string, time.Time]
@@ -594,20 +596,6 @@ func (p *Proxy) ResumeFills(ctx context.Context) error {
 	}
 	if len(pending) > 0 {
 		p.log.Info("resuming interrupted fills", "count", len(pending))
-	}
-	return nil
-}
-
-// Ready reports whether the store and the index can be used. A store
-// that throttles (S3's 503 SlowDown) answers, at its rate: every replica
-// of a bucket would otherwise leave the load balancer at once, and none
-// would serve what still goes through.
-func (p *Proxy) Ready(ctx context.Context) error {
-	if err := p.index.Ping(); err != nil {
-		return err
-	}
-	if _, err := p.store.Stat(ctx, "docker-mirror/readiness", digest.FromString("readiness probe")); err != nil && !errors.Is(err, storage.ErrNotFound) && !storage.IsThrottled(err) {
-		return fmt.Errorf("store: %w", err)
 	}
 	return nil
 }

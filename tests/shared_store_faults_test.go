@@ -67,7 +67,10 @@ func (f *slowDownS3) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // the bucket at once, and the load balancer and the others' probes took
 // the whole cluster out, although the bucket still serves (S3 throttles
 // a prefix for a while, at a rate) and the peers' hits and forwarded
-// misses went through. The bucket down still fails it.
+// misses went through. Its answer comes after the S3 client's retries
+// (about 10 seconds, longer than a probe waits): a check that follows
+// takes it, without waiting for the next lookup (held here). The bucket
+// down still fails it.
 func TestSharedBucketThrottlingStaysReady(t *testing.T) {
 	s3srv, bucket, _ := sharedBucket(t)
 	faults, onFront := startSlowDownS3(t, s3srv, bucket)
@@ -80,7 +83,43 @@ func TestSharedBucketThrottlingStaysReady(t *testing.T) {
 	if r := get(t, m.URL()+"/readyz"); r.status != http.StatusOK {
 		t.Errorf("/readyz with the bucket throttling: %d %q; want 200", r.status, r.body)
 	}
+
+	// The next check's lookup is held at the bucket: the check is
+	// answered all the same.
+	held, release := make(chan struct{}, 1), make(chan struct{})
+	hold := func(*http.Request) {
+		select {
+		case held <- struct{}{}:
+		default:
+		}
+		<-release
+	}
+	faults.requested.Store(&hold)
 	faults.throttling.Store(false)
+	answered := make(chan response, 1)
+	go func() { answered <- get(t, m.URL()+"/readyz") }()
+	ctx, cancel := context.WithTimeout(t.Context(), watchdog)
+	defer cancel()
+	select {
+	case r := <-answered:
+		if r.status != http.StatusOK {
+			t.Errorf("/readyz while its lookup is held, after the bucket answered throttling: %d %q; want 200", r.status, r.body)
+		}
+	case <-ctx.Done():
+		close(release)
+		<-answered
+		t.Fatal("/readyz waited for its lookup of the bucket, held: a probe would have given up")
+	}
+	select {
+	case <-held:
+	case <-ctx.Done():
+		t.Fatal("the check looked nothing up")
+	}
+	close(release)
+	faults.requested.Store(nil)
+	m.WaitIdle()
+
+	m.Clock.Advance(time.Minute)
 	s3srv.Stop()
 	if r := get(t, m.URL()+"/readyz"); r.status != http.StatusServiceUnavailable {
 		t.Errorf("/readyz with S3 down: %d; want 503", r.status)
