@@ -14,12 +14,12 @@ import (
 )
 
 // Readiness looks the store up once for every check running at once, and
-// runs the lookup to its end even when they give up: the checks of a
+// runs the lookup to its end even when they give up: the lookups of a
 // bucket that throttles (S3's 503 SlowDown) wait for its client's
 // retries, about 10 seconds, longer than a readiness probe (1 second by
-// default in Kubernetes, 5 for the peers). A check within readyFor of the
-// store's last answer takes it, and starts the next lookup without
-// waiting for it.
+// default in Kubernetes, 5 for the peers). A check within readyFor of
+// such an answer takes it, and starts the next lookup without waiting for
+// it; any other answer is waited for, as it comes at once.
 const (
 	readyFor           = 30 * time.Second
 	readyLookupTimeout = 30 * time.Second
@@ -27,8 +27,8 @@ const (
 
 // readiness is the store's lookups for Ready.
 type readiness struct {
-	flight   singleflight.Group
-	answered atomic.Int64 // when the store last answered a lookup (UnixNano), 0 if its last lookup failed
+	flight    singleflight.Group
+	throttled atomic.Int64 // when the store's last lookup was answered throttling (UnixNano), else 0
 }
 
 // Ready reports whether the store and the index can be used. A store
@@ -39,7 +39,7 @@ func (p *Proxy) Ready(ctx context.Context) error {
 	if err := p.index.Ping(); err != nil {
 		return err
 	}
-	at := p.readiness.answered.Load()
+	at := p.readiness.throttled.Load()
 	fresh := at != 0 && p.now().Sub(time.Unix(0, at)) < readyFor
 	wait := ctx
 	if fresh {
@@ -51,11 +51,14 @@ func (p *Proxy) Ready(ctx context.Context) error {
 		ctx, cancel := context.WithTimeout(context.Background(), readyLookupTimeout)
 		defer cancel()
 		_, err := p.store.Stat(ctx, "docker-mirror/readiness", digest.FromString("readiness probe"))
-		if err != nil && !errors.Is(err, storage.ErrNotFound) && !storage.IsThrottled(err) {
-			p.readiness.answered.Store(0)
+		if storage.IsThrottled(err) {
+			p.readiness.throttled.Store(p.now().UnixNano())
+			return struct{}{}, nil
+		}
+		p.readiness.throttled.Store(0)
+		if err != nil && !errors.Is(err, storage.ErrNotFound) {
 			return struct{}{}, fmt.Errorf("store: %w", err)
 		}
-		p.readiness.answered.Store(p.now().UnixNano())
 		return struct{}{}, nil
 	})
 	if fresh && !errors.Is(err, errClosing) {
