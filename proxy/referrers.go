@@ -281,13 +281,21 @@ func referrersFromIndex(m *storedManifest, artifactType string, typeOf func(dige
 
 // typeOf returns a function that reads the artifact type (oci.Manifest's
 // Type) of t's manifest dgst, an entry of a referrers list that does not
-// say it: stored for t, else from the upstream, not stored (only the list
-// was asked for: with referrers off, nothing else is kept); "" if it
-// cannot be read.
+// say it: with referrers on, as a client's pull of it, which stores it
+// (the referrers fill the list starts stores it then, and finds it held:
+// the upstream sends it once); else stored for t, or from the upstream,
+// not stored (only the list was asked for: with referrers off, nothing
+// else is kept); "" if it cannot be read.
 func (p *Proxy) typeOf(ctx context.Context, t target) func(dgst digest.Digest) string {
 	return func(dgst digest.Digest) string {
 		var body []byte
-		if linked, err := p.index.Linked(t.host(), t.repo, dgst); err == nil && linked {
+		if p.referrersFor(t) {
+			m, err := p.manifestByDigest(ctx, t, dgst, http.Header{})
+			if err != nil {
+				return ""
+			}
+			body = m.body
+		} else if linked, err := p.index.Linked(t.host(), t.repo, dgst); err == nil && linked {
 			if m, err := p.loadManifest(ctx, t, dgst); err == nil {
 				body = m.body
 			}

@@ -573,3 +573,35 @@ func TestReferrersFillRetriedAfterFailure(t *testing.T) {
 		t.Fatalf("the listed signature's blob offline: %d %s", r.status, r.body)
 	}
 }
+
+// With referrers on, the type of a fallback tag's entry without
+// artifactType, read to filter the list, is read as the referrers fill
+// that the miss starts stores it: the upstream sends that manifest once.
+// Read from the upstream without storing it, it was sent again for the
+// fill.
+func TestReferrersFilteredByConfigTypeFetchesTheEntryOnce(t *testing.T) {
+	up, img, sigDigest, _ := seedUntypedFallback(t)
+	m := servertest.Start(t, up.URL())
+	wantReferrers(t, get(t, m.URL()+"/v2/plain/referrers/"+img.Digest+"?artifactType="+url.QueryEscape(sigType)), "miss", true, sigDigest)
+	m.WaitIdle()
+	if linked, err := m.Index.Linked("docker.io", "library/plain", digestOf(t, sigDigest)); err != nil || !linked {
+		t.Errorf("the signature not stored by the referrers fill: %v %v", linked, err)
+	}
+	n := 0
+	for _, r := range up.Requests() {
+		if r.Method == http.MethodGet && r.Kind == fixture.KindManifest && strings.HasSuffix(r.Path, "/"+sigDigest) {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("%d upstream GETs of the signature's manifest for a filtered referrers list and its fill; want 1", n)
+	}
+	blobs := map[string]int{}
+	for _, r := range up.Requests() {
+		if r.Method == http.MethodGet && r.Kind == fixture.KindBlob {
+			if blobs[r.Path]++; blobs[r.Path] > 1 {
+				t.Errorf("blob %s sent twice by the upstream", r.Path)
+			}
+		}
+	}
+}
