@@ -170,7 +170,7 @@ func (p *Proxy) cachedReferrers(ctx context.Context, t target, subject digest.Di
 	}
 	if artifactType != "" {
 		if all, ok, err := p.index.Referrers(t.host(), t.repo, subject, ""); err == nil && ok {
-			if body, err := filterReferrers(all.Body, artifactType, p.typeOf(ctx, t)); err == nil {
+			if body, err := filterReferrers(all.Body, artifactType, p.typeOf(ctx, t, false)); err == nil {
 				return &referrersAnswer{body: body, filtered: true, fromTag: all.FromTag}
 			}
 		}
@@ -183,7 +183,7 @@ func (p *Proxy) cachedReferrers(ctx context.Context, t target, subject digest.Di
 	if err != nil {
 		return nil
 	}
-	ans, err := referrersFromIndex(m, artifactType, p.typeOf(ctx, t))
+	ans, err := referrersFromIndex(m, artifactType, p.typeOf(ctx, t, false))
 	if err != nil {
 		return nil
 	}
@@ -223,7 +223,7 @@ func (p *Proxy) fetchReferrers(ctx context.Context, t target, subject digest.Dig
 			// An upstream that did not filter leaves it to the client;
 			// the mirror does it, and says so.
 			if !filterApplied(filters, filterArtifactType) {
-				if ans.body, err = filterReferrers(body, artifactType, p.typeOf(ctx, t)); err != nil {
+				if ans.body, err = filterReferrers(body, artifactType, p.typeOf(ctx, t, true)); err != nil {
 					return nil, err
 				}
 			}
@@ -253,11 +253,12 @@ func (p *Proxy) referrersFromTag(ctx context.Context, t target, subject digest.D
 	if err != nil {
 		return nil, err
 	}
-	ans, err := referrersFromIndex(m, artifactType, p.typeOf(ctx, t))
+	stale := h.Get(cacheHeader) == "stale"
+	ans, err := referrersFromIndex(m, artifactType, p.typeOf(ctx, t, !stale))
 	if err != nil {
 		return nil, err
 	}
-	ans.stale = h.Get(cacheHeader) == "stale"
+	ans.stale = stale
 	return ans, nil
 }
 
@@ -281,34 +282,34 @@ func referrersFromIndex(m *storedManifest, artifactType string, typeOf func(dige
 
 // typeOf returns a function that reads the artifact type (oci.Manifest's
 // Type) of t's manifest dgst, an entry of a referrers list that does not
-// say it: with referrers on, as a client's pull of it, which stores it
-// (the referrers fill the list starts stores it then, and finds it held:
-// the upstream sends it once); else stored for t, or from the upstream,
-// not stored (only the list was asked for: with referrers off, nothing
-// else is kept); "" if it cannot be read.
-func (p *Proxy) typeOf(ctx context.Context, t target) func(dgst digest.Digest) string {
+// say it: stored for t, else, online, from the upstream: with referrers
+// on as a client's pull of it, which stores it (the referrers fill the
+// list starts stores it then, and finds it held: the upstream sends it
+// once), with referrers off not stored (only the list was asked for:
+// nothing else is kept). "" if it cannot be read: offline (the upstream
+// has just failed, the list is the cache's) the upstream is not asked,
+// once per entry.
+func (p *Proxy) typeOf(ctx context.Context, t target, online bool) func(dgst digest.Digest) string {
 	return func(dgst digest.Digest) string {
 		var body []byte
-		if p.referrersFor(t) {
-			m, err := p.manifestByDigest(ctx, t, dgst, http.Header{})
-			if err != nil {
-				return ""
-			}
-			body = m.body
-		} else if linked, err := p.index.Linked(t.host(), t.repo, dgst); err == nil && linked {
+		if linked, err := p.index.Linked(t.host(), t.repo, dgst); err == nil && linked {
 			if m, err := p.loadManifest(ctx, t, dgst); err == nil {
 				body = m.body
 			}
 		}
-		if body == nil {
-			m, err := t.up.Manifest(ctx, t.repo, oci.Ref{Digest: dgst})
-			if err != nil {
-				return ""
+		switch {
+		case body != nil || !online:
+		case p.referrersFor(t):
+			if m, err := p.manifestByDigest(ctx, t, dgst, http.Header{}); err == nil {
+				body = m.body
 			}
-			body = m.Body
+		default:
+			if m, err := t.up.Manifest(ctx, t.repo, oci.Ref{Digest: dgst}); err == nil {
+				body = m.Body
+			}
 		}
 		var parsed oci.Manifest
-		if err := json.Unmarshal(body, &parsed); err != nil {
+		if body == nil || json.Unmarshal(body, &parsed) != nil {
 			return ""
 		}
 		return parsed.Type()

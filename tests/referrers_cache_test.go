@@ -605,3 +605,31 @@ func TestReferrersFilteredByConfigTypeFetchesTheEntryOnce(t *testing.T) {
 		}
 	}
 }
+
+// Offline, a referrers list filtered by ?artifactType= over the cached
+// fallback tag index is answered from the cache: the type of an entry
+// without artifactType is read from the store, or is unknown, never asked
+// of the upstream that has just failed, once per entry (each waiting for
+// its timeout when the upstream hangs). So with the referrers API failing
+// (the cached whole list filtered), and with the API answering 404 and
+// the fallback tag failing (the cached tag served stale).
+func TestReferrersFilteredByConfigTypeOfflineAsksNothingMore(t *testing.T) {
+	for name, kind := range map[string]string{"all": "", "manifests": fixture.KindManifest} {
+		t.Run(name, func(t *testing.T) {
+			up, img, sigDigest, sbomDigest := seedUntypedFallback(t)
+			m := servertest.Start(t, up.URL(), proxy.WithReferrers(false))
+			u := m.URL() + "/v2/plain/referrers/" + img.Digest
+			wantReferrers(t, get(t, u), "miss", false, sigDigest, sbomDigest)
+			m.WaitIdle()
+			up.SetFault(fixture.Fault{Kind: kind, Status: http.StatusServiceUnavailable})
+			up.ResetCounts()
+			m.Clock.Advance(2 * time.Minute)
+			wantReferrers(t, get(t, u+"?artifactType="+url.QueryEscape(sbomType)), "stale", true, sbomDigest)
+			for _, r := range up.Requests() {
+				if r.Kind == fixture.KindManifest && strings.HasSuffix(r.Path, "/"+sigDigest) {
+					t.Errorf("%s of an entry's manifest asked of the failing upstream for a cached referrers list", r.Method)
+				}
+			}
+		})
+	}
+}
