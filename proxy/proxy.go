@@ -89,8 +89,12 @@ type Proxy struct {
 	// wholeBlobs: the stored blobs whose size was found to be their
 	// record's (wholeBlob), and that size.
 	wholeBlobs *lru.Cache[digest.Digest, int64]
-	blobs      *downloads
-	fills      *fillQueue
+	// referrerTypes: the types of referrers read from the upstream and
+	// not stored (typeOf), by digest: its manifest does not change.
+	referrerTypes *lru.Cache[digest.Digest, string]
+
+	blobs *downloads
+	fills *fillQueue
 	// work counts everything that runs beyond its request.
 	work *activity
 	jobs jobs
@@ -299,6 +303,10 @@ func New(store storage.Store, index *storage.Index, upstreams []*upstream.Client
 	if err != nil {
 		return nil, err
 	}
+	referrerTypes, err := lru.New[digest.Digest, string](maxReferrerTypes)
+	if err != nil {
+		return nil, err
+	}
 	p := &Proxy{
 		store:           store,
 		index:           index,
@@ -324,6 +332,7 @@ func New(store storage.Store, index *storage.Index, upstreams []*upstream.Client
 		redirects:       newRedirects(),
 		artifactChecks:  artifactChecks,
 		wholeBlobs:      wholeBlobs,
+		referrerTypes:   referrerTypes,
 		fetchAhead:      true,
 		upstreamConns:   DefaultUpstreamConnections,
 		answerWait:      maxAnswerWait,

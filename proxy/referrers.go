@@ -280,40 +280,59 @@ func referrersFromIndex(m *storedManifest, artifactType string, typeOf func(dige
 	return &referrersAnswer{body: body, filtered: artifactType != "", fromTag: true}, nil
 }
 
+// maxReferrerTypes bounds the referrers whose type typeOf keeps; one
+// forgotten is asked of the upstream again.
+const maxReferrerTypes = 1 << 12
+
 // typeOf returns a function that reads the artifact type (oci.Manifest's
 // Type) of t's manifest dgst, an entry of a referrers list that does not
 // say it: stored for t, else, online, from the upstream: with referrers
 // on as a client's pull of it, which stores it (the referrers fill the
 // list starts stores it then, and finds it held: the upstream sends it
-// once), with referrers off not stored (only the list was asked for:
-// nothing else is kept). "" if it cannot be read: offline (the upstream
-// has just failed, the list is the cache's) the upstream is not asked,
-// once per entry.
+// once); with referrers off not stored (only the list was asked for:
+// nothing else is kept), its type kept in memory instead (a manifest by
+// digest does not change; asked for each filter and at each
+// revalidation, the upstream would send it each time). "" if it cannot
+// be read: offline (the upstream has just failed, the list is the
+// cache's) the upstream is not asked, once per entry.
 func (p *Proxy) typeOf(ctx context.Context, t target, online bool) func(dgst digest.Digest) string {
 	return func(dgst digest.Digest) string {
-		var body []byte
 		if linked, err := p.index.Linked(t.host(), t.repo, dgst); err == nil && linked {
 			if m, err := p.loadManifest(ctx, t, dgst); err == nil {
-				body = m.body
+				return manifestType(m.body)
 			}
 		}
-		switch {
-		case body != nil || !online:
-		case p.referrersFor(t):
-			if m, err := p.manifestByDigest(ctx, t, dgst, http.Header{}); err == nil {
-				body = m.body
-			}
-		default:
-			if m, err := t.up.Manifest(ctx, t.repo, oci.Ref{Digest: dgst}); err == nil {
-				body = m.Body
-			}
+		if typ, ok := p.referrerTypes.Get(dgst); ok {
+			return typ
 		}
-		var parsed oci.Manifest
-		if body == nil || json.Unmarshal(body, &parsed) != nil {
+		if !online {
 			return ""
 		}
-		return parsed.Type()
+		if p.referrersFor(t) {
+			m, err := p.manifestByDigest(ctx, t, dgst, http.Header{})
+			if err != nil {
+				return ""
+			}
+			return manifestType(m.body)
+		}
+		m, err := t.up.Manifest(ctx, t.repo, oci.Ref{Digest: dgst})
+		if err != nil {
+			return ""
+		}
+		typ := manifestType(m.Body)
+		p.referrerTypes.Add(dgst, typ)
+		return typ
 	}
+}
+
+// manifestType returns the artifact type of a manifest (oci.Manifest's
+// Type); "" if it cannot be read.
+func manifestType(body []byte) string {
+	var m oci.Manifest
+	if err := json.Unmarshal(body, &m); err != nil {
+		return ""
+	}
+	return m.Type()
 }
 
 // filterApplied reports whether an OCI-Filters-Applied value names filter.

@@ -633,3 +633,28 @@ func TestReferrersFilteredByConfigTypeOfflineAsksNothingMore(t *testing.T) {
 		})
 	}
 }
+
+// With referrers: false, the type of a fallback tag's entry without
+// artifactType, read from the upstream to filter the list, is read once:
+// a manifest by digest does not change. Asked again for each filter and
+// at each revalidation of each, the upstream sent the entry's manifest
+// each time (a GET Docker Hub counts as a pull).
+func TestReferrersFilteredByConfigTypeReadsTheTypeOnce(t *testing.T) {
+	up, img, sigDigest, sbomDigest := seedUntypedFallback(t)
+	m := servertest.Start(t, up.URL(), proxy.WithReferrers(false))
+	u := m.URL() + "/v2/plain/referrers/" + img.Digest + "?artifactType="
+	wantReferrers(t, get(t, u+url.QueryEscape(sigType)), "miss", true, sigDigest)
+	wantReferrers(t, get(t, u+url.QueryEscape(sbomType)), "miss", true, sbomDigest)
+	m.Clock.Advance(2 * time.Minute)
+	wantReferrers(t, get(t, u+url.QueryEscape(sigType)), "revalidated", true, sigDigest)
+	m.WaitIdle()
+	n := 0
+	for _, r := range up.Requests() {
+		if r.Method == http.MethodGet && r.Kind == fixture.KindManifest && strings.HasSuffix(r.Path, "/"+sigDigest) {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("%d upstream GETs of an untyped entry's manifest for two filters and a revalidation; want 1", n)
+	}
+}
