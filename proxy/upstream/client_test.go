@@ -1247,3 +1247,55 @@ func TestTagsListRefusedToTakenCredentialsNotFailing(t *testing.T) {
 		t.Fatalf("a pull after the tags list's refusal: %v", err)
 	}
 }
+
+// TestRefusalProbeAsksAFewHeld: the probe after a restart asks another
+// held repository when one is refused (deleted upstream since, which
+// Docker Hub refuses as a private one), but no more than probeRepos of
+// them: an upstream refusing everything, the mirror holding many
+// repositories, is asked a few, once, and shown failing.
+func TestRefusalProbeAsksAFewHeld(t *testing.T) {
+	held := []string{"held/a", "held/b", "held/c", "held/d", "held/e"}
+	var mu sync.Mutex
+	asked := map[string]int{}
+	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		if req.URL.Path == "/token" {
+			fmt.Fprint(w, `{"token":"anon"}`)
+			return
+		}
+		if repo, ok := strings.CutSuffix(strings.TrimPrefix(req.URL.Path, "/v2/"), "/manifests/latest"); ok {
+			mu.Lock()
+			asked[repo]++
+			mu.Unlock()
+		}
+		h := fmt.Sprintf(`Bearer realm="http://%s/token",service="test",error="insufficient_scope"`, req.Host)
+		w.Header().Set("WWW-Authenticate", h)
+		w.WriteHeader(http.StatusUnauthorized)
+	}, bearerPing)
+	c := r.client(t, WithClock(newFakeClock().Now))
+	c.HoldsRepositories(func(except []string) (string, bool) {
+		for _, h := range held {
+			if !slices.Contains(except, h) {
+				return h, true
+			}
+		}
+		return "", false
+	})
+	for i := range 3 {
+		if _, err := c.HeadManifest(t.Context(), fmt.Sprintf("private/app%d", i), v1); !errors.Is(err, ErrAuth) {
+			t.Fatalf("a private repository: %v, want ErrAuth", err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(asked) != probeRepos {
+		t.Errorf("an upstream refusing everything: held repositories asked %v, want the first %d once each", asked, probeRepos)
+	}
+	for _, h := range held[:probeRepos] {
+		if asked[h] == 0 {
+			t.Errorf("held repository %s not asked after those before it were refused: %v", h, asked)
+		}
+	}
+	if st := c.State(); !st.LastErrorAt.After(st.LastOK) {
+		t.Errorf("an upstream refusing every repository: last error at %v, last OK at %v: want failing", st.LastErrorAt, st.LastOK)
+	}
+}
