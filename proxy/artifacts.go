@@ -568,8 +568,9 @@ type tagHeads struct {
 	// sweepAt is the size of probed at which the entries older than
 	// headProbeAgain go (worth nothing: tried again): twice what was
 	// kept by the last sweep, so a repository costs one sweep of its
-	// entry at most, amortised, and probed holds no more than twice the
-	// repositories tried within headProbeAgain.
+	// entry at most, amortised, and probed holds no more than twice
+	// what the last sweep kept (the repositories tried within
+	// headProbeAgain then), or minProbeSweep.
 	sweepAt int
 }
 
