@@ -174,7 +174,8 @@ func noPlatformMatches(ref string, body []byte, mediaType string, pats []oci.Pla
 // mirror holds, if it does; by tag, the one it holds if the upstream
 // confirms the tag still points to it, with a HEAD (Docker Hub counts
 // GETs against its pull limit, not HEADs: a sync of tags that did not
-// move costs no pull); else the one fetched now.
+// move costs no pull), or the one it moved to if held (movedToHeld); else
+// the one fetched now.
 func (p *Proxy) copySource(ctx context.Context, t target, ref oci.Ref) (*storedManifest, error) {
 	if ref.IsDigest() {
 		return p.ensureManifest(ctx, t, ref.Digest)
@@ -185,8 +186,15 @@ func (p *Proxy) copySource(ctx context.Context, t target, ref oci.Ref) (*storedM
 	}
 	if ok {
 		if held, err := p.loadTagged(ctx, t, rec); err == nil {
-			if d, err := p.revalidateTag(ctx, t, ref.Tag); err == nil && d == rec.Digest {
+			d, err := p.revalidateTag(ctx, t, ref.Tag)
+			if err == nil && d == rec.Digest {
 				return held, p.index.TouchTag(t.host(), t.repo, ref.Tag, p.now())
+			}
+			if err == nil {
+				// Moved to a manifest held already, as a pull takes it.
+				if m, err := p.movedToHeld(ctx, t, ref.Tag, d, false); m != nil || err != nil {
+					return m, err
+				}
 			}
 			// Moved, gone or not answered: the GET says which.
 		}

@@ -286,7 +286,13 @@ func (p *Proxy) manifestByTag(ctx context.Context, t target, tag string, h http.
 				h.Set(cacheHeader, "stale")
 				return cached, nil
 			}
-			// The tag moved: fetch what it points to now.
+			// The tag moved: to a manifest held for the repository already
+			// (alias tags moving together, a tag moved back), served from
+			// the store; else fetch what it points to now.
+			if m, err := p.movedToHeld(ctx, t, tag, d, opts.fill); m != nil || err != nil {
+				h.Set(cacheHeader, "revalidated")
+				return m, err
+			}
 			h.Set(cacheHeader, "miss")
 			m, err := p.fetchManifestAnswer(ctx, t, oci.Ref{Tag: tag}, opts.fill)
 			if err == nil || errors.Is(err, upstream.ErrNotFound) || ctx.Err() != nil {
@@ -303,6 +309,52 @@ func (p *Proxy) manifestByTag(ctx context.Context, t target, tag string, h http.
 	}
 	h.Set(cacheHeader, "miss")
 	return p.fetchManifestAnswer(ctx, t, oci.Ref{Tag: tag}, opts.fill)
+}
+
+// movedToHeld points a tag that moved upstream to dgst at the manifest
+// dgst if the mirror holds it for t's repository (linked, as a pull by
+// digest is served), and returns it: its verified bytes, recorded as a
+// fetch of the tag would record them, but without the GET, which Docker
+// Hub counts against its pull limit. As after a fetch, a registry
+// destination is pointed at it if it is mirrored completely, and with
+// fill its fill starts (resuming what is missing). It returns nil if the
+// mirror does not hold it, or cannot read it: the caller fetches it.
+func (p *Proxy) movedToHeld(ctx context.Context, t target, tag string, dgst digest.Digest, fill bool) (*storedManifest, error) {
+	if linked, err := p.index.Linked(t.host(), t.repo, dgst); err != nil || !linked {
+		return nil, nil
+	}
+	// Held until recorded: a collection removing it meanwhile would
+	// leave the tag naming nothing.
+	release, err := p.hold(ctx, dgst)
+	if err != nil {
+		return nil, nil
+	}
+	defer release()
+	m, err := p.loadManifest(ctx, t, dgst)
+	if err != nil {
+		return nil, nil
+	}
+	doc, _, err := oci.ParseManifest(m.body, m.mediaType)
+	if err != nil {
+		return nil, nil
+	}
+	entry := storage.ManifestEntry{
+		Upstream: t.host(), Repo: t.repo, Digest: dgst, Tag: tag,
+		Record: storage.ManifestRecord{MediaType: m.mediaType, Size: int64(len(m.body)), FetchedAt: p.now()},
+		Fill:   p.newFill(t, m.mediaType, &doc, fill),
+	}
+	if err := p.index.RecordManifest(entry); err != nil {
+		return nil, p.noteFull(err)
+	}
+	if p.work.start() {
+		go func() {
+			defer p.work.done()
+			ctx, cancel := p.detach(ctx, p.manifestTimeout)
+			defer cancel()
+			_ = p.recorded(ctx, t, m, entry, true) // it logs its failure
+		}()
+	}
+	return m, nil
 }
 
 // pingNotFound reports whether err is the upstream's 404 to the ping
@@ -673,12 +725,7 @@ func (p *Proxy) startManifest(ctx context.Context, t target, ref oci.Ref, fill b
 			Upstream: t.host(), Repo: t.repo, Digest: up.Digest, Tag: ref.Tag,
 			Record: storage.ManifestRecord{MediaType: mt, Size: int64(len(up.Body)), FetchedAt: p.now()},
 		}
-		// An image without a config (a Docker schema 1 image's layers,
-		// an OCI artifact manifest's files) is mirrored too: as the copy
-		// does, the fill stores the blobs it lists.
-		if fill && (oci.IsIndex(mt) || doc.Config != nil || len(doc.BlobDigests()) > 0) {
-			entry.Fill = &storage.FillRecord{Upstream: t.host(), Repo: t.repo, State: storage.FillPartial, UpdatedAt: p.now()}
-		}
+		entry.Fill = p.newFill(t, mt, &doc, fill)
 		w := newManifestWrite(&storedManifest{body: up.Body, mediaType: mt, digest: up.Digest, fetchedAhead: aheadOf && p.fetchAhead}, entry.Record.FetchedAt)
 		keys := []string{manifestKey(t, oci.Ref{Digest: up.Digest})}
 		if entry.Tag != "" {
@@ -757,6 +804,26 @@ func (p *Proxy) recordManifest(ctx context.Context, t target, m *storedManifest,
 		return err
 	}
 	m.write.record()
+	return p.recorded(ctx, t, m, entry, answered)
+}
+
+// newFill is the fill record a manifest of media type mt and content doc,
+// fetched for a client (fill), starts with: partial; nil if it has
+// nothing to mirror, or fill is not set.
+func (p *Proxy) newFill(t target, mt string, doc *oci.Manifest, fill bool) *storage.FillRecord {
+	// An image without a config (a Docker schema 1 image's layers, an OCI
+	// artifact manifest's files) is mirrored too: as the copy does, the
+	// fill stores the blobs it lists.
+	if !fill || !(oci.IsIndex(mt) || doc.Config != nil || len(doc.BlobDigests()) > 0) {
+		return nil
+	}
+	return &storage.FillRecord{Upstream: t.host(), Repo: t.repo, State: storage.FillPartial, UpdatedAt: p.now()}
+}
+
+// recorded follows the record of entry, a manifest m and its tag: a tag
+// moved to content mirrored already is pointed there in a registry
+// destination, and the fill entry records starts.
+func (p *Proxy) recorded(ctx context.Context, t target, m *storedManifest, entry storage.ManifestEntry, answered bool) error {
 	if entry.Tag != "" {
 		// A tag moved to content mirrored already: point it there now.
 		if rec, ok, err := p.index.Fill(t.host(), t.repo, m.digest); err == nil && ok && rec.State == storage.FillComplete {

@@ -1159,6 +1159,36 @@ func TestDestinationMovedTagPushFailsOnce(t *testing.T) {
 	wantDestManifest(t, dest, repo, "2.4", next.Manifest, next.MediaType)
 }
 
+// A tag that moved upstream to an image the mirror holds for the
+// repository already is pushed to the destination there, without a GET
+// of the manifest upstream (a pull Docker Hub counts): the revalidation's
+// HEAD is the only request of the tag.
+func TestDestinationTagMovedToHeldImagePushedWithoutGet(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	const repo = "area51/jenkins"
+	old := up.SeedImage(t, repo, "2.4", 1, 8<<10)
+	next := up.SeedImage(t, repo, "2.5", 1, 8<<10)
+	dest := startDest(t)
+	m := startDestMirror(t, up, dest, nil)
+	for _, tag := range []string{"2.4", "2.5"} {
+		cranePull(t, ref(t, m.Server, repo+":"+tag))
+		m.WaitIdle()
+	}
+	wantDestManifest(t, dest, repo, "2.4", old.Manifest, old.MediaType)
+
+	up.PutManifest(t, repo, "2.4", next.MediaType, next.Manifest)
+	m.Clock.Advance(24 * time.Hour)
+	up.ResetCounts()
+	if got := cranePull(t, ref(t, m.Server, repo+":2.4")); got != next.Digest {
+		t.Fatalf("pulled %s, want %s", got, next.Digest)
+	}
+	m.WaitIdle()
+	if g := up.Count(http.MethodGet, fixture.KindManifest); g != 0 {
+		t.Errorf("%d manifest GETs upstream, want 0: %+v", g, up.Requests())
+	}
+	wantDestManifest(t, dest, repo, "2.4", next.Manifest, next.MediaType)
+}
+
 // tagHoldingStore holds the push of one tag naming one manifest, once
 // armed, until released, and reports each push of the tag it let through.
 type tagHoldingStore struct {
