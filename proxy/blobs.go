@@ -92,8 +92,14 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 		if r.Method == http.MethodGet {
 			// Answered as the GET a direct pull would make would be.
 			size, err = p.upstreamHasBlob(ctx, t, dgst)
-		} else {
-			size, err = t.up.HeadBlob(ctx, t.repo, dgst)
+		} else if size, err = t.up.HeadBlob(ctx, t.repo, dgst); err == nil && size < 0 {
+			// Answered without its length (a CDN or gateway in front of
+			// the registry), which clients size the blob by: its GET
+			// says it, the body unread; if that fails, none.
+			if body, n, err := t.up.Blob(ctx, t.repo, dgst, 0); err == nil {
+				size = n
+				body.Close()
+			}
 		}
 		if err != nil {
 			return err
