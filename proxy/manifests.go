@@ -56,6 +56,9 @@ func (p *Proxy) manifest(w http.ResponseWriter, r *http.Request) error {
 	case err != nil:
 		return errcode.New(errcode.TagInvalid, "invalid tag %q", path.last)
 	}
+	if unchanged, err := p.unchangedUpstream(w, r, t, ref); unchanged || err != nil {
+		return err
+	}
 	var m *storedManifest
 	// hits are the manifests read from the cache for this answer (an
 	// index and its platform's manifest): their fills are checked after
@@ -139,6 +142,60 @@ func (p *Proxy) manifest(w http.ResponseWriter, r *http.Request) error {
 		}()
 	}
 	return err
+}
+
+// unchangedUpstream answers 304 a conditional request (If-None-Match: a
+// cache in front revalidating) for a manifest the mirror does not hold,
+// once the upstream's HEAD names one the client lists: the miss's GET (a
+// pull Docker Hub counts) and its fill would fetch what the client holds
+// for an answer without a body. Nothing is stored; the first request that
+// needs the bytes fetches them. It reports whether it answered; if not,
+// the request is answered as without the condition (which also answers
+// the upstream's failure).
+func (p *Proxy) unchangedUpstream(w http.ResponseWriter, r *http.Request, t target, ref oci.Ref) (bool, error) {
+	inm := r.Header.Get("If-None-Match")
+	if inm == "" || ref.IsDigest() && !noneMatch(inm, `"`+ref.Digest.String()+`"`) {
+		return false, nil
+	}
+	var held bool
+	var err error
+	if ref.IsDigest() {
+		if held = p.writing(t, ref) != nil; !held {
+			held, err = p.index.Linked(t.host(), t.repo, ref.Digest)
+		}
+	} else {
+		held, err = p.tagHeld(t, ref.Tag)
+	}
+	if err != nil || held {
+		return false, err
+	}
+	d, err := t.up.HeadManifest(r.Context(), t.repo, ref)
+	if err != nil {
+		return false, nil
+	}
+	mt, _, _ := strings.Cut(d.MediaType, ";")
+	mt = strings.TrimSpace(mt)
+	etag := `"` + d.Digest.String() + `"`
+	switch {
+	case ref.IsDigest() && d.Digest != "" && d.Digest != ref.Digest:
+		return false, nil // not the manifest asked for: the GET checks it
+	case ref.IsDigest():
+		etag = `"` + ref.Digest.String() + `"` // the repository has it
+	case d.Digest == "" || !noneMatch(inm, etag) || !accepts(r.Header, mt):
+		// Not known, not the client's, or an index to a client that
+		// takes only images, which it answers with one of them.
+		return false, nil
+	}
+	h := w.Header()
+	setHeaders(h, headerDigest, strings.Trim(etag, `"`), headerETag, etag, cacheHeader, "miss")
+	if oci.IsManifestMediaType(mt) {
+		h.Set(headerContentType, mt)
+	}
+	if !ref.IsDigest() {
+		h.Set(headerVary, "Accept")
+	}
+	w.WriteHeader(http.StatusNotModified)
+	return true, nil
 }
 
 // resumeHits checks the fills of the manifests in ms read from the cache

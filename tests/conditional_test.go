@@ -80,3 +80,42 @@ func TestConditionalGetOfUncachedBlobFetchesNothing(t *testing.T) {
 	missing := "sha256:" + strings.Repeat("0", 64)
 	wantError(t, do(t, http.MethodGet, m.URL()+"/v2/cond/blobs/"+missing, map[string]string{"If-None-Match": `"` + missing + `"`}), http.StatusNotFound, "BLOB_UNKNOWN")
 }
+
+// A cache in front revalidating a manifest the mirror does not hold (its
+// tag or digest evicted since, or never pulled through this replica) is
+// answered 304 once the upstream's HEAD names the manifest the cache
+// holds, without the GET Docker Hub would count as a pull for an answer
+// that sends no body. An ETag the upstream's manifest does not have, or a
+// tag's index to a client that does not accept one, is answered as
+// without the condition.
+func TestConditionalGetOfUncachedManifestFetchesNothing(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/cond", "1", 1, 4<<10)
+	ma := up.SeedMultiArch(t, "library/cond", "multi", fixture.OCI)
+	m := servertest.Start(t, up.URL())
+	cond := map[string]string{"Accept": manifestAccept, "If-None-Match": `"` + img.Digest + `"`}
+	for _, ref := range []string{"1", img.Digest} {
+		up.ResetCounts()
+		r := do(t, http.MethodGet, m.URL()+"/v2/cond/manifests/"+ref, cond)
+		if r.err != nil || r.status != http.StatusNotModified || len(r.body) != 0 || r.header.Get("Docker-Content-Digest") != img.Digest || r.header.Get("ETag") != `"`+img.Digest+`"` {
+			t.Fatalf("%s: status %d (err %v), %d bytes, digest %q: want a 304 of %s", ref, r.status, r.err, len(r.body), r.header.Get("Docker-Content-Digest"), img.Digest)
+		}
+		m.WaitIdle()
+		if g := up.Count(http.MethodGet, fixture.KindManifest); g != 0 {
+			t.Errorf("%s: %d manifest GETs upstream for a 304, want 0: %+v", ref, g, up.Requests())
+		}
+	}
+	// Another manifest: the answer is the upstream's, whole.
+	r := do(t, http.MethodGet, m.URL()+"/v2/cond/manifests/1", map[string]string{"Accept": manifestAccept, "If-None-Match": `"sha256:other"`})
+	if r.status != http.StatusOK || string(r.body) != string(img.Manifest) {
+		t.Fatalf("If-None-Match of another manifest: %d, %d bytes; want 200 and the manifest", r.status, len(r.body))
+	}
+	// An index's ETag, from a client that takes only images: it is
+	// answered the linux/amd64 image, not 304.
+	amd64 := ma.Platforms["linux/amd64"]
+	r = do(t, http.MethodGet, m.URL()+"/v2/cond/manifests/multi", map[string]string{"Accept": amd64.MediaType, "If-None-Match": `"` + ma.Digest + `"`})
+	if r.status != http.StatusOK || string(r.body) != string(amd64.Manifest) {
+		t.Fatalf("If-None-Match of an index from a client without index types: %d, %.100s; want 200 and the linux/amd64 image", r.status, r.body)
+	}
+	m.WaitIdle()
+}
