@@ -186,7 +186,8 @@ func (p *Proxy) copySource(ctx context.Context, t target, ref oci.Ref) (*storedM
 	}
 	if ok {
 		if held, err := p.loadTagged(ctx, t, rec); err == nil {
-			d, err := p.revalidateTag(ctx, t, ref.Tag)
+			a, err := p.revalidateTag(ctx, t, ref.Tag)
+			d := a.digest
 			if err == nil && d == rec.Digest {
 				return held, p.index.TouchTag(t.host(), t.repo, ref.Tag, p.now())
 			}

@@ -316,7 +316,8 @@ func (p *Proxy) manifestByTag(ctx context.Context, t target, tag string, h http.
 			p.resumeHit(ctx, t, cached, opts.checkAfter)
 			return cached, nil
 		default:
-			d, err := p.revalidateTag(ctx, t, tag)
+			a, err := p.revalidateTag(ctx, t, tag)
+			d := a.digest
 			switch {
 			case err == nil && d == rec.Digest:
 				if err := p.index.TouchTag(t.host(), t.repo, tag, p.now()); err != nil {
@@ -351,7 +352,7 @@ func (p *Proxy) manifestByTag(ctx context.Context, t target, tag string, h http.
 				return m, err
 			}
 			h.Set(cacheHeader, "miss")
-			m, err := p.fetchManifestAnswer(ctx, t, oci.Ref{Tag: tag}, opts.fill)
+			m, err := p.fetchTagAnswer(ctx, t, tag, a, opts.fill)
 			if err == nil || errors.Is(err, upstream.ErrNotFound) || ctx.Err() != nil {
 				return m, err
 			}
@@ -433,10 +434,18 @@ func (p *Proxy) tagHeld(t target, tag string) (bool, error) {
 	return ok, err
 }
 
+// tagAnswer is where a revalidation found a tag to point.
+type tagAnswer struct {
+	digest digest.Digest
+	// fetched is the manifest itself, verified, if only a GET could tell
+	// (fetchTagAnswer): fetched again it would count another pull.
+	fetched *upstream.Manifest
+}
+
 // revalidateTag asks which digest a stale tag points to: its owner, if
 // another replica owns it (one upstream HEAD per tag TTL for the whole
 // cluster), else the upstream.
-func (p *Proxy) revalidateTag(ctx context.Context, t target, tag string) (digest.Digest, error) {
+func (p *Proxy) revalidateTag(ctx context.Context, t target, tag string) (tagAnswer, error) {
 	key := t.host() + "/" + t.repo + ":" + tag
 	if p.viaPeer(ctx, key) {
 		type answer struct {
@@ -450,7 +459,7 @@ func (p *Proxy) revalidateTag(ctx context.Context, t target, tag string) (digest
 			return answer{d, asked}, err
 		})
 		if a.asked || err != nil {
-			return a.d, err
+			return tagAnswer{digest: a.d}, err
 		}
 	}
 	return p.revalidate(ctx, t, tag)
@@ -458,14 +467,14 @@ func (p *Proxy) revalidateTag(ctx context.Context, t target, tag string) (digest
 
 // revalidate asks the upstream, once for all concurrent callers, which
 // digest a tag points to.
-func (p *Proxy) revalidate(ctx context.Context, t target, tag string) (digest.Digest, error) {
-	return shared(ctx, p.work, &p.tagFlights, t.host()+"/"+t.repo+":"+tag, func() (digest.Digest, error) {
+func (p *Proxy) revalidate(ctx context.Context, t target, tag string) (tagAnswer, error) {
+	return shared(ctx, p.work, &p.tagFlights, t.host()+"/"+t.repo+":"+tag, func() (tagAnswer, error) {
 		ctx, cancel := p.detach(ctx, p.manifestTimeout)
 		defer cancel()
 		d, err := t.up.HeadManifest(ctx, t.repo, oci.Ref{Tag: tag})
 		notFound := errors.Is(err, upstream.ErrNotFound) && !pingNotFound(err)
 		if err != nil && !notFound {
-			return "", err
+			return tagAnswer{}, err
 		}
 		if notFound || d.Digest == "" {
 			// No Docker-Content-Digest: only a GET can tell. Nor can a
@@ -475,16 +484,16 @@ func (p *Proxy) revalidate(ctx context.Context, t target, tag string) (digest.Di
 			// (a direct pull's) serves.
 			m, err := t.up.Manifest(ctx, t.repo, oci.Ref{Tag: tag})
 			if err != nil {
-				return "", err
+				return tagAnswer{}, err
 			}
 			if notFound {
 				// Its HEAD lies: an artifact tag's 404 is asked by GET too
 				// (artifactTag).
 				p.tagHeads.set(t.host(), headLies)
 			}
-			return m.Digest, nil
+			return tagAnswer{digest: m.Digest, fetched: m}, nil
 		}
-		return d.Digest, nil
+		return tagAnswer{digest: d.Digest}, nil
 	})
 }
 
@@ -710,6 +719,17 @@ func (p *Proxy) fetchManifestAnswer(ctx context.Context, t target, ref oci.Ref, 
 	return w.m, nil
 }
 
+// fetchTagAnswer is fetchManifestAnswer of a tag whose revalidation a
+// found moved: the manifest the revalidation fetched, if it had to, is
+// stored and answered, not fetched again.
+func (p *Proxy) fetchTagAnswer(ctx context.Context, t target, tag string, a tagAnswer, fill bool) (*storedManifest, error) {
+	w, err := p.startManifestFrom(ctx, t, oci.Ref{Tag: tag}, fill, a.fetched)
+	if err != nil {
+		return nil, err
+	}
+	return w.m, nil
+}
+
 // startManifest fetches a manifest by tag or digest from the upstream,
 // once for all concurrent callers, and starts storing its exact bytes and
 // recording it; an index or image starts filling in the background once
@@ -718,6 +738,13 @@ func (p *Proxy) fetchManifestAnswer(ctx context.Context, t target, ref oci.Ref, 
 // recorded, every request for it (by its tag or digest) is answered from
 // p.writes, and its write is what startManifest returns.
 func (p *Proxy) startManifest(ctx context.Context, t target, ref oci.Ref, fill bool) (*manifestWrite, error) {
+	return p.startManifestFrom(ctx, t, ref, fill, nil)
+}
+
+// startManifestFrom is startManifest of a manifest fetched already if
+// fetched is not nil (verified by the upstream client): it is not asked
+// for again.
+func (p *Proxy) startManifestFrom(ctx context.Context, t target, ref oci.Ref, fill bool, fetched *upstream.Manifest) (*manifestWrite, error) {
 	key := manifestKey(t, ref)
 	if w := p.writes.get(key); w != nil {
 		return w, nil
@@ -751,7 +778,10 @@ func (p *Proxy) startManifest(ctx context.Context, t target, ref oci.Ref, fill b
 			// ahead), within the upstream's budget.
 			opts = append(opts, upstream.BlobsFollow(int(p.upstreamConns)))
 		}
-		up, err := p.upstreamManifest(ctx, t, ref, viaPeer, opts...)
+		up := fetched
+		if up == nil {
+			up, err = p.upstreamManifest(ctx, t, ref, viaPeer, opts...)
+		}
 		if errors.Is(err, upstream.ErrInvalid) {
 			p.metrics.UpstreamErrors.WithLabelValues(t.host(), "digest").Inc()
 		}

@@ -132,11 +132,11 @@ func (p *Proxy) storedCopy(ctx context.Context, t target, ref oci.Ref) *upstream
 	}
 	dgst := ref.Digest
 	if !ref.IsDigest() {
-		d, err := p.revalidate(ctx, t, ref.Tag)
+		a, err := p.revalidate(ctx, t, ref.Tag)
 		if err != nil {
 			return nil // the GET answers it
 		}
-		dgst = d
+		dgst = a.digest
 	}
 	body, err := ms.Manifest(ctx, t.storeRepo(), dgst)
 	if err != nil || !oci.Matches(dgst, body) {

@@ -1,0 +1,68 @@
+package proxy
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"testing"
+
+	"github.com/docker-mirror/docker-mirror/tests/fixture"
+)
+
+// A tag revalidated through an upstream whose HEAD answers without
+// Docker-Content-Digest (only a GET can tell where the tag points) and
+// that moved to an image the mirror does not hold is fetched with one GET,
+// not two: the revalidation's GET is the fetch.
+func TestMovedTagRevalidatedWithoutHeadDigestFetchedOnce(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/app", "v1", 1, 1<<10)
+	target, err := url.Parse(up.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp := httputil.NewSingleHostReverseProxy(target)
+	rp.ModifyResponse = func(resp *http.Response) error {
+		if resp.Request.Method == http.MethodHead {
+			resp.Header.Del("Docker-Content-Digest")
+		}
+		return nil
+	}
+	front := httptest.NewServer(rp)
+	t.Cleanup(front.Close)
+	p, _, _ := testMirror(t, nil, front.URL, WithTagTTL(0))
+	srv := httptest.NewServer(p.Handler())
+	t.Cleanup(srv.Close)
+	pull := func(want *fixture.Image) {
+		t.Helper()
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, srv.URL+"/v2/library/app/manifests/v1", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Accept", want.MediaType)
+		resp, err := srv.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || resp.Header.Get("Docker-Content-Digest") != want.Digest {
+			t.Fatalf("GET v1: %d %s, want %s", resp.StatusCode, resp.Header.Get("Docker-Content-Digest"), want.Digest)
+		}
+		if err := p.WaitIdle(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pull(img)
+	moved := up.SeedImage(t, "library/app", "v1", 2, 1<<10)
+	up.ResetCounts()
+	pull(moved)
+	n := 0
+	for _, r := range up.Requests() {
+		if r.Method == http.MethodGet && r.Path == "/v2/library/app/manifests/v1" {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("the moved tag was fetched with %d GETs, want 1: %+v", n, up.Requests())
+	}
+}
