@@ -10,6 +10,7 @@ import (
 
 	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/proxy/errcode"
+	"github.com/docker-mirror/docker-mirror/proxy/upstream"
 	"github.com/docker-mirror/docker-mirror/storage"
 )
 
@@ -184,6 +185,7 @@ func (p *Proxy) copySource(ctx context.Context, t target, ref oci.Ref) (*storedM
 	if err != nil {
 		return nil, err
 	}
+	var fetched *upstream.Manifest
 	if ok {
 		if held, err := p.loadTagged(ctx, t, rec); err == nil {
 			a, err := p.revalidateTag(ctx, t, ref.Tag)
@@ -197,10 +199,16 @@ func (p *Proxy) copySource(ctx context.Context, t target, ref oci.Ref) (*storedM
 					return m, err
 				}
 			}
-			// Moved, gone or not answered: the GET says which.
+			// Moved (fetched already if only a GET could tell), gone or
+			// not answered: the GET says which.
+			fetched = a.fetched
 		}
 	}
-	return p.fetchManifest(ctx, t, ref, false)
+	w, err := p.startManifestFrom(ctx, t, ref, false, fetched)
+	if err != nil {
+		return nil, err
+	}
+	return w.wait(ctx)
 }
 
 // pin keeps an image out of eviction, with rec: by its tag (whatever the

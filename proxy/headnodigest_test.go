@@ -66,3 +66,44 @@ func TestMovedTagRevalidatedWithoutHeadDigestFetchedOnce(t *testing.T) {
 		t.Errorf("the moved tag was fetched with %d GETs, want 1: %+v", n, up.Requests())
 	}
 }
+
+// As a pull, a copy (prefetch, sync) of such a tag fetches it once.
+func TestCopyOfMovedTagWithoutHeadDigestFetchedOnce(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	up.SeedImage(t, "library/app", "v1", 1, 1<<10)
+	target, err := url.Parse(up.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp := httputil.NewSingleHostReverseProxy(target)
+	rp.ModifyResponse = func(resp *http.Response) error {
+		if resp.Request.Method == http.MethodHead {
+			resp.Header.Del("Docker-Content-Digest")
+		}
+		return nil
+	}
+	front := httptest.NewServer(rp)
+	t.Cleanup(front.Close)
+	p, _, _ := testMirror(t, nil, front.URL)
+	if _, err := p.Copy(t.Context(), "app:v1", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	moved := up.SeedImage(t, "library/app", "v1", 2, 1<<10)
+	up.ResetCounts()
+	prog, err := p.Copy(t.Context(), "app:v1", nil, nil)
+	if err != nil || prog.Digest != moved.Digest {
+		t.Fatalf("copy of the moved tag: %s %v, want %s", prog.Digest, err, moved.Digest)
+	}
+	if err := p.WaitIdle(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, r := range up.Requests() {
+		if r.Method == http.MethodGet && r.Path == "/v2/library/app/manifests/v1" {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("the moved tag was fetched with %d GETs, want 1: %+v", n, up.Requests())
+	}
+}
