@@ -52,7 +52,8 @@ type Objects interface {
 	Delete(ctx context.Context, key string) error
 	// DeleteIf removes key only if its ETag is etag (If-Match);
 	// ErrChanged if it is not. A missing key is not an error, and a
-	// store that ignores the condition removes key as Delete does.
+	// store that ignores or refuses the condition removes key as Delete
+	// does.
 	DeleteIf(ctx context.Context, key, etag string) error
 	// List returns the keys that begin with prefix.
 	List(ctx context.Context, prefix string) ([]string, error)

@@ -485,3 +485,52 @@ func testDropLeftoversTakenOverMeanwhile(t *testing.T, objs lease.Objects) {
 		t.Fatalf("c's take of the blob b fetches: %v %q, %v; want it held by b", hc, holder, err)
 	}
 }
+
+// A store that refuses If-Match on DELETE (501 NotImplemented, as S3
+// answers a header it does not implement; some S3-compatible servers do
+// so rather than ignore it) still has a holder's lease released and a
+// former run's lease removed at start, unconditionally as before: the
+// release failed, every lease of a fetched blob stayed in the bucket for
+// good (nobody takes the lease of a blob stored), and each start failed
+// to remove its former run's.
+func TestLeasesReleasedWhereDeleteIfMatchIsRefused(t *testing.T) {
+	srv := leasetest.Start(t, true)
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodDelete && r.Header.Get("If-Match") != "" {
+			w.Header().Set("Content-Type", "application/xml")
+			w.WriteHeader(http.StatusNotImplemented)
+			fmt.Fprint(w, "<Error><Code>NotImplemented</Code><Message>A header you provided implies functionality that is not implemented</Message></Error>")
+			return
+		}
+		srv.ServeHTTP(w, r)
+	}))
+	t.Cleanup(front.Close)
+	objs, err := lease.NewS3(map[string]any{
+		"accesskey": "test", "secretkey": "test", "region": "us-east-1", "bucket": "b",
+		"regionendpoint": front.URL, "forcepathstyle": true, "secure": false,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	a := lease.New(objs, "http://a")
+	h, _, _, err := a.Take(ctx, "sha256:1")
+	if err != nil || h == nil {
+		t.Fatalf("a: %v, %v", h, err)
+	}
+	h.Release()
+	if keys, err := objs.List(ctx, "records/leases/"); err != nil || len(keys) != 0 {
+		t.Fatalf("leases after a's release: %v, %v; want none", keys, err)
+	}
+	// a is killed holding a lease, and started again.
+	if h, _, _, err = a.Take(ctx, "sha256:2"); err != nil || h == nil {
+		t.Fatalf("a: %v, %v", h, err)
+	}
+	defer h.Release() // ends its renewal: the lease is gone by then
+	if err := lease.New(objs, "http://a").DropLeftovers(ctx); err != nil {
+		t.Fatalf("DropLeftovers: %v", err)
+	}
+	if keys, err := objs.List(ctx, "records/leases/"); err != nil || len(keys) != 0 {
+		t.Fatalf("leases after a's start: %v, %v; want none", keys, err)
+	}
+}

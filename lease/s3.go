@@ -178,7 +178,10 @@ func (o *S3) Delete(ctx context.Context, key string) error {
 
 // DeleteIf implements Objects: AWS S3 honours If-Match on DELETE as on
 // PUT (the SDK's DeleteObjectInput has no field for it either); an empty
-// etag removes key whatever it holds.
+// etag removes key whatever it holds. A server that refuses the header
+// (501 NotImplemented, or 400) rather than ignore it has key removed as
+// one that ignores it does: refused, a released lease would stay in the
+// bucket for good, nobody taking the lease of a blob stored.
 func (o *S3) DeleteIf(ctx context.Context, key, etag string) error {
 	req, _ := o.client.DeleteObjectRequest(&s3.DeleteObjectInput{Bucket: aws.String(o.bucket), Key: aws.String(o.objectKey(key))})
 	req.SetContext(ctx)
@@ -191,6 +194,10 @@ func (o *S3) DeleteIf(ctx context.Context, key, etag string) error {
 		return nil
 	case http.StatusPreconditionFailed:
 		return ErrChanged
+	case http.StatusNotImplemented, http.StatusBadRequest:
+		if etag != "" {
+			return o.DeleteIf(ctx, key, "")
+		}
 	}
 	return err
 }
