@@ -14,12 +14,12 @@ import (
 )
 
 // Readiness looks the store up once for every check running at once, and
-// runs the lookup to its end even when they give up: the lookups of a
-// bucket that throttles (S3's 503 SlowDown) wait for its client's
-// retries, about 10 seconds, longer than a readiness probe (1 second by
-// default in Kubernetes, 5 for the peers). A check within readyFor of
-// such an answer takes it, and starts the next lookup without waiting for
-// it; any other answer is waited for, as it comes at once.
+// runs the lookup to its end (or Close) even when they give up: the
+// lookups of a bucket that throttles (S3's 503 SlowDown) wait for its
+// client's retries, about 10 seconds, longer than a readiness probe (1
+// second by default in Kubernetes, 5 for the peers). A check within
+// readyFor of such an answer takes it, and starts the next lookup without
+// waiting for it; any other answer is waited for, as it comes at once.
 const (
 	readyFor           = 30 * time.Second
 	readyLookupTimeout = 30 * time.Second
@@ -48,7 +48,9 @@ func (p *Proxy) Ready(ctx context.Context) error {
 		wait = done
 	}
 	_, err := shared(wait, p.work, &p.readiness.flight, "store", func() (struct{}, error) {
-		ctx, cancel := context.WithTimeout(context.Background(), readyLookupTimeout)
+		// Detached, ended by Close: a stop would otherwise wait out the
+		// lookup of a bucket that hangs.
+		ctx, cancel := p.detach(ctx, readyLookupTimeout)
 		defer cancel()
 		_, err := p.store.Stat(ctx, "docker-mirror/readiness", digest.FromString("readiness probe"))
 		if storage.IsThrottled(err) {
