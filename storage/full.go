@@ -37,8 +37,7 @@ func IsDiskFull(err error) bool {
 	if errors.Is(err, syscall.ENOSPC) {
 		return true
 	}
-	var de storagedriver.Error
-	return errors.As(err, &de) && de.Detail != nil && IsDiskFull(de.Detail)
+	return inDriverError(err, IsDiskFull)
 }
 
 func noSpace(err error) bool {
@@ -49,18 +48,26 @@ func noSpace(err error) bool {
 	// error of its own: MinIO's 507 XMinioStorageFull once its drives
 	// pass their free-space threshold, Ceph RGW's QuotaExceeded for a
 	// bucket's or a user's quota (the SDK's awserr.RequestFailure).
-	var se interface {
-		Code() string
-		StatusCode() int
-	}
+	var se s3Error
 	if errors.As(err, &se) && (se.StatusCode() == http.StatusInsufficientStorage || se.Code() == "XMinioStorageFull" || se.Code() == "QuotaExceeded") {
 		return true
 	}
 	// The drivers' base wraps what the filesystem said (Writer, Move)
 	// in a storagedriver.Error that hides it from errors.Is.
+	return inDriverError(err, noSpace)
+}
+
+// s3Error is an S3 client's error (the SDK's awserr.RequestFailure): the
+// code and the HTTP status of the store's answer.
+type s3Error interface {
+	Code() string
+	StatusCode() int
+}
+
+// inDriverError reports whether err is a storage driver's error
+// (distribution's storagedriver.Error, which does not unwrap) whose cause
+// is reports true of.
+func inDriverError(err error, is func(error) bool) bool {
 	var de storagedriver.Error
-	if errors.As(err, &de) && de.Detail != nil {
-		return noSpace(de.Detail)
-	}
-	return false
+	return errors.As(err, &de) && de.Detail != nil && is(de.Detail)
 }

@@ -3,8 +3,6 @@ package storage
 import (
 	"errors"
 	"net/http"
-
-	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 )
 
 // IsThrottled reports whether err is an object store asking its client to
@@ -12,13 +10,9 @@ import (
 // inside the errors of distribution's storage drivers, which do not
 // unwrap). Such a store is reachable and serves, at the rate it takes.
 func IsThrottled(err error) bool {
-	var se interface {
-		Code() string
-		StatusCode() int
-	}
+	var se s3Error
 	if errors.As(err, &se) && (se.Code() == "SlowDown" || se.StatusCode() == http.StatusTooManyRequests) {
 		return true
 	}
-	var de storagedriver.Error
-	return errors.As(err, &de) && de.Detail != nil && IsThrottled(de.Detail)
+	return inDriverError(err, IsThrottled)
 }
