@@ -340,6 +340,9 @@ func (h *Held) renew() {
 		ctx, cancel := context.WithTimeout(context.Background(), every)
 		h.mu.Lock()
 		etag, err := h.l.objects.Replace(ctx, h.key, h.etag, body)
+		if errors.Is(err, ErrChanged) {
+			etag, err = h.ownWrite(ctx, err)
+		}
 		if err == nil {
 			h.etag = etag
 		}
@@ -357,6 +360,20 @@ func (h *Held) renew() {
 			retry = min(2*retry, h.l.ttl/12)
 		}
 	}
+}
+
+// ownWrite tells a renewal refused as changed (changed) from a
+// takeover: a lease object naming this replica is its own renewal whose
+// answer was lost (a connection reset; the S3 client's repeat of it
+// refused, the ETag changed by the first), still held. It returns that
+// object's ETag, or changed.
+func (h *Held) ownWrite(ctx context.Context, changed error) (string, error) {
+	raw, etag, err := h.l.objects.Get(ctx, h.key)
+	var rec record
+	if err != nil || json.Unmarshal(raw, &rec) != nil || rec.Holder != h.l.holder {
+		return "", changed
+	}
+	return etag, nil
 }
 
 // Release gives the lease up (the blob is stored, or the fetch failed):

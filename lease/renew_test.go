@@ -101,3 +101,47 @@ func TestLeaseRenewedSoonAfterFailedRenewals(t *testing.T) {
 		}
 	})
 }
+
+// lostAnswer are lease objects whose first renewal is written but
+// answered as refused: its answer lost (a connection reset), the S3
+// client sent it again, and the store refused the repeat with 412, the
+// ETag changed by the first.
+type lostAnswer struct {
+	*memObjects
+	once sync.Once
+}
+
+func (l *lostAnswer) Replace(ctx context.Context, key, etag string, body []byte) (string, error) {
+	cur, err := l.memObjects.Replace(ctx, key, etag, body)
+	lost := false
+	l.once.Do(func() { lost = err == nil })
+	if lost {
+		return "", lease.ErrChanged
+	}
+	return cur, err
+}
+
+// A renewal written whose answer was lost, and refused when sent again
+// (the ETag changed by itself), keeps the lease: it was taken for lost to
+// another replica, never renewed again, and taken over at its expiry by a
+// replica waiting on it, which fetched the blob a second time.
+func TestLeaseKeptAfterARenewalWrittenButRefused(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx := context.Background()
+		objs := &lostAnswer{memObjects: &memObjects{objects: map[string][]byte{}}}
+		a := lease.New(objs, "http://a")
+		h, _, _, err := a.Take(ctx, "sha256:1")
+		if err != nil || h == nil {
+			t.Fatalf("a: %v, %v", h, err)
+		}
+		defer h.Release()
+		time.Sleep(41 * time.Second) // the first renewal, its answer lost
+		synctest.Wait()
+		_, first, _ := objs.Get(ctx, "records/leases/sha256/1")
+		time.Sleep(40 * time.Second)
+		synctest.Wait()
+		if _, etag, err := objs.Get(ctx, "records/leases/sha256/1"); err != nil || etag == first {
+			t.Fatalf("the lease 40 s after a renewal written whose answer was lost: %v, renewed %v; want renewed", err, etag != first)
+		}
+	})
+}
