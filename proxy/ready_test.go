@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"net/http"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -13,10 +14,16 @@ import (
 )
 
 // hangingStore is a store whose lookups hang until their context ends: a
-// bucket partitioned away.
-type hangingStore struct{ storage.Store }
+// bucket partitioned away. It counts them.
+type hangingStore struct {
+	storage.Store
+	lookups *atomic.Int32
+}
 
-func (hangingStore) Stat(ctx context.Context, _ string, _ digest.Digest) (int64, error) {
+func (s hangingStore) Stat(ctx context.Context, _ string, _ digest.Digest) (int64, error) {
+	if s.lookups != nil {
+		s.lookups.Add(1)
+	}
 	<-ctx.Done()
 	return 0, ctx.Err()
 }
@@ -28,7 +35,7 @@ func (hangingStore) Stat(ctx context.Context, _ string, _ digest.Digest) (int64,
 func TestCloseEndsAReadinessLookupOfAHangingStore(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		mem, _ := memStore(t)
-		p := transportMirror(t, inProcess{http.NotFoundHandler()}, hangingStore{mem})
+		p := transportMirror(t, inProcess{http.NotFoundHandler()}, hangingStore{Store: mem})
 		ctx, cancel := context.WithTimeout(t.Context(), time.Second) // a probe's timeout
 		defer cancel()
 		if err := p.Ready(ctx); err == nil {
@@ -38,6 +45,35 @@ func TestCloseEndsAReadinessLookupOfAHangingStore(t *testing.T) {
 		p.Close()
 		if waited := time.Since(start); waited > 0 {
 			t.Errorf("Close waited %v (the bubble's clock) for the readiness lookup of a store that hangs; want it ended at once", waited)
+		}
+	})
+}
+
+// The probes of a replica whose bucket hangs share one lookup until it
+// times out: they do not pile up one per probe, each waiting out its
+// 30 seconds.
+func TestReadinessLookupsOfAHangingStoreDoNotPileUp(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		mem, _ := memStore(t)
+		var lookups atomic.Int32
+		p := transportMirror(t, inProcess{http.NotFoundHandler()}, hangingStore{Store: mem, lookups: &lookups})
+		defer p.Close()
+		for range 20 { // a probe a second, each giving up after one
+			ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+			if err := p.Ready(ctx); err == nil {
+				t.Fatal("Ready of a store that hangs: ready")
+			}
+			cancel()
+		}
+		if n := lookups.Load(); n != 1 {
+			t.Errorf("lookups of the store in 20 seconds of probes: %d; want 1, shared", n)
+		}
+		time.Sleep(readyLookupTimeout)
+		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+		defer cancel()
+		_ = p.Ready(ctx)
+		if n := lookups.Load(); n != 2 {
+			t.Errorf("lookups once the first timed out: %d; want 2", n)
 		}
 	})
 }
