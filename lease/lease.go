@@ -369,11 +369,17 @@ func (h *Held) renew() {
 // object's ETag, or changed.
 func (h *Held) ownWrite(ctx context.Context, changed error) (string, error) {
 	raw, etag, err := h.l.objects.Get(ctx, h.key)
-	var rec record
-	if err != nil || json.Unmarshal(raw, &rec) != nil || rec.Holder != h.l.holder {
+	if err != nil || !h.l.names(raw) {
 		return "", changed
 	}
 	return etag, nil
+}
+
+// names reports whether the lease object raw names this replica as its
+// holder: no other replica writes that name.
+func (l *Leases) names(raw []byte) bool {
+	var rec record
+	return json.Unmarshal(raw, &rec) == nil && rec.Holder == l.holder
 }
 
 // Release gives the lease up (the blob is stored, or the fetch failed):
@@ -386,16 +392,18 @@ func (h *Held) Release() {
 		defer cancel()
 		h.mu.Lock()
 		defer h.mu.Unlock()
-		_, etag, err := h.l.objects.Get(ctx, h.key)
+		raw, etag, err := h.l.objects.Get(ctx, h.key)
 		if err != nil {
 			return
 		}
-		if etag != h.etag {
-			return // taken over: not ours to delete
+		if etag != h.etag && !h.l.names(raw) {
+			// Taken over: not ours to delete. (Naming this replica, it
+			// is a renewal written whose answer never came.)
+			return
 		}
 		// Conditional too: taken over since it was read, it is not ours
 		// either.
-		if err := h.l.objects.DeleteIf(ctx, h.key, h.etag); err != nil && !errors.Is(err, ErrChanged) {
+		if err := h.l.objects.DeleteIf(ctx, h.key, etag); err != nil && !errors.Is(err, ErrChanged) {
 			h.l.log.Warn("releasing blob fetch lease", "key", h.key, "error", err)
 		}
 	})

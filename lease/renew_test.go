@@ -145,3 +145,46 @@ func TestLeaseKeptAfterARenewalWrittenButRefused(t *testing.T) {
 		}
 	})
 }
+
+// failedAfterWrite are lease objects whose first renewal is written but
+// fails all the same: its answer never came (a timeout).
+type failedAfterWrite struct {
+	*memObjects
+	once    sync.Once
+	written chan struct{}
+}
+
+var errNoAnswer = fmt.Errorf("RequestError: send request failed: context deadline exceeded")
+
+func (f *failedAfterWrite) Replace(ctx context.Context, key, etag string, body []byte) (string, error) {
+	cur, err := f.memObjects.Replace(ctx, key, etag, body)
+	lost := false
+	f.once.Do(func() { lost = err == nil })
+	if lost {
+		close(f.written)
+		return "", errNoAnswer
+	}
+	return cur, err
+}
+
+// A lease released (its fetch failed) after a renewal written whose
+// answer never came is deleted, so that a replica waiting on it takes it
+// at once: it was left, taken for another replica's, and the waiting
+// replica's client waited out its expiry, two minutes.
+func TestLeaseReleasedAfterARenewalWrittenUnanswered(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx := context.Background()
+		objs := &failedAfterWrite{memObjects: &memObjects{objects: map[string][]byte{}}, written: make(chan struct{})}
+		a := lease.New(objs, "http://a")
+		h, _, _, err := a.Take(ctx, "sha256:1")
+		if err != nil || h == nil {
+			t.Fatalf("a: %v, %v", h, err)
+		}
+		<-objs.written // the renewal at 40 s, before its retry a second later
+		synctest.Wait()
+		h.Release()
+		if _, _, err := objs.Get(ctx, "records/leases/sha256/1"); err != lease.ErrNotFound {
+			t.Fatalf("the lease after its release: %v; want it deleted", err)
+		}
+	})
+}
