@@ -375,9 +375,16 @@ func (p *Proxy) manifestByTag(ctx context.Context, t target, tag string, h http.
 // fetch of the tag would record them, but without the GET, which Docker
 // Hub counts against its pull limit. As after a fetch, a registry
 // destination is pointed at it if it is mirrored completely, and with
-// fill its fill starts (resuming what is missing). It returns nil if the
-// mirror does not hold it, or cannot read it: the caller fetches it.
+// fill its fill starts (resuming what is missing). One being written (an
+// alias tag's fetch just now) is held once recorded: it is waited for. It
+// returns nil if the mirror does not hold it, or cannot read it: the
+// caller fetches it.
 func (p *Proxy) movedToHeld(ctx context.Context, t target, tag string, dgst digest.Digest, fill bool) (*storedManifest, error) {
+	if w := p.writes.get(manifestKey(t, oci.Ref{Digest: dgst})); w != nil {
+		if _, err := w.wait(ctx); err != nil && ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+	}
 	if linked, err := p.index.Linked(t.host(), t.repo, dgst); err != nil || !linked {
 		return nil, nil
 	}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/storage"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
 )
@@ -140,5 +141,56 @@ func TestCopyOfTagMovedToHeldImageNotFetched(t *testing.T) {
 	}
 	if rec, ok, err := f.index.Tag(DefaultHost, repo, "a"); err != nil || !ok || rec.Digest != digest.Digest(b.Digest) {
 		t.Fatalf("tag a recorded as %+v %v %v, want %s", rec, ok, err, b.Digest)
+	}
+}
+
+// Alias tags (latest and 1.27) that moved together upstream to an image
+// the mirror does not hold, pulled one just after the other: the second
+// finds the image being written (answered, not yet recorded) by the
+// first's fetch, and takes it once recorded, without a GET of its own
+// (another pull Docker Hub counts).
+func TestAliasTagMovedToImageBeingWrittenNotFetchedAgain(t *testing.T) {
+	f := newWritesFixture(t)
+	const repo = "library/app"
+	old := f.up.SeedImage(t, repo, "latest", 1, 1<<10)
+	f.up.Tag(t, repo, old.Digest, "1.27")
+	for _, tag := range []string{"latest", "1.27"} {
+		f.request(t, http.MethodGet, "/v2/"+repo+"/manifests/"+tag, old.Manifest, old.MediaType, "miss")
+		f.waitIdle(t)
+	}
+	f.p.tagTTL = 0
+	next := f.up.SeedImage(t, repo, "latest", 1, 1<<10)
+	f.up.Tag(t, repo, next.Digest, "1.27")
+	g := f.store.gate(next.Digest)
+	f.up.ResetCounts()
+	f.request(t, http.MethodGet, "/v2/"+repo+"/manifests/latest", next.Manifest, next.MediaType, "miss")
+	recv(t, g.reached, "latest's write")
+	w := f.p.writes.get(manifestKey(target{up: f.p.upstreams[DefaultHost], repo: repo}, oci.Ref{Digest: digest.Digest(next.Digest)}))
+	if w == nil {
+		t.Fatal("the image latest moved to is not listed as being written")
+	}
+	pulled := make(chan struct{})
+	go func() {
+		defer close(pulled)
+		f.request(t, http.MethodGet, "/v2/"+repo+"/manifests/1.27", next.Manifest, next.MediaType, "revalidated")
+	}()
+	// Either it waits for the write, or (the fault) it fetched the
+	// image again and was answered.
+	select {
+	case <-w.waited:
+	case <-pulled:
+	case <-time.After(time.Minute):
+		t.Fatal("1.27's pull neither waited for the write nor ended") // fail, not hang
+	}
+	g.release <- nil
+	recv(t, pulled, "1.27's answer")
+	f.waitIdle(t)
+	if n := f.up.Count(http.MethodGet, fixture.KindManifest); n != 1 {
+		t.Errorf("the image both tags moved to was fetched with %d manifest GETs, want 1: %+v", n, f.up.Requests())
+	}
+	for _, tag := range []string{"latest", "1.27"} {
+		if rec, ok, err := f.index.Tag(DefaultHost, repo, tag); err != nil || !ok || rec.Digest != digest.Digest(next.Digest) {
+			t.Errorf("tag %s recorded as %+v %v %v, want %s", tag, rec, ok, err, next.Digest)
+		}
 	}
 }
