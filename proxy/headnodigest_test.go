@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"testing"
 
+	"github.com/docker-mirror/docker-mirror/storage/destination"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
 )
 
@@ -105,5 +106,51 @@ func TestCopyOfMovedTagWithoutHeadDigestFetchedOnce(t *testing.T) {
 	}
 	if n != 1 {
 		t.Errorf("the moved tag was fetched with %d GETs, want 1: %+v", n, up.Requests())
+	}
+}
+
+// The mirror command reads a tag's manifest back from its registry
+// destination (WithManifestsFromStore), the tag's digest asked with a
+// HEAD. Through an upstream whose HEAD does not say it, the GET that told
+// is the fetch: a manifest the destination lacks is not asked for again
+// (another pull for Docker Hub).
+func TestManifestsFromStoreTagWithoutHeadDigestFetchedOnce(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/app", "v1", 1, 1<<10)
+	target, err := url.Parse(up.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp := httputil.NewSingleHostReverseProxy(target)
+	rp.ModifyResponse = func(resp *http.Response) error {
+		if resp.Request.Method == http.MethodHead {
+			resp.Header.Del("Docker-Content-Digest")
+		}
+		return nil
+	}
+	front := httptest.NewServer(rp)
+	t.Cleanup(front.Close)
+	dest := fixture.StartDestination(t, nil)
+	store, err := destination.New(dest.URL() + "/mirror")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(store.CloseIdleConnections)
+	p, _, _ := testMirror(t, store, front.URL, WithManifestsFromStore())
+	prog, err := p.Copy(t.Context(), "app:v1", nil, nil)
+	if err != nil || prog.Digest != img.Digest {
+		t.Fatalf("copy of v1: %s %v, want %s", prog.Digest, err, img.Digest)
+	}
+	if err := p.WaitIdle(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, r := range up.Requests() {
+		if r.Method == http.MethodGet && r.Path == "/v2/library/app/manifests/v1" {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("v1 was fetched with %d GETs, want 1: %+v", n, up.Requests())
 	}
 }

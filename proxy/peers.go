@@ -124,7 +124,8 @@ func (p *Proxy) upstreamManifest(ctx context.Context, t target, ref oci.Ref, via
 // reads manifests from the store (WithManifestsFromStore) and the store
 // has it, verified; else nil, and the upstream is asked. A tag's digest is
 // asked of the upstream with a HEAD (which Docker Hub does not count as a
-// pull): a tag that moved is fetched.
+// pull): a tag that moved is fetched. Through an upstream whose HEAD does
+// not tell (revalidate), the GET that told is returned.
 func (p *Proxy) storedCopy(ctx context.Context, t target, ref oci.Ref) *upstream.Manifest {
 	ms, ok := p.store.(storage.ManifestStore)
 	if !p.manifestsFromStore || !ok {
@@ -135,6 +136,9 @@ func (p *Proxy) storedCopy(ctx context.Context, t target, ref oci.Ref) *upstream
 		a, err := p.revalidate(ctx, t, ref.Tag)
 		if err != nil {
 			return nil // the GET answers it
+		}
+		if a.fetched != nil {
+			return a.fetched // only a GET could tell: it is the fetch
 		}
 		dgst = a.digest
 	}
