@@ -18,20 +18,8 @@ import (
 func TestMovedTagRevalidatedWithoutHeadDigestFetchedOnce(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	img := up.SeedImage(t, "library/app", "v1", 1, 1<<10)
-	target, err := url.Parse(up.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	rp := httputil.NewSingleHostReverseProxy(target)
-	rp.ModifyResponse = func(resp *http.Response) error {
-		if resp.Request.Method == http.MethodHead {
-			resp.Header.Del("Docker-Content-Digest")
-		}
-		return nil
-	}
-	front := httptest.NewServer(rp)
-	t.Cleanup(front.Close)
-	p, _, _ := testMirror(t, nil, front.URL, WithTagTTL(0))
+	front := headNoDigestFront(t, up)
+	p, _, _ := testMirror(t, nil, front, WithTagTTL(0))
 	srv := httptest.NewServer(p.Handler())
 	t.Cleanup(srv.Close)
 	pull := func(want *fixture.Image) {
@@ -72,20 +60,8 @@ func TestMovedTagRevalidatedWithoutHeadDigestFetchedOnce(t *testing.T) {
 func TestCopyOfMovedTagWithoutHeadDigestFetchedOnce(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	up.SeedImage(t, "library/app", "v1", 1, 1<<10)
-	target, err := url.Parse(up.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	rp := httputil.NewSingleHostReverseProxy(target)
-	rp.ModifyResponse = func(resp *http.Response) error {
-		if resp.Request.Method == http.MethodHead {
-			resp.Header.Del("Docker-Content-Digest")
-		}
-		return nil
-	}
-	front := httptest.NewServer(rp)
-	t.Cleanup(front.Close)
-	p, _, _ := testMirror(t, nil, front.URL)
+	front := headNoDigestFront(t, up)
+	p, _, _ := testMirror(t, nil, front)
 	if _, err := p.Copy(t.Context(), "app:v1", nil, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -117,26 +93,14 @@ func TestCopyOfMovedTagWithoutHeadDigestFetchedOnce(t *testing.T) {
 func TestManifestsFromStoreTagWithoutHeadDigestFetchedOnce(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	img := up.SeedImage(t, "library/app", "v1", 1, 1<<10)
-	target, err := url.Parse(up.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	rp := httputil.NewSingleHostReverseProxy(target)
-	rp.ModifyResponse = func(resp *http.Response) error {
-		if resp.Request.Method == http.MethodHead {
-			resp.Header.Del("Docker-Content-Digest")
-		}
-		return nil
-	}
-	front := httptest.NewServer(rp)
-	t.Cleanup(front.Close)
+	front := headNoDigestFront(t, up)
 	dest := fixture.StartDestination(t, nil)
 	store, err := destination.New(dest.URL() + "/mirror")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(store.CloseIdleConnections)
-	p, _, _ := testMirror(t, store, front.URL, WithManifestsFromStore())
+	p, _, _ := testMirror(t, store, front, WithManifestsFromStore())
 	prog, err := p.Copy(t.Context(), "app:v1", nil, nil)
 	if err != nil || prog.Digest != img.Digest {
 		t.Fatalf("copy of v1: %s %v, want %s", prog.Digest, err, img.Digest)
@@ -153,4 +117,25 @@ func TestManifestsFromStoreTagWithoutHeadDigestFetchedOnce(t *testing.T) {
 	if n != 1 {
 		t.Errorf("v1 was fetched with %d GETs, want 1: %+v", n, up.Requests())
 	}
+}
+
+// headNoDigestFront serves up behind a front whose HEADs answer without
+// Docker-Content-Digest (a gateway in front of the registry): only a GET
+// tells where a tag points. It returns the front's URL.
+func headNoDigestFront(t *testing.T, up *fixture.Upstream) string {
+	t.Helper()
+	target, err := url.Parse(up.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp := httputil.NewSingleHostReverseProxy(target)
+	rp.ModifyResponse = func(resp *http.Response) error {
+		if resp.Request.Method == http.MethodHead {
+			resp.Header.Del("Docker-Content-Digest")
+		}
+		return nil
+	}
+	front := httptest.NewServer(rp)
+	t.Cleanup(front.Close)
+	return front.URL
 }
