@@ -1295,3 +1295,65 @@ func TestCosignTagAbsentKeptThroughARecheckWhileCredentialsHeldRefused(t *testin
 	u = m.URL() + "/v2/" + host + "/team/"
 	wantError(t, get(t, u+"app/manifests/"+att), http.StatusNotFound, "MANIFEST_UNKNOWN")
 }
+
+// A cosign tag a fill found absent stays known absent through a recheck
+// made, once the repository's token has expired, while the mirror holds
+// back credentials the token server refused to another request (a
+// password revoked: not sent again for 10s): the registry refuses the
+// expired token and the renewal is not sent, so nothing is said of the
+// tag. With the upstream down later, cosign is told 404 MANIFEST_UNKNOWN,
+// as the upstream answered when last asked. The renewal held back failed
+// with the other request's 401 as if the upstream had answered the
+// lookup, and the record of the tag looked up first was forgotten (503).
+func TestCosignTagAbsentKeptThroughARenewalHeldRefused(t *testing.T) {
+	const host = "private.example"
+	up := fixture.StartTokenAuthUpstream(t, map[string]string{"puller": basicPassword})
+	img := up.SeedImage(t, "team/app", "v1", 1, 4<<10)
+	// A tag TTL past the recheck: the referrers list is fresh then, and
+	// a cosign tag's lookup is the first request with the expired token.
+	ttl := time.Hour
+	m := servertest.StartUpstreams(t, []servertest.Upstream{
+		{Host: host, URL: up.URL(), Auth: &authn.Basic{Username: "puller", Password: basicPassword}, TagTTL: &ttl},
+	}, nil)
+	u := m.URL() + "/v2/" + host + "/team/"
+	wantManifest(t, get(t, u+"app/manifests/"+img.Digest), img.Manifest, img.MediaType)
+	m.WaitRequests()
+	m.WaitIdle()
+	subject := digestOf(t, img.Digest)
+	for _, kind := range []string{"sig", "att", "sbom"} {
+		if ok, err := m.Index.TagAbsent(host, "team/app", subject, kind); err != nil || !ok {
+			t.Fatalf("%s not recorded absent by the fill (%v)", cosignTag(img.Digest, kind), err)
+		}
+	}
+
+	m.Clock.Advance(proxy.ArtifactsRecheck) // past the fill's look
+	up.ExpireTokens()
+	// The password revoked: refused for a repository the mirror holds no
+	// token of, and held back for 10s by the upstream client's clock, the
+	// real one.
+	up.SetPassword("puller", "revoked")
+	refused := time.Now()
+	wantError(t, get(t, u+"other/manifests/v1"), http.StatusUnauthorized, "UNAUTHORIZED")
+	up.ResetCounts()
+	wantManifest(t, get(t, u+"app/manifests/"+img.Digest), img.Manifest, img.MediaType)
+	m.WaitRequests() // the recheck starts after the answer
+	m.WaitIdle()
+	if n := up.Count(http.MethodGet, fixture.KindToken); n != 0 {
+		if time.Since(refused) >= 10*time.Second {
+			t.Skip("the machine took over 10s from the refusal to the recheck: the credentials were sent again, as they should be")
+		}
+		t.Fatalf("%d token requests while our credentials are held back, want none", n)
+	}
+	for _, kind := range []string{"sig", "att", "sbom"} {
+		if ok, err := m.Index.TagAbsent(host, "team/app", subject, kind); err != nil || !ok {
+			t.Errorf("%s no longer recorded absent after a recheck whose token was not renewed (%v)", cosignTag(img.Digest, kind), err)
+		}
+	}
+	// Later, the upstream down (a restart forgets the refusal).
+	up.Stop()
+	m.Restart()
+	u = m.URL() + "/v2/" + host + "/team/"
+	for _, kind := range []string{"sig", "att", "sbom"} {
+		wantError(t, get(t, u+"app/manifests/"+cosignTag(img.Digest, kind)), http.StatusNotFound, "MANIFEST_UNKNOWN")
+	}
+}

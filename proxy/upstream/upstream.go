@@ -1384,8 +1384,10 @@ func (c *Client) transportError(r call, err error) error {
 		return e
 	}
 	var held *Error
-	if errors.As(err, &held) && held.RetryAfter != "" {
-		// The back-off a renewal was not sent for (tokenLimits).
+	if errors.As(err, &held) && held.NotAsked {
+		// A renewal not sent (tokenLimits): the back-off, or a refusal
+		// of our credentials to another request, which its cause holds
+		// and would be taken for this one's answer.
 		return held
 	}
 	var te *transport.Error
