@@ -1357,3 +1357,52 @@ func TestCosignTagAbsentKeptThroughARenewalHeldRefused(t *testing.T) {
 		wantError(t, get(t, u+"app/manifests/"+cosignTag(img.Digest, kind)), http.StatusNotFound, "MANIFEST_UNKNOWN")
 	}
 }
+
+// A repository whose token expired while the token server rate-limits
+// (auth.docker.io's 429 to logins: its token requests held back until
+// its Retry-After, 9400fcd) is served from the cache as when the registry
+// itself rate-limits: the stale tag and its blobs, no token requested
+// meanwhile, a tag not held answered 429 with the Retry-After; and a
+// recheck of its image's cosign tags, whose lookups went without a token,
+// keeps them known absent for when the upstream is down.
+func TestTokenServerRateLimitServesCacheOfAnExpiredToken(t *testing.T) {
+	up := fixture.StartUpstream(t, fixture.WithTokenAuth())
+	s := seedSignedImage(t, up)
+	m, _ := pullSignedThrough(t, up.URL(), s, false)
+	subject := digestOf(t, s.ma.Digest)
+	att := cosignTag(s.ma.Digest, "att")
+	if ok, err := m.Index.TagAbsent("docker.io", "library/signed", subject, "att"); err != nil || !ok {
+		t.Fatalf("%s not recorded absent by the fill (%v)", att, err)
+	}
+
+	// The token server rate-limits logins, found by a pull of another
+	// image; then the tokens the mirror holds expire.
+	up.SetFault(fixture.Fault{Kind: fixture.KindToken, Status: http.StatusTooManyRequests, Header: http.Header{"Retry-After": {"3600"}}})
+	wantError(t, get(t, m.URL()+"/v2/other/manifests/1"), http.StatusTooManyRequests, "TOOMANYREQUESTS")
+	up.RevokeTokens()
+	up.ResetCounts()
+	m.Clock.Advance(proxy.ArtifactsRecheck) // past the tag TTL and the fill's look
+	r := get(t, m.URL()+"/v2/signed/manifests/1")
+	wantManifest(t, r, s.ma.Index, s.ma.MediaType)
+	if r.header.Get("X-Cache") != "stale" {
+		t.Errorf("X-Cache %q, want stale", r.header.Get("X-Cache"))
+	}
+	cranePull(t, ref(t, m, "signed@"+s.ma.Digest), remote.WithPlatform(linuxAMD64)) // the recheck's
+	m.WaitIdle()
+	r = get(t, m.URL()+"/v2/signed/manifests/2")
+	wantError(t, r, http.StatusTooManyRequests, "TOOMANYREQUESTS")
+	if r.header.Get("Retry-After") == "" {
+		t.Error("429 without Retry-After")
+	}
+	if n := up.Count(http.MethodGet, fixture.KindToken); n != 0 {
+		t.Errorf("%d token requests within the token server's Retry-After, want none", n)
+	}
+	if n := requestsTo(up, http.MethodHead, "/v2/library/signed/manifests/"+att); n == 0 {
+		t.Errorf("%s not looked up by the recheck", att)
+	}
+	if ok, err := m.Index.TagAbsent("docker.io", "library/signed", subject, "att"); err != nil || !ok {
+		t.Errorf("%s no longer recorded absent after a recheck whose token was not renewed (%v)", att, err)
+	}
+	up.Stop()
+	wantError(t, get(t, m.URL()+"/v2/signed/manifests/"+att), http.StatusNotFound, "MANIFEST_UNKNOWN")
+}
