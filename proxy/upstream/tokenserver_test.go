@@ -589,6 +589,10 @@ func TestTokenServerRateLimitHoldsBackTokenRequestsOnly(t *testing.T) {
 	limited.Store(true)
 	_, err := c.HeadManifest(t.Context(), "team/y", v1)
 	wantRetryAfter(t, err, "60")
+	// The status page shows it backing off until then.
+	if until := c.State().BackoffUntil; !until.Equal(clock.Now().Add(time.Minute)) {
+		t.Errorf("State().BackoffUntil %v, want the token server's Retry-After, %v", until, clock.Now().Add(time.Minute))
+	}
 
 	// Held: library/x's token.
 	asked := r.asked.Load()
@@ -613,6 +617,9 @@ func TestTokenServerRateLimitHoldsBackTokenRequestsOnly(t *testing.T) {
 	}
 	limited.Store(false)
 	clock.Advance(time.Minute)
+	if until := c.State().BackoffUntil; !until.IsZero() {
+		t.Errorf("State().BackoffUntil %v after the token server's Retry-After, want none", until)
+	}
 	if _, err := c.HeadManifest(t.Context(), "team/y", v1); err != nil {
 		t.Errorf("after the token server's Retry-After: %v", err)
 	}
