@@ -744,10 +744,9 @@ func (c *Client) authorize(ctx context.Context, repo string, pa *pingAnswer) (ht
 	if err != nil {
 		return nil, err
 	}
-	if err := c.backingOff(&c.tokenRetry, ping); err != nil && ctx.Value(resumingKey{}) == nil {
+	if err := c.tokensHeld(ctx); err != nil {
 		// The login waited for was answered 429 (or 503) with a
-		// Retry-After: this one is not sent until then either; a
-		// resume's is, as the resume is (doWarming).
+		// Retry-After: this one is not sent until then either.
 		release(false)
 		return nil, err
 	}
@@ -1061,11 +1060,9 @@ func (t tokenLimits) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := t.c.backingOff(&t.c.tokenRetry, call{KindPing, "registry ping"}); err != nil && req.Context().Value(resumingKey{}) == nil {
+	if err := t.c.tokensHeld(req.Context()); err != nil {
 		// As at the handshake (authorize): not sent until the
-		// Retry-After of the login waited for has passed. Save for a
-		// blob's resume's (Resuming), which the back-off lets go on:
-		// its renewal is part of it.
+		// Retry-After of the login waited for has passed.
 		release(false)
 		return nil, err
 	}
@@ -1202,7 +1199,8 @@ func (t tokenLimits) roundTrip(req *http.Request, token bool) (*http.Response, e
 	if err != nil {
 		return resp, err
 	}
-	if tok, ok := strings.CutPrefix(req.Header.Get("Authorization"), "Bearer "); ok && resp.StatusCode != http.StatusUnauthorized && registry && !t.c.took.Contains(tok) {
+	tok, bearer := strings.CutPrefix(req.Header.Get("Authorization"), "Bearer ")
+	if bearer && resp.StatusCode != http.StatusUnauthorized && registry && !t.c.took.Contains(tok) {
 		t.c.took.Add(tok, struct{}{})
 	}
 	b := &t.c.retry
@@ -1217,13 +1215,12 @@ func (t tokenLimits) roundTrip(req *http.Request, token bool) (*http.Response, e
 			t.c.backOff(b, ra, http.StatusServiceUnavailable) // as statusError does
 		}
 	case http.StatusUnauthorized:
-		if tok, ok := strings.CutPrefix(req.Header.Get("Authorization"), "Bearer "); ok && registry {
+		if bearer && registry {
 			t.c.forgetToken(tok)
 		}
 		h := resp.Header.Get("WWW-Authenticate")
 		// Sent with our token (registry): a token request's 401
 		// refuses our credentials.
-		tok, bearer := strings.CutPrefix(req.Header.Get("Authorization"), "Bearer ")
 		if h == "" && bearer && registry && t.renewBare(tok) {
 			// A bare 401 to our token (a gateway in front of the
 			// registry dropped its challenge): go-containerregistry
@@ -1723,6 +1720,17 @@ func (c *Client) backingOff(b *backoff, r call) error {
 	e.RetryAfter = strconv.Itoa(secs)
 	e.NotAsked = true
 	return e
+}
+
+// tokensHeld fails while the token server's back-off (c.tokenRetry)
+// holds token requests back, but for a blob's resume's (Resuming): its
+// handshake or renewal is part of the resume, which the back-off lets go
+// on (doWarming).
+func (c *Client) tokensHeld(ctx context.Context) error {
+	if ctx.Value(resumingKey{}) != nil {
+		return nil
+	}
+	return c.backingOff(&c.tokenRetry, call{KindPing, "registry ping"})
 }
 
 // backOff leaves the upstream (b: c.retry), or its token server (b:
