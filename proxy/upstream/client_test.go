@@ -431,6 +431,39 @@ func TestRefusedRenewalNotRetried(t *testing.T) {
 	}
 }
 
+// TestRenewalHeldForARefusalNotAsked: the renewal of another
+// repository's expired token, held back while the token server's refusal
+// of our credentials holds (authRetryAfter), fails NotAsked, as a request
+// held back before its transport does: its failure carried the other
+// request's 401, which was taken for the upstream's answer to it (a
+// cosign tag's lookup then forgot that the tag was absent).
+func TestRenewalHeldForARefusalNotAsked(t *testing.T) {
+	clock := newFakeClock()
+	rt := newRotatingToken("pw", "t1")
+	r := startRegistry(t, rt.serve, bearerPing)
+	c := r.client(t, WithClock(clock.Now), WithAuth(&authn.Basic{Username: "bot", Password: "pw"}))
+	for _, repo := range []string{"library/x", "library/y"} {
+		if _, err := c.HeadManifest(t.Context(), repo, v1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The password is revoked; the tokens expire.
+	rt.password.Store("new")
+	rt.token.Store("t2")
+	if _, err := c.HeadManifest(t.Context(), "library/x", v1); !errors.Is(err, ErrAuth) {
+		t.Fatalf("library/x: %v, want ErrAuth", err)
+	}
+	tokens := rt.tokens.Load()
+	_, err := c.HeadManifest(t.Context(), "library/y", v1)
+	ue := asError(t, err, "ErrAuth")
+	if ue.Status != http.StatusUnauthorized || !ue.NotAsked {
+		t.Errorf("library/y's renewal held back: Status %d NotAsked %v, want 401 true: %v", ue.Status, ue.NotAsked, err)
+	}
+	if n := rt.tokens.Load() - tokens; n != 0 {
+		t.Errorf("%d token requests within %s of the refusal, want none", n, authRetryAfter)
+	}
+}
+
 // TestBlobOffsetWrongContentRange: a blob read from an offset takes a 206
 // only if its Content-Range starts at that offset; bytes from elsewhere
 // in the blob (or a 206 that does not say which bytes) are ErrInvalid,
