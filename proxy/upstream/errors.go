@@ -51,8 +51,10 @@ type Error struct {
 	Status int
 	// NotAsked: the request was not sent, the mirror backing off after
 	// the upstream's 429 (or 503) to an earlier one, or holding back
-	// credentials it refused to an earlier one (for 10s): the upstream
-	// said nothing of this one.
+	// credentials it refused to an earlier one (for 10s); or, its token
+	// expired, not sent again for want of a token the token server's
+	// back-off or such a refusal held back: the upstream said nothing
+	// of this one.
 	NotAsked bool
 	// Code and Message are the first OCI error of the upstream's answer,
 	// if it sent one.
