@@ -666,3 +666,58 @@ func TestTokenServerOnTheRegistrysHostRefusingARegistryToken(t *testing.T) {
 		})
 	}
 }
+
+// TestRedirectedTokenServerRateLimitHoldsBackTokenRequestsOnly: a token
+// server that redirects its token requests (to another path, to https)
+// and rate-limits them holds back the token requests only, as one that
+// does not redirect does (9400fcd): the redirected request was taken for
+// a request to the registry, whose back-off then held back the requests
+// of the repositories whose tokens the mirror holds, and the token
+// server's Retry-After was not passed on.
+func TestRedirectedTokenServerRateLimitHoldsBackTokenRequestsOnly(t *testing.T) {
+	var limited atomic.Bool
+	var tokens atomic.Int64
+	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		switch req.URL.Path {
+		case "/token":
+			http.Redirect(w, req, "/auth/token?"+req.URL.RawQuery, http.StatusTemporaryRedirect)
+			return
+		case "/auth/token":
+			tokens.Add(1)
+			if limited.Load() {
+				w.Header().Set("Retry-After", "60")
+				w.WriteHeader(http.StatusTooManyRequests)
+				return
+			}
+			fmt.Fprint(w, `{"token":"t"}`)
+			return
+		}
+		if req.Header.Get("Authorization") != "Bearer t" {
+			challenge(w, req, "")
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	}, bearerPing)
+	clock := newFakeClock()
+	c := r.client(t, WithClock(clock.Now))
+	if _, err := c.HeadManifest(t.Context(), "library/x", v1); err != nil {
+		t.Fatal(err)
+	}
+	limited.Store(true)
+	_, err := c.HeadManifest(t.Context(), "team/y", v1)
+	wantRetryAfter(t, err, "60")
+	if _, err := c.HeadManifest(t.Context(), "library/x", v1); err != nil {
+		t.Errorf("a manifest of a repository whose token is held, the token server rate-limiting: %v", err)
+	}
+	before := tokens.Load()
+	_, err = c.HeadManifest(t.Context(), "team/z", v1)
+	wantRetryAfter(t, err, "60")
+	if n := tokens.Load() - before; n != 0 {
+		t.Errorf("%d token requests within the token server's Retry-After, want none", n)
+	}
+	limited.Store(false)
+	clock.Advance(time.Minute)
+	if _, err := c.HeadManifest(t.Context(), "team/y", v1); err != nil {
+		t.Errorf("after the token server's Retry-After: %v", err)
+	}
+}

@@ -1039,13 +1039,20 @@ const tokenReuse = 5 * time.Second
 const maxTokenAnswer = 1 << 20
 
 func (t tokenLimits) RoundTrip(req *http.Request) (*http.Response, error) {
-	u := *req.URL
+	// A token request the token server redirected (to another path, to
+	// https) is one still: the request at the start of its redirects is.
+	first := req
+	for first.Response != nil && first.Response.Request != nil {
+		first = first.Response.Request
+	}
+	u := *first.URL
 	u.RawQuery = ""
 	if t.tokenAt == "" || u.String() != t.tokenAt {
 		return t.roundTrip(req, false)
 	}
-	if req.Context().Value(loginHeld{}) != nil {
-		// A handshake's, which took its login's turn (authorize).
+	if req.Context().Value(loginHeld{}) != nil || first != req {
+		// A handshake's, which took its login's turn (authorize); or
+		// a redirect of one admitted already.
 		return t.tokenRequest(req)
 	}
 	// The renewal of an expired token sends our credentials: not while
