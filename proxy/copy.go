@@ -211,26 +211,15 @@ func (p *Proxy) copySource(ctx context.Context, t target, ref oci.Ref) (*storedM
 	return w.wait(ctx)
 }
 
-// pin keeps an image out of eviction, with rec: by its tag (whatever the
-// tag points to later) or by digest. added reports whether the pin is
-// rec's (none was recorded before, or rec itself: storage.PinAdded).
-// unpin takes back the pin if it is rec's and nobody pinned the image
-// since (an admin, a sync with pin): theirs stays.
-func (p *Proxy) pin(ref string, rec storage.PinRecord) (unpin func() error, added bool, err error) {
+// pinKey is the reference an image is pinned by: its tag's TagKey
+// (pinning whatever the tag points to later), or its digest.
+func (p *Proxy) pinKey(ref string) (string, error) {
 	im, err := p.parseImage(ref)
 	if err != nil {
-		return nil, false, err
+		return "", err
 	}
-	key := im.ref.String()
 	if !im.ref.IsDigest() {
-		key = storage.TagKey(im.t.host(), im.t.repo, im.ref.Tag)
+		return storage.TagKey(im.t.host(), im.t.repo, im.ref.Tag), nil
 	}
-	added, err = p.index.PinAdded(key, rec)
-	if err != nil || !added {
-		return func() error { return nil }, false, err
-	}
-	return func() error {
-		_, err := p.index.UnpinIf(key, rec)
-		return err
-	}, true, nil
+	return im.ref.String(), nil
 }

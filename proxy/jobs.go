@@ -174,7 +174,17 @@ func (p *Proxy) setJob(job *storage.Job, f func()) {
 // records it with the job's header: the other images are neither copied
 // nor written, so a change costs the same however many images the job has.
 func (p *Proxy) setImage(job *storage.Job, i int, f func(img *storage.JobImage)) {
+	h, changed := p.changeImage(job, i, f)
+	if err := p.index.UpdateJob(h, changed); err != nil {
+		p.log.Error("recording prefetch job", "job", job.ID, "error", err)
+	}
+}
+
+// changeImage is setImage's change: it returns the job's header and the
+// changed image, by position, to record.
+func (p *Proxy) changeImage(job *storage.Job, i int, f func(img *storage.JobImage)) (*storage.Job, map[int]storage.JobImage) {
 	p.jobs.mu.Lock()
+	defer p.jobs.mu.Unlock()
 	var changed map[int]storage.JobImage
 	if i >= 0 {
 		f(&job.Images[i])
@@ -187,10 +197,7 @@ func (p *Proxy) setImage(job *storage.Job, i int, f func(img *storage.JobImage))
 	job.UpdatedAt = p.now()
 	h := *job
 	h.Images = nil
-	p.jobs.mu.Unlock()
-	if err := p.index.UpdateJob(&h, changed); err != nil {
-		p.log.Error("recording prefetch job", "job", job.ID, "error", err)
-	}
+	return &h, changed
 }
 
 // prefetchImage mirrors one image of a job and keeps its progress in the
@@ -228,20 +235,37 @@ func (p *Proxy) prefetchImage(ctx context.Context, job *storage.Job, i int, pats
 	return nil
 }
 
-// pinImage pins image i of a job before its copy. The time of the pin is
-// recorded in the job first (JobImage.PinnedAt), and kept only if the pin
-// is the job's: a copy resumed after a crash pins again with the same
-// record, knows the pin for its own, and takes it back if it fails; one
-// that took the pin for someone else's left it for ever.
+// pinImage pins image i of a job before its copy. The pin and the job's
+// claim to it (JobImage.PinnedAt, the time of the pin if it is the job's)
+// are recorded at once (storage.Index.PinForJob): a copy resumed after a
+// crash pins again with the same record, knows the pin for its own, and
+// takes it back if it fails; and never takes for its own a pin it found,
+// which stays. unpin takes back the pin if it is the job's and nobody
+// pinned the image since (an admin, a sync with pin): theirs stays.
 func (p *Proxy) pinImage(job *storage.Job, i int) (unpin func() error, err error) {
-	at := job.Images[i].PinnedAt // set by this goroutine alone
-	if at.IsZero() {
-		at = p.now()
-		p.setImage(job, i, func(img *storage.JobImage) { img.PinnedAt = at })
+	key, err := p.pinKey(job.Images[i].Image)
+	if err != nil {
+		return nil, err
 	}
-	unpin, added, err := p.pin(job.Images[i].Image, storage.PinRecord{PinnedAt: at, Reason: job.Trigger})
-	if err == nil && !added {
-		p.setImage(job, i, func(img *storage.JobImage) { img.PinnedAt = time.Time{} })
+	var rec storage.PinRecord
+	h, changed := p.changeImage(job, i, func(img *storage.JobImage) {
+		if img.PinnedAt.IsZero() {
+			img.PinnedAt = p.now()
+		}
+		rec = storage.PinRecord{PinnedAt: img.PinnedAt, Reason: job.Trigger}
+	})
+	added, err := p.index.PinForJob(key, rec, h, i, changed[i])
+	if err != nil {
+		return nil, err
 	}
-	return unpin, err
+	if !added {
+		p.jobs.mu.Lock()
+		job.Images[i].PinnedAt = time.Time{}
+		p.jobs.mu.Unlock()
+		return func() error { return nil }, nil
+	}
+	return func() error {
+		_, err := p.index.UnpinIf(key, rec)
+		return err
+	}, nil
 }

@@ -53,9 +53,9 @@ type JobImage struct {
 	// with the image.
 	Referrers int `json:"referrers,omitempty"`
 	// PinnedAt is the time of the pin the image's copy made (a job with
-	// Pin; none was recorded before), recorded before the pin: a copy
-	// resumed after a crash knows the pin for its own, and takes it back
-	// if it fails.
+	// Pin; none was recorded before), recorded with the pin (PinForJob):
+	// a copy resumed after a crash knows the pin for its own, and takes
+	// it back if it fails.
 	PinnedAt time.Time `json:"pinned_at,omitzero"`
 }
 

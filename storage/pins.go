@@ -42,11 +42,43 @@ func (ix *Index) Pin(ref string, rec PinRecord) error {
 // another replica, or the one recorded is rec itself (made by the same
 // caller before a restart, which recorded rec to pin again with).
 func (ix *Index) PinAdded(ref string, rec PinRecord) (added bool, err error) {
+	return ix.pinAdded(ref, rec, nil)
+}
+
+// PinForJob is PinAdded for image i of job j: in the same transaction as
+// the pin it records j's header (j.Images is ignored) and img, its
+// PinnedAt rec's if the pin is rec's, none if not. A crash cannot come
+// between the pin and the job's claim to it: a job resumed after one
+// pins again with the PinnedAt it recorded and finds its own pin only,
+// never one it took over from someone else (an admin, another job).
+func (ix *Index) PinForJob(ref string, rec PinRecord, j *Job, i int, img JobImage) (added bool, err error) {
+	return ix.pinAdded(ref, rec, func(tx *bolt.Tx, added bool) error {
+		img.PinnedAt = time.Time{}
+		if added {
+			img.PinnedAt = rec.PinnedAt
+		}
+		// Its state is unchanged: the shared copy, which follows the
+		// states, is not rewritten.
+		_, err := updateJob(tx, j, map[int]JobImage{i: img})
+		return err
+	})
+}
+
+// pinAdded is PinAdded; also, if not nil, records what the caller's claim
+// to the pin is in the pin's transaction.
+func (ix *Index) pinAdded(ref string, rec PinRecord, also func(tx *bolt.Tx, added bool) error) (added bool, err error) {
 	key, err := pinKey(ref)
 	if err != nil {
 		return false, err
 	}
 	raw, err := json.Marshal(rec)
+	if err != nil {
+		return false, err
+	}
+	// Another replica's pin, not read here yet, is not rec's either; read
+	// before the local record is written, so that the claim written with
+	// it is final.
+	shared, found, err := ix.shareGet(bucketPins, key)
 	if err != nil {
 		return false, err
 	}
@@ -56,19 +88,17 @@ func (ix *Index) PinAdded(ref string, rec PinRecord) (added bool, err error) {
 			return err
 		}
 		old := b.Get(key)
-		added = old == nil || bytes.Equal(old, raw)
-		return b.Put(key, raw)
+		added = (old == nil || bytes.Equal(old, raw)) && (!found || bytes.Equal(shared, raw))
+		if err := b.Put(key, raw); err != nil {
+			return err
+		}
+		if also != nil {
+			return also(tx, added)
+		}
+		return nil
 	})
 	if err != nil {
 		return false, err
-	}
-	if added {
-		// Another replica's pin, not read here yet, is not rec's either.
-		shared, found, err := ix.shareGet(bucketPins, key)
-		if err != nil {
-			return false, err
-		}
-		added = !found || bytes.Equal(shared, raw)
 	}
 	return added, ix.sharePut(bucketPins, key, rec)
 }

@@ -1,0 +1,137 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
+	"github.com/google/go-containerregistry/pkg/registry"
+
+	"github.com/docker-mirror/docker-mirror/proxy/upstream"
+	"github.com/docker-mirror/docker-mirror/storage"
+)
+
+// crashAfterPut is shared records that, once armed, write the first
+// record of kind and then hang, as a process killed right after the
+// write would: the writer never learns of it and does nothing more.
+type crashAfterPut struct {
+	storage.Records
+	kind    string
+	armed   chan struct{} // closed: the next Put of kind crashes
+	crashed chan struct{} // closed once it has
+	release chan struct{} // closed: the hung Put returns an error
+}
+
+func (r *crashAfterPut) Put(ctx context.Context, kind, key string, value []byte) error {
+	select {
+	case <-r.armed:
+	default:
+		return r.Records.Put(ctx, kind, key, value)
+	}
+	if kind != r.kind {
+		return r.Records.Put(ctx, kind, key, value)
+	}
+	if err := r.Records.Put(ctx, kind, key, value); err != nil {
+		return err
+	}
+	close(r.crashed)
+	<-r.release
+	return errors.New("killed")
+}
+
+// A prefetch with pin of an image an admin had pinned, killed as it
+// recorded its pin and resumed from what its index held then, whose copy
+// fails, leaves the admin's pin. The job had recorded the pin's time
+// (pinned_at) first, its pin then replaced the admin's record, and the
+// crash came before the job cleared pinned_at: the resumed job found the
+// record its own, took it back when the copy failed, and the image the
+// admin pinned was pinned no more, on any replica.
+func TestPrefetchResumedAfterCrashKeepsAnAdminsPin(t *testing.T) {
+	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0))) // has no library/app
+	up, err := upstream.New(DefaultHost, "http://registry.test", upstream.WithTransport(inProcess{reg}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bucket := storage.NewDriverRecords(inmemory.New())
+	records := &crashAfterPut{Records: bucket, kind: "pins", armed: make(chan struct{}), crashed: make(chan struct{}), release: make(chan struct{})}
+	open := func(path string, r storage.Records) *Proxy {
+		t.Helper()
+		store, err := storage.OpenDriverStore(t.Context(), "inmemory", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		index, err := storage.OpenIndex(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		index.StopWatchingMapped()
+		index.ShareRecords(r, nil)
+		p, err := New(store, index, []*upstream.Client{up}, WithSpoolDir(t.TempDir()), WithReferrers(false),
+			WithLogger(slog.New(slog.DiscardHandler)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			p.Close()
+			_ = index.Close()
+		})
+		return p
+	}
+	dir := t.TempDir()
+	first := open(filepath.Join(dir, "index.db"), records)
+	key := storage.TagKey(DefaultHost, "library/app", "v1")
+	admin := storage.PinRecord{PinnedAt: time.Unix(1700000000, 0).UTC(), Reason: "admin"}
+	if err := first.index.Pin(key, admin); err != nil {
+		t.Fatal(err)
+	}
+
+	close(records.armed)
+	if _, err := first.StartPrefetch(t.Context(), PrefetchRequest{Images: []string{"library/app:v1"}, Pin: true}, "prefetch"); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	select {
+	case <-records.crashed:
+	case <-ctx.Done():
+		t.Fatal("the prefetch never recorded its pin")
+	}
+	// Killed here: what its index holds is what a restart reads.
+	raw, err := os.ReadFile(filepath.Join(dir, "index.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "restarted.db"), raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	defer close(records.release)
+
+	second := open(filepath.Join(dir, "restarted.db"), bucket)
+	if err := second.ResumeJobs(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if err := second.WaitIdle(ctx); err != nil {
+		t.Fatal(err)
+	}
+	jobs, err := second.index.Jobs(1)
+	if err != nil || len(jobs) != 1 || jobs[0].State != storage.JobFailed {
+		t.Fatalf("the resumed job: %+v, %v; want it failed", jobs, err)
+	}
+	pins, err := second.index.Pins()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := pins[key]; !ok {
+		t.Errorf("pins %v after the resumed prefetch failed; want the admin's pin of %s kept", pins, key)
+	}
+	if _, err := bucket.Get(t.Context(), "pins", key); err != nil {
+		t.Errorf("the bucket's pin of %s: %v; want the admin's kept", key, err)
+	}
+}
