@@ -6,8 +6,11 @@ import (
 	"io"
 	"log"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -133,5 +136,52 @@ func TestPrefetchResumedAfterCrashKeepsAnAdminsPin(t *testing.T) {
 	}
 	if _, err := bucket.Get(t.Context(), "pins", key); err != nil {
 		t.Errorf("the bucket's pin of %s: %v; want the admin's kept", key, err)
+	}
+}
+
+// A prefetch with pin stopped by a graceful shutdown in the middle of its
+// copy keeps its pin: the job stays unfinished, to resume at the next
+// start, and its image pinned meanwhile. The copy, cancelled, took the pin
+// back as if it had failed: with the mirror stopped the image read as
+// unpinned (ls, and on a bucket replicas share, the other replicas, whose
+// eviction could remove it during a rolling restart).
+func TestPrefetchStoppedByShutdownKeepsItsPin(t *testing.T) {
+	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	pushImage(t, reg, "library/app:v1", 1)
+	reached := make(chan struct{})
+	var once sync.Once
+	held := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
+			once.Do(func() { close(reached) })
+			<-r.Context().Done() // until the shutdown cancels the copy
+			http.Error(w, "cancelled", http.StatusServiceUnavailable)
+			return
+		}
+		reg.ServeHTTP(w, r)
+	})
+	p := inProcessMirror(t, held)
+	job, err := p.StartPrefetch(t.Context(), PrefetchRequest{Images: []string{"library/app:v1"}, Pin: true}, "prefetch")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	select {
+	case <-reached:
+	case <-ctx.Done():
+		t.Fatal("the prefetch never fetched a blob")
+	}
+	p.Close()
+	j, ok, err := p.index.Job(job.ID)
+	if err != nil || !ok || j.Finished() {
+		t.Fatalf("the job after the shutdown: %+v, %v, %v; want it unfinished, to resume", j, ok, err)
+	}
+	pins, err := p.index.Pins()
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := storage.TagKey(DefaultHost, "library/app", "v1")
+	if _, ok := pins[key]; !ok {
+		t.Errorf("pins %v after a shutdown stopped the prefetch; want %s pinned until the job resumes", pins, key)
 	}
 }

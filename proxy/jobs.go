@@ -226,8 +226,12 @@ func (p *Proxy) prefetchImage(ctx context.Context, job *storage.Job, i int, pats
 		p.jobs.mu.Unlock()
 	})
 	if err != nil {
-		if uerr := unpin(); uerr != nil {
-			err = errors.Join(err, uerr)
+		// Stopped by a shutdown, the job resumes at start (runJob): its
+		// pin stays until then.
+		if !p.closing() {
+			if uerr := unpin(); uerr != nil {
+				err = errors.Join(err, uerr)
+			}
 		}
 		return stalled(ctx, err)
 	}
