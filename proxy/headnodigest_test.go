@@ -45,13 +45,7 @@ func TestMovedTagRevalidatedWithoutHeadDigestFetchedOnce(t *testing.T) {
 	moved := up.SeedImage(t, "library/app", "v1", 2, 1<<10)
 	up.ResetCounts()
 	pull(moved)
-	n := 0
-	for _, r := range up.Requests() {
-		if r.Method == http.MethodGet && r.Path == "/v2/library/app/manifests/v1" {
-			n++
-		}
-	}
-	if n != 1 {
+	if n := v1GETs(up); n != 1 {
 		t.Errorf("the moved tag was fetched with %d GETs, want 1: %+v", n, up.Requests())
 	}
 }
@@ -74,13 +68,7 @@ func TestCopyOfMovedTagWithoutHeadDigestFetchedOnce(t *testing.T) {
 	if err := p.WaitIdle(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	n := 0
-	for _, r := range up.Requests() {
-		if r.Method == http.MethodGet && r.Path == "/v2/library/app/manifests/v1" {
-			n++
-		}
-	}
-	if n != 1 {
+	if n := v1GETs(up); n != 1 {
 		t.Errorf("the moved tag was fetched with %d GETs, want 1: %+v", n, up.Requests())
 	}
 }
@@ -108,15 +96,20 @@ func TestManifestsFromStoreTagWithoutHeadDigestFetchedOnce(t *testing.T) {
 	if err := p.WaitIdle(t.Context()); err != nil {
 		t.Fatal(err)
 	}
+	if n := v1GETs(up); n != 1 {
+		t.Errorf("v1 was fetched with %d GETs, want 1: %+v", n, up.Requests())
+	}
+}
+
+// v1GETs counts the GETs of library/app:v1's manifest up received.
+func v1GETs(up *fixture.Upstream) int {
 	n := 0
 	for _, r := range up.Requests() {
 		if r.Method == http.MethodGet && r.Path == "/v2/library/app/manifests/v1" {
 			n++
 		}
 	}
-	if n != 1 {
-		t.Errorf("v1 was fetched with %d GETs, want 1: %+v", n, up.Requests())
-	}
+	return n
 }
 
 // headNoDigestFront serves up behind a front whose HEADs answer without
