@@ -21,17 +21,8 @@ import (
 func TestTagMovedToHeldImageNotFetched(t *testing.T) {
 	f := newWritesFixture(t)
 	const repo = "library/app"
-	old := f.up.SeedImage(t, repo, "latest", 1, 1<<10)
-	f.up.Tag(t, repo, old.Digest, "1.27")
-	for _, tag := range []string{"latest", "1.27"} {
-		f.request(t, http.MethodGet, "/v2/"+repo+"/manifests/"+tag, old.Manifest, old.MediaType, "miss")
-		f.waitIdle(t)
-	}
-	f.p.tagTTL = 0
-
 	// Both move to a new image; latest is pulled first, and fetched.
-	next := f.up.SeedImage(t, repo, "latest", 1, 1<<10)
-	f.up.Tag(t, repo, next.Digest, "1.27")
+	old, next := aliasTagsMoved(t, f, repo)
 	f.request(t, http.MethodGet, "/v2/"+repo+"/manifests/latest", next.Manifest, next.MediaType, "miss")
 	f.waitIdle(t)
 	movedTo := func(tag string, img *fixture.Image) {
@@ -152,15 +143,7 @@ func TestCopyOfTagMovedToHeldImageNotFetched(t *testing.T) {
 func TestAliasTagMovedToImageBeingWrittenNotFetchedAgain(t *testing.T) {
 	f := newWritesFixture(t)
 	const repo = "library/app"
-	old := f.up.SeedImage(t, repo, "latest", 1, 1<<10)
-	f.up.Tag(t, repo, old.Digest, "1.27")
-	for _, tag := range []string{"latest", "1.27"} {
-		f.request(t, http.MethodGet, "/v2/"+repo+"/manifests/"+tag, old.Manifest, old.MediaType, "miss")
-		f.waitIdle(t)
-	}
-	f.p.tagTTL = 0
-	next := f.up.SeedImage(t, repo, "latest", 1, 1<<10)
-	f.up.Tag(t, repo, next.Digest, "1.27")
+	_, next := aliasTagsMoved(t, f, repo)
 	g := f.store.gate(next.Digest)
 	f.up.ResetCounts()
 	f.request(t, http.MethodGet, "/v2/"+repo+"/manifests/latest", next.Manifest, next.MediaType, "miss")
@@ -193,4 +176,21 @@ func TestAliasTagMovedToImageBeingWrittenNotFetchedAgain(t *testing.T) {
 			t.Errorf("tag %s recorded as %+v %v %v, want %s", tag, rec, ok, err, next.Digest)
 		}
 	}
+}
+
+// aliasTagsMoved has the mirror hold latest and 1.27 of repo, pulled while
+// they pointed to one image, old; then both move upstream to a new image,
+// next, not held, and go stale (tag TTL 0).
+func aliasTagsMoved(t *testing.T, f *writesFixture, repo string) (old, next *fixture.Image) {
+	t.Helper()
+	old = f.up.SeedImage(t, repo, "latest", 1, 1<<10)
+	f.up.Tag(t, repo, old.Digest, "1.27")
+	for _, tag := range []string{"latest", "1.27"} {
+		f.request(t, http.MethodGet, "/v2/"+repo+"/manifests/"+tag, old.Manifest, old.MediaType, "miss")
+		f.waitIdle(t)
+	}
+	f.p.tagTTL = 0
+	next = f.up.SeedImage(t, repo, "latest", 1, 1<<10)
+	f.up.Tag(t, repo, next.Digest, "1.27")
+	return old, next
 }
