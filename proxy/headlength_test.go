@@ -3,8 +3,6 @@ package proxy
 import (
 	"net/http"
 	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"strconv"
 	"testing"
 
@@ -19,20 +17,8 @@ import (
 func TestBlobHeadMissWithoutUpstreamLength(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	img := up.SeedImage(t, "library/app", "v1", 1, 4<<10)
-	target, err := url.Parse(up.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	rp := httputil.NewSingleHostReverseProxy(target)
-	rp.ModifyResponse = func(resp *http.Response) error {
-		if resp.Request.Method == http.MethodHead {
-			resp.Header.Del("Content-Length")
-		}
-		return nil
-	}
-	front := httptest.NewServer(rp)
-	t.Cleanup(front.Close)
-	p, _, _ := testMirror(t, nil, front.URL)
+	front := headWithoutFront(t, up, "Content-Length")
+	p, _, _ := testMirror(t, nil, front)
 	srv := httptest.NewServer(p.Handler())
 	t.Cleanup(srv.Close)
 
@@ -43,7 +29,7 @@ func TestBlobHeadMissWithoutUpstreamLength(t *testing.T) {
 	}
 	direct.Body.Close()
 	want := direct.ContentLength
-	viaFront, err := http.Head(front.URL + "/v2/library/app/blobs/" + layer)
+	viaFront, err := http.Head(front + "/v2/library/app/blobs/" + layer)
 	if err != nil {
 		t.Fatal(err)
 	}

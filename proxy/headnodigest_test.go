@@ -18,7 +18,7 @@ import (
 func TestMovedTagRevalidatedWithoutHeadDigestFetchedOnce(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	img := up.SeedImage(t, "library/app", "v1", 1, 1<<10)
-	front := headNoDigestFront(t, up)
+	front := headWithoutFront(t, up, "Docker-Content-Digest")
 	p, _, _ := testMirror(t, nil, front, WithTagTTL(0))
 	srv := httptest.NewServer(p.Handler())
 	t.Cleanup(srv.Close)
@@ -54,7 +54,7 @@ func TestMovedTagRevalidatedWithoutHeadDigestFetchedOnce(t *testing.T) {
 func TestCopyOfMovedTagWithoutHeadDigestFetchedOnce(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	up.SeedImage(t, "library/app", "v1", 1, 1<<10)
-	front := headNoDigestFront(t, up)
+	front := headWithoutFront(t, up, "Docker-Content-Digest")
 	p, _, _ := testMirror(t, nil, front)
 	if _, err := p.Copy(t.Context(), "app:v1", nil, nil); err != nil {
 		t.Fatal(err)
@@ -81,7 +81,7 @@ func TestCopyOfMovedTagWithoutHeadDigestFetchedOnce(t *testing.T) {
 func TestManifestsFromStoreTagWithoutHeadDigestFetchedOnce(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	img := up.SeedImage(t, "library/app", "v1", 1, 1<<10)
-	front := headNoDigestFront(t, up)
+	front := headWithoutFront(t, up, "Docker-Content-Digest")
 	dest := fixture.StartDestination(t, nil)
 	store, err := destination.New(dest.URL() + "/mirror")
 	if err != nil {
@@ -112,10 +112,11 @@ func v1GETs(up *fixture.Upstream) int {
 	return n
 }
 
-// headNoDigestFront serves up behind a front whose HEADs answer without
-// Docker-Content-Digest (a gateway in front of the registry): only a GET
-// tells where a tag points. It returns the front's URL.
-func headNoDigestFront(t *testing.T, up *fixture.Upstream) string {
+// headWithoutFront serves up behind a front whose HEADs answer without
+// header (a gateway or CDN in front of the registry): without
+// Docker-Content-Digest, only a GET tells where a tag points. It returns
+// the front's URL.
+func headWithoutFront(t *testing.T, up *fixture.Upstream, header string) string {
 	t.Helper()
 	target, err := url.Parse(up.URL())
 	if err != nil {
@@ -124,7 +125,7 @@ func headNoDigestFront(t *testing.T, up *fixture.Upstream) string {
 	rp := httputil.NewSingleHostReverseProxy(target)
 	rp.ModifyResponse = func(resp *http.Response) error {
 		if resp.Request.Method == http.MethodHead {
-			resp.Header.Del("Docker-Content-Digest")
+			resp.Header.Del(header)
 		}
 		return nil
 	}
