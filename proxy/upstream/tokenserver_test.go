@@ -434,6 +434,15 @@ func TestChallengesDisagreeingFollowedOnce(t *testing.T) {
 // a failed login toward a lock of the account. They are refused, 401,
 // and not sent again for authRetryAfter.
 func TestTokenServerOnTheRegistrysHostRefusingWithABearerChallenge(t *testing.T) {
+	refusedByTokenServerOnTheRegistrysHost(t, &authn.Basic{Username: "bot", Password: "typo"})
+}
+
+// refusedByTokenServerOnTheRegistrysHost has a token server on the
+// registry's own host, which grants the password "pw" only and refuses
+// with a Bearer challenge of its own, refuse auth: three requests (two
+// repositories) are refused 401, auth sent to it once.
+func refusedByTokenServerOnTheRegistrysHost(t *testing.T, auth authn.Authenticator) {
+	t.Helper()
 	var logins atomic.Int64
 	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
 		if req.URL.Path == "/token" {
@@ -448,7 +457,7 @@ func TestTokenServerOnTheRegistrysHostRefusingWithABearerChallenge(t *testing.T)
 		}
 		challenge(w, req, "")
 	}, bearerPing)
-	c := r.client(t, WithClock(newFakeClock().Now), WithAuth(&authn.Basic{Username: "bot", Password: "typo"}))
+	c := r.client(t, WithClock(newFakeClock().Now), WithAuth(auth))
 	for _, repo := range []string{"library/a", "library/a", "library/b"} {
 		_, err := c.HeadManifest(t.Context(), repo, v1)
 		if ue := asError(t, err, "ErrAuth"); ue.Status != http.StatusUnauthorized {
@@ -643,26 +652,7 @@ func TestTokenServerOnTheRegistrysHostRefusingARegistryToken(t *testing.T) {
 		{"identity token", authn.FromConfig(authn.AuthConfig{Username: "<token>", IdentityToken: "revoked"})},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var logins atomic.Int64
-			r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
-				if req.URL.Path == "/token" {
-					logins.Add(1)
-					w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
-					w.WriteHeader(http.StatusUnauthorized)
-					return
-				}
-				challenge(w, req, "")
-			}, bearerPing)
-			c := r.client(t, WithClock(newFakeClock().Now), WithAuth(tc.auth))
-			for _, repo := range []string{"library/a", "library/a", "library/b"} {
-				_, err := c.HeadManifest(t.Context(), repo, v1)
-				if ue := asError(t, err, "ErrAuth"); ue.Status != http.StatusUnauthorized {
-					t.Fatalf("%s: status %d, want 401: %v", repo, ue.Status, err)
-				}
-			}
-			if n := logins.Load(); n != 1 {
-				t.Errorf("the refused credentials were sent %d times for 3 requests, want 1", n)
-			}
+			refusedByTokenServerOnTheRegistrysHost(t, tc.auth)
 		})
 	}
 }
