@@ -1129,23 +1129,9 @@ func TestTagsListRefusedDoesNotRefuseTheCredentials(t *testing.T) {
 	up.SeedImage(t, "team/app", "v1", 1, 4<<10)
 	other := up.SeedImage(t, "team/other", "v1", 1, 4<<10)
 	last := up.SeedImage(t, "team/last", "v1", 1, 4<<10)
-	target, err := url.Parse(up.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	rp := httputil.NewSingleHostReverseProxy(target)
-	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if strings.HasSuffix(r.URL.Path, "/tags/list") {
-			w.Header().Set("WWW-Authenticate", `Basic realm="repository"`)
-			w.WriteHeader(http.StatusUnauthorized)
-			return
-		}
-		rp.ServeHTTP(w, r)
-	}))
-	t.Cleanup(front.Close)
-	m := servertest.StartUpstreams(t, []servertest.Upstream{
-		{Host: "private.example", URL: front.URL, Auth: &authn.Basic{Username: "puller", Password: basicPassword}},
-	}, nil)
+	m, _ := startRefusingFront(t, up, "private.example", func(path string) bool {
+		return strings.HasSuffix(path, "/tags/list")
+	})
 
 	u := m.URL() + "/v2/private.example/team/"
 	get(t, u+"app/manifests/v1")
@@ -1232,6 +1218,33 @@ func TestTagsListRefusedOnceAskedAgain(t *testing.T) {
 	}
 }
 
+// startRefusingFront starts a mirror of up, whose Basic credentials
+// (puller) it sends as host's, behind a front that refuses them with 401
+// the requests whose path refused names (a Nexus or Artifactory
+// repository, to a user not allowed there). It returns the mirror and the
+// front.
+func startRefusingFront(t *testing.T, up *fixture.AuthUpstream, host string, refused func(path string) bool) (*servertest.Server, *httptest.Server) {
+	t.Helper()
+	target, err := url.Parse(up.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp := httputil.NewSingleHostReverseProxy(target)
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if refused(r.URL.Path) {
+			w.Header().Set("WWW-Authenticate", `Basic realm="repository"`)
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(front.Close)
+	m := servertest.StartUpstreams(t, []servertest.Upstream{
+		{Host: host, URL: front.URL, Auth: &authn.Basic{Username: "puller", Password: basicPassword}},
+	}, nil)
+	return m, front
+}
+
 // A cosign tag a fill found absent stays known absent through a recheck
 // made while the mirror holds back credentials the upstream refused (a
 // 401 to them for another repository, as an Artifactory answers a
@@ -1245,23 +1258,9 @@ func TestCosignTagAbsentKeptThroughARecheckWhileCredentialsHeldRefused(t *testin
 	const host = "private.example"
 	up := fixture.StartBasicAuthUpstream(t, map[string]string{"puller": basicPassword})
 	img := up.SeedImage(t, "team/app", "v1", 1, 4<<10)
-	target, err := url.Parse(up.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	rp := httputil.NewSingleHostReverseProxy(target)
-	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if strings.HasPrefix(r.URL.Path, "/v2/team/private/") {
-			w.Header().Set("WWW-Authenticate", `Basic realm="repository"`)
-			w.WriteHeader(http.StatusUnauthorized)
-			return
-		}
-		rp.ServeHTTP(w, r)
-	}))
-	t.Cleanup(front.Close)
-	m := servertest.StartUpstreams(t, []servertest.Upstream{
-		{Host: host, URL: front.URL, Auth: &authn.Basic{Username: "puller", Password: basicPassword}},
-	}, nil)
+	m, front := startRefusingFront(t, up, host, func(path string) bool {
+		return strings.HasPrefix(path, "/v2/team/private/")
+	})
 	u := m.URL() + "/v2/" + host + "/team/"
 	wantManifest(t, get(t, u+"app/manifests/"+img.Digest), img.Manifest, img.MediaType)
 	m.WaitRequests()
