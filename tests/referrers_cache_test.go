@@ -587,13 +587,7 @@ func TestReferrersFilteredByConfigTypeFetchesTheEntryOnce(t *testing.T) {
 	if linked, err := m.Index.Linked("docker.io", "library/plain", digestOf(t, sigDigest)); err != nil || !linked {
 		t.Errorf("the signature not stored by the referrers fill: %v %v", linked, err)
 	}
-	n := 0
-	for _, r := range up.Requests() {
-		if r.Method == http.MethodGet && r.Kind == fixture.KindManifest && strings.HasSuffix(r.Path, "/"+sigDigest) {
-			n++
-		}
-	}
-	if n != 1 {
+	if n := requestsTo(up, http.MethodGet, "/v2/library/plain/manifests/"+sigDigest); n != 1 {
 		t.Errorf("%d upstream GETs of the signature's manifest for a filtered referrers list and its fill; want 1", n)
 	}
 	blobs := map[string]int{}
@@ -648,13 +642,7 @@ func TestReferrersFilteredByConfigTypeReadsTheTypeOnce(t *testing.T) {
 	m.Clock.Advance(2 * time.Minute)
 	wantReferrers(t, get(t, u+url.QueryEscape(sigType)), "revalidated", true, sigDigest)
 	m.WaitIdle()
-	n := 0
-	for _, r := range up.Requests() {
-		if r.Method == http.MethodGet && r.Kind == fixture.KindManifest && strings.HasSuffix(r.Path, "/"+sigDigest) {
-			n++
-		}
-	}
-	if n != 1 {
+	if n := requestsTo(up, http.MethodGet, "/v2/library/plain/manifests/"+sigDigest); n != 1 {
 		t.Errorf("%d upstream GETs of an untyped entry's manifest for two filters and a revalidation; want 1", n)
 	}
 }
