@@ -456,7 +456,7 @@ func (ix *Index) tag(key []byte) (TagRecord, bool, error) {
 		// capped then (tagNotAhead, sameTagAhead).
 		return rec, ok, nil
 	}
-	shared.CheckedAt, shared.FetchedAt = earliest(shared.CheckedAt, now), earliest(shared.FetchedAt, now)
+	capTimes(now, &shared.CheckedAt, &shared.FetchedAt)
 	return shared, true, ix.adopt(bucketTags, key, raw)
 }
 

@@ -210,10 +210,9 @@ func (ix *Index) adoptTx(tx *bolt.Tx, bucket, key, raw []byte) error {
 // of its record and the bucket's), and a tag moved since served as it was.
 func tagNotAhead(raw []byte, now time.Time) []byte {
 	var r TagRecord
-	if r.UnmarshalBinary(raw) != nil || !r.CheckedAt.After(now) && !r.FetchedAt.After(now) {
+	if r.UnmarshalBinary(raw) != nil || !capTimes(now, &r.CheckedAt, &r.FetchedAt) {
 		return raw
 	}
-	r.CheckedAt, r.FetchedAt = earliest(r.CheckedAt, now), earliest(r.FetchedAt, now)
 	out, err := json.Marshal(r)
 	if err != nil {
 		return raw
@@ -251,10 +250,9 @@ func notAhead(bucket, raw []byte, now time.Time) []byte {
 // signature) not listed.
 func referrersNotAhead(raw []byte, now time.Time) []byte {
 	var r ReferrersRecord
-	if json.Unmarshal(raw, &r) != nil || !r.CheckedAt.After(now) && !r.FetchedAt.After(now) {
+	if json.Unmarshal(raw, &r) != nil || !capTimes(now, &r.CheckedAt, &r.FetchedAt) {
 		return raw
 	}
-	r.CheckedAt, r.FetchedAt = earliest(r.CheckedAt, now), earliest(r.FetchedAt, now)
 	out, err := json.Marshal(r)
 	if err != nil {
 		return raw
@@ -271,11 +269,16 @@ func sameReferrersAhead(cur, raw []byte, now time.Time) bool {
 		c.Filtered == r.Filtered && c.FromTag == r.FromTag && bytes.Equal(c.Body, r.Body)
 }
 
-func earliest(a, b time.Time) time.Time {
-	if a.Before(b) {
-		return a
+// capTimes sets each of times, the times a record's freshness is judged
+// by, that is later than now to now, and reports whether any was: written
+// by a replica whose clock is ahead (tagNotAhead).
+func capTimes(now time.Time, times ...*time.Time) (ahead bool) {
+	for _, t := range times {
+		if t.After(now) {
+			*t, ahead = now, true
+		}
 	}
-	return b
+	return ahead
 }
 
 // readable reports whether a shared record of a kind the collection
