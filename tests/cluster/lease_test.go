@@ -378,7 +378,6 @@ func (u unreachableObjects) List(ctx context.Context, prefix string) ([]string, 
 // duplicate upstream fetch, the gauge saying 0 on a store that has them.
 func TestLeasesAfterBucketUnreachableAtStart(t *testing.T) {
 	up := fixture.StartUpstream(t)
-	blob := pushRandomBlob(t, up, "library/late", 64<<10)
 	s3 := leasetest.Start(t, true)
 	var down atomic.Bool
 	down.Store(true)
@@ -386,19 +385,21 @@ func TestLeasesAfterBucketUnreachableAtStart(t *testing.T) {
 		return []server.Option{server.WithLeaseObjects(unreachableObjects{s3.Objects("leases"), &down})}
 	})
 	down.Store(false)
-	for _, r := range rs {
+	// A blob of its own for each replica: one the other stored already
+	// would be a hit there, fetched with no lease to take.
+	for i, r := range rs {
+		blob := pushRandomBlob(t, up, "library/late", 64<<10)
 		wantBlob(t, r.url, "library/late", blob)
-	}
-	for _, r := range rs {
+		r.waitIdle(t) // its download stored, its lease released
 		if v := r.metric(t, "docker_mirror_cluster_leases_supported", nil); v != 1 {
-			t.Errorf("%s: docker_mirror_cluster_leases_supported %v once the bucket is back, want 1", r.url, v)
+			t.Errorf("replica %d: docker_mirror_cluster_leases_supported %v once the bucket is back, want 1", i, v)
 		}
-	}
-	if n := rs[0].metric(t, "docker_mirror_cluster_leases_total", map[string]string{"result": "taken"}); n != 1 {
-		t.Errorf("%s fetched the blob with %v leases taken, want 1", rs[0].url, n)
-	}
-	if n := blobGets(up, blob); n != 1 {
-		t.Errorf("blob fetched %d times upstream, want 1", n)
+		if n := r.metric(t, "docker_mirror_cluster_leases_total", map[string]string{"result": "taken"}); n != 1 {
+			t.Errorf("replica %d fetched its blob with %v leases taken, want 1", i, n)
+		}
+		if n := blobGets(up, blob); n != 1 {
+			t.Errorf("replica %d's blob fetched %d times upstream, want 1", i, n)
+		}
 	}
 	if keys := s3.Keys(); len(keys) != 0 {
 		t.Errorf("objects left: %v", keys)
