@@ -348,27 +348,19 @@ func TestTagConfirmedAheadOfTimeNotKeptOverANewerOne(t *testing.T) {
 // hour ahead: the tag stayed fresh on the reader, never asked upstream,
 // for the hour the writer's clock was ahead.
 func TestTagConfirmedAheadOfTimeGrowsOld(t *testing.T) {
-	r := storage.NewDriverRecords(inmemory.New())
-	now := time.Unix(1700000000, 0).UTC()
-	open := func(skew time.Duration) *storage.Index { return openSkewed(t, r, &now, skew) }
-	ahead, reader := open(time.Hour), open(0)
-	d := digest.FromString("v1")
-	if err := ahead.RecordManifest(storage.ManifestEntry{Upstream: "docker.io", Repo: "library/x", Digest: d, Tag: "v1",
-		Record: storage.ManifestRecord{MediaType: "application/vnd.oci.image.manifest.v1+json", Size: 10, FetchedAt: now.Add(time.Hour)}}); err != nil {
-		t.Fatal(err)
-	}
-	first := now
+	reader, clock, d := tagConfirmedAhead(t)
+	first := *clock
 	if rec, ok, err := reader.Tag("docker.io", "library/x", "v1"); err != nil || !ok || rec.Digest != d {
 		t.Fatalf("reader's first read: %v %v %v", rec.Digest, ok, err)
 	}
 	for range 3 {
-		now = now.Add(10 * time.Minute)
+		*clock = clock.Add(10 * time.Minute)
 		rec, ok, err := reader.Tag("docker.io", "library/x", "v1")
 		if err != nil || !ok || rec.Digest != d {
-			t.Fatalf("reader at %v: %v %v %v", now.Sub(first), rec.Digest, ok, err)
+			t.Fatalf("reader at %v: %v %v %v", clock.Sub(first), rec.Digest, ok, err)
 		}
 		if rec.CheckedAt.After(first) {
-			t.Fatalf("reader at %v: tag checked %v after its first read; want no later than that read (it grows old and is revalidated)", now.Sub(first), rec.CheckedAt.Sub(first))
+			t.Fatalf("reader at %v: tag checked %v after its first read; want no later than that read (it grows old and is revalidated)", clock.Sub(first), rec.CheckedAt.Sub(first))
 		}
 	}
 }
@@ -378,29 +370,37 @@ func TestTagConfirmedAheadOfTimeGrowsOld(t *testing.T) {
 // that moment, and the tag, its record checked again at every
 // collection, never grew old on the reader.
 func TestTagConfirmedAheadOfTimeGrowsOldThroughRefresh(t *testing.T) {
-	r := storage.NewDriverRecords(inmemory.New())
-	now := time.Unix(1700000000, 0).UTC()
-	open := func(skew time.Duration) *storage.Index { return openSkewed(t, r, &now, skew) }
-	ahead, reader := open(time.Hour), open(0)
-	d := digest.FromString("v1")
-	if err := ahead.RecordManifest(storage.ManifestEntry{Upstream: "docker.io", Repo: "library/x", Digest: d, Tag: "v1",
-		Record: storage.ManifestRecord{MediaType: "application/vnd.oci.image.manifest.v1+json", Size: 10, FetchedAt: now.Add(time.Hour)}}); err != nil {
-		t.Fatal(err)
-	}
-	first := now
+	reader, clock, d := tagConfirmedAhead(t)
+	first := *clock
 	for range 3 {
 		if err := reader.Refresh(t.Context()); err != nil {
 			t.Fatal(err)
 		}
-		now = now.Add(10 * time.Minute)
+		*clock = clock.Add(10 * time.Minute)
 	}
 	rec, ok, err := reader.Tag("docker.io", "library/x", "v1")
 	if err != nil || !ok || rec.Digest != d {
 		t.Fatalf("reader: %v %v %v", rec.Digest, ok, err)
 	}
 	if rec.CheckedAt.After(first) {
-		t.Fatalf("reader at %v: tag checked %v after its first read; want no later than that read (it grows old and is revalidated)", now.Sub(first), rec.CheckedAt.Sub(first))
+		t.Fatalf("reader at %v: tag checked %v after its first read; want no later than that read (it grows old and is revalidated)", clock.Sub(first), rec.CheckedAt.Sub(first))
 	}
+}
+
+// tagConfirmedAhead records tag library/x:v1 (digest d) through a replica
+// whose clock is an hour ahead of clock, and returns another replica on
+// the same records, reader, whose clock is clock (set it to move on).
+func tagConfirmedAhead(t *testing.T) (reader *storage.Index, clock *time.Time, d digest.Digest) {
+	t.Helper()
+	r := storage.NewDriverRecords(inmemory.New())
+	now := time.Unix(1700000000, 0).UTC()
+	ahead, reader := openSkewed(t, r, &now, time.Hour), openSkewed(t, r, &now, 0)
+	d = digest.FromString("v1")
+	if err := ahead.RecordManifest(storage.ManifestEntry{Upstream: "docker.io", Repo: "library/x", Digest: d, Tag: "v1",
+		Record: storage.ManifestRecord{MediaType: "application/vnd.oci.image.manifest.v1+json", Size: 10, FetchedAt: now.Add(time.Hour)}}); err != nil {
+		t.Fatal(err)
+	}
+	return reader, &now, d
 }
 
 // A replica whose own clock was ahead (an hour here) confirmed a tag,
