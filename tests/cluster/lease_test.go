@@ -152,24 +152,11 @@ func TestDeadLeaseHolderTakenOver(t *testing.T) {
 	rs := startClusterWith(t, 2, up, sharedDir, selfOnly, func(int) []server.Option {
 		return []server.Option{server.WithClock(clock.Now), server.WithLeaseObjects(heldSignal{s3.Objects("leases"), held})}
 	})
-	dead, err := json.Marshal(map[string]any{"holder": "http://127.0.0.1:1", "until": clock.Now().Add(lease.DefaultTTL)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s3.Put("leases", "records/leases/"+strings.Replace(blob, ":", "/", 1), dead)
+	putLease(t, s3, blob, "http://127.0.0.1:1", clock.Now().Add(lease.DefaultTTL))
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	type answer struct {
-		status int
-		body   []byte
-		err    error
-	}
-	done := make(chan answer, 1)
-	go func() {
-		st, _, body, err := get(ctx, rs[0].url+"/v2/library/dead/blobs/"+blob, nil)
-		done <- answer{st, body, err}
-	}()
+	done := getAsync(ctx, rs[0].url+"/v2/library/dead/blobs/"+blob)
 	// Found twice: the first look is done, and the lease's age counts
 	// from it, by the replica's clock.
 	for range 2 {
@@ -222,16 +209,7 @@ func TestFailedHolderReleasesLease(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("the first replica never asked the upstream")
 	}
-	type answer struct {
-		status int
-		body   []byte
-		err    error
-	}
-	done := make(chan answer, 1)
-	go func() {
-		st, _, body, err := get(ctx, rs[1].url+"/v2/library/fail/blobs/"+blob, nil)
-		done <- answer{st, body, err}
-	}()
+	done := getAsync(ctx, rs[1].url+"/v2/library/fail/blobs/"+blob)
 	select {
 	case <-held:
 	case <-ctx.Done():
@@ -286,25 +264,12 @@ func TestRestartedHolderLeavesNoLease(t *testing.T) {
 		blob = pushRandomBlob(t, up, "library/restart", 64<<10)
 	}
 	// The lease its former run held when it was killed.
-	former, err := json.Marshal(map[string]any{"holder": restarted.url, "until": time.Now().Add(lease.DefaultTTL)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s3.Put("leases", "records/leases/"+strings.Replace(blob, ":", "/", 1), former)
+	putLease(t, s3, blob, restarted.url, time.Now().Add(lease.DefaultTTL))
 	restarted.restart(t)
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	type answer struct {
-		status int
-		body   []byte
-		err    error
-	}
-	done := make(chan answer, 1)
-	go func() {
-		st, _, body, err := get(ctx, waiter.url+"/v2/library/restart/blobs/"+blob, nil)
-		done <- answer{st, body, err}
-	}()
+	done := getAsync(ctx, waiter.url+"/v2/library/restart/blobs/"+blob)
 	select {
 	case key := <-held:
 		cancel()
@@ -404,4 +369,32 @@ func TestLeasesAfterBucketUnreachableAtStart(t *testing.T) {
 	if keys := s3.Keys(); len(keys) != 0 {
 		t.Errorf("objects left: %v", keys)
 	}
+}
+
+// blobAnswer is the answer to a blob GET made in the background.
+type blobAnswer struct {
+	status int
+	body   []byte
+	err    error
+}
+
+// getAsync GETs url in the background; its answer comes on the channel.
+func getAsync(ctx context.Context, url string) <-chan blobAnswer {
+	done := make(chan blobAnswer, 1)
+	go func() {
+		st, _, body, err := get(ctx, url, nil)
+		done <- blobAnswer{st, body, err}
+	}()
+	return done
+}
+
+// putLease writes the lease of fetching blob into the bucket, as holder
+// would have taken it, valid until until.
+func putLease(t *testing.T, s3 *leasetest.Server, blob, holder string, until time.Time) {
+	t.Helper()
+	rec, err := json.Marshal(map[string]any{"holder": holder, "until": until})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s3.Put("leases", "records/leases/"+strings.Replace(blob, ":", "/", 1), rec)
 }
