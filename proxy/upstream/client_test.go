@@ -536,8 +536,7 @@ func (l loginTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 		<-l.gate
 		return &http.Response{StatusCode: http.StatusUnauthorized, Header: http.Header{}, Body: http.NoBody, Request: r}, nil
 	}
-	h := http.Header{"Www-Authenticate": {`Bearer realm="https://registry.test/token",service="registry.test"`}}
-	return &http.Response{StatusCode: http.StatusUnauthorized, Header: h, Body: http.NoBody, Request: r}, nil
+	return bearerChallenge(r), nil
 }
 
 // TestConcurrentFirstLoginsOneAtATime: credentials the upstream has not
@@ -748,8 +747,7 @@ func (l hangingLoginTransport) RoundTrip(r *http.Request) (*http.Response, error
 		<-l.gate
 		return &http.Response{StatusCode: http.StatusUnauthorized, Header: http.Header{}, Body: http.NoBody, Request: r}, nil
 	}
-	h := http.Header{"Www-Authenticate": {`Bearer realm="https://registry.test/token",service="registry.test"`}}
-	return &http.Response{StatusCode: http.StatusUnauthorized, Header: h, Body: http.NoBody, Request: r}, nil
+	return bearerChallenge(r), nil
 }
 
 // TestFirstLoginUnansweredLetsOneGo: the first token request with
@@ -941,8 +939,7 @@ func (l rotatedLoginTransport) RoundTrip(r *http.Request) (*http.Response, error
 	if r.Header.Get("Authorization") == "Bearer "+tok {
 		return &http.Response{StatusCode: http.StatusOK, Header: http.Header{}, Body: http.NoBody, Request: r}, nil
 	}
-	h := http.Header{"Www-Authenticate": {`Bearer realm="https://registry.test/token",service="registry.test"`}}
-	return &http.Response{StatusCode: http.StatusUnauthorized, Header: h, Body: http.NoBody, Request: r}, nil
+	return bearerChallenge(r), nil
 }
 
 // TestTokenRefusedForOneRepositoryOnly: a token server that answers 401
@@ -1152,8 +1149,7 @@ func (l slowRenewalTransport) RoundTrip(r *http.Request) (*http.Response, error)
 	if want := "Bearer t"; l.expired.Load() && r.Header.Get("Authorization") == want+"2" || !l.expired.Load() && r.Header.Get("Authorization") == want {
 		return ok(""), nil
 	}
-	h := http.Header{"Www-Authenticate": {`Bearer realm="https://registry.test/token",service="registry.test"`}}
-	return &http.Response{StatusCode: http.StatusUnauthorized, Header: h, Body: http.NoBody, Request: r}, nil
+	return bearerChallenge(r), nil
 }
 
 // TestSharedRenewalTimingOutFailsOnlyItsOwn: a token request shared by
@@ -1331,4 +1327,11 @@ func TestRefusalProbeAsksAFewHeld(t *testing.T) {
 	if st := c.State(); !st.LastErrorAt.After(st.LastOK) {
 		t.Errorf("an upstream refusing every repository: last error at %v, last OK at %v: want failing", st.LastErrorAt, st.LastOK)
 	}
+}
+
+// bearerChallenge is registry.test's answer to a request without its
+// token: 401, naming its token server (registry.test/token).
+func bearerChallenge(r *http.Request) *http.Response {
+	h := http.Header{"Www-Authenticate": {`Bearer realm="https://registry.test/token",service="registry.test"`}}
+	return &http.Response{StatusCode: http.StatusUnauthorized, Header: h, Body: http.NoBody, Request: r}
 }

@@ -477,8 +477,7 @@ type challengingTransport struct{}
 
 func (challengingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	if r.URL.Path == "/v2/" {
-		h := http.Header{"Www-Authenticate": {`Bearer realm="https://registry.test/token",service="registry.test"`}}
-		return &http.Response{StatusCode: http.StatusUnauthorized, Header: h, Body: http.NoBody, Request: r}, nil
+		return bearerChallenge(r), nil
 	}
 	<-r.Context().Done()
 	return nil, r.Context().Err()

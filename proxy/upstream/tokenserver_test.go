@@ -28,8 +28,7 @@ func (s silentTokenServer) RoundTrip(r *http.Request) (*http.Response, error) {
 		<-r.Context().Done()
 		return nil, r.Context().Err()
 	}
-	h := http.Header{"Www-Authenticate": {`Bearer realm="https://registry.test/token",service="registry.test"`}}
-	return &http.Response{StatusCode: http.StatusUnauthorized, Header: h, Body: http.NoBody, Request: r}, nil
+	return bearerChallenge(r), nil
 }
 
 // TestSilentTokenServerIsATimeoutForEveryRepository: with credentials not
@@ -243,8 +242,7 @@ func (s rateLimitingTokenServer) RoundTrip(r *http.Request) (*http.Response, err
 		<-s.gate
 		return &http.Response{StatusCode: http.StatusTooManyRequests, Header: http.Header{"Retry-After": {"60"}}, Body: http.NoBody, Request: r}, nil
 	}
-	h := http.Header{"Www-Authenticate": {`Bearer realm="https://registry.test/token",service="registry.test"`}}
-	return &http.Response{StatusCode: http.StatusUnauthorized, Header: h, Body: http.NoBody, Request: r}, nil
+	return bearerChallenge(r), nil
 }
 
 // TestLoginsWaitingForARateLimitedOneBackOff: the logins of many
