@@ -33,6 +33,10 @@ var (
 	// trying again soon will not change (a read-only registry, a quota
 	// used up, credentials that may read but not write).
 	ErrWriteRefused = errors.New("store refuses writes")
+	// ErrThrottled: the store asked its client to slow down (a
+	// registry destination's 429, or 503 with Retry-After); it is
+	// reachable and serves, at the rate it takes. IsThrottled finds it.
+	ErrThrottled = errors.New("store asks to slow down")
 )
 
 // Store keeps mirrored content by digest: blobs, and manifests too unless

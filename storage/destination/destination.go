@@ -458,13 +458,14 @@ func (h *hookTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 
 // destError is an error of a destination that is unavailable: it wraps
 // storage.ErrUnavailable, ErrAuth if auth is set, storage.ErrWriteRefused
-// if refused is, and the cause.
+// if refused is, storage.ErrThrottled if throttled is, and the cause.
 type destError struct {
-	msg     string
-	auth    bool
-	refused bool
-	status  int // the destination's answer; 0 if none
-	err     error
+	msg       string
+	auth      bool
+	refused   bool
+	throttled bool
+	status    int // the destination's answer; 0 if none
+	err       error
 }
 
 func (e *destError) Error() string {
@@ -493,6 +494,9 @@ func (e *destError) Unwrap() []error {
 	if e.refused {
 		errs = append(errs, storage.ErrWriteRefused)
 	}
+	if e.throttled {
+		errs = append(errs, storage.ErrThrottled)
+	}
 	if e.err != nil {
 		errs = append(errs, e.err)
 	}
@@ -509,10 +513,12 @@ func (s *Store) fail(err error, what string) error {
 }
 
 // statusError maps an unexpected status of the destination; cause, if
-// not nil, has the details (a *transport.Error).
-func (s *Store) statusError(status int, what string, cause error) error {
+// not nil, has the details (a *transport.Error). A 429 is the
+// destination asking to slow down (storage.ErrThrottled).
+func (s *Store) statusError(status int, what string, cause error) *destError {
 	e := s.statusMessage(status, what, cause)
 	e.status = status
+	e.throttled = status == http.StatusTooManyRequests
 	return e
 }
 
@@ -585,7 +591,11 @@ func (s *Store) checkStatus(resp *http.Response, what string, ok ...int) error {
 	}
 	defer resp.Body.Close()
 	err := transport.CheckError(resp, ok...)
-	return s.statusError(resp.StatusCode, what, err)
+	e := s.statusError(resp.StatusCode, what, err)
+	// A 503 with Retry-After is a rate limit too (Harbor's and
+	// Artifactory's gateways answer so), not an outage.
+	e.throttled = e.throttled || resp.StatusCode == http.StatusServiceUnavailable && resp.Header.Get("Retry-After") != ""
+	return e
 }
 
 // drainClose reads what is left of a small response body (so the
