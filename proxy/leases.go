@@ -24,6 +24,19 @@ type BlobLeases interface {
 	Take(ctx context.Context, name string) (h *lease.Held, holder string, until time.Time, err error)
 }
 
+// LateBlobLeases are BlobLeases whose store could not be probed for
+// conditional writes at the start (it was unreachable): Take answers
+// lease.ErrUnsupported until a probe tells they work. The proxy probes
+// in the background when a fetch finds it due, one probe at a time: no
+// client's fetch waits for a bucket that may hang.
+type LateBlobLeases interface {
+	BlobLeases
+	// ProbeDue reports whether it is time to probe again.
+	ProbeDue() bool
+	// Probe probes the store, if it is still due, until ctx ends.
+	Probe(ctx context.Context)
+}
+
 // WithBlobLeases makes the proxy take a lease before fetching a blob from
 // the upstream (default: none, as on a store of one replica).
 func WithBlobLeases(l BlobLeases) Option { return func(p *Proxy) { p.leases = l } }
@@ -51,6 +64,7 @@ func (p *Proxy) leaseBlob(ctx context.Context, t target, dgst digest.Digest) (re
 	for {
 		h, holder, until, err := p.leases.Take(ctx, dgst.String())
 		if errors.Is(err, lease.ErrUnsupported) {
+			p.probeLeases(ctx)
 			return none, false, nil // not yet, or not at all: said at the probe
 		}
 		if err != nil {
@@ -80,6 +94,24 @@ func (p *Proxy) leaseBlob(ctx context.Context, t target, dgst digest.Digest) (re
 		}
 		wait = min(2*wait, leaseWaitMax)
 	}
+}
+
+// probeLeases starts the probe of late leases (LateBlobLeases) if it is
+// due: in the background, counted in work and ended by Close, and not
+// waited for.
+func (p *Proxy) probeLeases(ctx context.Context) {
+	l, ok := p.leases.(LateBlobLeases)
+	if !ok || !l.ProbeDue() {
+		return
+	}
+	started, cancel := context.WithCancel(ctx)
+	cancel() // the probe runs, unwaited for
+	_, _ = shared(started, p.work, &p.leaseProbe, "probe", func() (struct{}, error) {
+		ctx, cancel := p.detach(ctx, 0)
+		defer cancel()
+		l.Probe(ctx)
+		return struct{}{}, nil
+	})
 }
 
 // openStored opens a blob another replica stored, from its start, with

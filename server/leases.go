@@ -88,43 +88,56 @@ func newLeases(ctx context.Context, cfg config.Config, o options, m *metrics.Met
 }
 
 // lateProbeEvery is how often a replica whose start could not probe the
-// store for conditional writes probes it again, at a blob fetch.
+// store for conditional writes probes it again, in the background of a blob
+// fetch.
 const lateProbeEvery = time.Minute
 
 // lateLeases are the leases of a replica whose start could not tell
 // whether the store honours conditional writes (the bucket unreachable).
-// A blob fetch probes again, at most once per lateProbeEvery and never
-// while another probes; until a probe tells, and if it tells there are
-// none, blobs are fetched without a lease (lease.ErrUnsupported).
+// The proxy probes again in the background when a blob fetch finds it due
+// (at most once per lateProbeEvery, never while another probes); until a
+// probe tells, and if it tells there are none, blobs are fetched without
+// a lease (lease.ErrUnsupported).
 type lateLeases struct {
 	leases *lease.Leases
 	probe  func(context.Context) (bool, error)
 	now    func() time.Time
 
 	mu      sync.Mutex
-	known   bool // a probe told: supported says what
+	known   bool // a probe told: ok says what
 	ok      bool
 	probing bool
 	next    time.Time // the next probe, if not known
 }
 
-var _ proxy.BlobLeases = (*lateLeases)(nil)
+var _ proxy.LateBlobLeases = (*lateLeases)(nil)
 
 // Take implements proxy.BlobLeases.
 func (l *lateLeases) Take(ctx context.Context, name string) (*lease.Held, string, time.Time, error) {
-	if !l.supported(ctx) {
+	l.mu.Lock()
+	ok := l.known && l.ok
+	l.mu.Unlock()
+	if !ok {
 		return nil, "", time.Time{}, lease.ErrUnsupported
 	}
 	return l.leases.Take(ctx, name)
 }
 
-// supported reports whether leases are known to be supported, probing
-// the store if it is time to.
-func (l *lateLeases) supported(ctx context.Context) bool {
+// ProbeDue implements proxy.LateBlobLeases.
+func (l *lateLeases) ProbeDue() bool {
 	l.mu.Lock()
-	if l.known || l.probing || l.now().Before(l.next) {
-		defer l.mu.Unlock()
-		return l.known && l.ok
+	defer l.mu.Unlock()
+	return l.due()
+}
+
+func (l *lateLeases) due() bool { return !l.known && !l.probing && !l.now().Before(l.next) }
+
+// Probe implements proxy.LateBlobLeases.
+func (l *lateLeases) Probe(ctx context.Context) {
+	l.mu.Lock()
+	if !l.due() {
+		l.mu.Unlock()
+		return
 	}
 	l.probing = true
 	l.mu.Unlock()
@@ -134,8 +147,7 @@ func (l *lateLeases) supported(ctx context.Context) bool {
 	l.probing = false
 	if err != nil {
 		l.next = l.now().Add(lateProbeEvery)
-		return false
+		return
 	}
 	l.known, l.ok = true, ok
-	return ok
 }

@@ -353,6 +353,10 @@ func TestLeasesAfterBucketUnreachableAtStart(t *testing.T) {
 	// A blob of its own for each replica: one the other stored already
 	// would be a hit there, fetched with no lease to take.
 	for i, r := range rs {
+		// The first fetch probes the bucket again, in the background
+		// (TestLateLeaseProbeNotWaitedForByAFetch), without a lease.
+		wantBlob(t, r.url, "library/late", pushRandomBlob(t, up, "library/late", 64<<10))
+		r.waitIdle(t) // the probe ended
 		blob := pushRandomBlob(t, up, "library/late", 64<<10)
 		wantBlob(t, r.url, "library/late", blob)
 		r.waitIdle(t) // its download stored, its lease released
@@ -397,4 +401,87 @@ func putLease(t *testing.T, s3 *leasetest.Server, blob, holder string, until tim
 		t.Fatal(err)
 	}
 	s3.Put("leases", "records/leases/"+strings.Replace(blob, ":", "/", 1), rec)
+}
+
+// probeHeld wraps lease objects: while hold is set, the probe of
+// conditional writes hangs at its first create, reported on reached,
+// until release is closed (a bucket that hangs); gaveUp is set if the
+// probe gave up meanwhile (its context ended).
+type probeHeld struct {
+	lease.Objects
+	hold    *atomic.Bool
+	gaveUp  *atomic.Bool
+	reached chan struct{}
+	release chan struct{}
+}
+
+func (p probeHeld) Create(ctx context.Context, key string, body []byte) (string, error) {
+	if p.hold.Load() && strings.Contains(key, "/probe/") {
+		select {
+		case p.reached <- struct{}{}:
+		default:
+		}
+		select {
+		case <-p.release:
+		case <-ctx.Done():
+			p.gaveUp.Store(true)
+			return "", ctx.Err()
+		}
+	}
+	return p.Objects.Create(ctx, key, body)
+}
+
+// TestLateLeaseProbeNotWaitedForByAFetch: a replica started while the
+// bucket was unreachable probes conditional writes again at a blob fetch;
+// a client's blob does not wait for that probe. It ran inside the
+// client's download, which waited for it up to 30 seconds when the
+// bucket hung. Once the probe tells, fetches take leases.
+func TestLateLeaseProbeNotWaitedForByAFetch(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	s3 := leasetest.Start(t, true)
+	var down, hold, gaveUp atomic.Bool
+	down.Store(true)
+	held := probeHeld{hold: &hold, gaveUp: &gaveUp, reached: make(chan struct{}, 1), release: make(chan struct{})}
+	rs := startClusterWith(t, 1, up, sharedDir, selfOnly, func(int) []server.Option {
+		held.Objects = unreachableObjects{s3.Objects("leases"), &down}
+		return []server.Option{server.WithLeaseObjects(held)}
+	})
+	r := rs[0]
+	down.Store(false)
+	hold.Store(true)
+
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	first := pushRandomBlob(t, up, "library/late", 64<<10)
+	answered := getAsync(ctx, r.url+"/v2/library/late/blobs/"+first)
+	select {
+	case <-held.reached:
+	case <-ctx.Done():
+		t.Fatal("the fetch probed nothing")
+	}
+	select {
+	case a := <-answered:
+		if a.err != nil || a.status != http.StatusOK || sha(a.body) != first {
+			t.Errorf("blob while the probe hangs: status %d, err %v", a.status, a.err)
+		}
+		if gaveUp.Load() {
+			t.Error("the client's blob came once the probe of conditional writes, held at the bucket, gave up (its 30 s): the fetch waited for it")
+		}
+	case <-ctx.Done():
+		close(held.release)
+		<-answered
+		t.Fatal("the client's blob waited for the probe of conditional writes, held at the bucket")
+	}
+	close(held.release)
+	r.waitIdle(t) // the probe ended
+
+	second := pushRandomBlob(t, up, "library/late", 64<<10)
+	wantBlob(t, r.url, "library/late", second)
+	r.waitIdle(t)
+	if v := r.metric(t, "docker_mirror_cluster_leases_supported", nil); v != 1 {
+		t.Errorf("docker_mirror_cluster_leases_supported %v once the probe told, want 1", v)
+	}
+	if n := r.metric(t, "docker_mirror_cluster_leases_total", map[string]string{"result": "taken"}); n != 1 {
+		t.Errorf("%v leases taken, want 1: the second blob's", n)
+	}
 }
