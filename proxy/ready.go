@@ -27,8 +27,16 @@ const (
 
 // readiness is the store's lookups for Ready.
 type readiness struct {
-	flight    singleflight.Group
-	throttled atomic.Int64 // when the store's last lookup was answered throttling (UnixNano), else 0
+	flight singleflight.Group
+	// throttled is the store's last lookup if it was answered
+	// throttling, else nil.
+	throttled atomic.Pointer[throttledLookup]
+}
+
+// throttledLookup is a readiness lookup the store answered throttling.
+type throttledLookup struct {
+	at  time.Time
+	err error
 }
 
 // Ready reports whether the store and the index can be used. A store
@@ -39,8 +47,8 @@ func (p *Proxy) Ready(ctx context.Context) error {
 	if err := p.index.Ping(); err != nil {
 		return err
 	}
-	at := p.readiness.throttled.Load()
-	fresh := at != 0 && p.now().Sub(time.Unix(0, at)) < readyFor
+	th := p.readiness.throttled.Load()
+	fresh := th != nil && p.now().Sub(th.at) < readyFor
 	wait := ctx
 	if fresh {
 		done, cancel := context.WithCancel(ctx)
@@ -54,10 +62,10 @@ func (p *Proxy) Ready(ctx context.Context) error {
 		defer cancel()
 		_, err := p.store.Stat(ctx, "docker-mirror/readiness", digest.FromString("readiness probe"))
 		if storage.IsThrottled(err) {
-			p.readiness.throttled.Store(p.now().UnixNano())
+			p.readiness.throttled.Store(&throttledLookup{at: p.now(), err: fmt.Errorf("store: %w", err)})
 			return struct{}{}, nil
 		}
-		p.readiness.throttled.Store(0)
+		p.readiness.throttled.Store(nil)
 		if err != nil && !errors.Is(err, storage.ErrNotFound) {
 			return struct{}{}, fmt.Errorf("store: %w", err)
 		}
@@ -67,4 +75,14 @@ func (p *Proxy) Ready(ctx context.Context) error {
 		return nil
 	}
 	return err
+}
+
+// Throttled returns the error of the store's last readiness lookup if
+// the store answered it throttling (it is ready all the same), else nil:
+// the status page shows a registry destination that rate-limits failing.
+func (p *Proxy) Throttled() error {
+	if th := p.readiness.throttled.Load(); th != nil {
+		return th.err
+	}
+	return nil
 }

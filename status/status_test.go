@@ -616,6 +616,42 @@ func TestDestinationWithoutRegistryAPIIsFailing(t *testing.T) {
 	}
 }
 
+// A destination that rate-limits (429) keeps the replica ready, but the
+// status page says it is failing, with its answer: readiness went with
+// the page's check, and the page showed it ok.
+func TestDestinationRateLimitingIsFailing(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	var limiting atomic.Bool
+	dest := fixture.StartDestination(t, nil, fixture.WithFrontEnd(func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if limiting.Load() {
+				w.Header().Set("Retry-After", "30")
+				http.Error(w, `{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}`, http.StatusTooManyRequests)
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	}))
+	cfg := servertest.Config(t, t.TempDir(), []servertest.Upstream{{Host: "docker.io", URL: up.URL()}})
+	cfg.Destination.URL = dest.URL() + "/mirror"
+	srv, err := server.New(context.Background(), cfg, server.WithLogger(servertest.Logger()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	limiting.Store(true)
+	if w := serveGet(t, srv.Handler(), "/readyz"); w.Code != http.StatusOK {
+		t.Errorf("/readyz with the destination rate-limiting: %d %q; want 200", w.Code, w.Body)
+	}
+	var s status.Status
+	if err := json.Unmarshal(serveGet(t, srv.Handler(), "/api/v1/status").Body.Bytes(), &s); err != nil {
+		t.Fatal(err)
+	}
+	if s.Destination == nil || s.Destination.Status != "failing" || !strings.Contains(s.Destination.Error, "429") {
+		t.Errorf("destination answering 429: %+v, want failing with its answer", s.Destination)
+	}
+}
+
 // A request that goes away while the destination is checked (a browser
 // leaving the page mid-refresh) does not leave the destination shown as
 // unreachable, "context canceled", until the next check 15s later.
