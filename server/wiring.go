@@ -295,12 +295,18 @@ func newStatus(s *Server) *statuspage.Handler {
 		}, s.storeName
 	}
 	if s.Cluster != nil {
-		d.Peers = func() []statuspage.PeerState {
+		d.Peers = func(ctx context.Context) []statuspage.PeerState {
 			var peers []statuspage.PeerState
 			for _, p := range s.Cluster.Peers() {
 				st := statuspage.PeerState{Name: p.URL, State: "ok", LastError: p.Error, Since: p.Since}
 				if p.Self {
 					st.Name += " (this replica)"
+					// As the others' probes see it: its store refusing
+					// (a bucket's rotated credentials), it is out of
+					// their hashing and of the load balancer.
+					if err := selfReady(ctx, s.Proxy); err != nil {
+						st.State, st.LastError, st.Since = "not ready", storeError(cfg, err).Error(), time.Time{}
+					}
 				}
 				switch {
 				case p.NotReady:
@@ -317,6 +323,14 @@ func newStatus(s *Server) *statuspage.Handler {
 		}
 	}
 	return statuspage.New(d)
+}
+
+// selfReady is this replica's readiness, as /readyz answers it to the
+// others' probes, bounded as a scrape's check is.
+func selfReady(ctx context.Context, p *proxy.Proxy) error {
+	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
+	defer cancel()
+	return p.Ready(ctx)
 }
 
 // passwordFile is the keychain of an upstream whose password is in its

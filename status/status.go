@@ -55,8 +55,9 @@ type Deps struct {
 	// configured); DestinationName names it.
 	Destination     func(ctx context.Context) error
 	DestinationName string
-	// Peers, if set, returns the state of a cluster's other replicas.
-	Peers func() []PeerState
+	// Peers, if set, returns the state of a cluster's replicas, this one
+	// first (its own readiness checked within ctx).
+	Peers func(ctx context.Context) []PeerState
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 	// ImagesMaxAge is how long the image list is reused, once the index
@@ -276,7 +277,7 @@ func (h *Handler) status(ctx context.Context, r *http.Request) (*Status, error) 
 		s.Destination = &d
 	}
 	if h.d.Peers != nil {
-		s.Peers = h.d.Peers()
+		s.Peers = h.d.Peers(ctx)
 	}
 	jobs, err := h.recentJobs()
 	if err != nil {

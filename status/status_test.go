@@ -470,7 +470,7 @@ func TestPageDestinationAndPeers(t *testing.T) {
 	h := status.New(status.Deps{Proxy: m.Proxy, Index: m.Index, Now: m.Clock.Now,
 		Destination:     func(context.Context) error { return errorIf(down, "destination <b>down</b>") },
 		DestinationName: "registry dest.example.com/mirror",
-		Peers: func() []status.PeerState {
+		Peers: func(context.Context) []status.PeerState {
 			return []status.PeerState{{Name: "replica-2", State: "unreachable", LastError: "dial tcp: refused"}}
 		}})
 	t.Cleanup(h.Close)

@@ -3,12 +3,19 @@ package cluster_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/opencontainers/go-digest"
+
+	"github.com/docker-mirror/docker-mirror/config"
+	"github.com/docker-mirror/docker-mirror/server"
+	"github.com/docker-mirror/docker-mirror/storage"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
 )
 
@@ -106,4 +113,61 @@ func TestStatusShowsPeerNotReady(t *testing.T) {
 		}
 	}
 	t.Fatalf("%s not among the peers %+v", notReady.URL, s.Peers)
+}
+
+// refusingStore is a replica's store whose lookups fail while refusing
+// is set: a bucket that answers 403 (credentials rotated).
+type refusingStore struct {
+	storage.Store
+	refusing *atomic.Bool
+}
+
+var errAccessDenied = errors.New("AccessDenied: Access Denied (HTTP 403)")
+
+func (s refusingStore) Stat(ctx context.Context, repo string, dgst digest.Digest) (int64, error) {
+	if s.refusing.Load() {
+		return 0, errAccessDenied
+	}
+	return s.Store.Stat(ctx, repo, dgst)
+}
+
+// A replica whose store fails its lookups (a bucket answering 403 once
+// its credentials were rotated) is not ready, and its own status page
+// says so of it, with the error: it showed itself ok, while its /readyz
+// failed and the other replicas showed it not ready.
+func TestStatusShowsThisReplicaNotReady(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	var refusing atomic.Bool
+	rs := startClusterWith(t, 1, up, sharedDir, nil, func(int) []server.Option {
+		return []server.Option{server.WithStore(func(ctx context.Context, cfg config.Config, ix *storage.Index) (storage.Store, string, error) {
+			s, name, err := server.OpenStore(ctx, cfg, ix)
+			return refusingStore{s, &refusing}, name, err
+		})}
+	})
+	refusing.Store(true)
+	if st, _, _, err := get(context.Background(), rs[0].url+"/readyz", nil); err != nil || st != http.StatusServiceUnavailable {
+		t.Fatalf("/readyz with the store refusing: %d %v; want 503", st, err)
+	}
+	_, _, body, err := get(context.Background(), rs[0].url+"/api/v1/status", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s struct {
+		Peers []struct {
+			Name, State string
+			LastError   string `json:"last_error"`
+		}
+	}
+	if err := json.Unmarshal(body, &s); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range s.Peers {
+		if p.Name == rs[0].url+" (this replica)" {
+			if p.State != "not ready" || !strings.Contains(p.LastError, "403") {
+				t.Errorf("this replica, its store refusing: %+v, want not ready, with the error", p)
+			}
+			return
+		}
+	}
+	t.Fatalf("this replica not among the peers %+v", s.Peers)
 }
