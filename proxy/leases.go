@@ -33,7 +33,8 @@ type LateBlobLeases interface {
 	BlobLeases
 	// ProbeDue reports whether it is time to probe again.
 	ProbeDue() bool
-	// Probe probes the store, if it is still due, until ctx ends.
+	// Probe probes the store, if it is still due and no other probe
+	// runs, until ctx ends.
 	Probe(ctx context.Context)
 }
 
@@ -98,20 +99,18 @@ func (p *Proxy) leaseBlob(ctx context.Context, t target, dgst digest.Digest) (re
 
 // probeLeases starts the probe of late leases (LateBlobLeases) if it is
 // due: in the background, counted in work and ended by Close, and not
-// waited for.
+// waited for (Probe itself runs one probe at a time).
 func (p *Proxy) probeLeases(ctx context.Context) {
 	l, ok := p.leases.(LateBlobLeases)
-	if !ok || !l.ProbeDue() {
+	if !ok || !l.ProbeDue() || !p.work.start() {
 		return
 	}
-	started, cancel := context.WithCancel(ctx)
-	cancel() // the probe runs, unwaited for
-	_, _ = shared(started, p.work, &p.leaseProbe, "probe", func() (struct{}, error) {
+	go func() {
+		defer p.work.done()
 		ctx, cancel := p.detach(ctx, 0)
 		defer cancel()
 		l.Probe(ctx)
-		return struct{}{}, nil
-	})
+	}()
 }
 
 // openStored opens a blob another replica stored, from its start, with

@@ -105,9 +105,6 @@ type Proxy struct {
 	// leases make one replica fetch a blob from the upstream while the
 	// others wait for it in the shared store; nil without them.
 	leases BlobLeases
-	// leaseProbe runs the probes of late leases one at a time
-	// (probeLeases).
-	leaseProbe singleflight.Group
 
 	// traffic and failures are what the status page shows of the
 	// proxy's work (status.go).
