@@ -436,12 +436,19 @@ func (p *Proxy) ensureManifest(ctx context.Context, t target, dgst digest.Digest
 	if err := p.acquireFetch(ctx); err != nil {
 		return nil, err
 	}
-	defer p.fetches.Release(1)
 	// A client's pull may have fetched it while this waited for its turn.
 	if m, err := stored(); m != nil || err != nil {
+		p.fetches.Release(1)
 		return m, err
 	}
-	return p.fetchManifest(ctx, t, oci.Ref{Digest: dgst}, false)
+	w, err := p.startManifest(ctx, t, oci.Ref{Digest: dgst}, false)
+	// The turn is the fetch's: the other children fetch while this one's
+	// record waits for theirs, to commit with them (ManifestEntry.Grouped).
+	p.fetches.Release(1)
+	if err != nil {
+		return nil, err
+	}
+	return w.wait(ctx) // as fetchManifest does
 }
 
 // fillBlobs stores an image's config and layers, a schema 1 manifest's

@@ -818,6 +818,9 @@ func (p *Proxy) startManifestFrom(ctx context.Context, t target, ref oci.Ref, fi
 		entry := storage.ManifestEntry{
 			Upstream: t.host(), Repo: t.repo, Digest: up.Digest, Tag: ref.Tag,
 			Record: storage.ManifestRecord{MediaType: mt, Size: int64(len(up.Body)), FetchedAt: p.now()},
+			// By digest for the mirror's own work: a fill's children,
+			// fetched together, recorded together.
+			Grouped: !fill && ref.Digest != "",
 		}
 		entry.Fill = p.newFill(t, mt, &doc, fill)
 		w := newManifestWrite(&storedManifest{body: up.Body, mediaType: mt, digest: up.Digest, fetchedAhead: aheadOf && p.fetchAhead}, entry.Record.FetchedAt)

@@ -198,11 +198,16 @@ func (ix *Index) update(fn func(tx *bolt.Tx, b *budget) error) (held time.Durati
 }
 
 // WriteTotals add up the index's committed write transactions (all but
-// the batched ones of bbolt's Batch, a few keys each): the metrics of the
-// index's writes, and what a pass wrote (the difference of two).
+// the batched ones of bbolt's Batch, a few keys each, which only Batches
+// counts): the metrics of the index's writes, and what a pass wrote (the
+// difference of two).
 type WriteTotals struct {
 	// Commits is how many committed.
 	Commits int64
+	// Batches is how many of bbolt's Batch transactions committed (each
+	// the writes of one or more concurrent calls): with Commits, the
+	// index's synced commits.
+	Batches int64
 	// Pages is how many pages their commits wrote: the pages each changed
 	// and bbolt's freelist (BeginPass), not the meta page.
 	Pages int64
@@ -221,7 +226,7 @@ type WriteTotals struct {
 // WriteTotals returns the totals of the index's write transactions since
 // it was opened.
 func (ix *Index) WriteTotals() WriteTotals {
-	return WriteTotals{Commits: ix.commits.Load(), Pages: ix.pagesWritten.Load(), Held: time.Duration(ix.held.Load()), Slow: ix.slowCommits.Load(),
+	return WriteTotals{Commits: ix.commits.Load(), Batches: ix.batches.Load(), Pages: ix.pagesWritten.Load(), Held: time.Duration(ix.held.Load()), Slow: ix.slowCommits.Load(),
 		CPU: time.Duration(ix.heldCPU.Load()), Faults: ix.heldFaults.Load()}
 }
 

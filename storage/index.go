@@ -81,6 +81,10 @@ type Index struct {
 	// (WriteTotals).
 	commits, pagesWritten, held atomic.Int64
 	heldCPU, heldFaults         atomic.Int64
+	// batches counts the commits of batch, and batchTx is the transaction
+	// of the last batch seen: several calls share one (WriteTotals).
+	batches atomic.Int64
+	batchTx atomic.Pointer[bolt.Tx]
 	// passes counts the passes running (BeginPass): their commits leave
 	// bbolt's freelist out. freelistSkipped says a commit may have left it
 	// out since it was last written.
@@ -88,6 +92,8 @@ type Index struct {
 	freelistSkipped atomic.Bool
 	// fsFlushes counts flushFS's calls (tests).
 	fsFlushes atomic.Int64
+	// groups gathers concurrent writes into one commit (grouped).
+	groups groups
 }
 
 var (
@@ -554,13 +560,21 @@ type ManifestEntry struct {
 	// Mirror, if not nil, is recorded as the manifest's mirror state
 	// unless one is recorded already.
 	Fill *FillRecord
+	// Grouped lets the record wait a moment for concurrent ones to
+	// commit with it (grouped): an index's platform manifests, fetched
+	// together by its fill, cost one synced commit, not one each.
+	Grouped bool
 }
 
 // RecordManifest records a stored manifest, its link to the repository,
 // and optionally a tag pointing at it and its initial mirror state.
 func (ix *Index) RecordManifest(e ManifestEntry) error {
 	var fillAdded bool
-	err := ix.write(func(tx *bolt.Tx) error {
+	write := ix.write
+	if e.Grouped {
+		write = ix.grouped
+	}
+	err := write(func(tx *bolt.Tx) error {
 		key := []byte(e.Digest)
 		fillAdded = false
 		if err := ix.putContentRecord(tx, bucketManifests, key, e.Record); err != nil {

@@ -284,6 +284,14 @@ func (ix *Index) checkStored() (int64, error) {
 // (bbolt's Batch: fn may run more than once), stamped as every write is.
 func (ix *Index) batch(fn func(tx *bolt.Tx) error) error {
 	return ix.db.Batch(func(tx *bolt.Tx) error {
+		// bbolt runs a batch's calls one after the other in its
+		// transaction: the first counts its commit.
+		if ix.batchTx.Swap(tx) != tx {
+			tx.OnCommit(func() {
+				ix.batches.Add(1)
+				ix.batchTx.CompareAndSwap(tx, nil)
+			})
+		}
 		if err := fn(tx); err != nil {
 			return err
 		}
