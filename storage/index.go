@@ -94,6 +94,11 @@ type Index struct {
 	fsFlushes atomic.Int64
 	// groups gathers concurrent writes into one commit (grouped).
 	groups groups
+	// pinning is held by a pin's write, here and then in the shared
+	// records (pins.go), so that the two see the pins' writes in one
+	// order. A channel of one, not a mutex: a wait for it is a blocked
+	// goroutine to synctest, whose tests hold a bucket write.
+	pinning chan struct{}
 }
 
 var (
@@ -196,7 +201,7 @@ func OpenIndex(path string) (ix *Index, err error) {
 		db.Close()
 		return nil, fmt.Errorf("index %s: %w", path, err)
 	}
-	ix = &Index{db: db, accessed: map[digest.Digest]time.Time{}, fills: newCompleteFills(),
+	ix = &Index{db: db, accessed: map[digest.Digest]time.Time{}, fills: newCompleteFills(), pinning: make(chan struct{}, 1),
 		links: newKeyMemo(maxLinkBase, maxLinkAdded), tags: newTagMemo()}
 	ix.adviseMapped()
 	ix.stored.Store(stored.bytes)

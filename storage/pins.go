@@ -75,6 +75,7 @@ func (ix *Index) pinAdded(ref string, rec PinRecord, also func(tx *bolt.Tx, adde
 	if err != nil {
 		return false, err
 	}
+	defer ix.lockPins()()
 	// Another replica's pin, not read here yet, is not rec's either; read
 	// before the local record is written, so that the claim written with
 	// it is final.
@@ -103,12 +104,20 @@ func (ix *Index) pinAdded(ref string, rec PinRecord, also func(tx *bolt.Tx, adde
 	return added, ix.sharePut(bucketPins, key, rec)
 }
 
+// lockPins waits for the pins' writes of others (pinning) and returns
+// what lets them go on.
+func (ix *Index) lockPins() (unlock func()) {
+	ix.pinning <- struct{}{}
+	return func() { <-ix.pinning }
+}
+
 // Unpin removes a pin; removing a missing pin is not an error.
 func (ix *Index) Unpin(ref string) error {
 	key, err := pinKey(ref)
 	if err != nil {
 		return err
 	}
+	defer ix.lockPins()()
 	err = ix.write(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketPins)
 		if b == nil {
@@ -135,6 +144,7 @@ func (ix *Index) UnpinIf(ref string, rec PinRecord) (removed bool, err error) {
 	if err != nil {
 		return false, err
 	}
+	defer ix.lockPins()()
 	err = ix.write(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketPins)
 		if b == nil || !bytes.Equal(b.Get(key), raw) {
