@@ -3,6 +3,7 @@ package storage
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -83,12 +84,13 @@ func (ix *Index) pinAdded(ref string, rec PinRecord, also func(tx *bolt.Tx, adde
 	if err != nil {
 		return false, err
 	}
+	var old []byte
 	err = ix.write(func(tx *bolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(bucketPins)
 		if err != nil {
 			return err
 		}
-		old := b.Get(key)
+		old = bytes.Clone(b.Get(key))
 		added = (old == nil || bytes.Equal(old, raw)) && (!found || bytes.Equal(shared, raw))
 		if err := b.Put(key, raw); err != nil {
 			return err
@@ -101,7 +103,20 @@ func (ix *Index) pinAdded(ref string, rec PinRecord, also func(tx *bolt.Tx, adde
 	if err != nil {
 		return false, err
 	}
-	return added, ix.sharePut(bucketPins, key, rec)
+	if err := ix.sharePut(bucketPins, key, rec); err != nil {
+		// Not pinned, as the caller is told: the record here is put
+		// back as it was, not left until a Refresh prunes it. A job's
+		// claim written with it (also) claims no pin, which it makes
+		// again with the same record when it runs again.
+		return false, errors.Join(err, ix.write(func(tx *bolt.Tx) error {
+			b := tx.Bucket(bucketPins)
+			if old == nil {
+				return b.Delete(key)
+			}
+			return b.Put(key, old)
+		}))
+	}
+	return added, nil
 }
 
 // lockPins waits for the pins' writes of others (pinning) and returns

@@ -83,3 +83,40 @@ func TestUnpinDuringAPinsBucketWrite(t *testing.T) {
 		}
 	})
 }
+
+// A pin whose write to the bucket replicas share fails is not left
+// recorded here: the caller is told it failed, and the image is as it
+// was, unpinned or pinned by the record before. Before, the pin stayed
+// here, keeping the image from eviction, until a Refresh pruned it (or,
+// a job's pin, for good on an index that shares no refresh).
+func TestPinWhoseBucketWriteFailsIsNotKept(t *testing.T) {
+	down := errors.New("bucket unreachable")
+	var fail bool
+	ix := openShared(t, pinRecords{Records: storage.NewDriverRecords(inmemory.New()), put: func() error {
+		if fail {
+			return down
+		}
+		return nil
+	}})
+	key := storage.TagKey("docker.io", "library/x", "v1")
+	admin := storage.PinRecord{PinnedAt: time.Unix(1700000000, 0).UTC(), Reason: "admin"}
+	prefetch := storage.PinRecord{PinnedAt: admin.PinnedAt.Add(time.Second), Reason: "prefetch"}
+	other := storage.TagKey("docker.io", "library/y", "v1")
+	must(t, ix.Pin(key, admin))
+	fail = true
+	for _, ref := range []string{key, other} {
+		if _, err := ix.PinAdded(ref, prefetch); !errors.Is(err, down) {
+			t.Fatalf("PinAdded(%s) with the bucket's write failing: %v, want %v", ref, err, down)
+		}
+	}
+	pins, err := ix.Pins()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, ok := pins[key]; !ok || !got.PinnedAt.Equal(admin.PinnedAt) || got.Reason != admin.Reason {
+		t.Errorf("pin of %s after a failed pin: %+v %v, want the admin's %+v", key, got, ok, admin)
+	}
+	if got, ok := pins[other]; ok {
+		t.Errorf("pin of %s after a failed pin: %+v, want none", other, got)
+	}
+}
