@@ -373,7 +373,8 @@ func (p *Proxy) artifactsOf(ctx context.Context, t target, subject digest.Digest
 	// forget: those it has, and those whose lookup it answered with a
 	// failure (a 5xx, a 429), of which its earlier 404 is no longer the
 	// last word. A tag whose lookup got no answer (the upstream
-	// unreachable, or not asked while the mirror backs off) is neither.
+	// unreachable, or not asked while the mirror backs off, or for want
+	// of a token the token server did not give) is neither.
 	var absent, forget []string
 	for _, suffix := range cosignSuffixes {
 		tag := oci.ReferrersTag(subject) + "." + suffix

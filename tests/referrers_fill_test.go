@@ -1405,3 +1405,66 @@ func TestTokenServerRateLimitServesCacheOfAnExpiredToken(t *testing.T) {
 	up.Stop()
 	wantError(t, get(t, m.URL()+"/v2/signed/manifests/"+att), http.StatusNotFound, "MANIFEST_UNKNOWN")
 }
+
+// A cosign tag a fill found absent stays known absent through a recheck
+// made once the repository's token has expired, whose lookups' own token
+// requests the token server fails (a 429, a 401, a 5xx): the registry
+// said nothing of the tags, so with the upstream down later cosign is
+// still told 404 MANIFEST_UNKNOWN, as the upstream answered when last
+// asked. Before, the token server's failure was taken for the registry's
+// answer to the lookup that asked for the token, and that tag's record
+// was forgotten (503 offline), while its siblings, held back by the
+// token server's back-off, kept theirs.
+func TestCosignTagAbsentKeptThroughARecheckWhoseTokenFails(t *testing.T) {
+	for _, fault := range []fixture.Fault{
+		{Status: http.StatusTooManyRequests, Header: http.Header{"Retry-After": {"3600"}}},
+		{Status: http.StatusUnauthorized},
+		{Status: http.StatusInternalServerError},
+		{Status: http.StatusServiceUnavailable},
+	} {
+		t.Run(strconv.Itoa(fault.Status), func(t *testing.T) {
+			up := fixture.StartUpstream(t, fixture.WithTokenAuth())
+			s := seedSignedImage(t, up)
+			// A tag TTL past the recheck: the referrers list is fresh then,
+			// and a cosign tag's lookup is the first request with the
+			// expired token.
+			ttl := time.Hour
+			m := servertest.StartUpstreams(t, []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL(), TagTTL: &ttl}}, nil)
+			pinned := ref(t, m, "signed@"+s.ma.Digest)
+			cranePull(t, pinned, remote.WithPlatform(linuxAMD64))
+			m.WaitIdle()
+			absent := []struct{ subject, suffix string }{
+				{s.ma.Digest, "att"}, {s.ma.Digest, "sbom"},
+				{s.ma.Platforms["linux/amd64"].Digest, "sig"}, {s.ma.Platforms["linux/amd64"].Digest, "sbom"},
+			}
+			for _, a := range absent {
+				if ok, err := m.Index.TagAbsent(proxy.DefaultHost, "library/signed", digestOf(t, a.subject), a.suffix); err != nil || !ok {
+					t.Fatalf("%s not recorded absent by the fill (%v)", cosignTag(a.subject, a.suffix), err)
+				}
+			}
+
+			m.Clock.Advance(proxy.ArtifactsRecheck) // past the fill's look
+			up.RevokeTokens()
+			fault.Kind = fixture.KindToken
+			up.SetFault(fault)
+			up.ResetCounts()
+			cranePull(t, pinned, remote.WithPlatform(linuxAMD64)) // the recheck's
+			m.WaitRequests()
+			m.WaitIdle()
+			if n := up.Count(http.MethodGet, fixture.KindToken); n == 0 {
+				t.Fatal("the recheck's lookups asked for no token")
+			}
+			for _, a := range absent {
+				if ok, err := m.Index.TagAbsent(proxy.DefaultHost, "library/signed", digestOf(t, a.subject), a.suffix); err != nil || !ok {
+					t.Errorf("%s no longer recorded absent after a recheck whose token the token server failed %d (%v)", cosignTag(a.subject, a.suffix), fault.Status, err)
+				}
+			}
+			// Later, the upstream down (a restart forgets a refusal).
+			up.Stop()
+			m.Restart()
+			for _, a := range absent {
+				wantError(t, get(t, m.URL()+"/v2/signed/manifests/"+cosignTag(a.subject, a.suffix)), http.StatusNotFound, "MANIFEST_UNKNOWN")
+			}
+		})
+	}
+}

@@ -1396,51 +1396,62 @@ func (c *Client) transportError(r call, err error) error {
 	}
 	var te *transport.Error
 	if errors.As(err, &te) {
-		switch te.StatusCode {
-		case http.StatusUnauthorized:
-			if c.anonymous() {
-				if c.keychain != nil {
-					// docker_config found none: most often Docker's
-					// config of another user (docker login run as
-					// root, the mirror a service user).
-					return c.newError(r.kind, r.what, te.StatusCode, ErrAuth, err,
-						"upstream %s refused anonymous access: docker_config found no credentials for %s in Docker's config of the user the mirror runs as ($DOCKER_CONFIG, else ~/.docker/config.json), or the repository does not exist", c.host, c.host)
-				}
-				// None were sent: the operator must not be sent
-				// looking for credentials never configured.
-				return c.newError(r.kind, r.what, te.StatusCode, ErrAuth, err,
-					"upstream %s refused anonymous access: a private repository needs credentials (upstreams.%s.username and a password), or it does not exist", c.host, c.host)
-			}
-			return c.newError(r.kind, r.what, te.StatusCode, ErrAuth, err, "upstream %s refused our credentials", c.host)
-		case http.StatusForbidden:
-			return c.newError(r.kind, r.what, te.StatusCode, ErrAuth, err, "upstream %s denied access", c.host)
-		case http.StatusTooManyRequests:
-			// A token server's 429, whose Retry-After tokenLimits
-			// noted: the seconds left of the back-off are passed on.
-			e := c.newError(r.kind, r.what, te.StatusCode, ErrUnavailable, err, "upstream %s rate-limited the request", c.host)
-			var b *Error
-			if errors.As(c.backingOff(&c.tokenRetry, r), &b) {
-				e.RetryAfter = b.RetryAfter
-			}
-			return e
-		case http.StatusServiceUnavailable:
-			// A token server's 503: one with a Retry-After backs off
-			// (tokenLimits), and the seconds left are passed on.
-			var b *Error
-			if errors.As(c.backingOff(&c.tokenRetry, r), &b) {
-				e := c.newError(r.kind, r.what, te.StatusCode, ErrUnavailable, err, "upstream %s answered 503 for a token", c.host)
-				e.RetryAfter = b.RetryAfter
-				return e
-			}
-		}
-		// Any other answer of the token server (a 5xx, a 404 of a realm
-		// moved) is the upstream answering badly, not unreachable.
-		return c.newError(r.kind, r.what, te.StatusCode, ErrUnavailable, err, "upstream %s's token server answered %d", c.host, te.StatusCode)
+		// The token server's answer, not the registry's: the request
+		// was not sent (again) for want of a token, and nothing was
+		// said of it (a cosign tag's lookup is not answered by it).
+		e := c.tokenServerError(r, te, err)
+		e.NotAsked = true
+		return e
 	}
 	if errors.As(err, new(credentialsError)) {
 		return c.newError(r.kind, r.what, 0, ErrUnavailable, err, "upstream %s not asked: our credentials for it could not be read", c.host)
 	}
 	return c.newError(r.kind, r.what, 0, ErrUnavailable, err, "upstream %s unreachable", c.host)
+}
+
+// tokenServerError maps te, the token server's failure to give a token
+// (err wrapping it), of a request for r.
+func (c *Client) tokenServerError(r call, te *transport.Error, err error) *Error {
+	switch te.StatusCode {
+	case http.StatusUnauthorized:
+		if c.anonymous() {
+			if c.keychain != nil {
+				// docker_config found none: most often Docker's
+				// config of another user (docker login run as
+				// root, the mirror a service user).
+				return c.newError(r.kind, r.what, te.StatusCode, ErrAuth, err,
+					"upstream %s refused anonymous access: docker_config found no credentials for %s in Docker's config of the user the mirror runs as ($DOCKER_CONFIG, else ~/.docker/config.json), or the repository does not exist", c.host, c.host)
+			}
+			// None were sent: the operator must not be sent
+			// looking for credentials never configured.
+			return c.newError(r.kind, r.what, te.StatusCode, ErrAuth, err,
+				"upstream %s refused anonymous access: a private repository needs credentials (upstreams.%s.username and a password), or it does not exist", c.host, c.host)
+		}
+		return c.newError(r.kind, r.what, te.StatusCode, ErrAuth, err, "upstream %s refused our credentials", c.host)
+	case http.StatusForbidden:
+		return c.newError(r.kind, r.what, te.StatusCode, ErrAuth, err, "upstream %s denied access", c.host)
+	case http.StatusTooManyRequests:
+		// A token server's 429, whose Retry-After tokenLimits
+		// noted: the seconds left of the back-off are passed on.
+		e := c.newError(r.kind, r.what, te.StatusCode, ErrUnavailable, err, "upstream %s rate-limited the request", c.host)
+		var b *Error
+		if errors.As(c.backingOff(&c.tokenRetry, r), &b) {
+			e.RetryAfter = b.RetryAfter
+		}
+		return e
+	case http.StatusServiceUnavailable:
+		// A token server's 503: one with a Retry-After backs off
+		// (tokenLimits), and the seconds left are passed on.
+		var b *Error
+		if errors.As(c.backingOff(&c.tokenRetry, r), &b) {
+			e := c.newError(r.kind, r.what, te.StatusCode, ErrUnavailable, err, "upstream %s answered 503 for a token", c.host)
+			e.RetryAfter = b.RetryAfter
+			return e
+		}
+	}
+	// Any other answer of the token server (a 5xx, a 404 of a realm
+	// moved) is the upstream answering badly, not unreachable.
+	return c.newError(r.kind, r.what, te.StatusCode, ErrUnavailable, err, "upstream %s's token server answered %d", c.host, te.StatusCode)
 }
 
 func (c *Client) url(repo, kind, ref string) string {
