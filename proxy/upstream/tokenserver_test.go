@@ -3,6 +3,7 @@ package upstream
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -707,5 +708,78 @@ func TestRedirectedTokenServerRateLimitHoldsBackTokenRequestsOnly(t *testing.T) 
 	clock.Advance(time.Minute)
 	if _, err := c.HeadManifest(t.Context(), "team/y", v1); err != nil {
 		t.Errorf("after the token server's Retry-After: %v", err)
+	}
+}
+
+// TestCrossHostTokenServerRateLimitHoldsBackTokenRequestsOnly: a blob
+// the registry redirects to another host (a CDN) whose challenge names a
+// token server on a third host, which rate-limits its token requests,
+// holds back token requests only, as the registry's own token server's
+// 429 does (9400fcd): the third host's token request was taken for a
+// request to the registry, whose back-off then failed every manifest and
+// blob of every repository 429 until the Retry-After. Its token requests
+// are held back meanwhile too.
+func TestCrossHostTokenServerRateLimitHoldsBackTokenRequestsOnly(t *testing.T) {
+	var limited atomic.Bool
+	var cdnTokens atomic.Int64
+	const body = "0123456789"
+	tr := roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		switch {
+		case r.URL.Host == "auth.test":
+			cdnTokens.Add(1)
+			if limited.Load() {
+				return &http.Response{StatusCode: http.StatusTooManyRequests, Header: http.Header{"Retry-After": {"60"}}, Body: http.NoBody, Request: r}, nil
+			}
+			return &http.Response{StatusCode: http.StatusOK, Body: io.NopCloser(strings.NewReader(`{"token":"c"}`)), Request: r}, nil
+		case r.URL.Host == "cdn.test" && r.Header.Get("Authorization") != "Bearer c":
+			h := http.Header{"Www-Authenticate": {`Bearer realm="https://auth.test/token",service="cdn.test"`}}
+			return &http.Response{StatusCode: http.StatusUnauthorized, Header: h, Body: http.NoBody, Request: r}, nil
+		case r.URL.Host == "cdn.test":
+			return &http.Response{StatusCode: http.StatusOK, ContentLength: int64(len(body)), Body: io.NopCloser(strings.NewReader(body)), Request: r}, nil
+		case r.URL.Path == "/token":
+			return &http.Response{StatusCode: http.StatusOK, Body: io.NopCloser(strings.NewReader(`{"token":"t"}`)), Request: r}, nil
+		case r.Header.Get("Authorization") != "Bearer t":
+			return bearerChallenge(r), nil
+		case strings.Contains(r.URL.Path, "/blobs/"):
+			h := http.Header{"Location": {"https://cdn.test/data"}}
+			return &http.Response{StatusCode: http.StatusTemporaryRedirect, Header: h, Body: http.NoBody, Request: r}, nil
+		}
+		return &http.Response{StatusCode: http.StatusOK, Body: http.NoBody, Request: r}, nil
+	})
+	clock := newFakeClock()
+	c := errClient(t, "https://registry.test", WithTransport(tr), WithClock(clock.Now))
+	dgst := digest.FromString(body)
+	rc, _, err := c.Blob(t.Context(), "library/x", dgst, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc.Close()
+
+	limited.Store(true)
+	if rc, _, err := c.Blob(t.Context(), "library/x", dgst, 0); err == nil {
+		rc.Close()
+		t.Fatal("a blob whose host's token server rate-limits: no error")
+	}
+	// Held: library/x's token, for the registry's own requests.
+	if _, err := c.HeadManifest(t.Context(), "library/x", v1); err != nil {
+		t.Errorf("a manifest of a repository whose token is held, the blobs' host's token server rate-limiting: %v", err)
+	}
+	// Not held: no token request until the Retry-After has passed.
+	before := cdnTokens.Load()
+	if rc, _, err := c.Blob(t.Context(), "library/x", dgst, 0); err == nil {
+		rc.Close()
+		t.Error("a blob whose host's token server rate-limits, within its Retry-After: no error")
+	}
+	_, err = c.HeadManifest(t.Context(), "team/z", v1)
+	wantRetryAfter(t, err, "60")
+	if n := cdnTokens.Load() - before; n != 0 {
+		t.Errorf("%d token requests to the blobs' host's token server within its Retry-After, want none", n)
+	}
+	limited.Store(false)
+	clock.Advance(time.Minute)
+	if rc, _, err := c.Blob(t.Context(), "library/x", dgst, 0); err != nil {
+		t.Errorf("after the token server's Retry-After: %v", err)
+	} else {
+		rc.Close()
 	}
 }

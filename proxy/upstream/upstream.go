@@ -1047,6 +1047,19 @@ func (t tokenLimits) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	u := *first.URL
 	u.RawQuery = ""
+	if first.URL.Host != t.c.registry.RegistryStr() && (t.tokenAt == "" || u.String() != t.tokenAt) {
+		// Not a redirect of a request to the registry: a token request
+		// of another host's challenge (a blob redirected to a CDN that
+		// names a token server of its own), sent without our
+		// credentials. A token request still: held back, and backing
+		// off, as the registry's token server's are.
+		if first == req {
+			if err := t.c.tokensHeld(req.Context()); err != nil {
+				return nil, err
+			}
+		}
+		return t.roundTrip(req, true)
+	}
 	if t.tokenAt == "" || u.String() != t.tokenAt {
 		return t.roundTrip(req, false)
 	}
