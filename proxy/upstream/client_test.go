@@ -522,21 +522,10 @@ func TestRedirectTargetFailureAskedAgain(t *testing.T) {
 	}
 }
 
-// loginTransport is a registry at https://registry.test whose token
-// server (its /token) refuses every login (a wrong password), each once
-// gate is closed; it counts the logins.
-type loginTransport struct {
-	gate   chan struct{}
-	logins *atomic.Int64
-}
-
-func (l loginTransport) RoundTrip(r *http.Request) (*http.Response, error) {
-	if r.URL.Path == "/token" {
-		l.logins.Add(1)
-		<-l.gate
-		return &http.Response{StatusCode: http.StatusUnauthorized, Header: http.Header{}, Body: http.NoBody, Request: r}, nil
-	}
-	return bearerChallenge(r), nil
+// refusingLogins is registry.test whose token server refuses every login
+// (a wrong password), each once gate is closed; it counts the logins.
+func refusingLogins(gate chan struct{}, logins *atomic.Int64) roundTripFunc {
+	return tokenServer(gatedToken(gate, logins, http.StatusUnauthorized, http.Header{}))
 }
 
 // TestConcurrentFirstLoginsOneAtATime: credentials the upstream has not
@@ -552,7 +541,7 @@ func TestConcurrentFirstLoginsOneAtATime(t *testing.T) {
 		transport func(gate chan struct{}, logins *atomic.Int64) http.RoundTripper
 	}{
 		{"token server", func(gate chan struct{}, logins *atomic.Int64) http.RoundTripper {
-			return loginTransport{gate: gate, logins: logins}
+			return refusingLogins(gate, logins)
 		}},
 		{"basic auth", func(gate chan struct{}, logins *atomic.Int64) http.RoundTripper {
 			return basicLoginTransport{gate: gate, sent: logins}
@@ -730,26 +719,6 @@ func TestRevokedCredentialsNotSentForAnotherRepositorysRenewal(t *testing.T) {
 	}
 }
 
-// hangingLoginTransport is loginTransport whose token server does not
-// answer the first login (it hangs until the request's timeout), and
-// refuses the others once gate is closed.
-type hangingLoginTransport struct {
-	gate   chan struct{}
-	logins *atomic.Int64
-}
-
-func (l hangingLoginTransport) RoundTrip(r *http.Request) (*http.Response, error) {
-	if r.URL.Path == "/token" {
-		if l.logins.Add(1) == 1 {
-			<-r.Context().Done()
-			return nil, r.Context().Err()
-		}
-		<-l.gate
-		return &http.Response{StatusCode: http.StatusUnauthorized, Header: http.Header{}, Body: http.NoBody, Request: r}, nil
-	}
-	return bearerChallenge(r), nil
-}
-
 // TestFirstLoginUnansweredLetsOneGo: the first token request with
 // credentials not yet taken, which the token server did not answer in
 // time, let every login waiting for it go at once, each a failed login
@@ -759,7 +728,17 @@ func TestFirstLoginUnansweredLetsOneGo(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const n = 6
 		var logins atomic.Int64
-		lt := hangingLoginTransport{gate: make(chan struct{}), logins: &logins}
+		gate := make(chan struct{})
+		// The first login is not answered (it hangs until its timeout),
+		// the others refused once gate is closed.
+		lt := tokenServer(func(r *http.Request) (*http.Response, error) {
+			if logins.Add(1) == 1 {
+				<-r.Context().Done()
+				return nil, r.Context().Err()
+			}
+			<-gate
+			return &http.Response{StatusCode: http.StatusUnauthorized, Header: http.Header{}, Body: http.NoBody, Request: r}, nil
+		})
 		c := errClient(t, "https://registry.test", WithTransport(lt), WithAuth(&authn.Basic{Username: "bot", Password: "typo"}))
 		wg := headRepos(t, c, n, false)
 		synctest.Wait()
@@ -768,7 +747,7 @@ func TestFirstLoginUnansweredLetsOneGo(t *testing.T) {
 		if got := logins.Load(); got != 2 {
 			t.Errorf("%d logins under way for %d repositories, the first unanswered, want 2 (it, and one in its place)", got, n)
 		}
-		close(lt.gate)
+		close(gate)
 		wg.Wait()
 		if got := logins.Load(); got != 2 {
 			t.Errorf("%d logins for %d repositories in all, want 2", got, n)
@@ -786,11 +765,11 @@ func TestCredentialsRefusalSaidOnce(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const n = 6
 		var logins atomic.Int64
-		lt := loginTransport{gate: make(chan struct{}), logins: &logins}
-		c := errClient(t, "https://registry.test", WithTransport(lt), WithAuth(&authn.Basic{Username: "bot", Password: "typo"}))
+		gate := make(chan struct{})
+		c := errClient(t, "https://registry.test", WithTransport(refusingLogins(gate, &logins)), WithAuth(&authn.Basic{Username: "bot", Password: "typo"}))
 		wg := headRepos(t, c, n, false)
 		synctest.Wait()
-		close(lt.gate)
+		close(gate)
 		wg.Wait()
 		_, err := c.HeadManifest(t.Context(), "team/other", v1)
 		if !errors.Is(err, ErrAuth) {
@@ -1334,4 +1313,37 @@ func TestRefusalProbeAsksAFewHeld(t *testing.T) {
 func bearerChallenge(r *http.Request) *http.Response {
 	h := http.Header{"Www-Authenticate": {`Bearer realm="https://registry.test/token",service="registry.test"`}}
 	return &http.Response{StatusCode: http.StatusUnauthorized, Header: h, Body: http.NoBody, Request: r}
+}
+
+// tokenServer is registry.test whose token server (its /token) answers
+// with token, and which refuses every other request (bearerChallenge).
+func tokenServer(token roundTripFunc) roundTripFunc {
+	return func(r *http.Request) (*http.Response, error) {
+		if r.URL.Path == "/token" {
+			return token(r)
+		}
+		return bearerChallenge(r), nil
+	}
+}
+
+// gatedToken is a token server (tokenServer's token) that answers every
+// token request status, with header h, once gate is closed; it counts
+// them in logins.
+func gatedToken(gate chan struct{}, logins *atomic.Int64, status int, h http.Header) roundTripFunc {
+	return func(r *http.Request) (*http.Response, error) {
+		logins.Add(1)
+		<-gate
+		return &http.Response{StatusCode: status, Header: h, Body: http.NoBody, Request: r}, nil
+	}
+}
+
+// unansweredToken is a token server (tokenServer's token) that never
+// answers: a token request ends with its context. It counts them in
+// logins.
+func unansweredToken(logins *atomic.Int64) roundTripFunc {
+	return func(r *http.Request) (*http.Response, error) {
+		logins.Add(1)
+		<-r.Context().Done()
+		return nil, r.Context().Err()
+	}
 }

@@ -470,19 +470,6 @@ func TestErrorInvalidAnswer(t *testing.T) {
 	}
 }
 
-// challengingTransport answers the ping with a bearer challenge whose
-// token realm is on the registry itself, and waits for every other
-// request (the token's first) to be cancelled.
-type challengingTransport struct{}
-
-func (challengingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
-	if r.URL.Path == "/v2/" {
-		return bearerChallenge(r), nil
-	}
-	<-r.Context().Done()
-	return nil, r.Context().Err()
-}
-
 // TestErrorTimeoutTokenServer: a token server that does not answer fails
 // the request after the client's timeout, as a timeout (the mirror
 // answers 504, or serves what it holds), like a registry that does not
@@ -490,7 +477,10 @@ func (challengingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 func TestErrorTimeoutTokenServer(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
-		c := errClient(t, "https://registry.test", WithTransport(challengingTransport{}), WithTimeout(10*time.Second))
+		// Its ping challenges, naming its token server on the registry
+		// itself, which does not answer.
+		tr := tokenServer(unansweredToken(new(atomic.Int64)))
+		c := errClient(t, "https://registry.test", WithTransport(tr), WithTimeout(10*time.Second))
 		start := time.Now()
 		ue := asError(t, errCalls[0].do(t.Context(), c), "ErrUnavailable")
 		if !ue.Timeout || ue.Status != 0 || !ue.Temporary() || ue.Kind != KindPing {

@@ -17,23 +17,9 @@ import (
 	"github.com/opencontainers/go-digest"
 )
 
-// silentTokenServer is a registry at https://registry.test whose token
-// server (its /token) never answers (a firewall dropping the packets to
-// auth.docker.io while the registry answers); it counts the token
-// requests.
-type silentTokenServer struct{ logins *atomic.Int64 }
-
-func (s silentTokenServer) RoundTrip(r *http.Request) (*http.Response, error) {
-	if r.URL.Path == "/token" {
-		s.logins.Add(1)
-		<-r.Context().Done()
-		return nil, r.Context().Err()
-	}
-	return bearerChallenge(r), nil
-}
-
 // TestSilentTokenServerIsATimeoutForEveryRepository: with credentials not
-// yet taken and a token server that does not answer, the repositories
+// yet taken and a token server that does not answer (a firewall dropping
+// the packets to auth.docker.io while the registry answers), the repositories
 // pulled at once whose login's turn never came (each waits for the one
 // before it, the upstream's timeout each) failed with the handshake's
 // own deadline, a bare context error the mirror answers 500 "internal
@@ -43,7 +29,7 @@ func TestSilentTokenServerIsATimeoutForEveryRepository(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const n = 6
 		var logins atomic.Int64
-		c := errClient(t, "https://registry.test", WithTransport(silentTokenServer{&logins}), WithAuth(&authn.Basic{Username: "bot", Password: "pw"}))
+		c := errClient(t, "https://registry.test", WithTransport(tokenServer(unansweredToken(&logins))), WithAuth(&authn.Basic{Username: "bot", Password: "pw"}))
 		var wg sync.WaitGroup
 		for i := range n {
 			wg.Go(func() {
@@ -229,23 +215,6 @@ func TestTokenServerFailingNotUnreachable(t *testing.T) {
 	}
 }
 
-// rateLimitingTokenServer is a registry at https://registry.test whose
-// token server (its /token) answers 429 with a Retry-After to every
-// token request, each once gate is closed; it counts them.
-type rateLimitingTokenServer struct {
-	gate   chan struct{}
-	logins *atomic.Int64
-}
-
-func (s rateLimitingTokenServer) RoundTrip(r *http.Request) (*http.Response, error) {
-	if r.URL.Path == "/token" {
-		s.logins.Add(1)
-		<-s.gate
-		return &http.Response{StatusCode: http.StatusTooManyRequests, Header: http.Header{"Retry-After": {"60"}}, Body: http.NoBody, Request: r}, nil
-	}
-	return bearerChallenge(r), nil
-}
-
 // TestLoginsWaitingForARateLimitedOneBackOff: the logins of many
 // repositories pulled at once (credentials not yet taken) that waited for
 // the first one, which the token server answered 429 (Docker Hub's
@@ -257,11 +226,14 @@ func TestLoginsWaitingForARateLimitedOneBackOff(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const n = 6
 		var logins atomic.Int64
-		s := rateLimitingTokenServer{gate: make(chan struct{}), logins: &logins}
+		gate := make(chan struct{})
+		// Every token request answered 429 with a Retry-After, once gate
+		// is closed.
+		s := tokenServer(gatedToken(gate, &logins, http.StatusTooManyRequests, http.Header{"Retry-After": {"60"}}))
 		c := errClient(t, "https://registry.test", WithTransport(s), WithAuth(&authn.Basic{Username: "bot", Password: "pw"}))
 		wg := headReposBackedOff(t, c, n)
 		synctest.Wait()
-		close(s.gate)
+		close(gate)
 		wg.Wait()
 		if got := logins.Load(); got != 1 {
 			t.Errorf("%d token requests for %d repositories, the first answered 429, want 1", got, n)
