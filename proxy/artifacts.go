@@ -374,7 +374,8 @@ func (p *Proxy) artifactsOf(ctx context.Context, t target, subject digest.Digest
 	// failure (a 5xx, a 429), of which its earlier 404 is no longer the
 	// last word. A tag whose lookup got no answer (the upstream
 	// unreachable, or not asked while the mirror backs off, or for want
-	// of a token the token server did not give) is neither.
+	// of a token the token server did not give, or of a handshake whose
+	// ping failed) is neither.
 	var absent, forget []string
 	for _, suffix := range cosignSuffixes {
 		tag := oci.ReferrersTag(subject) + "." + suffix

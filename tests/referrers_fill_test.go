@@ -1423,48 +1423,81 @@ func TestCosignTagAbsentKeptThroughARecheckWhoseTokenFails(t *testing.T) {
 		{Status: http.StatusServiceUnavailable},
 	} {
 		t.Run(strconv.Itoa(fault.Status), func(t *testing.T) {
-			up := fixture.StartUpstream(t, fixture.WithTokenAuth())
-			s := seedSignedImage(t, up)
-			// A tag TTL past the recheck: the referrers list is fresh then,
-			// and a cosign tag's lookup is the first request with the
-			// expired token.
-			ttl := time.Hour
-			m := servertest.StartUpstreams(t, []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL(), TagTTL: &ttl}}, nil)
-			pinned := ref(t, m, "signed@"+s.ma.Digest)
-			cranePull(t, pinned, remote.WithPlatform(linuxAMD64))
-			m.WaitIdle()
-			absent := []struct{ subject, suffix string }{
-				{s.ma.Digest, "att"}, {s.ma.Digest, "sbom"},
-				{s.ma.Platforms["linux/amd64"].Digest, "sig"}, {s.ma.Platforms["linux/amd64"].Digest, "sbom"},
-			}
-			for _, a := range absent {
-				if ok, err := m.Index.TagAbsent(proxy.DefaultHost, "library/signed", digestOf(t, a.subject), a.suffix); err != nil || !ok {
-					t.Fatalf("%s not recorded absent by the fill (%v)", cosignTag(a.subject, a.suffix), err)
-				}
-			}
-
-			m.Clock.Advance(proxy.ArtifactsRecheck) // past the fill's look
-			up.RevokeTokens()
 			fault.Kind = fixture.KindToken
-			up.SetFault(fault)
-			up.ResetCounts()
-			cranePull(t, pinned, remote.WithPlatform(linuxAMD64)) // the recheck's
-			m.WaitRequests()
-			m.WaitIdle()
-			if n := up.Count(http.MethodGet, fixture.KindToken); n == 0 {
-				t.Fatal("the recheck's lookups asked for no token")
-			}
-			for _, a := range absent {
-				if ok, err := m.Index.TagAbsent(proxy.DefaultHost, "library/signed", digestOf(t, a.subject), a.suffix); err != nil || !ok {
-					t.Errorf("%s no longer recorded absent after a recheck whose token the token server failed %d (%v)", cosignTag(a.subject, a.suffix), fault.Status, err)
-				}
-			}
-			// Later, the upstream down (a restart forgets a refusal).
-			up.Stop()
-			m.Restart()
-			for _, a := range absent {
-				wantError(t, get(t, m.URL()+"/v2/signed/manifests/"+cosignTag(a.subject, a.suffix)), http.StatusNotFound, "MANIFEST_UNKNOWN")
-			}
+			cosignTagAbsentThroughAFailingRecheck(t, fault, false)
 		})
+	}
+}
+
+// A cosign tag a fill found absent stays known absent through a recheck
+// made after a restart, whose lookups' handshake the registry's ping
+// fails (a 429, a 5xx: the /v2/ of a registry in maintenance): nothing
+// was said of the tags, as of none after a ping answered 404 (a
+// maintenance page), so with the upstream down later cosign is still
+// told 404 MANIFEST_UNKNOWN. Before, the ping's failure was taken for the
+// answer to the lookup whose handshake it was, and that tag's record was
+// forgotten (503 offline), while the siblings held back by the back-off
+// after the ping's 429 kept theirs.
+func TestCosignTagAbsentKeptThroughARecheckWhosePingFails(t *testing.T) {
+	for _, fault := range []fixture.Fault{
+		{Status: http.StatusTooManyRequests, Header: http.Header{"Retry-After": {"3600"}}},
+		{Status: http.StatusInternalServerError},
+		{Status: http.StatusServiceUnavailable},
+	} {
+		t.Run(strconv.Itoa(fault.Status), func(t *testing.T) {
+			fault.Kind = fixture.KindPing
+			cosignTagAbsentThroughAFailingRecheck(t, fault, true)
+		})
+	}
+}
+
+// cosignTagAbsentThroughAFailingRecheck pulls a signed image by digest
+// through a mirror of a token-auth upstream whose tag TTL is past the
+// recheck (the referrers list is fresh then, and a cosign tag's lookup
+// is the first request of the recheck), has its tokens expire (and the
+// mirror restart, if restart), and its image's cosign tags looked up
+// again by a recheck with fault on the upstream: those the fill found
+// absent must stay so, and be answered 404 once the upstream is down.
+func cosignTagAbsentThroughAFailingRecheck(t *testing.T, fault fixture.Fault, restart bool) {
+	t.Helper()
+	up := fixture.StartUpstream(t, fixture.WithTokenAuth())
+	s := seedSignedImage(t, up)
+	ttl := time.Hour
+	m := servertest.StartUpstreams(t, []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL(), TagTTL: &ttl}}, nil)
+	cranePull(t, ref(t, m, "signed@"+s.ma.Digest), remote.WithPlatform(linuxAMD64))
+	m.WaitIdle()
+	absent := []struct{ subject, suffix string }{
+		{s.ma.Digest, "att"}, {s.ma.Digest, "sbom"},
+		{s.ma.Platforms["linux/amd64"].Digest, "sig"}, {s.ma.Platforms["linux/amd64"].Digest, "sbom"},
+	}
+	for _, a := range absent {
+		if ok, err := m.Index.TagAbsent(proxy.DefaultHost, "library/signed", digestOf(t, a.subject), a.suffix); err != nil || !ok {
+			t.Fatalf("%s not recorded absent by the fill (%v)", cosignTag(a.subject, a.suffix), err)
+		}
+	}
+
+	m.Clock.Advance(proxy.ArtifactsRecheck) // past the fill's look
+	up.RevokeTokens()
+	if restart {
+		m.Restart()
+	}
+	up.SetFault(fault)
+	up.ResetCounts()
+	cranePull(t, ref(t, m, "signed@"+s.ma.Digest), remote.WithPlatform(linuxAMD64)) // the recheck's
+	m.WaitRequests()
+	m.WaitIdle()
+	if n := up.Count("", fault.Kind); n == 0 {
+		t.Fatalf("the recheck's lookups sent no %s request", fault.Kind)
+	}
+	for _, a := range absent {
+		if ok, err := m.Index.TagAbsent(proxy.DefaultHost, "library/signed", digestOf(t, a.subject), a.suffix); err != nil || !ok {
+			t.Errorf("%s no longer recorded absent after a recheck whose %s request failed %d (%v)", cosignTag(a.subject, a.suffix), fault.Kind, fault.Status, err)
+		}
+	}
+	// Later, the upstream down (a restart forgets a refusal).
+	up.Stop()
+	m.Restart()
+	for _, a := range absent {
+		wantError(t, get(t, m.URL()+"/v2/signed/manifests/"+cosignTag(a.subject, a.suffix)), http.StatusNotFound, "MANIFEST_UNKNOWN")
 	}
 }

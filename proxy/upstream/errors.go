@@ -48,14 +48,16 @@ type Error struct {
 	// (unreachable, no answer in time). Not asked (NotAsked), the status
 	// of the earlier answer it was held back for (a 429 or 503 backed
 	// off for, a 401 refusing our credentials), or of the token server's
-	// answer that gave no token for it.
+	// answer that gave no token for it, or of the registry's answer to
+	// the ping of its handshake.
 	Status int
 	// NotAsked: the request was not sent, the mirror backing off after
 	// the upstream's 429 (or 503) to an earlier one, or holding back
 	// credentials it refused to an earlier one (for 10s); or, needing a
 	// token (none yet, or its token expired), not sent (again) for want
 	// of one: the token server failed to give it (a 429, a 401, a 5xx),
-	// or its back-off or such a refusal held the token request back.
+	// or its back-off or such a refusal held the token request back;
+	// or not sent for want of a handshake, the registry's ping failing.
 	// The registry said nothing of this one.
 	NotAsked bool
 	// Code and Message are the first OCI error of the upstream's answer,

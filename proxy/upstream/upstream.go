@@ -669,7 +669,14 @@ func (c *Client) pingNow(ctx context.Context) (*pingAnswer, error) {
 		}
 		return &pingAnswer{challenge: pr, at: at}, nil
 	default:
-		return nil, c.statusError(resp, ping)
+		// The answer to the ping, not to the request whose handshake
+		// it is, which is not sent: nothing was said of it (a cosign
+		// tag's lookup is not answered by it).
+		err := c.statusError(resp, ping)
+		if e, ok := err.(*Error); ok {
+			e.NotAsked = true
+		}
+		return nil, err
 	}
 }
 
