@@ -221,6 +221,40 @@ func TestRetryAfterOnToken(t *testing.T) {
 	}
 }
 
+// TestRetryAfterOnTokenToComeBackNow: a token server's 429 whose
+// Retry-After says to come back now (0, or an HTTP date past: a clock
+// behind the mirror's) backs off not at all, as the registry's does, and
+// is passed on with a Retry-After of 0: it was passed on with none,
+// which README promises a 429 never is (with the upstream's, or the
+// mirror's own back-off).
+func TestRetryAfterOnTokenToComeBackNow(t *testing.T) {
+	t0 := newFakeClock().Now()
+	for name, retryAfter := range map[string]string{"zero": "0", "HTTP date past": t0.Add(-time.Minute).Format(http.TimeFormat)} {
+		t.Run(name, func(t *testing.T) {
+			var tokens atomic.Int64
+			r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+				if req.URL.Path == "/token" {
+					if tokens.Add(1) == 1 {
+						w.Header().Set("Retry-After", retryAfter)
+						w.WriteHeader(http.StatusTooManyRequests)
+						return
+					}
+					_, _ = w.Write([]byte(`{"token":"t"}`))
+					return
+				}
+				w.Header().Set("Content-Type", ociManifest)
+				_, _ = w.Write(manifestA)
+			}, bearerPing)
+			c := r.client(t, WithClock(newFakeClock().Now))
+			_, err := c.Manifest(t.Context(), "library/x", v1)
+			wantRetryAfter(t, err, "0")
+			if _, err := c.Manifest(t.Context(), "library/x", v1); err != nil {
+				t.Fatalf("at once after a Retry-After of now: %v", err)
+			}
+		})
+	}
+}
+
 // TestRetryAfterOn503: a 503 with Retry-After (Docker Hub and GHCR answer
 // so under load) is honoured as a 429's is: the upstream is not asked
 // again before it, and every request meanwhile fails at once as a 503 with

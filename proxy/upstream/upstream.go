@@ -1452,8 +1452,10 @@ func (c *Client) tokenServerError(r call, te *transport.Error, err error) *Error
 		return c.newError(r.kind, r.what, te.StatusCode, ErrAuth, err, "upstream %s denied access", c.host)
 	case http.StatusTooManyRequests:
 		// A token server's 429, whose Retry-After tokenLimits
-		// noted: the seconds left of the back-off are passed on.
+		// noted: the seconds left of the back-off are passed on; none
+		// left, it said to come back now (0, or a date past).
 		e := c.newError(r.kind, r.what, te.StatusCode, ErrUnavailable, err, "upstream %s rate-limited the request", c.host)
+		e.RetryAfter = "0"
 		var b *Error
 		if errors.As(c.backingOff(&c.tokenRetry, r), &b) {
 			e.RetryAfter = b.RetryAfter
