@@ -86,6 +86,9 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 		if size, ok := p.downloadingSize(ctx, t, dgst); ok {
 			// The upstream said it already: asked again, it may be
 			// rate-limiting (or down) since.
+			if unchanged {
+				w.Header().Set(cacheHeader, "revalidated") // as below
+			}
 			return serveBlob(w, r, dgst, size, nil)
 		}
 		var size int64
@@ -106,6 +109,11 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 		}
 		if size > p.maxBlobSize {
 			return tooLarge(t.host(), dgst, p.maxBlobSize, false, size)
+		}
+		if unchanged {
+			// Nothing fetched: the upstream confirmed the blob the
+			// client holds, as it confirms a tag the mirror holds.
+			w.Header().Set(cacheHeader, "revalidated")
 		}
 		return serveBlob(w, r, dgst, size, nil)
 	}

@@ -187,7 +187,10 @@ func (p *Proxy) unchangedUpstream(w http.ResponseWriter, r *http.Request, t targ
 		return false, nil
 	}
 	h := w.Header()
-	setHeaders(h, headerDigest, strings.Trim(etag, `"`), headerETag, etag, cacheHeader, "miss")
+	// Nothing fetched: the upstream confirmed what the client holds, as
+	// it confirms a tag the mirror holds (a HEAD). Not a miss, which says
+	// the upstream sent the content for the client.
+	setHeaders(h, headerDigest, strings.Trim(etag, `"`), headerETag, etag, cacheHeader, "revalidated")
 	if oci.IsManifestMediaType(mt) {
 		h.Set(headerContentType, mt)
 	}
