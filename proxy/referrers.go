@@ -292,9 +292,10 @@ const maxReferrerTypes = 1 << 12
 // once); with referrers off not stored (only the list was asked for:
 // nothing else is kept), its type kept in memory instead (a manifest by
 // digest does not change; asked for each filter and at each
-// revalidation, the upstream would send it each time). "" if it cannot
-// be read: offline (the upstream has just failed, the list is the
-// cache's) the upstream is not asked, once per entry.
+// revalidation, the upstream would send it each time), as is the absence
+// of one the upstream answers 404. "" if it cannot be read: offline (the
+// upstream has just failed, the list is the cache's) the upstream is not
+// asked, once per entry.
 func (p *Proxy) typeOf(ctx context.Context, t target, online bool) func(dgst digest.Digest) string {
 	return func(dgst digest.Digest) string {
 		if linked, err := p.index.Linked(t.host(), t.repo, dgst); err == nil && linked {
@@ -316,6 +317,12 @@ func (p *Proxy) typeOf(ctx context.Context, t target, online bool) func(dgst dig
 			return manifestType(m.body)
 		}
 		m, err := t.up.Manifest(ctx, t.repo, oci.Ref{Digest: dgst})
+		if errors.Is(err, upstream.ErrNotFound) && !pingNotFound(err) {
+			// Gone upstream (an index listing a referrer deleted since):
+			// no type, remembered as a type is, or each revalidation of
+			// the list would ask again for what it would not change.
+			p.referrerTypes.Add(dgst, "")
+		}
 		if err != nil {
 			return ""
 		}

@@ -646,3 +646,37 @@ func TestReferrersFilteredByConfigTypeReadsTheTypeOnce(t *testing.T) {
 		t.Errorf("%d upstream GETs of an untyped entry's manifest for two filters and a revalidation; want 1", n)
 	}
 }
+
+// With referrers: false, a fallback tag's entry without artifactType whose
+// manifest the upstream does not have (deleted since the index was
+// written) has no type, and the upstream is asked for it once: not again
+// at each revalidation of the filtered list, whose answer it would not
+// change (a manifest by digest does not come back as another).
+func TestReferrersEntryGoneUpstreamAskedOnceWithReferrersOff(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/plain", "1", 1, 1<<10)
+	sbom := artifactManifest(t, up, "library/plain", sbomType, "sbom", img)
+	sig := configTypedManifest(t, up, "library/plain", sigType, "signature", img)
+	fallback, _ := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": oci.MediaTypeOCIIndex, "manifests": []any{sig, sbom}})
+	up.PutManifest(t, "library/plain", "sha256-"+strings.TrimPrefix(img.Digest, "sha256:"), oci.MediaTypeOCIIndex, fallback)
+	gone := sig["digest"].(string)
+	up.Delete(t, "library/plain", gone)
+	m := servertest.Start(t, up.URL(), proxy.WithReferrers(false))
+	u := m.URL() + "/v2/plain/referrers/" + img.Digest + "?artifactType=" + url.QueryEscape(sbomType)
+	wantReferrers(t, get(t, u), "miss", true, sbom["digest"].(string))
+	for range 2 {
+		m.WaitIdle()
+		m.Clock.Advance(2 * time.Minute) // past the tag TTL: revalidated
+		wantReferrers(t, get(t, u), "revalidated", true, sbom["digest"].(string))
+	}
+	m.WaitIdle()
+	asked := 0
+	for _, r := range up.Requests() {
+		if r.Kind == fixture.KindManifest && strings.HasSuffix(r.Path, "/manifests/"+gone) {
+			asked++
+		}
+	}
+	if asked != 1 {
+		t.Errorf("the entry gone upstream was asked for %d times over three answers of the list, want once: %+v", asked, up.Requests())
+	}
+}
