@@ -731,11 +731,37 @@ func (p *Proxy) fetchManifestAnswer(ctx context.Context, t target, ref oci.Ref, 
 
 // fetchTagAnswer is fetchManifestAnswer of a tag whose revalidation a
 // found moved: the manifest the revalidation fetched, if it had to, is
-// stored and answered, not fetched again.
+// stored and answered, not fetched again. Alias tags that moved together
+// to the digest their revalidations named (latest and 1.27, pulled at
+// once) share one fetch, a pull Docker Hub counts, not one each: the
+// others' tags are recorded there once it is (movedToHeld).
 func (p *Proxy) fetchTagAnswer(ctx context.Context, t target, tag string, a tagAnswer, fill bool) (*storedManifest, error) {
-	w, err := p.startManifestFrom(ctx, t, oci.Ref{Tag: tag}, fill, a.fetched)
+	ref := oci.Ref{Tag: tag}
+	var moved digest.Digest
+	if a.fetched == nil {
+		moved = a.digest
+	}
+	w, err := p.startManifestOf(ctx, t, ref, fill, a.fetched, moved)
+	if err == nil && w.tag != tag && w.m.digest != a.digest {
+		// The alias's fetch found its tag moved on since: this one is
+		// fetched on its own.
+		w, err = p.startManifestFrom(ctx, t, ref, fill, nil)
+	}
 	if err != nil {
 		return nil, err
+	}
+	if w.tag != tag && p.work.start() {
+		go func() {
+			defer p.work.done()
+			ctx, cancel := p.detach(ctx, p.manifestTimeout)
+			defer cancel()
+			if _, err := w.wait(ctx); err != nil {
+				return // not recorded: the next pull fetches it
+			}
+			if _, err := p.movedToHeld(ctx, t, tag, w.m.digest, false); err != nil {
+				p.log.Warn("recording a tag moved to its alias's manifest", "upstream", t.host(), "repo", t.repo, "tag", tag, "digest", w.m.digest, "error", err)
+			}
+		}()
 	}
 	return w.m, nil
 }
@@ -755,22 +781,42 @@ func (p *Proxy) startManifest(ctx context.Context, t target, ref oci.Ref, fill b
 // fetched is not nil (verified by the upstream client): it is not asked
 // for again.
 func (p *Proxy) startManifestFrom(ctx context.Context, t target, ref oci.Ref, fill bool, fetched *upstream.Manifest) (*manifestWrite, error) {
+	return p.startManifestOf(ctx, t, ref, fill, fetched, "")
+}
+
+// startManifestOf is startManifestFrom of a tag whose revalidation found
+// it moved to the digest moved, if not "": its fetch is shared with the
+// tags that moved there too, and the write returned may be one of theirs
+// (its tag another, and, if that tag moved on meanwhile, its digest too).
+func (p *Proxy) startManifestOf(ctx context.Context, t target, ref oci.Ref, fill bool, fetched *upstream.Manifest, moved digest.Digest) (*manifestWrite, error) {
 	key := manifestKey(t, ref)
 	if w := p.writes.get(key); w != nil {
 		return w, nil
+	}
+	// Being written under these keys, it is not fetched again.
+	written := []string{key}
+	if moved != "" {
+		written = append(written, manifestKey(t, oci.Ref{Digest: moved}))
 	}
 	// A fetch through another replica is a flight of its own: replicas
 	// that disagree on the owner then never wait on each other.
 	viaPeer := p.viaPeer(ctx, ownerKey(t, ref))
 	flight := key
+	if moved != "" {
+		// Not the digest's own flight: a pull by digest must not be
+		// answered a tag's manifest that moved on since its HEAD.
+		flight = "moved\x00" + written[1]
+	}
 	if viaPeer {
-		flight = "peer\x00" + key
+		flight = "peer\x00" + flight
 	}
 	return shared(ctx, p.work, &p.manifestFlights, flight, func() (_ *manifestWrite, err error) {
 		// A flight that ended just before this one began may have left
 		// its manifest being written.
-		if w := p.writes.get(key); w != nil {
-			return w, nil
+		for _, k := range written {
+			if w := p.writes.get(k); w != nil {
+				return w, nil
+			}
 		}
 		ctx, cancel := p.detach(ctx, p.manifestTimeout)
 		defer cancel()
@@ -827,6 +873,7 @@ func (p *Proxy) startManifestFrom(ctx context.Context, t target, ref oci.Ref, fi
 		}
 		entry.Fill = p.newFill(t, mt, &doc, fill)
 		w := newManifestWrite(&storedManifest{body: up.Body, mediaType: mt, digest: up.Digest, fetchedAhead: aheadOf && p.fetchAhead}, entry.Record.FetchedAt)
+		w.tag = entry.Tag
 		keys := []string{manifestKey(t, oci.Ref{Digest: up.Digest})}
 		if entry.Tag != "" {
 			keys = append(keys, key)

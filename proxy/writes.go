@@ -13,6 +13,7 @@ import (
 // answered from these bytes instead of asking the upstream again.
 type manifestWrite struct {
 	m    *storedManifest
+	tag  string        // the tag it was fetched by, recorded with it; "" by digest
 	at   time.Time     // when it was fetched: a tag's freshness
 	done chan struct{} // closed once recorded, or not: err says
 	err  error         // why it was not recorded; read after done
