@@ -821,13 +821,18 @@ func (p *Proxy) publishArtifactTag(ctx context.Context, t target, a artifact) er
 }
 
 // isFallbackTag reports whether tag is the referrers tag schema's
-// "<alg>-<hex>" of some digest.
+// "<alg>-<hex>" of some digest: its hex cut to 64 characters
+// (oci.ReferrersTag), so a sha512 digest's is not a digest's whole hex.
 func isFallbackTag(tag string) bool {
-	for i := range len(tag) {
-		if tag[i] == '-' {
-			d := digest.Digest(tag[:i] + ":" + tag[i+1:])
-			return oci.ValidDigest(d) && oci.ReferrersTag(d) == tag
+	alg, hex, ok := strings.Cut(tag, "-")
+	a := digest.Algorithm(alg)
+	if !ok || !a.Available() || len(hex) != min(2*a.Size(), 64) {
+		return false
+	}
+	for i := range len(hex) {
+		if c := hex[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
 		}
 	}
-	return false
+	return true
 }

@@ -349,3 +349,26 @@ func TestDestinationSharedCosignArtifactOneTagRefused(t *testing.T) {
 	wantDestManifest(t, dest, repo, "1", ma.Index, ma.MediaType)
 	wantDestManifest(t, dest, repo, cosignTag(amd64, "sbom"), shared.raw, oci.MediaTypeOCIManifest)
 }
+
+// The referrers tag schema's tag of a sha512 subject is its hex cut to 64
+// characters ("sha512-<64 hex>"; the whole of it would make a tag longer
+// than 128): it is a fallback tag as "sha256-<hex>" is, and a
+// destination that keeps its own referrers index is not sent the
+// upstream's over it.
+func TestDestinationKeepsOwnSHA512FallbackTag(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	subject := digest.SHA512.FromString("a sha512 image")
+	fallback := oci.ReferrersTag(subject)
+	up.SeedMultiArch(t, "library/hello-world", fallback, fixture.OCI)
+	dest := fixture.StartGGCRDestination(t)
+	m := startDestMirror(t, up, dest, nil)
+	if r := get(t, m.URL()+"/v2/hello-world/manifests/"+fallback); r.status != 200 {
+		t.Fatalf("fallback tag through the mirror: %d %s", r.status, r.body)
+	}
+	m.WaitIdle()
+	for _, req := range dest.Requests() {
+		if req.Method == "PUT" && strings.HasSuffix(req.Path, "/manifests/"+fallback) {
+			t.Errorf("the upstream's sha512 fallback tag was pushed to a destination keeping its own: %s %s", req.Method, req.Path)
+		}
+	}
+}
