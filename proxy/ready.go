@@ -27,16 +27,8 @@ const (
 
 // readiness is the store's lookups for Ready.
 type readiness struct {
-	flight singleflight.Group
-	// throttled is the store's last lookup if it was answered
-	// throttling, else nil.
-	throttled atomic.Pointer[throttledLookup]
-}
-
-// throttledLookup is a readiness lookup the store answered throttling.
-type throttledLookup struct {
-	at  time.Time
-	err error
+	flight    singleflight.Group
+	throttled atomic.Int64 // when the store's last lookup was answered throttling (UnixNano), else 0
 }
 
 // Ready reports whether the store and the index can be used. A store
@@ -44,45 +36,58 @@ type throttledLookup struct {
 // otherwise leave the load balancer at once, and none would serve what
 // still goes through.
 func (p *Proxy) Ready(ctx context.Context) error {
-	if err := p.index.Ping(); err != nil {
+	_, err := p.lookUpStore(ctx, true)
+	return err
+}
+
+// CheckStore is Ready as the status page shows it: a store that throttles
+// is ready, but its answer is returned as the error (a registry
+// destination that rate-limits is shown failing). It waits for its
+// lookup even within readyFor of a throttling answer, which Ready takes:
+// the store may have recovered since.
+func (p *Proxy) CheckStore(ctx context.Context) error {
+	throttled, err := p.lookUpStore(ctx, false)
+	if err != nil {
 		return err
 	}
-	th := p.readiness.throttled.Load()
-	fresh := th != nil && p.now().Sub(th.at) < readyFor
+	return throttled
+}
+
+// lookUpStore pings the index and looks the store up (shared, see
+// readyFor): err if either cannot be used, else throttled if the store
+// answered throttling. If takeFresh, within readyFor of a throttling
+// answer it takes that one and does not wait for the lookup it starts
+// (nil, nil).
+func (p *Proxy) lookUpStore(ctx context.Context, takeFresh bool) (throttled, err error) {
+	if err := p.index.Ping(); err != nil {
+		return nil, err
+	}
+	at := p.readiness.throttled.Load()
+	fresh := takeFresh && at != 0 && p.now().Sub(time.Unix(0, at)) < readyFor
 	wait := ctx
 	if fresh {
 		done, cancel := context.WithCancel(ctx)
 		cancel() // the next lookup runs, unwaited for
 		wait = done
 	}
-	_, err := shared(wait, p.work, &p.readiness.flight, "store", func() (struct{}, error) {
+	throttled, err = shared(wait, p.work, &p.readiness.flight, "store", func() (error, error) {
 		// Detached, ended by Close: a stop would otherwise wait out the
 		// lookup of a bucket that hangs.
 		ctx, cancel := p.detach(ctx, readyLookupTimeout)
 		defer cancel()
 		_, err := p.store.Stat(ctx, "docker-mirror/readiness", digest.FromString("readiness probe"))
 		if storage.IsThrottled(err) {
-			p.readiness.throttled.Store(&throttledLookup{at: p.now(), err: fmt.Errorf("store: %w", err)})
-			return struct{}{}, nil
+			p.readiness.throttled.Store(p.now().UnixNano())
+			return fmt.Errorf("store: %w", err), nil
 		}
-		p.readiness.throttled.Store(nil)
+		p.readiness.throttled.Store(0)
 		if err != nil && !errors.Is(err, storage.ErrNotFound) {
-			return struct{}{}, fmt.Errorf("store: %w", err)
+			return nil, fmt.Errorf("store: %w", err)
 		}
-		return struct{}{}, nil
+		return nil, nil
 	})
 	if fresh && !errors.Is(err, errClosing) {
-		return nil
+		return nil, nil
 	}
-	return err
-}
-
-// Throttled returns the error of the store's last readiness lookup if
-// the store answered it throttling (it is ready all the same), else nil:
-// the status page shows a registry destination that rate-limits failing.
-func (p *Proxy) Throttled() error {
-	if th := p.readiness.throttled.Load(); th != nil {
-		return th.err
-	}
-	return nil
+	return throttled, err
 }

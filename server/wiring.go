@@ -287,12 +287,7 @@ func newStatus(s *Server) *statuspage.Handler {
 	d := statuspage.Deps{Proxy: s.Proxy, Index: s.Index, Collector: s.Collector, Version: s.opts.version,
 		StoreKind: s.storeName, MaxSize: int64(cfg.MaxSize), DataDir: disk, Now: s.opts.now}
 	if cfg.Destination.URL != "" {
-		d.Destination, d.DestinationName = func(ctx context.Context) error {
-			if err := s.Proxy.Ready(ctx); err != nil {
-				return err
-			}
-			return s.Proxy.Throttled() // ready, but the page says so
-		}, s.storeName
+		d.Destination, d.DestinationName = s.Proxy.CheckStore, s.storeName
 	}
 	if s.Cluster != nil {
 		d.Peers = func(ctx context.Context) []statuspage.PeerState {

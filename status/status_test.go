@@ -652,6 +652,69 @@ func TestDestinationRateLimitingIsFailing(t *testing.T) {
 	}
 }
 
+// A destination that rate-limited (429) and has recovered is shown ok by
+// the page's next check: it showed failing, with the 429 of the lookup
+// before, while the lookup that check started (readiness takes a
+// throttling answer within 30 s, and does not wait for the next lookup)
+// found it answering.
+func TestDestinationRecoveredFromRateLimitingIsOk(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	var limiting, hold atomic.Bool
+	reached, release := make(chan struct{}, 1), make(chan struct{})
+	dest := fixture.StartDestination(t, nil, fixture.WithFrontEnd(func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if limiting.Load() {
+				http.Error(w, `{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}`, http.StatusTooManyRequests)
+				return
+			}
+			if hold.Load() && strings.Contains(r.URL.Path, "/docker-mirror/readiness/") {
+				select {
+				case reached <- struct{}{}:
+				default:
+				}
+				<-release
+			}
+			next.ServeHTTP(w, r)
+		})
+	}))
+	cfg := servertest.Config(t, t.TempDir(), []servertest.Upstream{{Host: "docker.io", URL: up.URL()}})
+	cfg.Destination.URL = dest.URL() + "/mirror"
+	srv, err := server.New(context.Background(), cfg, server.WithLogger(servertest.Logger()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	limiting.Store(true)
+	if w := serveGet(t, srv.Handler(), "/readyz"); w.Code != http.StatusOK {
+		t.Fatalf("/readyz with the destination rate-limiting: %d %q; want 200", w.Code, w.Body)
+	}
+	limiting.Store(false)
+	hold.Store(true) // the page's lookup answers once the page could have answered without it
+
+	answered := make(chan *httptest.ResponseRecorder, 1)
+	go func() { answered <- serveGet(t, srv.Handler(), "/api/v1/status") }()
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	var w *httptest.ResponseRecorder
+	select {
+	case w = <-answered: // without the lookup
+		close(release)
+	case <-reached:
+		close(release)
+		w = <-answered
+	case <-ctx.Done():
+		close(release)
+		t.Fatal("the status page neither answered nor looked the destination up")
+	}
+	var s status.Status
+	if err := json.Unmarshal(w.Body.Bytes(), &s); err != nil {
+		t.Fatal(err)
+	}
+	if s.Destination == nil || s.Destination.Status != "ok" {
+		t.Errorf("destination recovered from rate-limiting: %+v, want ok", s.Destination)
+	}
+}
+
 // A request that goes away while the destination is checked (a browser
 // leaving the page mid-refresh) does not leave the destination shown as
 // unreachable, "context canceled", until the next check 15s later.
