@@ -74,3 +74,39 @@ func TestDestinationRateLimitingStaysReady(t *testing.T) {
 	}
 	m.WaitIdle()
 }
+
+// A replica that starts while its registry destination rate-limits with
+// a 503 and Retry-After becomes ready, as it does under a 429: its first
+// lookup makes the authentication handshake, and the 503 with
+// Retry-After that answered it counted as an outage, so a replica
+// started (a rolling update, a scale-up) while Harbor's or
+// Artifactory's gateway rate-limited stayed out of the load balancer.
+func TestDestinationRateLimitingAtHandshakeStaysReady(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	for _, c := range []struct {
+		name       string
+		status     int
+		retryAfter bool
+		ready      bool
+	}{
+		{"429", http.StatusTooManyRequests, false, true},
+		{"503 with Retry-After", http.StatusServiceUnavailable, true, true},
+		{"503 without Retry-After", http.StatusServiceUnavailable, false, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			front := &answering{}
+			front.status.Store(int32(c.status))
+			front.retryAfter.Store(c.retryAfter)
+			dest := fixture.StartDestination(t, map[string]string{destUser: destPassword}, fixture.WithFrontEnd(front.wrap))
+			m := startDestMirror(t, up, dest, nil)
+			r := get(t, m.URL()+"/readyz")
+			if c.ready && r.status != http.StatusOK {
+				t.Errorf("/readyz, the destination rate-limiting since the start: %d %q; want 200", r.status, r.body)
+			}
+			if !c.ready && r.status != http.StatusServiceUnavailable {
+				t.Errorf("/readyz, the destination failing since the start: %d %q; want 503", r.status, r.body)
+			}
+			m.WaitIdle()
+		})
+	}
+}

@@ -324,6 +324,8 @@ func (s *Store) transport(ctx context.Context, scopes ...string) (http.RoundTrip
 		// The handshake must not die with the first caller that asked.
 		hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 		defer cancel()
+		limited := &rateLimitNote{}
+		hctx = context.WithValue(hctx, rateLimitKey{}, limited)
 		t, err := transport.NewWithContext(hctx, s.registry, s.auth, &hookTransport{inner: s.base, store: s}, scopes)
 		if err != nil {
 			if pingNotFound(err) {
@@ -339,7 +341,11 @@ func (s *Store) transport(ctx context.Context, scopes ...string) (http.RoundTrip
 				// external_url), which is what needs fixing.
 				return nil, &destError{msg: fmt.Sprintf("destination %s answered, but its token service %s is unreachable (authentication handshake)", s.host, host), err: err}
 			}
-			return nil, s.fail(err, "authentication handshake")
+			err := s.fail(err, "authentication handshake")
+			if e, ok := err.(*destError); ok && e.status != 0 && limited.Load() {
+				e.throttled = true // a 503 with Retry-After: not in err
+			}
+			return nil, err
 		}
 		s.transports.Add(key, t)
 		return t, nil
@@ -446,6 +452,9 @@ func (h *hookTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	resp, err := inner.RoundTrip(req)
 	if err != nil {
 		return nil, err
+	}
+	if limited, ok := req.Context().Value(rateLimitKey{}).(*rateLimitNote); ok && rateLimits(resp) {
+		limited.Store(true)
 	}
 	if sess, ok := req.Context().Value(sessionKey{}).(*uploadSession); ok &&
 		req.Method == http.MethodPost && resp.StatusCode == http.StatusAccepted {
@@ -592,11 +601,26 @@ func (s *Store) checkStatus(resp *http.Response, what string, ok ...int) error {
 	defer resp.Body.Close()
 	err := transport.CheckError(resp, ok...)
 	e := s.statusError(resp.StatusCode, what, err)
-	// A 503 with Retry-After is a rate limit too (Harbor's and
-	// Artifactory's gateways answer so), not an outage.
-	e.throttled = e.throttled || resp.StatusCode == http.StatusServiceUnavailable && resp.Header.Get("Retry-After") != ""
+	e.throttled = rateLimits(resp)
 	return e
 }
+
+// rateLimits reports whether resp is the destination asking to slow
+// down: a 429, or a 503 with Retry-After (Harbor's and Artifactory's
+// gateways answer so), not an outage.
+func rateLimits(resp *http.Response) bool {
+	return resp.StatusCode == http.StatusTooManyRequests ||
+		resp.StatusCode == http.StatusServiceUnavailable && resp.Header.Get("Retry-After") != ""
+}
+
+// rateLimitKey is the context key of a handshake's *rateLimitNote.
+type rateLimitKey struct{}
+
+// rateLimitNote is set by the hookTransport when the destination answers
+// a handshake's request asking to slow down (rateLimits): the error of a
+// failed handshake (go-containerregistry's) keeps the status, not the
+// Retry-After that tells a 503's rate limit from an outage.
+type rateLimitNote struct{ atomic.Bool }
 
 // drainClose reads what is left of a small response body (so the
 // connection can be reused) and closes it.
