@@ -40,6 +40,25 @@ func (p *Proxy) Ready(ctx context.Context) error {
 	return err
 }
 
+// errFullNotReady is Readyz's error while the store is full, with
+// WithReadyzFailWhenFull.
+var errFullNotReady = errors.New("store full")
+
+// Readyz is the readiness /readyz answers, which the other replicas of a
+// cluster and the load balancer probe: Ready's, and with
+// WithReadyzFailWhenFull, not while the store is full (by default still
+// ready: hits are served, and a mirror taken out of rotation would not
+// serve them either).
+func (p *Proxy) Readyz(ctx context.Context) error {
+	if err := p.Ready(ctx); err != nil {
+		return err
+	}
+	if p.readyFailWhenFull && p.StoreFull() {
+		return errFullNotReady
+	}
+	return nil
+}
+
 // CheckStore is Ready as the status page shows it: a store that throttles
 // is ready, but its answer is returned as the error (a registry
 // destination that rate-limits is shown failing). It waits for its

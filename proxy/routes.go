@@ -202,15 +202,12 @@ func (p *Proxy) base(w http.ResponseWriter, _ *http.Request) error {
 }
 
 func (p *Proxy) readyz(w http.ResponseWriter, r *http.Request) error {
-	if err := p.Ready(r.Context()); err != nil {
+	if err := p.Readyz(r.Context()); errors.Is(err, errFullNotReady) {
+		return errcode.New(errcode.Unavailable, "not ready: %v", err)
+	} else if err != nil {
 		return errcode.Wrap(errcode.Unavailable, err, "not ready")
 	}
 	if p.StoreFull() {
-		// By default still ready: hits are served, and a mirror taken
-		// out of rotation would not serve them either.
-		if p.readyFailWhenFull {
-			return errcode.New(errcode.Unavailable, "not ready: store full")
-		}
 		_, err := io.WriteString(w, "ok, store full: cached content is served, new content is not cached\n")
 		return err
 	}

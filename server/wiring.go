@@ -325,7 +325,7 @@ func newStatus(s *Server) *statuspage.Handler {
 func selfReady(ctx context.Context, p *proxy.Proxy) error {
 	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
 	defer cancel()
-	return p.Ready(ctx)
+	return p.Readyz(ctx)
 }
 
 // passwordFile is the keychain of an upstream whose password is in its

@@ -14,6 +14,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/docker-mirror/docker-mirror/config"
+	"github.com/docker-mirror/docker-mirror/proxy"
 	"github.com/docker-mirror/docker-mirror/server"
 	"github.com/docker-mirror/docker-mirror/storage"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
@@ -165,6 +166,44 @@ func TestStatusShowsThisReplicaNotReady(t *testing.T) {
 		if p.Name == rs[0].url+" (this replica)" {
 			if p.State != "not ready" || !strings.Contains(p.LastError, "403") {
 				t.Errorf("this replica, its store refusing: %+v, want not ready, with the error", p)
+			}
+			return
+		}
+	}
+	t.Fatalf("this replica not among the peers %+v", s.Peers)
+}
+
+// A replica whose /readyz fails because its store is full (with
+// readyz_fail_when_full) shows itself not ready in its own status page,
+// saying so: it showed itself ok, its own row checking only the store's
+// and the index's readiness, while the other replicas and the load
+// balancer had taken it out.
+func TestStatusShowsThisReplicaNotReadyWhenFull(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	rs := startClusterWith(t, 1, up, sharedDir, nil, func(int) []server.Option {
+		// Less free space than the store needs: full.
+		return []server.Option{server.WithProxyOptions(proxy.WithFreeSpace(func() (uint64, bool) { return 1 << 20, true }))}
+	}, func(c *config.Config) { c.ReadyzFailWhenFull = true })
+	if st, _, body, err := get(context.Background(), rs[0].url+"/readyz", nil); err != nil || st != http.StatusServiceUnavailable || !strings.Contains(string(body), "store full") {
+		t.Fatalf("/readyz with the store full: %d %q %v; want 503, store full", st, body, err)
+	}
+	_, _, body, err := get(context.Background(), rs[0].url+"/api/v1/status", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s struct {
+		Peers []struct {
+			Name, State string
+			LastError   string `json:"last_error"`
+		}
+	}
+	if err := json.Unmarshal(body, &s); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range s.Peers {
+		if p.Name == rs[0].url+" (this replica)" {
+			if p.State != "not ready" || !strings.Contains(p.LastError, "store full") {
+				t.Errorf("this replica, its store full: %+v, want not ready, store full", p)
 			}
 			return
 		}
