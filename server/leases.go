@@ -31,8 +31,8 @@ const probeTimeout = 30 * time.Second
 // honours conditional writes (probed now: logged, and the gauge
 // docker_mirror_cluster_leases_supported). Elsewhere there are none:
 // replicas that disagree on the membership may then fetch a blob twice.
-// A probe that fails (the store unreachable) is made again at the blob
-// fetches that follow (lateLeases).
+// A probe that fails (the store unreachable) is made again in the
+// background of the blob fetches that follow (lateLeases).
 func newLeases(ctx context.Context, cfg config.Config, o options, m *metrics.Metrics, c *cluster.Cluster) []proxy.Option {
 	supported := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "docker_mirror_cluster_leases_supported",
@@ -78,8 +78,9 @@ func newLeases(ctx context.Context, cfg config.Config, o options, m *metrics.Met
 	ok, err := probe(ctx)
 	switch {
 	case err != nil:
-		// The store could not be reached: probed again at the blob
-		// fetches that follow, not left without leases until a restart.
+		// The store could not be reached: probed again in the background
+		// of the blob fetches that follow, not left without leases until a
+		// restart.
 		return []proxy.Option{proxy.WithBlobLeases(&lateLeases{leases: l, probe: probe, now: o.now})}
 	case !ok:
 		return nil
