@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -183,5 +184,78 @@ func TestPrefetchStoppedByShutdownKeepsItsPin(t *testing.T) {
 	key := storage.TagKey(DefaultHost, "library/app", "v1")
 	if _, ok := pins[key]; !ok {
 		t.Errorf("pins %v after a shutdown stopped the prefetch; want %s pinned until the job resumes", pins, key)
+	}
+}
+
+// failPinWrites is shared records whose writes of pins fail once failing
+// is set (a bucket refusing writes for a while).
+type failPinWrites struct {
+	storage.Records
+	failing *atomic.Bool
+}
+
+func (r failPinWrites) Put(ctx context.Context, kind, key string, value []byte) error {
+	if kind == "pins" && r.failing.Load() {
+		return errors.New("bucket refusing writes")
+	}
+	return r.Records.Put(ctx, kind, key, value)
+}
+
+// A prefetch with pin resumed after a restart (its pin made before it,
+// its claim to it recorded), whose pin's write to the bucket replicas
+// share fails, fails the image and takes back its own pin, as a failed
+// copy does. Before, the pin, put back on the replica as it was (its
+// own), stayed there and in the bucket, and the job, finished, never
+// took it back: an image pinned for good that nobody had asked to keep.
+func TestPrefetchResumedWhosePinFailsTakesBackItsPin(t *testing.T) {
+	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0))) // has no library/app
+	up, err := upstream.New(DefaultHost, "http://registry.test", upstream.WithTransport(inProcess{reg}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bucket := storage.NewDriverRecords(inmemory.New())
+	var failing atomic.Bool
+	store, index := memStore(t)
+	index.ShareRecords(failPinWrites{Records: bucket, failing: &failing}, nil)
+	p, err := New(store, index, []*upstream.Client{up}, WithSpoolDir(t.TempDir()), WithReferrers(false),
+		WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	// What a run stopped by a shutdown in its copy left: the job
+	// unfinished, its pin made, its claim recorded with it.
+	key := storage.TagKey(DefaultHost, "library/app", "v1")
+	rec := storage.PinRecord{PinnedAt: time.Unix(1700000000, 0).UTC(), Reason: "prefetch"}
+	job := &storage.Job{ID: "20231114T221320-resumed", Trigger: rec.Reason, State: storage.JobRunning, Pin: true,
+		Images:    []storage.JobImage{{Image: "library/app:v1", State: storage.JobRunning, PinnedAt: rec.PinnedAt}},
+		CreatedAt: rec.PinnedAt, UpdatedAt: rec.PinnedAt}
+	if err := index.PutJob(job); err != nil {
+		t.Fatal(err)
+	}
+	if err := index.Pin(key, rec); err != nil {
+		t.Fatal(err)
+	}
+
+	failing.Store(true)
+	if err := p.ResumeJobs(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.WaitIdle(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	j, ok, err := index.Job(job.ID)
+	if err != nil || !ok || j.State != storage.JobFailed || !strings.Contains(j.Images[0].Error, "bucket refusing writes") {
+		t.Fatalf("the resumed job: %+v, %v, %v; want it failed by its pin", j, ok, err)
+	}
+	pins, err := index.Pins()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, ok := pins[key]; ok {
+		t.Errorf("pin of %s after the resumed prefetch failed: %+v; want the job's own taken back", key, got)
+	}
+	if raw, err := bucket.Get(t.Context(), "pins", key); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("the bucket's pin of %s after the resumed prefetch failed: %q, %v; want none", key, raw, err)
 	}
 }

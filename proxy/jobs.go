@@ -214,6 +214,9 @@ func (p *Proxy) prefetchImage(ctx context.Context, job *storage.Job, i int, pats
 	if job.Pin {
 		var err error
 		if unpin, err = p.pinImage(job, i); err != nil {
+			if !p.closing() {
+				err = errors.Join(err, unpin())
+			}
 			return err
 		}
 	}
@@ -245,11 +248,13 @@ func (p *Proxy) prefetchImage(ctx context.Context, job *storage.Job, i int, pats
 // crash pins again with the same record, knows the pin for its own, and
 // takes it back if it fails; and never takes for its own a pin it found,
 // which stays. unpin takes back the pin if it is the job's and nobody
-// pinned the image since (an admin, a sync with pin): theirs stays.
+// pinned the image since (an admin, a sync with pin): theirs stays. It is
+// returned with an error of the pin too: a resumed copy's pin from before
+// the restart may be left (put back as it was, or not read again).
 func (p *Proxy) pinImage(job *storage.Job, i int) (unpin func() error, err error) {
 	key, err := p.pinKey(job.Images[i].Image)
 	if err != nil {
-		return nil, err
+		return func() error { return nil }, err
 	}
 	var rec storage.PinRecord
 	h, changed := p.changeImage(job, i, func(img *storage.JobImage) {
@@ -258,9 +263,13 @@ func (p *Proxy) pinImage(job *storage.Job, i int) (unpin func() error, err error
 		}
 		rec = storage.PinRecord{PinnedAt: img.PinnedAt, Reason: job.Trigger}
 	})
+	unpin = func() error {
+		_, err := p.index.UnpinIf(key, rec)
+		return err
+	}
 	added, err := p.index.PinForJob(key, rec, h, i, changed[i])
 	if err != nil {
-		return nil, err
+		return unpin, err
 	}
 	if !added {
 		p.jobs.mu.Lock()
@@ -268,8 +277,5 @@ func (p *Proxy) pinImage(job *storage.Job, i int) (unpin func() error, err error
 		p.jobs.mu.Unlock()
 		return func() error { return nil }, nil
 	}
-	return func() error {
-		_, err := p.index.UnpinIf(key, rec)
-		return err
-	}, nil
+	return unpin, nil
 }
