@@ -106,8 +106,10 @@ func (ix *Index) pinAdded(ref string, rec PinRecord, also func(tx *bolt.Tx, adde
 	if err := ix.sharePut(bucketPins, key, rec); err != nil {
 		// Not pinned, as the caller is told: the record here is put
 		// back as it was, not left until a Refresh prunes it. A job's
-		// claim written with it (also) claims no pin, which it makes
-		// again with the same record when it runs again.
+		// claim written with it (also) stays: the job makes the pin
+		// again with the same record when it resumes, or, failed by
+		// this error, takes back what was put back if it is its own
+		// (UnpinIf: a pin from before a restart).
 		return false, errors.Join(err, ix.write(func(tx *bolt.Tx) error {
 			b := tx.Bucket(bucketPins)
 			if old == nil {
