@@ -403,8 +403,42 @@ func TestOpenPingRepositoryChallengedOnItsOwn(t *testing.T) {
 	if n := r.pings.Load(); n != 1 {
 		t.Errorf("%d pings for %d requests of a repository that challenges while the ping answers 200; want 1", n, tries)
 	}
-	if n := r.asked.Load(); n != tries {
-		t.Errorf("the upstream was asked %d times for %d requests; want %d", n, tries, tries)
+	// The first request and the token request its challenge is followed
+	// with, which the token server refuses: that refusal is held for
+	// authRetryAfter, as a handshake's is, and the others are not sent.
+	if n := r.asked.Load(); n != 2 {
+		t.Errorf("the upstream was asked %d times for %d requests; want 2", n, tries)
+	}
+}
+
+// TestOpenPingRepositoriesChallengeWithCredentials: an upstream whose
+// ping answers 200 and whose repositories challenge for a token its token
+// server gives for our credentials works with them, at once: the
+// challenge to our credentials sent as Basic, less than authRetryAfter
+// after the ping, was taken for a refusal of them, of every repository.
+func TestOpenPingRepositoriesChallengeWithCredentials(t *testing.T) {
+	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		switch {
+		case req.URL.Path == "/token":
+			if u, pw, ok := req.BasicAuth(); !ok || u != "bot" || pw != "pw" {
+				w.WriteHeader(http.StatusUnauthorized)
+				return
+			}
+			fmt.Fprint(w, `{"token":"t"}`)
+		case req.Header.Get("Authorization") == "Bearer t":
+			w.WriteHeader(http.StatusOK)
+		default:
+			challenge(w, req, "")
+		}
+	})
+	c := r.client(t, WithClock(newFakeClock().Now), WithAuth(&authn.Basic{Username: "bot", Password: "pw"}))
+	for _, repo := range []string{"library/x", "library/y"} {
+		if _, err := c.HeadManifest(t.Context(), repo, v1); err != nil {
+			t.Errorf("%s: %v", repo, err)
+		}
+	}
+	if n := r.pings.Load(); n != 1 {
+		t.Errorf("%d pings, want 1", n)
 	}
 }
 

@@ -64,6 +64,10 @@ type Client struct {
 	// handshakes of other repositories for pingTTL; guarded by pingMu.
 	pingMu sync.Mutex
 	pinged *pingAnswer
+	// challenges keeps, per repository, its own Bearer challenge to a
+	// request sent as to an open upstream (challenged): its handshakes
+	// follow it instead of the ping's 200.
+	challenges *lru.Cache[string, *pingAnswer]
 	// refused remembers, per repository, a handshake the upstream refused
 	// our credentials for, until when: retrying wrong credentials on every
 	// request could lock the account.
@@ -207,6 +211,7 @@ func New(host, rawURL string, opts ...Option) (*Client, error) {
 		registry:    reg,
 		auth:        authn.Anonymous,
 		transports:  mustLRU[http.RoundTripper](),
+		challenges:  mustLRU[*pingAnswer](),
 		refused:     mustLRU[refusal](),
 		tokens:      mustLRU[tokenAnswer](),
 		disagreeing: mustLRU[struct{}](),
@@ -599,11 +604,16 @@ type pingAnswer struct {
 // pull scope. The ping's answer is the last one if it is at most pingTTL
 // old; a handshake that fails forgets it, so the next one pings again,
 // unless its token server rate-limits it (a Retry-After): the ping named
-// the token server that answered.
+// the token server that answered. A repository that challenged a request
+// sent as to an open upstream (challenged) follows its own challenge
+// instead, without a ping.
 func (c *Client) handshake(ctx context.Context, repo string) (http.RoundTripper, error) {
-	pa, err := c.ping(ctx)
-	if err != nil {
-		return nil, err
+	pa, own := c.challenges.Get(repo)
+	if !own {
+		var err error
+		if pa, err = c.ping(ctx); err != nil {
+			return nil, err
+		}
 	}
 	t, err := c.authorize(ctx, repo, pa)
 	var ue *Error
@@ -890,18 +900,29 @@ type openTransport struct {
 
 // challenged reports whether resp, sent with t, is the upstream's own
 // challenge (a 401 with WWW-Authenticate) to a request t sent as to an
-// open upstream: its ping was answered 200 by a captive portal or a
-// maintenance page in front of it, or it has since been made to require
-// tokens. Then t is dropped and the ping's answer forgotten, so that the
-// next handshake pings again and gets the token the challenge asks for;
-// t would otherwise be kept, and every request sent without a token, until
-// a restart. A ping answered 200 less than authRetryAfter ago is not asked
-// again: the challenge is then the repository's own (a private one of a
-// registry open to others), and each of its requests would cost a ping
-// and a second request.
+// open upstream, to be sent again after a new handshake: t is dropped,
+// and would otherwise be kept, every request sent without a token.
 //
-// So is a challenge for a token (not Basic) to a request that carried our
-// credentials as Basic, as to an open upstream: not a refusal of them.
+// A challenge for a token (Bearer) is followed: repo's handshakes ask the
+// token server it names for a token of repo's scope (anonymous, or with
+// our credentials), as containerd does, instead of the ping's 200. Some
+// registries answer their ping 200 without auth and challenge every
+// repository for a token their token server gives anonymously: taken for
+// the repository's refusal, such a registry never worked. Only the token
+// server's refusal (held for authRetryAfter, as a handshake's is) or the
+// registry's refusal of the token is the repository's.
+//
+// A ping answered 200 authRetryAfter ago or more is forgotten as well,
+// so that the next handshake of another repository pings again: a
+// captive portal or a maintenance page in front of the upstream answered
+// it, or the upstream has since been made to require tokens. One answered
+// less long ago is not asked again, nor, for a challenge other than
+// Bearer, the request sent again: the challenge is then the repository's
+// own (a private one of a registry open to others), and each of its
+// requests would cost a ping and a second request.
+//
+// A challenge for a token to a request that carried our credentials as
+// Basic, as to an open upstream, is not a refusal of them either.
 func (c *Client) challenged(repo string, t http.RoundTripper, resp *http.Response) bool {
 	var pinged time.Time
 	switch t := t.(type) {
@@ -913,24 +934,36 @@ func (c *Client) challenged(repo string, t http.RoundTripper, resp *http.Respons
 		pinged = t.pinged
 	}
 	if pinged.IsZero() || resp.StatusCode != http.StatusUnauthorized ||
-		resp.Header.Get("WWW-Authenticate") == "" || resp.Request.URL.Host != c.registry.RegistryStr() ||
-		c.now().Sub(pinged) < authRetryAfter {
+		resp.Header.Get("WWW-Authenticate") == "" || resp.Request.URL.Host != c.registry.RegistryStr() {
 		return false
 	}
-	if _, open := t.(openTransport); !open && !strings.EqualFold(pickChallenge(resp.Header.Values("WWW-Authenticate")).Scheme, "bearer") {
-		return false // a registry of basic auth refusing them
+	pr := pickChallenge(resp.Header.Values("WWW-Authenticate"))
+	bearer := strings.EqualFold(pr.Scheme, "bearer")
+	stale := c.now().Sub(pinged) >= authRetryAfter
+	if _, open := t.(openTransport); !bearer && (!stale || !open) {
+		return false // the repository's own, or a registry of basic auth refusing them
 	}
-	c.forgetHandshake(repo, t)
+	if stale {
+		c.forgetHandshake(repo, t)
+	} else if cur, ok := c.transports.Peek(repo); ok && cur == t {
+		c.transports.Remove(repo)
+	}
+	if bearer {
+		pr.Insecure = c.scheme == "http"
+		c.trustRealm(pr.Parameters["realm"])
+		c.challenges.Add(repo, &pingAnswer{challenge: pr, at: c.now()})
+	}
 	return true
 }
 
 // forgetHandshake drops repo's transport t, if it is still the one kept,
-// and the ping's answer it was made after: the next handshake pings
-// again and heeds the upstream's challenge of now.
+// repo's own challenge and the ping's answer it was made after: the next
+// handshake pings again and heeds the upstream's challenge of now.
 func (c *Client) forgetHandshake(repo string, t http.RoundTripper) {
 	if cur, ok := c.transports.Peek(repo); ok && cur == t {
 		c.transports.Remove(repo)
 	}
+	c.challenges.Remove(repo)
 	c.pingMu.Lock()
 	c.pinged = nil
 	c.pingMu.Unlock()
@@ -1498,7 +1531,7 @@ func (c *Client) doWarming(ctx context.Context, repo string, req *http.Request, 
 	t, err := c.transport(ctx, repo)
 	if err != nil {
 		if ctx.Err() == nil {
-			c.noteAnswer(nil, err)
+			c.noteFailure(ctx, repo, err)
 		}
 		return nil, err
 	}
@@ -1571,7 +1604,7 @@ func (c *Client) doWarming(ctx context.Context, repo string, req *http.Request, 
 			c.refuse(repo, t, err, creds)
 		}
 		if ctx.Err() == nil {
-			c.noteAnswer(nil, err)
+			c.noteFailure(ctx, repo, err)
 		}
 		return nil, err
 	}
@@ -1610,6 +1643,21 @@ func (c *Client) doWarming(ctx context.Context, repo string, req *http.Request, 
 	}
 	c.noteAnswer(resp, err)
 	return nil, err
+}
+
+// noteFailure notes err, the failure of a request for repo that got no
+// answer of the registry's own: the token server's refusal of repo, whose
+// own challenge its handshake followed (challenged), anonymous or of
+// credentials it takes, is the repository's answer, as the registry's
+// refusal is (refusesRepository), also held (refusedNow); any other
+// failure is noted as such.
+func (c *Client) noteFailure(ctx context.Context, repo string, err error) {
+	if _, own := c.challenges.Peek(repo); own && errors.Is(err, ErrAuth) && !errors.As(err, new(credsRefusal)) &&
+		(errors.As(err, new(repoRefusal)) || c.credsNow(ctx) == "") {
+		c.noteRefusal(ctx, nil, repo, err)
+		return
+	}
+	c.noteAnswer(nil, err)
 }
 
 // refusesRepository reports whether resp, sent with t, is the upstream's
