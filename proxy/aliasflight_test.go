@@ -18,6 +18,110 @@ import (
 	"github.com/opencontainers/go-digest"
 )
 
+// aliasTags are the alias tags movedAliasesPulledAtOnce moves together.
+var aliasTags = []string{"latest", "1.27"}
+
+// movedAliases is what movedAliasesPulledAtOnce leaves: the mirror, the
+// image the tags moved to, the manifest GETs sent before the first was
+// answered, and each tag's answer.
+type movedAliases struct {
+	p       *Proxy
+	next    ggcrv1.Image
+	gets    int32
+	answers map[string]*httptest.ResponseRecorder
+}
+
+// movedAliasesPulledAtOnce pulls aliasTags through a mirror (tag TTL 0),
+// moves them together upstream to an image the mirror does not hold and
+// pulls them again at the very same moment: both revalidations' HEADs
+// name the new image before either pull GETs it, and the first manifest
+// GET is held until the other pull has chosen (sent its own GET, or waits
+// for the first), then answered by first (nil: the registry), given the
+// registry. Run in a synctest bubble; the mirror is idle when it returns.
+func movedAliasesPulledAtOnce(t *testing.T, first func(reg http.Handler, w http.ResponseWriter, r *http.Request)) movedAliases {
+	t.Helper()
+	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	tagAll := func(img ggcrv1.Image) {
+		for _, tag := range aliasTags {
+			ref, err := gname.ParseReference("registry.test/library/app:"+tag, gname.Insecure)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := remote.Write(ref, img, remote.WithTransport(inProcess{reg})); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	var (
+		armed atomic.Bool
+		heads sync.WaitGroup // the revalidations' HEADs
+		gets  atomic.Int32   // manifest GETs
+		hold  = make(chan struct{})
+	)
+	heads.Add(len(aliasTags))
+	front := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if armed.Load() && strings.Contains(r.URL.Path, "/manifests/") {
+			switch r.Method {
+			case http.MethodHead:
+				// Every pull HEADs before any GETs.
+				heads.Done()
+				heads.Wait()
+			case http.MethodGet:
+				if gets.Add(1) == 1 {
+					<-hold // held until the other pull has chosen
+					if first != nil {
+						first(reg, w, r)
+						return
+					}
+				}
+			}
+		}
+		reg.ServeHTTP(w, r)
+	})
+	p := inProcessMirror(t, front, WithTagTTL(0))
+	t.Cleanup(func() { p.Close() })
+	pull := func(tag string, img ggcrv1.Image) *httptest.ResponseRecorder {
+		mt, _ := img.MediaType()
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/v2/library/app/manifests/"+tag, nil)
+		req.Header.Set("Accept", string(mt))
+		p.Handler().ServeHTTP(rec, req)
+		return rec
+	}
+	old := pushImage(t, reg, "library/app:latest", 1)
+	tagAll(old)
+	for _, tag := range aliasTags {
+		if rec := pull(tag, old); rec.Code != http.StatusOK {
+			t.Fatalf("first GET %s: %d %.200s", tag, rec.Code, rec.Body)
+		}
+	}
+	if err := p.WaitIdle(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	next := pushImage(t, reg, "library/app:latest", 1)
+	tagAll(next)
+	armed.Store(true)
+	answers := make([]*httptest.ResponseRecorder, len(aliasTags))
+	var pulls sync.WaitGroup
+	for i, tag := range aliasTags {
+		pulls.Go(func() { answers[i] = pull(tag, next) })
+	}
+	// Every goroutine waits: the first GET is held, and the other pull
+	// has sent its own GET, or waits for the first.
+	synctest.Wait()
+	n := gets.Load()
+	close(hold)
+	pulls.Wait()
+	if err := p.WaitIdle(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	out := movedAliases{p: p, next: next, gets: n, answers: map[string]*httptest.ResponseRecorder{}}
+	for i, tag := range aliasTags {
+		out.answers[tag] = answers[i]
+	}
+	return out
+}
+
 // Alias tags (latest and 1.27) that moved together upstream to an image
 // the mirror does not hold, pulled at the very same moment: both
 // revalidations' HEADs name the new image before either pull fetches it,
@@ -25,85 +129,57 @@ import (
 // one per tag; both tags are recorded there.
 func TestAliasTagsMovedTogetherPulledAtOnceFetchedOnce(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
-		tags := []string{"latest", "1.27"}
-		tagAll := func(img ggcrv1.Image) {
-			for _, tag := range tags {
-				ref, err := gname.ParseReference("registry.test/library/app:"+tag, gname.Insecure)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if err := remote.Write(ref, img, remote.WithTransport(inProcess{reg})); err != nil {
-					t.Fatal(err)
-				}
-			}
-		}
-		var (
-			armed atomic.Bool
-			heads sync.WaitGroup // the two revalidations' HEADs
-			gets  atomic.Int32   // manifest GETs
-			hold  = make(chan struct{})
-		)
-		heads.Add(len(tags))
-		front := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if armed.Load() && strings.Contains(r.URL.Path, "/manifests/") {
-				switch r.Method {
-				case http.MethodHead:
-					// Both pulls HEAD before either GETs.
-					heads.Done()
-					heads.Wait()
-				case http.MethodGet:
-					if gets.Add(1) == 1 {
-						<-hold // the first GET is held until the other pull has chosen
-					}
-				}
-			}
-			reg.ServeHTTP(w, r)
-		})
-		p := inProcessMirror(t, front, WithTagTTL(0))
-		defer p.Close()
-		pull := func(tag string, img ggcrv1.Image) {
-			t.Helper()
-			mt, _ := img.MediaType()
-			body, _ := img.RawManifest()
-			rec := httptest.NewRecorder()
-			req := httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/v2/library/app/manifests/"+tag, nil)
-			req.Header.Set("Accept", string(mt))
-			p.Handler().ServeHTTP(rec, req)
+		a := movedAliasesPulledAtOnce(t, nil)
+		body, _ := a.next.RawManifest()
+		for tag, rec := range a.answers {
 			if rec.Code != http.StatusOK || rec.Body.String() != string(body) {
 				t.Errorf("GET %s: %d %.200s; want 200 and the manifest it moved to", tag, rec.Code, rec.Body)
 			}
 		}
-		old := pushImage(t, reg, "library/app:latest", 1)
-		tagAll(old)
-		for _, tag := range tags {
-			pull(tag, old)
+		if a.gets != 1 {
+			t.Errorf("the image both tags moved to was fetched with %d manifest GETs, want 1", a.gets)
 		}
-		if err := p.WaitIdle(t.Context()); err != nil {
-			t.Fatal(err)
+		want, _ := a.next.Digest()
+		for _, tag := range aliasTags {
+			if rec, ok, err := a.p.index.Tag(DefaultHost, "library/app", tag); err != nil || !ok || rec.Digest != digest.Digest(want.String()) {
+				t.Errorf("tag %s recorded as %+v %v %v, want %s", tag, rec, ok, err, want)
+			}
 		}
-		next := pushImage(t, reg, "library/app:latest", 1)
-		tagAll(next)
-		armed.Store(true)
-		var pulls sync.WaitGroup
-		for _, tag := range tags {
-			pulls.Go(func() { pull(tag, next) })
+	})
+}
+
+// Alias tags moved together, pulled at once, the tag whose GET fetches
+// for both deleted upstream between its HEAD and its GET: that tag is
+// answered 404, as the upstream answers it, but not its alias, which is
+// still there: it is fetched on its own and answered. Before, the alias's
+// client was answered the other tag's 404.
+func TestAliasOfATagDeletedWhileFetchedIsAnswered(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var deleted string
+		a := movedAliasesPulledAtOnce(t, func(reg http.Handler, w http.ResponseWriter, r *http.Request) {
+			deleted = r.URL.Path[strings.LastIndex(r.URL.Path, "/")+1:]
+			del := httptest.NewRequest(http.MethodDelete, r.URL.Path, nil)
+			rec := httptest.NewRecorder()
+			if reg.ServeHTTP(rec, del); rec.Code != http.StatusAccepted {
+				t.Errorf("deleting %s upstream: %d %s", deleted, rec.Code, rec.Body)
+			}
+			reg.ServeHTTP(w, r)
+		})
+		body, _ := a.next.RawManifest()
+		for tag, rec := range a.answers {
+			switch {
+			case tag == deleted && rec.Code != http.StatusNotFound:
+				t.Errorf("GET %s, deleted upstream: %d %.200s; want 404", tag, rec.Code, rec.Body)
+			case tag != deleted && (rec.Code != http.StatusOK || rec.Body.String() != string(body)):
+				t.Errorf("GET %s, its alias %s deleted upstream while fetched: %d %.200s; want 200 and the manifest it moved to", tag, deleted, rec.Code, rec.Body)
+			}
 		}
-		// Every goroutine waits: the first GET is held, and the other
-		// pull has sent its own GET, or waits for the first.
-		synctest.Wait()
-		n := gets.Load()
-		close(hold)
-		pulls.Wait()
-		if err := p.WaitIdle(t.Context()); err != nil {
-			t.Fatal(err)
-		}
-		if n != 1 {
-			t.Errorf("the image both tags moved to was fetched with %d manifest GETs, want 1", n)
-		}
-		want, _ := next.Digest()
-		for _, tag := range tags {
-			if rec, ok, err := p.index.Tag(DefaultHost, "library/app", tag); err != nil || !ok || rec.Digest != digest.Digest(want.String()) {
+		want, _ := a.next.Digest()
+		for _, tag := range aliasTags {
+			if tag == deleted {
+				continue
+			}
+			if rec, ok, err := a.p.index.Tag(DefaultHost, "library/app", tag); err != nil || !ok || rec.Digest != digest.Digest(want.String()) {
 				t.Errorf("tag %s recorded as %+v %v %v, want %s", tag, rec, ok, err, want)
 			}
 		}

@@ -742,9 +742,11 @@ func (p *Proxy) fetchTagAnswer(ctx context.Context, t target, tag string, a tagA
 		moved = a.digest
 	}
 	w, err := p.startManifestOf(ctx, t, ref, fill, a.fetched, moved)
-	if err == nil && w.tag != tag && w.m.digest != a.digest {
-		// The alias's fetch found its tag moved on since: this one is
-		// fetched on its own.
+	aliasGone := moved != "" && errors.Is(err, upstream.ErrNotFound) && !pingNotFound(err)
+	if aliasGone || err == nil && w.tag != tag && w.m.digest != a.digest {
+		// The alias's fetch found its tag moved on since, or gone (a
+		// 404 that says nothing of this one): this one is fetched on
+		// its own. Its own tag gone, its 404 is asked once more.
 		w, err = p.startManifestFrom(ctx, t, ref, fill, nil)
 	}
 	if err != nil {
