@@ -21,6 +21,20 @@ import (
 // aliasTags are the alias tags movedAliasesPulledAtOnce moves together.
 var aliasTags = []string{"latest", "1.27"}
 
+// tagAs pushes img to reg as library/app under each of tags.
+func tagAs(t *testing.T, reg http.Handler, img ggcrv1.Image, tags ...string) {
+	t.Helper()
+	for _, tag := range tags {
+		ref, err := gname.ParseReference("registry.test/library/app:"+tag, gname.Insecure)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := remote.Write(ref, img, remote.WithTransport(inProcess{reg})); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // movedAliases is what movedAliasesPulledAtOnce leaves: the mirror, the
 // image the tags moved to, the manifest GETs sent before the first was
 // answered, and each tag's answer.
@@ -41,17 +55,6 @@ type movedAliases struct {
 func movedAliasesPulledAtOnce(t *testing.T, first func(reg http.Handler, w http.ResponseWriter, r *http.Request)) movedAliases {
 	t.Helper()
 	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
-	tagAll := func(img ggcrv1.Image) {
-		for _, tag := range aliasTags {
-			ref, err := gname.ParseReference("registry.test/library/app:"+tag, gname.Insecure)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := remote.Write(ref, img, remote.WithTransport(inProcess{reg})); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
 	var (
 		armed atomic.Bool
 		heads sync.WaitGroup // the revalidations' HEADs
@@ -89,7 +92,7 @@ func movedAliasesPulledAtOnce(t *testing.T, first func(reg http.Handler, w http.
 		return rec
 	}
 	old := pushImage(t, reg, "library/app:latest", 1)
-	tagAll(old)
+	tagAs(t, reg, old, aliasTags...)
 	for _, tag := range aliasTags {
 		if rec := pull(tag, old); rec.Code != http.StatusOK {
 			t.Fatalf("first GET %s: %d %.200s", tag, rec.Code, rec.Body)
@@ -99,7 +102,7 @@ func movedAliasesPulledAtOnce(t *testing.T, first func(reg http.Handler, w http.
 		t.Fatal(err)
 	}
 	next := pushImage(t, reg, "library/app:latest", 1)
-	tagAll(next)
+	tagAs(t, reg, next, aliasTags...)
 	armed.Store(true)
 	answers := make([]*httptest.ResponseRecorder, len(aliasTags))
 	var pulls sync.WaitGroup
@@ -181,6 +184,78 @@ func TestAliasOfATagDeletedWhileFetchedIsAnswered(t *testing.T) {
 			}
 			if rec, ok, err := a.p.index.Tag(DefaultHost, "library/app", tag); err != nil || !ok || rec.Digest != digest.Digest(want.String()) {
 				t.Errorf("tag %s recorded as %+v %v %v, want %s", tag, rec, ok, err, want)
+			}
+		}
+	})
+}
+
+// An alias tag answered by another tag's fetch (1.27 by latest's), moved
+// on upstream and pulled again, fetched and recorded there, before the
+// other tag's write recorded the manifest they shared: the alias's tag
+// is left where its newer pull recorded it, not pointed back at the
+// manifest it moved away from, which would be served as fresh until the
+// tag TTL passed.
+func TestAliasMovedOnBeforeTheSharedWriteIsRecordedStaysMoved(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+		var (
+			armed atomic.Bool
+			gets  atomic.Int32
+			hold  = make(chan struct{})
+		)
+		front := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if armed.Load() && r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/manifests/") && gets.Add(1) == 1 {
+				<-hold // latest's GET, until 1.27's pull waits for it
+			}
+			reg.ServeHTTP(w, r)
+		})
+		mem, _ := memStore(t)
+		store := &gatedStore{Store: mem}
+		t.Cleanup(store.open)
+		p := transportMirror(t, inProcess{front}, store, WithTagTTL(0))
+		defer p.Close()
+		pull := func(tg string, img ggcrv1.Image) {
+			t.Helper()
+			body, _ := img.RawManifest()
+			rec := httptest.NewRecorder()
+			req := httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/v2/library/app/manifests/"+tg, nil)
+			p.Handler().ServeHTTP(rec, req)
+			if rec.Code != http.StatusOK || rec.Body.String() != string(body) {
+				t.Errorf("GET %s: %d %.200s; want 200 and the manifest it names upstream", tg, rec.Code, rec.Body)
+			}
+		}
+		old := pushImage(t, reg, "library/app:latest", 1)
+		tagAs(t, reg, old, "1.27")
+		pull("latest", old)
+		pull("1.27", old)
+		if err := p.WaitIdle(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		next := pushImage(t, reg, "library/app:latest", 1)
+		tagAs(t, reg, next, "1.27")
+		d, _ := next.Digest()
+		gate := store.gate(d.String()) // latest's write, held
+		armed.Store(true)
+		var pulls sync.WaitGroup
+		pulls.Go(func() { pull("latest", next) })
+		synctest.Wait() // latest's GET is held
+		pulls.Go(func() { pull("1.27", next) })
+		synctest.Wait() // 1.27's pull waits for latest's GET
+		close(hold)
+		pulls.Wait()
+		<-gate.reached
+		// 1.27 moves on upstream, and is pulled again meanwhile.
+		last := pushImage(t, reg, "library/app:1.27", 1)
+		pull("1.27", last)
+		synctest.Wait() // its write is recorded; latest's is held
+		gate.release <- nil
+		if err := p.WaitIdle(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		for tg, img := range map[string]ggcrv1.Image{"latest": next, "1.27": last} {
+			want, _ := img.Digest()
+			if rec, ok, err := p.index.Tag(DefaultHost, "library/app", tg); err != nil || !ok || rec.Digest != digest.Digest(want.String()) {
+				t.Errorf("tag %s recorded as %+v %v %v, want %s", tg, rec, ok, err, want)
 			}
 		}
 	})

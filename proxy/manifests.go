@@ -355,7 +355,7 @@ func (p *Proxy) manifestByTag(ctx context.Context, t target, tag string, h http.
 				return m, err
 			}
 			h.Set(cacheHeader, "miss")
-			m, err := p.fetchTagAnswer(ctx, t, tag, a, opts.fill)
+			m, err := p.fetchTagAnswer(ctx, t, tag, rec.Digest, a, opts.fill)
 			if err == nil || errors.Is(err, upstream.ErrNotFound) || ctx.Err() != nil {
 				return m, err
 			}
@@ -730,12 +730,13 @@ func (p *Proxy) fetchManifestAnswer(ctx context.Context, t target, ref oci.Ref, 
 }
 
 // fetchTagAnswer is fetchManifestAnswer of a tag whose revalidation a
-// found moved: the manifest the revalidation fetched, if it had to, is
-// stored and answered, not fetched again. Alias tags that moved together
-// to the digest their revalidations named (latest and 1.27, pulled at
-// once) share one fetch, a pull Docker Hub counts, not one each: the
-// others' tags are recorded there once it is (movedToHeld).
-func (p *Proxy) fetchTagAnswer(ctx context.Context, t target, tag string, a tagAnswer, fill bool) (*storedManifest, error) {
+// found moved from the digest was: the manifest the revalidation
+// fetched, if it had to, is stored and answered, not fetched again. Alias
+// tags that moved together to the digest their revalidations named
+// (latest and 1.27, pulled at once) share one fetch, a pull Docker Hub
+// counts, not one each: the others' tags are recorded there once it is
+// (movedToHeld), unless recorded anew (or forgotten) meanwhile.
+func (p *Proxy) fetchTagAnswer(ctx context.Context, t target, tag string, was digest.Digest, a tagAnswer, fill bool) (*storedManifest, error) {
 	ref := oci.Ref{Tag: tag}
 	var moved digest.Digest
 	if a.fetched == nil {
@@ -759,6 +760,12 @@ func (p *Proxy) fetchTagAnswer(ctx context.Context, t target, tag string, a tagA
 			defer cancel()
 			if _, err := w.wait(ctx); err != nil {
 				return // not recorded: the next pull fetches it
+			}
+			// A later pull of the tag (moved on again, or gone) has
+			// recorded it since, or another alias's answer has: its
+			// record stands.
+			if rec, ok, err := p.index.Tag(t.host(), t.repo, tag); err != nil || !ok || rec.Digest != was {
+				return
 			}
 			if _, err := p.movedToHeld(ctx, t, tag, w.m.digest, false); err != nil {
 				p.log.Warn("recording a tag moved to its alias's manifest", "upstream", t.host(), "repo", t.repo, "tag", tag, "digest", w.m.digest, "error", err)
