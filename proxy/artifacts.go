@@ -107,7 +107,8 @@ func (p *Proxy) storeReferrersOrDue(ctx context.Context, t target, subjects []di
 // upstream confirms or pulled by digest, has its artifacts looked for
 // again: a signature or an attestation added after the image was cached
 // (signed once CI has pushed it) is stored while the upstream is there,
-// for when it is not.
+// for when it is not. A referrer the upstream answered 404 is asked
+// again after it too (typeOf).
 const ArtifactsRecheck = 15 * time.Minute
 
 // maxArtifactChecks bounds the images whose last recheck is remembered;

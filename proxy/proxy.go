@@ -91,7 +91,7 @@ type Proxy struct {
 	wholeBlobs *lru.Cache[digest.Digest, int64]
 	// referrerTypes: the types of referrers read from the upstream and
 	// not stored (typeOf), by digest: its manifest does not change.
-	referrerTypes *lru.Cache[digest.Digest, string]
+	referrerTypes *lru.Cache[digest.Digest, referrerType]
 
 	blobs *downloads
 	fills *fillQueue
@@ -303,7 +303,7 @@ func New(store storage.Store, index *storage.Index, upstreams []*upstream.Client
 	if err != nil {
 		return nil, err
 	}
-	referrerTypes, err := lru.New[digest.Digest, string](maxReferrerTypes)
+	referrerTypes, err := lru.New[digest.Digest, referrerType](maxReferrerTypes)
 	if err != nil {
 		return nil, err
 	}

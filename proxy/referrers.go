@@ -284,6 +284,13 @@ func referrersFromIndex(m *storedManifest, artifactType string, typeOf func(dige
 // forgotten is asked of the upstream again.
 const maxReferrerTypes = 1 << 12
 
+// referrerType is what typeOf keeps of a referrer read from the upstream:
+// its type, or when the upstream answered it 404.
+type referrerType struct {
+	typ  string
+	gone time.Time // zero: found
+}
+
 // typeOf returns a function that reads the artifact type (oci.Manifest's
 // Type) of t's manifest dgst, an entry of a referrers list that does not
 // say it: stored for t, else, online, from the upstream: with referrers
@@ -293,9 +300,10 @@ const maxReferrerTypes = 1 << 12
 // nothing else is kept), its type kept in memory instead (a manifest by
 // digest does not change; asked for each filter and at each
 // revalidation, the upstream would send it each time), as is the absence
-// of one the upstream answers 404. "" if it cannot be read: offline (the
-// upstream has just failed, the list is the cache's) the upstream is not
-// asked, once per entry.
+// of one the upstream answers 404, until ArtifactsRecheck has passed (it
+// may be pushed back, or the 404 a proxy repository's whose remote was
+// down). "" if it cannot be read: offline (the upstream has just failed,
+// the list is the cache's) the upstream is not asked, once per entry.
 func (p *Proxy) typeOf(ctx context.Context, t target, online bool) func(dgst digest.Digest) string {
 	return func(dgst digest.Digest) string {
 		if linked, err := p.index.Linked(t.host(), t.repo, dgst); err == nil && linked {
@@ -303,8 +311,8 @@ func (p *Proxy) typeOf(ctx context.Context, t target, online bool) func(dgst dig
 				return manifestType(m.body)
 			}
 		}
-		if typ, ok := p.referrerTypes.Get(dgst); ok {
-			return typ
+		if rt, ok := p.referrerTypes.Get(dgst); ok && (rt.gone.IsZero() || p.now().Sub(rt.gone) < ArtifactsRecheck) {
+			return rt.typ
 		}
 		if !online {
 			return ""
@@ -321,13 +329,13 @@ func (p *Proxy) typeOf(ctx context.Context, t target, online bool) func(dgst dig
 			// Gone upstream (an index listing a referrer deleted since):
 			// no type, remembered as a type is, or each revalidation of
 			// the list would ask again for what it would not change.
-			p.referrerTypes.Add(dgst, "")
+			p.referrerTypes.Add(dgst, referrerType{gone: p.now()})
 		}
 		if err != nil {
 			return ""
 		}
 		typ := manifestType(m.Body)
-		p.referrerTypes.Add(dgst, typ)
+		p.referrerTypes.Add(dgst, referrerType{typ: typ})
 		return typ
 	}
 }

@@ -680,3 +680,26 @@ func TestReferrersEntryGoneUpstreamAskedOnceWithReferrersOff(t *testing.T) {
 		t.Errorf("the entry gone upstream was asked for %d times over three answers of the list, want once: %+v", asked, up.Requests())
 	}
 }
+
+// With referrers: false, a fallback tag's entry without artifactType whose
+// manifest the upstream answered 404 (deleted by mistake and pushed back;
+// or a proxy repository's 404 while its own remote was down) is left out
+// of filtered lists until ArtifactsRecheck has passed, as an absent cosign
+// tag is looked for again then: it is asked again, and listed now that it
+// is back. Before, its absence was kept as long as the process ran.
+func TestReferrersEntryBackUpstreamListedAgainWithReferrersOff(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/plain", "1", 1, 1<<10)
+	sig := pushManifestOf(t, up, "library/plain", "", "", sigType, "signature", img.MediaType, img.Digest, len(img.Manifest))
+	entry := map[string]any{"mediaType": oci.MediaTypeOCIManifest, "digest": sig.digest, "size": len(sig.raw)}
+	fallback, _ := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": oci.MediaTypeOCIIndex, "manifests": []any{entry}})
+	up.PutManifest(t, "library/plain", "sha256-"+strings.TrimPrefix(img.Digest, "sha256:"), oci.MediaTypeOCIIndex, fallback)
+	up.Delete(t, "library/plain", sig.digest)
+	m := servertest.Start(t, up.URL(), proxy.WithReferrers(false))
+	u := m.URL() + "/v2/plain/referrers/" + img.Digest + "?artifactType=" + url.QueryEscape(sigType)
+	wantReferrers(t, get(t, u), "miss", true)
+	up.PutManifest(t, "library/plain", sig.digest, oci.MediaTypeOCIManifest, sig.raw)
+	m.WaitIdle()
+	m.Clock.Advance(proxy.ArtifactsRecheck)
+	wantReferrers(t, get(t, u), "miss", true, sig.digest)
+}
