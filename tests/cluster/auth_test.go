@@ -2,7 +2,6 @@ package cluster_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -121,26 +120,7 @@ func TestStatusShowsPeerWithAnotherSecret(t *testing.T) {
 		t.Fatalf("%v forwards fell back to a fetch here, want 1: the owner refused the forward", n)
 	}
 	rs[0].srv.Cluster.Probe(context.Background())
-	_, _, body, err = get(ctx, "http://ci:pw@"+rs[0].url[len("http://"):]+"/api/v1/status", nil)
-	if err != nil {
-		t.Fatal(err)
+	if p := statusPeerNamed(t, ctx, "http://ci:pw@"+rs[0].url[len("http://"):], rs[1].url); p.State == "ok" || !strings.Contains(p.LastError, "secret") {
+		t.Errorf("a peer refusing this replica's secret: %+v, want its state saying so", p)
 	}
-	var s struct {
-		Peers []struct {
-			Name, State string
-			LastError   string `json:"last_error"`
-		}
-	}
-	if err := json.Unmarshal(body, &s); err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range s.Peers {
-		if p.Name == rs[1].url {
-			if p.State == "ok" || !strings.Contains(p.LastError, "secret") {
-				t.Errorf("a peer refusing this replica's secret: %+v, want its state saying so", p)
-			}
-			return
-		}
-	}
-	t.Fatalf("%s not among the peers %+v", rs[1].url, s.Peers)
 }

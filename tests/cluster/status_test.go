@@ -27,25 +27,11 @@ import (
 func TestStatusShowsPeers(t *testing.T) {
 	up := fixture.StartUpstream(t)
 	rs := startCluster(t, 3, up, sharedDir, nil)
-	peers := func() map[string]struct{ State, LastError string } {
+	peers := func() map[string]statusPeer {
 		t.Helper()
-		st, _, body, err := get(context.Background(), rs[0].url+"/api/v1/status", nil)
-		if err != nil || st != http.StatusOK {
-			t.Fatalf("/api/v1/status: %d %v", st, err)
-		}
-		var s struct {
-			Peers []struct {
-				Name, State string
-				LastError   string    `json:"last_error"`
-				Since       time.Time `json:"since"`
-			}
-		}
-		if err := json.Unmarshal(body, &s); err != nil {
-			t.Fatal(err)
-		}
-		m := map[string]struct{ State, LastError string }{}
-		for _, p := range s.Peers {
-			m[p.Name] = struct{ State, LastError string }{p.State, p.LastError}
+		m := map[string]statusPeer{}
+		for _, p := range statusPeers(t, context.Background(), rs[0].url) {
+			m[p.Name] = p
 			// Up since the start, for a replica never down: the page
 			// said "never" of this replica.
 			if p.Since.IsZero() {
@@ -92,28 +78,9 @@ func TestStatusShowsPeerNotReady(t *testing.T) {
 		return urls[0], []string{urls[0], notReady.URL}
 	})
 	rs[0].srv.Cluster.Probe(context.Background())
-	_, _, body, err := get(context.Background(), rs[0].url+"/api/v1/status", nil)
-	if err != nil {
-		t.Fatal(err)
+	if p := statusPeerNamed(t, context.Background(), rs[0].url, notReady.URL); p.State != "not ready" || !strings.Contains(p.LastError, "503") {
+		t.Errorf("a peer whose /readyz answers 503: %+v, want not ready, with its answer", p)
 	}
-	var s struct {
-		Peers []struct {
-			Name, State string
-			LastError   string `json:"last_error"`
-		}
-	}
-	if err := json.Unmarshal(body, &s); err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range s.Peers {
-		if p.Name == notReady.URL {
-			if p.State != "not ready" || !strings.Contains(p.LastError, "503") {
-				t.Errorf("a peer whose /readyz answers 503: %+v, want not ready, with its answer", p)
-			}
-			return
-		}
-	}
-	t.Fatalf("%s not among the peers %+v", notReady.URL, s.Peers)
 }
 
 // refusingStore is a replica's store whose lookups fail while refusing
@@ -149,28 +116,9 @@ func TestStatusShowsThisReplicaNotReady(t *testing.T) {
 	if st, _, _, err := get(context.Background(), rs[0].url+"/readyz", nil); err != nil || st != http.StatusServiceUnavailable {
 		t.Fatalf("/readyz with the store refusing: %d %v; want 503", st, err)
 	}
-	_, _, body, err := get(context.Background(), rs[0].url+"/api/v1/status", nil)
-	if err != nil {
-		t.Fatal(err)
+	if p := statusPeerNamed(t, context.Background(), rs[0].url, rs[0].url+" (this replica)"); p.State != "not ready" || !strings.Contains(p.LastError, "403") {
+		t.Errorf("this replica, its store refusing: %+v, want not ready, with the error", p)
 	}
-	var s struct {
-		Peers []struct {
-			Name, State string
-			LastError   string `json:"last_error"`
-		}
-	}
-	if err := json.Unmarshal(body, &s); err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range s.Peers {
-		if p.Name == rs[0].url+" (this replica)" {
-			if p.State != "not ready" || !strings.Contains(p.LastError, "403") {
-				t.Errorf("this replica, its store refusing: %+v, want not ready, with the error", p)
-			}
-			return
-		}
-	}
-	t.Fatalf("this replica not among the peers %+v", s.Peers)
 }
 
 // A replica whose /readyz fails because its store is full (with
@@ -187,26 +135,43 @@ func TestStatusShowsThisReplicaNotReadyWhenFull(t *testing.T) {
 	if st, _, body, err := get(context.Background(), rs[0].url+"/readyz", nil); err != nil || st != http.StatusServiceUnavailable || !strings.Contains(string(body), "store full") {
 		t.Fatalf("/readyz with the store full: %d %q %v; want 503, store full", st, body, err)
 	}
-	_, _, body, err := get(context.Background(), rs[0].url+"/api/v1/status", nil)
-	if err != nil {
-		t.Fatal(err)
+	if p := statusPeerNamed(t, context.Background(), rs[0].url, rs[0].url+" (this replica)"); p.State != "not ready" || !strings.Contains(p.LastError, "store full") {
+		t.Errorf("this replica, its store full: %+v, want not ready, store full", p)
 	}
-	var s struct {
-		Peers []struct {
-			Name, State string
-			LastError   string `json:"last_error"`
-		}
+}
+
+// statusPeer is a replica's row in the cluster view of a status page.
+type statusPeer struct {
+	Name, State string
+	LastError   string    `json:"last_error"`
+	Since       time.Time `json:"since"`
+}
+
+// statusPeers reads the cluster view of the status page of the replica
+// at base (with credentials in it if the replica asks for them).
+func statusPeers(t *testing.T, ctx context.Context, base string) []statusPeer {
+	t.Helper()
+	st, _, body, err := get(ctx, base+"/api/v1/status", nil)
+	if err != nil || st != http.StatusOK {
+		t.Fatalf("/api/v1/status: %d %v", st, err)
 	}
+	var s struct{ Peers []statusPeer }
 	if err := json.Unmarshal(body, &s); err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range s.Peers {
-		if p.Name == rs[0].url+" (this replica)" {
-			if p.State != "not ready" || !strings.Contains(p.LastError, "store full") {
-				t.Errorf("this replica, its store full: %+v, want not ready, store full", p)
-			}
-			return
+	return s.Peers
+}
+
+// statusPeerNamed is the row named name in the cluster view of the status
+// page of the replica at base; the test fails if there is none.
+func statusPeerNamed(t *testing.T, ctx context.Context, base, name string) statusPeer {
+	t.Helper()
+	peers := statusPeers(t, ctx, base)
+	for _, p := range peers {
+		if p.Name == name {
+			return p
 		}
 	}
-	t.Fatalf("this replica not among the peers %+v", s.Peers)
+	t.Fatalf("%s not among the peers %+v", name, peers)
+	return statusPeer{}
 }
