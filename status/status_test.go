@@ -482,18 +482,14 @@ func TestPageDestinationAndPeers(t *testing.T) {
 			t.Errorf("page lacks %q", want)
 		}
 	}
-	var s status.Status
-	if err := json.Unmarshal(serveGet(t, hd, "/api/v1/status").Body.Bytes(), &s); err != nil {
-		t.Fatal(err)
-	}
-	if s.Destination == nil || s.Destination.Status != "unreachable" || len(s.Peers) != 1 {
+	if s := apiStatus(t, hd); s.Destination == nil || s.Destination.Status != "unreachable" || len(s.Peers) != 1 {
 		t.Errorf("destination %+v, peers %+v", s.Destination, s.Peers)
 	}
 	// Checked again once its result is 15s old.
 	down = false
 	m.Clock.Advance(16 * time.Second)
-	if err := json.Unmarshal(serveGet(t, hd, "/api/v1/status").Body.Bytes(), &s); err != nil || s.Destination.Status != "ok" {
-		t.Errorf("destination back: %+v %v", s.Destination, err)
+	if s := apiStatus(t, hd); s.Destination.Status != "ok" {
+		t.Errorf("destination back: %+v", s.Destination)
 	}
 }
 
@@ -504,29 +500,54 @@ func errorIf(b bool, msg string) error {
 	return nil
 }
 
-// The server wires the status page to its registry destination: the
-// status says whether it answers, and it is asked again after 15s.
-func TestDestinationWiring(t *testing.T) {
+// apiStatus is the status h's /api/v1/status answers.
+func apiStatus(t *testing.T, h http.Handler) status.Status {
+	t.Helper()
+	var s status.Status
+	rec := serveGet(t, h, "/api/v1/status")
+	if err := json.Unmarshal(rec.Body.Bytes(), &s); err != nil {
+		t.Fatalf("/api/v1/status: %v: %s", err, rec.Body)
+	}
+	return s
+}
+
+// serveWithDestination runs the server's wiring with dest (under
+// /mirror) as its registry destination and an upstream as docker.io, and
+// returns its handler.
+func serveWithDestination(t *testing.T, dest *fixture.Destination, opts ...server.Option) http.Handler {
+	t.Helper()
 	up := fixture.StartUpstream(t)
-	dest := fixture.StartDestination(t, nil)
 	cfg := servertest.Config(t, t.TempDir(), []servertest.Upstream{{Host: "docker.io", URL: up.URL()}})
 	cfg.Destination.URL = dest.URL() + "/mirror"
-	clock := servertest.NewClock()
-	srv, err := server.New(context.Background(), cfg, server.WithLogger(servertest.Logger()), server.WithClock(clock.Now))
+	srv, err := server.New(context.Background(), cfg, append([]server.Option{server.WithLogger(servertest.Logger())}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Close() })
-	h := srv.Handler()
-	status1 := func() status.Status {
-		var s status.Status
-		rec := serveGet(t, h, "/api/v1/status")
-		if err := json.Unmarshal(rec.Body.Bytes(), &s); err != nil {
-			t.Fatalf("%v: %s", err, rec.Body)
-		}
-		return s
-	}
-	s := status1()
+	return srv.Handler()
+}
+
+// answeringWhile is a destination's front end that answers with answer
+// instead of the registry while on says so.
+func answeringWhile(on func() bool, answer http.HandlerFunc) fixture.DestinationOption {
+	return fixture.WithFrontEnd(func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if on() {
+				answer(w, r)
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	})
+}
+
+// The server wires the status page to its registry destination: the
+// status says whether it answers, and it is asked again after 15s.
+func TestDestinationWiring(t *testing.T) {
+	dest := fixture.StartDestination(t, nil)
+	clock := servertest.NewClock()
+	h := serveWithDestination(t, dest, server.WithClock(clock.Now))
+	s := apiStatus(t, h)
 	if s.Destination == nil || s.Destination.Status != "ok" || !strings.Contains(s.Destination.Name, dest.Host()) || !strings.HasPrefix(s.Store.Kind, "registry ") {
 		t.Fatalf("destination %+v, store %+v", s.Destination, s.Store)
 	}
@@ -539,7 +560,7 @@ func TestDestinationWiring(t *testing.T) {
 	}
 	dest.Stop()
 	clock.Advance(16 * time.Second)
-	if s = status1(); s.Destination.Status != "unreachable" || s.Destination.Error == "" {
+	if s = apiStatus(t, h); s.Destination.Status != "unreachable" || s.Destination.Error == "" {
 		t.Errorf("stopped destination: %+v", s.Destination)
 	}
 }
@@ -549,35 +570,18 @@ func TestDestinationWiring(t *testing.T) {
 // an upstream that answers with errors is, not unreachable: the page sent
 // the admin to look at the network while the registry answered.
 func TestDestinationAnsweringErrorsIsFailing(t *testing.T) {
-	up := fixture.StartUpstream(t)
 	var answer atomic.Int32 // 0: the registry answers
-	dest := fixture.StartDestination(t, nil, fixture.WithFrontEnd(func(next http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if code := int(answer.Load()); code != 0 {
-				w.Header().Set("Content-Type", "application/json")
-				w.WriteHeader(code)
-				w.Write([]byte(`{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}`))
-				return
-			}
-			next.ServeHTTP(w, r)
-		})
+	dest := fixture.StartDestination(t, nil, answeringWhile(func() bool { return answer.Load() != 0 }, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(int(answer.Load()))
+		w.Write([]byte(`{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}`))
 	}))
-	cfg := servertest.Config(t, t.TempDir(), []servertest.Upstream{{Host: "docker.io", URL: up.URL()}})
-	cfg.Destination.URL = dest.URL() + "/mirror"
 	clock := servertest.NewClock()
-	srv, err := server.New(context.Background(), cfg, server.WithLogger(servertest.Logger()), server.WithClock(clock.Now))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Close() })
+	h := serveWithDestination(t, dest, server.WithClock(clock.Now))
 	for _, code := range []int{http.StatusUnauthorized, http.StatusForbidden, http.StatusInternalServerError} {
 		answer.Store(int32(code))
 		clock.Advance(16 * time.Second)
-		var s status.Status
-		if err := json.Unmarshal(serveGet(t, srv.Handler(), "/api/v1/status").Body.Bytes(), &s); err != nil {
-			t.Fatal(err)
-		}
-		if s.Destination == nil || s.Destination.Status != "failing" || s.Destination.Error == "" {
+		if s := apiStatus(t, h); s.Destination == nil || s.Destination.Status != "failing" || s.Destination.Error == "" {
 			t.Errorf("destination answering %d: %+v, want failing with its error", code, s.Destination)
 		}
 	}
@@ -588,30 +592,11 @@ func TestDestinationAnsweringErrorsIsFailing(t *testing.T) {
 // ingress route gone) answered: it is failing, its error saying so, not
 // unreachable, which sent the admin to the network.
 func TestDestinationWithoutRegistryAPIIsFailing(t *testing.T) {
-	up := fixture.StartUpstream(t)
 	var noAPI atomic.Bool
-	dest := fixture.StartDestination(t, nil, fixture.WithFrontEnd(func(next http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if noAPI.Load() {
-				http.NotFound(w, r)
-				return
-			}
-			next.ServeHTTP(w, r)
-		})
-	}))
-	cfg := servertest.Config(t, t.TempDir(), []servertest.Upstream{{Host: "docker.io", URL: up.URL()}})
-	cfg.Destination.URL = dest.URL() + "/mirror"
-	srv, err := server.New(context.Background(), cfg, server.WithLogger(servertest.Logger()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Close() })
+	dest := fixture.StartDestination(t, nil, answeringWhile(noAPI.Load, http.NotFound))
+	h := serveWithDestination(t, dest)
 	noAPI.Store(true)
-	var s status.Status
-	if err := json.Unmarshal(serveGet(t, srv.Handler(), "/api/v1/status").Body.Bytes(), &s); err != nil {
-		t.Fatal(err)
-	}
-	if s.Destination == nil || s.Destination.Status != "failing" || !strings.Contains(s.Destination.Error, "404") {
+	if s := apiStatus(t, h); s.Destination == nil || s.Destination.Status != "failing" || !strings.Contains(s.Destination.Error, "404") {
 		t.Errorf("destination answering 404 to /v2/: %+v, want failing with its answer", s.Destination)
 	}
 }
@@ -620,34 +605,17 @@ func TestDestinationWithoutRegistryAPIIsFailing(t *testing.T) {
 // status page says it is failing, with its answer: readiness went with
 // the page's check, and the page showed it ok.
 func TestDestinationRateLimitingIsFailing(t *testing.T) {
-	up := fixture.StartUpstream(t)
 	var limiting atomic.Bool
-	dest := fixture.StartDestination(t, nil, fixture.WithFrontEnd(func(next http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if limiting.Load() {
-				w.Header().Set("Retry-After", "30")
-				http.Error(w, `{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}`, http.StatusTooManyRequests)
-				return
-			}
-			next.ServeHTTP(w, r)
-		})
+	dest := fixture.StartDestination(t, nil, answeringWhile(limiting.Load, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Retry-After", "30")
+		http.Error(w, `{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}`, http.StatusTooManyRequests)
 	}))
-	cfg := servertest.Config(t, t.TempDir(), []servertest.Upstream{{Host: "docker.io", URL: up.URL()}})
-	cfg.Destination.URL = dest.URL() + "/mirror"
-	srv, err := server.New(context.Background(), cfg, server.WithLogger(servertest.Logger()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Close() })
+	h := serveWithDestination(t, dest)
 	limiting.Store(true)
-	if w := serveGet(t, srv.Handler(), "/readyz"); w.Code != http.StatusOK {
+	if w := serveGet(t, h, "/readyz"); w.Code != http.StatusOK {
 		t.Errorf("/readyz with the destination rate-limiting: %d %q; want 200", w.Code, w.Body)
 	}
-	var s status.Status
-	if err := json.Unmarshal(serveGet(t, srv.Handler(), "/api/v1/status").Body.Bytes(), &s); err != nil {
-		t.Fatal(err)
-	}
-	if s.Destination == nil || s.Destination.Status != "failing" || !strings.Contains(s.Destination.Error, "429") {
+	if s := apiStatus(t, h); s.Destination == nil || s.Destination.Status != "failing" || !strings.Contains(s.Destination.Error, "429") {
 		t.Errorf("destination answering 429: %+v, want failing with its answer", s.Destination)
 	}
 }
@@ -658,7 +626,6 @@ func TestDestinationRateLimitingIsFailing(t *testing.T) {
 // throttling answer within 30 s, and does not wait for the next lookup)
 // found it answering.
 func TestDestinationRecoveredFromRateLimitingIsOk(t *testing.T) {
-	up := fixture.StartUpstream(t)
 	var limiting, hold atomic.Bool
 	reached, release := make(chan struct{}, 1), make(chan struct{})
 	dest := fixture.StartDestination(t, nil, fixture.WithFrontEnd(func(next http.Handler) http.Handler {
@@ -677,22 +644,16 @@ func TestDestinationRecoveredFromRateLimitingIsOk(t *testing.T) {
 			next.ServeHTTP(w, r)
 		})
 	}))
-	cfg := servertest.Config(t, t.TempDir(), []servertest.Upstream{{Host: "docker.io", URL: up.URL()}})
-	cfg.Destination.URL = dest.URL() + "/mirror"
-	srv, err := server.New(context.Background(), cfg, server.WithLogger(servertest.Logger()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Close() })
+	h := serveWithDestination(t, dest)
 	limiting.Store(true)
-	if w := serveGet(t, srv.Handler(), "/readyz"); w.Code != http.StatusOK {
+	if w := serveGet(t, h, "/readyz"); w.Code != http.StatusOK {
 		t.Fatalf("/readyz with the destination rate-limiting: %d %q; want 200", w.Code, w.Body)
 	}
 	limiting.Store(false)
 	hold.Store(true) // the page's lookup answers once the page could have answered without it
 
 	answered := make(chan *httptest.ResponseRecorder, 1)
-	go func() { answered <- serveGet(t, srv.Handler(), "/api/v1/status") }()
+	go func() { answered <- serveGet(t, h, "/api/v1/status") }()
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	var w *httptest.ResponseRecorder
@@ -728,11 +689,7 @@ func TestDestinationCheckOutlivesItsRequest(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	hd.ServeHTTP(httptest.NewRecorder(), httptest.NewRequestWithContext(ctx, http.MethodGet, "/api/v1/status", nil))
-	var s status.Status
-	if err := json.Unmarshal(serveGet(t, hd, "/api/v1/status").Body.Bytes(), &s); err != nil {
-		t.Fatal(err)
-	}
-	if s.Destination == nil || s.Destination.Status != "ok" {
+	if s := apiStatus(t, hd); s.Destination == nil || s.Destination.Status != "ok" {
 		t.Errorf("destination %+v after a request went away, want ok", s.Destination)
 	}
 }
