@@ -40,13 +40,7 @@ func platformIndex(t *testing.T, reg http.Handler, repo, tag string, platforms .
 		}})
 		imgs[pl] = img
 	}
-	ref, err := gname.ParseReference("registry.test/"+repo+":"+tag, gname.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.WriteIndex(ref, idx, remote.WithTransport(inProcess{reg})); err != nil {
-		t.Fatal(err)
-	}
+	push(t, reg, repo+":"+tag, idx)
 	return idx, imgs
 }
 
@@ -66,14 +60,21 @@ func pushSized(t *testing.T, reg http.Handler, ref string, size int64, n int) gg
 	if err != nil {
 		t.Fatal(err)
 	}
+	push(t, reg, ref, img)
+	return img
+}
+
+// push pushes img, an image or an index, to the in-process registry reg
+// as registry.test/ref ("library/app:1").
+func push(t *testing.T, reg http.Handler, ref string, img remote.Taggable) {
+	t.Helper()
 	r, err := gname.ParseReference("registry.test/"+ref, gname.Insecure)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := remote.Write(r, img, remote.WithTransport(inProcess{reg})); err != nil {
+	if err := remote.Push(r, img, remote.WithTransport(inProcess{reg})); err != nil {
 		t.Fatal(err)
 	}
-	return img
 }
 
 // One platform of an index that cannot be mirrored (its manifest gone
@@ -171,13 +172,7 @@ func TestFillOfImageKeepsOtherLayersWhenOneFails(t *testing.T) {
 		idx := mutate.AppendManifests(empty.Index, mutate.IndexAddendum{Add: img, Descriptor: ggcrv1.Descriptor{
 			Platform: &ggcrv1.Platform{OS: "linux", Architecture: "arm64"},
 		}})
-		ref, err := gname.ParseReference("registry.test/library/app:1", gname.Insecure)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := remote.WriteIndex(ref, idx, remote.WithTransport(inProcess{reg})); err != nil {
-			t.Fatal(err)
-		}
+		push(t, reg, "library/app:1", idx)
 		layers, err := img.Layers()
 		if err != nil {
 			t.Fatal(err)

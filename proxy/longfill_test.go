@@ -16,12 +16,10 @@ import (
 	"testing/synctest"
 	"time"
 
-	gname "github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	ggcrv1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 
@@ -566,13 +564,7 @@ func TestCopyOfStoredBlobLongerThanTheFillTimeout(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ref, err := gname.ParseReference("registry.test/library/b:1", gname.Insecure)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := remote.Write(ref, b, remote.WithTransport(inProcess{reg})); err != nil {
-			t.Fatal(err)
-		}
+		push(t, reg, "library/b:1", b)
 		mem, _ := memStore(t)
 		store := slowPutStore{&repoStore{Store: mem, held: map[string]bool{}}, firstLayer(t, base)}
 		p := transportMirror(t, inProcess{reg}, store, WithFillTimeout(time.Hour))

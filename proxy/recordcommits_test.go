@@ -10,13 +10,11 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	gname "github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	ggcrv1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/storage"
@@ -48,13 +46,7 @@ func attestedIndex(t *testing.T, reg http.Handler, repo, tag string, archs ...st
 				Annotations: map[string]string{oci.AnnotationReferenceType: oci.ReferenceTypeAttestation, oci.AnnotationReferenceDigest: d.String()},
 			}})
 	}
-	ref, err := gname.ParseReference("registry.test/"+repo+":"+tag, gname.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.WriteIndex(ref, idx, remote.WithTransport(inProcess{reg})); err != nil {
-		t.Fatal(err)
-	}
+	push(t, reg, repo+":"+tag, idx)
 	return idx
 }
 
