@@ -192,20 +192,7 @@ func TestRetryAfterOnPing(t *testing.T) {
 // told when to come back.
 func TestRetryAfterOnToken(t *testing.T) {
 	clock := newFakeClock()
-	var tokens atomic.Int64
-	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
-		if req.URL.Path == "/token" {
-			if tokens.Add(1) == 1 {
-				w.Header().Set("Retry-After", "30")
-				w.WriteHeader(http.StatusTooManyRequests)
-				return
-			}
-			_, _ = w.Write([]byte(`{"token":"t"}`))
-			return
-		}
-		w.Header().Set("Content-Type", ociManifest)
-		_, _ = w.Write(manifestA)
-	}, bearerPing)
+	r, tokens := startTokenLimitedOnce(t, http.StatusTooManyRequests, "30")
 	c := r.client(t, WithClock(clock.Now))
 	_, err := c.Manifest(t.Context(), "library/x", v1)
 	wantRetryAfter(t, err, "30")
@@ -231,20 +218,7 @@ func TestRetryAfterOnTokenToComeBackNow(t *testing.T) {
 	t0 := newFakeClock().Now()
 	for name, retryAfter := range map[string]string{"zero": "0", "HTTP date past": t0.Add(-time.Minute).Format(http.TimeFormat)} {
 		t.Run(name, func(t *testing.T) {
-			var tokens atomic.Int64
-			r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
-				if req.URL.Path == "/token" {
-					if tokens.Add(1) == 1 {
-						w.Header().Set("Retry-After", retryAfter)
-						w.WriteHeader(http.StatusTooManyRequests)
-						return
-					}
-					_, _ = w.Write([]byte(`{"token":"t"}`))
-					return
-				}
-				w.Header().Set("Content-Type", ociManifest)
-				_, _ = w.Write(manifestA)
-			}, bearerPing)
+			r, _ := startTokenLimitedOnce(t, http.StatusTooManyRequests, retryAfter)
 			c := r.client(t, WithClock(newFakeClock().Now))
 			_, err := c.Manifest(t.Context(), "library/x", v1)
 			wantRetryAfter(t, err, "0")
@@ -253,6 +227,28 @@ func TestRetryAfterOnTokenToComeBackNow(t *testing.T) {
 			}
 		})
 	}
+}
+
+// startTokenLimitedOnce starts a registry serving manifestA behind a
+// token server that answers its first request status (429, or 503) with
+// retryAfter, and returns it and the count of its token requests.
+func startTokenLimitedOnce(t *testing.T, status int, retryAfter string) (*registry, *atomic.Int64) {
+	t.Helper()
+	tokens := new(atomic.Int64)
+	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		if req.URL.Path == "/token" {
+			if tokens.Add(1) == 1 {
+				w.Header().Set("Retry-After", retryAfter)
+				w.WriteHeader(status)
+				return
+			}
+			_, _ = w.Write([]byte(`{"token":"t"}`))
+			return
+		}
+		w.Header().Set("Content-Type", ociManifest)
+		_, _ = w.Write(manifestA)
+	}, bearerPing)
+	return r, tokens
 }
 
 // TestRetryAfterOn503: a 503 with Retry-After (Docker Hub and GHCR answer
@@ -327,20 +323,7 @@ func TestRetryAfterOn503(t *testing.T) {
 // meanwhile, and clients are told when to come back.
 func TestRetryAfterOn503FromToken(t *testing.T) {
 	clock := newFakeClock()
-	var tokens atomic.Int64
-	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
-		if req.URL.Path == "/token" {
-			if tokens.Add(1) == 1 {
-				w.Header().Set("Retry-After", "30")
-				w.WriteHeader(http.StatusServiceUnavailable)
-				return
-			}
-			_, _ = w.Write([]byte(`{"token":"t"}`))
-			return
-		}
-		w.Header().Set("Content-Type", ociManifest)
-		_, _ = w.Write(manifestA)
-	}, bearerPing)
+	r, tokens := startTokenLimitedOnce(t, http.StatusServiceUnavailable, "30")
 	c := r.client(t, WithClock(clock.Now))
 	for _, want := range []string{"30", "20"} {
 		_, err := c.Manifest(t.Context(), "library/x", v1)
