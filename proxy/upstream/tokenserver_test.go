@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -336,11 +337,9 @@ func resumeWhileBackingOff(t *testing.T, dropHandshake bool) int64 {
 	}, bearerPing)
 	c := r.client(t)
 	dgst := digest.FromString(body)
-	rc, _, err := c.Blob(t.Context(), "library/x", dgst, 0)
-	if err != nil {
+	if err := openBlob(t.Context(), c, "library/x", dgst); err != nil {
 		t.Fatal(err)
 	}
-	rc.Close()
 	limited.Store(true)
 	if _, err := c.HeadManifest(t.Context(), "library/x", v1); err == nil {
 		t.Fatal("the manifest's 429 was not an error")
@@ -350,11 +349,9 @@ func resumeWhileBackingOff(t *testing.T, dropHandshake bool) int64 {
 	if dropHandshake {
 		c.transports.Remove("library/x")
 	}
-	rc, _, err = c.Blob(Resuming(t.Context()), "library/x", dgst, 0)
-	if err != nil {
+	if err := openBlob(Resuming(t.Context()), c, "library/x", dgst); err != nil {
 		t.Fatalf("the resume while backing off: %v", err)
 	}
-	rc.Close()
 	return tokens.Load()
 }
 
@@ -579,11 +576,8 @@ func TestTokenServerRateLimitHoldsBackTokenRequestsOnly(t *testing.T) {
 	if _, err := c.HeadManifest(t.Context(), "library/x", v1); err != nil {
 		t.Errorf("a manifest of a repository whose token is held, the token server rate-limiting: %v", err)
 	}
-	rc, _, err := c.Blob(t.Context(), "library/x", digest.FromString(body), 0)
-	if err != nil {
+	if err := openBlob(t.Context(), c, "library/x", digest.FromString(body)); err != nil {
 		t.Errorf("a blob of a repository whose token is held, the token server rate-limiting: %v", err)
-	} else {
-		rc.Close()
 	}
 	if n := r.asked.Load() - asked; n != 2 {
 		t.Errorf("the registry was asked %d times for the manifest and blob of a repository whose token is held, want 2", n)
@@ -721,15 +715,12 @@ func TestCrossHostTokenServerRateLimitHoldsBackTokenRequestsOnly(t *testing.T) {
 	clock := newFakeClock()
 	c := errClient(t, "https://registry.test", WithTransport(tr), WithClock(clock.Now))
 	dgst := digest.FromString(body)
-	rc, _, err := c.Blob(t.Context(), "library/x", dgst, 0)
-	if err != nil {
+	if err := openBlob(t.Context(), c, "library/x", dgst); err != nil {
 		t.Fatal(err)
 	}
-	rc.Close()
 
 	limited.Store(true)
-	if rc, _, err := c.Blob(t.Context(), "library/x", dgst, 0); err == nil {
-		rc.Close()
+	if err := openBlob(t.Context(), c, "library/x", dgst); err == nil {
 		t.Fatal("a blob whose host's token server rate-limits: no error")
 	}
 	// Held: library/x's token, for the registry's own requests.
@@ -738,20 +729,26 @@ func TestCrossHostTokenServerRateLimitHoldsBackTokenRequestsOnly(t *testing.T) {
 	}
 	// Not held: no token request until the Retry-After has passed.
 	before := cdnTokens.Load()
-	if rc, _, err := c.Blob(t.Context(), "library/x", dgst, 0); err == nil {
-		rc.Close()
+	if err := openBlob(t.Context(), c, "library/x", dgst); err == nil {
 		t.Error("a blob whose host's token server rate-limits, within its Retry-After: no error")
 	}
-	_, err = c.HeadManifest(t.Context(), "team/z", v1)
+	_, err := c.HeadManifest(t.Context(), "team/z", v1)
 	wantRetryAfter(t, err, "60")
 	if n := cdnTokens.Load() - before; n != 0 {
 		t.Errorf("%d token requests to the blobs' host's token server within its Retry-After, want none", n)
 	}
 	limited.Store(false)
 	clock.Advance(time.Minute)
-	if rc, _, err := c.Blob(t.Context(), "library/x", dgst, 0); err != nil {
+	if err := openBlob(t.Context(), c, "library/x", dgst); err != nil {
 		t.Errorf("after the token server's Retry-After: %v", err)
-	} else {
+	}
+}
+
+// openBlob asks c for repo's blob dgst and closes its body unread.
+func openBlob(ctx context.Context, c *Client, repo string, dgst digest.Digest) error {
+	rc, _, err := c.Blob(ctx, repo, dgst, 0)
+	if err == nil {
 		rc.Close()
 	}
+	return err
 }
