@@ -11,10 +11,8 @@ import (
 	"testing"
 	"testing/synctest"
 
-	gname "github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	ggcrv1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -25,13 +23,7 @@ var aliasTags = []string{"latest", "1.27"}
 func tagAs(t *testing.T, reg http.Handler, img ggcrv1.Image, tags ...string) {
 	t.Helper()
 	for _, tag := range tags {
-		ref, err := gname.ParseReference("registry.test/library/app:"+tag, gname.Insecure)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := remote.Write(ref, img, remote.WithTransport(inProcess{reg})); err != nil {
-			t.Fatal(err)
-		}
+		push(t, reg, "library/app:"+tag, img)
 	}
 }
 
