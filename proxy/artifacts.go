@@ -763,7 +763,7 @@ func (p *Proxy) storeArtifact(ctx context.Context, t target, a artifact) error {
 	if err != nil {
 		return err
 	}
-	m, err := p.ensureManifest(ctx, t, a.digest)
+	m, err := p.ensureManifest(ctx, t, a.digest, false)
 	if errors.Is(err, upstream.ErrNotFound) && !pingNotFound(err) {
 		return fmt.Errorf("%w: %w", errArtifactGone, err)
 	}

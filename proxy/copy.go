@@ -179,7 +179,7 @@ func noPlatformMatches(ref string, body []byte, mediaType string, pats []oci.Pla
 // the one fetched now.
 func (p *Proxy) copySource(ctx context.Context, t target, ref oci.Ref) (*storedManifest, error) {
 	if ref.IsDigest() {
-		return p.ensureManifest(ctx, t, ref.Digest)
+		return p.ensureManifest(ctx, t, ref.Digest, false)
 	}
 	rec, ok, err := p.index.TagHit(t.host(), t.repo, ref.Tag)
 	if err != nil {

@@ -396,7 +396,7 @@ func (p *Proxy) fillChild(ctx context.Context, t target, dgst digest.Digest, pat
 	if err := p.manifestRefused(t, dgst); err != nil {
 		return nil, nil, err // its blobs not checked again to be refused
 	}
-	m, err := p.ensureManifest(ctx, t, dgst)
+	m, err := p.ensureManifest(ctx, t, dgst, true)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -416,7 +416,11 @@ func (p *Proxy) fillChild(ctx context.Context, t target, dgst digest.Digest, pat
 	return nil, nil, p.pushManifest(ctx, t, m)
 }
 
-func (p *Proxy) ensureManifest(ctx context.Context, t target, dgst digest.Digest) (*storedManifest, error) {
+// ensureManifest returns the manifest dgst of t, held or fetched, stored
+// and recorded; grouped for a fill's children, fetched together, whose
+// records commit together (ManifestEntry.Grouped), not for a manifest
+// that comes alone (a copy by digest, a referrer), which would only wait.
+func (p *Proxy) ensureManifest(ctx context.Context, t target, dgst digest.Digest, grouped bool) (*storedManifest, error) {
 	if err := oci.ValidateDigest(dgst); err != nil {
 		return nil, fmt.Errorf("manifest lists an invalid manifest digest %q: %w", dgst, err)
 	}
@@ -441,7 +445,7 @@ func (p *Proxy) ensureManifest(ctx context.Context, t target, dgst digest.Digest
 		p.fetches.Release(1)
 		return m, err
 	}
-	w, err := p.startManifest(ctx, t, oci.Ref{Digest: dgst}, false)
+	w, err := p.startManifestOf(ctx, t, oci.Ref{Digest: dgst}, false, grouped, nil, "")
 	// The turn is the fetch's: the other children fetch while this one's
 	// record waits for theirs, to commit with them (ManifestEntry.Grouped).
 	p.fetches.Release(1)

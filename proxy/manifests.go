@@ -742,7 +742,7 @@ func (p *Proxy) fetchTagAnswer(ctx context.Context, t target, tag string, was di
 	if a.fetched == nil {
 		moved = a.digest
 	}
-	w, err := p.startManifestOf(ctx, t, ref, fill, a.fetched, moved)
+	w, err := p.startManifestOf(ctx, t, ref, fill, false, a.fetched, moved)
 	aliasGone := moved != "" && errors.Is(err, upstream.ErrNotFound) && !pingNotFound(err)
 	if aliasGone || err == nil && w.tag != tag && w.m.digest != a.digest {
 		// The alias's fetch found its tag moved on since, or gone (a
@@ -790,14 +790,16 @@ func (p *Proxy) startManifest(ctx context.Context, t target, ref oci.Ref, fill b
 // fetched is not nil (verified by the upstream client): it is not asked
 // for again.
 func (p *Proxy) startManifestFrom(ctx context.Context, t target, ref oci.Ref, fill bool, fetched *upstream.Manifest) (*manifestWrite, error) {
-	return p.startManifestOf(ctx, t, ref, fill, fetched, "")
+	return p.startManifestOf(ctx, t, ref, fill, false, fetched, "")
 }
 
 // startManifestOf is startManifestFrom of a tag whose revalidation found
 // it moved to the digest moved, if not "": its fetch is shared with the
 // tags that moved there too, and the write returned may be one of theirs
 // (its tag another, and, if that tag moved on meanwhile, its digest too).
-func (p *Proxy) startManifestOf(ctx context.Context, t target, ref oci.Ref, fill bool, fetched *upstream.Manifest, moved digest.Digest) (*manifestWrite, error) {
+// If grouped, its record waits a moment for concurrent ones to commit with
+// it (ManifestEntry.Grouped): a fill's children, fetched together.
+func (p *Proxy) startManifestOf(ctx context.Context, t target, ref oci.Ref, fill, grouped bool, fetched *upstream.Manifest, moved digest.Digest) (*manifestWrite, error) {
 	key := manifestKey(t, ref)
 	if w := p.writes.get(key); w != nil {
 		return w, nil
@@ -875,10 +877,8 @@ func (p *Proxy) startManifestOf(ctx context.Context, t target, ref oci.Ref, fill
 		}
 		entry := storage.ManifestEntry{
 			Upstream: t.host(), Repo: t.repo, Digest: up.Digest, Tag: ref.Tag,
-			Record: storage.ManifestRecord{MediaType: mt, Size: int64(len(up.Body)), FetchedAt: p.now()},
-			// By digest for the mirror's own work: a fill's children,
-			// fetched together, recorded together.
-			Grouped: !fill && ref.Digest != "",
+			Record:  storage.ManifestRecord{MediaType: mt, Size: int64(len(up.Body)), FetchedAt: p.now()},
+			Grouped: grouped,
 		}
 		entry.Fill = p.newFill(t, mt, &doc, fill)
 		w := newManifestWrite(&storedManifest{body: up.Body, mediaType: mt, digest: up.Digest, fetchedAhead: aheadOf && p.fetchAhead}, entry.Record.FetchedAt)

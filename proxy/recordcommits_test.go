@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"testing"
 	"testing/synctest"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -95,6 +96,54 @@ func TestColdPullRecordsAnIndexsManifestsTogether(t *testing.T) {
 		t.Logf("%d commits (%d batched)", commits, after.Batches-before.Batches)
 		if commits > 13 {
 			t.Errorf("a cold pull of the index committed %d times (%d batched), want at most 13", commits, after.Batches-before.Batches)
+		}
+	})
+}
+
+// A copy by digest (a prefetch's, or docker-mirror mirror's) records its
+// manifest at once, as a copy by tag does: grouping is for a fill's
+// children, fetched together, and a copy's manifest comes alone, so its
+// first and only write of a group waited 10 ms for others that never
+// came. In a synctest bubble the clock moves only when everything waits
+// on it: a copy by digest moves it as far as a copy by tag of the same
+// kind of image (held blobs, linked in one batch), not a group's wait
+// further.
+func TestCopyByDigestNotGrouped(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+		img, err := random.Image(1024, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Of the same config and layers, annotated: only their manifests
+		// are fetched.
+		byTag := mutate.Annotations(img, map[string]string{"org.example.copy": "by tag"}).(ggcrv1.Image)
+		byDigest := mutate.Annotations(img, map[string]string{"org.example.copy": "by digest"}).(ggcrv1.Image)
+		for tag, img := range map[string]ggcrv1.Image{"1": img, "2": byTag, "3": byDigest} {
+			push(t, reg, "library/app:"+tag, img)
+		}
+		p := inProcessMirror(t, reg)
+		defer p.Close()
+		if _, err := p.Copy(t.Context(), "app:1", nil, nil); err != nil {
+			t.Fatal(err)
+		}
+		copied := func(ref string) time.Duration {
+			start := time.Now()
+			if _, err := p.Copy(t.Context(), ref, nil, nil); err != nil {
+				t.Fatal(err)
+			}
+			return time.Since(start)
+		}
+		d, err := byDigest.Digest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		tagged, digested := copied("app:2"), copied("app@"+d.String())
+		if digested != tagged {
+			t.Errorf("a copy by digest moved the bubble's clock by %v, a copy by tag by %v: its manifest's record waited for a group", digested, tagged)
+		}
+		if _, ok, err := p.index.Manifest(digest.Digest(d.String())); err != nil || !ok {
+			t.Fatalf("manifest %s not recorded: %v", d, err)
 		}
 	})
 }
