@@ -29,7 +29,15 @@ const (
 type readiness struct {
 	flight    singleflight.Group
 	throttled atomic.Int64 // when the store's last lookup was answered throttling (UnixNano), else 0
+	// last is the last lookup's answer (nil: none yet), and started when
+	// the lookup under way started (UnixNano, 0: none): ReadyzLast shows
+	// them without waiting.
+	last    atomic.Pointer[readyAnswer]
+	started atomic.Int64
 }
+
+// readyAnswer is a lookup's answer: err if the store cannot be used.
+type readyAnswer struct{ err error }
 
 // Ready reports whether the store and the index can be used. A store
 // that throttles answers, at its rate: every replica of a bucket would
@@ -50,13 +58,43 @@ var errFullNotReady = errors.New("store full")
 // ready: hits are served, and a mirror taken out of rotation would not
 // serve them either).
 func (p *Proxy) Readyz(ctx context.Context) error {
-	if err := p.Ready(ctx); err != nil {
-		return err
-	}
-	if p.readyFailWhenFull && p.StoreFull() {
+	return p.notFull(p.Ready(ctx))
+}
+
+// notFull is err, or if nil, Readyz's error while the store is full.
+func (p *Proxy) notFull(err error) error {
+	if err == nil && p.readyFailWhenFull && p.StoreFull() {
 		return errFullNotReady
 	}
-	return nil
+	return err
+}
+
+// ReadyzLast is Readyz without waiting for a lookup of the store that
+// hangs (a bucket that does not answer): the status page shows it at
+// every load. It starts a lookup unless one is under way, and answers
+// with the last lookup's answer; not ready if the lookup under way has
+// been unanswered for longer than unanswered (what the others' probes of
+// /readyz wait). Until a first lookup has answered, it waits for one, at
+// most unanswered.
+func (p *Proxy) ReadyzLast(ctx context.Context, unanswered time.Duration) error {
+	if err := p.index.Ping(); err != nil {
+		return err // not the store's last answer
+	}
+	wait, cancel := context.WithTimeout(ctx, unanswered)
+	defer cancel()
+	if p.readiness.last.Load() != nil {
+		cancel() // the next answer, not waited for
+	}
+	_, err := p.lookUpStore(wait, false)
+	if at := p.readiness.started.Load(); at != 0 {
+		if d := p.now().Sub(time.Unix(0, at)); d > unanswered {
+			return fmt.Errorf("store: no answer to its readiness lookup for %v", d.Round(time.Second))
+		}
+	}
+	if last := p.readiness.last.Load(); last != nil {
+		err = last.err
+	}
+	return p.notFull(err)
 }
 
 // CheckStore is Ready as the status page shows it: a store that throttles
@@ -90,23 +128,33 @@ func (p *Proxy) lookUpStore(ctx context.Context, takeFresh bool) (throttled, err
 		wait = done
 	}
 	throttled, err = shared(wait, p.work, &p.readiness.flight, "store", func() (error, error) {
+		p.readiness.started.Store(p.now().UnixNano())
+		defer p.readiness.started.Store(0)
 		// Detached, ended by Close: a stop would otherwise wait out the
 		// lookup of a bucket that hangs.
 		ctx, cancel := p.detach(ctx, readyLookupTimeout)
 		defer cancel()
-		_, err := p.store.Stat(ctx, "docker-mirror/readiness", digest.FromString("readiness probe"))
-		if storage.IsThrottled(err) {
-			p.readiness.throttled.Store(p.now().UnixNano())
-			return fmt.Errorf("store: %w", err), nil
-		}
-		p.readiness.throttled.Store(0)
-		if err != nil && !errors.Is(err, storage.ErrNotFound) {
-			return nil, fmt.Errorf("store: %w", err)
-		}
-		return nil, nil
+		throttled, err := p.statReadiness(ctx)
+		p.readiness.last.Store(&readyAnswer{err})
+		return throttled, err
 	})
 	if fresh && !errors.Is(err, errClosing) {
 		return nil, nil
 	}
 	return throttled, err
+}
+
+// statReadiness looks the store up: err if it cannot be used, else
+// throttled if it answered throttling.
+func (p *Proxy) statReadiness(ctx context.Context) (throttled, err error) {
+	_, err = p.store.Stat(ctx, "docker-mirror/readiness", digest.FromString("readiness probe"))
+	if storage.IsThrottled(err) {
+		p.readiness.throttled.Store(p.now().UnixNano())
+		return fmt.Errorf("store: %w", err), nil
+	}
+	p.readiness.throttled.Store(0)
+	if err != nil && !errors.Is(err, storage.ErrNotFound) {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	return nil, nil
 }

@@ -298,8 +298,10 @@ func newStatus(s *Server) *statuspage.Handler {
 					st.Name += " (this replica)"
 					// As the others' probes see it: its store refusing
 					// (a bucket's rotated credentials), it is out of
-					// their hashing and of the load balancer.
-					if err := selfReady(ctx, s.Proxy); err != nil {
+					// their hashing and of the load balancer. Not
+					// waited for: a bucket that hangs would hold every
+					// load of the page.
+					if err := s.Proxy.ReadyzLast(ctx, readyTimeout); err != nil {
 						st.State, st.LastError, st.Since = "not ready", storeError(cfg, err).Error(), time.Time{}
 					}
 				}
@@ -318,14 +320,6 @@ func newStatus(s *Server) *statuspage.Handler {
 		}
 	}
 	return statuspage.New(d)
-}
-
-// selfReady is this replica's readiness, as /readyz answers it to the
-// others' probes, bounded as a scrape's check is.
-func selfReady(ctx context.Context, p *proxy.Proxy) error {
-	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
-	defer cancel()
-	return p.Readyz(ctx)
 }
 
 // passwordFile is the keychain of an upstream whose password is in its

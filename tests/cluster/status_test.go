@@ -18,6 +18,7 @@ import (
 	"github.com/docker-mirror/docker-mirror/server"
 	"github.com/docker-mirror/docker-mirror/storage"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
+	"github.com/docker-mirror/docker-mirror/tests/servertest"
 )
 
 // The status page's JSON shows every replica of the cluster: this one
@@ -174,4 +175,91 @@ func statusPeerNamed(t *testing.T, ctx context.Context, base, name string) statu
 	}
 	t.Fatalf("%s not among the peers %+v", name, peers)
 	return statusPeer{}
+}
+
+// hangingStore is a replica's store whose readiness lookup, while hanging
+// is set, waits for gate to be closed: a bucket that hangs. The first
+// lookup that hangs is sent on entered (of room for one).
+type hangingStore struct {
+	storage.Store
+	hanging *atomic.Bool
+	entered chan<- struct{}
+	gate    <-chan struct{}
+}
+
+func (s hangingStore) Stat(ctx context.Context, repo string, dgst digest.Digest) (int64, error) {
+	if repo == "docker-mirror/readiness" && s.hanging.Load() {
+		select {
+		case s.entered <- struct{}{}:
+		default:
+		}
+		select {
+		case <-s.gate:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+	return s.Store.Stat(ctx, repo, dgst)
+}
+
+// The status page answers at once while the replica's store hangs: its
+// own row shows the last answer of its readiness, and not ready once the
+// lookup under way has been unanswered for longer than the others' probes
+// of its /readyz wait (5 s). Every load of the page waited up to 5 s for
+// the lookup, to show not ready with a timeout.
+func TestStatusDoesNotWaitForAHangingStore(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	var hanging atomic.Bool
+	entered := make(chan struct{}, 1)
+	gate := make(chan struct{})
+	clock := servertest.NewClock()
+	rs := startClusterWith(t, 1, up, sharedDir, nil, func(int) []server.Option {
+		return []server.Option{server.WithClock(clock.Now), server.WithStore(func(ctx context.Context, cfg config.Config, ix *storage.Index) (storage.Store, string, error) {
+			s, name, err := server.OpenStore(ctx, cfg, ix)
+			return hangingStore{s, &hanging, entered, gate}, name, err
+		})}
+	})
+	t.Cleanup(func() { close(gate) }) // before the replica stops
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if st, _, _, err := get(ctx, rs[0].url+"/readyz", nil); err != nil || st != http.StatusOK {
+		t.Fatalf("/readyz: %d %v; want 200", st, err)
+	}
+	hanging.Store(true)
+	self := func() (state, lastError string) {
+		t.Helper()
+		_, _, body, err := get(ctx, rs[0].url+"/api/v1/status", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var s struct {
+			Peers []struct {
+				Name, State string
+				LastError   string `json:"last_error"`
+			}
+		}
+		if err := json.Unmarshal(body, &s); err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range s.Peers {
+			if p.Name == rs[0].url+" (this replica)" {
+				return p.State, p.LastError
+			}
+		}
+		t.Fatalf("this replica not among the peers %+v", s.Peers)
+		return "", ""
+	}
+	// Answered with the gate closed: the page did not wait for the lookup.
+	if state, lastError := self(); state != "ok" {
+		t.Errorf("this replica, its readiness lookup just started and hanging: %s %q, want ok (the last answer) at once", state, lastError)
+	}
+	select {
+	case <-entered: // the page's lookup, hanging
+	case <-ctx.Done():
+		t.Fatal("the status page started no readiness lookup")
+	}
+	clock.Advance(6 * time.Second)
+	if state, lastError := self(); state != "not ready" || !strings.Contains(lastError, "no answer") {
+		t.Errorf("this replica, its readiness lookup hanging for 6s: %s %q, want not ready, no answer", state, lastError)
+	}
 }
