@@ -71,12 +71,20 @@ func (p *Proxy) notFull(err error) error {
 
 // ReadyzLast is Readyz without waiting for a lookup of the store that
 // hangs (a bucket that does not answer): the status page shows it at
-// every load. It starts a lookup unless one is under way, and answers
-// with the last lookup's answer; not ready if the lookup under way has
-// been unanswered for longer than unanswered (what the others' probes of
-// /readyz wait). Until a first lookup has answered, it waits for one, at
-// most unanswered.
+// every load. It is ReadyLast's, and not while the store is full as
+// Readyz.
 func (p *Proxy) ReadyzLast(ctx context.Context, unanswered time.Duration) error {
+	return p.notFull(p.ReadyLast(ctx, unanswered))
+}
+
+// ReadyLast is Ready without waiting for a lookup of the store that
+// hangs: the ready gauge reads it at every scrape, which would otherwise
+// run into the scrape's timeout. It starts a lookup unless one is under
+// way, and answers with the last lookup's answer; not ready if the
+// lookup under way has been unanswered for longer than unanswered (what
+// the others' probes of /readyz wait). Until a first lookup has
+// answered, it waits for one, at most unanswered.
+func (p *Proxy) ReadyLast(ctx context.Context, unanswered time.Duration) error {
 	if err := p.index.Ping(); err != nil {
 		return err // not the store's last answer
 	}
@@ -94,7 +102,7 @@ func (p *Proxy) ReadyzLast(ctx context.Context, unanswered time.Duration) error 
 	if last := p.readiness.last.Load(); last != nil {
 		err = last.err
 	}
-	return p.notFull(err)
+	return err
 }
 
 // CheckStore is Ready as the status page shows it: a store that throttles

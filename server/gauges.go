@@ -11,8 +11,9 @@ import (
 	"github.com/docker-mirror/docker-mirror/storage"
 )
 
-// readyTimeout bounds the readiness check a scrape runs, so that a hung
-// store cannot hold a scrape past Prometheus' own timeout.
+// readyTimeout is how long a readiness lookup of the store may go
+// unanswered before a scrape (or the status page) shows it not ready:
+// what the others' probes of /readyz wait.
 const readyTimeout = 5 * time.Second
 
 // gauges are the metrics that alerts compare against: the configured
@@ -42,11 +43,12 @@ func gauges(cfg config.Config, p *proxy.Proxy, ix *storage.Index) []prometheus.C
 		}, func() float64 { return float64(cfg.MaxSize) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "docker_mirror_ready",
-			Help: "1 while the index can be read and the store answers a lookup (what /readyz checks; a full store is docker_mirror_store_full), else 0.",
+			Help: "1 while the index can be read and the store answered its last lookup (what /readyz checks, not waited for: 0 once a lookup has gone unanswered for over 5 s; a full store is docker_mirror_store_full), else 0.",
 		}, func() float64 {
-			ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
-			defer cancel()
-			if p.Ready(ctx) != nil {
+			// The last answer, not waited for: a store that hangs
+			// would hold the scrape, and every metric with it, past
+			// Prometheus' timeout.
+			if p.ReadyLast(context.Background(), readyTimeout) != nil {
 				return 0
 			}
 			return 1

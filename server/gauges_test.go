@@ -1,14 +1,19 @@
 package server
 
 import (
+	"context"
 	"log/slog"
 	"net/http/httptest"
 	"runtime"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/opencontainers/go-digest"
+
+	"github.com/docker-mirror/docker-mirror/config"
 	"github.com/docker-mirror/docker-mirror/storage"
 )
 
@@ -51,6 +56,70 @@ func grepReady(s string) string {
 		}
 	}
 	return "no docker_mirror_ready"
+}
+
+// hangingStore is a store whose readiness lookup, while hanging is set,
+// waits for gate to be closed: a bucket that hangs. The first lookup that
+// hangs is sent on entered (of room for one).
+type hangingStore struct {
+	storage.Store
+	hanging *atomic.Bool
+	entered chan<- struct{}
+	gate    <-chan struct{}
+}
+
+func (s hangingStore) Stat(ctx context.Context, repo string, dgst digest.Digest) (int64, error) {
+	if repo == "docker-mirror/readiness" && s.hanging.Load() {
+		select {
+		case s.entered <- struct{}{}:
+		default:
+		}
+		select {
+		case <-s.gate:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+	return s.Store.Stat(ctx, repo, dgst)
+}
+
+// A scrape answers while the store hangs: the ready gauge is the last
+// answer of the store's readiness lookup, and 0 once the lookup under way
+// has gone unanswered for over 5 s. Every scrape waited up to 5 s for the
+// lookup, to say 0 with a timeout, holding all the replica's metrics
+// towards Prometheus' scrape timeout.
+func TestReadyGaugeDoesNotWaitForAHangingStore(t *testing.T) {
+	var hanging atomic.Bool
+	entered := make(chan struct{}, 1)
+	gate := make(chan struct{})
+	clock := &fakeClock{t: time.Now()}
+	srv, err := New(t.Context(), testConfig(t), WithLogger(slog.New(slog.DiscardHandler)), WithClock(clock.Now),
+		WithStore(func(ctx context.Context, cfg config.Config, ix *storage.Index) (storage.Store, string, error) {
+			s, name, err := OpenStore(ctx, cfg, ix)
+			return hangingStore{s, &hanging, entered, gate}, name, err
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	defer close(gate) // before the server closes
+	if got := scrape(srv); !strings.Contains(got, "\ndocker_mirror_ready 1\n") {
+		t.Fatalf("before the store hangs: %s", grepReady(got))
+	}
+	hanging.Store(true)
+	// Answered with the gate closed: the scrape did not wait for the lookup.
+	if got := scrape(srv); !strings.Contains(got, "\ndocker_mirror_ready 1\n") {
+		t.Errorf("its readiness lookup just started and hanging: %s, want 1 (the last answer) at once", grepReady(got))
+	}
+	select {
+	case <-entered: // the scrape's lookup, hanging
+	case <-t.Context().Done():
+		t.Fatal("the scrape started no readiness lookup")
+	}
+	clock.Advance(6 * time.Second)
+	if got := scrape(srv); !strings.Contains(got, "\ndocker_mirror_ready 0\n") {
+		t.Errorf("its readiness lookup hanging for 6s: %s, want 0", grepReady(got))
+	}
 }
 
 // The index's writes are counted at scrape time: a write adds one commit,
