@@ -110,15 +110,24 @@ func (ix *Index) pinAdded(ref string, rec PinRecord, also func(tx *bolt.Tx, adde
 		// again with the same record when it resumes, or, failed by
 		// this error, takes back what was put back if it is its own
 		// (UnpinIf: a pin from before a restart).
-		return false, errors.Join(err, ix.write(func(tx *bolt.Tx) error {
-			b := tx.Bucket(bucketPins)
-			if old == nil {
-				return b.Delete(key)
-			}
-			return b.Put(key, old)
-		}))
+		return false, errors.Join(err, ix.putPinBack(key, old))
 	}
 	return added, nil
+}
+
+// putPinBack records the pin of key here as it was before a change the
+// bucket replicas share did not take: old, or none if nil.
+func (ix *Index) putPinBack(key, old []byte) error {
+	return ix.write(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists(bucketPins)
+		if err != nil {
+			return err
+		}
+		if old == nil {
+			return b.Delete(key)
+		}
+		return b.Put(key, old)
+	})
 }
 
 // lockPins waits for the pins' writes of others (pinning) and returns
@@ -128,30 +137,41 @@ func (ix *Index) lockPins() (unlock func()) {
 	return func() { <-ix.pinning }
 }
 
-// Unpin removes a pin; removing a missing pin is not an error.
+// Unpin removes a pin; removing a missing pin is not an error. A pin the
+// bucket replicas share fails to remove stays here too.
 func (ix *Index) Unpin(ref string) error {
 	key, err := pinKey(ref)
 	if err != nil {
 		return err
 	}
 	defer ix.lockPins()()
+	var old []byte
 	err = ix.write(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketPins)
 		if b == nil {
 			return nil
 		}
+		old = bytes.Clone(b.Get(key))
 		return b.Delete(key)
 	})
 	if err != nil {
 		return err
 	}
-	return ix.shareDelete(bucketPins, key)
+	if err := ix.shareDelete(bucketPins, key); err != nil {
+		// Still pinned, as the caller is told: the bucket keeps the
+		// pin, which a Refresh would read back here; until then the
+		// image was open to eviction.
+		return errors.Join(err, ix.putPinBack(key, old))
+	}
+	return nil
 }
 
 // UnpinIf removes the pin of ref if its record is still rec: one
 // recorded since (someone else pinning the same reference, which
 // overwrites the record; on a bucket replicas share, another replica) is
-// theirs and stays. It reports whether it removed the pin.
+// theirs and stays. It reports whether it removed the pin: not one the
+// bucket fails to remove (or to read), which stays here too, for the
+// caller to take back again.
 func (ix *Index) UnpinIf(ref string, rec PinRecord) (removed bool, err error) {
 	key, err := pinKey(ref)
 	if err != nil {
@@ -174,10 +194,15 @@ func (ix *Index) UnpinIf(ref string, rec PinRecord) (removed bool, err error) {
 		return false, err
 	}
 	shared, found, err := ix.shareGet(bucketPins, key)
-	if err != nil || !found || !bytes.Equal(shared, raw) {
-		return true, err // another replica's since, or none
+	if err == nil && found && bytes.Equal(shared, raw) { // else another replica's since, or none
+		err = ix.shareDelete(bucketPins, key)
 	}
-	return true, ix.shareDelete(bucketPins, key)
+	if err != nil {
+		// Still pinned, as Unpin's: an UnpinIf made again finds its
+		// record here, not a pin left in the bucket for good.
+		return false, errors.Join(err, ix.putPinBack(key, raw))
+	}
+	return true, nil
 }
 
 // Pins returns the pins by digest or TagKey.

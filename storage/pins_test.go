@@ -13,11 +13,11 @@ import (
 	"github.com/docker-mirror/docker-mirror/storage"
 )
 
-// pinRecords is records whose writes of pins call put first: a test holds
-// one there, or fails it.
+// pinRecords is records whose writes of pins call put first, and whose
+// deletes of pins del first if set: a test holds one there, or fails it.
 type pinRecords struct {
 	storage.Records
-	put func() error
+	put, del func() error
 }
 
 func (r pinRecords) Put(ctx context.Context, kind, key string, value []byte) error {
@@ -27,6 +27,15 @@ func (r pinRecords) Put(ctx context.Context, kind, key string, value []byte) err
 		}
 	}
 	return r.Records.Put(ctx, kind, key, value)
+}
+
+func (r pinRecords) Delete(ctx context.Context, kind, key string) error {
+	if kind == "pins" && r.del != nil {
+		if err := r.del(); err != nil {
+			return err
+		}
+	}
+	return r.Records.Delete(ctx, kind, key)
 }
 
 // An admin's unpin that comes while a prefetch's pin is being written to
@@ -118,5 +127,62 @@ func TestPinWhoseBucketWriteFailsIsNotKept(t *testing.T) {
 	}
 	if got, ok := pins[other]; ok {
 		t.Errorf("pin of %s after a failed pin: %+v, want none", other, got)
+	}
+}
+
+// An unpin (an admin's, or a failed prefetch's UnpinIf) whose delete from
+// the bucket replicas share fails is not taken here either: the caller is
+// told it failed, the pin stays here as in the bucket, and the unpin made
+// again once the bucket answers takes it from both. Before, the pin was
+// gone here, its image open to eviction, while the bucket kept it for the
+// next Refresh to read back onto every replica; and the prefetch's
+// UnpinIf made again found nothing of its own here: its pin stayed for
+// good.
+func TestUnpinWhoseBucketDeleteFailsIsNotTaken(t *testing.T) {
+	down := errors.New("bucket unreachable")
+	var fail bool
+	inner := storage.NewDriverRecords(inmemory.New())
+	ix := openShared(t, pinRecords{Records: inner, put: func() error { return nil }, del: func() error {
+		if fail {
+			return down
+		}
+		return nil
+	}})
+	key := storage.TagKey("docker.io", "library/x", "v1")
+	other := storage.TagKey("docker.io", "library/y", "v1")
+	admin := storage.PinRecord{PinnedAt: time.Unix(1700000000, 0).UTC(), Reason: "admin"}
+	prefetch := storage.PinRecord{PinnedAt: admin.PinnedAt.Add(time.Second), Reason: "prefetch"}
+	must(t, ix.Pin(key, admin))
+	must(t, ix.Pin(other, prefetch))
+	fail = true
+	if err := ix.Unpin(key); !errors.Is(err, down) {
+		t.Errorf("Unpin with the bucket's delete failing: %v, want %v", err, down)
+	}
+	if removed, err := ix.UnpinIf(other, prefetch); removed || !errors.Is(err, down) {
+		t.Errorf("UnpinIf with the bucket's delete failing: %v %v, want false %v", removed, err, down)
+	}
+	pins, err := ix.Pins()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for ref, want := range map[string]storage.PinRecord{key: admin, other: prefetch} {
+		if got, ok := pins[ref]; !ok || !got.PinnedAt.Equal(want.PinnedAt) || got.Reason != want.Reason {
+			t.Errorf("pin of %s after a failed unpin: %+v %v, want %+v as the bucket keeps it", ref, got, ok, want)
+		}
+	}
+	fail = false
+	must(t, ix.Unpin(key))
+	if removed, err := ix.UnpinIf(other, prefetch); !removed || err != nil {
+		t.Fatalf("UnpinIf made again, the bucket back: %v %v, want it removed", removed, err)
+	}
+	pins, err = ix.Pins()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ref := range []string{key, other} {
+		raw, err := inner.Get(t.Context(), "pins", ref)
+		if _, here := pins[ref]; here || !errors.Is(err, storage.ErrNotFound) {
+			t.Errorf("%s unpinned again, the bucket back: pinned here %v; the bucket's record %q, %v; want no pin anywhere", ref, here, raw, err)
+		}
 	}
 }
