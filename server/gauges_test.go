@@ -11,10 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/opencontainers/go-digest"
-
 	"github.com/docker-mirror/docker-mirror/config"
 	"github.com/docker-mirror/docker-mirror/storage"
+	"github.com/docker-mirror/docker-mirror/storage/storetest"
 )
 
 // The gauges alert rules compare against: max_size as configured, and
@@ -58,31 +57,6 @@ func grepReady(s string) string {
 	return "no docker_mirror_ready"
 }
 
-// hangingStore is a store whose readiness lookup, while hanging is set,
-// waits for gate to be closed: a bucket that hangs. The first lookup that
-// hangs is sent on entered (of room for one).
-type hangingStore struct {
-	storage.Store
-	hanging *atomic.Bool
-	entered chan<- struct{}
-	gate    <-chan struct{}
-}
-
-func (s hangingStore) Stat(ctx context.Context, repo string, dgst digest.Digest) (int64, error) {
-	if repo == "docker-mirror/readiness" && s.hanging.Load() {
-		select {
-		case s.entered <- struct{}{}:
-		default:
-		}
-		select {
-		case <-s.gate:
-		case <-ctx.Done():
-			return 0, ctx.Err()
-		}
-	}
-	return s.Store.Stat(ctx, repo, dgst)
-}
-
 // A scrape answers while the store hangs: the ready gauge is the last
 // answer of the store's readiness lookup, and 0 once the lookup under way
 // has gone unanswered for over 5 s. Every scrape waited up to 5 s for the
@@ -96,7 +70,7 @@ func TestReadyGaugeDoesNotWaitForAHangingStore(t *testing.T) {
 	srv, err := New(t.Context(), testConfig(t), WithLogger(slog.New(slog.DiscardHandler)), WithClock(clock.Now),
 		WithStore(func(ctx context.Context, cfg config.Config, ix *storage.Index) (storage.Store, string, error) {
 			s, name, err := OpenStore(ctx, cfg, ix)
-			return hangingStore{s, &hanging, entered, gate}, name, err
+			return storetest.HangingReadiness{Store: s, Hanging: &hanging, Entered: entered, Gate: gate}, name, err
 		}))
 	if err != nil {
 		t.Fatal(err)

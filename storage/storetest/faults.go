@@ -7,9 +7,11 @@ import (
 	"path"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+	"github.com/docker-mirror/docker-mirror/storage"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -97,3 +99,30 @@ func (d *BadSectors) Delete(ctx context.Context, p string) error {
 type failingRead struct{ err error }
 
 func (r failingRead) Read([]byte) (int, error) { return 0, r.err }
+
+// HangingReadiness is a store whose readiness lookups (the proxy's Stat
+// of "docker-mirror/readiness"), while Hanging is set, wait for Gate to be
+// closed or their context to end: a bucket that hangs. The first lookup
+// that hangs is sent on Entered, if it has room.
+type HangingReadiness struct {
+	storage.Store
+	Hanging *atomic.Bool
+	Entered chan<- struct{}
+	Gate    <-chan struct{}
+}
+
+// Stat implements storage.Store.
+func (s HangingReadiness) Stat(ctx context.Context, repo string, dgst digest.Digest) (int64, error) {
+	if repo == "docker-mirror/readiness" && s.Hanging.Load() {
+		select {
+		case s.Entered <- struct{}{}:
+		default:
+		}
+		select {
+		case <-s.Gate:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+	return s.Store.Stat(ctx, repo, dgst)
+}

@@ -17,6 +17,7 @@ import (
 	"github.com/docker-mirror/docker-mirror/proxy"
 	"github.com/docker-mirror/docker-mirror/server"
 	"github.com/docker-mirror/docker-mirror/storage"
+	"github.com/docker-mirror/docker-mirror/storage/storetest"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
 	"github.com/docker-mirror/docker-mirror/tests/servertest"
 )
@@ -177,31 +178,6 @@ func statusPeerNamed(t *testing.T, ctx context.Context, base, name string) statu
 	return statusPeer{}
 }
 
-// hangingStore is a replica's store whose readiness lookup, while hanging
-// is set, waits for gate to be closed: a bucket that hangs. The first
-// lookup that hangs is sent on entered (of room for one).
-type hangingStore struct {
-	storage.Store
-	hanging *atomic.Bool
-	entered chan<- struct{}
-	gate    <-chan struct{}
-}
-
-func (s hangingStore) Stat(ctx context.Context, repo string, dgst digest.Digest) (int64, error) {
-	if repo == "docker-mirror/readiness" && s.hanging.Load() {
-		select {
-		case s.entered <- struct{}{}:
-		default:
-		}
-		select {
-		case <-s.gate:
-		case <-ctx.Done():
-			return 0, ctx.Err()
-		}
-	}
-	return s.Store.Stat(ctx, repo, dgst)
-}
-
 // The status page answers at once while the replica's store hangs: its
 // own row shows the last answer of its readiness, and not ready once the
 // lookup under way has been unanswered for longer than the others' probes
@@ -216,7 +192,7 @@ func TestStatusDoesNotWaitForAHangingStore(t *testing.T) {
 	rs := startClusterWith(t, 1, up, sharedDir, nil, func(int) []server.Option {
 		return []server.Option{server.WithClock(clock.Now), server.WithStore(func(ctx context.Context, cfg config.Config, ix *storage.Index) (storage.Store, string, error) {
 			s, name, err := server.OpenStore(ctx, cfg, ix)
-			return hangingStore{s, &hanging, entered, gate}, name, err
+			return storetest.HangingReadiness{Store: s, Hanging: &hanging, Entered: entered, Gate: gate}, name, err
 		})}
 	})
 	t.Cleanup(func() { close(gate) }) // before the replica stops
