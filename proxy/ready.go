@@ -30,7 +30,7 @@ type readiness struct {
 	flight    singleflight.Group
 	throttled atomic.Int64 // when the store's last lookup was answered throttling (UnixNano), else 0
 	// last is the last lookup's answer (nil: none yet), and started when
-	// the lookup under way started (UnixNano, 0: none): ReadyzLast shows
+	// the lookup under way started (UnixNano, 0: none): ReadyLast shows
 	// them without waiting.
 	last    atomic.Pointer[readyAnswer]
 	started atomic.Int64
