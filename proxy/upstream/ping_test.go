@@ -419,14 +419,7 @@ func TestOpenPingRepositoryChallengedOnItsOwn(t *testing.T) {
 func TestOpenPingRepositoriesChallengeWithCredentials(t *testing.T) {
 	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
 		switch {
-		case req.URL.Path == "/token":
-			if u, pw, ok := req.BasicAuth(); !ok || u != "bot" || pw != "pw" {
-				w.WriteHeader(http.StatusUnauthorized)
-				return
-			}
-			fmt.Fprint(w, `{"token":"t"}`)
-		case req.Header.Get("Authorization") == "Bearer t":
-			w.WriteHeader(http.StatusOK)
+		case tokenForBot(w, req):
 		default:
 			challenge(w, req, "")
 		}
@@ -706,14 +699,7 @@ func startMaintained(t *testing.T, back *atomic.Bool, status int) *registry {
 		switch {
 		case !back.Load():
 			w.WriteHeader(status)
-		case req.URL.Path == "/token":
-			if u, pw, ok := req.BasicAuth(); !ok || u != "bot" || pw != "pw" {
-				w.WriteHeader(http.StatusUnauthorized)
-				return
-			}
-			fmt.Fprint(w, `{"token":"t"}`)
-		case req.Header.Get("Authorization") == "Bearer t":
-			w.WriteHeader(http.StatusOK)
+		case tokenForBot(w, req):
 		default:
 			challenge(w, req, "repository:library/x:pull")
 		}
@@ -724,4 +710,22 @@ func startMaintained(t *testing.T, back *atomic.Bool, status int) *registry {
 		}
 		w.WriteHeader(http.StatusOK)
 	})
+}
+
+// tokenForBot answers req if it is a token request (token "t", given to
+// bot:pw only) or carries that token (200), and reports whether it did.
+func tokenForBot(w http.ResponseWriter, req *http.Request) bool {
+	switch {
+	case req.URL.Path == "/token":
+		if u, pw, ok := req.BasicAuth(); !ok || u != "bot" || pw != "pw" {
+			w.WriteHeader(http.StatusUnauthorized)
+			return true
+		}
+		fmt.Fprint(w, `{"token":"t"}`)
+	case req.Header.Get("Authorization") == "Bearer t":
+		w.WriteHeader(http.StatusOK)
+	default:
+		return false
+	}
+	return true
 }
