@@ -36,8 +36,12 @@ type readiness struct {
 	started atomic.Int64
 }
 
-// readyAnswer is a lookup's answer: err if the store cannot be used.
-type readyAnswer struct{ err error }
+// readyAnswer is a lookup's answer: err if the store cannot be used, else
+// throttled if it answered throttling; took is how long it took.
+type readyAnswer struct {
+	err, throttled error
+	took           time.Duration
+}
 
 // Ready reports whether the store and the index can be used. A store
 // that throttles answers, at its rate: every replica of a bucket would
@@ -85,23 +89,12 @@ func (p *Proxy) ReadyzLast(ctx context.Context, unanswered time.Duration) error 
 // the others' probes of /readyz wait). Until a first lookup has
 // answered, it waits for one, at most unanswered.
 func (p *Proxy) ReadyLast(ctx context.Context, unanswered time.Duration) error {
-	if err := p.index.Ping(); err != nil {
-		return err // not the store's last answer
-	}
 	wait, cancel := context.WithTimeout(ctx, unanswered)
 	defer cancel()
 	if p.readiness.last.Load() != nil {
 		cancel() // the next answer, not waited for
 	}
-	_, err := p.lookUpStore(wait, false)
-	if at := p.readiness.started.Load(); at != 0 {
-		if d := p.now().Sub(time.Unix(0, at)); d > unanswered {
-			return fmt.Errorf("store: no answer to its readiness lookup for %v", d.Round(time.Second))
-		}
-	}
-	if last := p.readiness.last.Load(); last != nil {
-		err = last.err
-	}
+	_, err := p.lastAnswer(wait, unanswered)
 	return err
 }
 
@@ -109,13 +102,48 @@ func (p *Proxy) ReadyLast(ctx context.Context, unanswered time.Duration) error {
 // is ready, but its answer is returned as the error (a registry
 // destination that rate-limits is shown failing). It waits for its
 // lookup even within readyFor of a throttling answer, which Ready takes:
-// the store may have recovered since.
-func (p *Proxy) CheckStore(ctx context.Context) error {
-	throttled, err := p.lookUpStore(ctx, false)
+// the store may have recovered since. But while the store hangs (its
+// lookup under way, or its last one, unanswered for longer than
+// unanswered) it answers as ReadyLast, with the last answer, not waited
+// for: the page's check would otherwise hold a load of the page.
+func (p *Proxy) CheckStore(ctx context.Context, unanswered time.Duration) error {
+	if last := p.readiness.last.Load(); last != nil && last.took > unanswered || p.lookingUpFor() > unanswered {
+		wait, cancel := context.WithCancel(ctx)
+		cancel() // the next answer, not waited for
+		ctx = wait
+	}
+	throttled, err := p.lastAnswer(ctx, unanswered)
 	if err != nil {
 		return err
 	}
 	return throttled
+}
+
+// lastAnswer starts a lookup of the store unless one is under way, waits
+// for it within wait, and returns the last lookup's answer (lookUpStore's
+// throttled and err); not ready if the lookup under way has been
+// unanswered for longer than unanswered.
+func (p *Proxy) lastAnswer(wait context.Context, unanswered time.Duration) (throttled, err error) {
+	if err := p.index.Ping(); err != nil {
+		return nil, err // not the store's last answer
+	}
+	throttled, err = p.lookUpStore(wait, false)
+	if d := p.lookingUpFor(); d > unanswered {
+		return nil, fmt.Errorf("store: no answer to its readiness lookup for %v", d.Round(time.Second))
+	}
+	if last := p.readiness.last.Load(); last != nil {
+		return last.throttled, last.err
+	}
+	return throttled, err
+}
+
+// lookingUpFor is how long the lookup under way has been unanswered (0:
+// none under way).
+func (p *Proxy) lookingUpFor() time.Duration {
+	if at := p.readiness.started.Load(); at != 0 {
+		return p.now().Sub(time.Unix(0, at))
+	}
+	return 0
 }
 
 // lookUpStore pings the index and looks the store up (shared, see
@@ -136,14 +164,15 @@ func (p *Proxy) lookUpStore(ctx context.Context, takeFresh bool) (throttled, err
 		wait = done
 	}
 	throttled, err = shared(wait, p.work, &p.readiness.flight, "store", func() (error, error) {
-		p.readiness.started.Store(p.now().UnixNano())
+		start := p.now()
+		p.readiness.started.Store(start.UnixNano())
 		defer p.readiness.started.Store(0)
 		// Detached, ended by Close: a stop would otherwise wait out the
 		// lookup of a bucket that hangs.
 		ctx, cancel := p.detach(ctx, readyLookupTimeout)
 		defer cancel()
 		throttled, err := p.statReadiness(ctx)
-		p.readiness.last.Store(&readyAnswer{err})
+		p.readiness.last.Store(&readyAnswer{err: err, throttled: throttled, took: p.now().Sub(start)})
 		return throttled, err
 	})
 	if fresh && !errors.Is(err, errClosing) {

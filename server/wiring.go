@@ -287,7 +287,8 @@ func newStatus(s *Server) *statuspage.Handler {
 	d := statuspage.Deps{Proxy: s.Proxy, Index: s.Index, Collector: s.Collector, Version: s.opts.version,
 		StoreKind: s.storeName, MaxSize: int64(cfg.MaxSize), DataDir: disk, Now: s.opts.now}
 	if cfg.Destination.URL != "" {
-		d.Destination, d.DestinationName = s.Proxy.CheckStore, s.storeName
+		d.DestinationName = s.storeName
+		d.Destination = func(ctx context.Context) error { return s.Proxy.CheckStore(ctx, readyTimeout) }
 	}
 	if s.Cluster != nil {
 		d.Peers = func(ctx context.Context) []statuspage.PeerState {

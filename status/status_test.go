@@ -21,12 +21,14 @@ import (
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/docker-mirror/docker-mirror/config"
 	"github.com/docker-mirror/docker-mirror/lifecycle"
 	"github.com/docker-mirror/docker-mirror/proxy"
 	"github.com/docker-mirror/docker-mirror/proxy/access"
 	"github.com/docker-mirror/docker-mirror/server"
 	"github.com/docker-mirror/docker-mirror/status"
 	"github.com/docker-mirror/docker-mirror/storage"
+	"github.com/docker-mirror/docker-mirror/storage/storetest"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
 	"github.com/docker-mirror/docker-mirror/tests/servertest"
 )
@@ -673,6 +675,40 @@ func TestDestinationRecoveredFromRateLimitingIsOk(t *testing.T) {
 	}
 	if s.Destination == nil || s.Destination.Status != "ok" {
 		t.Errorf("destination recovered from rate-limiting: %+v, want ok", s.Destination)
+	}
+}
+
+// The destination's check answers at once while the destination hangs
+// (its readiness lookup unanswered): not reachable, with no answer, once
+// the lookup under way has gone unanswered for longer than the others'
+// probes of /readyz wait (5 s). Every check, once every 15 s, waited up to
+// 5 s for the lookup, holding the page's load or refresh.
+func TestDestinationCheckDoesNotWaitForAHangingDestination(t *testing.T) {
+	var hanging atomic.Bool
+	entered := make(chan struct{}, 1)
+	gate := make(chan struct{})
+	dest := fixture.StartDestination(t, nil)
+	clock := servertest.NewClock()
+	h := serveWithDestination(t, dest, server.WithClock(clock.Now),
+		server.WithStore(func(ctx context.Context, cfg config.Config, ix *storage.Index) (storage.Store, string, error) {
+			s, name, err := server.OpenStore(ctx, cfg, ix)
+			return storetest.HangingReadiness{Store: s, Hanging: &hanging, Entered: entered, Gate: gate}, name, err
+		}))
+	t.Cleanup(func() { close(gate) }) // before the server closes
+	if s := apiStatus(t, h); s.Destination == nil || s.Destination.Status != "ok" {
+		t.Fatalf("before the destination hangs: %+v", s.Destination)
+	}
+	hanging.Store(true)
+	serveGet(t, h, "/metrics") // the ready gauge starts a lookup, unwaited for
+	select {
+	case <-entered: // the lookup, hanging
+	case <-t.Context().Done():
+		t.Fatal("no readiness lookup started")
+	}
+	clock.Advance(16 * time.Second)
+	// Answered with the gate closed: the check did not wait for the lookup.
+	if s := apiStatus(t, h); s.Destination == nil || s.Destination.Status != "unreachable" || !strings.Contains(s.Destination.Error, "no answer") {
+		t.Errorf("destination, its readiness lookup hanging for 16s: %+v, want unreachable, no answer, at once", s.Destination)
 	}
 }
 
