@@ -25,6 +25,11 @@ const (
 	readyLookupTimeout = 30 * time.Second
 )
 
+// ReadyUnanswered is how long a lookup of the store may go unanswered
+// before Ready answers not ready without waiting for it: what the other
+// replicas' probes of /readyz wait (cluster.WithProbeTimeout's default).
+const ReadyUnanswered = 5 * time.Second
+
 // readiness is the store's lookups for Ready.
 type readiness struct {
 	flight    singleflight.Group
@@ -46,7 +51,10 @@ type readyAnswer struct {
 // Ready reports whether the store and the index can be used. A store
 // that throttles answers, at its rate: every replica of a bucket would
 // otherwise leave the load balancer at once, and none would serve what
-// still goes through.
+// still goes through. A store that hangs, its lookup under way unanswered
+// for longer than ReadyUnanswered, is not ready at once: the others'
+// probes, waiting for the lookup, would time out and take this replica
+// for unreachable.
 func (p *Proxy) Ready(ctx context.Context) error {
 	_, err := p.lookUpStore(ctx, true)
 	return err
@@ -128,13 +136,22 @@ func (p *Proxy) lastAnswer(wait context.Context, unanswered time.Duration) (thro
 		return nil, err // not the store's last answer
 	}
 	throttled, err = p.lookUpStore(wait, false)
-	if d := p.lookingUpFor(); d > unanswered {
-		return nil, fmt.Errorf("store: no answer to its readiness lookup for %v", d.Round(time.Second))
+	if err := p.noAnswer(unanswered); err != nil {
+		return nil, err
 	}
 	if last := p.readiness.last.Load(); last != nil {
 		return last.throttled, last.err
 	}
 	return throttled, err
+}
+
+// noAnswer is not ready if the lookup under way has been unanswered for
+// longer than d, else nil.
+func (p *Proxy) noAnswer(d time.Duration) error {
+	if u := p.lookingUpFor(); u > d {
+		return fmt.Errorf("store: no answer to its readiness lookup for %v", u.Round(time.Second))
+	}
+	return nil
 }
 
 // lookingUpFor is how long the lookup under way has been unanswered (0:
@@ -150,13 +167,19 @@ func (p *Proxy) lookingUpFor() time.Duration {
 // readyFor): err if either cannot be used, else throttled if the store
 // answered throttling. If takeFresh, within readyFor of a throttling
 // answer it takes that one and does not wait for the lookup it starts
-// (nil, nil).
+// (nil, nil); else it does not wait for a lookup under way unanswered for
+// longer than ReadyUnanswered (noAnswer).
 func (p *Proxy) lookUpStore(ctx context.Context, takeFresh bool) (throttled, err error) {
 	if err := p.index.Ping(); err != nil {
 		return nil, err
 	}
 	at := p.readiness.throttled.Load()
 	fresh := takeFresh && at != 0 && p.now().Sub(time.Unix(0, at)) < readyFor
+	if takeFresh && !fresh {
+		if err := p.noAnswer(ReadyUnanswered); err != nil {
+			return nil, err
+		}
+	}
 	wait := ctx
 	if fresh {
 		done, cancel := context.WithCancel(ctx)

@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -14,7 +13,7 @@ import (
 // readyTimeout is how long a readiness lookup of the store may go
 // unanswered before a scrape (or the status page) shows it not ready:
 // what the others' probes of /readyz wait.
-const readyTimeout = 5 * time.Second
+const readyTimeout = proxy.ReadyUnanswered
 
 // gauges are the metrics that alerts compare against: the configured
 // size limit, readiness as /readyz says it, and the index's writes (how

@@ -239,3 +239,45 @@ func TestStatusDoesNotWaitForAHangingStore(t *testing.T) {
 		t.Errorf("this replica, its readiness lookup hanging for 6s: %s %q, want not ready, no answer", state, lastError)
 	}
 }
+
+// A replica whose store hangs (a bucket that does not answer) answers its
+// /readyz not ready at once, once the lookup under way has gone
+// unanswered for longer than the others' probes wait (5 s), and the
+// others' status pages show it not ready, with its answer: its /readyz
+// waited for the lookup past every probe's timeout, and the others
+// showed it unreachable, with the timeout, sending their operator
+// looking for a network fault while it answered.
+func TestStatusShowsPeerWithAHangingStoreNotReady(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	var hanging atomic.Bool
+	entered := make(chan struct{}, 1)
+	gate := make(chan struct{})
+	clock := servertest.NewClock()
+	rs := startClusterWith(t, 2, up, sharedDir, nil, func(i int) []server.Option {
+		if i == 0 {
+			return nil
+		}
+		return []server.Option{server.WithClock(clock.Now), server.WithStore(func(ctx context.Context, cfg config.Config, ix *storage.Index) (storage.Store, string, error) {
+			s, name, err := server.OpenStore(ctx, cfg, ix)
+			return storetest.HangingReadiness{Store: s, Hanging: &hanging, Entered: entered, Gate: gate}, name, err
+		})}
+	})
+	t.Cleanup(func() { close(gate) }) // before the replicas stop
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if st, _, _, err := get(ctx, rs[1].url+"/readyz", nil); err != nil || st != http.StatusOK {
+		t.Fatalf("/readyz before the store hangs: %d %v; want 200", st, err)
+	}
+	hanging.Store(true)
+	get(ctx, rs[1].url+"/metrics", nil) // the ready gauge starts a lookup, unwaited for
+	select {
+	case <-entered: // the lookup, hanging
+	case <-ctx.Done():
+		t.Fatal("no readiness lookup started")
+	}
+	clock.Advance(6 * time.Second)
+	rs[0].srv.Cluster.Probe(ctx)
+	if p := statusPeerNamed(t, ctx, rs[0].url, rs[1].url); p.State != "not ready" || !strings.Contains(p.LastError, "503") {
+		t.Errorf("a peer whose store's readiness lookup has hung for 6s: %+v, want not ready, with its answer", p)
+	}
+}
