@@ -230,6 +230,12 @@ func (p *Proxy) serve(route string, level access.Level, h handlerFunc) http.Hand
 		if err == nil {
 			err = p.call(h, rec, r)
 		}
+		// An error answer (a tag gone upstream, a 429 or 502 passed on)
+		// served nothing from the cache and fetched nothing: not a hit or a
+		// miss, whatever its X-Cache says; Requests counts it by status.
+		// An answer that was under way (a body cut, its client gone) is
+		// counted as what it was.
+		answered := (err == nil || rec.wrote) && rec.status < http.StatusBadRequest
 		level := slog.LevelInfo
 		// Attributes, not alternating arguments: slog would box each value
 		// and then pair them again (~1 µs of a hit).
@@ -269,9 +275,13 @@ func (p *Proxy) serve(route string, level access.Level, h handlerFunc) http.Hand
 		// there: counted here too, the cluster's hits, misses and bytes
 		// served would add up to twice what clients asked.
 		if p.peers == nil || !p.peers.Forwarded(r) {
-			p.traffic.record(p.now(), route, c, rec.bytes)
-			if c != cacheNone {
-				p.metrics.Cache.WithLabelValues(route, c).Inc()
+			counted := c
+			if !answered {
+				counted = cacheNone
+			}
+			p.traffic.record(p.now(), route, counted, rec.bytes)
+			if counted != cacheNone {
+				p.metrics.Cache.WithLabelValues(route, counted).Inc()
 			}
 			p.metrics.ServedBytes.WithLabelValues(route).Add(float64(rec.bytes))
 		}

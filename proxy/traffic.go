@@ -16,7 +16,7 @@ type Counts struct {
 	Requests int64 `json:"requests"`
 	// Hits and Misses count manifest and blob answers by their X-Cache:
 	// served from the cache (hit, revalidated, stale) or fetched upstream
-	// for the client (miss).
+	// for the client (miss); error answers are neither.
 	Hits   int64 `json:"hits"`
 	Misses int64 `json:"misses"`
 	// BytesFromCache and BytesFromUpstream are the body bytes of those
