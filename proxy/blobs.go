@@ -149,6 +149,12 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 	// This client reads the download: once it stops (done or gone) and
 	// nobody else does, the download is cancelled.
 	defer leave()
+	if !p.blobs.answer(dl) {
+		// A herd's: the upstream sends the blob once, for the client
+		// answered first (the miss); to the others it is as good as
+		// stored.
+		w.Header().Set(cacheHeader, "hit")
+	}
 	size, err = dl.waitSpooled(ctx)
 	if err != nil {
 		return err

@@ -218,6 +218,10 @@ type download struct {
 	// have opened the spool file yet, which the last to leave removes.
 	// Guarded by downloads.mu.
 	spoolLeft bool
+	// answered: a client's answer has taken the download, the miss it is
+	// fetched for; the clients that take it after are served what the
+	// upstream sends once for all (answer). Guarded by downloads.mu.
+	answered bool
 
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced whenever the state below changes
@@ -581,6 +585,16 @@ func (d *downloads) leaver(dl *download) func() {
 			os.Remove(dl.path)
 		}
 	})
+}
+
+// answer reports whether dl is taken by a client's answer for the first
+// time (answered).
+func (d *downloads) answer(dl *download) (first bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	first = !dl.answered
+	dl.answered = true
+	return first
 }
 
 // keep lets dl run to its end whoever leaves it (kept).

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
@@ -103,5 +104,75 @@ func TestErrorAnswersAreNotMisses(t *testing.T) {
 		if got[key] != want {
 			t.Errorf("%s = %v, want %v", key, got[key], want)
 		}
+	}
+}
+
+// A herd of clients asking for one blob not held (a CI fleet's first pull
+// of a new image) is served one download, fetched once: one miss, and the
+// others, served bytes the upstream sent once for all, hits. Counted as 16
+// misses, the status page showed no byte saved, and the hit ratio and
+// docker_mirror_cache_requests_total a miss for each, where the upstream
+// was asked once.
+func TestHerdOfOneBlobIsOneMiss(t *testing.T) {
+	const clients = 16
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/herd", "1", 1, 64<<10)
+	layer := img.Layers[0]
+	m := servertest.Start(t, up.URL())
+	gate := up.GateBlob(layer, 1)
+	front := startBlobFront(t, m, func(_ string, n int) {
+		if n == clients {
+			gate.Open() // every client's answer has begun: all share the download
+		}
+	})
+	caches := make(chan string, clients)
+	var wg sync.WaitGroup
+	for range clients {
+		wg.Go(func() {
+			r := do(t, http.MethodGet, front.url+"/v2/herd/blobs/"+layer, nil)
+			if r.err != nil || r.status != http.StatusOK || sha(r.body) != layer {
+				t.Errorf("blob GET: status %d, %v", r.status, r.err)
+			}
+			caches <- r.header.Get("X-Cache")
+		})
+	}
+	wg.Wait()
+	close(caches)
+	seen := map[string]int{}
+	for c := range caches {
+		seen[c]++
+	}
+	if seen["miss"] != 1 || seen["hit"] != clients-1 {
+		t.Errorf("X-Cache of %d clients sharing one download: %v, want 1 miss and %d hits", clients, seen, clients-1)
+	}
+	if n := blobGets(up, layer); n != 1 {
+		t.Fatalf("blob fetched %d times, want once", n)
+	}
+	m.WaitIdle()
+	size, err := m.Store.Stat(t.Context(), "library/herd", digestOf(t, layer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st struct {
+		Traffic struct {
+			SinceStart struct {
+				Hits              int64 `json:"hits"`
+				Misses            int64 `json:"misses"`
+				BytesFromCache    int64 `json:"bytes_from_cache"`
+				BytesFromUpstream int64 `json:"bytes_from_upstream"`
+			} `json:"since_start"`
+		} `json:"traffic"`
+	}
+	m.WaitRequests()
+	if err := json.Unmarshal(get(t, m.URL()+"/api/v1/status").body, &st); err != nil {
+		t.Fatal(err)
+	}
+	if s := st.Traffic.SinceStart; s.Misses != 1 || s.Hits != clients-1 || s.BytesFromUpstream != size || s.BytesFromCache != (clients-1)*size {
+		t.Errorf("status page: %d hits, %d misses, %d bytes from the cache, %d from the upstream; want %d, 1, %d, %d",
+			s.Hits, s.Misses, s.BytesFromCache, s.BytesFromUpstream, clients-1, (clients-1)*size, size)
+	}
+	got := scrape(t, m)
+	if h, mi := got[`docker_mirror_cache_requests_total{kind="blob",result="hit"}`], got[`docker_mirror_cache_requests_total{kind="blob",result="miss"}`]; h != clients-1 || mi != 1 {
+		t.Errorf("docker_mirror_cache_requests_total of blobs: %v hits, %v misses; want %d, 1", h, mi, clients-1)
 	}
 }
