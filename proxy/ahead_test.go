@@ -270,7 +270,7 @@ func TestManifestAnsweredOnceItsBlobsAreRequested(t *testing.T) {
 	defer cancel()
 	answered := make(chan error, 1)
 	go func() {
-		_, err := p.fetchManifestAnswer(ctx, tg, oci.Ref{Tag: "v1"}, true)
+		_, err := p.fetchManifestAnswer(ctx, tg, oci.Ref{Tag: "v1"}, true, http.Header{})
 		answered <- err
 	}()
 	for range h.blobs {

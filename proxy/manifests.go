@@ -355,7 +355,7 @@ func (p *Proxy) manifestByTag(ctx context.Context, t target, tag string, h http.
 				return m, err
 			}
 			h.Set(cacheHeader, "miss")
-			m, err := p.fetchTagAnswer(ctx, t, tag, rec.Digest, a, opts.fill)
+			m, err := p.fetchTagAnswer(ctx, t, tag, rec.Digest, a, opts.fill, h)
 			if err == nil || errors.Is(err, upstream.ErrNotFound) || ctx.Err() != nil {
 				return m, err
 			}
@@ -369,7 +369,7 @@ func (p *Proxy) manifestByTag(ctx context.Context, t target, tag string, h http.
 		}
 	}
 	h.Set(cacheHeader, "miss")
-	return p.fetchManifestAnswer(ctx, t, oci.Ref{Tag: tag}, opts.fill)
+	return p.fetchManifestAnswer(ctx, t, oci.Ref{Tag: tag}, opts.fill, h)
 }
 
 // movedToHeld points a tag that moved upstream to dgst at the manifest
@@ -534,7 +534,7 @@ func (p *Proxy) manifestByDigest(ctx context.Context, t target, dgst digest.Dige
 		}
 	}
 	h.Set(cacheHeader, "miss")
-	return p.fetchManifestAnswer(ctx, t, oci.Ref{Digest: dgst}, true)
+	return p.fetchManifestAnswer(ctx, t, oci.Ref{Digest: dgst}, true, h)
 }
 
 // loadTagged reads the stored manifest a tag's record names. Its media
@@ -720,12 +720,14 @@ func (p *Proxy) fetchManifest(ctx context.Context, t target, ref oci.Ref, fill b
 // fetchManifestAnswer fetches a manifest by tag or digest from the
 // upstream, once for all concurrent callers, and returns it as soon as its
 // bytes are verified and parsed, for a client's answer: its store write
-// and index record go on after (startManifest).
-func (p *Proxy) fetchManifestAnswer(ctx context.Context, t target, ref oci.Ref, fill bool) (*storedManifest, error) {
+// and index record go on after (startManifest). h, the answer's headers,
+// says a miss: the first client's of the fetch (answer).
+func (p *Proxy) fetchManifestAnswer(ctx context.Context, t target, ref oci.Ref, fill bool, h http.Header) (*storedManifest, error) {
 	w, err := p.startManifest(ctx, t, ref, fill)
 	if err != nil {
 		return nil, err
 	}
+	w.answer(h)
 	return w.m, nil
 }
 
@@ -736,7 +738,7 @@ func (p *Proxy) fetchManifestAnswer(ctx context.Context, t target, ref oci.Ref, 
 // (latest and 1.27, pulled at once) share one fetch, a pull Docker Hub
 // counts, not one each: the others' tags are recorded there once it is
 // (movedToHeld), unless recorded anew (or forgotten) meanwhile.
-func (p *Proxy) fetchTagAnswer(ctx context.Context, t target, tag string, was digest.Digest, a tagAnswer, fill bool) (*storedManifest, error) {
+func (p *Proxy) fetchTagAnswer(ctx context.Context, t target, tag string, was digest.Digest, a tagAnswer, fill bool, h http.Header) (*storedManifest, error) {
 	ref := oci.Ref{Tag: tag}
 	var moved digest.Digest
 	if a.fetched == nil {
@@ -772,6 +774,7 @@ func (p *Proxy) fetchTagAnswer(ctx context.Context, t target, tag string, was di
 			}
 		}()
 	}
+	w.answer(h)
 	return w.m, nil
 }
 

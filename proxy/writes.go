@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"net/http"
 	"strings"
 	"sync"
 	"time"
@@ -29,6 +30,9 @@ type manifestWrite struct {
 	// before (its last-pull time, its count) would be an index entry of
 	// a manifest the index may never hold.
 	pulls []func()
+	// answered: a client's answer has taken the manifest, the miss it was
+	// fetched for (answer).
+	answered bool
 }
 
 func newManifestWrite(m *storedManifest, at time.Time) *manifestWrite {
@@ -50,6 +54,19 @@ func (w *manifestWrite) afterRecord(note func()) {
 	w.mu.Unlock()
 	if recorded {
 		note()
+	}
+}
+
+// answer notes a client answered w's manifest, whose X-Cache h says miss:
+// the first is; the others of the same fetch (a herd's), answered what the
+// upstream sent once for all, are hits, as those of a shared blob download.
+func (w *manifestWrite) answer(h http.Header) {
+	w.mu.Lock()
+	first := !w.answered
+	w.answered = true
+	w.mu.Unlock()
+	if !first {
+		h.Set(cacheHeader, "hit")
 	}
 }
 

@@ -1,12 +1,16 @@
 package tests
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/docker-mirror/docker-mirror/proxy"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
 	"github.com/docker-mirror/docker-mirror/tests/servertest"
 )
@@ -174,5 +178,70 @@ func TestHerdOfOneBlobIsOneMiss(t *testing.T) {
 	got := scrape(t, m)
 	if h, mi := got[`docker_mirror_cache_requests_total{kind="blob",result="hit"}`], got[`docker_mirror_cache_requests_total{kind="blob",result="miss"}`]; h != clients-1 || mi != 1 {
 		t.Errorf("docker_mirror_cache_requests_total of blobs: %v hits, %v misses; want %d, 1", h, mi, clients-1)
+	}
+}
+
+// A herd of clients pulling a tag not held shares one fetch of its
+// manifest: one miss, and the others, answered the manifest fetched once
+// for all, hits (as for a blob: TestHerdOfOneBlobIsOneMiss). The upstream
+// holds the manifest GET until every client waits on the fetch (seen on
+// their goroutines' stacks), so they overlap for certain.
+func TestHerdOfOneManifestIsOneMiss(t *testing.T) {
+	const herd = 16
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/herd", "1", 1, 1<<10)
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	open := func() { releaseOnce.Do(func() { close(release) }) }
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/manifests/1") {
+			select {
+			case <-release:
+			case <-r.Context().Done():
+				return
+			}
+		}
+		up.ServeHTTP(w, r)
+	}))
+	t.Cleanup(front.Close)
+	m := servertest.Start(t, front.URL, proxy.WithReferrers(false))
+	t.Cleanup(open) // before the mirror stops
+	results := make(chan response, herd)
+	for range herd {
+		go func() { results <- get(t, m.URL()+"/v2/herd/manifests/1") }()
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), watchdog)
+	defer cancel()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	const frame = "proxy.(*Proxy).startManifestOf("
+	for goroutinesIn(frame) < herd {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%d of %d clients waiting on the manifest's fetch", goroutinesIn(frame), herd)
+		case <-tick.C:
+		}
+	}
+	open()
+	seen := map[string]int{}
+	for range herd {
+		select {
+		case r := <-results:
+			wantManifest(t, r, img.Manifest, img.MediaType)
+			seen[r.header.Get("X-Cache")]++
+		case <-ctx.Done():
+			t.Fatal("a client of the herd got no answer")
+		}
+	}
+	if n := up.Count(http.MethodGet, fixture.KindManifest); n != 1 {
+		t.Fatalf("a herd of %d at a tag not held: %d manifest GETs upstream, want 1", herd, n)
+	}
+	if seen["miss"] != 1 || seen["hit"] != herd-1 {
+		t.Errorf("X-Cache of %d clients sharing one manifest fetch: %v, want 1 miss and %d hits", herd, seen, herd-1)
+	}
+	m.WaitIdle()
+	got := scrape(t, m)
+	if h, mi := got[`docker_mirror_cache_requests_total{kind="manifest",result="hit"}`], got[`docker_mirror_cache_requests_total{kind="manifest",result="miss"}`]; h != herd-1 || mi != 1 {
+		t.Errorf("docker_mirror_cache_requests_total of manifests: %v hits, %v misses; want %d, 1", h, mi, herd-1)
 	}
 }
