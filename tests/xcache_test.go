@@ -157,3 +157,29 @@ func grepLines(s, sub string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// A HEAD of a blob not held is answered from the upstream's HEAD, nothing
+// fetched, and says miss, counted as one: the same HEAD of the blob held
+// is a hit (operations.md, X-Cache).
+func TestBlobHeadNotHeldIsAMiss(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/hd", "1", 1, 1<<10)
+	layer := img.Layers[0]
+	m := servertest.Start(t, up.URL())
+	url := m.URL() + "/v2/hd/blobs/" + layer
+	if r := do(t, http.MethodHead, url, nil); r.status != http.StatusOK || r.header.Get("X-Cache") != "miss" || r.header.Get("Content-Length") == "" {
+		t.Fatalf("HEAD of a blob not held: status %d, X-Cache %q, Content-Length %q; want 200, miss, its size", r.status, r.header.Get("X-Cache"), r.header.Get("Content-Length"))
+	}
+	if n := blobGets(up, layer); n != 0 {
+		t.Fatalf("HEAD of a blob not held: %d GETs of it upstream, want none", n)
+	}
+	wantBlob(t, m, "hd", layer)
+	m.WaitIdle()
+	if r := do(t, http.MethodHead, url, nil); r.status != http.StatusOK || r.header.Get("X-Cache") != "hit" {
+		t.Fatalf("HEAD of a blob held: status %d, X-Cache %q; want 200, hit", r.status, r.header.Get("X-Cache"))
+	}
+	got := scrape(t, m)
+	if h, mi := got[`docker_mirror_cache_requests_total{kind="blob",result="hit"}`], got[`docker_mirror_cache_requests_total{kind="blob",result="miss"}`]; mi != 2 || h != 1 {
+		t.Errorf("a HEAD not held, a GET, a HEAD held: %v blob misses, %v hits; want 2, 1", mi, h)
+	}
+}
