@@ -104,6 +104,17 @@ func (ix *Index) pinAdded(ref string, rec PinRecord, also func(tx *bolt.Tx, adde
 		return false, err
 	}
 	if err := ix.sharePut(bucketPins, key, rec); err != nil {
+		// The write may have landed all the same (its answer lost after
+		// the bucket stored it): then it is a pin, as every replica reads
+		// it, and taken back here only it would come back with the next
+		// Refresh, its caller told it failed. Found there before (a job's
+		// pin made again after a restart), rec read back proves nothing:
+		// the pin fails, for its caller to take back (UnpinIf).
+		if !found || !bytes.Equal(shared, raw) {
+			if got, there, gerr := ix.shareGet(bucketPins, key); gerr == nil && there && bytes.Equal(got, raw) {
+				return added, nil
+			}
+		}
 		// Not pinned, as the caller is told: the record here is put
 		// back as it was, not left until a Refresh prunes it. A job's
 		// claim written with it (also) stays: the job makes the pin

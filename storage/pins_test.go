@@ -186,3 +186,47 @@ func TestUnpinWhoseBucketDeleteFailsIsNotTaken(t *testing.T) {
 		}
 	}
 }
+
+// landedRecords is records whose writes of pins land and then fail, as a
+// write whose answer timed out after the bucket stored it.
+type landedRecords struct {
+	storage.Records
+	err error
+}
+
+func (r landedRecords) Put(ctx context.Context, kind, key string, value []byte) error {
+	if err := r.Records.Put(ctx, kind, key, value); err != nil || kind != "pins" {
+		return err
+	}
+	return r.err
+}
+
+// A pin whose write to the bucket replicas share failed but landed (its
+// answer lost after the bucket stored it) is a pin: the replica keeps it
+// and says so, as every replica reads it from the bucket. Before, it was
+// reported failed and taken back here only: the next Refresh read it back
+// onto every replica, and a job told its pin failed found nothing of its
+// own to take back (UnpinIf), leaving the pin in the bucket for good.
+func TestPinWhoseBucketWriteLandedIsKept(t *testing.T) {
+	inner := storage.NewDriverRecords(inmemory.New())
+	ix := openShared(t, landedRecords{Records: inner, err: errors.New("answer timed out")})
+	key := storage.TagKey("docker.io", "library/x", "v1")
+	prefetch := storage.PinRecord{PinnedAt: time.Unix(1700000000, 0).UTC(), Reason: "prefetch"}
+	added, err := ix.PinAdded(key, prefetch)
+	if err != nil || !added {
+		t.Fatalf("PinAdded with the bucket's write landed, its answer lost: %v %v, want true <nil>", added, err)
+	}
+	pins, err := ix.Pins()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, ok := pins[key]; !ok || !got.PinnedAt.Equal(prefetch.PinnedAt) {
+		t.Fatalf("pin of %s here: %+v %v, want %+v as the bucket holds it", key, got, ok, prefetch)
+	}
+	if removed, err := ix.UnpinIf(key, prefetch); !removed || err != nil {
+		t.Fatalf("the prefetch taking back its pin: %v %v, want it removed", removed, err)
+	}
+	if raw, err := inner.Get(t.Context(), "pins", key); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("the bucket's record after the pin was taken back: %q, %v; want none", raw, err)
+	}
+}
