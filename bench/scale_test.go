@@ -337,7 +337,7 @@ func BenchmarkScale(b *testing.B) {
 				for i := range hot {
 					repo, tag := synthImage(i)
 					start := time.Now()
-					if err := srv.Collector.Pin(storage.TagKey(synthHost, repo, tag), "bench"); err != nil {
+					if err := srv.Collector.Pin(b.Context(), storage.TagKey(synthHost, repo, tag), "bench"); err != nil {
 						b.Fatal(err)
 					}
 					if i == 0 {

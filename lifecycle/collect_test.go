@@ -261,7 +261,7 @@ func TestCollectKeepsImageWhoseRootCannotBeRead(t *testing.T) {
 	if err := e.m.Index.DeleteFill("docker.io", "library/b", digest.Digest(b.digest)); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.m.Index.Pin("docker.io/library/a:v1", storage.PinRecord{PinnedAt: e.m.Clock.Now()}); err != nil {
+	if err := e.m.Index.Pin(t.Context(), "docker.io/library/a:v1", storage.PinRecord{PinnedAt: e.m.Clock.Now()}); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.RemoveAll(filepath.Dir(e.path(a.digest))); err != nil { // a's index

@@ -236,12 +236,12 @@ func (r *Report) add(o Report) {
 
 // Pin keeps an image out of eviction. ref is its root digest, or a
 // storage.TagKey ("host/repo:tag"), which pins whatever the tag points to.
-func (c *Collector) Pin(ref, reason string) error {
-	return c.index.Pin(ref, storage.PinRecord{PinnedAt: c.opts.Now(), Reason: reason})
+func (c *Collector) Pin(ctx context.Context, ref, reason string) error {
+	return c.index.Pin(ctx, ref, storage.PinRecord{PinnedAt: c.opts.Now(), Reason: reason})
 }
 
 // Unpin lets an image be evicted again.
-func (c *Collector) Unpin(ref string) error { return c.index.Unpin(ref) }
+func (c *Collector) Unpin(ctx context.Context, ref string) error { return c.index.Unpin(ctx, ref) }
 
 // Policy is what the server's periodic lifecycle enforces.
 type Policy struct {

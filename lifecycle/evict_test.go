@@ -572,7 +572,7 @@ func TestPinDuringEvictionKeepsTheImage(t *testing.T) {
 				_, b, _ := seedThree(t, e)
 				pinned := false
 				col := e.collector(lifecycle.Options{Log: slog.New(onLog{msg: ev.msg, once: &sync.Once{}, at: func() {
-					if err := e.m.Index.Pin(ref(b), storage.PinRecord{PinnedAt: e.m.Clock.Now(), Reason: "admin"}); err != nil {
+					if err := e.m.Index.Pin(t.Context(), ref(b), storage.PinRecord{PinnedAt: e.m.Clock.Now(), Reason: "admin"}); err != nil {
 						t.Error(err)
 					}
 					pinned = true
@@ -742,7 +742,7 @@ func TestPrefetchFailingKeepsAPinMadeMeanwhile(t *testing.T) {
 		t.Fatalf("pins %v while the prefetch copies; want %s pinned before the copy", pins, im.Digest)
 	}
 	// The admin pins the image (POST /api/v1/actions/pin).
-	if err := m.Index.Pin(im.Digest, storage.PinRecord{PinnedAt: m.Clock.Now(), Reason: "admin"}); err != nil {
+	if err := m.Index.Pin(t.Context(), im.Digest, storage.PinRecord{PinnedAt: m.Clock.Now(), Reason: "admin"}); err != nil {
 		t.Fatal(err)
 	}
 	gate.Open()

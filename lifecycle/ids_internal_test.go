@@ -367,7 +367,7 @@ func TestVictimTagsByRepository(t *testing.T) {
 		}
 	}
 	for _, ref := range []string{storage.TagKey("docker.io", "library/other", "x"), storage.TagKey("docker.io", "library/app-x", "v1")} {
-		if err := ix.Pin(ref, storage.PinRecord{Reason: "test"}); err != nil {
+		if err := ix.Pin(t.Context(), ref, storage.PinRecord{Reason: "test"}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -525,7 +525,7 @@ func TestImagesConfigPlatforms(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := New(store, ix, Options{})
-	if err := c.Pin(pinned.String(), "test"); err != nil {
+	if err := c.Pin(t.Context(), pinned.String(), "test"); err != nil {
 		t.Fatal(err)
 	}
 

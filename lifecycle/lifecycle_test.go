@@ -358,10 +358,10 @@ func TestEvictSparesPinned(t *testing.T) {
 	e := newEnv(t)
 	a, b, c := seedThree(t, e)
 	col := e.collector(lifecycle.Options{})
-	if err := col.Pin(a.digest, "sync"); err != nil {
+	if err := col.Pin(t.Context(), a.digest, "sync"); err != nil {
 		t.Fatal(err)
 	}
-	if err := col.Pin(storage.TagKey("docker.io", "library/b", "v1"), "admin"); err != nil {
+	if err := col.Pin(t.Context(), storage.TagKey("docker.io", "library/b", "v1"), "admin"); err != nil {
 		t.Fatal(err)
 	}
 	r, err := col.Evict(t.Context(), 1, 0, e.m.Clock.Now())
@@ -382,7 +382,7 @@ func TestEvictSparesPinned(t *testing.T) {
 	e.wantPull(t, a)
 	e.wantPull(t, b)
 
-	if err := col.Unpin(a.digest); err != nil {
+	if err := col.Unpin(t.Context(), a.digest); err != nil {
 		t.Fatal(err)
 	}
 	if r, err := col.Evict(t.Context(), 1, 0, e.m.Clock.Now()); err != nil || r.ImagesEvicted != 1 || r.Evicted[0].Digest.String() != a.digest {
@@ -871,7 +871,7 @@ func TestEvictWhilePulling(t *testing.T) {
 	e := newEnv(t)
 	a, b, c := seedThree(t, e)
 	col := e.collector(lifecycle.Options{})
-	if err := col.Pin(a.digest, "test"); err != nil {
+	if err := col.Pin(t.Context(), a.digest, "test"); err != nil {
 		t.Fatal(err)
 	}
 	ctx := t.Context()
@@ -932,7 +932,7 @@ func TestEvictSameDigestInTwoRepositories(t *testing.T) {
 	}
 	// A pull of either is one of the manifest both have as their root:
 	// by age, they go together; y's tag pinned, x goes alone.
-	if err := col.Pin(storage.TagKey("docker.io", "library/y", "v1"), "test"); err != nil {
+	if err := col.Pin(t.Context(), storage.TagKey("docker.io", "library/y", "v1"), "test"); err != nil {
 		t.Fatal(err)
 	}
 	e.m.Clock.Advance(time.Hour)
@@ -975,7 +975,7 @@ func TestCollectDryRunKeepsRoots(t *testing.T) {
 		t.Fatal(err)
 	}
 	col := e.collector(lifecycle.Options{DryRun: true})
-	if err := col.Pin(c.digest, "admin"); err != nil {
+	if err := col.Pin(t.Context(), c.digest, "admin"); err != nil {
 		t.Fatal(err)
 	}
 	r, err := col.Collect(t.Context())
@@ -1065,7 +1065,7 @@ func TestImagesPinOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	col := e.collector(lifecycle.Options{})
-	if err := col.Pin(c.digest, "admin"); err != nil {
+	if err := col.Pin(t.Context(), c.digest, "admin"); err != nil {
 		t.Fatal(err)
 	}
 	ic := findImage(t, images(t, col), c.digest)

@@ -92,7 +92,7 @@ func TestPrefetchResumedAfterCrashKeepsAnAdminsPin(t *testing.T) {
 	first := open(filepath.Join(dir, "index.db"), records)
 	key := storage.TagKey(DefaultHost, "library/app", "v1")
 	admin := storage.PinRecord{PinnedAt: time.Unix(1700000000, 0).UTC(), Reason: "admin"}
-	if err := first.index.Pin(key, admin); err != nil {
+	if err := first.index.Pin(t.Context(), key, admin); err != nil {
 		t.Fatal(err)
 	}
 
@@ -233,7 +233,7 @@ func TestPrefetchResumedWhosePinFailsTakesBackItsPin(t *testing.T) {
 	if err := index.PutJob(job); err != nil {
 		t.Fatal(err)
 	}
-	if err := index.Pin(key, rec); err != nil {
+	if err := index.Pin(t.Context(), key, rec); err != nil {
 		t.Fatal(err)
 	}
 

@@ -213,7 +213,7 @@ func (p *Proxy) prefetchImage(ctx context.Context, job *storage.Job, i int, pats
 	unpin := func() error { return nil }
 	if job.Pin {
 		var err error
-		if unpin, err = p.pinImage(job, i); err != nil {
+		if unpin, err = p.pinImage(ctx, job, i); err != nil {
 			if !p.closing() {
 				err = errors.Join(err, unpin())
 			}
@@ -251,7 +251,7 @@ func (p *Proxy) prefetchImage(ctx context.Context, job *storage.Job, i int, pats
 // pinned the image since (an admin, a sync with pin): theirs stays. It is
 // returned with an error of the pin too: a resumed copy's pin from before
 // the restart may be left (put back as it was, or not read again).
-func (p *Proxy) pinImage(job *storage.Job, i int) (unpin func() error, err error) {
+func (p *Proxy) pinImage(ctx context.Context, job *storage.Job, i int) (unpin func() error, err error) {
 	key, err := p.pinKey(job.Images[i].Image)
 	if err != nil {
 		return func() error { return nil }, err
@@ -264,10 +264,12 @@ func (p *Proxy) pinImage(job *storage.Job, i int) (unpin func() error, err error
 		rec = storage.PinRecord{PinnedAt: img.PinnedAt, Reason: job.Trigger}
 	})
 	unpin = func() error {
-		_, err := p.index.UnpinIf(key, rec)
+		// Also once the copy's ctx is done (its idle timeout): the pin
+		// is taken back all the same.
+		_, err := p.index.UnpinIf(context.WithoutCancel(ctx), key, rec)
 		return err
 	}
-	added, err := p.index.PinForJob(key, rec, h, i, changed[i])
+	added, err := p.index.PinForJob(ctx, key, rec, h, i, changed[i])
 	if err != nil {
 		return unpin, err
 	}

@@ -121,7 +121,7 @@ func TestIndexWriteMetrics(t *testing.T) {
 		return got
 	}
 	before := indexWrites()
-	if err := srv.Index.Pin("docker.io/library/a:v1", storage.PinRecord{PinnedAt: time.Now(), Reason: "test"}); err != nil {
+	if err := srv.Index.Pin(t.Context(), "docker.io/library/a:v1", storage.PinRecord{PinnedAt: time.Now(), Reason: "test"}); err != nil {
 		t.Fatal(err)
 	}
 	after := indexWrites()

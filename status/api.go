@@ -342,7 +342,7 @@ func (h *Handler) action(w http.ResponseWriter, r *http.Request) error {
 		if !linked {
 			return errcode.New(errcode.ManifestUnknown, "%s is not cached", res.Image)
 		}
-		if err := h.d.Index.Pin(req.Digest.String(), storage.PinRecord{PinnedAt: h.d.Now(), Reason: "admin"}); err != nil {
+		if err := h.d.Index.Pin(ctx, req.Digest.String(), storage.PinRecord{PinnedAt: h.d.Now(), Reason: "admin"}); err != nil {
 			return err
 		}
 	case "unpin":
@@ -360,7 +360,7 @@ func (h *Handler) action(w http.ResponseWriter, r *http.Request) error {
 			refs = append(refs, storage.TagKey(req.Upstream, req.Repo, t))
 		}
 		for _, ref := range refs {
-			if err := h.d.Index.Unpin(ref); err != nil {
+			if err := h.d.Index.Unpin(ctx, ref); err != nil {
 				return err
 			}
 		}

@@ -344,7 +344,7 @@ func TestCloseEndsABackgroundBuild(t *testing.T) {
 		if err := <-first; err != nil {
 			t.Fatal(err)
 		}
-		if err := ix.Pin(digest.FromString("pulled").String(), storage.PinRecord{}); err != nil {
+		if err := ix.Pin(t.Context(), digest.FromString("pulled").String(), storage.PinRecord{}); err != nil {
 			t.Fatal(err)
 		}
 		now = now.Add(2 * time.Minute) // out of date: answered from the copy, read again in the background

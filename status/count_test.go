@@ -39,7 +39,7 @@ func TestImageCountFollowsTheCache(t *testing.T) {
 	l.mu.Lock()
 	l.listed = synthetic(4) // an image pulled
 	l.mu.Unlock()
-	if err := m.Index.Pin(digest.FromString("pulled").String(), storage.PinRecord{}); err != nil {
+	if err := m.Index.Pin(t.Context(), digest.FromString("pulled").String(), storage.PinRecord{}); err != nil {
 		t.Fatal(err)
 	}
 	m.Clock.Advance(2 * time.Minute)

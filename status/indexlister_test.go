@@ -64,7 +64,7 @@ func TestIndexListerTable(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, ref := range []string{storage.TagKey("docker.io", "library/app0", "v3"), ds[0].String(), ds[2].String()} {
-		if err := ix.Pin(ref, storage.PinRecord{PinnedAt: t0, Reason: "test"}); err != nil {
+		if err := ix.Pin(t.Context(), ref, storage.PinRecord{PinnedAt: t0, Reason: "test"}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -228,7 +228,7 @@ func TestImageListCache(t *testing.T) {
 	h := status.New(status.Deps{Proxy: m.Proxy, Index: m.Index, Lister: l, Now: m.Clock.Now, ImagesMaxAge: time.Minute})
 	hd := m.Proxy.Handler(h.Routes)
 	write := func() {
-		if err := m.Index.Pin(digest.FromString(time.Now().String()).String(), storage.PinRecord{}); err != nil {
+		if err := m.Index.Pin(t.Context(), digest.FromString(time.Now().String()).String(), storage.PinRecord{}); err != nil {
 			t.Fatal(err)
 		}
 	}

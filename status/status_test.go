@@ -789,7 +789,7 @@ func TestImagePageLiveRefreshReadsNoManifest(t *testing.T) {
 func TestUnpinWhatIsNotCached(t *testing.T) {
 	m := startMirror(t)
 	d := digest.FromString("never fetched")
-	if err := m.Index.Pin(d.String(), storage.PinRecord{PinnedAt: time.Now(), Reason: "prefetch"}); err != nil {
+	if err := m.Index.Pin(t.Context(), d.String(), storage.PinRecord{PinnedAt: time.Now(), Reason: "prefetch"}); err != nil {
 		t.Fatal(err)
 	}
 	pg := getJSON[status.Page](t, m.URL()+"/api/v1/images", nil)
@@ -817,7 +817,7 @@ func TestPinnedNotCachedHasNoDeadLink(t *testing.T) {
 	m := startMirror(t)
 	m.fill(t, nil)
 	d := digest.FromString("never fetched")
-	if err := m.Index.Pin(d.String(), storage.PinRecord{PinnedAt: time.Now(), Reason: "prefetch"}); err != nil {
+	if err := m.Index.Pin(t.Context(), d.String(), storage.PinRecord{PinnedAt: time.Now(), Reason: "prefetch"}); err != nil {
 		t.Fatal(err)
 	}
 	a := send(t, http.MethodGet, m.URL()+"/", "", nil)

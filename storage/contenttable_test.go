@@ -50,7 +50,7 @@ func TestReadImageTable(t *testing.T) {
 	if err := ix.RecordBlob("docker.io", "library/app0", ds[2], 7, t0); err != nil { // a manifest and a blob
 		t.Fatal(err)
 	}
-	if err := ix.Pin(ds[1].String(), storage.PinRecord{PinnedAt: t0}); err != nil {
+	if err := ix.Pin(t.Context(), ds[1].String(), storage.PinRecord{PinnedAt: t0}); err != nil {
 		t.Fatal(err)
 	}
 	unknown := digest.FromString("pulled, never recorded")

@@ -46,7 +46,7 @@ func TestReadImageRecords(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, ref := range []string{storage.TagKey("docker.io", "library/app2", "v2"), ds[0].String(), ds[3].String(), digest.FromString("unknown").String()} {
-		if err := ix.Pin(ref, storage.PinRecord{PinnedAt: t0, Reason: "test"}); err != nil {
+		if err := ix.Pin(t.Context(), ref, storage.PinRecord{PinnedAt: t0, Reason: "test"}); err != nil {
 			t.Fatal(err)
 		}
 	}

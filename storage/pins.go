@@ -2,6 +2,7 @@ package storage
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -32,9 +33,10 @@ func pinKey(ref string) ([]byte, error) {
 
 // Pin keeps an image out of eviction: ref is its root digest (an index or
 // image manifest), or a TagKey, which pins whatever the tag points to.
-// Pinning again updates the record.
-func (ix *Index) Pin(ref string, rec PinRecord) error {
-	_, err := ix.PinAdded(ref, rec)
+// Pinning again updates the record. ctx bounds the wait for the other
+// pins and unpins of this index (their bucket calls may hang).
+func (ix *Index) Pin(ctx context.Context, ref string, rec PinRecord) error {
+	_, err := ix.PinAdded(ctx, ref, rec)
 	return err
 }
 
@@ -42,8 +44,8 @@ func (ix *Index) Pin(ref string, rec PinRecord) error {
 // recorded for ref before, here or, on a bucket replicas share, by
 // another replica, or the one recorded is rec itself (made by the same
 // caller before a restart, which recorded rec to pin again with).
-func (ix *Index) PinAdded(ref string, rec PinRecord) (added bool, err error) {
-	return ix.pinAdded(ref, rec, nil)
+func (ix *Index) PinAdded(ctx context.Context, ref string, rec PinRecord) (added bool, err error) {
+	return ix.pinAdded(ctx, ref, rec, nil)
 }
 
 // PinForJob is PinAdded for image i of job j: in the same transaction as
@@ -52,8 +54,8 @@ func (ix *Index) PinAdded(ref string, rec PinRecord) (added bool, err error) {
 // between the pin and the job's claim to it: a job resumed after one
 // pins again with the PinnedAt it recorded and finds its own pin only,
 // never one it took over from someone else (an admin, another job).
-func (ix *Index) PinForJob(ref string, rec PinRecord, j *Job, i int, img JobImage) (added bool, err error) {
-	return ix.pinAdded(ref, rec, func(tx *bolt.Tx, added bool) error {
+func (ix *Index) PinForJob(ctx context.Context, ref string, rec PinRecord, j *Job, i int, img JobImage) (added bool, err error) {
+	return ix.pinAdded(ctx, ref, rec, func(tx *bolt.Tx, added bool) error {
 		img.PinnedAt = time.Time{}
 		if added {
 			img.PinnedAt = rec.PinnedAt
@@ -67,7 +69,7 @@ func (ix *Index) PinForJob(ref string, rec PinRecord, j *Job, i int, img JobImag
 
 // pinAdded is PinAdded; also, if not nil, records what the caller's claim
 // to the pin is in the pin's transaction.
-func (ix *Index) pinAdded(ref string, rec PinRecord, also func(tx *bolt.Tx, added bool) error) (added bool, err error) {
+func (ix *Index) pinAdded(ctx context.Context, ref string, rec PinRecord, also func(tx *bolt.Tx, added bool) error) (added bool, err error) {
 	key, err := pinKey(ref)
 	if err != nil {
 		return false, err
@@ -76,7 +78,11 @@ func (ix *Index) pinAdded(ref string, rec PinRecord, also func(tx *bolt.Tx, adde
 	if err != nil {
 		return false, err
 	}
-	defer ix.lockPins()()
+	unlock, err := ix.lockPins(ctx)
+	if err != nil {
+		return false, err
+	}
+	defer unlock()
 	// Another replica's pin, not read here yet, is not rec's either; read
 	// before the local record is written, so that the claim written with
 	// it is final.
@@ -141,21 +147,31 @@ func (ix *Index) putPinBack(key, old []byte) error {
 	})
 }
 
-// lockPins waits for the pins' writes of others (pinning) and returns
-// what lets them go on.
-func (ix *Index) lockPins() (unlock func()) {
-	ix.pinning <- struct{}{}
-	return func() { <-ix.pinning }
+// lockPins waits for the pins' writes of others (pinning), or for ctx to
+// be done: one whose bucket call hangs holds the lock for as long. It
+// returns what lets the others go on.
+func (ix *Index) lockPins(ctx context.Context) (unlock func(), err error) {
+	select {
+	case ix.pinning <- struct{}{}:
+		return func() { <-ix.pinning }, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("waiting for the pins' writes: %w", context.Cause(ctx))
+	}
 }
 
 // Unpin removes a pin; removing a missing pin is not an error. A pin the
-// bucket replicas share fails to remove stays here too.
-func (ix *Index) Unpin(ref string) error {
+// bucket replicas share fails to remove stays here too. ctx bounds the
+// wait for the other pins and unpins, as Pin's.
+func (ix *Index) Unpin(ctx context.Context, ref string) error {
 	key, err := pinKey(ref)
 	if err != nil {
 		return err
 	}
-	defer ix.lockPins()()
+	unlock, err := ix.lockPins(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	var old []byte
 	err = ix.write(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketPins)
@@ -183,7 +199,7 @@ func (ix *Index) Unpin(ref string) error {
 // theirs and stays. It reports whether it removed the pin: not one the
 // bucket fails to remove (or to read), which stays here too, for the
 // caller to take back again.
-func (ix *Index) UnpinIf(ref string, rec PinRecord) (removed bool, err error) {
+func (ix *Index) UnpinIf(ctx context.Context, ref string, rec PinRecord) (removed bool, err error) {
 	key, err := pinKey(ref)
 	if err != nil {
 		return false, err
@@ -192,7 +208,11 @@ func (ix *Index) UnpinIf(ref string, rec PinRecord) (removed bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	defer ix.lockPins()()
+	unlock, err := ix.lockPins(ctx)
+	if err != nil {
+		return false, err
+	}
+	defer unlock()
 	err = ix.write(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketPins)
 		if b == nil || !bytes.Equal(b.Get(key), raw) {

@@ -62,7 +62,7 @@ func TestUnpinDuringAPinsBucketWrite(t *testing.T) {
 		prefetch := storage.PinRecord{PinnedAt: time.Unix(1700000000, 0).UTC(), Reason: "prefetch"}
 		pinned := make(chan error, 1)
 		go func() {
-			added, err := ix.PinAdded(key, prefetch)
+			added, err := ix.PinAdded(t.Context(), key, prefetch)
 			if err == nil && !added {
 				err = errors.New("PinAdded said the pin was not new")
 			}
@@ -70,8 +70,8 @@ func TestUnpinDuringAPinsBucketWrite(t *testing.T) {
 		}()
 		<-reached // recorded here, its bucket write held
 		unpinned := make(chan error, 1)
-		go func() { unpinned <- ix.Unpin(key) }() // the admin's
-		synctest.Wait()                           // the unpin is done, or waits
+		go func() { unpinned <- ix.Unpin(t.Context(), key) }() // the admin's
+		synctest.Wait()                                        // the unpin is done, or waits
 		close(release)
 		if err := <-pinned; err != nil {
 			t.Fatal(err)
@@ -79,7 +79,7 @@ func TestUnpinDuringAPinsBucketWrite(t *testing.T) {
 		if err := <-unpinned; err != nil {
 			t.Fatal(err)
 		}
-		if _, err := ix.UnpinIf(key, prefetch); err != nil { // the prefetch's copy failed
+		if _, err := ix.UnpinIf(t.Context(), key, prefetch); err != nil { // the prefetch's copy failed
 			t.Fatal(err)
 		}
 		pins, err := ix.Pins()
@@ -111,10 +111,10 @@ func TestPinWhoseBucketWriteFailsIsNotKept(t *testing.T) {
 	admin := storage.PinRecord{PinnedAt: time.Unix(1700000000, 0).UTC(), Reason: "admin"}
 	prefetch := storage.PinRecord{PinnedAt: admin.PinnedAt.Add(time.Second), Reason: "prefetch"}
 	other := storage.TagKey("docker.io", "library/y", "v1")
-	must(t, ix.Pin(key, admin))
+	must(t, ix.Pin(t.Context(), key, admin))
 	fail = true
 	for _, ref := range []string{key, other} {
-		if _, err := ix.PinAdded(ref, prefetch); !errors.Is(err, down) {
+		if _, err := ix.PinAdded(t.Context(), ref, prefetch); !errors.Is(err, down) {
 			t.Fatalf("PinAdded(%s) with the bucket's write failing: %v, want %v", ref, err, down)
 		}
 	}
@@ -152,13 +152,13 @@ func TestUnpinWhoseBucketDeleteFailsIsNotTaken(t *testing.T) {
 	other := storage.TagKey("docker.io", "library/y", "v1")
 	admin := storage.PinRecord{PinnedAt: time.Unix(1700000000, 0).UTC(), Reason: "admin"}
 	prefetch := storage.PinRecord{PinnedAt: admin.PinnedAt.Add(time.Second), Reason: "prefetch"}
-	must(t, ix.Pin(key, admin))
-	must(t, ix.Pin(other, prefetch))
+	must(t, ix.Pin(t.Context(), key, admin))
+	must(t, ix.Pin(t.Context(), other, prefetch))
 	fail = true
-	if err := ix.Unpin(key); !errors.Is(err, down) {
+	if err := ix.Unpin(t.Context(), key); !errors.Is(err, down) {
 		t.Errorf("Unpin with the bucket's delete failing: %v, want %v", err, down)
 	}
-	if removed, err := ix.UnpinIf(other, prefetch); removed || !errors.Is(err, down) {
+	if removed, err := ix.UnpinIf(t.Context(), other, prefetch); removed || !errors.Is(err, down) {
 		t.Errorf("UnpinIf with the bucket's delete failing: %v %v, want false %v", removed, err, down)
 	}
 	pins, err := ix.Pins()
@@ -171,8 +171,8 @@ func TestUnpinWhoseBucketDeleteFailsIsNotTaken(t *testing.T) {
 		}
 	}
 	fail = false
-	must(t, ix.Unpin(key))
-	if removed, err := ix.UnpinIf(other, prefetch); !removed || err != nil {
+	must(t, ix.Unpin(t.Context(), key))
+	if removed, err := ix.UnpinIf(t.Context(), other, prefetch); !removed || err != nil {
 		t.Fatalf("UnpinIf made again, the bucket back: %v %v, want it removed", removed, err)
 	}
 	pins, err = ix.Pins()
@@ -212,7 +212,7 @@ func TestPinWhoseBucketWriteLandedIsKept(t *testing.T) {
 	ix := openShared(t, landedRecords{Records: inner, err: errors.New("answer timed out")})
 	key := storage.TagKey("docker.io", "library/x", "v1")
 	prefetch := storage.PinRecord{PinnedAt: time.Unix(1700000000, 0).UTC(), Reason: "prefetch"}
-	added, err := ix.PinAdded(key, prefetch)
+	added, err := ix.PinAdded(t.Context(), key, prefetch)
 	if err != nil || !added {
 		t.Fatalf("PinAdded with the bucket's write landed, its answer lost: %v %v, want true <nil>", added, err)
 	}
@@ -223,10 +223,62 @@ func TestPinWhoseBucketWriteLandedIsKept(t *testing.T) {
 	if got, ok := pins[key]; !ok || !got.PinnedAt.Equal(prefetch.PinnedAt) {
 		t.Fatalf("pin of %s here: %+v %v, want %+v as the bucket holds it", key, got, ok, prefetch)
 	}
-	if removed, err := ix.UnpinIf(key, prefetch); !removed || err != nil {
+	if removed, err := ix.UnpinIf(t.Context(), key, prefetch); !removed || err != nil {
 		t.Fatalf("the prefetch taking back its pin: %v %v, want it removed", removed, err)
 	}
 	if raw, err := inner.Get(t.Context(), "pins", key); !errors.Is(err, storage.ErrNotFound) {
 		t.Errorf("the bucket's record after the pin was taken back: %q, %v; want none", raw, err)
+	}
+}
+
+// A pin or unpin waiting for another whose bucket call hangs gives up
+// when its own context is done (the admin's request gone, a job
+// cancelled), saying why. Before, it waited for the hanging call: a
+// bucket that did not answer held every pin and unpin of the replica,
+// and the admin requests making them, for as long as it hung.
+func TestPinWaitingForAHangingBucketHonoursItsContext(t *testing.T) {
+	reached, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	ix := openShared(t, pinRecords{Records: storage.NewDriverRecords(inmemory.New()), put: func() error {
+		once.Do(func() {
+			close(reached)
+			<-release
+		})
+		return nil
+	}})
+	key := storage.TagKey("docker.io", "library/x", "v1")
+	other := storage.TagKey("docker.io", "library/y", "v1")
+	admin := storage.PinRecord{PinnedAt: time.Unix(1700000000, 0).UTC(), Reason: "admin"}
+	hung := make(chan error, 1)
+	go func() { hung <- ix.Pin(context.Background(), key, admin) }()
+	<-reached // holds the pins' lock, its bucket write hanging
+	defer func() {
+		close(release)
+		if err := <-hung; err != nil {
+			t.Error(err)
+		}
+	}()
+	gone, cancel := context.WithCancel(t.Context())
+	cancel() // the request waiting has gone
+	for name, call := range map[string]func() error{
+		"Pin":   func() error { return ix.Pin(gone, other, admin) },
+		"Unpin": func() error { return ix.Unpin(gone, other) },
+		"UnpinIf": func() error {
+			_, err := ix.UnpinIf(gone, other, admin)
+			return err
+		},
+	} {
+		done := make(chan error, 1)
+		go func() { done <- call() }()
+		watchdog, stop := context.WithTimeout(t.Context(), 10*time.Second)
+		select {
+		case err := <-done:
+			if !errors.Is(err, context.Canceled) {
+				t.Errorf("%s with its context done, waiting for a hanging bucket call: %v, want %v", name, err, context.Canceled)
+			}
+		case <-watchdog.Done():
+			t.Errorf("%s with its context done still waits for a hanging bucket call", name)
+		}
+		stop()
 	}
 }

@@ -78,7 +78,7 @@ func TestIndexSharedRecords(t *testing.T) {
 	if err := a.RecordBlob("docker.io", "library/x", l, 100, now); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.Pin(m.String(), storage.PinRecord{PinnedAt: now, Reason: "admin"}); err != nil {
+	if err := a.Pin(t.Context(), m.String(), storage.PinRecord{PinnedAt: now, Reason: "admin"}); err != nil {
 		t.Fatal(err)
 	}
 	if rec, ok, err := b.Tag("docker.io", "library/x", "v1"); err != nil || !ok || rec.Digest != m {
@@ -257,28 +257,28 @@ func TestSharedPinOfAnotherReplicaNotTakenBack(t *testing.T) {
 		order func(t *testing.T, a, b *storage.Index)
 	}{
 		{"pinned before", func(t *testing.T, a, b *storage.Index) {
-			if err := a.Pin(key, admin); err != nil {
+			if err := a.Pin(t.Context(), key, admin); err != nil {
 				t.Fatal(err)
 			}
-			added, err := b.PinAdded(key, prefetch)
+			added, err := b.PinAdded(t.Context(), key, prefetch)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if added {
 				t.Errorf("PinAdded said new a pin another replica recorded")
-				if _, err := b.UnpinIf(key, prefetch); err != nil {
+				if _, err := b.UnpinIf(t.Context(), key, prefetch); err != nil {
 					t.Fatal(err)
 				}
 			}
 		}},
 		{"pinned since", func(t *testing.T, a, b *storage.Index) {
-			if added, err := b.PinAdded(key, prefetch); err != nil || !added {
+			if added, err := b.PinAdded(t.Context(), key, prefetch); err != nil || !added {
 				t.Fatalf("PinAdded = %v, %v; want a new pin", added, err)
 			}
-			if err := a.Pin(key, admin); err != nil {
+			if err := a.Pin(t.Context(), key, admin); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := b.UnpinIf(key, prefetch); err != nil {
+			if _, err := b.UnpinIf(t.Context(), key, prefetch); err != nil {
 				t.Fatal(err)
 			}
 		}},

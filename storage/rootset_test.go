@@ -35,8 +35,8 @@ func TestRootsIn(t *testing.T) {
 			Record: storage.ManifestRecord{MediaType: media, Size: 1, FetchedAt: t0}}))
 	}
 	must(t, ix.PutFill(mirrored, storage.FillRecord{Upstream: hub, Repo: repo, State: storage.FillComplete, UpdatedAt: t0}))
-	must(t, ix.Pin(pinned.String(), storage.PinRecord{PinnedAt: t0}))
-	must(t, ix.Pin(storage.TagKey(hub, repo, "asha256"), storage.PinRecord{PinnedAt: t0})) // a pinned tag: tagged, already a root
+	must(t, ix.Pin(t.Context(), pinned.String(), storage.PinRecord{PinnedAt: t0}))
+	must(t, ix.Pin(t.Context(), storage.TagKey(hub, repo, "asha256"), storage.PinRecord{PinnedAt: t0})) // a pinned tag: tagged, already a root
 
 	view, err := ix.ContentView(nil)
 	must(t, err)

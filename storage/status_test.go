@@ -77,7 +77,7 @@ func TestGeneration(t *testing.T) {
 	if g, _ := ix.Generation(); g != g0 {
 		t.Errorf("a read changed the generation: %d, %d", g0, g)
 	}
-	if err := ix.Pin(digest.FromString("x").String(), storage.PinRecord{}); err != nil {
+	if err := ix.Pin(t.Context(), digest.FromString("x").String(), storage.PinRecord{}); err != nil {
 		t.Fatal(err)
 	}
 	if g, _ := ix.Generation(); g == g0 {

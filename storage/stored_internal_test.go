@@ -122,8 +122,8 @@ func TestStoredTotalFollowsEveryWrite(t *testing.T) {
 			must(ix.DeleteFill("docker.io", "library/a", man(2)))
 		}},
 		{"pins", func() {
-			must(ix.Pin(man(4).String(), PinRecord{PinnedAt: now}))
-			must(ix.Unpin(man(4).String()))
+			must(ix.Pin(t.Context(), man(4).String(), PinRecord{PinnedAt: now}))
+			must(ix.Unpin(t.Context(), man(4).String()))
 		}},
 		{"a job", func() {
 			j := newJob("job1", 2)

@@ -118,9 +118,9 @@ func TestIndexPins(t *testing.T) {
 	ix := newIndex(t)
 	d := digest.FromString("image")
 	tag := storage.TagKey(hub, "library/alpine", "3")
-	must(t, ix.Pin(d.String(), storage.PinRecord{PinnedAt: t0, Reason: "sync"}))
-	must(t, ix.Pin(tag, storage.PinRecord{PinnedAt: t0}))
-	if err := ix.Pin("not a ref", storage.PinRecord{}); err == nil {
+	must(t, ix.Pin(t.Context(), d.String(), storage.PinRecord{PinnedAt: t0, Reason: "sync"}))
+	must(t, ix.Pin(t.Context(), tag, storage.PinRecord{PinnedAt: t0}))
+	if err := ix.Pin(t.Context(), "not a ref", storage.PinRecord{}); err == nil {
 		t.Error("Pin of an invalid reference accepted")
 	}
 	pins, err := ix.Pins()
@@ -133,8 +133,8 @@ func TestIndexPins(t *testing.T) {
 	if !roots[d] || len(roots) != 1 {
 		t.Fatalf("RootDigests = %v, want the pinned digest", roots)
 	}
-	must(t, ix.Unpin(d.String()))
-	must(t, ix.Unpin(d.String()))
+	must(t, ix.Unpin(t.Context(), d.String()))
+	must(t, ix.Unpin(t.Context(), d.String()))
 	pins, err = ix.Pins()
 	must(t, err)
 	if _, ok := pins[d.String()]; ok || len(pins) != 1 {

@@ -141,7 +141,7 @@ func TestUnlistableDirectoryStopsNoEviction(t *testing.T) {
 	x := up.SeedImage(t, "library/x", "1", 1, 1<<10)
 	wantManifest(t, get(t, m.URL()+"/v2/x/manifests/1"), x.Manifest, x.MediaType)
 	m.WaitIdle()
-	if err := m.Index.Pin(y.Digest, storage.PinRecord{Reason: "test"}); err != nil {
+	if err := m.Index.Pin(t.Context(), y.Digest, storage.PinRecord{Reason: "test"}); err != nil {
 		t.Fatal(err)
 	}
 	dir := filepath.Dir(filepath.Dir(file)) // y's manifest's prefix directory

@@ -847,7 +847,7 @@ func TestSharedBucketEvictionRereadsItsVictimsPins(t *testing.T) {
 		return a.Server.Collector.Evict(t.Context(), 0, time.Hour, a.Clock.Now())
 	})
 	wait(t, ctx, readA, "a's eviction listing the pull times after the pins")
-	if err := b.Index.Pin(storage.TagKey(proxy.DefaultHost, "library/x", "v1"), storage.PinRecord{PinnedAt: b.Clock.Now(), Reason: "prefetch"}); err != nil {
+	if err := b.Index.Pin(t.Context(), storage.TagKey(proxy.DefaultHost, "library/x", "v1"), storage.PinRecord{PinnedAt: b.Clock.Now(), Reason: "prefetch"}); err != nil {
 		t.Fatal(err)
 	}
 	releaseA()
@@ -880,7 +880,7 @@ func TestSharedBucketEvictImageRereadsItsPins(t *testing.T) {
 		return a.Server.Collector.EvictImage(t.Context(), proxy.DefaultHost, "library/x", digest.Digest(x.Digest))
 	})
 	wait(t, ctx, readA, "a's eviction listing the pull times after the pins")
-	if err := b.Index.Pin(storage.TagKey(proxy.DefaultHost, "library/x", "v1"), storage.PinRecord{PinnedAt: b.Clock.Now(), Reason: "admin"}); err != nil {
+	if err := b.Index.Pin(t.Context(), storage.TagKey(proxy.DefaultHost, "library/x", "v1"), storage.PinRecord{PinnedAt: b.Clock.Now(), Reason: "admin"}); err != nil {
 		t.Fatal(err)
 	}
 	releaseA()

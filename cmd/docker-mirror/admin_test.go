@@ -48,7 +48,7 @@ func dataDir(t *testing.T) (string, *fixture.Image, time.Time) {
 	ma := up.SeedMultiArch(t, "library/multi", "v1", fixture.OCI)
 	img := up.SeedImage(t, "library/single", "v1", 2, 4<<10)
 	m := pullThrough(t, up, "multi/manifests/v1", "single/manifests/v1")
-	if err := m.Index.Pin(ma.Digest, storage.PinRecord{Reason: "sync"}); err != nil {
+	if err := m.Index.Pin(t.Context(), ma.Digest, storage.PinRecord{Reason: "sync"}); err != nil {
 		t.Fatal(err)
 	}
 	dir := filepath.Dir(m.Index.Path())
