@@ -282,3 +282,58 @@ func TestPinWaitingForAHangingBucketHonoursItsContext(t *testing.T) {
 		stop()
 	}
 }
+
+// walkHeld is records whose walk of the pins, having read them all, calls
+// held before it returns: a test holds a Refresh there.
+type walkHeld struct {
+	storage.Records
+	held func()
+}
+
+func (r walkHeld) Walk(ctx context.Context, kind string, fn func(key string, value []byte) error) error {
+	err := r.Records.Walk(ctx, kind, fn)
+	if kind == "pins" {
+		r.held()
+	}
+	return err
+}
+
+// An unpin on a replica while its Refresh is reading the bucket's pins is
+// not undone by the Refresh: the image stays unpinned. Before, the
+// Refresh wrote back the pin it had read before the unpin: the image
+// pinned again here, the bucket without the pin, until the next Refresh.
+func TestUnpinDuringARefreshStaysUnpinned(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		reached, release := make(chan struct{}), make(chan struct{})
+		var hold bool
+		ix := openShared(t, walkHeld{Records: storage.NewDriverRecords(inmemory.New()), held: func() {
+			if hold {
+				close(reached)
+				<-release
+			}
+		}})
+		key := storage.TagKey("docker.io", "library/x", "v1")
+		must(t, ix.Pin(t.Context(), key, storage.PinRecord{PinnedAt: time.Unix(1700000000, 0).UTC(), Reason: "admin"}))
+		hold = true
+		refreshed := make(chan error, 1)
+		go func() { refreshed <- ix.Refresh(t.Context()) }()
+		<-reached // the bucket's pins read, the pin among them
+		unpinned := make(chan error, 1)
+		go func() { unpinned <- ix.Unpin(t.Context(), key) }()
+		synctest.Wait() // the unpin is done, or waits
+		close(release)
+		if err := <-refreshed; err != nil {
+			t.Fatal(err)
+		}
+		if err := <-unpinned; err != nil {
+			t.Fatal(err)
+		}
+		pins, err := ix.Pins()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, ok := pins[key]; ok {
+			t.Errorf("pin of %s after an unpin during a Refresh: %+v; want none, as in the bucket", key, got)
+		}
+	})
+}

@@ -382,42 +382,58 @@ func (ix *Index) Refresh(ctx context.Context) error {
 		return nil
 	}
 	for _, bucket := range sharedKinds {
-		var recs []sharedRecord
-		inBucket := map[string]bool{}
-		err := ix.records.Walk(ctx, string(bucket), func(key string, value []byte) error {
-			recs = append(recs, sharedRecord{[]byte(key), value})
-			inBucket[key] = true
-			return nil
-		})
-		if err != nil {
-			return fmt.Errorf("shared records: reading %s: %w", bucket, err)
-		}
-		if err := ix.prune(bucket, inBucket); err != nil {
+		if err := ix.refreshKind(ctx, bucket); err != nil {
 			return err
-		}
-		for chunk := range slices.Chunk(recs, 1000) {
-			err := ix.write(func(tx *bolt.Tx) error {
-				for _, r := range chunk {
-					if err := ix.adoptTx(tx, bucket, r.key, r.raw); err != nil {
-						return err
-					}
-				}
-				return nil
-			})
-			if err != nil {
-				return err
-			}
-		}
-		if string(bucket) == string(bucketAccess) {
-			if err := ix.shareLaterPulls(recs); err != nil {
-				return err
-			}
 		}
 	}
 	// Adopting and pruning changed the stored total as they went; a sum
 	// checks it (and corrects it, were it ever off).
 	_, err := ix.checkStored()
 	return err
+}
+
+// refreshKind is Refresh of one kind of records. The pins are read and
+// written under the pins' lock: a pin or unpin made here in between,
+// written to the bucket after the walk read it, would be undone here
+// until the next Refresh.
+func (ix *Index) refreshKind(ctx context.Context, bucket []byte) error {
+	if string(bucket) == string(bucketPins) {
+		unlock, err := ix.lockPins(ctx)
+		if err != nil {
+			return err
+		}
+		defer unlock()
+	}
+	var recs []sharedRecord
+	inBucket := map[string]bool{}
+	err := ix.records.Walk(ctx, string(bucket), func(key string, value []byte) error {
+		recs = append(recs, sharedRecord{[]byte(key), value})
+		inBucket[key] = true
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("shared records: reading %s: %w", bucket, err)
+	}
+	if err := ix.prune(bucket, inBucket); err != nil {
+		return err
+	}
+	for chunk := range slices.Chunk(recs, 1000) {
+		err := ix.write(func(tx *bolt.Tx) error {
+			for _, r := range chunk {
+				if err := ix.adoptTx(tx, bucket, r.key, r.raw); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	if string(bucket) == string(bucketAccess) {
+		return ix.shareLaterPulls(recs)
+	}
+	return nil
 }
 
 // prune drops the local records of a prunable kind that the bucket does
