@@ -337,3 +337,65 @@ func TestUnpinDuringARefreshStaysUnpinned(t *testing.T) {
 		}
 	})
 }
+
+// getHeld is records whose reads of pins, having read one, call held
+// before they return: a test holds a recheck there.
+type getHeld struct {
+	storage.Records
+	held func()
+}
+
+func (r getHeld) Get(ctx context.Context, kind, key string) ([]byte, error) {
+	raw, err := r.Records.Get(ctx, kind, key)
+	if kind == "pins" {
+		r.held()
+	}
+	return raw, err
+}
+
+// An unpin on a replica while its eviction rechecks the bucket for pins
+// another replica made (RecheckPins) is not undone by the recheck. Before,
+// the recheck adopted the pin it had read before the unpin removed it from
+// the bucket: the image pinned again on this replica, in the bucket no
+// longer, until a Refresh pruned it.
+func TestUnpinDuringAPinRecheckStaysUnpinned(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		inner := storage.NewDriverRecords(inmemory.New())
+		reached, release := make(chan struct{}), make(chan struct{})
+		var hold bool
+		a := openShared(t, inner)
+		b := openShared(t, getHeld{Records: inner, held: func() {
+			if hold {
+				close(reached)
+				<-release
+			}
+		}})
+		key := storage.TagKey("docker.io", "library/x", "v1")
+		must(t, a.Pin(t.Context(), key, storage.PinRecord{PinnedAt: time.Unix(1700000000, 0).UTC(), Reason: "admin"}))
+		hold = true
+		rechecked := make(chan error, 1)
+		go func() {
+			_, err := b.RecheckPins(t.Context(), []string{key})
+			rechecked <- err
+		}()
+		<-reached // b's eviction has read a's pin from the bucket
+		hold = false
+		unpinned := make(chan error, 1)
+		go func() { unpinned <- b.Unpin(t.Context(), key) }() // an admin's, on b
+		synctest.Wait()                                       // the unpin is done, or waits
+		close(release)
+		if err := <-rechecked; err != nil {
+			t.Fatal(err)
+		}
+		if err := <-unpinned; err != nil {
+			t.Fatal(err)
+		}
+		pins, err := b.Pins()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, ok := pins[key]; ok {
+			t.Errorf("pin of %s on b after its unpin during b's recheck: %+v; want none, as in the bucket", key, got)
+		}
+	})
+}

@@ -716,11 +716,17 @@ func (ix *Index) shareDeleteTagsNaming(tags []pair[string, digest.Digest]) error
 // or TagKeys: those of the images an eviction is about to remove), and
 // adopts those the index does not hold: pins another replica set since
 // this index last read them (Refresh). It reports whether there was any.
-// Without shared records it reports none.
+// Without shared records it reports none. It reads and adopts under the
+// pins' lock, as Refresh: an unpin made here in between is not undone.
 func (ix *Index) RecheckPins(ctx context.Context, refs []string) (bool, error) {
 	if ix.records == nil || len(refs) == 0 {
 		return false, nil
 	}
+	unlock, err := ix.lockPins(ctx)
+	if err != nil {
+		return false, err
+	}
+	defer unlock()
 	pins, err := ix.Pins()
 	if err != nil {
 		return false, err
