@@ -390,6 +390,34 @@ func TestEvictSparesPinned(t *testing.T) {
 	}
 }
 
+// A pin of a tag (a prefetch's or a sync's of repo:tag) follows the tag:
+// once the upstream moved it and the mirror recorded the move, the image
+// it names now is kept, and the one it named before is evicted as any
+// unpinned one; a pin of a digest keeps its image whatever its tags.
+func TestEvictPinnedTagFollowsTheTag(t *testing.T) {
+	e := newEnv(t)
+	old := single("app", "v1", e.up.SeedImage(t, "library/app", "v1", 2, 8<<10))
+	e.pull(t, old)
+	col := e.collector(lifecycle.Options{})
+	if err := col.Pin(t.Context(), storage.TagKey("docker.io", "library/app", "v1"), "prefetch"); err != nil {
+		t.Fatal(err)
+	}
+	e.m.Clock.Advance(time.Hour) // the tag's record older than its TTL
+	cur := single("app", "v1", e.up.SeedImage(t, "library/app", "v1", 2, 8<<10))
+	e.pull(t, cur)
+	r, err := col.Evict(t.Context(), 1, 0, e.m.Clock.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.ImagesEvicted != 1 || r.Evicted[0].Digest.String() != old.digest {
+		t.Fatalf("evicted %+v, want the image the pinned tag named before it moved (%s) alone", r.Evicted, old.digest)
+	}
+	e.wantStored(t, false, old.digest)
+	e.wantStored(t, true, cur.content()...)
+	e.up.Stop()
+	e.wantPull(t, cur)
+}
+
 // --evict-after evicts what was not pulled for that long; a manifest pull
 // (TouchManifest) or a blob pull counts.
 func TestEvictAfter(t *testing.T) {
