@@ -13,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
@@ -258,4 +259,43 @@ func TestPrefetchResumedWhosePinFailsTakesBackItsPin(t *testing.T) {
 	if raw, err := bucket.Get(t.Context(), "pins", key); !errors.Is(err, storage.ErrNotFound) {
 		t.Errorf("the bucket's pin of %s after the resumed prefetch failed: %q, %v; want none", key, raw, err)
 	}
+}
+
+// A prefetch with pin whose copy fails by its idle timeout (the upstream
+// silent for longer than a fill's time) takes back its pin, though the
+// copy's context is done then. Before, the pins' lock, waited for on that
+// context, could refuse the taking back: the image's pin stayed for good.
+func TestPrefetchTimedOutTakesBackItsPin(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+		pushImage(t, reg, "library/app:1", 1)
+		silent := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/manifests/1") {
+				time.Sleep(2 * time.Hour) // longer than a fill's hour
+			}
+			reg.ServeHTTP(w, r)
+		})
+		p := inProcessMirror(t, silent, WithFillTimeout(time.Hour))
+		defer p.Close()
+		job, err := p.StartPrefetch(t.Context(), PrefetchRequest{Images: []string{"app:1"}, Pin: true}, "prefetch")
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(3 * time.Hour) // the bubble's clock
+		synctest.Wait()
+		got, err := p.Job(job.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.State != storage.JobFailed {
+			t.Fatalf("job %s after its copy's idle timeout; images: %+v", got.State, got.Images)
+		}
+		pins, err := p.index.Pins()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(pins) != 0 {
+			t.Errorf("pins %v after the prefetch timed out; want its own taken back", pins)
+		}
+	})
 }

@@ -149,8 +149,12 @@ func (ix *Index) putPinBack(key, old []byte) error {
 
 // lockPins waits for the pins' writes of others (pinning), or for ctx to
 // be done: one whose bucket call hangs holds the lock for as long. It
-// returns what lets the others go on.
+// returns what lets the others go on. A ctx done already is refused at
+// once, not only when the lock is busy.
 func (ix *Index) lockPins(ctx context.Context) (unlock func(), err error) {
+	if ctx.Err() != nil {
+		return nil, fmt.Errorf("waiting for the pins' writes: %w", context.Cause(ctx))
+	}
 	select {
 	case ix.pinning <- struct{}{}:
 		return func() { <-ix.pinning }, nil
