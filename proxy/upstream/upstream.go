@@ -1873,11 +1873,22 @@ func (c *Client) statusError(resp *http.Response, r call) error {
 		upMsg = ": " + msg
 	}
 	st := resp.StatusCode
-	var e *Error
+	storage := resp.Request.URL.Host != c.registry.RegistryStr()
+	var e, held *Error
+	if st == http.StatusUnauthorized && storage && strings.EqualFold(pickChallenge(resp.Header.Values("WWW-Authenticate")).Scheme, "bearer") {
+		// Its storage wants a token, which its token server's 429 (or
+		// 503) holds back (tokenLimits): the request went without one.
+		errors.As(c.backingOff(&c.tokenRetry, r), &held)
+	}
 	switch {
 	case st == http.StatusNotFound:
 		e = c.newError(r.kind, r.what, st, ErrNotFound, nil, "%s not found upstream %s%s", r.what, c.host, upMsg)
-	case (st == http.StatusUnauthorized || st == http.StatusForbidden) && resp.Request.URL.Host != c.registry.RegistryStr():
+	case held != nil:
+		// Passed on as the registry's token server's rate limit is
+		// (tokenServerError), not as the storage refusing the URL.
+		e = c.newError(r.kind, r.what, held.Status, ErrUnavailable, nil, "upstream %s's storage %s wants a token for %s: %s", c.host, resp.Request.URL.Host, r.what, held.Reason)
+		e.RetryAfter, e.Storage = held.RetryAfter, resp.Request.URL.Host
+	case (st == http.StatusUnauthorized || st == http.StatusForbidden) && storage:
 		// Its storage (a signed URL the upstream redirected to), which
 		// got no credentials of ours, refused the URL even signed anew:
 		// the upstream's gateway failing, not our access refused.
