@@ -76,3 +76,25 @@ func TestStorageTokenServerRateLimitIsTooManyRequests(t *testing.T) {
 	p.Handler().ServeHTTP(rec, httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/v2/library/app/blobs/"+digest.FromString("blob").String(), nil))
 	wantRateLimited(t, rec, "60", "a blob whose storage's token server rate-limits")
 }
+
+// A 429 of the upstream's storage (a CDN answering a signed URL) holds
+// back none of the registry's own requests: the registry said nothing,
+// and its manifests are answered meanwhile. The blob's client is answered
+// the storage's 429 with its Retry-After.
+func TestStorageRateLimitDoesNotHoldBackTheRegistry(t *testing.T) {
+	storage := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Retry-After", "60")
+		w.WriteHeader(http.StatusTooManyRequests)
+	}))
+	t.Cleanup(storage.Close)
+	p, _, _ := testMirror(t, nil, storageUpstream(t, storage).URL)
+	rec := httptest.NewRecorder()
+	p.Handler().ServeHTTP(rec, httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/v2/library/app/blobs/"+digest.FromString("blob").String(), nil))
+	wantRateLimited(t, rec, "60", "a blob whose storage rate-limits")
+
+	rec = httptest.NewRecorder()
+	p.Handler().ServeHTTP(rec, httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/v2/library/app/manifests/v1", nil))
+	if rec.Code != http.StatusOK || rec.Body.String() != emptyIndex {
+		t.Fatalf("a manifest of the registry after its storage's 429: %d %s; want 200 and the manifest", rec.Code, rec.Body)
+	}
+}

@@ -1243,7 +1243,7 @@ func (a tokenAnswer) response(req *http.Request) *http.Response {
 
 // roundTrip sends req, a token request if token: its 429 (or 503 with a
 // Retry-After) holds back the token requests (c.tokenRetry), a registry
-// request's every request (c.retry).
+// request's every request (c.retry), its storage's none (retryOf).
 func (t tokenLimits) roundTrip(req *http.Request, token bool) (*http.Response, error) {
 	toRealm := t.realm != nil && req.URL.Host == t.c.registry.RegistryStr() && req.URL.Path == standInPath
 	if toRealm {
@@ -1263,7 +1263,7 @@ func (t tokenLimits) roundTrip(req *http.Request, token bool) (*http.Response, e
 	if bearer && resp.StatusCode != http.StatusUnauthorized && registry && !t.c.took.Contains(tok) {
 		t.c.took.Add(tok, struct{}{})
 	}
-	b := &t.c.retry
+	b := t.c.retryOf(req.URL.Host)
 	if token {
 		b = &t.c.tokenRetry
 	}
@@ -1887,35 +1887,58 @@ func (c *Client) statusError(resp *http.Response, r call) error {
 		// Passed on as the registry's token server's rate limit is
 		// (tokenServerError), not as the storage refusing the URL.
 		e = c.newError(r.kind, r.what, held.Status, ErrUnavailable, nil, "upstream %s's storage %s wants a token for %s: %s", c.host, resp.Request.URL.Host, r.what, held.Reason)
-		e.RetryAfter, e.Storage = held.RetryAfter, resp.Request.URL.Host
+		e.RetryAfter = held.RetryAfter
 	case (st == http.StatusUnauthorized || st == http.StatusForbidden) && storage:
 		// Its storage (a signed URL the upstream redirected to), which
 		// got no credentials of ours, refused the URL even signed anew:
 		// the upstream's gateway failing, not our access refused.
 		e = c.newError(r.kind, r.what, st, ErrUnavailable, nil, "upstream %s's storage %s answered %d for %s (its signed URL refused: expired, or the clocks disagree)",
 			c.host, resp.Request.URL.Host, st, r.what)
-		e.Storage = resp.Request.URL.Host
 	case st == http.StatusUnauthorized || st == http.StatusForbidden:
 		e = c.newError(r.kind, r.what, st, ErrAuth, nil, "upstream %s answered %d for %s%s", c.host, st, r.what, upMsg)
 	case st == http.StatusTooManyRequests:
-		ra := c.backOff(&c.retry, resp.Header.Get("Retry-After"), st)
-		e = c.newError(r.kind, r.what, st, ErrUnavailable, nil, "upstream %s rate-limited %s%s", c.host, r.what, upMsg)
+		ra := c.backOff(c.retryOf(resp.Request.URL.Host), resp.Header.Get("Retry-After"), st)
+		e = c.newError(r.kind, r.what, st, ErrUnavailable, nil, "upstream %s rate-limited %s%s", c.answerer(resp), r.what, upMsg)
 		e.RetryAfter = ra
 	case st == http.StatusServiceUnavailable && resp.Header.Get("Retry-After") != "":
 		// Overloaded, and saying when to come back (Docker Hub, GHCR):
 		// asking again sooner only adds to its load. Passed on as a
 		// 429's is: one that cannot be read, with the seconds of the
 		// back-off.
-		ra := c.backOff(&c.retry, resp.Header.Get("Retry-After"), st)
-		e = c.newError(r.kind, r.what, st, ErrUnavailable, nil, "upstream %s answered 503 for %s%s", c.host, r.what, upMsg)
+		ra := c.backOff(c.retryOf(resp.Request.URL.Host), resp.Header.Get("Retry-After"), st)
+		e = c.newError(r.kind, r.what, st, ErrUnavailable, nil, "upstream %s answered 503 for %s%s", c.answerer(resp), r.what, upMsg)
 		e.RetryAfter = ra
 	case st == http.StatusRequestedRangeNotSatisfiable:
 		e = c.newError(r.kind, r.what, st, ErrInvalid, nil, "upstream %s: range not satisfiable for %s", c.host, r.what)
 	default:
 		e = c.newError(r.kind, r.what, st, ErrUnavailable, nil, "upstream %s answered %d for %s%s", c.host, st, r.what, upMsg)
 	}
+	if storage {
+		e.Storage = resp.Request.URL.Host
+	}
 	e.Code, e.Message = code, msg
 	return e
+}
+
+// retryOf returns the back-off that a 429 (or a 503 saying when to come
+// back) of host starts: the registry's own, or, for its storage's (a
+// signed URL of a CDN the registry redirected to, which said nothing of
+// the registry's manifests and other blobs), one that holds back nothing:
+// the client that asked is told when to come back.
+func (c *Client) retryOf(host string) *backoff {
+	if host != c.registry.RegistryStr() {
+		return new(backoff)
+	}
+	return &c.retry
+}
+
+// answerer names the host that answered resp in an error: the upstream,
+// or its storage.
+func (c *Client) answerer(resp *http.Response) string {
+	if h := resp.Request.URL.Host; h != c.registry.RegistryStr() {
+		return c.host + "'s storage " + h
+	}
+	return c.host
 }
 
 // maxMessage bounds the upstream's own words an error keeps: they are
