@@ -729,3 +729,31 @@ func tokenForBot(w http.ResponseWriter, req *http.Request) bool {
 	}
 	return true
 }
+
+// TestPingChallengesBasicFirstThenBearer: an upstream whose ping offers
+// Basic first and Bearer after it (a registry that takes either) gets,
+// without credentials, the anonymous token the Bearer challenge names, as
+// docker (which prefers a token) and containerd (which skips Basic
+// without credentials) get it, instead of every request going without
+// one and refused.
+func TestPingChallengesBasicFirstThenBearer(t *testing.T) {
+	basicFirst := func(w http.ResponseWriter, req *http.Request, scope string) {
+		w.Header().Add("WWW-Authenticate", `Basic realm="registry"`)
+		w.Header().Add("WWW-Authenticate", fmt.Sprintf(`Bearer realm="http://%s/token",service="test"%s`, req.Host, scope))
+		w.WriteHeader(http.StatusUnauthorized)
+	}
+	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		switch {
+		case req.URL.Path == "/token":
+			fmt.Fprint(w, `{"token":"anon"}`)
+		case req.Header.Get("Authorization") == "Bearer anon":
+			w.WriteHeader(http.StatusOK)
+		default:
+			basicFirst(w, req, `,scope="repository:library/x:pull"`)
+		}
+	}, func(w http.ResponseWriter, req *http.Request) { basicFirst(w, req, "") })
+	c := r.client(t)
+	if _, err := c.HeadManifest(t.Context(), "library/x", v1); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1381,16 +1381,26 @@ func (c *Client) standInRealm(realm string) (*url.URL, string, bool) {
 	return u, standIn.String(), true
 }
 
-// pickChallenge returns the first of a ping's challenges (one per
-// WWW-Authenticate header) that the mirror can answer, Bearer or Basic,
-// as docker and go-containerregistry pick it: a registry behind single
-// sign-on may send Negotiate first. None: the first.
+// pickChallenge returns the ping's challenge (one per WWW-Authenticate
+// header) that the mirror answers: the first Bearer, else the first
+// Basic, as docker picks it (a token first): a registry behind single
+// sign-on may send Negotiate first, and one that takes either may send
+// Basic first, which without credentials would send every request
+// without the anonymous token its Bearer challenge gives. None: the
+// first.
 func pickChallenge(headers []string) transport.Challenge {
+	var basic *transport.Challenge
 	for _, h := range headers {
 		pr := parseChallenge(h)
-		if strings.EqualFold(pr.Scheme, "bearer") || strings.EqualFold(pr.Scheme, "basic") {
+		if strings.EqualFold(pr.Scheme, "bearer") {
 			return pr
 		}
+		if strings.EqualFold(pr.Scheme, "basic") && basic == nil {
+			basic = &pr
+		}
+	}
+	if basic != nil {
+		return *basic
 	}
 	var first string
 	if len(headers) > 0 {
