@@ -757,3 +757,34 @@ func TestPingChallengesBasicFirstThenBearer(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestPingChallengeWithSpacesAroundEquals: a ping's challenge whose
+// parameters have whitespace around their "=" (RFC 7235's auth-param
+// allows it: token BWS "=" BWS value) names its token server as well as
+// one without: the mirror gets the token, as docker (whose parser skips
+// the whitespace) does, instead of finding no realm and failing every
+// pull 502.
+func TestPingChallengeWithSpacesAroundEquals(t *testing.T) {
+	spaced := func(w http.ResponseWriter, req *http.Request) {
+		w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm = "http://%s/token", service = "test"`, req.Host))
+		w.WriteHeader(http.StatusUnauthorized)
+	}
+	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		switch {
+		case req.URL.Path == "/token":
+			if req.URL.Query().Get("service") != "test" {
+				w.WriteHeader(http.StatusBadRequest)
+				return
+			}
+			fmt.Fprint(w, `{"token":"anon"}`)
+		case req.Header.Get("Authorization") == "Bearer anon":
+			w.WriteHeader(http.StatusOK)
+		default:
+			spaced(w, req)
+		}
+	}, spaced)
+	c := r.client(t)
+	if _, err := c.HeadManifest(t.Context(), "library/x", v1); err != nil {
+		t.Fatal(err)
+	}
+}

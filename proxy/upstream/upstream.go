@@ -1429,7 +1429,8 @@ func parseChallenge(h string) transport.Challenge {
 		kv, rest = rest[:i], strings.TrimPrefix(rest[i:], ",")
 		k, v, ok := strings.Cut(strings.TrimSpace(kv), "=")
 		if ok {
-			pr.Parameters[strings.ToLower(k)] = strings.Trim(v, `"`)
+			// Whitespace around the "=" is allowed (RFC 7235's BWS).
+			pr.Parameters[strings.ToLower(strings.TrimSpace(k))] = strings.Trim(strings.TrimSpace(v), `"`)
 		}
 	}
 	return pr
