@@ -522,6 +522,66 @@ func TestRedirectTargetFailureAskedAgain(t *testing.T) {
 	}
 }
 
+// TestCredentialsNotSentToStorageAskedAgain: a blob whose storage (on
+// the upstream's own host name, another port: a MinIO beside the
+// registry; or a subdomain) refuses its signed URL once is asked of the
+// upstream again, and the storage is never sent our credentials: the
+// request sent again carried the Authorization the first one was given
+// for the upstream, which Go's redirects pass on to the same domain.
+func TestCredentialsNotSentToStorageAskedAgain(t *testing.T) {
+	for _, scheme := range []string{"Basic", "Bearer"} {
+		t.Run(scheme, func(t *testing.T) {
+			var served atomic.Int64
+			var sent atomic.Value // an Authorization the storage got
+			storage := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+				if a := req.Header.Get("Authorization"); a != "" {
+					sent.Store(a)
+				}
+				if served.Add(1) == 1 {
+					w.WriteHeader(http.StatusForbidden) // expired
+					return
+				}
+				fmt.Fprint(w, "blob")
+			})
+			ping := func(w http.ResponseWriter, req *http.Request) {
+				if scheme == "Bearer" {
+					bearerPing(w, req)
+					return
+				}
+				w.Header().Set("WWW-Authenticate", `Basic realm="registry"`)
+				w.WriteHeader(http.StatusUnauthorized)
+			}
+			up := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+				u, pw, basic := req.BasicAuth()
+				switch {
+				case req.URL.Path == "/token" && basic && u == "bot" && pw == "secret":
+					fmt.Fprint(w, `{"token":"t"}`)
+				case scheme == "Basic" && !(basic && u == "bot" && pw == "secret"),
+					scheme == "Bearer" && req.Header.Get("Authorization") != "Bearer t":
+					ping(w, req)
+				default:
+					http.Redirect(w, req, fmt.Sprintf("%s/blob?sig=%d", storage.srv.URL, served.Load()), http.StatusTemporaryRedirect)
+				}
+			}, ping)
+			c := up.client(t, WithAuth(&authn.Basic{Username: "bot", Password: "secret"}))
+			body, _, err := c.Blob(t.Context(), "library/x", digest.FromString("blob"), 0)
+			if err != nil {
+				t.Fatalf("a blob whose storage refused its URL once: %v", err)
+			}
+			defer body.Close()
+			if b, err := io.ReadAll(body); err != nil || string(b) != "blob" {
+				t.Fatalf("body %q, %v", b, err)
+			}
+			if served.Load() != 2 {
+				t.Fatalf("the storage was asked %d times, want 2", served.Load())
+			}
+			if a := sent.Load(); a != nil {
+				t.Errorf("the storage got Authorization %.12s...", a)
+			}
+		})
+	}
+}
+
 // refusingLogins is registry.test whose token server refuses every login
 // (a wrong password), each once gate is closed; it counts the logins.
 func refusingLogins(gate chan struct{}, logins *atomic.Int64) roundTripFunc {

@@ -1741,7 +1741,12 @@ func (c *Client) send(ctx context.Context, t http.RoundTripper, req *http.Reques
 	if c.guard != nil {
 		rctx = traceIdle(ctx) // the guard's idle connections, for Warm
 	}
-	resp, err := (&http.Client{Transport: t}).Do(req.WithContext(rctx))
+	// A copy of its own: the transport sets the upstream's Authorization
+	// in the headers it is given, which a request sent again (for a new
+	// signed URL, after a new handshake) would otherwise start with, and
+	// which redirects pass on to the same domain (a storage on the
+	// upstream's host name, another port, or a subdomain).
+	resp, err := (&http.Client{Transport: t}).Do(req.Clone(rctx))
 	timer.Stop()
 	if err != nil {
 		cause := context.Cause(ctx)
