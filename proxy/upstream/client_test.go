@@ -488,12 +488,13 @@ func TestBlobOffsetWrongContentRange(t *testing.T) {
 
 // TestRedirectTargetFailureAskedAgain: a blob the upstream sends from its
 // storage (a signed URL of S3, GCS or a CDN) whose storage fails once (a
-// signed URL expired by the time it was followed, 403, as GCS answers; a
-// 500 or 503 that S3 asks to be retried) is asked of the upstream again,
-// once, which signs a new URL: the pull does not fail for it (a client
-// answered DENIED does not even retry).
+// signed URL expired by the time it was followed, 403, as S3 answers, or
+// 400 ExpiredToken, as GCS answers a V4 one; a 500 or 503 that S3 asks to
+// be retried) is asked of the upstream again, once, which signs a new
+// URL: the pull does not fail for it (a client answered DENIED does not
+// even retry).
 func TestRedirectTargetFailureAskedAgain(t *testing.T) {
-	for _, status := range []int{http.StatusForbidden, http.StatusInternalServerError, http.StatusServiceUnavailable} {
+	for _, status := range []int{http.StatusForbidden, http.StatusBadRequest, http.StatusInternalServerError, http.StatusServiceUnavailable} {
 		t.Run(strconv.Itoa(status), func(t *testing.T) {
 			var served atomic.Int64
 			storage := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {

@@ -1707,8 +1707,9 @@ func takesCredentials(status int) bool {
 // upstream redirected the request to (its storage: a signed URL of S3,
 // GCS or a CDN), not of the upstream itself, that asking the upstream
 // again may not meet: a signed URL that expired before it was followed
-// (403, as GCS answers), a 5xx that S3 asks to be retried. A 429, or a
-// 503 saying when to come back, is not asked again sooner.
+// (403, as S3 answers; 400 ExpiredToken, as GCS answers a V4 one), a 5xx
+// that S3 asks to be retried. A 429, or a 503 saying when to come back,
+// is not asked again sooner.
 func (c *Client) storageFailed(resp *http.Response, ok []int) bool {
 	if resp.Request.URL.Host == c.registry.RegistryStr() || slices.Contains(ok, resp.StatusCode) {
 		return false
@@ -1716,7 +1717,7 @@ func (c *Client) storageFailed(resp *http.Response, ok []int) bool {
 	switch st := resp.StatusCode; {
 	case st == http.StatusTooManyRequests, st == http.StatusServiceUnavailable && resp.Header.Get("Retry-After") != "":
 		return false
-	case st == http.StatusForbidden, st >= 500:
+	case st == http.StatusForbidden, st == http.StatusBadRequest, st >= 500:
 		return true
 	}
 	return false
