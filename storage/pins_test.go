@@ -399,3 +399,62 @@ func TestUnpinDuringAPinRecheckStaysUnpinned(t *testing.T) {
 		}
 	})
 }
+
+// walkHung is records whose walk of the pins hangs, as a bucket that does
+// not answer, until its context is done; reached is closed once it hangs.
+type walkHung struct {
+	storage.Records
+	reached chan struct{}
+}
+
+func (r walkHung) Walk(ctx context.Context, kind string, fn func(key string, value []byte) error) error {
+	if kind != "pins" {
+		return r.Records.Walk(ctx, kind, fn)
+	}
+	close(r.reached)
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// A Refresh whose listing of the bucket's pins hangs (a bucket that does
+// not answer; the collector's context has no deadline) holds the pins and
+// unpins of the replica no longer than a hanging bucket call of theirs
+// would: it gives up after the bound of one, and a job's taking back of
+// its pin (on a context not cancelled) goes through. Before, the listing,
+// made under the pins' lock, hung for as long as the bucket did, and every
+// pin and unpin of the replica with it: a job's taking back for ever.
+func TestPinsNotHeldByARefreshOfAHangingBucket(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		inner := storage.NewDriverRecords(inmemory.New())
+		hung := walkHung{Records: inner, reached: make(chan struct{})}
+		ix := openShared(t, hung)
+		key := storage.TagKey("docker.io", "library/x", "v1")
+		prefetch := storage.PinRecord{PinnedAt: time.Unix(1700000000, 0).UTC(), Reason: "prefetch"}
+		must(t, ix.Pin(t.Context(), key, prefetch))
+		refreshing, stop := context.WithCancel(context.Background()) // the collector's: no deadline
+		defer stop()
+		refreshed := make(chan error, 1)
+		go func() { refreshed <- ix.Refresh(refreshing) }()
+		<-hung.reached
+		taken := make(chan error, 1)
+		go func() {
+			removed, err := ix.UnpinIf(context.WithoutCancel(t.Context()), key, prefetch) // the job's copy failed
+			if err == nil && !removed {
+				err = errors.New("UnpinIf did not remove the job's pin")
+			}
+			taken <- err
+		}()
+		select {
+		case err := <-taken:
+			if err != nil {
+				t.Error(err)
+			}
+		case <-time.After(time.Hour): // the bubble's clock: once everything else waits
+			t.Error("a job taking back its pin still waits, an hour on, for a Refresh whose listing of the pins hangs")
+			stop()
+			<-taken
+		}
+		stop()
+		<-refreshed
+	})
+}

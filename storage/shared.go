@@ -395,7 +395,9 @@ func (ix *Index) Refresh(ctx context.Context) error {
 // refreshKind is Refresh of one kind of records. The pins are read and
 // written under the pins' lock: a pin or unpin made here in between,
 // written to the bucket after the walk read it, would be undone here
-// until the next Refresh.
+// until the next Refresh. Their walk is bounded as one bucket call is:
+// the pins and unpins waiting (a job's taking back, on a context not
+// cancelled) wait no longer for a bucket that hangs.
 func (ix *Index) refreshKind(ctx context.Context, bucket []byte) error {
 	if string(bucket) == string(bucketPins) {
 		unlock, err := ix.lockPins(ctx)
@@ -403,6 +405,9 @@ func (ix *Index) refreshKind(ctx context.Context, bucket []byte) error {
 			return err
 		}
 		defer unlock()
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, recordsTimeout)
+		defer cancel()
 	}
 	var recs []sharedRecord
 	inBucket := map[string]bool{}
