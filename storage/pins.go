@@ -200,9 +200,11 @@ func (ix *Index) Unpin(ctx context.Context, ref string) error {
 // UnpinIf removes the pin of ref if its record is still rec: one
 // recorded since (someone else pinning the same reference, which
 // overwrites the record; on a bucket replicas share, another replica) is
-// theirs and stays. It reports whether it removed the pin: not one the
-// bucket fails to remove (or to read), which stays here too, for the
-// caller to take back again.
+// theirs and stays. With no record of ref here, it removes rec from the
+// bucket if there: a pin reported failed whose write landed all the same.
+// It reports whether it removed the pin: not one the bucket fails to
+// remove (or to read), which stays here too, for the caller to take back
+// again.
 func (ix *Index) UnpinIf(ctx context.Context, ref string, rec PinRecord) (removed bool, err error) {
 	key, err := pinKey(ref)
 	if err != nil {
@@ -217,27 +219,38 @@ func (ix *Index) UnpinIf(ctx context.Context, ref string, rec PinRecord) (remove
 		return false, err
 	}
 	defer unlock()
+	var mine, here bool
 	err = ix.write(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketPins)
-		if b == nil || !bytes.Equal(b.Get(key), raw) {
+		if b == nil {
 			return nil
 		}
-		removed = true
+		cur := b.Get(key)
+		here, mine = cur != nil, bytes.Equal(cur, raw)
+		if !mine {
+			return nil
+		}
 		return b.Delete(key)
 	})
-	if err != nil || !removed {
+	// None here, rec may be in the bucket all the same: a pin whose
+	// write landed, its answer and its reading back lost (pinAdded).
+	if err != nil || (here && !mine) {
 		return false, err
 	}
 	shared, found, err := ix.shareGet(bucketPins, key)
-	if err == nil && found && bytes.Equal(shared, raw) { // else another replica's since, or none
+	there := err == nil && found && bytes.Equal(shared, raw) // else another replica's since, or none
+	if there {
 		err = ix.shareDelete(bucketPins, key)
 	}
-	if err != nil {
+	if err != nil && mine {
 		// Still pinned, as Unpin's: an UnpinIf made again finds its
 		// record here, not a pin left in the bucket for good.
-		return false, errors.Join(err, ix.putPinBack(key, raw))
+		err = errors.Join(err, ix.putPinBack(key, raw))
 	}
-	return true, nil
+	if err != nil {
+		return false, err
+	}
+	return mine || there, nil
 }
 
 // Pins returns the pins by digest or TagKey.

@@ -458,3 +458,51 @@ func TestPinsNotHeldByARefreshOfAHangingBucket(t *testing.T) {
 		<-refreshed
 	})
 }
+
+// readBackFails is landedRecords whose read of a pin after its write
+// fails, as a bucket whose answers are lost for a moment.
+type readBackFails struct {
+	landedRecords
+	written bool
+}
+
+func (r *readBackFails) Put(ctx context.Context, kind, key string, value []byte) error {
+	err := r.landedRecords.Put(ctx, kind, key, value)
+	r.written = r.written || kind == "pins"
+	return err
+}
+
+func (r *readBackFails) Get(ctx context.Context, kind, key string) ([]byte, error) {
+	if kind == "pins" && r.written {
+		r.written = false
+		return nil, errors.New("read timed out")
+	}
+	return r.Records.Get(ctx, kind, key)
+}
+
+// A job's pin whose bucket write failed but landed, and whose read back
+// failed too, is reported failed: the job, taking back its pin, removes
+// it from the bucket, where it is. Before, the pin, put back here as it
+// was (none), was not the job's to take back (UnpinIf found no record of
+// its own here), and the bucket kept it for good: every replica read it
+// back with its next Refresh.
+func TestPinLandedUnreadTakenBack(t *testing.T) {
+	inner := storage.NewDriverRecords(inmemory.New())
+	ix := openShared(t, &readBackFails{landedRecords: landedRecords{Records: inner, err: errors.New("answer timed out")}})
+	key := storage.TagKey("docker.io", "library/x", "v1")
+	prefetch := storage.PinRecord{PinnedAt: time.Unix(1700000000, 0).UTC(), Reason: "prefetch"}
+	if _, err := ix.PinAdded(t.Context(), key, prefetch); err == nil {
+		t.Fatal("PinAdded with the bucket's write and read back failing: no error")
+	}
+	if removed, err := ix.UnpinIf(t.Context(), key, prefetch); err != nil {
+		t.Fatalf("the prefetch taking back its pin: %v %v", removed, err)
+	}
+	pins, err := ix.Pins()
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := inner.Get(t.Context(), "pins", key)
+	if _, here := pins[key]; here || !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("after the prefetch took back its pin: pinned here %v; the bucket's record %q, %v; want no pin anywhere", here, raw, err)
+	}
+}
