@@ -418,6 +418,34 @@ func TestEvictPinnedTagFollowsTheTag(t *testing.T) {
 	e.wantPull(t, cur)
 }
 
+// A pin of repo:tag keeps nothing once the upstream deleted the tag: the
+// tag, answered 404 on its revalidation, is forgotten, and the image it
+// named evicted as any other, as operations.md says (pin by digest to keep
+// an image whatever becomes of its tags).
+func TestEvictPinnedTagDeletedUpstream(t *testing.T) {
+	e := newEnv(t)
+	im := single("app", "v1", e.up.SeedImage(t, "library/app", "v1", 2, 8<<10))
+	e.pull(t, im)
+	col := e.collector(lifecycle.Options{})
+	if err := col.Pin(t.Context(), storage.TagKey("docker.io", "library/app", "v1"), "prefetch"); err != nil {
+		t.Fatal(err)
+	}
+	e.up.Delete(t, "library/app", "v1")
+	e.m.Clock.Advance(time.Hour) // the tag's record older than its TTL
+	if status, _, _ := get(t, e.m.URL()+"/v2/library/app/manifests/v1"); status != http.StatusNotFound {
+		t.Fatalf("pull of the tag deleted upstream: status %d, want 404", status)
+	}
+	e.m.WaitIdle()
+	r, err := col.Evict(t.Context(), 1, 0, e.m.Clock.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.ImagesEvicted != 1 || r.Evicted[0].Digest.String() != im.digest {
+		t.Fatalf("evicted %+v, want the image the pinned tag named before the upstream deleted it (%s)", r.Evicted, im.digest)
+	}
+	e.wantStored(t, false, im.digest)
+}
+
 // --evict-after evicts what was not pulled for that long; a manifest pull
 // (TouchManifest) or a blob pull counts.
 func TestEvictAfter(t *testing.T) {
