@@ -3,6 +3,7 @@ package storage_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -505,4 +506,74 @@ func TestPinLandedUnreadTakenBack(t *testing.T) {
 	if _, here := pins[key]; here || !errors.Is(err, storage.ErrNotFound) {
 		t.Errorf("after the prefetch took back its pin: pinned here %v; the bucket's record %q, %v; want no pin anywhere", here, raw, err)
 	}
+}
+
+// getHung is records whose reads of the pins of keys hang, as a bucket
+// that does not answer, until their context is done; reached is closed at
+// the first.
+type getHung struct {
+	storage.Records
+	keys    map[string]bool
+	reached chan struct{}
+	once    *sync.Once
+}
+
+func (r getHung) Get(ctx context.Context, kind, key string) ([]byte, error) {
+	if kind != "pins" || !r.keys[key] {
+		return r.Records.Get(ctx, kind, key)
+	}
+	r.once.Do(func() { close(r.reached) })
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// An eviction's recheck of the bucket for the pins of many victims
+// (RecheckPins, under the pins' lock) holds the pins and unpins of the
+// replica no longer than a pin's own bucket calls would (a minute: a read
+// and a write) when the bucket hangs: its first read to give up ends the
+// others. Before, every read waited out its own 30 s, eight at once: an
+// eviction of 40 victims held a job's taking back of its pin for 150 s,
+// of thousands for hours.
+func TestPinsNotHeldByARecheckOfAHangingBucket(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		inner := storage.NewDriverRecords(inmemory.New())
+		hung := getHung{Records: inner, keys: map[string]bool{}, reached: make(chan struct{}), once: new(sync.Once)}
+		ix := openShared(t, hung)
+		var refs []string
+		for i := range 40 {
+			refs = append(refs, storage.TagKey("docker.io", "library/x", fmt.Sprintf("v%d", i)))
+			hung.keys[refs[i]] = true
+		}
+		key := storage.TagKey("docker.io", "library/y", "v1")
+		prefetch := storage.PinRecord{PinnedAt: time.Unix(1700000000, 0).UTC(), Reason: "prefetch"}
+		must(t, ix.Pin(t.Context(), key, prefetch))
+		evicting, stop := context.WithCancel(context.Background()) // the collector's: no deadline
+		defer stop()
+		rechecked := make(chan error, 1)
+		go func() {
+			_, err := ix.RecheckPins(evicting, refs)
+			rechecked <- err
+		}()
+		<-hung.reached
+		taken := make(chan error, 1)
+		go func() {
+			removed, err := ix.UnpinIf(context.WithoutCancel(t.Context()), key, prefetch) // the job's copy failed
+			if err == nil && !removed {
+				err = errors.New("UnpinIf did not remove the job's pin")
+			}
+			taken <- err
+		}()
+		select {
+		case err := <-taken:
+			if err != nil {
+				t.Error(err)
+			}
+		case <-time.After(time.Minute): // the bubble's clock: once everything else waits
+			t.Error("a job taking back its pin still waits, a minute on, for an eviction's recheck of the pins of a hanging bucket")
+			stop()
+			<-taken
+		}
+		stop()
+		<-rechecked
+	})
 }

@@ -754,7 +754,10 @@ func (ix *Index) adoptNewer(ctx context.Context, bucket []byte, keys []string, n
 		return false, nil
 	}
 	found := make([][]byte, len(keys))
-	var eg errgroup.Group
+	// The first read to fail ends the others: each waiting out its own
+	// timeout, a bucket that hangs would hold RecheckPins, and the pins'
+	// lock it holds, for as many timeouts as there are rounds of keys.
+	eg, ctx := errgroup.WithContext(ctx)
 	eg.SetLimit(rechecks)
 	for i, key := range keys {
 		eg.Go(func() error {
