@@ -329,13 +329,7 @@ func TestUnpinDuringARefreshStaysUnpinned(t *testing.T) {
 		if err := <-unpinned; err != nil {
 			t.Fatal(err)
 		}
-		pins, err := ix.Pins()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got, ok := pins[key]; ok {
-			t.Errorf("pin of %s after an unpin during a Refresh: %+v; want none, as in the bucket", key, got)
-		}
+		wantNoPin(t, ix, key, "after an unpin during a Refresh")
 	})
 }
 
@@ -391,13 +385,7 @@ func TestUnpinDuringAPinRecheckStaysUnpinned(t *testing.T) {
 		if err := <-unpinned; err != nil {
 			t.Fatal(err)
 		}
-		pins, err := b.Pins()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got, ok := pins[key]; ok {
-			t.Errorf("pin of %s on b after its unpin during b's recheck: %+v; want none, as in the bucket", key, got)
-		}
+		wantNoPin(t, b, key, "on b after its unpin during b's recheck")
 	})
 }
 
@@ -437,25 +425,7 @@ func TestPinsNotHeldByARefreshOfAHangingBucket(t *testing.T) {
 		refreshed := make(chan error, 1)
 		go func() { refreshed <- ix.Refresh(refreshing) }()
 		<-hung.reached
-		taken := make(chan error, 1)
-		go func() {
-			removed, err := ix.UnpinIf(context.WithoutCancel(t.Context()), key, prefetch) // the job's copy failed
-			if err == nil && !removed {
-				err = errors.New("UnpinIf did not remove the job's pin")
-			}
-			taken <- err
-		}()
-		select {
-		case err := <-taken:
-			if err != nil {
-				t.Error(err)
-			}
-		case <-time.After(time.Hour): // the bubble's clock: once everything else waits
-			t.Error("a job taking back its pin still waits, an hour on, for a Refresh whose listing of the pins hangs")
-			stop()
-			<-taken
-		}
-		stop()
+		takeBackWithin(t, ix, key, prefetch, time.Hour, stop, "a Refresh whose listing of the pins hangs")
 		<-refreshed
 	})
 }
@@ -555,25 +525,46 @@ func TestPinsNotHeldByARecheckOfAHangingBucket(t *testing.T) {
 			rechecked <- err
 		}()
 		<-hung.reached
-		taken := make(chan error, 1)
-		go func() {
-			removed, err := ix.UnpinIf(context.WithoutCancel(t.Context()), key, prefetch) // the job's copy failed
-			if err == nil && !removed {
-				err = errors.New("UnpinIf did not remove the job's pin")
-			}
-			taken <- err
-		}()
-		select {
-		case err := <-taken:
-			if err != nil {
-				t.Error(err)
-			}
-		case <-time.After(time.Minute): // the bubble's clock: once everything else waits
-			t.Error("a job taking back its pin still waits, a minute on, for an eviction's recheck of the pins of a hanging bucket")
-			stop()
-			<-taken
-		}
-		stop()
+		takeBackWithin(t, ix, key, prefetch, time.Minute, stop, "an eviction's recheck of the pins of a hanging bucket")
 		<-rechecked
 	})
+}
+
+// wantNoPin fails t if ix holds a pin of key (when says after what).
+func wantNoPin(t *testing.T, ix *storage.Index, key, when string) {
+	t.Helper()
+	pins, err := ix.Pins()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, ok := pins[key]; ok {
+		t.Errorf("pin of %s %s: %+v; want none, as in the bucket", key, when, got)
+	}
+}
+
+// takeBackWithin is a job taking back its pin rec of key, on a context not
+// cancelled, as a failed copy does (UnpinIf), in a synctest bubble: it
+// fails t unless the pin is removed within bound of the bubble's clock,
+// held behind what (which stop ends).
+func takeBackWithin(t *testing.T, ix *storage.Index, key string, rec storage.PinRecord, bound time.Duration, stop func(), what string) {
+	t.Helper()
+	taken := make(chan error, 1)
+	go func() {
+		removed, err := ix.UnpinIf(context.WithoutCancel(t.Context()), key, rec)
+		if err == nil && !removed {
+			err = errors.New("UnpinIf did not remove the job's pin")
+		}
+		taken <- err
+	}()
+	select {
+	case err := <-taken:
+		if err != nil {
+			t.Error(err)
+		}
+	case <-time.After(bound): // the bubble's clock: once everything else waits
+		t.Errorf("a job taking back its pin still waits, %v on, for %s", bound, what)
+		stop()
+		<-taken
+	}
+	stop()
 }
