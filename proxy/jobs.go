@@ -46,8 +46,12 @@ func (p *Proxy) StartPrefetch(ctx context.Context, req PrefetchRequest, trigger 
 	return p.Job(job.ID)
 }
 
+// newJobID names a job started at t. The index lists and keeps jobs in
+// the order of their IDs: the time, to the nanosecond (jobs started within
+// one second are listed newest first too), then a random suffix for jobs
+// of several replicas at the same time.
 func newJobID(t time.Time) string {
-	return t.UTC().Format("20060102T150405") + "-" + strings.ToLower(rand.Text()[:10])
+	return t.UTC().Format("20060102T150405.000000000") + "-" + strings.ToLower(rand.Text()[:10])
 }
 
 // Job returns a job with its live progress.

@@ -2,12 +2,17 @@ package proxy
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/docker-mirror/docker-mirror/proxy/upstream"
 	"github.com/docker-mirror/docker-mirror/storage"
@@ -44,5 +49,51 @@ func TestPrefetchListEmptyIsAnArray(t *testing.T) {
 	}
 	if string(list.Jobs) != "[]" {
 		t.Errorf("GET /prefetch with no jobs: jobs %s, want []", list.Jobs)
+	}
+}
+
+// GET /prefetch lists the jobs newest first, and the index keeps the
+// newest finished ones: both go by the job's ID. The ID had the time to
+// the second only, then a random suffix, so jobs started within one
+// second (a script posting one per image, a sync beside a prefetch) were
+// listed, and pruned, in a random order.
+func TestPrefetchListNewestFirst(t *testing.T) {
+	var mu sync.Mutex
+	now := time.Date(2026, 12, 7, 15, 4, 5, 0, time.UTC)
+	tick := func() time.Time { // within one second, always later
+		mu.Lock()
+		defer mu.Unlock()
+		now = now.Add(time.Microsecond)
+		return now
+	}
+	// Each image fails (not upstream); the jobs end before the index
+	// closes.
+	p := inProcessMirror(t, http.NotFoundHandler(), WithClock(tick))
+	t.Cleanup(p.Close)
+	var posted []string
+	for i := range 20 {
+		rec := httptest.NewRecorder()
+		body := strings.NewReader(fmt.Sprintf(`{"images": ["library/image-%d"]}`, i))
+		p.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/prefetch", body))
+		if rec.Code != http.StatusAccepted {
+			t.Fatalf("POST /prefetch: %d %s", rec.Code, rec.Body)
+		}
+		posted = append(posted, strings.TrimPrefix(rec.Header().Get("Location"), "/prefetch/"))
+	}
+	rec := httptest.NewRecorder()
+	p.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/prefetch", nil))
+	var list struct {
+		Jobs []storage.Job `json:"jobs"`
+	}
+	if err := json.Unmarshal(rec.Body.Bytes(), &list); err != nil {
+		t.Fatalf("GET /prefetch: %d %s: %v", rec.Code, rec.Body, err)
+	}
+	var listed []string
+	for _, j := range list.Jobs {
+		listed = append(listed, j.ID)
+	}
+	slices.Reverse(posted)
+	if !slices.Equal(listed, posted) {
+		t.Errorf("GET /prefetch lists\n%q\nwant the jobs newest first\n%q", listed, posted)
 	}
 }
