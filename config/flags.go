@@ -428,5 +428,12 @@ func (f *Flags) Resolve(lookup func(string) (string, bool)) (Config, error) {
 	if err := c.Validate(); err != nil {
 		return Config{}, o.explain(err)
 	}
+	if c.Destination.URL != "" && c.Destination.Username != "" && c.Destination.Password == "" {
+		// Here, not in Validate: a file names the user and the variable
+		// gives the password. Sent with an empty one, every write was
+		// refused as if the password were wrong, after its content was
+		// fetched.
+		return Config{}, o.explain(fmt.Errorf("destination.username: no password for it: set %s or destination.password (it is sent only with one)", passwordEnv))
+	}
 	return c, nil
 }

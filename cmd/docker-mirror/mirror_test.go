@@ -1257,3 +1257,27 @@ func TestMirrorCommandInterruptedExits130(t *testing.T) {
 		t.Errorf("exit %d; want 130, saying it was interrupted\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
 	}
 }
+
+// A destination username without its password (the config file names the
+// user, DOCKER_MIRROR_DESTINATION_PASSWORD is not set: a CI job whose
+// secret is not given to it) was sent with an empty password: each image
+// was fetched from the upstream (a Docker Hub pull each), then failed on
+// the destination "refusing the credentials of user", sending the user to
+// look for a wrong password. It is refused at start, as an upstream's
+// username without a password is: exit 2, one line naming the password's
+// sources, nothing fetched or sent.
+func TestMirrorCommandUsernameWithoutPassword(t *testing.T) {
+	e := newMirrorEnv(t)
+	os.Unsetenv("DOCKER_MIRROR_DESTINATION_PASSWORD") // put back by newMirrorEnv's t.Setenv
+	code, stdout, stderr := e.mirror(t, "hello-world", "area51/jenkins:2.4")
+	if code != 2 || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, "destination.password") ||
+		!strings.Contains(stderr, "DOCKER_MIRROR_DESTINATION_PASSWORD") {
+		t.Errorf("exit %d, stderr %q; want 2 and one line naming destination.password and DOCKER_MIRROR_DESTINATION_PASSWORD\nstdout:\n%s", code, stderr, stdout)
+	}
+	if n := e.up.Count("", ""); n != 0 {
+		t.Errorf("the upstream was asked %d times", n)
+	}
+	if reqs := e.dest.Requests(); len(reqs) != 0 {
+		t.Errorf("the destination was asked %d times: %+v", len(reqs), reqs[0])
+	}
+}
