@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/distribution/reference"
 
@@ -66,6 +67,9 @@ func (p *Proxy) Copy(ctx context.Context, ref string, pats []oci.Platform, onPro
 	if err := p.writesRefused(im.t); err != nil {
 		// Refused of late: nothing is sent to the store to be refused
 		// again (a HEAD per blob of every platform), nor fetched for it.
+		return Progress{}, fmt.Errorf("%s not copied: %w", ref, err)
+	}
+	if err := p.storeUsable(ctx); err != nil {
 		return Progress{}, fmt.Errorf("%s not copied: %w", ref, err)
 	}
 	m, err := p.copySource(ctx, im.t, im.ref)
@@ -133,6 +137,21 @@ func (p *Proxy) Copy(ctx context.Context, ref string, pats []oci.Platform, onPro
 	}
 	prog.update(func() {})
 	return prog.snapshot(), nil
+}
+
+// storeUsable is Ready for a copy, looked up again only readyFor after it
+// last found the store usable: a store that cannot be used (a destination
+// down, or refusing the credentials) would fail the copy only once its
+// manifest was fetched, a Docker Hub pull for every image of a job.
+func (p *Proxy) storeUsable(ctx context.Context) error {
+	if at := p.copyChecked.Load(); at != 0 && p.now().Sub(time.Unix(0, at)) < readyFor {
+		return nil
+	}
+	if err := p.Ready(ctx); err != nil {
+		return err
+	}
+	p.copyChecked.Store(p.now().UnixNano())
+	return nil
 }
 
 // noPlatformMatches refuses a copy for platforms (pats, asked for or

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -80,6 +81,9 @@ type Proxy struct {
 	referrerFlights singleflight.Group // per "host/repo@subject\x00artifactType"
 	// readiness is the store's lookups for Ready (ready.go).
 	readiness readiness
+	// copyChecked is when a copy last found the store usable (UnixNano,
+	// 0: never): the copies within readyFor of it do not look again.
+	copyChecked atomic.Int64
 	// artifactChecks: when each recently revalidated image last had its
 	// artifacts looked for again (recheckArtifacts), by fillKey.
 	artifactChecks *lru.Cache[string, time.Time]

@@ -1281,3 +1281,29 @@ func TestMirrorCommandUsernameWithoutPassword(t *testing.T) {
 		t.Errorf("the destination was asked %d times: %+v", len(reqs), reqs[0])
 	}
 }
+
+// A destination that refuses the credentials (a password rotated, or
+// expired) failed each image only once its manifest had been fetched from
+// the upstream: a Docker Hub pull for every image named, to store none of
+// them (a sync's prefetch alike, at every run). Each copy now finds the
+// refusal first, and asks the upstream for nothing.
+func TestMirrorCommandRefusedCredentialsCostNoPull(t *testing.T) {
+	e := newMirrorEnv(t)
+	t.Setenv("DOCKER_MIRROR_DESTINATION_PASSWORD", wrongPassword)
+	code, stdout, stderr := e.mirror(t, "hello-world", "area51/jenkins:2.4")
+	if code != 1 {
+		t.Fatalf("exit %d; want 1\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+	if failed := failedLine(t, stderr); len(failed) != 2 {
+		t.Errorf("failed images %q; want both", failed)
+	}
+	for _, im := range []string{"hello-world", "area51/jenkins:2.4"} {
+		if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(im) + `: failed: .*refused the credentials of user "` + destUser + `"`).MatchString(stdout) {
+			t.Errorf("no line saying %s failed on the destination refusing the credentials:\n%s", im, stdout)
+		}
+	}
+	if n := e.up.Count(http.MethodGet, fixture.KindManifest) + e.up.Count(http.MethodGet, fixture.KindBlob); n != 0 {
+		t.Errorf("the upstream was asked %d GETs of manifests and blobs for a destination that refuses the credentials", n)
+	}
+	wantNoPassword(t, stdout, stderr)
+}
