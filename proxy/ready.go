@@ -95,9 +95,10 @@ func (p *Proxy) ReadyzLast(ctx context.Context, unanswered time.Duration) error 
 // way, and answers with the last lookup's answer; not ready if the
 // lookup under way has been unanswered for longer than unanswered (what
 // the others' probes of /readyz wait). Until a first lookup has
-// answered, it waits for one, at most unanswered.
+// answered, it waits for one until the lookup under way has gone
+// unanswered for unanswered: only the first call waits its whole time.
 func (p *Proxy) ReadyLast(ctx context.Context, unanswered time.Duration) error {
-	wait, cancel := context.WithTimeout(ctx, unanswered)
+	wait, cancel := context.WithTimeout(ctx, unanswered-p.lookingUpFor())
 	defer cancel()
 	if p.readiness.last.Load() != nil {
 		cancel() // the next answer, not waited for

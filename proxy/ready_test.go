@@ -77,3 +77,28 @@ func TestReadinessLookupsOfAHangingStoreDoNotPileUp(t *testing.T) {
 		}
 	})
 }
+
+// Until the store's first answer since the start, ReadyLast waits for one,
+// but only while the lookup under way is younger than unanswered: a store
+// that hung from the start held every scrape of the ready gauge (and every
+// load of the status page) its 5 seconds until the lookup timed out, not
+// only the first, as operations.md says.
+func TestReadyLastDoesNotWaitForAFirstLookupAlreadyUnanswered(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		mem, _ := memStore(t)
+		p := transportMirror(t, inProcess{http.NotFoundHandler()}, hangingStore{Store: mem})
+		defer p.Close()
+		if err := p.ReadyLast(t.Context(), ReadyUnanswered); err == nil {
+			t.Fatal("ReadyLast of a store that hangs: ready")
+		}
+		time.Sleep(2 * ReadyUnanswered) // the next scrape; the lookup still hangs
+		start, unanswered := time.Now(), p.lookingUpFor()
+		err := p.ReadyLast(t.Context(), ReadyUnanswered)
+		if err == nil {
+			t.Fatal("ReadyLast of a store that hangs: ready")
+		}
+		if waited := time.Since(start); waited > 0 {
+			t.Errorf("ReadyLast waited %v (the bubble's clock) for a lookup unanswered for %v; want its answer at once (%v)", waited, unanswered, err)
+		}
+	})
+}
