@@ -149,15 +149,17 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 	// This client reads the download: once it stops (done or gone) and
 	// nobody else does, the download is cancelled.
 	defer leave()
+	size, err = dl.waitSpooled(ctx)
+	if err != nil {
+		return err
+	}
+	// Taken once its first bytes are in, as the answer begins: a client
+	// gone while waiting for them takes no miss with it.
 	if !p.blobs.answer(dl) {
 		// A herd's: the upstream sends the blob once, for the client
 		// answered first (the miss); to the others it is as good as
 		// stored.
 		w.Header().Set(cacheHeader, "hit")
-	}
-	size, err = dl.waitSpooled(ctx)
-	if err != nil {
-		return err
 	}
 	// Relaying the download counts as streaming: the fsyncs of blobs
 	// verified meanwhile wait until this client has its bytes (quiet.go).
