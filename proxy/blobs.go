@@ -49,6 +49,11 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 	defer release()
 	size, f, ok, err := p.openStoredBlob(ctx, t, dgst, r.Method == http.MethodGet)
 	if err != nil {
+		if errors.As(err, new(*upstream.Error)) {
+			// Held for another repository, and the upstream asked
+			// whether this one has it (mayServe): its answer passed on.
+			w.Header().Set(cacheHeader, "miss")
+		}
 		return err
 	}
 	if ok {

@@ -183,3 +183,29 @@ func TestBlobHeadNotHeldIsAMiss(t *testing.T) {
 		t.Errorf("a HEAD not held, a GET, a HEAD held: %v blob misses, %v hits; want 2, 1", mi, h)
 	}
 }
+
+// A blob held for one repository, asked for another that the upstream
+// says does not have it, is answered 404 after the upstream was asked:
+// X-Cache says miss, as for any error the upstream passed on, not none,
+// which operations.md keeps for errors found before any lookup.
+func TestXCacheOfBlobHeldForAnotherRepositoryNotUpstream(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/xc", "1", 1, 1<<10)
+	up.SeedImage(t, "library/other", "1", 1, 1<<10)
+	m := servertest.Start(t, up.URL())
+	if r := get(t, m.URL()+"/v2/xc/blobs/"+img.Layers[0]); r.status != http.StatusOK {
+		t.Fatalf("blob GET: %d", r.status)
+	}
+	m.WaitIdle()
+	before := up.Count("", "")
+	r := get(t, m.URL()+"/v2/other/blobs/"+img.Layers[0])
+	if r.status != http.StatusNotFound {
+		t.Fatalf("blob held for another repository, not in this one upstream: %d, want 404 (%s)", r.status, r.body)
+	}
+	if up.Count("", "") == before {
+		t.Fatal("the upstream was not asked whether the repository has the blob")
+	}
+	if c := r.header.Get("X-Cache"); c != "miss" {
+		t.Errorf("X-Cache of a 404 the upstream answered: %q, want miss", c)
+	}
+}
