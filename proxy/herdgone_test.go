@@ -36,15 +36,7 @@ func (h heldBlobs) RoundTrip(r *http.Request) (*http.Response, error) {
 func TestHerdOfOneBlobWhoseFirstClientLeftIsOneMiss(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
-		img := pushSized(t, reg, "library/a:1", 4<<10, 1)
-		layers, err := img.Layers()
-		if err != nil {
-			t.Fatal(err)
-		}
-		dgst, err := layers[0].Digest()
-		if err != nil {
-			t.Fatal(err)
-		}
+		dgst := firstLayer(t, pushSized(t, reg, "library/a:1", 4<<10, 1))
 		open := make(chan struct{})
 		p := transportMirror(t, heldBlobs{inProcess{reg}, open}, nil)
 		defer p.Close()

@@ -38,21 +38,36 @@ func goroutinesIn(frame string) int {
 	return count
 }
 
-// A herd of clients pulling a tag past its TTL causes one upstream HEAD:
-// the revalidation is shared. The upstream holds every manifest HEAD until
-// all the clients are inside the mirror's revalidation (seen on their
-// goroutines' stacks), so they overlap for certain.
-func TestStaleTagRevalidatedOnceForAHerd(t *testing.T) {
-	const herd = 8
-	up := fixture.StartUpstream(t)
-	img := up.SeedImage(t, "library/herd", "1", 1, 1<<10)
+// waitGoroutinesIn waits, within the watchdog, until n goroutines have
+// frame on their stack (goroutinesIn); else it returns how many had.
+func waitGoroutinesIn(t *testing.T, frame string, n int) (in int, ok bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), watchdog)
+	defer cancel()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if in = goroutinesIn(frame); in >= n {
+			return in, true
+		}
+		select {
+		case <-ctx.Done():
+			return in, false
+		case <-tick.C:
+		}
+	}
+}
+
+// holdingFront serves as up does, but holds each request held picks (or
+// until its client goes away) until open is called; register open as a
+// cleanup after the mirror's start, so that it runs before the mirror
+// stops.
+func holdingFront(t *testing.T, up http.Handler, held func(*http.Request) bool) (url string, open func()) {
+	t.Helper()
 	release := make(chan struct{})
-	var releaseOnce sync.Once
-	open := func() { releaseOnce.Do(func() { close(release) }) }
-	var heads atomic.Int32
+	open = sync.OnceFunc(func() { close(release) })
 	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodHead && strings.Contains(r.URL.Path, "/manifests/") {
-			heads.Add(1)
+		if held(r) {
 			select {
 			case <-release:
 			case <-r.Context().Done():
@@ -62,9 +77,28 @@ func TestStaleTagRevalidatedOnceForAHerd(t *testing.T) {
 		up.ServeHTTP(w, r)
 	}))
 	t.Cleanup(front.Close)
+	return front.URL, open
+}
+
+// A herd of clients pulling a tag past its TTL causes one upstream HEAD:
+// the revalidation is shared. The upstream holds every manifest HEAD until
+// all the clients are inside the mirror's revalidation (seen on their
+// goroutines' stacks), so they overlap for certain.
+func TestStaleTagRevalidatedOnceForAHerd(t *testing.T) {
+	const herd = 8
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/herd", "1", 1, 1<<10)
+	var heads atomic.Int32
+	front, open := holdingFront(t, up, func(r *http.Request) bool {
+		if r.Method != http.MethodHead || !strings.Contains(r.URL.Path, "/manifests/") {
+			return false
+		}
+		heads.Add(1)
+		return true
+	})
 	// Without referrers: the fill's HEADs of signature tags would wait
 	// at the front too.
-	m := servertest.Start(t, front.URL, proxy.WithTagTTL(time.Minute), proxy.WithReferrers(false))
+	m := servertest.Start(t, front, proxy.WithTagTTL(time.Minute), proxy.WithReferrers(false))
 	t.Cleanup(open) // before the mirror stops
 	url := m.URL() + "/v2/herd/manifests/1"
 
@@ -80,19 +114,12 @@ func TestStaleTagRevalidatedOnceForAHerd(t *testing.T) {
 	for range herd {
 		go func() { results <- get(t, url) }()
 	}
-	ctx, cancel := context.WithTimeout(t.Context(), watchdog)
-	defer cancel()
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	const frame = "proxy.(*Proxy).revalidate("
-	for goroutinesIn(frame) < herd {
-		select {
-		case <-ctx.Done():
-			t.Fatalf("%d of %d clients in the revalidation, %d upstream HEADs", goroutinesIn(frame), herd, heads.Load())
-		case <-tick.C:
-		}
+	if in, ok := waitGoroutinesIn(t, "proxy.(*Proxy).revalidate(", herd); !ok {
+		t.Fatalf("%d of %d clients in the revalidation, %d upstream HEADs", in, herd, heads.Load())
 	}
 	open()
+	ctx, cancel := context.WithTimeout(t.Context(), watchdog)
+	defer cancel()
 	for range herd {
 		select {
 		case r := <-results:

@@ -4,11 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/docker-mirror/docker-mirror/proxy"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
@@ -190,39 +188,21 @@ func TestHerdOfOneManifestIsOneMiss(t *testing.T) {
 	const herd = 16
 	up := fixture.StartUpstream(t)
 	img := up.SeedImage(t, "library/herd", "1", 1, 1<<10)
-	release := make(chan struct{})
-	var releaseOnce sync.Once
-	open := func() { releaseOnce.Do(func() { close(release) }) }
-	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/manifests/1") {
-			select {
-			case <-release:
-			case <-r.Context().Done():
-				return
-			}
-		}
-		up.ServeHTTP(w, r)
-	}))
-	t.Cleanup(front.Close)
-	m := servertest.Start(t, front.URL, proxy.WithReferrers(false))
+	front, open := holdingFront(t, up, func(r *http.Request) bool {
+		return r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/manifests/1")
+	})
+	m := servertest.Start(t, front, proxy.WithReferrers(false))
 	t.Cleanup(open) // before the mirror stops
 	results := make(chan response, herd)
 	for range herd {
 		go func() { results <- get(t, m.URL()+"/v2/herd/manifests/1") }()
 	}
-	ctx, cancel := context.WithTimeout(t.Context(), watchdog)
-	defer cancel()
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	const frame = "proxy.(*Proxy).startManifestOf("
-	for goroutinesIn(frame) < herd {
-		select {
-		case <-ctx.Done():
-			t.Fatalf("%d of %d clients waiting on the manifest's fetch", goroutinesIn(frame), herd)
-		case <-tick.C:
-		}
+	if in, ok := waitGoroutinesIn(t, "proxy.(*Proxy).startManifestOf(", herd); !ok {
+		t.Fatalf("%d of %d clients waiting on the manifest's fetch", in, herd)
 	}
 	open()
+	ctx, cancel := context.WithTimeout(t.Context(), watchdog)
+	defer cancel()
 	seen := map[string]int{}
 	for range herd {
 		select {

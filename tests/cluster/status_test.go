@@ -178,6 +178,17 @@ func statusPeerNamed(t *testing.T, ctx context.Context, base, name string) statu
 	return statusPeer{}
 }
 
+// withHangingReadiness is the options of a replica on clock whose store,
+// the one configured, looks the store up for readiness as h does
+// (storetest.HangingReadiness).
+func withHangingReadiness(clock *servertest.Clock, h storetest.HangingReadiness) []server.Option {
+	return []server.Option{server.WithClock(clock.Now), server.WithStore(func(ctx context.Context, cfg config.Config, ix *storage.Index) (storage.Store, string, error) {
+		s, name, err := server.OpenStore(ctx, cfg, ix)
+		h.Store = s
+		return h, name, err
+	})}
+}
+
 // The status page answers at once while the replica's store hangs: its
 // own row shows the last answer of its readiness, and not ready once the
 // lookup under way has been unanswered for longer than the others' probes
@@ -190,10 +201,7 @@ func TestStatusDoesNotWaitForAHangingStore(t *testing.T) {
 	gate := make(chan struct{})
 	clock := servertest.NewClock()
 	rs := startClusterWith(t, 1, up, sharedDir, nil, func(int) []server.Option {
-		return []server.Option{server.WithClock(clock.Now), server.WithStore(func(ctx context.Context, cfg config.Config, ix *storage.Index) (storage.Store, string, error) {
-			s, name, err := server.OpenStore(ctx, cfg, ix)
-			return storetest.HangingReadiness{Store: s, Hanging: &hanging, Entered: entered, Gate: gate}, name, err
-		})}
+		return withHangingReadiness(clock, storetest.HangingReadiness{Hanging: &hanging, Entered: entered, Gate: gate})
 	})
 	t.Cleanup(func() { close(gate) }) // before the replica stops
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -257,10 +265,7 @@ func TestStatusShowsPeerWithAHangingStoreNotReady(t *testing.T) {
 		if i == 0 {
 			return nil
 		}
-		return []server.Option{server.WithClock(clock.Now), server.WithStore(func(ctx context.Context, cfg config.Config, ix *storage.Index) (storage.Store, string, error) {
-			s, name, err := server.OpenStore(ctx, cfg, ix)
-			return storetest.HangingReadiness{Store: s, Hanging: &hanging, Entered: entered, Gate: gate}, name, err
-		})}
+		return withHangingReadiness(clock, storetest.HangingReadiness{Hanging: &hanging, Entered: entered, Gate: gate})
 	})
 	t.Cleanup(func() { close(gate) }) // before the replicas stop
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
