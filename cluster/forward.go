@@ -114,8 +114,11 @@ func passedOn(resp *http.Response) bool {
 	return false
 }
 
-// blobHeaders are the headers of an owner's blob answer passed on.
-var blobHeaders = []string{"Content-Type", "Content-Length", "Content-Range", "Accept-Ranges", "Docker-Content-Digest", "ETag", "Cache-Control", "Retry-After"}
+// blobHeaders are the headers of an owner's blob answer passed on; its
+// X-Cache too, which the answer is counted by here, where its client is:
+// of a herd sharing the owner's download, only the first answered is the
+// miss, wherever its clients came in.
+var blobHeaders = []string{"Content-Type", "Content-Length", "Content-Range", "Accept-Ranges", "Docker-Content-Digest", "ETag", "Cache-Control", "Retry-After", cacheHeader}
 
 // ServeBlob answers a client's GET of a blob this replica does not hold
 // through the blob's owner, streaming the owner's answer as it comes
