@@ -114,13 +114,16 @@ func (p *Proxy) ReadyLast(ctx context.Context, unanswered time.Duration) error {
 // the store may have recovered since. But while the store hangs (its
 // lookup under way, or its last one, unanswered for longer than
 // unanswered) it answers as ReadyLast, with the last answer, not waited
-// for: the page's check would otherwise hold a load of the page.
+// for: the page's check would otherwise hold a load of the page. A lookup
+// under way is waited for only until it has gone unanswered for
+// unanswered.
 func (p *Proxy) CheckStore(ctx context.Context, unanswered time.Duration) error {
-	if last := p.readiness.last.Load(); last != nil && last.took > unanswered || p.lookingUpFor() > unanswered {
-		wait, cancel := context.WithCancel(ctx)
-		cancel() // the next answer, not waited for
-		ctx = wait
+	wait := unanswered - p.lookingUpFor()
+	if last := p.readiness.last.Load(); last != nil && last.took > unanswered {
+		wait = 0 // the next answer, not waited for
 	}
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
 	throttled, err := p.lastAnswer(ctx, unanswered)
 	if err != nil {
 		return err

@@ -102,3 +102,34 @@ func TestReadyLastDoesNotWaitForAFirstLookupAlreadyUnanswered(t *testing.T) {
 		}
 	})
 }
+
+// The status page's destination check, finding a lookup of a store that
+// hangs under way but not yet unanswered for unanswered, waits for its
+// answer only until it has been: it waited its whole timeout (5 s), and
+// a load of the page 3 s into the lookup was held until 8 s, to show no
+// answer.
+func TestCheckStoreWaitsOnlyUntilTheLookupIsUnanswered(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		mem, _ := memStore(t)
+		p := transportMirror(t, inProcess{http.NotFoundHandler()}, hangingStore{Store: mem})
+		defer p.Close()
+		probe, cancel := context.WithTimeout(t.Context(), time.Second)
+		defer cancel()
+		if err := p.Ready(probe); err == nil {
+			t.Fatal("Ready of a store that hangs: ready")
+		}
+		time.Sleep(2 * time.Second) // the lookup hangs for 3 s
+		// The page's timeout.
+		check, cancel := context.WithTimeout(t.Context(), ReadyUnanswered)
+		defer cancel()
+		start, unanswered := time.Now(), p.lookingUpFor()
+		err := p.CheckStore(check, ReadyUnanswered)
+		if err == nil {
+			t.Fatal("CheckStore of a store that hangs: nil")
+		}
+		if waited := time.Since(start); waited > ReadyUnanswered-unanswered {
+			t.Errorf("CheckStore waited %v (the bubble's clock) for a lookup unanswered for %v; want at most %v, until it has been for %v (%v)",
+				waited, unanswered, ReadyUnanswered-unanswered, ReadyUnanswered, err)
+		}
+	})
+}
