@@ -142,9 +142,13 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 		if ok {
+			// From the store, as any stored blob (one a registry
+			// destination mounted from another repository): a hit.
+			w.Header().Set(cacheHeader, "hit")
 			if gone, err := p.serveStored(w, r, t, dgst, size, nil, release); !gone {
 				return err
 			}
+			w.Header().Set(cacheHeader, "miss")
 		}
 		if try > 0 {
 			return fmt.Errorf("blob %s: %w", dgst, storage.ErrNotFound)

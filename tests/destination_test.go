@@ -1553,3 +1553,34 @@ func TestDestinationUnreadableManifestRecord(t *testing.T) {
 	wantManifest(t, get(t, byDigest), img.Manifest, img.MediaType)
 	wantManifest(t, get(t, m.URL()+"/v2/library/app/manifests/v1"), img.Manifest, img.MediaType)
 }
+
+// A blob the destination holds for another repository, asked for one the
+// upstream says has it, is mounted and served from the destination, as a
+// store holding blobs once answers it from there: a hit. It said
+// X-Cache: miss and was counted a miss, its bytes as from the upstream,
+// which sent none: an image built on a mirrored one showed every shared
+// layer a miss with a registry destination, a hit without.
+func TestDestinationBlobMountedFromAnotherRepositoryIsAHit(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	ma := up.SeedMultiArch(t, "library/hello-world", "latest", fixture.OCI, fixture.WithLayerSize(64<<10))
+	base := ma.Platforms["linux/amd64"]
+	seedDerived(t, up, "library/hello-world", base, "area51/jenkins", "2.4")
+	dest := startDest(t)
+	m := startDestMirror(t, up, dest, nil)
+	layer := base.Layers[0]
+	if r := get(t, m.URL()+"/v2/library/hello-world/blobs/"+layer); r.status != http.StatusOK {
+		t.Fatalf("blob GET: %d", r.status)
+	}
+	m.WaitIdle()
+	up.ResetCounts()
+	r := get(t, m.URL()+"/v2/area51/jenkins/blobs/"+layer)
+	if r.status != http.StatusOK || sha(r.body) != layer {
+		t.Fatalf("blob GET in the other repository: %d", r.status)
+	}
+	if n := up.BlobBytesFor(layer); n != 0 {
+		t.Fatalf("blob held at the destination fetched again from the upstream (%d bytes)", n)
+	}
+	if c := r.header.Get("X-Cache"); c != "hit" {
+		t.Errorf("X-Cache of a blob mounted from another repository of the destination: %q, want hit", c)
+	}
+}
