@@ -3,9 +3,12 @@ package lease_test
 import (
 	"context"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -532,5 +535,39 @@ func TestLeasesReleasedWhereDeleteIfMatchIsRefused(t *testing.T) {
 	}
 	if keys, err := objs.List(ctx, "records/leases/"); err != nil || len(keys) != 0 {
 		t.Fatalf("leases after a's start: %v, %v; want none", keys, err)
+	}
+}
+
+// With AWS_CA_BUNDLE set (as on many CI machines and in corporate
+// networks), the SDK loads the bundle into the transport of the session's
+// client: given none, http.DefaultClient's, which it replaced for the
+// whole process (a race with every other user of it). The leases have a
+// client of their own, and reach a bucket behind a certificate the bundle
+// names, as the storage does.
+func TestNewS3LeavesTheDefaultClientAlone(t *testing.T) {
+	srv := leasetest.Start(t, true)
+	front := httptest.NewTLSServer(srv)
+	t.Cleanup(front.Close)
+	bundle := filepath.Join(t.TempDir(), "ca.pem")
+	cert := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: front.Certificate().Raw})
+	if err := os.WriteFile(bundle, cert, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("AWS_CA_BUNDLE", bundle)
+	was := http.DefaultClient.Transport
+	t.Cleanup(func() { http.DefaultClient.Transport = was })
+
+	objs, err := lease.NewS3(map[string]any{
+		"accesskey": "test", "secretkey": "test", "region": "us-east-1", "bucket": "b",
+		"regionendpoint": front.URL, "forcepathstyle": true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if http.DefaultClient.Transport != was {
+		t.Error("lease.NewS3 replaced http.DefaultClient's transport")
+	}
+	if ok, err := lease.Probe(context.Background(), objs, "records/leases/probe"); err != nil || !ok {
+		t.Fatalf("probe through AWS_CA_BUNDLE = %v, %v; want conditional writes found", ok, err)
 	}
 }

@@ -60,13 +60,16 @@ func NewS3(params map[string]any) (*S3, error) {
 	if ep := str("regionendpoint"); ep != "" {
 		cfg.Endpoint = aws.String(ep)
 	}
+	// A client of its own, as the driver has: given none, the SDK loads
+	// AWS_CA_BUNDLE into http.DefaultClient's transport, for the whole
+	// process.
+	t := http.DefaultTransport.(*http.Transport).Clone()
 	if flag("skipverify", false) {
 		// As the driver does: the storage reaches the endpoint this way,
 		// so must the leases.
-		t := http.DefaultTransport.(*http.Transport).Clone()
 		t.TLSClientConfig = &tls.Config{InsecureSkipVerify: true}
-		cfg.HTTPClient = &http.Client{Transport: t}
 	}
+	cfg.HTTPClient = &http.Client{Transport: t}
 	if ak, sk := str("accesskey"), str("secretkey"); ak != "" || sk != "" {
 		cfg.Credentials = credentials.NewStaticCredentials(ak, sk, "") // no session token: the driver takes none, nor does the configuration
 	}

@@ -132,6 +132,7 @@ func (s *Server) Objects(bucket string) *lease.S3 {
 		Region:           aws.String("us-east-1"),
 		S3ForcePathStyle: aws.Bool(true),
 		DisableSSL:       aws.Bool(true),
+		HTTPClient:       &http.Client{}, // not http.DefaultClient, which AWS_CA_BUNDLE would change
 	})))
 	return lease.NewS3Client(client, bucket, "")
 }

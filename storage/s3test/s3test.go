@@ -13,6 +13,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -113,6 +114,7 @@ func Start(t testing.TB) *Server {
 		Region:           aws.String(Region),
 		S3ForcePathStyle: aws.Bool(true),
 		DisableSSL:       aws.Bool(true),
+		HTTPClient:       &http.Client{}, // not http.DefaultClient, which AWS_CA_BUNDLE would change
 	})))
 	// Waiting for a process we do not control to listen: poll its port.
 	deadline := time.Now().Add(30 * time.Second)
