@@ -425,6 +425,13 @@ func (p *Proxy) ensureManifest(ctx context.Context, t target, dgst digest.Digest
 		return nil, fmt.Errorf("manifest lists an invalid manifest digest %q: %w", dgst, err)
 	}
 	stored := func() (*storedManifest, error) {
+		// A write under way first: it leaves p.writes only once recorded,
+		// so one not found there is found linked. Looked up the other way
+		// round, a write ending in between is in neither, and the manifest
+		// is fetched again (a pull Docker Hub counts).
+		if w := p.writes.get(manifestKey(t, oci.Ref{Digest: dgst})); w != nil {
+			return w.wait(ctx)
+		}
 		if linked, err := p.index.Linked(t.host(), t.repo, dgst); err == nil && linked {
 			if m, err := p.loadManifest(ctx, t, dgst); err == nil {
 				// Reused for the image being filled: noted where another
@@ -444,6 +451,9 @@ func (p *Proxy) ensureManifest(ctx context.Context, t target, dgst digest.Digest
 	if m, err := stored(); m != nil || err != nil {
 		p.fetches.Release(1)
 		return m, err
+	}
+	if p.fetchingManifest != nil {
+		p.fetchingManifest(oci.Ref{Digest: dgst})
 	}
 	w, err := p.startManifestOf(ctx, t, oci.Ref{Digest: dgst}, false, grouped, nil, "")
 	// The turn is the fetch's: the other children fetch while this one's

@@ -77,8 +77,12 @@ type Proxy struct {
 	tagFlights      singleflight.Group // per "host/repo:tag"
 	manifestFlights singleflight.Group // per "host/repo@digest" and "host/repo:tag"
 	// writes are the manifests answered and not yet recorded.
-	writes          manifestWrites
-	referrerFlights singleflight.Group // per "host/repo@subject\x00artifactType"
+	writes manifestWrites
+	// fetchingManifest, if set, is called when a fill or copy
+	// (ensureManifest) found a manifest neither being written nor held,
+	// just before it fetches it: tests hold it there.
+	fetchingManifest func(ref oci.Ref)
+	referrerFlights  singleflight.Group // per "host/repo@subject\x00artifactType"
 	// readiness is the store's lookups for Ready (ready.go).
 	readiness readiness
 	// copyChecked is when a copy last found the store usable (UnixNano,

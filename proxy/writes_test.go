@@ -285,6 +285,55 @@ func TestFillAndPrefetchWaitForAManifestBeingWritten(t *testing.T) {
 	}
 }
 
+// A copy (or fill) of a manifest being written waits for its record, and
+// does not fetch it again however late it looks: the write, once recorded,
+// leaves p.writes, so a copy that looked in the index first and in
+// p.writes after, the write ending in between, found it in neither.
+func TestCopyOfAManifestWhoseWriteEndsMeanwhileFetchesItOnce(t *testing.T) {
+	f := newWritesFixture(t)
+	img := f.up.SeedImage(t, "library/app", "v1", 1, 4<<10)
+	g := f.store.gate(img.Digest)
+	reached := make(chan struct{})
+	var once sync.Once
+	var w *manifestWrite
+	f.p.fetchingManifest = func(ref oci.Ref) {
+		if ref.Digest.String() != img.Digest {
+			return
+		}
+		once.Do(func() { close(reached) })
+		// The write ends here, before the copy fetches.
+		<-w.done
+	}
+
+	f.request(t, http.MethodGet, "/v2/library/app/manifests/"+img.Digest, img.Manifest, img.MediaType, "miss")
+	recv(t, g.reached, "the write")
+	w = f.p.writes.get(manifestKey(target{up: f.p.upstreams[DefaultHost], repo: "library/app"}, oci.Ref{Digest: digest.Digest(img.Digest)}))
+	copied := make(chan error, 1)
+	go func() {
+		_, err := f.p.Copy(t.Context(), "library/app@"+img.Digest, nil, nil)
+		copied <- err
+	}()
+	select {
+	case <-w.waited: // waits for the record
+	case <-reached: // about to fetch it
+	case <-time.After(time.Minute):
+		t.Fatal("the copy neither waits for the write nor fetches")
+	}
+	g.release <- nil
+	select {
+	case err := <-copied:
+		if err != nil {
+			t.Fatalf("copy: %v", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("copy still running")
+	}
+	f.waitIdle(t)
+	if n := f.manifestRequests("library/app", img.Digest); n != 1 {
+		t.Errorf("the upstream saw %d requests for the manifest, want 1", n)
+	}
+}
+
 // A write that fails after the answer is logged and counted, leaves
 // nothing recorded (no manifest, no tag, no fill, no pull), and the next
 // request fetches the manifest again and records it.
