@@ -200,9 +200,16 @@ func (p *Proxy) copySource(ctx context.Context, t target, ref oci.Ref) (*storedM
 	if ref.IsDigest() {
 		return p.ensureManifest(ctx, t, ref.Digest, false)
 	}
+	// Looked up before the index, as ensureManifest does: a write leaves
+	// p.writes only once recorded, so one ending between the two is found
+	// in either, not fetched again.
+	writing := p.writes.get(manifestKey(t, ref))
 	rec, ok, err := p.index.TagHit(t.host(), t.repo, ref.Tag)
 	if err != nil {
 		return nil, err
+	}
+	if !ok && writing != nil {
+		return writing.wait(ctx)
 	}
 	var fetched *upstream.Manifest
 	if ok {
@@ -222,6 +229,9 @@ func (p *Proxy) copySource(ctx context.Context, t target, ref oci.Ref) (*storedM
 			// not answered: the GET says which.
 			fetched = a.fetched
 		}
+	}
+	if p.fetchingManifest != nil {
+		p.fetchingManifest(ref)
 	}
 	w, err := p.startManifestFrom(ctx, t, ref, false, fetched)
 	if err != nil {

@@ -79,8 +79,8 @@ type Proxy struct {
 	// writes are the manifests answered and not yet recorded.
 	writes manifestWrites
 	// fetchingManifest, if set, is called when a fill or copy
-	// (ensureManifest) found a manifest neither being written nor held,
-	// just before it fetches it: tests hold it there.
+	// (ensureManifest, copySource) found a manifest neither being written
+	// nor held, just before it fetches it: tests hold it there.
 	fetchingManifest func(ref oci.Ref)
 	referrerFlights  singleflight.Group // per "host/repo@subject\x00artifactType"
 	// readiness is the store's lookups for Ready (ready.go).

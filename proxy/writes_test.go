@@ -334,6 +334,53 @@ func TestCopyOfAManifestWhoseWriteEndsMeanwhileFetchesItOnce(t *testing.T) {
 	}
 }
 
+// So does a prefetch of a tag whose pull's write ends while it looks: it
+// looked in the index first and in p.writes after, and found it in
+// neither.
+func TestPrefetchOfATagWhoseWriteEndsMeanwhileFetchesItOnce(t *testing.T) {
+	f := newWritesFixture(t)
+	img := f.up.SeedImage(t, "library/app", "v1", 1, 4<<10)
+	g := f.store.gate(img.Digest)
+	reached := make(chan struct{})
+	var once sync.Once
+	var w *manifestWrite
+	f.p.fetchingManifest = func(ref oci.Ref) {
+		if ref.Tag != "v1" {
+			return
+		}
+		once.Do(func() { close(reached) })
+		<-w.done // the write ends here, before the prefetch fetches
+	}
+
+	f.request(t, http.MethodGet, "/v2/library/app/manifests/v1", img.Manifest, img.MediaType, "miss")
+	recv(t, g.reached, "the write")
+	w = f.p.writes.get(manifestKey(target{up: f.p.upstreams[DefaultHost], repo: "library/app"}, oci.Ref{Tag: "v1"}))
+	copied := make(chan error, 1)
+	go func() {
+		_, err := f.p.Copy(t.Context(), "library/app:v1", nil, nil)
+		copied <- err
+	}()
+	select {
+	case <-w.waited:
+	case <-reached:
+	case <-time.After(time.Minute):
+		t.Fatal("the prefetch neither waits for the write nor fetches")
+	}
+	g.release <- nil
+	select {
+	case err := <-copied:
+		if err != nil {
+			t.Fatalf("prefetch: %v", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("prefetch still running")
+	}
+	f.waitIdle(t)
+	if n := f.manifestRequests("library/app", "v1") + f.manifestRequests("library/app", img.Digest); n != 1 {
+		t.Errorf("the upstream saw %d requests for the manifest, want 1", n)
+	}
+}
+
 // A write that fails after the answer is logged and counted, leaves
 // nothing recorded (no manifest, no tag, no fill, no pull), and the next
 // request fetches the manifest again and records it.
