@@ -1408,3 +1408,27 @@ func unansweredToken(logins *atomic.Int64) roundTripFunc {
 		return nil, r.Context().Err()
 	}
 }
+
+// TestRedirectLoopIsAnAnswer: a blob the upstream (or its storage)
+// redirects in a loop fails as the upstream's answer, its last redirect,
+// not as the upstream unreachable: the status page would show it down,
+// with every other request it answers, and send its operator looking for
+// a network fault.
+func TestRedirectLoopIsAnAnswer(t *testing.T) {
+	var storage *registry
+	storage = startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		http.Redirect(w, req, storage.srv.URL+"/blob", http.StatusFound) // a misconfigured CDN
+	})
+	up := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		http.Redirect(w, req, storage.srv.URL+"/blob", http.StatusTemporaryRedirect)
+	})
+	c := up.client(t)
+	_, _, err := c.Blob(t.Context(), "library/x", digest.FromString("blob"), 0)
+	var ue *Error
+	if !errors.As(err, &ue) || ue.Status != http.StatusFound || ue.Storage != storage.srv.Listener.Addr().String() {
+		t.Fatalf("a blob redirected in a loop: %#v, want the storage's %d", err, http.StatusFound)
+	}
+	if st := c.State(); st.Unreachable {
+		t.Errorf("the upstream is shown unreachable after a redirect loop: %s", st.LastError)
+	}
+}

@@ -1747,7 +1747,7 @@ func (c *Client) send(ctx context.Context, t http.RoundTripper, req *http.Reques
 	// signed URL, after a new handshake) would otherwise start with, and
 	// which redirects pass on to the same domain (a storage on the
 	// upstream's host name, another port, or a subdomain).
-	resp, err := (&http.Client{Transport: t}).Do(req.Clone(rctx))
+	resp, err := (&http.Client{Transport: t, CheckRedirect: lastRedirect}).Do(req.Clone(rctx))
 	timer.Stop()
 	if err != nil {
 		cause := context.Cause(ctx)
@@ -1766,6 +1766,17 @@ func (c *Client) send(ctx context.Context, t http.RoundTripper, req *http.Reques
 	b.idle = time.AfterFunc(c.timeout, func() { cancel(errStalled) })
 	resp.Body = b
 	return resp, nil
+}
+
+// lastRedirect follows redirects as Go does, and ends a loop of them (a
+// misconfigured storage or CDN) where Go does, at the tenth, with that
+// redirect as the answer: the upstream answered, and is not unreachable
+// (the status page would show it so, with every request it answers).
+func lastRedirect(_ *http.Request, via []*http.Request) error {
+	if len(via) >= 10 {
+		return http.ErrUseLastResponse
+	}
+	return nil
 }
 
 // cancelOnClose releases a request's context with its body, counts the
