@@ -353,8 +353,16 @@ func TestOpenPingThenChallenged(t *testing.T) {
 // server) gets the token the Bearer challenge names, as docker and crane
 // get it, instead of being sent every request without one.
 func TestPingChallengesSchemesItCannotAnswerFirst(t *testing.T) {
-	negotiateFirst := func(w http.ResponseWriter, req *http.Request, scope string) {
-		w.Header().Add("WWW-Authenticate", "Negotiate")
+	headWithBearerAfter(t, "Negotiate")
+}
+
+// headWithBearerAfter checks that a manifest HEAD of an upstream whose
+// ping and refusals challenge with first, then Bearer, gets the anonymous
+// token the Bearer challenge names and is answered.
+func headWithBearerAfter(t *testing.T, first string) {
+	t.Helper()
+	challenge := func(w http.ResponseWriter, req *http.Request, scope string) {
+		w.Header().Add("WWW-Authenticate", first)
 		w.Header().Add("WWW-Authenticate", fmt.Sprintf(`Bearer realm="http://%s/token",service="test"%s`, req.Host, scope))
 		w.WriteHeader(http.StatusUnauthorized)
 	}
@@ -365,9 +373,9 @@ func TestPingChallengesSchemesItCannotAnswerFirst(t *testing.T) {
 		case req.Header.Get("Authorization") == "Bearer anon":
 			w.WriteHeader(http.StatusOK)
 		default:
-			negotiateFirst(w, req, `,scope="repository:library/x:pull"`)
+			challenge(w, req, `,scope="repository:library/x:pull"`)
 		}
-	}, func(w http.ResponseWriter, req *http.Request) { negotiateFirst(w, req, "") })
+	}, func(w http.ResponseWriter, req *http.Request) { challenge(w, req, "") })
 	c := r.client(t)
 	if _, err := c.HeadManifest(t.Context(), "library/x", v1); err != nil {
 		t.Fatal(err)
@@ -737,25 +745,7 @@ func tokenForBot(w http.ResponseWriter, req *http.Request) bool {
 // without credentials) get it, instead of every request going without
 // one and refused.
 func TestPingChallengesBasicFirstThenBearer(t *testing.T) {
-	basicFirst := func(w http.ResponseWriter, req *http.Request, scope string) {
-		w.Header().Add("WWW-Authenticate", `Basic realm="registry"`)
-		w.Header().Add("WWW-Authenticate", fmt.Sprintf(`Bearer realm="http://%s/token",service="test"%s`, req.Host, scope))
-		w.WriteHeader(http.StatusUnauthorized)
-	}
-	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
-		switch {
-		case req.URL.Path == "/token":
-			fmt.Fprint(w, `{"token":"anon"}`)
-		case req.Header.Get("Authorization") == "Bearer anon":
-			w.WriteHeader(http.StatusOK)
-		default:
-			basicFirst(w, req, `,scope="repository:library/x:pull"`)
-		}
-	}, func(w http.ResponseWriter, req *http.Request) { basicFirst(w, req, "") })
-	c := r.client(t)
-	if _, err := c.HeadManifest(t.Context(), "library/x", v1); err != nil {
-		t.Fatal(err)
-	}
+	headWithBearerAfter(t, `Basic realm="registry"`)
 }
 
 // TestPingChallengeWithSpacesAroundEquals: a ping's challenge whose
