@@ -11,6 +11,13 @@ func TestParseChallenge(t *testing.T) {
 	if pr := parseChallenge(`Basic realm="x"`); pr.Scheme != "Basic" || pr.Parameters["realm"] != "x" {
 		t.Fatalf("parsed %+v", pr)
 	}
+	// Whitespace around "=" is trimmed (RFC 7235's BWS), not that of a
+	// quoted value, whose "=", "," and spaces are its own.
+	pr = parseChallenge(`Bearer realm = "https://a/b?x=y&z=1", service= "My Registry, EU" ,scope ="repository:a:pull,push"`)
+	if pr.Parameters["realm"] != "https://a/b?x=y&z=1" || pr.Parameters["service"] != "My Registry, EU" ||
+		pr.Parameters["scope"] != "repository:a:pull,push" || len(pr.Parameters) != 3 {
+		t.Fatalf("parsed %+v", pr)
+	}
 	if pr := parseChallenge(``); pr.Scheme != "" || len(pr.Parameters) != 0 {
 		t.Fatalf("parsed %+v", pr)
 	}

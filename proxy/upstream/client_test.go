@@ -523,6 +523,28 @@ func TestRedirectTargetFailureAskedAgain(t *testing.T) {
 	}
 }
 
+// TestRedirectTargetFailingAgainAskedOnce: a blob whose storage refuses
+// the new URL as well (a 400 that is not an expiry: a request it cannot
+// take) is asked of the upstream once more, not in a loop, and fails
+// with the storage's answer, naming it.
+func TestRedirectTargetFailingAgainAskedOnce(t *testing.T) {
+	storage := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		w.WriteHeader(http.StatusBadRequest)
+	})
+	up := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		http.Redirect(w, req, storage.srv.URL+"/blob", http.StatusTemporaryRedirect)
+	})
+	c := up.client(t)
+	_, _, err := c.Blob(t.Context(), "library/x", digest.FromString("blob"), 0)
+	var ue *Error
+	if !errors.As(err, &ue) || ue.Status != http.StatusBadRequest || ue.Storage != storage.srv.Listener.Addr().String() || !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("a blob whose storage answers 400 each time: %#v, want its 400, unavailable", err)
+	}
+	if n, m := up.asked.Load(), storage.asked.Load(); n != 2 || m != 2 {
+		t.Errorf("the upstream was asked %d times and its storage %d, want 2 each", n, m)
+	}
+}
+
 // TestCredentialsNotSentToStorageAskedAgain: a blob whose storage (on
 // the upstream's own host name, another port: a MinIO beside the
 // registry; or a subdomain) refuses its signed URL once is asked of the
