@@ -748,6 +748,35 @@ func TestPingChallengesBasicFirstThenBearer(t *testing.T) {
 	headWithBearerAfter(t, `Basic realm="registry"`)
 }
 
+// TestPingChallengesBasicFirstWithCredentials: an upstream whose ping
+// offers Basic first and Bearer after it, pulled with credentials it
+// takes as Basic but its token server does not (one of anonymous tokens
+// or robot accounts only), is sent them as Basic, as containerd sends
+// them, and pulled: the token handshake with them was refused, and every
+// pull with it.
+func TestPingChallengesBasicFirstWithCredentials(t *testing.T) {
+	basicFirst := func(w http.ResponseWriter, req *http.Request) {
+		w.Header().Add("WWW-Authenticate", `Basic realm="registry"`)
+		w.Header().Add("WWW-Authenticate", fmt.Sprintf(`Bearer realm="http://%s/token",service="test"`, req.Host))
+		w.WriteHeader(http.StatusUnauthorized)
+	}
+	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		u, pw, basic := req.BasicAuth()
+		switch {
+		case req.URL.Path == "/token":
+			w.WriteHeader(http.StatusUnauthorized) // not these credentials
+		case basic && u == "bot" && pw == "secret":
+			w.WriteHeader(http.StatusOK)
+		default:
+			basicFirst(w, req)
+		}
+	}, basicFirst)
+	c := r.client(t, WithAuth(&authn.Basic{Username: "bot", Password: "secret"}))
+	if _, err := c.HeadManifest(t.Context(), "library/x", v1); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestPingChallengeWithSpacesAroundEquals: a ping's challenge whose
 // parameters have whitespace around their "=" (RFC 7235's auth-param
 // allows it: token BWS "=" BWS value) names its token server as well as

@@ -325,6 +325,12 @@ func (c *Client) anonymous() bool {
 	return c.auth == authn.Anonymous
 }
 
+// hasCreds reports whether our requests go with credentials (pickChallenge);
+// noCreds that they do not: those to the storage, never sent ours.
+func (c *Client) hasCreds() bool { return !c.anonymous() }
+
+func noCreds() bool { return false }
+
 // credsKey names credentials, by their hash, in a refusal and as the ones
 // the upstream took (loggedIn): "" for none.
 func credsKey(cfg authn.AuthConfig) string {
@@ -672,7 +678,7 @@ func (c *Client) pingNow(ctx context.Context) (*pingAnswer, error) {
 	case http.StatusOK:
 		return &pingAnswer{open: true, at: at}, nil
 	case http.StatusUnauthorized:
-		pr := pickChallenge(resp.Header.Values("WWW-Authenticate"))
+		pr := pickChallenge(resp.Header.Values("WWW-Authenticate"), c.hasCreds)
 		pr.Insecure = c.scheme == "http"
 		if strings.EqualFold(pr.Scheme, "bearer") && resp.Request.URL.Host == c.registry.RegistryStr() {
 			c.trustRealm(pr.Parameters["realm"])
@@ -937,7 +943,7 @@ func (c *Client) challenged(repo string, t http.RoundTripper, resp *http.Respons
 		resp.Header.Get("WWW-Authenticate") == "" || resp.Request.URL.Host != c.registry.RegistryStr() {
 		return false
 	}
-	pr := pickChallenge(resp.Header.Values("WWW-Authenticate"))
+	pr := pickChallenge(resp.Header.Values("WWW-Authenticate"), c.hasCreds)
 	bearer := strings.EqualFold(pr.Scheme, "bearer")
 	stale := c.now().Sub(pinged) >= authRetryAfter
 	if _, open := t.(openTransport); !bearer && (!stale || !open) {
@@ -1382,20 +1388,26 @@ func (c *Client) standInRealm(realm string) (*url.URL, string, bool) {
 }
 
 // pickChallenge returns the ping's challenge (one per WWW-Authenticate
-// header) that the mirror answers: the first Bearer, else the first
-// Basic, as docker picks it (a token first): a registry behind single
-// sign-on may send Negotiate first, and one that takes either may send
-// Basic first, which without credentials would send every request
-// without the anonymous token its Bearer challenge gives. None: the
-// first.
-func pickChallenge(headers []string) transport.Challenge {
+// header) that the mirror answers. With credentials (creds), the first
+// Bearer or Basic, as containerd picks it: a registry that takes either
+// and sends Basic first takes them as Basic, where its token server may
+// not (one of robot accounts, or of anonymous tokens only). Without, the
+// first Bearer, else the first Basic, as docker picks it (a token first):
+// Basic would send every request without the anonymous token the Bearer
+// challenge gives. A registry behind single sign-on may send Negotiate
+// first. None: the first. creds is asked only for a Basic challenge
+// before a Bearer one: it may ask a keychain (a credential helper).
+func pickChallenge(headers []string, creds func() bool) transport.Challenge {
 	var basic *transport.Challenge
 	for _, h := range headers {
 		pr := parseChallenge(h)
-		if strings.EqualFold(pr.Scheme, "bearer") {
+		switch {
+		case strings.EqualFold(pr.Scheme, "bearer"):
+			if basic != nil && creds() {
+				return *basic
+			}
 			return pr
-		}
-		if strings.EqualFold(pr.Scheme, "basic") && basic == nil {
+		case strings.EqualFold(pr.Scheme, "basic") && basic == nil:
 			basic = &pr
 		}
 	}
@@ -1903,9 +1915,10 @@ func (c *Client) statusError(resp *http.Response, r call) error {
 	st := resp.StatusCode
 	storage := resp.Request.URL.Host != c.registry.RegistryStr()
 	var e, held *Error
-	if st == http.StatusUnauthorized && storage && strings.EqualFold(pickChallenge(resp.Header.Values("WWW-Authenticate")).Scheme, "bearer") {
+	if st == http.StatusUnauthorized && storage && strings.EqualFold(pickChallenge(resp.Header.Values("WWW-Authenticate"), noCreds).Scheme, "bearer") {
 		// Its storage wants a token, which its token server's 429 (or
-		// 503) holds back (tokenLimits): the request went without one.
+		// 503) holds back (tokenLimits): the request went without one
+		// (and without credentials, which the storage is never sent).
 		errors.As(c.backingOff(&c.tokenRetry, r), &held)
 	}
 	switch {
