@@ -285,99 +285,64 @@ func TestFillAndPrefetchWaitForAManifestBeingWritten(t *testing.T) {
 	}
 }
 
-// A copy (or fill) of a manifest being written waits for its record, and
-// does not fetch it again however late it looks: the write, once recorded,
-// leaves p.writes, so a copy that looked in the index first and in
-// p.writes after, the write ending in between, found it in neither.
+// A copy (or fill) of a manifest being written, by digest or by tag,
+// waits for its record, and does not fetch it again however late it
+// looks: the write, once recorded, leaves p.writes, so a copy that looked
+// in the index first and in p.writes after, the write ending in between,
+// found it in neither.
 func TestCopyOfAManifestWhoseWriteEndsMeanwhileFetchesItOnce(t *testing.T) {
-	f := newWritesFixture(t)
-	img := f.up.SeedImage(t, "library/app", "v1", 1, 4<<10)
-	g := f.store.gate(img.Digest)
-	reached := make(chan struct{})
-	var once sync.Once
-	var w *manifestWrite
-	f.p.fetchingManifest = func(ref oci.Ref) {
-		if ref.Digest.String() != img.Digest {
-			return
-		}
-		once.Do(func() { close(reached) })
-		// The write ends here, before the copy fetches.
-		<-w.done
-	}
+	for _, byTag := range []bool{false, true} {
+		t.Run(fmt.Sprintf("byTag=%v", byTag), func(t *testing.T) {
+			f := newWritesFixture(t)
+			img := f.up.SeedImage(t, "library/app", "v1", 1, 4<<10)
+			ref, path := oci.Ref{Digest: digest.Digest(img.Digest)}, "library/app@"+img.Digest
+			if byTag {
+				ref, path = oci.Ref{Tag: "v1"}, "library/app:v1"
+			}
+			g := f.store.gate(img.Digest)
+			reached := make(chan struct{})
+			var once sync.Once
+			var w *manifestWrite
+			f.p.fetchingManifest = func(r oci.Ref) {
+				if r != ref {
+					return
+				}
+				once.Do(func() { close(reached) })
+				<-w.done // the write ends here, before the copy fetches
+			}
 
-	f.request(t, http.MethodGet, "/v2/library/app/manifests/"+img.Digest, img.Manifest, img.MediaType, "miss")
-	recv(t, g.reached, "the write")
-	w = f.p.writes.get(manifestKey(target{up: f.p.upstreams[DefaultHost], repo: "library/app"}, oci.Ref{Digest: digest.Digest(img.Digest)}))
-	copied := make(chan error, 1)
-	go func() {
-		_, err := f.p.Copy(t.Context(), "library/app@"+img.Digest, nil, nil)
-		copied <- err
-	}()
-	select {
-	case <-w.waited: // waits for the record
-	case <-reached: // about to fetch it
-	case <-time.After(time.Minute):
-		t.Fatal("the copy neither waits for the write nor fetches")
-	}
-	g.release <- nil
-	select {
-	case err := <-copied:
-		if err != nil {
-			t.Fatalf("copy: %v", err)
-		}
-	case <-time.After(time.Minute):
-		t.Fatal("copy still running")
-	}
-	f.waitIdle(t)
-	if n := f.manifestRequests("library/app", img.Digest); n != 1 {
-		t.Errorf("the upstream saw %d requests for the manifest, want 1", n)
-	}
-}
-
-// So does a prefetch of a tag whose pull's write ends while it looks: it
-// looked in the index first and in p.writes after, and found it in
-// neither.
-func TestPrefetchOfATagWhoseWriteEndsMeanwhileFetchesItOnce(t *testing.T) {
-	f := newWritesFixture(t)
-	img := f.up.SeedImage(t, "library/app", "v1", 1, 4<<10)
-	g := f.store.gate(img.Digest)
-	reached := make(chan struct{})
-	var once sync.Once
-	var w *manifestWrite
-	f.p.fetchingManifest = func(ref oci.Ref) {
-		if ref.Tag != "v1" {
-			return
-		}
-		once.Do(func() { close(reached) })
-		<-w.done // the write ends here, before the prefetch fetches
-	}
-
-	f.request(t, http.MethodGet, "/v2/library/app/manifests/v1", img.Manifest, img.MediaType, "miss")
-	recv(t, g.reached, "the write")
-	w = f.p.writes.get(manifestKey(target{up: f.p.upstreams[DefaultHost], repo: "library/app"}, oci.Ref{Tag: "v1"}))
-	copied := make(chan error, 1)
-	go func() {
-		_, err := f.p.Copy(t.Context(), "library/app:v1", nil, nil)
-		copied <- err
-	}()
-	select {
-	case <-w.waited:
-	case <-reached:
-	case <-time.After(time.Minute):
-		t.Fatal("the prefetch neither waits for the write nor fetches")
-	}
-	g.release <- nil
-	select {
-	case err := <-copied:
-		if err != nil {
-			t.Fatalf("prefetch: %v", err)
-		}
-	case <-time.After(time.Minute):
-		t.Fatal("prefetch still running")
-	}
-	f.waitIdle(t)
-	if n := f.manifestRequests("library/app", "v1") + f.manifestRequests("library/app", img.Digest); n != 1 {
-		t.Errorf("the upstream saw %d requests for the manifest, want 1", n)
+			f.request(t, http.MethodGet, "/v2/library/app/manifests/"+ref.String(), img.Manifest, img.MediaType, "miss")
+			recv(t, g.reached, "the write")
+			w = f.p.writes.get(manifestKey(target{up: f.p.upstreams[DefaultHost], repo: "library/app"}, ref))
+			copied := make(chan error, 1)
+			go func() {
+				_, err := f.p.Copy(t.Context(), path, nil, nil)
+				copied <- err
+			}()
+			select {
+			case <-w.waited: // waits for the record
+			case <-reached: // about to fetch it
+			case <-time.After(time.Minute):
+				t.Fatal("the copy neither waits for the write nor fetches")
+			}
+			g.release <- nil
+			select {
+			case err := <-copied:
+				if err != nil {
+					t.Fatalf("copy: %v", err)
+				}
+			case <-time.After(time.Minute):
+				t.Fatal("copy still running")
+			}
+			f.waitIdle(t)
+			n := f.manifestRequests("library/app", img.Digest)
+			if byTag {
+				n += f.manifestRequests("library/app", "v1")
+			}
+			if n != 1 {
+				t.Errorf("the upstream saw %d requests for the manifest, want 1", n)
+			}
+		})
 	}
 }
 
