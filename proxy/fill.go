@@ -429,8 +429,15 @@ func (p *Proxy) ensureManifest(ctx context.Context, t target, dgst digest.Digest
 		// so one not found there is found linked. Looked up the other way
 		// round, a write ending in between is in neither, and the manifest
 		// is fetched again (a pull Docker Hub counts).
+		var failed error
 		if w := p.writes.get(manifestKey(t, oci.Ref{Digest: dgst})); w != nil {
-			return w.wait(ctx)
+			m, err := w.wait(ctx)
+			if err == nil || ctx.Err() != nil {
+				return m, err
+			}
+			// Not recorded this time (a tag naming it fetched again): one
+			// held from before still serves.
+			failed = err
 		}
 		if linked, err := p.index.Linked(t.host(), t.repo, dgst); err == nil && linked {
 			if m, err := p.loadManifest(ctx, t, dgst); err == nil {
@@ -439,7 +446,7 @@ func (p *Proxy) ensureManifest(ctx context.Context, t target, dgst digest.Digest
 				return m, p.index.Reuse(dgst, p.now())
 			}
 		}
-		return nil, nil
+		return nil, failed
 	}
 	if m, err := stored(); m != nil || err != nil {
 		return m, err

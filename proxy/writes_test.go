@@ -443,3 +443,42 @@ func TestTagsListedWhileTheirManifestIsWritten(t *testing.T) {
 	g.release <- nil
 	f.waitIdle(t)
 }
+
+// A copy by digest of a manifest held already, while a pull by a tag that
+// names it writes it again and that write fails (a store error), copies
+// the manifest held: the failed write says only that this copy of it was
+// not recorded, not that the mirror lacks it.
+func TestCopyOfAHeldManifestWhoseNewWriteFailsUsesTheHeldOne(t *testing.T) {
+	f := newWritesFixture(t)
+	img := f.up.SeedImage(t, "library/app", "v1", 1, 4<<10)
+	if _, err := f.p.Copy(t.Context(), "library/app@"+img.Digest, nil, nil); err != nil {
+		t.Fatalf("first copy: %v", err)
+	}
+	f.waitIdle(t)
+	g := f.store.gate(img.Digest)
+	f.request(t, http.MethodGet, "/v2/library/app/manifests/v1", img.Manifest, img.MediaType, "miss")
+	recv(t, g.reached, "the write")
+	w := f.p.writes.get(manifestKey(target{up: f.p.upstreams[DefaultHost], repo: "library/app"}, oci.Ref{Digest: digest.Digest(img.Digest)}))
+	if w == nil {
+		t.Fatal("the tag's write is not under its digest")
+	}
+	copied := make(chan error, 1)
+	go func() {
+		_, err := f.p.Copy(t.Context(), "library/app@"+img.Digest, nil, nil)
+		copied <- err
+	}()
+	recv(t, w.waited, "the copy waiting for the write")
+	g.release <- errors.New("disk failed")
+	select {
+	case err := <-copied:
+		if err != nil {
+			t.Errorf("copy of a held manifest: %v", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("copy still running")
+	}
+	f.waitIdle(t)
+	if n := f.manifestRequests("library/app", img.Digest); n != 1 {
+		t.Errorf("the upstream saw %d requests for the manifest by digest, want 1", n)
+	}
+}
