@@ -454,7 +454,13 @@ func (p *Proxy) ensureManifest(ctx context.Context, t target, dgst digest.Digest
 	if err := p.acquireFetch(ctx); err != nil {
 		return nil, err
 	}
-	// A client's pull may have fetched it while this waited for its turn.
+	// A client's pull may have fetched it while this waited for its turn:
+	// its write is waited for without the turn, which the other fetches
+	// need meanwhile (a store write may take long).
+	if p.writes.get(manifestKey(t, oci.Ref{Digest: dgst})) != nil {
+		p.fetches.Release(1)
+		return p.ensureManifest(ctx, t, dgst, grouped)
+	}
 	if m, err := stored(); m != nil || err != nil {
 		p.fetches.Release(1)
 		return m, err

@@ -9,12 +9,14 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/proxy/upstream"
@@ -480,5 +482,73 @@ func TestCopyOfAHeldManifestWhoseNewWriteFailsUsesTheHeldOne(t *testing.T) {
 	f.waitIdle(t)
 	if n := f.manifestRequests("library/app", img.Digest); n != 1 {
 		t.Errorf("the upstream saw %d requests for the manifest by digest, want 1", n)
+	}
+}
+
+// A copy (or fill) that, once its turn among the fill's parallel fetches
+// came, finds its manifest being written (a client's pull fetched it
+// meanwhile) waits for the record without holding the turn: the other
+// images' fetches go on while a slow store write ends.
+func TestCopyWaitingForAWriteHoldsNoFetchTurn(t *testing.T) {
+	f := newWritesFixture(t)
+	f.p.fetches = semaphore.NewWeighted(1) // WithConcurrency(1)
+	a := f.up.SeedImage(t, "library/app", "v1", 1, 4<<10)
+	c := f.up.SeedImage(t, "library/other", "v1", 1, 4<<10)
+	if err := f.p.fetches.Acquire(t.Context(), 1); err != nil {
+		t.Fatal(err)
+	}
+	copied := make(chan error, 1)
+	go func() {
+		_, err := f.p.Copy(t.Context(), "library/app@"+a.Digest, nil, nil)
+		copied <- err
+	}()
+	waitGoroutineIn(t, "proxy.(*Proxy).acquireFetch")
+	// While it waits for its turn, a client's pull fetches it; its write
+	// is held.
+	g := f.store.gate(a.Digest)
+	f.request(t, http.MethodGet, "/v2/library/app/manifests/"+a.Digest, a.Manifest, a.MediaType, "miss")
+	recv(t, g.reached, "the write")
+	w := f.p.writes.get(manifestKey(target{up: f.p.upstreams[DefaultHost], repo: "library/app"}, oci.Ref{Digest: digest.Digest(a.Digest)}))
+	f.p.fetches.Release(1)
+	recv(t, w.waited, "the copy waiting for the write")
+
+	other := make(chan error, 1)
+	go func() {
+		_, err := f.p.Copy(t.Context(), "library/other@"+c.Digest, nil, nil)
+		other <- err
+	}()
+	select {
+	case err := <-other:
+		if err != nil {
+			t.Errorf("copy of another image: %v", err)
+		}
+	case <-time.After(time.Minute):
+		t.Error("a copy of another image waits for the write the first copy waits for")
+	}
+	g.release <- nil
+	if err := recvWithin(t, copied, "copy still running"); err != nil {
+		t.Errorf("copy: %v", err)
+	}
+	f.waitIdle(t)
+}
+
+// waitGoroutineIn waits until a goroutine's stack has frame (a function's
+// qualified name): one is blocked there.
+func waitGoroutineIn(t *testing.T, frame string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute) // fail, not hang
+	defer cancel()
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	buf := make([]byte, 1<<20)
+	for {
+		if bytes.Contains(buf[:runtime.Stack(buf, true)], []byte(frame+"(")) {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("no goroutine in %s", frame)
+		case <-tick.C:
+		}
 	}
 }
