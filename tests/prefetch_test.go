@@ -50,8 +50,8 @@ func TestPrefetch(t *testing.T) {
 	m := servertest.Start(t, up.URL())
 
 	for _, bad := range []struct{ body, names string }{
-		{`{"images": ["multi:v1", "Bad:Ref"]}`, "Bad:Ref"},
-		{`{"images": ["evil.example.com/x:1"]}`, "evil.example.com"},
+		{`{"images": ["multi:v1", "Bad:Ref"]}`, `"code":"NAME_INVALID","message":"invalid image reference \"Bad:Ref\"`},
+		{`{"images": ["evil.example.com/x:1"]}`, `"code":"NAME_UNKNOWN","message":"image \"evil.example.com/x:1\": upstream \"evil.example.com\" is not configured`},
 		{`{"images": []}`, "no images"},
 		{`{"images": ["multi"], "platforms": ["linux/"]}`, "linux/"},
 		// Well-formed but matching no image: refused, not a job "done" with nothing.
