@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/vbauerster/mpb/v8"
 	"github.com/vbauerster/mpb/v8/decor"
@@ -35,7 +36,11 @@ func newDisplay(w io.Writer) display {
 	if isTerminal(w) {
 		return &bars{p: mpb.New(mpb.WithOutput(w), mpb.WithWidth(40)), bars: map[string]*mpb.Bar{}}
 	}
-	return &lines{w: w, platforms: map[string]int{}, shown: map[string]int64{}}
+	return newLines(w, time.Now)
+}
+
+func newLines(w io.Writer, now func() time.Time) *lines {
+	return &lines{w: w, now: now, platforms: map[string]int{}, shown: map[string]int64{}, at: map[string]time.Time{}}
 }
 
 func isTerminal(w io.Writer) bool {
@@ -110,13 +115,20 @@ func (b *bars) done(image string, p proxy.Progress, err error) {
 func (b *bars) wait() { b.p.Wait() }
 
 // lines prints a line when an image's platform completes, as its bytes
-// come (linesStep), and when it ends.
+// come (linesStep, or linesEvery once some came), and when it ends.
 type lines struct {
 	mu        sync.Mutex
 	w         io.Writer
+	now       func() time.Time
 	platforms map[string]int
-	shown     map[string]int64 // the bytes done of each image's last line
+	shown     map[string]int64     // the bytes done of each image's last line
+	at        map[string]time.Time // when each image's last line was printed, or it was first seen
 }
+
+// linesEvery is how long an image whose bytes keep coming goes without a
+// line at most: on a slow link (under ~100 KiB/s) linesStep's 64 MiB take
+// longer than the ten minutes a CI system waits for a job's output.
+const linesEvery = time.Minute
 
 // linesStep is how many bytes more than its last line shows an image's
 // next line waits for: a tenth of its bytes, at least 64 MiB (a small
@@ -128,11 +140,17 @@ func linesStep(total int64) int64 { return min(max(total/10, 64<<20), 256<<20) }
 func (l *lines) update(image string, p proxy.Progress) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	now := l.now()
+	at, seen := l.at[image]
+	if !seen {
+		l.at[image] = now
+	}
 	platform := len(p.PlatformsDone) > l.platforms[image]
-	if !platform && p.BytesDone-l.shown[image] < linesStep(p.BytesTotal) {
+	moved := p.BytesDone - l.shown[image]
+	if !platform && moved < linesStep(p.BytesTotal) && (!seen || moved <= 0 || now.Sub(at) < linesEvery) {
 		return
 	}
-	l.platforms[image], l.shown[image] = len(p.PlatformsDone), p.BytesDone
+	l.platforms[image], l.shown[image], l.at[image] = len(p.PlatformsDone), p.BytesDone, now
 	fmt.Fprintf(l.w, "%s: %d/%d platforms, %s of %s\n", image, len(p.PlatformsDone), p.PlatformsTotal, size(p.BytesDone), size(p.BytesTotal))
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/docker-mirror/docker-mirror/proxy"
 )
@@ -31,5 +32,36 @@ func TestLinesShowALargeLayerOnItsWay(t *testing.T) {
 	}
 	if out.Len() != 0 {
 		t.Errorf("lines while a small image came: %q, want none", out.String())
+	}
+}
+
+// On a slow link (under ~100 KiB/s) 64 MiB take longer than the ten
+// minutes a CI system waits for output: an image whose bytes keep coming
+// prints a line at least every linesEvery. It printed none until 64 MiB
+// had come (over an hour at 16 KiB/s).
+func TestLinesShowASlowLayerEveryMinute(t *testing.T) {
+	var out bytes.Buffer
+	clock := time.Unix(1700000000, 0)
+	d := newLines(&out, func() time.Time { return clock })
+	const total = 100 << 20
+	for done := int64(0); done <= 10<<20; done += 512 << 10 { // 512 KiB every 30 s: ~17 KiB/s
+		d.update("slow:1", proxy.Progress{PlatformsTotal: 1, BytesTotal: total, BytesDone: done})
+		clock = clock.Add(30 * time.Second)
+	}
+	// 21 updates over 10 minutes: a line a minute.
+	if n := strings.Count(out.String(), "slow:1: "); n < 9 || n > 11 {
+		t.Errorf("%d lines in 10 minutes of a slow layer, want one a minute:\n%s", n, out.String())
+	}
+	wantPlain(t, out.String())
+
+	// Nothing came: no line however long (a stall shows as the fill's own
+	// failure).
+	out.Reset()
+	for range 5 {
+		clock = clock.Add(10 * time.Minute)
+		d.update("slow:1", proxy.Progress{PlatformsTotal: 1, BytesTotal: total, BytesDone: 10 << 20})
+	}
+	if out.Len() != 0 {
+		t.Errorf("lines while nothing came: %q, want none", out.String())
 	}
 }
