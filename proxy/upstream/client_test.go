@@ -1450,6 +1450,9 @@ func TestRedirectLoopIsAnAnswer(t *testing.T) {
 	if !errors.As(err, &ue) || ue.Status != http.StatusFound || ue.Storage != storage.srv.Listener.Addr().String() {
 		t.Fatalf("a blob redirected in a loop: %#v, want the storage's %d", err, http.StatusFound)
 	}
+	if !strings.Contains(err.Error(), "storage "+ue.Storage) {
+		t.Errorf("the error does not name the storage that answered: %v", err)
+	}
 	if st := c.State(); st.Unreachable {
 		t.Errorf("the upstream is shown unreachable after a redirect loop: %s", st.LastError)
 	}

@@ -1952,7 +1952,7 @@ func (c *Client) statusError(resp *http.Response, r call) error {
 	case st == http.StatusRequestedRangeNotSatisfiable:
 		e = c.newError(r.kind, r.what, st, ErrInvalid, nil, "upstream %s: range not satisfiable for %s", c.host, r.what)
 	default:
-		e = c.newError(r.kind, r.what, st, ErrUnavailable, nil, "upstream %s answered %d for %s%s", c.host, st, r.what, upMsg)
+		e = c.newError(r.kind, r.what, st, ErrUnavailable, nil, "upstream %s answered %d for %s%s", c.answerer(resp), st, r.what, upMsg)
 	}
 	if storage {
 		e.Storage = resp.Request.URL.Host
