@@ -385,6 +385,14 @@ func (c *Collector) collect(ctx context.Context, table *storage.ContentTable, dr
 			return r, err
 		}
 	}
+	// The referrers lists of subjects not held (asked for, never pulled)
+	// go too: nothing kept what they name.
+	if _, err := c.index.ForgetUnheldReferrers(func(subject digest.Digest, fetched time.Time) bool {
+		return (c.opts.Owned == nil || c.opts.Owned(subject)) && !c.recent(now, fetched)
+	}); err != nil {
+		r.StoredAfter = c.index.StoredBytes()
+		return r, err
+	}
 	r.StoredAfter = c.index.StoredBytes()
 	return r, nil
 }

@@ -55,6 +55,9 @@ func linkRecordsOf(tx *bolt.Tx) linkRecords { return linkRecords{tx.Bucket(bucke
 // ForEach calls fn for each link, in key order.
 func (r linkRecords) ForEach(fn func(k, v []byte) error) error { return r.b.ForEach(fn) }
 
+// Has reports whether the link key ("host/repo@digest") is recorded.
+func (r linkRecords) Has(key []byte) bool { return r.b.Get(key) != nil }
+
 // Cursor returns a cursor over the links that cannot delete.
 func (r linkRecords) Cursor() readCursor { return r.b.Cursor() }
 

@@ -154,3 +154,74 @@ func (ix *Index) ReferrerDigests() (map[digest.Digest][]digest.Digest, error) {
 	})
 	return out, err
 }
+
+// ForgetUnheldReferrers deletes the referrers answers whose subject is not
+// held in their repository (a subject the mirror was asked the referrers
+// of but never stored, or one gone since) and that drop, given the
+// subject and when the answer was fetched, lets go; it returns how many it
+// deleted. Nothing keeps what such a list names: once the collection has
+// removed that, the list would still name it, confirmed unchanged by each
+// revalidation (which stores nothing), and such lists would pile up for
+// ever.
+func (ix *Index) ForgetUnheldReferrers(drop func(subject digest.Digest, fetched time.Time) bool) (int, error) {
+	type answer struct {
+		key     []byte
+		host    string
+		repo    string
+		subject digest.Digest
+		fetched time.Time
+	}
+	var unheld []answer
+	err := ix.db.View(func(tx *bolt.Tx) error {
+		links := linkRecordsOf(tx)
+		return readAll(tx, bucketReferrers, func(k string, rec ReferrersRecord) {
+			// The key is the subject's link key, then its filter.
+			link, _, _ := strings.Cut(k, "\x00")
+			if links.Has([]byte(link)) {
+				return
+			}
+			name, subject, _ := strings.Cut(link, "@")
+			host, repo, _ := strings.Cut(name, "/")
+			unheld = append(unheld, answer{[]byte(k), host, repo, digest.Digest(subject), rec.FetchedAt})
+		})
+	})
+	if err != nil {
+		return 0, err
+	}
+	var lerr error
+	unheld = slices.DeleteFunc(unheld, func(a answer) bool {
+		if lerr != nil || !drop(a.subject, a.fetched) {
+			return true
+		}
+		// On a shared store another replica may hold it.
+		held, err := ix.Linked(a.host, a.repo, a.subject)
+		lerr = err
+		return held || err != nil
+	})
+	if lerr != nil || len(unheld) == 0 {
+		// Most subjects are held: no write, no sync.
+		return 0, lerr
+	}
+	var gone [][]byte
+	err = ix.write(func(tx *bolt.Tx) error {
+		gone = gone[:0]
+		links := linkRecordsOf(tx)
+		for _, a := range unheld {
+			rec, ok, err := get[ReferrersRecord](tx, bucketReferrers, a.key)
+			if err != nil || !ok || !rec.FetchedAt.Equal(a.fetched) || links.Has(linkKey(a.host, a.repo, a.subject)) {
+				// Fetched again, or its subject stored, since it was
+				// read.
+				continue
+			}
+			if err := tx.Bucket(bucketReferrers).Delete(a.key); err != nil {
+				return err
+			}
+			gone = append(gone, a.key)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	return len(gone), ix.shareDelete(bucketReferrers, gone...)
+}

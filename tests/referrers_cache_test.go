@@ -703,3 +703,35 @@ func TestReferrersEntryBackUpstreamListedAgainWithReferrersOff(t *testing.T) {
 	m.Clock.Advance(proxy.ArtifactsRecheck)
 	wantReferrers(t, get(t, u), "miss", true, sig.digest)
 }
+
+// The referrers list of a subject the mirror was asked about but does not
+// hold (`oras discover` or a policy engine asking of an image never pulled
+// through it) goes at the collection that removes what it names, nothing
+// keeping that: asked again, it is a miss whose fill stores the signature
+// again, and offline both are served. Before, the list stayed for ever,
+// naming a signature the mirror no longer had: each revalidation found it
+// unchanged and stored nothing, and offline the signature was a 503.
+func TestReferrersOfASubjectNotHeldGoAtCollection(t *testing.T) {
+	up := httptest.NewServer(referrersRegistry())
+	t.Cleanup(up.Close)
+	host := strings.TrimPrefix(up.URL, "http://")
+	subject := pushSubject(t, host)
+	sig := pushReferrer(t, host, "library/signed", sigType, subject)
+	m := servertest.Start(t, up.URL)
+	u := m.URL() + "/v2/signed/"
+	wantReferrers(t, get(t, u+"referrers/"+subject.Digest.String()), "miss", false, sig)
+	m.WaitIdle() // its fill stored the signature
+
+	m.Clock.Advance(time.Hour) // past the tag TTL and the collection's grace period
+	if _, err := m.Server.Collector.Collect(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	wantReferrers(t, get(t, u+"referrers/"+subject.Digest.String()), "miss", false, sig)
+	m.WaitIdle()
+
+	up.Close()
+	if r := get(t, u+"manifests/"+sig); r.status != http.StatusOK || sha(r.body) != sig {
+		t.Fatalf("signature listed, offline: %d %s", r.status, r.body)
+	}
+	wantReferrers(t, get(t, u+"referrers/"+subject.Digest.String()), "hit", false, sig)
+}
