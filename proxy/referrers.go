@@ -54,11 +54,13 @@ func (p *Proxy) referrers(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	artifactType := r.URL.Query().Get(filterArtifactType)
-	if artifactType != "" && !oci.ValidArtifactType(artifactType) {
-		// It could match nothing, and a key made of it could be too long
-		// for the index.
-		return errcode.New(errcode.Unsupported, "invalid artifactType %.80q: not a media type (type/subtype)", artifactType).WithStatus(http.StatusBadRequest)
+	types, err := artifactTypes(r.URL.Query()[filterArtifactType])
+	if err != nil {
+		return err
+	}
+	artifactType := ""
+	if len(types) == 1 {
+		artifactType = types[0]
 	}
 	h := w.Header()
 	ans, err := p.referrersOf(r.Context(), t, dgst, artifactType, h)
@@ -73,6 +75,16 @@ func (p *Proxy) referrers(w http.ResponseWriter, r *http.Request) error {
 		// background, so that it is there when the upstream is not.
 		p.enqueueReferrersFill(r.Context(), t, dgst)
 	}
+	if len(types) > 1 && status == http.StatusOK {
+		// Several types: any of them matches, as zot reads them. The
+		// whole list, filtered here; a registry that takes the first
+		// would drop the others' entries while saying it filtered.
+		body, err := filterReferrers(ans.body, types, p.typeOf(r.Context(), t, h.Get(cacheHeader) != "stale"))
+		if err != nil {
+			return err
+		}
+		ans = &referrersAnswer{body: body, filtered: true}
+	}
 	if ans.filtered {
 		h.Set("OCI-Filters-Applied", filterArtifactType)
 	}
@@ -84,6 +96,21 @@ func (p *Proxy) referrers(w http.ResponseWriter, r *http.Request) error {
 	}
 	_, err = w.Write(ans.body)
 	return err
+}
+
+// artifactTypes returns the artifactType filters of a referrers request,
+// sorted, without repeats and empty ones.
+func artifactTypes(values []string) ([]string, error) {
+	types := slices.DeleteFunc(slices.Clone(values), func(at string) bool { return at == "" })
+	for _, at := range types {
+		if !oci.ValidArtifactType(at) {
+			// It could match nothing, and a key made of it could be too
+			// long for the index.
+			return nil, errcode.New(errcode.Unsupported, "invalid artifactType %.80q: not a media type (type/subtype)", at).WithStatus(http.StatusBadRequest)
+		}
+	}
+	slices.Sort(types)
+	return slices.Compact(types), nil
 }
 
 // referrersOf returns the referrers of subject in t, filtered by
@@ -170,7 +197,7 @@ func (p *Proxy) cachedReferrers(ctx context.Context, t target, subject digest.Di
 	}
 	if artifactType != "" {
 		if all, ok, err := p.index.Referrers(t.host(), t.repo, subject, ""); err == nil && ok {
-			if body, err := filterReferrers(all.Body, artifactType, p.typeOf(ctx, t, false)); err == nil {
+			if body, err := filterReferrers(all.Body, typesOf(artifactType), p.typeOf(ctx, t, false)); err == nil {
 				return &referrersAnswer{body: body, filtered: true, fromTag: all.FromTag}
 			}
 		}
@@ -223,7 +250,7 @@ func (p *Proxy) fetchReferrers(ctx context.Context, t target, subject digest.Dig
 			// An upstream that did not filter leaves it to the client;
 			// the mirror does it, and says so.
 			if !filterApplied(filters, filterArtifactType) {
-				if ans.body, err = filterReferrers(body, artifactType, p.typeOf(ctx, t, true)); err != nil {
+				if ans.body, err = filterReferrers(body, typesOf(artifactType), p.typeOf(ctx, t, true)); err != nil {
 					return nil, err
 				}
 			}
@@ -273,7 +300,7 @@ func referrersFromIndex(m *storedManifest, artifactType string, typeOf func(dige
 		// Not the schema's index: nothing listed.
 		return &referrersAnswer{body: emptyReferrers, filtered: artifactType != "", fromTag: true}, nil
 	}
-	body, err := filterReferrers(m.body, artifactType, typeOf)
+	body, err := filterReferrers(m.body, typesOf(artifactType), typeOf)
 	if err != nil {
 		return nil, err
 	}
@@ -367,12 +394,21 @@ type referrersIndex struct {
 	Manifests     []json.RawMessage `json:"manifests"`
 }
 
+// typesOf is the filter of one artifactType: none for "".
+func typesOf(artifactType string) []string {
+	if artifactType == "" {
+		return nil
+	}
+	return []string{artifactType}
+}
+
 // filterReferrers returns the OCI index of the entries of body whose
-// artifactType matches (every entry for ""). An entry without one (the
-// referrers tag schema's index of a client older than image-spec 1.1)
-// has the type of its manifest, which typeOf reads: the API's list names
-// that (artifactType, else config.mediaType), and clients filter on it.
-func filterReferrers(body []byte, artifactType string, typeOf func(digest.Digest) string) ([]byte, error) {
+// artifactType is one of artifactTypes (every entry for none). An entry
+// without one (the referrers tag schema's index of a client older than
+// image-spec 1.1) has the type of its manifest, which typeOf reads: the
+// API's list names that (artifactType, else config.mediaType), and
+// clients filter on it.
+func filterReferrers(body []byte, artifactTypes []string, typeOf func(digest.Digest) string) ([]byte, error) {
 	var idx referrersIndex
 	if err := json.Unmarshal(body, &idx); err != nil {
 		return nil, err
@@ -386,10 +422,10 @@ func filterReferrers(body []byte, artifactType string, typeOf func(digest.Digest
 		if err := json.Unmarshal(raw, &d); err != nil {
 			return nil, err
 		}
-		if artifactType != "" && d.ArtifactType == "" {
+		if len(artifactTypes) > 0 && d.ArtifactType == "" {
 			d.ArtifactType = typeOf(d.Digest)
 		}
-		if artifactType == "" || d.ArtifactType == artifactType {
+		if len(artifactTypes) == 0 || slices.Contains(artifactTypes, d.ArtifactType) {
 			out.Manifests = append(out.Manifests, raw)
 		}
 	}

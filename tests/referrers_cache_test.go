@@ -735,3 +735,27 @@ func TestReferrersOfASubjectNotHeldGoAtCollection(t *testing.T) {
 	}
 	wantReferrers(t, get(t, u+"referrers/"+subject.Digest.String()), "hit", false, sig)
 }
+
+// Several artifactType filters (?artifactType=A&artifactType=B, as zot
+// takes them) list the referrers of any of those types, saying so with
+// OCI-Filters-Applied, online and offline. Before, only the first was
+// applied: the others' entries were dropped while the answer said it
+// was filtered, so a client took them for absent.
+func TestReferrersSeveralArtifactTypes(t *testing.T) {
+	up := httptest.NewServer(referrersRegistry())
+	t.Cleanup(up.Close)
+	host := strings.TrimPrefix(up.URL, "http://")
+	subject := pushSubject(t, host)
+	sig := pushReferrer(t, host, "library/signed", sigType, subject)
+	sbom := pushReferrer(t, host, "library/signed", sbomType, subject)
+	pushReferrer(t, host, "library/signed", "application/vnd.example.other.v1+json", subject)
+
+	m := servertest.Start(t, up.URL)
+	u := m.URL() + "/v2/signed/referrers/" + subject.Digest.String() + "?" + url.Values{"artifactType": {sigType, sbomType}}.Encode()
+	wantReferrers(t, get(t, u), "miss", true, sig, sbom)
+	wantReferrers(t, get(t, u), "hit", true, sig, sbom)
+	m.WaitIdle()
+	up.Close()
+	m.Clock.Advance(2 * time.Minute) // past the tag TTL
+	wantReferrers(t, get(t, u), "stale", true, sig, sbom)
+}
