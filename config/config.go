@@ -846,6 +846,13 @@ func (c Config) Validate() error {
 		if err := c.Upstreams[host].validate(host); err != nil {
 			return err
 		}
+		// Clients name a registry with HTTPS's port or without it, and
+		// reach the same upstream either way: two would be one too many.
+		if short, ok := strings.CutSuffix(host, ":443"); ok {
+			if _, dup := c.Upstreams[short]; dup {
+				return fmt.Errorf("upstreams: %q and %q are the same registry (443 is its default port); give one", short, host)
+			}
+		}
 	}
 	if c.UpstreamTimeout <= 0 {
 		return fmt.Errorf("upstream_timeout: must be positive, got %q", c.UpstreamTimeout)
@@ -1074,7 +1081,7 @@ func (u Upstream) validate(host string) error {
 	if !strings.ContainsAny(host, ".:") && host != "localhost" {
 		return fmt.Errorf("upstreams: invalid host %q: not a host name (want a dot or a port, e.g. %s.local or %s:5000, or localhost): %s/app would be the Docker Hub namespace %s", host, host, host, host, host)
 	}
-	if oci.IsDockerHubAlias(host) {
+	if hub := strings.TrimSuffix(host, ":443"); oci.IsDockerHubAlias(hub) || hub == DockerHubHost && hub != host {
 		// Clients' requests for it go to docker.io's: what is set here
 		// (credentials, above all) would never be used.
 		return fmt.Errorf("upstreams: %q is Docker Hub: configure it as docker.io (upstreams.docker.io, or a bare --upstream URL)", host)

@@ -787,6 +787,47 @@ func TestUpstreamHostKeys(t *testing.T) {
 	}
 }
 
+// A registry is named with HTTPS's port, 443, or without it, and clients
+// reach its upstream either way: configured both ways, or Docker Hub with
+// the port, it is refused naming both keys, from the file and the flags.
+func TestUpstreamHostWithDefaultPortOnce(t *testing.T) {
+	for _, tt := range []struct {
+		hosts []string
+		want  string
+	}{
+		{[]string{"ghcr.io", "ghcr.io:443"}, `upstreams: "ghcr.io" and "ghcr.io:443" are the same registry (443 is its default port); give one`},
+		{[]string{"docker.io:443"}, `upstreams: "docker.io:443" is Docker Hub: configure it as docker.io`},
+		{[]string{"index.docker.io:443"}, `upstreams: "index.docker.io:443" is Docker Hub: configure it as docker.io`},
+	} {
+		file := "upstreams:\n"
+		var args []string
+		for _, h := range tt.hosts {
+			file += "  " + h + ": https://registry.example\n"
+			args = append(args, "--upstream", h+"=https://registry.example")
+		}
+		fromFile := func() error {
+			c, err := config.Parse(strings.NewReader(file))
+			if err != nil {
+				return err
+			}
+			return c.Validate()
+		}()
+		_, fromFlag := resolve(t, args, nil)
+		for via, err := range map[string]error{"file": fromFile, "flag": fromFlag} {
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("%s: upstreams %q: error %v, want %s", via, tt.hosts, err, tt.want)
+			}
+		}
+	}
+	for _, hosts := range [][]string{{"ghcr.io:443"}, {"ghcr.io", "ghcr.io:5000"}, {"registry.example:443", "ghcr.io"}} {
+		var args []string
+		for _, h := range hosts {
+			args = append(args, "--upstream", h+"=https://registry.example")
+		}
+		mustResolve(t, args, nil)
+	}
+}
+
 // An upstream's allow_hosts are addresses (host or host:port) its
 // connections may reach even if private, such as the blob storage it
 // redirects to; anything that is not an address is an error naming it.

@@ -28,10 +28,11 @@ func (p *Proxy) parseImage(s string) (image, error) {
 		return image{}, errcode.New(errcode.NameInvalid, "invalid image reference %q: %v", s, err)
 	}
 	host := canonicalHost(reference.Domain(named))
-	up, ok := p.upstreams[host]
+	up, ok := p.upstreamFor(host)
 	if !ok {
 		return image{}, errcode.New(errcode.NameUnknown, "image %q: upstream %q is not configured on this mirror", s, host).WithStatus(http.StatusBadRequest)
 	}
+	host = up.Host()
 	repo := reference.Path(named)
 	if err := checkHubName(host, repo); err != nil {
 		return image{}, err

@@ -34,15 +34,27 @@ func StoreRepo(host, repo string) string {
 }
 
 // canonicalHost maps Docker Hub's aliases to docker.io, and a host in
-// any case to its lower-case name, as upstreams are configured: host
-// names are case-insensitive, and an image reference (so containerd's ns)
-// may spell one with capitals.
+// any case, or with HTTPS's port 443, to its lower-case name without it,
+// as upstreams are configured: host names are case-insensitive, a
+// registry's default port is 443, and an image reference (so containerd's
+// ns) may spell one with capitals or that port.
 func canonicalHost(h string) string {
-	h = strings.ToLower(h)
+	h = strings.TrimSuffix(strings.ToLower(h), ":443")
 	if oci.IsDockerHubAlias(h) {
 		return DefaultHost
 	}
 	return h
+}
+
+// upstreamFor returns the configured upstream host, a canonicalHost,
+// names: the one configured as host, or as host with port 443 written out
+// (upstreams.registry.example:443), which clients name either way.
+func (p *Proxy) upstreamFor(host string) (*upstream.Client, bool) {
+	if up, ok := p.upstreams[host]; ok {
+		return up, true
+	}
+	up, ok := p.upstreams[host+":443"]
+	return up, ok
 }
 
 // looksLikeHost reports whether a name's first component is a registry
@@ -88,10 +100,11 @@ func (p *Proxy) resolve(r *http.Request, name string) (target, error) {
 	} else if first, rest, ok := strings.Cut(name, "/"); ok && looksLikeHost(first) {
 		host, repo = canonicalHost(first), rest
 	}
-	up, ok := p.upstreams[host]
+	up, ok := p.upstreamFor(host)
 	if !ok {
 		return target{}, errcode.New(errcode.NameUnknown, "upstream %q is not configured on this mirror", host)
 	}
+	host = up.Host()
 	if err := checkHubName(host, repo); err != nil {
 		return target{}, err
 	}

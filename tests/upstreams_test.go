@@ -16,6 +16,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 
 	"github.com/docker-mirror/docker-mirror/proxy"
+	"github.com/docker-mirror/docker-mirror/storage"
 	"github.com/docker-mirror/docker-mirror/tests/fixture"
 	"github.com/docker-mirror/docker-mirror/tests/servertest"
 )
@@ -144,6 +145,57 @@ func TestUpstreamHostInAnyCase(t *testing.T) {
 		t.Run(c.name+c.query, func(t *testing.T) {
 			wantManifest(t, get(t, m.URL()+"/v2/"+c.name+"/manifests/v1"+c.query), c.img.Manifest, c.img.MediaType)
 			wantImageAt(t, m, c.name, c.query, c.img)
+		})
+	}
+}
+
+// A registry's host with HTTPS's port, 443, names the same registry as
+// without it (containerd sends ns as the image reference spells it:
+// ns=ghcr.io:443 for ghcr.io:443/owner/app), whether the upstream is
+// configured with the port or without: each spelling reaches it, Docker
+// Hub's names too, and so does a prefetch; another port is another
+// registry.
+func TestUpstreamHostWithDefaultPort(t *testing.T) {
+	for _, configured := range []string{"ghcr.io", "ghcr.io:443"} {
+		t.Run(configured, func(t *testing.T) {
+			hub := fixture.StartUpstream(t)
+			ghcr := fixture.StartUpstream(t)
+			hubImg := hub.SeedImage(t, "library/app", "v1", 1, 4<<10)
+			ghcrImg := ghcr.SeedImage(t, "owner/app", "v1", 1, 4<<10)
+			m := servertest.StartUpstreams(t, []servertest.Upstream{
+				{Host: "docker.io", URL: hub.URL()},
+				{Host: configured, URL: ghcr.URL()},
+			}, nil)
+			cases := []struct {
+				name, query string
+				img         *fixture.Image
+			}{
+				{"owner/app", "?ns=ghcr.io:443", ghcrImg},
+				{"owner/app", "?ns=ghcr.io", ghcrImg},
+				{"ghcr.io:443/owner/app", "", ghcrImg},
+				{"ghcr.io/owner/app", "", ghcrImg},
+				{"GHCR.io:443/owner/app", "?ns=ghcr.io", ghcrImg},
+				{"ghcr.io/owner/app", "?ns=ghcr.io:443", ghcrImg},
+				{"library/app", "?ns=docker.io:443", hubImg},
+				{"app", "?ns=index.docker.io:443", hubImg},
+				{"registry-1.docker.io:443/library/app", "", hubImg},
+			}
+			for _, c := range cases {
+				t.Run(c.name+c.query, func(t *testing.T) {
+					wantManifest(t, get(t, m.URL()+"/v2/"+c.name+"/manifests/v1"+c.query), c.img.Manifest, c.img.MediaType)
+					wantImageAt(t, m, c.name, c.query, c.img)
+				})
+			}
+			for _, path := range []string{"ghcr.io:5000/owner/app/manifests/v1", "owner/app/manifests/v1?ns=ghcr.io:5000"} {
+				wantError(t, get(t, m.URL()+"/v2/"+path), http.StatusNotFound, "NAME_UNKNOWN")
+			}
+			ghcr.ResetCounts()
+			if j := prefetchDone(t, m, "ghcr.io:443/owner/app:v1", "ghcr.io/owner/app:v1"); j.State != storage.JobDone {
+				t.Fatalf("prefetch: %+v", j)
+			}
+			if n := ghcr.Count(http.MethodGet, fixture.KindManifest) + ghcr.Count(http.MethodHead, fixture.KindManifest); n == 0 {
+				t.Error("the prefetch did not ask the upstream")
+			}
 		})
 	}
 }
