@@ -202,6 +202,9 @@ func (o origins) source(key string) (string, int) {
 	if src, ok := o.setBy[key]; ok {
 		return src, 0
 	}
+	if src := o.onlySource(key); src != "" {
+		return src, 0
+	}
 	top, _, _ := strings.Cut(key, ".")
 	for p := range o.setBy {
 		if t, _, _ := strings.Cut(p, "."); t == top {
@@ -219,4 +222,25 @@ func (o origins) source(key string) (string, int) {
 		p = p[:i]
 	}
 	return "", 0
+}
+
+// onlySource returns the one flag or variable that set every key under
+// key (upstreams: the hosts --upstream named), when the file sets none
+// there: an error about key as a whole (an upstream's host) is that
+// source's. "" when none did, or several.
+func (o origins) onlySource(key string) string {
+	if _, inFile := o.lines[key]; inFile {
+		return ""
+	}
+	only := ""
+	for p, src := range o.setBy {
+		if !strings.HasPrefix(p, key+".") {
+			continue
+		}
+		if only != "" && only != src {
+			return ""
+		}
+		only = src
+	}
+	return only
 }

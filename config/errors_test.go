@@ -5,6 +5,38 @@ import (
 	"testing"
 )
 
+// An upstream's host key that only --upstream (or DOCKER_MIRROR_UPSTREAM)
+// gave is refused naming that flag or variable, as its URL is: not
+// "config:", which sends the user looking for a file they do not have.
+// With the file holding upstreams too, the source is not guessed.
+func TestUpstreamHostErrorNamesItsFlag(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		args []string
+		env  map[string]string
+		file string
+		want string // the error's start
+	}{
+		{name: "flag", args: []string{"--upstream", "GHCR.io=https://ghcr.io"}, want: `--upstream: upstreams: invalid host "GHCR.io"`},
+		{name: "flag twice", args: []string{"--upstream", "ghcr.io=https://ghcr.io", "--upstream", "ghcr.io:443=https://ghcr.io"}, want: `--upstream: upstreams: "ghcr.io" and "ghcr.io:443" are the same registry`},
+		{name: "variable", env: map[string]string{"DOCKER_MIRROR_UPSTREAM": "https://registry-1.docker.io, myreg=https://myreg.example"}, want: `DOCKER_MIRROR_UPSTREAM: upstreams: invalid host "myreg"`},
+		{name: "flag and variable", args: []string{"--upstream", "ghcr.io=https://ghcr.io"}, env: map[string]string{"DOCKER_MIRROR_UPSTREAM": "index.docker.io=https://x.example"}, want: `config: upstreams: "index.docker.io" is Docker Hub`},
+		{name: "flag and file", file: "upstreams:\n  quay.io: https://quay.io\n", args: []string{"--upstream", "Ghcr.io=https://ghcr.io"}, want: `config: upstreams: invalid host "Ghcr.io"`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			args, file := tt.args, ""
+			if tt.file != "" {
+				file = writeFile(t, tt.file)
+				args = append([]string{"--config", file}, args...)
+			}
+			_, err := resolve(t, args, tt.env)
+			if want := strings.ReplaceAll(tt.want, "FILE", file); err == nil || !strings.HasPrefix(err.Error(), want) {
+				t.Errorf("error %v\nwant  %s...", err, want)
+			}
+		})
+	}
+}
+
 // Every configuration error is one line of one shape: where the value
 // came from (the file and its line, a flag, a variable), the key path at
 // every nesting level, and what is wrong with the value; the known keys of
