@@ -996,7 +996,8 @@ func checkSyncImage(entry string) error {
 	if err != nil {
 		return fmt.Errorf("invalid image reference %q: %v", name, err)
 	}
-	host := strings.ToLower(reference.Domain(named))
+	// As the proxy names a registry: in any case, HTTPS's port left out.
+	host := strings.TrimSuffix(strings.ToLower(reference.Domain(named)), ":443")
 	if first, _, ok := strings.Cut(reference.Path(named), "/"); ok && (host == DockerHubHost || oci.IsDockerHubAlias(host)) && (strings.ContainsAny(first, ".:") || first == "localhost") {
 		return fmt.Errorf("%q: invalid Docker Hub repository: its first component %q is a registry host, not a Docker Hub namespace", entry, first)
 	}

@@ -268,6 +268,9 @@ func TestBadSyncImageExitsTwoTouchingNothing(t *testing.T) {
 		{"Redis:7", `invalid image reference "Redis:7"`},
 		{"library/redis:[7", `"library/redis:[7": invalid tag pattern "[7"`},
 		{"docker.io/ghcr.io/app:1.*", `"ghcr.io" is a registry host`},
+		// Docker Hub with HTTPS's port is Docker Hub (canonicalHost).
+		{"docker.io:443/ghcr.io/app:1.*", `"ghcr.io" is a registry host`},
+		{"index.docker.io:443/myreg.local/app:1", `"myreg.local" is a registry host`},
 	} {
 		dir := t.TempDir()
 		data := filepath.Join(dir, "data")
