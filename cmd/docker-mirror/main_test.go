@@ -60,6 +60,8 @@ func TestBadInputExitsTwoWithOneLine(t *testing.T) {
 		{[]string{"serve", "extra"}, []string{"extra"}},
 		{[]string{"frobnicate"}, []string{"frobnicate"}},
 		{[]string{"prefetch", "--platform", "bogus", "nginx"}, []string{`invalid value "bogus" for flag -platform: invalid platform "bogus": unknown OS "bogus"`}},
+		// A server named as Docker names a registry, without its scheme.
+		{[]string{"prefetch", "--server", "mirror:5000", "nginx"}, []string{`--server: invalid URL "mirror:5000" (want http[s]://HOST:PORT`}},
 		{[]string{"mirror", "-d", "http://127.0.0.1:1/Mirror", "hello-world"}, []string{"--destination", `"http://127.0.0.1:1/Mirror"`, `"Mirror"`}},
 		{[]string{"mirror", "-d", "http://127.0.0.1:1/a%2Fb", "hello-world"}, []string{"--destination", `"http://127.0.0.1:1/a%2Fb"`, "percent-encoded"}},
 	}

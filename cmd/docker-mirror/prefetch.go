@@ -63,7 +63,7 @@ func prefetchCommand(ctx context.Context, args []string, stdout, stderr io.Write
 	}
 	u, err := url.Parse(*server)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		fmt.Fprintf(stderr, "docker-mirror prefetch: --server: invalid URL %q\n", redact.URL(*server))
+		fmt.Fprintf(stderr, "docker-mirror prefetch: --server: invalid URL %q (want http[s]://HOST:PORT, with an admin's name: http://USER@HOST:PORT)\n", redact.URL(*server))
 		return exitUsage
 	}
 	if pw, ok := os.LookupEnv(prefetchPasswordEnv); ok && u.User != nil {
