@@ -643,3 +643,28 @@ func TestDamagedPageInCommitUnlocks(t *testing.T) {
 	}
 	must(t, ix.Close()) // hangs on a write lock held
 }
+
+// A fill record that cannot be read (a flipped bit in it, its pages
+// sound) stopped the start's read of the fill records: no interrupted
+// fill was resumed, at this start or any later one, until the index was
+// repaired offline. It is passed over, and the others are resumed.
+func TestScanAtStartPassesOverAnUnreadableFillRecord(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "index.db")
+	ix := openIndex(t, path)
+	a, b := digest.FromString("a"), digest.FromString("b")
+	for _, d := range []digest.Digest{a, b} {
+		must(t, ix.RecordManifest(storage.ManifestEntry{
+			Upstream: hub, Repo: "library/x", Digest: d,
+			Record: storage.ManifestRecord{MediaType: "application/vnd.oci.image.index.v1+json", Size: 1, FetchedAt: t0},
+			Fill:   &storage.FillRecord{Upstream: hub, Repo: "library/x", State: storage.FillPartial, UpdatedAt: t0},
+		}))
+	}
+	must(t, ix.Close())
+	fixture.DamageRecord(t, path, "mirrors", hub+"/library/x@"+b.String())
+
+	ix = openIndex(t, path)
+	inc, err := ix.ScanAtStart(t.Context())
+	if err != nil || len(inc) != 1 || inc[0].Digest != a || inc[0].Repo != "library/x" {
+		t.Fatalf("ScanAtStart with b's fill record unreadable = %+v, %v; want a's fill to resume", inc, err)
+	}
+}

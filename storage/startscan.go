@@ -146,7 +146,8 @@ func (ix *Index) readTags(ctx context.Context, tx *bolt.Tx, rel *releaser) (*tag
 }
 
 // readFills reads every fill record of tx: the incomplete ones, and the
-// hashes of the complete ones (at most maxFillBase).
+// hashes of the complete ones (at most maxFillBase). A record that cannot
+// be decoded is passed over.
 func (ix *Index) readFills(ctx context.Context, tx *bolt.Tx, rel *releaser) (incomplete []FillEntry, complete []uint64, err error) {
 	n := 0
 	err = fillRecordsOf(tx).ForEach(func(k, v []byte) error {
@@ -164,8 +165,11 @@ func (ix *Index) readFills(ctx context.Context, tx *bolt.Tx, rel *releaser) (inc
 			return nil // most records, skipped without decoding them
 		}
 		var rec FillRecord
-		if err := json.Unmarshal(v, &rec); err != nil {
-			return unreadable(bucketMirrors, k, err)
+		if json.Unmarshal(v, &rec) != nil {
+			// Unreadable (a flipped bit): its fill cannot be resumed,
+			// but the others can; the next collection drops it, saying
+			// so, as verify --repair does.
+			return nil
 		}
 		at := bytes.LastIndexByte(k, '@')
 		if rec.State != FillComplete && at >= 0 {
