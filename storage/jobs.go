@@ -100,7 +100,7 @@ func pruneJobsTx(tx *bolt.Tx) ([][]byte, error) {
 			State string `json:"state"`
 		}
 		if err := json.Unmarshal(v, &h); err != nil {
-			return nil, fmt.Errorf("index: corrupt job %q: %w", k, err)
+			return nil, unreadable(bucketJobs, k, err)
 		}
 		if h.State != JobDone && h.State != JobFailed {
 			continue
@@ -109,18 +109,23 @@ func pruneJobsTx(tx *bolt.Tx) ([][]byte, error) {
 			gone = append(gone, bytes.Clone(k))
 		}
 	}
-	imgs := tx.Bucket(bucketJobImages)
 	for _, k := range gone {
-		if err := tx.Bucket(bucketJobs).Delete(k); err != nil {
+		if err := deleteJobTx(tx, k); err != nil {
 			return nil, err
-		}
-		if imgs.Bucket(k) != nil {
-			if err := imgs.DeleteBucket(k); err != nil {
-				return nil, err
-			}
 		}
 	}
 	return gone, nil
+}
+
+// deleteJobTx deletes the job whose ID is id: its header and its images.
+func deleteJobTx(tx *bolt.Tx, id []byte) error {
+	if err := tx.Bucket(bucketJobs).Delete(id); err != nil {
+		return err
+	}
+	if imgs := tx.Bucket(bucketJobImages); imgs.Bucket(id) != nil {
+		return imgs.DeleteBucket(id)
+	}
+	return nil
 }
 
 // putJobTx records a whole job in tx.
@@ -254,7 +259,7 @@ func putJobImage(b *bolt.Bucket, i int, img JobImage) error {
 func readJob(tx *bolt.Tx, k, v []byte) (*Job, error) {
 	var j Job
 	if err := json.Unmarshal(v, &j); err != nil {
-		return nil, fmt.Errorf("index: corrupt job %q: %w", k, err)
+		return nil, unreadable(bucketJobs, k, err)
 	}
 	b := tx.Bucket(bucketJobImages).Bucket(k)
 	if b == nil {
@@ -355,7 +360,7 @@ func (ix *Index) JobHeaders(limit int) ([]*Job, error) {
 		for k, v := c.Last(); k != nil && len(out) < limit; k, v = c.Prev() {
 			var j Job
 			if err := json.Unmarshal(v, &j); err != nil {
-				return fmt.Errorf("index: corrupt job %q: %w", k, err)
+				return unreadable(bucketJobs, k, err)
 			}
 			out = append(out, &j)
 		}
@@ -365,7 +370,8 @@ func (ix *Index) JobHeaders(limit int) ([]*Job, error) {
 }
 
 // UnfinishedJobs returns the jobs that were queued or running, e.g. when
-// the process stopped; they are resumed at start.
+// the process stopped; they are resumed at start. A job whose record
+// cannot be decoded is passed over.
 func (ix *Index) UnfinishedJobs() ([]*Job, error) {
 	var out []*Job
 	err := ix.db.View(func(tx *bolt.Tx) error {
@@ -373,8 +379,10 @@ func (ix *Index) UnfinishedJobs() ([]*Job, error) {
 			var h struct {
 				State string `json:"state"`
 			}
-			if err := json.Unmarshal(v, &h); err != nil {
-				return fmt.Errorf("index: corrupt job %q: %w", k, err)
+			if json.Unmarshal(v, &h) != nil {
+				// Unreadable (a flipped bit): not resumed, rather than
+				// no start at all; verify --repair drops it.
+				return nil
 			}
 			if h.State == JobDone || h.State == JobFailed {
 				return nil // finished: its images are not read

@@ -4,8 +4,12 @@ import (
 	"fmt"
 	"path/filepath"
 	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/docker-mirror/docker-mirror/storage"
+	"github.com/docker-mirror/docker-mirror/tests/fixture"
 )
 
 // A job's header and images recorded change by change read back whole,
@@ -115,4 +119,52 @@ func TestOldFinishedJobsPruned(t *testing.T) {
 	if un, err := ix.UnfinishedJobs(); err != nil || len(un) != 2 {
 		t.Errorf("unfinished jobs %d, %v; want the 2", len(un), err)
 	}
+}
+
+// A job record that cannot be read (a flipped bit, its pages sound) made
+// the start's read of the unfinished jobs fail: the server refused to
+// start, saying "corrupt job", and verify --repair neither listed nor
+// dropped it, so it refused at every start until index.db was removed.
+// The start passes over it and resumes the others; verify lists it and
+// its repair drops it, with its images.
+func TestUnreadableJobRecordPassedOverAndDropped(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "index.db")
+	ix := openIndex(t, path)
+	jobs := []*storage.Job{
+		{ID: "20250304T050607-aaaaaaaaaa", Trigger: "prefetch", State: storage.JobQueued, Images: []storage.JobImage{{Image: "a", State: storage.JobQueued}}, CreatedAt: t0, UpdatedAt: t0},
+		{ID: "20250304T050608-bbbbbbbbbb", Trigger: "prefetch", State: storage.JobRunning, Images: []storage.JobImage{{Image: "b", State: storage.JobQueued}}, CreatedAt: t0, UpdatedAt: t0},
+	}
+	for _, j := range jobs {
+		must(t, ix.PutJob(j))
+	}
+	must(t, ix.Close())
+	fixture.DamageRecord(t, path, "jobs", jobs[1].ID)
+
+	ix = openIndex(t, path)
+	unfinished, err := ix.UnfinishedJobs()
+	if err != nil || len(unfinished) != 1 || unfinished[0].ID != jobs[0].ID {
+		t.Fatalf("UnfinishedJobs with %s's record unreadable = %+v, %v; want %s alone", jobs[1].ID, unfinished, err, jobs[0].ID)
+	}
+	bad, err := ix.UnreadableRecords()
+	if err != nil || len(bad) != 1 || bad[0].Bucket != "jobs" || bad[0].Key != jobs[1].ID {
+		t.Fatalf("UnreadableRecords = %+v, %v; want the job %s's", bad, err, jobs[1].ID)
+	}
+	must(t, ix.DropRecords(bad))
+	if bad, err := ix.UnreadableRecords(); err != nil || len(bad) != 0 {
+		t.Fatalf("UnreadableRecords after DropRecords = %+v, %v", bad, err)
+	}
+	if list, err := ix.Jobs(10); err != nil || len(list) != 1 || list[0].ID != jobs[0].ID {
+		t.Fatalf("Jobs after the drop = %+v, %v; want %s alone", list, err, jobs[0].ID)
+	}
+	must(t, ix.Close())
+	// Its images went with it.
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
+	must(t, err)
+	defer db.Close()
+	must(t, db.View(func(tx *bolt.Tx) error {
+		if tx.Bucket([]byte("job_images")).Bucket([]byte(jobs[1].ID)) != nil {
+			t.Errorf("the images of the dropped job %s are still in the index", jobs[1].ID)
+		}
+		return nil
+	}))
 }

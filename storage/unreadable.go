@@ -45,6 +45,8 @@ var recordDecoders = map[string]func([]byte) error{
 	// The referrers answers: every eviction reads them (the images'
 	// model), as verify's repair does.
 	string(bucketReferrers): func(v []byte) error { var r ReferrersRecord; return json.Unmarshal(v, &r) },
+	// A job's header: the start, prefetches and the job list read them.
+	string(bucketJobs): func(v []byte) error { var j Job; return json.Unmarshal(v, &j) },
 }
 
 // UnreadableRecords lists the records of the index that cannot be decoded
@@ -101,6 +103,8 @@ func (ix *Index) DropRecords(recs []UnreadableRecord) error {
 				err = ix.tagWrites(tx).delete(key)
 			case string(bucketMirrors):
 				err = ix.fillWrites(tx).delete(key)
+			case string(bucketJobs):
+				err = deleteJobTx(tx, key)
 			case string(bucketPins):
 				// Its key says what is pinned: the pin stays, its reason
 				// and time lost (dropped, a pinned image could be
