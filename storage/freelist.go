@@ -116,12 +116,13 @@ func FreelistWritten(path string) (bool, error) {
 // metaPage is what a bbolt meta page says of its commit.
 type metaPage struct {
 	pageSize, freelist, pgid, txid uint64
-	valid                          bool // bbolt's version, and its checksum matches
+	magic                          bool // it begins with bbolt's magic number
+	valid                          bool // bbolt's magic and version, and its checksum matches
 }
 
 // lastCommit reads the meta page of the last commit of the bbolt file f:
-// of the two, the valid one with the higher transaction id, as bbolt's
-// open picks it (FreelistWritten's comment has the layout; the high-water
+// of the two, the valid one with the higher transaction id (the second
+// alone if the first is damaged), as bbolt's open picks it (FreelistWritten's comment has the layout; the high-water
 // page id follows the freelist's, and an FNV-1a checksum of what precedes
 // it follows the transaction id).
 func lastCommit(f *os.File, path string) (metaPage, error) {
@@ -142,31 +143,43 @@ func lastCommit(f *os.File, path string) (metaPage, error) {
 		if _, err := f.ReadAt(m, at+header); err != nil {
 			return metaPage{}, fmt.Errorf("%s: reading a meta page: %w", path, err)
 		}
-		if le.Uint32(m) != magic {
-			return metaPage{}, fmt.Errorf("%s: not a bbolt file", path)
-		}
 		h := fnv.New64a()
 		h.Write(m[:sumAt])
 		return metaPage{pageSize: uint64(le.Uint32(m[sizeAt:])), freelist: le.Uint64(m[freeAt:]),
-			pgid: le.Uint64(m[pgidAt:]), txid: le.Uint64(m[txidAt:]),
-			valid: le.Uint32(m[4:]) == version && h.Sum64() == le.Uint64(m[sumAt:])}, nil
+			pgid: le.Uint64(m[pgidAt:]), txid: le.Uint64(m[txidAt:]), magic: le.Uint32(m) == magic,
+			valid: le.Uint32(m) == magic && le.Uint32(m[4:]) == version && h.Sum64() == le.Uint64(m[sumAt:])}, nil
 	}
 	first, err := meta(0)
 	if err != nil {
 		return metaPage{}, err
 	}
-	second, err := meta(int64(first.pageSize))
-	if err != nil {
-		return metaPage{}, err
+	var second metaPage
+	if first.valid {
+		if second, err = meta(int64(first.pageSize)); err != nil {
+			return metaPage{}, err
+		}
+	} else {
+		// Its page size unknown (a zeroed or damaged first page), the
+		// second is looked for at each size bbolt makes pages of, as
+		// bbolt's open looks for it, up to the file's end.
+		for size := int64(1 << 10); size <= 16<<20 && !second.valid; size <<= 1 {
+			if second, err = meta(size); err != nil {
+				break
+			}
+		}
 	}
 	last := first
 	if second.valid && (!first.valid || second.txid > first.txid) {
 		last = second
 	}
-	if !last.valid {
+	switch {
+	case last.valid:
+		return last, nil
+	case !first.magic && !second.magic:
+		return metaPage{}, fmt.Errorf("%s: not a bbolt file", path)
+	default:
 		return metaPage{}, fmt.Errorf("%s: both meta pages are damaged", path)
 	}
-	return last, nil
 }
 
 // indexRemedy is what to do with an index that cannot be opened.

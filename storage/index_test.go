@@ -663,8 +663,35 @@ func TestScanAtStartPassesOverAnUnreadableFillRecord(t *testing.T) {
 	fixture.DamageRecord(t, path, "mirrors", hub+"/library/x@"+b.String())
 
 	ix = openIndex(t, path)
+	defer ix.Close()
 	inc, err := ix.ScanAtStart(t.Context())
 	if err != nil || len(inc) != 1 || inc[0].Digest != a || inc[0].Repo != "library/x" {
 		t.Fatalf("ScanAtStart with b's fill record unreadable = %+v, %v; want a's fill to resume", inc, err)
 	}
+}
+
+// An index whose first meta page is damaged (a block zeroed by a
+// filesystem's repair, bad sectors) while its second is sound is one
+// bbolt opens, at the commit the second records: the start refused it
+// as "not a bbolt file", and the only remedy it gave, moving it aside,
+// lost every tag and record it held.
+func TestOpenIndexFirstMetaPageDamaged(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "index.db")
+	ix := openIndex(t, path)
+	recordTag(t, ix, hub, "a", "v1", digest.FromString("a"), t0)
+	recordTag(t, ix, hub, "a", "v2", digest.FromString("b"), t0)
+	recordTag(t, ix, hub, "a", "v3", digest.FromString("c"), t0)
+	must(t, ix.Close())
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	must(t, err)
+	_, err = f.WriteAt(make([]byte, 4096), 0)
+	must(t, errors.Join(err, f.Close()))
+
+	ix, err = storage.OpenIndex(path)
+	if err != nil {
+		t.Fatalf("OpenIndex with its first meta page zeroed: %v; want it opened at the second's commit", err)
+	}
+	defer ix.Close()
+	// The second meta page holds the last commit or the one before it.
+	checkTag(t, ix, hub, "a", "v1", storage.TagRecord{Digest: digest.FromString("a"), FetchedAt: t0, CheckedAt: t0})
 }
