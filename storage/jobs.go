@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -257,9 +258,18 @@ func putJobImage(b *bolt.Bucket, i int, img JobImage) error {
 
 // readJob decodes a job header and reads its images.
 func readJob(tx *bolt.Tx, k, v []byte) (*Job, error) {
+	j, err := decodeJob(tx, k, v)
+	if err != nil {
+		return nil, unreadable(bucketJobs, k, err)
+	}
+	return j, nil
+}
+
+// decodeJob decodes the job whose header is k, v, with its images.
+func decodeJob(tx *bolt.Tx, k, v []byte) (*Job, error) {
 	var j Job
 	if err := json.Unmarshal(v, &j); err != nil {
-		return nil, unreadable(bucketJobs, k, err)
+		return nil, err
 	}
 	b := tx.Bucket(bucketJobImages).Bucket(k)
 	if b == nil {
@@ -269,7 +279,7 @@ func readJob(tx *bolt.Tx, k, v []byte) (*Job, error) {
 	err := b.ForEach(func(ik, iv []byte) error {
 		var img JobImage
 		if err := json.Unmarshal(iv, &img); err != nil {
-			return fmt.Errorf("index: corrupt image %x of job %q: %w", ik, k, err)
+			return fmt.Errorf("its image %x: %w", ik, err)
 		}
 		j.Images = append(j.Images, img)
 		return nil
@@ -370,8 +380,8 @@ func (ix *Index) JobHeaders(limit int) ([]*Job, error) {
 }
 
 // UnfinishedJobs returns the jobs that were queued or running, e.g. when
-// the process stopped; they are resumed at start. A job whose record
-// cannot be decoded is passed over.
+// the process stopped; they are resumed at start. A job whose header or
+// an image's record cannot be decoded is passed over.
 func (ix *Index) UnfinishedJobs() ([]*Job, error) {
 	var out []*Job
 	err := ix.db.View(func(tx *bolt.Tx) error {
@@ -388,6 +398,9 @@ func (ix *Index) UnfinishedJobs() ([]*Job, error) {
 				return nil // finished: its images are not read
 			}
 			j, err := readJob(tx, k, v)
+			if errors.Is(err, ErrUnreadableRecord) {
+				return nil // an image's, as its header's
+			}
 			if err != nil {
 				return err
 			}

@@ -121,50 +121,71 @@ func TestOldFinishedJobsPruned(t *testing.T) {
 	}
 }
 
-// A job record that cannot be read (a flipped bit, its pages sound) made
-// the start's read of the unfinished jobs fail: the server refused to
-// start, saying "corrupt job", and verify --repair neither listed nor
-// dropped it, so it refused at every start until index.db was removed.
-// The start passes over it and resumes the others; verify lists it and
-// its repair drops it, with its images.
+// A job record that cannot be read (a flipped bit, its pages sound), its
+// header's or an image's, made the start's read of the unfinished jobs
+// fail: the server refused to start, saying "corrupt job" (or "corrupt
+// image"), and verify --repair neither listed nor dropped it, so it
+// refused at every start until index.db was removed. The start passes
+// over it and resumes the others; verify lists it and its repair drops
+// it, with its images.
 func TestUnreadableJobRecordPassedOverAndDropped(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "index.db")
-	ix := openIndex(t, path)
-	jobs := []*storage.Job{
-		{ID: "20250304T050607-aaaaaaaaaa", Trigger: "prefetch", State: storage.JobQueued, Images: []storage.JobImage{{Image: "a", State: storage.JobQueued}}, CreatedAt: t0, UpdatedAt: t0},
-		{ID: "20250304T050608-bbbbbbbbbb", Trigger: "prefetch", State: storage.JobRunning, Images: []storage.JobImage{{Image: "b", State: storage.JobQueued}}, CreatedAt: t0, UpdatedAt: t0},
+	damageImage := func(t *testing.T, path, id string) {
+		db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+		must(t, err)
+		must(t, db.Update(func(tx *bolt.Tx) error {
+			b := tx.Bucket([]byte("job_images")).Bucket([]byte(id))
+			k, _ := b.Cursor().First()
+			return b.Put(k, []byte("\x01not a record{"))
+		}))
+		must(t, db.Close())
 	}
-	for _, j := range jobs {
-		must(t, ix.PutJob(j))
-	}
-	must(t, ix.Close())
-	fixture.DamageRecord(t, path, "jobs", jobs[1].ID)
+	for _, tc := range []struct {
+		name   string
+		damage func(t *testing.T, path, id string)
+	}{
+		{"header", func(t *testing.T, path, id string) { fixture.DamageRecord(t, path, "jobs", id) }},
+		{"image", damageImage},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "index.db")
+			ix := openIndex(t, path)
+			jobs := []*storage.Job{
+				{ID: "20250304T050607-aaaaaaaaaa", Trigger: "prefetch", State: storage.JobQueued, Images: []storage.JobImage{{Image: "a", State: storage.JobQueued}}, CreatedAt: t0, UpdatedAt: t0},
+				{ID: "20250304T050608-bbbbbbbbbb", Trigger: "prefetch", State: storage.JobRunning, Images: []storage.JobImage{{Image: "b", State: storage.JobQueued}}, CreatedAt: t0, UpdatedAt: t0},
+			}
+			for _, j := range jobs {
+				must(t, ix.PutJob(j))
+			}
+			must(t, ix.Close())
+			tc.damage(t, path, jobs[1].ID)
 
-	ix = openIndex(t, path)
-	unfinished, err := ix.UnfinishedJobs()
-	if err != nil || len(unfinished) != 1 || unfinished[0].ID != jobs[0].ID {
-		t.Fatalf("UnfinishedJobs with %s's record unreadable = %+v, %v; want %s alone", jobs[1].ID, unfinished, err, jobs[0].ID)
+			ix = openIndex(t, path)
+			unfinished, err := ix.UnfinishedJobs()
+			if err != nil || len(unfinished) != 1 || unfinished[0].ID != jobs[0].ID {
+				t.Fatalf("UnfinishedJobs with %s's record unreadable = %+v, %v; want %s alone", jobs[1].ID, unfinished, err, jobs[0].ID)
+			}
+			bad, err := ix.UnreadableRecords()
+			if err != nil || len(bad) != 1 || bad[0].Bucket != "jobs" || bad[0].Key != jobs[1].ID {
+				t.Fatalf("UnreadableRecords = %+v, %v; want the job %s's", bad, err, jobs[1].ID)
+			}
+			must(t, ix.DropRecords(bad))
+			if bad, err := ix.UnreadableRecords(); err != nil || len(bad) != 0 {
+				t.Fatalf("UnreadableRecords after DropRecords = %+v, %v", bad, err)
+			}
+			if list, err := ix.Jobs(10); err != nil || len(list) != 1 || list[0].ID != jobs[0].ID {
+				t.Fatalf("Jobs after the drop = %+v, %v; want %s alone", list, err, jobs[0].ID)
+			}
+			must(t, ix.Close())
+			// Its images went with it.
+			db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
+			must(t, err)
+			defer db.Close()
+			must(t, db.View(func(tx *bolt.Tx) error {
+				if tx.Bucket([]byte("job_images")).Bucket([]byte(jobs[1].ID)) != nil {
+					t.Errorf("the images of the dropped job %s are still in the index", jobs[1].ID)
+				}
+				return nil
+			}))
+		})
 	}
-	bad, err := ix.UnreadableRecords()
-	if err != nil || len(bad) != 1 || bad[0].Bucket != "jobs" || bad[0].Key != jobs[1].ID {
-		t.Fatalf("UnreadableRecords = %+v, %v; want the job %s's", bad, err, jobs[1].ID)
-	}
-	must(t, ix.DropRecords(bad))
-	if bad, err := ix.UnreadableRecords(); err != nil || len(bad) != 0 {
-		t.Fatalf("UnreadableRecords after DropRecords = %+v, %v", bad, err)
-	}
-	if list, err := ix.Jobs(10); err != nil || len(list) != 1 || list[0].ID != jobs[0].ID {
-		t.Fatalf("Jobs after the drop = %+v, %v; want %s alone", list, err, jobs[0].ID)
-	}
-	must(t, ix.Close())
-	// Its images went with it.
-	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
-	must(t, err)
-	defer db.Close()
-	must(t, db.View(func(tx *bolt.Tx) error {
-		if tx.Bucket([]byte("job_images")).Bucket([]byte(jobs[1].ID)) != nil {
-			t.Errorf("the images of the dropped job %s are still in the index", jobs[1].ID)
-		}
-		return nil
-	}))
 }

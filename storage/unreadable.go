@@ -45,8 +45,19 @@ var recordDecoders = map[string]func([]byte) error{
 	// The referrers answers: every eviction reads them (the images'
 	// model), as verify's repair does.
 	string(bucketReferrers): func(v []byte) error { var r ReferrersRecord; return json.Unmarshal(v, &r) },
-	// A job's header: the start, prefetches and the job list read them.
+	// A job's header (decodeRecord reads its images too): the start,
+	// prefetches and the job list read them.
 	string(bucketJobs): func(v []byte) error { var j Job; return json.Unmarshal(v, &j) },
+}
+
+// decodeRecord decodes the record k, v of bucket in tx with its decoder
+// (recordDecoders); a job's with its images.
+func decodeRecord(tx *bolt.Tx, bucket string, k, v []byte) error {
+	if bucket == string(bucketJobs) {
+		_, err := decodeJob(tx, k, v)
+		return err
+	}
+	return recordDecoders[bucket](v)
 }
 
 // UnreadableRecords lists the records of the index that cannot be decoded
@@ -64,7 +75,7 @@ func (ix *Index) UnreadableRecords() ([]UnreadableRecord, error) {
 				if v == nil {
 					return nil // a nested bucket
 				}
-				if err := decode(v); err != nil {
+				if err := decodeRecord(tx, string(name), k, v); err != nil {
 					out = append(out, UnreadableRecord{Bucket: string(name), Key: string(k), Err: err.Error()})
 				}
 				return nil
@@ -94,7 +105,7 @@ func (ix *Index) DropRecords(recs []UnreadableRecord) error {
 				continue
 			}
 			key := []byte(r.Key)
-			if v := b.Get(key); v == nil || decode(v) == nil {
+			if v := b.Get(key); v == nil || decodeRecord(tx, r.Bucket, key, v) == nil {
 				continue // gone or written again meanwhile
 			}
 			var err error
