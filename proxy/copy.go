@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
-	"time"
 
 	"github.com/distribution/reference"
 
@@ -140,19 +139,16 @@ func (p *Proxy) Copy(ctx context.Context, ref string, pats []oci.Platform, onPro
 	return prog.snapshot(), nil
 }
 
-// storeUsable is Ready for a copy, looked up again only readyFor after it
-// last found the store usable: a store that cannot be used (a destination
-// down, or refusing the credentials) would fail the copy only once its
-// manifest was fetched, a Docker Hub pull for every image of a job.
+// storeUsable is Ready for a copy, looked up again only once the last
+// answer that found the store usable is readyFor old: a store that cannot
+// be used (a destination down, or refusing the credentials) would fail
+// the copy only once its manifest was fetched, a Docker Hub pull for
+// every image of a job.
 func (p *Proxy) storeUsable(ctx context.Context) error {
-	if at := p.copyChecked.Load(); at != 0 && p.now().Sub(time.Unix(0, at)) < readyFor {
+	if p.readiness.usable(readyFor) {
 		return nil
 	}
-	if err := p.Ready(ctx); err != nil {
-		return err
-	}
-	p.copyChecked.Store(p.now().UnixNano())
-	return nil
+	return p.Ready(ctx)
 }
 
 // noPlatformMatches refuses a copy for platforms (pats, asked for or

@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -83,11 +82,8 @@ type Proxy struct {
 	// nor held, just before it fetches it: tests hold it there.
 	fetchingManifest func(ref oci.Ref)
 	referrerFlights  singleflight.Group // per "host/repo@subject\x00artifactType"
-	// readiness is the store's lookups for Ready (ready.go).
-	readiness readiness
-	// copyChecked is when a copy last found the store usable (UnixNano,
-	// 0: never): the copies within readyFor of it do not look again.
-	copyChecked atomic.Int64
+	// readiness is the store's lookups for Ready (readiness.go).
+	readiness *readiness
 	// artifactChecks: when each recently revalidated image last had its
 	// artifacts looked for again (recheckArtifacts), by fillKey.
 	artifactChecks *lru.Cache[string, time.Time]
@@ -364,6 +360,7 @@ func New(store storage.Store, index *storage.Index, upstreams []*upstream.Client
 	}
 	p.traffic, p.failures = newTraffic(p.now(), p.bytesFetched), &failureLog{}
 	p.budgets = &budgets{size: p.upstreamConns}
+	p.readiness = &readiness{lookUp: p.statReadiness, ping: index.Ping, now: p.now, work: p.work}
 	p.metrics.Register(
 		p.redirects.count,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{

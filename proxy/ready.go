@@ -4,11 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync/atomic"
 	"time"
 
 	"github.com/opencontainers/go-digest"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/docker-mirror/docker-mirror/storage"
 )
@@ -30,24 +28,6 @@ const (
 // replicas' probes of /readyz wait (cluster.WithProbeTimeout's default).
 const ReadyUnanswered = 5 * time.Second
 
-// readiness is the store's lookups for Ready.
-type readiness struct {
-	flight    singleflight.Group
-	throttled atomic.Int64 // when the store's last lookup was answered throttling (UnixNano), else 0
-	// last is the last lookup's answer (nil: none yet), and started when
-	// the lookup under way started (UnixNano, 0: none): ReadyLast shows
-	// them without waiting.
-	last    atomic.Pointer[readyAnswer]
-	started atomic.Int64
-}
-
-// readyAnswer is a lookup's answer: err if the store cannot be used, else
-// throttled if it answered throttling; took is how long it took.
-type readyAnswer struct {
-	err, throttled error
-	took           time.Duration
-}
-
 // Ready reports whether the store and the index can be used. A store
 // that throttles answers, at its rate: every replica of a bucket would
 // otherwise leave the load balancer at once, and none would serve what
@@ -56,8 +36,7 @@ type readyAnswer struct {
 // probes, waiting for the lookup, would time out and take this replica
 // for unreachable.
 func (p *Proxy) Ready(ctx context.Context) error {
-	_, err := p.lookUpStore(ctx, true)
-	return err
+	return p.readiness.ready(ctx)
 }
 
 // errFullNotReady is Readyz's error while the store is full, with
@@ -98,12 +77,7 @@ func (p *Proxy) ReadyzLast(ctx context.Context, unanswered time.Duration) error 
 // answered, it waits for one until the lookup under way has gone
 // unanswered for unanswered: only the first call waits its whole time.
 func (p *Proxy) ReadyLast(ctx context.Context, unanswered time.Duration) error {
-	wait, cancel := context.WithTimeout(ctx, unanswered-p.lookingUpFor())
-	defer cancel()
-	if p.readiness.last.Load() != nil {
-		cancel() // the next answer, not waited for
-	}
-	_, err := p.lastAnswer(wait, unanswered)
+	_, err := p.readiness.lastAnswer(ctx, unanswered)
 	return err
 }
 
@@ -118,105 +92,28 @@ func (p *Proxy) ReadyLast(ctx context.Context, unanswered time.Duration) error {
 // under way is waited for only until it has gone unanswered for
 // unanswered.
 func (p *Proxy) CheckStore(ctx context.Context, unanswered time.Duration) error {
-	wait := unanswered - p.lookingUpFor()
-	if last := p.readiness.last.Load(); last != nil && last.took > unanswered {
-		wait = 0 // the next answer, not waited for
-	}
-	ctx, cancel := context.WithTimeout(ctx, wait)
-	defer cancel()
-	throttled, err := p.lastAnswer(ctx, unanswered)
+	throttled, err := p.readiness.checked(ctx, unanswered)
 	if err != nil {
 		return err
 	}
 	return throttled
 }
 
-// lastAnswer starts a lookup of the store unless one is under way, waits
-// for it within wait, and returns the last lookup's answer (lookUpStore's
-// throttled and err); not ready if the lookup under way has been
-// unanswered for longer than unanswered.
-func (p *Proxy) lastAnswer(wait context.Context, unanswered time.Duration) (throttled, err error) {
-	if err := p.index.Ping(); err != nil {
-		return nil, err // not the store's last answer
-	}
-	throttled, err = p.lookUpStore(wait, false)
-	if err := p.noAnswer(unanswered); err != nil {
-		return nil, err
-	}
-	if last := p.readiness.last.Load(); last != nil {
-		return last.throttled, last.err
-	}
-	return throttled, err
-}
-
-// noAnswer is not ready if the lookup under way has been unanswered for
-// longer than d, else nil.
-func (p *Proxy) noAnswer(d time.Duration) error {
-	if u := p.lookingUpFor(); u > d {
-		return fmt.Errorf("store: no answer to its readiness lookup for %v", u.Round(time.Second))
-	}
-	return nil
-}
-
 // lookingUpFor is how long the lookup under way has been unanswered (0:
 // none under way).
-func (p *Proxy) lookingUpFor() time.Duration {
-	if at := p.readiness.started.Load(); at != 0 {
-		return p.now().Sub(time.Unix(0, at))
-	}
-	return 0
-}
-
-// lookUpStore pings the index and looks the store up (shared, see
-// readyFor): err if either cannot be used, else throttled if the store
-// answered throttling. If takeFresh, within readyFor of a throttling
-// answer it takes that one and does not wait for the lookup it starts
-// (nil, nil); else it does not wait for a lookup under way unanswered for
-// longer than ReadyUnanswered (noAnswer).
-func (p *Proxy) lookUpStore(ctx context.Context, takeFresh bool) (throttled, err error) {
-	if err := p.index.Ping(); err != nil {
-		return nil, err
-	}
-	at := p.readiness.throttled.Load()
-	fresh := takeFresh && at != 0 && p.now().Sub(time.Unix(0, at)) < readyFor
-	if takeFresh && !fresh {
-		if err := p.noAnswer(ReadyUnanswered); err != nil {
-			return nil, err
-		}
-	}
-	wait := ctx
-	if fresh {
-		done, cancel := context.WithCancel(ctx)
-		cancel() // the next lookup runs, unwaited for
-		wait = done
-	}
-	throttled, err = shared(wait, p.work, &p.readiness.flight, "store", func() (error, error) {
-		start := p.now()
-		p.readiness.started.Store(start.UnixNano())
-		defer p.readiness.started.Store(0)
-		// Detached, ended by Close: a stop would otherwise wait out the
-		// lookup of a bucket that hangs.
-		ctx, cancel := p.detach(ctx, readyLookupTimeout)
-		defer cancel()
-		throttled, err := p.statReadiness(ctx)
-		p.readiness.last.Store(&readyAnswer{err: err, throttled: throttled, took: p.now().Sub(start)})
-		return throttled, err
-	})
-	if fresh && !errors.Is(err, errClosing) {
-		return nil, nil
-	}
-	return throttled, err
-}
+func (p *Proxy) lookingUpFor() time.Duration { return p.readiness.unansweredFor() }
 
 // statReadiness looks the store up: err if it cannot be used, else
-// throttled if it answered throttling.
+// throttled if it answered throttling. It is detached from ctx and ended
+// by Close: a stop would otherwise wait out the lookup of a bucket that
+// hangs.
 func (p *Proxy) statReadiness(ctx context.Context) (throttled, err error) {
+	ctx, cancel := p.detach(ctx, readyLookupTimeout)
+	defer cancel()
 	_, err = p.store.Stat(ctx, "docker-mirror/readiness", digest.FromString("readiness probe"))
 	if storage.IsThrottled(err) {
-		p.readiness.throttled.Store(p.now().UnixNano())
 		return fmt.Errorf("store: %w", err), nil
 	}
-	p.readiness.throttled.Store(0)
 	if err != nil && !errors.Is(err, storage.ErrNotFound) {
 		return nil, fmt.Errorf("store: %w", err)
 	}
