@@ -1867,7 +1867,8 @@ func (c *Client) tokensHeld(ctx context.Context) error {
 // pass on to clients: the upstream's, or, when it sent none that can be
 // read (Docker Hub's pull limit sends none), the seconds of the back-off
 // in force (the mirror's own, which it keeps all the same, or a longer
-// one begun by another request's 429).
+// one begun by another request's 429). With b nil (retryOf) it only reads
+// the Retry-After, and records nothing.
 func (c *Client) backOff(b *backoff, retryAfter string, status int) string {
 	d := DefaultBackoff
 	told := true
@@ -1882,15 +1883,18 @@ func (c *Client) backOff(b *backoff, retryAfter string, status int) string {
 		told = false
 	}
 	d = min(max(d, 0), maxBackoff)
-	b.mu.Lock()
-	now := c.now()
-	if until := now.Add(d); until.After(b.until) {
-		b.until, b.status = until, status
+	if b != nil {
+		b.mu.Lock()
+		now := c.now()
+		if until := now.Add(d); until.After(b.until) {
+			b.until, b.status = until, status
+		}
+		// Untold, the back-off in force: a longer one another request's
+		// 429 began (concurrent requests) holds this client's next
+		// request too.
+		d = max(d, b.until.Sub(now))
+		b.mu.Unlock()
 	}
-	// Untold, the back-off in force: a longer one another request's 429
-	// began (concurrent requests) holds this client's next request too.
-	d = max(d, b.until.Sub(now))
-	b.mu.Unlock()
 	if told {
 		return retryAfter
 	}
@@ -1964,11 +1968,11 @@ func (c *Client) statusError(resp *http.Response, r call) error {
 // retryOf returns the back-off that a 429 (or a 503 saying when to come
 // back) of host starts: the registry's own, or, for its storage's (a
 // signed URL of a CDN the registry redirected to, which said nothing of
-// the registry's manifests and other blobs), one that holds back nothing:
-// the client that asked is told when to come back.
+// the registry's manifests and other blobs), none (nil, which backOff
+// only reads): the client that asked is told when to come back.
 func (c *Client) retryOf(host string) *backoff {
 	if host != c.registry.RegistryStr() {
-		return new(backoff)
+		return nil
 	}
 	return &c.retry
 }
