@@ -152,15 +152,14 @@ func (ix *Index) putPinBack(key, old []byte) error {
 // returns what lets the others go on. A ctx done already is refused at
 // once, not only when the lock is busy.
 func (ix *Index) lockPins(ctx context.Context) (unlock func(), err error) {
-	if ctx.Err() != nil {
-		return nil, fmt.Errorf("waiting for the pins' writes: %w", context.Cause(ctx))
+	if ctx.Err() == nil {
+		select {
+		case ix.pinning <- struct{}{}:
+			return func() { <-ix.pinning }, nil
+		case <-ctx.Done():
+		}
 	}
-	select {
-	case ix.pinning <- struct{}{}:
-		return func() { <-ix.pinning }, nil
-	case <-ctx.Done():
-		return nil, fmt.Errorf("waiting for the pins' writes: %w", context.Cause(ctx))
-	}
+	return nil, fmt.Errorf("waiting for the pins' writes: %w", context.Cause(ctx))
 }
 
 // Unpin removes a pin; removing a missing pin is not an error. A pin the
