@@ -230,8 +230,10 @@ func (s *Store) open(ctx context.Context, repo string, dgst digest.Digest, offse
 // the digest and size, so wrong content never reaches
 // the destination whole: the PUT that would commit it is never sent, and
 // the error wraps storage.ErrDigestMismatch. A failed upload's session is
-// then cancelled with a DELETE, best effort: distribution refuses to cancel
-// one that received part of the content, and purges it later.
+// then cancelled with a DELETE of the session its last answer named,
+// best effort: distribution refuses to cancel one whose content was cut
+// off mid-request (its state no longer what it answered), and purges it
+// later.
 func (s *Store) Put(ctx context.Context, repo string, dgst digest.Digest, size int64, r io.Reader) error {
 	dst, err := s.blobTarget(repo, dgst)
 	if err != nil {

@@ -456,8 +456,11 @@ func (h *hookTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if limited, ok := req.Context().Value(rateLimitKey{}).(*rateLimitNote); ok && rateLimits(resp) {
 		limited.Store(true)
 	}
+	// The session is named by the last answer's Location: the POST's,
+	// then each PATCH's (distribution's carries the upload's state, and
+	// it refuses a DELETE naming an older one, 416, keeping the content).
 	if sess, ok := req.Context().Value(sessionKey{}).(*uploadSession); ok &&
-		req.Method == http.MethodPost && resp.StatusCode == http.StatusAccepted {
+		(req.Method == http.MethodPost || req.Method == http.MethodPatch) && resp.StatusCode == http.StatusAccepted {
 		if loc, err := req.URL.Parse(resp.Header.Get("Location")); err == nil && resp.Header.Get("Location") != "" {
 			sess.set(loc.String())
 		}

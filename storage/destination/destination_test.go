@@ -1029,3 +1029,39 @@ func TestUploadSessionLostIsNoRefusal(t *testing.T) {
 		})
 	}
 }
+
+// A blob whose commit the destination failed (a 5xx: its storage
+// backend failing the move into place) has its upload session cancelled,
+// so the destination drops the content it received rather than keeping
+// it until it purges old uploads (distribution: a week). The cancel names
+// the session as the last answer left it: distribution refuses, 416, one
+// named by an older state (the POST's, before any content).
+func TestFailedCommitCancelsItsSession(t *testing.T) {
+	t.Parallel()
+	d := newDestinationConfig(t, destConfig{frontEnd: func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodPut && strings.Contains(r.URL.Path, "/blobs/uploads/") {
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(http.StatusInternalServerError)
+				_, _ = fmt.Fprint(w, `{"errors":[{"code":"UNKNOWN","message":"storage failed"}]}`)
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	}})
+	s := newStore(t, d.URL()+"/mirror")
+	blob := content(64<<10, 11)
+	dg := digest.FromBytes(blob)
+	if err := s.Put(t.Context(), "library/x", dg, int64(len(blob)), bytes.NewReader(blob)); err == nil {
+		t.Fatal("Put with its commit failed: no error")
+	}
+	var cancels []request
+	for _, r := range uploads(d.requests()) {
+		if r.Method == http.MethodDelete {
+			cancels = append(cancels, r)
+		}
+	}
+	if len(cancels) != 1 || cancels[0].Status != http.StatusNoContent {
+		t.Errorf("cancels of the failed upload: %+v; want one answered 204 (the session and its content dropped)", cancels)
+	}
+}
