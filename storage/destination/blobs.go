@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"sync"
@@ -225,7 +226,9 @@ func (s *Store) open(ctx context.Context, repo string, dgst digest.Digest, offse
 // end has refused such a PATCH as too large (413), the content goes in
 // PATCHes of a few MiB instead, halved while they are refused
 // (putChunked); the blob refused is sent so at once if r can be read
-// again (a file), else that Put fails. The content is verified as it
+// again (a file), else that Put fails. Such a blob is also sent again,
+// once, after a failure in passing (a 5xx other than 501 and a rate
+// limit, or a connection closed without an answer). The content is verified as it
 // streams, and its last byte is held back until r has ended and matched
 // the digest and size, so wrong content never reaches
 // the destination whole: the PUT that would commit it is never sent, and
@@ -254,40 +257,56 @@ func (s *Store) Put(ctx context.Context, repo string, dgst digest.Digest, size i
 		}
 	}
 	layer := &blobLayer{dgst: dgst, size: size, body: newVerifier(r, dgst, size)}
-	var l v1.Layer = layer
 	var src *name.Repository
 	scopes := []string{dst.Scope(transport.PushScope)}
 	if from := s.mountSource(ctx, repo, dgst); from != "" {
 		fromRepo := s.registry.Repo(s.path(from))
 		src = &fromRepo
-		l = &remote.MountableLayer{Layer: layer, Reference: src.Digest(dgst.String())}
 		scopes = append(scopes, src.Scope(transport.PullScope))
 	}
 	t, err := s.transport(ctx, scopes...)
 	if err != nil {
 		return writeRefused(err)
 	}
+	// A 503 with Retry-After asks to slow down: not sent again at once.
+	limited := &rateLimitNote{}
+	ctx = context.WithValue(ctx, rateLimitKey{}, limited)
+	// send uploads layer: in chunks once a front end has refused a body
+	// as too large, else as go-containerregistry does (mounting it from
+	// src if set).
+	send := func(layer *blobLayer, sess *uploadSession) error {
+		if s.chunk.Load() > 0 {
+			return s.putChunked(ctx, t, dst, src, layer, sess)
+		}
+		var l v1.Layer = layer
+		if src != nil {
+			l = &remote.MountableLayer{Layer: layer, Reference: src.Digest(dgst.String())}
+		}
+		return writeLayer(ctx, t, dst, l, sess)
+	}
 	sess := &uploadSession{}
+	chunked := s.chunk.Load() > 0
+	err = send(layer, sess)
 	// chunkedNext: refused as too large in one request, this blob could
 	// not be sent again in chunks, as the next ones are.
 	chunkedNext := false
-	if s.chunk.Load() > 0 {
-		err = s.putChunked(ctx, t, dst, src, layer, sess)
-	} else {
-		err = writeLayer(ctx, t, dst, l, sess)
-		if tooLarge(err) {
-			// A front end limits request bodies (nginx's
-			// client_max_body_size): from now on blobs go in chunks,
-			// this one too if it can be read again.
-			s.chunk.CompareAndSwap(0, firstChunk)
-			if again := again(); again != nil && layer.body.stop() == nil {
-				s.abort(ctx, t, sess)
-				layer = &blobLayer{dgst: dgst, size: size, body: newVerifier(again, dgst, size)}
-				sess = &uploadSession{}
-				err = s.putChunked(ctx, t, dst, src, layer, sess)
-			} else {
-				chunkedNext = true
-			}
+	if !chunked && tooLarge(err) {
+		// A front end limits request bodies (nginx's
+		// client_max_body_size): from now on blobs go in chunks, this
+		// one too if it can be read again.
+		s.chunk.CompareAndSwap(0, firstChunk)
+		chunkedNext = true
+	}
+	if chunkedNext || passing(err) && !limited.Load() && ctx.Err() == nil {
+		// Sent again, once, if it can be read again: a blob refused as
+		// too large, or one the destination failed in passing, which
+		// would fail the image's copy.
+		if again := again(); again != nil && layer.body.stop() == nil {
+			s.abort(ctx, t, sess)
+			layer = &blobLayer{dgst: dgst, size: size, body: newVerifier(again, dgst, size)}
+			sess = &uploadSession{}
+			err = send(layer, sess)
+			chunkedNext = false
 		}
 	}
 	if err != nil {
@@ -357,6 +376,21 @@ const (
 	firstChunk = 4 << 20
 	minChunk   = 64 << 10
 )
+
+// passing reports whether err, an upload's failure, may not meet the
+// same upload sent again at once: a 5xx other than 501, or no answer on
+// a connection made (closed: a front end dropping a kept-alive one as the
+// request went out), not one that could not be made (the destination
+// down). The caller rules out rate limits (rateLimits).
+func passing(err error) bool {
+	var te *transport.Error
+	if errors.As(err, &te) {
+		return te.StatusCode >= 500 && te.StatusCode != http.StatusNotImplemented
+	}
+	var ue *url.Error
+	var oe *net.OpError
+	return errors.As(err, &ue) && !(errors.As(err, &oe) && oe.Op == "dial")
+}
 
 // tooLarge reports whether err is a refusal of a request's body as too
 // large: 413, which a front end such as nginx answers past its

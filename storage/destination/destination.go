@@ -616,13 +616,14 @@ func rateLimits(resp *http.Response) bool {
 		resp.StatusCode == http.StatusServiceUnavailable && resp.Header.Get("Retry-After") != ""
 }
 
-// rateLimitKey is the context key of a handshake's *rateLimitNote.
+// rateLimitKey is the context key of a handshake's or a Put's
+// *rateLimitNote.
 type rateLimitKey struct{}
 
 // rateLimitNote is set by the hookTransport when the destination answers
-// a handshake's request asking to slow down (rateLimits): the error of a
-// failed handshake (go-containerregistry's) keeps the status, not the
-// Retry-After that tells a 503's rate limit from an outage.
+// a handshake's or a Put's request asking to slow down (rateLimits): the
+// error of a failed request (go-containerregistry's) keeps the status,
+// not the Retry-After that tells a 503's rate limit from an outage.
 type rateLimitNote struct{ atomic.Bool }
 
 // drainClose reads what is left of a small response body (so the

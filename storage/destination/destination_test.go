@@ -1061,7 +1061,87 @@ func TestFailedCommitCancelsItsSession(t *testing.T) {
 			cancels = append(cancels, r)
 		}
 	}
-	if len(cancels) != 1 || cancels[0].Status != http.StatusNoContent {
-		t.Errorf("cancels of the failed upload: %+v; want one answered 204 (the session and its content dropped)", cancels)
+	if len(cancels) == 0 {
+		t.Error("the failed upload was not cancelled")
 	}
+	for _, c := range cancels {
+		if c.Status != http.StatusNoContent {
+			t.Errorf("cancel of a failed upload: %+v; want it answered 204 (the session and its content dropped)", c)
+		}
+	}
+}
+
+// An upload the destination failed once in passing (a 5xx from a gateway
+// or a backend, a connection closed without an answer: a front end
+// dropping a kept-alive connection as the request went out) is sent
+// again when its content can be read again (a spool file), rather than
+// failing the image's copy (a prefetch, mirror -d) on one bad answer. A
+// rate limit (503 with Retry-After) is not sent again at once.
+func TestPassingUploadFailureSentAgain(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name   string
+		method string
+		status int // 0: the connection closed without an answer
+		limit  bool
+	}{
+		{"commit 502", http.MethodPut, http.StatusBadGateway, false},
+		{"commit 500", http.MethodPut, http.StatusInternalServerError, false},
+		{"content 503", http.MethodPatch, http.StatusServiceUnavailable, false},
+		{"content unanswered", http.MethodPatch, 0, false},
+		{"content 503 with Retry-After", http.MethodPatch, http.StatusServiceUnavailable, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			var fail atomic.Bool
+			fail.Store(true)
+			d := newDestinationConfig(t, destConfig{frontEnd: func(next http.Handler) http.Handler {
+				return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					if r.Method != tt.method || !strings.Contains(r.URL.Path, "/blobs/uploads/") || !fail.CompareAndSwap(true, false) {
+						next.ServeHTTP(w, r)
+						return
+					}
+					_, _ = io.Copy(io.Discard, r.Body)
+					if tt.status == 0 {
+						conn, _, err := http.NewResponseController(w).Hijack()
+						if err == nil {
+							_ = conn.Close()
+						}
+						return
+					}
+					if tt.limit {
+						w.Header().Set("Retry-After", "30")
+					}
+					w.WriteHeader(tt.status)
+				})
+			}})
+			s := newStore(t, d.URL()+"/mirror")
+			blob := content(64<<10, 12)
+			dg := digest.FromBytes(blob)
+			err := s.Put(t.Context(), "library/x", dg, int64(len(blob)), bytes.NewReader(blob))
+			if tt.limit {
+				if err == nil || len(uploadsWith(d.requests(), http.MethodPatch)) != 1 {
+					t.Errorf("Put answered a rate limit: %v; want it failed, its content sent once", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Put failed once in passing: %v", err)
+			}
+			if got, err := directBlob(t, d.Host()+"/mirror/library/x@"+dg.String(), false); err != nil || !bytes.Equal(got, blob) {
+				t.Errorf("destination blob: %d bytes, %v; want the content", len(got), err)
+			}
+		})
+	}
+}
+
+// uploadsWith returns the upload requests of method in reqs.
+func uploadsWith(reqs []request, method string) []request {
+	var out []request
+	for _, r := range uploads(reqs) {
+		if r.Method == method {
+			out = append(out, r)
+		}
+	}
+	return out
 }
