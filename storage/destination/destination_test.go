@@ -1145,3 +1145,64 @@ func uploadsWith(reqs []request, method string) []request {
 	}
 	return out
 }
+
+// A manifest the destination failed once in passing (a 5xx from a
+// gateway, a connection closed without an answer) is sent again, rather
+// than failing the image's copy on one bad answer. A rate limit (503 with
+// Retry-After) is not sent again at once.
+func TestPassingManifestFailureSentAgain(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name   string
+		status int // 0: the connection closed without an answer
+		limit  bool
+	}{
+		{"502", http.StatusBadGateway, false},
+		{"unanswered", 0, false},
+		{"503 with Retry-After", http.StatusServiceUnavailable, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			var fail atomic.Bool
+			fail.Store(true)
+			d := newDestinationConfig(t, destConfig{frontEnd: func(next http.Handler) http.Handler {
+				return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					if r.Method != http.MethodPut || !strings.Contains(r.URL.Path, "/manifests/") || !fail.CompareAndSwap(true, false) {
+						next.ServeHTTP(w, r)
+						return
+					}
+					_, _ = io.Copy(io.Discard, r.Body)
+					if tt.status == 0 {
+						if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
+							_ = conn.Close()
+						}
+						return
+					}
+					if tt.limit {
+						w.Header().Set("Retry-After", "30")
+					}
+					w.WriteHeader(tt.status)
+				})
+			}})
+			s := newStore(t, d.URL()+"/mirror")
+			body := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}`)
+			err := s.PutManifest(t.Context(), "library/x", "v1", "application/vnd.oci.image.index.v1+json", body)
+			puts := 0
+			for _, r := range d.requests() {
+				if r.Method == http.MethodPut {
+					puts++
+				}
+			}
+			if tt.limit {
+				if err == nil || puts != 1 {
+					t.Errorf("PutManifest answered a rate limit: %v, %d PUTs; want it failed, sent once", err, puts)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("PutManifest failed once in passing: %v", err)
+			}
+			checkManifest(t, s, "library/x", "v1", body, "application/vnd.oci.image.index.v1+json")
+		})
+	}
+}

@@ -21,7 +21,9 @@ import (
 // PutManifest implements storage.ManifestStore: it PUTs body, unchanged, as
 // a manifest of mediaType under ref (a digest, which body must match, or a
 // tag). An empty mediaType is taken from the body's mediaType field. The
-// destination must already have what the manifest references.
+// destination must already have what the manifest references. A PUT the
+// destination fails in passing (a 5xx other than 501 and a rate limit, or
+// a connection closed without an answer) is sent again, once.
 //
 // It is a plain PUT rather than go-containerregistry's remote.Put, which
 // also writes a referrers fallback tag for manifests with a subject: a
@@ -56,16 +58,25 @@ func (s *Store) putManifest(ctx context.Context, repo, ref, mediaType string, bo
 		}
 	}
 	what := fmt.Sprintf("manifest %s:%s", r.RepositoryStr(), ref)
-	req, err := http.NewRequest(http.MethodPut, s.url(r, "manifests", ref), bytes.NewReader(body))
-	if err != nil {
-		return nil, err
+	put := func() (*http.Response, error) {
+		req, err := http.NewRequest(http.MethodPut, s.url(r, "manifests", ref), bytes.NewReader(body))
+		if err != nil {
+			return nil, err
+		}
+		req.Header.Set("Content-Type", mediaType)
+		resp, err := s.do(ctx, req, what, r.Scope(transport.PushScope))
+		if err != nil {
+			return nil, err
+		}
+		return resp, s.checkStatus(resp, what, http.StatusCreated, http.StatusOK, http.StatusAccepted)
 	}
-	req.Header.Set("Content-Type", mediaType)
-	resp, err := s.do(ctx, req, what, r.Scope(transport.PushScope))
-	if err != nil {
-		return nil, err
+	resp, err := put()
+	if passing(err) && !errors.Is(err, storage.ErrThrottled) && ctx.Err() == nil {
+		// Failed in passing (a gateway's 5xx, a kept-alive connection
+		// dropped): sent again, once, rather than failing the copy.
+		resp, err = put()
 	}
-	if err := s.checkStatus(resp, what, http.StatusCreated, http.StatusOK, http.StatusAccepted); err != nil {
+	if err != nil {
 		if missingReferences(err, body) {
 			return nil, fmt.Errorf("%w: %w", storage.ErrMissingReferences, err)
 		}
