@@ -592,6 +592,15 @@ func (p *Proxy) readStored(ctx context.Context, t target, dgst digest.Digest, re
 		p.log.Error("stored manifest cannot be read; removing it", "digest", dgst, "repo", t.storeRepo(), "error", err)
 		return nil, p.dropManifest(ctx, t, dgst, fmt.Errorf("stored manifest %s cannot be read (%w)", dgst, err))
 	}
+	if errors.Is(err, storage.ErrDigestMismatch) {
+		// A registry destination's copy, checked as it was read, does
+		// not match (changed behind the mirror's back, or a front end's
+		// other bytes): never served, and a miss, so that the upstream's
+		// bytes are fetched and pushed again. It is not deleted: a
+		// registry's manifest is not the mirror's to remove.
+		p.log.Error("stored manifest is corrupt; fetching it again", "digest", dgst, "repo", t.storeRepo(), "error", err)
+		return nil, fmt.Errorf("%w: %w", err, storage.ErrNotFound)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -934,7 +943,8 @@ func (p *Proxy) destinationReachable(ctx context.Context, t target, dgst digest.
 	if !ok {
 		return nil
 	}
-	if _, err := ms.Manifest(ctx, t.storeRepo(), dgst); err != nil && !errors.Is(err, storage.ErrNotFound) {
+	if _, err := ms.Manifest(ctx, t.storeRepo(), dgst); err != nil && !errors.Is(err, storage.ErrNotFound) &&
+		!errors.Is(err, storage.ErrDigestMismatch) { // it answered: its copy is pushed again
 		return err
 	}
 	return nil

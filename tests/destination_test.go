@@ -1584,3 +1584,50 @@ func TestDestinationBlobMountedFromAnotherRepositoryIsAHit(t *testing.T) {
 		t.Errorf("X-Cache of a blob mounted from another repository of the destination: %q, want hit", c)
 	}
 }
+
+// A manifest the destination holds whose bytes no longer match its
+// digest (changed behind the mirror's back, or other bytes a front end
+// or cache in front of it serves) is never served: a pull of it, by
+// digest or by tag, is a miss answered with the upstream's bytes, which
+// are pushed to the destination again; with the upstream down it fails,
+// rather than answering the destination's bytes (or a 500 with the
+// upstream up, as it did: the destination's check of the bytes was not
+// taken for a corrupt copy).
+func TestDestinationManifestChangedIsFetchedAgain(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/changed", "1", 1, 8<<10)
+	other := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[]}`)
+	var changed atomic.Bool
+	dest := fixture.StartDestination(t, map[string]string{destUser: destPassword}, fixture.WithFrontEnd(func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if changed.Load() && r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/manifests/"+img.Digest) {
+				w.Header().Set("Content-Type", img.MediaType)
+				_, _ = w.Write(other)
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	}))
+	m := startDestMirror(t, up, dest, nil)
+	wantImage(t, m.Server, "changed", img)
+	m.WaitIdle()
+	wantDestManifest(t, dest, "library/changed", img.Digest, img.Manifest, img.MediaType)
+
+	changed.Store(true)
+	dest.ResetRequests()
+	wantManifest(t, get(t, m.URL()+"/v2/library/changed/manifests/"+img.Digest), img.Manifest, img.MediaType)
+	wantManifest(t, get(t, m.URL()+"/v2/library/changed/manifests/1"), img.Manifest, img.MediaType)
+	m.WaitIdle()
+	pushed := false
+	for _, r := range dest.Requests() {
+		pushed = pushed || r.Method == http.MethodPut && r.Path == "/v2/"+destPrefix+"/library/changed/manifests/"+img.Digest && r.Status == http.StatusCreated
+	}
+	if !pushed {
+		t.Error("the manifest was not pushed to the destination again")
+	}
+
+	up.Stop()
+	if r := get(t, m.URL()+"/v2/library/changed/manifests/"+img.Digest); r.status == http.StatusOK {
+		t.Errorf("with the upstream down: %d %s; want the destination's other bytes never served", r.status, r.body)
+	}
+}
