@@ -303,7 +303,8 @@ func (r *resumingReader) Read(b []byte) (int, error) {
 		if r.off-r.from >= resumeProgress {
 			r.resumes = 0
 		}
-		if err == nil || err == io.EOF || r.ctx.Err() != nil || r.resumes == maxResumes {
+		if err == nil || err == io.EOF || r.ctx.Err() != nil || r.resumes == maxResumes ||
+			errors.Is(err, storage.ErrDigestMismatch) { // the content wrong, not cut: its rest must not complete it
 			return n, err
 		}
 		r.rc.Close()
@@ -432,12 +433,14 @@ func (p *Proxy) wholeBlob(ctx context.Context, t target, dgst digest.Digest, siz
 // dropUnreadable removes the stored blob dgst if err, the error of
 // opening or serving it, is a read of it that failed (bad sectors: EIO)
 // or was refused (EACCES: a file restored as another user, its mode
-// changed by hand): kept, it would fail every pull until verify --repair
-// removed it. Removed, it reads as missing, so that it is fetched again
+// changed by hand), or whose bytes did not match (a registry
+// destination's, changed behind the mirror's back): kept, it would fail
+// every pull until verify --repair removed it. Removed, it reads as missing, so that it is fetched again
 // (a client cut short mid-body asks again). It reports whether err was
 // such a read.
 func (p *Proxy) dropUnreadable(ctx context.Context, t target, dgst digest.Digest, err error) bool {
-	if !errors.Is(err, syscall.EIO) && !errors.Is(err, fs.ErrPermission) {
+	if !errors.Is(err, syscall.EIO) && !errors.Is(err, fs.ErrPermission) &&
+		!errors.Is(err, storage.ErrDigestMismatch) { // a registry destination's, checked as it was read
 		return false
 	}
 	p.log.Error("stored blob cannot be read; removing it", "digest", dgst, "error", err)

@@ -1631,3 +1631,53 @@ func TestDestinationManifestChangedIsFetchedAgain(t *testing.T) {
 		t.Errorf("with the upstream down: %d %s; want the destination's other bytes never served", r.status, r.body)
 	}
 }
+
+// A blob the destination holds whose bytes no longer match its digest
+// (changed behind the mirror's back, or other bytes a front end serves)
+// is never a complete answer: the client's GET is cut before its last
+// byte, and the blob removed from the destination, so that the next
+// GET fetches it from the upstream again and is answered with its bytes.
+func TestDestinationBlobChangedIsNeverServedWhole(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/changed", "1", 1, 8<<10)
+	layer := img.Layers[0]
+	var changed atomic.Bool
+	dest := fixture.StartDestination(t, map[string]string{destUser: destPassword}, fixture.WithFrontEnd(func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if !changed.Load() || r.Method != http.MethodGet || !strings.HasSuffix(r.URL.Path, "/blobs/"+layer) {
+				next.ServeHTTP(w, r)
+				return
+			}
+			rec := httptest.NewRecorder()
+			next.ServeHTTP(rec, r)
+			b := rec.Body.Bytes()
+			if rec.Code == http.StatusOK && len(b) > 0 {
+				b[len(b)/2] ^= 0xff // one byte flipped, the length kept
+			}
+			for k, v := range rec.Header() {
+				w.Header()[k] = v
+			}
+			w.WriteHeader(rec.Code)
+			_, _ = w.Write(b)
+		})
+	}))
+	m := startDestMirror(t, up, dest, nil)
+	wantImage(t, m.Server, "changed", img)
+	m.WaitIdle()
+
+	changed.Store(true)
+	r := get(t, m.URL()+"/v2/library/changed/blobs/"+layer)
+	if r.status == http.StatusOK && r.err == nil {
+		t.Fatalf("blob changed at the destination answered whole: %d bytes hashing to %s, want %s or a cut answer", len(r.body), sha(r.body), layer)
+	}
+	m.WaitIdle()
+	changed.Store(false)
+	up.ResetCounts()
+	r = get(t, m.URL()+"/v2/library/changed/blobs/"+layer)
+	if r.status != http.StatusOK || r.err != nil || sha(r.body) != layer {
+		t.Fatalf("blob after a changed copy: %d %v, hashing to %s; want its bytes", r.status, r.err, sha(r.body))
+	}
+	if up.BlobBytesFor(layer) == 0 {
+		t.Error("the blob was not fetched from the upstream again")
+	}
+}

@@ -70,7 +70,10 @@ func (s *Store) Stat(ctx context.Context, repo string, dgst digest.Digest) (int6
 // Open implements storage.Store: it streams the blob with a GET request,
 // asking for the bytes from offset on with a Range header. A body that
 // sends nothing for the Store's idle timeout fails its read, with an
-// error wrapping storage.ErrUnavailable.
+// error wrapping storage.ErrUnavailable. The whole blob (offset 0) is
+// verified as it streams: its last byte is held back until it matched
+// its digest, else the read fails with an error wrapping
+// storage.ErrDigestMismatch.
 func (s *Store) Open(ctx context.Context, repo string, dgst digest.Digest, offset int64) (io.ReadCloser, error) {
 	return s.openRange(ctx, repo, dgst, offset, -1)
 }
@@ -98,6 +101,12 @@ func (s *Store) openRange(ctx context.Context, repo string, dgst digest.Digest, 
 	}
 	what := fmt.Sprintf("blob %s@%s", s.path(repo), dgst)
 	rc = s.watch(ctx, cancel, rc, what)
+	if offset == 0 && n < 0 {
+		// The whole blob: verified as it streams, its last byte held
+		// back unless it matches, so that bytes the destination changed
+		// behind the mirror's back are never a complete answer.
+		rc = verifiedBody{newVerifier(rc, dgst, -1), rc}
+	}
 	if skip > 0 {
 		// The destination ignored Range: skip to the offset.
 		n, err := io.CopyN(io.Discard, rc, skip)
@@ -124,6 +133,13 @@ func (s *Store) watch(ctx context.Context, cancel context.CancelCauseFunc, rc io
 	b.idle = time.AfterFunc(s.idle, func() { cancel(errStalled) })
 	b.idle.Stop() // armed while a read waits on the destination
 	return b
+}
+
+// verifiedBody is a body read through a verifier: a read of content that
+// does not match its digest fails, wrapping storage.ErrDigestMismatch.
+type verifiedBody struct {
+	*verifier
+	io.Closer
 }
 
 // errStalled ends a read whose body sent nothing for the idle timeout.
