@@ -386,9 +386,10 @@ func (c *Collector) collect(ctx context.Context, table *storage.ContentTable, dr
 		}
 	}
 	// The referrers lists of subjects not held (asked for, never pulled)
-	// go too: nothing kept what they name.
+	// go too: nothing kept what they name. A subject held in another
+	// repository is marked, and keeps what its lists name: so do they.
 	if _, err := c.index.ForgetUnheldReferrers(func(subject digest.Digest, fetched time.Time) bool {
-		return (c.opts.Owned == nil || c.opts.Owned(subject)) && !c.recent(now, fetched)
+		return (c.opts.Owned == nil || c.opts.Owned(subject)) && !mk.has(subject) && !c.recent(now, fetched)
 	}); err != nil {
 		r.StoredAfter = c.index.StoredBytes()
 		return r, err

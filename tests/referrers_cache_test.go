@@ -759,3 +759,36 @@ func TestReferrersSeveralArtifactTypes(t *testing.T) {
 	m.Clock.Advance(2 * time.Minute) // past the tag TTL
 	wantReferrers(t, get(t, u), "stale", true, sig, sbom)
 }
+
+// The referrers list of a subject held in another repository (an image
+// pulled as library/signed, its signature asked of in library/other, where
+// it was pushed) is kept by a collection: the image keeps its subject, and
+// with it what the list names, so offline the list is served with the
+// signature it names. The collection that forgets the lists of subjects not
+// held took "not linked in the list's repository" for "not held", and left
+// the signature stored while its list was forgotten: offline the client got
+// a 404 and took the image for unsigned.
+func TestReferrersOfASubjectHeldInAnotherRepositoryStayAtCollection(t *testing.T) {
+	up := httptest.NewServer(referrersRegistry())
+	t.Cleanup(up.Close)
+	host := strings.TrimPrefix(up.URL, "http://")
+	subject := pushSubject(t, host)
+	sig := pushReferrer(t, host, "library/other", sigType, subject)
+	m := servertest.Start(t, up.URL)
+	if r := get(t, m.URL()+"/v2/signed/manifests/1"); r.status != http.StatusOK {
+		t.Fatalf("pull: %d %s", r.status, r.body)
+	}
+	u := m.URL() + "/v2/other/"
+	wantReferrers(t, get(t, u+"referrers/"+subject.Digest.String()), "miss", false, sig)
+	m.WaitIdle() // the image's fill, and the list's, which stored the signature
+
+	m.Clock.Advance(time.Hour) // past the tag TTL and the collection's grace period
+	if _, err := m.Server.Collector.Collect(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	up.Close()
+	wantReferrers(t, get(t, u+"referrers/"+subject.Digest.String()), "stale", false, sig)
+	if r := get(t, u+"manifests/"+sig); r.status != http.StatusOK || sha(r.body) != sig {
+		t.Fatalf("signature listed, offline: %d %s", r.status, r.body)
+	}
+}
