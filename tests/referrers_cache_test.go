@@ -792,3 +792,60 @@ func TestReferrersOfASubjectHeldInAnotherRepositoryStayAtCollection(t *testing.T
 		t.Fatalf("signature listed, offline: %d %s", r.status, r.body)
 	}
 }
+
+// A referrers list over 4 MiB (about 10,000 entries, over all its pages)
+// is not taken: never seen, it is 502 UNAVAILABLE naming the limit (not an
+// empty or cut list, which a client would take for "no such signature");
+// seen before, the cached list is served stale, as when the upstream fails.
+func TestReferrersListOverTheLimit(t *testing.T) {
+	const entries, perPage = 20000, 8000 // ~250 bytes each: one page over 4 MiB, or three under it
+	onePage := sha([]byte("an image listed in one page"))
+	paged := sha([]byte("an image listed in pages"))
+	var huge atomic.Bool
+	reg := referrersRegistry()
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !huge.Load() || !strings.Contains(r.URL.Path, "/referrers/") {
+			reg.ServeHTTP(w, r)
+			return
+		}
+		from, to := 0, entries
+		if strings.HasSuffix(r.URL.Path, paged) {
+			fmt.Sscan(r.URL.Query().Get("page"), &from)
+			to = min(from+perPage, entries)
+			if to < entries {
+				w.Header().Set("Link", fmt.Sprintf(`<%s?page=%d>; rel="next"`, r.URL.Path, to))
+			}
+		}
+		var b strings.Builder
+		b.WriteString(`{"schemaVersion":2,"mediaType":"` + oci.MediaTypeOCIIndex + `","manifests":[`)
+		for i := from; i < to; i++ {
+			if i > from {
+				b.WriteString(",")
+			}
+			fmt.Fprintf(&b, `{"mediaType":%q,"digest":"sha256:%064x","size":%d,"artifactType":%q,"annotations":{"org.example.build":"%d"}}`,
+				oci.MediaTypeOCIManifest, i, 500+i, sigType, i)
+		}
+		b.WriteString("]}")
+		w.Header().Set("Content-Type", oci.MediaTypeOCIIndex)
+		io.WriteString(w, b.String())
+	}))
+	t.Cleanup(up.Close)
+	host := strings.TrimPrefix(up.URL, "http://")
+	subject := pushSubject(t, host)
+	sig := pushReferrer(t, host, "library/signed", sigType, subject)
+	m := servertest.Start(t, up.URL)
+	u := m.URL() + "/v2/signed/referrers/"
+	wantReferrers(t, get(t, u+subject.Digest.String()), "miss", false, sig)
+	m.WaitIdle()
+
+	huge.Store(true)
+	for _, d := range []string{onePage, paged} {
+		r := get(t, u+d)
+		wantError(t, r, http.StatusBadGateway, "UNAVAILABLE")
+		if !strings.Contains(string(r.body), "over the 4194304 byte limit") {
+			t.Errorf("error %s does not name the limit", r.body)
+		}
+	}
+	m.Clock.Advance(2 * time.Minute) // past the tag TTL
+	wantReferrers(t, get(t, u+subject.Digest.String()), "stale", false, sig)
+}
