@@ -78,8 +78,11 @@ func (p *Proxy) referrers(w http.ResponseWriter, r *http.Request) error {
 	if len(types) > 1 && status == http.StatusOK {
 		// Several types: any of them matches, as zot reads them. The
 		// whole list, filtered here; a registry that takes the first
-		// would drop the others' entries while saying it filtered.
-		body, err := filterReferrers(ans.body, types, p.typeOf(r.Context(), t, h.Get(cacheHeader) != "stale"))
+		// would drop the others' entries while saying it filtered. The
+		// upstream is asked for an entry's type only with the list it
+		// has just answered, as for one filter: a hit asks it nothing.
+		cache := h.Get(cacheHeader)
+		body, err := filterReferrers(ans.body, types, p.typeOf(r.Context(), t, cache == "miss" || cache == "revalidated"))
 		if err != nil {
 			return err
 		}

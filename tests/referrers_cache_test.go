@@ -849,3 +849,30 @@ func TestReferrersListOverTheLimit(t *testing.T) {
 	m.Clock.Advance(2 * time.Minute) // past the tag TTL
 	wantReferrers(t, get(t, u+subject.Digest.String()), "stale", false, sig)
 }
+
+// Several artifactType filters answered from a cached list within the tag
+// TTL (X-Cache: hit) ask the upstream nothing, as one filter's cached
+// answer does: an entry without artifactType is of the type the miss read
+// (stored, or kept in memory), and one the upstream answered 404 matches
+// none. Before, each such answer asked the upstream again for every entry
+// not held (a GET per request, each waiting for its timeout when the
+// upstream hangs), while it said hit.
+func TestReferrersSeveralArtifactTypesHitAsksNothing(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/plain", "1", 1, 1<<10)
+	sbom := artifactManifest(t, up, "library/plain", sbomType, "sbom", img)
+	sig := configTypedManifest(t, up, "library/plain", sigType, "signature", img)
+	fallback, _ := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": oci.MediaTypeOCIIndex, "manifests": []any{sig, sbom}})
+	up.PutManifest(t, "library/plain", "sha256-"+strings.TrimPrefix(img.Digest, "sha256:"), oci.MediaTypeOCIIndex, fallback)
+	up.Delete(t, "library/plain", sig["digest"].(string)) // listed, gone since
+	m := servertest.Start(t, up.URL())
+	u := m.URL() + "/v2/plain/referrers/" + img.Digest + "?" + url.Values{"artifactType": {sigType, sbomType}}.Encode()
+	wantReferrers(t, get(t, u), "miss", true, sbom["digest"].(string))
+	m.WaitIdle()
+	up.ResetCounts()
+	wantReferrers(t, get(t, u), "hit", true, sbom["digest"].(string))
+	m.WaitIdle()
+	for _, r := range up.Requests() {
+		t.Errorf("a hit asked the upstream: %s %s", r.Method, r.Path)
+	}
+}
