@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/docker-mirror/docker-mirror/storage"
@@ -133,5 +134,54 @@ func TestAbsentTags(t *testing.T) {
 	}
 	if !absent("library/a", other, "att") {
 		t.Error("another subject's absent tag went too")
+	}
+}
+
+// ForgetUnheldReferrers deletes, every filter alike, the referrers lists
+// whose subject is not linked in their repository and that drop lets go
+// (given the subject and when the list was fetched), and keeps the others:
+// a subject held, a list drop keeps, and on shared records a subject
+// another replica holds, which this one has not adopted.
+func TestForgetUnheldReferrers(t *testing.T) {
+	r := storage.NewDriverRecords(inmemory.New())
+	a, b := openShared(t, r), openShared(t, r)
+	old, recent := time.Unix(1700000000, 0).UTC(), time.Unix(1700090000, 0).UTC()
+	held, heldElsewhere, unheld, young := digest.FromString("held"), digest.FromString("held by a"), digest.FromString("unheld"), digest.FromString("young")
+	must(t, b.RecordManifest(storage.ManifestEntry{Upstream: "docker.io", Repo: "library/a", Digest: held,
+		Record: storage.ManifestRecord{MediaType: "application/vnd.oci.image.manifest.v1+json", Size: 10, FetchedAt: old}}))
+	must(t, a.RecordManifest(storage.ManifestEntry{Upstream: "docker.io", Repo: "library/a", Digest: heldElsewhere,
+		Record: storage.ManifestRecord{MediaType: "application/vnd.oci.image.manifest.v1+json", Size: 10, FetchedAt: old}}))
+	put := func(d digest.Digest, fetched time.Time) {
+		for _, f := range []string{"", "x/y"} {
+			must(t, b.PutReferrers("docker.io", "library/a", d, f, storage.ReferrersRecord{Body: []byte("{}"), FetchedAt: fetched, CheckedAt: fetched}))
+		}
+	}
+	put(held, old)
+	put(heldElsewhere, old)
+	put(unheld, old)
+	put(young, recent)
+	asked := map[digest.Digest]time.Time{}
+	n, err := b.ForgetUnheldReferrers(func(d digest.Digest, fetched time.Time) bool {
+		asked[d] = fetched
+		return fetched.Before(recent)
+	})
+	if err != nil || n != 2 {
+		t.Fatalf("ForgetUnheldReferrers = %d, %v; want the 2 lists of the unheld subject", n, err)
+	}
+	if _, ok := asked[held]; ok {
+		t.Error("drop asked of a subject held in the list's repository")
+	}
+	if !asked[unheld].Equal(old) || !asked[young].Equal(recent) {
+		t.Errorf("drop given %v", asked)
+	}
+	for d, want := range map[digest.Digest]bool{held: true, heldElsewhere: true, unheld: false, young: true} {
+		for _, f := range []string{"", "x/y"} {
+			if _, ok, _ := b.Referrers("docker.io", "library/a", d, f); ok != want {
+				t.Errorf("list of %s (filter %q) kept %v, want %v", d, f, ok, want)
+			}
+			if _, err := r.Get(t.Context(), "referrers", "docker.io/library/a@"+d.String()+"\x00"+f); (err == nil) != want {
+				t.Errorf("shared list of %s (filter %q): %v, want kept %v", d, f, err, want)
+			}
+		}
 	}
 }
