@@ -332,8 +332,9 @@ type referrerType struct {
 // revalidation, the upstream would send it each time), as is the absence
 // of one the upstream answers 404, until ArtifactsRecheck has passed (it
 // may be pushed back, or the 404 a proxy repository's whose remote was
-// down). "" if it cannot be read: offline (the upstream has just failed,
-// the list is the cache's) the upstream is not asked, once per entry.
+// down). "" if it cannot be read: offline (the list is the cache's: the
+// upstream has just failed, or the list is a hit, whose entries' types
+// the miss read) the upstream is not asked, once per entry.
 func (p *Proxy) typeOf(ctx context.Context, t target, online bool) func(dgst digest.Digest) string {
 	return func(dgst digest.Digest) string {
 		if linked, err := p.index.Linked(t.host(), t.repo, dgst); err == nil && linked {
