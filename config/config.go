@@ -239,6 +239,24 @@ func (c Config) AllUpstreams() map[string]Upstream {
 	return out
 }
 
+// upstreamKey returns the key of ups that names the registry host names,
+// with HTTPS's port 443 written out or left out (ghcr.io:443, ghcr.io),
+// as clients reach it either way; host itself if no key does, and for
+// docker.io, which is never configured with the port.
+func upstreamKey(ups map[string]Upstream, host string) string {
+	other, ok := strings.CutSuffix(host, ":443")
+	if _, held := ups[host]; held || other == DockerHubHost || host == DockerHubHost {
+		return host
+	}
+	if !ok {
+		other = host + ":443"
+	}
+	if _, ok := ups[other]; ok {
+		return other
+	}
+	return host
+}
+
 // DockerHubHost is the host Docker Hub images are named with.
 const DockerHubHost = "docker.io"
 

@@ -828,6 +828,40 @@ func TestUpstreamHostWithDefaultPortOnce(t *testing.T) {
 	}
 }
 
+// A flag or variable names a registry the file gives with HTTPS's port,
+// 443, written out or left out (upstreams.ghcr.io:443, --upstream
+// ghcr.io=URL): it wins over the file's entry, its URL replacing the
+// file's, the file's credentials kept, as with the same spelling; not
+// refused as the same registry given twice. An error about its URL names
+// the flag.
+func TestUpstreamFlagOverFileWithOrWithoutPort443(t *testing.T) {
+	for _, tt := range []struct{ file, flag, key string }{
+		{"ghcr.io:443", "ghcr.io", "ghcr.io:443"},
+		{"ghcr.io", "ghcr.io:443", "ghcr.io"},
+	} {
+		file := writeFile(t, "upstreams:\n  "+tt.file+":\n    url: https://ghcr.io\n    username: bot\n    password: pw\n")
+		want := config.Upstream{URL: "https://ghcr-mirror.example", Username: "bot", Password: "pw"}
+		for via, c := range map[string]config.Config{
+			"flag":     mustResolve(t, []string{"--config", file, "--upstream", tt.flag + "=https://ghcr-mirror.example"}, nil),
+			"variable": mustResolve(t, []string{"--config", file}, map[string]string{"DOCKER_MIRROR_UPSTREAM": tt.flag + "=https://ghcr-mirror.example"}),
+		} {
+			if len(c.Upstreams) != 1 || !reflect.DeepEqual(c.Upstreams[tt.key], want) {
+				t.Errorf("file %s, %s %s: upstreams %+v, want %s: %+v", tt.file, via, tt.flag, c.Upstreams, tt.key, want)
+			}
+		}
+		_, err := resolve(t, []string{"--config", file, "--upstream", tt.flag + "=ftp://ghcr-mirror.example"}, nil)
+		if want := "--upstream: upstreams." + tt.key + ".url: invalid URL"; err == nil || !strings.HasPrefix(err.Error(), want) {
+			t.Errorf("file %s, flag %s with a bad URL: error %v, want %s...", tt.file, tt.flag, err, want)
+		}
+	}
+	// Docker Hub with the port is refused still, over the file's docker.io.
+	file := writeFile(t, "upstreams:\n  docker.io: https://registry-1.docker.io\n")
+	_, err := resolve(t, []string{"--config", file, "--upstream", "docker.io:443=https://hub-mirror.example"}, nil)
+	if want := `"docker.io:443" is Docker Hub`; err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("file docker.io, flag docker.io:443: error %v, want %s", err, want)
+	}
+}
+
 // An upstream's allow_hosts are addresses (host or host:port) its
 // connections may reach even if private, such as the blob storage it
 // redirects to; anything that is not an address is an error naming it.

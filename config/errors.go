@@ -141,13 +141,14 @@ type origins struct {
 	setBy map[string]string // key path: the flag or variable that set it last
 }
 
-// record notes that source (--flag or DOCKER_MIRROR_X) set k to vals.
-func (o origins) record(k key, vals []string, source string) {
+// record notes that source (--flag or DOCKER_MIRROR_X) set k to vals;
+// ups are the upstreams they were set in.
+func (o origins) record(k key, vals []string, source string, ups map[string]Upstream) {
 	switch k.name {
 	case "upstream":
 		for _, v := range vals {
 			if host, _, ok := strings.Cut(v, "="); ok && host != DockerHubHost {
-				o.setBy["upstreams."+host+".url"] = source
+				o.setBy["upstreams."+upstreamKey(ups, host)+".url"] = source
 			} else {
 				o.setBy["upstream"] = source
 			}

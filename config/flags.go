@@ -3,6 +3,7 @@ package config
 import (
 	"flag"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"regexp"
@@ -62,12 +63,16 @@ var keys = []key{
 	{name: "data", usage: "directory of the embedded store and the index (DIR/index.db)", set: stringKey(func(c *Config) *string { return &c.Data })},
 	{name: "upstream", usage: "upstream to mirror: HOST=URL (e.g. ghcr.io=https://ghcr.io), or a bare URL for docker.io (repeatable)", list: true,
 		set: func(c *Config, vals []string) error {
-			given := map[string]string{} // host: URL, to refuse two URLs for one host
+			given := map[string]string{}     // host: URL, to refuse two URLs for one host
+			lower := maps.Clone(c.Upstreams) // the file's, or the flag's under a variable
 			for _, v := range vals {
 				host, u, ok := strings.Cut(v, "=")
 				if !ok {
 					host, u = DockerHubHost, v
 				}
+				// A registry a source below gives with :443 written out
+				// or left out is that one: this wins over it.
+				host = upstreamKey(lower, host)
 				if prev, dup := given[host]; dup && !sameURL(prev, u) {
 					return fmt.Errorf("two URLs for %s, %q and %q; give one", redact.URL(host), redact.URL(prev), redact.URL(u))
 				}
@@ -379,7 +384,7 @@ func (f *Flags) Resolve(lookup func(string) (string, bool)) (Config, error) {
 			if err := k.set(&c, vals); err != nil {
 				return Config{}, fmt.Errorf("--%s: %w", flagName(k.name), err)
 			}
-			o.record(k, vals, "--"+flagName(k.name))
+			o.record(k, vals, "--"+flagName(k.name), c.Upstreams)
 		}
 	}
 	for _, k := range keys {
@@ -416,7 +421,7 @@ func (f *Flags) Resolve(lookup func(string) (string, bool)) (Config, error) {
 		if err := k.set(&c, vals); err != nil {
 			return Config{}, fmt.Errorf("%s: %w", env, err)
 		}
-		o.record(k, vals, env)
+		o.record(k, vals, env, c.Upstreams)
 	}
 	if v, ok := lookup(passwordEnv); ok {
 		if secretText(v) == "" {
