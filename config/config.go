@@ -1010,7 +1010,7 @@ func checkSyncImage(entry string) error {
 			return fmt.Errorf("%q: invalid tag pattern %q: %w", entry, pattern, err)
 		}
 	}
-	named, err := reference.ParseNormalizedNamed(name)
+	named, err := oci.ParseImage(name)
 	if err != nil {
 		return fmt.Errorf("invalid image reference %q: %v", name, err)
 	}

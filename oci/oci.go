@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/distribution/reference"
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 )
@@ -359,6 +360,21 @@ func (r Ref) String() string {
 func ReferrersTag(subject digest.Digest) string {
 	alg, hex := subject.Algorithm().String(), subject.Encoded()
 	return alg[:min(len(alg), 32)] + "-" + hex[:min(len(hex), 64)]
+}
+
+// ParseImage parses an image reference as docker pull takes it
+// (reference.ParseNormalizedNamed: nginx, ghcr.io/owner/app:1). One
+// written with a scheme, as a URL or skopeo's transport names an image
+// (https://ghcr.io/owner/app, docker://nginx), is refused saying to drop
+// it: the parser's "invalid reference format" alone does not tell why.
+func ParseImage(s string) (reference.Named, error) {
+	named, err := reference.ParseNormalizedNamed(s)
+	if err != nil {
+		if scheme, rest, ok := strings.Cut(s, "://"); ok && scheme != "" && !strings.Contains(scheme, "/") {
+			return nil, fmt.Errorf("%w: drop the scheme %q (%s)", err, scheme+"://", rest)
+		}
+	}
+	return named, err
 }
 
 // TagPattern splits "name:pattern", a reference whose tag has *, ? or [

@@ -22,7 +22,7 @@ type image struct {
 
 // parseImage resolves a docker-style reference to a configured upstream.
 func (p *Proxy) parseImage(s string) (image, error) {
-	named, err := reference.ParseNormalizedNamed(s)
+	named, err := oci.ParseImage(s)
 	if err != nil {
 		return image{}, errcode.New(errcode.NameInvalid, "invalid image reference %q: %v", s, err)
 	}

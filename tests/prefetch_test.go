@@ -51,6 +51,10 @@ func TestPrefetch(t *testing.T) {
 
 	for _, bad := range []struct{ body, names string }{
 		{`{"images": ["multi:v1", "Bad:Ref"]}`, `"code":"NAME_INVALID","message":"invalid image reference \"Bad:Ref\"`},
+		// A reference with a scheme, as a URL or skopeo names one: the
+		// answer says to drop it.
+		{`{"images": ["https://ghcr.io/owner/app:1"]}`, `"code":"NAME_INVALID","message":"invalid image reference \"https://ghcr.io/owner/app:1\": invalid reference format: drop the scheme \"https://\" (ghcr.io/owner/app:1)`},
+		{`{"images": ["docker://nginx"]}`, `drop the scheme \"docker://\" (nginx)`},
 		{`{"images": ["evil.example.com/x:1"]}`, `"code":"NAME_UNKNOWN","message":"image \"evil.example.com/x:1\": upstream \"evil.example.com\" is not configured`},
 		{`{"images": []}`, "no images"},
 		{`{"images": ["multi"], "platforms": ["linux/"]}`, "linux/"},

@@ -268,6 +268,8 @@ func TestBadSyncImageExitsTwoTouchingNothing(t *testing.T) {
 	for _, c := range []struct{ image, says string }{
 		{"nginx:::", `invalid image reference "nginx:::"`},
 		{"Redis:7", `invalid image reference "Redis:7"`},
+		{"https://ghcr.io/owner/app:1.*", `invalid image reference "https://ghcr.io/owner/app": invalid reference format: drop the scheme "https://" (ghcr.io/owner/app)`},
+		{"docker://nginx:1.27", `drop the scheme "docker://" (nginx:1.27)`},
 		{"library/redis:[7", `"library/redis:[7": invalid tag pattern "[7"`},
 		{"docker.io/ghcr.io/app:1.*", `"ghcr.io" is a registry host`},
 		// Docker Hub with HTTPS's port is Docker Hub (canonicalHost).

@@ -1307,3 +1307,15 @@ func TestMirrorCommandRefusedCredentialsCostNoPull(t *testing.T) {
 	}
 	wantNoPassword(t, stdout, stderr)
 }
+
+// An image given with a scheme, as a URL or skopeo's docker:// names it,
+// fails saying to drop the scheme, not only "invalid reference format";
+// nothing is asked of the upstream or the destination for it.
+func TestMirrorImageWithSchemeSaysDropIt(t *testing.T) {
+	code, stdout, _ := runCmd(t, context.Background(), "mirror", "--upstream", "http://127.0.0.1:1", "-d", "http://127.0.0.1:1/m", "https://ghcr.io/owner/app:1", "docker://nginx")
+	for _, want := range []string{`"https://ghcr.io/owner/app:1": invalid reference format: drop the scheme "https://" (ghcr.io/owner/app:1)`, `drop the scheme "docker://" (nginx)`} {
+		if code != 1 || !strings.Contains(stdout, want) {
+			t.Errorf("exit %d, %q; want 1 and %s", code, stdout, want)
+		}
+	}
+}
