@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"reflect"
+	"strings"
 
 	"github.com/gorilla/mux"
 
@@ -81,6 +83,12 @@ func ReadJSON(w http.ResponseWriter, r *http.Request, limit int64, what string, 
 	case errors.Is(err, io.ErrUnexpectedEOF):
 		err = errors.New("the body ends inside its JSON object")
 	}
+	var wrongType *json.UnmarshalTypeError
+	if errors.As(err, &wrongType) {
+		// Its own words name Go's struct and types (PrefetchRequest.pin
+		// of type bool): the client wrote JSON.
+		err = jsonTypeError(wrongType)
+	}
 	var tooLarge *http.MaxBytesError
 	if errors.As(err, &tooLarge) {
 		return errcode.New(errcode.InvalidRequest, "invalid %s: the body is over %d bytes", what, tooLarge.Limit).WithStatus(http.StatusRequestEntityTooLarge)
@@ -89,6 +97,42 @@ func ReadJSON(w http.ResponseWriter, r *http.Request, limit int64, what string, 
 		return errcode.New(errcode.InvalidRequest, "invalid %s: %v", what, err)
 	}
 	return nil
+}
+
+// jsonTypeError says what a JSON value of the wrong type is, in JSON's
+// words: the field (its path in the body), the value's type and the one
+// wanted.
+func jsonTypeError(e *json.UnmarshalTypeError) error {
+	got, number, withNumber := strings.Cut(e.Value, " ") // "number -1": one that does not fit
+	switch {
+	case e.Field == "":
+		return fmt.Errorf("the body must be one JSON object, not a JSON %s", got)
+	case withNumber && got == "number":
+		return fmt.Errorf("field %q: the number %s does not fit (out of range, or not whole)", e.Field, number)
+	}
+	return fmt.Errorf("field %q: a JSON %s where %s is wanted", e.Field, got, jsonWanted(e.Type))
+}
+
+// jsonWanted names the JSON that decodes into t: "a string", "a list of
+// strings".
+func jsonWanted(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.Bool:
+		return "true or false"
+	case reflect.String:
+		return "a string"
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Float32, reflect.Float64:
+		return "a number"
+	case reflect.Slice, reflect.Array:
+		if w := jsonWanted(t.Elem()); strings.HasPrefix(w, "a ") {
+			return "a list of " + strings.TrimPrefix(w, "a ") + "s"
+		}
+		return "a list"
+	case reflect.Pointer:
+		return jsonWanted(t.Elem())
+	}
+	return "an object"
 }
 
 // WriteJSON answers v as indented JSON with the given status: the one

@@ -97,3 +97,33 @@ func TestPrefetchListNewestFirst(t *testing.T) {
 		t.Errorf("GET /prefetch lists\n%q\nwant the jobs newest first\n%q", listed, posted)
 	}
 }
+
+// A JSON value of the wrong type is refused in JSON's words, whatever
+// the field's type: its path in the body, the value's type, the one
+// wanted; never Go's struct or type names.
+func TestReadJSONTypeErrorInJSONWords(t *testing.T) {
+	var v struct {
+		Count  int               `json:"count"`
+		Limit  *uint16           `json:"limit"`
+		Names  []string          `json:"names"`
+		Nested struct{ On bool } `json:"nested"`
+		Labels map[string]string `json:"labels"`
+		Sizes  []float64         `json:"sizes"`
+	}
+	for body, want := range map[string]string{
+		`{"count": "3"}`:          `invalid thing: field "count": a JSON string where a number is wanted`,
+		`{"limit": -1}`:           `field "limit": the number -1 does not fit (out of range, or not whole)`,
+		`{"names": {}}`:           `field "names": a JSON object where a list of strings is wanted`,
+		`{"nested": {"On": "x"}}`: `field "nested.On": a JSON string where true or false is wanted`,
+		`{"labels": []}`:          `field "labels": a JSON array where an object is wanted`,
+		`{"sizes": [true]}`:       `field "sizes": a JSON bool where a number is wanted`,
+		`{"count": 1.5}`:          `field "count": the number 1.5 does not fit`,
+		`"x"`:                     `the body must be one JSON object, not a JSON string`,
+	} {
+		r := httptest.NewRequest(http.MethodPost, "/", strings.NewReader(body))
+		err := ReadJSON(httptest.NewRecorder(), r, 1<<10, "thing", &v)
+		if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "Go ") {
+			t.Errorf("%s: error %v, want %s", body, err, want)
+		}
+	}
+}

@@ -63,6 +63,12 @@ func TestPrefetch(t *testing.T) {
 		{`{"images": ["multi"], "platforms": ["linux/x86_64"]}`, `unknown architecture \"x86_64\"`},
 		{`{"imagez": ["multi"]}`, "imagez"},
 		{`not json`, "invalid"},
+		// A field of the wrong type is named as the JSON calls it, with
+		// the type wanted, not Go's struct and type.
+		{`{"images": ["multi"], "pin": "yes"}`, `invalid prefetch request: field \"pin\": a JSON string where true or false is wanted`},
+		{`{"images": "multi"}`, `field \"images\": a JSON string where a list of strings is wanted`},
+		{`{"images": ["multi", 1]}`, `field \"images\": a JSON number where a string is wanted`},
+		{`["multi"]`, `the body must be one JSON object, not a JSON array`},
 		{`{"images": ["multi"]} {"images": ["area51/jenkins"]}`, "one JSON object"},
 		{`{"images": ["multi"], "pin": true}]`, "one JSON object"},
 		// curl -X POST without -d, and a body cut short: said "EOF".
@@ -70,8 +76,8 @@ func TestPrefetch(t *testing.T) {
 		{`{"images": ["multi"]`, "the body ends inside its JSON object"},
 	} {
 		r := postPrefetch(t, m, bad.body)
-		if r.status != http.StatusBadRequest || !strings.Contains(string(r.body), bad.names) {
-			t.Errorf("POST %.200s: %d %s; want 400 naming %q", bad.body, r.status, r.body, bad.names)
+		if r.status != http.StatusBadRequest || !strings.Contains(string(r.body), bad.names) || strings.Contains(string(r.body), "Go ") {
+			t.Errorf("POST %.200s: %d %s; want 400 naming %q, and no Go names", bad.body, r.status, r.body, bad.names)
 		}
 	}
 	huge := `{"images": ["multi"], "platforms": ["` + strings.Repeat("linux/amd64", 100000) + `"]}`
