@@ -14,7 +14,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"runtime"
 	"strings"
 	"syscall"
 )
@@ -98,8 +97,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "ls":
 		return lsCommand(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-version":
-		fmt.Fprintf(stdout, "docker-mirror %s (%s)\n", versionString(), runtime.Version())
-		return 0
+		return versionCommand(args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -119,7 +117,13 @@ func parseFlags(fs *flag.FlagSet, args []string, synopsis string, stdout, stderr
 	err := fs.Parse(args)
 	if errors.Is(err, flag.ErrHelp) {
 		fs.SetOutput(stdout)
-		fmt.Fprintf(stdout, "Usage: %s\n\nFlags:\n", synopsis)
+		fmt.Fprintf(stdout, "Usage: %s\n", synopsis)
+		flags := false
+		fs.VisitAll(func(*flag.Flag) { flags = true })
+		if !flags {
+			return 0, false // version takes none
+		}
+		fmt.Fprint(stdout, "\nFlags:\n")
 		if fs.Name() == "serve" {
 			fs.PrintDefaults()
 		} else {

@@ -59,6 +59,10 @@ func TestBadInputExitsTwoWithOneLine(t *testing.T) {
 		{[]string{"serve", "--config", filepath.Join(dir, "missing.yaml")}, []string{"missing.yaml"}},
 		{[]string{"serve", "extra"}, []string{"extra"}},
 		{[]string{"frobnicate"}, []string{"frobnicate"}},
+		// version takes nothing: it printed the version, exit 0.
+		{[]string{"version", "extra"}, []string{`docker-mirror version: unexpected argument "extra"`}},
+		{[]string{"version", "--short"}, []string{"docker-mirror version: flag provided but not defined: -short"}},
+		{[]string{"--version", "serve"}, []string{`unexpected argument "serve"`}},
 		{[]string{"prefetch", "--platform", "bogus", "nginx"}, []string{`invalid value "bogus" for flag -platform: invalid platform "bogus": unknown OS "bogus"`}},
 		// A server named as Docker names a registry, without its scheme.
 		{[]string{"prefetch", "--server", "mirror:5000", "nginx"}, []string{`--server: invalid URL "mirror:5000" (want http[s]://HOST:PORT`}},
@@ -114,8 +118,13 @@ func TestHelpAndVersion(t *testing.T) {
 	if code, out, _ := runCmd(t, context.Background(), "--help"); code != 0 || !strings.Contains(out, "serve") {
 		t.Errorf("--help: %d %q", code, out)
 	}
-	if code, out, _ := runCmd(t, context.Background(), "version"); code != 0 || !strings.Contains(out, "go1.") {
-		t.Errorf("version: %d %q", code, out)
+	for _, v := range []string{"version", "--version"} {
+		if code, out, _ := runCmd(t, context.Background(), v); code != 0 || !strings.Contains(out, "go1.") {
+			t.Errorf("%s: %d %q", v, code, out)
+		}
+	}
+	if code, out, _ := runCmd(t, context.Background(), "version", "--help"); code != 0 || !strings.Contains(out, "Usage: docker-mirror version") {
+		t.Errorf("version --help: %d %q", code, out)
 	}
 }
 

@@ -1,7 +1,11 @@
 package main
 
 import (
+	"flag"
+	"fmt"
+	"io"
 	"regexp"
+	"runtime"
 	"runtime/debug"
 	"strings"
 )
@@ -10,6 +14,18 @@ import (
 // (the Dockerfile's VERSION build argument). Empty: the version comes
 // from the build information (see describeVersion).
 var version = ""
+
+// versionCommand prints the version and Go's: docker-mirror version. It
+// takes no flag or argument: one given is refused in one line (exit 2),
+// as every command refuses what it does not take.
+func versionCommand(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("version", flag.ContinueOnError)
+	if code, ok := parseFlags(fs, args, "docker-mirror version", stdout, stderr); !ok {
+		return code
+	}
+	fmt.Fprintf(stdout, "docker-mirror %s (%s)\n", versionString(), runtime.Version())
+	return 0
+}
 
 func versionString() string {
 	bi, _ := debug.ReadBuildInfo()
