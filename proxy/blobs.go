@@ -256,7 +256,9 @@ func (p *Proxy) serveStored(w http.ResponseWriter, r *http.Request, t target, dg
 // common on S3) is reopened where it broke, at most maxResumes times in
 // a row without bringing resumeProgress bytes, so that the client gets
 // its whole answer: cut, it would fail its pull or ask for the whole blob
-// again. A local file is returned as it is, sent by sendfile.
+// again; a registry destination's whole blob is read again from its
+// first byte instead, so that the destination's check covers every byte.
+// A local file is returned as it is, sent by sendfile.
 func (p *Proxy) openServed(ctx context.Context, t target, dgst digest.Digest, off, n int64) (io.ReadCloser, error) {
 	rc, err := p.openPart(ctx, t, dgst, off, n)
 	if err != nil {
@@ -270,6 +272,23 @@ func (p *Proxy) openServed(ctx context.Context, t target, dgst digest.Digest, of
 			return p.openPart(ctx, t, dgst, at, -1)
 		}
 		return p.openPart(ctx, t, dgst, at, n-(at-off))
+	}
+	if _, checked := p.store.(storage.ManifestStore); checked && off == 0 && n < 0 {
+		// A registry destination checks a whole blob's bytes as it
+		// reads them, not a part's: the rest read alone would complete
+		// bytes it changed. Read again from the first byte, to where
+		// this read broke.
+		open = func(at int64) (io.ReadCloser, error) {
+			rc, err := p.openPart(ctx, t, dgst, 0, -1)
+			if err != nil {
+				return nil, err
+			}
+			if _, err := io.CopyN(io.Discard, rc, at); err != nil {
+				rc.Close()
+				return nil, err
+			}
+			return rc, nil
+		}
 	}
 	return &resumingReader{ctx: ctx, rc: rc, open: open, off: off, from: off}, nil
 }

@@ -1681,3 +1681,69 @@ func TestDestinationBlobChangedIsNeverServedWhole(t *testing.T) {
 		t.Error("the blob was not fetched from the upstream again")
 	}
 }
+
+// A blob the destination holds whose bytes no longer match its digest is
+// never a complete answer either when its read is cut mid-body and
+// resumed where it broke: the rest, read alone, cannot be checked, and
+// would complete the wrong bytes as a 200 (it did). The read is resumed
+// from the blob's first byte, so that the check covers every byte; a
+// blob that matches is still answered whole after such a cut.
+func TestDestinationBlobChangedAndCutIsNeverServedWhole(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/changed", "1", 1, 256<<10)
+	layer := img.Layers[0]
+	var changed, cut atomic.Bool
+	dest := fixture.StartDestination(t, map[string]string{destUser: destPassword}, fixture.WithFrontEnd(func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method != http.MethodGet || !strings.HasSuffix(r.URL.Path, "/blobs/"+layer) || r.Header.Get("Range") != "" {
+				next.ServeHTTP(w, r) // a range: the destination's own bytes
+				return
+			}
+			rec := httptest.NewRecorder()
+			next.ServeHTTP(rec, r)
+			b := rec.Body.Bytes()
+			if changed.Load() && rec.Code == http.StatusOK && len(b) > 0 {
+				b[0] ^= 0xff // the first byte changed, the length kept
+			}
+			for k, v := range rec.Header() {
+				w.Header()[k] = v
+			}
+			w.WriteHeader(rec.Code)
+			if rec.Code == http.StatusOK && cut.CompareAndSwap(true, false) {
+				// This read cut mid-body, after the first byte.
+				_, _ = w.Write(b[:len(b)/2])
+				_ = http.NewResponseController(w).Flush()
+				panic(http.ErrAbortHandler)
+			}
+			_, _ = w.Write(b)
+		})
+	}))
+	m := startDestMirror(t, up, dest, nil)
+	wantImage(t, m.Server, "changed", img)
+	m.WaitIdle()
+
+	up.ResetCounts()
+	cut.Store(true)
+	r := get(t, m.URL()+"/v2/library/changed/blobs/"+layer)
+	if cut.Load() {
+		t.Fatal("the destination's read of the blob was not cut")
+	}
+	if r.status != http.StatusOK || r.err != nil || sha(r.body) != layer {
+		t.Fatalf("blob whose read from the destination was cut: %d %v, hashing to %s; want it resumed and answered whole", r.status, r.err, sha(r.body))
+	}
+	if n := up.BlobBytesFor(layer); n != 0 {
+		t.Errorf("blob whose read from the destination was cut: %d bytes of it from the upstream; want none (a hit)", n)
+	}
+
+	changed.Store(true)
+	cut.Store(true)
+	r = get(t, m.URL()+"/v2/library/changed/blobs/"+layer)
+	if cut.Load() {
+		t.Fatal("the destination's read of the changed blob was not cut")
+	}
+	if r.status == http.StatusOK && r.err == nil {
+		t.Fatalf("blob changed at the destination, its read cut and resumed, answered whole: %d bytes hashing to %s, want %s or a cut answer",
+			len(r.body), sha(r.body), layer)
+	}
+	m.WaitIdle()
+}
