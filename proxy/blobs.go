@@ -405,6 +405,9 @@ func (p *Proxy) openStoredBlob(ctx context.Context, t target, dgst digest.Digest
 // storedBlob reports whether dgst is stored and may be served for t
 // (mayServe), and its size.
 func (p *Proxy) storedBlob(ctx context.Context, t target, dgst digest.Digest) (int64, bool, error) {
+	if p.unremoved.Contains(dgst) {
+		return 0, false, nil // a bad copy the store keeps (dropUnreadable)
+	}
 	size, err := p.store.Stat(ctx, t.storeRepo(), dgst)
 	if errors.Is(err, storage.ErrNotFound) || p.dropUnreadable(ctx, t, dgst, err) {
 		return 0, false, nil // fetched again
@@ -455,8 +458,9 @@ func (p *Proxy) wholeBlob(ctx context.Context, t target, dgst digest.Digest, siz
 // changed by hand), or whose bytes did not match (a registry
 // destination's, changed behind the mirror's back): kept, it would fail
 // every pull until verify --repair removed it. Removed, it reads as missing, so that it is fetched again
-// (a client cut short mid-body asks again). It reports whether err was
-// such a read.
+// (a client cut short mid-body asks again); so does one the store does
+// not allow removing (unremoved). It reports whether err was such a
+// read.
 func (p *Proxy) dropUnreadable(ctx context.Context, t target, dgst digest.Digest, err error) bool {
 	if !errors.Is(err, syscall.EIO) && !errors.Is(err, fs.ErrPermission) &&
 		!errors.Is(err, storage.ErrDigestMismatch) { // a registry destination's, checked as it was read
@@ -465,6 +469,12 @@ func (p *Proxy) dropUnreadable(ctx context.Context, t target, dgst digest.Digest
 	p.log.Error("stored blob cannot be read; removing it", "digest", dgst, "error", err)
 	if err := p.store.Delete(context.WithoutCancel(ctx), t.storeRepo(), dgst); err != nil {
 		p.log.Error("removing an unreadable blob", "digest", dgst, "error", err)
+		if errors.Is(err, errors.ErrUnsupported) {
+			// Never removed (a registry destination without deletes):
+			// read as missing from now on, else served, and cut, at
+			// every pull.
+			p.unremoved.Add(dgst, struct{}{})
+		}
 	}
 	p.wholeBlobs.Remove(dgst)
 	return true

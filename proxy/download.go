@@ -539,9 +539,12 @@ func (p *Proxy) startBlob(ctx context.Context, t target, dgst digest.Digest, w b
 		}
 		// Stat outside the lock: with a registry destination or S3 it is a
 		// network round trip, and one slow store must not stall every miss.
-		if _, err := p.store.Stat(ctx, t.storeRepo(), dgst); err == nil || p.mountHeld(ctx, t, dgst, w.listed) {
-			noteRequested(ctx)
-			return nil, nil, true, nil
+		// A bad copy the store keeps (unremoved) is downloaded instead.
+		if !p.unremoved.Contains(dgst) {
+			if _, err := p.store.Stat(ctx, t.storeRepo(), dgst); err == nil || p.mountHeld(ctx, t, dgst, w.listed) {
+				noteRequested(ctx)
+				return nil, nil, true, nil
+			}
 		}
 		dl, leave, err := p.newDownload(ctx, t, dgst, w)
 		if err != nil || dl != nil {

@@ -93,6 +93,11 @@ type Proxy struct {
 	// wholeBlobs: the stored blobs whose size was found to be their
 	// record's (wholeBlob), and that size.
 	wholeBlobs *lru.Cache[digest.Digest, int64]
+	// unremoved: the stored blobs found unreadable or changed whose
+	// removal the store does not allow (a registry destination without
+	// deletes): read as missing (storedBlob, startBlob), so that their
+	// pulls are answered from the upstream, not from the bad copy.
+	unremoved *lru.Cache[digest.Digest, struct{}]
 	// referrerTypes: the types of referrers read from the upstream and
 	// not stored (typeOf), by digest: its manifest does not change.
 	referrerTypes *lru.Cache[digest.Digest, referrerType]
@@ -307,6 +312,10 @@ func New(store storage.Store, index *storage.Index, upstreams []*upstream.Client
 	if err != nil {
 		return nil, err
 	}
+	unremoved, err := lru.New[digest.Digest, struct{}](maxWholeBlobs)
+	if err != nil {
+		return nil, err
+	}
 	referrerTypes, err := lru.New[digest.Digest, referrerType](maxReferrerTypes)
 	if err != nil {
 		return nil, err
@@ -336,6 +345,7 @@ func New(store storage.Store, index *storage.Index, upstreams []*upstream.Client
 		redirects:       newRedirects(),
 		artifactChecks:  artifactChecks,
 		wholeBlobs:      wholeBlobs,
+		unremoved:       unremoved,
 		referrerTypes:   referrerTypes,
 		fetchAhead:      true,
 		upstreamConns:   DefaultUpstreamConnections,

@@ -1747,3 +1747,55 @@ func TestDestinationBlobChangedAndCutIsNeverServedWhole(t *testing.T) {
 	}
 	m.WaitIdle()
 }
+
+// A destination that does not allow deleting blobs (distribution's
+// default, storage.delete off) cannot have a blob whose bytes there no
+// longer match removed: the pulls after the first one cut are then
+// misses answered with the upstream's bytes, not served from the
+// destination and cut again at every pull (as they were, the upstream
+// never asked).
+func TestDestinationChangedBlobNotRemovableIsFetchedFromUpstream(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/changed", "1", 1, 8<<10)
+	layer := img.Layers[0]
+	var changed atomic.Bool
+	dest := fixture.StartDestination(t, map[string]string{destUser: destPassword}, fixture.WithoutDeletes(), fixture.WithFrontEnd(func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if !changed.Load() || r.Method != http.MethodGet || !strings.HasSuffix(r.URL.Path, "/blobs/"+layer) {
+				next.ServeHTTP(w, r)
+				return
+			}
+			rec := httptest.NewRecorder()
+			next.ServeHTTP(rec, r)
+			b := rec.Body.Bytes()
+			if rec.Code == http.StatusOK && len(b) > 0 {
+				b[len(b)/2] ^= 0xff // one byte flipped, the length kept
+			}
+			for k, v := range rec.Header() {
+				w.Header()[k] = v
+			}
+			w.WriteHeader(rec.Code)
+			_, _ = w.Write(b)
+		})
+	}))
+	m := startDestMirror(t, up, dest, nil)
+	wantImage(t, m.Server, "changed", img)
+	m.WaitIdle()
+
+	changed.Store(true)
+	if r := get(t, m.URL()+"/v2/library/changed/blobs/"+layer); r.status == http.StatusOK && r.err == nil {
+		t.Fatalf("blob changed at the destination answered whole: hashing to %s, want %s or a cut answer", sha(r.body), layer)
+	}
+	m.WaitIdle()
+	for i := range 2 {
+		up.ResetCounts()
+		r := get(t, m.URL()+"/v2/library/changed/blobs/"+layer)
+		if r.status != http.StatusOK || r.err != nil || sha(r.body) != layer {
+			t.Fatalf("pull %d after a changed copy the destination would not remove: %d %v, hashing to %s; want its bytes", i+2, r.status, r.err, sha(r.body))
+		}
+		if up.BlobBytesFor(layer) == 0 {
+			t.Errorf("pull %d after a changed copy the destination would not remove: not fetched from the upstream", i+2)
+		}
+		m.WaitIdle()
+	}
+}
