@@ -2,12 +2,17 @@ package proxy
 
 import (
 	"context"
+	"errors"
+	"io"
+	"log"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/docker-mirror/docker-mirror/storage"
@@ -130,6 +135,88 @@ func TestCheckStoreWaitsOnlyUntilTheLookupIsUnanswered(t *testing.T) {
 		if waited := time.Since(start); waited > ReadyUnanswered-unanswered {
 			t.Errorf("CheckStore waited %v (the bubble's clock) for a lookup unanswered for %v; want at most %v, until it has been for %v (%v)",
 				waited, unanswered, ReadyUnanswered-unanswered, ReadyUnanswered, err)
+		}
+	})
+}
+
+// switchStore is a store whose readiness lookups fail while down is set
+// (a destination down) and are counted; its other calls go to Store.
+type switchStore struct {
+	storage.Store
+	down    *atomic.Bool
+	lookups *atomic.Int32
+}
+
+func (s switchStore) Stat(ctx context.Context, repo string, d digest.Digest) (int64, error) {
+	if repo == "docker-mirror/readiness" {
+		s.lookups.Add(1)
+		if s.down.Load() {
+			return 0, errors.New("connection refused")
+		}
+	}
+	return s.Store.Stat(ctx, repo, d)
+}
+
+// A copy takes the store's last answer, whoever's lookup it was (a
+// /readyz probe's), while it is younger than readyFor and found the store
+// usable; one that found it unusable since has the next copy look again
+// at once: it fails, asking the upstream for nothing, where the copy's
+// own 30 s of trust went on to pull the image from Docker Hub for a
+// store already known down.
+func TestCopyTakesTheLastUsableAnswerAndLooksAgainAfterAFailure(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+		for _, name := range []string{"a", "b", "c", "d"} {
+			pushImage(t, reg, "library/"+name+":1", 1)
+		}
+		var gets atomic.Int32
+		counted := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/manifests/") {
+				gets.Add(1)
+			}
+			reg.ServeHTTP(w, r)
+		})
+		mem, _ := memStore(t)
+		var down atomic.Bool
+		var lookups atomic.Int32
+		p := transportMirror(t, inProcess{counted}, switchStore{Store: mem, down: &down, lookups: &lookups})
+		defer p.Close()
+
+		if err := p.Ready(t.Context()); err != nil { // a probe
+			t.Fatal(err)
+		}
+		if _, err := p.Copy(t.Context(), "library/a:1", nil, nil); err != nil {
+			t.Fatal(err)
+		}
+		if n := lookups.Load(); n != 1 {
+			t.Errorf("lookups of the store after a probe and a copy: %d; want 1, the copy taking the probe's answer", n)
+		}
+
+		down.Store(true)
+		if err := p.Ready(t.Context()); err == nil { // a probe finds it down
+			t.Fatal("Ready of a store that is down: ready")
+		}
+		before := gets.Load()
+		if _, err := p.Copy(t.Context(), "library/b:1", nil, nil); err == nil {
+			t.Fatal("copy into a store found down: copied")
+		}
+		if n := gets.Load() - before; n != 0 {
+			t.Errorf("the upstream was asked %d manifest GETs for a copy into a store found down", n)
+		}
+		if n := lookups.Load(); n != 3 {
+			t.Errorf("lookups once a probe found the store down and a copy came: %d; want 3, the copy looking again", n)
+		}
+
+		down.Store(false)
+		if _, err := p.Copy(t.Context(), "library/c:1", nil, nil); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(readyFor) // the copy's answer grows old
+		if _, err := p.Copy(t.Context(), "library/d:1", nil, nil); err != nil {
+			t.Fatal(err)
+		}
+		if n := lookups.Load(); n != 5 {
+			t.Errorf("lookups after a copy that found the store up again and one readyFor later: %d; want 5", n)
 		}
 	})
 }
