@@ -99,10 +99,6 @@ func (p *Proxy) CheckStore(ctx context.Context, unanswered time.Duration) error 
 	return throttled
 }
 
-// lookingUpFor is how long the lookup under way has been unanswered (0:
-// none under way).
-func (p *Proxy) lookingUpFor() time.Duration { return p.readiness.unansweredFor() }
-
 // statReadiness looks the store up: err if it cannot be used, else
 // throttled if it answered throttling. It is detached from ctx and ended
 // by Close: a stop would otherwise wait out the lookup of a bucket that

@@ -97,7 +97,7 @@ func TestReadyLastDoesNotWaitForAFirstLookupAlreadyUnanswered(t *testing.T) {
 			t.Fatal("ReadyLast of a store that hangs: ready")
 		}
 		time.Sleep(2 * ReadyUnanswered) // the next scrape; the lookup still hangs
-		start, unanswered := time.Now(), p.lookingUpFor()
+		start, unanswered := time.Now(), p.readiness.unansweredFor()
 		err := p.ReadyLast(t.Context(), ReadyUnanswered)
 		if err == nil {
 			t.Fatal("ReadyLast of a store that hangs: ready")
@@ -127,7 +127,7 @@ func TestCheckStoreWaitsOnlyUntilTheLookupIsUnanswered(t *testing.T) {
 		// The page's timeout.
 		check, cancel := context.WithTimeout(t.Context(), ReadyUnanswered)
 		defer cancel()
-		start, unanswered := time.Now(), p.lookingUpFor()
+		start, unanswered := time.Now(), p.readiness.unansweredFor()
 		err := p.CheckStore(check, ReadyUnanswered)
 		if err == nil {
 			t.Fatal("CheckStore of a store that hangs: nil")
