@@ -452,15 +452,14 @@ func (p *Proxy) wholeBlob(ctx context.Context, t target, dgst digest.Digest, siz
 	return false, nil
 }
 
-// dropUnreadable removes the stored blob dgst if err, the error of
-// opening or serving it, is a read of it that failed (bad sectors: EIO)
-// or was refused (EACCES: a file restored as another user, its mode
-// changed by hand), or whose bytes did not match (a registry
-// destination's, changed behind the mirror's back): kept, it would fail
-// every pull until verify --repair removed it. Removed, it reads as missing, so that it is fetched again
-// (a client cut short mid-body asks again); so does one the store does
-// not allow removing (unremoved). It reports whether err was such a
-// read.
+// dropUnreadable removes the stored blob dgst if err, the error of opening
+// or serving it, is a read of it that failed (bad sectors: EIO) or was
+// refused (EACCES: a file restored as another user, its mode changed by
+// hand), or whose bytes did not match (a registry destination's, changed
+// behind the mirror's back): kept, it would fail every pull until verify
+// --repair removed it. Removed, it reads as missing, so that it is fetched
+// again (a client cut short mid-body asks again); so does one the store does
+// not allow removing (unremoved). It reports whether err was such a read.
 func (p *Proxy) dropUnreadable(ctx context.Context, t target, dgst digest.Digest, err error) bool {
 	if !errors.Is(err, syscall.EIO) && !errors.Is(err, fs.ErrPermission) &&
 		!errors.Is(err, storage.ErrDigestMismatch) { // a registry destination's, checked as it was read

@@ -154,8 +154,9 @@ func (p *Proxy) storeUsable(ctx context.Context) error {
 // noPlatformMatches refuses a copy for platforms (pats, asked for or
 // configured) of which the index body has none: it would store the index
 // alone and say done. An image, an index of artifacts only, or one listing
-// an index (whose platforms it does not name), has no platforms to refuse. (A pull's background mirror of such an index, whose
-// client pulls what it likes, is no copy.)
+// an index (whose platforms it does not name), has no platforms to refuse.
+// (A pull's background mirror of such an index, whose client pulls what it
+// likes, is no copy.)
 func noPlatformMatches(ref string, body []byte, mediaType string, pats []oci.Platform) error {
 	if !oci.IsIndex(mediaType) {
 		return nil

@@ -120,11 +120,11 @@ type metaPage struct {
 	valid                          bool // bbolt's magic and version, and its checksum matches
 }
 
-// lastCommit reads the meta page of the last commit of the bbolt file f:
-// of the two, the valid one with the higher transaction id (the second
-// alone if the first is damaged), as bbolt's open picks it (FreelistWritten's comment has the layout; the high-water
-// page id follows the freelist's, and an FNV-1a checksum of what precedes
-// it follows the transaction id).
+// lastCommit reads the meta page of the last commit of the bbolt file f: of
+// the two, the valid one with the higher transaction id (the second alone if
+// the first is damaged), as bbolt's open picks it (FreelistWritten's comment
+// has the layout; the high-water page id follows the freelist's, and an
+// FNV-1a checksum of what precedes it follows the transaction id).
 func lastCommit(f *os.File, path string) (metaPage, error) {
 	const (
 		header   = 16

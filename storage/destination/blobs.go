@@ -240,19 +240,18 @@ func (s *Store) open(ctx context.Context, repo string, dgst digest.Digest, offse
 // destination that may have it; else an upload that streams r (POST, PATCH
 // with the size as Content-Length when known, PUT ?digest=). Once a front
 // end has refused such a PATCH as too large (413), the content goes in
-// PATCHes of a few MiB instead, halved while they are refused
-// (putChunked); the blob refused is sent so at once if r can be read
-// again (a file), else that Put fails. Such a blob is also sent again,
-// once, after a failure in passing (a 5xx other than 501 and a rate
-// limit, or a connection closed without an answer). The content is verified as it
-// streams, and its last byte is held back until r has ended and matched
-// the digest and size, so wrong content never reaches
-// the destination whole: the PUT that would commit it is never sent, and
-// the error wraps storage.ErrDigestMismatch. A failed upload's session is
-// then cancelled with a DELETE of the session its last answer named,
-// best effort: distribution refuses to cancel one whose content was cut
-// off mid-request (its state no longer what it answered), and purges it
-// later.
+// PATCHes of a few MiB instead, halved while they are refused (putChunked);
+// the blob refused is sent so at once if r can be read again (a file), else
+// that Put fails. Such a blob is also sent again, once, after a failure in
+// passing (a 5xx other than 501 and a rate limit, or a connection closed
+// without an answer). The content is verified as it streams, and its last
+// byte is held back until r has ended and matched the digest and size, so
+// wrong content never reaches the destination whole: the PUT that would
+// commit it is never sent, and the error wraps storage.ErrDigestMismatch. A
+// failed upload's session is then cancelled with a DELETE of the session its
+// last answer named, best effort: distribution refuses to cancel one whose
+// content was cut off mid-request (its state no longer what it answered),
+// and purges it later.
 func (s *Store) Put(ctx context.Context, repo string, dgst digest.Digest, size int64, r io.Reader) error {
 	dst, err := s.blobTarget(repo, dgst)
 	if err != nil {
