@@ -57,13 +57,11 @@ func newJobID(t time.Time) string {
 // Job returns a job with its live progress.
 func (p *Proxy) Job(id string) (*storage.Job, error) {
 	p.jobs.mu.Lock()
-	if j, ok := p.jobs.live[id]; ok {
-		c := *j
-		c.Images = append([]storage.JobImage(nil), j.Images...)
-		p.jobs.mu.Unlock()
-		return &c, nil
-	}
+	live, ok := p.jobs.live[id]
 	p.jobs.mu.Unlock()
+	if ok {
+		return p.jobCopy(live), nil
+	}
 	j, ok, err := p.index.Job(id)
 	if err != nil {
 		return nil, err
@@ -72,6 +70,16 @@ func (p *Proxy) Job(id string) (*storage.Job, error) {
 		return nil, errcode.New(errcode.JobUnknown, "no prefetch job %q", id)
 	}
 	return j, nil
+}
+
+// jobCopy copies a job that runs, its images too, under the lock its
+// changes are made under.
+func (p *Proxy) jobCopy(job *storage.Job) *storage.Job {
+	p.jobs.mu.Lock()
+	defer p.jobs.mu.Unlock()
+	c := *job
+	c.Images = slices.Clone(job.Images)
+	return &c
 }
 
 // ResumeJobs restarts the prefetch jobs a stopped process left unfinished.
@@ -179,7 +187,13 @@ func (p *Proxy) setJob(job *storage.Job, f func()) {
 // nor written, so a change costs the same however many images the job has.
 func (p *Proxy) setImage(job *storage.Job, i int, f func(img *storage.JobImage)) {
 	h, changed := p.changeImage(job, i, f)
-	if err := p.index.UpdateJob(h, changed); err != nil {
+	err := p.index.UpdateJob(h, changed)
+	if errors.Is(err, storage.ErrJobNotRecorded) {
+		// Dropped while it ran (a record of it could not be read), its
+		// images with it: recorded again whole, not as the changed ones.
+		err = p.index.PutJob(p.jobCopy(job))
+	}
+	if err != nil {
 		p.log.Error("recording prefetch job", "job", job.ID, "error", err)
 	}
 }

@@ -86,6 +86,12 @@ func (ix *Index) PutJob(j *Job) error {
 	return ix.shareDelete(bucketJobs, gone...)
 }
 
+// ErrJobNotRecorded is the error of UpdateJob of a job the index does
+// not hold: dropped while it ran (a record of it could not be read:
+// DropRecords), its images' records with it. Recording the changed images
+// alone would make a job of those only; PutJob records it again whole.
+var ErrJobNotRecorded = errors.New("the job is not recorded (dropped while it ran?)")
+
 // KeptJobs is how many finished jobs the index keeps, the newest.
 const KeptJobs = 200
 
@@ -164,7 +170,8 @@ const JobLost = 10 * JobBeat
 
 // UpdateJob records a job's header (j.Images is ignored) and the images
 // of changed, by position. The other images' records are not touched, so
-// a change costs the same whatever the number of images.
+// a change costs the same whatever the number of images. A job the index
+// no longer holds is ErrJobNotRecorded.
 func (ix *Index) UpdateJob(j *Job, changed map[int]JobImage) error {
 	return ix.updateJob(j, changed, false)
 }
@@ -201,10 +208,14 @@ func (ix *Index) updateJob(j *Job, changed map[int]JobImage, share bool) error {
 // updateJob records UpdateJob's changes in tx; moved says whether the
 // job's state or an image's changed.
 func updateJob(tx *bolt.Tx, j *Job, changed map[int]JobImage) (moved bool, err error) {
+	raw := tx.Bucket(bucketJobs).Get([]byte(j.ID))
+	if raw == nil {
+		return false, fmt.Errorf("index: job %q: %w", j.ID, ErrJobNotRecorded)
+	}
 	var was struct {
 		State string `json:"state"`
 	}
-	if raw := tx.Bucket(bucketJobs).Get([]byte(j.ID)); raw == nil || json.Unmarshal(raw, &was) != nil || was.State != j.State {
+	if json.Unmarshal(raw, &was) != nil || was.State != j.State {
 		moved = true
 	}
 	b := tx.Bucket(bucketJobImages).Bucket([]byte(j.ID))
