@@ -163,11 +163,11 @@ func mirrorImages(ctx context.Context, cfg config.Config, log *slog.Logger, imag
 	if o.display != nil {
 		defer o.display.wait()
 	}
-	tmp, err := os.MkdirTemp("", "docker-mirror-")
+	tmp, remove, err := scratchDir("docker-mirror-")
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(tmp)
+	defer remove()
 	cfg.Data = tmp
 	// No server: what only a server uses (its certificate, its clients'
 	// htpasswd file, its sync, its cluster's peers) is neither read nor run.

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"os"
 	"path/filepath"
 
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
@@ -43,11 +42,11 @@ func withSharedCollector(ctx context.Context, cfg config.Config, opts lifecycle.
 			return true, err
 		}
 	}
-	scratch, err := os.MkdirTemp("", "docker-mirror-index-")
+	scratch, remove, err := scratchDir("docker-mirror-index-")
 	if err != nil {
 		return true, err
 	}
-	defer os.RemoveAll(scratch)
+	defer remove()
 	index, err := storage.OpenIndex(filepath.Join(scratch, "index.db"))
 	if err != nil {
 		return true, err
