@@ -97,7 +97,7 @@ const KeptJobs = 200
 
 // pruneJobsTx removes the finished jobs older than the newest KeptJobs
 // finished ones, and returns their IDs. Unfinished jobs stay: they are
-// resumed at start.
+// resumed at start; and those whose header cannot be read.
 func pruneJobsTx(tx *bolt.Tx) ([][]byte, error) {
 	var gone [][]byte
 	finished := 0
@@ -106,8 +106,11 @@ func pruneJobsTx(tx *bolt.Tx) ([][]byte, error) {
 		var h struct {
 			State string `json:"state"`
 		}
-		if err := json.Unmarshal(v, &h); err != nil {
-			return nil, unreadable(bucketJobs, k, err)
+		if json.Unmarshal(v, &h) != nil {
+			// Unreadable (a flipped bit): kept, as an unfinished job
+			// is, for verify --repair to drop, rather than every new
+			// job failing on it.
+			continue
 		}
 		if h.State != JobDone && h.State != JobFailed {
 			continue

@@ -189,3 +189,30 @@ func TestUnreadableJobRecordPassedOverAndDropped(t *testing.T) {
 		})
 	}
 }
+
+// A job whose header cannot be read (a flipped bit), which the start
+// passes over, failed every new job's record (the pruning of the old
+// finished jobs read it): every prefetch and every sync failed until the
+// mirror was stopped and verify --repair run. It is kept, as an
+// unfinished job is, for verify --repair to drop, and new jobs go on.
+func TestNewJobBesideAnUnreadableOne(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "index.db")
+	ix := openIndex(t, path)
+	old := &storage.Job{ID: "20250304T050607-aaaaaaaaaa", Trigger: "sync", State: storage.JobDone, Images: []storage.JobImage{{Image: "a", State: storage.JobDone}}, CreatedAt: t0, UpdatedAt: t0}
+	must(t, ix.PutJob(old))
+	must(t, ix.Close())
+	fixture.DamageRecord(t, path, "jobs", old.ID)
+
+	ix = openIndex(t, path)
+	defer ix.Close()
+	j := &storage.Job{ID: "20250304T050608-bbbbbbbbbb", Trigger: "sync", State: storage.JobQueued, Images: []storage.JobImage{{Image: "b", State: storage.JobQueued}}, CreatedAt: t0, UpdatedAt: t0}
+	if err := ix.PutJob(j); err != nil {
+		t.Fatalf("PutJob beside a job whose record cannot be read: %v", err)
+	}
+	if got, ok, err := ix.Job(j.ID); err != nil || !ok || len(got.Images) != 1 {
+		t.Fatalf("Job(%s) = %+v, %v, %v; want it recorded", j.ID, got, ok, err)
+	}
+	if bad, err := ix.UnreadableRecords(); err != nil || len(bad) != 1 || bad[0].Key != old.ID {
+		t.Fatalf("UnreadableRecords = %+v, %v; want %s's, for verify --repair", bad, err, old.ID)
+	}
+}
