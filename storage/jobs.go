@@ -356,15 +356,17 @@ func (ix *Index) localJob(id string) (*Job, bool, error) {
 	return j, err == nil, err
 }
 
-// Jobs returns up to limit jobs, newest first.
+// Jobs returns up to limit jobs, newest first; a job whose header or an
+// image's record cannot be decoded is passed over (verify --repair drops
+// it), not the list's failure.
 func (ix *Index) Jobs(limit int) ([]*Job, error) {
 	var out []*Job
 	err := ix.db.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketJobs).Cursor()
 		for k, v := c.Last(); k != nil && len(out) < limit; k, v = c.Prev() {
-			j, err := readJob(tx, k, v)
+			j, err := decodeJob(tx, k, v)
 			if err != nil {
-				return err
+				continue
 			}
 			out = append(out, j)
 		}
@@ -376,15 +378,15 @@ func (ix *Index) Jobs(limit int) ([]*Job, error) {
 // JobHeaders returns up to limit jobs, newest first, without reading
 // their images (a job recorded with its images in its header has them):
 // what a caller that keeps the finished jobs it read needs to see which
-// changed.
+// changed. A header that cannot be decoded is passed over, as by Jobs.
 func (ix *Index) JobHeaders(limit int) ([]*Job, error) {
 	var out []*Job
 	err := ix.db.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketJobs).Cursor()
 		for k, v := c.Last(); k != nil && len(out) < limit; k, v = c.Prev() {
 			var j Job
-			if err := json.Unmarshal(v, &j); err != nil {
-				return unreadable(bucketJobs, k, err)
+			if json.Unmarshal(v, &j) != nil {
+				continue
 			}
 			out = append(out, &j)
 		}

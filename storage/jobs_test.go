@@ -216,3 +216,30 @@ func TestNewJobBesideAnUnreadableOne(t *testing.T) {
 		t.Fatalf("UnreadableRecords = %+v, %v; want %s's, for verify --repair", bad, err, old.ID)
 	}
 }
+
+// A job whose header or an image's record cannot be read (a flipped bit)
+// failed the lists of the latest jobs it was among: GET /prefetch
+// answered 500 and the status page's jobs failed until the mirror was
+// stopped and verify --repair run. They pass over it, as a start does.
+func TestJobListsPassOverAnUnreadableJob(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "index.db")
+	ix := openIndex(t, path)
+	jobs := []*storage.Job{
+		{ID: "20250304T050607-aaaaaaaaaa", Trigger: "sync", State: storage.JobDone, Images: []storage.JobImage{{Image: "a", State: storage.JobDone}}, CreatedAt: t0, UpdatedAt: t0},
+		{ID: "20250304T050608-bbbbbbbbbb", Trigger: "sync", State: storage.JobDone, Images: []storage.JobImage{{Image: "b", State: storage.JobDone}}, CreatedAt: t0, UpdatedAt: t0},
+	}
+	for _, j := range jobs {
+		must(t, ix.PutJob(j))
+	}
+	must(t, ix.Close())
+	fixture.DamageRecord(t, path, "jobs", jobs[1].ID)
+
+	ix = openIndex(t, path)
+	defer ix.Close()
+	if list, err := ix.Jobs(10); err != nil || len(list) != 1 || list[0].ID != jobs[0].ID {
+		t.Errorf("Jobs with %s's record unreadable = %+v, %v; want %s alone", jobs[1].ID, list, err, jobs[0].ID)
+	}
+	if list, err := ix.JobHeaders(10); err != nil || len(list) != 1 || list[0].ID != jobs[0].ID {
+		t.Errorf("JobHeaders with %s's record unreadable = %+v, %v; want %s alone", jobs[1].ID, list, err, jobs[0].ID)
+	}
+}
