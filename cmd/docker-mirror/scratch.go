@@ -10,7 +10,7 @@ import (
 // holds a lock on it for as long as it lives (lockScratch), so a
 // directory whose lock can be taken is one a run killed before it could
 // remove it left (SIGKILL, the OOM killer, a CI job's timeout).
-const scratchLock = "lock"
+const scratchLock = "docker-mirror-run.lock"
 
 // scratchDir makes a directory for one run's scratch data (its spool of
 // downloads, a throwaway index) in the system's temporary directory,
