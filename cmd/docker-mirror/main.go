@@ -97,17 +97,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "ls":
 		return lsCommand(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-version":
-		return versionCommand(args[1:], stdout, stderr)
+		if cmd == args[0] { // --version=X is unknown, below: it takes no value
+			return versionCommand(args[1:], stdout, stderr)
+		}
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
 	case "-d", "--d", "-destination", "--destination":
 		// The original tool's form: docker-mirror -d DEST IMAGE...
 		return mirrorCommand(ctx, args, stdout, stderr)
-	default:
-		fmt.Fprintf(stderr, "docker-mirror: unknown command %q (try 'docker-mirror help')\n", args[0])
-		return exitUsage
 	}
+	fmt.Fprintf(stderr, "docker-mirror: unknown command %q (try 'docker-mirror help')\n", args[0])
+	return exitUsage
 }
 
 // parseFlags parses a command's flags: --help prints the usage to stdout

@@ -63,6 +63,9 @@ func TestBadInputExitsTwoWithOneLine(t *testing.T) {
 		{[]string{"version", "extra"}, []string{`docker-mirror version: unexpected argument "extra"`}},
 		{[]string{"version", "--short"}, []string{"docker-mirror version: flag provided but not defined: -short"}},
 		{[]string{"--version", "serve"}, []string{`unexpected argument "serve"`}},
+		// Nor a value after =: it printed the version, exit 0.
+		{[]string{"--version=short"}, []string{`"--version=short"`}},
+		{[]string{"-version=false"}, []string{`"-version=false"`}},
 		{[]string{"prefetch", "--platform", "bogus", "nginx"}, []string{`invalid value "bogus" for flag -platform: invalid platform "bogus": unknown OS "bogus"`}},
 		// A server named as Docker names a registry, without its scheme.
 		{[]string{"prefetch", "--server", "mirror:5000", "nginx"}, []string{`--server: invalid URL "mirror:5000" (want http[s]://HOST:PORT`}},
