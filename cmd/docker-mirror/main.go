@@ -101,6 +101,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return versionCommand(args[1:], stdout, stderr)
 		}
 	case "help", "-h", "-help", "--help":
+		if cmd != args[0] {
+			break // --help=X is unknown, below: it takes no value
+		}
+		if len(args) > 1 {
+			// As version: a script's mistake would go unseen.
+			fmt.Fprintf(stderr, "docker-mirror help: unexpected argument %q (a command's options: docker-mirror COMMAND --help)\n", args[1])
+			return exitUsage
+		}
 		fmt.Fprint(stdout, usage)
 		return 0
 	case "-d", "--d", "-destination", "--destination":

@@ -66,6 +66,10 @@ func TestBadInputExitsTwoWithOneLine(t *testing.T) {
 		// Nor a value after =: it printed the version, exit 0.
 		{[]string{"--version=short"}, []string{`"--version=short"`}},
 		{[]string{"-version=false"}, []string{`"-version=false"`}},
+		// help takes nothing either: it printed the usage, exit 0.
+		{[]string{"help", "extra"}, []string{`docker-mirror help: unexpected argument "extra"`}},
+		{[]string{"--help", "serve"}, []string{`docker-mirror help: unexpected argument "serve"`, "docker-mirror COMMAND --help"}},
+		{[]string{"--help=x"}, []string{`"--help=x"`}},
 		{[]string{"prefetch", "--platform", "bogus", "nginx"}, []string{`invalid value "bogus" for flag -platform: invalid platform "bogus": unknown OS "bogus"`}},
 		// A server named as Docker names a registry, without its scheme.
 		{[]string{"prefetch", "--server", "mirror:5000", "nginx"}, []string{`--server: invalid URL "mirror:5000" (want http[s]://HOST:PORT`}},
