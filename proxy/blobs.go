@@ -277,17 +277,14 @@ func (p *Proxy) openServed(ctx context.Context, t target, dgst digest.Digest, of
 		// A registry destination checks a whole blob's bytes as it
 		// reads them, not a part's: the rest read alone would complete
 		// bytes it changed. Read again from the first byte, to where
-		// this read broke.
+		// this read broke: as it reads, so that a cut there is resumed
+		// as any other.
 		open = func(at int64) (io.ReadCloser, error) {
 			rc, err := p.openPart(ctx, t, dgst, 0, -1)
 			if err != nil {
 				return nil, err
 			}
-			if _, err := io.CopyN(io.Discard, rc, at); err != nil {
-				rc.Close()
-				return nil, err
-			}
-			return rc, nil
+			return &skipReader{ReadCloser: rc, n: at}, nil
 		}
 	}
 	return &resumingReader{ctx: ctx, rc: rc, open: open, off: off, from: off}, nil
@@ -344,6 +341,26 @@ func (r *resumingReader) Read(b []byte) (int, error) {
 }
 
 func (r *resumingReader) Close() error { return r.rc.Close() }
+
+// skipReader reads its ReadCloser from byte n on: the bytes before are
+// read at its first reads and dropped.
+type skipReader struct {
+	io.ReadCloser
+	n int64 // left to drop
+}
+
+func (s *skipReader) Read(b []byte) (int, error) {
+	if s.n > 0 {
+		k, err := io.CopyN(io.Discard, s.ReadCloser, s.n)
+		if s.n -= k; err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF // shorter than what was read of it
+			}
+			return 0, err
+		}
+	}
+	return s.ReadCloser.Read(b)
+}
 
 // unsetBlobHeaders takes back the headers serveBlob set for a stored blob
 // it could not open, before the blob is answered another way.

@@ -1799,3 +1799,60 @@ func TestDestinationChangedBlobNotRemovableIsFetchedFromUpstream(t *testing.T) {
 		m.WaitIdle()
 	}
 }
+
+// A registry destination's whole-blob read cut mid-body is read again
+// from its first byte (TestDestinationBlobChangedAndCutIsNeverServedWhole);
+// a cut of that read before it reaches where the first one broke is a
+// cut like any other, resumed again, not the end of the client's answer
+// (it was: the bytes read again were read apart from the resumes).
+func TestDestinationBlobCutAgainWhileReadAgainIsServedWhole(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/recut", "1", 1, 256<<10)
+	layer := img.Layers[0]
+	var cuts atomic.Int32
+	dest := fixture.StartDestination(t, map[string]string{destUser: destPassword}, fixture.WithFrontEnd(func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method != http.MethodGet || !strings.HasSuffix(r.URL.Path, "/blobs/"+layer) {
+				next.ServeHTTP(w, r)
+				return
+			}
+			rec := httptest.NewRecorder()
+			next.ServeHTTP(rec, r)
+			for k, v := range rec.Header() {
+				w.Header()[k] = v
+			}
+			w.WriteHeader(rec.Code)
+			b := rec.Body.Bytes()
+			if rec.Code == http.StatusOK && cuts.Load() > 0 {
+				// The first read cut at half the blob, the next, from
+				// its first byte, at a quarter: before the first broke.
+				keep := len(b) / 2
+				if cuts.Add(-1) == 0 {
+					keep = len(b) / 4
+				}
+				_, _ = w.Write(b[:keep])
+				_ = http.NewResponseController(w).Flush()
+				panic(http.ErrAbortHandler)
+			}
+			_, _ = w.Write(b)
+		})
+	}))
+	m := startDestMirror(t, up, dest, nil)
+	wantImage(t, m.Server, "recut", img)
+	m.WaitIdle()
+
+	up.ResetCounts()
+	cuts.Store(2)
+	r := get(t, m.URL()+"/v2/library/recut/blobs/"+layer)
+	if n := cuts.Load(); n != 0 {
+		t.Fatalf("the destination's reads of the blob were not cut twice (%d cuts left)", n)
+	}
+	if r.status != http.StatusOK || r.err != nil || sha(r.body) != layer {
+		t.Fatalf("blob whose read from the destination was cut, and cut again while read again: %d %v, %d bytes hashing to %s; want it resumed and answered whole",
+			r.status, r.err, len(r.body), sha(r.body))
+	}
+	if n := up.BlobBytesFor(layer); n != 0 {
+		t.Errorf("blob whose reads from the destination were cut: %d bytes of it from the upstream; want none (a hit)", n)
+	}
+	m.WaitIdle()
+}
