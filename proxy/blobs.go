@@ -187,10 +187,12 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 	// The spool file is gone: the download moved it into the store, or
 	// ended (t shares it, so t may have what it stored). A verified one
 	// vouches for what it stored until its record commits: serve that
-	// now rather than wait for the record.
+	// now rather than wait for the record. It is stored for the
+	// repository it was started for, dl.t's: a store that keeps blobs
+	// per repository (a registry destination) has it there only.
 	if dl.isVerified() {
-		if size, err := p.store.Stat(ctx, t.storeRepo(), dgst); err == nil {
-			return serveBlob(w, r, dgst, size, func(off, n int64) (io.ReadCloser, error) { return p.openServed(ctx, t, dgst, off, n) })
+		if size, err := p.store.Stat(ctx, dl.t.storeRepo(), dgst); err == nil {
+			return serveBlob(w, r, dgst, size, func(off, n int64) (io.ReadCloser, error) { return p.openServed(ctx, dl.t, dgst, off, n) })
 		}
 	}
 	select {
@@ -201,11 +203,11 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 	if err := dl.failure(); err != nil {
 		return err // not stored (a full store, a bad upstream): say why
 	}
-	size, err = p.store.Stat(ctx, t.storeRepo(), dgst)
+	size, err = p.store.Stat(ctx, dl.t.storeRepo(), dgst)
 	if err != nil {
 		return fmt.Errorf("blob %s: %w", dgst, err)
 	}
-	return serveBlob(w, r, dgst, size, func(off, n int64) (io.ReadCloser, error) { return p.openServed(ctx, t, dgst, off, n) })
+	return serveBlob(w, r, dgst, size, func(off, n int64) (io.ReadCloser, error) { return p.openServed(ctx, dl.t, dgst, off, n) })
 }
 
 // serveStored answers r with the stored blob dgst, of size bytes: from
