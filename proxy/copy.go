@@ -7,10 +7,10 @@ import (
 	"strings"
 
 	"github.com/distribution/reference"
+	"github.com/opencontainers/go-digest"
 
 	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/proxy/errcode"
-	"github.com/docker-mirror/docker-mirror/proxy/upstream"
 	"github.com/docker-mirror/docker-mirror/storage"
 )
 
@@ -193,7 +193,8 @@ func noPlatformMatches(ref string, body []byte, mediaType string, pats []oci.Pla
 // confirms the tag still points to it, with a HEAD (Docker Hub counts
 // GETs against its pull limit, not HEADs: a sync of tags that did not
 // move costs no pull), or the one it moved to if held (movedToHeld); else
-// the one fetched now.
+// the one fetched now, a tag moved in the fetch a pull of it shares
+// (copyMovedTag).
 func (p *Proxy) copySource(ctx context.Context, t target, ref oci.Ref) (*storedManifest, error) {
 	if ref.IsDigest() {
 		return p.ensureManifest(ctx, t, ref.Digest, false)
@@ -209,7 +210,6 @@ func (p *Proxy) copySource(ctx context.Context, t target, ref oci.Ref) (*storedM
 	if !ok && writing != nil {
 		return writing.wait(ctx)
 	}
-	var fetched *upstream.Manifest
 	if ok {
 		if held, err := p.loadTagged(ctx, t, rec); err == nil {
 			a, err := p.revalidateTag(ctx, t, ref.Tag)
@@ -222,20 +222,42 @@ func (p *Proxy) copySource(ctx context.Context, t target, ref oci.Ref) (*storedM
 				if m, err := p.movedToHeld(ctx, t, ref.Tag, d, false); m != nil || err != nil {
 					return m, err
 				}
+				// Else fetched as a pull of the moved tag fetches it: in
+				// the same flight, so that a pull at the same moment
+				// (a herd after a release) and the copy cost one GET.
+				return p.copyMovedTag(ctx, t, ref.Tag, rec.Digest, a)
 			}
-			// Moved (fetched already if only a GET could tell), gone or
-			// not answered: the GET says which.
-			fetched = a.fetched
+			// Gone or not answered: the GET says which.
 		}
 	}
 	if p.fetchingManifest != nil {
 		p.fetchingManifest(ref)
 	}
-	w, err := p.startManifestFrom(ctx, t, ref, false, fetched)
+	w, err := p.startManifestFrom(ctx, t, ref, false, nil)
 	if err != nil {
 		return nil, err
 	}
 	return w.wait(ctx)
+}
+
+// copyMovedTag fetches, stores and records the manifest a held tag moved
+// to (a, from its revalidation; was, the digest it named), sharing a
+// pull's fetch (fetchMovedTag). A write that is an alias tag's has the
+// tag recorded at its manifest here, before the copy goes on: the copy's
+// end pushes the manifest's tags to a registry destination.
+func (p *Proxy) copyMovedTag(ctx context.Context, t target, tag string, was digest.Digest, a tagAnswer) (*storedManifest, error) {
+	w, err := p.fetchMovedTag(ctx, t, tag, was, a, false)
+	if err != nil {
+		return nil, err
+	}
+	m, err := w.wait(ctx)
+	if err != nil || w.tag == tag {
+		return m, err
+	}
+	if held, err := p.movedToHeld(ctx, t, tag, m.digest, false); held != nil || err != nil {
+		return held, err
+	}
+	return m, nil
 }
 
 // pinKey is the reference an image is pinned by: its tag's TagKey

@@ -748,6 +748,18 @@ func (p *Proxy) fetchManifestAnswer(ctx context.Context, t target, ref oci.Ref, 
 // counts, not one each: the others' tags are recorded there once it is
 // (movedToHeld), unless recorded anew (or forgotten) meanwhile.
 func (p *Proxy) fetchTagAnswer(ctx context.Context, t target, tag string, was digest.Digest, a tagAnswer, fill bool, h http.Header) (*storedManifest, error) {
+	w, err := p.fetchMovedTag(ctx, t, tag, was, a, fill)
+	if err != nil {
+		return nil, err
+	}
+	w.answer(h)
+	return w.m, nil
+}
+
+// fetchMovedTag is fetchTagAnswer's fetch, shared by a copy (copySource)
+// of the tag: it returns the write, which may be an alias tag's; the tag
+// is recorded at its manifest once that write is.
+func (p *Proxy) fetchMovedTag(ctx context.Context, t target, tag string, was digest.Digest, a tagAnswer, fill bool) (*manifestWrite, error) {
 	ref := oci.Ref{Tag: tag}
 	var moved digest.Digest
 	if a.fetched == nil {
@@ -783,8 +795,7 @@ func (p *Proxy) fetchTagAnswer(ctx context.Context, t target, tag string, was di
 			}
 		}()
 	}
-	w.answer(h)
-	return w.m, nil
+	return w, nil
 }
 
 // startManifest fetches a manifest by tag or digest from the upstream,

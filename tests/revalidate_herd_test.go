@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,8 +19,9 @@ import (
 )
 
 // goroutinesIn counts the goroutines of this process with frame (a
-// function name followed by its opening parenthesis) on their stack.
-func goroutinesIn(frame string) int {
+// function name followed by its opening parenthesis), and each of also,
+// on their stack.
+func goroutinesIn(frame string, also ...string) int {
 	buf := make([]byte, 1<<20)
 	for {
 		n := runtime.Stack(buf, true)
@@ -31,7 +33,7 @@ func goroutinesIn(frame string) int {
 	}
 	count := 0
 	for g := range bytes.SplitSeq(buf, []byte("\n\n")) {
-		if bytes.Contains(g, []byte(frame)) {
+		if bytes.Contains(g, []byte(frame)) && !slices.ContainsFunc(also, func(f string) bool { return !bytes.Contains(g, []byte(f)) }) {
 			count++
 		}
 	}
@@ -39,15 +41,16 @@ func goroutinesIn(frame string) int {
 }
 
 // waitGoroutinesIn waits, within the watchdog, until n goroutines have
-// frame on their stack (goroutinesIn); else it returns how many had.
-func waitGoroutinesIn(t *testing.T, frame string, n int) (in int, ok bool) {
+// frame, and each of also, on their stack (goroutinesIn); else it returns
+// how many had.
+func waitGoroutinesIn(t *testing.T, frame string, n int, also ...string) (in int, ok bool) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), watchdog)
 	defer cancel()
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		if in = goroutinesIn(frame); in >= n {
+		if in = goroutinesIn(frame, also...); in >= n {
 			return in, true
 		}
 		select {
