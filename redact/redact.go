@@ -3,6 +3,7 @@
 package redact
 
 import (
+	"regexp"
 	"strconv"
 	"strings"
 	"unicode"
@@ -25,6 +26,21 @@ func URL(s string) string {
 	}
 	return s[:start] + "xxxxx" + s[start+at:]
 }
+
+// URLs returns s, text that may quote URLs (an error of net/http names
+// the URL it failed on), with every URL's userinfo and query replaced by
+// "xxxxx": a blob redirected to a signed URL (S3, a CDN) carries
+// credentials in its query, and such text goes to logs, the status page
+// and clients' error answers.
+func URLs(s string) string {
+	s = urlUserinfo.ReplaceAllString(s, "${1}xxxxx@")
+	return urlQuery.ReplaceAllString(s, "${1}?xxxxx")
+}
+
+var (
+	urlUserinfo = regexp.MustCompile(`(://)[^/\s"'@]*@`)
+	urlQuery    = regexp.MustCompile(`(://[^\s"'?#]*)\?[^\s"'#]*`)
+)
 
 // Line returns s, words another party chose (an upstream's error
 // message, a gateway's HTML page), on one line, Printable, and cut to at most max

@@ -35,3 +35,15 @@ func TestLine(t *testing.T) {
 		}
 	}
 }
+
+func TestURLs(t *testing.T) {
+	for in, want := range map[string]string{
+		`Get "https://s3.example/b?X-Amz-Signature=s&X-Amz-Credential=c": EOF`: `Get "https://s3.example/b?xxxxx": EOF`,
+		`Head "https://u:secret@h/x": dial tcp`:                                `Head "https://xxxxx@h/x": dial tcp`,
+		"no URL here? a=b":                                                     "no URL here? a=b",
+	} {
+		if got := URLs(in); got != want {
+			t.Errorf("URLs(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -3,7 +3,8 @@ package upstream
 import (
 	"errors"
 	"fmt"
-	"regexp"
+
+	"github.com/docker-mirror/docker-mirror/redact"
 )
 
 // Sentinels wrapped by every *Error, so callers can branch with errors.Is.
@@ -103,14 +104,6 @@ func (c *Client) newError(kind Kind, what string, status int, sentinel, cause er
 // itself stays reachable with errors.As.
 type redacted struct{ err error }
 
-func (r redacted) Error() string {
-	s := urlUserinfo.ReplaceAllString(r.err.Error(), "${1}xxxxx@")
-	return urlQuery.ReplaceAllString(s, "${1}?xxxxx")
-}
+func (r redacted) Error() string { return redact.URLs(r.err.Error()) }
 
 func (r redacted) Unwrap() error { return r.err }
-
-var (
-	urlUserinfo = regexp.MustCompile(`(://)[^/\s"'@]*@`)
-	urlQuery    = regexp.MustCompile(`(://[^\s"'?#]*)\?[^\s"'#]*`)
-)

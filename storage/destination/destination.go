@@ -484,7 +484,8 @@ func (e *destError) Error() string {
 	if e.err == nil {
 		return e.msg
 	}
-	return e.msg + ": " + redact.Line(e.err.Error(), maxCause)
+	// The cause may quote a signed URL the destination redirected to.
+	return e.msg + ": " + redact.Line(redact.URLs(e.err.Error()), maxCause)
 }
 
 // maxCause bounds the text of a destination error's cause: a gateway's
