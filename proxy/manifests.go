@@ -343,7 +343,7 @@ func (p *Proxy) manifestByTag(ctx context.Context, t target, tag string, h http.
 				}
 				return nil, err
 			case err != nil:
-				p.log.Warn("serving cached tag: upstream revalidation failed", "upstream", t.host(), "repo", t.repo, "tag", tag, "digest", rec.Digest, "error", err)
+				p.logOutage(ctx, t, "serving cached tag: upstream revalidation failed", "repo", t.repo, "tag", tag, "digest", rec.Digest, "error", err)
 				h.Set(cacheHeader, "stale")
 				return cached, nil
 			}
@@ -363,7 +363,7 @@ func (p *Proxy) manifestByTag(ctx context.Context, t target, tag string, h http.
 			// Docker Hub answers over its pull limit too) but did not give
 			// it (a GET refused with 429, failing): the cached digest is
 			// served, as when the revalidation itself fails.
-			p.log.Warn("serving cached tag: fetching the manifest it moved to failed", "upstream", t.host(), "repo", t.repo, "tag", tag, "digest", rec.Digest, "moved_to", d, "error", err)
+			p.logOutage(ctx, t, "serving cached tag: fetching the manifest it moved to failed", "repo", t.repo, "tag", tag, "digest", rec.Digest, "moved_to", d, "error", err)
 			h.Set(cacheHeader, "stale")
 			return cached, nil
 		}

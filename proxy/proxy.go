@@ -72,6 +72,8 @@ type Proxy struct {
 	diskFree func() (uint64, bool)
 	// refusals are the store's refusals to store content (refused.go).
 	refusals *writeRefusals
+	// outages pace the logs of upstream failures requests got past.
+	outages outageLogs
 
 	tagFlights      singleflight.Group // per "host/repo:tag"
 	manifestFlights singleflight.Group // per "host/repo@digest" and "host/repo:tag"

@@ -178,13 +178,13 @@ func (p *Proxy) referrersOf(ctx context.Context, t target, subject digest.Digest
 	}
 	// The upstream failed: whatever the cache knows is better than nothing.
 	if ans := p.cachedReferrers(ctx, t, subject, artifactType, rec, ok); ans != nil {
-		p.log.Warn("serving cached referrers: upstream failed", "upstream", t.host(), "repo", t.repo, "subject", subject, "error", err)
+		p.logOutage(ctx, t, "serving cached referrers: upstream failed", "repo", t.repo, "subject", subject, "error", err)
 		h.Set(cacheHeader, "stale")
 		return ans, nil
 	}
 	var ue *upstream.Error
 	if pingNotFound(err) || errors.As(err, &ue) && ue.Temporary() && ue.Status != http.StatusTooManyRequests {
-		p.log.Warn("referrers never seen and the upstream failed; answering 404", "upstream", t.host(), "repo", t.repo, "subject", subject, "error", err)
+		p.logOutage(ctx, t, "referrers never seen and the upstream failed; answering 404", "repo", t.repo, "subject", subject, "error", err)
 		h.Set(cacheHeader, "miss")
 		return nil, errReferrersUnknown
 	}

@@ -62,7 +62,7 @@ func (p *Proxy) tags(w http.ResponseWriter, r *http.Request) error {
 		if cerr != nil || len(cached) == 0 {
 			return err
 		}
-		p.log.Warn("listing cached tags: upstream failed", "upstream", t.host(), "repo", t.repo, "error", err)
+		p.logOutage(r.Context(), t, "listing cached tags: upstream failed", "repo", t.repo, "error", err)
 		w.Header().Set(cacheHeader, "stale")
 		tags, next = page(cached, n, q.Get("last"))
 	}
