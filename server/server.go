@@ -399,7 +399,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, hup <-chan os.Signa
 		ReadTimeout:       time.Minute,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		ErrorLog:          httpErrorLog(log),
 	}
 	certs := s.certs
 	if certs != nil {

@@ -27,10 +27,10 @@ func testConfig(t *testing.T) config.Config {
 
 // startServe runs a server of cfg on a local port and returns its address
 // and a function that stops it (as SIGTERM would) and returns the error
-// of Serve and Close.
-func startServe(t *testing.T, cfg config.Config, hup <-chan os.Signal) (addr string, stop func() error) {
+// of Serve and Close. opts are New's, after a logger that discards.
+func startServe(t *testing.T, cfg config.Config, hup <-chan os.Signal, opts ...Option) (addr string, stop func() error) {
 	t.Helper()
-	srv, err := New(t.Context(), cfg, WithLogger(slog.New(slog.DiscardHandler)))
+	srv, err := New(t.Context(), cfg, append([]Option{WithLogger(slog.New(slog.DiscardHandler))}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
