@@ -20,6 +20,10 @@ type Failure struct {
 	// What names the content: a digest or an image reference.
 	What  string `json:"what"`
 	Error string `json:"error"`
+	// Count is how many times it failed so, At the last: the same
+	// failure again (a client retrying a blob during an upstream's
+	// outage) is counted on its entry, not listed again.
+	Count int `json:"count"`
 }
 
 // failureLog keeps the latest failures, newest last.
@@ -28,9 +32,19 @@ type failureLog struct {
 	list []Failure
 }
 
+// note adds f as the newest failure; the same failure listed already
+// (kind, content and error alike) is moved there and counted instead.
 func (l *failureLog) note(f Failure) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	f.Count = 1
+	for i, o := range l.list {
+		if o.Kind == f.Kind && o.Upstream == f.Upstream && o.Repo == f.Repo && o.What == f.What && o.Error == f.Error {
+			f.Count += o.Count
+			l.list = append(l.list[:i], l.list[i+1:]...)
+			break
+		}
+	}
 	if len(l.list) == maxFailures {
 		copy(l.list, l.list[1:])
 		l.list = l.list[:maxFailures-1]
