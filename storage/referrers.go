@@ -9,6 +9,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/docker-mirror/docker-mirror/oci"
 )
@@ -202,7 +203,7 @@ func (ix *Index) ForgetUnheldReferrers(drop func(subject digest.Digest, fetched 
 		// Most subjects are held: no write, no sync.
 		return 0, lerr
 	}
-	var gone [][]byte
+	var gone []pair[string, time.Time]
 	err = ix.write(func(tx *bolt.Tx) error {
 		gone = gone[:0]
 		links := linkRecordsOf(tx)
@@ -216,12 +217,54 @@ func (ix *Index) ForgetUnheldReferrers(drop func(subject digest.Digest, fetched 
 			if err := tx.Bucket(bucketReferrers).Delete(a.key); err != nil {
 				return err
 			}
-			gone = append(gone, a.key)
+			gone = append(gone, pair[string, time.Time]{string(a.key), a.fetched})
 		}
 		return nil
 	})
 	if err != nil {
 		return 0, err
 	}
-	return len(gone), ix.shareDelete(bucketReferrers, gone...)
+	return len(gone), ix.shareDeleteReferrersFetched(gone)
+}
+
+// shareDeleteReferrersFetched removes from the shared records the
+// referrers answers lists names (key, and when the local record says it
+// was fetched), each only while it is the answer fetched then: another
+// replica may have fetched it again since this index read it, and that
+// record is adopted instead (the local one is gone), as
+// shareDeleteTagsNaming's. Each costs a GET beside its DELETE, rechecks
+// of them at once.
+func (ix *Index) shareDeleteReferrersFetched(lists []pair[string, time.Time]) error {
+	if ix.records == nil || len(lists) == 0 {
+		return nil
+	}
+	again := make([][]byte, len(lists))
+	var eg errgroup.Group
+	eg.SetLimit(rechecks)
+	for i, l := range lists {
+		eg.Go(func() error {
+			raw, found, err := ix.shareGet(bucketReferrers, []byte(l.k))
+			if err != nil || !found {
+				return err
+			}
+			var rec ReferrersRecord
+			if json.Unmarshal(raw, &rec) == nil && !rec.FetchedAt.Equal(l.v) {
+				again[i] = raw
+				return nil
+			}
+			return ix.shareDelete(bucketReferrers, []byte(l.k))
+		})
+	}
+	if err := eg.Wait(); err != nil {
+		return err
+	}
+	for i, raw := range again {
+		if raw == nil {
+			continue
+		}
+		if err := ix.adopt(bucketReferrers, []byte(lists[i].k), raw); err != nil {
+			return err
+		}
+	}
+	return nil
 }

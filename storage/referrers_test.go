@@ -185,3 +185,34 @@ func TestForgetUnheldReferrers(t *testing.T) {
 		}
 	}
 }
+
+// On shared records, a referrers list another replica fetched again while
+// this one's collection forgot the list it had read (fetched long ago, of
+// a subject no image holds) stays in the bucket, and this replica adopts
+// it: deleted, every replica would have lost the new list until the
+// upstream was asked again.
+func TestForgetUnheldReferrersKeepsAListFetchedAgainElsewhere(t *testing.T) {
+	r := storage.NewDriverRecords(inmemory.New())
+	a, b := openShared(t, r), openShared(t, r)
+	old, recent := time.Unix(1700000000, 0).UTC(), time.Unix(1700090000, 0).UTC()
+	subject := digest.FromString("unheld")
+	must(t, b.PutReferrers("docker.io", "library/a", subject, "", storage.ReferrersRecord{Body: []byte("{}"), FetchedAt: old, CheckedAt: old}))
+	fresh := storage.ReferrersRecord{Body: []byte(`{"manifests":[]}`), FetchedAt: recent, CheckedAt: recent}
+	n, err := b.ForgetUnheldReferrers(func(d digest.Digest, fetched time.Time) bool {
+		// a fetches the list again while b's collection runs.
+		must(t, a.PutReferrers("docker.io", "library/a", subject, "", fresh))
+		return fetched.Before(recent)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Get(t.Context(), "referrers", "docker.io/library/a@"+subject.String()+"\x00"); err != nil {
+		t.Fatalf("the list a fetched again was removed from the bucket (%d forgotten): %v", n, err)
+	}
+	c := openShared(t, r)
+	for name, ix := range map[string]*storage.Index{"b": b, "a new replica": c} {
+		if rec, ok, err := ix.Referrers("docker.io", "library/a", subject, ""); err != nil || !ok || !bytes.Equal(rec.Body, fresh.Body) {
+			t.Errorf("%s reads %+v, %v, %v; want the list a fetched again", name, rec, ok, err)
+		}
+	}
+}
