@@ -208,6 +208,7 @@ func CreateDriverStore(ctx context.Context, name string, params map[string]any) 
 		return nil, fmt.Errorf("storage %s: %w", name, err)
 	}
 	s := NewDriverStore(d)
+	s3CreateOnly(d) // for the shared records' Create (DriverRecords)
 	if root, ok := params["rootdirectory"].(string); ok && name == "filesystem" {
 		s.root, s.blobs = root, filepath.Join(root, filepath.FromSlash(blobsRoot))
 	}

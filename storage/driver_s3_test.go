@@ -10,12 +10,14 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/aws/aws-sdk-go/aws"
 	"github.com/aws/aws-sdk-go/service/s3"
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/distribution/distribution/v3/registry/storage/driver/factory"
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/docker-mirror/docker-mirror/storage"
 	"github.com/docker-mirror/docker-mirror/storage/s3test"
@@ -346,5 +348,96 @@ func TestDriverStoreS3OpenRangeUnderRootDirectory(t *testing.T) {
 	rc.Close()
 	if err != nil || !bytes.Equal(got, body[1000:1100]) {
 		t.Errorf("OpenRange(1000, 100) read %q, %v; want %q (the range only)", got, err, body[1000:1100])
+	}
+}
+
+// Two replicas pinning one image at the same moment on an S3 bucket (each
+// reading no pin there before either writes): only one takes the pin for
+// its own. Both did before, and the pin of the one whose copy then
+// failed, taken back (UnpinIf), could be the one record of the bucket:
+// the image the other replica's job pinned was open to eviction on every
+// replica. The bucket's conditional write (If-None-Match: *) decides.
+func TestSharedPinOfTwoReplicasAtOnceIsOneReplicasOwn(t *testing.T) {
+	srv := s3test.Start(t)
+	bucket := srv.NewBucket(t)
+	watchdog, stop := context.WithTimeout(t.Context(), 30*time.Second)
+	defer stop()
+	next := srv.Next()
+	var reads atomic.Int64
+	both := make(chan struct{}) // closed when both replicas read the pin
+	front := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/records/pins/") {
+			if reads.Add(1) == 2 {
+				close(both)
+			}
+			select {
+			case <-both:
+			case <-watchdog.Done():
+				s3test.WriteError(w, http.StatusServiceUnavailable, "SlowDown", "the other replica never read the pin")
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+	params := srv.Front(t, bucket, front)
+	replica := func() (*storage.Index, storage.Records) {
+		s, err := storage.OpenDriverStore(t.Context(), "s3aws", params)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := storage.NewDriverRecords(s.Driver())
+		return openShared(t, r), r
+	}
+	a, records := replica()
+	b, _ := replica()
+	ref := digest.FromString("image").String()
+	now := time.Unix(1700000000, 0).UTC()
+	recA := storage.PinRecord{PinnedAt: now, Reason: "prefetch"}
+	recB := storage.PinRecord{PinnedAt: now.Add(time.Second), Reason: "sync"}
+	// Each pins for a job of its own, which records its claim to the pin.
+	pin := func(ix *storage.Index, id string, rec storage.PinRecord) (bool, error) {
+		j := &storage.Job{ID: id, Trigger: rec.Reason, State: storage.JobRunning, Pin: true, CreatedAt: now, UpdatedAt: now,
+			Images: []storage.JobImage{{Image: "image", State: storage.JobRunning}}}
+		if err := ix.PutJob(j); err != nil {
+			return false, err
+		}
+		h := *j
+		h.Images = nil
+		return ix.PinForJob(watchdog, ref, rec, &h, 0, storage.JobImage{Image: "image", State: storage.JobRunning, PinnedAt: rec.PinnedAt})
+	}
+	var addedA, addedB bool
+	var eg errgroup.Group
+	eg.Go(func() (err error) { addedA, err = pin(a, "20250304T050607-aaaaaaaaaa", recA); return err })
+	eg.Go(func() (err error) { addedB, err = pin(b, "20250304T050607-bbbbbbbbbb", recB); return err })
+	if err := eg.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if addedA == addedB {
+		t.Errorf("PinForJob: a %v, b %v; want one replica's pin only", addedA, addedB)
+	}
+	// What a restart resumes from: the claim of the job whose pin it is.
+	for _, c := range []struct {
+		ix    *storage.Index
+		id    string
+		added bool
+	}{{a, "20250304T050607-aaaaaaaaaa", addedA}, {b, "20250304T050607-bbbbbbbbbb", addedB}} {
+		j, ok, err := c.ix.Job(c.id)
+		if err != nil || !ok || len(j.Images) != 1 {
+			t.Fatalf("Job(%s) = %+v, %v, %v", c.id, j, ok, err)
+		}
+		if claimed := !j.Images[0].PinnedAt.IsZero(); claimed != c.added {
+			t.Errorf("job %s records a claim to the pin %v, told added %v", c.id, claimed, c.added)
+		}
+	}
+	// b's copy fails: it takes back its pin if it took it for its own.
+	if addedB {
+		if _, err := b.UnpinIf(watchdog, ref, recB); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if addedA {
+		if raw, err := records.Get(watchdog, "pins", ref); err != nil {
+			t.Errorf("the bucket's pin record = %q, %v; want the image a's job pinned still pinned", raw, err)
+		}
 	}
 }

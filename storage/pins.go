@@ -85,7 +85,8 @@ func (ix *Index) pinAdded(ctx context.Context, ref string, rec PinRecord, also f
 	defer unlock()
 	// Another replica's pin, not read here yet, is not rec's either; read
 	// before the local record is written, so that the claim written with
-	// it is final.
+	// it is final (but for a replica's pin made at the same moment, which
+	// the bucket's create tells: below).
 	shared, found, err := ix.shareGet(bucketPins, key)
 	if err != nil {
 		return false, err
@@ -108,6 +109,25 @@ func (ix *Index) pinAdded(ctx context.Context, ref string, rec PinRecord, also f
 	})
 	if err != nil {
 		return false, err
+	}
+	if !found {
+		// Created, not put: of replicas pinning ref at once, each having
+		// read none, only one takes the pin for its own. The others'
+		// claims are taken back, and their records written over it, as
+		// over a pin found before (sharePut).
+		err := ix.shareCreate(bucketPins, key, rec)
+		if err == nil {
+			return added, nil
+		}
+		if errors.Is(err, ErrRecordExists) && added {
+			added = false
+			if also != nil {
+				if err := ix.write(func(tx *bolt.Tx) error { return also(tx, false) }); err != nil {
+					return false, err
+				}
+			}
+		}
+		// Any other error: put, which tells whether the pin landed.
 	}
 	if err := ix.sharePut(bucketPins, key, rec); err != nil {
 		// The write may have landed all the same (its answer lost after

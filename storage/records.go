@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"path"
 	"regexp"
 	"strconv"
@@ -32,6 +33,19 @@ type Records interface {
 	Walk(ctx context.Context, kind string, fn func(key string, value []byte) error) error
 }
 
+// RecordCreator is an optional ability of Records, found by type
+// assertion: a write that, of several replicas writing one new record at
+// once, only one makes.
+type RecordCreator interface {
+	// Create writes a record only if there is none: an error wrapping
+	// ErrRecordExists if there is. A store that cannot tell writes it
+	// whatever is there, as Put.
+	Create(ctx context.Context, kind, key string, value []byte) error
+}
+
+// ErrRecordExists is the error of creating a record that exists.
+var ErrRecordExists = errors.New("record exists")
+
 // RecordsRoot is the prefix of the store, beside /blobs, that holds the
 // shared records: only the mirror writes there.
 const RecordsRoot = "/records"
@@ -40,13 +54,22 @@ const RecordsRoot = "/records"
 // per record under RecordsRoot/kind/, named by its escaped key.
 type DriverRecords struct {
 	driver storagedriver.StorageDriver
+	// creates says Create is conditional: driver is distribution's s3
+	// driver, made by CreateDriverStore (s3CreateOnly).
+	creates bool
 }
 
-var _ Records = (*DriverRecords)(nil)
+var (
+	_ Records       = (*DriverRecords)(nil)
+	_ RecordCreator = (*DriverRecords)(nil)
+)
 
-// NewDriverRecords returns the records kept on driver.
+// NewDriverRecords returns the records kept on driver (a DriverStore's:
+// on S3, CreateDriverStore's or OpenDriverStore's makes Create
+// conditional).
 func NewDriverRecords(driver storagedriver.StorageDriver) *DriverRecords {
-	return &DriverRecords{driver: driver}
+	_, _, _, s3 := s3ClientOf(driver)
+	return &DriverRecords{driver: driver, creates: s3}
 }
 
 func recordPath(kind, key string) string {
@@ -65,6 +88,24 @@ func (r *DriverRecords) Get(ctx context.Context, kind, key string) ([]byte, erro
 // Put implements Records: one PutObject on S3, atomic.
 func (r *DriverRecords) Put(ctx context.Context, kind, key string, value []byte) error {
 	return r.driver.PutContent(ctx, recordPath(kind, key), value)
+}
+
+// Create implements RecordCreator: on S3 one conditional PutObject
+// (If-None-Match: *); elsewhere, or on an S3 server that refuses the
+// condition (501, 400), Put.
+func (r *DriverRecords) Create(ctx context.Context, kind, key string, value []byte) error {
+	if !r.creates {
+		return r.Put(ctx, kind, key, value)
+	}
+	err := r.driver.PutContent(context.WithValue(ctx, createOnly{}, true), recordPath(kind, key), value)
+	switch s3Status(err) {
+	case http.StatusPreconditionFailed, http.StatusConflict:
+		// 409: another conditional write of the key under way.
+		return fmt.Errorf("record %s %q: %w", kind, key, ErrRecordExists)
+	case http.StatusNotImplemented, http.StatusBadRequest:
+		return r.Put(ctx, kind, key, value)
+	}
+	return err
 }
 
 // Delete implements Records.

@@ -21,24 +21,11 @@ type rangeReader func(ctx context.Context, path string, offset, n int64) (io.Rea
 // its offset to the object's end ("bytes=N-"), and has no way to ask for
 // less: for a range of a large blob, S3 would send what the connection
 // holds before the reader is closed, and the connection would be lost.
-// This asks with the driver's own client, bucket and key (the client is
-// an exported field of the driver's unexported type, found by
-// reflection; if a version of the driver no longer has it, nil: reads
-// go through Reader as before).
+// This asks with the driver's own client, bucket and key (s3ClientOf; if
+// a version of the driver no longer has them, nil: reads go through
+// Reader as before).
 func s3RangeReader(d storagedriver.StorageDriver) rangeReader {
-	drv, ok := d.(*s3driver.Driver)
-	if !ok {
-		return nil
-	}
-	v := reflect.ValueOf(drv.StorageDriver)
-	if v.Kind() != reflect.Pointer || v.Elem().Kind() != reflect.Struct {
-		return nil
-	}
-	client, ok := fieldOf[*s3.S3](v.Elem(), "S3")
-	if !ok || client == nil {
-		return nil
-	}
-	bucket, ok := fieldOf[string](v.Elem(), "Bucket")
+	drv, client, bucket, ok := s3ClientOf(d)
 	if !ok {
 		return nil
 	}
@@ -56,6 +43,27 @@ func s3RangeReader(d storagedriver.StorageDriver) rangeReader {
 		}
 		return resp.Body, nil
 	}
+}
+
+// s3ClientOf returns distribution's s3 driver d, its client and bucket,
+// or ok false if d is not one (the client is an exported field of the
+// driver's unexported type, found by reflection; ok false too if a
+// version of the driver no longer has it).
+func s3ClientOf(d storagedriver.StorageDriver) (drv *s3driver.Driver, client *s3.S3, bucket string, ok bool) {
+	drv, ok = d.(*s3driver.Driver)
+	if !ok {
+		return nil, nil, "", false
+	}
+	v := reflect.ValueOf(drv.StorageDriver)
+	if v.Kind() != reflect.Pointer || v.Elem().Kind() != reflect.Struct {
+		return nil, nil, "", false
+	}
+	client, ok = fieldOf[*s3.S3](v.Elem(), "S3")
+	if !ok || client == nil {
+		return nil, nil, "", false
+	}
+	bucket, ok = fieldOf[string](v.Elem(), "Bucket")
+	return drv, client, bucket, ok
 }
 
 // fieldOf returns the exported field name of struct v, if it has one of

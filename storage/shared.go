@@ -78,6 +78,29 @@ func (ix *Index) sharePut(bucket, key []byte, v any) error {
 	return nil
 }
 
+// shareCreate writes a record through to the shared records only if they
+// hold none (RecordCreator): an error wrapping ErrRecordExists if they
+// do. Records that cannot tell take it as sharePut's.
+func (ix *Index) shareCreate(bucket, key []byte, v any) error {
+	c, ok := ix.records.(RecordCreator)
+	if !ok {
+		return ix.sharePut(bucket, key, v)
+	}
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := recordsContext()
+	defer cancel()
+	if err := c.Create(ctx, string(bucket), string(key), raw); err != nil {
+		if errors.Is(err, ErrRecordExists) {
+			return err
+		}
+		return fmt.Errorf("shared records: creating %s %q: %w: %w", bucket, key, ErrUnavailable, err)
+	}
+	return nil
+}
+
 // shareDelete removes records from the shared records.
 func (ix *Index) shareDelete(bucket []byte, keys ...[]byte) error {
 	if ix.records == nil {
