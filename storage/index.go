@@ -94,6 +94,10 @@ type Index struct {
 	fsFlushes atomic.Int64
 	// groups gathers concurrent writes into one commit (grouped).
 	groups groups
+	// jobsSeen is, by ID, another replica's unfinished job as Job last
+	// read it, and since when (jobs.go).
+	jobsMu   sync.Mutex
+	jobsSeen map[string]jobSeen
 	// pinning is held by a pin's write, here and then in the shared
 	// records (pins.go), so that the two see the pins' writes in one
 	// order. A channel of one, not a mutex: a wait for it is a blocked

@@ -167,8 +167,8 @@ func putJobTx(tx *bolt.Tx, j *Job) error {
 const JobBeat = time.Minute
 
 // JobLost is how long an unfinished job's shared copy may go without a
-// rewrite before the other replicas read it as lost: its replica stopped
-// or died in the middle of it (a few beats, and clocks that differ).
+// rewrite, as another replica reads it, before that replica reads it as
+// lost: its replica stopped or died in the middle of it (a few beats).
 const JobLost = 10 * JobBeat
 
 // UpdateJob records a job's header (j.Images is ignored) and the images
@@ -317,10 +317,41 @@ func (ix *Index) Job(id string) (*Job, bool, error) {
 	if err := json.Unmarshal(raw, &shared); err != nil {
 		return j, false, fmt.Errorf("shared records: corrupt job %q: %w", id, err)
 	}
-	if !shared.Finished() && ix.now().Sub(shared.UpdatedAt) > JobLost {
+	if !shared.Finished() && ix.unchangedFor(id, shared.UpdatedAt) > JobLost {
 		shared.lost()
 	}
 	return &shared, true, nil
+}
+
+// jobSeen is another replica's unfinished job as Job last read it.
+type jobSeen struct {
+	updated time.Time // its UpdatedAt, by its replica's clock
+	at      time.Time // when this index first read it so, by its own
+}
+
+// maxJobsSeen bounds Index.jobsSeen: other replicas' jobs polled here.
+const maxJobsSeen = 1024
+
+// unchangedFor reports how long, by this index's clock, another replica's
+// unfinished job id has been read with the UpdatedAt updated: that clock
+// may be off by minutes (behind, every job of its replica would read as
+// lost from the start), and tells nothing of how long ago it wrote. A job
+// first read here counts from then, however old it is.
+func (ix *Index) unchangedFor(id string, updated time.Time) time.Duration {
+	now := ix.now()
+	ix.jobsMu.Lock()
+	defer ix.jobsMu.Unlock()
+	s, ok := ix.jobsSeen[id]
+	if !ok || !s.updated.Equal(updated) {
+		if !ok && len(ix.jobsSeen) >= maxJobsSeen || ix.jobsSeen == nil {
+			// Mostly jobs no longer polled; one still polled counts
+			// again from now.
+			ix.jobsSeen = map[string]jobSeen{}
+		}
+		s = jobSeen{updated: updated, at: now}
+		ix.jobsSeen[id] = s
+	}
+	return now.Sub(s.at)
 }
 
 // lost marks a job another replica left unfinished, not updated for

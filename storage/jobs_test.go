@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/docker-mirror/docker-mirror/storage"
@@ -241,5 +242,52 @@ func TestJobListsPassOverAnUnreadableJob(t *testing.T) {
 	}
 	if list, err := ix.JobHeaders(10); err != nil || len(list) != 1 || list[0].ID != jobs[0].ID {
 		t.Errorf("JobHeaders with %s's record unreadable = %+v, %v; want %s alone", jobs[1].ID, list, err, jobs[0].ID)
+	}
+}
+
+// A job another replica runs, whose clock is behind (by a quarter of an
+// hour here: a node whose time drifted), reads as running on this one
+// while that replica rewrites it, and as lost once it has not been
+// rewritten for JobLost: a job is lost by how long this replica has seen
+// it unchanged, not by the other's clock, which made it read as failed,
+// lost, from its first minute.
+func TestSharedJobOfAReplicaWhoseClockIsBehind(t *testing.T) {
+	r := storage.NewDriverRecords(inmemory.New())
+	now := t0
+	reader := openSkewed(t, r, &now, 0)
+	writer := openSkewed(t, r, &now, -15*time.Minute)
+	behind := t0.Add(-15 * time.Minute)
+	j := &storage.Job{ID: "20250304T050607-aaaaaaaaaa", Trigger: "prefetch", State: storage.JobRunning, CreatedAt: behind, UpdatedAt: behind,
+		Images: []storage.JobImage{{Image: "image", State: storage.JobRunning}}}
+	must(t, writer.PutJob(j))
+	state := func() string {
+		t.Helper()
+		got, ok, err := reader.Job(j.ID)
+		if err != nil || !ok {
+			t.Fatalf("Job = %+v, %v, %v", got, ok, err)
+		}
+		return got.State
+	}
+	if s := state(); s != storage.JobRunning {
+		t.Fatalf("a job its replica just wrote reads %q; want running", s)
+	}
+	// Rewritten at every beat: running.
+	for range 15 {
+		now = now.Add(storage.JobBeat)
+		h := *j
+		h.Images, h.UpdatedAt = nil, now.Add(-15*time.Minute)
+		must(t, writer.BeatJob(&h))
+		if s := state(); s != storage.JobRunning {
+			t.Fatalf("a job rewritten a beat ago reads %q; want running", s)
+		}
+	}
+	// Its replica gone: lost once not rewritten for JobLost.
+	now = now.Add(storage.JobLost - storage.JobBeat)
+	if s := state(); s != storage.JobRunning {
+		t.Fatalf("a job not rewritten for %v reads %q; want running still", storage.JobLost-storage.JobBeat, s)
+	}
+	now = now.Add(2 * storage.JobBeat)
+	if s := state(); s != storage.JobFailed {
+		t.Errorf("a job not rewritten for %v reads %q; want failed, lost", storage.JobLost+storage.JobBeat, s)
 	}
 }
