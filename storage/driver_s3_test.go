@@ -3,6 +3,7 @@ package storage_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -439,5 +440,75 @@ func TestSharedPinOfTwoReplicasAtOnceIsOneReplicasOwn(t *testing.T) {
 		if raw, err := records.Get(watchdog, "pins", ref); err != nil {
 			t.Errorf("the bucket's pin record = %q, %v; want the image a's job pinned still pinned", raw, err)
 		}
+	}
+}
+
+// A failed job taking back its pin (UnpinIf) on an S3 bucket while
+// another replica pins the same image (a prefetch with pin that found the
+// job's pin, and wrote its own over it) leaves the other's pin: the
+// bucket's record is deleted only while it is the one read (If-Match on
+// DELETE). Before, the delete removed the pin just written, and the image
+// the other replica's prefetch pinned was open to eviction everywhere.
+func TestSharedUnpinIfLeavesAPinWrittenSinceItRead(t *testing.T) {
+	srv := s3test.Start(t)
+	bucket := srv.NewBucket(t)
+	watchdog, stop := context.WithTimeout(t.Context(), 30*time.Second)
+	defer stop()
+	next := srv.Next()
+	deleting, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	front := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// The driver deletes with DeleteObjects (POST ?delete); a
+		// conditional delete is a DELETE of the key.
+		if r.Method == http.MethodPost && r.URL.Query().Has("delete") || r.Method == http.MethodDelete && strings.Contains(r.URL.Path, "/records/pins/") {
+			once.Do(func() { close(deleting) })
+			select {
+			case <-release:
+			case <-watchdog.Done():
+				s3test.WriteError(w, http.StatusServiceUnavailable, "SlowDown", "never released")
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+	params := srv.Front(t, bucket, front)
+	replica := func() (*storage.Index, storage.Records) {
+		s, err := storage.OpenDriverStore(t.Context(), "s3aws", params)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := storage.NewDriverRecords(s.Driver())
+		return openShared(t, r), r
+	}
+	a, records := replica()
+	b, _ := replica()
+	ref := digest.FromString("image").String()
+	now := time.Unix(1700000000, 0).UTC()
+	job := storage.PinRecord{PinnedAt: now, Reason: "prefetch"}
+	other := storage.PinRecord{PinnedAt: now.Add(time.Second), Reason: "sync"}
+	if added, err := a.PinAdded(watchdog, ref, job); err != nil || !added {
+		t.Fatalf("PinAdded = %v, %v", added, err)
+	}
+	unpinned := make(chan error, 1)
+	go func() {
+		_, err := a.UnpinIf(watchdog, ref, job)
+		unpinned <- err
+	}()
+	select {
+	case <-deleting:
+	case <-watchdog.Done():
+		t.Fatal("UnpinIf never deleted the bucket's pin")
+	}
+	if added, err := b.PinAdded(watchdog, ref, other); err != nil || added {
+		t.Fatalf("b's PinAdded over a's pin = %v, %v; want pinned, not its own", added, err)
+	}
+	close(release)
+	if err := <-unpinned; err != nil {
+		t.Fatal(err)
+	}
+	raw, err := records.Get(watchdog, "pins", ref)
+	var got storage.PinRecord
+	if err != nil || json.Unmarshal(raw, &got) != nil || got.Reason != other.Reason {
+		t.Errorf("the bucket's pin record = %q, %v; want b's pin, written after a read its own", raw, err)
 	}
 }

@@ -256,10 +256,14 @@ func (ix *Index) UnpinIf(ctx context.Context, ref string, rec PinRecord) (remove
 	if err != nil || (here && !mine) {
 		return false, err
 	}
-	shared, found, err := ix.shareGet(bucketPins, key)
+	shared, version, found, err := ix.shareGetVersion(bucketPins, key)
 	there := err == nil && found && bytes.Equal(shared, raw) // else another replica's since, or none
 	if there {
-		err = ix.shareDelete(bucketPins, key)
+		// Only while it is the one read: another replica pinning the
+		// image now writes its own over it, which stays.
+		if err = ix.shareDeleteIf(bucketPins, key, version); errors.Is(err, ErrRecordChanged) {
+			there, err = false, nil
+		}
 	}
 	if err != nil && mine {
 		// Still pinned, as Unpin's: an UnpinIf made again finds its

@@ -46,6 +46,24 @@ type RecordCreator interface {
 // ErrRecordExists is the error of creating a record that exists.
 var ErrRecordExists = errors.New("record exists")
 
+// RecordVersions is an optional ability of Records, found by type
+// assertion: removing a record only while it is the one read, not one
+// another replica wrote since.
+type RecordVersions interface {
+	// GetVersion is Get, with the record's version ("" if the store
+	// keeps none).
+	GetVersion(ctx context.Context, kind, key string) (value []byte, version string, err error)
+	// DeleteIf removes a record only while its version is version: an
+	// error wrapping ErrRecordChanged if it is not. Removing a missing
+	// record is not an error; version "" removes it whatever it is, as
+	// Delete.
+	DeleteIf(ctx context.Context, kind, key, version string) error
+}
+
+// ErrRecordChanged is the error of removing a record another write
+// changed since it was read.
+var ErrRecordChanged = errors.New("record changed")
+
 // RecordsRoot is the prefix of the store, beside /blobs, that holds the
 // shared records: only the mirror writes there.
 const RecordsRoot = "/records"
@@ -57,19 +75,23 @@ type DriverRecords struct {
 	// creates says Create is conditional: driver is distribution's s3
 	// driver, made by CreateDriverStore (s3CreateOnly).
 	creates bool
+	// s3 makes the requests with versions (ETags) on an s3 driver; nil
+	// on others, which keep none.
+	s3 *s3Records
 }
 
 var (
-	_ Records       = (*DriverRecords)(nil)
-	_ RecordCreator = (*DriverRecords)(nil)
+	_ Records        = (*DriverRecords)(nil)
+	_ RecordCreator  = (*DriverRecords)(nil)
+	_ RecordVersions = (*DriverRecords)(nil)
 )
 
 // NewDriverRecords returns the records kept on driver (a DriverStore's:
 // on S3, CreateDriverStore's or OpenDriverStore's makes Create
 // conditional).
 func NewDriverRecords(driver storagedriver.StorageDriver) *DriverRecords {
-	_, _, _, s3 := s3ClientOf(driver)
-	return &DriverRecords{driver: driver, creates: s3}
+	s3 := newS3Records(driver)
+	return &DriverRecords{driver: driver, creates: s3 != nil, s3: s3}
 }
 
 func recordPath(kind, key string) string {
@@ -106,6 +128,32 @@ func (r *DriverRecords) Create(ctx context.Context, kind, key string, value []by
 		return r.Put(ctx, kind, key, value)
 	}
 	return err
+}
+
+// GetVersion implements RecordVersions: on S3 the object's ETag; on
+// other drivers no version.
+func (r *DriverRecords) GetVersion(ctx context.Context, kind, key string) ([]byte, string, error) {
+	if r.s3 == nil {
+		b, err := r.Get(ctx, kind, key)
+		return b, "", err
+	}
+	b, etag, err := r.s3.getVersion(ctx, recordPath(kind, key))
+	if errors.As(err, new(storagedriver.PathNotFoundError)) {
+		return nil, "", fmt.Errorf("record %s %q: %w", kind, key, ErrNotFound)
+	}
+	return b, etag, err
+}
+
+// DeleteIf implements RecordVersions: on S3 one DeleteObject with
+// If-Match; on other drivers Delete.
+func (r *DriverRecords) DeleteIf(ctx context.Context, kind, key, version string) error {
+	if r.s3 == nil || version == "" {
+		return r.Delete(ctx, kind, key)
+	}
+	if err := r.s3.deleteIf(ctx, recordPath(kind, key), version); err != nil {
+		return fmt.Errorf("record %s %q: %w", kind, key, err)
+	}
+	return nil
 }
 
 // Delete implements Records.

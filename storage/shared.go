@@ -101,6 +101,46 @@ func (ix *Index) shareCreate(bucket, key []byte, v any) error {
 	return nil
 }
 
+// shareGetVersion is shareGet, with the record's version (RecordVersions;
+// "" where the records keep none).
+func (ix *Index) shareGetVersion(bucket, key []byte) ([]byte, string, bool, error) {
+	v, ok := ix.records.(RecordVersions)
+	if !ok {
+		raw, found, err := ix.shareGet(bucket, key)
+		return raw, "", found, err
+	}
+	ctx, cancel := recordsContext()
+	defer cancel()
+	raw, version, err := v.GetVersion(ctx, string(bucket), string(key))
+	if errors.Is(err, ErrNotFound) {
+		return nil, "", false, nil
+	}
+	if err != nil {
+		return nil, "", false, fmt.Errorf("shared records: reading %s %q: %w: %w", bucket, key, ErrUnavailable, err)
+	}
+	return raw, version, true, nil
+}
+
+// shareDeleteIf removes a record from the shared records only while its
+// version is version (shareGetVersion's): an error wrapping
+// ErrRecordChanged if another write changed it since. Records that keep
+// no versions remove it whatever it is.
+func (ix *Index) shareDeleteIf(bucket, key []byte, version string) error {
+	v, ok := ix.records.(RecordVersions)
+	if !ok {
+		return ix.shareDelete(bucket, key)
+	}
+	ctx, cancel := recordsContext()
+	defer cancel()
+	if err := v.DeleteIf(ctx, string(bucket), string(key), version); err != nil {
+		if errors.Is(err, ErrRecordChanged) {
+			return err
+		}
+		return fmt.Errorf("shared records: deleting %s %q: %w: %w", bucket, key, ErrUnavailable, err)
+	}
+	return nil
+}
+
 // shareDelete removes records from the shared records.
 func (ix *Index) shareDelete(bucket []byte, keys ...[]byte) error {
 	if ix.records == nil {
