@@ -512,3 +512,64 @@ func TestSharedUnpinIfLeavesAPinWrittenSinceItRead(t *testing.T) {
 		t.Errorf("the bucket's pin record = %q, %v; want b's pin, written after a read its own", raw, err)
 	}
 }
+
+// A referrers list another replica fetches again on an S3 bucket while
+// this replica's collection deletes the one it read (of a subject no image
+// holds) stays: deleted only while it is the one read (If-Match), not the
+// list written after the collection read it.
+func TestSharedForgottenReferrersListFetchedAgainWhileDeletedStays(t *testing.T) {
+	srv := s3test.Start(t)
+	bucket := srv.NewBucket(t)
+	watchdog, stop := context.WithTimeout(t.Context(), 30*time.Second)
+	defer stop()
+	next := srv.Next()
+	deleting, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	front := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost && r.URL.Query().Has("delete") || r.Method == http.MethodDelete && strings.Contains(r.URL.Path, "/records/referrers/") {
+			once.Do(func() { close(deleting) })
+			select {
+			case <-release:
+			case <-watchdog.Done():
+				s3test.WriteError(w, http.StatusServiceUnavailable, "SlowDown", "never released")
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+	params := srv.Front(t, bucket, front)
+	replica := func() (*storage.Index, storage.Records) {
+		s, err := storage.OpenDriverStore(t.Context(), "s3aws", params)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := storage.NewDriverRecords(s.Driver())
+		return openShared(t, r), r
+	}
+	a, records := replica()
+	b, _ := replica()
+	old, recent := time.Unix(1700000000, 0).UTC(), time.Unix(1700090000, 0).UTC()
+	subject := digest.FromString("unheld")
+	must(t, b.PutReferrers("docker.io", "library/a", subject, "", storage.ReferrersRecord{Body: []byte("{}"), FetchedAt: old, CheckedAt: old}))
+	forgot := make(chan error, 1)
+	go func() {
+		_, err := b.ForgetUnheldReferrers(func(_ digest.Digest, fetched time.Time) bool { return fetched.Before(recent) })
+		forgot <- err
+	}()
+	select {
+	case <-deleting:
+	case <-watchdog.Done():
+		t.Fatal("the collection never deleted the list")
+	}
+	fresh := storage.ReferrersRecord{Body: []byte(`{"manifests":[]}`), FetchedAt: recent, CheckedAt: recent}
+	must(t, a.PutReferrers("docker.io", "library/a", subject, "", fresh))
+	close(release)
+	if err := <-forgot; err != nil {
+		t.Fatal(err)
+	}
+	raw, err := records.Get(watchdog, "referrers", "docker.io/library/a@"+subject.String()+"\x00")
+	var got storage.ReferrersRecord
+	if err != nil || json.Unmarshal(raw, &got) != nil || !bytes.Equal(got.Body, fresh.Body) {
+		t.Errorf("the bucket's list = %q, %v; want the one a fetched again", raw, err)
+	}
+}

@@ -3,6 +3,7 @@ package storage
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"slices"
 	"strings"
 	"time"
@@ -232,8 +233,9 @@ func (ix *Index) ForgetUnheldReferrers(drop func(subject digest.Digest, fetched 
 // was fetched), each only while it is the answer fetched then: another
 // replica may have fetched it again since this index read it, and that
 // record is adopted instead (the local one is gone), as
-// shareDeleteTagsNaming's. Each costs a GET beside its DELETE, rechecks
-// of them at once.
+// shareDeleteTagsNaming's; and only while it is the record read (where
+// the records keep versions), not one written between the read and the
+// delete. Each costs a GET beside its DELETE, rechecks of them at once.
 func (ix *Index) shareDeleteReferrersFetched(lists []pair[string, time.Time]) error {
 	if ix.records == nil || len(lists) == 0 {
 		return nil
@@ -243,7 +245,7 @@ func (ix *Index) shareDeleteReferrersFetched(lists []pair[string, time.Time]) er
 	eg.SetLimit(rechecks)
 	for i, l := range lists {
 		eg.Go(func() error {
-			raw, found, err := ix.shareGet(bucketReferrers, []byte(l.k))
+			raw, version, found, err := ix.shareGetVersion(bucketReferrers, []byte(l.k))
 			if err != nil || !found {
 				return err
 			}
@@ -252,7 +254,12 @@ func (ix *Index) shareDeleteReferrersFetched(lists []pair[string, time.Time]) er
 				again[i] = raw
 				return nil
 			}
-			return ix.shareDelete(bucketReferrers, []byte(l.k))
+			// Only while it is the one read: fetched again since, it
+			// stays, for the next read here to adopt.
+			if err := ix.shareDeleteIf(bucketReferrers, []byte(l.k), version); !errors.Is(err, ErrRecordChanged) {
+				return err
+			}
+			return nil
 		})
 	}
 	if err := eg.Wait(); err != nil {
