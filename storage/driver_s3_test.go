@@ -573,3 +573,65 @@ func TestSharedForgottenReferrersListFetchedAgainWhileDeletedStays(t *testing.T)
 		t.Errorf("the bucket's list = %q, %v; want the one a fetched again", raw, err)
 	}
 }
+
+// A tag another replica records moved, on an S3 bucket, while this
+// replica's eviction deletes the record it read (naming the image
+// evicted) stays: deleted only while it is the record read (If-Match),
+// not the one naming the image the tag moved to, which every replica
+// would otherwise have lost (a pull of the tag asking the upstream
+// again, or failing with it down).
+func TestSharedEvictedTagMovedWhileDeletedStays(t *testing.T) {
+	srv := s3test.Start(t)
+	bucket := srv.NewBucket(t)
+	watchdog, stop := context.WithTimeout(t.Context(), 30*time.Second)
+	defer stop()
+	next := srv.Next()
+	deleting, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	front := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost && r.URL.Query().Has("delete") || r.Method == http.MethodDelete && strings.Contains(r.URL.Path, "/records/tags/") {
+			once.Do(func() { close(deleting) })
+			select {
+			case <-release:
+			case <-watchdog.Done():
+				s3test.WriteError(w, http.StatusServiceUnavailable, "SlowDown", "never released")
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+	params := srv.Front(t, bucket, front)
+	replica := func() *storage.Index {
+		s, err := storage.OpenDriverStore(t.Context(), "s3aws", params)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return openShared(t, storage.NewDriverRecords(s.Driver()))
+	}
+	a, b := replica(), replica()
+	now := time.Unix(1700000000, 0).UTC()
+	evicted, moved := digest.FromString("evicted"), digest.FromString("moved")
+	record := func(ix *storage.Index, d digest.Digest) {
+		t.Helper()
+		must(t, ix.RecordManifest(storage.ManifestEntry{Upstream: "docker.io", Repo: "library/x", Digest: d, Tag: "v1",
+			Record: storage.ManifestRecord{MediaType: "application/vnd.oci.image.manifest.v1+json", Size: 10, FetchedAt: now}}))
+	}
+	record(b, evicted)
+	unrooted := make(chan error, 1)
+	go func() {
+		unrooted <- b.UnrootImages([]storage.Unroot{{Upstream: "docker.io", Repo: "library/x", Digest: evicted, Tags: []string{"v1"}}})
+	}()
+	select {
+	case <-deleting:
+	case <-watchdog.Done():
+		t.Fatal("the eviction never deleted the tag")
+	}
+	record(a, moved)
+	close(release)
+	if err := <-unrooted; err != nil {
+		t.Fatal(err)
+	}
+	if rec, ok, err := replica().Tag("docker.io", "library/x", "v1"); err != nil || !ok || rec.Digest != moved {
+		t.Errorf("a new replica reads the tag %+v, %v, %v; want it naming %s, where it moved", rec, ok, err, moved)
+	}
+}

@@ -743,8 +743,10 @@ func (ix *Index) RecheckPulls(ctx context.Context, dgsts []digest.Digest) (bool,
 // tags names (key, and the digest the local record named), each only
 // while it names that digest: another replica may have written it since
 // this index read it, naming the image the tag moved to, and that record
-// is adopted instead (the local one is gone). Each costs a GET beside
-// its DELETE, rechecks of them at once.
+// is adopted instead (the local one is gone); and only while it is the
+// record read (where the records keep versions), not one written between
+// the read and the delete. Each costs a GET beside its DELETE, rechecks
+// of them at once.
 func (ix *Index) shareDeleteTagsNaming(tags []pair[string, digest.Digest]) error {
 	if ix.records == nil || len(tags) == 0 {
 		return nil
@@ -754,7 +756,7 @@ func (ix *Index) shareDeleteTagsNaming(tags []pair[string, digest.Digest]) error
 	eg.SetLimit(rechecks)
 	for i, tg := range tags {
 		eg.Go(func() error {
-			raw, found, err := ix.shareGet(bucketTags, []byte(tg.k))
+			raw, version, found, err := ix.shareGetVersion(bucketTags, []byte(tg.k))
 			if err != nil || !found {
 				return err
 			}
@@ -763,7 +765,12 @@ func (ix *Index) shareDeleteTagsNaming(tags []pair[string, digest.Digest]) error
 				moved[i] = raw
 				return nil
 			}
-			return ix.shareDelete(bucketTags, []byte(tg.k))
+			// Only while it is the one read: moved since, it stays, for
+			// the next lookup here to adopt.
+			if err := ix.shareDeleteIf(bucketTags, []byte(tg.k), version); !errors.Is(err, ErrRecordChanged) {
+				return err
+			}
+			return nil
 		})
 	}
 	if err := eg.Wait(); err != nil {

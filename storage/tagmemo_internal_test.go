@@ -23,6 +23,7 @@ func TestTagRecordsWrittenOnlyHere(t *testing.T) {
 		readers: map[string]bool{
 			"get": true, "viewShared": true, "readAllRel": true,
 			"shareGet": true, "sharePut": true, "shareDelete": true,
+			"shareGetVersion": true, "shareDeleteIf": true, // the shared records', as those
 			"adopt":      true, // a shared index's: the memo is off there
 			"Errorf":     true, // naming the bucket in an error
 			"unreadable": true, // the same
