@@ -258,7 +258,7 @@ func upstreamKey(ups map[string]Upstream, host string) string {
 }
 
 // DockerHubHost is the host Docker Hub images are named with.
-const DockerHubHost = "docker.io"
+const DockerHubHost = oci.DockerHubHost
 
 // Destination is a registry that receives the mirrored content under a
 // path prefix, e.g. https://nexus.example.com/mirror.
@@ -866,7 +866,7 @@ func (c Config) Validate() error {
 		}
 		// Clients name a registry with HTTPS's port or without it, and
 		// reach the same upstream either way: two would be one too many.
-		if short, ok := strings.CutSuffix(host, ":443"); ok {
+		if short := oci.CanonicalHost(host); short != host {
 			if _, dup := c.Upstreams[short]; dup {
 				return fmt.Errorf("upstreams: %q and %q are the same registry (443 is its default port); give one", short, host)
 			}
@@ -1014,9 +1014,9 @@ func checkSyncImage(entry string) error {
 	if err != nil {
 		return fmt.Errorf("invalid image reference %q: %v", name, err)
 	}
-	// As the proxy names a registry: in any case, HTTPS's port left out.
-	host := strings.TrimSuffix(strings.ToLower(reference.Domain(named)), ":443")
-	if first, _, ok := strings.Cut(reference.Path(named), "/"); ok && (host == DockerHubHost || oci.IsDockerHubAlias(host)) && (strings.ContainsAny(first, ".:") || first == "localhost") {
+	// As the proxy names a registry.
+	host := oci.CanonicalHost(reference.Domain(named))
+	if first, _, ok := strings.Cut(reference.Path(named), "/"); ok && host == DockerHubHost && (strings.ContainsAny(first, ".:") || first == "localhost") {
 		return fmt.Errorf("%q: invalid Docker Hub repository: its first component %q is a registry host, not a Docker Hub namespace", entry, first)
 	}
 	return nil
@@ -1100,7 +1100,7 @@ func (u Upstream) validate(host string) error {
 	if !strings.ContainsAny(host, ".:") && host != "localhost" {
 		return fmt.Errorf("upstreams: invalid host %q: not a host name (want a dot or a port, e.g. %s.local or %s:5000, or localhost): %s/app would be the Docker Hub namespace %s", host, host, host, host, host)
 	}
-	if hub := strings.TrimSuffix(host, ":443"); oci.IsDockerHubAlias(hub) || hub == DockerHubHost && hub != host {
+	if oci.CanonicalHost(host) == DockerHubHost && host != DockerHubHost {
 		// Clients' requests for it go to docker.io's: what is set here
 		// (credentials, above all) would never be used.
 		return fmt.Errorf("upstreams: %q is Docker Hub: configure it as docker.io (upstreams.docker.io, or a bare --upstream URL)", host)

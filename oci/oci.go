@@ -113,14 +113,21 @@ const Accept = MediaTypeOCIIndex + ", " + MediaTypeDockerList + ", " + MediaType
 const AcceptAny = Accept + ", " + MediaTypeOCIArtifactManifest + ", " + MediaTypeDockerSchema1Signed +
 	", " + MediaTypeDockerSchema1 + ", */*"
 
-// IsDockerHubAlias reports whether host is another name of docker.io:
-// clients (and Docker's config.json) name Docker Hub so too.
-func IsDockerHubAlias(host string) bool {
+// DockerHubHost is the name Docker Hub images are known by.
+const DockerHubHost = "docker.io"
+
+// CanonicalHost spells a registry host as upstreams are configured: in
+// lower case (host names are case-insensitive), without HTTPS's port 443
+// (a registry's default), and Docker Hub's other names (index.docker.io,
+// registry-1.docker.io, registry.hub.docker.com, as clients and Docker's
+// config.json write them) as docker.io.
+func CanonicalHost(host string) string {
+	host = strings.TrimSuffix(strings.ToLower(host), ":443")
 	switch host {
 	case "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com":
-		return true
+		return DockerHubHost
 	}
-	return false
+	return host
 }
 
 // MaxManifestSize is the largest manifest read from an upstream, a

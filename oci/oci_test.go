@@ -313,3 +313,23 @@ func FuzzParseManifest(f *testing.F) {
 		}
 	})
 }
+
+func TestCanonicalHost(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]string{
+		"ghcr.io":                     "ghcr.io",
+		"GHCR.io:443":                 "ghcr.io",
+		"registry.local:5000":         "registry.local:5000",
+		"registry.local:4430":         "registry.local:4430",
+		"docker.io:443":               "docker.io",
+		"Index.Docker.io":             "docker.io",
+		"registry-1.docker.io:443":    "docker.io",
+		"registry.hub.docker.com":     "docker.io",
+		"hub.docker.com":              "hub.docker.com",
+		"index.docker.io.example.com": "index.docker.io.example.com",
+	} {
+		if got := CanonicalHost(in); got != want {
+			t.Errorf("CanonicalHost(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

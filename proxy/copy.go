@@ -26,7 +26,7 @@ func (p *Proxy) parseImage(s string) (image, error) {
 	if err != nil {
 		return image{}, errcode.New(errcode.NameInvalid, "invalid image reference %q: %v", s, err)
 	}
-	host := canonicalHost(reference.Domain(named))
+	host := oci.CanonicalHost(reference.Domain(named))
 	up, ok := p.upstreamFor(host)
 	if !ok {
 		return image{}, errcode.New(errcode.NameUnknown, "image %q: upstream %q is not configured on this mirror", s, host).WithStatus(http.StatusBadRequest)

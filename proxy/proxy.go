@@ -27,7 +27,7 @@ import (
 )
 
 // DefaultHost is the upstream a name without a host prefix belongs to.
-const DefaultHost = "docker.io"
+const DefaultHost = oci.DockerHubHost
 
 // Proxy is the pull-through cache. Create it with New, serve Handler(),
 // and Close it when done.

@@ -33,20 +33,7 @@ func StoreRepo(host, repo string) string {
 	return host + "/" + repo
 }
 
-// canonicalHost maps Docker Hub's aliases to docker.io, and a host in
-// any case, or with HTTPS's port 443, to its lower-case name without it,
-// as upstreams are configured: host names are case-insensitive, a
-// registry's default port is 443, and an image reference (so containerd's
-// ns) may spell one with capitals or that port.
-func canonicalHost(h string) string {
-	h = strings.TrimSuffix(strings.ToLower(h), ":443")
-	if oci.IsDockerHubAlias(h) {
-		return DefaultHost
-	}
-	return h
-}
-
-// upstreamFor returns the configured upstream host, a canonicalHost,
+// upstreamFor returns the configured upstream host, an oci.CanonicalHost,
 // names: the one configured as host, or as host with port 443 written out
 // (upstreams.registry.example:443), which clients name either way.
 func (p *Proxy) upstreamFor(host string) (*upstream.Client, bool) {
@@ -89,16 +76,16 @@ func (p *Proxy) resolve(r *http.Request, name string) (target, error) {
 	}
 	host, repo := DefaultHost, name
 	if ns := r.URL.Query().Get("ns"); ns != "" {
-		host = canonicalHost(ns)
+		host = oci.CanonicalHost(ns)
 		// containerd sends ns to a mirror also when the mirror's path
 		// names the registry (hosts.toml [host."http://mirror/v2/ghcr.io"]
 		// with override_path): a first component naming the same registry
 		// is that prefix, as it is without ns.
-		if first, rest, ok := strings.Cut(name, "/"); ok && looksLikeHost(first) && canonicalHost(first) == host {
+		if first, rest, ok := strings.Cut(name, "/"); ok && looksLikeHost(first) && oci.CanonicalHost(first) == host {
 			repo = rest
 		}
 	} else if first, rest, ok := strings.Cut(name, "/"); ok && looksLikeHost(first) {
-		host, repo = canonicalHost(first), rest
+		host, repo = oci.CanonicalHost(first), rest
 	}
 	up, ok := p.upstreamFor(host)
 	if !ok {

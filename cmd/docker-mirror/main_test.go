@@ -288,7 +288,7 @@ func TestBadSyncImageExitsTwoTouchingNothing(t *testing.T) {
 		{"docker://nginx:1.27", `drop the scheme "docker://" (nginx:1.27)`},
 		{"library/redis:[7", `"library/redis:[7": invalid tag pattern "[7"`},
 		{"docker.io/ghcr.io/app:1.*", `"ghcr.io" is a registry host`},
-		// Docker Hub with HTTPS's port is Docker Hub (canonicalHost).
+		// Docker Hub with HTTPS's port is Docker Hub (oci.CanonicalHost).
 		{"docker.io:443/ghcr.io/app:1.*", `"ghcr.io" is a registry host`},
 		{"index.docker.io:443/myreg.local/app:1", `"myreg.local" is a registry host`},
 	} {
