@@ -1632,6 +1632,45 @@ func TestDestinationManifestChangedIsFetchedAgain(t *testing.T) {
 	}
 }
 
+// blobFrontEnd is a destination front end that reads each GET of blob
+// from the registry behind it whole, and answers it with its status and
+// headers, its body as write writes it (changed, or cut).
+func blobFrontEnd(blob string, write func(w http.ResponseWriter, status int, body []byte)) fixture.DestinationOption {
+	return fixture.WithFrontEnd(func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method != http.MethodGet || !strings.HasSuffix(r.URL.Path, "/blobs/"+blob) {
+				next.ServeHTTP(w, r)
+				return
+			}
+			rec := httptest.NewRecorder()
+			next.ServeHTTP(rec, r)
+			for k, v := range rec.Header() {
+				w.Header()[k] = v
+			}
+			w.WriteHeader(rec.Code)
+			write(w, rec.Code, rec.Body.Bytes())
+		})
+	})
+}
+
+// flippedWhile writes a whole blob (blobFrontEnd) with its middle byte
+// flipped, its length kept, while changed is set.
+func flippedWhile(changed *atomic.Bool) func(http.ResponseWriter, int, []byte) {
+	return func(w http.ResponseWriter, status int, b []byte) {
+		if changed.Load() && status == http.StatusOK && len(b) > 0 {
+			b[len(b)/2] ^= 0xff
+		}
+		_, _ = w.Write(b)
+	}
+}
+
+// cutAfter writes the first bytes of an answer and breaks its connection.
+func cutAfter(w http.ResponseWriter, first []byte) {
+	_, _ = w.Write(first)
+	_ = http.NewResponseController(w).Flush()
+	panic(http.ErrAbortHandler)
+}
+
 // A blob the destination holds whose bytes no longer match its digest
 // (changed behind the mirror's back, or other bytes a front end serves)
 // is never a complete answer: the client's GET is cut before its last
@@ -1642,25 +1681,7 @@ func TestDestinationBlobChangedIsNeverServedWhole(t *testing.T) {
 	img := up.SeedImage(t, "library/changed", "1", 1, 8<<10)
 	layer := img.Layers[0]
 	var changed atomic.Bool
-	dest := fixture.StartDestination(t, map[string]string{destUser: destPassword}, fixture.WithFrontEnd(func(next http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if !changed.Load() || r.Method != http.MethodGet || !strings.HasSuffix(r.URL.Path, "/blobs/"+layer) {
-				next.ServeHTTP(w, r)
-				return
-			}
-			rec := httptest.NewRecorder()
-			next.ServeHTTP(rec, r)
-			b := rec.Body.Bytes()
-			if rec.Code == http.StatusOK && len(b) > 0 {
-				b[len(b)/2] ^= 0xff // one byte flipped, the length kept
-			}
-			for k, v := range rec.Header() {
-				w.Header()[k] = v
-			}
-			w.WriteHeader(rec.Code)
-			_, _ = w.Write(b)
-		})
-	}))
+	dest := fixture.StartDestination(t, map[string]string{destUser: destPassword}, blobFrontEnd(layer, flippedWhile(&changed)))
 	m := startDestMirror(t, up, dest, nil)
 	wantImage(t, m.Server, "changed", img)
 	m.WaitIdle()
@@ -1693,30 +1714,18 @@ func TestDestinationBlobChangedAndCutIsNeverServedWhole(t *testing.T) {
 	img := up.SeedImage(t, "library/changed", "1", 1, 256<<10)
 	layer := img.Layers[0]
 	var changed, cut atomic.Bool
-	dest := fixture.StartDestination(t, map[string]string{destUser: destPassword}, fixture.WithFrontEnd(func(next http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.Method != http.MethodGet || !strings.HasSuffix(r.URL.Path, "/blobs/"+layer) || r.Header.Get("Range") != "" {
-				next.ServeHTTP(w, r) // a range: the destination's own bytes
-				return
-			}
-			rec := httptest.NewRecorder()
-			next.ServeHTTP(rec, r)
-			b := rec.Body.Bytes()
-			if changed.Load() && rec.Code == http.StatusOK && len(b) > 0 {
-				b[0] ^= 0xff // the first byte changed, the length kept
-			}
-			for k, v := range rec.Header() {
-				w.Header()[k] = v
-			}
-			w.WriteHeader(rec.Code)
-			if rec.Code == http.StatusOK && cut.CompareAndSwap(true, false) {
-				// This read cut mid-body, after the first byte.
-				_, _ = w.Write(b[:len(b)/2])
-				_ = http.NewResponseController(w).Flush()
-				panic(http.ErrAbortHandler)
-			}
+	dest := fixture.StartDestination(t, map[string]string{destUser: destPassword}, blobFrontEnd(layer, func(w http.ResponseWriter, status int, b []byte) {
+		if status != http.StatusOK { // a range: the destination's own bytes
 			_, _ = w.Write(b)
-		})
+			return
+		}
+		if changed.Load() && len(b) > 0 {
+			b[0] ^= 0xff // the first byte changed, the length kept
+		}
+		if cut.CompareAndSwap(true, false) {
+			cutAfter(w, b[:len(b)/2]) // mid-body, after the first byte
+		}
+		_, _ = w.Write(b)
 	}))
 	m := startDestMirror(t, up, dest, nil)
 	wantImage(t, m.Server, "changed", img)
@@ -1759,25 +1768,7 @@ func TestDestinationChangedBlobNotRemovableIsFetchedFromUpstream(t *testing.T) {
 	img := up.SeedImage(t, "library/changed", "1", 1, 8<<10)
 	layer := img.Layers[0]
 	var changed atomic.Bool
-	dest := fixture.StartDestination(t, map[string]string{destUser: destPassword}, fixture.WithoutDeletes(), fixture.WithFrontEnd(func(next http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if !changed.Load() || r.Method != http.MethodGet || !strings.HasSuffix(r.URL.Path, "/blobs/"+layer) {
-				next.ServeHTTP(w, r)
-				return
-			}
-			rec := httptest.NewRecorder()
-			next.ServeHTTP(rec, r)
-			b := rec.Body.Bytes()
-			if rec.Code == http.StatusOK && len(b) > 0 {
-				b[len(b)/2] ^= 0xff // one byte flipped, the length kept
-			}
-			for k, v := range rec.Header() {
-				w.Header()[k] = v
-			}
-			w.WriteHeader(rec.Code)
-			_, _ = w.Write(b)
-		})
-	}))
+	dest := fixture.StartDestination(t, map[string]string{destUser: destPassword}, fixture.WithoutDeletes(), blobFrontEnd(layer, flippedWhile(&changed)))
 	m := startDestMirror(t, up, dest, nil)
 	wantImage(t, m.Server, "changed", img)
 	m.WaitIdle()
@@ -1810,32 +1801,17 @@ func TestDestinationBlobCutAgainWhileReadAgainIsServedWhole(t *testing.T) {
 	img := up.SeedImage(t, "library/recut", "1", 1, 256<<10)
 	layer := img.Layers[0]
 	var cuts atomic.Int32
-	dest := fixture.StartDestination(t, map[string]string{destUser: destPassword}, fixture.WithFrontEnd(func(next http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.Method != http.MethodGet || !strings.HasSuffix(r.URL.Path, "/blobs/"+layer) {
-				next.ServeHTTP(w, r)
-				return
+	dest := fixture.StartDestination(t, map[string]string{destUser: destPassword}, blobFrontEnd(layer, func(w http.ResponseWriter, status int, b []byte) {
+		if status == http.StatusOK && cuts.Load() > 0 {
+			// The first read cut at half the blob, the next, from
+			// its first byte, at a quarter: before the first broke.
+			keep := len(b) / 2
+			if cuts.Add(-1) == 0 {
+				keep = len(b) / 4
 			}
-			rec := httptest.NewRecorder()
-			next.ServeHTTP(rec, r)
-			for k, v := range rec.Header() {
-				w.Header()[k] = v
-			}
-			w.WriteHeader(rec.Code)
-			b := rec.Body.Bytes()
-			if rec.Code == http.StatusOK && cuts.Load() > 0 {
-				// The first read cut at half the blob, the next, from
-				// its first byte, at a quarter: before the first broke.
-				keep := len(b) / 2
-				if cuts.Add(-1) == 0 {
-					keep = len(b) / 4
-				}
-				_, _ = w.Write(b[:keep])
-				_ = http.NewResponseController(w).Flush()
-				panic(http.ErrAbortHandler)
-			}
-			_, _ = w.Write(b)
-		})
+			cutAfter(w, b[:keep])
+		}
+		_, _ = w.Write(b)
 	}))
 	m := startDestMirror(t, up, dest, nil)
 	wantImage(t, m.Server, "recut", img)
