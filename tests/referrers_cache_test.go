@@ -74,6 +74,11 @@ func pushSubject(t *testing.T, host string) v1.Descriptor {
 	return v1.Descriptor{MediaType: types.OCIManifestSchema1, Digest: d, Size: size}
 }
 
+// byType is the referrers list at u filtered by one artifactType.
+func byType(u, artifactType string) string {
+	return u + "?artifactType=" + url.QueryEscape(artifactType)
+}
+
 // referrerDigests checks a referrers answer is an OCI index and returns
 // the digests it lists, sorted.
 func referrerDigests(t *testing.T, r response) []string {
@@ -135,13 +140,12 @@ func TestReferrersCached(t *testing.T) {
 
 	m := servertest.Start(t, up.URL)
 	u := m.URL() + "/v2/signed/referrers/" + imgDigest.String()
-	byType := func(at string) string { return u + "?" + url.Values{"artifactType": {at}}.Encode() }
 
 	wantReferrers(t, get(t, u), "miss", false, sig, sbom)
 	wantReferrers(t, get(t, u), "hit", false, sig, sbom)
 	// go-containerregistry's registry does not filter: the mirror does.
-	wantReferrers(t, get(t, byType(sigType)), "miss", true, sig)
-	wantReferrers(t, get(t, byType(sigType)), "hit", true, sig)
+	wantReferrers(t, get(t, byType(u, sigType)), "miss", true, sig)
+	wantReferrers(t, get(t, byType(u, sigType)), "hit", true, sig)
 
 	full := get(t, u)
 	head := do(t, http.MethodHead, u, nil)
@@ -157,9 +161,9 @@ func TestReferrersCached(t *testing.T) {
 	wantReferrers(t, get(t, u), "hit", false, sig, sbom)
 	m.Clock.Advance(2 * time.Minute)
 	wantReferrers(t, get(t, u), "stale", false, sig, sbom)
-	wantReferrers(t, get(t, byType(sigType)), "stale", true, sig)
+	wantReferrers(t, get(t, byType(u, sigType)), "stale", true, sig)
 	// Never asked with this filter: the cached full list, filtered here.
-	wantReferrers(t, get(t, byType(sbomType)), "stale", true, sbom)
+	wantReferrers(t, get(t, byType(u, sbomType)), "stale", true, sbom)
 	if h := do(t, http.MethodHead, u, nil); h.status != http.StatusOK || h.header.Get("X-Cache") != "stale" || len(h.body) != 0 {
 		t.Fatalf("HEAD referrers offline: %d %v", h.status, h.header)
 	}
@@ -197,15 +201,15 @@ func TestReferrersBadArtifactType(t *testing.T) {
 	sig := pushReferrer(t, host, "library/signed", sigType, subject)
 	asked.Store(0) // the push asked, for the subject
 	m := servertest.Start(t, up.URL)
-	u := m.URL() + "/v2/signed/referrers/" + subject.Digest.String() + "?artifactType="
+	u := m.URL() + "/v2/signed/referrers/" + subject.Digest.String()
 	for _, bad := range []string{strings.Repeat("a", 40000), "application/" + strings.Repeat("x", 40000), "bad type/x", "application/x\x01", "application", "application/x;v=1", "/x", "application/"} {
-		wantError(t, get(t, u+url.QueryEscape(bad)), http.StatusBadRequest, "UNSUPPORTED")
+		wantError(t, get(t, byType(u, bad)), http.StatusBadRequest, "UNSUPPORTED")
 	}
 	if n := asked.Load(); n != 0 {
 		t.Errorf("the upstream was asked %d times for a bad artifactType", n)
 	}
-	wantReferrers(t, get(t, u+url.QueryEscape(sigType)), "miss", true, sig)
-	wantReferrers(t, get(t, u+url.QueryEscape(strings.ToUpper(sigType))), "miss", true)
+	wantReferrers(t, get(t, byType(u, sigType)), "miss", true, sig)
+	wantReferrers(t, get(t, byType(u, strings.ToUpper(sigType))), "miss", true)
 }
 
 // A referrers answer that is not an OCI index (JSON null, an empty
@@ -330,14 +334,14 @@ func TestReferrersFromFallbackTag(t *testing.T) {
 	if string(r.body) != string(fallback) {
 		t.Errorf("unfiltered answer %s, want the fallback index as it is: %s", r.body, fallback)
 	}
-	wantReferrers(t, get(t, u+"?artifactType="+url.QueryEscape(sbomType)), "miss", true, sbomDigest)
+	wantReferrers(t, get(t, byType(u, sbomType)), "miss", true, sbomDigest)
 	m.WaitIdle() // the referrers fill of a list served for the first time stores them
 
 	up.Stop()
 	m.Clock.Advance(2 * time.Minute)
 	wantReferrers(t, get(t, u), "stale", false, sigDigest, sbomDigest)
-	wantReferrers(t, get(t, u+"?artifactType="+url.QueryEscape(sbomType)), "stale", true, sbomDigest)
-	wantReferrers(t, get(t, u+"?artifactType="+url.QueryEscape(sigType)), "stale", true, sigDigest)
+	wantReferrers(t, get(t, byType(u, sbomType)), "stale", true, sbomDigest)
+	wantReferrers(t, get(t, byType(u, sigType)), "stale", true, sigDigest)
 	// What a client finds there is cached too.
 	if r := get(t, m.URL()+"/v2/plain/manifests/"+sigDigest); r.status != http.StatusOK || sha(r.body) != sigDigest {
 		t.Fatalf("referrer manifest offline: %d %s", r.status, r.body)
@@ -393,14 +397,14 @@ func TestReferrersFromFallbackTagFilteredByConfigType(t *testing.T) {
 	m := servertest.Start(t, up.URL())
 	u := m.URL() + "/v2/plain/referrers/" + img.Digest
 	wantReferrers(t, get(t, u), "miss", false, sigDigest, sbomDigest)
-	wantReferrers(t, get(t, u+"?artifactType="+url.QueryEscape(sigType)), "miss", true, sigDigest)
-	wantReferrers(t, get(t, u+"?artifactType="+url.QueryEscape(sbomType)), "miss", true, sbomDigest)
+	wantReferrers(t, get(t, byType(u, sigType)), "miss", true, sigDigest)
+	wantReferrers(t, get(t, byType(u, sbomType)), "miss", true, sbomDigest)
 	m.WaitIdle()
 	up.Stop()
 	m.Clock.Advance(2 * time.Minute)
-	wantReferrers(t, get(t, u+"?artifactType="+url.QueryEscape(sigType)), "stale", true, sigDigest)
+	wantReferrers(t, get(t, byType(u, sigType)), "stale", true, sigDigest)
 	// A filter never asked for online: the cached list, filtered here.
-	wantReferrers(t, get(t, u+"?artifactType="+url.QueryEscape("application/vnd.example.other+json")), "stale", true)
+	wantReferrers(t, get(t, byType(u, "application/vnd.example.other+json")), "stale", true)
 }
 
 // seedUntypedFallback seeds library/plain:1 and its fallback tag index,
@@ -425,7 +429,7 @@ func seedUntypedFallback(t *testing.T) (up *fixture.Upstream, img *fixture.Image
 func TestReferrersFilteredByConfigTypeStoresNothingWithReferrersOff(t *testing.T) {
 	up, img, sigDigest, _ := seedUntypedFallback(t)
 	m := servertest.Start(t, up.URL(), proxy.WithReferrers(false))
-	wantReferrers(t, get(t, m.URL()+"/v2/plain/referrers/"+img.Digest+"?artifactType="+url.QueryEscape(sigType)), "miss", true, sigDigest)
+	wantReferrers(t, get(t, byType(m.URL()+"/v2/plain/referrers/"+img.Digest, sigType)), "miss", true, sigDigest)
 	m.WaitIdle()
 	if linked, err := m.Index.Linked("docker.io", "library/plain", digestOf(t, sigDigest)); err != nil || linked {
 		t.Errorf("the signature, whose type filtered the list, stored with referrers off: %v %v", linked, err)
@@ -582,7 +586,7 @@ func TestReferrersFillRetriedAfterFailure(t *testing.T) {
 func TestReferrersFilteredByConfigTypeFetchesTheEntryOnce(t *testing.T) {
 	up, img, sigDigest, _ := seedUntypedFallback(t)
 	m := servertest.Start(t, up.URL())
-	wantReferrers(t, get(t, m.URL()+"/v2/plain/referrers/"+img.Digest+"?artifactType="+url.QueryEscape(sigType)), "miss", true, sigDigest)
+	wantReferrers(t, get(t, byType(m.URL()+"/v2/plain/referrers/"+img.Digest, sigType)), "miss", true, sigDigest)
 	m.WaitIdle()
 	if linked, err := m.Index.Linked("docker.io", "library/plain", digestOf(t, sigDigest)); err != nil || !linked {
 		t.Errorf("the signature not stored by the referrers fill: %v %v", linked, err)
@@ -618,7 +622,7 @@ func TestReferrersFilteredByConfigTypeOfflineAsksNothingMore(t *testing.T) {
 			up.SetFault(fixture.Fault{Kind: kind, Status: http.StatusServiceUnavailable})
 			up.ResetCounts()
 			m.Clock.Advance(2 * time.Minute)
-			wantReferrers(t, get(t, u+"?artifactType="+url.QueryEscape(sbomType)), "stale", true, sbomDigest)
+			wantReferrers(t, get(t, byType(u, sbomType)), "stale", true, sbomDigest)
 			for _, r := range up.Requests() {
 				if r.Kind == fixture.KindManifest && strings.HasSuffix(r.Path, "/"+sigDigest) {
 					t.Errorf("%s of an entry's manifest asked of the failing upstream for a cached referrers list", r.Method)
@@ -636,11 +640,11 @@ func TestReferrersFilteredByConfigTypeOfflineAsksNothingMore(t *testing.T) {
 func TestReferrersFilteredByConfigTypeReadsTheTypeOnce(t *testing.T) {
 	up, img, sigDigest, sbomDigest := seedUntypedFallback(t)
 	m := servertest.Start(t, up.URL(), proxy.WithReferrers(false))
-	u := m.URL() + "/v2/plain/referrers/" + img.Digest + "?artifactType="
-	wantReferrers(t, get(t, u+url.QueryEscape(sigType)), "miss", true, sigDigest)
-	wantReferrers(t, get(t, u+url.QueryEscape(sbomType)), "miss", true, sbomDigest)
+	u := m.URL() + "/v2/plain/referrers/" + img.Digest
+	wantReferrers(t, get(t, byType(u, sigType)), "miss", true, sigDigest)
+	wantReferrers(t, get(t, byType(u, sbomType)), "miss", true, sbomDigest)
 	m.Clock.Advance(2 * time.Minute)
-	wantReferrers(t, get(t, u+url.QueryEscape(sigType)), "revalidated", true, sigDigest)
+	wantReferrers(t, get(t, byType(u, sigType)), "revalidated", true, sigDigest)
 	m.WaitIdle()
 	if n := requestsTo(up, http.MethodGet, "/v2/library/plain/manifests/"+sigDigest); n != 1 {
 		t.Errorf("%d upstream GETs of an untyped entry's manifest for two filters and a revalidation; want 1", n)
@@ -662,7 +666,7 @@ func TestReferrersEntryGoneUpstreamAskedOnceWithReferrersOff(t *testing.T) {
 	gone := sig["digest"].(string)
 	up.Delete(t, "library/plain", gone)
 	m := servertest.Start(t, up.URL(), proxy.WithReferrers(false))
-	u := m.URL() + "/v2/plain/referrers/" + img.Digest + "?artifactType=" + url.QueryEscape(sbomType)
+	u := byType(m.URL()+"/v2/plain/referrers/"+img.Digest, sbomType)
 	wantReferrers(t, get(t, u), "miss", true, sbom["digest"].(string))
 	for range 2 {
 		m.WaitIdle()
@@ -696,7 +700,7 @@ func TestReferrersEntryBackUpstreamListedAgainWithReferrersOff(t *testing.T) {
 	up.PutManifest(t, "library/plain", "sha256-"+strings.TrimPrefix(img.Digest, "sha256:"), oci.MediaTypeOCIIndex, fallback)
 	up.Delete(t, "library/plain", sig.digest)
 	m := servertest.Start(t, up.URL(), proxy.WithReferrers(false))
-	u := m.URL() + "/v2/plain/referrers/" + img.Digest + "?artifactType=" + url.QueryEscape(sigType)
+	u := byType(m.URL()+"/v2/plain/referrers/"+img.Digest, sigType)
 	wantReferrers(t, get(t, u), "miss", true)
 	up.PutManifest(t, "library/plain", sig.digest, oci.MediaTypeOCIManifest, sig.raw)
 	m.WaitIdle()
