@@ -1000,19 +1000,11 @@ func TestUploadSessionLostIsNoRefusal(t *testing.T) {
 		{http.StatusRequestedRangeNotSatisfiable, "BLOB_UPLOAD_INVALID"},
 	} {
 		t.Run(fmt.Sprint(tt.status, " ", tt.code), func(t *testing.T) {
-			var fail atomic.Bool
-			fail.Store(true)
-			d := newDestinationConfig(t, destConfig{frontEnd: func(next http.Handler) http.Handler {
-				return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-					if r.Method != http.MethodPut || !strings.Contains(r.URL.Path, "/blobs/uploads/") || !fail.CompareAndSwap(true, false) {
-						next.ServeHTTP(w, r)
-						return
-					}
-					w.Header().Set("Content-Type", "application/json")
-					w.WriteHeader(tt.status)
-					_, _ = fmt.Fprintf(w, `{"errors":[{"code":%q,"message":"the upload failed"}]}`, tt.code)
-				})
-			}})
+			d := newDestinationConfig(t, destConfig{frontEnd: failOnce(http.MethodPut, "/blobs/uploads/", func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(tt.status)
+				_, _ = fmt.Fprintf(w, `{"errors":[{"code":%q,"message":"the upload failed"}]}`, tt.code)
+			})})
 			s := newStore(t, d.URL()+"/mirror")
 			blob := content(4<<10, 9)
 			dg := digest.FromBytes(blob)
@@ -1055,12 +1047,7 @@ func TestFailedCommitCancelsItsSession(t *testing.T) {
 	if err := s.Put(t.Context(), "library/x", dg, int64(len(blob)), bytes.NewReader(blob)); err == nil {
 		t.Fatal("Put with its commit failed: no error")
 	}
-	var cancels []request
-	for _, r := range uploads(d.requests()) {
-		if r.Method == http.MethodDelete {
-			cancels = append(cancels, r)
-		}
-	}
+	cancels := uploadsWith(d.requests(), http.MethodDelete)
 	if len(cancels) == 0 {
 		t.Error("the failed upload was not cancelled")
 	}
@@ -1093,28 +1080,7 @@ func TestPassingUploadFailureSentAgain(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			var fail atomic.Bool
-			fail.Store(true)
-			d := newDestinationConfig(t, destConfig{frontEnd: func(next http.Handler) http.Handler {
-				return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-					if r.Method != tt.method || !strings.Contains(r.URL.Path, "/blobs/uploads/") || !fail.CompareAndSwap(true, false) {
-						next.ServeHTTP(w, r)
-						return
-					}
-					_, _ = io.Copy(io.Discard, r.Body)
-					if tt.status == 0 {
-						conn, _, err := http.NewResponseController(w).Hijack()
-						if err == nil {
-							_ = conn.Close()
-						}
-						return
-					}
-					if tt.limit {
-						w.Header().Set("Retry-After", "30")
-					}
-					w.WriteHeader(tt.status)
-				})
-			}})
+			d := newDestinationConfig(t, destConfig{frontEnd: failOnce(tt.method, "/blobs/uploads/", passingFailure(tt.status, tt.limit))})
 			s := newStore(t, d.URL()+"/mirror")
 			blob := content(64<<10, 12)
 			dg := digest.FromBytes(blob)
@@ -1132,6 +1098,40 @@ func TestPassingUploadFailureSentAgain(t *testing.T) {
 				t.Errorf("destination blob: %d bytes, %v; want the content", len(got), err)
 			}
 		})
+	}
+}
+
+// failOnce is a front end that answers the first request of method whose
+// path holds part with fail, and hands every other to the destination.
+func failOnce(method, part string, fail http.HandlerFunc) func(http.Handler) http.Handler {
+	var failed atomic.Bool
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method != method || !strings.Contains(r.URL.Path, part) || !failed.CompareAndSwap(false, true) {
+				next.ServeHTTP(w, r)
+				return
+			}
+			fail(w, r)
+		})
+	}
+}
+
+// passingFailure answers a request as a destination failing in passing:
+// status, a rate limit (with Retry-After) if limit, or, if status is 0,
+// the connection closed without an answer.
+func passingFailure(status int, limit bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		if status == 0 {
+			if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
+				_ = conn.Close()
+			}
+			return
+		}
+		if limit {
+			w.Header().Set("Retry-After", "30")
+		}
+		w.WriteHeader(status)
 	}
 }
 
@@ -1163,27 +1163,7 @@ func TestPassingManifestFailureSentAgain(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			var fail atomic.Bool
-			fail.Store(true)
-			d := newDestinationConfig(t, destConfig{frontEnd: func(next http.Handler) http.Handler {
-				return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-					if r.Method != http.MethodPut || !strings.Contains(r.URL.Path, "/manifests/") || !fail.CompareAndSwap(true, false) {
-						next.ServeHTTP(w, r)
-						return
-					}
-					_, _ = io.Copy(io.Discard, r.Body)
-					if tt.status == 0 {
-						if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
-							_ = conn.Close()
-						}
-						return
-					}
-					if tt.limit {
-						w.Header().Set("Retry-After", "30")
-					}
-					w.WriteHeader(tt.status)
-				})
-			}})
+			d := newDestinationConfig(t, destConfig{frontEnd: failOnce(http.MethodPut, "/manifests/", passingFailure(tt.status, tt.limit))})
 			s := newStore(t, d.URL()+"/mirror")
 			body := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}`)
 			err := s.PutManifest(t.Context(), "library/x", "v1", "application/vnd.oci.image.index.v1+json", body)
