@@ -78,35 +78,34 @@ func (r *readiness) usable(d time.Duration) bool {
 	return last != nil && last.err == nil && r.now().Sub(last.at) < d
 }
 
-// lastAnswer is ReadyLast's answer.
+// lastAnswer is ReadyLast's answer: the next answer is waited for until
+// a first has come.
 func (r *readiness) lastAnswer(ctx context.Context, unanswered time.Duration) (throttled, err error) {
-	wait, cancel := context.WithTimeout(ctx, unanswered-r.unansweredFor())
-	defer cancel()
-	if r.last.Load() != nil {
-		cancel() // the next answer, not waited for
-	}
-	return r.answer(wait, unanswered)
+	return r.answer(ctx, unanswered, r.last.Load() == nil)
 }
 
-// checked is CheckStore's answer.
+// checked is CheckStore's answer: the next answer is waited for unless
+// the last took longer than unanswered.
 func (r *readiness) checked(ctx context.Context, unanswered time.Duration) (throttled, err error) {
-	wait := unanswered - r.unansweredFor()
-	if last := r.last.Load(); last != nil && last.took > unanswered {
-		wait = 0 // the next answer, not waited for
-	}
-	ctx, cancel := context.WithTimeout(ctx, wait)
-	defer cancel()
-	return r.answer(ctx, unanswered)
+	last := r.last.Load()
+	return r.answer(ctx, unanswered, last == nil || last.took <= unanswered)
 }
 
 // answer reads the index, starts a lookup unless one is under way, waits
-// for it within wait, and returns the last lookup's answer; not ready if
-// the lookup under way has been unanswered for longer than unanswered.
-func (r *readiness) answer(wait context.Context, unanswered time.Duration) (throttled, err error) {
+// for it if waitNext until it has gone unanswered for unanswered, and
+// returns the last lookup's answer; not ready if the lookup under way has
+// been unanswered for longer than unanswered.
+func (r *readiness) answer(ctx context.Context, unanswered time.Duration, waitNext bool) (throttled, err error) {
+	wait := unanswered - r.unansweredFor()
+	if !waitNext {
+		wait = 0
+	}
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
 	if err := r.ping(); err != nil {
 		return nil, err
 	}
-	throttled, err = r.look(wait)
+	throttled, err = r.look(ctx)
 	if err := r.noAnswer(unanswered); err != nil {
 		return nil, err
 	}
