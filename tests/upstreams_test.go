@@ -122,26 +122,43 @@ func TestUpstreamRouting(t *testing.T) {
 // host may have capitals: GHCR.io/owner/app): each spelling reaches the
 // configured upstream, Docker Hub's aliases too.
 func TestUpstreamHostInAnyCase(t *testing.T) {
-	hub := fixture.StartUpstream(t)
-	ghcr := fixture.StartUpstream(t)
-	hubImg := hub.SeedImage(t, "library/app", "v1", 1, 4<<10)
-	ghcrImg := ghcr.SeedImage(t, "owner/app", "v1", 1, 4<<10)
-	m := servertest.StartUpstreams(t, []servertest.Upstream{
-		{Host: "docker.io", URL: hub.URL()},
-		{Host: "ghcr.io", URL: ghcr.URL()},
-	}, nil)
-	cases := []struct {
-		name, query string
-		img         *fixture.Image
-	}{
+	m, _, hubImg, ghcrImg := startHubAndGHCR(t, "ghcr.io")
+	wantImagesNamed(t, m, []namedImage{
 		{"owner/app", "?ns=GHCR.io", ghcrImg},
 		{"GHCR.IO/owner/app", "", ghcrImg},
 		{"GHCR.io/owner/app", "?ns=ghcr.IO", ghcrImg},
 		{"library/app", "?ns=Docker.IO", hubImg},
 		{"app", "?ns=Index.Docker.IO", hubImg},
 		{"Docker.io/library/app", "", hubImg},
-	}
-	for _, c := range cases {
+	})
+}
+
+// startHubAndGHCR starts a mirror of two upstreams: docker.io, holding
+// library/app:v1 (hubImg), and one configured as ghcrHost, holding
+// owner/app:v1 (ghcrImg).
+func startHubAndGHCR(t *testing.T, ghcrHost string) (m *servertest.Server, ghcr *fixture.Upstream, hubImg, ghcrImg *fixture.Image) {
+	hub := fixture.StartUpstream(t)
+	ghcr = fixture.StartUpstream(t)
+	hubImg = hub.SeedImage(t, "library/app", "v1", 1, 4<<10)
+	ghcrImg = ghcr.SeedImage(t, "owner/app", "v1", 1, 4<<10)
+	m = servertest.StartUpstreams(t, []servertest.Upstream{
+		{Host: "docker.io", URL: hub.URL()},
+		{Host: ghcrHost, URL: ghcr.URL()},
+	}, nil)
+	return m, ghcr, hubImg, ghcrImg
+}
+
+// namedImage is an image as a client names it: a repository and a query
+// (?ns=).
+type namedImage struct {
+	name, query string
+	img         *fixture.Image
+}
+
+// wantImagesNamed pulls each image through m as it is named, its tag v1
+// and then the whole image, each a subtest.
+func wantImagesNamed(t *testing.T, m *servertest.Server, images []namedImage) {
+	for _, c := range images {
 		t.Run(c.name+c.query, func(t *testing.T) {
 			wantManifest(t, get(t, m.URL()+"/v2/"+c.name+"/manifests/v1"+c.query), c.img.Manifest, c.img.MediaType)
 			wantImageAt(t, m, c.name, c.query, c.img)
@@ -158,18 +175,8 @@ func TestUpstreamHostInAnyCase(t *testing.T) {
 func TestUpstreamHostWithDefaultPort(t *testing.T) {
 	for _, configured := range []string{"ghcr.io", "ghcr.io:443"} {
 		t.Run(configured, func(t *testing.T) {
-			hub := fixture.StartUpstream(t)
-			ghcr := fixture.StartUpstream(t)
-			hubImg := hub.SeedImage(t, "library/app", "v1", 1, 4<<10)
-			ghcrImg := ghcr.SeedImage(t, "owner/app", "v1", 1, 4<<10)
-			m := servertest.StartUpstreams(t, []servertest.Upstream{
-				{Host: "docker.io", URL: hub.URL()},
-				{Host: configured, URL: ghcr.URL()},
-			}, nil)
-			cases := []struct {
-				name, query string
-				img         *fixture.Image
-			}{
+			m, ghcr, hubImg, ghcrImg := startHubAndGHCR(t, configured)
+			wantImagesNamed(t, m, []namedImage{
 				{"owner/app", "?ns=ghcr.io:443", ghcrImg},
 				{"owner/app", "?ns=ghcr.io", ghcrImg},
 				{"ghcr.io:443/owner/app", "", ghcrImg},
@@ -179,13 +186,7 @@ func TestUpstreamHostWithDefaultPort(t *testing.T) {
 				{"library/app", "?ns=docker.io:443", hubImg},
 				{"app", "?ns=index.docker.io:443", hubImg},
 				{"registry-1.docker.io:443/library/app", "", hubImg},
-			}
-			for _, c := range cases {
-				t.Run(c.name+c.query, func(t *testing.T) {
-					wantManifest(t, get(t, m.URL()+"/v2/"+c.name+"/manifests/v1"+c.query), c.img.Manifest, c.img.MediaType)
-					wantImageAt(t, m, c.name, c.query, c.img)
-				})
-			}
+			})
 			for _, path := range []string{"ghcr.io:5000/owner/app/manifests/v1", "owner/app/manifests/v1?ns=ghcr.io:5000"} {
 				wantError(t, get(t, m.URL()+"/v2/"+path), http.StatusNotFound, "NAME_UNKNOWN")
 			}
