@@ -74,6 +74,16 @@ func pushSubject(t *testing.T, host string) v1.Descriptor {
 	return v1.Descriptor{MediaType: types.OCIManifestSchema1, Digest: d, Size: size}
 }
 
+// startSubject serves h, a registry (referrersRegistry, or one wrapped),
+// until the test ends, and pushes a subject to it (pushSubject).
+func startSubject(t *testing.T, h http.Handler) (up *httptest.Server, host string, subject v1.Descriptor) {
+	t.Helper()
+	up = httptest.NewServer(h)
+	t.Cleanup(up.Close)
+	host = strings.TrimPrefix(up.URL, "http://")
+	return up, host, pushSubject(t, host)
+}
+
 // byType is the referrers list at u filtered by one artifactType.
 func byType(u, artifactType string) string {
 	return u + "?artifactType=" + url.QueryEscape(artifactType)
@@ -130,10 +140,7 @@ func wantReferrers(t *testing.T, r response, cache string, filtered bool, digest
 // mirror, also to a cached unfiltered list; HEAD answers the same headers;
 // a subject never seen with the upstream down is a 404 with an empty index.
 func TestReferrersCached(t *testing.T) {
-	up := httptest.NewServer(referrersRegistry())
-	t.Cleanup(up.Close)
-	host := strings.TrimPrefix(up.URL, "http://")
-	subject := pushSubject(t, host)
+	up, host, subject := startSubject(t, referrersRegistry())
 	imgDigest := subject.Digest
 	sig := pushReferrer(t, host, "library/signed", sigType, subject)
 	sbom := pushReferrer(t, host, "library/signed", sbomType, subject)
@@ -189,15 +196,12 @@ func TestReferrersCached(t *testing.T) {
 func TestReferrersBadArtifactType(t *testing.T) {
 	var asked atomic.Int64
 	reg := referrersRegistry()
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	up, host, subject := startSubject(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if strings.Contains(r.URL.Path, "/referrers/") {
 			asked.Add(1)
 		}
 		reg.ServeHTTP(w, r)
 	}))
-	t.Cleanup(up.Close)
-	host := strings.TrimPrefix(up.URL, "http://")
-	subject := pushSubject(t, host)
 	sig := pushReferrer(t, host, "library/signed", sigType, subject)
 	asked.Store(0) // the push asked, for the subject
 	m := servertest.Start(t, up.URL)
@@ -219,7 +223,7 @@ func TestReferrersBadArtifactType(t *testing.T) {
 func TestReferrersNotAnIndexIsBadGateway(t *testing.T) {
 	var bad atomic.Value
 	reg := referrersRegistry()
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	up, host, subject := startSubject(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if b, _ := bad.Load().(string); b != "" && strings.Contains(r.URL.Path, "/referrers/") {
 			w.Header().Set("Content-Type", oci.MediaTypeOCIIndex)
 			io.WriteString(w, b)
@@ -227,9 +231,6 @@ func TestReferrersNotAnIndexIsBadGateway(t *testing.T) {
 		}
 		reg.ServeHTTP(w, r)
 	}))
-	t.Cleanup(up.Close)
-	host := strings.TrimPrefix(up.URL, "http://")
-	subject := pushSubject(t, host)
 	sig := pushReferrer(t, host, "library/signed", sigType, subject)
 	for _, body := range []string{
 		`null`, `{}`, `{"schemaVersion":2}`,
@@ -260,16 +261,13 @@ func TestReferrersNotAnIndexIsBadGateway(t *testing.T) {
 func TestPingNotFoundKeepsCachedReferrers(t *testing.T) {
 	reg := referrersRegistry()
 	var broken atomic.Bool
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	up, host, subject := startSubject(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if broken.Load() && r.URL.Path == "/v2/" {
 			http.NotFound(w, r)
 			return
 		}
 		reg.ServeHTTP(w, r)
 	}))
-	t.Cleanup(up.Close)
-	host := strings.TrimPrefix(up.URL, "http://")
-	subject := pushSubject(t, host)
 	sig := pushReferrer(t, host, "library/signed", sigType, subject)
 	m := servertest.Start(t, up.URL)
 	u := func() string { return m.URL() + "/v2/signed/referrers/" + subject.Digest.String() }
@@ -476,10 +474,7 @@ func pagingReferrers(h http.Handler) http.Handler {
 // page): the mirror answers the whole list, and a fill stores every
 // referrer, not only the first page's.
 func TestReferrersPaged(t *testing.T) {
-	up := httptest.NewServer(pagingReferrers(referrersRegistry()))
-	t.Cleanup(up.Close)
-	host := strings.TrimPrefix(up.URL, "http://")
-	subject := pushSubject(t, host)
+	up, host, subject := startSubject(t, pagingReferrers(referrersRegistry()))
 	sig := pushReferrer(t, host, "library/signed", sigType, subject)
 	sbom := pushReferrer(t, host, "library/signed", sbomType, subject)
 
@@ -504,10 +499,7 @@ func TestReferrersPaged(t *testing.T) {
 // cached (older) whole list, so the new SBOM was listed offline but its
 // manifest and blobs were never stored.
 func TestReferrersFilteredMissStoresWhatItLists(t *testing.T) {
-	up := httptest.NewServer(referrersRegistry())
-	t.Cleanup(up.Close)
-	host := strings.TrimPrefix(up.URL, "http://")
-	subject := pushSubject(t, host)
+	up, host, subject := startSubject(t, referrersRegistry())
 	sig := pushReferrer(t, host, "library/signed", sigType, subject)
 
 	m := servertest.Start(t, up.URL)
@@ -516,7 +508,7 @@ func TestReferrersFilteredMissStoresWhatItLists(t *testing.T) {
 	m.WaitIdle()
 
 	sbom := pushReferrer(t, host, "library/signed", sbomType, subject)
-	bySBOM := u + "?" + url.Values{"artifactType": {sbomType}}.Encode()
+	bySBOM := byType(u, sbomType)
 	wantReferrers(t, get(t, bySBOM), "miss", true, sbom)
 	m.WaitIdle()
 
@@ -538,16 +530,13 @@ func TestReferrersFillRetriedAfterFailure(t *testing.T) {
 	var layer atomic.Value
 	layer.Store("")
 	reg := referrersRegistry()
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	up, host, subject := startSubject(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if l := layer.Load().(string); refuse.Load() && l != "" && strings.HasSuffix(r.URL.Path, "/blobs/"+l) {
 			http.Error(w, "refused", http.StatusNotFound)
 			return
 		}
 		reg.ServeHTTP(w, r)
 	}))
-	t.Cleanup(up.Close)
-	host := strings.TrimPrefix(up.URL, "http://")
-	subject := pushSubject(t, host)
 	sig := pushReferrer(t, host, "library/signed", sigType, subject)
 	sr, _ := name.ParseReference(host+"/library/signed@"+sig, name.Insecure)
 	img, err := remote.Image(sr)
@@ -716,10 +705,7 @@ func TestReferrersEntryBackUpstreamListedAgainWithReferrersOff(t *testing.T) {
 // naming a signature the mirror no longer had: each revalidation found it
 // unchanged and stored nothing, and offline the signature was a 503.
 func TestReferrersOfASubjectNotHeldGoAtCollection(t *testing.T) {
-	up := httptest.NewServer(referrersRegistry())
-	t.Cleanup(up.Close)
-	host := strings.TrimPrefix(up.URL, "http://")
-	subject := pushSubject(t, host)
+	up, host, subject := startSubject(t, referrersRegistry())
 	sig := pushReferrer(t, host, "library/signed", sigType, subject)
 	m := servertest.Start(t, up.URL)
 	u := m.URL() + "/v2/signed/"
@@ -746,10 +732,7 @@ func TestReferrersOfASubjectNotHeldGoAtCollection(t *testing.T) {
 // applied: the others' entries were dropped while the answer said it
 // was filtered, so a client took them for absent.
 func TestReferrersSeveralArtifactTypes(t *testing.T) {
-	up := httptest.NewServer(referrersRegistry())
-	t.Cleanup(up.Close)
-	host := strings.TrimPrefix(up.URL, "http://")
-	subject := pushSubject(t, host)
+	up, host, subject := startSubject(t, referrersRegistry())
 	sig := pushReferrer(t, host, "library/signed", sigType, subject)
 	sbom := pushReferrer(t, host, "library/signed", sbomType, subject)
 	pushReferrer(t, host, "library/signed", "application/vnd.example.other.v1+json", subject)
@@ -773,10 +756,7 @@ func TestReferrersSeveralArtifactTypes(t *testing.T) {
 // the signature stored while its list was forgotten: offline the client got
 // a 404 and took the image for unsigned.
 func TestReferrersOfASubjectHeldInAnotherRepositoryStayAtCollection(t *testing.T) {
-	up := httptest.NewServer(referrersRegistry())
-	t.Cleanup(up.Close)
-	host := strings.TrimPrefix(up.URL, "http://")
-	subject := pushSubject(t, host)
+	up, host, subject := startSubject(t, referrersRegistry())
 	sig := pushReferrer(t, host, "library/other", sigType, subject)
 	m := servertest.Start(t, up.URL)
 	if r := get(t, m.URL()+"/v2/signed/manifests/1"); r.status != http.StatusOK {
@@ -807,7 +787,7 @@ func TestReferrersListOverTheLimit(t *testing.T) {
 	paged := sha([]byte("an image listed in pages"))
 	var huge atomic.Bool
 	reg := referrersRegistry()
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	up, host, subject := startSubject(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !huge.Load() || !strings.Contains(r.URL.Path, "/referrers/") {
 			reg.ServeHTTP(w, r)
 			return
@@ -833,9 +813,6 @@ func TestReferrersListOverTheLimit(t *testing.T) {
 		w.Header().Set("Content-Type", oci.MediaTypeOCIIndex)
 		io.WriteString(w, b.String())
 	}))
-	t.Cleanup(up.Close)
-	host := strings.TrimPrefix(up.URL, "http://")
-	subject := pushSubject(t, host)
 	sig := pushReferrer(t, host, "library/signed", sigType, subject)
 	m := servertest.Start(t, up.URL)
 	u := m.URL() + "/v2/signed/referrers/"

@@ -4,7 +4,6 @@ package tests
 
 import (
 	"encoding/json"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -58,10 +57,7 @@ func runClient(t *testing.T, home, bin string, args ...string) string {
 // mirror with the upstream down.
 func TestReferrersAndCatalogOfflineClients(t *testing.T) {
 	oras, regctl := offlineClientBin(t, "oras"), offlineClientBin(t, "regctl")
-	up := httptest.NewServer(referrersRegistry())
-	t.Cleanup(up.Close)
-	host := strings.TrimPrefix(up.URL, "http://")
-	subject := pushSubject(t, host)
+	up, host, subject := startSubject(t, referrersRegistry())
 	imgDigest := subject.Digest
 	sig := pushReferrer(t, host, "library/signed", sigType, subject)
 	sbom := pushReferrer(t, host, "library/signed", sbomType, subject)

@@ -419,10 +419,7 @@ func (c *countingHandler) reset() {
 func TestFillStoresReferrersFromTheAPI(t *testing.T) {
 	counter := &countingHandler{h: referrersRegistry()}
 	counter.reset()
-	up := httptest.NewServer(counter)
-	t.Cleanup(up.Close)
-	host := strings.TrimPrefix(up.URL, "http://")
-	subject := pushSubject(t, host)
+	up, host, subject := startSubject(t, counter)
 	imgDigest := subject.Digest
 	sig := pushReferrer(t, host, "library/signed", sigType, subject)
 	counter.reset()

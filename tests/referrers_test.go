@@ -3,8 +3,6 @@ package tests
 import (
 	"encoding/json"
 	"net/http"
-	"net/http/httptest"
-	"strings"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -23,10 +21,7 @@ import (
 // mirror, and then pulled like any manifest. An upstream without the API
 // gives a 404, which tells clients to fall back to the tag schema.
 func TestReferrers(t *testing.T) {
-	up := httptest.NewServer(referrersRegistry())
-	t.Cleanup(up.Close)
-	host := strings.TrimPrefix(up.URL, "http://")
-	subject := pushSubject(t, host)
+	up, host, subject := startSubject(t, referrersRegistry())
 	imgDigest := subject.Digest
 	sig, err := random.Image(64, 1)
 	if err != nil {

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -249,10 +248,7 @@ func TestSharedBucketS3Unreachable(t *testing.T) {
 // the bucket, and the one that had listed it but answered 503 for it.
 func TestSharedBucketCollectionKeepsOtherReplicasReferrers(t *testing.T) {
 	_, _, onBucket := sharedBucket(t)
-	up := httptest.NewServer(referrersRegistry())
-	t.Cleanup(up.Close)
-	host := strings.TrimPrefix(up.URL, "http://")
-	subject := pushSubject(t, host)
+	up, host, subject := startSubject(t, referrersRegistry())
 	sig := pushReferrer(t, host, "library/signed", sigType, subject)
 	ups := []servertest.Upstream{{Host: proxy.DefaultHost, URL: up.URL}}
 	a := servertest.StartConfigured(t, ups, onBucket)
