@@ -339,6 +339,19 @@ func resolve(t *testing.T, args []string, env map[string]string) (config.Config,
 	})
 }
 
+// resolveWithFile is resolve with a config file holding yaml (none if
+// yaml is empty) given first; it returns the file's path ("" if none).
+func resolveWithFile(t *testing.T, yaml string, args []string, env map[string]string) (string, error) {
+	t.Helper()
+	file := ""
+	if yaml != "" {
+		file = writeFile(t, yaml)
+		args = append([]string{"--config", file}, args...)
+	}
+	_, err := resolve(t, args, env)
+	return file, err
+}
+
 func mustResolve(t *testing.T, args []string, env map[string]string) config.Config {
 	t.Helper()
 	c, err := resolve(t, args, env)
@@ -1276,12 +1289,7 @@ func TestContradictions(t *testing.T) {
 			want: `config FILE: storage (line 1), destination (--destination): give one: with a destination, mirrored content is kept in that registry and storage.inmemory would not be used`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			args, file := tt.args, ""
-			if tt.file != "" {
-				file = writeFile(t, tt.file)
-				args = append([]string{"--config", file}, args...)
-			}
-			_, err := resolve(t, args, tt.env)
+			file, err := resolveWithFile(t, tt.file, tt.args, tt.env)
 			if tt.want == "" {
 				if err != nil {
 					t.Fatal(err)

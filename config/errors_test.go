@@ -24,12 +24,7 @@ func TestUpstreamHostErrorNamesItsFlag(t *testing.T) {
 		{name: "flag and file", file: "upstreams:\n  quay.io: https://quay.io\n", args: []string{"--upstream", "Ghcr.io=https://ghcr.io"}, want: `config: upstreams: invalid host "Ghcr.io"`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			args, file := tt.args, ""
-			if tt.file != "" {
-				file = writeFile(t, tt.file)
-				args = append([]string{"--config", file}, args...)
-			}
-			_, err := resolve(t, args, tt.env)
+			file, err := resolveWithFile(t, tt.file, tt.args, tt.env)
 			if want := strings.ReplaceAll(tt.want, "FILE", file); err == nil || !strings.HasPrefix(err.Error(), want) {
 				t.Errorf("error %v\nwant  %s...", err, want)
 			}
@@ -148,12 +143,7 @@ func TestConfigErrorMessages(t *testing.T) {
 		{name: "flag and file in one block", file: "upstreams:\n  quay.io:\n    username: bot\n", args: []string{"--upstream", "ghcr.io=https://ghcr.io"}, want: `config: upstreams.quay.io.url: missing`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			args, file := tt.args, ""
-			if tt.file != "" {
-				file = writeFile(t, tt.file)
-				args = append([]string{"--config", file}, args...)
-			}
-			_, err := resolve(t, args, tt.env)
+			file, err := resolveWithFile(t, tt.file, tt.args, tt.env)
 			if err == nil {
 				t.Fatal("accepted")
 			}
