@@ -380,3 +380,51 @@ func TestPasswordFileRotated(t *testing.T) {
 		t.Fatalf("after the password was rotated in its file: %v", err)
 	}
 }
+
+// TestDockerConfigCredentialsWithOrWithoutPort443: an upstream configured
+// with HTTPS's port written out (ghcr.io:443) or left out (ghcr.io) takes
+// docker_config's credentials stored under either spelling, with or
+// without a scheme (docker login ghcr.io writes ghcr.io, docker login
+// ghcr.io:443 writes ghcr.io:443, older clients https://ghcr.io): the
+// keychain looked only for the configured spelling, and every pull of a
+// private image was refused as anonymous.
+func TestDockerConfigCredentialsWithOrWithoutPort443(t *testing.T) {
+	up := fixture.StartTokenAuthUpstream(t, map[string]string{"bot": "s3cret"})
+	img := up.SeedImage(t, "owner/private", "1", 1, 1<<10)
+	auth := base64.StdEncoding.EncodeToString([]byte("bot:s3cret"))
+	for _, c := range []struct{ configured, stored string }{
+		{"ghcr.io:443", "ghcr.io"},
+		{"ghcr.io:443", "https://ghcr.io"},
+		{"ghcr.io:443", "ghcr.io:443"},
+		{"ghcr.io", "ghcr.io:443"},
+		{"ghcr.io", "https://ghcr.io:443"},
+		{"ghcr.io", "https://ghcr.io"},
+	} {
+		t.Run(c.configured+" stored as "+c.stored, func(t *testing.T) {
+			dockerConfig := t.TempDir()
+			if err := os.WriteFile(filepath.Join(dockerConfig, "config.json"),
+				[]byte(`{"auths":{"`+c.stored+`":{"auth":"`+auth+`"}}}`), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			t.Setenv("HOME", t.TempDir())
+			t.Setenv("DOCKER_CONFIG", dockerConfig)
+			cfg := config.Default()
+			cfg.Upstreams = map[string]config.Upstream{c.configured: {URL: up.URL(), DockerConfig: true}}
+			clients, err := Upstreams(cfg, metrics.New(), func(string) (string, bool) { return "", false })
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, cl := range clients {
+				if cl.Host() != c.configured {
+					continue
+				}
+				m, err := cl.Manifest(t.Context(), "owner/private", oci.Ref{Tag: "1"})
+				if err != nil || m.Digest.String() != img.Digest {
+					t.Fatalf("manifest %v, %v; want %s", m, err, img.Digest)
+				}
+				return
+			}
+			t.Fatalf("no client for %s", c.configured)
+		})
+	}
+}

@@ -238,7 +238,7 @@ func New(host, rawURL string, opts ...Option) (*Client, error) {
 		if _, err := c.keychain.Resolve(reg); err != nil {
 			return nil, fmt.Errorf("upstream %s: reading credentials: %w", host, err)
 		}
-		c.auth = keychainAuth{kc: c.keychain, reg: reg}
+		c.auth = keychainAuth{kc: c.keychain, reg: reg, aliases: portKeys(host)}
 		if reg.RegistryStr() == name.DefaultRegistry {
 			c.auth = keychainAuth{kc: c.keychain, reg: reg, aliases: dockerHubKeys}
 		}
@@ -264,6 +264,21 @@ type keychainAuth struct {
 // URL, which an operator logs in to. (docker.io, as podman login writes
 // it, the keychain maps to Docker's key: it cannot be asked for.)
 var dockerHubKeys = []authn.Resource{configKey("registry-1.docker.io")}
+
+// portKeys is the other key a registry's credentials may be stored under:
+// its host with HTTPS's port 443 written out or left out, as docker login
+// ghcr.io:443 stores them under ghcr.io:443 and docker login ghcr.io under
+// ghcr.io, and clients name the registry either way. (A key with a
+// scheme, https://ghcr.io, Docker's config finds for either spelling.)
+func portKeys(host string) []authn.Resource {
+	if short, ok := strings.CutSuffix(host, ":443"); ok {
+		return []authn.Resource{configKey(short)}
+	}
+	if _, _, err := net.SplitHostPort(host); err != nil {
+		return []authn.Resource{configKey(host + ":443")}
+	}
+	return nil
+}
 
 // configKey is a key of a Docker config's auths, as a keychain's resource.
 type configKey string
