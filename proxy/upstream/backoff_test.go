@@ -1,8 +1,12 @@
 package upstream
 
 import (
+	"bytes"
+	"io"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -339,5 +343,67 @@ func TestRetryAfterOn503FromToken(t *testing.T) {
 	clock.Advance(20 * time.Second)
 	if _, err := c.Manifest(t.Context(), "library/x", v1); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestStorageRetryAfterBackOff: a 429 with a Retry-After of the host the
+// registry redirects blobs to (a CDN, a signed URL's storage) leaves that
+// host alone until then: the blobs asked for meanwhile fail at once with
+// the seconds left, the storage not asked again (it was, once per request
+// that reached the mirror, each one adding to the load it refused), while
+// the registry's own requests go on (its back-off is its own). On a fake
+// clock.
+func TestStorageRetryAfterBackOff(t *testing.T) {
+	clock := newFakeClock()
+	var stored atomic.Int64
+	storage := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if stored.Add(1) == 1 { // rate-limited once, then served
+			w.Header().Set("Retry-After", "60")
+			w.WriteHeader(http.StatusTooManyRequests)
+			return
+		}
+		_, _ = w.Write(manifestB)
+	}))
+	t.Cleanup(storage.Close)
+	r := startRegistry(t, func(w http.ResponseWriter, req *http.Request) {
+		if strings.Contains(req.URL.Path, "/blobs/") {
+			http.Redirect(w, req, storage.URL+"/blob?X-Amz-Signature=s", http.StatusTemporaryRedirect)
+			return
+		}
+		w.Header().Set("Content-Type", ociManifest)
+		_, _ = w.Write(manifestA)
+	})
+	c := r.client(t, WithClock(clock.Now))
+	ctx := t.Context()
+	blob := digest.FromBytes(manifestB)
+
+	_, _, err := c.Blob(ctx, "library/x", blob, 0)
+	wantRetryAfter(t, err, "60")
+	clock.Advance(20 * time.Second)
+	_, _, err = c.Blob(ctx, "library/x", blob, 0)
+	if ue := wantRetryAfter(t, err, "40"); !ue.Temporary() {
+		t.Fatalf("not temporary: %v", err)
+	}
+	_, _, err = c.Blob(ctx, "library/y", digest.FromBytes(manifestA), 0)
+	wantRetryAfter(t, err, "40")
+	if n := stored.Load(); n != 1 {
+		t.Fatalf("the storage was asked %d times while backing off, want once", n)
+	}
+	if _, err := c.Manifest(ctx, "library/x", v1); err != nil {
+		t.Fatalf("a manifest of the registry while its storage backs off: %v", err)
+	}
+
+	clock.Advance(40 * time.Second) // the back-off is over
+	body, _, err := c.Blob(ctx, "library/x", blob, 0)
+	if err != nil {
+		t.Fatalf("after the back-off: %v", err)
+	}
+	got, err := io.ReadAll(body)
+	body.Close()
+	if err != nil || !bytes.Equal(got, manifestB) {
+		t.Fatalf("blob %q, %v; want the storage's", got, err)
+	}
+	if n := stored.Load(); n != 2 {
+		t.Fatalf("the storage was asked %d times, want 2", n)
 	}
 }

@@ -102,8 +102,12 @@ type Client struct {
 	// repositories whose tokens the mirror holds go on while the token
 	// server (auth.docker.io, a host of its own) rate-limits logins.
 	retry, tokenRetry backoff
-	now               func() time.Time
-	timeout           time.Duration
+	// storageRetry holds the back-offs of the hosts the registry
+	// redirects to (its storage: a CDN, a signed URL's), one of each
+	// host, begun by that host's own 429 (retryOf).
+	storageRetry *lru.Cache[string, *backoff]
+	now          func() time.Time
+	timeout      time.Duration
 	// guard, if set, is the dial guard of base, to which the token realm
 	// of the upstream's own challenge on its own host is added.
 	guard *Guard
@@ -121,6 +125,9 @@ type backoff struct {
 	mu     sync.Mutex
 	until  time.Time
 	status int
+	// storage is the host of the registry's storage b is of ("" for
+	// the registry's own and its token server's).
+	storage string
 }
 
 // end returns when b's back-off ends.
@@ -206,19 +213,20 @@ func New(host, rawURL string, opts ...Option) (*Client, error) {
 		return nil, fmt.Errorf("upstream %s: invalid host %q: %w", host, u.Host, err)
 	}
 	c := &Client{
-		host:        host,
-		scheme:      u.Scheme,
-		registry:    reg,
-		auth:        authn.Anonymous,
-		transports:  mustLRU[http.RoundTripper](),
-		challenges:  mustLRU[*pingAnswer](),
-		refused:     mustLRU[refusal](),
-		tokens:      mustLRU[tokenAnswer](),
-		disagreeing: mustLRU[struct{}](),
-		took:        mustLRU[struct{}](),
-		bareRenewed: mustLRU[time.Time](),
-		now:         time.Now,
-		timeout:     DefaultTimeout,
+		host:         host,
+		scheme:       u.Scheme,
+		registry:     reg,
+		auth:         authn.Anonymous,
+		transports:   mustLRU[http.RoundTripper](),
+		challenges:   mustLRU[*pingAnswer](),
+		refused:      mustLRU[refusal](),
+		tokens:       mustLRU[tokenAnswer](),
+		disagreeing:  mustLRU[struct{}](),
+		took:         mustLRU[struct{}](),
+		bareRenewed:  mustLRU[time.Time](),
+		storageRetry: mustLRU[*backoff](),
+		now:          time.Now,
+		timeout:      DefaultTimeout,
 	}
 	c.health.remaining, c.health.rateLimit = -1, -1
 	for _, o := range opts {
@@ -1264,7 +1272,8 @@ func (a tokenAnswer) response(req *http.Request) *http.Response {
 
 // roundTrip sends req, a token request if token: its 429 (or 503 with a
 // Retry-After) holds back the token requests (c.tokenRetry), a registry
-// request's every request (c.retry), its storage's none (retryOf).
+// request's every request (c.retry), its storage's the requests
+// redirected to that host (retryOf).
 func (t tokenLimits) roundTrip(req *http.Request, token bool) (*http.Response, error) {
 	toRealm := t.realm != nil && req.URL.Host == t.c.registry.RegistryStr() && req.URL.Path == standInPath
 	if toRealm {
@@ -1284,16 +1293,18 @@ func (t tokenLimits) roundTrip(req *http.Request, token bool) (*http.Response, e
 	if bearer && resp.StatusCode != http.StatusUnauthorized && registry && !t.c.took.Contains(tok) {
 		t.c.took.Add(tok, struct{}{})
 	}
-	b := t.c.retryOf(req.URL.Host)
-	if token {
-		b = &t.c.tokenRetry
+	retry := func() *backoff { // the back-off the answer begins
+		if token {
+			return &t.c.tokenRetry
+		}
+		return t.c.retryOf(req.URL.Host)
 	}
 	switch resp.StatusCode {
 	case http.StatusTooManyRequests:
-		t.c.backOff(b, resp.Header.Get("Retry-After"), http.StatusTooManyRequests)
+		t.c.backOff(retry(), resp.Header.Get("Retry-After"), http.StatusTooManyRequests)
 	case http.StatusServiceUnavailable:
 		if ra := resp.Header.Get("Retry-After"); ra != "" {
-			t.c.backOff(b, ra, http.StatusServiceUnavailable) // as statusError does
+			t.c.backOff(retry(), ra, http.StatusServiceUnavailable) // as statusError does
 		}
 	case http.StatusUnauthorized:
 		if bearer && registry {
@@ -1774,7 +1785,7 @@ func (c *Client) send(ctx context.Context, t http.RoundTripper, req *http.Reques
 	// signed URL, after a new handshake) would otherwise start with, and
 	// which redirects pass on to the same domain (a storage on the
 	// upstream's host name, another port, or a subdomain).
-	resp, err := (&http.Client{Transport: t, CheckRedirect: lastRedirect}).Do(req.Clone(rctx))
+	resp, err := (&http.Client{Transport: t, CheckRedirect: c.checkRedirect(r)}).Do(req.Clone(rctx))
 	timer.Stop()
 	if err != nil {
 		cause := context.Cause(ctx)
@@ -1795,15 +1806,23 @@ func (c *Client) send(ctx context.Context, t http.RoundTripper, req *http.Reques
 	return resp, nil
 }
 
-// lastRedirect follows redirects as Go does, and ends a loop of them (a
+// checkRedirect follows redirects as Go does, and ends a loop of them (a
 // misconfigured storage or CDN) where Go does, at the tenth, with that
 // redirect as the answer: the upstream answered, and is not unreachable
 // (the status page would show it so, with every request it answers).
-func lastRedirect(_ *http.Request, via []*http.Request) error {
-	if len(via) >= 10 {
-		return http.ErrUseLastResponse
+// A redirect of r to a storage host whose back-off is in force (its 429,
+// or 503 saying when to come back) fails with it, not sent: each request
+// the mirror gets would add one to the load the host refused.
+func (c *Client) checkRedirect(r call) func(*http.Request, []*http.Request) error {
+	return func(req *http.Request, via []*http.Request) error {
+		if len(via) >= 10 {
+			return http.ErrUseLastResponse
+		}
+		if b, ok := c.storageRetry.Peek(req.URL.Host); ok && req.URL.Host != c.registry.RegistryStr() {
+			return c.backingOff(b, r)
+		}
+		return nil
 	}
-	return nil
 }
 
 // cancelOnClose releases a request's context with its body, counts the
@@ -1842,8 +1861,8 @@ func (b *cancelOnClose) Close() error {
 }
 
 // backingOff fails while the Retry-After of b's 429 (or 503) has not
-// passed, with that status: b is c.retry, the registry's, or
-// c.tokenRetry, its token server's.
+// passed, with that status: b is c.retry, the registry's, c.tokenRetry,
+// its token server's, or a storage host's (retryOf).
 func (c *Client) backingOff(b *backoff, r call) error {
 	b.mu.Lock()
 	wait, status := b.until.Sub(c.now()), b.status
@@ -1856,12 +1875,16 @@ func (c *Client) backingOff(b *backoff, r call) error {
 	if status == http.StatusServiceUnavailable {
 		why = "said it is unavailable"
 	}
-	if b == &c.tokenRetry {
+	switch {
+	case b == &c.tokenRetry:
 		who, what = c.host+"'s token server", "a token"
+	case b.storage != "":
+		who = c.host + "'s storage " + b.storage
 	}
 	e := c.newError(r.kind, r.what, status, ErrUnavailable, nil, "upstream %s %s; not asking for %s for %ds", who, why, what, secs)
 	e.RetryAfter = strconv.Itoa(secs)
 	e.NotAsked = true
+	e.Storage = b.storage
 	return e
 }
 
@@ -1876,14 +1899,14 @@ func (c *Client) tokensHeld(ctx context.Context) error {
 	return c.backingOff(&c.tokenRetry, call{KindPing, "registry ping"})
 }
 
-// backOff leaves the upstream (b: c.retry), or its token server (b:
-// c.tokenRetry), alone for the Retry-After of an answer of status (429,
+// backOff leaves the upstream (b: c.retry), its token server (b:
+// c.tokenRetry), or a host of its storage (retryOf), alone for the
+// Retry-After of an answer of status (429,
 // or a 503 that says when to come back), and returns the Retry-After to
 // pass on to clients: the upstream's, or, when it sent none that can be
 // read (Docker Hub's pull limit sends none), the seconds of the back-off
 // in force (the mirror's own, which it keeps all the same, or a longer
-// one begun by another request's 429). With b nil (retryOf) it only reads
-// the Retry-After, and records nothing.
+// one begun by another request's 429).
 func (c *Client) backOff(b *backoff, retryAfter string, status int) string {
 	d := DefaultBackoff
 	told := true
@@ -1898,18 +1921,16 @@ func (c *Client) backOff(b *backoff, retryAfter string, status int) string {
 		told = false
 	}
 	d = min(max(d, 0), maxBackoff)
-	if b != nil {
-		b.mu.Lock()
-		now := c.now()
-		if until := now.Add(d); until.After(b.until) {
-			b.until, b.status = until, status
-		}
-		// Untold, the back-off in force: a longer one another request's
-		// 429 began (concurrent requests) holds this client's next
-		// request too.
-		d = max(d, b.until.Sub(now))
-		b.mu.Unlock()
+	b.mu.Lock()
+	now := c.now()
+	if until := now.Add(d); until.After(b.until) {
+		b.until, b.status = until, status
 	}
+	// Untold, the back-off in force: a longer one another request's
+	// 429 began (concurrent requests) holds this client's next
+	// request too.
+	d = max(d, b.until.Sub(now))
+	b.mu.Unlock()
 	if told {
 		return retryAfter
 	}
@@ -1981,15 +2002,19 @@ func (c *Client) statusError(resp *http.Response, r call) error {
 }
 
 // retryOf returns the back-off that a 429 (or a 503 saying when to come
-// back) of host starts: the registry's own, or, for its storage's (a
-// signed URL of a CDN the registry redirected to, which said nothing of
-// the registry's manifests and other blobs), none (nil, which backOff
-// only reads): the client that asked is told when to come back.
+// back) of host starts: the registry's own, or its storage's (a signed
+// URL of a CDN the registry redirected to), that host's alone: it said
+// nothing of the registry's manifests, nor of other hosts' blobs; the
+// requests redirected to it are held (checkRedirect).
 func (c *Client) retryOf(host string) *backoff {
-	if host != c.registry.RegistryStr() {
-		return nil
+	if host == c.registry.RegistryStr() {
+		return &c.retry
 	}
-	return &c.retry
+	b := &backoff{storage: host}
+	if held, ok, _ := c.storageRetry.PeekOrAdd(host, b); ok {
+		return held
+	}
+	return b
 }
 
 // answerer names the host that answered resp in an error: the upstream,
