@@ -119,8 +119,14 @@ func (p *Proxy) runJob(ctx context.Context, job *storage.Job) {
 		}
 		failed := false
 		for i := range job.Images {
-			if job.Images[i].State == storage.JobDone {
-				continue // resumed job: done before the restart
+			// A resumed job: an image finished before the restart keeps
+			// its result, a failure its error, not fetched again.
+			switch job.Images[i].State {
+			case storage.JobDone:
+				continue
+			case storage.JobFailed:
+				failed = true
+				continue
 			}
 			if err := p.prefetchImage(ctx, job, i, pats); err != nil {
 				if p.closing() {
