@@ -614,12 +614,59 @@ func serveBlob(w http.ResponseWriter, r *http.Request, dgst digest.Digest, size 
 		}
 	} else if length >= 0 {
 		src = io.LimitReader(rc, length)
+		if _, local := rc.(storage.File); !local && want < 0 {
+			// To the blob's end, from a store whose body may run past
+			// the size it said (a registry destination's copy changed
+			// behind a redirect): cut there, the answer would end
+			// before the store's check of it (which holds back its own
+			// last byte) reached its end.
+			src = &endingBody{r: rc, left: length, dgst: dgst, size: size}
+		}
 	}
 	n, err := io.Copy(w, src)
 	if err == nil && length >= 0 && n < length {
 		err = fmt.Errorf("blob %s: %w after %d of %d bytes", dgst, io.ErrUnexpectedEOF, n, length)
 	}
 	return err
+}
+
+// endingBody reads the rest of a blob, left bytes of it, from a store:
+// its last byte goes only once the store's body has ended there, so that
+// a body longer than the blob's size is never a whole-looking answer of
+// bytes nobody checked; it fails instead, wrapping
+// storage.ErrDigestMismatch, as a store's check of wrong bytes does.
+type endingBody struct {
+	r    io.Reader
+	left int64
+	dgst digest.Digest
+	size int64
+	err  error // sticky: the last byte held back
+}
+
+func (b *endingBody) Read(p []byte) (int, error) {
+	if b.err != nil {
+		return 0, b.err
+	}
+	if b.left == 0 {
+		return 0, io.EOF
+	}
+	n, err := b.r.Read(p[:min(int64(len(p)), b.left)])
+	b.left -= int64(n)
+	if b.left > 0 || err == io.EOF {
+		return n, err
+	}
+	if err == nil {
+		var one [1]byte
+		k, perr := io.ReadFull(b.r, one[:])
+		if perr == io.EOF {
+			return n, nil // ended with the blob
+		}
+		if err = perr; k > 0 {
+			err = fmt.Errorf("blob %s: more than its %d bytes: %w", b.dgst, b.size, storage.ErrDigestMismatch)
+		}
+	}
+	b.err = err
+	return n - 1, err
 }
 
 // parseRange parses a single-range "bytes=" header against size. ok is

@@ -1791,6 +1791,60 @@ func TestDestinationChangedBlobNotRemovableIsFetchedFromUpstream(t *testing.T) {
 	}
 }
 
+// A registry destination whose GET of a blob sends more than its HEAD
+// said (a redirect to a storage whose copy changed, longer) never has
+// the bytes its HEAD announced answered as a whole blob: the answer was
+// cut at the HEAD's length before the destination's check reached the
+// end of what it sent, and the client got a complete body of bytes
+// nobody had checked. The next pull, the changed copy removed, is the
+// upstream's bytes.
+func TestDestinationBlobLongerThanItsHeadIsNeverServedWhole(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/longer", "1", 1, 64<<10)
+	layer := img.Layers[0]
+	var changed atomic.Bool
+	dest := fixture.StartDestination(t, map[string]string{destUser: destPassword}, fixture.WithFrontEnd(func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if !changed.Load() || r.Method != http.MethodGet || !strings.HasSuffix(r.URL.Path, "/blobs/"+layer) {
+				next.ServeHTTP(w, r) // a HEAD: the size the destination holds
+				return
+			}
+			rec := httptest.NewRecorder()
+			next.ServeHTTP(rec, r)
+			b := rec.Body.Bytes()
+			if rec.Code == http.StatusOK && len(b) > 0 {
+				b[0] ^= 0xff                          // changed
+				b = append(b, make([]byte, 4<<10)...) // and longer
+			}
+			for k, v := range rec.Header() {
+				w.Header()[k] = v
+			}
+			w.Header().Set("Content-Length", fmt.Sprint(len(b)))
+			w.WriteHeader(rec.Code)
+			_, _ = w.Write(b)
+		})
+	}))
+	m := startDestMirror(t, up, dest, nil)
+	wantImage(t, m.Server, "longer", img)
+	m.WaitIdle()
+
+	changed.Store(true)
+	if r := get(t, m.URL()+"/v2/library/longer/blobs/"+layer); r.status == http.StatusOK && r.err == nil && sha(r.body) != layer {
+		t.Fatalf("blob the destination sends longer than its HEAD said, changed, answered whole: %d bytes hashing to %s, want %s or a cut answer",
+			len(r.body), sha(r.body), layer)
+	}
+	m.WaitIdle()
+	changed.Store(false)
+	up.ResetCounts()
+	if r := get(t, m.URL()+"/v2/library/longer/blobs/"+layer); r.status != http.StatusOK || r.err != nil || sha(r.body) != layer {
+		t.Fatalf("pull after the destination sent a longer blob: %d %v, hashing to %s; want its bytes", r.status, r.err, sha(r.body))
+	}
+	if up.BlobBytesFor(layer) == 0 {
+		t.Errorf("pull after the destination sent a longer blob: not fetched from the upstream (the changed copy kept)")
+	}
+	m.WaitIdle()
+}
+
 // A registry destination's whole-blob read cut mid-body is read again
 // from its first byte (TestDestinationBlobChangedAndCutIsNeverServedWhole);
 // a cut of that read before it reaches where the first one broke is a
