@@ -536,7 +536,10 @@ func (s *DriverStore) Put(ctx context.Context, repo string, dgst digest.Digest, 
 	if err = w.Close(); err != nil {
 		return err
 	}
-	return s.driver.Move(ctx, tmp, blobPath(dgst))
+	if err = s.driver.Move(ctx, tmp, blobPath(dgst)); err != nil || s.root == "" {
+		return err
+	}
+	return s.syncNames(s.filePath(dgst)) // the filesystem driver's Move does not
 }
 
 // putInPlace writes r at dgst's final key and commits the write only once
@@ -647,7 +650,27 @@ func (s *DriverStore) Ingest(ctx context.Context, _ string, dgst digest.Digest, 
 		}
 		return err
 	}
-	return nil
+	return s.syncNames(final)
+}
+
+// syncNames fsyncs the directories of the blob file final, from its own
+// up to the store's blobs directory: the rename that moved it into place
+// and the directories made for it are then on disk before the index
+// records the blob, as its data is. Without it a power cut (not a crash
+// of the process: the kernel keeps what it was given) could undo them
+// after the index's commit, which then names a blob the disk lost.
+func (s *DriverStore) syncNames(final string) error {
+	for dir := filepath.Dir(final); ; dir = filepath.Dir(dir) {
+		d, err := os.Open(dir)
+		if err != nil {
+			return err
+		}
+		err = d.Sync()
+		d.Close()
+		if err != nil || dir == s.blobs || len(dir) <= len(s.blobs) {
+			return err
+		}
+	}
 }
 
 // Delete implements Store.
