@@ -324,6 +324,29 @@ func (s *Store) Put(ctx context.Context, repo string, dgst digest.Digest, size i
 			chunkedNext = false
 		}
 	}
+	for try := 0; err != nil && limited.Load() && try < throttledSends; try++ {
+		// Rate-limited (Harbor's, Nexus's 429, a gateway's 503) for a
+		// while it says: sent again once that has passed, if it can be
+		// read again, rather than fail the image's copy at once.
+		wait := time.Duration(limited.wait.Load())
+		if wait < 0 || wait > maxThrottledWait || again() == nil {
+			break
+		}
+		s.abort(ctx, t, sess)
+		sess = &uploadSession{}
+		timer := time.NewTimer(wait)
+		select {
+		case <-timer.C:
+		case <-ctx.Done():
+			timer.Stop()
+		}
+		if ctx.Err() != nil || layer.body.stop() != nil {
+			break
+		}
+		limited.Store(false)
+		layer = &blobLayer{dgst: dgst, size: size, body: newVerifier(again(), dgst, size)}
+		err = send(layer, sess)
+	}
 	if err != nil {
 		// The HTTP client may still be reading the body: let it read no
 		// more of r, which is the caller's again.
@@ -352,6 +375,14 @@ func (s *Store) Put(ctx context.Context, repo string, dgst digest.Digest, size i
 	}
 	return nil
 }
+
+// throttledSends bounds how often a rate-limited upload is sent again
+// (Put), each after the Retry-After; maxThrottledWait is the longest
+// Retry-After waited for: a longer one fails the upload at once.
+const (
+	throttledSends   = 3
+	maxThrottledWait = time.Minute
+)
 
 // Mount implements storage.Mounter: it mounts dgst into repo from the
 // repository from (after a HEAD: a blob repo has is left as it is),

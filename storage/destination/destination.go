@@ -28,6 +28,7 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -454,7 +455,7 @@ func (h *hookTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	if limited, ok := req.Context().Value(rateLimitKey{}).(*rateLimitNote); ok && rateLimits(resp) {
-		limited.Store(true)
+		limited.note(resp.Header.Get("Retry-After"))
 	}
 	// The session is named by the last answer's Location: the POST's,
 	// then each PATCH's (distribution's carries the upload's state, and
@@ -625,7 +626,24 @@ type rateLimitKey struct{}
 // a handshake's or a Put's request asking to slow down (rateLimits): the
 // error of a failed request (go-containerregistry's) keeps the status,
 // not the Retry-After that tells a 503's rate limit from an outage.
-type rateLimitNote struct{ atomic.Bool }
+type rateLimitNote struct {
+	atomic.Bool
+	// wait is the last such answer's Retry-After (-1: none that can be
+	// read, in seconds or as an HTTP date).
+	wait atomic.Int64
+}
+
+// note records an answer asking to slow down, with its Retry-After.
+func (n *rateLimitNote) note(retryAfter string) {
+	wait := time.Duration(-1)
+	if secs, err := strconv.ParseInt(strings.TrimSpace(retryAfter), 10, 64); err == nil && secs >= 0 {
+		wait = time.Duration(min(secs, int64(time.Hour/time.Second))) * time.Second
+	} else if t, err := http.ParseTime(retryAfter); err == nil {
+		wait = max(time.Until(t), 0)
+	}
+	n.wait.Store(int64(wait))
+	n.Store(true)
+}
 
 // drainClose reads what is left of a small response body (so the
 // connection can be reused) and closes it.

@@ -1063,7 +1063,8 @@ func TestFailedCommitCancelsItsSession(t *testing.T) {
 // dropping a kept-alive connection as the request went out) is sent
 // again when its content can be read again (a spool file), rather than
 // failing the image's copy (a prefetch, mirror -d) on one bad answer. A
-// rate limit (503 with Retry-After) is not sent again at once.
+// rate limit (503 with Retry-After) is not sent again at once (here one
+// for longer than Put waits: TestPutThrottledSentAgainAfterRetryAfter).
 func TestPassingUploadFailureSentAgain(t *testing.T) {
 	t.Parallel()
 	for _, tt := range []struct {
@@ -1129,7 +1130,9 @@ func passingFailure(status int, limit bool) http.HandlerFunc {
 			return
 		}
 		if limit {
-			w.Header().Set("Retry-After", "30")
+			// Beyond the bound a throttled upload waits for: not sent
+			// again (one honoured is TestPutThrottledSentAgainAfterRetryAfter's).
+			w.Header().Set("Retry-After", "3600")
 		}
 		w.WriteHeader(status)
 	}
