@@ -88,10 +88,15 @@ func (p *Proxy) blob(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	if r.Method == http.MethodHead || unchanged {
-		if size, ok := p.downloadingSize(ctx, t, dgst); ok {
+		if size, answering, ok := p.downloadingSize(ctx, t, dgst); ok {
 			// The upstream said it already: asked again, it may be
 			// rate-limiting (or down) since.
-			if unchanged {
+			switch {
+			case answering:
+				// What the upstream sends once for another client's
+				// answer: a hit, as the herd's GETs are.
+				w.Header().Set(cacheHeader, "hit")
+			case unchanged:
 				w.Header().Set(cacheHeader, "revalidated") // as below
 			}
 			return serveBlob(w, r, dgst, size, nil)
@@ -373,19 +378,20 @@ func unsetBlobHeaders(w http.ResponseWriter) {
 }
 
 // downloadingSize returns the size of dgst if a download t may share
-// (mayJoin) is running and the upstream said its size.
-func (p *Proxy) downloadingSize(ctx context.Context, t target, dgst digest.Digest) (int64, bool) {
+// (mayJoin) is running and the upstream said its size, and whether a
+// client's answer has taken the download (answering: its miss).
+func (p *Proxy) downloadingSize(ctx context.Context, t target, dgst digest.Digest) (size int64, answering, ok bool) {
 	dl := p.blobs.running(dgst)
 	if dl == nil {
-		return 0, false
+		return 0, false, false
 	}
 	dl.mu.Lock()
 	started, size := dl.started, dl.size
 	dl.mu.Unlock()
 	if !started || size < 0 || p.mayJoin(ctx, t, dl, blobWant{size: -1}) != nil {
-		return 0, false
+		return 0, false, false
 	}
-	return size, true
+	return size, p.blobs.answering(dl), true
 }
 
 // openStoredBlob is storedBlob for a hit whose body is to be sent (get):

@@ -600,6 +600,13 @@ func (d *downloads) answer(dl *download) (first bool) {
 	return first
 }
 
+// answering reports whether a client's answer has taken dl (answer).
+func (d *downloads) answering(dl *download) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return dl.answered
+}
+
 // keep lets dl run to its end whoever leaves it (kept).
 func (d *downloads) keep(dl *download) {
 	d.mu.Lock()
