@@ -84,6 +84,9 @@ type DriverStore struct {
 	// ranged reads part of an object (OpenRange), on drivers whose
 	// Reader cannot stop before the end (s3); nil elsewhere.
 	ranged rangeReader
+	// syncDir syncs a directory of a blob (syncNames); nil:
+	// (*os.File).Sync. Tests stand in a filesystem that refuses it.
+	syncDir func(*os.File) error
 }
 
 var (
@@ -659,14 +662,23 @@ func (s *DriverStore) Ingest(ctx context.Context, _ string, dgst digest.Digest, 
 // records the blob, as its data is. Without it a power cut (not a crash
 // of the process: the kernel keeps what it was given) could undo them
 // after the index's commit, which then names a blob the disk lost.
+// A filesystem that cannot sync a directory (EINVAL, ENOTSUP: some
+// network and FUSE ones) keeps them as it did before, the blob stored.
 func (s *DriverStore) syncNames(final string) error {
+	syncDir := s.syncDir
+	if syncDir == nil {
+		syncDir = (*os.File).Sync
+	}
 	for dir := filepath.Dir(final); ; dir = filepath.Dir(dir) {
 		d, err := os.Open(dir)
 		if err != nil {
 			return err
 		}
-		err = d.Sync()
+		err = syncDir(d)
 		d.Close()
+		if errors.Is(err, syscall.EINVAL) || errors.Is(err, syscall.ENOTSUP) {
+			err = nil
+		}
 		if err != nil || dir == s.blobs || len(dir) <= len(s.blobs) {
 			return err
 		}
