@@ -1703,6 +1703,40 @@ func TestDestinationBlobChangedIsNeverServedWhole(t *testing.T) {
 	}
 }
 
+// A blob the destination answers once with other bytes (a front end's
+// bad copy, a replica of its storage behind) is never a complete answer
+// either: the read failing on them is not read again to its end, whose
+// last byte, then matching, would complete the other bytes sent before it.
+func TestDestinationBlobChangedOnceIsNeverServedWhole(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/changed", "1", 1, 8<<10)
+	layer := img.Layers[0]
+	var flip atomic.Bool
+	dest := fixture.StartDestination(t, map[string]string{destUser: destPassword}, blobFrontEnd(layer, func(w http.ResponseWriter, status int, b []byte) {
+		if status == http.StatusOK && len(b) > 0 && flip.CompareAndSwap(true, false) {
+			b[len(b)/2] ^= 0xff // this answer's only
+		}
+		_, _ = w.Write(b)
+	}))
+	m := startDestMirror(t, up, dest, nil)
+	wantImage(t, m.Server, "changed", img)
+	m.WaitIdle()
+
+	flip.Store(true)
+	r := get(t, m.URL()+"/v2/library/changed/blobs/"+layer)
+	if flip.Load() {
+		t.Fatal("the destination's answer was not changed")
+	}
+	if r.status == http.StatusOK && r.err == nil {
+		t.Fatalf("blob the destination answered once with other bytes answered whole: %d bytes hashing to %s, want %s or a cut answer", len(r.body), sha(r.body), layer)
+	}
+	m.WaitIdle()
+	r = get(t, m.URL()+"/v2/library/changed/blobs/"+layer)
+	if r.status != http.StatusOK || r.err != nil || sha(r.body) != layer {
+		t.Fatalf("blob after a changed answer: %d %v, hashing to %s; want its bytes", r.status, r.err, sha(r.body))
+	}
+}
+
 // A blob the destination holds whose bytes no longer match its digest is
 // never a complete answer either when its read is cut mid-body and
 // resumed where it broke: the rest, read alone, cannot be checked, and
