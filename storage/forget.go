@@ -10,7 +10,9 @@ import (
 )
 
 // DeleteTagIf forgets a tag if it still points to dgst (a pull may have
-// moved it meanwhile). It reports whether the tag was deleted.
+// moved it meanwhile, here or on another replica sharing the records:
+// that record stays, and is adopted). It reports whether the tag was
+// deleted here.
 func (ix *Index) DeleteTagIf(host, repo, tag string, dgst digest.Digest) (bool, error) {
 	var deleted bool
 	err := ix.write(func(tx *bolt.Tx) (err error) {
@@ -20,7 +22,7 @@ func (ix *Index) DeleteTagIf(host, repo, tag string, dgst digest.Digest) (bool, 
 	if err != nil || !deleted {
 		return deleted, err
 	}
-	return deleted, ix.shareDelete(bucketTags, tagKey(host, repo, tag))
+	return deleted, ix.shareDeleteTagsNaming([]pair[string, digest.Digest]{{string(tagKey(host, repo, tag)), dgst}})
 }
 
 func deleteTagIf(tx *bolt.Tx, tags tagWrites, host, repo, tag string, dgst digest.Digest) (bool, error) {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/docker-mirror/docker-mirror/storage"
@@ -58,5 +59,32 @@ func TestForgetRooted(t *testing.T) {
 	}
 	if _, ok, _ := ix.Tag(hub, repo, "new"); ok {
 		t.Error("the tag of a forgotten manifest survived")
+	}
+}
+
+// A tag the upstream says is gone (DeleteTagIf, the digest this replica
+// read) that another replica has meanwhile recorded moved, the tag pushed
+// again, stays in the records the replicas share: deleted only while it
+// names that digest, as an eviction's (the other's record adopted here).
+// Before, the bucket's record was deleted whatever it named, the tag lost
+// for every replica (its image then unrooted for their collections).
+func TestSharedDeleteTagIfLeavesATagAnotherReplicaMoved(t *testing.T) {
+	r := storage.NewDriverRecords(inmemory.New())
+	a, b := openShared(t, r), openShared(t, r)
+	gone, moved := digest.FromString("gone"), digest.FromString("moved")
+	record := func(ix *storage.Index, d digest.Digest) {
+		t.Helper()
+		must(t, ix.RecordManifest(storage.ManifestEntry{Upstream: hub, Repo: "library/x", Digest: d, Tag: "v1",
+			Record: storage.ManifestRecord{MediaType: "application/vnd.oci.image.manifest.v1+json", Size: 10, FetchedAt: t0}}))
+	}
+	record(a, gone)
+	record(b, moved)
+	if deleted, err := a.DeleteTagIf(hub, "library/x", "v1", gone); err != nil || !deleted {
+		t.Fatalf("DeleteTagIf = %v, %v; want the tag a read deleted", deleted, err)
+	}
+	for name, ix := range map[string]*storage.Index{"a": a, "a new replica": openShared(t, r)} {
+		if rec, ok, err := ix.Tag(hub, "library/x", "v1"); err != nil || !ok || rec.Digest != moved {
+			t.Errorf("%s reads the tag %+v, %v, %v; want it naming %s, where it moved", name, rec, ok, err, moved)
+		}
 	}
 }
