@@ -79,7 +79,9 @@ func (ix *Index) TouchReferrers(host, repo string, subject digest.Digest, artifa
 
 // DeleteReferrers forgets every referrers answer of subject in an
 // upstream repository, whatever its filter (the upstream says there are
-// none any more).
+// none any more): in the shared records each only while it is the answer
+// fetched here, another replica's fetched since adopted
+// (shareDeleteReferrersFetched).
 func (ix *Index) DeleteReferrers(host, repo string, subject digest.Digest) error {
 	prefix := referrersKey(host, repo, subject, "")
 	var found bool
@@ -92,15 +94,22 @@ func (ix *Index) DeleteReferrers(host, repo string, subject digest.Digest) error
 		// Nothing to forget, as for most subjects: no write, no sync.
 		return err
 	}
-	var keys [][]byte
-	err = ix.write(func(tx *bolt.Tx) (err error) {
-		keys, err = deleteReferrers(tx, prefix)
+	var gone []pair[string, time.Time]
+	err = ix.write(func(tx *bolt.Tx) error {
+		gone = gone[:0]
+		c := tx.Bucket(bucketReferrers).Cursor()
+		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+			// Unreadable here, it counts as fetched at no time.
+			rec, _, _ := get[ReferrersRecord](tx, bucketReferrers, k)
+			gone = append(gone, pair[string, time.Time]{string(k), rec.FetchedAt})
+		}
+		_, err := deleteReferrers(tx, prefix)
 		return err
 	})
 	if err != nil {
 		return err
 	}
-	return ix.shareDelete(bucketReferrers, keys...)
+	return ix.shareDeleteReferrersFetched(gone)
 }
 
 // deleteReferrers deletes the referrers answers whose keys start with

@@ -216,3 +216,26 @@ func TestForgetUnheldReferrersKeepsAListFetchedAgainElsewhere(t *testing.T) {
 		}
 	}
 }
+
+// A subject's referrers the upstream says are gone (DeleteReferrers, its
+// 404) that another replica sharing the records has meanwhile fetched
+// again (a signature pushed since) stay in the bucket: each list is
+// deleted only while it is the one this replica fetched, as a
+// collection's forget (the other's adopted). Before, the bucket's list
+// was deleted whatever it was, lost for every replica until the upstream
+// was asked again (with it down, the signature not listed).
+func TestSharedDeleteReferrersLeavesAListFetchedAgainElsewhere(t *testing.T) {
+	r := storage.NewDriverRecords(inmemory.New())
+	a, b := openShared(t, r), openShared(t, r)
+	old, recent := time.Unix(1700000000, 0).UTC(), time.Unix(1700090000, 0).UTC()
+	subject := digest.FromString("signed")
+	must(t, b.PutReferrers("docker.io", "library/a", subject, "", storage.ReferrersRecord{Body: []byte("{}"), FetchedAt: old, CheckedAt: old}))
+	fresh := storage.ReferrersRecord{Body: []byte(`{"manifests":[]}`), FetchedAt: recent, CheckedAt: recent}
+	must(t, a.PutReferrers("docker.io", "library/a", subject, "", fresh))
+	must(t, b.DeleteReferrers("docker.io", "library/a", subject))
+	for name, ix := range map[string]*storage.Index{"b": b, "a new replica": openShared(t, r)} {
+		if rec, ok, err := ix.Referrers("docker.io", "library/a", subject, ""); err != nil || !ok || !bytes.Equal(rec.Body, fresh.Body) {
+			t.Errorf("%s reads %+v, %v, %v; want the list a fetched again", name, rec, ok, err)
+		}
+	}
+}
