@@ -833,8 +833,11 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 	}()
 	fail := func(err error) {
 		err = stalled(ctx, err)
+		// Asked before its clients are told: told, they leave, and the
+		// download is abandoned then, after it failed, not cancelled.
+		cancelled := ctx.Err() != nil && p.blobs.wasAbandoned(dl)
 		dl.update(func() { dl.err = err })
-		if ctx.Err() != nil && p.blobs.wasAbandoned(dl) {
+		if cancelled {
 			p.log.Debug("blob download cancelled: nobody wants it any more", "upstream", t.host(), "repo", t.repo, "digest", dl.dgst)
 			return
 		}
