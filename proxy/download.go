@@ -841,7 +841,13 @@ func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.F
 			p.log.Debug("blob download cancelled: nobody wants it any more", "upstream", t.host(), "repo", t.repo, "digest", dl.dgst)
 			return
 		}
-		p.log.Warn("blob download failed", "upstream", t.host(), "repo", t.repo, "digest", dl.dgst, "error", err)
+		if errors.Is(err, upstream.ErrUnavailable) {
+			// Each client's try fails so while the upstream is down, and
+			// its access line says so already.
+			p.logOutage(ctx, t, "blob download failed", "repo", t.repo, "digest", dl.dgst, "error", err)
+		} else {
+			p.log.Warn("blob download failed", "upstream", t.host(), "repo", t.repo, "digest", dl.dgst, "error", err)
+		}
 		p.noteFailure("download", t, dl.dgst.String(), err)
 	}
 

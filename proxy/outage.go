@@ -8,10 +8,11 @@ import (
 )
 
 // outageWarnEvery is how often an upstream's failure that a request got
-// past (answered from the cache: a stale tag, cached tags or referrers)
-// is logged at WARN; in between such failures are logged at DEBUG. They
-// repeat at every such request while the upstream is down, whose access
-// lines say what was served (cache=stale).
+// past (answered from the cache: a stale tag, cached tags or referrers),
+// or a blob's download that failed for it, is logged at WARN; in between
+// such failures are logged at DEBUG. They repeat at every such request
+// while the upstream is down, whose access lines say what was served
+// (cache=stale) or the error.
 const outageWarnEvery = time.Minute
 
 // outageLogs notes when each upstream's failure was last logged at WARN.
@@ -35,10 +36,11 @@ func (o *outageLogs) level(host string, now time.Time) slog.Level {
 	return slog.LevelWarn
 }
 
-// logOutage logs msg, a failure of t's upstream that the request got
-// past, at WARN once every outageWarnEvery for that upstream, else at
-// DEBUG: a client's pulls during an upstream's outage do not flood the
-// log with a warning each.
+// logOutage logs msg, a failure of t's upstream that repeats at each
+// request while it is down (one the request got past, or a blob's
+// download), at WARN once every outageWarnEvery for that upstream, else
+// at DEBUG: a client's pulls during an upstream's outage do not flood
+// the log with a warning each.
 func (p *Proxy) logOutage(ctx context.Context, t target, msg string, args ...any) {
 	p.log.Log(ctx, p.outages.level(t.host(), p.now()), msg, append([]any{"upstream", t.host()}, args...)...)
 }

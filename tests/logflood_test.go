@@ -76,3 +76,45 @@ func TestStaleServedDuringAnOutageWarnsOnceAMinute(t *testing.T) {
 		t.Errorf("%d warnings after a minute more of the outage; want 2", w)
 	}
 }
+
+// While an upstream is down, every client's try of a blob not held fails
+// (Docker tries a layer 5 times, every node of a CI fleet pulls the same
+// image): its access line says so at ERROR, with the error, and the
+// download's failure is logged at WARN once a minute for that upstream,
+// the others at DEBUG. Before, each try logged a WARN line of its own
+// beside its access line: two lines of the same error per try.
+func TestBlobsFailedDuringAnOutageWarnOnceAMinute(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/app", "1", 3, 1<<10)
+	var buf fixture.LogBuffer
+	log := slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	m := servertest.Start(t, up.URL(), proxy.WithLogger(log))
+	up.Stop()
+
+	const failed = "blob download failed"
+	tries := 0
+	for range 3 {
+		for _, l := range img.Layers {
+			if r := get(t, m.URL()+"/v2/app/blobs/"+l); r.status < 500 {
+				t.Fatalf("blob %s while the upstream is down: %d, want a 5xx", l, r.status)
+			}
+			tries++
+		}
+	}
+	m.WaitIdle()
+	m.WaitRequests()
+	if w, d := countLogged(t, &buf, "WARN", failed), countLogged(t, &buf, "DEBUG", failed); w != 1 || w+d < len(img.Layers) {
+		t.Fatalf("%d tries of %d blobs during the outage logged %d warnings and %d debug lines; want 1 warning, the others debug", tries, len(img.Layers), w, d)
+	}
+	if n := countLogged(t, &buf, "ERROR", "request"); n != tries {
+		t.Errorf("%d tries logged %d access lines at ERROR; want one each", tries, n)
+	}
+	// A minute later, still down: warned once more.
+	m.Clock.Advance(time.Minute)
+	get(t, m.URL()+"/v2/app/blobs/"+img.Layers[0])
+	m.WaitIdle()
+	m.WaitRequests()
+	if w := countLogged(t, &buf, "WARN", failed); w != 2 {
+		t.Errorf("%d warnings after a minute more of the outage; want 2", w)
+	}
+}
