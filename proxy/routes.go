@@ -156,10 +156,11 @@ func (p *Proxy) table(repo map[string]http.Handler, extra ...func(*mux.Router)) 
 	}))
 	r.Handle("/readyz", p.serve("readyz", access.Anyone, p.readyz))
 	metrics := p.metrics.Handler()
+	// HEAD too: a monitor's check that it answers.
 	r.Handle("/metrics", p.serve(routeMetrics, p.metricsLevel, func(w http.ResponseWriter, r *http.Request) error {
 		metrics.ServeHTTP(w, r)
 		return nil
-	})).Methods(http.MethodGet)
+	})).Methods(http.MethodGet, http.MethodHead)
 	for _, add := range extra {
 		add(r)
 	}

@@ -216,7 +216,7 @@ func TestMethodNotAllowedSaysAllow(t *testing.T) {
 		{"OPTIONS", "/v2/err/tags/list", "GET, HEAD"},
 		{"POST", "/v2/err/blobs/uploads/", ""},
 		{"PATCH", "/v2/err/blobs/uploads/x", ""},
-		{"PUT", "/metrics", "GET"},
+		{"PUT", "/metrics", "GET, HEAD"},
 		{"DELETE", "/prefetch", "GET, POST"},
 	}
 	for _, c := range cases {
@@ -230,6 +230,19 @@ func TestMethodNotAllowedSaysAllow(t *testing.T) {
 	}
 	if n := len(up.Requests()); n > 0 {
 		t.Errorf("the upstream was asked %v", up.Requests())
+	}
+}
+
+// HEAD /metrics, a monitor's check that the endpoint answers (as
+// RFC 9110 has it, a resource served to GET is to HEAD), is answered as
+// the GET is, without its body. Before, it was a 405 saying "HEAD is not
+// supported: docker-mirror is a read-only pull-through cache", as if the
+// check had tried to write.
+func TestHeadOfMetricsAnswered(t *testing.T) {
+	m := servertest.Start(t, fixture.StartUpstream(t).URL())
+	r := do(t, http.MethodHead, m.URL()+"/metrics", nil)
+	if r.status != http.StatusOK || len(r.body) != 0 || !strings.HasPrefix(r.header.Get("Content-Type"), "text/plain") {
+		t.Errorf("HEAD /metrics: %d, Content-Type %q, %d bytes of body; want 200, the text format's, no body", r.status, r.header.Get("Content-Type"), len(r.body))
 	}
 }
 
