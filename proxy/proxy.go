@@ -585,13 +585,18 @@ func shared[T any](ctx context.Context, work *activity, g *singleflight.Group, k
 
 // countFill counts an upstream fill of kind ("manifest", "blob") in the
 // metrics; call the returned func with the fill's error when it ends.
+// What the upstream does not have (a client's typo) is "not_found", not
+// an "error" of the upstream or the mirror, which alerts watch.
 func (p *Proxy) countFill(kind string) func(error) {
 	start := time.Now()
 	p.metrics.FillsInProgress.WithLabelValues(kind).Inc()
 	return func(err error) {
 		p.metrics.FillsInProgress.WithLabelValues(kind).Dec()
 		result := "ok"
-		if err != nil {
+		switch {
+		case errors.Is(err, upstream.ErrNotFound) && !pingNotFound(err):
+			result = "not_found"
+		case err != nil:
 			result = "error"
 		}
 		p.metrics.FillDuration.WithLabelValues(kind, result).Observe(time.Since(start).Seconds())

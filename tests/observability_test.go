@@ -149,3 +149,43 @@ func TestAccessLog(t *testing.T) {
 		t.Errorf("error request logged as %v", requests[2])
 	}
 }
+
+// A client's pull of what the upstream does not have (a typo in a tag,
+// a repository or a digest) is a 404 passed on, not a failure of the
+// fill: docker_mirror_fill_duration_seconds counts it as result
+// "not_found", and "error" stays for fills the upstream or the mirror
+// failed, which an alert on it means. Before, each typo counted as an
+// error.
+func TestFillOfWhatTheUpstreamLacksIsNoError(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/obs", "1", 1, 1<<10)
+	m := servertest.Start(t, up.URL())
+	for _, u := range []string{
+		m.URL() + "/v2/obs/manifests/no-such-tag",
+		m.URL() + "/v2/no-such-repo/manifests/1",
+		m.URL() + "/v2/obs/blobs/sha256:" + strings.Repeat("0", 64),
+	} {
+		if r := get(t, u); r.status != http.StatusNotFound {
+			t.Fatalf("%s: %d, want 404", u, r.status)
+		}
+	}
+	m.WaitIdle()
+	got := scrape(t, m)
+	for _, kind := range []string{"manifest", "blob"} {
+		if n := got[`docker_mirror_fill_duration_seconds_count{kind="`+kind+`",result="error"}`]; n != 0 {
+			t.Errorf("%s fills of what the upstream lacks counted as errors: %v", kind, n)
+		}
+	}
+	if n := got[`docker_mirror_fill_duration_seconds_count{kind="manifest",result="not_found"}`]; n != 2 {
+		t.Errorf("manifest fills not found: %v, want 2", n)
+	}
+	// A fill the upstream fails is still an error.
+	up.SetFault(fixture.Fault{Status: http.StatusInternalServerError})
+	if r := get(t, m.URL()+"/v2/obs/blobs/"+img.Layers[0]); r.status < 500 {
+		t.Fatalf("blob while the upstream fails: %d, want a 5xx", r.status)
+	}
+	m.WaitIdle()
+	if n := scrape(t, m)[`docker_mirror_fill_duration_seconds_count{kind="blob",result="error"}`]; n < 1 {
+		t.Errorf("a blob fill the upstream failed not counted as an error: %v", n)
+	}
+}
