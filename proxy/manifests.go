@@ -319,6 +319,7 @@ func (p *Proxy) manifestByTag(ctx context.Context, t target, tag string, h http.
 			p.resumeHit(ctx, t, cached, opts.checkAfter)
 			return cached, nil
 		default:
+			asked := p.now()
 			a, err := p.revalidateTag(ctx, t, tag)
 			d := a.digest
 			switch {
@@ -338,7 +339,7 @@ func (p *Proxy) manifestByTag(ctx context.Context, t target, tag string, h http.
 				// such, not as a name refused before any lookup, which it
 				// would ask the upstream about again).
 				h.Set(cacheHeader, "miss")
-				if _, derr := p.index.DeleteTagIf(t.host(), t.repo, tag, rec.Digest); derr != nil {
+				if _, derr := p.index.DeleteTagIf(t.host(), t.repo, tag, rec.Digest, asked); derr != nil {
 					return nil, derr
 				}
 				return nil, err

@@ -11,9 +11,11 @@ import (
 
 // DeleteTagIf forgets a tag if it still points to dgst (a pull may have
 // moved it meanwhile, here or on another replica sharing the records:
-// that record stays, and is adopted). It reports whether the tag was
-// deleted here.
-func (ix *Index) DeleteTagIf(host, repo, tag string, dgst digest.Digest) (bool, error) {
+// that record stays, and is adopted). asked is when the upstream was
+// asked (its answer that the tag is gone): another replica's record
+// checked before then is as gone, deleted too (shareDeleteTagsNaming).
+// It reports whether the tag was deleted here.
+func (ix *Index) DeleteTagIf(host, repo, tag string, dgst digest.Digest, asked time.Time) (bool, error) {
 	var deleted bool
 	err := ix.write(func(tx *bolt.Tx) (err error) {
 		deleted, err = deleteTagIf(tx, ix.tagWrites(tx), host, repo, tag, dgst)
@@ -22,7 +24,7 @@ func (ix *Index) DeleteTagIf(host, repo, tag string, dgst digest.Digest) (bool, 
 	if err != nil || !deleted {
 		return deleted, err
 	}
-	return deleted, ix.shareDeleteTagsNaming([]pair[string, digest.Digest]{{string(tagKey(host, repo, tag)), dgst}})
+	return deleted, ix.shareDeleteTagsNaming([]pair[string, digest.Digest]{{string(tagKey(host, repo, tag)), dgst}}, asked)
 }
 
 func deleteTagIf(tx *bolt.Tx, tags tagWrites, host, repo, tag string, dgst digest.Digest) (bool, error) {

@@ -3,6 +3,7 @@ package storage_test
 import (
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
 	"github.com/opencontainers/go-digest"
@@ -79,12 +80,39 @@ func TestSharedDeleteTagIfLeavesATagAnotherReplicaMoved(t *testing.T) {
 	}
 	record(a, gone)
 	record(b, moved)
-	if deleted, err := a.DeleteTagIf(hub, "library/x", "v1", gone); err != nil || !deleted {
+	if deleted, err := a.DeleteTagIf(hub, "library/x", "v1", gone, t0); err != nil || !deleted {
 		t.Fatalf("DeleteTagIf = %v, %v; want the tag a read deleted", deleted, err)
 	}
 	for name, ix := range map[string]*storage.Index{"a": a, "a new replica": openShared(t, r)} {
 		if rec, ok, err := ix.Tag(hub, "library/x", "v1"); err != nil || !ok || rec.Digest != moved {
 			t.Errorf("%s reads the tag %+v, %v, %v; want it naming %s, where it moved", name, rec, ok, err, moved)
+		}
+	}
+}
+
+// A tag the upstream says is gone that another replica recorded moved
+// before the upstream was asked (its record checked earlier: the tag was
+// deleted upstream since) is gone from the bucket too, not adopted:
+// before, the replica that answered the upstream's 404 served the other's
+// record from its next pull on (the tag back), as did every replica
+// reading the bucket, until that record's tag TTL ran out.
+func TestSharedDeleteTagIfDeletesAMovedTagCheckedBeforeTheUpstreamWasAsked(t *testing.T) {
+	r := storage.NewDriverRecords(inmemory.New())
+	a, b := openShared(t, r), openShared(t, r)
+	gone, moved := digest.FromString("gone"), digest.FromString("moved")
+	record := func(ix *storage.Index, d digest.Digest, at time.Time) {
+		t.Helper()
+		must(t, ix.RecordManifest(storage.ManifestEntry{Upstream: hub, Repo: "library/x", Digest: d, Tag: "v1",
+			Record: storage.ManifestRecord{MediaType: "application/vnd.oci.image.manifest.v1+json", Size: 10, FetchedAt: at}}))
+	}
+	record(a, gone, t0)
+	record(b, moved, t0.Add(time.Minute))
+	if deleted, err := a.DeleteTagIf(hub, "library/x", "v1", gone, t0.Add(2*time.Minute)); err != nil || !deleted {
+		t.Fatalf("DeleteTagIf = %v, %v; want the tag a read deleted", deleted, err)
+	}
+	for name, ix := range map[string]*storage.Index{"a": a, "a new replica": openShared(t, r)} {
+		if rec, ok, err := ix.Tag(hub, "library/x", "v1"); err != nil || ok {
+			t.Errorf("%s reads the tag %+v, %v, %v; want it gone, as the upstream said after it moved", name, rec, ok, err)
 		}
 	}
 }

@@ -745,9 +745,11 @@ func (ix *Index) RecheckPulls(ctx context.Context, dgsts []digest.Digest) (bool,
 // this index read it, naming the image the tag moved to, and that record
 // is adopted instead (the local one is gone); and only while it is the
 // record read (where the records keep versions), not one written between
-// the read and the delete. Each costs a GET beside its DELETE, rechecks
-// of them at once.
-func (ix *Index) shareDeleteTagsNaming(tags []pair[string, digest.Digest]) error {
+// the read and the delete. A record naming another digest is deleted
+// all the same if checked before gone (not zero: when the upstream was
+// asked, its answer that the tag is gone the later). Each costs a GET
+// beside its DELETE, rechecks of them at once.
+func (ix *Index) shareDeleteTagsNaming(tags []pair[string, digest.Digest], gone time.Time) error {
 	if ix.records == nil || len(tags) == 0 {
 		return nil
 	}
@@ -761,7 +763,7 @@ func (ix *Index) shareDeleteTagsNaming(tags []pair[string, digest.Digest]) error
 				return err
 			}
 			var rec TagRecord
-			if rec.UnmarshalBinary(raw) == nil && rec.Digest != tg.v {
+			if rec.UnmarshalBinary(raw) == nil && rec.Digest != tg.v && !rec.CheckedAt.Before(gone) {
 				moved[i] = raw
 				return nil
 			}

@@ -110,7 +110,7 @@ func TestStoredTotalFollowsEveryWrite(t *testing.T) {
 		{"a tag touched, deleted, deleted if", func() {
 			must(ix.TouchTag("docker.io", "library/a", "v1", now))
 			must(ix.DeleteTag("docker.io", "library/a", "v2"))
-			_, err := ix.DeleteTagIf("docker.io", "library/a", "v3", man(3))
+			_, err := ix.DeleteTagIf("docker.io", "library/a", "v3", man(3), time.Now())
 			must(err)
 		}},
 		{"a manifest body kept and dropped", func() {

@@ -163,7 +163,7 @@ func TestTagMemoForgetsEveryWrite(t *testing.T) {
 			mustDo(t, ix.DeleteTag("docker.io", "library/a", "v1"))
 		}, true},
 		{"DeleteTagIf", func(t *testing.T, ix *Index, d digest.Digest) {
-			if deleted, err := ix.DeleteTagIf("docker.io", "library/a", "v1", d); err != nil || !deleted {
+			if deleted, err := ix.DeleteTagIf("docker.io", "library/a", "v1", d, time.Now()); err != nil || !deleted {
 				t.Fatalf("DeleteTagIf = %v, %v", deleted, err)
 			}
 		}, true},

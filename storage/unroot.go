@@ -130,7 +130,7 @@ func (ix *Index) UnrootImagesTimed(us []Unroot) (longest time.Duration, pinned [
 			return 2
 		},
 		committed: func(int, int) error {
-			if err := ix.shareDeleteTagsNaming(tags); err != nil {
+			if err := ix.shareDeleteTagsNaming(tags, time.Time{}); err != nil {
 				return err
 			}
 			return ix.shareDelete(bucketMirrors, fills...)

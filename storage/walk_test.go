@@ -226,10 +226,10 @@ func TestIndexDeleteTagIfAndMirror(t *testing.T) {
 	const repo = "library/alpine"
 	a, b := digest.FromString("a"), digest.FromString("b")
 	recordTag(t, ix, hub, repo, "3", a, t0)
-	if ok, err := ix.DeleteTagIf(hub, repo, "3", b); err != nil || ok {
+	if ok, err := ix.DeleteTagIf(hub, repo, "3", b, t0); err != nil || ok {
 		t.Fatalf("DeleteTagIf(other digest) = %v, %v", ok, err)
 	}
-	if ok, err := ix.DeleteTagIf(hub, repo, "3", a); err != nil || !ok {
+	if ok, err := ix.DeleteTagIf(hub, repo, "3", a, t0); err != nil || !ok {
 		t.Fatalf("DeleteTagIf = %v, %v", ok, err)
 	}
 	must(t, ix.PutFill(a, storage.FillRecord{Upstream: hub, Repo: repo, State: storage.FillComplete}))
