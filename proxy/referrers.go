@@ -127,6 +127,7 @@ func (p *Proxy) referrersOf(ctx context.Context, t target, subject digest.Digest
 		h.Set(cacheHeader, "hit")
 		return recordAnswer(rec), nil
 	}
+	asked := p.now()
 	fresh, err := p.fetchReferrers(ctx, t, subject, artifactType)
 	switch {
 	case err == nil && fresh.stale:
@@ -148,7 +149,7 @@ func (p *Proxy) referrersOf(ctx context.Context, t target, subject digest.Digest
 		if artifactType == "" {
 			// The whole list changed: filtered views of the old one are
 			// stale, also for when the upstream is down.
-			if err := p.index.DeleteReferrers(t.host(), t.repo, subject); err != nil {
+			if err := p.index.DeleteReferrers(t.host(), t.repo, subject, asked); err != nil {
 				return nil, err
 			}
 		} else if err := p.index.TouchReferrers(t.host(), t.repo, subject, "", time.Time{}); err != nil {
@@ -168,7 +169,7 @@ func (p *Proxy) referrersOf(ctx context.Context, t target, subject digest.Digest
 		// No referrers API and no fallback tag: the upstream's 404 tells
 		// clients to try the tag schema themselves. What was listed before
 		// is gone: so is it here, also once the upstream is down.
-		if derr := p.index.DeleteReferrers(t.host(), t.repo, subject); derr != nil {
+		if derr := p.index.DeleteReferrers(t.host(), t.repo, subject, asked); derr != nil {
 			return nil, derr
 		}
 		return nil, err

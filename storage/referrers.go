@@ -79,10 +79,11 @@ func (ix *Index) TouchReferrers(host, repo string, subject digest.Digest, artifa
 
 // DeleteReferrers forgets every referrers answer of subject in an
 // upstream repository, whatever its filter (the upstream says there are
-// none any more): in the shared records each only while it is the answer
-// fetched here, another replica's fetched since adopted
-// (shareDeleteReferrersFetched).
-func (ix *Index) DeleteReferrers(host, repo string, subject digest.Digest) error {
+// none any more, or listed others): in the shared records each only
+// while it is the answer fetched here, another replica's fetched since
+// adopted (shareDeleteReferrersFetched), unless fetched and checked
+// before asked, when the upstream was asked (its answer the later).
+func (ix *Index) DeleteReferrers(host, repo string, subject digest.Digest, asked time.Time) error {
 	prefix := referrersKey(host, repo, subject, "")
 	var found bool
 	err := ix.db.View(func(tx *bolt.Tx) error {
@@ -109,7 +110,7 @@ func (ix *Index) DeleteReferrers(host, repo string, subject digest.Digest) error
 	if err != nil {
 		return err
 	}
-	return ix.shareDeleteReferrersFetched(gone)
+	return ix.shareDeleteReferrersFetched(gone, asked)
 }
 
 // deleteReferrers deletes the referrers answers whose keys start with
@@ -234,7 +235,7 @@ func (ix *Index) ForgetUnheldReferrers(drop func(subject digest.Digest, fetched 
 	if err != nil {
 		return 0, err
 	}
-	return len(gone), ix.shareDeleteReferrersFetched(gone)
+	return len(gone), ix.shareDeleteReferrersFetched(gone, time.Time{})
 }
 
 // shareDeleteReferrersFetched removes from the shared records the
@@ -242,10 +243,12 @@ func (ix *Index) ForgetUnheldReferrers(drop func(subject digest.Digest, fetched 
 // was fetched), each only while it is the answer fetched then: another
 // replica may have fetched it again since this index read it, and that
 // record is adopted instead (the local one is gone), as
-// shareDeleteTagsNaming's; and only while it is the record read (where
-// the records keep versions), not one written between the read and the
-// delete. Each costs a GET beside its DELETE, rechecks of them at once.
-func (ix *Index) shareDeleteReferrersFetched(lists []pair[string, time.Time]) error {
+// shareDeleteTagsNaming's, unless fetched and checked before asked (not
+// zero: when the upstream was asked, its answer the later); and only
+// while it is the record read (where the records keep versions), not one
+// written between the read and the delete. Each costs a GET beside its
+// DELETE, rechecks of them at once.
+func (ix *Index) shareDeleteReferrersFetched(lists []pair[string, time.Time], asked time.Time) error {
 	if ix.records == nil || len(lists) == 0 {
 		return nil
 	}
@@ -260,8 +263,12 @@ func (ix *Index) shareDeleteReferrersFetched(lists []pair[string, time.Time]) er
 			}
 			var rec ReferrersRecord
 			if json.Unmarshal(raw, &rec) == nil && !rec.FetchedAt.Equal(l.v) {
-				again[i] = raw
-				return nil
+				// Another replica's, adopted: unless fetched and checked
+				// before the upstream was asked, whose answer is later.
+				if !rec.FetchedAt.Before(asked) || !rec.CheckedAt.Before(asked) {
+					again[i] = raw
+					return nil
+				}
 			}
 			// Only while it is the one read: fetched again since, it
 			// stays, for the next read here to adopt.

@@ -37,7 +37,7 @@ func TestReferrersRecords(t *testing.T) {
 	if rec, ok, _ := ix.Referrers("docker.io", "library/a", sub, "x/y"); !ok || !rec.Filtered {
 		t.Fatalf("filtered record %+v %v", rec, ok)
 	}
-	must(t, ix.DeleteReferrers("docker.io", "library/a", sub))
+	must(t, ix.DeleteReferrers("docker.io", "library/a", sub, time.Now()))
 	for _, f := range []string{"", "x/y"} {
 		if _, ok, _ := ix.Referrers("docker.io", "library/a", sub, f); ok {
 			t.Errorf("filter %q kept after DeleteReferrers", f)
@@ -232,10 +232,31 @@ func TestSharedDeleteReferrersLeavesAListFetchedAgainElsewhere(t *testing.T) {
 	must(t, b.PutReferrers("docker.io", "library/a", subject, "", storage.ReferrersRecord{Body: []byte("{}"), FetchedAt: old, CheckedAt: old}))
 	fresh := storage.ReferrersRecord{Body: []byte(`{"manifests":[]}`), FetchedAt: recent, CheckedAt: recent}
 	must(t, a.PutReferrers("docker.io", "library/a", subject, "", fresh))
-	must(t, b.DeleteReferrers("docker.io", "library/a", subject))
+	must(t, b.DeleteReferrers("docker.io", "library/a", subject, old))
 	for name, ix := range map[string]*storage.Index{"b": b, "a new replica": openShared(t, r)} {
 		if rec, ok, err := ix.Referrers("docker.io", "library/a", subject, ""); err != nil || !ok || !bytes.Equal(rec.Body, fresh.Body) {
 			t.Errorf("%s reads %+v, %v, %v; want the list a fetched again", name, rec, ok, err)
+		}
+	}
+}
+
+// A subject's referrers the upstream says are gone (DeleteReferrers, its
+// 404) that another replica fetched again before the upstream was asked
+// (its list fetched and checked earlier: the referrers gone upstream
+// since) are gone from the bucket too, not adopted: before, the replica
+// that answered the upstream's 404 listed the other's referrers again
+// from its next request on, as did every replica reading the bucket.
+func TestSharedDeleteReferrersDeletesAListFetchedBeforeTheUpstreamWasAsked(t *testing.T) {
+	r := storage.NewDriverRecords(inmemory.New())
+	a, b := openShared(t, r), openShared(t, r)
+	old, recent, asked := time.Unix(1700000000, 0).UTC(), time.Unix(1700090000, 0).UTC(), time.Unix(1700095000, 0).UTC()
+	subject := digest.FromString("signed")
+	must(t, b.PutReferrers("docker.io", "library/a", subject, "", storage.ReferrersRecord{Body: []byte("{}"), FetchedAt: old, CheckedAt: old}))
+	must(t, a.PutReferrers("docker.io", "library/a", subject, "", storage.ReferrersRecord{Body: []byte(`{"manifests":[]}`), FetchedAt: recent, CheckedAt: recent}))
+	must(t, b.DeleteReferrers("docker.io", "library/a", subject, asked))
+	for name, ix := range map[string]*storage.Index{"b": b, "a new replica": openShared(t, r)} {
+		if rec, ok, err := ix.Referrers("docker.io", "library/a", subject, ""); err != nil || ok {
+			t.Errorf("%s reads %+v, %v, %v; want none, as the upstream said after a fetched it", name, rec, ok, err)
 		}
 	}
 }

@@ -134,7 +134,7 @@ func TestStoredTotalFollowsEveryWrite(t *testing.T) {
 		{"referrers", func() {
 			must(ix.PutReferrers("docker.io", "library/a", man(1), "", ReferrersRecord{Body: []byte("{}")}))
 			must(ix.TouchReferrers("docker.io", "library/a", man(1), "", now))
-			must(ix.DeleteReferrers("docker.io", "library/a", man(1)))
+			must(ix.DeleteReferrers("docker.io", "library/a", man(1), time.Now()))
 		}},
 		{"the store's identity", func() { must(ix.SetStore(StoreIdentity{Kind: "filesystem"})) }},
 		{"a collection's forget", func() {
