@@ -12,6 +12,7 @@ import (
 	"path"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"syscall"
 	"time"
@@ -665,6 +666,11 @@ func (s *DriverStore) Ingest(ctx context.Context, _ string, dgst digest.Digest, 
 // A filesystem that cannot sync a directory (EINVAL, ENOTSUP: some
 // network and FUSE ones) keeps them as it did before, the blob stored.
 func (s *DriverStore) syncNames(final string) error {
+	if runtime.GOOS == "windows" {
+		// No fsync of a directory there: the read-only handle os.Open
+		// gives refuses FlushFileBuffers, which would fail every write.
+		return nil
+	}
 	syncDir := s.syncDir
 	if syncDir == nil {
 		syncDir = (*os.File).Sync
