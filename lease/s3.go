@@ -143,8 +143,15 @@ func (o *S3) Replace(ctx context.Context, key, etag string, body []byte) (string
 	return etag, err
 }
 
-// Get implements Objects.
+// Get implements Objects: a lease is small, at most 64 KiB of key is
+// read.
 func (o *S3) Get(ctx context.Context, key string) ([]byte, string, error) {
+	return o.GetUpTo(ctx, key, 1<<16)
+}
+
+// GetUpTo reads at most limit bytes of key, and its ETag; ErrNotFound if
+// there is none.
+func (o *S3) GetUpTo(ctx context.Context, key string, limit int64) ([]byte, string, error) {
 	out, err := o.client.GetObjectWithContext(ctx, &s3.GetObjectInput{Bucket: aws.String(o.bucket), Key: aws.String(o.objectKey(key))})
 	if status(err) == http.StatusNotFound {
 		return nil, "", ErrNotFound
@@ -153,7 +160,7 @@ func (o *S3) Get(ctx context.Context, key string) ([]byte, string, error) {
 		return nil, "", err
 	}
 	defer out.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(out.Body, 1<<16))
+	b, err := io.ReadAll(io.LimitReader(out.Body, limit))
 	return b, aws.StringValue(out.ETag), err
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"path"
 	"regexp"
@@ -13,6 +14,8 @@ import (
 
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/docker-mirror/docker-mirror/lease"
 )
 
 // Records keeps an Index's records where every replica on a shared store
@@ -77,7 +80,7 @@ type DriverRecords struct {
 	creates bool
 	// s3 makes the requests with versions (ETags) on an s3 driver; nil
 	// on others, which keep none.
-	s3 *s3Records
+	s3 *lease.S3
 }
 
 var (
@@ -90,7 +93,7 @@ var (
 // on S3, CreateDriverStore's or OpenDriverStore's makes Create
 // conditional).
 func NewDriverRecords(driver storagedriver.StorageDriver) *DriverRecords {
-	s3 := newS3Records(driver)
+	s3 := s3Objects(driver)
 	return &DriverRecords{driver: driver, creates: s3 != nil, s3: s3}
 }
 
@@ -137,8 +140,9 @@ func (r *DriverRecords) GetVersion(ctx context.Context, kind, key string) ([]byt
 		b, err := r.Get(ctx, kind, key)
 		return b, "", err
 	}
-	b, etag, err := r.s3.getVersion(ctx, recordPath(kind, key))
-	if errors.As(err, new(storagedriver.PathNotFoundError)) {
+	// A record, a referrers list, may be larger than a lease.
+	b, etag, err := r.s3.GetUpTo(ctx, s3RecordKey(kind, key), math.MaxInt64)
+	if errors.Is(err, lease.ErrNotFound) {
 		return nil, "", fmt.Errorf("record %s %q: %w", kind, key, ErrNotFound)
 	}
 	return b, etag, err
@@ -150,10 +154,20 @@ func (r *DriverRecords) DeleteIf(ctx context.Context, kind, key, version string)
 	if r.s3 == nil || version == "" {
 		return r.Delete(ctx, kind, key)
 	}
-	if err := r.s3.deleteIf(ctx, recordPath(kind, key), version); err != nil {
+	err := r.s3.DeleteIf(ctx, s3RecordKey(kind, key), version)
+	if errors.Is(err, lease.ErrChanged) {
+		err = ErrRecordChanged
+	}
+	if err != nil {
 		return fmt.Errorf("record %s %q: %w", kind, key, err)
 	}
 	return nil
+}
+
+// s3RecordKey is the key of a record in s3Objects, under the driver's
+// root directory as recordPath is.
+func s3RecordKey(kind, key string) string {
+	return strings.TrimPrefix(recordPath(kind, key), "/")
 }
 
 // Delete implements Records.
