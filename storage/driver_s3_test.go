@@ -443,25 +443,20 @@ func TestSharedPinOfTwoReplicasAtOnceIsOneReplicasOwn(t *testing.T) {
 	}
 }
 
-// A failed job taking back its pin (UnpinIf) on an S3 bucket while
-// another replica pins the same image (a prefetch with pin that found the
-// job's pin, and wrote its own over it) leaves the other's pin: the
-// bucket's record is deleted only while it is the one read (If-Match on
-// DELETE). Before, the delete removed the pin just written, and the image
-// the other replica's prefetch pinned was open to eviction everywhere.
-func TestSharedUnpinIfLeavesAPinWrittenSinceItRead(t *testing.T) {
+// deletesHeld starts an S3 bucket for replicas to share (replica opens
+// one: its index and records) whose deletes of records of kind (the
+// driver's DeleteObjects, POST ?delete; a conditional delete, a DELETE of
+// the key) wait for release to be closed, or for the watchdog (answered
+// SlowDown); deleting is closed when the first arrives.
+func deletesHeld(t *testing.T, watchdog context.Context, kind string) (deleting <-chan struct{}, release chan struct{}, replica func() (*storage.Index, storage.Records)) {
 	srv := s3test.Start(t)
 	bucket := srv.NewBucket(t)
-	watchdog, stop := context.WithTimeout(t.Context(), 30*time.Second)
-	defer stop()
 	next := srv.Next()
-	deleting, release := make(chan struct{}), make(chan struct{})
+	held, release := make(chan struct{}), make(chan struct{})
 	var once sync.Once
 	front := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		// The driver deletes with DeleteObjects (POST ?delete); a
-		// conditional delete is a DELETE of the key.
-		if r.Method == http.MethodPost && r.URL.Query().Has("delete") || r.Method == http.MethodDelete && strings.Contains(r.URL.Path, "/records/pins/") {
-			once.Do(func() { close(deleting) })
+		if r.Method == http.MethodPost && r.URL.Query().Has("delete") || r.Method == http.MethodDelete && strings.Contains(r.URL.Path, "/records/"+kind+"/") {
+			once.Do(func() { close(held) })
 			select {
 			case <-release:
 			case <-watchdog.Done():
@@ -472,7 +467,7 @@ func TestSharedUnpinIfLeavesAPinWrittenSinceItRead(t *testing.T) {
 		next.ServeHTTP(w, r)
 	})
 	params := srv.Front(t, bucket, front)
-	replica := func() (*storage.Index, storage.Records) {
+	return held, release, func() (*storage.Index, storage.Records) {
 		s, err := storage.OpenDriverStore(t.Context(), "s3aws", params)
 		if err != nil {
 			t.Fatal(err)
@@ -480,6 +475,18 @@ func TestSharedUnpinIfLeavesAPinWrittenSinceItRead(t *testing.T) {
 		r := storage.NewDriverRecords(s.Driver())
 		return openShared(t, r), r
 	}
+}
+
+// A failed job taking back its pin (UnpinIf) on an S3 bucket while
+// another replica pins the same image (a prefetch with pin that found the
+// job's pin, and wrote its own over it) leaves the other's pin: the
+// bucket's record is deleted only while it is the one read (If-Match on
+// DELETE). Before, the delete removed the pin just written, and the image
+// the other replica's prefetch pinned was open to eviction everywhere.
+func TestSharedUnpinIfLeavesAPinWrittenSinceItRead(t *testing.T) {
+	watchdog, stop := context.WithTimeout(t.Context(), 30*time.Second)
+	defer stop()
+	deleting, release, replica := deletesHeld(t, watchdog, "pins")
 	a, records := replica()
 	b, _ := replica()
 	ref := digest.FromString("image").String()
@@ -518,34 +525,9 @@ func TestSharedUnpinIfLeavesAPinWrittenSinceItRead(t *testing.T) {
 // holds) stays: deleted only while it is the one read (If-Match), not the
 // list written after the collection read it.
 func TestSharedForgottenReferrersListFetchedAgainWhileDeletedStays(t *testing.T) {
-	srv := s3test.Start(t)
-	bucket := srv.NewBucket(t)
 	watchdog, stop := context.WithTimeout(t.Context(), 30*time.Second)
 	defer stop()
-	next := srv.Next()
-	deleting, release := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	front := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodPost && r.URL.Query().Has("delete") || r.Method == http.MethodDelete && strings.Contains(r.URL.Path, "/records/referrers/") {
-			once.Do(func() { close(deleting) })
-			select {
-			case <-release:
-			case <-watchdog.Done():
-				s3test.WriteError(w, http.StatusServiceUnavailable, "SlowDown", "never released")
-				return
-			}
-		}
-		next.ServeHTTP(w, r)
-	})
-	params := srv.Front(t, bucket, front)
-	replica := func() (*storage.Index, storage.Records) {
-		s, err := storage.OpenDriverStore(t.Context(), "s3aws", params)
-		if err != nil {
-			t.Fatal(err)
-		}
-		r := storage.NewDriverRecords(s.Driver())
-		return openShared(t, r), r
-	}
+	deleting, release, replica := deletesHeld(t, watchdog, "referrers")
 	a, records := replica()
 	b, _ := replica()
 	old, recent := time.Unix(1700000000, 0).UTC(), time.Unix(1700090000, 0).UTC()
@@ -581,34 +563,11 @@ func TestSharedForgottenReferrersListFetchedAgainWhileDeletedStays(t *testing.T)
 // would otherwise have lost (a pull of the tag asking the upstream
 // again, or failing with it down).
 func TestSharedEvictedTagMovedWhileDeletedStays(t *testing.T) {
-	srv := s3test.Start(t)
-	bucket := srv.NewBucket(t)
 	watchdog, stop := context.WithTimeout(t.Context(), 30*time.Second)
 	defer stop()
-	next := srv.Next()
-	deleting, release := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	front := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodPost && r.URL.Query().Has("delete") || r.Method == http.MethodDelete && strings.Contains(r.URL.Path, "/records/tags/") {
-			once.Do(func() { close(deleting) })
-			select {
-			case <-release:
-			case <-watchdog.Done():
-				s3test.WriteError(w, http.StatusServiceUnavailable, "SlowDown", "never released")
-				return
-			}
-		}
-		next.ServeHTTP(w, r)
-	})
-	params := srv.Front(t, bucket, front)
-	replica := func() *storage.Index {
-		s, err := storage.OpenDriverStore(t.Context(), "s3aws", params)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return openShared(t, storage.NewDriverRecords(s.Driver()))
-	}
-	a, b := replica(), replica()
+	deleting, release, replica := deletesHeld(t, watchdog, "tags")
+	a, _ := replica()
+	b, _ := replica()
 	now := time.Unix(1700000000, 0).UTC()
 	evicted, moved := digest.FromString("evicted"), digest.FromString("moved")
 	record := func(ix *storage.Index, d digest.Digest) {
@@ -631,7 +590,8 @@ func TestSharedEvictedTagMovedWhileDeletedStays(t *testing.T) {
 	if err := <-unrooted; err != nil {
 		t.Fatal(err)
 	}
-	if rec, ok, err := replica().Tag("docker.io", "library/x", "v1"); err != nil || !ok || rec.Digest != moved {
+	c, _ := replica()
+	if rec, ok, err := c.Tag("docker.io", "library/x", "v1"); err != nil || !ok || rec.Digest != moved {
 		t.Errorf("a new replica reads the tag %+v, %v, %v; want it naming %s, where it moved", rec, ok, err, moved)
 	}
 }
