@@ -41,6 +41,7 @@ import (
 	"github.com/docker-mirror/docker-mirror/httprange"
 	"github.com/docker-mirror/docker-mirror/oci"
 	"github.com/docker-mirror/docker-mirror/redact"
+	"github.com/docker-mirror/docker-mirror/retryafter"
 )
 
 // MaxConnsPerHost caps the connections to one upstream host.
@@ -1908,19 +1909,10 @@ func (c *Client) tokensHeld(ctx context.Context) error {
 // in force (the mirror's own, which it keeps all the same, or a longer
 // one begun by another request's 429).
 func (c *Client) backOff(b *backoff, retryAfter string, status int) string {
-	d := DefaultBackoff
-	told := true
-	// Seconds beyond the cap are the cap: multiplied out, a number of
-	// seconds past time.Duration's range would wrap to no back-off at
-	// all, and one past int64's is still a number of seconds.
-	if n, err := strconv.ParseInt(strings.TrimSpace(retryAfter), 10, 64); (err == nil || errors.Is(err, strconv.ErrRange)) && n >= 0 {
-		d = min(time.Duration(n), maxBackoff/time.Second) * time.Second
-	} else if t, err := http.ParseTime(retryAfter); err == nil {
-		d = t.Sub(c.now())
-	} else {
-		told = false
+	d, told := retryafter.Parse(retryAfter, c.now(), maxBackoff)
+	if !told {
+		d = DefaultBackoff
 	}
-	d = min(max(d, 0), maxBackoff)
 	b.mu.Lock()
 	now := c.now()
 	if until := now.Add(d); until.After(b.until) {

@@ -28,13 +28,13 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/docker-mirror/docker-mirror/redact"
+	"github.com/docker-mirror/docker-mirror/retryafter"
 
 	"github.com/distribution/reference"
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -635,11 +635,9 @@ type rateLimitNote struct {
 
 // note records an answer asking to slow down, with its Retry-After.
 func (n *rateLimitNote) note(retryAfter string) {
-	wait := time.Duration(-1)
-	if secs, err := strconv.ParseInt(strings.TrimSpace(retryAfter), 10, 64); err == nil && secs >= 0 {
-		wait = time.Duration(min(secs, int64(time.Hour/time.Second))) * time.Second
-	} else if t, err := http.ParseTime(retryAfter); err == nil {
-		wait = max(time.Until(t), 0)
+	wait, ok := retryafter.Parse(retryAfter, time.Now(), time.Hour)
+	if !ok {
+		wait = -1
 	}
 	n.wait.Store(int64(wait))
 	n.Store(true)
