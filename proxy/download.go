@@ -806,7 +806,7 @@ func (p *Proxy) countOversized(t target, dl *download) {
 // stored.
 func (p *Proxy) runDownload(ctx context.Context, t target, dl *download, f *os.File) {
 	var stored bool
-	done := p.countFill("blob")
+	done := p.countFill("blob", dl.declared)
 	defer func() {
 		p.blobs.mu.Lock()
 		if p.blobs.m[dl.dgst] == dl {

@@ -855,7 +855,7 @@ func (p *Proxy) startManifestOf(ctx context.Context, t target, ref oci.Ref, fill
 		}
 		ctx, cancel := p.detach(ctx, p.manifestTimeout)
 		defer cancel()
-		done := p.countFill("manifest")
+		done := p.countFill("manifest", false)
 		writing := false
 		defer func() {
 			// A write once started ends the fill itself (below).

@@ -586,15 +586,17 @@ func shared[T any](ctx context.Context, work *activity, g *singleflight.Group, k
 // countFill counts an upstream fill of kind ("manifest", "blob") in the
 // metrics; call the returned func with the fill's error when it ends.
 // What the upstream does not have (a client's typo) is "not_found", not
-// an "error" of the upstream or the mirror, which alerts watch.
-func (p *Proxy) countFill(kind string) func(error) {
+// an "error" of the upstream or the mirror, which alerts watch; but for
+// what a manifest of the upstream lists (listed): lacking it, the
+// upstream fails every pull of that image, an "error".
+func (p *Proxy) countFill(kind string, listed bool) func(error) {
 	start := time.Now()
 	p.metrics.FillsInProgress.WithLabelValues(kind).Inc()
 	return func(err error) {
 		p.metrics.FillsInProgress.WithLabelValues(kind).Dec()
 		result := "ok"
 		switch {
-		case errors.Is(err, upstream.ErrNotFound) && !pingNotFound(err):
+		case errors.Is(err, upstream.ErrNotFound) && !listed && !pingNotFound(err):
 			result = "not_found"
 		case err != nil:
 			result = "error"

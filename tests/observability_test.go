@@ -189,3 +189,27 @@ func TestFillOfWhatTheUpstreamLacksIsNoError(t *testing.T) {
 		t.Errorf("a blob fill the upstream failed not counted as an error: %v", n)
 	}
 }
+
+// A blob a manifest of the upstream lists, which the upstream then
+// answers 404 (lost by its storage, removed by its collection while an
+// image still names it), is no client's typo: every pull of that image
+// fails at it. The fill that fetched it for that manifest counts its
+// failure as result "error", which an alert on the mirror's failures to
+// serve pulls watches, not "not_found".
+func TestFillOfABlobTheUpstreamListsButLacksIsAnError(t *testing.T) {
+	up := fixture.StartUpstream(t)
+	img := up.SeedImage(t, "library/obs", "1", 1, 1<<10)
+	m := servertest.Start(t, up.URL())
+	up.SetFault(fixture.Fault{Kind: fixture.KindBlob, PathContains: img.Layers[0], Status: http.StatusNotFound})
+	if r := get(t, m.URL()+"/v2/obs/manifests/1"); r.status != http.StatusOK {
+		t.Fatalf("manifest: %d", r.status)
+	}
+	m.WaitIdle()
+	got := scrape(t, m)
+	if n := got[`docker_mirror_fill_duration_seconds_count{kind="blob",result="not_found"}`]; n != 0 {
+		t.Errorf("%v fills of a blob the image lists, answered 404, counted as not found", n)
+	}
+	if n := got[`docker_mirror_fill_duration_seconds_count{kind="blob",result="error"}`]; n < 1 {
+		t.Errorf("the fill of a blob the image lists, answered 404, not counted as an error: %v", n)
+	}
+}
