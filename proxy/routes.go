@@ -148,8 +148,9 @@ func (p *Proxy) table(repo map[string]http.Handler, extra ...func(*mux.Router)) 
 			Handler(repo[route.kind])
 	}
 	r.Handle("/prefetch", p.serve("prefetch", admin, sameOrigin(p.postPrefetch))).Methods(http.MethodPost)
-	r.Handle("/prefetch", p.serve("prefetch", admin, p.listPrefetch)).Methods(http.MethodGet)
-	r.Handle("/prefetch/{id}", p.serve("prefetch", admin, p.getPrefetch)).Methods(http.MethodGet)
+	// HEAD too, as for /metrics: a monitor's check of what GET serves.
+	r.Handle("/prefetch", p.serve("prefetch", admin, p.listPrefetch)).Methods(http.MethodGet, http.MethodHead)
+	r.Handle("/prefetch/{id}", p.serve("prefetch", admin, p.getPrefetch)).Methods(http.MethodGet, http.MethodHead)
 	r.Handle("/healthz", p.serve("healthz", access.Anyone, func(w http.ResponseWriter, _ *http.Request) error {
 		_, err := io.WriteString(w, "ok\n")
 		return err

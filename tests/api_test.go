@@ -217,7 +217,7 @@ func TestMethodNotAllowedSaysAllow(t *testing.T) {
 		{"POST", "/v2/err/blobs/uploads/", ""},
 		{"PATCH", "/v2/err/blobs/uploads/x", ""},
 		{"PUT", "/metrics", "GET, HEAD"},
-		{"DELETE", "/prefetch", "GET, POST"},
+		{"DELETE", "/prefetch", "GET, HEAD, POST"},
 	}
 	for _, c := range cases {
 		t.Run(c.method+" "+c.path, func(t *testing.T) {
@@ -646,5 +646,20 @@ func TestAcceptReadAsRegistriesDo(t *testing.T) {
 	} {
 		r := do(t, http.MethodGet, m.URL()+"/v2/multi/manifests/v1", map[string]string{"Accept": accept})
 		wantManifest(t, r, ma.Index, ma.MediaType)
+	}
+}
+
+// HEAD of the prefetch jobs' list or of one job (a monitor's check) is
+// answered as the GET is, without its body. Before, it was a 405 saying
+// "HEAD is not supported: docker-mirror is a read-only pull-through
+// cache", as if the check had tried to write.
+func TestHeadOfPrefetchAnswered(t *testing.T) {
+	m := servertest.Start(t, fixture.StartUpstream(t).URL())
+	for _, path := range []string{"/prefetch", "/prefetch/no-such-job"} {
+		g, h := get(t, m.URL()+path), do(t, http.MethodHead, m.URL()+path, nil)
+		if h.status != g.status || len(h.body) != 0 || h.header.Get("Content-Type") != g.header.Get("Content-Type") {
+			t.Errorf("HEAD %s: %d, Content-Type %q, %d bytes of body; want GET's %d and %q, no body",
+				path, h.status, h.header.Get("Content-Type"), len(h.body), g.status, g.header.Get("Content-Type"))
+		}
 	}
 }
