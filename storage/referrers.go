@@ -3,14 +3,12 @@ package storage
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/docker-mirror/docker-mirror/oci"
 )
@@ -242,52 +240,17 @@ func (ix *Index) ForgetUnheldReferrers(drop func(subject digest.Digest, fetched 
 // referrers answers lists names (key, and when the local record says it
 // was fetched), each only while it is the answer fetched then: another
 // replica may have fetched it again since this index read it, and that
-// record is adopted instead (the local one is gone), as
-// shareDeleteTagsNaming's, unless fetched and checked before asked (not
-// zero: when the upstream was asked, its answer the later); and only
-// while it is the record read (where the records keep versions), not one
-// written between the read and the delete. Each costs a GET beside its
-// DELETE, rechecks of them at once.
+// record is adopted instead (shareDeleteUnlessNewer), unless fetched and
+// checked before asked (not zero: when the upstream was asked, its
+// answer the later).
 func (ix *Index) shareDeleteReferrersFetched(lists []pair[string, time.Time], asked time.Time) error {
-	if ix.records == nil || len(lists) == 0 {
-		return nil
-	}
-	again := make([][]byte, len(lists))
-	var eg errgroup.Group
-	eg.SetLimit(rechecks)
+	keys := make([]string, len(lists))
 	for i, l := range lists {
-		eg.Go(func() error {
-			raw, version, found, err := ix.shareGetVersion(bucketReferrers, []byte(l.k))
-			if err != nil || !found {
-				return err
-			}
-			var rec ReferrersRecord
-			if json.Unmarshal(raw, &rec) == nil && !rec.FetchedAt.Equal(l.v) {
-				// Another replica's, adopted: unless fetched and checked
-				// before the upstream was asked, whose answer is later.
-				if !rec.FetchedAt.Before(asked) || !rec.CheckedAt.Before(asked) {
-					again[i] = raw
-					return nil
-				}
-			}
-			// Only while it is the one read: fetched again since, it
-			// stays, for the next read here to adopt.
-			if err := ix.shareDeleteIf(bucketReferrers, []byte(l.k), version); !errors.Is(err, ErrRecordChanged) {
-				return err
-			}
-			return nil
-		})
+		keys[i] = l.k
 	}
-	if err := eg.Wait(); err != nil {
-		return err
-	}
-	for i, raw := range again {
-		if raw == nil {
-			continue
-		}
-		if err := ix.adopt(bucketReferrers, []byte(lists[i].k), raw); err != nil {
-			return err
-		}
-	}
-	return nil
+	return ix.shareDeleteUnlessNewer(bucketReferrers, keys, func(i int, raw []byte) bool {
+		var rec ReferrersRecord
+		return json.Unmarshal(raw, &rec) == nil && !rec.FetchedAt.Equal(lists[i].v) &&
+			(!rec.FetchedAt.Before(asked) || !rec.CheckedAt.Before(asked))
+	})
 }

@@ -743,33 +743,47 @@ func (ix *Index) RecheckPulls(ctx context.Context, dgsts []digest.Digest) (bool,
 // tags names (key, and the digest the local record named), each only
 // while it names that digest: another replica may have written it since
 // this index read it, naming the image the tag moved to, and that record
-// is adopted instead (the local one is gone); and only while it is the
-// record read (where the records keep versions), not one written between
-// the read and the delete. A record naming another digest is deleted
-// all the same if checked before gone (not zero: when the upstream was
-// asked, its answer that the tag is gone the later). Each costs a GET
-// beside its DELETE, rechecks of them at once.
+// is adopted instead (shareDeleteUnlessNewer). A record naming another
+// digest is deleted all the same if checked before gone (not zero: when
+// the upstream was asked, its answer that the tag is gone the later).
 func (ix *Index) shareDeleteTagsNaming(tags []pair[string, digest.Digest], gone time.Time) error {
-	if ix.records == nil || len(tags) == 0 {
+	keys := make([]string, len(tags))
+	for i, tg := range tags {
+		keys[i] = tg.k
+	}
+	return ix.shareDeleteUnlessNewer(bucketTags, keys, func(i int, raw []byte) bool {
+		var rec TagRecord
+		return rec.UnmarshalBinary(raw) == nil && rec.Digest != tags[i].v && !rec.CheckedAt.Before(gone)
+	})
+}
+
+// shareDeleteUnlessNewer removes the records keys of bucket from the
+// shared records, each only while it is the record read (where the
+// records keep versions), not one written between the read and the
+// delete; one that newer says another replica wrote since this index
+// read it (newer(i, raw), keys[i]'s) is adopted instead, the local one
+// being gone. Each costs a GET beside its DELETE, rechecks of them at
+// once.
+func (ix *Index) shareDeleteUnlessNewer(bucket []byte, keys []string, newer func(i int, raw []byte) bool) error {
+	if ix.records == nil || len(keys) == 0 {
 		return nil
 	}
-	moved := make([][]byte, len(tags))
+	kept := make([][]byte, len(keys))
 	var eg errgroup.Group
 	eg.SetLimit(rechecks)
-	for i, tg := range tags {
+	for i, k := range keys {
 		eg.Go(func() error {
-			raw, version, found, err := ix.shareGetVersion(bucketTags, []byte(tg.k))
+			raw, version, found, err := ix.shareGetVersion(bucket, []byte(k))
 			if err != nil || !found {
 				return err
 			}
-			var rec TagRecord
-			if rec.UnmarshalBinary(raw) == nil && rec.Digest != tg.v && !rec.CheckedAt.Before(gone) {
-				moved[i] = raw
+			if newer(i, raw) {
+				kept[i] = raw
 				return nil
 			}
-			// Only while it is the one read: moved since, it stays, for
-			// the next lookup here to adopt.
-			if err := ix.shareDeleteIf(bucketTags, []byte(tg.k), version); !errors.Is(err, ErrRecordChanged) {
+			// Only while it is the one read: written since, it stays,
+			// for the next read here to adopt.
+			if err := ix.shareDeleteIf(bucket, []byte(k), version); !errors.Is(err, ErrRecordChanged) {
 				return err
 			}
 			return nil
@@ -778,11 +792,11 @@ func (ix *Index) shareDeleteTagsNaming(tags []pair[string, digest.Digest], gone 
 	if err := eg.Wait(); err != nil {
 		return err
 	}
-	for i, raw := range moved {
+	for i, raw := range kept {
 		if raw == nil {
 			continue
 		}
-		if err := ix.adopt(bucketTags, []byte(tags[i].k), raw); err != nil {
+		if err := ix.adopt(bucket, []byte(keys[i]), raw); err != nil {
 			return err
 		}
 	}

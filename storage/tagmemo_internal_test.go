@@ -24,9 +24,10 @@ func TestTagRecordsWrittenOnlyHere(t *testing.T) {
 			"get": true, "viewShared": true, "readAllRel": true,
 			"shareGet": true, "sharePut": true, "shareDelete": true,
 			"shareGetVersion": true, "shareDeleteIf": true, // the shared records', as those
-			"adopt":      true, // a shared index's: the memo is off there
-			"Errorf":     true, // naming the bucket in an error
-			"unreadable": true, // the same
+			"shareDeleteUnlessNewer": true, // the same, adopting with adopt
+			"adopt":                  true, // a shared index's: the memo is off there
+			"Errorf":                 true, // naming the bucket in an error
+			"unreadable":             true, // the same
 		}}
 	rule.check(t, "write them with tagWrites (it forgets the key in the memo once committed), read them with tagRecordsOf or a reading helper", []string{
 		`func f(tx *bolt.Tx) error { return tx.Bucket(bucketTags).Put(k, v) }`,
